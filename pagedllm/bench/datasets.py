@@ -1,0 +1,196 @@
+"""Benchmark workloads: ShareGPT conversations, random token prompts, prompts that share repeated prefixes.
+
+Every sampler returns ``SampleRequest``s. Synthetic prompts (random, prefix_repetition) are made of token ids, so their
+lengths are exact; ``prompt_text`` also holds their decoded text when a tokenizer is at hand (chat endpoints and
+``LLM.generate`` on text need it). ShareGPT prompts are text, measured with the tokenizer as vLLM does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pagedllm.bench.utils import vocab_ids
+
+DATASET_NAMES = ("sharegpt", "random", "prefix_repetition")
+
+# vLLM's ShareGPT filter: drop too-short pairs and too-long prompts / totals.
+SHAREGPT_MIN_LEN = 4
+SHAREGPT_MAX_PROMPT_LEN = 1024
+SHAREGPT_MAX_TOTAL_LEN = 2048
+
+
+@dataclass
+class SampleRequest:
+    prompt_len: int
+    expected_output_len: int
+    prompt_text: str | None = None
+    prompt_token_ids: list[int] | None = None
+
+    def completion_prompt(self) -> str | list[int]:
+        """What a /v1/completions request sends: token ids when known (exact length), else the text."""
+        return self.prompt_token_ids if self.prompt_token_ids is not None else self.prompt_text
+
+    def chat_text(self) -> str:
+        if self.prompt_text is None:
+            raise ValueError("This prompt has no text (no tokenizer was loaded); chat endpoints need one: pass "
+                             "--tokenizer.")
+        return self.prompt_text
+
+    def llm_prompt(self) -> str | dict:
+        """What ``LLM.generate`` gets: a TokensPrompt dict when the ids are known, else the text."""
+        if self.prompt_token_ids is not None:
+            return {"prompt_token_ids": list(self.prompt_token_ids)}
+        return self.prompt_text
+
+
+# ---- ShareGPT -----------------------------------------------------------------------------------------------------
+def is_valid_sharegpt_pair(prompt_len: int, output_len: int, fixed_output_len: bool) -> bool:
+    if prompt_len < SHAREGPT_MIN_LEN:
+        return False
+    if not fixed_output_len and output_len < SHAREGPT_MIN_LEN:
+        return False
+    return prompt_len <= SHAREGPT_MAX_PROMPT_LEN and prompt_len + output_len <= SHAREGPT_MAX_TOTAL_LEN
+
+
+def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int = 0,
+                    output_len: int | None = None, oversample: bool = True) -> list[SampleRequest]:
+    """Conversations with ≥2 turns; prompt = first turn, output length = token length of the reply (or
+    ``output_len``); seeded shuffle, then vLLM's length filter until ``num_requests`` are found. When the file holds
+    too few valid pairs, valid ones are drawn again at random (``oversample``), as vLLM does."""
+    if tokenizer is None:
+        raise ValueError("The sharegpt dataset needs a tokenizer to measure prompts; pass --tokenizer.")
+    with open(dataset_path) as f:
+        data = json.load(f)
+    pairs = [(d["conversations"][0]["value"], d["conversations"][1]["value"])
+             for d in data if len(d.get("conversations", [])) >= 2]
+    rng = random.Random(seed)
+    rng.shuffle(pairs)
+    requests: list[SampleRequest] = []
+    for prompt, reply in pairs:
+        if len(requests) == num_requests:
+            break
+        prompt_len = len(tokenizer(prompt).input_ids)
+        out_len = len(tokenizer(reply).input_ids) if output_len is None else output_len
+        if not is_valid_sharegpt_pair(prompt_len, out_len, fixed_output_len=output_len is not None):
+            continue
+        requests.append(SampleRequest(prompt_len=prompt_len, expected_output_len=out_len, prompt_text=prompt))
+    if oversample and requests and len(requests) < num_requests:
+        extra = rng.choices(requests, k=num_requests - len(requests))
+        print(f"Oversampled requests to reach {num_requests} total samples ({len(requests)} valid in the file).",
+              file=sys.stderr)
+        requests.extend(SampleRequest(**vars(r)) for r in extra)
+    if not requests:
+        raise ValueError(f"No valid ShareGPT conversation in {dataset_path} (prompt and reply ≥ "
+                         f"{SHAREGPT_MIN_LEN} tokens, prompt ≤ {SHAREGPT_MAX_PROMPT_LEN}, "
+                         f"total ≤ {SHAREGPT_MAX_TOTAL_LEN}).")
+    return requests
+
+
+# ---- synthetic token prompts --------------------------------------------------------------------------------------
+def _length_range(length: int, range_ratio: float, minimum: int) -> tuple[int, int]:
+    low = max(minimum, math.floor(length * (1 - range_ratio)))
+    high = max(low, math.ceil(length * (1 + range_ratio)))
+    return low, high
+
+
+def _decode(tokenizer, ids: list[int]) -> str | None:
+    return None if tokenizer is None else tokenizer.decode(ids)
+
+
+def sample_random(num_requests: int, input_len: int, output_len: int, range_ratio: float = 0.0,
+                  prefix_len: int = 0, tokenizer=None, seed: int = 0) -> list[SampleRequest]:
+    """Random token prompts: a shared random prefix of ``prefix_len`` tokens, then ``input_len`` tokens; input and
+    output lengths uniform in [len·(1−r), len·(1+r)] (vLLM's ``--random-range-ratio``, 0 ≤ r < 1)."""
+    if not 0.0 <= range_ratio < 1.0:
+        raise ValueError(f"random_range_ratio must be in [0, 1), got {range_ratio}.")
+    if input_len < 0 or output_len < 1 or prefix_len < 0:
+        raise ValueError(f"random input/prefix lengths must be >= 0 and output length >= 1, got "
+                         f"input_len={input_len}, prefix_len={prefix_len}, output_len={output_len}.")
+    rng = np.random.default_rng(seed)
+    allowed = np.asarray(vocab_ids(tokenizer), dtype=np.int64)
+    in_low, in_high = _length_range(input_len, range_ratio, 0 if prefix_len else 1)
+    out_low, out_high = _length_range(output_len, range_ratio, 1)
+    input_lens = rng.integers(in_low, in_high + 1, size=num_requests)
+    output_lens = rng.integers(out_low, out_high + 1, size=num_requests)
+    prefix = rng.choice(allowed, size=prefix_len).tolist()
+    requests = []
+    for i in range(num_requests):
+        ids = prefix + rng.choice(allowed, size=int(input_lens[i])).tolist()
+        requests.append(SampleRequest(prompt_len=len(ids), expected_output_len=int(output_lens[i]),
+                                      prompt_text=_decode(tokenizer, ids), prompt_token_ids=ids))
+    return requests
+
+
+def sample_prefix_repetition(num_requests: int, prefix_len: int, suffix_len: int, num_prefixes: int,
+                             output_len: int, tokenizer=None, seed: int = 0) -> list[SampleRequest]:
+    """``num_prefixes`` random prefixes, each shared by an equal share of the requests, plus a random suffix per
+    request; order shuffled (prefix-cache workload)."""
+    if num_prefixes < 1 or prefix_len < 0 or suffix_len < 0 or prefix_len + suffix_len < 1 or output_len < 1:
+        raise ValueError("prefix_repetition needs num_prefixes >= 1, prefix_len + suffix_len >= 1, output_len >= 1.")
+    rng = np.random.default_rng(seed)
+    allowed = np.asarray(vocab_ids(tokenizer), dtype=np.int64)
+    prefixes = [rng.choice(allowed, size=prefix_len).tolist() for _ in range(num_prefixes)]
+    requests = []
+    for i in range(num_requests):
+        ids = prefixes[i % num_prefixes] + rng.choice(allowed, size=suffix_len).tolist()
+        requests.append(SampleRequest(prompt_len=len(ids), expected_output_len=output_len,
+                                      prompt_text=_decode(tokenizer, ids), prompt_token_ids=ids))
+    order = rng.permutation(num_requests)
+    return [requests[i] for i in order]
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------------
+def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "random",
+                     with_random_lens: bool = True) -> None:
+    g = parser.add_argument_group("dataset")
+    g.add_argument("--dataset-name", type=str, default=default_dataset, choices=list(DATASET_NAMES),
+                   help="Workload to sample.")
+    g.add_argument("--dataset-path", type=str, default=None,
+                   help="Path to the dataset file (ShareGPT_V3_unfiltered_cleaned_split.json format for sharegpt).")
+    g.add_argument("--sharegpt-output-len", type=int, default=None,
+                   help="Output length of every ShareGPT request (default: the reply's token length).")
+    if with_random_lens:
+        g.add_argument("--random-input-len", type=int, default=1024, help="Input tokens per random request.")
+        g.add_argument("--random-output-len", type=int, default=128, help="Output tokens per random request.")
+        g.add_argument("--random-range-ratio", type=float, default=0.0,
+                       help="Lengths are uniform in [len*(1-r), len*(1+r)], 0 <= r < 1.")
+        g.add_argument("--random-prefix-len", type=int, default=0,
+                       help="Tokens of one random prefix put before every random prompt.")
+    g.add_argument("--prefix-repetition-prefix-len", type=int, default=256)
+    g.add_argument("--prefix-repetition-suffix-len", type=int, default=256)
+    g.add_argument("--prefix-repetition-num-prefixes", type=int, default=10)
+    g.add_argument("--prefix-repetition-output-len", type=int, default=128)
+
+
+def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int | None = None,
+                    output_len: int | None = None, range_ratio: float | None = None,
+                    prefix_len: int | None = None) -> list[SampleRequest]:
+    """Sample ``num_requests`` from the dataset that ``args`` names (flags of ``add_dataset_args``)."""
+    name = args.dataset_name
+    if name == "sharegpt":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT json file).")
+        fixed = output_len if output_len is not None else getattr(args, "sharegpt_output_len", None)
+        return sample_sharegpt(args.dataset_path, num_requests, tokenizer, seed=args.seed or 0, output_len=fixed)
+    if name == "random":
+        return sample_random(
+            num_requests,
+            input_len=input_len if input_len is not None else args.random_input_len,
+            output_len=output_len if output_len is not None else args.random_output_len,
+            range_ratio=range_ratio if range_ratio is not None else args.random_range_ratio,
+            prefix_len=prefix_len if prefix_len is not None else args.random_prefix_len,
+            tokenizer=tokenizer, seed=args.seed or 0)
+    if name == "prefix_repetition":
+        return sample_prefix_repetition(
+            num_requests, prefix_len=args.prefix_repetition_prefix_len, suffix_len=args.prefix_repetition_suffix_len,
+            num_prefixes=args.prefix_repetition_num_prefixes,
+            output_len=output_len if output_len is not None else args.prefix_repetition_output_len,
+            tokenizer=tokenizer, seed=args.seed or 0)
+    raise ValueError(f"Unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}.")

@@ -1,0 +1,64 @@
+"""Incremental detokenization and stop strings.
+
+Decoding only the tail of the token list keeps each step O(1): the text of ``ids[prefix_offset:]`` minus the text of
+``ids[prefix_offset:read_offset]`` is what the newest tokens add. A piece ending in U+FFFD is an incomplete UTF-8
+sequence (a Chinese character split over byte tokens): it is held back until the following token completes it.
+Starting the window a few tokens inside the prompt renders the first output token's leading space correctly.
+"""
+from __future__ import annotations
+
+from pagedllm.engine.request import Request
+
+_PROMPT_CONTEXT = 5   # prompt tokens decoded before the output, so word boundaries render as in a full decode
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer, request: Request):
+        sp = request.sampling_params
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = sp.skip_special_tokens
+        self.spaces_between_special_tokens = sp.spaces_between_special_tokens
+        self.stop = list(sp.stop or [])
+        self.include_stop = sp.include_stop_str_in_output
+        self.max_stop_len = max((len(s) for s in self.stop), default=0)
+        n = request.num_prompt_tokens
+        self.prefix_offset = max(n - _PROMPT_CONTEXT, 0)
+        self.read_offset = n
+        self.output_text = ""
+        self.num_sent_chars = 0   # for DELTA output / streaming
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens,
+                                     spaces_between_special_tokens=self.spaces_between_special_tokens)
+
+    def update(self, token_ids: list[int], num_new: int = 1) -> str | None:
+        """Consume the newest ``num_new`` tokens of ``token_ids``; return the matched stop string, if any."""
+        prev_len = len(self.output_text)
+        prefix_text = self._decode(token_ids[self.prefix_offset:self.read_offset])
+        full_text = self._decode(token_ids[self.prefix_offset:])
+        if len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd"):
+            self.output_text += full_text[len(prefix_text):]
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(token_ids)
+        if not self.stop:
+            return None
+        # Only the newly added text (plus the tail a stop string could straddle) can hold a new match.
+        start = max(0, prev_len - self.max_stop_len + 1)
+        for stop in self.stop:
+            idx = self.output_text.find(stop, start)
+            if idx != -1:
+                cut = idx + len(stop) if self.include_stop else idx
+                self.output_text = self.output_text[:cut]
+                return stop
+        return None
+
+    def visible_text(self, finished: bool) -> str:
+        """Text that may be shown now: while running, a tail that could still become a stop string is held back."""
+        if finished or not self.stop or self.include_stop:
+            return self.output_text
+        return self.output_text[:max(0, len(self.output_text) - self.max_stop_len + 1)]
+
+
+def decode_token(tokenizer, token_id: int) -> str:
+    """The text of one token, as shown in logprobs."""
+    return tokenizer.decode([token_id])

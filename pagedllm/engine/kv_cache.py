@@ -1,0 +1,201 @@
+"""Paged KV cache bookkeeping: the block pool, per-request block tables and the prefix cache.
+
+Blocks hold ``block_size`` tokens. A full block gets a chained hash ``hash((parent_hash, tokens, extra_keys))`` so
+that two requests with the same prefix map to the same blocks. A block whose ref count drops to 0 keeps its hash
+and goes to the tail of the free queue: it can still be hit until it is reused (lazy LRU eviction). A request frees
+its blocks tail-first, so a prefix's last blocks are evicted before its first ones.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+from pagedllm.engine.request import Request
+
+NONE_HASH = 0
+
+
+def hash_block_tokens(parent_hash: int, token_ids: Sequence[int], extra_keys: tuple = ()) -> int:
+    """Chained hash of one full block. Python's tuple hash of ints is deterministic across runs (no hash
+    randomization for ints), fast, and 64-bit."""
+    return hash((parent_hash, tuple(token_ids), extra_keys))
+
+
+@dataclass(eq=False)
+class KVBlock:
+    block_id: int
+    ref_cnt: int = 0
+    block_hash: int | None = None
+
+    def __repr__(self) -> str:
+        return f"KVBlock(id={self.block_id}, ref={self.ref_cnt}, hash={self.block_hash})"
+
+
+class BlockPool:
+    """All blocks; free ones in LRU order (oldest-freed first); the hash -> cached block map."""
+
+    def __init__(self, num_blocks: int, enable_caching: bool):
+        if num_blocks < 1:
+            raise ValueError(f"The KV cache needs at least one block, got {num_blocks}.")
+        self.num_blocks = num_blocks
+        self.enable_caching = enable_caching
+        self.blocks = [KVBlock(i) for i in range(num_blocks)]
+        self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
+        self.cached: dict[int, KVBlock] = {}
+        # prefix-cache statistics (queried / hit tokens), for metrics and logs
+        self.query_tokens = 0
+        self.hit_tokens = 0
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_queue)
+
+    def usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_blocks
+
+    def get_cached_block(self, block_hash: int) -> KVBlock | None:
+        return self.cached.get(block_hash)
+
+    def touch(self, blocks: Sequence[KVBlock]) -> None:
+        """Take hit blocks: a free one leaves the free queue."""
+        for block in blocks:
+            if block.ref_cnt == 0:
+                del self.free_queue[block.block_id]
+            block.ref_cnt += 1
+
+    def allocate(self, n: int) -> list[KVBlock]:
+        if n > self.num_free_blocks:
+            raise RuntimeError(f"Cannot allocate {n} blocks; {self.num_free_blocks} free.")
+        out = []
+        for _ in range(n):
+            _, block = self.free_queue.popitem(last=False)
+            if block.block_hash is not None:   # evict: its old contents are about to be overwritten
+                if self.cached.get(block.block_hash) is block:
+                    del self.cached[block.block_hash]
+                block.block_hash = None
+            block.ref_cnt = 1
+            out.append(block)
+        return out
+
+    def free(self, blocks: Sequence[KVBlock]) -> None:
+        """Release blocks in the given order (callers pass tail-first)."""
+        for block in blocks:
+            block.ref_cnt -= 1
+            assert block.ref_cnt >= 0, block
+            if block.ref_cnt == 0:
+                self.free_queue[block.block_id] = block
+
+    def cache_block(self, block: KVBlock, block_hash: int) -> None:
+        if not self.enable_caching or block.block_hash is not None:
+            return
+        block.block_hash = block_hash
+        # Keep the first block cached for a hash: block tables stay append-only, no dedup of live blocks.
+        self.cached.setdefault(block_hash, block)
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached hash; only possible when no request holds blocks (vLLM's rule)."""
+        if self.num_free_blocks != self.num_blocks:
+            return False
+        for block in self.blocks:
+            block.block_hash = None
+        self.cached.clear()
+        return True
+
+
+class KVCacheManager:
+    """Per-request view on the block pool: prefix lookup, slot allocation, freeing."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True):
+        self.block_size = block_size
+        self.pool = BlockPool(num_blocks, enable_caching)
+        self.enable_caching = enable_caching
+        self.req_blocks: dict[str, list[KVBlock]] = {}
+
+    # ---- hashing ------------------------------------------------------------------------------------------
+    def _extra_keys(self, request: Request, block_index: int) -> tuple:
+        return (request.cache_salt,) if (request.cache_salt and block_index == 0) else ()
+
+    def update_block_hashes(self, request: Request) -> None:
+        """Extend ``request.block_hashes`` to cover every full block of its tokens."""
+        bs = self.block_size
+        hashes = request.block_hashes
+        while (len(hashes) + 1) * bs <= request.num_tokens:
+            i = len(hashes)
+            parent = hashes[-1] if hashes else NONE_HASH
+            hashes.append(hash_block_tokens(parent, request.token_ids[i * bs:(i + 1) * bs],
+                                            self._extra_keys(request, i)))
+
+    # ---- lookup / allocation --------------------------------------------------------------------------------
+    def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
+        """The longest run of cached full blocks at the start of the request.
+
+        At most ``num_tokens - 1`` tokens can hit: the last token is always recomputed to get its logits.
+        Requests asking for prompt logprobs get no hits (the cached tokens' logits would be missing).
+        """
+        if not self.enable_caching or request.sampling_params.prompt_logprobs is not None:
+            return [], 0
+        self.update_block_hashes(request)
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hits = []
+        for block_hash in request.block_hashes[:max_blocks]:
+            block = self.pool.get_cached_block(block_hash)
+            if block is None:
+                break
+            hits.append(block)
+        self.pool.query_tokens += request.num_tokens
+        self.pool.hit_tokens += len(hits) * self.block_size
+        return hits, len(hits) * self.block_size
+
+    def num_blocks_needed(self, request: Request, num_new_tokens: int, num_new_computed: int = 0) -> int:
+        total = request.num_computed_tokens + num_new_computed + num_new_tokens
+        held = len(self.req_blocks.get(request.request_id, ()))
+        return max(0, -(-total // self.block_size) - held)
+
+    def allocate_slots(self, request: Request, num_new_tokens: int,
+                       new_computed_blocks: Sequence[KVBlock] = ()) -> list[int] | None:
+        """Give ``request`` room for ``num_new_tokens`` more tokens (after taking ``new_computed_blocks``, its
+        prefix-cache hits). Returns the request's new block ids, or None when the pool is too small (nothing
+        changes then)."""
+        if num_new_tokens <= 0:
+            raise ValueError("num_new_tokens must be positive")
+        blocks = self.req_blocks.setdefault(request.request_id, [])
+        num_hit_tokens = len(new_computed_blocks) * self.block_size
+        total = request.num_computed_tokens + num_hit_tokens + num_new_tokens
+        need = -(-total // self.block_size) - len(blocks) - len(new_computed_blocks)
+        # Hit blocks that sit in the free queue are taken from it, so they count against what is free.
+        free_hits = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
+        if need > self.pool.num_free_blocks - free_hits:
+            if not blocks:
+                del self.req_blocks[request.request_id]
+            return None
+        self.pool.touch(new_computed_blocks)
+        blocks.extend(new_computed_blocks)
+        new_blocks = self.pool.allocate(max(need, 0))
+        blocks.extend(new_blocks)
+        request.block_ids = [b.block_id for b in blocks]
+        if self.enable_caching:
+            # Blocks that become full with this step's tokens can be shared from now on: the forward pass stores
+            # all K/V of a layer before any attention of that layer reads them.
+            num_full = (request.num_computed_tokens + num_hit_tokens + num_new_tokens) // self.block_size
+            num_full = min(num_full, request.num_tokens // self.block_size)
+            self.update_block_hashes(request)
+            for i in range(num_full):
+                self.pool.cache_block(blocks[i], request.block_hashes[i])
+        return [b.block_id for b in new_blocks]
+
+    def free(self, request: Request) -> None:
+        blocks = self.req_blocks.pop(request.request_id, [])
+        self.pool.free(list(reversed(blocks)))
+        request.block_ids = []
+
+    # ---- stats ------------------------------------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free_blocks
+
+    def usage(self) -> float:
+        return self.pool.usage()
+
+    def reset_prefix_cache(self) -> bool:
+        return self.pool.reset_prefix_cache()

@@ -1,0 +1,89 @@
+"""A request inside the engine: its tokens, its progress and its KV blocks."""
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+from pagedllm.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH_CAPPED = 4
+    FINISHED_ABORTED = 5
+
+    @property
+    def finished(self) -> bool:
+        return self >= RequestStatus.FINISHED_STOPPED
+
+
+FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH_CAPPED: "length",
+    RequestStatus.FINISHED_ABORTED: "abort",
+}
+
+
+class Request:
+    """One sequence being generated. ``num_computed_tokens`` is its only progress variable: each step the
+    scheduler gives it tokens until it has caught up with ``num_tokens`` (prompt + output so far)."""
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
+                 eos_token_ids: set[int] | None = None, arrival_time: float | None = None, priority: int = 0,
+                 max_tokens: int | None = None, cache_salt: str | None = None):
+        self.request_id = request_id
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(self.prompt_token_ids)
+        self.token_ids: list[int] = list(prompt_token_ids)   # prompt + output, grows as tokens are sampled
+        self.sampling_params = sampling_params
+        self.eos_token_ids = eos_token_ids or set()
+        self.max_tokens = max_tokens if max_tokens is not None else sampling_params.max_tokens
+        self.arrival_time = arrival_time if arrival_time is not None else time.time()
+        self.priority = priority
+        self.cache_salt = cache_salt
+        self.status = RequestStatus.WAITING
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = -1            # prefix-cache hit at first scheduling (-1: not yet scheduled)
+        self.block_ids: list[int] = []
+        self.block_hashes: list[int] = []      # hashes of the full blocks of token_ids, in order
+        self.stop_reason: int | str | None = None
+        self.num_preemptions = 0
+        # Filled by the model runner / sampler.
+        self.output_logprobs: list[dict] = []
+        self.prompt_logprobs: list[dict | None] = []
+        self.cumulative_logprob = 0.0
+        self.generator: Any = None             # torch.Generator for a seeded request
+        # Timing for metrics.
+        self.first_scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.last_token_time: float | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.finished
+
+    def append_token(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
+
+    def __lt__(self, other: "Request") -> bool:  # priority order: lower priority value, then earlier arrival
+        return (self.priority, self.arrival_time) < (other.priority, other.arrival_time)
+
+    def __repr__(self) -> str:
+        return (f"Request({self.request_id!r}, status={self.status.name}, tokens={self.num_tokens}, "
+                f"computed={self.num_computed_tokens}, blocks={self.block_ids})")

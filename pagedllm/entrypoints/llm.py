@@ -1,0 +1,190 @@
+"""``LLM``: vLLM's offline API (generate, chat, beam_search) over an in-process LLMEngine."""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Sequence
+
+from tqdm.auto import tqdm
+
+from pagedllm.config import EngineArgs
+from pagedllm.engine.engine import LLMEngine, PromptType
+from pagedllm.outputs import BeamSearchOutput, BeamSearchSequence, Logprob, RequestOutput
+from pagedllm.sampling_params import BeamSearchParams, SamplingParams
+
+
+class LLM:
+    """An LLM for offline inference: ``LLM(model).generate(prompts, SamplingParams(...))``."""
+
+    def __init__(self, model: str = EngineArgs.model, **kwargs: Any):
+        kwargs.setdefault("disable_log_stats", True)
+        self.engine_args = EngineArgs.from_kwargs(model, **kwargs)
+        self.llm_engine = LLMEngine.from_engine_args(self.engine_args)
+        self._counter = itertools.count()
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs) -> "LLM":
+        llm = cls.__new__(cls)
+        llm.engine_args = engine_args
+        llm.llm_engine = LLMEngine.from_engine_args(engine_args)
+        llm._counter = itertools.count()
+        return llm
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        return self.llm_engine.default_sampling_params()
+
+    def reset_prefix_cache(self) -> bool:
+        return self.llm_engine.reset_prefix_cache()
+
+    # ---- generate -------------------------------------------------------------------------------------------------
+    def generate(self, prompts: PromptType | Sequence[PromptType],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                 use_tqdm: bool = True, lora_request: Any = None,
+                 priority: list[int] | None = None) -> list[RequestOutput]:
+        if lora_request is not None:
+            raise ValueError("LoRA adapters are not supported yet by pagedllm.")
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+        if isinstance(sampling_params, SamplingParams):
+            params = [sampling_params] * len(prompts)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(prompts):
+                raise ValueError("The lengths of prompts and params must be the same.")
+        if priority is not None and len(priority) != len(prompts):
+            raise ValueError("The lengths of prompts and priority must be the same.")
+        return self._run(prompts, params, priority, use_tqdm)
+
+    def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,
+             use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        ids = []
+        try:
+            for i, (prompt, sp) in enumerate(zip(prompts, params)):
+                rid = str(next(self._counter))
+                engine.add_request(rid, prompt, sp, priority=priority[i] if priority else 0)
+                ids.append(rid)
+        except Exception:
+            engine.abort_request(ids)   # a bad prompt fails the call but leaves the engine clean
+            raise
+        finished: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
+                   postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s") if use_tqdm else None
+        t0 = time.perf_counter()
+        n_in = n_out = 0
+        wanted = set(ids)
+        try:
+            while wanted - finished.keys():
+                for out in engine.step():
+                    if out.finished and out.request_id in wanted:
+                        finished[out.request_id] = out
+                        if bar is not None:
+                            n_in += len(out.prompt_token_ids or [])
+                            n_out += sum(len(c.token_ids) for c in out.outputs)
+                            dt = time.perf_counter() - t0
+                            bar.postfix = (f"est. speed input: {n_in / dt:.2f} toks/s, "
+                                           f"output: {n_out / dt:.2f} toks/s")
+                            bar.update(1)
+        except BaseException:
+            engine.abort_request(ids)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [finished[rid] for rid in ids]
+
+    # ---- chat -----------------------------------------------------------------------------------------------------
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, use_tqdm: bool = True,
+             lora_request: Any = None, chat_template: str | None = None,
+             chat_template_content_format: str = "auto", add_generation_prompt: bool = True,
+             continue_final_message: bool = False, tools: list[dict] | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        if not messages:
+            raise ValueError("messages must not be empty.")
+        conversations = [messages] if isinstance(messages[0], dict) else list(messages)
+        prompts = [{"prompt_token_ids": apply_chat_template(
+            self.get_tokenizer(), conv, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, tools=tools, chat_template_kwargs=chat_template_kwargs)}
+            for conv in conversations]
+        outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
+        tok = self.get_tokenizer()
+        for out in outputs:
+            out.prompt = tok.decode(out.prompt_token_ids)
+        return outputs
+
+    # ---- beam search ----------------------------------------------------------------------------------------------
+    def beam_search(self, prompts: Sequence[PromptType], params: BeamSearchParams,
+                    lora_request: Any = None, use_tqdm: bool = False) -> list[BeamSearchOutput]:
+        """vLLM's beam search: each step extends every live beam by one token with ``2 * beam_width`` logprobs,
+        scores candidates by ``cum_logprob / len(tokens) ** length_penalty`` and keeps the best ``beam_width``."""
+        engine = self.llm_engine
+        tok = self.get_tokenizer()
+        width = params.beam_width
+        eos = engine.eos_token_ids
+        results = []
+        for prompt in ([prompts] if isinstance(prompts, (str, dict)) else prompts):
+            _, prompt_ids = engine.tokenize_prompt(prompt)
+            live = [BeamSearchSequence(tokens=list(prompt_ids), logprobs=[], cum_logprob=0.0)]
+            done: list[BeamSearchSequence] = []
+            step_params = SamplingParams(logprobs=2 * width, max_tokens=1, temperature=params.temperature,
+                                         detokenize=False)
+
+            def score(seq: BeamSearchSequence) -> float:
+                length = len(seq.tokens)
+                if seq.tokens and seq.tokens[-1] in eos:
+                    length -= 1
+                return seq.cum_logprob / (length ** params.length_penalty)
+
+            for _ in range(params.max_tokens):
+                if not live:
+                    break
+                outs = self.generate([{"prompt_token_ids": s.tokens} for s in live], step_params, use_tqdm=False)
+                candidates = []
+                for seq, out in zip(live, outs):
+                    top = out.outputs[0].logprobs[0]
+                    for token_id, lp in top.items():
+                        candidates.append(BeamSearchSequence(
+                            tokens=seq.tokens + [token_id], logprobs=seq.logprobs + [top],
+                            cum_logprob=seq.cum_logprob + lp.logprob))
+                candidates.sort(key=score, reverse=True)
+                live = []
+                for cand in candidates[:width]:
+                    if cand.tokens[-1] in eos and not params.ignore_eos:
+                        cand.finish_reason = "stop"
+                        done.append(cand)
+                    else:
+                        live.append(cand)
+            for seq in live:
+                seq.finish_reason = seq.finish_reason or "length"
+            best = sorted(done + live, key=score, reverse=True)[:width]
+            for seq in best:
+                if tok is not None:
+                    seq.text = tok.decode(seq.tokens, skip_special_tokens=True)
+            results.append(BeamSearchOutput(sequences=best))
+        return results
+
+
+def apply_chat_template(tokenizer, conversation: list[dict], chat_template: str | None = None,
+                        add_generation_prompt: bool = True, continue_final_message: bool = False,
+                        tools: list[dict] | None = None, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Token ids of a conversation rendered by the tokenizer's chat template (or ``chat_template``)."""
+    if tokenizer is None:
+        raise ValueError("chat needs a tokenizer (skip_tokenizer_init=True was given).")
+    if add_generation_prompt and continue_final_message:
+        raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+    for m in conversation:
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValueError(f"Each message needs a 'role', got {m!r}.")
+    kwargs = dict(chat_template_kwargs or {})
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
+                                         add_generation_prompt=add_generation_prompt,
+                                         continue_final_message=continue_final_message, tools=tools, **kwargs)
+    # The template already holds the special tokens (BOS etc.): don't add them twice.
+    return tokenizer.encode(text, add_special_tokens=False)

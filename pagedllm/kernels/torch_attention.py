@@ -1,0 +1,98 @@
+"""Reference attention over the paged KV cache, in plain PyTorch.
+
+This is the correctness reference for every other backend (the Triton kernels are tested against it) and the
+backend used on CPU. Layout shared by all backends:
+
+* ``k_cache`` / ``v_cache``: ``[num_blocks, block_size, num_kv_heads, head_dim]`` for one layer.
+* ``slot_mapping[t] = block_id * block_size + offset`` is where new token ``t`` is written; ``-1`` means "skip"
+  (padding tokens of a CUDA graph batch).
+* ``query_start_loc``: ``[B + 1]`` int32 prefix sums of the query (new token) lengths of each request.
+* ``seq_lens``: ``[B]`` int32 context length of each request *including* its new tokens.
+* ``block_tables``: ``[B, max_blocks]`` int32, block ids of each request in order (unused tail entries arbitrary).
+
+Query token ``i`` of request ``b`` sits at position ``seq_lens[b] - q_len[b] + i`` and attends to keys ``0..position``
+(causal over the new tokens, full over the cached prefix).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write new keys/values ``[num_tokens, num_kv_heads, head_dim]`` into their cache slots."""
+    num_blocks, block_size = k_cache.shape[:2]
+    valid = slot_mapping >= 0
+    if not bool(valid.all()):
+        key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
+    k_cache.view(num_blocks * block_size, *k_cache.shape[2:]).index_copy_(0, slot_mapping, key.to(k_cache.dtype))
+    v_cache.view(num_blocks * block_size, *v_cache.shape[2:]).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+
+
+def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first ``length`` cached tokens of one request: ``[length, num_kv_heads, head_dim]``."""
+    block_size = cache.shape[1]
+    num_blocks = (length + block_size - 1) // block_size
+    return cache[block_table[:num_blocks].long()].flatten(0, 1)[:length]
+
+
+def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+                    scale: float, query_start_loc_cpu: list[int] | None = None,
+                    seq_lens_cpu: list[int] | None = None) -> torch.Tensor:
+    """Attention of ``query`` ``[num_tokens, num_heads, head_dim]`` over each request's paged context.
+
+    The keys/values of the new tokens must already be in the cache (``store_kv`` first). ``*_cpu`` are optional
+    host copies of the metadata that spare a device sync. Returns ``[num_tokens, num_heads, head_dim]``.
+    """
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    starts = query_start_loc_cpu if query_start_loc_cpu is not None else query_start_loc.tolist()
+    lens = seq_lens_cpu if seq_lens_cpu is not None else seq_lens.tolist()
+    out = torch.empty_like(query)
+    num_reqs = len(lens)
+    q_lens = [starts[i + 1] - starts[i] for i in range(num_reqs)]
+
+    # Decode requests (one new token each) are done as one padded batch: on CPU the per-request loop costs more
+    # than the attention itself for small models.
+    decode = [i for i in range(num_reqs) if q_lens[i] == 1]
+    if len(decode) > 1:
+        max_len = max(lens[i] for i in decode)
+        block_size = k_cache.shape[1]
+        nblk = (max_len + block_size - 1) // block_size
+        idx = torch.tensor(decode, dtype=torch.long, device=query.device)
+        tables = block_tables[idx, :nblk].long()
+        keys = k_cache[tables].flatten(1, 2)[:, :max_len]      # [D, L, Hkv, hd]
+        values = v_cache[tables].flatten(1, 2)[:, :max_len]
+        q_rows = torch.tensor([starts[i] for i in decode], dtype=torch.long, device=query.device)
+        q = query[q_rows].view(len(decode), num_kv_heads, group, head_dim).float()
+        scores = torch.einsum("bkgd,blkd->bkgl", q, keys.float()) * scale
+        ctx = torch.tensor([lens[i] for i in decode], device=query.device)
+        mask = torch.arange(max_len, device=query.device)[None, :] >= ctx[:, None]   # [D, L]
+        scores.masked_fill_(mask[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        o = torch.einsum("bkgl,blkd->bkgd", probs, values.float())
+        out[q_rows] = o.reshape(len(decode), num_heads, head_dim).to(query.dtype)
+        done = set(decode)
+    else:
+        done = set()
+
+    for i in range(num_reqs):
+        if i in done or q_lens[i] == 0:
+            continue
+        s, e, ctx_len = starts[i], starts[i + 1], lens[i]
+        q_len = e - s
+        keys = _gather_context(k_cache, block_tables[i], ctx_len)
+        values = _gather_context(v_cache, block_tables[i], ctx_len)
+        # [Hq, q_len, hd] x [Hq, ctx, hd], GQA by repeating kv heads.
+        q = query[s:e].transpose(0, 1).float()
+        k = keys.transpose(0, 1).float().repeat_interleave(group, dim=0)
+        v = values.transpose(0, 1).float().repeat_interleave(group, dim=0)
+        scores = torch.matmul(q, k.transpose(1, 2)) * scale
+        q_pos = torch.arange(ctx_len - q_len, ctx_len, device=query.device)
+        k_pos = torch.arange(ctx_len, device=query.device)
+        scores.masked_fill_((k_pos[None, :] > q_pos[:, None])[None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[s:e] = torch.matmul(probs, v).transpose(0, 1).to(query.dtype)
+    return out

@@ -1,0 +1,114 @@
+"""GGUF checkpoints: config and tokenizer through transformers, tensors dequantized with the ``gguf`` package.
+
+transformers knows how to turn GGUF metadata into an HF config and tokenizer, but parsing the tokenizer out of a
+GGUF takes seconds (7 s for SmolLM2 on the 2-core CI machine), so the converted config/tokenizer are cached in
+``~/.cache/pagedllm/gguf/<file key>/`` and every later start reads them from there.
+
+Tensors are read with ``gguf.GGUFReader`` and dequantized at load (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ...:
+whatever ``gguf.quants.dequantize`` supports), renamed to HF names, and handed to the model's ``load_weights``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from typing import Iterator
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+# llama.cpp's per-layer tensor names -> HF names (suffix after "model.layers.N.").
+_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def cache_dir_for(gguf_path: str) -> str:
+    st = os.stat(gguf_path)
+    key = hashlib.sha256(f"{os.path.abspath(gguf_path)}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    root = os.environ.get("PAGEDLLM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pagedllm"))
+    return os.path.join(root, "gguf", key)
+
+
+def convert_metadata(gguf_path: str) -> str:
+    """A folder with config.json, generation_config.json and the tokenizer files of a GGUF checkpoint."""
+    out = cache_dir_for(gguf_path)
+    if os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, ".complete")):
+        return out
+    from transformers import AutoConfig, AutoTokenizer
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    logger.info("Converting GGUF metadata of %s (once; cached in %s)", gguf_path, out)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if not getattr(config, "architectures", None):
+        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                "qwen3": "Qwen3ForCausalLM"}.get(config.model_type)
+        if arch is None:
+            raise ValueError(f"GGUF model type {config.model_type!r} is not supported by pagedllm.")
+        config.architectures = [arch]
+    os.makedirs(out, exist_ok=True)
+    config.save_pretrained(out)
+    generation = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                  if getattr(config, k, None) is not None}
+    with open(os.path.join(out, "generation_config.json"), "w") as f:
+        json.dump(generation, f)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        tokenizer.save_pretrained(out)
+    except Exception as e:  # a GGUF without tokenizer metadata still runs with token-id prompts
+        logger.warning("Could not convert the tokenizer of %s: %s", gguf_path, e)
+    with open(os.path.join(out, ".complete"), "w") as f:
+        f.write(gguf_path)
+    return out
+
+
+def _reverse_llama_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp interleaves the rotary halves of Q/K rows for llama models; undo it to get HF's layout."""
+    rows = weight.shape[0]
+    return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def iterate_gguf_weights(gguf_path: str, hf_config) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(hf_name, dequantized float32 tensor)`` for every tensor of the file."""
+    from gguf import GGUFReader, dequantize
+
+    reader = GGUFReader(gguf_path)
+    arch_field = reader.fields["general.architecture"]
+    arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+    if arch not in _SUPPORTED_ARCHS:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported by pagedllm ({', '.join(_SUPPORTED_ARCHS)}).")
+    n_head = hf_config.num_attention_heads
+    n_kv = getattr(hf_config, "num_key_value_heads", n_head)
+    layer_re = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
+    for tensor in reader.tensors:
+        m = layer_re.match(tensor.name)
+        if m:
+            layer, part, kind = m.groups()
+            if part not in _LAYER_NAMES:
+                raise ValueError(f"Unknown GGUF tensor {tensor.name!r}")
+            name = f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}"
+        else:
+            base, _, kind = tensor.name.rpartition(".")
+            if base not in _GLOBAL_NAMES:
+                if base in ("rope_freqs",):
+                    continue
+                raise ValueError(f"Unknown GGUF tensor {tensor.name!r}")
+            name = f"{_GLOBAL_NAMES[base]}.{kind}"
+        # GGUF lists dims fastest-first; numpy's dequantize returns the row-major (HF) shape.
+        data = dequantize(tensor.data, tensor.tensor_type)
+        shape = tuple(int(x) for x in reversed(tensor.shape))
+        weight = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(shape)
+        if arch in ("llama", "mistral") and m:
+            if part == "attn_q":
+                weight = _reverse_llama_permute(weight, n_head)
+            elif part == "attn_k":
+                weight = _reverse_llama_permute(weight, n_kv)
+        yield name, weight

@@ -1,0 +1,40 @@
+"""RMSNorm (optionally fused with the residual add) and LayerNorm."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pagedllm.model.layers.linear import default_weight_loader
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
+        self.weight.weight_loader = default_weight_loader
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        # Computed in fp32 and cast back before the weight multiply, like HF's LlamaRMSNorm (token parity).
+        orig = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(orig)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Without ``residual``: norm(x). With it: (norm(x + residual), x + residual)."""
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x
+
+
+class LayerNorm(nn.LayerNorm):
+    def __init__(self, hidden_size: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__(hidden_size, eps=eps, bias=bias)
+        self.weight.requires_grad_(False)
+        self.weight.weight_loader = default_weight_loader
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+            self.bias.weight_loader = default_weight_loader

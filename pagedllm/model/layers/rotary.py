@@ -1,0 +1,52 @@
+"""Rotary position embedding (NeoX / HF "rotate_half" layout), any HF rope type.
+
+The inverse frequencies come from transformers' own ``ROPE_INIT_FUNCTIONS`` (default, linear, llama3, yarn, ...), so
+scaled variants match HF exactly without re-deriving each formula here.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _inv_freq(hf_config, head_dim: int) -> tuple[torch.Tensor, float]:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
+    if rope_type == "default" or rope_type not in ROPE_INIT_FUNCTIONS:
+        theta = (params.get("rope_theta") if isinstance(params, dict) else None) \
+            or getattr(hf_config, "rope_theta", 10000.0)
+        partial = getattr(hf_config, "partial_rotary_factor", 1.0)
+        dim = int(head_dim * partial)
+        inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        return inv, 1.0
+    inv, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu")
+    return inv.float(), float(scaling)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, hf_config, head_dim: int, max_position: int):
+        super().__init__()
+        inv_freq, scaling = _inv_freq(hf_config, head_dim)
+        self.rotary_dim = inv_freq.numel() * 2
+        t = torch.arange(max_position, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        # [max_pos, rotary_dim/2] each; kept fp32 and cast at use so bf16 models rotate like HF.
+        self.register_buffer("cos", (freqs.cos() * scaling), persistent=False)
+        self.register_buffer("sin", (freqs.sin() * scaling), persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: [T, Hq, D], k: [T, Hkv, D] -> rotated copies."""
+        cos = self.cos[positions].unsqueeze(1)
+        sin = self.sin[positions].unsqueeze(1)
+        return self._apply(q, cos, sin), self._apply(k, cos, sin)
+
+    def _apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        rot = x[..., :self.rotary_dim]
+        half = self.rotary_dim // 2
+        x1, x2 = rot[..., :half], rot[..., half:]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        if self.rotary_dim < x.shape[-1]:
+            out = torch.cat((out, x[..., self.rotary_dim:]), dim=-1)
+        return out

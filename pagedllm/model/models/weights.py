@@ -1,0 +1,46 @@
+"""Routing checkpoint tensors to parameters through their ``weight_loader`` (shared by every model)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from pagedllm.model.layers.linear import default_weight_loader
+
+
+def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
+                        packed_modules_mapping: dict[str, tuple[str, object]],
+                        skip: tuple[str, ...] = (), rename: dict[str, str] | None = None) -> None:
+    """Copy each ``(name, tensor)`` into its parameter; fused parameters get the shard id of the part.
+
+    Every model parameter must be filled: a missing one is an error (random weights would give garbage silently).
+    """
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    for name, tensor in weights:
+        if any(name.endswith(s) for s in skip):
+            continue
+        for old, new in (rename or {}).items():
+            name = name.replace(old, new)
+        shard_id = None
+        for fragment, (packed, sid) in packed_modules_mapping.items():
+            if f".{fragment}." in name:
+                name, shard_id = name.replace(f".{fragment}.", f".{packed}."), sid
+                break
+        if name not in params:
+            raise ValueError(f"Checkpoint tensor {name!r} has no matching parameter in {type(model).__name__}.")
+        param = params[name]
+        loader = getattr(param, "weight_loader", default_weight_loader)
+        with torch.no_grad():
+            if shard_id is None:
+                loader(param, tensor.to(param.dtype))
+            else:
+                loader(param, tensor.to(param.dtype), shard_id)
+        loaded.add(name)
+    # tied weights are one Parameter under two names
+    missing = [n for n, p in params.items() if n not in loaded
+               and not any(p is params[m] for m in loaded)]
+    if missing:
+        raise ValueError(f"Checkpoint is missing weights for: {', '.join(missing[:8])}"
+                         + (" ..." if len(missing) > 8 else ""))

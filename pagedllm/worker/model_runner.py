@@ -1,0 +1,193 @@
+"""ModelRunner: owns the model and the KV cache tensors; turns a SchedulerOutput into one forward pass + sampling."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pagedllm.config import EngineConfig
+from pagedllm.engine.request import Request
+from pagedllm.engine.scheduler import SchedulerOutput
+from pagedllm.model.layers.sampler import Sampler, top_logprobs
+from pagedllm.model.loader import load_model
+from pagedllm.worker.forward_batch import ForwardBatch
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_CPU_KV_GB = 4.0
+
+
+@dataclass
+class ModelRunnerOutput:
+    sampled: dict[str, int] = field(default_factory=dict)
+    # request id -> (top ids, top logprobs, sampled logprob, sampled rank)
+    logprobs: dict[str, tuple] = field(default_factory=dict)
+    # request id -> list of (prompt position, token id, its logprob, rank, top ids, top logprobs)
+    prompt_logprobs: dict[str, list] = field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.device = config.device
+        self.dtype = config.dtype
+        self.block_size = config.block_size
+        hf = config.hf_config
+        self.num_layers = hf.num_hidden_layers
+        self.num_kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+        self.head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        self.vocab_size = hf.vocab_size
+        if config.args.seed is not None:
+            torch.manual_seed(config.args.seed)
+        t0 = time.perf_counter()
+        self.model = load_model(config)
+        self.load_seconds = time.perf_counter() - t0
+        self.sampler = Sampler()
+        self.kv_caches: list[torch.Tensor] = []
+        self.num_blocks = 0
+        self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
+
+    # ---- KV cache ---------------------------------------------------------------------------------------------
+    @property
+    def bytes_per_block(self) -> int:
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+
+    def determine_num_blocks(self) -> int:
+        args = self.config.args
+        if args.num_gpu_blocks_override is not None:
+            return int(args.num_gpu_blocks_override)
+        # Never more than every sequence at full length could use.
+        cap = self.config.max_num_seqs * self.max_blocks_per_seq + 1
+        if self.device.type == "cuda":
+            free_bytes = self._profile_gpu_memory()
+        else:
+            gb = args.kv_cache_memory_gb if args.kv_cache_memory_gb is not None else _DEFAULT_CPU_KV_GB
+            free_bytes = int(gb * (1 << 30))
+        return max(0, min(cap, free_bytes // self.bytes_per_block))
+
+    def _profile_gpu_memory(self) -> int:
+        """Memory left for the KV cache: run the largest batch once, see the peak, keep the rest under
+        ``gpu_memory_utilization``."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        n = min(self.config.max_num_batched_tokens, self.config.max_model_len * self.config.max_num_seqs)
+        self._dummy_forward(n)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        free_now, _ = torch.cuda.mem_get_info()
+        # Memory used by others (other processes, CUDA context) counts against our share too.
+        non_torch = total - free_now - torch.cuda.memory_reserved()
+        budget = int(total * self.config.args.gpu_memory_utilization) - peak - max(non_torch, 0)
+        logger.info("GPU memory: total %.1f GiB, model peak %.2f GiB, KV budget %.2f GiB",
+                    total / 2**30, peak / 2**30, budget / 2**30)
+        return max(budget, 0)
+
+    @torch.inference_mode()
+    def _dummy_forward(self, num_tokens: int) -> None:
+        """A forward of ``num_tokens`` prompt tokens over a scratch one-request cache (memory profiling)."""
+        blocks = -(-num_tokens // self.block_size)
+        shape = (2, blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        caches = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+        n_seq = -(-num_tokens // self.config.max_model_len)
+        lens = [min(self.config.max_model_len, num_tokens - i * self.config.max_model_len) for i in range(n_seq)]
+        starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+        positions = np.concatenate([np.arange(x) for x in lens])
+        tables = np.zeros((n_seq, -(-max(lens) // self.block_size)), dtype=np.int32)
+        for i, x in enumerate(lens):
+            first = int(starts[i]) // self.block_size
+            tables[i, :-(-x // self.block_size)] = np.arange(first, first + -(-x // self.block_size))
+        slots = np.arange(num_tokens)
+        batch = self._make_batch(np.zeros(num_tokens, dtype=np.int64), positions, slots, starts,
+                                 np.array(lens, dtype=np.int32), tables, caches)
+        hidden = self.model(batch.input_ids, batch.positions, batch)
+        self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
+        del caches, hidden
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+    def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches
+                    ) -> ForwardBatch:
+        dev = self.device
+        return ForwardBatch(
+            input_ids=torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(dev, non_blocking=True),
+            positions=torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev, non_blocking=True),
+            slot_mapping=torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(dev, non_blocking=True),
+            query_start_loc=torch.from_numpy(np.asarray(query_start_loc, dtype=np.int32)).to(dev, non_blocking=True),
+            seq_lens=torch.from_numpy(np.asarray(seq_lens, dtype=np.int32)).to(dev, non_blocking=True),
+            block_tables=torch.from_numpy(np.asarray(block_tables, dtype=np.int32)).to(dev, non_blocking=True),
+            max_query_len=int(np.max(np.diff(query_start_loc))) if len(seq_lens) else 0,
+            max_seq_len=int(np.max(seq_lens)) if len(seq_lens) else 0,
+            kv_caches=kv_caches,
+            query_start_loc_cpu=[int(x) for x in query_start_loc],
+            seq_lens_cpu=[int(x) for x in seq_lens],
+        )
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        items = sched.scheduled
+        bs = self.block_size
+        num_reqs = len(items)
+        q_lens = np.array([it.num_new_tokens for it in items], dtype=np.int64)
+        starts = np.zeros(num_reqs + 1, dtype=np.int32)
+        np.cumsum(q_lens, out=starts[1:])
+        total = int(starts[-1])
+        input_ids = np.empty(total, dtype=np.int64)
+        positions = np.empty(total, dtype=np.int64)
+        seq_lens = np.empty(num_reqs, dtype=np.int32)
+        width = max(-(-(it.request.num_computed_tokens + it.num_new_tokens) // bs) for it in items)
+        tables = np.zeros((num_reqs, width), dtype=np.int32)
+        for i, it in enumerate(items):
+            r = it.request
+            s, e = starts[i], starts[i + 1]
+            c = r.num_computed_tokens
+            input_ids[s:e] = r.token_ids[c:c + it.num_new_tokens]
+            positions[s:e] = np.arange(c, c + it.num_new_tokens)
+            seq_lens[i] = c + it.num_new_tokens
+            tables[i, :len(r.block_ids)] = r.block_ids[:width]
+        req_index = np.repeat(np.arange(num_reqs), q_lens)
+        slots = tables[req_index, positions // bs].astype(np.int64) * bs + positions % bs
+        batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches)
+
+        hidden = self.model(batch.input_ids, batch.positions, batch)
+
+        # Which rows need logits: the last token of each request that catches up (to sample), and every prompt
+        # position of requests that asked for prompt logprobs.
+        sample_items = [(i, it) for i, it in enumerate(items) if it.will_sample]
+        out = ModelRunnerOutput()
+        prompt_rows: list[tuple[Request, int, int]] = []   # (request, flat row, prompt position)
+        for i, it in enumerate(items):
+            r = it.request
+            if r.sampling_params.prompt_logprobs is None:
+                continue
+            c = r.num_computed_tokens
+            for p in range(c, min(c + it.num_new_tokens, r.num_prompt_tokens - 1)):
+                prompt_rows.append((r, int(starts[i]) + p - c, p))
+        if prompt_rows:
+            self._prompt_logprobs(hidden, prompt_rows, out)
+        if sample_items:
+            rows = torch.tensor([int(starts[i + 1]) - 1 for i, _ in sample_items], device=self.device)
+            logits = self.model.compute_logits(hidden[rows])
+            requests = [it.request for _, it in sample_items]
+            result = self.sampler(logits, requests)
+            for r, tok, lp in zip(requests, result.token_ids, result.logprobs):
+                out.sampled[r.request_id] = tok
+                if lp is not None:
+                    out.logprobs[r.request_id] = lp
+        return out
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, prompt_rows, out: ModelRunnerOutput) -> None:
+        rows = torch.tensor([row for _, row, _ in prompt_rows], device=self.device)
+        logprobs = torch.log_softmax(self.model.compute_logits(hidden[rows]).float(), dim=-1)
+        for j, (r, _, p) in enumerate(prompt_rows):
+            target = r.token_ids[p + 1]
+            ids, vals, lp, rank = top_logprobs(logprobs[j], target, r.sampling_params.prompt_logprobs)
+            out.prompt_logprobs.setdefault(r.request_id, []).append((p + 1, target, lp, rank, ids, vals))
