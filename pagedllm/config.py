@@ -248,7 +248,7 @@ def _pick_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
             # fp16 matmuls on CPU are slow and lose precision; vLLM's CPU backend does the same.
             return torch.bfloat16
         return dtype
-    config_dtype = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+    config_dtype = getattr(hf_config, "dtype", None)  # transformers 5 name (torch_dtype is deprecated)
     if isinstance(config_dtype, str):
         config_dtype = _DTYPES.get(config_dtype, torch.float32)
     if device.type == "cpu":

@@ -105,10 +105,32 @@ def iterate_gguf_weights(gguf_path: str, hf_config) -> Iterator[tuple[str, torch
         # GGUF lists dims fastest-first; numpy's dequantize returns the row-major (HF) shape.
         data = dequantize(tensor.data, tensor.tensor_type)
         shape = tuple(int(x) for x in reversed(tensor.shape))
-        weight = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(shape)
+        weight = torch.from_numpy(np.array(data, dtype=np.float32)).reshape(shape)  # a writable copy
         if arch in ("llama", "mistral") and m:
             if part == "attn_q":
                 weight = _reverse_llama_permute(weight, n_head)
             elif part == "attn_k":
                 weight = _reverse_llama_permute(weight, n_kv)
         yield name, weight
+
+
+def load_gguf_weights(gguf_path: str, hf_config) -> Iterator[tuple[str, torch.Tensor]]:
+    """Dequantized weights of a GGUF file, cached as fp32 safetensors beside the converted metadata.
+
+    Parsing a GGUF's metadata (the tokenizer arrays) costs ~9 s on the CI machine for SmolLM2 even when only the
+    tensors are wanted; reading the cached safetensors takes well under a second.
+    """
+    from safetensors.torch import load_file, save_file
+    cached = os.path.join(cache_dir_for(gguf_path), "weights.safetensors")
+    if os.path.exists(cached):
+        yield from load_file(cached).items()
+        return
+    tensors = dict(iterate_gguf_weights(gguf_path, hf_config))
+    try:
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        tmp = f"{cached}.{os.getpid()}.tmp"
+        save_file(tensors, tmp)
+        os.replace(tmp, cached)
+    except OSError as e:  # a read-only cache only costs speed
+        logger.warning("Could not cache dequantized GGUF weights in %s: %s", cached, e)
+    yield from tensors.items()

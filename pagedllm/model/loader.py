@@ -155,8 +155,8 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
         _fill_dummy(model, seed=config.args.seed or 0)
     else:
         if config.model.gguf_file is not None:
-            from pagedllm.model.gguf_loader import iterate_gguf_weights
-            weights = iterate_gguf_weights(config.model.gguf_file, hf)
+            from pagedllm.model.gguf_loader import load_gguf_weights
+            weights = load_gguf_weights(config.model.gguf_file, hf)
         elif fmt in ("auto", "safetensors") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
             weights = iterate_safetensors(config.model.model_dir)
         elif fmt == "safetensors":

@@ -1,0 +1,285 @@
+"""`pagedllm bench serve`: online serving benchmark of an OpenAI-compatible server (vLLM's benchmark_serving).
+
+Requests are sent as a Poisson process (Gamma when --burstiness != 1) or all at once (--request-rate inf), capped at
+--max-concurrency in flight, each streamed; the result block, metric definitions and --save-result JSON follow vLLM.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from datetime import datetime
+from typing import Any, Sequence
+
+import numpy as np
+
+from pagedllm.bench.datasets import SampleRequest, add_dataset_args, sample_requests
+from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, format_result_block, parse_goodput,
+                                    summary_dict)
+from pagedllm.bench.utils import parse_percentiles, try_get_tokenizer, write_json
+
+DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors", "start_times", "e2els")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from pagedllm.bench.request_funcs import BACKENDS
+    parser.add_argument("--backend", type=str, default="openai", choices=sorted(BACKENDS),
+                        help="openai / vllm / pagedllm: /v1/completions; openai-chat: /v1/chat/completions.")
+    parser.add_argument("--base-url", type=str, default=None, help="Server URL, e.g. http://127.0.0.1:8000 "
+                        "(instead of --host/--port).")
+    parser.add_argument("--host", type=str, default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--endpoint", type=str, default=None,
+                        help="API path (default: /v1/completions, or /v1/chat/completions for openai-chat).")
+    parser.add_argument("--model", type=str, default=None,
+                        help="Model id (default: the first model the server lists at /v1/models).")
+    parser.add_argument("--served-model-name", type=str, default=None,
+                        help="Model name sent in requests (default: --model).")
+    parser.add_argument("--tokenizer", type=str, default=None, help="Tokenizer id or path (default: --model).")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--skip-tokenizer-init", action="store_true",
+                        help="Load no tokenizer: synthetic prompts go as token ids, output tokens come from usage.")
+    add_dataset_args(parser, default_dataset="random")
+    parser.add_argument("--num-prompts", type=int, default=1000, help="Number of prompts to process.")
+    parser.add_argument("--request-rate", type=float, default=float("inf"),
+                        help="Requests per second (Poisson arrivals); inf sends all at once.")
+    parser.add_argument("--burstiness", type=float, default=1.0,
+                        help="Gamma shape of the inter-arrival times: 1 = Poisson, <1 burstier, >1 more uniform.")
+    parser.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight at once.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ignore-eos", action="store_true", help="Send ignore_eos=true (fixed output lengths).")
+    parser.add_argument("--logprobs", type=int, default=None, help="Logprobs per output token to request.")
+    parser.add_argument("--temperature", type=float, default=None, help="Default 0.0 (greedy).")
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--extra-body", type=json.loads, default=None,
+                        help="JSON object merged into every request body.")
+    parser.add_argument("--num-warmups", type=int, default=0, help="Warm-up requests before the measured run.")
+    parser.add_argument("--disable-tqdm", action="store_true", help="No progress bar.")
+    parser.add_argument("--percentile-metrics", type=str, default="ttft,tpot,itl",
+                        help='Comma-separated metrics to report percentiles of, from "ttft,tpot,itl,e2el".')
+    parser.add_argument("--metric-percentiles", type=str, default="99",
+                        help='Comma-separated percentiles, e.g. "25,50,75,99".')
+    parser.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
+                        help='SLOs as "KEY:VALUE" pairs in ms, keys ttft, tpot, e2el; reports request goodput.')
+    parser.add_argument("--save-result", action="store_true", help="Write the result JSON.")
+    parser.add_argument("--save-detailed", action="store_true",
+                        help="Also store per-request arrays (input_lens, output_lens, ttfts, itls, ...).")
+    parser.add_argument("--result-dir", type=str, default=None, help="Folder of the result JSON (default: cwd).")
+    parser.add_argument("--result-filename", type=str, default=None,
+                        help="File name (default: {label}-{rate}qps[-concurrency{N}]-{model}-{YYYYMMDD-HHMMSS}.json).")
+    parser.add_argument("--metadata", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="Extra key=value pairs stored in the result JSON.")
+    parser.add_argument("--label", type=str, default=None, help="Name of this run (default: the backend).")
+    parser.add_argument("--plot", type=str, default=None, metavar="FILE.png",
+                        help="Draw TTFT/TPOT/ITL distributions and tokens/s over time into this PNG.")
+    return parser
+
+
+# ---- arrival schedule ---------------------------------------------------------------------------------------------
+def request_intervals(num_requests: int, request_rate: float, burstiness: float = 1.0,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """Gap before each request after the first (length ``num_requests``; the first is 0): Gamma(shape=burstiness,
+    scale=1/(rate·burstiness)), so the mean gap is 1/rate and burstiness 1 is a Poisson process."""
+    if burstiness <= 0:
+        raise ValueError(f"burstiness must be positive, got {burstiness}.")
+    if request_rate <= 0:
+        raise ValueError(f"request_rate must be positive, got {request_rate}.")
+    gaps = np.zeros(num_requests)
+    if request_rate == float("inf") or num_requests <= 1:
+        return gaps
+    rng = rng if rng is not None else np.random.default_rng(0)
+    theta = 1.0 / (request_rate * burstiness)
+    gaps[1:] = rng.gamma(shape=burstiness, scale=theta, size=num_requests - 1)
+    return gaps
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+async def _fetch_first_model(base_url: str) -> str:
+    import aiohttp
+    from pagedllm.bench.request_funcs import _headers
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with session.get(base_url.rstrip("/") + "/v1/models", headers=_headers()) as resp:
+            if resp.status != 200:
+                raise ValueError(f"GET {base_url}/v1/models answered HTTP {resp.status}; pass --model.")
+            data = await resp.json()
+    models = data.get("data") or []
+    if not models:
+        raise ValueError(f"The server at {base_url} lists no model; pass --model.")
+    return models[0]["id"]
+
+
+def _request_input(req: SampleRequest, *, api_url: str, model: str, chat: bool, args: argparse.Namespace):
+    from pagedllm.bench.request_funcs import RequestFuncInput
+    sampling = {"temperature": args.temperature if args.temperature is not None else 0.0}
+    if args.top_p is not None:
+        sampling["top_p"] = args.top_p
+    if args.top_k is not None:
+        sampling["top_k"] = args.top_k
+    return RequestFuncInput(api_url=api_url, model=model,
+                            prompt=req.chat_text() if chat else req.completion_prompt(),
+                            prompt_len=req.prompt_len, output_len=req.expected_output_len,
+                            ignore_eos=args.ignore_eos, logprobs=args.logprobs, sampling=sampling,
+                            extra_body=args.extra_body)
+
+
+async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleRequest], *, api_url: str, model: str,
+                        tokenizer, selected_metrics: Sequence[str], percentiles: Sequence[float],
+                        goodput_slos: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Send every request; returns (the vLLM result dict incl. per-request arrays, extra data for plotting)."""
+    import aiohttp
+    from pagedllm.bench.request_funcs import AIOHTTP_TIMEOUT, BACKENDS, CHAT_BACKENDS
+    request_func = BACKENDS[args.backend][0]
+    chat = args.backend in CHAT_BACKENDS
+    inputs = [_request_input(r, api_url=api_url, model=model, chat=chat, args=args) for r in requests]
+
+    connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=AIOHTTP_TIMEOUT, trust_env=True) as session:
+        print("Starting initial single prompt test run...")
+        test = await request_func(inputs[0], session)
+        if not test.success:
+            raise ValueError("Initial test run failed - Please make sure benchmark arguments are correctly "
+                             f"specified. Error: {test.error}")
+        print("Initial test run completed. Starting main benchmark run...")
+        if args.num_warmups > 0:
+            print(f"Warming up with {args.num_warmups} requests...")
+            await asyncio.gather(*[request_func(inputs[i % len(inputs)], session) for i in range(args.num_warmups)])
+            print("Warmup run completed.")
+
+        distribution = "Poisson process" if args.burstiness == 1.0 else "Gamma distribution"
+        print(f"Traffic request rate: {args.request_rate}")
+        print(f"Burstiness factor: {args.burstiness} ({distribution})")
+        print(f"Maximum request concurrency: {args.max_concurrency}")
+
+        pbar = None
+        if not args.disable_tqdm:
+            from tqdm import tqdm
+            pbar = tqdm(total=len(inputs))
+        semaphore = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
+
+        async def send(request_input):
+            if semaphore is None:
+                out = await request_func(request_input, session)
+            else:
+                async with semaphore:
+                    out = await request_func(request_input, session)
+            if pbar is not None:
+                pbar.update(1)
+            return out
+
+        gaps = request_intervals(len(inputs), args.request_rate, args.burstiness,
+                                 np.random.default_rng(args.seed))
+        arrival = np.cumsum(gaps)
+        start = time.perf_counter()
+        tasks = []
+        for request_input, at in zip(inputs, arrival):
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(request_input)))
+        outputs = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
+        if pbar is not None:
+            pbar.close()
+
+    metrics, output_lens = calculate_metrics([r.prompt_len for r in requests], outputs, duration, tokenizer,
+                                             percentiles, goodput_slos)
+    print(format_result_block(metrics, duration, selected_metrics=selected_metrics,
+                              max_concurrency=args.max_concurrency, request_rate=args.request_rate,
+                              goodput=bool(goodput_slos)))
+    failed = [o.error for o in outputs if not o.success]
+    if failed:
+        print(f"{len(failed)} request(s) failed; first error: {failed[0][:500]}", file=sys.stderr)
+    result = summary_dict(metrics, duration, selected_metrics=selected_metrics, goodput=bool(goodput_slos))
+    result.update({
+        "input_lens": [o.prompt_len for o in outputs],
+        "output_lens": output_lens,
+        "ttfts": [o.ttft for o in outputs],
+        "itls": [o.itl for o in outputs],
+        "generated_texts": [o.generated_text for o in outputs],
+        "errors": [o.error for o in outputs],
+        "start_times": [o.start_time - start for o in outputs],
+        "e2els": [o.latency for o in outputs],
+    })
+    return result, {"successes": [o.success for o in outputs]}
+
+
+def result_filename(label: str, request_rate: float, max_concurrency: int | None, model_id: str,
+                    now: datetime | None = None) -> str:
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    concurrency = f"-concurrency{max_concurrency}" if max_concurrency is not None else ""
+    return f"{label}-{request_rate}qps{concurrency}-{model_id.rstrip('/').split('/')[-1]}-{stamp}.json"
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark; returns the result dict (as saved with --save-result, with the detailed arrays)."""
+    from pagedllm.bench.request_funcs import BACKENDS, CHAT_BACKENDS
+    goodput_slos = parse_goodput(args.goodput)
+    selected_metrics = [m.strip() for m in args.percentile_metrics.split(",") if m.strip()]
+    unknown = [m for m in selected_metrics if m not in PERCENTILE_METRICS]
+    if unknown:
+        raise ValueError(f"--percentile-metrics accepts {','.join(PERCENTILE_METRICS)}; got {','.join(unknown)}.")
+    percentiles = parse_percentiles(args.metric_percentiles)
+    if args.num_prompts < 1:
+        raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}.")
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        raise ValueError(f"--max-concurrency must be >= 1, got {args.max_concurrency}.")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+
+    base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
+    endpoint = args.endpoint or BACKENDS[args.backend][1]
+    api_url = base_url + endpoint
+    model_id = args.model or asyncio.run(_fetch_first_model(base_url))
+    request_model = args.served_model_name or model_id
+    chat = args.backend in CHAT_BACKENDS
+
+    tokenizer = None
+    if not args.skip_tokenizer_init:
+        needs_tokenizer = args.dataset_name == "sharegpt" or chat
+        tokenizer = try_get_tokenizer(args.tokenizer or model_id, trust_remote_code=args.trust_remote_code,
+                                      required=needs_tokenizer)
+    requests = sample_requests(args, tokenizer, args.num_prompts)
+
+    result, _ = asyncio.run(run_benchmark(args, requests, api_url=api_url, model=request_model,
+                                          tokenizer=tokenizer, selected_metrics=selected_metrics,
+                                          percentiles=percentiles, goodput_slos=goodput_slos))
+    label = args.label or args.backend
+    header: dict[str, Any] = {
+        "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "backend": args.backend,
+        "label": label,
+        "endpoint": endpoint,
+        "model_id": model_id,
+        "tokenizer_id": args.tokenizer or model_id,
+        "dataset_name": args.dataset_name,
+        "num_prompts": args.num_prompts,
+    }
+    for item in args.metadata or []:
+        if "=" not in item:
+            raise ValueError(f"--metadata expects KEY=VALUE pairs, got {item!r}.")
+        key, value = item.split("=", 1)
+        header[key.strip()] = value.strip()
+    header["request_rate"] = args.request_rate if args.request_rate < float("inf") else "inf"
+    header["burstiness"] = args.burstiness
+    header["max_concurrency"] = args.max_concurrency
+    full = {**header, **result}
+
+    if args.save_result or args.save_detailed:
+        saved = dict(full)
+        if not args.save_detailed:
+            for key in DETAILED_KEYS:
+                saved.pop(key, None)
+        name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id)
+        path = os.path.join(args.result_dir, name) if args.result_dir else name
+        write_json(path, saved)
+        print(f"Saved the result to {path}")
+    if args.plot:
+        from pagedllm.bench.plot import plot_serve_result
+        plot_serve_result(full, args.plot)
+        print(f"Saved the plot to {args.plot}")
+    return full
