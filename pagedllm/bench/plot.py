@@ -36,7 +36,7 @@ def _hist(ax, values_ms: Sequence[float], title: str, color: str) -> None:
 
 
 def token_timeline(result: dict[str, Any], bin_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(bin starts s, output tokens/s per bin, requests in flight per bin) from the detailed per-request arrays.
+    """(bin starts s, output tokens/s per bin, mean requests in flight per bin) from the per-request arrays.
     A request's ``output_len`` tokens are spread evenly over its streamed chunks."""
     starts, ttfts, itls = result["start_times"], result["ttfts"], result["itls"]
     e2els, out_lens, errors = result["e2els"], result["output_lens"], result["errors"]
@@ -50,8 +50,8 @@ def token_timeline(result: dict[str, Any], bin_s: float) -> tuple[np.ndarray, np
         times = s + ttft + np.concatenate([[0.0], np.cumsum(gaps)])
         idx = np.minimum((times / bin_s).astype(int), nbins - 1)
         np.add.at(tokens, idx, n_out / len(times))
-        first, last = int(s / bin_s), min(int((s + e2el) / bin_s), nbins - 1)
-        inflight[first:last + 1] += 1
+        edges = np.arange(nbins) * bin_s   # time-weighted share of each bin this request was in flight
+        inflight += np.clip(np.minimum(edges + bin_s, s + e2el) - np.maximum(edges, s), 0.0, None) / bin_s
     return np.arange(nbins) * bin_s, tokens / bin_s, inflight
 
 
@@ -112,6 +112,7 @@ def plot_comparison(labels: Sequence[str], metrics: Sequence[dict[str, float]], 
         keys = []
         for m in metrics:
             keys += [k for k in m if pattern.match(k) and k not in keys]
+        keys.sort(key=_bar_order)
         if keys:
             panels.append((title, keys))
     if not panels:
@@ -137,6 +138,17 @@ def plot_comparison(labels: Sequence[str], metrics: Sequence[dict[str, float]], 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _bar_order(key: str) -> tuple[int, float]:
+    """Throughputs keep their order; then mean, median, and percentiles by value."""
+    name = _short_name(key)
+    if name in ("mean", "avg_latency"):
+        return (1, 0.0)
+    if name == "median":
+        return (2, 0.0)
+    match = re.fullmatch(r"p([\d.]+)", name)
+    return (3, float(match.group(1))) if match else (0, 0.0)
 
 
 def _short_name(key: str) -> str:

@@ -49,6 +49,12 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
+        self.workspace = None          # Triton decode scratch (split-KV partials), shared by all layers
+        self.graph_runner = None
+        if config.attention_backend == "triton":
+            from pagedllm.kernels.triton_attention import DecodeWorkspace
+            self.workspace = DecodeWorkspace.allocate(config.max_num_seqs, hf.num_attention_heads,
+                                                      self.num_kv_heads, self.head_dim, self.device)
 
     # ---- KV cache ---------------------------------------------------------------------------------------------
     @property
@@ -112,6 +118,11 @@ class ModelRunner:
         self.num_blocks = num_blocks
         shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+        if self.config.attention_backend == "triton" and not self.config.args.enforce_eager:
+            from pagedllm.worker.cuda_graphs import CudaGraphRunner
+            self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
+                                                self.max_blocks_per_seq, self.workspace, self.device)
+            self.graph_runner.capture()
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches
@@ -129,6 +140,7 @@ class ModelRunner:
             kv_caches=kv_caches,
             query_start_loc_cpu=[int(x) for x in query_start_loc],
             seq_lens_cpu=[int(x) for x in seq_lens],
+            attn_workspace=self.workspace,
         )
 
     @torch.inference_mode()
@@ -155,9 +167,11 @@ class ModelRunner:
             tables[i, :len(r.block_ids)] = r.block_ids[:width]
         req_index = np.repeat(np.arange(num_reqs), q_lens)
         slots = tables[req_index, positions // bs].astype(np.int64) * bs + positions % bs
-        batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches)
-
-        hidden = self.model(batch.input_ids, batch.positions, batch)
+        if total == num_reqs and self.graph_runner is not None and self.graph_runner.can_run(num_reqs):
+            hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables)
+        else:
+            batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches)
+            hidden = self.model(batch.input_ids, batch.positions, batch)
 
         # Which rows need logits: the last token of each request that catches up (to sample), and every prompt
         # position of requests that asked for prompt logprobs.

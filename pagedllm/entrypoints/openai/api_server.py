@@ -1,0 +1,257 @@
+"""The OpenAI-compatible HTTP server: FastAPI routes over one AsyncLLMEngine.
+
+``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
+Routes: /v1/models, /v1/completions, /v1/chat/completions, /tokenize, /detokenize, /health, /ping, /version, /metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from typing import Any, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+
+import pagedllm
+from pagedllm.config import EngineArgs
+from pagedllm.engine.async_engine import AsyncLLMEngine
+from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser
+from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                                  ModelCard, ModelList, RequestError, TokenizeChatRequest,
+                                                  TokenizeCompletionRequest)
+from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
+from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_body, error_response
+from pagedllm.metrics import EngineMetrics
+
+logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
+
+
+# ---- logging --------------------------------------------------------------------------------------------------------
+def configure_logging(level: int = logging.INFO) -> None:
+    """vLLM-style lines for pagedllm's loggers: ``INFO 05-01 12:00:00 [api_server.py:42] message``."""
+    root = logging.getLogger("pagedllm")
+    if any(getattr(h, "_pagedllm", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s",
+                                           datefmt="%m-%d %H:%M:%S"))
+    handler._pagedllm = True   # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+# ---- errors and auth --------------------------------------------------------------------------------------------------
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    """Pydantic failures are 400 (not FastAPI's 422) with OpenAI's error JSON; the message names the field."""
+    parts, param = [], None
+    seen = set()
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            parts.append(f"JSON decode error: {err.get('msg')} (at position {loc[0] if loc else '?'})")
+            continue
+        where = ".".join(loc)
+        if param is None and loc:
+            param = loc[0]
+        key = (loc[0] if loc else "", err.get("msg"))
+        if key in seen:
+            continue
+        seen.add(key)
+        msg = err.get("msg", "invalid value")
+        parts.append(f"{where}: {msg}" if where else msg)
+    message = "; ".join(parts[:6]) or "Invalid request body."
+    return JSONResponse(error_body(message, "BadRequestError", 400, param), status_code=400)
+
+
+class APIKeyMiddleware:
+    """With --api-key, every /v1/* route needs ``Authorization: Bearer <key>``; /health and /metrics stay open."""
+
+    def __init__(self, app: Any, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") != "OPTIONS":
+            path = scope.get("path", "")
+            root = scope.get("root_path", "") or ""
+            if root and path.startswith(root):
+                path = path[len(root):]
+            if path.startswith("/v1"):
+                headers = dict(scope.get("headers") or [])
+                if not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
+                    response = JSONResponse({"error": "Unauthorized"}, status_code=401)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+# ---- the app ----------------------------------------------------------------------------------------------------------
+def build_engine(args: argparse.Namespace) -> tuple[AsyncLLMEngine, EngineMetrics, list[str]]:
+    engine_args = EngineArgs.from_cli_args(args)
+    names = list(args.served_model_name) if args.served_model_name else [args.model]
+    engine_args.served_model_name = names
+    metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats)
+    engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=args.log_requests, metrics=metrics)
+    return engine, metrics, names
+
+
+def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineMetrics | None,
+              served_model_names: list[str]) -> FastAPI:
+    docs = {} if not getattr(args, "disable_fastapi_docs", False) else {"docs_url": None, "redoc_url": None,
+                                                                         "openapi_url": None}
+    app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__,
+                  root_path=args.root_path or "", **docs)
+    tokenizer = None
+    if engine.tokenizer is not None:
+        from pagedllm.engine.engine import load_tokenizer
+        tokenizer = load_tokenizer(engine.config)   # the server's own copy (the engine thread decodes with its own)
+    common = dict(tokenizer=tokenizer, chat_template=args.chat_template, response_role=args.response_role,
+                  log_requests=args.log_requests, max_log_len=args.max_log_len)
+    completions = OpenAIServingCompletion(engine, served_model_names, **common)
+    chat = OpenAIServingChat(engine, served_model_names, **common)
+    base = OpenAIServing(engine, served_model_names, **common)
+    app.state.engine = engine
+    app.state.metrics = metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError):
+        return validation_error_response(exc)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError):
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_: Request, exc: Exception):
+        return error_response(exc)
+
+    @app.get("/health")
+    async def health() -> Response:
+        try:
+            await engine.check_health()
+        except Exception as e:
+            logger.error("Health check failed: %s", e)
+            return Response(status_code=500)
+        return Response(status_code=200)
+
+    @app.get("/ping")
+    @app.post("/ping")
+    async def ping() -> Response:
+        return await health()
+
+    @app.get("/version")
+    async def version():
+        return {"version": pagedllm.__version__}
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+        body = metrics.render() if metrics is not None else b""
+        return Response(content=body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models():
+        cards = [ModelCard(id=name, root=engine.engine_args.model, max_model_len=engine.config.max_model_len)
+                 for name in served_model_names]
+        return JSONResponse(ModelList(data=cards).model_dump())
+
+    @app.post("/v1/completions")
+    async def create_completion(request: CompletionRequest, raw_request: Request):
+        return await completions.create_completion(request, raw_request)
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request):
+        return await chat.create_chat_completion(request, raw_request)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Union[TokenizeCompletionRequest, TokenizeChatRequest]):
+        try:
+            base.check_model(request.model)
+            if isinstance(request, TokenizeChatRequest):
+                if request.add_generation_prompt and request.continue_final_message:
+                    if "add_generation_prompt" in request.model_fields_set:
+                        raise RequestError("Cannot set both `continue_final_message` and `add_generation_prompt` "
+                                           "to True.", "continue_final_message")
+                    request.add_generation_prompt = False
+                ids = await base.render_chat(
+                    conversation(request.messages), chat_template=request.chat_template,
+                    add_generation_prompt=request.add_generation_prompt,
+                    continue_final_message=request.continue_final_message, tools=request.tools,
+                    chat_template_kwargs=request.chat_template_kwargs, add_special_tokens=request.add_special_tokens)
+            else:
+                ids = await base.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+            body: dict[str, Any] = {"count": len(ids), "max_model_len": base.max_model_len, "tokens": ids,
+                                    "token_strs": None}
+            if request.return_token_strs:
+                body["token_strs"] = await base.run_tokenizer(base.tokenizer.convert_ids_to_tokens, ids)
+            return JSONResponse(body)
+        except Exception as e:
+            return error_response(e)
+
+    @app.post("/detokenize")
+    async def detokenize(request: DetokenizeRequest):
+        try:
+            base.check_model(request.model)
+            vocab = engine.engine.vocab_size
+            bad = [t for t in request.tokens if not 0 <= t < vocab]
+            if bad:
+                raise RequestError(f"Token id {bad[0]} is out of vocabulary (vocab size {vocab}).", "tokens")
+            return JSONResponse({"prompt": await base.decode(request.tokens)})
+        except Exception as e:
+            return error_response(e)
+
+    # Middlewares: the last added runs first, so CORS answers preflights before the key check.
+    if args.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=args.api_key)
+    app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
+                       allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
+    return app
+
+
+# ---- running ----------------------------------------------------------------------------------------------------------
+def run_server(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    configure_logging()
+    logger.info("pagedllm API server version %s", pagedllm.__version__)
+    logger.info("args: %s", {k: v for k, v in vars(args).items() if k != "api_key"})
+    engine, metrics, names = build_engine(args)
+    app = build_app(args, engine, metrics, names)
+    host = args.host or "0.0.0.0"
+    config = uvicorn.Config(app, host=host, port=args.port, log_level=args.uvicorn_log_level,
+                            access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5,
+                            ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+                            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
+                            root_path=args.root_path or "")
+    server = uvicorn.Server(config)
+    scheme = "https" if args.ssl_certfile else "http"
+    logger.info("Starting the server on %s://%s:%d (served model name(s): %s)", scheme, host, args.port,
+                ", ".join(names))
+    try:
+        asyncio.run(server.serve())
+    finally:
+        engine.shutdown()
+
+
+def make_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        description="pagedllm OpenAI-compatible RESTful API server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return make_serve_parser(parser, model_positional=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = finalize_args(make_arg_parser().parse_args(argv))
+    run_server(args)
+
+
+if __name__ == "__main__":
+    main()

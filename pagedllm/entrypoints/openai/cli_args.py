@@ -1,0 +1,91 @@
+"""Flags of ``pagedllm serve`` (vLLM's frontend flags) on top of every engine argument."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from pagedllm.config import EngineArgs
+
+
+def _json_list(text: str) -> list[str]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return [text]
+    return value if isinstance(value, list) else [str(value)]
+
+
+def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = parser.add_argument_group("frontend arguments")
+    g.add_argument("--host", type=str, default=None, help="Host name to listen on (default: all interfaces).")
+    g.add_argument("--port", type=int, default=8000, help="Port number (default: 8000).")
+    g.add_argument("--uvicorn-log-level", type=str, default="info",
+                   choices=["debug", "info", "warning", "error", "critical", "trace"], help="Log level for uvicorn.")
+    g.add_argument("--disable-uvicorn-access-log", action="store_true", help="Disable uvicorn's access log.")
+    g.add_argument("--allow-credentials", action="store_true", help="Allow credentials (CORS).")
+    g.add_argument("--allowed-origins", type=_json_list, default=["*"], help='Allowed origins (JSON list, ["*"]).')
+    g.add_argument("--allowed-methods", type=_json_list, default=["*"], help="Allowed methods (JSON list).")
+    g.add_argument("--allowed-headers", type=_json_list, default=["*"], help="Allowed headers (JSON list).")
+    g.add_argument("--api-key", type=str, default=None,
+                   help="If provided, the server requires this key in the Authorization header (Bearer) for /v1/* "
+                        "(env PAGEDLLM_API_KEY does the same).")
+    g.add_argument("--served-model-name", type=str, nargs="+", default=None,
+                   help="Model name(s) used in the API; the first is echoed in responses. Default: the model path.")
+    g.add_argument("--chat-template", type=str, default=None,
+                   help="Chat template: a file path or the template itself (default: the tokenizer's).")
+    g.add_argument("--chat-template-content-format", type=str, default="auto", choices=["auto", "string", "openai"],
+                   help="How message content is given to the template (text-only models: always a string).")
+    g.add_argument("--response-role", type=str, default="assistant",
+                   help="Role name returned when add_generation_prompt is true.")
+    g.add_argument("--ssl-keyfile", type=str, default=None, help="SSL key file.")
+    g.add_argument("--ssl-certfile", type=str, default=None, help="SSL certificate file.")
+    g.add_argument("--ssl-ca-certs", type=str, default=None, help="CA certificates file.")
+    g.add_argument("--ssl-cert-reqs", type=int, default=0, help="Whether client certificates are required.")
+    g.add_argument("--root-path", type=str, default=None, help="FastAPI root_path when behind a path-based proxy.")
+    g.add_argument("--disable-log-requests", action="store_true", default=None,
+                   help="Do not log each request (default: log them).")
+    g.add_argument("--enable-log-requests", action="store_true", default=None, help="Log each request.")
+    g.add_argument("--max-log-len", type=int, default=None,
+                   help="Max number of prompt characters or ids printed in request logs (default: unlimited).")
+    g.add_argument("--disable-fastapi-docs", action="store_true", help="Disable /docs, /redoc and /openapi.json.")
+    g.add_argument("--enable-prompt-tokens-details", action="store_true",
+                   help="Accepted for compatibility (prompt_tokens_details stays null).")
+    return parser
+
+
+def make_serve_parser(parser: argparse.ArgumentParser, model_positional: bool) -> argparse.ArgumentParser:
+    """``serve``'s flags: MODEL positional (optional) and ``--model``, the frontend flags, the engine flags."""
+    if model_positional:
+        parser.add_argument("model_tag", type=str, nargs="?", default=None,
+                            help=f"The model: HF id, local folder or .gguf file (default: {EngineArgs.model}).")
+    parser.add_argument("--model", type=str, default=None,
+                        help="The model (same as the positional MODEL; the positional one wins).")
+    add_frontend_args(parser)
+    EngineArgs.add_cli_args(parser, model_positional=True)
+    return parser
+
+
+def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Resolve MODEL/--model, the api key from the environment, request logging on/off."""
+    model = getattr(args, "model_tag", None) or args.model or EngineArgs.model
+    args.model = model
+    if args.api_key is None:
+        args.api_key = os.environ.get("PAGEDLLM_API_KEY") or os.environ.get("VLLM_API_KEY") or None
+    # Default: log requests (one line each); --disable-log-requests turns that off, --enable-log-requests wins.
+    args.log_requests = bool(args.enable_log_requests) or not bool(args.disable_log_requests)
+    args.chat_template = load_chat_template(args.chat_template)
+    return args
+
+
+def load_chat_template(value: str | None) -> str | None:
+    """--chat-template is a file path or the Jinja template itself."""
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    if not any(c in value for c in "{}\n"):
+        raise ValueError(f"The supplied chat template ({value}) looks like a file path, but it failed to be opened.")
+    # Inline templates given on a command line often spell newlines as "\\n".
+    return value.replace("\\n", "\n") if "\n" not in value else value

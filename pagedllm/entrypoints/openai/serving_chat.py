@@ -1,0 +1,205 @@
+"""POST /v1/chat/completions: the conversation rendered by the chat template, then n completions, whole or streamed."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from pagedllm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
+                                                  ChatCompletionResponse, ChatCompletionResponseChoice, ChatLogProb,
+                                                  ChatLogProbsContent, ChatMessage, ChatResponseMessage, RequestError,
+                                                  UsageInfo, random_uuid)
+from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
+                                                        plain_prompt_logprobs, usage_dict,
+                                                        sse, until_disconnected)
+from pagedllm.outputs import Logprob
+
+logger = logging.getLogger("pagedllm.entrypoints.openai")
+
+
+def message_text(content: Any) -> str | None:
+    """OpenAI content (a string or a list of parts) as one string; text parts are joined by newlines (vLLM's
+    "string" content format)."""
+    if content is None or isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        kind = part.get("type")
+        if kind in ("text", "input_text"):
+            parts.append(part.get("text", ""))
+        elif kind == "refusal":
+            parts.append(part.get("refusal", ""))
+        else:
+            raise RequestError(f"Content part type {kind!r} is not supported (text-only model).", "messages")
+    return "\n".join(parts)
+
+
+def conversation(messages: list[ChatMessage]) -> list[dict]:
+    out = []
+    for m in messages:
+        d: dict[str, Any] = {"role": m.role, "content": message_text(m.content) or ""}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            value = getattr(m, key)
+            if value is not None:
+                d[key] = value
+        out.append(d)
+    return out
+
+
+class OpenAIServingChat(OpenAIServing):
+    async def create_chat_completion(self, req: ChatCompletionRequest, raw_request: Request | None = None):
+        try:
+            req.check()
+            self.check_model(req.model)
+            if req.tools and req.tool_choice not in (None, "none"):
+                raise RequestError('"auto" tool choice and forced tool calls are not supported yet: pass '
+                                   'tool_choice="none" to only show the tools to the model.', "tool_choice")
+            conv = conversation(req.messages)
+            ids = await self.render_chat(
+                conv, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
+                continue_final_message=req.continue_final_message, tools=req.tools,
+                chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens)
+            if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > 0:
+                ids = ids[-req.truncate_prompt_tokens:]
+            requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+            max_tokens = self.resolve_max_tokens(len(ids), requested, True)
+            logprobs = (req.top_logprobs or 0) if req.logprobs else None
+            params = self.sampling_params(req, max_tokens, logprobs, bool(req.stream))
+            request_id = f"chatcmpl-{req.request_id or random_uuid()}"
+            streams = await self.submit([request_id], [{"prompt_token_ids": ids}], params, req.priority)
+        except Exception as e:
+            return error_response(e)
+        role = self.response_role if req.add_generation_prompt else req.messages[-1].role
+        echo = ""
+        if req.echo and conv and conv[-1]["role"] == role:
+            echo = conv[-1]["content"] or ""
+        created = int(time.time())
+        if req.stream:
+            return StreamingResponse(self._stream(req, request_id, created, ids, streams[0], role, echo),
+                                     media_type="text/event-stream")
+        result = await until_disconnected(self._gather(req, request_id, created, ids, streams[0], role, echo),
+                                          raw_request)
+        if result is None:
+            return JSONResponse(error_body("Client disconnected", "ClientDisconnected", 499), status_code=499)
+        return result
+
+    # ---- logprobs -------------------------------------------------------------------------------------------------
+    def _logprobs(self, token_ids: list[int], entries: list[dict[int, Logprob]], k: int) -> ChatCompletionLogProbs:
+        content = []
+        for tid, entry in zip(token_ids, entries):
+            chosen = entry.get(tid)
+            tok = self.token_str(tid, chosen.decoded_token if chosen else None)
+            # OpenAI's top_logprobs: the k most likely tokens, best first (the sampled one may not be among them).
+            ranked = sorted(((l.rank if l.rank is not None else 1 << 30, t, l) for t, l in entry.items()),
+                            key=lambda x: x[0])[:k]
+            top = [ChatLogProb(token=(s := self.token_str(t, l.decoded_token)), logprob=clamp_logprob(l.logprob),
+                               bytes=list(s.encode("utf-8", errors="replace"))) for _, t, l in ranked]
+            content.append(ChatLogProbsContent(
+                token=tok, logprob=clamp_logprob(chosen.logprob) if chosen else -9999.0,
+                bytes=list(tok.encode("utf-8", errors="replace")), top_logprobs=top))
+        return ChatCompletionLogProbs(content=content)
+
+    # ---- whole response -------------------------------------------------------------------------------------------
+    async def _gather(self, req: ChatCompletionRequest, request_id: str, created: int, prompt_ids: list[int], stream,
+                      role: str, echo: str) -> JSONResponse:
+        n = req.n
+        texts = [""] * n
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        lps: list[list] = [[] for _ in range(n)]
+        finish: list[tuple] = [(None, None)] * n
+        prompt_logprobs = None
+        try:
+            async for out in stream:
+                if out.prompt_logprobs is not None:
+                    prompt_logprobs = out.prompt_logprobs
+                for c in out.outputs:
+                    texts[c.index] += c.text
+                    tokens[c.index] += c.token_ids
+                    if c.logprobs:
+                        lps[c.index] += c.logprobs
+                    if c.finish_reason is not None:
+                        finish[c.index] = (c.finish_reason, c.stop_reason)
+        except Exception as e:
+            return error_response(e)
+        finally:
+            stream.abort()
+        return_ids = bool(req.return_token_ids) or self.tokenizer is None
+        choices = []
+        for i in range(n):
+            logprobs = self._logprobs(tokens[i], lps[i], req.top_logprobs or 0) if req.logprobs else None
+            choices.append(ChatCompletionResponseChoice(
+                index=i, message=ChatResponseMessage(role=role, content=echo + texts[i]), logprobs=logprobs,
+                finish_reason=finish[i][0], stop_reason=finish[i][1],
+                token_ids=tokens[i] if return_ids else None))
+        generated = sum(len(t) for t in tokens)
+        usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=generated,
+                          total_tokens=len(prompt_ids) + generated)
+        resp = ChatCompletionResponse(id=request_id, created=created, model=self.model_name, choices=choices,
+                                      usage=usage,
+                                      prompt_token_ids=prompt_ids if return_ids else None)
+        exclude: dict = {"choices": {"__all__": {"token_ids"}}} if not return_ids else {}
+        data = resp.model_dump(exclude=exclude or None)
+        if req.prompt_logprobs is None:
+            data.pop("prompt_logprobs", None)
+        else:
+            data["prompt_logprobs"] = plain_prompt_logprobs(prompt_logprobs)
+        if not return_ids:
+            data.pop("prompt_token_ids", None)
+        return JSONResponse(data)
+
+    # ---- streaming ------------------------------------------------------------------------------------------------
+    async def _stream(self, req: ChatCompletionRequest, request_id: str, created: int, prompt_ids: list[int], stream,
+                      role: str, echo: str) -> AsyncIterator[str]:
+        n = req.n
+        opts = req.stream_options
+        include_usage = bool(opts and opts.include_usage)
+        continuous = bool(include_usage and opts.continuous_usage_stats)
+        return_ids = bool(req.return_token_ids) or self.tokenizer is None
+        num_prompt = len(prompt_ids)
+        num_generated = 0
+        finished_sent = [False] * n
+
+        def chunk(choice: dict) -> str:
+            data = {"id": request_id, "object": "chat.completion.chunk", "created": created,
+                    "model": self.model_name, "choices": [choice]}
+            if include_usage:
+                data["usage"] = usage_dict(num_prompt, num_generated) if continuous else None
+            return sse(data)
+
+        try:
+            # First chunk of each choice: the role (and the echoed text, if asked).
+            for i in range(n):
+                yield chunk({"index": i, "delta": {"role": role, "content": ""}, "logprobs": None,
+                             "finish_reason": None})
+                if echo:
+                    yield chunk({"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None})
+            async for out in stream:
+                for c in out.outputs:
+                    if finished_sent[c.index]:
+                        continue
+                    token_ids = list(c.token_ids)
+                    if not c.text and not token_ids and c.finish_reason is None:
+                        continue
+                    num_generated += len(token_ids)
+                    logprobs = None
+                    if req.logprobs:
+                        logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0).model_dump()
+                    choice = {"index": c.index, "delta": {"content": c.text}, "logprobs": logprobs,
+                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+                    if return_ids:
+                        choice["token_ids"] = token_ids
+                    if c.finish_reason is not None:
+                        finished_sent[c.index] = True
+                    yield chunk(choice)
+            if include_usage:
+                yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
+                           "model": self.model_name, "choices": [], "usage": usage_dict(num_prompt, num_generated)})
+        except Exception as e:
+            logger.warning("Error while streaming %s: %r", request_id, e)
+            yield f"data: {error_response(e).body.decode()}\n\n"
+        finally:
+            stream.abort()
+        yield "data: [DONE]\n\n"

@@ -1,0 +1,270 @@
+"""POST /v1/completions: one or more prompts (text or token ids) × n completions, whole or streamed (SSE)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from pagedllm.entrypoints.openai.protocol import (CompletionLogProbs, CompletionRequest, CompletionResponse,
+                                                  CompletionResponseChoice, RequestError, UsageInfo, random_uuid)
+from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
+                                                        plain_prompt_logprobs, usage_dict,
+                                                        merge_streams, sse, until_disconnected)
+from pagedllm.outputs import Logprob
+
+logger = logging.getLogger("pagedllm.entrypoints.openai")
+
+
+@dataclass
+class _Prompt:
+    text: str | None
+    ids: list[int]
+
+
+@dataclass
+class _Choice:
+    """One completion being gathered from delta outputs."""
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, Logprob]] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    finished_sent: bool = False
+    started: bool = False
+    text_offset: int = 0
+
+
+class OpenAIServingCompletion(OpenAIServing):
+    async def create_completion(self, req: CompletionRequest, raw_request: Request | None = None):
+        try:
+            req.check()
+            self.check_model(req.model)
+            if req.suffix is not None:
+                raise RequestError("suffix is not currently supported", "suffix")
+            prompts = await self._prompts(req)
+            max_tokens_list = [self.resolve_max_tokens(len(p.ids), req.max_tokens, False) for p in prompts]
+            if req.echo and req.max_tokens == 0:
+                return self._echo_only(req, prompts)
+            logprobs = req.logprobs
+            params_list = []
+            for max_tokens in max_tokens_list:
+                params = self.sampling_params(req, max_tokens, logprobs, bool(req.stream))
+                if req.echo and logprobs is not None and params.prompt_logprobs is None:
+                    params.prompt_logprobs = logprobs   # echo + logprobs returns the prompt's logprobs too
+                params_list.append(params)
+            base_id = f"cmpl-{req.request_id or random_uuid()}"
+            ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
+            streams = []
+            try:
+                for rid, p, params in zip(ids, prompts, params_list):
+                    streams += await self.submit([rid], [self._engine_prompt(p)], params, req.priority)
+            except BaseException:
+                for s in streams:
+                    s.abort()
+                raise
+        except Exception as e:
+            return error_response(e)
+        created = int(time.time())
+        if req.stream:
+            return StreamingResponse(self._stream(req, base_id, created, prompts, streams),
+                                     media_type="text/event-stream")
+        result = await until_disconnected(self._gather(req, base_id, created, prompts, streams), raw_request)
+        if result is None:
+            return JSONResponse(error_body("Client disconnected", "ClientDisconnected", 499), status_code=499)
+        return result
+
+    # ---- prompts --------------------------------------------------------------------------------------------------
+    async def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
+        raw = req.prompt
+        if isinstance(raw, str):
+            items: list[Any] = [raw]
+        elif raw and all(isinstance(x, int) for x in raw):
+            items = [list(raw)]
+        else:
+            items = list(raw)
+        if not items:
+            raise RequestError("prompt must not be empty.", "prompt")
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                ids = await self.encode(item, add_special_tokens=req.add_special_tokens)
+                out.append(_Prompt(item, ids))
+            else:
+                ids = list(item)
+                if not ids:
+                    raise RequestError("prompt must not be empty.", "prompt")
+                out.append(_Prompt(None, ids))
+            if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > 0:
+                out[-1].ids = out[-1].ids[-req.truncate_prompt_tokens:]
+        return out
+
+    @staticmethod
+    def _engine_prompt(p: _Prompt) -> dict:
+        d: dict = {"prompt_token_ids": p.ids}
+        if p.text is not None:
+            d["prompt"] = p.text
+        return d
+
+    async def _prompt_text(self, p: _Prompt) -> str:
+        if p.text is not None:
+            return p.text
+        return await self.decode(p.ids) if self.tokenizer is not None else ""
+
+    # ---- logprobs -------------------------------------------------------------------------------------------------
+    def _logprobs(self, token_ids: list[int], entries: list[dict[int, Logprob] | None], k: int,
+                  offset: int) -> CompletionLogProbs:
+        lp = CompletionLogProbs()
+        for tid, entry in zip(token_ids, entries):
+            if entry is None:   # the first prompt token has no logprob
+                tok = self.token_str(tid, None)
+                lp.tokens.append(tok)
+                lp.token_logprobs.append(None)
+                lp.top_logprobs.append(None)
+            else:
+                chosen = entry.get(tid)
+                tok = self.token_str(tid, chosen.decoded_token if chosen else None)
+                lp.tokens.append(tok)
+                lp.token_logprobs.append(clamp_logprob(chosen.logprob) if chosen else -9999.0)
+                # vLLM's shape: the sampled token and the top-k (so k or k+1 entries).
+                top = {}
+                for i, (t, l) in enumerate(entry.items()):
+                    if i > k:
+                        break
+                    top[self.token_str(t, l.decoded_token)] = clamp_logprob(l.logprob)
+                lp.top_logprobs.append(top)
+            lp.text_offset.append(offset)
+            offset += len(tok)
+        return lp
+
+    # ---- whole response -------------------------------------------------------------------------------------------
+    async def _gather(self, req: CompletionRequest, base_id: str, created: int, prompts: list[_Prompt],
+                      streams) -> JSONResponse:
+        n = req.n
+        choices = [[_Choice() for _ in range(n)] for _ in prompts]
+        prompt_logprobs: list[Any] = [None] * len(prompts)
+        try:
+            async for i, out in merge_streams(streams):
+                if out.prompt_logprobs is not None:
+                    prompt_logprobs[i] = out.prompt_logprobs
+                for c in out.outputs:
+                    ch = choices[i][c.index]
+                    ch.text += c.text
+                    ch.token_ids += c.token_ids
+                    if c.logprobs:
+                        ch.logprobs += c.logprobs
+                    if c.finish_reason is not None:
+                        ch.finish_reason, ch.stop_reason = c.finish_reason, c.stop_reason
+        except Exception as e:
+            return error_response(e)
+        finally:
+            for s in streams:
+                s.abort()
+        result_choices = []
+        num_generated = 0
+        for i, p in enumerate(prompts):
+            prompt_text = await self._prompt_text(p) if req.echo else ""
+            for j, ch in enumerate(choices[i]):
+                num_generated += len(ch.token_ids)
+                logprobs = None
+                if req.logprobs is not None:
+                    if req.echo:
+                        plp = prompt_logprobs[i] or [None] * len(p.ids)
+                        logprobs = self._logprobs(p.ids + ch.token_ids, list(plp) + ch.logprobs, req.logprobs, 0)
+                    else:
+                        logprobs = self._logprobs(ch.token_ids, ch.logprobs, req.logprobs, 0)
+                result_choices.append(CompletionResponseChoice(
+                    index=i * n + j, text=prompt_text + ch.text, logprobs=logprobs,
+                    finish_reason=ch.finish_reason, stop_reason=ch.stop_reason,
+                    prompt_logprobs=plain_prompt_logprobs(prompt_logprobs[i]) if req.prompt_logprobs is not None
+                    else None,
+                    token_ids=ch.token_ids if self._return_ids(req) else None,
+                    prompt_token_ids=p.ids if self._return_ids(req) else None))
+        num_prompt = sum(len(p.ids) for p in prompts)
+        usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
+                          total_tokens=num_prompt + num_generated)
+        resp = CompletionResponse(id=base_id, created=created, model=self.model_name, choices=result_choices,
+                                  usage=usage)
+        return JSONResponse(resp.model_dump(exclude_none=False, exclude={"choices": {"__all__": self._optional(req)}}))
+
+    def _return_ids(self, req: CompletionRequest) -> bool:
+        # Without a tokenizer the text is empty: the token ids are the only content, so they are always returned.
+        return bool(req.return_token_ids) or self.tokenizer is None
+
+    def _optional(self, req: CompletionRequest) -> set[str]:
+        """Choice fields left out unless asked for (vLLM's default JSON has none of them)."""
+        drop = set()
+        if req.prompt_logprobs is None:
+            drop.add("prompt_logprobs")
+        if not self._return_ids(req):
+            drop |= {"token_ids", "prompt_token_ids"}
+        return drop
+
+    def _echo_only(self, req: CompletionRequest, prompts: list[_Prompt]) -> JSONResponse:
+        choices = []
+        for i, p in enumerate(prompts):
+            text = p.text if p.text is not None else (self.tokenizer.decode(p.ids) if self.tokenizer else "")
+            for j in range(req.n):
+                choices.append(CompletionResponseChoice(index=i * req.n + j, text=text, finish_reason="length"))
+        num_prompt = sum(len(p.ids) for p in prompts)
+        resp = CompletionResponse(model=self.model_name, choices=choices,
+                                  usage=UsageInfo(prompt_tokens=num_prompt, completion_tokens=0,
+                                                  total_tokens=num_prompt))
+        return JSONResponse(resp.model_dump(exclude={"choices": {"__all__": self._optional(req)}}))
+
+    # ---- streaming ------------------------------------------------------------------------------------------------
+    async def _stream(self, req: CompletionRequest, base_id: str, created: int, prompts: list[_Prompt],
+                      streams) -> AsyncIterator[str]:
+        n = req.n
+        opts = req.stream_options
+        include_usage = bool(opts and opts.include_usage)
+        continuous = bool(include_usage and opts.continuous_usage_stats)
+        return_ids = self._return_ids(req)
+        choices = [[_Choice() for _ in range(n)] for _ in prompts]
+        num_prompt = sum(len(p.ids) for p in prompts)
+        num_generated = 0
+        try:
+            async for i, out in merge_streams(streams):
+                for c in out.outputs:
+                    ch = choices[i][c.index]
+                    if ch.finished_sent:
+                        continue
+                    text, token_ids = c.text, list(c.token_ids)
+                    if not text and not token_ids and c.finish_reason is None:
+                        continue
+                    logprobs = None
+                    if req.echo and not ch.started:
+                        prompt_text = await self._prompt_text(prompts[i])
+                        text = prompt_text + text
+                    ch.started = True
+                    if req.logprobs is not None:
+                        lp = self._logprobs(token_ids, c.logprobs or [None] * len(token_ids), req.logprobs,
+                                            ch.text_offset)
+                        ch.text_offset = lp.text_offset[-1] + len(lp.tokens[-1]) if lp.tokens else ch.text_offset
+                        logprobs = lp.model_dump()
+                    num_generated += len(token_ids)
+                    choice = {"index": i * n + c.index, "text": text, "logprobs": logprobs,
+                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+                    if return_ids:
+                        choice["token_ids"] = token_ids
+                    chunk = {"id": base_id, "object": "text_completion", "created": created,
+                             "model": self.model_name, "choices": [choice]}
+                    if include_usage:
+                        chunk["usage"] = usage_dict(num_prompt, num_generated) if continuous else None
+                    if c.finish_reason is not None:
+                        ch.finished_sent = True
+                    yield sse(chunk)
+            if include_usage:
+                yield sse({"id": base_id, "object": "text_completion", "created": created, "model": self.model_name,
+                           "choices": [], "usage": usage_dict(num_prompt, num_generated)})
+        except Exception as e:   # after the 200 went out, errors travel in the stream (vLLM's format)
+            logger.warning("Error while streaming %s: %r", base_id, e)
+            body = error_response(e).body
+            yield f"data: {body.decode()}\n\n"
+        finally:
+            for s in streams:
+                s.abort()
+        yield "data: [DONE]\n\n"

@@ -1,0 +1,281 @@
+"""What every OpenAI endpoint shares: the model-name check, tokenization off the event loop, building
+SamplingParams from a request, the context-length check, request logs, error bodies, and waiting for outputs while
+watching for a client that went away."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Awaitable, Sequence
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError, RequestStream
+from pagedllm.entrypoints.llm import apply_chat_template
+from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+
+logger = logging.getLogger("pagedllm.entrypoints.openai")
+
+# Request fields that SamplingParams' messages may name (longest first so "top_logprobs" wins over "logprobs").
+_SAMPLING_FIELDS = sorted([
+    "n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k",
+    "min_p", "seed", "stop", "stop_token_ids", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
+    "logit_bias", "allowed_token_ids", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
+], key=len, reverse=True)
+
+
+def error_body(message: str, type: str = "BadRequestError", code: int = 400, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(e: BaseException) -> JSONResponse:
+    if isinstance(e, RequestError):
+        return JSONResponse(error_body(e.message, e.type, e.code, e.param), status_code=e.code)
+    if isinstance(e, EngineDeadError):
+        return JSONResponse(error_body(str(e), "InternalServerError", 500), status_code=500)
+    if isinstance(e, (ValueError, TypeError, NotImplementedError)):
+        return JSONResponse(error_body(str(e), "BadRequestError", 400, guess_param(str(e))), status_code=400)
+    logger.exception("Unexpected error while serving a request", exc_info=e)
+    return JSONResponse(error_body(f"{type(e).__name__}: {e}", "InternalServerError", 500), status_code=500)
+
+
+def guess_param(message: str) -> str | None:
+    """The request field a SamplingParams / engine message is about ("max_tokens must be at least 1" -> max_tokens)."""
+    best = None
+    for name in _SAMPLING_FIELDS:
+        m = re.search(rf"(?<![A-Za-z_]){re.escape(name)}(?![A-Za-z_])", message)
+        if m and (best is None or m.start() < best[0]):
+            best = (m.start(), name)
+    return best[1] if best else None
+
+
+def sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def clamp_logprob(value: float) -> float:
+    """JSON has no -inf: OpenAI/vLLM report -9999.0 for impossible tokens."""
+    return max(value, -9999.0) if not math.isnan(value) else -9999.0
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens, "prompt_tokens_details": None}
+
+
+def plain_prompt_logprobs(prompt_logprobs) -> list | None:
+    """RequestOutput.prompt_logprobs as JSON (vLLM's shape: per position None or {token_id: {logprob, rank,
+    decoded_token}})."""
+    if prompt_logprobs is None:
+        return None
+    return [None if entry is None else
+            {tid: {"logprob": clamp_logprob(l.logprob), "rank": l.rank, "decoded_token": l.decoded_token}
+             for tid, l in entry.items()} for entry in prompt_logprobs]
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncLLMEngine, served_model_names: Sequence[str], *, tokenizer: Any,
+                 chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
+                 max_log_len: int | None = None):
+        self.engine = engine
+        self.served_model_names = list(served_model_names)
+        self.model_name = self.served_model_names[0]
+        self.tokenizer = tokenizer     # the server's own copy: the engine thread decodes with another one
+        self.chat_template = chat_template
+        self.response_role = response_role
+        self.log_requests = log_requests
+        self.max_log_len = max_log_len
+        self.max_model_len = engine.config.max_model_len
+        self.default_params = engine.engine.default_sampling_params()
+        gen = engine.config.model.generation_config or {}
+        self.default_max_tokens = gen.get("max_new_tokens")
+        # One worker: HF fast tokenizers must not be used from two threads at once.
+        self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagedllm-tokenizer")
+
+    # ---- checks ---------------------------------------------------------------------------------------------------
+    def check_model(self, model: str | None) -> None:
+        if model and model not in self.served_model_names:
+            raise RequestError(f"The model `{model}` does not exist.", "model", 404, "NotFoundError")
+
+    def need_tokenizer(self, what: str) -> Any:
+        if self.tokenizer is None:
+            raise RequestError(f"{what} needs a tokenizer, but the server runs with --skip-tokenizer-init: "
+                               f"send token ids instead.")
+        return self.tokenizer
+
+    def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None, is_chat: bool) -> int | None:
+        """vLLM's context check: prompt + requested output must fit in max_model_len."""
+        where = "messages" if is_chat else "prompt"
+        if prompt_len >= self.max_model_len and max_tokens is None or prompt_len > self.max_model_len:
+            raise RequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{prompt_len} tokens in the {where}. Please reduce the length of the {where}.",
+                "messages" if is_chat else "prompt")
+        if max_tokens is None:
+            max_tokens = self.max_model_len - prompt_len
+            if self.default_max_tokens:
+                max_tokens = min(max_tokens, int(self.default_max_tokens))
+            return max_tokens
+        if max_tokens > 0 and prompt_len + max_tokens > self.max_model_len:
+            raise RequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the completion). "
+                f"Please reduce the length of the messages or completion.",
+                "max_completion_tokens" if is_chat else "max_tokens")
+        return max_tokens
+
+    # ---- building SamplingParams ----------------------------------------------------------------------------------
+    def sampling_params(self, req: SamplingFields, max_tokens: int | None, logprobs: int | None,
+                        stream: bool) -> SamplingParams:
+        d = self.default_params
+
+        def pick(name: str):
+            value = getattr(req, name)
+            return value if value is not None else getattr(d, name)
+
+        try:
+            return SamplingParams(
+                n=req.n, best_of=req.best_of, presence_penalty=req.presence_penalty or 0.0,
+                frequency_penalty=req.frequency_penalty or 0.0, repetition_penalty=pick("repetition_penalty"),
+                temperature=pick("temperature"), top_p=pick("top_p"), top_k=pick("top_k"), min_p=pick("min_p"),
+                seed=req.seed, stop=req.stop, stop_token_ids=req.stop_token_ids, ignore_eos=req.ignore_eos,
+                max_tokens=max_tokens, min_tokens=req.min_tokens, logprobs=logprobs,
+                prompt_logprobs=req.prompt_logprobs, detokenize=self.tokenizer is not None,
+                skip_special_tokens=req.skip_special_tokens,
+                spaces_between_special_tokens=req.spaces_between_special_tokens,
+                include_stop_str_in_output=req.include_stop_str_in_output, logit_bias=req.logit_bias,
+                allowed_token_ids=req.allowed_token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens,
+                # Outputs always come as deltas: streams send them, others gather them (and metrics see every step).
+                output_kind=RequestOutputKind.DELTA)
+        except (ValueError, TypeError) as e:
+            raise RequestError(str(e), guess_param(str(e))) from None
+
+    # ---- tokenization (off the event loop) -------------------------------------------------------------------------
+    async def run_tokenizer(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
+
+    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        tok = self.need_tokenizer("A text prompt")
+        return await self.run_tokenizer(tok.encode, text, add_special_tokens=add_special_tokens)
+
+    async def decode(self, ids: list[int]) -> str:
+        tok = self.need_tokenizer("Detokenizing")
+        return await self.run_tokenizer(tok.decode, ids)
+
+    async def render_chat(self, conversation: list[dict], *, chat_template: str | None, add_generation_prompt: bool,
+                          continue_final_message: bool, tools: list | None, chat_template_kwargs: dict | None,
+                          add_special_tokens: bool = False) -> list[int]:
+        tok = self.need_tokenizer("Chat")
+        template = chat_template or self.chat_template
+        if template is None and not getattr(tok, "chat_template", None):
+            raise RequestError("The tokenizer has no chat template and none was given: start the server with "
+                               "--chat-template or pass chat_template in the request.", "chat_template")
+
+        def render() -> list[int]:
+            ids = apply_chat_template(tok, conversation, chat_template=template,
+                                      add_generation_prompt=add_generation_prompt,
+                                      continue_final_message=continue_final_message, tools=tools,
+                                      chat_template_kwargs=chat_template_kwargs)
+            bos = getattr(tok, "bos_token_id", None)
+            if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
+                ids = [bos] + ids
+            return ids
+
+        try:
+            return await self.run_tokenizer(render)
+        except RequestError:
+            raise
+        except Exception as e:   # jinja errors, bad kwargs, ValueError from the helper
+            raise RequestError(f"Could not apply the chat template: {e}", "messages") from None
+
+    def token_str(self, token_id: int, decoded: str | None) -> str:
+        if decoded is not None:
+            return decoded
+        if self.tokenizer is None:
+            return f"token_id:{token_id}"
+        return self.tokenizer.decode([token_id])
+
+    # ---- submitting -----------------------------------------------------------------------------------------------
+    async def submit(self, request_ids: list[str], prompts: list[dict], params: SamplingParams,
+                     priority: int) -> list[RequestStream]:
+        """Add every prompt of a request; if one is refused, the others are aborted and the error raised."""
+        streams: list[RequestStream] = []
+        try:
+            for rid, prompt in zip(request_ids, prompts):
+                if self.log_requests:
+                    self.log_request(rid, prompt, params)
+                streams.append(await self.engine.add_request(rid, prompt, params, priority=priority))
+        except BaseException as e:
+            for s in streams:
+                s.abort()
+            if isinstance(e, (ValueError, TypeError)) and not isinstance(e, RequestError):
+                raise RequestError(str(e), guess_param(str(e))) from None
+            raise
+        return streams
+
+    def log_request(self, request_id: str, prompt: dict, params: SamplingParams) -> None:
+        text = prompt.get("prompt")
+        ids = prompt.get("prompt_token_ids")
+        if self.max_log_len is not None:
+            text = text[:self.max_log_len] if text is not None else None
+            ids = ids[:self.max_log_len] if ids is not None else None
+        logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", request_id, text, params,
+                    ids)
+
+
+async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Any]]:
+    """Outputs of several requests as they come, tagged with the request's index."""
+    if len(streams) == 1:
+        async for out in streams[0]:
+            yield 0, out
+        return
+    pending = {asyncio.ensure_future(s.__anext__()): i for i, s in enumerate(streams)}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: pending[t]):
+                i = pending.pop(task)
+                try:
+                    out = task.result()
+                except StopAsyncIteration:
+                    continue
+                pending[asyncio.ensure_future(streams[i].__anext__())] = i
+                yield i, out
+    finally:
+        for task in pending:
+            task.cancel()
+
+
+async def until_disconnected(work: Awaitable, raw_request: Request | None, poll_s: float = 0.5):
+    """Run ``work``; if the client disconnects first, cancel it (its requests abort) and return None."""
+    task = asyncio.ensure_future(work)
+    if raw_request is None:
+        return await task
+
+    async def watch() -> None:
+        while not await raw_request.is_disconnected():
+            await asyncio.sleep(poll_s)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task in done:
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass
+    logger.info("Client disconnected; request aborted.")
+    return None

@@ -1,0 +1,495 @@
+"""Triton attention over the paged KV cache (the GPU backend).
+
+Same layout and semantics as ``pagedllm.kernels.torch_attention`` (the reference; see its docstring):
+
+* ``k_cache`` / ``v_cache``: ``[num_blocks, block_size, num_kv_heads, head_dim]`` (last dim contiguous);
+* ``slot_mapping[t] = block * block_size + offset`` (``-1`` = skip), ``query_start_loc`` ``[B+1]``,
+  ``seq_lens`` ``[B]`` (context including the new tokens), ``block_tables`` ``[B, max_blocks]``.
+
+Three kernels:
+
+``store_kv``
+    one program per new token scatters its K and V rows into the cache; slot ``-1`` returns early, so padded
+    CUDA-graph batches need no host-side filtering (the reference does a boolean index, i.e. a sync).
+
+``extend_attention`` (prefill, chunked prefill / cached prefix, mixed with decodes)
+    FlashAttention-style varlen kernel. One program = one KV head x one block of query *rows*, where the rows are
+    the ``G = Hq / Hkv`` query heads of ``BLOCK_Q`` consecutive tokens (row ``r`` -> token ``r // G``, head
+    ``r % G``), so each K/V tile is loaded once for the whole GQA group and the ``tl.dot`` has ``BLOCK_M >= 16``
+    rows even for one token. ``BLOCK_Q = BLOCK_M // G`` need not be a power of two, so non-power-of-two groups
+    (SmolLM2: G = 3) waste at most ``BLOCK_M mod G`` rows instead of padding G to 4.
+    The grid is a host-sync-free upper bound, ``num_tokens // BLOCK_Q + B`` programs per KV head; each program
+    binary-searches ``query_start_loc`` to find its request (surplus programs exit at once). The key loop is cut
+    in two: keys every row of the block may see (no mask at all) and the last one or two diagonal tiles (causal
+    mask), and keys past the block's last query are never visited.
+
+``decode_attention`` (one query token per request)
+    Two-stage split-KV ("flash decoding"): stage 1 runs ``B x Hkv x S`` programs, each attending the packed
+    GQA group to one contiguous chunk of the context and writing the normalised partial output and its
+    log-sum-exp (base 2) in fp32; stage 2 merges the ``<= S`` partials of each (request, head) with LSE weights.
+    ``S`` (the grid's third axis) depends only on the batch size (fixed under CUDA-graph capture, which is per
+    batch size); the split count actually used by a request, ``min(S, ceil(seq_len / MIN_CHUNK))``, and the
+    chunk length are recomputed on the device from ``seq_lens`` by both stages, so no ``.item()`` and replaying a
+    captured graph with new ``seq_lens`` / ``block_tables`` is correct. When ``S == 1`` (batch large enough to
+    fill the GPU alone) stage 1 writes the final output directly and stage 2 is skipped.
+
+All softmax math is fp32 and in base 2 (``scale * log2(e)`` multiplies the fp32 scores, ``exp2`` is cheaper than
+``exp``). Dots take the cache dtype (bf16/fp16 -> tensor cores, fp32 accumulation; an fp32 cache runs as tf32).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# store_kv
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _store_kv_kernel(Key, Value, KCache, VCache, SlotMapping,
+                     stride_kt, stride_kh, stride_vt, stride_vh,
+                     stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct, stride_vch,
+                     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr):
+    tok = tl.program_id(0).to(tl.int64)
+    slot = tl.load(SlotMapping + tok).to(tl.int64)
+    if slot < 0:        # padding token of a CUDA-graph batch
+        return
+    blk = slot // PAGE
+    off = slot % PAGE
+    h = tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    mask = (h[:, None] < NUM_KV_HEADS) & (d[None, :] < HEAD_DIM)
+    k = tl.load(Key + tok * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask)
+    v = tl.load(Value + tok * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)
+    tl.store(KCache + blk * stride_kcb + off * stride_kct + h[:, None] * stride_kch + d[None, :],
+             k.to(KCache.dtype.element_ty), mask=mask)
+    tl.store(VCache + blk * stride_vcb + off * stride_vct + h[:, None] * stride_vch + d[None, :],
+             v.to(VCache.dtype.element_ty), mask=mask)
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write new keys/values ``[num_tokens, num_kv_heads, head_dim]`` into their cache slots (``-1`` = skip)."""
+    num_tokens = key.shape[0]
+    if num_tokens == 0:
+        return
+    num_kv_heads, head_dim = key.shape[1], key.shape[2]
+    if key.stride(-1) != 1:
+        key = key.contiguous()
+    if value.stride(-1) != 1:
+        value = value.contiguous()
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    block_h = triton.next_power_of_2(num_kv_heads)
+    block_d = triton.next_power_of_2(head_dim)
+    _store_kv_kernel[(num_tokens,)](
+        key, value, k_cache, v_cache, slot_mapping,
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_D=block_d,
+        PAGE=k_cache.shape[1], num_warps=4 if block_h * block_d >= 1024 else 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared device helper: one K/V tile of a request, gathered through its block table
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end, kvh,
+                 stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                 offs_n, offs_d, d_mask,
+                 PAGE: tl.constexpr, CAUSAL: tl.constexpr, BOUNDED: tl.constexpr, EVEN_D: tl.constexpr):
+    """One online-softmax step over keys ``start .. start + BLOCK_N``.
+
+    ``qk_scale = scale * log2(e)`` is applied to the fp32 scores (not folded into q: rounding q*scale back to bf16
+    would add error the reference does not have). ``BOUNDED``: keys may reach ``kv_end`` (mask the loads and
+    scores); ``CAUSAL``: mask key > query position (``q_pos`` per row). Full tiles run without any mask.
+    """
+    pos = start + offs_n
+    if BOUNDED:
+        kv_ok = pos < kv_end
+        blk = tl.load(bt_row + pos // PAGE, mask=kv_ok, other=0).to(tl.int64)
+    else:
+        blk = tl.load(bt_row + pos // PAGE).to(tl.int64)
+    row = pos % PAGE
+    k_off = blk[:, None] * stride_kb + row[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :]
+    v_off = blk[:, None] * stride_vb + row[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :]
+    if BOUNDED:
+        k = tl.load(K + k_off, mask=kv_ok[:, None] & d_mask[None, :], other=0.0)
+    elif EVEN_D:
+        k = tl.load(K + k_off)
+    else:
+        k = tl.load(K + k_off, mask=d_mask[None, :], other=0.0)
+    s = tl.dot(q, tl.trans(k.to(q.dtype))) * qk_scale          # [BLOCK_M, BLOCK_N] fp32, base-2 logits
+    if CAUSAL:
+        s = tl.where(pos[None, :] <= q_pos[:, None], s, float("-inf"))
+    elif BOUNDED:
+        s = tl.where(kv_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if BOUNDED:
+        v = tl.load(V + v_off, mask=kv_ok[:, None] & d_mask[None, :], other=0.0)
+    elif EVEN_D:
+        v = tl.load(V + v_off)
+    else:
+        v = tl.load(V + v_off, mask=d_mask[None, :], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, l_i, m_new
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# extend / prefill
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, num_seqs,
+                   stride_qt, stride_qh, stride_ot, stride_oh,
+                   stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
+                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    BLOCK_Q: tl.constexpr = BLOCK_M // GROUP        # query tokens per program (any integer >= 1)
+    pid = tl.program_id(0)
+    kvh = tl.program_id(1)
+
+    # Request of this program: the last b with qsl[b] // BLOCK_Q + b <= pid (see module docstring).
+    lo = 0
+    hi = num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if tl.load(QueryStartLoc + mid) // BLOCK_Q + mid <= pid:
+            lo = mid + 1
+        else:
+            hi = mid
+    b = lo - 1
+    q_start = tl.load(QueryStartLoc + b)
+    q_len = tl.load(QueryStartLoc + b + 1) - q_start
+    qblk = pid - (q_start // BLOCK_Q + b)
+    if qblk * BLOCK_Q >= q_len:                    # surplus program of the upper-bound grid
+        return
+    seq_len = tl.load(SeqLens + b)
+    ctx_len = seq_len - q_len                      # cached prefix
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    t = qblk * BLOCK_Q + offs_m // GROUP          # token index within the request's new tokens
+    head = kvh * GROUP + offs_m % GROUP
+    row_ok = (offs_m < BLOCK_Q * GROUP) & (t < q_len)
+    q_pos = ctx_len + t
+    tok = (q_start + t).to(tl.int64)
+    q = tl.load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    bt_row = BlockTables + b.to(tl.int64) * stride_bt
+
+    # Keys 0..first_pos are visible to every row: full tiles of them need no mask.
+    first_pos = ctx_len + qblk * BLOCK_Q
+    kv_end = tl.minimum(first_pos + BLOCK_Q, seq_len)   # one past the block's last query position
+    full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+    for start in range(0, full_end, BLOCK_N):
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end, kvh,
+                                     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                                     offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=False,
+                                     EVEN_D=HEAD_DIM == BLOCK_D)
+    # Diagonal tiles: causal mask (which also bounds by seq_len for valid rows) and masked loads.
+    for start in range(full_end, kv_end, BLOCK_N):
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end, kvh,
+                                     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                                     offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=True, BOUNDED=True,
+                                     EVEN_D=HEAD_DIM == BLOCK_D)
+    # Every row saw key 0 in the first tile, so l_i > 0 (padding rows too: their q_pos >= 0).
+    out = acc / l_i[:, None]
+    tl.store(Out + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_mask[None, :])
+
+
+def _extend_config(head_dim: int, group: int, max_query_len: int, device: torch.device) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the extend kernel."""
+    major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else 9  # CPU: interpreter
+    # Measured on H100 (benchmarks/kernels/bench_attention.py, see docs there): 128x64 tiles, 8 warps for d=128.
+    if head_dim <= 64:
+        block_m, block_n, warps, stages = 128, 64, 4, 2
+    elif head_dim <= 128:
+        block_m, block_n, warps, stages = 128, 64, 8, 2
+    else:
+        block_m, block_n, warps, stages = 64, 32, 8, 2
+    if major < 9:                      # Ampere/Ada: less shared memory per SM
+        stages = 1 if head_dim > 128 else 2
+        if major == 8 and head_dim > 64:
+            block_n = 32
+    # Few query rows (spec-decode style q_len 2..8, or decode-heavy mixes): shrink the row block, min 16 for mma.
+    rows = max_query_len * group
+    while block_m > 16 and block_m // 2 >= rows:
+        block_m //= 2
+    block_m = max(block_m, triton.next_power_of_2(group))   # at least one token per program
+    return block_m, block_n, warps, stages
+
+
+def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+                     scale: float, max_query_len: int, out: torch.Tensor | None = None,
+                     _config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Varlen causal attention of ``query`` ``[num_tokens, Hq, D]`` over each request's paged context.
+
+    The new tokens' K/V must already be in the cache (``store_kv`` first). ``max_query_len`` (a host int, an upper
+    bound is fine) only picks the tile size; the grid is sized from ``num_tokens`` without reading device data.
+    ``_config`` overrides ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` (benchmarks).
+    """
+    num_tokens, num_heads, head_dim = query.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    assert num_heads == group * num_kv_heads
+    if out is None:
+        out = torch.empty_like(query)
+    num_seqs = seq_lens.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and out.stride(-1) == 1
+    block_m, block_n, warps, stages = _config or _extend_config(head_dim, group, max(1, max_query_len),
+                                                                query.device)
+    block_q = block_m // group
+    grid = (num_tokens // block_q + num_seqs, num_kv_heads)
+    _extend_kernel[grid](
+        query, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables, scale * _LOG2E, num_seqs,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE=k_cache.shape[1],
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decode (split-KV)
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _split_plan(seq_len, num_splits_grid, MIN_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(chunk, splits) of one request, computed identically by both decode stages from its seq_len alone."""
+    want = tl.minimum(num_splits_grid, tl.cdiv(seq_len, MIN_CHUNK))
+    want = tl.maximum(want, 1)
+    chunk = tl.cdiv(tl.cdiv(seq_len, want), BLOCK_N) * BLOCK_N   # whole tiles per split
+    chunk = tl.maximum(chunk, BLOCK_N)                               # seq_len == 0: avoid 0 / 0
+    return chunk, tl.cdiv(seq_len, chunk)
+
+
+@triton.jit
+def _decode_stage1_kernel(Q, K, V, Out, PartO, PartLse, SeqLens, BlockTables, qk_scale, num_splits_grid,
+                          stride_qb, stride_qh, stride_ob, stride_oh,
+                          stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
+                          NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
+                          BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr, SINGLE: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(SeqLens + b)
+    chunk, num_splits = _split_plan(seq_len, num_splits_grid, MIN_CHUNK, BLOCK_N)
+    start = split * chunk
+    end = tl.minimum(start + chunk, seq_len)
+    if not SINGLE:
+        if split >= num_splits:        # this request needs fewer splits: stage 2 will not read this slot
+            return
+
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    h_ok = offs_h < GROUP
+    head = kvh * GROUP + offs_h
+    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
+                mask=h_ok[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    bt_row = BlockTables + b * stride_bt
+    q_pos = offs_h  # unused (CAUSAL=False)
+    full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
+    for s in range(start, full_end, BLOCK_N):
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, s, q_pos, end, kvh,
+                                     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                                     offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=False,
+                                     EVEN_D=HEAD_DIM == BLOCK_D)
+    if full_end < end:
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, full_end, q_pos, end, kvh,
+                                     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                                     offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=True,
+                                     EVEN_D=HEAD_DIM == BLOCK_D)
+    l_safe = tl.where(l_i > 0, l_i, 1.0)           # empty context (seq_len 0, padding) -> output 0
+    o = acc / l_safe[:, None]
+    if SINGLE:
+        tl.store(Out + b * stride_ob + head[:, None] * stride_oh + offs_d[None, :],
+                 o.to(Out.dtype.element_ty), mask=h_ok[:, None] & d_mask[None, :])
+    else:
+        # Partials are [B, Hq, S, D] / [B, Hq, S] with S = num_splits_grid.
+        part = (b * NUM_HEADS + head) * num_splits_grid + split
+        tl.store(PartO + part[:, None] * HEAD_DIM + offs_d[None, :], o, mask=h_ok[:, None] & d_mask[None, :])
+        tl.store(PartLse + part, m_i + tl.log2(l_safe), mask=h_ok)
+
+
+@triton.jit
+def _decode_stage2_kernel(Out, PartO, PartLse, SeqLens, num_splits_grid, stride_ob, stride_oh,
+                          NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                          BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    seq_len = tl.load(SeqLens + b)
+    _, num_splits = _split_plan(seq_len, num_splits_grid, MIN_CHUNK, BLOCK_N)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_ok = offs_s < num_splits
+    base = (b * NUM_HEADS + h) * num_splits_grid
+    lse = tl.load(PartLse + base + offs_s, mask=s_ok, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m = tl.where(num_splits > 0, m, 0.0)           # seq_len 0: all weights 0, output 0 (no inf - inf)
+    w = tl.where(s_ok, tl.exp2(lse - m), 0.0)
+    o = tl.load(PartO + (base + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
+                mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    denom = tl.sum(w, 0)
+    out = tl.sum(o * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
+    tl.store(Out + b * stride_ob + h * stride_oh + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":           # Triton interpreter (TRITON_INTERPRET=1) on CPU tensors: pretend H100
+        return 132
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+# Decode tiles. BLOCK_N = keys per loop step; MIN_CHUNK = fewest keys a split may hold; CTAS_PER_SM = how many
+# stage-1 programs per SM we aim for before splitting further (more splits = more loads in flight but more
+# partials to merge). Chosen on H100 (bench_attention.py).
+DECODE_BLOCK_N = 64
+DECODE_MIN_CHUNK = 128
+DECODE_CTAS_PER_SM = 4
+DECODE_WARPS = 4
+DECODE_STAGES = 3
+DEFAULT_MAX_SPLITS = 32
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, sm_count: int, max_splits: int = DEFAULT_MAX_SPLITS,
+                      ctas_per_sm: int = DECODE_CTAS_PER_SM) -> int:
+    """Split-grid size S for a batch: enough ``B * Hkv * S`` programs to fill the GPU, capped at ``max_splits``.
+
+    Depends on the batch size only (host int), so it is fixed for a captured CUDA graph.
+    """
+    return max(1, min(max_splits, -(-ctas_per_sm * sm_count // max(1, batch * num_kv_heads))))
+
+
+@dataclass
+class DecodeWorkspace:
+    """Preallocated fp32 scratch for the split-KV partials, shared by all layers (they run one after another).
+
+    ``partial_out`` holds ``B * Hq * S * D`` and ``partial_lse`` ``B * Hq * S`` floats for any batch ``B <=
+    max_num_seqs``, with ``S = decode_num_splits(B, ...)``; allocate it before capturing CUDA graphs so every
+    graph reuses the same buffers.
+    """
+    partial_out: torch.Tensor
+    partial_lse: torch.Tensor
+    max_num_seqs: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_splits: int
+    sm_count: int
+
+    @classmethod
+    def allocate(cls, max_num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 device: torch.device | str = "cuda", max_splits: int = DEFAULT_MAX_SPLITS) -> "DecodeWorkspace":
+        device = torch.device(device)
+        sms = _sm_count(device)
+        # Largest B * S over the batch sizes this workspace serves (S shrinks as B grows, so this is far below
+        # max_num_seqs * max_splits).
+        rows = max(bs * decode_num_splits(bs, num_kv_heads, sms, max_splits) for bs in range(1, max_num_seqs + 1))
+        return cls(partial_out=torch.empty(rows * num_heads * head_dim, dtype=torch.float32, device=device),
+                   partial_lse=torch.empty(rows * num_heads, dtype=torch.float32, device=device),
+                   max_num_seqs=max_num_seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                   max_splits=max_splits, sm_count=sms)
+
+
+def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
+                     block_tables: torch.Tensor, scale: float, workspace: DecodeWorkspace | None = None,
+                     out: torch.Tensor | None = None,
+                     _config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+    """Attention of one query token per request, ``query`` ``[B, Hq, D]`` -> ``[B, Hq, D]``.
+
+    No host sync; CUDA-graph safe when ``workspace`` is given (without one, scratch is allocated per call).
+    A request with ``seq_len == 0`` (batch padding) gets zeros. ``_config`` overrides ``(BLOCK_N, MIN_CHUNK,
+    ctas_per_sm, num_warps, num_stages)`` (benchmarks).
+    """
+    batch, num_heads, head_dim = query.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    assert num_heads == group * num_kv_heads
+    if out is None:
+        out = torch.empty_like(query)
+    if batch == 0:
+        return out
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and out.stride(-1) == 1
+    block_n, min_chunk, ctas_per_sm, warps, stages = _config or (
+        DECODE_BLOCK_N if head_dim <= 128 else 32, DECODE_MIN_CHUNK, DECODE_CTAS_PER_SM, DECODE_WARPS,
+        DECODE_STAGES)
+    max_splits = workspace.max_splits if workspace is not None else DEFAULT_MAX_SPLITS
+    sms = workspace.sm_count if workspace is not None else _sm_count(query.device)
+    splits = decode_num_splits(batch, num_kv_heads, sms, max_splits, ctas_per_sm)
+    need = batch * num_heads * splits
+    if splits == 1:
+        part_o = part_lse = out             # unused
+    elif workspace is not None and workspace.partial_lse.numel() >= need \
+            and workspace.partial_out.numel() >= need * head_dim:
+        part_o, part_lse = workspace.partial_out, workspace.partial_lse
+    else:
+        assert workspace is None, "DecodeWorkspace too small for this batch (allocate with a larger max_num_seqs)"
+        part_o = torch.empty(need * head_dim, dtype=torch.float32, device=query.device)
+        part_lse = torch.empty(need, dtype=torch.float32, device=query.device)
+    block_d = triton.next_power_of_2(head_dim)
+    _decode_stage1_kernel[(batch, num_kv_heads, splits)](
+        query, k_cache, v_cache, out, part_o, part_lse, seq_lens, block_tables, scale * _LOG2E, splits,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        NUM_HEADS=num_heads, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, MIN_CHUNK=min_chunk,
+        SINGLE=splits == 1, num_warps=warps, num_stages=stages)
+    if splits > 1:
+        _decode_stage2_kernel[(batch, num_heads)](
+            out, part_o, part_lse, seq_lens, splits, out.stride(0), out.stride(1),
+            NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
+            BLOCK_S=triton.next_power_of_2(splits), BLOCK_N=block_n, MIN_CHUNK=min_chunk,
+            num_warps=4 if head_dim * splits >= 2048 else 2)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dispatcher
+# ----------------------------------------------------------------------------------------------------------------
+def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+                    scale: float, max_query_len: int, workspace: DecodeWorkspace | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode kernel when every request has one new token (``max_query_len == 1``), else the extend kernel."""
+    if max_query_len == 1 and query.shape[0] == seq_lens.shape[0]:
+        return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out)
+    return extend_attention(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale,
+                            max_query_len, out=out)

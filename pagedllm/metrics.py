@@ -1,0 +1,194 @@
+"""Serving metrics: Prometheus series with vLLM's names under the ``pagedllm:`` prefix, and the periodic stats log line.
+
+Everything here is fed from the engine thread of ``AsyncLLMEngine`` (one writer); gauges read the engine's live state
+at scrape time. Per-request latencies are measured from the outputs each step returns: time to first token from the
+request's arrival, inter-token latency between consecutive outputs that carry tokens, end-to-end at the finish.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pagedllm.outputs import RequestOutput
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+
+if TYPE_CHECKING:
+    from pagedllm.engine.engine import LLMEngine, StepStats
+
+logger = logging.getLogger("pagedllm.metrics")
+PREFIX = "pagedllm:"
+
+# Bucket edges in seconds, covering CPU CI (slow) to H100 decode (a few ms).
+TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                40.0, 80.0, 160.0, 640.0, 2560.0]
+ITL_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+               10.0, 20.0, 40.0, 80.0]
+E2E_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+               480.0, 960.0, 1920.0, 7680.0]
+TOKEN_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000]
+
+prometheus_client.disable_created_metrics()   # vLLM does not export the *_created series either
+
+
+@dataclass
+class _Tracked:
+    arrival_time: float
+    kind: RequestOutputKind
+    num_prompt_tokens: int
+    seen_tokens: dict[int, int] = field(default_factory=dict)   # per completion index (CUMULATIVE outputs)
+    num_generated: int = 0
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+
+
+class EngineMetrics:
+    def __init__(self, model_name: str, registry: CollectorRegistry | None = None, log_stats: bool = True,
+                 log_interval_s: float = 5.0):
+        self.model_name = model_name
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.log_stats = log_stats
+        self.log_interval_s = log_interval_s
+        labels = ["model_name"]
+        r = self.registry
+
+        def gauge(name, doc):
+            return Gauge(PREFIX + name, doc, labels, registry=r)
+
+        def counter(name, doc, extra=()):
+            return Counter(PREFIX + name, doc, labels + list(extra), registry=r)
+
+        def hist(name, doc, buckets):
+            return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=r).labels(model_name)
+
+        self.g_running = gauge("num_requests_running", "Number of requests in model execution batches.")
+        self.g_waiting = gauge("num_requests_waiting", "Number of requests waiting to be processed.")
+        self.g_kv_usage = gauge("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        self.c_prompt = counter("prompt_tokens", "Number of prefill tokens processed.").labels(model_name)
+        self.c_generation = counter("generation_tokens", "Number of generation tokens processed.").labels(model_name)
+        self.c_success = counter("request_success", "Count of successfully processed requests.", ["finished_reason"])
+        self.c_preemptions = counter("num_preemptions", "Cumulative number of preemptions.").labels(model_name)
+        self.c_prefix_queries = counter("prefix_cache_queries",
+                                        "Prefix cache queries, in terms of number of queried tokens.").labels(model_name)
+        self.c_prefix_hits = counter("prefix_cache_hits",
+                                     "Prefix cache hits, in terms of number of cached tokens.").labels(model_name)
+        self.h_ttft = hist("time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                           TTFT_BUCKETS)
+        self.h_itl = hist("inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS)
+        self.h_tpot = hist("time_per_output_token_seconds",
+                           "Histogram of time per output token in seconds (deprecated name of the ITL).", ITL_BUCKETS)
+        self.h_e2e = hist("e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.",
+                          E2E_BUCKETS)
+        self.h_queue = hist("request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+                            E2E_BUCKETS)
+        self.h_prompt_tokens = hist("request_prompt_tokens", "Number of prefill tokens processed.", TOKEN_BUCKETS)
+        self.h_generation_tokens = hist("request_generation_tokens", "Number of generation tokens processed.",
+                                        TOKEN_BUCKETS)
+        self._tracked: dict[str, _Tracked] = {}
+        self._prefix_seen = (0, 0)
+        # For the periodic log line.
+        self._last_log_time = time.monotonic()
+        self._interval_prompt = 0
+        self._interval_generation = 0
+        self._interval_prefix = [0, 0]
+        self._last_hit_rate = 0.0
+        self._last_interval_active = False
+
+    # ---- wiring ---------------------------------------------------------------------------------------------------
+    def attach(self, engine: "LLMEngine") -> None:
+        """Gauges read the engine's state when scraped (list lengths and a free-block count: safe to read from
+        another thread)."""
+        name = self.model_name
+        self.g_running.labels(name).set_function(lambda: engine.scheduler.num_running)
+        self.g_waiting.labels(name).set_function(lambda: engine.scheduler.num_waiting)
+        self.g_kv_usage.labels(name).set_function(engine.kv_cache.usage)
+        pool = engine.kv_cache.pool
+        self._prefix_seen = (pool.query_tokens, pool.hit_tokens)
+
+    def render(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
+
+    # ---- events (engine thread) -----------------------------------------------------------------------------------
+    def on_request_added(self, request_id: str, params: SamplingParams, arrival_time: float,
+                         num_prompt_tokens: int) -> None:
+        self._tracked[request_id] = _Tracked(arrival_time, params.output_kind, num_prompt_tokens)
+
+    def on_request_aborted(self, request_id: str, num_completions: int = 1) -> None:
+        if self._tracked.pop(request_id, None) is not None:
+            self.c_success.labels(self.model_name, "abort").inc(num_completions)
+
+    def on_step(self, stats: "StepStats", outputs: list[RequestOutput], engine: "LLMEngine", now: float) -> None:
+        self.c_prompt.inc(stats.num_prompt_tokens)
+        self.c_generation.inc(stats.num_generation_tokens)
+        if stats.num_preemptions:
+            self.c_preemptions.inc(stats.num_preemptions)
+        self._interval_prompt += stats.num_prompt_tokens
+        self._interval_generation += stats.num_generation_tokens
+        pool = engine.kv_cache.pool
+        dq, dh = pool.query_tokens - self._prefix_seen[0], pool.hit_tokens - self._prefix_seen[1]
+        self._prefix_seen = (pool.query_tokens, pool.hit_tokens)
+        if dq > 0:
+            self.c_prefix_queries.inc(dq)
+            self.c_prefix_hits.inc(dh)
+            self._interval_prefix[0] += dq
+            self._interval_prefix[1] += dh
+        for out in outputs:
+            self._on_output(out, now)
+
+    def _on_output(self, out: RequestOutput, now: float) -> None:
+        t = self._tracked.get(out.request_id)
+        if t is None:
+            return
+        new_tokens = 0
+        for c in out.outputs:
+            if t.kind == RequestOutputKind.CUMULATIVE:
+                new = len(c.token_ids) - t.seen_tokens.get(c.index, 0)
+                t.seen_tokens[c.index] = len(c.token_ids)
+            else:
+                new = len(c.token_ids)
+            new_tokens += max(new, 0)
+        if new_tokens > 0:
+            if t.first_token_time is None:
+                t.first_token_time = now
+                self.h_ttft.observe(now - t.arrival_time)
+            elif t.last_token_time is not None:
+                self.h_itl.observe(now - t.last_token_time)
+                self.h_tpot.observe(now - t.last_token_time)
+            t.last_token_time = now
+            t.num_generated += new_tokens
+        if out.finished:
+            self._tracked.pop(out.request_id, None)
+            self.h_e2e.observe(now - t.arrival_time)
+            self.h_prompt_tokens.observe(t.num_prompt_tokens)
+            self.h_generation_tokens.observe(t.num_generated)
+            if out.metrics is not None and out.metrics.first_scheduled_time is not None:
+                self.h_queue.observe(max(0.0, out.metrics.first_scheduled_time - t.arrival_time))
+            for c in out.outputs:
+                self.c_success.labels(self.model_name, c.finish_reason or "abort").inc()
+
+    # ---- the log line -----------------------------------------------------------------------------------------------
+    def maybe_log(self, engine: "LLMEngine", force: bool = False) -> None:
+        if not self.log_stats:
+            return
+        now = time.monotonic()
+        elapsed = now - self._last_log_time
+        if elapsed < self.log_interval_s and not force:
+            return
+        running, waiting = engine.scheduler.num_running, engine.scheduler.num_waiting
+        active = bool(self._interval_prompt or self._interval_generation or running or waiting)
+        if active or self._last_interval_active:
+            queries, hits = self._interval_prefix
+            if queries:
+                self._last_hit_rate = 100.0 * hits / queries
+            logger.info("Avg prompt throughput: %.1f tokens/s, Avg generation throughput: %.1f tokens/s, "
+                        "Running: %d reqs, Waiting: %d reqs, GPU KV cache usage: %.1f%%, Prefix cache hit rate: %.1f%%",
+                        self._interval_prompt / elapsed, self._interval_generation / elapsed, running, waiting,
+                        100.0 * engine.kv_cache.usage(), self._last_hit_rate)
+        self._last_interval_active = active
+        self._last_log_time = now
+        self._interval_prompt = self._interval_generation = 0
+        self._interval_prefix = [0, 0]

@@ -1,0 +1,164 @@
+"""OPT decoder (facebook/opt-125m ... 66b).
+
+Differences from Llama: learned absolute position embeddings (indices offset by 2, a fairseq leftover), LayerNorm
+with bias, ReLU MLP (fc1/fc2), biased q/k/v/out projections, and two layouts: pre-LayerNorm (most sizes) or
+post-LayerNorm (350m, which also projects the embeddings in and out of a smaller ``word_embed_proj_dim``).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.model.layers.attention import Attention
+from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.model.layers.linear import (ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
+                                          RowParallelLinear)
+from pagedllm.model.layers.norm import LayerNorm
+from pagedllm.model.models.weights import load_packed_weights
+from pagedllm.worker.forward_batch import ForwardBatch
+
+# OPT's learned position table has 2 extra leading rows; position p reads row p + 2.
+POSITION_OFFSET = 2
+
+_ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def _activation(name: str):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"OPT activation_function {name!r} is not supported; "
+                         f"supported: {', '.join(sorted(_ACTIVATIONS))}.")
+    return _ACTIVATIONS[name]
+
+
+def _layer_norm(cfg, size: int) -> nn.Module:
+    if getattr(cfg, "layer_norm_elementwise_affine", True):
+        return LayerNorm(size)
+    return nn.LayerNorm(size, elementwise_affine=False)
+
+
+class OPTAttention(nn.Module):
+    def __init__(self, cfg, layer_idx: int, backend: str):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // self.num_heads
+        bias = getattr(cfg, "enable_bias", True)
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, self.head_dim, self.num_heads, self.num_heads, bias=bias)
+        self.out_proj = RowParallelLinear(cfg.hidden_size, cfg.hidden_size, bias=bias)
+        # HF OPT multiplies q by head_dim**-0.5 right after the projection and attends with scale 1; doing the same
+        # keeps the fp32 rounding identical (greedy parity with transformers).
+        self.scaling = self.head_dim ** -0.5
+        self.attn = Attention(self.num_heads, self.head_dim, 1.0, self.num_heads, layer_idx, backend)
+
+    def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        q, k, v = self.qkv_proj(hidden).chunk(3, dim=-1)
+        return self.out_proj(self.attn(q * self.scaling, k, v, batch))
+
+
+class OPTDecoderLayer(nn.Module):
+    def __init__(self, cfg, layer_idx: int, backend: str):
+        super().__init__()
+        self.do_layer_norm_before = cfg.do_layer_norm_before
+        bias = getattr(cfg, "enable_bias", True)
+        self.self_attn = OPTAttention(cfg, layer_idx, backend)
+        self.self_attn_layer_norm = _layer_norm(cfg, cfg.hidden_size)
+        self.fc1 = ColumnParallelLinear(cfg.hidden_size, cfg.ffn_dim, bias=bias)
+        self.fc2 = RowParallelLinear(cfg.ffn_dim, cfg.hidden_size, bias=bias)
+        self.final_layer_norm = _layer_norm(cfg, cfg.hidden_size)
+        self.act = _activation(getattr(cfg, "activation_function", "relu"))
+
+    def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        residual = hidden
+        if self.do_layer_norm_before:
+            hidden = self.self_attn_layer_norm(hidden)
+        hidden = residual + self.self_attn(hidden, batch)
+        if not self.do_layer_norm_before:
+            hidden = self.self_attn_layer_norm(hidden)
+
+        residual = hidden
+        if self.do_layer_norm_before:
+            hidden = self.final_layer_norm(hidden)
+        hidden = residual + self.fc2(self.act(self.fc1(hidden)))
+        if not self.do_layer_norm_before:
+            hidden = self.final_layer_norm(hidden)
+        return hidden
+
+
+class OPTDecoder(nn.Module):
+    def __init__(self, cfg, backend: str):
+        super().__init__()
+        proj_dim = getattr(cfg, "word_embed_proj_dim", None) or cfg.hidden_size
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, proj_dim)
+        self.embed_positions = VocabParallelEmbedding(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size)
+        if proj_dim != cfg.hidden_size:   # opt-350m: 512-wide embeddings, 1024-wide layers
+            self.project_in = ReplicatedLinear(proj_dim, cfg.hidden_size, bias=False)
+            self.project_out = ReplicatedLinear(cfg.hidden_size, proj_dim, bias=False)
+        else:
+            self.project_in = self.project_out = None
+        # ``_remove_final_layer_norm`` only exists for checkpoints fine-tuned before transformers 4.20.1.
+        if cfg.do_layer_norm_before and not getattr(cfg, "_remove_final_layer_norm", False):
+            self.final_layer_norm = _layer_norm(cfg, cfg.hidden_size)
+        else:
+            self.final_layer_norm = None
+        self.layers = nn.ModuleList(OPTDecoderLayer(cfg, i, backend) for i in range(cfg.num_hidden_layers))
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        if self.project_in is not None:
+            hidden = self.project_in(hidden)
+        hidden = hidden + self.embed_positions(positions + POSITION_OFFSET)
+        for layer in self.layers:
+            hidden = layer(hidden, batch)
+        if self.final_layer_norm is not None:
+            hidden = self.final_layer_norm(hidden)
+        if self.project_out is not None:
+            hidden = self.project_out(hidden)
+        return hidden
+
+
+class OPTModel(nn.Module):
+    def __init__(self, cfg, backend: str):
+        super().__init__()
+        self.decoder = OPTDecoder(cfg, backend)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        return self.decoder(input_ids, positions, batch)
+
+
+class OPTForCausalLM(nn.Module):
+    packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__()
+        self.config = hf_config
+        self.model = OPTModel(hf_config, engine_config.attention_backend)
+        proj_dim = getattr(hf_config, "word_embed_proj_dim", None) or hf_config.hidden_size
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, proj_dim)
+        self.tied = getattr(hf_config, "tie_word_embeddings", True)
+        if self.tied:
+            self.lm_head.tie_weights(self.model.decoder.embed_tokens)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        return self.model(input_ids, positions, batch)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        skip = ("lm_head.weight",) if self.tied else ()
+
+        def with_prefix(items):
+            # HF checkpoints say "model.decoder.*"; the original metaseq conversions say "decoder.*".
+            for name, tensor in items:
+                yield (f"model.{name}" if name.startswith("decoder.") else name), tensor
+
+        load_packed_weights(self, with_prefix(weights), self.packed_modules_mapping, skip=skip)

@@ -1,0 +1,392 @@
+"""`pagedllm bench serve` against a fake streaming server with known timings; metric math on synthetic timings;
+arrival-process statistics; ShareGPT sampling rules; the printed block; --save-result JSON; --plot; compare."""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pagedllm.bench import compare, serve
+from pagedllm.bench.datasets import sample_prefix_repetition, sample_random, sample_sharegpt
+from pagedllm.bench.metrics import calculate_metrics, parse_goodput
+from pagedllm.bench.request_funcs import RequestFuncOutput
+from pagedllm.bench.utils import get_tokenizer
+
+from conftest import MODEL_ID
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Labels of the result block, in order, for --max-concurrency unset, rate inf, --goodput and all four metrics with
+# percentiles 50,99.
+EXPECTED_LABELS = [
+    "Successful requests:", "Failed requests:", "Benchmark duration (s):", "Total input tokens:",
+    "Total generated tokens:", "Request throughput (req/s):", "Request goodput (req/s):",
+    "Output token throughput (tok/s):", "Peak output token throughput (tok/s):", "Peak concurrent requests:",
+    "Total Token throughput (tok/s):",
+    "---------------Time to First Token----------------",
+    "Mean TTFT (ms):", "Median TTFT (ms):", "P50 TTFT (ms):", "P99 TTFT (ms):",
+    "-----Time per Output Token (excl. 1st token)------",
+    "Mean TPOT (ms):", "Median TPOT (ms):", "P50 TPOT (ms):", "P99 TPOT (ms):",
+    "---------------Inter-token Latency----------------",
+    "Mean ITL (ms):", "Median ITL (ms):", "P50 ITL (ms):", "P99 ITL (ms):",
+    "----------------End-to-end Latency----------------",
+    "Mean E2EL (ms):", "Median E2EL (ms):", "P50 E2EL (ms):", "P99 E2EL (ms):",
+]
+LABEL_TO_KEY = {
+    "Successful requests:": "completed", "Failed requests:": "failed", "Benchmark duration (s):": "duration",
+    "Total input tokens:": "total_input_tokens", "Total generated tokens:": "total_output_tokens",
+    "Request throughput (req/s):": "request_throughput", "Request goodput (req/s):": "request_goodput",
+    "Output token throughput (tok/s):": "output_throughput",
+    "Peak output token throughput (tok/s):": "max_output_tokens_per_s",
+    "Peak concurrent requests:": "max_concurrent_requests",
+    "Total Token throughput (tok/s):": "total_token_throughput",
+}
+
+
+def serve_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    serve.add_cli_args(parser)
+    return parser.parse_args(list(argv))
+
+
+def parse_block(stdout: str) -> list[tuple[str, str | None]]:
+    """(label, value) per line of the result block; separator lines have value None."""
+    lines = stdout.splitlines()
+    start = lines.index("{:=^50}".format(" Serving Benchmark Result "))
+    end = lines.index("=" * 50, start + 1)
+    rows = []
+    for line in lines[start + 1:end]:
+        if line.startswith("-"):
+            assert len(line) == 50, line
+            rows.append((line, None))
+        else:
+            assert len(line) == 51 or len(line) > 51, line   # 40-column label, space, value left-aligned in 10
+            assert line[40] == " " and line[:40].rstrip().endswith(":"), line
+            rows.append((line[:40].rstrip(), line[41:].strip()))
+    return rows
+
+
+# ---- metric math on exact, synthetic timings -------------------------------------------------------------------
+def _out(ttft, itl, n_out, start=0.0, success=True, text=""):
+    latency = ttft + sum(itl)
+    return RequestFuncOutput(success=success, ttft=ttft, itl=list(itl), latency=latency, output_tokens=n_out,
+                             num_chunks=len(itl) + 1, start_time=start, generated_text=text)
+
+
+def test_calculate_metrics_matches_vllm_definitions():
+    outputs = [
+        _out(0.100, [0.020] * 9, 10, start=0.0),         # TPOT 20 ms
+        _out(0.200, [0.050] * 4, 5, start=0.5),          # TPOT 50 ms
+        RequestFuncOutput(success=False, error="boom"),
+        _out(0.300, [], 1, start=0.6),                   # one token: no TPOT (0 for goodput)
+    ]
+    input_lens = [7, 11, 13, 17]
+    m, out_lens = calculate_metrics(input_lens, outputs, 2.0, None, [50, 90, 99.9], {"ttft": 250.0, "tpot": 30.0})
+    assert (m.completed, m.failed) == (3, 1)
+    assert out_lens == [10, 5, 0, 1]
+    assert m.total_input == 7 + 11 + 17 and m.total_output == 16
+    assert m.request_throughput == pytest.approx(1.5)
+    assert m.output_throughput == pytest.approx(8.0)
+    assert m.total_token_throughput == pytest.approx((35 + 16) / 2.0)
+    assert m.stats["ttft"].mean == pytest.approx(200.0)
+    assert m.stats["tpot"].mean == pytest.approx(35.0) and m.stats["tpot"].median == pytest.approx(35.0)
+    assert m.stats["tpot"].std == pytest.approx(15.0)  # population std
+    itl = np.array([20.0] * 9 + [50.0] * 4)
+    assert m.stats["itl"].mean == pytest.approx(itl.mean())
+    assert dict(m.stats["itl"].percentiles)[90] == pytest.approx(np.percentile(itl, 90))
+    assert dict(m.stats["itl"].percentiles)[99.9] == pytest.approx(np.percentile(itl, 99.9))
+    assert m.stats["e2el"].mean == pytest.approx((280.0 + 400.0 + 300.0) / 3)
+    assert m.request_goodput == pytest.approx(0.5)      # only the first meets ttft<=250 and tpot<=30
+    m2, _ = calculate_metrics(input_lens, outputs, 2.0, None, [99], {"ttft": 300.0})
+    assert m2.request_goodput == pytest.approx(1.5)     # the SLO bound is inclusive
+    m3, _ = calculate_metrics(input_lens, outputs, 2.0, None, [99], {"e2el": 350.0})
+    assert m3.request_goodput == pytest.approx(1.0)
+    # Peak chunk rate in 1 s buckets: all 10 + 5 + 1 chunks land in [0, 1).
+    assert m.max_output_tokens_per_s == 16.0 and m.max_concurrent_requests == 3
+
+
+def test_output_tokens_fall_back_to_tokenizer_then_chunks(word_tokenizer_dir):
+    out = _out(0.1, [0.01, 0.01], 0, text=" w1 w2 w3 w4")
+    tok = get_tokenizer(word_tokenizer_dir)
+    m, lens = calculate_metrics([4], [out], 1.0, tok, [99])
+    assert lens == [4]
+    m, lens = calculate_metrics([4], [out], 1.0, None, [99])
+    assert lens == [3]                                  # no usage, no tokenizer: one token per chunk
+
+
+def test_parse_goodput_validates():
+    assert parse_goodput(["ttft:200", "tpot:50", "e2el:1000"]) == {"ttft": 200.0, "tpot": 50.0, "e2el": 1000.0}
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY:VALUE"):
+        parse_goodput(["ttft=200"])
+    with pytest.raises(ValueError, match="Invalid metric name found, itl"):
+        parse_goodput(["itl:5"])
+    with pytest.raises(ValueError, match="non-negative"):
+        parse_goodput(["ttft:-1"])
+
+
+# ---- arrival process ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("burstiness", [1.0, 0.5, 4.0])
+def test_request_intervals_are_gamma_with_requested_rate(burstiness):
+    gaps = serve.request_intervals(40001, 10.0, burstiness, np.random.default_rng(7))
+    assert gaps[0] == 0.0
+    body = gaps[1:]
+    assert body.mean() == pytest.approx(0.1, rel=0.03)                    # mean gap = 1 / rate
+    assert body.std() / body.mean() == pytest.approx(1 / np.sqrt(burstiness), rel=0.05)  # CV of Gamma(k)
+    again = serve.request_intervals(40001, 10.0, burstiness, np.random.default_rng(7))
+    assert np.array_equal(gaps, again)
+
+
+def test_request_intervals_infinite_rate_and_bad_values():
+    assert not serve.request_intervals(5, float("inf"), 1.0).any()
+    with pytest.raises(ValueError):
+        serve.request_intervals(5, 1.0, 0.0)
+    with pytest.raises(ValueError):
+        serve.request_intervals(5, 0.0, 1.0)
+
+
+# ---- datasets -----------------------------------------------------------------------------------------------------
+def _words(n, start=0):
+    return " ".join(f"w{(start + i) % 5000}" for i in range(n))
+
+
+def test_sharegpt_sampling_follows_vllm_filter(tmp_path, word_tokenizer_dir):
+    tok = get_tokenizer(word_tokenizer_dir)
+    convs = {
+        "one_turn": [_words(10)],
+        "short_prompt": [_words(3), _words(10)],
+        "short_reply": [_words(10), _words(3)],
+        "long_prompt": [_words(1025), _words(10)],
+        "too_long_total": [_words(1000), _words(1049)],
+        "max_total": [_words(1000, 1), _words(1048)],
+        "min_ok": [_words(4, 2), _words(4)],
+        "normal_a": [_words(20, 3), _words(30)],
+        "normal_b": [_words(50, 4), _words(5)],
+    }
+    data = [{"id": k, "conversations": [{"from": "human" if i % 2 == 0 else "gpt", "value": v}
+                                        for i, v in enumerate(turns)]} for k, turns in convs.items()]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(data))
+    got = sample_sharegpt(str(path), 4, tok, seed=0)
+    kept = {convs_key for convs_key, turns in convs.items() for r in got if r.prompt_text == turns[0]}
+    assert kept == {"max_total", "min_ok", "normal_a", "normal_b"}
+    lens = sorted((r.prompt_len, r.expected_output_len) for r in got)
+    assert lens == [(4, 4), (20, 30), (50, 5), (1000, 1048)]
+    # same seed, same order; another seed shuffles differently (with 4 of 4 kept, only the order changes)
+    assert [r.prompt_text for r in sample_sharegpt(str(path), 4, tok, seed=0)] == [r.prompt_text for r in got]
+    # a fixed output length skips the minimum-reply check ("short_reply" is kept) and sets every output length
+    fixed = sample_sharegpt(str(path), 6, tok, seed=0, output_len=2)
+    assert {r.prompt_text for r in fixed} >= {convs["short_reply"][0]}
+    assert all(r.expected_output_len == 2 for r in fixed)
+    # more requested than valid: valid ones are drawn again
+    many = sample_sharegpt(str(path), 10, tok, seed=1)
+    assert len(many) == 10 and {r.prompt_text for r in many} <= {convs[k][0] for k in kept}
+
+
+def test_random_and_prefix_repetition_lengths(word_tokenizer_dir):
+    tok = get_tokenizer(word_tokenizer_dir)
+    reqs = sample_random(200, input_len=100, output_len=20, range_ratio=0.5, prefix_len=8, tokenizer=tok, seed=3)
+    assert all(8 + 50 <= r.prompt_len <= 8 + 150 and len(r.prompt_token_ids) == r.prompt_len for r in reqs)
+    assert all(10 <= r.expected_output_len <= 30 for r in reqs)
+    assert len({tuple(r.prompt_token_ids[:8]) for r in reqs}) == 1
+    assert all(min(r.prompt_token_ids) >= 2 for r in reqs)          # special tokens ([UNK], [PAD]) excluded
+    assert len(tok(reqs[0].prompt_text).input_ids) == reqs[0].prompt_len  # text decodes back to the same tokens
+    fixed = sample_random(5, input_len=16, output_len=4, tokenizer=None, seed=0)
+    assert [r.prompt_len for r in fixed] == [16] * 5 and fixed[0].prompt_text is None
+    reps = sample_prefix_repetition(12, prefix_len=10, suffix_len=5, num_prefixes=3, output_len=7, seed=0)
+    assert len({tuple(r.prompt_token_ids[:10]) for r in reps}) == 3
+    assert all(r.prompt_len == 15 and r.expected_output_len == 7 for r in reps)
+
+
+# ---- end to end against the fake server -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def completions_run(fake_server, tmp_path_factory):
+    """8 token-id requests, 10 output tokens each; TTFT 100 ms then one token every 20 ms."""
+    import contextlib
+    import io
+    fake_server.reset(ttft_s=0.100, itl_s=0.020)
+    out_dir = tmp_path_factory.mktemp("serve_results")
+    args = serve_args("--base-url", fake_server.base_url, "--dataset-name", "random", "--random-input-len", "32",
+                      "--random-output-len", "10", "--num-prompts", "8", "--ignore-eos", "--skip-tokenizer-init",
+                      "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+                      "--goodput", "ttft:1000", "tpot:100", "--save-result", "--result-dir", str(out_dir),
+                      "--metadata", "gpu=none", "--plot", str(out_dir / "serve.png"), "--disable-tqdm")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        result = serve.main(args)
+    return {"result": result, "stdout": buf.getvalue(), "dir": out_dir, "requests": list(fake_server.requests)}
+
+
+def test_fake_server_timings_are_measured(completions_run):
+    r = completions_run["result"]
+    assert r["completed"] == 8 and r["failed"] == 0
+    assert r["total_input_tokens"] == 8 * 32 and r["total_output_tokens"] == 8 * 10
+    assert 98 <= r["mean_ttft_ms"] <= 140 and 98 <= r["median_ttft_ms"] <= 140
+    assert 19.5 <= r["mean_itl_ms"] <= 26 and 19.5 <= r["median_itl_ms"] <= 26
+    assert 19.5 <= r["mean_tpot_ms"] <= 26
+    assert 278 <= r["mean_e2el_ms"] <= 360
+    assert r["mean_e2el_ms"] == pytest.approx(r["mean_ttft_ms"] + 9 * r["mean_tpot_ms"], rel=1e-6)
+    assert 0.27 <= r["duration"] <= 0.6
+    assert r["request_throughput"] == pytest.approx(8 / r["duration"])
+    assert r["output_throughput"] == pytest.approx(80 / r["duration"])
+    assert r["total_token_throughput"] == pytest.approx((256 + 80) / r["duration"])
+    assert r["request_goodput"] == pytest.approx(r["request_throughput"])   # every request meets the SLOs
+    assert r["max_concurrent_requests"] == 8 and r["max_output_tokens_per_s"] == 80
+    assert [len(x) for x in r["itls"]] == [9] * 8
+
+
+def test_requests_sent_like_vllm(completions_run):
+    reqs = completions_run["requests"]
+    assert len(reqs) == 9                                   # the initial single-prompt test run, then 8
+    for req in reqs:
+        body = req.body
+        assert req.path == "/v1/completions"
+        assert body["model"] == MODEL_ID                    # --model defaulted to the first of /v1/models
+        assert isinstance(body["prompt"], list) and len(body["prompt"]) == 32   # token-id prompts
+        assert body["max_tokens"] == 10 and body["ignore_eos"] is True and body["stream"] is True
+        assert body["stream_options"] == {"include_usage": True} and body["temperature"] == 0.0
+    assert reqs[0].body["prompt"] in [r.body["prompt"] for r in reqs[1:]]   # the test run reuses request 0
+
+
+def test_printed_block_lines_and_values(completions_run):
+    stdout, r = completions_run["stdout"], completions_run["result"]
+    assert "Traffic request rate: inf" in stdout
+    assert "Burstiness factor: 1.0 (Poisson process)" in stdout
+    assert "Maximum request concurrency: None" in stdout
+    rows = parse_block(stdout)
+    assert [label for label, _ in rows] == EXPECTED_LABELS
+    for label, value in rows:
+        if value is None:
+            continue
+        if label in LABEL_TO_KEY:
+            key = LABEL_TO_KEY[label]
+        else:
+            stat, short = re.match(r"(Mean|Median|P[\d.]+) (\w+) \(ms\):", label).groups()
+            key = f"{stat.lower()}_{short.lower()}_ms"
+        expected = r[key]
+        if label in ("Successful requests:", "Failed requests:", "Total input tokens:", "Total generated tokens:"):
+            assert value == str(expected)
+        else:
+            assert value == f"{expected:.2f}", (label, value, expected)
+
+
+def test_save_result_json(completions_run):
+    files = glob.glob(str(completions_run["dir"] / "*.json"))
+    assert len(files) == 1
+    assert re.fullmatch(r"openai-infqps-fake-model-\d{8}-\d{6}\.json", os.path.basename(files[0]))
+    saved = json.load(open(files[0]))
+    required = {"date", "backend", "label", "model_id", "tokenizer_id", "num_prompts", "request_rate", "burstiness",
+                "max_concurrency", "duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
+                "request_throughput", "request_goodput", "output_throughput", "total_token_throughput",
+                "max_output_tokens_per_s", "max_concurrent_requests"}
+    for metric in ("ttft", "tpot", "itl", "e2el"):
+        required |= {f"mean_{metric}_ms", f"median_{metric}_ms", f"std_{metric}_ms", f"p50_{metric}_ms",
+                     f"p99_{metric}_ms"}
+    assert required <= set(saved)
+    assert saved["request_rate"] == "inf" and saved["max_concurrency"] is None and saved["gpu"] == "none"
+    assert saved["model_id"] == MODEL_ID and saved["num_prompts"] == 8
+    assert not {"ttfts", "itls", "input_lens", "output_lens", "generated_texts", "errors"} & set(saved)
+
+
+def test_plot_is_a_png(completions_run):
+    data = (completions_run["dir"] / "serve.png").read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 20_000
+
+
+def test_concurrency_limit_failures_and_rate(fake_server, tmp_path):
+    fake_server.reset(ttft_s=0.05, itl_s=0.01, fail_every=4)
+    args = serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "8",
+                      "--random-output-len", "4", "--num-prompts", "8", "--max-concurrency", "2",
+                      "--skip-tokenizer-init", "--disable-tqdm", "--save-detailed", "--result-dir", str(tmp_path),
+                      "--result-filename", "conc.json", "--label", "conc2")
+    result = serve.main(args)
+    assert fake_server.max_in_flight == 2
+    assert result["completed"] == 6 and result["failed"] == 2   # arrivals 3 and 7 got HTTP 500
+    assert sum(1 for e in result["errors"] if "HTTP 500" in e) == 2
+    saved = json.load(open(tmp_path / "conc.json"))
+    assert saved["max_concurrency"] == 2 and len(saved["ttfts"]) == 8 and saved["label"] == "conc2"
+
+    fake_server.reset(ttft_s=0.01, itl_s=0.005)
+    args = serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "8",
+                      "--random-output-len", "2", "--num-prompts", "12", "--request-rate", "25", "--seed", "5",
+                      "--burstiness", "2", "--skip-tokenizer-init", "--disable-tqdm")
+    serve.main(args)
+    arrivals = np.array([r.arrival for r in fake_server.requests[1:]])   # skip the initial test request
+    expected = np.cumsum(serve.request_intervals(12, 25.0, 2.0, np.random.default_rng(5)))
+    assert np.abs((arrivals - arrivals[0]) - expected).max() < 0.025
+
+
+def test_chat_backend_sharegpt_without_usage(fake_server, tmp_path, word_tokenizer_dir):
+    data = [{"id": str(i), "conversations": [{"from": "human", "value": _words(6 + i, i)},
+                                             {"from": "gpt", "value": _words(5 + i)}]} for i in range(4)]
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(data))
+    fake_server.reset(ttft_s=0.02, itl_s=0.005, send_usage=False)
+    args = serve_args("--backend", "openai-chat", "--base-url", fake_server.base_url, "--model", MODEL_ID,
+                      "--tokenizer", word_tokenizer_dir, "--dataset-name", "sharegpt", "--dataset-path", str(path),
+                      "--num-prompts", "4", "--disable-tqdm")
+    result = serve.main(args)
+    assert result["completed"] == 4
+    # output lengths re-counted from the streamed text with the tokenizer: reply lengths 5..8
+    assert sorted(result["output_lens"]) == [5, 6, 7, 8] and result["total_output_tokens"] == 26
+    assert sorted(result["input_lens"]) == [6, 7, 8, 9]
+    body = fake_server.requests[-1].body
+    assert fake_server.requests[-1].path == "/v1/chat/completions"
+    assert body["messages"][0]["role"] == "user" and isinstance(body["messages"][0]["content"], str)
+    assert "max_completion_tokens" in body and body["stream"] is True
+
+
+def test_compare_two_results(completions_run, fake_server, tmp_path, capsys):
+    first = glob.glob(str(completions_run["dir"] / "*.json"))[0]
+    fake_server.reset(ttft_s=0.03, itl_s=0.01)
+    args = serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "8",
+                      "--random-output-len", "6", "--num-prompts", "4", "--skip-tokenizer-init", "--disable-tqdm",
+                      "--save-result", "--result-dir", str(tmp_path), "--result-filename", "b.json", "--label",
+                      "fast")
+    serve.main(args)
+    capsys.readouterr()
+    parser = argparse.ArgumentParser()
+    compare.add_cli_args(parser)
+    png = tmp_path / "cmp.png"
+    compare.main(parser.parse_args([first, str(tmp_path / "b.json"), "--plot", str(png)]))
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == ["metric", "openai", "fast"]
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:] if line.strip()
+            and not line.startswith("Saved")}
+    assert rows["completed"] == ["8", "4"]
+    assert float(rows["mean_ttft_ms"][0]) > float(rows["mean_ttft_ms"][1])
+    assert rows["mean_e2el_ms"][1] == "-"            # the second run did not select e2el
+    data = png.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 20_000
+
+
+def test_cli_wiring_and_script(fake_server, tmp_path):
+    from pagedllm.bench.cli import add_bench_parser
+    parser = argparse.ArgumentParser(prog="pagedllm")
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    for argv in (["bench", "serve", "--model", "m"], ["bench", "throughput", "--input-len", "4"],
+                 ["bench", "latency"], ["bench", "prefix_caching"], ["bench", "long_document_qa"],
+                 ["bench", "compare", "a.json"]):
+        args = parser.parse_args(argv)
+        assert callable(args.func) and args.bench_type == argv[1].replace("_throughput", "")
+    assert parser.parse_args(["bench", "latency"]).enable_prefix_caching is False
+    assert parser.parse_args(["bench", "prefix_caching"]).enable_prefix_caching is None
+    assert parser.parse_args(["bench", "throughput", "--backend", "vllm"]).backend == "vllm"
+
+    fake_server.reset(ttft_s=0.01, itl_s=0.002)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "benchmark_serving.py"),
+                           "--base-url", fake_server.base_url, "--random-input-len", "4", "--random-output-len", "3",
+                           "--num-prompts", "3", "--skip-tokenizer-init"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "Successful requests:                     3" in proc.stdout
+    assert "3/3" in proc.stderr                          # the tqdm progress bar

@@ -1,0 +1,252 @@
+"""Triton paged attention vs the PyTorch reference (``pagedllm.kernels.torch_attention``).
+
+Runs on a CUDA GPU. Without one the module is skipped, unless ``TRITON_INTERPRET=1`` is set: then the kernels run
+in Triton's CPU interpreter on CPU tensors (slow; use ``-k`` to pick cases), which is how they were first checked.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRET, reason="needs a CUDA GPU")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+from pagedllm.kernels import torch_attention as ref  # noqa: E402
+from pagedllm.kernels import triton_attention as tri  # noqa: E402
+
+HEADS = [(28, 4, 128), (12, 2, 64), (9, 3, 64), (32, 32, 128)]   # Qwen2.5-7B, Qwen2.5-1.5B-ish, SmolLM2, MHA
+DTYPES = [torch.bfloat16, torch.float16]
+# Triton 3.6's interpreter mis-converts fp32 -> bf16 (garbage outputs); under it bf16 cases use fp16 instead.
+BF16 = torch.float16 if INTERPRET else torch.bfloat16
+BAD_BLOCK = 2 ** 30   # unused block-table tail: reading it would fault (the layout says the tail is arbitrary)
+
+
+def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
+    out, expected = out.double(), expected.double()
+    assert torch.isfinite(out).all()
+    return ((out - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def make_batch(specs, num_heads, num_kv_heads, head_dim, block_size, dtype, seed=0, spare_blocks=7):
+    """Random paged batch. ``specs``: list of (seq_len, q_len). Block ids are a random permutation of the pool
+    (non-contiguous, shuffled order) and the unused tail of each block-table row holds an invalid id."""
+    if INTERPRET and dtype == torch.bfloat16:
+        pytest.skip("bf16 is not supported by the Triton interpreter")
+    g = torch.Generator().manual_seed(seed)
+    need = [(s + block_size - 1) // block_size for s, _ in specs]
+    num_blocks = sum(need) + spare_blocks
+    max_blocks = max(need + [1]) + 2
+    perm = torch.randperm(num_blocks, generator=g)
+    tables = torch.full((len(specs), max_blocks), BAD_BLOCK, dtype=torch.int32)
+    used = 0
+    for i, n in enumerate(need):
+        tables[i, :n] = perm[used:used + n].to(torch.int32)
+        used += n
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.randn(shape, generator=g).to(dtype)
+    v_cache = torch.randn(shape, generator=g).to(dtype)
+    q_lens = [q for _, q in specs]
+    qsl = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0).tolist()), dtype=torch.int32)
+    query = torch.randn(sum(q_lens), num_heads, head_dim, generator=g).to(dtype)
+    seq_lens = torch.tensor([s for s, _ in specs], dtype=torch.int32)
+    d = DEVICE
+    return (query.to(d), k_cache.to(d), v_cache.to(d), qsl.to(d), seq_lens.to(d), tables.to(d))
+
+
+def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale):
+    # The reference's batched-decode path gathers whole table rows up to the longest request, so it needs valid
+    # ids in the tails; the kernels get the poisoned tables.
+    tables = torch.where(tables == BAD_BLOCK, torch.zeros_like(tables), tables)
+    return ref.paged_attention(query.float(), k_cache.float(), v_cache.float(), qsl, seq_lens, tables, scale)
+
+
+# ------------------------------------------------------------------------------------------------ store_kv
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("num_kv_heads,head_dim,block_size", [(4, 128, 16), (3, 64, 32), (2, 80, 8)])
+def test_store_kv_exact(dtype, num_kv_heads, head_dim, block_size):
+    torch.manual_seed(0)
+    num_blocks, num_tokens = 40, 100
+    slots = torch.randperm(num_blocks * block_size)[:num_tokens]
+    slots[torch.randperm(num_tokens)[:13]] = -1                 # padding tokens
+    key = torch.randn(num_tokens, num_kv_heads, head_dim).to(dtype).to(DEVICE)
+    value = torch.randn(num_tokens, num_kv_heads, head_dim).to(dtype).to(DEVICE)
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k0 = torch.randn(shape).to(dtype).to(DEVICE)
+    v0 = torch.randn(shape).to(dtype).to(DEVICE)
+    k1, v1, k2, v2 = k0.clone(), v0.clone(), k0.clone(), v0.clone()
+    slots = slots.to(DEVICE)
+    ref.store_kv(key, value, k1, v1, slots)
+    tri.store_kv(key, value, k2, v2, slots)
+    assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    # Strided inputs (k and v as views of one fused qkv tensor) and int32 slots.
+    qkv = torch.randn(num_tokens, 3, num_kv_heads, head_dim).to(dtype).to(DEVICE)
+    ref.store_kv(qkv[:, 1], qkv[:, 2], k1, v1, slots)
+    tri.store_kv(qkv[:, 1], qkv[:, 2], k2, v2, slots.to(torch.int32))
+    assert torch.equal(k1, k2) and torch.equal(v1, v2)
+
+
+# ------------------------------------------------------------------------------------------------ extend
+def mixed_specs(rng: random.Random, long: bool):
+    """Prefills (q == seq), extends over a cached prefix, decodes, short and long."""
+    specs = [(1, 1), (17, 17), (300, 300), (530, 37), (129, 1), (64, 64), (33, 2)]
+    if long:
+        specs += [(1024, 1024), (4096, 96), (4096, 1), (2000, 700)]
+    specs += [(rng.randint(1, 600), 1) for _ in range(5)]
+    specs += [(s, rng.randint(1, s)) for s in (rng.randint(2, 900) for _ in range(4))]
+    rng.shuffle(specs)
+    return specs
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", HEADS)
+def test_extend_mixed(num_heads, num_kv_heads, head_dim, block_size, dtype):
+    rng = random.Random(num_heads * 1000 + block_size)
+    specs = mixed_specs(rng, long=not INTERPRET)
+    batch = make_batch(specs, num_heads, num_kv_heads, head_dim, block_size, dtype, seed=block_size)
+    scale = head_dim ** -0.5
+    max_q = max(q for _, q in specs)
+    out = tri.extend_attention(*batch, scale, max_q)
+    assert out.dtype == dtype
+    assert rel_err(out, reference(*batch, scale)) < 1e-2
+    # The dispatcher takes the same path for q_len > 1.
+    out2 = tri.paged_attention(*batch, scale, max_q)
+    assert torch.equal(out, out2)
+
+
+@pytest.mark.parametrize("head_dim", [32, 256, 80])
+def test_extend_other_head_dims(head_dim):
+    specs = [(200, 200), (77, 5), (300, 1), (40, 40)]
+    batch = make_batch(specs, 8, 2, head_dim, 16, BF16, seed=head_dim)
+    out = tri.extend_attention(*batch, 0.1, 200)
+    assert rel_err(out, reference(*batch, 0.1)) < 1e-2
+
+
+@pytest.mark.parametrize("block_size", [8, 64])
+def test_extend_fp32_cache_and_block_sizes(block_size):
+    specs = [(150, 150), (90, 30), (70, 1)]
+    batch = make_batch(specs, 12, 4, 64, block_size, torch.float32, seed=block_size)
+    out = tri.extend_attention(*batch, 0.125, 150)
+    assert rel_err(out, reference(*batch, 0.125)) < 1e-2
+
+
+def test_extend_max_query_len_upper_bound_and_out():
+    """max_query_len only picks tiles: an over-estimate is fine; ``out`` is written in place."""
+    specs = [(50, 20), (10, 10), (300, 3)]
+    batch = make_batch(specs, 28, 4, 128, 16, BF16, seed=3)
+    out = torch.full_like(batch[0], float("nan"))
+    tri.extend_attention(*batch, 0.08, 4096, out=out)
+    assert rel_err(out, reference(*batch, 0.08)) < 1e-2
+
+
+# ------------------------------------------------------------------------------------------------ decode
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", HEADS)
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_decode(num_heads, num_kv_heads, head_dim, block_size, dtype, batch_size):
+    rng = random.Random(batch_size * 7 + block_size)
+    top = 600 if INTERPRET else 4096
+    lens = [rng.choice([1, 2, 15, 16, 17, 127, 128, 129, 511, 2048, top, rng.randint(1, top)])
+            for _ in range(batch_size)]
+    if batch_size == 1:
+        lens = [top - 3]
+    specs = [(s, 1) for s in lens]
+    batch = make_batch(specs, num_heads, num_kv_heads, head_dim, block_size, dtype, seed=batch_size)
+    query, k_cache, v_cache, qsl, seq_lens, tables = batch
+    scale = head_dim ** -0.5
+    ws = tri.DecodeWorkspace.allocate(64, num_heads, num_kv_heads, head_dim, device=DEVICE)
+    out = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale, ws)
+    expected = reference(*batch, scale)
+    assert rel_err(out, expected) < 1e-2
+    # Without a workspace (scratch per call) and through the dispatcher.
+    assert torch.equal(tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale), out)
+    assert torch.equal(tri.paged_attention(*batch, scale, 1, workspace=ws), out)
+
+
+def test_decode_split_counts_agree():
+    """Each batch size picks a different split grid; all must agree with the reference."""
+    lens = [1, 64, 129, 1000, 3000, 4096, 257, 513]
+    specs = [(s, 1) for s in lens]
+    batch = make_batch(specs, 28, 4, 128, 16, BF16, seed=11)
+    query, k_cache, v_cache, qsl, seq_lens, tables = batch
+    expected = reference(*batch, 0.1)
+    for cfg in [(64, 128, 4, 4, 3), (32, 32, 64, 4, 2), (64, 64, 1, 4, 2), (128, 128, 8, 8, 2)]:
+        out = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, 0.1, _config=cfg)
+        assert rel_err(out, expected) < 1e-2, cfg
+
+
+def test_decode_zero_length_padding():
+    """seq_len 0 (a padded CUDA-graph row) gives zeros, not NaN, and leaves the others right."""
+    specs = [(100, 1), (1, 1), (700, 1)]
+    query, k_cache, v_cache, qsl, seq_lens, tables = make_batch(specs, 12, 2, 64, 16, BF16)
+    expected = reference(query, k_cache, v_cache, qsl, seq_lens, tables, 0.125)
+    pad_q = torch.cat([query, query[:1]])
+    pad_lens = torch.cat([seq_lens, seq_lens.new_zeros(1)])
+    pad_tables = torch.cat([tables, tables.new_full((1, tables.shape[1]), BAD_BLOCK)])
+    for cfg in [None, (64, 128, 1, 4, 2)]:   # split and single-pass paths
+        out = tri.decode_attention(pad_q, k_cache, v_cache, pad_lens, pad_tables, 0.125, _config=cfg)
+        assert rel_err(out[:3], expected) < 1e-2
+        assert torch.equal(out[3], torch.zeros_like(out[3]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(28, 4, 128), (9, 3, 64)])
+def test_decode_cuda_graph_replay(num_heads, num_kv_heads, head_dim):
+    """Capture once, replay with new seq_lens / block tables / queries: split counts change on the device."""
+    block_size, batch_size, max_blocks = 16, 8, 4096 // 16 + 1
+    num_blocks = batch_size * max_blocks
+    dtype = torch.bfloat16
+    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, device="cuda", dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    ws = tri.DecodeWorkspace.allocate(256, num_heads, num_kv_heads, head_dim)
+    s_query = torch.zeros(batch_size, num_heads, head_dim, device="cuda", dtype=dtype)
+    s_lens = torch.ones(batch_size, device="cuda", dtype=torch.int32)
+    s_tables = torch.zeros(batch_size, max_blocks, device="cuda", dtype=torch.int32)
+    s_out = torch.empty_like(s_query)
+    scale = head_dim ** -0.5
+
+    def step():
+        tri.decode_attention(s_query, k_cache, v_cache, s_lens, s_tables, scale, ws, out=s_out)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()                                   # compile + warm up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+
+    rng = random.Random(5)
+    for trial in range(4):
+        lens = [rng.choice([1, 5, 16, 100, 1000, 4096, rng.randint(1, 4096)]) for _ in range(batch_size)]
+        if trial == 3:
+            lens[-2:] = [0, 0]                   # padded rows
+        tables = torch.full((batch_size, max_blocks), BAD_BLOCK, dtype=torch.int32)
+        perm = torch.randperm(num_blocks)
+        used = 0
+        for i, s in enumerate(lens):
+            n = (s + block_size - 1) // block_size
+            tables[i, :n] = perm[used:used + n].to(torch.int32)
+            used += n
+        s_query.copy_(torch.randn(batch_size, num_heads, head_dim).to(dtype))
+        s_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+        s_tables.copy_(tables)
+        s_out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        live = [i for i, s in enumerate(lens) if s > 0]
+        idx = torch.tensor(live, device="cuda")
+        qsl = torch.arange(len(live) + 1, dtype=torch.int32, device="cuda")
+        expected = reference(s_query[idx], k_cache, v_cache, qsl, s_lens[idx], s_tables[idx], scale)
+        assert rel_err(s_out[idx], expected) < 1e-2
+        for i, s in enumerate(lens):
+            if s == 0:
+                assert torch.equal(s_out[i], torch.zeros_like(s_out[i]))

@@ -1,0 +1,244 @@
+"""KV cache manager: exact block ids, ref counts, hashes and eviction order (no model needed)."""
+import pytest
+
+from pagedllm.engine.kv_cache import NONE_HASH, KVCacheManager, hash_block_tokens
+from pagedllm.engine.request import Request
+from pagedllm.engine.scheduler import Scheduler
+from pagedllm.sampling_params import SamplingParams
+
+BS = 4
+
+
+def make_request(rid: str, tokens: list[int], **sp) -> Request:
+    return Request(rid, tokens, SamplingParams(temperature=0.0, **sp), eos_token_ids={0})
+
+
+def schedule_prompt(kv: KVCacheManager, req: Request) -> list[int]:
+    """What the scheduler does for a new request: prefix lookup, then allocate the rest."""
+    hits, num_hit = kv.get_computed_blocks(req)
+    new = kv.allocate_slots(req, req.num_tokens - num_hit, hits)
+    assert new is not None
+    req.num_computed_tokens = req.num_tokens
+    return new
+
+
+def ids(blocks):
+    return [b.block_id for b in blocks]
+
+
+def test_allocate_in_order_and_hash_full_blocks():
+    kv = KVCacheManager(num_blocks=10, block_size=BS)
+    req = make_request("a", list(range(1, 11)))   # 10 tokens: 2 full blocks + 2 tokens
+    new = schedule_prompt(kv, req)
+    assert new == [0, 1, 2]
+    assert req.block_ids == [0, 1, 2]
+    blocks = kv.pool.blocks
+    assert [blocks[i].ref_cnt for i in range(4)] == [1, 1, 1, 0]
+    h0 = hash_block_tokens(NONE_HASH, [1, 2, 3, 4])
+    h1 = hash_block_tokens(h0, [5, 6, 7, 8])
+    assert req.block_hashes == [h0, h1]
+    assert blocks[0].block_hash == h0 and blocks[1].block_hash == h1
+    assert blocks[2].block_hash is None            # partial block: not shareable yet
+    assert kv.num_free_blocks == 7
+
+
+def test_prefix_hit_shares_blocks_and_last_token_is_recomputed():
+    kv = KVCacheManager(num_blocks=10, block_size=BS)
+    a = make_request("a", list(range(1, 13)))      # exactly 3 full blocks
+    schedule_prompt(kv, a)
+    b = make_request("b", list(range(1, 13)))      # same prompt
+    hits, num_hit = kv.get_computed_blocks(b)
+    # 12 tokens all cached, but the last one must be recomputed for its logits: only 2 blocks may hit.
+    assert ids(hits) == [0, 1] and num_hit == 8
+    new = kv.allocate_slots(b, 4, hits)
+    assert new == [3]
+    assert b.block_ids == [0, 1, 3]
+    assert [kv.pool.blocks[i].ref_cnt for i in range(4)] == [2, 2, 1, 1]
+
+    c = make_request("c", list(range(1, 9)) + [99, 98, 97])   # shares 2 blocks, diverges in the 3rd
+    hits, num_hit = kv.get_computed_blocks(c)
+    assert ids(hits) == [0, 1] and num_hit == 8
+
+
+def test_free_tail_first_and_lru_eviction_order():
+    kv = KVCacheManager(num_blocks=6, block_size=BS)
+    a = make_request("a", list(range(1, 13)))       # blocks 0,1,2 (all full, hashed)
+    schedule_prompt(kv, a)
+    kv.free(a)
+    # freed tail first: 2 then 1 then 0 are appended after the never-used 3,4,5
+    assert list(kv.pool.free_queue) == [3, 4, 5, 2, 1, 0]
+    assert all(kv.pool.blocks[i].ref_cnt == 0 for i in range(3))
+    # freed blocks keep their hashes: a new identical prompt hits them
+    b = make_request("b", list(range(1, 13)))
+    hits, num_hit = kv.get_computed_blocks(b)
+    assert ids(hits) == [0, 1] and num_hit == 8
+    kv.allocate_slots(b, 4, hits)
+    assert b.block_ids == [0, 1, 3]                 # the hit blocks leave the free queue, 3 is the LRU one
+    assert list(kv.pool.free_queue) == [4, 5, 2]
+    kv.free(b)
+    assert list(kv.pool.free_queue) == [4, 5, 2, 3, 1, 0]
+
+    # A request needing 4 fresh blocks evicts in LRU order: 4, 5, then 2 (a's cached tail) and 3.
+    c = make_request("c", list(range(100, 116)))
+    hits, _ = kv.get_computed_blocks(c)
+    assert hits == []
+    kv.allocate_slots(c, 16)
+    assert c.block_ids == [4, 5, 2, 3]
+    assert kv.pool.blocks[2].block_hash == c.block_hashes[2]     # re-hashed with c's tokens
+    # a's first two blocks are still cached
+    d = make_request("d", list(range(1, 10)))
+    hits, _ = kv.get_computed_blocks(d)
+    assert ids(hits) == [0, 1]
+
+
+def test_allocation_failure_changes_nothing():
+    kv = KVCacheManager(num_blocks=3, block_size=BS)
+    a = make_request("a", list(range(1, 9)))
+    schedule_prompt(kv, a)
+    b = make_request("b", list(range(50, 60)))      # needs 3 blocks, 1 free
+    assert kv.allocate_slots(b, 10) is None
+    assert kv.num_free_blocks == 1 and b.block_ids == []
+    assert "b" not in kv.req_blocks
+
+
+def test_decode_growth_allocates_one_block_at_boundary():
+    kv = KVCacheManager(num_blocks=5, block_size=BS)
+    a = make_request("a", [1, 2, 3])
+    schedule_prompt(kv, a)
+    assert a.block_ids == [0]
+    a.append_token(4)                               # block 0 becomes full when token 4 is computed
+    assert kv.allocate_slots(a, 1) == []
+    a.num_computed_tokens += 1
+    assert kv.pool.blocks[0].block_hash == hash_block_tokens(NONE_HASH, [1, 2, 3, 4])
+    a.append_token(5)
+    assert kv.allocate_slots(a, 1) == [1]
+    assert a.block_ids == [0, 1]
+
+
+def test_cache_salt_separates_prefixes():
+    kv = KVCacheManager(num_blocks=8, block_size=BS)
+    a = Request("a", list(range(1, 10)), SamplingParams(), cache_salt="user-1")
+    schedule_prompt(kv, a)
+    b = Request("b", list(range(1, 10)), SamplingParams(), cache_salt="user-2")
+    assert kv.get_computed_blocks(b) == ([], 0)
+    c = Request("c", list(range(1, 10)), SamplingParams(), cache_salt="user-1")
+    assert ids(kv.get_computed_blocks(c)[0]) == [0, 1]
+
+
+def test_prompt_logprobs_requests_get_no_hits():
+    kv = KVCacheManager(num_blocks=8, block_size=BS)
+    schedule_prompt(kv, make_request("a", list(range(1, 10))))
+    b = make_request("b", list(range(1, 10)), prompt_logprobs=1)
+    assert kv.get_computed_blocks(b) == ([], 0)
+
+
+def test_disabled_caching_never_hits_or_hashes_blocks():
+    kv = KVCacheManager(num_blocks=8, block_size=BS, enable_caching=False)
+    a = make_request("a", list(range(1, 10)))
+    schedule_prompt(kv, a)
+    assert all(b.block_hash is None for b in kv.pool.blocks)
+    assert kv.get_computed_blocks(make_request("b", list(range(1, 10)))) == ([], 0)
+
+
+def test_reset_prefix_cache_only_when_idle():
+    kv = KVCacheManager(num_blocks=8, block_size=BS)
+    a = make_request("a", list(range(1, 10)))
+    schedule_prompt(kv, a)
+    assert kv.reset_prefix_cache() is False
+    kv.free(a)
+    assert kv.reset_prefix_cache() is True
+    assert kv.get_computed_blocks(make_request("b", list(range(1, 10)))) == ([], 0)
+
+
+# ---- scheduler ------------------------------------------------------------------------------------------------
+
+def make_scheduler(num_blocks=16, max_tokens=64, max_seqs=8, chunked=True):
+    kv = KVCacheManager(num_blocks, BS)
+    return Scheduler(kv, max_num_seqs=max_seqs, max_num_batched_tokens=max_tokens, max_model_len=256,
+                     enable_chunked_prefill=chunked), kv
+
+
+def step(sched, sampled_token=7):
+    out = sched.schedule()
+    sched.update_after_step(out, {s.request.request_id: sampled_token for s in out.scheduled if s.will_sample})
+    return [(s.request.request_id, s.num_new_tokens) for s in out.scheduled], out
+
+
+def test_chunked_prefill_and_mixed_steps():
+    sched, _ = make_scheduler(max_tokens=10)
+    a = make_request("a", list(range(1, 5)))      # 4 tokens
+    b = make_request("b", list(range(20, 40)))    # 20 tokens
+    sched.add_request(a)
+    sched.add_request(b)
+    got, _ = step(sched)
+    assert got == [("a", 4), ("b", 6)]            # b's prompt is chunked by the budget
+    assert a.num_output_tokens == 1 and b.num_output_tokens == 0
+    got, _ = step(sched)
+    assert got == [("a", 1), ("b", 9)]            # a decodes while b keeps prefilling in the same step
+    got, _ = step(sched)
+    assert got == [("a", 1), ("b", 5)]
+    assert b.num_output_tokens == 1 and b.num_computed_tokens == 20
+
+
+def test_no_chunking_waits_for_budget():
+    sched, _ = make_scheduler(max_tokens=10, chunked=False)
+    sched.add_request(make_request("a", list(range(1, 5))))
+    sched.add_request(make_request("b", list(range(20, 28))))
+    got, _ = step(sched)
+    assert got == [("a", 4)]                      # b (8 tokens) does not fit in the 6 left: waits whole
+    got, _ = step(sched)
+    assert got == [("a", 1), ("b", 8)]
+
+
+def test_max_num_seqs_limits_running():
+    sched, _ = make_scheduler(max_seqs=2)
+    for i in range(3):
+        sched.add_request(make_request(f"r{i}", [1, 2, 3]))
+    got, _ = step(sched)
+    assert [rid for rid, _ in got] == ["r0", "r1"]
+    assert sched.num_running == 2 and sched.num_waiting == 1
+
+
+def test_preemption_by_recompute_frees_blocks_of_latest_request():
+    sched, kv = make_scheduler(num_blocks=4, max_tokens=64)
+    a = make_request("a", list(range(1, 9)))      # 8 tokens -> 2 full blocks
+    b = make_request("b", list(range(20, 28)))    # 8 tokens -> 2 full blocks
+    sched.add_request(a)
+    sched.add_request(b)
+    step(sched)                                   # both prefilled, 9 tokens each now, 4 blocks used
+    assert kv.num_free_blocks == 0
+    got, out = step(sched)                        # each needs a 3rd block: b (latest) is preempted
+    assert got == [("a", 1)]
+    assert out.preempted == [b]
+    assert b.num_computed_tokens == 0 and b.block_ids == [] and b.num_preemptions == 1
+    assert sched.num_waiting == 1 and b.output_token_ids == [7]   # its sampled token is kept
+    # b's blocks were freed tail-first, so a's new block evicted b's 2nd block and b's 1st is still cached.
+    assert a.block_ids[2] == 3 and kv.pool.blocks[2].block_hash == b.block_hashes[0]
+    # When a finishes, b is recomputed: its first block hits the prefix cache, the other 5 tokens are recomputed.
+    sched.finish_request(a, a.status.__class__.FINISHED_STOPPED)
+    got, _ = step(sched)
+    assert got == [("b", 5)]
+    assert b.block_ids[0] == 2
+
+
+def test_priority_orders_waiting_and_chooses_victim():
+    sched, _ = make_scheduler(num_blocks=4, max_seqs=1)
+    low = Request("low", [1, 2, 3], SamplingParams(), priority=5, arrival_time=1.0)
+    high = Request("high", [4, 5, 6], SamplingParams(), priority=0, arrival_time=2.0)
+    sched.add_request(low)
+    sched.add_request(high)
+    got, _ = step(sched)
+    assert got == [("high", 3)]                   # lower value = higher priority, despite arriving later
+
+
+@pytest.mark.parametrize("status_name", ["FINISHED_ABORTED", "FINISHED_STOPPED"])
+def test_finish_waiting_request_frees_everything(status_name):
+    sched, kv = make_scheduler(max_seqs=1)
+    a, b = make_request("a", [1, 2, 3]), make_request("b", [4, 5])
+    sched.add_request(a)
+    sched.add_request(b)
+    step(sched)
+    status = type(a.status)[status_name]
+    sched.finish_request(b, status)               # still waiting
+    sched.finish_request(a, status)               # running
+    assert not sched.has_unfinished() and kv.num_free_blocks == 16

@@ -1,0 +1,177 @@
+"""SamplingParams: vLLM's defaults and ValueErrors, and the checks ``LLM.generate`` makes against the model
+(vocabulary, max_logprobs, max_model_len, empty prompts), each followed by a generate that must still work."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagedllm import LLM, SamplingParams
+
+VOCAB = 1000
+MAX_MODEL_LEN = 64
+
+
+# ---- construction: defaults and normalisation ------------------------------------------------------------------
+
+def test_defaults_match_vllm():
+    sp = SamplingParams()
+    assert sp.n == 1 and sp.best_of == 1
+    assert sp.max_tokens == 16
+    assert sp.temperature == 1.0 and sp.top_p == 1.0 and sp.top_k == 0 and sp.min_p == 0.0
+    assert sp.presence_penalty == 0.0 and sp.frequency_penalty == 0.0 and sp.repetition_penalty == 1.0
+    assert sp.seed is None
+    assert sp.stop == [] and sp.stop_token_ids == []
+    assert sp.ignore_eos is False and sp.min_tokens == 0
+    assert sp.logprobs is None and sp.prompt_logprobs is None
+    assert sp.detokenize is True and sp.skip_special_tokens is True and sp.spaces_between_special_tokens is True
+    assert sp.include_stop_str_in_output is False
+    assert sp.logit_bias is None and sp.allowed_token_ids is None
+
+
+def test_normalisation():
+    assert SamplingParams(top_k=-1).top_k == 0            # old "disabled" spelling
+    assert SamplingParams(seed=-1).seed is None
+    assert SamplingParams(seed=7).seed == 7
+    assert SamplingParams(stop="###").stop == ["###"]
+    assert SamplingParams(stop=("a", "b")).stop == ["a", "b"]
+    assert SamplingParams(n=3, best_of=None).best_of == 3
+    # Tiny temperatures are raised to 0.01 (not treated as greedy), like vLLM.
+    sp = SamplingParams(temperature=0.001)
+    assert sp.temperature == pytest.approx(0.01)
+    assert SamplingParams(temperature=0.5).temperature == 0.5
+    # Greedy disables the other sampling knobs.
+    g = SamplingParams(temperature=0.0, top_k=5, top_p=0.5, min_p=0.3)
+    assert (g.top_k, g.top_p, g.min_p) == (0, 1.0, 0.0)
+    # logit_bias: string keys cast to int, values clamped to [-100, 100].
+    assert SamplingParams(logit_bias={"5": 200, 7: -300.0, 9: 1.5}).logit_bias == {5: 100.0, 7: -100.0, 9: 1.5}
+    # max_tokens=None means "until the context limit".
+    assert SamplingParams(max_tokens=None).max_tokens is None
+
+
+def test_boundary_values_accepted():
+    SamplingParams(top_p=1.0)
+    SamplingParams(top_p=1e-6)
+    SamplingParams(min_p=0.0)
+    SamplingParams(min_p=1.0)
+    SamplingParams(presence_penalty=2.0, frequency_penalty=-2.0)
+    SamplingParams(repetition_penalty=1e-3)
+    SamplingParams(temperature=0.0)
+    SamplingParams(min_tokens=16, max_tokens=16)
+    SamplingParams(logprobs=-1, prompt_logprobs=0)
+    SamplingParams(n=4, best_of=4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n=0), "n must be at least 1, got 0"),
+    (dict(n=-3), "n must be at least 1"),
+    (dict(n=3, best_of=2), "best_of must be greater than or equal to n, got n=3 and best_of=2"),
+    (dict(temperature=-0.5), "temperature must be non-negative, got -0.5"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+    (dict(top_p=1.01), r"top_p must be in \(0, 1\]"),
+    (dict(top_k=-2), r"top_k must be 0 \(disable\), or at least 1, got -2"),
+    (dict(top_k=2.5), "top_k must be an integer, got float"),
+    (dict(min_p=-0.1), r"min_p must be in \[0, 1\], got -0.1"),
+    (dict(min_p=1.5), r"min_p must be in \[0, 1\]"),
+    (dict(presence_penalty=2.1), r"presence_penalty must be in \[-2, 2\], got 2.1"),
+    (dict(presence_penalty=-2.5), r"presence_penalty must be in \[-2, 2\]"),
+    (dict(frequency_penalty=3.0), r"frequency_penalty must be in \[-2, 2\], got 3.0"),
+    (dict(frequency_penalty=-2.01), r"frequency_penalty must be in \[-2, 2\]"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be greater than zero, got 0.0"),
+    (dict(repetition_penalty=-1.0), "repetition_penalty must be greater than zero"),
+    (dict(max_tokens=0), "max_tokens must be at least 1, got 0"),
+    (dict(max_tokens=-5), "max_tokens must be at least 1"),
+    (dict(min_tokens=-1), "min_tokens must be greater than or equal to 0, got -1"),
+    (dict(min_tokens=5, max_tokens=4), "min_tokens must be less than or equal to max_tokens=4, got 5"),
+    (dict(logprobs=-2), "logprobs must be non-negative or -1, got -2"),
+    (dict(prompt_logprobs=-2), "prompt_logprobs must be non-negative or -1, got -2"),
+    (dict(stop=""), "stop cannot contain an empty string"),
+    (dict(stop=["ok", ""]), "stop cannot contain an empty string"),
+    (dict(temperature=0.0, n=2), "n must be 1 when using greedy sampling, got 2"),
+    (dict(stop=["x"], detokenize=False), "stop strings are only supported when detokenize is True"),
+    (dict(allowed_token_ids=[]), "allowed_token_ids is not None and empty"),
+    (dict(logit_bias={"abc": 1.0}), "logit_bias"),
+])
+def test_invalid_values_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+# ---- checks at generate time, against a tiny model ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    import transformers
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_llama_params")
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="float32", max_model_len=MAX_MODEL_LEN)
+    return llm
+
+
+PROMPT = {"prompt_token_ids": [11, 12, 13, 14, 15]}
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_llm):
+    return tiny_llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+
+
+def _assert_still_works(llm, baseline):
+    assert not llm.llm_engine.has_unfinished_requests()
+    out = llm.generate([PROMPT, PROMPT], GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in out] == [baseline, baseline]
+    assert all(o.outputs[0].finish_reason == "length" for o in out)
+
+
+@pytest.mark.parametrize("prompt, params, message", [
+    (PROMPT, SamplingParams(logprobs=21), "Requested sample logprobs of 21, which is greater than max allowed: 20"),
+    (PROMPT, SamplingParams(logprobs=-1), f"Requested sample logprobs of {VOCAB}, which is greater than max allowed: 20"),
+    (PROMPT, SamplingParams(prompt_logprobs=21), "Requested prompt logprobs of 21, which is greater than max allowed: 20"),
+    (PROMPT, SamplingParams(stop_token_ids=[VOCAB]), "out-of-vocab"),
+    (PROMPT, SamplingParams(stop_token_ids=[-1]), "out-of-vocab"),
+    (PROMPT, SamplingParams(logit_bias={VOCAB + 5: 3.0}), "out-of-vocab"),
+    (PROMPT, SamplingParams(allowed_token_ids=[1, VOCAB]), "out-of-vocab"),
+    (PROMPT, SamplingParams(stop=["x"]), "tokenizer"),      # stop strings need a tokenizer
+    ({"prompt_token_ids": [1, 2, VOCAB]}, GREEDY, f"Token id {VOCAB} is out of vocabulary"),
+    ({"prompt_token_ids": [1, -1, 2]}, GREEDY, "Token id -1 is out of vocabulary"),
+    ({"prompt_token_ids": []}, GREEDY, "The decoder prompt cannot be empty"),
+    ({"prompt_token_ids": list(range(1, MAX_MODEL_LEN + 6))}, GREEDY,
+     rf"The decoder prompt \(length {MAX_MODEL_LEN + 5}\) is longer than the maximum model length of "
+     rf"{MAX_MODEL_LEN}. Make sure that `max_model_len` is no smaller than the number of text tokens."),
+    ("a text prompt", GREEDY, "skip_tokenizer_init"),
+    ({"neither": 1}, GREEDY, "'prompt' or 'prompt_token_ids'"),
+])
+def test_generate_rejects_and_engine_survives(tiny_llm, baseline, prompt, params, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_llm.generate(prompt, params, use_tqdm=False)
+    _assert_still_works(tiny_llm, baseline)
+
+
+def test_bad_prompt_in_a_batch_rejects_the_whole_call(tiny_llm, baseline):
+    # The first prompt is valid and was already queued when the second one fails: nothing may leak.
+    with pytest.raises(ValueError, match="out of vocabulary"):
+        tiny_llm.generate([PROMPT, {"prompt_token_ids": [VOCAB + 1]}], GREEDY, use_tqdm=False)
+    _assert_still_works(tiny_llm, baseline)
+    with pytest.raises(ValueError, match="greater than max allowed"):
+        tiny_llm.generate([PROMPT, PROMPT], [GREEDY, SamplingParams(logprobs=50)], use_tqdm=False)
+    _assert_still_works(tiny_llm, baseline)
+
+
+def test_logprobs_at_limits_accepted(tiny_llm):
+    out = tiny_llm.generate(PROMPT, SamplingParams(temperature=0.0, max_tokens=2, logprobs=20, prompt_logprobs=20),
+                            use_tqdm=False)[0]
+    assert all(len(d) in (20, 21) for d in out.outputs[0].logprobs)
+    assert out.prompt_logprobs[0] is None and all(len(d) in (20, 21) for d in out.prompt_logprobs[1:])
+
+
+def test_prompt_at_context_limit_is_cut_at_max_model_len(tiny_llm):
+    # vLLM's offline engine stops at the context limit ("length") instead of failing.
+    prompt = {"prompt_token_ids": [7] * (MAX_MODEL_LEN - 3)}
+    out = tiny_llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True),
+                            use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 3
+    assert out.outputs[0].finish_reason == "length"
