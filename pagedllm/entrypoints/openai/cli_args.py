@@ -18,22 +18,22 @@ def _json_list(text: str) -> list[str]:
 
 def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("frontend arguments")
-    g.add_argument("--host", type=str, default=None, help="Host name to listen on (default: all interfaces).")
-    g.add_argument("--port", type=int, default=8000, help="Port number (default: 8000).")
+    g.add_argument("--host", type=str, default=None, help="Host name to listen on; None = all interfaces.")
+    g.add_argument("--port", type=int, default=8000, help="Port number.")
     g.add_argument("--uvicorn-log-level", type=str, default="info",
                    choices=["debug", "info", "warning", "error", "critical", "trace"], help="Log level for uvicorn.")
     g.add_argument("--disable-uvicorn-access-log", action="store_true", help="Disable uvicorn's access log.")
     g.add_argument("--allow-credentials", action="store_true", help="Allow credentials (CORS).")
-    g.add_argument("--allowed-origins", type=_json_list, default=["*"], help='Allowed origins (JSON list, ["*"]).')
+    g.add_argument("--allowed-origins", type=_json_list, default=["*"], help="Allowed origins (a JSON list).")
     g.add_argument("--allowed-methods", type=_json_list, default=["*"], help="Allowed methods (JSON list).")
     g.add_argument("--allowed-headers", type=_json_list, default=["*"], help="Allowed headers (JSON list).")
     g.add_argument("--api-key", type=str, default=None,
                    help="If provided, the server requires this key in the Authorization header (Bearer) for /v1/* "
                         "(env PAGEDLLM_API_KEY does the same).")
     g.add_argument("--served-model-name", type=str, nargs="+", default=None,
-                   help="Model name(s) used in the API; the first is echoed in responses. Default: the model path.")
+                   help="Model name(s) used in the API; the first is echoed in responses. None = the model path.")
     g.add_argument("--chat-template", type=str, default=None,
-                   help="Chat template: a file path or the template itself (default: the tokenizer's).")
+                   help="Chat template: a file path or the template itself. None = the tokenizer's.")
     g.add_argument("--chat-template-content-format", type=str, default="auto", choices=["auto", "string", "openai"],
                    help="How message content is given to the template (text-only models: always a string).")
     g.add_argument("--response-role", type=str, default="assistant",
@@ -44,10 +44,10 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--ssl-cert-reqs", type=int, default=0, help="Whether client certificates are required.")
     g.add_argument("--root-path", type=str, default=None, help="FastAPI root_path when behind a path-based proxy.")
     g.add_argument("--disable-log-requests", action="store_true", default=None,
-                   help="Do not log each request (default: log them).")
+                   help="Do not log each request (logged by default).")
     g.add_argument("--enable-log-requests", action="store_true", default=None, help="Log each request.")
     g.add_argument("--max-log-len", type=int, default=None,
-                   help="Max number of prompt characters or ids printed in request logs (default: unlimited).")
+                   help="Max number of prompt characters or ids printed in request logs. None = unlimited.")
     g.add_argument("--disable-fastapi-docs", action="store_true", help="Disable /docs, /redoc and /openapi.json.")
     g.add_argument("--enable-prompt-tokens-details", action="store_true",
                    help="Accepted for compatibility (prompt_tokens_details stays null).")
@@ -58,7 +58,7 @@ def make_serve_parser(parser: argparse.ArgumentParser, model_positional: bool) -
     """``serve``'s flags: MODEL positional (optional) and ``--model``, the frontend flags, the engine flags."""
     if model_positional:
         parser.add_argument("model_tag", type=str, nargs="?", default=None,
-                            help=f"The model: HF id, local folder or .gguf file (default: {EngineArgs.model}).")
+                            help=f"The model: HF id, local folder or .gguf file. None = {EngineArgs.model}.")
     parser.add_argument("--model", type=str, default=None,
                         help="The model (same as the positional MODEL; the positional one wins).")
     add_frontend_args(parser)

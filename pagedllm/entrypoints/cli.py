@@ -1,0 +1,89 @@
+"""The ``pagedllm`` command: ``pagedllm serve [MODEL] [flags]``, ``pagedllm bench ...``, ``pagedllm --version``.
+
+``serve`` takes vLLM's flags (frontend flags plus every engine argument in kebab-case), so a ``vllm serve`` command
+line works with ``vllm`` replaced by ``pagedllm``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pagedllm
+
+logger = logging.getLogger("pagedllm.cli")
+
+_DESCRIPTION = "pagedllm CLI: a vLLM-compatible LLM inference and serving engine."
+_SERVE_HELP = "Start the pagedllm OpenAI Compatible API server."
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from pagedllm.entrypoints.openai.api_server import run_server
+    from pagedllm.entrypoints.openai.cli_args import finalize_args
+
+    try:
+        args = finalize_args(args)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    run_server(args)
+
+
+def _add_serve_parser(subparsers) -> None:
+    from pagedllm.entrypoints.openai.cli_args import make_serve_parser
+
+    serve = subparsers.add_parser(
+        "serve", help=_SERVE_HELP, description=_SERVE_HELP,
+        usage="pagedllm serve [model_tag] [options]",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    make_serve_parser(serve, model_positional=True)
+    serve.set_defaults(dispatch=_serve)
+
+
+def _add_bench_parser(subparsers) -> None:
+    """``pagedllm bench`` lives in pagedllm.bench.cli; a missing or broken module must not break ``serve``."""
+    try:
+        from pagedllm.bench.cli import add_bench_parser
+    except Exception as e:   # noqa: BLE001 - ImportError or anything the module raises on import
+        reason = f"{type(e).__name__}: {e}"
+        bench = subparsers.add_parser("bench", help="Benchmarks (unavailable here).", add_help=False)
+        bench.add_argument("rest", nargs=argparse.REMAINDER)
+        bench.set_defaults(dispatch=lambda _: sys.exit(f"pagedllm bench is unavailable: {reason}"))
+        return
+    try:
+        add_bench_parser(subparsers)
+    except Exception as e:   # noqa: BLE001
+        logger.warning("Could not register `pagedllm bench`: %s", e)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pagedllm", description=_DESCRIPTION,
+                                     epilog="For the options of a command: pagedllm <command> --help. "
+                                            "Start a server with: pagedllm serve HuggingFaceTB/SmolLM2-135M-Instruct")
+    parser.add_argument("-v", "--version", action="version", version=pagedllm.__version__)
+    subparsers = parser.add_subparsers(title="commands", dest="subcommand", metavar="{serve,bench}",
+                                       required=False)
+    _add_serve_parser(subparsers)
+    _add_bench_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    dispatch = getattr(args, "dispatch", None)
+    if dispatch is None:
+        # The bench module may register its own handler under another attribute name.
+        for name in ("func", "dispatch_function", "handler"):
+            if callable(getattr(args, name, None)):
+                dispatch = getattr(args, name)
+                break
+    if dispatch is None:
+        parser.print_help()
+        sys.exit(1 if args.subcommand is None else 0)
+    result = dispatch(args)
+    if isinstance(result, int):
+        sys.exit(result)
+
+
+if __name__ == "__main__":
+    main()
