@@ -119,9 +119,9 @@ def compare_prefix_caching(args: argparse.Namespace, prompts: list, sampling: di
 
 
 def format_prefix_caching_report(title: str, results: dict[str, dict[str, Any]]) -> str:
-    lines = ["{:=^78}".format(f" {title} Result "),
+    lines = ["{:=^80}".format(f" {title} Result "),
              f"{'mode':<20}{'time (s)':>10}{'req/s':>10}{'total tok/s':>14}{'output tok/s':>14}"
-             f"{'cache hits':>10}"]
+             f"{'cache hits':>12}"]
     for name in ("prefix_caching_off", "prefix_caching_on"):
         if name not in results:
             continue
@@ -131,11 +131,11 @@ def format_prefix_caching_report(title: str, results: dict[str, dict[str, Any]])
             hits = f"{100.0 * r['cached_prompt_tokens'] / r['prompt_tokens']:.1f}%"
         label = "prefix caching " + name.rsplit("_", 1)[1]
         lines.append(f"{label:<20}{r['elapsed_time']:>10.3f}{r['requests_per_second']:>10.2f}"
-                     f"{r['total_tokens_per_second']:>14.2f}{r['output_tokens_per_second']:>14.2f}{hits:>10}")
+                     f"{r['total_tokens_per_second']:>14.2f}{r['output_tokens_per_second']:>14.2f}{hits:>12}")
     if "prefix_caching_on" in results and "prefix_caching_off" in results:
         speedup = results["prefix_caching_off"]["elapsed_time"] / results["prefix_caching_on"]["elapsed_time"]
         lines.append(f"Speedup with prefix caching: {speedup:.2f}x")
-    lines.append("=" * 78)
+    lines.append("=" * 80)
     return "\n".join(lines)
 
 

@@ -245,11 +245,15 @@ class LLMEngine:
             detok = parent.detoks[index]
             if detok is not None:
                 stop_str = None
+                # The EOS / stop token's own text is left out unless include_stop_str_in_output (as vLLM).
+                ids = r.token_ids
+                if status == RequestStatus.FINISHED_STOPPED and not r.sampling_params.include_stop_str_in_output:
+                    ids = ids[:-1]
                 # Stop strings only count once min_tokens are out (as vLLM).
                 if r.num_output_tokens > r.sampling_params.min_tokens or not r.sampling_params.stop:
-                    stop_str = detok.update(r.token_ids)
+                    stop_str = detok.update(ids)
                 else:
-                    detok.update(r.token_ids)
+                    detok.update(ids)
                 if stop_str is not None and (status is None or r.stop_reason is None):
                     r.stop_reason = stop_str
                     status = RequestStatus.FINISHED_STOPPED

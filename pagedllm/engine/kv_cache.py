@@ -147,47 +147,50 @@ class KVCacheManager:
         self.pool.hit_tokens += len(hits) * self.block_size
         return hits, len(hits) * self.block_size
 
-    def num_blocks_needed(self, request: Request, num_new_tokens: int, num_new_computed: int = 0) -> int:
-        total = request.num_computed_tokens + num_new_computed + num_new_tokens
-        held = len(self.req_blocks.get(request.request_id, ()))
-        return max(0, -(-total // self.block_size) - held)
-
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        new_computed_blocks: Sequence[KVBlock] = ()) -> list[int] | None:
         """Give ``request`` room for ``num_new_tokens`` more tokens (after taking ``new_computed_blocks``, its
         prefix-cache hits). Returns the request's new block ids, or None when the pool is too small (nothing
-        changes then)."""
+        changes then). Called for every scheduled request every step, so the common decode case (no new block,
+        no newly full block) does O(1) work."""
         if num_new_tokens <= 0:
             raise ValueError("num_new_tokens must be positive")
         blocks = self.req_blocks.setdefault(request.request_id, [])
         num_hit_tokens = len(new_computed_blocks) * self.block_size
         total = request.num_computed_tokens + num_hit_tokens + num_new_tokens
         need = -(-total // self.block_size) - len(blocks) - len(new_computed_blocks)
-        # Hit blocks that sit in the free queue are taken from it, so they count against what is free.
-        free_hits = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
-        if need > self.pool.num_free_blocks - free_hits:
-            if not blocks:
-                del self.req_blocks[request.request_id]
-            return None
-        self.pool.touch(new_computed_blocks)
-        blocks.extend(new_computed_blocks)
-        new_blocks = self.pool.allocate(max(need, 0))
-        blocks.extend(new_blocks)
-        request.block_ids = [b.block_id for b in blocks]
+        if need > 0 or new_computed_blocks:
+            # Hit blocks that sit in the free queue are taken from it, so they count against what is free.
+            free_hits = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
+            if need > self.pool.num_free_blocks - free_hits:
+                if not blocks:
+                    del self.req_blocks[request.request_id]
+                return None
+            self.pool.touch(new_computed_blocks)
+            blocks.extend(new_computed_blocks)
+            request.block_ids.extend(b.block_id for b in new_computed_blocks)
+            # Hits are cached already: nothing to hash for them.
+            request.num_cached_blocks = max(request.num_cached_blocks, len(blocks))
+        new_blocks = self.pool.allocate(need) if need > 0 else []
+        if new_blocks:
+            blocks.extend(new_blocks)
+            request.block_ids.extend(b.block_id for b in new_blocks)
         if self.enable_caching:
             # Blocks that become full with this step's tokens can be shared from now on: the forward pass stores
             # all K/V of a layer before any attention of that layer reads them.
-            num_full = (request.num_computed_tokens + num_hit_tokens + num_new_tokens) // self.block_size
-            num_full = min(num_full, request.num_tokens // self.block_size)
-            self.update_block_hashes(request)
-            for i in range(num_full):
-                self.pool.cache_block(blocks[i], request.block_hashes[i])
+            num_full = min(total, request.num_tokens) // self.block_size
+            if num_full > request.num_cached_blocks:
+                self.update_block_hashes(request)
+                for i in range(request.num_cached_blocks, num_full):
+                    self.pool.cache_block(blocks[i], request.block_hashes[i])
+                request.num_cached_blocks = num_full
         return [b.block_id for b in new_blocks]
 
     def free(self, request: Request) -> None:
         blocks = self.req_blocks.pop(request.request_id, [])
         self.pool.free(list(reversed(blocks)))
         request.block_ids = []
+        request.num_cached_blocks = 0
 
     # ---- stats ------------------------------------------------------------------------------------------------
     @property

@@ -50,6 +50,7 @@ class Request:
         self.num_cached_tokens = -1            # prefix-cache hit at first scheduling (-1: not yet scheduled)
         self.block_ids: list[int] = []
         self.block_hashes: list[int] = []      # hashes of the full blocks of token_ids, in order
+        self.num_cached_blocks = 0             # leading blocks already registered in the prefix cache
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
         # Filled by the model runner / sampler.

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
 from pagedllm.outputs import BeamSearchOutput, BeamSearchSequence, Logprob, RequestOutput
-from pagedllm.sampling_params import BeamSearchParams, SamplingParams
+from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 
 class LLM:
@@ -64,6 +64,14 @@ class LLM:
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,
              use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine
+        # generate() returns only finished outputs: asking the engine for FINAL_ONLY spares it building an
+        # output (and copying the token list) for every request at every step. One clone per distinct object.
+        final: dict[int, SamplingParams] = {}
+        for sp in params:
+            if id(sp) not in final and isinstance(sp, SamplingParams):
+                final[id(sp)] = sp.clone()
+                final[id(sp)].output_kind = RequestOutputKind.FINAL_ONLY
+        params = [final.get(id(sp), sp) for sp in params]
         ids = []
         try:
             for i, (prompt, sp) in enumerate(zip(prompts, params)):
@@ -155,11 +163,12 @@ class LLM:
                             cum_logprob=seq.cum_logprob + lp.logprob))
                 candidates.sort(key=score, reverse=True)
                 live = []
-                for cand in candidates[:width]:
+                # As vLLM: every EOS candidate completes; the best ``width`` others stay live.
+                for cand in candidates:
                     if cand.tokens[-1] in eos and not params.ignore_eos:
-                        cand.finish_reason = "stop"
+                        cand.finish_reason, cand.stop_reason = "stop", cand.tokens[-1]
                         done.append(cand)
-                    else:
+                    elif len(live) < width:
                         live.append(cand)
             for seq in live:
                 seq.finish_reason = seq.finish_reason or "length"

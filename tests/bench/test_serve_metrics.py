@@ -228,12 +228,13 @@ def test_fake_server_timings_are_measured(completions_run):
     r = completions_run["result"]
     assert r["completed"] == 8 and r["failed"] == 0
     assert r["total_input_tokens"] == 8 * 32 and r["total_output_tokens"] == 8 * 10
-    assert 98 <= r["mean_ttft_ms"] <= 140 and 98 <= r["median_ttft_ms"] <= 140
-    assert 19.5 <= r["mean_itl_ms"] <= 26 and 19.5 <= r["median_itl_ms"] <= 26
-    assert 19.5 <= r["mean_tpot_ms"] <= 26
-    assert 278 <= r["mean_e2el_ms"] <= 360
+    # bounds leave room for a loaded CI machine (client and server share one process)
+    assert 98 <= r["mean_ttft_ms"] <= 180 and 98 <= r["median_ttft_ms"] <= 180
+    assert 19.5 <= r["mean_itl_ms"] <= 32 and 19.5 <= r["median_itl_ms"] <= 32
+    assert 19.5 <= r["mean_tpot_ms"] <= 32
+    assert 278 <= r["mean_e2el_ms"] <= 480
     assert r["mean_e2el_ms"] == pytest.approx(r["mean_ttft_ms"] + 9 * r["mean_tpot_ms"], rel=1e-6)
-    assert 0.27 <= r["duration"] <= 0.6
+    assert 0.27 <= r["duration"] <= 0.9
     assert r["request_throughput"] == pytest.approx(8 / r["duration"])
     assert r["output_throughput"] == pytest.approx(80 / r["duration"])
     assert r["total_token_throughput"] == pytest.approx((256 + 80) / r["duration"])
@@ -315,12 +316,12 @@ def test_concurrency_limit_failures_and_rate(fake_server, tmp_path):
 
     fake_server.reset(ttft_s=0.01, itl_s=0.005)
     args = serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "8",
-                      "--random-output-len", "2", "--num-prompts", "12", "--request-rate", "25", "--seed", "5",
+                      "--random-output-len", "2", "--num-prompts", "12", "--request-rate", "10", "--seed", "5",
                       "--burstiness", "2", "--skip-tokenizer-init", "--disable-tqdm")
     serve.main(args)
     arrivals = np.array([r.arrival for r in fake_server.requests[1:]])   # skip the initial test request
-    expected = np.cumsum(serve.request_intervals(12, 25.0, 2.0, np.random.default_rng(5)))
-    assert np.abs((arrivals - arrivals[0]) - expected).max() < 0.025
+    expected = np.cumsum(serve.request_intervals(12, 10.0, 2.0, np.random.default_rng(5)))
+    assert np.abs((arrivals - arrivals[0]) - expected).max() < 0.04   # mean gap 100 ms
 
 
 def test_chat_backend_sharegpt_without_usage(fake_server, tmp_path, word_tokenizer_dir):

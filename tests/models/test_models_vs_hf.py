@@ -42,7 +42,7 @@ class TinyModel:
     def __init__(self, name: str, path: str):
         cls, kwargs, seed = ARCHS[name]
         config = cls(**kwargs)
-        config.architectures = [transformers.AutoModelForCausalLM._model_mapping[cls].__name__]
+        config.architectures = [cls.__name__.replace("Config", "ForCausalLM")]   # e.g. OPTForCausalLM
         torch.manual_seed(seed)
         self.hf = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager",
                                                                 dtype=torch.float32).eval()
@@ -68,16 +68,6 @@ class TinyModel:
 
     def llm(self, **kwargs) -> LLM:
         return LLM(self.path, skip_tokenizer_init=True, dtype="float32", seed=0, **kwargs)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls: a second OpenMP thread only adds sync cost, and on a busy 2-core CI machine each op then waits
-    # for a descheduled thread (layer_norm of 16x64: 15 us with 1 thread, 4 ms with 2 under load).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))
@@ -125,7 +115,7 @@ def test_prefix_cache_hits_match_hf(tiny):
     second = _generate(llm, prompts)
     _assert_matches_hf(tiny, prompts, second)
     assert all(out.num_cached_tokens > 0 for out in second), [o.num_cached_tokens for o in second]
-    assert second[0].num_cached_tokens == 16            # the last full block is recomputed, not read
+    assert 16 <= second[0].num_cached_tokens < 32       # a full hit still recomputes the last prompt token
     assert all(out.num_cached_tokens >= 32 for out in second[1:])
 
 
@@ -138,3 +128,21 @@ def test_preemption_matches_hf(tiny, prefix_caching):
     prompts = _prompts(PROMPT_LENS)
     _assert_matches_hf(tiny, prompts, _generate(llm, prompts))
     assert llm.llm_engine.scheduler.num_preemptions > 0
+
+
+def test_opt_checkpoint_without_model_prefix(tmp_path):
+    # The original metaseq->HF conversions (e.g. facebook/opt-125m's own weights) name tensors "decoder.*".
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    tiny = TinyModel("opt", str(tmp_path / "hf"))
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(tmp_path / "hf" / "config.json", old / "config.json")
+    tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert all(name.startswith("model.decoder.") for name in tensors)
+    save_file({name.removeprefix("model."): t for name, t in tensors.items()}, str(old / "model.safetensors"))
+    tiny.path = str(old)
+    prompts = _prompts(PROMPT_LENS[:2])
+    _assert_matches_hf(tiny, prompts, _generate(tiny.llm(), prompts))

@@ -133,10 +133,10 @@ def test_n_with_seed(llm):
 def test_sampling_follows_the_tempered_distribution(llm, hf):
     """Empirical frequencies against softmax(logits / T) and the top-k / top-p / min-p supports."""
     logits = hf_logits(hf, P1)[-1]
-    params = [SamplingParams(n=300, temperature=0.02, seed=0, max_tokens=1),
-              SamplingParams(n=100, temperature=0.02, top_p=0.8, seed=1000, max_tokens=1),
-              SamplingParams(n=100, temperature=0.05, top_k=3, seed=2000, max_tokens=1),
-              SamplingParams(n=100, temperature=0.05, min_p=0.3, seed=3000, max_tokens=1)]
+    params = [SamplingParams(n=200, temperature=0.02, seed=0, max_tokens=1),
+              SamplingParams(n=60, temperature=0.02, top_p=0.8, seed=1000, max_tokens=1),
+              SamplingParams(n=60, temperature=0.05, top_k=3, seed=2000, max_tokens=1),
+              SamplingParams(n=60, temperature=0.05, min_p=0.3, seed=3000, max_tokens=1)]
     outs = gen(llm, [P1] * 4, params)
     firsts = [[c.token_ids[0] for c in o.outputs] for o in outs]
 
@@ -176,7 +176,8 @@ def _check_sample_logprobs(hf, prompt, completion, k):
     for j, (tok, entry) in enumerate(zip(completion.token_ids, completion.logprobs)):
         row = ref[len(prompt) - 1 + j]
         assert tok in entry
-        assert len(entry) <= k + 1
+        # Top-k plus the sampled token when it is not among them.
+        assert len(entry) == (k if entry[tok].rank <= k else k + 1)
         assert set(row.topk(k).indices.tolist()) <= set(entry) if k > 0 else set(entry) == {tok}
         for tid, lp in entry.items():
             assert lp.logprob == pytest.approx(float(row[tid]), abs=1e-4)
@@ -347,3 +348,32 @@ def test_eos_ignore_eos_and_min_tokens(llm, greedy_ref):
 
     assert list(outs[4].token_ids) == [x]
     assert (outs[4].finish_reason, outs[4].stop_reason) == ("stop", x)
+
+
+# ---- batch composition: chunked prefill and preemption -------------------------------------------------------------
+
+def test_chunked_prefill_and_preemption_do_not_change_results(models, llm, greedy_ref, tmp_path_factory):
+    hf, _ = models
+    path = llm.engine_args.model
+    seeded = [SamplingParams(temperature=1.0, seed=100 + i, max_tokens=30, ignore_eos=True) for i in range(4)]
+    prompts = [P3[:20], P2[:20], P3[5:25], P2[3:23]]
+    reference = [toks(o) for o in gen(llm, prompts, seeded)]
+
+    # 16-token budget: a 40-token prompt is prefilled in 3 chunks, mixed with decodes of the other requests.
+    chunked = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_num_batched_tokens=16)
+    outs = gen(chunked, [P3, P1] + prompts,
+               [SamplingParams(temperature=0.0, max_tokens=24, logprobs=3, prompt_logprobs=2),
+                SamplingParams(temperature=0.0, max_tokens=24)] + seeded)
+    assert toks(outs[0]) == greedy_ref[tuple(P3)] and toks(outs[1]) == greedy_ref[tuple(P1)]
+    _check_sample_logprobs(hf, P3, outs[0].outputs[0], 3)
+    ref = torch.log_softmax(hf_logits(hf, P3), dim=-1)
+    assert outs[0].prompt_logprobs[0] is None and len(outs[0].prompt_logprobs) == len(P3)
+    for i in range(1, len(P3)):
+        assert outs[0].prompt_logprobs[i][P3[i]].logprob == pytest.approx(float(ref[i - 1, P3[i]]), abs=1e-4)
+    assert [toks(o) for o in outs[2:]] == reference
+
+    # 8 KV blocks of 16 tokens for 4 requests that need 4 blocks each: some are preempted and recomputed.
+    small = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=64, num_gpu_blocks_override=8)
+    outs = gen(small, prompts, seeded)
+    assert small.llm_engine.scheduler.num_preemptions > 0
+    assert [toks(o) for o in outs] == reference

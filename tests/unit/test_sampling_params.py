@@ -175,3 +175,18 @@ def test_prompt_at_context_limit_is_cut_at_max_model_len(tiny_llm):
                             use_tqdm=False)[0]
     assert len(out.outputs[0].token_ids) == 3
     assert out.outputs[0].finish_reason == "length"
+
+    # max_tokens=None: until the context is full.
+    out = tiny_llm.generate({"prompt_token_ids": [9] * (MAX_MODEL_LEN - 5)},
+                            SamplingParams(temperature=0.0, max_tokens=None, ignore_eos=True), use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 5 and out.outputs[0].finish_reason == "length"
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(tiny_llm):
+    long_prompt = {"prompt_token_ids": [30, 31, 32, 33, 34, 35, 36]}
+    out = tiny_llm.generate(long_prompt, SamplingParams(temperature=0.0, max_tokens=6, truncate_prompt_tokens=3),
+                            use_tqdm=False)[0]
+    short = tiny_llm.generate({"prompt_token_ids": [34, 35, 36]}, SamplingParams(temperature=0.0, max_tokens=6),
+                              use_tqdm=False)[0]
+    assert out.prompt_token_ids == [34, 35, 36]
+    assert out.outputs[0].token_ids == short.outputs[0].token_ids

@@ -100,6 +100,12 @@ class OpenAIServingCompletion(OpenAIServing):
                 out.append(_Prompt(None, ids))
             if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > 0:
                 out[-1].ids = out[-1].ids[-req.truncate_prompt_tokens:]
+            if not out[-1].ids:
+                raise RequestError("The decoder prompt cannot be empty", "prompt")
+            bad = [t for t in out[-1].ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise RequestError(f"Token id {bad[0]} in the prompt is out of vocabulary (vocab size "
+                                   f"{self.vocab_size}).", "prompt")
         return out
 
     @staticmethod

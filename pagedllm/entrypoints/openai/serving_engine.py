@@ -91,6 +91,7 @@ class OpenAIServing:
         self.log_requests = log_requests
         self.max_log_len = max_log_len
         self.max_model_len = engine.config.max_model_len
+        self.vocab_size = engine.engine.vocab_size
         self.default_params = engine.engine.default_sampling_params()
         gen = engine.config.model.generation_config or {}
         self.default_max_tokens = gen.get("max_new_tokens")

@@ -24,6 +24,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Without ``residual``: norm(x). With it: (norm(x + residual), x + residual)."""
+        if x.is_cuda:   # one fused Triton kernel instead of ~8 eager ones
+            from pagedllm.kernels.triton_ops import rms_norm
+            out, new_residual = rms_norm(x, self.weight, self.eps, residual)
+            return out if residual is None else (out, new_residual)
         if residual is None:
             return self._norm(x)
         x = x + residual

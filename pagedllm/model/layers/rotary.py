@@ -36,7 +36,11 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", (freqs.sin() * scaling), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, Hq, D], k: [T, Hkv, D] -> rotated copies."""
+        """q: [T, Hq, D], k: [T, Hkv, D] -> rotated (in place on CUDA, copies on CPU)."""
+        if q.is_cuda:
+            from pagedllm.kernels.triton_rotary import rotary_inplace
+            rotary_inplace(positions, q, k, self.cos, self.sin)
+            return q, k
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         return self._apply(q, cos, sin), self._apply(k, cos, sin)

@@ -58,7 +58,9 @@ class Sampler:
 
         greedy = [sp.greedy for sp in params]
         sampled = torch.empty(num_rows, dtype=torch.long, device=device)
-        if any(greedy):
+        if all(greedy):
+            sampled = logits.argmax(dim=-1)
+        elif any(greedy):
             idx = torch.tensor([i for i, g in enumerate(greedy) if g], device=device)
             sampled[idx] = logits[idx].argmax(dim=-1)
         if not all(greedy):

