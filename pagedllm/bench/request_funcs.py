@@ -12,11 +12,12 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-import aiohttp
+if TYPE_CHECKING:   # imported lazily so that building the CLI parser does not need aiohttp
+    import aiohttp
 
-AIOHTTP_TIMEOUT = aiohttp.ClientTimeout(total=6 * 60 * 60)
+REQUEST_TIMEOUT_S = 6 * 60 * 60
 
 
 @dataclass
@@ -154,7 +155,7 @@ async def openai_chat_completions(request: RequestFuncInput, session: aiohttp.Cl
     return await _stream(request, session, payload, lambda choice: (choice.get("delta") or {}).get("content"))
 
 
-RequestFunc = Callable[[RequestFuncInput, aiohttp.ClientSession], Awaitable[RequestFuncOutput]]
+RequestFunc = Callable[[RequestFuncInput, "aiohttp.ClientSession"], Awaitable[RequestFuncOutput]]
 
 # backend -> (request function, default endpoint)
 BACKENDS: dict[str, tuple[RequestFunc, str]] = {

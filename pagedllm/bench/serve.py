@@ -102,11 +102,15 @@ def request_intervals(num_requests: int, request_rate: float, burstiness: float 
 async def _fetch_first_model(base_url: str) -> str:
     import aiohttp
     from pagedllm.bench.request_funcs import _headers
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async with session.get(base_url.rstrip("/") + "/v1/models", headers=_headers()) as resp:
-            if resp.status != 200:
-                raise ValueError(f"GET {base_url}/v1/models answered HTTP {resp.status}; pass --model.")
-            data = await resp.json()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            async with session.get(base_url.rstrip("/") + "/v1/models", headers=_headers()) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"GET {base_url}/v1/models answered HTTP {resp.status}; pass --model.")
+                data = await resp.json()
+    except aiohttp.ClientError as exc:
+        raise ValueError(f"Cannot reach {base_url}/v1/models ({exc}); is the server running? (--model skips this "
+                         "lookup)") from exc
     models = data.get("data") or []
     if not models:
         raise ValueError(f"The server at {base_url} lists no model; pass --model.")
@@ -132,13 +136,14 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
                         goodput_slos: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send every request; returns (the vLLM result dict incl. per-request arrays, extra data for plotting)."""
     import aiohttp
-    from pagedllm.bench.request_funcs import AIOHTTP_TIMEOUT, BACKENDS, CHAT_BACKENDS
+    from pagedllm.bench.request_funcs import BACKENDS, CHAT_BACKENDS, REQUEST_TIMEOUT_S
     request_func = BACKENDS[args.backend][0]
     chat = args.backend in CHAT_BACKENDS
     inputs = [_request_input(r, api_url=api_url, model=model, chat=chat, args=args) for r in requests]
 
     connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=AIOHTTP_TIMEOUT, trust_env=True) as session:
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True) as session:
         print("Starting initial single prompt test run...")
         test = await request_func(inputs[0], session)
         if not test.success:

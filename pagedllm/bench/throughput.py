@@ -110,7 +110,10 @@ def load_hf_model(model: str, dtype_name: str, trust_remote_code: bool):
         raise OSError(f"Cannot find model {model!r} for the HF backend.")
     path, gguf_file = source
     on_cuda = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {"dtype": _hf_dtype(dtype_name, on_cuda), "trust_remote_code": trust_remote_code}
+    import transformers
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"   # renamed in transformers 4.56
+    kwargs: dict[str, Any] = {dtype_key: _hf_dtype(dtype_name, on_cuda), "trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     hf_model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

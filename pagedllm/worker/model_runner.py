@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -71,7 +72,9 @@ class ModelRunner:
         if self.device.type == "cuda":
             free_bytes = self._profile_gpu_memory()
         else:
-            gb = args.kv_cache_memory_gb if args.kv_cache_memory_gb is not None else _DEFAULT_CPU_KV_GB
+            gb = args.kv_cache_memory_gb
+            if gb is None:   # vLLM's CPU backend reads VLLM_CPU_KVCACHE_SPACE (GiB); ours is the same knob
+                gb = float(os.environ.get("PAGEDLLM_CPU_KVCACHE_SPACE", _DEFAULT_CPU_KV_GB))
             free_bytes = int(gb * (1 << 30))
         return max(0, min(cap, free_bytes // self.bytes_per_block))
 
@@ -117,7 +120,11 @@ class ModelRunner:
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks
         shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+        if self.device.type == "cpu":
+            self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.dtype).unbind(0))
+        else:
+            self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                              for _ in range(self.num_layers)]
         if self.config.attention_backend == "triton" and not self.config.args.enforce_eager:
             from pagedllm.worker.cuda_graphs import CudaGraphRunner
             self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
@@ -205,3 +212,12 @@ class ModelRunner:
             target = r.token_ids[p + 1]
             ids, vals, lp, rank = top_logprobs(logprobs[j], target, r.sampling_params.prompt_logprobs)
             out.prompt_logprobs.setdefault(r.request_id, []).append((p + 1, target, lp, rank, ids, vals))
+
+
+def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero tensor whose pages the OS zero-fills on first touch (numpy's calloc), instead of ``torch.zeros``'s
+    memset: a 4 GiB CPU KV cache then costs nothing at start (13 s under load with torch.zeros). Zeros matter:
+    the torch backend's padded decode multiplies unused slots by zero probabilities, and garbage could be NaN."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    raw = np.zeros(int(np.prod(shape)) * elem, dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).view(shape)
