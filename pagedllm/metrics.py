@@ -1,15 +1,16 @@
 """Serving metrics: Prometheus series with vLLM's names under the ``pagedllm:`` prefix, and the periodic stats log line.
 
-Everything here is fed from the engine thread of ``AsyncLLMEngine`` (one writer); gauges read the engine's live state
-at scrape time. Per-request latencies are measured from the outputs each step returns: time to first token from the
-request's arrival, inter-token latency between consecutive outputs that carry tokens, end-to-end at the finish.
+Everything here is fed by ``AsyncLLMEngine`` from one thread (the engine thread, or the thread reading the engine
+process's outputs); gauges read the latest EngineSnapshot at scrape time. Per-request latencies are measured from the
+outputs each step returns: time to first token from the request's arrival, inter-token latency between consecutive
+outputs that carry tokens, end-to-end at the finish.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -18,7 +19,8 @@ from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
-    from pagedllm.engine.engine import LLMEngine, StepStats
+    from pagedllm.engine.async_engine import EngineSnapshot
+    from pagedllm.engine.engine import StepStats
 
 logger = logging.getLogger("pagedllm.metrics")
 PREFIX = "pagedllm:"
@@ -72,8 +74,8 @@ class EngineMetrics:
         self.c_generation = counter("generation_tokens", "Number of generation tokens processed.").labels(model_name)
         self.c_success = counter("request_success", "Count of successfully processed requests.", ["finished_reason"])
         self.c_preemptions = counter("num_preemptions", "Cumulative number of preemptions.").labels(model_name)
-        self.c_prefix_queries = counter("prefix_cache_queries",
-                                        "Prefix cache queries, in terms of number of queried tokens.").labels(model_name)
+        self.c_prefix_queries = counter(
+            "prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.").labels(model_name)
         self.c_prefix_hits = counter("prefix_cache_hits",
                                      "Prefix cache hits, in terms of number of cached tokens.").labels(model_name)
         self.h_ttft = hist("time_to_first_token_seconds", "Histogram of time to first token in seconds.",
@@ -99,15 +101,14 @@ class EngineMetrics:
         self._last_interval_active = False
 
     # ---- wiring ---------------------------------------------------------------------------------------------------
-    def attach(self, engine: "LLMEngine") -> None:
-        """Gauges read the engine's state when scraped (list lengths and a free-block count: safe to read from
-        another thread)."""
+    def attach(self, snapshot: Callable[[], "EngineSnapshot"]) -> None:
+        """Gauges read the engine's latest snapshot when scraped."""
         name = self.model_name
-        self.g_running.labels(name).set_function(lambda: engine.scheduler.num_running)
-        self.g_waiting.labels(name).set_function(lambda: engine.scheduler.num_waiting)
-        self.g_kv_usage.labels(name).set_function(engine.kv_cache.usage)
-        pool = engine.kv_cache.pool
-        self._prefix_seen = (pool.query_tokens, pool.hit_tokens)
+        self.g_running.labels(name).set_function(lambda: snapshot().num_running)
+        self.g_waiting.labels(name).set_function(lambda: snapshot().num_waiting)
+        self.g_kv_usage.labels(name).set_function(lambda: snapshot().kv_usage)
+        first = snapshot()
+        self._prefix_seen = (first.prefix_queries, first.prefix_hits)
 
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
@@ -121,16 +122,17 @@ class EngineMetrics:
         if self._tracked.pop(request_id, None) is not None:
             self.c_success.labels(self.model_name, "abort").inc(num_completions)
 
-    def on_step(self, stats: "StepStats", outputs: list[RequestOutput], engine: "LLMEngine", now: float) -> None:
+    def on_step(self, stats: "StepStats", outputs: list[RequestOutput], snapshot: "EngineSnapshot",
+                now: float) -> None:
         self.c_prompt.inc(stats.num_prompt_tokens)
         self.c_generation.inc(stats.num_generation_tokens)
         if stats.num_preemptions:
             self.c_preemptions.inc(stats.num_preemptions)
         self._interval_prompt += stats.num_prompt_tokens
         self._interval_generation += stats.num_generation_tokens
-        pool = engine.kv_cache.pool
-        dq, dh = pool.query_tokens - self._prefix_seen[0], pool.hit_tokens - self._prefix_seen[1]
-        self._prefix_seen = (pool.query_tokens, pool.hit_tokens)
+        dq = snapshot.prefix_queries - self._prefix_seen[0]
+        dh = snapshot.prefix_hits - self._prefix_seen[1]
+        self._prefix_seen = (snapshot.prefix_queries, snapshot.prefix_hits)
         if dq > 0:
             self.c_prefix_queries.inc(dq)
             self.c_prefix_hits.inc(dh)
@@ -171,14 +173,14 @@ class EngineMetrics:
                 self.c_success.labels(self.model_name, c.finish_reason or "abort").inc()
 
     # ---- the log line -----------------------------------------------------------------------------------------------
-    def maybe_log(self, engine: "LLMEngine", force: bool = False) -> None:
+    def maybe_log(self, snapshot: "EngineSnapshot", force: bool = False) -> None:
         if not self.log_stats:
             return
         now = time.monotonic()
         elapsed = now - self._last_log_time
         if elapsed < self.log_interval_s and not force:
             return
-        running, waiting = engine.scheduler.num_running, engine.scheduler.num_waiting
+        running, waiting = snapshot.num_running, snapshot.num_waiting
         active = bool(self._interval_prompt or self._interval_generation or running or waiting)
         if active or self._last_interval_active:
             queries, hits = self._interval_prefix
@@ -187,7 +189,7 @@ class EngineMetrics:
             logger.info("Avg prompt throughput: %.1f tokens/s, Avg generation throughput: %.1f tokens/s, "
                         "Running: %d reqs, Waiting: %d reqs, GPU KV cache usage: %.1f%%, Prefix cache hit rate: %.1f%%",
                         self._interval_prompt / elapsed, self._interval_generation / elapsed, running, waiting,
-                        100.0 * engine.kv_cache.usage(), self._last_hit_rate)
+                        100.0 * snapshot.kv_usage, self._last_hit_rate)
         self._last_interval_active = active
         self._last_log_time = now
         self._interval_prompt = self._interval_generation = 0

@@ -109,11 +109,11 @@ def bench_decode(batch: int, ctx: int, configs: dict, with_sdpa: bool = True) ->
     tables = [block_tables_for(lens, perm, c * bpc) for c in range(COPIES)]
     qs = [torch.randn(batch, HQ, D, device="cuda", dtype=DT) for _ in range(COPIES)]
     out = torch.empty_like(qs[0])
-    ws = tri.DecodeWorkspace.allocate(max(batch, 256), HQ, HKV, D)
     scale = D ** -0.5
     kv_bytes = batch * ctx * HKV * D * 2 * 2
     res = {"batch": batch, "ctx": ctx, "kv_MB": kv_bytes / 1e6, "configs": {}}
     for name, cfg in configs.items():
+        ws = tri.DecodeWorkspace.allocate(batch, HQ, HKV, D, ctas_per_sm=cfg[2] if cfg else tri.DECODE_CTAS_PER_SM)
         calls = [lambda c=c, cfg=cfg: tri.decode_attention(qs[c], k, v, seq_lens, tables[c], scale, ws, out=out,
                                                            _config=cfg) for c in range(COPIES)]
         us = time_graph(calls)
@@ -163,8 +163,9 @@ def bench_extend(name: str, specs: list[tuple[int, int]], configs: dict, sdpa: s
     flops = 4 * D * HQ * pairs
     res = {"name": name, "num_reqs": len(specs), "num_tokens": sum(q_lens), "ctx_tokens": total, "configs": {}}
     for cname, cfg in configs.items():
-        fn = lambda cfg=cfg: tri.extend_attention(query, k, v, qsl, seq_lens, tables, scale, max_q, out=out,  # noqa
-                                                  _config=cfg)
+        two = False if cname == "default_onepass" else None
+        fn = lambda cfg=cfg, two=two: tri.extend_attention(query, k, v, qsl, seq_lens, tables, scale, max_q,  # noqa
+                                                           out=out, _config=cfg, _two_pass=two)
         us = time_eager(fn)
         res["configs"][cname] = {"us": us, "TFLOPs": flops / (us * 1e-6) / 1e12}
     if sdpa == "batched":
@@ -193,26 +194,23 @@ def bench_extend(name: str, specs: list[tuple[int, int]], configs: dict, sdpa: s
 
 
 DECODE_SWEEP = {
-    # (BLOCK_N, MIN_CHUNK, CTAS_PER_SM, num_warps, num_stages)
-    "bn32_mc128_c4_w4_s3": (32, 128, 4, 4, 3),
-    "bn64_mc128_c4_w4_s2": (64, 128, 4, 4, 2),
-    "bn64_mc128_c4_w4_s4": (64, 128, 4, 4, 4),
-    "bn64_mc64_c8_w4_s3": (64, 64, 8, 4, 3),
-    "bn64_mc256_c2_w4_s3": (64, 256, 2, 4, 3),
-    "bn64_mc128_c4_w8_s3": (64, 128, 4, 8, 3),
-    "bn128_mc128_c4_w4_s3": (128, 128, 4, 4, 3),
-    "bn128_mc256_c4_w8_s2": (128, 256, 4, 8, 2),
-    "bn64_mc128_c1_w4_s3": (64, 128, 1, 4, 3),
+    # (BLOCK_N, MIN_CHUNK, CTAS_PER_SM, num_warps, num_stages); first run's sweep is in the module comments
+    "bn64_mc64_c1_w4_s2": (64, 64, 1, 4, 2),
+    "bn64_mc64_c3_w4_s2": (64, 64, 3, 4, 2),
+    "bn64_mc64_c2_w4_s3": (64, 64, 2, 4, 3),
+    "bn32_mc64_c2_w4_s3": (32, 64, 2, 4, 3),
+    "bn64_mc32_c2_w4_s2": (64, 32, 2, 4, 2),
+    "bn64_mc64_c2_w2_s2": (64, 64, 2, 2, 2),
 }
 EXTEND_SWEEP = {
-    # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    "m128_n64_w8_s3": (128, 64, 8, 3),
-    "m128_n32_w4_s2": (128, 32, 4, 2),
-    "m128_n64_w4_s2": (128, 64, 4, 2),
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages); all with the short-request second pass when it applies
+    "default_onepass": None,
+    "m128_n64_w8_s2": (128, 64, 8, 2),
+    "m128_n32_w4_s3": (128, 32, 4, 3),
+    "m128_n32_w8_s2": (128, 32, 8, 2),
     "m64_n64_w4_s2": (64, 64, 4, 2),
-    "m64_n64_w4_s3": (64, 64, 4, 3),
-    "m128_n128_w8_s2": (128, 128, 8, 2),
-    "m256_n64_w8_s2": (256, 64, 8, 2),
+    "m64_n32_w4_s2": (64, 32, 4, 2),
+    "m128_n16_w4_s2": (128, 16, 4, 2),
 }
 
 

@@ -153,26 +153,39 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, 
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PASS: tl.constexpr, SHORT_Q: tl.constexpr):
+    """PASS 0: every request. PASS 1: skip requests with q_len <= SHORT_Q (a PASS 2 launch does them).
+    PASS 2: grid (B, Hkv), program b does request b if its q_len <= SHORT_Q (== BLOCK_Q of this launch)."""
     BLOCK_Q: tl.constexpr = BLOCK_M // GROUP        # query tokens per program (any integer >= 1)
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
 
-    # Request of this program: the last b with qsl[b] // BLOCK_Q + b <= pid (see module docstring).
-    lo = 0
-    hi = num_seqs
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if tl.load(QueryStartLoc + mid) // BLOCK_Q + mid <= pid:
-            lo = mid + 1
-        else:
-            hi = mid
-    b = lo - 1
-    q_start = tl.load(QueryStartLoc + b)
-    q_len = tl.load(QueryStartLoc + b + 1) - q_start
-    qblk = pid - (q_start // BLOCK_Q + b)
-    if qblk * BLOCK_Q >= q_len:                    # surplus program of the upper-bound grid
-        return
+    if PASS == 2:
+        b = pid
+        q_start = tl.load(QueryStartLoc + b)
+        q_len = tl.load(QueryStartLoc + b + 1) - q_start
+        qblk = 0
+        if q_len > SHORT_Q:
+            return
+    else:
+        # Request of this program: the last b with qsl[b] // BLOCK_Q + b <= pid (see module docstring).
+        lo = 0
+        hi = num_seqs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if tl.load(QueryStartLoc + mid) // BLOCK_Q + mid <= pid:
+                lo = mid + 1
+            else:
+                hi = mid
+        b = lo - 1
+        q_start = tl.load(QueryStartLoc + b)
+        q_len = tl.load(QueryStartLoc + b + 1) - q_start
+        qblk = pid - (q_start // BLOCK_Q + b)
+        if qblk * BLOCK_Q >= q_len:                # surplus program of the upper-bound grid
+            return
+        if PASS == 1:
+            if q_len <= SHORT_Q:
+                return
     seq_len = tl.load(SeqLens + b)
     ctx_len = seq_len - q_len                      # cached prefix
 
@@ -217,11 +230,16 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, 
 def _extend_config(head_dim: int, group: int, max_query_len: int, device: torch.device) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the extend kernel."""
     major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else 9  # CPU: interpreter
-    # Measured on H100 (benchmarks/kernels/bench_attention.py, see docs there): 128x64 tiles, 8 warps for d=128.
+    # H100, Qwen2.5-7B heads, bf16 (benchmarks/kernels/bench_attention.py --sweep), d=128, us for 8x1024 prefill /
+    # ShareGPT-like 32 prompts / mixed 64 decodes + 8 prompts-with-prefix (BLOCK_M x BLOCK_N, warps, stages):
+    #   64x32 w4 s2: 247 / 191 / 360     128x32 w4 s2: 263 / 214 / 389     128x64 w8 s2: 274 / 239 / 368
+    #   64x64 w4 s2: 268 / 222 / 356     128x32 w8 s2: 356 / 290 / 462     128x64 w4 s2: 409 / 326 (spills)
+    # (SDPA/FlashAttention on contiguous K/V, 8x1024: 141 us; we lose mostly on softmax not overlapping the MMAs.)
+    # Smaller row blocks also give more programs when a few long-prefix extends dominate a batch.
     if head_dim <= 64:
-        block_m, block_n, warps, stages = 128, 64, 4, 2
+        block_m, block_n, warps, stages = 128, 64, 4, 2      # not tuned separately
     elif head_dim <= 128:
-        block_m, block_n, warps, stages = 128, 64, 8, 2
+        block_m, block_n, warps, stages = 64, 32, 4, 2
     else:
         block_m, block_n, warps, stages = 64, 32, 8, 2
     if major < 9:                      # Ampere/Ada: less shared memory per SM
@@ -239,12 +257,14 @@ def _extend_config(head_dim: int, group: int, max_query_len: int, device: torch.
 def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                      scale: float, max_query_len: int, out: torch.Tensor | None = None,
-                     _config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                     _config: tuple[int, int, int, int] | None = None,
+                     _two_pass: bool | None = None) -> torch.Tensor:
     """Varlen causal attention of ``query`` ``[num_tokens, Hq, D]`` over each request's paged context.
 
     The new tokens' K/V must already be in the cache (``store_kv`` first). ``max_query_len`` (a host int, an upper
     bound is fine) only picks the tile size; the grid is sized from ``num_tokens`` without reading device data.
-    ``_config`` overrides ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` (benchmarks).
+    ``_config`` overrides ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` and ``_two_pass`` the short-request
+    split below (benchmarks).
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
@@ -258,17 +278,31 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     if query.stride(-1) != 1:
         query = query.contiguous()
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and out.stride(-1) == 1
+    block_d = triton.next_power_of_2(head_dim)
+    args = (query, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables, scale * _LOG2E, num_seqs,
+            query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0))
     block_m, block_n, warps, stages = _config or _extend_config(head_dim, group, max(1, max_query_len),
                                                                 query.device)
+    # Mixed batches (chunked prefill: decodes + prompt chunks): a decode request in a 64/128-row program uses G of
+    # its rows, yet the dots cost the full tile on every key tile of a context that may be thousands long. So
+    # requests with at most SHORT_Q tokens go to a second launch with 16-row tiles, one program per request and KV
+    # head. H100, 64 decodes + 8 prompts (128x32 tiles): 410 -> 389 us; costs ~1.5% (one launch) on pure prefill.
+    short_m = max(16, triton.next_power_of_2(group))
+    short_q = short_m // group
+    two_pass = num_seqs > 1 and block_m > short_m and max_query_len > short_q
+    if _two_pass is not None:
+        two_pass = _two_pass and block_m > short_m
     block_q = block_m // group
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
-    _extend_kernel[grid](
-        query, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables, scale * _LOG2E, num_seqs,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE=k_cache.shape[1],
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    _extend_kernel[grid](*args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1],
+                         BLOCK_M=block_m, BLOCK_N=block_n, PASS=1 if two_pass else 0, SHORT_Q=short_q,
+                         num_warps=warps, num_stages=stages)
+    if two_pass:
+        _extend_kernel[(num_seqs, num_kv_heads)](
+            *args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_M=short_m,
+            BLOCK_N=64 if head_dim <= 128 else 32, PASS=2, SHORT_Q=short_q, num_warps=4, num_stages=2)
     return out
 
 
@@ -377,12 +411,16 @@ def _sm_count(device: torch.device) -> int:
 
 # Decode tiles. BLOCK_N = keys per loop step; MIN_CHUNK = fewest keys a split may hold; CTAS_PER_SM = how many
 # stage-1 programs per SM we aim for before splitting further (more splits = more loads in flight but more
-# partials to merge). Chosen on H100 (bench_attention.py).
+# partials to merge and a longer tail). Chosen on H100, Qwen2.5-7B heads (28/4, d=128), bf16, graph-replay us:
+#   B=1 (latency bound): MIN_CHUNK 64 beats 128 / 256 (ctx 2048: 7.5 / 8.3 / 10.8 us; SDPA 7.1);
+#   B=32, ctx 2048: 3 splits (CTAS_PER_SM 2) 54.3 us vs 5 splits (4) 58.6 us vs 9 splits (8) 60.1 us;
+#   B=256: no split, 365 us = 2.94 TB/s of K+V (copy ceiling 3.0 TB/s); BLOCK_N 32 / 128 and 8 warps are slower,
+#   stages 2 vs 3 within noise (2 uses less shared memory).
 DECODE_BLOCK_N = 64
-DECODE_MIN_CHUNK = 128
-DECODE_CTAS_PER_SM = 4
+DECODE_MIN_CHUNK = 64
+DECODE_CTAS_PER_SM = 2
 DECODE_WARPS = 4
-DECODE_STAGES = 3
+DECODE_STAGES = 2
 DEFAULT_MAX_SPLITS = 32
 
 
@@ -411,19 +449,22 @@ class DecodeWorkspace:
     head_dim: int
     max_splits: int
     sm_count: int
+    ctas_per_sm: int
 
     @classmethod
     def allocate(cls, max_num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 device: torch.device | str = "cuda", max_splits: int = DEFAULT_MAX_SPLITS) -> "DecodeWorkspace":
+                 device: torch.device | str = "cuda", max_splits: int = DEFAULT_MAX_SPLITS,
+                 ctas_per_sm: int = DECODE_CTAS_PER_SM) -> "DecodeWorkspace":
         device = torch.device(device)
         sms = _sm_count(device)
         # Largest B * S over the batch sizes this workspace serves (S shrinks as B grows, so this is far below
-        # max_num_seqs * max_splits).
-        rows = max(bs * decode_num_splits(bs, num_kv_heads, sms, max_splits) for bs in range(1, max_num_seqs + 1))
+        # max_num_seqs * max_splits: Qwen2.5-7B, 256 seqs -> 5.6 MB instead of 117 MB).
+        rows = max(bs * decode_num_splits(bs, num_kv_heads, sms, max_splits, ctas_per_sm)
+                   for bs in range(1, max_num_seqs + 1))
         return cls(partial_out=torch.empty(rows * num_heads * head_dim, dtype=torch.float32, device=device),
                    partial_lse=torch.empty(rows * num_heads, dtype=torch.float32, device=device),
                    max_num_seqs=max_num_seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-                   max_splits=max_splits, sm_count=sms)
+                   max_splits=max_splits, sm_count=sms, ctas_per_sm=ctas_per_sm)
 
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
@@ -448,8 +489,8 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         query = query.contiguous()
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and out.stride(-1) == 1
     block_n, min_chunk, ctas_per_sm, warps, stages = _config or (
-        DECODE_BLOCK_N if head_dim <= 128 else 32, DECODE_MIN_CHUNK, DECODE_CTAS_PER_SM, DECODE_WARPS,
-        DECODE_STAGES)
+        DECODE_BLOCK_N if head_dim <= 128 else 32, DECODE_MIN_CHUNK,
+        workspace.ctas_per_sm if workspace is not None else DECODE_CTAS_PER_SM, DECODE_WARPS, DECODE_STAGES)
     max_splits = workspace.max_splits if workspace is not None else DEFAULT_MAX_SPLITS
     sms = workspace.sm_count if workspace is not None else _sm_count(query.device)
     splits = decode_num_splits(batch, num_kv_heads, sms, max_splits, ctas_per_sm)

@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import logging
 import secrets
-import signal
 import sys
 from typing import Any, Union
 
@@ -48,7 +47,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
-# ---- errors and auth --------------------------------------------------------------------------------------------------
+# ---- errors and auth -------------------------------------------------------------------------------------------------
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     """Pydantic failures are 400 (not FastAPI's 422) with OpenAI's error JSON; the message names the field."""
     parts, param = [], None
@@ -93,13 +92,14 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-# ---- the app ----------------------------------------------------------------------------------------------------------
+# ---- the app ---------------------------------------------------------------------------------------------------------
 def build_engine(args: argparse.Namespace) -> tuple[AsyncLLMEngine, EngineMetrics, list[str]]:
     engine_args = EngineArgs.from_cli_args(args)
     names = list(args.served_model_name) if args.served_model_name else [args.model]
     engine_args.served_model_name = names
     metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats)
-    engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=args.log_requests, metrics=metrics)
+    engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=args.log_requests, metrics=metrics,
+                                             engine_process=not args.disable_frontend_multiprocessing)
     return engine, metrics, names
 
 
@@ -110,7 +110,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__,
                   root_path=args.root_path or "", **docs)
     tokenizer = None
-    if engine.tokenizer is not None:
+    if engine.has_tokenizer:
         from pagedllm.engine.engine import load_tokenizer
         tokenizer = load_tokenizer(engine.config)   # the server's own copy (the engine thread decodes with its own)
     common = dict(tokenizer=tokenizer, chat_template=args.chat_template, response_role=args.response_role,
@@ -200,7 +200,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     async def detokenize(request: DetokenizeRequest):
         try:
             base.check_model(request.model)
-            vocab = engine.engine.vocab_size
+            vocab = engine.vocab_size
             bad = [t for t in request.tokens if not 0 <= t < vocab]
             if bad:
                 raise RequestError(f"Token id {bad[0]} is out of vocabulary (vocab size {vocab}).", "tokens")
@@ -216,7 +216,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     return app
 
 
-# ---- running ----------------------------------------------------------------------------------------------------------
+# ---- running ---------------------------------------------------------------------------------------------------------
 def run_server(args: argparse.Namespace) -> None:
     import uvicorn
 

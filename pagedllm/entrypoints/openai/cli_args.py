@@ -48,6 +48,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--enable-log-requests", action="store_true", default=None, help="Log each request.")
     g.add_argument("--max-log-len", type=int, default=None,
                    help="Max number of prompt characters or ids printed in request logs. None = unlimited.")
+    g.add_argument("--disable-frontend-multiprocessing", action="store_true",
+                   help="Run the engine in a thread of the API server process instead of its own process (the "
+                        "engine process keeps HTTP work from competing with the engine for the GIL).")
     g.add_argument("--disable-fastapi-docs", action="store_true", help="Disable /docs, /redoc and /openapi.json.")
     g.add_argument("--enable-prompt-tokens-details", action="store_true",
                    help="Accepted for compatibility (prompt_tokens_details stays null).")
@@ -63,7 +66,37 @@ def make_serve_parser(parser: argparse.ArgumentParser, model_positional: bool) -
                         help="The model (same as the positional MODEL; the positional one wins).")
     add_frontend_args(parser)
     EngineArgs.add_cli_args(parser, model_positional=True)
+    for action in parser._actions:   # give every engine flag a line of help (and so its default) in --help
+        if not action.help and action.dest in _ENGINE_HELP:
+            action.help = _ENGINE_HELP[action.dest]
+    parser.add_argument("--hf-overrides", type=json.loads, default=None,
+                        help='JSON overriding fields of the model\'s HF config, e.g. \'{"rope_theta": 1e6}\'.')
     return parser
+
+
+_ENGINE_HELP = {
+    "tokenizer_mode": "Tokenizer mode: auto (fast if available), slow, mistral.",
+    "revision": "Model revision (branch, tag or commit) on the hub.",
+    "tokenizer_revision": "Tokenizer revision on the hub.",
+    "load_format": "Weights format; dummy = random weights (benchmarks, no download).",
+    "dtype": "Weights and activations dtype; auto = the config's (16-bit on GPU, float32 on CPU).",
+    "seed": "Random seed.",
+    "block_size": "Tokens per KV-cache block.",
+    "enable_prefix_caching": "Reuse the KV cache of shared prompt prefixes.",
+    "gpu_memory_utilization": "Fraction of GPU memory for weights, activations and the KV cache.",
+    "num_gpu_blocks_override": "Fixed number of KV-cache blocks (overrides memory-based sizing).",
+    "swap_space": "CPU swap space per GPU, GiB.",
+    "max_num_seqs": "Max sequences per step; None = 1024 on GPU, 256 on CPU.",
+    "max_num_batched_tokens": "Max tokens per step; None = 16384 on GPU, 2048 on CPU.",
+    "enable_chunked_prefill": "Split long prefills over several steps, mixed with decodes.",
+    "max_logprobs": "Max number of logprobs a request may ask for.",
+    "tensor_parallel_size": "Number of GPUs for tensor parallelism.",
+    "pipeline_parallel_size": "Number of pipeline stages.",
+    "distributed_executor_backend": "Executor for several GPUs: mp, ray or uni.",
+    "device": "Device: auto (cuda if available), cpu, cuda.",
+    "attention_backend": "Attention kernels; None = triton on CUDA, torch on CPU.",
+    "disable_log_stats": "Do not log the periodic throughput / KV-cache stats line.",
+}
 
 
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:

@@ -13,8 +13,8 @@ from pagedllm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCo
                                                   ChatLogProbsContent, ChatMessage, ChatResponseMessage, RequestError,
                                                   UsageInfo, random_uuid)
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
-                                                        plain_prompt_logprobs, usage_dict,
-                                                        sse, until_disconnected)
+                                                        dumps, plain_prompt_logprobs, sse, until_disconnected,
+                                                        usage_dict)
 from pagedllm.outputs import Logprob
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
@@ -67,9 +67,9 @@ class OpenAIServingChat(OpenAIServing):
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
-            params = self.sampling_params(req, max_tokens, logprobs, bool(req.stream))
+            params = self.sampling_params(req, max_tokens, logprobs)
             request_id = f"chatcmpl-{req.request_id or random_uuid()}"
-            streams = await self.submit([request_id], [{"prompt_token_ids": ids}], params, req.priority)
+            streams = await self.submit([request_id], [{"prompt_token_ids": ids}], [params], req.priority)
         except Exception as e:
             return error_response(e)
         role = self.response_role if req.add_generation_prompt else req.messages[-1].role
@@ -162,12 +162,16 @@ class OpenAIServingChat(OpenAIServing):
         num_generated = 0
         finished_sent = [False] * n
 
-        def chunk(choice: dict) -> str:
-            data = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-                    "model": self.model_name, "choices": [choice]}
-            if include_usage:
-                data["usage"] = usage_dict(num_prompt, num_generated) if continuous else None
-            return sse(data)
+        head = (f'data: {{"id":{dumps(request_id)},"object":"chat.completion.chunk","created":{created},'
+                f'"model":{dumps(self.model_name)},"choices":[')
+        plain_tail = '],"usage":null}\n\n' if include_usage else ']}\n\n'
+
+        def chunk(choice: dict | str) -> str:
+            # Built as text: this runs once per token per stream.
+            body = choice if isinstance(choice, str) else dumps(choice)
+            if continuous:
+                return f'{head}{body}],"usage":{dumps(usage_dict(num_prompt, num_generated))}}}\n\n'
+            return head + body + plain_tail
 
         try:
             # First chunk of each choice: the role (and the echoed text, if asked).
@@ -187,10 +191,10 @@ class OpenAIServingChat(OpenAIServing):
                     logprobs = None
                     if req.logprobs:
                         logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0).model_dump()
-                    choice = {"index": c.index, "delta": {"content": c.text}, "logprobs": logprobs,
-                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
-                    if return_ids:
-                        choice["token_ids"] = token_ids
+                    choice = (f'{{"index":{c.index},"delta":{{"content":{dumps(c.text)}}},'
+                              f'"logprobs":{dumps(logprobs)},"finish_reason":{dumps(c.finish_reason)},'
+                              f'"stop_reason":{dumps(c.stop_reason)}')
+                    choice += f',"token_ids":{dumps(token_ids)}}}' if return_ids else '}'
                     if c.finish_reason is not None:
                         finished_sent[c.index] = True
                     yield chunk(choice)

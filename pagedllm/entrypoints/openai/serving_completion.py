@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pagedllm.entrypoints.openai.protocol import (CompletionLogProbs, CompletionRequest, CompletionResponse,
                                                   CompletionResponseChoice, RequestError, UsageInfo, random_uuid)
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
-                                                        plain_prompt_logprobs, usage_dict,
-                                                        merge_streams, sse, until_disconnected)
+                                                        dumps, merge_streams, plain_prompt_logprobs, sse,
+                                                        until_disconnected, usage_dict)
 from pagedllm.outputs import Logprob
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
@@ -49,23 +49,15 @@ class OpenAIServingCompletion(OpenAIServing):
             max_tokens_list = [self.resolve_max_tokens(len(p.ids), req.max_tokens, False) for p in prompts]
             if req.echo and req.max_tokens == 0:
                 return self._echo_only(req, prompts)
-            logprobs = req.logprobs
             params_list = []
             for max_tokens in max_tokens_list:
-                params = self.sampling_params(req, max_tokens, logprobs, bool(req.stream))
-                if req.echo and logprobs is not None and params.prompt_logprobs is None:
-                    params.prompt_logprobs = logprobs   # echo + logprobs returns the prompt's logprobs too
+                params = self.sampling_params(req, max_tokens, req.logprobs)
+                if req.echo and req.logprobs is not None and params.prompt_logprobs is None:
+                    params.prompt_logprobs = req.logprobs   # echo + logprobs returns the prompt's logprobs too
                 params_list.append(params)
             base_id = f"cmpl-{req.request_id or random_uuid()}"
             ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
-            streams = []
-            try:
-                for rid, p, params in zip(ids, prompts, params_list):
-                    streams += await self.submit([rid], [self._engine_prompt(p)], params, req.priority)
-            except BaseException:
-                for s in streams:
-                    s.abort()
-                raise
+            streams = await self.submit(ids, [self._engine_prompt(p) for p in prompts], params_list, req.priority)
         except Exception as e:
             return error_response(e)
         created = int(time.time())
@@ -232,6 +224,9 @@ class OpenAIServingCompletion(OpenAIServing):
         choices = [[_Choice() for _ in range(n)] for _ in prompts]
         num_prompt = sum(len(p.ids) for p in prompts)
         num_generated = 0
+        head = (f'data: {{"id":{dumps(base_id)},"object":"text_completion","created":{created},'
+                f'"model":{dumps(self.model_name)},"choices":[')
+        tail = '}],"usage":null}\n\n' if include_usage else '}]}\n\n'
         try:
             async for i, out in merge_streams(streams):
                 for c in out.outputs:
@@ -252,17 +247,16 @@ class OpenAIServingCompletion(OpenAIServing):
                         ch.text_offset = lp.text_offset[-1] + len(lp.tokens[-1]) if lp.tokens else ch.text_offset
                         logprobs = lp.model_dump()
                     num_generated += len(token_ids)
-                    choice = {"index": i * n + c.index, "text": text, "logprobs": logprobs,
-                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+                    # Built as text (this runs once per token per stream: the server's hottest path).
+                    choice = (f'{{"index":{i * n + c.index},"text":{dumps(text)},"logprobs":{dumps(logprobs)},'
+                              f'"finish_reason":{dumps(c.finish_reason)},"stop_reason":{dumps(c.stop_reason)}')
                     if return_ids:
-                        choice["token_ids"] = token_ids
-                    chunk = {"id": base_id, "object": "text_completion", "created": created,
-                             "model": self.model_name, "choices": [choice]}
-                    if include_usage:
-                        chunk["usage"] = usage_dict(num_prompt, num_generated) if continuous else None
+                        choice += f',"token_ids":{dumps(token_ids)}'
+                    if continuous:
+                        tail = f'}}],"usage":{dumps(usage_dict(num_prompt, num_generated))}}}\n\n'
                     if c.finish_reason is not None:
                         ch.finished_sent = True
-                    yield sse(chunk)
+                    yield head + choice + tail
             if include_usage:
                 yield sse({"id": base_id, "object": "text_completion", "created": created, "model": self.model_name,
                            "choices": [], "usage": usage_dict(num_prompt, num_generated)})

@@ -54,8 +54,16 @@ def guess_param(message: str) -> str | None:
     return best[1] if best else None
 
 
+_encoder = json.JSONEncoder(separators=(",", ":"))
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON (what every SSE chunk is made of)."""
+    return _encoder.encode(value)
+
+
 def sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"data: {data if isinstance(data, str) else dumps(data)}\n\n"
 
 
 def clamp_logprob(value: float) -> float:
@@ -91,8 +99,8 @@ class OpenAIServing:
         self.log_requests = log_requests
         self.max_log_len = max_log_len
         self.max_model_len = engine.config.max_model_len
-        self.vocab_size = engine.engine.vocab_size
-        self.default_params = engine.engine.default_sampling_params()
+        self.vocab_size = engine.vocab_size
+        self.default_params = engine.default_sampling_params()
         gen = engine.config.model.generation_config or {}
         self.default_max_tokens = gen.get("max_new_tokens")
         # One worker: HF fast tokenizers must not be used from two threads at once.
@@ -131,8 +139,7 @@ class OpenAIServing:
         return max_tokens
 
     # ---- building SamplingParams ----------------------------------------------------------------------------------
-    def sampling_params(self, req: SamplingFields, max_tokens: int | None, logprobs: int | None,
-                        stream: bool) -> SamplingParams:
+    def sampling_params(self, req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         d = self.default_params
 
         def pick(name: str):
@@ -203,12 +210,12 @@ class OpenAIServing:
         return self.tokenizer.decode([token_id])
 
     # ---- submitting -----------------------------------------------------------------------------------------------
-    async def submit(self, request_ids: list[str], prompts: list[dict], params: SamplingParams,
+    async def submit(self, request_ids: list[str], prompts: list[dict], params_list: list[SamplingParams],
                      priority: int) -> list[RequestStream]:
         """Add every prompt of a request; if one is refused, the others are aborted and the error raised."""
         streams: list[RequestStream] = []
         try:
-            for rid, prompt in zip(request_ids, prompts):
+            for rid, prompt, params in zip(request_ids, prompts, params_list):
                 if self.log_requests:
                     self.log_request(rid, prompt, params)
                 streams.append(await self.engine.add_request(rid, prompt, params, priority=priority))
