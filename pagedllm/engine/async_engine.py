@@ -4,9 +4,12 @@ The engine runs in one of two places, behind the same API:
 - a thread of this process that owns it (``engine_process=False``; it builds the engine too, so CUDA state and
   inference mode live in that thread);
 - a child process, the "engine core" (``engine_process=True``, what ``pagedllm serve`` uses): the HTTP side then never
-  competes with the engine for the GIL. Measured on one H100, Qwen2.5-1.5B, 1,000 ShareGPT-like streams at
-  concurrency 256: 4.6k output tok/s with the engine in a thread of the server, against 11.3k tok/s for the bare
-  engine — the event loop's per-chunk work (HTTP framing, socket sends) starved the engine thread.
+  competes with the engine for the GIL. The event loop's per-chunk work (HTTP framing, one socket send per chunk per
+  stream) otherwise starves the engine thread: on one H100 (2026-11-22, shared/bench/serve_workload.py, Qwen2.5-1.5B
+  dummy weights) the engine process gave 5.9k output tok/s against 3.8k in a thread for 25 streams (TPOT 3.6 vs
+  5.8 ms) and 8.3k against 6.8k for 1,000 ShareGPT-like requests at concurrency 256; one stream is the same either
+  way (ITL 2.7 ms). The child is forked when CUDA is not initialized yet (as vLLM), else spawned (~12 s more
+  startup: it imports torch again).
 Either way the loop is: take the requests that arrived and the aborts since the last step, apply them, run one
 ``step``, hand each request's outputs to the event loop waiting for them. Requests that arrive during a step join the
 next one (continuous batching); tokenizing and formatting happen on the asyncio side, never in the step.
@@ -21,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -463,11 +468,14 @@ def _unpack(packed: tuple, prompts: dict[str, tuple]) -> RequestOutput:
                          metrics=RequestMetrics(*metrics) if metrics else None, num_cached_tokens=cached)
 
 
-def _core_process_main(engine_args: EngineArgs, conn, log_format: tuple | None) -> None:
-    """The engine core: build the engine, then apply messages and step while there is work."""
+def _core_process_main(engine_args: EngineArgs, conn, log_format: tuple | None, parent_end=None) -> None:
+    """The engine core: build the engine, then apply messages and step while there is work. It ends on "shutdown"
+    or when the pipe closes (the server process is gone)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group: the server shuts us down
-    if log_format is not None:
+    if parent_end is not None:
+        parent_end.close()   # forked: keep no copy of the server's end, or its death would never read as EOF
+    if log_format is not None and not logging.getLogger("pagedllm").handlers:   # spawned: set up like the parent
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(*log_format))
         root = logging.getLogger("pagedllm")
@@ -529,17 +537,31 @@ def _picklable(e: BaseException) -> BaseException:
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
+def _start_method() -> str:
+    """fork when it is safe (Linux, CUDA not initialized here: the child inherits the imports, ~12 s less startup
+    on an H100 host), else spawn. PAGEDLLM_ENGINE_START_METHOD overrides."""
+    forced = os.environ.get("PAGEDLLM_ENGINE_START_METHOD")
+    if forced:
+        return forced
+    import torch
+    if sys.platform.startswith("linux") and not torch.cuda.is_initialized():
+        return "fork"
+    return "spawn"
+
+
 class _ProcessCore:
     def __init__(self, front: AsyncLLMEngine):
         self.front = front
-        ctx = multiprocessing.get_context("spawn")   # CUDA cannot be forked
+        ctx = multiprocessing.get_context(_start_method())
         self._conn, child_conn = ctx.Pipe(duplex=True)
         log_format = None
         for h in logging.getLogger("pagedllm").handlers:
             if h.formatter is not None:
                 log_format = (h.formatter._fmt, h.formatter.datefmt)
                 break
-        self._proc = ctx.Process(target=_core_process_main, args=(front.engine_args, child_conn, log_format),
+        forked = ctx.get_start_method() == "fork"
+        self._proc = ctx.Process(target=_core_process_main,
+                                 args=(front.engine_args, child_conn, log_format, self._conn if forked else None),
                                  name="pagedllm-engine-core", daemon=True)
         self._child_conn = child_conn
         self._pending: dict[str, tuple] = {}          # rid -> (loop, accepted, params, arrival)

@@ -24,8 +24,8 @@ def test_rotary_matches_eager(hq, hkv, d, dtype):
     k = qkv[:, hq * d:(hq + hkv) * d].view(t, hkv, d)
     v_before = qkv[:, (hq + hkv) * d:].clone()
     pos = torch.randint(0, 4096, (t,), device="cuda")
-    q_ref, k_ref = rope._apply(q.float(), rope.cos[pos].unsqueeze(1), rope.sin[pos].unsqueeze(1)), \
-        rope._apply(k.float(), rope.cos[pos].unsqueeze(1), rope.sin[pos].unsqueeze(1))
+    q_ref, k_ref = rope._rotate(q.float(), rope.cos[pos].unsqueeze(1), rope.sin[pos].unsqueeze(1)), \
+        rope._rotate(k.float(), rope.cos[pos].unsqueeze(1), rope.sin[pos].unsqueeze(1))
     rotary_inplace(pos, q, k, rope.cos, rope.sin)
     tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
     assert (q.float() - q_ref).norm() / q_ref.norm() < tol

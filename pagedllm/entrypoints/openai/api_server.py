@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 import sys
+from contextlib import asynccontextmanager
 from typing import Any, Union
 
 from fastapi import FastAPI, Request
@@ -107,8 +108,14 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
               served_model_names: list[str]) -> FastAPI:
     docs = {} if not getattr(args, "disable_fastapi_docs", False) else {"docs_url": None, "redoc_url": None,
                                                                          "openapi_url": None}
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        # Here, not after uvicorn returns: on SIGTERM uvicorn re-raises the signal once it has shut down.
+        engine.shutdown()
+
     app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__,
-                  root_path=args.root_path or "", **docs)
+                  root_path=args.root_path or "", lifespan=lifespan, **docs)
     tokenizer = None
     if engine.has_tokenizer:
         from pagedllm.engine.engine import load_tokenizer

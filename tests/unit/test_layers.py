@@ -1,0 +1,23 @@
+"""Model layers on CPU: modules move between devices/dtypes like any nn.Module."""
+import torch
+from transformers import LlamaConfig
+
+from pagedllm.model.layers.rotary import RotaryEmbedding
+
+
+def test_rotary_module_converts_like_a_module_and_matches_rotate_half():
+    # RotaryEmbedding once shadowed nn.Module._apply, which broke .to()/.cuda(); keep it convertible.
+    cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=16)
+    rope = RotaryEmbedding(cfg, 16, 128).to(torch.float64)
+    assert rope.cos.dtype == torch.float64
+    q = torch.randn(5, 4, 16, dtype=torch.float64)
+    k = torch.randn(5, 2, 16, dtype=torch.float64)
+    pos = torch.tensor([0, 1, 7, 64, 127])
+    q_out, k_out = rope(pos, q, k)
+    # HF's formulation: x * cos + rotate_half(x) * sin with cos/sin repeated over both halves
+    cos = torch.cat([rope.cos[pos]] * 2, dim=-1)[:, None]
+    sin = torch.cat([rope.sin[pos]] * 2, dim=-1)[:, None]
+    rot = lambda x: torch.cat((-x[..., 8:], x[..., :8]), dim=-1)  # noqa: E731
+    assert torch.allclose(q_out, q * cos + rot(q) * sin)
+    assert torch.allclose(k_out, k * cos + rot(k) * sin)
+    assert torch.equal(q_out[0], q[0])          # position 0 is the identity
