@@ -2,7 +2,8 @@
 
 python benchmarks/cpu_vs_hf.py [--new-tokens 128] [--batch 16]
 Prints output tok/s for: one request (HF generate vs pagedllm), and BATCH concurrent requests (HF static padded
-batch vs pagedllm continuous batching). Prompts differ in length, as real concurrent requests do.
+batch vs pagedllm continuous batching), for pagedllm in each of --dtypes. Every request generates exactly
+--new-tokens tokens (ignore_eos / min_new_tokens), so both sides do the same work.
 """
 import argparse
 import time
@@ -21,6 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="pagedllm dtypes to run (HF runs fp32)")
     args = ap.parse_args()
     n = args.new_tokens
     prompts = [PROMPTS[i % len(PROMPTS)] + f" ({i})" * (i % 3) for i in range(args.batch)]
@@ -47,22 +49,24 @@ def main() -> None:
     hf_batch = hf_run(prompts)
     del hf
 
-    llm = LLM(max_model_len=2048, kv_cache_memory_gb=1)
-    sp = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+    print(f"HF transformers generate (fp32): single {hf_single:7.1f} tok/s   static batch of {args.batch} "
+          f"{hf_batch:7.1f} tok/s")
+    for dtype in args.dtypes.split(","):
+        llm = LLM(max_model_len=2048, kv_cache_memory_gb=1, dtype=dtype)
+        sp = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
 
-    def ours(batch):
-        t = time.perf_counter()
-        outs = llm.generate(batch, sp, use_tqdm=False)
-        return sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t)
+        def ours(batch):
+            t = time.perf_counter()
+            outs = llm.generate(batch, sp, use_tqdm=False)
+            return sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t)
 
-    ours(prompts[:1])  # warm-up
-    ours_single = ours(prompts[:1])
-    llm.reset_prefix_cache()
-    ours_batch = ours(prompts)
-    print(f"single request, {n} new tokens:  HF generate {hf_single:7.1f} tok/s   pagedllm {ours_single:7.1f} tok/s"
-          f"   ratio {ours_single / hf_single:.2f}x")
-    print(f"{args.batch} concurrent requests:        HF static batch {hf_batch:7.1f} tok/s   pagedllm "
-          f"{ours_batch:7.1f} tok/s   ratio {ours_batch / hf_batch:.2f}x")
+        ours(prompts[:1])  # warm-up
+        single = ours(prompts[:1])
+        llm.reset_prefix_cache()
+        batch = ours(prompts)
+        print(f"pagedllm {dtype:9s}: single {single:7.1f} tok/s ({single / hf_single:.2f}x HF)   {args.batch} concurrent "
+              f"{batch:7.1f} tok/s ({batch / hf_batch:.2f}x HF)")
+        del llm
 
 
 if __name__ == "__main__":

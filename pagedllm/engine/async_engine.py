@@ -8,8 +8,8 @@ The engine runs in one of two places, behind the same API:
   stream) otherwise starves the engine thread: on one H100 (2026-11-22, shared/bench/serve_workload.py, Qwen2.5-1.5B
   dummy weights) the engine process gave 5.9k output tok/s against 3.8k in a thread for 25 streams (TPOT 3.6 vs
   5.8 ms) and 8.3k against 6.8k for 1,000 ShareGPT-like requests at concurrency 256; one stream is the same either
-  way (ITL 2.7 ms). The child is forked when CUDA is not initialized yet (as vLLM), else spawned (~12 s more
-  startup: it imports torch again).
+  way (ITL 2.7 ms). With a GPU the child is spawned (~12 s more startup on that host: it imports torch again); on a
+  CPU-only host it is forked.
 Either way the loop is: take the requests that arrived and the aborts since the last step, apply them, run one
 ``step``, hand each request's outputs to the event loop waiting for them. Requests that arrive during a step join the
 next one (continuous batching); tokenizing and formatting happen on the asyncio side, never in the step.
@@ -537,22 +537,23 @@ def _picklable(e: BaseException) -> BaseException:
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
-def _start_method() -> str:
-    """fork when it is safe (Linux, CUDA not initialized here: the child inherits the imports, ~12 s less startup
-    on an H100 host), else spawn. PAGEDLLM_ENGINE_START_METHOD overrides."""
+def _start_method(engine_args: EngineArgs) -> str:
+    """How to start the engine process. fork lets the child inherit the imports (seconds less startup) but is only
+    used when the engine runs on the CPU; with a GPU the child is spawned, the start method verified on H100
+    (a fork after anything touched the CUDA driver would break the child). PAGEDLLM_ENGINE_START_METHOD overrides."""
     forced = os.environ.get("PAGEDLLM_ENGINE_START_METHOD")
     if forced:
         return forced
-    import torch
-    if sys.platform.startswith("linux") and not torch.cuda.is_initialized():
-        return "fork"
-    return "spawn"
+    if not sys.platform.startswith("linux"):
+        return "spawn"
+    on_cpu = engine_args.device == "cpu" or (engine_args.device == "auto" and not os.path.exists("/dev/nvidiactl"))
+    return "fork" if on_cpu else "spawn"
 
 
 class _ProcessCore:
     def __init__(self, front: AsyncLLMEngine):
         self.front = front
-        ctx = multiprocessing.get_context(_start_method())
+        ctx = multiprocessing.get_context(_start_method(front.engine_args))
         self._conn, child_conn = ctx.Pipe(duplex=True)
         log_format = None
         for h in logging.getLogger("pagedllm").handlers:

@@ -16,6 +16,7 @@ Query token ``i`` of request ``b`` sits at position ``seq_lens[b] - q_len[b] + i
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -55,44 +56,41 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     q_lens = [starts[i + 1] - starts[i] for i in range(num_reqs)]
 
     # Decode requests (one new token each) are done as one padded batch: on CPU the per-request loop costs more
-    # than the attention itself for small models.
+    # than the attention itself for small models. The G query heads sharing a KV head play the role of SDPA's
+    # query length, so no KV head is repeated.
     decode = [i for i in range(num_reqs) if q_lens[i] == 1]
+    done = set()
     if len(decode) > 1:
         max_len = max(lens[i] for i in decode)
         block_size = k_cache.shape[1]
         nblk = (max_len + block_size - 1) // block_size
         idx = torch.tensor(decode, dtype=torch.long, device=query.device)
         tables = block_tables[idx, :nblk].long()
-        keys = k_cache[tables].flatten(1, 2)[:, :max_len]      # [D, L, Hkv, hd]
-        values = v_cache[tables].flatten(1, 2)[:, :max_len]
+        keys = k_cache[tables].flatten(1, 2)[:, :max_len].transpose(1, 2)       # [D, Hkv, L, hd]
+        values = v_cache[tables].flatten(1, 2)[:, :max_len].transpose(1, 2)
         q_rows = torch.tensor([starts[i] for i in decode], dtype=torch.long, device=query.device)
-        q = query[q_rows].view(len(decode), num_kv_heads, group, head_dim).float()
-        scores = torch.einsum("bkgd,blkd->bkgl", q, keys.float()) * scale
+        q = query[q_rows].view(len(decode), num_kv_heads, group, head_dim)       # [D, Hkv, G, hd]
         ctx = torch.tensor([lens[i] for i in decode], device=query.device)
-        mask = torch.arange(max_len, device=query.device)[None, :] >= ctx[:, None]   # [D, L]
-        scores.masked_fill_(mask[:, None, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        o = torch.einsum("bkgl,blkd->bkgd", probs, values.float())
-        out[q_rows] = o.reshape(len(decode), num_heads, head_dim).to(query.dtype)
+        mask = torch.arange(max_len, device=query.device)[None, :] < ctx[:, None]   # [D, L], True = attend
+        o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype),
+                                           attn_mask=mask[:, None, None, :], scale=scale)
+        out[q_rows] = o.reshape(len(decode), num_heads, head_dim)
         done = set(decode)
-    else:
-        done = set()
 
     for i in range(num_reqs):
         if i in done or q_lens[i] == 0:
             continue
         s, e, ctx_len = starts[i], starts[i + 1], lens[i]
         q_len = e - s
-        keys = _gather_context(k_cache, block_tables[i], ctx_len)
-        values = _gather_context(v_cache, block_tables[i], ctx_len)
-        # [Hq, q_len, hd] x [Hq, ctx, hd], GQA by repeating kv heads.
-        q = query[s:e].transpose(0, 1).float()
-        k = keys.transpose(0, 1).float().repeat_interleave(group, dim=0)
-        v = values.transpose(0, 1).float().repeat_interleave(group, dim=0)
-        scores = torch.matmul(q, k.transpose(1, 2)) * scale
-        q_pos = torch.arange(ctx_len - q_len, ctx_len, device=query.device)
-        k_pos = torch.arange(ctx_len, device=query.device)
-        scores.masked_fill_((k_pos[None, :] > q_pos[:, None])[None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        out[s:e] = torch.matmul(probs, v).transpose(0, 1).to(query.dtype)
+        keys = _gather_context(k_cache, block_tables[i], ctx_len).transpose(0, 1)     # [Hkv, ctx, hd]
+        values = _gather_context(v_cache, block_tables[i], ctx_len).transpose(0, 1)
+        q = query[s:e].view(q_len, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)   # [Hkv, G, q_len, hd]
+        q = q.reshape(num_kv_heads, group * q_len, head_dim)
+        # Causal over the new tokens, full over the cached prefix: query row r (token r % q_len) sees keys
+        # 0 .. ctx_len - q_len + r % q_len.
+        q_pos = torch.arange(ctx_len - q_len, ctx_len, device=query.device).repeat(group)
+        mask = torch.arange(ctx_len, device=query.device)[None, :] <= q_pos[:, None]   # [G*q_len, ctx]
+        o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
+        out[s:e] = o.view(num_kv_heads, group, q_len, head_dim).permute(2, 0, 1, 3).reshape(q_len, num_heads,
+                                                                                              head_dim)
     return out
