@@ -9,7 +9,7 @@ import pytest
 from pagedllm import EngineArgs, RequestOutputKind, SamplingParams
 from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError
 
-from conftest import MAX_MODEL_LEN, MODEL
+from server_utils import MAX_MODEL_LEN, MODEL
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import MODEL, metric_value
+from server_utils import MODEL, metric_value
 
 MAX_TOKENS = 16
 

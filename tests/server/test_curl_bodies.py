@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from conftest import MODEL, SERVER_ARGS, start_servers
+from server_utils import MODEL, SERVER_ARGS, start_servers
 
 try:
     import requests

@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import MAX_MODEL_LEN, MODEL, SERVER_ARGS, start_servers
+from server_utils import MAX_MODEL_LEN, MODEL, SERVER_ARGS, start_servers
 
 API_KEY = "sk-test-key"
 CHAT = [{"role": "user", "content": "Hello"}]

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import MAX_MODEL_LEN, MODEL
+from server_utils import MAX_MODEL_LEN, MODEL
 
 PROMPT = "San Francisco is a"
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import start_servers
+from server_utils import start_servers
 
 TINY_QWEN2 = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu",
                   max_position_embeddings=4096, rope_theta=1000000.0, rms_norm_eps=1e-6, torch_dtype="bfloat16",
