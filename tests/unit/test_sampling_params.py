@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pagedllm import LLM, SamplingParams
+from tiny_models import save_tiny_llama
 
 VOCAB = 1000
 MAX_MODEL_LEN = 64
@@ -100,13 +101,8 @@ def test_invalid_values_raise_value_error(kwargs, message):
 
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory):
-    import transformers
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512,
-                                   tie_word_embeddings=False)
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_llama_params")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    save_tiny_llama(path, VOCAB)
     llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="float32", max_model_len=MAX_MODEL_LEN)
     return llm
 
