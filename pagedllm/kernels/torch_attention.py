@@ -60,7 +60,7 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     # query length, so no KV head is repeated.
     decode = [i for i in range(num_reqs) if q_lens[i] == 1]
     done = set()
-    if len(decode) > 1:
+    if decode:
         max_len = max(lens[i] for i in decode)
         block_size = k_cache.shape[1]
         nblk = (max_len + block_size - 1) // block_size
@@ -71,9 +71,10 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         q_rows = torch.tensor([starts[i] for i in decode], dtype=torch.long, device=query.device)
         q = query[q_rows].view(len(decode), num_kv_heads, group, head_dim)       # [D, Hkv, G, hd]
         ctx = torch.tensor([lens[i] for i in decode], device=query.device)
-        mask = torch.arange(max_len, device=query.device)[None, :] < ctx[:, None]   # [D, L], True = attend
-        o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype),
-                                           attn_mask=mask[:, None, None, :], scale=scale)
+        mask = None
+        if any(lens[i] != max_len for i in decode):   # all equal (e.g. one request): nothing to mask
+            mask = (torch.arange(max_len, device=query.device)[None, :] < ctx[:, None])[:, None, None, :]
+        o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
         out[q_rows] = o.reshape(len(decode), num_heads, head_dim)
         done = set(decode)
 
