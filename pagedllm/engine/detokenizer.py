@@ -31,8 +31,10 @@ class IncrementalDetokenizer:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens,
                                      spaces_between_special_tokens=self.spaces_between_special_tokens)
 
-    def update(self, token_ids: list[int], num_new: int = 1) -> str | None:
-        """Consume the newest ``num_new`` tokens of ``token_ids``; return the matched stop string, if any."""
+    def update(self, token_ids: list[int], check_stop: bool = True) -> str | None:
+        """Consume the tokens of ``token_ids`` not decoded yet; return the matched stop string, if any.
+
+        ``check_stop=False`` (before ``min_tokens`` are out) decodes without looking for stop strings, as vLLM."""
         prev_len = len(self.output_text)
         prefix_text = self._decode(token_ids[self.prefix_offset:self.read_offset])
         full_text = self._decode(token_ids[self.prefix_offset:])
@@ -40,7 +42,7 @@ class IncrementalDetokenizer:
             self.output_text += full_text[len(prefix_text):]
             self.prefix_offset = self.read_offset
             self.read_offset = len(token_ids)
-        if not self.stop:
+        if not self.stop or not check_stop:
             return None
         # Only the newly added text (plus the tail a stop string could straddle) can hold a new match.
         start = max(0, prev_len - self.max_stop_len + 1)

@@ -185,9 +185,6 @@ class LLMEngine:
             raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
                              f"{self.config.max_model_len}. Make sure that `max_model_len` is no smaller than the "
                              f"number of text tokens.")
-        if params.max_tokens is not None and len(ids) + params.max_tokens > self.config.max_model_len:
-            # vLLM's offline engine truncates at the context limit instead of failing; the server checks earlier.
-            pass
         params.verify_against_model(vocab, self.config.args.max_logprobs)
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer (skip_tokenizer_init=True).")
@@ -244,16 +241,12 @@ class LLMEngine:
             status = self.scheduler.check_stop(r)
             detok = parent.detoks[index]
             if detok is not None:
-                stop_str = None
                 # The EOS / stop token's own text is left out unless include_stop_str_in_output (as vLLM).
                 ids = r.token_ids
                 if status == RequestStatus.FINISHED_STOPPED and not r.sampling_params.include_stop_str_in_output:
                     ids = ids[:-1]
                 # Stop strings only count once min_tokens are out (as vLLM).
-                if r.num_output_tokens > r.sampling_params.min_tokens or not r.sampling_params.stop:
-                    stop_str = detok.update(ids)
-                else:
-                    detok.update(ids)
+                stop_str = detok.update(ids, check_stop=r.num_output_tokens > r.sampling_params.min_tokens)
                 if stop_str is not None and (status is None or r.stop_reason is None):
                     r.stop_reason = stop_str
                     status = RequestStatus.FINISHED_STOPPED

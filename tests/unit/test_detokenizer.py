@@ -193,6 +193,14 @@ def test_stop_string_in_chinese_and_at_max_tokens(scripted):
     assert (outs[2].text, outs[2].finish_reason, outs[2].stop_reason) == (" alpha beta ", "stop", "gamma")
 
 
+def test_stop_string_before_min_tokens_is_not_a_stop(scripted):
+    """A stop string complete before min_tokens neither stops nor cuts the text; a later one does."""
+    llm, prompts, outputs = scripted
+    c = run(llm, prompts["Greek"], SamplingParams(temperature=0.0, max_tokens=40, min_tokens=3,
+                                                   stop=["alpha", "delta"]))[0].outputs[0]
+    assert (c.text, c.finish_reason, c.stop_reason) == (" alpha beta gamma ", "stop", "delta")
+
+
 def test_stop_token_ids_text_excludes_the_stop_token(scripted, tokenizer):
     llm, prompts, outputs = scripted
     gamma = tokenizer.encode(" gamma")[0]
