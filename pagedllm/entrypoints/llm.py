@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
-from pagedllm.outputs import BeamSearchOutput, BeamSearchSequence, Logprob, RequestOutput
+from pagedllm.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 

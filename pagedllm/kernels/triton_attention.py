@@ -38,7 +38,6 @@ All softmax math is fp32 and in base 2 (``scale * log2(e)`` multiplies the fp32 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

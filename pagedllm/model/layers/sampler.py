@@ -47,8 +47,7 @@ def _token_counts(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
 class Sampler:
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         logits = logits.float()
-        num_rows, vocab = logits.shape
-        device = logits.device
+        num_rows = logits.shape[0]
         params = [r.sampling_params for r in requests]
 
         want_logprobs = [sp.logprobs is not None for sp in params]
@@ -57,25 +56,10 @@ class Sampler:
         logits = self._apply_penalties(logits, requests)
 
         greedy = [sp.greedy for sp in params]
-        sampled = torch.empty(num_rows, dtype=torch.long, device=device)
         if all(greedy):
             sampled = logits.argmax(dim=-1)
-        elif any(greedy):
-            idx = torch.tensor([i for i, g in enumerate(greedy) if g], device=device)
-            sampled[idx] = logits[idx].argmax(dim=-1)
-        if not all(greedy):
-            rows = [i for i, g in enumerate(greedy) if not g]
-            idx = torch.tensor(rows, device=device)
-            probs = self._sampling_probs(logits[idx], [params[i] for i in rows])
-            noise = torch.empty_like(probs)
-            unseeded = [j for j, i in enumerate(rows) if requests[i].generator is None]
-            if unseeded:
-                noise[unseeded] = torch.empty(len(unseeded), vocab, device=device).exponential_()
-            for j, i in enumerate(rows):
-                if requests[i].generator is not None:
-                    noise[j].exponential_(generator=requests[i].generator)
-            # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, without a CDF search.
-            sampled[idx] = (probs / noise).argmax(dim=-1)
+        else:
+            sampled = self._sample_mixed(logits, requests, greedy)
 
         token_ids = sampled.tolist()
         logprob_out: list = [None] * num_rows
@@ -85,6 +69,28 @@ class Sampler:
                     continue
                 logprob_out[i] = top_logprobs(raw_logprobs[i], token_ids[i], sp.logprobs)
         return SamplerOutput(token_ids, logprob_out)
+
+    def _sample_mixed(self, logits: torch.Tensor, requests: list[Request], greedy: list[bool]) -> torch.Tensor:
+        """Greedy rows take the argmax; the others are drawn from their processed distribution."""
+        device = logits.device
+        params = [r.sampling_params for r in requests]
+        sampled = torch.empty(logits.shape[0], dtype=torch.long, device=device)
+        if any(greedy):
+            idx = torch.tensor([i for i, g in enumerate(greedy) if g], device=device)
+            sampled[idx] = logits[idx].argmax(dim=-1)
+        rows = [i for i, g in enumerate(greedy) if not g]
+        idx = torch.tensor(rows, device=device)
+        probs = self._sampling_probs(logits[idx], [params[i] for i in rows])
+        noise = torch.empty_like(probs)
+        unseeded = [j for j, i in enumerate(rows) if requests[i].generator is None]
+        if unseeded:
+            noise[unseeded] = torch.empty(len(unseeded), logits.shape[1], device=device).exponential_()
+        for j, i in enumerate(rows):
+            if requests[i].generator is not None:
+                noise[j].exponential_(generator=requests[i].generator)
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, without a CDF search.
+        sampled[idx] = (probs / noise).argmax(dim=-1)
+        return sampled
 
     @staticmethod
     def _apply_masks(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
