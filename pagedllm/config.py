@@ -51,6 +51,8 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     max_logprobs: int = 20
     enforce_eager: bool = False
+    # Schedule step N+1 while the device runs step N (None: on for CUDA, off on CPU where nothing overlaps).
+    async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None
@@ -109,6 +111,9 @@ class EngineArgs:
                        default=d.enable_chunked_prefill)
         g.add_argument("--max-logprobs", type=int, default=d.max_logprobs)
         g.add_argument("--enforce-eager", action="store_true", help="Disable CUDA graphs.")
+        g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                       help="Overlap the host's scheduling and output processing with the GPU's step "
+                            "(default: on with CUDA).")
         g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
         g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
         g.add_argument("--distributed-executor-backend", type=str, default=None, choices=["mp", "ray", "uni"])
@@ -160,6 +165,11 @@ class EngineConfig:
     max_num_batched_tokens: int
     block_size: int
     attention_backend: str
+
+    @property
+    def async_scheduling(self) -> bool:
+        flag = self.args.async_scheduling
+        return self.device.type == "cuda" if flag is None else bool(flag)
 
     @property
     def hf_config(self):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
@@ -17,9 +17,12 @@ from pagedllm.config import EngineArgs, EngineConfig
 from pagedllm.engine.detokenizer import IncrementalDetokenizer, decode_token
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.request import FINISH_REASONS, Request, RequestStatus
-from pagedllm.engine.scheduler import Scheduler
+from pagedllm.engine.scheduler import Scheduler, SchedulerOutput
 from pagedllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+
+if TYPE_CHECKING:
+    from pagedllm.worker.model_runner import LaunchedStep, ModelRunnerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ class LLMEngine:
         self.eos_token_ids = self._eos_token_ids()
         self.parents: dict[str, ParentRequest] = {}
         self.child_to_parent: dict[str, str] = {}
+        # Async scheduling: the launched step whose tokens the host has not seen yet.
+        self._in_flight: tuple[SchedulerOutput, LaunchedStep] | None = None
         self.startup_seconds = time.perf_counter() - t0
         logger.info("pagedllm engine ready in %.1f s: %s on %s (%s), %d KV blocks of %d tokens (%d tokens)",
                     self.startup_seconds, config.args.model, config.device, str(config.dtype).replace("torch.", ""),
@@ -213,21 +218,58 @@ class LLMEngine:
         return outputs
 
     def step_with_stats(self) -> tuple[list[RequestOutput], StepStats]:
+        """Schedule and launch a step; return the outputs of whatever finished on the device.
+
+        Synchronous: the step's own outputs. Async scheduling (CUDA default): step N is launched first, then the
+        host waits for step N-1's tokens and turns them into outputs while the device runs step N; step N
+        already computes step N-1's tokens, taking them from the device (a request that turns out to have
+        stopped just drops its extra token). Steps that need the host's view of every token before sampling
+        (logprobs, penalties) are sampled synchronously, after the step in flight is processed."""
         stats = StepStats()
         sched = self.scheduler.schedule()
         stats.num_preemptions = len(sched.preempted)
-        if sched.is_empty:
-            return [], stats
-        result = self.runner.execute(sched)
+        launched, sample_async = None, False
+        if not sched.is_empty:
+            sample_async = self.config.async_scheduling and _can_sample_async(sched)
+            for item in sched.scheduled:
+                r = item.request
+                stats.num_prompt_tokens += max(0, min(r.num_computed_tokens + item.num_new_tokens,
+                                                      r.num_prompt_tokens) - r.num_computed_tokens)
+            launched = self.runner.launch(sched, sample_async)
+        touched: dict[str, ParentRequest] = {}
+        if self._in_flight is not None:
+            prev_sched, prev_step = self._in_flight
+            self._in_flight = None
+            self._process_tokens(prev_sched, self.runner.finish(prev_step), stats, touched)
+        if launched is not None:
+            if sample_async:
+                self.scheduler.advance(sched)
+                self._in_flight = (sched, launched)
+            else:
+                result = self.runner.finish(launched)
+                self.scheduler.advance(sched)
+                self._process_tokens(sched, result, stats, touched)
+        # A prefill chunk that produced prompt logprobs but no token yet is not reported (like vLLM).
+        outputs = []
+        for parent in touched.values():
+            out = self._make_output(parent)
+            if out is not None:
+                outputs.append(out)
+            if parent.finished:
+                self.parents.pop(parent.request_id, None)
+                for c in parent.children:
+                    self.child_to_parent.pop(c.request_id, None)
+        return outputs, stats
+
+    def _process_tokens(self, sched: SchedulerOutput, result: ModelRunnerOutput, stats: StepStats,
+                        touched: dict[str, ParentRequest]) -> None:
+        """Commit a step's sampled tokens: logprobs, stop checks, detokenization; collects the touched parents."""
         now = time.time()
         for item in sched.scheduled:
-            r = item.request
-            stats.num_prompt_tokens += max(0, min(r.num_computed_tokens + item.num_new_tokens,
-                                                  r.num_prompt_tokens) - r.num_computed_tokens)
-            if r.request_id in result.prompt_logprobs:
-                self._record_prompt_logprobs(r, result.prompt_logprobs[r.request_id])
-        got_token = self.scheduler.update_after_step(sched, result.sampled)
-        touched: dict[str, ParentRequest] = {}
+            rows = result.prompt_logprobs.get(item.request.request_id)
+            if rows is not None:
+                self._record_prompt_logprobs(item.request, rows)
+        got_token = self.scheduler.commit_tokens(sched, result.sampled)
         for r in got_token:
             stats.num_generation_tokens += 1
             if r.first_token_time is None:
@@ -254,17 +296,6 @@ class LLMEngine:
                 self.scheduler.finish_request(r, status)
                 stats.finished.append((r, FINISH_REASONS[status]))
             touched[parent.request_id] = parent
-        # A prefill chunk that produced prompt logprobs but no token yet is not reported (like vLLM).
-        outputs = []
-        for parent in touched.values():
-            out = self._make_output(parent)
-            if out is not None:
-                outputs.append(out)
-            if parent.finished:
-                self.parents.pop(parent.request_id, None)
-                for c in parent.children:
-                    self.child_to_parent.pop(c.request_id, None)
-        return outputs, stats
 
     def _logprob_dict(self, ids, vals, chosen, chosen_lp, rank) -> dict[int, Logprob]:
         entries: dict[int, Logprob] = {}
@@ -321,6 +352,17 @@ class LLMEngine:
 
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache.reset_prefix_cache()
+
+
+def _can_sample_async(sched: SchedulerOutput) -> bool:
+    """Can this step be sampled before the host has seen the previous step's tokens? Not when the sampler
+    needs every token on the host (penalties) or the host must read logprobs."""
+    for item in sched.scheduled:
+        sp = item.request.sampling_params
+        if (sp.logprobs is not None or sp.prompt_logprobs is not None or sp.repetition_penalty != 1.0
+                or sp.frequency_penalty or sp.presence_penalty):
+            return False
+    return True
 
 
 def load_tokenizer(config: EngineConfig):

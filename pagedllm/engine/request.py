@@ -47,6 +47,9 @@ class Request:
         self.cache_salt = cache_salt
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
+        # Tokens sampled on the device but not yet seen by the host (async scheduling): the scheduler counts them
+        # (the next step already computes them), ``token_ids`` does not hold them yet.
+        self.num_placeholders = 0
         self.num_cached_tokens = -1            # prefix-cache hit at first scheduling (-1: not yet scheduled)
         self.block_ids: list[int] = []
         self.block_hashes: list[int] = []      # hashes of the full blocks of token_ids, in order
@@ -66,6 +69,18 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def num_tokens_with_placeholders(self) -> int:
+        return len(self.token_ids) + self.num_placeholders
+
+    def finishes_with_placeholders(self, max_model_len: int) -> bool:
+        """Will the tokens in flight end this request by length (so scheduling it again would be wasted)?"""
+        if self.num_placeholders == 0:
+            return False
+        if self.max_tokens is not None and self.num_output_tokens + self.num_placeholders >= self.max_tokens:
+            return True
+        return self.num_tokens_with_placeholders >= max_model_len
 
     @property
     def num_output_tokens(self) -> int:

@@ -20,11 +20,15 @@ from pagedllm.engine.request import Request, RequestStatus
 class ScheduledRequest:
     request: Request
     num_new_tokens: int          # tokens computed for it this step, from request.num_computed_tokens on
+    # Does this step reach the end of the request's tokens (so its last logits give a new token)? Fixed when
+    # scheduled: the request's progress moves on before the step's results are in.
+    will_sample: bool = field(init=False)
+    num_preemptions: int = field(init=False)   # to recognise a request preempted while its step was in flight
 
-    @property
-    def will_sample(self) -> bool:
-        """Does this step reach the end of the request's known tokens (so its last logits give a new token)?"""
-        return self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+    def __post_init__(self):
+        r = self.request
+        self.will_sample = r.num_computed_tokens + self.num_new_tokens == r.num_tokens_with_placeholders
+        self.num_preemptions = r.num_preemptions
 
 
 @dataclass
@@ -78,6 +82,7 @@ class Scheduler:
             self.waiting.remove(request)
             heapq.heapify(self.waiting)
         request.status = status
+        request.num_placeholders = 0
         self.kv.free(request)
 
     # ---- one step -----------------------------------------------------------------------------------------------
@@ -91,8 +96,8 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if num_new <= 0:
+            num_new = min(request.num_tokens_with_placeholders - request.num_computed_tokens, budget)
+            if num_new <= 0 or request.finishes_with_placeholders(self.max_model_len):
                 i += 1
                 continue
             while self.kv.allocate_slots(request, num_new) is None:
@@ -137,23 +142,44 @@ class Scheduler:
         self.kv.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.num_placeholders = 0        # a token in flight is dropped; recomputation samples it again
         request.num_preemptions += 1
         self.num_preemptions += 1
         heapq.heappush(self.waiting, request)
 
-    def update_after_step(self, scheduler_output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
-        """Advance progress and append sampled tokens. Returns the requests that got a new token."""
-        got_token = []
+    def advance(self, scheduler_output: SchedulerOutput) -> None:
+        """A step was launched: its tokens count as computed, and each request that samples holds a placeholder
+        for the token until ``commit_tokens`` brings it (at once when synchronous, a step later when async)."""
         for item in scheduler_output.scheduled:
             request = item.request
             if request.status != RequestStatus.RUNNING:
-                continue  # aborted or preempted meanwhile
+                continue  # finished or aborted while the step was being prepared
             request.num_computed_tokens += item.num_new_tokens
+            if item.will_sample:
+                request.num_placeholders += 1
+
+    def commit_tokens(self, scheduler_output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Replace placeholders by the sampled tokens. Returns the requests that got a new token; a request that
+        finished, was aborted or was preempted since the step was launched drops its token."""
+        got_token = []
+        for item in scheduler_output.scheduled:
+            request = item.request
+            if not item.will_sample or request.status != RequestStatus.RUNNING:
+                continue
+            if request.num_preemptions != item.num_preemptions or request.num_placeholders == 0:
+                continue
             token = sampled.get(request.request_id)
-            if token is not None:
-                request.append_token(token)
-                got_token.append(request)
+            if token is None:
+                continue
+            request.num_placeholders -= 1
+            request.append_token(token)
+            got_token.append(request)
         return got_token
+
+    def update_after_step(self, scheduler_output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """The synchronous step: advance, then commit the tokens at once."""
+        self.advance(scheduler_output)
+        return self.commit_tokens(scheduler_output, sampled)
 
     def check_stop(self, request: Request) -> RequestStatus | None:
         """Token-level stop conditions after a new token (stop strings are the detokenizer's)."""

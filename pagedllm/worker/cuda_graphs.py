@@ -42,12 +42,11 @@ class CudaGraphRunner:
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((n, w), dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
-        # Host staging buffers (pinned) so each replay is one async copy per input.
-        self.host_ids = torch.zeros(n, dtype=torch.long).pin_memory()
-        self.host_pos = torch.zeros(n, dtype=torch.long).pin_memory()
-        self.host_slots = torch.zeros(n, dtype=torch.long).pin_memory()
-        self.host_lens = torch.zeros(n, dtype=torch.int32).pin_memory()
-        self.host_tables = torch.zeros((n, w), dtype=torch.int32).pin_memory()
+        # Host staging buffers (pinned) so each replay is one async copy per input. Two sets, used in turn: with
+        # async scheduling the host fills step N+1's inputs while step N's copies may still wait in the stream
+        # (step N-1's set is free by then: the host has waited for step N-1's tokens).
+        self.staging = [_StagingBuffers(n, w) for _ in range(2)]
+        self.num_runs = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = None
@@ -82,21 +81,36 @@ class CudaGraphRunner:
         return num_reqs <= self.max_batch and bool(self.graphs)
 
     def run(self, input_ids: np.ndarray, positions: np.ndarray, slots: np.ndarray, seq_lens: np.ndarray,
-            tables: np.ndarray) -> torch.Tensor:
+            tables: np.ndarray, fixup: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Replay the graph of the smallest bucket holding ``n`` decode rows. ``fixup`` = (rows, tokens): input
+        tokens that are still on the device (async scheduling), written over the staged ones."""
         n = len(input_ids)
         bs = next(s for s in self.sizes if s >= n)
         width = tables.shape[1]
-        self.host_ids[:n] = torch.from_numpy(input_ids)
-        self.host_pos[:n] = torch.from_numpy(positions)
-        self.host_slots[:n] = torch.from_numpy(slots)
-        self.host_slots[n:bs] = -1
-        self.host_lens[:n] = torch.from_numpy(seq_lens)
-        self.host_lens[n:bs] = 0
-        self.host_tables[:n, :width] = torch.from_numpy(tables)
-        self.input_ids[:bs].copy_(self.host_ids[:bs], non_blocking=True)
-        self.positions[:bs].copy_(self.host_pos[:bs], non_blocking=True)
-        self.slot_mapping[:bs].copy_(self.host_slots[:bs], non_blocking=True)
-        self.seq_lens[:bs].copy_(self.host_lens[:bs], non_blocking=True)
-        self.block_tables[:n, :width].copy_(self.host_tables[:n, :width], non_blocking=True)
+        host = self.staging[self.num_runs % 2]
+        self.num_runs += 1
+        host.ids[:n] = torch.from_numpy(input_ids)
+        host.pos[:n] = torch.from_numpy(positions)
+        host.slots[:n] = torch.from_numpy(slots)
+        host.slots[n:bs] = -1
+        host.lens[:n] = torch.from_numpy(seq_lens)
+        host.lens[n:bs] = 0
+        host.tables[:n, :width] = torch.from_numpy(tables)
+        self.input_ids[:bs].copy_(host.ids[:bs], non_blocking=True)
+        self.positions[:bs].copy_(host.pos[:bs], non_blocking=True)
+        self.slot_mapping[:bs].copy_(host.slots[:bs], non_blocking=True)
+        self.seq_lens[:bs].copy_(host.lens[:bs], non_blocking=True)
+        self.block_tables[:n, :width].copy_(host.tables[:n, :width], non_blocking=True)
+        if fixup is not None:
+            self.input_ids[fixup[0]] = fixup[1]
         self.graphs[bs].replay()
         return self.outputs[bs][:n]
+
+
+class _StagingBuffers:
+    def __init__(self, n: int, width: int):
+        self.ids = torch.zeros(n, dtype=torch.long).pin_memory()
+        self.pos = torch.zeros(n, dtype=torch.long).pin_memory()
+        self.slots = torch.zeros(n, dtype=torch.long).pin_memory()
+        self.lens = torch.zeros(n, dtype=torch.int32).pin_memory()
+        self.tables = torch.zeros((n, width), dtype=torch.int32).pin_memory()

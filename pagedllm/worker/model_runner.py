@@ -12,7 +12,7 @@ import torch
 from pagedllm.config import EngineConfig
 from pagedllm.engine.request import Request
 from pagedllm.engine.scheduler import SchedulerOutput
-from pagedllm.model.layers.sampler import Sampler, top_logprobs
+from pagedllm.model.layers.sampler import Sampler, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.worker.forward_batch import ForwardBatch
 
@@ -28,6 +28,18 @@ class ModelRunnerOutput:
     logprobs: dict[str, tuple] = field(default_factory=dict)
     # request id -> list of (prompt position, token id, its logprob, rank, top ids, top logprobs)
     prompt_logprobs: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass
+class LaunchedStep:
+    """A step whose device work is queued: what ``ModelRunner.finish`` needs to complete it."""
+    sched: SchedulerOutput
+    hidden: torch.Tensor
+    starts: np.ndarray                       # query start of each scheduled request in the flat batch
+    sampled_requests: list[Request]          # requests that sample this step, in logits-row order
+    logits: torch.Tensor | None = None
+    tokens_host: torch.Tensor | None = None  # async: the sampled tokens, being copied to the host
+    ready: object | None = None              # async on CUDA: event recorded after that copy
 
 
 class ModelRunner:
@@ -47,6 +59,9 @@ class ModelRunner:
         self.model = load_model(config)
         self.load_seconds = time.perf_counter() - t0
         self.sampler = Sampler()
+        # The last step's sampled tokens on the device, and each request's row in it (async scheduling).
+        self._prev_sampled = torch.empty(0, dtype=torch.long, device=self.device)
+        self._prev_sampled_rows: dict[str, int] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
@@ -152,6 +167,16 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """One synchronous step: forward, then sampling with the host waiting for the tokens."""
+        return self.finish(self.launch(sched, sample_async=False))
+
+    @torch.inference_mode()
+    def launch(self, sched: SchedulerOutput, sample_async: bool) -> "LaunchedStep":
+        """Prepare the inputs and queue the forward pass (and, when ``sample_async``, the sampling and the copy of
+        the tokens to the host) without waiting for the device.
+
+        Async scheduling: a request whose last token was sampled by the previous step but is not on the host yet
+        (a placeholder) takes that token straight from the previous step's device tensor of sampled tokens."""
         items = sched.scheduled
         bs = self.block_size
         num_reqs = len(items)
@@ -159,47 +184,82 @@ class ModelRunner:
         starts = np.zeros(num_reqs + 1, dtype=np.int32)
         np.cumsum(q_lens, out=starts[1:])
         total = int(starts[-1])
-        input_ids = np.empty(total, dtype=np.int64)
+        input_ids = np.zeros(total, dtype=np.int64)
         positions = np.empty(total, dtype=np.int64)
         seq_lens = np.empty(num_reqs, dtype=np.int32)
         width = max(-(-(it.request.num_computed_tokens + it.num_new_tokens) // bs) for it in items)
         tables = np.zeros((num_reqs, width), dtype=np.int32)
+        fix_dst: list[int] = []      # flat input rows whose token is still on the device ...
+        fix_src: list[int] = []      # ... and its row in the previous step's sampled tokens
         for i, it in enumerate(items):
             r = it.request
             s, e = starts[i], starts[i + 1]
             c = r.num_computed_tokens
-            input_ids[s:e] = r.token_ids[c:c + it.num_new_tokens]
+            known = r.token_ids[c:c + it.num_new_tokens]
+            input_ids[s:s + len(known)] = known
+            if len(known) < it.num_new_tokens:
+                fix_dst.append(int(s) + len(known))
+                fix_src.append(self._prev_sampled_rows[r.request_id])
             positions[s:e] = np.arange(c, c + it.num_new_tokens)
             seq_lens[i] = c + it.num_new_tokens
             tables[i, :len(r.block_ids)] = r.block_ids[:width]
         req_index = np.repeat(np.arange(num_reqs), q_lens)
         slots = tables[req_index, positions // bs].astype(np.int64) * bs + positions % bs
+        fixup = None
+        if fix_dst:
+            fixup = (to_device(fix_dst, self.device), self._prev_sampled[to_device(fix_src, self.device)])
         if total == num_reqs and self.graph_runner is not None and self.graph_runner.can_run(num_reqs):
-            hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables)
+            hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup)
         else:
             batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches)
+            if fixup is not None:
+                batch.input_ids[fixup[0]] = fixup[1]
             hidden = self.model(batch.input_ids, batch.positions, batch)
 
-        # Which rows need logits: the last token of each request that catches up (to sample), and every prompt
-        # position of requests that asked for prompt logprobs.
         sample_items = [(i, it) for i, it in enumerate(items) if it.will_sample]
+        step = LaunchedStep(sched, hidden, starts, [it.request for _, it in sample_items])
+        if sample_items:
+            rows = to_device([int(starts[i + 1]) - 1 for i, _ in sample_items], self.device)
+            step.logits = self.model.compute_logits(hidden[rows])
+        if sample_async:
+            tokens = (self.sampler.sample(step.logits, step.sampled_requests) if sample_items
+                      else torch.empty(0, dtype=torch.long, device=self.device))
+            self._remember_sampled(tokens, step.sampled_requests)
+            step.tokens_host = tokens.to("cpu", non_blocking=True)
+            if self.device.type == "cuda":
+                step.ready = torch.cuda.Event()
+                step.ready.record()
+        return step
+
+    def _remember_sampled(self, tokens: torch.Tensor, requests: list[Request]) -> None:
+        self._prev_sampled = tokens
+        self._prev_sampled_rows = {r.request_id: j for j, r in enumerate(requests)}
+
+    @torch.inference_mode()
+    def finish(self, step: "LaunchedStep") -> ModelRunnerOutput:
+        """The host side of a step: wait for its tokens (async), or sample now with logprobs (synchronous)."""
         out = ModelRunnerOutput()
+        if step.tokens_host is not None:
+            if step.ready is not None:
+                step.ready.synchronize()
+            out.sampled = {r.request_id: t for r, t in zip(step.sampled_requests, step.tokens_host.tolist())}
+            return out
+        # Which rows need logits besides the sampled ones: every prompt position of requests that asked for
+        # prompt logprobs.
         prompt_rows: list[tuple[Request, int, int]] = []   # (request, flat row, prompt position)
-        for i, it in enumerate(items):
+        for i, it in enumerate(step.sched.scheduled):
             r = it.request
             if r.sampling_params.prompt_logprobs is None:
                 continue
             c = r.num_computed_tokens
             for p in range(c, min(c + it.num_new_tokens, r.num_prompt_tokens - 1)):
-                prompt_rows.append((r, int(starts[i]) + p - c, p))
+                prompt_rows.append((r, int(step.starts[i]) + p - c, p))
         if prompt_rows:
-            self._prompt_logprobs(hidden, prompt_rows, out)
-        if sample_items:
-            rows = torch.tensor([int(starts[i + 1]) - 1 for i, _ in sample_items], device=self.device)
-            logits = self.model.compute_logits(hidden[rows])
-            requests = [it.request for _, it in sample_items]
-            result = self.sampler(logits, requests)
-            for r, tok, lp in zip(requests, result.token_ids, result.logprobs):
+            self._prompt_logprobs(step.hidden, prompt_rows, out)
+        if step.sampled_requests:
+            result = self.sampler(step.logits, step.sampled_requests)
+            self._remember_sampled(result.tokens, step.sampled_requests)
+            for r, tok, lp in zip(step.sampled_requests, result.token_ids, result.logprobs):
                 out.sampled[r.request_id] = tok
                 if lp is not None:
                     out.logprobs[r.request_id] = lp

@@ -109,7 +109,7 @@ def test_step_failure_marks_engine_dead(engine, monkeypatch):
     async def main():
         asyncio.get_running_loop()
         await engine.check_health()
-        monkeypatch.setattr(runner, "execute", broken)
+        monkeypatch.setattr(runner, "launch", broken)
         with pytest.raises(EngineDeadError, match="simulated CUDA error"):
             await collect(engine, "Hello", greedy(4), "doomed")
         with pytest.raises(EngineDeadError):

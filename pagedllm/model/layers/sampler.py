@@ -15,9 +15,16 @@ from pagedllm.engine.request import Request
 
 @dataclass
 class SamplerOutput:
+    tokens: torch.Tensor          # [R] the sampled tokens, on the logits' device
     token_ids: list[int]
     # Per row: (top ids, top logprobs, sampled logprob, sampled rank) when logprobs were asked, else None.
     logprobs: list[tuple[list[int], list[float], float, int] | None]
+
+
+def to_device(values, device) -> torch.Tensor:
+    """A small host list as a device tensor, copied without waiting for the device's queued work (a plain
+    ``torch.tensor(..., device=cuda)`` would wait for it and undo async scheduling's overlap)."""
+    return torch.tensor(values).to(device, non_blocking=True)
 
 
 def _pad(rows: list[list[int]], fill: int, device) -> torch.Tensor:
@@ -26,7 +33,7 @@ def _pad(rows: list[list[int]], fill: int, device) -> torch.Tensor:
     for i, r in enumerate(rows):
         if r:
             out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return out.to(device)
+    return out.to(device, non_blocking=True)
 
 
 def _token_mask(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
@@ -46,29 +53,28 @@ def _token_counts(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
+        """Sample and bring the tokens (and the logprobs asked for) to the host."""
         logits = logits.float()
-        num_rows = logits.shape[0]
         params = [r.sampling_params for r in requests]
-
-        want_logprobs = [sp.logprobs is not None for sp in params]
-        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
-        logits = self._apply_masks(logits, requests)
-        logits = self._apply_penalties(logits, requests)
-
-        greedy = [sp.greedy for sp in params]
-        if all(greedy):
-            sampled = logits.argmax(dim=-1)
-        else:
-            sampled = self._sample_mixed(logits, requests, greedy)
-
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(sp.logprobs is not None for sp in params) else None
+        sampled = self.sample(logits, requests)
         token_ids = sampled.tolist()
-        logprob_out: list = [None] * num_rows
+        logprob_out: list = [None] * logits.shape[0]
         if raw_logprobs is not None:
             for i, sp in enumerate(params):
                 if sp.logprobs is None:
                     continue
                 logprob_out[i] = top_logprobs(raw_logprobs[i], token_ids[i], sp.logprobs)
-        return SamplerOutput(token_ids, logprob_out)
+        return SamplerOutput(sampled, token_ids, logprob_out)
+
+    def sample(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        """The sampled tokens as a device tensor, without waiting for the device (async scheduling)."""
+        logits = self._apply_masks(logits.float(), requests)
+        logits = self._apply_penalties(logits, requests)
+        greedy = [r.sampling_params.greedy for r in requests]
+        if all(greedy):
+            return logits.argmax(dim=-1)
+        return self._sample_mixed(logits, requests, greedy)
 
     def _sample_mixed(self, logits: torch.Tensor, requests: list[Request], greedy: list[bool]) -> torch.Tensor:
         """Greedy rows take the argmax; the others are drawn from their processed distribution."""
@@ -76,15 +82,16 @@ class Sampler:
         params = [r.sampling_params for r in requests]
         sampled = torch.empty(logits.shape[0], dtype=torch.long, device=device)
         if any(greedy):
-            idx = torch.tensor([i for i, g in enumerate(greedy) if g], device=device)
+            idx = to_device([i for i, g in enumerate(greedy) if g], device)
             sampled[idx] = logits[idx].argmax(dim=-1)
         rows = [i for i, g in enumerate(greedy) if not g]
-        idx = torch.tensor(rows, device=device)
+        idx = to_device(rows, device)
         probs = self._sampling_probs(logits[idx], [params[i] for i in rows])
         noise = torch.empty_like(probs)
         unseeded = [j for j, i in enumerate(rows) if requests[i].generator is None]
         if unseeded:
-            noise[unseeded] = torch.empty(len(unseeded), logits.shape[1], device=device).exponential_()
+            fresh = torch.empty(len(unseeded), logits.shape[1], device=device).exponential_()
+            noise[to_device(unseeded, device)] = fresh
         for j, i in enumerate(rows):
             if requests[i].generator is not None:
                 noise[j].exponential_(generator=requests[i].generator)
@@ -99,15 +106,16 @@ class Sampler:
             sp = r.sampling_params
             if sp.allowed_token_ids is not None:
                 keep = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
-                keep[torch.tensor(sp.allowed_token_ids, device=logits.device)] = True
+                keep[to_device(sp.allowed_token_ids, logits.device)] = True
                 logits[i].masked_fill_(~keep, float("-inf"))
             if sp.logit_bias:
-                ids = torch.tensor(list(sp.logit_bias), device=logits.device)
-                logits[i, ids] += torch.tensor(list(sp.logit_bias.values()), device=logits.device)
-            if r.num_output_tokens < sp.min_tokens:
+                ids = to_device(list(sp.logit_bias), logits.device)
+                logits[i, ids] += to_device(list(sp.logit_bias.values()), logits.device)
+            # Tokens still in flight (async scheduling) count as output already.
+            if r.num_output_tokens + r.num_placeholders < sp.min_tokens:
                 blocked = set(sp.stop_token_ids) | (set() if sp.ignore_eos else r.eos_token_ids)
                 if blocked:
-                    logits[i, torch.tensor(sorted(blocked), device=logits.device)] = float("-inf")
+                    logits[i, to_device(sorted(blocked), logits.device)] = float("-inf")
         return logits
 
     @staticmethod
@@ -117,26 +125,26 @@ class Sampler:
         rep = [sp.repetition_penalty for sp in params]
         if any(p != 1.0 for p in rep):
             seen = _token_mask([r.token_ids for r in requests], vocab, logits.device)
-            p = torch.tensor(rep, device=logits.device)[:, None].expand_as(logits)
+            p = to_device(rep, logits.device)[:, None].expand_as(logits)
             penalized = torch.where(logits > 0, logits / p, logits * p)
             logits = torch.where(seen, penalized, logits)
         freq = [sp.frequency_penalty for sp in params]
         pres = [sp.presence_penalty for sp in params]
         if any(freq) or any(pres):
             counts = _token_counts([r.output_token_ids for r in requests], vocab, logits.device)
-            logits = logits - torch.tensor(freq, device=logits.device)[:, None] * counts
-            logits = logits - torch.tensor(pres, device=logits.device)[:, None] * (counts > 0).float()
+            logits = logits - to_device(freq, logits.device)[:, None] * counts
+            logits = logits - to_device(pres, logits.device)[:, None] * (counts > 0).float()
         return logits
 
     @staticmethod
     def _sampling_probs(logits: torch.Tensor, params) -> torch.Tensor:
         device = logits.device
-        temp = torch.tensor([sp.temperature for sp in params], device=device)[:, None]
+        temp = to_device([sp.temperature for sp in params], device)[:, None]
         logits = logits / temp
         min_p = [sp.min_p for sp in params]
         if any(min_p):
             probs = torch.softmax(logits, dim=-1)
-            threshold = torch.tensor(min_p, device=device)[:, None] * probs.max(dim=-1, keepdim=True).values
+            threshold = to_device(min_p, device)[:, None] * probs.max(dim=-1, keepdim=True).values
             logits = logits.masked_fill(probs < threshold, float("-inf"))
         top_k = [sp.top_k for sp in params]
         top_p = [sp.top_p for sp in params]
@@ -145,12 +153,12 @@ class Sampler:
             sorted_logits, order = logits.sort(dim=-1, descending=True)
             vocab = logits.shape[1]
             ranks = torch.arange(vocab, device=device)[None, :]
-            k = torch.tensor([k if k > 0 else vocab for k in top_k], device=device)[:, None]
+            k = to_device([k if k > 0 else vocab for k in top_k], device)[:, None]
             sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
             probs_sorted = torch.softmax(sorted_logits, dim=-1)
             # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it already does.
             mass_before = probs_sorted.cumsum(dim=-1) - probs_sorted
-            p = torch.tensor(top_p, device=device)[:, None]
+            p = to_device(top_p, device)[:, None]
             sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
         return torch.softmax(logits, dim=-1)
