@@ -169,6 +169,8 @@ class EngineConfig:
     @property
     def async_scheduling(self) -> bool:
         flag = self.args.async_scheduling
+        if flag is None and os.environ.get("PAGEDLLM_ASYNC_SCHEDULING", "").strip():
+            flag = env_flag("PAGEDLLM_ASYNC_SCHEDULING")   # A/B runs through harnesses that fix the arguments
         return self.device.type == "cuda" if flag is None else bool(flag)
 
     @property
