@@ -6,9 +6,38 @@ parallelism will shard these same layers (column: output rows, row: input column
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# CPU GEMMs through oneDNN with the weight reordered once into its blocked layout (what vLLM's CPU backend and
+# inductor's CPU path do). On a 2-core AVX512 EPYC, SmolLM2-135M's 30 layers of projections take 33 ms (fp32,
+# 1 token) / 35 ms (fp32, 16 tokens) instead of 66 / 85 ms through ``F.linear`` (MKL), and bf16 16 / 22 ms instead
+# of 24 / 32 ms. fp32 results differ from MKL's by ~1e-6 (another summation order). PAGEDLLM_CPU_ONEDNN=0 turns
+# it off (A/B runs).
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def onednn_enabled() -> bool:
+    return (os.environ.get("PAGEDLLM_CPU_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off")
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
+    """``weight`` [out, in] reordered for ``onednn_linear``, or None where that path does not apply."""
+    if weight.device.type != "cpu" or weight.dtype not in _ONEDNN_DTYPES or weight.dim() != 2 \
+            or weight.numel() == 0 or not onednn_enabled():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 16)
+    except RuntimeError:
+        return None
+
+
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
@@ -22,18 +51,52 @@ class LinearBase(nn.Module):
         super().__init__()
         self.input_size, self.output_size = input_size, output_size
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        self.weight.weight_loader = self._load
         if bias:
             self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
-            self.bias.weight_loader = self.weight_loader
+            self.bias.weight_loader = self._load
         else:
             self.register_parameter("bias", None)
+        # CPU: the oneDNN-reordered weight, made at the first forward. The dense weight's storage is then released
+        # (as vLLM's CPU backend does: the model would otherwise take twice its memory) and comes back, exactly,
+        # from the packed copy if anything needs it again (a weight reload, a grad-mode call, another device).
+        self._packed: torch.Tensor | None = None
+        self._pack_tried = False
+
+    def _load(self, param: torch.Tensor, loaded: torch.Tensor, *args) -> None:
+        self.unpack()
+        self.weight_loader(param, loaded, *args)
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
         default_weight_loader(param, loaded)
 
+    def unpack(self) -> None:
+        """Give the weight its dense storage back (no-op unless packed)."""
+        if self._packed is not None:
+            with torch.inference_mode(False):    # a normal tensor: later in-place loads work outside inference mode
+                self.weight.data = self._packed.to_dense()
+            self._packed = None
+        self._pack_tried = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return F.linear(x, self.weight, self.bias)
+        if not self._pack_tried:
+            self._pack_tried = True
+            with torch.inference_mode(False):
+                self._packed = onednn_pack(self.weight)
+                if self._packed is not None:
+                    self.weight.data = self.weight.data.new_empty(0)
+        if self._packed is not None:
+            if x.dtype == self._packed.dtype and not (torch.is_grad_enabled() and x.requires_grad):
+                return onednn_linear(x, self._packed, self.bias)
+            self.unpack()
+            self._pack_tried = True    # this module's inputs do not fit the packed path: stay dense
         return F.linear(x, self.weight, self.bias)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.unpack()   # .to(device / dtype): move the dense weight, pack again (if it applies) at the next forward
+        return super()._apply(fn, *args, **kwargs)
 
 
 class ReplicatedLinear(LinearBase):
