@@ -30,11 +30,36 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
     v_cache.view(num_blocks * block_size, *v_cache.shape[2:]).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
 
 
-def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int, which: int = 0) -> torch.Tensor:
     """The first ``length`` cached tokens of one request: ``[length, num_kv_heads, head_dim]``."""
     block_size = cache.shape[1]
     num_blocks = (length + block_size - 1) // block_size
-    return cache[block_table[:num_blocks].long()].flatten(0, 1)[:length]
+    return _gather_blocks(cache, block_table[:num_blocks], which).flatten(0, 1)[:length]
+
+
+# CPU scratch for the gathered keys / values, reused by every layer and step: a fresh multi-MB tensor per gather
+# costs page faults (a 16-request decode gather measured 0.1 to 1.7 ms instead of 0.05 ms). Key: (dtype, which).
+_cpu_scratch: dict[tuple[torch.dtype, int], torch.Tensor] = {}
+
+
+def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> torch.Tensor:
+    """``cache[table]`` (any shape of ``table``) through ``index_select``: whole blocks are copied as rows, 10x
+    faster on CPU than advanced indexing (34 vs 310 us for 144 blocks of 16x3x64 fp32); the same values. On CPU
+    the result lives in a scratch buffer (``which`` picks one: keys and values need two) that the next gather
+    overwrites."""
+    flat = table.reshape(-1)
+    if flat.dtype != torch.long:
+        flat = flat.long()
+    shape = (*table.shape, *cache.shape[1:])
+    if cache.device.type != "cpu":
+        return cache.index_select(0, flat).view(shape)
+    n = flat.numel() * cache[0].numel()
+    buf = _cpu_scratch.get((cache.dtype, which))
+    if buf is None or buf.numel() < n:
+        buf = _cpu_scratch[(cache.dtype, which)] = torch.empty(n, dtype=cache.dtype)
+    out = buf[:n].view(flat.numel(), *cache.shape[1:])
+    torch.index_select(cache, 0, flat, out=out)
+    return out.view(shape)
 
 
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -64,17 +89,25 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         max_len = max(lens[i] for i in decode)
         block_size = k_cache.shape[1]
         nblk = (max_len + block_size - 1) // block_size
-        idx = torch.tensor(decode, dtype=torch.long, device=query.device)
-        tables = block_tables[idx, :nblk].long()
-        keys = k_cache[tables].flatten(1, 2)[:, :max_len].transpose(1, 2)       # [D, Hkv, L, hd]
-        values = v_cache[tables].flatten(1, 2)[:, :max_len].transpose(1, 2)
-        q_rows = torch.tensor([starts[i] for i in decode], dtype=torch.long, device=query.device)
-        q = query[q_rows].view(len(decode), num_kv_heads, group, head_dim)       # [D, Hkv, G, hd]
-        ctx = torch.tensor([lens[i] for i in decode], device=query.device)
+        # Pure decode batch (the common case): rows, tables and the output need no indexing at all.
+        pure = len(decode) == num_reqs and starts[num_reqs] == num_reqs and query.shape[0] == num_reqs
+        if pure:
+            tables = block_tables[:, :nblk]
+            q = query.view(num_reqs, num_kv_heads, group, head_dim)             # [D, Hkv, G, hd]
+        else:
+            idx = torch.tensor(decode, dtype=torch.long, device=query.device)
+            tables = block_tables[idx, :nblk]
+            q_rows = torch.tensor([starts[i] for i in decode], dtype=torch.long, device=query.device)
+            q = query[q_rows].view(len(decode), num_kv_heads, group, head_dim)
+        keys = _gather_blocks(k_cache, tables).flatten(1, 2)[:, :max_len].transpose(1, 2)   # [D, Hkv, L, hd]
+        values = _gather_blocks(v_cache, tables, 1).flatten(1, 2)[:, :max_len].transpose(1, 2)
         mask = None
         if any(lens[i] != max_len for i in decode):   # all equal (e.g. one request): nothing to mask
+            ctx = torch.tensor([lens[i] for i in decode], device=query.device)
             mask = (torch.arange(max_len, device=query.device)[None, :] < ctx[:, None])[:, None, None, :]
         o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
+        if pure:
+            return o.reshape(num_reqs, num_heads, head_dim)
         out[q_rows] = o.reshape(len(decode), num_heads, head_dim)
         done = set(decode)
 
@@ -84,7 +117,7 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         s, e, ctx_len = starts[i], starts[i + 1], lens[i]
         q_len = e - s
         keys = _gather_context(k_cache, block_tables[i], ctx_len).transpose(0, 1)     # [Hkv, ctx, hd]
-        values = _gather_context(v_cache, block_tables[i], ctx_len).transpose(0, 1)
+        values = _gather_context(v_cache, block_tables[i], ctx_len, 1).transpose(0, 1)
         q = query[s:e].view(q_len, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)   # [Hkv, G, q_len, hd]
         q = q.reshape(num_kv_heads, group * q_len, head_dim)
         # Causal over the new tokens, full over the cached prefix: query row r (token r % q_len) sees keys
