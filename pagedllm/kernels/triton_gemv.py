@@ -1,0 +1,253 @@
+"""Skinny GEMM (decode-time linear layers): ``y = x @ W^T (+ bias)`` for ``x [M, K]`` with ``M <= 16``.
+
+At decode batch sizes 1..16 every linear layer is bound by the weight read (``N * K * 2`` bytes) and cuBLAS leaves
+bandwidth on the table for these shapes (split-K plus a separate reduce kernel, tiles sized for big M). Here each
+program owns ``BLOCK_N`` rows of ``W`` (and, with ``SPLIT_K > 1``, a slice of K) and streams ``[BLOCK_N, BLOCK_K]``
+tiles of it; ``x`` is tiny and stays in L1/L2. Two inner loops:
+
+* ``USE_DOT`` (any M): the tile goes through shared memory (software-pipelined, ``num_stages`` deep, so enough bytes
+  are in flight per SM to cover HBM latency) into ``W_tile @ x_tile^T`` on the tensor cores, ``x`` padded to 16
+  rows, fp32 accumulation;
+* FMA (``M == 1`` only): fp32 FMAs into a ``[BLOCK_N, BLOCK_K]`` register tile, reduced over K once at the end.
+
+Split-K (for shapes with too few row tiles to fill the GPU) stays one kernel: every program writes its fp32 partial
+tile to a persistent workspace and bumps a per-tile counter; the last to arrive sums the partials, adds the bias,
+writes the output and resets the counter. No memset, no reduce kernel; deterministic (the sum is always taken in
+split order by one program).
+
+CUDA-graph safe: no host syncs, the only allocation per call is the output (the split-K workspace is allocated once,
+outside capture; a capture that would need a bigger one falls back to ``SPLIT_K = 1``), and the launch config is a
+pure function of ``(M, N, K)`` (a table measured on an H200 plus a heuristic), no run-time autotuning.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_M = 16
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_ym,
+                        HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Clamp out-of-range rows to row 0 instead of masking: W loads stay unmasked (vectorised); stores are masked.
+    rows = tl.where(offs_n < N, offs_n, 0)
+    offs_k = tl.arange(0, BLOCK_K)
+    if SPLIT_K == 1:
+        k_start = 0
+        k_end = K
+    else:
+        k_start = pid_k * K_PER_SPLIT
+        k_end = tl.minimum(K, k_start + K_PER_SPLIT)
+    w_ptrs = W + rows.to(tl.int64)[:, None] * stride_wn + (k_start + offs_k)[None, :]
+    if USE_DOT:
+        offs_m = tl.arange(0, BLOCK_M)
+        # Rows m >= M re-read row M-1 (cheap, cached); their results are never stored.
+        xrows = tl.minimum(offs_m, M - 1)
+        x_ptrs = X + xrows[:, None] * stride_xm + (k_start + offs_k)[None, :]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            if EVEN_K:
+                w = tl.load(w_ptrs)
+                x = tl.load(x_ptrs)
+            else:
+                kmask = offs_k[None, :] < k_end - k0
+                w = tl.load(w_ptrs, mask=kmask, other=0.0)
+                x = tl.load(x_ptrs, mask=kmask, other=0.0)
+            acc = tl.dot(w, tl.trans(x), acc)
+            w_ptrs += BLOCK_K
+            x_ptrs += BLOCK_K
+        tile_offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + offs_m[None, :]
+        TILE: tl.constexpr = BLOCK_N * BLOCK_M
+    else:
+        # M == 1: elementwise FMAs into a [BLOCK_N, BLOCK_K] fp32 tile, one reduction over K at the end.
+        x_ptrs = X + k_start + offs_k
+        acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            if EVEN_K:
+                w = tl.load(w_ptrs)
+                x = tl.load(x_ptrs)
+            else:
+                kmask = offs_k < k_end - k0
+                w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
+                x = tl.load(x_ptrs, mask=kmask, other=0.0)
+            acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
+            w_ptrs += BLOCK_K
+            x_ptrs += BLOCK_K
+        acc = tl.sum(acc2, axis=1)
+        tile_offs = tl.arange(0, BLOCK_N)
+        TILE: tl.constexpr = BLOCK_N
+
+    if SPLIT_K > 1:
+        # Split K over SPLIT_K programs per row tile: each writes its fp32 partial tile to the workspace; the last
+        # to arrive (a per-tile counter, reset by that program, so it is back to 0 for the next launch or graph
+        # replay) sums the partials and writes the output. One kernel, no memset, no reduce kernel.
+        tl.store(WS + (pid_k * tl.num_programs(0) + pid_n) * TILE + tile_offs, acc)
+        tl.debug_barrier()          # all threads' partial stores precede the (single-thread, release) atomic
+        count = tl.atomic_add(Locks + pid_n, 1, sem="acq_rel", scope="gpu")
+        if count == SPLIT_K - 1:
+            acc = tl.load(WS + pid_n * TILE + tile_offs, cache_modifier=".cg")
+            for s in tl.static_range(1, SPLIT_K):
+                acc += tl.load(WS + (s * tl.num_programs(0) + pid_n) * TILE + tile_offs, cache_modifier=".cg")
+            _epilogue(acc, B, Y, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
+            tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
+    else:
+        _epilogue(acc, B, Y, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
+
+
+@triton.jit
+def _epilogue(acc, B, Y, rows, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
+              BLOCK_M: tl.constexpr):
+    if USE_DOT:
+        if HAS_BIAS:
+            acc += tl.load(B + rows).to(tl.float32)[:, None]
+        offs_m = tl.arange(0, BLOCK_M)
+        y_ptrs = Y + offs_m[None, :] * stride_ym + offs_n[:, None]
+        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_m[None, :] < M))
+    else:
+        if HAS_BIAS:
+            acc += tl.load(B + rows).to(tl.float32)
+        tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=offs_n < N)
+
+
+class GemvConfig(NamedTuple):
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    use_dot: bool = True     # False: the FMA path (used for M == 1 only; M > 1 always uses the dot path)
+    split_k: int = 1
+
+
+# Measured per-shape choices, keyed by (N, K) then by M bucket (1: M == 1, 16: 2 <= M <= 16). From the H200 sweep
+# (benchmarks/kernels/bench_gemv.py --sweep); shapes not listed fall back to _heuristic_config.
+_TABLE: dict[tuple[int, int], dict[int, GemvConfig]] = {
+    # Qwen2.5-1.5B: qkv, o, gate_up, down, LM head
+    (2048, 1536): {1: GemvConfig(16, 512, 8, 1, False), 16: GemvConfig(16, 512, 4, 3)},
+    (1536, 1536): {1: GemvConfig(16, 512, 8, 1, False), 16: GemvConfig(16, 512, 4, 3)},
+    (17920, 1536): {1: GemvConfig(64, 128, 8, 1, False), 16: GemvConfig(64, 128, 4, 3)},
+    (1536, 8960): {1: GemvConfig(16, 512, 8, 1, False), 16: GemvConfig(16, 512, 4, 5)},
+    (151936, 1536): {1: GemvConfig(16, 256, 4, 1, False), 16: GemvConfig(64, 128, 4, 3)},
+    # Qwen2.5-7B
+    (4608, 3584): {1: GemvConfig(16, 512, 8, 1, False), 16: GemvConfig(64, 256, 4, 5)},
+    (3584, 3584): {1: GemvConfig(16, 512, 8, 1, False), 16: GemvConfig(32, 256, 4, 5)},
+    (37888, 3584): {1: GemvConfig(16, 256, 4, 1, False), 16: GemvConfig(64, 128, 4, 3)},
+    (3584, 18944): {1: GemvConfig(16, 512, 8, 1, False), 16: GemvConfig(32, 256, 4, 5)},
+    (152064, 3584): {1: GemvConfig(16, 256, 4, 1, False), 16: GemvConfig(64, 128, 4, 3)},
+}
+
+# The configs the benchmark sweeps (and the tests check): M == 1 (FMA path) and M in 2..16 (dot path).
+CANDIDATES_M1 = ([GemvConfig(bn, bk, w, 1, False, sk)
+                  for bn, bk, w in [(16, 512, 8), (8, 512, 4), (8, 1024, 8), (16, 256, 4)] for sk in (1, 2, 3)]
+                 + [GemvConfig(32, 256, 8, 1, False), GemvConfig(64, 128, 8, 1, False)])
+CANDIDATES_M16 = ([GemvConfig(16, 512, 4, 5, True, sk) for sk in (1, 2, 3)]
+                  + [GemvConfig(bn, bk, w, st, True, sk)
+                     for bn, bk, w, st in [(32, 256, 4, 5), (64, 256, 4, 5), (16, 256, 4, 7)] for sk in (1, 2)]
+                  + [GemvConfig(16, 512, 4, 3), GemvConfig(64, 128, 4, 3), GemvConfig(32, 128, 4, 7)])
+
+_NUM_SMS_DEFAULT = 132
+
+
+def _m_bucket(m: int) -> int:
+    return 1 if m == 1 else 16
+
+
+def _heuristic_config(m: int, n: int, k: int, num_sms: int = _NUM_SMS_DEFAULT) -> GemvConfig:
+    """Untabled shapes: enough programs to cover every SM (the weight read needs all of them)."""
+    if m == 1:
+        if n >= 64 * num_sms:
+            return GemvConfig(16, 256, 4, 1, False)
+        return GemvConfig(16, 512, 8, 1, False, 2 if n < 16 * num_sms and k >= 4096 else 1)
+    if n >= 128 * num_sms:
+        return GemvConfig(64, 128, 4, 3)
+    if n >= 32 * num_sms:
+        return GemvConfig(32, 256, 4, 5)
+    return GemvConfig(16, 512, 4, 5, True, 2 if k >= 4096 else 1)
+
+
+def get_config(m: int, n: int, k: int) -> GemvConfig:
+    per_m = _TABLE.get((n, k))
+    if per_m is not None:
+        cfg = per_m.get(_m_bucket(m))
+        if cfg is not None:
+            return cfg
+    return _heuristic_config(m, n, k)
+
+
+# Split-K workspace (fp32 partial tiles) and per-tile arrival counters, per device. Allocated outside graph capture
+# and never freed (a captured graph keeps pointing at them); the counters are reset by the kernel itself. Calls on
+# one stream are serialised, so one workspace per device suffices (not for concurrent calls on several streams).
+_WORKSPACES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_RETIRED: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+def _workspace(device: torch.device, ws_elems: int, n_locks: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    cur = _WORKSPACES.get(device)
+    if cur is not None and cur[0].numel() >= ws_elems and cur[1].numel() >= n_locks:
+        return cur
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None                 # no allocation during capture: caller falls back to split_k = 1
+    if cur is not None:
+        _RETIRED.append(cur)        # a captured graph may still use it
+    ws = torch.empty(max(ws_elems, 1 << 20), dtype=torch.float32, device=device)
+    locks = torch.zeros(max(n_locks, 1 << 14), dtype=torch.int32, device=device)
+    _WORKSPACES[device] = (ws, locks)
+    return ws, locks
+
+
+def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              cfg: GemvConfig) -> torch.Tensor:
+    """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous."""
+    m, k = x.shape
+    n = weight.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return y
+    if k == 0:
+        return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
+    use_dot = cfg.use_dot or m > 1
+    block_n = max(cfg.block_n, 16) if use_dot else cfg.block_n     # tl.dot needs >= 16 rows
+    block_k = cfg.block_k
+    grid_n = triton.cdiv(n, block_n)
+    split_k = max(1, min(cfg.split_k, triton.cdiv(k, block_k)))
+    ws = locks = weight                                  # unused unless split_k > 1
+    if split_k > 1:
+        buffers = _workspace(x.device, split_k * grid_n * block_n * (MAX_M if use_dot else 1), grid_n)
+        if buffers is None:
+            split_k = 1
+        else:
+            ws, locks = buffers
+    k_per_split = triton.cdiv(triton.cdiv(k, block_k), split_k) * block_k
+    _skinny_gemm_kernel[(grid_n, split_k)](
+        x, weight, bias if bias is not None else weight, y, ws, locks, m, n, k, k_per_split,
+        x.stride(0), weight.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
+        BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return y
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``F.linear(x, weight, bias)`` for 2-D ``x`` with at most 16 rows, or None where this kernel does not apply
+    (not CUDA, not bf16/fp16, more than 16 rows, non-contiguous operands, dtype mismatch)."""
+    if not (x.is_cuda or _INTERPRET) or x.dim() != 2 or weight.dim() != 2:
+        return None
+    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+        return None
+    m, k = x.shape
+    if m > MAX_M or weight.shape[1] != k or x.device != weight.device:
+        return None
+    if not (x.is_contiguous() and weight.is_contiguous()):
+        return None
+    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
+        return None
+    return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k))

@@ -1,0 +1,147 @@
+"""Skinny-GEMM Triton kernel (pagedllm.kernels.triton_gemv) vs F.linear in fp32 (GPU, or TRITON_INTERPRET=1 on CPU)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+triton = pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRET, reason="needs a CUDA GPU")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Triton 3.6's interpreter mis-converts to bf16; test fp16 there instead.
+DTYPES = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
+
+from pagedllm.kernels import triton_gemv  # noqa: E402
+from pagedllm.kernels.triton_gemv import GemvConfig, skinny_linear, skinny_linear_with_config  # noqa: E402
+
+# (N, K, bias): Qwen2.5-1.5B / 7B decode shapes, then odd ones (N, K not multiples of any block).
+MODEL_SHAPES = [
+    (2048, 1536, True), (1536, 1536, False), (17920, 1536, False), (1536, 8960, False),
+    (4608, 3584, True), (3584, 3584, False), (37888, 3584, False), (3584, 18944, False),
+]
+LM_HEAD_SHAPES = [(151936, 1536, False), (152064, 3584, False)]
+ODD_SHAPES = [(1, 64, True), (7, 100, False), (1000, 1000, True), (4099, 3001, True), (129, 17, False),
+              (300, 8968, False)]
+MS = [1, 2, 3, 8, 16]
+
+if INTERPRET:   # the interpreter is slow: small shapes only
+    SHAPES = [(2048, 1536, True), (1536, 96, False)] + ODD_SHAPES[:3] + [(129, 17, False)]
+else:
+    SHAPES = MODEL_SHAPES + LM_HEAD_SHAPES + ODD_SHAPES
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _inputs(m, n, k, bias, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed * 7919 + m * 31 + n + k)
+    x = torch.randn(m, k, generator=g).to(dtype).to(DEVICE)
+    w = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype).to(DEVICE)
+    b = torch.randn(n, generator=g).to(dtype).to(DEVICE) if bias else None
+    return x, w, b
+
+
+def _ref(x, w, b):
+    return F.linear(x.float(), w.float(), None if b is None else b.float())
+
+
+CASES = [(n, k, bias, DTYPES[0]) for n, k, bias in SHAPES]
+if not INTERPRET:   # fp16 on a few shapes (compiles are per dtype)
+    CASES += [(n, k, bias, torch.float16) for n, k, bias in [(2048, 1536, True), (3584, 18944, False)] + ODD_SHAPES]
+
+
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("n,k,bias,dtype", CASES)
+@pytest.mark.parametrize("with_bias", [None, "flip"])
+def test_skinny_linear(n, k, bias, m, dtype, with_bias):
+    if with_bias == "flip":
+        bias = not bias
+    x, w, b = _inputs(m, n, k, bias, dtype)
+    out = skinny_linear(x, w, b)
+    assert out is not None
+    assert out.shape == (m, n) and out.dtype == dtype
+    assert rel_err(out, _ref(x, w, b)) < 1e-2
+
+
+@pytest.mark.parametrize("cfg", triton_gemv.CANDIDATES_M1 + triton_gemv.CANDIDATES_M16, ids=str)
+def test_configs(cfg):
+    """Every tile config the sweep may pick (split-K included) is correct, with K and N tails and a K so short that
+    some splits are empty; FMA configs (meant for M == 1) also at M > 1, where they run the dot path."""
+    dtype = DTYPES[0]
+    for (n, k, bias), ms in [((4099, 3001, True), (1, 5, 16)), ((129, 17, False), (1, 3)),
+                             ((1000, 2048, False), (1, 16))]:
+        if INTERPRET and n > 1000 and not (cfg.split_k == 2 and cfg.block_n == 16):
+            continue
+        for m in ms:
+            x, w, b = _inputs(m, n, k, bias, dtype, seed=1)
+            out = skinny_linear_with_config(x, w, b, cfg)
+            assert rel_err(out, _ref(x, w, b)) < 1e-2, (n, k, m)
+            if cfg.split_k > 1:                  # the arrival counters were reset: a second call is right too
+                out = skinny_linear_with_config(x, w, b, cfg)
+                assert rel_err(out, _ref(x, w, b)) < 1e-2, (n, k, m)
+
+
+def test_table_configs_run():
+    """Every config in the measured table compiles and is correct on its own shape (M = 1 and 16)."""
+    for (n, k), per_m in triton_gemv._TABLE.items():
+        if INTERPRET and n * k > 4_000_000:
+            continue
+        for bucket, cfg in per_m.items():
+            x, w, b = _inputs(bucket, n, k, False, DTYPES[0], seed=2)
+            assert rel_err(skinny_linear_with_config(x, w, b, cfg), _ref(x, w, b)) < 1e-2
+
+
+def test_declines():
+    x = torch.randn(17, 64).to(DTYPES[0]).to(DEVICE)
+    w = torch.randn(32, 64).to(DTYPES[0]).to(DEVICE)
+    assert skinny_linear(x, w) is None                                   # M > 16
+    assert skinny_linear(x[:4].float(), w.float()) is None               # fp32
+    assert skinny_linear(x[:4], w[:, ::2].contiguous()) is None          # K mismatch
+    wt = torch.randn(64, 32).to(DTYPES[0]).to(DEVICE).t()                # non-contiguous weight
+    assert skinny_linear(x[:4], wt) is None
+    assert skinny_linear(x[:4, ::2], w[:, :32].contiguous()) is None     # non-contiguous x
+    if not INTERPRET:
+        assert skinny_linear(x[:4].cpu(), w.cpu()) is None                # not CUDA
+
+
+def test_empty():
+    x = torch.randn(0, 64).to(DTYPES[0]).to(DEVICE)
+    w = torch.randn(32, 64).to(DTYPES[0]).to(DEVICE)
+    out = skinny_linear(x, w)
+    assert out.shape == (0, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("m", [1, 4])
+@pytest.mark.parametrize("cfg", [None, GemvConfig(16, 512, 8, 1, False, 2), GemvConfig(16, 512, 4, 5, True, 3)],
+                         ids=str)
+def test_cuda_graph_capture(m, cfg):
+    """Captured calls (several in one graph, split-K sharing the workspace) replay correctly on new inputs."""
+    x, w, b = _inputs(m, 4608, 3584, True, torch.bfloat16, seed=3)
+    w2 = torch.randn(1536, 3584, device="cuda", dtype=torch.bfloat16) * 0.02
+
+    def fn():
+        if cfg is None:
+            y = skinny_linear(x, w, b)
+            return y, skinny_linear(x, w2)
+        y = skinny_linear_with_config(x, w, b, cfg)
+        return y, skinny_linear_with_config(x, w2, None, cfg)
+
+    fn()                                                  # warm-up (compile, workspace) outside capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out, out2 = fn()
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, _ref(x, w, b)) < 1e-2
+        assert rel_err(out2, _ref(x, w2, None)) < 1e-2
