@@ -41,9 +41,18 @@ class RotaryEmbedding(nn.Module):
             from pagedllm.kernels.triton_rotary import rotary_inplace
             rotary_inplace(positions, q, k, self.cos, self.sin)
             return q, k
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        # Every layer of a step rotates by the same positions (one shared module): look the rows up and cast them
+        # once per step, not once per layer (the cast is the one _rotate would do). Keyed on the positions' values
+        # (a copy), so a reused or rewritten positions buffer cannot get stale rows.
+        step = self._step
+        if step is None or step[1] != q.dtype or step[0].shape != positions.shape \
+                or not torch.equal(step[0], positions):
+            cos = self.cos[positions].unsqueeze(1).to(q.dtype)
+            sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+            step = self._step = (positions.clone(), q.dtype, cos, sin)
+        return self._rotate(q, step[2], step[3]), self._rotate(k, step[2], step[3])
+
+    _step: tuple | None = None
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         rot = x[..., :self.rotary_dim]
