@@ -264,11 +264,22 @@ def _pick_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
     if isinstance(config_dtype, str):
         config_dtype = _DTYPES.get(config_dtype, torch.float32)
     if device.type == "cpu":
-        # On CPU float32 is both the fastest and the exact match for HF transformers' default.
+        # As vLLM's CPU backend: bf16 where the CPU computes it natively (AVX512-BF16 / AMX), else fp32. With the
+        # prepacked oneDNN GEMMs bf16 decodes SmolLM2 39-56% faster than fp32 on an AVX512-BF16 EPYC (docs/perf.md).
+        # dtype="float32" gives the exact match with HF transformers' fp32.
+        if config_dtype in (None, torch.float32, torch.float16, torch.bfloat16) and _cpu_has_native_bf16():
+            return torch.bfloat16
         return torch.float32
     if config_dtype in (None, torch.float32):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return config_dtype
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _derived_max_model_len(hf_config) -> int:
