@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.model.layers.linear import default_weight_loader, onednn_linear, onednn_pack
+from pagedllm.model.layers.linear import cuda_linear, default_weight_loader, onednn_linear, onednn_pack
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -44,4 +44,6 @@ class ParallelLMHead(VocabParallelEmbedding):
                     self._packed = (key, onednn_pack(self.weight))
             if self._packed[1] is not None:
                 return onednn_linear(hidden, self._packed[1], self.bias)
+        if hidden.is_cuda:
+            return cuda_linear(hidden, self.weight, self.bias)
         return F.linear(hidden, self.weight, self.bias)

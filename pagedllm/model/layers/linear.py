@@ -6,6 +6,7 @@ parallelism will shard these same layers (column: output rows, row: input column
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -38,6 +39,28 @@ def onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
 
 def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+# GPU decode at batch 1: the Triton skinny GEMM (kernels/triton_gemv.py) reads the weights faster than cuBLAS on
+# every Qwen2.5-1.5B/7B projection at M = 1 (1.07-1.68x per call, H200); at 2 <= M < 16 it was slower on most shapes,
+# so only M = 1 is routed. Opt-in (PAGEDLLM_TRITON_GEMV=1) until it is measured end to end in the engine.
+_SKINNY_MAX_M = 1
+
+
+@functools.cache
+def _skinny_enabled() -> bool:
+    return os.environ.get("PAGEDLLM_TRITON_GEMV", "0").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cuda_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` on the GPU, through the skinny-GEMM kernel where it is faster."""
+    if x.dim() == 2 and x.shape[0] <= _SKINNY_MAX_M:
+        if _skinny_enabled():
+            from pagedllm.kernels.triton_gemv import skinny_linear
+            y = skinny_linear(x, weight, bias)
+            if y is not None:
+                return y
+    return F.linear(x, weight, bias)
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
@@ -80,7 +103,7 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
-            return F.linear(x, self.weight, self.bias)
+            return cuda_linear(x, self.weight, self.bias)
         if not self._pack_tried:
             self._pack_tried = True
             with torch.inference_mode(False):
