@@ -84,6 +84,7 @@ class LLMEngine:
         self.child_to_parent: dict[str, str] = {}
         # Async scheduling: the launched step whose tokens the host has not seen yet.
         self._in_flight: tuple[SchedulerOutput, LaunchedStep] | None = None
+        self._async_scheduling = config.async_scheduling    # fixed for the engine's life (reads the environment)
         self.startup_seconds = time.perf_counter() - t0
         logger.info("pagedllm engine ready in %.1f s: %s on %s (%s), %d KV blocks of %d tokens (%d tokens)",
                     self.startup_seconds, config.args.model, config.device, str(config.dtype).replace("torch.", ""),
@@ -230,7 +231,7 @@ class LLMEngine:
         stats.num_preemptions = len(sched.preempted)
         launched, sample_async = None, False
         if not sched.is_empty:
-            sample_async = self.config.async_scheduling and _can_sample_async(sched)
+            sample_async = self._async_scheduling and _can_sample_async(sched)
             for item in sched.scheduled:
                 r = item.request
                 stats.num_prompt_tokens += max(0, min(r.num_computed_tokens + item.num_new_tokens,

@@ -166,11 +166,6 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        """One synchronous step: forward, then sampling with the host waiting for the tokens."""
-        return self.finish(self.launch(sched, sample_async=False))
-
-    @torch.inference_mode()
     def launch(self, sched: SchedulerOutput, sample_async: bool) -> "LaunchedStep":
         """Prepare the inputs and queue the forward pass (and, when ``sample_async``, the sampling and the copy of
         the tokens to the host) without waiting for the device.
