@@ -102,24 +102,28 @@ def block_tables_for(lens, perm, offset):
 
 
 # ---------------------------------------------------------------------------------------------------- decode
-def bench_decode(batch: int, ctx: int, configs: dict, with_sdpa: bool = True) -> dict:
-    lens = [ctx] * batch
-    k, v, perm, bpc = paged_pool(batch * ctx, COPIES)
+def bench_decode(batch: int, ctx: int, configs: dict, with_sdpa: bool = True, lens: list[int] | None = None) -> dict:
+    """Uniform contexts of ``ctx`` keys, or the given ``lens`` (then ``ctx`` is only their mean, for the table)."""
+    lens = lens or [ctx] * batch
+    if len(set(lens)) > 1:
+        with_sdpa = False          # the contiguous SDPA yardstick needs one length
+    k, v, perm, bpc = paged_pool(sum(lens), COPIES)
     seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
     tables = [block_tables_for(lens, perm, c * bpc) for c in range(COPIES)]
     qs = [torch.randn(batch, HQ, D, device="cuda", dtype=DT) for _ in range(COPIES)]
     out = torch.empty_like(qs[0])
     scale = D ** -0.5
-    kv_bytes = batch * ctx * HKV * D * 2 * 2
+    kv_bytes = sum(lens) * HKV * D * 2 * 2
     res = {"batch": batch, "ctx": ctx, "kv_MB": kv_bytes / 1e6, "configs": {}}
     for name, cfg in configs.items():
-        ws = tri.DecodeWorkspace.allocate(batch, HQ, HKV, D, ctas_per_sm=cfg[2] if cfg else tri.DECODE_CTAS_PER_SM)
+        ws = tri.DecodeWorkspace.allocate(batch, HQ, HKV, D, ctas_per_sm=cfg[2] if cfg else tri.DECODE_CTAS_PER_SM,
+                                          tail_splits=cfg[5] if cfg and len(cfg) > 5 else tri.DECODE_TAIL_SPLITS)
         calls = [lambda c=c, cfg=cfg: tri.decode_attention(qs[c], k, v, seq_lens, tables[c], scale, ws, out=out,
                                                            _config=cfg) for c in range(COPIES)]
         us = time_graph(calls)
         eager = time_eager(calls[0])
-        splits = tri.decode_num_splits(batch, HKV, ws.sm_count, ws.max_splits, cfg[2] if cfg else
-                                       tri.DECODE_CTAS_PER_SM)
+        splits = tri.decode_plan(batch, HKV, ws.sm_count, ws.max_splits, cfg[2] if cfg else tri.DECODE_CTAS_PER_SM,
+                                 tail_splits=ws.tail_splits)[0]
         res["configs"][name] = {"graph_us": us, "eager_us": eager, "GBps": kv_bytes / (us * 1e-6) / 1e9,
                                 "splits_grid": splits}
     if with_sdpa:
@@ -202,6 +206,15 @@ DECODE_SWEEP = {
     "bn64_mc32_c2_w4_s2": (64, 32, 2, 4, 2),
     "bn64_mc64_c2_w2_s2": (64, 64, 2, 2, 2),
 }
+# Mixed context lengths (ShareGPT-like decode batches): the tail split of long contexts when the batch alone fills
+# the GPU: (..., TAIL_SPLITS, TAIL_CHUNK); TAIL_SPLITS 1 = off.
+DECODE_MIX_SWEEP = {
+    "tail_off": (64, 64, 2, 4, 2, 1, 256),
+    "tail4x256": (64, 64, 2, 4, 2, 4, 256),
+    "tail4x512": (64, 64, 2, 4, 2, 4, 512),
+    "tail8x128": (64, 64, 2, 4, 2, 8, 128),
+    "tail2x512": (64, 64, 2, 4, 2, 2, 512),
+}
 EXTEND_SWEEP = {
     # (BLOCK_M, BLOCK_N, num_warps, num_stages); all with the short-request second pass when it applies
     "default_onepass": None,
@@ -218,6 +231,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--decode-mix", action="store_true",
+                    help="only decode batches with ShareGPT-like mixed context lengths, tail-split variants")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.cuda.get_device_properties(0)
@@ -233,6 +248,14 @@ def main() -> None:
         dec_cfgs.update(DECODE_SWEEP)
         ext_cfgs.update(EXTEND_SWEEP)
     decode = []
+    if args.decode_mix:
+        rng = random.Random(0)
+        for batch in (64, 150, 256, 512, 1000):
+            lens = [s + rng.randint(0, 300) for s in sharegpt_like(rng, batch)]
+            r = bench_decode(batch, sum(lens) // batch, {"default": None, **DECODE_MIX_SWEEP}, lens=lens)
+            r["max_ctx"] = max(lens)
+            print(json.dumps(r), flush=True)
+        return
     for batch in (1, 32, 256):
         for ctx in (512, 2048):
             r = bench_decode(batch, ctx, dec_cfgs)

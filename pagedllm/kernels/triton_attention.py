@@ -24,14 +24,16 @@ Three kernels:
     mask), and keys past the block's last query are never visited.
 
 ``decode_attention`` (one query token per request)
-    Two-stage split-KV ("flash decoding"): stage 1 runs ``B x Hkv x S`` programs, each attending the packed
-    GQA group to one contiguous chunk of the context and writing the normalised partial output and its
-    log-sum-exp (base 2) in fp32; stage 2 merges the ``<= S`` partials of each (request, head) with LSE weights.
+    Split-KV ("flash decoding") in one kernel: ``B x Hkv x S`` programs, each attending the packed GQA group to
+    one contiguous chunk of the context and writing the normalised partial output and its log-sum-exp (base 2) in
+    fp32; the last program of a (request, KV head) to finish (a per-(request, head) arrival counter, reset by that
+    program) merges the ``<= S`` partials with LSE weights and writes the output. A separate merge kernel (the
+    usual second stage) cost ~2 µs plus a launch gap per layer at batch 1 (H200 profile in docs/perf.md).
     ``S`` (the grid's third axis) depends only on the batch size (fixed under CUDA-graph capture, which is per
     batch size); the split count actually used by a request, ``min(S, ceil(seq_len / MIN_CHUNK))``, and the
-    chunk length are recomputed on the device from ``seq_lens`` by both stages, so no ``.item()`` and replaying a
-    captured graph with new ``seq_lens`` / ``block_tables`` is correct. When ``S == 1`` (batch large enough to
-    fill the GPU alone) stage 1 writes the final output directly and stage 2 is skipped.
+    chunk length are computed on the device from ``seq_lens``, so no ``.item()`` and replaying a captured graph
+    with new ``seq_lens`` / ``block_tables`` is correct. When ``S == 1`` (batch large enough to fill the GPU
+    alone) each program writes its output directly.
 
 All softmax math is fp32 and in base 2 (``scale * log2(e)`` multiplies the fp32 scores, ``exp2`` is cheaper than
 ``exp``). Dots take the cache dtype (bf16/fp16 -> tensor cores, fp32 accumulation; an fp32 cache runs as tf32).
@@ -309,31 +311,25 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 # decode (split-KV)
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _split_plan(seq_len, num_splits_grid, MIN_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(chunk, splits) of one request, computed identically by both decode stages from its seq_len alone."""
-    want = tl.minimum(num_splits_grid, tl.cdiv(seq_len, MIN_CHUNK))
-    want = tl.maximum(want, 1)
-    chunk = tl.cdiv(tl.cdiv(seq_len, want), BLOCK_N) * BLOCK_N   # whole tiles per split
-    chunk = tl.maximum(chunk, BLOCK_N)                               # seq_len == 0: avoid 0 / 0
-    return chunk, tl.cdiv(seq_len, chunk)
-
-
-@triton.jit
-def _decode_stage1_kernel(Q, K, V, Out, PartO, PartLse, SeqLens, BlockTables, qk_scale, num_splits_grid,
-                          stride_qb, stride_qh, stride_ob, stride_oh,
-                          stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
-                          NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
-                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
-                          BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr, SINGLE: tl.constexpr):
+def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk_scale, num_splits_grid, min_chunk,
+                   stride_qb, stride_qh, stride_ob, stride_oh,
+                   stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
+                   NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
+                   BLOCK_N: tl.constexpr, SINGLE: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(SeqLens + b)
-    chunk, num_splits = _split_plan(seq_len, num_splits_grid, MIN_CHUNK, BLOCK_N)
+    # This request's split plan: at most num_splits_grid chunks of whole BLOCK_N tiles, each >= min_chunk keys.
+    # seq_len 0 (padding) still runs one (empty) split, so its output is written (zeros).
+    want = tl.maximum(tl.minimum(num_splits_grid, tl.cdiv(seq_len, min_chunk)), 1)
+    chunk = tl.maximum(tl.cdiv(tl.cdiv(seq_len, want), BLOCK_N) * BLOCK_N, BLOCK_N)
+    num_splits = tl.maximum(tl.cdiv(seq_len, chunk), 1)
     start = split * chunk
     end = tl.minimum(start + chunk, seq_len)
     if not SINGLE:
-        if split >= num_splits:        # this request needs fewer splits: stage 2 will not read this slot
+        if split >= num_splits:        # this request needs fewer splits: nothing to do, and not counted
             return
 
     offs_h = tl.arange(0, BLOCK_H)
@@ -341,9 +337,9 @@ def _decode_stage1_kernel(Q, K, V, Out, PartO, PartLse, SeqLens, BlockTables, qk
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     h_ok = offs_h < GROUP
+    hd_mask = h_ok[:, None] & d_mask[None, :]
     head = kvh * GROUP + offs_h
-    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
-                mask=h_ok[:, None] & d_mask[None, :], other=0.0)
+    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + offs_d[None, :], mask=hd_mask, other=0.0)
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
@@ -363,37 +359,36 @@ def _decode_stage1_kernel(Q, K, V, Out, PartO, PartLse, SeqLens, BlockTables, qk
                                      EVEN_D=HEAD_DIM == BLOCK_D)
     l_safe = tl.where(l_i > 0, l_i, 1.0)           # empty context (seq_len 0, padding) -> output 0
     o = acc / l_safe[:, None]
-    if SINGLE:
-        tl.store(Out + b * stride_ob + head[:, None] * stride_oh + offs_d[None, :],
-                 o.to(Out.dtype.element_ty), mask=h_ok[:, None] & d_mask[None, :])
+    out_ptrs = Out + b * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
+    if SINGLE or num_splits == 1:       # the whole context in this program: no partials, no merge
+        tl.store(out_ptrs, o.to(Out.dtype.element_ty), mask=hd_mask)
     else:
         # Partials are [B, Hq, S, D] / [B, Hq, S] with S = num_splits_grid.
-        part = (b * NUM_HEADS + head) * num_splits_grid + split
-        tl.store(PartO + part[:, None] * HEAD_DIM + offs_d[None, :], o, mask=h_ok[:, None] & d_mask[None, :])
-        tl.store(PartLse + part, m_i + tl.log2(l_safe), mask=h_ok)
-
-
-@triton.jit
-def _decode_stage2_kernel(Out, PartO, PartLse, SeqLens, num_splits_grid, stride_ob, stride_oh,
-                          NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
-    seq_len = tl.load(SeqLens + b)
-    _, num_splits = _split_plan(seq_len, num_splits_grid, MIN_CHUNK, BLOCK_N)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_ok = offs_s < num_splits
-    base = (b * NUM_HEADS + h) * num_splits_grid
-    lse = tl.load(PartLse + base + offs_s, mask=s_ok, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m = tl.where(num_splits > 0, m, 0.0)           # seq_len 0: all weights 0, output 0 (no inf - inf)
-    w = tl.where(s_ok, tl.exp2(lse - m), 0.0)
-    o = tl.load(PartO + (base + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
-                mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    denom = tl.sum(w, 0)
-    out = tl.sum(o * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
-    tl.store(Out + b * stride_ob + h * stride_oh + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+        base = (b * NUM_HEADS + head) * num_splits_grid
+        tl.store(PartO + (base + split)[:, None] * HEAD_DIM + offs_d[None, :], o, mask=hd_mask)
+        tl.store(PartLse + base + split, m_i + tl.log2(l_safe), mask=h_ok)
+        tl.debug_barrier()          # all threads' partial stores precede the (single-thread, release) atomic
+        lock = Locks + b * NUM_KV_HEADS + kvh
+        if tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
+            # Last to arrive: merge the partials in split order (deterministic), reading them past L1 (.cg),
+            # where another SM's stores may not be; then reset the counter for the next layer / graph replay.
+            m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+            den = tl.zeros([BLOCK_H], tl.float32)
+            merged = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+            for i in range(0, num_splits):
+                lse = tl.load(PartLse + base + i, mask=h_ok, other=float("-inf"), cache_modifier=".cg")
+                part = tl.load(PartO + (base + i)[:, None] * HEAD_DIM + offs_d[None, :], mask=hd_mask, other=0.0,
+                               cache_modifier=".cg")
+                m_new = tl.maximum(m, lse)
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)   # all -inf so far: no inf - inf
+                alpha = tl.exp2(m - m_ref)
+                w = tl.exp2(lse - m_ref)
+                den = den * alpha + w
+                merged = merged * alpha[:, None] + part * w[:, None]
+                m = m_new
+            merged = merged / tl.where(den > 0, den, 1.0)[:, None]
+            tl.store(out_ptrs, merged.to(Out.dtype.element_ty), mask=hd_mask)
+            tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")
 
 
 _SM_COUNT: dict[int, int] = {}
@@ -415,11 +410,16 @@ def _sm_count(device: torch.device) -> int:
 #   B=32, ctx 2048: 3 splits (CTAS_PER_SM 2) 54.3 us vs 5 splits (4) 58.6 us vs 9 splits (8) 60.1 us;
 #   B=256: no split, 365 us = 2.94 TB/s of K+V (copy ceiling 3.0 TB/s); BLOCK_N 32 / 128 and 8 warps are slower,
 #   stages 2 vs 3 within noise (2 uses less shared memory).
+# TAIL_SPLITS / TAIL_CHUNK: when the batch alone fills the GPU, contexts longer than TAIL_CHUNK are still cut into
+# up to TAIL_SPLITS chunks, so that with mixed lengths (ShareGPT) one long request does not leave its SM working
+# alone at the end of the kernel (uniform lengths gain nothing from it). TAIL_SPLITS = 1 turns it off.
 DECODE_BLOCK_N = 64
 DECODE_MIN_CHUNK = 64
 DECODE_CTAS_PER_SM = 2
 DECODE_WARPS = 4
 DECODE_STAGES = 2
+DECODE_TAIL_SPLITS = 4
+DECODE_TAIL_CHUNK = 256
 DEFAULT_MAX_SPLITS = 32
 
 
@@ -432,16 +432,27 @@ def decode_num_splits(batch: int, num_kv_heads: int, sm_count: int, max_splits: 
     return max(1, min(max_splits, -(-ctas_per_sm * sm_count // max(1, batch * num_kv_heads))))
 
 
+def decode_plan(batch: int, num_kv_heads: int, sm_count: int, max_splits: int = DEFAULT_MAX_SPLITS,
+                ctas_per_sm: int = DECODE_CTAS_PER_SM, min_chunk: int = DECODE_MIN_CHUNK,
+                tail_splits: int = DECODE_TAIL_SPLITS, tail_chunk: int = DECODE_TAIL_CHUNK) -> tuple[int, int]:
+    """(split grid S, fewest keys per split) for a batch size: splits to fill the GPU where the requests alone do
+    not, else splits of long contexts only, to balance mixed lengths (see DECODE_TAIL_SPLITS)."""
+    fill = decode_num_splits(batch, num_kv_heads, sm_count, max_splits, ctas_per_sm)
+    return (fill, min_chunk) if fill > 1 else (max(1, tail_splits), tail_chunk)
+
+
 @dataclass
 class DecodeWorkspace:
     """Preallocated fp32 scratch for the split-KV partials, shared by all layers (they run one after another).
 
     ``partial_out`` holds ``B * Hq * S * D`` and ``partial_lse`` ``B * Hq * S`` floats for any batch ``B <=
-    max_num_seqs``, with ``S = decode_num_splits(B, ...)``; allocate it before capturing CUDA graphs so every
-    graph reuses the same buffers.
+    max_num_seqs``, with ``S = decode_num_splits(B, ...)``; ``locks`` the ``B * Hkv`` arrival counters (zero
+    between launches: the kernel resets them). Allocate it before capturing CUDA graphs so every graph reuses
+    the same buffers.
     """
     partial_out: torch.Tensor
     partial_lse: torch.Tensor
+    locks: torch.Tensor
     max_num_seqs: int
     num_heads: int
     num_kv_heads: int
@@ -449,32 +460,36 @@ class DecodeWorkspace:
     max_splits: int
     sm_count: int
     ctas_per_sm: int
+    tail_splits: int
 
     @classmethod
     def allocate(cls, max_num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  device: torch.device | str = "cuda", max_splits: int = DEFAULT_MAX_SPLITS,
-                 ctas_per_sm: int = DECODE_CTAS_PER_SM) -> "DecodeWorkspace":
+                 ctas_per_sm: int = DECODE_CTAS_PER_SM,
+                 tail_splits: int | None = None) -> "DecodeWorkspace":
         device = torch.device(device)
+        tail_splits = DECODE_TAIL_SPLITS if tail_splits is None else tail_splits
         sms = _sm_count(device)
         # Largest B * S over the batch sizes this workspace serves (S shrinks as B grows, so this is far below
         # max_num_seqs * max_splits: Qwen2.5-7B, 256 seqs -> 5.6 MB instead of 117 MB).
-        rows = max(bs * decode_num_splits(bs, num_kv_heads, sms, max_splits, ctas_per_sm)
+        rows = max(bs * decode_plan(bs, num_kv_heads, sms, max_splits, ctas_per_sm, tail_splits=tail_splits)[0]
                    for bs in range(1, max_num_seqs + 1))
         return cls(partial_out=torch.empty(rows * num_heads * head_dim, dtype=torch.float32, device=device),
                    partial_lse=torch.empty(rows * num_heads, dtype=torch.float32, device=device),
+                   locks=torch.zeros(max_num_seqs * num_kv_heads, dtype=torch.int32, device=device),
                    max_num_seqs=max_num_seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-                   max_splits=max_splits, sm_count=sms, ctas_per_sm=ctas_per_sm)
+                   max_splits=max_splits, sm_count=sms, ctas_per_sm=ctas_per_sm, tail_splits=tail_splits)
 
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
                      block_tables: torch.Tensor, scale: float, workspace: DecodeWorkspace | None = None,
                      out: torch.Tensor | None = None,
-                     _config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+                     _config: tuple[int, ...] | None = None) -> torch.Tensor:
     """Attention of one query token per request, ``query`` ``[B, Hq, D]`` -> ``[B, Hq, D]``.
 
     No host sync; CUDA-graph safe when ``workspace`` is given (without one, scratch is allocated per call).
     A request with ``seq_len == 0`` (batch padding) gets zeros. ``_config`` overrides ``(BLOCK_N, MIN_CHUNK,
-    ctas_per_sm, num_warps, num_stages)`` (benchmarks).
+    ctas_per_sm, num_warps, num_stages[, tail_splits, tail_chunk])`` (benchmarks).
     """
     batch, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
@@ -487,37 +502,36 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     if query.stride(-1) != 1:
         query = query.contiguous()
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and out.stride(-1) == 1
-    block_n, min_chunk, ctas_per_sm, warps, stages = _config or (
-        DECODE_BLOCK_N if head_dim <= 128 else 32, DECODE_MIN_CHUNK,
-        workspace.ctas_per_sm if workspace is not None else DECODE_CTAS_PER_SM, DECODE_WARPS, DECODE_STAGES)
+    defaults = (DECODE_BLOCK_N if head_dim <= 128 else 32, DECODE_MIN_CHUNK,
+                workspace.ctas_per_sm if workspace is not None else DECODE_CTAS_PER_SM, DECODE_WARPS, DECODE_STAGES,
+                workspace.tail_splits if workspace is not None else DECODE_TAIL_SPLITS, DECODE_TAIL_CHUNK)
+    given = tuple(_config or ())
+    # A 5-entry _config keeps the default tail split.
+    block_n, min_chunk, ctas_per_sm, warps, stages, tail_splits, tail_chunk = given + defaults[len(given):]
     max_splits = workspace.max_splits if workspace is not None else DEFAULT_MAX_SPLITS
     sms = workspace.sm_count if workspace is not None else _sm_count(query.device)
-    splits = decode_num_splits(batch, num_kv_heads, sms, max_splits, ctas_per_sm)
+    splits, min_chunk = decode_plan(batch, num_kv_heads, sms, max_splits, ctas_per_sm, min_chunk, tail_splits,
+                                    tail_chunk)
     need = batch * num_heads * splits
     if splits == 1:
-        part_o = part_lse = out             # unused
+        part_o = part_lse = locks = out     # unused
     elif workspace is not None and workspace.partial_lse.numel() >= need \
-            and workspace.partial_out.numel() >= need * head_dim:
-        part_o, part_lse = workspace.partial_out, workspace.partial_lse
+            and workspace.partial_out.numel() >= need * head_dim and workspace.locks.numel() >= batch * num_kv_heads:
+        part_o, part_lse, locks = workspace.partial_out, workspace.partial_lse, workspace.locks
     else:
         assert workspace is None, "DecodeWorkspace too small for this batch (allocate with a larger max_num_seqs)"
         part_o = torch.empty(need * head_dim, dtype=torch.float32, device=query.device)
         part_lse = torch.empty(need, dtype=torch.float32, device=query.device)
+        locks = torch.zeros(batch * num_kv_heads, dtype=torch.int32, device=query.device)
     block_d = triton.next_power_of_2(head_dim)
-    _decode_stage1_kernel[(batch, num_kv_heads, splits)](
-        query, k_cache, v_cache, out, part_o, part_lse, seq_lens, block_tables, scale * _LOG2E, splits,
+    _decode_kernel[(batch, num_kv_heads, splits)](
+        query, k_cache, v_cache, out, part_o, part_lse, locks, seq_lens, block_tables, scale * _LOG2E, splits,
+        min_chunk,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        NUM_HEADS=num_heads, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, MIN_CHUNK=min_chunk,
-        SINGLE=splits == 1, num_warps=warps, num_stages=stages)
-    if splits > 1:
-        _decode_stage2_kernel[(batch, num_heads)](
-            out, part_o, part_lse, seq_lens, splits, out.stride(0), out.stride(1),
-            NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            BLOCK_S=triton.next_power_of_2(splits), BLOCK_N=block_n, MIN_CHUNK=min_chunk,
-            num_warps=4 if head_dim * splits >= 2048 else 2)
+        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, SINGLE=splits == 1, num_warps=warps, num_stages=stages)
     return out
 
 

@@ -10,6 +10,10 @@ tiles of it; ``x`` is tiny and stays in L1/L2. Two inner loops:
   rows, fp32 accumulation;
 * FMA (``M == 1`` only): fp32 FMAs into a ``[BLOCK_N, BLOCK_K]`` register tile, reduced over K once at the end.
 
+Gated input (``skinny_linear_gated``, a gated MLP's down projection): ``x [M, 2K] = [gate | up]`` and the kernel
+multiplies by ``silu(gate) * up`` computed as it loads ``x`` (fp32, rounded to the activation dtype once, exactly as
+``triton_ops.silu_and_mul`` does), which saves the separate SiLU-and-mul kernel and its ``[M, K]`` round trip.
+
 Split-K (for shapes with too few row tiles to fill the GPU) stays one kernel: every program writes its fp32 partial
 tile to a persistent workspace and bumps a per-tile counter; the last to arrive sums the partials, adds the bias,
 writes the output and resets the counter. No memset, no reduce kernel; deterministic (the sum is always taken in
@@ -41,7 +45,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 @triton.jit
 def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_ym,
                         HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -62,13 +66,9 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
         x_ptrs = X + xrows[:, None] * stride_xm + (k_start + offs_k)[None, :]
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
-            if EVEN_K:
-                w = tl.load(w_ptrs)
-                x = tl.load(x_ptrs)
-            else:
-                kmask = offs_k[None, :] < k_end - k0
-                w = tl.load(w_ptrs, mask=kmask, other=0.0)
-                x = tl.load(x_ptrs, mask=kmask, other=0.0)
+            kmask = offs_k[None, :] < k_end - k0
+            w = _load(w_ptrs, kmask, EVEN_K)
+            x = _load_x(x_ptrs, kmask, K, EVEN_K, GATED)
             acc = tl.dot(w, tl.trans(x), acc)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
@@ -79,13 +79,9 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
         x_ptrs = X + k_start + offs_k
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
-            if EVEN_K:
-                w = tl.load(w_ptrs)
-                x = tl.load(x_ptrs)
-            else:
-                kmask = offs_k < k_end - k0
-                w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
-                x = tl.load(x_ptrs, mask=kmask, other=0.0)
+            kmask = offs_k < k_end - k0
+            w = _load(w_ptrs, kmask[None, :], EVEN_K)
+            x = _load_x(x_ptrs, kmask, K, EVEN_K, GATED)
             acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
@@ -108,6 +104,29 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
             tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
     else:
         _epilogue(acc, B, Y, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
+
+
+@triton.jit
+def _load(ptrs, kmask, EVEN_K: tl.constexpr):
+    # Unmasked (vectorised) when K is a multiple of BLOCK_K; kmask is then unused and compiled away.
+    if EVEN_K:
+        v = tl.load(ptrs)
+    else:
+        v = tl.load(ptrs, mask=kmask, other=0.0)
+    return v
+
+
+@triton.jit
+def _load_x(x_ptrs, kmask, K, EVEN_K: tl.constexpr, GATED: tl.constexpr):
+    """A tile of the GEMM input: ``X`` itself or, with ``GATED``, ``silu(X[:, k]) * X[:, K + k]``."""
+    x = _load(x_ptrs, kmask, EVEN_K)
+    if GATED:
+        # Same math and single rounding as triton_ops._silu_and_mul_kernel: results match the unfused path bitwise.
+        # Masked lanes load 0 and give silu(0) * 0 = 0.
+        a = x.to(tl.float32)
+        b = _load(x_ptrs + K, kmask, EVEN_K).to(tl.float32)
+        x = (a / (1.0 + tl.exp(-a)) * b).to(x.dtype)
+    return x
 
 
 @triton.jit
@@ -215,9 +234,12 @@ def _workspace(device: torch.device, ws_elems: int, n_locks: int) -> tuple[torch
 
 
 def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                              cfg: GemvConfig) -> torch.Tensor:
-    """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous."""
+                              cfg: GemvConfig, gated: bool = False) -> torch.Tensor:
+    """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous; with
+    ``gated``, ``x [M, 2K]`` and the input is ``silu(x[:, :K]) * x[:, K:]``."""
     m, k = x.shape
+    if gated:
+        k //= 2
     n = weight.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
@@ -240,24 +262,37 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
     _skinny_gemm_kernel[(grid_n, split_k)](
         x, weight, bias if bias is not None else weight, y, ws, locks, m, n, k, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
+        HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k, GATED=gated,
         BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y
 
 
+def _applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gated: bool) -> bool:
+    if not (x.is_cuda or _INTERPRET) or x.dim() != 2 or weight.dim() != 2:
+        return False
+    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+        return False
+    if x.shape[0] > MAX_M or x.shape[1] != (2 if gated else 1) * weight.shape[1] or x.device != weight.device:
+        return False
+    if not (x.is_contiguous() and weight.is_contiguous()):
+        return False
+    return bias is None or (bias.dtype == x.dtype and bias.is_contiguous() and bias.shape == (weight.shape[0],))
+
+
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """``F.linear(x, weight, bias)`` for 2-D ``x`` with at most 16 rows, or None where this kernel does not apply
     (not CUDA, not bf16/fp16, more than 16 rows, non-contiguous operands, dtype mismatch)."""
-    if not (x.is_cuda or _INTERPRET) or x.dim() != 2 or weight.dim() != 2:
+    if not _applies(x, weight, bias, gated=False):
         return None
-    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+    return skinny_linear_with_config(x, weight, bias, get_config(x.shape[0], weight.shape[0], weight.shape[1]))
+
+
+def skinny_linear_gated(x2: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``F.linear(silu_and_mul(x2), weight, bias)`` for ``x2 [M, 2K] = [gate | up]``, ``weight [N, K]``, in one
+    kernel (same config as the unfused ``[M, K]`` call), or None where ``skinny_linear`` would decline."""
+    if not _applies(x2, weight, bias, gated=True):
         return None
-    m, k = x.shape
-    if m > MAX_M or weight.shape[1] != k or x.device != weight.device:
-        return None
-    if not (x.is_contiguous() and weight.is_contiguous()):
-        return None
-    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
-        return None
-    return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k))
+    return skinny_linear_with_config(x2, weight, bias, get_config(x2.shape[0], weight.shape[0], weight.shape[1]),
+                                     gated=True)

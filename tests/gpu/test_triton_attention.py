@@ -210,6 +210,29 @@ def test_decode_zero_length_padding():
         assert torch.equal(out[3], torch.zeros_like(out[3]))
 
 
+def test_decode_tail_splits_mixed_lengths():
+    """A batch that fills the GPU by itself still cuts long contexts into up to TAIL_SPLITS chunks (merged by the
+    last program of each request and head): same result as the reference and as no tail split, and the
+    workspace's arrival counters are all back to zero afterwards (so the next layer / replay starts clean)."""
+    rng = random.Random(5)
+    n, top = (24, 600) if INTERPRET else (300, 3000)
+    lens = [rng.choice([1, 63, 64, 65, 257, top, rng.randint(1, top)]) for _ in range(n)]
+    batch = make_batch([(s, 1) for s in lens], 28, 4, 128, 16, BF16, seed=5)
+    query, k_cache, v_cache, qsl, seq_lens, tables = batch
+    expected = reference(*batch, 0.1)
+    # ctas_per_sm 0: "the batch alone fills the GPU" at any size, so the tail plan applies.
+    ws = tri.DecodeWorkspace.allocate(n, 28, 4, 128, device=DEVICE, ctas_per_sm=0, tail_splits=4)
+    assert tri.decode_plan(n, 4, ws.sm_count, ctas_per_sm=0, tail_splits=4, tail_chunk=64) == (4, 64)
+    outs = {}
+    for tail in (1, 4):
+        for _ in range(2):       # twice: the second call must find the counters reset
+            outs[tail] = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, 0.1, ws,
+                                              _config=(64, 64, 0, 4, 2, tail, 64))
+        assert rel_err(outs[tail], expected) < 1e-2, tail
+    assert rel_err(outs[4], outs[1]) < 1e-2
+    assert int(ws.locks.abs().sum()) == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(28, 4, 128), (9, 3, 64)])
 def test_decode_cuda_graph_replay(num_heads, num_kv_heads, head_dim):

@@ -16,7 +16,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
 
 from pagedllm.kernels import triton_gemv  # noqa: E402
-from pagedllm.kernels.triton_gemv import GemvConfig, skinny_linear, skinny_linear_with_config  # noqa: E402
+from pagedllm.kernels.triton_gemv import (GemvConfig, skinny_linear, skinny_linear_gated,  # noqa: E402
+                                          skinny_linear_with_config)
+from pagedllm.kernels.triton_ops import silu_and_mul  # noqa: E402
 
 # (N, K, bias): Qwen2.5-1.5B / 7B decode shapes, then odd ones (N, K not multiples of any block).
 MODEL_SHAPES = [
@@ -40,9 +42,9 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def _inputs(m, n, k, bias, dtype, seed=0):
+def _inputs(m, n, k, bias, dtype, seed=0, gated=False):
     g = torch.Generator().manual_seed(seed * 7919 + m * 31 + n + k)
-    x = torch.randn(m, k, generator=g).to(dtype).to(DEVICE)
+    x = torch.randn(m, 2 * k if gated else k, generator=g).to(dtype).to(DEVICE)    # gated: [gate | up]
     w = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype).to(DEVICE)
     b = torch.randn(n, generator=g).to(dtype).to(DEVICE) if bias else None
     return x, w, b
@@ -117,6 +119,55 @@ def test_empty():
     w = torch.randn(32, 64).to(DTYPES[0]).to(DEVICE)
     out = skinny_linear(x, w)
     assert out.shape == (0, 32)
+
+
+# Gated input (a gated MLP's down projection): x2 [M, 2K] = [gate | up], the kernel applies silu(gate) * up.
+if INTERPRET:
+    GATED_CASES = [(64, 1000, True, torch.float16), (129, 17, False, torch.float16)]
+else:   # 1.5B / 7B down projections (7B: split-K 2 at M = 1), then K and N tails; fp16 on two shapes
+    GATED_CASES = [(1536, 8960, False, torch.bfloat16), (3584, 18944, False, torch.bfloat16),
+                   (1000, 1000, True, torch.bfloat16), (129, 17, False, torch.float16),
+                   (3584, 18944, False, torch.float16)]
+
+
+def _gated_ref(x2, w, b):
+    """F.linear on silu_and_mul(x2) computed as the unfused Triton kernel does (fp32, rounded to x2's dtype once)."""
+    k = x2.shape[1] // 2
+    gate, up = x2[:, :k].float(), x2[:, k:].float()
+    return _ref((gate / (1.0 + torch.exp(-gate)) * up).to(x2.dtype), w, b)
+
+
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("n,k,bias,dtype", GATED_CASES)
+def test_skinny_linear_gated(n, k, bias, m, dtype):
+    x2, w, b = _inputs(m, n, k, bias, dtype, seed=4, gated=True)
+    out = skinny_linear_gated(x2, w, b)
+    assert out is not None
+    assert out.shape == (m, n) and out.dtype == dtype
+    assert rel_err(out, _gated_ref(x2, w, b)) < 1e-2
+
+
+@pytest.mark.parametrize("cfg", [GemvConfig(8, 512, 4, 1, False), GemvConfig(16, 256, 4, 1, False, 2),
+                                 GemvConfig(16, 512, 4, 5), GemvConfig(64, 256, 4, 5, True, 2)], ids=str)
+def test_gated_configs(cfg):
+    """FMA and dot paths, split-K 1 and 2, K tails: equal bitwise to the unfused path (the standalone SiLU-and-mul
+    kernel, then the same GEMM config), since the input is rounded exactly as that kernel rounds it."""
+    for (n, k, bias), ms in [((1000, 3001, True), (1, 5)), ((129, 17, False), (1, 16))]:
+        for dtype in DTYPES:
+            for m in ms:
+                x2, w, b = _inputs(m, n, k, bias, dtype, seed=5, gated=True)
+                out = skinny_linear_with_config(x2, w, b, cfg, gated=True)
+                assert rel_err(out, _gated_ref(x2, w, b)) < 1e-2, (n, k, m, dtype)
+                assert torch.equal(out, skinny_linear_with_config(silu_and_mul(x2), w, b, cfg)), (n, k, m, dtype)
+
+
+def test_gated_declines():
+    x2 = torch.randn(4, 128).to(DTYPES[0]).to(DEVICE)
+    w = torch.randn(32, 64).to(DTYPES[0]).to(DEVICE)
+    assert skinny_linear_gated(x2[:, :127].contiguous(), w) is None     # not 2K wide
+    assert skinny_linear_gated(x2[:, :64].contiguous(), w) is None      # K wide (an unfused input)
+    assert skinny_linear_gated(torch.cat([x2] * 5), w) is None          # M > 16
+    assert skinny_linear_gated(x2.float(), w.float()) is None           # fp32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -10,7 +10,6 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -46,8 +45,7 @@ class LlamaAttention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, batch))
+        return self.o_proj(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions))
 
 
 class LlamaMLP(nn.Module):
@@ -56,10 +54,11 @@ class LlamaMLP(nn.Module):
         bias = getattr(cfg, "mlp_bias", False)
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
-        self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        # down_proj(act(gate_up)): at GPU decode the skinny GEMM applies SiLU-and-mul as it loads its input (one
+        # kernel less per layer); elsewhere SiLU-and-mul, then down_proj.
+        return self.down_proj.forward_gated(self.gate_up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):
