@@ -107,7 +107,7 @@ def bench_decode(batch: int, ctx: int, configs: dict, with_sdpa: bool = True, le
     lens = lens or [ctx] * batch
     if len(set(lens)) > 1:
         with_sdpa = False          # the contiguous SDPA yardstick needs one length
-    k, v, perm, bpc = paged_pool(sum(lens), COPIES)
+    k, v, perm, bpc = paged_pool(sum(lens) + BS * batch, COPIES)     # + a partial last block per request
     seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
     tables = [block_tables_for(lens, perm, c * bpc) for c in range(COPIES)]
     qs = [torch.randn(batch, HQ, D, device="cuda", dtype=DT) for _ in range(COPIES)]

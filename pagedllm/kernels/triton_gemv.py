@@ -259,12 +259,18 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         else:
             ws, locks = buffers
     k_per_split = triton.cdiv(triton.cdiv(k, block_k), split_k) * block_k
+    num_stages = cfg.num_stages
+    if gated and use_dot:
+        # Gate and up tiles double the x tile in each pipeline stage: keep the stages within shared memory
+        # (H200, 1.5B down at M = 3 with (64, 256, 5 stages) ran out of it).
+        stage_bytes = (block_n + 2 * MAX_M) * block_k * x.element_size()
+        num_stages = max(1, min(num_stages, (200 * 1024) // stage_bytes))
     _skinny_gemm_kernel[(grid_n, split_k)](
         x, weight, bias if bias is not None else weight, y, ws, locks, m, n, k, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k, GATED=gated,
         BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=num_stages)
     return y
 
 
