@@ -14,6 +14,11 @@ Gated input (``skinny_linear_gated``, a gated MLP's down projection): ``x [M, 2K
 multiplies by ``silu(gate) * up`` computed as it loads ``x`` (fp32, rounded to the activation dtype once, exactly as
 ``triton_ops.silu_and_mul`` does), which saves the separate SiLU-and-mul kernel and its ``[M, K]`` round trip.
 
+Normed input (``skinny_linear_normed``, M = 1: the QKV projection after the input RMSNorm): the kernel takes the
+RMSNorm's input (and the residual to add) instead of its output. Every program first reads the whole row (a few KB,
+from L2) for its 1 / rms, one of them writes the new residual, and tiles are normalised as they are loaded, with the
+RMSNorm kernel's rounding; this saves that kernel and its launch gap.
+
 Split-K (for shapes with too few row tiles to fill the GPU) stays one kernel: every program writes its fp32 partial
 tile to a persistent workspace and bumps a per-tile counter; the last to arrive sums the partials, adds the bias,
 writes the output and resets the counter. No memset, no reduce kernel; deterministic (the sum is always taken in
@@ -44,8 +49,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @triton.jit
 def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_ym,
+                        Res, NormW, ResOut, eps,
                         HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                        GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        GATED: tl.constexpr, NORM: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -78,10 +85,15 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
         # M == 1: elementwise FMAs into a [BLOCK_N, BLOCK_K] fp32 tile, one reduction over K at the end.
         x_ptrs = X + k_start + offs_k
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        if NORM > 0:
+            rstd = _norm_prologue(X, Res, ResOut, K, eps, (pid_n == 0) & (pid_k == 0), offs_k, NORM, BLOCK_K)
         for k0 in range(k_start, k_end, BLOCK_K):
             kmask = offs_k < k_end - k0
             w = _load(w_ptrs, kmask[None, :], EVEN_K)
-            x = _load_x(x_ptrs, kmask, K, EVEN_K, GATED)
+            if NORM > 0:
+                x = _load_x_normed(X, Res, NormW, k0 + offs_k, kmask, rstd, EVEN_K, NORM)
+            else:
+                x = _load_x(x_ptrs, kmask, K, EVEN_K, GATED)
             acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
@@ -127,6 +139,34 @@ def _load_x(x_ptrs, kmask, K, EVEN_K: tl.constexpr, GATED: tl.constexpr):
         b = _load(x_ptrs + K, kmask, EVEN_K).to(tl.float32)
         x = (a / (1.0 + tl.exp(-a)) * b).to(x.dtype)
     return x
+
+
+@triton.jit
+def _norm_prologue(X, Res, ResOut, K, eps, writer, offs_k, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
+    """RMSNorm input (M == 1): 1 / rms of the row ``x`` (``NORM == 1``) or ``x + res`` (``NORM == 2``; rounded to the
+    activation dtype first, as the residual stream is stored). Every program needs it, so each reads the whole row
+    (a few KB, from L2); the ``writer`` program also stores ``x + res`` as the new residual."""
+    sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        m = kk < K
+        x = tl.load(X + kk, mask=m, other=0.0)
+        if NORM == 2:
+            x = (x.to(tl.float32) + tl.load(Res + kk, mask=m, other=0.0).to(tl.float32)).to(x.dtype)
+            tl.store(ResOut + kk, x, mask=m & writer)
+        xf = x.to(tl.float32)
+        sq += xf * xf
+    return 1.0 / tl.sqrt(tl.sum(sq, 0) / K + eps)
+
+
+@triton.jit
+def _load_x_normed(X, Res, NormW, kk, kmask, rstd, EVEN_K: tl.constexpr, NORM: tl.constexpr):
+    """A tile of ``rmsnorm(x [+ res]) * norm_weight``, with triton_ops._rms_norm_kernel's math and rounding."""
+    x = _load(X + kk, kmask, EVEN_K)
+    if NORM == 2:
+        x = (x.to(tl.float32) + _load(Res + kk, kmask, EVEN_K).to(tl.float32)).to(x.dtype)
+    w = _load(NormW + kk, kmask, EVEN_K).to(tl.float32)
+    return (x.to(tl.float32) * rstd * w).to(x.dtype)
 
 
 @triton.jit
@@ -233,10 +273,20 @@ def _workspace(device: torch.device, ws_elems: int, n_locks: int) -> tuple[torch
     return ws, locks
 
 
+class NormInput(NamedTuple):
+    """An RMSNorm applied to the GEMM's input row inside the kernel: ``rmsnorm(x + residual) * weight`` (or of ``x``
+    alone with ``residual=None``); ``x + residual`` is written to ``residual_out``."""
+    weight: torch.Tensor
+    eps: float
+    residual: torch.Tensor | None = None
+    residual_out: torch.Tensor | None = None
+
+
 def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                              cfg: GemvConfig, gated: bool = False) -> torch.Tensor:
+                              cfg: GemvConfig, gated: bool = False, norm: NormInput | None = None) -> torch.Tensor:
     """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous; with
-    ``gated``, ``x [M, 2K]`` and the input is ``silu(x[:, :K]) * x[:, K:]``."""
+    ``gated``, ``x [M, 2K]`` and the input is ``silu(x[:, :K]) * x[:, K:]``; with ``norm`` (M == 1, FMA configs
+    only), the input is normalised first."""
     m, k = x.shape
     if gated:
         k //= 2
@@ -247,6 +297,7 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
     if k == 0:
         return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
     use_dot = cfg.use_dot or m > 1
+    assert norm is None or (not use_dot and not gated), "the fused RMSNorm input is for M == 1 FMA configs"
     block_n = max(cfg.block_n, 16) if use_dot else cfg.block_n     # tl.dot needs >= 16 rows
     block_k = cfg.block_k
     grid_n = triton.cdiv(n, block_n)
@@ -268,7 +319,10 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
     _skinny_gemm_kernel[(grid_n, split_k)](
         x, weight, bias if bias is not None else weight, y, ws, locks, m, n, k, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0),
+        *((norm.residual if norm.residual is not None else x, norm.weight,
+           norm.residual_out if norm.residual_out is not None else x, norm.eps) if norm else (x, x, x, 0.0)),
         HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k, GATED=gated,
+        NORM=0 if norm is None else (1 if norm.residual is None else 2),
         BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=cfg.num_warps, num_stages=num_stages)
     return y
@@ -302,3 +356,25 @@ def skinny_linear_gated(x2: torch.Tensor, weight: torch.Tensor,
         return None
     return skinny_linear_with_config(x2, weight, bias, get_config(x2.shape[0], weight.shape[0], weight.shape[1]),
                                      gated=True)
+
+
+def skinny_linear_normed(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                         weight: torch.Tensor, bias: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(F.linear(rmsnorm(x + residual) * norm_weight, weight, bias), x + residual)`` for one row ``x [1, K]`` in
+    one kernel (``residual=None``: no add, and ``x`` itself comes back as the residual). The RMSNorm kernel it
+    replaces cost ~2 µs plus a launch gap per layer at batch 1 (H200). None where it does not apply (M != 1, the
+    shape's M = 1 config is not the FMA path, or ``skinny_linear`` would decline)."""
+    if x.dim() != 2 or x.shape[0] != 1 or not _applies(x, weight, bias, gated=False):
+        return None
+    k = x.shape[1]
+    if norm_weight.shape != (k,) or not norm_weight.is_contiguous() or \
+            (residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
+                                       or not residual.is_contiguous())):
+        return None
+    cfg = get_config(1, weight.shape[0], k)
+    if cfg.use_dot:
+        return None
+    res_out = torch.empty_like(x) if residual is not None else None
+    y = skinny_linear_with_config(x, weight, bias, cfg, norm=NormInput(norm_weight, eps, residual, res_out))
+    return y, (res_out if residual is not None else x)

@@ -170,6 +170,46 @@ def test_gated_declines():
     assert skinny_linear_gated(x2.float(), w.float()) is None           # fp32
 
 
+# Fused RMSNorm input (M == 1): the QKV projections of 1.5B / 7B, then odd shapes; FMA configs incl. split-K.
+NORMED_SHAPES = ([(2048, 1536, True), (1536, 96, False), (129, 17, False)] if INTERPRET
+                 else [(2048, 1536, True), (4608, 3584, True), (17920, 1536, False), (129, 17, False),
+                       (1000, 1000, True)])
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("cfg", [None, GemvConfig(16, 256, 4, 1, False, 2), GemvConfig(8, 512, 4, 1, False, 3)],
+                         ids=str)
+@pytest.mark.parametrize("n,k,bias", NORMED_SHAPES)
+def test_skinny_linear_normed(n, k, bias, cfg, with_residual):
+    """rmsnorm(x + residual) * w inside the GEMM == the RMSNorm kernel followed by the GEMM (to rounding of the
+    1 / rms sum), and the new residual is exactly x + residual (or x itself without a residual)."""
+    from pagedllm.kernels.triton_ops import rms_norm
+    dtype = DTYPES[0]
+    x, w, b = _inputs(1, n, k, bias, dtype, seed=3)
+    g = torch.Generator().manual_seed(k)
+    res = torch.randn(1, k, generator=g).to(dtype).to(DEVICE) if with_residual else None
+    norm_w = (1 + 0.1 * torch.randn(k, generator=g)).to(dtype).to(DEVICE)
+    normed, new_res = rms_norm(x, norm_w, 1e-6, res)
+    expected = _ref(normed, w, b)
+    if cfg is None:
+        y, got_res = triton_gemv.skinny_linear_normed(x, res, norm_w, 1e-6, w, b)
+    else:
+        res_out = torch.empty_like(x) if with_residual else None
+        y = skinny_linear_with_config(x, w, b, cfg, norm=triton_gemv.NormInput(norm_w, 1e-6, res, res_out))
+        got_res = res_out if with_residual else x
+    assert rel_err(y, expected) < 1e-2
+    assert torch.equal(got_res, new_res)
+    # Against the two kernels it replaces: only the 1 / rms summation order differs.
+    assert rel_err(y, skinny_linear_with_config(normed, w, b, cfg or triton_gemv.get_config(1, n, k))) < 2e-3
+
+
+def test_normed_declines():
+    x, w, b = _inputs(2, 64, 32, False, DTYPES[0])
+    norm_w = torch.ones(32, dtype=x.dtype, device=DEVICE)
+    assert triton_gemv.skinny_linear_normed(x, None, norm_w, 1e-6, w, b) is None          # M != 1
+    assert triton_gemv.skinny_linear_normed(x[:1], None, norm_w[:16], 1e-6, w, b) is None  # wrong norm width
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("m", [1, 4])
 @pytest.mark.parametrize("cfg", [None, GemvConfig(16, 512, 8, 1, False, 2), GemvConfig(16, 512, 4, 5, True, 3)],

@@ -19,6 +19,9 @@ from pagedllm.model.models.weights import load_packed_weights
 from pagedllm.worker.forward_batch import ForwardBatch
 
 
+FUSE_POST_ATTENTION_NORM = False
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, cfg, layer_idx: int, backend: str, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
         super().__init__()
@@ -39,7 +42,10 @@ class LlamaAttention(nn.Module):
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
+        return self.attend(positions, self.qkv_proj(hidden), batch)
+
+    def attend(self, positions: torch.Tensor, qkv: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """Everything after the QKV projection (the decoder layer runs the projection itself, fused with its norm)."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -70,12 +76,13 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, positions, hidden, residual, batch):
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, batch)
+        # The input RMSNorm (with the residual add) runs inside the QKV projection's kernel where it can (GPU decode
+        # at batch 1); residual None (first layer): the residual stream starts as the embeddings.
+        qkv, residual = self.self_attn.qkv_proj.forward_normed(hidden, residual, self.input_layernorm)
+        hidden = self.self_attn.attend(positions, qkv, batch)
+        if FUSE_POST_ATTENTION_NORM:
+            gate_up, residual = self.mlp.gate_up_proj.forward_normed(hidden, residual, self.post_attention_layernorm)
+            return self.mlp.down_proj.forward_gated(gate_up), residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
