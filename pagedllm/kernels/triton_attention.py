@@ -149,7 +149,9 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
 # ----------------------------------------------------------------------------------------------------------------
 # extend / prefill
 # ----------------------------------------------------------------------------------------------------------------
-@triton.jit
+# num_seqs is not specialised (Triton would compile separate variants for 1 and for multiples of 16): fewer
+# compiles, all of which the engine's start-up warm-up can then trigger before the first timed request.
+@triton.jit(do_not_specialize=["num_seqs"])
 def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, num_seqs,
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
@@ -419,7 +421,7 @@ DECODE_CTAS_PER_SM = 2
 DECODE_WARPS = 4
 DECODE_STAGES = 2
 DECODE_TAIL_SPLITS = 4
-DECODE_TAIL_CHUNK = 256
+DECODE_TAIL_CHUNK = 512
 DEFAULT_MAX_SPLITS = 32
 
 

@@ -12,7 +12,9 @@ tiles of it; ``x`` is tiny and stays in L1/L2. Two inner loops:
 
 Gated input (``skinny_linear_gated``, a gated MLP's down projection): ``x [M, 2K] = [gate | up]`` and the kernel
 multiplies by ``silu(gate) * up`` computed as it loads ``x`` (fp32, rounded to the activation dtype once, exactly as
-``triton_ops.silu_and_mul`` does), which saves the separate SiLU-and-mul kernel and its ``[M, K]`` round trip.
+``triton_ops.silu_and_mul`` does), which saves the separate SiLU-and-mul kernel and its ``[M, K]`` round trip. Not
+used by the models: each program recomputes SiLU over its whole K slice, and end to end on an H200 7B batch-1 decode
+got 7% slower with it (1.5B: +0.8%); a config with fewer, wider row tiles might change that (docs/perf.md).
 
 Normed input (``skinny_linear_normed``, M = 1: the QKV projection after the input RMSNorm): the kernel takes the
 RMSNorm's input (and the residual to add) instead of its output. Every program first reads the whole row (a few KB,

@@ -100,6 +100,12 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats()
         n = min(self.config.max_num_batched_tokens, self.config.max_model_len * self.config.max_num_seqs)
         self._dummy_forward(n)
+        if self.config.attention_backend == "triton":
+            # Compile the other extend-kernel variants now rather than inside the first timed requests (~1 s each on
+            # a cold Triton cache; an H200 ShareGPT run lost 2 s to it): the row block follows the longest query,
+            # and mixed batches add a second pass for their one-token requests.
+            for q in (2, 3, 5, 9, 17, 33, 65):
+                self._dummy_forward(lens=[q, 1])
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         total = torch.cuda.get_device_properties(self.device).total_memory
@@ -112,20 +118,29 @@ class ModelRunner:
         return max(budget, 0)
 
     @torch.inference_mode()
-    def _dummy_forward(self, num_tokens: int) -> None:
-        """A forward of ``num_tokens`` prompt tokens over a scratch one-request cache (memory profiling)."""
-        blocks = -(-num_tokens // self.block_size)
+    def _dummy_forward(self, num_tokens: int = 0, lens: list[int] | None = None) -> None:
+        """A forward of ``num_tokens`` prompt tokens (as few max_model_len requests as hold them), or of prompts of
+        the given ``lens``, over a scratch cache (memory profiling, kernel warm-up)."""
+        if lens is None:
+            n_seq = -(-num_tokens // self.config.max_model_len)
+            lens = [min(self.config.max_model_len, num_tokens - i * self.config.max_model_len) for i in range(n_seq)]
+        num_tokens = sum(lens)
+        n_seq = len(lens)
+        blocks = sum(-(-x // self.block_size) for x in lens)
         shape = (2, blocks, self.block_size, self.num_kv_heads, self.head_dim)
         caches = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
-        n_seq = -(-num_tokens // self.config.max_model_len)
-        lens = [min(self.config.max_model_len, num_tokens - i * self.config.max_model_len) for i in range(n_seq)]
         starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
         positions = np.concatenate([np.arange(x) for x in lens])
+        # Each request gets its own run of blocks.
         tables = np.zeros((n_seq, -(-max(lens) // self.block_size)), dtype=np.int32)
+        slots = []
+        first = 0
         for i, x in enumerate(lens):
-            first = int(starts[i]) // self.block_size
-            tables[i, :-(-x // self.block_size)] = np.arange(first, first + -(-x // self.block_size))
-        slots = np.arange(num_tokens)
+            nb = -(-x // self.block_size)
+            tables[i, :nb] = np.arange(first, first + nb)
+            slots.append(first * self.block_size + np.arange(x))
+            first += nb
+        slots = np.concatenate(slots)
         batch = self._make_batch(np.zeros(num_tokens, dtype=np.int64), positions, slots, starts,
                                  np.array(lens, dtype=np.int32), tables, caches)
         hidden = self.model(batch.input_ids, batch.positions, batch)

@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.model.layers.activation import SiluAndMul
-
 # CPU GEMMs through oneDNN with the weight reordered once into its blocked layout (what vLLM's CPU backend and
 # inductor's CPU path do). On a 2-core AVX512 EPYC, SmolLM2-135M's 30 layers of projections take 33 ms (fp32,
 # 1 token) / 35 ms (fp32, 16 tokens) instead of 66 / 85 ms through ``F.linear`` (MKL), and bf16 16 / 22 ms instead
@@ -67,9 +65,6 @@ def cuda_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         if y is not None:
             return y
     return F.linear(x, weight, bias)
-
-
-_silu_and_mul = SiluAndMul()    # forward_gated's unfused path: the models' own activation (stateless)
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
@@ -125,17 +120,6 @@ class LinearBase(nn.Module):
             self.unpack()
             self._pack_tried = True    # this module's inputs do not fit the packed path: stay dense
         return F.linear(x, self.weight, self.bias)
-
-    def forward_gated(self, x2: torch.Tensor) -> torch.Tensor:
-        """``self(silu_and_mul(x2))`` for ``x2 = [gate | up]`` (a gated MLP's down projection). Where the skinny GEMM
-        runs (GPU decode), it applies the activation as it loads its input: one kernel and one ``[M, I]`` round
-        trip less per layer, with the separate kernel's rounding. Elsewhere (CPU included): the two separate steps."""
-        if x2.is_cuda and _use_skinny(x2):
-            from pagedllm.kernels.triton_gemv import skinny_linear_gated
-            y = skinny_linear_gated(x2, self.weight, self.bias)
-            if y is not None:
-                return y
-        return self(_silu_and_mul(x2))
 
     def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module
                        ) -> tuple[torch.Tensor, torch.Tensor]:

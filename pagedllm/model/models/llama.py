@@ -10,6 +10,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -19,7 +20,8 @@ from pagedllm.model.models.weights import load_packed_weights
 from pagedllm.worker.forward_batch import ForwardBatch
 
 
-FUSE_POST_ATTENTION_NORM = False
+# GPU decode at batch 1: the input RMSNorm runs inside the QKV projection's skinny GEMM (A/B switch, see perf.md).
+FUSE_INPUT_NORM = True
 
 
 class LlamaAttention(nn.Module):
@@ -60,11 +62,12 @@ class LlamaMLP(nn.Module):
         bias = getattr(cfg, "mlp_bias", False)
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+        self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # down_proj(act(gate_up)): at GPU decode the skinny GEMM applies SiLU-and-mul as it loads its input (one
-        # kernel less per layer); elsewhere SiLU-and-mul, then down_proj.
-        return self.down_proj.forward_gated(self.gate_up_proj(x))
+        # Not fused into down_proj (triton_gemv.skinny_linear_gated): that made 7B batch-1 decode 7% slower on an
+        # H200, as every program recomputes SiLU over all of K (docs/perf.md).
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -78,11 +81,16 @@ class LlamaDecoderLayer(nn.Module):
     def forward(self, positions, hidden, residual, batch):
         # The input RMSNorm (with the residual add) runs inside the QKV projection's kernel where it can (GPU decode
         # at batch 1); residual None (first layer): the residual stream starts as the embeddings.
-        qkv, residual = self.self_attn.qkv_proj.forward_normed(hidden, residual, self.input_layernorm)
-        hidden = self.self_attn.attend(positions, qkv, batch)
-        if FUSE_POST_ATTENTION_NORM:
-            gate_up, residual = self.mlp.gate_up_proj.forward_normed(hidden, residual, self.post_attention_layernorm)
-            return self.mlp.down_proj.forward_gated(gate_up), residual
+        if FUSE_INPUT_NORM:
+            qkv, residual = self.self_attn.qkv_proj.forward_normed(hidden, residual, self.input_layernorm)
+            hidden = self.self_attn.attend(positions, qkv, batch)
+        else:
+            if residual is None:
+                residual = hidden
+                hidden = self.input_layernorm(hidden)
+            else:
+                hidden, residual = self.input_layernorm(hidden, residual)
+            hidden = self.self_attn(positions, hidden, batch)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
