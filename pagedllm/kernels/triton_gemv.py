@@ -10,17 +10,6 @@ tiles of it; ``x`` is tiny and stays in L1/L2. Two inner loops:
   rows, fp32 accumulation;
 * FMA (``M == 1`` only): fp32 FMAs into a ``[BLOCK_N, BLOCK_K]`` register tile, reduced over K once at the end.
 
-Gated input (``skinny_linear_gated``, a gated MLP's down projection): ``x [M, 2K] = [gate | up]`` and the kernel
-multiplies by ``silu(gate) * up`` computed as it loads ``x`` (fp32, rounded to the activation dtype once, exactly as
-``triton_ops.silu_and_mul`` does), which saves the separate SiLU-and-mul kernel and its ``[M, K]`` round trip. Not
-used by the models: each program recomputes SiLU over its whole K slice, and end to end on an H200 7B batch-1 decode
-got 7% slower with it (1.5B: +0.8%); a config with fewer, wider row tiles might change that (docs/perf.md).
-
-Normed input (``skinny_linear_normed``, M = 1: the QKV projection after the input RMSNorm): the kernel takes the
-RMSNorm's input (and the residual to add) instead of its output. Every program first reads the whole row (a few KB,
-from L2) for its 1 / rms, one of them writes the new residual, and tiles are normalised as they are loaded, with the
-RMSNorm kernel's rounding; this saves that kernel and its launch gap.
-
 Split-K (for shapes with too few row tiles to fill the GPU) stays one kernel: every program writes its fp32 partial
 tile to a persistent workspace and bumps a per-tile counter; the last to arrive sums the partials, adds the bias,
 writes the output and resets the counter. No memset, no reduce kernel; deterministic (the sum is always taken in
@@ -51,9 +40,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @triton.jit
 def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_ym,
-                        Res, NormW, ResOut, eps,
                         HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                        GATED: tl.constexpr, NORM: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -75,9 +62,13 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
         x_ptrs = X + xrows[:, None] * stride_xm + (k_start + offs_k)[None, :]
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
-            kmask = offs_k[None, :] < k_end - k0
-            w = _load(w_ptrs, kmask, EVEN_K)
-            x = _load_x(x_ptrs, kmask, K, EVEN_K, GATED)
+            if EVEN_K:
+                w = tl.load(w_ptrs)
+                x = tl.load(x_ptrs)
+            else:
+                kmask = offs_k[None, :] < k_end - k0
+                w = tl.load(w_ptrs, mask=kmask, other=0.0)
+                x = tl.load(x_ptrs, mask=kmask, other=0.0)
             acc = tl.dot(w, tl.trans(x), acc)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
@@ -87,15 +78,14 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
         # M == 1: elementwise FMAs into a [BLOCK_N, BLOCK_K] fp32 tile, one reduction over K at the end.
         x_ptrs = X + k_start + offs_k
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        if NORM > 0:
-            rstd = _norm_prologue(X, Res, ResOut, K, eps, (pid_n == 0) & (pid_k == 0), offs_k, NORM, BLOCK_K)
         for k0 in range(k_start, k_end, BLOCK_K):
-            kmask = offs_k < k_end - k0
-            w = _load(w_ptrs, kmask[None, :], EVEN_K)
-            if NORM > 0:
-                x = _load_x_normed(X, Res, NormW, k0 + offs_k, kmask, rstd, EVEN_K, NORM)
+            if EVEN_K:
+                w = tl.load(w_ptrs)
+                x = tl.load(x_ptrs)
             else:
-                x = _load_x(x_ptrs, kmask, K, EVEN_K, GATED)
+                kmask = offs_k < k_end - k0
+                w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
+                x = tl.load(x_ptrs, mask=kmask, other=0.0)
             acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
@@ -118,57 +108,6 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
             tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
     else:
         _epilogue(acc, B, Y, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
-
-
-@triton.jit
-def _load(ptrs, kmask, EVEN_K: tl.constexpr):
-    # Unmasked (vectorised) when K is a multiple of BLOCK_K; kmask is then unused and compiled away.
-    if EVEN_K:
-        v = tl.load(ptrs)
-    else:
-        v = tl.load(ptrs, mask=kmask, other=0.0)
-    return v
-
-
-@triton.jit
-def _load_x(x_ptrs, kmask, K, EVEN_K: tl.constexpr, GATED: tl.constexpr):
-    """A tile of the GEMM input: ``X`` itself or, with ``GATED``, ``silu(X[:, k]) * X[:, K + k]``."""
-    x = _load(x_ptrs, kmask, EVEN_K)
-    if GATED:
-        # Same math and single rounding as triton_ops._silu_and_mul_kernel: results match the unfused path bitwise.
-        # Masked lanes load 0 and give silu(0) * 0 = 0.
-        a = x.to(tl.float32)
-        b = _load(x_ptrs + K, kmask, EVEN_K).to(tl.float32)
-        x = (a / (1.0 + tl.exp(-a)) * b).to(x.dtype)
-    return x
-
-
-@triton.jit
-def _norm_prologue(X, Res, ResOut, K, eps, writer, offs_k, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
-    """RMSNorm input (M == 1): 1 / rms of the row ``x`` (``NORM == 1``) or ``x + res`` (``NORM == 2``; rounded to the
-    activation dtype first, as the residual stream is stored). Every program needs it, so each reads the whole row
-    (a few KB, from L2); the ``writer`` program also stores ``x + res`` as the new residual."""
-    sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + offs_k
-        m = kk < K
-        x = tl.load(X + kk, mask=m, other=0.0)
-        if NORM == 2:
-            x = (x.to(tl.float32) + tl.load(Res + kk, mask=m, other=0.0).to(tl.float32)).to(x.dtype)
-            tl.store(ResOut + kk, x, mask=m & writer)
-        xf = x.to(tl.float32)
-        sq += xf * xf
-    return 1.0 / tl.sqrt(tl.sum(sq, 0) / K + eps)
-
-
-@triton.jit
-def _load_x_normed(X, Res, NormW, kk, kmask, rstd, EVEN_K: tl.constexpr, NORM: tl.constexpr):
-    """A tile of ``rmsnorm(x [+ res]) * norm_weight``, with triton_ops._rms_norm_kernel's math and rounding."""
-    x = _load(X + kk, kmask, EVEN_K)
-    if NORM == 2:
-        x = (x.to(tl.float32) + _load(Res + kk, kmask, EVEN_K).to(tl.float32)).to(x.dtype)
-    w = _load(NormW + kk, kmask, EVEN_K).to(tl.float32)
-    return (x.to(tl.float32) * rstd * w).to(x.dtype)
 
 
 @triton.jit
@@ -275,23 +214,10 @@ def _workspace(device: torch.device, ws_elems: int, n_locks: int) -> tuple[torch
     return ws, locks
 
 
-class NormInput(NamedTuple):
-    """An RMSNorm applied to the GEMM's input row inside the kernel: ``rmsnorm(x + residual) * weight`` (or of ``x``
-    alone with ``residual=None``); ``x + residual`` is written to ``residual_out``."""
-    weight: torch.Tensor
-    eps: float
-    residual: torch.Tensor | None = None
-    residual_out: torch.Tensor | None = None
-
-
 def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                              cfg: GemvConfig, gated: bool = False, norm: NormInput | None = None) -> torch.Tensor:
-    """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous; with
-    ``gated``, ``x [M, 2K]`` and the input is ``silu(x[:, :K]) * x[:, K:]``; with ``norm`` (M == 1, FMA configs
-    only), the input is normalised first."""
+                              cfg: GemvConfig) -> torch.Tensor:
+    """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous."""
     m, k = x.shape
-    if gated:
-        k //= 2
     n = weight.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
@@ -299,7 +225,6 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
     if k == 0:
         return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
     use_dot = cfg.use_dot or m > 1
-    assert norm is None or (not use_dot and not gated), "the fused RMSNorm input is for M == 1 FMA configs"
     block_n = max(cfg.block_n, 16) if use_dot else cfg.block_n     # tl.dot needs >= 16 rows
     block_k = cfg.block_k
     grid_n = triton.cdiv(n, block_n)
@@ -312,71 +237,27 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         else:
             ws, locks = buffers
     k_per_split = triton.cdiv(triton.cdiv(k, block_k), split_k) * block_k
-    num_stages = cfg.num_stages
-    if gated and use_dot:
-        # Gate and up tiles double the x tile in each pipeline stage: keep the stages within shared memory
-        # (H200, 1.5B down at M = 3 with (64, 256, 5 stages) ran out of it).
-        stage_bytes = (block_n + 2 * MAX_M) * block_k * x.element_size()
-        num_stages = max(1, min(num_stages, (200 * 1024) // stage_bytes))
     _skinny_gemm_kernel[(grid_n, split_k)](
         x, weight, bias if bias is not None else weight, y, ws, locks, m, n, k, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0),
-        *((norm.residual if norm.residual is not None else x, norm.weight,
-           norm.residual_out if norm.residual_out is not None else x, norm.eps) if norm else (x, x, x, 0.0)),
-        HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k, GATED=gated,
-        NORM=0 if norm is None else (1 if norm.residual is None else 2),
+        HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
         BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=cfg.num_warps, num_stages=num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y
-
-
-def _applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gated: bool) -> bool:
-    if not (x.is_cuda or _INTERPRET) or x.dim() != 2 or weight.dim() != 2:
-        return False
-    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
-        return False
-    if x.shape[0] > MAX_M or x.shape[1] != (2 if gated else 1) * weight.shape[1] or x.device != weight.device:
-        return False
-    if not (x.is_contiguous() and weight.is_contiguous()):
-        return False
-    return bias is None or (bias.dtype == x.dtype and bias.is_contiguous() and bias.shape == (weight.shape[0],))
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """``F.linear(x, weight, bias)`` for 2-D ``x`` with at most 16 rows, or None where this kernel does not apply
     (not CUDA, not bf16/fp16, more than 16 rows, non-contiguous operands, dtype mismatch)."""
-    if not _applies(x, weight, bias, gated=False):
+    if not (x.is_cuda or _INTERPRET) or x.dim() != 2 or weight.dim() != 2:
         return None
-    return skinny_linear_with_config(x, weight, bias, get_config(x.shape[0], weight.shape[0], weight.shape[1]))
-
-
-def skinny_linear_gated(x2: torch.Tensor, weight: torch.Tensor,
-                        bias: torch.Tensor | None = None) -> torch.Tensor | None:
-    """``F.linear(silu_and_mul(x2), weight, bias)`` for ``x2 [M, 2K] = [gate | up]``, ``weight [N, K]``, in one
-    kernel (same config as the unfused ``[M, K]`` call), or None where ``skinny_linear`` would decline."""
-    if not _applies(x2, weight, bias, gated=True):
+    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
         return None
-    return skinny_linear_with_config(x2, weight, bias, get_config(x2.shape[0], weight.shape[0], weight.shape[1]),
-                                     gated=True)
-
-
-def skinny_linear_normed(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                         weight: torch.Tensor, bias: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(F.linear(rmsnorm(x + residual) * norm_weight, weight, bias), x + residual)`` for one row ``x [1, K]`` in
-    one kernel (``residual=None``: no add, and ``x`` itself comes back as the residual). The RMSNorm kernel it
-    replaces cost ~2 µs plus a launch gap per layer at batch 1 (H200). None where it does not apply (M != 1, the
-    shape's M = 1 config is not the FMA path, or ``skinny_linear`` would decline)."""
-    if x.dim() != 2 or x.shape[0] != 1 or not _applies(x, weight, bias, gated=False):
+    m, k = x.shape
+    if m > MAX_M or weight.shape[1] != k or x.device != weight.device:
         return None
-    k = x.shape[1]
-    if norm_weight.shape != (k,) or not norm_weight.is_contiguous() or \
-            (residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
-                                       or not residual.is_contiguous())):
+    if not (x.is_contiguous() and weight.is_contiguous()):
         return None
-    cfg = get_config(1, weight.shape[0], k)
-    if cfg.use_dot:
+    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
         return None
-    res_out = torch.empty_like(x) if residual is not None else None
-    y = skinny_linear_with_config(x, weight, bias, cfg, norm=NormInput(norm_weight, eps, residual, res_out))
-    return y, (res_out if residual is not None else x)
+    return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k))

@@ -16,9 +16,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
 
 from pagedllm.kernels import triton_gemv  # noqa: E402
-from pagedllm.kernels.triton_gemv import (GemvConfig, skinny_linear, skinny_linear_gated,  # noqa: E402
-                                          skinny_linear_with_config)
-from pagedllm.kernels.triton_ops import silu_and_mul  # noqa: E402
+from pagedllm.kernels.triton_gemv import GemvConfig, skinny_linear, skinny_linear_with_config  # noqa: E402
 
 # (N, K, bias): Qwen2.5-1.5B / 7B decode shapes, then odd ones (N, K not multiples of any block).
 MODEL_SHAPES = [
@@ -42,9 +40,9 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def _inputs(m, n, k, bias, dtype, seed=0, gated=False):
+def _inputs(m, n, k, bias, dtype, seed=0):
     g = torch.Generator().manual_seed(seed * 7919 + m * 31 + n + k)
-    x = torch.randn(m, 2 * k if gated else k, generator=g).to(dtype).to(DEVICE)    # gated: [gate | up]
+    x = torch.randn(m, k, generator=g).to(dtype).to(DEVICE)
     w = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype).to(DEVICE)
     b = torch.randn(n, generator=g).to(dtype).to(DEVICE) if bias else None
     return x, w, b
@@ -119,95 +117,6 @@ def test_empty():
     w = torch.randn(32, 64).to(DTYPES[0]).to(DEVICE)
     out = skinny_linear(x, w)
     assert out.shape == (0, 32)
-
-
-# Gated input (a gated MLP's down projection): x2 [M, 2K] = [gate | up], the kernel applies silu(gate) * up.
-if INTERPRET:
-    GATED_CASES = [(64, 1000, True, torch.float16), (129, 17, False, torch.float16)]
-else:   # 1.5B / 7B down projections (7B: split-K 2 at M = 1), then K and N tails; fp16 on two shapes
-    GATED_CASES = [(1536, 8960, False, torch.bfloat16), (3584, 18944, False, torch.bfloat16),
-                   (1000, 1000, True, torch.bfloat16), (129, 17, False, torch.float16),
-                   (3584, 18944, False, torch.float16)]
-
-
-def _gated_ref(x2, w, b):
-    """F.linear on silu_and_mul(x2) computed as the unfused Triton kernel does (fp32, rounded to x2's dtype once)."""
-    k = x2.shape[1] // 2
-    gate, up = x2[:, :k].float(), x2[:, k:].float()
-    return _ref((gate / (1.0 + torch.exp(-gate)) * up).to(x2.dtype), w, b)
-
-
-@pytest.mark.parametrize("m", [1, 3, 16])
-@pytest.mark.parametrize("n,k,bias,dtype", GATED_CASES)
-def test_skinny_linear_gated(n, k, bias, m, dtype):
-    x2, w, b = _inputs(m, n, k, bias, dtype, seed=4, gated=True)
-    out = skinny_linear_gated(x2, w, b)
-    assert out is not None
-    assert out.shape == (m, n) and out.dtype == dtype
-    assert rel_err(out, _gated_ref(x2, w, b)) < 1e-2
-
-
-@pytest.mark.parametrize("cfg", [GemvConfig(8, 512, 4, 1, False), GemvConfig(16, 256, 4, 1, False, 2),
-                                 GemvConfig(16, 512, 4, 5), GemvConfig(64, 256, 4, 5, True, 2)], ids=str)
-def test_gated_configs(cfg):
-    """FMA and dot paths, split-K 1 and 2, K tails: equal bitwise to the unfused path (the standalone SiLU-and-mul
-    kernel, then the same GEMM config), since the input is rounded exactly as that kernel rounds it."""
-    for (n, k, bias), ms in [((1000, 3001, True), (1, 5)), ((129, 17, False), (1, 16))]:
-        for dtype in DTYPES:
-            for m in ms:
-                x2, w, b = _inputs(m, n, k, bias, dtype, seed=5, gated=True)
-                out = skinny_linear_with_config(x2, w, b, cfg, gated=True)
-                assert rel_err(out, _gated_ref(x2, w, b)) < 1e-2, (n, k, m, dtype)
-                assert torch.equal(out, skinny_linear_with_config(silu_and_mul(x2), w, b, cfg)), (n, k, m, dtype)
-
-
-def test_gated_declines():
-    x2 = torch.randn(4, 128).to(DTYPES[0]).to(DEVICE)
-    w = torch.randn(32, 64).to(DTYPES[0]).to(DEVICE)
-    assert skinny_linear_gated(x2[:, :127].contiguous(), w) is None     # not 2K wide
-    assert skinny_linear_gated(x2[:, :64].contiguous(), w) is None      # K wide (an unfused input)
-    assert skinny_linear_gated(torch.cat([x2] * 5), w) is None          # M > 16
-    assert skinny_linear_gated(x2.float(), w.float()) is None           # fp32
-
-
-# Fused RMSNorm input (M == 1): the QKV projections of 1.5B / 7B, then odd shapes; FMA configs incl. split-K.
-NORMED_SHAPES = ([(2048, 1536, True), (1536, 96, False), (129, 17, False)] if INTERPRET
-                 else [(2048, 1536, True), (4608, 3584, True), (17920, 1536, False), (129, 17, False),
-                       (1000, 1000, True)])
-
-
-@pytest.mark.parametrize("with_residual", [False, True])
-@pytest.mark.parametrize("cfg", [None, GemvConfig(16, 256, 4, 1, False, 2), GemvConfig(8, 512, 4, 1, False, 3)],
-                         ids=str)
-@pytest.mark.parametrize("n,k,bias", NORMED_SHAPES)
-def test_skinny_linear_normed(n, k, bias, cfg, with_residual):
-    """rmsnorm(x + residual) * w inside the GEMM == the RMSNorm kernel followed by the GEMM (to rounding of the
-    1 / rms sum), and the new residual is exactly x + residual (or x itself without a residual)."""
-    from pagedllm.kernels.triton_ops import rms_norm
-    dtype = DTYPES[0]
-    x, w, b = _inputs(1, n, k, bias, dtype, seed=3)
-    g = torch.Generator().manual_seed(k)
-    res = torch.randn(1, k, generator=g).to(dtype).to(DEVICE) if with_residual else None
-    norm_w = (1 + 0.1 * torch.randn(k, generator=g)).to(dtype).to(DEVICE)
-    normed, new_res = rms_norm(x, norm_w, 1e-6, res)
-    expected = _ref(normed, w, b)
-    if cfg is None:
-        y, got_res = triton_gemv.skinny_linear_normed(x, res, norm_w, 1e-6, w, b)
-    else:
-        res_out = torch.empty_like(x) if with_residual else None
-        y = skinny_linear_with_config(x, w, b, cfg, norm=triton_gemv.NormInput(norm_w, 1e-6, res, res_out))
-        got_res = res_out if with_residual else x
-    assert rel_err(y, expected) < 1e-2
-    assert torch.equal(got_res, new_res)
-    # Against the two kernels it replaces: only the 1 / rms summation order differs.
-    assert rel_err(y, skinny_linear_with_config(normed, w, b, cfg or triton_gemv.get_config(1, n, k))) < 2e-3
-
-
-def test_normed_declines():
-    x, w, b = _inputs(2, 64, 32, False, DTYPES[0])
-    norm_w = torch.ones(32, dtype=x.dtype, device=DEVICE)
-    assert triton_gemv.skinny_linear_normed(x, None, norm_w, 1e-6, w, b) is None          # M != 1
-    assert triton_gemv.skinny_linear_normed(x[:1], None, norm_w[:16], 1e-6, w, b) is None  # wrong norm width
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

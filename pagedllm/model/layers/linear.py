@@ -121,21 +121,6 @@ class LinearBase(nn.Module):
             self._pack_tried = True    # this module's inputs do not fit the packed path: stay dense
         return F.linear(x, self.weight, self.bias)
 
-    def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(self(norm(x + residual)), x + residual)`` for an RMSNorm ``norm`` (``residual=None``: ``(self(norm(x)),
-        x)``). Where the skinny GEMM runs at batch 1 (GPU decode), the norm is computed inside it: one kernel less
-        per layer. Elsewhere (CPU included): the norm, then this layer."""
-        if x.is_cuda and _use_skinny(x):
-            from pagedllm.kernels.triton_gemv import skinny_linear_normed
-            out = skinny_linear_normed(x, residual, norm.weight, norm.eps, self.weight, self.bias)
-            if out is not None:
-                return out
-        if residual is None:
-            return self(norm(x)), x
-        hidden, residual = norm(x, residual)
-        return self(hidden), residual
-
     def _apply(self, fn, *args, **kwargs):
         self.unpack()   # .to(device / dtype): move the dense weight, pack again (if it applies) at the next forward
         return super()._apply(fn, *args, **kwargs)

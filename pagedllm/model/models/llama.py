@@ -20,10 +20,6 @@ from pagedllm.model.models.weights import load_packed_weights
 from pagedllm.worker.forward_batch import ForwardBatch
 
 
-# GPU decode at batch 1: the input RMSNorm runs inside the QKV projection's skinny GEMM (A/B switch, see perf.md).
-FUSE_INPUT_NORM = True
-
-
 class LlamaAttention(nn.Module):
     def __init__(self, cfg, layer_idx: int, backend: str, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
         super().__init__()
@@ -44,10 +40,7 @@ class LlamaAttention(nn.Module):
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        return self.attend(positions, self.qkv_proj(hidden), batch)
-
-    def attend(self, positions: torch.Tensor, qkv: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """Everything after the QKV projection (the decoder layer runs the projection itself, fused with its norm)."""
+        qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -65,8 +58,8 @@ class LlamaMLP(nn.Module):
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Not fused into down_proj (triton_gemv.skinny_linear_gated): that made 7B batch-1 decode 7% slower on an
-        # H200, as every program recomputes SiLU over all of K (docs/perf.md).
+        # SiLU-and-mul fused into down_proj's skinny GEMM was tried: 7B batch-1 decode 7% slower on an H200, as every
+        # program recomputes SiLU over all of K (docs/perf.md).
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
@@ -79,18 +72,12 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, positions, hidden, residual, batch):
-        # The input RMSNorm (with the residual add) runs inside the QKV projection's kernel where it can (GPU decode
-        # at batch 1); residual None (first layer): the residual stream starts as the embeddings.
-        if FUSE_INPUT_NORM:
-            qkv, residual = self.self_attn.qkv_proj.forward_normed(hidden, residual, self.input_layernorm)
-            hidden = self.self_attn.attend(positions, qkv, batch)
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
         else:
-            if residual is None:
-                residual = hidden
-                hidden = self.input_layernorm(hidden)
-            else:
-                hidden, residual = self.input_layernorm(hidden, residual)
-            hidden = self.self_attn(positions, hidden, batch)
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, batch)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
