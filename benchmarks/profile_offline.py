@@ -24,8 +24,10 @@ from pagedllm import LLM, SamplingParams  # noqa: E402
 name, wl = sys.argv[1], sys.argv[2]
 d = tempfile.mkdtemp()
 json.dump(qwen2_config(name), open(os.path.join(d, "config.json"), "w"))
+# No prefix caching: the same prompts run several times here, and from the second run on they would all hit the
+# cache and skip their prefill (the benchmark runs them once).
 llm = LLM(model=d, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_model_len=4096,
-          gpu_memory_utilization=0.9, seed=0)
+          gpu_memory_utilization=0.9, seed=0, enable_prefix_caching=False)
 reqs = WORKLOADS[wl]()
 prompts = [{"prompt_token_ids": ids} for ids, _ in reqs]
 sps = [SamplingParams(max_tokens=o, ignore_eos=True, temperature=0.0, detokenize=False) for _, o in reqs]

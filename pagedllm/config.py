@@ -62,12 +62,15 @@ class EngineArgs:
     served_model_name: list[str] | str | None = None
     generation_config: str = "auto"
     hf_overrides: dict | None = None
+    # Who builds the engine, as vLLM's UsageContext: "llm_class" (offline LLM) or "openai_api_server" (serve). Set by
+    # the entrypoint, not a user option; it picks defaults (the server's prefill chunks are half the LLM class's).
+    usage_context: str = "llm_class"
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineArgs":
         """Build from ``LLM(...)`` keyword arguments; an unknown keyword is an error that names it."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"usage_context"}
         unknown = sorted(k for k in kwargs if k not in names)
         if unknown:
             raise TypeError(f"LLM got unexpected keyword argument(s): {', '.join(unknown)}")
@@ -227,7 +230,12 @@ class EngineConfig:
                     f"max_num_batched_tokens ({max_num_batched_tokens}) is smaller than max_model_len "
                     f"({max_model_len}) while chunked prefill is disabled.")
         else:
-            max_num_batched_tokens = 16384 if on_gpu else 2048
+            # vLLM's defaults for GPUs of 70 GiB or more: 16384 tokens per step offline, 8192 behind the server,
+            # where smaller prefill chunks keep the running streams' inter-token latency down.
+            if on_gpu:
+                max_num_batched_tokens = 8192 if args.usage_context == "openai_api_server" else 16384
+            else:
+                max_num_batched_tokens = 2048
             if not args.enable_chunked_prefill:
                 max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
 

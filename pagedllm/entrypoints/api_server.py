@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     args = make_arg_parser().parse_args(argv)
     configure_logging()
     engine_args = EngineArgs.from_cli_args(args)
+    engine_args.usage_context = "openai_api_server"
     metrics = EngineMetrics(engine_args.model, log_stats=not args.disable_log_stats)
     engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=False, metrics=metrics)
     app = build_app(engine, args.root_path or "")

@@ -96,6 +96,7 @@ class APIKeyMiddleware:
 # ---- the app ---------------------------------------------------------------------------------------------------------
 def build_engine(args: argparse.Namespace) -> tuple[AsyncLLMEngine, EngineMetrics, list[str]]:
     engine_args = EngineArgs.from_cli_args(args)
+    engine_args.usage_context = "openai_api_server"
     names = list(args.served_model_name) if args.served_model_name else [args.model]
     engine_args.served_model_name = names
     metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats)

@@ -1,0 +1,32 @@
+"""Scheduler defaults follow vLLM's usage contexts: on a big GPU 16384 tokens per step for the offline LLM class and
+8192 behind the server (smaller prefill chunks, lower inter-token latency); 2048 on CPU; explicit values win."""
+import pytest
+import torch
+import transformers
+
+from pagedllm import config as cfg_mod
+from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel
+
+
+def build(device: str, monkeypatch, **kwargs) -> EngineConfig:
+    monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device(device))
+    monkeypatch.setattr(cfg_mod, "_pick_dtype", lambda name, hf, dev: torch.bfloat16)
+    hf = transformers.LlamaConfig(max_position_embeddings=4096)
+    return EngineConfig.build(EngineArgs(model="m", **kwargs), ResolvedModel("m", hf, None))
+
+
+@pytest.mark.parametrize("context, expected", [("llm_class", 16384), ("openai_api_server", 8192)])
+def test_gpu_tokens_per_step_by_usage_context(monkeypatch, context, expected):
+    cfg = build("cuda", monkeypatch, usage_context=context)
+    assert (cfg.max_num_batched_tokens, cfg.max_num_seqs) == (expected, 1024)
+
+
+def test_cpu_and_explicit(monkeypatch):
+    assert build("cpu", monkeypatch, usage_context="openai_api_server").max_num_batched_tokens == 2048
+    assert build("cuda", monkeypatch, usage_context="openai_api_server",
+                 max_num_batched_tokens=4096).max_num_batched_tokens == 4096
+
+
+def test_llm_does_not_take_usage_context():
+    with pytest.raises(TypeError, match="usage_context"):
+        EngineArgs.from_kwargs("m", usage_context="openai_api_server")
