@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -62,15 +62,16 @@ class EngineArgs:
     served_model_name: list[str] | str | None = None
     generation_config: str = "auto"
     hf_overrides: dict | None = None
-    # Who builds the engine, as vLLM's UsageContext: "llm_class" (offline LLM) or "openai_api_server" (serve). Set by
-    # the entrypoint, not a user option; it picks defaults (the server's prefill chunks are half the LLM class's).
-    usage_context: str = "llm_class"
+    # Who builds the engine, as vLLM's UsageContext: "llm_class" (offline LLM) or "openai_api_server" (serve). Not a
+    # field (no LLM keyword, no flag): the server entrypoint sets it on its instance, and it picks defaults (the
+    # server's prefill chunks are half the LLM class's).
+    usage_context: ClassVar[str] = "llm_class"
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineArgs":
         """Build from ``LLM(...)`` keyword arguments; an unknown keyword is an error that names it."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"usage_context"}
+        names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in kwargs if k not in names)
         if unknown:
             raise TypeError(f"LLM got unexpected keyword argument(s): {', '.join(unknown)}")

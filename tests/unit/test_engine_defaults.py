@@ -1,5 +1,8 @@
 """Scheduler defaults follow vLLM's usage contexts: on a big GPU 16384 tokens per step for the offline LLM class and
 8192 behind the server (smaller prefill chunks, lower inter-token latency); 2048 on CPU; explicit values win."""
+import dataclasses
+import pickle
+
 import pytest
 import torch
 import transformers
@@ -8,11 +11,16 @@ from pagedllm import config as cfg_mod
 from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel
 
 
-def build(device: str, monkeypatch, **kwargs) -> EngineConfig:
+def build(device: str, monkeypatch, usage_context: str, **kwargs) -> EngineConfig:
     monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device(device))
     monkeypatch.setattr(cfg_mod, "_pick_dtype", lambda name, hf, dev: torch.bfloat16)
     hf = transformers.LlamaConfig(max_position_embeddings=4096)
-    return EngineConfig.build(EngineArgs(model="m", **kwargs), ResolvedModel("m", hf, None))
+    args = EngineArgs(model="m", **kwargs)
+    args.usage_context = usage_context          # as the server entrypoint does
+    # It travels with the arguments to the engine process (pickled) but is not an LLM keyword.
+    args = pickle.loads(pickle.dumps(args))
+    assert "usage_context" not in dataclasses.asdict(args)
+    return EngineConfig.build(args, ResolvedModel("m", hf, None))
 
 
 @pytest.mark.parametrize("context, expected", [("llm_class", 16384), ("openai_api_server", 8192)])
