@@ -62,6 +62,17 @@ def _store_kv_kernel(Key, Value, KCache, VCache, SlotMapping,
     slot = tl.load(SlotMapping + tok).to(tl.int64)
     if slot < 0:        # padding token of a CUDA-graph batch
         return
+    write_token_kv(Key, Value, KCache, VCache, tok, slot, stride_kt, stride_kh, stride_vt, stride_vh,
+                   stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct, stride_vch,
+                   NUM_KV_HEADS, HEAD_DIM, BLOCK_H, BLOCK_D, PAGE)
+
+
+@triton.jit
+def write_token_kv(Key, Value, KCache, VCache, tok, slot, stride_kt, stride_kh, stride_vt, stride_vh,
+                   stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct, stride_vch,
+                   NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                   BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr):
+    """Token ``tok``'s K and V rows (all heads) into cache slot ``slot`` (>= 0); also used by the rotary kernel."""
     blk = slot // PAGE
     off = slot % PAGE
     h = tl.arange(0, BLOCK_H)

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels.triton_attention import write_token_kv
+
 
 @triton.jit
 def _rotate_rows(X, t, stride_t, stride_h, cos, sin, d, dm, H: tl.constexpr, HALF: tl.constexpr,
@@ -47,17 +49,9 @@ def _rotary_kernel(Q, K, Cos, Sin, Pos, stride_qt, stride_qh, stride_kt, stride_
             # Whole head rows (a partial rotary leaves the tail of K as it was): read back the K this program just
             # rotated in place; the barrier makes every thread's stores visible to the others first.
             tl.debug_barrier()
-            h = tl.arange(0, BLOCK_HKV)
-            e = tl.arange(0, BLOCK_HD)
-            m = (h[:, None] < HKV) & (e[None, :] < HEAD_DIM)
-            blk = slot // PAGE
-            off = slot % PAGE
-            k = tl.load(K + t * stride_kt + h[:, None] * stride_kh + e[None, :], mask=m)
-            v = tl.load(V + t * stride_vt + h[:, None] * stride_vh + e[None, :], mask=m)
-            tl.store(KCache + blk * stride_kcb + off * stride_kct + h[:, None] * stride_kch + e[None, :],
-                     k.to(KCache.dtype.element_ty), mask=m)
-            tl.store(VCache + blk * stride_vcb + off * stride_vct + h[:, None] * stride_vch + e[None, :],
-                     v.to(VCache.dtype.element_ty), mask=m)
+            write_token_kv(K, V, KCache, VCache, t, slot, stride_kt, stride_kh, stride_vt, stride_vh,
+                           stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct, stride_vch,
+                           HKV, HEAD_DIM, BLOCK_HKV, BLOCK_HD, PAGE)
 
 
 def rotary_inplace(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
