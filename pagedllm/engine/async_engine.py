@@ -488,10 +488,12 @@ def _core_process_main(engine_args: EngineArgs, conn, log_format: tuple | None, 
         conn.send(("build_failed", _picklable(e)))
         return
     conn.send(("ready", _engine_info(engine)))
+    trace = _StepTrace.from_env()
     while True:
         # Block only when there is nothing to step.
         if not engine.has_unfinished_requests():
             conn.poll(None)
+        t_loop = time.perf_counter()
         changed = False
         while conn.poll(0):
             try:
@@ -512,20 +514,64 @@ def _core_process_main(engine_args: EngineArgs, conn, log_format: tuple | None, 
                     engine.abort_request(msg[1])
                     conn.send(("aborted", msg[1], len(parent.children)))
             elif kind == "shutdown":
+                if trace is not None and trace.rows:
+                    trace.flush()
                 return
             changed = True
         if not engine.has_unfinished_requests():
             if changed:
                 conn.send(("snapshot", EngineSnapshot.of(engine)))
             continue
+        t_step = time.perf_counter()
         try:
             outputs, stats = engine.step_with_stats()
         except BaseException as e:   # noqa: BLE001 - any failure of the model step kills the engine
             conn.send(("dead", _picklable(e), traceback.format_exc()))
             return
+        t_stepped = time.perf_counter()
+        snapshot = EngineSnapshot.of(engine)
         conn.send(("step", [_pack(o) for o in outputs],
                    (stats.num_prompt_tokens, stats.num_generation_tokens, stats.num_preemptions),
-                   EngineSnapshot.of(engine), time.time()))
+                   snapshot, time.time()))
+        if trace is not None:
+            trace.add(t_loop, t_step, t_stepped, time.perf_counter(), snapshot, stats, len(outputs))
+
+
+class _StepTrace:
+    """``PAGEDLLM_STEP_TRACE=FILE``: one JSON line per engine-process step, for finding where a served step's time
+    goes (benchmarks/serve_step_trace.py reads it). Times in ms: ``msgs`` applying the requests and aborts that
+    arrived, ``step`` scheduling + launching + waiting for the previous step's tokens, ``send`` packing and
+    writing the outputs to the server process; ``gap`` from the end of the previous iteration to this one (idle).
+    Written in blocks, so a killed process loses at most the last block."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: list[str] = []
+        self.last_end: float | None = None
+
+    @classmethod
+    def from_env(cls) -> "_StepTrace | None":
+        path = os.environ.get("PAGEDLLM_STEP_TRACE", "").strip()
+        return cls(path) if path else None
+
+    def add(self, t_loop: float, t_step: float, t_stepped: float, t_end: float, snap: EngineSnapshot,
+            stats: StepStats, num_outputs: int) -> None:
+        import json
+        gap = 0.0 if self.last_end is None else t_loop - self.last_end
+        self.last_end = t_end
+        ms = lambda x: round(x * 1e3, 3)   # noqa: E731
+        self.rows.append(json.dumps({
+            "t": round(t_loop, 6), "gap": ms(gap), "msgs": ms(t_step - t_loop), "step": ms(t_stepped - t_step),
+            "send": ms(t_end - t_stepped), "running": snap.num_running, "waiting": snap.num_waiting,
+            "prompt_tokens": stats.num_prompt_tokens, "gen_tokens": stats.num_generation_tokens,
+            "outputs": num_outputs}))
+        if len(self.rows) >= 200:
+            self.flush()
+
+    def flush(self) -> None:
+        with open(self.path, "a") as f:
+            f.write("\n".join(self.rows) + "\n")
+        self.rows = []
 
 
 def _picklable(e: BaseException) -> BaseException:

@@ -9,7 +9,6 @@ JSON (cumulative text, not SSE). A client that disconnects has its request abort
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 from typing import AsyncIterator
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 import pagedllm
 from pagedllm.config import EngineArgs
 from pagedllm.engine.async_engine import AsyncLLMEngine
+from pagedllm.entrypoints.event_loop import run_event_loop
 from pagedllm.entrypoints.openai.protocol import random_uuid
 from pagedllm.entrypoints.openai.serving_engine import error_body, error_response, guess_param, until_disconnected
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                             timeout_keep_alive=5, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
                             ssl_ca_certs=args.ssl_ca_certs, root_path=args.root_path or "")
     try:
-        asyncio.run(uvicorn.Server(config).serve())
+        run_event_loop(uvicorn.Server(config).serve())
     finally:
         engine.shutdown()
 

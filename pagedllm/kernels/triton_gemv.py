@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
+
 MAX_M = 16
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -41,7 +43,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 @triton.jit
 def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_ym,
                         HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -56,6 +58,7 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
         k_end = tl.minimum(K, k_start + K_PER_SPLIT)
     w_ptrs = W + rows.to(tl.int64)[:, None] * stride_wn + (k_start + offs_k)[None, :]
     if USE_DOT:
+        pdl_wait(PDL)
         offs_m = tl.arange(0, BLOCK_M)
         # Rows m >= M re-read row M-1 (cheap, cached); their results are never stored.
         xrows = tl.minimum(offs_m, M - 1)
@@ -78,7 +81,19 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
         # M == 1: elementwise FMAs into a [BLOCK_N, BLOCK_K] fp32 tile, one reduction over K at the end.
         x_ptrs = X + k_start + offs_k
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(k_start, k_end, BLOCK_K):
+        k_first = k_start
+        if PDL:
+            # Launched early (pdl.py): W is constant, so the first tile is read while the previous kernel, which
+            # writes x, is still running. Masked: a split may hold less than one tile (or none).
+            kmask = offs_k < k_end - k_start
+            w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
+            pdl_wait(PDL)
+            x = tl.load(x_ptrs, mask=kmask, other=0.0)
+            acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
+            w_ptrs += BLOCK_K
+            x_ptrs += BLOCK_K
+            k_first = k_start + BLOCK_K
+        for k0 in range(k_first, k_end, BLOCK_K):
             if EVEN_K:
                 w = tl.load(w_ptrs)
                 x = tl.load(x_ptrs)
@@ -242,7 +257,7 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         x.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
         BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch_args(x.device))
     return y
 
 

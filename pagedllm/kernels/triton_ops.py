@@ -9,13 +9,17 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
+
 
 @triton.jit
 def _rms_norm_kernel(X, Res, W, Out, ResOut, stride_x, stride_r, stride_o, stride_ro, eps,
-                     N: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr):
+                     N: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)   # a constant: read before waiting
+    pdl_wait(PDL)
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RES:
         r = tl.load(Res + row * stride_r + cols, mask=mask, other=0.0)
@@ -25,7 +29,6 @@ def _rms_norm_kernel(X, Res, W, Out, ResOut, stride_x, stride_r, stride_o, strid
         tl.store(ResOut + row * stride_ro + cols, x, mask=mask)
     xf = x.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / N + eps)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(Out + row * stride_o + cols, (xf * rstd * w).to(Out.dtype.element_ty), mask=mask)
 
 
@@ -56,7 +59,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         warps = max(1, min(16, block // 256))
         _rms_norm_kernel[(rows,)](x2, r2, weight, out, res_out, x2.stride(0), r2.stride(0), out.stride(0),
                                   res_out.stride(0), eps, N=n, BLOCK=block, HAS_RES=residual is not None,
-                                  num_warps=warps)
+                                  num_warps=warps, **pdl_launch_args(x.device))
     out = out.view(shape)
     if residual is None:
         return out, x
@@ -64,7 +67,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 
 @triton.jit
-def _silu_and_mul_kernel(X, Out, stride_x, stride_o, D: tl.constexpr, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(X, Out, stride_x, stride_o, D: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
@@ -86,5 +90,6 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if rows > 0 and d > 0:
         block = min(1024, triton.next_power_of_2(d))
         _silu_and_mul_kernel[(rows, triton.cdiv(d, block))](x2, out, x2.stride(0), out.stride(0), D=d,
-                                                             BLOCK=block, num_warps=4)
+                                                             BLOCK=block, num_warps=4,
+                                                             **pdl_launch_args(x.device))
     return out.view(*x.shape[:-1], d)

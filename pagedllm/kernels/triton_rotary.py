@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.triton_attention import write_token_kv
 
 
@@ -34,7 +35,9 @@ def _rotary_kernel(Q, K, Cos, Sin, Pos, stride_qt, stride_qh, stride_kt, stride_
                    stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct, stride_vch,
                    HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
                    BLOCK_HKV: tl.constexpr, BLOCK_D: tl.constexpr,
-                   STORE_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_HD: tl.constexpr, PAGE: tl.constexpr):
+                   STORE_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_HD: tl.constexpr, PAGE: tl.constexpr,
+                   PDL: tl.constexpr):
+    pdl_wait(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(Pos + t).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
@@ -88,4 +91,5 @@ def _launch(positions, q, k, cos, sin, store) -> None:
                                   BLOCK_HKV=triton.next_power_of_2(hkv), BLOCK_D=triton.next_power_of_2(half),
                                   STORE_KV=store is not None, HEAD_DIM=head_dim,
                                   BLOCK_HD=triton.next_power_of_2(head_dim),
-                                  PAGE=kc.shape[1] if store is not None else 1, num_warps=4)
+                                  PAGE=kc.shape[1] if store is not None else 1, num_warps=4,
+                                  **pdl_launch_args(q.device))

@@ -6,7 +6,6 @@ Routes: /v1/models, /v1/completions, /v1/chat/completions, /tokenize, /detokeniz
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import secrets
 import sys
@@ -21,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 import pagedllm
 from pagedllm.config import EngineArgs
 from pagedllm.engine.async_engine import AsyncLLMEngine
+from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                   ModelCard, ModelList, RequestError, TokenizeChatRequest,
@@ -241,10 +241,10 @@ def run_server(args: argparse.Namespace) -> None:
                             root_path=args.root_path or "")
     server = uvicorn.Server(config)
     scheme = "https" if args.ssl_certfile else "http"
-    logger.info("Starting the server on %s://%s:%d (served model name(s): %s)", scheme, host, args.port,
-                ", ".join(names))
+    logger.info("Starting the server on %s://%s:%d (served model name(s): %s; event loop: %s)", scheme, host,
+                args.port, ", ".join(names), event_loop_name())
     try:
-        asyncio.run(server.serve())
+        run_event_loop(server.serve())
     finally:
         engine.shutdown()
 
