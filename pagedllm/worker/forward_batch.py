@@ -26,6 +26,11 @@ class ForwardBatch:
     seq_lens_cpu: list[int] = field(default_factory=list)
     # Attention backend state (e.g. the Triton decode workspace); None for the torch backend.
     attn_workspace: object | None = None
+    # Mixed batches: the first num_decodes requests have one new token each (the model runner orders them first),
+    # and prefill_query_start_loc [B - num_decodes + 1] int32 holds the other requests' query starts, from 0.
+    # The Triton backend sends the two groups to its decode and extend kernels.
+    num_decodes: int = 0
+    prefill_query_start_loc: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -11,7 +11,7 @@ import torch
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.request import Request
-from pagedllm.engine.scheduler import SchedulerOutput
+from pagedllm.engine.scheduler import ScheduledRequest, SchedulerOutput
 from pagedllm.model.layers.sampler import Sampler, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.worker.forward_batch import ForwardBatch
@@ -34,8 +34,9 @@ class ModelRunnerOutput:
 class LaunchedStep:
     """A step whose device work is queued: what ``ModelRunner.finish`` needs to complete it."""
     sched: SchedulerOutput
+    items: list[ScheduledRequest]            # sched.scheduled in batch order (requests with one new token first)
     hidden: torch.Tensor
-    starts: np.ndarray                       # query start of each scheduled request in the flat batch
+    starts: np.ndarray                       # query start of each of ``items`` in the flat batch
     sampled_requests: list[Request]          # requests that sample this step, in logits-row order
     logits: torch.Tensor | None = None
     tokens_host: torch.Tensor | None = None  # async: the sampled tokens, being copied to the host
@@ -103,9 +104,11 @@ class ModelRunner:
         if self.config.attention_backend == "triton":
             # Compile the other extend-kernel variants now rather than inside the first timed requests (~1 s each on
             # a cold Triton cache; an H200 ShareGPT run lost 2 s to it): the row block follows the longest query,
-            # and mixed batches add a second pass for their one-token requests.
+            # mixed batches add a second pass for short requests, and send their one-token requests to the decode
+            # kernel.
             for q in (2, 3, 5, 9, 17, 33, 65):
-                self._dummy_forward(lens=[q, 1])
+                self._dummy_forward(lens=[q, 2])
+                self._dummy_forward(lens=[1, q], num_decodes=1)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         total = torch.cuda.get_device_properties(self.device).total_memory
@@ -118,9 +121,10 @@ class ModelRunner:
         return max(budget, 0)
 
     @torch.inference_mode()
-    def _dummy_forward(self, num_tokens: int = 0, lens: list[int] | None = None) -> None:
+    def _dummy_forward(self, num_tokens: int = 0, lens: list[int] | None = None, num_decodes: int = 0) -> None:
         """A forward of ``num_tokens`` prompt tokens (as few max_model_len requests as hold them), or of prompts of
-        the given ``lens``, over a scratch cache (memory profiling, kernel warm-up)."""
+        the given ``lens`` (the first ``num_decodes`` of them, of length 1, as decodes), over a scratch cache
+        (memory profiling, kernel warm-up)."""
         if lens is None:
             n_seq = -(-num_tokens // self.config.max_model_len)
             lens = [min(self.config.max_model_len, num_tokens - i * self.config.max_model_len) for i in range(n_seq)]
@@ -142,7 +146,7 @@ class ModelRunner:
             first += nb
         slots = np.concatenate(slots)
         batch = self._make_batch(np.zeros(num_tokens, dtype=np.int64), positions, slots, starts,
-                                 np.array(lens, dtype=np.int32), tables, caches)
+                                 np.array(lens, dtype=np.int32), tables, caches, num_decodes)
         hidden = self.model(batch.input_ids, batch.positions, batch)
         self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
         del caches, hidden
@@ -162,10 +166,16 @@ class ModelRunner:
             self.graph_runner.capture()
 
     # ---- one step ---------------------------------------------------------------------------------------------
-    def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches
-                    ) -> ForwardBatch:
+    def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,
+                    num_decodes: int = 0) -> ForwardBatch:
         dev = self.device
+        prefill_qsl = None
+        if 0 < num_decodes < len(seq_lens):
+            rest = np.asarray(query_start_loc[num_decodes:], dtype=np.int32) - np.int32(query_start_loc[num_decodes])
+            prefill_qsl = torch.from_numpy(rest).to(dev, non_blocking=True)
         return ForwardBatch(
+            num_decodes=num_decodes,
+            prefill_query_start_loc=prefill_qsl,
             input_ids=torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(dev, non_blocking=True),
             positions=torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev, non_blocking=True),
             slot_mapping=torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(dev, non_blocking=True),
@@ -187,10 +197,11 @@ class ModelRunner:
 
         Async scheduling: a request whose last token was sampled by the previous step but is not on the host yet
         (a placeholder) takes that token straight from the previous step's device tensor of sampled tokens."""
-        items = sched.scheduled
+        items = _decodes_first(sched.scheduled)
         bs = self.block_size
         num_reqs = len(items)
         q_lens = np.array([it.num_new_tokens for it in items], dtype=np.int64)
+        num_decodes = int(np.argmin(q_lens == 1)) if (q_lens != 1).any() else num_reqs
         starts = np.zeros(num_reqs + 1, dtype=np.int32)
         np.cumsum(q_lens, out=starts[1:])
         total = int(starts[-1])
@@ -221,13 +232,14 @@ class ModelRunner:
         if total == num_reqs and self.graph_runner is not None and self.graph_runner.can_run(num_reqs):
             hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup)
         else:
-            batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches)
+            batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches,
+                                     num_decodes)
             if fixup is not None:
                 batch.input_ids[fixup[0]] = fixup[1]
             hidden = self.model(batch.input_ids, batch.positions, batch)
 
         sample_items = [(i, it) for i, it in enumerate(items) if it.will_sample]
-        step = LaunchedStep(sched, hidden, starts, [it.request for _, it in sample_items])
+        step = LaunchedStep(sched, items, hidden, starts, [it.request for _, it in sample_items])
         if sample_items:
             rows = to_device([int(starts[i + 1]) - 1 for i, _ in sample_items], self.device)
             step.logits = self.model.compute_logits(hidden[rows])
@@ -257,7 +269,7 @@ class ModelRunner:
         # Which rows need logits besides the sampled ones: every prompt position of requests that asked for
         # prompt logprobs.
         prompt_rows: list[tuple[Request, int, int]] = []   # (request, flat row, prompt position)
-        for i, it in enumerate(step.sched.scheduled):
+        for i, it in enumerate(step.items):
             r = it.request
             if r.sampling_params.prompt_logprobs is None:
                 continue
@@ -282,6 +294,14 @@ class ModelRunner:
             target = r.token_ids[p + 1]
             ids, vals, lp, rank = top_logprobs(logprobs[j], target, r.sampling_params.prompt_logprobs)
             out.prompt_logprobs.setdefault(r.request_id, []).append((p + 1, target, lp, rank, ids, vals))
+
+
+def _decodes_first(items: list[ScheduledRequest]) -> list[ScheduledRequest]:
+    """The scheduled requests with the one-new-token ones (decodes) first, each group in scheduling order: the
+    attention backend then runs them through its decode kernel (ForwardBatch.num_decodes)."""
+    if all(it.num_new_tokens == 1 for it in items):
+        return items
+    return [it for it in items if it.num_new_tokens == 1] + [it for it in items if it.num_new_tokens != 1]
 
 
 def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

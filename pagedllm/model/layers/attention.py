@@ -39,7 +39,8 @@ class Attention(nn.Module):
         if self.backend == "triton":
             out = self.impl.paged_attention(q, k_cache, v_cache, batch.query_start_loc, batch.seq_lens,
                                             batch.block_tables, self.scale, batch.max_query_len,
-                                            workspace=batch.attn_workspace)
+                                            workspace=batch.attn_workspace, num_decodes=batch.num_decodes,
+                                            prefill_query_start_loc=batch.prefill_query_start_loc)
         else:
             out = self.impl.paged_attention(q, k_cache, v_cache, batch.query_start_loc, batch.seq_lens,
                                             batch.block_tables, self.scale,
