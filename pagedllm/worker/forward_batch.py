@@ -31,6 +31,9 @@ class ForwardBatch:
     # The Triton backend sends the two groups to its decode and extend kernels.
     num_decodes: int = 0
     prefill_query_start_loc: torch.Tensor | None = None
+    # Set only while capturing piecewise CUDA graphs (worker/cuda_graphs.py): the attention layers hand their query
+    # to it instead of attending, and it closes the graph there.
+    attn_breaker: object | None = None
 
     @property
     def num_tokens(self) -> int:

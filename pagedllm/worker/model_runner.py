@@ -68,6 +68,7 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
         self.workspace = None          # Triton decode scratch (split-KV partials), shared by all layers
         self.graph_runner = None
+        self.piecewise_runner = None
         if config.attention_backend == "triton":
             from pagedllm.kernels.triton_attention import DecodeWorkspace
             self.workspace = DecodeWorkspace.allocate(config.max_num_seqs, hf.num_attention_heads,
@@ -160,10 +161,15 @@ class ModelRunner:
             self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                               for _ in range(self.num_layers)]
         if self.config.attention_backend == "triton" and not self.config.args.enforce_eager:
-            from pagedllm.worker.cuda_graphs import CudaGraphRunner
+            from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
             self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
                                                 self.max_blocks_per_seq, self.workspace, self.device)
             self.graph_runner.capture()
+            if _piecewise_enabled():
+                self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches,
+                                                             self.config.max_num_batched_tokens, self.workspace,
+                                                             self.device, pool=self.graph_runner.pool)
+                self.piecewise_runner.capture()
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,
@@ -236,7 +242,10 @@ class ModelRunner:
                                      num_decodes)
             if fixup is not None:
                 batch.input_ids[fixup[0]] = fixup[1]
-            hidden = self.model(batch.input_ids, batch.positions, batch)
+            if self.piecewise_runner is not None and self.piecewise_runner.can_run(total):
+                hidden = self.piecewise_runner.run(batch)
+            else:
+                hidden = self.model(batch.input_ids, batch.positions, batch)
 
         sample_items = [(i, it) for i, it in enumerate(items) if it.will_sample]
         step = LaunchedStep(sched, items, hidden, starts, [it.request for _, it in sample_items])
@@ -294,6 +303,12 @@ class ModelRunner:
             target = r.token_ids[p + 1]
             ids, vals, lp, rank = top_logprobs(logprobs[j], target, r.sampling_params.prompt_logprobs)
             out.prompt_logprobs.setdefault(r.request_id, []).append((p + 1, target, lp, rank, ids, vals))
+
+
+def _piecewise_enabled() -> bool:
+    """Piecewise CUDA graphs for steps with prompt tokens (worker/cuda_graphs.py); PAGEDLLM_PIECEWISE_GRAPHS=0
+    turns them off (A/B runs)."""
+    return os.environ.get("PAGEDLLM_PIECEWISE_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _decodes_first(items: list[ScheduledRequest]) -> list[ScheduledRequest]:

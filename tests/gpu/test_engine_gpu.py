@@ -121,3 +121,24 @@ def test_bf16_chunked_prefill_and_prefix_cache(model_dir, prompts, hf_model):
     second = llm.generate([{"prompt_token_ids": p} for p in shared], sp, use_tqdm=False)
     assert all(o.num_cached_tokens >= 96 for o in second)
     assert_greedy_under_hf(hf_model, shared, [o.outputs[0].token_ids for o in second])
+
+
+def test_bf16_piecewise_graphs_carry_prompt_steps(model_dir, prompts, hf_model):
+    """Steps with prompt tokens (here chunks of at most 64, next to running decodes) replay the piecewise graphs,
+    attention in between; tokens stay HF-greedy and equal those of the eager engine where the two agree on
+    every logit ordering."""
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+              dtype="bfloat16", max_num_batched_tokens=64)
+    runner = llm.llm_engine.runner.piecewise_runner
+    assert runner is not None and runner.sizes[-1] == 64
+    sizes = []
+    run = runner.run
+    runner.run = lambda batch: (sizes.append(batch.num_tokens), run(batch))[1]
+    sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    got = [o.outputs[0].token_ids for o in outs]
+    del llm
+    torch.cuda.empty_cache()
+    # 260 prompt tokens in chunks of <= 64: at least five piecewise steps, some with decodes beside the chunk.
+    assert len(sizes) >= 5 and max(sizes) <= 64
+    assert_greedy_under_hf(hf_model, prompts, got)

@@ -36,14 +36,24 @@ class Attention(nn.Module):
             if rotary is not None:
                 q, k = rotary(positions, q, k)
             self.impl.store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
-        if self.backend == "triton":
-            out = self.impl.paged_attention(q, k_cache, v_cache, batch.query_start_loc, batch.seq_lens,
-                                            batch.block_tables, self.scale, batch.max_query_len,
-                                            workspace=batch.attn_workspace, num_decodes=batch.num_decodes,
-                                            prefill_query_start_loc=batch.prefill_query_start_loc)
+        if batch.attn_breaker is not None:
+            # Piecewise CUDA-graph capture (worker/cuda_graphs.py): the attention itself runs between the graphs.
+            out = batch.attn_breaker.attention(self, q)
         else:
-            out = self.impl.paged_attention(q, k_cache, v_cache, batch.query_start_loc, batch.seq_lens,
-                                            batch.block_tables, self.scale,
-                                            query_start_loc_cpu=batch.query_start_loc_cpu,
-                                            seq_lens_cpu=batch.seq_lens_cpu)
+            out = self.attend(q, batch)
         return out.reshape(-1, self.num_heads * self.head_dim)
+
+    def attend(self, q: torch.Tensor, batch: ForwardBatch, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention of ``q`` ``[T, Hq, D]`` (rotated; the new K/V already in the cache) over the paged
+        context of each request of ``batch``; into ``out`` when given."""
+        cache = batch.kv_caches[self.layer_idx]
+        if self.backend == "triton":
+            return self.impl.paged_attention(q, cache[0], cache[1], batch.query_start_loc, batch.seq_lens,
+                                             batch.block_tables, self.scale, batch.max_query_len,
+                                             workspace=batch.attn_workspace, out=out, num_decodes=batch.num_decodes,
+                                             prefill_query_start_loc=batch.prefill_query_start_loc)
+        result = self.impl.paged_attention(q, cache[0], cache[1], batch.query_start_loc, batch.seq_lens,
+                                           batch.block_tables, self.scale,
+                                           query_start_loc_cpu=batch.query_start_loc_cpu,
+                                           seq_lens_cpu=batch.seq_lens_cpu)
+        return result if out is None else out.copy_(result)
