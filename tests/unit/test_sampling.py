@@ -372,3 +372,41 @@ def test_chunked_prefill_and_preemption_do_not_change_results(models, llm, greed
     outs = gen(small, prompts, seeded)
     assert small.llm_engine.scheduler.num_preemptions > 0
     assert [toks(o) for o in outs] == reference
+
+
+def test_prompt_logprobs_of_a_chunked_prompt_beside_decodes(models):
+    """A long prompt with prompt_logprobs, prefilled in chunks while a short request decodes, and scheduled before
+    it (higher priority): the model runner puts the decode first in each mixed batch, yet the chunks' rows must
+    still map to the prompt's positions and the decode's token to the decode."""
+    hf, base = models
+    llm = LLM(model=base.llm_engine.config.args.model, skip_tokenizer_init=True, dtype="float32",
+              max_num_batched_tokens=16, enable_prefix_caching=False)
+    engine = llm.llm_engine
+    engine.add_request("short", {"prompt_token_ids": P1},
+                       SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    engine.step()                                # the short prompt: now decoding
+    long_prompt = (P3 + P2)[:60]                 # chunks of 15, 16, 16 and 13 tokens beside the decode
+    engine.add_request("long", {"prompt_token_ids": long_prompt},
+                       SamplingParams(temperature=0.0, max_tokens=2, prompt_logprobs=2), priority=-1)
+    chunk_first = 0                              # steps scheduling a chunk of the long prompt before a decode
+    launch = engine.runner.launch
+
+    def record(sched, *args):
+        nonlocal chunk_first
+        q = [(it.request.request_id, it.num_new_tokens) for it in sched.scheduled]
+        chunk_first += len(q) == 2 and q[0][0] == "long" and q[0][1] > 1 and q[1] == ("short", 1)
+        return launch(sched, *args)
+    engine.runner.launch = record
+    outs = {}
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            outs[o.request_id] = o
+    assert chunk_first >= 1
+    ref = torch.log_softmax(hf_logits(hf, long_prompt), dim=-1)
+    got = outs["long"].prompt_logprobs
+    assert len(got) == len(long_prompt) and got[0] is None
+    for i in range(1, len(long_prompt)):
+        tok = long_prompt[i]
+        assert got[i][tok].logprob == pytest.approx(float(ref[i - 1][tok]), abs=1e-4)
+    assert list(outs["short"].outputs[0].token_ids) == ref_greedy(hf, P1, 8)
+    assert list(outs["long"].outputs[0].token_ids) == ref_greedy(hf, long_prompt, 2)
