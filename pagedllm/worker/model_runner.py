@@ -70,6 +70,9 @@ class ModelRunner:
         self.graph_runner = None
         self.piecewise_runner = None
         if config.attention_backend == "triton":
+            from pagedllm.kernels import late_compiles
+            late_compiles.pause()      # this start-up's compiles are expected (re-armed once it is done)
+        if config.attention_backend == "triton":
             from pagedllm.kernels.triton_attention import DecodeWorkspace
             self.workspace = DecodeWorkspace.allocate(config.max_num_seqs, hf.num_attention_heads,
                                                       self.num_kv_heads, self.head_dim, self.device)
@@ -170,6 +173,9 @@ class ModelRunner:
                                                              self.config.max_num_batched_tokens, self.workspace,
                                                              self.device, pool=self.graph_runner.pool)
                 self.piecewise_runner.capture()
+        if self.config.attention_backend == "triton" and self.device.type == "cuda":
+            from pagedllm.kernels.late_compiles import watch_late_compiles
+            watch_late_compiles()
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,

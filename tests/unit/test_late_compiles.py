@@ -1,0 +1,47 @@
+"""The start-up / serving boundary of Triton compile logging (pagedllm.kernels.late_compiles), driven through the
+hooks exactly as Triton's JIT calls them (no GPU here to compile for)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+knobs = pytest.importorskip("triton").knobs
+if not hasattr(knobs.runtime, "jit_post_compile_hook"):
+    pytest.skip("this Triton has no compile hooks", allow_module_level=True)
+
+from pagedllm.kernels import late_compiles  # noqa: E402
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """Hooks and module state as in a new process, with a pre-existing user hook to chain to."""
+    seen = []
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+    monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", lambda **kw: seen.append(kw["key"]))
+    monkeypatch.setattr(late_compiles, "_installed", False)
+    monkeypatch.setattr(late_compiles, "_armed", False)
+    monkeypatch.setattr(late_compiles, "late_compiles", 0)
+    yield seen
+
+
+def compile_once(key: str) -> None:
+    """What JITFunction._do_compile does around a compile."""
+    common = dict(repr=f"_kernel[num_warps=4]({key})", fn=None, compile={}, is_manual_warmup=False,
+                  already_compiled=False)
+    assert not knobs.runtime.jit_cache_hook(key=key, **common)    # a true answer would skip the compile
+    knobs.runtime.jit_post_compile_hook(key=key, **common)
+
+
+def test_logs_only_compiles_after_start_up(fresh, caplog):
+    caplog.set_level(logging.INFO, logger="pagedllm.kernels.late_compiles")
+    assert late_compiles.watch_late_compiles()
+    late_compiles.pause()                       # a second engine starting in this process
+    compile_once("during-start-up")
+    assert late_compiles.late_compiles == 0 and not caplog.records
+    late_compiles.watch_late_compiles()         # its start-up done
+    compile_once("SeqLens: i32, stride_bt: i32")
+    assert late_compiles.late_compiles == 1
+    (record,) = caplog.records
+    assert "after start-up" in record.getMessage() and "stride_bt: i32" in record.getMessage()
+    assert fresh == ["during-start-up", "SeqLens: i32, stride_bt: i32"]     # the user's hook still runs
