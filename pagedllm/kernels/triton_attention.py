@@ -162,9 +162,16 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
 # ----------------------------------------------------------------------------------------------------------------
 # extend / prefill
 # ----------------------------------------------------------------------------------------------------------------
-# num_seqs is not specialised (Triton would compile separate variants for 1 and for multiples of 16): fewer
-# compiles, all of which the engine's start-up warm-up can then trigger before the first timed request.
-@triton.jit(do_not_specialize=["num_seqs"])
+# Batch-shaped arguments are not specialised, so no step meets a variant the start-up warm-up did not compile
+# (~1 s each on a cold Triton cache, inside a timed request): Triton would otherwise compile separate variants for
+# integers equal to 1 or divisible by 16 (num_seqs; stride_bt = the step's block-table width) and for pointers
+# aligned to 16 bytes or not (seq_lens[nd:] and block_tables[nd:] of a mixed batch, aligned when nd % 4 == 0). They
+# only feed scalar loads and address arithmetic.
+_BATCH_SHAPED = dict(do_not_specialize=["num_seqs", "stride_bt"],
+                     do_not_specialize_on_alignment=["QueryStartLoc", "SeqLens", "BlockTables"])
+
+
+@triton.jit(**_BATCH_SHAPED)
 def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, num_seqs,
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
@@ -325,7 +332,8 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 # ----------------------------------------------------------------------------------------------------------------
 # decode (split-KV)
 # ----------------------------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits_grid", "min_chunk", "stride_bt"],
+            do_not_specialize_on_alignment=["SeqLens", "BlockTables"])
 def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk_scale, num_splits_grid, min_chunk,
                    stride_qb, stride_qh, stride_ob, stride_oh,
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
