@@ -299,5 +299,10 @@ def _derived_max_model_len(hf_config) -> int:
     return 2048
 
 
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def env_flag(name: str, default: bool = False) -> bool:
+    """A yes/no switch from the environment. Off by default: on only for 1/true/yes/on. On by default (the A/B
+    switches of the GPU speed path): off only for 0/false/no/off."""
+    value = os.environ.get(name, "").strip().lower()
+    if default:
+        return value not in ("0", "false", "no", "off")
+    return value in ("1", "true", "yes", "on")

@@ -1,8 +1,7 @@
-"""The servers' event loop: uvloop where it is installed (a default dependency on Linux and macOS, as in vLLM).
-
-Every streamed chunk passes through the event loop and a socket transport; uvloop does both in C. On the 2-core CPU
-VM (benchmarks/serve_frontend_cost.py, 100 streams) it cut the API server's CPU per chunk (docs/perf.md, serving).
-``PAGEDLLM_EVENT_LOOP=asyncio`` forces the standard loop (to compare, or to work around a uvloop problem).
+"""The servers' event loop: uvloop where it is installed, asyncio's otherwise (what uvicorn itself would pick; our
+``asyncio.run`` had bypassed that choice). uvloop is not a dependency: on the served Qwen2.5-7B run (H200,
+docs/perf.md) the API thread used ~23% of a core with either loop, and the CPU-VM front-end benchmark showed no
+difference beyond its noise. ``PAGEDLLM_EVENT_LOOP=asyncio`` forces the standard loop.
 """
 from __future__ import annotations
 

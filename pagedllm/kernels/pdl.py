@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.config import env_flag
+
 try:   # Triton >= 3.3
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:   # pragma: no cover - older Triton: PDL stays off
@@ -32,7 +34,7 @@ except ImportError:   # pragma: no cover - older Triton: PDL stays off
 def _supported(device_index: int) -> bool:
     if gdc_wait is None or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    if os.environ.get("PAGEDLLM_PDL", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not env_flag("PAGEDLLM_PDL", default=True):
         return False
     return torch.cuda.get_device_capability(device_index)[0] >= 9
 
@@ -53,4 +55,3 @@ def pdl_wait(PDL: tl.constexpr):
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-

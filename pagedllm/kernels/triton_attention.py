@@ -166,12 +166,9 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
 # (~1 s each on a cold Triton cache, inside a timed request): Triton would otherwise compile separate variants for
 # integers equal to 1 or divisible by 16 (num_seqs; stride_bt = the step's block-table width) and for pointers
 # aligned to 16 bytes or not (seq_lens[nd:] and block_tables[nd:] of a mixed batch, aligned when nd % 4 == 0). They
-# only feed scalar loads and address arithmetic.
-_BATCH_SHAPED = dict(do_not_specialize=["num_seqs", "stride_bt"],
-                     do_not_specialize_on_alignment=["QueryStartLoc", "SeqLens", "BlockTables"])
-
-
-@triton.jit(**_BATCH_SHAPED)
+# only feed scalar loads and address arithmetic. The decode kernel below does the same.
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt"],
+            do_not_specialize_on_alignment=["QueryStartLoc", "SeqLens", "BlockTables"])
 def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, num_seqs,
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
@@ -555,8 +552,8 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, SINGLE=splits == 1, num_warps=warps, num_stages=stages,
-        **pdl_launch_args(query.device))
+        HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, SINGLE=splits == 1,
+        num_warps=warps, num_stages=stages, **pdl_launch_args(query.device))
     return out
 
 

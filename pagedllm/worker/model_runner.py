@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, env_flag
 from pagedllm.engine.request import Request
 from pagedllm.engine.scheduler import ScheduledRequest, SchedulerOutput
 from pagedllm.model.layers.sampler import Sampler, to_device, top_logprobs
@@ -71,9 +71,8 @@ class ModelRunner:
         self.piecewise_runner = None
         if config.attention_backend == "triton":
             from pagedllm.kernels import late_compiles
-            late_compiles.pause()      # this start-up's compiles are expected (re-armed once it is done)
-        if config.attention_backend == "triton":
             from pagedllm.kernels.triton_attention import DecodeWorkspace
+            late_compiles.pause()      # this start-up's compiles are expected (re-armed once it is done)
             self.workspace = DecodeWorkspace.allocate(config.max_num_seqs, hf.num_attention_heads,
                                                       self.num_kv_heads, self.head_dim, self.device)
 
@@ -213,7 +212,7 @@ class ModelRunner:
         bs = self.block_size
         num_reqs = len(items)
         q_lens = np.array([it.num_new_tokens for it in items], dtype=np.int64)
-        num_decodes = int(np.argmin(q_lens == 1)) if (q_lens != 1).any() else num_reqs
+        num_decodes = int((q_lens == 1).sum())     # all of them first in ``items``
         starts = np.zeros(num_reqs + 1, dtype=np.int32)
         np.cumsum(q_lens, out=starts[1:])
         total = int(starts[-1])
@@ -314,7 +313,7 @@ class ModelRunner:
 def _piecewise_enabled() -> bool:
     """Piecewise CUDA graphs for steps with prompt tokens (worker/cuda_graphs.py); PAGEDLLM_PIECEWISE_GRAPHS=0
     turns them off (A/B runs)."""
-    return os.environ.get("PAGEDLLM_PIECEWISE_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag("PAGEDLLM_PIECEWISE_GRAPHS", default=True)
 
 
 def _decodes_first(items: list[ScheduledRequest]) -> list[ScheduledRequest]:

@@ -7,11 +7,12 @@ parallelism will shard these same layers (column: output rows, row: input column
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pagedllm.config import env_flag
 
 # CPU GEMMs through oneDNN with the weight reordered once into its blocked layout (what vLLM's CPU backend and
 # inductor's CPU path do). On a 2-core AVX512 EPYC, SmolLM2-135M's 30 layers of projections take 33 ms (fp32,
@@ -22,7 +23,7 @@ _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def onednn_enabled() -> bool:
-    return (os.environ.get("PAGEDLLM_CPU_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off")
+    return (env_flag("PAGEDLLM_CPU_ONEDNN", default=True)
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
@@ -50,7 +51,7 @@ _SKINNY_MAX_M = 1
 
 @functools.cache
 def _skinny_enabled() -> bool:
-    return os.environ.get("PAGEDLLM_TRITON_GEMV", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag("PAGEDLLM_TRITON_GEMV", default=True)
 
 
 def _use_skinny(x: torch.Tensor) -> bool:
