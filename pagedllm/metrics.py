@@ -19,8 +19,8 @@ from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
-    from pagedllm.engine.async_engine import EngineSnapshot
-    from pagedllm.engine.engine import StepStats
+    from pagedllm.engine.messages import EngineSnapshot
+    from pagedllm.engine.scheduler import StepStats
 
 logger = logging.getLogger("pagedllm.metrics")
 PREFIX = "pagedllm:"

@@ -7,21 +7,20 @@ Starting the window a few tokens inside the prompt renders the first output toke
 """
 from __future__ import annotations
 
-from pagedllm.engine.request import Request
+from pagedllm.sampling_params import SamplingParams
 
 _PROMPT_CONTEXT = 5   # prompt tokens decoded before the output, so word boundaries render as in a full decode
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, request: Request):
-        sp = request.sampling_params
+    def __init__(self, tokenizer, sp: SamplingParams, num_prompt_tokens: int):
         self.tokenizer = tokenizer
         self.skip_special_tokens = sp.skip_special_tokens
         self.spaces_between_special_tokens = sp.spaces_between_special_tokens
         self.stop = list(sp.stop or [])
         self.include_stop = sp.include_stop_str_in_output
         self.max_stop_len = max((len(s) for s in self.stop), default=0)
-        n = request.num_prompt_tokens
+        n = num_prompt_tokens
         self.prefix_offset = max(n - _PROMPT_CONTEXT, 0)
         self.read_offset = n
         self.output_text = ""

@@ -1,9 +1,9 @@
-"""A request inside the engine: its tokens, its progress and its KV blocks."""
+"""A request inside the engine core: its tokens, its progress and its KV blocks (no strings: the front end keeps
+the text, stop strings and logprob strings)."""
 from __future__ import annotations
 
 import enum
 import time
-from typing import Any
 
 from pagedllm.sampling_params import SamplingParams
 
@@ -33,14 +33,14 @@ class Request:
     scheduler gives it tokens until it has caught up with ``num_tokens`` (prompt + output so far)."""
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
-                 eos_token_ids: set[int] | None = None, arrival_time: float | None = None, priority: int = 0,
-                 max_tokens: int | None = None, cache_salt: str | None = None):
+                 eos_token_ids: set[int] | frozenset[int] | None = None, arrival_time: float | None = None,
+                 priority: int = 0, max_tokens: int | None = None, cache_salt: str | None = None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.prompt_token_ids)
         self.token_ids: list[int] = list(prompt_token_ids)   # prompt + output, grows as tokens are sampled
         self.sampling_params = sampling_params
-        self.eos_token_ids = eos_token_ids or set()
+        self.eos_token_ids = frozenset(eos_token_ids or ())
         self.max_tokens = max_tokens if max_tokens is not None else sampling_params.max_tokens
         self.arrival_time = arrival_time if arrival_time is not None else time.time()
         self.priority = priority
@@ -52,19 +52,16 @@ class Request:
         self.num_placeholders = 0
         self.num_cached_tokens = -1            # prefix-cache hit at first scheduling (-1: not yet scheduled)
         self.block_ids: list[int] = []
-        self.block_hashes: list[int] = []      # hashes of the full blocks of token_ids, in order
+        self.block_hashes: list = []           # hashes of the full blocks of token_ids, in order
         self.num_cached_blocks = 0             # leading blocks already registered in the prefix cache
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
-        # Filled by the model runner / sampler.
-        self.output_logprobs: list[dict] = []
-        self.prompt_logprobs: list[dict | None] = []
-        self.cumulative_logprob = 0.0
-        self.generator: Any = None             # torch.Generator for a seeded request
-        # Timing for metrics.
+        # The workers' view (see pagedllm/step_data.py): sent once as new, then as diffs; ``resumed`` after a
+        # preemption until the next step re-sends the block table; the block ids a step allocated.
+        self.sent_to_workers = False
+        self.resumed = False
+        self.new_block_ids: list[int] | None = None
         self.first_scheduled_time: float | None = None
-        self.first_token_time: float | None = None
-        self.last_token_time: float | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -5,6 +5,10 @@ One rule covers prefill, chunked prefill, prefix-cache hits and decode: each ste
 request ``num_tokens - num_computed_tokens`` tokens (or what is left of the budget). A step therefore mixes
 prefills and decodes. When the KV pool runs out, the lowest-priority (then latest) running request is preempted:
 its blocks are freed and it is recomputed later (its prefix blocks usually survive in the prefix cache).
+
+The scheduler talks to the workers in data only: ``schedule()`` returns a ``SchedulerOutput`` (pagedllm/step_data.py)
+of request ids, token counts and block ids, and ``update_from_output()`` takes the step's ``ModelRunnerOutput`` back,
+commits the sampled tokens, applies the token-level stop rules and frees finished requests.
 """
 from __future__ import annotations
 
@@ -13,36 +17,33 @@ import time
 from dataclasses import dataclass, field
 
 from pagedllm.engine.kv_cache import KVCacheManager
-from pagedllm.engine.request import Request, RequestStatus
+from pagedllm.engine.messages import EngineCoreOutput
+from pagedllm.engine.request import FINISH_REASONS, Request, RequestStatus
+from pagedllm.step_data import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
 
 
 @dataclass
 class ScheduledRequest:
+    """The scheduler's own record of one request in a launched step (never sent to a worker)."""
     request: Request
-    num_new_tokens: int          # tokens computed for it this step, from request.num_computed_tokens on
-    # Does this step reach the end of the request's tokens (so its last logits give a new token)? Fixed when
-    # scheduled: the request's progress moves on before the step's results are in.
-    will_sample: bool = field(init=False)
-    num_preemptions: int = field(init=False)   # to recognise a request preempted while its step was in flight
-
-    def __post_init__(self):
-        r = self.request
-        self.will_sample = r.num_computed_tokens + self.num_new_tokens == r.num_tokens_with_placeholders
-        self.num_preemptions = r.num_preemptions
+    num_new_tokens: int          # tokens computed for it this step, from its num_computed_tokens before the step
+    # Does this step reach the end of the request's tokens (so its last logits give a new token)?
+    will_sample: bool
+    num_preemptions: int         # to recognise a request preempted while its step was in flight
 
 
 @dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledRequest] = field(default_factory=list)
-    preempted: list[Request] = field(default_factory=list)
+class StepStats:
+    """What one step did, for logs and metrics."""
+    num_prompt_tokens: int = 0
+    num_generation_tokens: int = 0
+    num_preemptions: int = 0
 
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
+@dataclass
+class _Launched:
+    items: list[ScheduledRequest]
+    stats: StepStats = field(default_factory=StepStats)
 
 
 class Scheduler:
@@ -55,11 +56,18 @@ class Scheduler:
         self.enable_chunked_prefill = enable_chunked_prefill
         self.waiting: list[Request] = []     # a heap ordered by (priority, arrival time)
         self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        self._next_step_id = 0
+        self._launched: dict[int, _Launched] = {}     # steps whose output has not come back yet
+        self._finished_ids: set[str] = set()          # ended since the last step: the workers drop them
 
     # ---- queue ------------------------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"Request id {request.request_id!r} is already running.")
         request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
         heapq.heappush(self.waiting, request)
 
     def has_unfinished(self) -> bool:
@@ -84,10 +92,27 @@ class Scheduler:
         request.status = status
         request.num_placeholders = 0
         self.kv.free(request)
+        self.requests.pop(request.request_id, None)
+        if request.sent_to_workers:
+            self._finished_ids.add(request.request_id)
+
+    def finish_requests(self, request_ids, status: RequestStatus) -> list[Request]:
+        """Finish the given requests (unknown or already finished ids are skipped); returns those finished."""
+        done = []
+        for rid in request_ids:
+            request = self.requests.get(rid)
+            if request is not None and not request.is_finished:
+                self.finish_request(request, status)
+                done.append(request)
+        return done
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        """Choose this step's tokens and describe them as data. The chosen tokens count as computed at once, and a
+        request that samples holds a placeholder for its token until ``update_from_output`` brings it (a step later
+        with async scheduling)."""
+        items: list[ScheduledRequest] = []
+        preempted: list[Request] = []
         budget = self.max_num_batched_tokens
         now = time.time()
 
@@ -100,21 +125,21 @@ class Scheduler:
             if num_new <= 0 or request.finishes_with_placeholders(self.max_model_len):
                 i += 1
                 continue
-            while self.kv.allocate_slots(request, num_new) is None:
+            while (new_blocks := self.kv.allocate_slots(request, num_new)) is None:
                 victim = self.running[-1]           # lowest priority / latest arrival
                 self._preempt(victim)
-                out.preempted.append(victim)
+                preempted.append(victim)
                 if victim is request:
                     break
             else:
-                out.scheduled.append(ScheduledRequest(request, num_new))
+                items.append(self._item(request, num_new, new_blocks))
                 budget -= num_new
                 i += 1
                 continue
             break  # the request preempted itself: nothing after it can run either
 
         # 2. Waiting requests, unless this step had to preempt (no room for newcomers then).
-        while self.waiting and not out.preempted and budget > 0 and len(self.running) < self.max_num_seqs:
+        while self.waiting and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             hits, num_hit_tokens = [], 0
             if request.num_computed_tokens == 0:
@@ -133,8 +158,54 @@ class Scheduler:
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = now
             self.running.append(request)
-            out.scheduled.append(ScheduledRequest(request, num_new))
+            items.append(self._item(request, num_new, None))
             budget -= num_new
+
+        return self._describe(items, preempted)
+
+    def _item(self, request: Request, num_new: int, new_blocks: list[int] | None) -> ScheduledRequest:
+        request.new_block_ids = new_blocks
+        will_sample = request.num_computed_tokens + num_new == request.num_tokens_with_placeholders
+        return ScheduledRequest(request, num_new, will_sample, request.num_preemptions)
+
+    def _describe(self, items: list[ScheduledRequest], preempted: list[Request]) -> SchedulerOutput:
+        """The step as data for the workers; then advance every scheduled request past its tokens."""
+        out = SchedulerOutput(step_id=self._next_step_id, finished_req_ids=self._finished_ids,
+                              preempted_req_ids={r.request_id for r in preempted})
+        self._next_step_id += 1
+        self._finished_ids = set()
+        cached: CachedRequestData = out.cached_requests
+        stats = StepStats(num_preemptions=len(preempted))
+        for item in items:
+            r, n = item.request, item.num_new_tokens
+            rid = r.request_id
+            out.num_scheduled_tokens[rid] = n
+            if not item.will_sample:
+                out.partial_req_ids.add(rid)
+            if not r.sent_to_workers:
+                out.new_requests.append(NewRequestData(rid, r.prompt_token_ids, r.sampling_params,
+                                                       frozenset(r.eos_token_ids), list(r.block_ids),
+                                                       r.num_computed_tokens))
+                r.sent_to_workers = True
+            else:
+                cached.req_ids.append(rid)
+                cached.num_computed_tokens.append(r.num_computed_tokens)
+                if r.resumed:
+                    cached.new_block_ids.append(list(r.block_ids))
+                    cached.resumed_num_tokens[rid] = r.num_tokens
+                    r.resumed = False
+                else:
+                    cached.new_block_ids.append(r.new_block_ids or None)
+            r.new_block_ids = None
+            # Prompt tokens among this step's tokens (a resumed request recomputes its outputs too).
+            stats.num_prompt_tokens += max(0, min(r.num_computed_tokens + n, r.num_prompt_tokens)
+                                           - r.num_computed_tokens)
+            r.num_computed_tokens += n
+            if item.will_sample:
+                r.num_placeholders += 1
+        out.total_num_scheduled_tokens = sum(out.num_scheduled_tokens.values())
+        if items:
+            self._launched[out.step_id] = _Launched(items, stats)
         return out
 
     def _preempt(self, request: Request) -> None:
@@ -144,45 +215,45 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.num_placeholders = 0        # a token in flight is dropped; recomputation samples it again
         request.num_preemptions += 1
+        request.resumed = request.sent_to_workers
         self.num_preemptions += 1
         heapq.heappush(self.waiting, request)
 
-    def advance(self, scheduler_output: SchedulerOutput) -> None:
-        """A step was launched: its tokens count as computed, and each request that samples holds a placeholder
-        for the token until ``commit_tokens`` brings it (at once when synchronous, a step later when async)."""
-        for item in scheduler_output.scheduled:
-            request = item.request
-            if request.status != RequestStatus.RUNNING:
-                continue  # finished or aborted while the step was being prepared
-            request.num_computed_tokens += item.num_new_tokens
-            if item.will_sample:
-                request.num_placeholders += 1
-
-    def commit_tokens(self, scheduler_output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
-        """Replace placeholders by the sampled tokens. Returns the requests that got a new token; a request that
-        finished, was aborted or was preempted since the step was launched drops its token."""
-        got_token = []
-        for item in scheduler_output.scheduled:
-            request = item.request
-            if not item.will_sample or request.status != RequestStatus.RUNNING:
-                continue
-            if request.num_preemptions != item.num_preemptions or request.num_placeholders == 0:
-                continue
-            token = sampled.get(request.request_id)
+    # ---- the step's result --------------------------------------------------------------------------------------
+    def update_from_output(self, sched_out: SchedulerOutput,
+                           result: ModelRunnerOutput) -> tuple[list[EngineCoreOutput], StepStats]:
+        """Commit a step's sampled tokens (placeholder -> token), apply the token-level stop rules (EOS, stop token
+        ids, max_tokens, max_model_len; stop strings are the front end's), free what finished. Returns one output
+        per request that got a token, prompt logprobs or an end; a request that finished, was aborted or was
+        preempted since the step was launched drops its token."""
+        launched = self._launched.pop(sched_out.step_id, None)
+        if launched is None:
+            return [], StepStats()
+        stats = launched.stats
+        outputs: list[EngineCoreOutput] = []
+        for item in launched.items:
+            r = item.request
+            prompt_rows = result.prompt_logprobs.get(r.request_id)
+            alive = r.status == RequestStatus.RUNNING and r.num_preemptions == item.num_preemptions
+            token = result.sampled.get(r.request_id) if item.will_sample and alive and r.num_placeholders else None
             if token is None:
+                if prompt_rows is not None and alive:
+                    outputs.append(EngineCoreOutput(r.request_id, [], prompt_logprobs=prompt_rows))
                 continue
-            request.num_placeholders -= 1
-            request.append_token(token)
-            got_token.append(request)
-        return got_token
+            r.num_placeholders -= 1
+            r.append_token(token)
+            stats.num_generation_tokens += 1
+            status = self._check_stop(r)
+            if status is not None:
+                self.finish_request(r, status)
+            outputs.append(EngineCoreOutput(
+                r.request_id, [token], FINISH_REASONS[status] if status is not None else None, r.stop_reason,
+                result.logprobs.get(r.request_id), prompt_rows, max(r.num_cached_tokens, 0),
+                r.first_scheduled_time if r.num_output_tokens == 1 or status is not None else None))
+        return outputs, stats
 
-    def update_after_step(self, scheduler_output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
-        """The synchronous step: advance, then commit the tokens at once."""
-        self.advance(scheduler_output)
-        return self.commit_tokens(scheduler_output, sampled)
-
-    def check_stop(self, request: Request) -> RequestStatus | None:
-        """Token-level stop conditions after a new token (stop strings are the detokenizer's)."""
+    def _check_stop(self, request: Request) -> RequestStatus | None:
+        """Token-level stop conditions after a new token (stop strings are the front end's output processor's)."""
         sp = request.sampling_params
         last = request.token_ids[-1]
         n_out = request.num_output_tokens
@@ -197,3 +268,8 @@ class Scheduler:
         if request.num_tokens >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH_CAPPED
         return None
+
+    def launched_items(self, step_id: int) -> list[ScheduledRequest]:
+        """The scheduler's record of a launched step (the engine core reads the requests' sampling settings)."""
+        launched = self._launched.get(step_id)
+        return launched.items if launched is not None else []

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from pagedllm.config import EngineConfig, env_flag
-from pagedllm.engine.request import Request
-from pagedllm.engine.scheduler import ScheduledRequest, SchedulerOutput
 from pagedllm.model.layers.sampler import Sampler, to_device, top_logprobs
 from pagedllm.model.loader import load_model
+from pagedllm.step_data import ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.forward_batch import ForwardBatch
+from pagedllm.worker.request_state import CachedRequestState
 
 logger = logging.getLogger(__name__)
 
@@ -22,22 +22,13 @@ _DEFAULT_CPU_KV_GB = 4.0
 
 
 @dataclass
-class ModelRunnerOutput:
-    sampled: dict[str, int] = field(default_factory=dict)
-    # request id -> (top ids, top logprobs, sampled logprob, sampled rank)
-    logprobs: dict[str, tuple] = field(default_factory=dict)
-    # request id -> list of (prompt position, token id, its logprob, rank, top ids, top logprobs)
-    prompt_logprobs: dict[str, list] = field(default_factory=dict)
-
-
-@dataclass
 class LaunchedStep:
     """A step whose device work is queued: what ``ModelRunner.finish`` needs to complete it."""
-    sched: SchedulerOutput
-    items: list[ScheduledRequest]            # sched.scheduled in batch order (requests with one new token first)
+    states: list[CachedRequestState]         # the scheduled requests in batch order (one-token requests first)
+    num_new: list[int]                       # their tokens this step
     hidden: torch.Tensor
-    starts: np.ndarray                       # query start of each of ``items`` in the flat batch
-    sampled_requests: list[Request]          # requests that sample this step, in logits-row order
+    starts: np.ndarray                       # query start of each of ``states`` in the flat batch
+    sampled_requests: list[CachedRequestState]   # requests that sample this step, in logits-row order
     logits: torch.Tensor | None = None
     tokens_host: torch.Tensor | None = None  # async: the sampled tokens, being copied to the host
     ready: object | None = None              # async on CUDA: event recorded after that copy
@@ -60,6 +51,8 @@ class ModelRunner:
         self.model = load_model(config)
         self.load_seconds = time.perf_counter() - t0
         self.sampler = Sampler()
+        # The worker's own state of every request the scheduler has sent (pagedllm/step_data.py), by id.
+        self.requests: dict[str, CachedRequestState] = {}
         # The last step's sampled tokens on the device, and each request's row in it (async scheduling).
         self._prev_sampled = torch.empty(0, dtype=torch.long, device=self.device)
         self._prev_sampled_rows: dict[str, int] = {}
@@ -201,17 +194,59 @@ class ModelRunner:
             attn_workspace=self.workspace,
         )
 
+    def startup_info(self) -> dict:
+        """Facts for the engine's start-up log block."""
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        weights += sum(b.numel() * b.element_size() for b in self.model.buffers())
+        kv = sum(c.numel() * c.element_size() for c in self.kv_caches)
+        graphs = []
+        if self.graph_runner is not None:
+            graphs.append(f"{len(self.graph_runner.graphs)} decode batch sizes (up to {self.graph_runner.max_batch})")
+        if self.piecewise_runner is not None and self.piecewise_runner.sizes:
+            graphs.append(f"piecewise for steps of up to {self.piecewise_runner.sizes[-1]} tokens "
+                          f"({len(self.piecewise_runner.sizes)} sizes)")
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
+                "graphs": "; ".join(graphs) or "none", "device_name": name}
+
+    # ---- request state ------------------------------------------------------------------------------------------
+    def _update_states(self, sched: SchedulerOutput) -> list[tuple[CachedRequestState, int]]:
+        """Apply the step's diff to the worker's request states; the scheduled requests in batch order (one-token
+        requests first, each group in scheduling order: the attention backend runs them through its decode kernel)
+        with their token counts."""
+        requests = self.requests
+        for rid in sched.finished_req_ids:
+            requests.pop(rid, None)
+        for new in sched.new_requests:
+            requests[new.req_id] = CachedRequestState.from_new(new, self.device)
+        cached = sched.cached_requests
+        resumed = cached.resumed_num_tokens
+        for rid, block_ids, computed in zip(cached.req_ids, cached.new_block_ids, cached.num_computed_tokens):
+            state = requests[rid]
+            state.num_computed_tokens = computed
+            if resumed and rid in resumed:
+                # Preempted and admitted again: a new block table, and a token sampled while the preemption
+                # happened (async scheduling) was dropped by the engine.
+                state.block_ids = list(block_ids)
+                del state.token_ids[resumed[rid]:]
+            elif block_ids is not None:
+                state.block_ids.extend(block_ids)
+        decodes, others = [], []
+        for rid, n in sched.num_scheduled_tokens.items():
+            (decodes if n == 1 else others).append((requests[rid], n))
+        return decodes + others if others else decodes
+
     @torch.inference_mode()
-    def launch(self, sched: SchedulerOutput, sample_async: bool) -> "LaunchedStep":
-        """Prepare the inputs and queue the forward pass (and, when ``sample_async``, the sampling and the copy of
-        the tokens to the host) without waiting for the device.
+    def launch(self, sched: SchedulerOutput) -> "LaunchedStep":
+        """Prepare the inputs and queue the forward pass (and, when ``sched.sample_async``, the sampling and the copy
+        of the tokens to the host) without waiting for the device.
 
         Async scheduling: a request whose last token was sampled by the previous step but is not on the host yet
-        (a placeholder) takes that token straight from the previous step's device tensor of sampled tokens."""
-        items = _decodes_first(sched.scheduled)
+        takes that token straight from the previous step's device tensor of sampled tokens."""
+        items = self._update_states(sched)
         bs = self.block_size
         num_reqs = len(items)
-        q_lens = np.array([it.num_new_tokens for it in items], dtype=np.int64)
+        q_lens = np.fromiter((n for _, n in items), dtype=np.int64, count=num_reqs)
         num_decodes = int((q_lens == 1).sum())     # all of them first in ``items``
         starts = np.zeros(num_reqs + 1, dtype=np.int32)
         np.cumsum(q_lens, out=starts[1:])
@@ -219,22 +254,27 @@ class ModelRunner:
         input_ids = np.zeros(total, dtype=np.int64)
         positions = np.empty(total, dtype=np.int64)
         seq_lens = np.empty(num_reqs, dtype=np.int32)
-        width = max(-(-(it.request.num_computed_tokens + it.num_new_tokens) // bs) for it in items)
+        width = max(-(-(st.num_computed_tokens + n) // bs) for st, n in items)
         tables = np.zeros((num_reqs, width), dtype=np.int32)
         fix_dst: list[int] = []      # flat input rows whose token is still on the device ...
         fix_src: list[int] = []      # ... and its row in the previous step's sampled tokens
-        for i, it in enumerate(items):
-            r = it.request
-            s, e = starts[i], starts[i + 1]
-            c = r.num_computed_tokens
-            known = r.token_ids[c:c + it.num_new_tokens]
+        partial = sched.partial_req_ids
+        sampled_rows: list[int] = []
+        for i, (st, n) in enumerate(items):
+            s = starts[i]
+            c = st.num_computed_tokens
+            known = st.token_ids[c:c + n]
             input_ids[s:s + len(known)] = known
-            if len(known) < it.num_new_tokens:
+            if len(known) < n:
                 fix_dst.append(int(s) + len(known))
-                fix_src.append(self._prev_sampled_rows[r.request_id])
-            positions[s:e] = np.arange(c, c + it.num_new_tokens)
-            seq_lens[i] = c + it.num_new_tokens
-            tables[i, :len(r.block_ids)] = r.block_ids[:width]
+                fix_src.append(self._prev_sampled_rows[st.req_id])
+            positions[s:s + n] = np.arange(c, c + n)
+            seq_lens[i] = c + n
+            tables[i, :len(st.block_ids)] = st.block_ids[:width]
+            st.num_computed_tokens = c + n
+            if partial and st.req_id in partial:
+                continue
+            sampled_rows.append(i)
         req_index = np.repeat(np.arange(num_reqs), q_lens)
         slots = tables[req_index, positions // bs].astype(np.int64) * bs + positions % bs
         fixup = None
@@ -252,13 +292,13 @@ class ModelRunner:
             else:
                 hidden = self.model(batch.input_ids, batch.positions, batch)
 
-        sample_items = [(i, it) for i, it in enumerate(items) if it.will_sample]
-        step = LaunchedStep(sched, items, hidden, starts, [it.request for _, it in sample_items])
-        if sample_items:
-            rows = to_device([int(starts[i + 1]) - 1 for i, _ in sample_items], self.device)
+        step = LaunchedStep([st for st, _ in items], [n for _, n in items], hidden, starts,
+                            [items[i][0] for i in sampled_rows])
+        if sampled_rows:
+            rows = to_device([int(starts[i + 1]) - 1 for i in sampled_rows], self.device)
             step.logits = self.model.compute_logits(hidden[rows])
-        if sample_async:
-            tokens = (self.sampler.sample(step.logits, step.sampled_requests) if sample_items
+        if sched.sample_async:
+            tokens = (self.sampler.sample(step.logits, step.sampled_requests) if sampled_rows
                       else torch.empty(0, dtype=torch.long, device=self.device))
             self._remember_sampled(tokens, step.sampled_requests)
             step.tokens_host = tokens.to("cpu", non_blocking=True)
@@ -267,28 +307,30 @@ class ModelRunner:
                 step.ready.record()
         return step
 
-    def _remember_sampled(self, tokens: torch.Tensor, requests: list[Request]) -> None:
+    def _remember_sampled(self, tokens: torch.Tensor, requests: list[CachedRequestState]) -> None:
         self._prev_sampled = tokens
-        self._prev_sampled_rows = {r.request_id: j for j, r in enumerate(requests)}
+        self._prev_sampled_rows = {r.req_id: j for j, r in enumerate(requests)}
 
     @torch.inference_mode()
     def finish(self, step: "LaunchedStep") -> ModelRunnerOutput:
-        """The host side of a step: wait for its tokens (async), or sample now with logprobs (synchronous)."""
+        """The host side of a step: wait for its tokens (async), or sample now with logprobs (synchronous). The
+        sampled tokens join the worker's request states."""
         out = ModelRunnerOutput()
         if step.tokens_host is not None:
             if step.ready is not None:
                 step.ready.synchronize()
-            out.sampled = {r.request_id: t for r, t in zip(step.sampled_requests, step.tokens_host.tolist())}
+            for r, t in zip(step.sampled_requests, step.tokens_host.tolist()):
+                out.sampled[r.req_id] = t
+                r.token_ids.append(t)
             return out
         # Which rows need logits besides the sampled ones: every prompt position of requests that asked for
         # prompt logprobs.
-        prompt_rows: list[tuple[Request, int, int]] = []   # (request, flat row, prompt position)
-        for i, it in enumerate(step.items):
-            r = it.request
+        prompt_rows: list[tuple[CachedRequestState, int, int]] = []   # (request, flat row, prompt position)
+        for i, (r, n) in enumerate(zip(step.states, step.num_new)):
             if r.sampling_params.prompt_logprobs is None:
                 continue
-            c = r.num_computed_tokens
-            for p in range(c, min(c + it.num_new_tokens, r.num_prompt_tokens - 1)):
+            c = r.num_computed_tokens - n
+            for p in range(c, min(c + n, r.num_prompt_tokens - 1)):
                 prompt_rows.append((r, int(step.starts[i]) + p - c, p))
         if prompt_rows:
             self._prompt_logprobs(step.hidden, prompt_rows, out)
@@ -296,9 +338,10 @@ class ModelRunner:
             result = self.sampler(step.logits, step.sampled_requests)
             self._remember_sampled(result.tokens, step.sampled_requests)
             for r, tok, lp in zip(step.sampled_requests, result.token_ids, result.logprobs):
-                out.sampled[r.request_id] = tok
+                out.sampled[r.req_id] = tok
+                r.token_ids.append(tok)
                 if lp is not None:
-                    out.logprobs[r.request_id] = lp
+                    out.logprobs[r.req_id] = lp
         return out
 
     def _prompt_logprobs(self, hidden: torch.Tensor, prompt_rows, out: ModelRunnerOutput) -> None:
@@ -307,21 +350,13 @@ class ModelRunner:
         for j, (r, _, p) in enumerate(prompt_rows):
             target = r.token_ids[p + 1]
             ids, vals, lp, rank = top_logprobs(logprobs[j], target, r.sampling_params.prompt_logprobs)
-            out.prompt_logprobs.setdefault(r.request_id, []).append((p + 1, target, lp, rank, ids, vals))
+            out.prompt_logprobs.setdefault(r.req_id, []).append((p + 1, target, lp, rank, ids, vals))
 
 
 def _piecewise_enabled() -> bool:
     """Piecewise CUDA graphs for steps with prompt tokens (worker/cuda_graphs.py); PAGEDLLM_PIECEWISE_GRAPHS=0
     turns them off (A/B runs)."""
     return env_flag("PAGEDLLM_PIECEWISE_GRAPHS", default=True)
-
-
-def _decodes_first(items: list[ScheduledRequest]) -> list[ScheduledRequest]:
-    """The scheduled requests with the one-new-token ones (decodes) first, each group in scheduling order: the
-    attention backend then runs them through its decode kernel (ForwardBatch.num_decodes)."""
-    if all(it.num_new_tokens == 1 for it in items):
-        return items
-    return [it for it in items if it.num_new_tokens == 1] + [it for it in items if it.num_new_tokens != 1]
 
 
 def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -117,11 +117,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
 
     app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__,
                   root_path=args.root_path or "", lifespan=lifespan, **docs)
-    tokenizer = None
-    if engine.has_tokenizer:
-        from pagedllm.engine.engine import load_tokenizer
-        tokenizer = load_tokenizer(engine.config)   # the server's own copy (the engine thread decodes with its own)
-    common = dict(tokenizer=tokenizer, chat_template=args.chat_template, response_role=args.response_role,
+    # The engine's input tokenizer: the server tokenizes through the engine's input processor, on its thread.
+    common = dict(tokenizer=engine.tokenizer, chat_template=args.chat_template, response_role=args.response_role,
                   log_requests=args.log_requests, max_log_len=args.max_log_len)
     completions = OpenAIServingCompletion(engine, served_model_names, **common)
     chat = OpenAIServingChat(engine, served_model_names, **common)

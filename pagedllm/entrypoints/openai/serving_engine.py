@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, Sequence
 
 from fastapi import Request
@@ -93,7 +92,7 @@ class OpenAIServing:
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
-        self.tokenizer = tokenizer     # the server's own copy: the engine thread decodes with another one
+        self.tokenizer = tokenizer     # the engine's input tokenizer (the output processor decodes with another)
         self.chat_template = chat_template
         self.response_role = response_role
         self.log_requests = log_requests
@@ -103,8 +102,6 @@ class OpenAIServing:
         self.default_params = engine.default_sampling_params()
         gen = engine.config.model.generation_config or {}
         self.default_max_tokens = gen.get("max_new_tokens")
-        # One worker: HF fast tokenizers must not be used from two threads at once.
-        self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagedllm-tokenizer")
 
     # ---- checks ---------------------------------------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
@@ -165,8 +162,9 @@ class OpenAIServing:
 
     # ---- tokenization (off the event loop) -------------------------------------------------------------------------
     async def run_tokenizer(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
+        """Tokenizer work off the event loop, on the engine's one input-tokenizer thread (HF fast tokenizers must
+        not be used from two threads at once)."""
+        return await self.engine.run_tokenizer(fn, *args, **kwargs)
 
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         tok = self.need_tokenizer("A text prompt")

@@ -7,10 +7,27 @@ what else is in the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from pagedllm.engine.request import Request
+from pagedllm.sampling_params import SamplingParams
+
+
+class SamplingRow(Protocol):
+    """What the sampler reads about the request of one logits row (the worker's request state provides it)."""
+    sampling_params: SamplingParams
+    generator: torch.Generator | None
+    token_ids: list[int]            # prompt + output tokens known on this host
+    num_prompt_tokens: int
+    eos_token_ids: frozenset[int]
+    num_computed_tokens: int        # the index of the token being sampled
+
+    @property
+    def output_token_ids(self) -> list[int]: ...
+
+
+Request = SamplingRow   # the name the sampler's signatures use
 
 
 @dataclass
@@ -111,8 +128,8 @@ class Sampler:
             if sp.logit_bias:
                 ids = to_device(list(sp.logit_bias), logits.device)
                 logits[i, ids] += to_device(list(sp.logit_bias.values()), logits.device)
-            # Tokens still in flight (async scheduling) count as output already.
-            if r.num_output_tokens + r.num_placeholders < sp.min_tokens:
+            # Output tokens before this one, those still in flight (async scheduling) included.
+            if r.num_computed_tokens - r.num_prompt_tokens < sp.min_tokens:
                 blocked = set(sp.stop_token_ids) | (set() if sp.ignore_eos else r.eos_token_ids)
                 if blocked:
                     logits[i, to_device(sorted(blocked), logits.device)] = float("-inf")

@@ -1,0 +1,226 @@
+"""The engine core: the scheduler, the KV-cache bookkeeping and the model runner, driven one step at a time.
+
+It takes validated, tokenized requests (``EngineCoreRequest``) and returns per-request token ids, finish reasons and
+raw logprobs (``EngineCoreOutput``): no strings. The front end (``LLMEngine`` offline, ``AsyncLLMEngine`` behind the
+server) tokenizes, detokenizes, applies stop strings and fans out ``n``. ``run_engine_core`` is its one loop, the same
+whether it runs in a thread of the front end's process or in a process of its own (engine/core_client.py).
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+import traceback
+from typing import Any
+
+from pagedllm.config import EngineArgs, EngineConfig
+from pagedllm.engine.kv_cache import KVCacheManager
+from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, CoreReady, CoreSnapshot,
+                                      CoreStepOutputs, EngineCoreOutput, EngineCoreRequest, EngineSnapshot, Shutdown)
+from pagedllm.engine.request import Request, RequestStatus
+from pagedllm.engine.scheduler import Scheduler, StepStats
+from pagedllm.step_data import SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+def create_engine_config(args: EngineArgs) -> EngineConfig:
+    """Find the model's files (hub, GGUF conversion, local folder), read its config and validate every argument."""
+    from pagedllm.model.loader import resolve_model
+    return EngineConfig.build(args, resolve_model(args))
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig):
+        from pagedllm.worker.model_runner import ModelRunner
+
+        self.config = config
+        t0 = time.perf_counter()
+        self.runner = ModelRunner(config)
+        num_blocks = self.runner.determine_num_blocks()
+        capacity = num_blocks * config.block_size
+        if num_blocks <= 0:
+            raise ValueError("No memory left for the KV cache: raise gpu_memory_utilization (GPU) or "
+                             "kv_cache_memory_gb (CPU), or lower max_num_batched_tokens.")
+        if capacity < config.max_model_len:
+            raise ValueError(
+                f"The model's max seq len ({config.max_model_len}) is larger than the maximum number of tokens that "
+                f"can be stored in KV cache ({capacity}). Try increasing the KV cache size or decreasing "
+                f"max_model_len when initializing the engine.")
+        self.runner.allocate_kv_cache(num_blocks)
+        self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.args.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
+                                   config.max_model_len, config.args.enable_chunked_prefill)
+        self.num_blocks = num_blocks
+        # Async scheduling: the launched step whose tokens the host has not seen yet.
+        self._in_flight: tuple[SchedulerOutput, Any] | None = None
+        self._async_scheduling = config.async_scheduling
+        self.startup_seconds = time.perf_counter() - t0
+
+    # ---- requests -----------------------------------------------------------------------------------------------
+    def add_request(self, req: EngineCoreRequest) -> None:
+        self.scheduler.add_request(Request(req.request_id, req.prompt_token_ids, req.sampling_params,
+                                           req.eos_token_ids, req.arrival_time, req.priority,
+                                           max_tokens=req.max_tokens, cache_salt=req.cache_salt))
+
+    def abort_requests(self, request_ids) -> None:
+        """End these requests now (a user abort, or a stop string the front end found); their blocks are freed."""
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished() or self._in_flight is not None
+
+    def reset_prefix_cache(self) -> bool:
+        return self.kv_cache.reset_prefix_cache()
+
+    def snapshot(self) -> EngineSnapshot:
+        pool = self.kv_cache.pool
+        return EngineSnapshot(self.scheduler.num_running, self.scheduler.num_waiting, self.kv_cache.usage(),
+                              pool.query_tokens, pool.hit_tokens, self.scheduler.num_preemptions)
+
+    # ---- one step -----------------------------------------------------------------------------------------------
+    def step(self) -> tuple[list[EngineCoreOutput], StepStats]:
+        """Schedule and launch a step; return the outputs of whatever finished on the device.
+
+        Synchronous: the step's own outputs. Async scheduling (CUDA default): step N is launched first, then the
+        host waits for step N-1's tokens and turns them into outputs while the device runs step N; step N already
+        computes step N-1's tokens, taking them from the device (a request that turns out to have stopped just
+        drops its extra token). Steps that need the host's view of every token before sampling (logprobs,
+        penalties) are sampled synchronously, after the step in flight is processed."""
+        sched = self.scheduler.schedule()
+        launched = None
+        if not sched.is_empty:
+            sched.sample_async = self._async_scheduling and self._can_sample_async(sched)
+            launched = self.runner.launch(sched)
+        outputs: list[EngineCoreOutput] = []
+        stats = StepStats(num_preemptions=len(sched.preempted_req_ids))
+        if self._in_flight is not None:
+            prev_sched, prev_step = self._in_flight
+            self._in_flight = None
+            self._add(outputs, stats, *self.scheduler.update_from_output(prev_sched, self.runner.finish(prev_step)))
+        if launched is not None:
+            if sched.sample_async:
+                self._in_flight = (sched, launched)
+            else:
+                self._add(outputs, stats, *self.scheduler.update_from_output(sched, self.runner.finish(launched)))
+        return outputs, stats
+
+    @staticmethod
+    def _add(outputs: list, stats: StepStats, new_outputs: list, new_stats: StepStats) -> None:
+        outputs.extend(new_outputs)
+        stats.num_prompt_tokens += new_stats.num_prompt_tokens
+        stats.num_generation_tokens += new_stats.num_generation_tokens
+
+    def _can_sample_async(self, sched: SchedulerOutput) -> bool:
+        """Can this step be sampled before the host has seen the previous step's tokens? Not when the sampler
+        needs every token on the host (penalties, multi-token bad words) or the host must read logprobs."""
+        for item in self.scheduler.launched_items(sched.step_id):
+            sp = item.request.sampling_params
+            if (sp.logprobs is not None or sp.prompt_logprobs is not None or sp.repetition_penalty != 1.0
+                    or sp.frequency_penalty or sp.presence_penalty
+                    or any(len(w) > 1 for w in getattr(sp, "_bad_words_token_ids", None) or ())):
+                return False
+        return True
+
+    def info(self) -> dict:
+        """What the front end learns once the core is built."""
+        return {"config": self.config, "num_blocks": self.num_blocks, "startup_seconds": self.startup_seconds,
+                "runner": self.runner.startup_info()}
+
+
+# ---- the engine-core loop ----------------------------------------------------------------------------------------
+def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = None, on_built=None) -> None:
+    """Build the engine core, then apply the front end's messages and step while there is work; block when there is
+    none. ``conn`` is the core's end of a transport (``poll(timeout)``, ``recv()``, ``send(msg)``: a pipe end, or
+    the queue pair of engine/core_client.py). Ends on ``Shutdown`` or when the front end's end closes."""
+    try:
+        core = EngineCore(create_engine_config(engine_args))
+    except BaseException as e:   # noqa: BLE001 - reported to the front end
+        conn.send(CoreBuildFailed(picklable(e)))
+        return
+    if on_built is not None:
+        on_built(core)
+    conn.send(CoreReady(core.info()))
+    trace = StepTrace(step_trace) if step_trace else None
+    while True:
+        if not core.has_unfinished_requests():
+            conn.poll(None)
+        t_loop = time.perf_counter()
+        changed = False
+        failed: dict[str, BaseException] = {}
+        while conn.poll(0):
+            try:
+                msg = conn.recv()
+            except EOFError:
+                return
+            if isinstance(msg, EngineCoreRequest):
+                try:
+                    core.add_request(msg)
+                except BaseException as e:   # noqa: BLE001 - reported to the caller
+                    failed[msg.request_id] = picklable(e)
+            elif isinstance(msg, AbortRequests):
+                core.abort_requests(msg.request_ids)
+            elif isinstance(msg, Shutdown):
+                if trace is not None:
+                    trace.flush()
+                return
+            changed = True
+        if not core.has_unfinished_requests():
+            if changed:
+                conn.send(CoreStepOutputs([], 0, 0, 0, core.snapshot(), time.time(), failed) if failed
+                          else CoreSnapshot(core.snapshot()))
+            continue
+        t_step = time.perf_counter()
+        try:
+            outputs, stats = core.step()
+        except BaseException as e:   # noqa: BLE001 - any failure of the model step kills the engine
+            conn.send(CoreDead(picklable(e), traceback.format_exc()))
+            return
+        t_stepped = time.perf_counter()
+        snapshot = core.snapshot()
+        conn.send(CoreStepOutputs(outputs, stats.num_prompt_tokens, stats.num_generation_tokens,
+                                  stats.num_preemptions, snapshot, time.time(), failed))
+        if trace is not None:
+            trace.add(t_loop, t_step, t_stepped, time.perf_counter(), snapshot, stats, len(outputs))
+
+
+class StepTrace:
+    """``PAGEDLLM_STEP_TRACE=FILE``: one JSON line per engine-core step, for finding where a served step's time
+    goes (benchmarks/serve_step_trace.py reads it). Times in ms: ``msgs`` applying the requests and aborts that
+    arrived, ``step`` scheduling + launching + waiting for the previous step's tokens, ``send`` handing the outputs
+    to the front end; ``gap`` from the end of the previous iteration to this one (idle). Written in blocks, so a
+    killed process loses at most the last block."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: list[str] = []
+        self.last_end: float | None = None
+
+    def add(self, t_loop: float, t_step: float, t_stepped: float, t_end: float, snap: EngineSnapshot,
+            stats: StepStats, num_outputs: int) -> None:
+        import json
+        gap = 0.0 if self.last_end is None else t_loop - self.last_end
+        self.last_end = t_end
+        ms = lambda x: round(x * 1e3, 3)   # noqa: E731
+        self.rows.append(json.dumps({
+            "t": round(t_loop, 6), "gap": ms(gap), "msgs": ms(t_step - t_loop), "step": ms(t_stepped - t_step),
+            "send": ms(t_end - t_stepped), "running": snap.num_running, "waiting": snap.num_waiting,
+            "prompt_tokens": stats.num_prompt_tokens, "gen_tokens": stats.num_generation_tokens,
+            "outputs": num_outputs}))
+        if len(self.rows) >= 200:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        with open(self.path, "a") as f:
+            f.write("\n".join(self.rows) + "\n")
+        self.rows = []
+
+
+def picklable(e: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}")

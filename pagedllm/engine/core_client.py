@@ -1,0 +1,198 @@
+"""Transports between the front end and the engine core, and the front end's client of the core.
+
+The core runs ``run_engine_core`` (engine/core.py) in one of two places, behind the same client:
+- a thread of this process (``engine_process=False``): the two ends of a ``_QueuePair`` connect them;
+- a child process, the "engine core" (``engine_process=True``, what ``pagedllm serve`` uses): a pipe connects them, and
+  the HTTP side never competes with the engine for the GIL. The event loop's per-chunk work (HTTP framing, one socket
+  send per chunk per stream) otherwise starves the engine thread: on one H100 (2026-11-22,
+  shared/bench/serve_workload.py, Qwen2.5-1.5B dummy weights) the engine process gave 5.9k output tok/s against 3.8k in
+  a thread for 25 streams (TPOT 3.6 vs 5.8 ms) and 8.3k against 6.8k for 1,000 ShareGPT-like requests at
+  concurrency 256; one stream is the same either way (ITL 2.7 ms). With a GPU the child is spawned (~12 s more
+  start-up on that host: it imports torch again); on a CPU-only host it is forked.
+Either way the same typed messages (engine/messages.py) go through ``poll / recv / send``; a reader thread of the
+client hands what the core sends to the front end, and a writer thread sends, so a full pipe (the core busy in a
+long step) never blocks the event loop.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+from typing import Callable
+
+from pagedllm import envs
+from pagedllm.config import EngineArgs
+from pagedllm.engine.core import EngineCore, run_engine_core
+from pagedllm.engine.messages import CoreBuildFailed, CoreDead, Shutdown
+from pagedllm.logger import configure_logging, log_format
+
+logger = logging.getLogger(__name__)
+
+
+class _Closed:
+    """Sent by an end that closes: the other end's ``recv`` raises EOFError, as a pipe's does."""
+
+
+class _QueueEnd:
+    """One end of an in-process transport, with a pipe end's ``poll / recv / send / close``."""
+
+    def __init__(self, inbox: queue.SimpleQueue, outbox: queue.SimpleQueue):
+        self._inbox, self._outbox = inbox, outbox
+        self._peeked: list = []
+
+    def send(self, msg) -> None:
+        self._outbox.put(msg)
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        if self._peeked:
+            return True
+        try:
+            self._peeked.append(self._inbox.get(block=timeout != 0.0, timeout=timeout if timeout else None))
+        except queue.Empty:
+            return False
+        return True
+
+    def recv(self):
+        msg = self._peeked.pop() if self._peeked else self._inbox.get()
+        if isinstance(msg, _Closed):
+            self._peeked.append(msg)     # stays closed
+            raise EOFError
+        return msg
+
+    def close(self) -> None:
+        self._outbox.put(_Closed())
+
+
+def _queue_pair() -> tuple[_QueueEnd, _QueueEnd]:
+    a, b = queue.SimpleQueue(), queue.SimpleQueue()
+    return _QueueEnd(a, b), _QueueEnd(b, a)
+
+
+def _core_process_main(engine_args: EngineArgs, conn, fmt: tuple | None, step_trace: str | None,
+                       parent_end=None) -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group: the server shuts us down
+    if parent_end is not None:
+        parent_end.close()   # forked: keep no copy of the server's end, or its death would never read as EOF
+    if fmt is not None:     # spawned: set up like the parent
+        configure_logging(logging.getLogger("pagedllm").getEffectiveLevel())
+    run_engine_core(engine_args, conn, step_trace=step_trace)
+
+
+def _start_method(engine_args: EngineArgs) -> str:
+    """How to start the engine process. fork lets the child inherit the imports (seconds less start-up) but is only
+    used when the engine runs on the CPU; with a GPU the child is spawned, the start method verified on H100
+    (a fork after anything touched the CUDA driver would break the child). PAGEDLLM_ENGINE_START_METHOD overrides."""
+    forced = envs.PAGEDLLM_ENGINE_START_METHOD
+    if forced:
+        return forced
+    if not sys.platform.startswith("linux"):
+        return "spawn"
+    on_cpu = engine_args.device == "cpu" or (engine_args.device == "auto" and not os.path.exists("/dev/nvidiactl"))
+    return "fork" if on_cpu else "spawn"
+
+
+class EngineCoreClient:
+    """Starts the engine core (thread or process), sends it messages, and calls ``on_message(msg)`` from its reader
+    thread for everything the core sends (``on_idle()`` every ``idle_interval_s`` without one; ``on_closed(error)``
+    once if the core goes away without being asked to)."""
+
+    def __init__(self, engine_args: EngineArgs, *, engine_process: bool, on_message: Callable,
+                 on_idle: Callable[[], None], on_closed: Callable[[BaseException], None], idle_interval_s: float = 5.0):
+        self.engine_args = engine_args
+        self.engine_process = engine_process
+        self._on_message, self._on_idle, self._on_closed = on_message, on_idle, on_closed
+        self._idle_interval_s = idle_interval_s
+        self._closing = False
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.core: EngineCore | None = None          # in-thread mode: the core itself (tests look at it)
+        step_trace = envs.PAGEDLLM_STEP_TRACE
+        if engine_process:
+            ctx = multiprocessing.get_context(_start_method(engine_args))
+            self._conn, child_conn = ctx.Pipe(duplex=True)
+            forked = ctx.get_start_method() == "fork"
+            self._worker = ctx.Process(target=_core_process_main, name="pagedllm-engine-core", daemon=True,
+                                       args=(engine_args, child_conn, log_format(), step_trace,
+                                             self._conn if forked else None))
+            self._child_conn = child_conn
+        else:
+            self._conn, core_end = _queue_pair()
+            self._worker = threading.Thread(target=self._thread_main, args=(core_end, step_trace),
+                                            name="pagedllm-engine", daemon=True)
+
+    def _thread_main(self, core_end: _QueueEnd, step_trace: str | None) -> None:
+        def built(core: EngineCore) -> None:
+            self.core = core
+        try:
+            run_engine_core(self.engine_args, core_end, step_trace=step_trace, on_built=built)
+        finally:
+            core_end.close()
+
+    def start(self) -> dict:
+        """Start the core and wait until it is built; returns its info, or raises its build error."""
+        self._worker.start()
+        if self.engine_process:
+            self._child_conn.close()
+        try:
+            msg = self._conn.recv()
+        except EOFError:
+            self._worker.join(timeout=10)
+            code = getattr(self._worker, "exitcode", None)
+            raise RuntimeError(f"The engine core exited (code {code}) before it was ready (its log says why).") \
+                from None
+        if isinstance(msg, CoreBuildFailed):
+            self._worker.join(timeout=10)
+            raise msg.error
+        threading.Thread(target=self._read_loop, name="pagedllm-engine-reader", daemon=True).start()
+        threading.Thread(target=self._write_loop, name="pagedllm-engine-writer", daemon=True).start()
+        return msg.info
+
+    def alive(self) -> bool:
+        return self._worker.is_alive()
+
+    def send(self, msg) -> None:
+        """Thread-safe; never blocks."""
+        if not self._closing:
+            self._outbox.put(msg)
+
+    def shutdown(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._outbox.put(Shutdown())
+        if self._worker is threading.current_thread():
+            return
+        self._worker.join(timeout=15 if self.engine_process else 30)
+        if self.engine_process and self._worker.is_alive():
+            self._worker.terminate()
+            self._worker.join(timeout=5)
+
+    def _write_loop(self) -> None:
+        while True:
+            msg = self._outbox.get()
+            try:
+                self._conn.send(msg)
+            except (OSError, EOFError, BrokenPipeError):
+                return
+            if isinstance(msg, Shutdown):
+                return
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                if not self._conn.poll(self._idle_interval_s):
+                    self._on_idle()
+                    continue
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                if not self._closing:
+                    code = getattr(self._worker, "exitcode", None)
+                    logger.error("The engine core stopped (exit code %s).", code)
+                    self._on_closed(RuntimeError(f"engine core exited with code {code}"))
+                return
+            self._on_message(msg)
+            if isinstance(msg, CoreDead):
+                return

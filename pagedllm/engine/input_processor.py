@@ -1,0 +1,160 @@
+"""The front end's input processor: one place that tokenizes a prompt, checks it and its sampling settings against
+the model, and builds the engine-core request(s) — used by ``LLM`` / ``LLMEngine`` and by the API server alike.
+
+``n > 1`` becomes ``n`` core requests sharing the prompt (child ids ``"{i}_{request_id}"``; a seeded request's
+children get seeds ``seed + i``), so the core only ever samples one sequence per request; the output processor
+gathers them back into one ``RequestOutput``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagedllm.config import EngineConfig
+from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.sampling_params import SamplingParams
+
+PromptType = str | dict[str, Any]
+
+
+@dataclass
+class ProcessedRequest:
+    """A request ready for the engine core (``children``) and for the output processor (the rest)."""
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    arrival_time: float
+    children: list[EngineCoreRequest] = field(default_factory=list)
+
+
+class InputProcessor:
+    def __init__(self, config: EngineConfig, tokenizer: Any):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vocab_size: int = config.hf_config.vocab_size
+        self.max_model_len = config.max_model_len
+        self.max_logprobs = config.args.max_logprobs
+        self.eos_token_ids = frozenset(self._eos_token_ids())
+
+    def _eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.config.model.generation_config.get("eos_token_id"),
+                       getattr(self.config.hf_config, "eos_token_id", None),
+                       getattr(self.tokenizer, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, (list, tuple)):
+                ids.update(int(x) for x in source)
+        return ids
+
+    def default_sampling_params(self) -> SamplingParams:
+        """SamplingParams() overridden by the model's generation_config (vLLM's behaviour when none is given)."""
+        gen = self.config.model.generation_config
+        keys = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
+        values = {ours: gen[theirs] for theirs, ours in keys.items() if gen.get(theirs) is not None}
+        if gen.get("do_sample") is False:
+            values["temperature"] = 0.0
+        return SamplingParams(**values)
+
+    # ---- tokenizing ---------------------------------------------------------------------------------------------
+    def split_prompt(self, prompt: PromptType) -> tuple[str | None, list[int] | None, str | None]:
+        """(text, token ids or None when the text still needs tokenizing, cache_salt) of any accepted prompt form:
+        a string, ``{"prompt": str}`` or ``{"prompt_token_ids": [...]}`` (vLLM's TextPrompt / TokensPrompt)."""
+        if isinstance(prompt, str):
+            return prompt, None, None
+        if isinstance(prompt, dict):
+            salt = prompt.get("cache_salt")
+            if salt is not None and (not isinstance(salt, str) or not salt):
+                raise ValueError("cache_salt must be a non-empty string.")
+            if "prompt_token_ids" in prompt:
+                ids = prompt["prompt_token_ids"]
+                if not isinstance(ids, (list, tuple)):
+                    raise ValueError(f"prompt_token_ids must be a list of ints, got {type(ids).__name__}.")
+                return prompt.get("prompt"), list(ids), salt
+            if "prompt" in prompt:
+                text = prompt["prompt"]
+                if not isinstance(text, str):
+                    raise ValueError(f"prompt must be a string, got {type(text).__name__}.")
+                return text, None, salt
+            raise ValueError("A prompt dict needs 'prompt' or 'prompt_token_ids'.")
+        raise ValueError(f"Unsupported prompt type {type(prompt).__name__}; use str, "
+                         f"{{'prompt': ...}} or {{'prompt_token_ids': [...]}}.")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError("Text prompts need a tokenizer, but skip_tokenizer_init=True: pass "
+                             "{'prompt_token_ids': [...]} instead.")
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def tokenize_prompt(self, prompt: PromptType, add_special_tokens: bool = True) -> tuple[str | None, list[int]]:
+        text, ids, _ = self.split_prompt(prompt)
+        if ids is None:
+            ids = self.encode(text, add_special_tokens)
+        return text, ids
+
+    # ---- checking and building ----------------------------------------------------------------------------------
+    def process(self, request_id: str, prompt: PromptType, params: SamplingParams | None,
+                arrival_time: float | None = None, priority: int = 0) -> ProcessedRequest:
+        """Tokenize (unless the prompt brings token ids), validate, and build the core request(s). Raises
+        ValueError naming what is wrong; nothing reaches the engine core then."""
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError("request_id must be a non-empty string.")
+        params = params if params is not None else self.default_sampling_params()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"Expected SamplingParams, got {type(params).__name__}.")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"priority must be an int, got {type(priority).__name__}.")
+        text, ids, salt = self.split_prompt(prompt)
+        if ids is None:
+            ids = self.encode(text)
+        if params.truncate_prompt_tokens is not None:
+            ids = ids[-params.truncate_prompt_tokens:]
+        self._validate(ids, params)
+        max_tokens = params.max_tokens
+        if max_tokens is None:
+            max_tokens = self.max_model_len - len(ids)
+        arrival = arrival_time if arrival_time is not None else time.time()
+        out = ProcessedRequest(request_id, text, ids, params, arrival)
+        for index in range(params.n):
+            child_id = request_id if params.n == 1 else f"{index}_{request_id}"
+            child_params = params
+            if params.n > 1 and params.seed is not None:
+                child_params = params.clone()
+                child_params.seed = params.seed + index
+            out.children.append(EngineCoreRequest(child_id, ids, child_params, self.eos_token_ids, arrival,
+                                                  priority, max_tokens, salt))
+        return out
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise ValueError("The decoder prompt cannot be empty")
+        vocab = self.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocab size {vocab}).")
+        if len(ids) > self.max_model_len:
+            raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
+                             f"{self.max_model_len}. Make sure that `max_model_len` is no smaller than the "
+                             f"number of text tokens.")
+        params.verify_against_model(vocab, self.max_logprobs)
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer (skip_tokenizer_init=True).")
+        if params.bad_words:
+            update = getattr(params, "update_from_tokenizer", None)
+            if self.tokenizer is None or update is None:
+                raise ValueError("bad_words need a tokenizer (skip_tokenizer_init=True was given).")
+            update(self.tokenizer)
+
+
+def load_tokenizer(config: EngineConfig):
+    from transformers import AutoTokenizer
+    args = config.args
+    try:
+        return AutoTokenizer.from_pretrained(config.model.tokenizer_path, trust_remote_code=args.trust_remote_code,
+                                             revision=args.tokenizer_revision, use_fast=args.tokenizer_mode != "slow")
+    except Exception as e:
+        raise ValueError(f"Could not load the tokenizer from {config.model.tokenizer_path!r}: {e}. "
+                         f"Pass tokenizer=... or skip_tokenizer_init=True.") from None

@@ -1,0 +1,208 @@
+"""The front end's output processor: turns the engine core's per-request token ids into ``RequestOutput``s —
+detokenization, stop strings, logprob strings and the gathering of ``n`` completions — in the front end's process,
+so the engine core does no string work.
+
+A stop string ends a completion here, a step or two after the core produced its tokens (async scheduling); the
+processor then asks the core to drop the request (``process_outputs`` returns those ids) and never shows the extra
+tokens the core may already have computed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagedllm.engine.detokenizer import IncrementalDetokenizer, decode_token
+from pagedllm.engine.input_processor import ProcessedRequest
+from pagedllm.engine.messages import EngineCoreOutput
+from pagedllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+
+
+@dataclass
+class _Completion:
+    """One of a request's ``n`` completions (one engine-core request)."""
+    index: int
+    params: SamplingParams
+    token_ids: list[int]                         # prompt + output
+    num_prompt_tokens: int
+    detok: IncrementalDetokenizer | None
+    logprobs: list[dict[int, Logprob]] = field(default_factory=list)
+    cumulative_logprob: float = 0.0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    sent_tokens: int = 0                         # for DELTA outputs
+    sent_chars: int = 0
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+
+@dataclass
+class _RequestState:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    arrival_time: float
+    completions: dict[str, _Completion]          # core request id -> completion
+    prompt_logprobs: list | None = None
+    num_cached_tokens: int = 0
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.completions.values())
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.requests: dict[str, _RequestState] = {}
+        self.core_to_request: dict[str, str] = {}      # core request id -> the user's request id
+
+    def add_request(self, req: ProcessedRequest) -> None:
+        if req.request_id in self.requests:
+            raise ValueError(f"Request id {req.request_id!r} is already running.")
+        completions = {}
+        for index, child in enumerate(req.children):
+            detok = None
+            if self.tokenizer is not None and req.params.detokenize:
+                detok = IncrementalDetokenizer(self.tokenizer, child.sampling_params, len(req.prompt_token_ids))
+            completions[child.request_id] = _Completion(index, child.sampling_params, list(req.prompt_token_ids),
+                                                        len(req.prompt_token_ids), detok)
+            self.core_to_request[child.request_id] = req.request_id
+        self.requests[req.request_id] = _RequestState(req.request_id, req.prompt, req.prompt_token_ids, req.params,
+                                                      req.arrival_time, completions)
+
+    def abort_request(self, request_id: str) -> list[str]:
+        """Forget a request; returns the core request ids the engine core must drop (empty if unknown)."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return []
+        for cid in state.completions:
+            self.core_to_request.pop(cid, None)
+        return [cid for cid, c in state.completions.items() if c.finish_reason is None]
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.requests)
+
+    # ---- a step's outputs ---------------------------------------------------------------------------------------
+    def process_outputs(self, outputs: list[EngineCoreOutput],
+                        now: float | None = None) -> tuple[list[RequestOutput], list[str]]:
+        """The RequestOutputs of the requests these core outputs touched (a prompt chunk that only produced prompt
+        logprobs is not reported, as vLLM), and the core request ids a stop string ended."""
+        now = time.time() if now is None else now
+        touched: dict[str, _RequestState] = {}
+        stopped: list[str] = []
+        for out in outputs:
+            rid = self.core_to_request.get(out.request_id)
+            if rid is None:
+                continue     # aborted, or finished by a stop string while the core computed on
+            state = self.requests[rid]
+            comp = state.completions[out.request_id]
+            if comp.finish_reason is not None:
+                continue
+            if out.prompt_logprobs is not None and comp.index == 0:
+                self._record_prompt_logprobs(state, out.prompt_logprobs)
+            if out.first_scheduled_time is not None and state.first_scheduled_time is None:
+                state.first_scheduled_time = out.first_scheduled_time
+            if not out.new_token_ids and out.finish_reason is None:
+                continue
+            if comp.index == 0:
+                state.num_cached_tokens = out.num_cached_tokens
+            if out.new_token_ids:
+                if state.first_token_time is None:
+                    state.first_token_time = now
+                state.last_token_time = now
+            if self._update(comp, out):
+                stopped.append(out.request_id)
+            touched[rid] = state
+        results = []
+        for state in touched.values():
+            result = self._make_output(state)
+            if result is not None:
+                results.append(result)
+            if state.finished:
+                self.requests.pop(state.request_id, None)
+                for cid in state.completions:
+                    self.core_to_request.pop(cid, None)
+        return results, stopped
+
+    def _update(self, comp: _Completion, out: EngineCoreOutput) -> bool:
+        """Take a completion's new token(s) and end; True when a stop string ended it (the core must drop it)."""
+        sp = comp.params
+        comp.token_ids.extend(out.new_token_ids)
+        if out.new_logprobs is not None and sp.logprobs is not None:
+            ids, vals, chosen_lp, rank = out.new_logprobs
+            comp.logprobs.append(self._logprob_dict(ids, vals, comp.token_ids[-1], chosen_lp, rank))
+            comp.cumulative_logprob += chosen_lp
+        finish, stop_reason = out.finish_reason, out.stop_reason
+        stopped_here = False
+        if comp.detok is not None and out.new_token_ids:
+            # The EOS / stop token's own text is left out unless include_stop_str_in_output (as vLLM).
+            ids = comp.token_ids
+            if finish == "stop" and not sp.include_stop_str_in_output:
+                ids = ids[:-1]
+            num_output = len(comp.token_ids) - comp.num_prompt_tokens
+            # Stop strings only count once min_tokens are out (as vLLM).
+            stop_str = comp.detok.update(ids, check_stop=num_output > sp.min_tokens)
+            if stop_str is not None and (finish is None or stop_reason is None):
+                stopped_here = finish is None
+                finish, stop_reason = "stop", stop_str
+        comp.finish_reason, comp.stop_reason = finish, stop_reason
+        return stopped_here
+
+    def _logprob_dict(self, ids, vals, chosen, chosen_lp, rank) -> dict[int, Logprob]:
+        entries: dict[int, Logprob] = {}
+        tok = self.tokenizer
+        dec = (lambda t: decode_token(tok, t)) if tok is not None else (lambda t: None)
+        # The sampled token first, then the top-k (vLLM's order); rank 1 = most likely.
+        entries[chosen] = Logprob(chosen_lp, rank, dec(chosen))
+        for j, (tid, val) in enumerate(zip(ids, vals)):
+            if tid not in entries:
+                entries[tid] = Logprob(val, j + 1, dec(tid))
+        return entries
+
+    def _record_prompt_logprobs(self, state: _RequestState, rows: list) -> None:
+        if state.prompt_logprobs is None:
+            state.prompt_logprobs = [None] * len(state.prompt_token_ids)
+        for pos, target, lp, rank, ids, vals in rows:
+            state.prompt_logprobs[pos] = self._logprob_dict(ids, vals, target, lp, rank)
+
+    def _make_output(self, state: _RequestState) -> RequestOutput | None:
+        kind = state.params.output_kind
+        finished = state.finished
+        if kind == RequestOutputKind.FINAL_ONLY and not finished:
+            return None
+        completions = []
+        for comp in state.completions.values():
+            token_ids = comp.output_token_ids
+            text = comp.detok.visible_text(comp.finish_reason is not None) if comp.detok is not None else ""
+            want_logprobs = comp.params.logprobs is not None
+            logprobs = comp.logprobs if want_logprobs else None
+            if kind == RequestOutputKind.DELTA:
+                token_ids = token_ids[comp.sent_tokens:]
+                text = text[comp.sent_chars:]
+                if logprobs is not None:
+                    logprobs = logprobs[comp.sent_tokens:]
+                comp.sent_tokens += len(token_ids)
+                comp.sent_chars += len(text)
+            completions.append(CompletionOutput(
+                index=comp.index, text=text, token_ids=list(token_ids),
+                cumulative_logprob=comp.cumulative_logprob if want_logprobs else None,
+                logprobs=logprobs, finish_reason=comp.finish_reason, stop_reason=comp.stop_reason))
+        prompt_logprobs = state.prompt_logprobs if state.params.prompt_logprobs is not None else None
+        metrics = RequestMetrics(arrival_time=state.arrival_time, first_scheduled_time=state.first_scheduled_time,
+                                 first_token_time=state.first_token_time, last_token_time=state.last_token_time,
+                                 finished_time=time.time() if finished else None)
+        return RequestOutput(request_id=state.request_id, prompt=state.prompt,
+                             prompt_token_ids=state.prompt_token_ids, prompt_logprobs=prompt_logprobs,
+                             outputs=completions, finished=finished, metrics=metrics,
+                             num_cached_tokens=state.num_cached_tokens)

@@ -1,0 +1,66 @@
+"""pagedllm's logging: vLLM-style lines on the ``pagedllm`` logger, and the engine's start-up block.
+
+``import pagedllm`` gives the ``pagedllm`` logger one handler (stdout, ``INFO 05-01 12:00:00 [file.py:42] message``)
+at the level of ``PAGEDLLM_LOGGING_LEVEL`` (INFO by default), as vLLM does with its own logger. A user who wants it
+quieter sets that variable or ``logging.getLogger("pagedllm").setLevel(logging.WARNING)``; the start-up block is
+then not printed. ``PAGEDLLM_CONFIGURE_LOGGING=0`` leaves logging entirely to the application.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from pagedllm import envs
+
+_FORMAT = "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s"
+_DATEFMT = "%m-%d %H:%M:%S"
+
+
+def configure_logging(level: int | str | None = None) -> None:
+    """Give the ``pagedllm`` logger its handler (once) and a level (``level``, else PAGEDLLM_LOGGING_LEVEL)."""
+    root = logging.getLogger("pagedllm")
+    if level is None:
+        level = str(envs.PAGEDLLM_LOGGING_LEVEL).upper()
+    if not any(getattr(h, "_pagedllm", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(_FORMAT, datefmt=_DATEFMT))
+        handler._pagedllm = True   # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level)
+
+
+def log_format() -> tuple[str, str] | None:
+    """The format of our handler (a spawned engine-core process sets itself up the same way)."""
+    for h in logging.getLogger("pagedllm").handlers:
+        if h.formatter is not None:
+            return h.formatter._fmt, h.formatter.datefmt
+    return None
+
+
+def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -> None:
+    """One INFO block when an engine has started: model, architecture, dtype, device, weights, KV cache and its
+    concurrency at max_model_len, CUDA graphs, start-up time."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    config = info["config"]
+    runner = info.get("runner", {})
+    num_blocks = info["num_blocks"]
+    tokens = num_blocks * config.block_size
+    arch = ",".join(getattr(config.hf_config, "architectures", None) or ["?"])
+    dtype = str(config.dtype).replace("torch.", "")
+    lines = [
+        f"pagedllm engine ready in {total_seconds:.1f} s",
+        f"  model        {config.args.model} ({arch})",
+        f"  device       {config.device} ({runner.get('device_name', config.device.type)}), dtype {dtype}, "
+        f"attention {config.attention_backend}",
+        f"  weights      {runner.get('weights_gib', 0.0):.2f} GiB, loaded in {runner.get('load_seconds', 0.0):.1f} s",
+        f"  KV cache     {num_blocks} blocks x {config.block_size} tokens = {tokens} tokens "
+        f"({runner.get('kv_cache_gib', 0.0):.2f} GiB); max concurrency at max_model_len={config.max_model_len}: "
+        f"{tokens / config.max_model_len:.2f}x",
+        f"  scheduling   max_num_seqs {config.max_num_seqs}, max_num_batched_tokens "
+        f"{config.max_num_batched_tokens}, async {config.async_scheduling}, prefix caching "
+        f"{config.args.enable_prefix_caching}",
+        f"  CUDA graphs  {runner.get('graphs', 'none')}",
+    ]
+    logger.info("\n".join(lines))

@@ -1,0 +1,44 @@
+"""The worker's own state of one request, kept from the scheduler's diffs (pagedllm/step_data.py)."""
+from __future__ import annotations
+
+import torch
+
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.step_data import NewRequestData
+
+
+class CachedRequestState:
+    """What the model runner and the sampler read about a request: its tokens on this host (the prompt, then each
+    token this worker sampled), where its KV lives, how to sample it."""
+    __slots__ = ("req_id", "token_ids", "num_prompt_tokens", "sampling_params", "eos_token_ids", "block_ids",
+                 "num_computed_tokens", "generator")
+
+    def __init__(self, req_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
+                 eos_token_ids: frozenset[int], block_ids: list[int], num_computed_tokens: int,
+                 generator: torch.Generator | None = None):
+        self.req_id = req_id
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.sampling_params = sampling_params
+        self.eos_token_ids = eos_token_ids
+        self.block_ids = list(block_ids)
+        # Tokens whose K/V are in the cache, or being computed by the step in flight (so during sampling, the index
+        # of the token being sampled).
+        self.num_computed_tokens = num_computed_tokens
+        self.generator = generator          # a seeded request's own random stream (kept across preemptions)
+
+    @classmethod
+    def from_new(cls, new: NewRequestData, device: torch.device) -> "CachedRequestState":
+        generator = None
+        if new.sampling_params.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(new.sampling_params.seed)
+        return cls(new.req_id, new.prompt_token_ids, new.sampling_params, new.eos_token_ids, new.block_ids,
+                   new.num_computed_tokens, generator)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    def __repr__(self) -> str:
+        return (f"CachedRequestState({self.req_id!r}, tokens={len(self.token_ids)}, "
+                f"computed={self.num_computed_tokens}, blocks={self.block_ids})")
