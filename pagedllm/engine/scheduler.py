@@ -150,6 +150,8 @@ class Scheduler:
             num_new = min(num_new, budget)
             if self.kv.allocate_slots(request, num_new, hits) is None:
                 break
+            if request.num_computed_tokens == 0:    # it looked the prefix cache up: count that once, on admission
+                self.kv.record_prefix_lookup(request, num_hit_tokens)
             heapq.heappop(self.waiting)
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_hit_tokens

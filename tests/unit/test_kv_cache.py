@@ -1,4 +1,9 @@
 """KV cache manager: exact block ids, ref counts, hashes and eviction order (no model needed)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pagedllm.engine.kv_cache import NONE_HASH, KVCacheManager, hash_block_tokens
@@ -150,6 +155,75 @@ def test_reset_prefix_cache_only_when_idle():
     assert kv.get_computed_blocks(make_request("b", list(range(1, 10)))) == ([], 0)
 
 
+# ---- block hashes: sha256 chain -----------------------------------------------------------------------------------
+
+def test_block_hashes_are_32_byte_digests_chained_from_none_hash():
+    kv = KVCacheManager(num_blocks=8, block_size=BS)
+    req = make_request("a", [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    kv.update_block_hashes(req)
+    assert isinstance(NONE_HASH, bytes) and len(NONE_HASH) == 32
+    assert [type(h) for h in req.block_hashes] == [bytes, bytes] and {len(h) for h in req.block_hashes} == {32}
+    h0 = hash_block_tokens(NONE_HASH, [1, 2, 3, 4])
+    assert req.block_hashes == [h0, hash_block_tokens(h0, [5, 6, 7, 8])]
+    # The chain carries the prefix: the same block after another parent hashes differently.
+    assert hash_block_tokens(NONE_HASH, [5, 6, 7, 8]) != req.block_hashes[1]
+
+
+_HASHES_OF_A_SALTED_PROMPT = """
+from pagedllm.engine.kv_cache import KVCacheManager
+from pagedllm.engine.request import Request
+from pagedllm.sampling_params import SamplingParams
+req = Request("a", list(range(100, 113)), SamplingParams(), cache_salt="tenant-7")
+KVCacheManager(num_blocks=8, block_size=4).update_block_hashes(req)
+print(",".join(h.hex() for h in req.block_hashes))
+"""
+
+
+def test_block_hashes_are_the_same_in_another_process():
+    # Another process with another str-hash seed: the salt is a str, whose built-in hash() differs per process.
+    env = dict(os.environ, PYTHONHASHSEED="4242", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    out = subprocess.run([sys.executable, "-c", _HASHES_OF_A_SALTED_PROMPT], env=env, capture_output=True,
+                         text=True, check=True, timeout=120).stdout.strip()
+    req = Request("a", list(range(100, 113)), SamplingParams(), cache_salt="tenant-7")
+    KVCacheManager(num_blocks=8, block_size=BS).update_block_hashes(req)
+    assert len(req.block_hashes) == 3
+    assert out == ",".join(h.hex() for h in req.block_hashes)
+
+
+def test_cache_salt_changes_every_block_hash():
+    kv = KVCacheManager(num_blocks=8, block_size=BS)
+    chains = []
+    for salt in (None, "user-1", "user-2"):
+        req = Request(f"r-{salt}", list(range(1, 14)), SamplingParams(), cache_salt=salt)
+        kv.update_block_hashes(req)
+        assert len(req.block_hashes) == 3
+        chains.append(req.block_hashes)
+    # The salt is in block 0's extra keys only; chaining carries it to every later block.
+    assert len({h for chain in chains for h in chain}) == 9
+
+
+@pytest.mark.parametrize("a, b", [
+    (([1, 23], ()), ([12, 3], ())),                      # token boundaries: fixed-width ids
+    (([1, 2], ()), ([1, 2, 0], ())),                     # a trailing 0 token is a token, not padding
+    (([1], (2,)), ([1, 2], ())),                         # an int key is not a token
+    (([1], (1,)), ([1], ("1",))),                        # int vs str key
+    (([1], ("1",)), ([1], (b"1",))),                     # str vs bytes key
+    (([1], (1,)), ([1], (True,))),                       # bool vs int key
+    (([1], (-1,)), ([1], (255,))),                       # signed ints: same low byte
+    (([1], ("ab", "c")), ([1], ("a", "bc"))),            # key boundaries: length prefixes
+    (([1], ("ab", "c")), ([1], (("ab", "c"),))),         # a tuple key is not its items
+    (([1], ("",)), ([1], ())),                           # an empty salt is still a key
+])
+def test_block_hash_encoding_is_unambiguous(a, b):
+    assert hash_block_tokens(NONE_HASH, *a) != hash_block_tokens(NONE_HASH, *b)
+    assert hash_block_tokens(NONE_HASH, *a) == hash_block_tokens(NONE_HASH, *a)
+
+
+def test_unsupported_extra_key_is_rejected():
+    with pytest.raises(TypeError, match="float"):
+        hash_block_tokens(NONE_HASH, [1], (1.5,))
+
+
 # ---- scheduler ------------------------------------------------------------------------------------------------
 
 def make_scheduler(num_blocks=16, max_tokens=64, max_seqs=8, chunked=True):
@@ -219,6 +293,10 @@ def test_preemption_by_recompute_frees_blocks_of_latest_request():
     got, _ = step(sched)
     assert got == [("b", 5)]
     assert b.block_ids[0] == 2
+    # Prefix-cache counters: the two first admissions (8 tokens each, no hits); b's resumed lookup (8 prompt + 1
+    # output tokens, 4 hit) is counted apart, as vLLM's preempted_* stats.
+    assert (kv.pool.query_tokens, kv.pool.hit_tokens) == (16, 0)
+    assert (kv.pool.preempted_query_tokens, kv.pool.preempted_hit_tokens) == (9, 4)
 
 
 def test_priority_orders_waiting_and_chooses_victim():
@@ -242,3 +320,24 @@ def test_finish_waiting_request_frees_everything(status_name):
     sched.finish_request(b, status)               # still waiting
     sched.finish_request(a, status)               # running
     assert not sched.has_unfinished() and kv.num_free_blocks == 16
+
+
+def test_prefix_cache_counters_count_a_waiting_request_once_on_admission():
+    sched, kv = make_scheduler(num_blocks=4)
+    a = make_request("a", list(range(1, 13)))                  # 12 tokens: 3 of the 4 blocks
+    sched.add_request(a)
+    assert step(sched)[0] == [("a", 12)]
+    assert (kv.pool.query_tokens, kv.pool.hit_tokens) == (12, 0)
+    b = make_request("b", [1, 2, 3, 4] + list(range(50, 58)))  # shares a's first block; needs 2 more, 1 is free
+    sched.add_request(b)
+    for _ in range(3):                                         # b is looked up each step but does not fit
+        assert step(sched)[0] == [("a", 1)]
+        assert sched.num_waiting == 1 and b.block_ids == []
+        assert (kv.pool.query_tokens, kv.pool.hit_tokens) == (12, 0)
+    sched.finish_request(a, a.status.__class__.FINISHED_STOPPED)
+    assert step(sched)[0] == [("b", 8)]                        # admitted: block 0 hit, 8 tokens computed
+    assert b.block_ids[0] == 0 and b.num_cached_tokens == 4
+    assert (kv.pool.query_tokens, kv.pool.hit_tokens) == (24, 4)
+    step(sched)                                                # decoding adds no lookups
+    assert (kv.pool.query_tokens, kv.pool.hit_tokens) == (24, 4)
+    assert (kv.pool.preempted_query_tokens, kv.pool.preempted_hit_tokens) == (0, 0)
