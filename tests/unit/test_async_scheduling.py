@@ -34,7 +34,7 @@ def summary(outputs):
 def assert_engine_idle(llm):
     engine = llm.llm_engine
     assert not engine.has_unfinished_requests()
-    assert engine._in_flight is None
+    assert not engine.scheduler.has_unfinished()
     assert engine.kv_cache.num_free_blocks == engine.kv_cache.pool.num_blocks
     assert all(r.num_placeholders == 0 for r in engine.scheduler.running + engine.scheduler.waiting)
 
@@ -98,7 +98,7 @@ def test_abort_while_in_flight(model_dir):
     engine.add_request("b", "Hello, my name is", sp)
     engine.step()                       # prefill of both, in flight
     engine.step()                       # first tokens come back, second step in flight
-    assert engine._in_flight is not None
+    assert engine.core._in_flight is not None
     engine.abort_request("a")
     finished = {}
     while engine.has_unfinished_requests():

@@ -97,7 +97,7 @@ def test_incremental_text_equals_full_decode(tokenizer, text, skip_special):
     prompt_ids = tokenizer.encode("Prompt: here is some context")
     out_ids = tokenizer.encode(text)
     request = Request("r", prompt_ids, SamplingParams(skip_special_tokens=skip_special, max_tokens=len(out_ids)))
-    detok = IncrementalDetokenizer(tokenizer, request)
+    detok = IncrementalDetokenizer(tokenizer, request.sampling_params, request.num_prompt_tokens)
     expected = tokenizer.decode(out_ids, skip_special_tokens=skip_special)
     assert "\ufffd" not in expected
     seen = []
@@ -118,7 +118,7 @@ def test_incremental_text_after_prompt_ending_mid_character(tokenizer):
     ids = tokenizer.encode("前缀你好世界")
     prompt_ids, out_ids = ids[:-3], ids[-3:]
     request = Request("r", prompt_ids, SamplingParams())
-    detok = IncrementalDetokenizer(tokenizer, request)
+    detok = IncrementalDetokenizer(tokenizer, request.sampling_params, request.num_prompt_tokens)
     for t in out_ids:
         request.append_token(t)
         detok.update(request.token_ids)

@@ -9,6 +9,7 @@ import pytest
 from pagedllm.engine.kv_cache import NONE_HASH, KVCacheManager, hash_block_tokens
 from pagedllm.engine.request import Request
 from pagedllm.engine.scheduler import Scheduler
+from pagedllm.step_data import ModelRunnerOutput
 from pagedllm.sampling_params import SamplingParams
 
 BS = 4
@@ -234,8 +235,10 @@ def make_scheduler(num_blocks=16, max_tokens=64, max_seqs=8, chunked=True):
 
 def step(sched, sampled_token=7):
     out = sched.schedule()
-    sched.update_after_step(out, {s.request.request_id: sampled_token for s in out.scheduled if s.will_sample})
-    return [(s.request.request_id, s.num_new_tokens) for s in out.scheduled], out
+    # The step as the workers see it: ids and token counts; every request that reaches its end samples a token.
+    sampled = {rid: sampled_token for rid in out.num_scheduled_tokens if rid not in out.partial_req_ids}
+    sched.update_from_output(out, ModelRunnerOutput(sampled=sampled))
+    return list(out.num_scheduled_tokens.items()), out
 
 
 def test_chunked_prefill_and_mixed_steps():
@@ -283,7 +286,7 @@ def test_preemption_by_recompute_frees_blocks_of_latest_request():
     assert kv.num_free_blocks == 0
     got, out = step(sched)                        # each needs a 3rd block: b (latest) is preempted
     assert got == [("a", 1)]
-    assert out.preempted == [b]
+    assert out.preempted_req_ids == {"b"}
     assert b.num_computed_tokens == 0 and b.block_ids == [] and b.num_preemptions == 1
     assert sched.num_waiting == 1 and b.output_token_ids == [7]   # its sampled token is kept
     # b's blocks were freed tail-first, so a's new block evicted b's 2nd block and b's 1st is still cached.

@@ -393,7 +393,7 @@ def test_prompt_logprobs_of_a_chunked_prompt_beside_decodes(models):
 
     def record(sched, *args):
         nonlocal chunk_first
-        q = [(it.request.request_id, it.num_new_tokens) for it in sched.scheduled]
+        q = list(sched.num_scheduled_tokens.items())     # scheduling order
         chunk_first += len(q) == 2 and q[0][0] == "long" and q[0][1] > 1 and q[1] == ("short", 1)
         return launch(sched, *args)
     engine.runner.launch = record
