@@ -240,11 +240,10 @@ class EngineConfig:
             if not args.enable_chunked_prefill:
                 max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
 
+        # The name is checked against the attention-backend registry (pagedllm/attention/registry.py, which may
+        # hold backends registered at run time) when the model runner builds the backend: config imports nothing
+        # above it.
         backend = args.attention_backend or ("triton" if on_gpu else "torch")
-        if backend not in ("torch", "triton"):
-            raise ValueError(f"attention_backend must be 'torch' or 'triton', got {backend!r}.")
-        if backend == "triton" and not on_gpu:
-            raise ValueError("attention_backend='triton' needs a CUDA device.")
         return cls(args=args, model=model, dtype=dtype, device=device, max_model_len=max_model_len,
                    max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                    block_size=args.block_size, attention_backend=backend)

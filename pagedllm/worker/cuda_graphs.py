@@ -16,7 +16,8 @@ import time
 import numpy as np
 import torch
 
-from pagedllm.worker.forward_batch import ForwardBatch
+from pagedllm.attention.backends.base import AttentionBackend, CommonAttentionMetadata
+from pagedllm.attention.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +32,12 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
 
 class CudaGraphRunner:
     def __init__(self, model, kv_caches: list[torch.Tensor], max_batch: int, max_blocks_per_seq: int,
-                 workspace, device: torch.device):
+                 attn_backend: AttentionBackend, device: torch.device):
         self.model = model
         self.kv_caches = kv_caches
         self.sizes = graph_batch_sizes(max_batch)
         self.max_batch = self.sizes[-1]
-        self.workspace = workspace
+        self.attn_backend = attn_backend
         self.device = device
         n, w = self.max_batch, max_blocks_per_seq
         self.input_ids = torch.zeros(n, dtype=torch.long, device=device)
@@ -45,6 +46,7 @@ class CudaGraphRunner:
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((n, w), dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
+        self.query_start_loc_cpu = np.arange(n + 1, dtype=np.int32)
         # Host staging buffers (pinned) so each replay is one async copy per input. Two sets, used in turn: with
         # async scheduling the host fills step N+1's inputs while step N's copies may still wait in the stream
         # (step N-1's set is free by then: the host has waited for step N-1's tokens).
@@ -52,14 +54,28 @@ class CudaGraphRunner:
         self.num_runs = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        self.metadata: dict[int, object] = {}     # the attention metadata each graph was captured with
+        # The default prepare_replay does nothing: then skip building its argument on the decode hot path.
+        self.prepares_replay = type(attn_backend).prepare_replay is not AttentionBackend.prepare_replay
         self.pool = None
 
+    def _common(self, bs: int, host: _StagingBuffers | None = None, max_seq_len: int = 0) -> CommonAttentionMetadata:
+        """The static buffers' first ``bs`` rows (``bs`` one-token requests), with the host copies of a replay's
+        values when ``host`` is given."""
+        return CommonAttentionMetadata(
+            query_start_loc=self.query_start_loc[:bs + 1], seq_lens=self.seq_lens[:bs],
+            block_tables=self.block_tables[:bs], slot_mapping=self.slot_mapping[:bs], max_query_len=1,
+            max_seq_len=max_seq_len, num_decodes=bs,
+            query_start_loc_cpu=None if host is None else self.query_start_loc_cpu[:bs + 1],
+            seq_lens_cpu=None if host is None else host.lens[:bs].numpy(),
+            block_tables_cpu=None if host is None else host.tables[:bs].numpy())
+
     def _batch(self, bs: int) -> ForwardBatch:
+        if bs not in self.metadata:
+            self.metadata[bs] = self.attn_backend.build_capture_metadata(self._common(bs))
         return ForwardBatch(
             input_ids=self.input_ids[:bs], positions=self.positions[:bs], slot_mapping=self.slot_mapping[:bs],
-            query_start_loc=self.query_start_loc[:bs + 1], seq_lens=self.seq_lens[:bs],
-            block_tables=self.block_tables[:bs], max_query_len=1, max_seq_len=0, kv_caches=self.kv_caches,
-            attn_workspace=self.workspace)
+            kv_caches=self.kv_caches, attn_backend=self.attn_backend, attn_metadata=self.metadata[bs])
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -106,6 +122,8 @@ class CudaGraphRunner:
         self.block_tables[:n, :width].copy_(host.tables[:n, :width], non_blocking=True)
         if fixup is not None:
             self.input_ids[fixup[0]] = fixup[1]
+        if self.prepares_replay:
+            self.attn_backend.prepare_replay(self.metadata[bs], self._common(bs, host, int(seq_lens.max())))
         self.graphs[bs].replay()
         return self.outputs[bs][:n]
 
@@ -180,12 +198,12 @@ class PiecewiseGraphRunner:
     torch.compile; here the split is taken at capture time by the attention layers themselves
     (``ForwardBatch.attn_breaker``)."""
 
-    def __init__(self, model, kv_caches: list[torch.Tensor], max_tokens: int, workspace, device: torch.device,
-                 pool=None):
+    def __init__(self, model, kv_caches: list[torch.Tensor], max_tokens: int, attn_backend: AttentionBackend,
+                 device: torch.device, pool=None):
         self.model = model
         self.kv_caches = kv_caches
         self.sizes = piecewise_token_sizes(max_tokens)
-        self.workspace = workspace
+        self.attn_backend = attn_backend
         self.device = device
         self.pool = pool
         n = self.sizes[-1] if self.sizes else 0
@@ -198,12 +216,14 @@ class PiecewiseGraphRunner:
     def _batch(self, t: int, breaker) -> ForwardBatch:
         # Metadata of one t-token prompt: only the graphs' own inputs matter (the attention never runs in them).
         qsl = torch.tensor([0, t], dtype=torch.int32, device=self.device)
+        common = CommonAttentionMetadata(
+            query_start_loc=qsl, seq_lens=qsl[1:], block_tables=torch.zeros((1, 1), dtype=torch.int32,
+                                                                            device=self.device),
+            slot_mapping=self.slot_mapping[:t], max_query_len=t, max_seq_len=t)
         return ForwardBatch(
             input_ids=self.input_ids[:t], positions=self.positions[:t], slot_mapping=self.slot_mapping[:t],
-            query_start_loc=qsl, seq_lens=qsl[1:], block_tables=torch.zeros((1, 1), dtype=torch.int32,
-                                                                             device=self.device),
-            max_query_len=t, max_seq_len=t, kv_caches=self.kv_caches, attn_workspace=self.workspace,
-            attn_breaker=breaker)
+            kv_caches=self.kv_caches, attn_backend=self.attn_backend,
+            attn_metadata=self.attn_backend.build_capture_metadata(common), attn_breaker=breaker)
 
     @torch.inference_mode()
     def capture(self) -> None:

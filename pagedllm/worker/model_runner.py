@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pagedllm.attention.backends.base import CommonAttentionMetadata
+from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.attention.registry import create_attention_backend
 from pagedllm.config import EngineConfig, env_flag
 from pagedllm.model.layers.sampler import Sampler, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.step_data import ModelRunnerOutput, SchedulerOutput
-from pagedllm.worker.forward_batch import ForwardBatch
 from pagedllm.worker.request_state import CachedRequestState
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,14 @@ class ModelRunner:
         self.vocab_size = hf.vocab_size
         if config.args.seed is not None:
             torch.manual_seed(config.args.seed)
+        if self.device.type == "cuda":
+            from pagedllm.kernels import late_compiles
+            late_compiles.pause()      # this start-up's Triton compiles are expected (re-armed once it is done)
+        # Built before the model loads: an unknown or unusable attention_backend fails fast.
+        self.attn_backend = create_attention_backend(
+            config.attention_backend, num_heads=hf.num_attention_heads, num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim, block_size=self.block_size, max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens, dtype=self.dtype, device=self.device)
         t0 = time.perf_counter()
         self.model = load_model(config)
         self.load_seconds = time.perf_counter() - t0
@@ -59,15 +69,8 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
-        self.workspace = None          # Triton decode scratch (split-KV partials), shared by all layers
         self.graph_runner = None
         self.piecewise_runner = None
-        if config.attention_backend == "triton":
-            from pagedllm.kernels import late_compiles
-            from pagedllm.kernels.triton_attention import DecodeWorkspace
-            late_compiles.pause()      # this start-up's compiles are expected (re-armed once it is done)
-            self.workspace = DecodeWorkspace.allocate(config.max_num_seqs, hf.num_attention_heads,
-                                                      self.num_kv_heads, self.head_dim, self.device)
 
     # ---- KV cache ---------------------------------------------------------------------------------------------
     @property
@@ -97,14 +100,9 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats()
         n = min(self.config.max_num_batched_tokens, self.config.max_model_len * self.config.max_num_seqs)
         self._dummy_forward(n)
-        if self.config.attention_backend == "triton":
-            # Compile the other extend-kernel variants now rather than inside the first timed requests (~1 s each on
-            # a cold Triton cache; an H200 ShareGPT run lost 2 s to it): the row block follows the longest query,
-            # mixed batches add a second pass for short requests, and send their one-token requests to the decode
-            # kernel.
-            for q in (2, 3, 5, 9, 17, 33, 65):
-                self._dummy_forward(lens=[q, 2])
-                self._dummy_forward(lens=[1, q], num_decodes=1)
+        # Batch shapes whose kernel variants the backend wants compiled now, not inside the first timed requests.
+        for lens, num_decodes in self.attn_backend.warmup_batches():
+            self._dummy_forward(lens=lens, num_decodes=num_decodes)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         total = torch.cuda.get_device_properties(self.device).total_memory
@@ -155,17 +153,20 @@ class ModelRunner:
         else:
             self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                               for _ in range(self.num_layers)]
-        if self.config.attention_backend == "triton" and not self.config.args.enforce_eager:
+        backend = self.attn_backend
+        if self.device.type == "cuda" and not self.config.args.enforce_eager:
             from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
-            self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
-                                                self.max_blocks_per_seq, self.workspace, self.device)
-            self.graph_runner.capture()
-            if _piecewise_enabled():
+            if backend.supports_full_cuda_graphs:
+                self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
+                                                    self.max_blocks_per_seq, backend, self.device)
+                self.graph_runner.capture()
+            if backend.supports_piecewise_cuda_graphs and _piecewise_enabled():
+                pool = self.graph_runner.pool if self.graph_runner is not None else None
                 self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches,
-                                                             self.config.max_num_batched_tokens, self.workspace,
-                                                             self.device, pool=self.graph_runner.pool)
+                                                             self.config.max_num_batched_tokens, backend,
+                                                             self.device, pool=pool)
                 self.piecewise_runner.capture()
-        if self.config.attention_backend == "triton" and self.device.type == "cuda":
+        if self.device.type == "cuda":
             from pagedllm.kernels.late_compiles import watch_late_compiles
             watch_late_compiles()
 
@@ -173,26 +174,24 @@ class ModelRunner:
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,
                     num_decodes: int = 0) -> ForwardBatch:
         dev = self.device
-        prefill_qsl = None
-        if 0 < num_decodes < len(seq_lens):
-            rest = np.asarray(query_start_loc[num_decodes:], dtype=np.int32) - np.int32(query_start_loc[num_decodes])
-            prefill_qsl = torch.from_numpy(rest).to(dev, non_blocking=True)
-        return ForwardBatch(
-            num_decodes=num_decodes,
-            prefill_query_start_loc=prefill_qsl,
-            input_ids=torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(dev, non_blocking=True),
-            positions=torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev, non_blocking=True),
-            slot_mapping=torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(dev, non_blocking=True),
-            query_start_loc=torch.from_numpy(np.asarray(query_start_loc, dtype=np.int32)).to(dev, non_blocking=True),
-            seq_lens=torch.from_numpy(np.asarray(seq_lens, dtype=np.int32)).to(dev, non_blocking=True),
-            block_tables=torch.from_numpy(np.asarray(block_tables, dtype=np.int32)).to(dev, non_blocking=True),
+        query_start_loc = np.asarray(query_start_loc, dtype=np.int32)
+        seq_lens = np.asarray(seq_lens, dtype=np.int32)
+        block_tables = np.asarray(block_tables, dtype=np.int32)
+        slot_mapping = torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(dev, non_blocking=True)
+        common = CommonAttentionMetadata(
+            query_start_loc=torch.from_numpy(query_start_loc).to(dev, non_blocking=True),
+            seq_lens=torch.from_numpy(seq_lens).to(dev, non_blocking=True),
+            block_tables=torch.from_numpy(block_tables).to(dev, non_blocking=True),
+            slot_mapping=slot_mapping,
             max_query_len=int(np.max(np.diff(query_start_loc))) if len(seq_lens) else 0,
             max_seq_len=int(np.max(seq_lens)) if len(seq_lens) else 0,
-            kv_caches=kv_caches,
-            query_start_loc_cpu=[int(x) for x in query_start_loc],
-            seq_lens_cpu=[int(x) for x in seq_lens],
-            attn_workspace=self.workspace,
-        )
+            num_decodes=num_decodes,
+            query_start_loc_cpu=query_start_loc, seq_lens_cpu=seq_lens, block_tables_cpu=block_tables)
+        return ForwardBatch(
+            input_ids=torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(dev, non_blocking=True),
+            positions=torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev, non_blocking=True),
+            slot_mapping=slot_mapping, kv_caches=kv_caches, attn_backend=self.attn_backend,
+            attn_metadata=self.attn_backend.build_metadata(common))
 
     def startup_info(self) -> dict:
         """Facts for the engine's start-up log block."""

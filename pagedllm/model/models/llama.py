@@ -10,6 +10,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -17,11 +18,10 @@ from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallel
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.rotary import RotaryEmbedding
 from pagedllm.model.models.weights import load_packed_weights
-from pagedllm.worker.forward_batch import ForwardBatch
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg, layer_idx: int, backend: str, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
@@ -35,8 +35,7 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.qk_norm = qk_norm
-        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads, layer_idx,
-                              backend)
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads, layer_idx)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
@@ -64,9 +63,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg, layer_idx: int, backend: str, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx, backend, rotary, qkv_bias, qk_norm)
+        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, qkv_bias, qk_norm)
         self.mlp = LlamaMLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -83,12 +82,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg, backend: str, max_position: int, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, max_position: int, qkv_bias: bool, qk_norm: bool):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         rotary = RotaryEmbedding(cfg, head_dim, max_position)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, backend, rotary, qkv_bias, qk_norm)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, rotary, qkv_bias, qk_norm)
                                     for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -114,7 +113,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = hf_config
         max_position = max(engine_config.max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0)
-        self.model = LlamaModel(hf_config, engine_config.attention_backend, max_position,
+        self.model = LlamaModel(hf_config, max_position,
                                 self.qkv_bias or getattr(hf_config, "attention_bias", False), self.qk_norm)
         self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         if getattr(hf_config, "tie_word_embeddings", False):

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.layers.linear import (ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
                                           RowParallelLinear)
 from pagedllm.model.layers.norm import LayerNorm
 from pagedllm.model.models.weights import load_packed_weights
-from pagedllm.worker.forward_batch import ForwardBatch
 
 # OPT's learned position table has 2 extra leading rows; position p reads row p + 2.
 POSITION_OFFSET = 2
@@ -47,7 +47,7 @@ def _layer_norm(cfg, size: int) -> nn.Module:
 
 
 class OPTAttention(nn.Module):
-    def __init__(self, cfg, layer_idx: int, backend: str):
+    def __init__(self, cfg, layer_idx: int):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // self.num_heads
@@ -57,7 +57,7 @@ class OPTAttention(nn.Module):
         # HF OPT multiplies q by head_dim**-0.5 right after the projection and attends with scale 1; doing the same
         # keeps the fp32 rounding identical (greedy parity with transformers).
         self.scaling = self.head_dim ** -0.5
-        self.attn = Attention(self.num_heads, self.head_dim, 1.0, self.num_heads, layer_idx, backend)
+        self.attn = Attention(self.num_heads, self.head_dim, 1.0, self.num_heads, layer_idx)
 
     def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).chunk(3, dim=-1)
@@ -65,11 +65,11 @@ class OPTAttention(nn.Module):
 
 
 class OPTDecoderLayer(nn.Module):
-    def __init__(self, cfg, layer_idx: int, backend: str):
+    def __init__(self, cfg, layer_idx: int):
         super().__init__()
         self.do_layer_norm_before = cfg.do_layer_norm_before
         bias = getattr(cfg, "enable_bias", True)
-        self.self_attn = OPTAttention(cfg, layer_idx, backend)
+        self.self_attn = OPTAttention(cfg, layer_idx)
         self.self_attn_layer_norm = _layer_norm(cfg, cfg.hidden_size)
         self.fc1 = ColumnParallelLinear(cfg.hidden_size, cfg.ffn_dim, bias=bias)
         self.fc2 = RowParallelLinear(cfg.ffn_dim, cfg.hidden_size, bias=bias)
@@ -94,7 +94,7 @@ class OPTDecoderLayer(nn.Module):
 
 
 class OPTDecoder(nn.Module):
-    def __init__(self, cfg, backend: str):
+    def __init__(self, cfg):
         super().__init__()
         proj_dim = getattr(cfg, "word_embed_proj_dim", None) or cfg.hidden_size
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, proj_dim)
@@ -109,7 +109,7 @@ class OPTDecoder(nn.Module):
             self.final_layer_norm = _layer_norm(cfg, cfg.hidden_size)
         else:
             self.final_layer_norm = None
-        self.layers = nn.ModuleList(OPTDecoderLayer(cfg, i, backend) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(OPTDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
@@ -126,9 +126,9 @@ class OPTDecoder(nn.Module):
 
 
 class OPTModel(nn.Module):
-    def __init__(self, cfg, backend: str):
+    def __init__(self, cfg):
         super().__init__()
-        self.decoder = OPTDecoder(cfg, backend)
+        self.decoder = OPTDecoder(cfg)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         return self.decoder(input_ids, positions, batch)
@@ -140,7 +140,7 @@ class OPTForCausalLM(nn.Module):
     def __init__(self, hf_config, engine_config):
         super().__init__()
         self.config = hf_config
-        self.model = OPTModel(hf_config, engine_config.attention_backend)
+        self.model = OPTModel(hf_config)
         proj_dim = getattr(hf_config, "word_embed_proj_dim", None) or hf_config.hidden_size
         self.lm_head = ParallelLMHead(hf_config.vocab_size, proj_dim)
         self.tied = getattr(hf_config, "tie_word_embeddings", True)

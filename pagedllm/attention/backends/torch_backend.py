@@ -1,0 +1,45 @@
+"""The reference backend: ``kernels/torch_attention.py`` in plain PyTorch, any device, no CUDA graphs (it loops over
+the requests on the host)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pagedllm.attention.backends.base import AttentionBackend, CommonAttentionMetadata
+from pagedllm.kernels import torch_attention
+
+
+@dataclass
+class TorchAttentionMetadata:
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_tables: torch.Tensor
+    # Host copies the kernel loops over without device syncs; None: it reads them from the device.
+    query_start_loc_cpu: list[int] | None
+    seq_lens_cpu: list[int] | None
+
+
+class TorchAttentionBackend(AttentionBackend):
+    def build_metadata(self, common: CommonAttentionMetadata) -> TorchAttentionMetadata:
+        return TorchAttentionMetadata(
+            query_start_loc=common.query_start_loc, seq_lens=common.seq_lens, block_tables=common.block_tables,
+            query_start_loc_cpu=None if common.query_start_loc_cpu is None else common.query_start_loc_cpu.tolist(),
+            seq_lens_cpu=None if common.seq_lens_cpu is None else common.seq_lens_cpu.tolist())
+
+    def write_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor, rotary: nn.Module | None = None,
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
+        if rotary is not None:
+            q, k = rotary(positions, q, k)
+        torch_attention.store_kv(k, v, kv_cache[0], kv_cache[1], slot_mapping)
+        return q
+
+    def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: TorchAttentionMetadata, scale: float,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        result = torch_attention.paged_attention(q, kv_cache[0], kv_cache[1], metadata.query_start_loc,
+                                                 metadata.seq_lens, metadata.block_tables, scale,
+                                                 query_start_loc_cpu=metadata.query_start_loc_cpu,
+                                                 seq_lens_cpu=metadata.seq_lens_cpu)
+        return result if out is None else out.copy_(result)

@@ -1,0 +1,85 @@
+"""The CUDA backend: our Triton kernels (``kernels/triton_attention.py``, ``kernels/triton_rotary.py``).
+
+Rotation and the KV-cache write are one kernel; attention goes to the split-KV decode kernel for one-token
+requests and to the varlen extend kernel for the others (a mixed batch is split in two, decodes first). The decode
+kernel's split grid depends only on the batch size and its scratch is preallocated here, so both kinds of CUDA
+graphs are supported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from pagedllm.attention.backends.base import AttentionBackend, CommonAttentionMetadata
+from pagedllm.kernels import triton_attention
+from pagedllm.kernels.triton_attention import DecodeWorkspace
+from pagedllm.kernels.triton_rotary import rotary_store_kv
+
+
+@dataclass
+class TritonAttentionMetadata:
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_tables: torch.Tensor
+    max_query_len: int
+    # Mixed batches: the first num_decodes requests go to the decode kernel, the rest to the extend kernel with
+    # prefill_query_start_loc ([B - num_decodes + 1] int32, their query starts from 0); None: no split.
+    num_decodes: int
+    prefill_query_start_loc: torch.Tensor | None
+    workspace: DecodeWorkspace
+
+
+class TritonAttentionBackend(AttentionBackend):
+    supports_full_cuda_graphs = True
+    supports_piecewise_cuda_graphs = True
+
+    def __init__(self, **shape_and_limits):
+        super().__init__(**shape_and_limits)
+        # Split-KV partials of the decode kernel, shared by all layers (they run one after another) and allocated
+        # before any graph is captured, so every graph reuses the same buffers.
+        self.workspace = DecodeWorkspace.allocate(self.max_num_seqs, self.num_heads, self.num_kv_heads,
+                                                  self.head_dim, self.device)
+
+    def build_metadata(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
+        nd = common.num_decodes
+        prefill_qsl = None
+        if 0 < nd < common.num_reqs:
+            if common.query_start_loc_cpu is not None:
+                rest = common.query_start_loc_cpu[nd:].astype(np.int32) - np.int32(common.query_start_loc_cpu[nd])
+                prefill_qsl = torch.from_numpy(rest).to(self.device, non_blocking=True)
+            else:
+                prefill_qsl = common.query_start_loc[nd:] - common.query_start_loc[nd]
+        return TritonAttentionMetadata(
+            query_start_loc=common.query_start_loc, seq_lens=common.seq_lens, block_tables=common.block_tables,
+            max_query_len=common.max_query_len, num_decodes=nd, prefill_query_start_loc=prefill_qsl,
+            workspace=self.workspace)
+
+    def write_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor, rotary: nn.Module | None = None,
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
+        if rotary is not None:      # rotates q and k in place
+            rotary_store_kv(positions, q, k, v, rotary.cos, rotary.sin, kv_cache[0], kv_cache[1], slot_mapping)
+        else:
+            triton_attention.store_kv(k, v, kv_cache[0], kv_cache[1], slot_mapping)
+        return q
+
+    def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: TritonAttentionMetadata, scale: float,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        return triton_attention.paged_attention(
+            q, kv_cache[0], kv_cache[1], metadata.query_start_loc, metadata.seq_lens, metadata.block_tables, scale,
+            metadata.max_query_len, workspace=metadata.workspace, out=out, num_decodes=metadata.num_decodes,
+            prefill_query_start_loc=metadata.prefill_query_start_loc)
+
+    def warmup_batches(self) -> list[tuple[list[int], int]]:
+        # Compile the other extend-kernel variants at start-up rather than inside the first timed requests (~1 s
+        # each on a cold Triton cache; an H200 ShareGPT run lost 2 s to it): the row block follows the longest
+        # query, mixed batches add a second pass for short requests, and send their one-token requests to the
+        # decode kernel.
+        batches = []
+        for q in (2, 3, 5, 9, 17, 33, 65):
+            batches.append(([q, 2], 0))
+            batches.append(([1, q], 1))
+        return batches

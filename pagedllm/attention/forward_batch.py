@@ -1,0 +1,30 @@
+"""ForwardBatch: everything one forward pass needs, passed explicitly to the model and every attention call.
+
+There is no global "forward context": the model runner builds one ForwardBatch per step and the attention layers
+read their KV caches, the attention backend and its metadata for the step from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pagedllm.attention.backends.base import AttentionBackend
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor          # [T] int64, the new tokens of every scheduled request, request after request
+    positions: torch.Tensor          # [T] int64
+    slot_mapping: torch.Tensor       # [T] int64, cache slot of each new token (-1: padding, not stored)
+    kv_caches: list[torch.Tensor]    # one [2, num_blocks, block_size, Hkv, D] tensor per layer
+    attn_backend: AttentionBackend
+    attn_metadata: Any               # what attn_backend.build_metadata made of this step
+    # Set only while capturing piecewise CUDA graphs (worker/cuda_graphs.py): the attention layers hand their query
+    # to it instead of attending, and it closes the graph there.
+    attn_breaker: object | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.shape[0]

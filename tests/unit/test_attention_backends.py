@@ -1,0 +1,93 @@
+"""The attention-backend interface: names resolve through the registry (with the user-facing errors), and a new
+backend is one class plus one ``register_attention_backend`` call, with no edit anywhere else."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.attention.backends.torch_backend import TorchAttentionBackend
+from pagedllm.attention.registry import (_BACKENDS, attention_backend_class, attention_backend_names,
+                                         default_backend_name, register_attention_backend,
+                                         resolve_attention_backend)
+from tiny_models import save_tiny_llama
+
+VOCAB = 1000
+PROMPTS = [[11, 12, 13, 14, 15], [(7 * i + 3) % VOCAB for i in range(40)], [101, 57, 300]]
+
+
+class CountingBackend(TorchAttentionBackend):
+    """The torch backend, counting the calls the engine makes to it (a stand-in for a third-party backend)."""
+    calls = {"build_metadata": 0, "write_kv": 0, "attend": 0}
+
+    def build_metadata(self, common):
+        self.calls["build_metadata"] += 1
+        return super().build_metadata(common)
+
+    def write_kv(self, q, k, v, kv_cache, slot_mapping, rotary=None, positions=None):
+        self.calls["write_kv"] += 1
+        return super().write_kv(q, k, v, kv_cache, slot_mapping, rotary, positions)
+
+    def attend(self, q, kv_cache, metadata, scale, out=None):
+        self.calls["attend"] += 1
+        return super().attend(q, kv_cache, metadata, scale, out=out)
+
+
+@pytest.fixture
+def counting_backend():
+    register_attention_backend("counting", f"{__name__}:CountingBackend")
+    CountingBackend.calls = {k: 0 for k in CountingBackend.calls}
+    yield "counting"
+    _BACKENDS.pop("counting", None)
+
+
+def test_builtin_names_resolve_and_default_by_device():
+    assert attention_backend_names()[:2] == ["torch", "triton"]
+    assert default_backend_name("cpu") == "torch"
+    assert default_backend_name(torch.device("cuda")) == "triton"
+    assert resolve_attention_backend(None, "cpu") == "torch"
+    assert resolve_attention_backend("torch", "cpu") == "torch"
+    assert resolve_attention_backend("triton", "cuda") == "triton"
+    assert attention_backend_class("torch") is TorchAttentionBackend
+
+
+def test_registry_errors_name_the_field():
+    with pytest.raises(ValueError, match=r"attention_backend must be one of 'torch', 'triton', got 'flash'\."):
+        resolve_attention_backend("flash", "cpu")
+    with pytest.raises(ValueError, match=r"attention_backend='triton' needs a CUDA device\."):
+        resolve_attention_backend("triton", "cpu")
+    with pytest.raises(ValueError, match="must be 'module:Class'"):
+        register_attention_backend("broken", "no_colon_here")
+
+
+def test_resolving_triton_does_not_import_it():
+    # The registry holds import strings: naming (or rejecting) a backend never imports its kernels.
+    before = "pagedllm.attention.backends.triton_backend" in sys.modules
+    resolve_attention_backend("triton", "cuda")
+    assert ("pagedllm.attention.backends.triton_backend" in sys.modules) == before
+
+
+def test_engine_rejects_unknown_backend(tmp_path):
+    save_tiny_llama(tmp_path, VOCAB)
+    with pytest.raises(ValueError, match="attention_backend must be one of 'torch', 'triton', got 'nope'"):
+        LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", attention_backend="nope")
+
+
+def test_registered_backend_runs_the_engine_like_torch(tmp_path, counting_backend):
+    save_tiny_llama(tmp_path, VOCAB)
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    reference = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", attention_backend="torch")
+    expected = [o.outputs[0].token_ids for o in reference.generate(prompts, params, use_tqdm=False)]
+    del reference
+
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", attention_backend=counting_backend)
+    assert llm.llm_engine.config.attention_backend == "counting"
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert got == expected
+    calls = CountingBackend.calls
+    # At least one prefill step and 7 decode steps went through it, every layer (2) writing and attending.
+    assert calls["build_metadata"] >= 8
+    assert calls["write_kv"] == calls["attend"] == 2 * calls["build_metadata"]
