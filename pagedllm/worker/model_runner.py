@@ -2,23 +2,21 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from pagedllm.config import EngineConfig, env_flag
+from pagedllm.config import EngineConfig
 from pagedllm.engine.request import Request
 from pagedllm.engine.scheduler import ScheduledRequest, SchedulerOutput
+from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.sampler import Sampler, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.worker.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
-
-_DEFAULT_CPU_KV_GB = 4.0
 
 
 @dataclass
@@ -45,6 +43,7 @@ class LaunchedStep:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig):
+        configure_kernels(config)      # this process's kernel switches (PDL, skinny GEMM, oneDNN)
         self.config = config
         self.device = config.device
         self.dtype = config.dtype
@@ -89,12 +88,9 @@ class ModelRunner:
         # Never more than every sequence at full length could use.
         cap = self.config.max_num_seqs * self.max_blocks_per_seq + 1
         if self.device.type == "cuda":
-            free_bytes = self._profile_gpu_memory()
-        else:
-            gb = args.kv_cache_memory_gb
-            if gb is None:   # vLLM's CPU backend reads VLLM_CPU_KVCACHE_SPACE (GiB); ours is the same knob
-                gb = float(os.environ.get("PAGEDLLM_CPU_KVCACHE_SPACE", _DEFAULT_CPU_KV_GB))
-            free_bytes = int(gb * (1 << 30))
+            free_bytes = self._profile_gpu_memory()     # also the warm-up: run it even when the size is given
+        if self.config.kv_cache_memory_bytes is not None:   # kv_cache_memory_gb/_bytes; always set on the CPU
+            free_bytes = self.config.kv_cache_memory_bytes
         return max(0, min(cap, free_bytes // self.bytes_per_block))
 
     def _profile_gpu_memory(self) -> int:
@@ -167,7 +163,7 @@ class ModelRunner:
             self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
                                                 self.max_blocks_per_seq, self.workspace, self.device)
             self.graph_runner.capture()
-            if _piecewise_enabled():
+            if self.config.piecewise_cuda_graphs:
                 self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches,
                                                              self.config.max_num_batched_tokens, self.workspace,
                                                              self.device, pool=self.graph_runner.pool)
@@ -308,12 +304,6 @@ class ModelRunner:
             target = r.token_ids[p + 1]
             ids, vals, lp, rank = top_logprobs(logprobs[j], target, r.sampling_params.prompt_logprobs)
             out.prompt_logprobs.setdefault(r.request_id, []).append((p + 1, target, lp, rank, ids, vals))
-
-
-def _piecewise_enabled() -> bool:
-    """Piecewise CUDA graphs for steps with prompt tokens (worker/cuda_graphs.py); PAGEDLLM_PIECEWISE_GRAPHS=0
-    turns them off (A/B runs)."""
-    return env_flag("PAGEDLLM_PIECEWISE_GRAPHS", default=True)
 
 
 def _decodes_first(items: list[ScheduledRequest]) -> list[ScheduledRequest]:
