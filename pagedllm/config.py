@@ -434,6 +434,8 @@ class EngineConfig:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
         if args.quantization not in (None, "gguf"):
             raise ValueError(f"Unsupported quantization {args.quantization!r}; supported: gguf.")
+        if args.quantization == "gguf" and model.gguf_file is None:
+            raise ValueError(f"quantization='gguf' needs a .gguf model file; {args.model!r} is not one.")
         if args.block_size <= 0 or args.block_size & (args.block_size - 1):
             raise ValueError(f"block_size must be a positive power of two, got {args.block_size}.")
         if not 0.0 < args.gpu_memory_utilization <= 1.0:
