@@ -6,9 +6,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from pagedllm.config import FlexibleArgumentParser  # noqa: E402
 from pagedllm.bench import long_document_qa  # noqa: E402
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = FlexibleArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     long_document_qa.add_cli_args(parser)
     long_document_qa.main(parser.parse_args())

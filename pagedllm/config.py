@@ -1,18 +1,26 @@
 """Engine arguments (vLLM's names) and the validated configuration built from them.
 
-``EngineArgs`` is what a user passes (``LLM(**kwargs)``, ``pagedllm serve --flags``); ``EngineArgs.create_config()``
-resolves the model, reads its HF config and checks every value, producing an ``EngineConfig`` that the rest of the
-engine reads. All user-facing validation lives here.
+``EngineArgs`` is what a user passes (``LLM(**kwargs)``, ``pagedllm serve --flags``); ``verify_engine_args`` checks the
+arguments alone, ``EngineConfig.build`` checks them against the resolved model and the device, producing the
+``EngineConfig`` that the rest of the engine reads (``pagedllm.engine.core.create_engine_config`` runs both around
+the model's resolution). All user-facing validation of engine arguments lives here. This module is the bottom
+layer: it imports nothing else of pagedllm but ``envs``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
+import json
+import logging
+import sys
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
+
+from pagedllm import envs
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {
     "float32": torch.float32, "float": torch.float32,
@@ -20,6 +28,36 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
 }
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt")
+DEFAULT_CPU_KV_CACHE_GB = 4.0
+# vLLM's names for what pagedllm does not do yet, so a tutorial gets "not supported yet", not "unexpected keyword".
+_POOLING_TASKS = ("embed", "embedding", "pooling", "classify", "score", "reward", "transcription", "draft")
+_FP8_KV_CACHE_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "bfloat16", "float16")
+_VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
+    "hf_config_path", "convert", "enable_prompt_embeds", "allowed_local_media_path", "allowed_media_domains",
+    "safetensors_load_strategy", "config_format", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
+    "node_rank", "decode_context_parallel_size", "dcp_kv_cache_interleave_size", "data_parallel_rank",
+    "data_parallel_start_rank", "data_parallel_size_local", "data_parallel_address", "data_parallel_rpc_port",
+    "data_parallel_hybrid_lb", "data_parallel_external_lb", "data_parallel_backend", "enable_dbo",
+    "dbo_decode_token_threshold", "dbo_prefill_token_threshold", "disable_nccl_for_dp_synchronization",
+    "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
+    "eplb_log_balancedness", "max_parallel_loading_workers", "disable_sliding_window", "disable_cascade_attn",
+    "max_long_partial_prefills", "logprobs_mode", "aggregate_engine_logging", "code_revision", "rope_scaling",
+    "rope_theta", "hf_token", "max_seq_len_to_capture", "limit_mm_per_prompt", "interleave_mm_strings",
+    "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
+    "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
+    "enable_lora_bias", "default_mm_loras", "fully_sharded_loras", "max_cpu_loras", "lora_dtype",
+    "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots", "model_loader_extra_config",
+    "ignore_patterns", "disable_chunked_mm_input", "disable_hybrid_kv_cache_manager", "structured_outputs_config",
+    "reasoning_parser", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
+    "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "pooler_config", "override_pooler_config",
+    "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config", "enable_sleep_mode",
+    "override_generation_config", "model_impl", "override_attention_dtype", "calculate_kv_scales",
+    "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "use_tqdm_on_load", "pt_load_map_location",
+    "logits_processors", "kv_sharing_fast_prefill", "preemption_mode", "num_scheduler_steps",
+    "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
+    "tokenizer_pool_size", "tokenizer_pool_type", "tokenizer_pool_extra_config", "quantization_param_path",
+    "enable_multimodal_encoder_data_parallel", "speculative_model", "num_speculative_tokens",
+})
 
 
 @dataclass
@@ -40,12 +78,20 @@ class EngineArgs:
     block_size: int = 16
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = 0.9
-    # KV cache size in GiB when running on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE); None = 4 GiB capped by the
-    # memory that max_num_seqs full-length sequences could ever need.
+    # KV cache size in GiB, on the GPU instead of the gpu_memory_utilization budget. None: on the CPU
+    # PAGEDLLM_CPU_KVCACHE_SPACE (vLLM's VLLM_CPU_KVCACHE_SPACE) or 4 GiB; both capped by the memory that
+    # max_num_seqs full-length sequences could ever need.
     kv_cache_memory_gb: float | None = None
+    # The same in bytes (vLLM's name); give one of the two.
+    kv_cache_memory_bytes: int | None = None
     # Fixed number of KV blocks (overrides the memory-based sizing; used by tests and for reproducible runs).
     num_gpu_blocks_override: int | None = None
-    swap_space: float = 4.0
+    # Swapping preempted requests to the CPU is not implemented: None or 0 (vLLM's default is 4; a value > 0 is an
+    # error rather than a silently unused buffer).
+    swap_space: float | None = None
+    cpu_offload_gb: float = 0
+    kv_cache_dtype: str = "auto"
+    prefix_caching_hash_algo: str = "sha256"
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     enable_chunked_prefill: bool = True
@@ -62,6 +108,29 @@ class EngineArgs:
     served_model_name: list[str] | str | None = None
     generation_config: str = "auto"
     hf_overrides: dict | None = None
+    # Kernel and graph switches (A/B runs); None: the PAGEDLLM_* variable of the same name (envs.py), on by default.
+    triton_gemv: bool | None = None              # Triton skinny GEMM for batch-1 GPU linears
+    pdl: bool | None = None                      # programmatic dependent launch of our decode kernels
+    piecewise_cuda_graphs: bool | None = None    # CUDA graphs for steps with prompt tokens
+    cpu_onednn: bool | None = None               # CPU linears through oneDNN with prepacked weights
+    # No Triton kernels of ours: torch attention, cuBLAS linears, no PDL.
+    disable_custom_kernels: bool = False
+    # There is no custom all-reduce kernel (tensor parallel reduces through NCCL / gloo), so True is what always
+    # happens: honoured trivially.
+    disable_custom_all_reduce: bool = False
+    # vLLM arguments for what pagedllm does not do yet: the defaults are accepted, anything else is an error.
+    task: str = "auto"
+    runner: str = "auto"
+    scheduling_policy: str = "fcfs"              # "priority": requests' priority orders the queue
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    long_prefill_token_threshold: int = 0
+    max_num_partial_prefills: int = 1
+    enable_expert_parallel: bool = False
+    data_parallel_size: int = 1
+    speculative_config: dict | None = None
+    compilation_config: int | dict | None = None
     # Who builds the engine, as vLLM's UsageContext: "llm_class" (offline LLM) or "openai_api_server" (serve). Not a
     # field (no LLM keyword, no flag): the server entrypoint sets it on its instance, and it picks defaults (the
     # server's prefill chunks are half the LLM class's).
@@ -74,7 +143,12 @@ class EngineArgs:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in kwargs if k not in names)
         if unknown:
-            raise TypeError(f"LLM got unexpected keyword argument(s): {', '.join(unknown)}")
+            message = f"LLM got unexpected keyword argument(s): {', '.join(unknown)}"
+            from_vllm = [k for k in unknown if k in _VLLM_ENGINE_ARGS_NOT_SUPPORTED]
+            if from_vllm:
+                what = "is a vLLM engine argument" if len(from_vllm) == 1 else "are vLLM engine arguments"
+                message += f" ({', '.join(from_vllm)} {what} that pagedllm does not support yet)"
+            raise TypeError(message)
         if model is not None:
             kwargs["model"] = model
         return cls(**kwargs)
@@ -87,7 +161,7 @@ class EngineArgs:
         if not model_positional:
             g.add_argument("--model", type=str, default=d.model, help="HF model id, local folder or .gguf file.")
         g.add_argument("--tokenizer", type=str, default=None, help="Tokenizer name or path (default: the model).")
-        g.add_argument("--tokenizer-mode", type=str, default=d.tokenizer_mode, choices=["auto", "slow", "mistral"])
+        g.add_argument("--tokenizer-mode", type=str, default=d.tokenizer_mode)
         g.add_argument("--skip-tokenizer-init", action="store_true",
                        help="Skip the tokenizer; prompts must then be token ids.")
         g.add_argument("--trust-remote-code", action="store_true", help="Trust remote code from the hub.")
@@ -106,9 +180,17 @@ class EngineArgs:
                        default=d.enable_prefix_caching)
         g.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization)
         g.add_argument("--kv-cache-memory-gb", type=float, default=None,
-                       help="KV cache size in GiB on the CPU.")
+                       help="KV cache size in GiB (GPU: instead of the gpu-memory-utilization budget; CPU: default "
+                            "PAGEDLLM_CPU_KVCACHE_SPACE or 4).")
+        g.add_argument("--kv-cache-memory-bytes", type=int, default=None, help="The same in bytes (vLLM's flag).")
         g.add_argument("--num-gpu-blocks-override", type=int, default=None)
-        g.add_argument("--swap-space", type=float, default=d.swap_space)
+        g.add_argument("--swap-space", type=float, default=d.swap_space,
+                       help="Not supported yet (preempted requests are recomputed): only 0 is accepted.")
+        g.add_argument("--cpu-offload-gb", type=float, default=d.cpu_offload_gb, help="Not supported yet: only 0.")
+        g.add_argument("--kv-cache-dtype", type=str, default=d.kv_cache_dtype,
+                       help="Only auto (the model's dtype) for now.")
+        g.add_argument("--prefix-caching-hash-algo", type=str, default=d.prefix_caching_hash_algo,
+                       help="Hash of prefix-cache blocks; only sha256 for now.")
         g.add_argument("--max-num-seqs", type=int, default=None)
         g.add_argument("--max-num-batched-tokens", type=int, default=None)
         g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
@@ -120,12 +202,46 @@ class EngineArgs:
                             "(default: on with CUDA).")
         g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
         g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
-        g.add_argument("--distributed-executor-backend", type=str, default=None, choices=["mp", "ray", "uni"])
+        g.add_argument("--data-parallel-size", "-dp", type=int, default=d.data_parallel_size,
+                       help="Not supported yet: only 1.")
+        g.add_argument("--distributed-executor-backend", type=str, default=None,
+                       help="Only uni (the in-process executor) for now.")
+        g.add_argument("--disable-custom-all-reduce", action="store_true",
+                       help="Accepted: tensor parallel always reduces through NCCL / gloo.")
+        g.add_argument("--enable-expert-parallel", action="store_true", help="Not supported yet.")
         g.add_argument("--device", type=str, default=d.device, choices=["auto", "cpu", "cuda"])
         g.add_argument("--attention-backend", type=str, default=None, choices=["torch", "triton"])
+        g.add_argument("--disable-custom-kernels", action="store_true",
+                       help="None of pagedllm's Triton kernels: torch attention, cuBLAS linears, no PDL.")
+        g.add_argument("--triton-gemv", action=argparse.BooleanOptionalAction, default=None,
+                       help="Triton skinny GEMM for batch-1 GPU linears (default: env PAGEDLLM_TRITON_GEMV, on).")
+        g.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=None,
+                       help="Programmatic dependent launch of the decode kernels, Hopper+ (default: env "
+                            "PAGEDLLM_PDL, on).")
+        g.add_argument("--piecewise-cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                       help="CUDA graphs for steps with prompt tokens (default: env PAGEDLLM_PIECEWISE_GRAPHS, on).")
+        g.add_argument("--cpu-onednn", action=argparse.BooleanOptionalAction, default=None,
+                       help="CPU linears through oneDNN with prepacked weights (default: env PAGEDLLM_CPU_ONEDNN, "
+                            "on).")
+        g.add_argument("--compilation-config", "-O", type=_json_or_int, default=None,
+                       help="Only 0 / {} for now: pagedllm does not use torch.compile.")
         g.add_argument("--disable-log-stats", action="store_true")
         g.add_argument("--generation-config", type=str, default=d.generation_config,
                        help='"auto" (the model\'s generation_config.json), "vllm" (ignore it) or a folder.')
+        g.add_argument("--hf-overrides", type=json.loads, default=None,
+                       help='JSON overriding fields of the model\'s HF config, e.g. \'{"rope_theta": 1e6}\'.')
+        g.add_argument("--task", type=str, default=d.task, help="Only auto / generate for now.")
+        g.add_argument("--runner", type=str, default=d.runner, help="Only auto / generate for now.")
+        g.add_argument("--scheduling-policy", type=str, default=d.scheduling_policy,
+                       help="fcfs (requests' priority must be 0) or priority (lower value first, then arrival).")
+        g.add_argument("--long-prefill-token-threshold", type=int, default=d.long_prefill_token_threshold,
+                       help="Not supported yet: only 0.")
+        g.add_argument("--max-num-partial-prefills", type=int, default=d.max_num_partial_prefills,
+                       help="Not supported yet: only 1.")
+        g.add_argument("--enable-lora", action="store_true", help="Not supported yet.")
+        g.add_argument("--max-loras", type=int, default=d.max_loras, help="Only with --enable-lora.")
+        g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank, help="Only with --enable-lora.")
+        g.add_argument("--speculative-config", type=json.loads, default=None, help="Not supported yet.")
         return parser
 
     @classmethod
@@ -133,9 +249,112 @@ class EngineArgs:
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
         return cls(**values)
 
-    def create_config(self) -> "EngineConfig":
-        from pagedllm.model.loader import resolve_model
-        return EngineConfig.build(self, resolve_model(self))
+
+def verify_engine_args(args: EngineArgs) -> None:
+    """Checks that need only the arguments: every value pagedllm cannot honour is an error here, named, never
+    silently ignored. (Checks that need the model or the device are in ``EngineConfig.build``.)"""
+    if args.tokenizer_mode == "mistral":
+        raise ValueError("tokenizer_mode='mistral' is not supported yet (no mistral_common tokenizer); "
+                         "use 'auto' or 'slow'.")
+    if args.tokenizer_mode not in ("auto", "slow"):
+        raise ValueError(f"tokenizer_mode must be 'auto' or 'slow', got {args.tokenizer_mode!r}.")
+    if args.swap_space:
+        if args.swap_space < 0:
+            raise ValueError(f"swap_space must be >= 0, got {args.swap_space}.")
+        raise ValueError(f"swap_space is not supported yet: preempted requests are recomputed, never swapped to the "
+                         f"CPU; leave swap_space unset or 0 (got {args.swap_space}).")
+    if args.cpu_offload_gb:
+        raise ValueError(f"cpu_offload_gb is not supported yet: the weights stay on the device; use 0 "
+                         f"(got {args.cpu_offload_gb}).")
+    backend = args.distributed_executor_backend
+    if backend in ("mp", "ray", "external_launcher"):
+        raise ValueError(f"distributed_executor_backend={backend!r} is not supported yet: multi-process and Ray "
+                         f"executors are not supported yet, only the in-process executor ('uni' or None).")
+    if backend not in (None, "uni"):
+        raise ValueError(f"distributed_executor_backend must be one of None, 'uni', 'mp', 'ray', "
+                         f"'external_launcher', got {backend!r}.")
+    if args.data_parallel_size != 1:
+        raise ValueError(f"data_parallel_size={args.data_parallel_size} is not supported yet; use 1.")
+    if args.enable_expert_parallel:
+        raise ValueError("enable_expert_parallel is not supported yet (no mixture-of-experts models).")
+    for name in ("task", "runner"):
+        value = getattr(args, name)
+        if value in _POOLING_TASKS:
+            raise ValueError(f"{name}={value!r}: pooling models (embed, classify, score, reward) and draft runners "
+                             f"are not supported yet; use {name}='generate' or 'auto'.")
+        if value not in ("auto", "generate"):
+            raise ValueError(f"{name} must be 'auto' or 'generate', got {value!r}.")
+    if args.kv_cache_dtype in _FP8_KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype={args.kv_cache_dtype!r} is not supported yet: the KV cache has the model's "
+                         f"dtype; use 'auto'.")
+    if args.kv_cache_dtype != "auto":
+        raise ValueError(f"kv_cache_dtype must be 'auto', got {args.kv_cache_dtype!r}.")
+    if args.prefix_caching_hash_algo != "sha256":
+        raise ValueError(f"prefix_caching_hash_algo={args.prefix_caching_hash_algo!r} is not supported yet; "
+                         f"use 'sha256'.")
+    if args.enable_lora:
+        raise ValueError("enable_lora=True: LoRA adapters are not supported yet by pagedllm.")
+    for name, default in (("max_loras", 1), ("max_lora_rank", 16)):
+        if getattr(args, name) != default:
+            raise ValueError(f"{name} only applies with enable_lora=True, and LoRA adapters are not supported yet "
+                             f"by pagedllm (got {name}={getattr(args, name)}).")
+    if args.scheduling_policy not in ("fcfs", "priority"):
+        raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {args.scheduling_policy!r}.")
+    if args.long_prefill_token_threshold != 0:
+        raise ValueError(f"long_prefill_token_threshold is not supported yet (concurrent partial prefills); use 0 "
+                         f"(got {args.long_prefill_token_threshold}).")
+    if args.max_num_partial_prefills != 1:
+        raise ValueError(f"max_num_partial_prefills is not supported yet (concurrent partial prefills); use 1 "
+                         f"(got {args.max_num_partial_prefills}).")
+    if args.speculative_config is not None:
+        raise ValueError("speculative_config is not supported yet: speculative decoding is not implemented.")
+    if args.compilation_config not in (None, 0, {}) and args.compilation_config not in ({"level": 0}, {"mode": 0}):
+        raise ValueError(f"compilation_config is not supported yet: pagedllm does not use torch.compile (CUDA graphs "
+                         f"are switched by enforce_eager and piecewise_cuda_graphs); use None or 0 "
+                         f"(got {args.compilation_config!r}).")
+    if args.kv_cache_memory_gb is not None and args.kv_cache_memory_bytes is not None:
+        raise ValueError("Give kv_cache_memory_gb or kv_cache_memory_bytes, not both.")
+    for name in ("kv_cache_memory_gb", "kv_cache_memory_bytes"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}.")
+    if args.disable_custom_kernels:
+        if args.attention_backend == "triton":
+            raise ValueError("attention_backend='triton' contradicts disable_custom_kernels=True (the Triton "
+                             "attention kernels are pagedllm's own).")
+        for name in ("triton_gemv", "pdl"):
+            if getattr(args, name):
+                raise ValueError(f"{name}=True contradicts disable_custom_kernels=True.")
+
+
+def _json_or_int(text: str) -> int | dict:
+    """-O3 / --compilation-config '{"level": 3}' (vLLM's forms)."""
+    text = str(text).strip()
+    return int(text) if text.lstrip("-").isdigit() else json.loads(text)
+
+
+def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
+    """``--max_model_len 2048`` and ``--max_model_len=2048`` as ``--max-model-len`` (vLLM's FlexibleArgumentParser):
+    tutorials spell flags both ways. Values are left alone, and everything after ``--``."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if arg.startswith("--") and "_" in arg.partition("=")[0]:
+            key, eq, value = arg.partition("=")
+            arg = key.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
+class FlexibleArgumentParser(argparse.ArgumentParser):
+    """The parser of every pagedllm command: flags in snake_case are accepted as their kebab-case names."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        if args is None:
+            args = sys.argv[1:]
+        return super().parse_known_args(normalize_cli_flags(args), namespace)
 
 
 def _parse_len(text: str) -> int:
@@ -169,13 +388,26 @@ class EngineConfig:
     max_num_batched_tokens: int
     block_size: int
     attention_backend: str
+    # Kernel and graph switches, resolved from the arguments and their PAGEDLLM_* defaults (envs.py).
+    triton_gemv: bool = True
+    pdl: bool = True
+    piecewise_cuda_graphs: bool = True
+    cpu_onednn: bool = True
+    # The KV cache's size when it is given (kv_cache_memory_gb/_bytes; always on the CPU); None on the GPU means
+    # what gpu_memory_utilization leaves after the profiling forward.
+    kv_cache_memory_bytes: int | None = None
 
     @property
     def async_scheduling(self) -> bool:
         flag = self.args.async_scheduling
-        if flag is None and os.environ.get("PAGEDLLM_ASYNC_SCHEDULING", "").strip():
-            flag = env_flag("PAGEDLLM_ASYNC_SCHEDULING")   # A/B runs through harnesses that fix the arguments
         return self.device.type == "cuda" if flag is None else bool(flag)
+
+    def verify_priority(self, priority: int) -> None:
+        """A request's priority orders the queue only under scheduling_policy='priority' (vLLM's rule): under
+        'fcfs' a non-zero priority is an error, so the scheduler's (priority, arrival) order is arrival order."""
+        if priority != 0 and self.args.scheduling_policy != "priority":
+            raise ValueError(f"Got priority {priority} but Priority scheduling is not enabled "
+                             f"(scheduling_policy='priority' enables it).")
 
     @property
     def hf_config(self):
@@ -190,6 +422,7 @@ class EngineConfig:
 
     @classmethod
     def build(cls, args: EngineArgs, model: ResolvedModel) -> "EngineConfig":
+        verify_engine_args(args)
         hf = model.hf_config
         if args.tensor_parallel_size != 1 or args.pipeline_parallel_size != 1:
             raise NotImplementedError(
@@ -198,6 +431,8 @@ class EngineConfig:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
         if args.quantization not in (None, "gguf"):
             raise ValueError(f"Unsupported quantization {args.quantization!r}; supported: gguf.")
+        if args.quantization == "gguf" and model.gguf_file is None:
+            raise ValueError(f"quantization='gguf' needs a .gguf model file; {args.model!r} is not one.")
         if args.block_size <= 0 or args.block_size & (args.block_size - 1):
             raise ValueError(f"block_size must be a positive power of two, got {args.block_size}.")
         if not 0.0 < args.gpu_memory_utilization <= 1.0:
@@ -205,6 +440,10 @@ class EngineConfig:
 
         device = _pick_device(args.device)
         dtype = _pick_dtype(args.dtype, hf, device)
+        if device.type == "cpu" and args.gpu_memory_utilization != EngineArgs.gpu_memory_utilization:
+            logger.warning("gpu_memory_utilization=%s has no effect on the CPU (as in vLLM); the CPU KV cache's size "
+                           "is kv_cache_memory_gb (default PAGEDLLM_CPU_KVCACHE_SPACE or %s GiB).",
+                           args.gpu_memory_utilization, DEFAULT_CPU_KV_CACHE_GB)
 
         derived_len = _derived_max_model_len(hf)
         if args.max_model_len is None:
@@ -241,12 +480,33 @@ class EngineConfig:
                 max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
 
         # The name is checked against the attention-backend registry (pagedllm/attention/registry.py, which may
-        # hold backends registered at run time) when the model runner builds the backend: config imports nothing
-        # above it.
-        backend = args.attention_backend or ("triton" if on_gpu else "torch")
+        # hold backends registered at run time) by the engine layer (engine/core.py create_engine_config), before
+        # the model loads: config imports nothing above it.
+        custom_kernels = not args.disable_custom_kernels
+        backend = args.attention_backend or ("triton" if on_gpu and custom_kernels else "torch")
+
+        if args.kv_cache_memory_bytes is not None:
+            kv_cache_memory_bytes = int(args.kv_cache_memory_bytes)
+        elif args.kv_cache_memory_gb is not None:
+            kv_cache_memory_bytes = int(args.kv_cache_memory_gb * (1 << 30))
+        elif not on_gpu:   # vLLM's CPU backend reads VLLM_CPU_KVCACHE_SPACE (GiB); ours is the same knob
+            gb = envs.PAGEDLLM_CPU_KVCACHE_SPACE
+            kv_cache_memory_bytes = int((DEFAULT_CPU_KV_CACHE_GB if gb is None else gb) * (1 << 30))
+        else:
+            kv_cache_memory_bytes = None
         return cls(args=args, model=model, dtype=dtype, device=device, max_model_len=max_model_len,
                    max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                   block_size=args.block_size, attention_backend=backend)
+                   block_size=args.block_size, attention_backend=backend,
+                   triton_gemv=custom_kernels and _switch(args.triton_gemv, envs.PAGEDLLM_TRITON_GEMV),
+                   pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
+                   piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
+                   cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
+                   kv_cache_memory_bytes=kv_cache_memory_bytes)
+
+
+def _switch(arg: bool | None, env_default: bool) -> bool:
+    """An on/off engine argument: its value when given, else its environment variable's."""
+    return env_default if arg is None else bool(arg)
 
 
 def _pick_device(name: str) -> torch.device:
@@ -266,6 +526,8 @@ def _pick_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
         dtype = _DTYPES[name]
         if device.type == "cpu" and dtype == torch.float16:
             # fp16 matmuls on CPU are slow and lose precision; vLLM's CPU backend does the same.
+            logger.warning("dtype=%r is not supported on the CPU: using bfloat16 instead (as vLLM's CPU backend).",
+                           name)
             return torch.bfloat16
         return dtype
     config_dtype = getattr(hf_config, "dtype", None)  # transformers 5 name (torch_dtype is deprecated)
@@ -297,11 +559,3 @@ def _derived_max_model_len(hf_config) -> int:
             return value
     return 2048
 
-
-def env_flag(name: str, default: bool = False) -> bool:
-    """A yes/no switch from the environment. Off by default: on only for 1/true/yes/on. On by default (the A/B
-    switches of the GPU speed path): off only for 0/false/no/off."""
-    value = os.environ.get(name, "").strip().lower()
-    if default:
-        return value not in ("0", "false", "no", "off")
-    return value in ("1", "true", "yes", "on")

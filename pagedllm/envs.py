@@ -1,14 +1,118 @@
-"""PLACEHOLDER until helper A's envs.py is merged."""
+"""Every environment variable pagedllm reads, in one place (as vLLM's ``vllm/envs.py``).
+
+``from pagedllm import envs; envs.PAGEDLLM_CACHE_DIR`` reads the variable at that moment (module ``__getattr__``), so
+a test's ``monkeypatch.setenv`` takes effect without reloading anything. No other module reads ``os.environ``
+(tests/unit/test_envs.py checks that).
+
+Switches of the GPU speed path (``PAGEDLLM_TRITON_GEMV``, ``PAGEDLLM_PDL``, ``PAGEDLLM_PIECEWISE_GRAPHS``,
+``PAGEDLLM_CPU_ONEDNN``) are only the defaults of engine arguments of the same meaning (``--no-pdl`` etc.): the engine
+arguments win, and ``EngineConfig.build`` reads these once. They stay as variables for A/B runs through harnesses
+that fix the command line.
+"""
+from __future__ import annotations
+
 import os
+from typing import Any, Callable
 
 
-def __getattr__(name):
-    if name == "PAGEDLLM_LOGGING_LEVEL":
-        return os.environ.get(name, "INFO")
-    if name == "PAGEDLLM_CONFIGURE_LOGGING":
-        return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
-    if name == "PAGEDLLM_STEP_TRACE":
-        return os.environ.get(name, "").strip() or None
-    if name == "PAGEDLLM_ENGINE_START_METHOD":
-        return os.environ.get(name) or None
-    raise AttributeError(name)
+def _flag(name: str, default: bool) -> bool:
+    """A yes/no switch. Off by default: on only for 1/true/yes/on. On by default (the A/B switches of the GPU speed
+    path): off only for 0/false/no/off."""
+    value = os.environ.get(name, "").strip().lower()
+    if default:
+        return value not in ("0", "false", "no", "off")
+    return value in ("1", "true", "yes", "on")
+
+
+def _optional_str(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _optional_float(name: str) -> float | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number (GiB), got {value!r}.") from None
+
+
+# name -> (reader, what it does and its default)
+_VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
+    # ---- model loading -----------------------------------------------------------------------------------------
+    "PAGEDLLM_USE_MODELSCOPE": (
+        lambda: _flag("PAGEDLLM_USE_MODELSCOPE", default=False),
+        "1: download hub models from ModelScope instead of the Hugging Face hub. Default off."),
+    "PAGEDLLM_CACHE_DIR": (
+        lambda: os.environ.get("PAGEDLLM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pagedllm"),
+        "Where converted GGUF metadata (config.json, tokenizer) is cached. Default ~/.cache/pagedllm."),
+    # ---- defaults of engine arguments (the argument wins) ------------------------------------------------------
+    "PAGEDLLM_TRITON_GEMV": (
+        lambda: _flag("PAGEDLLM_TRITON_GEMV", default=True),
+        "Default of triton_gemv / --[no-]triton-gemv: the Triton skinny GEMM for batch-1 GPU linears. Default on."),
+    "PAGEDLLM_PDL": (
+        lambda: _flag("PAGEDLLM_PDL", default=True),
+        "Default of pdl / --[no-]pdl: programmatic dependent launch of our decode kernels (Hopper+). Default on."),
+    "PAGEDLLM_PIECEWISE_GRAPHS": (
+        lambda: _flag("PAGEDLLM_PIECEWISE_GRAPHS", default=True),
+        "Default of piecewise_cuda_graphs / --[no-]piecewise-cuda-graphs: CUDA graphs for steps with prompt "
+        "tokens. Default on."),
+    "PAGEDLLM_CPU_ONEDNN": (
+        lambda: _flag("PAGEDLLM_CPU_ONEDNN", default=True),
+        "Default of cpu_onednn / --[no-]cpu-onednn: CPU linears through oneDNN with prepacked weights. Default on."),
+    "PAGEDLLM_CPU_KVCACHE_SPACE": (
+        lambda: _optional_float("PAGEDLLM_CPU_KVCACHE_SPACE"),
+        "Default of kv_cache_memory_gb on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE), GiB. Unset: 4 GiB."),
+    # ---- engine process and logging ----------------------------------------------------------------------------
+    "PAGEDLLM_STEP_TRACE": (
+        lambda: os.environ.get("PAGEDLLM_STEP_TRACE", "").strip(),
+        "A file: the served engine writes one JSON line per step there (benchmarks/serve_step_trace.py reads "
+        "it). Default empty: no trace."),
+    "PAGEDLLM_ENGINE_START_METHOD": (
+        lambda: _optional_str("PAGEDLLM_ENGINE_START_METHOD"),
+        "multiprocessing start method of the server's engine process (fork, spawn, forkserver). Default unset: "
+        "the engine picks (fork unless CUDA is already initialised)."),
+    "PAGEDLLM_LOGGING_LEVEL": (
+        lambda: os.environ.get("PAGEDLLM_LOGGING_LEVEL", "").strip().upper() or "INFO",
+        "Level of pagedllm's loggers (DEBUG, INFO, WARNING, ...). Default INFO."),
+    "PAGEDLLM_CONFIGURE_LOGGING": (
+        lambda: _flag("PAGEDLLM_CONFIGURE_LOGGING", default=True),
+        "0: import pagedllm leaves logging alone (no handler on the pagedllm logger). Default on."),
+    # ---- server and benchmarks ---------------------------------------------------------------------------------
+    "PAGEDLLM_EVENT_LOOP": (
+        lambda: os.environ.get("PAGEDLLM_EVENT_LOOP", "auto").strip().lower() or "auto",
+        "asyncio: the server runs the standard asyncio loop even where uvloop is installed. Default auto."),
+    "PAGEDLLM_API_KEY": (
+        lambda: _optional_str("PAGEDLLM_API_KEY"),
+        "Default of the server's --api-key. Default unset (no key)."),
+    "VLLM_API_KEY": (
+        lambda: _optional_str("VLLM_API_KEY"),
+        "vLLM's name for PAGEDLLM_API_KEY, read when that one is unset."),
+    "OPENAI_API_KEY": (
+        lambda: _optional_str("OPENAI_API_KEY"),
+        "`pagedllm bench serve` sends it as the Bearer token. Default unset."),
+    "HF_HUB_OFFLINE": (
+        lambda: _flag("HF_HUB_OFFLINE", default=False),
+        "huggingface_hub's own switch; the benchmarks read it to avoid downloads. Default off."),
+    # ---- Triton ------------------------------------------------------------------------------------------------
+    "TRITON_INTERPRET": (
+        lambda: os.environ.get("TRITON_INTERPRET", "").strip() == "1",
+        "Triton's interpreter (kernels run on the CPU): PDL is off, the skinny GEMM takes its interpreter path."),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VARIABLES:
+        return _VARIABLES[name][0]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(_VARIABLES)
+
+
+def describe() -> str:
+    """One line per variable: its name and what it does (for docs and ``--help`` texts)."""
+    return "\n".join(f"{name}: {doc}" for name, (_, doc) in _VARIABLES.items())

@@ -45,8 +45,14 @@ class SamplingParams:
     truncate_prompt_tokens: int | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     extra_args: dict[str, Any] | None = None
+    # vLLM's names for what pagedllm does not do yet: None, or a ValueError that says so (not an unknown keyword).
+    logits_processors: list[Any] | None = None
+    structured_outputs: Any = None
+    guided_decoding: Any = None
     # Filled by the engine: EOS ids of the model (generation_config may list several).
     _all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+    # Filled by ``update_from_tokenizer``: each bad word as token ids (with and without a leading space).
+    _bad_words_token_ids: list[list[int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.best_of is None:
@@ -86,6 +92,9 @@ class SamplingParams:
         if self.best_of < self.n:
             raise ValueError(f"best_of must be greater than or equal to n, got n={self.n} and "
                              f"best_of={self.best_of}.")
+        if self.best_of > self.n:
+            raise ValueError(f"best_of > n is not supported (vLLM V1 removed it): best_of must be None or equal to n, "
+                             f"got n={self.n} and best_of={self.best_of}.")
         if not -2.0 <= self.presence_penalty <= 2.0:
             raise ValueError(f"presence_penalty must be in [-2, 2], got {self.presence_penalty}.")
         if not -2.0 <= self.frequency_penalty <= 2.0:
@@ -124,6 +133,18 @@ class SamplingParams:
             raise ValueError("allowed_token_ids is not None and empty!")
         if self.temperature < _SAMPLING_EPS and self.n > 1:
             raise ValueError(f"n must be 1 when using greedy sampling, got {self.n}.")
+        if self.bad_words is not None and (isinstance(self.bad_words, str)
+                                           or not all(isinstance(w, str) and w.strip() for w in self.bad_words)):
+            raise ValueError(f"bad_words must be a list of non-empty strings, got {self.bad_words!r}.")
+        if self.extra_args:
+            raise ValueError("extra_args is not supported yet: it is read by custom logits processors, which "
+                             "pagedllm does not support yet.")
+        if self.logits_processors:
+            raise ValueError("logits_processors is not supported yet by pagedllm.")
+        for name in ("structured_outputs", "guided_decoding"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is not supported yet: structured output (JSON schema, regex, grammar, "
+                                 f"choice) is not implemented in pagedllm.")
 
     # ---- helpers used by the engine ---------------------------------------------------------------------
     @property
@@ -152,6 +173,34 @@ class SamplingParams:
         if self.allowed_token_ids is not None:
             if not all(0 <= t < vocab_size for t in self.allowed_token_ids):
                 raise ValueError("allowed_token_ids contains out-of-vocab token id!")
+
+    def update_from_tokenizer(self, tokenizer: Any) -> None:
+        """Encode ``bad_words`` (vLLM's rule): each word without special tokens, and again with a leading space
+        where that gives another token sequence of the same length (the word in the middle of a text), so both
+        spellings are banned."""
+        if not self.bad_words:
+            return
+        sequences: list[list[int]] = []
+        for word in self.bad_words:
+            plain = tokenizer.encode(word.lstrip(), add_special_tokens=False)
+            spaced = tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
+            variants = [plain]
+            if plain and spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+                variants.append(spaced)
+            sequences += [list(ids) for ids in variants if ids and list(ids) not in sequences]
+        self._bad_words_token_ids = sequences
+
+    def verify_without_tokenizer(self) -> None:
+        """Raise for what needs a tokenizer, for an engine that has none (``skip_tokenizer_init``)."""
+        if self.bad_words:
+            raise ValueError("bad_words needs the tokenizer (the words are encoded to token ids), and this engine "
+                             "was started without one (skip_tokenizer_init=True).")
+
+    @property
+    def needs_host_tokens(self) -> bool:
+        """A multi-token bad word is banned by looking at the tokens just generated, so this request's next token
+        cannot be sampled before the host has the previous one (no asynchronous sampling)."""
+        return any(len(ids) > 1 for ids in self._bad_words_token_ids or ())
 
     def clone(self) -> "SamplingParams":
         return copy.deepcopy(self)

@@ -10,6 +10,8 @@ import importlib
 import sys
 from typing import Callable
 
+from pagedllm.config import FlexibleArgumentParser
+
 # name -> (module, one-line help)
 BENCHMARKS = {
     "serve": ("pagedllm.bench.serve", "Online serving benchmark against an OpenAI-compatible server."),
@@ -49,7 +51,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="pagedllm bench", description="Benchmark the engine or a server.")
+    parser = FlexibleArgumentParser(prog="pagedllm bench", description="Benchmark the engine or a server.")
     sub = parser.add_subparsers(dest="bench_type", metavar="{" + ",".join(BENCHMARKS) + "}")
     sub.required = True
     add_bench_subcommands(sub)

@@ -7,12 +7,13 @@ several tokens); latency (E2EL) = send → last such event. ``output_tokens`` co
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from pagedllm import envs
 
 if TYPE_CHECKING:   # imported lazily so that building the CLI parser does not need aiohttp
     import aiohttp
@@ -49,7 +50,7 @@ class RequestFuncOutput:
 
 def _headers() -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
-    api_key = os.environ.get("OPENAI_API_KEY")
+    api_key = envs.OPENAI_API_KEY
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     return headers

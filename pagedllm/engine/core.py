@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Any
 
-from pagedllm.config import EngineArgs, EngineConfig
+from pagedllm.config import EngineArgs, EngineConfig, verify_engine_args
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, CoreReady, CoreSnapshot,
                                       CoreStepOutputs, EngineCoreOutput, EngineCoreRequest, EngineSnapshot, Shutdown)
@@ -25,9 +25,14 @@ logger = logging.getLogger(__name__)
 
 
 def create_engine_config(args: EngineArgs) -> EngineConfig:
-    """Find the model's files (hub, GGUF conversion, local folder), read its config and validate every argument."""
+    """Validate every argument, find the model's files (hub, GGUF conversion, local folder), read its config, and
+    check the attention backend's name against the registry (which may hold backends registered at run time)."""
+    from pagedllm.attention.registry import resolve_attention_backend
     from pagedllm.model.loader import resolve_model
-    return EngineConfig.build(args, resolve_model(args))
+    verify_engine_args(args)       # before any download: a rejected argument fails at once
+    config = EngineConfig.build(args, resolve_model(args))
+    config.attention_backend = resolve_attention_backend(config.attention_backend, config.device)
+    return config
 
 
 class EngineCore:

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 import pagedllm
-from pagedllm.config import EngineArgs
+from pagedllm.config import EngineArgs, FlexibleArgumentParser, verify_engine_args
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import run_event_loop
 from pagedllm.entrypoints.openai.protocol import random_uuid
@@ -96,7 +96,7 @@ def build_app(engine: AsyncLLMEngine, root_path: str = "") -> FastAPI:
 
 
 def make_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="pagedllm demo API server (POST /generate).",
+    parser = FlexibleArgumentParser(description="pagedllm demo API server (POST /generate).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--host", type=str, default=None)
     parser.add_argument("--port", type=int, default=8000)
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     args = make_arg_parser().parse_args(argv)
     configure_logging()
     engine_args = EngineArgs.from_cli_args(args)
+    verify_engine_args(engine_args)
     engine_args.usage_context = "openai_api_server"
     metrics = EngineMetrics(engine_args.model, log_stats=not args.disable_log_stats)
     engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=False, metrics=metrics)

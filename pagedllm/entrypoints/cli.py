@@ -10,6 +10,7 @@ import logging
 import sys
 
 import pagedllm
+from pagedllm.config import FlexibleArgumentParser
 
 logger = logging.getLogger("pagedllm.cli")
 
@@ -56,7 +57,7 @@ def _add_bench_parser(subparsers) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pagedllm", description=_DESCRIPTION,
+    parser = FlexibleArgumentParser(prog="pagedllm", description=_DESCRIPTION,
                                      epilog="For the options of a command: pagedllm <command> --help. "
                                             "Start a server with: pagedllm serve HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("-v", "--version", action="version", version=pagedllm.__version__)

@@ -6,12 +6,13 @@ difference beyond its noise. ``PAGEDLLM_EVENT_LOOP=asyncio`` forces the standard
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, Coroutine
+
+from pagedllm import envs
 
 
 def event_loop_name() -> str:
-    if os.environ.get("PAGEDLLM_EVENT_LOOP", "auto").strip().lower() == "asyncio":
+    if envs.PAGEDLLM_EVENT_LOOP == "asyncio":
         return "asyncio"
     try:
         import uvloop  # noqa: F401

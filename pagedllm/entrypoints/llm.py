@@ -59,6 +59,8 @@ class LLM:
                 raise ValueError("The lengths of prompts and params must be the same.")
         if priority is not None and len(priority) != len(prompts):
             raise ValueError("The lengths of prompts and priority must be the same.")
+        for p in priority or ():
+            self.llm_engine.config.verify_priority(p)
         return self._run(prompts, params, priority, use_tqdm)
 
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,

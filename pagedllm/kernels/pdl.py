@@ -10,19 +10,20 @@ visible. Captured into CUDA graphs as programmatic edges.
 
 Rules for a kernel taking ``PDL``: nothing it reads that an earlier kernel writes, and nothing it writes, may be
 touched before ``pdl_wait``; a kernel launched without PDL after one of ours is ordered as usual. Only the launch
-side differs, so every kernel here still works (and is tested) with PDL off: ``PAGEDLLM_PDL=0`` turns it off, and
-it is off on GPUs before compute capability 9.0 and under the Triton interpreter (inline PTX).
+side differs, so every kernel here still works (and is tested) with PDL off: ``--no-pdl`` / ``pdl=False`` (default
+env ``PAGEDLLM_PDL``) turns it off (kernels/settings.py), and it is off on GPUs before compute capability 9.0 and
+under the Triton interpreter (inline PTX).
 """
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from pagedllm.config import env_flag
+from pagedllm import envs
+from pagedllm.kernels import settings
 
 try:   # Triton >= 3.3
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -30,18 +31,20 @@ except ImportError:   # pragma: no cover - older Triton: PDL stays off
     gdc_launch_dependents = gdc_wait = None
 
 
+_INTERPRET = envs.TRITON_INTERPRET
+
+
 @functools.lru_cache(maxsize=None)
 def _supported(device_index: int) -> bool:
-    if gdc_wait is None or os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    if not env_flag("PAGEDLLM_PDL", default=True):
+    """What the GPU and Triton can do (fixed for the process, so cached); the switch is read per call."""
+    if gdc_wait is None or _INTERPRET:
         return False
     return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 def pdl_enabled(device: torch.device) -> bool:
-    return device.type == "cuda" and _supported(device.index if device.index is not None
-                                                else torch.cuda.current_device())
+    return settings.current.pdl and device.type == "cuda" and _supported(
+        device.index if device.index is not None else torch.cuda.current_device())
 
 
 def pdl_launch_args(device: torch.device) -> dict:

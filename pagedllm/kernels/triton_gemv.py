@@ -27,17 +27,17 @@ benchmarks/kernels/bench_gemv.py), so route 2 <= M < 16 only after measuring.
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 
 MAX_M = 16
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = envs.TRITON_INTERPRET
 
 
 @triton.jit

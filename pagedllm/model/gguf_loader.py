@@ -19,6 +19,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from pagedllm import envs
+
 logger = logging.getLogger(__name__)
 
 # llama.cpp's per-layer tensor names -> HF names (suffix after "model.layers.N.").
@@ -35,7 +37,7 @@ _SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
 def cache_dir_for(gguf_path: str) -> str:
     st = os.stat(gguf_path)
     key = hashlib.sha256(f"{os.path.abspath(gguf_path)}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    root = os.environ.get("PAGEDLLM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pagedllm"))
+    root = envs.PAGEDLLM_CACHE_DIR
     return os.path.join(root, "gguf", key)
 
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from pagedllm.config import ResolvedModel, env_flag
+from pagedllm import envs
+from pagedllm.config import ResolvedModel
 
 if TYPE_CHECKING:
     from pagedllm.config import EngineArgs, EngineConfig
@@ -50,7 +51,7 @@ def _find_gguf(path: str) -> str | None:
 
 
 def _download(model_id: str, args: "EngineArgs") -> str:
-    if env_flag("PAGEDLLM_USE_MODELSCOPE"):
+    if envs.PAGEDLLM_USE_MODELSCOPE:
         try:
             from modelscope import snapshot_download as ms_download
         except ImportError:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -12,15 +11,14 @@ import torch
 from pagedllm.attention.backends.base import CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
-from pagedllm.config import EngineConfig, env_flag
+from pagedllm.config import EngineConfig
+from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.sampler import Sampler, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.step_data import ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.request_state import CachedRequestState
 
 logger = logging.getLogger(__name__)
-
-_DEFAULT_CPU_KV_GB = 4.0
 
 
 @dataclass
@@ -38,6 +36,7 @@ class LaunchedStep:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig):
+        configure_kernels(config)      # this process's kernel switches (PDL, skinny GEMM, oneDNN)
         self.config = config
         self.device = config.device
         self.dtype = config.dtype
@@ -85,12 +84,9 @@ class ModelRunner:
         # Never more than every sequence at full length could use.
         cap = self.config.max_num_seqs * self.max_blocks_per_seq + 1
         if self.device.type == "cuda":
-            free_bytes = self._profile_gpu_memory()
-        else:
-            gb = args.kv_cache_memory_gb
-            if gb is None:   # vLLM's CPU backend reads VLLM_CPU_KVCACHE_SPACE (GiB); ours is the same knob
-                gb = float(os.environ.get("PAGEDLLM_CPU_KVCACHE_SPACE", _DEFAULT_CPU_KV_GB))
-            free_bytes = int(gb * (1 << 30))
+            free_bytes = self._profile_gpu_memory()     # also the warm-up: run it even when the size is given
+        if self.config.kv_cache_memory_bytes is not None:   # kv_cache_memory_gb/_bytes; always set on the CPU
+            free_bytes = self.config.kv_cache_memory_bytes
         return max(0, min(cap, free_bytes // self.bytes_per_block))
 
     def _profile_gpu_memory(self) -> int:
@@ -160,7 +156,7 @@ class ModelRunner:
                 self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
                                                     self.max_blocks_per_seq, backend, self.device)
                 self.graph_runner.capture()
-            if backend.supports_piecewise_cuda_graphs and _piecewise_enabled():
+            if backend.supports_piecewise_cuda_graphs and self.config.piecewise_cuda_graphs:
                 pool = self.graph_runner.pool if self.graph_runner is not None else None
                 self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches,
                                                              self.config.max_num_batched_tokens, backend,
@@ -352,10 +348,6 @@ class ModelRunner:
             out.prompt_logprobs.setdefault(r.req_id, []).append((p + 1, target, lp, rank, ids, vals))
 
 
-def _piecewise_enabled() -> bool:
-    """Piecewise CUDA graphs for steps with prompt tokens (worker/cuda_graphs.py); PAGEDLLM_PIECEWISE_GRAPHS=0
-    turns them off (A/B runs)."""
-    return env_flag("PAGEDLLM_PIECEWISE_GRAPHS", default=True)
 
 
 def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-from pagedllm.kernels import pdl  # noqa: E402
+from pagedllm.kernels import pdl, settings  # noqa: E402
 from pagedllm.kernels.triton_gemv import skinny_linear  # noqa: E402
 from pagedllm.kernels.triton_ops import rms_norm, silu_and_mul  # noqa: E402
 
@@ -21,10 +21,8 @@ def _hopper() -> bool:
 @pytest.fixture
 def pdl_switch(monkeypatch):
     def set_pdl(on: bool) -> None:
-        monkeypatch.setenv("PAGEDLLM_PDL", "1" if on else "0")
-        pdl._supported.cache_clear()
+        monkeypatch.setattr(settings, "current", settings.KernelSettings(pdl=on))   # what --[no-]pdl configures
     yield set_pdl
-    pdl._supported.cache_clear()
 
 
 def _layers(hidden, inter, n_layers, dtype):

@@ -1,6 +1,7 @@
 """`pagedllm` command-line parsing (no server started)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -65,3 +66,60 @@ def test_help_and_version():
     out = subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.cli", "--version"], capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == pagedllm.__version__
+
+
+def test_snake_case_flags_as_vllm_accepts_them():
+    args = parse("serve", "m", "--tensor_parallel_size", "1", "--max_model_len=2k", "--gpu_memory_utilization",
+                 "0.5", "--served_model_name", "my_model", "--no-enable_prefix_caching", "-tp", "1")
+    assert (args.tensor_parallel_size, args.max_model_len, args.gpu_memory_utilization) == (1, 2048, 0.5)
+    assert args.served_model_name == ["my_model"] and args.enable_prefix_caching is False   # values stay as given
+    from pagedllm.bench.cli import BENCHMARKS  # noqa: F401  (the bench sub-commands parse the same way)
+    bench = make_parser().parse_args(["bench", "latency", "--input_len", "8", "--max_model_len", "64"])
+    assert (bench.input_len, bench.max_model_len) == (8, 64)
+
+
+def test_switch_flags():
+    args = parse("serve", "--no-pdl", "--triton-gemv", "--no-piecewise-cuda-graphs", "--no-cpu-onednn")
+    engine_args = EngineArgs.from_cli_args(args)
+    assert (engine_args.pdl, engine_args.triton_gemv, engine_args.piecewise_cuda_graphs, engine_args.cpu_onednn) == \
+        (False, True, False, False)
+    engine_args = EngineArgs.from_cli_args(parse("serve"))
+    assert (engine_args.pdl, engine_args.triton_gemv, engine_args.piecewise_cuda_graphs, engine_args.cpu_onednn) == \
+        (None, None, None, None)                     # None: the PAGEDLLM_* variable decides (on by default)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--swap-space", "4"], "swap_space is not supported yet"),
+    (["--swap_space=4"], "swap_space is not supported yet"),
+    (["--cpu-offload-gb", "8"], "cpu_offload_gb is not supported yet"),
+    (["--task", "embed"], "pooling models"),
+    (["--runner", "pooling"], "pooling models"),
+    (["--kv-cache-dtype", "fp8"], "kv_cache_dtype='fp8' is not supported yet"),
+    (["--enable-lora"], "LoRA adapters are not supported yet"),
+    (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
+    (["--distributed-executor-backend", "ray"], "Ray executors are not supported yet"),
+    (["--tokenizer-mode", "mistral"], "tokenizer_mode='mistral' is not supported yet"),
+    (["--speculative-config", '{"method": "ngram"}'], "speculative_config is not supported yet"),
+    (["-O3"], "compilation_config is not supported yet"),
+    (["--data-parallel-size", "2"], "data_parallel_size=2 is not supported yet"),
+    (["--disable-custom-kernels", "--attention-backend", "triton"], "contradicts disable_custom_kernels"),
+])
+def test_unsupported_flags_parse_then_fail_clearly(flags, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse("serve", "m", *flags)
+
+
+def test_accepted_vllm_flags():
+    args = parse("serve", "m", "--disable-custom-all-reduce", "--swap-space", "0", "--task", "generate",
+                 "--scheduling-policy", "priority", "--kv-cache-memory-bytes", "1000000", "--compilation-config", "0",
+                 "--hf-overrides", '{"rope_theta": 1e6}')
+    engine_args = EngineArgs.from_cli_args(args)
+    assert engine_args.disable_custom_all_reduce and engine_args.scheduling_policy == "priority"
+    assert engine_args.kv_cache_memory_bytes == 1000000 and engine_args.hf_overrides == {"rope_theta": 1e6}
+
+
+def test_serve_exits_with_the_message():
+    out = subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.cli", "serve", "m", "--swap_space", "4"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "error: swap_space is not supported yet" in out.stderr
+    assert "unrecognized arguments" not in out.stderr

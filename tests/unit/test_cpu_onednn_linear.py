@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.kernels import settings as kernel_settings
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, ReplicatedLinear, onednn_enabled
 
 pytestmark = pytest.mark.skipif(not onednn_enabled(), reason="no oneDNN in this torch build")
@@ -70,7 +71,8 @@ def test_grad_and_other_dtypes_fall_back_to_dense():
 
 
 def test_switch_off(monkeypatch):
-    monkeypatch.setenv("PAGEDLLM_CPU_ONEDNN", "0")
+    # What --no-cpu-onednn (or PAGEDLLM_CPU_ONEDNN=0) configures in the engine's process (ModelRunner).
+    monkeypatch.setattr(kernel_settings, "current", kernel_settings.KernelSettings(cpu_onednn=False))
     layer = _layer()
     x = torch.randn(3, 64)
     with torch.inference_mode():

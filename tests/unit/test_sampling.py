@@ -380,7 +380,7 @@ def test_prompt_logprobs_of_a_chunked_prompt_beside_decodes(models):
     still map to the prompt's positions and the decode's token to the decode."""
     hf, base = models
     llm = LLM(model=base.llm_engine.config.args.model, skip_tokenizer_init=True, dtype="float32",
-              max_num_batched_tokens=16, enable_prefix_caching=False)
+              max_num_batched_tokens=16, enable_prefix_caching=False, scheduling_policy="priority")
     engine = llm.llm_engine
     engine.add_request("short", {"prompt_token_ids": P1},
                        SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))

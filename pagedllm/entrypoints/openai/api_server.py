@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 import pagedllm
-from pagedllm.config import EngineArgs
+from pagedllm.config import EngineArgs, FlexibleArgumentParser
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser
@@ -247,7 +247,7 @@ def run_server(args: argparse.Namespace) -> None:
 
 
 def make_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
+    parser = parser or FlexibleArgumentParser(
         description="pagedllm OpenAI-compatible RESTful API server.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     return make_serve_parser(parser, model_positional=True)

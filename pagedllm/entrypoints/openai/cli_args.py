@@ -5,7 +5,8 @@ import argparse
 import json
 import os
 
-from pagedllm.config import EngineArgs
+from pagedllm import envs
+from pagedllm.config import EngineArgs, verify_engine_args
 
 
 def _json_list(text: str) -> list[str]:
@@ -69,13 +70,11 @@ def make_serve_parser(parser: argparse.ArgumentParser, model_positional: bool) -
     for action in parser._actions:   # give every engine flag a line of help (and so its default) in --help
         if not action.help and action.dest in _ENGINE_HELP:
             action.help = _ENGINE_HELP[action.dest]
-    parser.add_argument("--hf-overrides", type=json.loads, default=None,
-                        help='JSON overriding fields of the model\'s HF config, e.g. \'{"rope_theta": 1e6}\'.')
     return parser
 
 
 _ENGINE_HELP = {
-    "tokenizer_mode": "Tokenizer mode: auto (fast if available), slow, mistral.",
+    "tokenizer_mode": "Tokenizer mode: auto (fast if available) or slow.",
     "revision": "Model revision (branch, tag or commit) on the hub.",
     "tokenizer_revision": "Tokenizer revision on the hub.",
     "load_format": "Weights format; dummy = random weights (benchmarks, no download).",
@@ -85,14 +84,12 @@ _ENGINE_HELP = {
     "enable_prefix_caching": "Reuse the KV cache of shared prompt prefixes.",
     "gpu_memory_utilization": "Fraction of GPU memory for weights, activations and the KV cache.",
     "num_gpu_blocks_override": "Fixed number of KV-cache blocks (overrides memory-based sizing).",
-    "swap_space": "CPU swap space per GPU, GiB.",
     "max_num_seqs": "Max sequences per step; None = 1024 on GPU, 256 on CPU.",
     "max_num_batched_tokens": "Max tokens per step; None = 16384 on GPU, 2048 on CPU.",
     "enable_chunked_prefill": "Split long prefills over several steps, mixed with decodes.",
     "max_logprobs": "Max number of logprobs a request may ask for.",
     "tensor_parallel_size": "Number of GPUs for tensor parallelism.",
     "pipeline_parallel_size": "Number of pipeline stages.",
-    "distributed_executor_backend": "Executor for several GPUs: mp, ray or uni.",
     "device": "Device: auto (cuda if available), cpu, cuda.",
     "attention_backend": "Attention kernels; None = triton on CUDA, torch on CPU.",
     "disable_log_stats": "Do not log the periodic throughput / KV-cache stats line.",
@@ -104,10 +101,11 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     model = getattr(args, "model_tag", None) or args.model or EngineArgs.model
     args.model = model
     if args.api_key is None:
-        args.api_key = os.environ.get("PAGEDLLM_API_KEY") or os.environ.get("VLLM_API_KEY") or None
+        args.api_key = envs.PAGEDLLM_API_KEY or envs.VLLM_API_KEY
     # Default: log requests (one line each); --disable-log-requests turns that off, --enable-log-requests wins.
     args.log_requests = bool(args.enable_log_requests) or not bool(args.disable_log_requests)
     args.chat_template = load_chat_template(args.chat_template)
+    verify_engine_args(EngineArgs.from_cli_args(args))   # a flag pagedllm cannot honour fails here, before start-up
     return args
 
 

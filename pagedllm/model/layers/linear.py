@@ -6,24 +6,22 @@ parallelism will shard these same layers (column: output rows, row: input column
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.config import env_flag
+from pagedllm.kernels import settings as kernel_settings
 
 # CPU GEMMs through oneDNN with the weight reordered once into its blocked layout (what vLLM's CPU backend and
 # inductor's CPU path do). On a 2-core AVX512 EPYC, SmolLM2-135M's 30 layers of projections take 33 ms (fp32,
 # 1 token) / 35 ms (fp32, 16 tokens) instead of 66 / 85 ms through ``F.linear`` (MKL), and bf16 16 / 22 ms instead
-# of 24 / 32 ms. fp32 results differ from MKL's by ~1e-6 (another summation order). PAGEDLLM_CPU_ONEDNN=0 turns
-# it off (A/B runs).
+# of 24 / 32 ms. fp32 results differ from MKL's by ~1e-6 (another summation order). --no-cpu-onednn (default env
+# PAGEDLLM_CPU_ONEDNN) turns it off (A/B runs).
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def onednn_enabled() -> bool:
-    return (env_flag("PAGEDLLM_CPU_ONEDNN", default=True)
+    return (kernel_settings.current.cpu_onednn
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
@@ -45,17 +43,13 @@ def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
 # GPU decode at batch 1: the Triton skinny GEMM (kernels/triton_gemv.py) reads the weights faster than cuBLAS on
 # every Qwen2.5-1.5B/7B projection at M = 1 (1.07-1.68x per call, H200); at 2 <= M < 16 it was slower on most shapes,
 # so only M = 1 is routed. On by default: end to end on an H200, batch-1 decode went from 530.7 to 611.7 tok/s
-# (Qwen2.5-1.5B) and from 220.2 to 242.8 tok/s (7B). PAGEDLLM_TRITON_GEMV=0 turns it off (A/B runs).
+# (Qwen2.5-1.5B) and from 220.2 to 242.8 tok/s (7B). --no-triton-gemv (default env PAGEDLLM_TRITON_GEMV) turns it
+# off (A/B runs).
 _SKINNY_MAX_M = 1
 
 
-@functools.cache
-def _skinny_enabled() -> bool:
-    return env_flag("PAGEDLLM_TRITON_GEMV", default=True)
-
-
 def _use_skinny(x: torch.Tensor) -> bool:
-    return x.dim() == 2 and x.shape[0] <= _SKINNY_MAX_M and _skinny_enabled()
+    return x.dim() == 2 and x.shape[0] <= _SKINNY_MAX_M and kernel_settings.current.triton_gemv
 
 
 def cuda_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -133,6 +133,14 @@ class Sampler:
                 blocked = set(sp.stop_token_ids) | (set() if sp.ignore_eos else r.eos_token_ids)
                 if blocked:
                     logits[i, to_device(sorted(blocked), logits.device)] = float("-inf")
+            if sp._bad_words_token_ids:
+                # A one-token bad word is always banned; a longer one bans its last token right after the rest of
+                # it (prompt + output so far: the host's tokens, so such requests are not sampled asynchronously).
+                ids = r.token_ids
+                banned = {word[-1] for word in sp._bad_words_token_ids
+                          if len(word) - 1 <= len(ids) and ids[len(ids) - len(word) + 1:] == word[:-1]}
+                if banned:
+                    logits[i, to_device(sorted(banned), logits.device)] = float("-inf")
         return logits
 
     @staticmethod

@@ -1,0 +1,321 @@
+"""No silent options: every EngineArgs and SamplingParams field is either honoured (read where the table says, or
+checked by behaviour) or rejected with an error that names it. A new field fails this test until it has an entry."""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+import torch
+import transformers
+
+from pagedllm import config as cfg_mod
+from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel
+from pagedllm.engine.core import create_engine_config
+from pagedllm.model.layers.sampler import Sampler
+from pagedllm.sampling_params import SamplingParams
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "pagedllm"
+
+
+@dataclass
+class Read:
+    """Honoured: ``pattern`` is read in one of ``where`` (files or folders under pagedllm/)."""
+    where: tuple[str, ...]
+    pattern: str
+
+
+@dataclass
+class Behaves:
+    """Honoured: a cheap behaviour check; ``check`` raises AssertionError when the option stops working."""
+    check: Callable[[Any], None]
+
+
+@dataclass
+class Rejects:
+    """Rejected: this value raises ``error`` with ``match`` in its message."""
+    value: Any
+    match: str
+    error: type = ValueError
+
+
+def build(monkeypatch, device: str = "cpu", gguf: str | None = None, **kwargs) -> EngineConfig:
+    """EngineConfig.build on a made-up model: no files, no download."""
+    monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device(device))
+    hf = transformers.LlamaConfig(max_position_embeddings=4096)
+    return EngineConfig.build(EngineArgs(model="m", **kwargs), ResolvedModel("m", hf, None, gguf_file=gguf))
+
+
+def _cfg(**kwargs):
+    return lambda mp: build(mp, **kwargs)
+
+
+ENGINE_FIELDS: dict[str, list] = {
+    "model": [Read(("model/loader.py",), "args.model")],
+    "tokenizer": [Read(("model/loader.py",), "args.tokenizer")],
+    "tokenizer_mode": [Read(("engine/",), "args.tokenizer_mode != \"slow\""),
+                       Rejects("mistral", "tokenizer_mode='mistral' is not supported yet"),
+                       Rejects("fast", "tokenizer_mode must be 'auto' or 'slow'")],
+    "skip_tokenizer_init": [Read(("engine/",), "args.skip_tokenizer_init")],
+    "trust_remote_code": [Read(("model/loader.py",), "trust_remote_code=args.trust_remote_code")],
+    "revision": [Read(("model/loader.py",), "revision=args.revision")],
+    "tokenizer_revision": [Read(("engine/",), "revision=args.tokenizer_revision")],
+    "download_dir": [Read(("model/loader.py",), "cache_dir=args.download_dir")],
+    "load_format": [Read(("model/loader.py",), "args.load_format"), Rejects("tensorizer", "load_format must be one of")],
+    "dtype": [Behaves(lambda mp: build(mp, dtype="float32").dtype == torch.float32 or _fail()),
+              Rejects("fp8", "Unknown dtype 'fp8'")],
+    "quantization": [Read(("model/loader.py",), "config.model.gguf_file"), Rejects("awq", "Unsupported quantization"),
+                     Rejects("gguf", "quantization='gguf' needs a .gguf model file")],
+    "seed": [Read(("worker/model_runner.py",), "args.seed")],
+    "max_model_len": [Behaves(lambda mp: build(mp, max_model_len=1000).max_model_len == 1000 or _fail()),
+                      Rejects(8192, "greater than the derived max_model_len")],
+    "block_size": [Behaves(lambda mp: build(mp, block_size=32).block_size == 32 or _fail()),
+                   Rejects(12, "block_size must be a positive power of two")],
+    "enable_prefix_caching": [Read(("engine/",), "args.enable_prefix_caching")],
+    "gpu_memory_utilization": [Read(("worker/model_runner.py",), "args.gpu_memory_utilization"),
+                               Rejects(1.5, "gpu_memory_utilization must be in (0, 1]")],
+    "kv_cache_memory_gb": [Behaves(lambda mp: build(mp, device="cuda", kv_cache_memory_gb=2).kv_cache_memory_bytes
+                                   == 2 << 30 or _fail()),
+                           Read(("worker/model_runner.py",), "config.kv_cache_memory_bytes"),
+                           Rejects(-1.0, "kv_cache_memory_gb must be positive")],
+    "kv_cache_memory_bytes": [Behaves(lambda mp: build(mp, kv_cache_memory_bytes=4096).kv_cache_memory_bytes == 4096
+                                      or _fail()),
+                              Rejects(0, "kv_cache_memory_bytes must be positive")],
+    "num_gpu_blocks_override": [Read(("worker/model_runner.py",), "args.num_gpu_blocks_override")],
+    "swap_space": [Behaves(_cfg(swap_space=0)), Rejects(4, "swap_space is not supported yet: preempted requests "
+                                                           "are recomputed")],
+    "cpu_offload_gb": [Behaves(_cfg(cpu_offload_gb=0)), Rejects(2.0, "cpu_offload_gb is not supported yet")],
+    "kv_cache_dtype": [Rejects("fp8", "kv_cache_dtype='fp8' is not supported yet"),
+                       Rejects("int4", "kv_cache_dtype must be 'auto'")],
+    "prefix_caching_hash_algo": [Rejects("builtin", "prefix_caching_hash_algo='builtin' is not supported yet")],
+    "max_num_seqs": [Behaves(lambda mp: build(mp, max_num_seqs=7).max_num_seqs == 7 or _fail()),
+                     Rejects(-1, "max_num_seqs must be >= 1")],
+    "max_num_batched_tokens": [Behaves(lambda mp: build(mp, max_num_batched_tokens=99).max_num_batched_tokens == 99
+                                       or _fail()),
+                               Rejects(0, "max_num_batched_tokens must be >= 1")],
+    "enable_chunked_prefill": [Behaves(lambda mp: build(mp, enable_chunked_prefill=False).max_num_batched_tokens
+                                       == 4096 or _fail())],
+    "max_logprobs": [Read(("engine/",), "args.max_logprobs")],
+    "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
+    "async_scheduling": [Behaves(lambda mp: build(mp, async_scheduling=True).async_scheduling or _fail())],
+    "tensor_parallel_size": [Rejects(2, "tensor_parallel_size/pipeline_parallel_size > 1 is not supported yet",
+                                     NotImplementedError)],
+    "pipeline_parallel_size": [Rejects(2, "tensor_parallel_size/pipeline_parallel_size > 1 is not supported yet",
+                                       NotImplementedError)],
+    "distributed_executor_backend": [Behaves(_cfg(distributed_executor_backend="uni")),
+                                     Rejects("ray", "multi-process and Ray executors are not supported yet"),
+                                     Rejects("mp", "only the in-process executor"),
+                                     Rejects("dask", "distributed_executor_backend must be one of")],
+    "device": [Behaves(lambda mp: build(mp).device.type == "cpu" or _fail())],
+    "attention_backend": [Behaves(lambda mp: build(mp, attention_backend="torch").attention_backend == "torch"
+                                  or _fail()),
+                          Rejects("flashinfer", "attention_backend must be 'torch' or 'triton'"),
+                          Rejects("triton", "attention_backend='triton' needs a CUDA device")],
+    "disable_log_stats": [Read(("entrypoints/",), "args.disable_log_stats")],
+    "served_model_name": [Read(("entrypoints/openai/api_server.py",), "served_model_name")],
+    "generation_config": [Read(("model/loader.py",), "args.generation_config")],
+    "hf_overrides": [Read(("model/loader.py",), "args.hf_overrides")],
+    "triton_gemv": [Read(("model/layers/linear.py",), "current.triton_gemv"),
+                    Behaves(lambda mp: build(mp, triton_gemv=False).triton_gemv is False or _fail())],
+    "pdl": [Read(("kernels/pdl.py",), "current.pdl"),
+            Behaves(lambda mp: build(mp, pdl=False).pdl is False or _fail())],
+    "piecewise_cuda_graphs": [Read(("worker/model_runner.py",), "config.piecewise_cuda_graphs")],
+    "cpu_onednn": [Read(("model/layers/linear.py",), "current.cpu_onednn")],
+    "disable_custom_kernels": [Behaves(lambda mp: build(mp, device="cuda", disable_custom_kernels=True)
+                                       .attention_backend == "torch" or _fail())],
+    # There is no custom all-reduce (tensor parallel reduces through NCCL / gloo): True is what always happens.
+    "disable_custom_all_reduce": [Behaves(_cfg(disable_custom_all_reduce=True))],
+    "task": [Behaves(_cfg(task="generate")), Rejects("embed", "pooling models"),
+             Rejects("translate", "task must be 'auto' or 'generate'")],
+    "runner": [Behaves(_cfg(runner="generate")), Rejects("pooling", "pooling models")],
+    "scheduling_policy": [Behaves(lambda mp: build(mp, scheduling_policy="priority").verify_priority(3)),
+                          Behaves(lambda mp: _raises(lambda: build(mp).verify_priority(3),
+                                                     "Got priority 3 but Priority scheduling is not enabled")),
+                          Rejects("lifo", "scheduling_policy must be 'fcfs' or 'priority'")],
+    "enable_lora": [Rejects(True, "LoRA adapters are not supported yet")],
+    "max_loras": [Rejects(4, "max_loras only applies with enable_lora=True")],
+    "max_lora_rank": [Rejects(64, "max_lora_rank only applies with enable_lora=True")],
+    "long_prefill_token_threshold": [Rejects(256, "long_prefill_token_threshold is not supported yet")],
+    "max_num_partial_prefills": [Rejects(2, "max_num_partial_prefills is not supported yet")],
+    "enable_expert_parallel": [Rejects(True, "enable_expert_parallel is not supported yet")],
+    "data_parallel_size": [Rejects(2, "data_parallel_size=2 is not supported yet")],
+    "speculative_config": [Rejects({"method": "ngram", "num_speculative_tokens": 4},
+                                   "speculative_config is not supported yet")],
+    "compilation_config": [Behaves(_cfg(compilation_config=0)),
+                           Rejects(3, "compilation_config is not supported yet"),
+                           Rejects({"cudagraph_capture_sizes": [1, 2]}, "compilation_config is not supported yet")],
+}
+
+
+def _fail():
+    raise AssertionError("option not honoured")
+
+
+def _raises(fn, match):
+    with pytest.raises(ValueError, match=match):
+        fn()
+
+
+def _read_in(where: tuple[str, ...], pattern: str) -> bool:
+    for place in where:
+        path = PACKAGE / place
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        if any(pattern in f.read_text(encoding="utf-8") for f in files if f.exists()):
+            return True
+    return False
+
+
+def test_every_engine_field_has_an_entry():
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    assert sorted(fields - ENGINE_FIELDS.keys()) == [], "new EngineArgs field(s): say how each is honoured"
+    assert sorted(ENGINE_FIELDS.keys() - fields) == []
+
+
+@pytest.mark.parametrize("name", sorted(ENGINE_FIELDS))
+def test_engine_field_honoured_or_rejected(monkeypatch, name):
+    for entry in ENGINE_FIELDS[name]:
+        if isinstance(entry, Read):
+            assert _read_in(entry.where, entry.pattern), f"{name}: {entry.pattern!r} is not read in {entry.where}"
+        elif isinstance(entry, Behaves):
+            entry.check(monkeypatch)
+        else:
+            with pytest.raises(entry.error, match=_escape(entry.match)):
+                build(monkeypatch, **{name: entry.value})
+
+
+def _escape(text: str) -> str:
+    import re
+    return re.escape(text)
+
+
+@pytest.mark.parametrize("name", ["swap_space", "tokenizer_mode", "distributed_executor_backend", "task",
+                                  "kv_cache_dtype", "enable_lora", "speculative_config", "compilation_config"])
+def test_rejected_before_the_model_is_resolved(monkeypatch, name):
+    """create_engine_config checks the arguments before any download: a made-up model id still gets the option's error."""
+    def no_resolve(args):
+        raise AssertionError("resolved the model before rejecting the option")
+    import pagedllm.model.loader as loader
+    monkeypatch.setattr(loader, "resolve_model", no_resolve)
+    entry = next(e for e in ENGINE_FIELDS[name] if isinstance(e, Rejects))
+    with pytest.raises(entry.error, match=_escape(entry.match)):
+        create_engine_config(EngineArgs(model="no/such-model", **{name: entry.value}))
+
+
+def test_unknown_keyword_names_vllm_arguments():
+    with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
+        EngineArgs.from_kwargs("m", no_such_option=1)
+    assert "vLLM" not in str(info.value)
+    with pytest.raises(TypeError, match="enable_sleep_mode is a vLLM engine argument that pagedllm does not "
+                                        "support yet"):
+        EngineArgs.from_kwargs("m", enable_sleep_mode=True)
+
+
+# ---- SamplingParams ----------------------------------------------------------------------------------------------
+def _sp(**kwargs):
+    return lambda: SamplingParams(**kwargs)
+
+
+SAMPLING_FIELDS: dict[str, list] = {
+    "n": [Read(("engine/",), "params.n")],
+    "best_of": [Behaves(lambda: SamplingParams(n=2, best_of=2).best_of == 2 or _fail()),
+                Behaves(lambda: SamplingParams(n=3).best_of == 3 or _fail()),
+                Rejects(4, "best_of > n is not supported (vLLM V1 removed it)")],
+    "presence_penalty": [Read(("model/layers/sampler.py",), "sp.presence_penalty")],
+    "frequency_penalty": [Read(("model/layers/sampler.py",), "sp.frequency_penalty")],
+    "repetition_penalty": [Read(("model/layers/sampler.py",), "sp.repetition_penalty")],
+    "temperature": [Read(("model/layers/sampler.py",), "sp.temperature")],
+    "top_p": [Read(("model/layers/sampler.py",), "sp.top_p")],
+    "top_k": [Read(("model/layers/sampler.py",), "sp.top_k")],
+    "min_p": [Read(("model/layers/sampler.py",), "sp.min_p")],
+    "seed": [Read(("engine/",), "params.seed")],
+    "stop": [Read(("engine/detokenizer.py",), ".stop")],
+    "stop_token_ids": [Read(("model/layers/sampler.py",), "sp.stop_token_ids")],
+    "ignore_eos": [Read(("model/layers/sampler.py",), "sp.ignore_eos")],
+    "max_tokens": [Read(("engine/request.py",), "sampling_params.max_tokens")],
+    "min_tokens": [Read(("model/layers/sampler.py",), "sp.min_tokens")],
+    "logprobs": [Read(("model/layers/sampler.py",), "sp.logprobs")],
+    "prompt_logprobs": [Read(("worker/model_runner.py",), "sampling_params.prompt_logprobs")],
+    "detokenize": [Read(("engine/",), ".detokenize")],
+    "skip_special_tokens": [Read(("engine/detokenizer.py",), "sp.skip_special_tokens")],
+    "spaces_between_special_tokens": [Read(("engine/detokenizer.py",), "sp.spaces_between_special_tokens")],
+    "include_stop_str_in_output": [Read(("engine/",), ".include_stop_str_in_output")],
+    "logit_bias": [Read(("model/layers/sampler.py",), "sp.logit_bias")],
+    "allowed_token_ids": [Read(("model/layers/sampler.py",), "sp.allowed_token_ids")],
+    "bad_words": [Read(("model/layers/sampler.py",), "sp._bad_words_token_ids"),
+                  Rejects("darn", "bad_words must be a list of non-empty strings"),
+                  Rejects([""], "bad_words must be a list of non-empty strings")],
+    "truncate_prompt_tokens": [Read(("engine/",), ".truncate_prompt_tokens")],
+    "output_kind": [Read(("engine/",), ".output_kind")],
+    "extra_args": [Behaves(_sp(extra_args={})), Rejects({"my_processor": 1}, "extra_args is not supported yet")],
+    "logits_processors": [Rejects([lambda ids, logits: logits], "logits_processors is not supported yet")],
+    "structured_outputs": [Rejects({"json": {"type": "object"}}, "structured_outputs is not supported yet")],
+    "guided_decoding": [Rejects({"regex": "[0-9]+"}, "guided_decoding is not supported yet")],
+}
+
+
+def test_every_sampling_field_has_an_entry():
+    fields = {f.name for f in dataclasses.fields(SamplingParams) if not f.name.startswith("_")}
+    assert sorted(fields - SAMPLING_FIELDS.keys()) == [], "new SamplingParams field(s): say how each is honoured"
+    assert sorted(SAMPLING_FIELDS.keys() - fields) == []
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLING_FIELDS))
+def test_sampling_field_honoured_or_rejected(name):
+    for entry in SAMPLING_FIELDS[name]:
+        if isinstance(entry, Read):
+            assert _read_in(entry.where, entry.pattern), f"{name}: {entry.pattern!r} is not read in {entry.where}"
+        elif isinstance(entry, Behaves):
+            entry.check()
+        else:
+            with pytest.raises(entry.error, match=_escape(entry.match)):
+                SamplingParams(**{name: entry.value})
+
+
+# ---- bad_words -----------------------------------------------------------------------------------------------------
+def test_bad_words_encoded_with_and_without_a_leading_space(tokenizer):
+    enc = lambda text: tokenizer.encode(text, add_special_tokens=False)   # noqa: E731
+    assert len(enc("hello")) == len(enc(" hello")) == 1 and enc("hello") != enc(" hello")
+    sp = SamplingParams(bad_words=["hello", " hello", "New York"])
+    sp.update_from_tokenizer(tokenizer)
+    # "hello" at the start of a text and after a space, once each (" hello" is the same word); "New York" likewise.
+    assert sp._bad_words_token_ids[:2] == [enc("hello"), enc(" hello")]
+    assert enc(" New York") in sp._bad_words_token_ids and len(enc(" New York")) > 1
+    assert len(sp._bad_words_token_ids) == len({tuple(ids) for ids in sp._bad_words_token_ids})
+    assert sp.clone()._bad_words_token_ids == sp._bad_words_token_ids
+
+
+def _row(token_ids, sp, num_prompt=1):
+    return SimpleNamespace(token_ids=list(token_ids), sampling_params=sp, num_output_tokens=len(token_ids) - num_prompt,
+                           num_placeholders=0, eos_token_ids=set())
+
+
+def test_sampler_masks_bad_words():
+    sp = SamplingParams(temperature=0.0, bad_words=["x"])
+    sp._bad_words_token_ids = [[7], [3, 4, 5]]       # a one-token and a three-token bad word
+    vocab = 10
+
+    def banned(history):
+        logits = Sampler._apply_masks(torch.zeros(1, vocab), [_row(history, sp)])
+        return sorted(torch.nonzero(torch.isinf(logits[0])).flatten().tolist())
+    assert banned([1, 2]) == [7]                       # one-token bad word: always
+    assert banned([1, 3]) == [7]                       # prefix [3, 4] not complete yet
+    assert banned([1, 3, 4]) == [5, 7]                 # after 3, 4 the word's last token is banned
+    assert banned([3, 4]) == [5, 7]                    # the prefix may lie in the prompt
+    assert banned([3, 4, 9]) == [7]
+
+
+def test_bad_words_need_a_tokenizer():
+    SamplingParams(temperature=0.5).verify_without_tokenizer()
+    with pytest.raises(ValueError, match="bad_words needs the tokenizer"):
+        SamplingParams(bad_words=["x"]).verify_without_tokenizer()
+
+
+def test_multi_token_bad_words_need_the_hosts_tokens():
+    sp = SamplingParams(bad_words=["x"])
+    sp._bad_words_token_ids = [[7]]
+    assert not sp.needs_host_tokens
+    sp._bad_words_token_ids = [[7], [3, 4]]
+    assert sp.needs_host_tokens
