@@ -45,8 +45,8 @@ class EngineCore:
         num_blocks = self.runner.determine_num_blocks()
         capacity = num_blocks * config.block_size
         if num_blocks <= 0:
-            raise ValueError("No memory left for the KV cache: raise gpu_memory_utilization (GPU) or "
-                             "kv_cache_memory_gb (CPU), or lower max_num_batched_tokens.")
+            raise ValueError("No memory left for the KV cache: raise gpu_memory_utilization (GPU) or set "
+                             "kv_cache_memory_gb, or lower max_num_batched_tokens.")
         if capacity < config.max_model_len:
             raise ValueError(
                 f"The model's max seq len ({config.max_model_len}) is larger than the maximum number of tokens that "
@@ -123,7 +123,7 @@ class EngineCore:
             sp = item.request.sampling_params
             if (sp.logprobs is not None or sp.prompt_logprobs is not None or sp.repetition_penalty != 1.0
                     or sp.frequency_penalty or sp.presence_penalty
-                    or any(len(w) > 1 for w in getattr(sp, "_bad_words_token_ids", None) or ())):
+                    or sp.needs_host_tokens):
                 return False
         return True
 

@@ -32,6 +32,11 @@ class LLMEngine:
         self.core = EngineCore(config)
         self.input_processor = InputProcessor(config, self.tokenizer)
         self.output_processor = OutputProcessor(self.tokenizer)
+        # LLM(disable_log_stats=False): the server's periodic throughput / KV-cache line, offline too.
+        self.stats = None
+        if not config.args.disable_log_stats:
+            from pagedllm.metrics import EngineMetrics
+            self.stats = EngineMetrics(config.served_model_name, log_stats=True)
         self.startup_seconds = time.perf_counter() - t0
         log_engine_start(logger, self.core.info(), self.startup_seconds)
 
@@ -99,6 +104,10 @@ class LLMEngine:
         outputs, stopped = self.output_processor.process_outputs(core_outputs)
         if stopped:
             self.core.abort_requests(stopped)   # stop strings: the core frees them before its next step
+        if self.stats is not None:
+            snapshot = self.core.snapshot()
+            self.stats.on_step(stats, outputs, snapshot, time.time())
+            self.stats.maybe_log(snapshot)
         return outputs, stats
 
     def reset_prefix_cache(self) -> bool:

@@ -107,6 +107,7 @@ class InputProcessor:
             raise ValueError(f"Expected SamplingParams, got {type(params).__name__}.")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"priority must be an int, got {type(priority).__name__}.")
+        self.config.verify_priority(priority)
         text, ids, salt = self.split_prompt(prompt)
         if ids is None:
             ids = self.encode(text)
@@ -142,11 +143,10 @@ class InputProcessor:
         params.verify_against_model(vocab, self.max_logprobs)
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer (skip_tokenizer_init=True).")
-        if params.bad_words:
-            update = getattr(params, "update_from_tokenizer", None)
-            if self.tokenizer is None or update is None:
-                raise ValueError("bad_words need a tokenizer (skip_tokenizer_init=True was given).")
-            update(self.tokenizer)
+        if self.tokenizer is None:
+            params.verify_without_tokenizer()
+        elif params.bad_words:
+            params.update_from_tokenizer(self.tokenizer)
 
 
 def load_tokenizer(config: EngineConfig):

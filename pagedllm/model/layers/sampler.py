@@ -27,9 +27,6 @@ class SamplingRow(Protocol):
     def output_token_ids(self) -> list[int]: ...
 
 
-Request = SamplingRow   # the name the sampler's signatures use
-
-
 @dataclass
 class SamplerOutput:
     tokens: torch.Tensor          # [R] the sampled tokens, on the logits' device
@@ -69,7 +66,7 @@ def _token_counts(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
 
 
 class Sampler:
-    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
+    def __call__(self, logits: torch.Tensor, requests: list[SamplingRow]) -> SamplerOutput:
         """Sample and bring the tokens (and the logprobs asked for) to the host."""
         logits = logits.float()
         params = [r.sampling_params for r in requests]
@@ -84,7 +81,7 @@ class Sampler:
                 logprob_out[i] = top_logprobs(raw_logprobs[i], token_ids[i], sp.logprobs)
         return SamplerOutput(sampled, token_ids, logprob_out)
 
-    def sample(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    def sample(self, logits: torch.Tensor, requests: list[SamplingRow]) -> torch.Tensor:
         """The sampled tokens as a device tensor, without waiting for the device (async scheduling)."""
         logits = self._apply_masks(logits.float(), requests)
         logits = self._apply_penalties(logits, requests)
@@ -93,7 +90,7 @@ class Sampler:
             return logits.argmax(dim=-1)
         return self._sample_mixed(logits, requests, greedy)
 
-    def _sample_mixed(self, logits: torch.Tensor, requests: list[Request], greedy: list[bool]) -> torch.Tensor:
+    def _sample_mixed(self, logits: torch.Tensor, requests: list[SamplingRow], greedy: list[bool]) -> torch.Tensor:
         """Greedy rows take the argmax; the others are drawn from their processed distribution."""
         device = logits.device
         params = [r.sampling_params for r in requests]
@@ -117,7 +114,7 @@ class Sampler:
         return sampled
 
     @staticmethod
-    def _apply_masks(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    def _apply_masks(logits: torch.Tensor, requests: list[SamplingRow]) -> torch.Tensor:
         vocab = logits.shape[1]
         for i, r in enumerate(requests):
             sp = r.sampling_params
@@ -144,7 +141,7 @@ class Sampler:
         return logits
 
     @staticmethod
-    def _apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    def _apply_penalties(logits: torch.Tensor, requests: list[SamplingRow]) -> torch.Tensor:
         params = [r.sampling_params for r in requests]
         vocab = logits.shape[1]
         rep = [sp.repetition_penalty for sp in params]
