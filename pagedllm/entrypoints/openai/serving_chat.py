@@ -69,7 +69,10 @@ class OpenAIServingChat(OpenAIServing):
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
             params = self.sampling_params(req, max_tokens, logprobs)
             request_id = f"chatcmpl-{req.request_id or random_uuid()}"
-            streams = await self.submit([request_id], [{"prompt_token_ids": ids}], [params], req.priority)
+            prompt = {"prompt_token_ids": ids}
+            if req.cache_salt is not None:
+                prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
+            streams = await self.submit([request_id], [prompt], [params], req.priority)
         except Exception as e:
             return error_response(e)
         role = self.response_role if req.add_generation_prompt else req.messages[-1].role

@@ -57,7 +57,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 params_list.append(params)
             base_id = f"cmpl-{req.request_id or random_uuid()}"
             ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
-            streams = await self.submit(ids, [self._engine_prompt(p) for p in prompts], params_list, req.priority)
+            streams = await self.submit(ids, [self._engine_prompt(p, req.cache_salt) for p in prompts], params_list, req.priority)
         except Exception as e:
             return error_response(e)
         created = int(time.time())
@@ -101,10 +101,12 @@ class OpenAIServingCompletion(OpenAIServing):
         return out
 
     @staticmethod
-    def _engine_prompt(p: _Prompt) -> dict:
+    def _engine_prompt(p: _Prompt, cache_salt: str | None = None) -> dict:
         d: dict = {"prompt_token_ids": p.ids}
         if p.text is not None:
             d["prompt"] = p.text
+        if cache_salt is not None:
+            d["cache_salt"] = cache_salt      # prefix-cache isolation: only requests with the same salt share KV
         return d
 
     async def _prompt_text(self, p: _Prompt) -> str:
