@@ -47,6 +47,7 @@ class _RequestState:
     params: SamplingParams
     arrival_time: float
     completions: dict[str, _Completion]          # core request id -> completion
+    num_finished: int = 0                        # completions with a finish reason
     prompt_logprobs: list | None = None
     num_cached_tokens: int = 0
     first_scheduled_time: float | None = None
@@ -55,7 +56,7 @@ class _RequestState:
 
     @property
     def finished(self) -> bool:
-        return all(c.finish_reason is not None for c in self.completions.values())
+        return self.num_finished == len(self.completions)
 
 
 class OutputProcessor:
@@ -123,13 +124,19 @@ class OutputProcessor:
                 state.last_token_time = now
             if self._update(comp, out):
                 stopped.append(out.request_id)
+            if comp.finish_reason is not None:
+                state.num_finished += 1
             touched[rid] = state
         results = []
+        final_only = RequestOutputKind.FINAL_ONLY
         for state in touched.values():
+            finished = state.finished
+            if not finished and state.params.output_kind == final_only:
+                continue
             result = self._make_output(state)
             if result is not None:
                 results.append(result)
-            if state.finished:
+            if finished:
                 self.requests.pop(state.request_id, None)
                 for cid in state.completions:
                     self.core_to_request.pop(cid, None)
@@ -139,6 +146,9 @@ class OutputProcessor:
         """Take a completion's new token(s) and end; True when a stop string ended it (the core must drop it)."""
         sp = comp.params
         comp.token_ids.extend(out.new_token_ids)
+        if comp.detok is None and out.new_logprobs is None:      # the common fast path: ids only
+            comp.finish_reason, comp.stop_reason = out.finish_reason, out.stop_reason
+            return False
         if out.new_logprobs is not None and sp.logprobs is not None:
             ids, vals, chosen_lp, rank = out.new_logprobs
             comp.logprobs.append(self._logprob_dict(ids, vals, comp.token_ids[-1], chosen_lp, rank))

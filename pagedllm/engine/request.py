@@ -57,10 +57,9 @@ class Request:
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
         # The workers' view (see pagedllm/step_data.py): sent once as new, then as diffs; ``resumed`` after a
-        # preemption until the next step re-sends the block table; the block ids a step allocated.
+        # preemption until the next step re-sends the block table.
         self.sent_to_workers = False
         self.resumed = False
-        self.new_block_ids: list[int] | None = None
         self.first_scheduled_time: float | None = None
 
     @property

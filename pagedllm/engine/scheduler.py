@@ -22,7 +22,7 @@ from pagedllm.engine.request import FINISH_REASONS, Request, RequestStatus
 from pagedllm.step_data import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledRequest:
     """The scheduler's own record of one request in a launched step (never sent to a worker)."""
     request: Request
@@ -30,6 +30,7 @@ class ScheduledRequest:
     # Does this step reach the end of the request's tokens (so its last logits give a new token)?
     will_sample: bool
     num_preemptions: int         # to recognise a request preempted while its step was in flight
+    new_block_ids: list[int] | None = None     # blocks this step allocated for a running request
 
 
 @dataclass
@@ -165,10 +166,10 @@ class Scheduler:
 
         return self._describe(items, preempted)
 
-    def _item(self, request: Request, num_new: int, new_blocks: list[int] | None) -> ScheduledRequest:
-        request.new_block_ids = new_blocks
-        will_sample = request.num_computed_tokens + num_new == request.num_tokens_with_placeholders
-        return ScheduledRequest(request, num_new, will_sample, request.num_preemptions)
+    @staticmethod
+    def _item(request: Request, num_new: int, new_blocks: list[int] | None) -> ScheduledRequest:
+        will_sample = request.num_computed_tokens + num_new == len(request.token_ids) + request.num_placeholders
+        return ScheduledRequest(request, num_new, will_sample, request.num_preemptions, new_blocks)
 
     def _describe(self, items: list[ScheduledRequest], preempted: list[Request]) -> SchedulerOutput:
         """The step as data for the workers; then advance every scheduled request past its tokens."""
@@ -178,33 +179,35 @@ class Scheduler:
         self._finished_ids = set()
         cached: CachedRequestData = out.cached_requests
         stats = StepStats(num_preemptions=len(preempted))
+        scheduled = out.num_scheduled_tokens
+        req_ids, block_ids, computed = cached.req_ids, cached.new_block_ids, cached.num_computed_tokens
+        num_prompt_tokens = 0
         for item in items:
             r, n = item.request, item.num_new_tokens
             rid = r.request_id
-            out.num_scheduled_tokens[rid] = n
+            c = r.num_computed_tokens
+            scheduled[rid] = n
             if not item.will_sample:
                 out.partial_req_ids.add(rid)
             if not r.sent_to_workers:
                 out.new_requests.append(NewRequestData(rid, r.prompt_token_ids, r.sampling_params,
-                                                       frozenset(r.eos_token_ids), list(r.block_ids),
-                                                       r.num_computed_tokens))
+                                                       r.eos_token_ids, list(r.block_ids), c))
                 r.sent_to_workers = True
             else:
-                cached.req_ids.append(rid)
-                cached.num_computed_tokens.append(r.num_computed_tokens)
+                req_ids.append(rid)
+                computed.append(c)
                 if r.resumed:
-                    cached.new_block_ids.append(list(r.block_ids))
-                    cached.resumed_num_tokens[rid] = r.num_tokens
+                    block_ids.append(list(r.block_ids))
+                    cached.resumed_num_tokens[rid] = len(r.token_ids)
                     r.resumed = False
                 else:
-                    cached.new_block_ids.append(r.new_block_ids or None)
-            r.new_block_ids = None
-            # Prompt tokens among this step's tokens (a resumed request recomputes its outputs too).
-            stats.num_prompt_tokens += max(0, min(r.num_computed_tokens + n, r.num_prompt_tokens)
-                                           - r.num_computed_tokens)
-            r.num_computed_tokens += n
+                    block_ids.append(item.new_block_ids or None)
+            if c < r.num_prompt_tokens:   # prompt tokens among this step's (a resumed request recomputes outputs too)
+                num_prompt_tokens += min(c + n, r.num_prompt_tokens) - c
+            r.num_computed_tokens = c + n
             if item.will_sample:
                 r.num_placeholders += 1
+        stats.num_prompt_tokens = num_prompt_tokens
         out.total_num_scheduled_tokens = sum(out.num_scheduled_tokens.values())
         if items:
             self._launched[out.step_id] = _Launched(items, stats)
@@ -233,25 +236,31 @@ class Scheduler:
             return [], StepStats()
         stats = launched.stats
         outputs: list[EngineCoreOutput] = []
-        for item in launched.items:
+        sampled, logprobs, prompt_logprobs = result.sampled, result.logprobs, result.prompt_logprobs
+        running = RequestStatus.RUNNING
+        num_tokens = 0
+        for item in launched.items:     # the hot loop of every step: one pass, locals only
             r = item.request
-            prompt_rows = result.prompt_logprobs.get(r.request_id)
-            alive = r.status == RequestStatus.RUNNING and r.num_preemptions == item.num_preemptions
-            token = result.sampled.get(r.request_id) if item.will_sample and alive and r.num_placeholders else None
+            rid = r.request_id
+            prompt_rows = prompt_logprobs.get(rid) if prompt_logprobs else None
+            alive = r.status == running and r.num_preemptions == item.num_preemptions
+            token = sampled.get(rid) if item.will_sample and alive and r.num_placeholders else None
             if token is None:
                 if prompt_rows is not None and alive:
-                    outputs.append(EngineCoreOutput(r.request_id, [], prompt_logprobs=prompt_rows))
+                    outputs.append(EngineCoreOutput(rid, [], prompt_logprobs=prompt_rows))
                 continue
             r.num_placeholders -= 1
-            r.append_token(token)
-            stats.num_generation_tokens += 1
+            r.token_ids.append(token)
+            num_tokens += 1
             status = self._check_stop(r)
             if status is not None:
                 self.finish_request(r, status)
+            first = r.first_scheduled_time if (status is not None or len(r.token_ids) == r.num_prompt_tokens + 1) \
+                else None
             outputs.append(EngineCoreOutput(
-                r.request_id, [token], FINISH_REASONS[status] if status is not None else None, r.stop_reason,
-                result.logprobs.get(r.request_id), prompt_rows, max(r.num_cached_tokens, 0),
-                r.first_scheduled_time if r.num_output_tokens == 1 or status is not None else None))
+                rid, [token], FINISH_REASONS[status] if status is not None else None, r.stop_reason,
+                logprobs.get(rid) if logprobs else None, prompt_rows, max(r.num_cached_tokens, 0), first))
+        stats.num_generation_tokens += num_tokens
         return outputs, stats
 
     def _check_stop(self, request: Request) -> RequestStatus | None:
