@@ -11,5 +11,15 @@ from pagedllm.entrypoints.llm import LLM
 from pagedllm.outputs import BeamSearchOutput, BeamSearchSequence, CompletionOutput, Logprob, RequestOutput
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
+
+def bundled_model_path() -> str:
+    """The bundled SmolLM2-135M-Instruct as an HF-format folder (config.json, tokenizer files, chat template), so
+    ``AutoTokenizer.from_pretrained(pagedllm.bundled_model_path())`` works offline. ``LLM(model=...)`` takes the
+    model id ``HuggingFaceTB/SmolLM2-135M-Instruct`` (the weights stay in the GGUF file)."""
+    from pagedllm.model.loader import bundled_model_dir
+    return bundled_model_dir()
+
+
 __all__ = ["LLM", "SamplingParams", "BeamSearchParams", "RequestOutput", "CompletionOutput", "Logprob",
-           "EngineArgs", "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind", "__version__"]
+           "EngineArgs", "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind", "bundled_model_path",
+           "__version__"]

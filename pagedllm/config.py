@@ -71,6 +71,7 @@ class EngineArgs:
     tokenizer_revision: str | None = None
     download_dir: str | None = None
     load_format: str = "auto"
+    use_tqdm_on_load: bool = True   # progress bars while weights load (vLLM's flag)
     dtype: str = "auto"
     quantization: str | None = None
     seed: int | None = 0
@@ -169,6 +170,8 @@ class EngineArgs:
         g.add_argument("--tokenizer-revision", type=str, default=None)
         g.add_argument("--download-dir", type=str, default=None, help="Where to download and cache weights.")
         g.add_argument("--load-format", type=str, default=d.load_format, choices=list(LOAD_FORMATS))
+        g.add_argument("--use-tqdm-on-load", action=argparse.BooleanOptionalAction, default=d.use_tqdm_on_load,
+                       help="Show progress bars while loading weights.")
         g.add_argument("--dtype", type=str, default=d.dtype,
                        choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
         g.add_argument("--quantization", "-q", type=str, default=None, help="Quantization method (e.g. gguf).")

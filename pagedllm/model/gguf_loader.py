@@ -41,15 +41,19 @@ def cache_dir_for(gguf_path: str) -> str:
     return os.path.join(root, "gguf", key)
 
 
-def convert_metadata(gguf_path: str) -> str:
+def convert_metadata(gguf_path: str, progress: bool = True) -> str:
     """A folder with config.json, generation_config.json and the tokenizer files of a GGUF checkpoint."""
     out = cache_dir_for(gguf_path)
     if os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, ".complete")):
         return out
     from transformers import AutoConfig, AutoTokenizer
+    from pagedllm.model.loader import load_progress
     folder, name = os.path.split(os.path.abspath(gguf_path))
     logger.info("Converting GGUF metadata of %s (once; cached in %s)", gguf_path, out)
+    # Three steps, the tokenizer the long one (~7 s on the CI machine): the bar shows the first start is not stuck.
+    bar = load_progress(total=3, desc="Converting GGUF config and tokenizer (once)", enabled=progress)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    bar.update()
     if not getattr(config, "architectures", None):
         arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                 "qwen3": "Qwen3ForCausalLM"}.get(config.model_type)
@@ -62,11 +66,14 @@ def convert_metadata(gguf_path: str) -> str:
                   if getattr(config, k, None) is not None}
     with open(os.path.join(out, "generation_config.json"), "w") as f:
         json.dump(generation, f)
+    bar.update()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         tokenizer.save_pretrained(out)
     except Exception as e:  # a GGUF without tokenizer metadata still runs with token-id prompts
         logger.warning("Could not convert the tokenizer of %s: %s", gguf_path, e)
+    bar.update()
+    bar.close()
     with open(os.path.join(out, ".complete"), "w") as f:
         f.write(gguf_path)
     return out
@@ -78,9 +85,10 @@ def _reverse_llama_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def iterate_gguf_weights(gguf_path: str, hf_config) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(hf_name, dequantized float32 tensor)`` for every tensor of the file."""
     from gguf import GGUFReader, dequantize
+    from pagedllm.model.loader import load_progress
 
     reader = GGUFReader(gguf_path)
     arch_field = reader.fields["general.architecture"]
@@ -90,7 +98,7 @@ def iterate_gguf_weights(gguf_path: str, hf_config) -> Iterator[tuple[str, torch
     n_head = hf_config.num_attention_heads
     n_kv = getattr(hf_config, "num_key_value_heads", n_head)
     layer_re = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
-    for tensor in reader.tensors:
+    for tensor in load_progress(reader.tensors, desc="Dequantizing GGUF tensors", enabled=progress):
         m = layer_re.match(tensor.name)
         if m:
             layer, part, kind = m.groups()
@@ -116,18 +124,20 @@ def iterate_gguf_weights(gguf_path: str, hf_config) -> Iterator[tuple[str, torch
         yield name, weight
 
 
-def load_gguf_weights(gguf_path: str, hf_config) -> Iterator[tuple[str, torch.Tensor]]:
+def load_gguf_weights(gguf_path: str, hf_config, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Dequantized weights of a GGUF file, cached as fp32 safetensors beside the converted metadata.
 
     Parsing a GGUF's metadata (the tokenizer arrays) costs ~9 s on the CI machine for SmolLM2 even when only the
     tensors are wanted; reading the cached safetensors takes well under a second.
     """
-    from safetensors.torch import load_file, save_file
-    cached = os.path.join(cache_dir_for(gguf_path), "weights.safetensors")
+    from safetensors.torch import save_file
+    from pagedllm.model.loader import iterate_safetensors
+    cache = cache_dir_for(gguf_path)
+    cached = os.path.join(cache, "weights.safetensors")
     if os.path.exists(cached):
-        yield from load_file(cached).items()
+        yield from iterate_safetensors(cache, progress=progress)
         return
-    tensors = dict(iterate_gguf_weights(gguf_path, hf_config))
+    tensors = dict(iterate_gguf_weights(gguf_path, hf_config, progress=progress))
     try:
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         tmp = f"{cached}.{os.getpid()}.tmp"

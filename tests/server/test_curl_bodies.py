@@ -1,4 +1,5 @@
-"""The exact request bodies of vLLM's quickstart (curl examples), sent with httpx, and the legacy /generate server."""
+"""The exact request bodies of vLLM's quickstart (curl examples), sent with httpx, and /generate on both the legacy
+demo server and the OpenAI-compatible one."""
 from __future__ import annotations
 
 import json
@@ -114,4 +115,38 @@ def test_legacy_generate_stream(servers):
     assert len(lines) >= 2 and all(t.startswith(prompt) for t in lines)
     assert all(len(a) <= len(b) for a, b in zip(lines, lines[1:]))    # cumulative text
     bad = httpx.post(legacy.url + "/generate", json={"prompt": prompt, "temperature": -1})
+    assert bad.status_code == 400 and "temperature" in bad.json()["error"]["message"]
+
+
+def test_generate_on_openai_server(servers):
+    """The tutorial's body posted to the OpenAI server's /generate: the legacy server's answer, byte for byte."""
+    openai_server, legacy = servers
+    body = {"prompt": "San Francisco is a", "temperature": 0, "max_tokens": 16, "n": 1}
+    r = requests.post(openai_server.url + "/generate", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    result = r.json()
+    assert set(result) == {"text"} and result["text"][0].startswith("San Francisco is a")
+    assert result == requests.post(legacy.url + "/generate", json=body, timeout=120).json()
+    # n completions give n prompt-prefixed texts.
+    r = httpx.post(openai_server.url + "/generate", timeout=120,
+                   json={"prompt": "Hello", "n": 2, "max_tokens": 4, "temperature": 1.0, "seed": 1})
+    assert r.status_code == 200 and len(r.json()["text"]) == 2
+    assert all(t.startswith("Hello") and len(t) > len("Hello") for t in r.json()["text"])
+
+
+def test_generate_stream_on_openai_server(servers):
+    openai_server, legacy = servers
+    body = {"prompt": "San Francisco is a", "stream": True, "temperature": 0, "max_tokens": 6}
+    finals = []
+    for server in (openai_server, legacy):
+        with httpx.stream("POST", server.url + "/generate", timeout=120, json=body) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "application/x-ndjson"
+            lines = [json.loads(line)["text"][0] for line in r.iter_lines() if line]
+        assert len(lines) >= 2 and all(t.startswith(body["prompt"]) for t in lines)
+        assert all(a == b[:len(a)] for a, b in zip(lines, lines[1:]))    # cumulative text
+        finals.append(lines[-1])
+    assert finals[0] == finals[1]
+    bad = httpx.post(openai_server.url + "/generate", json={"prompt": "x", "temperature": -1})
     assert bad.status_code == 400 and "temperature" in bad.json()["error"]["message"]

@@ -121,6 +121,12 @@ def test_api_key(server):
     r = httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
     assert httpx.get(server.url + "/v1/models").status_code == 401
+    # /generate runs the model too, so it needs the key (vLLM's OpenAI server has no /generate to guard).
+    r = httpx.post(server.url + "/generate", json={"prompt": "Hi", "max_tokens": 2})
+    assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
+    r = httpx.post(server.url + "/generate", json={"prompt": "Hi", "max_tokens": 2, "temperature": 0}, timeout=120,
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200 and r.json()["text"][0].startswith("Hi")
     # Health, metrics, tokenize stay open; the right key works.
     assert httpx.get(server.url + "/health").status_code == 200
     assert httpx.get(server.url + "/metrics").status_code == 200

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP server: FastAPI routes over one AsyncLLMEngine.
 
 ``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
-Routes: /v1/models, /v1/completions, /v1/chat/completions, /tokenize, /detokenize, /health, /ping, /version, /metrics.
+Routes: /v1/models, /v1/completions, /v1/chat/completions, /tokenize, /detokenize, /health, /ping, /version, /metrics,
+and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI server lacks but tutorials post to.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pagedllm
 from pagedllm.config import EngineArgs, FlexibleArgumentParser
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
+from pagedllm.entrypoints.generate_route import GENERATE_PATH, add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                   ModelCard, ModelList, RequestError, TokenizeChatRequest,
@@ -72,7 +74,9 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
 
 
 class APIKeyMiddleware:
-    """With --api-key, every /v1/* route needs ``Authorization: Bearer <key>``; /health and /metrics stay open."""
+    """With --api-key, every /v1/* route and /generate need ``Authorization: Bearer <key>``; /health, /metrics,
+    /tokenize and /detokenize stay open (as in vLLM). /generate is guarded although vLLM guards only /v1: it runs the
+    model like /v1/completions, and a key that one unguarded generation route bypasses protects nothing."""
 
     def __init__(self, app: Any, api_key: str):
         self.app = app
@@ -84,7 +88,7 @@ class APIKeyMiddleware:
             root = scope.get("root_path", "") or ""
             if root and path.startswith(root):
                 path = path[len(root):]
-            if path.startswith("/v1"):
+            if path.startswith("/v1") or path == GENERATE_PATH:
                 headers = dict(scope.get("headers") or [])
                 if not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
                     response = JSONResponse({"error": "Unauthorized"}, status_code=401)
@@ -212,6 +216,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
             return JSONResponse({"prompt": await base.decode(request.tokens)})
         except Exception as e:
             return error_response(e)
+
+    add_generate_route(app, engine)
 
     # Middlewares: the last added runs first, so CORS answers preflights before the key check.
     if args.api_key:
