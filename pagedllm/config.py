@@ -52,7 +52,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "pooler_config", "override_pooler_config",
     "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config", "enable_sleep_mode",
     "override_generation_config", "model_impl", "override_attention_dtype", "calculate_kv_scales",
-    "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "use_tqdm_on_load", "pt_load_map_location",
+    "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
     "logits_processors", "kv_sharing_fast_prefill", "preemption_mode", "num_scheduler_steps",
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
     "tokenizer_pool_size", "tokenizer_pool_type", "tokenizer_pool_extra_config", "quantization_param_path",

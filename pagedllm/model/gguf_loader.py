@@ -47,7 +47,7 @@ def convert_metadata(gguf_path: str, progress: bool = True) -> str:
     if os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, ".complete")):
         return out
     from transformers import AutoConfig, AutoTokenizer
-    from pagedllm.model.loader import load_progress
+    from pagedllm.model.weight_files import load_progress
     folder, name = os.path.split(os.path.abspath(gguf_path))
     logger.info("Converting GGUF metadata of %s (once; cached in %s)", gguf_path, out)
     # Three steps, the tokenizer the long one (~7 s on the CI machine): the bar shows the first start is not stuck.
@@ -88,7 +88,7 @@ def _reverse_llama_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
 def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(hf_name, dequantized float32 tensor)`` for every tensor of the file."""
     from gguf import GGUFReader, dequantize
-    from pagedllm.model.loader import load_progress
+    from pagedllm.model.weight_files import load_progress
 
     reader = GGUFReader(gguf_path)
     arch_field = reader.fields["general.architecture"]
@@ -131,7 +131,7 @@ def load_gguf_weights(gguf_path: str, hf_config, progress: bool = False) -> Iter
     tensors are wanted; reading the cached safetensors takes well under a second.
     """
     from safetensors.torch import save_file
-    from pagedllm.model.loader import iterate_safetensors
+    from pagedllm.model.weight_files import iterate_safetensors
     cache = cache_dir_for(gguf_path)
     cached = os.path.join(cache, "weights.safetensors")
     if os.path.exists(cached):

