@@ -4,7 +4,8 @@ The scheduler describes a step with request ids and numbers only (as vLLM v1's `
 keeps its own state for the requests it has been sent (prompt and sampled token ids, sampling settings, block table,
 seeded generator) and updates it from this diff. A worker in another process or on another rank can therefore run a
 step from this data alone, and nothing here refers to the engine's ``Request`` objects. For a running request the
-diff is its progress and, now and then, a new block id: the per-step host cost does not grow with the context.
+diff is its id and token count and, now and then, a new block id: the per-step host cost does not grow with the
+context.
 
 Workers append the tokens they sample to their own state; the engine never sends them back. The one case where the
 engine's view and the worker's differ is a token sampled for a request that was preempted while its step was in
@@ -30,28 +31,25 @@ class NewRequestData:
 
 
 @dataclass
-class CachedRequestData:
-    """Requests the workers know, one entry per list position (a struct of arrays: cheap to build and to pickle)."""
-    req_ids: list[str] = field(default_factory=list)
-    # Block ids added since the last step (None: none, the common decode case). For a resumed request (preempted,
-    # now admitted again) its whole new block table.
-    new_block_ids: list[list[int] | None] = field(default_factory=list)
-    num_computed_tokens: list[int] = field(default_factory=list)   # before this step
-    # Resumed requests: req id -> the number of tokens (prompt + output) the engine holds for it.
-    resumed_num_tokens: dict[str, int] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.req_ids)
+class ResumedRequestData:
+    """A request preempted earlier and admitted again: its new block table and progress, and the number of tokens
+    (prompt + output) the engine holds for it (a token sampled while the preemption happened is dropped)."""
+    block_ids: list[int]
+    num_computed_tokens: int
+    num_tokens: int
 
 
 @dataclass
 class SchedulerOutput:
     step_id: int
     new_requests: list[NewRequestData] = field(default_factory=list)
-    cached_requests: CachedRequestData = field(default_factory=CachedRequestData)
-    # req id -> tokens computed for it this step, in scheduling order.
+    # req id -> tokens computed for it this step, in scheduling order. A running request the workers know needs
+    # nothing else: each worker advances the request's progress by these tokens itself.
     num_scheduled_tokens: dict[str, int] = field(default_factory=dict)
     total_num_scheduled_tokens: int = 0
+    # Only the exceptions travel: blocks allocated this step for running requests, and resumed requests.
+    new_block_ids: dict[str, list[int]] = field(default_factory=dict)
+    resumed_requests: dict[str, ResumedRequestData] = field(default_factory=dict)
     # Scheduled requests whose step does not reach the end of their tokens (a prompt chunk): no token is sampled.
     partial_req_ids: set[str] = field(default_factory=set)
     # Requests that ended (finished, aborted) since the last step: the workers drop their state.

@@ -16,7 +16,8 @@ from typing import Any
 from pagedllm.config import EngineArgs, EngineConfig, verify_engine_args
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, CoreReady, CoreSnapshot,
-                                      CoreStepOutputs, EngineCoreOutput, EngineCoreRequest, EngineSnapshot, Shutdown)
+                                      CoreStepOutputs, EngineCoreOutputs, EngineCoreRequest, EngineSnapshot,
+                                      Shutdown)
 from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler import Scheduler, StepStats
 from pagedllm.step_data import SchedulerOutput
@@ -84,7 +85,7 @@ class EngineCore:
                               pool.query_tokens, pool.hit_tokens, self.scheduler.num_preemptions)
 
     # ---- one step -----------------------------------------------------------------------------------------------
-    def step(self) -> tuple[list[EngineCoreOutput], StepStats]:
+    def step(self) -> tuple[EngineCoreOutputs, StepStats]:
         """Schedule and launch a step; return the outputs of whatever finished on the device.
 
         Synchronous: the step's own outputs. Async scheduling (CUDA default): step N is launched first, then the
@@ -97,7 +98,7 @@ class EngineCore:
         if not sched.is_empty:
             sched.sample_async = self._async_scheduling and self._can_sample_async(sched)
             launched = self.runner.launch(sched)
-        outputs: list[EngineCoreOutput] = []
+        outputs = EngineCoreOutputs()
         stats = StepStats(num_preemptions=len(sched.preempted_req_ids))
         if self._in_flight is not None:
             prev_sched, prev_step = self._in_flight
@@ -111,8 +112,12 @@ class EngineCore:
         return outputs, stats
 
     @staticmethod
-    def _add(outputs: list, stats: StepStats, new_outputs: list, new_stats: StepStats) -> None:
-        outputs.extend(new_outputs)
+    def _add(outputs: EngineCoreOutputs, stats: StepStats, new_outputs: EngineCoreOutputs,
+             new_stats: StepStats) -> None:
+        if outputs.req_ids or outputs.prompt_logprobs:
+            outputs.extend(new_outputs)
+        else:
+            outputs.__dict__.update(new_outputs.__dict__)
         stats.num_prompt_tokens += new_stats.num_prompt_tokens
         stats.num_generation_tokens += new_stats.num_generation_tokens
 
@@ -172,7 +177,7 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
             changed = True
         if not core.has_unfinished_requests():
             if changed:
-                conn.send(CoreStepOutputs([], 0, 0, 0, core.snapshot(), time.time(), failed) if failed
+                conn.send(CoreStepOutputs(EngineCoreOutputs(), 0, 0, 0, core.snapshot(), time.time(), failed) if failed
                           else CoreSnapshot(core.snapshot()))
             continue
         t_step = time.perf_counter()

@@ -3,16 +3,13 @@ them (a queue in this process, a pipe to the engine-core process).
 
 Front end -> core: ``EngineCoreRequest`` (a validated, tokenized request: the core does no string work),
 ``AbortRequests``, ``Shutdown``. Core -> front end: ``CoreReady`` / ``CoreBuildFailed`` once, then ``CoreStepOutputs``
-per step (one ``EngineCoreOutput`` per request that made progress), ``CoreSnapshot`` when only the state changed,
+per step (``EngineCoreOutputs``: the step's new tokens and ends, as a struct of arrays), ``CoreSnapshot`` when only the state changed,
 ``CoreDead`` if a step failed.
-
-``EngineCoreOutput`` is the one message made per request per step, so it is a NamedTuple: it pickles as a tuple
-(several times faster than a dataclass, which matters at a thousand streams) and still reads by field name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from pagedllm.sampling_params import SamplingParams
 
@@ -29,15 +26,35 @@ class EngineCoreRequest:
     cache_salt: str | None = None
 
 
-class EngineCoreOutput(NamedTuple):
-    request_id: str
-    new_token_ids: list[int]
-    finish_reason: str | None = None       # "stop" | "length" | "abort" once finished
-    stop_reason: int | str | None = None   # the stop token id (stop strings are found by the front end)
-    new_logprobs: tuple | None = None      # (top ids, top logprobs, sampled logprob, sampled rank) for the new token
-    prompt_logprobs: list | None = None    # [(position, token id, logprob, rank, top ids, top logprobs)]
-    num_cached_tokens: int = 0
-    first_scheduled_time: float | None = None   # with the first token (and at the end)
+@dataclass
+class EngineCoreOutputs:
+    """What one step produced, as a struct of arrays: most requests only got a token, so a step's outputs are two
+    parallel lists plus small maps for the exceptions (no object per request per step: at a thousand running
+    requests that object was the largest host cost of the hand-off)."""
+    req_ids: list[str] = field(default_factory=list)             # requests that got a new token, in order
+    new_token_ids: list[int] = field(default_factory=list)       # ... and their tokens
+    # req id -> (finish reason "stop" | "length", stop reason: the stop token id or None); it came with a token
+    finished: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    # req id -> (top ids, top logprobs, sampled logprob, sampled rank) of its new token
+    logprobs: dict[str, tuple] = field(default_factory=dict)
+    # req id -> [(position, token id, logprob, rank, top ids, top logprobs)] of prompt tokens computed this step
+    prompt_logprobs: dict[str, list] = field(default_factory=dict)
+    # With a request's first token: its prefix-cache hit and when it was first scheduled.
+    num_cached_tokens: dict[str, int] = field(default_factory=dict)
+    first_scheduled_time: dict[str, float] = field(default_factory=dict)
+
+    def extend(self, other: "EngineCoreOutputs") -> None:
+        self.req_ids.extend(other.req_ids)
+        self.new_token_ids.extend(other.new_token_ids)
+        for mine, theirs in ((self.finished, other.finished), (self.logprobs, other.logprobs),
+                             (self.num_cached_tokens, other.num_cached_tokens),
+                             (self.first_scheduled_time, other.first_scheduled_time)):
+            mine.update(theirs)
+        for rid, rows in other.prompt_logprobs.items():
+            self.prompt_logprobs.setdefault(rid, []).extend(rows)
+
+    def __len__(self) -> int:
+        return len(self.req_ids)
 
 
 @dataclass
@@ -75,7 +92,7 @@ class CoreBuildFailed:
 
 @dataclass
 class CoreStepOutputs:
-    outputs: list[EngineCoreOutput]
+    outputs: EngineCoreOutputs
     num_prompt_tokens: int
     num_generation_tokens: int
     num_preemptions: int

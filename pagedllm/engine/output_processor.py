@@ -14,7 +14,7 @@ from typing import Any
 
 from pagedllm.engine.detokenizer import IncrementalDetokenizer, decode_token
 from pagedllm.engine.input_processor import ProcessedRequest
-from pagedllm.engine.messages import EngineCoreOutput
+from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -95,67 +95,73 @@ class OutputProcessor:
         return len(self.requests)
 
     # ---- a step's outputs ---------------------------------------------------------------------------------------
-    def process_outputs(self, outputs: list[EngineCoreOutput],
+    def process_outputs(self, outputs: EngineCoreOutputs,
                         now: float | None = None) -> tuple[list[RequestOutput], list[str]]:
         """The RequestOutputs of the requests these core outputs touched (a prompt chunk that only produced prompt
         logprobs is not reported, as vLLM), and the core request ids a stop string ended."""
         now = time.time() if now is None else now
         touched: dict[str, _RequestState] = {}
         stopped: list[str] = []
-        for out in outputs:
-            rid = self.core_to_request.get(out.request_id)
+        requests, core_to_request = self.requests, self.core_to_request
+        for cid, rows in outputs.prompt_logprobs.items():
+            rid = core_to_request.get(cid)
+            if rid is not None and requests[rid].completions[cid].index == 0:
+                self._record_prompt_logprobs(requests[rid], rows)
+        finished, logprobs = outputs.finished, outputs.logprobs
+        for cid, token in zip(outputs.req_ids, outputs.new_token_ids):   # the hot loop: one token per request
+            rid = core_to_request.get(cid)
             if rid is None:
                 continue     # aborted, or finished by a stop string while the core computed on
-            state = self.requests[rid]
-            comp = state.completions[out.request_id]
+            state = requests[rid]
+            comp = state.completions[cid]
             if comp.finish_reason is not None:
                 continue
-            if out.prompt_logprobs is not None and comp.index == 0:
-                self._record_prompt_logprobs(state, out.prompt_logprobs)
-            if out.first_scheduled_time is not None and state.first_scheduled_time is None:
-                state.first_scheduled_time = out.first_scheduled_time
-            if not out.new_token_ids and out.finish_reason is None:
-                continue
-            if comp.index == 0:
-                state.num_cached_tokens = out.num_cached_tokens
-            if out.new_token_ids:
-                if state.first_token_time is None:
-                    state.first_token_time = now
-                state.last_token_time = now
-            if self._update(comp, out):
-                stopped.append(out.request_id)
+            comp.token_ids.append(token)
+            end = finished.get(cid)
+            if comp.detok is not None or cid in logprobs:
+                if self._update(comp, token, end, logprobs.get(cid)):
+                    stopped.append(cid)
+            elif end is not None:
+                comp.finish_reason, comp.stop_reason = end
             if comp.finish_reason is not None:
                 state.num_finished += 1
             touched[rid] = state
+        for cid, cached in outputs.num_cached_tokens.items():
+            rid = core_to_request.get(cid)
+            if rid is not None and requests[rid].completions[cid].index == 0:
+                state = requests[rid]
+                state.num_cached_tokens = cached
+                if cid in outputs.first_scheduled_time and state.first_scheduled_time is None:
+                    state.first_scheduled_time = outputs.first_scheduled_time[cid]
         results = []
         final_only = RequestOutputKind.FINAL_ONLY
         for state in touched.values():
-            finished = state.finished
-            if not finished and state.params.output_kind == final_only:
+            if state.first_token_time is None:
+                state.first_token_time = now
+            state.last_token_time = now
+            finished_now = state.finished
+            if not finished_now and state.params.output_kind == final_only:
                 continue
             result = self._make_output(state)
             if result is not None:
                 results.append(result)
-            if finished:
+            if finished_now:
                 self.requests.pop(state.request_id, None)
-                for cid in state.completions:
-                    self.core_to_request.pop(cid, None)
+                for c in state.completions:
+                    self.core_to_request.pop(c, None)
         return results, stopped
 
-    def _update(self, comp: _Completion, out: EngineCoreOutput) -> bool:
-        """Take a completion's new token(s) and end; True when a stop string ended it (the core must drop it)."""
+    def _update(self, comp: _Completion, token: int, end: tuple | None, new_logprobs: tuple | None) -> bool:
+        """Detokenize a completion's new token, record its logprobs, apply stop strings; True when a stop string
+        ended it (the core must drop it)."""
         sp = comp.params
-        comp.token_ids.extend(out.new_token_ids)
-        if comp.detok is None and out.new_logprobs is None:      # the common fast path: ids only
-            comp.finish_reason, comp.stop_reason = out.finish_reason, out.stop_reason
-            return False
-        if out.new_logprobs is not None and sp.logprobs is not None:
-            ids, vals, chosen_lp, rank = out.new_logprobs
-            comp.logprobs.append(self._logprob_dict(ids, vals, comp.token_ids[-1], chosen_lp, rank))
+        if new_logprobs is not None and sp.logprobs is not None:
+            ids, vals, chosen_lp, rank = new_logprobs
+            comp.logprobs.append(self._logprob_dict(ids, vals, token, chosen_lp, rank))
             comp.cumulative_logprob += chosen_lp
-        finish, stop_reason = out.finish_reason, out.stop_reason
+        finish, stop_reason = end if end is not None else (None, None)
         stopped_here = False
-        if comp.detok is not None and out.new_token_ids:
+        if comp.detok is not None:
             # The EOS / stop token's own text is left out unless include_stop_str_in_output (as vLLM).
             ids = comp.token_ids
             if finish == "stop" and not sp.include_stop_str_in_output:

@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 
 from pagedllm.engine.kv_cache import KVCacheManager
-from pagedllm.engine.messages import EngineCoreOutput
+from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.engine.request import FINISH_REASONS, Request, RequestStatus
-from pagedllm.step_data import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
+from pagedllm.step_data import ModelRunnerOutput, NewRequestData, ResumedRequestData, SchedulerOutput
 
 
 @dataclass(slots=True)
@@ -177,10 +177,8 @@ class Scheduler:
                               preempted_req_ids={r.request_id for r in preempted})
         self._next_step_id += 1
         self._finished_ids = set()
-        cached: CachedRequestData = out.cached_requests
-        stats = StepStats(num_preemptions=len(preempted))
+        stats = StepStats()
         scheduled = out.num_scheduled_tokens
-        req_ids, block_ids, computed = cached.req_ids, cached.new_block_ids, cached.num_computed_tokens
         num_prompt_tokens = 0
         for item in items:
             r, n = item.request, item.num_new_tokens
@@ -193,15 +191,11 @@ class Scheduler:
                 out.new_requests.append(NewRequestData(rid, r.prompt_token_ids, r.sampling_params,
                                                        r.eos_token_ids, list(r.block_ids), c))
                 r.sent_to_workers = True
-            else:
-                req_ids.append(rid)
-                computed.append(c)
-                if r.resumed:
-                    block_ids.append(list(r.block_ids))
-                    cached.resumed_num_tokens[rid] = len(r.token_ids)
-                    r.resumed = False
-                else:
-                    block_ids.append(item.new_block_ids or None)
+            elif r.resumed:
+                out.resumed_requests[rid] = ResumedRequestData(list(r.block_ids), c, len(r.token_ids))
+                r.resumed = False
+            elif item.new_block_ids:
+                out.new_block_ids[rid] = item.new_block_ids
             if c < r.num_prompt_tokens:   # prompt tokens among this step's (a resumed request recomputes outputs too)
                 num_prompt_tokens += min(c + n, r.num_prompt_tokens) - c
             r.num_computed_tokens = c + n
@@ -226,42 +220,46 @@ class Scheduler:
 
     # ---- the step's result --------------------------------------------------------------------------------------
     def update_from_output(self, sched_out: SchedulerOutput,
-                           result: ModelRunnerOutput) -> tuple[list[EngineCoreOutput], StepStats]:
+                           result: ModelRunnerOutput) -> tuple[EngineCoreOutputs, StepStats]:
         """Commit a step's sampled tokens (placeholder -> token), apply the token-level stop rules (EOS, stop token
-        ids, max_tokens, max_model_len; stop strings are the front end's), free what finished. Returns one output
-        per request that got a token, prompt logprobs or an end; a request that finished, was aborted or was
-        preempted since the step was launched drops its token."""
+        ids, max_tokens, max_model_len; stop strings are the front end's), free what finished. A request that
+        finished, was aborted or was preempted since the step was launched drops its token."""
+        out = EngineCoreOutputs()
         launched = self._launched.pop(sched_out.step_id, None)
         if launched is None:
-            return [], StepStats()
+            return out, StepStats()
         stats = launched.stats
-        outputs: list[EngineCoreOutput] = []
         sampled, logprobs, prompt_logprobs = result.sampled, result.logprobs, result.prompt_logprobs
         running = RequestStatus.RUNNING
-        num_tokens = 0
+        req_ids, new_tokens = out.req_ids, out.new_token_ids
         for item in launched.items:     # the hot loop of every step: one pass, locals only
             r = item.request
             rid = r.request_id
-            prompt_rows = prompt_logprobs.get(rid) if prompt_logprobs else None
             alive = r.status == running and r.num_preemptions == item.num_preemptions
+            if prompt_logprobs and alive and rid in prompt_logprobs:
+                out.prompt_logprobs[rid] = prompt_logprobs[rid]
             token = sampled.get(rid) if item.will_sample and alive and r.num_placeholders else None
             if token is None:
-                if prompt_rows is not None and alive:
-                    outputs.append(EngineCoreOutput(rid, [], prompt_logprobs=prompt_rows))
                 continue
             r.num_placeholders -= 1
-            r.token_ids.append(token)
-            num_tokens += 1
+            token_ids = r.token_ids
+            token_ids.append(token)
+            req_ids.append(rid)
+            new_tokens.append(token)
+            if logprobs and rid in logprobs:
+                out.logprobs[rid] = logprobs[rid]
+            first = len(token_ids) == r.num_prompt_tokens + 1
+            if first:
+                out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
+                out.first_scheduled_time[rid] = r.first_scheduled_time
             status = self._check_stop(r)
             if status is not None:
                 self.finish_request(r, status)
-            first = r.first_scheduled_time if (status is not None or len(r.token_ids) == r.num_prompt_tokens + 1) \
-                else None
-            outputs.append(EngineCoreOutput(
-                rid, [token], FINISH_REASONS[status] if status is not None else None, r.stop_reason,
-                logprobs.get(rid) if logprobs else None, prompt_rows, max(r.num_cached_tokens, 0), first))
-        stats.num_generation_tokens += num_tokens
-        return outputs, stats
+                out.finished[rid] = (FINISH_REASONS[status], r.stop_reason)
+                if not first:
+                    out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
+        stats.num_generation_tokens += len(req_ids)
+        return out, stats
 
     def _check_stop(self, request: Request) -> RequestStatus | None:
         """Token-level stop conditions after a new token (stop strings are the front end's output processor's)."""

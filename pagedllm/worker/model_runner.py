@@ -208,24 +208,22 @@ class ModelRunner:
     def _update_states(self, sched: SchedulerOutput) -> list[tuple[CachedRequestState, int]]:
         """Apply the step's diff to the worker's request states; the scheduled requests in batch order (one-token
         requests first, each group in scheduling order: the attention backend runs them through its decode kernel)
-        with their token counts."""
+        with their token counts. A running request's progress is advanced by the worker itself (``launch`` adds its
+        scheduled tokens); only new blocks and resumptions come in the diff."""
         requests = self.requests
         for rid in sched.finished_req_ids:
             requests.pop(rid, None)
         for new in sched.new_requests:
             requests[new.req_id] = CachedRequestState.from_new(new, self.device)
-        cached = sched.cached_requests
-        resumed = cached.resumed_num_tokens
-        for rid, block_ids, computed in zip(cached.req_ids, cached.new_block_ids, cached.num_computed_tokens):
+        for rid, block_ids in sched.new_block_ids.items():
+            requests[rid].block_ids.extend(block_ids)
+        for rid, resumed in sched.resumed_requests.items():
+            # Preempted and admitted again: a new block table, and a token sampled while the preemption happened
+            # (async scheduling) was dropped by the engine.
             state = requests[rid]
-            state.num_computed_tokens = computed
-            if resumed and rid in resumed:
-                # Preempted and admitted again: a new block table, and a token sampled while the preemption
-                # happened (async scheduling) was dropped by the engine.
-                state.block_ids = list(block_ids)
-                del state.token_ids[resumed[rid]:]
-            elif block_ids is not None:
-                state.block_ids.extend(block_ids)
+            state.block_ids = list(resumed.block_ids)
+            state.num_computed_tokens = resumed.num_computed_tokens
+            del state.token_ids[resumed.num_tokens:]
         decodes, others = [], []
         for rid, n in sched.num_scheduled_tokens.items():
             (decodes if n == 1 else others).append((requests[rid], n))

@@ -34,17 +34,17 @@ def test_diffs_new_then_cached_then_finished():
     a = make_request("a", [1, 2, 3, 4, 5])             # 5 tokens: 2 blocks
     sched.add_request(a)
     out = run_step(sched)
-    assert [n.req_id for n in out.new_requests] == ["a"] and len(out.cached_requests) == 0
+    assert [n.req_id for n in out.new_requests] == ["a"] and out.new_block_ids == {} and out.resumed_requests == {}
     new = out.new_requests[0]
     assert new.prompt_token_ids == [1, 2, 3, 4, 5] and new.block_ids == a.block_ids and new.num_computed_tokens == 0
     assert out.num_scheduled_tokens == {"a": 5} and out.partial_req_ids == set()
     out = run_step(sched)                              # token 6 of 8 in block 2: no new block
-    assert out.new_requests == [] and out.cached_requests.req_ids == ["a"]
-    assert out.cached_requests.new_block_ids == [None] and out.cached_requests.num_computed_tokens == [5]
+    assert out.new_requests == [] and out.num_scheduled_tokens == {"a": 1}   # a running request: its id, 1 token
+    assert out.new_block_ids == {} and out.resumed_requests == {}
     run_step(sched)
     run_step(sched)                                    # the 9th token opens a 3rd block
     out = run_step(sched)
-    assert out.cached_requests.new_block_ids == [[a.block_ids[2]]]
+    assert out.new_block_ids == {"a": [a.block_ids[2]]}
     sched.finish_requests(["a"], type(a.status).FINISHED_ABORTED)
     out = sched.schedule()                             # nothing to run, but the workers must drop "a"
     assert out.is_empty and out.finished_req_ids == {"a"}
@@ -61,10 +61,11 @@ def test_resumed_request_resends_its_block_table_and_token_count():
     assert out.preempted_req_ids == {"b"}
     sched.finish_requests(["a"], type(a.status).FINISHED_STOPPED)
     out = run_step(sched)
-    assert out.new_requests == [] and out.cached_requests.req_ids == ["b"]
-    assert out.cached_requests.resumed_num_tokens == {"b": 9}
-    assert out.cached_requests.new_block_ids == [b.block_ids]      # the whole new table
-    assert out.cached_requests.num_computed_tokens == [4]          # its first block hit the prefix cache
+    assert out.new_requests == [] and list(out.num_scheduled_tokens) == ["b"]
+    resumed = out.resumed_requests["b"]
+    assert resumed.num_tokens == 9
+    assert resumed.block_ids == b.block_ids            # the whole new table
+    assert resumed.num_computed_tokens == 4            # its first block hit the prefix cache
 
 
 @pytest.fixture(scope="module")
