@@ -197,27 +197,32 @@ class OutputProcessor:
         finished = state.finished
         if kind == RequestOutputKind.FINAL_ONLY and not finished:
             return None
+        delta = kind == RequestOutputKind.DELTA
         completions = []
         for comp in state.completions.values():
-            token_ids = comp.output_token_ids
             text = comp.detok.visible_text(comp.finish_reason is not None) if comp.detok is not None else ""
             want_logprobs = comp.params.logprobs is not None
             logprobs = comp.logprobs if want_logprobs else None
-            if kind == RequestOutputKind.DELTA:
-                token_ids = token_ids[comp.sent_tokens:]
+            if delta:
+                # Only what is new: a slice of the tail, not a copy of the whole output each step.
+                token_ids = comp.token_ids[comp.num_prompt_tokens + comp.sent_tokens:]
                 text = text[comp.sent_chars:]
                 if logprobs is not None:
                     logprobs = logprobs[comp.sent_tokens:]
                 comp.sent_tokens += len(token_ids)
                 comp.sent_chars += len(text)
+            else:
+                token_ids = comp.output_token_ids
             completions.append(CompletionOutput(
-                index=comp.index, text=text, token_ids=list(token_ids),
+                index=comp.index, text=text, token_ids=token_ids,
                 cumulative_logprob=comp.cumulative_logprob if want_logprobs else None,
                 logprobs=logprobs, finish_reason=comp.finish_reason, stop_reason=comp.stop_reason))
         prompt_logprobs = state.prompt_logprobs if state.params.prompt_logprobs is not None else None
-        metrics = RequestMetrics(arrival_time=state.arrival_time, first_scheduled_time=state.first_scheduled_time,
-                                 first_token_time=state.first_token_time, last_token_time=state.last_token_time,
-                                 finished_time=time.time() if finished else None)
+        metrics = None
+        if finished or not delta:   # streamed deltas carry their timings once, at the end (as the old engine did)
+            metrics = RequestMetrics(arrival_time=state.arrival_time, first_scheduled_time=state.first_scheduled_time,
+                                     first_token_time=state.first_token_time, last_token_time=state.last_token_time,
+                                     finished_time=time.time() if finished else None)
         return RequestOutput(request_id=state.request_id, prompt=state.prompt,
                              prompt_token_ids=state.prompt_token_ids, prompt_logprobs=prompt_logprobs,
                              outputs=completions, finished=finished, metrics=metrics,
