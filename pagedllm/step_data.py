@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -27,6 +28,8 @@ class NewRequestData:
     eos_token_ids: frozenset[int]
     block_ids: list[int]
     num_computed_tokens: int       # before this step (prefix-cache hits included)
+    # A pooling request (embedding models): its prompt is pooled into one vector, nothing is sampled.
+    pooling_params: PoolingParams | None = None
 
 
 @dataclass
@@ -77,3 +80,5 @@ class ModelRunnerOutput:
     logprobs: dict[str, TopLogprobs] = field(default_factory=dict)
     # req id -> [(prompt position, its token id, the token's logprob, rank, top ids, top logprobs)]
     prompt_logprobs: dict[str, list[tuple]] = field(default_factory=dict)
+    # Pooling models: req id -> the request's vector (float32 tensor on the CPU), in the step that ran its prompt.
+    pooled: dict[str, object] = field(default_factory=dict)

@@ -53,9 +53,11 @@ class EngineCore:
                 f"can be stored in KV cache ({capacity}). Try increasing the KV cache size or decreasing "
                 f"max_model_len when initializing the engine.")
         self.runner.allocate_kv_cache(num_blocks)
-        self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.args.enable_prefix_caching)
+        # Pooling models: no prefix caching (a mean-pooled or bidirectional prompt needs every token computed).
+        self.kv_cache = KVCacheManager(num_blocks, config.block_size,
+                                       config.args.enable_prefix_caching and not config.is_pooling)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.max_model_len, config.args.enable_chunked_prefill)
+                                   config.max_model_len, config.enable_chunked_prefill)
         self.num_blocks = num_blocks
         # Async scheduling: the launched step whose tokens the host has not seen yet.
         self._in_flight: tuple[SchedulerOutput, Any] | None = None
@@ -66,7 +68,8 @@ class EngineCore:
     def add_request(self, req: EngineCoreRequest) -> None:
         self.scheduler.add_request(Request(req.request_id, req.prompt_token_ids, req.sampling_params,
                                            req.eos_token_ids, req.arrival_time, req.priority,
-                                           max_tokens=req.max_tokens, cache_salt=req.cache_salt))
+                                           max_tokens=req.max_tokens, cache_salt=req.cache_salt,
+                                           pooling_params=req.pooling_params))
 
     def abort_requests(self, request_ids) -> None:
         """End these requests now (a user abort, or a stop string the front end found); their blocks are freed."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -27,6 +28,9 @@ class EngineCoreRequest:
     priority: int = 0
     max_tokens: int | None = None          # sampling_params.max_tokens, or what is left of max_model_len
     cache_salt: str | None = None
+    # A pooling request: its prompt is pooled into one vector and it ends (sampling_params then only hold
+    # max_tokens=1, which keeps the scheduler from giving it more steps).
+    pooling_params: PoolingParams | None = None
 
 
 class EngineCoreOutput(NamedTuple):
@@ -38,6 +42,7 @@ class EngineCoreOutput(NamedTuple):
     prompt_logprobs: list | None = None    # [(position, token id, logprob, rank, top ids, top logprobs)]
     num_cached_tokens: int = 0
     first_scheduled_time: float | None = None   # with the first token (and at the end)
+    pooled: Any = None                     # a pooling request's vector (float32 tensor), with its end
 
 
 @dataclass

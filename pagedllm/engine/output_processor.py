@@ -15,7 +15,8 @@ from typing import Any
 from pagedllm.engine.detokenizer import IncrementalDetokenizer, decode_token
 from pagedllm.engine.input_processor import ProcessedRequest
 from pagedllm.engine.messages import EngineCoreOutput
-from pagedllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagedllm.outputs import (CompletionOutput, Logprob, PoolingOutput, PoolingRequestOutput, RequestMetrics,
+                              RequestOutput)
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 
@@ -71,7 +72,7 @@ class OutputProcessor:
         completions = {}
         for index, child in enumerate(req.children):
             detok = None
-            if self.tokenizer is not None and req.params.detokenize:
+            if self.tokenizer is not None and getattr(req.params, "detokenize", False):
                 detok = IncrementalDetokenizer(self.tokenizer, child.sampling_params, len(req.prompt_token_ids))
             completions[child.request_id] = _Completion(index, child.sampling_params, list(req.prompt_token_ids),
                                                         len(req.prompt_token_ids), detok)
@@ -96,17 +97,23 @@ class OutputProcessor:
 
     # ---- a step's outputs ---------------------------------------------------------------------------------------
     def process_outputs(self, outputs: list[EngineCoreOutput],
-                        now: float | None = None) -> tuple[list[RequestOutput], list[str]]:
+                        now: float | None = None) -> tuple[list[RequestOutput | PoolingRequestOutput], list[str]]:
         """The RequestOutputs of the requests these core outputs touched (a prompt chunk that only produced prompt
         logprobs is not reported, as vLLM), and the core request ids a stop string ended."""
         now = time.time() if now is None else now
         touched: dict[str, _RequestState] = {}
         stopped: list[str] = []
+        results_pooled: list[PoolingRequestOutput] = []
         for out in outputs:
             rid = self.core_to_request.get(out.request_id)
             if rid is None:
                 continue     # aborted, or finished by a stop string while the core computed on
             state = self.requests[rid]
+            if out.pooled is not None:     # a pooling request ends with its vector
+                del self.requests[rid], self.core_to_request[out.request_id]
+                results_pooled.append(PoolingRequestOutput(rid, PoolingOutput(out.pooled), state.prompt_token_ids,
+                                                           True, state.prompt))
+                continue
             comp = state.completions[out.request_id]
             if comp.finish_reason is not None:
                 continue
@@ -127,7 +134,7 @@ class OutputProcessor:
             if comp.finish_reason is not None:
                 state.num_finished += 1
             touched[rid] = state
-        results = []
+        results: list = results_pooled
         final_only = RequestOutputKind.FINAL_ONLY
         for state in touched.values():
             finished = state.finished

@@ -191,7 +191,7 @@ class Scheduler:
                 out.partial_req_ids.add(rid)
             if not r.sent_to_workers:
                 out.new_requests.append(NewRequestData(rid, r.prompt_token_ids, r.sampling_params,
-                                                       r.eos_token_ids, list(r.block_ids), c))
+                                                       r.eos_token_ids, list(r.block_ids), c, r.pooling_params))
                 r.sent_to_workers = True
             else:
                 req_ids.append(rid)
@@ -237,6 +237,7 @@ class Scheduler:
         stats = launched.stats
         outputs: list[EngineCoreOutput] = []
         sampled, logprobs, prompt_logprobs = result.sampled, result.logprobs, result.prompt_logprobs
+        pooled = result.pooled
         running = RequestStatus.RUNNING
         num_tokens = 0
         for item in launched.items:     # the hot loop of every step: one pass, locals only
@@ -244,6 +245,13 @@ class Scheduler:
             rid = r.request_id
             prompt_rows = prompt_logprobs.get(rid) if prompt_logprobs else None
             alive = r.status == running and r.num_preemptions == item.num_preemptions
+            if pooled and rid in pooled:   # a pooling request: its vector ends it
+                if alive:
+                    r.num_placeholders = 0
+                    self.finish_request(r, RequestStatus.FINISHED_STOPPED)
+                    outputs.append(EngineCoreOutput(rid, [], "stop", first_scheduled_time=r.first_scheduled_time,
+                                                    pooled=pooled[rid]))
+                continue
             token = sampled.get(rid) if item.will_sample and alive and r.num_placeholders else None
             if token is None:
                 if prompt_rows is not None and alive:
