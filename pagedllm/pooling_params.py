@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from pagedllm.sampling_params import RequestOutputKind
+
 POOLING_TASKS = ("embed", "encode", "score")
 
 
@@ -21,6 +23,7 @@ class PoolingParams:
     # (its truncation side, keeping [CLS] ... [SEP], as sentence-transformers does), token-id prompts keep the end.
     truncate_prompt_tokens: int | None = None
     task: str | None = None
+    output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY    # one output, when the vector is ready
 
     def __post_init__(self) -> None:
         if self.dimensions is not None and (not isinstance(self.dimensions, int) or self.dimensions < 1):

@@ -154,18 +154,10 @@ class InputProcessor:
                                                                                      None)),
                                  self.config.served_model_name)
         text, ids, salt = self.split_prompt(prompt)
-        limit = params.truncate_prompt_tokens
-        if limit == -1:
-            limit = self.max_model_len
         if ids is None:
-            if limit is not None:   # the tokenizer truncates (keeping its special tokens), as sentence-transformers
-                if self.tokenizer is None:
-                    self.encode(text)       # the error for a text prompt without a tokenizer
-                ids = self.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
-            else:
-                ids = self.encode(text)
-        elif limit is not None:
-            ids = ids[-limit:]
+            ids = self.encode_for_pooling(text, params)
+        elif params.truncate_prompt_tokens is not None:
+            ids = ids[-self._truncation_limit(params):]
         if not ids:
             raise ValueError("The prompt cannot be empty")
         vocab = self.vocab_size
@@ -181,6 +173,17 @@ class InputProcessor:
         out.children.append(EngineCoreRequest(request_id, ids, _POOLING_STEP, frozenset(), arrival, priority, 1, salt,
                                               pooling_params=params))
         return out
+
+    def _truncation_limit(self, params: PoolingParams) -> int:
+        limit = params.truncate_prompt_tokens
+        return self.max_model_len if limit == -1 else limit
+
+    def encode_for_pooling(self, text: str, params: PoolingParams) -> list[int]:
+        """A pooling prompt's token ids: with ``truncate_prompt_tokens`` the tokenizer truncates (its truncation side,
+        keeping [CLS] ... [SEP]), as sentence-transformers does."""
+        if params.truncate_prompt_tokens is None or self.tokenizer is None:
+            return self.encode(text)
+        return self.tokenizer(text, truncation=True, max_length=self._truncation_limit(params))["input_ids"]
 
     def _validate(self, ids: list[int], params: SamplingParams) -> None:
         if not ids:
