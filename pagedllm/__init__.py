@@ -8,7 +8,10 @@ if _envs.PAGEDLLM_CONFIGURE_LOGGING:
     _configure_logging()
 from pagedllm.config import EngineArgs
 from pagedllm.entrypoints.llm import LLM
-from pagedllm.outputs import BeamSearchOutput, BeamSearchSequence, CompletionOutput, Logprob, RequestOutput
+from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, CompletionOutput, EmbeddingOutput,
+                              EmbeddingRequestOutput, Logprob, PoolingOutput, PoolingRequestOutput, RequestOutput,
+                              ScoringOutput, ScoringRequestOutput)
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 
@@ -20,6 +23,7 @@ def bundled_model_path() -> str:
     return bundled_model_dir()
 
 
-__all__ = ["LLM", "SamplingParams", "BeamSearchParams", "RequestOutput", "CompletionOutput", "Logprob",
+__all__ = ["LLM", "SamplingParams", "PoolingParams", "PoolingOutput", "PoolingRequestOutput", "EmbeddingOutput",
+           "EmbeddingRequestOutput", "ScoringOutput", "ScoringRequestOutput", "BeamSearchParams", "RequestOutput", "CompletionOutput", "Logprob",
            "EngineArgs", "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind", "bundled_model_path",
            "__version__"]

@@ -30,7 +30,9 @@ _DTYPES = {
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt")
 DEFAULT_CPU_KV_CACHE_GB = 4.0
 # vLLM's names for what pagedllm does not do yet, so a tutorial gets "not supported yet", not "unexpected keyword".
-_POOLING_TASKS = ("embed", "embedding", "pooling", "classify", "score", "reward", "transcription", "draft")
+_UNSUPPORTED_TASKS = ("classify", "score", "reward", "transcription", "draft")
+# vLLM's spellings of "this model embeds" (task is the older argument, runner the newer one).
+_EMBED_TASKS = ("embed", "embedding")
 _FP8_KV_CACHE_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "bfloat16", "float16")
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "hf_config_path", "convert", "enable_prompt_embeds", "allowed_local_media_path", "allowed_media_domains",
@@ -119,9 +121,11 @@ class EngineArgs:
     # There is no custom all-reduce kernel (tensor parallel reduces through NCCL / gloo), so True is what always
     # happens: honoured trivially.
     disable_custom_all_reduce: bool = False
-    # vLLM arguments for what pagedllm does not do yet: the defaults are accepted, anything else is an error.
+    # "generate" or "pooling" (embedding models); "auto": the checkpoint says (an encoder architecture or a
+    # sentence-transformers modules.json means pooling). task="embed" is vLLM's older spelling of runner="pooling".
     task: str = "auto"
     runner: str = "auto"
+    # vLLM arguments for what pagedllm does not do yet: the defaults are accepted, anything else is an error.
     scheduling_policy: str = "fcfs"              # "priority": requests' priority orders the queue
     enable_lora: bool = False
     max_loras: int = 1
@@ -233,8 +237,10 @@ class EngineArgs:
                        help='"auto" (the model\'s generation_config.json), "vllm" (ignore it) or a folder.')
         g.add_argument("--hf-overrides", type=json.loads, default=None,
                        help='JSON overriding fields of the model\'s HF config, e.g. \'{"rope_theta": 1e6}\'.')
-        g.add_argument("--task", type=str, default=d.task, help="Only auto / generate for now.")
-        g.add_argument("--runner", type=str, default=d.runner, help="Only auto / generate for now.")
+        g.add_argument("--task", type=str, default=d.task,
+                       help="auto, generate or embed (vLLM's older spelling of --runner pooling).")
+        g.add_argument("--runner", type=str, default=d.runner,
+                       help="auto (from the checkpoint), generate, or pooling (embedding models).")
         g.add_argument("--scheduling-policy", type=str, default=d.scheduling_policy,
                        help="fcfs (requests' priority must be 0) or priority (lower value first, then arrival).")
         g.add_argument("--long-prefill-token-threshold", type=int, default=d.long_prefill_token_threshold,
@@ -280,13 +286,16 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"data_parallel_size={args.data_parallel_size} is not supported yet; use 1.")
     if args.enable_expert_parallel:
         raise ValueError("enable_expert_parallel is not supported yet (no mixture-of-experts models).")
-    for name in ("task", "runner"):
+    for name, choices in (("task", ("auto", "generate") + _EMBED_TASKS), ("runner", ("auto", "generate", "pooling"))):
         value = getattr(args, name)
-        if value in _POOLING_TASKS:
-            raise ValueError(f"{name}={value!r}: pooling models (embed, classify, score, reward) and draft runners "
-                             f"are not supported yet; use {name}='generate' or 'auto'.")
-        if value not in ("auto", "generate"):
-            raise ValueError(f"{name} must be 'auto' or 'generate', got {value!r}.")
+        if value in _UNSUPPORTED_TASKS:
+            raise ValueError(f"{name}={value!r}: classification, scoring, reward, transcription and draft models "
+                             f"are not supported yet; use {name} in {choices}.")
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+    requested = requested_runner(args)
+    if requested is not None and (args.runner not in ("auto", requested)):
+        raise ValueError(f"task={args.task!r} contradicts runner={args.runner!r}.")
     if args.kv_cache_dtype in _FP8_KV_CACHE_DTYPES:
         raise ValueError(f"kv_cache_dtype={args.kv_cache_dtype!r} is not supported yet: the KV cache has the model's "
                          f"dtype; use 'auto'.")
@@ -328,6 +337,26 @@ def verify_engine_args(args: EngineArgs) -> None:
         for name in ("triton_gemv", "pdl"):
             if getattr(args, name):
                 raise ValueError(f"{name}=True contradicts disable_custom_kernels=True.")
+
+
+def requested_runner(args: EngineArgs) -> str | None:
+    """"generate" or "pooling" when runner / task name one, else None (the checkpoint decides)."""
+    if args.task in _EMBED_TASKS:
+        return "pooling"
+    if args.task == "generate":
+        return "generate"
+    return None if args.runner == "auto" else args.runner
+
+
+def _resolve_runner(args: EngineArgs, model: "ResolvedModel") -> str:
+    runner = args.runner if args.runner != "auto" else requested_runner(args)
+    if runner is None:
+        return model.default_runner
+    arch = ", ".join(getattr(model.hf_config, "architectures", None) or ["?"])
+    if runner == "generate" and not model.can_generate:
+        raise ValueError(f"This model ({arch}) is an encoder without a language-model head: it cannot generate "
+                         f"text. Use runner='pooling' (--runner pooling, or task='embed') to embed with it.")
+    return runner
 
 
 def _json_or_int(text: str) -> int | dict:
@@ -378,6 +407,13 @@ class ResolvedModel:
     tokenizer_path: str | None     # folder/id the tokenizer loads from
     gguf_file: str | None = None   # original .gguf file, when the model came from one
     generation_config: dict = field(default_factory=dict)
+    # What the checkpoint is for when runner/task are "auto": "pooling" for encoders and sentence-transformers
+    # checkpoints (modules.json), else "generate"; encoders have no language-model head (can_generate False).
+    default_runner: str = "generate"
+    can_generate: bool = True
+    # sentence-transformers' max_seq_length (sentence_bert_config.json): the longest input it embeds, so the
+    # derived max_model_len (as vLLM).
+    max_seq_length: int | None = None
 
 
 @dataclass
@@ -399,10 +435,20 @@ class EngineConfig:
     # The KV cache's size when it is given (kv_cache_memory_gb/_bytes; always on the CPU); None on the GPU means
     # what gpu_memory_utilization leaves after the profiling forward.
     kv_cache_memory_bytes: int | None = None
+    # "generate" or "pooling": a pooling engine runs each prompt whole in one step (no chunked prefill: an encoder
+    # attends both ways, and mean pooling needs every hidden state), with no prefix caching and no sampling.
+    runner_type: str = "generate"
+    enable_chunked_prefill: bool = True
+
+    @property
+    def is_pooling(self) -> bool:
+        return self.runner_type == "pooling"
 
     @property
     def async_scheduling(self) -> bool:
         flag = self.args.async_scheduling
+        if self.is_pooling:      # a pooling request ends with its one step: nothing to overlap with
+            return False
         return self.device.type == "cuda" if flag is None else bool(flag)
 
     def verify_priority(self, priority: int) -> None:
@@ -448,7 +494,10 @@ class EngineConfig:
                            "is kv_cache_memory_gb (default PAGEDLLM_CPU_KVCACHE_SPACE or %s GiB).",
                            args.gpu_memory_utilization, DEFAULT_CPU_KV_CACHE_GB)
 
+        runner_type = _resolve_runner(args, model)
         derived_len = _derived_max_model_len(hf)
+        if runner_type == "pooling" and model.max_seq_length:
+            derived_len = min(derived_len, model.max_seq_length)
         if args.max_model_len is None:
             max_model_len = derived_len
         else:
@@ -458,7 +507,8 @@ class EngineConfig:
             if max_model_len > derived_len:
                 raise ValueError(
                     f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len "
-                    f"(max_position_embeddings={derived_len} in the model's config.json).")
+                    f"(max_position_embeddings or sentence-transformers' max_seq_length: {derived_len}).")
+        chunked = args.enable_chunked_prefill and runner_type == "generate"
 
         on_gpu = device.type == "cuda"
         max_num_seqs = args.max_num_seqs or (1024 if on_gpu else 256)
@@ -468,10 +518,12 @@ class EngineConfig:
             max_num_batched_tokens = int(args.max_num_batched_tokens)
             if max_num_batched_tokens < 1:
                 raise ValueError(f"max_num_batched_tokens must be >= 1, got {max_num_batched_tokens}.")
-            if not args.enable_chunked_prefill and max_num_batched_tokens < max_model_len:
+            if not chunked and max_num_batched_tokens < max_model_len:
+                why = "a pooling model runs each prompt in one step" if runner_type == "pooling" else \
+                    "chunked prefill is disabled"
                 raise ValueError(
                     f"max_num_batched_tokens ({max_num_batched_tokens}) is smaller than max_model_len "
-                    f"({max_model_len}) while chunked prefill is disabled.")
+                    f"({max_model_len}) while {why}.")
         else:
             # vLLM's defaults for GPUs of 70 GiB or more: 16384 tokens per step offline, 8192 behind the server,
             # where smaller prefill chunks keep the running streams' inter-token latency down.
@@ -479,7 +531,7 @@ class EngineConfig:
                 max_num_batched_tokens = 8192 if args.usage_context == "openai_api_server" else 16384
             else:
                 max_num_batched_tokens = 2048
-            if not args.enable_chunked_prefill:
+            if not chunked:
                 max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
 
         # The name is checked against the attention-backend registry (pagedllm/attention/registry.py, which may
@@ -504,7 +556,8 @@ class EngineConfig:
                    pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
                    piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
                    cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
-                   kv_cache_memory_bytes=kv_cache_memory_bytes)
+                   kv_cache_memory_bytes=kv_cache_memory_bytes, runner_type=runner_type,
+                   enable_chunked_prefill=chunked)
 
 
 def _switch(arg: bool | None, env_default: bool) -> bool:

@@ -51,7 +51,7 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
     dtype = str(config.dtype).replace("torch.", "")
     lines = [
         f"pagedllm engine ready in {total_seconds:.1f} s",
-        f"  model        {config.args.model} ({arch})",
+        f"  model        {config.args.model} ({arch}), runner {config.runner_type}",
         f"  device       {config.device} ({runner.get('device_name', config.device.type)}), dtype {dtype}, "
         f"attention {config.attention_backend}",
         f"  weights      {runner.get('weights_gib', 0.0):.2f} GiB, loaded in {runner.get('load_seconds', 0.0):.1f} s",
@@ -60,7 +60,7 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"{tokens / config.max_model_len:.2f}x",
         f"  scheduling   max_num_seqs {config.max_num_seqs}, max_num_batched_tokens "
         f"{config.max_num_batched_tokens}, async {config.async_scheduling}, prefix caching "
-        f"{config.args.enable_prefix_caching}",
+        f"{config.args.enable_prefix_caching and not config.is_pooling}",
         f"  CUDA graphs  {runner.get('graphs', 'none')}",
     ]
     logger.info("\n".join(lines))

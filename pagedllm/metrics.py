@@ -146,7 +146,9 @@ class EngineMetrics:
         if t is None:
             return
         new_tokens = 0
-        for c in out.outputs:
+        # A pooling request's output is one vector (PoolingOutput), not a list of completions: no tokens.
+        completions = out.outputs if isinstance(out.outputs, list) else ()
+        for c in completions:
             if t.kind == RequestOutputKind.CUMULATIVE:
                 new = len(c.token_ids) - t.seen_tokens.get(c.index, 0)
                 t.seen_tokens[c.index] = len(c.token_ids)
@@ -169,8 +171,10 @@ class EngineMetrics:
             self.h_generation_tokens.observe(t.num_generated)
             if out.metrics is not None and out.metrics.first_scheduled_time is not None:
                 self.h_queue.observe(max(0.0, out.metrics.first_scheduled_time - t.arrival_time))
-            for c in out.outputs:
+            for c in completions:
                 self.c_success.labels(self.model_name, c.finish_reason or "abort").inc()
+            if not completions:
+                self.c_success.labels(self.model_name, "stop").inc()
 
     # ---- the log line -----------------------------------------------------------------------------------------------
     def maybe_log(self, snapshot: "EngineSnapshot", force: bool = False) -> None:

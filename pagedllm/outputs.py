@@ -71,3 +71,52 @@ class BeamSearchSequence:
 @dataclass
 class BeamSearchOutput:
     sequences: list[BeamSearchSequence] = field(default_factory=list)
+
+
+# ---- pooling models (LLM.embed / encode / score): vLLM's names and fields --------------------------------------------
+@dataclass
+class PoolingOutput:
+    data: Any                                    # torch.Tensor [hidden] (float32, on the CPU)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PoolingOutput) and bool((self.data == other.data).all())
+
+
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> "EmbeddingOutput":
+        return cls(embedding=output.data.tolist())
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass
+class ScoringOutput:
+    score: float
+
+
+@dataclass
+class PoolingRequestOutput:
+    """A finished pooling request: ``outputs`` is a ``PoolingOutput`` (``LLM.encode``), an ``EmbeddingOutput``
+    (``LLM.embed``: ``EmbeddingRequestOutput``) or a ``ScoringOutput`` (``LLM.score``)."""
+    request_id: str
+    outputs: Any
+    prompt_token_ids: list[int]
+    finished: bool = True
+    prompt: str | None = None
+
+
+class EmbeddingRequestOutput(PoolingRequestOutput):
+    @classmethod
+    def from_base(cls, request_output: PoolingRequestOutput) -> "EmbeddingRequestOutput":
+        return cls(request_output.request_id, EmbeddingOutput.from_base(request_output.outputs),
+                   request_output.prompt_token_ids, request_output.finished, request_output.prompt)
+
+
+class ScoringRequestOutput(PoolingRequestOutput):
+    pass

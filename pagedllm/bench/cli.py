@@ -1,4 +1,4 @@
-"""`pagedllm bench {serve,throughput,latency,prefix_caching,long_document_qa,compare}`.
+"""`pagedllm bench {serve,throughput,latency,prefix_caching,long_document_qa,embed,compare}`.
 
 ``add_bench_parser(subparsers)`` adds the ``bench`` command to the ``pagedllm`` CLI; each sub-command parser gets
 ``func`` (``args.func(args)`` runs it). ``python -m pagedllm.bench.cli SUBCOMMAND ...`` works on its own too.
@@ -21,6 +21,7 @@ BENCHMARKS = {
                        "Offline throughput on prompts sharing a prefix, prefix caching off vs on."),
     "long_document_qa": ("pagedllm.bench.long_document_qa",
                          "Repeated requests over long documents, prefix caching off vs on."),
+    "embed": ("pagedllm.bench.embed", "Offline embedding throughput of LLM.embed (optionally vs sentence-transformers)."),
     "compare": ("pagedllm.bench.compare", "Several saved results side by side (table and --plot)."),
 }
 

@@ -27,7 +27,8 @@ from pagedllm.engine.messages import AbortRequests, CoreDead, CoreSnapshot, Core
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import StepStats
 from pagedllm.logger import log_engine_start
-from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.outputs import CompletionOutput, PoolingRequestOutput, RequestOutput
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,8 @@ class AsyncLLMEngine:
         return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
 
     # ---- requests -------------------------------------------------------------------------------------------------
-    async def add_request(self, request_id: str, prompt: PromptType, sampling_params: SamplingParams | None,
+    async def add_request(self, request_id: str, prompt: PromptType,
+                          sampling_params: SamplingParams | PoolingParams | None,
                           arrival_time: float | None = None, priority: int = 0) -> RequestStream:
         """Validate and queue a request for the next step; returns its output stream (a validation error raises
         here, before any output)."""
@@ -218,7 +220,10 @@ class AsyncLLMEngine:
             raise ValueError(f"Request id {request_id!r} is already running.")
         text, ids, _ = self.input_processor.split_prompt(prompt)
         if ids is None:    # a text prompt: tokenize off the event loop, then validate with its ids
-            ids = await self.run_tokenizer(self.input_processor.encode, text)
+            if isinstance(sampling_params, PoolingParams):
+                ids = await self.run_tokenizer(self.input_processor.encode_for_pooling, text, sampling_params)
+            else:
+                ids = await self.run_tokenizer(self.input_processor.encode, text)
             prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
                 {"prompt": text, "prompt_token_ids": ids}
         processed = self.input_processor.process(request_id, prompt, sampling_params, arrival_time, priority)
@@ -240,6 +245,17 @@ class AsyncLLMEngine:
         """vLLM's API: yield the request's RequestOutputs as steps produce them (cumulative, delta or final-only,
         as ``sampling_params.output_kind`` says)."""
         stream = await self.add_request(request_id, prompt, sampling_params, arrival_time, priority)
+        try:
+            async for out in stream:
+                yield out
+        finally:
+            stream.abort()
+
+    async def encode(self, prompt: PromptType, pooling_params: PoolingParams | None, request_id: str,
+                     priority: int = 0, arrival_time: float | None = None) -> AsyncIterator[PoolingRequestOutput]:
+        """vLLM's API for pooling models: yields the request's one PoolingRequestOutput (its vector)."""
+        stream = await self.add_request(request_id, prompt, pooling_params or PoolingParams(), arrival_time,
+                                        priority)
         try:
             async for out in stream:
                 yield out

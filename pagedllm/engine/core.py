@@ -1,7 +1,7 @@
 """The engine core: the scheduler, the KV-cache bookkeeping and the model runner, driven one step at a time.
 
 It takes validated, tokenized requests (``EngineCoreRequest``) and returns per-request token ids, finish reasons and
-raw logprobs (``EngineCoreOutput``): no strings. The front end (``LLMEngine`` offline, ``AsyncLLMEngine`` behind the
+raw logprobs (``EngineCoreOutputs``): no strings. The front end (``LLMEngine`` offline, ``AsyncLLMEngine`` behind the
 server) tokenizes, detokenizes, applies stop strings and fans out ``n``. ``run_engine_core`` is its one loop, the same
 whether it runs in a thread of the front end's process or in a process of its own (engine/core_client.py).
 """
@@ -54,9 +54,11 @@ class EngineCore:
                 f"can be stored in KV cache ({capacity}). Try increasing the KV cache size or decreasing "
                 f"max_model_len when initializing the engine.")
         self.runner.allocate_kv_cache(num_blocks)
-        self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.args.enable_prefix_caching)
+        # Pooling models: no prefix caching (a mean-pooled or bidirectional prompt needs every token computed).
+        self.kv_cache = KVCacheManager(num_blocks, config.block_size,
+                                       config.args.enable_prefix_caching and not config.is_pooling)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.max_model_len, config.args.enable_chunked_prefill)
+                                   config.max_model_len, config.enable_chunked_prefill)
         self.num_blocks = num_blocks
         # Async scheduling: the launched step whose tokens the host has not seen yet.
         self._in_flight: tuple[SchedulerOutput, Any] | None = None
@@ -67,7 +69,8 @@ class EngineCore:
     def add_request(self, req: EngineCoreRequest) -> None:
         self.scheduler.add_request(Request(req.request_id, req.prompt_token_ids, req.sampling_params,
                                            req.eos_token_ids, req.arrival_time, req.priority,
-                                           max_tokens=req.max_tokens, cache_salt=req.cache_salt))
+                                           max_tokens=req.max_tokens, cache_salt=req.cache_salt,
+                                           pooling_params=req.pooling_params))
 
     def abort_requests(self, request_ids) -> None:
         """End these requests now (a user abort, or a stop string the front end found); their blocks are freed."""

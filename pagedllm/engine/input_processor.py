@@ -13,7 +13,8 @@ from typing import Any
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.messages import EngineCoreRequest
-from pagedllm.sampling_params import SamplingParams
+from pagedllm.pooling_params import PoolingParams
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 PromptType = str | dict[str, Any]
 
@@ -24,7 +25,7 @@ class ProcessedRequest:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
-    params: SamplingParams
+    params: SamplingParams | PoolingParams
     arrival_time: float
     children: list[EngineCoreRequest] = field(default_factory=list)
 
@@ -96,12 +97,14 @@ class InputProcessor:
         return text, ids
 
     # ---- checking and building ----------------------------------------------------------------------------------
-    def process(self, request_id: str, prompt: PromptType, params: SamplingParams | None,
+    def process(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None,
                 arrival_time: float | None = None, priority: int = 0) -> ProcessedRequest:
         """Tokenize (unless the prompt brings token ids), validate, and build the core request(s). Raises
         ValueError naming what is wrong; nothing reaches the engine core then."""
         if not isinstance(request_id, str) or not request_id:
             raise ValueError("request_id must be a non-empty string.")
+        if self.config.is_pooling or isinstance(params, PoolingParams):
+            return self._process_pooling(request_id, prompt, params, arrival_time, priority)
         params = params if params is not None else self.default_sampling_params()
         if not isinstance(params, SamplingParams):
             raise ValueError(f"Expected SamplingParams, got {type(params).__name__}.")
@@ -129,6 +132,59 @@ class InputProcessor:
                                                   priority, max_tokens, salt))
         return out
 
+    def _process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams | None,
+                         arrival_time: float | None, priority: int) -> ProcessedRequest:
+        """A pooling request: one core request whose one step pools its prompt (no sampling settings apply)."""
+        if not self.config.is_pooling:
+            raise ValueError("Embedding API is not supported by this model: it is a text generation model. Use an "
+                             "embedding model, or pass runner='pooling' (--runner pooling, task='embed') to use "
+                             "this model as one.")
+        if params is None:
+            params = PoolingParams()
+        if not isinstance(params, PoolingParams):
+            raise ValueError("LLM.generate() is only supported for generative models: this is a pooling (embedding) "
+                             "model. Use LLM.embed() / LLM.encode(), or pass runner='generate' to use the model as a "
+                             "generative model.")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"priority must be an int, got {type(priority).__name__}.")
+        self.config.verify_priority(priority)
+        hf = self.config.hf_config
+        params.verify_dimensions(hf.hidden_size, getattr(hf, "matryoshka_dimensions", None),
+                                 bool(getattr(hf, "is_matryoshka", False) or getattr(hf, "matryoshka_dimensions",
+                                                                                     None)),
+                                 self.config.served_model_name)
+        text, ids, salt = self.split_prompt(prompt)
+        if ids is None:
+            ids = self.encode_for_pooling(text, params)
+        elif params.truncate_prompt_tokens is not None:
+            ids = ids[-self._truncation_limit(params):]
+        if not ids:
+            raise ValueError("The prompt cannot be empty")
+        vocab = self.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocab size {vocab}).")
+        if len(ids) > self.max_model_len:
+            raise ValueError(f"The prompt (length {len(ids)}) is longer than the maximum model length of "
+                             f"{self.max_model_len}. Make sure that `max_model_len` is no smaller than the number "
+                             f"of text tokens, or truncate the input (truncate_prompt_tokens).")
+        arrival = arrival_time if arrival_time is not None else time.time()
+        out = ProcessedRequest(request_id, text, ids, params, arrival)
+        out.children.append(EngineCoreRequest(request_id, ids, _POOLING_STEP, frozenset(), arrival, priority, 1, salt,
+                                              pooling_params=params))
+        return out
+
+    def _truncation_limit(self, params: PoolingParams) -> int:
+        limit = params.truncate_prompt_tokens
+        return self.max_model_len if limit == -1 else limit
+
+    def encode_for_pooling(self, text: str, params: PoolingParams) -> list[int]:
+        """A pooling prompt's token ids: with ``truncate_prompt_tokens`` the tokenizer truncates (its truncation side,
+        keeping [CLS] ... [SEP]), as sentence-transformers does."""
+        if params.truncate_prompt_tokens is None or self.tokenizer is None:
+            return self.encode(text)
+        return self.tokenizer(text, truncation=True, max_length=self._truncation_limit(params))["input_ids"]
+
     def _validate(self, ids: list[int], params: SamplingParams) -> None:
         if not ids:
             raise ValueError("The decoder prompt cannot be empty")
@@ -147,6 +203,10 @@ class InputProcessor:
             params.verify_without_tokenizer()
         elif params.bad_words:
             params.update_from_tokenizer(self.tokenizer)
+
+
+# A pooling request's sampling settings: never sampled; max_tokens=1 ends its scheduling with its prompt's step.
+_POOLING_STEP = SamplingParams(max_tokens=1, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
 
 
 def load_tokenizer(config: EngineConfig):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -24,6 +25,9 @@ class EngineCoreRequest:
     priority: int = 0
     max_tokens: int | None = None          # sampling_params.max_tokens, or what is left of max_model_len
     cache_salt: str | None = None
+    # A pooling request: its prompt is pooled into one vector and it ends (sampling_params then only hold
+    # max_tokens=1, which keeps the scheduler from giving it more steps).
+    pooling_params: PoolingParams | None = None
 
 
 @dataclass
@@ -42,13 +46,15 @@ class EngineCoreOutputs:
     # With a request's first token: its prefix-cache hit and when it was first scheduled.
     num_cached_tokens: dict[str, int] = field(default_factory=dict)
     first_scheduled_time: dict[str, float] = field(default_factory=dict)
+    # Pooling requests: req id -> the request's vector (float32 CPU tensor); it ends the request.
+    pooled: dict[str, Any] = field(default_factory=dict)
 
     def extend(self, other: "EngineCoreOutputs") -> None:
         self.req_ids.extend(other.req_ids)
         self.new_token_ids.extend(other.new_token_ids)
         for mine, theirs in ((self.finished, other.finished), (self.logprobs, other.logprobs),
                              (self.num_cached_tokens, other.num_cached_tokens),
-                             (self.first_scheduled_time, other.first_scheduled_time)):
+                             (self.first_scheduled_time, other.first_scheduled_time), (self.pooled, other.pooled)):
             mine.update(theirs)
         for rid, rows in other.prompt_logprobs.items():
             self.prompt_logprobs.setdefault(rid, []).extend(rows)

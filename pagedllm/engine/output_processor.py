@@ -15,7 +15,8 @@ from typing import Any
 from pagedllm.engine.detokenizer import IncrementalDetokenizer, decode_token
 from pagedllm.engine.input_processor import ProcessedRequest
 from pagedllm.engine.messages import EngineCoreOutputs
-from pagedllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagedllm.outputs import (CompletionOutput, Logprob, PoolingOutput, PoolingRequestOutput, RequestMetrics,
+                              RequestOutput)
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 
@@ -71,7 +72,7 @@ class OutputProcessor:
         completions = {}
         for index, child in enumerate(req.children):
             detok = None
-            if self.tokenizer is not None and req.params.detokenize:
+            if self.tokenizer is not None and getattr(req.params, "detokenize", False):
                 detok = IncrementalDetokenizer(self.tokenizer, child.sampling_params, len(req.prompt_token_ids))
             completions[child.request_id] = _Completion(index, child.sampling_params, list(req.prompt_token_ids),
                                                         len(req.prompt_token_ids), detok)
@@ -96,13 +97,20 @@ class OutputProcessor:
 
     # ---- a step's outputs ---------------------------------------------------------------------------------------
     def process_outputs(self, outputs: EngineCoreOutputs,
-                        now: float | None = None) -> tuple[list[RequestOutput], list[str]]:
+                        now: float | None = None) -> tuple[list[RequestOutput | PoolingRequestOutput], list[str]]:
         """The RequestOutputs of the requests these core outputs touched (a prompt chunk that only produced prompt
         logprobs is not reported, as vLLM), and the core request ids a stop string ended."""
         now = time.time() if now is None else now
         touched: dict[str, _RequestState] = {}
         stopped: list[str] = []
         requests, core_to_request = self.requests, self.core_to_request
+        results: list = []
+        for cid, vector in outputs.pooled.items():     # a pooling request ends with its vector
+            rid = core_to_request.pop(cid, None)
+            if rid is not None:
+                state = requests.pop(rid)
+                results.append(PoolingRequestOutput(rid, PoolingOutput(vector), state.prompt_token_ids, True,
+                                                    state.prompt))
         for cid, rows in outputs.prompt_logprobs.items():
             rid = core_to_request.get(cid)
             if rid is not None and requests[rid].completions[cid].index == 0:
@@ -133,7 +141,6 @@ class OutputProcessor:
                 state.num_cached_tokens = cached
                 if cid in outputs.first_scheduled_time and state.first_scheduled_time is None:
                     state.first_scheduled_time = outputs.first_scheduled_time[cid]
-        results = []
         final_only = RequestOutputKind.FINAL_ONLY
         for state in touched.values():
             if state.first_token_time is None:

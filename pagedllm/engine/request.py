@@ -34,7 +34,8 @@ class Request:
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: set[int] | frozenset[int] | None = None, arrival_time: float | None = None,
-                 priority: int = 0, max_tokens: int | None = None, cache_salt: str | None = None):
+                 priority: int = 0, max_tokens: int | None = None, cache_salt: str | None = None,
+                 pooling_params=None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.prompt_token_ids)
@@ -45,6 +46,7 @@ class Request:
         self.arrival_time = arrival_time if arrival_time is not None else time.time()
         self.priority = priority
         self.cache_salt = cache_salt
+        self.pooling_params = pooling_params   # PoolingParams of a pooling request (its one step pools, ends it)
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         # Tokens sampled on the device but not yet seen by the host (async scheduling): the scheduler counts them

@@ -189,7 +189,7 @@ class Scheduler:
                 out.partial_req_ids.add(rid)
             if not r.sent_to_workers:
                 out.new_requests.append(NewRequestData(rid, r.prompt_token_ids, r.sampling_params,
-                                                       r.eos_token_ids, list(r.block_ids), c))
+                                                       r.eos_token_ids, list(r.block_ids), c, r.pooling_params))
                 r.sent_to_workers = True
             elif r.resumed:
                 out.resumed_requests[rid] = ResumedRequestData(list(r.block_ids), c, len(r.token_ids))
@@ -230,6 +230,7 @@ class Scheduler:
             return out, StepStats()
         stats = launched.stats
         sampled, logprobs, prompt_logprobs = result.sampled, result.logprobs, result.prompt_logprobs
+        pooled = result.pooled
         running = RequestStatus.RUNNING
         req_ids, new_tokens = out.req_ids, out.new_token_ids
         for item in launched.items:     # the hot loop of every step: one pass, locals only
@@ -238,6 +239,13 @@ class Scheduler:
             alive = r.status == running and r.num_preemptions == item.num_preemptions
             if prompt_logprobs and alive and rid in prompt_logprobs:
                 out.prompt_logprobs[rid] = prompt_logprobs[rid]
+            if pooled and rid in pooled:   # a pooling request: its vector ends it
+                if alive:
+                    r.num_placeholders = 0
+                    self.finish_request(r, RequestStatus.FINISHED_STOPPED)
+                    out.pooled[rid] = pooled[rid]
+                    out.first_scheduled_time[rid] = r.first_scheduled_time
+                continue
             token = sampled.get(rid) if item.will_sample and alive and r.num_placeholders else None
             if token is None:
                 continue

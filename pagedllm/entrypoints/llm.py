@@ -1,4 +1,5 @@
-"""``LLM``: vLLM's offline API (generate, chat, beam_search) over an in-process LLMEngine."""
+"""``LLM``: vLLM's offline API (generate, chat, beam_search; embed, encode, score for pooling models) over an
+in-process LLMEngine."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +10,9 @@ from tqdm.auto import tqdm
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
-from pagedllm.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
+from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, EmbeddingRequestOutput, PoolingRequestOutput,
+                              RequestOutput, ScoringOutput, ScoringRequestOutput)
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 
@@ -96,7 +99,8 @@ class LLM:
                         finished[out.request_id] = out
                         if bar is not None:
                             n_in += len(out.prompt_token_ids or [])
-                            n_out += sum(len(c.token_ids) for c in out.outputs)
+                            if isinstance(out, RequestOutput):
+                                n_out += sum(len(c.token_ids) for c in out.outputs)
                             dt = time.perf_counter() - t0
                             bar.postfix = (f"est. speed input: {n_in / dt:.2f} toks/s, "
                                            f"output: {n_out / dt:.2f} toks/s")
@@ -108,6 +112,72 @@ class LLM:
             if bar is not None:
                 bar.close()
         return [finished[rid] for rid in ids]
+
+    # ---- pooling models -------------------------------------------------------------------------------------------
+    def encode(self, prompts: PromptType | Sequence[PromptType],
+               pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
+               truncate_prompt_tokens: int | None = None, use_tqdm: bool = True, lora_request: Any = None,
+               pooling_task: str = "encode", priority: list[int] | None = None) -> list[PoolingRequestOutput]:
+        """Pool each prompt's hidden states into one vector (``.outputs.data``, a tensor), batched by the
+        scheduler like generation. A pooling model only (runner='pooling')."""
+        if not self.llm_engine.config.is_pooling:
+            raise ValueError(f"LLM.{pooling_task}() is only supported for pooling (embedding) models: this is a text "
+                             f"generation model. Pass runner='pooling' (task='embed') to use it as one.")
+        if lora_request is not None:
+            raise ValueError("LoRA adapters are not supported yet by pagedllm.")
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if pooling_params is None or isinstance(pooling_params, PoolingParams):
+            params = [pooling_params or PoolingParams()] * len(prompts)
+        else:
+            params = list(pooling_params)
+            if len(params) != len(prompts):
+                raise ValueError("The lengths of prompts and pooling_params must be the same.")
+        params = [p.clone() for p in params]     # the caller's objects stay as they were given
+        for p in params:
+            p.task = pooling_task
+            if truncate_prompt_tokens is not None:
+                p.truncate_prompt_tokens = truncate_prompt_tokens
+                p.__post_init__()    # validates it
+        if priority is not None and len(priority) != len(prompts):
+            raise ValueError("The lengths of prompts and priority must be the same.")
+        for p in priority or ():
+            self.llm_engine.config.verify_priority(p)
+        return self._run(prompts, params, priority, use_tqdm)
+
+    def embed(self, prompts: PromptType | Sequence[PromptType],
+              pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True, lora_request: Any = None,
+              priority: list[int] | None = None) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt (``.outputs.embedding``, a list of floats)."""
+        outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed", priority=priority)
+        return [EmbeddingRequestOutput.from_base(o) for o in outputs]
+
+    def score(self, text_1: PromptType | Sequence[PromptType], text_2: PromptType | Sequence[PromptType], *,
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True, lora_request: Any = None,
+              pooling_params: PoolingParams | None = None) -> list[ScoringRequestOutput]:
+        """Similarity of text pairs: the cosine of their embeddings (an embedding model). ``text_1`` is one text
+        scored against each of ``text_2``, or as many texts as ``text_2`` (pairwise), as vLLM."""
+        import torch
+        first = [text_1] if isinstance(text_1, (str, dict)) else list(text_1)
+        second = [text_2] if isinstance(text_2, (str, dict)) else list(text_2)
+        if len(first) == 1:
+            first = first * len(second)
+        if len(first) != len(second) or not second:
+            raise ValueError(f"text_1 must be one text or as many as text_2 (got {len(first)} and {len(second)}).")
+        params = (pooling_params or PoolingParams()).clone()
+        params.normalize = True
+        encoded = self.encode(first + second, params, truncate_prompt_tokens=truncate_prompt_tokens,
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="score")
+        n = len(first)
+        results = []
+        for a, b in zip(encoded[:n], encoded[n:]):
+            score = float(torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0))
+            results.append(ScoringRequestOutput(f"{a.request_id}_{b.request_id}", ScoringOutput(score),
+                                                a.prompt_token_ids + b.prompt_token_ids, True))
+        return results
 
     # ---- chat -----------------------------------------------------------------------------------------------------
     def chat(self, messages: list[dict] | list[list[dict]],

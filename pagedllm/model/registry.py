@@ -9,7 +9,14 @@ _MODELS = {
     "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
     "OPTForCausalLM": ("opt", "OPTForCausalLM"),
+    # Encoders: no language-model head, bidirectional attention; they run as pooling (embedding) models only.
+    "BertModel": ("bert", "BertModel"),
 }
+ENCODER_ONLY_ARCHITECTURES = frozenset({"BertModel"})
+
+
+def is_encoder_only(hf_config) -> bool:
+    return any(arch in ENCODER_ONLY_ARCHITECTURES for arch in getattr(hf_config, "architectures", None) or [])
 
 
 def supported_architectures() -> list[str]:

@@ -13,8 +13,10 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm.config import EngineConfig
 from pagedllm.kernels.settings import configure_kernels
+from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
 from pagedllm.model.layers.sampler import Sampler, to_device, top_logprobs
 from pagedllm.model.loader import load_model
+from pagedllm.model.registry import is_encoder_only
 from pagedllm.step_data import ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.request_state import CachedRequestState
 
@@ -31,6 +33,7 @@ class LaunchedStep:
     sampled_requests: list[CachedRequestState]   # requests that sample this step, in logits-row order
     logits: torch.Tensor | None = None
     tokens_host: torch.Tensor | None = None  # async: the sampled tokens, being copied to the host
+    pooled: dict[str, torch.Tensor] | None = None   # pooling models: each request's vector
     ready: object | None = None              # async on CUDA: event recorded after that copy
 
 
@@ -60,6 +63,12 @@ class ModelRunner:
         self.model = load_model(config)
         self.load_seconds = time.perf_counter() - t0
         self.sampler = Sampler()
+        # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
+        # last token for decoders (vLLM's defaults).
+        self.pooler: Pooler | None = None
+        if config.is_pooling:
+            default_type = "CLS" if is_encoder_only(hf) else "LAST"
+            self.pooler = get_pooler(pooler_config_from_checkpoint(config.model.model_dir, default_type))
         # The worker's own state of every request the scheduler has sent (pagedllm/step_data.py), by id.
         self.requests: dict[str, CachedRequestState] = {}
         # The last step's sampled tokens on the device, and each request's row in it (async scheduling).
@@ -138,7 +147,8 @@ class ModelRunner:
         batch = self._make_batch(np.zeros(num_tokens, dtype=np.int64), positions, slots, starts,
                                  np.array(lens, dtype=np.int32), tables, caches, num_decodes)
         hidden = self.model(batch.input_ids, batch.positions, batch)
-        self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
+        if self.pooler is None:
+            self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
         del caches, hidden
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
@@ -150,7 +160,8 @@ class ModelRunner:
             self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                               for _ in range(self.num_layers)]
         backend = self.attn_backend
-        if self.device.type == "cuda" and not self.config.args.enforce_eager:
+        # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay.
+        if self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None:
             from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
             if backend.supports_full_cuda_graphs:
                 self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
@@ -287,6 +298,11 @@ class ModelRunner:
 
         step = LaunchedStep([st for st, _ in items], [n for _, n in items], hidden, starts,
                             [items[i][0] for i in sampled_rows])
+        if self.pooler is not None:
+            # Every request of a pooling step is its whole prompt (the scheduler does not chunk them).
+            vectors = self.pooler(hidden, starts.tolist(), [st.pooling_params for st, _ in items])
+            step.pooled = {st.req_id: vec for (st, _), vec in zip(items, vectors)}
+            return step
         if sampled_rows:
             rows = to_device([int(starts[i + 1]) - 1 for i in sampled_rows], self.device)
             step.logits = self.model.compute_logits(hidden[rows])
@@ -309,6 +325,9 @@ class ModelRunner:
         """The host side of a step: wait for its tokens (async), or sample now with logprobs (synchronous). The
         sampled tokens join the worker's request states."""
         out = ModelRunnerOutput()
+        if step.pooled is not None:
+            out.pooled = step.pooled
+            return out
         if step.tokens_host is not None:
             if step.ready is not None:
                 step.ready.synchronize()

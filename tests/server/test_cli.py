@@ -92,8 +92,9 @@ def test_switch_flags():
     (["--swap-space", "4"], "swap_space is not supported yet"),
     (["--swap_space=4"], "swap_space is not supported yet"),
     (["--cpu-offload-gb", "8"], "cpu_offload_gb is not supported yet"),
-    (["--task", "embed"], "pooling models"),
-    (["--runner", "pooling"], "pooling models"),
+    (["--task", "classify"], "classification, scoring, reward, transcription and draft models are not supported"),
+    (["--runner", "draft"], "draft models are not supported yet"),
+    (["--task", "generate", "--runner", "pooling"], "task='generate' contradicts runner='pooling'"),
     (["--kv-cache-dtype", "fp8"], "kv_cache_dtype='fp8' is not supported yet"),
     (["--enable-lora"], "LoRA adapters are not supported yet"),
     (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
@@ -115,6 +116,8 @@ def test_accepted_vllm_flags():
                  "--hf-overrides", '{"rope_theta": 1e6}')
     engine_args = EngineArgs.from_cli_args(args)
     assert engine_args.disable_custom_all_reduce and engine_args.scheduling_policy == "priority"
+    for flags in (["--task", "embed"], ["--runner", "pooling"], ["--task", "embedding", "--runner", "pooling"]):
+        parse("serve", "m", *flags)      # accepted: finalize_args runs verify_engine_args
     assert engine_args.kv_cache_memory_bytes == 1000000 and engine_args.hf_overrides == {"rope_theta": 1e6}
 
 

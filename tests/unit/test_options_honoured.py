@@ -129,9 +129,15 @@ ENGINE_FIELDS: dict[str, list] = {
                                        .attention_backend == "torch" or _fail())],
     # There is no custom all-reduce (tensor parallel reduces through NCCL / gloo): True is what always happens.
     "disable_custom_all_reduce": [Behaves(_cfg(disable_custom_all_reduce=True))],
-    "task": [Behaves(_cfg(task="generate")), Rejects("embed", "pooling models"),
-             Rejects("translate", "task must be 'auto' or 'generate'")],
-    "runner": [Behaves(_cfg(runner="generate")), Rejects("pooling", "pooling models")],
+    "task": [Behaves(lambda mp: build(mp, task="embed").runner_type == "pooling" or _fail()),
+             Behaves(lambda mp: build(mp, task="generate").runner_type == "generate" or _fail()),
+             Rejects("classify", "classification, scoring, reward, transcription and draft models are not supported "
+                                 "yet"),
+             Rejects("translate", "task must be one of")],
+    "runner": [Behaves(lambda mp: build(mp, runner="pooling").is_pooling or _fail()),
+               Behaves(lambda mp: build(mp, runner="pooling").enable_chunked_prefill is False or _fail()),
+               Behaves(_cfg(runner="generate")), Rejects("draft", "draft models are not supported yet"),
+               Rejects("embed", "runner must be one of")],
     "scheduling_policy": [Behaves(lambda mp: build(mp, scheduling_policy="priority").verify_priority(3)),
                           Behaves(lambda mp: _raises(lambda: build(mp).verify_priority(3),
                                                      "Got priority 3 but Priority scheduling is not enabled")),

@@ -2,6 +2,7 @@
 
 ``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
 Routes: /v1/models, /v1/completions, /v1/chat/completions, /tokenize, /detokenize, /health, /ping, /version, /metrics,
+/v1/embeddings, /pooling and /score (/v1/score) for pooling (embedding) models,
 and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI server lacks but tutorials post to.
 """
 from __future__ import annotations
@@ -25,11 +26,13 @@ from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.generate_route import GENERATE_PATH, add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                                                  ModelCard, ModelList, RequestError, TokenizeChatRequest,
+                                                  EmbeddingRequest, ModelCard, ModelList, PoolingRequest,
+                                                  RequestError, ScoreRequest, TokenizeChatRequest,
                                                   TokenizeCompletionRequest)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_body, error_response
+from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagedllm.metrics import EngineMetrics
 
 logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
@@ -127,6 +130,13 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     completions = OpenAIServingCompletion(engine, served_model_names, **common)
     chat = OpenAIServingChat(engine, served_model_names, **common)
     base = OpenAIServing(engine, served_model_names, **common)
+    pooling = OpenAIServingPooling(engine, served_model_names, **common)
+    is_pooling = engine.config.is_pooling
+
+    def generative_only(api: str) -> None:
+        if is_pooling:
+            raise RequestError(f"The model does not support {api} API: it is a pooling (embedding) model; use "
+                               f"/v1/embeddings, /pooling or /score.", "model")
     app.state.engine = engine
     app.state.metrics = metrics
 
@@ -168,17 +178,33 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
 
     @app.get("/v1/models")
     async def list_models():
-        cards = [ModelCard(id=name, root=engine.engine_args.model, max_model_len=engine.config.max_model_len)
+        cards = [ModelCard(id=name, root=engine.engine_args.model, max_model_len=engine.config.max_model_len,
+                           task="embed" if is_pooling else "generate")
                  for name in served_model_names]
         return JSONResponse(ModelList(data=cards).model_dump())
 
     @app.post("/v1/completions")
     async def create_completion(request: CompletionRequest, raw_request: Request):
+        generative_only("Completions")
         return await completions.create_completion(request, raw_request)
 
     @app.post("/v1/chat/completions")
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request):
+        generative_only("Chat Completions")
         return await chat.create_chat_completion(request, raw_request)
+
+    @app.post("/v1/embeddings")
+    async def create_embedding(request: EmbeddingRequest, raw_request: Request):
+        return await pooling.create_embedding(request, raw_request)
+
+    @app.post("/pooling")
+    async def create_pooling(request: PoolingRequest, raw_request: Request):
+        return await pooling.create_pooling(request, raw_request)
+
+    @app.post("/score")
+    @app.post("/v1/score")
+    async def create_score(request: ScoreRequest, raw_request: Request):
+        return await pooling.create_score(request, raw_request)
 
     @app.post("/tokenize")
     async def tokenize(request: Union[TokenizeCompletionRequest, TokenizeChatRequest]):

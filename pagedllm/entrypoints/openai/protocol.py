@@ -68,6 +68,7 @@ class ModelCard(OpenAIBaseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+    task: str | None = None        # "generate" or "embed" (a pooling model)
     permission: list[ModelPermission] = Field(default_factory=lambda: [ModelPermission()])
 
 
@@ -367,3 +368,30 @@ class DetokenizeRequest(OpenAIBaseModel):
 
 class DetokenizeResponse(OpenAIBaseModel):
     prompt: str
+
+
+# ---- pooling models: /v1/embeddings, /pooling, /score (vLLM's request and response shapes) --------------------------
+PoolingInput = Union[str, list[str], list[int], list[list[int]]]
+
+
+class EmbeddingRequest(OpenAIBaseModel):
+    model: str | None = None
+    input: PoolingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    normalize: bool | None = None
+    priority: int = 0
+
+
+class PoolingRequest(EmbeddingRequest):
+    pass
+
+
+class ScoreRequest(OpenAIBaseModel):
+    model: str | None = None
+    text_1: Union[str, list[str]]
+    text_2: Union[str, list[str]]
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    priority: int = 0

@@ -1,0 +1,142 @@
+"""/v1/embeddings, /pooling and /score: pooling requests through the same engine, scheduler and token budget as
+generation (one request per input; its one step pools the prompt into a vector)."""
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from pagedllm.entrypoints.openai.protocol import (EmbeddingRequest, PoolingRequest, RequestError, ScoreRequest,
+                                                  random_uuid)
+from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, merge_streams, until_disconnected, usage_dict
+from pagedllm.pooling_params import PoolingParams
+
+
+def encode_vector(vector: torch.Tensor, encoding_format: str) -> list[float] | str:
+    """float: a JSON list; base64: the little-endian float32 bytes (what the openai client decodes with numpy)."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+class OpenAIServingPooling(OpenAIServing):
+    def check_pooling_model(self, api: str) -> None:
+        if not self.engine.config.is_pooling:
+            raise RequestError(f"The model does not support {api} API: it is a text generation model (start the "
+                               f"server with --runner pooling to use it as an embedding model).", "model")
+
+    async def _prompts(self, inputs: Any, params: PoolingParams, field: str = "input") -> list[dict]:
+        """Each input (a string, or token ids) as a tokenized prompt, truncated as asked, within max_model_len."""
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            raise RequestError(f"{field} must not be empty.", field)
+        processor = self.engine.input_processor
+        prompts = []
+        for item in inputs:
+            if isinstance(item, str):
+                self.need_tokenizer("A text input")
+                ids = await self.run_tokenizer(processor.encode_for_pooling, item, params)
+                prompt = {"prompt": item, "prompt_token_ids": ids}
+            else:
+                ids = list(item)
+                if params.truncate_prompt_tokens is not None:
+                    limit = params.truncate_prompt_tokens
+                    ids = ids[-(self.max_model_len if limit == -1 else limit):]
+                prompt = {"prompt_token_ids": ids}
+            if not ids:
+                raise RequestError(f"{field} must not contain an empty text or token list.", field)
+            if len(ids) > self.max_model_len:
+                raise RequestError(
+                    f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                    f"{len(ids)} tokens in the input for embedding generation. Please reduce the length of the "
+                    f"input.", field)
+            prompts.append(prompt)
+        return prompts
+
+    async def _run(self, prefix: str, prompts: list[dict], params: PoolingParams, priority: int,
+                   raw_request: Request | None) -> list | None:
+        """Every prompt's PoolingRequestOutput, in input order (None when the client went away)."""
+        request_id = f"{prefix}-{random_uuid()}"
+        ids = [f"{request_id}-{i}" for i in range(len(prompts))]
+        try:
+            self.engine.config.verify_priority(priority)
+        except ValueError as e:
+            raise RequestError(str(e), "priority") from None
+        streams = await self.submit(ids, prompts, [params] * len(prompts), priority)
+
+        async def gather() -> list:
+            results: list = [None] * len(prompts)
+            async for i, out in merge_streams(streams):
+                results[i] = out
+            return results
+        return await until_disconnected(gather(), raw_request)
+
+    def _params(self, req: EmbeddingRequest, task: str) -> PoolingParams:
+        try:
+            params = PoolingParams(dimensions=req.dimensions, normalize=req.normalize,
+                                   truncate_prompt_tokens=req.truncate_prompt_tokens, task=task)
+            hf = self.engine.config.hf_config
+            matryoshka = getattr(hf, "matryoshka_dimensions", None)
+            params.verify_dimensions(hf.hidden_size, matryoshka,
+                                     bool(getattr(hf, "is_matryoshka", False) or matryoshka), self.model_name)
+        except ValueError as e:
+            raise RequestError(str(e), "dimensions" if req.dimensions is not None else None) from None
+        return params
+
+    def _body(self, prefix: str, obj: str, data: list[dict], outputs: list) -> JSONResponse:
+        num_tokens = sum(len(o.prompt_token_ids) for o in outputs)
+        return JSONResponse({"id": f"{prefix}-{random_uuid()}", "object": "list", "created": int(time.time()),
+                             "model": self.model_name, "data": data, "usage": usage_dict(num_tokens, 0)})
+
+    async def create_embedding(self, req: EmbeddingRequest, raw_request: Request | None = None):
+        self.check_model(req.model)
+        self.check_pooling_model("Embeddings")
+        params = self._params(req, "embed")
+        outputs = await self._run("embd", await self._prompts(req.input, params), params, req.priority, raw_request)
+        if outputs is None:
+            return JSONResponse({}, status_code=499)
+        data = [{"index": i, "object": "embedding", "embedding": encode_vector(o.outputs.data, req.encoding_format)}
+                for i, o in enumerate(outputs)]
+        return self._body("embd", "embedding", data, outputs)
+
+    async def create_pooling(self, req: PoolingRequest, raw_request: Request | None = None):
+        self.check_model(req.model)
+        self.check_pooling_model("Pooling")
+        params = self._params(req, "encode")
+        outputs = await self._run("pool", await self._prompts(req.input, params), params, req.priority, raw_request)
+        if outputs is None:
+            return JSONResponse({}, status_code=499)
+        data = [{"index": i, "object": "pooling", "data": encode_vector(o.outputs.data, req.encoding_format)}
+                for i, o in enumerate(outputs)]
+        return self._body("pool", "pooling", data, outputs)
+
+    async def create_score(self, req: ScoreRequest, raw_request: Request | None = None):
+        """The cosine of the two texts' embeddings; text_1 is one text against each of text_2, or pairwise."""
+        self.check_model(req.model)
+        self.check_pooling_model("Score")
+        first = [req.text_1] if isinstance(req.text_1, str) else list(req.text_1)
+        second = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
+        if len(first) == 1:
+            first = first * len(second)
+        if not second or len(first) != len(second):
+            raise RequestError(f"text_1 must be one text or as many as text_2 (got {len(first)} and "
+                               f"{len(second)}).", "text_1")
+        try:
+            params = PoolingParams(normalize=True, truncate_prompt_tokens=req.truncate_prompt_tokens, task="score")
+        except ValueError as e:
+            raise RequestError(str(e), "truncate_prompt_tokens") from None
+        prompts = await self._prompts(first, params, "text_1") + await self._prompts(second, params, "text_2")
+        outputs = await self._run("score", prompts, params, req.priority, raw_request)
+        if outputs is None:
+            return JSONResponse({}, status_code=499)
+        n = len(first)
+        data = [{"index": i, "object": "score",
+                 "score": float(torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0))}
+                for i, (a, b) in enumerate(zip(outputs[:n], outputs[n:]))]
+        return self._body("score", "score", data, outputs)

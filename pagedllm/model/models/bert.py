@@ -1,0 +1,165 @@
+"""BERT encoders (``BertModel``: sentence-transformers' all-MiniLM, BGE, E5, ...) as pooling models.
+
+Embeddings (word + absolute position + token type 0) and a LayerNorm, then post-LN encoder layers: bidirectional
+self-attention, GELU MLP, each with a residual and a LayerNorm after it. The model returns the last hidden states;
+the engine's pooler (model/layers/pooler.py) makes one vector per request.
+
+Attention here is plain SDPA over the step's tokens, not an attention-backend call: an encoder attends both ways
+and keeps no KV cache, while pagedllm/attention's interface is paged, causal attention over a cache. A pooling
+engine schedules every prompt whole in one step, so a request begins where its position is 0; the step's requests
+are padded into one ``[B, H, L, D]`` batch with a key-padding mask (one SDPA call, as sentence-transformers' own
+padded batches).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.model.layers.embedding import VocabParallelEmbedding
+from pagedllm.model.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedllm.model.layers.norm import LayerNorm
+from pagedllm.model.models.weights import load_packed_weights
+
+
+def bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                            num_heads: int) -> torch.Tensor:
+    """Non-causal attention of each request's tokens over its own tokens. ``q, k, v``: ``[T, num_heads * D]``,
+    requests back to back, each starting at position 0. Returns ``[T, num_heads * D]``."""
+    num_tokens = q.shape[0]
+    head_dim = q.shape[1] // num_heads
+    starts = torch.nonzero(positions == 0).flatten().tolist() + [num_tokens]
+    lens = [b - a for a, b in zip(starts[:-1], starts[1:])]
+    if len(lens) == 1:   # one request: no padding
+        q, k, v = (x.view(1, num_tokens, num_heads, head_dim).transpose(1, 2) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(num_tokens, num_heads * head_dim)
+    longest = max(lens)
+    # Row r, column j of the padded batch holds flat token starts[r] + j, or the zero row past the end (padding).
+    col = torch.arange(longest, device=q.device)
+    start = torch.tensor(starts[:-1], device=q.device).unsqueeze(1)
+    length = torch.tensor(lens, device=q.device).unsqueeze(1)
+    valid = col < length                                               # [B, L]
+    index = torch.where(valid, start + col, num_tokens)
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x, x.new_zeros(1, x.shape[1])])[index]           # [B, L, H*D]
+        return x.view(len(lens), longest, num_heads, head_dim).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=valid[:, None, None, :])
+    return out.transpose(1, 2).reshape(len(lens), longest, num_heads * head_dim)[valid]
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        head_dim = cfg.hidden_size // self.num_heads
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, self.num_heads, self.num_heads, bias=True)
+        self.q_size = self.num_heads * head_dim
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_proj(hidden).split(self.q_size, dim=-1)
+        return bidirectional_attention(q, k, v, positions, self.num_heads)
+
+
+class BertOutput(nn.Module):
+    """dense -> + residual -> LayerNorm (post-LN), after the attention and after the MLP alike."""
+
+    def __init__(self, in_size: int, cfg):
+        super().__init__()
+        self.dense = RowParallelLinear(in_size, cfg.hidden_size, bias=True)
+        self.LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        setattr(self, "self", BertSelfAttention(cfg))     # HF's name, so checkpoint names map one to one
+        self.output = BertOutput(cfg.hidden_size, cfg)
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.output(getattr(self, "self")(hidden, positions), hidden)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"hidden_act={cfg.hidden_act!r} is not supported for BERT models yet; supported: gelu.")
+        self.dense = ColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, bias=True)
+        self.approximate = "none" if cfg.hidden_act == "gelu" else "tanh"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x), approximate=self.approximate)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attention = BertAttention(cfg)
+        self.intermediate = BertIntermediate(cfg)
+        self.output = BertOutput(cfg.intermediate_size, cfg)
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = self.attention(hidden, positions)
+        return self.output(self.intermediate(hidden), hidden)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"position_embedding_type={cfg.position_embedding_type!r} is not supported yet; "
+                             f"supported: absolute.")
+        self.word_embeddings = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = VocabParallelEmbedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = VocabParallelEmbedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # One segment per prompt: token type 0 everywhere (as sentence-transformers encodes single texts).
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        return self.LayerNorm(x)
+
+
+class BertModel(nn.Module):
+    packed_modules_mapping = {"query": ("qkv_proj", "q"), "key": ("qkv_proj", "k"), "value": ("qkv_proj", "v")}
+    # Not ours to compute: BERT's [CLS] pooler head (sentence-transformers does not use it) and HF's position buffer.
+    skipped_weights = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__()
+        self.config = hf_config
+        self.embeddings = BertEmbeddings(hf_config)
+        self.encoder = BertEncoder(hf_config)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        hidden = self.embeddings(input_ids, positions)
+        for layer in self.encoder.layer:
+            hidden = layer(hidden, positions)
+        return hidden
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        def renamed():
+            for name, tensor in weights:
+                if name.startswith("bert."):     # BertFor* checkpoints nest the encoder under bert.
+                    name = name[len("bert."):]
+                if name.startswith(("cls.", "classifier.")):
+                    continue
+                # Checkpoints from TF-era BERT name LayerNorm parameters gamma / beta.
+                yield name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"), \
+                    tensor
+        load_packed_weights(self, renamed(), self.packed_modules_mapping, skip=self.skipped_weights)
