@@ -9,7 +9,8 @@ if _envs.PAGEDLLM_CONFIGURE_LOGGING:
 from pagedllm.config import EngineArgs
 from pagedllm.entrypoints.llm import LLM
 from pagedllm.outputs import BeamSearchOutput, BeamSearchSequence, CompletionOutput, Logprob, RequestOutput
-from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+from pagedllm.sampling_params import (BeamSearchParams, GuidedDecodingParams, RequestOutputKind, SamplingParams,
+                                      StructuredOutputsParams)
 
 
 def bundled_model_path() -> str:
@@ -21,5 +22,6 @@ def bundled_model_path() -> str:
 
 
 __all__ = ["LLM", "SamplingParams", "BeamSearchParams", "RequestOutput", "CompletionOutput", "Logprob",
-           "EngineArgs", "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind", "bundled_model_path",
+           "EngineArgs", "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind", "StructuredOutputsParams",
+           "GuidedDecodingParams", "bundled_model_path",
            "__version__"]

