@@ -22,7 +22,9 @@ class StructuredOutputsParams:
     grammar: str | None = None
     json_object: bool | None = None
     structural_tag: str | None = None
-    # vLLM's knobs of the JSON-schema compilation.
+    # vLLM's knobs of the JSON-schema compilation. ``disable_fallback`` is honoured by construction: pagedllm has
+    # one backend (xgrammar) and never falls back to another. ``whitespace_pattern`` (an outlines option) is not
+    # supported: xgrammar takes ``disable_any_whitespace``.
     disable_any_whitespace: bool = False
     disable_additional_properties: bool = False
     disable_fallback: bool = False
@@ -37,6 +39,9 @@ class StructuredOutputsParams:
             if isinstance(self.choice, str) or not all(isinstance(c, str) for c in self.choice) or not self.choice:
                 raise ValueError(f"choice must be a non-empty list of strings, got {self.choice!r}.")
             self.choice = list(self.choice)
+        if self.whitespace_pattern is not None:
+            raise ValueError("whitespace_pattern is not supported (it is an outlines option; pagedllm's xgrammar "
+                             "backend takes disable_any_whitespace=True for compact JSON).")
         kinds = self.kinds
         if len(kinds) > 1:
             raise ValueError(f"You can only use one kind of structured outputs constraint but multiple are "
@@ -60,6 +65,12 @@ class GuidedDecodingParams(StructuredOutputsParams):
     tutorials. ``backend`` is accepted for compatibility: pagedllm has one backend, xgrammar."""
     backend: str | None = None
     backend_was_auto: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in (None, "auto", "xgrammar"):
+            raise ValueError(f"Structured output backend {self.backend!r} is not supported: pagedllm uses xgrammar "
+                             f"(backend='xgrammar' or 'auto').")
+        super().__post_init__()
 
 
 class RequestOutputKind(IntEnum):
