@@ -12,7 +12,8 @@ from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, CompletionOu
                               EmbeddingRequestOutput, Logprob, PoolingOutput, PoolingRequestOutput, RequestOutput,
                               ScoringOutput, ScoringRequestOutput)
 from pagedllm.pooling_params import PoolingParams
-from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+from pagedllm.sampling_params import (BeamSearchParams, GuidedDecodingParams, RequestOutputKind, SamplingParams,
+                                      StructuredOutputsParams)
 
 
 def bundled_model_path() -> str:
@@ -24,6 +25,7 @@ def bundled_model_path() -> str:
 
 
 __all__ = ["LLM", "SamplingParams", "PoolingParams", "PoolingOutput", "PoolingRequestOutput", "EmbeddingOutput",
-           "EmbeddingRequestOutput", "ScoringOutput", "ScoringRequestOutput", "BeamSearchParams", "RequestOutput", "CompletionOutput", "Logprob",
-           "EngineArgs", "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind", "bundled_model_path",
+           "EmbeddingRequestOutput", "ScoringOutput", "ScoringRequestOutput", "BeamSearchParams", "RequestOutput",
+           "CompletionOutput", "Logprob", "EngineArgs", "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind",
+           "StructuredOutputsParams", "GuidedDecodingParams", "bundled_model_path",
            "__version__"]

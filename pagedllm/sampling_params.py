@@ -10,6 +10,69 @@ _SAMPLING_EPS = 1e-5
 MAX_N = 16384
 
 
+@dataclass
+class StructuredOutputsParams:
+    """One constraint on the generated text (vLLM's ``StructuredOutputsParams``): a JSON schema (``json``: a dict, a
+    JSON string or a pydantic model class), a ``regex``, one of the strings in ``choice``, an EBNF ``grammar``, any
+    JSON object (``json_object=True``) or an xgrammar ``structural_tag`` (a JSON string). Enforced by a token
+    bitmask on the logits (pagedllm/engine/structured_output.py)."""
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    # vLLM's knobs of the JSON-schema compilation. ``disable_fallback`` is honoured by construction: pagedllm has
+    # one backend (xgrammar) and never falls back to another. ``whitespace_pattern`` (an outlines option) is not
+    # supported: xgrammar takes ``disable_any_whitespace``.
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    disable_fallback: bool = False
+    whitespace_pattern: str | None = None
+
+    _KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+    def __post_init__(self) -> None:
+        if hasattr(self.json, "model_json_schema"):      # a pydantic model class: its schema
+            self.json = self.json.model_json_schema()
+        if self.choice is not None:
+            if isinstance(self.choice, str) or not all(isinstance(c, str) for c in self.choice) or not self.choice:
+                raise ValueError(f"choice must be a non-empty list of strings, got {self.choice!r}.")
+            self.choice = list(self.choice)
+        if self.whitespace_pattern is not None:
+            raise ValueError("whitespace_pattern is not supported (it is an outlines option; pagedllm's xgrammar "
+                             "backend takes disable_any_whitespace=True for compact JSON).")
+        kinds = self.kinds
+        if len(kinds) > 1:
+            raise ValueError(f"You can only use one kind of structured outputs constraint but multiple are "
+                             f"specified: {', '.join(kinds)}.")
+        if not kinds:
+            raise ValueError("You must use one kind of structured outputs constraint but none are specified "
+                             "(json, regex, choice, grammar, json_object or structural_tag).")
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in self._KINDS if getattr(self, k) not in (None, False)]
+
+    @property
+    def kind(self) -> str:
+        return self.kinds[0]
+
+
+@dataclass
+class GuidedDecodingParams(StructuredOutputsParams):
+    """vLLM's older name for ``StructuredOutputsParams`` (``SamplingParams(guided_decoding=...)``), still in many
+    tutorials. ``backend`` is accepted for compatibility: pagedllm has one backend, xgrammar."""
+    backend: str | None = None
+    backend_was_auto: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in (None, "auto", "xgrammar"):
+            raise ValueError(f"Structured output backend {self.backend!r} is not supported: pagedllm uses xgrammar "
+                             f"(backend='xgrammar' or 'auto').")
+        super().__post_init__()
+
+
 class RequestOutputKind(IntEnum):
     CUMULATIVE = 0   # every output carries the whole text so far
     DELTA = 1        # only what is new since the last output
@@ -45,10 +108,12 @@ class SamplingParams:
     truncate_prompt_tokens: int | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     extra_args: dict[str, Any] | None = None
-    # vLLM's names for what pagedllm does not do yet: None, or a ValueError that says so (not an unknown keyword).
+    # Constrained generation (JSON schema, regex, choice, grammar); ``guided_decoding`` is vLLM's older spelling,
+    # moved into ``structured_outputs`` on construction.
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_decoding: GuidedDecodingParams | None = None
+    # vLLM's name for what pagedllm does not do yet: None, or a ValueError that says so (not an unknown keyword).
     logits_processors: list[Any] | None = None
-    structured_outputs: Any = None
-    guided_decoding: Any = None
     # Filled by the engine: EOS ids of the model (generation_config may list several).
     _all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     # Filled by ``update_from_tokenizer``: each bad word as token ids (with and without a leading space).
@@ -76,11 +141,19 @@ class SamplingParams:
         if 0 < self.temperature < 0.01:
             # vLLM raises tiny temperatures to 0.01: below that the softmax overflows in fp16/bf16.
             self.temperature = 0.01
+        self._take_guided_decoding()
         self._verify_args()
         if self.temperature < _SAMPLING_EPS:
             # Greedy: the other sampling knobs have no effect; make that explicit.
             self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
         self._all_stop_token_ids = set(self.stop_token_ids)
+
+    def _take_guided_decoding(self) -> None:
+        if self.guided_decoding is None:
+            return
+        if self.structured_outputs is not None:
+            raise ValueError("Set structured_outputs or guided_decoding (its older name), not both.")
+        self.structured_outputs, self.guided_decoding = self.guided_decoding, None
 
     def _verify_args(self) -> None:
         if not isinstance(self.n, int) or isinstance(self.n, bool):
@@ -141,10 +214,9 @@ class SamplingParams:
                              "pagedllm does not support yet.")
         if self.logits_processors:
             raise ValueError("logits_processors is not supported yet by pagedllm.")
-        for name in ("structured_outputs", "guided_decoding"):
-            if getattr(self, name) is not None:
-                raise ValueError(f"{name} is not supported yet: structured output (JSON schema, regex, grammar, "
-                                 f"choice) is not implemented in pagedllm.")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ValueError(f"structured_outputs must be a StructuredOutputsParams, got "
+                             f"{type(self.structured_outputs).__name__}.")
 
     # ---- helpers used by the engine ---------------------------------------------------------------------
     @property
@@ -192,6 +264,9 @@ class SamplingParams:
 
     def verify_without_tokenizer(self) -> None:
         """Raise for what needs a tokenizer, for an engine that has none (``skip_tokenizer_init``)."""
+        if self.structured_outputs is not None:
+            raise ValueError("structured_outputs needs the tokenizer (the grammar is matched against the "
+                             "vocabulary), and this engine was started without one (skip_tokenizer_init=True).")
         if self.bad_words:
             raise ValueError("bad_words needs the tokenizer (the words are encoded to token ids), and this engine "
                              "was started without one (skip_tokenizer_init=True).")

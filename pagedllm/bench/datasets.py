@@ -18,7 +18,9 @@ import numpy as np
 
 from pagedllm.bench.utils import vocab_ids
 
-DATASET_NAMES = ("sharegpt", "random", "prefix_repetition")
+# json-schema / regex / choice: structured-output requests (vLLM's benchmark_serving_structured_output workloads).
+STRUCTURED_DATASETS = ("json-schema", "regex", "choice")
+DATASET_NAMES = ("sharegpt", "random", "prefix_repetition") + STRUCTURED_DATASETS
 
 # vLLM's ShareGPT filter: drop too-short pairs and too-long prompts / totals.
 SHAREGPT_MIN_LEN = 4
@@ -32,6 +34,9 @@ class SampleRequest:
     expected_output_len: int
     prompt_text: str | None = None
     prompt_token_ids: list[int] | None = None
+    # Request fields of this request only (the constraint of a structured-output workload: guided_json, ...).
+    extra_body: dict[str, Any] | None = None
+    structured_outputs: Any = None      # the same constraint as StructuredOutputsParams fields, for LLM.generate
 
     def completion_prompt(self) -> str | list[int]:
         """What a /v1/completions request sends: token ids when known (exact length), else the text."""
@@ -146,6 +151,47 @@ def sample_prefix_repetition(num_requests: int, prefix_len: int, suffix_len: int
     return [requests[i] for i in order]
 
 
+# ---- structured output --------------------------------------------------------------------------------------------
+_CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Quito", "Seoul", "Perth"]
+
+
+def structured_request(kind: str, index: int) -> tuple[str, str, Any]:
+    """(prompt, request field, its value) of the ``index``-th structured request: a JSON schema with a few typed,
+    bounded fields; a regex (a dated ticket id); a choice among labels. The schema varies with ``index`` (a field
+    name), so the grammar cache sees several specs, as a real mix would."""
+    city = _CITIES[index % len(_CITIES)]
+    if kind == "json-schema":
+        schema = {"type": "object",
+                  "properties": {"city": {"type": "string", "maxLength": 16},
+                                 f"temperature_{index % 4}": {"type": "integer", "minimum": -50, "maximum": 60},
+                                 "sky": {"enum": ["clear", "cloudy", "rain", "snow"]},
+                                 "wind_kmh": {"type": "number", "minimum": 0, "maximum": 300}},
+                  "required": ["city", f"temperature_{index % 4}", "sky", "wind_kmh"],
+                  "additionalProperties": False}
+        return f"Report today's weather in {city} as a JSON object.", "guided_json", schema
+    if kind == "regex":
+        return (f"Open a support ticket for the {city} office. Ticket id:", "guided_regex",
+                r"[A-Z]{3}-20[0-9]{2}-[0-9]{4} \((low|medium|high)\)")
+    if kind == "choice":
+        return (f"Is {city} a capital city? Answer:", "guided_choice",
+                ["yes", "no", "it used to be", "I am not sure"])
+    raise ValueError(f"Unknown structured dataset {kind!r}.")
+
+
+_FIELD_TO_PARAM = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice"}
+
+
+def sample_structured(kind: str, num_requests: int, output_len: int, tokenizer) -> list[SampleRequest]:
+    """Structured-output requests; ``output_len`` is their max_tokens (a grammar usually ends them earlier)."""
+    out = []
+    for i in range(num_requests):
+        prompt, field, value = structured_request(kind, i)
+        prompt_len = len(tokenizer.encode(prompt)) if tokenizer is not None else len(prompt.split())
+        out.append(SampleRequest(prompt_len, output_len, prompt_text=prompt, extra_body={field: value},
+                                 structured_outputs={_FIELD_TO_PARAM[field]: value}))
+    return out
+
+
 # ---- CLI ----------------------------------------------------------------------------------------------------------
 def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "random",
                      with_random_lens: bool = True) -> None:
@@ -167,6 +213,8 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
     g.add_argument("--prefix-repetition-suffix-len", type=int, default=256)
     g.add_argument("--prefix-repetition-num-prefixes", type=int, default=10)
     g.add_argument("--prefix-repetition-output-len", type=int, default=128)
+    g.add_argument("--structured-output-len", type=int, default=96,
+                   help="max_tokens of json-schema / regex / choice requests (the grammar usually ends them first).")
 
 
 def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int | None = None,
@@ -193,4 +241,7 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
             num_prefixes=args.prefix_repetition_num_prefixes,
             output_len=output_len if output_len is not None else args.prefix_repetition_output_len,
             tokenizer=tokenizer, seed=args.seed or 0)
+    if name in STRUCTURED_DATASETS:
+        return sample_structured(name, num_requests,
+                                 output_len if output_len is not None else args.structured_output_len, tokenizer)
     raise ValueError(f"Unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}.")

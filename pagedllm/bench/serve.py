@@ -128,7 +128,7 @@ def _request_input(req: SampleRequest, *, api_url: str, model: str, chat: bool, 
                             prompt=req.chat_text() if chat else req.completion_prompt(),
                             prompt_len=req.prompt_len, output_len=req.expected_output_len,
                             ignore_eos=args.ignore_eos, logprobs=args.logprobs, sampling=sampling,
-                            extra_body=args.extra_body)
+                            extra_body={**(args.extra_body or {}), **(req.extra_body or {})} or None)
 
 
 async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleRequest], *, api_url: str, model: str,

@@ -49,6 +49,10 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.dataset_path is None and args.dataset_name == "sharegpt":
         print("When dataset path is not set, it will default to random dataset")
         args.dataset_name = "random"
+    if args.dataset_name in ("json-schema", "regex", "choice"):
+        raise ValueError(f"--dataset-name {args.dataset_name} is a structured-output dataset: `pagedllm bench serve` "
+                         f"runs it (or benchmarks/benchmark_guided.py offline); bench throughput would drop its "
+                         f"constraints.")
     if args.dataset_name == "random" and args.input_len is None:
         raise ValueError("input_len must be provided for a random dataset (--input-len).")
     if args.backend == "hf":

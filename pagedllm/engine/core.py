@@ -14,12 +14,14 @@ import traceback
 from typing import Any
 
 from pagedllm.config import EngineArgs, EngineConfig, verify_engine_args
+from pagedllm.engine.input_processor import load_tokenizer
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, CoreReady, CoreSnapshot,
                                       CoreStepOutputs, EngineCoreOutputs, EngineCoreRequest, EngineSnapshot,
                                       Shutdown)
 from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler import Scheduler, StepStats
+from pagedllm.engine.structured_output import StructuredOutputManager
 from pagedllm.step_data import SchedulerOutput
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class EngineCore:
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.enable_chunked_prefill)
         self.num_blocks = num_blocks
+        self.structured_output = StructuredOutputManager(config, load_tokenizer)
         # Async scheduling: the launched step whose tokens the host has not seen yet.
         self._in_flight: tuple[SchedulerOutput, Any] | None = None
         self._async_scheduling = config.async_scheduling
@@ -67,10 +70,13 @@ class EngineCore:
 
     # ---- requests -----------------------------------------------------------------------------------------------
     def add_request(self, req: EngineCoreRequest) -> None:
-        self.scheduler.add_request(Request(req.request_id, req.prompt_token_ids, req.sampling_params,
-                                           req.eos_token_ids, req.arrival_time, req.priority,
-                                           max_tokens=req.max_tokens, cache_salt=req.cache_salt,
-                                           pooling_params=req.pooling_params))
+        request = Request(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_ids,
+                          req.arrival_time, req.priority, max_tokens=req.max_tokens, cache_salt=req.cache_salt,
+                          pooling_params=req.pooling_params)
+        so = req.sampling_params.structured_outputs
+        if so is not None:     # compiled once per spec, here in the core; the front end has validated it
+            request.grammar = self.structured_output.new_matcher(so, req.eos_token_ids)
+        self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids) -> None:
         """End these requests now (a user abort, or a stop string the front end found); their blocks are freed."""
@@ -99,6 +105,7 @@ class EngineCore:
         sched = self.scheduler.schedule()
         launched = None
         if not sched.is_empty:
+            self._fill_grammar_bitmask(sched)
             sched.sample_async = self._async_scheduling and self._can_sample_async(sched)
             launched = self.runner.launch(sched)
         outputs = EngineCoreOutputs()
@@ -124,9 +131,20 @@ class EngineCore:
         stats.num_prompt_tokens += new_stats.num_prompt_tokens
         stats.num_generation_tokens += new_stats.num_generation_tokens
 
+    def _fill_grammar_bitmask(self, sched: SchedulerOutput) -> None:
+        """One bitmask for every constrained request that samples this step (rows in the order of the ids)."""
+        constrained = [item.request for item in self.scheduler.launched_items(sched.step_id)
+                       if item.will_sample and item.request.grammar is not None]
+        if constrained:
+            sched.structured_output_request_ids = [r.request_id for r in constrained]
+            sched.grammar_bitmask = self.structured_output.fill_bitmask(constrained)
+
     def _can_sample_async(self, sched: SchedulerOutput) -> bool:
         """Can this step be sampled before the host has seen the previous step's tokens? Not when the sampler
-        needs every token on the host (penalties, multi-token bad words) or the host must read logprobs."""
+        needs every token on the host (penalties, multi-token bad words), the host must read logprobs, or a
+        grammar must see the previous token before it can mask the next one (structured output)."""
+        if sched.grammar_bitmask is not None:
+            return False
         for item in self.scheduler.launched_items(sched.step_id):
             sp = item.request.sampling_params
             if (sp.logprobs is not None or sp.prompt_logprobs is not None or sp.repetition_penalty != 1.0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedllm.config import EngineConfig
+from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -203,6 +204,8 @@ class InputProcessor:
             params.verify_without_tokenizer()
         elif params.bad_words:
             params.update_from_tokenizer(self.tokenizer)
+        if params.structured_outputs is not None:
+            structured_output.validate(params.structured_outputs)   # a bad schema / regex fails here, not in the core
 
 
 # A pooling request's sampling settings: never sampled; max_tokens=1 ends its scheduling with its prompt's step.

@@ -63,6 +63,9 @@ class Request:
         self.sent_to_workers = False
         self.resumed = False
         self.first_scheduled_time: float | None = None
+        # Structured output: this request's grammar matcher (engine/structured_output.py), fed every token it
+        # samples; None for a free request.
+        self.grammar = None
 
     @property
     def num_tokens(self) -> int:

@@ -13,6 +13,7 @@ commits the sampled tokens, applies the token-level stop rules and frees finishe
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.engine.request import FINISH_REASONS, Request, RequestStatus
 from pagedllm.step_data import ModelRunnerOutput, NewRequestData, ResumedRequestData, SchedulerOutput
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -261,6 +264,8 @@ class Scheduler:
                 out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
                 out.first_scheduled_time[rid] = r.first_scheduled_time
             status = self._check_stop(r)
+            if r.grammar is not None and self._grammar_ended(r, token) and status is None:
+                status = RequestStatus.FINISHED_STOPPED
             if status is not None:
                 self.finish_request(r, status)
                 out.finished[rid] = (FINISH_REASONS[status], r.stop_reason)
@@ -268,6 +273,17 @@ class Scheduler:
                     out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
         stats.num_generation_tokens += len(req_ids)
         return out, stats
+
+    @staticmethod
+    def _grammar_ended(request: Request, token: int) -> bool:
+        """Structured output: the request's matcher takes the token; True when its grammar has ended."""
+        matcher = request.grammar
+        if not matcher.accept_token(token):
+            # Cannot happen for a masked step; loud, because the output no longer follows the grammar.
+            logger.error("Request %s: token %d is not allowed by its grammar; ending the request.",
+                         request.request_id, token)
+            return True
+        return matcher.is_terminated()
 
     def _check_stop(self, request: Request) -> RequestStatus | None:
         """Token-level stop conditions after a new token (stop strings are the front end's output processor's)."""

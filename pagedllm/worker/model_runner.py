@@ -14,7 +14,7 @@ from pagedllm.attention.registry import create_attention_backend
 from pagedllm.config import EngineConfig
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
-from pagedllm.model.layers.sampler import Sampler, to_device, top_logprobs
+from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.model.registry import is_encoder_only
 from pagedllm.step_data import ModelRunnerOutput, SchedulerOutput
@@ -35,6 +35,9 @@ class LaunchedStep:
     tokens_host: torch.Tensor | None = None  # async: the sampled tokens, being copied to the host
     pooled: dict[str, torch.Tensor] | None = None   # pooling models: each request's vector
     ready: object | None = None              # async on CUDA: event recorded after that copy
+    # Structured output: the step's token bitmask and, per bitmask row, its row in ``logits``.
+    grammar_bitmask: torch.Tensor | None = None
+    grammar_rows: list[int] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -306,7 +309,12 @@ class ModelRunner:
         if sampled_rows:
             rows = to_device([int(starts[i + 1]) - 1 for i in sampled_rows], self.device)
             step.logits = self.model.compute_logits(hidden[rows])
+            if sched.grammar_bitmask is not None:
+                logits_row = {st.req_id: j for j, st in enumerate(step.sampled_requests)}
+                step.grammar_bitmask = sched.grammar_bitmask
+                step.grammar_rows = [logits_row[rid] for rid in sched.structured_output_request_ids]
         if sched.sample_async:
+            self._apply_grammar(step)
             tokens = (self.sampler.sample(step.logits, step.sampled_requests) if sampled_rows
                       else torch.empty(0, dtype=torch.long, device=self.device))
             self._remember_sampled(tokens, step.sampled_requests)
@@ -315,6 +323,14 @@ class ModelRunner:
                 step.ready = torch.cuda.Event()
                 step.ready.record()
         return step
+
+    @staticmethod
+    def _apply_grammar(step: "LaunchedStep") -> None:
+        """Structured output: tokens a request's grammar forbids get -inf before sampling. Logprobs are those of
+        the constrained distribution then (as in vLLM)."""
+        if step.grammar_bitmask is not None:
+            step.logits = step.logits.float()
+            apply_grammar_bitmask(step.logits, step.grammar_bitmask, step.grammar_rows)
 
     def _remember_sampled(self, tokens: torch.Tensor, requests: list[CachedRequestState]) -> None:
         self._prev_sampled = tokens
@@ -347,6 +363,7 @@ class ModelRunner:
         if prompt_rows:
             self._prompt_logprobs(step.hidden, prompt_rows, out)
         if step.sampled_requests:
+            self._apply_grammar(step)
             result = self.sampler(step.logits, step.sampled_requests)
             self._remember_sampled(result.tokens, step.sampled_requests)
             for r, tok, lp in zip(step.sampled_requests, result.token_ids, result.logprobs):

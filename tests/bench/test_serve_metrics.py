@@ -391,3 +391,20 @@ def test_cli_wiring_and_script(fake_server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Successful requests:                     3" in proc.stdout
     assert "3/3" in proc.stderr                          # the tqdm progress bar
+
+
+@pytest.mark.parametrize("dataset, field", [("json-schema", "guided_json"), ("regex", "guided_regex"),
+                                            ("choice", "guided_choice")])
+def test_structured_datasets_send_their_constraint(fake_server, tmp_path, dataset, field):
+    """--dataset-name json-schema|regex|choice: every request carries its constraint (beside --extra-body's fields)
+    and max_tokens = --structured-output-len."""
+    fake_server.reset(ttft_s=0.01, itl_s=0.001)
+    args = serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--dataset-name", dataset,
+                      "--num-prompts", "4", "--structured-output-len", "7", "--skip-tokenizer-init", "--disable-tqdm",
+                      "--extra-body", '{"top_k": 3}', "--result-dir", str(tmp_path))
+    result = serve.main(args)
+    assert result["completed"] == 4
+    bodies = [r.body for r in fake_server.requests]
+    assert all(field in b and b["top_k"] == 3 and b["max_tokens"] == 7 for b in bodies), bodies
+    if dataset == "json-schema":
+        assert {b["guided_json"]["type"] for b in bodies} == {"object"}

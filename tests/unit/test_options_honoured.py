@@ -16,7 +16,7 @@ from pagedllm import config as cfg_mod
 from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel
 from pagedllm.engine.core import create_engine_config
 from pagedllm.model.layers.sampler import Sampler
-from pagedllm.sampling_params import SamplingParams
+from pagedllm.sampling_params import GuidedDecodingParams, SamplingParams
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "pagedllm"
 
@@ -258,8 +258,10 @@ SAMPLING_FIELDS: dict[str, list] = {
     "output_kind": [Read(("engine/",), ".output_kind")],
     "extra_args": [Behaves(_sp(extra_args={})), Rejects({"my_processor": 1}, "extra_args is not supported yet")],
     "logits_processors": [Rejects([lambda ids, logits: logits], "logits_processors is not supported yet")],
-    "structured_outputs": [Rejects({"json": {"type": "object"}}, "structured_outputs is not supported yet")],
-    "guided_decoding": [Rejects({"regex": "[0-9]+"}, "guided_decoding is not supported yet")],
+    "structured_outputs": [Read(("engine/core.py",), "sampling_params.structured_outputs"),
+                           Rejects({"json": {"type": "object"}}, "structured_outputs must be a StructuredOutputsParams")],
+    "guided_decoding": [Behaves(lambda: SamplingParams(guided_decoding=GuidedDecodingParams(regex="[0-9]+"))
+                                .structured_outputs.regex == "[0-9]+" or _fail())],
 }
 
 

@@ -128,7 +128,11 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     common = dict(tokenizer=engine.tokenizer, chat_template=args.chat_template, response_role=args.response_role,
                   log_requests=args.log_requests, max_log_len=args.max_log_len)
     completions = OpenAIServingCompletion(engine, served_model_names, **common)
-    chat = OpenAIServingChat(engine, served_model_names, **common)
+    tool_parser = None
+    if getattr(args, "enable_auto_tool_choice", False):
+        from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
+        tool_parser = get_tool_parser(args.tool_call_parser)
+    chat = OpenAIServingChat(engine, served_model_names, tool_parser=tool_parser, **common)
     base = OpenAIServing(engine, served_model_names, **common)
     pooling = OpenAIServingPooling(engine, served_model_names, **common)
     is_pooling = engine.config.is_pooling

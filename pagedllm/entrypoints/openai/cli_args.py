@@ -53,6 +53,10 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="Run the engine in a thread of the API server process instead of its own process (the "
                         "engine process keeps HTTP work from competing with the engine for the GIL).")
     g.add_argument("--disable-fastapi-docs", action="store_true", help="Disable /docs, /redoc and /openapi.json.")
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='tool_choice="auto" on chat: the model decides, and --tool-call-parser reads its calls.')
+    g.add_argument("--tool-call-parser", type=str, default=None,
+                   help="The model's tool-call format for tool_choice=\"auto\": hermes, qwen3, llama3_json, mistral.")
     g.add_argument("--enable-prompt-tokens-details", action="store_true",
                    help="Accepted for compatibility (prompt_tokens_details stays null).")
     return parser
@@ -105,6 +109,11 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     # Default: log requests (one line each); --disable-log-requests turns that off, --enable-log-requests wins.
     args.log_requests = bool(args.enable_log_requests) or not bool(args.disable_log_requests)
     args.chat_template = load_chat_template(args.chat_template)
+    if args.enable_auto_tool_choice:
+        from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
+        if not args.tool_call_parser:
+            raise ValueError("--enable-auto-tool-choice requires --tool-call-parser to be set.")
+        get_tool_parser(args.tool_call_parser)     # an unknown name fails before start-up
     verify_engine_args(EngineArgs.from_cli_args(args))   # a flag pagedllm cannot honour fails here, before start-up
     return args
 

@@ -12,6 +12,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pagedllm.sampling_params import StructuredOutputsParams
+
 
 class RequestError(ValueError):
     """A bad request: HTTP 400 (or ``code``) with OpenAI's error JSON; ``param`` names the offending field."""
@@ -83,8 +85,17 @@ class StreamOptions(OpenAIBaseModel):
     continuous_usage_stats: bool | None = False
 
 
+class JsonSchemaResponseFormat(OpenAIBaseModel):
+    name: str | None = None
+    description: str | None = None
+    # "schema" shadows a BaseModel attribute: kept under another name, read and written as "schema".
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(OpenAIBaseModel):
-    type: str = "text"
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaResponseFormat | None = None
 
 
 class UsageInfo(OpenAIBaseModel):
@@ -130,6 +141,47 @@ class SamplingFields(OpenAIBaseModel):
     request_id: str | None = None
     return_token_ids: bool | None = None
     cache_salt: str | None = None
+    # vLLM's structured-output extras (one at most, or response_format).
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
+    guided_decoding_backend: str | None = None
+
+    def structured_output_fields(self) -> tuple[str, StructuredOutputsParams] | None:
+        """The request's constraint as (the field it came from, its params), or None; RequestError names the field
+        when it cannot be one."""
+        given: list[tuple[str, dict]] = []
+        if self.response_format is not None and self.response_format.type != "text":
+            if self.response_format.type == "json_object":
+                given.append(("response_format", {"json_object": True}))
+            else:
+                spec = self.response_format.json_schema
+                if spec is None or spec.json_schema is None:
+                    raise RequestError("response_format of type 'json_schema' needs json_schema.schema.",
+                                       "response_format")
+                given.append(("response_format", {"json": spec.json_schema}))
+        for name, key in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"),
+                          ("guided_grammar", "grammar")):
+            value = getattr(self, name)
+            if value is not None:
+                given.append((name, {key: value}))
+        if self.structured_outputs is not None:
+            given.append(("structured_outputs", dict(self.structured_outputs)))
+        if not given:
+            return None
+        if len(given) > 1:
+            raise RequestError(f"You can only use one kind of structured outputs constraint but multiple are "
+                               f"specified: {', '.join(name for name, _ in given)}.", given[1][0])
+        name, fields = given[0]
+        if self.guided_whitespace_pattern is not None:
+            fields["whitespace_pattern"] = self.guided_whitespace_pattern
+        try:
+            return name, StructuredOutputsParams(**fields)
+        except (TypeError, ValueError) as e:
+            raise RequestError(f"{name}: {e}", name) from None
 
     def check(self) -> None:
         """Checks across fields (pydantic checks each field's type); raises RequestError naming the field."""
@@ -139,9 +191,6 @@ class SamplingFields(OpenAIBaseModel):
             raise RequestError("`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs")
         if self.use_beam_search:
             raise RequestError("use_beam_search is not supported by the server yet.", "use_beam_search")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise RequestError(f"response_format {self.response_format.type!r} (structured output) is not "
-                               f"supported yet; only 'text'.", "response_format")
 
 
 # ---- /v1/completions -------------------------------------------------------------------------------------------------

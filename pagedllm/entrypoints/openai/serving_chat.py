@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from pagedllm.engine import structured_output
+from pagedllm.entrypoints.openai import tool_parsers
+from pagedllm.entrypoints.openai.tool_parsers import ToolParser
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
                                                   ChatCompletionResponse, ChatCompletionResponseChoice, ChatLogProb,
                                                   ChatLogProbsContent, ChatMessage, ChatResponseMessage, RequestError,
@@ -16,6 +20,7 @@ from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_log
                                                         dumps, plain_prompt_logprobs, sse, until_disconnected,
                                                         usage_dict)
 from pagedllm.outputs import Logprob
+from pagedllm.sampling_params import StructuredOutputsParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -49,14 +54,75 @@ def conversation(messages: list[ChatMessage]) -> list[dict]:
     return out
 
 
+@dataclass
+class ToolMode:
+    """How this request's output becomes tool calls: "none", "auto" (the parser reads the model's format),
+    "required" (a constrained JSON array of calls) or "named" (constrained arguments of ``function``)."""
+    kind: str = "none"
+    function: dict | None = None
+
+
 class OpenAIServingChat(OpenAIServing):
+    def __init__(self, *args, tool_parser: ToolParser | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tool_parser = tool_parser      # --enable-auto-tool-choice --tool-call-parser NAME
+
+    def tool_mode(self, req: ChatCompletionRequest) -> ToolMode:
+        choice = req.tool_choice
+        if choice is None:
+            # OpenAI's default with tools is "auto"; without an auto parser the tools are only shown (vLLM).
+            return ToolMode("auto" if req.tools and self.tool_parser is not None else "none")
+        if choice == "none":
+            return ToolMode()
+        if not req.tools:
+            raise RequestError("When using `tool_choice`, `tools` must be set.", "tool_choice")
+        if choice == "auto":
+            if self.tool_parser is None:
+                raise RequestError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
+                                   'to be set', "tool_choice")
+            return ToolMode("auto")
+        if choice == "required":
+            tool_parsers.required_schema(req.tools)      # checks the tools
+            return ToolMode("required")
+        return ToolMode("named", tool_parsers.named_tool(req.tools, choice))
+
+    def tool_constraint(self, req: ChatCompletionRequest, mode: ToolMode) -> StructuredOutputsParams | None:
+        """Forced calls are enforced by the JSON-schema constraint; otherwise the request's own constraint."""
+        if mode.kind not in ("named", "required"):
+            return self.structured_outputs(req)
+        if req.structured_output_fields() is not None:
+            raise RequestError(f"tool_choice={mode.kind!r} constrains the output itself: drop response_format / "
+                               f"guided_* from the request.", "tool_choice")
+        schema = (tool_parsers.parameters_schema(mode.function) if mode.kind == "named"
+                  else tool_parsers.required_schema(req.tools))
+        so = StructuredOutputsParams(json=schema)
+        try:
+            structured_output.validate(so)
+        except ValueError as e:
+            raise RequestError(f"The tool's parameters schema: {e}", "tools") from None
+        return so
+
+    def tool_calls(self, mode: ToolMode, text: str, finish_reason: str | None) -> tuple[str | None, list, str | None]:
+        """(content, tool_calls, finish_reason) of a finished choice."""
+        if mode.kind == "named":
+            return None, [tool_parsers.tool_call(mode.function["name"], text)], finish_reason
+        if mode.kind == "required":
+            try:
+                return None, tool_parsers.calls_from_required(text), "tool_calls"
+            except (ValueError, KeyError, TypeError):    # cut by max_tokens: not a whole JSON array
+                return text, [], finish_reason
+        if mode.kind == "auto":
+            content, calls = self.tool_parser.extract(text)
+            if calls:
+                return content, calls, "tool_calls"
+        return text, [], finish_reason
+
     async def create_chat_completion(self, req: ChatCompletionRequest, raw_request: Request | None = None):
         try:
             req.check()
             self.check_model(req.model)
-            if req.tools and req.tool_choice not in (None, "none"):
-                raise RequestError('"auto" tool choice and forced tool calls are not supported yet: pass '
-                                   'tool_choice="none" to only show the tools to the model.', "tool_choice")
+            mode = self.tool_mode(req)
+            so = self.tool_constraint(req, mode)
             conv = conversation(req.messages)
             ids = await self.render_chat(
                 conv, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
@@ -67,7 +133,7 @@ class OpenAIServingChat(OpenAIServing):
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
-            params = self.sampling_params(req, max_tokens, logprobs)
+            params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
             request_id = f"chatcmpl-{req.request_id or random_uuid()}"
             prompt = {"prompt_token_ids": ids}
             if req.cache_salt is not None:
@@ -81,9 +147,9 @@ class OpenAIServingChat(OpenAIServing):
             echo = conv[-1]["content"] or ""
         created = int(time.time())
         if req.stream:
-            return StreamingResponse(self._stream(req, request_id, created, ids, streams[0], role, echo),
+            return StreamingResponse(self._stream(req, request_id, created, ids, streams[0], role, echo, mode),
                                      media_type="text/event-stream")
-        result = await until_disconnected(self._gather(req, request_id, created, ids, streams[0], role, echo),
+        result = await until_disconnected(self._gather(req, request_id, created, ids, streams[0], role, echo, mode),
                                           raw_request)
         if result is None:
             return JSONResponse(error_body("Client disconnected", "ClientDisconnected", 499), status_code=499)
@@ -107,7 +173,7 @@ class OpenAIServingChat(OpenAIServing):
 
     # ---- whole response -------------------------------------------------------------------------------------------
     async def _gather(self, req: ChatCompletionRequest, request_id: str, created: int, prompt_ids: list[int], stream,
-                      role: str, echo: str) -> JSONResponse:
+                      role: str, echo: str, mode: ToolMode = ToolMode()) -> JSONResponse:
         n = req.n
         texts = [""] * n
         tokens: list[list[int]] = [[] for _ in range(n)]
@@ -133,9 +199,12 @@ class OpenAIServingChat(OpenAIServing):
         choices = []
         for i in range(n):
             logprobs = self._logprobs(tokens[i], lps[i], req.top_logprobs or 0) if req.logprobs else None
+            content, calls, finish_reason = self.tool_calls(mode, texts[i], finish[i][0])
+            if content is not None:
+                content = echo + content
             choices.append(ChatCompletionResponseChoice(
-                index=i, message=ChatResponseMessage(role=role, content=echo + texts[i]), logprobs=logprobs,
-                finish_reason=finish[i][0], stop_reason=finish[i][1],
+                index=i, message=ChatResponseMessage(role=role, content=content, tool_calls=calls),
+                logprobs=logprobs, finish_reason=finish_reason, stop_reason=finish[i][1],
                 token_ids=tokens[i] if return_ids else None))
         generated = sum(len(t) for t in tokens)
         usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=generated,
@@ -155,7 +224,7 @@ class OpenAIServingChat(OpenAIServing):
 
     # ---- streaming ------------------------------------------------------------------------------------------------
     async def _stream(self, req: ChatCompletionRequest, request_id: str, created: int, prompt_ids: list[int], stream,
-                      role: str, echo: str) -> AsyncIterator[str]:
+                      role: str, echo: str, mode: ToolMode = ToolMode()) -> AsyncIterator[str]:
         n = req.n
         opts = req.stream_options
         include_usage = bool(opts and opts.include_usage)
@@ -164,6 +233,7 @@ class OpenAIServingChat(OpenAIServing):
         num_prompt = len(prompt_ids)
         num_generated = 0
         finished_sent = [False] * n
+        tool_stream = ToolCallStream(self, mode, n)
 
         head = (f'data: {{"id":{dumps(request_id)},"object":"chat.completion.chunk","created":{created},'
                 f'"model":{dumps(self.model_name)},"choices":[')
@@ -194,6 +264,18 @@ class OpenAIServingChat(OpenAIServing):
                     logprobs = None
                     if req.logprobs:
                         logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0).model_dump()
+                    if mode.kind != "none":
+                        if c.finish_reason is not None:
+                            finished_sent[c.index] = True
+                        delta, finish_reason = tool_stream.delta(c.index, c.text, c.finish_reason)
+                        if delta is None:
+                            continue
+                        choice = {"index": c.index, "delta": delta, "logprobs": logprobs,
+                                  "finish_reason": finish_reason, "stop_reason": c.stop_reason}
+                        if return_ids:
+                            choice["token_ids"] = token_ids
+                        yield chunk(choice)
+                        continue
                     choice = (f'{{"index":{c.index},"delta":{{"content":{dumps(c.text)}}},'
                               f'"logprobs":{dumps(logprobs)},"finish_reason":{dumps(c.finish_reason)},'
                               f'"stop_reason":{dumps(c.stop_reason)}')
@@ -210,3 +292,50 @@ class OpenAIServingChat(OpenAIServing):
         finally:
             stream.abort()
         yield "data: [DONE]\n\n"
+
+
+class ToolCallStream:
+    """Tool calls as stream deltas. Named: the arguments stream as they come (the first delta carries the call's id
+    and name). Required and auto: the content before the calls streams as content; the calls are sent, whole, with
+    the finishing delta (their text must be complete to parse)."""
+
+    def __init__(self, serving: OpenAIServingChat, mode: ToolMode, n: int):
+        self.serving = serving
+        self.mode = mode
+        self.texts = [""] * n          # everything generated so far, per choice
+        self.sent = [0] * n            # how much of it went out as content / arguments
+        self.call_ids: list[str | None] = [None] * n
+
+    def delta(self, index: int, text: str, finish_reason: str | None) -> tuple[dict | None, str | None]:
+        self.texts[index] += text
+        full = self.texts[index]
+        if self.mode.kind == "named":
+            piece = full[self.sent[index]:]
+            self.sent[index] = len(full)
+            call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
+            if self.call_ids[index] is None:
+                first = tool_parsers.tool_call(self.mode.function["name"], piece)
+                self.call_ids[index] = first["id"]
+                call = {"index": 0, **first}
+            if not piece and finish_reason is None:
+                return None, None
+            return {"tool_calls": [call]}, finish_reason
+        if finish_reason is None:
+            if self.mode.kind == "required":
+                return None, None
+            upto = self.serving.tool_parser.call_start(full)
+            piece = full[self.sent[index]:upto]
+            if not piece:
+                return None, None
+            self.sent[index] = upto
+            return {"content": piece}, None
+        content, calls, finish = self.serving.tool_calls(self.mode, full, finish_reason)
+        delta: dict[str, Any] = {}
+        if calls:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+            held = content[self.sent[index]:] if content and len(content) > self.sent[index] else ""
+        else:
+            held = full[self.sent[index]:]
+        if held:
+            delta["content"] = held
+        return delta, finish

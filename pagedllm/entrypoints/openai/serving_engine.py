@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError, RequestStream
 from pagedllm.entrypoints.llm import apply_chat_template
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.engine import structured_output
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -136,8 +137,25 @@ class OpenAIServing:
         return max_tokens
 
     # ---- building SamplingParams ----------------------------------------------------------------------------------
-    def sampling_params(self, req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def structured_outputs(self, req: SamplingFields) -> StructuredOutputsParams | None:
+        """The request's constraint (response_format, guided_*, structured_outputs), checked now so that a bad
+        schema or regex is a 400 naming its field."""
+        found = req.structured_output_fields()
+        if found is None:
+            return None
+        name, so = found
+        self.need_tokenizer("Structured output")
+        try:
+            structured_output.validate(so)
+        except ValueError as e:
+            raise RequestError(str(e), name) from None
+        return so
+
+    def sampling_params(self, req: SamplingFields, max_tokens: int | None, logprobs: int | None,
+                        structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:
         d = self.default_params
+        if structured_outputs is None:
+            structured_outputs = self.structured_outputs(req)
 
         def pick(name: str):
             value = getattr(req, name)
@@ -155,6 +173,7 @@ class OpenAIServing:
                 spaces_between_special_tokens=req.spaces_between_special_tokens,
                 include_stop_str_in_output=req.include_stop_str_in_output, logit_bias=req.logit_bias,
                 allowed_token_ids=req.allowed_token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens,
+                structured_outputs=structured_outputs,
                 # Outputs always come as deltas: streams send them, others gather them (and metrics see every step).
                 output_kind=RequestOutputKind.DELTA)
         except (ValueError, TypeError) as e:

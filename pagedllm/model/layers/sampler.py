@@ -41,6 +41,18 @@ def to_device(values, device) -> torch.Tensor:
     return torch.tensor(values).to(device, non_blocking=True)
 
 
+def apply_grammar_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """Structured output: in place, -inf on the logits of ``rows`` wherever the matching row of xgrammar's int32
+    bitmask (bit ``t % 32`` of word ``t // 32`` set = token ``t`` allowed) is clear. xgrammar picks its kernel for
+    the logits' device (CPU or CUDA)."""
+    import xgrammar
+    # xgrammar indexes the logits and the bitmask by the same row: lay the rows out as the logits are (-1: every
+    # token allowed, for the free rows in between).
+    full = torch.full((logits.shape[0], bitmask.shape[1]), -1, dtype=bitmask.dtype)
+    full[rows] = bitmask
+    xgrammar.apply_token_bitmask_inplace(logits, full.to(logits.device, non_blocking=True), indices=rows)
+
+
 def _pad(rows: list[list[int]], fill: int, device) -> torch.Tensor:
     width = max((len(r) for r in rows), default=0)
     out = torch.full((len(rows), max(width, 1)), fill, dtype=torch.long)

@@ -1,0 +1,160 @@
+"""Structured output and tool calling through the openai client: response_format (json_object, json_schema), vLLM's
+guided_* extras on completions and chat, tool_choice named / required / auto (hermes parser), streamed and not, and
+400s that name the bad field."""
+from __future__ import annotations
+
+import json
+import re
+
+import openai
+import pytest
+
+from server_utils import MODEL, SERVER_ARGS, start_servers
+
+pytest.importorskip("xgrammar")
+
+PERSON = {"type": "object",
+          "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 12},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME_TOOL = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
+                                       "required": ["zone"], "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "What is the weather like in Paris?"}]
+
+
+def check_person(text: str) -> None:
+    value = json.loads(text)
+    assert set(value) == {"name", "age"} and isinstance(value["name"], str) and isinstance(value["age"], int), value
+
+
+def check_weather_args(arguments: str) -> None:
+    value = json.loads(arguments)
+    assert set(value) == {"city", "unit"} and value["unit"] in ("celsius", "fahrenheit"), value
+
+
+@pytest.fixture(scope="module")
+def server():
+    (s,) = start_servers(["serve", MODEL, "--enable-auto-tool-choice", "--tool-call-parser", "hermes"] + SERVER_ARGS)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", timeout=120)
+
+
+def test_completions_guided_extras(client):
+    out = client.completions.create(model=MODEL, prompt="A person as JSON:", max_tokens=50, temperature=0,
+                                    extra_body={"guided_json": PERSON})
+    assert out.choices[0].finish_reason == "stop"
+    check_person(out.choices[0].text)
+    out = client.completions.create(model=MODEL, prompt="A date:", max_tokens=20, temperature=0.7, seed=3,
+                                    n=2, extra_body={"guided_regex": r"20\d\d-[01]\d-[0-3]\d"})
+    assert len(out.choices) == 2
+    for choice in out.choices:
+        assert re.fullmatch(r"20\d\d-[01]\d-[0-3]\d", choice.text), choice.text
+    out = client.completions.create(model=MODEL, prompt="Is water wet? Answer:", max_tokens=5, temperature=0,
+                                    extra_body={"guided_choice": ["yes", "no"]})
+    assert out.choices[0].text in ("yes", "no")
+    out = client.completions.create(model=MODEL, prompt="Count:", max_tokens=10, temperature=0,
+                                    extra_body={"guided_grammar": 'root ::= "1, 2, " [0-9]'})
+    assert re.fullmatch(r"1, 2, [0-9]", out.choices[0].text)
+
+
+def test_chat_response_format(client):
+    out = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Give me a person as JSON."}], max_tokens=50,
+        temperature=0, response_format={"type": "json_schema",
+                                        "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
+    check_person(out.choices[0].message.content)
+    out = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Give me a person (name, age) as JSON."}],
+        max_tokens=100, temperature=0, response_format={"type": "json_object"})
+    assert out.choices[0].finish_reason == "stop", out.choices[0].message.content
+    assert isinstance(json.loads(out.choices[0].message.content), dict)
+    chunks = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Give me a person as JSON."}], max_tokens=50,
+        temperature=0, stream=True, extra_body={"guided_json": PERSON})
+    check_person("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+
+
+@pytest.mark.parametrize("body, param, message", [
+    ({"guided_json": {"type": "nonsense"}}, "guided_json", "Invalid JSON schema"),
+    ({"guided_regex": "(ab"}, "guided_regex", "Invalid regex"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+     "response_format", "Invalid JSON schema"),
+    ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema.schema"),
+    ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice", "only use one kind"),
+    ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
+     "Tool 'nope' has not been passed"),
+])
+def test_bad_constraints_are_400(client, body, param, message):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5, extra_body=body)
+    error = e.value.body
+    assert message in error["message"] and error["param"] == param, error
+
+
+def test_named_tool_choice(client):
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    out = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=40, temperature=0,
+                                         tools=[WEATHER_TOOL, TIME_TOOL], tool_choice=named)
+    (call,) = out.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and call.id and call.type == "function"
+    check_weather_args(call.function.arguments)
+    # Streamed: the first delta names the call, the arguments come in pieces that add up to the same JSON.
+    chunks = [c for c in client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=40, temperature=0,
+                                                        tools=[WEATHER_TOOL, TIME_TOOL], tool_choice=named,
+                                                        stream=True) if c.choices]
+    deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].function.name == "get_weather" and deltas[0].id.startswith("chatcmpl-tool-")
+    assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+
+
+def test_required_tool_choice(client):
+    out = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=80, temperature=0,
+                                         tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required")
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        assert call.function.name in ("get_weather", "get_time")
+        if call.function.name == "get_weather":
+            check_weather_args(call.function.arguments)
+    chunks = [c for c in client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=80, temperature=0,
+                                                        tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required",
+                                                        stream=True) if c.choices]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    streamed = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    assert [(d.function.name, d.function.arguments) for d in streamed] == \
+        [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+
+
+def test_auto_tool_choice_parses_hermes_calls(client):
+    # The bundled model does not write tool calls by itself; a regex makes it write one in Hermes' format, which
+    # the auto parser must turn into a tool call (the constraint and the parser are independent).
+    hermes = r'Let me check\. <tool_call>\{"name": "get_weather", "arguments": \{"city": "Paris", "unit": "celsius"\}\}</tool_call>'
+    for stream in (False, True):
+        kwargs = dict(model=MODEL, messages=ASK, max_tokens=60, temperature=0, tools=[WEATHER_TOOL],
+                      tool_choice="auto", extra_body={"guided_regex": hermes}, stream=stream)
+        if not stream:
+            choice = client.chat.completions.create(**kwargs).choices[0]
+            content, calls, finish = choice.message.content, choice.message.tool_calls, choice.finish_reason
+        else:
+            chunks = [c for c in client.chat.completions.create(**kwargs) if c.choices]
+            content = "".join(c.choices[0].delta.content or "" for c in chunks)
+            calls = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+            finish = chunks[-1].choices[0].finish_reason
+        assert finish == "tool_calls" and content.strip() == "Let me check."   # a stream keeps the space
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == \
+            [("get_weather", {"city": "Paris", "unit": "celsius"})]
+    # Without calls in the text, auto is plain content.
+    out = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0,
+                                         tools=[WEATHER_TOOL])
+    assert out.choices[0].message.content and not out.choices[0].message.tool_calls

