@@ -612,6 +612,9 @@ def _derived_max_model_len(hf_config) -> int:
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length"):
         value = getattr(hf_config, key, None)
         if isinstance(value, int) and value > 0:
+            if getattr(hf_config, "model_type", None) in ("roberta", "xlm-roberta"):
+                # RoBERTa's positions start after the padding index: 514 position embeddings hold 512 tokens.
+                return value - (getattr(hf_config, "pad_token_id", None) or 0) - 1
             return value
     return 2048
 

@@ -11,8 +11,10 @@ _MODELS = {
     "OPTForCausalLM": ("opt", "OPTForCausalLM"),
     # Encoders: no language-model head, bidirectional attention; they run as pooling (embedding) models only.
     "BertModel": ("bert", "BertModel"),
+    "XLMRobertaModel": ("xlm_roberta", "XLMRobertaModel"),
+    "RobertaModel": ("xlm_roberta", "XLMRobertaModel"),
 }
-ENCODER_ONLY_ARCHITECTURES = frozenset({"BertModel"})
+ENCODER_ONLY_ARCHITECTURES = frozenset({"BertModel", "XLMRobertaModel", "RobertaModel"})
 
 
 def is_encoder_only(hf_config) -> bool:
