@@ -354,8 +354,8 @@ def _resolve_runner(args: EngineArgs, model: "ResolvedModel") -> str:
         return model.default_runner
     arch = ", ".join(getattr(model.hf_config, "architectures", None) or ["?"])
     if runner == "generate" and not model.can_generate:
-        raise ValueError(f"This model ({arch}) is an encoder without a language-model head: it cannot generate "
-                         f"text. Use runner='pooling' (--runner pooling, or task='embed') to embed with it.")
+        raise ValueError(f"This model ({arch}) has no language-model head (an encoder or a bare decoder): it "
+                         f"cannot generate text. Use runner='pooling' (--runner pooling, or task='embed') to embed with it.")
     return runner
 
 

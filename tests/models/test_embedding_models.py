@@ -193,3 +193,38 @@ def test_roberta_encoder_equals_hf(tiny_roberta, pooling):
     assert min(_cosines(outputs, pooled)) >= 0.9999
     ours = torch.tensor([o.outputs.embedding for o in outputs])
     assert torch.allclose(ours, F.normalize(pooled, dim=-1), atol=1e-4)
+
+
+# ---- bare decoders (HF's Qwen3Model / Qwen2Model / LlamaModel: how Qwen3-Embedding is saved) -------------------------
+@pytest.fixture(scope="module", params=["Qwen3Model", "Qwen2Model", "LlamaModel"])
+def tiny_bare_decoder(request, tmp_path_factory):
+    import transformers
+    config_class = {"Qwen3Model": transformers.Qwen3Config, "Qwen2Model": transformers.Qwen2Config,
+                    "LlamaModel": transformers.LlamaConfig}[request.param]
+    extra = {"head_dim": 16} if request.param == "Qwen3Model" else {}
+    cfg = config_class(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=256, max_position_embeddings=512, tie_word_embeddings=True,
+                       **extra)
+    torch.manual_seed(0)
+    hf = getattr(transformers, request.param)(cfg).eval()
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    hf.save_pretrained(path)
+    return str(path), hf
+
+
+def test_bare_decoder_checkpoint_embeds_as_hf_last_token(tiny_bare_decoder):
+    from safetensors import safe_open
+    path, hf = tiny_bare_decoder
+    with safe_open(f"{path}/model.safetensors", "pt") as f:     # the checkpoint this test is about
+        names = list(f.keys())
+    assert "embed_tokens.weight" in names and not any(n.startswith(("model.", "lm_head.")) for n in names)
+    llm = LLM(path, skip_tokenizer_init=True, dtype="float32")     # runner "auto": no LM head means pooling
+    assert llm.llm_engine.config.runner_type == "pooling"
+    prompts = [[5, 17, 42, 9, 100], [7], list(range(1, 40))]
+    outputs = llm.embed([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
+    for prompt, out in zip(prompts, outputs):
+        with torch.no_grad():
+            expected = F.normalize(hf(torch.tensor([prompt])).last_hidden_state[0, -1], dim=-1)
+        assert torch.allclose(torch.tensor(out.outputs.embedding), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="no language-model head .* cannot generate text"):
+        LLM(path, skip_tokenizer_init=True, runner="generate")
