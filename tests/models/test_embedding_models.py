@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 
 import pytest
 import torch
@@ -195,6 +196,40 @@ def test_roberta_encoder_equals_hf(tiny_roberta, pooling):
     assert torch.allclose(ours, F.normalize(pooled, dim=-1), atol=1e-4)
 
 
+def _startup_log(engine) -> str:
+    from pagedllm.logger import log_engine_start
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("test-embedding-startup")
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        log_engine_start(log, engine.core.info(), 0.0)
+    finally:
+        log.removeHandler(handler)
+    return records[0].getMessage()
+
+
+def test_encoder_allocates_no_kv_cache_and_says_so(tiny_roberta):
+    llm = LLM(tiny_roberta["cls"], dtype="float32")
+    engine = llm.llm_engine
+    assert engine.runner.kv_caches == [] and engine.core.info()["runner"]["kv_cache_gib"] == 0
+    # Block ids (bookkeeping only) for the fullest step: 2048 tokens / 16 + one partial block for each of 256 seqs.
+    config = engine.config
+    assert (config.max_num_batched_tokens, config.block_size, config.max_num_seqs) == (2048, 16, 256)
+    assert engine.core.num_blocks == 2048 // 16 + 256
+    assert "KV cache     none allocated: encoder-only model" in _startup_log(engine)
+    # 300 prompts (more than max_num_seqs) still embed, and equal the same prompts embedded alone.
+    texts = [" ".join(f"w{(i * 7 + j) % 100}" for j in range(1 + i % 30)) for i in range(300)]
+    batched = llm.embed(texts, use_tqdm=False)
+    alone = [llm.embed([texts[i]], use_tqdm=False)[0] for i in (0, 29, 299)]
+    for i, out in zip((0, 29, 299), alone):
+        assert torch.allclose(torch.tensor(batched[i].outputs.embedding), torch.tensor(out.outputs.embedding),
+                              atol=1e-5)
+    assert engine.kv_cache.num_free_blocks == engine.core.num_blocks
+
+
 # ---- bare decoders (HF's Qwen3Model / Qwen2Model / LlamaModel: how Qwen3-Embedding is saved) -------------------------
 @pytest.fixture(scope="module", params=["Qwen3Model", "Qwen2Model", "LlamaModel"])
 def tiny_bare_decoder(request, tmp_path_factory):
@@ -220,6 +255,9 @@ def test_bare_decoder_checkpoint_embeds_as_hf_last_token(tiny_bare_decoder):
     assert "embed_tokens.weight" in names and not any(n.startswith(("model.", "lm_head.")) for n in names)
     llm = LLM(path, skip_tokenizer_init=True, dtype="float32")     # runner "auto": no LM head means pooling
     assert llm.llm_engine.config.runner_type == "pooling"
+    # A decoder embedder's causal attention runs over the paged cache: it keeps one.
+    assert len(llm.llm_engine.runner.kv_caches) == 2 and llm.llm_engine.core.info()["runner"]["kv_cache_gib"] > 0
+    assert "max concurrency at max_model_len=512" in _startup_log(llm.llm_engine)
     prompts = [[5, 17, 42, 9, 100], [7], list(range(1, 40))]
     outputs = llm.embed([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
     for prompt, out in zip(prompts, outputs):
