@@ -355,7 +355,8 @@ def _resolve_runner(args: EngineArgs, model: "ResolvedModel") -> str:
     arch = ", ".join(getattr(model.hf_config, "architectures", None) or ["?"])
     if runner == "generate" and not model.can_generate:
         raise ValueError(f"This model ({arch}) has no language-model head (an encoder or a bare decoder): it "
-                         f"cannot generate text. Use runner='pooling' (--runner pooling, or task='embed') to embed with it.")
+                         f"cannot generate text. Use runner='pooling' (--runner pooling, or task='embed') to embed "
+                         f"with it.")
     return runner
 
 
