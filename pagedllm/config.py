@@ -354,8 +354,9 @@ def _resolve_runner(args: EngineArgs, model: "ResolvedModel") -> str:
         return model.default_runner
     arch = ", ".join(getattr(model.hf_config, "architectures", None) or ["?"])
     if runner == "generate" and not model.can_generate:
-        raise ValueError(f"This model ({arch}) is an encoder without a language-model head: it cannot generate "
-                         f"text. Use runner='pooling' (--runner pooling, or task='embed') to embed with it.")
+        raise ValueError(f"This model ({arch}) has no language-model head (an encoder or a bare decoder): it "
+                         f"cannot generate text. Use runner='pooling' (--runner pooling, or task='embed') to embed "
+                         f"with it.")
     return runner
 
 
@@ -612,6 +613,9 @@ def _derived_max_model_len(hf_config) -> int:
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length"):
         value = getattr(hf_config, key, None)
         if isinstance(value, int) and value > 0:
+            if getattr(hf_config, "model_type", None) in ("roberta", "xlm-roberta"):
+                # RoBERTa's positions start after the padding index: 514 position embeddings hold 512 tokens.
+                return value - (getattr(hf_config, "pad_token_id", None) or 0) - 1
             return value
     return 2048
 

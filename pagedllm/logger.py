@@ -49,15 +49,20 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
     tokens = num_blocks * config.block_size
     arch = ",".join(getattr(config.hf_config, "architectures", None) or ["?"])
     dtype = str(config.dtype).replace("torch.", "")
+    if runner.get("kv_cache_needed", True):
+        kv_line = (f"  KV cache     {num_blocks} blocks x {config.block_size} tokens = {tokens} tokens "
+                   f"({runner.get('kv_cache_gib', 0.0):.2f} GiB); max concurrency at "
+                   f"max_model_len={config.max_model_len}: {tokens / config.max_model_len:.2f}x")
+    else:
+        kv_line = (f"  KV cache     none allocated: encoder-only model (attention within each step); "
+                   f"{num_blocks} block ids of {config.block_size} tokens for the scheduler's bookkeeping")
     lines = [
         f"pagedllm engine ready in {total_seconds:.1f} s",
         f"  model        {config.args.model} ({arch}), runner {config.runner_type}",
         f"  device       {config.device} ({runner.get('device_name', config.device.type)}), dtype {dtype}, "
         f"attention {config.attention_backend}",
         f"  weights      {runner.get('weights_gib', 0.0):.2f} GiB, loaded in {runner.get('load_seconds', 0.0):.1f} s",
-        f"  KV cache     {num_blocks} blocks x {config.block_size} tokens = {tokens} tokens "
-        f"({runner.get('kv_cache_gib', 0.0):.2f} GiB); max concurrency at max_model_len={config.max_model_len}: "
-        f"{tokens / config.max_model_len:.2f}x",
+        kv_line,
         f"  scheduling   max_num_seqs {config.max_num_seqs}, max_num_batched_tokens "
         f"{config.max_num_batched_tokens}, async {config.async_scheduling}, prefix caching "
         f"{config.args.enable_prefix_caching and not config.is_pooling}",

@@ -180,12 +180,12 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if args.generation_config != "vllm" and os.path.exists(gen_file):
         with open(gen_file) as f:
             generation = json.load(f)
-    from pagedllm.model.registry import is_encoder_only
-    encoder = is_encoder_only(hf_config)
-    pooling = encoder or sentence_transformers_modules(model_dir) is not None
+    from pagedllm.model.registry import is_pooling_only
+    headless = is_pooling_only(hf_config)       # encoders and bare decoders: no language-model head
+    pooling = headless or sentence_transformers_modules(model_dir) is not None
     return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,
                          gguf_file=gguf_path, generation_config=generation,
-                         default_runner="pooling" if pooling else "generate", can_generate=not encoder,
+                         default_runner="pooling" if pooling else "generate", can_generate=not headless,
                          max_seq_length=_max_seq_length(model_dir))
 
 

@@ -9,14 +9,27 @@ _MODELS = {
     "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
     "OPTForCausalLM": ("opt", "OPTForCausalLM"),
+    # Bare decoders (HF's *Model classes, no lm_head: Qwen3-Embedding, gte-Qwen2, e5-mistral): pooling only.
+    "LlamaModel": ("llama", "LlamaForEmbedding"),
+    "MistralModel": ("llama", "LlamaForEmbedding"),
+    "Qwen2Model": ("qwen2", "Qwen2ForEmbedding"),
+    "Qwen3Model": ("qwen3", "Qwen3ForEmbedding"),
     # Encoders: no language-model head, bidirectional attention; they run as pooling (embedding) models only.
     "BertModel": ("bert", "BertModel"),
+    "XLMRobertaModel": ("xlm_roberta", "XLMRobertaModel"),
+    "RobertaModel": ("xlm_roberta", "XLMRobertaModel"),
 }
-ENCODER_ONLY_ARCHITECTURES = frozenset({"BertModel"})
+ENCODER_ONLY_ARCHITECTURES = frozenset({"BertModel", "XLMRobertaModel", "RobertaModel"})
+# Checkpoints without a language-model head: they only embed, so runner "auto" picks pooling for them.
+POOLING_ONLY_ARCHITECTURES = ENCODER_ONLY_ARCHITECTURES | {"LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"}
 
 
 def is_encoder_only(hf_config) -> bool:
     return any(arch in ENCODER_ONLY_ARCHITECTURES for arch in getattr(hf_config, "architectures", None) or [])
+
+
+def is_pooling_only(hf_config) -> bool:
+    return any(arch in POOLING_ONLY_ARCHITECTURES for arch in getattr(hf_config, "architectures", None) or [])
 
 
 def supported_architectures() -> list[str]:

@@ -78,6 +78,9 @@ class ModelRunner:
         self._prev_sampled = torch.empty(0, dtype=torch.long, device=self.device)
         self._prev_sampled_rows: dict[str, int] = {}
         self.kv_caches: list[torch.Tensor] = []
+        # Encoder-only models attend within the step (bidirectional SDPA, model/models/bert.py) and never read or
+        # write a KV cache: the block ids the scheduler hands out are bookkeeping only, with no memory behind them.
+        self.needs_kv_cache = not is_encoder_only(hf)
         self.num_blocks = 0
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
         self.graph_runner = None
@@ -95,6 +98,14 @@ class ModelRunner:
             return int(args.num_gpu_blocks_override)
         # Never more than every sequence at full length could use.
         cap = self.config.max_num_seqs * self.max_blocks_per_seq + 1
+        if not self.needs_kv_cache:
+            if self.device.type == "cuda":
+                self._dummy_forward(min(self.config.max_num_batched_tokens,
+                                        self.config.max_model_len * self.config.max_num_seqs))   # warm-up
+            # As many block ids as the fullest step can take (its tokens, plus a partly filled block per request):
+            # the scheduler's block accounting then never limits a step; a request's ids are freed when it is pooled.
+            full_step = -(-self.config.max_num_batched_tokens // self.block_size) + self.config.max_num_seqs
+            return max(self.max_blocks_per_seq, min(cap, full_step))
         if self.device.type == "cuda":
             free_bytes = self._profile_gpu_memory()     # also the warm-up: run it even when the size is given
         if self.config.kv_cache_memory_bytes is not None:   # kv_cache_memory_gb/_bytes; always set on the CPU
@@ -134,7 +145,8 @@ class ModelRunner:
         n_seq = len(lens)
         blocks = sum(-(-x // self.block_size) for x in lens)
         shape = (2, blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        caches = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+        caches = ([torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+                  if self.needs_kv_cache else [])
         starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
         positions = np.concatenate([np.arange(x) for x in lens])
         # Each request gets its own run of blocks.
@@ -157,7 +169,9 @@ class ModelRunner:
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks
         shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        if self.device.type == "cpu":
+        if not self.needs_kv_cache:
+            self.kv_caches = []
+        elif self.device.type == "cpu":
             self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.dtype).unbind(0))
         else:
             self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -216,6 +230,7 @@ class ModelRunner:
                           f"({len(self.piecewise_runner.sizes)} sizes)")
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
+                "kv_cache_needed": self.needs_kv_cache,
                 "graphs": "; ".join(graphs) or "none", "device_name": name}
 
     # ---- request state ------------------------------------------------------------------------------------------

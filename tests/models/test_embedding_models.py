@@ -3,6 +3,8 @@ random Qwen3 used as a last-token embedder against HF transformers' last hidden 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 
 import pytest
 import torch
@@ -124,3 +126,143 @@ def test_decoder_embedder_equals_hf_last_token(tiny_qwen3, spelling):
     generator = LLM(path, skip_tokenizer_init=True, dtype="float32")
     with pytest.raises(ValueError, match=r"LLM.embed\(\) is only supported for pooling"):
         generator.embed([{"prompt_token_ids": [1, 2]}], use_tqdm=False)
+
+
+# ---- XLM-RoBERTa / RoBERTa encoders: BERT with positions after the padding index ------------------------------------
+ROBERTA_TEXTS = ["w1 w2 w3", "w5", " ".join(f"w{i}" for i in range(62)), "w7 w70 w8 w9 w11 w12 w13"]
+
+
+def _save_word_tokenizer(path) -> None:
+    """A tiny XLM-R-shaped fast tokenizer: <s>=0 <pad>=1 </s>=2 <unk>=3, whitespace words w0..w99, <s> … </s>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({f"w{i}": 4 + i for i in range(100)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>", cls_token="<s>", sep_token="</s>").save_pretrained(str(path))
+
+
+@pytest.fixture(scope="module", params=["XLMRobertaModel", "RobertaModel"])
+def tiny_roberta(request, tmp_path_factory):
+    """The same tiny random encoder twice: as saved (CLS pooling, the encoders' default) and with a
+    sentence-transformers mean-pooling + Normalize pipeline."""
+    import transformers
+    config_class = {"XLMRobertaModel": transformers.XLMRobertaConfig,
+                    "RobertaModel": transformers.RobertaConfig}[request.param]
+    cfg = config_class(vocab_size=104, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=128, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+                       bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    hf = getattr(transformers, request.param)(cfg).eval()
+    cls_dir = tmp_path_factory.mktemp(f"tiny-{request.param}-cls")
+    mean_dir = tmp_path_factory.mktemp(f"tiny-{request.param}-mean")
+    for path in (cls_dir, mean_dir):
+        hf.save_pretrained(path)
+        _save_word_tokenizer(path)
+    (mean_dir / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (mean_dir / "1_Pooling").mkdir()
+    (mean_dir / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 64,
+                                                                    "pooling_mode_mean_tokens": True}))
+    return {"cls": str(cls_dir), "mean": str(mean_dir), "hf": hf}
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_roberta_encoder_equals_hf(tiny_roberta, pooling):
+    from transformers import AutoTokenizer
+    llm = LLM(tiny_roberta[pooling], dtype="float32")
+    config = llm.llm_engine.config
+    assert config.runner_type == "pooling"
+    assert config.max_model_len == 64     # 66 position embeddings, positions from padding_idx + 1 = 2
+    outputs = llm.embed(ROBERTA_TEXTS, use_tqdm=False)
+
+    tok = AutoTokenizer.from_pretrained(tiny_roberta[pooling])
+    enc = tok(ROBERTA_TEXTS, padding=True, return_tensors="pt")
+    assert enc["input_ids"].shape[1] == 64                       # the longest prompt fills max_model_len
+    assert [o.prompt_token_ids for o in outputs] == [ids[m.bool()].tolist()
+                                                     for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
+    with torch.no_grad():
+        hidden = tiny_roberta["hf"](**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    # sentence-transformers' mean pooling (over the real tokens) then Normalize; CLS: the <s> row.
+    pooled = (hidden * mask).sum(1) / mask.sum(1) if pooling == "mean" else hidden[:, 0]
+    assert min(_cosines(outputs, pooled)) >= 0.9999
+    ours = torch.tensor([o.outputs.embedding for o in outputs])
+    assert torch.allclose(ours, F.normalize(pooled, dim=-1), atol=1e-4)
+
+
+def _startup_log(engine) -> str:
+    from pagedllm.logger import log_engine_start
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("test-embedding-startup")
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        log_engine_start(log, engine.core.info(), 0.0)
+    finally:
+        log.removeHandler(handler)
+    return records[0].getMessage()
+
+
+def test_encoder_allocates_no_kv_cache_and_says_so(tiny_roberta):
+    llm = LLM(tiny_roberta["cls"], dtype="float32")
+    engine = llm.llm_engine
+    assert engine.runner.kv_caches == [] and engine.core.info()["runner"]["kv_cache_gib"] == 0
+    # Block ids (bookkeeping only) for the fullest step: 2048 tokens / 16 + one partial block for each of 256 seqs.
+    config = engine.config
+    assert (config.max_num_batched_tokens, config.block_size, config.max_num_seqs) == (2048, 16, 256)
+    assert engine.core.num_blocks == 2048 // 16 + 256
+    assert "KV cache     none allocated: encoder-only model" in _startup_log(engine)
+    # 300 prompts (more than max_num_seqs) still embed, and equal the same prompts embedded alone.
+    texts = [" ".join(f"w{(i * 7 + j) % 100}" for j in range(1 + i % 30)) for i in range(300)]
+    batched = llm.embed(texts, use_tqdm=False)
+    alone = [llm.embed([texts[i]], use_tqdm=False)[0] for i in (0, 29, 299)]
+    for i, out in zip((0, 29, 299), alone):
+        assert torch.allclose(torch.tensor(batched[i].outputs.embedding), torch.tensor(out.outputs.embedding),
+                              atol=1e-5)
+    assert engine.kv_cache.num_free_blocks == engine.core.num_blocks
+
+
+# ---- bare decoders (HF's Qwen3Model / Qwen2Model / LlamaModel: how Qwen3-Embedding is saved) -------------------------
+@pytest.fixture(scope="module", params=["Qwen3Model", "Qwen2Model", "LlamaModel"])
+def tiny_bare_decoder(request, tmp_path_factory):
+    import transformers
+    config_class = {"Qwen3Model": transformers.Qwen3Config, "Qwen2Model": transformers.Qwen2Config,
+                    "LlamaModel": transformers.LlamaConfig}[request.param]
+    extra = {"head_dim": 16} if request.param == "Qwen3Model" else {}
+    cfg = config_class(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=256, max_position_embeddings=512, tie_word_embeddings=True,
+                       **extra)
+    torch.manual_seed(0)
+    hf = getattr(transformers, request.param)(cfg).eval()
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    hf.save_pretrained(path)
+    return str(path), hf
+
+
+def test_bare_decoder_checkpoint_embeds_as_hf_last_token(tiny_bare_decoder):
+    from safetensors import safe_open
+    path, hf = tiny_bare_decoder
+    with safe_open(f"{path}/model.safetensors", "pt") as f:     # the checkpoint this test is about
+        names = list(f.keys())
+    assert "embed_tokens.weight" in names and not any(n.startswith(("model.", "lm_head.")) for n in names)
+    llm = LLM(path, skip_tokenizer_init=True, dtype="float32")     # runner "auto": no LM head means pooling
+    assert llm.llm_engine.config.runner_type == "pooling"
+    # A decoder embedder's causal attention runs over the paged cache: it keeps one.
+    assert len(llm.llm_engine.runner.kv_caches) == 2 and llm.llm_engine.core.info()["runner"]["kv_cache_gib"] > 0
+    assert "max concurrency at max_model_len=512" in _startup_log(llm.llm_engine)
+    prompts = [[5, 17, 42, 9, 100], [7], list(range(1, 40))]
+    outputs = llm.embed([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
+    for prompt, out in zip(prompts, outputs):
+        with torch.no_grad():
+            expected = F.normalize(hf(torch.tensor([prompt])).last_hidden_state[0, -1], dim=-1)
+        assert torch.allclose(torch.tensor(out.outputs.embedding), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="no language-model head .* cannot generate text"):
+        LLM(path, skip_tokenizer_init=True, runner="generate")

@@ -149,3 +149,34 @@ def test_seed_command_line_serves_a_decoder_embedder(servers):
     vectors = np.array([d.embedding for d in result.data])
     assert vectors.shape == (3, 64)
     assert np.allclose(np.linalg.norm(vectors, axis=-1), 1.0, atol=1e-4)    # its Normalize module
+
+
+def test_embeddings_of_chat_messages(servers):
+    """vLLM's chat form of /v1/embeddings: the chat template renders the conversation (no generation prompt), then
+    that one prompt is embedded."""
+    from transformers import AutoTokenizer
+    seed, tiny = servers["seed"], servers["tiny"]
+    messages = [{"role": "system", "content": "Represent this sentence for retrieval."},
+                {"role": "user", "content": TEXTS[0]}]
+    r = httpx.post(seed.url + "/v1/embeddings", json={"model": tiny, "messages": messages, "encoding_format": "float"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    tok = AutoTokenizer.from_pretrained(tiny)
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    assert "<|im_start|>system\nRepresent this sentence" in text
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(body["data"]) == 1 and body["usage"]["prompt_tokens"] == len(ids)
+    by_ids = _client(seed).embeddings.create(model=tiny, input=ids, encoding_format="float").data[0].embedding
+    assert np.allclose(body["data"][0]["embedding"], by_ids, atol=1e-5)
+    just_text = _client(seed).embeddings.create(model=tiny, input=TEXTS[0], encoding_format="float").data[0].embedding
+    assert not np.allclose(body["data"][0]["embedding"], just_text, atol=1e-3)
+    # /pooling takes the same chat form.
+    pooled = httpx.post(seed.url + "/pooling", json={"model": tiny, "messages": messages}).json()
+    assert np.allclose(pooled["data"][0]["data"], by_ids, atol=1e-5)
+
+    both = httpx.post(seed.url + "/v1/embeddings", json={"model": tiny, "messages": messages, "input": "x"})
+    neither = httpx.post(seed.url + "/v1/embeddings", json={"model": tiny})
+    for r in (both, neither):
+        assert r.status_code == 400 and "Exactly one of input or messages must be given" in r.json()["error"]["message"]
+    no_template = httpx.post(servers["minilm"].url + "/v1/embeddings", json={"model": MINILM, "messages": messages})
+    assert no_template.status_code == 400 and "has no chat template" in no_template.json()["error"]["message"]

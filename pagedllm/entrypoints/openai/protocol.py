@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pagedllm.sampling_params import StructuredOutputsParams
 
@@ -425,13 +425,31 @@ PoolingInput = Union[str, list[str], list[int], list[list[int]]]
 
 class EmbeddingRequest(OpenAIBaseModel):
     model: str | None = None
-    input: PoolingInput
+    # The texts / token ids to embed, or (vLLM's chat form) a conversation the chat template renders into one prompt.
+    input: PoolingInput | None = None
+    messages: list[ChatMessage] | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     normalize: bool | None = None
     priority: int = 0
+    # With messages only (vLLM's EmbeddingChatRequest defaults: no generation prompt, no extra special tokens).
+    add_generation_prompt: bool = False
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _input_or_messages(self):
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("Exactly one of input or messages must be given.")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages must contain at least one message.")
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+        return self
 
 
 class PoolingRequest(EmbeddingRequest):

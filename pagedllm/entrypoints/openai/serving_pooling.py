@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from pagedllm.entrypoints.openai.protocol import (EmbeddingRequest, PoolingRequest, RequestError, ScoreRequest,
                                                   random_uuid)
+from pagedllm.entrypoints.openai.serving_chat import conversation
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, merge_streams, until_disconnected, usage_dict
 from pagedllm.pooling_params import PoolingParams
 
@@ -59,6 +60,16 @@ class OpenAIServingPooling(OpenAIServing):
             prompts.append(prompt)
         return prompts
 
+    async def _request_prompts(self, req: EmbeddingRequest, params: PoolingParams) -> list[dict]:
+        """``input``'s prompts, or ``messages`` rendered by the chat template into one prompt (as vLLM)."""
+        if req.messages is None:
+            return await self._prompts(req.input, params)
+        ids = await self.render_chat(
+            conversation(req.messages), chat_template=req.chat_template,
+            add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message,
+            tools=None, chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens)
+        return await self._prompts([ids], params, "messages")
+
     async def _run(self, prefix: str, prompts: list[dict], params: PoolingParams, priority: int,
                    raw_request: Request | None) -> list | None:
         """Every prompt's PoolingRequestOutput, in input order (None when the client went away)."""
@@ -98,7 +109,7 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_model(req.model)
         self.check_pooling_model("Embeddings")
         params = self._params(req, "embed")
-        outputs = await self._run("embd", await self._prompts(req.input, params), params, req.priority, raw_request)
+        outputs = await self._run("embd", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
         data = [{"index": i, "object": "embedding", "embedding": encode_vector(o.outputs.data, req.encoding_format)}
@@ -109,7 +120,7 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_model(req.model)
         self.check_pooling_model("Pooling")
         params = self._params(req, "encode")
-        outputs = await self._run("pool", await self._prompts(req.input, params), params, req.priority, raw_request)
+        outputs = await self._run("pool", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
         data = [{"index": i, "object": "pooling", "data": encode_vector(o.outputs.data, req.encoding_format)}

@@ -136,6 +136,8 @@ class BertEmbeddings(nn.Module):
 
 
 class BertModel(nn.Module):
+    embeddings_class = BertEmbeddings
+    checkpoint_prefix = "bert."      # BertFor* checkpoints nest the encoder under it
     packed_modules_mapping = {"query": ("qkv_proj", "q"), "key": ("qkv_proj", "k"), "value": ("qkv_proj", "v")}
     # Not ours to compute: BERT's [CLS] pooler head (sentence-transformers does not use it) and HF's position buffer.
     skipped_weights = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
@@ -143,7 +145,7 @@ class BertModel(nn.Module):
     def __init__(self, hf_config, engine_config):
         super().__init__()
         self.config = hf_config
-        self.embeddings = BertEmbeddings(hf_config)
+        self.embeddings = self.embeddings_class(hf_config)
         self.encoder = BertEncoder(hf_config)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
@@ -155,9 +157,9 @@ class BertModel(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         def renamed():
             for name, tensor in weights:
-                if name.startswith("bert."):     # BertFor* checkpoints nest the encoder under bert.
-                    name = name[len("bert."):]
-                if name.startswith(("cls.", "classifier.")):
+                if name.startswith(self.checkpoint_prefix):
+                    name = name[len(self.checkpoint_prefix):]
+                if name.startswith(("cls.", "classifier.", "lm_head.")):
                     continue
                 # Checkpoints from TF-era BERT name LayerNorm parameters gamma / beta.
                 yield name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"), \

@@ -103,6 +103,7 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     qkv_bias = False
     qk_norm = False
+    has_lm_head = True
     # checkpoint name fragment -> (our parameter fragment, shard id)
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
@@ -115,6 +116,8 @@ class LlamaForCausalLM(nn.Module):
         max_position = max(engine_config.max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0)
         self.model = LlamaModel(hf_config, max_position,
                                 self.qkv_bias or getattr(hf_config, "attention_bias", False), self.qk_norm)
+        if not self.has_lm_head:
+            return
         self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         if getattr(hf_config, "tie_word_embeddings", False):
             self.lm_head.tie_weights(self.model.embed_tokens)
@@ -130,3 +133,18 @@ class LlamaForCausalLM(nn.Module):
         if getattr(self.config, "tie_word_embeddings", False):
             skip += ("lm_head.weight",)
         load_packed_weights(self, weights, self.packed_modules_mapping, skip=skip)
+
+
+class LlamaForEmbedding(LlamaForCausalLM):
+    """The bare decoder as saved by HF's ``LlamaModel`` / ``Qwen3Model`` (decoder embedders such as
+    Qwen3-Embedding, e5-mistral): weights without the ``model.`` prefix and no language-model head, so it runs as a
+    pooling model only (causal, last-token pooling by default)."""
+    has_lm_head = False
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise ValueError(f"{type(self).__name__} has no language-model head: it cannot generate text.")
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        load_packed_weights(self, ((name if name.startswith("model.") else "model." + name, tensor)
+                                   for name, tensor in weights if not name.startswith("lm_head.")),
+                            self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))

@@ -1,6 +1,11 @@
 """Qwen2 / Qwen2.5 (and DeepSeek-R1-Distill-Qwen): Llama with a bias on the QKV projection."""
-from pagedllm.model.models.llama import LlamaForCausalLM
+from pagedllm.model.models.llama import LlamaForCausalLM, LlamaForEmbedding
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):
+    qkv_bias = True
+
+
+class Qwen2ForEmbedding(LlamaForEmbedding):
+    """``Qwen2Model`` checkpoints (e.g. gte-Qwen2): the bare decoder, run as a pooling model."""
     qkv_bias = True

@@ -1,6 +1,11 @@
 """Qwen3: Llama with per-head RMSNorm on Q and K before the rotary embedding, no QKV bias."""
-from pagedllm.model.models.llama import LlamaForCausalLM
+from pagedllm.model.models.llama import LlamaForCausalLM, LlamaForEmbedding
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
+    qk_norm = True
+
+
+class Qwen3ForEmbedding(LlamaForEmbedding):
+    """``Qwen3Model`` checkpoints (e.g. Qwen3-Embedding): the bare decoder, run as a pooling model."""
     qk_norm = True
