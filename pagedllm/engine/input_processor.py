@@ -159,16 +159,7 @@ class InputProcessor:
             ids = self.encode_for_pooling(text, params)
         elif params.truncate_prompt_tokens is not None:
             ids = ids[-self._truncation_limit(params):]
-        if not ids:
-            raise ValueError("The prompt cannot be empty")
-        vocab = self.vocab_size
-        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocab size {vocab}).")
-        if len(ids) > self.max_model_len:
-            raise ValueError(f"The prompt (length {len(ids)}) is longer than the maximum model length of "
-                             f"{self.max_model_len}. Make sure that `max_model_len` is no smaller than the number "
-                             f"of text tokens, or truncate the input (truncate_prompt_tokens).")
+        self._check_prompt_ids(ids, "prompt", ", or truncate the input (truncate_prompt_tokens)")
         arrival = arrival_time if arrival_time is not None else time.time()
         out = ProcessedRequest(request_id, text, ids, params, arrival)
         out.children.append(EngineCoreRequest(request_id, ids, _POOLING_STEP, frozenset(), arrival, priority, 1, salt,
@@ -186,17 +177,22 @@ class InputProcessor:
             return self.encode(text)
         return self.tokenizer(text, truncation=True, max_length=self._truncation_limit(params))["input_ids"]
 
-    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+    def _check_prompt_ids(self, ids: list[int], what: str, hint: str = "") -> None:
+        """vLLM's prompt checks and messages: not empty, every id in the vocabulary, no longer than max_model_len."""
         if not ids:
-            raise ValueError("The decoder prompt cannot be empty")
+            raise ValueError(f"The {what} cannot be empty")
         vocab = self.vocab_size
         bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocab size {vocab}).")
         if len(ids) > self.max_model_len:
-            raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
+            raise ValueError(f"The {what} (length {len(ids)}) is longer than the maximum model length of "
                              f"{self.max_model_len}. Make sure that `max_model_len` is no smaller than the "
-                             f"number of text tokens.")
+                             f"number of text tokens{hint}.")
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        self._check_prompt_ids(ids, "decoder prompt")
+        vocab = self.vocab_size
         params.verify_against_model(vocab, self.max_logprobs)
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer (skip_tokenizer_init=True).")
