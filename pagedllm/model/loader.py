@@ -137,8 +137,8 @@ def _download(model_id: str, args: "EngineArgs") -> str:
 
 
 def resolve_model(args: "EngineArgs") -> ResolvedModel:
-    from transformers import AutoConfig
     from pagedllm.model import gguf_loader
+    from pagedllm.model.hf_configs import load_hf_config
 
     model = args.model
     if model == BUNDLED_EMBEDDING_MODEL_ID and not os.path.exists(model):
@@ -166,7 +166,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         model_dir = _download(model, args)
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         raise ValueError(f"No config.json in {model_dir!r} (model {model!r}).")
-    hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=args.trust_remote_code)
+    hf_config = load_hf_config(model_dir, trust_remote_code=args.trust_remote_code)
     if args.hf_overrides:
         for key, value in args.hf_overrides.items():
             setattr(hf_config, key, value)
