@@ -121,6 +121,8 @@ def _download(model_id: str, args: "EngineArgs") -> str:
             raise ValueError(f"Could not download model {model_id!r} from ModelScope: {e}") from None
     from huggingface_hub import snapshot_download
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    if args.trust_remote_code:      # a remote-code tokenizer (e.g. ChatGLM's tokenization_chatglm.py)
+        patterns.append("*.py")
     try:  # the local cache first, so a cached model starts without network
         return snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
                                  allow_patterns=patterns, local_files_only=True)
