@@ -121,14 +121,24 @@ def _download(model_id: str, args: "EngineArgs") -> str:
             raise ValueError(f"Could not download model {model_id!r} from ModelScope: {e}") from None
     from huggingface_hub import snapshot_download
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    if args.trust_remote_code:      # a remote-code tokenizer (e.g. ChatGLM's tokenization_chatglm.py)
+        patterns.append("*.py")
     try:  # the local cache first, so a cached model starts without network
-        return snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
+        path = snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
                                  allow_patterns=patterns, local_files_only=True)
+        if (args.load_format == "dummy" or glob.glob(os.path.join(path, "*.safetensors"))
+                or glob.glob(os.path.join(path, "*.bin"))):
+            return path
     except Exception:
         pass
     try:
-        return snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
+        path = snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
                                  allow_patterns=patterns)
+        if not glob.glob(os.path.join(path, "*.safetensors")) and args.load_format != "dummy":
+            # Older checkpoints (e.g. THUDM/chatglm2-6b) ship only pytorch_model-*.bin: as vLLM, fall back to them.
+            path = snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
+                                     allow_patterns=patterns + ["*.bin"])
+        return path
     except Exception as e:
         raise ValueError(
             f"Model {model_id!r} is not a local path, not the bundled model, not in the local HF cache, and could not "
@@ -137,8 +147,8 @@ def _download(model_id: str, args: "EngineArgs") -> str:
 
 
 def resolve_model(args: "EngineArgs") -> ResolvedModel:
-    from transformers import AutoConfig
     from pagedllm.model import gguf_loader
+    from pagedllm.model.hf_configs import load_hf_config
 
     model = args.model
     if model == BUNDLED_EMBEDDING_MODEL_ID and not os.path.exists(model):
@@ -166,7 +176,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         model_dir = _download(model, args)
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         raise ValueError(f"No config.json in {model_dir!r} (model {model!r}).")
-    hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=args.trust_remote_code)
+    hf_config = load_hf_config(model_dir, trust_remote_code=args.trust_remote_code)
     if args.hf_overrides:
         for key, value in args.hf_overrides.items():
             setattr(hf_config, key, value)

@@ -9,6 +9,10 @@ _MODELS = {
     "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
     "OPTForCausalLM": ("opt", "OPTForCausalLM"),
+    # ChatGLM2/3 and GLM-4: their config.json names "ChatGLMModel", the remote code's LM class is
+    # ChatGLMForConditionalGeneration; both are the same checkpoint layout (with its output_layer).
+    "ChatGLMModel": ("chatglm", "ChatGLMForCausalLM"),
+    "ChatGLMForConditionalGeneration": ("chatglm", "ChatGLMForCausalLM"),
     # Bare decoders (HF's *Model classes, no lm_head: Qwen3-Embedding, gte-Qwen2, e5-mistral): pooling only.
     "LlamaModel": ("llama", "LlamaForEmbedding"),
     "MistralModel": ("llama", "LlamaForEmbedding"),

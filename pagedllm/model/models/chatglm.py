@@ -1,0 +1,183 @@
+"""ChatGLM2 / ChatGLM3 / GLM-4 (THUDM's ``ChatGLMForConditionalGeneration``, config.json ``model_type`` "chatglm";
+the config is read by ``model/hf_configs.py``, so the checkpoint's remote code never runs).
+
+A pre-norm decoder like Llama, with its own names and three differences:
+- the rotary embedding turns only the first half of each head's dims, in *interleaved* pairs ``(x[2i], x[2i+1])``,
+  base ``10000 * rope_ratio``. Our rotary (torch and Triton) turns NeoX halves ``(x[i], x[i + r/2])``, so the Q and K
+  rows of ``query_key_value`` are permuted once at load (each head's first half: even rows, then odd rows). Q and K
+  get the same permutation, so every ``q . k`` and hence the attention output is unchanged, and both backends
+  rotate through the partial-rotary path they already have (``partial_rotary_factor`` 0.5);
+- multi-query attention: ``multi_query_group_num`` KV heads, a bias on the fused QKV projection only
+  (``add_qkv_bias``; ``add_bias_linear`` for the other projections);
+- ``dense_h_to_4h`` holds gate and up stacked (SwiGLU: ``silu(first half) * second half``), loaded as the two shards
+  of our merged gate/up projection.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.model.layers.activation import SiluAndMul
+from pagedllm.model.layers.attention import Attention
+from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedllm.model.layers.norm import RMSNorm
+from pagedllm.model.layers.rotary import RotaryEmbedding
+from pagedllm.model.models.weights import load_packed_weights
+
+
+def _check_supported(cfg) -> None:
+    # Layouts no released ChatGLM2/3 / GLM-4 checkpoint uses: refused rather than run wrong.
+    unsupported = {"rmsnorm": (getattr(cfg, "rmsnorm", True), True),
+                   "apply_residual_connection_post_layernorm":
+                       (getattr(cfg, "apply_residual_connection_post_layernorm", False), False),
+                   "pre_seq_len": (getattr(cfg, "pre_seq_len", None), None),
+                   "quantization_bit": (getattr(cfg, "quantization_bit", 0) or 0, 0)}
+    for field, (value, supported) in unsupported.items():
+        if value != supported:
+            raise ValueError(f"ChatGLM with {field}={value!r} is not supported (only {field}={supported!r}).")
+
+
+def interleaved_to_neox_rows(head_dim: int, rotary_dim: int) -> torch.Tensor:
+    """Row order within one head that turns interleaved rotary pairs (2i, 2i+1) of the first ``rotary_dim`` rows
+    into NeoX halves (i, i + rotary_dim/2); rows past ``rotary_dim`` stay."""
+    return torch.cat([torch.arange(0, rotary_dim, 2), torch.arange(1, rotary_dim, 2),
+                      torch.arange(rotary_dim, head_dim)])
+
+
+class GLMSelfAttention(nn.Module):
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.kv_channels
+        self.query_key_value = QKVParallelLinear(cfg.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads,
+                                                 bias=cfg.add_bias_linear or cfg.add_qkv_bias)
+        self.dense = RowParallelLinear(self.num_heads * self.head_dim, cfg.hidden_size, bias=cfg.add_bias_linear)
+        self.rotary = rotary
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads, layer_idx)
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        q, k, v = self.query_key_value(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        return self.dense(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions))
+
+
+class GLMMLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.dense_h_to_4h = MergedColumnParallelLinear(cfg.hidden_size, [cfg.ffn_hidden_size] * 2,
+                                                        bias=cfg.add_bias_linear)
+        self.dense_4h_to_h = RowParallelLinear(cfg.ffn_hidden_size, cfg.hidden_size, bias=cfg.add_bias_linear)
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+
+
+class GLMBlock(nn.Module):
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.layernorm_epsilon)
+        self.self_attention = GLMSelfAttention(cfg, layer_idx, rotary)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.layernorm_epsilon)
+        self.mlp = GLMMLP(cfg)
+
+    def forward(self, positions, hidden, residual, batch):
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attention(positions, hidden, batch)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class GLMTransformer(nn.Module):
+    def __init__(self, cfg, rotary: RotaryEmbedding):
+        super().__init__()
+        self.layers = nn.ModuleList(GLMBlock(cfg, i, rotary) for i in range(cfg.num_layers))
+        self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.layernorm_epsilon) if cfg.post_layer_norm else None
+
+    def forward(self, positions, hidden, batch):
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, batch)
+        if self.final_layernorm is None:
+            return hidden + residual
+        hidden, _ = self.final_layernorm(hidden, residual)
+        return hidden
+
+
+class GLMEmbedding(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.word_embeddings = VocabParallelEmbedding(cfg.padded_vocab_size, cfg.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)
+
+
+class ChatGLMModel(nn.Module):
+    def __init__(self, cfg, max_position: int):
+        super().__init__()
+        self.embedding = GLMEmbedding(cfg)
+        # rope_theta and partial_rotary_factor come from the config class (hf_configs.ChatGLMConfig)
+        self.rotary = RotaryEmbedding(cfg, cfg.kv_channels, max_position)
+        self.encoder = GLMTransformer(cfg, self.rotary)
+        self.output_layer = ParallelLMHead(cfg.padded_vocab_size, cfg.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        return self.encoder(positions, self.embedding(input_ids), batch)
+
+
+class ChatGLMForCausalLM(nn.Module):
+    # checkpoint name fragment -> (our parameter fragment, shard id); the shards are cut in load_weights
+    packed_modules_mapping = {
+        "query_key_value_q": ("query_key_value", "q"), "query_key_value_k": ("query_key_value", "k"),
+        "query_key_value_v": ("query_key_value", "v"),
+        "dense_h_to_4h_gate": ("dense_h_to_4h", 0), "dense_h_to_4h_up": ("dense_h_to_4h", 1),
+    }
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__()
+        _check_supported(hf_config)
+        self.config = hf_config
+        max_position = max(engine_config.max_model_len, getattr(hf_config, "seq_length", 0) or 0)
+        self.transformer = ChatGLMModel(hf_config, max_position)
+        self._qk_row_order = interleaved_to_neox_rows(hf_config.kv_channels, self.transformer.rotary.rotary_dim)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        return self.transformer(input_ids, positions, batch)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.transformer.output_layer.compute_logits(hidden)
+
+    def _split_checkpoint_tensors(self, weights: Iterable[tuple[str, torch.Tensor]]):
+        """The fused checkpoint tensors cut into the shards our fused layers load: ``query_key_value`` into q / k / v
+        (q and k rows reordered for our rotary, see the module docstring), ``dense_h_to_4h`` into gate / up."""
+        cfg = self.config
+        head_dim = cfg.kv_channels
+        q_size, kv_size = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
+        for name, tensor in weights:
+            if ".query_key_value." in name:
+                q, k, v = tensor.split([q_size, kv_size, kv_size], dim=0)
+                for shard, part in (("q", q), ("k", k)):
+                    heads = part.reshape(-1, head_dim, *part.shape[1:])[:, self._qk_row_order]
+                    yield name.replace(".query_key_value.", f".query_key_value_{shard}."), heads.reshape(part.shape)
+                yield name.replace(".query_key_value.", ".query_key_value_v."), v
+            elif ".dense_h_to_4h." in name:
+                gate, up = tensor.chunk(2, dim=0)
+                yield name.replace(".dense_h_to_4h.", ".dense_h_to_4h_gate."), gate
+                yield name.replace(".dense_h_to_4h.", ".dense_h_to_4h_up."), up
+            else:
+                yield name, tensor
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        # rotary_pos_emb.inv_freq: a buffer saved in the .bin checkpoints; we compute our own tables
+        load_packed_weights(self, self._split_checkpoint_tensors(weights), self.packed_modules_mapping,
+                            skip=("rotary_pos_emb.inv_freq",))
