@@ -126,7 +126,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                   root_path=args.root_path or "", lifespan=lifespan, **docs)
     # The engine's input tokenizer: the server tokenizes through the engine's input processor, on its thread.
     common = dict(tokenizer=engine.tokenizer, chat_template=args.chat_template, response_role=args.response_role,
-                  log_requests=args.log_requests, max_log_len=args.max_log_len)
+                  log_requests=args.log_requests, max_log_len=args.max_log_len,
+                  trust_request_chat_template=getattr(args, "trust_request_chat_template", False))
     completions = OpenAIServingCompletion(engine, served_model_names, **common)
     tool_parser = None
     if getattr(args, "enable_auto_tool_choice", False):

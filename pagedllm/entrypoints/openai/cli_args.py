@@ -35,6 +35,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="Model name(s) used in the API; the first is echoed in responses. None = the model path.")
     g.add_argument("--chat-template", type=str, default=None,
                    help="Chat template: a file path or the template itself. None = the tokenizer's.")
+    g.add_argument("--trust-request-chat-template", action="store_true",
+                   help="Allow a chat_template in requests (chat, /tokenize, embeddings). Off by default: a template "
+                        "is code; when allowed it runs sandboxed, within a time and an output-size limit.")
     g.add_argument("--chat-template-content-format", type=str, default="auto", choices=["auto", "string", "openai"],
                    help="How message content is given to the template (text-only models: always a string).")
     g.add_argument("--response-role", type=str, default="assistant",
