@@ -155,6 +155,14 @@ class SamplingFields(OpenAIRequestModel):
     guided_whitespace_pattern: str | None = None
     guided_decoding_backend: str | None = None
 
+    @field_validator("request_id")
+    @classmethod
+    def _printable_request_id(cls, v: str | None) -> str | None:
+        # The id ends up in logs and response ids: no newlines or other control characters, no megabyte ids.
+        if v is not None and (len(v) > 256 or not v.isprintable()):
+            raise ValueError("request_id must be printable text (no control characters) of at most 256 characters.")
+        return v
+
     def structured_output_fields(self) -> tuple[str, StructuredOutputsParams] | None:
         """The request's constraint as (the field it came from, its params), or None; RequestError names the field
         when it cannot be one."""

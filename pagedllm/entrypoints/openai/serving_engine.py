@@ -17,7 +17,8 @@ from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError, Reques
 from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_template
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields
 from pagedllm.engine import structured_output
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+from pagedllm.logger import printable_id
+from pagedllm.sampling_params import MAX_N, RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -91,7 +92,8 @@ def plain_prompt_logprobs(prompt_logprobs) -> list | None:
 class OpenAIServing:
     def __init__(self, engine: AsyncLLMEngine, served_model_names: Sequence[str], *, tokenizer: Any,
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
-                 max_log_len: int | None = None, trust_request_chat_template: bool = False):
+                 max_log_len: int | None = None, trust_request_chat_template: bool = False,
+                 max_n: int = MAX_N, max_prompts_per_request: int | None = None):
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
@@ -101,6 +103,8 @@ class OpenAIServing:
         self.log_requests = log_requests
         self.max_log_len = max_log_len
         self.trust_request_chat_template = trust_request_chat_template
+        self.max_n = max_n
+        self.max_prompts_per_request = max_prompts_per_request
         self.max_model_len = engine.config.max_model_len
         self.vocab_size = engine.vocab_size
         self.default_params = engine.default_sampling_params()
@@ -111,6 +115,15 @@ class OpenAIServing:
     def check_model(self, model: str | None) -> None:
         if model and model not in self.served_model_names:
             raise RequestError(f"The model `{model}` does not exist.", "model", 404, "NotFoundError")
+
+    def check_n(self, n: Any) -> None:
+        if isinstance(n, int) and n > self.max_n:
+            raise RequestError(f"n must be at most {self.max_n} (this server's --max-n), got {n}.", "n")
+
+    def check_num_prompts(self, count: int, field: str) -> None:
+        if self.max_prompts_per_request is not None and count > self.max_prompts_per_request:
+            raise RequestError(f"{field} holds {count} prompts; this server takes at most "
+                               f"{self.max_prompts_per_request} per request (--max-prompts-per-request).", field)
 
     def need_tokenizer(self, what: str) -> Any:
         if self.tokenizer is None:
@@ -157,6 +170,7 @@ class OpenAIServing:
     def sampling_params(self, req: SamplingFields, max_tokens: int | None, logprobs: int | None,
                         structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:
         d = self.default_params
+        self.check_n(req.n)
         if structured_outputs is None:
             structured_outputs = self.structured_outputs(req)
 
@@ -265,8 +279,8 @@ class OpenAIServing:
         if self.max_log_len is not None:
             text = text[:self.max_log_len] if text is not None else None
             ids = ids[:self.max_log_len] if ids is not None else None
-        logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", request_id, text, params,
-                    ids)
+        logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", printable_id(request_id),
+                    text, params, ids)
 
 
 def check_unicode(value: Any, field: str) -> None:
