@@ -78,6 +78,8 @@ def add_error_handlers(app: FastAPI) -> None:
             message = f"Not found: {request.method} {request.url.path} is not a route of this server."
         elif status == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
+        elif status == 400 and exc.detail == "There was an error parsing the body":   # not UTF-8, not JSON
+            message = "JSON decode error: the request body is not valid JSON text (UTF-8)."
         else:
             message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
         response = json_error(message, status)
