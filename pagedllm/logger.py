@@ -69,3 +69,15 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"  CUDA graphs  {runner.get('graphs', 'none')}",
     ]
     logger.info("\n".join(lines))
+
+
+_MAX_LOGGED_ID = 128
+
+
+def printable_id(request_id: object, limit: int = _MAX_LOGGED_ID) -> str:
+    """A client-supplied request id as it may appear in a log line: control characters (a newline would forge a log
+    line) escaped, and cut to ``limit`` characters."""
+    text = str(request_id)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
 _SAMPLING_EPS = 1e-5
 MAX_N = 16384
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_UINT64_MAX = (1 << 64) - 1
+# Numeric fields checked for type, NaN / inf and 64-bit range before any other check (so a string or a NaN is a
+# ValueError naming the field, never a TypeError from a comparison or a NaN that compares False everywhere).
+_FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "min_p")
+_INT_FIELDS = ("n", "best_of", "top_k", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
+               "truncate_prompt_tokens")
+_TOKEN_LIST_FIELDS = ("stop_token_ids", "allowed_token_ids")
 
 
 @dataclass
@@ -120,6 +129,7 @@ class SamplingParams:
     _bad_words_token_ids: list[list[int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self._verify_numbers()
         if self.best_of is None:
             self.best_of = self.n
         if self.seed == -1:
@@ -135,9 +145,14 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.logit_bias is not None:
             try:
-                self.logit_bias = {int(k): max(-100.0, min(100.0, float(v))) for k, v in self.logit_bias.items()}
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"logit_bias must map token ids to numbers: {e}") from None
+                bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+            except (TypeError, ValueError, AttributeError, OverflowError):
+                raise ValueError(f"logit_bias must map token ids to numbers, got {self.logit_bias!r:.200}.") from None
+            bad = [k for k, v in bias.items() if not math.isfinite(v)]
+            if bad:
+                raise ValueError(f"logit_bias values must be finite numbers, got {bias[bad[0]]} for token {bad[0]}.")
+            # vLLM clamps to OpenAI's range [-100, 100].
+            self.logit_bias = {k: max(-100.0, min(100.0, v)) for k, v in bias.items()}
         if 0 < self.temperature < 0.01:
             # vLLM raises tiny temperatures to 0.01: below that the softmax overflows in fp16/bf16.
             self.temperature = 0.01
@@ -147,6 +162,35 @@ class SamplingParams:
             # Greedy: the other sampling knobs have no effect; make that explicit.
             self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
         self._all_stop_token_ids = set(self.stop_token_ids)
+
+    def _verify_numbers(self) -> None:
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r:.100}.")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}.")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if value is None and name not in ("n", "min_tokens"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r:.100}.")
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise ValueError(f"{name} must fit in a 64-bit integer, got {value}.")
+        for name in _TOKEN_LIST_FIELDS:
+            ids = getattr(self, name)
+            if ids is not None and (isinstance(ids, (str, bytes)) or not all(
+                    isinstance(t, int) and not isinstance(t, bool) for t in ids)):
+                raise ValueError(f"{name} must be a list of token ids (integers), got {ids!r:.100}.")
+        if self.seed is not None:
+            if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+                raise ValueError(f"seed must be an integer, got {self.seed!r:.100}.")
+            # With n > 1 the i-th completion samples with seed + i (input_processor.py): all of them must fit.
+            n = self.n if self.n > 0 else 1
+            if not _INT64_MIN <= self.seed <= _UINT64_MAX - (n - 1):
+                raise ValueError(f"seed must be in [{_INT64_MIN}, {_UINT64_MAX - (n - 1)}] (a 64-bit seed; with n={n} "
+                                 f"completions seeded seed .. seed+{n - 1}), got {self.seed}.")
 
     def _take_guided_decoding(self) -> None:
         if self.guided_decoding is None:

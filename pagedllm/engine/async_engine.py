@@ -26,7 +26,7 @@ from pagedllm.engine.input_processor import InputProcessor, PromptType, load_tok
 from pagedllm.engine.messages import AbortRequests, CoreDead, CoreSnapshot, CoreStepOutputs, EngineSnapshot
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import StepStats
-from pagedllm.logger import log_engine_start
+from pagedllm.logger import log_engine_start, printable_id
 from pagedllm.outputs import CompletionOutput, PoolingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -285,7 +285,7 @@ class AsyncLLMEngine:
         if self.metrics is not None:
             self.metrics.on_request_aborted(request_id, len(state.completions))
         if self.log_requests:
-            logger.info("Aborted request %s.", request_id)
+            logger.info("Aborted request %s.", printable_id(request_id))
 
     def shutdown(self) -> None:
         if not self._stopped:

@@ -89,6 +89,10 @@ class InputProcessor:
         if self.tokenizer is None:
             raise ValueError("Text prompts need a tokenizer, but skip_tokenizer_init=True: pass "
                              "{'prompt_token_ids': [...]} instead.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:   # JSON's "\ud800": no tokenizer can encode it; say what is wrong, not where
+            raise ValueError("prompt contains invalid Unicode (lone surrogate).") from None
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     def tokenize_prompt(self, prompt: PromptType, add_special_tokens: bool = True) -> tuple[str | None, list[int]]:

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.engine.request import FINISH_REASONS, Request, RequestStatus
+from pagedllm.logger import printable_id
 from pagedllm.step_data import ModelRunnerOutput, NewRequestData, ResumedRequestData, SchedulerOutput
 
 logger = logging.getLogger(__name__)
+PREEMPTION_LOG_EVERY = 50
 
 
 @dataclass(slots=True)
@@ -220,6 +222,13 @@ class Scheduler:
         request.resumed = request.sent_to_workers
         self.num_preemptions += 1
         heapq.heappush(self.waiting, request)
+        if self.num_preemptions % PREEMPTION_LOG_EVERY == 1 or PREEMPTION_LOG_EVERY == 1:
+            # vLLM's warning (first, then every 50th): preemptions cost recomputation, the operator should know.
+            logger.warning("Request %s is preempted by recompute because there is not enough KV cache space. This "
+                           "can affect the end-to-end performance. Increase gpu_memory_utilization (or "
+                           "kv_cache_memory) or tensor_parallel_size to provide more KV cache memory. "
+                           "total_num_cumulative_preemption=%d", printable_id(request.request_id),
+                           self.num_preemptions)
 
     # ---- the step's result --------------------------------------------------------------------------------------
     def update_from_output(self, sched_out: SchedulerOutput,

@@ -1,6 +1,6 @@
 """The legacy demo server (vLLM's ``vllm.entrypoints.api_server``): GET /health and POST /generate.
 
-``python -m pagedllm.entrypoints.api_server --model MODEL [--host H] [--port 8000] [engine flags]``
+``python -m pagedllm.entrypoints.api_server --model MODEL [--host H] [--port 8000] [--api-key KEY] [engine flags]``
 
 POST /generate ``{"prompt": str, "stream": false, ...any SamplingParams field}`` -> ``{"text": [prompt + output, ...]}``
 comes from generate_route.py, the same route the OpenAI-compatible server mounts.
@@ -14,17 +14,23 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 import pagedllm
+from pagedllm import envs
 from pagedllm.config import EngineArgs, FlexibleArgumentParser, verify_engine_args
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import run_event_loop
 from pagedllm.entrypoints.generate_route import add_generate_route
+from pagedllm.entrypoints.openai.cli_args import add_limit_args, check_limit_args
+from pagedllm.entrypoints.server_guards import DEFAULT_MAX_REQUEST_BODY_BYTES, add_error_handlers, add_guards
+from pagedllm.sampling_params import MAX_N
 
 logger = logging.getLogger("pagedllm.entrypoints.api_server")
 
 
-def build_app(engine: AsyncLLMEngine, root_path: str = "") -> FastAPI:
+def build_app(engine: AsyncLLMEngine, root_path: str = "", api_key: str | None = None, max_n: int = MAX_N,
+              max_request_body_bytes: int | None = DEFAULT_MAX_REQUEST_BODY_BYTES) -> FastAPI:
     app = FastAPI(title="pagedllm demo API server", version=pagedllm.__version__, root_path=root_path)
     app.state.engine = engine
+    add_error_handlers(app)
 
     @app.get("/health")
     async def health() -> Response:
@@ -34,7 +40,8 @@ def build_app(engine: AsyncLLMEngine, root_path: str = "") -> FastAPI:
             return Response(status_code=500)
         return Response(status_code=200)
 
-    add_generate_route(app, engine)
+    add_generate_route(app, engine, max_n=max_n)
+    add_guards(app, api_key, max_request_body_bytes)
     return app
 
 
@@ -48,6 +55,10 @@ def make_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl-ca-certs", type=str, default=None)
     parser.add_argument("--root-path", type=str, default=None)
     parser.add_argument("--log-level", type=str, default="info")
+    parser.add_argument("--api-key", type=str, default=None,
+                        help="If provided, POST /generate needs this key as 'Authorization: Bearer <key>' (env "
+                             "PAGEDLLM_API_KEY does the same); /health stays open.")
+    add_limit_args(parser)
     EngineArgs.add_cli_args(parser)
     return parser
 
@@ -59,13 +70,18 @@ def main(argv: list[str] | None = None) -> None:
     from pagedllm.metrics import EngineMetrics
 
     args = make_arg_parser().parse_args(argv)
+    if args.api_key is None:
+        args.api_key = envs.PAGEDLLM_API_KEY or envs.VLLM_API_KEY
+    args.max_log_len = None
+    check_limit_args(args)
     configure_logging()
     engine_args = EngineArgs.from_cli_args(args)
     verify_engine_args(engine_args)
     engine_args.usage_context = "openai_api_server"
     metrics = EngineMetrics(engine_args.model, log_stats=not args.disable_log_stats)
     engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=False, metrics=metrics)
-    app = build_app(engine, args.root_path or "")
+    app = build_app(engine, args.root_path or "", api_key=args.api_key, max_n=args.max_n,
+                    max_request_body_bytes=args.max_request_body_bytes)
     config = uvicorn.Config(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.log_level,
                             timeout_keep_alive=5, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
                             ssl_ca_certs=args.ssl_ca_certs, root_path=args.root_path or "")

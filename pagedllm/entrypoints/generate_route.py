@@ -7,6 +7,7 @@ newline-delimited JSON (cumulative text, not SSE). A client that disconnects has
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import AsyncIterator
 
@@ -16,13 +17,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.openai.protocol import random_uuid
 from pagedllm.entrypoints.openai.serving_engine import error_body, error_response, guess_param, until_disconnected
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.sampling_params import MAX_N, RequestOutputKind, SamplingParams
 
 GENERATE_PATH = "/generate"
+# The fields a /generate body may carry besides prompt and stream (SamplingParams' public ones).
+_SAMPLING_PARAMS_FIELDS = {f.name for f in dataclasses.fields(SamplingParams) if not f.name.startswith("_")}
 
 
-def add_generate_route(app: FastAPI, engine: AsyncLLMEngine) -> None:
-    """Mount POST /generate on ``app``, answering from ``engine``."""
+def add_generate_route(app: FastAPI, engine: AsyncLLMEngine, max_n: int = MAX_N) -> None:
+    """Mount POST /generate on ``app``, answering from ``engine`` (at most ``max_n`` completions per request)."""
 
     @app.post(GENERATE_PATH)
     async def generate(request: Request) -> Response:
@@ -34,17 +37,28 @@ def add_generate_route(app: FastAPI, engine: AsyncLLMEngine) -> None:
             return JSONResponse(error_body("The body needs a 'prompt' (a string or token ids).", param="prompt"),
                                 status_code=400)
         prompt = body.pop("prompt")
-        stream = bool(body.pop("stream", False))
+        stream = body.pop("stream", False)
+        if not isinstance(stream, bool):
+            return JSONResponse(error_body(f"stream must be true or false, got {stream!r:.50}.", param="stream"),
+                                status_code=400)
+        unknown = sorted(set(body) - _SAMPLING_PARAMS_FIELDS)
+        if unknown:
+            return JSONResponse(error_body(f"Unknown field {unknown[0]!r:.80} in the body: /generate takes 'prompt', "
+                                           f"'stream' and SamplingParams fields.", param=unknown[0][:80]),
+                                status_code=400)
+        if isinstance(body.get("n"), int) and body["n"] > max_n:
+            return JSONResponse(error_body(f"n must be at most {max_n} (this server's --max-n), got {body['n']}.",
+                                           param="n"), status_code=400)
         try:
             params = SamplingParams(**body)
-        except TypeError as e:   # an unknown field
-            return JSONResponse(error_body(str(e)), status_code=400)
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             return JSONResponse(error_body(str(e), param=guess_param(str(e))), status_code=400)
         params.output_kind = RequestOutputKind.DELTA
         engine_prompt = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": prompt}
         try:
             results = await engine.add_request(random_uuid(), engine_prompt, params)
+        except ValueError as e:   # the prompt's checks, or the params' checks against the model
+            return JSONResponse(error_body(str(e), param=guess_param(str(e)) or "prompt"), status_code=400)
         except Exception as e:
             return error_response(e)
         prefix = prompt if isinstance(prompt, str) else ""

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
+from pagedllm.entrypoints.chat_utils import apply_chat_template
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, EmbeddingRequestOutput, PoolingRequestOutput,
                               RequestOutput, ScoringOutput, ScoringRequestOutput)
 from pagedllm.pooling_params import PoolingParams
@@ -191,7 +192,8 @@ class LLM:
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = [{"prompt_token_ids": apply_chat_template(
             self.get_tokenizer(), conv, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message, tools=tools, chat_template_kwargs=chat_template_kwargs)}
+            continue_final_message=continue_final_message, tools=tools, chat_template_kwargs=chat_template_kwargs,
+            trusted=True)}     # the caller's own template: their code, as trusted as the rest of their program
             for conv in conversations]
         outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
         tok = self.get_tokenizer()
@@ -251,21 +253,3 @@ class LLM:
             results.append(BeamSearchOutput(sequences=best))
         return results
 
-
-def apply_chat_template(tokenizer, conversation: list[dict], chat_template: str | None = None,
-                        add_generation_prompt: bool = True, continue_final_message: bool = False,
-                        tools: list[dict] | None = None, chat_template_kwargs: dict | None = None) -> list[int]:
-    """Token ids of a conversation rendered by the tokenizer's chat template (or ``chat_template``)."""
-    if tokenizer is None:
-        raise ValueError("chat needs a tokenizer (skip_tokenizer_init=True was given).")
-    if add_generation_prompt and continue_final_message:
-        raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
-    for m in conversation:
-        if not isinstance(m, dict) or "role" not in m:
-            raise ValueError(f"Each message needs a 'role', got {m!r}.")
-    kwargs = dict(chat_template_kwargs or {})
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
-                                         add_generation_prompt=add_generation_prompt,
-                                         continue_final_message=continue_final_message, tools=tools, **kwargs)
-    # The template already holds the special tokens (BOS etc.): don't add them twice.
-    return tokenizer.encode(text, add_special_tokens=False)

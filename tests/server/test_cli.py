@@ -35,12 +35,28 @@ def test_serve_model_positional_flag_and_default():
 
 
 def test_request_logging_and_api_key_env(monkeypatch):
-    assert parse("serve").log_requests is True
+    # vLLM's current default: prompts are logged only with --enable-log-requests.
+    assert parse("serve").log_requests is False
+    assert parse("serve", "--enable-log-requests").log_requests is True
     assert parse("serve", "--disable-log-requests").log_requests is False
     assert parse("serve", "--disable-log-requests", "--enable-log-requests").log_requests is True
     monkeypatch.setenv("PAGEDLLM_API_KEY", "from-env")
     assert parse("serve").api_key == "from-env"
     assert parse("serve", "--api-key", "flag").api_key == "flag"
+
+
+def test_limit_flags():
+    args = parse("serve")
+    assert (args.max_n, args.max_prompts_per_request, args.max_request_body_bytes) == (128, 2048, 32 * 1024 * 1024)
+    assert args.trust_request_chat_template is False
+    args = parse("serve", "--max-n", "4", "--max-prompts-per-request", "2", "--max-request-body-bytes", "0",
+                 "--trust-request-chat-template")
+    assert (args.max_n, args.max_prompts_per_request, args.max_request_body_bytes) == (4, 2, 0)
+    assert args.trust_request_chat_template is True
+    with pytest.raises(ValueError, match=r"--max-n must be in \[1, 16384\], got 0"):
+        parse("serve", "--max-n", "0")
+    with pytest.raises(ValueError, match="--max-prompts-per-request must be at least 1"):
+        parse("serve", "--max-prompts-per-request", "0")
 
 
 def test_chat_template_file_or_inline(tmp_path):

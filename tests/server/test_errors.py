@@ -116,14 +116,16 @@ def test_served_model_names(client):
 
 def test_api_key(server):
     body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+    unauthorized = {"error": {"message": "Unauthorized: this server needs its API key as 'Authorization: Bearer "
+                                         "<key>'.", "type": "AuthenticationError", "param": None, "code": 401}}
     r = httpx.post(server.url + "/v1/completions", json=body)
-    assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
+    assert r.status_code == 401 and r.json() == unauthorized
     r = httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": "Bearer wrong"})
-    assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
+    assert r.status_code == 401 and r.json() == unauthorized
     assert httpx.get(server.url + "/v1/models").status_code == 401
     # /generate runs the model too, so it needs the key (vLLM's OpenAI server has no /generate to guard).
     r = httpx.post(server.url + "/generate", json={"prompt": "Hi", "max_tokens": 2})
-    assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
+    assert r.status_code == 401 and r.json() == unauthorized
     r = httpx.post(server.url + "/generate", json={"prompt": "Hi", "max_tokens": 2, "temperature": 0}, timeout=120,
                    headers={"Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 200 and r.json()["text"][0].startswith("Hi")

@@ -344,3 +344,27 @@ def test_prefix_cache_counters_count_a_waiting_request_once_on_admission():
     step(sched)                                                # decoding adds no lookups
     assert (kv.pool.query_tokens, kv.pool.hit_tokens) == (24, 4)
     assert (kv.pool.preempted_query_tokens, kv.pool.preempted_hit_tokens) == (0, 0)
+
+
+def test_preemption_is_logged_as_a_warning_first_then_every_50th(monkeypatch):
+    import logging
+    import pagedllm.engine.scheduler as scheduler_module
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("pagedllm.engine.scheduler")
+    log.addHandler(handler)
+    monkeypatch.setattr(scheduler_module, "PREEMPTION_LOG_EVERY", 2)
+    try:
+        sched, kv = make_scheduler(num_blocks=4, max_tokens=64)
+        reqs = [make_request("a", list(range(1, 9))), make_request("b\nINFO forged line", list(range(20, 28)))]
+        for r in reqs:
+            sched.add_request(r)
+        step(sched)
+        step(sched)                                # b preempted: the 1st preemption, logged
+        assert sched.num_preemptions == 1
+        warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "total_num_cumulative_preemption=1" in warnings[0]
+        assert "\n" not in warnings[0] and "b\\nINFO forged line" in warnings[0]
+    finally:
+        log.removeHandler(handler)

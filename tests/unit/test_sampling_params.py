@@ -91,6 +91,30 @@ def test_boundary_values_accepted():
     (dict(stop=["x"], detokenize=False), "stop strings are only supported when detokenize is True"),
     (dict(allowed_token_ids=[]), "allowed_token_ids is not None and empty"),
     (dict(logit_bias={"abc": 1.0}), "logit_bias"),
+    # NaN / inf / wrong types / 64-bit overflow: a ValueError naming the field, never a TypeError or a silent NaN.
+    (dict(temperature=float("nan")), "temperature must be a finite number, got nan"),
+    (dict(temperature=float("inf")), "temperature must be a finite number, got inf"),
+    (dict(top_p=float("nan")), "top_p must be a finite number"),
+    (dict(min_p=float("nan")), "min_p must be a finite number"),
+    (dict(presence_penalty=float("-inf")), "presence_penalty must be a finite number"),
+    (dict(frequency_penalty=float("nan")), "frequency_penalty must be a finite number"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number"),
+    (dict(temperature="hot"), "temperature must be a number, got str"),
+    (dict(top_p=None), "top_p must be a number, got NoneType"),
+    (dict(logit_bias={5: float("nan")}), "logit_bias values must be finite numbers, got nan for token 5"),
+    (dict(logit_bias={5: float("inf")}), "logit_bias values must be finite numbers"),
+    (dict(logit_bias=[1, 2]), "logit_bias must map token ids to numbers"),
+    (dict(max_tokens=1.5), "max_tokens must be an integer, got float"),
+    (dict(max_tokens=2 ** 63), "max_tokens must fit in a 64-bit integer"),
+    (dict(top_k=10 ** 30), "top_k must fit in a 64-bit integer"),
+    (dict(n=True), "n must be an integer, got bool"),
+    (dict(logprobs="5"), "logprobs must be an integer, got str"),
+    (dict(stop_token_ids=["a"]), "stop_token_ids must be a list of token ids"),
+    (dict(allowed_token_ids="12"), "allowed_token_ids must be a list of token ids"),
+    (dict(seed=2 ** 64), r"seed must be in \[-9223372036854775808, 18446744073709551615\]"),
+    (dict(seed=-(2 ** 63) - 1), "seed must be in"),
+    (dict(seed=2 ** 64 - 1, n=2), r"seed must be in \[-9223372036854775808, 18446744073709551614\] .*with n=2"),
+    (dict(seed=1.5), "seed must be an integer"),
 ])
 def test_invalid_values_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -186,3 +210,12 @@ def test_truncate_prompt_tokens_keeps_the_last_tokens(tiny_llm):
                               use_tqdm=False)[0]
     assert out.prompt_token_ids == [34, 35, 36]
     assert out.outputs[0].token_ids == short.outputs[0].token_ids
+
+
+def test_64_bit_seed_edges_and_logit_bias_clamp():
+    """The largest seed works with n=1, and with n=2 the largest that leaves room for seed + 1."""
+    assert SamplingParams(seed=2 ** 64 - 1).seed == 2 ** 64 - 1
+    assert SamplingParams(seed=2 ** 64 - 2, n=2).seed == 2 ** 64 - 2
+    assert SamplingParams(seed=-(2 ** 63)).seed == -(2 ** 63)
+    assert SamplingParams(seed=-1).seed is None
+    assert SamplingParams(logit_bias={"5": 250, 6: -1e9}).logit_bias == {5: 100.0, 6: -100.0}

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import secrets
 import sys
 from contextlib import asynccontextmanager
 from typing import Any, Union
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
@@ -23,7 +21,7 @@ import pagedllm
 from pagedllm.config import EngineArgs, FlexibleArgumentParser
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
-from pagedllm.entrypoints.generate_route import GENERATE_PATH, add_generate_route
+from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                   EmbeddingRequest, ModelCard, ModelList, PoolingRequest,
@@ -31,9 +29,12 @@ from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, Complet
                                                   TokenizeCompletionRequest)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
-from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_body, error_response
+from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_response
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
+from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
+                                                add_error_handlers, add_guards, validation_error_response)
 from pagedllm.metrics import EngineMetrics
+from pagedllm.sampling_params import MAX_N
 
 logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
 
@@ -51,53 +52,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
-
-
-# ---- errors and auth -------------------------------------------------------------------------------------------------
-def validation_error_response(exc: RequestValidationError) -> JSONResponse:
-    """Pydantic failures are 400 (not FastAPI's 422) with OpenAI's error JSON; the message names the field."""
-    parts, param = [], None
-    seen = set()
-    for err in exc.errors():
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        if err.get("type") == "json_invalid":
-            parts.append(f"JSON decode error: {err.get('msg')} (at position {loc[0] if loc else '?'})")
-            continue
-        where = ".".join(loc)
-        if param is None and loc:
-            param = loc[0]
-        key = (loc[0] if loc else "", err.get("msg"))
-        if key in seen:
-            continue
-        seen.add(key)
-        msg = err.get("msg", "invalid value")
-        parts.append(f"{where}: {msg}" if where else msg)
-    message = "; ".join(parts[:6]) or "Invalid request body."
-    return JSONResponse(error_body(message, "BadRequestError", 400, param), status_code=400)
-
-
-class APIKeyMiddleware:
-    """With --api-key, every /v1/* route and /generate need ``Authorization: Bearer <key>``; /health, /metrics,
-    /tokenize and /detokenize stay open (as in vLLM). /generate is guarded although vLLM guards only /v1: it runs the
-    model like /v1/completions, and a key that one unguarded generation route bypasses protects nothing."""
-
-    def __init__(self, app: Any, api_key: str):
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope.get("method") != "OPTIONS":
-            path = scope.get("path", "")
-            root = scope.get("root_path", "") or ""
-            if root and path.startswith(root):
-                path = path[len(root):]
-            if path.startswith("/v1") or path == GENERATE_PATH:
-                headers = dict(scope.get("headers") or [])
-                if not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
-                    response = JSONResponse({"error": "Unauthorized"}, status_code=401)
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
 
 
 # ---- the app ---------------------------------------------------------------------------------------------------------
@@ -126,7 +80,10 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                   root_path=args.root_path or "", lifespan=lifespan, **docs)
     # The engine's input tokenizer: the server tokenizes through the engine's input processor, on its thread.
     common = dict(tokenizer=engine.tokenizer, chat_template=args.chat_template, response_role=args.response_role,
-                  log_requests=args.log_requests, max_log_len=args.max_log_len)
+                  log_requests=args.log_requests, max_log_len=args.max_log_len,
+                  trust_request_chat_template=getattr(args, "trust_request_chat_template", False),
+                  max_n=getattr(args, "max_n", MAX_N),
+                  max_prompts_per_request=getattr(args, "max_prompts_per_request", None))
     completions = OpenAIServingCompletion(engine, served_model_names, **common)
     tool_parser = None
     if getattr(args, "enable_auto_tool_choice", False):
@@ -144,17 +101,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     app.state.engine = engine
     app.state.metrics = metrics
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError):
-        return validation_error_response(exc)
-
-    @app.exception_handler(RequestError)
-    async def _request_error(_: Request, exc: RequestError):
-        return error_response(exc)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(_: Request, exc: Exception):
-        return error_response(exc)
+    add_error_handlers(app)
 
     @app.get("/health")
     async def health() -> Response:
@@ -186,6 +133,14 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                            task="embed" if is_pooling else "generate")
                  for name in served_model_names]
         return JSONResponse(ModelList(data=cards).model_dump())
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str):
+        if model_id not in served_model_names:
+            raise RequestError(f"The model `{model_id}` does not exist.", "model", 404, "NotFoundError")
+        card = ModelCard(id=model_id, root=engine.engine_args.model, max_model_len=engine.config.max_model_len,
+                         task="embed" if is_pooling else "generate")
+        return JSONResponse(card.model_dump())
 
     @app.post("/v1/completions")
     async def create_completion(request: CompletionRequest, raw_request: Request):
@@ -247,11 +202,10 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         except Exception as e:
             return error_response(e)
 
-    add_generate_route(app, engine)
+    add_generate_route(app, engine, max_n=getattr(args, "max_n", MAX_N))
 
     # Middlewares: the last added runs first, so CORS answers preflights before the key check.
-    if args.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=args.api_key)
+    add_guards(app, args.api_key, getattr(args, "max_request_body_bytes", DEFAULT_MAX_REQUEST_BODY_BYTES))
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
     return app

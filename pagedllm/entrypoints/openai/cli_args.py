@@ -7,6 +7,10 @@ import os
 
 from pagedllm import envs
 from pagedllm.config import EngineArgs, verify_engine_args
+from pagedllm.sampling_params import MAX_N
+
+DEFAULT_MAX_N = 128             # OpenAI's limit on n
+DEFAULT_MAX_PROMPTS = 2048      # OpenAI's limit on the inputs of one embeddings request
 
 
 def _json_list(text: str) -> list[str]:
@@ -35,6 +39,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="Model name(s) used in the API; the first is echoed in responses. None = the model path.")
     g.add_argument("--chat-template", type=str, default=None,
                    help="Chat template: a file path or the template itself. None = the tokenizer's.")
+    g.add_argument("--trust-request-chat-template", action="store_true",
+                   help="Allow a chat_template in requests (chat, /tokenize, embeddings). Off by default: a template "
+                        "is code; when allowed it runs sandboxed, within a time and an output-size limit.")
     g.add_argument("--chat-template-content-format", type=str, default="auto", choices=["auto", "string", "openai"],
                    help="How message content is given to the template (text-only models: always a string).")
     g.add_argument("--response-role", type=str, default="assistant",
@@ -45,10 +52,13 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--ssl-cert-reqs", type=int, default=0, help="Whether client certificates are required.")
     g.add_argument("--root-path", type=str, default=None, help="FastAPI root_path when behind a path-based proxy.")
     g.add_argument("--disable-log-requests", action="store_true", default=None,
-                   help="Do not log each request (logged by default).")
-    g.add_argument("--enable-log-requests", action="store_true", default=None, help="Log each request.")
+                   help="Deprecated (vLLM's old flag): requests are not logged unless --enable-log-requests.")
+    g.add_argument("--enable-log-requests", action="store_true", default=None,
+                   help="Log each request (its prompt and sampling params) at INFO. Off by default: prompts are "
+                        "user data.")
     g.add_argument("--max-log-len", type=int, default=None,
                    help="Max number of prompt characters or ids printed in request logs. None = unlimited.")
+    add_limit_args(g)
     g.add_argument("--disable-frontend-multiprocessing", action="store_true",
                    help="Run the engine in a thread of the API server process instead of its own process (the "
                         "engine process keeps HTTP work from competing with the engine for the GIL).")
@@ -60,6 +70,19 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--enable-prompt-tokens-details", action="store_true",
                    help="Accepted for compatibility (prompt_tokens_details stays null).")
     return parser
+
+
+def add_limit_args(g) -> None:
+    """Per-request caps of both HTTP servers (a request over one is a 400 / 413 naming the cap)."""
+    from pagedllm.entrypoints.server_guards import DEFAULT_MAX_REQUEST_BODY_BYTES
+    g.add_argument("--max-n", type=int, default=DEFAULT_MAX_N,
+                   help=f"Max completions per request (n). Default {DEFAULT_MAX_N}, OpenAI's own limit (vLLM allows "
+                        f"{MAX_N}: one such request holds the engine for minutes).")
+    g.add_argument("--max-prompts-per-request", type=int, default=DEFAULT_MAX_PROMPTS,
+                   help=f"Max prompts in one /v1/completions or /v1/embeddings request (a list). Default "
+                        f"{DEFAULT_MAX_PROMPTS}, OpenAI's limit for embedding inputs.")
+    g.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+                   help="Max size of a request body; larger bodies get a 413. 0 = unlimited.")
 
 
 def make_serve_parser(parser: argparse.ArgumentParser, model_positional: bool) -> argparse.ArgumentParser:
@@ -106,8 +129,9 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     args.model = model
     if args.api_key is None:
         args.api_key = envs.PAGEDLLM_API_KEY or envs.VLLM_API_KEY
-    # Default: log requests (one line each); --disable-log-requests turns that off, --enable-log-requests wins.
-    args.log_requests = bool(args.enable_log_requests) or not bool(args.disable_log_requests)
+    # vLLM's current default: requests (their prompts: user data) are logged only with --enable-log-requests.
+    args.log_requests = bool(args.enable_log_requests)
+    check_limit_args(args)
     args.chat_template = load_chat_template(args.chat_template)
     if args.enable_auto_tool_choice:
         from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
@@ -116,6 +140,18 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         get_tool_parser(args.tool_call_parser)     # an unknown name fails before start-up
     verify_engine_args(EngineArgs.from_cli_args(args))   # a flag pagedllm cannot honour fails here, before start-up
     return args
+
+
+def check_limit_args(args: argparse.Namespace) -> None:
+    if not 1 <= args.max_n <= MAX_N:
+        raise ValueError(f"--max-n must be in [1, {MAX_N}], got {args.max_n}.")
+    if args.max_prompts_per_request < 1:
+        raise ValueError(f"--max-prompts-per-request must be at least 1, got {args.max_prompts_per_request}.")
+    if args.max_request_body_bytes < 0:
+        raise ValueError(f"--max-request-body-bytes must be 0 (unlimited) or positive, got "
+                         f"{args.max_request_body_bytes}.")
+    if args.max_log_len is not None and args.max_log_len < 0:
+        raise ValueError(f"--max-log-len must be non-negative, got {args.max_log_len}.")
 
 
 def load_chat_template(value: str | None) -> str | None:

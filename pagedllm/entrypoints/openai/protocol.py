@@ -35,6 +35,11 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class OpenAIRequestModel(OpenAIBaseModel):
+    # JSON as Python parses it accepts NaN and Infinity: no request field may be one (a 400 naming the field).
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
 class ErrorInfo(OpenAIBaseModel):
     message: str
     type: str
@@ -105,7 +110,7 @@ class UsageInfo(OpenAIBaseModel):
     prompt_tokens_details: dict | None = None
 
 
-class SamplingFields(OpenAIBaseModel):
+class SamplingFields(OpenAIRequestModel):
     """Fields both completions and chat accept (OpenAI's, then vLLM's extras). None = "not given": the model's
     generation_config, then SamplingParams' default, applies."""
     model: str | None = None
@@ -149,6 +154,14 @@ class SamplingFields(OpenAIBaseModel):
     guided_grammar: str | None = None
     guided_whitespace_pattern: str | None = None
     guided_decoding_backend: str | None = None
+
+    @field_validator("request_id")
+    @classmethod
+    def _printable_request_id(cls, v: str | None) -> str | None:
+        # The id ends up in logs and response ids: no newlines or other control characters, no megabyte ids.
+        if v is not None and (len(v) > 256 or not v.isprintable()):
+            raise ValueError("request_id must be printable text (no control characters) of at most 256 characters.")
+        return v
 
     def structured_output_fields(self) -> tuple[str, StructuredOutputsParams] | None:
         """The request's constraint as (the field it came from, its params), or None; RequestError names the field
@@ -381,14 +394,14 @@ class ChatCompletionStreamResponse(OpenAIBaseModel):
 
 
 # ---- /tokenize, /detokenize ----------------------------------------------------------------------------------------
-class TokenizeCompletionRequest(OpenAIBaseModel):
+class TokenizeCompletionRequest(OpenAIRequestModel):
     model: str | None = None
     prompt: str
     add_special_tokens: bool = True
     return_token_strs: bool | None = False
 
 
-class TokenizeChatRequest(OpenAIBaseModel):
+class TokenizeChatRequest(OpenAIRequestModel):
     model: str | None = None
     messages: list[ChatMessage]
     add_generation_prompt: bool = True
@@ -410,7 +423,7 @@ class TokenizeResponse(OpenAIBaseModel):
     token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(OpenAIBaseModel):
+class DetokenizeRequest(OpenAIRequestModel):
     model: str | None = None
     tokens: list[int]
 
@@ -423,7 +436,7 @@ class DetokenizeResponse(OpenAIBaseModel):
 PoolingInput = Union[str, list[str], list[int], list[list[int]]]
 
 
-class EmbeddingRequest(OpenAIBaseModel):
+class EmbeddingRequest(OpenAIRequestModel):
     model: str | None = None
     # The texts / token ids to embed, or (vLLM's chat form) a conversation the chat template renders into one prompt.
     input: PoolingInput | None = None
@@ -456,7 +469,7 @@ class PoolingRequest(EmbeddingRequest):
     pass
 
 
-class ScoreRequest(OpenAIBaseModel):
+class ScoreRequest(OpenAIRequestModel):
     model: str | None = None
     text_1: Union[str, list[str]]
     text_2: Union[str, list[str]]

@@ -80,6 +80,8 @@ class OpenAIServingCompletion(OpenAIServing):
             items = list(raw)
         if not items:
             raise RequestError("prompt must not be empty.", "prompt")
+        self.check_num_prompts(len(items), "prompt")
+        self.check_n(req.n)
         out = []
         for item in items:
             if isinstance(item, str):

@@ -14,10 +14,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError, RequestStream
-from pagedllm.entrypoints.llm import apply_chat_template
+from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_template
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields
 from pagedllm.engine import structured_output
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+from pagedllm.logger import printable_id
+from pagedllm.sampling_params import MAX_N, RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -46,6 +47,8 @@ def error_response(e: BaseException) -> JSONResponse:
 
 def guess_param(message: str) -> str | None:
     """The request field a SamplingParams / engine message is about ("max_tokens must be at least 1" -> max_tokens)."""
+    if message.startswith("prompt contains invalid Unicode"):
+        return "prompt"
     best = None
     for name in _SAMPLING_FIELDS:
         m = re.search(rf"(?<![A-Za-z_]){re.escape(name)}(?![A-Za-z_])", message)
@@ -89,7 +92,8 @@ def plain_prompt_logprobs(prompt_logprobs) -> list | None:
 class OpenAIServing:
     def __init__(self, engine: AsyncLLMEngine, served_model_names: Sequence[str], *, tokenizer: Any,
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
-                 max_log_len: int | None = None):
+                 max_log_len: int | None = None, trust_request_chat_template: bool = False,
+                 max_n: int = MAX_N, max_prompts_per_request: int | None = None):
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
@@ -98,6 +102,9 @@ class OpenAIServing:
         self.response_role = response_role
         self.log_requests = log_requests
         self.max_log_len = max_log_len
+        self.trust_request_chat_template = trust_request_chat_template
+        self.max_n = max_n
+        self.max_prompts_per_request = max_prompts_per_request
         self.max_model_len = engine.config.max_model_len
         self.vocab_size = engine.vocab_size
         self.default_params = engine.default_sampling_params()
@@ -108,6 +115,15 @@ class OpenAIServing:
     def check_model(self, model: str | None) -> None:
         if model and model not in self.served_model_names:
             raise RequestError(f"The model `{model}` does not exist.", "model", 404, "NotFoundError")
+
+    def check_n(self, n: Any) -> None:
+        if isinstance(n, int) and n > self.max_n:
+            raise RequestError(f"n must be at most {self.max_n} (this server's --max-n), got {n}.", "n")
+
+    def check_num_prompts(self, count: int, field: str) -> None:
+        if self.max_prompts_per_request is not None and count > self.max_prompts_per_request:
+            raise RequestError(f"{field} holds {count} prompts; this server takes at most "
+                               f"{self.max_prompts_per_request} per request (--max-prompts-per-request).", field)
 
     def need_tokenizer(self, what: str) -> Any:
         if self.tokenizer is None:
@@ -154,6 +170,7 @@ class OpenAIServing:
     def sampling_params(self, req: SamplingFields, max_tokens: int | None, logprobs: int | None,
                         structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:
         d = self.default_params
+        self.check_n(req.n)
         if structured_outputs is None:
             structured_outputs = self.structured_outputs(req)
 
@@ -185,8 +202,9 @@ class OpenAIServing:
         not be used from two threads at once)."""
         return await self.engine.run_tokenizer(fn, *args, **kwargs)
 
-    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    async def encode(self, text: str, add_special_tokens: bool = True, field: str = "prompt") -> list[int]:
         tok = self.need_tokenizer("A text prompt")
+        check_unicode(text, field)
         return await self.run_tokenizer(tok.encode, text, add_special_tokens=add_special_tokens)
 
     async def decode(self, ids: list[int]) -> str:
@@ -197,16 +215,25 @@ class OpenAIServing:
                           continue_final_message: bool, tools: list | None, chat_template_kwargs: dict | None,
                           add_special_tokens: bool = False) -> list[int]:
         tok = self.need_tokenizer("Chat")
+        if chat_template_kwargs and "chat_template" in chat_template_kwargs:
+            chat_template = chat_template or chat_template_kwargs["chat_template"]
+            chat_template_kwargs = {k: v for k, v in chat_template_kwargs.items() if k != "chat_template"}
+        if chat_template is not None and not self.trust_request_chat_template:
+            # vLLM's rule and wording: a template is code; only the operator decides to run a client's.
+            raise RequestError("Chat template is passed with request, but --trust-request-chat-template is not set. "
+                               "Refused request with untrusted chat template.", "chat_template")
+        check_unicode(conversation, "messages")
+        trusted = chat_template is None          # the server's own template (tokenizer's or --chat-template)
         template = chat_template or self.chat_template
         if template is None and not getattr(tok, "chat_template", None):
             raise RequestError("The tokenizer has no chat template and none was given: start the server with "
-                               "--chat-template or pass chat_template in the request.", "chat_template")
+                               "--chat-template.", "chat_template")
 
         def render() -> list[int]:
             ids = apply_chat_template(tok, conversation, chat_template=template,
                                       add_generation_prompt=add_generation_prompt,
                                       continue_final_message=continue_final_message, tools=tools,
-                                      chat_template_kwargs=chat_template_kwargs)
+                                      chat_template_kwargs=chat_template_kwargs, trusted=trusted)
             bos = getattr(tok, "bos_token_id", None)
             if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
                 ids = [bos] + ids
@@ -216,6 +243,8 @@ class OpenAIServing:
             return await self.run_tokenizer(render)
         except RequestError:
             raise
+        except ChatTemplateError as e:     # a request's template that failed, ran too long or built too much
+            raise RequestError(str(e), "chat_template") from None
         except Exception as e:   # jinja errors, bad kwargs, ValueError from the helper
             raise RequestError(f"Could not apply the chat template: {e}", "messages") from None
 
@@ -250,8 +279,23 @@ class OpenAIServing:
         if self.max_log_len is not None:
             text = text[:self.max_log_len] if text is not None else None
             ids = ids[:self.max_log_len] if ids is not None else None
-        logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", request_id, text, params,
-                    ids)
+        logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", printable_id(request_id),
+                    text, params, ids)
+
+
+def check_unicode(value: Any, field: str) -> None:
+    """JSON can carry lone surrogates ("\\ud800"), which no tokenizer can encode: say so, naming the field."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(f"{field} contains invalid Unicode (lone surrogate).", field) from None
+    elif isinstance(value, dict):
+        for v in value.values():
+            check_unicode(v, field)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            check_unicode(v, field)
 
 
 async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Any]]:

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 from pagedllm.entrypoints.openai.protocol import (EmbeddingRequest, PoolingRequest, RequestError, ScoreRequest,
                                                   random_uuid)
 from pagedllm.entrypoints.openai.serving_chat import conversation
-from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, merge_streams, until_disconnected, usage_dict
+from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, check_unicode, merge_streams, until_disconnected,
+                                                     usage_dict)
 from pagedllm.pooling_params import PoolingParams
 
 
@@ -37,6 +38,8 @@ class OpenAIServingPooling(OpenAIServing):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs:
             raise RequestError(f"{field} must not be empty.", field)
+        self.check_num_prompts(len(inputs), field)
+        check_unicode(inputs, field)
         processor = self.engine.input_processor
         prompts = []
         for item in inputs:
@@ -135,6 +138,7 @@ class OpenAIServingPooling(OpenAIServing):
         second = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
         if len(first) == 1:
             first = first * len(second)
+        self.check_num_prompts(len(second), "text_2")
         if not second or len(first) != len(second):
             raise RequestError(f"text_1 must be one text or as many as text_2 (got {len(first)} and "
                                f"{len(second)}).", "text_1")

@@ -1,0 +1,274 @@
+"""Rendering a conversation with a chat template: ``apply_chat_template`` (used by ``LLM.chat`` and the server).
+
+A template from the operator (the tokenizer's own, ``--chat-template``, ``LLM.chat(chat_template=...)``) is trusted
+and rendered by HF's ``tokenizer.apply_chat_template``. A template sent in a request is code from a stranger: the
+server refuses it unless started with ``--trust-request-chat-template`` (vLLM's flag), and then renders it here in a
+sandboxed Jinja environment (``ImmutableSandboxedEnvironment``, as HF) with three limits HF does not have:
+  * a time limit: the rendering thread gets an exception injected when the time is up (a Jinja loop is Python
+    bytecode, so ``{% for i in range(100000) %}{% for j in range(100000) %}`` stops there);
+  * a size limit on every string or list the template builds (``'x' * 400000000`` is refused before it is
+    allocated: ``*``, ``**``, ``+`` and ``~`` are checked, and filters / method calls with huge counts are refused);
+  * a size limit on the rendered text.
+Any failure is a ``ChatTemplateError`` (a ValueError) whose message says what the template did.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import operator
+import re
+import threading
+from datetime import datetime
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.compiler import CodeGenerator
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+# A request template may run this long (seconds). A real chat template renders in well under a millisecond.
+CHAT_TEMPLATE_TIME_LIMIT_S = 1.0
+# ... and build strings / lists of at most this many characters / items (also the rendered prompt's limit).
+# 4 Mi characters is ~1M tokens of text: more than any context length served here.
+CHAT_TEMPLATE_MAX_CHARS = 4 * 1024 * 1024
+
+
+class ChatTemplateError(ValueError):
+    """A chat template failed, took too long or built too much."""
+
+
+class _TemplateTimeout(BaseException):
+    """Injected into the rendering thread when the time is up (a BaseException: templates cannot catch it)."""
+
+
+def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template: str | None = None,
+                        add_generation_prompt: bool = True, continue_final_message: bool = False,
+                        tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
+                        trusted: bool = True, time_limit_s: float = CHAT_TEMPLATE_TIME_LIMIT_S,
+                        max_chars: int = CHAT_TEMPLATE_MAX_CHARS) -> list[int]:
+    """Token ids of a conversation rendered by the tokenizer's chat template (or ``chat_template``).
+    ``trusted=False`` (a template from a request): sandboxed, with ``time_limit_s`` and ``max_chars`` limits."""
+    if tokenizer is None:
+        raise ValueError("chat needs a tokenizer (skip_tokenizer_init=True was given).")
+    if add_generation_prompt and continue_final_message:
+        raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+    for m in conversation:
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValueError(f"Each message needs a 'role', got {m!r}.")
+    kwargs = dict(chat_template_kwargs or {})
+    if trusted or chat_template is None:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
+                                             add_generation_prompt=add_generation_prompt,
+                                             continue_final_message=continue_final_message, tools=tools, **kwargs)
+    else:
+        variables = {**getattr(tokenizer, "special_tokens_map", {}), **kwargs}
+        text = render_untrusted_template(chat_template, conversation, add_generation_prompt=add_generation_prompt,
+                                         continue_final_message=continue_final_message, tools=tools,
+                                         time_limit_s=time_limit_s, max_chars=max_chars, **variables)
+    # The template already holds the special tokens (BOS etc.): don't add them twice.
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def render_untrusted_template(chat_template: str, conversation: list[dict], *, add_generation_prompt: bool,
+                              continue_final_message: bool = False, tools: list[dict] | None = None,
+                              documents: list[dict] | None = None, time_limit_s: float = CHAT_TEMPLATE_TIME_LIMIT_S,
+                              max_chars: int = CHAT_TEMPLATE_MAX_CHARS, **variables: Any) -> str:
+    """The rendered text of ``chat_template`` (HF's variables and continue_final_message rule), within the limits."""
+    if len(chat_template) > max_chars:
+        raise ChatTemplateError(f"The chat template is longer than {max_chars} characters.")
+    env = _LimitedEnvironment(max_chars)
+    messages = [dict(m) for m in conversation]
+    tag = "CONTINUE_FINAL_MESSAGE_TAG "
+    final = None
+    if continue_final_message:
+        final = messages[-1].get("content") if messages else None
+        if not isinstance(final, str):
+            raise ChatTemplateError("continue_final_message needs a final message with text content.")
+        messages[-1]["content"] = final + tag
+
+    def render() -> str:
+        template = env.from_string(chat_template)
+        size, parts = 0, []
+        for part in template.generate(messages=messages, tools=tools, documents=documents,
+                                      add_generation_prompt=add_generation_prompt, **variables):
+            size += len(part)
+            if size > max_chars:
+                raise ChatTemplateError(f"The chat template's output is longer than {max_chars} characters.")
+            parts.append(part)
+        return "".join(parts)
+
+    try:
+        text = _run_with_time_limit(render, time_limit_s)
+    except ChatTemplateError:
+        raise
+    except _TemplateTimeout:
+        raise ChatTemplateError(f"The chat template took longer than {time_limit_s:g} s to render.") from None
+    except jinja2.TemplateSyntaxError as e:
+        raise ChatTemplateError(f"The chat template has a syntax error (line {e.lineno}): {e.message}") from None
+    except jinja2.TemplateError as e:
+        raise ChatTemplateError(f"The chat template failed: {e}") from None
+    except MemoryError:
+        raise ChatTemplateError("The chat template ran out of memory.") from None
+    except Exception as e:   # the template's own bugs: 1/0, None + 1, ...
+        raise ChatTemplateError(f"The chat template failed: {type(e).__name__}: {e}") from None
+    if final is not None:
+        if tag.strip() not in text:
+            raise ChatTemplateError("continue_final_message is set but the final message does not appear in the "
+                                    "chat after applying the chat template.")
+        at = text.rindex(tag.strip())
+        text = text[:at] if text[at:at + len(tag)] == tag else text[:at].rstrip()
+    return text
+
+
+# ---- the time limit --------------------------------------------------------------------------------------------------
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+
+
+def _run_with_time_limit(fn, time_limit_s: float):
+    """``fn()`` in this thread; if it is still running after ``time_limit_s``, a _TemplateTimeout is raised in it."""
+    thread_id = threading.get_ident()
+    lock = threading.Lock()
+    state = {"done": False}
+
+    def expire() -> None:
+        with lock:
+            if not state["done"]:
+                _set_async_exc(thread_id, _TemplateTimeout)
+
+    timer = threading.Timer(time_limit_s, expire)
+    timer.daemon = True
+    try:
+        timer.start()
+        return fn()
+    finally:
+        timer.cancel()
+        with lock:
+            state["done"] = True
+            # An exception injected just as fn returned must not fire later in unrelated code: clear it.
+            _set_async_exc(thread_id, None)
+
+
+# ---- the sandbox with size limits -------------------------------------------------------------------------------------
+def _size(value: Any) -> int | None:
+    return len(value) if isinstance(value, (str, bytes, list, tuple)) else None
+
+
+class _LimitedCodeGenerator(CodeGenerator):
+    """``a ~ b`` calls ``environment.limited_concat`` (Jinja's own join cannot be intercepted)."""
+
+    def visit_Concat(self, node, frame) -> None:
+        self.write("environment.limited_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _LimitedEnvironment(ImmutableSandboxedEnvironment):
+    """HF's chat-template environment (trim/lstrip blocks, loopcontrols, tojson, raise_exception, strftime_now,
+    namespace) where no operator, filter or call may build more than ``max_chars`` characters / items."""
+    code_generator_class = _LimitedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, max_chars: int):
+        super().__init__(trim_blocks=True, lstrip_blocks=True,
+                         extensions=[jinja2.ext.loopcontrols, _GenerationTag])
+        self.max_chars = max_chars
+        self.filters = {name: self._limited(f) for name, f in self.filters.items()}
+        self.filters["tojson"] = self._limited(_tojson)
+        self.globals["raise_exception"] = _raise_exception
+        self.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+
+    def _check_count(self, value: Any) -> None:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > self.max_chars:
+            raise ChatTemplateError(f"The chat template used a count of {value}, over the limit of "
+                                    f"{self.max_chars}.")
+
+    def _check_result(self, value: Any) -> Any:
+        size = _size(value)
+        if size is not None and size > self.max_chars:
+            raise ChatTemplateError(f"The chat template built a value of {size} characters or items, over the limit "
+                                    f"of {self.max_chars}.")
+        return value
+
+    def _check_format(self, text: str) -> None:
+        """A format string's widths (``%09999999d``, ``{:>9999999}``) must be within the limit."""
+        for digits in re.findall(r"\d+", text):
+            if len(digits) > len(str(self.max_chars)) or int(digits) > self.max_chars:
+                raise ChatTemplateError(f"The chat template used a format width of {digits}, over the limit of "
+                                        f"{self.max_chars}.")
+
+    def _limited(self, fn):
+        @functools.wraps(fn)     # keeps jinja's pass_context / pass_eval_context marks
+        def limited(*args, **kwargs):
+            if fn.__name__ == "do_format" and args and isinstance(args[0], str):
+                self._check_format(args[0])
+            for a in list(args[1:]) + list(kwargs.values()):
+                self._check_count(a)
+            return self._check_result(fn(*args, **kwargs))
+        return limited
+
+    def call_binop(self, context, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "*":
+            for seq, count in ((left, right), (right, left)):
+                size = _size(seq)
+                if size is not None and isinstance(count, int) and size * count > self.max_chars:
+                    raise ChatTemplateError(f"The chat template built a value of {size * count} characters or "
+                                            f"items, over the limit of {self.max_chars}.")
+        elif operator_name == "**":
+            if isinstance(left, int) and isinstance(right, int) and abs(right) > 1024 and abs(left) > 1:
+                raise ChatTemplateError(f"The chat template raised a number to the power {right} (limit 1024).")
+        elif operator_name == "+":
+            if _size(left) is not None and _size(right) is not None and _size(left) + _size(right) > self.max_chars:
+                raise ChatTemplateError(f"The chat template built a value over the limit of {self.max_chars} "
+                                        f"characters or items.")
+        elif operator_name == "%" and isinstance(left, str):
+            self._check_format(left)     # printf-style: a width like "%0999999999d" builds a huge string at once
+        return self._check_result(self.binop_table[operator_name](left, right))
+
+    def call(__self, __context, __obj, *args, **kwargs):   # noqa: N805 (jinja's signature)
+        for a in list(args) + list(kwargs.values()):
+            __self._check_count(a)
+        return __self._check_result(super().call(__context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any):
+        # "{:>400000000}".format(1): the sandbox wraps str.format when it is looked up; check the widths there.
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            self._check_format(value.__self__)
+        return wrapped
+
+    def limited_concat(self, parts: tuple) -> str:
+        size = sum(len(p) if isinstance(p, str) else 0 for p in parts)
+        if size > self.max_chars:
+            raise ChatTemplateError(f"The chat template built a string of {size} characters, over the limit of "
+                                    f"{self.max_chars}.")
+        return self._check_result("".join(str(p) for p in parts))
+
+    binop_table = {"*": operator.mul, "**": operator.pow, "+": operator.add, "%": operator.mod}
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """HF's ``{% generation %}...{% endgeneration %}`` (marks assistant text for training masks): its body is
+    rendered as is."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
+
+
+def _raise_exception(message: str):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+            sort_keys: bool = False) -> str:
+    # HF's tojson: no HTML escaping, and indent / separators options.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)

@@ -1,0 +1,181 @@
+"""What both HTTP servers (the OpenAI-compatible one and the legacy /generate one) put in front of their routes:
+OpenAI-shaped errors for every failure (FastAPI's own 404 / 405 / bad-JSON errors included), the API key check, and
+the request-body size limit."""
+from __future__ import annotations
+
+import secrets
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pagedllm.entrypoints.openai.protocol import RequestError
+from pagedllm.entrypoints.openai.serving_engine import error_body, error_response
+
+# The default of --max-request-body-bytes: far above any prompt a served context holds as JSON (128k token ids are
+# about 1 MB), far below what would hurt the server to buffer.
+DEFAULT_MAX_REQUEST_BODY_BYTES = 32 * 1024 * 1024
+
+
+def error_type(status: int) -> str:
+    """OpenAI-style error type of an HTTP status: 400 -> BadRequestError, 404 -> NotFoundError, ..."""
+    if status == 401:
+        return "AuthenticationError"
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+    name = "".join(w.capitalize() for w in phrase.replace("-", " ").split())
+    return name if name.endswith("Error") else name + "Error"
+
+
+def json_error(message: str, status: int, param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, error_type(status), status, param), status_code=status)
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    """Pydantic failures are 400 (not FastAPI's 422) with OpenAI's error JSON; the message names the field."""
+    parts, param = [], None
+    seen = set()
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            parts.append(f"JSON decode error: {err.get('msg')} (at position {loc[0] if loc else '?'})")
+            continue
+        if not loc and err.get("type") == "missing":
+            parts.append("The request needs a JSON object body.")
+            continue
+        if not loc and err.get("type") in ("model_attributes_type", "dict_type"):
+            parts.append("The request body must be a JSON object.")
+            continue
+        where = ".".join(loc)
+        if param is None and loc:
+            param = loc[0]
+        key = (loc[0] if loc else "", err.get("msg"))
+        if key in seen:
+            continue
+        seen.add(key)
+        msg = err.get("msg", "invalid value")
+        parts.append(f"{where}: {msg}" if where else msg)
+    message = "; ".join(parts[:6]) or "Invalid request body."
+    return json_error(message, 400, param)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error the app answers is ``{"error": {"message", "type", "param", "code"}}``."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError):
+        return validation_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        status = exc.status_code
+        if status == 404:
+            message = f"Not found: {request.method} {request.url.path} is not a route of this server."
+        elif status == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}."
+        elif status == 400 and exc.detail == "There was an error parsing the body":   # not UTF-8, not JSON
+            message = "JSON decode error: the request body is not valid JSON text (UTF-8)."
+        else:
+            message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+        response = json_error(message, status)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError):
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_: Request, exc: Exception):
+        return error_response(exc)
+
+
+class APIKeyMiddleware:
+    """With --api-key, every /v1/* route and /generate need ``Authorization: Bearer <key>`` (compared in constant
+    time); /health, /metrics, /tokenize and /detokenize stay open (as in vLLM). /generate is guarded although vLLM
+    guards only /v1: it runs the model like /v1/completions, and a key that one unguarded generation route bypasses
+    protects nothing."""
+
+    def __init__(self, app: Any, api_key: str, guarded_exact: tuple[str, ...] = ("/generate",)):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+        self.guarded_exact = guarded_exact
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") != "OPTIONS":
+            path = scope.get("path", "")
+            root = scope.get("root_path", "") or ""
+            if root and path.startswith(root):
+                path = path[len(root):]
+            if path.startswith("/v1") or path in self.guarded_exact:
+                headers = dict(scope.get("headers") or [])
+                if not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
+                    response = json_error("Unauthorized: this server needs its API key as "
+                                          "'Authorization: Bearer <key>'.", 401)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+class BodySizeLimitMiddleware:
+    """Requests whose body is over ``max_bytes`` get a 413 (OpenAI's error shape) before any route reads them: by
+    Content-Length when the client sends one, else by counting the chunks as they arrive (buffered up to the limit,
+    then handed to the route)."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> JSONResponse:
+        return json_error(f"The request body is larger than this server's limit of {self.max_bytes} bytes "
+                          f"(--max-request-body-bytes).", 413)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self.max_bytes
+            except ValueError:
+                too_large = False
+            if too_large:
+                await self._too_large()(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        # No Content-Length (chunked): read the body here, up to the limit.
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def add_guards(app: FastAPI, api_key: str | None, max_request_body_bytes: int | None) -> None:
+    """The API key check, then the body size limit (the last middleware added runs first: add CORS after this, so
+    that it answers preflights before the key check)."""
+    if max_request_body_bytes:
+        app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_body_bytes)
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
