@@ -244,7 +244,8 @@ class EngineArgs:
         g.add_argument("--scheduling-policy", type=str, default=d.scheduling_policy,
                        help="fcfs (requests' priority must be 0) or priority (lower value first, then arrival).")
         g.add_argument("--long-prefill-token-threshold", type=int, default=d.long_prefill_token_threshold,
-                       help="Not supported yet: only 0.")
+                       help="At most this many tokens of one prompt per step (0: no cap), so a long prompt cannot "
+                            "take a whole step's budget from short requests.")
         g.add_argument("--max-num-partial-prefills", type=int, default=d.max_num_partial_prefills,
                        help="Not supported yet: only 1.")
         g.add_argument("--enable-lora", action="store_true", help="Not supported yet.")
@@ -312,9 +313,9 @@ def verify_engine_args(args: EngineArgs) -> None:
                              f"by pagedllm (got {name}={getattr(args, name)}).")
     if args.scheduling_policy not in ("fcfs", "priority"):
         raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {args.scheduling_policy!r}.")
-    if args.long_prefill_token_threshold != 0:
-        raise ValueError(f"long_prefill_token_threshold is not supported yet (concurrent partial prefills); use 0 "
-                         f"(got {args.long_prefill_token_threshold}).")
+    if args.long_prefill_token_threshold < 0:
+        raise ValueError(f"long_prefill_token_threshold must be >= 0 (0: no cap), got "
+                         f"{args.long_prefill_token_threshold}.")
     if args.max_num_partial_prefills != 1:
         raise ValueError(f"max_num_partial_prefills is not supported yet (concurrent partial prefills); use 1 "
                          f"(got {args.max_num_partial_prefills}).")

@@ -60,7 +60,8 @@ class EngineCore:
         self.kv_cache = KVCacheManager(num_blocks, config.block_size,
                                        config.args.enable_prefix_caching and not config.is_pooling)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.max_model_len, config.enable_chunked_prefill)
+                                   config.max_model_len, config.enable_chunked_prefill,
+                                   config.args.long_prefill_token_threshold)
         self.num_blocks = num_blocks
         self.structured_output = StructuredOutputManager(config, load_tokenizer)
         # Async scheduling: the launched step whose tokens the host has not seen yet.

@@ -54,12 +54,15 @@ class _Launched:
 
 class Scheduler:
     def __init__(self, kv_cache: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int, enable_chunked_prefill: bool = True):
+                 max_model_len: int, enable_chunked_prefill: bool = True, long_prefill_token_threshold: int = 0):
         self.kv = kv_cache
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
         self.enable_chunked_prefill = enable_chunked_prefill
+        # vLLM's long_prefill_token_threshold: a prompt chunk takes at most this many tokens of a step (0: no cap),
+        # so one long prompt cannot hold back the short requests that arrive behind it.
+        self.long_prefill_token_threshold = long_prefill_token_threshold
         self.waiting: list[Request] = []     # a heap ordered by (priority, arrival time)
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -128,6 +131,8 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             request = self.running[i]
             num_new = min(request.num_tokens_with_placeholders - request.num_computed_tokens, budget)
+            if 0 < self.long_prefill_token_threshold < num_new:
+                num_new = self.long_prefill_token_threshold
             if num_new <= 0 or request.finishes_with_placeholders(self.max_model_len):
                 i += 1
                 continue
@@ -151,6 +156,8 @@ class Scheduler:
             if request.num_computed_tokens == 0:
                 hits, num_hit_tokens = self.kv.get_computed_blocks(request)
             num_new = request.num_tokens - request.num_computed_tokens - num_hit_tokens
+            if 0 < self.long_prefill_token_threshold < num_new and self.enable_chunked_prefill:
+                num_new = self.long_prefill_token_threshold
             if num_new > budget and not self.enable_chunked_prefill:
                 break
             num_new = min(num_new, budget)

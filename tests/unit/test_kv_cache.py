@@ -368,3 +368,18 @@ def test_preemption_is_logged_as_a_warning_first_then_every_50th(monkeypatch):
         assert "\n" not in warnings[0] and "b\\nINFO forged line" in warnings[0]
     finally:
         log.removeHandler(handler)
+
+
+def test_long_prefill_token_threshold_caps_each_prompt_chunk():
+    """A long prompt takes at most long_prefill_token_threshold tokens a step, so a short request arriving behind it
+    is prefilled and decodes in the first steps instead of waiting for the whole long prompt."""
+    kv = KVCacheManager(32, BS)
+    sched = Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256, long_prefill_token_threshold=8)
+    sched.add_request(make_request("long", list(range(1, 21))))     # 20 tokens
+    sched.add_request(make_request("short", [30, 31, 32]))
+    got, _ = step(sched)
+    assert got == [("long", 8), ("short", 3)]                        # without the cap: long 20 alone fits the budget
+    got, _ = step(sched)
+    assert got == [("long", 8), ("short", 1)]
+    got, _ = step(sched)
+    assert got == [("long", 4), ("short", 1)]
