@@ -166,7 +166,7 @@ def test_auto_tool_choice_parses_hermes_calls(client):
               r'</tool_call>\n<tool_call>\{"name": "get_time", "arguments": \{"zone": "CET"\}\}</tool_call>')
     results = {}
     for stream in (False, True):
-        kwargs = dict(model=MODEL, messages=ASK, max_tokens=90, temperature=0, tools=[WEATHER_TOOL, TIME_TOOL],
+        kwargs = dict(model=MODEL, messages=ASK, max_tokens=200, temperature=0, tools=[WEATHER_TOOL, TIME_TOOL],
                       tool_choice="auto", extra_body={"guided_regex": hermes}, stream=stream)
         if not stream:
             choice = client.chat.completions.create(**kwargs).choices[0]
