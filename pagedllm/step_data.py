@@ -60,16 +60,26 @@ class SchedulerOutput:
     finished_req_ids: set[str] = field(default_factory=set)
     # Requests preempted by this step (their blocks are freed; the workers keep their state for the resumption).
     preempted_req_ids: set[str] = field(default_factory=set)
-    # Sample on the device without waiting for the host (async scheduling); set by the engine core.
+    # Sample on the device without waiting for the host (async scheduling); set by the engine core. Never set for
+    # a step in which a constrained request samples: its bitmask comes to ``finish`` (``GrammarOutput``).
     sample_async: bool = False
-    # Structured output: one int32 token bitmask (xgrammar's layout, a CPU tensor) with a row per request in
-    # ``structured_output_request_ids`` (requests that sample this step), in that order; None when none is.
-    structured_output_request_ids: list[str] = field(default_factory=list)
-    grammar_bitmask: Any = None
 
     @property
     def is_empty(self) -> bool:
         return not self.num_scheduled_tokens
+
+
+@dataclass
+class GrammarOutput:
+    """Structured output's part of a step, handed to the worker's ``finish`` after the step's forward pass was
+    launched (vLLM v1's ``GrammarOutput``): the engine core fills the bitmask on the host while the device runs the
+    forward pass, from the matchers as they stand after the previous step's tokens were accepted.
+
+    ``grammar_bitmask`` is one int32 row per id of ``structured_output_request_ids`` (requests that sample this
+    step), in that order, in xgrammar's layout (bit ``t % 32`` of word ``t // 32`` set = token ``t`` allowed): a
+    CPU tensor of shape [len(ids), ceil(vocab_size / 32)], so the pair pickles to a worker in another process."""
+    structured_output_request_ids: list[str]
+    grammar_bitmask: Any
 
 
 # (top token ids, their logprobs, the sampled token's logprob, its 1-based rank)

@@ -22,7 +22,7 @@ from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, 
 from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler import Scheduler, StepStats
 from pagedllm.engine.structured_output import StructuredOutputManager
-from pagedllm.step_data import SchedulerOutput
+from pagedllm.step_data import GrammarOutput, SchedulerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +102,21 @@ class EngineCore:
         host waits for step N-1's tokens and turns them into outputs while the device runs step N; step N already
         computes step N-1's tokens, taking them from the device (a request that turns out to have stopped just
         drops its extra token). Steps that need the host's view of every token before sampling (logprobs,
-        penalties) are sampled synchronously, after the step in flight is processed."""
+        penalties, structured output) are sampled synchronously, after the step in flight is processed.
+
+        Structured output: the step's forward pass is launched first and the grammar bitmask is filled while the
+        device runs it, then handed to ``finish`` (vLLM v1's execute-then-sample with a ``GrammarOutput``). The
+        matchers then stand after the previous step's tokens: a step in which a constrained request samples is never
+        left in flight (it is sampled here, synchronously), so no constrained request has an unaccepted token when
+        the next step is scheduled; the step in flight, processed below, has no constrained request sampling."""
         sched = self.scheduler.schedule()
         launched = None
+        constrained: list[Request] = []
         if not sched.is_empty:
-            self._fill_grammar_bitmask(sched)
-            sched.sample_async = self._async_scheduling and self._can_sample_async(sched)
+            constrained = self._constrained_requests(sched)
+            sched.sample_async = (self._async_scheduling and not constrained and self._can_sample_async(sched))
             launched = self.runner.launch(sched)
+        grammar = self._grammar_output(constrained)     # on the host, while the device runs the forward pass
         outputs = EngineCoreOutputs()
         stats = StepStats(num_preemptions=len(sched.preempted_req_ids))
         if self._in_flight is not None:
@@ -119,7 +127,8 @@ class EngineCore:
             if sched.sample_async:
                 self._in_flight = (sched, launched)
             else:
-                self._add(outputs, stats, *self.scheduler.update_from_output(sched, self.runner.finish(launched)))
+                self._add(outputs, stats, *self.scheduler.update_from_output(
+                    sched, self.runner.finish(launched, grammar=grammar)))
         return outputs, stats
 
     @staticmethod
@@ -132,20 +141,22 @@ class EngineCore:
         stats.num_prompt_tokens += new_stats.num_prompt_tokens
         stats.num_generation_tokens += new_stats.num_generation_tokens
 
-    def _fill_grammar_bitmask(self, sched: SchedulerOutput) -> None:
+    def _constrained_requests(self, sched: SchedulerOutput) -> list[Request]:
+        """The constrained requests that sample this step (a prompt chunk that does not reach the end samples
+        nothing and needs no mask)."""
+        return [item.request for item in self.scheduler.launched_items(sched.step_id)
+                if item.will_sample and item.request.grammar is not None]
+
+    def _grammar_output(self, constrained: list[Request]) -> GrammarOutput | None:
         """One bitmask for every constrained request that samples this step (rows in the order of the ids)."""
-        constrained = [item.request for item in self.scheduler.launched_items(sched.step_id)
-                       if item.will_sample and item.request.grammar is not None]
-        if constrained:
-            sched.structured_output_request_ids = [r.request_id for r in constrained]
-            sched.grammar_bitmask = self.structured_output.fill_bitmask(constrained)
+        if not constrained:
+            return None
+        return GrammarOutput([r.request_id for r in constrained], self.structured_output.fill_bitmask(constrained))
 
     def _can_sample_async(self, sched: SchedulerOutput) -> bool:
         """Can this step be sampled before the host has seen the previous step's tokens? Not when the sampler
-        needs every token on the host (penalties, multi-token bad words), the host must read logprobs, or a
-        grammar must see the previous token before it can mask the next one (structured output)."""
-        if sched.grammar_bitmask is not None:
-            return False
+        needs every token on the host (penalties, multi-token bad words) or the host must read logprobs. (Nor when
+        a grammar must see the previous token before it can mask the next one: ``step`` checks that.)"""
         for item in self.scheduler.launched_items(sched.step_id):
             sp = item.request.sampling_params
             if (sp.logprobs is not None or sp.prompt_logprobs is not None or sp.repetition_penalty != 1.0

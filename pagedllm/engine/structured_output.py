@@ -4,8 +4,9 @@
   the tokenizer, which is cheap), so a bad schema or regex is a ValueError for the caller, before the core sees it.
 - The engine core (``StructuredOutputManager``) compiles each distinct constraint once against the vocabulary
   (cached by its spec) and keeps one grammar matcher per constrained request (each child of ``n > 1`` has its own).
-  Before a step it fills ONE token bitmask for every constrained row that samples (``fill_bitmask``); the bitmask
-  travels in the ``SchedulerOutput`` and the worker applies it to those rows' logits before sampling. When the
+  Once a step's forward pass is launched, it fills ONE token bitmask for every constrained row that samples
+  (``fill_bitmask``) while the device runs; the bitmask goes to the worker's ``finish`` as a ``GrammarOutput``
+  (pagedllm/step_data.py) and the worker applies it to those rows' logits before sampling. When the
   step's tokens come back, each matcher accepts its request's token (``Scheduler.update_from_output``); a matcher
   that has terminated ends its request with finish reason "stop".
 - The core builds its own tokenizer description from the config's tokenizer path (it may run in another process

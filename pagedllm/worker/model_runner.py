@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.model.registry import is_encoder_only
-from pagedllm.step_data import ModelRunnerOutput, SchedulerOutput
+from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.request_state import CachedRequestState
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,6 @@ class LaunchedStep:
     tokens_host: torch.Tensor | None = None  # async: the sampled tokens, being copied to the host
     pooled: dict[str, torch.Tensor] | None = None   # pooling models: each request's vector
     ready: object | None = None              # async on CUDA: event recorded after that copy
-    # Structured output: the step's token bitmask and, per bitmask row, its row in ``logits``.
-    grammar_bitmask: torch.Tensor | None = None
-    grammar_rows: list[int] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -324,12 +321,7 @@ class ModelRunner:
         if sampled_rows:
             rows = to_device([int(starts[i + 1]) - 1 for i in sampled_rows], self.device)
             step.logits = self.model.compute_logits(hidden[rows])
-            if sched.grammar_bitmask is not None:
-                logits_row = {st.req_id: j for j, st in enumerate(step.sampled_requests)}
-                step.grammar_bitmask = sched.grammar_bitmask
-                step.grammar_rows = [logits_row[rid] for rid in sched.structured_output_request_ids]
         if sched.sample_async:
-            self._apply_grammar(step)
             tokens = (self.sampler.sample(step.logits, step.sampled_requests) if sampled_rows
                       else torch.empty(0, dtype=torch.long, device=self.device))
             self._remember_sampled(tokens, step.sampled_requests)
@@ -340,26 +332,29 @@ class ModelRunner:
         return step
 
     @staticmethod
-    def _apply_grammar(step: "LaunchedStep") -> None:
+    def _apply_grammar(step: "LaunchedStep", grammar: GrammarOutput) -> None:
         """Structured output: tokens a request's grammar forbids get -inf before sampling. Logprobs are those of
         the constrained distribution then (as in vLLM)."""
-        if step.grammar_bitmask is not None:
-            step.logits = step.logits.float()
-            apply_grammar_bitmask(step.logits, step.grammar_bitmask, step.grammar_rows)
+        logits_row = {st.req_id: j for j, st in enumerate(step.sampled_requests)}
+        rows = [logits_row[rid] for rid in grammar.structured_output_request_ids]
+        step.logits = step.logits.float()
+        apply_grammar_bitmask(step.logits, grammar.grammar_bitmask, rows)
 
     def _remember_sampled(self, tokens: torch.Tensor, requests: list[CachedRequestState]) -> None:
         self._prev_sampled = tokens
         self._prev_sampled_rows = {r.req_id: j for j, r in enumerate(requests)}
 
     @torch.inference_mode()
-    def finish(self, step: "LaunchedStep") -> ModelRunnerOutput:
+    def finish(self, step: "LaunchedStep", grammar: GrammarOutput | None = None) -> ModelRunnerOutput:
         """The host side of a step: wait for its tokens (async), or sample now with logprobs (synchronous). The
-        sampled tokens join the worker's request states."""
+        sampled tokens join the worker's request states. ``grammar``: the bitmask of the step's constrained rows,
+        filled by the engine core while the forward pass ran (such a step is always sampled here, synchronously)."""
         out = ModelRunnerOutput()
         if step.pooled is not None:
             out.pooled = step.pooled
             return out
         if step.tokens_host is not None:
+            assert grammar is None, "a constrained step is sampled synchronously"
             if step.ready is not None:
                 step.ready.synchronize()
             for r, t in zip(step.sampled_requests, step.tokens_host.tolist()):
@@ -378,7 +373,8 @@ class ModelRunner:
         if prompt_rows:
             self._prompt_logprobs(step.hidden, prompt_rows, out)
         if step.sampled_requests:
-            self._apply_grammar(step)
+            if grammar is not None:
+                self._apply_grammar(step, grammar)
             result = self.sampler(step.logits, step.sampled_requests)
             self._remember_sampled(result.tokens, step.sampled_requests)
             for r, tok, lp in zip(step.sampled_requests, result.token_ids, result.logprobs):

@@ -38,6 +38,26 @@ def check_weather_args(arguments: str) -> None:
     assert set(value) == {"city", "unit"} and value["unit"] in ("celsius", "fahrenheit"), value
 
 
+def streamed_calls(chunks) -> tuple[list[tuple[str, str, str, str]], int]:
+    """The tool calls a stream's deltas add up to, the OpenAI way (the first delta of a call carries its id, type and
+    name; later ones only pieces of its arguments), and how many deltas carried arguments before the finishing
+    chunk. Checks that no later delta repeats the header."""
+    calls: dict[int, list[str]] = {}
+    early_pieces = 0
+    for c in chunks:
+        for d in c.choices[0].delta.tool_calls or []:
+            if d.index not in calls:
+                assert d.id.startswith("chatcmpl-tool-") and d.type == "function" and d.function.name, d
+                calls[d.index] = [d.id, d.type, d.function.name, d.function.arguments or ""]
+            else:
+                assert d.id is None and d.function.name is None, d
+                calls[d.index][3] += d.function.arguments or ""
+            if d.function.arguments and c.choices[0].finish_reason is None:
+                early_pieces += 1
+    assert sorted(calls) == list(range(len(calls)))
+    return [tuple(calls[i]) for i in range(len(calls))], early_pieces
+
+
 @pytest.fixture(scope="module")
 def server():
     (s,) = start_servers(["serve", MODEL, "--enable-auto-tool-choice", "--tool-call-parser", "hermes"] + SERVER_ARGS)
@@ -131,29 +151,40 @@ def test_required_tool_choice(client):
                                                         tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required",
                                                         stream=True) if c.choices]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
-    streamed = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
-    assert [(d.function.name, d.function.arguments) for d in streamed] == \
+    # Streamed as generated: each call's name first, then its arguments in pieces, adding up to the same JSON.
+    calls, early_pieces = streamed_calls(chunks)
+    assert [(name, args) for _, _, name, args in calls] == \
         [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+    assert early_pieces >= 3, early_pieces
 
 
 def test_auto_tool_choice_parses_hermes_calls(client):
     # The bundled model does not write tool calls by itself; a regex makes it write one in Hermes' format, which
     # the auto parser must turn into a tool call (the constraint and the parser are independent).
-    hermes = r'Let me check\. <tool_call>\{"name": "get_weather", "arguments": \{"city": "Paris", "unit": "celsius"\}\}</tool_call>'
+    # Two calls, the model's spacing (compact) differing from the json.dumps form the response carries.
+    hermes = (r'Let me check\. <tool_call>\{"name": "get_weather", "arguments": \{"city":"Paris","unit": "celsius"\}\}'
+              r'</tool_call>\n<tool_call>\{"name": "get_time", "arguments": \{"zone": "CET"\}\}</tool_call>')
+    results = {}
     for stream in (False, True):
-        kwargs = dict(model=MODEL, messages=ASK, max_tokens=60, temperature=0, tools=[WEATHER_TOOL],
+        kwargs = dict(model=MODEL, messages=ASK, max_tokens=200, temperature=0, tools=[WEATHER_TOOL, TIME_TOOL],
                       tool_choice="auto", extra_body={"guided_regex": hermes}, stream=stream)
         if not stream:
             choice = client.chat.completions.create(**kwargs).choices[0]
-            content, calls, finish = choice.message.content, choice.message.tool_calls, choice.finish_reason
+            content, finish = choice.message.content, choice.finish_reason
+            calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
         else:
             chunks = [c for c in client.chat.completions.create(**kwargs) if c.choices]
             content = "".join(c.choices[0].delta.content or "" for c in chunks)
-            calls = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+            calls, early_pieces = streamed_calls(chunks)
+            calls = [(name, args) for _, _, name, args in calls]
             finish = chunks[-1].choices[0].finish_reason
+            assert early_pieces >= 3, early_pieces
         assert finish == "tool_calls" and content.strip() == "Let me check."   # a stream keeps the space
-        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == \
-            [("get_weather", {"city": "Paris", "unit": "celsius"})]
+        assert [(name, json.loads(args)) for name, args in calls] == \
+            [("get_weather", {"city": "Paris", "unit": "celsius"}), ("get_time", {"zone": "CET"})]
+        results[stream] = calls
+    assert results[True] == results[False]       # the same argument strings, streamed or not
+    assert results[False][0][1] == '{"city": "Paris", "unit": "celsius"}'
     # Without calls in the text, auto is plain content.
     out = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0,
                                          tools=[WEATHER_TOOL])

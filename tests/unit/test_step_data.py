@@ -3,11 +3,12 @@ has never seen the engine's Request objects, and a running request's diff stays 
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 import torch
 
-from pagedllm import LLM, SamplingParams
+from pagedllm import LLM, SamplingParams, StructuredOutputsParams
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.request import Request
 from pagedllm.engine.scheduler import Scheduler
@@ -78,40 +79,45 @@ def model_dir(tokenizer, tmp_path_factory):
 
 def test_a_fresh_worker_replays_the_recorded_steps(model_dir):
     """Record every step's SchedulerOutput (pickled, as a broadcast to another rank would carry it) and what the
-    worker sampled, in a run with chunked prefill, a preemption, seeded n > 1 sampling and penalties; a second
+    worker sampled, in a run with chunked prefill, a preemption, seeded n > 1 sampling, penalties and a
+    constrained request (its GrammarOutput, handed to ``finish`` after the launch, pickled too); a second
     ModelRunner, built from the config alone, replays the pickled steps and samples the same tokens."""
     llm = LLM(model_dir, dtype="float32", seed=0, max_model_len=64, max_num_batched_tokens=24, block_size=4,
               num_gpu_blocks_override=18, enable_prefix_caching=False)
     engine = llm.llm_engine
     runner = engine.runner
-    recorded: list[tuple[bytes, dict]] = []
+    recorded: list[tuple[bytes, bytes | None, dict | None]] = []
     launch, finish = runner.launch, runner.finish
 
     def record_launch(sched):
-        recorded.append((pickle.dumps(sched), None))
+        recorded.append((pickle.dumps(sched), None, None))
         return launch(sched)
 
-    def record_finish(step):
-        result = finish(step)
-        recorded[-1] = (recorded[-1][0], dict(result.sampled))
+    def record_finish(step, grammar=None):
+        result = finish(step, grammar=grammar)
+        recorded[-1] = (recorded[-1][0], pickle.dumps(grammar), dict(result.sampled))
         return result
     runner.launch, runner.finish = record_launch, record_finish
     prompts = ["The capital of France is", "Once upon a time, in a small village far away, there lived",
-               "1, 2, 3, 4,", "def fibonacci(n):"]
+               "1, 2, 3, 4,", "def fibonacci(n):", "A code:"]
     params = [SamplingParams(temperature=0, max_tokens=20, ignore_eos=True),
               SamplingParams(temperature=0.9, n=2, seed=11, max_tokens=16, ignore_eos=True),
               SamplingParams(temperature=0.7, seed=3, max_tokens=18, repetition_penalty=1.3, ignore_eos=True),
-              SamplingParams(temperature=0, max_tokens=12, min_tokens=6, ignore_eos=False)]
+              SamplingParams(temperature=0, max_tokens=12, min_tokens=6, ignore_eos=False),
+              SamplingParams(temperature=0.8, seed=5, max_tokens=12,
+                             structured_outputs=StructuredOutputsParams(regex="[A-Z]{3}-[0-9]{4}"))]
     outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert re.fullmatch("[A-Z]{3}-[0-9]{4}", outputs[-1].outputs[0].text)
+    assert any(pickle.loads(grammar) is not None for _, grammar, _ in recorded)
     assert engine.scheduler.num_preemptions > 0
     assert sum(len(c.token_ids) for o in outputs for c in o.outputs) > 0
 
     torch.manual_seed(123)        # the replaying worker must not depend on the global random state
     fresh = ModelRunner(engine.config)
     fresh.allocate_kv_cache(engine.core.num_blocks)
-    for blob, sampled in recorded:
+    for blob, grammar, sampled in recorded:
         step = fresh.launch(pickle.loads(blob))
-        assert fresh.finish(step).sampled == sampled
+        assert fresh.finish(step, grammar=pickle.loads(grammar)).sampled == sampled
 
 
 def test_a_decode_steps_diff_does_not_grow_with_the_context():

@@ -136,3 +136,22 @@ def test_async_scheduling_mixes_constrained_and_free_steps(llm):
     assert [(c.text, c.finish_reason) for c in got] == [(c.text, c.finish_reason) for c in expected]
     follows_person(got[1].text)
     assert re.fullmatch(CODE, got[3].text)
+
+
+def test_min_tokens_yields_to_a_grammar_that_has_ended(llm, caplog):
+    """A grammar that is complete allows only EOS while min_tokens still blocks it: as vLLM (PR 54218), the grammar
+    wins, EOS is kept for that row and the request ends with its whole value ("stop"), not with a token outside the
+    grammar. Before min_tokens would bite, or without a grammar, min_tokens still holds."""
+    prompts = ["Is the sky blue? Answer:", "Describe a person as JSON:", "Once upon a time"]
+    params = [SamplingParams(temperature=0, max_tokens=10, min_tokens=8,
+                             structured_outputs=StructuredOutputsParams(choice=CHOICES)),
+              SamplingParams(temperature=0.8, seed=4, max_tokens=80, min_tokens=70,
+                             structured_outputs=StructuredOutputsParams(json=PERSON)),
+              SamplingParams(temperature=0, max_tokens=12, min_tokens=12)]
+    with caplog.at_level("ERROR"):
+        choice, person, free = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert choice.text in CHOICES and choice.finish_reason == "stop", choice.text
+    follows_person(person.text)
+    assert person.finish_reason == "stop" and len(person.token_ids) < 70
+    assert len(free.token_ids) == 12
+    assert "not allowed by its grammar" not in caplog.text

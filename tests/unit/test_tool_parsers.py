@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser, required_schema
+from pagedllm.entrypoints.openai.tool_parsers import (calls_from_required, get_tool_parser, required_call_nodes,
+                                                      required_schema, stream_calls)
 
 
 def calls(parsed):
@@ -40,3 +41,44 @@ def test_unknown_parser_and_required_schema():
         get_tool_parser("nope")
     schema = required_schema([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
     assert schema["minItems"] == 1 and schema["items"]["anyOf"][0]["properties"]["name"]["enum"] == ["f"]
+
+
+def stream_prefixes(text: str, call_nodes) -> list[list[tuple[str, str]]]:
+    """What ``stream_calls`` reports after each character of ``text``; each call's arguments only ever grow."""
+    seen = []
+    for k in range(len(text) + 1):
+        now = stream_calls(text[:k], call_nodes(text[:k]))
+        if seen:
+            before = seen[-1]
+            assert len(now) >= len(before)
+            for (name0, args0), (name1, args1) in zip(before, now):
+                assert name0 == name1 and args1.startswith(args0), (text[:k], args0, args1)
+        seen.append(now)
+    return seen
+
+
+@pytest.mark.parametrize("text", [
+    '[{"name": "get_weather", "parameters": {"city":"Par\\u00e9is \\ud83d\\ude00","n":[1.50, true,null,{}],'
+    ' "s":"a\\"b\\n"}}, {"name":"get_time","parameters":{}}]',
+    '[ {"name" : "f" , "parameters" : { "a" : -2.50e1 , "b": [ ] } } ]',
+])
+def test_required_calls_stream_to_the_finished_arguments(text):
+    """Arguments streamed character by character (escapes, surrogate pairs, numbers held until they end) add up to
+    the finished response's arguments (json.dumps form), and a call's name comes before any of its arguments."""
+    seen = stream_prefixes(text, required_call_nodes)
+    finished = [(c["function"]["name"], c["function"]["arguments"]) for c in calls_from_required(text)]
+    assert seen[-1] == finished
+    first = next(s for s in seen if s)
+    assert first == [(finished[0][0], "")]          # the name alone, before any argument text
+
+
+def test_auto_parsers_stream_their_calls():
+    hermes = 'Sure. <tool_call>\n{"name": "a", "arguments": {"x":12}}\n</tool_call><tool_call>{"name": "b", "arguments": {}}'
+    assert stream_prefixes(hermes, get_tool_parser("hermes").call_nodes)[-1] == [("a", '{"x": 12}'), ("b", "{}")]
+    llama = '{"name": "a", "parameters": {"x": 1}}; {"name": "b", "parameters": {"y": "z"}}'
+    seen = stream_prefixes(llama, get_tool_parser("llama3_json").call_nodes)
+    assert seen[-1] == [("a", '{"x": 1}'), ("b", '{"y": "z"}')]
+    assert seen[len('{"name": "a", "parameters": {"x": 1')] == [("a", '{"x": ')]   # 1 may still grow to 10
+    mistral = '[TOOL_CALLS][{"name": "a", "arguments": {"x": true}}]'
+    assert stream_prefixes(mistral, get_tool_parser("mistral").call_nodes)[-1] == [("a", '{"x": true}')]
+    assert stream_calls("no calls", get_tool_parser("hermes").call_nodes("no calls")) == []

@@ -295,9 +295,11 @@ class OpenAIServingChat(OpenAIServing):
 
 
 class ToolCallStream:
-    """Tool calls as stream deltas. Named: the arguments stream as they come (the first delta carries the call's id
-    and name). Required and auto: the content before the calls streams as content; the calls are sent, whole, with
-    the finishing delta (their text must be complete to parse)."""
+    """Tool calls as stream deltas, as OpenAI and vLLM send them: the first delta of each call carries its index, id,
+    type and function name; later deltas carry pieces of its JSON arguments as they are generated. Named: the
+    output is the arguments. Required: the output is a JSON array of calls. Auto: the content before the calls
+    streams as content, then the calls the parser finds (``ToolParser.call_nodes``). The finishing delta sends what
+    the finished output adds (the non-streamed response's calls), so the pieces concatenate to its arguments."""
 
     def __init__(self, serving: OpenAIServingChat, mode: ToolMode, n: int):
         self.serving = serving
@@ -305,6 +307,7 @@ class ToolCallStream:
         self.texts = [""] * n          # everything generated so far, per choice
         self.sent = [0] * n            # how much of it went out as content / arguments
         self.call_ids: list[str | None] = [None] * n
+        self.args_sent: list[list[str]] = [[] for _ in range(n)]   # per choice: the arguments sent, per call
 
     def delta(self, index: int, text: str, finish_reason: str | None) -> tuple[dict | None, str | None]:
         self.texts[index] += text
@@ -321,21 +324,49 @@ class ToolCallStream:
                 return None, None
             return {"tool_calls": [call]}, finish_reason
         if finish_reason is None:
+            delta: dict[str, Any] = {}
             if self.mode.kind == "required":
-                return None, None
-            upto = self.serving.tool_parser.call_start(full)
-            piece = full[self.sent[index]:upto]
-            if not piece:
-                return None, None
-            self.sent[index] = upto
-            return {"content": piece}, None
+                calls = tool_parsers.stream_calls(full, tool_parsers.required_call_nodes(full))
+            else:
+                parser = self.serving.tool_parser
+                upto = parser.call_start(full)
+                if upto > self.sent[index]:
+                    delta["content"] = full[self.sent[index]:upto]
+                    self.sent[index] = upto
+                calls = tool_parsers.stream_calls(full, parser.call_nodes(full)) if upto < len(full) else []
+            call_deltas = self._call_deltas(index, calls)
+            if call_deltas:
+                delta["tool_calls"] = call_deltas
+            return (delta or None), None
         content, calls, finish = self.serving.tool_calls(self.mode, full, finish_reason)
-        delta: dict[str, Any] = {}
+        delta = {}
         if calls:
-            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+            final = [(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+            call_deltas = self._call_deltas(index, final, ids=[c["id"] for c in calls])
+            if call_deltas:
+                delta["tool_calls"] = call_deltas
             held = content[self.sent[index]:] if content and len(content) > self.sent[index] else ""
         else:
             held = full[self.sent[index]:]
         if held:
             delta["content"] = held
         return delta, finish
+
+    def _call_deltas(self, index: int, calls: list[tuple[str, str]], ids: list[str] | None = None) -> list[dict]:
+        """The deltas that bring the calls sent so far up to ``calls`` (name, arguments so far)."""
+        sent = self.args_sent[index]
+        out = []
+        for k, (name, args) in enumerate(calls):
+            if k == len(sent):          # a new call: its header, with the arguments known so far
+                call = tool_parsers.tool_call(name, args)
+                if ids is not None:
+                    call["id"] = ids[k]
+                out.append({"index": k, **call})
+                sent.append(args)
+            elif len(args) > len(sent[k]):
+                if not args.startswith(sent[k]):    # not expected for JSON the parser reads (duplicate keys)
+                    logger.warning("Streamed tool-call arguments %r are not a prefix of %r", sent[k], args)
+                    continue
+                out.append({"index": k, "function": {"arguments": args[len(sent[k]):]}})
+                sent[k] = args
+        return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.entrypoints.openai.protocol import RequestError, random_uuid
@@ -62,15 +63,192 @@ def calls_from_required(text: str) -> list[dict]:
     return [tool_call(c["name"], c["parameters"]) for c in json.loads(text)]
 
 
+def required_call_nodes(text: str) -> list["JsonNode"]:
+    """``tool_choice="required"``: the call objects of the (partial) JSON array generated so far."""
+    return parse_partial_json(text, 0).items or []
+
+
+# ---- streaming: tool calls read from a prefix of the output ------------------------------------------------------
+# A stream sends each call's name once it is complete and then its arguments piece by piece, as JSON text in
+# ``json.dumps`` form (", " and ": " separators, ensure_ascii=False): the form the finished response's
+# ``tool_call`` gives them, so the pieces concatenate to the non-streamed arguments (for valid JSON without
+# duplicate keys). Each piece is what can no longer change: a number or literal once it has ended, a string's
+# characters as they come (an escape once it is whole), a separator once the next member has begun.
+_JSON_WS = " \t\n\r"
+
+
+@dataclass
+class JsonNode:
+    """A JSON value in a prefix of a text: where it starts, where it ends (None while the text ends inside it, or
+    when it does not parse), and its members (object) or items (array) read so far."""
+    start: int
+    end: int | None = None
+    members: list[tuple[str, "JsonNode"]] | None = None
+    items: list["JsonNode"] | None = None
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _JSON_WS:
+        i += 1
+    return i
+
+
+def _string_end(text: str, i: int) -> int | None:
+    """The index after the string starting at ``text[i] == '"'``; None when the text ends inside it."""
+    j = i + 1
+    while j < len(text):
+        if text[j] == "\\":
+            j += 2
+        elif text[j] == '"':
+            return j + 1
+        else:
+            j += 1
+    return None
+
+
+def parse_partial_json(text: str, i: int) -> JsonNode:
+    """The JSON value starting at ``text[i]`` (after whitespace), read as far as the text goes."""
+    i = _skip_ws(text, i)
+    node = JsonNode(i)
+    if i >= len(text):
+        return node
+    c = text[i]
+    if c == '"':
+        node.end = _string_end(text, i)
+    elif c in "{[":
+        is_object = c == "{"
+        close = "}" if is_object else "]"
+        if is_object:
+            node.members = []
+        else:
+            node.items = []
+        j = _skip_ws(text, i + 1)
+        if j < len(text) and text[j] == close:
+            node.end = j + 1
+            return node
+        while True:
+            if is_object:
+                j = _skip_ws(text, j)
+                key_end = _string_end(text, j) if j < len(text) and text[j] == '"' else None
+                if key_end is None:
+                    return node
+                try:
+                    key = json.loads(text[j:key_end])
+                except ValueError:
+                    return node
+                j = _skip_ws(text, key_end)
+                if j >= len(text) or text[j] != ":":
+                    return node
+                value = parse_partial_json(text, j + 1)
+                node.members.append((key, value))
+            else:
+                value = parse_partial_json(text, j)
+                node.items.append(value)
+            if value.end is None:
+                return node
+            j = _skip_ws(text, value.end)
+            if j >= len(text):
+                return node
+            if text[j] == close:
+                node.end = j + 1
+                return node
+            if text[j] != ",":
+                return node        # not JSON: stays incomplete, the finished output decides
+            j += 1
+    else:   # number, true, false, null: ended by a delimiter (at the text's end it may still grow)
+        j = i
+        while j < len(text) and text[j] not in _JSON_WS + ",]}":
+            j += 1
+        node.end = j if j < len(text) else None
+    return node
+
+
+def _partial_string(raw: str) -> str:
+    """``json.dumps`` form of an unfinished string's characters so far, without a trailing escape that is not whole
+    (a surrogate pair counts as one escape)."""
+    safe = j = 1
+    while j < len(raw):
+        if raw[j] == "\\":
+            if raw[j + 1:j + 2] == "u":
+                try:
+                    code = int(raw[j + 2:j + 6], 16) if len(raw) >= j + 6 else None
+                except ValueError:
+                    break
+                if code is None or (0xD800 <= code < 0xDC00 and len(raw) < j + 12):
+                    break
+                j += 12 if 0xD800 <= code < 0xDC00 else 6
+            elif j + 1 < len(raw):
+                j += 2
+            else:
+                break
+        else:
+            j += 1
+        safe = j
+    try:
+        return json.dumps(json.loads(raw[:safe] + '"'), ensure_ascii=False)[:-1]
+    except ValueError:
+        return ""
+
+
+def render_stable_json(text: str, node: JsonNode) -> str:
+    """The part of the value's ``json.dumps`` form that the text so far fixes (all of it once it is complete)."""
+    if node.members is not None or node.items is not None:
+        is_object = node.members is not None
+        out = "{" if is_object else "["
+        children = node.members if is_object else [(None, item) for item in node.items]
+        for k, (key, value) in enumerate(children):
+            if k:
+                out += ", "
+            if is_object:
+                out += json.dumps(key, ensure_ascii=False) + ": "
+            out += render_stable_json(text, value)
+            if value.end is None:
+                return out
+        return out + ("}" if is_object else "]") if node.end is not None else out
+    if node.start >= len(text):
+        return ""
+    if node.end is None:
+        return _partial_string(text[node.start:]) if text[node.start] == '"' else ""
+    raw = text[node.start:node.end]
+    try:
+        return json.dumps(json.loads(raw), ensure_ascii=False)
+    except ValueError:
+        return raw
+
+
+def stream_calls(text: str, call_nodes: list[JsonNode]) -> list[tuple[str, str]]:
+    """(name, stable arguments) of each call whose name is complete, in order; a call whose name is not yet complete
+    ends the list. The arguments are the call's "arguments" (or "parameters") member."""
+    out = []
+    for node in call_nodes:
+        if node.members is None:
+            break
+        members = dict(node.members)
+        name = members.get("name")
+        if name is None or name.end is None or text[name.start] != '"':
+            break
+        args = members.get("arguments", members.get("parameters"))
+        out.append((json.loads(text[name.start:name.end]), render_stable_json(text, args) if args else ""))
+    return out
+
+
 # ---- parsers of the model's own format (tool_choice="auto") ----------------------------------------------------------
 class ToolParser:
     """Finds tool calls in a finished output. ``start`` marks where calls begin: a stream sends the content before
-    it as it comes and holds what follows until the end."""
+    it as it comes and the calls after it as they are generated (``call_nodes``)."""
     start: str = ""
 
     def extract(self, text: str) -> tuple[str | None, list[dict]]:
         """(the content left, the tool calls); no calls when the text has none or they do not parse."""
         raise NotImplementedError
+
+    def call_nodes(self, text: str) -> list[JsonNode]:
+        """The call objects in an unfinished output, as far as they go (for streaming)."""
+        nodes, i = [], text.find(self.start)
+        while i >= 0:
+            nodes.append(parse_partial_json(text, i + len(self.start)))
+            i = text.find(self.start, i + len(self.start))
+        return nodes
 
     def call_start(self, text: str) -> int:
         """Where tool calls start in ``text`` (len(text) when they do not, as far as the text goes)."""
@@ -124,6 +302,20 @@ class Llama3JsonToolParser(ToolParser):
             return len(text) - len(stripped)
         return super().call_start(text)
 
+    def call_nodes(self, text: str) -> list[JsonNode]:
+        i = text.find(self.start)
+        i = i + len(self.start) if i >= 0 else self.call_start(text)
+        nodes = []
+        while i < len(text):
+            node = parse_partial_json(text, i)
+            nodes.append(node)
+            if node.end is None:
+                break
+            i = node.end
+            while i < len(text) and text[i] in " \n\t;":
+                i += 1
+        return nodes
+
     def extract(self, text: str) -> tuple[str | None, list[dict]]:
         body = text.split(self.start, 1)[1] if self.start in text else text
         body = body.strip()
@@ -158,6 +350,13 @@ class MistralToolParser(ToolParser):
         if not calls:
             return text, []
         return text[:i].strip() or None, calls
+
+    def call_nodes(self, text: str) -> list[JsonNode]:
+        i = text.find(self.start)
+        if i < 0:
+            return []
+        node = parse_partial_json(text, i + len(self.start))
+        return node.items if node.items is not None else [node]
 
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {

@@ -141,7 +141,15 @@ class Sampler:
             if r.num_computed_tokens - r.num_prompt_tokens < sp.min_tokens:
                 blocked = set(sp.stop_token_ids) | (set() if sp.ignore_eos else r.eos_token_ids)
                 if blocked:
-                    logits[i, to_device(sorted(blocked), logits.device)] = float("-inf")
+                    ids = to_device(sorted(blocked), logits.device)
+                    kept = logits[i, ids].clone() if sp.structured_outputs is not None else None
+                    logits[i, ids] = float("-inf")
+                    # A grammar that has ended allows only EOS: it wins over min_tokens (vLLM, PR 54218), else
+                    # the row has no token left and the sample falls outside the grammar. The request then ends
+                    # when its matcher accepts EOS (Scheduler.update_from_output). A host sync, constrained rows
+                    # only (their steps are synchronous anyway).
+                    if kept is not None and bool(torch.isneginf(logits[i]).all()):
+                        logits[i, ids] = kept
             if sp._bad_words_token_ids:
                 # A one-token bad word is always banned; a longer one bans its last token right after the rest of
                 # it (prompt + output so far: the host's tokens, so such requests are not sampled asynchronously).
