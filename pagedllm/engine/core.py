@@ -134,10 +134,7 @@ class EngineCore:
     @staticmethod
     def _add(outputs: EngineCoreOutputs, stats: StepStats, new_outputs: EngineCoreOutputs,
              new_stats: StepStats) -> None:
-        if outputs.req_ids or outputs.prompt_logprobs:
-            outputs.extend(new_outputs)
-        else:
-            outputs.__dict__.update(new_outputs.__dict__)
+        outputs.extend(new_outputs)
         stats.num_prompt_tokens += new_stats.num_prompt_tokens
         stats.num_generation_tokens += new_stats.num_generation_tokens
 
