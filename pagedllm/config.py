@@ -531,17 +531,22 @@ def _pick_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
             # fp16 matmuls on CPU are slow and lose precision; vLLM's CPU backend does the same.
             logger.warning("dtype=%r is not supported on the CPU: using bfloat16 instead (as vLLM's CPU backend).",
                            name)
-            return torch.bfloat16
+            dtype = torch.bfloat16
+        if device.type == "cpu" and dtype == torch.bfloat16 and not _cpu_has_native_bf16():
+            # Without AVX512-BF16 / AMX every bf16 GEMM converts to fp32 and back (docs/perf.md).
+            logger.warning("dtype=bfloat16 on a CPU without native bf16 (no AVX512-BF16 or AMX): it runs slower "
+                           "than float32 here and its output differs from HF transformers' fp32; dtype='auto' "
+                           "gives float32.")
         return dtype
     config_dtype = getattr(hf_config, "dtype", None)  # transformers 5 name (torch_dtype is deprecated)
     if isinstance(config_dtype, str):
         config_dtype = _DTYPES.get(config_dtype, torch.float32)
     if device.type == "cpu":
-        # As vLLM's CPU backend: bf16 where the CPU computes it natively (AVX512-BF16 / AMX), else fp32. With the
-        # prepacked oneDNN GEMMs bf16 decodes SmolLM2 39-56% faster than fp32 on an AVX512-BF16 EPYC (docs/perf.md).
-        # dtype="float32" gives the exact match with HF transformers' fp32.
-        if config_dtype in (None, torch.float32, torch.float16, torch.bfloat16) and _cpu_has_native_bf16():
-            return torch.bfloat16
+        # float32 on every CPU (issue 19), also for bf16 checkpoints: greedy output then equals HF transformers'
+        # fp32 token for token and does not depend on the batch a request lands in. bfloat16 was the default on
+        # CPUs with native bf16 (as in vLLM's CPU backend) and is faster there (+39% at batch 1 on an AVX512-BF16
+        # EPYC, docs/perf.md), but differed from HF on 4 of 8 reference prompts and changed 15 of 96 concurrent
+        # streams' greedy text with the batch: it is dtype="bfloat16", asked for.
         return torch.float32
     if config_dtype in (None, torch.float32):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
