@@ -101,7 +101,10 @@ def test_engine_applies_threads_and_logs_them(tmp_path, monkeypatch, no_thread_v
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logging.getLogger("pagedllm").addHandler(handler)
+    root = logging.getLogger("pagedllm")
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)     # the start-up block is INFO (PAGEDLLM_LOGGING_LEVEL may be higher)
     old = torch.get_num_threads()
     try:
         llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, cpu_threads=1, max_model_len=64,
@@ -111,7 +114,8 @@ def test_engine_applies_threads_and_logs_them(tmp_path, monkeypatch, no_thread_v
                            use_tqdm=False)
         assert len(out[0].outputs[0].token_ids) == 2
     finally:
-        logging.getLogger("pagedllm").removeHandler(handler)
+        root.removeHandler(handler)
+        root.setLevel(old_level)
         torch.set_num_threads(old)
     start = [r.getMessage() for r in records if "engine ready" in r.getMessage()]
     assert start and "CPU threads  1 torch threads" in start[0]
