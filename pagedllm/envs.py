@@ -152,8 +152,8 @@ def configure_openmp() -> str:
     The OpenMP runtime reads its variables once, when it is loaded with torch: ``import pagedllm`` calls this
     first thing, so it only works if torch was not imported before pagedllm. Why: GNU OpenMP threads spin ~300k
     iterations at the end of every parallel region; with other processes on the same cores each of a step's ~1000
-    small ops then waits for a descheduled spinning thread (SmolLM2 60 greedy tokens: 12-42 s instead of 2-3 s on
-    a 2-core machine under load, issue 19; measurements in docs/perf.md). Returns (and keeps, in
+    small ops then waits for a descheduled spinning thread (SmolLM2, 60 greedy tokens on a busy 2-core machine:
+    15-115 s spinning, 5-17 s with PASSIVE; issue 19, docs/perf.md). Returns (and keeps, in
     ``openmp_wait_policy``) a line saying what holds.
     """
     global openmp_wait_policy, openmp_passive_missed
