@@ -1,9 +1,16 @@
-"""pagedllm vs HF transformers on the CPU, side by side in one process, on the bundled SmolLM2-135M GGUF (greedy).
+"""pagedllm vs HF transformers (and llama.cpp) on the CPU, side by side in one process, on the bundled SmolLM2-135M
+GGUF (greedy).
 
 python benchmarks/cpu_vs_hf.py [--modes equal,mixed] [--reps 3] [--dtypes float32,bfloat16]
                                [--new-tokens 64] [--batch 16] [--mixed-requests 64] [--mixed-min 16] [--mixed-max 256]
+                               [--llama-cpp auto|off]
 
-HF runs ``generate`` in fp32 (its default on CPU); pagedllm runs in each of --dtypes. All models are loaded once,
+HF runs ``generate`` in fp32 (its default on CPU); pagedllm runs in each of --dtypes. llama.cpp (llama-cpp-python,
+installed for the benchmark only, e.g. into its own venv put on PYTHONPATH; its AVX2 build:
+``CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF" pip install llama-cpp-python``) runs the same GGUF
+file, as it is (Q4_1 blocks, its own kernels), with one thread per core this process may use; only "1 request"
+(its Python binding decodes one sequence at a time). ``--llama-cpp auto``: its column when ``llama_cpp`` imports.
+All models are loaded once,
 then every measurement is repeated --reps times, interleaved (HF, pagedllm dtype 1, dtype 2, HF, ...) so that a
 change of load on the machine hits every side alike. Each line reports the median and [min, max] output tok/s,
 and the ratio of the medians to HF's. The prefix cache is reset before every pagedllm run (HF has none).
@@ -31,10 +38,10 @@ import random
 import statistics
 import time
 
-import torch
-
-from pagedllm import LLM, SamplingParams
+from pagedllm import LLM, SamplingParams   # first: it sets the OpenMP wait policy before torch loads its runtime
 from pagedllm.model.loader import BUNDLED_FILE, bundled_model_path
+
+import torch  # noqa: E402
 
 PROMPTS = ["The capital of France is", "Hello, my name is", "Once upon a time, in a small village,",
            "def fibonacci(n):", "The best way to learn a new language is", "Water boils at",
@@ -71,6 +78,8 @@ def main() -> None:
     ap.add_argument("--mixed-min", type=int, default=16)
     ap.add_argument("--mixed-max", type=int, default=256)
     ap.add_argument("--dtypes", default="float32,bfloat16", help="pagedllm dtypes to run (HF runs fp32)")
+    ap.add_argument("--llama-cpp", default="auto", choices=["auto", "off"],
+                    help="auto: a llama.cpp column (1 request) when llama_cpp imports")
     args = ap.parse_args()
     n, B = args.new_tokens, args.batch
     modes = args.modes.split(",")
@@ -83,6 +92,17 @@ def main() -> None:
     hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=BUNDLED_FILE, dtype=torch.float32).eval()
     llms = {d: LLM(max_model_len=2048, kv_cache_memory_gb=1, dtype=d, max_num_seqs=B)
             for d in args.dtypes.split(",")}
+    llama_cpp_model = None
+    if args.llama_cpp == "auto":
+        try:
+            import llama_cpp
+        except ImportError:
+            print("llama.cpp: llama_cpp does not import here, no column (see the docstring)")
+        else:
+            threads = len(os.sched_getaffinity(0))
+            llama_cpp_model = llama_cpp.Llama(model_path=bundled_model_path(), n_ctx=2048, n_threads=threads,
+                                              n_threads_batch=threads, verbose=False)
+            print(f"llama.cpp: llama-cpp-python {llama_cpp.__version__}, {threads} threads")
 
     def hf_generate(batch_ids: list[list[int]], new: int) -> None:
         enc = tok.pad({"input_ids": batch_ids}, return_tensors="pt")
@@ -127,7 +147,22 @@ def main() -> None:
         assert [len(o.outputs[0].token_ids) for o in outs] == mixed_lens
         return sum(mixed_lens) / dt
 
+    def llama_cpp_case(case: str) -> float | None:
+        if case != "single":
+            return None
+
+        def run():
+            # Llama.generate yields greedy (temp 0) tokens until the caller stops: exactly n, EOS or not.
+            for i, _ in enumerate(llama_cpp_model.generate(equal_prompts[0], temp=0.0, reset=True)):
+                if i + 1 == n:
+                    break
+        return n / timed(run)
+
     # Warm-up.
+    if llama_cpp_model is not None:
+        for i, _ in enumerate(llama_cpp_model.generate(equal_prompts[1], temp=0.0, reset=True)):
+            if i == 3:
+                break
     hf_generate(equal_prompts[:2], 4)
     for llm in llms.values():
         llm.generate([{"prompt_token_ids": p} for p in equal_prompts[:2]],
@@ -144,15 +179,21 @@ def main() -> None:
                                f"batches of {B}; pagedllm: max_num_seqs={B})"))
     for case, title in cases:
         runs: dict[str, list[float]] = {"HF fp32": []} | {f"pagedllm {d}": [] for d in llms}
+        if llama_cpp_model is not None and case == "single":
+            runs["llama.cpp (Q4_1)"] = []
         for _ in range(args.reps):
             runs["HF fp32"].append(hf_case(case))
             for d, llm in llms.items():
                 runs[f"pagedllm {d}"].append(ours_case(llm, case))
+            if "llama.cpp (Q4_1)" in runs:
+                runs["llama.cpp (Q4_1)"].append(llama_cpp_case(case))
         print(f"\n{title}: output tok/s, median [min, max] of {args.reps}")
         base = statistics.median(runs["HF fp32"])
         for name, vals in runs.items():
             med = statistics.median(vals)
             ratio = "" if name == "HF fp32" else f"  {med / base:.2f}x HF"
+            if name.startswith("pagedllm") and "llama.cpp (Q4_1)" in runs:
+                ratio += f", {med / statistics.median(runs['llama.cpp (Q4_1)']):.2f}x llama.cpp"
             print(f"  {name:18s} {med:7.1f} [{min(vals):6.1f}, {max(vals):6.1f}]{ratio}", flush=True)
 
 

@@ -2,6 +2,9 @@
 __version__ = "0.1.0"
 
 from pagedllm import envs as _envs
+
+# Before anything imports torch: the OpenMP runtime reads its wait policy once, when torch loads it.
+_envs.configure_openmp()
 from pagedllm.logger import configure_logging as _configure_logging
 
 if _envs.PAGEDLLM_CONFIGURE_LOGGING:

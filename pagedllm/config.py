@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
@@ -116,6 +117,9 @@ class EngineArgs:
     pdl: bool | None = None                      # programmatic dependent launch of our decode kernels
     piecewise_cuda_graphs: bool | None = None    # CUDA graphs for steps with prompt tokens
     cpu_onednn: bool | None = None               # CPU linears through oneDNN with prepacked weights
+    # CPU engine: torch's intra-op threads; None: PAGEDLLM_CPU_THREADS, else OMP_NUM_THREADS, else the cores this
+    # process may use (os.sched_getaffinity). vLLM's CPU backend binds threads with VLLM_CPU_OMP_THREADS_BIND.
+    cpu_threads: int | None = None
     # No Triton kernels of ours: torch attention, cuBLAS linears, no PDL.
     disable_custom_kernels: bool = False
     # There is no custom all-reduce kernel (tensor parallel reduces through NCCL / gloo), so True is what always
@@ -230,6 +234,9 @@ class EngineArgs:
         g.add_argument("--cpu-onednn", action=argparse.BooleanOptionalAction, default=None,
                        help="CPU linears through oneDNN with prepacked weights (default: env PAGEDLLM_CPU_ONEDNN, "
                             "on).")
+        g.add_argument("--cpu-threads", type=int, default=None,
+                       help="CPU engine: torch's intra-op threads (default: env PAGEDLLM_CPU_THREADS, else "
+                            "OMP_NUM_THREADS, else the cores this process may use).")
         g.add_argument("--compilation-config", "-O", type=_json_or_int, default=None,
                        help="Only 0 / {} for now: pagedllm does not use torch.compile.")
         g.add_argument("--disable-log-stats", action="store_true")
@@ -434,6 +441,8 @@ class EngineConfig:
     pdl: bool = True
     piecewise_cuda_graphs: bool = True
     cpu_onednn: bool = True
+    # torch's intra-op threads in the worker on the CPU (ModelRunner sets them); None on the GPU: torch's default.
+    cpu_threads: int | None = None
     # The KV cache's size when it is given (kv_cache_memory_gb/_bytes; always on the CPU); None on the GPU means
     # what gpu_memory_utilization leaves after the profiling forward.
     kv_cache_memory_bytes: int | None = None
@@ -559,7 +568,31 @@ class EngineConfig:
                    piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
                    cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
                    kv_cache_memory_bytes=kv_cache_memory_bytes, runner_type=runner_type,
-                   enable_chunked_prefill=chunked)
+                   enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device))
+
+
+def _pick_cpu_threads(args: EngineArgs, device: torch.device) -> int | None:
+    """The CPU engine's torch thread count: cpu_threads, else PAGEDLLM_CPU_THREADS, else OMP_NUM_THREADS, else the
+    cores this process may run on (docs/perf.md, issue 19, has the measurements behind the default)."""
+    given = [(name, value) for name, value in (("cpu_threads", args.cpu_threads),
+                                               ("PAGEDLLM_CPU_THREADS", envs.PAGEDLLM_CPU_THREADS),
+                                               ("OMP_NUM_THREADS", envs.OMP_NUM_THREADS)) if value is not None]
+    if given and int(given[0][1]) < 1:
+        raise ValueError(f"{given[0][0]} must be >= 1, got {given[0][1]}.")
+    if device.type != "cpu":
+        if args.cpu_threads is not None:
+            logger.warning("cpu_threads=%s has no effect on the GPU.", args.cpu_threads)
+        return None
+    if envs.openmp_passive_missed:
+        logger.warning("torch was imported before pagedllm, so OpenMP threads spin-wait (torch's policy): on a busy "
+                       "machine that can make generation several times slower. Import pagedllm first, or set "
+                       "OMP_WAIT_POLICY=PASSIVE before starting Python.")
+    if given:
+        return int(given[0][1])
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:    # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 def _switch(arg: bool | None, env_default: bool) -> bool:
@@ -586,17 +619,22 @@ def _pick_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
             # fp16 matmuls on CPU are slow and lose precision; vLLM's CPU backend does the same.
             logger.warning("dtype=%r is not supported on the CPU: using bfloat16 instead (as vLLM's CPU backend).",
                            name)
-            return torch.bfloat16
+            dtype = torch.bfloat16
+        if device.type == "cpu" and dtype == torch.bfloat16 and not _cpu_has_native_bf16():
+            # Without AVX512-BF16 / AMX every bf16 GEMM converts to fp32 and back (docs/perf.md).
+            logger.warning("dtype=bfloat16 on a CPU without native bf16 (no AVX512-BF16 or AMX): it runs slower "
+                           "than float32 here and its output differs from HF transformers' fp32; dtype='auto' "
+                           "gives float32.")
         return dtype
     config_dtype = getattr(hf_config, "dtype", None)  # transformers 5 name (torch_dtype is deprecated)
     if isinstance(config_dtype, str):
         config_dtype = _DTYPES.get(config_dtype, torch.float32)
     if device.type == "cpu":
-        # As vLLM's CPU backend: bf16 where the CPU computes it natively (AVX512-BF16 / AMX), else fp32. With the
-        # prepacked oneDNN GEMMs bf16 decodes SmolLM2 39-56% faster than fp32 on an AVX512-BF16 EPYC (docs/perf.md).
-        # dtype="float32" gives the exact match with HF transformers' fp32.
-        if config_dtype in (None, torch.float32, torch.float16, torch.bfloat16) and _cpu_has_native_bf16():
-            return torch.bfloat16
+        # float32 on every CPU (issue 19), also for bf16 checkpoints: greedy output then equals HF transformers'
+        # fp32 token for token and does not depend on the batch a request lands in. bfloat16 was the default on
+        # CPUs with native bf16 (as in vLLM's CPU backend) and is faster there (+39% at batch 1 on an AVX512-BF16
+        # EPYC, docs/perf.md), but differed from HF on 4 of 8 reference prompts and changed 15 of 96 concurrent
+        # streams' greedy text with the batch: it is dtype="bfloat16", asked for.
         return torch.float32
     if config_dtype in (None, torch.float32):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

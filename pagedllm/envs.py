@@ -12,6 +12,7 @@ that fix the command line.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable
 
 
@@ -37,6 +38,16 @@ def _optional_float(name: str) -> float | None:
         return float(value)
     except ValueError:
         raise ValueError(f"{name} must be a number (GiB), got {value!r}.") from None
+
+
+def _optional_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}.") from None
 
 
 # name -> (reader, what it does and its default)
@@ -65,6 +76,22 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_CPU_KVCACHE_SPACE": (
         lambda: _optional_float("PAGEDLLM_CPU_KVCACHE_SPACE"),
         "Default of kv_cache_memory_gb on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE), GiB. Unset: 4 GiB."),
+    "PAGEDLLM_CPU_THREADS": (
+        lambda: _optional_int("PAGEDLLM_CPU_THREADS"),
+        "Default of cpu_threads / --cpu-threads: torch's intra-op (OpenMP) threads of a CPU engine, a count (the "
+        "analogue of vLLM's VLLM_CPU_OMP_THREADS_BIND, without binding). Unset: OMP_NUM_THREADS if set, else the "
+        "number of cores this process may run on (os.sched_getaffinity)."),
+    # ---- OpenMP's own variables (read here; configure_openmp sets OMP_WAIT_POLICY) -------------------------------
+    "OMP_NUM_THREADS": (
+        lambda: _optional_int("OMP_NUM_THREADS"),
+        "OpenMP's thread count; a CPU engine's default thread count when PAGEDLLM_CPU_THREADS is unset."),
+    "OMP_WAIT_POLICY": (
+        lambda: _optional_str("OMP_WAIT_POLICY"),
+        "OpenMP's wait policy. Unset when pagedllm is imported (before torch): pagedllm sets PASSIVE, so idle "
+        "OpenMP threads sleep instead of spinning on cores other processes need (configure_openmp)."),
+    "GOMP_SPINCOUNT": (
+        lambda: _optional_str("GOMP_SPINCOUNT"),
+        "GNU OpenMP's spin count before an idle thread sleeps; when set, pagedllm leaves the wait policy alone."),
     # ---- engine process and logging ----------------------------------------------------------------------------
     "PAGEDLLM_STEP_TRACE": (
         lambda: os.environ.get("PAGEDLLM_STEP_TRACE", "").strip(),
@@ -111,6 +138,39 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return list(_VARIABLES)
+
+
+# What ``configure_openmp`` found or did, for the engine's start-up log (ModelRunner.startup_info).
+openmp_wait_policy = "not configured (pagedllm.envs.configure_openmp was not called)"
+# True when torch was imported before pagedllm and no policy was given: OpenMP threads spin-wait (config warns).
+openmp_passive_missed = False
+
+
+def configure_openmp() -> str:
+    """Make idle OpenMP threads sleep instead of spin (OMP_WAIT_POLICY=PASSIVE) unless the user chose a policy.
+
+    The OpenMP runtime reads its variables once, when it is loaded with torch: ``import pagedllm`` calls this
+    first thing, so it only works if torch was not imported before pagedllm. Why: GNU OpenMP threads spin ~300k
+    iterations at the end of every parallel region; with other processes on the same cores each of a step's ~1000
+    small ops then waits for a descheduled spinning thread (SmolLM2, 60 greedy tokens on a busy 2-core machine:
+    15-115 s spinning, 5-17 s with PASSIVE; issue 19, docs/perf.md). Returns (and keeps, in
+    ``openmp_wait_policy``) a line saying what holds.
+    """
+    global openmp_wait_policy, openmp_passive_missed
+    user_policy = _optional_str("OMP_WAIT_POLICY")
+    user_spin = _optional_str("GOMP_SPINCOUNT")
+    if user_policy or user_spin:
+        chosen = ", ".join(f"{k}={v}" for k, v in (("OMP_WAIT_POLICY", user_policy), ("GOMP_SPINCOUNT", user_spin))
+                           if v)
+        openmp_wait_policy = f"{chosen} (from the environment)"
+    elif "torch" in sys.modules:
+        openmp_passive_missed = True
+        openmp_wait_policy = ("OpenMP default (threads spin-wait): torch was imported before pagedllm, so "
+                              "OMP_WAIT_POLICY=PASSIVE could not apply")
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        openmp_wait_policy = "OMP_WAIT_POLICY=PASSIVE (set by pagedllm)"
+    return openmp_wait_policy
 
 
 def describe() -> str:

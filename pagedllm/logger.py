@@ -68,6 +68,9 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"{config.args.enable_prefix_caching and not config.is_pooling}",
         f"  CUDA graphs  {runner.get('graphs', 'none')}",
     ]
+    if "cpu_threads" in runner:
+        lines.append(f"  CPU threads  {runner['cpu_threads']} torch threads, no binding (--cpu-threads / "
+                     f"PAGEDLLM_CPU_THREADS); OpenMP wait: {runner.get('openmp_wait_policy', '?')}")
     logger.info("\n".join(lines))
 
 

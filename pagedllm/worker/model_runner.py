@@ -11,6 +11,7 @@ import torch
 from pagedllm.attention.backends.base import CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
+from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
@@ -40,6 +41,8 @@ class LaunchedStep:
 class ModelRunner:
     def __init__(self, config: EngineConfig):
         configure_kernels(config)      # this process's kernel switches (PDL, skinny GEMM, oneDNN)
+        if config.cpu_threads is not None:     # CPU engine (config._pick_cpu_threads)
+            torch.set_num_threads(config.cpu_threads)
         self.config = config
         self.device = config.device
         self.dtype = config.dtype
@@ -226,9 +229,13 @@ class ModelRunner:
             graphs.append(f"piecewise for steps of up to {self.piecewise_runner.sizes[-1]} tokens "
                           f"({len(self.piecewise_runner.sizes)} sizes)")
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
+        info = {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
                 "kv_cache_needed": self.needs_kv_cache,
                 "graphs": "; ".join(graphs) or "none", "device_name": name}
+        if self.device.type == "cpu":
+            info["cpu_threads"] = torch.get_num_threads()
+            info["openmp_wait_policy"] = envs.openmp_wait_policy
+        return info
 
     # ---- request state ------------------------------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> list[tuple[CachedRequestState, int]]:

@@ -12,5 +12,7 @@ def one_torch_thread():
     """
     old = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PAGEDLLM_CPU_THREADS", "1")    # engines set their own count at start (config._pick_cpu_threads)
+        yield
     torch.set_num_threads(old)

@@ -2,7 +2,7 @@
 import torch
 import transformers
 
-from pagedllm.model.layers.rotary import RotaryEmbedding
+from pagedllm.model.layers.rotary import RotaryEmbedding, _adjacent_heads
 
 
 def test_rotary_step_cache_follows_positions_values():
@@ -21,3 +21,19 @@ def test_rotary_step_cache_follows_positions_values():
         fresh._step = None
         for a, b in zip(rope(positions, qd, kd), fresh(positions, qd, kd)):
             assert a.dtype == dtype and torch.equal(a, b)
+
+
+def test_q_and_k_of_a_fused_qkv_rotate_in_one_pass_to_the_same_values():
+    cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    rope = RotaryEmbedding(cfg, 16, 128)
+    for tokens in (1, 3):
+        qkv = torch.randn(tokens, (4 + 2 + 2) * 16)
+        q, k, _ = qkv.split([64, 32, 32], dim=-1)
+        q, k = q.view(-1, 4, 16), k.view(-1, 2, 16)
+        positions = torch.arange(tokens) + 5
+        assert _adjacent_heads(q, k) is not None and _adjacent_heads(k, q) is None
+        fused = rope(positions, q, k)                                   # adjacent views: one pass
+        separate = rope(positions, q.contiguous(), k.contiguous())      # separate tensors: two passes
+        for a, b in zip(fused, separate):
+            assert a.shape == b.shape and torch.equal(a, b)
+        assert fused[0].view(tokens, 2, 2, 16).shape == (tokens, 2, 2, 16)   # the attention's GQA view still works

@@ -1,4 +1,7 @@
-"""dtype="auto" picks what vLLM would: on CPU bf16 where the CPU computes it natively, else fp32; explicit dtypes win."""
+"""dtype="auto" on the CPU is float32 (HF-exact, batch-independent greedy output, issue 19), also where the CPU has
+native bf16; explicit dtypes win, and bf16 asked for on a CPU without native bf16 says it is slower there."""
+import logging
+
 import pytest
 import torch
 import transformers
@@ -8,13 +11,24 @@ from pagedllm import config as cfg_mod
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
+@pytest.mark.parametrize("native_bf16", [True, False])
 @pytest.mark.parametrize("config_dtype", [None, "float32", "bfloat16"])
-def test_auto_on_cpu(monkeypatch, native_bf16, expected, config_dtype):
+def test_auto_on_cpu_is_float32(monkeypatch, native_bf16, config_dtype):
     monkeypatch.setattr(cfg_mod, "_cpu_has_native_bf16", lambda: native_bf16)
     hf = transformers.LlamaConfig()
     hf.dtype = config_dtype
-    assert cfg_mod._pick_dtype("auto", hf, CPU) == expected
+    assert cfg_mod._pick_dtype("auto", hf, CPU) == torch.float32
+
+
+@pytest.mark.parametrize("native_bf16, warned", [(True, False), (False, True)])
+def test_bf16_without_native_bf16_warns(monkeypatch, caplog, native_bf16, warned):
+    monkeypatch.setattr(cfg_mod, "_cpu_has_native_bf16", lambda: native_bf16)
+    with caplog.at_level(logging.WARNING, logger="pagedllm.config"):
+        assert cfg_mod._pick_dtype("bfloat16", transformers.LlamaConfig(), CPU) == torch.bfloat16
+    slower = [r.getMessage() for r in caplog.records if "without native bf16" in r.getMessage()]
+    assert bool(slower) == warned
+    if warned:
+        assert "slower than float32" in slower[0] and "dtype='auto' gives float32" in slower[0]
 
 
 @pytest.mark.parametrize("name, expected", [("float32", torch.float32), ("float", torch.float32),

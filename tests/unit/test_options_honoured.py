@@ -125,6 +125,9 @@ ENGINE_FIELDS: dict[str, list] = {
             Behaves(lambda mp: build(mp, pdl=False).pdl is False or _fail())],
     "piecewise_cuda_graphs": [Read(("worker/model_runner.py",), "config.piecewise_cuda_graphs")],
     "cpu_onednn": [Read(("model/layers/linear.py",), "current.cpu_onednn")],
+    "cpu_threads": [Read(("worker/model_runner.py",), "torch.set_num_threads(config.cpu_threads)"),
+                    Behaves(lambda mp: build(mp, cpu_threads=3).cpu_threads == 3 or _fail()),
+                    Rejects(0, "cpu_threads must be >= 1")],
     "disable_custom_kernels": [Behaves(lambda mp: build(mp, device="cuda", disable_custom_kernels=True)
                                        .attention_backend == "torch" or _fail())],
     # There is no custom all-reduce (tensor parallel reduces through NCCL / gloo): True is what always happens.
