@@ -201,10 +201,14 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
 
 def load_model(config: "EngineConfig") -> torch.nn.Module:
     """Build the model for ``config`` on its device and dtype and fill in its weights."""
+    from pagedllm.distributed import get_tp_size
     from pagedllm.model.registry import get_model_class
 
     hf = config.hf_config
     model_cls = get_model_class(hf)
+    if get_tp_size() > 1 and not getattr(model_cls, "supports_tensor_parallel", False):
+        raise ValueError(f"tensor_parallel_size > 1 is not supported yet for {model_cls.__name__}; "
+                         f"use tensor_parallel_size=1.")
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(config.dtype)
     try:
