@@ -1,5 +1,5 @@
 """Tensor parallel on the CPU (gloo, distributed_executor_backend="mp"): TP=2 gives the same greedy tokens as TP=1
-on tiny random fp32 Llama (GQA, KV heads split) and Qwen2 (QKV bias, 2 KV heads = ranks), with chunked prefill; a
+on tiny random fp32 Llama (GQA, KV heads split) and Llama with one KV head (replicated on both ranks) and Qwen2 (QKV bias, tied embeddings), with chunked prefill; a
 killed worker ends the engine with the rank named; deleting the LLM ends the workers."""
 from __future__ import annotations
 
@@ -23,13 +23,20 @@ PROMPTS = [[11, 12, 13, 14, 15],
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
-def _save_tiny_qwen2(path) -> None:
+def _save_tiny(path, arch: str) -> None:
+    """Llama with 2 KV heads (one per rank), Llama with 1 (replicated on both ranks), Qwen2 (QKV bias, tied
+    embeddings)."""
     import transformers
-    cfg = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512,
-                                   tie_word_embeddings=True)
+    if arch == "llama":
+        save_tiny_llama(path, VOCAB)
+        return
+    cfg_cls, model_cls = ((transformers.LlamaConfig, transformers.LlamaForCausalLM) if arch == "llama_mqa"
+                          else (transformers.Qwen2Config, transformers.Qwen2ForCausalLM))
+    cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=1 if arch == "llama_mqa" else 2, vocab_size=VOCAB, max_position_embeddings=512,
+                  tie_word_embeddings=arch == "qwen2")
     torch.manual_seed(1)
-    transformers.Qwen2ForCausalLM(cfg).eval().save_pretrained(path)
+    model_cls(cfg).eval().save_pretrained(path)
 
 
 def _tokens(llm: LLM) -> list[list[int]]:
@@ -43,12 +50,9 @@ def _llm(path, tp: int) -> LLM:
                max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
-    if arch == "llama":
-        save_tiny_llama(tmp_path, VOCAB)
-    else:
-        _save_tiny_qwen2(tmp_path)
+    _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)
     expected = _tokens(single)
     del single
