@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import random
 import socket
 import sys
@@ -96,8 +97,10 @@ class MultiprocExecutor(Executor):
     def __init__(self, config: EngineConfig):
         self.world_size = config.tensor_parallel_size
         if multiprocessing.current_process().daemon:
-            raise ValueError("tensor_parallel_size > 1 with the engine core in a daemonic process of its own is not "
-                             "supported yet: run the engine in the caller's process (the offline LLM does).")
+            # Python forbids a daemonic process children; the server's engine-core process is one.
+            raise ValueError("tensor_parallel_size > 1 with the engine core in a process of its own (the server's "
+                             "default) is not supported yet: pass --disable-frontend-multiprocessing (the engine "
+                             "core then runs in the server's process and starts the workers).")
         # fork on Linux CPU (the workers inherit the imports: seconds less start-up; the engine process is forked
         # the same way, engine/core_client.py); spawn elsewhere.
         ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -110,7 +113,8 @@ class MultiprocExecutor(Executor):
         for rank in range(self.world_size):
             parent_end, child_end = ctx.Pipe(duplex=True)
             proc = ctx.Process(target=_worker_main, name=f"pagedllm-tp-worker-{rank}", daemon=True,
-                               args=(config, rank, self.world_size, init_method, shared_seed, child_end))
+                               args=(config, rank, self.world_size, init_method, shared_seed, child_end,
+                                     os.getpid()))
             proc.start()
             child_end.close()
             self._conns.append(parent_end)
@@ -215,7 +219,7 @@ def _stop_workers(procs: list, conns: list) -> None:
 
 
 def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: str, shared_seed: int,
-                 conn: multiprocessing.connection.Connection) -> None:
+                 conn: multiprocessing.connection.Connection, parent_pid: int) -> None:
     """One tensor-parallel rank: join the group, build this rank's ModelRunner, then run the calls the executor
     sends (in order) until it says shutdown or its pipe closes."""
     import torch
@@ -223,6 +227,7 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
     from pagedllm.distributed import destroy_tensor_parallel, init_tensor_parallel
     from pagedllm.worker.model_runner import ModelRunner
 
+    _detach_signals(parent_pid)
     try:
         init_tensor_parallel(rank, world_size, init_method)
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
@@ -262,6 +267,22 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
                 _reply(conn, "error", _picklable(e), traceback.format_exc())
     finally:
         destroy_tensor_parallel()
+
+
+def _detach_signals(parent_pid: int) -> None:
+    """A forked worker inherits its parent's Python signal handlers (the server's SIGTERM handler would make it
+    ignore SIGTERM): back to the defaults, SIGINT ignored (Ctrl-C reaches the whole process group; the engine tears
+    the workers down), and on Linux killed when the thread that started it goes away, so a killed engine leaves
+    no worker behind, even one blocked in a collective."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+        if os.getppid() != parent_pid:      # the parent died before prctl took effect
+            os._exit(1)
 
 
 def _reply(conn, status: str, value: Any = None, tb: str = "") -> None:
