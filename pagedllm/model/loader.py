@@ -201,7 +201,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
 
 def load_model(config: "EngineConfig") -> torch.nn.Module:
     """Build the model for ``config`` on its device and dtype and fill in its weights."""
-    from pagedllm.distributed import get_tp_size
+    from pagedllm.distributed import get_tp_rank, get_tp_size
     from pagedllm.model.registry import get_model_class
 
     hf = config.hf_config
@@ -217,7 +217,7 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
     finally:
         torch.set_default_dtype(old_dtype)
     fmt = config.args.load_format
-    progress = config.args.use_tqdm_on_load
+    progress = config.args.use_tqdm_on_load and get_tp_rank() == 0     # one progress bar, not one per rank
     if fmt == "dummy":
         _fill_dummy(model, seed=config.args.seed or 0)
     else:

@@ -98,9 +98,9 @@ class MultiprocExecutor(Executor):
         self.world_size = config.tensor_parallel_size
         if multiprocessing.current_process().daemon:
             # Python forbids a daemonic process children; the server's engine-core process is one.
-            raise ValueError("tensor_parallel_size > 1 with the engine core in a process of its own (the server's "
-                             "default) is not supported yet: pass --disable-frontend-multiprocessing (the engine "
-                             "core then runs in the server's process and starts the workers).")
+            raise ValueError("tensor_parallel_size > 1 with the engine core in a daemonic process of its own is not "
+                             "supported yet: run the engine core in the caller's process (the server does so by "
+                             "itself with -tp; AsyncLLMEngine(engine_process=False)).")
         # fork on Linux CPU (the workers inherit the imports: seconds less start-up; the engine process is forked
         # the same way, engine/core_client.py); spawn elsewhere.
         ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")

@@ -18,9 +18,9 @@ def test_serve_tp3_matches_tp1_and_leaves_no_workers():
     llm = LLM(model=MODEL, max_model_len=MAX_MODEL_LEN, kv_cache_memory_gb=0.1, seed=0)
     expected = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)[0].outputs[0].text
     del llm
-    # The engine core runs in the server's process: the workers are its children (Python forbids a daemonic
-    # engine-core process children).
-    (server,) = start_servers(["serve", MODEL, "-tp", "3", "--disable-frontend-multiprocessing"] + SERVER_ARGS)
+    # With -tp the engine core runs in the server's process (no --disable-frontend-multiprocessing needed): the
+    # workers are the server's children.
+    (server,) = start_servers(["serve", MODEL, "-tp", "3"] + SERVER_ARGS)
     try:
         workers = psutil.Process(server.proc.pid).children(recursive=True)
         assert len(workers) >= 3, server.log_tail()
