@@ -1,6 +1,7 @@
 """Tensor parallel on the CPU (gloo, distributed_executor_backend="mp"): TP=2 gives the same greedy tokens as TP=1
-on tiny random fp32 Llama (GQA, KV heads split) and Llama with one KV head (replicated on both ranks) and Qwen2 (QKV bias, tied embeddings), with chunked prefill; a
-killed worker ends the engine with the rank named; deleting the LLM ends the workers."""
+on tiny random fp32 Llama (GQA, KV heads split), Llama with one KV head (replicated on both ranks), Qwen2 (QKV bias,
+tied embeddings) and Qwen3, with chunked prefill; a killed worker ends the engine with the rank named; deleting the
+LLM ends the workers."""
 from __future__ import annotations
 
 import gc
@@ -25,13 +26,14 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 def _save_tiny(path, arch: str) -> None:
     """Llama with 2 KV heads (one per rank), Llama with 1 (replicated on both ranks), Qwen2 (QKV bias, tied
-    embeddings)."""
+    embeddings), Qwen3 (per-head Q/K norms)."""
     import transformers
     if arch == "llama":
         save_tiny_llama(path, VOCAB)
         return
-    cfg_cls, model_cls = ((transformers.LlamaConfig, transformers.LlamaForCausalLM) if arch == "llama_mqa"
-                          else (transformers.Qwen2Config, transformers.Qwen2ForCausalLM))
+    cfg_cls, model_cls = {"llama_mqa": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                          "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                          "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
     cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=1 if arch == "llama_mqa" else 2, vocab_size=VOCAB, max_position_embeddings=512,
                   tie_word_embeddings=arch == "qwen2")
@@ -50,7 +52,7 @@ def _llm(path, tp: int) -> LLM:
                max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)
