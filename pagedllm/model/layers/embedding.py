@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.distributed import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
-from pagedllm.model.layers.linear import cuda_linear, default_weight_loader, onednn_linear, onednn_pack
+from pagedllm.model.layers.linear import cuda_linear, default_weight_loader, onednn_linear, onednn_pack, shard_of
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -26,8 +26,7 @@ class VocabParallelEmbedding(nn.Module):
         self.weight.weight_loader = self.weight_loader
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
-        default_weight_loader(param, loaded.narrow(0, self.vocab_start, self.shard_size) if self.tp_size > 1
-                              else loaded)
+        default_weight_loader(param, shard_of(loaded, 0, self.tp_rank, self.shard_size, self.tp_size))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:

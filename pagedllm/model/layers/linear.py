@@ -129,6 +129,17 @@ class ReplicatedLinear(LinearBase):
     pass
 
 
+def shard_of(loaded: torch.Tensor, dim: int, index: int, size: int, num_shards: int) -> torch.Tensor:
+    """Shard ``index`` (of ``size`` along ``dim``) of a whole checkpoint tensor; the whole must be ``num_shards``
+    shards (a checkpoint of another shape is an error, not a silent slice)."""
+    if num_shards == 1:
+        return loaded
+    if loaded.dim() <= dim or loaded.shape[dim] != size * num_shards:
+        raise ValueError(f"Weight shape mismatch: checkpoint {tuple(loaded.shape)} is not {num_shards} shards of "
+                         f"{size} along dim {dim}")
+    return loaded.narrow(dim, index * size, size)
+
+
 def _divide(total: int, world_size: int, what: str) -> int:
     if total % world_size:
         raise ValueError(f"{what} ({total}) must be divisible by tensor parallel size ({world_size}).")
@@ -144,8 +155,7 @@ class ColumnParallelLinear(LinearBase):
         super().__init__(input_size, _divide(output_size, self.tp_size, "Output size"), bias)
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
-        size = param.shape[0]
-        default_weight_loader(param, loaded.narrow(0, self.tp_rank * size, size))
+        default_weight_loader(param, shard_of(loaded, 0, self.tp_rank, param.shape[0], self.tp_size))
 
 
 class RowParallelLinear(LinearBase):
@@ -159,8 +169,7 @@ class RowParallelLinear(LinearBase):
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
         if param.dim() == 1:     # the bias: whole on every rank
             return default_weight_loader(param, loaded)
-        size = param.shape[1]
-        default_weight_loader(param, loaded.narrow(1, self.tp_rank * size, size))
+        default_weight_loader(param, shard_of(loaded, 1, self.tp_rank, param.shape[1], self.tp_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
@@ -186,7 +195,8 @@ class MergedColumnParallelLinear(LinearBase):
                 self.weight_loader(param, part, i)
             return
         offset, size = sum(self.output_sizes[:shard_id]), self.output_sizes[shard_id]
-        default_weight_loader(param.data.narrow(0, offset, size), loaded.narrow(0, self.tp_rank * size, size))
+        default_weight_loader(param.data.narrow(0, offset, size),
+                              shard_of(loaded, 0, self.tp_rank, size, self.tp_size))
 
 
 class QKVParallelLinear(LinearBase):
@@ -213,5 +223,9 @@ class QKVParallelLinear(LinearBase):
             return
         offset, size = {"q": (0, self.q_size), "k": (self.q_size, self.kv_size),
                         "v": (self.q_size + self.kv_size, self.kv_size)}[shard_id]
-        start = self.tp_rank * self.q_size if shard_id == "q" else self.kv_head_start * self.head_dim
-        default_weight_loader(param.data.narrow(0, offset, size), loaded.narrow(0, start, size))
+        if shard_id == "q":
+            part = shard_of(loaded, 0, self.tp_rank, size, self.tp_size)
+        else:     # KV heads may be replicated: this rank's head(s), from the whole checkpoint tensor
+            part = shard_of(loaded, 0, self.kv_head_start // self.num_kv_heads, size,
+                            self.total_num_kv_heads // self.num_kv_heads)
+        default_weight_loader(param.data.narrow(0, offset, size), part)
