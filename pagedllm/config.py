@@ -284,12 +284,21 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"cpu_offload_gb is not supported yet: the weights stay on the device; use 0 "
                          f"(got {args.cpu_offload_gb}).")
     backend = args.distributed_executor_backend
-    if backend in ("mp", "ray", "external_launcher"):
-        raise ValueError(f"distributed_executor_backend={backend!r} is not supported yet: multi-process and Ray "
-                         f"executors are not supported yet, only the in-process executor ('uni' or None).")
-    if backend not in (None, "uni"):
+    if backend in ("ray", "external_launcher"):
+        raise ValueError(f"distributed_executor_backend={backend!r} is not supported yet: Ray and external "
+                         f"launchers are not supported yet, only the in-process executor ('uni') and the "
+                         f"multi-process one ('mp', one worker process per tensor-parallel rank on this host).")
+    if backend not in (None, "uni", "mp"):
         raise ValueError(f"distributed_executor_backend must be one of None, 'uni', 'mp', 'ray', "
                          f"'external_launcher', got {backend!r}.")
+    if args.pipeline_parallel_size != 1:
+        raise ValueError(f"pipeline_parallel_size={args.pipeline_parallel_size} is not supported yet; use 1 "
+                         f"(tensor_parallel_size splits a model over ranks).")
+    if args.tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size must be >= 1, got {args.tensor_parallel_size}.")
+    if args.tensor_parallel_size > 1 and backend == "uni":
+        raise ValueError(f"distributed_executor_backend='uni' runs the model in this process only: it needs "
+                         f"tensor_parallel_size=1 (got {args.tensor_parallel_size}); use 'mp'.")
     if args.data_parallel_size != 1:
         raise ValueError(f"data_parallel_size={args.data_parallel_size} is not supported yet; use 1.")
     if args.enable_expert_parallel:
@@ -425,6 +434,34 @@ class ResolvedModel:
     max_seq_length: int | None = None
 
 
+def _verify_tensor_parallel(size: int, hf, device: torch.device) -> None:
+    """Tensor parallel splits heads, KV heads, the MLP and the vocabulary evenly over the ranks (vLLM's wording)."""
+    if size == 1:
+        return
+    if device.type != "cpu":
+        raise ValueError(f"tensor_parallel_size={size}: tensor parallel on GPUs is not supported yet (gloo on the "
+                         f"CPU only); use tensor_parallel_size=1 or device='cpu'.")
+    heads = getattr(hf, "num_attention_heads", None)
+    if heads is None:
+        return      # not a decoder with heads: the loader rejects it by its architecture
+    if heads % size:
+        raise ValueError(f"Total number of attention heads ({heads}) must be divisible by tensor parallel size "
+                         f"({size}).")
+    kv_heads = getattr(hf, "num_key_value_heads", None) or heads
+    if kv_heads >= size and kv_heads % size:
+        raise ValueError(f"Total number of key-value heads ({kv_heads}) must be divisible by tensor parallel size "
+                         f"({size}).")
+    if kv_heads < size and size % kv_heads:
+        raise ValueError(f"Tensor parallel size ({size}) must be divisible by the total number of key-value heads "
+                         f"({kv_heads}) when it is larger.")
+    vocab = getattr(hf, "vocab_size", 0) or 0
+    if vocab % size:
+        raise ValueError(f"Vocabulary size ({vocab}) must be divisible by tensor parallel size ({size}).")
+    intermediate = getattr(hf, "intermediate_size", 0) or 0
+    if intermediate % size:
+        raise ValueError(f"intermediate_size ({intermediate}) must be divisible by tensor parallel size ({size}).")
+
+
 @dataclass
 class EngineConfig:
     args: EngineArgs
@@ -470,6 +507,15 @@ class EngineConfig:
                              f"(scheduling_policy='priority' enables it).")
 
     @property
+    def tensor_parallel_size(self) -> int:
+        return self.args.tensor_parallel_size
+
+    @property
+    def executor_backend(self) -> str:
+        """"uni" (the model in this process) or "mp" (a worker process per tensor-parallel rank)."""
+        return "mp" if self.args.tensor_parallel_size > 1 else (self.args.distributed_executor_backend or "uni")
+
+    @property
     def hf_config(self):
         return self.model.hf_config
 
@@ -484,9 +530,6 @@ class EngineConfig:
     def build(cls, args: EngineArgs, model: ResolvedModel) -> "EngineConfig":
         verify_engine_args(args)
         hf = model.hf_config
-        if args.tensor_parallel_size != 1 or args.pipeline_parallel_size != 1:
-            raise NotImplementedError(
-                "tensor_parallel_size/pipeline_parallel_size > 1 is not supported yet by pagedllm; use 1.")
         if args.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
         if args.quantization not in (None, "gguf"):
@@ -500,6 +543,7 @@ class EngineConfig:
 
         device = _pick_device(args.device)
         dtype = _pick_dtype(args.dtype, hf, device)
+        _verify_tensor_parallel(args.tensor_parallel_size, hf, device)
         if device.type == "cpu" and args.gpu_memory_utilization != EngineArgs.gpu_memory_utilization:
             logger.warning("gpu_memory_utilization=%s has no effect on the CPU (as in vLLM); the CPU KV cache's size "
                            "is kv_cache_memory_gb (default PAGEDLLM_CPU_KVCACHE_SPACE or %s GiB).",

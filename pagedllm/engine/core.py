@@ -40,12 +40,14 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
 
 class EngineCore:
     def __init__(self, config: EngineConfig):
-        from pagedllm.worker.model_runner import ModelRunner
+        from pagedllm.worker.executor import create_executor
 
         self.config = config
         t0 = time.perf_counter()
-        self.runner = ModelRunner(config)
-        num_blocks = self.runner.determine_num_blocks()
+        self.executor = create_executor(config)
+        # The in-process ModelRunner ("uni"; tests and tools look at it), None when the model runs in workers.
+        self.runner = self.executor.runner
+        num_blocks = self.executor.determine_num_blocks()    # the smallest over the ranks
         capacity = num_blocks * config.block_size
         if num_blocks <= 0:
             raise ValueError("No memory left for the KV cache: raise gpu_memory_utilization (GPU) or set "
@@ -55,7 +57,7 @@ class EngineCore:
                 f"The model's max seq len ({config.max_model_len}) is larger than the maximum number of tokens that "
                 f"can be stored in KV cache ({capacity}). Try increasing the KV cache size or decreasing "
                 f"max_model_len when initializing the engine.")
-        self.runner.allocate_kv_cache(num_blocks)
+        self.executor.allocate_kv_cache(num_blocks)
         # Pooling models: no prefix caching (a mean-pooled or bidirectional prompt needs every token computed).
         self.kv_cache = KVCacheManager(num_blocks, config.block_size,
                                        config.args.enable_prefix_caching and not config.is_pooling)
@@ -115,20 +117,20 @@ class EngineCore:
         if not sched.is_empty:
             constrained = self._constrained_requests(sched)
             sched.sample_async = (self._async_scheduling and not constrained and self._can_sample_async(sched))
-            launched = self.runner.launch(sched)
+            launched = self.executor.launch(sched)
         grammar = self._grammar_output(constrained)     # on the host, while the device runs the forward pass
         outputs = EngineCoreOutputs()
         stats = StepStats(num_preemptions=len(sched.preempted_req_ids))
         if self._in_flight is not None:
             prev_sched, prev_step = self._in_flight
             self._in_flight = None
-            self._add(outputs, stats, *self.scheduler.update_from_output(prev_sched, self.runner.finish(prev_step)))
+            self._add(outputs, stats, *self.scheduler.update_from_output(prev_sched, self.executor.finish(prev_step)))
         if launched is not None:
             if sched.sample_async:
                 self._in_flight = (sched, launched)
             else:
                 self._add(outputs, stats, *self.scheduler.update_from_output(
-                    sched, self.runner.finish(launched, grammar=grammar)))
+                    sched, self.executor.finish(launched, grammar=grammar)))
         return outputs, stats
 
     @staticmethod
@@ -165,7 +167,11 @@ class EngineCore:
     def info(self) -> dict:
         """What the front end learns once the core is built."""
         return {"config": self.config, "num_blocks": self.num_blocks, "startup_seconds": self.startup_seconds,
-                "runner": self.runner.startup_info()}
+                "runner": self.executor.startup_info()}
+
+    def shutdown(self) -> None:
+        """End the workers (multi-process executor); the core cannot step afterwards."""
+        self.executor.shutdown()
 
 
 # ---- the engine-core loop ----------------------------------------------------------------------------------------

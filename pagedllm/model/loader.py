@@ -201,10 +201,14 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
 
 def load_model(config: "EngineConfig") -> torch.nn.Module:
     """Build the model for ``config`` on its device and dtype and fill in its weights."""
+    from pagedllm.distributed import get_tp_rank, get_tp_size
     from pagedllm.model.registry import get_model_class
 
     hf = config.hf_config
     model_cls = get_model_class(hf)
+    if get_tp_size() > 1 and not getattr(model_cls, "supports_tensor_parallel", False):
+        raise ValueError(f"tensor_parallel_size > 1 is not supported yet for {model_cls.__name__}; "
+                         f"use tensor_parallel_size=1.")
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(config.dtype)
     try:
@@ -213,7 +217,7 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
     finally:
         torch.set_default_dtype(old_dtype)
     fmt = config.args.load_format
-    progress = config.args.use_tqdm_on_load
+    progress = config.args.use_tqdm_on_load and get_tp_rank() == 0     # one progress bar, not one per rank
     if fmt == "dummy":
         _fill_dummy(model, seed=config.args.seed or 0)
     else:

@@ -13,6 +13,7 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
 from pagedllm.config import EngineConfig
+from pagedllm.distributed import get_tp_rank, get_tp_size, kv_head_range
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
@@ -49,7 +50,11 @@ class ModelRunner:
         self.block_size = config.block_size
         hf = config.hf_config
         self.num_layers = hf.num_hidden_layers
-        self.num_kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+        # This rank's heads: tensor parallel gives each rank num_heads / tp query heads and their KV heads.
+        tp_rank, tp_size = get_tp_rank(), get_tp_size()
+        self.num_heads = hf.num_attention_heads // tp_size
+        _, self.num_kv_heads = kv_head_range(getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
+                                             tp_rank, tp_size)
         self.head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         self.vocab_size = hf.vocab_size
         if config.args.seed is not None:
@@ -59,7 +64,7 @@ class ModelRunner:
             late_compiles.pause()      # this start-up's Triton compiles are expected (re-armed once it is done)
         # Built before the model loads: an unknown or unusable attention_backend fails fast.
         self.attn_backend = create_attention_backend(
-            config.attention_backend, num_heads=hf.num_attention_heads, num_kv_heads=self.num_kv_heads,
+            config.attention_backend, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim, block_size=self.block_size, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, dtype=self.dtype, device=self.device)
         t0 = time.perf_counter()

@@ -101,13 +101,18 @@ ENGINE_FIELDS: dict[str, list] = {
     "max_logprobs": [Read(("engine/",), "args.max_logprobs")],
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
     "async_scheduling": [Behaves(lambda mp: build(mp, async_scheduling=True).async_scheduling or _fail())],
-    "tensor_parallel_size": [Rejects(2, "tensor_parallel_size/pipeline_parallel_size > 1 is not supported yet",
-                                     NotImplementedError)],
-    "pipeline_parallel_size": [Rejects(2, "tensor_parallel_size/pipeline_parallel_size > 1 is not supported yet",
-                                       NotImplementedError)],
+    # TP=2 vs TP=1 tokens, the killed worker, indivisible heads: tests/unit/test_tensor_parallel.py.
+    "tensor_parallel_size": [Behaves(lambda mp: build(mp, tensor_parallel_size=2).executor_backend == "mp"
+                                     or _fail()),
+                             Behaves(lambda mp: _raises(lambda: build(mp, device="cuda", tensor_parallel_size=2),
+                                                        "tensor parallel on GPUs is not supported yet")),
+                             Rejects(0, "tensor_parallel_size must be >= 1")],
+    "pipeline_parallel_size": [Rejects(2, "pipeline_parallel_size=2 is not supported yet")],
     "distributed_executor_backend": [Behaves(_cfg(distributed_executor_backend="uni")),
-                                     Rejects("ray", "multi-process and Ray executors are not supported yet"),
-                                     Rejects("mp", "only the in-process executor"),
+                                     Behaves(lambda mp: build(mp, distributed_executor_backend="mp",
+                                                              tensor_parallel_size=2).executor_backend == "mp"
+                                             or _fail()),
+                                     Rejects("ray", "Ray and external launchers are not supported yet"),
                                      Rejects("dask", "distributed_executor_backend must be one of")],
     "device": [Behaves(lambda mp: build(mp).device.type == "cpu" or _fail())],
     # Names are checked against the backend registry by create_engine_config (test_attention_backends.py).

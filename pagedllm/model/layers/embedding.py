@@ -5,26 +5,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.model.layers.linear import cuda_linear, default_weight_loader, onednn_linear, onednn_pack
+from pagedllm.distributed import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
+from pagedllm.model.layers.linear import cuda_linear, default_weight_loader, onednn_linear, onednn_pack, shard_of
 
 
 class VocabParallelEmbedding(nn.Module):
+    """Tensor parallel: each rank holds a contiguous block of the vocabulary's rows; ids outside it give zeros, and
+    the sum over the ranks is the embedding."""
+
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
+        self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
+        if num_embeddings % self.tp_size:
+            raise ValueError(f"Vocabulary size ({num_embeddings}) must be divisible by tensor parallel size "
+                             f"({self.tp_size}).")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim), requires_grad=False)
-        self.weight.weight_loader = default_weight_loader
+        self.shard_size = num_embeddings // self.tp_size
+        self.vocab_start = self.tp_rank * self.shard_size
+        self.weight = nn.Parameter(torch.empty(self.shard_size, embedding_dim), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
+        default_weight_loader(param, shard_of(loaded, 0, self.tp_rank, self.shard_size, self.tp_size))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.weight)
+        if self.tp_size == 1:
+            return F.embedding(input_ids, self.weight)
+        local = input_ids - self.vocab_start
+        outside = (local < 0) | (local >= self.shard_size)
+        hidden = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return tp_all_reduce(hidden.masked_fill_(outside.unsqueeze(-1), 0.0))
 
 
 class ParallelLMHead(VocabParallelEmbedding):
     def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = False):
         super().__init__(num_embeddings, embedding_dim)
         if bias:
-            self.bias = nn.Parameter(torch.empty(num_embeddings), requires_grad=False)
-            self.bias.weight_loader = default_weight_loader
+            self.bias = nn.Parameter(torch.empty(self.shard_size), requires_grad=False)
+            self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
 
@@ -37,6 +55,12 @@ class ParallelLMHead(VocabParallelEmbedding):
         self.weight = embedding.weight
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the whole vocabulary: tensor parallel, each rank's shard gathered once (every rank gets all
+        of them, so every rank samples the same tokens)."""
+        logits = self._shard_logits(hidden)
+        return logits if self.tp_size == 1 else tp_all_gather(logits, dim=-1)
+
+    def _shard_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if not hidden.is_cuda and hidden.dtype == self.weight.dtype and not hidden.requires_grad:
             key = self.weight.data_ptr()
             if self._packed is None or self._packed[0] != key:

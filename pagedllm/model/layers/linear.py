@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.distributed import get_tp_rank, get_tp_size, kv_head_range, tp_all_reduce
 from pagedllm.kernels import settings as kernel_settings
 
 # CPU GEMMs through oneDNN with the weight reordered once into its blocked layout (what vLLM's CPU backend and
@@ -101,8 +102,11 @@ class LinearBase(nn.Module):
         self._pack_tried = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x, self.bias)
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if x.is_cuda:
-            return cuda_linear(x, self.weight, self.bias)
+            return cuda_linear(x, self.weight, bias)
         if not self._pack_tried:
             self._pack_tried = True
             with torch.inference_mode(False):
@@ -111,10 +115,10 @@ class LinearBase(nn.Module):
                     self.weight.data = self.weight.data.new_empty(0)
         if self._packed is not None:
             if x.dtype == self._packed.dtype and not (torch.is_grad_enabled() and x.requires_grad):
-                return onednn_linear(x, self._packed, self.bias)
+                return onednn_linear(x, self._packed, bias)
             self.unpack()
             self._pack_tried = True    # this module's inputs do not fit the packed path: stay dense
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, bias)
 
     def _apply(self, fn, *args, **kwargs):
         self.unpack()   # .to(device / dtype): move the dense weight, pack again (if it applies) at the next forward
@@ -125,39 +129,103 @@ class ReplicatedLinear(LinearBase):
     pass
 
 
+def shard_of(loaded: torch.Tensor, dim: int, index: int, size: int, num_shards: int) -> torch.Tensor:
+    """Shard ``index`` (of ``size`` along ``dim``) of a whole checkpoint tensor; the whole must be ``num_shards``
+    shards (a checkpoint of another shape is an error, not a silent slice)."""
+    if num_shards == 1:
+        return loaded
+    if loaded.dim() <= dim or loaded.shape[dim] != size * num_shards:
+        raise ValueError(f"Weight shape mismatch: checkpoint {tuple(loaded.shape)} is not {num_shards} shards of "
+                         f"{size} along dim {dim}")
+    return loaded.narrow(dim, index * size, size)
+
+
+def _divide(total: int, world_size: int, what: str) -> int:
+    if total % world_size:
+        raise ValueError(f"{what} ({total}) must be divisible by tensor parallel size ({world_size}).")
+    return total // world_size
+
+
 class ColumnParallelLinear(LinearBase):
-    pass
+    """Tensor parallel: each rank holds a contiguous block of the output rows (and of the bias); the output stays
+    sharded (a RowParallelLinear takes it as its sharded input)."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False):
+        self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
+        super().__init__(input_size, _divide(output_size, self.tp_size, "Output size"), bias)
+
+    def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
+        default_weight_loader(param, shard_of(loaded, 0, self.tp_rank, param.shape[0], self.tp_size))
 
 
 class RowParallelLinear(LinearBase):
-    pass
+    """Tensor parallel: each rank holds a block of the input columns, multiplies its shard of the input and the
+    partial outputs are summed over the ranks (the bias is added once, by rank 0)."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False):
+        self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
+        super().__init__(_divide(input_size, self.tp_size, "Input size"), output_size, bias)
+
+    def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
+        if param.dim() == 1:     # the bias: whole on every rank
+            return default_weight_loader(param, loaded)
+        default_weight_loader(param, shard_of(loaded, 1, self.tp_rank, param.shape[1], self.tp_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return self.linear(x, self.bias)
+        return tp_all_reduce(self.linear(x, self.bias if self.tp_rank == 0 else None))
 
 
 class MergedColumnParallelLinear(LinearBase):
-    """Several projections of the same input stacked on the output dim (e.g. gate_proj + up_proj)."""
+    """Several projections of the same input stacked on the output dim (e.g. gate_proj + up_proj). Tensor
+    parallel: each projection is sharded on its own, so a rank holds [its gate rows | its up rows]."""
 
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False):
-        self.output_sizes = list(output_sizes)
-        super().__init__(input_size, sum(output_sizes), bias)
+        self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
+        self.full_output_sizes = list(output_sizes)
+        self.output_sizes = [_divide(n, self.tp_size, "Output size") for n in output_sizes]
+        super().__init__(input_size, sum(self.output_sizes), bias)
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor, shard_id: int | None = None) -> None:
         if shard_id is None:
-            return default_weight_loader(param, loaded)
-        offset = sum(self.output_sizes[:shard_id])
-        default_weight_loader(param.data.narrow(0, offset, self.output_sizes[shard_id]), loaded)
+            if self.tp_size == 1:
+                return default_weight_loader(param, loaded)
+            for i, part in enumerate(loaded.split(self.full_output_sizes, dim=0)):    # a fused checkpoint tensor
+                self.weight_loader(param, part, i)
+            return
+        offset, size = sum(self.output_sizes[:shard_id]), self.output_sizes[shard_id]
+        default_weight_loader(param.data.narrow(0, offset, size),
+                              shard_of(loaded, 0, self.tp_rank, size, self.tp_size))
 
 
 class QKVParallelLinear(LinearBase):
-    """Q, K and V projections in one matrix: rows [q (H*d) | k (Hkv*d) | v (Hkv*d)]."""
+    """Q, K and V projections in one matrix: rows [q (H*d) | k (Hkv*d) | v (Hkv*d)]. Tensor parallel: a rank holds
+    H/tp query heads and the KV heads they attend with (replicated when there are fewer KV heads than ranks);
+    ``num_heads`` / ``num_kv_heads`` are this rank's."""
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False):
-        self.head_dim, self.num_heads, self.num_kv_heads = head_dim, num_heads, num_kv_heads
-        self.q_size, self.kv_size = num_heads * head_dim, num_kv_heads * head_dim
+        self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
+        self.head_dim = head_dim
+        self.total_num_heads, self.total_num_kv_heads = num_heads, num_kv_heads
+        self.num_heads = _divide(num_heads, self.tp_size, "Total number of attention heads")
+        self.kv_head_start, self.num_kv_heads = kv_head_range(num_kv_heads, self.tp_rank, self.tp_size)
+        self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
         super().__init__(hidden_size, self.q_size + 2 * self.kv_size, bias)
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor, shard_id: str | None = None) -> None:
         if shard_id is None:
-            return default_weight_loader(param, loaded)
+            if self.tp_size == 1:
+                return default_weight_loader(param, loaded)
+            full_q, full_kv = self.total_num_heads * self.head_dim, self.total_num_kv_heads * self.head_dim
+            for sid, part in zip("qkv", loaded.split([full_q, full_kv, full_kv], dim=0)):
+                self.weight_loader(param, part, sid)
+            return
         offset, size = {"q": (0, self.q_size), "k": (self.q_size, self.kv_size),
                         "v": (self.q_size + self.kv_size, self.kv_size)}[shard_id]
-        default_weight_loader(param.data.narrow(0, offset, size), loaded)
+        if shard_id == "q":
+            part = shard_of(loaded, 0, self.tp_rank, size, self.tp_size)
+        else:     # KV heads may be replicated: this rank's head(s), from the whole checkpoint tensor
+            part = shard_of(loaded, 0, self.kv_head_start // self.num_kv_heads, size,
+                            self.total_num_kv_heads // self.num_kv_heads)
+        default_weight_loader(param.data.narrow(0, offset, size), part)

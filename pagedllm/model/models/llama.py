@@ -23,13 +23,15 @@ from pagedllm.model.models.weights import load_packed_weights
 class LlamaAttention(nn.Module):
     def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
         super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
-        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads,
+        total_heads = cfg.num_attention_heads
+        total_kv_heads = getattr(cfg, "num_key_value_heads", None) or total_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // total_heads
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, self.head_dim, total_heads, total_kv_heads,
                                           bias=qkv_bias)
-        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, cfg.hidden_size,
+        self.o_proj = RowParallelLinear(total_heads * self.head_dim, cfg.hidden_size,
                                         bias=getattr(cfg, "attention_bias", False))
+        # This rank's heads (all of them without tensor parallel).
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.rotary = rotary
         if qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
@@ -104,6 +106,7 @@ class LlamaForCausalLM(nn.Module):
     qkv_bias = False
     qk_norm = False
     has_lm_head = True
+    supports_tensor_parallel = True
     # checkpoint name fragment -> (our parameter fragment, shard id)
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),

@@ -1,0 +1,299 @@
+"""Executors: where the model runs. The engine core hands every step's ``SchedulerOutput`` (plain data) to an
+executor and gets rank 0's ``ModelRunnerOutput`` back; it never touches a model itself.
+
+- ``UniProcExecutor`` ("uni"): one ``ModelRunner`` in this process (tensor_parallel_size=1).
+- ``MultiprocExecutor`` ("mp"): one worker process per tensor-parallel rank on this host, joined in a
+  torch.distributed group (gloo on the CPU) at a TCP port picked free at start. Every worker builds its own
+  ``ModelRunner`` over its shard of the weights and runs every step; the logits are gathered on every rank and the
+  ranks share their random seed, so all of them sample the same tokens and only rank 0's output is read.
+
+This first slice sends each step to each worker over its own pipe (one pickle per worker per step), not by a
+shared-memory broadcast; a worker that dies is found within a second (its process sentinel) and named.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import random
+import socket
+import sys
+import traceback
+import weakref
+from collections import deque
+from typing import Any
+
+from pagedllm.config import EngineConfig
+from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+class Executor:
+    """The engine core's view of the workers."""
+
+    def determine_num_blocks(self) -> int:
+        raise NotImplementedError
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        raise NotImplementedError
+
+    def launch(self, sched: SchedulerOutput) -> Any:
+        """Start the step; the handle goes to ``finish``, which returns its output (steps finish in launch order)."""
+        raise NotImplementedError
+
+    def finish(self, launched: Any, grammar: GrammarOutput | None = None) -> ModelRunnerOutput:
+        """Sample the launched step (``grammar``: the structured-output bitmask, filled while it ran)."""
+        raise NotImplementedError
+
+    def startup_info(self) -> dict:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        pass
+
+
+class UniProcExecutor(Executor):
+    def __init__(self, config: EngineConfig):
+        from pagedllm.worker.model_runner import ModelRunner
+        self.runner = ModelRunner(config)
+
+    def determine_num_blocks(self) -> int:
+        return self.runner.determine_num_blocks()
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.runner.allocate_kv_cache(num_blocks)
+
+    def launch(self, sched: SchedulerOutput) -> Any:
+        return self.runner.launch(sched)
+
+    def finish(self, launched: Any, grammar: GrammarOutput | None = None) -> ModelRunnerOutput:
+        return self.runner.finish(launched, grammar=grammar)
+
+    def startup_info(self) -> dict:
+        return self.runner.startup_info()
+
+
+def create_executor(config: EngineConfig) -> Executor:
+    if config.executor_backend == "mp":
+        return MultiprocExecutor(config)
+    return UniProcExecutor(config)
+
+
+class WorkerDied(RuntimeError):
+    """A tensor-parallel worker process ended or failed; the engine cannot go on."""
+
+
+def _free_port() -> int:
+    """A TCP port free now on the loopback (the OS picks it, so two engines on one host do not clash)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MultiprocExecutor(Executor):
+    runner = None        # the model lives in the workers
+
+    def __init__(self, config: EngineConfig):
+        self.world_size = config.tensor_parallel_size
+        if multiprocessing.current_process().daemon:
+            # Python forbids a daemonic process children; the server's engine-core process is one.
+            raise ValueError("tensor_parallel_size > 1 with the engine core in a daemonic process of its own is not "
+                             "supported yet: run the engine core in the caller's process (the server does so by "
+                             "itself with -tp; AsyncLLMEngine(engine_process=False)).")
+        # fork on Linux CPU (the workers inherit the imports: seconds less start-up; the engine process is forked
+        # the same way, engine/core_client.py); spawn elsewhere.
+        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        # Every rank seeds its generator alike, so random sampling gives the same tokens on every rank.
+        shared_seed = random.SystemRandom().randrange(2**31)
+        self._conns: list[multiprocessing.connection.Connection] = []
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._dead: WorkerDied | None = None
+        for rank in range(self.world_size):
+            parent_end, child_end = ctx.Pipe(duplex=True)
+            proc = ctx.Process(target=_worker_main, name=f"pagedllm-tp-worker-{rank}", daemon=True,
+                               args=(config, rank, self.world_size, init_method, shared_seed, child_end,
+                                     os.getpid()))
+            proc.start()
+            child_end.close()
+            self._conns.append(parent_end)
+            self._procs.append(proc)
+        # Workers are ended when the executor goes away, even without shutdown() (a deleted LLM).
+        self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns)
+        self._collect()      # every rank built (or the first failure, named)
+
+    # ---- the engine core's calls ------------------------------------------------------------------------------
+    def determine_num_blocks(self) -> int:
+        self._broadcast(("determine_num_blocks", None))
+        return min(self._collect())
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self._broadcast(("allocate_kv_cache", num_blocks))
+        self._collect()
+
+    def launch(self, sched: SchedulerOutput) -> Any:
+        self._broadcast(("launch", sched))
+        return sched.step_id
+
+    def finish(self, launched: Any, grammar: GrammarOutput | None = None) -> ModelRunnerOutput:
+        self._broadcast(("finish", grammar))     # every rank samples with the same mask (identical logits)
+        return self._collect()[0]
+
+    def startup_info(self) -> dict:
+        self._broadcast(("startup_info", None))
+        info = dict(self._collect()[0])
+        info["tensor_parallel_size"] = self.world_size
+        return info
+
+    def shutdown(self) -> None:
+        self._finalizer()
+
+    # ---- transport ----------------------------------------------------------------------------------------------
+    def _broadcast(self, msg: tuple) -> None:
+        if self._dead is not None:
+            raise self._dead
+        for rank, conn in enumerate(self._conns):
+            try:
+                conn.send(msg)
+            except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+                self._fail(rank, None)
+
+    def _collect(self) -> list:
+        """Each rank's reply, in rank order; a dead process or a failed call ends every worker and raises,
+        naming the rank."""
+        replies: dict[int, Any] = {}
+        waiting = {conn: rank for rank, conn in enumerate(self._conns)}
+        sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
+        while waiting:
+            for ready in multiprocessing.connection.wait(list(waiting) + list(sentinels), timeout=1.0):
+                if ready in sentinels:
+                    if self._procs[sentinels[ready]].exitcode is not None:
+                        self._fail(sentinels[ready], None)
+                    continue
+                rank = waiting.pop(ready)
+                try:
+                    status, value, tb = ready.recv()
+                except (EOFError, OSError):
+                    self._fail(rank, None)
+                if status == "error":
+                    self._fail(rank, (value, tb))
+                replies[rank] = value
+        return [replies[r] for r in range(self.world_size)]
+
+    def _fail(self, rank: int, error: tuple[BaseException, str] | None) -> None:
+        # A rank that failed in a collective often did so because another rank died: name the dead one.
+        for proc in self._procs:
+            proc.join(timeout=0.5 if error is not None else 0)
+        dead = [(r, p) for r, p in enumerate(self._procs) if p.exitcode is not None]
+        if dead:
+            r, p = dead[0]
+            message = f"Tensor-parallel worker rank {r} (pid {p.pid}) died (exit code {p.exitcode})."
+        else:
+            exc, tb = error
+            message = f"Tensor-parallel worker rank {rank} failed: {type(exc).__name__}: {exc}\n{tb}"
+        self._dead = WorkerDied(message)
+        self._finalizer()
+        if error is not None and not dead:
+            raise self._dead from error[0]
+        raise self._dead
+
+
+def _stop_workers(procs: list, conns: list) -> None:
+    for conn in conns:
+        try:
+            conn.send(("shutdown", None))
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            pass
+    for proc in procs:
+        proc.join(timeout=2.0)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=2.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    for conn in conns:
+        conn.close()
+
+
+def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: str, shared_seed: int,
+                 conn: multiprocessing.connection.Connection, parent_pid: int) -> None:
+    """One tensor-parallel rank: join the group, build this rank's ModelRunner, then run the calls the executor
+    sends (in order) until it says shutdown or its pipe closes."""
+    import torch
+
+    from pagedllm.distributed import destroy_tensor_parallel, init_tensor_parallel
+    from pagedllm.worker.model_runner import ModelRunner
+
+    _detach_signals(parent_pid)
+    try:
+        init_tensor_parallel(rank, world_size, init_method)
+        torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
+        runner = ModelRunner(config)
+    except BaseException as e:   # noqa: BLE001 - reported to the engine
+        _reply(conn, "error", _picklable(e), traceback.format_exc())
+        return
+    _reply(conn, "ok")
+    launched: deque = deque()     # steps launched and not finished yet, oldest first
+    try:
+        while True:
+            try:
+                method, arg = conn.recv()
+            except (EOFError, OSError):
+                return       # the engine is gone
+            if method == "shutdown":
+                return
+            if method == "launch":    # no reply: the step's output comes with its "finish"
+                try:
+                    launched.append(("ok", runner.launch(arg), ""))
+                except BaseException as e:   # noqa: BLE001
+                    launched.append(("error", _picklable(e), traceback.format_exc()))
+                continue
+            try:
+                if method == "finish":
+                    status, step, tb = launched.popleft()
+                    if status == "error":
+                        _reply(conn, status, step, tb)
+                        continue
+                    output = runner.finish(step, grammar=arg)
+                    _reply(conn, "ok", output if rank == 0 else None)
+                elif method == "allocate_kv_cache":
+                    _reply(conn, "ok", runner.allocate_kv_cache(arg))
+                else:
+                    _reply(conn, "ok", getattr(runner, method)())
+            except BaseException as e:   # noqa: BLE001
+                _reply(conn, "error", _picklable(e), traceback.format_exc())
+    finally:
+        destroy_tensor_parallel()
+
+
+def _detach_signals(parent_pid: int) -> None:
+    """A forked worker inherits its parent's Python signal handlers (the server's SIGTERM handler would make it
+    ignore SIGTERM): back to the defaults, SIGINT ignored (Ctrl-C reaches the whole process group; the engine tears
+    the workers down), and on Linux killed when the thread that started it goes away, so a killed engine leaves
+    no worker behind, even one blocked in a collective."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+        if os.getppid() != parent_pid:      # the parent died before prctl took effect
+            os._exit(1)
+
+
+def _reply(conn, status: str, value: Any = None, tb: str = "") -> None:
+    conn.send((status, value, tb))
+
+
+def _picklable(e: BaseException) -> BaseException:
+    import pickle
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}")

@@ -1,0 +1,35 @@
+"""``pagedllm serve -tp 3`` on the CPU (the bundled SmolLM2: 9 heads, 3 KV heads, vocab 49152 split three ways)
+answers the openai client with TP=1's greedy text, and its worker processes end with the server."""
+from __future__ import annotations
+
+import os
+import signal
+
+import openai
+import psutil
+
+from server_utils import MAX_MODEL_LEN, MODEL, SERVER_ARGS, start_servers
+
+PROMPT = "The capital of France is"
+
+
+def test_serve_tp3_matches_tp1_and_leaves_no_workers():
+    from pagedllm import LLM, SamplingParams
+    llm = LLM(model=MODEL, max_model_len=MAX_MODEL_LEN, kv_cache_memory_gb=0.1, seed=0)
+    expected = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)[0].outputs[0].text
+    del llm
+    # With -tp the engine core runs in the server's process (no --disable-frontend-multiprocessing needed): the
+    # workers are the server's children.
+    (server,) = start_servers(["serve", MODEL, "-tp", "3"] + SERVER_ARGS)
+    try:
+        workers = psutil.Process(server.proc.pid).children(recursive=True)
+        assert len(workers) >= 3, server.log_tail()
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16, temperature=0.0)
+        assert out.choices[0].text == expected
+        os.kill(server.proc.pid, signal.SIGTERM)      # the server alone, not its process group
+        server.proc.wait(30)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers outlived the server: {[p.pid for p in alive]}"
+    finally:
+        server.stop()

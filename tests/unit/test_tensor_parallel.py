@@ -1,0 +1,104 @@
+"""Tensor parallel on the CPU (gloo, distributed_executor_backend="mp"): TP=2 gives the same greedy tokens as TP=1
+on tiny random fp32 Llama (GQA, KV heads split), Llama with one KV head (replicated on both ranks), Qwen2 (QKV bias,
+tied embeddings) and Qwen3, with chunked prefill; a killed worker ends the engine with the rank named; deleting the
+LLM ends the workers."""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.config import EngineArgs
+from pagedllm.engine.core import create_engine_config
+from tests.unit.tiny_models import save_tiny_llama
+
+VOCAB = 1024
+PROMPTS = [[11, 12, 13, 14, 15],
+           [101, 57, 300, 42, 42, 9, 871, 5, 5, 5, 77, 640, 13, 250, 999, 3, 18, 400, 21, 8, 66, 700, 31],
+           [(7 * i + 3) % VOCAB for i in range(40)]]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+
+def _save_tiny(path, arch: str) -> None:
+    """Llama with 2 KV heads (one per rank), Llama with 1 (replicated on both ranks), Qwen2 (QKV bias, tied
+    embeddings), Qwen3 (per-head Q/K norms)."""
+    import transformers
+    if arch == "llama":
+        save_tiny_llama(path, VOCAB)
+        return
+    cfg_cls, model_cls = {"llama_mqa": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                          "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                          "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
+    cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=1 if arch == "llama_mqa" else 2, vocab_size=VOCAB, max_position_embeddings=512,
+                  tie_word_embeddings=arch == "qwen2")
+    torch.manual_seed(1)
+    model_cls(cfg).eval().save_pretrained(path)
+
+
+def _tokens(llm: LLM) -> list[list[int]]:
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def _llm(path, tp: int) -> LLM:
+    # max_num_batched_tokens=16: the 23- and 40-token prompts are prefilled in chunks, mixed with decodes.
+    return LLM(model=str(path), skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=tp,
+               max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3"])
+def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
+    _save_tiny(tmp_path, arch)
+    single = _llm(tmp_path, 1)
+    expected = _tokens(single)
+    del single
+    llm = _llm(tmp_path, 2)
+    assert llm.llm_engine.core.config.executor_backend == "mp"
+    assert _tokens(llm) == expected
+    procs = llm.llm_engine.core.executor._procs
+    assert all(p.is_alive() for p in procs)
+    del llm
+    gc.collect()
+    deadline = time.time() + 10
+    while any(p.is_alive() for p in procs) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(p.is_alive() for p in procs), "worker processes outlived the LLM"
+
+
+def test_killed_worker_is_named_within_seconds(tmp_path):
+    save_tiny_llama(tmp_path, VOCAB)
+    llm = _llm(tmp_path, 2)
+    procs = llm.llm_engine.core.executor._procs
+    os.kill(procs[1].pid, signal.SIGKILL)
+    procs[1].join(5)
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match="rank 1 .*died"):
+        llm.generate([{"prompt_token_ids": PROMPTS[1]}], GREEDY, use_tqdm=False)
+    assert time.time() - t0 < 10
+    deadline = time.time() + 10
+    while procs[0].is_alive() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not procs[0].is_alive(), "rank 0 was left running after rank 1 died"
+
+
+def _config_error(tmp_path, **kw) -> str:
+    with pytest.raises(ValueError) as info:
+        create_engine_config(EngineArgs(model=str(tmp_path), skip_tokenizer_init=True, **kw))
+    return str(info.value)
+
+
+def test_indivisible_heads_and_unsupported_backends(tmp_path):
+    save_tiny_llama(tmp_path, VOCAB)    # 4 heads, 2 KV heads
+    assert "Total number of attention heads (4) must be divisible by tensor parallel size (3)" in \
+        _config_error(tmp_path, tensor_parallel_size=3)
+    assert "is not supported yet" in _config_error(tmp_path, tensor_parallel_size=2,
+                                                     distributed_executor_backend="ray")
+    assert "pipeline_parallel_size=2 is not supported yet" in _config_error(tmp_path, pipeline_parallel_size=2)
+    assert "needs tensor_parallel_size=1" in _config_error(tmp_path, tensor_parallel_size=2,
+                                                           distributed_executor_backend="uni")
