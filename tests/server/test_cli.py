@@ -114,7 +114,7 @@ def test_switch_flags():
     (["--kv-cache-dtype", "fp8"], "kv_cache_dtype='fp8' is not supported yet"),
     (["--enable-lora"], "LoRA adapters are not supported yet"),
     (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
-    (["--distributed-executor-backend", "ray"], "Ray executors are not supported yet"),
+    (["--distributed-executor-backend", "ray"], "Ray and external launchers are not supported yet"),
     (["--tokenizer-mode", "mistral"], "tokenizer_mode='mistral' is not supported yet"),
     (["--speculative-config", '{"method": "ngram"}'], "speculative_config is not supported yet"),
     (["-O3"], "compilation_config is not supported yet"),
