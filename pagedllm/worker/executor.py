@@ -102,9 +102,10 @@ class MultiprocExecutor(Executor):
             raise ValueError("tensor_parallel_size > 1 with the engine core in a daemonic process of its own is not "
                              "supported yet: run the engine core in the caller's process (the server does so by "
                              "itself with -tp; AsyncLLMEngine(engine_process=False)).")
-        # fork on Linux CPU (the workers inherit the imports: seconds less start-up; the engine process is forked
-        # the same way, engine/core_client.py); spawn elsewhere.
-        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        # spawn, not fork: the caller may hold threads (an AsyncLLMEngine's reader, tokenizer pools, OpenMP) and a
+        # fork copies their held locks into the child. Forked workers hung in the full CPU suite (rendezvous never
+        # reached after earlier tests had started threads); spawned ones pay a fresh `import torch` (~2 s).
+        ctx = multiprocessing.get_context("spawn")
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         # Every rank seeds its generator alike, so random sampling gives the same tokens on every rank.
         shared_seed = random.SystemRandom().randrange(2**31)

@@ -162,9 +162,9 @@ def test_unknown_kwarg_is_named(model_dir):
         LLM(model=str(model_dir[0]), definitely_not_an_arg=3)
 
 
-def test_tensor_parallel_not_supported(model_dir):
+def test_pipeline_parallel_not_supported(model_dir):
     with pytest.raises((NotImplementedError, ValueError), match="not supported yet"):
-        LLM(model=str(model_dir[0]), tensor_parallel_size=2)
+        LLM(model=str(model_dir[0]), pipeline_parallel_size=2)
 
 
 # ---- chat --------------------------------------------------------------------------------------------------------------
