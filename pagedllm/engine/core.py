@@ -8,7 +8,6 @@ whether it runs in a thread of the front end's process or in a process of its ow
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 import traceback
 from typing import Any
@@ -23,6 +22,7 @@ from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler import Scheduler, StepStats
 from pagedllm.engine.structured_output import StructuredOutputManager
 from pagedllm.step_data import GrammarOutput, SchedulerOutput
+from pagedllm.worker.executor import picklable
 
 logger = logging.getLogger(__name__)
 
@@ -262,11 +262,3 @@ class StepTrace:
         with open(self.path, "a") as f:
             f.write("\n".join(self.rows) + "\n")
         self.rows = []
-
-
-def picklable(e: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(e))
-        return e
-    except Exception:
-        return RuntimeError(f"{type(e).__name__}: {e}")

@@ -235,7 +235,7 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
         runner = ModelRunner(config)
     except BaseException as e:   # noqa: BLE001 - reported to the engine
-        _reply(conn, "error", _picklable(e), traceback.format_exc())
+        _reply(conn, "error", picklable(e), traceback.format_exc())
         return
     _reply(conn, "ok")
     launched: deque = deque()     # steps launched and not finished yet, oldest first
@@ -251,7 +251,7 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
                 try:
                     launched.append(("ok", runner.launch(arg), ""))
                 except BaseException as e:   # noqa: BLE001
-                    launched.append(("error", _picklable(e), traceback.format_exc()))
+                    launched.append(("error", picklable(e), traceback.format_exc()))
                 continue
             try:
                 if method == "finish":
@@ -266,7 +266,7 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
                 else:
                     _reply(conn, "ok", getattr(runner, method)())
             except BaseException as e:   # noqa: BLE001
-                _reply(conn, "error", _picklable(e), traceback.format_exc())
+                _reply(conn, "error", picklable(e), traceback.format_exc())
     finally:
         destroy_tensor_parallel()
 
@@ -291,7 +291,8 @@ def _reply(conn, status: str, value: Any = None, tb: str = "") -> None:
     conn.send((status, value, tb))
 
 
-def _picklable(e: BaseException) -> BaseException:
+def picklable(e: BaseException) -> BaseException:
+    """``e`` if it survives a pickle round trip (to cross a pipe), else a RuntimeError carrying its text."""
     import pickle
     try:
         pickle.loads(pickle.dumps(e))
