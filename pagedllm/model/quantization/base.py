@@ -1,0 +1,62 @@
+"""The quantization extension point: one ``QuantizationConfig`` per checkpoint format, one ``LinearMethod`` per
+kind of linear layer it quantizes (vLLM's ``QuantizationConfig`` / ``LinearMethodBase`` split).
+
+A linear layer asks its config for a method (``get_linear_method(layer, prefix)``; None = dense) and the method
+owns the layer's parameters from then on:
+1. ``create_weights`` registers the checkpoint's tensors on the layer (packed ints, scales, zero points), each with a
+   ``weight_loader`` that shards them for tensor parallelism as the dense weight would be sharded;
+2. the checkpoint is copied in;
+3. ``process_weights_after_loading`` turns the checkpoint's layout into the one the kernels read (the canonical
+   packed form of ``pagedllm/kernels/quant/packed.py``, an FP8 weight and scale, a bitsandbytes tensor) and frees
+   what is no longer needed;
+4. ``apply`` is the layer's matmul: ``y = x @ W^T (+ bias)`` with ``W`` as the dequantized reference defines it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class LinearMethod:
+    """How one quantized linear layer holds and multiplies its weight."""
+
+    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype,
+                       **extra: Any) -> None:
+        """Register the layer's parameters for a weight of ``sum(output_sizes)`` rows and ``input_size`` columns
+        (this rank's shard); ``output_sizes`` lists the fused parts (q/k/v, gate/up) so their scales load apart."""
+        raise NotImplementedError
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Convert the loaded checkpoint tensors into the kernels' layout (once, after every tensor is in)."""
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class QuantizationConfig:
+    """A checkpoint format's settings, parsed from ``quantization_config`` in config.json (or from the
+    ``quantization=`` argument for formats that quantize at load: ``fp8``, ``bitsandbytes``)."""
+
+    #: the name users pass as ``quantization=`` and that checkpoints carry as ``quant_method``
+    name: str = ""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "QuantizationConfig":
+        raise NotImplementedError
+
+    def get_linear_method(self, layer: nn.Module, prefix: str) -> LinearMethod | None:
+        """The method for the linear layer at ``prefix`` (e.g. ``model.layers.0.self_attn.qkv_proj``), or None to
+        keep it dense (layers the checkpoint left unquantized: ``modules_to_not_convert``, ``ignore``, lm_head)."""
+        raise NotImplementedError
+
+    def supported_act_dtypes(self) -> tuple[torch.dtype, ...]:
+        return (torch.float16, torch.bfloat16, torch.float32)
+
+    def verify_device(self, device: torch.device) -> None:
+        """Raise ValueError when ``device`` lacks what the method needs (e.g. FP8 GEMMs before sm_89)."""
+
+    def weight_bytes_note(self) -> str:
+        """A few words for the start-up memory line (e.g. ``"int4, group 128"``)."""
+        return self.name
