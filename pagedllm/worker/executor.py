@@ -7,8 +7,9 @@ executor and gets rank 0's ``ModelRunnerOutput`` back; it never touches a model 
   ``ModelRunner`` over its shard of the weights and runs every step; the logits are gathered on every rank and the
   ranks share their random seed, so all of them sample the same tokens and only rank 0's output is read.
 
-This first slice sends each step to each worker over its own pipe (one pickle per worker per step), not by a
-shared-memory broadcast; a worker that dies is found within a second (its process sentinel) and named.
+Each step is pickled once into a shared-memory ring (``distributed/shm_broadcast.py``) and every worker reads it
+from there; the pipe to each worker carries only a doorbell (and a message too large for a slot) one way and the
+replies the other. A worker that dies is found within a second (its process sentinel) and named.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from collections import deque
 from typing import Any
 
 from pagedllm.config import EngineConfig
+from pagedllm.distributed.shm_broadcast import ShmBroadcaster, ShmReader
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 
 logger = logging.getLogger(__name__)
@@ -112,17 +114,18 @@ class MultiprocExecutor(Executor):
         self._conns: list[multiprocessing.connection.Connection] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
         self._dead: WorkerDied | None = None
+        self._ring = ShmBroadcaster(num_readers=self.world_size)
         for rank in range(self.world_size):
             parent_end, child_end = ctx.Pipe(duplex=True)
             proc = ctx.Process(target=_worker_main, name=f"pagedllm-tp-worker-{rank}", daemon=True,
                                args=(config, rank, self.world_size, init_method, shared_seed, child_end,
-                                     os.getpid()))
+                                     self._ring.handle(), os.getpid()))
             proc.start()
             child_end.close()
             self._conns.append(parent_end)
             self._procs.append(proc)
         # Workers are ended when the executor goes away, even without shutdown() (a deleted LLM).
-        self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns)
+        self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns, self._ring)
         self._collect()      # every rank built (or the first failure, named)
 
     # ---- the engine core's calls ------------------------------------------------------------------------------
@@ -155,9 +158,14 @@ class MultiprocExecutor(Executor):
     def _broadcast(self, msg: tuple) -> None:
         if self._dead is not None:
             raise self._dead
+        try:
+            doorbell = self._ring.publish(msg, alive=lambda: all(p.exitcode is None for p in self._procs))
+        except EOFError:
+            dead = next(r for r, p in enumerate(self._procs) if p.exitcode is not None)
+            self._fail(dead, None)
         for rank, conn in enumerate(self._conns):
             try:
-                conn.send(msg)
+                conn.send_bytes(doorbell)
             except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
                 self._fail(rank, None)
 
@@ -201,10 +209,11 @@ class MultiprocExecutor(Executor):
         raise self._dead
 
 
-def _stop_workers(procs: list, conns: list) -> None:
+def _stop_workers(procs: list, conns: list, ring: ShmBroadcaster) -> None:
+    import pickle
     for conn in conns:
         try:
-            conn.send(("shutdown", None))
+            conn.send_bytes(pickle.dumps(("shutdown", None)))     # a doorbell carrying its message
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
             pass
     for proc in procs:
@@ -218,10 +227,11 @@ def _stop_workers(procs: list, conns: list) -> None:
             proc.join()
     for conn in conns:
         conn.close()
+    ring.close()
 
 
 def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: str, shared_seed: int,
-                 conn: multiprocessing.connection.Connection, parent_pid: int) -> None:
+                 conn: multiprocessing.connection.Connection, ring_handle: tuple, parent_pid: int) -> None:
     """One tensor-parallel rank: join the group, build this rank's ModelRunner, then run the calls the executor
     sends (in order) until it says shutdown or its pipe closes."""
     import torch
@@ -239,10 +249,11 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
         return
     _reply(conn, "ok")
     launched: deque = deque()     # steps launched and not finished yet, oldest first
+    ring = ShmReader(ring_handle, rank)
     try:
         while True:
             try:
-                method, arg = conn.recv()
+                method, arg = ring.read(conn.recv_bytes())
             except (EOFError, OSError):
                 return       # the engine is gone
             if method == "shutdown":
@@ -268,6 +279,7 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
             except BaseException as e:   # noqa: BLE001
                 _reply(conn, "error", picklable(e), traceback.format_exc())
     finally:
+        ring.close()
         destroy_tensor_parallel()
 
 
