@@ -1,0 +1,421 @@
+"""Triton matmuls over the canonical packed integer form (packed.py): ``y = x @ W (+ bias)``, W int4/int8 packed.
+
+Two kernels, one launcher (``packed_matmul``), chosen by the number of rows ``M`` of ``x``:
+
+* **Decode** (``M <= 16``, ``_packed_skinny_kernel``): bound by the weight read, so each program streams a column
+  slice of ``qweight`` (``[BLOCK_K // pack, BLOCK_N]`` int32 words a tile, ``N`` contiguous), unpacks the words in
+  registers (shift and mask), applies each packed row's group scale and offset in fp32 and
+  - ``M == 1``: multiplies by ``x`` in fp32 FMAs into a ``[BLOCK_N, BLOCK_K // pack]`` accumulator, the ``pack``
+    values of a word reduced in-thread, one reduction over K at the end (as the bf16 skinny GEMM's FMA path);
+  - ``2 <= M <= 16``: feeds the tensor cores with ``pack`` dots per tile, one per position ``j`` of a value in its
+    word: ``W[kp * pack + j, :]`` for all ``kp`` of the tile against ``x[:, kp * pack + j]`` (a dot over the tile
+    in a permuted K order is the same dot), so the words never need a register reshape.
+  Split-K where the column tiles are too few to fill the GPU, reduced inside the same kernel by the last program of
+  each tile to arrive (the scheme and the workspace of ``triton_gemv``: no memset, no second kernel, deterministic).
+* **Prefill** (``M > 16``, ``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
+  ``[BLOCK_K // pack, BLOCK_N]`` tile of words, dequantizes it to ``[BLOCK_K, BLOCK_N]`` in ``x``'s dtype and runs
+  ``tl.dot`` with fp32 accumulation; program ids swizzled in groups of ``GROUP_M`` row tiles for L2 reuse of W.
+
+Scales and offsets are read three ways (constexpr ``SCALE_MODE``): one ``[BLOCK_N]`` row per K tile when the tile
+lies inside one group (``group_size % BLOCK_K == 0``: AWQ/GPTQ g128 with ``BLOCK_K <= 128``), one row for the whole
+matmul when there is one group (per-channel), otherwise gathered per packed row (``group_size`` a multiple of
+``pack``: GGUF's 32 and Q6_K's 16).
+
+Launch configs are constants looked up per ``(M bucket, N, K, bits, group_size)`` on the first call of a shape and
+kept in a dict (no run-time autotuning: the engine's warm-up compiles every variant). ``benchmarks/quant_kernels.py
+--sweep`` times the candidate configs on a GPU to fill ``_TABLE``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from pagedllm import envs
+from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
+from pagedllm.kernels.quant.packed import PackedWeight
+from pagedllm.kernels.triton_gemv import _workspace
+
+MAX_DECODE_M = 16
+_INTERPRET = envs.TRITON_INTERPRET
+
+SCALE_GATHER, SCALE_PER_TILE, SCALE_ONE_GROUP = 0, 1, 2
+
+
+@triton.jit
+def _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask,
+                     PACK: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr,
+                     COLS_FIRST: tl.constexpr):
+    """The scale and offset of each packed row of a tile, as ``[BLOCK_N, 1 or BLOCK_KP]`` (``COLS_FIRST``) or
+    ``[1 or BLOCK_KP, BLOCK_N]``, in fp32."""
+    if SCALE_MODE == 2:
+        s = s_one
+        o = o_one
+    elif SCALE_MODE == 1:
+        g = (kp0 * PACK) // GROUP
+        if EVEN_K:
+            s = tl.load(S + g * N + cols).to(tl.float32)
+            o = tl.load(O + g * N + cols).to(tl.float32)
+        else:   # the last split's tiles may lie wholly past K: no group there
+            in_k = (cols < N) & (kp0 < KP)
+            s = tl.load(S + g * N + cols, mask=in_k, other=0.0).to(tl.float32)
+            o = tl.load(O + g * N + cols, mask=in_k, other=0.0).to(tl.float32)
+    if SCALE_MODE == 0:
+        gidx = ((kp0 + offs_kp) * PACK) // GROUP
+        if COLS_FIRST:
+            ptrs = gidx[None, :] * N + cols[:, None]
+        else:
+            ptrs = gidx[:, None] * N + cols[None, :]
+        if EVEN_K:
+            s = tl.load(S + ptrs).to(tl.float32)
+            o = tl.load(O + ptrs).to(tl.float32)
+        else:
+            s = tl.load(S + ptrs, mask=kmask, other=0.0).to(tl.float32)
+            o = tl.load(O + ptrs, mask=kmask, other=0.0).to(tl.float32)
+    else:
+        if COLS_FIRST:
+            s = s[:, None]
+            o = o[:, None]
+        else:
+            s = s[None, :]
+            o = o[None, :]
+    return s, o
+
+
+@triton.jit
+def _packed_skinny_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, KP, KP_PER_SPLIT, stride_xm, stride_ym,
+                          BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr, PDL: tl.constexpr):
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.where(offs_n < N, offs_n, 0)     # clamped, not masked: loads stay unmasked; stores are masked
+    offs_kp = tl.arange(0, BLOCK_KP)
+    kp_start = pid_k * KP_PER_SPLIT
+    s_one = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    o_one = s_one
+    if SCALE_MODE == 2:
+        s_one = tl.load(S + cols).to(tl.float32)
+        o_one = tl.load(O + cols).to(tl.float32)
+    w_ptrs = QW + (kp_start + offs_kp).to(tl.int64)[None, :] * N + cols[:, None]       # [BLOCK_N, BLOCK_KP]
+    pdl_wait(PDL)
+    if USE_DOT:
+        offs_m = tl.arange(0, BLOCK_M)
+        xrows = tl.minimum(offs_m, M - 1)      # rows >= M re-read row M - 1 (cached); never stored
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc2 = tl.zeros((BLOCK_N, BLOCK_KP), dtype=tl.float32)
+        shifts = tl.arange(0, PACK) * BITS
+    # A trip count that does not depend on the program id (uniform; the interpreter needs host ints here too).
+    # Where K or the splits are uneven the tiles past K are masked (EVEN_K covers both).
+    for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
+        kp0 = kp_start + kp_rel
+        kmask = (kp0 + offs_kp) < KP
+        if EVEN_K:
+            words = tl.load(w_ptrs)
+        else:
+            words = tl.load(w_ptrs, mask=kmask[None, :], other=0)
+        s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[None, :],
+                                PACK, GROUP, SCALE_MODE, EVEN_K, True)
+        if USE_DOT:
+            for j in tl.static_range(PACK):
+                wj = ((words >> (j * BITS)) & MASK).to(tl.float32) * s + o                  # [BLOCK_N, BLOCK_KP]
+                x_ptrs = X + xrows[None, :] * stride_xm + ((kp0 + offs_kp) * PACK + j)[:, None]
+                if EVEN_K:
+                    xj = tl.load(x_ptrs)
+                else:
+                    xj = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
+                acc = tl.dot(wj.to(X.dtype.element_ty), xj, acc)
+        else:
+            q = (words[:, :, None] >> shifts[None, None, :]) & MASK                          # [BN, BKP, PACK]
+            w = q.to(tl.float32) * s[:, :, None] + o[:, :, None]
+            x_ptrs = X + (kp0 + offs_kp)[:, None] * PACK + tl.arange(0, PACK)[None, :]      # [BKP, PACK]
+            if EVEN_K:
+                x = tl.load(x_ptrs)
+            else:
+                x = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
+            acc2 += tl.sum(w * x.to(tl.float32)[None, :, :], axis=2)
+        w_ptrs += BLOCK_KP * N
+    if USE_DOT:
+        tile_offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+        TILE: tl.constexpr = BLOCK_N * BLOCK_M
+    else:
+        acc = tl.sum(acc2, axis=1)
+        tile_offs = tl.arange(0, BLOCK_N)
+        TILE: tl.constexpr = BLOCK_N
+    if SPLIT_K > 1:
+        # As triton_gemv: partial tiles to the workspace, the last program of a column tile to arrive sums them in
+        # split order, writes y and resets the tile's counter for the next launch (or graph replay).
+        tl.store(WS + (pid_k * tl.num_programs(0) + pid_n) * TILE + tile_offs, acc)
+        tl.debug_barrier()
+        count = tl.atomic_add(Locks + pid_n, 1, sem="acq_rel", scope="gpu")
+        if count == SPLIT_K - 1:
+            acc = tl.load(WS + pid_n * TILE + tile_offs, cache_modifier=".cg")
+            for sk in tl.static_range(1, SPLIT_K):
+                acc += tl.load(WS + (sk * tl.num_programs(0) + pid_n) * TILE + tile_offs, cache_modifier=".cg")
+            _skinny_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
+            tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
+    else:
+        _skinny_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
+
+
+@triton.jit
+def _skinny_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
+                     BLOCK_M: tl.constexpr):
+    if USE_DOT:
+        if HAS_BIAS:
+            acc += tl.load(B + cols).to(tl.float32)[:, None]
+        offs_m = tl.arange(0, BLOCK_M)
+        y_ptrs = Y + offs_m[None, :] * stride_ym + offs_n[:, None]
+        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_m[None, :] < M))
+    else:
+        if HAS_BIAS:
+            acc += tl.load(B + cols).to(tl.float32)
+        tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=offs_n < N)
+
+
+@triton.jit
+def _packed_gemm_kernel(X, QW, S, O, B, Y, M, N, K, KP, stride_xm, stride_ym,
+                        BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        GROUP_M: tl.constexpr, PDL: tl.constexpr):
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    BLOCK_KP: tl.constexpr = BLOCK_K // PACK
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    # Swizzle: GROUP_M row tiles walk the column tiles together, so a W tile is read from L2 by GROUP_M programs.
+    per_group = GROUP_M * grid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_m, M - 1)           # clamped: x loads unmasked along M; stores masked
+    cols = tl.where(offs_n < N, offs_n, 0)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_kp = tl.arange(0, BLOCK_KP)
+    shifts = tl.arange(0, PACK) * BITS
+    s_one = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    o_one = s_one
+    if SCALE_MODE == 2:
+        s_one = tl.load(S + cols).to(tl.float32)
+        o_one = tl.load(O + cols).to(tl.float32)
+    x_ptrs = X + rows.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
+    w_ptrs = QW + offs_kp.to(tl.int64)[:, None] * N + cols[None, :]
+    pdl_wait(PDL)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kp0 in range(0, KP, BLOCK_KP):
+        kmask = (kp0 + offs_kp) < KP
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            words = tl.load(w_ptrs)
+        else:
+            x = tl.load(x_ptrs, mask=(kp0 * PACK + offs_k)[None, :] < K, other=0.0)
+            words = tl.load(w_ptrs, mask=kmask[:, None], other=0)
+        s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[:, None],
+                                PACK, GROUP, SCALE_MODE, EVEN_K, False)
+        q = (words[:, None, :] >> shifts[None, :, None]) & MASK                              # [BKP, PACK, BN]
+        w = q.to(tl.float32) * s[:, None, :] + o[:, None, :]
+        w = tl.reshape(w, (BLOCK_K, BLOCK_N)).to(X.dtype.element_ty)                        # k = kp * PACK + j
+        acc = tl.dot(x, w, acc)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_KP * N
+    if HAS_BIAS:
+        acc += tl.load(B + cols).to(tl.float32)[None, :]
+    y_ptrs = Y + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+class PackedConfig(NamedTuple):
+    """``block_k`` in unpacked elements (a multiple of 16 * pack for the decode dot path)."""
+    block_m: int            # 1 (decode FMA path), 16 (decode dot path) or the prefill row tile
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    split_k: int = 0        # decode only; 0: chosen from the shape (enough programs to cover the GPU)
+    group_m: int = 8        # prefill only
+
+
+def _m_bucket(m: int) -> int:
+    if m == 1:
+        return 1
+    if m <= MAX_DECODE_M:
+        return 16
+    if m <= 64:
+        return 64
+    if m <= 256:
+        return 256
+    return 4096
+
+
+# Defaults per M bucket and bits. First guesses from the bf16 skinny GEMM's H200 table and the usual Hopper GEMM
+# tiles, not yet measured for the packed kernels: `benchmarks/quant_kernels.py --sweep` on the H200 is what should
+# replace them (per shape in _TABLE where a shape's best differs).
+_DEFAULTS: dict[tuple[int, int], PackedConfig] = {
+    (1, 4): PackedConfig(1, 32, 256, 4, 1), (1, 8): PackedConfig(1, 32, 128, 4, 1),
+    (16, 4): PackedConfig(16, 64, 128, 4, 3), (16, 8): PackedConfig(16, 64, 64, 4, 3),
+    (64, 4): PackedConfig(64, 64, 128, 4, 3), (64, 8): PackedConfig(64, 64, 128, 4, 3),
+    (256, 4): PackedConfig(128, 128, 64, 8, 3), (256, 8): PackedConfig(128, 128, 64, 8, 3),
+    (4096, 4): PackedConfig(128, 128, 64, 8, 4), (4096, 8): PackedConfig(128, 128, 64, 8, 4),
+}
+# Measured per-shape choices: (N, K, bits) -> {M bucket: config}. Empty until the H200 sweep.
+_TABLE: dict[tuple[int, int, int], dict[int, PackedConfig]] = {}
+
+# Candidates the benchmark sweeps per M bucket.
+CANDIDATES: dict[int, list[PackedConfig]] = {
+    1: [PackedConfig(1, bn, bk, w, 1, sk) for bn, bk, w in [(32, 256, 4), (64, 256, 4), (64, 128, 4), (128, 128, 4),
+                                                            (32, 512, 4), (64, 256, 8)] for sk in (0, 1)],
+    16: [PackedConfig(16, bn, bk, w, st, sk) for bn, bk, w, st in [(64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3),
+                                                                   (32, 256, 4, 4), (128, 256, 8, 3)]
+         for sk in (0, 1)],
+    64: [PackedConfig(bm, bn, bk, w, st) for bm, bn, bk, w, st in [(64, 64, 128, 4, 3), (64, 128, 64, 4, 4),
+                                                                   (32, 64, 128, 4, 3), (64, 128, 128, 8, 3)]],
+    256: [PackedConfig(bm, bn, bk, w, st) for bm, bn, bk, w, st in [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4),
+                                                                    (128, 64, 128, 8, 3), (64, 256, 64, 8, 3)]],
+    4096: [PackedConfig(bm, bn, bk, w, st) for bm, bn, bk, w, st in [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
+                                                                     (128, 128, 128, 8, 3), (64, 256, 64, 4, 4)]],
+}
+
+
+class _Plan(NamedTuple):
+    """Everything about a launch that depends only on the shape class: built once, then a dict lookup per call."""
+    decode: bool
+    grid: tuple[int, int]       # decode grid; prefill's depends on M and is computed per call
+    kp_per_split: int
+    ws_elems: int
+    constexprs: dict
+
+
+_PLANS: dict[tuple, _Plan] = {}
+_NUM_SMS: dict[int, int] = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _NUM_SMS:
+        _NUM_SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _NUM_SMS[index]
+
+
+def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
+    if group_size >= k:
+        return SCALE_ONE_GROUP
+    if group_size % block_k == 0:
+        return SCALE_PER_TILE
+    if group_size % pack:
+        raise ValueError(f"group_size ({group_size}) must be a multiple of {pack} for {32 // pack}-bit packed "
+                         f"weights")
+    return SCALE_GATHER
+
+
+def get_config(m: int, n: int, k: int, bits: int) -> PackedConfig:
+    bucket = _m_bucket(m)
+    per_m = _TABLE.get((n, k, bits))
+    if per_m is not None and bucket in per_m:
+        return per_m[bucket]
+    return _DEFAULTS[(bucket, bits)]
+
+
+def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, device: torch.device,
+               cfg: PackedConfig) -> _Plan:
+    pack = 32 // bits
+    decode = m <= MAX_DECODE_M
+    block_k = cfg.block_k
+    use_dot = decode and (cfg.block_m > 1 or m > 1)
+    if use_dot:
+        block_k = max(block_k, 16 * pack)          # each of the pack dots needs K >= 16
+    block_k = max(block_k, pack)
+    block_kp = block_k // pack
+    common = dict(BITS=bits, GROUP=group_size, SCALE_MODE=_scale_mode(group_size, k, block_k, pack),
+                  HAS_BIAS=has_bias, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    even_k = k % block_k == 0
+    if not decode:
+        return _Plan(False, (0, 0), 0, 0, dict(common, EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                               BLOCK_K=block_k, GROUP_M=cfg.group_m))
+    block_n = max(cfg.block_n, 16) if use_dot else cfg.block_n
+    grid_n = triton.cdiv(n, block_n)
+    k_tiles = triton.cdiv(k // pack, block_kp)
+    split_k = cfg.split_k
+    if split_k == 0:   # enough programs for two waves of the GPU's SMs, each split at least two K tiles
+        split_k = max(1, min(triton.cdiv(2 * _num_sms(device), grid_n), k_tiles // 2, 16))
+    tiles_per_split = triton.cdiv(k_tiles, max(1, min(split_k, k_tiles)))
+    split_k = triton.cdiv(k_tiles, tiles_per_split)            # no empty split
+    block_m = MAX_DECODE_M if use_dot else 1
+    return _Plan(True, (grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * block_n * block_m,
+                 dict(common, EVEN_K=even_k and k_tiles % tiles_per_split == 0, USE_DOT=use_dot, SPLIT_K=split_k,
+                      BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KP=block_kp))
+
+
+def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
+    m, k = x.shape
+    n = w.qweight.shape[1]
+    kp = w.qweight.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    b = bias if bias is not None else y
+    if plan.decode:
+        constexprs = plan.constexprs
+        ws = locks = y
+        if constexprs["SPLIT_K"] > 1:
+            buffers = _workspace(x.device, plan.ws_elems, plan.grid[0])
+            if buffers is None:         # inside a CUDA-graph capture that would need a bigger workspace
+                cfg = PackedConfig(constexprs["BLOCK_M"], constexprs["BLOCK_N"],
+                                   constexprs["BLOCK_KP"] * (32 // w.bits), constexprs["num_warps"],
+                                   constexprs["num_stages"], split_k=1)
+                return _launch(x, w, bias, _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
+                                                      cfg))
+            ws, locks = buffers
+        _packed_skinny_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, b, y, ws, locks, m, n, k, kp,
+                                         plan.kp_per_split, x.stride(0), y.stride(0), **constexprs,
+                                         **pdl_launch_args(x.device))
+    else:
+        c = plan.constexprs
+        grid = (triton.cdiv(m, c["BLOCK_M"]) * triton.cdiv(n, c["BLOCK_N"]),)
+        _packed_gemm_kernel[grid](x, w.qweight, w.scales, w.offsets, b, y, m, n, k, kp, x.stride(0), y.stride(0),
+                                  **c, **pdl_launch_args(x.device))
+    return y
+
+
+def _prepare_x(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    if w.perm is not None:       # GPTQ desc_act: the packed rows were sorted by group at load
+        x = x.index_select(1, w.perm)
+    return x if x.stride(1) == 1 else x.contiguous()
+
+
+def packed_matmul_with_config(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
+                              cfg: PackedConfig) -> torch.Tensor:
+    """``packed_matmul`` with an explicit config (benchmarks, tests); builds the plan on every call."""
+    m, k = x.shape
+    if cfg.block_m <= MAX_DECODE_M and m > MAX_DECODE_M:
+        raise ValueError(f"config {cfg} is a decode config; x has {m} rows (decode takes at most {MAX_DECODE_M})")
+    plan = _make_plan(m, w.qweight.shape[1], k, w.bits, w.group_size, bias is not None, x.device, cfg)
+    return _launch(_prepare_x(x, w), w, bias, plan)
+
+
+def packed_matmul(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W (+ bias)`` for ``x`` ``[M, K]`` fp16/bf16 on CUDA and the packed ``W`` (``reference_matmul``'s
+    definition); the result ``[M, N]`` in ``x.dtype``. Scales/offsets may be fp16, bf16 or fp32; ``bias`` ``[N]``
+    contiguous. The only allocation per call is the output (and ``x[:, perm]`` for a weight with ``perm``)."""
+    m, k = x.shape
+    n = w.qweight.shape[1]
+    if m == 0 or n == 0:
+        return torch.empty((m, n), dtype=x.dtype, device=x.device)
+    key = (_m_bucket(m) if m > 1 else 1, n, k, w.bits, w.group_size, bias is not None, x.device)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if k != w.in_features:
+            raise ValueError(f"x has {k} features; the packed weight takes {w.in_features}")
+        plan = _PLANS[key] = _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
+                                        get_config(m, n, k, w.bits))
+    return _launch(_prepare_x(x, w), w, bias, plan)

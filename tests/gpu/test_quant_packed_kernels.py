@@ -1,0 +1,196 @@
+"""Packed int4/int8 Triton matmuls (pagedllm.kernels.quant.triton_packed) against packed.reference_matmul.
+
+GPU: the full grid (bits x group sizes x M = 1..4096 x odd N x fp16/bf16, perm, GGUF-converted weights, every
+candidate config, CUDA-graph replay). Under TRITON_INTERPRET=1 on the CPU: a small subset (fp16, small shapes).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRET, reason="needs a CUDA GPU")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Triton 3.6's interpreter mis-converts to bf16; test fp16 there.
+DTYPES = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
+big_only = pytest.mark.skipif(INTERPRET, reason="too slow under the Triton interpreter")
+
+from pagedllm.kernels.quant import triton_packed  # noqa: E402
+from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, reference_matmul  # noqa: E402
+from pagedllm.kernels.quant.triton_packed import (  # noqa: E402
+    CANDIDATES, PackedConfig, packed_matmul, packed_matmul_with_config)
+
+if INTERPRET:
+    MS, NS, K, GROUPS = [1, 2, 16, 33, 130], [72, 40], 512, [16, 32, 64, 128, None]
+else:
+    MS, NS, K, GROUPS = [1, 2, 3, 4, 7, 16, 33, 128, 1000, 4096], [584, 1536, 4736], 1024, [16, 32, 64, 128, None]
+
+# Error of the kernels against the float32 reference, relative to the result's norm: the dequantized tile is rounded
+# to x's dtype before the tensor-core dot (2^-8 for bf16, 2^-11 for fp16) and the output is rounded once more.
+TOL = {torch.bfloat16: 1.2e-2, torch.float16: 2e-3}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def random_packed(k: int, n: int, bits: int, group_size: int, seed: int, perm: bool = False,
+                  scale_dtype: torch.dtype = torch.float16) -> PackedWeight:
+    """Random unsigned q, zero points z and scales s (offset = -z * s) so that W = (q - z) * s is centred."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 1 << bits, (k, n), generator=g)
+    groups = k // group_size
+    scales = (torch.rand(groups, n, generator=g) + 0.5) * (2.0 / (1 << bits)) / k ** 0.5
+    zeros = torch.randint(0, 1 << bits, (groups, n), generator=g).float()
+    w = PackedWeight(qweight=pack_along_k(q, bits), scales=scales.to(scale_dtype),
+                     offsets=(-zeros * scales).to(scale_dtype), bits=bits, group_size=group_size,
+                     perm=torch.randperm(k, generator=g) if perm else None)
+    return _to_device(w)
+
+
+def _to_device(w: PackedWeight) -> PackedWeight:
+    return PackedWeight(qweight=w.qweight.to(DEVICE), scales=w.scales.to(DEVICE), offsets=w.offsets.to(DEVICE),
+                        bits=w.bits, group_size=w.group_size, perm=None if w.perm is None else w.perm.to(DEVICE))
+
+
+def _x(m: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, k, generator=g).to(dtype).to(DEVICE)
+
+
+def _check(x, w, bias=None, y=None):
+    y = packed_matmul(x, w, bias) if y is None else y
+    ref = reference_matmul(x.float(), w, None if bias is None else bias.float())
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    err = rel_err(y, ref)
+    assert err < TOL[x.dtype], f"relative error {err:.2e}"
+
+
+def _cases():
+    cases = []
+    for bits in (4, 8):
+        for group in GROUPS:
+            for i, m in enumerate(MS):
+                for dtype in DTYPES:
+                    n = NS[(i + bits + (group or 0)) % len(NS)]      # every N meets every M class across groups
+                    cases.append((bits, group, m, n, dtype))
+    return cases
+
+
+@pytest.mark.parametrize("bits,group,m,n,dtype", _cases(),
+                         ids=lambda v: str(v).replace("torch.", "") if not isinstance(v, int) else str(v))
+def test_packed_matmul_matches_reference(bits, group, m, n, dtype):
+    group_size = group or K                   # None: one group per column (per-channel)
+    w = random_packed(K, n, bits, group_size, seed=bits * 1000 + group_size + n)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(m)).to(dtype).to(DEVICE) if m % 2 else None
+    _check(_x(m, K, dtype, seed=m), w, bias)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m", [1, 5, 40])
+def test_k_not_a_multiple_of_the_tile(bits, m):
+    """K = 16 * 23 (group 16) and per-channel: the last K tile of every kernel is partial (masked)."""
+    k = 368 if INTERPRET else 16 * 67
+    for group_size in (16, k):
+        w = random_packed(k, 136, bits, group_size, seed=group_size + m)
+        _check(_x(m, k, DTYPES[0], seed=m), w)
+
+
+@pytest.mark.parametrize("m", [1, 6, 48])
+def test_perm_desc_act(m):
+    """GPTQ desc_act: x's columns are gathered by perm before the kernel."""
+    w = random_packed(K, NS[0], 4, 128 if K >= 256 else 32, seed=m, perm=True)
+    x = _x(m, K, DTYPES[0], seed=m)
+    _check(x, w)
+    # The same weight without perm, x gathered by the caller: the same numbers.
+    plain = PackedWeight(w.qweight, w.scales, w.offsets, w.bits, w.group_size)
+    torch.testing.assert_close(packed_matmul(x, w), packed_matmul(x[:, w.perm], plain), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
+def test_scale_dtypes(scale_dtype):
+    w = random_packed(K, NS[0], 4, 32, seed=3, scale_dtype=scale_dtype)
+    for m in (1, 4, 33):
+        _check(_x(m, K, DTYPES[0], seed=m), w)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])
+def test_gguf_converted_weights(qtype):
+    gguf = pytest.importorskip("gguf")
+    from pagedllm.kernels.quant.gguf_packed import gguf_to_packed
+    n, k = (40, 256) if INTERPRET else (584, 1024)
+    kind = gguf.GGMLQuantizationType[qtype]
+    rng = np.random.default_rng(int(kind))
+    if qtype in ("Q4_0", "Q4_1", "Q8_0"):
+        data = gguf.quants.quantize((rng.standard_normal((n, k)) / k ** 0.5).astype(np.float32), kind)
+    else:   # gguf has no K-quant quantizer: random blocks with sane fp16 fields (as tests/unit/test_gguf_packed.py)
+        block, type_size = gguf.GGML_QUANT_SIZES[kind]
+        blocks = rng.integers(0, 256, size=(n * k // block, type_size), dtype=np.uint8)
+        for at in ((208,) if qtype == "Q6_K" else (0, 2)):
+            blocks[:, at:at + 2] = (rng.standard_normal(blocks.shape[0]) * 1e-3).astype(np.float16).view(
+                np.uint8).reshape(-1, 2)
+        data = blocks.reshape(n, -1)
+    w = _to_device(gguf_to_packed(data, kind))
+    for m in ([1, 3, 20] if INTERPRET else [1, 8, 40, 300]):
+        _check(_x(m, k, DTYPES[0], seed=m), w)
+
+
+@pytest.mark.parametrize("bucket", sorted(CANDIDATES))
+def test_every_candidate_config(bucket):
+    """Every config the benchmark sweeps computes the right thing (so the table can take any of them)."""
+    m = {1: 1, 16: 9, 64: 40, 256: 200, 4096: 300}[bucket]
+    if INTERPRET and bucket > 64:
+        pytest.skip("too slow under the Triton interpreter")
+    n, k = (72, 256) if INTERPRET else (1000, 2048)
+    configs = CANDIDATES[bucket][:3] if INTERPRET else CANDIDATES[bucket]
+    for bits in (4, 8):
+        w = random_packed(k, n, bits, 128, seed=bits)
+        x = _x(m, k, DTYPES[0], seed=bucket)
+        for cfg in configs:
+            _check(x, w, y=packed_matmul_with_config(x, w, None, cfg))
+
+
+def test_split_k_is_deterministic_and_reusable():
+    """Split-K's arrival counters are reset by the kernel: repeated calls give the same bits."""
+    n, k = (40, 1024) if INTERPRET else (584, 8192)
+    w = random_packed(k, n, 4, 128, seed=0)
+    # 4 K tiles in 4 splits; 8 tiles in 3 splits (the last one partly past K: masked).
+    for m, cfg in ((1, PackedConfig(1, 32, 256, 4, 1, 4)), (4, PackedConfig(16, 32, 128, 4, 3, 4)),
+                   (1, PackedConfig(1, 32, 128, 4, 1, 3)), (3, PackedConfig(16, 32, 128, 4, 3, 3))):
+        x = _x(m, k, DTYPES[0], seed=m)
+        first = packed_matmul_with_config(x, w, None, cfg)
+        _check(x, w, y=first)
+        for _ in range(3):
+            torch.testing.assert_close(packed_matmul_with_config(x, w, None, cfg), first, rtol=0, atol=0)
+
+
+def test_rejects_mismatched_k():
+    w = random_packed(256, 32, 4, 32, seed=0)
+    triton_packed._PLANS.clear()
+    with pytest.raises(ValueError, match="x has 128 features; the packed weight takes 256"):
+        packed_matmul(_x(1, 128, DTYPES[0], seed=0), w)
+
+
+@big_only
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+def test_cuda_graph_replay():
+    """Decode shapes captured in a CUDA graph (split-K workspace allocated before capture) replay correctly."""
+    w = random_packed(3584, 4608, 4, 128, seed=1)
+    xs = [_x(m, 3584, torch.bfloat16, seed=m) for m in (1, 4)]
+    eager = [packed_matmul(x, w) for x in xs]          # warm-up: compiles, workspace
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [packed_matmul(x, w) for x in xs]
+    for x in xs:
+        x.mul_(-1.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    for out, e in zip(outs, eager):
+        torch.testing.assert_close(out, -e, rtol=0, atol=0)
