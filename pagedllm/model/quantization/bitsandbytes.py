@@ -241,6 +241,10 @@ class BitsAndBytes8bitLinearMethod(LinearMethod):
         return (layer.weight.float() * (layer.SCB.float() / 127.0)[:, None]).to(dtype)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if not x.is_cuda:
+            # bitsandbytes' own CPU choice (MatMul8bitFp): the dequantized weight times x; its int8 path has no
+            # fast CPU kernels (and rounds the activations too).
+            return torch.nn.functional.linear(x, self.dequantized_weight(layer, x.dtype), bias)
         import bitsandbytes as bnb
         y = bnb.matmul(x, layer.weight, bias=None, state=layer.bnb_state)
         if bias is not None:
