@@ -231,6 +231,8 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
         else:
             weights = iterate_pt(config.model.model_dir, progress=progress)
+        if quant_config is not None:
+            weights = ((quant_config.checkpoint_name(name), tensor) for name, tensor in weights)
         model.load_weights(weights)
     if quant_config is not None:
         for module in model.modules():     # checkpoint layout -> the kernels' (e.g. the canonical packed int4)

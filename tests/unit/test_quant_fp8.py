@@ -187,5 +187,5 @@ def test_ignored_layers_name_checkpoint_modules_and_keep_lm_head_dense():
     assert cfg.get_linear_method(None, "model.layers.0.mlp.down_proj") is None
     assert cfg.get_linear_method(None, "lm_head") is None
     with pytest.raises(ValueError, match="some but not all shards of model.layers.0.self_attn.qkv_proj"):
-        is_layer_skipped("model.layers.0.self_attn.qkv_proj", ["model.layers.0.self_attn.q_proj"])
-    assert is_layer_skipped("model.layers.3.mlp.down_proj", ["re:.*mlp.down_proj"])
+        is_layer_skipped(cfg, "model.layers.0.self_attn.qkv_proj", ["model.layers.0.self_attn.q_proj"])
+    assert is_layer_skipped(cfg, "model.layers.3.mlp.down_proj", ["re:.*mlp.down_proj"])

@@ -67,6 +67,11 @@ class QuantizationConfig:
             return [prefix]
         return [f"{head}.{part}" if head else part for part in parts]
 
+    def checkpoint_name(self, name: str) -> str:
+        """A checkpoint tensor's name as this method's parameters spell it (the loader maps every name through it):
+        the identity, except for formats whose tensors carry dotted suffixes (bitsandbytes' ``weight.absmax``)."""
+        return name
+
     def supported_act_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float16, torch.bfloat16, torch.float32)
 

@@ -54,7 +54,9 @@ def _part_index(shard_id: int | str | None) -> int:
 def _placeholder(layer: nn.Module, name: str, loader: Callable[..., None], optional: bool = False) -> None:
     """A parameter the checkpoint fills through ``loader`` (which keeps what it needs on the layer): its shape is
     only known from the checkpoint (packed bytes, blocks of absmax, a JSON state)."""
-    param = nn.Parameter(torch.empty(0), requires_grad=False)
+    # float32: the loader converts floating checkpoint tensors to the parameter's dtype, and absmax / quant_map
+    # must keep theirs (an empty float32 tensor also takes load_format="dummy"'s fill)
+    param = nn.Parameter(torch.empty(0, dtype=torch.float32), requires_grad=False)
     param.weight_loader = loader
     param.optional_weight = optional
     layer.register_parameter(name, param)
@@ -98,7 +100,7 @@ class BitsAndBytesConfig(QuantizationConfig):
                    pre_quantized=True)
 
     def get_linear_method(self, layer: nn.Module, prefix: str) -> LinearMethod | None:
-        if prefix.endswith("lm_head") or is_layer_skipped(prefix, self.llm_int8_skip_modules):
+        if prefix.endswith("lm_head") or is_layer_skipped(self, prefix, self.llm_int8_skip_modules):
             return None
         return BitsAndBytes8bitLinearMethod(self) if self.load_in_8bit else BitsAndBytes4bitLinearMethod(self)
 

@@ -28,7 +28,7 @@ from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, add_c
 # Scheme handlers besides pack-quantized integers, as "module:function": each is called with
 # (weights: dict, input_activations: dict | None, format: str) and returns a LinearMethod, or None when the scheme
 # is not one it handles. FP8 (issue 13) registers "pagedllm.model.quantization.fp8:compressed_tensors_fp8_method".
-_SCHEME_HANDLERS: list[str] = []
+_SCHEME_HANDLERS: list[str] = ["pagedllm.model.quantization.fp8:compressed_tensors_fp8_method"]
 
 
 def register_compressed_tensors_scheme(target: str) -> None:

@@ -39,10 +39,6 @@ FP8_MIN_CAPABILITY = (8, 9)
 # Decode batches up to this many rows take the fp8 skinny GEMV on CUDA (the weight read dominates there).
 GEMV_MAX_M = 4
 
-# Fused layers and the checkpoint projections they hold (for ``ignored_layers`` lists that name the parts).
-FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-
-
 def _matches(name: str, pattern: str) -> bool:
     """An ignore-list entry: an exact module name, a ``re:`` regular expression (compressed-tensors), or a plain
     suffix (``lm_head``)."""
@@ -51,18 +47,15 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
-def is_layer_skipped(prefix: str, ignored: list[str]) -> bool:
-    """Whether the linear layer at ``prefix`` stays dense. A fused layer is skipped when its parts are; a list
-    that skips some parts of a fused layer and not others cannot be honoured (one matmul) and is an error."""
+def is_layer_skipped(config: QuantizationConfig, prefix: str, ignored: list[str]) -> bool:
+    """Whether the linear layer at ``prefix`` stays dense. The list names the checkpoint's modules: a fused layer
+    is skipped when its parts (``config.checkpoint_prefixes``) are; a list that skips some parts of a fused layer
+    and not others cannot be honoured (one matmul) and is an error (vLLM's)."""
     if not ignored:
         return False
-    head, _, last = prefix.rpartition(".")
-    parts = FUSED_PARTS.get(last)
-    if parts is None:
-        return any(_matches(prefix, p) for p in ignored)
-    skipped = [any(_matches(f"{head}.{part}" if head else part, p) for p in ignored) for part in parts]
     if any(_matches(prefix, p) for p in ignored):
         return True
+    skipped = [any(_matches(part, p) for p in ignored) for part in config.checkpoint_prefixes(prefix)]
     if any(skipped) and not all(skipped):
         raise ValueError(f"Detected some but not all shards of {prefix} are quantized. All shards of fused layers "
                          f"must have the same precision.")
@@ -189,7 +182,7 @@ class Fp8Config(QuantizationConfig):
         return cls(is_checkpoint_fp8_serialized=False)
 
     def get_linear_method(self, layer: nn.Module, prefix: str) -> LinearMethod | None:
-        if prefix.endswith("lm_head") or is_layer_skipped(prefix, self.ignored_layers):
+        if prefix.endswith("lm_head") or is_layer_skipped(self, prefix, self.ignored_layers):
             return None
         return Fp8LinearMethod(self)
 
