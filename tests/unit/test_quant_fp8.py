@@ -189,3 +189,126 @@ def test_ignored_layers_name_checkpoint_modules_and_keep_lm_head_dense():
     with pytest.raises(ValueError, match="some but not all shards of model.layers.0.self_attn.qkv_proj"):
         is_layer_skipped(cfg, "model.layers.0.self_attn.qkv_proj", ["model.layers.0.self_attn.q_proj"])
     assert is_layer_skipped(cfg, "model.layers.3.mlp.down_proj", ["re:.*mlp.down_proj"])
+
+
+# ---- end to end: LLM(...) on tiny checkpoints written per the formats' specifications ---------------------------------
+from test_quant_int_formats import LINEARS, _run, _save, _tiny  # noqa: E402  (the int formats' tiny-model helpers)
+
+FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "gate_up": ("gate_proj", "up_proj")}
+
+
+def _linear_groups(state: dict) -> list[list[str]]:
+    """The checkpoint's linear weight names, grouped as our fused layers hold them."""
+    groups = []
+    for prefix in sorted({k.rsplit(".", 2)[0] for k in state if any(f".{n}." in k for n in LINEARS)}):
+        for parts in list(FUSED.values()) + [("o_proj",), ("down_proj",)]:
+            names = [f"{prefix}.{p}.weight" for p in parts]
+            if all(n in state for n in names):
+                groups.append(names)
+    return groups
+
+
+def _weights_bytes(llm) -> float:
+    return llm.llm_engine.core.runner.startup_info()["weights_gib"] * 2**30
+
+
+def test_online_fp8_matches_the_fp8_dequantized_reference_and_halves_linear_bytes(tmp_path, caplog):
+    config, state = _tiny("llama")
+    path = _save(tmp_path / "dense", config, state)
+    reference = dict(state)
+    for names in _linear_groups(state):       # one per-tensor scale per fused layer: amax over its parts / 448
+        scale = max(state[n].abs().max() for n in names) / FP8_MAX
+        for n in names:
+            reference[n] = (state[n] / scale).to(FP8_DTYPE).float() * scale
+    rpath = _save(tmp_path / "ref", config, reference)
+    _, ref_tokens, ref_logprobs = _run(rpath)
+    import logging
+    with caplog.at_level(logging.INFO, logger="pagedllm"):
+        llm, tokens, logprobs = _run(path, quantization="fp8")
+    assert tokens == ref_tokens
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
+    assert "(fp8 e4m3, per-tensor)" in caplog.text
+
+
+def test_online_fp8_weights_take_a_quarter_of_fp32_bytes_on_the_start_up_line(tmp_path):
+    from pagedllm import LLM
+    config, state = _tiny("llama")
+    path = _save(tmp_path / "dense", config, state)
+    # the start-up figure, read before any forward (the CPU packs dense weights for oneDNN at the first one)
+    sizes = {q: _weights_bytes(LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=64,
+                                   kv_cache_memory_gb=0.01, quantization=q)) for q in (None, "fp8")}
+    linear_numel = sum(state[n].numel() for g in _linear_groups(state) for n in g)
+    # fp32 -> e4m3: 3 bytes fewer per linear weight, plus one fp32 scale per layer (qkv, o, gate_up, down in each
+    # of the 2 decoder layers); embeddings, norms and lm_head stay dense
+    assert sizes[None] - sizes["fp8"] == pytest.approx(3 * linear_numel - 4 * 8, abs=0.5)
+
+
+@pytest.mark.parametrize("block", [None, [32, 64]])
+def test_fp8_checkpoint_matches_its_dequantized_reference(tmp_path, block):
+    config, state = _tiny("qwen2")       # QKV bias: stays dense beside the fp8 weight
+    torch.manual_seed(5)
+    quant, reference = dict(state), dict(state)
+    for names in _linear_groups(state):
+        if block is None:
+            # per-tensor e4m3 per checkpoint module (as llm-compressor / AutoFP8 write them), static input scales
+            for n in names:
+                scale = state[n].abs().max() / FP8_MAX * (1 + torch.rand(()))    # parts get different scales
+                quant[n] = (state[n] / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+                quant[n.replace(".weight", ".weight_scale")] = scale.reshape(())
+                quant[n.replace(".weight", ".input_scale")] = torch.rand(()) + 0.01
+            # our fused layer: every part requantized to the largest scale (vLLM's rule)
+            top = max(quant[n.replace(".weight", ".weight_scale")] for n in names)
+            for n in names:
+                part = quant[n].float() * quant[n.replace(".weight", ".weight_scale")]
+                reference[n] = (part / top).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).float() * top
+        else:
+            bn, bk = block
+            for n in names:      # DeepSeek / Qwen3-FP8: one scale per bn x bk tile, stored as weight_scale_inv
+                w = state[n]
+                tiles = w.reshape(w.shape[0] // bn, bn, w.shape[1] // bk, bk)
+                scale = tiles.abs().amax(dim=(1, 3)) / FP8_MAX
+                q = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+                quant[n] = q.reshape(w.shape)
+                quant[n.replace(".weight", ".weight_scale_inv")] = scale
+                reference[n] = (q.float() * scale[:, None, :, None]).reshape(w.shape)
+    quant_config = {"quant_method": "fp8", "activation_scheme": "static" if block is None else "dynamic"}
+    if block is not None:
+        quant_config.update(weight_block_size=block, fmt="e4m3")
+    qpath = _save(tmp_path / "fp8", dict(config, quantization_config=quant_config), quant)
+    _, ref_tokens, ref_logprobs = _run(_save(tmp_path / "ref", config, reference))
+    llm, tokens, logprobs = _run(qpath)       # detected from config.json
+    assert llm.llm_engine.core.config.quant_config.name == "fp8"
+    assert tokens == ref_tokens
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
+
+
+def test_compressed_tensors_fp8_dynamic_channel_checkpoint(tmp_path):
+    config, state = _tiny("llama")
+    quant, reference = dict(state), dict(state)
+    for names in _linear_groups(state):
+        for n in names:
+            scale = state[n].abs().amax(dim=1, keepdim=True) / FP8_MAX
+            quant[n] = (state[n] / scale).to(FP8_DTYPE)
+            quant[n.replace(".weight", ".weight_scale")] = scale
+            reference[n] = quant[n].float() * scale
+    quant_config = {"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
+                    "config_groups": {"group_0": {
+                        "targets": ["Linear"],
+                        "weights": {"type": "float", "num_bits": 8, "strategy": "channel", "dynamic": False,
+                                    "symmetric": True},
+                        "input_activations": {"type": "float", "num_bits": 8, "strategy": "token", "dynamic": True,
+                                              "symmetric": True}}}}
+    qpath = _save(tmp_path / "ct", dict(config, quantization_config=quant_config), quant)
+    _, ref_tokens, ref_logprobs = _run(_save(tmp_path / "ref", config, reference))
+    _, tokens, logprobs = _run(qpath)
+    assert tokens == ref_tokens
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
+
+
+def test_fp8_checkpoint_with_unknown_activation_scheme_is_rejected_at_start(tmp_path):
+    config, state = _tiny("llama")
+    path = _save(tmp_path / "bad", dict(config, quantization_config={"quant_method": "fp8",
+                                                                     "activation_scheme": "per-block"}), state)
+    from pagedllm import LLM
+    with pytest.raises(ValueError, match="Unsupported activation scheme per-block"):
+        LLM(model=path, skip_tokenizer_init=True, max_model_len=64, kv_cache_memory_gb=0.01)
