@@ -135,3 +135,49 @@ def test_configuration_errors():
                                           "llm_int8_skip_modules": ["lm_head", "down_proj"]})
     assert cfg.get_linear_method(None, "model.layers.0.mlp.down_proj") is None
     assert cfg.get_linear_method(None, "model.layers.0.mlp.gate_up_proj") is not None
+
+
+# ---- end to end: LLM(...) ---------------------------------------------------------------------------------------------
+from test_quant_fp8 import _linear_groups  # noqa: E402
+from test_quant_int_formats import _run, _save, _tiny  # noqa: E402
+
+
+def _check(tmp_path, config, quant, reference, **kw):
+    qpath = _save(tmp_path / "quant", config, quant)
+    _, ref_tokens, ref_logprobs = _run(_save(tmp_path / "ref", {k: v for k, v in config.items()
+                                                                 if k != "quantization_config"}, reference))
+    llm, tokens, logprobs = _run(qpath, **kw)
+    assert llm.llm_engine.core.config.quant_config.name == "bitsandbytes"
+    assert tokens == ref_tokens
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
+
+
+def test_inflight_nf4_end_to_end_matches_bitsandbytes_dequantized_reference(tmp_path):
+    config, state = _tiny("llama")
+    reference = dict(state)
+    for names in _linear_groups(state):
+        for n in names:
+            reference[n] = bnbf.dequantize_4bit(*bnbf.quantize_4bit(state[n], blocksize=64, compress_statistics=True,
+                                                                    quant_type="nf4"))
+    _check(tmp_path, config, state, reference, quantization="bitsandbytes")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_prequantized_checkpoint_end_to_end(tmp_path, bits):
+    config, state = _tiny("qwen2")
+    quant, reference = dict(state), dict(state)
+    for names in _linear_groups(state):
+        for n in names:
+            if bits == 4:        # as transformers saves Linear4bit: packed weight + its quant state beside it
+                packed, qs = bnbf.quantize_4bit(state[n], blocksize=64, compress_statistics=True, quant_type="nf4")
+                quant[n] = packed
+                quant.update({f"{n}.{k}": v for k, v in qs.as_dict(packed=True).items()})
+                reference[n] = bnbf.dequantize_4bit(packed, qs)
+            else:                # Linear8bitLt: int8 rows + SCB (absmax per row)
+                cb, scb, _ = bnbf.int8_vectorwise_quant(state[n].half())
+                quant[n], quant[n.replace(".weight", ".SCB")] = cb, scb
+                reference[n] = cb.float() * scb[:, None] / 127
+    quant_config = ({"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                     "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "float32"} if bits == 4 else
+                    {"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_threshold": 6.0})
+    _check(tmp_path, dict(config, quantization_config=quant_config), quant, reference)
