@@ -487,6 +487,9 @@ class EngineConfig:
     # attends both ways, and mean pooling needs every hidden state), with no prefix caching and no sampling.
     runner_type: str = "generate"
     enable_chunked_prefill: bool = True
+    # The parsed QuantizationConfig (pagedllm/model/quantization) of the quantization argument and the checkpoint,
+    # set by the engine layer (create_engine_config); None: dense weights.
+    quant_config: Any = None
 
     @property
     def is_pooling(self) -> bool:
@@ -532,8 +535,9 @@ class EngineConfig:
         hf = model.hf_config
         if args.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
-        if args.quantization not in (None, "gguf"):
-            raise ValueError(f"Unsupported quantization {args.quantization!r}; supported: gguf.")
+        # The method's name is checked against the quantization registry (pagedllm/model/quantization) and the
+        # checkpoint's quantization_config by the engine layer (engine/core.py create_engine_config): config imports
+        # nothing above it.
         if args.quantization == "gguf" and model.gguf_file is None:
             raise ValueError(f"quantization='gguf' needs a .gguf model file; {args.model!r} is not one.")
         if args.block_size <= 0 or args.block_size & (args.block_size - 1):

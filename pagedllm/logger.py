@@ -61,7 +61,9 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"  model        {config.args.model} ({arch}), runner {config.runner_type}",
         f"  device       {config.device} ({runner.get('device_name', config.device.type)}), dtype {dtype}, "
         f"attention {config.attention_backend}",
-        f"  weights      {runner.get('weights_gib', 0.0):.2f} GiB, loaded in {runner.get('load_seconds', 0.0):.1f} s",
+        f"  weights      {runner.get('weights_gib', 0.0):.2f} GiB"
+        + (f" ({runner['quantization']})" if runner.get("quantization") else "")
+        + f", loaded in {runner.get('load_seconds', 0.0):.1f} s",
         kv_line,
         f"  scheduling   max_num_seqs {config.max_num_seqs}, max_num_batched_tokens "
         f"{config.max_num_batched_tokens}, async {config.async_scheduling}, prefix caching "

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-step() { printf '\n==> [%s/7] %s\n' "$1" "$2"; }
+step() { printf '\n==> [%s/8] %s\n' "$1" "$2"; }
 
 step 1 "Python virtual environment in .venv"
 if [ -x .venv/bin/python ]; then echo "    .venv exists; reusing it"; else "$PY" -m venv .venv; fi
@@ -45,6 +45,9 @@ else
     echo "    structured output: xgrammar==$XGRAMMAR_VERSION and apache-tvm-ffi (about 5 MB)"
     python -m pip install --progress-bar on --no-deps "xgrammar==$XGRAMMAR_VERSION" "apache-tvm-ffi>=0.1.11"
 fi
+
+step 8 "quantization libraries: pip install -e '.[quant]' (bitsandbytes, about 125 MB installed)"
+python -m pip install --progress-bar on -e ".[quant]"
 
 echo
 echo "pagedllm is set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))."

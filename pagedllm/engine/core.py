@@ -32,9 +32,14 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
     check the attention backend's name against the registry (which may hold backends registered at run time)."""
     from pagedllm.attention.registry import resolve_attention_backend
     from pagedllm.model.loader import resolve_model
+    from pagedllm.model.quantization import quantization_config_class, resolve_quantization
     verify_engine_args(args)       # before any download: a rejected argument fails at once
+    if args.quantization:
+        quantization_config_class(args.quantization)     # an unknown method fails before any download too
     config = EngineConfig.build(args, resolve_model(args))
     config.attention_backend = resolve_attention_backend(config.attention_backend, config.device)
+    config.quant_config = resolve_quantization(args.quantization, config.hf_config, config.model.model_dir,
+                                               config.model.gguf_file, config.device, config.dtype)
     return config
 
 

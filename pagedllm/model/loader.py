@@ -209,6 +209,7 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
     if get_tp_size() > 1 and not getattr(model_cls, "supports_tensor_parallel", False):
         raise ValueError(f"tensor_parallel_size > 1 is not supported yet for {model_cls.__name__}; "
                          f"use tensor_parallel_size=1.")
+    quant_config = _quant_config(config, model_cls)
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(config.dtype)
     try:
@@ -230,8 +231,36 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
         else:
             weights = iterate_pt(config.model.model_dir, progress=progress)
+        if quant_config is not None:
+            weights = ((quant_config.checkpoint_name(name), tensor) for name, tensor in weights)
         model.load_weights(weights)
+    if quant_config is not None:
+        for module in model.modules():     # checkpoint layout -> the kernels' (e.g. the canonical packed int4)
+            method = getattr(module, "quant_method", None)
+            if method is not None:
+                method.process_weights_after_loading(module)
     return model.eval()
+
+
+def _quant_config(config: "EngineConfig", model_cls: type):
+    """The engine's quantization config (resolved by create_engine_config; resolved here for an EngineConfig built
+    without it), told the model's fused layers; ValueError for a model whose layers take no quantization."""
+    from pagedllm.model.quantization import resolve_quantization
+    quant_config = config.quant_config
+    if quant_config is None:     # the model classes read it from the config
+        quant_config = config.quant_config = resolve_quantization(
+            config.args.quantization, config.hf_config, config.model.model_dir, config.model.gguf_file,
+            config.device, config.dtype)
+    if quant_config is None or quant_config.name == "gguf":     # GGUF: dequantized at load, dense layers
+        return quant_config
+    if not getattr(model_cls, "supports_quantization", False):
+        raise ValueError(f"Quantization ({quant_config.name}) is not supported yet for {model_cls.__name__}.")
+    fused: dict[str, list[str]] = {}
+    for part, (fused_name, _) in getattr(model_cls, "packed_modules_mapping", {}).items():
+        fused.setdefault(fused_name, []).append(part)
+    if fused:
+        quant_config.fused_modules = fused
+    return quant_config
 
 
 @torch.no_grad()
@@ -243,5 +272,10 @@ def _fill_dummy(model: torch.nn.Module, seed: int) -> None:
         if "norm" in name and param.dim() == 1:
             param.fill_(1.0)
             continue
+        if getattr(param, "keep_on_dummy", False):     # e.g. GPTQ's g_idx: its initial value is a valid one
+            continue
         gen = generators.setdefault(param.device, torch.Generator(device=param.device).manual_seed(seed))
-        param.uniform_(-1e-3, 1e-3, generator=gen)
+        if param.is_floating_point():
+            param.uniform_(-1e-3, 1e-3, generator=gen)
+        else:       # packed integers, zero points: any bits
+            param.random_(-2**31, 2**31 - 1, generator=gen)

@@ -226,6 +226,9 @@ class ModelRunner:
         """Facts for the engine's start-up log block."""
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
         weights += sum(b.numel() * b.element_size() for b in self.model.buffers())
+        # CPU: linear weights reordered for oneDNN live outside the parameters (which are then empty)
+        weights += sum(m._packed.numel() * m._packed.element_size() for m in self.model.modules()
+                       if getattr(m, "_packed", None) is not None)
         kv = sum(c.numel() * c.element_size() for c in self.kv_caches)
         graphs = []
         if self.graph_runner is not None:
@@ -237,6 +240,8 @@ class ModelRunner:
         info = {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
                 "kv_cache_needed": self.needs_kv_cache,
                 "graphs": "; ".join(graphs) or "none", "device_name": name}
+        if self.config.quant_config is not None:
+            info["quantization"] = self.config.quant_config.weight_bytes_note()
         if self.device.type == "cpu":
             info["cpu_threads"] = torch.get_num_threads()
             info["openmp_wait_policy"] = envs.openmp_wait_policy

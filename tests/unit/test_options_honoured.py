@@ -67,7 +67,10 @@ ENGINE_FIELDS: dict[str, list] = {
     "load_format": [Read(("model/loader.py",), "args.load_format"), Rejects("tensorizer", "load_format must be one of")],
     "dtype": [Behaves(lambda mp: build(mp, dtype="float32").dtype == torch.float32 or _fail()),
               Rejects("fp8", "Unknown dtype 'fp8'")],
-    "quantization": [Read(("model/loader.py",), "config.model.gguf_file"), Rejects("awq", "Unsupported quantization"),
+    # The method is resolved against the registry and the checkpoint by create_engine_config
+    # (tests/unit/test_quant_int_formats.py loads AWQ / GPTQ / compressed-tensors checkpoints).
+    "quantization": [Read(("engine/core.py",), "resolve_quantization(args.quantization"),
+                     Behaves(lambda mp: _unknown_quantization()),
                      Rejects("gguf", "quantization='gguf' needs a .gguf model file")],
     "seed": [Read(("worker/model_runner.py",), "args.seed")],
     "max_model_len": [Behaves(lambda mp: build(mp, max_model_len=1000).max_model_len == 1000 or _fail()),
@@ -168,6 +171,12 @@ ENGINE_FIELDS: dict[str, list] = {
 
 def _fail():
     raise AssertionError("option not honoured")
+
+
+def _unknown_quantization():
+    """An unknown method is an error naming the supported ones, before the model is looked for."""
+    with pytest.raises(ValueError, match=r"Unknown quantization method: int3\. Must be one of \[.*'awq'"):
+        create_engine_config(EngineArgs(model="no/such-model", quantization="int3"))
 
 
 def _raises(fn, match):

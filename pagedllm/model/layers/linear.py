@@ -69,12 +69,46 @@ def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
     param.data.copy_(loaded)
 
 
+# How a parameter is cut for tensor parallelism and for the parts of a fused layer: the dim over the output features
+# and the one over the input features (None: not cut that way), and, for packed integers, how many features one
+# element holds along the packed dim. A dense weight [out, in] and bias [out] need no attributes; a quantization
+# method's parameters carry them (pagedllm/model/quantization/int_weight.py).
+def _output_dim(param: torch.Tensor) -> int | None:
+    return getattr(param, "output_dim", 0)
+
+
+def _input_dim(param: torch.Tensor) -> int | None:
+    return getattr(param, "input_dim", 1 if param.dim() == 2 else None)
+
+
+def _output_pack(param: torch.Tensor) -> int:
+    packed = getattr(param, "packed_dim", None)
+    return getattr(param, "pack_factor", 1) if packed is not None and packed == _output_dim(param) else 1
+
+
+def _units(size: int, pack: int, what: str) -> int:
+    if size % pack:
+        raise ValueError(f"{what} ({size}) is not a multiple of the {pack} values packed in one element.")
+    return size // pack
+
+
 class LinearBase(nn.Module):
-    def __init__(self, input_size: int, output_size: int, bias: bool = False):
+    """``y = x W^T + b``. With a ``quant_config`` whose method covers this layer (by its ``prefix``, e.g.
+    ``model.layers.0.self_attn.qkv_proj``), the method creates the weight's parameters and does the matmul."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False, quant_config=None, prefix: str = "",
+                 output_sizes: list[int] | None = None, full_input_size: int | None = None):
         super().__init__()
         self.input_size, self.output_size = input_size, output_size
-        self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
-        self.weight.weight_loader = self._load
+        self.prefix, self.params_dtype = prefix, torch.get_default_dtype()
+        self.quant_method = quant_config.get_linear_method(self, prefix) if quant_config is not None else None
+        if self.quant_method is None:
+            self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
+            self.weight.weight_loader = self._load
+        else:
+            self.quant_method.create_weights(self, input_size, list(output_sizes or [output_size]), self.params_dtype,
+                                             weight_loader=self._load,
+                                             full_input_size=full_input_size or input_size)
         if bias:
             self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
             self.bias.weight_loader = self._load
@@ -105,6 +139,8 @@ class LinearBase(nn.Module):
         return self.linear(x, self.bias)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.quant_method is not None:
+            return self.quant_method.apply(self, x, bias)
         if x.is_cuda:
             return cuda_linear(x, self.weight, bias)
         if not self._pack_tried:
@@ -150,26 +186,31 @@ class ColumnParallelLinear(LinearBase):
     """Tensor parallel: each rank holds a contiguous block of the output rows (and of the bias); the output stays
     sharded (a RowParallelLinear takes it as its sharded input)."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = False):
+    def __init__(self, input_size: int, output_size: int, bias: bool = False, quant_config=None, prefix: str = ""):
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
-        super().__init__(input_size, _divide(output_size, self.tp_size, "Output size"), bias)
+        super().__init__(input_size, _divide(output_size, self.tp_size, "Output size"), bias, quant_config, prefix)
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
-        default_weight_loader(param, shard_of(loaded, 0, self.tp_rank, param.shape[0], self.tp_size))
+        dim = _output_dim(param)
+        if dim is None:
+            return default_weight_loader(param, loaded)
+        default_weight_loader(param, shard_of(loaded, dim, self.tp_rank, param.shape[dim], self.tp_size))
 
 
 class RowParallelLinear(LinearBase):
     """Tensor parallel: each rank holds a block of the input columns, multiplies its shard of the input and the
     partial outputs are summed over the ranks (the bias is added once, by rank 0)."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = False):
+    def __init__(self, input_size: int, output_size: int, bias: bool = False, quant_config=None, prefix: str = ""):
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
-        super().__init__(_divide(input_size, self.tp_size, "Input size"), output_size, bias)
+        super().__init__(_divide(input_size, self.tp_size, "Input size"), output_size, bias, quant_config, prefix,
+                         full_input_size=input_size)
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
-        if param.dim() == 1:     # the bias: whole on every rank
+        dim = _input_dim(param)
+        if dim is None:     # the bias (and per-column scales): whole on every rank
             return default_weight_loader(param, loaded)
-        default_weight_loader(param, shard_of(loaded, 1, self.tp_rank, param.shape[1], self.tp_size))
+        default_weight_loader(param, shard_of(loaded, dim, self.tp_rank, param.shape[dim], self.tp_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
@@ -181,22 +222,28 @@ class MergedColumnParallelLinear(LinearBase):
     """Several projections of the same input stacked on the output dim (e.g. gate_proj + up_proj). Tensor
     parallel: each projection is sharded on its own, so a rank holds [its gate rows | its up rows]."""
 
-    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False):
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False, quant_config=None,
+                 prefix: str = ""):
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.full_output_sizes = list(output_sizes)
         self.output_sizes = [_divide(n, self.tp_size, "Output size") for n in output_sizes]
-        super().__init__(input_size, sum(self.output_sizes), bias)
+        super().__init__(input_size, sum(self.output_sizes), bias, quant_config, prefix, self.output_sizes)
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor, shard_id: int | None = None) -> None:
+        dim, pack = _output_dim(param), _output_pack(param)
+        if dim is None:       # not cut along the outputs: the same for every part
+            return default_weight_loader(param, loaded)
         if shard_id is None:
             if self.tp_size == 1:
                 return default_weight_loader(param, loaded)
-            for i, part in enumerate(loaded.split(self.full_output_sizes, dim=0)):    # a fused checkpoint tensor
+            sizes = [_units(n, pack, "Output size") for n in self.full_output_sizes]
+            for i, part in enumerate(loaded.split(sizes, dim=dim)):    # a fused checkpoint tensor
                 self.weight_loader(param, part, i)
             return
-        offset, size = sum(self.output_sizes[:shard_id]), self.output_sizes[shard_id]
-        default_weight_loader(param.data.narrow(0, offset, size),
-                              shard_of(loaded, 0, self.tp_rank, size, self.tp_size))
+        offset = _units(sum(self.output_sizes[:shard_id]), pack, "Output offset")
+        size = _units(self.output_sizes[shard_id], pack, "Output size")
+        default_weight_loader(param.data.narrow(dim, offset, size),
+                              shard_of(loaded, dim, self.tp_rank, size, self.tp_size))
 
 
 class QKVParallelLinear(LinearBase):
@@ -204,28 +251,35 @@ class QKVParallelLinear(LinearBase):
     H/tp query heads and the KV heads they attend with (replicated when there are fewer KV heads than ranks);
     ``num_heads`` / ``num_kv_heads`` are this rank's."""
 
-    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False):
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False,
+                 quant_config=None, prefix: str = ""):
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.head_dim = head_dim
         self.total_num_heads, self.total_num_kv_heads = num_heads, num_kv_heads
         self.num_heads = _divide(num_heads, self.tp_size, "Total number of attention heads")
         self.kv_head_start, self.num_kv_heads = kv_head_range(num_kv_heads, self.tp_rank, self.tp_size)
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
-        super().__init__(hidden_size, self.q_size + 2 * self.kv_size, bias)
+        super().__init__(hidden_size, self.q_size + 2 * self.kv_size, bias, quant_config, prefix,
+                         [self.q_size, self.kv_size, self.kv_size])
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor, shard_id: str | None = None) -> None:
+        dim, pack = _output_dim(param), _output_pack(param)
+        if dim is None:       # not cut along the outputs: the same for every part
+            return default_weight_loader(param, loaded)
         if shard_id is None:
             if self.tp_size == 1:
                 return default_weight_loader(param, loaded)
             full_q, full_kv = self.total_num_heads * self.head_dim, self.total_num_kv_heads * self.head_dim
-            for sid, part in zip("qkv", loaded.split([full_q, full_kv, full_kv], dim=0)):
+            sizes = [_units(n, pack, "Output size") for n in (full_q, full_kv, full_kv)]
+            for sid, part in zip("qkv", loaded.split(sizes, dim=dim)):
                 self.weight_loader(param, part, sid)
             return
         offset, size = {"q": (0, self.q_size), "k": (self.q_size, self.kv_size),
                         "v": (self.q_size + self.kv_size, self.kv_size)}[shard_id]
+        offset, size = _units(offset, pack, "Output offset"), _units(size, pack, "Output size")
         if shard_id == "q":
-            part = shard_of(loaded, 0, self.tp_rank, size, self.tp_size)
+            part = shard_of(loaded, dim, self.tp_rank, size, self.tp_size)
         else:     # KV heads may be replicated: this rank's head(s), from the whole checkpoint tensor
-            part = shard_of(loaded, 0, self.kv_head_start // self.num_kv_heads, size,
+            part = shard_of(loaded, dim, self.kv_head_start // self.num_kv_heads, size,
                             self.total_num_kv_heads // self.num_kv_heads)
-        default_weight_loader(param.data.narrow(0, offset, size), part)
+        default_weight_loader(param.data.narrow(dim, offset, size), part)

@@ -21,15 +21,17 @@ from pagedllm.model.models.weights import load_packed_weights
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool,
+                 quant_config=None, prefix: str = ""):
         super().__init__()
         total_heads = cfg.num_attention_heads
         total_kv_heads = getattr(cfg, "num_key_value_heads", None) or total_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // total_heads
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, self.head_dim, total_heads, total_kv_heads,
-                                          bias=qkv_bias)
+                                          bias=qkv_bias, quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, cfg.hidden_size,
-                                        bias=getattr(cfg, "attention_bias", False))
+                                        bias=getattr(cfg, "attention_bias", False), quant_config=quant_config,
+                                        prefix=f"{prefix}.o_proj")
         # This rank's heads (all of them without tensor parallel).
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.rotary = rotary
@@ -51,11 +53,13 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, quant_config=None, prefix: str = ""):
         super().__init__()
         bias = getattr(cfg, "mlp_bias", False)
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias,
+                                                       quant_config=quant_config, prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias,
+                                           quant_config=quant_config, prefix=f"{prefix}.down_proj")
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,10 +69,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool,
+                 quant_config=None, prefix: str = ""):
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, qkv_bias, qk_norm)
-        self.mlp = LlamaMLP(cfg)
+        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, qkv_bias, qk_norm, quant_config,
+                                        f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(cfg, quant_config, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -84,12 +90,14 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg, max_position: int, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, max_position: int, qkv_bias: bool, qk_norm: bool, quant_config=None,
+                 prefix: str = "model"):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         rotary = RotaryEmbedding(cfg, head_dim, max_position)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, rotary, qkv_bias, qk_norm)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, rotary, qkv_bias, qk_norm, quant_config,
+                                                      f"{prefix}.layers.{i}")
                                     for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -107,6 +115,7 @@ class LlamaForCausalLM(nn.Module):
     qk_norm = False
     has_lm_head = True
     supports_tensor_parallel = True
+    supports_quantization = True
     # checkpoint name fragment -> (our parameter fragment, shard id)
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
@@ -118,7 +127,8 @@ class LlamaForCausalLM(nn.Module):
         self.config = hf_config
         max_position = max(engine_config.max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0)
         self.model = LlamaModel(hf_config, max_position,
-                                self.qkv_bias or getattr(hf_config, "attention_bias", False), self.qk_norm)
+                                self.qkv_bias or getattr(hf_config, "attention_bias", False), self.qk_norm,
+                                getattr(engine_config, "quant_config", None))
         if not self.has_lm_head:
             return
         self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)

@@ -28,19 +28,31 @@ def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
             if f".{fragment}." in name:
                 name, shard_id = name.replace(f".{fragment}.", f".{packed}."), sid
                 break
+        if name not in params and name.endswith(".bias") and _is_quantized(model, name):
+            continue     # AutoGPTQ saves a bias for every quantized layer, zeros where the model has none (as vLLM)
         if name not in params:
             raise ValueError(f"Checkpoint tensor {name!r} has no matching parameter in {type(model).__name__}.")
         param = params[name]
         loader = getattr(param, "weight_loader", default_weight_loader)
+        if tensor.is_floating_point() and param.is_floating_point():
+            tensor = tensor.to(param.dtype)      # packed integers, zero points and g_idx keep their values
         with torch.no_grad():
             if shard_id is None:
-                loader(param, tensor.to(param.dtype))
+                loader(param, tensor)
             else:
-                loader(param, tensor.to(param.dtype), shard_id)
+                loader(param, tensor, shard_id)
         loaded.add(name)
     # tied weights are one Parameter under two names
-    missing = [n for n, p in params.items() if n not in loaded
+    missing = [n for n, p in params.items() if n not in loaded and not getattr(p, "optional_weight", False)
                and not any(p is params[m] for m in loaded)]
     if missing:
         raise ValueError(f"Checkpoint is missing weights for: {', '.join(missing[:8])}"
                          + (" ..." if len(missing) > 8 else ""))
+
+
+def _is_quantized(model: nn.Module, name: str) -> bool:
+    try:
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+    except AttributeError:
+        return False
+    return getattr(module, "quant_method", None) is not None

@@ -41,6 +41,14 @@ class QuantizationConfig:
 
     #: the name users pass as ``quantization=`` and that checkpoints carry as ``quant_method``
     name: str = ""
+    #: True for formats that quantize a dense checkpoint at load (``fp8``, ``bitsandbytes``): with no
+    #: ``quantization_config`` in the checkpoint, ``from_config({})`` builds the config from the flag alone.
+    quantizes_at_load: bool = False
+    #: fused layer -> the checkpoint's modules it stacks (``qkv_proj`` -> q/k/v_proj); set from the model's
+    #: ``packed_modules_mapping`` by the loader, so ``ignore`` / ``modules_to_not_convert`` lists, which name the
+    #: checkpoint's modules, apply to our fused ones.
+    fused_modules: dict[str, list[str]] = {"qkv_proj": ["q_proj", "k_proj", "v_proj"],
+                                           "gate_up_proj": ["gate_proj", "up_proj"]}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "QuantizationConfig":
@@ -50,6 +58,19 @@ class QuantizationConfig:
         """The method for the linear layer at ``prefix`` (e.g. ``model.layers.0.self_attn.qkv_proj``), or None to
         keep it dense (layers the checkpoint left unquantized: ``modules_to_not_convert``, ``ignore``, lm_head)."""
         raise NotImplementedError
+
+    def checkpoint_prefixes(self, prefix: str) -> list[str]:
+        """The checkpoint's module names behind our layer ``prefix`` (one, or the parts of a fused layer)."""
+        head, _, last = prefix.rpartition(".")
+        parts = self.fused_modules.get(last)
+        if not parts:
+            return [prefix]
+        return [f"{head}.{part}" if head else part for part in parts]
+
+    def checkpoint_name(self, name: str) -> str:
+        """A checkpoint tensor's name as this method's parameters spell it (the loader maps every name through it):
+        the identity, except for formats whose tensors carry dotted suffixes (bitsandbytes' ``weight.absmax``)."""
+        return name
 
     def supported_act_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float16, torch.bfloat16, torch.float32)

@@ -1,0 +1,129 @@
+"""Quantization methods by name: what ``quantization=`` / ``--quantization`` / ``-q`` selects, and what a
+checkpoint's ``quantization_config`` (config.json, or quantize_config.json beside it) selects when it is not given.
+
+Entries are ``"module:Class"`` strings (``QuantizationConfig`` subclasses), imported only when an engine uses the
+method, so naming a method does not import its kernels or libraries. A new method is one module with a
+``QuantizationConfig`` and its ``LinearMethod`` plus one ``register_quantization`` call (or one line in
+``_METHODS`` for a built-in one).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Any
+
+import torch
+
+from pagedllm.model.quantization.base import LinearMethod, QuantizationConfig
+
+__all__ = ["LinearMethod", "QuantizationConfig", "register_quantization", "quantization_method_names",
+           "resolve_quantization", "quantization_config_class"]
+
+_METHODS: dict[str, str] = {
+    "awq": "pagedllm.model.quantization.awq:AWQConfig",
+    "gptq": "pagedllm.model.quantization.gptq:GPTQConfig",
+    "compressed-tensors": "pagedllm.model.quantization.compressed_tensors:CompressedTensorsConfig",
+    # FP8 and bitsandbytes live in their own modules (issue 13, FP8 / bnb part): these names resolve once they exist.
+    "fp8": "pagedllm.model.quantization.fp8:Fp8Config",
+    "bitsandbytes": "pagedllm.model.quantization.bitsandbytes:BitsAndBytesConfig",
+    "gguf": "pagedllm.model.quantization.gguf:GGUFConfig",
+}
+
+# Other spellings of our methods: vLLM's kernel-specific names (its Marlin kernels read the same checkpoints).
+_ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "compressed_tensors": "compressed-tensors"}
+
+# Files besides config.json where older AutoGPTQ / AutoAWQ checkpoints keep their settings (vLLM reads the same).
+_CONFIG_FILES = ("quantize_config.json", "quant_config.json")
+
+
+def register_quantization(name: str, target: str) -> None:
+    """Make ``quantization=name`` (and checkpoints whose ``quant_method`` is ``name``) use the
+    ``QuantizationConfig`` subclass ``target`` (``"module:Class"``). Re-registering a name replaces it."""
+    if ":" not in target:
+        raise ValueError(f"quantization target must be 'module:Class', got {target!r}.")
+    _METHODS[name] = target
+
+
+def quantization_method_names() -> list[str]:
+    return list(_METHODS)
+
+
+def canonical_method_name(name: str) -> str:
+    name = name.lower()
+    return _ALIASES.get(name, name)
+
+
+def quantization_config_class(name: str) -> type[QuantizationConfig]:
+    name = canonical_method_name(name)
+    if name not in _METHODS:
+        raise ValueError(f"Unknown quantization method: {name}. Must be one of {quantization_method_names()}.")
+    module_name, _, class_name = _METHODS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise ValueError(f"quantization={name!r} is not available in this build of pagedllm "
+                         f"({module_name} is missing).") from None
+    return getattr(module, class_name)
+
+
+def checkpoint_quantization_config(hf_config: Any, model_dir: str | None) -> dict[str, Any] | None:
+    """The checkpoint's own quantization settings: config.json's ``quantization_config``, else a
+    quantize_config.json / quant_config.json beside it; None for a dense checkpoint."""
+    found = getattr(hf_config, "quantization_config", None)
+    if found is not None and not isinstance(found, dict):
+        found = found.to_dict()        # transformers may hand back its own config object
+    if found:
+        return dict(found)
+    for name in _CONFIG_FILES:
+        path = os.path.join(model_dir, name) if model_dir else None
+        if path and os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
+
+
+def resolve_quantization(method: str | None, hf_config: Any, model_dir: str | None = None,
+                         gguf_file: str | None = None, device: torch.device | str = "cpu",
+                         dtype: torch.dtype | None = None) -> QuantizationConfig | None:
+    """The parsed ``QuantizationConfig`` for the user's ``quantization`` argument (None: detect) and the checkpoint;
+    None for a dense model. ValueError for an unknown method, a flag that contradicts the checkpoint, settings the
+    method does not support, or a device / dtype it cannot run on (vLLM's checks and wording)."""
+    given = canonical_method_name(method) if method else None
+    if given is not None and given not in _METHODS:
+        raise ValueError(f"Unknown quantization method: {method}. Must be one of {quantization_method_names()}.")
+    checkpoint = checkpoint_quantization_config(hf_config, model_dir)
+    in_checkpoint = checkpoint.get("quant_method") if checkpoint else None
+    if gguf_file is not None:
+        if given not in (None, "gguf"):
+            raise ValueError(f"quantization={method!r} cannot load the GGUF file {gguf_file}; use quantization='gguf' "
+                             f"or leave it unset.")
+        name = "gguf"
+    elif in_checkpoint:
+        found = canonical_method_name(str(in_checkpoint))
+        if given is not None and given != found:
+            raise ValueError(f"Quantization method specified in the model config ({in_checkpoint}) does not match "
+                             f"the quantization method specified in the `quantization` argument ({method}).")
+        if found not in _METHODS:
+            raise ValueError(f"Unknown quantization method in the model config: {in_checkpoint}. Must be one of "
+                             f"{quantization_method_names()}.")
+        name = found
+    elif given is not None:
+        name = given
+    else:
+        return None
+    cls = quantization_config_class(name)
+    if checkpoint and gguf_file is None:
+        config = cls.from_config(checkpoint)
+    elif cls.quantizes_at_load or name == "gguf":
+        config = cls.from_config({})
+    else:
+        raise ValueError(f"quantization={method!r} needs a quantized checkpoint: no quantization_config in "
+                         f"config.json and no {' or '.join(_CONFIG_FILES)} in {model_dir!r}.")
+    config.verify_device(torch.device(device))
+    if dtype is not None and dtype not in config.supported_act_dtypes():
+        raise ValueError(f"{dtype} is not supported for quantization method {name}. Supported dtypes: "
+                         f"{list(config.supported_act_dtypes())}")
+    return config

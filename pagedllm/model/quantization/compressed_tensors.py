@@ -1,0 +1,155 @@
+"""compressed-tensors checkpoints (llm-compressor's format): ``quantization_config`` lists ``config_groups``, each a
+scheme (weights / input_activations settings) with the modules it ``targets``, and the modules to ``ignore``.
+
+This module reads the weight-only integer schemes stored ``pack-quantized`` (W4A16, W8A16; ``group`` or ``channel``
+strategy; symmetric, or asymmetric with ``weight_zero_point``). For a linear layer of K inputs and N outputs,
+``pack = 32 / bits``, groups of G along K:
+- ``weight_packed`` int32 ``[N, K / pack]``: each output row's values packed along K (value ``k`` in bits
+  ``bits * (k % pack)`` of word ``k // pack``), stored as ``q + 2**(bits - 1)`` for the signed ``q``;
+- ``weight_scale`` ``[N, K / G]``; ``weight_zero_point`` (asymmetric only) the signed zero points ``[N, K / G]``
+  stored the same way but packed along N: int32 ``[N / pack, K / G]``; ``weight_shape``: ``[N, K]``;
+- ``W[n, k] = (q[n, k] - zp[n, k // G]) * s[n, k // G]``.
+Other schemes (FP8 weights and activations, ...) come from ``register_compressed_tensors_scheme``.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
+from pagedllm.model.quantization.base import LinearMethod, QuantizationConfig
+from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, add_checkpoint_param, extra_loader,
+                                                    group_count)
+
+# Scheme handlers besides pack-quantized integers, as "module:function": each is called with
+# (weights: dict, input_activations: dict | None, format: str) and returns a LinearMethod, or None when the scheme
+# is not one it handles. FP8 (issue 13) registers "pagedllm.model.quantization.fp8:compressed_tensors_fp8_method".
+_SCHEME_HANDLERS: list[str] = ["pagedllm.model.quantization.fp8:compressed_tensors_fp8_method"]
+
+
+def register_compressed_tensors_scheme(target: str) -> None:
+    """Add a handler (``"module:function"``, see ``_SCHEME_HANDLERS``) for compressed-tensors schemes."""
+    if target not in _SCHEME_HANDLERS:
+        _SCHEME_HANDLERS.append(target)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.match(pattern[3:], name) is not None
+    return name == pattern or name.endswith("." + pattern)
+
+
+class CompressedTensorsConfig(QuantizationConfig):
+    name = "compressed-tensors"
+
+    def __init__(self, config_groups: dict[str, dict], ignore: list[str], fmt: str | None):
+        self.config_groups, self.ignore, self.format = config_groups, list(ignore), fmt
+        for group in config_groups.values():     # reject what cannot load at start, not at the first layer
+            self._method_for(group)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "CompressedTensorsConfig":
+        groups = config.get("config_groups") or {}
+        if not groups:
+            raise ValueError("compressed-tensors quantization_config has no config_groups.")
+        return cls(groups, config.get("ignore") or [], config.get("format"))
+
+    def _method_for(self, group: dict) -> LinearMethod:
+        weights, activations = group.get("weights"), group.get("input_activations")
+        fmt = group.get("format") or self.format or "pack-quantized"
+        if weights is not None and activations is None and fmt == "pack-quantized" and weights.get("type") == "int":
+            return WNA16LinearMethod(weights)
+        for target in _SCHEME_HANDLERS:
+            module_name, _, func = target.partition(":")
+            method = getattr(importlib.import_module(module_name), func)(weights, activations, fmt)
+            if method is not None:
+                return method
+        raise ValueError(f"compressed-tensors scheme not supported: format {fmt!r}, weights {weights}, "
+                         f"input_activations {activations} (supported: pack-quantized int4/int8 weight-only).")
+
+    def _group_for(self, name: str) -> dict | None:
+        for group in self.config_groups.values():
+            targets = group.get("targets") or []
+            if any(t == "Linear" or _matches(name, t) for t in targets):
+                return group
+        return None
+
+    def get_linear_method(self, layer: nn.Module, prefix: str) -> LinearMethod | None:
+        names = self.checkpoint_prefixes(prefix)
+        ignored = [any(_matches(n, pattern) for pattern in self.ignore) for n in names]
+        groups = [self._group_for(n) for n in names]
+        if all(ignored) or all(g is None for g in groups):
+            return None
+        if any(ignored) or any(g is not groups[0] for g in groups):
+            raise ValueError(f"compressed-tensors: the parts of the fused layer {prefix} ({', '.join(names)}) must "
+                             f"share one scheme; found different ones.")
+        return self._method_for(groups[0])
+
+    def weight_bytes_note(self) -> str:
+        notes = []
+        for group in self.config_groups.values():
+            w = group.get("weights") or {}
+            strategy = f"group {w.get('group_size')}" if w.get("strategy") == "group" else w.get("strategy")
+            notes.append(f"int{w.get('num_bits')}, {strategy}" if w.get("type") == "int" else str(w.get("type")))
+        return "compressed-tensors " + "; ".join(notes)
+
+
+def _no_load(param: torch.Tensor, loaded: torch.Tensor, *args) -> None:
+    """``weight_shape`` is known from the layer already (and differs between a fused layer's parts)."""
+
+
+class WNA16LinearMethod(PackedIntLinearMethod):
+    checkpoint_params = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
+
+    def __init__(self, weights: dict[str, Any]):
+        bits, strategy = int(weights.get("num_bits", 0)), weights.get("strategy")
+        if bits not in (4, 8):
+            raise ValueError(f"compressed-tensors pack-quantized weights of {bits} bits are not supported "
+                             f"(supported: 4, 8).")
+        if strategy not in ("group", "channel"):
+            raise ValueError(f"compressed-tensors weight strategy {strategy!r} is not supported for pack-quantized "
+                             f"weights (supported: group, channel).")
+        if weights.get("actorder") not in (None, "weight", False):
+            raise ValueError(f"compressed-tensors actorder {weights.get('actorder')!r} (stored weight_g_idx) is not "
+                             f"supported yet.")
+        self.bits, self.pack = bits, 32 // bits
+        self.group_size = int(weights["group_size"]) if strategy == "group" else -1
+        self.symmetric = bool(weights.get("symmetric", True))
+
+    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype,
+                       **extra: Any) -> None:
+        loader, pack = extra_loader(extra), self.pack
+        if input_size % pack:
+            raise ValueError(f"The input size ({input_size}) is not aligned with the quantized weight shape: it must "
+                             f"be a multiple of {pack} (with tensor parallel, this rank's share).")
+        if not self.symmetric and any(size % pack for size in output_sizes):
+            raise ValueError(f"The output sizes ({output_sizes}) are not aligned with the quantized zero points: "
+                             f"{pack} are packed to an int32 along the outputs.")
+        N = sum(output_sizes)
+        group = input_size if self.group_size == -1 else self.group_size
+        groups = group_count(input_size, group, "compressed-tensors")
+        group_dim = None if self.group_size == -1 else 1
+        add_checkpoint_param(layer, "weight_packed", (N, input_size // pack), torch.int32, loader,
+                             output_dim=0, input_dim=1, packed_dim=1, pack_factor=pack)
+        add_checkpoint_param(layer, "weight_scale", (N, groups), torch.float32, loader,
+                             output_dim=0, input_dim=group_dim)
+        if not self.symmetric:
+            add_checkpoint_param(layer, "weight_zero_point", (N // pack, groups), torch.int32, loader,
+                                 output_dim=0, input_dim=group_dim, packed_dim=0, pack_factor=pack)
+        add_checkpoint_param(layer, "weight_shape", (2,), torch.int64, _no_load, output_dim=None, input_dim=None,
+                             optional=True)
+        layer.quant_group_size = group
+
+    def to_packed(self, layer: nn.Module) -> PackedWeight:
+        q = unpack_along_k(layer.weight_packed.data.t(), self.bits)           # [K, N], q + 2**(bits-1)
+        scales = layer.weight_scale.data.to(torch.float32).t()
+        if self.symmetric:
+            zeros = torch.full_like(scales, float(1 << (self.bits - 1)))
+        else:
+            zeros = unpack_along_k(layer.weight_zero_point.data, self.bits).to(torch.float32).t()
+        return PackedWeight(pack_along_k(q, self.bits), scales.contiguous(), (-zeros * scales).contiguous(),
+                            self.bits, layer.quant_group_size)

@@ -1,0 +1,354 @@
+"""FP8 (e4m3) linear layers: ``quantization="fp8"`` on a 16/32-bit checkpoint (quantized at load, vLLM's online
+mode) and FP8 checkpoints (config.json ``quantization_config`` with ``quant_method: "fp8"``).
+
+Weights are float8_e4m3fn with a per-tensor scale (one per fused part in the checkpoint; vLLM's layout), a
+per-channel scale, or a ``[128, 128]``-block scale (``weight_block_size``, DeepSeek-V3 / Qwen3-FP8's
+``weight_scale_inv``). Scales multiply: ``W = weight.float() * scale``.
+
+The matmul, by device and batch:
+- CUDA, sm_89+: activations quantized per token (dynamic, a Triton kernel) or with the checkpoint's static
+  ``input_scale``, then ``torch._scaled_mm`` with row-wise scales on the FP8 tensor cores; at decode batch sizes
+  (M <= ``GEMV_MAX_M``) a Triton skinny GEMV reads the fp8 weight (half bf16's bytes) and multiplies the unquantized
+  activations (weight-only: at M = 1 the weight read is the whole cost).
+- CUDA, block-scaled checkpoints: dequantized to the model dtype at load (logged): no block-scaled GEMM yet, so
+  these run at bf16 speed and memory.
+- CPU: for correctness, ``x @ (weight * scale)^T`` in ``x``'s dtype; the activation quantize-dequantize of the
+  GPU path is skipped (it would only add rounding; the CPU has no FP8 GEMM to feed).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.kernels import settings as kernel_settings
+from pagedllm.kernels.quant.fp8 import (FP8_DTYPE, block_dequantize, fp8_scaled_mm, per_channel_quantize,
+                                        per_tensor_quantize, quantize_to_fp8, scaled_mm_supported)
+from pagedllm.model.quantization.base import LinearMethod, QuantizationConfig
+
+logger = logging.getLogger(__name__)
+
+ACTIVATION_SCHEMES = ("static", "dynamic")
+# FP8 tensor-core GEMMs: Ada (8.9) and Hopper (9.0) and later.
+FP8_MIN_CAPABILITY = (8, 9)
+# Decode batches up to this many rows take the fp8 skinny GEMV on CUDA (the weight read dominates there).
+GEMV_MAX_M = 4
+
+def _matches(name: str, pattern: str) -> bool:
+    """An ignore-list entry: an exact module name, a ``re:`` regular expression (compressed-tensors), or a plain
+    suffix (``lm_head``)."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return name == pattern or name.endswith("." + pattern)
+
+
+def is_layer_skipped(config: QuantizationConfig, prefix: str, ignored: list[str]) -> bool:
+    """Whether the linear layer at ``prefix`` stays dense. The list names the checkpoint's modules: a fused layer
+    is skipped when its parts (``config.checkpoint_prefixes``) are; a list that skips some parts of a fused layer
+    and not others cannot be honoured (one matmul) and is an error (vLLM's)."""
+    if not ignored:
+        return False
+    if any(_matches(prefix, p) for p in ignored):
+        return True
+    skipped = [any(_matches(part, p) for p in ignored) for part in config.checkpoint_prefixes(prefix)]
+    if any(skipped) and not all(skipped):
+        raise ValueError(f"Detected some but not all shards of {prefix} are quantized. All shards of fused layers "
+                         f"must have the same precision.")
+    return all(skipped)
+
+
+def _part_index(shard_id: int | str) -> int:
+    return {"q": 0, "k": 1, "v": 2}[shard_id] if isinstance(shard_id, str) else int(shard_id)
+
+
+def _dense_loader(layer: nn.Module) -> Callable[..., None]:
+    """The layer's own loader (tensor-parallel sharding and fused-part placement along the output rows)."""
+    def load(param: torch.Tensor, loaded: torch.Tensor, *shard_id: Any) -> None:
+        layer.weight_loader(param, loaded, *shard_id)
+    return load
+
+
+def _part_scale_loader(param: torch.Tensor, loaded: torch.Tensor, shard_id: int | str | None = None) -> None:
+    """Per-tensor scales, one slot per fused part: a part's scalar goes to its slot; a scale for the whole
+    (already fused) tensor fills every slot."""
+    loaded = loaded.reshape(-1).to(param.dtype)
+    if shard_id is not None:
+        param.data[_part_index(shard_id)] = loaded[0]
+    elif loaded.numel() == 1:
+        param.data.fill_(loaded[0].item())
+    elif loaded.numel() == param.numel():
+        param.data.copy_(loaded)
+    else:
+        raise ValueError(f"Weight shape mismatch: scale parameter {tuple(param.shape)} vs checkpoint "
+                         f"{tuple(loaded.shape)}")
+
+
+def _channel_scale_loader(layer: nn.Module) -> Callable[..., None]:
+    """Per-output-channel scales (checkpoints store ``[N, 1]``): placed and sharded as the weight's rows."""
+    def load(param: torch.Tensor, loaded: torch.Tensor, *shard_id: Any) -> None:
+        layer.weight_loader(param, loaded.reshape(-1).to(param.dtype), *shard_id)
+    return load
+
+
+def _block_scale_loader(layer: nn.Module, block_n: int) -> Callable[..., None]:
+    """Block scales ``[ceil(N / bn), ceil(K / bk)]``: rows are in units of ``bn`` output rows, so a fused part's
+    place (and a tensor-parallel shard) is the layer's, divided by ``bn``."""
+    def load(param: torch.Tensor, loaded: torch.Tensor, shard_id: int | str | None = None) -> None:
+        if shard_id is None:
+            return layer.weight_loader(param, loaded)
+        from pagedllm.model.layers.linear import shard_of
+        sizes = layer.fp8_output_sizes
+        i = _part_index(shard_id)
+        if any(s % block_n for s in sizes):
+            raise ValueError(f"Fused output sizes {sizes} must be multiples of the weight block size {block_n}.")
+        offset, size = sum(sizes[:i]) // block_n, sizes[i] // block_n
+        tp_size = getattr(layer, "tp_size", 1)
+        if isinstance(shard_id, str) and shard_id in "kv" and tp_size > 1:
+            part = shard_of(loaded, 0, layer.kv_head_start // layer.num_kv_heads, size,
+                            layer.total_num_kv_heads // layer.num_kv_heads)
+        else:
+            part = shard_of(loaded, 0, getattr(layer, "tp_rank", 0), size, tp_size)
+        if tuple(part.shape) != tuple(param.data[offset:offset + size].shape):
+            raise ValueError(f"Weight shape mismatch: block scale part {tuple(part.shape)} vs parameter rows "
+                             f"{offset}:{offset + size} of {tuple(param.shape)}")
+        param.data[offset:offset + size].copy_(part)
+    return load
+
+
+def _new_param(layer: nn.Module, name: str, data: torch.Tensor, loader: Callable[..., None] | None = None) -> None:
+    param = nn.Parameter(data, requires_grad=False)
+    if loader is not None:
+        param.weight_loader = loader
+    if name in layer._parameters or not hasattr(layer, name):
+        layer.register_parameter(name, param)
+    else:   # a plain attribute of that name (e.g. set by an earlier process_weights_after_loading)
+        delattr(layer, name)
+        layer.register_parameter(name, param)
+
+
+def _cuda_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+@dataclass
+class Fp8Config(QuantizationConfig):
+    """``is_checkpoint_fp8_serialized``: the checkpoint holds fp8 weights and scales (else 16/32-bit weights are
+    quantized at load, per tensor, or per output channel with ``weight_per_channel``)."""
+    is_checkpoint_fp8_serialized: bool = False
+    activation_scheme: str = "dynamic"
+    ignored_layers: list[str] = field(default_factory=list)
+    weight_block_size: list[int] | None = None
+    weight_per_channel: bool = False
+
+    name = "fp8"
+    quantizes_at_load = True     # quantization="fp8" on a 16/32-bit checkpoint: from_config({}) is online FP8
+
+    def __post_init__(self) -> None:
+        if self.activation_scheme not in ACTIVATION_SCHEMES:
+            raise ValueError(f"Unsupported activation scheme {self.activation_scheme}")
+        if self.activation_scheme == "static" and not self.is_checkpoint_fp8_serialized:
+            raise ValueError("FP8 activation_scheme 'static' needs the checkpoint's input_scale tensors; "
+                             "online quantization (quantization='fp8' on a 16/32-bit checkpoint) is dynamic only.")
+        if self.weight_block_size is not None:
+            if not self.is_checkpoint_fp8_serialized:
+                raise ValueError("The block-wise quantization only supports fp8-serialized checkpoint for now.")
+            if len(self.weight_block_size) != 2:
+                raise ValueError(f"The quantization block size of weight must have 2 dimensions, but got "
+                                 f"{len(self.weight_block_size)} dimensions")
+            if self.activation_scheme != "dynamic":
+                raise ValueError(f"The block-wise quantization only supports dynamic activation scheme for now, "
+                                 f"but got {self.activation_scheme} activation scheme.")
+        self._block_warning_logged = False
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Fp8Config":
+        quant_method = str(config.get("quant_method", ""))      # {}: quantization="fp8" on a dense checkpoint
+        fmt = config.get("fmt", "e4m3")
+        if fmt not in ("e4m3", "float8_e4m3fn"):
+            raise ValueError(f"Unsupported FP8 format fmt={fmt!r}; supported: 'e4m3'.")
+        return cls(is_checkpoint_fp8_serialized="fp8" in quant_method,
+                   activation_scheme=config.get("activation_scheme", "dynamic"),
+                   ignored_layers=list(config.get("ignored_layers") or config.get("modules_to_not_convert") or []),
+                   weight_block_size=config.get("weight_block_size"))
+
+    @classmethod
+    def online(cls) -> "Fp8Config":
+        """``quantization="fp8"`` on a checkpoint without a ``quantization_config``."""
+        return cls(is_checkpoint_fp8_serialized=False)
+
+    def get_linear_method(self, layer: nn.Module, prefix: str) -> LinearMethod | None:
+        if prefix.endswith("lm_head") or is_layer_skipped(self, prefix, self.ignored_layers):
+            return None
+        return Fp8LinearMethod(self)
+
+    def supported_act_dtypes(self) -> tuple[torch.dtype, ...]:
+        return (torch.float16, torch.bfloat16, torch.float32)
+
+    def verify_device(self, device: torch.device) -> None:
+        if device.type != "cuda":
+            return
+        capability = _cuda_capability(device)
+        if tuple(capability) < FP8_MIN_CAPABILITY:
+            raise ValueError(f"The quantization method fp8 is not supported for the current GPU. Minimum "
+                             f"capability: {FP8_MIN_CAPABILITY[0]}{FP8_MIN_CAPABILITY[1]}. Current capability: "
+                             f"{capability[0]}{capability[1]}.")
+
+    def weight_bytes_note(self) -> str:
+        if self.weight_block_size is not None:
+            return f"fp8 e4m3, {self.weight_block_size[0]}x{self.weight_block_size[1]} blocks"
+        return "fp8 e4m3, per-channel" if self.weight_per_channel else "fp8 e4m3, per-tensor"
+
+
+class Fp8LinearMethod(LinearMethod):
+    def __init__(self, config: Fp8Config):
+        self.config = config
+
+    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype,
+                       **extra: Any) -> None:
+        cfg = self.config
+        n, k = sum(output_sizes), input_size
+        layer.fp8_output_sizes = list(output_sizes)
+        layer.fp8_params_dtype = params_dtype
+        if not cfg.is_checkpoint_fp8_serialized:
+            # Online: the checkpoint's 16/32-bit weight loads as a dense one; quantized after loading.
+            _new_param(layer, "weight", torch.empty(n, k, dtype=params_dtype), _dense_loader(layer))
+            return
+        _new_param(layer, "weight", torch.empty(n, k, dtype=FP8_DTYPE), _dense_loader(layer))
+        if cfg.weight_block_size is not None:
+            bn, bk = cfg.weight_block_size
+            _new_param(layer, "weight_scale_inv",
+                       torch.empty((n + bn - 1) // bn, (k + bk - 1) // bk, dtype=torch.float32),
+                       _block_scale_loader(layer, bn))
+        elif cfg.weight_per_channel:
+            _new_param(layer, "weight_scale", torch.empty(n, dtype=torch.float32), _channel_scale_loader(layer))
+        else:
+            _new_param(layer, "weight_scale", torch.full((len(output_sizes),), float("nan"), dtype=torch.float32),
+                       _part_scale_loader)
+        if cfg.activation_scheme == "static":
+            _new_param(layer, "input_scale", torch.full((len(output_sizes),), float("nan"), dtype=torch.float32),
+                       _part_scale_loader)
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        cfg = self.config
+        weight = layer.weight.data
+        input_scale = None
+        layer.fp8_dense = False
+        if not cfg.is_checkpoint_fp8_serialized:
+            qweight, scale = (per_channel_quantize(weight) if cfg.weight_per_channel else per_tensor_quantize(weight))
+            scale = scale.reshape(-1)
+        elif cfg.weight_block_size is not None:
+            scale = layer.weight_scale_inv.data
+            del layer.weight_scale_inv
+            if weight.is_cuda:
+                # No block-scaled FP8 GEMM here yet: run these layers dense (said once per model, never silently).
+                if not cfg._block_warning_logged:
+                    logger.warning("FP8 checkpoint with weight_block_size %s: block-scaled FP8 GEMMs are not "
+                                   "implemented on CUDA yet; its weights are dequantized to %s at load (no memory "
+                                   "saving, bf16 speed).", cfg.weight_block_size, layer.fp8_params_dtype)
+                    cfg._block_warning_logged = True
+                _new_param(layer, "weight", block_dequantize(weight, scale, tuple(cfg.weight_block_size),
+                                                             layer.fp8_params_dtype))
+                layer.fp8_dense = True
+                return
+            qweight = weight
+        elif cfg.weight_per_channel:
+            qweight, scale = weight, layer.weight_scale.data
+        else:
+            scales = layer.weight_scale.data
+            if torch.isnan(scales).any():
+                raise ValueError("FP8 checkpoint is missing weight_scale for a part of a fused layer.")
+            qweight, scale = weight, scales
+            if scales.numel() > 1:
+                # One matmul needs one scale: requantize every part to the largest scale (what vLLM does).
+                max_scale = scales.max()
+                if not torch.all(scales == max_scale):
+                    qweight = torch.empty_like(weight)
+                    start = 0
+                    for size, part_scale in zip(layer.fp8_output_sizes, scales):
+                        part = weight[start:start + size].float() * part_scale
+                        qweight[start:start + size] = quantize_to_fp8(part, max_scale)
+                        start += size
+                scale = max_scale.reshape(1)
+        if cfg.activation_scheme == "static":
+            input_scale = layer.input_scale.data
+            if torch.isnan(input_scale).any():
+                raise ValueError("FP8 checkpoint with activation_scheme 'static' is missing input_scale.")
+            input_scale = input_scale.max().reshape(1)     # one scale for the fused input (vLLM: the max)
+        _new_param(layer, "weight", qweight.contiguous())
+        _new_param(layer, "weight_scale", scale.float().contiguous())
+        if cfg.activation_scheme == "static" and input_scale is not None:
+            _new_param(layer, "input_scale", input_scale.float())
+        elif "input_scale" in layer._parameters:
+            del layer.input_scale
+
+    def dequantized_weight(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+        """``W`` as the reference defines it (what the CPU multiplies; tests build reference models from it)."""
+        if layer.fp8_dense:
+            return layer.weight.to(dtype)
+        if self.config.weight_block_size is not None:
+            return block_dequantize(layer.weight, layer.weight_scale, tuple(self.config.weight_block_size), dtype)
+        scale = layer.weight_scale
+        scale = scale.reshape(-1, 1) if scale.numel() > 1 else scale.reshape(())
+        return (layer.weight.float() * scale).to(dtype)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if layer.fp8_dense:
+            return F.linear(x, layer.weight, bias)
+        weight = layer.weight
+        n, k = weight.shape
+        if not x.is_cuda or self.config.weight_block_size is not None \
+                or not scaled_mm_supported(n, k) or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            # CPU (and shapes cuBLASLt FP8 rejects): the dequantized weight in x's dtype; no activation rounding.
+            return F.linear(x, self.dequantized_weight(layer, x.dtype), bias)
+        x2 = x.reshape(-1, k)
+        m = x2.shape[0]
+        if 0 < m <= GEMV_MAX_M and x.dtype != torch.float32 and kernel_settings.current.triton_gemv:
+            from pagedllm.kernels.quant.fp8 import fp8_gemv
+            y = fp8_gemv(x2.contiguous(), weight, layer.weight_scale, bias)
+            return y.reshape(*x.shape[:-1], n)
+        input_scale = getattr(layer, "input_scale", None)
+        if input_scale is not None:
+            qx = quantize_to_fp8(x2, input_scale)
+            sx = input_scale.float().expand(m, 1)
+        else:
+            from pagedllm.kernels.quant.fp8 import per_token_quant_fp8
+            qx, sx = per_token_quant_fp8(x2.contiguous())
+        y = fp8_scaled_mm(qx, sx, weight, layer.weight_scale, bias, x.dtype)
+        return y.reshape(*x.shape[:-1], n)
+
+
+
+
+def compressed_tensors_fp8_method(weights: dict | None, input_activations: dict | None,
+                                  fmt: str) -> LinearMethod | None:
+    """compressed-tensors' FP8 schemes (llm-compressor ``FP8`` / ``FP8_DYNAMIC``, format ``float-quantized``):
+    e4m3 ``weight`` with ``weight_scale`` per tensor (``[1]``, one per fused part, requantized to their max) or per
+    channel (``[N, 1]``); activations dynamic per token, or static per tensor with ``input_scale``. None for any other
+    scheme (the compressed_tensors module then tries its other handlers).
+
+    Weight-only FP8 (no ``input_activations``) runs as dynamic per-token W8A8 on the GPU (vLLM runs it weight-only
+    through Marlin): only the activation rounding differs."""
+    if not weights or weights.get("type") != "float" or weights.get("num_bits") != 8:
+        return None
+    strategy = weights.get("strategy", "tensor")
+    if strategy not in ("tensor", "channel"):
+        raise ValueError(f"compressed-tensors FP8 weight strategy {strategy!r} is not supported "
+                         f"(supported: 'tensor', 'channel').")
+    if weights.get("dynamic"):
+        raise ValueError("compressed-tensors FP8 with dynamic weight scales is not supported.")
+    activation_scheme = "dynamic"
+    if input_activations is not None:
+        if input_activations.get("type") != "float" or input_activations.get("num_bits") != 8:
+            return None
+        if not input_activations.get("dynamic", False):
+            if input_activations.get("strategy", "tensor") != "tensor":
+                raise ValueError(f"compressed-tensors FP8 static activations with strategy "
+                                 f"{input_activations.get('strategy')!r} are not supported (supported: 'tensor').")
+            activation_scheme = "static"
+    return Fp8LinearMethod(Fp8Config(is_checkpoint_fp8_serialized=True, activation_scheme=activation_scheme,
+                                     weight_per_channel=strategy == "channel"))

@@ -1,0 +1,128 @@
+"""GPTQ checkpoints (AutoGPTQ, GPTQModel, optimum): 4- or 8-bit weights, a scale and zero point per group.
+
+The checkpoint, for a linear layer of K inputs and N outputs, ``pack = 32 / bits``, groups of G along K:
+- ``qweight`` int32 ``[K / pack, N]``: packed along K (value ``k`` in bits ``bits * (k % pack)`` of word
+  ``k // pack``: the canonical layout already);
+- ``qzeros`` int32 ``[K / G, N / pack]``: zero points packed along N in the same bit order;
+- ``scales`` ``[K / G, N]``; ``g_idx`` int32 ``[K]``: the group of each input row (``k // G`` unless the rows were
+  quantized in activation order, ``desc_act``);
+- ``W[k, n] = (q[k, n] - z[g_idx[k], n]) * s[g_idx[k], n]``, where the stored zero point is ``z - 1`` in the
+  original ("gptq", v1) format and ``z`` in GPTQModel's ``checkpoint_format: "gptq_v2"``. The v1 ``+ 1`` is applied
+  after unpacking, without wrapping (a stored 15 is 16): what AutoGPTQ's, exllama's and vLLM's kernels compute.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
+from pagedllm.model.quantization.base import QuantizationConfig
+from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, add_checkpoint_param, extra_loader,
+                                                    group_count)
+
+
+def unpack_along_n(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 ``[R, N / pack]`` packed along N (GPTQ's qzeros) -> values ``[R, N]`` (int32)."""
+    return unpack_along_k(packed.t(), bits).t()
+
+
+class GPTQConfig(QuantizationConfig):
+    name = "gptq"
+
+    def __init__(self, weight_bits: int, group_size: int, desc_act: bool, sym: bool, checkpoint_format: str = "gptq",
+                 lm_head: bool = False, dynamic: dict | None = None):
+        if weight_bits not in (4, 8):
+            raise ValueError(f"Currently, only 4/8-bit weight quantization is supported for GPTQ, but got "
+                             f"{weight_bits} bits.")
+        if group_size != -1 and group_size <= 0:
+            raise ValueError(f"GPTQ group_size must be positive or -1 (one group per column), got {group_size}.")
+        if checkpoint_format not in ("gptq", "gptq_v2"):
+            raise ValueError(f"GPTQ checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}.")
+        if lm_head:
+            raise ValueError("GPTQ checkpoints with a quantized lm_head (lm_head: true) are not supported.")
+        if dynamic:
+            raise ValueError("GPTQ per-module overrides (dynamic) are not supported.")
+        self.weight_bits, self.group_size, self.desc_act, self.sym = weight_bits, group_size, desc_act, sym
+        self.checkpoint_format = checkpoint_format
+        self.pack_factor = 32 // weight_bits
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "GPTQConfig":
+        meta = config.get("meta") or {}
+        checkpoint_format = config.get("checkpoint_format") or meta.get("checkpoint_format") or "gptq"
+        return cls(int(config.get("bits", 4)), int(config.get("group_size", 128)), bool(config.get("desc_act", False)),
+                   bool(config.get("sym", True)), str(checkpoint_format), bool(config.get("lm_head", False)),
+                   config.get("dynamic"))
+
+    def get_linear_method(self, layer: nn.Module, prefix: str) -> "GPTQLinearMethod":
+        return GPTQLinearMethod(self)
+
+    def weight_bytes_note(self) -> str:
+        group = "per channel" if self.group_size == -1 else f"group {self.group_size}"
+        return f"gptq int{self.weight_bits}, {group}" + (", desc_act" if self.desc_act else "")
+
+
+class GPTQLinearMethod(PackedIntLinearMethod):
+    checkpoint_params = ("qweight", "qzeros", "scales", "g_idx")
+
+    def __init__(self, config: GPTQConfig):
+        self.config = config
+
+    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype,
+                       **extra: Any) -> None:
+        loader, pack, bits = extra_loader(extra), self.config.pack_factor, self.config.weight_bits
+        for size in output_sizes:
+            if size % pack:
+                raise ValueError(f"The output size ({size}) is not aligned with the quantized weight shape: GPTQ packs "
+                                 f"{pack} zero points to an int32 (with tensor parallel, this rank's share).")
+        if input_size % pack:
+            raise ValueError(f"The input size ({input_size}) is not aligned with the quantized weight shape: it must "
+                             f"be a multiple of {pack} (with tensor parallel, this rank's share).")
+        input_is_sharded = extra.get("full_input_size", input_size) != input_size
+        if self.config.desc_act and input_is_sharded and self.config.group_size != -1:
+            raise ValueError("GPTQ checkpoints with desc_act=True are not supported with tensor parallel on "
+                             "row-parallel layers yet (a rank's rows would not hold whole groups).")
+        N = sum(output_sizes)
+        group = input_size if self.config.group_size == -1 else self.config.group_size
+        groups = group_count(input_size, group, "GPTQ")
+        group_dim = None if self.config.group_size == -1 else 0
+        add_checkpoint_param(layer, "qweight", (input_size // pack, N), torch.int32, loader,
+                             output_dim=1, input_dim=0, packed_dim=0, pack_factor=pack)
+        add_checkpoint_param(layer, "qzeros", (groups, N // pack), torch.int32, loader,
+                             output_dim=1, input_dim=group_dim, packed_dim=1, pack_factor=pack)
+        add_checkpoint_param(layer, "scales", (groups, N), torch.float32, loader, output_dim=1, input_dim=group_dim)
+        # Older exports leave g_idx out when the rows are in order: it then stays k // G. The parts of a fused layer
+        # (q/k/v, gate/up) take the same input, so GPTQ gives them the same act order: one g_idx, checked.
+        def load_g_idx(param: torch.Tensor, loaded: torch.Tensor, *args: Any) -> None:
+            before = param.data.clone() if layer.g_idx_loaded else None
+            loader(param, loaded, *args)
+            if before is not None and not torch.equal(before, param.data):
+                raise ValueError(f"GPTQ g_idx differs between the parts of the fused layer {layer.prefix!r}.")
+            layer.g_idx_loaded = True
+
+        layer.g_idx_loaded = False
+        add_checkpoint_param(layer, "g_idx", (input_size,), torch.int32, load_g_idx, output_dim=None, input_dim=0,
+                             optional=True, fill=torch.arange(input_size, dtype=torch.int32) // group)
+        layer.quant_group_size = group
+
+    def to_packed(self, layer: nn.Module) -> PackedWeight:
+        bits, group = self.config.weight_bits, layer.quant_group_size
+        q = unpack_along_k(layer.qweight.data, bits)
+        zeros = unpack_along_n(layer.qzeros.data, bits).to(torch.float32)
+        if self.config.checkpoint_format == "gptq":
+            zeros = zeros + 1
+        scales = layer.scales.data.to(torch.float32)
+        g_idx = layer.g_idx.data.to(torch.int64)
+        K = q.shape[0]
+        in_order = torch.arange(K, device=g_idx.device) // group
+        perm = None
+        if not torch.equal(g_idx, in_order):
+            # desc_act: sort the rows by group so that groups are contiguous; the layer multiplies x[:, perm].
+            perm = torch.argsort(g_idx, stable=True)
+            if not torch.equal(g_idx[perm], in_order):
+                raise ValueError(f"GPTQ g_idx of {layer.prefix!r} does not put {group} rows in each group: "
+                                 f"this checkpoint is not one GPTQ writes.")
+            q = q[perm]
+        return PackedWeight(pack_along_k(q, bits), scales, -zeros * scales, bits, group, perm)

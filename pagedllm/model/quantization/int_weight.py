@@ -1,0 +1,95 @@
+"""What the weight-only integer formats (AWQ, GPTQ, compressed-tensors pack-quantized) share: checkpoint parameters
+that carry their sharding, the conversion to the canonical ``PackedWeight`` once loaded, and the matmul.
+
+A checkpoint parameter says how the linear layers' weight loaders shard it for tensor parallelism and cut the parts
+of a fused layer out of it (pagedllm/model/layers/linear.py reads these attributes):
+- ``output_dim`` / ``input_dim``: the dim that runs over the weight's output features N / input features K (or its
+  groups of K); None when the parameter is not split that way (it is then loaded whole on every rank);
+- ``packed_dim`` / ``pack_factor``: values packed ``pack_factor`` to an int32 along that dim, so offsets and sizes
+  along it are in units of ``pack_factor`` features.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pagedllm.kernels.quant.cpu import CpuPackedWeight, cpu_packed_matmul, prepare_cpu_weight
+from pagedllm.kernels.quant.packed import PackedWeight
+from pagedllm.model.quantization.base import LinearMethod
+
+# Names of the buffers the converted weight lives in after loading (what the memory figure counts).
+_CANONICAL = ("qweight", "scales", "offsets", "perm")
+
+
+def add_checkpoint_param(layer: nn.Module, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                         weight_loader: Callable, *, output_dim: int | None, input_dim: int | None,
+                         packed_dim: int | None = None, pack_factor: int = 1, optional: bool = False,
+                         fill: torch.Tensor | None = None) -> nn.Parameter:
+    """Register a checkpoint tensor on ``layer``. ``optional``: the checkpoint may leave it out (it then keeps
+    ``fill``); dummy weights also keep ``fill``."""
+    data = torch.zeros(shape, dtype=dtype) if fill is None else fill.to(dtype)
+    param = nn.Parameter(data, requires_grad=False)
+    param.output_dim, param.input_dim = output_dim, input_dim
+    param.packed_dim, param.pack_factor = packed_dim, pack_factor
+    param.weight_loader = weight_loader
+    param.optional_weight = optional
+    param.keep_on_dummy = fill is not None
+    layer.register_parameter(name, param)
+    return param
+
+
+def group_count(input_size: int, group_size: int, what: str) -> int:
+    """Groups along this rank's K; ValueError when they do not divide it (vLLM's check)."""
+    if group_size <= 0 or input_size % group_size:
+        raise ValueError(f"The input size ({input_size}) is not aligned with the quantized weight shape: "
+                         f"{what} group_size {group_size} must divide it (with tensor parallel, this rank's share).")
+    return input_size // group_size
+
+
+class PackedIntLinearMethod(LinearMethod):
+    """A weight-only integer method: ``create_weights`` (per format) registers the checkpoint's tensors;
+    ``to_packed`` (per format) turns them into a ``PackedWeight``; the rest is shared."""
+
+    #: the checkpoint parameter names ``to_packed`` consumes (dropped after the conversion)
+    checkpoint_params: tuple[str, ...] = ()
+
+    def to_packed(self, layer: nn.Module) -> PackedWeight:
+        raise NotImplementedError
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        w = self.to_packed(layer)
+        for name in self.checkpoint_params:
+            if name in layer._parameters:
+                delattr(layer, name)
+        dtype = layer.params_dtype        # the model's dtype: scales and offsets in it, as the activations
+        w.scales, w.offsets = w.scales.to(dtype), w.offsets.to(dtype)
+        if w.qweight.device.type == "cpu":
+            cpu = prepare_cpu_weight(w, dtype)
+            layer.cpu_weight = cpu
+            tensors = {f"quant_{k}": v for k, v in cpu.tensors().items()}
+        else:
+            layer.cpu_weight = None
+            tensors = {f"quant_{k}": getattr(w, k) for k in _CANONICAL if getattr(w, k) is not None}
+        layer.packed_bits, layer.packed_group_size = w.bits, w.group_size
+        for name, tensor in tensors.items():
+            layer.register_buffer(name, tensor, persistent=False)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        cpu: CpuPackedWeight | None = layer.cpu_weight
+        if cpu is not None:
+            return cpu_packed_matmul(x, cpu, bias)
+        from pagedllm.kernels.quant.triton_packed import packed_matmul
+        w = PackedWeight(layer.quant_qweight, layer.quant_scales, layer.quant_offsets, layer.packed_bits,
+                         layer.packed_group_size, getattr(layer, "quant_perm", None))
+        shape = x.shape
+        y = packed_matmul(x.reshape(-1, shape[-1]), w, bias)
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+
+def extra_loader(extra: dict[str, Any]) -> Callable:
+    loader = extra.get("weight_loader")
+    if loader is None:
+        raise ValueError("create_weights needs the layer's weight_loader")
+    return loader

@@ -1,0 +1,115 @@
+"""FP8 kernels (pagedllm/kernels/quant/fp8.py): the Triton per-token quantization and fp8 GEMV, and the
+``torch._scaled_mm`` path, against the torch references on random data (GPU, or TRITON_INTERPRET=1 on the CPU)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(not HAS_CUDA and not INTERPRET, reason="needs a CUDA GPU")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+# Triton 3.6's interpreter mis-converts to bf16; fp16 there.
+DTYPES = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
+FP8_GPU = HAS_CUDA and torch.cuda.get_device_capability() >= (8, 9)
+
+from pagedllm.kernels.quant.fp8 import (FP8_DTYPE, fp8_gemv, fp8_linear_reference, fp8_scaled_mm,  # noqa: E402
+                                        per_channel_quantize, per_tensor_quantize, per_token_quant_fp8,
+                                        per_token_quant_fp8_torch)
+
+QUANT_SHAPES = [(1, 64), (3, 100), (17, 3584), (5, 9000)] if INTERPRET else \
+    [(1, 64), (1, 3584), (4, 18944), (37, 4097), (256, 3584), (4096, 4096), (1000, 1001)]
+
+
+def _assert_fp8_equal(q: torch.Tensor, ref: torch.Tensor) -> None:
+    q, ref = q.cpu(), ref.cpu()
+    diff = q.view(torch.uint8) != ref.view(torch.uint8)
+    if INTERPRET and diff.any():
+        # Triton 3.6's interpreter rounds to fp8 half-up (not to even: ties go one step off) and without carrying
+        # into the exponent (a value that rounds up to the next power of two comes out as half of it: 124.3 -> 64,
+        # not 128). Only those may differ there.
+        got, want = q.float()[diff], ref.float()[diff]
+        one_step = (got - want).abs() <= (2.0 ** (want.abs().log2().floor() - 3)).clamp(min=2.0 ** -9)  # subnormals: 2^-9
+        no_carry = (got * 2 == want) & (want.abs().log2() == want.abs().log2().round())
+        assert (one_step | no_carry).all()
+        assert diff.float().mean() < 0.05
+        return
+    assert not diff.any(), f"{int(diff.sum())} of {diff.numel()} fp8 values differ"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", QUANT_SHAPES)
+def test_per_token_quant_matches_torch(m, k, dtype):
+    torch.manual_seed(m * 7 + k)
+    x = (torch.randn(m, k) * torch.logspace(-2, 2, m)[:, None]).to(dtype).to(DEVICE)
+    x[0, : min(k, 3)] = 0.0
+    if m > 2:
+        x[2] = 0.0        # an all-zero row: the scale floor keeps it finite
+    q, s = per_token_quant_fp8(x)
+    q_ref, s_ref = per_token_quant_fp8_torch(x)
+    assert q.dtype == FP8_DTYPE and s.shape == (m, 1) and s.dtype == torch.float32
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=0)
+    _assert_fp8_equal(q, q_ref)
+
+
+GEMV_SHAPES = [(37, 50), (64, 256), (129, 1000)] if INTERPRET else \
+    [(4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944), (129, 1000), (4099, 3001)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("n,k", GEMV_SHAPES)
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_fp8_gemv_matches_the_weight_only_reference(m, n, k, per_channel, dtype):
+    torch.manual_seed(n + k + m)
+    w = torch.randn(n, k)
+    wq, ws = per_channel_quantize(w) if per_channel else per_tensor_quantize(w)
+    x = torch.randn(m, k).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    y = fp8_gemv(x.to(DEVICE), wq.to(DEVICE), ws.to(DEVICE), bias.to(DEVICE))
+    ref = fp8_linear_reference(x, wq, ws, bias, quantize_input=False)
+    assert y.dtype == dtype and y.shape == (m, n)
+    rel = ((y.float().cpu() - ref).norm() / ref.norm()).item()
+    assert rel < 2e-3, rel
+
+
+@pytest.mark.skipif(not FP8_GPU, reason="torch._scaled_mm row-wise needs an sm_89+ GPU")
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("m", [1, 3, 16, 257, 4096])
+@pytest.mark.parametrize("n,k", [(4608, 3584), (3584, 18944), (1024, 4096), (4112, 1008)])
+def test_scaled_mm_path_matches_the_w8a8_reference(m, n, k, per_channel):
+    torch.manual_seed(m + n)
+    x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=DEVICE)
+    wq, ws = per_channel_quantize(w) if per_channel else per_tensor_quantize(w)
+    bias = torch.randn(n, device=DEVICE, dtype=torch.bfloat16)
+    qx, sx = per_token_quant_fp8(x)
+    y = fp8_scaled_mm(qx, sx, wq, ws, bias, torch.bfloat16)
+    ref = fp8_linear_reference(x, wq, ws, bias)
+    assert y.dtype == torch.bfloat16
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.skipif(not FP8_GPU, reason="the FP8 linear method's CUDA path needs an sm_89+ GPU")
+@pytest.mark.parametrize("m", [1, 4, 5, 300])
+def test_fp8_linear_method_on_cuda_matches_its_dequantized_weight(m):
+    from pagedllm.model.layers.linear import QKVParallelLinear
+    from pagedllm.model.quantization.fp8 import Fp8Config
+    torch.manual_seed(m)
+    with torch.device(DEVICE):
+        layer = QKVParallelLinear(1024, 128, 8, 2, bias=True)
+    method = Fp8Config.online().get_linear_method(layer, "model.layers.0.self_attn.qkv_proj")
+    with torch.device(DEVICE):
+        method.create_weights(layer, 1024, [1024, 256, 256], torch.bfloat16)
+    layer.weight.weight_loader(layer.weight, torch.randn(1536, 1024, device=DEVICE, dtype=torch.bfloat16))
+    layer.bias.data.copy_(torch.randn(1536, device=DEVICE))
+    method.process_weights_after_loading(layer)
+    assert layer.weight.dtype == FP8_DTYPE
+    x = torch.randn(m, 1024, device=DEVICE, dtype=torch.bfloat16)
+    y = method.apply(layer, x, layer.bias.to(torch.bfloat16))
+    ref = x.float() @ method.dequantized_weight(layer, torch.float32).t() + layer.bias.float()
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2

@@ -1,0 +1,330 @@
+"""Weight-only integer checkpoints (AWQ, GPTQ, compressed-tensors pack-quantized) load and run on the CPU.
+
+Each test quantizes a tiny random model's fp32 weights with code written from the format's published description
+(AutoAWQ's GEMM packing, AutoGPTQ's / GPTQModel's packing, compressed-tensors' pack-quantized; and compressed-tensors'
+own packer where the library is installed), saves it with its ``quantization_config``, and saves the same weights
+dequantized to fp32 as a plain dense checkpoint: the reference. Both load through ``LLM``; the quantized model's
+log-probabilities must equal the reference's within 1e-3 relative and its greedy tokens must be the same.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.kernels.quant.cpu import cpu_packed_matmul, prepare_cpu_weight
+from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, reference_matmul
+
+VOCAB = 1024
+PROMPTS = [[11, 12, 13, 14, 15], [101, 57, 300, 42, 42, 9, 871, 5, 5, 5, 77, 640, 13, 250, 999, 3, 18]]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=3)
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FUSED_INPUTS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate_up", "up_proj": "gate_up"}
+
+
+# ---- a tiny model ---------------------------------------------------------------------------------------------------
+def _tiny(arch: str = "llama", seed: int = 0):
+    """HF config dict and fp32 state dict of a tiny model whose projections take groups of 128 (hidden 128,
+    intermediate 256; 4 heads of 32, 2 KV heads)."""
+    import transformers
+    cfg_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                          "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                          "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
+    cfg = cfg_cls(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, vocab_size=VOCAB, max_position_embeddings=512,
+                  tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = model_cls(cfg).eval()
+    with torch.no_grad():        # larger projections than HF's init (std 0.02), so quantization changes the output
+        for name, p in model.named_parameters():
+            if any(f".{n}." in name for n in LINEARS) and name.endswith("weight"):
+                p.normal_(0.0, 0.08)
+    return cfg.to_dict(), {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _save(path, config: dict, tensors: dict[str, torch.Tensor]) -> str:
+    from safetensors.torch import save_file
+    path.mkdir(parents=True, exist_ok=True)
+    architecture = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+    config = dict(config, architectures=[architecture[config["model_type"]]], dtype="float32")
+    with open(path / "config.json", "w") as f:
+        json.dump(config, f)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
+    return str(path)
+
+
+def _quantize(w: torch.Tensor, bits: int, group: int, sym: bool, g_idx: torch.Tensor | None = None):
+    """Round-to-nearest ``w`` [N, K] -> unsigned ``q`` [N, K], zero points ``z`` and scales ``s`` [N, K / G]
+    (fp16, as checkpoints store them), with ``W ~= (q - z) * s``; ``g_idx``: each input row's group."""
+    N, K = w.shape
+    group = K if group == -1 else group
+    g_idx = torch.arange(K) // group if g_idx is None else g_idx
+    maxq = 2 ** bits - 1
+    q = torch.zeros(N, K, dtype=torch.int64)
+    z = torch.zeros(N, K // group, dtype=torch.int64)
+    s = torch.zeros(N, K // group, dtype=torch.float16)
+    for g in range(K // group):
+        rows = (g_idx == g).nonzero().flatten()
+        wg = w[:, rows]
+        if sym:
+            scale = (wg.abs().amax(dim=1) * 2 / maxq).clamp(min=1e-5)
+            zero = torch.full((N,), 2 ** (bits - 1), dtype=torch.int64)
+        else:
+            lo, hi = wg.amin(dim=1).clamp(max=0), wg.amax(dim=1).clamp(min=0)
+            scale = ((hi - lo) / maxq).clamp(min=1e-5)
+            zero = torch.round(-lo / scale).to(torch.int64).clamp(1, maxq)    # >= 1: GPTQ v1 stores z - 1
+        scale = scale.half()
+        q[:, rows] = torch.clamp(torch.round(wg / scale.float()[:, None]) + zero[:, None], 0, maxq).to(torch.int64)
+        z[:, g], s[:, g] = zero, scale
+    return q, z, s, g_idx
+
+
+def _dequantize(q, z, s, g_idx):
+    return (q - z[:, g_idx]).to(torch.float32) * s.to(torch.float32)[:, g_idx]
+
+
+def _pack_words(values: np.ndarray, bits: int, order=None) -> np.ndarray:
+    """Pack unsigned ``values`` [R, C] along C into uint32 words of 32 / bits values; word ``j``'s slot ``i`` holds
+    value ``j * pack + order[i]`` (AutoGPTQ: order = identity; AutoAWQ: [0, 2, 4, 6, 1, 3, 5, 7])."""
+    pack = 32 // bits
+    order = list(range(pack)) if order is None else order
+    R, C = values.shape
+    words = np.zeros((R, C // pack), dtype=np.uint32)
+    for j in range(C // pack):
+        for i in range(pack):
+            words[:, j] |= values[:, j * pack + order[i]].astype(np.uint32) << np.uint32(bits * i)
+    return words
+
+
+def _i32(words: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(words.view(np.int32).copy())
+
+
+# ---- the formats -------------------------------------------------------------------------------------------------------
+def _awq_checkpoint(state, group: int):
+    """AutoAWQ's WQLinear_GEMM: qweight [K, N/8], qzeros [K/G, N/8] (interleaved nibble order), scales [K/G, N]."""
+    quant, dense = {}, {}
+    for name, w in state.items():
+        if not any(f".{n}." in name for n in LINEARS) or not name.endswith("weight"):
+            quant[name] = dense[name] = w
+            continue
+        base = name[:-len("weight")]
+        q, z, s, g_idx = _quantize(w, 4, group, sym=False)
+        order = [0, 2, 4, 6, 1, 3, 5, 7]
+        quant[base + "qweight"] = _i32(_pack_words(q.t().numpy(), 4, order))
+        quant[base + "qzeros"] = _i32(_pack_words(z.t().numpy(), 4, order))
+        quant[base + "scales"] = s.t().contiguous()
+        dense[name] = _dequantize(q, z, s, g_idx)
+    config = {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"}
+    return config, quant, dense
+
+
+def _gptq_checkpoint(state, bits: int, group: int, sym: bool, desc_act: bool, v2: bool = False):
+    """AutoGPTQ's QuantLinear: qweight [K/pack, N] packed along K, qzeros [K/G, N/pack] (stored z - 1 unless
+    gptq_v2), scales [K/G, N], g_idx [K] (a permutation's groups under desc_act); a zero bias for every layer."""
+    quant, dense = {}, {}
+    gen = torch.Generator().manual_seed(7)
+    act_orders: dict[tuple[str, str], torch.Tensor] = {}
+    for name, w in state.items():
+        if not any(f".{n}." in name for n in LINEARS) or not name.endswith("weight"):
+            quant[name] = dense[name] = w
+            continue
+        base = name[:-len("weight")]
+        K = w.shape[1]
+        g_idx = None
+        if desc_act:      # rows quantized in a random "activation" order: row perm[i] falls in group i // G
+            # one order per input: q/k/v (and gate/up) read the same activations, so GPTQ orders them alike
+            module = name.split(".")[-2]
+            layer_input = (name.split(".")[2], FUSED_INPUTS.get(module, module))
+            perm = act_orders.setdefault(layer_input, torch.randperm(K, generator=gen))
+            g_idx = torch.empty(K, dtype=torch.int64)
+            g_idx[perm] = torch.arange(K) // group
+        q, z, s, g_idx = _quantize(w, bits, group, sym, g_idx)
+        stored_z = z if v2 else z - 1
+        quant[base + "qweight"] = _i32(_pack_words(q.numpy(), bits).T.copy())
+        quant[base + "qzeros"] = _i32(_pack_words(stored_z.t().numpy(), bits))
+        quant[base + "scales"] = s.t().contiguous()
+        quant[base + "g_idx"] = g_idx.to(torch.int32)
+        if base + "bias" not in state:
+            quant[base + "bias"] = torch.zeros(w.shape[0], dtype=torch.float16)
+        dense[name] = _dequantize(q, z, s, g_idx)
+    config = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": desc_act, "sym": sym}
+    if v2:
+        config["checkpoint_format"] = "gptq_v2"
+    return config, quant, dense
+
+
+def _ct_config(bits: int, strategy: str, group: int | None, sym: bool) -> dict:
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+            "ignore": ["lm_head"],
+            "config_groups": {"group_0": {"targets": ["Linear"], "input_activations": None, "output_activations": None,
+                                          "weights": {"num_bits": bits, "type": "int", "symmetric": sym,
+                                                      "strategy": strategy, "group_size": group, "dynamic": False,
+                                                      "actorder": None, "observer": "minmax"}}}}
+
+
+def _ct_checkpoint(state, bits: int, group: int, sym: bool):
+    """compressed-tensors pack-quantized: weight_packed [N, K/pack] (signed q + 2**(bits-1), packed along K),
+    weight_scale [N, K/G], weight_zero_point (asymmetric) packed along N, weight_shape."""
+    quant, dense = {}, {}
+    for name, w in state.items():
+        if not any(f".{n}." in name for n in LINEARS) or not name.endswith("weight"):
+            quant[name] = dense[name] = w
+            continue
+        base = name[:-len("weight")]
+        q, z, s, g_idx = _quantize(w, bits, group, sym)      # unsigned q, z: signed = value - offset
+        quant[base + "weight_packed"] = _i32(_pack_words(q.numpy(), bits))
+        quant[base + "weight_scale"] = s
+        if not sym:
+            quant[base + "weight_zero_point"] = _i32(_pack_words(z.t().numpy(), bits).T.copy())
+        quant[base + "weight_shape"] = torch.tensor(list(w.shape))
+        dense[name] = _dequantize(q, z, s, g_idx)
+    return _ct_config(bits, "group" if group != -1 else "channel", group if group != -1 else None, sym), quant, dense
+
+
+def _ct_library_checkpoint(state, bits: int, group: int, sym: bool):
+    """The same format written by compressed-tensors' own compressor (its quantize + pack_to_int32)."""
+    ct = pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    strategy = "group" if group != -1 else "channel"
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=sym, strategy=strategy,
+                            group_size=group if group != -1 else None)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    quant, dense = {}, {}
+    for name, w in state.items():
+        if not any(f".{n}." in name for n in LINEARS) or not name.endswith("weight"):
+            quant[name] = dense[name] = w
+            continue
+        base = name[:-len("weight")]
+        q, z, s, g_idx = _quantize(w, bits, group, sym)
+        module_state = {"weight": w, "weight_scale": s.float()}
+        if not sym:
+            module_state["weight_zero_point"] = (z - 2 ** (bits - 1)).to(torch.int8)
+        compressed = PackedQuantizationCompressor.compress(module_state, scheme)
+        for key, value in compressed.items():
+            quant[base + key] = value
+        dense[name] = PackedQuantizationCompressor.decompress(compressed, scheme)["weight"].to(torch.float32)
+    assert ct is not None
+    return _ct_config(bits, strategy, group if group != -1 else None, sym), quant, dense
+
+
+# ---- running both -----------------------------------------------------------------------------------------------------
+def _run(path, **kw):
+    llm = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+              max_num_batched_tokens=16, **kw)
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)
+    tokens = [list(o.outputs[0].token_ids) for o in outs]
+    logprobs = [[lp[t].logprob for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)] for o in outs]
+    return llm, tokens, logprobs
+
+
+def _check_against_reference(tmp_path, arch, make, **kw):
+    config, state = _tiny(arch)
+    quant_config, quant, dense = make(state)
+    qpath = _save(tmp_path / "quant", dict(config, quantization_config=quant_config), quant)
+    rpath = _save(tmp_path / "ref", config, dense)
+    _, ref_tokens, ref_logprobs = _run(rpath)
+    llm, tokens, logprobs = _run(qpath, **kw)
+    assert tokens == ref_tokens
+    np.testing.assert_allclose(np.array(logprobs), np.array(ref_logprobs), rtol=1e-3, atol=1e-5)
+    return llm
+
+
+def test_awq_matches_dequantized_reference(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="pagedllm"):
+        llm = _check_against_reference(tmp_path, "llama", lambda s: _awq_checkpoint(s, 128))
+    assert llm.llm_engine.core.config.quant_config.name == "awq"       # detected from config.json
+    assert "(awq int4, group 128)" in caplog.text
+
+
+@pytest.mark.parametrize("arch,bits,group,sym,desc_act,v2", [
+    ("llama", 4, 128, True, False, False),
+    ("qwen2", 4, 32, False, True, False),      # QKV bias; act-order rows; asymmetric
+    ("qwen3", 8, 64, False, False, False),
+    ("llama", 4, -1, False, False, True),      # one group per column, gptq_v2 zero points
+    ("llama", 8, -1, True, False, False),      # torch's int8 per-channel GEMM
+])
+def test_gptq_matches_dequantized_reference(tmp_path, arch, bits, group, sym, desc_act, v2):
+    _check_against_reference(tmp_path, arch, lambda s: _gptq_checkpoint(s, bits, group, sym, desc_act, v2),
+                             quantization="gptq")
+
+
+@pytest.mark.parametrize("bits,group,sym", [(4, 128, True), (4, 32, False), (8, -1, True), (8, 64, False)])
+def test_compressed_tensors_matches_dequantized_reference(tmp_path, bits, group, sym):
+    _check_against_reference(tmp_path, "qwen2", lambda s: _ct_checkpoint(s, bits, group, sym))
+
+
+@pytest.mark.parametrize("bits,group,sym", [(4, 128, True), (4, 64, False), (8, -1, False)])
+def test_compressed_tensors_library_checkpoint(tmp_path, bits, group, sym):
+    _check_against_reference(tmp_path, "llama", lambda s: _ct_library_checkpoint(s, bits, group, sym))
+
+
+# ---- the CPU kernels against the canonical reference ---------------------------------------------------------------
+@pytest.mark.parametrize("bits,group,kind", [(4, 32, "int4pack"), (4, 128, "int4pack"), (4, 256, "int4pack"),
+                                             (4, 16, "dequant"), (8, 256, "int8pack"), (8, 64, "dequant")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_packed_matmul_matches_reference(bits, group, kind, dtype):
+    K, N = 256, 96
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 2 ** bits, (K, N), generator=gen)
+    scales = (torch.rand(K // group, N, generator=gen) * 0.02 + 0.001).to(dtype).float()
+    offsets = (torch.randn(K // group, N, generator=gen) * 0.05).to(dtype).float()
+    w = PackedWeight(pack_along_k(q, bits), scales, offsets, bits, group, perm=torch.randperm(K, generator=gen))
+    prepared = prepare_cpu_weight(w, dtype)
+    assert prepared.kind == kind
+    bias = torch.randn(N, generator=gen).to(dtype)
+    for M in (1, 5):
+        x = torch.randn(M, K, generator=gen).to(dtype)
+        got = cpu_packed_matmul(x, prepared, bias)
+        want = reference_matmul(x, w, bias)
+        assert got.dtype == dtype and got.shape == (M, N)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        scale = want.float().abs().max()
+        assert (got.float() - want.float()).abs().max() <= tol * scale
+
+
+# ---- errors -----------------------------------------------------------------------------------------------------------
+def _error(tmp_path, quant_config: dict | None, **kw) -> str:
+    config, state = _tiny()
+    if quant_config is not None:
+        config = dict(config, quantization_config=quant_config)
+    path = _save(tmp_path / "m", config, state)
+    with pytest.raises(ValueError) as e:
+        LLM(model=path, skip_tokenizer_init=True, max_model_len=64, kv_cache_memory_gb=0.01, **kw)
+    return str(e.value)
+
+
+def test_unknown_method_lists_supported(tmp_path):
+    msg = _error(tmp_path, None, quantization="int3")
+    assert "Unknown quantization method: int3" in msg and "'awq'" in msg and "'gptq'" in msg
+
+
+def test_flag_contradicting_checkpoint(tmp_path):
+    msg = _error(tmp_path, {"quant_method": "awq", "bits": 4, "group_size": 128}, quantization="gptq")
+    assert msg == ("Quantization method specified in the model config (awq) does not match the quantization method "
+                   "specified in the `quantization` argument (gptq).")
+
+
+def test_marlin_names_are_aliases(tmp_path):
+    # vLLM's kernel names read the same checkpoints: gptq_marlin against a gptq checkpoint is no mismatch
+    msg = _error(tmp_path, {"quant_method": "gptq", "bits": 3, "group_size": 128}, quantization="gptq_marlin")
+    assert "only 4/8-bit weight quantization is supported for GPTQ, but got 3 bits" in msg
+
+
+@pytest.mark.parametrize("quant_config,expected", [
+    ({"quant_method": "awq", "bits": 8, "group_size": 128}, "only 4-bit weight quantization is supported for AWQ"),
+    ({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemv"}, "AWQ version 'gemv' is not supported"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 48}, "group_size 48 must divide it"),
+    (_ct_config(4, "tensor", None, True), "weight strategy 'tensor' is not supported"),
+])
+def test_unsupported_settings(tmp_path, quant_config, expected):
+    assert expected in _error(tmp_path, quant_config)
+
+
+def test_quantized_flag_on_dense_checkpoint(tmp_path):
+    assert "quantization='awq' needs a quantized checkpoint" in _error(tmp_path, None, quantization="awq")
