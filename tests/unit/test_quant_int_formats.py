@@ -362,3 +362,15 @@ def test_model_without_quantized_layers_rejects(tmp_path):
         json.dump(config, f)
     with pytest.raises(ValueError, match="Quantization \\(gptq\\) is not supported yet for OPTForCausalLM"):
         LLM(model=str(tmp_path), skip_tokenizer_init=True, max_model_len=64, kv_cache_memory_gb=0.01)
+
+
+def test_gptq_settings_from_quantize_config_json(tmp_path):
+    """Older AutoGPTQ exports keep their settings in quantize_config.json, not in config.json (vLLM reads both)."""
+    config, state = _tiny()
+    quant_config, quant, dense = _gptq_checkpoint(state, 4, 64, True, False)
+    qpath = _save(tmp_path / "quant", config, quant)
+    with open(tmp_path / "quant" / "quantize_config.json", "w") as f:
+        json.dump({k: v for k, v in quant_config.items() if k != "quant_method"}, f)
+    _, ref_tokens, _ = _run(_save(tmp_path / "ref", config, dense))
+    llm, tokens, _ = _run(qpath, quantization="gptq")
+    assert tokens == ref_tokens and llm.llm_engine.core.config.quant_config.weight_bytes_note() == "gptq int4, group 64"
