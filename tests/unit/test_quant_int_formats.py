@@ -328,3 +328,49 @@ def test_unsupported_settings(tmp_path, quant_config, expected):
 
 def test_quantized_flag_on_dense_checkpoint(tmp_path):
     assert "quantization='awq' needs a quantized checkpoint" in _error(tmp_path, None, quantization="awq")
+
+
+# ---- tensor parallel: packed columns, group rows and per-part zero points shard like the dense weights -----------
+@pytest.mark.parametrize("make", [
+    lambda s: _awq_checkpoint(s, 32),
+    lambda s: _gptq_checkpoint(s, 4, -1, False, False),           # per-column scales: whole on every rank
+    lambda s: _ct_checkpoint(s, 4, 32, False),                     # zero points packed along the outputs
+], ids=["awq-g32", "gptq-channel", "ct-asym-g32"])
+def test_tensor_parallel_matches_dequantized_reference(tmp_path, make):
+    _check_against_reference(tmp_path, "llama", make, tensor_parallel_size=2)
+
+
+def test_dummy_weights_with_a_quantization_config(tmp_path):
+    """load_format='dummy' (the GPU benchmarks' 7B AWQ runs) fills packed integers with random bits and keeps
+    GPTQ's g_idx valid."""
+    config, state = _tiny()
+    quant_config, quant, _ = _gptq_checkpoint(state, 4, 32, False, True)
+    path = _save(tmp_path / "q", dict(config, quantization_config=quant_config), quant)
+    llm, tokens, logprobs = _run(path, load_format="dummy")
+    assert len(tokens[0]) == GREEDY.max_tokens and np.isfinite(np.array(logprobs)).all()
+
+
+def test_model_without_quantized_layers_rejects(tmp_path):
+    import transformers
+    cfg = transformers.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=4,
+                                 vocab_size=VOCAB, max_position_embeddings=128, word_embed_proj_dim=64)
+    transformers.OPTForCausalLM(cfg).save_pretrained(tmp_path)
+    with open(tmp_path / "config.json") as f:
+        config = json.load(f)
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False}
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match="Quantization \\(gptq\\) is not supported yet for OPTForCausalLM"):
+        LLM(model=str(tmp_path), skip_tokenizer_init=True, max_model_len=64, kv_cache_memory_gb=0.01)
+
+
+def test_gptq_settings_from_quantize_config_json(tmp_path):
+    """Older AutoGPTQ exports keep their settings in quantize_config.json, not in config.json (vLLM reads both)."""
+    config, state = _tiny()
+    quant_config, quant, dense = _gptq_checkpoint(state, 4, 64, True, False)
+    qpath = _save(tmp_path / "quant", config, quant)
+    with open(tmp_path / "quant" / "quantize_config.json", "w") as f:
+        json.dump({k: v for k, v in quant_config.items() if k != "quant_method"}, f)
+    _, ref_tokens, _ = _run(_save(tmp_path / "ref", config, dense))
+    llm, tokens, _ = _run(qpath, quantization="gptq")
+    assert tokens == ref_tokens and llm.llm_engine.core.config.quant_config.weight_bytes_note() == "gptq int4, group 64"

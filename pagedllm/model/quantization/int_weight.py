@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pagedllm.kernels.quant.cpu import CpuPackedWeight, cpu_packed_matmul, prepare_cpu_weight
-from pagedllm.kernels.quant.packed import PackedWeight
+from pagedllm.kernels.quant.packed import PackedWeight, dequantize
 from pagedllm.model.quantization.base import LinearMethod
 
 # Names of the buffers the converted weight lives in after loading (what the memory figure counts).
@@ -80,12 +80,28 @@ class PackedIntLinearMethod(LinearMethod):
         cpu: CpuPackedWeight | None = layer.cpu_weight
         if cpu is not None:
             return cpu_packed_matmul(x, cpu, bias)
-        from pagedllm.kernels.quant.triton_packed import packed_matmul
         w = PackedWeight(layer.quant_qweight, layer.quant_scales, layer.quant_offsets, layer.packed_bits,
                          layer.packed_group_size, getattr(layer, "quant_perm", None))
         shape = x.shape
-        y = packed_matmul(x.reshape(-1, shape[-1]), w, bias)
+        y = _gpu_packed_matmul()(x.reshape(-1, shape[-1]), w, bias)
         return y.reshape(*shape[:-1], y.shape[-1])
+
+
+def _gpu_packed_matmul() -> Callable:
+    """The Triton dequantize-GEMM (kernels/quant/triton_packed.py), imported on first use so that the CPU never
+    imports Triton; where that module is absent, a dequantize-then-matmul (correct, slow, a dense temporary)."""
+    try:
+        from pagedllm.kernels.quant.triton_packed import packed_matmul
+        return packed_matmul
+    except ImportError:
+        return _dequantized_matmul
+
+
+def _dequantized_matmul(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    if w.perm is not None:
+        x = x[:, w.perm]
+    y = x @ dequantize(w, x.dtype)
+    return y if bias is None else y + bias
 
 
 def extra_loader(extra: dict[str, Any]) -> Callable:
