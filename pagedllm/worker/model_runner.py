@@ -20,6 +20,7 @@ from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_dev
 from pagedllm.model.loader import load_model
 from pagedllm.model.registry import is_encoder_only
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
+from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
 from pagedllm.worker.request_state import CachedRequestState
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,10 @@ class ModelRunner:
             head_dim=self.head_dim, block_size=self.block_size, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, dtype=self.dtype, device=self.device)
         t0 = time.perf_counter()
-        self.model = load_model(config)
+        try:
+            self.model = load_model(config)
+        except torch.OutOfMemoryError as e:
+            raise ValueError(weights_oom_message(self.device, config.args.gpu_memory_utilization)) from e
         self.load_seconds = time.perf_counter() - t0
         self.sampler = Sampler()
         # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
@@ -87,6 +91,7 @@ class ModelRunner:
         # write a KV cache: the block ids the scheduler hands out are bookkeeping only, with no memory behind them.
         self.needs_kv_cache = not is_encoder_only(hf)
         self.num_blocks = 0
+        self.memory_plan: MemoryPlan | None = None
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
         self.graph_runner = None
         self.piecewise_runner = None
@@ -98,29 +103,44 @@ class ModelRunner:
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
 
     def determine_num_blocks(self) -> int:
+        """The KV cache's block count, from the memory plan (worker/memory_plan.py), kept in ``self.memory_plan``
+        for the start-up log. Raises ValueError when the weights or one max_model_len sequence do not fit."""
         args = self.config.args
-        if args.num_gpu_blocks_override is not None:
-            return int(args.num_gpu_blocks_override)
         # Never more than every sequence at full length could use.
         cap = self.config.max_num_seqs * self.max_blocks_per_seq + 1
         if not self.needs_kv_cache:
             if self.device.type == "cuda":
                 self._dummy_forward(min(self.config.max_num_batched_tokens,
                                         self.config.max_model_len * self.config.max_num_seqs))   # warm-up
+            if args.num_gpu_blocks_override is not None:
+                return int(args.num_gpu_blocks_override)
             # As many block ids as the fullest step can take (its tokens, plus a partly filled block per request):
             # the scheduler's block accounting then never limits a step; a request's ids are freed when it is pooled.
             full_step = -(-self.config.max_num_batched_tokens // self.block_size) + self.config.max_num_seqs
             return max(self.max_blocks_per_seq, min(cap, full_step))
+        measured: dict = {"weights_bytes": self.weights_bytes}
         if self.device.type == "cuda":
-            free_bytes = self._profile_gpu_memory()     # also the warm-up: run it even when the size is given
-        if self.config.kv_cache_memory_bytes is not None:   # kv_cache_memory_gb/_bytes; always set on the CPU
-            free_bytes = self.config.kv_cache_memory_bytes
-        return max(0, min(cap, free_bytes // self.bytes_per_block))
+            measured = self._profile_gpu_memory()     # also the warm-up: run it even when the size is given
+            measured["gpu_memory_utilization"] = args.gpu_memory_utilization
+        self.memory_plan = plan_kv_cache(
+            **measured, bytes_per_block=self.bytes_per_block, block_size=self.block_size,
+            max_model_len=self.config.max_model_len, max_num_seqs=self.config.max_num_seqs,
+            kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory_bytes=self.config.kv_cache_memory_bytes,
+            num_gpu_blocks_override=args.num_gpu_blocks_override)
+        return self.memory_plan.num_blocks
 
-    def _profile_gpu_memory(self) -> int:
-        """Memory left for the KV cache: run the largest batch once, see the peak, keep the rest under
-        ``gpu_memory_utilization``."""
+    @property
+    def weights_bytes(self) -> int:
+        """The bytes of the model's parameters and buffers (wherever they live)."""
+        return (sum(p.numel() * p.element_size() for p in self.model.parameters())
+                + sum(b.numel() * b.element_size() for b in self.model.buffers()))
+
+    def _profile_gpu_memory(self) -> dict:
+        """The plan's measured inputs on the GPU: run the largest batch once and read the peak above the weights,
+        and the memory others hold (CUDA context, other processes), which counts against our share too."""
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
+        weights = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         n = min(self.config.max_num_batched_tokens, self.config.max_model_len * self.config.max_num_seqs)
         self._dummy_forward(n)
@@ -131,12 +151,9 @@ class ModelRunner:
         peak = torch.cuda.max_memory_allocated()
         total = torch.cuda.get_device_properties(self.device).total_memory
         free_now, _ = torch.cuda.mem_get_info()
-        # Memory used by others (other processes, CUDA context) counts against our share too.
         non_torch = total - free_now - torch.cuda.memory_reserved()
-        budget = int(total * self.config.args.gpu_memory_utilization) - peak - max(non_torch, 0)
-        logger.info("GPU memory: total %.1f GiB, model peak %.2f GiB, KV budget %.2f GiB",
-                    total / 2**30, peak / 2**30, budget / 2**30)
-        return max(budget, 0)
+        return {"weights_bytes": weights, "activation_peak_bytes": max(peak - weights, 0), "total_bytes": total,
+                "non_torch_bytes": max(non_torch, 0)}
 
     @torch.inference_mode()
     def _dummy_forward(self, num_tokens: int = 0, lens: list[int] | None = None, num_decodes: int = 0) -> None:
@@ -185,6 +202,8 @@ class ModelRunner:
         # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay.
         if self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None:
             from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
+            torch.cuda.synchronize()
+            free_before, _ = torch.cuda.mem_get_info()
             if backend.supports_full_cuda_graphs:
                 self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
                                                     self.max_blocks_per_seq, backend, self.device)
@@ -195,6 +214,9 @@ class ModelRunner:
                                                              self.config.max_num_batched_tokens, backend,
                                                              self.device, pool=pool)
                 self.piecewise_runner.capture()
+            torch.cuda.synchronize()
+            if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
+                self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info()[0], 0)
         if self.device.type == "cuda":
             from pagedllm.kernels.late_compiles import watch_late_compiles
             watch_late_compiles()
@@ -224,8 +246,7 @@ class ModelRunner:
 
     def startup_info(self) -> dict:
         """Facts for the engine's start-up log block."""
-        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        weights += sum(b.numel() * b.element_size() for b in self.model.buffers())
+        weights = self.weights_bytes
         kv = sum(c.numel() * c.element_size() for c in self.kv_caches)
         graphs = []
         if self.graph_runner is not None:
@@ -236,7 +257,8 @@ class ModelRunner:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         info = {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
                 "kv_cache_needed": self.needs_kv_cache,
-                "graphs": "; ".join(graphs) or "none", "device_name": name}
+                "graphs": "; ".join(graphs) or "none", "device_name": name,
+                "memory_plan": self.memory_plan.describe() if self.memory_plan is not None else []}
         if self.device.type == "cpu":
             info["cpu_threads"] = torch.get_num_threads()
             info["openmp_wait_policy"] = envs.openmp_wait_policy
@@ -405,6 +427,16 @@ class ModelRunner:
             out.prompt_logprobs.setdefault(r.req_id, []).append((p + 1, target, lp, rank, ids, vals))
 
 
+
+
+def weights_oom_message(device: torch.device, gpu_memory_utilization: float) -> str:
+    """The error when loading the weights ran the device out of memory: what was loaded, what is short."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    loaded = torch.cuda.memory_allocated(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    # At least what was loaded plus what was still free: the weights need more than that.
+    return weights_do_not_fit_message(loaded + free + 1, int(total * gpu_memory_utilization), total,
+                                      gpu_memory_utilization).replace("need ", "need more than ", 1)
 
 
 def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
