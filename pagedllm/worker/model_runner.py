@@ -22,6 +22,7 @@ from pagedllm.model.registry import is_encoder_only
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
 from pagedllm.worker.request_state import CachedRequestState
+from pagedllm.worker.swap_space import SwapSpace
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
         self.graph_runner = None
         self.piecewise_runner = None
+        self.swap_space: SwapSpace | None = None
 
     # ---- KV cache ---------------------------------------------------------------------------------------------
     @property
@@ -126,8 +128,13 @@ class ModelRunner:
             **measured, bytes_per_block=self.bytes_per_block, block_size=self.block_size,
             max_model_len=self.config.max_model_len, max_num_seqs=self.config.max_num_seqs,
             kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory_bytes=self.config.kv_cache_memory_bytes,
-            num_gpu_blocks_override=args.num_gpu_blocks_override)
+            num_gpu_blocks_override=args.num_gpu_blocks_override,
+            swap_space_bytes=int((args.swap_space or 0) * (1 << 30)))
         return self.memory_plan.num_blocks
+
+    def num_swap_blocks(self) -> int:
+        """CPU blocks of swap space (``swap_space`` GiB of this worker's blocks); 0: preemption recomputes."""
+        return self.memory_plan.num_swap_blocks if self.memory_plan is not None else 0
 
     @property
     def weights_bytes(self) -> int:
@@ -188,7 +195,7 @@ class ModelRunner:
             self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
         del caches, hidden
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
+    def allocate_kv_cache(self, num_blocks: int, num_swap_blocks: int = 0) -> None:
         self.num_blocks = num_blocks
         shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         if not self.needs_kv_cache:
@@ -198,6 +205,8 @@ class ModelRunner:
         else:
             self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                               for _ in range(self.num_layers)]
+        if num_swap_blocks > 0 and self.kv_caches:
+            self.swap_space = SwapSpace(num_swap_blocks, self.kv_caches)
         backend = self.attn_backend
         # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay.
         if self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None:
@@ -296,7 +305,13 @@ class ModelRunner:
 
         Async scheduling: a request whose last token was sampled by the previous step but is not on the host yet
         takes that token straight from the previous step's device tensor of sampled tokens."""
+        if sched.blocks_to_swap_out:     # before the forward pass, which may reuse these blocks
+            self.swap_space.swap_out(sched.blocks_to_swap_out)
+        if sched.blocks_to_swap_in:
+            self.swap_space.swap_in(sched.blocks_to_swap_in)
         items = self._update_states(sched)
+        if not items:     # a step of block copies only
+            return LaunchedStep([], [], torch.empty(0, device=self.device), np.zeros(1, dtype=np.int32), [])
         bs = self.block_size
         num_reqs = len(items)
         q_lens = np.fromiter((n for _, n in items), dtype=np.int64, count=num_reqs)
