@@ -12,7 +12,7 @@ from pagedllm.attention.backends.base import CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, kv_cache_torch_dtype
 from pagedllm.distributed import get_tp_rank, get_tp_size, kv_head_range
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
@@ -49,6 +49,8 @@ class ModelRunner:
         self.config = config
         self.device = config.device
         self.dtype = config.dtype
+        # kv_cache_dtype: "auto" = the model's dtype; fp8 halves (bf16) or quarters (fp32) the bytes per block.
+        self.kv_cache_dtype = kv_cache_torch_dtype(config.args.kv_cache_dtype, config.dtype)
         self.block_size = config.block_size
         hf = config.hf_config
         self.num_layers = hf.num_hidden_layers
@@ -101,7 +103,7 @@ class ModelRunner:
     # ---- KV cache ---------------------------------------------------------------------------------------------
     @property
     def bytes_per_block(self) -> int:
-        elem = torch.tensor([], dtype=self.dtype).element_size()
+        elem = torch.tensor([], dtype=self.kv_cache_dtype).element_size()
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
 
     def determine_num_blocks(self) -> int:
@@ -174,7 +176,7 @@ class ModelRunner:
         n_seq = len(lens)
         blocks = sum(-(-x // self.block_size) for x in lens)
         shape = (2, blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        caches = ([torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+        caches = ([torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device) for _ in range(self.num_layers)]
                   if self.needs_kv_cache else [])
         starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
         positions = np.concatenate([np.arange(x) for x in lens])
@@ -201,9 +203,9 @@ class ModelRunner:
         if not self.needs_kv_cache:
             self.kv_caches = []
         elif self.device.type == "cpu":
-            self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.dtype).unbind(0))
+            self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.kv_cache_dtype).unbind(0))
         else:
-            self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
                               for _ in range(self.num_layers)]
         if num_swap_blocks > 0 and self.kv_caches:
             self.swap_space = SwapSpace(num_swap_blocks, self.kv_caches)
