@@ -20,6 +20,7 @@ from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_dev
 from pagedllm.model.loader import load_model
 from pagedllm.model.registry import is_encoder_only
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
+from pagedllm.worker.cpu_offload import LayerOffloader
 from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
 from pagedllm.worker.request_state import CachedRequestState
 from pagedllm.worker.swap_space import SwapSpace
@@ -76,6 +77,9 @@ class ModelRunner:
             self.model = load_model(config)
         except torch.OutOfMemoryError as e:
             raise ValueError(weights_oom_message(self.device, config.args.gpu_memory_utilization)) from e
+        self.offloader: LayerOffloader | None = None
+        if config.args.cpu_offload_gb:     # CUDA only (EngineConfig.build rejects it elsewhere)
+            self.offloader = _offload_layers(self.model, config.args.cpu_offload_gb, self.device)
         self.load_seconds = time.perf_counter() - t0
         self.sampler = Sampler()
         # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
@@ -126,6 +130,8 @@ class ModelRunner:
         if self.device.type == "cuda":
             measured = self._profile_gpu_memory()     # also the warm-up: run it even when the size is given
             measured["gpu_memory_utilization"] = args.gpu_memory_utilization
+            if self.offloader is not None:
+                measured["cpu_offload_bytes"] = self.offloader.offloaded_bytes
         self.memory_plan = plan_kv_cache(
             **measured, bytes_per_block=self.bytes_per_block, block_size=self.block_size,
             max_model_len=self.config.max_model_len, max_num_seqs=self.config.max_num_seqs,
@@ -211,7 +217,11 @@ class ModelRunner:
             self.swap_space = SwapSpace(num_swap_blocks, self.kv_caches)
         backend = self.attn_backend
         # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay.
-        if self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None:
+        if self.offloader is not None and not self.config.args.enforce_eager:
+            logger.info("CUDA graphs are off: cpu_offload_gb streams %d layers' weights from CPU memory on a side "
+                        "stream, which a captured graph would not repeat.", self.offloader.num_layers)
+        if (self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None
+                and self.offloader is None):
             from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
             torch.cuda.synchronize()
             free_before, _ = torch.cuda.mem_get_info()
@@ -444,6 +454,21 @@ class ModelRunner:
             out.prompt_logprobs.setdefault(r.req_id, []).append((p + 1, target, lp, rank, ids, vals))
 
 
+
+
+def _offload_layers(model: torch.nn.Module, cpu_offload_gb: float, device: torch.device) -> LayerOffloader:
+    """Move ``cpu_offload_gb`` GiB of the model's decoder layers to CPU memory (worker/cpu_offload.py)."""
+    layers = getattr(getattr(model, "model", model), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise ValueError(f"cpu_offload_gb is not supported for {type(model).__name__}: it has no decoder layers "
+                         f"(model.layers) to stream; use 0.")
+    offloader = LayerOffloader(list(layers), int(cpu_offload_gb * (1 << 30)), device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()      # the offloaded layers' device copies
+    logger.info("cpu_offload_gb=%s: %d of %d decoder layers (%.2f GiB) live in pinned CPU memory and stream to "
+                "the device layer by layer.", cpu_offload_gb, offloader.num_layers, len(layers),
+                offloader.offloaded_bytes / 2**30)
+    return offloader
 
 
 def weights_oom_message(device: torch.device, gpu_memory_utilization: float) -> str:

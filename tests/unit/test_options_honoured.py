@@ -91,9 +91,13 @@ ENGINE_FIELDS: dict[str, list] = {
                         Read(("engine/scheduler.py",), 'self.preemption_mode == "swap"'),
                         Rejects("swap", "preemption_mode='swap' needs swap space"),
                         Rejects("lifo", "preemption_mode must be 'swap', 'recompute' or None")],
-    "cpu_offload_gb": [Behaves(_cfg(cpu_offload_gb=0)), Rejects(-1.0, "cpu_offload_gb must be >= 0"),
+    # Layer streaming: tests/unit/test_cpu_offload.py (CPU mechanics), tests/gpu/test_cpu_offload_gpu.py.
+    "cpu_offload_gb": [Read(("worker/model_runner.py",), "_offload_layers(self.model, config.args.cpu_offload_gb"),
+                       Rejects(-1.0, "cpu_offload_gb must be >= 0"),
                        Rejects(2.0, "on the cpu device the weights are in CPU memory already")],
-    "kv_cache_dtype": [Rejects("bfloat16", "kv_cache_dtype='bfloat16' is not supported yet"),
+    # fp8 vs model-dtype greedy, twice the blocks: tests/unit/test_fp8_kv_cache.py.
+    "kv_cache_dtype": [Read(("worker/model_runner.py",), "kv_cache_torch_dtype(config.args.kv_cache_dtype"),
+                       Rejects("bfloat16", "kv_cache_dtype='bfloat16' is not supported yet"),
                        Rejects("int4", "kv_cache_dtype must be one of 'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2'")],
     "prefix_caching_hash_algo": [Rejects("builtin", "prefix_caching_hash_algo='builtin' is not supported yet")],
     "max_num_seqs": [Behaves(lambda mp: build(mp, max_num_seqs=7).max_num_seqs == 7 or _fail()),
