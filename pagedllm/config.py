@@ -34,7 +34,16 @@ DEFAULT_CPU_KV_CACHE_GB = 4.0
 _UNSUPPORTED_TASKS = ("classify", "score", "reward", "transcription", "draft")
 # vLLM's spellings of "this model embeds" (task is the older argument, runner the newer one).
 _EMBED_TASKS = ("embed", "embedding")
-_FP8_KV_CACHE_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "bfloat16", "float16")
+# kv_cache_dtype (vLLM's names): "auto" is the model's dtype; "fp8" is e4m3 (vLLM's default fp8 format). Values
+# are stored divided by a per-tensor scale (k_scale / v_scale, 1.0 as vLLM when the checkpoint has none).
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+FP8_KV_CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+_UNSUPPORTED_KV_CACHE_DTYPES = ("fp8_inc", "fp8_ds_mla", "bfloat16", "float16")
+
+
+def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The KV cache tensors' dtype."""
+    return FP8_KV_CACHE_DTYPES.get(kv_cache_dtype, model_dtype)
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "hf_config_path", "convert", "enable_prompt_embeds", "allowed_local_media_path", "allowed_media_domains",
     "safetensors_load_strategy", "config_format", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
@@ -56,7 +65,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config", "enable_sleep_mode",
     "override_generation_config", "model_impl", "override_attention_dtype", "calculate_kv_scales",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
-    "logits_processors", "kv_sharing_fast_prefill", "preemption_mode", "num_scheduler_steps",
+    "logits_processors", "kv_sharing_fast_prefill", "num_scheduler_steps",
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
     "tokenizer_pool_size", "tokenizer_pool_type", "tokenizer_pool_extra_config", "quantization_param_path",
     "enable_multimodal_encoder_data_parallel", "speculative_model", "num_speculative_tokens",
@@ -90,9 +99,12 @@ class EngineArgs:
     kv_cache_memory_bytes: int | None = None
     # Fixed number of KV blocks (overrides the memory-based sizing; used by tests and for reproducible runs).
     num_gpu_blocks_override: int | None = None
-    # Swapping preempted requests to the CPU is not implemented: None or 0 (vLLM's default is 4; a value > 0 is an
-    # error rather than a silently unused buffer).
+    # GiB of CPU memory per GPU for the KV blocks of preempted requests (swap out / swap in instead of recompute).
+    # None or 0: no swap space, preemption recomputes (vLLM's default is 4; we pin nothing unless asked).
     swap_space: float | None = None
+    # vLLM's names: "swap" | "recompute"; None: by cost (engine/scheduler.py Scheduler._swaps: swap when the request
+    # holds more than SWAP_MIN_BLOCKS blocks of computed KV and the swap space has room, else recompute).
+    preemption_mode: str | None = None
     cpu_offload_gb: float = 0
     kv_cache_dtype: str = "auto"
     prefix_caching_hash_algo: str = "sha256"
@@ -196,7 +208,10 @@ class EngineArgs:
         g.add_argument("--kv-cache-memory-bytes", type=int, default=None, help="The same in bytes (vLLM's flag).")
         g.add_argument("--num-gpu-blocks-override", type=int, default=None)
         g.add_argument("--swap-space", type=float, default=d.swap_space,
-                       help="Not supported yet (preempted requests are recomputed): only 0 is accepted.")
+                       help="CPU swap space per GPU in GiB for preempted requests' KV blocks (default: none).")
+        g.add_argument("--preemption-mode", type=str, default=d.preemption_mode, choices=["swap", "recompute"],
+                       help="How preempted requests keep their KV: swap to CPU blocks or recompute (default: by "
+                            "cost, swap when there is swap space and the request holds more than a few blocks).")
         g.add_argument("--cpu-offload-gb", type=float, default=d.cpu_offload_gb, help="Not supported yet: only 0.")
         g.add_argument("--kv-cache-dtype", type=str, default=d.kv_cache_dtype,
                        help="Only auto (the model's dtype) for now.")
@@ -275,14 +290,15 @@ def verify_engine_args(args: EngineArgs) -> None:
                          "use 'auto' or 'slow'.")
     if args.tokenizer_mode not in ("auto", "slow"):
         raise ValueError(f"tokenizer_mode must be 'auto' or 'slow', got {args.tokenizer_mode!r}.")
-    if args.swap_space:
-        if args.swap_space < 0:
-            raise ValueError(f"swap_space must be >= 0, got {args.swap_space}.")
-        raise ValueError(f"swap_space is not supported yet: preempted requests are recomputed, never swapped to the "
-                         f"CPU; leave swap_space unset or 0 (got {args.swap_space}).")
-    if args.cpu_offload_gb:
-        raise ValueError(f"cpu_offload_gb is not supported yet: the weights stay on the device; use 0 "
-                         f"(got {args.cpu_offload_gb}).")
+    if args.swap_space is not None and args.swap_space < 0:
+        raise ValueError(f"swap_space must be >= 0, got {args.swap_space}.")
+    if args.preemption_mode not in (None, "swap", "recompute"):
+        raise ValueError(f"preemption_mode must be 'swap', 'recompute' or None (by cost), "
+                         f"got {args.preemption_mode!r}.")
+    if args.preemption_mode == "swap" and not args.swap_space:
+        raise ValueError("preemption_mode='swap' needs swap space: set swap_space (GiB of CPU memory per GPU) > 0.")
+    if args.cpu_offload_gb < 0:
+        raise ValueError(f"cpu_offload_gb must be >= 0, got {args.cpu_offload_gb}.")
     backend = args.distributed_executor_backend
     if backend in ("ray", "external_launcher"):
         raise ValueError(f"distributed_executor_backend={backend!r} is not supported yet: Ray and external "
@@ -313,11 +329,12 @@ def verify_engine_args(args: EngineArgs) -> None:
     requested = requested_runner(args)
     if requested is not None and (args.runner not in ("auto", requested)):
         raise ValueError(f"task={args.task!r} contradicts runner={args.runner!r}.")
-    if args.kv_cache_dtype in _FP8_KV_CACHE_DTYPES:
-        raise ValueError(f"kv_cache_dtype={args.kv_cache_dtype!r} is not supported yet: the KV cache has the model's "
-                         f"dtype; use 'auto'.")
-    if args.kv_cache_dtype != "auto":
-        raise ValueError(f"kv_cache_dtype must be 'auto', got {args.kv_cache_dtype!r}.")
+    if args.kv_cache_dtype in _UNSUPPORTED_KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype={args.kv_cache_dtype!r} is not supported yet; use one of "
+                         f"{', '.join(map(repr, KV_CACHE_DTYPES))}.")
+    if args.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {', '.join(map(repr, KV_CACHE_DTYPES))}, "
+                         f"got {args.kv_cache_dtype!r}.")
     if args.prefix_caching_hash_algo != "sha256":
         raise ValueError(f"prefix_caching_hash_algo={args.prefix_caching_hash_algo!r} is not supported yet; "
                          f"use 'sha256'.")
@@ -548,6 +565,9 @@ class EngineConfig:
         device = _pick_device(args.device)
         dtype = _pick_dtype(args.dtype, hf, device)
         _verify_tensor_parallel(args.tensor_parallel_size, hf, device)
+        if args.cpu_offload_gb and device.type != "cuda":
+            raise ValueError(f"cpu_offload_gb={args.cpu_offload_gb} offloads weights from a GPU to CPU memory; on "
+                             f"the {device.type} device the weights are in CPU memory already: use 0.")
         if device.type == "cpu" and args.gpu_memory_utilization != EngineArgs.gpu_memory_utilization:
             logger.warning("gpu_memory_utilization=%s has no effect on the CPU (as in vLLM); the CPU KV cache's size "
                            "is kv_cache_memory_gb (default PAGEDLLM_CPU_KVCACHE_SPACE or %s GiB).",

@@ -70,6 +70,10 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"{config.args.enable_prefix_caching and not config.is_pooling}",
         f"  CUDA graphs  {runner.get('graphs', 'none')}",
     ]
+    plan = runner.get("memory_plan") or []     # worker/memory_plan.py MemoryPlan.describe()
+    if plan:
+        lines.append(f"  memory plan  {plan[0]}")
+        lines.extend(f"               {line}" for line in plan[1:])
     if "cpu_threads" in runner:
         lines.append(f"  CPU threads  {runner['cpu_threads']} torch threads, no binding (--cpu-threads / "
                      f"PAGEDLLM_CPU_THREADS); OpenMP wait: {runner.get('openmp_wait_policy', '?')}")

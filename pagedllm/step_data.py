@@ -60,13 +60,18 @@ class SchedulerOutput:
     finished_req_ids: set[str] = field(default_factory=set)
     # Requests preempted by this step (their blocks are freed; the workers keep their state for the resumption).
     preempted_req_ids: set[str] = field(default_factory=set)
+    # swap_space: KV block copies the workers make before this step's forward pass, swap-outs first:
+    # (device block id, CPU block id) for preempted requests, then (CPU block id, device block id) for resumed ones.
+    blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)
+    blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)
     # Sample on the device without waiting for the host (async scheduling); set by the engine core. Never set for
     # a step in which a constrained request samples: its bitmask comes to ``finish`` (``GrammarOutput``).
     sample_async: bool = False
 
     @property
     def is_empty(self) -> bool:
-        return not self.num_scheduled_tokens
+        """Nothing for the workers to do (no tokens, no block copies)."""
+        return not (self.num_scheduled_tokens or self.blocks_to_swap_out or self.blocks_to_swap_in)
 
 
 @dataclass

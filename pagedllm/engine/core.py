@@ -62,13 +62,17 @@ class EngineCore:
                 f"The model's max seq len ({config.max_model_len}) is larger than the maximum number of tokens that "
                 f"can be stored in KV cache ({capacity}). Try increasing the KV cache size or decreasing "
                 f"max_model_len when initializing the engine.")
-        self.executor.allocate_kv_cache(num_blocks)
+        # swap_space: CPU blocks for preempted requests' KV (pooling requests are never preempted mid-way).
+        num_swap_blocks = self.executor.num_swap_blocks() if not config.is_pooling else 0
+        self.executor.allocate_kv_cache(num_blocks, num_swap_blocks)
         # Pooling models: no prefix caching (a mean-pooled or bidirectional prompt needs every token computed).
         self.kv_cache = KVCacheManager(num_blocks, config.block_size,
-                                       config.args.enable_prefix_caching and not config.is_pooling)
+                                       config.args.enable_prefix_caching and not config.is_pooling,
+                                       num_swap_blocks=num_swap_blocks)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.enable_chunked_prefill,
-                                   config.args.long_prefill_token_threshold)
+                                   config.args.long_prefill_token_threshold,
+                                   preemption_mode=config.args.preemption_mode)
         self.num_blocks = num_blocks
         self.structured_output = StructuredOutputManager(config, load_tokenizer)
         # Async scheduling: the launched step whose tokens the host has not seen yet.

@@ -161,13 +161,18 @@ class BlockPool:
 
 
 class KVCacheManager:
-    """Per-request view on the block pool: prefix lookup, slot allocation, freeing."""
+    """Per-request view on the block pool: prefix lookup, slot allocation, freeing; and the swap space (CPU blocks)
+    that preempted requests' KV moves to and back from (``swap_out`` / ``swap_in``)."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True, num_swap_blocks: int = 0):
         self.block_size = block_size
         self.pool = BlockPool(num_blocks, enable_caching)
         self.enable_caching = enable_caching
         self.req_blocks: dict[str, list[KVBlock]] = {}
+        # swap_space: CPU blocks (no prefix caching there); a swapped request's CPU blocks in block-table order
+        # and how many of them were full, hashed blocks when it left the GPU.
+        self.swap_pool = BlockPool(num_swap_blocks, False) if num_swap_blocks > 0 else None
+        self.req_swapped: dict[str, tuple[list[KVBlock], int]] = {}
 
     # ---- hashing ------------------------------------------------------------------------------------------
     def _extra_keys(self, request: Request, block_index: int) -> tuple:
@@ -244,7 +249,10 @@ class KVCacheManager:
             blocks.extend(new_computed_blocks)
             request.block_ids.extend(b.block_id for b in new_computed_blocks)
             # Hits are cached already: nothing to hash for them.
-            request.num_cached_blocks = max(request.num_cached_blocks, len(blocks))
+            if new_computed_blocks:
+                # Only hits are cached already (``blocks`` may end with this request's partial block, which
+                # must still be hashed once it is full).
+                request.num_cached_blocks = max(request.num_cached_blocks, len(blocks))
         new_blocks = self.pool.allocate(need) if need > 0 else []
         if new_blocks:
             blocks.extend(new_blocks)
@@ -265,6 +273,57 @@ class KVCacheManager:
         self.pool.free(list(reversed(blocks)))
         request.block_ids = []
         request.num_cached_blocks = 0
+        swapped = self.req_swapped.pop(request.request_id, None)
+        if swapped is not None:         # aborted while swapped out
+            self.swap_pool.free(list(reversed(swapped[0])))
+
+    # ---- swap space -------------------------------------------------------------------------------------------
+    def can_swap_out(self, request: Request) -> bool:
+        blocks = self.req_blocks.get(request.request_id)
+        return bool(blocks) and self.swap_pool is not None and len(blocks) <= self.swap_pool.num_free_blocks
+
+    def swap_out(self, request: Request) -> list[tuple[int, int]]:
+        """Move ``request``'s KV to CPU blocks: returns the (device block id, CPU block id) copies the workers must
+        make before the step's forward pass. Its device blocks are freed tail-first and keep their hashes, so the
+        prefix cache serves them (to others, or to this request's swap-in) until they are reused."""
+        assert self.can_swap_out(request), request.request_id
+        blocks = self.req_blocks[request.request_id]
+        cpu_blocks = self.swap_pool.allocate(len(blocks))
+        copies = [(g.block_id, c.block_id) for g, c in zip(blocks, cpu_blocks)]
+        num_cached = request.num_cached_blocks
+        self.free(request)
+        self.req_swapped[request.request_id] = (cpu_blocks, num_cached)
+        return copies
+
+    def swap_in(self, request: Request, num_new_tokens: int) -> list[tuple[int, int]] | None:
+        """Bring a swapped request back with room for ``num_new_tokens`` more tokens: returns the (CPU block id,
+        device block id) copies, or None when the device pool is too small (nothing changes then). Leading full
+        blocks whose hash still sits on the device are taken as prefix-cache hits, without a copy; the copied full
+        blocks get their hashes again."""
+        cpu_blocks, num_cached = self.req_swapped[request.request_id]
+        hits = []
+        if self.enable_caching:
+            for block_hash in request.block_hashes[:num_cached]:
+                block = self.pool.get_cached_block(block_hash)
+                if block is None:
+                    break
+                hits.append(block)
+        num_copies = len(cpu_blocks) - len(hits)
+        extra = max(0, -(-(request.num_computed_tokens + num_new_tokens) // self.block_size) - len(cpu_blocks))
+        free_hits = sum(1 for b in hits if b.ref_cnt == 0)
+        if num_copies + extra > self.pool.num_free_blocks - free_hits:
+            return None
+        self.pool.touch(hits)
+        new_blocks = self.pool.allocate(num_copies)
+        blocks = hits + new_blocks
+        self.req_blocks[request.request_id] = blocks
+        request.block_ids = [b.block_id for b in blocks]
+        for i in range(len(hits), num_cached):
+            self.pool.cache_block(blocks[i], request.block_hashes[i])
+        request.num_cached_blocks = num_cached
+        del self.req_swapped[request.request_id]
+        self.swap_pool.free(list(reversed(cpu_blocks)))
+        return [(cpu_blocks[i].block_id, blocks[i].block_id) for i in range(len(hits), len(cpu_blocks))]
 
     # ---- stats ------------------------------------------------------------------------------------------------
     @property

@@ -4,7 +4,8 @@ One rule covers prefill, chunked prefill, prefix-cache hits and decode: each ste
 ``max_num_batched_tokens`` tokens, first on running requests (in priority order), then on waiting ones, giving each
 request ``num_tokens - num_computed_tokens`` tokens (or what is left of the budget). A step therefore mixes
 prefills and decodes. When the KV pool runs out, the lowest-priority (then latest) running request is preempted:
-its blocks are freed and it is recomputed later (its prefix blocks usually survive in the prefix cache).
+its blocks are freed and it is recomputed later (its prefix blocks usually survive in the prefix cache), or, with
+swap space, its KV moves to CPU blocks and back (``preemption_mode``; swapped requests resume before waiting ones).
 
 The scheduler talks to the workers in data only: ``schedule()`` returns a ``SchedulerOutput`` (pagedllm/step_data.py)
 of request ids, token counts and block ids, and ``update_from_output()`` takes the step's ``ModelRunnerOutput`` back,
@@ -25,6 +26,11 @@ from pagedllm.step_data import ModelRunnerOutput, NewRequestData, ResumedRequest
 
 logger = logging.getLogger(__name__)
 PREEMPTION_LOG_EVERY = 50
+# preemption_mode=None (by cost): swap a request that holds more than this many blocks (64 tokens at block_size 16);
+# recompute smaller ones. Recomputing a few blocks is one short prompt chunk inside a step that runs anyway (and
+# its full blocks usually hit the prefix cache), while a swap costs two copies and holds CPU blocks; a long context
+# is cheaper copied (bytes over PCIe) than recomputed (a prefill over all its tokens). A rule of thumb, not measured.
+SWAP_MIN_BLOCKS = 4
 
 
 @dataclass(slots=True)
@@ -54,7 +60,8 @@ class _Launched:
 
 class Scheduler:
     def __init__(self, kv_cache: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int, enable_chunked_prefill: bool = True, long_prefill_token_threshold: int = 0):
+                 max_model_len: int, enable_chunked_prefill: bool = True, long_prefill_token_threshold: int = 0,
+                 preemption_mode: str | None = None):
         self.kv = kv_cache
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -65,8 +72,18 @@ class Scheduler:
         self.long_prefill_token_threshold = long_prefill_token_threshold
         self.waiting: list[Request] = []     # a heap ordered by (priority, arrival time)
         self.running: list[Request] = []
+        # Preempted requests whose KV sits in the swap space, a heap like ``waiting``; they resume before it.
+        self.swapped: list[Request] = []
+        self.preemption_mode = preemption_mode
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        # Swap counters: requests swapped out / in, and blocks copied each way (for tests, logs and metrics).
+        self.num_swap_outs = 0
+        self.num_swap_ins = 0
+        self.num_blocks_swapped_out = 0
+        self.num_blocks_swapped_in = 0
+        self._swap_out: list[tuple[int, int]] = []   # this step's copies, for the SchedulerOutput
+        self._swap_in: list[tuple[int, int]] = []
         self._next_step_id = 0
         self._launched: dict[int, _Launched] = {}     # steps whose output has not come back yet
         self._finished_ids: set[str] = set()          # ended since the last step: the workers drop them
@@ -80,7 +97,7 @@ class Scheduler:
         heapq.heappush(self.waiting, request)
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.swapped)
 
     @property
     def num_running(self) -> int:
@@ -88,7 +105,7 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.waiting)
+        return len(self.waiting) + len(self.swapped)
 
     def finish_request(self, request: Request, status: RequestStatus) -> None:
         """Finish (stop, length, abort) a request wherever it is, freeing its blocks."""
@@ -98,6 +115,9 @@ class Scheduler:
         elif not request.status.finished and request in self.waiting:
             self.waiting.remove(request)
             heapq.heapify(self.waiting)
+        elif not request.status.finished and request in self.swapped:
+            self.swapped.remove(request)
+            heapq.heapify(self.swapped)
         request.status = status
         request.num_placeholders = 0
         self.kv.free(request)
@@ -149,8 +169,30 @@ class Scheduler:
                 continue
             break  # the request preempted itself: nothing after it can run either
 
-        # 2. Waiting requests, unless this step had to preempt (no room for newcomers then).
-        while self.waiting and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
+        # 2. Swapped requests, then waiting ones, unless this step had to preempt (no room for newcomers then).
+        while self.swapped and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.swapped[0]
+            num_new = request.num_tokens - request.num_computed_tokens
+            if 0 < self.long_prefill_token_threshold < num_new and self.enable_chunked_prefill:
+                num_new = self.long_prefill_token_threshold
+            if num_new > budget and not self.enable_chunked_prefill:
+                break
+            num_new = min(num_new, budget)
+            copies = self.kv.swap_in(request, num_new)
+            if copies is None:
+                break
+            new_blocks = self.kv.allocate_slots(request, num_new)
+            assert new_blocks is not None, "swap_in checked the room for the step's tokens"
+            heapq.heappop(self.swapped)
+            self._swap_in.extend(copies)
+            self.num_swap_ins += 1
+            self.num_blocks_swapped_in += len(copies)
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            items.append(self._item(request, num_new, None))
+            budget -= num_new
+        while (self.waiting and not self.swapped and not preempted and budget > 0
+               and len(self.running) < self.max_num_seqs):
             request = self.waiting[0]
             hits, num_hit_tokens = [], 0
             if request.num_computed_tokens == 0:
@@ -186,9 +228,11 @@ class Scheduler:
     def _describe(self, items: list[ScheduledRequest], preempted: list[Request]) -> SchedulerOutput:
         """The step as data for the workers; then advance every scheduled request past its tokens."""
         out = SchedulerOutput(step_id=self._next_step_id, finished_req_ids=self._finished_ids,
-                              preempted_req_ids={r.request_id for r in preempted})
+                              preempted_req_ids={r.request_id for r in preempted},
+                              blocks_to_swap_out=self._swap_out, blocks_to_swap_in=self._swap_in)
         self._next_step_id += 1
         self._finished_ids = set()
+        self._swap_out, self._swap_in = [], []
         stats = StepStats()
         scheduled = out.num_scheduled_tokens
         num_prompt_tokens = 0
@@ -219,23 +263,42 @@ class Scheduler:
             self._launched[out.step_id] = _Launched(items, stats)
         return out
 
+    def _swaps(self, request: Request) -> bool:
+        """Swap (True) or recompute this victim? ``preemption_mode`` decides, else the cost rule (SWAP_MIN_BLOCKS);
+        without room in the swap space it is always recompute."""
+        if self.preemption_mode == "recompute" or not self.kv.can_swap_out(request):
+            return False
+        return self.preemption_mode == "swap" or len(request.block_ids) > SWAP_MIN_BLOCKS
+
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
-        self.kv.free(request)
-        request.status = RequestStatus.PREEMPTED
-        request.num_computed_tokens = 0
-        request.num_placeholders = 0        # a token in flight is dropped; recomputation samples it again
+        swap = self._swaps(request)
+        if swap:
+            copies = self.kv.swap_out(request)
+            self._swap_out.extend(copies)
+            self.num_swap_outs += 1
+            self.num_blocks_swapped_out += len(copies)
+            request.status = RequestStatus.PREEMPTED
+            # Its KV is kept, but a token in flight is dropped (async scheduling) and the last known token is
+            # computed again when it resumes (its logits give the next token; its KV is rewritten, the same values).
+            request.num_computed_tokens = min(request.num_computed_tokens, request.num_tokens - 1)
+            heapq.heappush(self.swapped, request)
+        else:
+            self.kv.free(request)
+            request.status = RequestStatus.PREEMPTED
+            request.num_computed_tokens = 0
+            heapq.heappush(self.waiting, request)
+        request.num_placeholders = 0        # a token in flight is dropped; the resumed request samples it again
         request.num_preemptions += 1
         request.resumed = request.sent_to_workers
         self.num_preemptions += 1
-        heapq.heappush(self.waiting, request)
         if self.num_preemptions % PREEMPTION_LOG_EVERY == 1 or PREEMPTION_LOG_EVERY == 1:
             # vLLM's warning (first, then every 50th): preemptions cost recomputation, the operator should know.
-            logger.warning("Request %s is preempted by recompute because there is not enough KV cache space. This "
+            logger.warning("Request %s is preempted by %s because there is not enough KV cache space. This "
                            "can affect the end-to-end performance. Increase gpu_memory_utilization (or "
                            "kv_cache_memory) or tensor_parallel_size to provide more KV cache memory. "
                            "total_num_cumulative_preemption=%d", printable_id(request.request_id),
-                           self.num_preemptions)
+                           "swap" if swap else "recompute", self.num_preemptions)
 
     # ---- the step's result --------------------------------------------------------------------------------------
     def update_from_output(self, sched_out: SchedulerOutput,

@@ -19,15 +19,33 @@ import torch
 import torch.nn.functional as F
 
 
+def _raw(t: torch.Tensor) -> torch.Tensor:
+    """float8 caches as bytes: index_copy_ / index_select have no float8 kernels on the CPU."""
+    return t.view(torch.uint8) if t.element_size() == 1 and t.is_floating_point() else t
+
+
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
-    """Write new keys/values ``[num_tokens, num_kv_heads, head_dim]`` into their cache slots."""
+             slot_mapping: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+    """Write new keys/values ``[num_tokens, num_kv_heads, head_dim]`` into their cache slots. An fp8 cache
+    (kv_cache_dtype) stores ``key / k_scale`` and ``value / v_scale`` (vLLM's per-tensor scales)."""
     num_blocks, block_size = k_cache.shape[:2]
     valid = slot_mapping >= 0
     if not bool(valid.all()):
         key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
-    k_cache.view(num_blocks * block_size, *k_cache.shape[2:]).index_copy_(0, slot_mapping, key.to(k_cache.dtype))
-    v_cache.view(num_blocks * block_size, *v_cache.shape[2:]).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+    if k_scale != 1.0:
+        key = key / k_scale
+    if v_scale != 1.0:
+        value = value / v_scale
+    _raw(k_cache).view(num_blocks * block_size, *k_cache.shape[2:]).index_copy_(0, slot_mapping,
+                                                                               _raw(key.to(k_cache.dtype)))
+    _raw(v_cache).view(num_blocks * block_size, *v_cache.shape[2:]).index_copy_(0, slot_mapping,
+                                                                               _raw(value.to(v_cache.dtype)))
+
+
+def _dequantize(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """Cached keys or values in the query's dtype (an fp8 cache: converted, times its scale)."""
+    x = x.to(dtype)
+    return x * scale if scale != 1.0 else x
 
 
 def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int, which: int = 0) -> torch.Tensor:
@@ -52,7 +70,7 @@ def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> 
         flat = flat.long()
     shape = (*table.shape, *cache.shape[1:])
     if cache.device.type != "cpu":
-        return cache.index_select(0, flat).view(shape)
+        return _raw(cache).index_select(0, flat).view(cache.dtype).view(shape)
     n = flat.numel() * cache[0].numel()
     buf = _cpu_scratch.get((cache.dtype, which))
     if buf is None or buf.numel() < n:
@@ -65,7 +83,8 @@ def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> 
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                     scale: float, query_start_loc_cpu: list[int] | None = None,
-                    seq_lens_cpu: list[int] | None = None) -> torch.Tensor:
+                    seq_lens_cpu: list[int] | None = None, k_scale: float = 1.0,
+                    v_scale: float = 1.0) -> torch.Tensor:
     """Attention of ``query`` ``[num_tokens, num_heads, head_dim]`` over each request's paged context.
 
     The keys/values of the new tokens must already be in the cache (``store_kv`` first). ``*_cpu`` are optional
@@ -105,7 +124,8 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         if any(lens[i] != max_len for i in decode):   # all equal (e.g. one request): nothing to mask
             ctx = torch.tensor([lens[i] for i in decode], device=query.device)
             mask = (torch.arange(max_len, device=query.device)[None, :] < ctx[:, None])[:, None, None, :]
-        o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
+        o = F.scaled_dot_product_attention(q, _dequantize(keys, q.dtype, k_scale),
+                                           _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
         if pure:
             return o.reshape(num_reqs, num_heads, head_dim)
         out[q_rows] = o.reshape(len(decode), num_heads, head_dim)
@@ -124,7 +144,8 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         # 0 .. ctx_len - q_len + r % q_len.
         q_pos = torch.arange(ctx_len - q_len, ctx_len, device=query.device).repeat(group)
         mask = torch.arange(ctx_len, device=query.device)[None, :] <= q_pos[:, None]   # [G*q_len, ctx]
-        o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
+        o = F.scaled_dot_product_attention(q, _dequantize(keys, q.dtype, k_scale),
+                                           _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
         out[s:e] = o.view(num_kv_heads, group, q_len, head_dim).permute(2, 0, 1, 3).reshape(q_len, num_heads,
                                                                                               head_dim)
     return out

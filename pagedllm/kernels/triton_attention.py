@@ -155,7 +155,8 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
         v = tl.load(V + v_off)
     else:
         v = tl.load(V + v_off, mask=d_mask[None, :], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    # An fp8 cache (kv_cache_dtype) is read as fp8 and converted here (per-tensor scale 1.0: nothing to multiply).
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
     return acc, l_i, m_new
 
 

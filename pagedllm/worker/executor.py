@@ -38,7 +38,11 @@ class Executor:
     def determine_num_blocks(self) -> int:
         raise NotImplementedError
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
+    def num_swap_blocks(self) -> int:
+        """CPU swap blocks (swap_space), the smallest over the ranks; 0: none."""
+        raise NotImplementedError
+
+    def allocate_kv_cache(self, num_blocks: int, num_swap_blocks: int = 0) -> None:
         raise NotImplementedError
 
     def launch(self, sched: SchedulerOutput) -> Any:
@@ -64,8 +68,11 @@ class UniProcExecutor(Executor):
     def determine_num_blocks(self) -> int:
         return self.runner.determine_num_blocks()
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
-        self.runner.allocate_kv_cache(num_blocks)
+    def num_swap_blocks(self) -> int:
+        return self.runner.num_swap_blocks()
+
+    def allocate_kv_cache(self, num_blocks: int, num_swap_blocks: int = 0) -> None:
+        self.runner.allocate_kv_cache(num_blocks, num_swap_blocks)
 
     def launch(self, sched: SchedulerOutput) -> Any:
         return self.runner.launch(sched)
@@ -133,8 +140,12 @@ class MultiprocExecutor(Executor):
         self._broadcast(("determine_num_blocks", None))
         return min(self._collect())
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
-        self._broadcast(("allocate_kv_cache", num_blocks))
+    def num_swap_blocks(self) -> int:
+        self._broadcast(("num_swap_blocks", None))
+        return min(self._collect())
+
+    def allocate_kv_cache(self, num_blocks: int, num_swap_blocks: int = 0) -> None:
+        self._broadcast(("allocate_kv_cache", (num_blocks, num_swap_blocks)))
         self._collect()
 
     def launch(self, sched: SchedulerOutput) -> Any:
@@ -273,7 +284,7 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
                     output = runner.finish(step, grammar=arg)
                     _reply(conn, "ok", output if rank == 0 else None)
                 elif method == "allocate_kv_cache":
-                    _reply(conn, "ok", runner.allocate_kv_cache(arg))
+                    _reply(conn, "ok", runner.allocate_kv_cache(*arg))
                 else:
                     _reply(conn, "ok", getattr(runner, method)())
             except BaseException as e:   # noqa: BLE001

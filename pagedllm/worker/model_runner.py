@@ -12,7 +12,7 @@ from pagedllm.attention.backends.base import CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, kv_cache_torch_dtype
 from pagedllm.distributed import get_tp_rank, get_tp_size, kv_head_range
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
@@ -20,7 +20,10 @@ from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_dev
 from pagedllm.model.loader import load_model
 from pagedllm.model.registry import is_encoder_only
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
+from pagedllm.worker.cpu_offload import LayerOffloader
+from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
 from pagedllm.worker.request_state import CachedRequestState
+from pagedllm.worker.swap_space import SwapSpace
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ class ModelRunner:
         self.config = config
         self.device = config.device
         self.dtype = config.dtype
+        # kv_cache_dtype: "auto" = the model's dtype; fp8 halves (bf16) or quarters (fp32) the bytes per block.
+        self.kv_cache_dtype = kv_cache_torch_dtype(config.args.kv_cache_dtype, config.dtype)
         self.block_size = config.block_size
         hf = config.hf_config
         self.num_layers = hf.num_hidden_layers
@@ -68,7 +73,13 @@ class ModelRunner:
             head_dim=self.head_dim, block_size=self.block_size, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, dtype=self.dtype, device=self.device)
         t0 = time.perf_counter()
-        self.model = load_model(config)
+        try:
+            self.model = load_model(config)
+        except torch.OutOfMemoryError as e:
+            raise ValueError(weights_oom_message(self.device, config.args.gpu_memory_utilization)) from e
+        self.offloader: LayerOffloader | None = None
+        if config.args.cpu_offload_gb:     # CUDA only (EngineConfig.build rejects it elsewhere)
+            self.offloader = _offload_layers(self.model, config.args.cpu_offload_gb, self.device)
         self.load_seconds = time.perf_counter() - t0
         self.sampler = Sampler()
         # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
@@ -87,40 +98,72 @@ class ModelRunner:
         # write a KV cache: the block ids the scheduler hands out are bookkeeping only, with no memory behind them.
         self.needs_kv_cache = not is_encoder_only(hf)
         self.num_blocks = 0
+        self.memory_plan: MemoryPlan | None = None
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
         self.graph_runner = None
         self.piecewise_runner = None
+        self.swap_space: SwapSpace | None = None
 
     # ---- KV cache ---------------------------------------------------------------------------------------------
     @property
     def bytes_per_block(self) -> int:
-        elem = torch.tensor([], dtype=self.dtype).element_size()
+        elem = torch.tensor([], dtype=self.kv_cache_dtype).element_size()
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
 
     def determine_num_blocks(self) -> int:
+        """The KV cache's block count, from the memory plan (worker/memory_plan.py), kept in ``self.memory_plan``
+        for the start-up log. Raises ValueError when the weights or one max_model_len sequence do not fit."""
         args = self.config.args
-        if args.num_gpu_blocks_override is not None:
-            return int(args.num_gpu_blocks_override)
         # Never more than every sequence at full length could use.
         cap = self.config.max_num_seqs * self.max_blocks_per_seq + 1
         if not self.needs_kv_cache:
             if self.device.type == "cuda":
                 self._dummy_forward(min(self.config.max_num_batched_tokens,
                                         self.config.max_model_len * self.config.max_num_seqs))   # warm-up
+            if args.num_gpu_blocks_override is not None:
+                return int(args.num_gpu_blocks_override)
             # As many block ids as the fullest step can take (its tokens, plus a partly filled block per request):
             # the scheduler's block accounting then never limits a step; a request's ids are freed when it is pooled.
             full_step = -(-self.config.max_num_batched_tokens // self.block_size) + self.config.max_num_seqs
             return max(self.max_blocks_per_seq, min(cap, full_step))
+        measured: dict = {"weights_bytes": self.weights_bytes}
         if self.device.type == "cuda":
-            free_bytes = self._profile_gpu_memory()     # also the warm-up: run it even when the size is given
-        if self.config.kv_cache_memory_bytes is not None:   # kv_cache_memory_gb/_bytes; always set on the CPU
-            free_bytes = self.config.kv_cache_memory_bytes
-        return max(0, min(cap, free_bytes // self.bytes_per_block))
+            measured = self._profile_gpu_memory()     # also the warm-up: run it even when the size is given
+            measured["gpu_memory_utilization"] = args.gpu_memory_utilization
+            if self.offloader is not None:
+                measured["cpu_offload_bytes"] = self.offloader.offloaded_bytes
+        self.memory_plan = plan_kv_cache(
+            **measured, bytes_per_block=self.bytes_per_block, block_size=self.block_size,
+            max_model_len=self.config.max_model_len, max_num_seqs=self.config.max_num_seqs,
+            kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory_bytes=self.config.kv_cache_memory_bytes,
+            num_gpu_blocks_override=args.num_gpu_blocks_override,
+            swap_space_bytes=int((args.swap_space or 0) * (1 << 30)))
+        return self.memory_plan.num_blocks
 
-    def _profile_gpu_memory(self) -> int:
-        """Memory left for the KV cache: run the largest batch once, see the peak, keep the rest under
-        ``gpu_memory_utilization``."""
+    def num_swap_blocks(self) -> int:
+        """CPU blocks of swap space (``swap_space`` GiB of this worker's blocks); 0: preemption recomputes."""
+        return self.memory_plan.num_swap_blocks if self.memory_plan is not None else 0
+
+    @property
+    def weights_bytes(self) -> int:
+        """The bytes of the model's parameters and buffers (wherever they live). On the CPU, linear weights
+        reordered for oneDNN live outside the parameters (which are then empty); the LM head keeps (key, packed)."""
+        total = (sum(p.numel() * p.element_size() for p in self.model.parameters())
+                 + sum(b.numel() * b.element_size() for b in self.model.buffers()))
+        for m in self.model.modules():
+            packed = getattr(m, "_packed", None)
+            if isinstance(packed, tuple):
+                packed = packed[1]
+            if isinstance(packed, torch.Tensor):
+                total += packed.numel() * packed.element_size()
+        return total
+
+    def _profile_gpu_memory(self) -> dict:
+        """The plan's measured inputs on the GPU: run the largest batch once and read the peak above the weights,
+        and the memory others hold (CUDA context, other processes), which counts against our share too."""
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
+        weights = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         n = min(self.config.max_num_batched_tokens, self.config.max_model_len * self.config.max_num_seqs)
         self._dummy_forward(n)
@@ -131,12 +174,9 @@ class ModelRunner:
         peak = torch.cuda.max_memory_allocated()
         total = torch.cuda.get_device_properties(self.device).total_memory
         free_now, _ = torch.cuda.mem_get_info()
-        # Memory used by others (other processes, CUDA context) counts against our share too.
         non_torch = total - free_now - torch.cuda.memory_reserved()
-        budget = int(total * self.config.args.gpu_memory_utilization) - peak - max(non_torch, 0)
-        logger.info("GPU memory: total %.1f GiB, model peak %.2f GiB, KV budget %.2f GiB",
-                    total / 2**30, peak / 2**30, budget / 2**30)
-        return max(budget, 0)
+        return {"weights_bytes": weights, "activation_peak_bytes": max(peak - weights, 0), "total_bytes": total,
+                "non_torch_bytes": max(non_torch, 0)}
 
     @torch.inference_mode()
     def _dummy_forward(self, num_tokens: int = 0, lens: list[int] | None = None, num_decodes: int = 0) -> None:
@@ -150,7 +190,7 @@ class ModelRunner:
         n_seq = len(lens)
         blocks = sum(-(-x // self.block_size) for x in lens)
         shape = (2, blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        caches = ([torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
+        caches = ([torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device) for _ in range(self.num_layers)]
                   if self.needs_kv_cache else [])
         starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
         positions = np.concatenate([np.arange(x) for x in lens])
@@ -171,20 +211,28 @@ class ModelRunner:
             self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
         del caches, hidden
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
+    def allocate_kv_cache(self, num_blocks: int, num_swap_blocks: int = 0) -> None:
         self.num_blocks = num_blocks
         shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         if not self.needs_kv_cache:
             self.kv_caches = []
         elif self.device.type == "cpu":
-            self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.dtype).unbind(0))
+            self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.kv_cache_dtype).unbind(0))
         else:
-            self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
                               for _ in range(self.num_layers)]
+        if num_swap_blocks > 0 and self.kv_caches:
+            self.swap_space = SwapSpace(num_swap_blocks, self.kv_caches)
         backend = self.attn_backend
         # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay.
-        if self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None:
+        if self.offloader is not None and not self.config.args.enforce_eager:
+            logger.info("CUDA graphs are off: cpu_offload_gb streams %d layers' weights from CPU memory on a side "
+                        "stream, which a captured graph would not repeat.", self.offloader.num_layers)
+        if (self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None
+                and self.offloader is None):
             from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
+            torch.cuda.synchronize()
+            free_before, _ = torch.cuda.mem_get_info()
             if backend.supports_full_cuda_graphs:
                 self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
                                                     self.max_blocks_per_seq, backend, self.device)
@@ -195,6 +243,9 @@ class ModelRunner:
                                                              self.config.max_num_batched_tokens, backend,
                                                              self.device, pool=pool)
                 self.piecewise_runner.capture()
+            torch.cuda.synchronize()
+            if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
+                self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info()[0], 0)
         if self.device.type == "cuda":
             from pagedllm.kernels.late_compiles import watch_late_compiles
             watch_late_compiles()
@@ -224,11 +275,7 @@ class ModelRunner:
 
     def startup_info(self) -> dict:
         """Facts for the engine's start-up log block."""
-        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        weights += sum(b.numel() * b.element_size() for b in self.model.buffers())
-        # CPU: linear weights reordered for oneDNN live outside the parameters (which are then empty)
-        weights += sum(m._packed.numel() * m._packed.element_size() for m in self.model.modules()
-                       if getattr(m, "_packed", None) is not None)
+        weights = self.weights_bytes
         kv = sum(c.numel() * c.element_size() for c in self.kv_caches)
         graphs = []
         if self.graph_runner is not None:
@@ -239,7 +286,8 @@ class ModelRunner:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         info = {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
                 "kv_cache_needed": self.needs_kv_cache,
-                "graphs": "; ".join(graphs) or "none", "device_name": name}
+                "graphs": "; ".join(graphs) or "none", "device_name": name,
+                "memory_plan": self.memory_plan.describe() if self.memory_plan is not None else []}
         if self.config.quant_config is not None:
             info["quantization"] = self.config.quant_config.weight_bytes_note()
         if self.device.type == "cpu":
@@ -279,7 +327,13 @@ class ModelRunner:
 
         Async scheduling: a request whose last token was sampled by the previous step but is not on the host yet
         takes that token straight from the previous step's device tensor of sampled tokens."""
+        if sched.blocks_to_swap_out:     # before the forward pass, which may reuse these blocks
+            self.swap_space.swap_out(sched.blocks_to_swap_out)
+        if sched.blocks_to_swap_in:
+            self.swap_space.swap_in(sched.blocks_to_swap_in)
         items = self._update_states(sched)
+        if not items:     # a step of block copies only
+            return LaunchedStep([], [], torch.empty(0, device=self.device), np.zeros(1, dtype=np.int32), [])
         bs = self.block_size
         num_reqs = len(items)
         q_lens = np.fromiter((n for _, n in items), dtype=np.int64, count=num_reqs)
@@ -410,6 +464,31 @@ class ModelRunner:
             out.prompt_logprobs.setdefault(r.req_id, []).append((p + 1, target, lp, rank, ids, vals))
 
 
+
+
+def _offload_layers(model: torch.nn.Module, cpu_offload_gb: float, device: torch.device) -> LayerOffloader:
+    """Move ``cpu_offload_gb`` GiB of the model's decoder layers to CPU memory (worker/cpu_offload.py)."""
+    layers = getattr(getattr(model, "model", model), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise ValueError(f"cpu_offload_gb is not supported for {type(model).__name__}: it has no decoder layers "
+                         f"(model.layers) to stream; use 0.")
+    offloader = LayerOffloader(list(layers), int(cpu_offload_gb * (1 << 30)), device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()      # the offloaded layers' device copies
+    logger.info("cpu_offload_gb=%s: %d of %d decoder layers (%.2f GiB) live in pinned CPU memory and stream to "
+                "the device layer by layer.", cpu_offload_gb, offloader.num_layers, len(layers),
+                offloader.offloaded_bytes / 2**30)
+    return offloader
+
+
+def weights_oom_message(device: torch.device, gpu_memory_utilization: float) -> str:
+    """The error when loading the weights ran the device out of memory: what was loaded, what is short."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    loaded = torch.cuda.memory_allocated(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    # At least what was loaded plus what was still free: the weights need more than that.
+    return weights_do_not_fit_message(loaded + free + 1, int(total * gpu_memory_utilization), total,
+                                      gpu_memory_utilization).replace("need ", "need more than ", 1)
 
 
 def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -105,13 +105,13 @@ def test_switch_flags():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--swap-space", "4"], "swap_space is not supported yet"),
-    (["--swap_space=4"], "swap_space is not supported yet"),
-    (["--cpu-offload-gb", "8"], "cpu_offload_gb is not supported yet"),
+    (["--swap-space=-1"], "swap_space must be >= 0"),
+    (["--preemption-mode", "swap"], "preemption_mode='swap' needs swap space"),
+    (["--cpu-offload-gb=-8"], "cpu_offload_gb must be >= 0"),
     (["--task", "classify"], "classification, scoring, reward, transcription and draft models are not supported"),
     (["--runner", "draft"], "draft models are not supported yet"),
     (["--task", "generate", "--runner", "pooling"], "task='generate' contradicts runner='pooling'"),
-    (["--kv-cache-dtype", "fp8"], "kv_cache_dtype='fp8' is not supported yet"),
+    (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
     (["--enable-lora"], "LoRA adapters are not supported yet"),
     (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
     (["--distributed-executor-backend", "ray"], "Ray and external launchers are not supported yet"),
@@ -127,18 +127,20 @@ def test_unsupported_flags_parse_then_fail_clearly(flags, message):
 
 
 def test_accepted_vllm_flags():
-    args = parse("serve", "m", "--disable-custom-all-reduce", "--swap-space", "0", "--task", "generate",
+    args = parse("serve", "m", "--disable-custom-all-reduce", "--swap-space", "4", "--preemption-mode", "swap",
+                 "--kv-cache-dtype", "fp8", "--task", "generate",
                  "--scheduling-policy", "priority", "--kv-cache-memory-bytes", "1000000", "--compilation-config", "0",
                  "--hf-overrides", '{"rope_theta": 1e6}')
     engine_args = EngineArgs.from_cli_args(args)
     assert engine_args.disable_custom_all_reduce and engine_args.scheduling_policy == "priority"
+    assert (engine_args.swap_space, engine_args.preemption_mode, engine_args.kv_cache_dtype) == (4, "swap", "fp8")
     for flags in (["--task", "embed"], ["--runner", "pooling"], ["--task", "embedding", "--runner", "pooling"]):
         parse("serve", "m", *flags)      # accepted: finalize_args runs verify_engine_args
     assert engine_args.kv_cache_memory_bytes == 1000000 and engine_args.hf_overrides == {"rope_theta": 1e6}
 
 
 def test_serve_exits_with_the_message():
-    out = subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.cli", "serve", "m", "--swap_space", "4"],
+    out = subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.cli", "serve", "m", "--swap_space=-4"],
                          capture_output=True, text=True)
-    assert out.returncode != 0 and "error: swap_space is not supported yet" in out.stderr
+    assert out.returncode != 0 and "error: swap_space must be >= 0" in out.stderr
     assert "unrecognized arguments" not in out.stderr

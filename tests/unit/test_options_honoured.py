@@ -88,11 +88,20 @@ ENGINE_FIELDS: dict[str, list] = {
                                       or _fail()),
                               Rejects(0, "kv_cache_memory_bytes must be positive")],
     "num_gpu_blocks_override": [Read(("worker/model_runner.py",), "args.num_gpu_blocks_override")],
-    "swap_space": [Behaves(_cfg(swap_space=0)), Rejects(4, "swap_space is not supported yet: preempted requests "
-                                                           "are recomputed")],
-    "cpu_offload_gb": [Behaves(_cfg(cpu_offload_gb=0)), Rejects(2.0, "cpu_offload_gb is not supported yet")],
-    "kv_cache_dtype": [Rejects("fp8", "kv_cache_dtype='fp8' is not supported yet"),
-                       Rejects("int4", "kv_cache_dtype must be 'auto'")],
+    # Swap vs recompute preemption, same tokens, pools whole: tests/unit/test_swap_preemption.py.
+    "swap_space": [Read(("worker/model_runner.py",), "args.swap_space"), Rejects(-1, "swap_space must be >= 0")],
+    "preemption_mode": [Read(("engine/core.py",), "preemption_mode=config.args.preemption_mode"),
+                        Read(("engine/scheduler.py",), 'self.preemption_mode == "swap"'),
+                        Rejects("swap", "preemption_mode='swap' needs swap space"),
+                        Rejects("lifo", "preemption_mode must be 'swap', 'recompute' or None")],
+    # Layer streaming: tests/unit/test_cpu_offload.py (CPU mechanics), tests/gpu/test_cpu_offload_gpu.py.
+    "cpu_offload_gb": [Read(("worker/model_runner.py",), "_offload_layers(self.model, config.args.cpu_offload_gb"),
+                       Rejects(-1.0, "cpu_offload_gb must be >= 0"),
+                       Rejects(2.0, "on the cpu device the weights are in CPU memory already")],
+    # fp8 vs model-dtype greedy, twice the blocks: tests/unit/test_fp8_kv_cache.py.
+    "kv_cache_dtype": [Read(("worker/model_runner.py",), "kv_cache_torch_dtype(config.args.kv_cache_dtype"),
+                       Rejects("bfloat16", "kv_cache_dtype='bfloat16' is not supported yet"),
+                       Rejects("int4", "kv_cache_dtype must be one of 'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2'")],
     "prefix_caching_hash_algo": [Rejects("builtin", "prefix_caching_hash_algo='builtin' is not supported yet")],
     "max_num_seqs": [Behaves(lambda mp: build(mp, max_num_seqs=7).max_num_seqs == 7 or _fail()),
                      Rejects(-1, "max_num_seqs must be >= 1")],

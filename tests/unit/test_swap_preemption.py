@@ -1,0 +1,127 @@
+"""Preemption by swap (swap_space, preemption_mode): with a KV pool too small for every request, swapping preempted
+requests' KV to CPU blocks and back, or recomputing it, gives the greedy tokens of a run that never preempts; the
+preemptions really happen, and every device and CPU block is back in its pool at the end."""
+from __future__ import annotations
+
+import pytest
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.engine.kv_cache import KVCacheManager
+from pagedllm.engine.request import Request
+from tiny_models import save_tiny_llama
+
+VOCAB = 128
+# Eight prompts of 40..75 tokens; each request grows to prompt + 40 tokens (up to 8 blocks of 16).
+PROMPTS = [{"prompt_token_ids": [(7 * i + 3 * j) % (VOCAB - 3) + 3 for j in range(40 + 5 * i)]} for i in range(8)]
+GREEDY = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+SMALL = dict(num_gpu_blocks_override=16, max_num_seqs=8, max_num_batched_tokens=64)   # 2 full requests' worth
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_llama_swap")
+    save_tiny_llama(path, VOCAB, seed=5)
+    return str(path)
+
+
+def llm(tiny_dir, **kwargs) -> LLM:
+    return LLM(tiny_dir, skip_tokenizer_init=True, dtype="float32", max_model_len=128, block_size=16, seed=0,
+               **kwargs)
+
+
+def tokens(engine: LLM) -> list[list[int]]:
+    return [list(o.outputs[0].token_ids) for o in engine.generate(PROMPTS, GREEDY, use_tqdm=False)]
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_dir):
+    return tokens(llm(tiny_dir, num_gpu_blocks_override=8 * 8 + 1, max_num_seqs=8))   # room for all: no preemption
+
+
+def assert_pools_whole(engine: LLM) -> None:
+    kv = engine.llm_engine.kv_cache
+    assert kv.pool.num_free_blocks == kv.pool.num_blocks
+    assert kv.req_blocks == {} and kv.req_swapped == {}
+    if kv.swap_pool is not None:
+        assert kv.swap_pool.num_free_blocks == kv.swap_pool.num_blocks
+    scheduler = engine.llm_engine.scheduler
+    assert not scheduler.has_unfinished() and scheduler.swapped == []
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_swap_preemption_gives_the_unpreempted_tokens(tiny_dir, expected, async_scheduling):
+    engine = llm(tiny_dir, swap_space=0.001, preemption_mode="swap", async_scheduling=async_scheduling, **SMALL)
+    assert engine.llm_engine.kv_cache.swap_pool.num_blocks == int(0.001 * (1 << 30)) // (2 * 2 * 16 * 2 * 16 * 4)
+    assert tokens(engine) == expected
+    scheduler = engine.llm_engine.scheduler
+    assert scheduler.num_swap_outs > 0 and scheduler.num_swap_ins == scheduler.num_swap_outs
+    assert scheduler.num_preemptions == scheduler.num_swap_outs      # every preemption swapped
+    # Swap-in takes a block whose hash is still on the device without a copy: never more copies in than out.
+    assert 0 < scheduler.num_blocks_swapped_in <= scheduler.num_blocks_swapped_out
+    assert_pools_whole(engine)
+
+
+def test_recompute_preemption_gives_the_unpreempted_tokens(tiny_dir, expected):
+    engine = llm(tiny_dir, swap_space=0.001, preemption_mode="recompute", **SMALL)
+    assert tokens(engine) == expected
+    scheduler = engine.llm_engine.scheduler
+    assert scheduler.num_preemptions > 0 and scheduler.num_swap_outs == 0
+    assert_pools_whole(engine)
+
+
+def test_by_cost_swaps_long_requests_and_falls_back_without_room(tiny_dir, expected):
+    engine = llm(tiny_dir, swap_space=0.001, **SMALL)        # default: by cost
+    assert tokens(engine) == expected
+    scheduler = engine.llm_engine.scheduler
+    assert scheduler.num_swap_outs > 0
+    assert_pools_whole(engine)
+    # Swap space for 3 blocks only: a victim holding more does not fit and recomputes instead.
+    tight = llm(tiny_dir, swap_space=3 * 8192 / (1 << 30), preemption_mode="swap", **SMALL)
+    assert tight.llm_engine.kv_cache.swap_pool.num_blocks == 3
+    assert tokens(tight) == expected
+    assert tight.llm_engine.scheduler.num_preemptions > tight.llm_engine.scheduler.num_swap_outs
+    assert_pools_whole(tight)
+
+
+def test_swap_mode_without_swap_space_is_rejected(tiny_dir):
+    with pytest.raises(ValueError, match=r"preemption_mode='swap' needs swap space: set swap_space"):
+        llm(tiny_dir, preemption_mode="swap")
+
+
+# ---- the block manager alone: exact block ids ------------------------------------------------------------------
+def request(rid: str, n: int) -> Request:
+    return Request(rid, list(range(1, n + 1)), SamplingParams(max_tokens=8), frozenset(), 0.0)
+
+
+def test_swap_out_and_in_block_ids_and_prefix_hits():
+    kv = KVCacheManager(num_blocks=6, block_size=4, num_swap_blocks=4)
+    r = request("a", 10)
+    assert kv.allocate_slots(r, 10) == [0, 1, 2]             # blocks 0, 1 full (hashed), 2 partial
+    r.num_computed_tokens = 10
+    copies = kv.swap_out(r)
+    assert copies == [(0, 0), (1, 1), (2, 2)]
+    assert kv.pool.num_free_blocks == 6 and kv.swap_pool.num_free_blocks == 1
+    assert list(kv.pool.free_queue)[-3:] == [2, 1, 0]        # freed tail-first, hashes kept
+    other = request("b", 4)
+    assert kv.allocate_slots(other, 4) == [3]
+    # Blocks 0 and 1 still carry the request's hashes: taken back as hits, only the partial block is copied.
+    assert kv.swap_in(r, 1) == [(2, 4)]
+    assert r.block_ids == [0, 1, 4] and r.num_cached_blocks == 2
+    assert kv.swap_pool.num_free_blocks == 4
+    kv.free(r)
+    kv.free(other)
+    assert kv.pool.num_free_blocks == 6
+
+
+def test_swap_in_waits_for_room_and_abort_frees_swap_blocks():
+    kv = KVCacheManager(num_blocks=3, block_size=4, enable_caching=False, num_swap_blocks=3)
+    r = request("a", 12)
+    kv.allocate_slots(r, 12)
+    r.num_computed_tokens = 11
+    assert kv.swap_out(r) == [(0, 0), (1, 1), (2, 2)]
+    hog = request("b", 4)
+    kv.allocate_slots(hog, 4)
+    assert kv.swap_in(r, 1) is None                           # 3 copies, 2 free blocks: nothing changes
+    assert kv.pool.num_free_blocks == 2 and kv.swap_pool.num_free_blocks == 0
+    kv.free(r)                                                # aborted while swapped
+    assert kv.swap_pool.num_free_blocks == 3 and kv.req_swapped == {}
