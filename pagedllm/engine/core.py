@@ -32,8 +32,10 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
     check the attention backend's name against the registry (which may hold backends registered at run time)."""
     from pagedllm.attention.registry import resolve_attention_backend
     from pagedllm.model.loader import resolve_model
+    from pagedllm.model.registry import check_parallel_support
     verify_engine_args(args)       # before any download: a rejected argument fails at once
     config = EngineConfig.build(args, resolve_model(args))
+    check_parallel_support(config.hf_config, config.tensor_parallel_size, config.pipeline_parallel_size)
     config.attention_backend = resolve_attention_backend(config.attention_backend, config.device)
     return config
 
