@@ -99,6 +99,5 @@ def test_indivisible_heads_and_unsupported_backends(tmp_path):
         _config_error(tmp_path, tensor_parallel_size=3)
     assert "is not supported yet" in _config_error(tmp_path, tensor_parallel_size=2,
                                                      distributed_executor_backend="ray")
-    assert "pipeline_parallel_size=2 is not supported yet" in _config_error(tmp_path, pipeline_parallel_size=2)
     assert "needs tensor_parallel_size=1" in _config_error(tmp_path, tensor_parallel_size=2,
                                                            distributed_executor_backend="uni")
