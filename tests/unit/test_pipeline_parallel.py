@@ -52,10 +52,21 @@ def _reference_and_parallel(model: str, tp: int, pp: int, prompts=PROMPTS, **kw)
     expected = _tokens(single, prompts)
     del single
     llm = _llm(model, tp, pp, **kw)
+    core = llm.llm_engine.core
+    in_flight: list[int] = []
+    launch = core.executor.launch
+
+    def counting_launch(sched):
+        in_flight.append(len(core._batch_queue) + 1)
+        return launch(sched)
+    core.executor.launch = counting_launch
     try:
-        assert llm.llm_engine.core.config.executor_backend == "mp"
-        assert len(llm.llm_engine.core.executor._procs) == tp * pp
-        return expected, _tokens(llm, prompts)
+        assert core.config.executor_backend == "mp"
+        assert len(core.executor._procs) == tp * pp
+        tokens = _tokens(llm, prompts)
+        # The batch queue: as many steps in flight as there are stages, so the stages overlap.
+        assert max(in_flight) == pp
+        return expected, tokens
     finally:
         llm.llm_engine.core.shutdown()
 
