@@ -442,7 +442,7 @@ class ResolvedModel:
 def _verify_pipeline_parallel(tp_size: int, pp_size: int, hf, device: torch.device) -> None:
     """Enough devices for every rank, and a layer for every pipeline stage."""
     world_size = tp_size * pp_size
-    if device.type == "cuda" and world_size > torch.cuda.device_count():
+    if device.type == "cuda" and world_size > 1 and world_size > torch.cuda.device_count():
         raise ValueError(f"World size ({world_size} = tensor_parallel_size {tp_size} x pipeline_parallel_size "
                          f"{pp_size}) is larger than the number of available GPUs ({torch.cuda.device_count()}): "
                          f"every rank needs a GPU of its own.")
