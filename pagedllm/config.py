@@ -307,14 +307,19 @@ def verify_engine_args(args: EngineArgs) -> None:
     if backend not in (None, "uni", "mp"):
         raise ValueError(f"distributed_executor_backend must be one of None, 'uni', 'mp', 'ray', "
                          f"'external_launcher', got {backend!r}.")
-    if args.pipeline_parallel_size != 1:
-        raise ValueError(f"pipeline_parallel_size={args.pipeline_parallel_size} is not supported yet; use 1 "
-                         f"(tensor_parallel_size splits a model over ranks).")
     if args.tensor_parallel_size < 1:
         raise ValueError(f"tensor_parallel_size must be >= 1, got {args.tensor_parallel_size}.")
+    if args.pipeline_parallel_size < 1:
+        raise ValueError(f"pipeline_parallel_size must be >= 1, got {args.pipeline_parallel_size}.")
     if args.tensor_parallel_size > 1 and backend == "uni":
         raise ValueError(f"distributed_executor_backend='uni' runs the model in this process only: it needs "
                          f"tensor_parallel_size=1 (got {args.tensor_parallel_size}); use 'mp'.")
+    if args.pipeline_parallel_size > 1 and backend == "uni":
+        raise ValueError(f"distributed_executor_backend='uni' runs the model in this process only: it needs "
+                         f"pipeline_parallel_size=1 (got {args.pipeline_parallel_size}); use 'mp'.")
+    if args.pipeline_parallel_size > 1 and args.async_scheduling:
+        raise ValueError("async_scheduling is not supported with pipeline_parallel_size > 1 yet (the first stage "
+                         "would need the last stage's sampled token before the host has it); leave it unset.")
     if args.data_parallel_size != 1:
         raise ValueError(f"data_parallel_size={args.data_parallel_size} is not supported yet; use 1.")
     if args.enable_expert_parallel:
@@ -451,6 +456,22 @@ class ResolvedModel:
     max_seq_length: int | None = None
 
 
+def _verify_pipeline_parallel(tp_size: int, pp_size: int, hf, device: torch.device) -> None:
+    """Enough devices for every rank, and a layer for every pipeline stage."""
+    world_size = tp_size * pp_size
+    if device.type == "cuda" and world_size > 1 and world_size > torch.cuda.device_count():
+        raise ValueError(f"World size ({world_size} = tensor_parallel_size {tp_size} x pipeline_parallel_size "
+                         f"{pp_size}) is larger than the number of available GPUs ({torch.cuda.device_count()}): "
+                         f"every rank needs a GPU of its own.")
+    if pp_size > 1 and device.type != "cpu":
+        raise ValueError(f"pipeline_parallel_size={pp_size}: pipeline parallel on GPUs is not supported yet (gloo on "
+                         f"the CPU only); use pipeline_parallel_size=1 or device='cpu'.")
+    layers = getattr(hf, "num_hidden_layers", None)
+    if pp_size > 1 and layers is not None and layers < pp_size:
+        raise ValueError(f"num_hidden_layers ({layers}) must be >= pipeline_parallel_size ({pp_size}): every "
+                         f"pipeline stage needs at least one layer.")
+
+
 def _verify_tensor_parallel(size: int, hf, device: torch.device) -> None:
     """Tensor parallel splits heads, KV heads, the MLP and the vocabulary evenly over the ranks (vLLM's wording)."""
     if size == 1:
@@ -517,6 +538,8 @@ class EngineConfig:
         flag = self.args.async_scheduling
         if self.is_pooling:      # a pooling request ends with its one step: nothing to overlap with
             return False
+        if self.args.pipeline_parallel_size > 1:     # the stages overlap by the engine core's batch queue instead
+            return False
         return self.device.type == "cuda" if flag is None else bool(flag)
 
     def verify_priority(self, priority: int) -> None:
@@ -531,9 +554,17 @@ class EngineConfig:
         return self.args.tensor_parallel_size
 
     @property
+    def pipeline_parallel_size(self) -> int:
+        return self.args.pipeline_parallel_size
+
+    @property
+    def world_size(self) -> int:
+        return self.args.tensor_parallel_size * self.args.pipeline_parallel_size
+
+    @property
     def executor_backend(self) -> str:
-        """"uni" (the model in this process) or "mp" (a worker process per tensor-parallel rank)."""
-        return "mp" if self.args.tensor_parallel_size > 1 else (self.args.distributed_executor_backend or "uni")
+        """"uni" (the model in this process) or "mp" (a worker process per rank: tensor x pipeline parallel)."""
+        return "mp" if self.world_size > 1 else (self.args.distributed_executor_backend or "uni")
 
     @property
     def hf_config(self):
@@ -564,6 +595,7 @@ class EngineConfig:
 
         device = _pick_device(args.device)
         dtype = _pick_dtype(args.dtype, hf, device)
+        _verify_pipeline_parallel(args.tensor_parallel_size, args.pipeline_parallel_size, hf, device)
         _verify_tensor_parallel(args.tensor_parallel_size, hf, device)
         if args.cpu_offload_gb and device.type != "cuda":
             raise ValueError(f"cpu_offload_gb={args.cpu_offload_gb} offloads weights from a GPU to CPU memory; on "

@@ -59,6 +59,10 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_CACHE_DIR": (
         lambda: os.environ.get("PAGEDLLM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pagedllm"),
         "Where converted GGUF metadata (config.json, tokenizer) is cached. Default ~/.cache/pagedllm."),
+    "PAGEDLLM_PP_LAYER_PARTITION": (
+        lambda: _optional_str("PAGEDLLM_PP_LAYER_PARTITION"),
+        "Pipeline parallel: decoder layers per stage, comma-separated (e.g. \"3,5\"; vLLM's VLLM_PP_LAYER_PARTITION). "
+        "Default unset: an even split, the remainder on the stages before the last."),
     # ---- defaults of engine arguments (the argument wins) ------------------------------------------------------
     "PAGEDLLM_TRITON_GEMV": (
         lambda: _flag("PAGEDLLM_TRITON_GEMV", default=True),

@@ -1,8 +1,11 @@
-"""This process's place in the tensor-parallel group.
+"""This process's place in the model-parallel world: its tensor-parallel group and its pipeline stage.
 
-One group per process (a worker is one rank). With a world size of 1 (the default, and every single-process engine)
-the collectives return their input untouched and nothing of torch.distributed is initialised, so the single-process
-path costs one integer comparison per parallel layer.
+The world is ``tensor_parallel_size x pipeline_parallel_size`` ranks, numbered as vLLM does:
+``rank = pp_rank * tp_size + tp_rank``, so the ranks of one stage are consecutive and form its tensor-parallel group,
+and a rank's neighbours in the pipeline are ``rank -/+ tp_size`` (the same TP rank of the previous / next stage).
+With a world size of 1 (the default, and every single-process engine) the collectives return their input untouched and
+nothing of torch.distributed is initialised, so the single-process path costs one integer comparison per parallel
+layer.
 """
 from __future__ import annotations
 
@@ -12,26 +15,47 @@ import torch
 
 _tp_rank = 0
 _tp_size = 1
+_pp_rank = 0
+_pp_size = 1
+_tp_group = None        # this stage's tensor-parallel process group (None: the default group, or no group at all)
 
 
-def init_tensor_parallel(rank: int, world_size: int, init_method: str, backend: str = "gloo",
-                         timeout_s: float = 600.0) -> None:
-    """Join the group of ``world_size`` ranks that meet at ``init_method`` (``tcp://host:port``)."""
-    global _tp_rank, _tp_size
+def init_model_parallel(rank: int, tensor_parallel_size: int, pipeline_parallel_size: int, init_method: str,
+                        backend: str = "gloo", timeout_s: float = 600.0) -> None:
+    """Join the world of ``tp x pp`` ranks that meet at ``init_method`` (``tcp://host:port``) and make the
+    tensor-parallel group of this rank's stage."""
+    global _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group
+    world_size = tensor_parallel_size * pipeline_parallel_size
     if world_size > 1:
         import torch.distributed as dist
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    _tp_rank, _tp_size = rank, world_size
+        if pipeline_parallel_size > 1 and tensor_parallel_size > 1:
+            # Every rank must create every group, in the same order (torch.distributed's rule).
+            for stage in range(pipeline_parallel_size):
+                group = dist.new_group(list(range(stage * tensor_parallel_size, (stage + 1) * tensor_parallel_size)))
+                if stage == rank // tensor_parallel_size:
+                    _tp_group = group
+    _tp_rank, _tp_size = rank % tensor_parallel_size, tensor_parallel_size
+    _pp_rank, _pp_size = rank // tensor_parallel_size, pipeline_parallel_size
 
 
-def destroy_tensor_parallel() -> None:
-    global _tp_rank, _tp_size
-    if _tp_size > 1:
+def init_tensor_parallel(rank: int, world_size: int, init_method: str, backend: str = "gloo",
+                         timeout_s: float = 600.0) -> None:
+    """Tensor parallel only (one pipeline stage)."""
+    init_model_parallel(rank, world_size, 1, init_method, backend, timeout_s)
+
+
+def destroy_model_parallel() -> None:
+    global _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group
+    if _tp_size * _pp_size > 1:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
-    _tp_rank, _tp_size = 0, 1
+    _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group = 0, 1, 0, 1, None
+
+
+destroy_tensor_parallel = destroy_model_parallel
 
 
 def get_tp_rank() -> int:
@@ -42,23 +66,88 @@ def get_tp_size() -> int:
     return _tp_size
 
 
+def get_pp_rank() -> int:
+    return _pp_rank
+
+
+def get_pp_size() -> int:
+    return _pp_size
+
+
+def is_first_pp_stage() -> bool:
+    return _pp_rank == 0
+
+
+def is_last_pp_stage() -> bool:
+    return _pp_rank == _pp_size - 1
+
+
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum ``x`` over the ranks, in place; every rank ends with the same values."""
+    """Sum ``x`` over the stage's tensor-parallel ranks, in place; every rank ends with the same values."""
     if _tp_size == 1:
         return x
     import torch.distributed as dist
-    dist.all_reduce(x)
+    dist.all_reduce(x, group=_tp_group)
     return x
 
 
 def tp_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Every rank's ``x`` concatenated along ``dim`` in rank order (the same tensor on every rank)."""
+    """Every tensor-parallel rank's ``x`` concatenated along ``dim`` in rank order (the same tensor on every rank)."""
     if _tp_size == 1:
         return x
     import torch.distributed as dist
     parts = [torch.empty_like(x) for _ in range(_tp_size)]
-    dist.all_gather(parts, x.contiguous())
+    dist.all_gather(parts, x.contiguous(), group=_tp_group)
     return torch.cat(parts, dim=dim)
+
+
+# ---- pipeline parallel ---------------------------------------------------------------------------------------------
+def get_pp_layer_range(num_layers: int, pp_rank: int | None = None, pp_size: int | None = None,
+                       partition: str | None = None) -> tuple[int, int]:
+    """[start, end) of the decoder layers that stage ``pp_rank`` holds (this process's stage by default).
+
+    vLLM's rule: ``num_layers // pp_size`` each, and the remainder one more each on the stages just before the last
+    (the last stage also runs the final norm and the LM head). ``partition`` (PAGEDLLM_PP_LAYER_PARTITION, e.g.
+    "3,5") gives each stage's count explicitly."""
+    pp_rank = _pp_rank if pp_rank is None else pp_rank
+    pp_size = _pp_size if pp_size is None else pp_size
+    if pp_size == 1:
+        return 0, num_layers
+    if partition is None:
+        from pagedllm import envs
+        partition = envs.PAGEDLLM_PP_LAYER_PARTITION
+    if partition:
+        counts = [int(x) for x in partition.split(",")]
+        if len(counts) != pp_size or sum(counts) != num_layers or min(counts) < 1:
+            raise ValueError(f"PAGEDLLM_PP_LAYER_PARTITION={partition!r} must list {pp_size} positive layer counts "
+                             f"(one per pipeline stage) summing to num_hidden_layers ({num_layers}).")
+    else:
+        if num_layers < pp_size:
+            raise ValueError(f"num_hidden_layers ({num_layers}) must be >= pipeline_parallel_size ({pp_size}): "
+                             f"every pipeline stage needs at least one layer.")
+        counts = [num_layers // pp_size] * pp_size
+        for i in range(2, num_layers % pp_size + 2):
+            counts[-i] += 1
+    start = sum(counts[:pp_rank])
+    return start, start + counts[pp_rank]
+
+
+def pp_send_hidden(hidden: torch.Tensor, residual: torch.Tensor | None):
+    """Send a stage's output (hidden states and the residual stream, one [2, tokens, hidden] tensor) to the same
+    tensor-parallel rank of the next stage. Returns the send's handle: wait on it before the tensor is reused."""
+    import torch.distributed as dist
+    packed = torch.stack([hidden, residual if residual is not None else torch.zeros_like(hidden)])
+    work = dist.isend(packed.contiguous(), dst=(_pp_rank + 1) * _tp_size + _tp_rank)
+    return work, packed
+
+
+def pp_recv_hidden(num_tokens: int, hidden_size: int, dtype: torch.dtype,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous stage's (hidden states, residual) for a step of ``num_tokens`` tokens."""
+    import torch.distributed as dist
+    packed = torch.empty((2, num_tokens, hidden_size), dtype=dtype, device=device)
+    dist.recv(packed, src=(_pp_rank - 1) * _tp_size + _tp_rank)
+    return packed[0], packed[1]
 
 
 def kv_head_range(num_kv_heads: int, rank: int, world_size: int) -> tuple[int, int]:

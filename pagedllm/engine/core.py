@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections import deque
 from typing import Any
 
 from pagedllm.config import EngineArgs, EngineConfig, verify_engine_args
@@ -33,10 +34,12 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
     from pagedllm.attention.registry import resolve_attention_backend
     from pagedllm.model.loader import resolve_model
     from pagedllm.model.quantization import quantization_config_class, resolve_quantization
+    from pagedllm.model.registry import check_parallel_support
     verify_engine_args(args)       # before any download: a rejected argument fails at once
     if args.quantization:
         quantization_config_class(args.quantization)     # an unknown method fails before any download too
     config = EngineConfig.build(args, resolve_model(args))
+    check_parallel_support(config.hf_config, config.tensor_parallel_size, config.pipeline_parallel_size)
     config.attention_backend = resolve_attention_backend(config.attention_backend, config.device)
     config.quant_config = resolve_quantization(args.quantization, config.hf_config, config.model.model_dir,
                                                config.model.gguf_file, config.device, config.dtype)
@@ -78,6 +81,12 @@ class EngineCore:
         # Async scheduling: the launched step whose tokens the host has not seen yet.
         self._in_flight: tuple[SchedulerOutput, Any] | None = None
         self._async_scheduling = config.async_scheduling
+        # Pipeline parallel: up to pipeline_parallel_size steps in flight (vLLM's batch queue), so stage k runs step
+        # N while stage k+1 runs step N-1; a request waits for its sampled token before it is scheduled again.
+        self._batch_queue: deque | None = None
+        if config.pipeline_parallel_size > 1:
+            self._batch_queue = deque()
+            self.scheduler.schedule_tokens_in_flight = False
         self.startup_seconds = time.perf_counter() - t0
 
     # ---- requests -----------------------------------------------------------------------------------------------
@@ -95,7 +104,7 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished() or self._in_flight is not None
+        return self.scheduler.has_unfinished() or self._in_flight is not None or bool(self._batch_queue)
 
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache.reset_prefix_cache()
@@ -120,6 +129,8 @@ class EngineCore:
         matchers then stand after the previous step's tokens: a step in which a constrained request samples is never
         left in flight (it is sampled here, synchronously), so no constrained request has an unaccepted token when
         the next step is scheduled; the step in flight, processed below, has no constrained request sampling."""
+        if self._batch_queue is not None:
+            return self._step_with_batch_queue()
         sched = self.scheduler.schedule()
         launched = None
         constrained: list[Request] = []
@@ -140,6 +151,32 @@ class EngineCore:
             else:
                 self._add(outputs, stats, *self.scheduler.update_from_output(
                     sched, self.executor.finish(launched, grammar=grammar)))
+        return outputs, stats
+
+    def _step_with_batch_queue(self) -> tuple[EngineCoreOutputs, StepStats]:
+        """Pipeline parallel: launch a step while fewer than pipeline_parallel_size are in flight and return at once;
+        when the queue is full (or nothing more can be scheduled), finish the oldest step and return its outputs.
+
+        A step's requests that sample hold a placeholder until it is finished, and the scheduler skips them until
+        then (``schedule_tokens_in_flight``), so a step in flight never depends on another's token, only on KV
+        written by earlier steps, which every stage runs in launch order. Such steps are sampled by the last stage
+        as soon as its forward pass ends (``sample_async``) unless they need the host's tokens (logprobs,
+        penalties) or a grammar bitmask; the bitmask is made at launch (the request's previous step is finished)."""
+        outputs, stats = EngineCoreOutputs(), StepStats()
+        queue = self._batch_queue
+        if len(queue) < self.config.pipeline_parallel_size:
+            sched = self.scheduler.schedule()
+            stats.num_preemptions = len(sched.preempted_req_ids)
+            if not sched.is_empty:
+                constrained = self._constrained_requests(sched)
+                sched.sample_async = not constrained and self._can_sample_async(sched)
+                queue.append((sched, self.executor.launch(sched), self._grammar_output(constrained)))
+                if len(queue) < self.config.pipeline_parallel_size:
+                    return outputs, stats
+        if queue:
+            sched, launched, grammar = queue.popleft()
+            self._add(outputs, stats, *self.scheduler.update_from_output(
+                sched, self.executor.finish(launched, grammar=grammar)))
         return outputs, stats
 
     @staticmethod

@@ -87,6 +87,9 @@ class Scheduler:
         self._next_step_id = 0
         self._launched: dict[int, _Launched] = {}     # steps whose output has not come back yet
         self._finished_ids: set[str] = set()          # ended since the last step: the workers drop them
+        # False under pipeline parallel's batch queue: a request whose sampled token is still in flight waits for it
+        # (the first stage cannot take it from the last stage's device tensor, as async scheduling does).
+        self.schedule_tokens_in_flight = True
 
     # ---- queue ------------------------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -153,7 +156,8 @@ class Scheduler:
             num_new = min(request.num_tokens_with_placeholders - request.num_computed_tokens, budget)
             if 0 < self.long_prefill_token_threshold < num_new:
                 num_new = self.long_prefill_token_threshold
-            if num_new <= 0 or request.finishes_with_placeholders(self.max_model_len):
+            if (num_new <= 0 or request.finishes_with_placeholders(self.max_model_len)
+                    or (request.num_placeholders and not self.schedule_tokens_in_flight)):
                 i += 1
                 continue
             while (new_blocks := self.kv.allocate_slots(request, num_new)) is None:

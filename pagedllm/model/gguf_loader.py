@@ -85,8 +85,10 @@ def _reverse_llama_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(hf_name, dequantized float32 tensor)`` for every tensor of the file."""
+def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False,
+                         skip_prefixes: tuple[str, ...] = ()) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(hf_name, dequantized float32 tensor)`` for every tensor of the file whose HF name does not start
+    with one of ``skip_prefixes`` (those are not dequantized at all)."""
     from gguf import GGUFReader, dequantize
     from pagedllm.model.weight_files import load_progress
 
@@ -112,6 +114,8 @@ def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False) -> I
                     continue
                 raise ValueError(f"Unknown GGUF tensor {tensor.name!r}")
             name = f"{_GLOBAL_NAMES[base]}.{kind}"
+        if skip_prefixes and name.startswith(skip_prefixes):
+            continue
         # GGUF lists dims fastest-first; numpy's dequantize returns the row-major (HF) shape.
         data = dequantize(tensor.data, tensor.tensor_type)
         shape = tuple(int(x) for x in reversed(tensor.shape))
@@ -124,18 +128,26 @@ def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False) -> I
         yield name, weight
 
 
-def load_gguf_weights(gguf_path: str, hf_config, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def load_gguf_weights(gguf_path: str, hf_config, progress: bool = False, skip_prefixes: tuple[str, ...] = (),
+                      whole_model: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """Dequantized weights of a GGUF file, cached as fp32 safetensors beside the converted metadata.
 
     Parsing a GGUF's metadata (the tokenizer arrays) costs ~9 s on the CI machine for SmolLM2 even when only the
     tensors are wanted; reading the cached safetensors takes well under a second.
+
+    A rank of a tensor/pipeline-parallel engine (``whole_model=False``) never holds the whole model: from the cache
+    it reads only its stage's tensors (``skip_prefixes``); without a cache it dequantizes only those, one tensor at a
+    time (a tensor-parallel rank's weight loader then keeps its shard of each), and writes no cache.
     """
     from safetensors.torch import save_file
     from pagedllm.model.weight_files import iterate_safetensors
     cache = cache_dir_for(gguf_path)
     cached = os.path.join(cache, "weights.safetensors")
     if os.path.exists(cached):
-        yield from iterate_safetensors(cache, progress=progress)
+        yield from iterate_safetensors(cache, progress=progress, skip_prefixes=skip_prefixes)
+        return
+    if not whole_model:
+        yield from iterate_gguf_weights(gguf_path, hf_config, progress=progress, skip_prefixes=skip_prefixes)
         return
     tensors = dict(iterate_gguf_weights(gguf_path, hf_config, progress=progress))
     try:

@@ -201,14 +201,12 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
 
 def load_model(config: "EngineConfig") -> torch.nn.Module:
     """Build the model for ``config`` on its device and dtype and fill in its weights."""
-    from pagedllm.distributed import get_tp_rank, get_tp_size
-    from pagedllm.model.registry import get_model_class
+    from pagedllm.distributed import get_pp_size, get_tp_rank, get_tp_size
+    from pagedllm.model.registry import check_parallel_support, get_model_class
 
     hf = config.hf_config
     model_cls = get_model_class(hf)
-    if get_tp_size() > 1 and not getattr(model_cls, "supports_tensor_parallel", False):
-        raise ValueError(f"tensor_parallel_size > 1 is not supported yet for {model_cls.__name__}; "
-                         f"use tensor_parallel_size=1.")
+    check_parallel_support(hf, get_tp_size(), get_pp_size())
     quant_config = _quant_config(config, model_cls)
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(config.dtype)
@@ -219,14 +217,17 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
         torch.set_default_dtype(old_dtype)
     fmt = config.args.load_format
     progress = config.args.use_tqdm_on_load and get_tp_rank() == 0     # one progress bar, not one per rank
+    # Pipeline parallel: checkpoint tensors of layers other stages hold are not even read.
+    skip_prefixes = model.pp_skipped_checkpoint_prefixes() if get_pp_size() > 1 else ()
     if fmt == "dummy":
         _fill_dummy(model, seed=config.args.seed or 0)
     else:
         if config.model.gguf_file is not None:
             from pagedllm.model.gguf_loader import load_gguf_weights
-            weights = load_gguf_weights(config.model.gguf_file, hf, progress=progress)
+            weights = load_gguf_weights(config.model.gguf_file, hf, progress=progress, skip_prefixes=skip_prefixes,
+                                        whole_model=get_tp_size() * get_pp_size() == 1)
         elif fmt in ("auto", "safetensors") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
-            weights = iterate_safetensors(config.model.model_dir, progress=progress)
+            weights = iterate_safetensors(config.model.model_dir, progress=progress, skip_prefixes=skip_prefixes)
         elif fmt == "safetensors":
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
         else:

@@ -40,6 +40,18 @@ def supported_architectures() -> list[str]:
     return sorted(_MODELS)
 
 
+def check_parallel_support(hf_config, tensor_parallel_size: int, pipeline_parallel_size: int) -> None:
+    """A clear error when the architecture cannot be split as asked (models opt in with class attributes)."""
+    model_cls = get_model_class(hf_config)
+    if tensor_parallel_size > 1 and not getattr(model_cls, "supports_tensor_parallel", False):
+        raise ValueError(f"tensor_parallel_size > 1 is not supported yet for {model_cls.__name__}; "
+                         f"use tensor_parallel_size=1.")
+    if pipeline_parallel_size > 1 and not getattr(model_cls, "supports_pipeline_parallel", False):
+        raise ValueError(f"pipeline_parallel_size > 1 is not supported yet for {model_cls.__name__} (pipeline "
+                         f"parallel runs the Llama family: Llama, Mistral, Qwen2, Qwen3); use "
+                         f"pipeline_parallel_size=1.")
+
+
 def get_model_class(hf_config):
     archs = getattr(hf_config, "architectures", None) or []
     for arch in archs:

@@ -20,7 +20,10 @@ def load_progress(iterable=None, *, desc: str, total: int | None = None, enabled
                 disable=not (enabled and first_rank))
 
 
-def iterate_safetensors(model_dir: str, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_safetensors(model_dir: str, progress: bool = False,
+                        skip_prefixes: tuple[str, ...] = ()) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the folder's safetensors files, except those whose name starts with one of ``skip_prefixes``
+    (layers another pipeline stage holds: never read from disk)."""
     from safetensors import safe_open
     files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
@@ -28,6 +31,8 @@ def iterate_safetensors(model_dir: str, progress: bool = False) -> Iterator[tupl
     for path in load_progress(files, desc="Loading safetensors checkpoint shards", enabled=progress):  # a sharded index lists these same files; reading them all is equivalent
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
+                if skip_prefixes and name.startswith(skip_prefixes):
+                    continue
                 yield name, f.get_tensor(name)
 
 

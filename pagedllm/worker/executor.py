@@ -1,11 +1,20 @@
 """Executors: where the model runs. The engine core hands every step's ``SchedulerOutput`` (plain data) to an
-executor and gets rank 0's ``ModelRunnerOutput`` back; it never touches a model itself.
+executor and gets the sampling rank's ``ModelRunnerOutput`` back; it never touches a model itself.
 
-- ``UniProcExecutor`` ("uni"): one ``ModelRunner`` in this process (tensor_parallel_size=1).
-- ``MultiprocExecutor`` ("mp"): one worker process per tensor-parallel rank on this host, joined in a
-  torch.distributed group (gloo on the CPU) at a TCP port picked free at start. Every worker builds its own
-  ``ModelRunner`` over its shard of the weights and runs every step; the logits are gathered on every rank and the
-  ranks share their random seed, so all of them sample the same tokens and only rank 0's output is read.
+- ``UniProcExecutor`` ("uni"): one ``ModelRunner`` in this process (tensor_parallel_size=pipeline_parallel_size=1).
+- ``MultiprocExecutor`` ("mp"): one worker process per rank on this host (tensor_parallel_size x
+  pipeline_parallel_size of them, rank = pp_rank * tp_size + tp_rank as in vLLM), joined in a torch.distributed
+  group (gloo on the CPU) at a TCP port picked free at start. Every worker builds its own ``ModelRunner`` over its
+  shard of its stage's layers and runs every step. Within a stage the logits are gathered on every rank and the ranks
+  share their random seed, so all of them sample the same tokens; only the last stage samples, and its tensor-parallel
+  rank 0's output is the one read.
+
+Pipeline parallel, sampled tokens: the stages before the last never see logits, yet the first one must embed each
+request's newest token at its next step. The executor forwards the last stage's sampled tokens to them, ahead of the
+next step it launches (a "sampled_tokens" message). vLLM sends them inside the next ``SchedulerOutput`` instead; here
+the workers append their own tokens already (the engine never sends tokens back, step_data.py), so the hand-off stays
+in the executor, costs nothing without pipeline parallel, and the earlier stages' request states end exactly as the
+last stage's (the same tokens, appended in the same order, before the same next step).
 
 Each step is pickled once into a shared-memory ring (``distributed/shm_broadcast.py``) and every worker reads it
 from there; the pipe to each worker carries only a doorbell (and a message too large for a slot) one way and the
@@ -91,7 +100,7 @@ def create_executor(config: EngineConfig) -> Executor:
 
 
 class WorkerDied(RuntimeError):
-    """A tensor-parallel worker process ended or failed; the engine cannot go on."""
+    """A worker process (a tensor- or pipeline-parallel rank) ended or failed; the engine cannot go on."""
 
 
 def _free_port() -> int:
@@ -105,7 +114,12 @@ class MultiprocExecutor(Executor):
     runner = None        # the model lives in the workers
 
     def __init__(self, config: EngineConfig):
-        self.world_size = config.tensor_parallel_size
+        self.tp_size, self.pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
+        self.world_size = self.tp_size * self.pp_size
+        # The last stage's tensor-parallel rank 0 samples for the engine (every rank of that stage samples alike).
+        self._output_rank = (self.pp_size - 1) * self.tp_size
+        # Pipeline parallel: the last stage's outputs not yet forwarded to the earlier stages (module docstring).
+        self._tokens_for_earlier_stages: list[dict[str, int]] = []
         if multiprocessing.current_process().daemon:
             # Python forbids a daemonic process children; the server's engine-core process is one.
             raise ValueError("tensor_parallel_size > 1 with the engine core in a daemonic process of its own is not "
@@ -124,8 +138,8 @@ class MultiprocExecutor(Executor):
         self._ring = ShmBroadcaster(num_readers=self.world_size)
         for rank in range(self.world_size):
             parent_end, child_end = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=_worker_main, name=f"pagedllm-tp-worker-{rank}", daemon=True,
-                               args=(config, rank, self.world_size, init_method, shared_seed, child_end,
+            proc = ctx.Process(target=_worker_main, name=f"pagedllm-worker-{rank}", daemon=True,
+                               args=(config, rank, self.tp_size, self.pp_size, init_method, shared_seed, child_end,
                                      self._ring.handle(), os.getpid()))
             proc.start()
             child_end.close()
@@ -149,18 +163,30 @@ class MultiprocExecutor(Executor):
         self._collect()
 
     def launch(self, sched: SchedulerOutput) -> Any:
+        if self._tokens_for_earlier_stages:
+            self._broadcast(("sampled_tokens", self._tokens_for_earlier_stages))
+            self._tokens_for_earlier_stages = []
         self._broadcast(("launch", sched))
         return sched.step_id
 
     def finish(self, launched: Any, grammar: GrammarOutput | None = None) -> ModelRunnerOutput:
-        self._broadcast(("finish", grammar))     # every rank samples with the same mask (identical logits)
-        return self._collect()[0]
+        self._broadcast(("finish", grammar))     # every sampling rank samples with the same mask (identical logits)
+        output = self._collect()[self._output_rank]
+        if self.pp_size > 1 and output.sampled:
+            self._tokens_for_earlier_stages.append(output.sampled)
+        return output
 
     def startup_info(self) -> dict:
         self._broadcast(("startup_info", None))
         info = dict(self._collect()[0])
-        info["tensor_parallel_size"] = self.world_size
+        info["tensor_parallel_size"] = self.tp_size
+        info["pipeline_parallel_size"] = self.pp_size
         return info
+
+    def describe_rank(self, rank: int) -> str:
+        if self.pp_size == 1:
+            return f"rank {rank}"
+        return f"rank {rank} (pipeline stage {rank // self.tp_size}, tensor-parallel rank {rank % self.tp_size})"
 
     def shutdown(self) -> None:
         self._finalizer()
@@ -209,10 +235,10 @@ class MultiprocExecutor(Executor):
         dead = [(r, p) for r, p in enumerate(self._procs) if p.exitcode is not None]
         if dead:
             r, p = dead[0]
-            message = f"Tensor-parallel worker rank {r} (pid {p.pid}) died (exit code {p.exitcode})."
+            message = f"Worker {self.describe_rank(r)} (pid {p.pid}) died (exit code {p.exitcode})."
         else:
             exc, tb = error
-            message = f"Tensor-parallel worker rank {rank} failed: {type(exc).__name__}: {exc}\n{tb}"
+            message = f"Worker {self.describe_rank(rank)} failed: {type(exc).__name__}: {exc}\n{tb}"
         self._dead = WorkerDied(message)
         self._finalizer()
         if error is not None and not dead:
@@ -241,18 +267,19 @@ def _stop_workers(procs: list, conns: list, ring: ShmBroadcaster) -> None:
     ring.close()
 
 
-def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: str, shared_seed: int,
+def _worker_main(config: EngineConfig, rank: int, tp_size: int, pp_size: int, init_method: str, shared_seed: int,
                  conn: multiprocessing.connection.Connection, ring_handle: tuple, parent_pid: int) -> None:
-    """One tensor-parallel rank: join the group, build this rank's ModelRunner, then run the calls the executor
-    sends (in order) until it says shutdown or its pipe closes."""
+    """One rank: join the group, build this rank's ModelRunner, then run the calls the executor sends (in order)
+    until it says shutdown or its pipe closes."""
     import torch
 
-    from pagedllm.distributed import destroy_tensor_parallel, init_tensor_parallel
+    from pagedllm.distributed import destroy_model_parallel, init_model_parallel
     from pagedllm.worker.model_runner import ModelRunner
 
     _detach_signals(parent_pid)
+    output_rank = (pp_size - 1) * tp_size
     try:
-        init_tensor_parallel(rank, world_size, init_method)
+        init_model_parallel(rank, tp_size, pp_size, init_method)
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
         runner = ModelRunner(config)
     except BaseException as e:   # noqa: BLE001 - reported to the engine
@@ -269,6 +296,11 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
                 return       # the engine is gone
             if method == "shutdown":
                 return
+            if method == "sampled_tokens":      # pipeline parallel: the last stage's tokens (no reply)
+                if not runner.last_stage:
+                    for sampled in arg:
+                        runner.append_sampled_tokens(sampled)
+                continue
             if method == "launch":    # no reply: the step's output comes with its "finish"
                 try:
                     launched.append(("ok", runner.launch(arg), ""))
@@ -282,7 +314,7 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
                         _reply(conn, status, step, tb)
                         continue
                     output = runner.finish(step, grammar=arg)
-                    _reply(conn, "ok", output if rank == 0 else None)
+                    _reply(conn, "ok", output if rank == output_rank else None)
                 elif method == "allocate_kv_cache":
                     _reply(conn, "ok", runner.allocate_kv_cache(*arg))
                 else:
@@ -291,7 +323,7 @@ def _worker_main(config: EngineConfig, rank: int, world_size: int, init_method: 
                 _reply(conn, "error", picklable(e), traceback.format_exc())
     finally:
         ring.close()
-        destroy_tensor_parallel()
+        destroy_model_parallel()
 
 
 def _detach_signals(parent_pid: int) -> None:

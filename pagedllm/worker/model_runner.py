@@ -13,8 +13,10 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
 from pagedllm.config import EngineConfig, kv_cache_torch_dtype
-from pagedllm.distributed import get_tp_rank, get_tp_size, kv_head_range
+from pagedllm.distributed import (get_pp_layer_range, get_pp_size, get_tp_rank, get_tp_size, is_first_pp_stage,
+                                  is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden)
 from pagedllm.kernels.settings import configure_kernels
+from pagedllm.model.layers.pipeline import IntermediateTensors
 from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
 from pagedllm.model.loader import load_model
@@ -33,7 +35,7 @@ class LaunchedStep:
     """A step whose device work is queued: what ``ModelRunner.finish`` needs to complete it."""
     states: list[CachedRequestState]         # the scheduled requests in batch order (one-token requests first)
     num_new: list[int]                       # their tokens this step
-    hidden: torch.Tensor
+    hidden: torch.Tensor | None              # None on a pipeline stage before the last (its output went on)
     starts: np.ndarray                       # query start of each of ``states`` in the flat batch
     sampled_requests: list[CachedRequestState]   # requests that sample this step, in logits-row order
     logits: torch.Tensor | None = None
@@ -54,7 +56,13 @@ class ModelRunner:
         self.kv_cache_dtype = kv_cache_torch_dtype(config.args.kv_cache_dtype, config.dtype)
         self.block_size = config.block_size
         hf = config.hf_config
-        self.num_layers = hf.num_hidden_layers
+        # Pipeline parallel: this stage's layers only (its KV cache holds one tensor per layer it runs); the last
+        # stage samples, the others pass their hidden states on and learn the sampled tokens from the executor.
+        self.pp_size = get_pp_size()
+        self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
+        start_layer, end_layer = get_pp_layer_range(hf.num_hidden_layers)
+        self.num_layers = end_layer - start_layer
+        self._pending_send = None      # the last stage-to-stage send (its buffer must live until it completes)
         # This rank's heads: tensor parallel gives each rank num_heads / tp query heads and their KV heads.
         tp_rank, tp_size = get_tp_rank(), get_tp_size()
         self.num_heads = hf.num_attention_heads // tp_size
@@ -206,8 +214,15 @@ class ModelRunner:
         slots = np.concatenate(slots)
         batch = self._make_batch(np.zeros(num_tokens, dtype=np.int64), positions, slots, starts,
                                  np.array(lens, dtype=np.int32), tables, caches, num_decodes)
-        hidden = self.model(batch.input_ids, batch.positions, batch)
-        if self.pooler is None:
+        if self.pp_size > 1:     # a stage alone: zeros stand for the previous stage's output
+            intermediate = None
+            if not self.first_stage:
+                zeros = torch.zeros(num_tokens, self.config.hf_config.hidden_size, dtype=self.dtype, device=self.device)
+                intermediate = IntermediateTensors(zeros, zeros.clone())
+            hidden = self.model(batch.input_ids, batch.positions, batch, intermediate)
+        else:
+            hidden = self.model(batch.input_ids, batch.positions, batch)
+        if self.pooler is None and self.last_stage:
             self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
         del caches, hidden
 
@@ -224,12 +239,13 @@ class ModelRunner:
         if num_swap_blocks > 0 and self.kv_caches:
             self.swap_space = SwapSpace(num_swap_blocks, self.kv_caches)
         backend = self.attn_backend
-        # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay.
+        # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay. Pipeline
+        # stages run eagerly (their inputs come from another rank).
         if self.offloader is not None and not self.config.args.enforce_eager:
             logger.info("CUDA graphs are off: cpu_offload_gb streams %d layers' weights from CPU memory on a side "
                         "stream, which a captured graph would not repeat.", self.offloader.num_layers)
         if (self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None
-                and self.offloader is None):
+                and self.offloader is None and self.pp_size == 1):
             from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
             torch.cuda.synchronize()
             free_before, _ = torch.cuda.mem_get_info()
@@ -379,8 +395,12 @@ class ModelRunner:
                 batch.input_ids[fixup[0]] = fixup[1]
             if self.piecewise_runner is not None and self.piecewise_runner.can_run(total):
                 hidden = self.piecewise_runner.run(batch)
+            elif self.pp_size > 1:
+                hidden = self._pipeline_stage_forward(batch, total)
             else:
                 hidden = self.model(batch.input_ids, batch.positions, batch)
+        if not self.last_stage:      # nothing to sample or pool here: the last stage does it
+            return LaunchedStep([st for st, _ in items], [n for _, n in items], None, starts, [])
 
         step = LaunchedStep([st for st, _ in items], [n for _, n in items], hidden, starts,
                             [items[i][0] for i in sampled_rows])
@@ -402,6 +422,33 @@ class ModelRunner:
                 step.ready.record()
         return step
 
+    def _pipeline_stage_forward(self, batch: ForwardBatch, num_tokens: int) -> torch.Tensor | None:
+        """This stage's layers over the step: the previous stage's hidden states and residual in (received from the
+        same tensor-parallel rank of that stage), this stage's out to the next one; the last stage's hidden states
+        (after the final norm) are returned, None elsewhere. Stages process steps in launch order, so a stage's
+        receives pair with the previous stage's sends without tags."""
+        intermediate = None
+        if not self.first_stage:
+            hidden, residual = pp_recv_hidden(num_tokens, self.config.hf_config.hidden_size, self.dtype, self.device)
+            intermediate = IntermediateTensors(hidden, residual)
+        out = self.model(batch.input_ids, batch.positions, batch, intermediate)
+        if self.last_stage:
+            return out
+        if self._pending_send is not None:
+            self._pending_send[0].wait()
+        self._pending_send = pp_send_hidden(out.hidden, out.residual)
+        return None
+
+    def append_sampled_tokens(self, sampled: dict[str, int]) -> None:
+        """Pipeline stages before the last: the tokens the last stage sampled in a finished step, appended to these
+        requests' states as the last stage appended them (the first stage embeds them at the request's next step).
+        The executor forwards the last stage's output before the next launch (MultiprocExecutor.launch)."""
+        requests = self.requests
+        for rid, token in sampled.items():
+            state = requests.get(rid)
+            if state is not None:
+                state.token_ids.append(token)
+
     @staticmethod
     def _apply_grammar(step: "LaunchedStep", grammar: GrammarOutput) -> None:
         """Structured output: tokens a request's grammar forbids get -inf before sampling. Logprobs are those of
@@ -421,6 +468,8 @@ class ModelRunner:
         sampled tokens join the worker's request states. ``grammar``: the bitmask of the step's constrained rows,
         filled by the engine core while the forward pass ran (such a step is always sampled here, synchronously)."""
         out = ModelRunnerOutput()
+        if not self.last_stage:       # the last stage samples; its tokens reach this one by append_sampled_tokens
+            return out
         if step.pooled is not None:
             out.pooled = step.pooled
             return out

@@ -162,9 +162,10 @@ def test_unknown_kwarg_is_named(model_dir):
         LLM(model=str(model_dir[0]), definitely_not_an_arg=3)
 
 
-def test_pipeline_parallel_not_supported(model_dir):
-    with pytest.raises((NotImplementedError, ValueError), match="not supported yet"):
-        LLM(model=str(model_dir[0]), pipeline_parallel_size=2)
+def test_pipeline_parallel_size_validated(model_dir):
+    # pipeline_parallel_size=2 runs (tests/unit/test_pipeline_parallel.py); 0 is an error naming the field.
+    with pytest.raises(ValueError, match="pipeline_parallel_size must be >= 1"):
+        LLM(model=str(model_dir[0]), pipeline_parallel_size=0)
 
 
 # ---- chat --------------------------------------------------------------------------------------------------------------

@@ -116,10 +116,18 @@ ENGINE_FIELDS: dict[str, list] = {
     # TP=2 vs TP=1 tokens, the killed worker, indivisible heads: tests/unit/test_tensor_parallel.py.
     "tensor_parallel_size": [Behaves(lambda mp: build(mp, tensor_parallel_size=2).executor_backend == "mp"
                                      or _fail()),
-                             Behaves(lambda mp: _raises(lambda: build(mp, device="cuda", tensor_parallel_size=2),
-                                                        "tensor parallel on GPUs is not supported yet")),
+                             Behaves(lambda mp: mp.setattr(torch.cuda, "device_count", lambda: 8)
+                                     or _raises(lambda: build(mp, device="cuda", tensor_parallel_size=2),
+                                                "tensor parallel on GPUs is not supported yet")),
                              Rejects(0, "tensor_parallel_size must be >= 1")],
-    "pipeline_parallel_size": [Rejects(2, "pipeline_parallel_size=2 is not supported yet")],
+    # PP=2 and TP=2 x PP=2 vs one process, the killed stage, too few layers: tests/unit/test_pipeline_parallel.py.
+    "pipeline_parallel_size": [Behaves(lambda mp: build(mp, pipeline_parallel_size=2, tensor_parallel_size=2)
+                                       .world_size == 4 or _fail()),
+                               Behaves(lambda mp: build(mp, pipeline_parallel_size=2).executor_backend == "mp"
+                                       or _fail()),
+                               Behaves(lambda mp: _raises(lambda: build(mp, pipeline_parallel_size=64),
+                                                          r"num_hidden_layers \(32\) must be >= pipeline_parallel_size")),
+                               Rejects(0, "pipeline_parallel_size must be >= 1")],
     "distributed_executor_backend": [Behaves(_cfg(distributed_executor_backend="uni")),
                                      Behaves(lambda mp: build(mp, distributed_executor_backend="mp",
                                                               tensor_parallel_size=2).executor_backend == "mp"

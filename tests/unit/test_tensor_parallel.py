@@ -31,6 +31,12 @@ def _save_tiny(path, arch: str) -> None:
     if arch == "llama":
         save_tiny_llama(path, VOCAB)
         return
+    if arch == "opt":     # biased q/k/v/out, ReLU fc1/fc2, learned positions (replicated), tied head
+        torch.manual_seed(1)
+        transformers.OPTForCausalLM(transformers.OPTConfig(
+            hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
+            max_position_embeddings=512, init_std=0.2)).eval().save_pretrained(path)
+        return
     cfg_cls, model_cls = {"llama_mqa": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                           "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
@@ -52,7 +58,7 @@ def _llm(path, tp: int) -> LLM:
                max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "opt"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)
@@ -99,6 +105,5 @@ def test_indivisible_heads_and_unsupported_backends(tmp_path):
         _config_error(tmp_path, tensor_parallel_size=3)
     assert "is not supported yet" in _config_error(tmp_path, tensor_parallel_size=2,
                                                      distributed_executor_backend="ray")
-    assert "pipeline_parallel_size=2 is not supported yet" in _config_error(tmp_path, pipeline_parallel_size=2)
     assert "needs tensor_parallel_size=1" in _config_error(tmp_path, tensor_parallel_size=2,
                                                            distributed_executor_backend="uni")

@@ -63,7 +63,8 @@ def build_engine(args: argparse.Namespace) -> tuple[AsyncLLMEngine, EngineMetric
     metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats)
     # Tensor parallel: the engine core runs in the server's process and starts the rank workers itself (Python
     # forbids the daemonic engine-core process children); the model's work is in the workers either way.
-    engine_process = not args.disable_frontend_multiprocessing and engine_args.tensor_parallel_size == 1
+    engine_process = (not args.disable_frontend_multiprocessing and engine_args.tensor_parallel_size == 1
+                      and engine_args.pipeline_parallel_size == 1)
     engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=args.log_requests, metrics=metrics,
                                              engine_process=engine_process)
     return engine, metrics, names

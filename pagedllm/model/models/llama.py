@@ -11,11 +11,13 @@ import torch
 from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import RMSNorm
+from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
 from pagedllm.model.layers.rotary import RotaryEmbedding
 from pagedllm.model.models.weights import load_packed_weights
 
@@ -93,19 +95,28 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg, max_position: int, qkv_bias: bool, qk_norm: bool, quant_config=None,
                  prefix: str = "model"):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        # Pipeline parallel: the embedding on the first stage, the final norm on the last, each stage its layers.
+        self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size) if self.first_stage
+                             else PPMissingLayer())
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         rotary = RotaryEmbedding(cfg, head_dim, max_position)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, rotary, qkv_bias, qk_norm, quant_config,
-                                                      f"{prefix}.layers.{i}")
-                                    for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(cfg, i, rotary, qkv_bias, qk_norm, quant_config,
+                                                               f"{prefix}.layers.{i}"))
+        self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]    # a plain list: no slicing per step
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if self.last_stage else PPMissingLayer()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
-        residual = None
-        for layer in self.layers:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        if self.first_stage:
+            hidden, residual = self.embed_tokens(input_ids), None
+        else:
+            hidden, residual = intermediate.hidden, intermediate.residual
+        for layer in self._stage_layers:
             hidden, residual = layer(positions, hidden, residual, batch)
+        if not self.last_stage:
+            return IntermediateTensors(hidden, residual)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
@@ -116,6 +127,7 @@ class LlamaForCausalLM(nn.Module):
     has_lm_head = True
     supports_tensor_parallel = True
     supports_quantization = True
+    supports_pipeline_parallel = True
     # checkpoint name fragment -> (our parameter fragment, shard id)
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
@@ -131,12 +143,19 @@ class LlamaForCausalLM(nn.Module):
                                 getattr(engine_config, "quant_config", None))
         if not self.has_lm_head:
             return
+        if not is_last_pp_stage():
+            self.lm_head = PPMissingLayer()
+            return
         self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
-        if getattr(hf_config, "tie_word_embeddings", False):
+        # Tied embeddings over several pipeline stages: the last stage holds a copy of the first's embedding as its
+        # head (loaded from the embedding's checkpoint tensor, load_weights).
+        self._head_from_embedding = getattr(hf_config, "tie_word_embeddings", False) and not is_first_pp_stage()
+        if getattr(hf_config, "tie_word_embeddings", False) and is_first_pp_stage():
             self.lm_head.tie_weights(self.model.embed_tokens)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        return self.model(input_ids, positions, batch)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, batch, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
@@ -145,7 +164,15 @@ class LlamaForCausalLM(nn.Module):
         skip = ("rotary_emb.inv_freq",)
         if getattr(self.config, "tie_word_embeddings", False):
             skip += ("lm_head.weight",)
-        load_packed_weights(self, weights, self.packed_modules_mapping, skip=skip)
+        rename = {"model.embed_tokens.": "lm_head."} if getattr(self, "_head_from_embedding", False) else None
+        load_packed_weights(self, weights, self.packed_modules_mapping, skip=skip, rename=rename)
+
+    def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
+        """Checkpoint name prefixes this pipeline stage never reads (the loader does not even read them)."""
+        prefixes = missing_prefixes(self)
+        if getattr(self, "_head_from_embedding", False):
+            prefixes = tuple(p for p in prefixes if p != "model.embed_tokens.")
+        return prefixes
 
 
 class LlamaForEmbedding(LlamaForCausalLM):

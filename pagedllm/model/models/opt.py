@@ -57,7 +57,8 @@ class OPTAttention(nn.Module):
         # HF OPT multiplies q by head_dim**-0.5 right after the projection and attends with scale 1; doing the same
         # keeps the fp32 rounding identical (greedy parity with transformers).
         self.scaling = self.head_dim ** -0.5
-        self.attn = Attention(self.num_heads, self.head_dim, 1.0, self.num_heads, layer_idx)
+        # Tensor parallel: this rank's heads (OPT has no GQA: as many KV heads as query heads).
+        self.attn = Attention(self.qkv_proj.num_heads, self.head_dim, 1.0, self.qkv_proj.num_kv_heads, layer_idx)
 
     def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).chunk(3, dim=-1)
@@ -98,7 +99,10 @@ class OPTDecoder(nn.Module):
         super().__init__()
         proj_dim = getattr(cfg, "word_embed_proj_dim", None) or cfg.hidden_size
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, proj_dim)
-        self.embed_positions = VocabParallelEmbedding(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size)
+        # Replicated on every tensor-parallel rank (as vLLM's OPTLearnedPositionalEmbedding): 2050 rows do not
+        # split evenly over most rank counts, and every position's row is needed on every rank.
+        self.embed_positions = nn.Embedding(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size)
+        self.embed_positions.weight.requires_grad_(False)
         if proj_dim != cfg.hidden_size:   # opt-350m: 512-wide embeddings, 1024-wide layers
             self.project_in = ReplicatedLinear(proj_dim, cfg.hidden_size, bias=False)
             self.project_out = ReplicatedLinear(cfg.hidden_size, proj_dim, bias=False)
@@ -135,6 +139,7 @@ class OPTModel(nn.Module):
 
 
 class OPTForCausalLM(nn.Module):
+    supports_tensor_parallel = True
     packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
 
     def __init__(self, hf_config, engine_config):

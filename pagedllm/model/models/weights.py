@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pagedllm.model.layers.linear import default_weight_loader
+from pagedllm.model.layers.pipeline import missing_prefixes
 
 
 def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
@@ -15,14 +16,18 @@ def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
     """Copy each ``(name, tensor)`` into its parameter; fused parameters get the shard id of the part.
 
     Every model parameter must be filled: a missing one is an error (random weights would give garbage silently).
+    Tensors of modules another pipeline stage holds (``PPMissingLayer``) are skipped.
     """
     params = dict(model.named_parameters())
+    elsewhere = missing_prefixes(model)
     loaded: set[str] = set()
     for name, tensor in weights:
         if any(name.endswith(s) for s in skip):
             continue
         for old, new in (rename or {}).items():
             name = name.replace(old, new)
+        if elsewhere and name.startswith(elsewhere):
+            continue
         shard_id = None
         for fragment, (packed, sid) in packed_modules_mapping.items():
             if f".{fragment}." in name:
