@@ -63,7 +63,7 @@ class EngineCore:
                                        config.args.enable_prefix_caching and not config.is_pooling)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.enable_chunked_prefill,
-                                   config.args.long_prefill_token_threshold)
+                                   config.long_prefill_token_threshold, config.max_num_seqs_per_request)
         self.num_blocks = num_blocks
         self.structured_output = StructuredOutputManager(config, load_tokenizer)
         # Async scheduling: the launched step whose tokens the host has not seen yet.
@@ -75,7 +75,7 @@ class EngineCore:
     def add_request(self, req: EngineCoreRequest) -> None:
         request = Request(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_ids,
                           req.arrival_time, req.priority, max_tokens=req.max_tokens, cache_salt=req.cache_salt,
-                          pooling_params=req.pooling_params)
+                          pooling_params=req.pooling_params, parent_request_id=req.parent_request_id)
         so = req.sampling_params.structured_outputs
         if so is not None:     # compiled once per spec, here in the core; the front end has validated it
             request.grammar = self.structured_output.new_matcher(so, req.eos_token_ids)

@@ -28,6 +28,8 @@ class EngineCoreRequest:
     # A pooling request: its prompt is pooled into one vector and it ends (sampling_params then only hold
     # max_tokens=1, which keeps the scheduler from giving it more steps).
     pooling_params: PoolingParams | None = None
+    # One of the n > 1 sequences of a user request: that request's id (the scheduler caps how many run at once).
+    parent_request_id: str | None = None
 
 
 @dataclass
