@@ -146,6 +146,8 @@ class EngineCoreClient:
         if isinstance(msg, CoreBuildFailed):
             self._worker.join(timeout=10)
             raise msg.error
+        if self.engine_process:     # operators (and the fault tests) find the process to watch or kill by this line
+            logger.info("Started the engine core process pid %d.", self._worker.pid)
         threading.Thread(target=self._read_loop, name="pagedllm-engine-reader", daemon=True).start()
         threading.Thread(target=self._write_loop, name="pagedllm-engine-writer", daemon=True).start()
         return msg.info

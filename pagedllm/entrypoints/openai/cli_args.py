@@ -59,6 +59,10 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--max-log-len", type=int, default=None,
                    help="Max number of prompt characters or ids printed in request logs. None = unlimited.")
     add_limit_args(g)
+    g.add_argument("--shutdown-timeout", type=float, default=0,
+                   help="On SIGTERM / SIGINT, wait up to this many seconds for in-flight requests to finish (new "
+                        "requests get 503 meanwhile), then abort the rest and exit 0. 0 (vLLM's default): abort "
+                        "them at once.")
     g.add_argument("--disable-frontend-multiprocessing", action="store_true",
                    help="Run the engine in a thread of the API server process instead of its own process (the "
                         "engine process keeps HTTP work from competing with the engine for the GIL).")
@@ -150,6 +154,8 @@ def check_limit_args(args: argparse.Namespace) -> None:
     if args.max_request_body_bytes < 0:
         raise ValueError(f"--max-request-body-bytes must be 0 (unlimited) or positive, got "
                          f"{args.max_request_body_bytes}.")
+    if not 0 <= getattr(args, "shutdown_timeout", 0) < float("inf"):
+        raise ValueError(f"--shutdown-timeout must be a non-negative number of seconds, got {args.shutdown_timeout}.")
     if args.max_log_len is not None and args.max_log_len < 0:
         raise ValueError(f"--max-log-len must be non-negative, got {args.max_log_len}.")
 
