@@ -94,7 +94,8 @@ class EngineCore:
     def snapshot(self) -> EngineSnapshot:
         pool = self.kv_cache.pool
         return EngineSnapshot(self.scheduler.num_running, self.scheduler.num_waiting, self.kv_cache.usage(),
-                              pool.query_tokens, pool.hit_tokens, self.scheduler.num_preemptions)
+                              pool.query_tokens, pool.hit_tokens, self.scheduler.num_preemptions,
+                              pool.num_free_blocks, pool.num_blocks)
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def step(self) -> tuple[EngineCoreOutputs, StepStats]:

@@ -74,6 +74,9 @@ class EngineSnapshot:
     prefix_queries: int = 0
     prefix_hits: int = 0
     num_preemptions: int = 0
+    # The block pool's own counters (leak checks: every block is free again once nothing runs).
+    num_free_blocks: int = 0
+    num_blocks: int = 0
 
 
 # ---- front end -> core ---------------------------------------------------------------------------------------------
