@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
 from pagedllm import envs
 from pagedllm.config import EngineArgs, verify_engine_args
 from pagedllm.sampling_params import MAX_N
+
+logger = logging.getLogger("pagedllm.entrypoints.openai.cli_args")
 
 DEFAULT_MAX_N = 128             # OpenAI's limit on n
 DEFAULT_MAX_PROMPTS = 2048      # OpenAI's limit on the inputs of one embeddings request
@@ -135,6 +138,10 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         args.api_key = envs.PAGEDLLM_API_KEY or envs.VLLM_API_KEY
     # vLLM's current default: requests (their prompts: user data) are logged only with --enable-log-requests.
     args.log_requests = bool(args.enable_log_requests)
+    if args.disable_log_requests:
+        # vLLM's wording: the flag is accepted and does nothing (logging is already off unless enabled).
+        logger.warning("`--disable-log-requests` is deprecated and has been replaced with `--enable-log-requests`: "
+                       "requests are not logged unless --enable-log-requests is given.")
     check_limit_args(args)
     args.chat_template = load_chat_template(args.chat_template)
     if args.enable_auto_tool_choice:
