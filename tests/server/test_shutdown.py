@@ -24,8 +24,9 @@ def _stream_events(url: str, body: dict, events: list, first: threading.Event) -
 
 
 def test_sigterm_finishes_short_requests_aborts_the_stuck_one_and_exits_0():
-    drain, quick = start_servers(["serve", MODEL, *SERVER_ARGS, "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S)],
-                                 ["serve", MODEL, *SERVER_ARGS])
+    drain, quick, legacy = start_servers(
+        ["serve", MODEL, *SERVER_ARGS, "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S)], ["serve", MODEL, *SERVER_ARGS],
+        ("pagedllm.entrypoints.api_server", ["--model", MODEL] + SERVER_ARGS[:-1]))
     try:
         # A long streamed generation (it cannot finish within the timeout: "stuck") and a short one.
         events: list[str] = []
@@ -78,6 +79,11 @@ def test_sigterm_finishes_short_requests_aborts_the_stuck_one_and_exits_0():
         assert quick.proc.wait(60) == 0, quick.log_tail()
         assert time.monotonic() - t0 < 30
         assert "SIGINT received" in quick.log_tail(200)
+        # The legacy /generate server stops the same way.
+        os.kill(legacy.proc.pid, signal.SIGTERM)
+        assert legacy.proc.wait(60) == 0, legacy.log_tail()
+        assert "SIGTERM received" in legacy.log_tail(200)
     finally:
         drain.stop()
         quick.stop()
+        legacy.stop()

@@ -62,10 +62,7 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--max-log-len", type=int, default=None,
                    help="Max number of prompt characters or ids printed in request logs. None = unlimited.")
     add_limit_args(g)
-    g.add_argument("--shutdown-timeout", type=float, default=0,
-                   help="On SIGTERM / SIGINT, wait up to this many seconds for in-flight requests to finish (new "
-                        "requests get 503 meanwhile), then abort the rest and exit 0. 0 (vLLM's default): abort "
-                        "them at once.")
+    add_shutdown_arg(g)
     g.add_argument("--disable-frontend-multiprocessing", action="store_true",
                    help="Run the engine in a thread of the API server process instead of its own process (the "
                         "engine process keeps HTTP work from competing with the engine for the GIL).")
@@ -90,6 +87,14 @@ def add_limit_args(g) -> None:
                         f"{DEFAULT_MAX_PROMPTS}, OpenAI's limit for embedding inputs.")
     g.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                    help="Max size of a request body; larger bodies get a 413. 0 = unlimited.")
+
+
+def add_shutdown_arg(g) -> None:
+    """vLLM's --shutdown-timeout (both HTTP servers; entrypoints/shutdown.py)."""
+    g.add_argument("--shutdown-timeout", type=float, default=0,
+                   help="On SIGTERM / SIGINT, wait up to this many seconds for in-flight requests to finish (new "
+                        "requests get 503 meanwhile), then abort the rest and exit 0. 0 (vLLM's default): abort "
+                        "them at once.")
 
 
 def make_serve_parser(parser: argparse.ArgumentParser, model_positional: bool) -> argparse.ArgumentParser:
