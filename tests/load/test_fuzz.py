@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FULL
-from load_utils import MODEL, RemoteServer
+from load_utils import FULL, MODEL, RemoteServer
 
 schemathesis = pytest.importorskip("schemathesis", reason="pip install pagedllm[test] (schemathesis)")
 requests = pytest.importorskip("requests")

@@ -15,8 +15,7 @@ import time
 import httpx
 import pytest
 
-from conftest import FULL
-from load_utils import MODEL, RemoteServer, engine_core_pid, metric, metric_with_label, metrics_text
+from load_utils import FULL, MODEL, RemoteServer, engine_core_pid, metric, metric_with_label, metrics_text
 
 NUM_STREAMS = 500 if FULL else 32
 DISCONNECT_FRACTION = 0.2
