@@ -77,7 +77,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        # Here, not after uvicorn returns: on SIGTERM uvicorn re-raises the signal once it has shut down.
+        # Here as soon as uvicorn has closed the connections (run_server calls it again; it is idempotent).
         engine.shutdown()
 
     app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__,
