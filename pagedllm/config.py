@@ -30,6 +30,9 @@ _DTYPES = {
 }
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt")
 DEFAULT_CPU_KV_CACHE_GB = 4.0
+# The server's prompt-chunk cap on the CPU: a short request waits for the step in flight and then needs two more, so
+# a step must stay well under a second for it to finish within 2 s (docs/reliability.md has the measurement).
+SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD = 64
 # vLLM's names for what pagedllm does not do yet, so a tutorial gets "not supported yet", not "unexpected keyword".
 _UNSUPPORTED_TASKS = ("classify", "score", "reward", "transcription", "draft")
 # vLLM's spellings of "this model embeds" (task is the older argument, runner the newer one).
@@ -146,8 +149,13 @@ class EngineArgs:
     enable_lora: bool = False
     max_loras: int = 1
     max_lora_rank: int = 16
-    long_prefill_token_threshold: int = 0
+    # At most this many tokens of one prompt per step (0: no cap). None: no cap, except behind the server on the
+    # CPU (SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD), where a step of 2048 prompt tokens takes seconds.
+    long_prefill_token_threshold: int | None = None
     max_num_partial_prefills: int = 1
+    # At most this many of the n sequences of one request queued or running at once (0: no cap; pagedllm's own
+    # option, vLLM has none). None: no cap offline (one caller owns the engine), max_num_seqs // 16 behind the server.
+    max_num_seqs_per_request: int | None = None
     enable_expert_parallel: bool = False
     data_parallel_size: int = 1
     speculative_config: dict | None = None
@@ -267,7 +275,12 @@ class EngineArgs:
                        help="fcfs (requests' priority must be 0) or priority (lower value first, then arrival).")
         g.add_argument("--long-prefill-token-threshold", type=int, default=d.long_prefill_token_threshold,
                        help="At most this many tokens of one prompt per step (0: no cap), so a long prompt cannot "
-                            "take a whole step's budget from short requests.")
+                            "take a whole step's budget from short requests. None: no cap, except behind the server "
+                            f"on the CPU ({SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD}).")
+        g.add_argument("--max-num-seqs-per-request", type=int, default=d.max_num_seqs_per_request,
+                       help="At most this many of the n sequences of one request are queued or running at once; the "
+                            "others wait for one to end (0: no cap). None: no cap offline, max_num_seqs // 16 behind "
+                            "the server, so one request with a huge n cannot take every seat from short requests.")
         g.add_argument("--max-num-partial-prefills", type=int, default=d.max_num_partial_prefills,
                        help="Not supported yet: only 1.")
         g.add_argument("--enable-lora", action="store_true", help="Not supported yet.")
@@ -351,7 +364,9 @@ def verify_engine_args(args: EngineArgs) -> None:
                              f"by pagedllm (got {name}={getattr(args, name)}).")
     if args.scheduling_policy not in ("fcfs", "priority"):
         raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {args.scheduling_policy!r}.")
-    if args.long_prefill_token_threshold < 0:
+    if args.max_num_seqs_per_request is not None and args.max_num_seqs_per_request < 0:
+        raise ValueError(f"max_num_seqs_per_request must be >= 0 (0: no cap), got {args.max_num_seqs_per_request}.")
+    if args.long_prefill_token_threshold is not None and args.long_prefill_token_threshold < 0:
         raise ValueError(f"long_prefill_token_threshold must be >= 0 (0: no cap), got "
                          f"{args.long_prefill_token_threshold}.")
     if args.max_num_partial_prefills != 1:
@@ -528,6 +543,9 @@ class EngineConfig:
     # The parsed QuantizationConfig (pagedllm/model/quantization) of the quantization argument and the checkpoint,
     # set by the engine layer (create_engine_config); None: dense weights.
     quant_config: Any = None
+    # Fairness caps of the scheduler, resolved (0: no cap): tokens of one prompt per step, sequences of one request.
+    long_prefill_token_threshold: int = 0
+    max_num_seqs_per_request: int = 0
 
     @property
     def is_pooling(self) -> bool:
@@ -660,8 +678,16 @@ class EngineConfig:
             kv_cache_memory_bytes = int((DEFAULT_CPU_KV_CACHE_GB if gb is None else gb) * (1 << 30))
         else:
             kv_cache_memory_bytes = None
+        served = args.usage_context == "openai_api_server"
+        long_prefill = args.long_prefill_token_threshold
+        if long_prefill is None:
+            long_prefill = SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD if served and not on_gpu and chunked else 0
+        seqs_per_request = args.max_num_seqs_per_request
+        if seqs_per_request is None:
+            seqs_per_request = max(1, max_num_seqs // 16) if served else 0
         return cls(args=args, model=model, dtype=dtype, device=device, max_model_len=max_model_len,
                    max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                   long_prefill_token_threshold=long_prefill, max_num_seqs_per_request=seqs_per_request,
                    block_size=args.block_size, attention_backend=backend,
                    triton_gemv=custom_kernels and _switch(args.triton_gemv, envs.PAGEDLLM_TRITON_GEMV),
                    pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),

@@ -68,6 +68,8 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"  scheduling   max_num_seqs {config.max_num_seqs}, max_num_batched_tokens "
         f"{config.max_num_batched_tokens}, async {config.async_scheduling}, prefix caching "
         f"{config.args.enable_prefix_caching and not config.is_pooling}",
+        f"  fairness     long_prefill_token_threshold {config.long_prefill_token_threshold or 'none'}, "
+        f"max_num_seqs_per_request {config.max_num_seqs_per_request or 'none'}",
         f"  CUDA graphs  {runner.get('graphs', 'none')}",
     ]
     plan = runner.get("memory_plan") or []     # worker/memory_plan.py MemoryPlan.describe()

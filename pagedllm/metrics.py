@@ -70,6 +70,9 @@ class EngineMetrics:
         self.g_running = gauge("num_requests_running", "Number of requests in model execution batches.")
         self.g_waiting = gauge("num_requests_waiting", "Number of requests waiting to be processed.")
         self.g_kv_usage = gauge("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        # pagedllm's own: the block pool's counters (vLLM exports only the usage fraction).
+        self.g_free_blocks = gauge("kv_cache_free_blocks", "KV-cache blocks in the free pool (prefix-cached or empty).")
+        self.g_num_blocks = gauge("kv_cache_num_blocks", "KV-cache blocks in all.")
         self.c_prompt = counter("prompt_tokens", "Number of prefill tokens processed.").labels(model_name)
         self.c_generation = counter("generation_tokens", "Number of generation tokens processed.").labels(model_name)
         self.c_success = counter("request_success", "Count of successfully processed requests.", ["finished_reason"])
@@ -107,6 +110,8 @@ class EngineMetrics:
         self.g_running.labels(name).set_function(lambda: snapshot().num_running)
         self.g_waiting.labels(name).set_function(lambda: snapshot().num_waiting)
         self.g_kv_usage.labels(name).set_function(lambda: snapshot().kv_usage)
+        self.g_free_blocks.labels(name).set_function(lambda: snapshot().num_free_blocks)
+        self.g_num_blocks.labels(name).set_function(lambda: snapshot().num_blocks)
         first = snapshot()
         self._prefix_seen = (first.prefix_queries, first.prefix_hits)
 

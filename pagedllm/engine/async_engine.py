@@ -38,6 +38,10 @@ class EngineDeadError(RuntimeError):
     """The engine stopped after an error; the server must be restarted."""
 
 
+class EngineShutdownError(RuntimeError):
+    """The server is shutting down: the request was aborted (``abort_all``)."""
+
+
 # ---- output streams --------------------------------------------------------------------------------------------------
 def merge_outputs(a: RequestOutput, b: RequestOutput, kind: RequestOutputKind) -> RequestOutput:
     """``b`` came after ``a`` for the same request; one output saying both. Deltas concatenate, cumulative and
@@ -82,6 +86,11 @@ class RequestStream:
 
     def put(self, item: RequestOutput | BaseException) -> None:   # event loop thread
         self._queue.put_nowait(item)
+
+    def fail(self, error: BaseException) -> None:   # event loop thread
+        """End the stream with ``error``, whether its consumer waits now or asks next."""
+        self._error = error
+        self._queue.put_nowait(error)
 
     def __aiter__(self) -> "RequestStream":
         return self
@@ -286,6 +295,19 @@ class AsyncLLMEngine:
             self.metrics.on_request_aborted(request_id, len(state.completions))
         if self.log_requests:
             logger.info("Aborted request %s.", printable_id(request_id))
+
+    def abort_all(self, error: BaseException) -> int:
+        """Abort every request in flight (the server is stopping): the core frees them, and each caller's stream
+        raises ``error``. Returns how many there were."""
+        with self._lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            self._abort_nowait(stream.request_id)
+            try:
+                stream._loop.call_soon_threadsafe(stream.fail, error)
+            except RuntimeError:   # that event loop is closed: its caller is gone
+                pass
+        return len(streams)
 
     def shutdown(self) -> None:
         if not self._stopped:

@@ -74,7 +74,7 @@ class EngineCore:
                                        num_swap_blocks=num_swap_blocks)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.enable_chunked_prefill,
-                                   config.args.long_prefill_token_threshold,
+                                   config.long_prefill_token_threshold, config.max_num_seqs_per_request,
                                    preemption_mode=config.args.preemption_mode)
         self.num_blocks = num_blocks
         self.structured_output = StructuredOutputManager(config, load_tokenizer)
@@ -93,7 +93,7 @@ class EngineCore:
     def add_request(self, req: EngineCoreRequest) -> None:
         request = Request(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_ids,
                           req.arrival_time, req.priority, max_tokens=req.max_tokens, cache_salt=req.cache_salt,
-                          pooling_params=req.pooling_params)
+                          pooling_params=req.pooling_params, parent_request_id=req.parent_request_id)
         so = req.sampling_params.structured_outputs
         if so is not None:     # compiled once per spec, here in the core; the front end has validated it
             request.grammar = self.structured_output.new_matcher(so, req.eos_token_ids)
@@ -112,7 +112,8 @@ class EngineCore:
     def snapshot(self) -> EngineSnapshot:
         pool = self.kv_cache.pool
         return EngineSnapshot(self.scheduler.num_running, self.scheduler.num_waiting, self.kv_cache.usage(),
-                              pool.query_tokens, pool.hit_tokens, self.scheduler.num_preemptions)
+                              pool.query_tokens, pool.hit_tokens, self.scheduler.num_preemptions,
+                              pool.num_free_blocks, pool.num_blocks)
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def step(self) -> tuple[EngineCoreOutputs, StepStats]:

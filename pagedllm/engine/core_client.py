@@ -74,7 +74,11 @@ def _queue_pair() -> tuple[_QueueEnd, _QueueEnd]:
 def _core_process_main(engine_args: EngineArgs, conn, fmt: tuple | None, step_trace: str | None,
                        parent_end=None) -> None:
     import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group: the server shuts us down
+    # Ctrl-C, and a SIGTERM sent to the whole group (systemd's default, `kill -- -PGID`), reach this process too:
+    # the server shuts us down itself once its in-flight requests are done (--shutdown-timeout). Our end of the pipe
+    # reads EOF if the server dies, so we never outlive it; SIGKILL still ends us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if parent_end is not None:
         parent_end.close()   # forked: keep no copy of the server's end, or its death would never read as EOF
     if fmt is not None:     # spawned: set up like the parent
@@ -146,6 +150,8 @@ class EngineCoreClient:
         if isinstance(msg, CoreBuildFailed):
             self._worker.join(timeout=10)
             raise msg.error
+        if self.engine_process:     # operators (and the fault tests) find the process to watch or kill by this line
+            logger.info("Started the engine core process pid %d.", self._worker.pid)
         threading.Thread(target=self._read_loop, name="pagedllm-engine-reader", daemon=True).start()
         threading.Thread(target=self._write_loop, name="pagedllm-engine-writer", daemon=True).start()
         return msg.info
@@ -167,7 +173,7 @@ class EngineCoreClient:
             return
         self._worker.join(timeout=15 if self.engine_process else 30)
         if self.engine_process and self._worker.is_alive():
-            self._worker.terminate()
+            self._worker.kill()          # it ignores SIGTERM (_core_process_main)
             self._worker.join(timeout=5)
 
     def _write_loop(self) -> None:

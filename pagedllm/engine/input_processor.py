@@ -134,7 +134,8 @@ class InputProcessor:
                 child_params = params.clone()
                 child_params.seed = params.seed + index
             out.children.append(EngineCoreRequest(child_id, ids, child_params, self.eos_token_ids, arrival,
-                                                  priority, max_tokens, salt))
+                                                  priority, max_tokens, salt,
+                                                  parent_request_id=request_id if params.n > 1 else None))
         return out
 
     def _process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams | None,

@@ -28,6 +28,8 @@ class EngineCoreRequest:
     # A pooling request: its prompt is pooled into one vector and it ends (sampling_params then only hold
     # max_tokens=1, which keeps the scheduler from giving it more steps).
     pooling_params: PoolingParams | None = None
+    # One of the n > 1 sequences of a user request: that request's id (the scheduler caps how many run at once).
+    parent_request_id: str | None = None
 
 
 @dataclass
@@ -72,6 +74,9 @@ class EngineSnapshot:
     prefix_queries: int = 0
     prefix_hits: int = 0
     num_preemptions: int = 0
+    # The block pool's own counters (leak checks: every block is free again once nothing runs).
+    num_free_blocks: int = 0
+    num_blocks: int = 0
 
 
 # ---- front end -> core ---------------------------------------------------------------------------------------------

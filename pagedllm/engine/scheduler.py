@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from pagedllm.engine.kv_cache import KVCacheManager
@@ -61,7 +62,7 @@ class _Launched:
 class Scheduler:
     def __init__(self, kv_cache: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, enable_chunked_prefill: bool = True, long_prefill_token_threshold: int = 0,
-                 preemption_mode: str | None = None):
+                 max_num_seqs_per_request: int = 0, preemption_mode: str | None = None):
         self.kv = kv_cache
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -70,7 +71,13 @@ class Scheduler:
         # vLLM's long_prefill_token_threshold: a prompt chunk takes at most this many tokens of a step (0: no cap),
         # so one long prompt cannot hold back the short requests that arrive behind it.
         self.long_prefill_token_threshold = long_prefill_token_threshold
+        # At most this many sequences of one n > 1 request are queued or running at a time (0: no cap); the others
+        # are held back until one ends, so one n=16384 request cannot take every seat of max_num_seqs.
+        self.max_num_seqs_per_request = max_num_seqs_per_request
         self.waiting: list[Request] = []     # a heap ordered by (priority, arrival time)
+        self._held: dict[str, deque[Request]] = {}      # parent id -> its children over the cap, in order
+        self._num_active_children: dict[str, int] = {}  # parent id -> its children in waiting + running
+        self._held_ids: set[str] = set()
         self.running: list[Request] = []
         # Preempted requests whose KV sits in the swap space, a heap like ``waiting``; they resume before it.
         self.swapped: list[Request] = []
@@ -97,10 +104,33 @@ class Scheduler:
             raise ValueError(f"Request id {request.request_id!r} is already running.")
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
+        parent = request.parent_request_id
+        if parent is not None and self.max_num_seqs_per_request > 0:
+            if self._num_active_children.get(parent, 0) >= self.max_num_seqs_per_request:
+                self._held.setdefault(parent, deque()).append(request)
+                self._held_ids.add(request.request_id)
+                return
+            self._num_active_children[parent] = self._num_active_children.get(parent, 0) + 1
         heapq.heappush(self.waiting, request)
 
+    def _release_child_seat(self, parent: str) -> None:
+        """A child of ``parent`` left waiting + running for good: queue its next held sibling in its seat."""
+        held = self._held.get(parent)
+        if held:
+            request = held.popleft()
+            self._held_ids.discard(request.request_id)
+            heapq.heappush(self.waiting, request)
+            if not held:
+                del self._held[parent]
+            return
+        left = self._num_active_children.get(parent, 0) - 1
+        if left > 0:
+            self._num_active_children[parent] = left
+        else:
+            self._num_active_children.pop(parent, None)
+
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running or self.swapped)
+        return bool(self.waiting or self.running or self.swapped or self._held)
 
     @property
     def num_running(self) -> int:
@@ -108,12 +138,20 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.waiting) + len(self.swapped)
+        return len(self.waiting) + len(self.swapped) + sum(len(h) for h in self._held.values())
 
     def finish_request(self, request: Request, status: RequestStatus) -> None:
         """Finish (stop, length, abort) a request wherever it is, freeing its blocks."""
         assert status.finished
-        if request.status == RequestStatus.RUNNING:
+        parent = request.parent_request_id
+        if request.request_id in self._held_ids:       # never queued: it holds no seat
+            self._held_ids.discard(request.request_id)
+            held = self._held[parent]
+            held.remove(request)
+            if not held:
+                del self._held[parent]
+            parent = None
+        elif request.status == RequestStatus.RUNNING:
             self.running.remove(request)
         elif not request.status.finished and request in self.waiting:
             self.waiting.remove(request)
@@ -121,6 +159,8 @@ class Scheduler:
         elif not request.status.finished and request in self.swapped:
             self.swapped.remove(request)
             heapq.heapify(self.swapped)
+        if parent is not None and self.max_num_seqs_per_request > 0 and not request.status.finished:
+            self._release_child_seat(parent)
         request.status = status
         request.num_placeholders = 0
         self.kv.free(request)

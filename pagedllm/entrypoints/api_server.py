@@ -8,6 +8,7 @@ comes from generate_route.py, the same route the OpenAI-compatible server mounts
 from __future__ import annotations
 
 import argparse
+import sys
 import logging
 
 from fastapi import FastAPI
@@ -19,7 +20,8 @@ from pagedllm.config import EngineArgs, FlexibleArgumentParser, verify_engine_ar
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import run_event_loop
 from pagedllm.entrypoints.generate_route import add_generate_route
-from pagedllm.entrypoints.openai.cli_args import add_limit_args, check_limit_args
+from pagedllm.entrypoints.openai.cli_args import add_limit_args, add_shutdown_arg, check_limit_args
+from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
 from pagedllm.entrypoints.server_guards import DEFAULT_MAX_REQUEST_BODY_BYTES, add_error_handlers, add_guards
 from pagedllm.sampling_params import MAX_N
 
@@ -37,11 +39,13 @@ def build_app(engine: AsyncLLMEngine, root_path: str = "", api_key: str | None =
         try:
             await engine.check_health()
         except Exception:
-            return Response(status_code=500)
+            return Response(status_code=503)
         return Response(status_code=200)
 
     add_generate_route(app, engine, max_n=max_n)
     add_guards(app, api_key, max_request_body_bytes)
+    app.state.server_state = ServerState()
+    app.add_middleware(StoppingGuard, state=app.state.server_state, engine=engine)
     return app
 
 
@@ -59,6 +63,7 @@ def make_arg_parser() -> argparse.ArgumentParser:
                         help="If provided, POST /generate needs this key as 'Authorization: Bearer <key>' (env "
                              "PAGEDLLM_API_KEY does the same); /health stays open.")
     add_limit_args(parser)
+    add_shutdown_arg(parser)
     EngineArgs.add_cli_args(parser)
     return parser
 
@@ -85,10 +90,13 @@ def main(argv: list[str] | None = None) -> None:
     config = uvicorn.Config(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.log_level,
                             timeout_keep_alive=5, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
                             ssl_ca_certs=args.ssl_ca_certs, root_path=args.root_path or "")
+    server = GracefulServer(config, engine, app.state.server_state, args.shutdown_timeout)
     try:
-        run_event_loop(uvicorn.Server(config).serve())
+        run_event_loop(server.serve())
     finally:
         engine.shutdown()
+    if server.exit_code:
+        sys.exit(server.exit_code)
 
 
 if __name__ == "__main__":

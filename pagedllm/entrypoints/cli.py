@@ -18,7 +18,7 @@ _DESCRIPTION = "pagedllm CLI: a vLLM-compatible LLM inference and serving engine
 _SERVE_HELP = "Start the pagedllm OpenAI Compatible API server."
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(args: argparse.Namespace) -> int:
     from pagedllm.entrypoints.openai.api_server import run_server
     from pagedllm.entrypoints.openai.cli_args import finalize_args
 
@@ -26,7 +26,7 @@ def _serve(args: argparse.Namespace) -> None:
         args = finalize_args(args)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    run_server(args)
+    return run_server(args)
 
 
 def _add_serve_parser(subparsers) -> None:

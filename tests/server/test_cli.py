@@ -34,6 +34,22 @@ def test_serve_model_positional_flag_and_default():
     assert engine_args.enforce_eager and engine_args.trust_remote_code and engine_args.disable_log_stats
 
 
+def test_disable_log_requests_is_deprecated(caplog):
+    with caplog.at_level("WARNING", logger="pagedllm"):
+        assert parse("serve", "--disable-log-requests").log_requests is False
+    assert "--disable-log-requests` is deprecated" in caplog.text
+
+
+def test_shutdown_timeout_and_seqs_per_request_flags():
+    assert parse("serve").shutdown_timeout == 0
+    assert parse("serve", "--shutdown-timeout", "30").shutdown_timeout == 30
+    with pytest.raises(ValueError, match="--shutdown-timeout must be a non-negative"):
+        parse("serve", "--shutdown-timeout", "-1")
+    assert EngineArgs.from_cli_args(parse("serve", "--max-num-seqs-per-request", "4")).max_num_seqs_per_request == 4
+    assert EngineArgs.from_cli_args(parse("serve", "--long-prefill-token-threshold", "0")) \
+        .long_prefill_token_threshold == 0
+
+
 def test_request_logging_and_api_key_env(monkeypatch):
     # vLLM's current default: prompts are logged only with --enable-log-requests.
     assert parse("serve").log_requests is False

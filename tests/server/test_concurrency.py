@@ -103,7 +103,8 @@ def test_disconnected_non_streaming_request_is_aborted(server):
 
 
 def test_dead_engine_process_makes_health_fail(server):
-    """Last in this module (it kills the engine): the engine core process dies -> /health 500, requests 500."""
+    """Last in this module (it kills the engine): the engine core process dies -> /health 503, requests 503 (OpenAI's
+    error shape), and the server exits with code 1 a few seconds later (entrypoints/shutdown.py)."""
     import os
     import signal
     import subprocess
@@ -114,7 +115,9 @@ def test_dead_engine_process_makes_health_fail(server):
         os.kill(int(pid), signal.SIGKILL)
     deadline = time.time() + 30
     while time.time() < deadline and httpx.get(server.url + "/health").status_code == 200:
-        time.sleep(0.2)
-    assert httpx.get(server.url + "/health").status_code == 500
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").status_code == 503
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=30)
-    assert r.status_code == 500 and r.json()["error"]["type"] == "InternalServerError"
+    assert r.status_code == 503 and r.json()["error"]["type"] == "ServiceUnavailableError"
+    assert "engine is dead" in r.json()["error"]["message"]
+    assert server.proc.wait(60) == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pagedllm.engine.kv_cache import NONE_HASH, KVCacheManager, hash_block_tokens
-from pagedllm.engine.request import Request
+from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler import Scheduler
 from pagedllm.step_data import ModelRunnerOutput
 from pagedllm.sampling_params import SamplingParams
@@ -172,7 +172,7 @@ def test_block_hashes_are_32_byte_digests_chained_from_none_hash():
 
 _HASHES_OF_A_SALTED_PROMPT = """
 from pagedllm.engine.kv_cache import KVCacheManager
-from pagedllm.engine.request import Request
+from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.sampling_params import SamplingParams
 req = Request("a", list(range(100, 113)), SamplingParams(), cache_salt="tenant-7")
 KVCacheManager(num_blocks=8, block_size=4).update_block_hashes(req)
@@ -383,3 +383,64 @@ def test_long_prefill_token_threshold_caps_each_prompt_chunk():
     assert got == [("long", 8), ("short", 1)]
     got, _ = step(sched)
     assert got == [("long", 4), ("short", 1)]
+
+
+def test_max_num_seqs_per_request_admits_an_n_request_a_few_sequences_at_a_time():
+    """The n sequences of one request hold at most max_num_seqs_per_request seats; a short request arriving behind a
+    huge n is scheduled in the very next step, and a finished sequence's seat goes to its next sibling."""
+    kv = KVCacheManager(64, BS)
+    sched = Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256, max_num_seqs_per_request=2)
+    for i in range(6):                                             # n=6: six sequences of one request
+        child = make_request(f"{i}_big", [1, 2, 3], max_tokens=2)
+        child.parent_request_id = "big"
+        sched.add_request(child)
+    assert sched.num_waiting == 6
+    got, _ = step(sched)
+    assert got == [("0_big", 3), ("1_big", 3)]                      # two seats; the other four are held back
+    sched.add_request(make_request("short", [9, 9], max_tokens=2))
+    got, _ = step(sched)                                            # 0_big and 1_big sample their 2nd token: done
+    assert got == [("0_big", 1), ("1_big", 1), ("short", 2)]
+    got, _ = step(sched)                                            # their seats went to the next two siblings
+    assert got == [("short", 1), ("2_big", 3), ("3_big", 3)]
+    assert sched.num_running == 2 and sched.num_waiting == 2
+    # Aborting the request frees its held sequences too (they hold no blocks, no seats).
+    done = sched.finish_requests([f"{i}_big" for i in range(6)], RequestStatus.FINISHED_ABORTED)
+    assert sorted(r.request_id for r in done) == ["2_big", "3_big", "4_big", "5_big"]
+    assert not sched.has_unfinished() and sched.num_waiting == 0
+    assert kv.num_free_blocks == 64
+
+
+def test_max_num_seqs_per_request_zero_means_no_cap():
+    kv = KVCacheManager(64, BS)
+    sched = Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256)
+    for i in range(4):
+        child = make_request(f"{i}_big", [1, 2, 3], max_tokens=2)
+        child.parent_request_id = "big"
+        sched.add_request(child)
+    got, _ = step(sched)
+    assert [rid for rid, _ in got] == ["0_big", "1_big", "2_big", "3_big"]
+
+
+def test_short_request_is_not_starved_by_a_long_prompt_and_a_huge_n():
+    """The served CPU defaults (a 64-token prompt-chunk cap, 256 // 16 = 16 sequences per request): while an
+    8000-token prompt is prefilled and an n=256 request decodes, every step stays small (at most 64 prompt tokens of
+    the long prompt + 16 decodes + the short request), and a 2-token request is scheduled in the step after it
+    arrives and finishes two steps later."""
+    kv = KVCacheManager(4096, 16)
+    sched = Scheduler(kv, max_num_seqs=256, max_num_batched_tokens=2048, max_model_len=8192,
+                      long_prefill_token_threshold=64, max_num_seqs_per_request=16)
+    sched.add_request(make_request("long", list(range(1, 8001)), max_tokens=64))
+    for i in range(256):
+        child = make_request(f"{i}_big", [5, 6, 7, 8], max_tokens=1000, ignore_eos=True)
+        child.parent_request_id = "big"
+        sched.add_request(child)
+    for _ in range(5):
+        got, _ = step(sched)
+        assert dict(got)["long"] == 64 and len(got) == 17 and sum(n for _, n in got) <= 64 + 16 * 4
+    sched.add_request(make_request("short", [9, 10, 11], max_tokens=2))
+    got, _ = step(sched)
+    assert dict(got)["short"] == 3 and sum(n for _, n in got) == 64 + 16 + 3
+    got, _ = step(sched)
+    assert dict(got)["short"] == 1
+    assert "short" not in sched.requests                  # finished: 2 tokens, two steps after it arrived
+    assert sched.num_running == 17 and sched.num_waiting == 240

@@ -53,6 +53,14 @@ def _cfg(**kwargs):
     return lambda mp: build(mp, **kwargs)
 
 
+def _served(monkeypatch, device: str = "cpu", **kwargs) -> EngineConfig:
+    """``build`` as ``pagedllm serve`` builds it (its usage context picks some defaults)."""
+    monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device(device))
+    args = EngineArgs(model="m", **kwargs)
+    args.usage_context = "openai_api_server"
+    return EngineConfig.build(args, ResolvedModel("m", transformers.LlamaConfig(max_position_embeddings=4096), None))
+
+
 ENGINE_FIELDS: dict[str, list] = {
     "model": [Read(("model/loader.py",), "args.model")],
     "tokenizer": [Read(("model/loader.py",), "args.tokenizer")],
@@ -173,8 +181,19 @@ ENGINE_FIELDS: dict[str, list] = {
     "enable_lora": [Rejects(True, "LoRA adapters are not supported yet")],
     "max_loras": [Rejects(4, "max_loras only applies with enable_lora=True")],
     "max_lora_rank": [Rejects(64, "max_lora_rank only applies with enable_lora=True")],
-    "long_prefill_token_threshold": [Read(("engine/core.py",), "config.args.long_prefill_token_threshold"),
-                                     Rejects(-1, "long_prefill_token_threshold must be >= 0")],
+    "long_prefill_token_threshold": [
+        Read(("engine/core.py",), "config.long_prefill_token_threshold"),
+        Behaves(lambda mp: build(mp, long_prefill_token_threshold=64).long_prefill_token_threshold == 64 or _fail()),
+        Behaves(lambda mp: build(mp).long_prefill_token_threshold == 0 or _fail()),          # offline: no cap
+        Behaves(lambda mp: _served(mp).long_prefill_token_threshold == 64 or _fail()),      # served on the CPU
+        Behaves(lambda mp: _served(mp, long_prefill_token_threshold=0).long_prefill_token_threshold == 0 or _fail()),
+        Rejects(-1, "long_prefill_token_threshold must be >= 0")],
+    "max_num_seqs_per_request": [
+        Read(("engine/core.py",), "config.max_num_seqs_per_request"),
+        Behaves(lambda mp: build(mp).max_num_seqs_per_request == 0 or _fail()),              # offline: no cap
+        Behaves(lambda mp: _served(mp).max_num_seqs_per_request == 256 // 16 or _fail()),
+        Behaves(lambda mp: _served(mp, max_num_seqs_per_request=4).max_num_seqs_per_request == 4 or _fail()),
+        Rejects(-1, "max_num_seqs_per_request must be >= 0")],
     "max_num_partial_prefills": [Rejects(2, "max_num_partial_prefills is not supported yet")],
     "enable_expert_parallel": [Rejects(True, "enable_expert_parallel is not supported yet")],
     "data_parallel_size": [Rejects(2, "data_parallel_size=2 is not supported yet")],

@@ -33,6 +33,7 @@ from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_resp
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
                                                 add_error_handlers, add_guards, validation_error_response)
+from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
 from pagedllm.metrics import EngineMetrics
 from pagedllm.sampling_params import MAX_N
 
@@ -77,7 +78,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        # Here, not after uvicorn returns: on SIGTERM uvicorn re-raises the signal once it has shut down.
+        # Here as soon as uvicorn has closed the connections (run_server calls it again; it is idempotent).
         engine.shutdown()
 
     app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__,
@@ -113,7 +114,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
             await engine.check_health()
         except Exception as e:
             logger.error("Health check failed: %s", e)
-            return Response(status_code=500)
+            return Response(status_code=503)
         return Response(status_code=200)
 
     @app.get("/ping")
@@ -210,13 +211,16 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
 
     # Middlewares: the last added runs first, so CORS answers preflights before the key check.
     add_guards(app, args.api_key, getattr(args, "max_request_body_bytes", DEFAULT_MAX_REQUEST_BODY_BYTES))
+    app.state.server_state = ServerState()
+    app.add_middleware(StoppingGuard, state=app.state.server_state, engine=engine)   # 503s before the key check
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
     return app
 
 
 # ---- running ---------------------------------------------------------------------------------------------------------
-def run_server(args: argparse.Namespace) -> None:
+def run_server(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM / SIGINT (exit code 0) or until the engine dies (1); see entrypoints/shutdown.py."""
     import uvicorn
 
     configure_logging()
@@ -230,7 +234,7 @@ def run_server(args: argparse.Namespace) -> None:
                             ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
                             ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
                             root_path=args.root_path or "")
-    server = uvicorn.Server(config)
+    server = GracefulServer(config, engine, app.state.server_state, getattr(args, "shutdown_timeout", 0))
     scheme = "https" if args.ssl_certfile else "http"
     logger.info("Starting the server on %s://%s:%d (served model name(s): %s; event loop: %s)", scheme, host,
                 args.port, ", ".join(names), event_loop_name())
@@ -238,6 +242,8 @@ def run_server(args: argparse.Namespace) -> None:
         run_event_loop(server.serve())
     finally:
         engine.shutdown()
+    logger.info("Server stopped (exit code %d).", server.exit_code)
+    return server.exit_code
 
 
 def make_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -249,7 +255,9 @@ def make_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.A
 
 def main(argv: list[str] | None = None) -> None:
     args = finalize_args(make_arg_parser().parse_args(argv))
-    run_server(args)
+    code = run_server(args)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
 from pagedllm import envs
 from pagedllm.config import EngineArgs, verify_engine_args
 from pagedllm.sampling_params import MAX_N
+
+logger = logging.getLogger("pagedllm.entrypoints.openai.cli_args")
 
 DEFAULT_MAX_N = 128             # OpenAI's limit on n
 DEFAULT_MAX_PROMPTS = 2048      # OpenAI's limit on the inputs of one embeddings request
@@ -59,6 +62,7 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--max-log-len", type=int, default=None,
                    help="Max number of prompt characters or ids printed in request logs. None = unlimited.")
     add_limit_args(g)
+    add_shutdown_arg(g)
     g.add_argument("--disable-frontend-multiprocessing", action="store_true",
                    help="Run the engine in a thread of the API server process instead of its own process (the "
                         "engine process keeps HTTP work from competing with the engine for the GIL).")
@@ -83,6 +87,14 @@ def add_limit_args(g) -> None:
                         f"{DEFAULT_MAX_PROMPTS}, OpenAI's limit for embedding inputs.")
     g.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                    help="Max size of a request body; larger bodies get a 413. 0 = unlimited.")
+
+
+def add_shutdown_arg(g) -> None:
+    """vLLM's --shutdown-timeout (both HTTP servers; entrypoints/shutdown.py)."""
+    g.add_argument("--shutdown-timeout", type=float, default=0,
+                   help="On SIGTERM / SIGINT, wait up to this many seconds for in-flight requests to finish (new "
+                        "requests get 503 meanwhile), then abort the rest and exit 0. 0 (vLLM's default): abort "
+                        "them at once.")
 
 
 def make_serve_parser(parser: argparse.ArgumentParser, model_positional: bool) -> argparse.ArgumentParser:
@@ -131,6 +143,10 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         args.api_key = envs.PAGEDLLM_API_KEY or envs.VLLM_API_KEY
     # vLLM's current default: requests (their prompts: user data) are logged only with --enable-log-requests.
     args.log_requests = bool(args.enable_log_requests)
+    if args.disable_log_requests:
+        # vLLM's wording: the flag is accepted and does nothing (logging is already off unless enabled).
+        logger.warning("`--disable-log-requests` is deprecated and has been replaced with `--enable-log-requests`: "
+                       "requests are not logged unless --enable-log-requests is given.")
     check_limit_args(args)
     args.chat_template = load_chat_template(args.chat_template)
     if args.enable_auto_tool_choice:
@@ -150,6 +166,8 @@ def check_limit_args(args: argparse.Namespace) -> None:
     if args.max_request_body_bytes < 0:
         raise ValueError(f"--max-request-body-bytes must be 0 (unlimited) or positive, got "
                          f"{args.max_request_body_bytes}.")
+    if not 0 <= getattr(args, "shutdown_timeout", 0) < float("inf"):
+        raise ValueError(f"--shutdown-timeout must be a non-negative number of seconds, got {args.shutdown_timeout}.")
     if args.max_log_len is not None and args.max_log_len < 0:
         raise ValueError(f"--max-log-len must be non-negative, got {args.max_log_len}.")
 
