@@ -41,9 +41,12 @@ _INTERPRET = envs.TRITON_INTERPRET
 
 
 @triton.jit
-def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_ym,
+def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_ym,
                         HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+                        W_SCALE: tl.constexpr):
+    # W_SCALE: 0 = W is in x's dtype; 1 = W is fp8 with one fp32 scale; 2 = fp8 with one scale per output row
+    # (weight-only FP8: half the bytes of bf16 streamed, converted in registers, scaled once in the epilogue).
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -72,6 +75,8 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
                 kmask = offs_k[None, :] < k_end - k0
                 w = tl.load(w_ptrs, mask=kmask, other=0.0)
                 x = tl.load(x_ptrs, mask=kmask, other=0.0)
+            if W_SCALE != 0:
+                w = w.to(x.dtype)
             acc = tl.dot(w, tl.trans(x), acc)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
@@ -119,15 +124,22 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, 
             acc = tl.load(WS + pid_n * TILE + tile_offs, cache_modifier=".cg")
             for s in tl.static_range(1, SPLIT_K):
                 acc += tl.load(WS + (s * tl.num_programs(0) + pid_n) * TILE + tile_offs, cache_modifier=".cg")
-            _epilogue(acc, B, Y, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
+            _epilogue(acc, B, Y, WScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE)
             tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
     else:
-        _epilogue(acc, B, Y, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
+        _epilogue(acc, B, Y, WScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE)
 
 
 @triton.jit
-def _epilogue(acc, B, Y, rows, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
-              BLOCK_M: tl.constexpr):
+def _epilogue(acc, B, Y, WScale, rows, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
+              BLOCK_M: tl.constexpr, W_SCALE: tl.constexpr):
+    if W_SCALE == 1:
+        acc = acc * tl.load(WScale)
+    elif W_SCALE == 2:
+        if USE_DOT:
+            acc = acc * tl.load(WScale + rows)[:, None]
+        else:
+            acc = acc * tl.load(WScale + rows)
     if USE_DOT:
         if HAS_BIAS:
             acc += tl.load(B + rows).to(tl.float32)[:, None]
@@ -230,8 +242,9 @@ def _workspace(device: torch.device, ws_elems: int, n_locks: int) -> tuple[torch
 
 
 def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                              cfg: GemvConfig) -> torch.Tensor:
-    """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous."""
+                              cfg: GemvConfig, weight_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous;
+    ``weight_scale`` (fp32, one value or one per row of ``weight``) when ``weight`` is fp8."""
     m, k = x.shape
     n = weight.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -252,21 +265,31 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         else:
             ws, locks = buffers
     k_per_split = triton.cdiv(triton.cdiv(k, block_k), split_k) * block_k
+    w_scale_mode = 0 if weight_scale is None else (1 if weight_scale.numel() == 1 else 2)
     _skinny_gemm_kernel[(grid_n, split_k)](
-        x, weight, bias if bias is not None else weight, y, ws, locks, m, n, k, k_per_split,
+        x, weight, bias if bias is not None else weight, y, ws, locks,
+        weight_scale if weight_scale is not None else weight, m, n, k, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
-        BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k, W_SCALE=w_scale_mode,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch_args(x.device))
     return y
 
 
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  weight_scale: torch.Tensor | None = None) -> torch.Tensor | None:
     """``F.linear(x, weight, bias)`` for 2-D ``x`` with at most 16 rows, or None where this kernel does not apply
-    (not CUDA, not bf16/fp16, more than 16 rows, non-contiguous operands, dtype mismatch)."""
+    (not CUDA, not bf16/fp16, more than 16 rows, non-contiguous operands, dtype mismatch). An fp8 ``weight`` comes
+    with its fp32 ``weight_scale`` (a single value or one per row): ``x @ (weight * scale)^T``."""
     if not (x.is_cuda or _INTERPRET) or x.dim() != 2 or weight.dim() != 2:
         return None
-    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if weight_scale is None:
+        if weight.dtype != x.dtype:
+            return None
+    elif weight.dtype != torch.float8_e4m3fn or weight_scale.dtype != torch.float32 \
+            or weight_scale.numel() not in (1, weight.shape[0]) or not weight_scale.is_contiguous():
         return None
     m, k = x.shape
     if m > MAX_M or weight.shape[1] != k or x.device != weight.device:
@@ -275,4 +298,4 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return None
     if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
         return None
-    return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k))
+    return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k), weight_scale)

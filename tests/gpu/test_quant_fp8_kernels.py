@@ -1,4 +1,4 @@
-"""FP8 kernels (pagedllm/kernels/quant/fp8.py): the Triton per-token quantization and fp8 GEMV, and the
+"""FP8 kernels (pagedllm/kernels/quant/fp8.py): the Triton per-token quantization, the skinny GEMM over fp8 weights, and the
 ``torch._scaled_mm`` path, against the torch references on random data (GPU, or TRITON_INTERPRET=1 on the CPU)."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
 FP8_GPU = HAS_CUDA and torch.cuda.get_device_capability() >= (8, 9)
 
-from pagedllm.kernels.quant.fp8 import (FP8_DTYPE, fp8_gemv, fp8_linear_reference, fp8_scaled_mm,  # noqa: E402
+from pagedllm.kernels.quant.fp8 import (FP8_DTYPE, fp8_linear_reference, fp8_scaled_mm,  # noqa: E402
                                         per_channel_quantize, per_tensor_quantize, per_token_quant_fp8,
                                         per_token_quant_fp8_torch)
 
@@ -63,14 +63,15 @@ GEMV_SHAPES = [(37, 50), (64, 256), (129, 1000)] if INTERPRET else \
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("n,k", GEMV_SHAPES)
-@pytest.mark.parametrize("m", [1, 2, 4])
-def test_fp8_gemv_matches_the_weight_only_reference(m, n, k, per_channel, dtype):
+@pytest.mark.parametrize("m", [1, 2, 4, 16])
+def test_fp8_skinny_gemm_matches_the_weight_only_reference(m, n, k, per_channel, dtype):
+    from pagedllm.kernels.triton_gemv import skinny_linear
     torch.manual_seed(n + k + m)
     w = torch.randn(n, k)
     wq, ws = per_channel_quantize(w) if per_channel else per_tensor_quantize(w)
     x = torch.randn(m, k).to(dtype)
     bias = torch.randn(n).to(dtype)
-    y = fp8_gemv(x.to(DEVICE), wq.to(DEVICE), ws.to(DEVICE), bias.to(DEVICE))
+    y = skinny_linear(x.to(DEVICE), wq.to(DEVICE), bias.to(DEVICE), weight_scale=ws.float().reshape(-1).to(DEVICE))
     ref = fp8_linear_reference(x, wq, ws, bias, quantize_input=False)
     assert y.dtype == dtype and y.shape == (m, n)
     rel = ((y.float().cpu() - ref).norm() / ref.norm()).item()

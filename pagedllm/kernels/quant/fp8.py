@@ -1,5 +1,5 @@
 """FP8 (float8_e4m3fn) W8A8 matmul pieces: weight quantization, dynamic per-token activation quantization, the
-``torch._scaled_mm`` GEMM and a skinny fp8-weight GEMV for decode batches.
+``torch._scaled_mm`` GEMM (decode batches read the fp8 weight through the skinny GEMM, kernels/triton_gemv.py).
 
 Convention (vLLM's): a scale multiplies, ``x ~= q.float() * scale``, and a dynamic scale is ``amax / 448`` (448 is
 e4m3's largest finite value), so the largest element maps to +-448.
@@ -129,36 +129,6 @@ if triton is not None:
                 tl.store(q_row + k0 + offs, q.to(Q.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
         tl.store(S + row, scale)
 
-    @triton.jit
-    def _fp8_gemv_kernel(X, W, WS, B, Y, M, N, stride_xm, stride_wn, stride_ym, K: tl.constexpr,
-                         PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # Weight-only fp8 at decode batch sizes: each program owns BLOCK_N rows of W for one row of x, streams
-        # [BLOCK_N, BLOCK_K] fp8 tiles (half the bytes of bf16) into fp32 FMAs, scales once at the end.
-        pid_n = tl.program_id(0)
-        m = tl.program_id(1).to(tl.int64)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rows = tl.where(offs_n < N, offs_n, 0)
-        offs_k = tl.arange(0, BLOCK_K)
-        w_ptrs = W + rows.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
-        x_ptrs = X + m * stride_xm + offs_k
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            kmask = offs_k < K - k0
-            w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
-            x = tl.load(x_ptrs, mask=kmask, other=0.0)
-            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-            w_ptrs += BLOCK_K
-            x_ptrs += BLOCK_K
-        y = tl.sum(acc, axis=1)
-        if PER_CHANNEL:
-            y = y * tl.load(WS + rows).to(tl.float32)
-        else:
-            y = y * tl.load(WS).to(tl.float32)
-        if HAS_BIAS:
-            y += tl.load(B + rows).to(tl.float32)
-        tl.store(Y + m * stride_ym + offs_n, y.to(Y.dtype.element_ty), mask=offs_n < N)
-
 
 # Rows up to this many elements are quantized from registers in one read (fp32: 32 KiB per program).
 _ONE_TILE_MAX_K = 8192
@@ -178,17 +148,6 @@ def per_token_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _per_token_quant_kernel[(m,)](x, q, s, x.stride(0), q.stride(0), MIN_SCALE, K=k,
                                   FP8_MAXV=FP8_MAX, BLOCK_K=block_k, ONE_TILE=one_tile, num_warps=num_warps)
     return q, s
-
-
-def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-             bias: torch.Tensor | None) -> torch.Tensor:
-    """``x [M, K]`` (bf16/fp16, small M) times the fp8 ``weight [N, K]`` dequantized by ``weight_scale`` (scalar or
-    per output row), weight-only: ``x`` is not quantized (at decode the weight read is the whole cost)."""
-    m, k = x.shape
-    n = weight.shape[0]
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m == 0 or n == 0:
-        return y
     scale = weight_scale.float().reshape(-1).contiguous()
     block_n, block_k = 16, 256
     _fp8_gemv_kernel[(triton.cdiv(n, block_n), m)](

@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 ACTIVATION_SCHEMES = ("static", "dynamic")
 # FP8 tensor-core GEMMs: Ada (8.9) and Hopper (9.0) and later.
 FP8_MIN_CAPABILITY = (8, 9)
-# Decode batches up to this many rows take the fp8 skinny GEMV on CUDA (the weight read dominates there).
-GEMV_MAX_M = 4
+# Decode batches up to this many rows take the skinny GEMM (kernels/triton_gemv.py) with the fp8 weight on CUDA:
+# the weight read dominates there and fp8 is half bf16's bytes; no activation rounding (weight-only).
+GEMV_MAX_M = 16
 
 def _matches(name: str, pattern: str) -> bool:
     """An ignore-list entry: an exact module name, a ``re:`` regular expression (compressed-tensors), or a plain
@@ -308,9 +309,10 @@ class Fp8LinearMethod(LinearMethod):
         x2 = x.reshape(-1, k)
         m = x2.shape[0]
         if 0 < m <= GEMV_MAX_M and x.dtype != torch.float32 and kernel_settings.current.triton_gemv:
-            from pagedllm.kernels.quant.fp8 import fp8_gemv
-            y = fp8_gemv(x2.contiguous(), weight, layer.weight_scale, bias)
-            return y.reshape(*x.shape[:-1], n)
+            from pagedllm.kernels.triton_gemv import skinny_linear
+            y = skinny_linear(x2.contiguous(), weight, bias, weight_scale=layer.weight_scale.reshape(-1))
+            if y is not None:
+                return y.reshape(*x.shape[:-1], n)
         input_scale = getattr(layer, "input_scale", None)
         if input_scale is not None:
             qx = quantize_to_fp8(x2, input_scale)
