@@ -349,19 +349,15 @@ _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig]] = {}
 
 # Candidates the benchmark sweeps per M bucket.
 CANDIDATES: dict[int, list[PackedConfig]] = {
-    1: [PackedConfig(1, bn, bk, w, 1, sk) for bn, bk, w in [(128, 128, 4), (64, 128, 2), (64, 128, 4), (256, 128, 8),
-                                                            (128, 64, 4), (128, 128, 8)] for sk in (0, 1, 2)],
+    1: [PackedConfig(1, bn, bk, w, 1, sk) for bn, bk, w in [(128, 128, 4), (64, 128, 4), (256, 128, 8), (128, 64, 4)]
+        for sk in (0, 1, 4)] + [PackedConfig(1, 64, 128, 2, 1)],
     16: [PackedConfig(16, bn, bk, w, st, sk) for bn, bk, w, st in [(64, 128, 4, 3), (128, 128, 4, 3), (32, 128, 4, 3),
-                                                                   (64, 128, 4, 1), (128, 128, 8, 2)]
-         for sk in (0, 1, 2)],
-    64: [PackedConfig(bm, bn, bk, w, st) for bm, bn, bk, w, st in [(64, 64, 128, 4, 3), (64, 128, 64, 4, 4),
-                                                                   (32, 64, 128, 4, 3), (64, 128, 128, 8, 3)]]
-    + [_DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True)],
-    256: [PackedConfig(bm, bn, bk, w, st) for bm, bn, bk, w, st in [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4)]]
-    + [_DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True), PackedConfig(0, 128, 64, 4, 1, cublas=True),
-       PackedConfig(0, 256, 128, 8, 1, cublas=True)],
-    4096: [PackedConfig(128, 128, 64, 8, 4)]
-    + [_DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True), PackedConfig(0, 128, 64, 4, 1, cublas=True)],
+                                                                   (128, 128, 8, 2)] for sk in (0, 1)],
+    64: [PackedConfig(64, 64, 128, 4, 3), PackedConfig(64, 128, 64, 4, 4), _DQ,
+         PackedConfig(0, 64, 256, 4, 1, cublas=True)],
+    256: [PackedConfig(128, 128, 64, 8, 3), _DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True),
+          PackedConfig(0, 256, 128, 8, 1, cublas=True)],
+    4096: [PackedConfig(128, 128, 64, 8, 4), _DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True)],
 }
 
 
