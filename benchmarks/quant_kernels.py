@@ -11,7 +11,8 @@ compare with the H200's ~4.3 TB/s copy rate; int4 should take about a quarter of
 ``--sweep`` first times every candidate config (triton_packed.CANDIDATES) per shape and M bucket and prints the
 best as a ``_TABLE`` for triton_packed.py, then uses them in the table.
 
-Usage (GPU): python benchmarks/quant_kernels.py [--sweep] [--ms 1,4,16,256,4096] [--bits 4] [--group 128]
+Usage (GPU): python benchmarks/quant_kernels.py [--sweep [--sweep-ms 1,16]] [--ms 1,4,16,256,4096] [--bits 4]
+[--group 128]
 """
 from __future__ import annotations
 
@@ -158,6 +159,7 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=4, choices=(4, 8))
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep-ms", default=None, help="the M values to sweep (default: --ms)")
     ap.add_argument("--deadline", type=float, default=420.0, help="seconds the sweep may take")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -166,7 +168,8 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     check_correct(args.bits, args.group)
     if args.sweep:
-        run_sweep(ms, args.bits, args.group, args.deadline)
+        sweep_ms = [int(v) for v in args.sweep_ms.split(",")] if args.sweep_ms else ms
+        run_sweep(sweep_ms, args.bits, args.group, args.deadline)
     run_table(ms, args.bits, args.group)
 
 

@@ -1,20 +1,31 @@
 """Triton matmuls over the canonical packed integer form (packed.py): ``y = x @ W (+ bias)``, W int4/int8 packed.
 
-Two kernels, one launcher (``packed_matmul``), chosen by the number of rows ``M`` of ``x``:
+One launcher (``packed_matmul``), three paths chosen by the number of rows ``M`` of ``x`` and a per-shape table:
 
-* **Decode** (``M <= 16``, ``_packed_skinny_kernel``): bound by the weight read, so each program streams a column
-  slice of ``qweight`` (``[BLOCK_K // pack, BLOCK_N]`` int32 words a tile, ``N`` contiguous), unpacks the words in
-  registers (shift and mask), applies each packed row's group scale and offset in fp32 and
-  - ``M == 1``: multiplies by ``x`` in fp32 FMAs into a ``[BLOCK_N, BLOCK_K // pack]`` accumulator, the ``pack``
-    values of a word reduced in-thread, one reduction over K at the end (as the bf16 skinny GEMM's FMA path);
-  - ``2 <= M <= 16``: feeds the tensor cores with ``pack`` dots per tile, one per position ``j`` of a value in its
-    word: ``W[kp * pack + j, :]`` for all ``kp`` of the tile against ``x[:, kp * pack + j]`` (a dot over the tile
-    in a permuted K order is the same dot), so the words never need a register reshape.
-  Split-K where the column tiles are too few to fill the GPU, reduced inside the same kernel by the last program of
-  each tile to arrive (the scheme and the workspace of ``triton_gemv``: no memset, no second kernel, deterministic).
-* **Prefill** (``M > 16``, ``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
+* **Decode** (``M <= 16``, ``_packed_decode_kernel``): bound by the weight read, so each program streams a column
+  slice of ``qweight`` (``[BLOCK_KP, BLOCK_N]`` int32 words a tile, ``N`` contiguous) over a range of K (split-K
+  gives a few programs per SM even for narrow layers), and the per-weight work is kept to three instructions:
+  a value becomes a float with one LOP3 (``_unpack_scaled``: the field ORed into the mantissa of ``2**23``, no
+  int->float conversion, which is a quarter-rate instruction) and one fma applies the group scale exactly; the
+  group offset never touches a weight: ``sum_k x_k o[g(k), n]`` is ``o`` times a sum of ``x`` per packed row (or
+  per tile).
+  - ``M == 1``: fp32 FMAs with ``x`` into a ``[BLOCK_KP, BLOCK_N]`` accumulator, reduced over K once at the end;
+    with ``prefetch`` the next tile's words and scales are loaded before this tile's math (registers
+    double-buffered), the first tile before the PDL wait.
+  - ``2 <= M <= 16``: the tensor cores, ``pack`` dots per tile, one per position ``j`` of a value in its word:
+    ``W[kp * pack + j, :]`` for all ``kp`` of the tile against ``x[:, kp * pack + j]`` (a dot over the tile in a
+    permuted K order is the same dot), so the words never need a register reshape.
+  Split-K partials are reduced inside the same kernel by the last program of each tile to arrive (the scheme and
+  the workspace of ``triton_gemv``: no memset, no second kernel, deterministic).
+* **Prefill, dequantize + cuBLAS** (``cublas`` configs; most shapes from ``M > 16``): ``_dequantize_kernel`` writes
+  the dense ``W`` into a persistent per-device scratch sized by the largest layer (reads 0.5 B and writes 2 B per
+  int4 weight at HBM speed), then ``torch.mm``. At ``M >= 64`` this beats any fused kernel here (what vLLM does for
+  AWQ at >= 256 tokens). The scratch grows only outside CUDA-graph capture; a captured call that would need more
+  takes the fused GEMM.
+* **Prefill, fused** (``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
   ``[BLOCK_K // pack, BLOCK_N]`` tile of words, dequantizes it to ``[BLOCK_K, BLOCK_N]`` in ``x``'s dtype and runs
   ``tl.dot`` with fp32 accumulation; program ids swizzled in groups of ``GROUP_M`` row tiles for L2 reuse of W.
+  Kept for mid-size M on wide layers (7B gate_up at M = 64) and as the in-capture fallback.
 
 Scales and offsets are read three ways (constexpr ``SCALE_MODE``): one ``[BLOCK_N]`` row per K tile when the tile
 lies inside one group (``group_size % BLOCK_K == 0``: AWQ/GPTQ g128 with ``BLOCK_K <= 128``), one row for the whole
@@ -23,7 +34,7 @@ matmul when there is one group (per-channel), otherwise gathered per packed row 
 
 Launch configs are constants looked up per ``(M bucket, N, K, bits, group_size)`` on the first call of a shape and
 kept in a dict (no run-time autotuning: the engine's warm-up compiles every variant). ``benchmarks/quant_kernels.py
---sweep`` times the candidate configs on a GPU to fill ``_TABLE``.
+--sweep`` times the candidate configs on a GPU to fill ``_TABLE``; docs/perf.md has the measurements.
 """
 from __future__ import annotations
 
@@ -120,7 +131,8 @@ def _unpack_scaled(words, words_hi, s, c, j: tl.constexpr, BITS: tl.constexpr, F
 def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, stride_xm, stride_ym,
                           BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                           USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, FUSED: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr, PDL: tl.constexpr):
+                          PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_KP: tl.constexpr, PDL: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
     HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
     pid_n = tl.program_id(0)
@@ -134,45 +146,92 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
     if SCALE_MODE == 2:
         s_one = tl.load(S + cols).to(tl.float32)
         o_one = tl.load(O + cols).to(tl.float32)
-    w_ptrs = QW + (kp_start + offs_kp).to(tl.int64)[:, None] * N + cols[None, :]       # [BLOCK_KP, BLOCK_N]
-    pdl_wait(PDL)
-    if USE_DOT:
-        offs_m = tl.arange(0, BLOCK_M)
-        xrows = tl.minimum(offs_m, M - 1)      # rows >= M re-read row M - 1 (cached); never stored
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    else:
-        acc2 = tl.zeros((BLOCK_KP, BLOCK_N), dtype=tl.float32)
     # A trip count that does not depend on the program id (uniform; the interpreter needs host ints here too).
     # Where K or the splits are uneven the tiles past K are masked (EVEN_K covers both).
-    for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
-        kp0 = kp_start + kp_rel
-        kmask = (kp0 + offs_kp) < KP
-        if EVEN_K:
-            words = tl.load(w_ptrs)
-        else:
-            words = tl.load(w_ptrs, mask=kmask[:, None], other=0)
-        words_hi = words >> HI_SHIFT
-        s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[:, None],
-                                PACK, GROUP, SCALE_MODE, EVEN_K, False)                # [1 or BKP, BN]
-        c = s * -TWO23
-        # The offset term sum_k x_k o[g(k), n] is applied per packed row: o times the sum of that row's x values.
-        if USE_DOT:
-            xsum = tl.zeros((BLOCK_M, BLOCK_KP), dtype=tl.float32)
+    if USE_DOT:
+        # W is the tensor cores' A operand ([BLOCK_N, BLOCK_KP] words, N contiguous), x the B operand padded to 16
+        # columns; one dot per position j of a value in its word (a dot over the tile in a permuted K order).
+        w_ptrs = QW + (kp_start + offs_kp).to(tl.int64)[None, :] * N + cols[:, None]
+        pdl_wait(PDL)
+        offs_m = tl.arange(0, BLOCK_M)
+        xrows = tl.minimum(offs_m, M - 1)      # rows >= M re-read row M - 1 (cached); never stored
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
+            kp0 = kp_start + kp_rel
+            kmask = (kp0 + offs_kp) < KP
+            if EVEN_K:
+                words = tl.load(w_ptrs)
+            else:
+                words = tl.load(w_ptrs, mask=kmask[None, :], other=0)
+            words_hi = words >> HI_SHIFT
+            s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[None, :],
+                                    PACK, GROUP, SCALE_MODE, EVEN_K, True)            # [BN, 1 or BKP]
+            c = s * -TWO23
+            xacc = tl.zeros((BLOCK_KP, BLOCK_M), dtype=tl.float32)
             for j in tl.static_range(PACK):
-                w = _unpack_scaled(words, words_hi, s, c, j, BITS, FUSED)                  # [BKP, BN]
-                x_ptrs = X + xrows[:, None] * stride_xm + ((kp0 + offs_kp) * PACK + j)[None, :]
+                w = _unpack_scaled(words, words_hi, s, c, j, BITS, FUSED)             # [BN, BKP]
+                if SCALE_MODE == 0:
+                    w += o
+                x_ptrs = X + xrows[None, :] * stride_xm + ((kp0 + offs_kp) * PACK + j)[:, None]
                 if EVEN_K:
                     xj = tl.load(x_ptrs)
                 else:
-                    xj = tl.load(x_ptrs, mask=kmask[None, :], other=0.0)
-                acc = tl.dot(xj, w.to(X.dtype.element_ty), acc)
-                xsum += xj.to(tl.float32)
-            if SCALE_MODE == 0:
-                acc = tl.dot(xsum, o, acc, input_precision="ieee")
+                    xj = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
+                acc = tl.dot(w.to(X.dtype.element_ty), xj, acc)
+                if SCALE_MODE != 0:
+                    xacc += xj.to(tl.float32)
+            if SCALE_MODE != 0:      # one offset row per tile: o times the tile's sum of x, per row of x
+                acc += o * tl.sum(xacc, axis=0)[None, :]
+            w_ptrs += BLOCK_KP * N
+        tile_offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+        TILE: tl.constexpr = BLOCK_N * BLOCK_M
+    else:
+        # M == 1: fp32 FMAs into a [BLOCK_KP, BLOCK_N] tile, reduced over K once at the end; the offset term
+        # sum_k x_k o[g(k), n] is applied per packed row, o times the sum of that row's x values.
+        w_ptrs = QW + (kp_start + offs_kp).to(tl.int64)[:, None] * N + cols[None, :]
+        acc2 = tl.zeros((BLOCK_KP, BLOCK_N), dtype=tl.float32)
+        if PREFETCH:
+            # Registers double-buffered: the next tile's words (and group scales) are loaded before this tile's
+            # math. Rows clamped into the matrix, so the load past a split's last tile needs no mask. The first
+            # tile is read before pdl_wait (weights are constants).
+            g_last = (KP * PACK) // GROUP - 1
+            nxt = tl.load(QW + tl.minimum(kp_start + offs_kp, KP - 1).to(tl.int64)[:, None] * N + cols[None, :])
+            if SCALE_MODE == 1:
+                g0 = tl.minimum((kp_start * PACK) // GROUP, g_last)
+                s_nxt = tl.load(S + g0 * N + cols)
+                o_nxt = tl.load(O + g0 * N + cols)
+        pdl_wait(PDL)
+        for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
+            kp0 = kp_start + kp_rel
+            kmask = (kp0 + offs_kp) < KP
+            if PREFETCH:
+                words = nxt
+                if not EVEN_K:
+                    words = tl.where(kmask[:, None], words, 0)
+                nxt = tl.load(QW + tl.minimum(kp0 + BLOCK_KP + offs_kp, KP - 1).to(tl.int64)[:, None] * N
+                              + cols[None, :])
+                if SCALE_MODE == 1:
+                    s = s_nxt.to(tl.float32)[None, :]
+                    o = o_nxt.to(tl.float32)[None, :]
+                    if not EVEN_K:
+                        s = tl.where(kp0 < KP, s, 0.0)
+                        o = tl.where(kp0 < KP, o, 0.0)
+                    g1 = tl.minimum(((kp0 + BLOCK_KP) * PACK) // GROUP, g_last)
+                    s_nxt = tl.load(S + g1 * N + cols)
+                    o_nxt = tl.load(O + g1 * N + cols)
+                else:
+                    s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[:, None],
+                                            PACK, GROUP, SCALE_MODE, EVEN_K, False)
             else:
-                acc += tl.sum(xsum, axis=1)[:, None] * o
-        else:
-            xsum1 = tl.zeros((BLOCK_KP,), dtype=tl.float32)
+                if EVEN_K:
+                    words = tl.load(w_ptrs)
+                else:
+                    words = tl.load(w_ptrs, mask=kmask[:, None], other=0)
+                s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[:, None],
+                                        PACK, GROUP, SCALE_MODE, EVEN_K, False)        # [1 or BKP, BN]
+            words_hi = words >> HI_SHIFT
+            c = s * -TWO23
+            xsum = tl.zeros((BLOCK_KP,), dtype=tl.float32)
             for j in tl.static_range(PACK):
                 w = _unpack_scaled(words, words_hi, s, c, j, BITS, FUSED)
                 x_ptrs = X + (kp0 + offs_kp) * PACK + j
@@ -181,13 +240,9 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
                 else:
                     xj = tl.load(x_ptrs, mask=kmask, other=0.0).to(tl.float32)
                 acc2 += w * xj[:, None]
-                xsum1 += xj
-            acc2 += o * xsum1[:, None]
-        w_ptrs += BLOCK_KP * N
-    if USE_DOT:
-        tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        TILE: tl.constexpr = BLOCK_N * BLOCK_M
-    else:
+                xsum += xj
+            acc2 += o * xsum[:, None]
+            w_ptrs += BLOCK_KP * N
         acc = tl.sum(acc2, axis=0)
         tile_offs = tl.arange(0, BLOCK_N)
         TILE: tl.constexpr = BLOCK_N
@@ -212,10 +267,10 @@ def _decode_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS: tl.cons
                      BLOCK_M: tl.constexpr):
     if USE_DOT:
         if HAS_BIAS:
-            acc += tl.load(B + cols).to(tl.float32)[None, :]
+            acc += tl.load(B + cols).to(tl.float32)[:, None]
         offs_m = tl.arange(0, BLOCK_M)
-        y_ptrs = Y + offs_m[:, None] * stride_ym + offs_n[None, :]
-        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+        y_ptrs = Y + offs_m[None, :] * stride_ym + offs_n[:, None]
+        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_m[None, :] < M))
     else:
         if HAS_BIAS:
             acc += tl.load(B + cols).to(tl.float32)
@@ -321,6 +376,7 @@ class PackedConfig(NamedTuple):
     split_k: int = 0        # decode only; 0: chosen from the shape (about _DECODE_PROGRAMS_PER_SM programs an SM)
     group_m: int = 8        # prefill only
     cublas: bool = False    # prefill only: dequantize W into a scratch buffer (block_n x block_k tiles), then cuBLAS
+    prefetch: bool = False  # decode M == 1 only: load the next tile's words before this tile's math
 
 
 def _m_bucket(m: int) -> int:
@@ -341,18 +397,29 @@ _DQ = PackedConfig(0, 128, 128, 4, 1, cublas=True)      # the dequantize kernel'
 _DEFAULTS: dict[tuple[int, int], PackedConfig] = {
     (1, 4): PackedConfig(1, 128, 128, 4, 1), (1, 8): PackedConfig(1, 128, 64, 4, 1),
     (16, 4): PackedConfig(16, 64, 128, 4, 3), (16, 8): PackedConfig(16, 64, 64, 4, 3),
-    (64, 4): PackedConfig(64, 64, 128, 4, 3), (64, 8): PackedConfig(64, 64, 128, 4, 3),
+    (64, 4): _DQ, (64, 8): _DQ,
     (256, 4): _DQ, (256, 8): _DQ, (4096, 4): _DQ, (4096, 8): _DQ,
 }
-# Measured per-shape choices: (N, K, bits) -> {M bucket: config}. Empty until the H200 sweep.
-_TABLE: dict[tuple[int, int, int], dict[int, PackedConfig]] = {}
+# Measured per-shape choices: (N, K, bits) -> {M bucket: config}, from `benchmarks/quant_kernels.py --sweep` on an
+# H200 (Qwen2.5-7B shapes, int4 g128, bf16).
+_P = PackedConfig
+_TABLE: dict[tuple[int, int, int], dict[int, PackedConfig]] = {
+    (4608, 3584, 4): {1: _P(1, 64, 128, 4, 1), 64: _DQ, 256: _DQ, 4096: _DQ},
+    (3584, 3584, 4): {1: _P(1, 128, 64, 4, 1), 64: _DQ, 256: _DQ, 4096: _DQ},
+    (37888, 3584, 4): {1: _P(1, 128, 64, 4, 1, 4), 64: _P(64, 128, 64, 4, 4), 256: _DQ, 4096: _DQ},
+    (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 64: _DQ, 256: _DQ, 4096: _DQ},
+}
 
 # Candidates the benchmark sweeps per M bucket.
 CANDIDATES: dict[int, list[PackedConfig]] = {
-    1: [PackedConfig(1, bn, bk, w, 1, sk) for bn, bk, w in [(128, 128, 4), (64, 128, 4), (256, 128, 8), (128, 64, 4)]
-        for sk in (0, 1, 4)] + [PackedConfig(1, 64, 128, 2, 1)],
-    16: [PackedConfig(16, bn, bk, w, st, sk) for bn, bk, w, st in [(64, 128, 4, 3), (128, 128, 4, 3), (32, 128, 4, 3),
-                                                                   (128, 128, 8, 2)] for sk in (0, 1)],
+    1: [PackedConfig(1, bn, bk, w, st, sk, prefetch=pf)
+        for bn, bk, w, st, sk, pf in [(128, 64, 4, 1, 4, True), (64, 128, 4, 1, 0, True), (64, 128, 4, 1, 0, False),
+                                      (128, 64, 4, 1, 4, False), (128, 128, 4, 1, 0, False), (128, 64, 4, 1, 0, True),
+                                      (128, 128, 4, 1, 0, True), (64, 64, 4, 1, 0, True), (128, 64, 8, 1, 0, True),
+                                      (64, 128, 4, 3, 0, False), (128, 64, 4, 3, 4, False)]],
+    16: [PackedConfig(16, bn, bk, w, st, sk) for bn, bk, w, st, sk in [(128, 128, 4, 3, 0), (128, 128, 8, 2, 0),
+                                                                       (64, 128, 4, 3, 0), (128, 128, 4, 3, 1),
+                                                                       (64, 128, 4, 3, 2)]],
     64: [PackedConfig(64, 64, 128, 4, 3), PackedConfig(64, 128, 64, 4, 4), _DQ,
          PackedConfig(0, 64, 256, 4, 1, cublas=True)],
     256: [PackedConfig(128, 128, 64, 8, 3), _DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True),
@@ -434,7 +501,8 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
     block_m = MAX_DECODE_M if use_dot else 1
     return _Plan("decode", (grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * block_n * block_m,
                  dict(common, EVEN_K=even_k and k_tiles % tiles_per_split == 0, USE_DOT=use_dot, SPLIT_K=split_k,
-                      FUSED=_FUSED, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KP=block_kp))
+                      FUSED=_FUSED, PREFETCH=cfg.prefetch and not use_dot, BLOCK_M=block_m, BLOCK_N=block_n,
+                      BLOCK_KP=block_kp))
 
 
 # Dense scratch for the cuBLAS prefill path, per (device, dtype): one buffer sized by the largest layer, reused by
@@ -479,7 +547,7 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
             if buffers is None:         # inside a CUDA-graph capture that would need a bigger workspace
                 cfg = PackedConfig(constexprs["BLOCK_M"], constexprs["BLOCK_N"],
                                    constexprs["BLOCK_KP"] * (32 // w.bits), constexprs["num_warps"],
-                                   constexprs["num_stages"], split_k=1)
+                                   constexprs["num_stages"], split_k=1, prefetch=constexprs["PREFETCH"])
                 return _launch(x, w, bias, _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
                                                       cfg))
             ws, locks = buffers
