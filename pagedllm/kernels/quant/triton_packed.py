@@ -395,7 +395,7 @@ _DECODE_PROGRAMS_PER_SM = 4
 _DQ = PackedConfig(0, 128, 128, 4, 1, cublas=True)      # the dequantize kernel's tile for the cuBLAS prefill path
 # Defaults per M bucket and bits (H200 measurements where noted in _TABLE; these are the fallbacks for other shapes).
 _DEFAULTS: dict[tuple[int, int], PackedConfig] = {
-    (1, 4): PackedConfig(1, 128, 128, 4, 1), (1, 8): PackedConfig(1, 128, 64, 4, 1),
+    (1, 4): PackedConfig(1, 128, 64, 4, 1, prefetch=True), (1, 8): PackedConfig(1, 128, 64, 4, 1, prefetch=True),
     (16, 4): PackedConfig(16, 64, 128, 4, 3), (16, 8): PackedConfig(16, 64, 64, 4, 3),
     (64, 4): _DQ, (64, 8): _DQ,
     (256, 4): _DQ, (256, 8): _DQ, (4096, 4): _DQ, (4096, 8): _DQ,
@@ -404,10 +404,14 @@ _DEFAULTS: dict[tuple[int, int], PackedConfig] = {
 # H200 (Qwen2.5-7B shapes, int4 g128, bf16).
 _P = PackedConfig
 _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig]] = {
-    (4608, 3584, 4): {1: _P(1, 64, 128, 4, 1), 64: _DQ, 256: _DQ, 4096: _DQ},
-    (3584, 3584, 4): {1: _P(1, 128, 64, 4, 1), 64: _DQ, 256: _DQ, 4096: _DQ},
-    (37888, 3584, 4): {1: _P(1, 128, 64, 4, 1, 4), 64: _P(64, 128, 64, 4, 4), 256: _DQ, 4096: _DQ},
-    (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 64: _DQ, 256: _DQ, 4096: _DQ},
+    # Qwen2.5-7B: qkv, o, gate_up, down
+    (4608, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
+                      64: _DQ, 256: _DQ, 4096: _DQ},
+    (3584, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
+                      64: _DQ, 256: _DQ, 4096: _DQ},
+    (37888, 3584, 4): {1: _P(1, 128, 64, 4, 1, 4, prefetch=True), 16: _P(16, 64, 128, 4, 3),
+                       64: _P(64, 128, 64, 4, 4), 256: _DQ, 4096: _DQ},
+    (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 16: _P(16, 64, 128, 4, 3), 64: _DQ, 256: _DQ, 4096: _DQ},
 }
 
 # Candidates the benchmark sweeps per M bucket.
