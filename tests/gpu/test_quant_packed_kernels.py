@@ -161,9 +161,10 @@ def test_split_k_is_deterministic_and_reusable():
     """Split-K's arrival counters are reset by the kernel: repeated calls give the same bits."""
     n, k = (40, 1024) if INTERPRET else (584, 8192)
     w = random_packed(k, n, 4, 128, seed=0)
-    # 4 K tiles in 4 splits; 8 tiles in 3 splits (the last one partly past K: masked).
+    # 4 K tiles in 4 splits; 8 tiles in 3 splits (the last one partly past K: masked), also with the prefetch.
     for m, cfg in ((1, PackedConfig(1, 32, 256, 4, 1, 4)), (4, PackedConfig(16, 32, 128, 4, 3, 4)),
-                   (1, PackedConfig(1, 32, 128, 4, 1, 3)), (3, PackedConfig(16, 32, 128, 4, 3, 3))):
+                   (1, PackedConfig(1, 32, 128, 4, 1, 3)), (3, PackedConfig(16, 32, 128, 4, 3, 3)),
+                   (1, PackedConfig(1, 32, 128, 4, 1, 3, prefetch=True))):
         x = _x(m, k, DTYPES[0], seed=m)
         first = packed_matmul_with_config(x, w, None, cfg)
         _check(x, w, y=first)

@@ -1,20 +1,31 @@
 """Triton matmuls over the canonical packed integer form (packed.py): ``y = x @ W (+ bias)``, W int4/int8 packed.
 
-Two kernels, one launcher (``packed_matmul``), chosen by the number of rows ``M`` of ``x``:
+One launcher (``packed_matmul``), three paths chosen by the number of rows ``M`` of ``x`` and a per-shape table:
 
-* **Decode** (``M <= 16``, ``_packed_skinny_kernel``): bound by the weight read, so each program streams a column
-  slice of ``qweight`` (``[BLOCK_K // pack, BLOCK_N]`` int32 words a tile, ``N`` contiguous), unpacks the words in
-  registers (shift and mask), applies each packed row's group scale and offset in fp32 and
-  - ``M == 1``: multiplies by ``x`` in fp32 FMAs into a ``[BLOCK_N, BLOCK_K // pack]`` accumulator, the ``pack``
-    values of a word reduced in-thread, one reduction over K at the end (as the bf16 skinny GEMM's FMA path);
-  - ``2 <= M <= 16``: feeds the tensor cores with ``pack`` dots per tile, one per position ``j`` of a value in its
-    word: ``W[kp * pack + j, :]`` for all ``kp`` of the tile against ``x[:, kp * pack + j]`` (a dot over the tile
-    in a permuted K order is the same dot), so the words never need a register reshape.
-  Split-K where the column tiles are too few to fill the GPU, reduced inside the same kernel by the last program of
-  each tile to arrive (the scheme and the workspace of ``triton_gemv``: no memset, no second kernel, deterministic).
-* **Prefill** (``M > 16``, ``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
+* **Decode** (``M <= 16``, ``_packed_decode_kernel``): bound by the weight read, so each program streams a column
+  slice of ``qweight`` (``[BLOCK_KP, BLOCK_N]`` int32 words a tile, ``N`` contiguous) over a range of K (split-K
+  gives a few programs per SM even for narrow layers), and the per-weight work is kept to three instructions:
+  a value becomes a float with one LOP3 (``_unpack_scaled``: the field ORed into the mantissa of ``2**23``, no
+  int->float conversion, which is a quarter-rate instruction) and one fma applies the group scale exactly; the
+  group offset never touches a weight: ``sum_k x_k o[g(k), n]`` is ``o`` times a sum of ``x`` per packed row (or
+  per tile).
+  - ``M == 1``: fp32 FMAs with ``x`` into a ``[BLOCK_KP, BLOCK_N]`` accumulator, reduced over K once at the end;
+    with ``prefetch`` the next tile's words and scales are loaded before this tile's math (registers
+    double-buffered), the first tile before the PDL wait.
+  - ``2 <= M <= 16``: the tensor cores, ``pack`` dots per tile, one per position ``j`` of a value in its word:
+    ``W[kp * pack + j, :]`` for all ``kp`` of the tile against ``x[:, kp * pack + j]`` (a dot over the tile in a
+    permuted K order is the same dot), so the words never need a register reshape.
+  Split-K partials are reduced inside the same kernel by the last program of each tile to arrive (the scheme and
+  the workspace of ``triton_gemv``: no memset, no second kernel, deterministic).
+* **Prefill, dequantize + cuBLAS** (``cublas`` configs; most shapes from ``M > 16``): ``_dequantize_kernel`` writes
+  the dense ``W`` into a persistent per-device scratch sized by the largest layer (reads 0.5 B and writes 2 B per
+  int4 weight at HBM speed), then ``torch.mm``. At ``M >= 64`` this beats any fused kernel here (what vLLM does for
+  AWQ at >= 256 tokens). The scratch grows only outside CUDA-graph capture; a captured call that would need more
+  takes the fused GEMM.
+* **Prefill, fused** (``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
   ``[BLOCK_K // pack, BLOCK_N]`` tile of words, dequantizes it to ``[BLOCK_K, BLOCK_N]`` in ``x``'s dtype and runs
   ``tl.dot`` with fp32 accumulation; program ids swizzled in groups of ``GROUP_M`` row tiles for L2 reuse of W.
+  Kept for mid-size M on wide layers (7B gate_up at M = 64) and as the in-capture fallback.
 
 Scales and offsets are read three ways (constexpr ``SCALE_MODE``): one ``[BLOCK_N]`` row per K tile when the tile
 lies inside one group (``group_size % BLOCK_K == 0``: AWQ/GPTQ g128 with ``BLOCK_K <= 128``), one row for the whole
@@ -23,7 +34,7 @@ matmul when there is one group (per-channel), otherwise gathered per packed row 
 
 Launch configs are constants looked up per ``(M bucket, N, K, bits, group_size)`` on the first call of a shape and
 kept in a dict (no run-time autotuning: the engine's warm-up compiles every variant). ``benchmarks/quant_kernels.py
---sweep`` times the candidate configs on a GPU to fill ``_TABLE``.
+--sweep`` times the candidate configs on a GPU to fill ``_TABLE``; docs/perf.md has the measurements.
 """
 from __future__ import annotations
 
@@ -40,6 +51,7 @@ from pagedllm.kernels.triton_gemv import _workspace
 
 MAX_DECODE_M = 16
 _INTERPRET = envs.TRITON_INTERPRET
+_FUSED = not _INTERPRET     # _unpack_scaled's single-rounding fma (the interpreter's fma rounds twice)
 
 SCALE_GATHER, SCALE_PER_TILE, SCALE_ONE_GROUP = 0, 1, 2
 
@@ -84,13 +96,45 @@ def _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask,
     return s, o
 
 
+# 2**23 as float32 bits: (MAGIC | v) read as float32 is exactly 2**23 + v for any v < 2**23, so a bit-field of a
+# word becomes a float with one integer op and no int->float conversion (a quarter-rate instruction on the GPU).
+MAGIC = tl.constexpr(0x4B000000)
+TWO23 = tl.constexpr(8388608.0)
+
+
 @triton.jit
-def _packed_skinny_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, KP, KP_PER_SPLIT, stride_xm, stride_ym,
-                          BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr, PDL: tl.constexpr):
+def _unpack_scaled(words, words_hi, s, c, j: tl.constexpr, BITS: tl.constexpr, FUSED: tl.constexpr):
+    """``q_j * s`` in fp32 for value ``j`` of each word (``s`` broadcast to the words' shape, ``c = -2**23 * s``).
+
+    The field is masked in place where it lies below bit 23 (``q * 2**p`` is then an exact float), otherwise taken
+    from ``words_hi = words >> HI_SHIFT``: one LOP3 per value and one shift per word. The scale carries the
+    ``2**-p``: ``fma(2**23 + q 2**p, s 2**-p, -2**23 s)`` is ``q s`` with a single rounding. ``FUSED`` off (the
+    Triton interpreter, whose fma is a multiply then an add) subtracts ``2**23`` first: exact as well."""
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
+    HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
+    if BITS * (j + 1) <= 23:
+        P: tl.constexpr = BITS * j
+        v = words & (MASK << P)
+    else:
+        P: tl.constexpr = BITS * j - HI_SHIFT
+        v = words_hi & (MASK << P)
+    wf = (v | MAGIC).to(tl.float32, bitcast=True)
+    SCALE: tl.constexpr = 1.0 / (1 << P)
+    if FUSED:
+        return tl.fma(wf, tl.broadcast_to(s * SCALE, wf.shape), tl.broadcast_to(c * SCALE, wf.shape))
+    else:
+        return (wf - TWO23) * (s * SCALE)
+
+
+@triton.jit
+def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, stride_xm, stride_ym,
+                          BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, FUSED: tl.constexpr,
+                          PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_KP: tl.constexpr, PDL: tl.constexpr):
+    PACK: tl.constexpr = 32 // BITS
+    HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -102,50 +146,104 @@ def _packed_skinny_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, KP, KP_PER_SPLI
     if SCALE_MODE == 2:
         s_one = tl.load(S + cols).to(tl.float32)
         o_one = tl.load(O + cols).to(tl.float32)
-    w_ptrs = QW + (kp_start + offs_kp).to(tl.int64)[None, :] * N + cols[:, None]       # [BLOCK_N, BLOCK_KP]
-    pdl_wait(PDL)
+    # A trip count that does not depend on the program id (uniform; the interpreter needs host ints here too).
+    # Where K or the splits are uneven the tiles past K are masked (EVEN_K covers both).
     if USE_DOT:
+        # W is the tensor cores' A operand ([BLOCK_N, BLOCK_KP] words, N contiguous), x the B operand padded to 16
+        # columns; one dot per position j of a value in its word (a dot over the tile in a permuted K order).
+        w_ptrs = QW + (kp_start + offs_kp).to(tl.int64)[None, :] * N + cols[:, None]
+        pdl_wait(PDL)
         offs_m = tl.arange(0, BLOCK_M)
         xrows = tl.minimum(offs_m, M - 1)      # rows >= M re-read row M - 1 (cached); never stored
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    else:
-        acc2 = tl.zeros((BLOCK_N, BLOCK_KP), dtype=tl.float32)
-        shifts = tl.arange(0, PACK) * BITS
-    # A trip count that does not depend on the program id (uniform; the interpreter needs host ints here too).
-    # Where K or the splits are uneven the tiles past K are masked (EVEN_K covers both).
-    for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
-        kp0 = kp_start + kp_rel
-        kmask = (kp0 + offs_kp) < KP
-        if EVEN_K:
-            words = tl.load(w_ptrs)
-        else:
-            words = tl.load(w_ptrs, mask=kmask[None, :], other=0)
-        s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[None, :],
-                                PACK, GROUP, SCALE_MODE, EVEN_K, True)
-        if USE_DOT:
+        for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
+            kp0 = kp_start + kp_rel
+            kmask = (kp0 + offs_kp) < KP
+            if EVEN_K:
+                words = tl.load(w_ptrs)
+            else:
+                words = tl.load(w_ptrs, mask=kmask[None, :], other=0)
+            words_hi = words >> HI_SHIFT
+            s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[None, :],
+                                    PACK, GROUP, SCALE_MODE, EVEN_K, True)            # [BN, 1 or BKP]
+            c = s * -TWO23
+            xacc = tl.zeros((BLOCK_KP, BLOCK_M), dtype=tl.float32)
             for j in tl.static_range(PACK):
-                wj = ((words >> (j * BITS)) & MASK).to(tl.float32) * s + o                  # [BLOCK_N, BLOCK_KP]
+                w = _unpack_scaled(words, words_hi, s, c, j, BITS, FUSED)             # [BN, BKP]
+                if SCALE_MODE == 0:
+                    w += o
                 x_ptrs = X + xrows[None, :] * stride_xm + ((kp0 + offs_kp) * PACK + j)[:, None]
                 if EVEN_K:
                     xj = tl.load(x_ptrs)
                 else:
                     xj = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
-                acc = tl.dot(wj.to(X.dtype.element_ty), xj, acc)
-        else:
-            q = (words[:, :, None] >> shifts[None, None, :]) & MASK                          # [BN, BKP, PACK]
-            w = q.to(tl.float32) * s[:, :, None] + o[:, :, None]
-            x_ptrs = X + (kp0 + offs_kp)[:, None] * PACK + tl.arange(0, PACK)[None, :]      # [BKP, PACK]
-            if EVEN_K:
-                x = tl.load(x_ptrs)
-            else:
-                x = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
-            acc2 += tl.sum(w * x.to(tl.float32)[None, :, :], axis=2)
-        w_ptrs += BLOCK_KP * N
-    if USE_DOT:
+                acc = tl.dot(w.to(X.dtype.element_ty), xj, acc)
+                if SCALE_MODE != 0:
+                    xacc += xj.to(tl.float32)
+            if SCALE_MODE != 0:      # one offset row per tile: o times the tile's sum of x, per row of x
+                acc += o * tl.sum(xacc, axis=0)[None, :]
+            w_ptrs += BLOCK_KP * N
         tile_offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
         TILE: tl.constexpr = BLOCK_N * BLOCK_M
     else:
-        acc = tl.sum(acc2, axis=1)
+        # M == 1: fp32 FMAs into a [BLOCK_KP, BLOCK_N] tile, reduced over K once at the end; the offset term
+        # sum_k x_k o[g(k), n] is applied per packed row, o times the sum of that row's x values.
+        w_ptrs = QW + (kp_start + offs_kp).to(tl.int64)[:, None] * N + cols[None, :]
+        acc2 = tl.zeros((BLOCK_KP, BLOCK_N), dtype=tl.float32)
+        if PREFETCH:
+            # Registers double-buffered: the next tile's words (and group scales) are loaded before this tile's
+            # math. Rows clamped into the matrix, so the load past a split's last tile needs no mask. The first
+            # tile is read before pdl_wait (weights are constants).
+            g_last = (KP * PACK) // GROUP - 1
+            nxt = tl.load(QW + tl.minimum(kp_start + offs_kp, KP - 1).to(tl.int64)[:, None] * N + cols[None, :])
+            if SCALE_MODE == 1:
+                g0 = tl.minimum((kp_start * PACK) // GROUP, g_last)
+                s_nxt = tl.load(S + g0 * N + cols)
+                o_nxt = tl.load(O + g0 * N + cols)
+        pdl_wait(PDL)
+        for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
+            kp0 = kp_start + kp_rel
+            kmask = (kp0 + offs_kp) < KP
+            if PREFETCH:
+                words = nxt
+                if not EVEN_K:
+                    words = tl.where(kmask[:, None], words, 0)
+                nxt = tl.load(QW + tl.minimum(kp0 + BLOCK_KP + offs_kp, KP - 1).to(tl.int64)[:, None] * N
+                              + cols[None, :])
+                if SCALE_MODE == 1:
+                    s = s_nxt.to(tl.float32)[None, :]
+                    o = o_nxt.to(tl.float32)[None, :]
+                    if not EVEN_K:
+                        s = tl.where(kp0 < KP, s, 0.0)
+                        o = tl.where(kp0 < KP, o, 0.0)
+                    g1 = tl.minimum(((kp0 + BLOCK_KP) * PACK) // GROUP, g_last)
+                    s_nxt = tl.load(S + g1 * N + cols)
+                    o_nxt = tl.load(O + g1 * N + cols)
+                else:
+                    s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[:, None],
+                                            PACK, GROUP, SCALE_MODE, EVEN_K, False)
+            else:
+                if EVEN_K:
+                    words = tl.load(w_ptrs)
+                else:
+                    words = tl.load(w_ptrs, mask=kmask[:, None], other=0)
+                s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[:, None],
+                                        PACK, GROUP, SCALE_MODE, EVEN_K, False)        # [1 or BKP, BN]
+            words_hi = words >> HI_SHIFT
+            c = s * -TWO23
+            xsum = tl.zeros((BLOCK_KP,), dtype=tl.float32)
+            for j in tl.static_range(PACK):
+                w = _unpack_scaled(words, words_hi, s, c, j, BITS, FUSED)
+                x_ptrs = X + (kp0 + offs_kp) * PACK + j
+                if EVEN_K:
+                    xj = tl.load(x_ptrs).to(tl.float32)
+                else:
+                    xj = tl.load(x_ptrs, mask=kmask, other=0.0).to(tl.float32)
+                acc2 += w * xj[:, None]
+                xsum += xj
+            acc2 += o * xsum[:, None]
+            w_ptrs += BLOCK_KP * N
+        acc = tl.sum(acc2, axis=0)
         tile_offs = tl.arange(0, BLOCK_N)
         TILE: tl.constexpr = BLOCK_N
     if SPLIT_K > 1:
@@ -158,14 +256,14 @@ def _packed_skinny_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, KP, KP_PER_SPLI
             acc = tl.load(WS + pid_n * TILE + tile_offs, cache_modifier=".cg")
             for sk in tl.static_range(1, SPLIT_K):
                 acc += tl.load(WS + (sk * tl.num_programs(0) + pid_n) * TILE + tile_offs, cache_modifier=".cg")
-            _skinny_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
+            _decode_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
             tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
     else:
-        _skinny_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
+        _decode_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M)
 
 
 @triton.jit
-def _skinny_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
+def _decode_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
                      BLOCK_M: tl.constexpr):
     if USE_DOT:
         if HAS_BIAS:
@@ -177,6 +275,39 @@ def _skinny_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS: tl.cons
         if HAS_BIAS:
             acc += tl.load(B + cols).to(tl.float32)
         tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=offs_n < N)
+
+
+@triton.jit
+def _dequantize_kernel(QW, S, O, W, N, KP, GROUP: tl.constexpr, BITS: tl.constexpr, SCALE_MODE: tl.constexpr,
+                       EVEN_K: tl.constexpr, FUSED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr):
+    """The dense ``W`` ``[K, N]`` in ``W``'s dtype, one ``[BLOCK_KP * pack, BLOCK_N]`` tile a program (prefill
+    feeds it to cuBLAS)."""
+    PACK: tl.constexpr = 32 // BITS
+    HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
+    kp0 = tl.program_id(0) * BLOCK_KP
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.where(offs_n < N, offs_n, 0)
+    offs_kp = tl.arange(0, BLOCK_KP)
+    kmask = (kp0 + offs_kp) < KP
+    if EVEN_K:
+        words = tl.load(QW + (kp0 + offs_kp).to(tl.int64)[:, None] * N + cols[None, :])
+    else:
+        words = tl.load(QW + (kp0 + offs_kp).to(tl.int64)[:, None] * N + cols[None, :], mask=kmask[:, None],
+                        other=0)
+    words_hi = words >> HI_SHIFT
+    s_one = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    o_one = s_one
+    if SCALE_MODE == 2:
+        s_one = tl.load(S + cols).to(tl.float32)
+        o_one = tl.load(O + cols).to(tl.float32)
+    s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[:, None],
+                            PACK, GROUP, SCALE_MODE, EVEN_K, False)
+    c = s * -TWO23
+    rows = (kp0 + offs_kp).to(tl.int64) * PACK
+    smask = kmask[:, None] & (offs_n < N)[None, :]
+    for j in tl.static_range(PACK):
+        w = _unpack_scaled(words, words_hi, s, c, j, BITS, FUSED) + o
+        tl.store(W + (rows + j)[:, None] * N + offs_n[None, :], w.to(W.dtype.element_ty), mask=smask)
 
 
 @triton.jit
@@ -242,8 +373,10 @@ class PackedConfig(NamedTuple):
     block_k: int
     num_warps: int
     num_stages: int
-    split_k: int = 0        # decode only; 0: chosen from the shape (enough programs to cover the GPU)
+    split_k: int = 0        # decode only; 0: chosen from the shape (about _DECODE_PROGRAMS_PER_SM programs an SM)
     group_m: int = 8        # prefill only
+    cublas: bool = False    # prefill only: dequantize W into a scratch buffer (block_n x block_k tiles), then cuBLAS
+    prefetch: bool = False  # decode M == 1 only: load the next tile's words before this tile's math
 
 
 def _m_bucket(m: int) -> int:
@@ -258,39 +391,51 @@ def _m_bucket(m: int) -> int:
     return 4096
 
 
-# Defaults per M bucket and bits. First guesses from the bf16 skinny GEMM's H200 table and the usual Hopper GEMM
-# tiles, not yet measured for the packed kernels: `benchmarks/quant_kernels.py --sweep` on the H200 is what should
-# replace them (per shape in _TABLE where a shape's best differs).
+_DECODE_PROGRAMS_PER_SM = 4
+_DQ = PackedConfig(0, 128, 128, 4, 1, cublas=True)      # the dequantize kernel's tile for the cuBLAS prefill path
+# Defaults per M bucket and bits (H200 measurements where noted in _TABLE; these are the fallbacks for other shapes).
 _DEFAULTS: dict[tuple[int, int], PackedConfig] = {
-    (1, 4): PackedConfig(1, 32, 256, 4, 1), (1, 8): PackedConfig(1, 32, 128, 4, 1),
+    (1, 4): PackedConfig(1, 128, 64, 4, 1, prefetch=True), (1, 8): PackedConfig(1, 128, 64, 4, 1, prefetch=True),
     (16, 4): PackedConfig(16, 64, 128, 4, 3), (16, 8): PackedConfig(16, 64, 64, 4, 3),
-    (64, 4): PackedConfig(64, 64, 128, 4, 3), (64, 8): PackedConfig(64, 64, 128, 4, 3),
-    (256, 4): PackedConfig(128, 128, 64, 8, 3), (256, 8): PackedConfig(128, 128, 64, 8, 3),
-    (4096, 4): PackedConfig(128, 128, 64, 8, 4), (4096, 8): PackedConfig(128, 128, 64, 8, 4),
+    (64, 4): _DQ, (64, 8): _DQ,
+    (256, 4): _DQ, (256, 8): _DQ, (4096, 4): _DQ, (4096, 8): _DQ,
 }
-# Measured per-shape choices: (N, K, bits) -> {M bucket: config}. Empty until the H200 sweep.
-_TABLE: dict[tuple[int, int, int], dict[int, PackedConfig]] = {}
+# Measured per-shape choices: (N, K, bits) -> {M bucket: config}, from `benchmarks/quant_kernels.py --sweep` on an
+# H200 (Qwen2.5-7B shapes, int4 g128, bf16).
+_P = PackedConfig
+_TABLE: dict[tuple[int, int, int], dict[int, PackedConfig]] = {
+    # Qwen2.5-7B: qkv, o, gate_up, down
+    (4608, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
+                      64: _DQ, 256: _DQ, 4096: _DQ},
+    (3584, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
+                      64: _DQ, 256: _DQ, 4096: _DQ},
+    (37888, 3584, 4): {1: _P(1, 128, 64, 4, 1, 4, prefetch=True), 16: _P(16, 64, 128, 4, 3),
+                       64: _P(64, 128, 64, 4, 4), 256: _DQ, 4096: _DQ},
+    (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 16: _P(16, 64, 128, 4, 3), 64: _DQ, 256: _DQ, 4096: _DQ},
+}
 
 # Candidates the benchmark sweeps per M bucket.
 CANDIDATES: dict[int, list[PackedConfig]] = {
-    1: [PackedConfig(1, bn, bk, w, 1, sk) for bn, bk, w in [(32, 256, 4), (64, 256, 4), (64, 128, 4), (128, 128, 4),
-                                                            (32, 512, 4), (64, 256, 8)] for sk in (0, 1)],
-    16: [PackedConfig(16, bn, bk, w, st, sk) for bn, bk, w, st in [(64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3),
-                                                                   (32, 256, 4, 4), (128, 256, 8, 3)]
-         for sk in (0, 1)],
-    64: [PackedConfig(bm, bn, bk, w, st) for bm, bn, bk, w, st in [(64, 64, 128, 4, 3), (64, 128, 64, 4, 4),
-                                                                   (32, 64, 128, 4, 3), (64, 128, 128, 8, 3)]],
-    256: [PackedConfig(bm, bn, bk, w, st) for bm, bn, bk, w, st in [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4),
-                                                                    (128, 64, 128, 8, 3), (64, 256, 64, 8, 3)]],
-    4096: [PackedConfig(bm, bn, bk, w, st) for bm, bn, bk, w, st in [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
-                                                                     (128, 128, 128, 8, 3), (64, 256, 64, 4, 4)]],
+    1: [PackedConfig(1, bn, bk, w, st, sk, prefetch=pf)
+        for bn, bk, w, st, sk, pf in [(128, 64, 4, 1, 4, True), (64, 128, 4, 1, 0, True), (64, 128, 4, 1, 0, False),
+                                      (128, 64, 4, 1, 4, False), (128, 128, 4, 1, 0, False), (128, 64, 4, 1, 0, True),
+                                      (128, 128, 4, 1, 0, True), (64, 64, 4, 1, 0, True), (128, 64, 8, 1, 0, True),
+                                      (64, 128, 4, 3, 0, False), (128, 64, 4, 3, 4, False)]],
+    16: [PackedConfig(16, bn, bk, w, st, sk) for bn, bk, w, st, sk in [(128, 128, 4, 3, 0), (128, 128, 8, 2, 0),
+                                                                       (64, 128, 4, 3, 0), (128, 128, 4, 3, 1),
+                                                                       (64, 128, 4, 3, 2)]],
+    64: [PackedConfig(64, 64, 128, 4, 3), PackedConfig(64, 128, 64, 4, 4), _DQ,
+         PackedConfig(0, 64, 256, 4, 1, cublas=True)],
+    256: [PackedConfig(128, 128, 64, 8, 3), _DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True),
+          PackedConfig(0, 256, 128, 8, 1, cublas=True)],
+    4096: [PackedConfig(128, 128, 64, 8, 4), _DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True)],
 }
 
 
 class _Plan(NamedTuple):
     """Everything about a launch that depends only on the shape class: built once, then a dict lookup per call."""
-    decode: bool
-    grid: tuple[int, int]       # decode grid; prefill's depends on M and is computed per call
+    kind: str                   # "decode", "gemm" (fused tiled GEMM) or "cublas" (dequantize + cuBLAS)
+    grid: tuple[int, int]       # decode and dequantize grids; the GEMM's depends on M and is computed per call
     kp_per_split: int
     ws_elems: int
     constexprs: dict
@@ -339,32 +484,66 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
     block_k = max(block_k, pack)
     block_kp = block_k // pack
     common = dict(BITS=bits, GROUP=group_size, SCALE_MODE=_scale_mode(group_size, k, block_k, pack),
-                  HAS_BIAS=has_bias, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     even_k = k % block_k == 0
+    if not decode and cfg.cublas:
+        grid = (triton.cdiv(k // pack, block_kp), triton.cdiv(n, cfg.block_n))
+        return _Plan("cublas", grid, 0, 0, dict(common, EVEN_K=even_k, FUSED=_FUSED, BLOCK_N=cfg.block_n,
+                                                 BLOCK_KP=block_kp))
+    common["HAS_BIAS"] = has_bias
     if not decode:
-        return _Plan(False, (0, 0), 0, 0, dict(common, EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                                               BLOCK_K=block_k, GROUP_M=cfg.group_m))
+        return _Plan("gemm", (0, 0), 0, 0, dict(common, EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                                BLOCK_K=block_k, GROUP_M=cfg.group_m))
     block_n = max(cfg.block_n, 16) if use_dot else cfg.block_n
     grid_n = triton.cdiv(n, block_n)
     k_tiles = triton.cdiv(k // pack, block_kp)
     split_k = cfg.split_k
-    if split_k == 0:   # enough programs for two waves of the GPU's SMs, each split at least two K tiles
-        split_k = max(1, min(triton.cdiv(2 * _num_sms(device), grid_n), k_tiles // 2, 16))
+    if split_k == 0:   # enough programs to keep every SM streaming, each split at least two K tiles
+        split_k = max(1, min(triton.cdiv(_DECODE_PROGRAMS_PER_SM * _num_sms(device), grid_n), k_tiles // 2, 16))
     tiles_per_split = triton.cdiv(k_tiles, max(1, min(split_k, k_tiles)))
     split_k = triton.cdiv(k_tiles, tiles_per_split)            # no empty split
     block_m = MAX_DECODE_M if use_dot else 1
-    return _Plan(True, (grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * block_n * block_m,
+    return _Plan("decode", (grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * block_n * block_m,
                  dict(common, EVEN_K=even_k and k_tiles % tiles_per_split == 0, USE_DOT=use_dot, SPLIT_K=split_k,
-                      BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KP=block_kp))
+                      FUSED=_FUSED, PREFETCH=cfg.prefetch and not use_dot, BLOCK_M=block_m, BLOCK_N=block_n,
+                      BLOCK_KP=block_kp))
+
+
+# Dense scratch for the cuBLAS prefill path, per (device, dtype): one buffer sized by the largest layer, reused by
+# every layer (calls on a stream are serialised). Grown outside CUDA-graph capture only; a captured call that would
+# need more falls back to the fused GEMM kernel. Replaced buffers are kept: a captured graph may still point at them.
+_SCRATCH: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+_RETIRED_SCRATCH: list[torch.Tensor] = []
+
+
+def _scratch(device: torch.device, dtype: torch.dtype, elems: int) -> torch.Tensor | None:
+    cur = _SCRATCH.get((device, dtype))
+    if cur is not None and cur.numel() >= elems:
+        return cur
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    if cur is not None:
+        _RETIRED_SCRATCH.append(cur)
+    _SCRATCH[(device, dtype)] = buf = torch.empty(elems, dtype=dtype, device=device)
+    return buf
 
 
 def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
     m, k = x.shape
     n = w.qweight.shape[1]
     kp = w.qweight.shape[0]
+    if plan.kind == "cublas":
+        buf = _scratch(x.device, x.dtype, k * n)
+        if buf is not None:
+            dense = buf[:k * n].view(k, n)
+            _dequantize_kernel[plan.grid](w.qweight, w.scales, w.offsets, dense, n, kp, **plan.constexprs)
+            return torch.mm(x, dense) if bias is None else torch.addmm(bias, x, dense)
+        # inside a CUDA-graph capture that would need a bigger scratch: the fused GEMM
+        plan = _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
+                          _DEFAULTS[(_m_bucket(MAX_DECODE_M + 1), w.bits)])
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     b = bias if bias is not None else y
-    if plan.decode:
+    if plan.kind == "decode":
         constexprs = plan.constexprs
         ws = locks = y
         if constexprs["SPLIT_K"] > 1:
@@ -372,11 +551,11 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
             if buffers is None:         # inside a CUDA-graph capture that would need a bigger workspace
                 cfg = PackedConfig(constexprs["BLOCK_M"], constexprs["BLOCK_N"],
                                    constexprs["BLOCK_KP"] * (32 // w.bits), constexprs["num_warps"],
-                                   constexprs["num_stages"], split_k=1)
+                                   constexprs["num_stages"], split_k=1, prefetch=constexprs["PREFETCH"])
                 return _launch(x, w, bias, _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
                                                       cfg))
             ws, locks = buffers
-        _packed_skinny_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, b, y, ws, locks, m, n, k, kp,
+        _packed_decode_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, b, y, ws, locks, m, n, kp,
                                          plan.kp_per_split, x.stride(0), y.stride(0), **constexprs,
                                          **pdl_launch_args(x.device))
     else:
@@ -397,7 +576,7 @@ def packed_matmul_with_config(x: torch.Tensor, w: PackedWeight, bias: torch.Tens
                               cfg: PackedConfig) -> torch.Tensor:
     """``packed_matmul`` with an explicit config (benchmarks, tests); builds the plan on every call."""
     m, k = x.shape
-    if cfg.block_m <= MAX_DECODE_M and m > MAX_DECODE_M:
+    if not cfg.cublas and cfg.block_m <= MAX_DECODE_M and m > MAX_DECODE_M:
         raise ValueError(f"config {cfg} is a decode config; x has {m} rows (decode takes at most {MAX_DECODE_M})")
     plan = _make_plan(m, w.qweight.shape[1], k, w.bits, w.group_size, bias is not None, x.device, cfg)
     return _launch(_prepare_x(x, w), w, bias, plan)
