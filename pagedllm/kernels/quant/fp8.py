@@ -2,7 +2,9 @@
 ``torch._scaled_mm`` GEMM (decode batches read the fp8 weight through the skinny GEMM, kernels/triton_gemv.py).
 
 Convention (vLLM's): a scale multiplies, ``x ~= q.float() * scale``, and a dynamic scale is ``amax / 448`` (448 is
-e4m3's largest finite value), so the largest element maps to +-448.
+e4m3's largest finite value), so the largest element maps to +-448. Computed as ``amax * (1/448)`` in fp32 (what
+torch's CUDA division by a Python scalar does), and ``x / scale`` as an IEEE division, so the Triton kernel and these
+references agree bit for bit.
 
 The torch functions here are the references; the Triton kernels (imported only where Triton is) are checked
 against them in tests/gpu/test_quant_fp8_kernels.py.
@@ -24,13 +26,13 @@ def quantize_to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def per_tensor_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One scale for the whole tensor (``amax / 448``): the fp8 tensor and its fp32 scalar scale."""
-    scale = (w.abs().max().float() / FP8_MAX).clamp(min=MIN_SCALE)
+    scale = (w.abs().max().float() * (1.0 / FP8_MAX)).clamp(min=MIN_SCALE)
     return quantize_to_fp8(w, scale), scale
 
 
 def per_channel_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One scale per output row of ``w [N, K]``: the fp8 tensor and fp32 scales ``[N, 1]``."""
-    scale = (w.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=MIN_SCALE)
+    scale = (w.abs().amax(dim=1, keepdim=True).float() * (1.0 / FP8_MAX)).clamp(min=MIN_SCALE)
     return quantize_to_fp8(w, scale), scale
 
 
@@ -109,9 +111,9 @@ if triton is not None:
             # The whole row in registers: x is read once.
             mask = offs < K
             x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-            # div_rn: IEEE division, as torch's; Triton's `/` on fp32 is the approximate div.full (2 ulp), which
-            # moved ~0.1% of fp16 inputs one fp8 step off torch's rounding on the H200.
-            scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), FP8_MAXV), min_scale)
+            # div_rn: IEEE division, as torch's tensor division; Triton's `/` on fp32 is the approximate div.full
+            # (2 ulp), which moved ~0.1% of fp16 inputs one fp8 step off torch's rounding on the H200.
+            scale = tl.maximum(tl.max(tl.abs(x), axis=0) * (1.0 / FP8_MAXV), min_scale)
             q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAXV, FP8_MAXV)
             tl.store(q_row + offs, q.to(Q.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
         else:
@@ -121,7 +123,7 @@ if triton is not None:
                 mask = k0 + offs < K
                 x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
                 amax = tl.maximum(amax, tl.abs(x))
-            scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAXV), min_scale)
+            scale = tl.maximum(tl.max(amax, axis=0) * (1.0 / FP8_MAXV), min_scale)
             for k0 in range(0, K, BLOCK_K):
                 mask = k0 + offs < K
                 x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
