@@ -187,3 +187,61 @@ def test_widen_rejects_narrowing():
     w = gguf_to_packed(_blocks(T.Q6_K, 4, 256, np.random.default_rng(2)), T.Q6_K)
     with pytest.raises(ValueError, match="cannot widen a 8-bit group-16 weight to 4-bit group 32"):
         widen_packed(w, 4, 32)
+
+
+# ---- tensor parallel: the packed columns / group rows shard like the dense weight -----------------------------------
+def _packed_parts(parts, bits: int, group: int) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for data, qtype in parts:
+        w = widen_packed(gguf_to_packed(data, qtype), bits, group)
+        out.append({"qweight": w.qweight, "scales": w.scales, "offsets": w.offsets})
+    return out
+
+
+def _dense(parts) -> torch.Tensor:
+    """gguf's dequantize of the parts, stacked along N: W [K, N]."""
+    return torch.cat([torch.from_numpy(np.array(gguf.quants.dequantize(d, q), dtype=np.float32)).t()
+                      for d, q in parts], dim=1)
+
+
+@pytest.mark.parametrize("tp_size", [1, 2])
+def test_tensor_parallel_shards_of_kept_layers(monkeypatch, keep_quantized_on_cpu, tp_size):
+    """A QKV layer of Q4_K q/k + Q6_K v (8-bit, groups of 16 after widening) and a row-parallel Q6_K down
+    projection, built on each rank of ``tp_size``: the ranks' outputs, gathered (QKV) or summed (row-parallel),
+    equal the dense matmuls."""
+    from pagedllm.model.layers import linear
+    keep_quantized_on_cpu(True)
+    rng = np.random.default_rng(3)
+    hidden, heads, kv_heads, head_dim, ffn = 256, 4, 2, 64, 512
+    qkv_parts = [(_blocks(T.Q4_K, heads * head_dim, hidden, rng), T.Q4_K),
+                 (_blocks(T.Q4_K, kv_heads * head_dim, hidden, rng), T.Q4_K),
+                 (_blocks(T.Q6_K, kv_heads * head_dim, hidden, rng), T.Q6_K)]
+    down_parts = [(_blocks(T.Q6_K, hidden, ffn, rng), T.Q6_K)]
+    config = gguf_quant.GGUFConfig()
+    config.tensor_types = {"m.qkv.q_proj.weight": int(T.Q4_K), "m.qkv.k_proj.weight": int(T.Q4_K),
+                           "m.qkv.v_proj.weight": int(T.Q6_K), "m.down_proj.weight": int(T.Q6_K)}
+    config.fused_modules = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    x_qkv = torch.randn(3, hidden, generator=torch.Generator().manual_seed(0))
+    x_down = torch.randn(3, ffn, generator=torch.Generator().manual_seed(1))
+    qkv_out, down_out = [], torch.zeros(3, hidden)
+    for rank in range(tp_size):
+        monkeypatch.setattr(linear, "get_tp_rank", lambda: rank)
+        monkeypatch.setattr(linear, "get_tp_size", lambda: tp_size)
+        qkv = linear.QKVParallelLinear(hidden, head_dim, heads, kv_heads, quant_config=config, prefix="m.qkv.qkv_proj")
+        down = linear.RowParallelLinear(ffn, hidden, quant_config=config, prefix="m.down_proj")
+        assert (qkv.quant_method.bits, qkv.quant_method.group_size) == (8, 16)
+        with torch.no_grad():
+            for sid, tensors in zip("qkv", _packed_parts(qkv_parts, 8, 16)):
+                for name, t in tensors.items():
+                    getattr(qkv, name).weight_loader(getattr(qkv, name), t, sid)
+            for name, t in _packed_parts(down_parts, 8, 16)[0].items():
+                getattr(down, name).weight_loader(getattr(down, name), t)
+        for layer in (qkv, down):
+            layer.quant_method.process_weights_after_loading(layer)
+        qkv_out.append(qkv(x_qkv).split([qkv.q_size, qkv.kv_size, qkv.kv_size], dim=-1))
+        k_share = ffn // tp_size
+        down_out += down.linear(x_down[:, rank * k_share:(rank + 1) * k_share], None)
+    q, k, v = (torch.cat([out[i] for out in qkv_out], dim=-1) for i in range(3))
+    assert q.abs().mean() > 0.1 and v.abs().mean() > 0.1 and down_out.abs().mean() > 0.1    # not all-zero weights
+    torch.testing.assert_close(torch.cat([q, k, v], dim=-1), x_qkv @ _dense(qkv_parts), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(down_out, x_down @ _dense(down_parts), rtol=1e-4, atol=1e-4)
