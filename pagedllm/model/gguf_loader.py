@@ -143,14 +143,16 @@ def gguf_tensor_types(gguf_path: str) -> dict[str, int]:
 
 def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False,
                          skip_prefixes: tuple[str, ...] = (),
-                         keep_quantized: dict[str, tuple[int, int]] | None = None
-                         ) -> Iterator[tuple[str, torch.Tensor]]:
+                         keep_quantized: dict[str, tuple[int, int]] | None = None,
+                         convert_device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(hf_name, dequantized float32 tensor)`` for every tensor of the file whose HF name does not start
     with one of ``skip_prefixes`` (those are not dequantized at all).
 
     ``keep_quantized``: HF weight name -> ``(bits, group_size)`` of the packed form its layer holds
     (``GGUFConfig.kept_quantized``); such a tensor is not dequantized but converted from its raw blocks and yielded
-    as ``<module>.qweight`` / ``.scales`` / ``.offsets`` (the canonical packed form, float32 scales).
+    as ``<module>.qweight`` / ``.scales`` / ``.offsets`` (the canonical packed form, float32 scales), converted on
+    ``convert_device`` (the model's: on one CPU thread the conversion took ~1 s for SmolLM2's 0.1B projection
+    weights, so a 7B model's would take a minute or more on the host).
     """
     from gguf import dequantize
     from pagedllm.kernels.quant.gguf_packed import gguf_to_packed, widen_packed
@@ -168,7 +170,7 @@ def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False,
         # blocks are one row of bytes per output feature), so the same row permutation undoes it.
         heads = {"attn_q": n_head, "attn_k": n_kv}.get(part) if arch in ("llama", "mistral") else None
         if name in keep_quantized:
-            raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8))        # [N, row_bytes], a writable copy
+            raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8)).to(convert_device)   # [N, row_bytes]
             if heads is not None:
                 raw = _reverse_llama_permute(raw, heads).contiguous()
             packed = widen_packed(gguf_to_packed(raw, tensor.tensor_type), *keep_quantized[name])
@@ -187,8 +189,8 @@ def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False,
 
 
 def load_gguf_weights(gguf_path: str, hf_config, progress: bool = False, skip_prefixes: tuple[str, ...] = (),
-                      whole_model: bool = True, keep_quantized: dict[str, tuple[int, int]] | None = None
-                      ) -> Iterator[tuple[str, torch.Tensor]]:
+                      whole_model: bool = True, keep_quantized: dict[str, tuple[int, int]] | None = None,
+                      convert_device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
     """Dequantized weights of a GGUF file, cached as fp32 safetensors beside the converted metadata.
 
     Parsing a GGUF's metadata (the tokenizer arrays) costs ~9 s on the CI machine for SmolLM2 even when only the
@@ -207,7 +209,7 @@ def load_gguf_weights(gguf_path: str, hf_config, progress: bool = False, skip_pr
     cached = os.path.join(cache, "weights.safetensors")
     if keep_quantized:
         yield from iterate_gguf_weights(gguf_path, hf_config, progress=progress, skip_prefixes=skip_prefixes,
-                                        keep_quantized=keep_quantized)
+                                        keep_quantized=keep_quantized, convert_device=convert_device)
         return
     if os.path.exists(cached):
         yield from iterate_safetensors(cache, progress=progress, skip_prefixes=skip_prefixes)

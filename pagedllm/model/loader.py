@@ -226,7 +226,8 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
             from pagedllm.model.gguf_loader import load_gguf_weights
             weights = load_gguf_weights(config.model.gguf_file, hf, progress=progress, skip_prefixes=skip_prefixes,
                                         whole_model=get_tp_size() * get_pp_size() == 1,
-                                        keep_quantized=getattr(quant_config, "kept_quantized", None))
+                                        keep_quantized=getattr(quant_config, "kept_quantized", None),
+                                        convert_device=config.device)
         elif fmt in ("auto", "safetensors") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
             weights = iterate_safetensors(config.model.model_dir, progress=progress, skip_prefixes=skip_prefixes)
         elif fmt == "safetensors":

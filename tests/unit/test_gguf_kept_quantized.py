@@ -245,3 +245,12 @@ def test_tensor_parallel_shards_of_kept_layers(monkeypatch, keep_quantized_on_cp
     assert q.abs().mean() > 0.1 and v.abs().mean() > 0.1 and down_out.abs().mean() > 0.1    # not all-zero weights
     torch.testing.assert_close(torch.cat([q, k, v], dim=-1), x_qkv @ _dense(qkv_parts), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(down_out, x_down @ _dense(down_parts), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])
+def test_conversion_stays_on_the_blocks_device(qtype):
+    """The loader converts on the model's device (CUDA): no helper tensor of the conversion may be made on the
+    host. The meta device stands in for CUDA here (mixing it with a CPU tensor fails as CUDA would)."""
+    type_size = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}[qtype]
+    w = widen_packed(gguf_to_packed(torch.zeros(8, 2 * type_size, dtype=torch.uint8, device="meta"), qtype), 8, 16)
+    assert {w.qweight.device.type, w.scales.device.type, w.offsets.device.type} == {"meta"}

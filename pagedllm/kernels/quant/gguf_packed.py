@@ -133,7 +133,7 @@ def _decode_blocks(name: str, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         q = torch.stack([lo, hi], dim=2).reshape(nb, 8, 32)
         bits = 4
         if qh is not None:     # bit i of qh[j] is the fifth bit of element j of sub-block i
-            shifts = torch.arange(8, dtype=torch.uint8).view(1, 8, 1)
+            shifts = torch.arange(8, dtype=torch.uint8, device=b.device).view(1, 8, 1)
             q = q | (((qh.reshape(nb, 1, 32) >> shifts) & 1) << 4)
             bits = 8
         return q.reshape(nb, 256), d * sc, -(dmin * mn), bits, 32
@@ -143,7 +143,7 @@ def _decode_blocks(name: str, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         scale = d * scales.contiguous().view(torch.int8).to(torch.float32)      # [nb, 16]
         lo, hi = _nibbles(ql.reshape(nb, 2, 1, 64))
         low4 = torch.cat([lo, hi], dim=2).reshape(nb, 8, 32)
-        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
+        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=b.device).view(1, 1, 4, 1)
         high2 = ((qh.reshape(nb, 2, 1, 32) >> shifts) & 3).reshape(nb, 8, 32)
         q = (low4 | (high2 << 4)).reshape(nb, 256)
         return q, scale, -32.0 * scale, 8, 16
