@@ -6,6 +6,8 @@ GGUF takes seconds (7 s for SmolLM2 on the 2-core CI machine), so the converted 
 
 Tensors are read with ``gguf.GGUFReader`` and dequantized at load (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ...:
 whatever ``gguf.quants.dequantize`` supports), renamed to HF names, and handed to the model's ``load_weights``.
+Linear layers that ``GGUFConfig`` keeps quantized (on CUDA) get their raw blocks converted to the canonical packed
+form instead (``keep_quantized``).
 """
 from __future__ import annotations
 
@@ -85,51 +87,110 @@ def _reverse_llama_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False,
-                         skip_prefixes: tuple[str, ...] = ()) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(hf_name, dequantized float32 tensor)`` for every tensor of the file whose HF name does not start
-    with one of ``skip_prefixes`` (those are not dequantized at all)."""
-    from gguf import GGUFReader, dequantize
-    from pagedllm.model.weight_files import load_progress
+_LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 
+
+def _hf_name(gguf_name: str) -> tuple[str | None, str | None]:
+    """A GGUF tensor's HF name (None: a tensor the models do not use) and its llama.cpp layer part (``attn_q``...;
+    None for a global tensor)."""
+    m = _LAYER_RE.match(gguf_name)
+    if m:
+        layer, part, kind = m.groups()
+        if part not in _LAYER_NAMES:
+            raise ValueError(f"Unknown GGUF tensor {gguf_name!r}")
+        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}", part
+    base, _, kind = gguf_name.rpartition(".")
+    if base not in _GLOBAL_NAMES:
+        if base in ("rope_freqs",):
+            return None, None
+        raise ValueError(f"Unknown GGUF tensor {gguf_name!r}")
+    return f"{_GLOBAL_NAMES[base]}.{kind}", None
+
+
+def _open_reader(gguf_path: str):
+    from gguf import GGUFReader
     reader = GGUFReader(gguf_path)
     arch_field = reader.fields["general.architecture"]
     arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
     if arch not in _SUPPORTED_ARCHS:
         raise ValueError(f"GGUF architecture {arch!r} is not supported by pagedllm ({', '.join(_SUPPORTED_ARCHS)}).")
+    return reader, arch
+
+
+def gguf_tensor_types(gguf_path: str) -> dict[str, int]:
+    """HF tensor name -> GGML type id of every tensor of the file (what decides which layers can stay quantized),
+    cached as tensor_types.json beside the converted metadata (reading a GGUF's header takes seconds)."""
+    cached = os.path.join(cache_dir_for(gguf_path), "tensor_types.json")
+    if os.path.exists(cached):
+        with open(cached) as f:
+            return json.load(f)
+    reader, _ = _open_reader(gguf_path)
+    types = {}
+    for tensor in reader.tensors:
+        name, _ = _hf_name(tensor.name)
+        if name is not None:
+            types[name] = int(tensor.tensor_type)
+    try:
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        tmp = f"{cached}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(types, f)
+        os.replace(tmp, cached)
+    except OSError as e:  # a read-only cache only costs speed
+        logger.warning("Could not cache the GGUF tensor types in %s: %s", cached, e)
+    return types
+
+
+def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False,
+                         skip_prefixes: tuple[str, ...] = (),
+                         keep_quantized: dict[str, tuple[int, int]] | None = None,
+                         convert_device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(hf_name, dequantized float32 tensor)`` for every tensor of the file whose HF name does not start
+    with one of ``skip_prefixes`` (those are not dequantized at all).
+
+    ``keep_quantized``: HF weight name -> ``(bits, group_size)`` of the packed form its layer holds
+    (``GGUFConfig.kept_quantized``); such a tensor is not dequantized but converted from its raw blocks and yielded
+    as ``<module>.qweight`` / ``.scales`` / ``.offsets`` (the canonical packed form, float32 scales), converted on
+    ``convert_device`` (the model's: on one CPU thread the conversion took ~1 s for SmolLM2's 0.1B projection
+    weights, so a 7B model's would take a minute or more on the host).
+    """
+    from gguf import dequantize
+    from pagedllm.kernels.quant.gguf_packed import gguf_to_packed, widen_packed
+    from pagedllm.model.weight_files import load_progress
+
+    reader, arch = _open_reader(gguf_path)
     n_head = hf_config.num_attention_heads
     n_kv = getattr(hf_config, "num_key_value_heads", n_head)
-    layer_re = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
+    keep_quantized = keep_quantized or {}
     for tensor in load_progress(reader.tensors, desc="Dequantizing GGUF tensors", enabled=progress):
-        m = layer_re.match(tensor.name)
-        if m:
-            layer, part, kind = m.groups()
-            if part not in _LAYER_NAMES:
-                raise ValueError(f"Unknown GGUF tensor {tensor.name!r}")
-            name = f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}"
-        else:
-            base, _, kind = tensor.name.rpartition(".")
-            if base not in _GLOBAL_NAMES:
-                if base in ("rope_freqs",):
-                    continue
-                raise ValueError(f"Unknown GGUF tensor {tensor.name!r}")
-            name = f"{_GLOBAL_NAMES[base]}.{kind}"
-        if skip_prefixes and name.startswith(skip_prefixes):
+        name, part = _hf_name(tensor.name)
+        if name is None or (skip_prefixes and name.startswith(skip_prefixes)):
+            continue
+        # llama.cpp interleaves the rotary halves of llama's Q/K rows; rows are whole in either form (the raw
+        # blocks are one row of bytes per output feature), so the same row permutation undoes it.
+        heads = {"attn_q": n_head, "attn_k": n_kv}.get(part) if arch in ("llama", "mistral") else None
+        if name in keep_quantized:
+            raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8)).to(convert_device)   # [N, row_bytes]
+            if heads is not None:
+                raw = _reverse_llama_permute(raw, heads).contiguous()
+            packed = widen_packed(gguf_to_packed(raw, tensor.tensor_type), *keep_quantized[name])
+            module = name.rpartition(".")[0]
+            yield f"{module}.qweight", packed.qweight
+            yield f"{module}.scales", packed.scales
+            yield f"{module}.offsets", packed.offsets
             continue
         # GGUF lists dims fastest-first; numpy's dequantize returns the row-major (HF) shape.
         data = dequantize(tensor.data, tensor.tensor_type)
         shape = tuple(int(x) for x in reversed(tensor.shape))
         weight = torch.from_numpy(np.array(data, dtype=np.float32)).reshape(shape)  # a writable copy
-        if arch in ("llama", "mistral") and m:
-            if part == "attn_q":
-                weight = _reverse_llama_permute(weight, n_head)
-            elif part == "attn_k":
-                weight = _reverse_llama_permute(weight, n_kv)
+        if heads is not None:
+            weight = _reverse_llama_permute(weight, heads)
         yield name, weight
 
 
 def load_gguf_weights(gguf_path: str, hf_config, progress: bool = False, skip_prefixes: tuple[str, ...] = (),
-                      whole_model: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+                      whole_model: bool = True, keep_quantized: dict[str, tuple[int, int]] | None = None,
+                      convert_device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
     """Dequantized weights of a GGUF file, cached as fp32 safetensors beside the converted metadata.
 
     Parsing a GGUF's metadata (the tokenizer arrays) costs ~9 s on the CI machine for SmolLM2 even when only the
@@ -138,11 +199,18 @@ def load_gguf_weights(gguf_path: str, hf_config, progress: bool = False, skip_pr
     A rank of a tensor/pipeline-parallel engine (``whole_model=False``) never holds the whole model: from the cache
     it reads only its stage's tensors (``skip_prefixes``); without a cache it dequantizes only those, one tensor at a
     time (a tensor-parallel rank's weight loader then keeps its shard of each), and writes no cache.
+
+    ``keep_quantized`` (see ``iterate_gguf_weights``): read from the GGUF itself, not the dequantized cache (which
+    holds no blocks), and written to no cache.
     """
     from safetensors.torch import save_file
     from pagedllm.model.weight_files import iterate_safetensors
     cache = cache_dir_for(gguf_path)
     cached = os.path.join(cache, "weights.safetensors")
+    if keep_quantized:
+        yield from iterate_gguf_weights(gguf_path, hf_config, progress=progress, skip_prefixes=skip_prefixes,
+                                        keep_quantized=keep_quantized, convert_device=convert_device)
+        return
     if os.path.exists(cached):
         yield from iterate_safetensors(cache, progress=progress, skip_prefixes=skip_prefixes)
         return

@@ -225,7 +225,9 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
         if config.model.gguf_file is not None:
             from pagedllm.model.gguf_loader import load_gguf_weights
             weights = load_gguf_weights(config.model.gguf_file, hf, progress=progress, skip_prefixes=skip_prefixes,
-                                        whole_model=get_tp_size() * get_pp_size() == 1)
+                                        whole_model=get_tp_size() * get_pp_size() == 1,
+                                        keep_quantized=getattr(quant_config, "kept_quantized", None),
+                                        convert_device=config.device)
         elif fmt in ("auto", "safetensors") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
             weights = iterate_safetensors(config.model.model_dir, progress=progress, skip_prefixes=skip_prefixes)
         elif fmt == "safetensors":
@@ -252,9 +254,13 @@ def _quant_config(config: "EngineConfig", model_cls: type):
         quant_config = config.quant_config = resolve_quantization(
             config.args.quantization, config.hf_config, config.model.model_dir, config.model.gguf_file,
             config.device, config.dtype)
-    if quant_config is None or quant_config.name == "gguf":     # GGUF: dequantized at load, dense layers
+    if quant_config is None:
         return quant_config
-    if not getattr(model_cls, "supports_quantization", False):
+    if quant_config.name == "gguf":     # kept quantized on CUDA; dequantized at load (dense layers) on the CPU
+        if not quant_config.read_checkpoint(config.model.gguf_file, config.device,
+                                            getattr(model_cls, "supports_quantization", False)):
+            return quant_config
+    elif not getattr(model_cls, "supports_quantization", False):
         raise ValueError(f"Quantization ({quant_config.name}) is not supported yet for {model_cls.__name__}.")
     fused: dict[str, list[str]] = {}
     for part, (fused_name, _) in getattr(model_cls, "packed_modules_mapping", {}).items():

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k
+from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
 
 # GGML type id -> (name, elements per block, bytes per block); ids from ggml.h (stable across versions).
 GGUF_PACKED_TYPES: dict[int, tuple[str, int, int]] = {
@@ -39,6 +39,9 @@ GGUF_PACKED_TYPES: dict[int, tuple[str, int, int]] = {
     12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),
 }
 _BY_NAME = {name: type_id for type_id, (name, _, _) in GGUF_PACKED_TYPES.items()}
+# GGML type id -> (bits, group_size) of its packed form (the table in the module docstring).
+_PACKED_FORMAT: dict[int, tuple[int, int]] = {2: (4, 32), 3: (4, 32), 8: (8, 32), 12: (4, 32), 13: (8, 32),
+                                              14: (8, 16)}
 
 # Rows converted per chunk: the unpacked values pass through int64 in pack_along_k (8 bytes per weight), so a
 # 7B gate_up (37,888 x 3,584) converted at once would briefly take ~1 GB; 4,096 rows keep it near 120 MB.
@@ -60,6 +63,29 @@ def supports_gguf_type(qtype) -> bool:
         return gguf_type_id(qtype) in GGUF_PACKED_TYPES
     except ValueError:
         return False
+
+
+def gguf_packed_format(qtype) -> tuple[int, int]:
+    """``(bits, group_size)`` of ``gguf_to_packed``'s result for this GGUF type."""
+    type_id = gguf_type_id(qtype)
+    if type_id not in _PACKED_FORMAT:
+        raise ValueError(f"GGUF type {qtype!r} cannot be kept quantized; supported: {', '.join(_BY_NAME)}")
+    return _PACKED_FORMAT[type_id]
+
+
+def widen_packed(w: PackedWeight, bits: int, group_size: int) -> PackedWeight:
+    """The same weight with ``bits``-bit storage and groups of ``group_size`` (exactly: 4-bit values fit 8 bits, and
+    a group's scale and offset repeat over its sub-groups), so that parts of a fused layer stored in different GGUF
+    types (Q4_K q/k with a Q6_K v) share one packed form. ``bits >= w.bits`` and ``group_size`` divides
+    ``w.group_size``."""
+    if bits < w.bits or w.group_size % group_size:
+        raise ValueError(f"cannot widen a {w.bits}-bit group-{w.group_size} weight to {bits}-bit group {group_size}")
+    qweight = w.qweight if bits == w.bits else pack_along_k(unpack_along_k(w.qweight, w.bits), bits)
+    repeat = w.group_size // group_size
+    scales, offsets = w.scales, w.offsets
+    if repeat > 1:
+        scales, offsets = scales.repeat_interleave(repeat, dim=0), offsets.repeat_interleave(repeat, dim=0)
+    return PackedWeight(qweight=qweight, scales=scales, offsets=offsets, bits=bits, group_size=group_size)
 
 
 def _f16(raw: torch.Tensor) -> torch.Tensor:
@@ -107,7 +133,7 @@ def _decode_blocks(name: str, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         q = torch.stack([lo, hi], dim=2).reshape(nb, 8, 32)
         bits = 4
         if qh is not None:     # bit i of qh[j] is the fifth bit of element j of sub-block i
-            shifts = torch.arange(8, dtype=torch.uint8).view(1, 8, 1)
+            shifts = torch.arange(8, dtype=torch.uint8, device=b.device).view(1, 8, 1)
             q = q | (((qh.reshape(nb, 1, 32) >> shifts) & 1) << 4)
             bits = 8
         return q.reshape(nb, 256), d * sc, -(dmin * mn), bits, 32
@@ -117,7 +143,7 @@ def _decode_blocks(name: str, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         scale = d * scales.contiguous().view(torch.int8).to(torch.float32)      # [nb, 16]
         lo, hi = _nibbles(ql.reshape(nb, 2, 1, 64))
         low4 = torch.cat([lo, hi], dim=2).reshape(nb, 8, 32)
-        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
+        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=b.device).view(1, 1, 4, 1)
         high2 = ((qh.reshape(nb, 2, 1, 32) >> shifts) & 3).reshape(nb, 8, 32)
         q = (low4 | (high2 << 4)).reshape(nb, 256)
         return q, scale, -32.0 * scale, 8, 16
