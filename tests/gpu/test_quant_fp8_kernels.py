@@ -98,8 +98,11 @@ def test_scaled_mm_path_matches_the_w8a8_reference(m, n, k, per_channel):
 @pytest.mark.skipif(not FP8_GPU, reason="the FP8 linear method's CUDA path needs an sm_89+ GPU")
 @pytest.mark.parametrize("m", [1, 4, 5, 300])
 def test_fp8_linear_method_on_cuda_matches_its_dequantized_weight(m):
+    """Batch-1 rows go weight-only through the skinny GEMM; larger M through per-token quantized activations and
+    torch._scaled_mm (W8A8): each against the reference of what it computes, with the activation rounding where it
+    applies (W8A8 against the weight-only reference is ~2.6% off on random data: the rounding of x itself)."""
     from pagedllm.model.layers.linear import QKVParallelLinear
-    from pagedllm.model.quantization.fp8 import Fp8Config
+    from pagedllm.model.quantization.fp8 import GEMV_MAX_M, Fp8Config
     torch.manual_seed(m)
     with torch.device(DEVICE):
         layer = QKVParallelLinear(1024, 128, 8, 2, bias=True)
@@ -112,5 +115,5 @@ def test_fp8_linear_method_on_cuda_matches_its_dequantized_weight(m):
     assert layer.weight.dtype == FP8_DTYPE
     x = torch.randn(m, 1024, device=DEVICE, dtype=torch.bfloat16)
     y = method.apply(layer, x, layer.bias.to(torch.bfloat16))
-    ref = x.float() @ method.dequantized_weight(layer, torch.float32).t() + layer.bias.float()
+    ref = fp8_linear_reference(x, layer.weight, layer.weight_scale, layer.bias, quantize_input=m > GEMV_MAX_M)
     assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
