@@ -321,7 +321,7 @@ def verify_engine_args(args: EngineArgs) -> None:
     if backend == "ray" and importlib.util.find_spec("ray") is None:
         raise ValueError("distributed_executor_backend='ray' needs Ray, which is not installed: "
                          "pip install 'pagedllm[ray]' (or pip install 'ray>=2.9').")
-    if backend not in (None, "uni", "mp"):
+    if backend not in (None, "uni", "mp", "ray"):
         raise ValueError(f"distributed_executor_backend must be one of None, 'uni', 'mp', 'ray', "
                          f"'external_launcher', got {backend!r}.")
     if args.tensor_parallel_size < 1:
