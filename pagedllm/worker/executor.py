@@ -93,15 +93,6 @@ class UniProcExecutor(Executor):
         return self.runner.startup_info()
 
 
-def create_executor(config: EngineConfig) -> Executor:
-    if config.executor_backend == "mp":
-        return MultiprocExecutor(config)
-    if config.executor_backend == "ray":
-        from pagedllm.worker.ray_executor import RayExecutor
-        return RayExecutor(config)
-    return UniProcExecutor(config)
-
-
 class WorkerDied(RuntimeError):
     """A worker process (a tensor- or pipeline-parallel rank) ended or failed; the engine cannot go on."""
 
