@@ -8,6 +8,10 @@ executor and gets the sampling rank's ``ModelRunnerOutput`` back; it never touch
   shard of its stage's layers and runs every step. Within a stage the logits are gathered on every rank and the ranks
   share their random seed, so all of them sample the same tokens; only the last stage samples, and its tensor-parallel
   rank 0's output is the one read.
+- ``RayExecutor`` ("ray", ray_executor.py): one Ray actor per rank, on one node or several.
+
+The multi-rank executors share ``DistributedExecutor`` (the engine core's calls, the output rank, the hand-off
+below) and, on the worker side, ``RankWorker`` (one rank's calls, in order); ``create_executor`` is in backends.py.
 
 Pipeline parallel, sampled tokens: the stages before the last never see logits, yet the first one must embed each
 request's newest token at its next step. The executor forwards the last stage's sampled tokens to them, ahead of the
@@ -123,6 +127,7 @@ class DistributedExecutor(Executor):
         self._output_rank = output_rank(self.tp_size, self.pp_size)
         # Pipeline parallel: the last stage's outputs not yet forwarded to the earlier stages (module docstring).
         self._tokens_for_earlier_stages: list[dict[str, int]] = []
+        self._dead: WorkerDied | None = None       # set once a rank has failed: every later call raises it
 
     # ---- the engine core's calls ------------------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -170,6 +175,27 @@ class DistributedExecutor(Executor):
     def _collect(self) -> list:
         raise NotImplementedError
 
+    def _find_death(self, rank: int, error: tuple[BaseException, str] | None,
+                    cause: BaseException | None) -> str | None:
+        """The message naming a dead rank (``rank``, when ``error`` is None: it stopped answering), or None when
+        every rank is alive."""
+        raise NotImplementedError
+
+    def _fail(self, rank: int, error: tuple[BaseException, str] | None, cause: BaseException | None = None) -> None:
+        """End every worker and raise ``WorkerDied``: ``rank``'s call failed with ``error`` (exception, traceback)
+        or, when ``error`` is None, ``rank`` is gone (``cause``: what the transport said)."""
+        # A rank that failed in a collective often did so because another rank died: name the dead one.
+        death = self._find_death(rank, error, cause)
+        if death is not None:
+            self._dead = WorkerDied(death)
+        else:
+            exc, tb = error
+            self._dead = WorkerDied(f"Worker {self.describe_rank(rank)} failed: {type(exc).__name__}: {exc}\n{tb}")
+        self._finalizer()
+        if death is None:
+            raise self._dead from error[0]
+        raise self._dead
+
 
 class MultiprocExecutor(DistributedExecutor):
     def __init__(self, config: EngineConfig):
@@ -188,7 +214,6 @@ class MultiprocExecutor(DistributedExecutor):
         shared_seed = random.SystemRandom().randrange(2**31)
         self._conns: list[multiprocessing.connection.Connection] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
-        self._dead: WorkerDied | None = None
         self._ring = ShmBroadcaster(num_readers=self.world_size)
         for rank in range(self.world_size):
             parent_end, child_end = ctx.Pipe(duplex=True)
@@ -243,22 +268,17 @@ class MultiprocExecutor(DistributedExecutor):
                 replies[rank] = value
         return [replies[r] for r in range(self.world_size)]
 
-    def _fail(self, rank: int, error: tuple[BaseException, str] | None) -> None:
-        # A rank that failed in a collective often did so because another rank died: name the dead one.
+    def _find_death(self, rank: int, error: tuple[BaseException, str] | None,
+                    cause: BaseException | None) -> str | None:
         for proc in self._procs:
             proc.join(timeout=0.5 if error is not None else 0)
         dead = [(r, p) for r, p in enumerate(self._procs) if p.exitcode is not None]
         if dead:
             r, p = dead[0]
-            message = f"Worker {self.describe_rank(r)} (pid {p.pid}) died (exit code {p.exitcode})."
-        else:
-            exc, tb = error
-            message = f"Worker {self.describe_rank(rank)} failed: {type(exc).__name__}: {exc}\n{tb}"
-        self._dead = WorkerDied(message)
-        self._finalizer()
-        if error is not None and not dead:
-            raise self._dead from error[0]
-        raise self._dead
+            return f"Worker {self.describe_rank(r)} (pid {p.pid}) died (exit code {p.exitcode})."
+        if error is None:
+            return f"Worker {self.describe_rank(rank)} (pid {self._procs[rank].pid}) closed its pipe."
+        return None
 
 
 def _stop_workers(procs: list, conns: list, ring: ShmBroadcaster) -> None:

@@ -70,7 +70,6 @@ class RayExecutor(DistributedExecutor):
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
         self._ray = ray
-        self._dead: WorkerDied | None = None
         self._pending: list = []      # the calls of the last broadcast, one per rank
         if not ray.is_initialized():
             ray.init()        # RAY_ADDRESS's cluster, else the one `ray start` left on this node, else a local one
@@ -176,22 +175,15 @@ class RayExecutor(DistributedExecutor):
                 dead.append(pings[ref])
         return sorted(dead)
 
-    def _fail(self, rank: int, error: tuple[BaseException, str] | None, cause: BaseException | None = None) -> None:
-        # A rank that failed in a collective often did so because another rank died: name the dead one.
+    def _find_death(self, rank: int, error: tuple[BaseException, str] | None,
+                    cause: BaseException | None) -> str | None:
         dead = [rank] if error is None else self._dead_ranks(wait_s=0.5)
-        if dead:
-            r = dead[0]
-            where = f" (pid {self.actor_nodes[r][1]} on {self.actor_nodes[r][0]})" if r < len(self.actor_nodes) else ""
-            reason = f": {str(cause).splitlines()[0]}" if cause is not None and str(cause) else ""
-            message = f"Worker {self.describe_rank(r)}, a Ray actor{where}, died{reason}"
-        else:
-            exc, tb = error
-            message = f"Worker {self.describe_rank(rank)} failed: {type(exc).__name__}: {exc}\n{tb}"
-        self._dead = WorkerDied(message)
-        self._finalizer()
-        if error is not None and not dead:
-            raise self._dead from error[0]
-        raise self._dead
+        if not dead:
+            return None
+        r = dead[0]
+        where = f" (pid {self.actor_nodes[r][1]} on {self.actor_nodes[r][0]})" if r < len(self.actor_nodes) else ""
+        reason = f": {str(cause).splitlines()[0]}" if cause is not None and str(cause) else ""
+        return f"Worker {self.describe_rank(r)}, a Ray actor{where}, died{reason}"
 
 
 def _stop_actors(ray, actors: list, placement_group, remove_placement_group) -> None:

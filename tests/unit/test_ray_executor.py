@@ -1,6 +1,7 @@
-"""distributed_executor_backend="ray" on the CPU: a local Ray instance with two CPUs, one actor per rank. TP=2 gives
-the same greedy tokens as TP=1 (and as the multi-process executor, test_tensor_parallel.py), and so does PP=2; a killed actor ends the
-engine with the rank named within seconds; without Ray the option is a ValueError naming the pip command."""
+"""distributed_executor_backend="ray" on the CPU: a local Ray instance with two CPUs, one actor per rank. TP=2
+gives the same greedy tokens as TP=1 (and as the multi-process executor, test_tensor_parallel.py), and so does
+PP=2; a killed actor ends the engine with the rank named within seconds; without Ray the option is a ValueError
+naming the pip command."""
 from __future__ import annotations
 
 import os
@@ -30,8 +31,8 @@ def ray_cluster():
 
 def _ray_llm(path, tp: int, pp: int = 1) -> LLM:
     return LLM(model=str(path), skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=tp,
-               pipeline_parallel_size=pp, distributed_executor_backend="ray", max_num_batched_tokens=16, max_model_len=128,
-               kv_cache_memory_gb=0.01)
+               pipeline_parallel_size=pp, distributed_executor_backend="ray", max_num_batched_tokens=16,
+               max_model_len=128, kv_cache_memory_gb=0.01)
 
 
 def _placement_groups_alive(ray) -> int:
@@ -74,6 +75,7 @@ def test_ray_killed_actor_is_named_within_seconds(tmp_path, ray_cluster):
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
     save_tiny_llama(tmp_path, VOCAB)
     monkeypatch.setitem(sys.modules, "ray", None)     # `import ray` fails as if it were not installed
-    with pytest.raises(ValueError, match=r"distributed_executor_backend='ray' needs Ray.*pip install 'pagedllm\[ray\]'"):
+    with pytest.raises(ValueError,
+                       match=r"distributed_executor_backend='ray' needs Ray.*pip install 'pagedllm\[ray\]'"):
         create_engine_config(EngineArgs(model=str(tmp_path), skip_tokenizer_init=True, tensor_parallel_size=2,
                                         distributed_executor_backend="ray"))
