@@ -29,7 +29,7 @@ from typing import Any
 
 from pagedllm import envs
 from pagedllm.config import EngineConfig
-from pagedllm.worker.executor import DistributedExecutor, RankWorker, WorkerDied, start_rank_worker
+from pagedllm.worker.executor import DistributedExecutor, RankWorker, start_rank_worker
 
 logger = logging.getLogger(__name__)
 

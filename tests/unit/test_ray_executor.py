@@ -35,7 +35,7 @@ def _ray_llm(path, tp: int, pp: int = 1) -> LLM:
                max_model_len=128, kv_cache_memory_gb=0.01)
 
 
-def _placement_groups_alive(ray) -> int:
+def _placement_groups_alive() -> int:
     from ray.util import placement_group_table
     return sum(1 for pg in placement_group_table().values() if pg["state"] != "REMOVED")
 
@@ -52,7 +52,7 @@ def test_ray_tp2_and_pp2_greedy_tokens_match_tp1(tmp_path, ray_cluster):
     assert len(executor.actor_nodes) == 2
     assert _tokens(llm) == expected
     executor.shutdown()
-    assert _placement_groups_alive(ray_cluster) == 0, "the placement group outlived shutdown()"
+    assert _placement_groups_alive() == 0, "the placement group outlived shutdown()"
     # Pipeline parallel: the last stage's sampled tokens reach the first stage through the same object store.
     llm = _ray_llm(tmp_path, 1, pp=2)
     assert _tokens(llm) == expected
@@ -69,7 +69,7 @@ def test_ray_killed_actor_is_named_within_seconds(tmp_path, ray_cluster):
     with pytest.raises(RuntimeError, match=r"rank 1, a Ray actor .*died"):
         llm.generate([{"prompt_token_ids": [11, 12, 13, 14, 15]}], use_tqdm=False)
     assert time.time() - t0 < 10
-    assert _placement_groups_alive(ray_cluster) == 0, "the placement group outlived the dead actor"
+    assert _placement_groups_alive() == 0, "the placement group outlived the dead actor"
 
 
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
