@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -313,11 +314,14 @@ def verify_engine_args(args: EngineArgs) -> None:
     if args.cpu_offload_gb < 0:
         raise ValueError(f"cpu_offload_gb must be >= 0, got {args.cpu_offload_gb}.")
     backend = args.distributed_executor_backend
-    if backend in ("ray", "external_launcher"):
-        raise ValueError(f"distributed_executor_backend={backend!r} is not supported yet: Ray and external "
-                         f"launchers are not supported yet, only the in-process executor ('uni') and the "
-                         f"multi-process one ('mp', one worker process per tensor-parallel rank on this host).")
-    if backend not in (None, "uni", "mp"):
+    if backend == "external_launcher":
+        raise ValueError("distributed_executor_backend='external_launcher' is not supported yet: external launchers "
+                         "are not supported yet, only the in-process executor ('uni'), the multi-process one ('mp', "
+                         "one worker process per rank on this host) and Ray ('ray', one actor per rank).")
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ValueError("distributed_executor_backend='ray' needs Ray, which is not installed: "
+                         "pip install 'pagedllm[ray]' (or pip install 'ray>=2.9').")
+    if backend not in (None, "uni", "mp", "ray"):
         raise ValueError(f"distributed_executor_backend must be one of None, 'uni', 'mp', 'ray', "
                          f"'external_launcher', got {backend!r}.")
     if args.tensor_parallel_size < 1:
@@ -581,7 +585,10 @@ class EngineConfig:
 
     @property
     def executor_backend(self) -> str:
-        """"uni" (the model in this process) or "mp" (a worker process per rank: tensor x pipeline parallel)."""
+        """"uni" (the model in this process), "mp" (a worker process per rank: tensor x pipeline parallel; the
+        default when there are several) or "ray" (a Ray actor per rank, asked for; one actor at size 1, as vLLM)."""
+        if self.args.distributed_executor_backend == "ray":
+            return "ray"
         return "mp" if self.world_size > 1 else (self.args.distributed_executor_backend or "uni")
 
     @property

@@ -63,6 +63,14 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: _optional_str("PAGEDLLM_PP_LAYER_PARTITION"),
         "Pipeline parallel: decoder layers per stage, comma-separated (e.g. \"3,5\"; vLLM's VLLM_PP_LAYER_PARTITION). "
         "Default unset: an even split, the remainder on the stages before the last."),
+    "PAGEDLLM_RAY_PLACEMENT_STRATEGY": (
+        lambda: os.environ.get("PAGEDLLM_RAY_PLACEMENT_STRATEGY", "").strip().upper() or "STRICT_PACK",
+        "distributed_executor_backend='ray': the placement group's strategy. STRICT_PACK (default) puts every rank "
+        "on one node; PACK lets the ranks spread over several nodes when one is not enough (multi-node)."),
+    "PAGEDLLM_RAY_PLACEMENT_TIMEOUT_S": (
+        lambda: float(os.environ.get("PAGEDLLM_RAY_PLACEMENT_TIMEOUT_S", "").strip() or 60.0),
+        "distributed_executor_backend='ray': seconds to wait for the cluster to grant the placement group (one "
+        "bundle per rank) before failing with the resources it lacks. Default 60."),
     # ---- defaults of engine arguments (the argument wins) ------------------------------------------------------
     "PAGEDLLM_TRITON_GEMV": (
         lambda: _flag("PAGEDLLM_TRITON_GEMV", default=True),

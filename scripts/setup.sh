@@ -46,8 +46,8 @@ else
     python -m pip install --progress-bar on --no-deps "xgrammar==$XGRAMMAR_VERSION" "apache-tvm-ffi>=0.1.11"
 fi
 
-step 8 "quantization libraries: pip install -e '.[quant]' (bitsandbytes, about 125 MB installed; compressed-tensors)"
-python -m pip install --progress-bar on -e ".[quant]"
+step 8 "quantization libraries and Ray: pip install -e '.[quant,ray]' (bitsandbytes, about 125 MB installed; compressed-tensors; ray, an 80 MB wheel)"
+python -m pip install --progress-bar on -e ".[quant,ray]"
 
 echo
 echo "pagedllm is set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))."

@@ -48,7 +48,7 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
 
 class EngineCore:
     def __init__(self, config: EngineConfig):
-        from pagedllm.worker.executor import create_executor
+        from pagedllm.worker.backends import create_executor
 
         self.config = config
         t0 = time.perf_counter()

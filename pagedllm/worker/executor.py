@@ -8,6 +8,10 @@ executor and gets the sampling rank's ``ModelRunnerOutput`` back; it never touch
   shard of its stage's layers and runs every step. Within a stage the logits are gathered on every rank and the ranks
   share their random seed, so all of them sample the same tokens; only the last stage samples, and its tensor-parallel
   rank 0's output is the one read.
+- ``RayExecutor`` ("ray", ray_executor.py): one Ray actor per rank, on one node or several.
+
+The multi-rank executors share ``DistributedExecutor`` (the engine core's calls, the output rank, the hand-off
+below) and, on the worker side, ``RankWorker`` (one rank's calls, in order); ``create_executor`` is in backends.py.
 
 Pipeline parallel, sampled tokens: the stages before the last never see logits, yet the first one must embed each
 request's newest token at its next step. The executor forwards the last stage's sampled tokens to them, ahead of the
@@ -93,12 +97,6 @@ class UniProcExecutor(Executor):
         return self.runner.startup_info()
 
 
-def create_executor(config: EngineConfig) -> Executor:
-    if config.executor_backend == "mp":
-        return MultiprocExecutor(config)
-    return UniProcExecutor(config)
-
-
 class WorkerDied(RuntimeError):
     """A worker process (a tensor- or pipeline-parallel rank) ended or failed; the engine cannot go on."""
 
@@ -110,44 +108,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class MultiprocExecutor(Executor):
+def output_rank(tp_size: int, pp_size: int) -> int:
+    """The rank whose output the engine reads: the last stage's tensor-parallel rank 0 (every rank of that stage
+    samples alike)."""
+    return (pp_size - 1) * tp_size
+
+
+class DistributedExecutor(Executor):
+    """One worker per rank (rank = pp_rank * tp_size + tp_rank), each running every call in the order sent. The
+    engine core's calls are the same for every transport; a subclass supplies ``_broadcast`` (one message to every
+    rank) and ``_collect`` (every rank's reply to the last message that gets one, in rank order, or ``WorkerDied``
+    naming the rank)."""
     runner = None        # the model lives in the workers
 
     def __init__(self, config: EngineConfig):
         self.tp_size, self.pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
         self.world_size = self.tp_size * self.pp_size
-        # The last stage's tensor-parallel rank 0 samples for the engine (every rank of that stage samples alike).
-        self._output_rank = (self.pp_size - 1) * self.tp_size
+        self._output_rank = output_rank(self.tp_size, self.pp_size)
         # Pipeline parallel: the last stage's outputs not yet forwarded to the earlier stages (module docstring).
         self._tokens_for_earlier_stages: list[dict[str, int]] = []
-        if multiprocessing.current_process().daemon:
-            # Python forbids a daemonic process children; the server's engine-core process is one.
-            raise ValueError("tensor_parallel_size > 1 with the engine core in a daemonic process of its own is not "
-                             "supported yet: run the engine core in the caller's process (the server does so by "
-                             "itself with -tp; AsyncLLMEngine(engine_process=False)).")
-        # spawn, not fork: the caller may hold threads (an AsyncLLMEngine's reader, tokenizer pools, OpenMP) and a
-        # fork copies their held locks into the child. Forked workers hung in the full CPU suite (rendezvous never
-        # reached after earlier tests had started threads); spawned ones pay a fresh `import torch` (~2 s).
-        ctx = multiprocessing.get_context("spawn")
-        init_method = f"tcp://127.0.0.1:{_free_port()}"
-        # Every rank seeds its generator alike, so random sampling gives the same tokens on every rank.
-        shared_seed = random.SystemRandom().randrange(2**31)
-        self._conns: list[multiprocessing.connection.Connection] = []
-        self._procs: list[multiprocessing.process.BaseProcess] = []
-        self._dead: WorkerDied | None = None
-        self._ring = ShmBroadcaster(num_readers=self.world_size)
-        for rank in range(self.world_size):
-            parent_end, child_end = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=_worker_main, name=f"pagedllm-worker-{rank}", daemon=True,
-                               args=(config, rank, self.tp_size, self.pp_size, init_method, shared_seed, child_end,
-                                     self._ring.handle(), os.getpid()))
-            proc.start()
-            child_end.close()
-            self._conns.append(parent_end)
-            self._procs.append(proc)
-        # Workers are ended when the executor goes away, even without shutdown() (a deleted LLM).
-        self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns, self._ring)
-        self._collect()      # every rank built (or the first failure, named)
+        self._dead: WorkerDied | None = None       # set once a rank has failed: every later call raises it
 
     # ---- the engine core's calls ------------------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -187,6 +167,66 @@ class MultiprocExecutor(Executor):
         if self.pp_size == 1:
             return f"rank {rank}"
         return f"rank {rank} (pipeline stage {rank // self.tp_size}, tensor-parallel rank {rank % self.tp_size})"
+
+    # ---- transport ----------------------------------------------------------------------------------------------
+    def _broadcast(self, msg: tuple) -> None:
+        raise NotImplementedError
+
+    def _collect(self) -> list:
+        raise NotImplementedError
+
+    def _find_death(self, rank: int, error: tuple[BaseException, str] | None,
+                    cause: BaseException | None) -> str | None:
+        """The message naming a dead rank (``rank``, when ``error`` is None: it stopped answering), or None when
+        every rank is alive."""
+        raise NotImplementedError
+
+    def _fail(self, rank: int, error: tuple[BaseException, str] | None, cause: BaseException | None = None) -> None:
+        """End every worker and raise ``WorkerDied``: ``rank``'s call failed with ``error`` (exception, traceback)
+        or, when ``error`` is None, ``rank`` is gone (``cause``: what the transport said)."""
+        # A rank that failed in a collective often did so because another rank died: name the dead one.
+        death = self._find_death(rank, error, cause)
+        if death is not None:
+            self._dead = WorkerDied(death)
+        else:
+            exc, tb = error
+            self._dead = WorkerDied(f"Worker {self.describe_rank(rank)} failed: {type(exc).__name__}: {exc}\n{tb}")
+        self._finalizer()
+        if death is None:
+            raise self._dead from error[0]
+        raise self._dead
+
+
+class MultiprocExecutor(DistributedExecutor):
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        if multiprocessing.current_process().daemon:
+            # Python forbids a daemonic process children; the server's engine-core process is one.
+            raise ValueError("tensor_parallel_size > 1 with the engine core in a daemonic process of its own is not "
+                             "supported yet: run the engine core in the caller's process (the server does so by "
+                             "itself with -tp; AsyncLLMEngine(engine_process=False)).")
+        # spawn, not fork: the caller may hold threads (an AsyncLLMEngine's reader, tokenizer pools, OpenMP) and a
+        # fork copies their held locks into the child. Forked workers hung in the full CPU suite (rendezvous never
+        # reached after earlier tests had started threads); spawned ones pay a fresh `import torch` (~2 s).
+        ctx = multiprocessing.get_context("spawn")
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        # Every rank seeds its generator alike, so random sampling gives the same tokens on every rank.
+        shared_seed = random.SystemRandom().randrange(2**31)
+        self._conns: list[multiprocessing.connection.Connection] = []
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._ring = ShmBroadcaster(num_readers=self.world_size)
+        for rank in range(self.world_size):
+            parent_end, child_end = ctx.Pipe(duplex=True)
+            proc = ctx.Process(target=_worker_main, name=f"pagedllm-worker-{rank}", daemon=True,
+                               args=(config, rank, self.tp_size, self.pp_size, init_method, shared_seed, child_end,
+                                     self._ring.handle(), os.getpid()))
+            proc.start()
+            child_end.close()
+            self._conns.append(parent_end)
+            self._procs.append(proc)
+        # Workers are ended when the executor goes away, even without shutdown() (a deleted LLM).
+        self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns, self._ring)
+        self._collect()      # every rank built (or the first failure, named)
 
     def shutdown(self) -> None:
         self._finalizer()
@@ -228,22 +268,17 @@ class MultiprocExecutor(Executor):
                 replies[rank] = value
         return [replies[r] for r in range(self.world_size)]
 
-    def _fail(self, rank: int, error: tuple[BaseException, str] | None) -> None:
-        # A rank that failed in a collective often did so because another rank died: name the dead one.
+    def _find_death(self, rank: int, error: tuple[BaseException, str] | None,
+                    cause: BaseException | None) -> str | None:
         for proc in self._procs:
             proc.join(timeout=0.5 if error is not None else 0)
         dead = [(r, p) for r, p in enumerate(self._procs) if p.exitcode is not None]
         if dead:
             r, p = dead[0]
-            message = f"Worker {self.describe_rank(r)} (pid {p.pid}) died (exit code {p.exitcode})."
-        else:
-            exc, tb = error
-            message = f"Worker {self.describe_rank(rank)} failed: {type(exc).__name__}: {exc}\n{tb}"
-        self._dead = WorkerDied(message)
-        self._finalizer()
-        if error is not None and not dead:
-            raise self._dead from error[0]
-        raise self._dead
+            return f"Worker {self.describe_rank(r)} (pid {p.pid}) died (exit code {p.exitcode})."
+        if error is None:
+            return f"Worker {self.describe_rank(rank)} (pid {self._procs[rank].pid}) closed its pipe."
+        return None
 
 
 def _stop_workers(procs: list, conns: list, ring: ShmBroadcaster) -> None:
@@ -267,26 +302,72 @@ def _stop_workers(procs: list, conns: list, ring: ShmBroadcaster) -> None:
     ring.close()
 
 
-def _worker_main(config: EngineConfig, rank: int, tp_size: int, pp_size: int, init_method: str, shared_seed: int,
-                 conn: multiprocessing.connection.Connection, ring_handle: tuple, parent_pid: int) -> None:
-    """One rank: join the group, build this rank's ModelRunner, then run the calls the executor sends (in order)
-    until it says shutdown or its pipe closes."""
-    import torch
+class RankWorker:
+    """One rank: its ModelRunner and the calls the executor sends it, run in the order sent. The worker process's
+    loop (``_worker_main``) and the Ray actor (ray_executor.py) both wrap one."""
 
-    from pagedllm.distributed import destroy_model_parallel, init_model_parallel
-    from pagedllm.worker.model_runner import ModelRunner
+    def __init__(self, config: EngineConfig, rank: int, tp_size: int, pp_size: int, init_method: str,
+                 shared_seed: int):
+        import torch
 
-    _detach_signals(parent_pid)
-    output_rank = (pp_size - 1) * tp_size
-    try:
+        from pagedllm.distributed import init_model_parallel
+        from pagedllm.worker.model_runner import ModelRunner
+        self.rank = rank
+        self.is_output_rank = rank == output_rank(tp_size, pp_size)
         init_model_parallel(rank, tp_size, pp_size, init_method)
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
-        runner = ModelRunner(config)
+        self.runner = ModelRunner(config)
+        self._launched: deque = deque()     # steps launched and not finished yet, oldest first
+
+    def handle(self, method: str, arg: Any) -> tuple[str, Any, str] | None:
+        """Run one call; its reply ``(status, value, traceback)``, or None for the calls that get none."""
+        runner = self.runner
+        if method == "sampled_tokens":      # pipeline parallel: the last stage's tokens
+            if not runner.last_stage:
+                for sampled in arg:
+                    runner.append_sampled_tokens(sampled)
+            return None
+        if method == "launch":    # the step's output comes with its "finish"
+            try:
+                self._launched.append(("ok", runner.launch(arg), ""))
+            except BaseException as e:   # noqa: BLE001
+                self._launched.append(("error", picklable(e), traceback.format_exc()))
+            return None
+        try:
+            if method == "finish":
+                status, step, tb = self._launched.popleft()
+                if status == "error":
+                    return status, step, tb
+                output = runner.finish(step, grammar=arg)
+                return "ok", output if self.is_output_rank else None, ""
+            if method == "allocate_kv_cache":
+                return "ok", runner.allocate_kv_cache(*arg), ""
+            return "ok", getattr(runner, method)(), ""
+        except BaseException as e:   # noqa: BLE001 - reported to the engine
+            return "error", picklable(e), traceback.format_exc()
+
+    def close(self) -> None:
+        from pagedllm.distributed import destroy_model_parallel
+        destroy_model_parallel()
+
+
+def start_rank_worker(*args: Any) -> tuple[RankWorker | None, tuple[str, Any, str]]:
+    """``RankWorker(*args)`` and the reply to send ("ok"), or None and the error that stopped it."""
+    try:
+        return RankWorker(*args), ("ok", None, "")
     except BaseException as e:   # noqa: BLE001 - reported to the engine
-        _reply(conn, "error", picklable(e), traceback.format_exc())
+        return None, ("error", picklable(e), traceback.format_exc())
+
+
+def _worker_main(config: EngineConfig, rank: int, tp_size: int, pp_size: int, init_method: str, shared_seed: int,
+                 conn: multiprocessing.connection.Connection, ring_handle: tuple, parent_pid: int) -> None:
+    """One rank's process: join the group, build this rank's ModelRunner, then run the calls the executor sends
+    (in order) until it says shutdown or its pipe closes."""
+    _detach_signals(parent_pid)
+    worker, reply = start_rank_worker(config, rank, tp_size, pp_size, init_method, shared_seed)
+    conn.send(reply)
+    if worker is None:
         return
-    _reply(conn, "ok")
-    launched: deque = deque()     # steps launched and not finished yet, oldest first
     ring = ShmReader(ring_handle, rank)
     try:
         while True:
@@ -296,34 +377,12 @@ def _worker_main(config: EngineConfig, rank: int, tp_size: int, pp_size: int, in
                 return       # the engine is gone
             if method == "shutdown":
                 return
-            if method == "sampled_tokens":      # pipeline parallel: the last stage's tokens (no reply)
-                if not runner.last_stage:
-                    for sampled in arg:
-                        runner.append_sampled_tokens(sampled)
-                continue
-            if method == "launch":    # no reply: the step's output comes with its "finish"
-                try:
-                    launched.append(("ok", runner.launch(arg), ""))
-                except BaseException as e:   # noqa: BLE001
-                    launched.append(("error", picklable(e), traceback.format_exc()))
-                continue
-            try:
-                if method == "finish":
-                    status, step, tb = launched.popleft()
-                    if status == "error":
-                        _reply(conn, status, step, tb)
-                        continue
-                    output = runner.finish(step, grammar=arg)
-                    _reply(conn, "ok", output if rank == output_rank else None)
-                elif method == "allocate_kv_cache":
-                    _reply(conn, "ok", runner.allocate_kv_cache(*arg))
-                else:
-                    _reply(conn, "ok", getattr(runner, method)())
-            except BaseException as e:   # noqa: BLE001
-                _reply(conn, "error", picklable(e), traceback.format_exc())
+            reply = worker.handle(method, arg)
+            if reply is not None:
+                conn.send(reply)
     finally:
         ring.close()
-        destroy_model_parallel()
+        worker.close()
 
 
 def _detach_signals(parent_pid: int) -> None:
@@ -340,10 +399,6 @@ def _detach_signals(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
         if os.getppid() != parent_pid:      # the parent died before prctl took effect
             os._exit(1)
-
-
-def _reply(conn, status: str, value: Any = None, tb: str = "") -> None:
-    conn.send((status, value, tb))
 
 
 def picklable(e: BaseException) -> BaseException:

@@ -130,7 +130,7 @@ def test_switch_flags():
     (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
     (["--enable-lora"], "LoRA adapters are not supported yet"),
     (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
-    (["--distributed-executor-backend", "ray"], "Ray and external launchers are not supported yet"),
+    (["--distributed-executor-backend", "external_launcher"], "external launchers are not supported yet"),
     (["--tokenizer-mode", "mistral"], "tokenizer_mode='mistral' is not supported yet"),
     (["--speculative-config", '{"method": "ngram"}'], "speculative_config is not supported yet"),
     (["-O3"], "compilation_config is not supported yet"),

@@ -3,6 +3,7 @@ checked by behaviour) or rejected with an error that names it. A new field fails
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import pathlib
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -140,7 +141,8 @@ ENGINE_FIELDS: dict[str, list] = {
                                      Behaves(lambda mp: build(mp, distributed_executor_backend="mp",
                                                               tensor_parallel_size=2).executor_backend == "mp"
                                              or _fail()),
-                                     Rejects("ray", "Ray and external launchers are not supported yet"),
+                                     Behaves(lambda mp: _ray_backend(mp)),    # run: tests/unit/test_ray_executor.py
+                                     Rejects("external_launcher", "external launchers are not supported yet"),
                                      Rejects("dask", "distributed_executor_backend must be one of")],
     "device": [Behaves(lambda mp: build(mp).device.type == "cpu" or _fail())],
     # Names are checked against the backend registry by create_engine_config (test_attention_backends.py).
@@ -218,6 +220,14 @@ def _unknown_quantization():
 def _raises(fn, match):
     with pytest.raises(ValueError, match=match):
         fn()
+
+
+def _ray_backend(monkeypatch) -> None:
+    """'ray' runs the ranks as Ray actors when Ray is installed; without Ray the error names the pip command."""
+    if importlib.util.find_spec("ray") is None:
+        _raises(lambda: build(monkeypatch, distributed_executor_backend="ray"), r"pip install 'pagedllm\[ray\]'")
+    elif build(monkeypatch, distributed_executor_backend="ray", tensor_parallel_size=2).executor_backend != "ray":
+        _fail()
 
 
 def _read_in(where: tuple[str, ...], pattern: str) -> bool:

@@ -104,6 +104,6 @@ def test_indivisible_heads_and_unsupported_backends(tmp_path):
     assert "Total number of attention heads (4) must be divisible by tensor parallel size (3)" in \
         _config_error(tmp_path, tensor_parallel_size=3)
     assert "is not supported yet" in _config_error(tmp_path, tensor_parallel_size=2,
-                                                     distributed_executor_backend="ray")
+                                                     distributed_executor_backend="external_launcher")
     assert "needs tensor_parallel_size=1" in _config_error(tmp_path, tensor_parallel_size=2,
                                                            distributed_executor_backend="uni")

@@ -1,0 +1,200 @@
+"""The Ray executor (distributed_executor_backend="ray"): one Ray actor per rank, so the ranks may live on several
+machines of a Ray cluster (``ray start --head`` on one, ``ray start --address=HEAD:6379`` on the others, pagedllm
+installed on every one). Ray is an optional extra: ``pip install pagedllm[ray]``.
+
+- Cluster: as vLLM, a Ray already initialised in this process is used as it is; otherwise ``ray.init()`` without an
+  address, which joins the cluster that ``RAY_ADDRESS`` names or the one ``ray start`` left running on this node, and
+  only when there is none starts a local Ray instance (the CPU tests run that way).
+- Placement: a placement group of one bundle per rank ({"GPU": 1} on CUDA, {"CPU": 1} on the CPU), strategy
+  STRICT_PACK (every rank on one node) unless ``PAGEDLLM_RAY_PLACEMENT_STRATEGY=PACK`` lets the ranks spread over
+  nodes; rank r's actor sits in bundle r. A cluster that cannot hold the group is a ValueError naming what it lacks,
+  not a hang.
+- Group: rank 0's actor picks a free port on its node; every rank joins torch.distributed at tcp://<its IP>:<port>.
+- Steps: each message (a ``SchedulerOutput``, a grammar bitmask, ...) is put in Ray's object store once
+  (``ray.put``) and its reference handed to every actor's call, which Ray resolves on the actor's node: the object
+  store is the broadcast (the shared-memory ring of the multi-process executor works on one host only). Ray runs one
+  actor's calls in the order this process submits them, so "launch" then "finish" keep their order as on the pipe.
+- The engine core's calls, the output rank and pipeline parallel's sampled-token hand-off are the ones of every
+  ``DistributedExecutor`` (executor.py); the actor runs the same ``RankWorker`` as a worker process.
+- A dead actor fails its pending calls with Ray's ActorDiedError, found within the second: the error names the rank
+  and the engine ends every actor. Shutdown kills the actors and removes the placement group.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import weakref
+from typing import Any
+
+from pagedllm import envs
+from pagedllm.config import EngineConfig
+from pagedllm.worker.executor import DistributedExecutor, RankWorker, start_rank_worker
+
+logger = logging.getLogger(__name__)
+
+PLACEMENT_STRATEGIES = ("STRICT_PACK", "PACK")
+
+
+class RankActor:
+    """The body of one rank's Ray actor: a ``RankWorker`` once ``start`` has built it."""
+
+    def __init__(self) -> None:
+        self.worker: RankWorker | None = None
+
+    def node_ip_pid_and_free_port(self) -> tuple[str, int, int]:
+        """This actor's node IP, its process id, and a TCP port free on its node now (rank 0's hosts the group)."""
+        import socket
+
+        import ray
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), os.getpid(), port
+
+    def ping(self) -> None:
+        return None
+
+    def start(self, *args: Any) -> tuple[str, Any, str]:
+        self.worker, reply = start_rank_worker(*args)
+        return reply
+
+    def execute(self, msg: tuple) -> tuple[str, Any, str] | None:
+        return self.worker.handle(*msg)
+
+
+class RayExecutor(DistributedExecutor):
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        self._ray = ray
+        self._pending: list = []      # the calls of the last broadcast, one per rank
+        if not ray.is_initialized():
+            ray.init()        # RAY_ADDRESS's cluster, else the one `ray start` left on this node, else a local one
+        strategy = envs.PAGEDLLM_RAY_PLACEMENT_STRATEGY
+        if strategy not in PLACEMENT_STRATEGIES:
+            raise ValueError(f"PAGEDLLM_RAY_PLACEMENT_STRATEGY must be one of {PLACEMENT_STRATEGIES}, "
+                             f"got {strategy!r}.")
+        on_gpu = config.device.type == "cuda"
+        resource = "GPU" if on_gpu else "CPU"
+        self._check_cluster_size(resource)
+        self._placement_group = placement_group([{resource: 1}] * self.world_size, strategy=strategy)
+        self._actors: list = []
+        # Actors and placement group go when the executor does, even without shutdown() (a deleted LLM).
+        self._finalizer = weakref.finalize(self, _stop_actors, ray, self._actors, self._placement_group,
+                                           remove_placement_group)
+        self._wait_for_placement(strategy, resource)
+        actor_class = ray.remote(RankActor)
+        for rank in range(self.world_size):
+            self._actors.append(actor_class.options(
+                num_cpus=0 if on_gpu else 1, num_gpus=1 if on_gpu else 0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self._placement_group, placement_group_bundle_index=rank)).remote())
+        self._pending = [actor.node_ip_pid_and_free_port.remote() for actor in self._actors]
+        self.actor_nodes: list[tuple[str, int]] = []      # (node IP, pid) of each rank's actor
+        for ip, pid, port in self._collect_raw():
+            self.actor_nodes.append((ip, pid))
+            if len(self.actor_nodes) == 1:
+                init_method = f"tcp://{ip}:{port}"
+        shared_seed = random.SystemRandom().randrange(2**31)    # every rank samples alike (see executor.py)
+        config_ref = ray.put(config)
+        self._pending = [actor.start.remote(config_ref, rank, self.tp_size, self.pp_size, init_method, shared_seed)
+                         for rank, actor in enumerate(self._actors)]
+        self._collect()      # every rank built (or the first failure, named)
+        logger.info("Ray executor: %d actor(s) at %s, placement %s", self.world_size,
+                    ", ".join(f"{ip} (pid {pid})" for ip, pid in self.actor_nodes), strategy)
+
+    def shutdown(self) -> None:
+        self._finalizer()
+
+    # ---- cluster ------------------------------------------------------------------------------------------------
+    def _check_cluster_size(self, resource: str) -> None:
+        total = self._ray.cluster_resources().get(resource, 0)
+        if total < self.world_size:
+            raise ValueError(f"distributed_executor_backend='ray' needs {self.world_size} {resource}s (one per rank: "
+                             f"tensor_parallel_size={self.tp_size} x pipeline_parallel_size={self.pp_size}); the Ray "
+                             f"cluster has {total:g}.")
+
+    def _wait_for_placement(self, strategy: str, resource: str) -> None:
+        timeout_s = envs.PAGEDLLM_RAY_PLACEMENT_TIMEOUT_S
+        ready, _ = self._ray.wait([self._placement_group.ready()], timeout=timeout_s)
+        if ready:
+            return
+        self._finalizer()
+        hint = (" STRICT_PACK puts every rank on one node: PAGEDLLM_RAY_PLACEMENT_STRATEGY=PACK lets them spread "
+                "over nodes." if strategy == "STRICT_PACK" else "")
+        raise ValueError(f"distributed_executor_backend='ray': the Ray cluster did not grant {self.world_size} x "
+                         f"{{{resource!r}: 1}} (strategy {strategy}) within {timeout_s:g} s; available now: "
+                         f"{self._ray.available_resources().get(resource, 0):g} {resource}s.{hint}")
+
+    # ---- transport ----------------------------------------------------------------------------------------------
+    def _broadcast(self, msg: tuple) -> None:
+        if self._dead is not None:
+            raise self._dead
+        msg_ref = self._ray.put(msg)     # once; every actor's call gets the reference
+        self._pending = [actor.execute.remote(msg_ref) for actor in self._actors]
+
+    def _collect(self) -> list:
+        """Each rank's reply to the last broadcast, in rank order; a dead actor or a failed call ends every actor
+        and raises, naming the rank."""
+        replies = []
+        for rank, (status, value, tb) in enumerate(self._collect_raw()):
+            if status == "error":
+                self._fail(rank, (value, tb))
+            replies.append(value)
+        return replies
+
+    def _collect_raw(self) -> list:
+        ray = self._ray
+        results: dict[int, Any] = {}
+        waiting = {ref: rank for rank, ref in enumerate(self._pending)}
+        while waiting:
+            # A bounded wait, so that Ctrl-C is seen; a dead actor's call resolves to ActorDiedError at once.
+            ready, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
+            for ref in ready:
+                rank = waiting.pop(ref)
+                try:
+                    results[rank] = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    self._fail(rank, None, cause=e)
+        return [results[r] for r in range(len(self._pending))]
+
+    def _dead_ranks(self, wait_s: float) -> list[int]:
+        """The ranks whose actor is dead. A live actor busy in a collective does not answer the ping; a dead one's
+        ping fails at once."""
+        ray = self._ray
+        pings = {actor.ping.remote(): rank for rank, actor in enumerate(self._actors)}
+        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=wait_s)
+        dead = []
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                dead.append(pings[ref])
+        return sorted(dead)
+
+    def _find_death(self, rank: int, error: tuple[BaseException, str] | None,
+                    cause: BaseException | None) -> str | None:
+        dead = [rank] if error is None else self._dead_ranks(wait_s=0.5)
+        if not dead:
+            return None
+        r = dead[0]
+        where = f" (pid {self.actor_nodes[r][1]} on {self.actor_nodes[r][0]})" if r < len(self.actor_nodes) else ""
+        reason = f": {str(cause).splitlines()[0]}" if cause is not None and str(cause) else ""
+        return f"Worker {self.describe_rank(r)}, a Ray actor{where}, died{reason}"
+
+
+def _stop_actors(ray, actors: list, placement_group, remove_placement_group) -> None:
+    if not ray.is_initialized():      # Ray already shut down (interpreter exit): it ended the actors itself
+        return
+    for actor in actors:
+        try:
+            ray.kill(actor)
+        except Exception:   # noqa: BLE001 - already dead
+            pass
+    try:
+        remove_placement_group(placement_group)
+    except Exception:   # noqa: BLE001 - already removed
+        pass
