@@ -33,3 +33,31 @@ def test_serve_tp3_matches_tp1_and_leaves_no_workers():
         assert not alive, f"workers outlived the server: {[p.pid for p in alive]}"
     finally:
         server.stop()
+
+
+def test_a_killed_worker_gives_503_and_ends_the_server():
+    """Issue 12: a tensor-parallel worker that dies mid-run ends the engine (the rank named in the server log); the
+    server answers 503 in the OpenAI error shape instead of hanging, /health says 503, and the server exits."""
+    import httpx
+    (server,) = start_servers(["serve", MODEL, "-tp", "3"] + SERVER_ARGS)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, temperature=0.0)
+        # the spawned rank processes (not multiprocessing's resource tracker, also a spawned child)
+        workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 3, [p.cmdline() for p in psutil.Process(server.proc.pid).children(recursive=True)]
+        workers[-1].kill()
+        response = httpx.post(server.url + "/v1/completions", timeout=30,
+                              json={"model": MODEL, "prompt": PROMPT, "max_tokens": 4, "temperature": 0.0})
+        assert response.status_code == 503, (response.status_code, response.text, server.log_tail())
+        assert set(response.json()["error"]) >= {"message", "type", "code"}
+        try:
+            health = httpx.get(server.url + "/health", timeout=5).status_code
+        except httpx.TransportError:
+            health = None      # already gone: the server exits a few seconds after its engine died
+        assert health in (503, None)
+        assert server.proc.wait(30) != 0
+        assert "died" in server.log_tail() or "Worker rank" in server.log_tail(), server.log_tail()
+    finally:
+        server.stop()
