@@ -73,6 +73,13 @@ class EngineMetrics:
         # pagedllm's own: the block pool's counters (vLLM exports only the usage fraction).
         self.g_free_blocks = gauge("kv_cache_free_blocks", "KV-cache blocks in the free pool (prefix-cached or empty).")
         self.g_num_blocks = gauge("kv_cache_num_blocks", "KV-cache blocks in all.")
+        # swap_space: vLLM v0's num_requests_swapped, and the CPU swap pool's counters.
+        self.g_swapped = gauge("num_requests_swapped", "Number of requests whose KV cache is swapped to CPU memory.")
+        self.g_swap_free_blocks = gauge("cpu_swap_free_blocks", "CPU swap blocks free (swap_space).")
+        self.g_swap_num_blocks = gauge("cpu_swap_num_blocks", "CPU swap blocks in all (swap_space).")
+        self.c_swapped_out = counter("swapped_out_blocks", "KV-cache blocks copied to CPU swap space.").labels(model_name)
+        self.c_swapped_in = counter("swapped_in_blocks", "KV-cache blocks copied back from CPU swap space.").labels(
+            model_name)
         self.c_prompt = counter("prompt_tokens", "Number of prefill tokens processed.").labels(model_name)
         self.c_generation = counter("generation_tokens", "Number of generation tokens processed.").labels(model_name)
         self.c_success = counter("request_success", "Count of successfully processed requests.", ["finished_reason"])
@@ -95,6 +102,7 @@ class EngineMetrics:
                                         TOKEN_BUCKETS)
         self._tracked: dict[str, _Tracked] = {}
         self._prefix_seen = (0, 0)
+        self._swap_seen = (0, 0)
         # For the periodic log line.
         self._last_log_time = time.monotonic()
         self._interval_prompt = 0
@@ -112,8 +120,12 @@ class EngineMetrics:
         self.g_kv_usage.labels(name).set_function(lambda: snapshot().kv_usage)
         self.g_free_blocks.labels(name).set_function(lambda: snapshot().num_free_blocks)
         self.g_num_blocks.labels(name).set_function(lambda: snapshot().num_blocks)
+        self.g_swapped.labels(name).set_function(lambda: snapshot().num_swapped)
+        self.g_swap_free_blocks.labels(name).set_function(lambda: snapshot().swap_free_blocks)
+        self.g_swap_num_blocks.labels(name).set_function(lambda: snapshot().swap_num_blocks)
         first = snapshot()
         self._prefix_seen = (first.prefix_queries, first.prefix_hits)
+        self._swap_seen = (first.blocks_swapped_out, first.blocks_swapped_in)
 
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
@@ -138,6 +150,13 @@ class EngineMetrics:
         dq = snapshot.prefix_queries - self._prefix_seen[0]
         dh = snapshot.prefix_hits - self._prefix_seen[1]
         self._prefix_seen = (snapshot.prefix_queries, snapshot.prefix_hits)
+        out_blocks = snapshot.blocks_swapped_out - self._swap_seen[0]
+        in_blocks = snapshot.blocks_swapped_in - self._swap_seen[1]
+        self._swap_seen = (snapshot.blocks_swapped_out, snapshot.blocks_swapped_in)
+        if out_blocks > 0:
+            self.c_swapped_out.inc(out_blocks)
+        if in_blocks > 0:
+            self.c_swapped_in.inc(in_blocks)
         if dq > 0:
             self.c_prefix_queries.inc(dq)
             self.c_prefix_hits.inc(dh)

@@ -110,10 +110,12 @@ class EngineCore:
         return self.kv_cache.reset_prefix_cache()
 
     def snapshot(self) -> EngineSnapshot:
-        pool = self.kv_cache.pool
-        return EngineSnapshot(self.scheduler.num_running, self.scheduler.num_waiting, self.kv_cache.usage(),
-                              pool.query_tokens, pool.hit_tokens, self.scheduler.num_preemptions,
-                              pool.num_free_blocks, pool.num_blocks)
+        pool, swap, sched = self.kv_cache.pool, self.kv_cache.swap_pool, self.scheduler
+        return EngineSnapshot(sched.num_running, sched.num_waiting, self.kv_cache.usage(),
+                              pool.query_tokens, pool.hit_tokens, sched.num_preemptions,
+                              pool.num_free_blocks, pool.num_blocks, len(sched.swapped),
+                              swap.num_free_blocks if swap is not None else 0, swap.num_blocks if swap is not None else 0,
+                              sched.num_blocks_swapped_out, sched.num_blocks_swapped_in)
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def step(self) -> tuple[EngineCoreOutputs, StepStats]:

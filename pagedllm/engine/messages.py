@@ -77,6 +77,13 @@ class EngineSnapshot:
     # The block pool's own counters (leak checks: every block is free again once nothing runs).
     num_free_blocks: int = 0
     num_blocks: int = 0
+    # Swap preemption (swap_space): requests whose KV waits in CPU blocks, that pool's counters, and the blocks copied
+    # out and in since start.
+    num_swapped: int = 0
+    swap_free_blocks: int = 0
+    swap_num_blocks: int = 0
+    blocks_swapped_out: int = 0
+    blocks_swapped_in: int = 0
 
 
 # ---- front end -> core ---------------------------------------------------------------------------------------------

@@ -58,6 +58,21 @@ def test_swap_preemption_gives_the_unpreempted_tokens(tiny_dir, expected, async_
     assert scheduler.num_preemptions == scheduler.num_swap_outs      # every preemption swapped
     # Swap-in takes a block whose hash is still on the device without a copy: never more copies in than out.
     assert 0 < scheduler.num_blocks_swapped_in <= scheduler.num_blocks_swapped_out
+    # The same counters reach the engine snapshot and /metrics (the server's EngineMetrics).
+    snapshot = engine.llm_engine.core.snapshot()
+    assert (snapshot.blocks_swapped_out, snapshot.blocks_swapped_in) == (scheduler.num_blocks_swapped_out,
+                                                                       scheduler.num_blocks_swapped_in)
+    assert snapshot.num_swapped == 0 and snapshot.swap_free_blocks == snapshot.swap_num_blocks > 0
+    if not async_scheduling:
+        from pagedllm.engine.messages import EngineSnapshot
+        from pagedllm.engine.scheduler import StepStats
+        from pagedllm.metrics import EngineMetrics
+        metrics = EngineMetrics("tiny", log_stats=False)
+        metrics.attach(lambda: EngineSnapshot())
+        metrics.on_step(StepStats(), [], snapshot, 0.0)
+        text = metrics.render().decode()
+        assert f'swapped_out_blocks_total{{model_name="tiny"}} {float(snapshot.blocks_swapped_out)}' in text
+        assert f'cpu_swap_free_blocks{{model_name="tiny"}} 0.0' in text      # the attached (empty) snapshot
     assert_pools_whole(engine)
 
 
