@@ -292,7 +292,7 @@ def _stop_workers(procs: list, conns: list, ring: ShmBroadcaster) -> None:
         proc.join(timeout=2.0)
     for proc in procs:
         if proc.is_alive():
-            proc.terminate()
+            proc.terminate()        # ignored on Linux (_detach_signals): the kill below ends it
             proc.join(timeout=2.0)
         if proc.is_alive():
             proc.kill()
@@ -386,14 +386,16 @@ def _worker_main(config: EngineConfig, rank: int, tp_size: int, pp_size: int, in
 
 
 def _detach_signals(parent_pid: int) -> None:
-    """A forked worker inherits its parent's Python signal handlers (the server's SIGTERM handler would make it
-    ignore SIGTERM): back to the defaults, SIGINT ignored (Ctrl-C reaches the whole process group; the engine tears
-    the workers down), and on Linux killed when the thread that started it goes away, so a killed engine leaves
-    no worker behind, even one blocked in a collective."""
+    """SIGINT and SIGTERM ignored: Ctrl-C and a process-group SIGTERM (what systemd or a container runtime sends)
+    reach every process, and a worker must live while the server drains its in-flight requests; the engine tears the
+    workers down (a "shutdown" message, then SIGKILL). On Linux the worker is killed when the thread that started it
+    goes away, so a killed engine leaves no worker behind, even one blocked in a collective; elsewhere SIGTERM keeps
+    its default (nothing else would end an orphaned worker)."""
     import signal
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         import ctypes
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))

@@ -61,3 +61,36 @@ def test_a_killed_worker_gives_503_and_ends_the_server():
         assert "died" in server.log_tail() or "Worker rank" in server.log_tail(), server.log_tail()
     finally:
         server.stop()
+
+
+def test_process_group_sigterm_drains_with_tp_workers_alive():
+    """SIGTERM to the whole process group (systemd, docker stop) while a request is in flight: the rank workers
+    ignore it and keep serving until the drain is over (--shutdown-timeout), the request completes, the server exits
+    0 and no worker outlives it."""
+    import threading
+    import time
+
+    import httpx
+    (server,) = start_servers(["serve", MODEL, "-tp", "3", "--shutdown-timeout", "60"] + SERVER_ARGS)
+    try:
+        workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 3
+        result: dict = {}
+
+        def request() -> None:
+            result["response"] = httpx.post(server.url + "/v1/completions", timeout=120, json={
+                "model": MODEL, "prompt": PROMPT, "max_tokens": 24, "ignore_eos": True, "temperature": 0})
+        thread = threading.Thread(target=request)
+        thread.start()
+        time.sleep(1.0)
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        thread.join(120)
+        response = result["response"]
+        assert response.status_code == 200, (response.text, server.log_tail())
+        assert response.json()["usage"]["completion_tokens"] == 24
+        assert server.proc.wait(60) == 0, server.log_tail()
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers outlived the server: {[p.pid for p in alive]}"
+    finally:
+        server.stop()
