@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k
+from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
 from pagedllm.model.quantization.base import QuantizationConfig
 from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, add_checkpoint_param, extra_loader,
                                                     group_count)
@@ -25,19 +25,15 @@ AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 
 def unpack_awq(packed: torch.Tensor) -> torch.Tensor:
     """int32 ``[R, C]`` in AWQ's packing -> 4-bit values ``[R, 8 * C]`` (int32) in column order."""
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=packed.device)
-    nibbles = (packed.unsqueeze(-1) >> shifts) & 0xF            # [R, C, 8], nibble i = column AWQ_ORDER[i]
-    order = torch.tensor(AWQ_REVERSE_ORDER, device=packed.device)
-    return nibbles[..., order].reshape(packed.shape[0], -1)
+    nibbles = unpack_along_k(packed.t(), 4).t()                  # [R, 8 * C], position 8c + i = column AWQ_ORDER[i]
+    return nibbles.reshape(packed.shape[0], -1, 8)[..., list(AWQ_REVERSE_ORDER)].reshape(packed.shape[0], -1)
 
 
 def pack_awq(values: torch.Tensor) -> torch.Tensor:
     """4-bit values ``[R, 8 * C]`` -> int32 ``[R, C]`` in AWQ's packing (AutoAWQ's packer; for tests and tools)."""
     R, N = values.shape
-    cols = values.to(torch.int64).reshape(R, N // 8, 8)[..., list(AWQ_ORDER)]
-    shifts = torch.arange(0, 32, 4, dtype=torch.int64, device=values.device)
-    words = (cols << shifts).sum(dim=-1)
-    return (words - ((words >> 31) << 32)).to(torch.int32)
+    interleaved = values.reshape(R, N // 8, 8)[..., list(AWQ_ORDER)].reshape(R, N)
+    return pack_along_k(interleaved.t(), 4).t()
 
 
 class AWQConfig(QuantizationConfig):

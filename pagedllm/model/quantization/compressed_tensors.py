@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
+from pagedllm.kernels.quant.packed import PackedWeight, unpack_along_k
 from pagedllm.model.quantization.base import LinearMethod, QuantizationConfig
 from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, add_checkpoint_param, extra_loader,
                                                     group_count)
@@ -145,11 +145,13 @@ class WNA16LinearMethod(PackedIntLinearMethod):
         layer.quant_group_size = group
 
     def to_packed(self, layer: nn.Module) -> PackedWeight:
-        q = unpack_along_k(layer.weight_packed.data.t(), self.bits)           # [K, N], q + 2**(bits-1)
+        # [N, K / pack] packed along K per output row: transposed, the canonical [K / pack, N] words as they are
+        # (the stored values are the unsigned q + 2**(bits-1); the zero point below accounts for the shift).
+        qweight = layer.weight_packed.data.t().contiguous()
         scales = layer.weight_scale.data.to(torch.float32).t()
         if self.symmetric:
             zeros = torch.full_like(scales, float(1 << (self.bits - 1)))
         else:
             zeros = unpack_along_k(layer.weight_zero_point.data, self.bits).to(torch.float32).t()
-        return PackedWeight(pack_along_k(q, self.bits), scales.contiguous(), (-zeros * scales).contiguous(),
+        return PackedWeight(qweight, scales.contiguous(), (-zeros * scales).contiguous(),
                             self.bits, layer.quant_group_size)

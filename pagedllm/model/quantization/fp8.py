@@ -98,31 +98,6 @@ def _channel_scale_loader(layer: nn.Module) -> Callable[..., None]:
     return load
 
 
-def _block_scale_loader(layer: nn.Module, block_n: int) -> Callable[..., None]:
-    """Block scales ``[ceil(N / bn), ceil(K / bk)]``: rows are in units of ``bn`` output rows, so a fused part's
-    place (and a tensor-parallel shard) is the layer's, divided by ``bn``."""
-    def load(param: torch.Tensor, loaded: torch.Tensor, shard_id: int | str | None = None) -> None:
-        if shard_id is None:
-            return layer.weight_loader(param, loaded)
-        from pagedllm.model.layers.linear import shard_of
-        sizes = layer.fp8_output_sizes
-        i = _part_index(shard_id)
-        if any(s % block_n for s in sizes):
-            raise ValueError(f"Fused output sizes {sizes} must be multiples of the weight block size {block_n}.")
-        offset, size = sum(sizes[:i]) // block_n, sizes[i] // block_n
-        tp_size = getattr(layer, "tp_size", 1)
-        if isinstance(shard_id, str) and shard_id in "kv" and tp_size > 1:
-            part = shard_of(loaded, 0, layer.kv_head_start // layer.num_kv_heads, size,
-                            layer.total_num_kv_heads // layer.num_kv_heads)
-        else:
-            part = shard_of(loaded, 0, getattr(layer, "tp_rank", 0), size, tp_size)
-        if tuple(part.shape) != tuple(param.data[offset:offset + size].shape):
-            raise ValueError(f"Weight shape mismatch: block scale part {tuple(part.shape)} vs parameter rows "
-                             f"{offset}:{offset + size} of {tuple(param.shape)}")
-        param.data[offset:offset + size].copy_(part)
-    return load
-
-
 def _new_param(layer: nn.Module, name: str, data: torch.Tensor, loader: Callable[..., None] | None = None) -> None:
     param = nn.Parameter(data, requires_grad=False)
     if loader is not None:
@@ -225,8 +200,10 @@ class Fp8LinearMethod(LinearMethod):
         if cfg.weight_block_size is not None:
             bn, bk = cfg.weight_block_size
             _new_param(layer, "weight_scale_inv",
-                       torch.empty((n + bn - 1) // bn, (k + bk - 1) // bk, dtype=torch.float32),
-                       _block_scale_loader(layer, bn))
+                       torch.empty((n + bn - 1) // bn, (k + bk - 1) // bk, dtype=torch.float32), _dense_loader(layer))
+            # One row per bn output rows: the layer's loaders place a fused part and cut a tensor-parallel shard in
+            # units of bn rows, as they do for values packed along the outputs (linear.py, _output_pack).
+            layer.weight_scale_inv.packed_dim, layer.weight_scale_inv.pack_factor = 0, bn
         elif cfg.weight_per_channel:
             _new_param(layer, "weight_scale", torch.empty(n, dtype=torch.float32), _channel_scale_loader(layer))
         else:

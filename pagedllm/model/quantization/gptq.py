@@ -109,14 +109,13 @@ class GPTQLinearMethod(PackedIntLinearMethod):
 
     def to_packed(self, layer: nn.Module) -> PackedWeight:
         bits, group = self.config.weight_bits, layer.quant_group_size
-        q = unpack_along_k(layer.qweight.data, bits)
+        qweight = layer.qweight.data             # packed along K in the canonical order already
         zeros = unpack_along_n(layer.qzeros.data, bits).to(torch.float32)
         if self.config.checkpoint_format == "gptq":
             zeros = zeros + 1
         scales = layer.scales.data.to(torch.float32)
         g_idx = layer.g_idx.data.to(torch.int64)
-        K = q.shape[0]
-        in_order = torch.arange(K, device=g_idx.device) // group
+        in_order = torch.arange(g_idx.shape[0], device=g_idx.device) // group
         perm = None
         if not torch.equal(g_idx, in_order):
             # desc_act: sort the rows by group so that groups are contiguous; the layer multiplies x[:, perm].
@@ -124,5 +123,5 @@ class GPTQLinearMethod(PackedIntLinearMethod):
             if not torch.equal(g_idx[perm], in_order):
                 raise ValueError(f"GPTQ g_idx of {layer.prefix!r} does not put {group} rows in each group: "
                                  f"this checkpoint is not one GPTQ writes.")
-            q = q[perm]
-        return PackedWeight(pack_along_k(q, bits), scales, -zeros * scales, bits, group, perm)
+            qweight = pack_along_k(unpack_along_k(qweight, bits)[perm], bits)
+        return PackedWeight(qweight, scales, -zeros * scales, bits, group, perm)
