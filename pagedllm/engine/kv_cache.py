@@ -114,6 +114,16 @@ class BlockPool:
     def get_cached_block(self, block_hash: bytes) -> KVBlock | None:
         return self.cached.get(block_hash)
 
+    def cached_run(self, block_hashes: Sequence[bytes]) -> list[KVBlock]:
+        """The cached blocks of the longest leading run of ``block_hashes`` (a prefix hit stops at the first miss)."""
+        hits = []
+        for block_hash in block_hashes:
+            block = self.get_cached_block(block_hash)
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
     def touch(self, blocks: Sequence[KVBlock]) -> None:
         """Take hit blocks: a free one leaves the free queue."""
         for block in blocks:
@@ -204,12 +214,7 @@ class KVCacheManager:
             return [], 0
         self.update_block_hashes(request)
         max_blocks = (request.num_tokens - 1) // self.block_size
-        hits = []
-        for block_hash in request.block_hashes[:max_blocks]:
-            block = self.pool.get_cached_block(block_hash)
-            if block is None:
-                break
-            hits.append(block)
+        hits = self.pool.cached_run(request.block_hashes[:max_blocks])
         return hits, len(hits) * self.block_size
 
     def record_prefix_lookup(self, request: Request, num_hit_tokens: int) -> None:
@@ -301,13 +306,7 @@ class KVCacheManager:
         blocks whose hash still sits on the device are taken as prefix-cache hits, without a copy; the copied full
         blocks get their hashes again."""
         cpu_blocks, num_cached = self.req_swapped[request.request_id]
-        hits = []
-        if self.enable_caching:
-            for block_hash in request.block_hashes[:num_cached]:
-                block = self.pool.get_cached_block(block_hash)
-                if block is None:
-                    break
-                hits.append(block)
+        hits = self.pool.cached_run(request.block_hashes[:num_cached]) if self.enable_caching else []
         num_copies = len(cpu_blocks) - len(hits)
         extra = max(0, -(-(request.num_computed_tokens + num_new_tokens) // self.block_size) - len(cpu_blocks))
         free_hits = sum(1 for b in hits if b.ref_cnt == 0)

@@ -101,10 +101,11 @@ class WorkerDied(RuntimeError):
     """A worker process (a tensor- or pipeline-parallel rank) ended or failed; the engine cannot go on."""
 
 
-def _free_port() -> int:
-    """A TCP port free now on the loopback (the OS picks it, so two engines on one host do not clash)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free now on ``host`` (the loopback; "" for every interface of this node). The OS picks it, so two
+    engines on one host do not clash."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -209,7 +210,7 @@ class MultiprocExecutor(DistributedExecutor):
         # fork copies their held locks into the child. Forked workers hung in the full CPU suite (rendezvous never
         # reached after earlier tests had started threads); spawned ones pay a fresh `import torch` (~2 s).
         ctx = multiprocessing.get_context("spawn")
-        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        init_method = f"tcp://127.0.0.1:{free_port()}"
         # Every rank seeds its generator alike, so random sampling gives the same tokens on every rank.
         shared_seed = random.SystemRandom().randrange(2**31)
         self._conns: list[multiprocessing.connection.Connection] = []

@@ -29,7 +29,7 @@ from typing import Any
 
 from pagedllm import envs
 from pagedllm.config import EngineConfig
-from pagedllm.worker.executor import DistributedExecutor, RankWorker, start_rank_worker
+from pagedllm.worker.executor import DistributedExecutor, RankWorker, free_port, start_rank_worker
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +44,8 @@ class RankActor:
 
     def node_ip_pid_and_free_port(self) -> tuple[str, int, int]:
         """This actor's node IP, its process id, and a TCP port free on its node now (rank 0's hosts the group)."""
-        import socket
-
         import ray
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), os.getpid(), port
+        return ray.util.get_node_ip_address(), os.getpid(), free_port("")
 
     def ping(self) -> None:
         return None
