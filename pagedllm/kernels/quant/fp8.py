@@ -150,10 +150,3 @@ def per_token_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _per_token_quant_kernel[(m,)](x, q, s, x.stride(0), q.stride(0), MIN_SCALE, K=k,
                                   FP8_MAXV=FP8_MAX, BLOCK_K=block_k, ONE_TILE=one_tile, num_warps=num_warps)
     return q, s
-    scale = weight_scale.float().reshape(-1).contiguous()
-    block_n, block_k = 16, 256
-    _fp8_gemv_kernel[(triton.cdiv(n, block_n), m)](
-        x, weight, scale, bias if bias is not None else scale, y, m, n,
-        x.stride(0), weight.stride(0), y.stride(0), K=k,
-        PER_CHANNEL=scale.numel() > 1, HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
-    return y

@@ -110,7 +110,6 @@ def _unpack_scaled(words, words_hi, s, c, j: tl.constexpr, BITS: tl.constexpr, F
     from ``words_hi = words >> HI_SHIFT``: one LOP3 per value and one shift per word. The scale carries the
     ``2**-p``: ``fma(2**23 + q 2**p, s 2**-p, -2**23 s)`` is ``q s`` with a single rounding. ``FUSED`` off (the
     Triton interpreter, whose fma is a multiply then an add) subtracts ``2**23`` first: exact as well."""
-    PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
     if BITS * (j + 1) <= 23:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

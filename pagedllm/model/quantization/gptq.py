@@ -72,7 +72,7 @@ class GPTQLinearMethod(PackedIntLinearMethod):
 
     def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype,
                        **extra: Any) -> None:
-        loader, pack, bits = extra_loader(extra), self.config.pack_factor, self.config.weight_bits
+        loader, pack = extra_loader(extra), self.config.pack_factor
         for size in output_sizes:
             if size % pack:
                 raise ValueError(f"The output size ({size}) is not aligned with the quantized weight shape: GPTQ packs "
