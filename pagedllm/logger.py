@@ -72,6 +72,14 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"max_num_seqs_per_request {config.max_num_seqs_per_request or 'none'}",
         f"  CUDA graphs  {runner.get('graphs', 'none')}",
     ]
+    phases = runner.get("startup_phases") or {}
+    if phases:
+        # Where the start-up went; the rest of total_seconds is building the config, the tokenizer and the workers.
+        timeline = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
+        triton = runner.get("triton_startup")
+        if triton:
+            timeline += f" (Triton: {triton[0]} kernel variants built in {triton[1]:.1f} s)"
+        lines.append(f"  start-up     {timeline}; other {max(total_seconds - sum(phases.values()), 0.0):.1f} s")
     plan = runner.get("memory_plan") or []     # worker/memory_plan.py MemoryPlan.describe()
     if plan:
         lines.append(f"  memory plan  {plan[0]}")

@@ -16,19 +16,30 @@ logger = logging.getLogger(__name__)
 _installed = False
 _armed = False
 late_compiles = 0          # how many variants were compiled after start-up (tests, benchmarks)
+# Compiles while an engine starts (not logged one by one; the start-up timeline reports their count and time).
+startup_compiles = 0
+startup_compile_seconds = 0.0
 
 
-def pause() -> None:
-    """An engine is starting (compiles expected): stop logging until ``watch_late_compiles`` is called again."""
-    global _armed
+def pause() -> bool:
+    """An engine is starting (compiles expected): stop logging until ``watch_late_compiles`` is called again, and
+    count this start-up's compiles from zero. Returns whether Triton has the hooks."""
+    global _armed, startup_compiles, startup_compile_seconds
     _armed = False
+    startup_compiles, startup_compile_seconds = 0, 0.0
+    return _install()
 
 
 def watch_late_compiles() -> bool:
     """Start logging (installing the hooks the first time). Returns whether Triton has the hooks."""
-    global _installed, _armed
+    global _armed
+    _armed = _install()
+    return _armed
+
+
+def _install() -> bool:
+    global _installed
     if _installed:
-        _armed = True
         return True
     try:
         from triton import knobs
@@ -45,9 +56,12 @@ def watch_late_compiles() -> bool:
         return before(key=key, **kwargs) if before else None    # a true result would skip the compile
 
     def on_compiled(*, key, repr, **kwargs):
-        global late_compiles
+        global late_compiles, startup_compiles, startup_compile_seconds
         took = time.perf_counter() - started.pop(str(key), time.perf_counter())
-        if _armed:
+        if not _armed:
+            startup_compiles += 1
+            startup_compile_seconds += took
+        else:
             late_compiles += 1
             logger.info("Triton compiled a kernel variant after start-up in %.0f ms (the step waited): %s",
                         took * 1e3, repr[:400])
@@ -56,5 +70,5 @@ def watch_late_compiles() -> bool:
 
     runtime.jit_cache_hook = on_cache_miss
     runtime.jit_post_compile_hook = on_compiled
-    _installed = _armed = True
+    _installed = True
     return True

@@ -89,6 +89,9 @@ class ModelRunner:
         if config.args.cpu_offload_gb:     # CUDA only (EngineConfig.build rejects it elsewhere)
             self.offloader = _offload_layers(self.model, config.args.cpu_offload_gb, self.device)
         self.load_seconds = time.perf_counter() - t0
+        # Seconds per start-up phase, in order, for the start-up log's timeline (and where a slow start goes).
+        self.startup_phases: dict[str, float] = {"load": self.load_seconds}
+        self.startup_triton: tuple[int, float] | None = None     # Triton variants built during start-up, seconds
         self.sampler = Sampler()
         # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
         # last token for decoders (vLLM's defaults).
@@ -121,6 +124,13 @@ class ModelRunner:
     def determine_num_blocks(self) -> int:
         """The KV cache's block count, from the memory plan (worker/memory_plan.py), kept in ``self.memory_plan``
         for the start-up log. Raises ValueError when the weights or one max_model_len sequence do not fit."""
+        t0 = time.perf_counter()
+        try:
+            return self._determine_num_blocks()
+        finally:
+            self.startup_phases["memory profile + warm-up"] = time.perf_counter() - t0
+
+    def _determine_num_blocks(self) -> int:
         args = self.config.args
         # Never more than every sequence at full length could use.
         cap = self.config.max_num_seqs * self.max_blocks_per_seq + 1
@@ -227,6 +237,7 @@ class ModelRunner:
         del caches, hidden
 
     def allocate_kv_cache(self, num_blocks: int, num_swap_blocks: int = 0) -> None:
+        t0 = time.perf_counter()
         self.num_blocks = num_blocks
         shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         if not self.needs_kv_cache:
@@ -239,6 +250,8 @@ class ModelRunner:
         if num_swap_blocks > 0 and self.kv_caches:
             self.swap_space = SwapSpace(num_swap_blocks, self.kv_caches)
         backend = self.attn_backend
+        t1 = time.perf_counter()
+        self.startup_phases["KV cache"] = t1 - t0
         # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay. Pipeline
         # stages run eagerly (their inputs come from another rank).
         if self.offloader is not None and not self.config.args.enforce_eager:
@@ -262,9 +275,11 @@ class ModelRunner:
             torch.cuda.synchronize()
             if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
                 self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info()[0], 0)
+            self.startup_phases["CUDA graphs"] = time.perf_counter() - t1
         if self.device.type == "cuda":
-            from pagedllm.kernels.late_compiles import watch_late_compiles
-            watch_late_compiles()
+            from pagedllm.kernels import late_compiles
+            self.startup_triton = (late_compiles.startup_compiles, late_compiles.startup_compile_seconds)
+            late_compiles.watch_late_compiles()
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,
@@ -301,6 +316,8 @@ class ModelRunner:
                           f"({len(self.piecewise_runner.sizes)} sizes)")
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         info = {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
+                "startup_phases": dict(self.startup_phases),
+                "triton_startup": self.startup_triton,
                 "kv_cache_needed": self.needs_kv_cache,
                 "graphs": "; ".join(graphs) or "none", "device_name": name,
                 "memory_plan": self.memory_plan.describe() if self.memory_plan is not None else []}
