@@ -72,7 +72,7 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"max_num_seqs_per_request {config.max_num_seqs_per_request or 'none'}",
         f"  CUDA graphs  {runner.get('graphs', 'none')}",
     ]
-    phases = runner.get("startup_phases") or {}
+    phases = info.get("startup_phases") or runner.get("startup_phases") or {}
     if phases:
         # Where the start-up went; the rest of total_seconds is building the config, the tokenizer and the workers.
         timeline = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())

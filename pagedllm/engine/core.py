@@ -68,6 +68,7 @@ class EngineCore:
         # swap_space: CPU blocks for preempted requests' KV (pooling requests are never preempted mid-way).
         num_swap_blocks = self.executor.num_swap_blocks() if not config.is_pooling else 0
         self.executor.allocate_kv_cache(num_blocks, num_swap_blocks)
+        t_allocated = time.perf_counter()
         # Pooling models: no prefix caching (a mean-pooled or bidirectional prompt needs every token computed).
         self.kv_cache = KVCacheManager(num_blocks, config.block_size,
                                        config.args.enable_prefix_caching and not config.is_pooling,
@@ -88,6 +89,10 @@ class EngineCore:
             self._batch_queue = deque()
             self.scheduler.schedule_tokens_in_flight = False
         self.startup_seconds = time.perf_counter() - t0
+        # The start-up timeline: what ran before this core (set by run_engine_core), the workers' phases, then ours.
+        self.startup_phases: dict[str, float] = {}
+        self.startup_phases.update(self.executor.startup_info().get("startup_phases", {}))
+        self.startup_phases["scheduler + block pool"] = time.perf_counter() - t_allocated
 
     # ---- requests -----------------------------------------------------------------------------------------------
     def add_request(self, req: EngineCoreRequest) -> None:
@@ -216,7 +221,7 @@ class EngineCore:
     def info(self) -> dict:
         """What the front end learns once the core is built."""
         return {"config": self.config, "num_blocks": self.num_blocks, "startup_seconds": self.startup_seconds,
-                "runner": self.executor.startup_info()}
+                "runner": self.executor.startup_info(), "startup_phases": self.startup_phases}
 
     def shutdown(self) -> None:
         """End the workers (multi-process executor); the core cannot step afterwards."""
@@ -224,15 +229,23 @@ class EngineCore:
 
 
 # ---- the engine-core loop ----------------------------------------------------------------------------------------
-def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = None, on_built=None) -> None:
+def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = None, on_built=None,
+                    spawned_at: float | None = None) -> None:
     """Build the engine core, then apply the front end's messages and step while there is work; block when there is
     none. ``conn`` is the core's end of a transport (``poll(timeout)``, ``recv()``, ``send(msg)``: a pipe end, or
     the queue pair of engine/core_client.py). Ends on ``Shutdown`` or when the front end's end closes."""
+    entered = time.monotonic()
     try:
-        core = EngineCore(create_engine_config(engine_args))
+        config = create_engine_config(engine_args)
+        configured = time.monotonic()
+        core = EngineCore(config)
     except BaseException as e:   # noqa: BLE001 - reported to the front end
         conn.send(CoreBuildFailed(picklable(e)))
         return
+    # ``spawned_at``: time.monotonic() in the front end when it started this process (one clock per host), so the
+    # timeline shows the new interpreter's imports too.
+    before = {"engine process start": entered - spawned_at} if spawned_at is not None else {}
+    core.startup_phases = {**before, "config": configured - entered, **core.startup_phases}
     if on_built is not None:
         on_built(core)
     conn.send(CoreReady(core.info()))

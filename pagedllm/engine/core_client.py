@@ -21,6 +21,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from typing import Callable
 
 from pagedllm import envs
@@ -72,7 +73,7 @@ def _queue_pair() -> tuple[_QueueEnd, _QueueEnd]:
 
 
 def _core_process_main(engine_args: EngineArgs, conn, fmt: tuple | None, step_trace: str | None,
-                       parent_end=None) -> None:
+                       parent_end=None, spawned_at: float | None = None) -> None:
     import signal
     # Ctrl-C, and a SIGTERM sent to the whole group (systemd's default, `kill -- -PGID`), reach this process too:
     # the server shuts us down itself once its in-flight requests are done (--shutdown-timeout). Our end of the pipe
@@ -83,7 +84,7 @@ def _core_process_main(engine_args: EngineArgs, conn, fmt: tuple | None, step_tr
         parent_end.close()   # forked: keep no copy of the server's end, or its death would never read as EOF
     if fmt is not None:     # spawned: set up like the parent
         configure_logging(logging.getLogger("pagedllm").getEffectiveLevel())
-    run_engine_core(engine_args, conn, step_trace=step_trace)
+    run_engine_core(engine_args, conn, step_trace=step_trace, spawned_at=spawned_at)
 
 
 def _start_method(engine_args: EngineArgs) -> str:
@@ -118,9 +119,11 @@ class EngineCoreClient:
             ctx = multiprocessing.get_context(_start_method(engine_args))
             self._conn, child_conn = ctx.Pipe(duplex=True)
             forked = ctx.get_start_method() == "fork"
-            self._worker = ctx.Process(target=_core_process_main, name="pagedllm-engine-core", daemon=True,
-                                       args=(engine_args, child_conn, log_format(), step_trace,
-                                             self._conn if forked else None))
+            # Built in start(), which stamps the time it spawns the process (the start-up timeline's first phase).
+            self._make_process = lambda spawned_at: ctx.Process(
+                target=_core_process_main, name="pagedllm-engine-core", daemon=True,
+                args=(engine_args, child_conn, log_format(), step_trace, self._conn if forked else None, spawned_at))
+            self._worker = None
             self._child_conn = child_conn
         else:
             self._conn, core_end = _queue_pair()
@@ -137,6 +140,8 @@ class EngineCoreClient:
 
     def start(self) -> dict:
         """Start the core and wait until it is built; returns its info, or raises its build error."""
+        if self.engine_process:
+            self._worker = self._make_process(time.monotonic())
         self._worker.start()
         if self.engine_process:
             self._child_conn.close()
@@ -157,7 +162,7 @@ class EngineCoreClient:
         return msg.info
 
     def alive(self) -> bool:
-        return self._worker.is_alive()
+        return self._worker is not None and self._worker.is_alive()
 
     def send(self, msg) -> None:
         """Thread-safe; never blocks."""
@@ -169,7 +174,7 @@ class EngineCoreClient:
             return
         self._closing = True
         self._outbox.put(Shutdown())
-        if self._worker is threading.current_thread():
+        if self._worker is None or self._worker is threading.current_thread():
             return
         self._worker.join(timeout=15 if self.engine_process else 30)
         if self.engine_process and self._worker.is_alive():

@@ -46,6 +46,7 @@ class LaunchedStep:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig):
+        t_init = time.perf_counter()
         configure_kernels(config)      # this process's kernel switches (PDL, skinny GEMM, oneDNN)
         if config.cpu_threads is not None:     # CPU engine (config._pick_cpu_threads)
             torch.set_num_threads(config.cpu_threads)
@@ -90,7 +91,7 @@ class ModelRunner:
             self.offloader = _offload_layers(self.model, config.args.cpu_offload_gb, self.device)
         self.load_seconds = time.perf_counter() - t0
         # Seconds per start-up phase, in order, for the start-up log's timeline (and where a slow start goes).
-        self.startup_phases: dict[str, float] = {"load": self.load_seconds}
+        self.startup_phases: dict[str, float] = {"runner init": t0 - t_init, "load": self.load_seconds}
         self.startup_triton: tuple[int, float] | None = None     # Triton variants built during start-up, seconds
         self.sampler = Sampler()
         # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
