@@ -145,6 +145,9 @@ class EngineCoreClient:
         self._worker.start()
         if self.engine_process:
             self._child_conn.close()
+            # While the core builds (seconds): import what unpickling its info needs (transformers, for the model's
+            # config class), which would otherwise run after the core is ready, on the start-up's critical path.
+            import pagedllm.model.hf_configs  # noqa: F401
         try:
             msg = self._conn.recv()
         except EOFError:
