@@ -407,6 +407,7 @@ class ModelRunner:
         if not self.first_stage:
             received = IntermediateTensors(*pp_recv_hidden(total, self.config.hf_config.hidden_size, self.dtype,
                                                            self.device))
+        graphed = True       # ``hidden`` is a view of a graph's static output
         if total == num_reqs and self.graph_runner is not None and self.graph_runner.can_run(num_reqs):
             hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup, received)
         else:
@@ -417,12 +418,16 @@ class ModelRunner:
             if self.piecewise_runner is not None and self.piecewise_runner.can_run(total):
                 hidden = self.piecewise_runner.run(batch, received)
             elif self.pp_size > 1:
-                hidden = self.model(batch.input_ids, batch.positions, batch, received)
+                hidden, graphed = self.model(batch.input_ids, batch.positions, batch, received), False
             else:
-                hidden = self.model(batch.input_ids, batch.positions, batch)
+                hidden, graphed = self.model(batch.input_ids, batch.positions, batch), False
         if not self.last_stage:      # nothing to sample or pool here: the last stage does it
             self._send_to_next_stage(hidden)
             return LaunchedStep([st for st, _ in items], [n for _, n in items], None, starts, [])
+        if graphed and self.pp_size > 1 and any(st.sampling_params.prompt_logprobs is not None for st, _ in items):
+            # Pipeline parallel's batch queue launches the next step before this one finishes, and that step's
+            # replay overwrites the static output that ``finish`` reads for prompt logprobs.
+            hidden = hidden.clone()
 
         step = LaunchedStep([st for st, _ in items], [n for _, n in items], hidden, starts,
                             [items[i][0] for i in sampled_rows])

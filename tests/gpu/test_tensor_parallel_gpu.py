@@ -12,6 +12,8 @@ With 2 GPUs or more (NCCL, rank r on cuda:r): TP=2 and PP=2, eager and with CUDA
 NCCL all-reduces captured, piecewise graphs for prompt steps; PP's send/recv between the graphs); with 4: TP=2 x
 PP=2; with Ray installed: TP=2 as Ray actors, one GPU each.
 """
+import gc
+
 import pytest
 import torch
 
@@ -69,6 +71,7 @@ def _run(model_dir: str, **kwargs) -> tuple[list[list[int]], dict]:
     finally:
         llm.llm_engine.core.executor.shutdown()
         del llm
+        gc.collect()      # the one-process engines' tensors live in this process: gone before the next one profiles
         torch.cuda.empty_cache()
 
 
