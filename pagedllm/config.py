@@ -475,29 +475,31 @@ class ResolvedModel:
     max_seq_length: int | None = None
 
 
-def _verify_pipeline_parallel(tp_size: int, pp_size: int, hf, device: torch.device) -> None:
+def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> None:
     """Enough devices for every rank, and a layer for every pipeline stage."""
+    tp_size, pp_size = args.tensor_parallel_size, args.pipeline_parallel_size
     world_size = tp_size * pp_size
-    if device.type == "cuda" and world_size > 1 and world_size > torch.cuda.device_count():
+    multi_gpu = device.type == "cuda" and world_size > 1
+    if multi_gpu and envs.PAGEDLLM_TEST_SHARE_ONE_GPU:
+        # Test-only: every rank on cuda:0 over gloo, whose collectives a CUDA graph cannot capture.
+        if not args.enforce_eager:
+            raise ValueError("PAGEDLLM_TEST_SHARE_ONE_GPU=1 (test only: every rank on cuda:0 over gloo) needs "
+                             "enforce_eager=True: gloo's collectives cannot be captured in CUDA graphs.")
+    elif multi_gpu and args.distributed_executor_backend != "ray" and world_size > torch.cuda.device_count():
+        # (Ray: the ranks may sit on other machines; the Ray executor checks the cluster's GPUs instead.)
         raise ValueError(f"World size ({world_size} = tensor_parallel_size {tp_size} x pipeline_parallel_size "
                          f"{pp_size}) is larger than the number of available GPUs ({torch.cuda.device_count()}): "
                          f"every rank needs a GPU of its own.")
-    if pp_size > 1 and device.type != "cpu":
-        raise ValueError(f"pipeline_parallel_size={pp_size}: pipeline parallel on GPUs is not supported yet (gloo on "
-                         f"the CPU only); use pipeline_parallel_size=1 or device='cpu'.")
     layers = getattr(hf, "num_hidden_layers", None)
     if pp_size > 1 and layers is not None and layers < pp_size:
         raise ValueError(f"num_hidden_layers ({layers}) must be >= pipeline_parallel_size ({pp_size}): every "
                          f"pipeline stage needs at least one layer.")
 
 
-def _verify_tensor_parallel(size: int, hf, device: torch.device) -> None:
+def _verify_tensor_parallel(size: int, hf) -> None:
     """Tensor parallel splits heads, KV heads, the MLP and the vocabulary evenly over the ranks (vLLM's wording)."""
     if size == 1:
         return
-    if device.type != "cpu":
-        raise ValueError(f"tensor_parallel_size={size}: tensor parallel on GPUs is not supported yet (gloo on the "
-                         f"CPU only); use tensor_parallel_size=1 or device='cpu'.")
     heads = getattr(hf, "num_attention_heads", None)
     if heads is None:
         return      # not a decoder with heads: the loader rejects it by its architecture
@@ -620,8 +622,8 @@ class EngineConfig:
 
         device = _pick_device(args.device)
         dtype = _pick_dtype(args.dtype, hf, device)
-        _verify_pipeline_parallel(args.tensor_parallel_size, args.pipeline_parallel_size, hf, device)
-        _verify_tensor_parallel(args.tensor_parallel_size, hf, device)
+        _verify_pipeline_parallel(args, hf, device)
+        _verify_tensor_parallel(args.tensor_parallel_size, hf)
         if args.cpu_offload_gb and device.type != "cuda":
             raise ValueError(f"cpu_offload_gb={args.cpu_offload_gb} offloads weights from a GPU to CPU memory; on "
                              f"the {device.type} device the weights are in CPU memory already: use 0.")

@@ -66,11 +66,22 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_RAY_PLACEMENT_STRATEGY": (
         lambda: os.environ.get("PAGEDLLM_RAY_PLACEMENT_STRATEGY", "").strip().upper() or "STRICT_PACK",
         "distributed_executor_backend='ray': the placement group's strategy. STRICT_PACK (default) puts every rank "
-        "on one node; PACK lets the ranks spread over several nodes when one is not enough (multi-node)."),
+        "on one node; PACK lets the ranks spread over several nodes when one is not enough (multi-node); SPREAD / "
+        "STRICT_SPREAD spread them over as many nodes as possible / one node per rank."),
     "PAGEDLLM_RAY_PLACEMENT_TIMEOUT_S": (
         lambda: float(os.environ.get("PAGEDLLM_RAY_PLACEMENT_TIMEOUT_S", "").strip() or 60.0),
         "distributed_executor_backend='ray': seconds to wait for the cluster to grant the placement group (one "
         "bundle per rank) before failing with the resources it lacks. Default 60."),
+    "CUDA_VISIBLE_DEVICES": (
+        lambda: _optional_str("CUDA_VISIBLE_DEVICES"),
+        "CUDA's own list of the devices a process sees. Read by the Ray executor's actors to find, among the devices "
+        "they see, the GPU Ray gave them. Default unset: every device."),
+    "PAGEDLLM_TEST_SHARE_ONE_GPU": (
+        lambda: _flag("PAGEDLLM_TEST_SHARE_ONE_GPU", default=False),
+        "TEST ONLY (tests/gpu/test_tensor_parallel_gpu.py): every tensor/pipeline-parallel rank on cuda:0 over gloo, "
+        "so the CUDA rank path runs on a one-GPU machine (NCCL refuses two ranks on one device). Needs "
+        "enforce_eager=True (gloo cannot be captured in CUDA graphs); slow (gloo copies CUDA tensors through the "
+        "host). Never for serving. Default off."),
     # ---- defaults of engine arguments (the argument wins) ------------------------------------------------------
     "PAGEDLLM_TRITON_GEMV": (
         lambda: _flag("PAGEDLLM_TRITON_GEMV", default=True),

@@ -6,6 +6,14 @@ and a rank's neighbours in the pipeline are ``rank -/+ tp_size`` (the same TP ra
 With a world size of 1 (the default, and every single-process engine) the collectives return their input untouched and
 nothing of torch.distributed is initialised, so the single-process path costs one integer comparison per parallel
 layer.
+
+Backends: gloo on the CPU; NCCL on CUDA, each rank on its own device (the caller, ``RankWorker``, makes it the
+current device before anything touches CUDA), so every collective runs on CUDA tensors on the device's streams: no
+host round trip, and the tensor-parallel all-reduces can be captured in CUDA graphs (NCCL >= 2.9 captures
+collectives; the communicator is formed at ``init_model_parallel`` and used by the profiling forward before any
+capture). Pipeline send/recv always run outside graphs (model_runner.py). One test-only exception:
+PAGEDLLM_TEST_SHARE_ONE_GPU=1 puts every rank on cuda:0 over gloo (NCCL refuses two ranks on one device), where
+gloo's send/recv, which read the tensor's memory as host memory, go through a host copy.
 """
 from __future__ import annotations
 
@@ -18,18 +26,38 @@ _tp_size = 1
 _pp_rank = 0
 _pp_size = 1
 _tp_group = None        # this stage's tensor-parallel process group (None: the default group, or no group at all)
+_p2p_via_host = False   # gloo on CUDA tensors (test-only, PAGEDLLM_TEST_SHARE_ONE_GPU): send/recv through host copies
+
+
+def distributed_backend(device: torch.device) -> str:
+    """torch.distributed's backend for ranks on ``device``: NCCL on CUDA, gloo on the CPU (and on CUDA under the
+    test-only PAGEDLLM_TEST_SHARE_ONE_GPU, where ranks share one device, which NCCL refuses)."""
+    if device.type != "cuda":
+        return "gloo"
+    from pagedllm import envs
+    return "gloo" if envs.PAGEDLLM_TEST_SHARE_ONE_GPU else "nccl"
 
 
 def init_model_parallel(rank: int, tensor_parallel_size: int, pipeline_parallel_size: int, init_method: str,
-                        backend: str = "gloo", timeout_s: float = 600.0) -> None:
+                        backend: str | None = None, timeout_s: float = 600.0,
+                        device: torch.device | None = None) -> None:
     """Join the world of ``tp x pp`` ranks that meet at ``init_method`` (``tcp://host:port``) and make the
-    tensor-parallel group of this rank's stage."""
-    global _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group
+    tensor-parallel group of this rank's stage. ``device``: this rank's device (``cuda:<index>``, already the
+    current device); the backend follows it unless given (``distributed_backend``)."""
+    global _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group, _p2p_via_host
     world_size = tensor_parallel_size * pipeline_parallel_size
+    device = torch.device("cpu") if device is None else device
     if world_size > 1:
         import torch.distributed as dist
+        backend = backend or distributed_backend(device)
+        extra = {}
+        if backend == "nccl":
+            # Bound to this rank's device: the communicator is formed now (a broken NCCL setup fails at start-up,
+            # naming the rank, not inside the first forward) and the stage groups below are split from it.
+            extra["device_id"] = device
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(seconds=timeout_s), **extra)
+        _p2p_via_host = backend == "gloo" and device.type == "cuda"
         if pipeline_parallel_size > 1 and tensor_parallel_size > 1:
             # Every rank must create every group, in the same order (torch.distributed's rule).
             for stage in range(pipeline_parallel_size):
@@ -47,12 +75,13 @@ def init_tensor_parallel(rank: int, world_size: int, init_method: str, backend: 
 
 
 def destroy_model_parallel() -> None:
-    global _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group
+    global _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group, _p2p_via_host
     if _tp_size * _pp_size > 1:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
     _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group = 0, 1, 0, 1, None
+    _p2p_via_host = False
 
 
 destroy_tensor_parallel = destroy_model_parallel
@@ -89,6 +118,20 @@ def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
     dist.all_reduce(x, group=_tp_group)
     return x
+
+
+def warm_up_tp_communicator(device: torch.device) -> None:
+    """One all-reduce over the stage's tensor-parallel group, completed, before CUDA graphs capture the model's:
+    NCCL captures a collective only on a communicator that has run eagerly (its connections are set up outside the
+    capture), and every rank of the group reaches its capture together."""
+    if _tp_size == 1:
+        return
+    probe = torch.ones(1, device=device)
+    tp_all_reduce(probe)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if probe.item() != _tp_size:
+        raise RuntimeError(f"tensor-parallel all-reduce check failed: the sum of {_tp_size} ones is {probe.item()}")
 
 
 def tp_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -137,6 +180,8 @@ def pp_send_hidden(hidden: torch.Tensor, residual: torch.Tensor | None):
     tensor-parallel rank of the next stage. Returns the send's handle: wait on it before the tensor is reused."""
     import torch.distributed as dist
     packed = torch.stack([hidden, residual if residual is not None else torch.zeros_like(hidden)])
+    if _p2p_via_host:     # test-only gloo on CUDA (module docstring)
+        packed = packed.cpu()
     work = dist.isend(packed.contiguous(), dst=(_pp_rank + 1) * _tp_size + _tp_rank)
     return work, packed
 
@@ -145,8 +190,10 @@ def pp_recv_hidden(num_tokens: int, hidden_size: int, dtype: torch.dtype,
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The previous stage's (hidden states, residual) for a step of ``num_tokens`` tokens."""
     import torch.distributed as dist
-    packed = torch.empty((2, num_tokens, hidden_size), dtype=dtype, device=device)
+    packed = torch.empty((2, num_tokens, hidden_size), dtype=dtype, device="cpu" if _p2p_via_host else device)
     dist.recv(packed, src=(_pp_rank - 1) * _tp_size + _tp_rank)
+    if _p2p_via_host:
+        packed = packed.to(device)
     return packed[0], packed[1]
 
 

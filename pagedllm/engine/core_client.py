@@ -15,6 +15,7 @@ long step) never blocks the event loop.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -147,7 +148,7 @@ class EngineCoreClient:
             self._child_conn.close()
             # While the core builds (seconds): import what unpickling its info needs (transformers, for the model's
             # config class), which would otherwise run after the core is ready, on the start-up's critical path.
-            import pagedllm.model.hf_configs  # noqa: F401
+            importlib.import_module("pagedllm.model.hf_configs")
         try:
             msg = self._conn.recv()
         except EOFError:

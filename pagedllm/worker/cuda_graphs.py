@@ -7,6 +7,13 @@ captured graph removes it. Graphs are captured for bucketed batch sizes over sta
 
 Steps that carry prompt tokens cannot replay one graph (the attention's grids follow the batch's composition), so
 ``PiecewiseGraphRunner`` captures everything between two attention calls and runs the attention eagerly in between.
+
+Tensor parallel: the row-parallel all-reduces (NCCL) are captured with the rest; the model runner runs one eager
+all-reduce before capturing (``warm_up_tp_communicator``), and every rank replays the same graph each step (the
+choice follows the step, which every rank has). Pipeline parallel: a stage after the first reads the previous
+stage's hidden states and residual from static buffers (``StageInputs``), filled before each replay; a stage before
+the last returns its output (``IntermediateTensors``) from the graph's static outputs. The stage-to-stage
+send/recv stays outside the graphs, in the model runner.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import torch
 
 from pagedllm.attention.backends.base import AttentionBackend, CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.model.layers.pipeline import IntermediateTensors
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +38,38 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
     return sizes
 
 
+class StageInputs:
+    """Pipeline parallel, a stage after the first: static buffers for the previous stage's hidden states and
+    residual, ``rows`` tokens at most, that the captured graphs read."""
+
+    def __init__(self, rows: int, hidden_size: int, dtype: torch.dtype, device: torch.device):
+        self.hidden = torch.zeros(rows, hidden_size, dtype=dtype, device=device)
+        self.residual = torch.zeros(rows, hidden_size, dtype=dtype, device=device)
+
+    def args(self, n: int) -> tuple[IntermediateTensors]:
+        """The model's extra argument for a graph of ``n`` rows."""
+        return (IntermediateTensors(self.hidden[:n], self.residual[:n]),)
+
+    def fill(self, received: IntermediateTensors) -> None:
+        n = received.hidden.shape[0]
+        self.hidden[:n].copy_(received.hidden)
+        self.residual[:n].copy_(received.residual)
+
+
+def _first_rows(out, n: int):
+    """The first ``n`` rows of a graph's static output: hidden states, or a non-last pipeline stage's
+    ``IntermediateTensors``."""
+    if isinstance(out, IntermediateTensors):
+        return IntermediateTensors(out.hidden[:n], out.residual[:n])
+    return out[:n]
+
+
 class CudaGraphRunner:
     def __init__(self, model, kv_caches: list[torch.Tensor], max_batch: int, max_blocks_per_seq: int,
-                 attn_backend: AttentionBackend, device: torch.device):
+                 attn_backend: AttentionBackend, device: torch.device,
+                 stage_input: tuple[int, torch.dtype] | None = None):
+        """``stage_input``: (hidden size, dtype) on a pipeline stage after the first (its input comes from the
+        previous stage), else None."""
         self.model = model
         self.kv_caches = kv_caches
         self.sizes = graph_batch_sizes(max_batch)
@@ -47,6 +84,7 @@ class CudaGraphRunner:
         self.block_tables = torch.zeros((n, w), dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.query_start_loc_cpu = np.arange(n + 1, dtype=np.int32)
+        self.stage_inputs = None if stage_input is None else StageInputs(n, *stage_input, device)
         # Host staging buffers (pinned) so each replay is one async copy per input. Two sets, used in turn: with
         # async scheduling the host fills step N+1's inputs while step N's copies may still wait in the stream
         # (step N-1's set is free by then: the host has waited for step N-1's tokens).
@@ -83,12 +121,13 @@ class CudaGraphRunner:
         # Largest first, so the smaller graphs fit in the memory pool the largest one reserved.
         for bs in reversed(self.sizes):
             batch = self._batch(bs)
+            stage_args = () if self.stage_inputs is None else self.stage_inputs.args(bs)
             for _ in range(2):   # warm up (Triton autotune/compile, cuBLAS handles) outside the capture
-                self.model(batch.input_ids, batch.positions, batch)
+                self.model(batch.input_ids, batch.positions, batch, *stage_args)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                out = self.model(batch.input_ids, batch.positions, batch)
+                out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[bs], self.outputs[bs] = graph, out
@@ -100,9 +139,12 @@ class CudaGraphRunner:
         return num_reqs <= self.max_batch and bool(self.graphs)
 
     def run(self, input_ids: np.ndarray, positions: np.ndarray, slots: np.ndarray, seq_lens: np.ndarray,
-            tables: np.ndarray, fixup: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+            tables: np.ndarray, fixup: tuple[torch.Tensor, torch.Tensor] | None = None,
+            received: IntermediateTensors | None = None):
         """Replay the graph of the smallest bucket holding ``n`` decode rows. ``fixup`` = (rows, tokens): input
-        tokens that are still on the device (async scheduling), written over the staged ones."""
+        tokens that are still on the device (async scheduling), written over the staged ones. ``received``: the
+        previous pipeline stage's output (a stage after the first). Returns the hidden states, or a non-last
+        stage's ``IntermediateTensors``."""
         n = len(input_ids)
         bs = next(s for s in self.sizes if s >= n)
         width = tables.shape[1]
@@ -122,10 +164,12 @@ class CudaGraphRunner:
         self.block_tables[:n, :width].copy_(host.tables[:n, :width], non_blocking=True)
         if fixup is not None:
             self.input_ids[fixup[0]] = fixup[1]
+        if received is not None:
+            self.stage_inputs.fill(received)
         if self.prepares_replay:
             self.attn_backend.prepare_replay(self.metadata[bs], self._common(bs, host, int(seq_lens.max())))
         self.graphs[bs].replay()
-        return self.outputs[bs][:n]
+        return _first_rows(self.outputs[bs], n)
 
 
 class _StagingBuffers:
@@ -199,7 +243,8 @@ class PiecewiseGraphRunner:
     (``ForwardBatch.attn_breaker``)."""
 
     def __init__(self, model, kv_caches: list[torch.Tensor], max_tokens: int, attn_backend: AttentionBackend,
-                 device: torch.device, pool=None):
+                 device: torch.device, pool=None, stage_input: tuple[int, torch.dtype] | None = None):
+        """``stage_input``: as ``CudaGraphRunner``'s."""
         self.model = model
         self.kv_caches = kv_caches
         self.sizes = piecewise_token_sizes(max_tokens)
@@ -210,6 +255,7 @@ class PiecewiseGraphRunner:
         self.input_ids = torch.zeros(n, dtype=torch.long, device=device)
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
         self.slot_mapping = torch.full((n,), -1, dtype=torch.long, device=device)
+        self.stage_inputs = None if stage_input is None else StageInputs(n, *stage_input, device)
         self.splitters: dict[int, _GraphSplitter] = {}
         self.outputs: dict[int, torch.Tensor] = {}
 
@@ -232,15 +278,16 @@ class PiecewiseGraphRunner:
         t0 = time.perf_counter()
         stream = torch.cuda.Stream()
         for t in reversed(self.sizes):
+            stage_args = () if self.stage_inputs is None else self.stage_inputs.args(t)
             for _ in range(2):
-                self.model(self.input_ids[:t], self.positions[:t], self._batch(t, _SkipAttention))
+                self.model(self.input_ids[:t], self.positions[:t], self._batch(t, _SkipAttention), *stage_args)
             torch.cuda.synchronize()
             splitter = _GraphSplitter(self.pool)
             batch = self._batch(t, splitter)      # before capturing: it copies to the device
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 splitter.begin()
-                out = self.model(batch.input_ids, batch.positions, batch)
+                out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
                 splitter.end()
             torch.cuda.current_stream().wait_stream(stream)
             self.pool = splitter.pool
@@ -253,9 +300,9 @@ class PiecewiseGraphRunner:
     def can_run(self, num_tokens: int) -> bool:
         return bool(self.splitters) and num_tokens <= self.sizes[-1]
 
-    def run(self, batch: ForwardBatch) -> torch.Tensor:
+    def run(self, batch: ForwardBatch, received: IntermediateTensors | None = None):
         """The forward of ``batch`` (its device inputs already set, async-scheduling fixups included) through the
-        graphs of the smallest bucket holding its tokens."""
+        graphs of the smallest bucket holding its tokens. ``received``: as ``CudaGraphRunner.run``'s."""
         n = batch.num_tokens
         t = next(s for s in self.sizes if s >= n)
         self.input_ids[:n].copy_(batch.input_ids)
@@ -263,6 +310,8 @@ class PiecewiseGraphRunner:
         self.slot_mapping[:n].copy_(batch.slot_mapping)
         if n < t:
             self.slot_mapping[n:t].fill_(-1)
+        if received is not None:
+            self.stage_inputs.fill(received)
         splitter = self.splitters[t]
         graphs, calls = splitter.graphs, splitter.attention_calls
         for i, graph in enumerate(graphs):
@@ -270,4 +319,4 @@ class PiecewiseGraphRunner:
             if i < len(calls):
                 layer, q, out = calls[i]
                 layer.attend(q[:n], batch, out=out[:n])
-        return self.outputs[t][:n]
+        return _first_rows(self.outputs[t], n)

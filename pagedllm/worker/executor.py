@@ -4,10 +4,10 @@ executor and gets the sampling rank's ``ModelRunnerOutput`` back; it never touch
 - ``UniProcExecutor`` ("uni"): one ``ModelRunner`` in this process (tensor_parallel_size=pipeline_parallel_size=1).
 - ``MultiprocExecutor`` ("mp"): one worker process per rank on this host (tensor_parallel_size x
   pipeline_parallel_size of them, rank = pp_rank * tp_size + tp_rank as in vLLM), joined in a torch.distributed
-  group (gloo on the CPU) at a TCP port picked free at start. Every worker builds its own ``ModelRunner`` over its
-  shard of its stage's layers and runs every step. Within a stage the logits are gathered on every rank and the ranks
-  share their random seed, so all of them sample the same tokens; only the last stage samples, and its tensor-parallel
-  rank 0's output is the one read.
+  group (NCCL on CUDA, rank r on cuda:r of the devices CUDA_VISIBLE_DEVICES shows; gloo on the CPU) at a TCP port
+  picked free at start. Every worker builds its own ``ModelRunner`` over its shard of its stage's layers and runs
+  every step. Within a stage the logits are gathered on every rank and the ranks share their random seed, so all of
+  them sample the same tokens; only the last stage samples, and its tensor-parallel rank 0's output is the one read.
 - ``RayExecutor`` ("ray", ray_executor.py): one Ray actor per rank, on one node or several.
 
 The multi-rank executors share ``DistributedExecutor`` (the engine core's calls, the output rank, the hand-off
@@ -38,6 +38,7 @@ import weakref
 from collections import deque
 from typing import Any
 
+from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.distributed.shm_broadcast import ShmBroadcaster, ShmReader
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
@@ -159,9 +160,11 @@ class DistributedExecutor(Executor):
 
     def startup_info(self) -> dict:
         self._broadcast(("startup_info", None))
-        info = dict(self._collect()[0])
+        infos = self._collect()
+        info = dict(infos[0])
         info["tensor_parallel_size"] = self.tp_size
         info["pipeline_parallel_size"] = self.pp_size
+        info["rank_devices"] = [i.get("device") for i in infos]     # rank r's device, e.g. "cuda:1"
         return info
 
     def describe_rank(self, rank: int) -> str:
@@ -220,7 +223,7 @@ class MultiprocExecutor(DistributedExecutor):
             parent_end, child_end = ctx.Pipe(duplex=True)
             proc = ctx.Process(target=_worker_main, name=f"pagedllm-worker-{rank}", daemon=True,
                                args=(config, rank, self.tp_size, self.pp_size, init_method, shared_seed, child_end,
-                                     self._ring.handle(), os.getpid()))
+                                     self._ring.handle(), os.getpid(), local_cuda_device(rank)))
             proc.start()
             child_end.close()
             self._conns.append(parent_end)
@@ -308,14 +311,27 @@ class RankWorker:
     loop (``_worker_main``) and the Ray actor (ray_executor.py) both wrap one."""
 
     def __init__(self, config: EngineConfig, rank: int, tp_size: int, pp_size: int, init_method: str,
-                 shared_seed: int):
+                 shared_seed: int, cuda_device: int = 0):
+        """``cuda_device``: the index, among the devices this process sees, of the GPU this rank runs on (CUDA
+        only): its local rank on a host of several GPUs, 0 in a Ray actor that sees only the GPU Ray gave it."""
+        import dataclasses
+
         import torch
 
         from pagedllm.distributed import init_model_parallel
         from pagedllm.worker.model_runner import ModelRunner
         self.rank = rank
         self.is_output_rank = rank == output_rank(tp_size, pp_size)
-        init_model_parallel(rank, tp_size, pp_size, init_method)
+        if config.device.type == "cuda":
+            # Before anything touches CUDA: NCCL, the caching allocator, Triton launches and every torch.cuda call
+            # that names no device follow the current device; the runner gets the explicit cuda:<index> too.
+            if not 0 <= cuda_device < torch.cuda.device_count():
+                raise ValueError(f"rank {rank}: CUDA device {cuda_device} does not exist; this process sees "
+                                 f"{torch.cuda.device_count()} (CUDA_VISIBLE_DEVICES="
+                                 f"{envs.CUDA_VISIBLE_DEVICES!r}).")
+            torch.cuda.set_device(cuda_device)
+            config = dataclasses.replace(config, device=torch.device("cuda", cuda_device))
+        init_model_parallel(rank, tp_size, pp_size, init_method, device=config.device)
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
         self.runner = ModelRunner(config)
         self._launched: deque = deque()     # steps launched and not finished yet, oldest first
@@ -360,12 +376,19 @@ def start_rank_worker(*args: Any) -> tuple[RankWorker | None, tuple[str, Any, st
         return None, ("error", picklable(e), traceback.format_exc())
 
 
+def local_cuda_device(local_rank: int) -> int:
+    """The CUDA device of the rank that is ``local_rank``-th on its host: that index among the visible devices, or
+    0 for every rank under the test-only PAGEDLLM_TEST_SHARE_ONE_GPU."""
+    return 0 if envs.PAGEDLLM_TEST_SHARE_ONE_GPU else local_rank
+
+
 def _worker_main(config: EngineConfig, rank: int, tp_size: int, pp_size: int, init_method: str, shared_seed: int,
-                 conn: multiprocessing.connection.Connection, ring_handle: tuple, parent_pid: int) -> None:
+                 conn: multiprocessing.connection.Connection, ring_handle: tuple, parent_pid: int,
+                 cuda_device: int) -> None:
     """One rank's process: join the group, build this rank's ModelRunner, then run the calls the executor sends
     (in order) until it says shutdown or its pipe closes."""
     _detach_signals(parent_pid)
-    worker, reply = start_rank_worker(config, rank, tp_size, pp_size, init_method, shared_seed)
+    worker, reply = start_rank_worker(config, rank, tp_size, pp_size, init_method, shared_seed, cuda_device)
     conn.send(reply)
     if worker is None:
         return

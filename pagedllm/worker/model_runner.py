@@ -1,6 +1,7 @@
 """ModelRunner: owns the model and the KV cache tensors; turns a SchedulerOutput into one forward pass + sampling."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
 from pagedllm.config import EngineConfig, kv_cache_torch_dtype
 from pagedllm.distributed import (get_pp_layer_range, get_pp_size, get_tp_rank, get_tp_size, is_first_pp_stage,
-                                  is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden)
+                                  is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
+                                  warm_up_tp_communicator)
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.pipeline import IntermediateTensors
 from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
@@ -180,20 +182,22 @@ class ModelRunner:
     def _profile_gpu_memory(self) -> dict:
         """The plan's measured inputs on the GPU: run the largest batch once and read the peak above the weights,
         and the memory others hold (CUDA context, other processes), which counts against our share too."""
-        torch.cuda.synchronize()
+        # Every call names this rank's device (each rank plans on its own GPU; it is the current device as well).
+        dev = self.device
+        torch.cuda.synchronize(dev)
         torch.cuda.empty_cache()
-        weights = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+        weights = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
         n = min(self.config.max_num_batched_tokens, self.config.max_model_len * self.config.max_num_seqs)
         self._dummy_forward(n)
         # Batch shapes whose kernel variants the backend wants compiled now, not inside the first timed requests.
         for lens, num_decodes in self.attn_backend.warmup_batches():
             self._dummy_forward(lens=lens, num_decodes=num_decodes)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-        total = torch.cuda.get_device_properties(self.device).total_memory
-        free_now, _ = torch.cuda.mem_get_info()
-        non_torch = total - free_now - torch.cuda.memory_reserved()
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+        total = torch.cuda.get_device_properties(dev).total_memory
+        free_now, _ = torch.cuda.mem_get_info(dev)
+        non_torch = total - free_now - torch.cuda.memory_reserved(dev)
         return {"weights_bytes": weights, "activation_peak_bytes": max(peak - weights, 0), "total_bytes": total,
                 "non_torch_bytes": max(non_torch, 0)}
 
@@ -240,6 +244,13 @@ class ModelRunner:
     def allocate_kv_cache(self, num_blocks: int, num_swap_blocks: int = 0) -> None:
         t0 = time.perf_counter()
         self.num_blocks = num_blocks
+        plan = self.memory_plan
+        if plan is not None and num_blocks != plan.num_blocks:
+            # Tensor/pipeline parallel: every rank holds the smallest block count any rank planned
+            # (DistributedExecutor.determine_num_blocks), so the scheduler's block ids are valid on all of them.
+            self.memory_plan = dataclasses.replace(
+                plan, num_blocks=num_blocks, kv_cache_bytes=num_blocks * plan.bytes_per_block,
+                sized_by=f"{plan.sized_by}, the smallest over the ranks")
         shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         if not self.needs_kv_cache:
             self.kv_caches = []
@@ -254,28 +265,32 @@ class ModelRunner:
         t1 = time.perf_counter()
         self.startup_phases["KV cache"] = t1 - t0
         # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay. Pipeline
-        # stages run eagerly (their inputs come from another rank).
+        # stages replay their own layers' graphs; the stage-to-stage transfer runs eagerly around them (launch).
         if self.offloader is not None and not self.config.args.enforce_eager:
             logger.info("CUDA graphs are off: cpu_offload_gb streams %d layers' weights from CPU memory on a side "
                         "stream, which a captured graph would not repeat.", self.offloader.num_layers)
         if (self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None
-                and self.offloader is None and self.pp_size == 1):
+                and self.offloader is None):
             from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
-            torch.cuda.synchronize()
-            free_before, _ = torch.cuda.mem_get_info()
+            warm_up_tp_communicator(self.device)     # NCCL captures only a communicator that has run eagerly
+            torch.cuda.synchronize(self.device)
+            free_before, _ = torch.cuda.mem_get_info(self.device)
+            # A stage after the first reads the previous stage's output from the graphs' static buffers.
+            stage_input = None if self.first_stage else (self.config.hf_config.hidden_size, self.dtype)
             if backend.supports_full_cuda_graphs:
                 self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
-                                                    self.max_blocks_per_seq, backend, self.device)
+                                                    self.max_blocks_per_seq, backend, self.device,
+                                                    stage_input=stage_input)
                 self.graph_runner.capture()
             if backend.supports_piecewise_cuda_graphs and self.config.piecewise_cuda_graphs:
                 pool = self.graph_runner.pool if self.graph_runner is not None else None
                 self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches,
                                                              self.config.max_num_batched_tokens, backend,
-                                                             self.device, pool=pool)
+                                                             self.device, pool=pool, stage_input=stage_input)
                 self.piecewise_runner.capture()
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
             if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
-                self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info()[0], 0)
+                self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info(self.device)[0], 0)
             self.startup_phases["CUDA graphs"] = time.perf_counter() - t1
         if self.device.type == "cuda":
             from pagedllm.kernels import late_compiles
@@ -319,7 +334,7 @@ class ModelRunner:
         info = {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
                 "startup_phases": dict(self.startup_phases),
                 "triton_startup": self.startup_triton,
-                "kv_cache_needed": self.needs_kv_cache,
+                "kv_cache_needed": self.needs_kv_cache, "device": str(self.device),
                 "graphs": "; ".join(graphs) or "none", "device_name": name,
                 "memory_plan": self.memory_plan.describe() if self.memory_plan is not None else []}
         if self.config.quant_config is not None:
@@ -404,21 +419,33 @@ class ModelRunner:
         fixup = None
         if fix_dst:
             fixup = (to_device(fix_dst, self.device), self._prev_sampled[to_device(fix_src, self.device)])
+        # Pipeline parallel: the previous stage's output for this step (stages run steps in launch order, so a
+        # stage's receives pair with the previous stage's sends without tags). Outside any graph.
+        received = None
+        if not self.first_stage:
+            received = IntermediateTensors(*pp_recv_hidden(total, self.config.hf_config.hidden_size, self.dtype,
+                                                           self.device))
+        graphed = True       # ``hidden`` is a view of a graph's static output
         if total == num_reqs and self.graph_runner is not None and self.graph_runner.can_run(num_reqs):
-            hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup)
+            hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup, received)
         else:
             batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches,
                                      num_decodes)
             if fixup is not None:
                 batch.input_ids[fixup[0]] = fixup[1]
             if self.piecewise_runner is not None and self.piecewise_runner.can_run(total):
-                hidden = self.piecewise_runner.run(batch)
+                hidden = self.piecewise_runner.run(batch, received)
             elif self.pp_size > 1:
-                hidden = self._pipeline_stage_forward(batch, total)
+                hidden, graphed = self.model(batch.input_ids, batch.positions, batch, received), False
             else:
-                hidden = self.model(batch.input_ids, batch.positions, batch)
+                hidden, graphed = self.model(batch.input_ids, batch.positions, batch), False
         if not self.last_stage:      # nothing to sample or pool here: the last stage does it
+            self._send_to_next_stage(hidden)
             return LaunchedStep([st for st, _ in items], [n for _, n in items], None, starts, [])
+        if graphed and self.pp_size > 1 and any(st.sampling_params.prompt_logprobs is not None for st, _ in items):
+            # Pipeline parallel's batch queue launches the next step before this one finishes, and that step's
+            # replay overwrites the static output that ``finish`` reads for prompt logprobs.
+            hidden = hidden.clone()
 
         step = LaunchedStep([st for st, _ in items], [n for _, n in items], hidden, starts,
                             [items[i][0] for i in sampled_rows])
@@ -440,22 +467,12 @@ class ModelRunner:
                 step.ready.record()
         return step
 
-    def _pipeline_stage_forward(self, batch: ForwardBatch, num_tokens: int) -> torch.Tensor | None:
-        """This stage's layers over the step: the previous stage's hidden states and residual in (received from the
-        same tensor-parallel rank of that stage), this stage's out to the next one; the last stage's hidden states
-        (after the final norm) are returned, None elsewhere. Stages process steps in launch order, so a stage's
-        receives pair with the previous stage's sends without tags."""
-        intermediate = None
-        if not self.first_stage:
-            hidden, residual = pp_recv_hidden(num_tokens, self.config.hf_config.hidden_size, self.dtype, self.device)
-            intermediate = IntermediateTensors(hidden, residual)
-        out = self.model(batch.input_ids, batch.positions, batch, intermediate)
-        if self.last_stage:
-            return out
+    def _send_to_next_stage(self, out: IntermediateTensors) -> None:
+        """A stage before the last: its output (hidden states and residual) to the same tensor-parallel rank of the
+        next stage. The send copies them out first (a graph's static output is overwritten by its next replay)."""
         if self._pending_send is not None:
             self._pending_send[0].wait()
         self._pending_send = pp_send_hidden(out.hidden, out.residual)
-        return None
 
     def append_sampled_tokens(self, sampled: dict[str, int]) -> None:
         """Pipeline stages before the last: the tokens the last stage sampled in a finished step, appended to these

@@ -6,10 +6,15 @@ installed on every one). Ray is an optional extra: ``pip install pagedllm[ray]``
   address, which joins the cluster that ``RAY_ADDRESS`` names or the one ``ray start`` left running on this node, and
   only when there is none starts a local Ray instance (the CPU tests run that way).
 - Placement: a placement group of one bundle per rank ({"GPU": 1} on CUDA, {"CPU": 1} on the CPU), strategy
-  STRICT_PACK (every rank on one node) unless ``PAGEDLLM_RAY_PLACEMENT_STRATEGY=PACK`` lets the ranks spread over
-  nodes; rank r's actor sits in bundle r. A cluster that cannot hold the group is a ValueError naming what it lacks,
-  not a hang.
-- Group: rank 0's actor picks a free port on its node; every rank joins torch.distributed at tcp://<its IP>:<port>.
+  STRICT_PACK (every rank on one node) unless ``PAGEDLLM_RAY_PLACEMENT_STRATEGY`` says PACK (spread over nodes when
+  one is not enough), SPREAD or STRICT_SPREAD; rank r's actor sits in bundle r. A cluster that cannot hold the group
+  is a ValueError naming what it lacks (at once when the cluster is too small in all, after
+  ``PAGEDLLM_RAY_PLACEMENT_TIMEOUT_S`` when no placement fits), not a hang.
+- Group: rank 0's actor picks a free port on its node; every rank joins torch.distributed (NCCL on CUDA, gloo on
+  the CPU) at tcp://<rank 0's node IP>:<port>, so ranks on other machines reach it.
+- Devices: Ray gives each rank's actor one GPU and shows it only that one (CUDA_VISIBLE_DEVICES), so the actor runs
+  on cuda:0; ``actor_cuda_device`` finds the GPU among the visible ones when Ray leaves CUDA_VISIBLE_DEVICES alone.
+  A rank's local rank is its position among the ranks on its node (``local_ranks``).
 - Steps: each message (a ``SchedulerOutput``, a grammar bitmask, ...) is put in Ray's object store once
   (``ray.put``) and its reference handed to every actor's call, which Ray resolves on the actor's node: the object
   store is the broadcast (the shared-memory ring of the multi-process executor works on one host only). Ray runs one
@@ -33,7 +38,31 @@ from pagedllm.worker.executor import DistributedExecutor, RankWorker, free_port,
 
 logger = logging.getLogger(__name__)
 
-PLACEMENT_STRATEGIES = ("STRICT_PACK", "PACK")
+PLACEMENT_STRATEGIES = ("STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD")
+
+
+def actor_cuda_device(gpu_ids: list, visible_devices: str | None, local_rank: int) -> int:
+    """The index, among the devices an actor sees, of the GPU Ray gave it (``ray.get_gpu_ids()``). Ray sets an
+    actor's CUDA_VISIBLE_DEVICES to its own GPUs (the one is then index 0); without that (Ray told not to, by
+    RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES) it is the id's place in the node's list, or the id itself when the
+    node shows every device. No id (not a GPU actor): the rank's local rank on its node."""
+    if not gpu_ids:
+        return local_rank
+    gpu = str(gpu_ids[0])
+    if visible_devices:
+        shown = [d.strip() for d in visible_devices.split(",")]
+        return shown.index(gpu) if gpu in shown else local_rank
+    return int(gpu) if gpu.isdigit() else local_rank
+
+
+def local_ranks(node_ids: list[str]) -> list[int]:
+    """Each rank's position among the ranks on its node (``node_ids[r]``: rank r's node), in rank order."""
+    seen: dict[str, int] = {}
+    ranks = []
+    for node in node_ids:
+        ranks.append(seen.get(node, 0))
+        seen[node] = ranks[-1] + 1
+    return ranks
 
 
 class RankActor:
@@ -42,10 +71,13 @@ class RankActor:
     def __init__(self) -> None:
         self.worker: RankWorker | None = None
 
-    def node_ip_pid_and_free_port(self) -> tuple[str, int, int]:
-        """This actor's node IP, its process id, and a TCP port free on its node now (rank 0's hosts the group)."""
+    def placement(self) -> dict:
+        """Where this actor runs: its node's IP and Ray id, its process id, the GPUs Ray gave it and the devices
+        the process sees, and a TCP port free on its node now (rank 0's hosts the group's rendezvous)."""
         import ray
-        return ray.util.get_node_ip_address(), os.getpid(), free_port("")
+        return {"ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(), "gpu_ids": list(ray.get_gpu_ids()),
+                "visible_devices": envs.CUDA_VISIBLE_DEVICES, "port": free_port("")}
 
     def ping(self) -> None:
         return None
@@ -87,18 +119,24 @@ class RayExecutor(DistributedExecutor):
                 num_cpus=0 if on_gpu else 1, num_gpus=1 if on_gpu else 0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self._placement_group, placement_group_bundle_index=rank)).remote())
-        self._pending = [actor.node_ip_pid_and_free_port.remote() for actor in self._actors]
-        self.actor_nodes: list[tuple[str, int]] = []      # (node IP, pid) of each rank's actor
-        for ip, pid, port in self._collect_raw():
-            self.actor_nodes.append((ip, pid))
-            if len(self.actor_nodes) == 1:
-                init_method = f"tcp://{ip}:{port}"
+        self._pending = [actor.placement.remote() for actor in self._actors]
+        placements = self._collect_raw()
+        self.actor_nodes: list[tuple[str, int]] = [(p["ip"], p["pid"]) for p in placements]   # (node IP, pid)
+        self.actor_node_ids: list[str] = [p["node_id"] for p in placements]
+        self.actor_gpu_ids: list[str | None] = [str(p["gpu_ids"][0]) if p["gpu_ids"] else None for p in placements]
+        self.local_ranks = local_ranks(self.actor_node_ids)
+        # The rendezvous is on rank 0's node, at its address as the other nodes see it (never the loopback).
+        init_method = f"tcp://{placements[0]['ip']}:{placements[0]['port']}"
+        cuda_devices = [actor_cuda_device(p["gpu_ids"], p["visible_devices"], local)
+                        for p, local in zip(placements, self.local_ranks)]
         shared_seed = random.SystemRandom().randrange(2**31)    # every rank samples alike (see executor.py)
         config_ref = ray.put(config)
-        self._pending = [actor.start.remote(config_ref, rank, self.tp_size, self.pp_size, init_method, shared_seed)
+        self._pending = [actor.start.remote(config_ref, rank, self.tp_size, self.pp_size, init_method, shared_seed,
+                                            cuda_devices[rank])
                          for rank, actor in enumerate(self._actors)]
         self._collect()      # every rank built (or the first failure, named)
-        logger.info("Ray executor: %d actor(s) at %s, placement %s", self.world_size,
+        logger.info("Ray executor: %d actor(s) on %d node(s) at %s, placement %s", self.world_size,
+                    len(set(self.actor_node_ids)),
                     ", ".join(f"{ip} (pid {pid})" for ip, pid in self.actor_nodes), strategy)
 
     def shutdown(self) -> None:
@@ -120,9 +158,13 @@ class RayExecutor(DistributedExecutor):
         self._finalizer()
         hint = (" STRICT_PACK puts every rank on one node: PAGEDLLM_RAY_PLACEMENT_STRATEGY=PACK lets them spread "
                 "over nodes." if strategy == "STRICT_PACK" else "")
+        nodes = ", ".join(f"{n.get('NodeManagerAddress', '?')}: {n.get('Resources', {}).get(resource, 0):g}"
+                          for n in self._ray.nodes() if n.get("Alive"))
         raise ValueError(f"distributed_executor_backend='ray': the Ray cluster did not grant {self.world_size} x "
-                         f"{{{resource!r}: 1}} (strategy {strategy}) within {timeout_s:g} s; available now: "
-                         f"{self._ray.available_resources().get(resource, 0):g} {resource}s.{hint}")
+                         f"{{{resource!r}: 1}} (strategy {strategy}) within {timeout_s:g} s "
+                         f"(PAGEDLLM_RAY_PLACEMENT_TIMEOUT_S); available now: "
+                         f"{self._ray.available_resources().get(resource, 0):g} {resource}s; {resource}s per node: "
+                         f"{nodes}.{hint}")
 
     # ---- transport ----------------------------------------------------------------------------------------------
     def _broadcast(self, msg: tuple) -> None:

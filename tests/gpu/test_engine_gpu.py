@@ -133,7 +133,7 @@ def test_bf16_piecewise_graphs_carry_prompt_steps(model_dir, prompts, hf_model):
     assert runner is not None and runner.sizes[-1] == 64
     sizes = []
     run = runner.run
-    runner.run = lambda batch: (sizes.append(batch.num_tokens), run(batch))[1]
+    runner.run = lambda batch, *stage: (sizes.append(batch.num_tokens), run(batch, *stage))[1]
     sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
     got = [o.outputs[0].token_ids for o in outs]

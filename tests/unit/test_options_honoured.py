@@ -125,9 +125,13 @@ ENGINE_FIELDS: dict[str, list] = {
     # TP=2 vs TP=1 tokens, the killed worker, indivisible heads: tests/unit/test_tensor_parallel.py.
     "tensor_parallel_size": [Behaves(lambda mp: build(mp, tensor_parallel_size=2).executor_backend == "mp"
                                      or _fail()),
+                             # CUDA: one GPU per rank (NCCL); too few GPUs is the error.
                              Behaves(lambda mp: mp.setattr(torch.cuda, "device_count", lambda: 8)
+                                     or build(mp, device="cuda", tensor_parallel_size=2).executor_backend == "mp"
+                                     or _fail()),
+                             Behaves(lambda mp: mp.setattr(torch.cuda, "device_count", lambda: 1)
                                      or _raises(lambda: build(mp, device="cuda", tensor_parallel_size=2),
-                                                "tensor parallel on GPUs is not supported yet")),
+                                                r"larger than the number of available GPUs \(1\)")),
                              Rejects(0, "tensor_parallel_size must be >= 1")],
     # PP=2 and TP=2 x PP=2 vs one process, the killed stage, too few layers: tests/unit/test_pipeline_parallel.py.
     "pipeline_parallel_size": [Behaves(lambda mp: build(mp, pipeline_parallel_size=2, tensor_parallel_size=2)

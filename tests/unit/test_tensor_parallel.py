@@ -107,3 +107,32 @@ def test_indivisible_heads_and_unsupported_backends(tmp_path):
                                                      distributed_executor_backend="external_launcher")
     assert "needs tensor_parallel_size=1" in _config_error(tmp_path, tensor_parallel_size=2,
                                                            distributed_executor_backend="uni")
+
+
+def test_cuda_world_size_rules(monkeypatch):
+    """On CUDA (faked here: only the configuration is built) every rank needs a GPU of its own; the Ray backend's
+    ranks may sit on other machines (its executor checks the cluster's GPUs); the test-only
+    PAGEDLLM_TEST_SHARE_ONE_GPU puts every rank on cuda:0 over gloo and so needs enforce_eager."""
+    import importlib.util
+
+    import transformers
+
+    import pagedllm.config as cfg_mod
+    from pagedllm.config import EngineConfig, ResolvedModel
+    monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    hf = transformers.LlamaConfig(max_position_embeddings=4096)
+
+    def build(**kw) -> EngineConfig:
+        return EngineConfig.build(EngineArgs(model="m", **kw), ResolvedModel("m", hf, None))
+
+    with pytest.raises(ValueError, match=r"World size \(2 = tensor_parallel_size 2 x pipeline_parallel_size 1\) is "
+                                         r"larger than the number of available GPUs \(1\)"):
+        build(tensor_parallel_size=2)
+    if importlib.util.find_spec("ray") is not None:
+        assert build(tensor_parallel_size=2, distributed_executor_backend="ray").world_size == 2
+    monkeypatch.setenv("PAGEDLLM_TEST_SHARE_ONE_GPU", "1")
+    with pytest.raises(ValueError, match=r"PAGEDLLM_TEST_SHARE_ONE_GPU=1 .* needs enforce_eager=True"):
+        build(tensor_parallel_size=2)
+    shared = build(tensor_parallel_size=2, pipeline_parallel_size=2, enforce_eager=True)
+    assert (shared.world_size, shared.executor_backend) == (4, "mp")
