@@ -1,8 +1,9 @@
 """Pipeline parallel on the CPU (gloo, distributed_executor_backend="mp"): PP=2 and TP=2 x PP=2 give the same greedy
-tokens as one process on tiny random fp32 Llama (3 layers: an uneven split), Qwen2 (tied embeddings: the last stage's
-head is loaded from the first stage's embedding tensor) and Qwen3, with chunked prefill mixed with decodes, and on the
-bundled SmolLM2 GGUF; the layer split follows vLLM's rule; a stage loads only its own weights; a killed stage is named
-within seconds; impossible splits are clear errors."""
+tokens as one process on tiny random fp32 Llama (3 layers: an uneven split), Qwen2 and OPT (tied embeddings: the last
+stage's head is loaded from the first stage's embedding tensor), Qwen3 and ChatGLM, with chunked prefill mixed with
+decodes, and on the bundled SmolLM2 GGUF; BERT and XLM-RoBERTa encoders give the same embeddings (the last stage
+pools); the layer split follows vLLM's rule; a stage loads only its own weights; a killed stage is named within
+seconds; impossible splits are clear errors."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ from pagedllm import LLM, SamplingParams
 from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel
 from pagedllm.distributed import get_pp_layer_range
 from pagedllm.engine.core import create_engine_config
+from tests.unit.tiny_models import ENCODER_PROMPTS, save_tiny_chatglm, save_tiny_encoder
 
 VOCAB = 1024
 PROMPTS = [[11, 12, 13, 14, 15],
@@ -26,6 +28,15 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
 
 def _save_tiny(path, arch: str, num_layers: int = 3) -> None:
     import transformers
+    if arch == "chatglm":
+        save_tiny_chatglm(path, VOCAB, num_layers=num_layers)
+        return
+    if arch == "opt":     # tied head; residuals added inside each layer (only hidden states cross stages)
+        torch.manual_seed(2)
+        transformers.OPTForCausalLM(transformers.OPTConfig(
+            hidden_size=64, ffn_dim=128, num_hidden_layers=num_layers, num_attention_heads=4, vocab_size=VOCAB,
+            max_position_embeddings=512, init_std=0.2)).eval().save_pretrained(path)
+        return
     cfg_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                           "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
@@ -38,8 +49,8 @@ def _save_tiny(path, arch: str, num_layers: int = 3) -> None:
 
 def _llm(model: str, tp: int = 1, pp: int = 1, **kw) -> LLM:
     # max_num_batched_tokens=16: the 23- and 40-token prompts are prefilled in chunks, mixed with decodes.
-    return LLM(model=model, dtype="float32", tensor_parallel_size=tp, pipeline_parallel_size=pp,
-               max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01, **kw)
+    limits = dict(max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
+    return LLM(model=model, dtype="float32", tensor_parallel_size=tp, pipeline_parallel_size=pp, **{**limits, **kw})
 
 
 def _tokens(llm: LLM, prompts=PROMPTS) -> list[list[int]]:
@@ -47,9 +58,14 @@ def _tokens(llm: LLM, prompts=PROMPTS) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def _reference_and_parallel(model: str, tp: int, pp: int, prompts=PROMPTS, **kw):
+def _embeddings(llm: LLM, prompts) -> torch.Tensor:
+    outs = llm.embed([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
+    return torch.tensor([o.outputs.embedding for o in outs])
+
+
+def _reference_and_parallel(model: str, tp: int, pp: int, prompts=PROMPTS, outputs=_tokens, **kw):
     single = _llm(model, **kw)
-    expected = _tokens(single, prompts)
+    expected = outputs(single, prompts)
     del single
     llm = _llm(model, tp, pp, **kw)
     core = llm.llm_engine.core
@@ -63,25 +79,37 @@ def _reference_and_parallel(model: str, tp: int, pp: int, prompts=PROMPTS, **kw)
     try:
         assert core.config.executor_backend == "mp"
         assert len(core.executor._procs) == tp * pp
-        tokens = _tokens(llm, prompts)
+        got = outputs(llm, prompts)
         # The batch queue: as many steps in flight as there are stages, so the stages overlap.
         assert max(in_flight) == pp
-        return expected, tokens
+        return expected, got
     finally:
         llm.llm_engine.core.shutdown()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "opt", "chatglm"])
 def test_pp2_greedy_tokens_match_one_process(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     expected, got = _reference_and_parallel(str(tmp_path), 1, 2, skip_tokenizer_init=True)
     assert got == expected
 
 
-def test_tp2_pp2_greedy_tokens_match_one_process(tmp_path):
-    _save_tiny(tmp_path, "llama", num_layers=4)
+@pytest.mark.parametrize("arch", ["llama", "chatglm"])
+def test_tp2_pp2_greedy_tokens_match_one_process(tmp_path, arch):
+    _save_tiny(tmp_path, arch, num_layers=4)
     expected, got = _reference_and_parallel(str(tmp_path), 2, 2, skip_tokenizer_init=True)
     assert got == expected
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm_roberta"])
+def test_pp2_embeddings_match_one_process(tmp_path, arch):
+    # The last stage pools. Steps of 64 tokens (a pooling step takes whole prompts): the 50-token prompt waits for
+    # a second step, which runs on stage 0 while the first is on stage 1.
+    save_tiny_encoder(tmp_path, arch, num_layers=3)
+    expected, got = _reference_and_parallel(str(tmp_path), 1, 2, prompts=ENCODER_PROMPTS, outputs=_embeddings,
+                                            skip_tokenizer_init=True, max_num_batched_tokens=64, max_model_len=64)
+    assert got.shape == (len(ENCODER_PROMPTS), 64)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
 
 
 def test_bundled_gguf_pp2_matches_one_process():
@@ -163,10 +191,14 @@ def test_impossible_splits_are_clear_errors(tmp_path, monkeypatch):
                                                              distributed_executor_backend="uni")
     assert "async_scheduling is not supported with pipeline_parallel_size > 1" in \
         _config_error(tmp_path / "llama", pipeline_parallel_size=2, async_scheduling=True)
-    # An architecture without pipeline parallel yet is named (the config alone: no weights are read).
+    # An architecture without pipeline parallel (every registered one has it now: one opted out here) is named, with
+    # those that run it (the config alone: no weights are read).
+    from pagedllm.model.models.opt import OPTForCausalLM
+    monkeypatch.setattr(OPTForCausalLM, "supports_pipeline_parallel", False)
     transformers.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                            vocab_size=VOCAB, architectures=["OPTForCausalLM"]).save_pretrained(tmp_path / "opt")
-    assert "pipeline_parallel_size > 1 is not supported yet for OPTForCausalLM" in \
+    assert "pipeline_parallel_size > 1 is not supported yet for OPTForCausalLM (pipeline parallel runs Llama, " \
+           "Mistral, Qwen2, Qwen3, OPT, ChatGLM, and the BERT and XLM-RoBERTa encoders)" in \
         _config_error(tmp_path / "opt", pipeline_parallel_size=2)
     # More ranks than GPUs.
     from pagedllm import config as cfg_mod

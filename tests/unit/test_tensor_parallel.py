@@ -1,6 +1,7 @@
 """Tensor parallel on the CPU (gloo, distributed_executor_backend="mp"): TP=2 gives the same greedy tokens as TP=1
 on tiny random fp32 Llama (GQA, KV heads split), Llama with one KV head (replicated on both ranks), Qwen2 (QKV bias,
-tied embeddings) and Qwen3, with chunked prefill; a killed worker ends the engine with the rank named; deleting the
+tied embeddings), Qwen3, OPT and ChatGLM (fused multi-query QKV and gate/up), with chunked prefill, and the same
+embeddings on tiny BERT and XLM-RoBERTa encoders; a killed worker ends the engine with the rank named; deleting the
 LLM ends the workers."""
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from pagedllm import LLM, SamplingParams
 from pagedllm.config import EngineArgs
 from pagedllm.engine.core import create_engine_config
-from tests.unit.tiny_models import save_tiny_llama
+from tests.unit.tiny_models import ENCODER_PROMPTS, save_tiny_chatglm, save_tiny_encoder, save_tiny_llama
 
 VOCAB = 1024
 PROMPTS = [[11, 12, 13, 14, 15],
@@ -30,6 +31,9 @@ def _save_tiny(path, arch: str) -> None:
     import transformers
     if arch == "llama":
         save_tiny_llama(path, VOCAB)
+        return
+    if arch == "chatglm":   # 2 multi-query KV groups for 4 heads: one group per rank
+        save_tiny_chatglm(path, VOCAB)
         return
     if arch == "opt":     # biased q/k/v/out, ReLU fc1/fc2, learned positions (replicated), tied head
         torch.manual_seed(1)
@@ -58,7 +62,7 @@ def _llm(path, tp: int) -> LLM:
                max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "opt"])
+@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "opt", "chatglm"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)
@@ -75,6 +79,27 @@ def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     while any(p.is_alive() for p in procs) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(p.is_alive() for p in procs), "worker processes outlived the LLM"
+
+
+def _embeddings(path, tp: int) -> torch.Tensor:
+    llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=tp)
+    try:
+        assert llm.llm_engine.config.runner_type == "pooling"
+        outs = llm.embed([{"prompt_token_ids": p} for p in ENCODER_PROMPTS], use_tqdm=False)
+        return torch.tensor([o.outputs.embedding for o in outs])
+    finally:
+        llm.llm_engine.core.shutdown()
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm_roberta"])
+def test_tp2_embeddings_match_tp1(tmp_path, arch):
+    # Heads, the MLP and the word embedding split over the ranks; the position and token-type tables replicated
+    # (XLM-R's single token-type row could not be split).
+    save_tiny_encoder(tmp_path, arch)
+    expected = _embeddings(tmp_path, 1)
+    got = _embeddings(tmp_path, 2)
+    assert got.shape == (len(ENCODER_PROMPTS), 64)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
 
 
 def test_killed_worker_is_named_within_seconds(tmp_path):

@@ -12,3 +12,40 @@ def save_tiny_llama(path, vocab_size: int, seed: int = 0, **config):
     hf = transformers.LlamaForCausalLM(cfg).eval()
     hf.save_pretrained(path)
     return hf
+
+
+def save_tiny_chatglm(path, vocab_size: int, num_layers: int = 2, seed: int = 0) -> None:
+    """A tiny random ChatGLM2 checkpoint (THUDM's config.json and tensor names, fused query_key_value with 2
+    multi-query KV groups for 4 heads, fused dense_h_to_4h; tests/models/test_chatglm.py checks it against a
+    plain-torch reference) saved to ``path``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from tests.models.test_chatglm import CHATGLM2, random_weights
+    cfg = dict(CHATGLM2, padded_vocab_size=vocab_size, num_layers=num_layers)
+    with open(f"{path}/config.json", "w") as f:
+        json.dump(cfg, f)
+    save_file(random_weights(cfg, seed=seed), f"{path}/model.safetensors")
+
+
+def save_tiny_encoder(path, arch: str, num_layers: int = 2, seed: int = 0):
+    """A tiny random BERT ("bert": 2 token types) or XLM-RoBERTa ("xlm_roberta": 1 token type, positions after the
+    padding index) encoder, 64 positions of input, saved to ``path``; returns the HF model."""
+    import transformers
+    config_class, model_class, positions = {
+        "bert": (transformers.BertConfig, transformers.BertModel, 64),
+        "xlm_roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaModel, 66)}[arch]
+    cfg = config_class(vocab_size=104, hidden_size=64, num_hidden_layers=num_layers, num_attention_heads=4,
+                       intermediate_size=128, max_position_embeddings=positions, pad_token_id=1,
+                       type_vocab_size=1 if arch == "xlm_roberta" else 2)
+    torch.manual_seed(seed)
+    hf = model_class(cfg).eval()
+    hf.save_pretrained(path)
+    return hf
+
+
+# Prompts for those encoders (<s>/[CLS]-like 0 first, 2 last; lengths 6, 42, 3 and 50): several per step, so the
+# padded bidirectional attention runs.
+ENCODER_PROMPTS = [[0, 5, 17, 42, 9, 2], [0] + [(7 * i + 3) % 100 + 4 for i in range(40)] + [2], [0, 7, 2],
+                   [0] + list(range(4, 52)) + [2]]

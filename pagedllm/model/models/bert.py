@@ -4,6 +4,11 @@ Embeddings (word + absolute position + token type 0) and a LayerNorm, then post-
 self-attention, GELU MLP, each with a residual and a LayerNorm after it. The model returns the last hidden states;
 the engine's pooler (model/layers/pooler.py) makes one vector per request.
 
+Tensor parallel: heads and the MLP split as in the decoders, the word embedding by vocabulary rows; the position and
+token-type tables are replicated (every rank needs every row, and 514 or 1 rows do not split evenly). Pipeline
+parallel: the embeddings on the first stage, each stage its encoder layers; the last stage's hidden states go to the
+pooler. Post-LN layers carry no separate residual stream: only the hidden states travel between stages.
+
 Attention here is plain SDPA over the step's tokens, not an attention-backend call: an encoder attends both ways
 and keeps no KV cache, while pagedllm/attention's interface is paged, causal attention over a cache. A pooling
 engine schedules every prompt whole in one step, so a request begins where its position is 0; the step's requests
@@ -19,9 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.embedding import VocabParallelEmbedding
 from pagedllm.model.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import LayerNorm
+from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
 from pagedllm.model.models.weights import load_packed_weights
 
 
@@ -56,9 +63,10 @@ def bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
 class BertSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        head_dim = cfg.hidden_size // self.num_heads
-        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, self.num_heads, self.num_heads, bias=True)
+        total_heads = cfg.num_attention_heads
+        head_dim = cfg.hidden_size // total_heads
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, total_heads, total_heads, bias=True)
+        self.num_heads = self.qkv_proj.num_heads     # this rank's (all of them without tensor parallel)
         self.q_size = self.num_heads * head_dim
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -115,7 +123,9 @@ class BertLayer(nn.Module):
 class BertEncoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.layer = nn.ModuleList([BertLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+        # Pipeline parallel: this stage's layers; the others are placeholders (checkpoint names unchanged).
+        self.start_layer, self.end_layer, self.layer = make_layers(cfg.num_hidden_layers, lambda i: BertLayer(cfg))
+        self.stage_layers = list(self.layer)[self.start_layer:self.end_layer]
 
 
 class BertEmbeddings(nn.Module):
@@ -125,8 +135,10 @@ class BertEmbeddings(nn.Module):
             raise ValueError(f"position_embedding_type={cfg.position_embedding_type!r} is not supported yet; "
                              f"supported: absolute.")
         self.word_embeddings = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embeddings = VocabParallelEmbedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = VocabParallelEmbedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.position_embeddings.weight.requires_grad_(False)
+        self.token_type_embeddings.weight.requires_grad_(False)
         self.LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -142,17 +154,27 @@ class BertModel(nn.Module):
     # Not ours to compute: BERT's [CLS] pooler head (sentence-transformers does not use it) and HF's position buffer.
     skipped_weights = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
 
+    supports_tensor_parallel = True
+    supports_pipeline_parallel = True
+
     def __init__(self, hf_config, engine_config):
         super().__init__()
         self.config = hf_config
-        self.embeddings = self.embeddings_class(hf_config)
+        self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
+        self.embeddings = self.embeddings_class(hf_config) if self.first_stage else PPMissingLayer()
         self.encoder = BertEncoder(hf_config)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        hidden = self.embeddings(input_ids, positions)
-        for layer in self.encoder.layer:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        hidden = self.embeddings(input_ids, positions) if self.first_stage else intermediate.hidden
+        for layer in self.encoder.stage_layers:
             hidden = layer(hidden, positions)
-        return hidden
+        return hidden if self.last_stage else IntermediateTensors(hidden, None)
+
+    def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
+        """Checkpoint name prefixes this pipeline stage never reads: with and without the ``bert.`` nesting."""
+        prefixes = missing_prefixes(self)
+        return prefixes + tuple(self.checkpoint_prefix + p for p in prefixes)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         def renamed():

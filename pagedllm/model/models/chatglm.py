@@ -11,6 +11,11 @@ A pre-norm decoder like Llama, with its own names and three differences:
   (``add_qkv_bias``; ``add_bias_linear`` for the other projections);
 - ``dense_h_to_4h`` holds gate and up stacked (SwiGLU: ``silu(first half) * second half``), loaded as the two shards
   of our merged gate/up projection.
+
+Tensor parallel comes from those layers: the QKV rows are cut into q / k / v (and reordered) before each rank takes
+its heads (KV groups replicated when there are fewer than ranks), ``dense_h_to_4h`` into gate / up before each rank
+takes its half of both. Pipeline parallel: the embedding on the first stage, the final norm and ``output_layer`` on
+the last, the hidden states and the residual stream between stages.
 """
 from __future__ import annotations
 
@@ -20,11 +25,13 @@ import torch
 from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import RMSNorm
+from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
 from pagedllm.model.layers.rotary import RotaryEmbedding
 from pagedllm.model.models.weights import load_packed_weights
 
@@ -51,12 +58,13 @@ def interleaved_to_neox_rows(head_dim: int, rotary_dim: int) -> torch.Tensor:
 class GLMSelfAttention(nn.Module):
     def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding):
         super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.kv_channels
-        self.query_key_value = QKVParallelLinear(cfg.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads,
-                                                 bias=cfg.add_bias_linear or cfg.add_qkv_bias)
-        self.dense = RowParallelLinear(self.num_heads * self.head_dim, cfg.hidden_size, bias=cfg.add_bias_linear)
+        self.query_key_value = QKVParallelLinear(cfg.hidden_size, self.head_dim, cfg.num_attention_heads,
+                                                 cfg.num_key_value_heads, bias=cfg.add_bias_linear or cfg.add_qkv_bias)
+        self.dense = RowParallelLinear(cfg.num_attention_heads * self.head_dim, cfg.hidden_size,
+                                       bias=cfg.add_bias_linear)
+        # This rank's heads (all of them without tensor parallel).
+        self.num_heads, self.num_kv_heads = self.query_key_value.num_heads, self.query_key_value.num_kv_heads
         self.rotary = rotary
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads, layer_idx)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -100,13 +108,22 @@ class GLMBlock(nn.Module):
 class GLMTransformer(nn.Module):
     def __init__(self, cfg, rotary: RotaryEmbedding):
         super().__init__()
-        self.layers = nn.ModuleList(GLMBlock(cfg, i, rotary) for i in range(cfg.num_layers))
-        self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.layernorm_epsilon) if cfg.post_layer_norm else None
+        self.last_stage = is_last_pp_stage()
+        self.start_layer, self.end_layer, self.layers = make_layers(cfg.num_layers,
+                                                                    lambda i: GLMBlock(cfg, i, rotary))
+        self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]
+        if not cfg.post_layer_norm:
+            self.final_layernorm = None
+        elif self.last_stage:
+            self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.layernorm_epsilon)
+        else:
+            self.final_layernorm = PPMissingLayer()
 
-    def forward(self, positions, hidden, batch):
-        residual = None
-        for layer in self.layers:
+    def forward(self, positions, hidden, residual, batch):
+        for layer in self._stage_layers:
             hidden, residual = layer(positions, hidden, residual, batch)
+        if not self.last_stage:
+            return IntermediateTensors(hidden, residual)
         if self.final_layernorm is None:
             return hidden + residual
         hidden, _ = self.final_layernorm(hidden, residual)
@@ -125,17 +142,24 @@ class GLMEmbedding(nn.Module):
 class ChatGLMModel(nn.Module):
     def __init__(self, cfg, max_position: int):
         super().__init__()
-        self.embedding = GLMEmbedding(cfg)
+        self.first_stage = is_first_pp_stage()
+        self.embedding = GLMEmbedding(cfg) if self.first_stage else PPMissingLayer()
         # rope_theta and partial_rotary_factor come from the config class (hf_configs.ChatGLMConfig)
         self.rotary = RotaryEmbedding(cfg, cfg.kv_channels, max_position)
         self.encoder = GLMTransformer(cfg, self.rotary)
-        self.output_layer = ParallelLMHead(cfg.padded_vocab_size, cfg.hidden_size)
+        self.output_layer = (ParallelLMHead(cfg.padded_vocab_size, cfg.hidden_size) if is_last_pp_stage()
+                             else PPMissingLayer())
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        return self.encoder(positions, self.embedding(input_ids), batch)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        if self.first_stage:
+            return self.encoder(positions, self.embedding(input_ids), None, batch)
+        return self.encoder(positions, intermediate.hidden, intermediate.residual, batch)
 
 
 class ChatGLMForCausalLM(nn.Module):
+    supports_tensor_parallel = True
+    supports_pipeline_parallel = True
     # checkpoint name fragment -> (our parameter fragment, shard id); the shards are cut in load_weights
     packed_modules_mapping = {
         "query_key_value_q": ("query_key_value", "q"), "query_key_value_k": ("query_key_value", "k"),
@@ -151,8 +175,9 @@ class ChatGLMForCausalLM(nn.Module):
         self.transformer = ChatGLMModel(hf_config, max_position)
         self._qk_row_order = interleaved_to_neox_rows(hf_config.kv_channels, self.transformer.rotary.rotary_dim)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        return self.transformer(input_ids, positions, batch)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        return self.transformer(input_ids, positions, batch, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.transformer.output_layer.compute_logits(hidden)
@@ -181,3 +206,7 @@ class ChatGLMForCausalLM(nn.Module):
         # rotary_pos_emb.inv_freq: a buffer saved in the .bin checkpoints; we compute our own tables
         load_packed_weights(self, self._split_checkpoint_tensors(weights), self.packed_modules_mapping,
                             skip=("rotary_pos_emb.inv_freq",))
+
+    def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
+        """Checkpoint name prefixes this pipeline stage never reads (the checkpoint's names are the modules')."""
+        return missing_prefixes(self)

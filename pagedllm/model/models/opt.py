@@ -3,6 +3,9 @@
 Differences from Llama: learned absolute position embeddings (indices offset by 2, a fairseq leftover), LayerNorm
 with bias, ReLU MLP (fc1/fc2), biased q/k/v/out projections, and two layouts: pre-LayerNorm (most sizes) or
 post-LayerNorm (350m, which also projects the embeddings in and out of a smaller ``word_embed_proj_dim``).
+
+Pipeline parallel: the embeddings (and ``project_in``) on the first stage, the final LayerNorm, ``project_out`` and the
+LM head on the last; a layer's residual is added inside it, so only the hidden states travel between stages.
 """
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.layers.linear import (ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
                                           RowParallelLinear)
 from pagedllm.model.layers.norm import LayerNorm
+from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
 from pagedllm.model.models.weights import load_packed_weights
 
 # OPT's learned position table has 2 extra leading rows; position p reads row p + 2.
@@ -97,31 +102,49 @@ class OPTDecoderLayer(nn.Module):
 class OPTDecoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
+        self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
+
+        def first(make):     # a module of the first pipeline stage (a placeholder on the others)
+            return make() if self.first_stage else PPMissingLayer()
+
+        def last(make):
+            return make() if self.last_stage else PPMissingLayer()
+
         proj_dim = getattr(cfg, "word_embed_proj_dim", None) or cfg.hidden_size
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, proj_dim)
+        self.embed_tokens = first(lambda: VocabParallelEmbedding(cfg.vocab_size, proj_dim))
         # Replicated on every tensor-parallel rank (as vLLM's OPTLearnedPositionalEmbedding): 2050 rows do not
         # split evenly over most rank counts, and every position's row is needed on every rank.
-        self.embed_positions = nn.Embedding(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size)
-        self.embed_positions.weight.requires_grad_(False)
+        self.embed_positions = first(lambda: nn.Embedding(cfg.max_position_embeddings + POSITION_OFFSET,
+                                                          cfg.hidden_size))
+        if self.first_stage:
+            self.embed_positions.weight.requires_grad_(False)
         if proj_dim != cfg.hidden_size:   # opt-350m: 512-wide embeddings, 1024-wide layers
-            self.project_in = ReplicatedLinear(proj_dim, cfg.hidden_size, bias=False)
-            self.project_out = ReplicatedLinear(cfg.hidden_size, proj_dim, bias=False)
+            self.project_in = first(lambda: ReplicatedLinear(proj_dim, cfg.hidden_size, bias=False))
+            self.project_out = last(lambda: ReplicatedLinear(cfg.hidden_size, proj_dim, bias=False))
         else:
             self.project_in = self.project_out = None
         # ``_remove_final_layer_norm`` only exists for checkpoints fine-tuned before transformers 4.20.1.
         if cfg.do_layer_norm_before and not getattr(cfg, "_remove_final_layer_norm", False):
-            self.final_layer_norm = _layer_norm(cfg, cfg.hidden_size)
+            self.final_layer_norm = last(lambda: _layer_norm(cfg, cfg.hidden_size))
         else:
             self.final_layer_norm = None
-        self.layers = nn.ModuleList(OPTDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            cfg.num_hidden_layers, lambda i: OPTDecoderLayer(cfg, i))
+        self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
-        if self.project_in is not None:
-            hidden = self.project_in(hidden)
-        hidden = hidden + self.embed_positions(positions + POSITION_OFFSET)
-        for layer in self.layers:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        if self.first_stage:
+            hidden = self.embed_tokens(input_ids)
+            if self.project_in is not None:
+                hidden = self.project_in(hidden)
+            hidden = hidden + self.embed_positions(positions + POSITION_OFFSET)
+        else:
+            hidden = intermediate.hidden
+        for layer in self._stage_layers:
             hidden = layer(hidden, batch)
+        if not self.last_stage:
+            return IntermediateTensors(hidden, None)
         if self.final_layer_norm is not None:
             hidden = self.final_layer_norm(hidden)
         if self.project_out is not None:
@@ -134,26 +157,34 @@ class OPTModel(nn.Module):
         super().__init__()
         self.decoder = OPTDecoder(cfg)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        return self.decoder(input_ids, positions, batch)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        return self.decoder(input_ids, positions, batch, intermediate)
 
 
 class OPTForCausalLM(nn.Module):
     supports_tensor_parallel = True
+    supports_pipeline_parallel = True
     packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
 
     def __init__(self, hf_config, engine_config):
         super().__init__()
         self.config = hf_config
         self.model = OPTModel(hf_config)
+        self.tied = getattr(hf_config, "tie_word_embeddings", True)
+        # Tied over several pipeline stages: the last stage's head is a copy, loaded from the embedding's tensor.
+        self._head_from_embedding = self.tied and not is_first_pp_stage()
+        if not is_last_pp_stage():
+            self.lm_head = PPMissingLayer()
+            return
         proj_dim = getattr(hf_config, "word_embed_proj_dim", None) or hf_config.hidden_size
         self.lm_head = ParallelLMHead(hf_config.vocab_size, proj_dim)
-        self.tied = getattr(hf_config, "tie_word_embeddings", True)
-        if self.tied:
+        if self.tied and not self._head_from_embedding:
             self.lm_head.tie_weights(self.model.decoder.embed_tokens)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        return self.model(input_ids, positions, batch)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, batch, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
@@ -166,4 +197,12 @@ class OPTForCausalLM(nn.Module):
             for name, tensor in items:
                 yield (f"model.{name}" if name.startswith("decoder.") else name), tensor
 
-        load_packed_weights(self, with_prefix(weights), self.packed_modules_mapping, skip=skip)
+        rename = {"model.decoder.embed_tokens.": "lm_head."} if self._head_from_embedding else None
+        load_packed_weights(self, with_prefix(weights), self.packed_modules_mapping, skip=skip, rename=rename)
+
+    def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
+        """Checkpoint name prefixes this pipeline stage never reads, in HF's naming and metaseq's (no ``model.``)."""
+        prefixes = missing_prefixes(self)
+        if self._head_from_embedding:
+            prefixes = tuple(p for p in prefixes if p != "model.decoder.embed_tokens.")
+        return prefixes + tuple(p[len("model."):] for p in prefixes if p.startswith("model.decoder."))
