@@ -26,8 +26,10 @@ This kernel is built for the count:
 * **Split-K** sized for a few programs per SM; partials reduced in the same kernel by the last program of a column
   tile to arrive (``triton_gemv``'s workspace and counters: no memset, no second kernel, deterministic).
 
-Measured sass on sm_90 (``BLOCK_N=128, BLOCK_KP=16, 4 warps``): ~4.6 instructions a weight with ``NSUB = 1``,
-~4.2 with ``NSUB = 2``; the old decode kernel ~7.2. GPU timings: docs/perf.md.
+SASS for sm_90 counted offline (Triton 3.6's ptxas + nvdisasm, no GPU; the K loop of the 7B configs, instructions
+per weight): ``BLOCK_N=128, BLOCK_KP=16``, 4 warps: 5.0 with ``NSUB = 1`` (4.8 without the prefetch's register
+copies), 4.5 with ``NSUB = 2`` (255 registers, no spills), 5.5 with ``NSUB = 2`` and ``ASM`` off; the old decode
+kernel's M = 1 config: 7.25 (2 LOP3s and an FMUL of the scale per value). GPU timings: docs/perf.md.
 
 Configs (``PackedGemvConfig``) are chosen per shape in ``triton_packed.M1_TABLE``; a ``PackedConfig``
 there keeps the old kernel. ``benchmarks/quant_kernels.py --gemv`` sweeps ``GEMV_CANDIDATES``.
