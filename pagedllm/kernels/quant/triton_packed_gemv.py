@@ -28,11 +28,12 @@ This kernel is built for the count:
 
 SASS for sm_90 counted offline (Triton 3.6's ptxas + nvdisasm, no GPU; the K loop of the 7B configs, instructions
 per weight): ``BLOCK_N=128, BLOCK_KP=16``, 4 warps: 5.0 with ``NSUB = 1`` (4.8 without the prefetch's register
-copies), 4.5 with ``NSUB = 2`` (255 registers, no spills), 5.5 with ``NSUB = 2`` and ``ASM`` off; the old decode
-kernel's M = 1 config: 7.25 (2 LOP3s and an FMUL of the scale per value). GPU timings: docs/perf.md.
+copies), 4.5 with ``NSUB = 2`` (255 registers, no spills; 4.3 and 128 registers without the prefetch), 5.5 with
+``NSUB = 2`` and ``ASM`` off; the old decode kernel's M = 1 config: 7.25 (2 LOP3s and an FMUL of the scale per
+value). Counted with benchmarks/kernels/sass_count.py. GPU timings: docs/perf.md.
 
-Configs (``PackedGemvConfig``) are chosen per shape in ``triton_packed.M1_TABLE``; a ``PackedConfig``
-there keeps the old kernel. ``benchmarks/quant_kernels.py --gemv`` sweeps ``GEMV_CANDIDATES``.
+Configs (``PackedGemvConfig``) are chosen per shape in ``triton_packed.M1_TABLE``; a ``PackedConfig`` there keeps
+the old kernel. ``benchmarks/quant_kernels.py --gemv`` sweeps ``GEMV_CANDIDATES``.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ DEFAULT = PackedGemvConfig()
 GEMV_CANDIDATES: list[PackedGemvConfig] = [
     PackedGemvConfig(128, 16, 1, 4),
     PackedGemvConfig(128, 16, 2, 4),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False),
     PackedGemvConfig(128, 8, 2, 4),
     PackedGemvConfig(128, 16, 2, 8),
     PackedGemvConfig(128, 16, 1, 4, prefetch=False),
