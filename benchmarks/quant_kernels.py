@@ -11,8 +11,17 @@ compare with the H200's ~4.3 TB/s copy rate; int4 should take about a quarter of
 ``--sweep`` first times every candidate config (triton_packed.CANDIDATES) per shape and M bucket and prints the
 best as a ``_TABLE`` for triton_packed.py, then uses them in the table.
 
+``--gemv`` (M = 1, 4-bit): every ``triton_packed_gemv.GEMV_CANDIDATES`` config and the old M = 1 kernel per
+shape, each checked against ``reference_matmul`` before it is timed (a wrong one prints WRONG and is never chosen);
+a table (µs, TB/s of packed bytes, speed-up over the old decode kernel's M = 1 config from ``_TABLE``) and the
+best per shape as an ``M1_TABLE`` block for triton_packed.py (``--save-m1-table FILE`` writes it;
+``--apply-m1-table FILE``, no GPU needed, puts it there).
+Stops starting new timings at ``--deadline`` seconds (compiles included).
+
 Usage (GPU): python benchmarks/quant_kernels.py [--sweep [--sweep-ms 1,16]] [--ms 1,4,16,256,4096] [--bits 4]
 [--group 128]
+       python benchmarks/quant_kernels.py --gemv [--deadline 200] [--save-m1-table $OUT/m1_table.py]
+       python benchmarks/quant_kernels.py --apply-m1-table m1_table.py
 """
 from __future__ import annotations
 
@@ -131,6 +140,96 @@ def run_table(ms: list[int], bits: int, group: int) -> None:
             torch.cuda.empty_cache()
 
 
+_M1_BEGIN, _M1_END = "# BEGIN M1_TABLE\n", "# END M1_TABLE\n"
+
+
+def _m1_block(chosen: dict) -> str:
+    lines = [_M1_BEGIN, "M1_TABLE: dict[tuple[int, int, int], PackedGemvConfig | PackedConfig] = {\n",
+             "    # Qwen2.5-7B: qkv, o, gate_up, down (benchmarks/quant_kernels.py --gemv, H200)\n"]
+    for key, (cfg, us) in chosen.items():
+        positional = f"{type(cfg).__name__}({', '.join(repr(v) for v in cfg)})"
+        lines.append(f"    {key}: {positional},  # {us:.2f} us\n")
+    lines += ["}\n", _M1_END]
+    return "".join(lines)
+
+
+def apply_m1_table(path: str) -> None:
+    """Replace the M1_TABLE block of triton_packed.py with the one in ``path`` (written by --save-m1-table)."""
+    block = open(path).read()
+    if not (block.startswith(_M1_BEGIN) and block.endswith(_M1_END)):
+        sys.exit(f"{path} is not an M1_TABLE block (written by --save-m1-table)")
+    target = os.path.join(os.path.dirname(__file__), "..", "pagedllm", "kernels", "quant", "triton_packed.py")
+    src = open(target).read()
+    start, end = src.index(_M1_BEGIN), src.index(_M1_END) + len(_M1_END)
+    open(target, "w").write(src[:start] + block + src[end:])
+    print(f"M1_TABLE in {os.path.normpath(target)} replaced from {path}")
+
+
+def run_gemv_sweep(group: int, deadline: float, save: str | None) -> None:
+    """M = 1, 4-bit: the batch-1 kernel's candidates against the current path, checked, then timed."""
+    from pagedllm.kernels.quant import triton_packed_gemv as gemv
+    from pagedllm.kernels.quant.packed import reference_matmul
+    t_end = time.time() + deadline
+    bits = 4
+    chosen: dict = {}
+    rows = []
+    print(f"fields: PackedGemvConfig{gemv.PackedGemvConfig._fields}, PackedConfig{tp.PackedConfig._fields}",
+          flush=True)
+    print(f"{'shape':<8}{'N':>7}{'K':>7} | {'variant':<64} | {'us':>8}{'TB/s':>7} | {'vs old':>10}", flush=True)
+    # Biggest first: gate_up and down are 86% of a layer's M = 1 matmul time, so a deadline cuts the small ones.
+    for name, (n, k) in sorted(SHAPES.items(), key=lambda item: -item[1][0] * item[1][1]):
+        if time.time() > t_end:
+            print(f"gemv: deadline reached before {name}", flush=True)
+            break
+        case = Case(n, k, 1, True, bits, group)
+        w0 = case.ws[0]
+        ref = reference_matmul(case.x.float(), w0)
+        # "old": the decode kernel's measured M = 1 choice (what ran before the batch-1 kernel)
+        old = tp._TABLE.get((n, k, bits), {}).get(1, tp._DEFAULTS[(1, bits)])
+        cands = [("old", old)] + [("gemv", c) for c in gemv.GEMV_CANDIDATES]
+        t_cur = None
+        best = None
+        for label, cfg in cands:
+            if time.time() > t_end:
+                print(f"  gemv: deadline reached in {name}; {cfg!r} not timed", flush=True)
+                continue
+            desc = f"{label}: {type(cfg).__name__}({', '.join(repr(v) for v in cfg)})"
+            try:
+                y = tp.packed_matmul_with_config(case.x, w0, None, cfg)
+                err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
+                if not err < 4e-3:
+                    print(f"{name:<8}{n:>7}{k:>7} | {desc:<64} | WRONG (relative error {err:.2e})", flush=True)
+                    continue
+                t = time_case(case, lambda x, w, b, cfg=cfg: tp.packed_matmul_with_config(x, w, b, cfg),
+                              target_ms=25)
+            except Exception as e:  # noqa: BLE001 - a config that fails to compile or launch is reported, not chosen
+                print(f"{name:<8}{n:>7}{k:>7} | {desc:<64} | FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+                continue
+            if label == "old":
+                t_cur = t
+            vs = f"{t_cur / t:>9.2f}x" if t_cur else f"{'-':>10}"
+            print(f"{name:<8}{n:>7}{k:>7} | {desc:<64} | {t:>8.2f}{case.weight_bytes / t / 1e6:>7.2f} | {vs}",
+                  flush=True)
+            rows.append((name, desc, t))
+            if best is None or t < best[1]:
+                best = (cfg, t)
+        if best is not None:
+            chosen[(n, k, bits)] = best
+            print(f"BEST {name}: {best[0]!r} {best[1]:.2f} us ({case.weight_bytes / best[1] / 1e6:.2f} TB/s)"
+                  + (f", {t_cur / best[1]:.2f}x the old kernel ({t_cur:.2f} us)" if t_cur else ""), flush=True)
+        del case, ref
+        torch.cuda.empty_cache()
+    block = _m1_block(chosen)
+    print("\n# Paste into pagedllm/kernels/quant/triton_packed.py (or --save-m1-table FILE, then --apply-m1-table "
+          "FILE):\n" + block, flush=True)
+    total = sum(t for _, t in chosen.values())
+    print(f"sum of the best M = 1 times over the four 7B matmuls of a layer: {total:.1f} us", flush=True)
+    if save:
+        with open(save, "w") as f:
+            f.write(block)
+        print(f"saved to {save}", flush=True)
+
+
 def check_correct(bits: int, group: int) -> None:
     """One quick check per kernel path on the benchmark's own weights before timing anything."""
     from pagedllm.kernels.quant.packed import reference_matmul
@@ -161,11 +260,20 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-ms", default=None, help="the M values to sweep (default: --ms)")
     ap.add_argument("--deadline", type=float, default=420.0, help="seconds the sweep may take")
+    ap.add_argument("--gemv", action="store_true", help="M = 1 4-bit: sweep triton_packed_gemv's configs only")
+    ap.add_argument("--save-m1-table", default=None, help="with --gemv: write the chosen M1_TABLE block here")
+    ap.add_argument("--apply-m1-table", default=None, help="put a saved M1_TABLE block into triton_packed.py")
     args = ap.parse_args()
+    if args.apply_m1_table:
+        apply_m1_table(args.apply_m1_table)
+        return
     if not torch.cuda.is_available():
         sys.exit("quant_kernels.py needs a CUDA GPU")
     ms = [int(v) for v in args.ms.split(",")]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    if args.gemv:
+        run_gemv_sweep(args.group, args.deadline, args.save_m1_table)
+        return
     check_correct(args.bits, args.group)
     if args.sweep:
         sweep_ms = [int(v) for v in args.sweep_ms.split(",")] if args.sweep_ms else ms

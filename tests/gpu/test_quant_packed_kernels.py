@@ -195,3 +195,129 @@ def test_cuda_graph_replay():
     torch.cuda.synchronize()
     for out, e in zip(outs, eager):
         torch.testing.assert_close(out, -e, rtol=0, atol=0)
+
+
+# --- M == 1, 4-bit: triton_packed_gemv (the batch-1 kernel) ---------------------------------------------------------
+
+from pagedllm.kernels.quant import triton_packed_gemv  # noqa: E402
+from pagedllm.kernels.quant.triton_packed_gemv import GEMV_CANDIDATES, PackedGemvConfig  # noqa: E402
+
+# The kernel's math is reference_matmul's in fp32 (q exact, scale once a tile): what is left is the output's rounding
+# to x's dtype (2^-9 for bf16, 2^-12 for fp16 at most per element; less over the norm).
+GEMV_TOL = {torch.bfloat16: 4e-3, torch.float16: 6e-4}
+# Inline PTX does not run in the interpreter: there, the same kernel with Triton's & and | (asm=False).
+GEMV_CONFIGS = ([c._replace(asm=False, block_n=32, num_warps=1) for c in GEMV_CANDIDATES[:4]] if INTERPRET
+                else GEMV_CANDIDATES)
+# Every candidate at group 128 (what the 7B sweep times); three at the other group sizes (compile time on the GPU).
+GEMV_FEW = GEMV_CONFIGS[:2] + [GEMV_CONFIGS[1]._replace(asm=False)]
+asm_only = pytest.mark.skipif(INTERPRET, reason="inline PTX does not run in the Triton interpreter")
+
+
+def _check_gemv(x, w, bias, cfg):
+    y = packed_matmul_with_config(x, w, bias, cfg)
+    ref = reference_matmul(x.float(), w, None if bias is None else bias.float())
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    err = rel_err(y, ref)
+    assert err < GEMV_TOL[x.dtype], f"{cfg}: relative error {err:.2e}"
+
+
+def _no_offsets(w: PackedWeight) -> PackedWeight:
+    return PackedWeight(w.qweight, w.scales, torch.zeros_like(w.offsets), w.bits, w.group_size, w.perm)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128, None])
+@pytest.mark.parametrize("offsets", [True, False])
+def test_gemv_matches_reference(group, offsets):
+    """Every swept config; group sizes 32/64/128 and per-channel; odd N (a ragged last column tile, unaligned rows);
+    K of several groups; with and without offsets, bias on odd N."""
+    k = 512 if INTERPRET else 2048
+    group_size = group or k
+    for n in ([40, 37] if INTERPRET else [1536, 1001]):
+        w = random_packed(k, n, 4, group_size, seed=n + group_size)
+        if not offsets:
+            w = _no_offsets(w)
+        bias = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(DTYPES[0]).to(DEVICE) if n % 2 else None
+        for dtype in DTYPES:
+            x = _x(1, k, dtype, seed=n)
+            configs = GEMV_CONFIGS if group == 128 and dtype == DTYPES[0] else GEMV_FEW
+            for cfg in configs:
+                _check_gemv(x, w, bias if bias is None else bias.to(dtype), cfg)
+
+
+@pytest.mark.parametrize("split_k", [1, 3, 5])
+def test_gemv_uneven_splits(split_k):
+    """Splits that do not divide the K tiles: the last split's tiles past K are masked (words 0, scale 0)."""
+    k, n = (640, 48) if INTERPRET else (3584, 584)
+    w = random_packed(k, n, 4, 128 if not INTERPRET else 32, seed=split_k)
+    x = _x(1, k, DTYPES[0], seed=split_k)
+    for nsub, prefetch in ((1, True), (2, False)):
+        cfg = PackedGemvConfig(32 if INTERPRET else 128, 16, nsub, 1 if INTERPRET else 4, prefetch=prefetch,
+                               asm=not INTERPRET, split_k=split_k)
+        first = packed_matmul_with_config(x, w, None, cfg)
+        _check_gemv(x, w, None, cfg)
+        torch.testing.assert_close(packed_matmul_with_config(x, w, None, cfg), first, rtol=0, atol=0)
+
+
+@asm_only
+def test_gemv_asm_equals_plain():
+    """The inline-PTX field extraction gives the same bits as Triton's & and | (same math, same order)."""
+    w = random_packed(3584, 4608, 4, 128, seed=7)
+    x = _x(1, 3584, torch.bfloat16, seed=7)
+    for cfg in GEMV_CANDIDATES[:3]:
+        torch.testing.assert_close(packed_matmul_with_config(x, w, None, cfg),
+                                   packed_matmul_with_config(x, w, None, cfg._replace(asm=False)), rtol=0, atol=0)
+
+
+def test_m1_routing():
+    """M == 1 4-bit takes the batch-1 kernel unless M1_TABLE names a PackedConfig (the old decode kernel stays
+    selectable); 8-bit and groups that are not whole packed rows keep the decode kernel."""
+    n, k = 40, 256
+    assert isinstance(triton_packed.get_config(1, n, k, 4, 32), PackedGemvConfig)
+    assert isinstance(triton_packed.get_config(1, n, k, 8, 32), PackedConfig)
+    assert isinstance(triton_packed.get_config(1, n, k, 4, 4), PackedConfig)
+    w = random_packed(k, n, 4, 32, seed=1)
+    x = _x(1, k, DTYPES[0], seed=1)
+    saved = dict(triton_packed.M1_TABLE)
+    try:
+        triton_packed.M1_TABLE[(n, k, 4)] = PackedConfig(1, 32, 64, 1, 1, prefetch=True)
+        triton_packed._PLANS.clear()
+        old = packed_matmul(x, w)
+        assert {p.kind for p in triton_packed._PLANS.values()} == {"decode"}
+        del triton_packed.M1_TABLE[(n, k, 4)]
+        triton_packed._PLANS.clear()
+        new = packed_matmul(x, w)
+        assert {p.kind for p in triton_packed._PLANS.values()} == {"gemv"}
+    finally:
+        triton_packed.M1_TABLE.clear()
+        triton_packed.M1_TABLE.update(saved)
+        triton_packed._PLANS.clear()
+    _check(x, w, y=old)
+    _check(x, w, y=new)
+
+
+def test_gemv_rejects_bad_configs():
+    w = random_packed(256, 32, 8, 32, seed=0)
+    with pytest.raises(ValueError, match="4-bit weights at M == 1"):
+        packed_matmul_with_config(_x(1, 256, DTYPES[0], seed=0), w, None, PackedGemvConfig())
+    with pytest.raises(ValueError, match="nsub must be 1 or 2"):
+        triton_packed_gemv.make_plan(32, 256, 32, False, 4, PackedGemvConfig(nsub=3))
+
+
+@big_only
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+def test_gemv_cuda_graph_replay():
+    """The 7B shapes' M == 1 path (split-K counters reset by the kernel) captured and replayed."""
+    ws = [random_packed(k, n, 4, 128, seed=n) for n, k in ((4608, 3584), (37888, 3584), (3584, 18944))]
+    xs = [_x(1, w.in_features, torch.bfloat16, seed=i) for i, w in enumerate(ws)]
+    eager = [packed_matmul(x, w) for x, w in zip(xs, ws)]
+    for x, w, e in zip(xs, ws, eager):
+        _check(x, w, y=e)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [packed_matmul(x, w) for x, w in zip(xs, ws)]
+    for x in xs:
+        x.mul_(-1.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    for out, e in zip(outs, eager):
+        torch.testing.assert_close(out, -e, rtol=0, atol=0)

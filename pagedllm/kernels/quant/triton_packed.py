@@ -2,9 +2,12 @@
 
 One launcher (``packed_matmul``), three paths chosen by the number of rows ``M`` of ``x`` and a per-shape table:
 
-* **Decode** (``M <= 16``, ``_packed_decode_kernel``): bound by the weight read, so each program streams a column
-  slice of ``qweight`` (``[BLOCK_KP, BLOCK_N]`` int32 words a tile, ``N`` contiguous) over a range of K (split-K
-  gives a few programs per SM even for narrow layers), and the per-weight work is kept to three instructions:
+* **Batch 1, 4-bit** (``M == 1``, a ``PackedGemvConfig`` in ``M1_TABLE`` or the default): ``triton_packed_gemv``'s
+  kernel (16-byte word loads, one LOP3 a value, the group scale once a tile).
+* **Decode** (``M <= 16``, ``_packed_decode_kernel``; ``M == 1`` too where the config is a ``PackedConfig``):
+  bound by the weight read, so each program streams a column slice of ``qweight`` (``[BLOCK_KP, BLOCK_N]`` int32
+  words a tile, ``N`` contiguous) over a range of K (split-K gives a few programs per SM even for narrow layers),
+  and the per-weight work is kept to three instructions:
   a value becomes a float with one LOP3 (``_unpack_scaled``: the field ORed into the mantissa of ``2**23``, no
   int->float conversion, which is a quarter-rate instruction) and one fma applies the group scale exactly; the
   group offset never touches a weight: ``sum_k x_k o[g(k), n]`` is ``o`` times a sum of ``x`` per packed row (or
@@ -46,7 +49,9 @@ import triton.language as tl
 
 from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
+from pagedllm.kernels.quant import triton_packed_gemv as gemv
 from pagedllm.kernels.quant.packed import PackedWeight
+from pagedllm.kernels.quant.triton_packed_gemv import PackedGemvConfig
 from pagedllm.kernels.triton_gemv import _workspace
 
 MAX_DECODE_M = 16
@@ -413,6 +418,21 @@ _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig]] = {
     (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 16: _P(16, 64, 128, 4, 3), 64: _DQ, 256: _DQ, 4096: _DQ},
 }
 
+# M == 1: the kernel per shape (N, K, bits). A PackedGemvConfig takes triton_packed_gemv's kernel, a PackedConfig the
+# decode kernel above; shapes not listed take _M1_DEFAULT (4-bit weights whose groups are whole packed rows) or
+# _TABLE / _DEFAULTS. `benchmarks/quant_kernels.py --gemv` prints this block from its sweep (--save-m1-table FILE
+# writes it; --apply-m1-table FILE puts it here).
+# BEGIN M1_TABLE
+M1_TABLE: dict[tuple[int, int, int], PackedGemvConfig | PackedConfig] = {
+    # Qwen2.5-7B: qkv, o, gate_up, down (not yet measured: the sweep's first run picks)
+    (4608, 3584, 4): PackedGemvConfig(128, 16, 1, 4),
+    (3584, 3584, 4): PackedGemvConfig(128, 16, 1, 4),
+    (37888, 3584, 4): PackedGemvConfig(128, 16, 2, 4),
+    (3584, 18944, 4): PackedGemvConfig(128, 16, 2, 4),
+}
+# END M1_TABLE
+_M1_DEFAULT: PackedGemvConfig | PackedConfig = PackedGemvConfig()
+
 # Candidates the benchmark sweeps per M bucket.
 CANDIDATES: dict[int, list[PackedConfig]] = {
     1: [PackedConfig(1, bn, bk, w, st, sk, prefetch=pf)
@@ -464,8 +484,12 @@ def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
     return SCALE_GATHER
 
 
-def get_config(m: int, n: int, k: int, bits: int) -> PackedConfig:
+def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128) -> PackedConfig | PackedGemvConfig:
     bucket = _m_bucket(m)
+    if bucket == 1:
+        cfg = M1_TABLE.get((n, k, bits), _M1_DEFAULT)
+        if isinstance(cfg, PackedConfig) or (bits == 4 and group_size % 8 == 0):
+            return cfg
     per_m = _TABLE.get((n, k, bits))
     if per_m is not None and bucket in per_m:
         return per_m[bucket]
@@ -473,7 +497,12 @@ def get_config(m: int, n: int, k: int, bits: int) -> PackedConfig:
 
 
 def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, device: torch.device,
-               cfg: PackedConfig) -> _Plan:
+               cfg: PackedConfig | PackedGemvConfig) -> _Plan:
+    if isinstance(cfg, PackedGemvConfig):
+        if m != 1 or bits != 4:
+            raise ValueError(f"config {cfg} is for 4-bit weights at M == 1; got M = {m}, {bits}-bit")
+        p = gemv.make_plan(n, k, group_size, has_bias, _num_sms(device), cfg)
+        return _Plan("gemv", p.grid, p.kp_per_split, p.ws_elems, p.constexprs)
     pack = 32 // bits
     decode = m <= MAX_DECODE_M
     block_k = cfg.block_k
@@ -531,6 +560,8 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
     m, k = x.shape
     n = w.qweight.shape[1]
     kp = w.qweight.shape[0]
+    if plan.kind == "gemv":
+        return gemv.launch(x, w, bias, gemv.GemvPlan(plan.grid, plan.kp_per_split, plan.ws_elems, plan.constexprs))
     if plan.kind == "cublas":
         buf = _scratch(x.device, x.dtype, k * n)
         if buf is not None:
@@ -572,10 +603,10 @@ def _prepare_x(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 
 
 def packed_matmul_with_config(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
-                              cfg: PackedConfig) -> torch.Tensor:
+                              cfg: PackedConfig | PackedGemvConfig) -> torch.Tensor:
     """``packed_matmul`` with an explicit config (benchmarks, tests); builds the plan on every call."""
     m, k = x.shape
-    if not cfg.cublas and cfg.block_m <= MAX_DECODE_M and m > MAX_DECODE_M:
+    if isinstance(cfg, PackedConfig) and not cfg.cublas and cfg.block_m <= MAX_DECODE_M and m > MAX_DECODE_M:
         raise ValueError(f"config {cfg} is a decode config; x has {m} rows (decode takes at most {MAX_DECODE_M})")
     plan = _make_plan(m, w.qweight.shape[1], k, w.bits, w.group_size, bias is not None, x.device, cfg)
     return _launch(_prepare_x(x, w), w, bias, plan)
@@ -595,5 +626,5 @@ def packed_matmul(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = 
         if k != w.in_features:
             raise ValueError(f"x has {k} features; the packed weight takes {w.in_features}")
         plan = _PLANS[key] = _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
-                                        get_config(m, n, k, w.bits))
+                                        get_config(m, n, k, w.bits, w.group_size))
     return _launch(_prepare_x(x, w), w, bias, plan)

@@ -1,0 +1,336 @@
+"""The int4 weight-only matmul at ``M == 1`` (decode at batch 1): ``y = x @ W (+ bias)``, W in packed.py's canonical
+form, streamed at close to HBM speed.
+
+At batch 1 every weight is read once and used once, so the kernel is a race between the HBM read (0.5 B a weight)
+and the instructions issued per weight (an H200 issues ~33 T thread-instructions/s: at 4 TB/s of int4 that is ~4
+instructions a weight). ``triton_packed``'s ``_packed_decode_kernel`` compiles to ~7 instructions a weight on sm_90
+(SASS read offline with Triton's ptxas/nvdisasm: two LOP3s per value, because ``(w & field) | magic`` needs two
+immediates; scalar 4-byte word loads once the column index is clamped; x moved through shared memory every tile).
+This kernel is built for the count:
+
+* **Words as 16-byte vectors.** A ``[BLOCK_KP, BLOCK_N]`` tile of ``qweight`` (N contiguous) is loaded with column
+  masks only on a ragged last column tile (``EVEN_N``), never clamped, so each thread reads 4 consecutive columns
+  of a packed row in one LDG.128. ``NSUB = 2`` loads a second sub-tile ``BLOCK_N`` columns further on: the same
+  threads hold the same packed rows twice, so each ``x`` value loaded and converted serves 8 columns instead of 4.
+* **One LOP3 per value** (``ASM``): ``lop3.b32 v, word, field, 0x4B000000, (a & b) | c`` puts the 4-bit field
+  into the mantissa of ``2**23`` (``2**23 + q 2**p``); one exact FFMA (``* 2**-p - 2**(23 - p)``) makes it ``q``
+  and one FFMA multiplies by ``x`` into the tile's partial sum: 3 instructions a weight. Fields above bit 19 come
+  from one shift of the word by 12. Without ``ASM`` (the Triton interpreter, or as a fallback) the same field is
+  taken with Triton's ``&`` and ``|`` (two LOP3s).
+* **The group scale once a tile, the offset never per weight.** A tile never straddles a group (``BLOCK_KP * 8``
+  divides ``group_size``; the launcher halves ``BLOCK_KP`` until it does), so the partial ``sum_j q_j x_j`` of a
+  packed row is scaled once: ``acc += part * s + o * sum_j x_j`` (2 FFMAs per word, 1/4 an instruction a weight).
+  The math is ``reference_matmul``'s: products and sums in fp32, ``q`` exact.
+* **Registers double-buffered** (``PREFETCH``): the next tile's words and scales are loaded before this tile's
+  math, the first tile before the PDL wait (weights are constants).
+* **Split-K** sized for a few programs per SM; partials reduced in the same kernel by the last program of a column
+  tile to arrive (``triton_gemv``'s workspace and counters: no memset, no second kernel, deterministic).
+
+SASS for sm_90 counted offline (Triton 3.6's ptxas + nvdisasm, no GPU; the K loop of the 7B configs, instructions
+per weight): ``BLOCK_N=128, BLOCK_KP=16``, 4 warps: 5.0 with ``NSUB = 1`` (4.8 without the prefetch's register
+copies), 4.5 with ``NSUB = 2`` (255 registers, no spills; 4.3 and 128 registers without the prefetch), 5.5 with
+``NSUB = 2`` and ``ASM`` off; the old decode kernel's M = 1 config: 7.25 (2 LOP3s and an FMUL of the scale per
+value). Counted with benchmarks/kernels/sass_count.py. GPU timings: docs/perf.md.
+
+Configs (``PackedGemvConfig``) are chosen per shape in ``triton_packed.M1_TABLE``; a ``PackedConfig`` there keeps
+the old kernel. ``benchmarks/quant_kernels.py --gemv`` sweeps ``GEMV_CANDIDATES``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from pagedllm import envs
+from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
+from pagedllm.kernels.quant.packed import PackedWeight
+from pagedllm.kernels.triton_gemv import _workspace
+
+_INTERPRET = envs.TRITON_INTERPRET
+MAGIC = tl.constexpr(0x4B000000)     # 2**23 as float32 bits
+
+
+class PackedGemvConfig(NamedTuple):
+    block_n: int = 128       # columns of a sub-tile (4 per thread, 32 threads along N)
+    block_kp: int = 16       # packed rows (8 values each) of a tile; halved until 8 * block_kp divides group_size
+    nsub: int = 1            # 1 or 2 column sub-tiles sharing the x values of a thread
+    num_warps: int = 4
+    prefetch: bool = True    # load the next tile before this tile's math
+    asm: bool = True         # one lop3 per value (inline PTX); False: Triton's & and | (the interpreter's path)
+    xvec: bool = False       # x as one [BLOCK_KP, 8] load split in registers instead of 8 strided loads
+    split_k: int = 0         # 0: from the shape (about PROGRAMS_PER_SM programs an SM)
+
+
+PROGRAMS_PER_SM = 4
+DEFAULT = PackedGemvConfig()
+# What benchmarks/quant_kernels.py --gemv sweeps (and tests/gpu checks): few, so that compiling them all fits a
+# 5-minute GPU call.
+GEMV_CANDIDATES: list[PackedGemvConfig] = [
+    PackedGemvConfig(128, 16, 1, 4),
+    PackedGemvConfig(128, 16, 2, 4),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False),
+    PackedGemvConfig(128, 8, 2, 4),
+    PackedGemvConfig(128, 16, 2, 8),
+    PackedGemvConfig(128, 16, 1, 4, prefetch=False),
+    PackedGemvConfig(128, 16, 2, 4, xvec=True),
+    PackedGemvConfig(128, 16, 1, 4, split_k=2),
+    PackedGemvConfig(128, 16, 2, 4, split_k=1),
+    PackedGemvConfig(128, 16, 2, 4, asm=False),
+]
+
+
+def supports(w: PackedWeight) -> bool:
+    """Weights this kernel takes: 4-bit, groups a whole number of packed rows (``perm`` is the caller's)."""
+    return w.bits == 4 and w.group_size % 8 == 0
+
+
+@triton.jit
+def _field_as_float(words, FIELD: tl.constexpr, ASM: tl.constexpr):
+    """``2**23 + (words & FIELD)`` as float32 (FIELD below bit 23): the field ORed into 2**23's mantissa."""
+    if ASM:
+        v = tl.inline_asm_elementwise(
+            "lop3.b32 $0, $1, $2, $3, 0xea;", "=r,r,r,r",      # 0xea: (a & b) | c
+            [words, tl.full(words.shape, FIELD, tl.int32), tl.full(words.shape, MAGIC, tl.int32)],
+            dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        v = (words & FIELD) | MAGIC
+    return v.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _value(words, words_hi, j: tl.constexpr, ASM: tl.constexpr):
+    """Value ``j`` (bits 4j..4j+3) of each word as an exact float32."""
+    if 4 * j + 4 <= 23:
+        P: tl.constexpr = 4 * j
+        wf = _field_as_float(words, 15 << P, ASM)
+    else:
+        P: tl.constexpr = 4 * j - 12
+        wf = _field_as_float(words_hi, 15 << P, ASM)
+    UNSCALE: tl.constexpr = 1.0 / (1 << P)
+    UNBIAS: tl.constexpr = -8388608.0 / (1 << P)
+    return tl.fma(wf, UNSCALE, UNBIAS)         # (2**23 + q 2**p) 2**-p - 2**(23-p): exact
+
+
+@triton.jit
+def _row_partial(words, x0, x1, x2, x3, x4, x5, x6, x7, ASM: tl.constexpr):
+    """``sum_j q_j x_j`` per word (packed row, column), fp32."""
+    words_hi = words >> 12
+    part = _value(words, words_hi, 0, ASM) * x0[:, None]
+    part = tl.fma(_value(words, words_hi, 1, ASM), x1[:, None], part)
+    part = tl.fma(_value(words, words_hi, 2, ASM), x2[:, None], part)
+    part = tl.fma(_value(words, words_hi, 3, ASM), x3[:, None], part)
+    part = tl.fma(_value(words, words_hi, 4, ASM), x4[:, None], part)
+    part = tl.fma(_value(words, words_hi, 5, ASM), x5[:, None], part)
+    part = tl.fma(_value(words, words_hi, 6, ASM), x6[:, None], part)
+    part = tl.fma(_value(words, words_hi, 7, ASM), x7[:, None], part)
+    return part
+
+
+@triton.jit
+def _x_values(X, rows, XVEC: tl.constexpr, BLOCK_KP: tl.constexpr):
+    """The 8 x values of each packed row ``rows`` ([BLOCK_KP]) as 8 fp32 vectors."""
+    if XVEC:
+        xv = tl.load(X + rows[:, None] * 8 + tl.arange(0, 8)[None, :]).to(tl.float32)
+        even, odd = tl.split(tl.reshape(xv, (BLOCK_KP, 4, 2)))
+        e0, e1 = tl.split(tl.reshape(even, (BLOCK_KP, 2, 2)))       # j = 0, 4 / 2, 6
+        o0, o1 = tl.split(tl.reshape(odd, (BLOCK_KP, 2, 2)))        # j = 1, 5 / 3, 7
+        x0, x4 = tl.split(e0)
+        x2, x6 = tl.split(e1)
+        x1, x5 = tl.split(o0)
+        x3, x7 = tl.split(o1)
+    else:
+        xb = X + rows * 8
+        x0 = tl.load(xb).to(tl.float32)
+        x1 = tl.load(xb + 1).to(tl.float32)
+        x2 = tl.load(xb + 2).to(tl.float32)
+        x3 = tl.load(xb + 3).to(tl.float32)
+        x4 = tl.load(xb + 4).to(tl.float32)
+        x5 = tl.load(xb + 5).to(tl.float32)
+        x6 = tl.load(xb + 6).to(tl.float32)
+        x7 = tl.load(xb + 7).to(tl.float32)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _load_tile(QW, S, O, rows, g, cols, rmask, nmask, N, EVEN_N: tl.constexpr, MASK_ROWS: tl.constexpr):
+    """Words ``[BLOCK_KP, BLOCK_N]`` of packed rows ``rows`` and the scale/offset row of group ``g`` (fp32).
+    Masked rows (``MASK_ROWS``) read as 0 words with 0 scale and offset: they add nothing."""
+    ptrs = QW + rows.to(tl.int64)[:, None] * N + cols[None, :]
+    if MASK_ROWS:
+        if EVEN_N:
+            words = tl.load(ptrs, mask=rmask[:, None], other=0)
+        else:
+            words = tl.load(ptrs, mask=rmask[:, None] & nmask[None, :], other=0)
+    else:
+        if EVEN_N:
+            words = tl.load(ptrs)
+        else:
+            words = tl.load(ptrs, mask=nmask[None, :], other=0)
+    if EVEN_N:
+        s = tl.load(S + g * N + cols)
+        o = tl.load(O + g * N + cols)
+    else:
+        s = tl.load(S + g * N + cols, mask=nmask, other=0.0)
+        o = tl.load(O + g * N + cols, mask=nmask, other=0.0)
+    return words, s, o
+
+
+@triton.jit
+def _finish(acc, B, Y, cols, nmask, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(B + cols, mask=nmask, other=0.0).to(tl.float32)
+    tl.store(Y + cols, acc.to(Y.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
+                        GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+                        SPLIT_K: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, XVEC: tl.constexpr,
+                        NSUB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr, PDL: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    cols_a = pid_n * (BLOCK_N * NSUB) + tl.arange(0, BLOCK_N)
+    cols_b = cols_a + BLOCK_N
+    nmask_a = cols_a < N
+    nmask_b = cols_b < N
+    offs_kp = tl.arange(0, BLOCK_KP)
+    kp_start = pid_k * KP_PER_SPLIT
+    kp_end = tl.minimum(kp_start + KP_PER_SPLIT, KP)
+    # A tile lies inside one group: tiles are BLOCK_KP packed rows, GROUP a multiple of 8 * BLOCK_KP.
+    GROUP_KP: tl.constexpr = GROUP // 8
+    acc_a = tl.zeros((BLOCK_KP, BLOCK_N), dtype=tl.float32)
+    acc_b = acc_a
+    if PREFETCH:
+        rows = kp_start + offs_kp
+        nxt_a, ns_a, no_a = _load_tile(QW, S, O, rows, kp_start // GROUP_KP, cols_a, rows < kp_end, nmask_a, N,
+                                       EVEN_N, not EVEN_K)
+        if NSUB == 2:
+            nxt_b, ns_b, no_b = _load_tile(QW, S, O, rows, kp_start // GROUP_KP, cols_b, rows < kp_end, nmask_b,
+                                           N, EVEN_N, not EVEN_K)
+    pdl_wait(PDL)
+    # Uniform trip count; a split that ends at KP (uneven splits, EVEN_K off) masks the tiles past it.
+    for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
+        kp0 = kp_start + kp_rel
+        rows = kp0 + offs_kp
+        if PREFETCH:
+            words_a, s_a, o_a = nxt_a, ns_a, no_a
+            if NSUB == 2:
+                words_b, s_b, o_b = nxt_b, ns_b, no_b
+            # Rows of the next tile past this split (or K) are masked: no read of another split's tile.
+            nrows = rows + BLOCK_KP
+            g_next = tl.minimum(kp0 + BLOCK_KP, KP - 1) // GROUP_KP
+            nxt_a, ns_a, no_a = _load_tile(QW, S, O, nrows, g_next, cols_a, nrows < kp_end, nmask_a, N, EVEN_N,
+                                           True)
+            if NSUB == 2:
+                nxt_b, ns_b, no_b = _load_tile(QW, S, O, nrows, g_next, cols_b, nrows < kp_end, nmask_b, N,
+                                               EVEN_N, True)
+        else:
+            g = tl.minimum(kp0, KP - 1) // GROUP_KP
+            words_a, s_a, o_a = _load_tile(QW, S, O, rows, g, cols_a, rows < kp_end, nmask_a, N, EVEN_N,
+                                           not EVEN_K)
+            if NSUB == 2:
+                words_b, s_b, o_b = _load_tile(QW, S, O, rows, g, cols_b, rows < kp_end, nmask_b, N, EVEN_N,
+                                               not EVEN_K)
+        s_a = s_a.to(tl.float32)
+        o_a = o_a.to(tl.float32)
+        if not EVEN_K:    # a tile wholly past K (the last split of uneven splits) adds nothing
+            s_a = tl.where(kp0 < kp_end, s_a, 0.0)
+            o_a = tl.where(kp0 < kp_end, o_a, 0.0)
+            xrows = tl.minimum(rows, KP - 1)     # x stays in bounds; its words are 0 and scales 0 there
+        else:
+            xrows = rows
+        x0, x1, x2, x3, x4, x5, x6, x7 = _x_values(X, xrows, XVEC, BLOCK_KP)
+        xsum = (((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)))[:, None]
+        part_a = _row_partial(words_a, x0, x1, x2, x3, x4, x5, x6, x7, ASM)
+        acc_a = tl.fma(xsum, o_a[None, :], tl.fma(part_a, s_a[None, :], acc_a))
+        if NSUB == 2:
+            s_b = s_b.to(tl.float32)
+            o_b = o_b.to(tl.float32)
+            if not EVEN_K:
+                s_b = tl.where(kp0 < kp_end, s_b, 0.0)
+                o_b = tl.where(kp0 < kp_end, o_b, 0.0)
+            part_b = _row_partial(words_b, x0, x1, x2, x3, x4, x5, x6, x7, ASM)
+            acc_b = tl.fma(xsum, o_b[None, :], tl.fma(part_b, s_b[None, :], acc_b))
+    y_a = tl.sum(acc_a, axis=0)
+    y_b = tl.sum(acc_b, axis=0)
+    if SPLIT_K > 1:
+        # As triton_gemv: partial tiles to the workspace, the last program of a column tile to arrive sums them in
+        # split order, writes y and resets the tile's counter for the next launch (or graph replay).
+        TILE: tl.constexpr = BLOCK_N * NSUB
+        offs = tl.arange(0, BLOCK_N)
+        base = WS + (pid_k * tl.num_programs(0) + pid_n) * TILE
+        tl.store(base + offs, y_a)
+        if NSUB == 2:
+            tl.store(base + BLOCK_N + offs, y_b)
+        tl.debug_barrier()
+        count = tl.atomic_add(Locks + pid_n, 1, sem="acq_rel", scope="gpu")
+        if count == SPLIT_K - 1:
+            first = WS + pid_n * TILE
+            y_a = tl.load(first + offs, cache_modifier=".cg")
+            for sk in tl.static_range(1, SPLIT_K):
+                y_a += tl.load(first + sk * tl.num_programs(0) * TILE + offs, cache_modifier=".cg")
+            _finish(y_a, B, Y, cols_a, nmask_a, HAS_BIAS)
+            if NSUB == 2:
+                y_b = tl.load(first + BLOCK_N + offs, cache_modifier=".cg")
+                for sk in tl.static_range(1, SPLIT_K):
+                    y_b += tl.load(first + sk * tl.num_programs(0) * TILE + BLOCK_N + offs, cache_modifier=".cg")
+                _finish(y_b, B, Y, cols_b, nmask_b, HAS_BIAS)
+            tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
+    else:
+        _finish(y_a, B, Y, cols_a, nmask_a, HAS_BIAS)
+        if NSUB == 2:
+            _finish(y_b, B, Y, cols_b, nmask_b, HAS_BIAS)
+
+
+class GemvPlan(NamedTuple):
+    grid: tuple[int, int]
+    kp_per_split: int
+    ws_elems: int
+    constexprs: dict
+
+
+def make_plan(n: int, k: int, group_size: int, has_bias: bool, num_sms: int, cfg: PackedGemvConfig) -> GemvPlan:
+    """Launch parameters for ``x [1, k]`` against a 4-bit packed ``[k // 8, n]`` weight with ``group_size``."""
+    if group_size % 8 or k % group_size:
+        raise ValueError(f"group_size ({group_size}) must be a multiple of 8 that divides K ({k})")
+    if cfg.nsub not in (1, 2):
+        raise ValueError(f"nsub must be 1 or 2, got {cfg.nsub}")
+    kp = k // 8
+    block_kp = cfg.block_kp
+    while (group_size // 8) % block_kp:          # a tile must not straddle two groups
+        block_kp //= 2
+    tile_n = cfg.block_n * cfg.nsub
+    grid_n = triton.cdiv(n, tile_n)
+    k_tiles = kp // block_kp                    # exact: block_kp divides group_size / 8, which divides kp
+    split_k = cfg.split_k
+    if split_k == 0:    # enough programs to keep every SM streaming, each split at least two K tiles
+        split_k = max(1, min(triton.cdiv(PROGRAMS_PER_SM * num_sms, grid_n), k_tiles // 2, 16))
+    tiles_per_split = triton.cdiv(k_tiles, max(1, min(split_k, k_tiles)))
+    split_k = triton.cdiv(k_tiles, tiles_per_split)            # no empty split
+    constexprs = dict(GROUP=group_size, HAS_BIAS=has_bias, EVEN_N=n % tile_n == 0,
+                      EVEN_K=k_tiles % tiles_per_split == 0, SPLIT_K=split_k, ASM=cfg.asm and not _INTERPRET,
+                      PREFETCH=cfg.prefetch, XVEC=cfg.xvec, NSUB=cfg.nsub, BLOCK_N=cfg.block_n,
+                      BLOCK_KP=block_kp, num_warps=cfg.num_warps, num_stages=1)
+    return GemvPlan((grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * tile_n, constexprs)
+
+
+def launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: GemvPlan) -> torch.Tensor:
+    """``x`` ``[1, K]`` contiguous (any ``perm`` already applied by the caller)."""
+    n = w.qweight.shape[1]
+    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    ws = locks = y
+    constexprs = plan.constexprs
+    if constexprs["SPLIT_K"] > 1:
+        buffers = _workspace(x.device, plan.ws_elems, plan.grid[0])
+        if buffers is None:         # inside a CUDA-graph capture that would need a bigger workspace: no split
+            cfg = PackedGemvConfig(constexprs["BLOCK_N"], constexprs["BLOCK_KP"], constexprs["NSUB"],
+                             constexprs["num_warps"], constexprs["PREFETCH"], constexprs["ASM"], constexprs["XVEC"],
+                             split_k=1)
+            return launch(x, w, bias, make_plan(n, x.shape[1], w.group_size, bias is not None, 1, cfg))
+        ws, locks = buffers
+    _packed_gemv_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, bias if bias is not None else y, y, ws, locks,
+                                   n, w.qweight.shape[0], plan.kp_per_split, **constexprs,
+                                   **pdl_launch_args(x.device))
+    return y
