@@ -248,7 +248,9 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
     core.startup_phases = {**before, "config": configured - entered, **core.startup_phases}
     if on_built is not None:
         on_built(core)
-    conn.send(CoreReady(core.info()))
+    info = core.info()
+    info["ready_at"] = time.monotonic()     # the front end times the hand-over of this message (start-up timeline)
+    conn.send(CoreReady(info))
     trace = StepTrace(step_trace) if step_trace else None
     while True:
         if not core.has_unfinished_requests():
