@@ -246,7 +246,8 @@ _GEMM_BEGIN, _GEMM_END = "# BEGIN GEMM_TABLE\n", "# END GEMM_TABLE\n"
 def _gemm_block(chosen: dict) -> str:
     """``chosen``: (bucket, N, K, bits) -> (PackedGemmConfig or None, note)."""
     lines = [_GEMM_BEGIN, "GEMM_TABLE: dict[tuple[int, int, int, int], PackedGemmConfig | None] = {\n",
-             "    # Qwen2.5-7B: qkv, o, gate_up, down (benchmarks/quant_kernels.py --gemm, H200); None: scratch + cuBLAS\n"]
+             "    # Qwen2.5-7B: qkv, o, gate_up, down (benchmarks/quant_kernels.py --gemm, H200); "
+             "None: scratch + cuBLAS\n"]
     for key in sorted(chosen, key=lambda k: (k[1], k[2], k[0])):
         cfg, note = chosen[key]
         value = "None" if cfg is None else f"PackedGemmConfig({', '.join(repr(v) for v in cfg)})"

@@ -338,8 +338,10 @@ else:
     GEMM_CONFIGS = sorted({c for cands in GEMM_CANDIDATES.values() for c in cands})
     # M = 320: ragged against 128-row tiles, yet a multiple of 16 as the benchmark's M (its compiles are reused).
     GEMM_K, GEMM_MS, GEMM_NS = 2048, [320, 65], [1536, 1001]
-# Every config at group 128 in the first dtype and first shape; these two (each operand role, one split) at the other settings.
-GEMM_FEW = [c for c in GEMM_CONFIGS if c.w_as_a and c.split_k > 1][:1] + [c for c in GEMM_CONFIGS if not c.w_as_a][:1]
+# Every config at group 128 in the first dtype and first shape; these two (each operand role, one split) at the
+# other settings.
+GEMM_FEW = ([c for c in GEMM_CONFIGS if c.w_as_a and c.split_k > 1][:1]
+            + [c for c in GEMM_CONFIGS if not c.w_as_a][:1])
 
 
 @pytest.mark.parametrize("group", [32, 64, 128, None])

@@ -43,7 +43,7 @@ kept in a dict (no run-time autotuning: the engine's warm-up compiles every vari
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import triton
@@ -52,12 +52,11 @@ import triton.language as tl
 from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.quant import triton_packed_gemv as gemv
+from pagedllm.kernels.quant import triton_packed_gemm
 from pagedllm.kernels.quant.packed import PackedWeight
 from pagedllm.kernels.quant.triton_packed_gemv import PackedGemvConfig
 from pagedllm.kernels.triton_gemv import _workspace
-
-if TYPE_CHECKING:   # triton_packed_gemm imports this module's helpers; imported lazily below
-    from pagedllm.kernels.quant.triton_packed_gemm import PackedGemmConfig
+from pagedllm.kernels.quant.triton_packed_gemm import GEMM_TABLE, PackedGemmConfig
 
 MAX_DECODE_M = 16
 _INTERPRET = envs.TRITON_INTERPRET
@@ -503,7 +502,6 @@ def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128
                ) -> PackedConfig | PackedGemvConfig | PackedGemmConfig:
     bucket = _m_bucket(m)
     if m > MAX_DECODE_M:
-        from pagedllm.kernels.quant.triton_packed_gemm import GEMM_TABLE   # it imports this module's helpers
         key = (prefill_bucket(m), n, k, bits)
         if key in GEMM_TABLE:          # None: the sweep measured the scratch path faster
             return GEMM_TABLE[key] or _DQ
@@ -519,8 +517,7 @@ def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128
 
 def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, device: torch.device,
                cfg: PackedConfig | PackedGemvConfig | PackedGemmConfig) -> _Plan:
-    from pagedllm.kernels.quant import triton_packed_gemm
-    if isinstance(cfg, triton_packed_gemm.PackedGemmConfig):
+    if isinstance(cfg, PackedGemmConfig):
         return _Plan("fused", (0, 0), 0, 0, triton_packed_gemm.make_plan(k, bits, group_size, has_bias, _FUSED, cfg))
     if isinstance(cfg, PackedGemvConfig):
         if m != 1 or bits != 4:
@@ -587,7 +584,6 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
     if plan.kind == "gemv":
         return gemv.launch(x, w, bias, gemv.GemvPlan(plan.grid, plan.kp_per_split, plan.ws_elems, plan.constexprs))
     if plan.kind == "fused":
-        from pagedllm.kernels.quant import triton_packed_gemm
         return triton_packed_gemm.launch(x, w, bias, plan.constexprs)
     if plan.kind == "cublas":
         buf = _scratch(x.device, x.dtype, k * n)

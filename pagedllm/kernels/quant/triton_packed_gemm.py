@@ -25,8 +25,7 @@ Per K step of a ``[BLOCK_M, BLOCK_N]`` output tile:
 
 Program ids are swizzled in groups of ``GROUP_M`` row tiles so that the row tiles sharing a column tile of W run
 together (its words come from L2 after the first). Scales and offsets: one ``[BLOCK_N]`` row a tile when the tile
-lies inside one group, one row for the whole matmul when per-channel, else gathered per packed row
-(``triton_packed._scales_for_tile``).
+lies inside one group, one row for the whole matmul when per-channel, else gathered per packed row.
 
 Configs (``PackedGemmConfig``) are chosen per ``(M bucket, N, K, bits)`` in ``triton_packed.GEMM_TABLE``; where it
 has no entry the scratch path runs. ``benchmarks/quant_kernels.py --gemm`` sweeps ``GEMM_CANDIDATES`` against the
@@ -42,8 +41,12 @@ import triton.language as tl
 
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.quant.packed import PackedWeight
-from pagedllm.kernels.quant.triton_packed import MAGIC, TWO23, _scale_mode, _scales_for_tile
 from pagedllm.kernels.triton_gemv import _workspace
+
+# triton_packed (the router) imports this module, so these are not imported from it: the same constants and modes.
+MAGIC = tl.constexpr(0x4B000000)     # 2**23 as float32 bits: (MAGIC | v) read as float32 is 2**23 + v
+TWO23 = tl.constexpr(8388608.0)
+SCALE_GATHER, SCALE_PER_TILE, SCALE_ONE_GROUP = 0, 1, 2
 
 
 class PackedGemmConfig(NamedTuple):
@@ -77,6 +80,28 @@ GEMM_CANDIDATES: dict[int, list[PackedGemmConfig]] = {
 }
 GEMM_CANDIDATES[64] = GEMM_CANDIDATES[128] = GEMM_CANDIDATES[512] = GEMM_CANDIDATES[256]
 GEMM_CANDIDATES[1024] = GEMM_CANDIDATES[4096]
+
+
+@triton.jit
+def _tile_scales(S, O, kp0, offs_kp, cols, N, kmask, s_one, o_one, PACK: tl.constexpr, GROUP: tl.constexpr,
+                 SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr):
+    """The scale and offset of each packed row of a tile, ``[1 or BLOCK_KP, BLOCK_N]`` fp32."""
+    if SCALE_MODE == 2:
+        s = s_one[None, :]
+        o = o_one[None, :]
+    elif SCALE_MODE == 1:           # a tile never straddles a group; tiles are never wholly past K
+        g = (kp0 * PACK) // GROUP
+        s = tl.load(S + g * N + cols).to(tl.float32)[None, :]
+        o = tl.load(O + g * N + cols).to(tl.float32)[None, :]
+    else:
+        ptrs = (((kp0 + offs_kp) * PACK) // GROUP)[:, None] * N + cols[None, :]
+        if EVEN_K:
+            s = tl.load(S + ptrs).to(tl.float32)
+            o = tl.load(O + ptrs).to(tl.float32)
+        else:
+            s = tl.load(S + ptrs, mask=kmask[:, None], other=0.0).to(tl.float32)
+            o = tl.load(O + ptrs, mask=kmask[:, None], other=0.0).to(tl.float32)
+    return s, o
 
 
 @triton.jit
@@ -158,8 +183,7 @@ def _fused_gemm_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, KP, KP_PER_SPLIT, 
             else:
                 xt = tl.load(x_ptrs, mask=(kp0 * PACK + xk)[None, :] < K, other=0.0)
             words = tl.load(w_ptrs, mask=kmask[:, None], other=0)
-        s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[:, None],
-                                PACK, GROUP, SCALE_MODE, EVEN_K, False)             # [1 or BKP, BN]
+        s, o = _tile_scales(S, O, kp0, offs_kp, cols, N, kmask, s_one, o_one, PACK, GROUP, SCALE_MODE, EVEN_K)
         w = _dequantized_tile(words, s, o, KORDER, BITS, FUSED, BLOCK_KP, BLOCK_N, X.dtype.element_ty)
         if W_AS_A:
             acc = tl.dot(tl.trans(w), xt, acc)
@@ -196,10 +220,10 @@ def _store_tile(acc, B, Y, cols, offs_m, offs_n, M, N, stride_ym, HAS_BIAS: tl.c
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-# (prefill_bucket(M), N, K, bits) -> the fused kernel's config, or None for the scratch path (dequantize + cuBLAS) where the
-# sweep measured it faster. Shapes and buckets not listed keep triton_packed's _TABLE / _DEFAULTS (the scratch path
-# for M > 64). `benchmarks/quant_kernels.py --gemm` prints this block from its sweep (--save-gemm-table FILE writes
-# it; --apply-gemm-table FILE puts it here).
+# (triton_packed.prefill_bucket(M), N, K, bits) -> the fused kernel's config, or None for the scratch path
+# (dequantize + cuBLAS) where the sweep measured it faster. Shapes and buckets not listed keep triton_packed's
+# _TABLE / _DEFAULTS (the scratch path for M > 64). `benchmarks/quant_kernels.py --gemm` prints this block from
+# its sweep (--save-gemm-table FILE writes it; --apply-gemm-table FILE puts it here).
 # BEGIN GEMM_TABLE
 GEMM_TABLE: dict[tuple[int, int, int, int], PackedGemmConfig | None] = {
 }
@@ -216,7 +240,15 @@ def make_plan(k: int, bits: int, group_size: int, has_bias: bool, fused_fma: boo
     block_k = max(cfg.block_k, 16 * pack)
     while group_size < k and group_size % block_k and block_k // 2 >= 16 * pack:
         block_k //= 2
-    return dict(BITS=bits, GROUP=group_size, SCALE_MODE=_scale_mode(group_size, k, block_k, pack),
+    if group_size >= k:
+        scale_mode = SCALE_ONE_GROUP
+    elif group_size % block_k == 0:
+        scale_mode = SCALE_PER_TILE
+    elif group_size % pack == 0:
+        scale_mode = SCALE_GATHER
+    else:
+        raise ValueError(f"group_size ({group_size}) must be a multiple of {pack} for {bits}-bit packed weights")
+    return dict(BITS=bits, GROUP=group_size, SCALE_MODE=scale_mode,
                 HAS_BIAS=has_bias, EVEN_K=k % block_k == 0, FUSED=fused_fma, KORDER=cfg.korder, W_AS_A=cfg.w_as_a,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=block_k, GROUP_M=cfg.group_m,
                 SPLIT_K=max(1, cfg.split_k), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
