@@ -318,3 +318,106 @@ def test_gemv_cuda_graph_replay():
     for x, w, e in zip(xs, ws, eager):
         _check(x, w, y=e)
     _assert_graph_replays_negated(xs, ws, eager)
+
+
+# --- Prefill M: triton_packed_gemm (dequantization in the GEMM's mainloop) ------------------------------------------
+
+from pagedllm.kernels.quant import triton_packed_gemm  # noqa: E402
+from pagedllm.kernels.quant.triton_packed_gemm import GEMM_CANDIDATES, PackedGemmConfig  # noqa: E402
+
+if INTERPRET:
+    # Small tiles (the interpreter's time goes with the tile count); every unpack order, operand role and split-K.
+    GEMM_CONFIGS = [PackedGemmConfig(32, 32, 128, 4, 1), PackedGemmConfig(16, 32, 128, 4, 1, w_as_a=True),
+                    PackedGemmConfig(32, 32, 128, 4, 1, korder=1, split_k=3),
+                    PackedGemmConfig(16, 16, 128, 4, 1, korder=1, w_as_a=True, split_k=2)]
+    GEMM_K, GEMM_MS, GEMM_NS = 512, [65, 100], [40, 37]
+else:
+    GEMM_CONFIGS = sorted({c for cands in GEMM_CANDIDATES.values() for c in cands})
+    # M = 320: ragged against 128-row tiles, yet a multiple of 16 as the benchmark's M (its compiles are reused).
+    GEMM_K, GEMM_MS, GEMM_NS = 2048, [320, 65], [1536, 1001]
+# Every config at group 128 in the first dtype and first shape; these two (each operand role, one split) at the
+# other settings.
+GEMM_FEW = ([c for c in GEMM_CONFIGS if c.w_as_a and c.split_k > 1][:1]
+            + [c for c in GEMM_CONFIGS if not c.w_as_a][:1])
+
+
+@pytest.mark.parametrize("group", [32, 64, 128, None])
+@pytest.mark.parametrize("offsets", [True, False])
+def test_fused_gemm_matches_reference(group, offsets):
+    """Group sizes 32/64/128 (per tile or gathered per packed row) and per-channel, with and without offsets; M not
+    a multiple of the row tile, odd M and odd N (ragged column tile, unaligned rows), bias on odd N; bf16 and fp16."""
+    group_size = group or GEMM_K
+    for i, n in enumerate(GEMM_NS):
+        w = random_packed(GEMM_K, n, 4, group_size, seed=n + group_size)
+        if not offsets:
+            w = _no_offsets(w)
+        m = GEMM_MS[i]
+        for dtype in DTYPES:
+            bias = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(dtype).to(DEVICE) if n % 2 else None
+            x = _x(m, GEMM_K, dtype, seed=n)
+            configs = GEMM_CONFIGS if group == 128 and offsets and dtype == DTYPES[0] and i == 0 else GEMM_FEW
+            for cfg in configs:
+                _check(x, w, bias, y=packed_matmul_with_config(x, w, bias, cfg))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fused_gemm_uneven_k_and_8bit(bits):
+    """K not a multiple of the tile (the last K tile masked) with a split-K range ending inside it; 8-bit words."""
+    k = 368 if INTERPRET else 16 * 67
+    for group_size in (16, k):
+        w = random_packed(k, 136 if INTERPRET else 584, bits, group_size, seed=group_size + bits)
+        x = _x(70, k, DTYPES[0], seed=bits)
+        for cfg in GEMM_FEW:
+            first = packed_matmul_with_config(x, w, None, cfg)
+            _check(x, w, y=first)
+            torch.testing.assert_close(packed_matmul_with_config(x, w, None, cfg), first, rtol=0, atol=0)
+
+
+def test_fused_gemm_routing():
+    """M > 16 takes the fused GEMM where GEMM_TABLE names a config for the M bucket, the scratch path where it says
+    None or has no entry; the plan is keyed by the bucket (M = 65 and 128 share one, 129 does not)."""
+    n, k = 40, 256
+    w = random_packed(k, n, 4, 32, seed=2)
+    assert triton_packed.prefill_bucket(65) == triton_packed.prefill_bucket(128) == 128
+    assert triton_packed.prefill_bucket(129) == 256 and triton_packed.prefill_bucket(5000) == 4096
+    saved = dict(triton_packed_gemm.GEMM_TABLE)
+    try:
+        triton_packed_gemm.GEMM_TABLE.clear()
+        assert triton_packed.get_config(100, n, k, 4, 32).cublas          # no entry: scratch
+        triton_packed_gemm.GEMM_TABLE[(128, n, k, 4)] = None
+        assert triton_packed.get_config(100, n, k, 4, 32).cublas          # None: scratch
+        cfg = PackedGemmConfig(32, 32, 128, 4, 1) if INTERPRET else PackedGemmConfig(64, 64, 128, 4, 3)
+        triton_packed_gemm.GEMM_TABLE[(128, n, k, 4)] = cfg
+        assert triton_packed.get_config(65, n, k, 4, 32) == cfg
+        assert triton_packed.get_config(129, n, k, 4, 32).cublas
+        triton_packed._PLANS.clear()
+        x = _x(100, k, DTYPES[0], seed=3)
+        y = packed_matmul(x, w)
+        assert [p.kind for p in triton_packed._PLANS.values()] == ["fused"]
+        _check(x, w, y=y)
+    finally:
+        triton_packed_gemm.GEMM_TABLE.clear()
+        triton_packed_gemm.GEMM_TABLE.update(saved)
+        triton_packed._PLANS.clear()
+
+
+@big_only
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+def test_fused_gemm_equals_scratch_path_and_replays():
+    """On a 7B shape the fused GEMM's dequantized weights are the scratch path's (same fp32 math, same rounding to
+    bf16): the results differ by accumulation order only; split-K captured in a CUDA graph replays correctly."""
+    w = random_packed(3584, 4608, 4, 128, seed=5)
+    x = _x(256, 3584, torch.bfloat16, seed=5)
+    scratch = packed_matmul_with_config(x, w, None, triton_packed._DEFAULTS[(256, 4)])
+    cfg = PackedGemmConfig(128, 128, 128, 8, 3, w_as_a=True, split_k=4)
+    fused = packed_matmul_with_config(x, w, None, cfg)
+    assert rel_err(fused, scratch.float()) < 4e-3
+    fn = lambda: packed_matmul_with_config(x, w, None, cfg)  # noqa: E731
+    eager = fn()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    x.mul_(-1.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, -eager, rtol=0, atol=0)
