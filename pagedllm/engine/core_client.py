@@ -19,6 +19,7 @@ import importlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import sys
 import threading
@@ -88,6 +89,22 @@ def _core_process_main(engine_args: EngineArgs, conn, fmt: tuple | None, step_tr
     run_engine_core(engine_args, conn, step_trace=step_trace, spawned_at=spawned_at)
 
 
+def _prepare_to_read_core_info(engine_args: EngineArgs) -> None:
+    """While the core builds (seconds), import what unpickling its info will need: the HF config class and whatever
+    transformers imports to rebuild one (on some transformers versions that pulls in torch.distributed and sklearn,
+    seconds on a fresh machine). Done by loading and round-tripping the checkpoint's config here, so those imports
+    run alongside the core's start instead of after it. Best effort: the core reports any real problem."""
+    importlib.import_module("pagedllm.model.hf_configs")
+    model = engine_args.model
+    if engine_args.trust_remote_code or not os.path.isfile(os.path.join(model, "config.json")):
+        return     # a hub id or GGUF is resolved by the core; remote code runs there only
+    try:
+        from pagedllm.model.hf_configs import load_hf_config
+        pickle.loads(pickle.dumps(load_hf_config(model)))
+    except Exception:   # noqa: BLE001 - an optimisation only
+        pass
+
+
 def _start_method(engine_args: EngineArgs) -> str:
     """How to start the engine process. fork lets the child inherit the imports (seconds less start-up) but is only
     used when the engine runs on the CPU; with a GPU the child is spawned, the start method verified on H100
@@ -146,10 +163,7 @@ class EngineCoreClient:
         self._worker.start()
         if self.engine_process:
             self._child_conn.close()
-            # While the core builds (seconds): import what unpickling its info needs (transformers, for the model's
-            # config class), which would otherwise run after the core is ready, on the start-up's critical path.
-            importlib.import_module("pagedllm.model.hf_configs")
-            importlib.import_module("transformers.models.auto.configuration_auto")
+            _prepare_to_read_core_info(self.engine_args)
         try:
             msg = self._conn.recv()
         except EOFError:

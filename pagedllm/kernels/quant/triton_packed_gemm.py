@@ -75,7 +75,7 @@ GEMM_CANDIDATES: dict[int, list[PackedGemmConfig]] = {
           _C(64, 128, 128, 4, 4, w_as_a=True, split_k=2), _C(128, 128, 128, 8, 3, korder=1)],
     4096: [_C(128, 128, 128, 8, 3, w_as_a=True), _C(256, 128, 64, 8, 3, w_as_a=True),
            _C(128, 256, 64, 8, 3, w_as_a=True), _C(128, 128, 128, 8, 3), _C(128, 256, 64, 8, 3),
-           _C(256, 128, 64, 8, 4, w_as_a=True), _C(128, 128, 128, 8, 4, group_m=16, w_as_a=True),
+           _C(128, 128, 128, 8, 4, group_m=16, w_as_a=True),
            _C(256, 128, 64, 8, 3, w_as_a=True, split_k=2)],
 }
 GEMM_CANDIDATES[64] = GEMM_CANDIDATES[128] = GEMM_CANDIDATES[512] = GEMM_CANDIDATES[256]
@@ -226,6 +226,31 @@ def _store_tile(acc, B, Y, cols, offs_m, offs_n, M, N, stride_ym, HAS_BIAS: tl.c
 # its sweep (--save-gemm-table FILE writes it; --apply-gemm-table FILE puts it here).
 # BEGIN GEMM_TABLE
 GEMM_TABLE: dict[tuple[int, int, int, int], PackedGemmConfig | None] = {
+    # Qwen2.5-7B: qkv, o, gate_up, down (benchmarks/quant_kernels.py --gemm, H200); None: scratch + cuBLAS
+    (64, 3584, 3584, 4): None,  # from M bucket 256 (not measured)
+    (128, 3584, 3584, 4): None,  # from M bucket 256 (not measured)
+    (256, 3584, 3584, 4): None,  # scratch 23.87 us at M=256; bf16 F.linear 13.58 us, scratch 23.87 us
+    (512, 3584, 3584, 4): None,  # from M bucket 4096 (not measured)
+    (1024, 3584, 3584, 4): None,  # from M bucket 4096 (not measured)
+    (4096, 3584, 3584, 4): None,  # scratch 166.78 us at M=4096; bf16 F.linear 142.55 us, scratch 166.78 us
+    (64, 3584, 18944, 4): None,  # from M bucket 256 (not measured)
+    (128, 3584, 18944, 4): None,  # from M bucket 256 (not measured)
+    (256, 3584, 18944, 4): None,  # scratch 119.62 us at M=256; bf16 F.linear 54.19 us, scratch 119.62 us
+    (512, 3584, 18944, 4): None,  # from M bucket 4096 (not measured)
+    (1024, 3584, 18944, 4): None,  # from M bucket 4096 (not measured)
+    (4096, 3584, 18944, 4): None,  # scratch 869.90 us at M=4096; bf16 F.linear 838.71 us, scratch 869.90 us
+    (64, 4608, 3584, 4): None,  # from M bucket 256 (not measured)
+    (128, 4608, 3584, 4): None,  # from M bucket 256 (not measured)
+    (256, 4608, 3584, 4): None,  # scratch 32.17 us at M=256; bf16 F.linear 15.47 us, scratch 32.17 us
+    (512, 4608, 3584, 4): None,  # from M bucket 4096 (not measured)
+    (1024, 4608, 3584, 4): None,  # from M bucket 4096 (not measured)
+    (4096, 4608, 3584, 4): None,  # scratch 204.86 us at M=4096; bf16 F.linear 172.95 us, scratch 204.86 us
+    (64, 37888, 3584, 4): None,  # from M bucket 256 (not measured)
+    (128, 37888, 3584, 4): None,  # from M bucket 256 (not measured)
+    (256, 37888, 3584, 4): None,  # scratch 206.10 us at M=256; bf16 F.linear 100.25 us, scratch 206.10 us
+    (512, 37888, 3584, 4): None,  # from M bucket 4096 (not measured)
+    (1024, 37888, 3584, 4): None,  # from M bucket 4096 (not measured)
+    (4096, 37888, 3584, 4): None,  # scratch 1742.96 us at M=4096; bf16 F.linear 1608.48 us, scratch 1742.96 us
 }
 # END GEMM_TABLE
 
