@@ -5,7 +5,8 @@ python benchmarks/cpu_vs_hf.py [--modes equal,mixed] [--reps 3] [--dtypes float3
                                [--new-tokens 64] [--batch 16] [--mixed-requests 64] [--mixed-min 16] [--mixed-max 256]
                                [--llama-cpp auto|off]
 
-HF runs ``generate`` in fp32 (its default on CPU); pagedllm runs in each of --dtypes. llama.cpp (llama-cpp-python,
+HF runs ``generate`` in fp32 (its default on CPU); pagedllm runs in each of --dtypes (``float16`` on the CPU: fp16
+weights through fbgemm, fp32 compute). llama.cpp (llama-cpp-python,
 installed for the benchmark only, e.g. into its own venv put on PYTHONPATH; its AVX2 build:
 ``CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF" pip install llama-cpp-python``) runs the same GGUF
 file, as it is (Q4_1 blocks, its own kernels), with one thread per core this process may use; only "1 request"
@@ -77,7 +78,8 @@ def main() -> None:
     ap.add_argument("--mixed-requests", type=int, default=64)
     ap.add_argument("--mixed-min", type=int, default=16)
     ap.add_argument("--mixed-max", type=int, default=256)
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="pagedllm dtypes to run (HF runs fp32)")
+    ap.add_argument("--dtypes", default="float32,bfloat16",
+                    help="pagedllm dtypes to run, e.g. float32,float16 (HF runs fp32)")
     ap.add_argument("--llama-cpp", default="auto", choices=["auto", "off"],
                     help="auto: a llama.cpp column (1 request) when llama_cpp imports")
     args = ap.parse_args()

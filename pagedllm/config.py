@@ -549,6 +549,9 @@ class EngineConfig:
     # The parsed QuantizationConfig (pagedllm/model/quantization) of the quantization argument and the checkpoint,
     # set by the engine layer (create_engine_config); None: dense weights.
     quant_config: Any = None
+    # dtype="float16" on the CPU: the weights are held in fp16 (fbgemm-packed, half fp32's bytes to read per token)
+    # and everything is computed in ``dtype`` (float32); pagedllm/model/quantization/cpu_fp16.py.
+    cpu_fp16_weights: bool = False
     # Fairness caps of the scheduler, resolved (0: no cap): tokens of one prompt per step, sequences of one request.
     long_prefill_token_threshold: int = 0
     max_num_seqs_per_request: int = 0
@@ -703,7 +706,8 @@ class EngineConfig:
                    piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
                    cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
                    kv_cache_memory_bytes=kv_cache_memory_bytes, runner_type=runner_type,
-                   enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device))
+                   enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device),
+                   cpu_fp16_weights=_cpu_fp16_weights(args, device))
 
 
 def _pick_cpu_threads(args: EngineArgs, device: torch.device) -> int | None:
@@ -751,10 +755,9 @@ def _pick_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
             raise ValueError(f"Unknown dtype {name!r}; choose from auto, {', '.join(_DTYPES)}.")
         dtype = _DTYPES[name]
         if device.type == "cpu" and dtype == torch.float16:
-            # fp16 matmuls on CPU are slow and lose precision; vLLM's CPU backend does the same.
-            logger.warning("dtype=%r is not supported on the CPU: using bfloat16 instead (as vLLM's CPU backend).",
-                           name)
-            dtype = torch.bfloat16
+            # CPUs have no native fp16 arithmetic: fp16 asked for means fp16 weights computed in float32
+            # (_cpu_fp16_weights; vLLM's CPU backend turns it into bfloat16 instead).
+            return torch.float32
         if device.type == "cpu" and dtype == torch.bfloat16 and not _cpu_has_native_bf16():
             # Without AVX512-BF16 / AMX every bf16 GEMM converts to fp32 and back (docs/perf.md).
             logger.warning("dtype=bfloat16 on a CPU without native bf16 (no AVX512-BF16 or AMX): it runs slower "
@@ -774,6 +777,28 @@ def _pick_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
     if config_dtype in (None, torch.float32):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return config_dtype
+
+
+def _cpu_fp16_weights(args: EngineArgs, device: torch.device) -> bool:
+    """True for dtype="float16" on the CPU: every linear weight, the embedding and the LM head held in fp16 and
+    multiplied by fbgemm's fp16-weight GEMM in float32 (2-4x faster than oneDNN fp32 at batch 1 on a 2-core AVX2
+    EPYC: it reads half the bytes, docs/perf.md). ValueError where that cannot run."""
+    if device.type != "cpu" or _DTYPES.get(args.dtype) != torch.float16:
+        return False
+    engines = _quantized_engines()
+    if "fbgemm" not in engines:
+        raise ValueError(f"dtype={args.dtype!r} on the CPU keeps the weights in fp16 through fbgemm's fp16 GEMM, "
+                         f"which this torch build lacks (torch.backends.quantized.supported_engines = {engines}); "
+                         f"use dtype='float32' or 'bfloat16'.")
+    if args.quantization not in (None, "gguf"):     # a GGUF file is dequantized at load on the CPU
+        raise ValueError(f"dtype={args.dtype!r} on the CPU (fp16 weights) cannot be combined with "
+                         f"quantization={args.quantization!r}: the weights are either quantized or fp16; use "
+                         f"dtype='float32' with a quantization method.")
+    return True
+
+
+def _quantized_engines() -> list[str]:
+    return list(torch.backends.quantized.supported_engines)
 
 
 def _cpu_has_native_bf16() -> bool:

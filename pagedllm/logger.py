@@ -49,6 +49,8 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
     tokens = num_blocks * config.block_size
     arch = ",".join(getattr(config.hf_config, "architectures", None) or ["?"])
     dtype = str(config.dtype).replace("torch.", "")
+    if getattr(config, "cpu_fp16_weights", False):
+        dtype = f"float16: CPU weights fp16 (fbgemm), compute {dtype}"
     if runner.get("kv_cache_needed", True):
         kv_line = (f"  KV cache     {num_blocks} blocks x {config.block_size} tokens = {tokens} tokens "
                    f"({runner.get('kv_cache_gib', 0.0):.2f} GiB); max concurrency at "

@@ -42,7 +42,8 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
     check_parallel_support(config.hf_config, config.tensor_parallel_size, config.pipeline_parallel_size)
     config.attention_backend = resolve_attention_backend(config.attention_backend, config.device)
     config.quant_config = resolve_quantization(args.quantization, config.hf_config, config.model.model_dir,
-                                               config.model.gguf_file, config.device, config.dtype)
+                                               config.model.gguf_file, config.device, config.dtype,
+                                               cpu_fp16_weights=config.cpu_fp16_weights)
     return config
 
 

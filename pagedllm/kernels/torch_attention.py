@@ -15,6 +15,8 @@ Query token ``i`` of request ``b`` sits at position ``seq_lens[b] - q_len[b] + i
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -25,26 +27,35 @@ def _raw(t: torch.Tensor) -> torch.Tensor:
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+             slot_mapping: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0,
+             all_slots_valid: bool | None = None) -> None:
     """Write new keys/values ``[num_tokens, num_kv_heads, head_dim]`` into their cache slots. An fp8 cache
-    (kv_cache_dtype) stores ``key / k_scale`` and ``value / v_scale`` (vLLM's per-tensor scales)."""
+    (kv_cache_dtype) stores ``key / k_scale`` and ``value / v_scale`` (vLLM's per-tensor scales).
+    ``all_slots_valid``: whether no slot is -1, when the caller knows it for the step (None: checked here)."""
     num_blocks, block_size = k_cache.shape[:2]
-    valid = slot_mapping >= 0
-    if not bool(valid.all()):
+    if all_slots_valid is None:
+        all_slots_valid = bool((slot_mapping >= 0).all())
+    if not all_slots_valid:
+        valid = slot_mapping >= 0
         key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
     if k_scale != 1.0:
         key = key / k_scale
     if v_scale != 1.0:
         value = value / v_scale
     _raw(k_cache).view(num_blocks * block_size, *k_cache.shape[2:]).index_copy_(0, slot_mapping,
-                                                                               _raw(key.to(k_cache.dtype)))
+                                                                               _raw(_as(key, k_cache.dtype)))
     _raw(v_cache).view(num_blocks * block_size, *v_cache.shape[2:]).index_copy_(0, slot_mapping,
-                                                                               _raw(value.to(v_cache.dtype)))
+                                                                               _raw(_as(value, v_cache.dtype)))
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)`` without the dispatcher call when it is one already (a few us, several times per layer)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _dequantize(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
     """Cached keys or values in the query's dtype (an fp8 cache: converted, times its scale)."""
-    x = x.to(dtype)
+    x = _as(x, dtype)
     return x * scale if scale != 1.0 else x
 
 
@@ -71,7 +82,7 @@ def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> 
     shape = (*table.shape, *cache.shape[1:])
     if cache.device.type != "cpu":
         return _raw(cache).index_select(0, flat).view(cache.dtype).view(shape)
-    n = flat.numel() * cache[0].numel()
+    n = flat.numel() * math.prod(cache.shape[1:])
     buf = _cpu_scratch.get((cache.dtype, which))
     if buf is None or buf.numel() < n:
         buf = _cpu_scratch[(cache.dtype, which)] = torch.empty(n, dtype=cache.dtype)
@@ -95,7 +106,6 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     group = num_heads // num_kv_heads
     starts = query_start_loc_cpu if query_start_loc_cpu is not None else query_start_loc.tolist()
     lens = seq_lens_cpu if seq_lens_cpu is not None else seq_lens.tolist()
-    out = torch.empty_like(query)
     num_reqs = len(lens)
     q_lens = [starts[i + 1] - starts[i] for i in range(num_reqs)]
 
@@ -128,8 +138,11 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                                            _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
         if pure:
             return o.reshape(num_reqs, num_heads, head_dim)
+        out = torch.empty_like(query)
         out[q_rows] = o.reshape(len(decode), num_heads, head_dim)
         done = set(decode)
+    else:
+        out = torch.empty_like(query)
 
     for i in range(num_reqs):
         if i in done or q_lens[i] == 0:

@@ -253,7 +253,7 @@ def _quant_config(config: "EngineConfig", model_cls: type):
     if quant_config is None:     # the model classes read it from the config
         quant_config = config.quant_config = resolve_quantization(
             config.args.quantization, config.hf_config, config.model.model_dir, config.model.gguf_file,
-            config.device, config.dtype)
+            config.device, config.dtype, cpu_fp16_weights=config.cpu_fp16_weights)
     if quant_config is None:
         return quant_config
     if quant_config.name == "gguf":     # kept quantized on CUDA; dequantized at load (dense layers) on the CPU
@@ -261,7 +261,7 @@ def _quant_config(config: "EngineConfig", model_cls: type):
                                             getattr(model_cls, "supports_quantization", False)):
             return quant_config
     elif not getattr(model_cls, "supports_quantization", False):
-        raise ValueError(f"Quantization ({quant_config.name}) is not supported yet for {model_cls.__name__}.")
+        raise ValueError(quant_config.unsupported_model_message(model_cls.__name__))
     fused: dict[str, list[str]] = {}
     for part, (fused_name, _) in getattr(model_cls, "packed_modules_mapping", {}).items():
         fused.setdefault(fused_name, []).append(part)

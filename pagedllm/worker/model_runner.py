@@ -168,10 +168,12 @@ class ModelRunner:
     @property
     def weights_bytes(self) -> int:
         """The bytes of the model's parameters and buffers (wherever they live). On the CPU, linear weights
-        reordered for oneDNN live outside the parameters (which are then empty); the LM head keeps (key, packed)."""
+        reordered for oneDNN live outside the parameters (which are then empty); the LM head keeps (key, packed);
+        fbgemm's fp16 weights (dtype="float16" on the CPU) are opaque objects that give their size."""
         total = (sum(p.numel() * p.element_size() for p in self.model.parameters())
                  + sum(b.numel() * b.element_size() for b in self.model.buffers()))
         for m in self.model.modules():
+            total += getattr(m, "packed_weight_bytes", 0)
             packed = getattr(m, "_packed", None)
             if isinstance(packed, tuple):
                 packed = packed[1]

@@ -37,3 +37,17 @@ def test_q_and_k_of_a_fused_qkv_rotate_in_one_pass_to_the_same_values():
         for a, b in zip(fused, separate):
             assert a.shape == b.shape and torch.equal(a, b)
         assert fused[0].view(tokens, 2, 2, 16).shape == (tokens, 2, 2, 16)   # the attention's GQA view still works
+
+
+def test_whole_head_rotation_equals_the_rotate_half_formula_bitwise():
+    # The CPU path's [x1, x2] * [cos, cos] + [x2, x1] * [-sin, sin] against the reference _rotate (HF's
+    # rotate_half): same values, so fp32 tokens do not move.
+    cfg = transformers.LlamaConfig(hidden_size=128, num_attention_heads=4, num_key_value_heads=2)
+    rope = RotaryEmbedding(cfg, 32, 256)
+    positions = torch.tensor([0, 3, 17, 200, 255])
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k = torch.randn(5, 4, 32).to(dtype), torch.randn(5, 2, 32).to(dtype)
+        cos, sin = rope.cos[positions].unsqueeze(1).to(dtype), rope.sin[positions].unsqueeze(1).to(dtype)
+        rope._step = None
+        rq, rk = rope(positions, q, k)
+        assert torch.equal(rq, rope._rotate(q, cos, sin)) and torch.equal(rk, rope._rotate(k, cos, sin))

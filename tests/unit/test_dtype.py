@@ -32,7 +32,8 @@ def test_bf16_without_native_bf16_warns(monkeypatch, caplog, native_bf16, warned
 
 
 @pytest.mark.parametrize("name, expected", [("float32", torch.float32), ("float", torch.float32),
-                                            ("bfloat16", torch.bfloat16), ("half", torch.bfloat16)])
+                                            ("bfloat16", torch.bfloat16),
+                                            ("half", torch.float32)])     # fp16 weights, fp32 compute
 def test_explicit_on_cpu(monkeypatch, name, expected):
     monkeypatch.setattr(cfg_mod, "_cpu_has_native_bf16", lambda: True)
     assert cfg_mod._pick_dtype(name, transformers.LlamaConfig(), CPU) == expected

@@ -75,6 +75,9 @@ ENGINE_FIELDS: dict[str, list] = {
     "download_dir": [Read(("model/loader.py",), "cache_dir=args.download_dir")],
     "load_format": [Read(("model/loader.py",), "args.load_format"), Rejects("tensorizer", "load_format must be one of")],
     "dtype": [Behaves(lambda mp: build(mp, dtype="float32").dtype == torch.float32 or _fail()),
+              # float16 on the CPU: fp16 weights computed in fp32 (tests/unit/test_cpu_fp16_weights.py)
+              Behaves(lambda mp: (lambda c: c.dtype == torch.float32 and c.cpu_fp16_weights)(
+                  build(mp, dtype="float16")) or _fail()),
               Rejects("fp8", "Unknown dtype 'fp8'")],
     # The method is resolved against the registry and the checkpoint by create_engine_config
     # (tests/unit/test_quant_int_formats.py loads AWQ / GPTQ / compressed-tensors checkpoints).

@@ -17,9 +17,11 @@ class Attention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch,
                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D]. ``rotary``: rotate q and k by ``positions`` first."""
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        """q: [T, Hq*D] (or [T, Hq, D]), k/v: [T, Hkv*D] (k also [T, Hkv, D]) -> [T, Hq*D]. ``rotary``: rotate q and k
+        by ``positions`` first."""
+        # (models that view q / k per head already pass them 3-D: no second view op)
+        q = q if q.dim() == 3 else q.view(-1, self.num_heads, self.head_dim)
+        k = k if k.dim() == 3 else k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         q = batch.attn_backend.write_kv(q, k, v, batch.kv_caches[self.layer_idx], batch.slot_mapping, rotary,
                                         positions)

@@ -11,9 +11,13 @@ from pagedllm.model.layers.linear import cuda_linear, default_weight_loader, one
 
 class VocabParallelEmbedding(nn.Module):
     """Tensor parallel: each rank holds a contiguous block of the vocabulary's rows; ids outside it give zeros, and
-    the sum over the ranks is the embedding."""
+    the sum over the ranks is the embedding. With a ``quant_config`` whose ``get_embedding_method`` covers it (the
+    CPU's fp16 weights), the method holds the weight and gathers the rows."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int):
+    #: an embedding reads its weight by rows; the LM head multiplies by it (a weight method packs it for that)
+    multiplies_weight = False
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, quant_config=None, prefix: str = ""):
         super().__init__()
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         if num_embeddings % self.tp_size:
@@ -22,24 +26,37 @@ class VocabParallelEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.shard_size = num_embeddings // self.tp_size
         self.vocab_start = self.tp_rank * self.shard_size
-        self.weight = nn.Parameter(torch.empty(self.shard_size, embedding_dim), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        self.quant_method = quant_config.get_embedding_method(self, prefix) if quant_config is not None else None
+        if self.quant_method is None:
+            self.weight = nn.Parameter(torch.empty(self.shard_size, embedding_dim), requires_grad=False)
+            self.weight.weight_loader = self.weight_loader
+        else:
+            self.quant_method.create_weights(self, embedding_dim, [self.shard_size], torch.get_default_dtype(),
+                                             weight_loader=self.weight_loader)
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
         default_weight_loader(param, shard_of(loaded, 0, self.tp_rank, self.shard_size, self.tp_size))
 
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.quant_method is not None:
+            return self.quant_method.embedding(self, ids)
+        return F.embedding(ids, self.weight)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.embedding(input_ids, self.weight)
+            return self._rows(input_ids)
         local = input_ids - self.vocab_start
         outside = (local < 0) | (local >= self.shard_size)
-        hidden = F.embedding(local.masked_fill(outside, 0), self.weight)
+        hidden = self._rows(local.masked_fill(outside, 0))
         return tp_all_reduce(hidden.masked_fill_(outside.unsqueeze(-1), 0.0))
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = False):
-        super().__init__(num_embeddings, embedding_dim)
+    multiplies_weight = True
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = False, quant_config=None,
+                 prefix: str = ""):
+        super().__init__(num_embeddings, embedding_dim, quant_config, prefix)
         if bias:
             self.bias = nn.Parameter(torch.empty(self.shard_size), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
@@ -61,6 +78,8 @@ class ParallelLMHead(VocabParallelEmbedding):
         return logits if self.tp_size == 1 else tp_all_gather(logits, dim=-1)
 
     def _shard_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.quant_method is not None:
+            return self.quant_method.apply(self, hidden, self.bias)
         if not hidden.is_cuda and hidden.dtype == self.weight.dtype and not hidden.requires_grad:
             key = self.weight.data_ptr()
             if self._packed is None or self._packed[0] != key:

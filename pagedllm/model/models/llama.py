@@ -97,7 +97,8 @@ class LlamaModel(nn.Module):
         super().__init__()
         # Pipeline parallel: the embedding on the first stage, the final norm on the last, each stage its layers.
         self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
-        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size) if self.first_stage
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, quant_config,
+                                                    f"{prefix}.embed_tokens") if self.first_stage
                              else PPMissingLayer())
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         rotary = RotaryEmbedding(cfg, head_dim, max_position)
@@ -146,7 +147,8 @@ class LlamaForCausalLM(nn.Module):
         if not is_last_pp_stage():
             self.lm_head = PPMissingLayer()
             return
-        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size,
+                                      quant_config=getattr(engine_config, "quant_config", None), prefix="lm_head")
         # Tied embeddings over several pipeline stages: the last stage holds a copy of the first's embedding as its
         # head (loaded from the embedding's checkpoint tensor, load_weights).
         self._head_from_embedding = getattr(hf_config, "tie_word_embeddings", False) and not is_first_pp_stage()

@@ -87,10 +87,28 @@ def checkpoint_quantization_config(hf_config: Any, model_dir: str | None) -> dic
 
 def resolve_quantization(method: str | None, hf_config: Any, model_dir: str | None = None,
                          gguf_file: str | None = None, device: torch.device | str = "cpu",
-                         dtype: torch.dtype | None = None) -> QuantizationConfig | None:
+                         dtype: torch.dtype | None = None,
+                         cpu_fp16_weights: bool = False) -> QuantizationConfig | None:
     """The parsed ``QuantizationConfig`` for the user's ``quantization`` argument (None: detect) and the checkpoint;
     None for a dense model. ValueError for an unknown method, a flag that contradicts the checkpoint, settings the
-    method does not support, or a device / dtype it cannot run on (vLLM's checks and wording)."""
+    method does not support, or a device / dtype it cannot run on (vLLM's checks and wording).
+    ``cpu_fp16_weights`` (dtype="float16" on the CPU): the fp16-weight method for a dense checkpoint or a GGUF file
+    (dequantized at load on the CPU); ValueError for a quantized checkpoint."""
+    config = _resolve_checkpoint_quantization(method, hf_config, model_dir, gguf_file, device, dtype)
+    if not cpu_fp16_weights:
+        return config
+    if config is not None and config.name != "gguf":
+        raise ValueError(f"dtype='float16' on the CPU (fp16 weights) cannot be combined with the checkpoint's "
+                         f"quantization ({config.name}): its weights are quantized already; use dtype='float32'.")
+    from pagedllm.model.quantization.cpu_fp16 import CpuFp16WeightConfig
+    fp16 = CpuFp16WeightConfig()
+    fp16.verify_device(torch.device(device))
+    return fp16
+
+
+def _resolve_checkpoint_quantization(method: str | None, hf_config: Any, model_dir: str | None,
+                                     gguf_file: str | None, device: torch.device | str,
+                                     dtype: torch.dtype | None) -> QuantizationConfig | None:
     given = canonical_method_name(method) if method else None
     if given is not None and given not in _METHODS:
         raise ValueError(f"Unknown quantization method: {method}. Must be one of {quantization_method_names()}.")

@@ -34,6 +34,11 @@ class LinearMethod:
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def embedding(self, layer: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        """The rows ``ids`` of an embedding's weight, in the model's dtype (methods that ``get_embedding_method``
+        hands out: the embedding and the LM head, which may share one weight)."""
+        raise NotImplementedError
+
 
 class QuantizationConfig:
     """A checkpoint format's settings, parsed from ``quantization_config`` in config.json (or from the
@@ -58,6 +63,15 @@ class QuantizationConfig:
         """The method for the linear layer at ``prefix`` (e.g. ``model.layers.0.self_attn.qkv_proj``), or None to
         keep it dense (layers the checkpoint left unquantized: ``modules_to_not_convert``, ``ignore``, lm_head)."""
         raise NotImplementedError
+
+    def get_embedding_method(self, layer: nn.Module, prefix: str) -> LinearMethod | None:
+        """The method for the embedding / LM head at ``prefix`` (``embedding`` gathers rows, ``apply`` gives the
+        logits), or None to keep them dense (every checkpoint format here)."""
+        return None
+
+    def unsupported_model_message(self, model_name: str) -> str:
+        """The ValueError's text for a model class whose layers take no quantization."""
+        return f"Quantization ({self.name}) is not supported yet for {model_name}."
 
     def checkpoint_prefixes(self, prefix: str) -> list[str]:
         """The checkpoint's module names behind our layer ``prefix`` (one, or the parts of a fused layer)."""
