@@ -18,20 +18,10 @@ best per shape as an ``M1_TABLE`` block for triton_packed.py (``--save-m1-table 
 ``--apply-m1-table FILE``, no GPU needed, puts it there).
 Stops starting new timings at ``--deadline`` seconds (compiles included).
 
-``--gemm`` (prefill M, e.g. ``--gemm-ms 256,1024,4096``): per shape and M, bf16 F.linear (the speed to reach), the
-scratch path (dequantize + cuBLAS) and every ``triton_packed_gemm.GEMM_CANDIDATES[M]`` config of the GEMM with the
-dequantization in its mainloop, each checked against ``reference_matmul`` first (WRONG/FAILED never chosen); a
-table and, per (M bucket, shape), the faster of scratch and fused as a ``GEMM_TABLE`` block for
-triton_packed_gemm.py (``--save-gemm-table FILE`` writes it; ``--apply-gemm-table FILE``, no GPU needed, puts it
-there). A measured M also fills the unmeasured buckets below it down to the previous measured one (256 -> 64, 128;
-1024 -> 512), marked as such in the block.
-
 Usage (GPU): python benchmarks/quant_kernels.py [--sweep [--sweep-ms 1,16]] [--ms 1,4,16,256,4096] [--bits 4]
 [--group 128]
        python benchmarks/quant_kernels.py --gemv [--deadline 200] [--save-m1-table $OUT/m1_table.py]
        python benchmarks/quant_kernels.py --apply-m1-table m1_table.py
-       python benchmarks/quant_kernels.py --gemm [--gemm-ms 256,4096] [--deadline 150] [--save-gemm-table FILE]
-       python benchmarks/quant_kernels.py --apply-gemm-table FILE
 """
 from __future__ import annotations
 
@@ -240,113 +230,6 @@ def run_gemv_sweep(group: int, deadline: float, save: str | None) -> None:
         print(f"saved to {save}", flush=True)
 
 
-_GEMM_BEGIN, _GEMM_END = "# BEGIN GEMM_TABLE\n", "# END GEMM_TABLE\n"
-
-
-def _gemm_block(chosen: dict) -> str:
-    """``chosen``: (bucket, N, K, bits) -> (PackedGemmConfig or None, note)."""
-    lines = [_GEMM_BEGIN, "GEMM_TABLE: dict[tuple[int, int, int, int], PackedGemmConfig | None] = {\n",
-             "    # Qwen2.5-7B: qkv, o, gate_up, down (benchmarks/quant_kernels.py --gemm, H200); "
-             "None: scratch + cuBLAS\n"]
-    for key in sorted(chosen, key=lambda k: (k[1], k[2], k[0])):
-        cfg, note = chosen[key]
-        value = "None" if cfg is None else f"PackedGemmConfig({', '.join(repr(v) for v in cfg)})"
-        lines.append(f"    {key}: {value},  # {note}\n")
-    lines += ["}\n", _GEMM_END]
-    return "".join(lines)
-
-
-def apply_gemm_table(path: str) -> None:
-    """Replace the GEMM_TABLE block of triton_packed_gemm.py with the one in ``path`` (written by --save-gemm-table)."""
-    block = open(path).read()
-    if not (block.startswith(_GEMM_BEGIN) and block.endswith(_GEMM_END)):
-        sys.exit(f"{path} is not a GEMM_TABLE block (written by --save-gemm-table)")
-    target = os.path.join(os.path.dirname(__file__), "..", "pagedllm", "kernels", "quant", "triton_packed_gemm.py")
-    src = open(target).read()
-    start, end = src.index(_GEMM_BEGIN), src.index(_GEMM_END) + len(_GEMM_END)
-    open(target, "w").write(src[:start] + block + src[end:])
-    print(f"GEMM_TABLE in {os.path.normpath(target)} replaced from {path}")
-
-
-def run_gemm_sweep(ms: list[int], group: int, deadline: float, save: str | None) -> None:
-    """Prefill M, 4-bit: bf16 F.linear, the scratch path and the fused GEMM's candidates, checked, then timed."""
-    from pagedllm.kernels.quant import triton_packed_gemm as gemm
-    from pagedllm.kernels.quant.packed import reference_matmul
-    t_end = time.time() + deadline
-    bits = 4
-    chosen: dict = {}
-    print(f"fields: PackedGemmConfig{gemm.PackedGemmConfig._fields}", flush=True)
-    print(f"{'shape':<8}{'N':>7}{'K':>7}{'M':>6} | {'variant':<58} | {'us':>9} | {'vs bf16':>8} | {'vs scratch':>10}",
-          flush=True)
-    scratch_cfg = tp._DEFAULTS[(256, bits)]
-    for m in ms:
-        bucket = tp.prefill_bucket(m)
-        # Biggest first: gate_up and down are most of a layer's time, so a deadline cuts the small ones.
-        for name, (n, k) in sorted(SHAPES.items(), key=lambda item: -item[1][0] * item[1][1]):
-            if time.time() > t_end:
-                print(f"gemm: deadline reached before {name} M={m}", flush=True)
-                continue
-            dense = Case(n, k, m, False, bits, group)
-            t_lin = time_case(dense, lambda x, w, b: F.linear(x, w, b), target_ms=25)
-            del dense
-            torch.cuda.empty_cache()
-            case = Case(n, k, m, True, bits, group)
-            w0 = case.ws[0]
-            ref = reference_matmul(case.x.float(), w0)
-            cands = [("scratch", scratch_cfg)] + [("fused", c) for c in gemm.GEMM_CANDIDATES[bucket]]
-            t_scratch = None
-            best = None
-            for label, cfg in cands:
-                desc = f"{label}: {type(cfg).__name__}({', '.join(repr(v) for v in cfg)})"
-                if time.time() > t_end:
-                    print(f"  gemm: deadline reached in {name} M={m}; {desc} not timed", flush=True)
-                    continue
-                try:
-                    y = tp.packed_matmul_with_config(case.x, w0, None, cfg)
-                    err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
-                    if not err < 1.2e-2:
-                        print(f"{name:<8}{n:>7}{k:>7}{m:>6} | {desc:<58} | WRONG (relative error {err:.2e})",
-                              flush=True)
-                        continue
-                    t = time_case(case, lambda x, w, b, cfg=cfg: tp.packed_matmul_with_config(x, w, b, cfg),
-                                  target_ms=25)
-                except Exception as e:  # noqa: BLE001 - a config that fails to compile or launch is reported
-                    print(f"{name:<8}{n:>7}{k:>7}{m:>6} | {desc:<58} | FAILED {type(e).__name__}: {str(e)[:160]}",
-                          flush=True)
-                    continue
-                if label == "scratch":
-                    t_scratch = t
-                vs_s = f"{t_scratch / t:>9.2f}x" if t_scratch else f"{'-':>10}"
-                print(f"{name:<8}{n:>7}{k:>7}{m:>6} | {desc:<58} | {t:>9.2f} | {t_lin / t:>7.2f}x | {vs_s}",
-                      flush=True)
-                if best is None or t < best[1]:
-                    best = (None if label == "scratch" else cfg, t)
-            if best is not None:
-                how = "scratch" if best[0] is None else "fused"
-                note = (f"{how} {best[1]:.2f} us at M={m}; bf16 F.linear {t_lin:.2f} us"
-                        + (f", scratch {t_scratch:.2f} us" if t_scratch else ""))
-                chosen[(bucket, n, k, bits)] = (best[0], note)
-                print(f"BEST {name} M={m}: {best[0]!r} {best[1]:.2f} us = {t_lin / best[1]:.2f}x bf16 F.linear"
-                      + (f", {t_scratch / best[1]:.2f}x the scratch path" if t_scratch else ""), flush=True)
-            del case, ref
-            torch.cuda.empty_cache()
-    # Fill the unmeasured buckets below a measured one (down to the previous measured bucket) with its choice.
-    measured = sorted({tp.prefill_bucket(m) for m in ms})
-    for key, (cfg, note) in list(chosen.items()):
-        bucket = key[0]
-        below = [b for b in measured if b < bucket]
-        for b in (64, 128, 256, 512, 1024):
-            if b < bucket and (not below or b > below[-1]) and (b,) + key[1:] not in chosen:
-                chosen[(b,) + key[1:]] = (cfg, f"from M bucket {bucket} (not measured)")
-    block = _gemm_block(chosen)
-    print("\n# Paste into pagedllm/kernels/quant/triton_packed_gemm.py (or --save-gemm-table FILE, then "
-          "--apply-gemm-table FILE):\n" + block, flush=True)
-    if save:
-        with open(save, "w") as f:
-            f.write(block)
-        print(f"saved to {save}", flush=True)
-
-
 def check_correct(bits: int, group: int) -> None:
     """One quick check per kernel path on the benchmark's own weights before timing anything."""
     from pagedllm.kernels.quant.packed import reference_matmul
@@ -380,16 +263,9 @@ def main() -> None:
     ap.add_argument("--gemv", action="store_true", help="M = 1 4-bit: sweep triton_packed_gemv's configs only")
     ap.add_argument("--save-m1-table", default=None, help="with --gemv: write the chosen M1_TABLE block here")
     ap.add_argument("--apply-m1-table", default=None, help="put a saved M1_TABLE block into triton_packed.py")
-    ap.add_argument("--gemm", action="store_true", help="prefill M, 4-bit: fused GEMM configs against scratch")
-    ap.add_argument("--gemm-ms", default="256,4096", help="with --gemm: the M values")
-    ap.add_argument("--save-gemm-table", default=None, help="with --gemm: write the chosen GEMM_TABLE block here")
-    ap.add_argument("--apply-gemm-table", default=None, help="put a saved GEMM_TABLE block into triton_packed_gemm.py")
     args = ap.parse_args()
     if args.apply_m1_table:
         apply_m1_table(args.apply_m1_table)
-        return
-    if args.apply_gemm_table:
-        apply_gemm_table(args.apply_gemm_table)
         return
     if not torch.cuda.is_available():
         sys.exit("quant_kernels.py needs a CUDA GPU")
@@ -397,9 +273,6 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     if args.gemv:
         run_gemv_sweep(args.group, args.deadline, args.save_m1_table)
-        return
-    if args.gemm:
-        run_gemm_sweep([int(v) for v in args.gemm_ms.split(",")], args.group, args.deadline, args.save_gemm_table)
         return
     check_correct(args.bits, args.group)
     if args.sweep:

@@ -25,8 +25,6 @@ One launcher (``packed_matmul``), three paths chosen by the number of rows ``M``
   int4 weight at HBM speed), then ``torch.mm``. At ``M >= 64`` this beats any fused kernel here (what vLLM does for
   AWQ at >= 256 tokens). The scratch grows only outside CUDA-graph capture; a captured call that would need more
   takes the fused GEMM.
-* **Prefill, dequantization in the GEMM's mainloop** (``triton_packed_gemm``, a ``PackedGemmConfig`` in its
-  ``GEMM_TABLE`` for the shape and M bucket): no scratch; where the table has no entry, the scratch path.
 * **Prefill, fused** (``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
   ``[BLOCK_K // pack, BLOCK_N]`` tile of words, dequantizes it to ``[BLOCK_K, BLOCK_N]`` in ``x``'s dtype and runs
   ``tl.dot`` with fp32 accumulation; program ids swizzled in groups of ``GROUP_M`` row tiles for L2 reuse of W.
@@ -52,11 +50,9 @@ import triton.language as tl
 from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.quant import triton_packed_gemv as gemv
-from pagedllm.kernels.quant import triton_packed_gemm
 from pagedllm.kernels.quant.packed import PackedWeight
 from pagedllm.kernels.quant.triton_packed_gemv import PackedGemvConfig
 from pagedllm.kernels.triton_gemv import _workspace
-from pagedllm.kernels.quant.triton_packed_gemm import GEMM_TABLE, PackedGemmConfig
 
 MAX_DECODE_M = 16
 _INTERPRET = envs.TRITON_INTERPRET
@@ -457,8 +453,7 @@ CANDIDATES: dict[int, list[PackedConfig]] = {
 
 class _Plan(NamedTuple):
     """Everything about a launch that depends only on the shape class: built once, then a dict lookup per call."""
-    kind: str                   # "gemv", "decode", "gemm" (the old fused tiled GEMM), "fused" (triton_packed_gemm)
-    #                             or "cublas" (dequantize + cuBLAS)
+    kind: str                   # "gemv" (batch 1), "decode", "gemm" (fused tiled GEMM), "cublas" (dequantize + cuBLAS)
     grid: tuple[int, int]       # decode and dequantize grids; the GEMM's depends on M and is computed per call
     kp_per_split: int
     ws_elems: int
@@ -478,15 +473,6 @@ def _num_sms(device: torch.device) -> int:
     return _NUM_SMS[index]
 
 
-def prefill_bucket(m: int) -> int:
-    """The bucket of a prefill ``M`` (``> MAX_DECODE_M``) in ``triton_packed_gemm.GEMM_TABLE``: the next of 64, 128,
-    256, 512, 1024; 4096 above 1024 (each inside one of ``_m_bucket``'s)."""
-    for bucket in (64, 128, 256, 512, 1024):
-        if m <= bucket:
-            return bucket
-    return 4096
-
-
 def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
     if group_size >= k:
         return SCALE_ONE_GROUP
@@ -498,13 +484,8 @@ def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
     return SCALE_GATHER
 
 
-def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128
-               ) -> PackedConfig | PackedGemvConfig | PackedGemmConfig:
+def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128) -> PackedConfig | PackedGemvConfig:
     bucket = _m_bucket(m)
-    if m > MAX_DECODE_M:
-        key = (prefill_bucket(m), n, k, bits)
-        if key in GEMM_TABLE:          # None: the sweep measured the scratch path faster
-            return GEMM_TABLE[key] or _DQ
     if bucket == 1:
         cfg = M1_TABLE.get((n, k, bits), _M1_DEFAULT)
         if isinstance(cfg, PackedConfig) or (bits == 4 and group_size % 8 == 0):
@@ -516,9 +497,7 @@ def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128
 
 
 def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, device: torch.device,
-               cfg: PackedConfig | PackedGemvConfig | PackedGemmConfig) -> _Plan:
-    if isinstance(cfg, PackedGemmConfig):
-        return _Plan("fused", (0, 0), 0, 0, triton_packed_gemm.make_plan(k, bits, group_size, has_bias, _FUSED, cfg))
+               cfg: PackedConfig | PackedGemvConfig) -> _Plan:
     if isinstance(cfg, PackedGemvConfig):
         if m != 1 or bits != 4:
             raise ValueError(f"config {cfg} is for 4-bit weights at M == 1; got M = {m}, {bits}-bit")
@@ -583,8 +562,6 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
     kp = w.qweight.shape[0]
     if plan.kind == "gemv":
         return gemv.launch(x, w, bias, gemv.GemvPlan(plan.grid, plan.kp_per_split, plan.ws_elems, plan.constexprs))
-    if plan.kind == "fused":
-        return triton_packed_gemm.launch(x, w, bias, plan.constexprs)
     if plan.kind == "cublas":
         buf = _scratch(x.device, x.dtype, k * n)
         if buf is not None:
@@ -626,7 +603,7 @@ def _prepare_x(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 
 
 def packed_matmul_with_config(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
-                              cfg: PackedConfig | PackedGemvConfig | PackedGemmConfig) -> torch.Tensor:
+                              cfg: PackedConfig | PackedGemvConfig) -> torch.Tensor:
     """``packed_matmul`` with an explicit config (benchmarks, tests); builds the plan on every call."""
     m, k = x.shape
     if isinstance(cfg, PackedConfig) and not cfg.cublas and cfg.block_m <= MAX_DECODE_M and m > MAX_DECODE_M:
@@ -643,9 +620,7 @@ def packed_matmul(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = 
     n = w.qweight.shape[1]
     if m == 0 or n == 0:
         return torch.empty((m, n), dtype=x.dtype, device=x.device)
-    # Prefill M keys the plan by GEMM_TABLE's finer buckets.
-    bucket = 1 if m == 1 else _m_bucket(m) if m <= MAX_DECODE_M else prefill_bucket(m)
-    key = (bucket, n, k, w.bits, w.group_size, bias is not None, x.device)
+    key = (_m_bucket(m) if m > 1 else 1, n, k, w.bits, w.group_size, bias is not None, x.device)
     plan = _PLANS.get(key)
     if plan is None:
         if k != w.in_features:
