@@ -91,15 +91,27 @@ def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> 
     return out.view(shape)
 
 
+def _decode_mask(lens: list[int], max_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The padded decode batch's mask, additive (0 for a request's keys, -inf past its length) ``[B, 1, 1, L]``:
+    SDPA turns a boolean mask into this same float mask on every call (bitwise the same result), which cost half
+    of a 16-request decode's SDPA on the CPU (245 vs 123 us at 40 keys)."""
+    ctx = torch.tensor(lens, device=device)
+    past_end = torch.arange(max_len, device=device)[None, :] >= ctx[:, None]
+    return torch.zeros(len(lens), 1, 1, max_len, dtype=dtype, device=device).masked_fill_(
+        past_end[:, None, None, :], float("-inf"))
+
+
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                     scale: float, query_start_loc_cpu: list[int] | None = None,
                     seq_lens_cpu: list[int] | None = None, k_scale: float = 1.0,
-                    v_scale: float = 1.0) -> torch.Tensor:
+                    v_scale: float = 1.0, step_cache: dict | None = None) -> torch.Tensor:
     """Attention of ``query`` ``[num_tokens, num_heads, head_dim]`` over each request's paged context.
 
     The keys/values of the new tokens must already be in the cache (``store_kv`` first). ``*_cpu`` are optional
-    host copies of the metadata that spare a device sync. Returns ``[num_tokens, num_heads, head_dim]``.
+    host copies of the metadata that spare a device sync. ``step_cache``: an empty dict per step, shared by the
+    step's layers (same metadata, same query dtype), that keeps what depends only on the metadata (the decode
+    mask) for the next layer. Returns ``[num_tokens, num_heads, head_dim]``.
     """
     num_heads, head_dim = query.shape[1], query.shape[2]
     num_kv_heads = k_cache.shape[2]
@@ -130,10 +142,11 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
             q = query[q_rows].view(len(decode), num_kv_heads, group, head_dim)
         keys = _gather_blocks(k_cache, tables).flatten(1, 2)[:, :max_len].transpose(1, 2)   # [D, Hkv, L, hd]
         values = _gather_blocks(v_cache, tables, 1).flatten(1, 2)[:, :max_len].transpose(1, 2)
-        mask = None
-        if any(lens[i] != max_len for i in decode):   # all equal (e.g. one request): nothing to mask
-            ctx = torch.tensor([lens[i] for i in decode], device=query.device)
-            mask = (torch.arange(max_len, device=query.device)[None, :] < ctx[:, None])[:, None, None, :]
+        mask = step_cache.get("decode_mask") if step_cache is not None else None
+        if mask is None and any(lens[i] != max_len for i in decode):   # all equal (one request): nothing to mask
+            mask = _decode_mask([lens[i] for i in decode], max_len, query.dtype, query.device)
+            if step_cache is not None:
+                step_cache["decode_mask"] = mask
         o = F.scaled_dot_product_attention(q, _dequantize(keys, q.dtype, k_scale),
                                            _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
         if pure:

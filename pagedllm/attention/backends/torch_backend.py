@@ -2,7 +2,7 @@
 the requests on the host)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -19,6 +19,8 @@ class TorchAttentionMetadata:
     # Host copies the kernel loops over without device syncs; None: it reads them from the device.
     query_start_loc_cpu: list[int] | None
     seq_lens_cpu: list[int] | None
+    # What the first layer of the step works out from the metadata alone (the decode mask), for the others.
+    step_cache: dict = field(default_factory=dict)
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -50,5 +52,5 @@ class TorchAttentionBackend(AttentionBackend):
         result = torch_attention.paged_attention(q, kv_cache[0], kv_cache[1], metadata.query_start_loc,
                                                  metadata.seq_lens, metadata.block_tables, scale,
                                                  query_start_loc_cpu=metadata.query_start_loc_cpu,
-                                                 seq_lens_cpu=metadata.seq_lens_cpu)
+                                                 seq_lens_cpu=metadata.seq_lens_cpu, step_cache=metadata.step_cache)
         return result if out is None else out.copy_(result)

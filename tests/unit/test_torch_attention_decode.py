@@ -1,0 +1,90 @@
+"""The torch backend's padded decode batch (kernels/torch_attention.py): requests of different lengths attended in
+one SDPA call over keys padded to the longest, the padding masked. What a user would see if it were wrong: a
+request's tokens change with the other requests in its batch. Each request's output equals the same request
+attended alone (no padding, no mask) to fp32 rounding (SDPA's blocked softmax sums a padded row in another order);
+the additive mask, built by the step's first layer and reused by the next (``step_cache``), gives bitwise the
+result of SDPA with the boolean mask it replaced (so fp32 tokens do not change)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pagedllm.kernels import torch_attention
+
+HEADS, KV_HEADS, HEAD_DIM, BLOCK = 6, 2, 16, 4
+
+
+def _paged_batch(lens: list[int], q_lens: list[int], seed: int = 0):
+    """A random cache holding each request's ``lens[i]`` keys/values in shuffled blocks, and its queries."""
+    g = torch.Generator().manual_seed(seed)
+    blocks_per_req = [-(-n // BLOCK) for n in lens]
+    num_blocks = sum(blocks_per_req) + 3
+    k_cache = torch.randn(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, generator=g)
+    v_cache = torch.randn(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, generator=g)
+    order = torch.randperm(num_blocks, generator=g)
+    tables = torch.zeros(len(lens), max(blocks_per_req), dtype=torch.int32)
+    first = 0
+    for i, nb in enumerate(blocks_per_req):
+        tables[i, :nb] = order[first:first + nb]
+        first += nb
+    query = torch.randn(sum(q_lens), HEADS, HEAD_DIM, generator=g)
+    starts = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32)
+    return query, k_cache, v_cache, starts, torch.tensor(lens, dtype=torch.int32), tables
+
+
+def _alone(query, k_cache, v_cache, starts, seq_lens, tables, i: int) -> torch.Tensor:
+    s, e = int(starts[i]), int(starts[i + 1])
+    return torch_attention.paged_attention(query[s:e], k_cache, v_cache, torch.tensor([0, e - s], dtype=torch.int32),
+                                           seq_lens[i:i + 1], tables[i:i + 1], 0.25)
+
+
+@torch.inference_mode()     # as the model runs it (the kernel's CPU scratch buffers are inference tensors)
+def test_padded_decode_batch_equals_each_request_alone():
+    lens = [1, 7, 16, 9, 33]
+    batch = _paged_batch(lens, [1] * len(lens))
+    together = torch_attention.paged_attention(*batch, 0.25)
+    for i in range(len(lens)):
+        torch.testing.assert_close(together[i:i + 1], _alone(*batch, i), rtol=0, atol=1e-6,
+                                   msg=f"request {i} (length {lens[i]})")
+
+
+def _boolean_mask_reference(query, k_cache, v_cache, starts, seq_lens, tables, scale: float) -> torch.Tensor:
+    """The padded decode as it was before the additive mask: gather, boolean mask, SDPA."""
+    lens = seq_lens.tolist()
+    max_len = max(lens)
+    keys = k_cache[tables.long()].flatten(1, 2)[:, :max_len].transpose(1, 2)
+    values = v_cache[tables.long()].flatten(1, 2)[:, :max_len].transpose(1, 2)
+    q = query.view(len(lens), KV_HEADS, HEADS // KV_HEADS, HEAD_DIM)
+    mask = (torch.arange(max_len)[None, :] < seq_lens[:, None])[:, None, None, :]
+    o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+    return o.reshape(len(lens), HEADS, HEAD_DIM)
+
+
+@torch.inference_mode()
+def test_step_cache_reuses_the_decode_mask_with_the_same_result():
+    lens = [5, 12, 3, 12]
+    batch = _paged_batch(lens, [1] * len(lens), seed=1)
+    step_cache: dict = {}
+    first = torch_attention.paged_attention(*batch, 0.25, step_cache=step_cache)
+    mask = step_cache["decode_mask"]
+    assert mask.shape == (4, 1, 1, 12)
+    # Keys past each request's length are masked with -inf, the others get 0 (added to the scores).
+    assert torch.equal(torch.isinf(mask).flatten(1).sum(1), torch.tensor([7, 0, 9, 0]))
+    second = torch_attention.paged_attention(*batch, 0.25, step_cache=step_cache)   # the next layer: reused
+    assert step_cache["decode_mask"] is mask
+    assert torch.equal(first, second)
+    assert torch.equal(first, torch_attention.paged_attention(*batch, 0.25))
+    assert torch.equal(first, _boolean_mask_reference(*batch, 0.25))
+
+
+@torch.inference_mode()
+def test_decodes_mixed_with_a_prompt_equal_each_request_alone():
+    lens, q_lens = [9, 20, 6], [1, 1, 6]     # two decodes, then a 6-token prompt
+    batch = _paged_batch(lens, q_lens, seed=2)
+    step_cache: dict = {}
+    for _ in range(2):      # two layers of one step
+        together = torch_attention.paged_attention(*batch, 0.25, step_cache=step_cache)
+        starts = batch[3].tolist()
+        for i in range(len(lens)):
+            torch.testing.assert_close(together[starts[i]:starts[i + 1]], _alone(*batch, i), rtol=0, atol=1e-6,
+                                       msg=f"request {i}")
