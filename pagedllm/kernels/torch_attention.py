@@ -91,6 +91,25 @@ def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> 
     return out.view(shape)
 
 
+# A padded decode of at most this many key vectors (requests x longest context x KV heads) runs on one CPU thread:
+# SDPA splits its few rows over the threads, and waking the second (OMP_WAIT_POLICY=PASSIVE, envs.configure_openmp)
+# costs more than it saves. 16 requests x 3 KV heads (SmolLM2), 2 threads vs 1, idle 2-core machine: 395 vs 170 us
+# at 40 keys, 783 vs 502 at 150, 1,041 vs 1,553 at 400 (docs/perf.md, issue 19, session 7). Same result either way:
+# each output row is computed by one thread, in the same order.
+_ONE_THREAD_MAX_KEYS = 16 * 256 * 3
+
+
+def _one_thread_for(query: torch.Tensor, num_keys: int) -> int:
+    """Switch torch to one thread for a small CPU decode attention; the thread count to restore, 0 if unchanged."""
+    if query.device.type != "cpu" or num_keys > _ONE_THREAD_MAX_KEYS:
+        return 0
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return 0
+    torch.set_num_threads(1)
+    return threads
+
+
 def _decode_mask(lens: list[int], max_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The padded decode batch's mask, additive (0 for a request's keys, -inf past its length) ``[B, 1, 1, L]``:
     SDPA turns a boolean mask into this same float mask on every call (bitwise the same result), which cost half
@@ -140,15 +159,20 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
             tables = block_tables[idx, :nblk]
             q_rows = torch.tensor([starts[i] for i in decode], dtype=torch.long, device=query.device)
             q = query[q_rows].view(len(decode), num_kv_heads, group, head_dim)
-        keys = _gather_blocks(k_cache, tables).flatten(1, 2)[:, :max_len].transpose(1, 2)   # [D, Hkv, L, hd]
-        values = _gather_blocks(v_cache, tables, 1).flatten(1, 2)[:, :max_len].transpose(1, 2)
         mask = step_cache.get("decode_mask") if step_cache is not None else None
         if mask is None and any(lens[i] != max_len for i in decode):   # all equal (one request): nothing to mask
             mask = _decode_mask([lens[i] for i in decode], max_len, query.dtype, query.device)
             if step_cache is not None:
                 step_cache["decode_mask"] = mask
-        o = F.scaled_dot_product_attention(q, _dequantize(keys, q.dtype, k_scale),
-                                           _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
+        threads = _one_thread_for(query, len(decode) * max_len * num_kv_heads)
+        try:
+            keys = _gather_blocks(k_cache, tables).flatten(1, 2)[:, :max_len].transpose(1, 2)   # [D, Hkv, L, hd]
+            values = _gather_blocks(v_cache, tables, 1).flatten(1, 2)[:, :max_len].transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, _dequantize(keys, q.dtype, k_scale),
+                                               _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
+        finally:
+            if threads:
+                torch.set_num_threads(threads)
         if pure:
             return o.reshape(num_reqs, num_heads, head_dim)
         out = torch.empty_like(query)

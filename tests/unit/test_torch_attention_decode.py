@@ -88,3 +88,25 @@ def test_decodes_mixed_with_a_prompt_equal_each_request_alone():
         for i in range(len(lens)):
             torch.testing.assert_close(together[starts[i]:starts[i + 1]], _alone(*batch, i), rtol=0, atol=1e-6,
                                        msg=f"request {i}")
+
+
+@torch.inference_mode()
+def test_small_decode_runs_on_one_thread_and_restores_the_thread_count(monkeypatch):
+    batch = _paged_batch([5, 12, 3, 12], [1] * 4, seed=3)
+    threads = torch.get_num_threads()
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spying_sdpa(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spying_sdpa)
+    try:
+        torch.set_num_threads(2)
+        two = torch_attention.paged_attention(*batch, 0.25)
+        assert seen == [1] and torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert torch.equal(two, torch_attention.paged_attention(*batch, 0.25))   # one thread or two: same result
+    finally:
+        torch.set_num_threads(threads)
