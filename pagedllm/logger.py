@@ -74,9 +74,10 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"max_num_seqs_per_request {config.max_num_seqs_per_request or 'none'}",
         f"  CUDA graphs  {runner.get('graphs', 'none')}",
     ]
-    phases = info.get("startup_phases") or runner.get("startup_phases") or {}
+    phases = info.get("startup_phases") or {}
     if phases:
-        # Where the start-up went; the rest of total_seconds is building the config, the tokenizer and the workers.
+        # Where the start-up went; "other" is what no phase covers (the front end's own work, an in-process
+        # engine's config).
         timeline = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
         triton = runner.get("triton_startup")
         if triton:

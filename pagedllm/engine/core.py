@@ -90,10 +90,10 @@ class EngineCore:
             self._batch_queue = deque()
             self.scheduler.schedule_tokens_in_flight = False
         self.startup_seconds = time.perf_counter() - t0
-        # The start-up timeline: what ran before this core (set by run_engine_core), the workers' phases, then ours.
-        self.startup_phases: dict[str, float] = {}
-        self.startup_phases.update(self.executor.startup_info().get("startup_phases", {}))
-        self.startup_phases["scheduler + block pool"] = time.perf_counter() - t_allocated
+        # The start-up timeline (info()): what ran before this core (set by run_engine_core), the workers' phases
+        # (their startup_info), then ours.
+        self.startup_phases_before: dict[str, float] = {}
+        self.scheduler_startup_seconds = time.perf_counter() - t_allocated
 
     # ---- requests -----------------------------------------------------------------------------------------------
     def add_request(self, req: EngineCoreRequest) -> None:
@@ -221,8 +221,11 @@ class EngineCore:
 
     def info(self) -> dict:
         """What the front end learns once the core is built."""
+        runner = self.executor.startup_info()
+        phases = {**self.startup_phases_before, **runner.get("startup_phases", {}),
+                  "scheduler + block pool": self.scheduler_startup_seconds}
         return {"config": self.config, "num_blocks": self.num_blocks, "startup_seconds": self.startup_seconds,
-                "runner": self.executor.startup_info(), "startup_phases": self.startup_phases}
+                "runner": runner, "startup_phases": phases}
 
     def shutdown(self) -> None:
         """End the workers (multi-process executor); the core cannot step afterwards."""
@@ -246,7 +249,7 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
     # ``spawned_at``: time.monotonic() in the front end when it started this process (one clock per host), so the
     # timeline shows the new interpreter's imports too.
     before = {"engine process start": entered - spawned_at} if spawned_at is not None else {}
-    core.startup_phases = {**before, "config": configured - entered, **core.startup_phases}
+    core.startup_phases_before = {**before, "config": configured - entered}
     if on_built is not None:
         on_built(core)
     info = core.info()

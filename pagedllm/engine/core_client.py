@@ -176,9 +176,8 @@ class EngineCoreClient:
             raise msg.error
         if self.engine_process:     # operators (and the fault tests) find the process to watch or kill by this line
             logger.info("Started the engine core process pid %d.", self._worker.pid)
-            ready_at = msg.info.pop("ready_at", None)
-            if ready_at is not None and isinstance(msg.info.get("startup_phases"), dict):
-                msg.info["startup_phases"]["hand-over to the front end"] = time.monotonic() - ready_at
+        ready_at = msg.info.pop("ready_at")      # run_engine_core stamps it just before sending
+        msg.info["startup_phases"]["hand-over to the front end"] = time.monotonic() - ready_at
         threading.Thread(target=self._read_loop, name="pagedllm-engine-reader", daemon=True).start()
         threading.Thread(target=self._write_loop, name="pagedllm-engine-writer", daemon=True).start()
         return msg.info
