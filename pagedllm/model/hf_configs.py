@@ -5,6 +5,8 @@ remote code with the checkpoint). pagedllm reads their config.json with its own 
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 
@@ -91,4 +93,26 @@ def load_hf_config(model_dir: str, trust_remote_code: bool = False) -> Pretraine
     if model_type in LOCAL_CONFIGS:
         return LOCAL_CONFIGS[model_type].from_pretrained(model_dir)
     from transformers import AutoConfig
-    return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    with _config_docstrings_not_generated():
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+@contextlib.contextmanager
+def _config_docstrings_not_generated():
+    """Import the checkpoint's config class without transformers generating its docstring. On some transformers 5
+    releases (5.17 on the H200 host) the ``@auto_docstring`` decorator of a config class such as Qwen2Config imports
+    the auto *model* mappings to write the docstring, and with them generation, torch.distributed.tensor/fsdp and
+    sklearn: ~1,780 modules, 2.5-3.5 s on the 2-core VM and ~7 s of the engine's start-up on the H200 host, for a
+    docstring nobody reads here (0.4 s and 68 modules without it; newer releases, 5.25, no longer do this). Only the
+    class docstring hook is bypassed, only while the config loads; if transformers moves it, nothing changes."""
+    try:
+        module = importlib.import_module("transformers.utils.auto_docstring")
+        original = module.auto_class_docstring
+    except (ImportError, AttributeError):
+        yield
+        return
+    module.auto_class_docstring = lambda cls, **_: cls
+    try:
+        yield
+    finally:
+        module.auto_class_docstring = original
