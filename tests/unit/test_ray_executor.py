@@ -17,7 +17,7 @@ import pytest
 from pagedllm import LLM
 from pagedllm.config import EngineArgs
 from pagedllm.engine.core import create_engine_config
-from pagedllm.worker.ray_executor import actor_cuda_device, local_ranks
+from pagedllm.worker.ray_executor import actor_cuda_device, forwarded_env, local_ranks
 from tests.unit.test_tensor_parallel import VOCAB, _tokens
 from tests.unit.tiny_models import save_tiny_llama
 
@@ -62,10 +62,18 @@ def _placement_groups_alive() -> int:
     return sum(1 for pg in placement_group_table().values() if pg["state"] != "REMOVED")
 
 
-def test_ray_tp2_and_pp2_greedy_tokens_match_tp1(tiny_llama, ray_cluster):
+def test_ray_tp2_and_pp2_greedy_tokens_match_tp1(tiny_llama, ray_cluster, monkeypatch):
     path, expected = tiny_llama
+    # Settings the ranks must share with the driver reach the actors (Ray starts them with the raylet's
+    # environment, not this process's).
+    monkeypatch.setenv("NCCL_DEBUG", "WARN")
+    monkeypatch.setenv("PAGEDLLM_TEST_FORWARDED", "from-the-driver")
     llm = _ray_llm(path, 2)
     executor = llm.llm_engine.core.executor
+    for actor in executor._actors:
+        seen = ray_cluster.get(actor.__ray_call__.remote(
+            lambda _self: (os.environ.get("NCCL_DEBUG"), os.environ.get("PAGEDLLM_TEST_FORWARDED"))))
+        assert seen == ("WARN", "from-the-driver")
     assert llm.llm_engine.core.config.executor_backend == "ray"
     assert len(executor.actor_nodes) == 2
     assert len(set(executor.actor_node_ids)) == 1, "STRICT_PACK (the default) put the ranks on different nodes"
@@ -112,6 +120,14 @@ def test_ray_cluster_too_small_is_a_clear_error(tiny_llama, ray_cluster, monkeyp
         _ray_llm(path, 4)
     assert time.time() - t0 < 60
     assert _placement_groups_alive() == 0
+
+
+def test_forwarded_env_keeps_the_ranks_settings_only():
+    env = {"PAGEDLLM_CPU_THREADS": "1", "NCCL_SOCKET_IFNAME": "eth0", "TORCH_NCCL_BLOCKING_WAIT": "1",
+           "GLOO_SOCKET_IFNAME": "eth0", "HF_HOME": "/h", "CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin",
+           "OMP_NUM_THREADS": "4"}
+    assert forwarded_env(env) == {k: env[k] for k in ("PAGEDLLM_CPU_THREADS", "NCCL_SOCKET_IFNAME",
+                                                      "TORCH_NCCL_BLOCKING_WAIT", "GLOO_SOCKET_IFNAME", "HF_HOME")}
 
 
 def test_actor_cuda_device_and_local_ranks():
