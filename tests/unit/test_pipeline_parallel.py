@@ -1,6 +1,6 @@
 """Pipeline parallel on the CPU (gloo, distributed_executor_backend="mp"): PP=2 and TP=2 x PP=2 give the same greedy
 tokens as one process on tiny random fp32 Llama (3 layers: an uneven split), Qwen2 and OPT (tied embeddings: the last
-stage's head is loaded from the first stage's embedding tensor), Qwen3 and ChatGLM, with chunked prefill mixed with
+stage's head is loaded from the first stage's embedding tensor; and OPT with its own head), Qwen3 and ChatGLM, with chunked prefill mixed with
 decodes, and on the bundled SmolLM2 GGUF; BERT and XLM-RoBERTa encoders give the same embeddings (the last stage
 pools); the layer split follows vLLM's rule; a stage loads only its own weights; a killed stage is named within
 seconds; impossible splits are clear errors."""
@@ -31,11 +31,12 @@ def _save_tiny(path, arch: str, num_layers: int = 3) -> None:
     if arch == "chatglm":
         save_tiny_chatglm(path, VOCAB, num_layers=num_layers)
         return
-    if arch == "opt":     # tied head; residuals added inside each layer (only hidden states cross stages)
-        torch.manual_seed(2)
+    if arch in ("opt", "opt_untied"):   # tied head or its own; residuals added inside each layer (only hidden
+        torch.manual_seed(2)               # states cross stages)
         transformers.OPTForCausalLM(transformers.OPTConfig(
             hidden_size=64, ffn_dim=128, num_hidden_layers=num_layers, num_attention_heads=4, vocab_size=VOCAB,
-            max_position_embeddings=512, init_std=0.2)).eval().save_pretrained(path)
+            max_position_embeddings=512, init_std=0.2,
+            tie_word_embeddings=arch == "opt")).eval().save_pretrained(path)
         return
     cfg_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
@@ -87,9 +88,13 @@ def _reference_and_parallel(model: str, tp: int, pp: int, prompts=PROMPTS, outpu
         llm.llm_engine.core.shutdown()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "opt", "chatglm"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "opt", "opt_untied", "chatglm"])
 def test_pp2_greedy_tokens_match_one_process(tmp_path, arch):
     _save_tiny(tmp_path, arch)
+    if arch == "opt_untied":     # the last stage loads lm_head.weight itself, not the first stage's embedding
+        from safetensors import safe_open
+        with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+            assert "lm_head.weight" in f.keys()
     expected, got = _reference_and_parallel(str(tmp_path), 1, 2, skip_tokenizer_init=True)
     assert got == expected
 
