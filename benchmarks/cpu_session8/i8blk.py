@@ -1,7 +1,7 @@
 """Microbenchmark (issue 19, session 8; rejected): int8 weights in blocks of 32 with a scale and an offset per block
 (exact for a Q4_1 GGUF: w = d * (q - 8) + (m + 8d)), packed 4 bytes per int32 so Inductor loads whole vectors, the
 GEMV written in torch and compiled by Inductor, against fbgemm fp16. python i8blk.py THREADS COPIES"""
-import sys, time, torch, torch.nn.functional as F
+import sys, time, torch
 torch.manual_seed(0)
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 torch.set_num_threads(threads)
