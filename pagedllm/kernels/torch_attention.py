@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pagedllm.kernels.cpu_threads import on_one_thread
+
 
 def _raw(t: torch.Tensor) -> torch.Tensor:
     """float8 caches as bytes: index_copy_ / index_select have no float8 kernels on the CPU."""
@@ -99,17 +101,6 @@ def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> 
 _ONE_THREAD_MAX_KEYS = 16 * 256 * 3
 
 
-def _one_thread_for(query: torch.Tensor, num_keys: int) -> int:
-    """Switch torch to one thread for a small CPU decode attention; the thread count to restore, 0 if unchanged."""
-    if query.device.type != "cpu" or num_keys > _ONE_THREAD_MAX_KEYS:
-        return 0
-    threads = torch.get_num_threads()
-    if threads == 1:
-        return 0
-    torch.set_num_threads(1)
-    return threads
-
-
 def _decode_mask(lens: list[int], max_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The padded decode batch's mask, additive (0 for a request's keys, -inf past its length) ``[B, 1, 1, L]``:
     SDPA turns a boolean mask into this same float mask on every call (bitwise the same result), which cost half
@@ -164,15 +155,14 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
             mask = _decode_mask([lens[i] for i in decode], max_len, query.dtype, query.device)
             if step_cache is not None:
                 step_cache["decode_mask"] = mask
-        threads = _one_thread_for(query, len(decode) * max_len * num_kv_heads)
-        try:
+
+        def gather_and_attend() -> torch.Tensor:
             keys = _gather_blocks(k_cache, tables).flatten(1, 2)[:, :max_len].transpose(1, 2)   # [D, Hkv, L, hd]
             values = _gather_blocks(v_cache, tables, 1).flatten(1, 2)[:, :max_len].transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, _dequantize(keys, q.dtype, k_scale),
-                                               _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
-        finally:
-            if threads:
-                torch.set_num_threads(threads)
+            return F.scaled_dot_product_attention(q, _dequantize(keys, q.dtype, k_scale),
+                                                  _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
+        small = query.device.type == "cpu" and len(decode) * max_len * num_kv_heads <= _ONE_THREAD_MAX_KEYS
+        o = on_one_thread(gather_and_attend) if small else gather_and_attend()
         if pure:
             return o.reshape(num_reqs, num_heads, head_dim)
         out = torch.empty_like(query)

@@ -128,3 +128,34 @@ def test_tensor_parallel_ranks_hold_their_shards_in_fp16(tmp_path):
         return list(out.outputs[0].token_ids)
 
     assert tokens(2) == tokens(1)
+
+
+def test_a_few_rows_run_on_one_thread_with_the_same_result(monkeypatch):
+    """fbgemm's fp16 GEMM at up to 4 rows runs on one thread (waking the second costs more than it saves), more rows
+    on all of them; the thread count is restored and the result does not depend on it."""
+    from torch import nn
+
+    from pagedllm.model.quantization.cpu_fp16 import CpuFp16WeightMethod
+    method, layer = CpuFp16WeightMethod(), nn.Module()
+    method.create_weights(layer, 64, [48, 48], torch.float32, weight_loader=None)
+    w = torch.randn(96, 64, generator=torch.Generator().manual_seed(0))
+    layer.weight.data.copy_(w)
+    method.process_weights_after_loading(layer)
+    seen = []
+    real = torch.ops.quantized.linear_dynamic_fp16
+
+    def spying_gemm(x, packed):
+        seen.append((x.shape[0], torch.get_num_threads()))
+        return real(x, packed)
+
+    monkeypatch.setattr(torch.ops.quantized, "linear_dynamic_fp16", spying_gemm)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+        few, many = method.apply(layer, x[:4], None), method.apply(layer, x, None)
+        assert seen == [(4, 1), (8, 2)] and torch.get_num_threads() == 2
+        torch.testing.assert_close(many, x @ w.half().float().t(), rtol=0, atol=1e-4)
+        assert torch.equal(few, real(x[:4], layer.fp16_packed))      # fbgemm on two threads: the same values
+    finally:
+        torch.set_num_threads(threads)
