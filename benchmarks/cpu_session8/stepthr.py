@@ -1,7 +1,4 @@
-"""CPU thread policies (issue 19, session 8). python stepthr.py MODE DTYPE NREQ NTOK CUTOFF: NREQ concurrent greedy
-requests of NTOK tokens, tok/s of 3 timed calls. MODE A: as the engine is; C: steps of at most CUTOFF scheduled
-tokens on one thread (launch and finish); D: fbgemm fp16 GEMMs of at most CUTOFF rows on one thread (what
-model/quantization/cpu_fp16.py now does with CUTOFF 4)."""
+# Per-step CPU threads: steps of at most CUTOFF scheduled tokens run on one thread, the others on all.
 import os, sys, time
 mode, dtype, nreq, ntok, cutoff = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 from pagedllm import LLM, SamplingParams
@@ -39,6 +36,14 @@ if mode == "D":
                 torch.set_num_threads(N)
         return orig_apply(self, layer, x, bias)
     C16.CpuFp16WeightMethod.apply = apply
+if mode == "E":
+    from pagedllm.model.layers import linear as L, embedding as E
+    from pagedllm.kernels.cpu_threads import on_one_thread
+    orig = L.onednn_linear
+    def onednn_linear(x, packed, bias):
+        return on_one_thread(orig, x, packed, bias) if x.shape[0] <= cutoff else orig(x, packed, bias)
+    L.onednn_linear = onednn_linear
+    E.onednn_linear = onednn_linear
 llm = LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct", dtype=dtype, max_model_len=512)
 sp = SamplingParams(max_tokens=ntok, temperature=0, ignore_eos=True)
 prompts = [f"Tell me a story about number {i}." for i in range(nreq)]
