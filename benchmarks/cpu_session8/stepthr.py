@@ -1,4 +1,8 @@
-# Per-step CPU threads: steps of at most CUTOFF scheduled tokens run on one thread, the others on all.
+"""CPU thread policies (issue 19, session 8). python stepthr.py MODE DTYPE NREQ NTOK CUTOFF: NREQ concurrent greedy
+requests of NTOK tokens, tok/s of 3 timed calls. MODE A: as the engine is; C: steps of at most CUTOFF scheduled
+tokens on one thread (launch and finish); D: fbgemm fp16 GEMMs of at most CUTOFF rows on one thread (what
+model/quantization/cpu_fp16.py now does with CUTOFF 4); E: oneDNN fp32 linears and head of at most CUTOFF rows on
+one thread."""
 import os, sys, time
 mode, dtype, nreq, ntok, cutoff = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 from pagedllm import LLM, SamplingParams
