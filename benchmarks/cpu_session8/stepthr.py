@@ -1,5 +1,6 @@
 """CPU thread policies (issue 19, session 8). python stepthr.py MODE DTYPE NREQ NTOK CUTOFF: NREQ concurrent greedy
-requests of NTOK tokens, tok/s of 3 timed calls. MODE A: as the engine is; C: steps of at most CUTOFF scheduled
+requests of NTOK tokens, tok/s of 3 timed calls. MODE A: as the engine is; B: GEMMs (linears, LM head) on two
+threads and the rest of every step on one; C: steps of at most CUTOFF scheduled
 tokens on one thread (launch and finish); D: fbgemm fp16 GEMMs of at most CUTOFF rows on one thread (what
 model/quantization/cpu_fp16.py now does with CUTOFF 4); E: oneDNN fp32 linears and head of at most CUTOFF rows on
 one thread."""
@@ -8,6 +9,23 @@ mode, dtype, nreq, ntok, cutoff = sys.argv[1], sys.argv[2], int(sys.argv[3]), in
 from pagedllm import LLM, SamplingParams
 import torch
 from pagedllm.worker import model_runner as MR
+if mode == "B":
+    import gc
+    from pagedllm.model.layers import linear as L, embedding as E
+    from pagedllm.model.quantization import cpu_fp16 as C16
+    N = torch.get_num_threads()
+
+    def on_all_threads(fn):
+        def g(*a, **k):
+            torch.set_num_threads(N)
+            try:
+                return fn(*a, **k)
+            finally:
+                torch.set_num_threads(1)
+        return g
+    L.LinearBase.linear = on_all_threads(L.LinearBase.linear)
+    E.ParallelLMHead._shard_logits = on_all_threads(E.ParallelLMHead._shard_logits)
+    C16.CpuFp16WeightMethod.apply = on_all_threads(C16.CpuFp16WeightMethod.apply)
 if mode == "C":
     N = torch.get_num_threads()
     orig_launch, orig_finish = MR.ModelRunner.launch, MR.ModelRunner.finish
@@ -49,6 +67,17 @@ if mode == "E":
     L.onednn_linear = onednn_linear
     E.onednn_linear = onednn_linear
 llm = LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct", dtype=dtype, max_model_len=512)
+if mode == "B":      # the model's forward on one thread (its GEMMs switch to all)
+    runner = [o for o in gc.get_objects() if isinstance(o, MR.ModelRunner)][0]
+    inner = runner.model.forward
+
+    def fwd(*a, **k):
+        torch.set_num_threads(1)
+        try:
+            return inner(*a, **k)
+        finally:
+            torch.set_num_threads(N)
+    runner.model.forward = fwd
 sp = SamplingParams(max_tokens=ntok, temperature=0, ignore_eos=True)
 prompts = [f"Tell me a story about number {i}." for i in range(nreq)]
 llm.generate(prompts, sp, use_tqdm=False)
