@@ -169,6 +169,17 @@ openmp_wait_policy = "not configured (pagedllm.envs.configure_openmp was not cal
 openmp_passive_missed = False
 
 
+# What a rank started by Ray must share with the driver (worker/ray_executor.py): Ray starts its actors with the
+# raylet's environment, not this process's. CUDA_VISIBLE_DEVICES is Ray's to set and never among them.
+FORWARDED_ENV_PREFIXES = ("PAGEDLLM_", "NCCL_", "TORCH_", "GLOO_", "TRITON_", "HF_", "TRANSFORMERS_")
+
+
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables of ``environ`` (this process's environment) that every Ray rank gets as well."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
 def configure_openmp() -> str:
     """Make idle OpenMP threads sleep instead of spin (OMP_WAIT_POLICY=PASSIVE) unless the user chose a policy.
 

@@ -23,7 +23,7 @@ installed on every one). Ray is an optional extra: ``pip install pagedllm[ray]``
   ``DistributedExecutor`` (executor.py); the actor runs the same ``RankWorker`` as a worker process.
 - Environment: Ray starts an actor with its raylet's environment (the shell `ray start` ran in), not this
   process's, so the settings a rank must share with the driver (``PAGEDLLM_*``, ``NCCL_*``, ``TORCH_*``, ``GLOO_*``,
-  ``TRITON_*``, ``HF_*``, ``TRANSFORMERS_*``: ``forwarded_env``) go with each actor as its runtime_env's env_vars,
+  ``TRITON_*``, ``HF_*``, ``TRANSFORMERS_*``: ``envs.forwarded_env``) go with each actor as its runtime_env's env_vars,
   as vLLM copies its own to its Ray workers. CUDA_VISIBLE_DEVICES is Ray's to set and is never forwarded.
 - A dead actor fails its pending calls with Ray's ActorDiedError, found within the second: the error names the rank
   and the engine ends every actor. Shutdown kills the actors and removes the placement group.
@@ -43,13 +43,6 @@ from pagedllm.worker.executor import DistributedExecutor, RankWorker, free_port,
 logger = logging.getLogger(__name__)
 
 PLACEMENT_STRATEGIES = ("STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD")
-FORWARDED_ENV_PREFIXES = ("PAGEDLLM_", "NCCL_", "TORCH_", "GLOO_", "TRITON_", "HF_", "TRANSFORMERS_")
-
-
-def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The variables of ``environ`` (this process's environment) that every rank's actor gets as well."""
-    environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
 
 
 def actor_cuda_device(gpu_ids: list, visible_devices: str | None, local_rank: int) -> int:
@@ -125,7 +118,7 @@ class RayExecutor(DistributedExecutor):
                                            remove_placement_group)
         self._wait_for_placement(strategy, resource)
         actor_class = ray.remote(RankActor)
-        env = forwarded_env()
+        env = envs.forwarded_env()
         if env:
             logger.info("Ray executor: the actors get this process's %s", ", ".join(sorted(env)))
         for rank in range(self.world_size):

@@ -17,7 +17,8 @@ import pytest
 from pagedllm import LLM
 from pagedllm.config import EngineArgs
 from pagedllm.engine.core import create_engine_config
-from pagedllm.worker.ray_executor import actor_cuda_device, forwarded_env, local_ranks
+from pagedllm.envs import forwarded_env
+from pagedllm.worker.ray_executor import actor_cuda_device, local_ranks
 from tests.unit.test_tensor_parallel import VOCAB, _tokens
 from tests.unit.tiny_models import save_tiny_llama
 
