@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import json
 import os
+import threading
 
 from transformers import PretrainedConfig
 
@@ -104,15 +105,21 @@ def _config_docstrings_not_generated():
     the auto *model* mappings to write the docstring, and with them generation, torch.distributed.tensor/fsdp and
     sklearn: ~1,780 modules, 2.5-3.5 s on the 2-core VM and ~7 s of the engine's start-up on the H200 host, for a
     docstring nobody reads here (0.4 s and 68 modules without it; newer releases, 5.25, no longer do this). Only the
-    class docstring hook is bypassed, only while the config loads; if transformers moves it, nothing changes."""
-    try:
-        module = importlib.import_module("transformers.utils.auto_docstring")
-        original = module.auto_class_docstring
-    except (ImportError, AttributeError):
-        yield
-        return
-    module.auto_class_docstring = lambda cls, **_: cls
-    try:
-        yield
-    finally:
-        module.auto_class_docstring = original
+    class docstring hook is bypassed, only while the config loads; if transformers moves it, nothing changes. One
+    load at a time (the front end's thread and an in-process engine core may both load a config): two overlapping
+    swaps could otherwise leave the bypass in place for good."""
+    with _DOCSTRING_HOOK_LOCK:
+        try:
+            module = importlib.import_module("transformers.utils.auto_docstring")
+            original = module.auto_class_docstring
+        except (ImportError, AttributeError):
+            yield
+            return
+        module.auto_class_docstring = lambda cls, **_: cls
+        try:
+            yield
+        finally:
+            module.auto_class_docstring = original
+
+
+_DOCSTRING_HOOK_LOCK = threading.Lock()

@@ -1,9 +1,9 @@
 """Pipeline parallel on the CPU (gloo, distributed_executor_backend="mp"): PP=2 and TP=2 x PP=2 give the same greedy
 tokens as one process on tiny random fp32 Llama (3 layers: an uneven split), Qwen2 and OPT (tied embeddings: the last
-stage's head is loaded from the first stage's embedding tensor; and OPT with its own head), Qwen3 and ChatGLM, with chunked prefill mixed with
-decodes, and on the bundled SmolLM2 GGUF; BERT and XLM-RoBERTa encoders give the same embeddings (the last stage
-pools); the layer split follows vLLM's rule; a stage loads only its own weights; a killed stage is named within
-seconds; impossible splits are clear errors."""
+stage's head is loaded from the first stage's embedding tensor; and OPT with its own head), Qwen3 and ChatGLM, with
+chunked prefill mixed with decodes, and on the bundled SmolLM2 GGUF; BERT and XLM-RoBERTa encoders give the same
+embeddings (the last stage pools); the layer split follows vLLM's rule; a stage loads only its own weights; a killed
+stage is named within seconds; impossible splits are clear errors."""
 from __future__ import annotations
 
 import os
