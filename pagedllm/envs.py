@@ -93,6 +93,11 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: _flag("PAGEDLLM_PIECEWISE_GRAPHS", default=True),
         "Default of piecewise_cuda_graphs / --[no-]piecewise-cuda-graphs: CUDA graphs for steps with prompt "
         "tokens. Default on."),
+    "PAGEDLLM_PIECEWISE_MAX_TOKENS": (
+        lambda: _optional_int("PAGEDLLM_PIECEWISE_MAX_TOKENS") or 512,
+        "Largest step (tokens) that the piecewise CUDA graphs cover; larger steps run eagerly. Sizes above 512 go "
+        "up in steps of 64 to 1024, 128 to 2048, 256 to 4096, 512 beyond (each costs capture time at start-up). "
+        "Default 512 (vLLM's largest capture size too)."),
     "PAGEDLLM_CPU_ONEDNN": (
         lambda: _flag("PAGEDLLM_CPU_ONEDNN", default=True),
         "Default of cpu_onednn / --[no-]cpu-onednn: CPU linears through oneDNN with prepacked weights. Default on."),

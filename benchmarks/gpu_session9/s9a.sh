@@ -4,7 +4,7 @@
 # with the start-up timeline; (3) the served concurrency sweep (benchmarks/serve_sweep.py, one server, c = 1, 16, 64,
 # 100, 256); (4) the unchanged serve_workload.py at c = 100 (the ANCHORS.md row).
 # From the repo root, carry [".whl", ".bench"] (.bench/sb = ../shared/bench, .whl = ../shared/gpu/wheelhouse.sh).
-[ -d /tmp/site/fastapi ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+[ -d /tmp/site/opentelemetry ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 R=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -25,6 +25,7 @@ n = len(sys.modules); t = time.perf_counter()
 create_engine_config(EngineArgs(model='$d', load_format='dummy', skip_tokenizer_init=True, dtype='bfloat16'))
 print('bypass=$bypass config %.2f s, %d new modules, sklearn %s' % (time.perf_counter() - t, len(sys.modules) - n, 'sklearn' in sys.modules))"
 done
+fi
 export TRITON_CACHE_DIR=/tmp/tcache_s9; rm -rf $TRITON_CACHE_DIR
 t0=$(date +%s%N)
 PYTHONPATH=$R:/tmp/site python3 -m pagedllm.entrypoints.cli serve $d --load-format dummy --skip-tokenizer-init --max-model-len 4096 --port 8124 --served-model-name m --dtype bfloat16 > $OUT/serve_cold.log 2>&1 &
@@ -33,7 +34,6 @@ until curl -sf localhost:8124/health >/dev/null; do sleep 0.2; kill -0 $pid 2>/d
 echo "cold: /health 200 after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 grep -E "start-up " $OUT/serve_cold.log | cut -c1-600
 kill -INT $pid; wait $pid
-fi
 export TRITON_CACHE_DIR=/tmp/tcache_s9
 mkdir -p /tmp/bin_new
 printf '#!/bin/bash\nPYTHONPATH=%s:/tmp/site exec python3 -m pagedllm.entrypoints.cli "$@"\n' "$R" > /tmp/bin_new/pagedllm

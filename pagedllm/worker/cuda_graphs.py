@@ -182,11 +182,14 @@ class _StagingBuffers:
 
 
 # ---- piecewise graphs for mixed batches ------------------------------------------------------------------------------
-def piecewise_token_sizes(max_tokens: int) -> list[int]:
-    """Token buckets of the piecewise graphs: fine steps, since a step pays for its padding rows in every GEMM
-    (with 9 coarse sizes, 16..512, the H200 1.5B ShareGPT run was slower with the graphs than without)."""
-    sizes = list(range(8, 129, 8)) + list(range(144, 257, 16)) + list(range(288, 513, 32))
-    return [s for s in sizes if s <= max_tokens]
+def piecewise_token_sizes(max_tokens: int, cap: int = 512) -> list[int]:
+    """Token buckets of the piecewise graphs, up to ``min(max_tokens, cap)``: fine steps, since a step pays for its
+    padding rows in every GEMM (with 9 coarse sizes, 16..512, the H200 1.5B ShareGPT run was slower with the graphs
+    than without); above 512 the padding is at most 1/8 of the step."""
+    sizes = (list(range(8, 129, 8)) + list(range(144, 257, 16)) + list(range(288, 513, 32))
+             + list(range(576, 1025, 64)) + list(range(1152, 2049, 128)) + list(range(2304, 4097, 256))
+             + list(range(4608, 16385, 512)))
+    return [s for s in sizes if s <= min(max_tokens, cap)]
 
 
 class _SkipAttention:
@@ -243,11 +246,12 @@ class PiecewiseGraphRunner:
     (``ForwardBatch.attn_breaker``)."""
 
     def __init__(self, model, kv_caches: list[torch.Tensor], max_tokens: int, attn_backend: AttentionBackend,
-                 device: torch.device, pool=None, stage_input: tuple[int, torch.dtype] | None = None):
-        """``stage_input``: as ``CudaGraphRunner``'s."""
+                 device: torch.device, pool=None, stage_input: tuple[int, torch.dtype] | None = None,
+                 cap: int = 512):
+        """``stage_input``: as ``CudaGraphRunner``'s. ``cap``: the largest step captured (envs.PAGEDLLM_PIECEWISE_MAX_TOKENS)."""
         self.model = model
         self.kv_caches = kv_caches
-        self.sizes = piecewise_token_sizes(max_tokens)
+        self.sizes = piecewise_token_sizes(max_tokens, cap)
         self.attn_backend = attn_backend
         self.device = device
         self.pool = pool

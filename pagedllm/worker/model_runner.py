@@ -288,7 +288,8 @@ class ModelRunner:
                 pool = self.graph_runner.pool if self.graph_runner is not None else None
                 self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches,
                                                              self.config.max_num_batched_tokens, backend,
-                                                             self.device, pool=pool, stage_input=stage_input)
+                                                             self.device, pool=pool, stage_input=stage_input,
+                                                             cap=envs.PAGEDLLM_PIECEWISE_MAX_TOKENS)
                 self.piecewise_runner.capture()
             torch.cuda.synchronize(self.device)
             if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
