@@ -98,6 +98,10 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "Largest step (tokens) that the piecewise CUDA graphs cover; larger steps run eagerly. Sizes above 512 go "
         "up in steps of 64 to 1024, 128 to 2048, 256 to 4096, 512 beyond (each costs capture time at start-up). "
         "Default 512 (vLLM's largest capture size too)."),
+    "PAGEDLLM_GC_FREEZE": (
+        lambda: _flag("PAGEDLLM_GC_FREEZE", default=True),
+        "0: leave the start-up heap of the engine-core, rank-worker and API-server processes to the garbage "
+        "collector (pagedllm/gc_heap.py; an A/B switch). Default on: frozen."),
     "PAGEDLLM_CPU_ONEDNN": (
         lambda: _flag("PAGEDLLM_CPU_ONEDNN", default=True),
         "Default of cpu_onednn / --[no-]cpu-onednn: CPU linears through oneDNN with prepacked weights. Default on."),

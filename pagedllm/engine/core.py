@@ -22,6 +22,7 @@ from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, 
 from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler import Scheduler, StepStats
 from pagedllm.engine.structured_output import StructuredOutputManager
+from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.step_data import GrammarOutput, SchedulerOutput
 from pagedllm.worker.executor import picklable
 
@@ -234,10 +235,12 @@ class EngineCore:
 
 # ---- the engine-core loop ----------------------------------------------------------------------------------------
 def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = None, on_built=None,
-                    spawned_at: float | None = None) -> None:
+                    spawned_at: float | None = None, freeze_heap: bool = False) -> None:
     """Build the engine core, then apply the front end's messages and step while there is work; block when there is
     none. ``conn`` is the core's end of a transport (``poll(timeout)``, ``recv()``, ``send(msg)``: a pipe end, or
-    the queue pair of engine/core_client.py). Ends on ``Shutdown`` or when the front end's end closes."""
+    the queue pair of engine/core_client.py). Ends on ``Shutdown`` or when the front end's end closes.
+    ``freeze_heap``: this is the engine-core process (it only serves): once built, its start-up objects are frozen
+    out of the garbage collector (pagedllm/gc_heap.py)."""
     entered = time.monotonic()
     try:
         config = create_engine_config(engine_args)
@@ -252,6 +255,8 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
     core.startup_phases_before = {**before, "config": configured - entered}
     if on_built is not None:
         on_built(core)
+    if freeze_heap:
+        freeze_gc_heap("engine core")
     info = core.info()
     info["ready_at"] = time.monotonic()     # the front end times the hand-over of this message (start-up timeline)
     conn.send(CoreReady(info))
@@ -302,13 +307,26 @@ class StepTrace:
     """``PAGEDLLM_STEP_TRACE=FILE``: one JSON line per engine-core step, for finding where a served step's time
     goes (benchmarks/serve_step_trace.py reads it). Times in ms: ``msgs`` applying the requests and aborts that
     arrived, ``step`` scheduling + launching + waiting for the previous step's tokens, ``send`` handing the outputs
-    to the front end; ``gap`` from the end of the previous iteration to this one (idle). Written in blocks, so a
-    killed process loses at most the last block."""
+    to the front end; ``gap`` from the end of the previous iteration to this one (idle); ``gc`` the garbage
+    collector's own time in this process since the previous line, and ``gc2`` its full (generation-2) collections.
+    Written in blocks, so a killed process loses at most the last block."""
 
     def __init__(self, path: str):
+        import gc
         self.path = path
         self.rows: list[str] = []
         self.last_end: float | None = None
+        self.gc_seconds = 0.0
+        self.gc_full = 0
+        self._gc_start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self._gc_start
+            self.gc_full += info["generation"] == 2
 
     def add(self, t_loop: float, t_step: float, t_stepped: float, t_end: float, snap: EngineSnapshot,
             stats: StepStats, num_outputs: int) -> None:
@@ -320,7 +338,8 @@ class StepTrace:
             "t": round(t_loop, 6), "gap": ms(gap), "msgs": ms(t_step - t_loop), "step": ms(t_stepped - t_step),
             "send": ms(t_end - t_stepped), "running": snap.num_running, "waiting": snap.num_waiting,
             "prompt_tokens": stats.num_prompt_tokens, "gen_tokens": stats.num_generation_tokens,
-            "outputs": num_outputs}))
+            "outputs": num_outputs, "gc": ms(self.gc_seconds), "gc2": self.gc_full}))
+        self.gc_seconds, self.gc_full = 0.0, 0
         if len(self.rows) >= 200:
             self.flush()
 

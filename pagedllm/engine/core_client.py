@@ -86,7 +86,7 @@ def _core_process_main(engine_args: EngineArgs, conn, fmt: tuple | None, step_tr
         parent_end.close()   # forked: keep no copy of the server's end, or its death would never read as EOF
     if fmt is not None:     # spawned: set up like the parent
         configure_logging(logging.getLogger("pagedllm").getEffectiveLevel())
-    run_engine_core(engine_args, conn, step_trace=step_trace, spawned_at=spawned_at)
+    run_engine_core(engine_args, conn, step_trace=step_trace, spawned_at=spawned_at, freeze_heap=True)
 
 
 def _prepare_to_read_core_info(engine_args: EngineArgs) -> None:

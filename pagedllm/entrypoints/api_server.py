@@ -23,6 +23,7 @@ from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import add_limit_args, add_shutdown_arg, check_limit_args
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
 from pagedllm.entrypoints.server_guards import DEFAULT_MAX_REQUEST_BODY_BYTES, add_error_handlers, add_guards
+from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.sampling_params import MAX_N
 
 logger = logging.getLogger("pagedllm.entrypoints.api_server")
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                             timeout_keep_alive=5, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
                             ssl_ca_certs=args.ssl_ca_certs, root_path=args.root_path or "")
     server = GracefulServer(config, engine, app.state.server_state, args.shutdown_timeout)
+    freeze_gc_heap("API server")
     try:
         run_event_loop(server.serve())
     finally:

@@ -41,6 +41,7 @@ from typing import Any
 from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.distributed.shm_broadcast import ShmBroadcaster, ShmReader
+from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 
 logger = logging.getLogger(__name__)
@@ -392,6 +393,7 @@ def _worker_main(config: EngineConfig, rank: int, tp_size: int, pp_size: int, in
     conn.send(reply)
     if worker is None:
         return
+    freeze_gc_heap(f"rank {rank}")
     ring = ShmReader(ring_handle, rank)
     try:
         while True:

@@ -38,6 +38,7 @@ from typing import Any
 
 from pagedllm import envs
 from pagedllm.config import EngineConfig
+from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.worker.executor import DistributedExecutor, RankWorker, free_port, start_rank_worker
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class RankActor:
 
     def start(self, *args: Any) -> tuple[str, Any, str]:
         self.worker, reply = start_rank_worker(*args)
+        if self.worker is not None:
+            freeze_gc_heap("ray rank")      # the actor's process only serves this rank
         return reply
 
     def execute(self, msg: tuple) -> tuple[str, Any, str] | None:

@@ -34,6 +34,7 @@ from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
                                                 add_error_handlers, add_guards, validation_error_response)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
+from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.metrics import EngineMetrics
 from pagedllm.sampling_params import MAX_N
 
@@ -238,6 +239,7 @@ def run_server(args: argparse.Namespace) -> int:
     scheme = "https" if args.ssl_certfile else "http"
     logger.info("Starting the server on %s://%s:%d (served model name(s): %s; event loop: %s)", scheme, host,
                 args.port, ", ".join(names), event_loop_name())
+    freeze_gc_heap("API server")
     try:
         run_event_loop(server.serve())
     finally:
