@@ -308,7 +308,8 @@ class StepTrace:
     goes (benchmarks/serve_step_trace.py reads it). Times in ms: ``msgs`` applying the requests and aborts that
     arrived, ``step`` scheduling + launching + waiting for the previous step's tokens, ``send`` handing the outputs
     to the front end; ``gap`` from the end of the previous iteration to this one (idle); ``gc`` the garbage
-    collector's own time in this process since the previous line, and ``gc2`` its full (generation-2) collections.
+    collector's own time in this process since the previous line, and ``gc2`` its full (generation-2) collections;
+    ``alloc_retries`` the CUDA caching allocator's cumulative retries (cache freed, device synchronized).
     Written in blocks, so a killed process loses at most the last block."""
 
     def __init__(self, path: str):
@@ -338,10 +339,20 @@ class StepTrace:
             "t": round(t_loop, 6), "gap": ms(gap), "msgs": ms(t_step - t_loop), "step": ms(t_stepped - t_step),
             "send": ms(t_end - t_stepped), "running": snap.num_running, "waiting": snap.num_waiting,
             "prompt_tokens": stats.num_prompt_tokens, "gen_tokens": stats.num_generation_tokens,
-            "outputs": num_outputs, "gc": ms(self.gc_seconds), "gc2": self.gc_full}))
+            "outputs": num_outputs, "gc": ms(self.gc_seconds), "gc2": self.gc_full,
+            "alloc_retries": self._alloc_retries()}))
         self.gc_seconds, self.gc_full = 0.0, 0
         if len(self.rows) >= 200:
             self.flush()
+
+    @staticmethod
+    def _alloc_retries() -> int:
+        """torch's CUDA caching allocator: how many allocations so far had to free its cache and retry (each one
+        synchronizes the device) -- in this process, i.e. the uni executor's model runner."""
+        import torch
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return 0
+        return int(torch.cuda.memory_stats().get("num_alloc_retries", 0))
 
     def flush(self) -> None:
         if not self.rows:
