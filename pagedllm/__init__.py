@@ -9,14 +9,31 @@ from pagedllm.logger import configure_logging as _configure_logging
 
 if _envs.PAGEDLLM_CONFIGURE_LOGGING:
     _configure_logging()
-from pagedllm.config import EngineArgs
-from pagedllm.entrypoints.llm import LLM
-from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, CompletionOutput, EmbeddingOutput,
-                              EmbeddingRequestOutput, Logprob, PoolingOutput, PoolingRequestOutput, RequestOutput,
-                              ScoringOutput, ScoringRequestOutput)
-from pagedllm.pooling_params import PoolingParams
-from pagedllm.sampling_params import (BeamSearchParams, GuidedDecodingParams, RequestOutputKind, SamplingParams,
-                                      StructuredOutputsParams)
+# The public names load on first use (PEP 562), so `import pagedllm` does not import torch: `pagedllm serve` starts
+# its engine process before the front end's own imports (entrypoints/early_engine.py).
+_EXPORTS = {
+    "EngineArgs": "pagedllm.config", "LLM": "pagedllm.entrypoints.llm", "PoolingParams": "pagedllm.pooling_params",
+    **{name: "pagedllm.outputs" for name in (
+        "BeamSearchOutput", "BeamSearchSequence", "CompletionOutput", "EmbeddingOutput", "EmbeddingRequestOutput",
+        "Logprob", "PoolingOutput", "PoolingRequestOutput", "RequestOutput", "ScoringOutput", "ScoringRequestOutput")},
+    **{name: "pagedllm.sampling_params" for name in (
+        "BeamSearchParams", "GuidedDecodingParams", "RequestOutputKind", "SamplingParams",
+        "StructuredOutputsParams")},
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pagedllm' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value          # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 def bundled_model_path() -> str:

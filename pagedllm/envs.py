@@ -133,6 +133,11 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: _optional_str("PAGEDLLM_ENGINE_START_METHOD"),
         "multiprocessing start method of the server's engine process (fork, spawn, forkserver). Default unset: "
         "the engine picks (fork unless CUDA is already initialised)."),
+    "PAGEDLLM_EARLY_ENGINE": (
+        lambda: _flag("PAGEDLLM_EARLY_ENGINE", default=True),
+        "0: `pagedllm serve` starts its engine process after the server's own imports instead of first, from the "
+        "command line (entrypoints/early_engine.py; an A/B switch of the start-up). Only where the engine process "
+        "is spawned (a GPU host, or PAGEDLLM_ENGINE_START_METHOD=spawn). Default on."),
     "PAGEDLLM_LOGGING_LEVEL": (
         lambda: os.environ.get("PAGEDLLM_LOGGING_LEVEL", "").strip().upper() or "INFO",
         "Level of pagedllm's loggers (DEBUG, INFO, WARNING, ...). Default INFO."),

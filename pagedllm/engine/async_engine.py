@@ -136,7 +136,7 @@ class RequestStream:
 # ---- the engine ------------------------------------------------------------------------------------------------------
 class AsyncLLMEngine:
     def __init__(self, engine_args: EngineArgs, *, log_requests: bool = True, metrics: Any = None,
-                 stats_log_interval_s: float = 5.0, engine_process: bool = False):
+                 stats_log_interval_s: float = 5.0, engine_process: bool = False, prestarted=None):
         t0 = time.perf_counter()
         self.engine_args = engine_args
         self.log_requests = log_requests
@@ -150,7 +150,7 @@ class AsyncLLMEngine:
         self._lock = threading.RLock()   # re-entrant: a stream's __del__ may abort while it is held
         self._client = EngineCoreClient(engine_args, engine_process=engine_process, on_message=self._on_message,
                                         on_idle=self._log_stats, on_closed=self._die,
-                                        idle_interval_s=stats_log_interval_s)
+                                        idle_interval_s=stats_log_interval_s, prestarted=prestarted)
         info = self._client.start()         # blocks until the core is built; raises its build error
         self.config: EngineConfig = info["config"]
         # Two tokenizers: HF fast tokenizers must not be used from two threads at once, and inputs are tokenized in

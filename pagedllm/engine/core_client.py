@@ -29,7 +29,7 @@ from typing import Callable
 from pagedllm import envs
 from pagedllm.config import EngineArgs
 from pagedllm.engine.core import EngineCore, run_engine_core
-from pagedllm.engine.messages import CoreBuildFailed, CoreDead, Shutdown
+from pagedllm.engine.messages import CoreBuildFailed, CoreDead, EarlyEngineArgs, Shutdown
 from pagedllm.logger import configure_logging, log_format
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,20 @@ def _core_process_main(engine_args: EngineArgs, conn, fmt: tuple | None, step_tr
     run_engine_core(engine_args, conn, step_trace=step_trace, spawned_at=spawned_at, freeze_heap=True)
 
 
+def engine_args_fingerprint(engine_args: EngineArgs) -> str:
+    """What must match between a core started early from the command line and the front end's own EngineArgs."""
+    import dataclasses
+    return repr((sorted(dataclasses.asdict(engine_args).items()), engine_args.usage_context))
+
+
+def run_prestarted_core(engine_args: EngineArgs | None, conn, spawned_at: float) -> None:
+    """The body of an engine-core process started early (entrypoints/early_engine.py): say which EngineArgs it
+    parsed (None: it will not serve, and ends), then run as ``_core_process_main``."""
+    conn.send(EarlyEngineArgs(None if engine_args is None else engine_args_fingerprint(engine_args)))
+    if engine_args is not None:
+        _core_process_main(engine_args, conn, log_format(), envs.PAGEDLLM_STEP_TRACE, spawned_at=spawned_at)
+
+
 def _prepare_to_read_core_info(engine_args: EngineArgs) -> None:
     """While the core builds (seconds), import what unpickling its info will need: the HF config class and whatever
     transformers imports to rebuild one (on some transformers versions that pulls in torch.distributed and sklearn,
@@ -124,8 +138,15 @@ class EngineCoreClient:
     once if the core goes away without being asked to)."""
 
     def __init__(self, engine_args: EngineArgs, *, engine_process: bool, on_message: Callable,
-                 on_idle: Callable[[], None], on_closed: Callable[[BaseException], None], idle_interval_s: float = 5.0):
+                 on_idle: Callable[[], None], on_closed: Callable[[BaseException], None], idle_interval_s: float = 5.0,
+                 prestarted=None):
+        """``prestarted``: an engine-core process already started from the command line (entrypoints/
+        early_engine.py: ``.process``, ``.conn``, ``.adopt()``, ``.discard()``); used if it parsed the same
+        EngineArgs, else discarded and a core started here."""
         self.engine_args = engine_args
+        self._prestarted = prestarted if engine_process else None
+        if prestarted is not None and not engine_process:
+            prestarted.discard()
         self.engine_process = engine_process
         self._on_message, self._on_idle, self._on_closed = on_message, on_idle, on_closed
         self._idle_interval_s = idle_interval_s
@@ -158,12 +179,16 @@ class EngineCoreClient:
 
     def start(self) -> dict:
         """Start the core and wait until it is built; returns its info, or raises its build error."""
-        if self.engine_process:
-            self._worker = self._make_process(time.monotonic())
-        self._worker.start()
-        if self.engine_process:
+        if self._prestarted is not None and self._adopt(self._prestarted):
             self._child_conn.close()
             _prepare_to_read_core_info(self.engine_args)
+        else:
+            if self.engine_process:
+                self._worker = self._make_process(time.monotonic())
+            self._worker.start()
+            if self.engine_process:
+                self._child_conn.close()
+                _prepare_to_read_core_info(self.engine_args)
         try:
             msg = self._conn.recv()
         except EOFError:
@@ -175,12 +200,31 @@ class EngineCoreClient:
             self._worker.join(timeout=10)
             raise msg.error
         if self.engine_process:     # operators (and the fault tests) find the process to watch or kill by this line
-            logger.info("Started the engine core process pid %d.", self._worker.pid)
+            logger.info("Started the engine core process pid %d%s.", self._worker.pid,
+                        " (from the command line, before the server's own imports)" if self._prestarted else "")
         ready_at = msg.info.pop("ready_at")      # run_engine_core stamps it just before sending
         msg.info["startup_phases"]["hand-over to the front end"] = time.monotonic() - ready_at
         threading.Thread(target=self._read_loop, name="pagedllm-engine-reader", daemon=True).start()
         threading.Thread(target=self._write_loop, name="pagedllm-engine-writer", daemon=True).start()
         return msg.info
+
+    def _adopt(self, prestarted) -> bool:
+        """Use the early core if it parsed the same EngineArgs (it says so first); else end it."""
+        try:
+            msg = prestarted.conn.recv()
+        except (EOFError, OSError):
+            msg = None
+        if not isinstance(msg, EarlyEngineArgs) or msg.fingerprint != engine_args_fingerprint(self.engine_args):
+            if isinstance(msg, EarlyEngineArgs) and msg.fingerprint is not None:
+                logger.warning("The engine process started from the command line parsed other engine arguments "
+                               "than the server; starting another.")
+            prestarted.discard()
+            self._prestarted = None
+            return False
+        prestarted.adopt()
+        unused, self._conn, self._worker = self._conn, prestarted.conn, prestarted.process
+        unused.close()
+        return True
 
     def alive(self) -> bool:
         return self._worker is not None and self._worker.is_alive()

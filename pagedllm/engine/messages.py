@@ -2,7 +2,8 @@
 them (a queue in this process, a pipe to the engine-core process).
 
 Front end -> core: ``EngineCoreRequest`` (a validated, tokenized request: the core does no string work),
-``AbortRequests``, ``Shutdown``. Core -> front end: ``CoreReady`` / ``CoreBuildFailed`` once, then ``CoreStepOutputs``
+``AbortRequests``, ``Shutdown``. Core -> front end: (``EarlyEngineArgs`` first from a core started early) ``CoreReady`` /
+``CoreBuildFailed`` once, then ``CoreStepOutputs``
 per step (``EngineCoreOutputs``: the step's new tokens and ends, as a struct of arrays), ``CoreSnapshot`` when only the state changed,
 ``CoreDead`` if a step failed.
 """
@@ -98,6 +99,14 @@ class Shutdown:
 
 
 # ---- core -> front end ---------------------------------------------------------------------------------------------
+@dataclass
+class EarlyEngineArgs:
+    """First message of an engine-core process started from the raw command line (entrypoints/early_engine.py):
+    the fingerprint of the EngineArgs it parsed (``core_client.engine_args_fingerprint``), or None when it will not
+    serve (the command line failed to parse, or this engine runs in the server's process)."""
+    fingerprint: str | None
+
+
 @dataclass
 class CoreReady:
     info: dict[str, Any]

@@ -10,7 +10,6 @@ import logging
 import sys
 
 import pagedllm
-from pagedllm.config import FlexibleArgumentParser
 
 logger = logging.getLogger("pagedllm.cli")
 
@@ -18,7 +17,7 @@ _DESCRIPTION = "pagedllm CLI: a vLLM-compatible LLM inference and serving engine
 _SERVE_HELP = "Start the pagedllm OpenAI Compatible API server."
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, prestarted=None) -> int:
     from pagedllm.entrypoints.openai.api_server import run_server
     from pagedllm.entrypoints.openai.cli_args import finalize_args
 
@@ -26,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
         args = finalize_args(args)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    return run_server(args)
+    return run_server(args, prestarted)
 
 
 def _add_serve_parser(subparsers) -> None:
@@ -57,6 +56,8 @@ def _add_bench_parser(subparsers) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from pagedllm.config import FlexibleArgumentParser
+
     parser = FlexibleArgumentParser(prog="pagedllm", description=_DESCRIPTION,
                                      epilog="For the options of a command: pagedllm <command> --help. "
                                             "Start a server with: pagedllm serve HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -69,8 +70,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pagedllm.entrypoints import early_engine
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Before torch and the server's imports: `serve` on a GPU host starts building its engine now.
+    prestarted = early_engine.start(argv, make_parser)
     parser = make_parser()
     args = parser.parse_args(argv)
+    if prestarted is not None and getattr(args, "dispatch", None) is _serve:
+        args.dispatch = lambda a: _serve(a, prestarted)
     dispatch = getattr(args, "dispatch", None)
     if dispatch is None:
         # The bench module may register its own handler under another attribute name.

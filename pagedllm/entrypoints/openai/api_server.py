@@ -22,7 +22,7 @@ from pagedllm.config import EngineArgs, FlexibleArgumentParser
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.generate_route import add_generate_route
-from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser
+from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                   EmbeddingRequest, ModelCard, ModelList, PoolingRequest,
                                                   RequestError, ScoreRequest, TokenizeChatRequest,
@@ -57,18 +57,13 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 # ---- the app ---------------------------------------------------------------------------------------------------------
-def build_engine(args: argparse.Namespace) -> tuple[AsyncLLMEngine, EngineMetrics, list[str]]:
-    engine_args = EngineArgs.from_cli_args(args)
-    engine_args.usage_context = "openai_api_server"
-    names = list(args.served_model_name) if args.served_model_name else [args.model]
-    engine_args.served_model_name = names
+def build_engine(args: argparse.Namespace, prestarted=None) -> tuple[AsyncLLMEngine, EngineMetrics, list[str]]:
+    """``prestarted``: the engine process that `pagedllm serve` started from its command line
+    (entrypoints/early_engine.py), adopted if it parsed the same engine arguments."""
+    engine_args, names, engine_process = serve_engine_args(args)
     metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats)
-    # Tensor parallel: the engine core runs in the server's process and starts the rank workers itself (Python
-    # forbids the daemonic engine-core process children); the model's work is in the workers either way.
-    engine_process = (not args.disable_frontend_multiprocessing and engine_args.tensor_parallel_size == 1
-                      and engine_args.pipeline_parallel_size == 1)
     engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=args.log_requests, metrics=metrics,
-                                             engine_process=engine_process)
+                                             engine_process=engine_process, prestarted=prestarted)
     return engine, metrics, names
 
 
@@ -220,14 +215,15 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
 
 
 # ---- running ---------------------------------------------------------------------------------------------------------
-def run_server(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM / SIGINT (exit code 0) or until the engine dies (1); see entrypoints/shutdown.py."""
+def run_server(args: argparse.Namespace, prestarted=None) -> int:
+    """Serve until SIGTERM / SIGINT (exit code 0) or until the engine dies (1); see entrypoints/shutdown.py.
+    ``prestarted``: as ``build_engine``'s."""
     import uvicorn
 
     configure_logging()
     logger.info("pagedllm API server version %s", pagedllm.__version__)
     logger.info("args: %s", {k: v for k, v in vars(args).items() if k != "api_key"})
-    engine, metrics, names = build_engine(args)
+    engine, metrics, names = build_engine(args, prestarted)
     app = build_app(args, engine, metrics, names)
     host = args.host or "0.0.0.0"
     config = uvicorn.Config(app, host=host, port=args.port, log_level=args.uvicorn_log_level,

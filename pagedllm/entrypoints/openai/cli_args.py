@@ -158,6 +158,21 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def serve_engine_args(args: argparse.Namespace) -> tuple[EngineArgs, list[str], bool]:
+    """The engine's arguments for a finalized ``serve`` command line, its served model names, and whether the engine
+    core runs in its own process. Shared by the server and by the engine process started from the command line
+    before the server's imports (entrypoints/early_engine.py), which must agree."""
+    engine_args = EngineArgs.from_cli_args(args)
+    engine_args.usage_context = "openai_api_server"
+    names = list(args.served_model_name) if args.served_model_name else [args.model]
+    engine_args.served_model_name = names
+    # Tensor parallel: the engine core runs in the server's process and starts the rank workers itself (Python
+    # forbids the daemonic engine-core process children); the model's work is in the workers either way.
+    engine_process = (not args.disable_frontend_multiprocessing and engine_args.tensor_parallel_size == 1
+                      and engine_args.pipeline_parallel_size == 1)
+    return engine_args, names, engine_process
+
+
 def check_limit_args(args: argparse.Namespace) -> None:
     if not 1 <= args.max_n <= MAX_N:
         raise ValueError(f"--max-n must be in [1, {MAX_N}], got {args.max_n}.")
