@@ -11,7 +11,7 @@ parsed the same ``EngineArgs`` (its first message, ``EarlyEngineArgs``), else en
 The child prints nothing while parsing (the server reports a bad command line) and ends quietly when it will not
 serve (a parse error, ``--help``, tensor/pipeline parallel or ``--disable-frontend-multiprocessing``: the engine
 then runs in the server's process). It dies with the server (PR_SET_PDEATHSIG on Linux, and an exit hook here kills
-one that was not adopted). ``PAGEDLLM_EARLY_ENGINE=0`` turns this off.
+one still alive when the server's interpreter exits). ``PAGEDLLM_EARLY_ENGINE=0`` turns this off.
 
 This module imports nothing heavy at the top: it runs before torch is imported.
 """
@@ -28,22 +28,28 @@ class PrestartedCore:
 
     def __init__(self, process, conn):
         self.process, self.conn = process, conn
-        self._adopted = False
-        atexit.register(self.discard)     # after multiprocessing's own hook, so it runs first
+        self.adopted = False
+        self._discarded = False
+        # Registered after multiprocessing's own exit hook, so it runs first: that hook would SIGTERM the daemonic
+        # child (ignored by every engine-core process) and then wait for it, e.g. after Ctrl-C during start-up.
+        atexit.register(self._kill)
 
     def adopt(self) -> None:
         """The engine client owns it now (and ends it at shutdown)."""
-        self._adopted = True
+        self.adopted = True
 
     def discard(self) -> None:
-        """End it unless adopted (it ignores SIGTERM, as every engine-core process)."""
-        if self._adopted:
+        """Not used: end it now."""
+        if self._discarded:
             return
-        self._adopted = True          # once
+        self._discarded = True
+        self._kill()
+        self.conn.close()
+
+    def _kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
-        self.conn.close()
 
 
 def _spawned(argv: list[str]) -> bool:
