@@ -4,9 +4,7 @@
 # with the start-up timeline; (3) the served concurrency sweep (benchmarks/serve_sweep.py, one server, c = 1, 16, 64,
 # 100, 256); (4) the unchanged serve_workload.py at c = 100 (the ANCHORS.md row).
 # From the repo root, carry [".whl", ".bench"] (.bench/sb = ../shared/bench, .whl = ../shared/gpu/wheelhouse.sh).
-[ -d /tmp/site/opentelemetry ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-R=$PWD
+. benchmarks/gpu_session9/common.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 git log -1 --format='tree at %h %s' 2>/dev/null | cut -c1-120
 python3 -c "import transformers, torch, triton; print('transformers', transformers.__version__, 'torch', torch.__version__, 'triton', triton.__version__)"
@@ -35,9 +33,6 @@ echo "cold: /health 200 after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 grep -E "start-up " $OUT/serve_cold.log | cut -c1-600
 kill -INT $pid; wait $pid
 export TRITON_CACHE_DIR=/tmp/tcache_s9
-mkdir -p /tmp/bin_new
-printf '#!/bin/bash\nPYTHONPATH=%s:/tmp/site exec python3 -m pagedllm.entrypoints.cli "$@"\n' "$R" > /tmp/bin_new/pagedllm
-chmod +x /tmp/bin_new/pagedllm
 PATH=/tmp/bin_new:$PATH PYTHONPATH=/tmp/site timeout 420 python3 benchmarks/serve_sweep.py pagedllm qwen2.5-7b --concs ${CONCS:-1,16,64,100,256} --workloads .bench/sb --log-dir $OUT
 echo "late compiles after start-up (sweep): $(grep -c 'after start-up' $OUT/sweep_server_pagedllm_qwen2.5-7b.log)"
 if [ -z "$SKIP_C100" ]; then

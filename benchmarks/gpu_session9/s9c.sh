@@ -4,17 +4,8 @@
 # the whole sweep (c = 1, 16, 64, 100, 256; the first sweep, s9a, lost 6-10% at c = 64/100 after c = 1/16), with
 # the step trace (its gc / gc2 fields); then the unchanged serve_workload.py at c = 100 with the default (frozen).
 # Carry [".whl", ".bench"] as s9a.sh.
-[ -d /tmp/site/opentelemetry ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache_s9
-R=$PWD
-mkdir -p /tmp/bin_new
-printf '#!/bin/bash\nPYTHONPATH=%s:/tmp/site exec python3 -m pagedllm.entrypoints.cli "$@"\n' "$R" > /tmp/bin_new/pagedllm
-chmod +x /tmp/bin_new/pagedllm
-summ='
-import sys, json
-for l in sys.stdin:
-    tag, j = l.split(" ", 1); d = json.loads(j)
-    print(tag, "c=%d" % d["concurrency"], d["output_tok_s"], "ttft", d["ttft_ms"]["median"], "tpot", d["tpot_ms"]["median"], "itl p99", d["itl_ms"]["p99"], "start", d["startup_s"])'
+. benchmarks/gpu_session9/common.sh
+export TRITON_CACHE_DIR=/tmp/tcache_s9
 trace='
 import sys, json, numpy as np
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -27,12 +18,12 @@ for fz in ${FREEZES:-0 1}; do
   i=$((i+1)); mkdir -p $OUT/f$i
   PAGEDLLM_GC_FREEZE=$fz PAGEDLLM_STEP_TRACE=$OUT/f$i/steps.jsonl PATH=/tmp/bin_new:$PATH PYTHONPATH=/tmp/site \
     timeout 260 python3 benchmarks/serve_sweep.py pagedllm qwen2.5-7b --concs ${CONCS:-1,16,64,100,256} --workloads .bench/sb --log-dir $OUT/f$i \
-    | sed "s/^/freeze=$fz /" | python3 -c "$summ"
+    | sed "s/^/freeze=$fz /" | python3 -c "$SUMM"
   python3 -c "$trace" $OUT/f$i/steps.jsonl
   grep -h "frozen out" $OUT/f$i/sweep_server_pagedllm_qwen2.5-7b.log | cut -c1-160
   echo "  late compiles: $(grep -c 'after start-up' $OUT/f$i/sweep_server_pagedllm_qwen2.5-7b.log)"
 done
 if [ -z "$SKIP_C100" ]; then
-PATH=/tmp/bin_new:$PATH PYTHONPATH=/tmp/site LOG_DIR=$OUT timeout 150 python3 .bench/sb/serve_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 100 | sed "s/^/unchanged /" | python3 -c "$summ"
+PATH=/tmp/bin_new:$PATH PYTHONPATH=/tmp/site LOG_DIR=$OUT timeout 150 python3 .bench/sb/serve_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 100 | sed "s/^/unchanged /" | python3 -c "$SUMM"
 echo "  late compiles: $(grep -c 'after start-up' $OUT/server_pagedllm_qwen2.5-7b.log)"
 fi

@@ -3,17 +3,8 @@
 # Suspect: the CUDA caching allocator freeing its cache and retrying (KV cache sized to the profiled peak, then
 # fragmentation). A/B: default vs PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, c = 64, 100, 256, step trace
 # with the allocator's retry count. Carry [".whl", ".bench"] as s9a.sh.
-[ -d /tmp/site/opentelemetry ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache_s9
-R=$PWD
-mkdir -p /tmp/bin_new
-printf '#!/bin/bash\nPYTHONPATH=%s:/tmp/site exec python3 -m pagedllm.entrypoints.cli "$@"\n' "$R" > /tmp/bin_new/pagedllm
-chmod +x /tmp/bin_new/pagedllm
-summ='
-import sys, json
-for l in sys.stdin:
-    tag, j = l.split(" ", 1); d = json.loads(j)
-    print(tag, "c=%d" % d["concurrency"], d["output_tok_s"], "ttft", d["ttft_ms"]["median"], "tpot", d["tpot_ms"]["median"], "itl p99", d["itl_ms"]["p99"], "start", d["startup_s"])'
+. benchmarks/gpu_session9/common.sh
+export TRITON_CACHE_DIR=/tmp/tcache_s9
 trace='
 import sys, json, numpy as np
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -25,7 +16,7 @@ for conf in ${CONFS:-default expandable_segments:True}; do
   ( [ $conf != default ] && export PYTORCH_CUDA_ALLOC_CONF=$conf
     PAGEDLLM_STEP_TRACE=$OUT/a$i/steps.jsonl PATH=/tmp/bin_new:$PATH PYTHONPATH=/tmp/site \
     timeout 200 python3 benchmarks/serve_sweep.py pagedllm qwen2.5-7b --concs ${CONCS:-64,100,256} --workloads .bench/sb --log-dir $OUT/a$i \
-    | sed "s/^/$conf /" | python3 -c "$summ" )
+    | sed "s/^/$conf /" | python3 -c "$SUMM" )
   python3 -c "$trace" $OUT/a$i/steps.jsonl
   grep -h "KV cache  \|activation" $OUT/a$i/sweep_server_pagedllm_qwen2.5-7b.log | head -2 | cut -c1-200
 done

@@ -4,9 +4,7 @@
 # server's imports (0), alternating, each from an empty Triton cache; prints each start-up timeline.
 # Prediction: 26.6 s -> ~21.5 s (the server's ~5.6 s before the spawn overlaps the engine's build).
 # Carry [".whl", ".bench"] as s9a.sh (~3 min).
-[ -d /tmp/site/opentelemetry ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-R=$PWD
+. benchmarks/gpu_session9/common.sh
 d=$(mktemp -d); python3 -c "
 import json,sys; sys.path.insert(0,'.bench/sb'); from workloads import qwen2_config; json.dump(qwen2_config('qwen2.5-7b'), open('$d/config.json','w'))"
 i=0

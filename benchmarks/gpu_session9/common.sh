@@ -1,0 +1,14 @@
+# Sourced by the session-9 device scripts (run from the repo root, carry [".whl", ".bench"]): the server wheels in
+# /tmp/site, a `pagedllm` command for this tree in /tmp/bin_new, and $SUMM, a filter printing "TAG c=N tok/s ttft
+# tpot itl-p99 start" from serve_sweep.py / serve_workload.py JSON lines prefixed with "TAG ".
+[ -d /tmp/site/opentelemetry ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+R=$PWD
+mkdir -p /tmp/bin_new
+printf '#!/bin/bash\nPYTHONPATH=%s:/tmp/site exec python3 -m pagedllm.entrypoints.cli "$@"\n' "$R" > /tmp/bin_new/pagedllm
+chmod +x /tmp/bin_new/pagedllm
+SUMM='
+import sys, json
+for l in sys.stdin:
+    tag, j = l.split(" ", 1); d = json.loads(j)
+    print(tag, "c=%d" % d["concurrency"], d["output_tok_s"], "ttft", d["ttft_ms"]["median"], "tpot", d["tpot_ms"]["median"], "itl p99", d["itl_ms"]["p99"], "start", d.get("startup_s"))'
