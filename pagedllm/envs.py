@@ -98,6 +98,11 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "Largest step (tokens) that the piecewise CUDA graphs cover; larger steps run eagerly. Sizes above 512 go "
         "up in steps of 64 to 1024, 128 to 2048, 256 to 4096, 512 beyond (each costs capture time at start-up). "
         "Default 512 (vLLM's largest capture size too)."),
+    "PAGEDLLM_COMPILE_THREADS": (
+        lambda: _optional_int("PAGEDLLM_COMPILE_THREADS") or 0,
+        "N > 0: on the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on N "
+        "threads before it runs for real (kernels/parallel_compile.py; for cold starts). Default 0: off, built one "
+        "by one (not yet verified on a GPU)."),
     "PAGEDLLM_GC_FREEZE": (
         lambda: _flag("PAGEDLLM_GC_FREEZE", default=True),
         "0: leave the start-up heap of the engine-core, rank-worker and API-server processes to the garbage "

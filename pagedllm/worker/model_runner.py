@@ -17,6 +17,7 @@ from pagedllm.config import EngineConfig, kv_cache_torch_dtype
 from pagedllm.distributed import (get_pp_layer_range, get_pp_size, get_tp_rank, get_tp_size, is_first_pp_stage,
                                   is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
+from pagedllm.kernels.parallel_compile import compile_ahead
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.pipeline import IntermediateTensors
 from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
@@ -189,12 +190,19 @@ class ModelRunner:
         torch.cuda.synchronize(dev)
         torch.cuda.empty_cache()
         weights = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
         n = min(self.config.max_num_batched_tokens, self.config.max_model_len * self.config.max_num_seqs)
-        self._dummy_forward(n)
-        # Batch shapes whose kernel variants the backend wants compiled now, not inside the first timed requests.
-        for lens, num_decodes in self.attn_backend.warmup_batches():
-            self._dummy_forward(lens=lens, num_decodes=num_decodes)
+
+        def warm_up() -> None:
+            self._dummy_forward(n)
+            # Batch shapes whose kernel variants the backend wants compiled now, not inside the first timed requests.
+            for lens, num_decodes in self.attn_backend.warmup_batches():
+                self._dummy_forward(lens=lens, num_decodes=num_decodes)
+        if envs.PAGEDLLM_COMPILE_THREADS > 0:       # cold start: the variants built on threads first
+            compile_ahead(warm_up, envs.PAGEDLLM_COMPILE_THREADS)
+            torch.cuda.synchronize(dev)
+            torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        warm_up()
         torch.cuda.synchronize(dev)
         peak = torch.cuda.max_memory_allocated(dev)
         total = torch.cuda.get_device_properties(dev).total_memory

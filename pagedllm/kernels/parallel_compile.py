@@ -1,0 +1,60 @@
+"""Build the Triton kernel variants of a warm-up on a thread pool instead of one after the other (cold start).
+
+On a cold Triton cache the start-up builds ~14 variants one at a time inside the warm-up forwards: 6.5 s of a 26.6 s
+cold start on the H200 host (docs/perf.md, session 9). On the 2-core CPU VM two threads compiled our kernels for
+sm_90 1.4x faster than one (~60% of a compile runs without the GIL: ptxas, parts of the MLIR pipeline), so 14
+threads should take those 6.5 s to ~2.8 s.
+
+``compile_ahead(warm_up, workers)`` runs ``warm_up`` once "dry": Triton calls its ``jit_cache_hook`` before building
+any variant not in its cache; the hook here records the variant's specialisation data and answers True, which makes
+the launch return without building or running it (that kernel's outputs keep whatever their buffers held: the
+warm-up must read nothing back that steers the host -- ours are forwards over host-made inputs). Then every recorded
+variant is built with ``JITFunction.preload`` under Triton's ``AsyncCompileMode`` on a thread pool, which also puts
+them in the in-process cache, and the caller runs the real warm-up, which finds them all built.
+
+Off by default (``PAGEDLLM_COMPILE_THREADS``): written after the session's device time was spent, so neither
+verified nor measured on a GPU yet (tests/gpu/test_parallel_compile.py, benchmarks/gpu_session9/s9f.sh).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+
+def compile_ahead(warm_up: Callable[[], None], workers: int) -> int:
+    """Run ``warm_up`` dry, then build the Triton variants it met on ``workers`` threads; returns how many."""
+    try:
+        from triton import knobs
+        from triton.runtime._async_compile import AsyncCompileMode
+    except ImportError:      # a Triton without the hooks (< 3.4): the warm-up builds them one by one
+        return 0
+    runtime = knobs.runtime
+    if not hasattr(runtime, "jit_cache_hook"):
+        return 0
+    recorded: dict[tuple[int, str], tuple] = {}
+
+    def record(*, fn, compile, **_):
+        data = compile["specialization_data"]
+        recorded.setdefault((id(fn.jit_function), data), (fn.jit_function, data))
+        return True          # neither build nor launch it now
+
+    t0 = time.perf_counter()
+    previous = runtime.jit_cache_hook
+    runtime.jit_cache_hook = record
+    try:
+        warm_up()
+    finally:
+        runtime.jit_cache_hook = previous
+    t1 = time.perf_counter()
+    if recorded:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pagedllm-triton") as pool, \
+                AsyncCompileMode(pool):                  # its exit waits for every build and caches it
+            for jit_function, data in recorded.values():
+                jit_function.preload(data)
+    logger.info("Built %d Triton kernel variants on %d threads in %.1f s (dry warm-up %.1f s)", len(recorded),
+                workers, time.perf_counter() - t1, t1 - t0)
+    return len(recorded)
