@@ -141,7 +141,7 @@ class EngineCoreClient:
                  on_idle: Callable[[], None], on_closed: Callable[[BaseException], None], idle_interval_s: float = 5.0,
                  prestarted=None):
         """``prestarted``: an engine-core process already started from the command line (entrypoints/
-        early_engine.py: ``.process``, ``.conn``, ``.adopt()``, ``.discard()``); used if it parsed the same
+        early_engine.py: ``.process``, ``.conn``, ``.discard()``); used if it parsed the same
         EngineArgs, else discarded and a core started here."""
         self.engine_args = engine_args
         self._prestarted = prestarted if engine_process else None
@@ -179,16 +179,13 @@ class EngineCoreClient:
 
     def start(self) -> dict:
         """Start the core and wait until it is built; returns its info, or raises its build error."""
-        if self._prestarted is not None and self._adopt(self._prestarted):
-            self._child_conn.close()
-            _prepare_to_read_core_info(self.engine_args)
-        else:
+        if self._prestarted is None or not self._adopt(self._prestarted):
             if self.engine_process:
                 self._worker = self._make_process(time.monotonic())
             self._worker.start()
-            if self.engine_process:
-                self._child_conn.close()
-                _prepare_to_read_core_info(self.engine_args)
+        if self.engine_process:
+            self._child_conn.close()
+            _prepare_to_read_core_info(self.engine_args)
         try:
             msg = self._conn.recv()
         except EOFError:
@@ -221,7 +218,6 @@ class EngineCoreClient:
             prestarted.discard()
             self._prestarted = None
             return False
-        prestarted.adopt()
         unused, self._conn, self._worker = self._conn, prestarted.conn, prestarted.process
         unused.close()
         return True

@@ -28,18 +28,13 @@ class PrestartedCore:
 
     def __init__(self, process, conn):
         self.process, self.conn = process, conn
-        self.adopted = False
         self._discarded = False
         # Registered after multiprocessing's own exit hook, so it runs first: that hook would SIGTERM the daemonic
         # child (ignored by every engine-core process) and then wait for it, e.g. after Ctrl-C during start-up.
         atexit.register(self._kill)
 
-    def adopt(self) -> None:
-        """The engine client owns it now (and ends it at shutdown)."""
-        self.adopted = True
-
     def discard(self) -> None:
-        """Not used: end it now."""
+        """Not adopted by the engine client: end it now."""
         if self._discarded:
             return
         self._discarded = True
@@ -85,7 +80,8 @@ def start(argv: list[str], make_parser) -> PrestartedCore | None:
 
 
 def _child_main(argv: list[str], make_parser, conn, spawned_at: float, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
+    from pagedllm.worker.executor import die_with_parent
+    die_with_parent(parent_pid)      # as the rank workers (the server's exit hook covers other platforms)
     from pagedllm.engine.core_client import run_prestarted_core
     run_prestarted_core(_engine_args(argv, make_parser), conn, spawned_at)
 
@@ -107,15 +103,3 @@ def _engine_args(argv: list[str], make_parser):
     finally:
         logging.disable(logging.NOTSET)
     return engine_args if engine_process else None
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """SIGKILL when the server process goes away (Linux), however it ends."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
-    if os.getppid() != parent_pid:      # the server died before prctl took effect
-        os._exit(1)

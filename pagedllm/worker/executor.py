@@ -422,11 +422,20 @@ def _detach_signals(parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        import ctypes
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
-        if os.getppid() != parent_pid:      # the parent died before prctl took effect
-            os._exit(1)
+        die_with_parent(parent_pid)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: this process gets SIGKILL when the thread of ``parent_pid`` that started it goes away, however that
+    ends (elsewhere: nothing). Exits now if the parent is already gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    if os.getppid() != parent_pid:      # the parent died before prctl took effect
+        os._exit(1)
 
 
 def picklable(e: BaseException) -> BaseException:
