@@ -50,6 +50,15 @@ def _optional_int(name: str) -> int | None:
         raise ValueError(f"{name} must be a whole number, got {value!r}.") from None
 
 
+def _int_at_least(name: str, minimum: int, default: int) -> int:
+    value = _optional_int(name)
+    if value is None:
+        return default
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+    return value
+
+
 # name -> (reader, what it does and its default)
 _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     # ---- model loading -----------------------------------------------------------------------------------------
@@ -94,12 +103,12 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "Default of piecewise_cuda_graphs / --[no-]piecewise-cuda-graphs: CUDA graphs for steps with prompt "
         "tokens. Default on."),
     "PAGEDLLM_PIECEWISE_MAX_TOKENS": (
-        lambda: _optional_int("PAGEDLLM_PIECEWISE_MAX_TOKENS") or 512,
+        lambda: _int_at_least("PAGEDLLM_PIECEWISE_MAX_TOKENS", 1, 512),
         "Largest step (tokens) that the piecewise CUDA graphs cover; larger steps run eagerly. Sizes above 512 go "
         "up in steps of 64 to 1024, 128 to 2048, 256 to 4096, 512 beyond (each costs capture time at start-up). "
         "Default 512 (vLLM's largest capture size too)."),
     "PAGEDLLM_COMPILE_THREADS": (
-        lambda: _optional_int("PAGEDLLM_COMPILE_THREADS") or 0,
+        lambda: _int_at_least("PAGEDLLM_COMPILE_THREADS", 0, 0),
         "N > 0: on the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on N "
         "threads before it runs for real (kernels/parallel_compile.py; for cold starts). Default 0: off, built one "
         "by one (not yet verified on a GPU)."),

@@ -62,6 +62,19 @@ def test_values_read_at_access(monkeypatch):
         envs.PAGEDLLM_CPU_KVCACHE_SPACE
 
 
+def test_counts_are_checked_not_replaced(monkeypatch):
+    assert envs.PAGEDLLM_PIECEWISE_MAX_TOKENS == 512 and envs.PAGEDLLM_COMPILE_THREADS == 0
+    monkeypatch.setenv("PAGEDLLM_PIECEWISE_MAX_TOKENS", "2048")
+    monkeypatch.setenv("PAGEDLLM_COMPILE_THREADS", "16")
+    assert envs.PAGEDLLM_PIECEWISE_MAX_TOKENS == 2048 and envs.PAGEDLLM_COMPILE_THREADS == 16
+    monkeypatch.setenv("PAGEDLLM_PIECEWISE_MAX_TOKENS", "0")     # was silently 512
+    with pytest.raises(ValueError, match="PAGEDLLM_PIECEWISE_MAX_TOKENS must be at least 1, got 0"):
+        envs.PAGEDLLM_PIECEWISE_MAX_TOKENS
+    monkeypatch.setenv("PAGEDLLM_COMPILE_THREADS", "-2")
+    with pytest.raises(ValueError, match="PAGEDLLM_COMPILE_THREADS must be at least 0, got -2"):
+        envs.PAGEDLLM_COMPILE_THREADS
+
+
 def build(monkeypatch, device="cuda", **kwargs) -> EngineConfig:
     monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device(device))
     monkeypatch.setattr(cfg_mod, "_pick_dtype", lambda name, hf, dev: torch.bfloat16)
