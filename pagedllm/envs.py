@@ -50,6 +50,15 @@ def _optional_int(name: str) -> int | None:
         raise ValueError(f"{name} must be a whole number, got {value!r}.") from None
 
 
+def _default_compile_threads() -> int:
+    """Usable cores (the affinity mask, as a container limits it), at most 16 (the H200 host's count, measured)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:      # not Linux
+        cores = os.cpu_count() or 1
+    return min(cores, 16)
+
+
 def _int_at_least(name: str, minimum: int, default: int) -> int:
     value = _optional_int(name)
     if value is None:
@@ -108,10 +117,10 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "up in steps of 64 to 1024, 128 to 2048, 256 to 4096, 512 beyond (each costs capture time at start-up). "
         "Default 512 (vLLM's largest capture size too)."),
     "PAGEDLLM_COMPILE_THREADS": (
-        lambda: _int_at_least("PAGEDLLM_COMPILE_THREADS", 0, 0),
-        "N > 0: on the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on N "
-        "threads before it runs for real (kernels/parallel_compile.py; for cold starts). Default 0: off, built one "
-        "by one (not yet verified on a GPU)."),
+        lambda: _int_at_least("PAGEDLLM_COMPILE_THREADS", 0, _default_compile_threads()),
+        "On the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on this "
+        "many threads before it runs for real (kernels/parallel_compile.py; what a cold Triton cache costs). "
+        "Default: the usable CPU cores, at most 16; 0: built one by one inside the warm-up."),
     "PAGEDLLM_GC_FREEZE": (
         lambda: _flag("PAGEDLLM_GC_FREEZE", default=True),
         "0: leave the start-up heap of the engine-core, rank-worker and API-server processes to the garbage "

@@ -81,7 +81,11 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         timeline = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
         triton = runner.get("triton_startup")
         if triton:
-            timeline += f" (Triton: {triton[0]} kernel variants built in {triton[1]:.1f} s)"
+            one_by_one, seconds, ahead, threads, ahead_seconds = triton
+            built = [f"{one_by_one} kernel variants built one by one in {seconds:.1f} s"]
+            if ahead:
+                built.insert(0, f"{ahead} built or loaded ahead on {threads} threads in {ahead_seconds:.1f} s")
+            timeline += f" (Triton: {', '.join(built)})"
         lines.append(f"  start-up     {timeline}; other {max(total_seconds - sum(phases.values()), 0.0):.1f} s")
     plan = runner.get("memory_plan") or []     # worker/memory_plan.py MemoryPlan.describe()
     if plan:

@@ -19,15 +19,25 @@ late_compiles = 0          # how many variants were compiled after start-up (tes
 # Compiles while an engine starts (not logged one by one; the start-up timeline reports their count and time).
 startup_compiles = 0
 startup_compile_seconds = 0.0
+# Variants built ahead on a thread pool (kernels/parallel_compile.py): counted here, not timed one by one (their
+# durations overlap; compile_ahead reports the wall time).
+_ahead = False
+ahead_compiles = 0
 
 
 def pause() -> bool:
     """An engine is starting (compiles expected): stop logging until ``watch_late_compiles`` is called again, and
     count this start-up's compiles from zero. Returns whether Triton has the hooks."""
-    global _armed, startup_compiles, startup_compile_seconds
+    global _armed, startup_compiles, startup_compile_seconds, ahead_compiles
     _armed = False
-    startup_compiles, startup_compile_seconds = 0, 0.0
+    startup_compiles, startup_compile_seconds, ahead_compiles = 0, 0.0, 0
     return _install()
+
+
+def building_ahead(on: bool) -> None:
+    """Compiles from now on are the thread pool's (``on``) or one by one again."""
+    global _ahead
+    _ahead = on
 
 
 def watch_late_compiles() -> bool:
@@ -56,11 +66,15 @@ def _install() -> bool:
         return before(key=key, **kwargs) if before else None    # a true result would skip the compile
 
     def on_compiled(*, key, repr, **kwargs):
-        global late_compiles, startup_compiles, startup_compile_seconds
+        global late_compiles, startup_compiles, startup_compile_seconds, ahead_compiles
         took = time.perf_counter() - started.pop(str(key), time.perf_counter())
-        if not _armed:
+        if _ahead:
+            ahead_compiles += 1
+        elif not _armed:
             startup_compiles += 1
             startup_compile_seconds += took
+            # Which start-up variants the thread pool did not build ahead (a capture's, the sampler's).
+            logger.debug("Triton built a kernel variant during start-up in %.0f ms: %s", took * 1e3, repr[:300])
         else:
             late_compiles += 1
             logger.info("Triton compiled a kernel variant after start-up in %.0f ms (the step waited): %s",

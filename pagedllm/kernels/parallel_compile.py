@@ -12,8 +12,9 @@ warm-up must read nothing back that steers the host -- ours are forwards over ho
 variant is built with ``JITFunction.preload`` under Triton's ``AsyncCompileMode`` on a thread pool, which also puts
 them in the in-process cache, and the caller runs the real warm-up, which finds them all built.
 
-Off by default (``PAGEDLLM_COMPILE_THREADS``): written after the session's device time was spent, so neither
-verified nor measured on a GPU yet (tests/gpu/test_parallel_compile.py, benchmarks/gpu_session9/s9f.sh).
+On by default on the GPU with up to 16 threads (``PAGEDLLM_COMPILE_THREADS``; 0 = one by one). Measured on the H200
+(docs/perf.md, session 10): cold ``serve`` 7B to /health 14.9 / 16.8 s with 16 threads against 18.0 / 22.4 s one by
+one (memory profile + warm-up 4.6 / 5.5 s against 7.0 / 8.1 s); tests/gpu/test_parallel_compile.py passed there.
 """
 from __future__ import annotations
 
@@ -24,16 +25,18 @@ from typing import Callable
 logger = logging.getLogger(__name__)
 
 
-def compile_ahead(warm_up: Callable[[], None], workers: int) -> int:
-    """Run ``warm_up`` dry, then build the Triton variants it met on ``workers`` threads; returns how many."""
+def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float]:
+    """Run ``warm_up`` dry, then build the Triton variants it met on ``workers`` threads; returns how many and the
+    seconds the building took (wall time, the dry pass not included)."""
     try:
         from triton import knobs
         from triton.runtime._async_compile import AsyncCompileMode
     except ImportError:      # a Triton without the hooks (< 3.4): the warm-up builds them one by one
-        return 0
+        return 0, 0.0
     runtime = knobs.runtime
     if not hasattr(runtime, "jit_cache_hook"):
-        return 0
+        return 0, 0.0
+    from pagedllm.kernels import late_compiles
     recorded: dict[tuple[int, str], tuple] = {}
 
     def record(*, fn, compile, **_):
@@ -51,10 +54,15 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> int:
     t1 = time.perf_counter()
     if recorded:
         from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pagedllm-triton") as pool, \
-                AsyncCompileMode(pool):                  # its exit waits for every build and caches it
-            for jit_function, data in recorded.values():
-                jit_function.preload(data)
+        late_compiles.building_ahead(True)
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pagedllm-triton") as pool, \
+                    AsyncCompileMode(pool):              # its exit waits for every build and caches it
+                for jit_function, data in recorded.values():
+                    jit_function.preload(data)
+        finally:
+            late_compiles.building_ahead(False)
+    took = time.perf_counter() - t1
     logger.info("Built %d Triton kernel variants on %d threads in %.1f s (dry warm-up %.1f s)", len(recorded),
-                workers, time.perf_counter() - t1, t1 - t0)
-    return len(recorded)
+                workers, took, t1 - t0)
+    return len(recorded), took

@@ -95,7 +95,9 @@ class ModelRunner:
         self.load_seconds = time.perf_counter() - t0
         # Seconds per start-up phase, in order, for the start-up log's timeline (and where a slow start goes).
         self.startup_phases: dict[str, float] = {"runner init": t0 - t_init, "load": self.load_seconds}
-        self.startup_triton: tuple[int, float] | None = None     # Triton variants built during start-up, seconds
+        # Triton variants built during start-up: (one by one, their seconds, ahead on threads, threads, wall seconds).
+        self.startup_triton: tuple[int, float, int, int, float] | None = None
+        self._compiled_ahead = (0, 0, 0.0)
         self.sampler = Sampler()
         # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
         # last token for decoders (vLLM's defaults).
@@ -194,11 +196,15 @@ class ModelRunner:
 
         def warm_up() -> None:
             self._dummy_forward(n)
+            # One request's decode step: the one-row GEMV variants, else first built one by one in graph capture.
+            self._dummy_forward(lens=[1], num_decodes=1)
             # Batch shapes whose kernel variants the backend wants compiled now, not inside the first timed requests.
             for lens, num_decodes in self.attn_backend.warmup_batches():
                 self._dummy_forward(lens=lens, num_decodes=num_decodes)
-        if envs.PAGEDLLM_COMPILE_THREADS > 0:       # cold start: the variants built on threads first
-            compile_ahead(warm_up, envs.PAGEDLLM_COMPILE_THREADS)
+        threads = envs.PAGEDLLM_COMPILE_THREADS
+        if threads > 0:       # a cold Triton cache: the variants built on threads first
+            built, seconds = compile_ahead(warm_up, threads)
+            self._compiled_ahead = (built, threads, seconds)
             torch.cuda.synchronize(dev)
             torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
@@ -305,7 +311,8 @@ class ModelRunner:
             self.startup_phases["CUDA graphs"] = time.perf_counter() - t1
         if self.device.type == "cuda":
             from pagedllm.kernels import late_compiles
-            self.startup_triton = (late_compiles.startup_compiles, late_compiles.startup_compile_seconds)
+            self.startup_triton = (late_compiles.startup_compiles, late_compiles.startup_compile_seconds,
+                                   *self._compiled_ahead)
             late_compiles.watch_late_compiles()
 
     # ---- one step ---------------------------------------------------------------------------------------------

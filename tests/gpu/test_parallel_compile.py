@@ -30,8 +30,10 @@ def _run(inputs):
 def test_variants_built_ahead_on_threads_then_no_build_and_same_results(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))       # nothing on disk either
     inputs = _inputs()
-    built = compile_ahead(lambda: _run(inputs), workers=4)
-    assert built == 2 * len(SIZES)          # one RMSNorm and one SiLU-and-mul variant per size
+    late_compiles.pause()                   # as an engine's start-up: hooks installed, counts from zero
+    built, seconds = compile_ahead(lambda: _run(inputs), workers=4)
+    assert built == 2 * len(SIZES) and seconds > 0       # one RMSNorm and one SiLU-and-mul variant per size
+    assert late_compiles.ahead_compiles == built         # counted as the pool's, not as one-by-one start-up builds
     late_compiles.watch_late_compiles()
     before = late_compiles.late_compiles
     try:

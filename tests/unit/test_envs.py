@@ -63,10 +63,15 @@ def test_values_read_at_access(monkeypatch):
 
 
 def test_counts_are_checked_not_replaced(monkeypatch):
-    assert envs.PAGEDLLM_PIECEWISE_MAX_TOKENS == 512 and envs.PAGEDLLM_COMPILE_THREADS == 0
+    import os
+    cores = len(os.sched_getaffinity(0))
+    # The compile threads default to the usable cores, at most 16.
+    assert envs.PAGEDLLM_PIECEWISE_MAX_TOKENS == 512 and envs.PAGEDLLM_COMPILE_THREADS == min(cores, 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert envs.PAGEDLLM_COMPILE_THREADS == 16
     monkeypatch.setenv("PAGEDLLM_PIECEWISE_MAX_TOKENS", "2048")
-    monkeypatch.setenv("PAGEDLLM_COMPILE_THREADS", "16")
-    assert envs.PAGEDLLM_PIECEWISE_MAX_TOKENS == 2048 and envs.PAGEDLLM_COMPILE_THREADS == 16
+    monkeypatch.setenv("PAGEDLLM_COMPILE_THREADS", "0")      # one by one
+    assert envs.PAGEDLLM_PIECEWISE_MAX_TOKENS == 2048 and envs.PAGEDLLM_COMPILE_THREADS == 0
     monkeypatch.setenv("PAGEDLLM_PIECEWISE_MAX_TOKENS", "0")     # was silently 512
     with pytest.raises(ValueError, match="PAGEDLLM_PIECEWISE_MAX_TOKENS must be at least 1, got 0"):
         envs.PAGEDLLM_PIECEWISE_MAX_TOKENS

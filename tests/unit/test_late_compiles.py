@@ -46,3 +46,15 @@ def test_logs_only_compiles_after_start_up(fresh, caplog):
     (record,) = caplog.records
     assert "after start-up" in record.getMessage() and "stride_bt: i32" in record.getMessage()
     assert fresh == ["during-start-up", "SeqLens: i32, stride_bt: i32"]     # the user's hook still runs
+
+
+def test_builds_of_the_thread_pool_are_counted_apart(fresh, monkeypatch):
+    late_compiles.pause()
+    late_compiles.building_ahead(True)          # kernels/parallel_compile: builds overlap, not timed one by one
+    compile_once("ahead-1")
+    compile_once("ahead-2")
+    late_compiles.building_ahead(False)
+    compile_once("in-capture")
+    assert late_compiles.ahead_compiles == 2 and late_compiles.startup_compiles == 1
+    late_compiles.pause()                       # the next engine's start-up counts from zero
+    assert late_compiles.ahead_compiles == 0 and late_compiles.startup_compiles == 0
