@@ -116,6 +116,11 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "Largest step (tokens) that the piecewise CUDA graphs cover; larger steps run eagerly. Sizes above 512 go "
         "up in steps of 64 to 1024, 128 to 2048, 256 to 4096, 512 beyond (each costs capture time at start-up). "
         "Default 512 (vLLM's largest capture size too)."),
+    "PAGEDLLM_SKINNY_MAX_M": (
+        lambda: _int_at_least("PAGEDLLM_SKINNY_MAX_M", 1, 16),
+        "Largest decode batch (rows) that a GPU linear may send to the Triton skinny GEMM where it was measured faster "
+        "than cuBLAS (kernels/triton_gemv.preferred); 1: batch 1 only, as before session 10 (an A/B switch, read "
+        "when the model code is imported). Default 16."),
     "PAGEDLLM_COMPILE_THREADS": (
         lambda: _int_at_least("PAGEDLLM_COMPILE_THREADS", 0, _default_compile_threads()),
         "On the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on this "

@@ -13,7 +13,7 @@ of 4.27 TB/s (the device-to-device copy rate measured on an H200).
 16, prints the best as a ``_TABLE`` for triton_gemv.py and uses them for the table. Results go to ``--out`` (JSON +
 text).
 
-Usage: python benchmarks/kernels/bench_gemv.py [--sweep] [--deadline S] [--out DIR]
+Usage: python benchmarks/kernels/bench_gemv.py [--sweep] [--deadline S] [--out DIR] [--ms 1,2,4,8] [--shapes 7B]
 """
 from __future__ import annotations
 
@@ -219,7 +219,12 @@ def main():
     ap.add_argument("--no-table", action="store_true")
     ap.add_argument("--deadline", type=float, default=150.0, help="seconds for the sweep")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--ms", default="1,4,16", help="decode batch sizes of the table, comma-separated")
+    ap.add_argument("--shapes", default="", help="only the shapes whose name starts with this (e.g. '7B')")
     args = ap.parse_args()
+    if args.shapes:
+        for name in [n for n in SHAPES if not n.startswith(args.shapes)]:
+            del SHAPES[name]
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     print(f"device: {torch.cuda.get_device_name()}, copy bandwidth {copy_bandwidth() / 1e12:.2f} TB/s "
@@ -237,7 +242,7 @@ def main():
             with open(os.path.join(args.out, "table_py.txt"), "w") as f:
                 f.write("\n".join(lines) + "\n")
     if not args.no_table:
-        run_table(args.out)
+        run_table(args.out, ms=tuple(int(m) for m in args.ms.split(",")))
 
 
 if __name__ == "__main__":

@@ -159,11 +159,16 @@ class GemvConfig(NamedTuple):
     num_stages: int
     use_dot: bool = True     # False: the FMA path (used for M == 1 only; M > 1 always uses the dot path)
     split_k: int = 1
+    # False: launched without programmatic dependent launch even where it is on. Measured per config (H200, session
+    # 10, benchmarks/kernels/skinny_m_probe.py): the dot path waits for its predecessor before its first load, and
+    # for some shapes the next launch's early programs then cost more than the overlap gains.
+    pdl: bool = True
 
 
-# Measured per-shape choices, keyed by (N, K) then by M bucket (1: M == 1, 16: 2 <= M <= 16), from the H200 sweep
-# (benchmarks/kernels/bench_gemv.py --sweep: best of the candidates below at M = 1 and M = 16, each call timed in a
-# CUDA graph of 28 calls on distinct weights). Shapes not listed fall back to _heuristic_config.
+# Measured per-shape choices, keyed by (N, K) then by M bucket (1: M == 1, 4: 2..4, 8: 5..8, 16: 9..16; a shape
+# without a 4 or 8 entry uses its 16 one), from the H200 sweeps (benchmarks/kernels/bench_gemv.py --sweep at M = 1
+# and 16; skinny_m_probe.py at M = 2, 4, 8 for the 7B shapes; each call timed in a CUDA graph of 28 calls on
+# distinct weights). Shapes not listed fall back to _heuristic_config.
 _G = GemvConfig
 _TABLE: dict[tuple[int, int], dict[int, GemvConfig]] = {
     # Qwen2.5-1.5B: qkv (bias), o, gate_up, down, LM head
@@ -174,11 +179,20 @@ _TABLE: dict[tuple[int, int], dict[int, GemvConfig]] = {
     (151936, 1536): {1: _G(8, 512, 4, 1, False), 16: _G(64, 128, 4, 3)},
     # Qwen2.5-7B
     (4608, 3584): {1: _G(8, 512, 4, 1, False), 16: _G(64, 256, 4, 5)},
-    (3584, 3584): {1: _G(8, 512, 4, 1, False), 16: _G(32, 256, 4, 5)},
-    (37888, 3584): {1: _G(8, 512, 4, 1, False), 16: _G(64, 128, 4, 3)},
-    (3584, 18944): {1: _G(8, 512, 4, 1, False, 2), 16: _G(32, 256, 4, 5)},
+    (3584, 3584): {1: _G(8, 512, 4, 1, False), 4: _G(64, 256, 4, 5), 8: _G(64, 256, 4, 5), 16: _G(32, 256, 4, 5)},
+    (37888, 3584): {1: _G(8, 512, 4, 1, False), 4: _G(64, 256, 4, 5), 8: _G(64, 256, 4, 5), 16: _G(64, 128, 4, 3)},
+    (3584, 18944): {1: _G(8, 512, 4, 1, False, 2), 4: _G(64, 256, 4, 5, True, 2, False),
+                    8: _G(64, 256, 4, 5, True, 2, False), 16: _G(32, 256, 4, 5)},
     (152064, 3584): {1: _G(8, 512, 4, 1, False), 16: _G(64, 128, 4, 3)},
 }
+
+# Where the kernel beat cuBLAS at 2 <= M <= 16: (N, K, M bucket). Only there does a layer send M > 1 to it (M == 1
+# always goes to it). H200, session 10, µs per call, cuBLAS vs this table's config at M = 2 / 8 (16): 7B o 11.3 /
+# 10.7 vs 10.5 / 9.2 (11.8 vs 8.4); gate_up 69.1 / 69.5 vs 68.3 / 64.9 (70.7 vs 63.4); down 38.1 / 39.2 vs 35.5 /
+# 35.0 (38.3 vs 33.9); LM head 259.0 / 261.3 vs 256.9 / 252.0 (263.3 vs 248.8). 7B qkv is not here (cuBLAS 11.2-11.4
+# vs 11.1-15.3); the 1.5B shapes were never compared above M = 1.
+_BEATS_CUBLAS: frozenset[tuple[int, int, int]] = frozenset(
+    (n, k, bucket) for n, k in [(3584, 3584), (37888, 3584), (3584, 18944), (152064, 3584)] for bucket in (4, 8, 16))
 
 # The configs the benchmark sweeps (and the tests check): M == 1 (FMA path) and M in 2..16 (dot path).
 CANDIDATES_M1 = ([GemvConfig(bn, bk, w, 1, False, sk)
@@ -193,7 +207,13 @@ _NUM_SMS_DEFAULT = 132
 
 
 def _m_bucket(m: int) -> int:
-    return 1 if m == 1 else 16
+    return 1 if m == 1 else 4 if m <= 4 else 8 if m <= 8 else 16
+
+
+def preferred(m: int, n: int, k: int) -> bool:
+    """Whether the kernel is the faster choice for ``x [m, k] @ w[n, k]^T``: always at M == 1; at 2 <= M <= MAX_M
+    only where it was measured faster than cuBLAS."""
+    return m == 1 or (1 < m <= MAX_M and (n, k, _m_bucket(m)) in _BEATS_CUBLAS)
 
 
 def _heuristic_config(m: int, n: int, k: int, num_sms: int = _NUM_SMS_DEFAULT) -> GemvConfig:
@@ -214,7 +234,8 @@ def _heuristic_config(m: int, n: int, k: int, num_sms: int = _NUM_SMS_DEFAULT) -
 def get_config(m: int, n: int, k: int) -> GemvConfig:
     per_m = _TABLE.get((n, k))
     if per_m is not None:
-        cfg = per_m.get(_m_bucket(m))
+        bucket = _m_bucket(m)
+        cfg = per_m.get(bucket) or (per_m.get(16) if bucket > 1 else None)
         if cfg is not None:
             return cfg
     return _heuristic_config(m, n, k)
@@ -272,7 +293,8 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         x.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
         BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k, W_SCALE=w_scale_mode,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch_args(x.device))
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **(pdl_launch_args(x.device) if cfg.pdl else {"PDL": False}))
     return y
 
 

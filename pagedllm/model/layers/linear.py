@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm import envs
 from pagedllm.distributed import get_tp_rank, get_tp_size, kv_head_range, tp_all_reduce
 from pagedllm.kernels import settings as kernel_settings
 
@@ -41,21 +42,30 @@ def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-# GPU decode at batch 1: the Triton skinny GEMM (kernels/triton_gemv.py) reads the weights faster than cuBLAS on
-# every Qwen2.5-1.5B/7B projection at M = 1 (1.07-1.68x per call, H200); at 2 <= M < 16 it was slower on most shapes,
-# so only M = 1 is routed. On by default: end to end on an H200, batch-1 decode went from 530.7 to 611.7 tok/s
-# (Qwen2.5-1.5B) and from 220.2 to 242.8 tok/s (7B). --no-triton-gemv (default env PAGEDLLM_TRITON_GEMV) turns it
-# off (A/B runs).
-_SKINNY_MAX_M = 1
+# GPU decode at small batches: the Triton skinny GEMM (kernels/triton_gemv.py) reads the weights faster than cuBLAS
+# on every Qwen2.5-1.5B/7B projection at M = 1 (1.07-1.68x per call, H200), and at 2 <= M <= 16 on the shapes
+# triton_gemv.preferred lists (measured per shape and M bucket). On by default: end to end on an H200, batch-1
+# decode went from 530.7 to 611.7 tok/s (Qwen2.5-1.5B) and from 220.2 to 242.8 tok/s (7B). --no-triton-gemv
+# (default env PAGEDLLM_TRITON_GEMV) turns it off; PAGEDLLM_SKINNY_MAX_M=1 keeps it to M = 1 (A/B runs; read once,
+# when this module is imported, not per call).
+_SKINNY_MAX_M = envs.PAGEDLLM_SKINNY_MAX_M
 
 
-def _use_skinny(x: torch.Tensor) -> bool:
-    return x.dim() == 2 and x.shape[0] <= _SKINNY_MAX_M and kernel_settings.current.triton_gemv
+def _use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if x.dim() != 2 or not kernel_settings.current.triton_gemv:
+        return False
+    m = x.shape[0]
+    if m == 1:
+        return True
+    if m > _SKINNY_MAX_M:
+        return False
+    from pagedllm.kernels.triton_gemv import preferred
+    return preferred(m, weight.shape[0], weight.shape[1])
 
 
 def cuda_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear`` on the GPU, through the skinny-GEMM kernel where it is faster."""
-    if _use_skinny(x):
+    if _use_skinny(x, weight):
         from pagedllm.kernels.triton_gemv import skinny_linear
         y = skinny_linear(x, weight, bias)
         if y is not None:
