@@ -27,3 +27,18 @@ def on_one_thread(fn: Callable[..., T], *args) -> T:
         return fn(*args)
     finally:
         torch.set_num_threads(threads)
+
+
+# Weight-only GEMMs (fbgemm's fp16, torch's int4) of up to this many rows run on one thread. fbgemm fp16 at M = 1:
+# 246 µs on two threads vs 86 on one (weights hot); SmolLM2 fp16 weights at batch 1 on the 2-core AVX2 EPYC,
+# 23.0-24.9 -> 24.8-29.7 tok/s, 4 requests 77.7-83.3 -> 89.2-93.8, 8 and 16 requests two threads as fast or faster
+# (session 8). torch's int4 GEMM with bf16 activations splits well back to back (SmolLM2 projection 36-39 vs 64 µs)
+# but not inside a decode step: SmolLM2 dtype="bfloat16" at batch 1 on the AVX512-BF16 EPYC 25.0-29.0 -> 41.9-44.5
+# tok/s (session 10; docs/perf.md, issue 19).
+FEW_ROWS = 4
+
+
+def gemm_for_rows(fn: Callable[..., T], rows: int, *args) -> T:
+    """``fn(*args)``, a GEMM of ``rows`` rows: on one thread up to ``FEW_ROWS`` rows, on all of them above."""
+    return on_one_thread(fn, *args) if rows <= FEW_ROWS else fn(*args)
+

@@ -256,9 +256,9 @@ def _quant_config(config: "EngineConfig", model_cls: type):
             config.device, config.dtype, cpu_fp16_weights=config.cpu_fp16_weights)
     if quant_config is None:
         return quant_config
-    if quant_config.name == "gguf":     # kept quantized on CUDA; dequantized at load (dense layers) on the CPU
+    if quant_config.name == "gguf":     # kept quantized on CUDA (and 4-bit on a bf16 CPU); else dequantized at load
         if not quant_config.read_checkpoint(config.model.gguf_file, config.device,
-                                            getattr(model_cls, "supports_quantization", False)):
+                                            getattr(model_cls, "supports_quantization", False), config.dtype):
             return quant_config
     elif not getattr(model_cls, "supports_quantization", False):
         raise ValueError(quant_config.unsupported_model_message(model_cls.__name__))

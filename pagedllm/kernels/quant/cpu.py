@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagedllm.kernels.cpu_threads import gemm_for_rows
 from pagedllm.kernels.quant.packed import PackedWeight, dequantize, unpack_along_k
 
 INT4PACK_GROUP_SIZES = (32, 64, 128, 256)
@@ -76,8 +77,8 @@ def cpu_packed_matmul(x: torch.Tensor, w: CpuPackedWeight, bias: torch.Tensor | 
     if w.perm is not None:
         x = x[:, w.perm]
     if w.kind == "int4pack":
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), w.weight, w.group_size,
-                                                       w.scales.to(x.dtype))
+        y = gemm_for_rows(torch.ops.aten._weight_int4pack_mm_for_cpu, x.shape[0], x.contiguous(), w.weight,
+                          w.group_size, w.scales.to(x.dtype))
     elif w.kind == "int8pack":
         y = torch._weight_int8pack_mm(x.contiguous(), w.weight, w.scales.to(x.dtype))
         if w.column_offsets is not None:

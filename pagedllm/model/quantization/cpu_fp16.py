@@ -19,15 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.kernels.cpu_threads import on_one_thread
+from pagedllm.kernels.cpu_threads import gemm_for_rows
 from pagedllm.model.quantization.base import LinearMethod, QuantizationConfig
 
 WEIGHT_DTYPE = torch.float16
-# fbgemm's fp16 GEMM at up to this many rows runs on one thread: split over two it is no faster, and waking the
-# sleeping second thread costs more. SmolLM2 decode on the 2-core AVX2 EPYC (docs/perf.md, issue 19, session 8):
-# batch 1 23.0-24.9 -> 24.8-29.7 tok/s, 4 requests 77.7-83.3 -> 89.2-93.8; the whole step on one thread gained no
-# more, and at 8 and 16 requests two threads were as fast or faster.
-_ONE_THREAD_MAX_ROWS = 4
 
 
 class CpuFp16WeightMethod(LinearMethod):
@@ -54,9 +49,8 @@ class CpuFp16WeightMethod(LinearMethod):
         layer.weight = nn.Parameter(weight.new_empty(0), requires_grad=False)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        gemm = torch.ops.quantized.linear_dynamic_fp16
-        y = (on_one_thread(gemm, x, layer.fp16_packed) if x.shape[0] <= _ONE_THREAD_MAX_ROWS
-             else gemm(x, layer.fp16_packed))
+        # a few rows on one thread (kernels/cpu_threads.FEW_ROWS)
+        y = gemm_for_rows(torch.ops.quantized.linear_dynamic_fp16, x.shape[0], x, layer.fp16_packed)
         return y if bias is None else y.add_(bias)
 
     def embedding(self, layer: nn.Module, ids: torch.Tensor) -> torch.Tensor:

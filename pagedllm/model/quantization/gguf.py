@@ -10,9 +10,13 @@ the smallest group of its parts (Q4_K + Q6_K -> 8-bit, groups of 16) and each pa
 norms and any other type stay dequantized, and so does a layer whose (tensor-parallel) input share is not a whole
 number of groups (logged).
 
-On the CPU, dequantize-at-load stays the path (issue 13: the CPU issue owns CPU speed; the bundled SmolLM2 and its
-HF-parity tests are unchanged). ``KEEP_QUANTIZED_ON_CPU`` is an internal switch for tests, not a user option: it
-runs the kept-quantized path through the CPU packed matmuls (kernels/quant/cpu.py).
+On the CPU the default (float32, HF-exact) dequantizes at load. With ``dtype="bfloat16"`` the 4-bit layers (Q4_0,
+Q4_1, Q4_K: 4-bit groups of 32) stay 4-bit and multiply through torch's int4 weight-only GEMM with bf16 activations
+(``aten._weight_int4pack_mm_for_cpu``, kernels/quant/cpu.py): on the 2-core AVX512-BF16 EPYC it took a SmolLM2
+projection at batch 1 from fbgemm fp16's 103-145 µs to 64 µs on one thread, 36-39 µs on two, where the same kernel
+with fp32 activations takes 1.6 ms (docs/perf.md, issue 19, session 10) — so only bf16 keeps them. 8-bit and 5/6-bit
+types stay dequantized there (their grouped form has no fast CPU kernel). ``KEEP_QUANTIZED_ON_CPU`` is an internal
+switch for tests, not a user option: it keeps every supported type quantized on the CPU whatever the dtype.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pagedllm.kernels.quant.cpu import INT4PACK_GROUP_SIZES, int4pack_supported
 from pagedllm.kernels.quant.gguf_packed import GGUF_PACKED_TYPES, gguf_packed_format, supports_gguf_type
 from pagedllm.kernels.quant.packed import PackedWeight
 from pagedllm.model.quantization.base import QuantizationConfig
@@ -54,16 +59,24 @@ class GGUFConfig(QuantizationConfig):
         # HF weight name -> (bits, group_size) of the packed form of the layer it loads into.
         self.kept_quantized: dict[str, tuple[int, int]] = {}
         self.dense_reasons: Counter[str] = Counter()
+        # CPU, bfloat16: only layers whose packed form torch's int4 GEMM takes stay quantized.
+        self.int4pack_only = False
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "GGUFConfig":
         return cls()
 
-    def read_checkpoint(self, gguf_path: str, device: torch.device, model_supports_quantization: bool) -> bool:
-        """Decide whether this engine keeps GGUF layers quantized (CUDA, or the CPU test switch, and a model class
-        whose layers take quantization) and, if so, read the file's tensor types. True when it does."""
+    def read_checkpoint(self, gguf_path: str, device: torch.device, model_supports_quantization: bool,
+                        dtype: torch.dtype | None = None) -> bool:
+        """Decide whether this engine keeps GGUF layers quantized (CUDA; the CPU with bfloat16 activations, 4-bit
+        layers only; the CPU test switch; and a model class whose layers take quantization) and, if so, read the
+        file's tensor types. True when it does."""
         device = torch.device(device)
-        if not (device.type == "cuda" or (device.type == "cpu" and KEEP_QUANTIZED_ON_CPU)):
+        if device.type == "cpu" and not KEEP_QUANTIZED_ON_CPU:
+            if dtype != torch.bfloat16 or not int4pack_supported():
+                return False
+            self.int4pack_only = True
+        elif device.type != "cuda" and not KEEP_QUANTIZED_ON_CPU:
             return False
         if not model_supports_quantization:
             logger.info("GGUF weights are dequantized at load: this model's layers take no quantization.")
@@ -85,6 +98,10 @@ class GGUFConfig(QuantizationConfig):
             return None
         formats = [gguf_packed_format(t) for t in types]
         bits, group = max(f[0] for f in formats), min(f[1] for f in formats)
+        if self.int4pack_only and (bits != 4 or group not in INT4PACK_GROUP_SIZES):
+            names = "/".join(sorted({_type_name(t) for t in types}))
+            self.dense_reasons[f"{names} has no fast CPU kernel ({bits}-bit groups of {group})"] += 1
+            return None
         if layer.input_size % group or layer.input_size % (32 // bits):
             self.dense_reasons[f"input share {layer.input_size} is not a whole number of groups of {group}"] += 1
             return None
