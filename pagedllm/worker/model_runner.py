@@ -196,8 +196,9 @@ class ModelRunner:
 
         def warm_up() -> None:
             self._dummy_forward(n)
-            # One request's decode step: the one-row GEMV variants, else first built one by one in graph capture.
-            self._dummy_forward(lens=[1], num_decodes=1)
+            if self.pooler is None and self.needs_kv_cache:
+                # One request's decode step: the one-row GEMV variants, else first built one by one in graph capture.
+                self._dummy_forward(lens=[1], num_decodes=1)
             # Batch shapes whose kernel variants the backend wants compiled now, not inside the first timed requests.
             for lens, num_decodes in self.attn_backend.warmup_batches():
                 self._dummy_forward(lens=lens, num_decodes=num_decodes)
