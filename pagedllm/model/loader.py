@@ -17,7 +17,7 @@ import importlib.util
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
