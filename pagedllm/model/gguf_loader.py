@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import re
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -117,27 +117,54 @@ def _open_reader(gguf_path: str):
     return reader, arch
 
 
-def gguf_tensor_types(gguf_path: str) -> dict[str, int]:
-    """HF tensor name -> GGML type id of every tensor of the file (what decides which layers can stay quantized),
-    cached as tensor_types.json beside the converted metadata (reading a GGUF's header takes seconds)."""
-    cached = os.path.join(cache_dir_for(gguf_path), "tensor_types.json")
+class _TensorEntry(NamedTuple):
+    name: str              # the GGUF name
+    qtype: int             # GGML type id
+    shape: list[int]       # GGUF order: fastest dim first
+    offset: int            # of the tensor's bytes in the file
+    n_bytes: int
+
+
+def _tensor_index(gguf_path: str) -> tuple[str, list[_TensorEntry]]:
+    """The file's architecture and where each tensor's bytes lie, cached as tensor_index.json beside the converted
+    metadata: ``gguf.GGUFReader`` parses the whole header (the tokenizer's arrays) before it lists the tensors,
+    seconds on the CI machine for SmolLM2 (~4 of a 9 s bfloat16 start, docs/perf.md), on every load that reads blocks."""
+    cached = os.path.join(cache_dir_for(gguf_path), "tensor_index.json")
     if os.path.exists(cached):
         with open(cached) as f:
-            return json.load(f)
-    reader, _ = _open_reader(gguf_path)
-    types = {}
-    for tensor in reader.tensors:
-        name, _ = _hf_name(tensor.name)
-        if name is not None:
-            types[name] = int(tensor.tensor_type)
+            found = json.load(f)
+        return found["arch"], [_TensorEntry(*entry) for entry in found["tensors"]]
+    reader, arch = _open_reader(gguf_path)
+    entries = [_TensorEntry(t.name, int(t.tensor_type), [int(x) for x in t.shape], int(t.data_offset),
+                            int(t.n_bytes)) for t in reader.tensors]
     try:
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         tmp = f"{cached}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump(types, f)
+            json.dump({"arch": arch, "tensors": [list(e) for e in entries]}, f)
         os.replace(tmp, cached)
     except OSError as e:  # a read-only cache only costs speed
-        logger.warning("Could not cache the GGUF tensor types in %s: %s", cached, e)
+        logger.warning("Could not cache the GGUF tensor index in %s: %s", cached, e)
+    return arch, entries
+
+
+def _raw_rows(file: np.ndarray, entry: _TensorEntry) -> np.ndarray:
+    """The tensor's bytes as ``[rows, row_bytes]`` uint8 (a row = one output feature, along the fastest dim): the
+    array ``gguf.dequantize`` takes for every type (F32 / F16 rows are viewed as such by it)."""
+    rows = 1
+    for dim in entry.shape[1:]:
+        rows *= dim
+    return file[entry.offset:entry.offset + entry.n_bytes].reshape(rows, -1)
+
+
+def gguf_tensor_types(gguf_path: str) -> dict[str, int]:
+    """HF tensor name -> GGML type id of every tensor of the file (what decides which layers can stay quantized)."""
+    _, entries = _tensor_index(gguf_path)
+    types = {}
+    for entry in entries:
+        name, _ = _hf_name(entry.name)
+        if name is not None:
+            types[name] = entry.qtype
     return types
 
 
@@ -146,7 +173,8 @@ def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False,
                          keep_quantized: dict[str, tuple[int, int]] | None = None,
                          convert_device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(hf_name, dequantized float32 tensor)`` for every tensor of the file whose HF name does not start
-    with one of ``skip_prefixes`` (those are not dequantized at all).
+    with one of ``skip_prefixes`` (those are not dequantized at all). The bytes are read through a memory map at
+    the offsets of the cached tensor index (``_tensor_index``).
 
     ``keep_quantized``: HF weight name -> ``(bits, group_size)`` of the packed form its layer holds
     (``GGUFConfig.kept_quantized``); such a tensor is not dequantized but converted from its raw blocks and yielded
@@ -154,34 +182,36 @@ def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False,
     ``convert_device`` (the model's: on one CPU thread the conversion took ~1 s for SmolLM2's 0.1B projection
     weights, so a 7B model's would take a minute or more on the host).
     """
-    from gguf import dequantize
+    from gguf import GGMLQuantizationType, dequantize
     from pagedllm.kernels.quant.gguf_packed import gguf_to_packed, widen_packed
     from pagedllm.model.weight_files import load_progress
 
-    reader, arch = _open_reader(gguf_path)
+    arch, entries = _tensor_index(gguf_path)
+    file = np.memmap(gguf_path, dtype=np.uint8, mode="r")
     n_head = hf_config.num_attention_heads
     n_kv = getattr(hf_config, "num_key_value_heads", n_head)
     keep_quantized = keep_quantized or {}
-    for tensor in load_progress(reader.tensors, desc="Dequantizing GGUF tensors", enabled=progress):
-        name, part = _hf_name(tensor.name)
+    for entry in load_progress(entries, desc="Dequantizing GGUF tensors", enabled=progress):
+        name, part = _hf_name(entry.name)
         if name is None or (skip_prefixes and name.startswith(skip_prefixes)):
             continue
         # llama.cpp interleaves the rotary halves of llama's Q/K rows; rows are whole in either form (the raw
         # blocks are one row of bytes per output feature), so the same row permutation undoes it.
         heads = {"attn_q": n_head, "attn_k": n_kv}.get(part) if arch in ("llama", "mistral") else None
+        raw = _raw_rows(file, entry)
         if name in keep_quantized:
-            raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8)).to(convert_device)   # [N, row_bytes]
+            blocks = torch.from_numpy(np.array(raw)).to(convert_device)      # [N, row_bytes], a copy
             if heads is not None:
-                raw = _reverse_llama_permute(raw, heads).contiguous()
-            packed = widen_packed(gguf_to_packed(raw, tensor.tensor_type), *keep_quantized[name])
+                blocks = _reverse_llama_permute(blocks, heads).contiguous()
+            packed = widen_packed(gguf_to_packed(blocks, entry.qtype), *keep_quantized[name])
             module = name.rpartition(".")[0]
             yield f"{module}.qweight", packed.qweight
             yield f"{module}.scales", packed.scales
             yield f"{module}.offsets", packed.offsets
             continue
         # GGUF lists dims fastest-first; numpy's dequantize returns the row-major (HF) shape.
-        data = dequantize(tensor.data, tensor.tensor_type)
-        shape = tuple(int(x) for x in reversed(tensor.shape))
+        data = dequantize(raw, GGMLQuantizationType(entry.qtype))
+        shape = tuple(reversed(entry.shape))
         weight = torch.from_numpy(np.array(data, dtype=np.float32)).reshape(shape)  # a writable copy
         if heads is not None:
             weight = _reverse_llama_permute(weight, heads)

@@ -226,6 +226,31 @@ def test_k_quant_llama_kept_quantized_matches_dequantized(tiny_llama_gguf, caplo
     np.testing.assert_allclose(np.array(logprobs), np.array(ref_logprobs), rtol=1e-3, atol=1e-5)
 
 
+def test_tensor_index_is_cached_and_reads_what_the_reader_reads(tiny_llama_gguf, monkeypatch, tmp_path):
+    """The loader parses a GGUF's header once (the tensor index is cached) and reads every tensor's bytes through a
+    memory map: the same values as gguf's own reader gives, dequantized, for every type in the file."""
+    from types import SimpleNamespace
+
+    from pagedllm.model import gguf_loader
+    monkeypatch.setenv("PAGEDLLM_CACHE_DIR", str(tmp_path))
+    types = gguf_loader.gguf_tensor_types(tiny_llama_gguf)
+    assert types["model.layers.0.mlp.down_proj.weight"] == int(T.Q6_K)
+    monkeypatch.setattr(gguf_loader, "_open_reader", lambda path: pytest.fail("the header was parsed again"))
+    assert gguf_loader.gguf_tensor_types(tiny_llama_gguf) == types
+    config = SimpleNamespace(num_attention_heads=HEADS, num_key_value_heads=KV_HEADS)
+    got = dict(gguf_loader.iterate_gguf_weights(tiny_llama_gguf, config))
+    reader = gguf.GGUFReader(tiny_llama_gguf)
+    checked = set()
+    for tensor in reader.tensors:
+        name, part = gguf_loader._hf_name(tensor.name)
+        if part in ("attn_q", "attn_k"):         # rows un-permuted by the loader (tested by the model tests)
+            continue
+        expected = np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        np.testing.assert_array_equal(got[name].numpy(), expected.reshape(got[name].shape))
+        checked.add(tensor.tensor_type.name)
+    assert checked == {"F32", "F16", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q8_0"}
+
+
 def test_fused_parts_of_mixed_types_share_one_packed_form():
     """Q4_K q/k (4-bit, groups of 32) beside a Q6_K v (8-bit, groups of 16): each widened exactly to 8-bit groups
     of 16, concatenated along N, equals gguf's dequantize of the three parts side by side."""
