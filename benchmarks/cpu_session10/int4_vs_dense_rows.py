@@ -1,5 +1,5 @@
 """torch's int4 GEMM (bf16 activations) against oneDNN's dense bf16 GEMM at M = 1 / 4 / 16 / 64 on the SmolLM2 shapes, 2 threads."""
-import time, torch, sys
+import time, torch
 torch.set_num_threads(2)
 def bench(fn, n=100):
     for _ in range(5): fn()
