@@ -1,12 +1,12 @@
 """torch's int4 GEMM (groups of 32) with fp16 / bf16 activations against fbgemm fp16 at M = 1, 4, 16 on the SmolLM2 shapes,
 with the relative error against the dequantized fp32 product. python benchmarks/cpu_session10/int4_threads.py THREADS"""
-import time, torch, sys
+import torch
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import us_per_call  # noqa: E402
 torch.set_num_threads(int(sys.argv[1]))
 def bench(fn, n=200):
-    for _ in range(5): fn()
-    t=time.perf_counter()
-    for _ in range(n): fn()
-    return (time.perf_counter()-t)/n*1e6
+    return us_per_call(fn, n)
 gs=32
 for M in (1, 4, 16):
   for (N,K,copies) in [(1536,576,30),(576,1536,30),(49152,576,2)]:

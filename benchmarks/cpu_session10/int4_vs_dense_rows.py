@@ -1,11 +1,11 @@
 """torch's int4 GEMM (bf16 activations) against oneDNN's dense bf16 GEMM at M = 1 / 4 / 16 / 64 on the SmolLM2 shapes, 2 threads."""
-import time, torch
+import torch
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import us_per_call  # noqa: E402
 torch.set_num_threads(2)
 def bench(fn, n=100):
-    for _ in range(5): fn()
-    t=time.perf_counter()
-    for _ in range(n): fn()
-    return (time.perf_counter()-t)/n*1e6
+    return us_per_call(fn, n)
 gs=32
 for M in (1, 4, 16, 64):
   for (N,K) in [(1536,576),(576,1536)]:

@@ -1,13 +1,13 @@
 """torch's CPU weight-only ops at M = 1 on the SmolLM2 shapes, one thread: fbgemm fp16, int8 per-channel and int4 (groups of
 32) with fp32 / bf16 activations, dense fp32; 30 weight copies read round-robin (2 for the LM head). µs per call.
 python benchmarks/cpu_session10/weight_only_ops.py  (docs/perf.md, issue 19, session 10)"""
-import time, torch
+import torch
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import us_per_call  # noqa: E402
 torch.set_num_threads(1)
 def bench(fn, n=200):
-    for _ in range(5): fn()
-    t=time.perf_counter()
-    for _ in range(n): fn()
-    return (time.perf_counter()-t)/n*1e6
+    return us_per_call(fn, n)
 for (N,K,copies) in [(1536,576,30),(576,1536,30),(49152,576,2)]:
     ws=[torch.randn(N,K)*0.05 for _ in range(copies)]
     x=torch.randn(1,K)

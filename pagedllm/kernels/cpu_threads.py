@@ -41,4 +41,3 @@ FEW_ROWS = 4
 def gemm_for_rows(fn: Callable[..., T], rows: int, *args) -> T:
     """``fn(*args)``, a GEMM of ``rows`` rows: on one thread up to ``FEW_ROWS`` rows, on all of them above."""
     return on_one_thread(fn, *args) if rows <= FEW_ROWS else fn(*args)
-

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from typing import Iterator, NamedTuple
@@ -152,10 +153,7 @@ def _tensor_index(gguf_path: str) -> tuple[str, list[_TensorEntry]]:
 def _raw_rows(file: np.ndarray, entry: _TensorEntry) -> np.ndarray:
     """The tensor's bytes as ``[rows, row_bytes]`` uint8 (a row = one output feature, along the fastest dim): the
     array ``gguf.dequantize`` takes for every type (F32 / F16 rows are viewed as such by it)."""
-    rows = 1
-    for dim in entry.shape[1:]:
-        rows *= dim
-    return file[entry.offset:entry.offset + entry.n_bytes].reshape(rows, -1)
+    return file[entry.offset:entry.offset + entry.n_bytes].reshape(math.prod(entry.shape[1:]), -1)
 
 
 def gguf_tensor_types(gguf_path: str) -> dict[str, int]:

@@ -52,15 +52,10 @@ _SKINNY_MAX_M = envs.PAGEDLLM_SKINNY_MAX_M
 
 
 def _use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if x.dim() != 2 or not kernel_settings.current.triton_gemv:
+    if x.dim() != 2 or x.shape[0] > _SKINNY_MAX_M or not kernel_settings.current.triton_gemv:
         return False
-    m = x.shape[0]
-    if m == 1:
-        return True
-    if m > _SKINNY_MAX_M:
-        return False
-    from pagedllm.kernels.triton_gemv import preferred
-    return preferred(m, weight.shape[0], weight.shape[1])
+    from pagedllm.kernels.triton_gemv import preferred     # M == 1 always; above, where it beat cuBLAS
+    return preferred(x.shape[0], weight.shape[0], weight.shape[1])
 
 
 def cuda_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -72,11 +72,12 @@ class GGUFConfig(QuantizationConfig):
         layers only; the CPU test switch; and a model class whose layers take quantization) and, if so, read the
         file's tensor types. True when it does."""
         device = torch.device(device)
-        if device.type == "cpu" and not KEEP_QUANTIZED_ON_CPU:
-            if dtype != torch.bfloat16 or not int4pack_supported():
-                return False
-            self.int4pack_only = True
-        elif device.type != "cuda" and not KEEP_QUANTIZED_ON_CPU:
+        if device.type == "cpu":
+            if not KEEP_QUANTIZED_ON_CPU:
+                if dtype != torch.bfloat16 or not int4pack_supported():
+                    return False
+                self.int4pack_only = True
+        elif device.type != "cuda":
             return False
         if not model_supports_quantization:
             logger.info("GGUF weights are dequantized at load: this model's layers take no quantization.")
