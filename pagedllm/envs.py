@@ -59,12 +59,14 @@ def _default_compile_threads() -> int:
     return min(cores, 16)
 
 
-def _int_at_least(name: str, minimum: int, default: int) -> int:
+def _int_at_least(name: str, minimum: int, default: int, maximum: int | None = None) -> int:
     value = _optional_int(name)
     if value is None:
         return default
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}.")
     return value
 
 
@@ -117,10 +119,10 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "up in steps of 64 to 1024, 128 to 2048, 256 to 4096, 512 beyond (each costs capture time at start-up). "
         "Default 512 (vLLM's largest capture size too)."),
     "PAGEDLLM_SKINNY_MAX_M": (
-        lambda: _int_at_least("PAGEDLLM_SKINNY_MAX_M", 1, 16),
+        lambda: _int_at_least("PAGEDLLM_SKINNY_MAX_M", 1, 16, maximum=16),     # the kernel's largest M
         "Largest decode batch (rows) that a GPU linear may send to the Triton skinny GEMM where it was measured faster "
         "than cuBLAS (kernels/triton_gemv.preferred); 1: batch 1 only, as before session 10 (an A/B switch, read "
-        "when the model code is imported). Default 16."),
+        "when the model code is imported). Default 16, the kernel's largest."),
     "PAGEDLLM_COMPILE_THREADS": (
         lambda: _int_at_least("PAGEDLLM_COMPILE_THREADS", 0, _default_compile_threads()),
         "On the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on this "
