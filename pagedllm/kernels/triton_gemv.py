@@ -1,4 +1,5 @@
-"""Skinny GEMM (decode-time linear layers): ``y = x @ W^T (+ bias)`` for ``x [M, K]`` with ``M <= 16``.
+"""Skinny GEMM (decode-time linear layers): ``y = x @ W^T (+ bias)`` for ``x [M, K]`` with ``M <= 16`` (bf16/fp16),
+and up to 128 rows for FP8 weights with per-token fp8 activations (W8A8, the FP8 linear method's decode steps).
 
 At decode batch sizes 1..16 every linear layer is bound by the weight read (``N * K * 2`` bytes) and cuBLAS leaves
 bandwidth on the table for these shapes (split-K plus a separate reduce kernel, tiles sized for big M). Here each
@@ -6,8 +7,8 @@ program owns ``BLOCK_N`` rows of ``W`` (and, with ``SPLIT_K > 1``, a slice of K)
 tiles of it; ``x`` is tiny and stays in L1/L2. Two inner loops:
 
 * ``USE_DOT`` (any M): the tile goes through shared memory (software-pipelined, ``num_stages`` deep, so enough bytes
-  are in flight per SM to cover HBM latency) into ``W_tile @ x_tile^T`` on the tensor cores, ``x`` padded to 16
-  rows, fp32 accumulation;
+  are in flight per SM to cover HBM latency) into ``W_tile @ x_tile^T`` on the tensor cores, ``x`` zero-padded to
+  a row tile of 16 (32, 64, 128 for W8A8), fp32 accumulation (fp8 dots promoted to fp32 once per K tile);
 * FMA (``M == 1`` only): fp32 FMAs into a ``[BLOCK_N, BLOCK_K]`` register tile, reduced over K once at the end.
 
 Split-K (for shapes with too few row tiles to fill the GPU) stays one kernel: every program writes its fp32 partial
@@ -37,16 +38,27 @@ from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 
 MAX_M = 16
+# FP8 weights with x quantized per token (W8A8): fp8 x fp8 dots need no per-weight conversion and beat
+# per-token quantization + torch._scaled_mm up to 64 rows on every 7B shape (H200, session 11, µs with the
+# quantization at M = 64: qkv 14.8 vs 18.8, o 12.4 vs 16.3, gate_up 45.5 vs 58.7, down 31.0 vs 54.7) and at 65..128
+# rows on the shapes _W8A8_TABLE lists for that bucket (7B gate_up was even there). skinny_linear routes fp8 x up to
+# W8A8_MAX_M rows, row tiles of 16, 32, 64 or 128.
+W8A8_MAX_M = 128
+_W8A8_ANY_SHAPE_MAX_M = 64
+# The dot path's largest row tile (benchmarks and tests call skinny_linear_with_config up to here).
+MAX_BLOCK_M = 128
 _INTERPRET = envs.TRITON_INTERPRET
 
 
 @triton.jit
-def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_ym,
-                        HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                        W_SCALE: tl.constexpr):
+def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SPLIT, stride_xm, stride_wn,
+                        stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr,
+                        SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        PDL: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr, X_MASKED: tl.constexpr):
     # W_SCALE: 0 = W is in x's dtype; 1 = W is fp8 with one fp32 scale; 2 = fp8 with one scale per output row
     # (weight-only FP8: half the bytes of bf16 streamed, converted in registers, scaled once in the epilogue).
+    # X_FP8 (dot path, fp8 W): x is fp8 too, with one fp32 scale per row (XScale): fp8 x fp8 tensor-core dots,
+    # no per-weight conversion, both scales applied in the epilogue (W8A8, as torch._scaled_mm computes it).
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -63,21 +75,39 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, M, N, K, K_PER_SPLIT, str
     if USE_DOT:
         pdl_wait(PDL)
         offs_m = tl.arange(0, BLOCK_M)
-        # Rows m >= M re-read row M-1 (cheap, cached); their results are never stored.
-        xrows = tl.minimum(offs_m, M - 1)
+        if X_MASKED:
+            # M < BLOCK_M: rows m >= M are not read (masked loads, zero-filled). Re-reading row M - 1 for them
+            # instead was up to 10% slower at M = 2..8 (H200, session 11: 7B qkv 15.2 vs 13.5 µs at M = 2).
+            xrows = offs_m
+        else:
+            # M == BLOCK_M: no mask (the masked loads cost up to 8% there: 7B down 34.8 vs 37.6 µs at M = 16).
+            xrows = tl.minimum(offs_m, M - 1)
+        mmask = offs_m[:, None] < M
         x_ptrs = X + xrows[:, None] * stride_xm + (k_start + offs_k)[None, :]
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             if EVEN_K:
                 w = tl.load(w_ptrs)
-                x = tl.load(x_ptrs)
+                if X_MASKED:
+                    x = tl.load(x_ptrs, mask=mmask, other=0.0)
+                else:
+                    x = tl.load(x_ptrs)
             else:
                 kmask = offs_k[None, :] < k_end - k0
                 w = tl.load(w_ptrs, mask=kmask, other=0.0)
-                x = tl.load(x_ptrs, mask=kmask, other=0.0)
-            if W_SCALE != 0:
-                w = w.to(x.dtype)
-            acc = tl.dot(w, tl.trans(x), acc)
+                if X_MASKED:
+                    x = tl.load(x_ptrs, mask=kmask & mmask, other=0.0)
+                else:
+                    x = tl.load(x_ptrs, mask=kmask, other=0.0)
+            if X_FP8:
+                # sm_90's fp8 MMA accumulates with fewer bits than fp32 (Triton's default there lets it run the
+                # whole K): promote the partial sum into the fp32 accumulator once per tile, as cuBLASLt does
+                # without fast accumulation. Without it the 7B down projection (K = 18944) was several 1e-3 off.
+                acc = tl.dot(w, tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
+            else:
+                if W_SCALE != 0:
+                    w = w.to(x.dtype)
+                acc = tl.dot(w, tl.trans(x), acc)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
         tile_offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + offs_m[None, :]
@@ -124,15 +154,20 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, M, N, K, K_PER_SPLIT, str
             acc = tl.load(WS + pid_n * TILE + tile_offs, cache_modifier=".cg")
             for s in tl.static_range(1, SPLIT_K):
                 acc += tl.load(WS + (s * tl.num_programs(0) + pid_n) * TILE + tile_offs, cache_modifier=".cg")
-            _epilogue(acc, B, Y, WScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE)
+            _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE,
+                      X_FP8)
             tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
     else:
-        _epilogue(acc, B, Y, WScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE)
+        _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE,
+                  X_FP8)
 
 
 @triton.jit
-def _epilogue(acc, B, Y, WScale, rows, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
-              BLOCK_M: tl.constexpr, W_SCALE: tl.constexpr):
+def _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr,
+              USE_DOT: tl.constexpr, BLOCK_M: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr):
+    if X_FP8:
+        offs_xm = tl.arange(0, BLOCK_M)
+        acc = acc * tl.load(XScale + offs_xm, mask=offs_xm < M, other=0.0)[None, :]
     if W_SCALE == 1:
         acc = acc * tl.load(WScale)
     elif W_SCALE == 2:
@@ -186,6 +221,23 @@ _TABLE: dict[tuple[int, int], dict[int, GemvConfig]] = {
     (152064, 3584): {1: _G(8, 512, 4, 1, False), 16: _G(64, 128, 4, 3)},
 }
 
+# W8A8 (fp8 x with its per-token scales, fp8 W): configs by M bucket (4: 2..4, 8: 5..8, 16: 9..16, 32: 17..32,
+# 64: 33..64, 128: 65..128; a shape without a 128 entry goes to torch._scaled_mm there), H200, session 11
+# (benchmarks/kernels/skinny_fp8_probe.py; µs per call with the quantization kernel, best / the bf16 table's
+# config): 7B gate_up 38.9 / 41.1 at M = 8, down 28.7 / 34.5 at M = 16, 31.0 / 48.2 at M = 64 (split-K 2).
+# Shapes not listed: _heuristic_config.
+_W8A8_SPLIT2 = _G(64, 256, 4, 5, True, 2)
+_W8A8_TABLE: dict[tuple[int, int], dict[int, GemvConfig]] = {
+    (4608, 3584): {4: _G(64, 256, 4, 5), 8: _G(64, 256, 4, 5), 16: _G(64, 256, 4, 5), 32: _G(64, 256, 4, 3),
+                   64: _G(64, 256, 4, 3), 128: _G(64, 256, 4, 3)},
+    (3584, 3584): {4: _G(64, 256, 4, 5), 8: _G(64, 256, 4, 5), 16: _G(64, 256, 4, 5), 32: _W8A8_SPLIT2,
+                   64: _W8A8_SPLIT2, 128: _G(64, 256, 4, 4, True, 2)},
+    (37888, 3584): {4: _G(64, 128, 4, 3), 8: _G(64, 128, 4, 3), 16: _G(64, 128, 4, 3), 32: _G(64, 128, 4, 3),
+                    64: _G(64, 128, 4, 4)},
+    (3584, 18944): {4: _W8A8_SPLIT2, 8: _W8A8_SPLIT2, 16: _W8A8_SPLIT2, 32: _W8A8_SPLIT2, 64: _W8A8_SPLIT2,
+                    128: _G(64, 256, 4, 4, True, 2)},
+}
+
 # Where the kernel beat cuBLAS at 2 <= M <= 16: (N, K, M bucket). Only there does a layer send M > 1 to it (M == 1
 # always goes to it). H200, session 10, µs per call, cuBLAS vs this table's config at M = 2 / 8 (16): 7B o 11.3 /
 # 10.7 vs 10.5 / 9.2 (11.8 vs 8.4); gate_up 69.1 / 69.5 vs 68.3 / 64.9 (70.7 vs 63.4); down 38.1 / 39.2 vs 35.5 /
@@ -207,7 +259,8 @@ _NUM_SMS_DEFAULT = 132
 
 
 def _m_bucket(m: int) -> int:
-    return 1 if m == 1 else 4 if m <= 4 else 8 if m <= 8 else 16
+    return 1 if m == 1 else 4 if m <= 4 else 8 if m <= 8 else 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 \
+        else 128
 
 
 def preferred(m: int, n: int, k: int) -> bool:
@@ -216,10 +269,20 @@ def preferred(m: int, n: int, k: int) -> bool:
     return m == 1 or (1 < m <= MAX_M and (n, k, _m_bucket(m)) in _BEATS_CUBLAS)
 
 
+def w8a8_preferred(m: int, n: int, k: int) -> bool:
+    """Whether fp8 ``x [m, k]`` (per-token scales) times fp8 ``w [n, k]`` should take this kernel rather than
+    torch._scaled_mm: up to 64 rows on any shape, 65..128 rows where the table has that bucket (measured faster)."""
+    return 0 < m <= _W8A8_ANY_SHAPE_MAX_M or (m <= W8A8_MAX_M and 128 in _W8A8_TABLE.get((n, k), {}))
+
+
 def _heuristic_config(m: int, n: int, k: int, num_sms: int = _NUM_SMS_DEFAULT) -> GemvConfig:
     """Untabled shapes, by analogy with the table: enough programs to cover every SM, split-K (2) only where the
     row tiles are few and K long."""
     few_tiles = n < 32 * num_sms
+    if m > MAX_M:           # W8A8 row tiles of 32..128: fewer pipeline stages (shared memory), as the 7B table
+        if n >= 128 * num_sms:
+            return GemvConfig(64, 128, 4, 3)
+        return GemvConfig(64, 256, 4, 4, True, 2) if few_tiles and k >= 4096 else GemvConfig(64, 256, 4, 3)
     if m == 1:
         return GemvConfig(8, 512, 4, 1, False, 2 if few_tiles and k >= 4096 else 1)
     if n >= 128 * num_sms:
@@ -231,8 +294,8 @@ def _heuristic_config(m: int, n: int, k: int, num_sms: int = _NUM_SMS_DEFAULT) -
     return GemvConfig(32, 256, 4, 5)
 
 
-def get_config(m: int, n: int, k: int) -> GemvConfig:
-    per_m = _TABLE.get((n, k))
+def get_config(m: int, n: int, k: int, w8a8: bool = False) -> GemvConfig:
+    per_m = (_W8A8_TABLE if w8a8 and m > 1 else _TABLE).get((n, k))
     if per_m is not None:
         bucket = _m_bucket(m)
         cfg = per_m.get(bucket) or (per_m.get(16) if bucket > 1 else None)
@@ -263,24 +326,34 @@ def _workspace(device: torch.device, ws_elems: int, n_locks: int) -> tuple[torch
 
 
 def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                              cfg: GemvConfig, weight_scale: torch.Tensor | None = None) -> torch.Tensor:
+                              cfg: GemvConfig, weight_scale: torch.Tensor | None = None,
+                              x_scale: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+                              x_masked: bool | None = None) -> torch.Tensor:
     """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous;
-    ``weight_scale`` (fp32, one value or one per row of ``weight``) when ``weight`` is fp8."""
+    ``weight_scale`` (fp32, one value or one per row of ``weight``) when ``weight`` is fp8; ``x_scale`` (fp32, one
+    per row of ``x``) when ``x`` is fp8 too (W8A8 on the tensor cores, the dot path at any M; the output is
+    ``out_dtype``). The dot path takes up to ``MAX_BLOCK_M`` rows here (benchmarks); ``skinny_linear`` routes at
+    most ``MAX_M``. ``x_masked`` (benchmarks) overrides how rows past M are treated (default: masked below the row
+    tile's size)."""
     m, k = x.shape
+    if m > MAX_BLOCK_M:
+        raise ValueError(f"the skinny GEMM takes at most {MAX_BLOCK_M} rows, got {m}")
     n = weight.shape[0]
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    x_fp8 = x_scale is not None
+    y = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
     if m == 0 or n == 0:
         return y
     if k == 0:
         return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
-    use_dot = cfg.use_dot or m > 1
+    use_dot = cfg.use_dot or m > 1 or x_fp8
     block_n = max(cfg.block_n, 16) if use_dot else cfg.block_n     # tl.dot needs >= 16 rows
+    block_m = max(MAX_M, triton.next_power_of_2(m))
     block_k = cfg.block_k
     grid_n = triton.cdiv(n, block_n)
     split_k = max(1, min(cfg.split_k, triton.cdiv(k, block_k)))
     ws = locks = weight                                  # unused unless split_k > 1
     if split_k > 1:
-        buffers = _workspace(x.device, split_k * grid_n * block_n * (MAX_M if use_dot else 1), grid_n)
+        buffers = _workspace(x.device, split_k * grid_n * block_n * (block_m if use_dot else 1), grid_n)
         if buffers is None:
             split_k = 1
         else:
@@ -289,23 +362,33 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
     w_scale_mode = 0 if weight_scale is None else (1 if weight_scale.numel() == 1 else 2)
     _skinny_gemm_kernel[(grid_n, split_k)](
         x, weight, bias if bias is not None else weight, y, ws, locks,
-        weight_scale if weight_scale is not None else weight, m, n, k, k_per_split,
+        weight_scale if weight_scale is not None else weight, x_scale if x_fp8 else weight, m, n, k, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
-        BLOCK_M=MAX_M, BLOCK_N=block_n, BLOCK_K=block_k, W_SCALE=w_scale_mode,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, W_SCALE=w_scale_mode, X_FP8=x_fp8,
+        X_MASKED=(m < block_m) if x_masked is None else x_masked,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **(pdl_launch_args(x.device) if cfg.pdl else {"PDL": False}))
     return y
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  weight_scale: torch.Tensor | None = None) -> torch.Tensor | None:
+                  weight_scale: torch.Tensor | None = None, x_scale: torch.Tensor | None = None,
+                  out_dtype: torch.dtype | None = None) -> torch.Tensor | None:
     """``F.linear(x, weight, bias)`` for 2-D ``x`` with at most 16 rows, or None where this kernel does not apply
-    (not CUDA, not bf16/fp16, more than 16 rows, non-contiguous operands, dtype mismatch). An fp8 ``weight`` comes
-    with its fp32 ``weight_scale`` (a single value or one per row): ``x @ (weight * scale)^T``."""
+    (not CUDA, not bf16/fp16, more rows, non-contiguous operands, dtype mismatch). An fp8 ``weight`` comes
+    with its fp32 ``weight_scale`` (a single value or one per row): ``x @ (weight * scale)^T``. An fp8 ``x`` comes
+    with its fp32 ``x_scale`` (one per row) and the bf16/fp16 ``out_dtype``: ``(x * x_scale) @ (weight * scale)^T``
+    on fp8 tensor cores (``weight`` must be fp8 too), for the row counts ``w8a8_preferred`` accepts (up to 128)."""
     if not (x.is_cuda or _INTERPRET) or x.dim() != 2 or weight.dim() != 2:
         return None
-    if x.dtype not in (torch.bfloat16, torch.float16):
+    if x_scale is not None:
+        if x.dtype != torch.float8_e4m3fn or weight_scale is None or out_dtype not in (torch.bfloat16, torch.float16) \
+                or x_scale.dtype != torch.float32 or x_scale.numel() != x.shape[0] or not x_scale.is_contiguous():
+            return None
+        if bias is not None and bias.dtype != out_dtype:
+            return None
+    elif x.dtype not in (torch.bfloat16, torch.float16):
         return None
     if weight_scale is None:
         if weight.dtype != x.dtype:
@@ -314,10 +397,15 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             or weight_scale.numel() not in (1, weight.shape[0]) or not weight_scale.is_contiguous():
         return None
     m, k = x.shape
-    if m > MAX_M or weight.shape[1] != k or x.device != weight.device:
+    if weight.shape[1] != k or x.device != weight.device:
+        return None
+    too_many = m > MAX_M if x_scale is None else not w8a8_preferred(m, weight.shape[0], k)
+    if too_many:
         return None
     if not (x.is_contiguous() and weight.is_contiguous()):
         return None
-    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
+    if bias is not None and ((x_scale is None and bias.dtype != x.dtype) or not bias.is_contiguous()
+                             or bias.shape != (weight.shape[0],)):
         return None
-    return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k), weight_scale)
+    return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k, x_scale is not None),
+                                     weight_scale, x_scale, out_dtype)

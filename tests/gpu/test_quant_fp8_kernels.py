@@ -95,12 +95,66 @@ def test_scaled_mm_path_matches_the_w8a8_reference(m, n, k, per_channel):
     assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("n,k", GEMV_SHAPES)
+@pytest.mark.parametrize("m", [1, 2, 5, 16, 17, 33, 64, 65, 128])
+def test_w8a8_skinny_gemm_matches_the_w8a8_reference(m, n, k, per_channel, dtype):
+    """fp8 x (per-token scales) times fp8 W on the skinny GEMM's tensor-core path: what the FP8 linear method runs
+    for 2..64 rows, and up to 128 on the shapes where that measured faster (None elsewhere: _scaled_mm's rows)."""
+    from pagedllm.kernels.triton_gemv import skinny_linear, w8a8_preferred
+    torch.manual_seed(n + k + m + 1)
+    w = torch.randn(n, k)
+    wq, ws = per_channel_quantize(w) if per_channel else per_tensor_quantize(w)
+    x = (torch.randn(m, k) * torch.logspace(-1, 1, m)[:, None]).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    qx, sx = per_token_quant_fp8(x.to(DEVICE))
+    y = skinny_linear(qx, wq.to(DEVICE), bias.to(DEVICE), weight_scale=ws.float().reshape(-1).to(DEVICE),
+                      x_scale=sx.reshape(-1), out_dtype=dtype)
+    if m > 64 and (n, k) not in [(4608, 3584), (3584, 3584), (3584, 18944)]:
+        assert y is None and not w8a8_preferred(m, n, k)
+        return
+    ref = fp8_linear_reference(x, wq, ws, bias)
+    assert y.dtype == dtype and y.shape == (m, n)
+    rel = ((y.float().cpu() - ref).norm() / ref.norm()).item()
+    assert rel < 2e-3, rel
+
+
+def test_w8a8_table_configs_run():
+    """Every W8A8 config in the measured table compiles and is right on its own shape at its bucket's largest M."""
+    from pagedllm.kernels import triton_gemv
+    for (n, k), per_m in triton_gemv._W8A8_TABLE.items():
+        if INTERPRET and n * k > 4_000_000:
+            continue
+        wq, ws = per_channel_quantize(torch.randn(n, k, device=DEVICE))
+        for bucket, cfg in per_m.items():
+            x = torch.randn(bucket, k, device=DEVICE, dtype=DTYPES[0])
+            qx, sx = per_token_quant_fp8(x)
+            y = triton_gemv.skinny_linear_with_config(qx, wq, None, cfg, weight_scale=ws.reshape(-1),
+                                                      x_scale=sx.reshape(-1), out_dtype=x.dtype)
+            ref = fp8_linear_reference(x, wq, ws, None)
+            assert ((y.float() - ref).norm() / ref.norm()).item() < 2e-3, (n, k, bucket, cfg)
+
+
+def test_w8a8_declines():
+    from pagedllm.kernels.triton_gemv import skinny_linear
+    wq, ws = per_channel_quantize(torch.randn(32, 64, device=DEVICE))
+    qx, sx = per_token_quant_fp8(torch.randn(65, 64, device=DEVICE, dtype=DTYPES[0]))
+    ws = ws.reshape(-1)
+    assert skinny_linear(qx, wq, weight_scale=ws, x_scale=sx.reshape(-1), out_dtype=DTYPES[0]) is None   # > 64 rows
+    assert skinny_linear(qx[:4], wq, weight_scale=ws, x_scale=sx[:4].reshape(-1), out_dtype=torch.float32) is None
+    assert skinny_linear(qx[:4], wq, weight_scale=ws, x_scale=sx[:3].reshape(-1), out_dtype=DTYPES[0]) is None
+    assert skinny_linear(qx[:4], wq, x_scale=sx[:4].reshape(-1), out_dtype=DTYPES[0]) is None   # W not scaled fp8
+
+
 @pytest.mark.skipif(not FP8_GPU, reason="the FP8 linear method's CUDA path needs an sm_89+ GPU")
-@pytest.mark.parametrize("m", [1, 4, 5, 300])
-def test_fp8_linear_method_on_cuda_matches_its_dequantized_weight(m):
-    """Batch-1 rows go weight-only through the skinny GEMM; larger M through per-token quantized activations and
-    torch._scaled_mm (W8A8): each against the reference of what it computes, with the activation rounding where it
-    applies (W8A8 against the weight-only reference is ~2.6% off on random data: the rounding of x itself)."""
+@pytest.mark.parametrize("m", [1, 4, 5, 64, 65, 300])
+def test_fp8_linear_method_on_cuda_matches_its_dequantized_weight(m, monkeypatch):
+    """Batch-1 rows go weight-only through the skinny GEMM; larger M through per-token quantized activations (W8A8)
+    and the skinny GEMM's fp8 dots up to 64 rows (this untabled shape), torch._scaled_mm above: each against the
+    reference of what it computes, with the activation rounding where it applies (W8A8 against the weight-only
+    reference is ~2.6% off on random data: the rounding of x itself)."""
+    from pagedllm.kernels import triton_gemv
     from pagedllm.model.layers.linear import QKVParallelLinear
     from pagedllm.model.quantization.fp8 import GEMV_MAX_M, Fp8Config
     torch.manual_seed(m)
@@ -114,6 +168,11 @@ def test_fp8_linear_method_on_cuda_matches_its_dequantized_weight(m):
     method.process_weights_after_loading(layer)
     assert layer.weight.dtype == FP8_DTYPE
     x = torch.randn(m, 1024, device=DEVICE, dtype=torch.bfloat16)
+    calls = []
+    real = triton_gemv.skinny_linear
+    monkeypatch.setattr(triton_gemv, "skinny_linear", lambda *a, **kw: calls.append(a[0].dtype) or real(*a, **kw))
     y = method.apply(layer, x, layer.bias.to(torch.bfloat16))
     ref = fp8_linear_reference(x, layer.weight, layer.weight_scale, layer.bias, quantize_input=m > GEMV_MAX_M)
     assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
+    # skinny_linear is asked up to 128 rows (for this shape it declines above 64: _scaled_mm), not above
+    assert calls == ([torch.bfloat16] if m == 1 else [FP8_DTYPE] if m <= 128 else [])

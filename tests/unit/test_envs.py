@@ -75,9 +75,9 @@ def test_counts_are_checked_not_replaced(monkeypatch):
     monkeypatch.setenv("PAGEDLLM_PIECEWISE_MAX_TOKENS", "0")     # was silently 512
     with pytest.raises(ValueError, match="PAGEDLLM_PIECEWISE_MAX_TOKENS must be at least 1, got 0"):
         envs.PAGEDLLM_PIECEWISE_MAX_TOKENS
-    assert envs.PAGEDLLM_SKINNY_MAX_M == 16
-    monkeypatch.setenv("PAGEDLLM_SKINNY_MAX_M", "32")          # above the kernel's 16 rows: not silently 16
-    with pytest.raises(ValueError, match="PAGEDLLM_SKINNY_MAX_M must be at most 16, got 32"):
+    assert envs.PAGEDLLM_SKINNY_MAX_M == 128
+    monkeypatch.setenv("PAGEDLLM_SKINNY_MAX_M", "129")          # above the kernel's 128 rows: not silently 128
+    with pytest.raises(ValueError, match="PAGEDLLM_SKINNY_MAX_M must be at most 128, got 129"):
         envs.PAGEDLLM_SKINNY_MAX_M
     monkeypatch.setenv("PAGEDLLM_COMPILE_THREADS", "-2")
     with pytest.raises(ValueError, match="PAGEDLLM_COMPILE_THREADS must be at least 0, got -2"):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm import envs
 from pagedllm.kernels import settings as kernel_settings
 from pagedllm.kernels.quant.fp8 import (FP8_DTYPE, block_dequantize, fp8_scaled_mm, per_channel_quantize,
                                         per_tensor_quantize, quantize_to_fp8, scaled_mm_supported)
@@ -38,9 +39,15 @@ ACTIVATION_SCHEMES = ("static", "dynamic")
 FP8_MIN_CAPABILITY = (8, 9)
 # Batch-1 decode takes the skinny GEMM (kernels/triton_gemv.py) with the fp8 weight on CUDA: the weight read
 # dominates and fp8 is half bf16's bytes; no activation rounding (weight-only). Measured on an H200 (7B): bs1 268.9
-# -> 370.4 tok/s against the previous fp8 GEMV; routed up to 16 rows, the 8-request latency run went 5.41 -> 6.01 s
-# (the dot path converting fp8 tiles loses to cuBLASLt's fp8 GEMM there), so only M == 1 is routed.
+# -> 370.4 tok/s against the previous fp8 GEMV.
 GEMV_MAX_M = 1
+# 2 <= M <= 128 rows (PAGEDLLM_SKINNY_MAX_M; above 64 only on the shapes measured faster, triton_gemv.
+# w8a8_preferred): x quantized per token as for torch._scaled_mm, then the skinny GEMM's fp8 x fp8 tensor-core path
+# instead of _scaled_mm (H200, session 11, 7B, µs per call with the quantization at M = 8: qkv 11.5 vs 19.1, o 11.0
+# vs 15.9, gate_up 38.9 vs 64.7, down 28.4 vs 53.6; latency_8x1024x1024 5.65 -> 3.51 s, sharegpt_like_1000 11,896
+# -> 13,691 tok/s). Converting the fp8 weight to bf16 in registers (weight-only) lost at M = 8 (gate_up 69 µs): the
+# conversion, not the read, bounds it; at M == 1 the FMA path does it faster than the dots.
+W8A8_SKINNY_MAX_M = envs.PAGEDLLM_SKINNY_MAX_M
 
 def _matches(name: str, pattern: str) -> bool:
     """An ignore-list entry: an exact module name, a ``re:`` regular expression (compressed-tensors), or a plain
@@ -299,6 +306,12 @@ class Fp8LinearMethod(LinearMethod):
         else:
             from pagedllm.kernels.quant.fp8 import per_token_quant_fp8
             qx, sx = per_token_quant_fp8(x2.contiguous())
+        if 1 < m <= W8A8_SKINNY_MAX_M and x.dtype != torch.float32 and kernel_settings.current.triton_gemv:
+            from pagedllm.kernels.triton_gemv import skinny_linear
+            y = skinny_linear(qx.contiguous(), weight, bias, weight_scale=layer.weight_scale.reshape(-1),
+                              x_scale=sx.reshape(-1).contiguous(), out_dtype=x.dtype)
+            if y is not None:
+                return y.reshape(*x.shape[:-1], n)
         y = fp8_scaled_mm(qx, sx, weight, layer.weight_scale, bias, x.dtype)
         return y.reshape(*x.shape[:-1], n)
 
