@@ -87,7 +87,7 @@ def run_sweep(ms: list[int], bits: int, group: int, deadline: float) -> None:
     table: dict = {}
     for name, (n, k) in SHAPES.items():
         for bucket in buckets:
-            m = {1: 1, 16: 16, 64: 64, 128: 128, 256: 256, 4096: 4096}[bucket]
+            m = {1: 1, 16: 16, 64: 64, 256: 256, 4096: 4096}[bucket]
             if time.time() > t_end:
                 print(f"sweep: deadline reached before {name} M={m}", flush=True)
                 break

@@ -122,9 +122,8 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: _int_at_least("PAGEDLLM_SKINNY_MAX_M", 1, 128, maximum=128),     # the kernel's largest routed M
         "Largest decode batch (rows) that a GPU linear may send to the Triton skinny GEMM where it was measured faster "
         "(kernels/triton_gemv.py: bf16 up to 16 rows where it beat cuBLAS, FP8 weights with per-token fp8 "
-        "activations up to 128 rows where that beat torch._scaled_mm; kernels/quant/triton_packed.py: int4 weights "
-        "through the split-K decode kernel up to 128 rows); 1: batch 1 only, as before session 10 (an A/B switch, "
-        "read when the model code is imported). Default 128."),
+        "activations up to 128 rows where that beat torch._scaled_mm); 1: batch 1 only, as before session 10 (an "
+        "A/B switch, read when the model code is imported). Default 128."),
     "PAGEDLLM_COMPILE_THREADS": (
         lambda: _int_at_least("PAGEDLLM_COMPILE_THREADS", 0, _default_compile_threads()),
         "On the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on this "

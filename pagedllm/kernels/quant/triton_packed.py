@@ -136,7 +136,7 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
                           BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                           USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, FUSED: tl.constexpr,
                           PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_KP: tl.constexpr, PDL: tl.constexpr, WIDE: tl.constexpr):
+                          BLOCK_KP: tl.constexpr, PDL: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
     HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
     pid_n = tl.program_id(0)
@@ -158,12 +158,7 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
         w_ptrs = QW + (kp_start + offs_kp).to(tl.int64)[None, :] * N + cols[:, None]
         pdl_wait(PDL)
         offs_m = tl.arange(0, BLOCK_M)
-        if WIDE:            # wide row tiles: rows >= M zero-filled, not read
-            xrows = offs_m
-            mmask = offs_m[None, :] < M
-        else:
-            xrows = tl.minimum(offs_m, M - 1)      # rows >= M re-read row M - 1 (cached); never stored
-            mmask = offs_m[None, :] >= 0
+        xrows = tl.minimum(offs_m, M - 1)      # rows >= M re-read row M - 1 (cached); never stored
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
             kp0 = kp_start + kp_rel
@@ -181,21 +176,11 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
                 w = _unpack_scaled(words, words_hi, s, c, j, BITS, FUSED)             # [BN, BKP]
                 if SCALE_MODE == 0:
                     w += o
-                if WIDE:
-                    # x permuted by the launcher to [M, PACK, KP]: position j's values are contiguous along kp
-                    # (vector loads; gathering them with a stride of one word per value made the loads grow
-                    # with the rows and dominate above ~32, session 11).
-                    x_ptrs = X + xrows[None, :] * stride_xm + (j * KP + kp0 + offs_kp)[:, None]
-                    if EVEN_K:
-                        xj = tl.load(x_ptrs, mask=mmask, other=0.0)
-                    else:
-                        xj = tl.load(x_ptrs, mask=kmask[:, None] & mmask, other=0.0)
+                x_ptrs = X + xrows[None, :] * stride_xm + ((kp0 + offs_kp) * PACK + j)[:, None]
+                if EVEN_K:
+                    xj = tl.load(x_ptrs)
                 else:
-                    x_ptrs = X + xrows[None, :] * stride_xm + ((kp0 + offs_kp) * PACK + j)[:, None]
-                    if EVEN_K:
-                        xj = tl.load(x_ptrs)
-                    else:
-                        xj = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
+                    xj = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
                 acc = tl.dot(w.to(X.dtype.element_ty), xj, acc)
                 if SCALE_MODE != 0:
                     xacc += xj.to(tl.float32)
@@ -396,9 +381,6 @@ class PackedConfig(NamedTuple):
     group_m: int = 8        # prefill only
     cublas: bool = False    # prefill only: dequantize W into a scratch buffer (block_n x block_k tiles), then cuBLAS
     prefetch: bool = False  # decode M == 1 only: load the next tile's words before this tile's math
-    # The decode kernel (split-K, each weight unpacked once for all rows) for up to block_m (32..256) rows: the
-    # fused GEMM unpacks a weight once per row tile and has no split-K, the cuBLAS path writes and reads a dense W.
-    wide: bool = False
 
 
 def _m_bucket(m: int) -> int:
@@ -408,8 +390,6 @@ def _m_bucket(m: int) -> int:
         return 16
     if m <= 64:
         return 64
-    if m <= 128:
-        return 128
     if m <= 256:
         return 256
     return 4096
@@ -421,14 +401,8 @@ _DQ = PackedConfig(0, 128, 128, 4, 1, cublas=True)      # the dequantize kernel'
 _DEFAULTS: dict[tuple[int, int], PackedConfig] = {
     (1, 4): PackedConfig(1, 128, 64, 4, 1, prefetch=True), (1, 8): PackedConfig(1, 128, 64, 4, 1, prefetch=True),
     (16, 4): PackedConfig(16, 64, 128, 4, 3), (16, 8): PackedConfig(16, 64, 64, 4, 3),
-    (64, 4): _DQ, (64, 8): _DQ, (128, 4): _DQ, (128, 8): _DQ,
+    (64, 4): _DQ, (64, 8): _DQ,
     (256, 4): _DQ, (256, 8): _DQ, (4096, 4): _DQ, (4096, 8): _DQ,
-}
-# Wide decode configs (4-bit, groups of whole 128-value tiles or per-channel), by M bucket: they replace the table
-# above for rows up to PAGEDLLM_SKINNY_MAX_M (the decode kernels' A/B switch). Under measurement (session 11).
-_WIDE_MAX_M = envs.PAGEDLLM_SKINNY_MAX_M
-_WIDE_DEFAULTS: dict[int, PackedConfig] = {
-    64: PackedConfig(64, 64, 128, 4, 3, wide=True), 128: PackedConfig(128, 64, 128, 4, 3, wide=True),
 }
 # Measured per-shape choices: (N, K, bits) -> {M bucket: config}, from `benchmarks/quant_kernels.py --sweep` on an
 # H200 (Qwen2.5-7B shapes, int4 g128, bf16).
@@ -470,10 +444,7 @@ CANDIDATES: dict[int, list[PackedConfig]] = {
                                                                        (64, 128, 4, 3, 0), (128, 128, 4, 3, 1),
                                                                        (64, 128, 4, 3, 2)]],
     64: [PackedConfig(64, 64, 128, 4, 3), PackedConfig(64, 128, 64, 4, 4), _DQ,
-         PackedConfig(0, 64, 256, 4, 1, cublas=True), PackedConfig(64, 64, 128, 4, 3, wide=True),
-         PackedConfig(64, 128, 128, 8, 2, wide=True)],
-    128: [_DQ, PackedConfig(128, 128, 64, 8, 3), PackedConfig(128, 64, 128, 8, 3, wide=True),
-          PackedConfig(128, 128, 64, 8, 3, wide=True)],
+         PackedConfig(0, 64, 256, 4, 1, cublas=True)],
     256: [PackedConfig(128, 128, 64, 8, 3), _DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True),
           PackedConfig(0, 256, 128, 8, 1, cublas=True)],
     4096: [PackedConfig(128, 128, 64, 8, 4), _DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True)],
@@ -515,8 +486,6 @@ def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
 
 def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128) -> PackedConfig | PackedGemvConfig:
     bucket = _m_bucket(m)
-    if bucket in _WIDE_DEFAULTS and m <= _WIDE_MAX_M and bits == 4 and (group_size % 128 == 0 or group_size >= k):
-        return _WIDE_DEFAULTS[bucket]
     if bucket == 1:
         cfg = M1_TABLE.get((n, k, bits), _M1_DEFAULT)
         if isinstance(cfg, PackedConfig) or (bits == 4 and group_size % 8 == 0):
@@ -535,9 +504,7 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
         p = gemv.make_plan(n, k, group_size, has_bias, _num_sms(device), cfg)
         return _Plan("gemv", p.grid, p.kp_per_split, p.ws_elems, p.constexprs)
     pack = 32 // bits
-    decode = m <= MAX_DECODE_M or cfg.wide
-    if cfg.wide and not 32 <= cfg.block_m <= 256:
-        raise ValueError(f"a wide decode config takes a row tile of 32..256, got {cfg.block_m}")
+    decode = m <= MAX_DECODE_M
     block_k = cfg.block_k
     use_dot = decode and (cfg.block_m > 1 or m > 1)
     if use_dot:
@@ -563,11 +530,11 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
         split_k = max(1, min(triton.cdiv(_DECODE_PROGRAMS_PER_SM * _num_sms(device), grid_n), k_tiles // 2, 16))
     tiles_per_split = triton.cdiv(k_tiles, max(1, min(split_k, k_tiles)))
     split_k = triton.cdiv(k_tiles, tiles_per_split)            # no empty split
-    block_m = (cfg.block_m if cfg.wide else MAX_DECODE_M) if use_dot else 1
+    block_m = MAX_DECODE_M if use_dot else 1
     return _Plan("decode", (grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * block_n * block_m,
                  dict(common, EVEN_K=even_k and k_tiles % tiles_per_split == 0, USE_DOT=use_dot, SPLIT_K=split_k,
                       FUSED=_FUSED, PREFETCH=cfg.prefetch and not use_dot, BLOCK_M=block_m, BLOCK_N=block_n,
-                      BLOCK_KP=block_kp, WIDE=cfg.wide))
+                      BLOCK_KP=block_kp))
 
 
 # Dense scratch for the cuBLAS prefill path, per (device, dtype): one buffer sized by the largest layer, reused by
@@ -614,14 +581,12 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
             if buffers is None:         # inside a CUDA-graph capture that would need a bigger workspace
                 cfg = PackedConfig(constexprs["BLOCK_M"], constexprs["BLOCK_N"],
                                    constexprs["BLOCK_KP"] * (32 // w.bits), constexprs["num_warps"],
-                                   constexprs["num_stages"], split_k=1, prefetch=constexprs["PREFETCH"],
-                                   wide=constexprs["WIDE"])
+                                   constexprs["num_stages"], split_k=1, prefetch=constexprs["PREFETCH"])
                 return _launch(x, w, bias, _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
                                                       cfg))
             ws, locks = buffers
-        xk = x.reshape(m, kp, 32 // w.bits).transpose(1, 2).contiguous() if constexprs["WIDE"] else x
-        _packed_decode_kernel[plan.grid](xk, w.qweight, w.scales, w.offsets, b, y, ws, locks, m, n, kp,
-                                         plan.kp_per_split, xk.stride(0), y.stride(0), **constexprs,
+        _packed_decode_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, b, y, ws, locks, m, n, kp,
+                                         plan.kp_per_split, x.stride(0), y.stride(0), **constexprs,
                                          **pdl_launch_args(x.device))
     else:
         c = plan.constexprs
@@ -641,10 +606,8 @@ def packed_matmul_with_config(x: torch.Tensor, w: PackedWeight, bias: torch.Tens
                               cfg: PackedConfig | PackedGemvConfig) -> torch.Tensor:
     """``packed_matmul`` with an explicit config (benchmarks, tests); builds the plan on every call."""
     m, k = x.shape
-    if isinstance(cfg, PackedConfig) and not cfg.cublas and m > (cfg.block_m if cfg.wide else MAX_DECODE_M) \
-            and (cfg.wide or cfg.block_m <= MAX_DECODE_M):
-        raise ValueError(f"config {cfg} is a decode config; x has {m} rows (it takes at most "
-                         f"{cfg.block_m if cfg.wide else MAX_DECODE_M})")
+    if isinstance(cfg, PackedConfig) and not cfg.cublas and cfg.block_m <= MAX_DECODE_M and m > MAX_DECODE_M:
+        raise ValueError(f"config {cfg} is a decode config; x has {m} rows (decode takes at most {MAX_DECODE_M})")
     plan = _make_plan(m, w.qweight.shape[1], k, w.bits, w.group_size, bias is not None, x.device, cfg)
     return _launch(_prepare_x(x, w), w, bias, plan)
 
