@@ -189,6 +189,22 @@ def test_cuda_graph_replay():
     _assert_graph_replays_negated(xs, [w] * len(xs), eager)
 
 
+@big_only
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+def test_capture_without_a_big_enough_scratch_takes_the_fused_gemm(monkeypatch):
+    """A prefill-sized call first met inside a CUDA-graph capture cannot grow the dequantize scratch there: it runs
+    the fused GEMM instead, allocates no scratch, and replays correctly."""
+    monkeypatch.setattr(triton_packed, "_SCRATCH", {})
+    monkeypatch.setattr(triton_packed, "_PLANS", {})
+    w = random_packed(1024, 584, 4, 128, seed=5)
+    x = _x(300, 1024, torch.bfloat16, seed=5)
+    assert triton_packed.get_config(300, 584, 1024, 4, 128).cublas          # the scratch path outside capture
+    eager = packed_matmul_with_config(x, w, None, triton_packed._IN_CAPTURE_GEMM)   # compiles the fused GEMM
+    _check(x, w, y=eager)
+    _assert_graph_replays_negated([x], [w], [eager])
+    assert not triton_packed._SCRATCH
+
+
 def _assert_graph_replays_negated(xs, ws, eager):
     """Capture ``packed_matmul`` of each (x, w), negate the inputs in place, replay: the outputs must be -eager."""
     graph = torch.cuda.CUDAGraph()

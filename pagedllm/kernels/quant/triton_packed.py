@@ -404,6 +404,10 @@ _DEFAULTS: dict[tuple[int, int], PackedConfig] = {
     (64, 4): _DQ, (64, 8): _DQ,
     (256, 4): _DQ, (256, 8): _DQ, (4096, 4): _DQ, (4096, 8): _DQ,
 }
+# The fused GEMM for a call of more than 16 rows inside a CUDA-graph capture that would need a bigger scratch than
+# exists (the scratch cannot grow there). Its own constant: the M-bucket defaults are the scratch path itself (since
+# c5e11f3 that fallback had taken _DEFAULTS[64], a cuBLAS config, and would have failed with a KeyError).
+_IN_CAPTURE_GEMM = PackedConfig(64, 64, 128, 4, 3)
 # Measured per-shape choices: (N, K, bits) -> {M bucket: config}, from `benchmarks/quant_kernels.py --sweep` on an
 # H200 (Qwen2.5-7B shapes, int4 g128, bf16).
 _P = PackedConfig
@@ -569,8 +573,7 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
             _dequantize_kernel[plan.grid](w.qweight, w.scales, w.offsets, dense, n, kp, **plan.constexprs)
             return torch.mm(x, dense) if bias is None else torch.addmm(bias, x, dense)
         # inside a CUDA-graph capture that would need a bigger scratch: the fused GEMM
-        plan = _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
-                          _DEFAULTS[(_m_bucket(MAX_DECODE_M + 1), w.bits)])
+        plan = _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device, _IN_CAPTURE_GEMM)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     b = bias if bias is not None else y
     if plan.kind == "decode":
