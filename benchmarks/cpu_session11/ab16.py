@@ -4,6 +4,7 @@ of 16 in the same rounds. Prints `uptime`'s load with every round.
 
 python benchmarks/cpu_session11/ab16.py LEVER DTYPE [rounds=4] [hf]      (docs/perf.md, issue 19, session 11)
 LEVER: int4rows (A: every int4 GEMM through the int4 op; B: above INT4_MAX_ROWS rows the dense bf16 copy)
+       bf16bmm (A: the bf16 padded decode attention through SDPA; B: baddbmm + softmax + bmm)
 """
 import os
 import statistics
@@ -22,9 +23,12 @@ B, N = 16, 128
 
 
 def levers():
+    from pagedllm.kernels import torch_attention
     from pagedllm.kernels.quant import cpu as quant_cpu
     rows = quant_cpu.INT4_MAX_ROWS
     return {
+        "bf16bmm": (lambda: setattr(torch_attention, "BF16_DECODE_BMM", False),
+                    lambda: setattr(torch_attention, "BF16_DECODE_BMM", True)),
         "int4rows": (lambda: setattr(quant_cpu, "INT4_MAX_ROWS", 10 ** 9),
                      lambda: setattr(quant_cpu, "INT4_MAX_ROWS", rows)),
     }

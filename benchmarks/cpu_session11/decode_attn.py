@@ -5,6 +5,7 @@ python benchmarks/cpu_session11/decode_attn.py [dtype] [max keys ...]     (docs/
 """
 import sys
 
+import pagedllm  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE, as the engine runs)
 import torch
 import torch.nn.functional as F
 
@@ -38,7 +39,18 @@ for L in [int(a) for a in sys.argv[2:]] or [40, 100, 150]:
                           k.reshape(B * HKV, L, D).transpose(1, 2), alpha=scale)
         return torch.bmm(torch.softmax(s, dim=-1), v.reshape(B * HKV, L, D)).view(B, HKV, G, D)
 
+    mask32 = mask.float()
+
+    def sdpa_fp32():
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask32, scale=scale).to(dtype)
+
+    def baddbmm_fp32():
+        s = torch.baddbmm(mask32.expand(B, HKV, G, L).reshape(B * HKV, G, L), q.float().reshape(B * HKV, G, D),
+                          k.float().reshape(B * HKV, L, D).transpose(1, 2), alpha=scale)
+        return torch.bmm(torch.softmax(s, dim=-1), v.float().reshape(B * HKV, L, D)).view(B, HKV, G, D).to(dtype)
+
     ref = sdpa().double()
-    for name, fn in [("sdpa", sdpa), ("explicit", explicit), ("baddbmm", explicit_baddbmm)]:
+    for name, fn in [("sdpa", sdpa), ("explicit", explicit), ("baddbmm", explicit_baddbmm), ("sdpa_fp32", sdpa_fp32),
+                     ("baddbmm32", baddbmm_fp32)]:
         err = (fn().double() - ref).abs().max().item()
         print(f"L={L:4d} {name:9s} {us_per_call(fn, 300):8.1f} us  max|diff vs sdpa| {err:.1e}", flush=True)

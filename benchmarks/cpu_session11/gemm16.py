@@ -6,7 +6,9 @@ python benchmarks/cpu_session11/gemm16.py [M ...]        (docs/perf.md, issue 19
 import os
 import sys
 
-import torch
+if os.environ.get("PASSIVE"):
+    import pagedllm  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE before torch loads libgomp, as the engine runs)
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cpu_session10"))
 from timing import us_per_call  # noqa: E402
