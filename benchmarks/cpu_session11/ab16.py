@@ -4,6 +4,7 @@ of 16 in the same rounds. Prints `uptime`'s load with every round.
 
 python benchmarks/cpu_session11/ab16.py LEVER DTYPE [rounds=4] [hf]      (docs/perf.md, issue 19, session 11)
 LEVER: int4rows (A: every int4 GEMM through the int4 op; B: above INT4_MAX_ROWS rows the dense bf16 copy)
+       gemm1t (A: oneDNN GEMMs on all threads; B: those of <= 16 rows on one thread)
        bf16bmm (A: the bf16 padded decode attention through SDPA; B: baddbmm + softmax + bmm)
 """
 import os
@@ -26,7 +27,15 @@ def levers():
     from pagedllm.kernels import torch_attention
     from pagedllm.kernels.quant import cpu as quant_cpu
     rows = quant_cpu.INT4_MAX_ROWS
+    from pagedllm.kernels.cpu_threads import on_one_thread
+    from pagedllm.model.layers import embedding, linear
+    dense = quant_cpu.onednn_linear
+
+    def one_thread_gemms(on: bool) -> None:
+        fn = (lambda x, *a: on_one_thread(dense, x, *a) if x.shape[0] <= 16 else dense(x, *a)) if on else dense
+        quant_cpu.onednn_linear = linear.onednn_linear = embedding.onednn_linear = fn
     return {
+        "gemm1t": (lambda: one_thread_gemms(False), lambda: one_thread_gemms(True)),
         "bf16bmm": (lambda: setattr(torch_attention, "BF16_DECODE_BMM", False),
                     lambda: setattr(torch_attention, "BF16_DECODE_BMM", True)),
         "int4rows": (lambda: setattr(quant_cpu, "INT4_MAX_ROWS", 10 ** 9),
