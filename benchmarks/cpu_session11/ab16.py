@@ -26,7 +26,7 @@ B, N = 16, 128
 def levers():
     from pagedllm.kernels import torch_attention
     from pagedllm.kernels.quant import cpu as quant_cpu
-    rows = quant_cpu.INT4_MAX_ROWS
+    rows, bmm_min = quant_cpu.INT4_MAX_ROWS, torch_attention.BMM_MIN_REQUESTS
     from pagedllm.kernels.cpu_threads import on_one_thread
     from pagedllm.model.layers import embedding, linear
     dense = quant_cpu.onednn_linear
@@ -36,8 +36,8 @@ def levers():
         quant_cpu.onednn_linear = linear.onednn_linear = embedding.onednn_linear = fn
     return {
         "gemm1t": (lambda: one_thread_gemms(False), lambda: one_thread_gemms(True)),
-        "bf16bmm": (lambda: setattr(torch_attention, "BF16_DECODE_BMM", False),
-                    lambda: setattr(torch_attention, "BF16_DECODE_BMM", True)),
+        "bf16bmm": (lambda: setattr(torch_attention, "BMM_MIN_REQUESTS", 10 ** 9),
+                    lambda: setattr(torch_attention, "BMM_MIN_REQUESTS", bmm_min)),
         "int4rows": (lambda: setattr(quant_cpu, "INT4_MAX_ROWS", 10 ** 9),
                      lambda: setattr(quant_cpu, "INT4_MAX_ROWS", rows)),
     }

@@ -1,11 +1,12 @@
 """A 16-request padded decode attention of SmolLM2's shape (9 query heads, 3 KV heads, head 64) on the CPU, one
 thread (as the torch backend runs it): SDPA as today vs an explicit matmul-softmax-matmul.
 
-python benchmarks/cpu_session11/decode_attn.py [dtype] [max keys ...]     (docs/perf.md, issue 19, session 11)
+REQUESTS=16 python benchmarks/cpu_session11/decode_attn.py [dtype] [max keys ...]     (docs/perf.md, issue 19, session 11)
 """
+import os
 import sys
 
-import pagedllm  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE, as the engine runs)
+__import__("pagedllm")    # OMP_WAIT_POLICY=PASSIVE before torch loads libgomp, as the engine runs
 import torch
 import torch.nn.functional as F
 
@@ -14,7 +15,7 @@ from timing import us_per_call  # noqa: E402
 
 torch.set_num_threads(1)
 dtype = getattr(torch, sys.argv[1]) if len(sys.argv) > 1 else torch.float32
-B, HKV, G, D = 16, 3, 3, 64
+B, HKV, G, D = int(os.environ.get("REQUESTS", "16")), 3, 3, 64
 for L in [int(a) for a in sys.argv[2:]] or [40, 100, 150]:
     g = torch.Generator().manual_seed(0)
     gathered_k = torch.randn(B, L, HKV, D, generator=g).to(dtype)

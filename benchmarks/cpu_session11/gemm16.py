@@ -1,13 +1,13 @@
 """SmolLM2's four projections at M rows, 2 threads, 30 weight copies read round-robin (as a step reads 30 layers):
 torch's int4 GEMM (bf16 activations) vs oneDNN dense bf16 vs oneDNN fp32 vs fbgemm fp16. µs per call.
 
-python benchmarks/cpu_session11/gemm16.py [M ...]        (docs/perf.md, issue 19, session 11)
+THREADS=1|2 PASSIVE=1 python benchmarks/cpu_session11/gemm16.py [M ...]   (PASSIVE: the engine's OpenMP wait policy; docs/perf.md, issue 19, session 11)
 """
 import os
 import sys
 
 if os.environ.get("PASSIVE"):
-    import pagedllm  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE before torch loads libgomp, as the engine runs)
+    __import__("pagedllm")    # OMP_WAIT_POLICY=PASSIVE before torch loads libgomp, as the engine runs
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cpu_session10"))
@@ -43,4 +43,4 @@ for M in [int(a) for a in sys.argv[1:]] or [16]:
             totals[k] = totals.get(k, 0) + v
         print(f"M={M:3d} {name:8s} {N}x{K}: " + "  ".join(f"{k} {v:7.1f}" for k, v in row.items()), flush=True)
     print(f"M={M:3d} per layer: " + "  ".join(f"{k} {v:7.1f}" for k, v in totals.items())
-          + f"  (x30 layers: " + "  ".join(f"{k} {v * 30 / 1e3:.1f} ms" for k, v in totals.items()) + ")")
+          + "  (x30 layers: " + "  ".join(f"{k} {v * 30 / 1e3:.1f} ms" for k, v in totals.items()) + ")")

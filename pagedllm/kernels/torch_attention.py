@@ -111,13 +111,16 @@ def _decode_mask(lens: list[int], max_len: int, dtype: torch.dtype, device: torc
         past_end[:, None, None, :], float("-inf"))
 
 
-# A bf16 padded decode on the CPU as two batched matmuls and a softmax instead of SDPA: SDPA's CPU flash kernel packs
-# each head's keys and values for its bf16 GEMMs, a cost not shared by the G (here 3) query rows of a decode. 16
-# requests of SmolLM2 (3 KV heads x 3 query heads, head 64), one thread, µs: SDPA 125 / 208 / 290 / 547 against 127 /
-# 167 / 193 / 245 at 20 / 60 / 100 / 140 keys (benchmarks/cpu_session11/decode_attn.py; docs/perf.md, issue 19,
-# session 11). fp32 keeps SDPA: there the two are even (132 vs 128 µs at 40 keys, 331 vs 379 at 140), and SDPA is
-# what the fp32 parity with HF transformers was established with.
-BF16_DECODE_BMM = True
+# A bf16 padded decode of many requests on the CPU as two batched matmuls and a softmax instead of SDPA: SDPA's CPU
+# flash kernel packs each head's keys and values for its bf16 GEMMs, a cost not shared by the G (here 3) query rows of
+# a decode; the matmuls have a larger fixed cost. SmolLM2's heads (3 KV heads x 3 query heads, head 64), one thread,
+# µs, SDPA vs matmuls (benchmarks/cpu_session11/decode_attn.py, 2-core AVX512-BF16 EPYC): 16 requests 113 / 158 / 209
+# / 384 vs 113 / 129 / 152 / 231 at 20 / 40 / 60 / 140 keys; 8 requests 60 / 80 / 106 / 195 vs 82 / 91 / 108 / 150;
+# 4 requests 49 / 56 / 100 vs 133 / 81 / 106 at 20 / 60 / 140; 1 request 13 / 27 / 31 vs 108 / 69 / 77 (docs/perf.md,
+# issue 19, session 11). So the matmuls from 8 requests and 512 padded keys (requests x longest context) up. fp32
+# keeps SDPA: there the two are even at 16 requests (132 vs 128 µs at 40 keys, 331 vs 379 at 140), and SDPA is what
+# the fp32 parity with HF transformers was established with.
+BMM_MIN_REQUESTS, BMM_MIN_KEYS = 8, 512
 
 
 def _decode_bmm(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scale: float,
@@ -190,7 +193,8 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
             keys = _gather_blocks(k_cache, tables).flatten(1, 2)[:, :max_len].transpose(1, 2)   # [D, Hkv, L, hd]
             values = _gather_blocks(v_cache, tables, 1).flatten(1, 2)[:, :max_len].transpose(1, 2)
             keys, values = _dequantize(keys, q.dtype, k_scale), _dequantize(values, q.dtype, v_scale)
-            if q.dtype == torch.bfloat16 and q.device.type == "cpu" and BF16_DECODE_BMM:
+            if q.dtype == torch.bfloat16 and q.device.type == "cpu" and len(decode) >= BMM_MIN_REQUESTS \
+                    and len(decode) * max_len >= BMM_MIN_KEYS:
                 return _decode_bmm(q, keys, values, mask, scale, step_cache)
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
         small = query.device.type == "cpu" and len(decode) * max_len * num_kv_heads <= _ONE_THREAD_MAX_KEYS
