@@ -1,6 +1,6 @@
 """Where a 16-request decode step of the bundled SmolLM2 goes on the CPU (issue 19, session 11).
 
-python benchmarks/cpu_session11/profile16.py float32|float16|bfloat16|bfloat16-dense [prof] [n=127]
+python benchmarks/cpu_session11/profile16.py float32|float16|bfloat16|bfloat16-dense [prof] [n=127] [kv=1 (GiB)]
 
 Times generate() of 16 prompts (cpu_vs_hf.py's "16 concurrent") x (1 + N) tokens minus x 1 token = N decode steps,
 split by wrapping the model's forward, compute_logits and the sampler (the rest = scheduler, input preparation,
@@ -29,7 +29,8 @@ def main() -> None:
     if dtype == "bfloat16-dense":     # the GGUF dequantized to dense bf16 (oneDNN) instead of kept in 4 bits
         import pagedllm.model.quantization.gguf as gguf
         gguf.int4pack_supported = lambda: False
-    llm = LLM(max_model_len=2048, kv_cache_memory_gb=1, dtype=dtype.split("-")[0], max_num_seqs=B)
+    kv_gb = float(next((a[3:] for a in sys.argv if a.startswith("kv=")), 1))
+    llm = LLM(max_model_len=2048, kv_cache_memory_gb=kv_gb, dtype=dtype.split("-")[0], max_num_seqs=B)
     prompts = [PROMPTS[i % len(PROMPTS)] + f" ({i})" * (i % 3) for i in range(B)]
     model, sampler = _find(llm)
     spent = collections.Counter()
