@@ -111,6 +111,39 @@ def _decode_mask(lens: list[int], max_len: int, dtype: torch.dtype, device: torc
         past_end[:, None, None, :], float("-inf"))
 
 
+# A bf16 padded decode of many requests on the CPU as two batched matmuls and a softmax instead of SDPA: SDPA's CPU
+# flash kernel packs each head's keys and values for its bf16 GEMMs, a cost not shared by the G (here 3) query rows of
+# a decode; the matmuls have a larger fixed cost. SmolLM2's heads (3 KV heads x 3 query heads, head 64), one thread,
+# µs, SDPA vs matmuls (benchmarks/cpu_session11/decode_attn.py, 2-core AVX512-BF16 EPYC): 16 requests 113 / 158 / 209
+# / 384 vs 113 / 129 / 152 / 231 at 20 / 40 / 60 / 140 keys; 8 requests 60 / 80 / 106 / 195 vs 82 / 91 / 108 / 150;
+# 4 requests 49 / 56 / 100 vs 133 / 81 / 106 at 20 / 60 / 140; 1 request 13 / 27 / 31 vs 108 / 69 / 77 (docs/perf.md,
+# issue 19, session 11). So the matmuls from 8 requests and 512 padded keys (requests x longest context) up. fp32
+# keeps SDPA: there the two are even at 16 requests (132 vs 128 µs at 40 keys, 331 vs 379 at 140), and SDPA is what
+# the fp32 parity with HF transformers was established with.
+BMM_MIN_REQUESTS, BMM_MIN_KEYS = 8, 512
+
+
+def _decode_bmm(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scale: float,
+                step_cache: dict | None) -> torch.Tensor:
+    """SDPA of ``q`` ``[D, Hkv, G, hd]`` over ``keys`` / ``values`` ``[D, Hkv, L, hd]`` with the additive ``mask``
+    ``[D, 1, 1, L]`` (or None): ``softmax(q k^T * scale + mask) v`` as ``baddbmm``, ``softmax``, ``bmm`` (softmax
+    in fp32 inside, as SDPA's). The mask expanded to the matmuls' batch is kept in ``step_cache`` for the next
+    layers."""
+    d, hkv, g, hd = q.shape
+    length = keys.shape[2]
+    q3, k3, v3 = q.reshape(d * hkv, g, hd), keys.reshape(d * hkv, length, hd), values.reshape(d * hkv, length, hd)
+    if mask is None:
+        scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(scale)
+    else:
+        wide = step_cache.get("decode_mask_bmm") if step_cache is not None else None
+        if wide is None or wide.shape != (d * hkv, g, length):
+            wide = mask.expand(d, hkv, g, length).reshape(d * hkv, g, length)
+            if step_cache is not None:
+                step_cache["decode_mask_bmm"] = wide
+        scores = torch.baddbmm(wide, q3, k3.transpose(1, 2), alpha=scale)
+    return torch.bmm(torch.softmax(scores, dim=-1), v3).view(d, hkv, g, hd)
+
+
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                     scale: float, query_start_loc_cpu: list[int] | None = None,
@@ -159,8 +192,11 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         def gather_and_attend() -> torch.Tensor:
             keys = _gather_blocks(k_cache, tables).flatten(1, 2)[:, :max_len].transpose(1, 2)   # [D, Hkv, L, hd]
             values = _gather_blocks(v_cache, tables, 1).flatten(1, 2)[:, :max_len].transpose(1, 2)
-            return F.scaled_dot_product_attention(q, _dequantize(keys, q.dtype, k_scale),
-                                                  _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
+            keys, values = _dequantize(keys, q.dtype, k_scale), _dequantize(values, q.dtype, v_scale)
+            if q.dtype == torch.bfloat16 and q.device.type == "cpu" and len(decode) >= BMM_MIN_REQUESTS \
+                    and len(decode) * max_len >= BMM_MIN_KEYS:
+                return _decode_bmm(q, keys, values, mask, scale, step_cache)
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
         small = query.device.type == "cpu" and len(decode) * max_len * num_kv_heads <= _ONE_THREAD_MAX_KEYS
         o = on_one_thread(gather_and_attend) if small else gather_and_attend()
         if pure:

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.kernels import settings as kernel_settings
-from pagedllm.model.layers.linear import MergedColumnParallelLinear, ReplicatedLinear, onednn_enabled
+from pagedllm.kernels.cpu_onednn import onednn_enabled
+from pagedllm.model.layers.linear import MergedColumnParallelLinear, ReplicatedLinear
 
 pytestmark = pytest.mark.skipif(not onednn_enabled(), reason="no oneDNN in this torch build")
 

@@ -21,3 +21,23 @@ def test_rotary_module_converts_like_a_module_and_matches_rotate_half():
     assert torch.allclose(q_out, q * cos + rot(q) * sin)
     assert torch.allclose(k_out, k * cos + rot(k) * sin)
     assert torch.equal(q_out[0], q[0])          # position 0 is the identity
+
+
+def test_rms_norm_on_the_cpu_is_bitwise_hf_llama_rms_norm():
+    """The CPU RMSNorm (fused with the residual add or not) gives bitwise HF transformers' LlamaRMSNorm in fp32 and
+    in bf16, where HF casts back to bf16 before the weight multiply (a different rounding than a weighted fused
+    norm: the tokens of a bf16 model would drift from HF's)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from pagedllm.model.layers.norm import RMSNorm
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        ours, hf = RMSNorm(576, 1e-5), LlamaRMSNorm(576, eps=1e-5)
+        weight = (torch.rand(576, generator=g) + 0.5).to(dtype)
+        ours.weight.data, hf.weight.data = weight.clone(), weight.clone()
+        x = (torch.randn(16, 576, generator=g) * 3).to(dtype)
+        residual = torch.randn(16, 576, generator=g).to(dtype)
+        with torch.no_grad():
+            assert torch.equal(ours(x), hf(x)), dtype
+            normed, summed = ours(x, residual)
+            assert torch.equal(summed, x + residual) and torch.equal(normed, hf(x + residual)), dtype

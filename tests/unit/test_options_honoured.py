@@ -166,7 +166,7 @@ ENGINE_FIELDS: dict[str, list] = {
     "pdl": [Read(("kernels/pdl.py",), "current.pdl"),
             Behaves(lambda mp: build(mp, pdl=False).pdl is False or _fail())],
     "piecewise_cuda_graphs": [Read(("worker/model_runner.py",), "config.piecewise_cuda_graphs")],
-    "cpu_onednn": [Read(("model/layers/linear.py",), "current.cpu_onednn")],
+    "cpu_onednn": [Read(("kernels/cpu_onednn.py",), "current.cpu_onednn")],
     "cpu_threads": [Read(("worker/model_runner.py",), "torch.set_num_threads(config.cpu_threads)"),
                     Behaves(lambda mp: build(mp, cpu_threads=3).cpu_threads == 3 or _fail()),
                     Rejects(0, "cpu_threads must be >= 1")],

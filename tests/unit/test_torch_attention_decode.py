@@ -111,3 +111,35 @@ def test_small_decode_runs_on_one_thread_and_restores_the_thread_count(monkeypat
         assert torch.equal(two, torch_attention.paged_attention(*batch, 0.25))   # one thread or two: same result
     finally:
         torch.set_num_threads(threads)
+
+
+@torch.inference_mode()
+def test_bf16_padded_decode_of_many_requests_is_two_matmuls_and_a_softmax_close_to_sdpa(monkeypatch):
+    """A bf16 padded decode of many requests on the CPU goes through baddbmm / softmax / bmm instead of SDPA (faster
+    there): its output is SDPA's on the same bf16 inputs to bf16 rounding, each request's output does not depend on
+    the others in its batch beyond that rounding; fewer requests, and fp32, still take SDPA."""
+    lens = [1, 7, 16, 9, 33, 70, 2, 40]        # 8 requests x 70 keys: over both thresholds
+    assert len(lens) >= torch_attention.BMM_MIN_REQUESTS and len(lens) * max(lens) >= torch_attention.BMM_MIN_KEYS
+    batch32 = _paged_batch(lens, [1] * len(lens), seed=4)
+    batch = tuple(t.to(torch.bfloat16) if t.is_floating_point() else t for t in batch32)
+    routes = []
+    real_bmm, real_sdpa = torch_attention._decode_bmm, F.scaled_dot_product_attention
+    monkeypatch.setattr(torch_attention, "_decode_bmm", lambda *a: routes.append("bmm") or real_bmm(*a))
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: routes.append("sdpa") or real_sdpa(*a, **k))
+    step_cache: dict = {}
+    together = torch_attention.paged_attention(*batch, 0.25, step_cache=step_cache)
+    again = torch_attention.paged_attention(*batch, 0.25, step_cache=step_cache)     # the next layer: mask reused
+    assert routes == ["bmm", "bmm"] and torch.equal(together, again)
+    assert step_cache["decode_mask_bmm"].shape == (len(lens) * KV_HEADS, HEADS // KV_HEADS, max(lens))
+    fp32 = torch_attention.paged_attention(*batch32, 0.25)
+    monkeypatch.setattr(torch_attention, "BMM_MIN_REQUESTS", len(lens) + 1)
+    sdpa = torch_attention.paged_attention(*batch, 0.25)
+    assert routes == ["bmm", "bmm", "sdpa", "sdpa"]
+    # |values| < 2.7, where bf16's spacing is up to 1/64; the two round the scores differently (bf16 here, fp32
+    # inside SDPA). Measured on the AVX512-BF16 EPYC: 0.008 from SDPA, 0.011 from fp32, 0.008 from each request alone
+    # (one request: SDPA, so another rounding).
+    torch.testing.assert_close(together.float(), sdpa.float(), rtol=0, atol=3e-2)
+    torch.testing.assert_close(together.float(), fp32, rtol=0, atol=3e-2)
+    for i in range(len(lens)):
+        torch.testing.assert_close(together[i:i + 1].float(), _alone(*batch, i).float(), rtol=0, atol=2e-2,
+                                   msg=f"request {i} (length {lens[i]})")
