@@ -3,7 +3,8 @@ SmolLM2), one engine, the lever switched at run time between the calls; optional
 of 16 in the same rounds. Prints `uptime`'s load with every round.
 
 python benchmarks/cpu_session11/ab16.py LEVER DTYPE [rounds=4] [hf]      (docs/perf.md, issue 19, session 11)
-LEVER: int4rows (A: every int4 GEMM through the int4 op; B: above INT4_MAX_ROWS rows the dense bf16 copy)
+LEVER: int4rows (A: every int4 GEMM through the int4 op; B: above INT4_MAX_ROWS rows the dense bf16 copy; only on
+                 the trees f3ceaa9..8d37e44: the dense copy was measured, then removed for its memory)
        gemm1t (A: oneDNN GEMMs on all threads; B: those of <= 16 rows on one thread)
        bf16bmm (A: the bf16 padded decode attention through SDPA; B: baddbmm + softmax + bmm)
 """
@@ -26,21 +27,25 @@ B, N = 16, 128
 def levers():
     from pagedllm.kernels import torch_attention
     from pagedllm.kernels.quant import cpu as quant_cpu
-    rows, bmm_min = quant_cpu.INT4_MAX_ROWS, torch_attention.BMM_MIN_REQUESTS
+    rows, bmm_min = getattr(quant_cpu, "INT4_MAX_ROWS", None), torch_attention.BMM_MIN_REQUESTS
     from pagedllm.kernels.cpu_threads import on_one_thread
     from pagedllm.model.layers import embedding, linear
-    dense = quant_cpu.onednn_linear
+    dense = linear.onednn_linear
 
     def one_thread_gemms(on: bool) -> None:
         fn = (lambda x, *a: on_one_thread(dense, x, *a) if x.shape[0] <= 16 else dense(x, *a)) if on else dense
-        quant_cpu.onednn_linear = linear.onednn_linear = embedding.onednn_linear = fn
-    return {
+        linear.onednn_linear = embedding.onednn_linear = fn
+        if rows is not None:
+            quant_cpu.onednn_linear = fn
+    found = {
         "gemm1t": (lambda: one_thread_gemms(False), lambda: one_thread_gemms(True)),
         "bf16bmm": (lambda: setattr(torch_attention, "BMM_MIN_REQUESTS", 10 ** 9),
                     lambda: setattr(torch_attention, "BMM_MIN_REQUESTS", bmm_min)),
-        "int4rows": (lambda: setattr(quant_cpu, "INT4_MAX_ROWS", 10 ** 9),
-                     lambda: setattr(quant_cpu, "INT4_MAX_ROWS", rows)),
     }
+    if rows is not None:
+        found["int4rows"] = (lambda: setattr(quant_cpu, "INT4_MAX_ROWS", 10 ** 9),
+                             lambda: setattr(quant_cpu, "INT4_MAX_ROWS", rows))
+    return found
 
 
 def main() -> None:

@@ -1,6 +1,5 @@
 """CPU GEMMs through oneDNN with the weight reordered once into its blocked layout (what vLLM's CPU backend and
-inductor's CPU path do): the dense linear layers and LM head (model/layers), and the dense bf16 copy of an int4
-layer for GEMMs of many rows (kernels/quant/cpu.py)."""
+inductor's CPU path do): the dense linear layers and the LM head (model/layers)."""
 from __future__ import annotations
 
 import torch

@@ -18,8 +18,7 @@ if TYPE_CHECKING:
 class KernelSettings:
     pdl: bool = True           # programmatic dependent launch of the decode-path Triton kernels (kernels/pdl.py)
     triton_gemv: bool = True   # Triton skinny GEMM for batch-1 GPU linears (kernels/triton_gemv.py)
-    cpu_onednn: bool = True    # CPU linears through oneDNN with prepacked weights (kernels/cpu_onednn.py; off: no
-    #                            dense bf16 copy of int4 layers either, kernels/quant/cpu.py)
+    cpu_onednn: bool = True    # CPU linears through oneDNN with prepacked weights (kernels/cpu_onednn.py)
 
 
 # Everything on until an engine says otherwise (kernel tests and benchmarks that build no engine).

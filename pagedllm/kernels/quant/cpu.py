@@ -3,8 +3,9 @@
 Three forms, picked once per layer by ``prepare_cpu_weight``:
 - ``int4pack``: torch's own 4-bit weight-only GEMM (``aten._weight_int4pack_mm_for_cpu``, groups of 32..256 along
   K). Its dequantized weight is ``(q - 8) * scale + zero``; the canonical ``q * s + o`` is that form exactly with
-  ``scale = s, zero = o + 8 * s``. With bf16 activations the layer also keeps that weight dense in bf16, reordered
-  for oneDNN, for GEMMs of more than ``INT4_MAX_ROWS`` rows (``dense``, below).
+  ``scale = s, zero = o + 8 * s``. No dense copy is kept for GEMMs of many rows, where oneDNN's dense bf16 GEMM
+  would be faster (SmolLM2 at 16 concurrent requests +10%, docs/perf.md, issue 19, session 11): it would take 2
+  bytes a weight beside int4's ~0.6, more than the dequantized model that a quantized checkpoint is chosen to avoid.
 - ``int8pack``: torch's 8-bit per-channel GEMM (``aten._weight_int8pack_mm``: ``x @ (w_int8 * scale)^T``) for
   8-bit weights with one group per column. ``q * s + o = (q - 128) * s + (o + 128 * s)``: the second term is a
   per-column constant, added as ``rowsum(x) * c`` (exact, so asymmetric zero points work too).
@@ -17,18 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pagedllm.kernels.cpu_onednn import onednn_linear, onednn_pack
 from pagedllm.kernels.cpu_threads import gemm_for_rows
 from pagedllm.kernels.quant.packed import PackedWeight, dequantize, unpack_along_k
 
 INT4PACK_GROUP_SIZES = (32, 64, 128, 256)
-
-# torch's int4 GEMM dequantizes the weight again for every 4 rows of x, so above a few rows oneDNN's dense bf16 GEMM
-# (AVX512-BF16 dot products) is faster: SmolLM2's four projections, 2 threads, 30 weight copies, µs per layer, int4
-# vs dense bf16: M = 4 207 vs 363, 6 372 vs 354, 8 396 vs 407, 12 591 vs 478, 16 900 vs 554 (2-core AVX512-BF16
-# EPYC, benchmarks/cpu_session11/gemm16.py; docs/perf.md, issue 19, session 11). GEMMs of more rows than this
-# (16-request decodes, prefills) take the layer's dense copy; the copy costs 2 bytes a weight beside int4's ~0.6.
-INT4_MAX_ROWS = 8
 
 
 @dataclass
@@ -40,11 +33,10 @@ class CpuPackedWeight:
     weight: torch.Tensor | None = None   # int4pack: torch's packed uint8; int8pack: int8 [N, K]
     scales: torch.Tensor | None = None   # int4pack: [K // G, N, 2] (scale, zero); int8pack: [N]
     column_offsets: torch.Tensor | None = None   # int8pack: [N] times rowsum(x), None when symmetric
-    dense: torch.Tensor | None = None    # int4pack, bf16: the same weight dense [N, K], reordered for oneDNN
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor this form holds (for the weights' memory figure)."""
-        found = {name: t for name in ("perm", "weight", "scales", "column_offsets", "dense")
+        found = {name: t for name in ("perm", "weight", "scales", "column_offsets")
                  if (t := getattr(self, name)) is not None}
         if self.packed is not None:
             found.update(qweight=self.packed.qweight, scales=self.packed.scales, offsets=self.packed.offsets)
@@ -68,10 +60,8 @@ def prepare_cpu_weight(w: PackedWeight, dtype: torch.dtype) -> CpuPackedWeight:
         if packed is not None:
             scales = w.scales.to(torch.float32)
             zeros = w.offsets.to(torch.float32) + 8 * scales
-            scales_zeros = torch.stack([scales, zeros], dim=-1).to(dtype).contiguous()
-            return CpuPackedWeight("int4pack", w.group_size, w.perm, weight=packed, scales=scales_zeros,
-                                   dense=_dense_copy(q, w.group_size, scales_zeros) if dtype == torch.bfloat16
-                                   else None)
+            return CpuPackedWeight("int4pack", w.group_size, w.perm, weight=packed,
+                                   scales=torch.stack([scales, zeros], dim=-1).to(dtype).contiguous())
     if w.bits == 8 and w.group_size == K and hasattr(torch, "_weight_int8pack_mm"):
         q = unpack_along_k(w.qweight, 8)                              # [K, N], values 0..255
         weight = (q - 128).to(torch.int8).t().contiguous()
@@ -82,23 +72,13 @@ def prepare_cpu_weight(w: PackedWeight, dtype: torch.dtype) -> CpuPackedWeight:
     return CpuPackedWeight("dequant", w.group_size, w.perm, packed=w)
 
 
-def _dense_copy(q: torch.Tensor, group_size: int, scales_zeros: torch.Tensor) -> torch.Tensor | None:
-    """The int4pack weight dense in bf16 ``[N, K]``, reordered for oneDNN (None where oneDNN is off or lacks it):
-    what the int4 GEMM dequantizes, ``(q - 8) * scale + zero`` in fp32 from the same bf16 scales and zeros,
-    rounded to bf16 once. ``q``: ``[N, K]`` values 0..15."""
-    scale, zero = (sz.t().repeat_interleave(group_size, dim=1) for sz in scales_zeros.float().unbind(-1))   # [N, K]
-    return onednn_pack(((q - 8).float() * scale + zero).to(torch.bfloat16))
-
-
 def cpu_packed_matmul(x: torch.Tensor, w: CpuPackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ W (+ bias)`` for ``x`` ``[M, K]`` (any leading dims), in ``x.dtype``."""
     shape = x.shape
     x = x.reshape(-1, shape[-1])
     if w.perm is not None:
         x = x[:, w.perm]
-    if w.kind == "int4pack" and w.dense is not None and x.shape[0] > INT4_MAX_ROWS and x.dtype == torch.bfloat16:
-        y = onednn_linear(x, w.dense, None)
-    elif w.kind == "int4pack":
+    if w.kind == "int4pack":
         y = gemm_for_rows(torch.ops.aten._weight_int4pack_mm_for_cpu, x.shape[0], x.contiguous(), w.weight,
                           w.group_size, w.scales.to(x.dtype))
     elif w.kind == "int8pack":

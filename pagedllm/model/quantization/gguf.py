@@ -14,9 +14,7 @@ On the CPU the default (float32, HF-exact) dequantizes at load. With ``dtype="bf
 Q4_1, Q4_K: 4-bit groups of 32) stay 4-bit and multiply through torch's int4 weight-only GEMM with bf16 activations
 (``aten._weight_int4pack_mm_for_cpu``, kernels/quant/cpu.py): on the 2-core AVX512-BF16 EPYC it took a SmolLM2
 projection at batch 1 from fbgemm fp16's 103-145 µs to 64 µs on one thread, 36-39 µs on two, where the same kernel
-with fp32 activations takes 1.6 ms (docs/perf.md, issue 19, session 10) — so only bf16 keeps them. Each such layer
-also holds its weight dense in bf16 (oneDNN) for GEMMs of more than ``INT4_MAX_ROWS`` rows, where the int4 op is
-slower (SmolLM2 at 16 concurrent requests +10%, session 11): 0.12 -> 0.31 GiB for SmolLM2. 8-bit and 5/6-bit
+with fp32 activations takes 1.6 ms (docs/perf.md, issue 19, session 10) — so only bf16 keeps them. 8-bit and 5/6-bit
 types stay dequantized there (their grouped form has no fast CPU kernel). ``KEEP_QUANTIZED_ON_CPU`` is an internal
 switch for tests, not a user option: it keeps every supported type quantized on the CPU whatever the dtype.
 """
@@ -29,8 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pagedllm.kernels.cpu_onednn import onednn_enabled
-from pagedllm.kernels.quant.cpu import INT4_MAX_ROWS, INT4PACK_GROUP_SIZES, int4pack_supported
+from pagedllm.kernels.quant.cpu import INT4PACK_GROUP_SIZES, int4pack_supported
 from pagedllm.kernels.quant.gguf_packed import GGUF_PACKED_TYPES, gguf_packed_format, supports_gguf_type
 from pagedllm.kernels.quant.packed import PackedWeight
 from pagedllm.model.quantization.base import QuantizationConfig
@@ -119,8 +116,6 @@ class GGUFConfig(QuantizationConfig):
         kept = Counter(_type_name(self.tensor_types[name]) for name in self.kept_quantized)
         others = sorted({_type_name(t) for name, t in self.tensor_types.items() if name not in self.kept_quantized})
         note = "gguf " + "/".join(sorted(kept)) + f" kept quantized ({len(self.kept_quantized)} tensors)"
-        if self.int4pack_only and onednn_enabled():
-            note += f" + a dense bf16 copy of each for GEMMs of more than {INT4_MAX_ROWS} rows"
         if others:
             note += ", " + "/".join(others) + " dequantized"
         if self.dense_reasons:
