@@ -7,8 +7,9 @@ import torch
 from pagedllm.kernels import settings as kernel_settings
 
 # On a 2-core AVX512 EPYC, SmolLM2-135M's 30 layers of projections take 33 ms (fp32, 1 token) / 35 ms (fp32, 16
-# tokens) instead of 66 / 85 ms through ``F.linear`` (MKL), and bf16 16 / 22 ms instead of 24 / 32 ms. fp32 results differ from MKL's by ~1e-6 (another summation order). --no-cpu-onednn (default env
-# PAGEDLLM_CPU_ONEDNN) turns it off (A/B runs).
+# tokens) instead of 66 / 85 ms through ``F.linear`` (MKL), and bf16 16 / 22 ms instead of 24 / 32 ms. fp32 results
+# differ from MKL's by ~1e-6 (another summation order). --no-cpu-onednn (default env PAGEDLLM_CPU_ONEDNN) turns it
+# off (A/B runs).
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 

@@ -42,11 +42,10 @@ MAX_M = 16
 # per-token quantization + torch._scaled_mm up to 64 rows on every 7B shape (H200, session 11, µs with the
 # quantization at M = 64: qkv 14.8 vs 18.8, o 12.4 vs 16.3, gate_up 45.5 vs 58.7, down 31.0 vs 54.7) and at 65..128
 # rows on the shapes _W8A8_TABLE lists for that bucket (7B gate_up was even there). skinny_linear routes fp8 x up to
-# W8A8_MAX_M rows, row tiles of 16, 32, 64 or 128.
+# W8A8_MAX_M rows, row tiles of 16, 32, 64 or 128 (the dot path's largest tile: skinny_linear_with_config takes
+# up to W8A8_MAX_M rows of any x).
 W8A8_MAX_M = 128
 _W8A8_ANY_SHAPE_MAX_M = 64
-# The dot path's largest row tile (benchmarks and tests call skinny_linear_with_config up to here).
-MAX_BLOCK_M = 128
 _INTERPRET = envs.TRITON_INTERPRET
 
 
@@ -298,7 +297,9 @@ def get_config(m: int, n: int, k: int, w8a8: bool = False) -> GemvConfig:
     per_m = (_W8A8_TABLE if w8a8 and m > 1 else _TABLE).get((n, k))
     if per_m is not None:
         bucket = _m_bucket(m)
-        cfg = per_m.get(bucket) or (per_m.get(16) if bucket > 1 else None)
+        # A 2..16-row bucket without its own entry takes the shape's 16-row config (same row tile); the W8A8
+        # buckets above 16 have larger row tiles and never borrow a smaller one's config.
+        cfg = per_m.get(bucket) or (per_m.get(16) if 1 < bucket <= MAX_M else None)
         if cfg is not None:
             return cfg
     return _heuristic_config(m, n, k)
@@ -332,12 +333,12 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
     """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous;
     ``weight_scale`` (fp32, one value or one per row of ``weight``) when ``weight`` is fp8; ``x_scale`` (fp32, one
     per row of ``x``) when ``x`` is fp8 too (W8A8 on the tensor cores, the dot path at any M; the output is
-    ``out_dtype``). The dot path takes up to ``MAX_BLOCK_M`` rows here (benchmarks); ``skinny_linear`` routes at
-    most ``MAX_M``. ``x_masked`` (benchmarks) overrides how rows past M are treated (default: masked below the row
-    tile's size)."""
+    ``out_dtype``). The dot path takes up to ``W8A8_MAX_M`` rows here (benchmarks); ``skinny_linear`` routes at
+    most ``MAX_M`` of bf16/fp16 ``x``. ``x_masked`` (benchmarks) overrides how rows past M are treated (default:
+    masked below the row tile's size)."""
     m, k = x.shape
-    if m > MAX_BLOCK_M:
-        raise ValueError(f"the skinny GEMM takes at most {MAX_BLOCK_M} rows, got {m}")
+    if m > W8A8_MAX_M:
+        raise ValueError(f"the skinny GEMM takes at most {W8A8_MAX_M} rows, got {m}")
     n = weight.shape[0]
     x_fp8 = x_scale is not None
     y = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
@@ -386,8 +387,6 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         if x.dtype != torch.float8_e4m3fn or weight_scale is None or out_dtype not in (torch.bfloat16, torch.float16) \
                 or x_scale.dtype != torch.float32 or x_scale.numel() != x.shape[0] or not x_scale.is_contiguous():
             return None
-        if bias is not None and bias.dtype != out_dtype:
-            return None
     elif x.dtype not in (torch.bfloat16, torch.float16):
         return None
     if weight_scale is None:
@@ -404,8 +403,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return None
     if not (x.is_contiguous() and weight.is_contiguous()):
         return None
-    if bias is not None and ((x_scale is None and bias.dtype != x.dtype) or not bias.is_contiguous()
-                             or bias.shape != (weight.shape[0],)):
+    y_dtype = x.dtype if x_scale is None else out_dtype
+    if bias is not None and (bias.dtype != y_dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
         return None
     return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k, x_scale is not None),
                                      weight_scale, x_scale, out_dtype)

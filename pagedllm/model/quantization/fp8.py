@@ -45,9 +45,10 @@ GEMV_MAX_M = 1
 # w8a8_preferred): x quantized per token as for torch._scaled_mm, then the skinny GEMM's fp8 x fp8 tensor-core path
 # instead of _scaled_mm (H200, session 11, 7B, µs per call with the quantization at M = 8: qkv 11.5 vs 19.1, o 11.0
 # vs 15.9, gate_up 38.9 vs 64.7, down 28.4 vs 53.6; latency_8x1024x1024 5.65 -> 3.51 s, sharegpt_like_1000 11,896
-# -> 13,691 tok/s). Converting the fp8 weight to bf16 in registers (weight-only) lost at M = 8 (gate_up 69 µs): the
+# -> 14,432 tok/s). Converting the fp8 weight to bf16 in registers (weight-only) lost at M = 8 (gate_up 69 µs): the
 # conversion, not the read, bounds it; at M == 1 the FMA path does it faster than the dots.
 W8A8_SKINNY_MAX_M = envs.PAGEDLLM_SKINNY_MAX_M
+
 
 def _matches(name: str, pattern: str) -> bool:
     """An ignore-list entry: an exact module name, a ``re:`` regular expression (compressed-tensors), or a plain
