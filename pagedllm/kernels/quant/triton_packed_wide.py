@@ -30,6 +30,7 @@ are in the commit history and the helper's report; GPU timings: benchmarks/kerne
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -59,26 +60,65 @@ class PackedWideConfig(NamedTuple):
     num_warps: int = 4
     num_stages: int = 3
     split_k: int = 0
-    w_as_a: bool = False
+    w_as_a: bool = False    # y^T = W^T x^T: the unpacked tile is the register A operand (implies w_nk)
+    w_nk: bool = False      # unpack the tile as [block_n, block_k] (K contiguous in a thread's registers)
+    compact: bool = False   # load [block_k / pack, block_n] words and reshape in registers (else repeat rows)
 
 
 _PROGRAMS_PER_SM = 2
+_P = PackedWideConfig
+# Candidates per row tile (the smallest of 32 / 64 / 128 / 256 holding M): the probe
+# (benchmarks/kernels/awq_fused_probe.py) times them on an H200. Static sm_90 figures (K loop, instructions a weight,
+# BLOCK_N 128, BLOCK_K 64, 4 warps, g128): words through L1 (num_stages 1) 5.3, words pipelined through shared
+# memory 6.5 (repeated rows: 4 B of shared memory a weight each way), compact words + register reshape 6.6 (scalar
+# 2-byte shared stores of W), W as the register A operand 7.5.
+CANDIDATES: dict[int, list[PackedWideConfig]] = {
+    32: [_P(32, 128, 64, 4, 3), _P(32, 128, 64, 4, 1), _P(32, 128, 64, 4, 3, w_as_a=True),
+         _P(32, 64, 128, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1)],
+    64: [_P(64, 128, 64, 4, 3), _P(64, 128, 64, 4, 1), _P(64, 128, 64, 4, 3, compact=True),
+         _P(64, 128, 64, 4, 3, w_as_a=True), _P(64, 64, 128, 4, 2), _P(64, 256, 64, 8, 1)],
+    128: [_P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1), _P(128, 128, 64, 8, 3, compact=True),
+          _P(128, 128, 64, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1)],
+    256: [_P(256, 64, 64, 8, 3), _P(256, 64, 64, 8, 1), _P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1),
+          _P(256, 128, 64, 8, 1), _P(128, 128, 64, 4, 3, w_as_a=True)],
+}
+
+
+def row_bucket(m: int) -> int:
+    return 32 if m <= 32 else 64 if m <= 64 else 128 if m <= 128 else 256
 
 
 @triton.jit
-def _rot_field(words, rot):
-    """``words`` rotated left by ``rot`` (1..31): one funnel shift."""
-    u = words.to(tl.uint32, bitcast=True)
-    return (u << rot) | (u >> (32 - rot))
+def _field_float(words, rot, BITS: tl.constexpr, ASM: tl.constexpr):
+    """``words`` rotated left by ``rot`` (1..31, broadcast to ``words``' shape), the field at bits
+    ``23 - BITS .. 22`` kept and ORed into ``2**23``: the float ``2**23 + q 2**(23 - BITS)``. ``ASM``: one funnel
+    shift and one LOP3 (Triton's shifts compile to two shifts and an OR, and ``(v & field) | magic`` to two LOP3s
+    because a LOP3 takes one immediate)."""
+    FIELD: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)
+    words, rot = tl.broadcast(words, rot)
+    if ASM:
+        if BITS == 4:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t; shf.l.wrap.b32 t, $1, $1, $2; lop3.b32 $0, t, 0x00780000, 0x4B000000, 0xEA; }",
+                "=r,r,r", [words, rot], dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t; shf.l.wrap.b32 t, $1, $1, $2; lop3.b32 $0, t, 0x007F8000, 0x4B000000, 0xEA; }",
+                "=r,r,r", [words, rot], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        u = words.to(tl.uint32, bitcast=True)
+        v = ((u << rot) | (u >> (32 - rot))) & FIELD
+        return (v | MAGIC).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_ym,
                         BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, W_AS_A: tl.constexpr, FUSED: tl.constexpr,
+                        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, W_AS_A: tl.constexpr, W_NK: tl.constexpr, COMPACT: tl.constexpr,
+                        FUSED: tl.constexpr, ASM: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
-    FIELD: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)       # the value's bits after the rotate
+    BLOCK_KP: tl.constexpr = BLOCK_K // PACK
     SCALE: tl.constexpr = 1.0 / (1 << (23 - BITS))
     BIAS2: tl.constexpr = 1 << BITS                               # 2**23 * SCALE
     pid_n = tl.program_id(0)
@@ -87,27 +127,45 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = tl.minimum(offs_m, M - 1)               # rows >= M re-read row M - 1 (cached); never stored
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.where(offs_n < N, offs_n, 0)         # clamped, not masked: loads stay unmasked; stores are masked
+    # EVEN_N: unmasked loads; otherwise columns clamped into the matrix (loads stay unmasked, stores masked). A
+    # clamped index has no contiguity Triton can prove, so the ragged case loads words one at a time.
+    if EVEN_N:
+        cols = offs_n
+    else:
+        cols = tl.where(offs_n < N, offs_n, 0)
     offs_k = tl.arange(0, BLOCK_K)
     k_start = pid_k * K_PER_SPLIT
     # value j = k % PACK of a word sits at bits BITS*j..; rotating left by 23 - BITS - BITS*j (mod 32, never 0
     # since 23 - BITS is odd) moves it to 23 - BITS .. 22
-    rot = ((55 - BITS - BITS * (offs_k % PACK)) % 32).to(tl.uint32)
+    if COMPACT:
+        rot = ((55 - BITS - BITS * tl.arange(0, PACK)) % 32).to(tl.uint32)
+        offs_kw = k_start // PACK + tl.arange(0, BLOCK_KP)
+    else:
+        rot = ((55 - BITS - BITS * (offs_k % PACK)) % 32).to(tl.uint32)
+        offs_kw = (k_start + offs_k) // PACK
     s_one = tl.zeros((BLOCK_N,), dtype=tl.float32)
     c_one = s_one
     if SCALE_MODE == 2:
         s_one = tl.load(S + cols).to(tl.float32)
         c_one = tl.load(O + cols).to(tl.float32) - BIAS2 * s_one
         s_one = s_one * SCALE
+    if W_NK:
+        if COMPACT:
+            rot2 = rot[None, None, :]
+        else:
+            rot2 = rot[None, :]
+        w_ptrs = QW + offs_kw.to(tl.int64)[None, :] * N + cols[:, None]          # [BN, BK or BKP]
+    else:
+        if COMPACT:
+            rot2 = rot[None, :, None]
+        else:
+            rot2 = rot[:, None]
+        w_ptrs = QW + offs_kw.to(tl.int64)[:, None] * N + cols[None, :]          # [BK or BKP, BN]
     if W_AS_A:
-        w_ptrs = QW + ((k_start + offs_k) // PACK).to(tl.int64)[None, :] * N + cols[:, None]     # [BN, BK]
         x_ptrs = X + rows.to(tl.int64)[None, :] * stride_xm + (k_start + offs_k)[:, None]        # [BK, BM]
-        rot2 = rot[None, :]
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
-        w_ptrs = QW + ((k_start + offs_k) // PACK).to(tl.int64)[:, None] * N + cols[None, :]     # [BK, BN]
         x_ptrs = X + rows.to(tl.int64)[:, None] * stride_xm + (k_start + offs_k)[None, :]        # [BM, BK]
-        rot2 = rot[:, None]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     pdl_wait(PDL)
     for k_rel in range(0, K_PER_SPLIT, BLOCK_K):
@@ -117,11 +175,17 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
             x = tl.load(x_ptrs)
         else:
             kmask = (k0 + offs_k) < K
+            if COMPACT:
+                wmask = (k0 // PACK + tl.arange(0, BLOCK_KP)) < K // PACK
+            else:
+                wmask = kmask
+            if W_NK:
+                words = tl.load(w_ptrs, mask=wmask[None, :], other=0)
+            else:
+                words = tl.load(w_ptrs, mask=wmask[:, None], other=0)
             if W_AS_A:
-                words = tl.load(w_ptrs, mask=kmask[None, :], other=0)
                 x = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
             else:
-                words = tl.load(w_ptrs, mask=kmask[:, None], other=0)
                 x = tl.load(x_ptrs, mask=kmask[None, :], other=0.0)
         # the tile's scale s * 2**(BITS - 23) and c = o - 2**BITS s, broadcast along K
         if SCALE_MODE == 2:
@@ -139,31 +203,38 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
             s = s * SCALE
         if SCALE_MODE == 0:
             gidx = tl.minimum(k0 + offs_k, K - 1) // GROUP
-            if W_AS_A:
+            if W_NK:
                 ptrs = gidx[None, :] * N + cols[:, None]
             else:
                 ptrs = gidx[:, None] * N + cols[None, :]
             s = tl.load(S + ptrs).to(tl.float32)
             c = tl.load(O + ptrs).to(tl.float32) - BIAS2 * s
             s = s * SCALE
-        elif W_AS_A:
+        elif W_NK:
             s = s[:, None]
             c = c[:, None]
         else:
             s = s[None, :]
             c = c[None, :]
-        v = _rot_field(words, rot2) & FIELD
-        wf = (v | MAGIC).to(tl.float32, bitcast=True)
+        if COMPACT:      # [BKP, PACK, BN] (or [BN, BKP, PACK]) reshaped: k = kp * PACK + j
+            if W_NK:
+                wf = tl.reshape(_field_float(words[:, :, None], rot2, BITS, ASM), (BLOCK_N, BLOCK_K))
+            else:
+                wf = tl.reshape(_field_float(words[:, None, :], rot2, BITS, ASM), (BLOCK_K, BLOCK_N))
+        else:
+            wf = _field_float(words, rot2, BITS, ASM)
         if FUSED:
             w = tl.fma(wf, s, c)
         else:
             w = (wf - TWO23) * s + (c + BIAS2 * (s / SCALE))
         w = w.to(X.dtype.element_ty)
-        if W_AS_A:
+        if W_AS_A:      # W_NK too
             acc = tl.dot(w, x, acc)
+        elif W_NK:
+            acc = tl.dot(x, tl.trans(w), acc)
         else:
             acc = tl.dot(x, w, acc)
-        w_ptrs += (BLOCK_K // PACK) * N
+        w_ptrs += BLOCK_KP * N
         x_ptrs += BLOCK_K
     if W_AS_A:
         tile_offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
@@ -221,6 +292,7 @@ def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
     return SCALE_GATHER
 
 
+@functools.lru_cache(maxsize=1024)
 def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, num_sms: int,
               cfg: PackedWideConfig) -> WidePlan:
     if bits not in (4, 8):
@@ -240,7 +312,8 @@ def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool
     n_tiles = grid_m * grid_n
     constexprs = dict(BITS=bits, GROUP=group_size, SCALE_MODE=_scale_mode(group_size, k, block_k, pack),
                       HAS_BIAS=has_bias, EVEN_K=k % block_k == 0 and k_tiles % tiles_per_split == 0,
-                      SPLIT_K=split_k, W_AS_A=cfg.w_as_a, FUSED=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                      EVEN_N=n % cfg.block_n == 0,
+                      SPLIT_K=split_k, W_AS_A=cfg.w_as_a, W_NK=cfg.w_nk or cfg.w_as_a, COMPACT=cfg.compact, FUSED=_FUSED, ASM=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                       BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     ws_elems = split_k * n_tiles * cfg.block_m * cfg.block_n if split_k > 1 else 0
     return WidePlan((grid_n, split_k, grid_m), tiles_per_split * block_k, ws_elems, n_tiles, constexprs)
