@@ -334,3 +334,60 @@ def test_gemv_cuda_graph_replay():
     for x, w, e in zip(xs, ws, eager):
         _check(x, w, y=e)
     _assert_graph_replays_negated(xs, ws, eager)
+
+
+# --- triton_packed_wide: the fused tensor-core matmul for 17..256 rows (selected per shape in _TABLE) ---
+
+from pagedllm.kernels.quant import triton_packed_wide as wide  # noqa: E402
+
+# Qwen2.5-7B qkv, o, gate_up, down, and a small odd shape (N not a multiple of any tile, K a partial split)
+WIDE_SHAPES = [(4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944), (200, 640)]
+WIDE_MS = [17, 33, 100] if INTERPRET else [17, 32, 64, 100, 128, 256]
+
+
+@pytest.mark.parametrize("m", WIDE_MS)
+@pytest.mark.parametrize("n,k", [s for s in WIDE_SHAPES if not INTERPRET or s[0] < 1000])
+@pytest.mark.parametrize("group", [128, None])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wide_matches_reference(m, n, k, group, bias, dtype):
+    """Every wide candidate config of M's row bucket against the float32 reference (per-channel: group = K)."""
+    w = random_packed(k, n, 4, group or k, seed=m + n, scale_dtype=dtype)
+    x = _x(m, k, dtype, seed=m)
+    b = _x(1, n, dtype, seed=n)[0] if bias else None
+    for cfg in wide.CANDIDATES[wide.row_bucket(m)]:
+        _check(x, w, b, packed_matmul_with_config(x, w, b, cfg))
+
+
+@pytest.mark.parametrize("m", [17, 100] if INTERPRET else [17, 64, 256])
+def test_wide_gather_groups_and_8bit(m):
+    """Groups smaller than the K tile (scales gathered per row) and 8-bit words."""
+    dtype = DTYPES[-1]
+    for bits, group in [(4, 32), (8, 64), (8, 128)]:
+        w = random_packed(640, 200, bits, group, seed=bits + group, scale_dtype=dtype)
+        x = _x(m, 640, dtype, seed=m)
+        for cfg in wide.CANDIDATES[wide.row_bucket(m)]:
+            _check(x, w, None, packed_matmul_with_config(x, w, None, cfg))
+
+
+def test_wide_split_k_is_deterministic_and_graph_replays():
+    w = random_packed(1024, 584, 4, 128, seed=5, scale_dtype=DTYPES[0])
+    cfg = wide.PackedWideConfig(64, 128, 64, 4, 3, split_k=4)
+    x = _x(40, 1024, DTYPES[0], seed=2)
+    first = packed_matmul_with_config(x, w, None, cfg)
+    for _ in range(3):
+        torch.testing.assert_close(packed_matmul_with_config(x, w, None, cfg), first, rtol=0, atol=0)
+    if DEVICE == "cuda":
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = packed_matmul_with_config(x, w, None, cfg)
+        for _ in range(2):
+            g.replay()
+            torch.cuda.synchronize()
+            torch.testing.assert_close(out, first, rtol=0, atol=0)
+
+
+def test_wide_rejects_decode_rows():
+    w = random_packed(256, 64, 4, 128, seed=1)
+    with pytest.raises(ValueError, match="more than 16 rows"):
+        packed_matmul_with_config(_x(8, 256, torch.float16, seed=0), w, None, wide.PackedWideConfig())

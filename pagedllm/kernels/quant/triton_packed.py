@@ -25,6 +25,9 @@ One launcher (``packed_matmul``), three paths chosen by the number of rows ``M``
   int4 weight at HBM speed), then ``torch.mm``. At ``M >= 64`` this beats any fused kernel here (what vLLM does for
   AWQ at >= 256 tokens). The scratch grows only outside CUDA-graph capture; a captured call that would need more
   takes the fused GEMM.
+* **17..256 rows, fused** (``triton_packed_wide``, a ``PackedWideConfig`` in ``_TABLE``; no table entry selects it
+  yet): a tensor-core GEMM whose word tile loads straight into the dot's ``[BLOCK_K, BLOCK_N]`` shape, a rotate,
+  a LOP3 and one fma a weight (offset included), one row tile over all of M where possible, split-K.
 * **Prefill, fused** (``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
   ``[BLOCK_K // pack, BLOCK_N]`` tile of words, dequantizes it to ``[BLOCK_K, BLOCK_N]`` in ``x``'s dtype and runs
   ``tl.dot`` with fp32 accumulation; program ids swizzled in groups of ``GROUP_M`` row tiles for L2 reuse of W.
@@ -50,8 +53,10 @@ import triton.language as tl
 from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.quant import triton_packed_gemv as gemv
+from pagedllm.kernels.quant import triton_packed_wide as wide
 from pagedllm.kernels.quant.packed import PackedWeight
 from pagedllm.kernels.quant.triton_packed_gemv import PackedGemvConfig
+from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig
 from pagedllm.kernels.triton_gemv import _workspace
 
 MAX_DECODE_M = 16
@@ -411,7 +416,7 @@ _IN_CAPTURE_GEMM = PackedConfig(64, 64, 128, 4, 3)
 # Measured per-shape choices: (N, K, bits) -> {M bucket: config}, from `benchmarks/quant_kernels.py --sweep` on an
 # H200 (Qwen2.5-7B shapes, int4 g128, bf16).
 _P = PackedConfig
-_TABLE: dict[tuple[int, int, int], dict[int, PackedConfig]] = {
+_TABLE: dict[tuple[int, int, int], dict[int, PackedConfig | PackedWideConfig]] = {
     # Qwen2.5-7B: qkv, o, gate_up, down
     (4608, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
                       64: _DQ, 256: _DQ, 4096: _DQ},
@@ -457,7 +462,8 @@ CANDIDATES: dict[int, list[PackedConfig]] = {
 
 class _Plan(NamedTuple):
     """Everything about a launch that depends only on the shape class: built once, then a dict lookup per call."""
-    kind: str                   # "gemv" (batch 1), "decode", "gemm" (fused tiled GEMM), "cublas" (dequantize + cuBLAS)
+    kind: str                   # "gemv" (batch 1), "decode", "gemm" (fused tiled GEMM), "cublas" (dequantize + cuBLAS),
+                                # "wide" (triton_packed_wide, 17..256 rows)
     grid: tuple[int, int]       # decode and dequantize grids; the GEMM's depends on M and is computed per call
     kp_per_split: int
     ws_elems: int
@@ -488,7 +494,8 @@ def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
     return SCALE_GATHER
 
 
-def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128) -> PackedConfig | PackedGemvConfig:
+def get_config(m: int, n: int, k: int, bits: int,
+               group_size: int = 128) -> PackedConfig | PackedGemvConfig | PackedWideConfig:
     bucket = _m_bucket(m)
     if bucket == 1:
         cfg = M1_TABLE.get((n, k, bits), _M1_DEFAULT)
@@ -501,7 +508,12 @@ def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128) -> Pack
 
 
 def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, device: torch.device,
-               cfg: PackedConfig | PackedGemvConfig) -> _Plan:
+               cfg: PackedConfig | PackedGemvConfig | PackedWideConfig) -> _Plan:
+    if isinstance(cfg, PackedWideConfig):
+        if m <= MAX_DECODE_M:
+            raise ValueError(f"config {cfg} is for more than {MAX_DECODE_M} rows; got M = {m}")
+        # the grid and split depend on M itself (row tiles): triton_packed_wide.make_plan per call (cached)
+        return _Plan("wide", (0, 0), 0, 0, dict(cfg=cfg, num_sms=_num_sms(device)))
     if isinstance(cfg, PackedGemvConfig):
         if m != 1 or bits != 4:
             raise ValueError(f"config {cfg} is for 4-bit weights at M == 1; got M = {m}, {bits}-bit")
@@ -566,6 +578,10 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
     kp = w.qweight.shape[0]
     if plan.kind == "gemv":
         return gemv.launch(x, w, bias, gemv.GemvPlan(plan.grid, plan.kp_per_split, plan.ws_elems, plan.constexprs))
+    if plan.kind == "wide":
+        c = plan.constexprs
+        return wide.launch(x, w, bias, wide.make_plan(m, n, k, w.bits, w.group_size, bias is not None, c["num_sms"],
+                                                      c["cfg"]))
     if plan.kind == "cublas":
         buf = _scratch(x.device, x.dtype, k * n)
         if buf is not None:
@@ -606,7 +622,7 @@ def _prepare_x(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 
 
 def packed_matmul_with_config(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
-                              cfg: PackedConfig | PackedGemvConfig) -> torch.Tensor:
+                              cfg: PackedConfig | PackedGemvConfig | PackedWideConfig) -> torch.Tensor:
     """``packed_matmul`` with an explicit config (benchmarks, tests); builds the plan on every call."""
     m, k = x.shape
     if isinstance(cfg, PackedConfig) and not cfg.cublas and cfg.block_m <= MAX_DECODE_M and m > MAX_DECODE_M:

@@ -1,0 +1,341 @@
+"""The packed int4/int8 matmul for 17..256 rows (``y = x @ W (+ bias)``, W in packed.py's canonical form) on the
+tensor cores, each weight unpacked once per row tile and never written to global memory.
+
+Why not the two earlier designs (docs/perf.md, sessions 7 and 11): ``_packed_gemm_kernel`` unpacked a
+``[BLOCK_K / pack, pack, BLOCK_N]`` tensor and reshaped it to the dot's ``[BLOCK_K, BLOCK_N]`` (a register reshape
+Triton lowers through a layout conversion), with an int->float conversion (quarter rate) and a scale and an offset
+op per weight, and several row tiles at M = 256 repeating all of it; the decode kernel widened to 256 rows ran
+``pack`` dots of K = ``BLOCK_KP`` per tile, each with its own strided x operand. Here:
+
+* **The words load straight into the dot's shape** (GemLite's load): the ``[BLOCK_K, BLOCK_N]`` tile of int32 words
+  is loaded with row index ``k // pack`` (each word repeated ``pack`` times along K; L1 serves the repeats), so the
+  unpacked tile is already the ``[BLOCK_K, BLOCK_N]`` B operand: no reshape, no join, one dot of K = ``BLOCK_K``.
+* **Three ops a weight, the offset included.** A rotate (one funnel shift, ``SHF.L.W``) by a per-row amount puts
+  the value's field at bits ``23 - BITS .. 22``; ORed into ``2**23`` (``MAGIC``) that is the float
+  ``2**23 + q 2**(23 - BITS)`` with no int->float conversion; one fma with the tile's ``s 2**(BITS - 23)`` and
+  ``c = o - 2**BITS s`` gives ``q s + o``. The product is exact inside the fma, and ``c``'s own fp32 rounding is
+  ~2**-19 s, far below the bf16/fp16 rounding of the operand, so W needs no offset pass (``o sum(x)``).
+  ``s`` and ``c`` are one ``[BLOCK_N]`` row a tile when the tile lies inside one group (AWQ/GPTQ g128), one row
+  for the whole matmul (per-channel), or gathered per K row otherwise (any ``group_size`` a multiple of ``pack``).
+* **One row tile over all of M where possible** (``BLOCK_M`` 32..256 by M bucket, rows past M clamped to row M - 1
+  and never stored), ``x`` the dot's A operand from a pipelined load; split-K for the narrow layers, reduced in
+  the same kernel by the last program of a tile to arrive (``triton_gemv``'s workspace and counters).
+
+``W_AS_A`` (a candidate, chosen by measurement): the transposed product ``y^T = W^T x^T`` so the unpacked tile is
+wgmma's register A operand and ``x`` the shared-memory B operand (no shared-memory store of W), the accumulator
+``[BLOCK_N, BLOCK_M]``.
+
+Static figures (sm_90 SASS and TTGIR read offline with Triton 3.6's ptxas/nvdisasm, benchmarks/kernels/sass_count.py)
+are in the commit history and the helper's report; GPU timings: benchmarks/kernels/awq_fused_probe.py.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from pagedllm import envs
+from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
+from pagedllm.kernels.quant.packed import PackedWeight
+from pagedllm.kernels.triton_gemv import _workspace
+
+_INTERPRET = envs.TRITON_INTERPRET
+_FUSED = not _INTERPRET     # the single-rounding fma (the interpreter's fma rounds twice)
+MAGIC = tl.constexpr(0x4B000000)     # 2**23 as float32 bits
+TWO23 = tl.constexpr(8388608.0)
+SCALE_GATHER, SCALE_PER_TILE, SCALE_ONE_GROUP = 0, 1, 2
+MAX_M = 256
+
+
+class PackedWideConfig(NamedTuple):
+    """A launch of ``_packed_wide_kernel``: ``block_m`` rows a tile (M > block_m takes several row tiles),
+    ``block_k`` unpacked K a step, ``split_k`` 0: chosen from the shape (about ``_PROGRAMS_PER_SM`` programs an
+    SM)."""
+    block_m: int = 64
+    block_n: int = 128
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    split_k: int = 0
+    w_as_a: bool = False    # y^T = W^T x^T: the unpacked tile is the register A operand (implies w_nk)
+    w_nk: bool = False      # unpack the tile as [block_n, block_k] (K contiguous in a thread's registers)
+    compact: bool = False   # load [block_k / pack, block_n] words and reshape in registers (else repeat rows)
+
+
+_PROGRAMS_PER_SM = 2
+_P = PackedWideConfig
+# Candidates per row tile (the smallest of 32 / 64 / 128 / 256 holding M): the probe
+# (benchmarks/kernels/awq_fused_probe.py) times them on an H200. Static sm_90 figures (K loop, instructions a weight,
+# BLOCK_N 128, BLOCK_K 64, 4 warps, g128): words through L1 (num_stages 1) 5.3, words pipelined through shared
+# memory 6.5 (repeated rows: 4 B of shared memory a weight each way), compact words + register reshape 6.6 (scalar
+# 2-byte shared stores of W), W as the register A operand 7.5.
+CANDIDATES: dict[int, list[PackedWideConfig]] = {
+    32: [_P(32, 128, 64, 4, 3), _P(32, 128, 64, 4, 1), _P(32, 128, 64, 4, 3, w_as_a=True),
+         _P(32, 64, 128, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1)],
+    64: [_P(64, 128, 64, 4, 3), _P(64, 128, 64, 4, 1), _P(64, 128, 64, 4, 3, compact=True),
+         _P(64, 128, 64, 4, 3, w_as_a=True), _P(64, 64, 128, 4, 2), _P(64, 256, 64, 8, 1)],
+    128: [_P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1), _P(128, 128, 64, 8, 3, compact=True),
+          _P(128, 128, 64, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1)],
+    256: [_P(256, 64, 64, 8, 3), _P(256, 64, 64, 8, 1), _P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1),
+          _P(256, 128, 64, 8, 1), _P(128, 128, 64, 4, 3, w_as_a=True)],
+}
+
+
+def row_bucket(m: int) -> int:
+    return 32 if m <= 32 else 64 if m <= 64 else 128 if m <= 128 else 256
+
+
+@triton.jit
+def _field_float(words, rot, BITS: tl.constexpr, ASM: tl.constexpr):
+    """``words`` rotated left by ``rot`` (1..31, broadcast to ``words``' shape), the field at bits
+    ``23 - BITS .. 22`` kept and ORed into ``2**23``: the float ``2**23 + q 2**(23 - BITS)``. ``ASM``: one funnel
+    shift and one LOP3 (Triton's shifts compile to two shifts and an OR, and ``(v & field) | magic`` to two LOP3s
+    because a LOP3 takes one immediate)."""
+    FIELD: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)
+    words, rot = tl.broadcast(words, rot)
+    if ASM:
+        if BITS == 4:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t; shf.l.wrap.b32 t, $1, $1, $2; lop3.b32 $0, t, 0x00780000, 0x4B000000, 0xEA; }",
+                "=r,r,r", [words, rot], dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t; shf.l.wrap.b32 t, $1, $1, $2; lop3.b32 $0, t, 0x007F8000, 0x4B000000, 0xEA; }",
+                "=r,r,r", [words, rot], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        u = words.to(tl.uint32, bitcast=True)
+        v = ((u << rot) | (u >> (32 - rot))) & FIELD
+        return (v | MAGIC).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_ym,
+                        BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, W_AS_A: tl.constexpr, W_NK: tl.constexpr, COMPACT: tl.constexpr,
+                        FUSED: tl.constexpr, ASM: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    PACK: tl.constexpr = 32 // BITS
+    BLOCK_KP: tl.constexpr = BLOCK_K // PACK
+    SCALE: tl.constexpr = 1.0 / (1 << (23 - BITS))
+    BIAS2: tl.constexpr = 1 << BITS                               # 2**23 * SCALE
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.minimum(offs_m, M - 1)               # rows >= M re-read row M - 1 (cached); never stored
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # EVEN_N: unmasked loads; otherwise columns clamped into the matrix (loads stay unmasked, stores masked). A
+    # clamped index has no contiguity Triton can prove, so the ragged case loads words one at a time.
+    if EVEN_N:
+        cols = offs_n
+    else:
+        cols = tl.where(offs_n < N, offs_n, 0)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_start = pid_k * K_PER_SPLIT
+    # value j = k % PACK of a word sits at bits BITS*j..; rotating left by 23 - BITS - BITS*j (mod 32, never 0
+    # since 23 - BITS is odd) moves it to 23 - BITS .. 22
+    if COMPACT:
+        rot = ((55 - BITS - BITS * tl.arange(0, PACK)) % 32).to(tl.uint32)
+        offs_kw = k_start // PACK + tl.arange(0, BLOCK_KP)
+    else:
+        rot = ((55 - BITS - BITS * (offs_k % PACK)) % 32).to(tl.uint32)
+        offs_kw = (k_start + offs_k) // PACK
+    s_one = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    c_one = s_one
+    if SCALE_MODE == 2:
+        s_one = tl.load(S + cols).to(tl.float32)
+        c_one = tl.load(O + cols).to(tl.float32) - BIAS2 * s_one
+        s_one = s_one * SCALE
+    if W_NK:
+        if COMPACT:
+            rot2 = rot[None, None, :]
+        else:
+            rot2 = rot[None, :]
+        w_ptrs = QW + offs_kw.to(tl.int64)[None, :] * N + cols[:, None]          # [BN, BK or BKP]
+    else:
+        if COMPACT:
+            rot2 = rot[None, :, None]
+        else:
+            rot2 = rot[:, None]
+        w_ptrs = QW + offs_kw.to(tl.int64)[:, None] * N + cols[None, :]          # [BK or BKP, BN]
+    if W_AS_A:
+        x_ptrs = X + rows.to(tl.int64)[None, :] * stride_xm + (k_start + offs_k)[:, None]        # [BK, BM]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        x_ptrs = X + rows.to(tl.int64)[:, None] * stride_xm + (k_start + offs_k)[None, :]        # [BM, BK]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    pdl_wait(PDL)
+    for k_rel in range(0, K_PER_SPLIT, BLOCK_K):
+        k0 = k_start + k_rel
+        if EVEN_K:
+            words = tl.load(w_ptrs)
+            x = tl.load(x_ptrs)
+        else:
+            kmask = (k0 + offs_k) < K
+            if COMPACT:
+                wmask = (k0 // PACK + tl.arange(0, BLOCK_KP)) < K // PACK
+            else:
+                wmask = kmask
+            if W_NK:
+                words = tl.load(w_ptrs, mask=wmask[None, :], other=0)
+            else:
+                words = tl.load(w_ptrs, mask=wmask[:, None], other=0)
+            if W_AS_A:
+                x = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
+            else:
+                x = tl.load(x_ptrs, mask=kmask[None, :], other=0.0)
+        # the tile's scale s * 2**(BITS - 23) and c = o - 2**BITS s, broadcast along K
+        if SCALE_MODE == 2:
+            s = s_one
+            c = c_one
+        elif SCALE_MODE == 1:
+            g = k0 // GROUP
+            if EVEN_K:
+                s = tl.load(S + g * N + cols).to(tl.float32)
+                o = tl.load(O + g * N + cols).to(tl.float32)
+            else:      # the last split's tiles may lie wholly past K: no group there
+                s = tl.load(S + g * N + cols, mask=k0 < K, other=0.0).to(tl.float32)
+                o = tl.load(O + g * N + cols, mask=k0 < K, other=0.0).to(tl.float32)
+            c = o - BIAS2 * s
+            s = s * SCALE
+        if SCALE_MODE == 0:
+            gidx = tl.minimum(k0 + offs_k, K - 1) // GROUP
+            if W_NK:
+                ptrs = gidx[None, :] * N + cols[:, None]
+            else:
+                ptrs = gidx[:, None] * N + cols[None, :]
+            s = tl.load(S + ptrs).to(tl.float32)
+            c = tl.load(O + ptrs).to(tl.float32) - BIAS2 * s
+            s = s * SCALE
+        elif W_NK:
+            s = s[:, None]
+            c = c[:, None]
+        else:
+            s = s[None, :]
+            c = c[None, :]
+        if COMPACT:      # [BKP, PACK, BN] (or [BN, BKP, PACK]) reshaped: k = kp * PACK + j
+            if W_NK:
+                wf = tl.reshape(_field_float(words[:, :, None], rot2, BITS, ASM), (BLOCK_N, BLOCK_K))
+            else:
+                wf = tl.reshape(_field_float(words[:, None, :], rot2, BITS, ASM), (BLOCK_K, BLOCK_N))
+        else:
+            wf = _field_float(words, rot2, BITS, ASM)
+        if FUSED:
+            w = tl.fma(wf, s, c)
+        else:
+            w = (wf - TWO23) * s + (c + BIAS2 * (s / SCALE))
+        w = w.to(X.dtype.element_ty)
+        if W_AS_A:      # W_NK too
+            acc = tl.dot(w, x, acc)
+        elif W_NK:
+            acc = tl.dot(x, tl.trans(w), acc)
+        else:
+            acc = tl.dot(x, w, acc)
+        w_ptrs += BLOCK_KP * N
+        x_ptrs += BLOCK_K
+    if W_AS_A:
+        tile_offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+    else:
+        tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    TILE: tl.constexpr = BLOCK_M * BLOCK_N
+    if SPLIT_K > 1:
+        # As triton_gemv: partial tiles to the workspace, the last program of an output tile to arrive sums them in
+        # split order, writes y and resets the tile's counter for the next launch (or graph replay).
+        tile = pid_m * tl.num_programs(0) + pid_n
+        n_tiles = tl.num_programs(0) * tl.num_programs(2)
+        tl.store(WS + (pid_k * n_tiles + tile).to(tl.int64) * TILE + tile_offs, acc)
+        tl.debug_barrier()
+        count = tl.atomic_add(Locks + tile, 1, sem="acq_rel", scope="gpu")
+        if count == SPLIT_K - 1:
+            acc = tl.load(WS + tile.to(tl.int64) * TILE + tile_offs, cache_modifier=".cg")
+            for sk in tl.static_range(1, SPLIT_K):
+                acc += tl.load(WS + (sk * n_tiles + tile).to(tl.int64) * TILE + tile_offs, cache_modifier=".cg")
+            _epilogue(acc, B, Y, cols, offs_m, offs_n, M, N, stride_ym, HAS_BIAS, W_AS_A)
+            tl.atomic_xchg(Locks + tile, 0, sem="relaxed", scope="gpu")
+    else:
+        _epilogue(acc, B, Y, cols, offs_m, offs_n, M, N, stride_ym, HAS_BIAS, W_AS_A)
+
+
+@triton.jit
+def _epilogue(acc, B, Y, cols, offs_m, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr, W_AS_A: tl.constexpr):
+    if W_AS_A:
+        if HAS_BIAS:
+            acc += tl.load(B + cols).to(tl.float32)[:, None]
+        y_ptrs = Y + offs_m.to(tl.int64)[None, :] * stride_ym + offs_n[:, None]
+        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_m[None, :] < M))
+    else:
+        if HAS_BIAS:
+            acc += tl.load(B + cols).to(tl.float32)[None, :]
+        y_ptrs = Y + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+class WidePlan(NamedTuple):
+    grid: tuple[int, int, int]
+    k_per_split: int
+    ws_elems: int
+    n_tiles: int
+    constexprs: dict
+
+
+def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
+    if group_size >= k:
+        return SCALE_ONE_GROUP
+    if group_size % block_k == 0:
+        return SCALE_PER_TILE
+    if group_size % pack:
+        raise ValueError(f"group_size ({group_size}) must be a multiple of {pack} for {32 // pack}-bit packed "
+                         f"weights")
+    return SCALE_GATHER
+
+
+@functools.lru_cache(maxsize=1024)
+def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, num_sms: int,
+              cfg: PackedWideConfig) -> WidePlan:
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    if cfg.block_m < 16 or cfg.block_n < 16 or cfg.block_k < 16:
+        raise ValueError(f"config {cfg}: block_m, block_n and block_k must be at least 16 (tensor-core tiles)")
+    pack = 32 // bits
+    block_k = cfg.block_k
+    grid_m = triton.cdiv(m, cfg.block_m)
+    grid_n = triton.cdiv(n, cfg.block_n)
+    k_tiles = triton.cdiv(k, block_k)
+    split_k = cfg.split_k
+    if split_k == 0:   # about _PROGRAMS_PER_SM programs an SM, each split at least four K tiles
+        split_k = max(1, min(triton.cdiv(_PROGRAMS_PER_SM * num_sms, grid_m * grid_n), k_tiles // 4, 16))
+    tiles_per_split = triton.cdiv(k_tiles, max(1, min(split_k, k_tiles)))
+    split_k = triton.cdiv(k_tiles, tiles_per_split)            # no empty split
+    n_tiles = grid_m * grid_n
+    constexprs = dict(BITS=bits, GROUP=group_size, SCALE_MODE=_scale_mode(group_size, k, block_k, pack),
+                      HAS_BIAS=has_bias, EVEN_K=k % block_k == 0 and k_tiles % tiles_per_split == 0,
+                      EVEN_N=n % cfg.block_n == 0,
+                      SPLIT_K=split_k, W_AS_A=cfg.w_as_a, W_NK=cfg.w_nk or cfg.w_as_a, COMPACT=cfg.compact, FUSED=_FUSED, ASM=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                      BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    ws_elems = split_k * n_tiles * cfg.block_m * cfg.block_n if split_k > 1 else 0
+    return WidePlan((grid_n, split_k, grid_m), tiles_per_split * block_k, ws_elems, n_tiles, constexprs)
+
+
+def launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: WidePlan) -> torch.Tensor:
+    """``x`` contiguous along K (``perm`` already applied); the result ``[M, N]`` in ``x.dtype``."""
+    m, k = x.shape
+    n = w.qweight.shape[1]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    b = bias if bias is not None else y
+    ws = locks = y
+    constexprs = plan.constexprs
+    if constexprs["SPLIT_K"] > 1:
+        buffers = _workspace(x.device, plan.ws_elems, plan.n_tiles)
+        if buffers is None:         # inside a CUDA-graph capture that would need a bigger workspace: one split
+            grid = (plan.grid[0], 1, plan.grid[2])
+            constexprs = dict(constexprs, SPLIT_K=1, EVEN_K=k % constexprs["BLOCK_K"] == 0)
+            _packed_wide_kernel[grid](x, w.qweight, w.scales, w.offsets, b, y, y, y, m, n, k, k, x.stride(0),
+                                      y.stride(0), **constexprs, **pdl_launch_args(x.device))
+            return y
+        ws, locks = buffers
+    _packed_wide_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, b, y, ws, locks, m, n, k, plan.k_per_split,
+                                   x.stride(0), y.stride(0), **constexprs, **pdl_launch_args(x.device))
+    return y
