@@ -337,8 +337,8 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
                    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
-                   BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, MAX_SPLITS: tl.constexpr,
-                   MERGE_CHUNK: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -353,7 +353,6 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
     if not SINGLE:
         if split >= num_splits:        # this request needs fewer splits: nothing to do, and not counted
             return
-    pdl_wait(PDL)       # the plan above reads seq_lens only (written by the host before the step): before the wait
 
     offs_h = tl.arange(0, BLOCK_H)
     offs_n = tl.arange(0, BLOCK_N)
@@ -395,24 +394,20 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
         if tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
             # Last to arrive: merge the partials in split order (deterministic), reading them past L1 (.cg),
             # where another SM's stores may not be; then reset the counter for the next layer / graph replay.
-            # All the log-sum-exps in one load, then the partials MERGE_CHUNK at a time from an unrolled loop, so
-            # their loads are in flight together: one dependent round trip per chunk, not per split.
-            offs_s = tl.arange(0, MAX_SPLITS)
-            lse_all = tl.load(PartLse + base[None, :] + offs_s[:, None],
-                              mask=(offs_s[:, None] < num_splits) & h_ok[None, :], other=float("-inf"),
-                              cache_modifier=".cg")                                   # [MAX_SPLITS, BLOCK_H]
-            m = tl.max(lse_all, 0)
-            m_ref = tl.where(m == float("-inf"), 0.0, m)
-            den = tl.sum(tl.exp2(lse_all - m_ref[None, :]), 0)
+            m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+            den = tl.zeros([BLOCK_H], tl.float32)
             merged = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-            for c in range(0, num_splits, MERGE_CHUNK):
-                for j in tl.static_range(MERGE_CHUNK):
-                    i = c + j
-                    ok = i < num_splits
-                    lse = tl.load(PartLse + base + i, mask=h_ok & ok, other=float("-inf"), cache_modifier=".cg")
-                    part = tl.load(PartO + (base + i)[:, None] * HEAD_DIM + offs_d[None, :], mask=hd_mask & ok,
-                                   other=0.0, cache_modifier=".cg")
-                    merged += part * tl.exp2(lse - m_ref)[:, None]
+            for i in range(0, num_splits):
+                lse = tl.load(PartLse + base + i, mask=h_ok, other=float("-inf"), cache_modifier=".cg")
+                part = tl.load(PartO + (base + i)[:, None] * HEAD_DIM + offs_d[None, :], mask=hd_mask, other=0.0,
+                               cache_modifier=".cg")
+                m_new = tl.maximum(m, lse)
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)   # all -inf so far: no inf - inf
+                alpha = tl.exp2(m - m_ref)
+                w = tl.exp2(lse - m_ref)
+                den = den * alpha + w
+                merged = merged * alpha[:, None] + part * w[:, None]
+                m = m_new
             merged = merged / tl.where(den > 0, den, 1.0)[:, None]
             tl.store(out_ptrs, merged.to(Out.dtype.element_ty), mask=hd_mask)
             tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")
@@ -559,7 +554,6 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, SINGLE=splits == 1,
-        MAX_SPLITS=triton.next_power_of_2(max(max_splits, splits)), MERGE_CHUNK=4,
         num_warps=warps, num_stages=stages, **pdl_launch_args(query.device))
     return out
 
