@@ -145,7 +145,7 @@ def test_gguf_converted_weights(qtype):
 @pytest.mark.parametrize("bucket", sorted(CANDIDATES))
 def test_every_candidate_config(bucket):
     """Every config the benchmark sweeps computes the right thing (so the table can take any of them)."""
-    m = {1: 1, 16: 9, 64: 40, 256: 200, 4096: 300}[bucket]
+    m = {1: 1, 16: 9, 32: 24, 64: 40, 128: 100, 256: 200, 4096: 300}[bucket]
     if INTERPRET and bucket > 64:
         pytest.skip("too slow under the Triton interpreter")
     n, k = (72, 256) if INTERPRET else (1000, 2048)
@@ -346,17 +346,43 @@ WIDE_MS = [17, 33, 100] if INTERPRET else [17, 32, 64, 100, 128, 256]
 
 
 @pytest.mark.parametrize("m", WIDE_MS)
-@pytest.mark.parametrize("n,k", [s for s in WIDE_SHAPES if not INTERPRET or s[0] < 1000])
 @pytest.mark.parametrize("group", [128, None])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_wide_matches_reference(m, n, k, group, bias, dtype):
-    """Every wide candidate config of M's row bucket against the float32 reference (per-channel: group = K)."""
+def test_wide_matches_reference(m, group, bias, dtype):
+    """Every wide candidate config of M's row bucket against the float32 reference (per-channel: group = K), on a
+    small odd shape (N not a multiple of any tile, K a partial split)."""
+    n, k = WIDE_SHAPES[-1]
     w = random_packed(k, n, 4, group or k, seed=m + n, scale_dtype=dtype)
     x = _x(m, k, dtype, seed=m)
     b = _x(1, n, dtype, seed=n)[0] if bias else None
     for cfg in wide.CANDIDATES[wide.row_bucket(m)]:
         _check(x, w, b, packed_matmul_with_config(x, w, b, cfg))
+
+
+@big_only
+@pytest.mark.parametrize("n,k", WIDE_SHAPES[:4])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wide_routed_configs_match_reference(n, k, dtype):
+    """What the launcher picks for 17..256 rows on the 7B shapes (the wide kernel where _TABLE routes it), with a
+    bias, at each row bucket's edges."""
+    w = random_packed(k, n, 4, 128, seed=n, scale_dtype=dtype)
+    b = _x(1, n, dtype, seed=n)[0]
+    for m in (17, 32, 33, 64, 65, 128, 129):
+        x = _x(m, k, dtype, seed=m)
+        _check(x, w, b, triton_packed.packed_matmul(x, w, b))
+
+
+def test_wide_routing():
+    """The 7B table: the wide kernel where session 12's probe timed it faster than dequantize + cuBLAS."""
+    def picks_wide(m, n, k):
+        return isinstance(triton_packed.get_config(m, n, k, 4, 128), wide.PackedWideConfig)
+    assert picks_wide(17, 37888, 3584) and picks_wide(64, 37888, 3584) and picks_wide(128, 37888, 3584)
+    assert not picks_wide(129, 37888, 3584) and not picks_wide(16, 37888, 3584)
+    assert picks_wide(24, 3584, 18944) and picks_wide(64, 3584, 18944) and not picks_wide(65, 3584, 18944)
+    assert picks_wide(32, 4608, 3584) and not picks_wide(33, 4608, 3584)
+    assert not any(picks_wide(m, 3584, 3584) for m in (17, 32, 64, 128, 256))
+    assert not picks_wide(64, 200, 640)          # shapes not in the table keep the scratch path
 
 
 @pytest.mark.parametrize("m", [17, 100] if INTERPRET else [17, 64, 256])

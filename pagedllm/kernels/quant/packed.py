@@ -78,3 +78,20 @@ def reference_matmul(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.to(x.dtype)
+
+
+# How a kernel tile of ``block_k`` unpacked rows reads the scales and offsets (a constexpr of the Triton kernels):
+# gathered per packed row, one ``[N]`` row per tile (the tile lies inside one group), or one row for the whole
+# matmul (one group: per-channel).
+SCALE_GATHER, SCALE_PER_TILE, SCALE_ONE_GROUP = 0, 1, 2
+
+
+def scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
+    if group_size >= k:
+        return SCALE_ONE_GROUP
+    if group_size % block_k == 0:
+        return SCALE_PER_TILE
+    if group_size % pack:
+        raise ValueError(f"group_size ({group_size}) must be a multiple of {pack} for {32 // pack}-bit packed "
+                         f"weights")
+    return SCALE_GATHER

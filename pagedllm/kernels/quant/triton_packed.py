@@ -22,12 +22,14 @@ One launcher (``packed_matmul``), three paths chosen by the number of rows ``M``
   the workspace of ``triton_gemv``: no memset, no second kernel, deterministic).
 * **Prefill, dequantize + cuBLAS** (``cublas`` configs; most shapes from ``M > 16``): ``_dequantize_kernel`` writes
   the dense ``W`` into a persistent per-device scratch sized by the largest layer (reads 0.5 B and writes 2 B per
-  int4 weight at HBM speed), then ``torch.mm``. At ``M >= 64`` this beats any fused kernel here (what vLLM does for
-  AWQ at >= 256 tokens). The scratch grows only outside CUDA-graph capture; a captured call that would need more
+  int4 weight at HBM speed), then ``torch.mm``. From ~128 rows (sooner on narrow layers) this beats the fused
+  kernels here (what vLLM does for AWQ at >= 256 tokens). The scratch grows only outside CUDA-graph capture; a captured call that would need more
   takes the fused GEMM.
-* **17..256 rows, fused** (``triton_packed_wide``, a ``PackedWideConfig`` in ``_TABLE``; no table entry selects it
-  yet): a tensor-core GEMM whose word tile loads straight into the dot's ``[BLOCK_K, BLOCK_N]`` shape, a rotate,
-  a LOP3 and one fma a weight (offset included), one row tile over all of M where possible, split-K.
+* **17..256 rows, fused** (``triton_packed_wide``, a ``PackedWideConfig`` in ``_TABLE``): a tensor-core GEMM whose
+  word tile loads straight into the dot's ``[BLOCK_K, BLOCK_N]`` shape, a rotate, a LOP3 and one fma a weight
+  (offset included), one row tile over all of M where possible, split-K. Selected per shape and row bucket (32,
+  64, 128) where an H200 timed it faster than the scratch path below (7B gate_up 1.3-2.1x at 17..128 rows, down
+  1.2-1.4x at 17..64, qkv 1.3x at 17..32); the scratch path stays elsewhere.
 * **Prefill, fused** (``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
   ``[BLOCK_K // pack, BLOCK_N]`` tile of words, dequantizes it to ``[BLOCK_K, BLOCK_N]`` in ``x``'s dtype and runs
   ``tl.dot`` with fp32 accumulation; program ids swizzled in groups of ``GROUP_M`` row tiles for L2 reuse of W.
@@ -54,7 +56,7 @@ from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.quant import triton_packed_gemv as gemv
 from pagedllm.kernels.quant import triton_packed_wide as wide
-from pagedllm.kernels.quant.packed import PackedWeight
+from pagedllm.kernels.quant.packed import PackedWeight, scale_mode
 from pagedllm.kernels.quant.triton_packed_gemv import PackedGemvConfig
 from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig
 from pagedllm.kernels.triton_gemv import _workspace
@@ -63,7 +65,6 @@ MAX_DECODE_M = 16
 _INTERPRET = envs.TRITON_INTERPRET
 _FUSED = not _INTERPRET     # _unpack_scaled's single-rounding fma (the interpreter's fma rounds twice)
 
-SCALE_GATHER, SCALE_PER_TILE, SCALE_ONE_GROUP = 0, 1, 2
 
 
 @triton.jit
@@ -393,8 +394,12 @@ def _m_bucket(m: int) -> int:
         return 1
     if m <= MAX_DECODE_M:
         return 16
+    if m <= 32:
+        return 32
     if m <= 64:
         return 64
+    if m <= 128:
+        return 128
     if m <= 256:
         return 256
     return 4096
@@ -406,7 +411,7 @@ _DQ = PackedConfig(0, 128, 128, 4, 1, cublas=True)      # the dequantize kernel'
 _DEFAULTS: dict[tuple[int, int], PackedConfig] = {
     (1, 4): PackedConfig(1, 128, 64, 4, 1, prefetch=True), (1, 8): PackedConfig(1, 128, 64, 4, 1, prefetch=True),
     (16, 4): PackedConfig(16, 64, 128, 4, 3), (16, 8): PackedConfig(16, 64, 64, 4, 3),
-    (64, 4): _DQ, (64, 8): _DQ,
+    (32, 4): _DQ, (32, 8): _DQ, (64, 4): _DQ, (64, 8): _DQ, (128, 4): _DQ, (128, 8): _DQ,
     (256, 4): _DQ, (256, 8): _DQ, (4096, 4): _DQ, (4096, 8): _DQ,
 }
 # The fused GEMM for a call of more than 16 rows inside a CUDA-graph capture that would need a bigger scratch than
@@ -416,15 +421,20 @@ _IN_CAPTURE_GEMM = PackedConfig(64, 64, 128, 4, 3)
 # Measured per-shape choices: (N, K, bits) -> {M bucket: config}, from `benchmarks/quant_kernels.py --sweep` on an
 # H200 (Qwen2.5-7B shapes, int4 g128, bf16).
 _P = PackedConfig
+_W = PackedWideConfig
 _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig | PackedWideConfig]] = {
-    # Qwen2.5-7B: qkv, o, gate_up, down
+    # Qwen2.5-7B: qkv, o, gate_up, down. 17..128 rows: the wide kernel where benchmarks/kernels/awq_fused_probe.py
+    # timed it faster than dequantize + cuBLAS (H200, session 12; docs/perf.md), else that scratch path.
     (4608, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
-                      64: _DQ, 256: _DQ, 4096: _DQ},
+                      32: _W(32, 128, 64, 4, 1), 64: _DQ, 128: _DQ, 256: _DQ, 4096: _DQ},
     (3584, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
-                      64: _DQ, 256: _DQ, 4096: _DQ},
+                      32: _DQ, 64: _DQ, 128: _DQ, 256: _DQ, 4096: _DQ},
     (37888, 3584, 4): {1: _P(1, 128, 64, 4, 1, 4, prefetch=True), 16: _P(16, 64, 128, 4, 3),
-                       64: _P(64, 128, 64, 4, 4), 256: _DQ, 4096: _DQ},
-    (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 16: _P(16, 64, 128, 4, 3), 64: _DQ, 256: _DQ, 4096: _DQ},
+                       32: _W(64, 128, 64, 4, 1), 64: _W(64, 128, 64, 4, 3, compact=True),
+                       128: _W(128, 128, 64, 8, 3, compact=True), 256: _DQ, 4096: _DQ},
+    (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 16: _P(16, 64, 128, 4, 3),
+                       32: _W(32, 64, 128, 4, 3, w_as_a=True), 64: _W(64, 128, 64, 4, 3, compact=True),
+                       128: _DQ, 256: _DQ, 4096: _DQ},
 }
 
 # M == 1: the kernel per shape (N, K, bits). A PackedGemvConfig takes triton_packed_gemv's kernel, a PackedConfig the
@@ -452,8 +462,10 @@ CANDIDATES: dict[int, list[PackedConfig]] = {
     16: [PackedConfig(16, bn, bk, w, st, sk) for bn, bk, w, st, sk in [(128, 128, 4, 3, 0), (128, 128, 8, 2, 0),
                                                                        (64, 128, 4, 3, 0), (128, 128, 4, 3, 1),
                                                                        (64, 128, 4, 3, 2)]],
+    32: [PackedConfig(64, 64, 128, 4, 3), _DQ],
     64: [PackedConfig(64, 64, 128, 4, 3), PackedConfig(64, 128, 64, 4, 4), _DQ,
          PackedConfig(0, 64, 256, 4, 1, cublas=True)],
+    128: [PackedConfig(128, 128, 64, 8, 3), _DQ],
     256: [PackedConfig(128, 128, 64, 8, 3), _DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True),
           PackedConfig(0, 256, 128, 8, 1, cublas=True)],
     4096: [PackedConfig(128, 128, 64, 8, 4), _DQ, PackedConfig(0, 64, 256, 4, 1, cublas=True)],
@@ -482,16 +494,6 @@ def _num_sms(device: torch.device) -> int:
         _NUM_SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _NUM_SMS[index]
 
-
-def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
-    if group_size >= k:
-        return SCALE_ONE_GROUP
-    if group_size % block_k == 0:
-        return SCALE_PER_TILE
-    if group_size % pack:
-        raise ValueError(f"group_size ({group_size}) must be a multiple of {pack} for {32 // pack}-bit packed "
-                         f"weights")
-    return SCALE_GATHER
 
 
 def get_config(m: int, n: int, k: int, bits: int,
@@ -527,7 +529,7 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
         block_k = max(block_k, 16 * pack)          # each of the pack dots needs K >= 16
     block_k = max(block_k, pack)
     block_kp = block_k // pack
-    common = dict(BITS=bits, GROUP=group_size, SCALE_MODE=_scale_mode(group_size, k, block_k, pack),
+    common = dict(BITS=bits, GROUP=group_size, SCALE_MODE=scale_mode(group_size, k, block_k, pack),
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     even_k = k % block_k == 0
     if not decode and cfg.cublas:

@@ -39,14 +39,13 @@ import triton.language as tl
 
 from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
-from pagedllm.kernels.quant.packed import PackedWeight
+from pagedllm.kernels.quant.packed import PackedWeight, scale_mode
 from pagedllm.kernels.triton_gemv import _workspace
 
 _INTERPRET = envs.TRITON_INTERPRET
 _FUSED = not _INTERPRET     # the single-rounding fma (the interpreter's fma rounds twice)
 MAGIC = tl.constexpr(0x4B000000)     # 2**23 as float32 bits
 TWO23 = tl.constexpr(8388608.0)
-SCALE_GATHER, SCALE_PER_TILE, SCALE_ONE_GROUP = 0, 1, 2
 MAX_M = 256
 
 
@@ -281,16 +280,6 @@ class WidePlan(NamedTuple):
     constexprs: dict
 
 
-def _scale_mode(group_size: int, k: int, block_k: int, pack: int) -> int:
-    if group_size >= k:
-        return SCALE_ONE_GROUP
-    if group_size % block_k == 0:
-        return SCALE_PER_TILE
-    if group_size % pack:
-        raise ValueError(f"group_size ({group_size}) must be a multiple of {pack} for {32 // pack}-bit packed "
-                         f"weights")
-    return SCALE_GATHER
-
 
 @functools.lru_cache(maxsize=1024)
 def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, num_sms: int,
@@ -310,7 +299,7 @@ def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool
     tiles_per_split = triton.cdiv(k_tiles, max(1, min(split_k, k_tiles)))
     split_k = triton.cdiv(k_tiles, tiles_per_split)            # no empty split
     n_tiles = grid_m * grid_n
-    constexprs = dict(BITS=bits, GROUP=group_size, SCALE_MODE=_scale_mode(group_size, k, block_k, pack),
+    constexprs = dict(BITS=bits, GROUP=group_size, SCALE_MODE=scale_mode(group_size, k, block_k, pack),
                       HAS_BIAS=has_bias, EVEN_K=k % block_k == 0 and k_tiles % tiles_per_split == 0,
                       EVEN_N=n % cfg.block_n == 0,
                       SPLIT_K=split_k, W_AS_A=cfg.w_as_a, W_NK=cfg.w_nk or cfg.w_as_a, COMPACT=cfg.compact, FUSED=_FUSED, ASM=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
