@@ -35,12 +35,18 @@ Three kernels:
     with new ``seq_lens`` / ``block_tables`` is correct. When ``S == 1`` (batch large enough to fill the GPU
     alone) each program writes its output directly.
 
+``decode_rope_attention`` (``PAGEDLLM_DECODE_ROPE_FUSED``, off by default until measured)
+    The same kernel taking the QKV projection's unrotated q / k / v: each program rotates its q heads, the program
+    holding the newest position rotates k and writes k / v to the cache before its loop (as triton_rotary's
+    kernel would have), optionally reading its first tile of older keys before the PDL wait.
+
 All softmax math is fp32 and in base 2 (``scale * log2(e)`` multiplies the fp32 scores, ``exp2`` is cheaper than
 ``exp``). Dots take the cache dtype (bf16/fp16 -> tensor cores, fp32 accumulation; an fp32 cache runs as tf32).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -330,15 +336,42 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 # ----------------------------------------------------------------------------------------------------------------
 # decode (split-KV)
 # ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _rope_factors(Cos, Sin, pos, stride_c, offs_d, HALF: tl.constexpr):
+    """cos / sin of position ``pos`` for each dim ``d`` of a head (NeoX layout: dims ``d`` and ``d + HALF`` rotate
+    together by angle ``d mod HALF``; dims from ``2 * HALF`` on are not rotated), the partner dim of each, whether
+    ``d`` is in the first half, and whether it is rotated at all."""
+    in_rot = offs_d < 2 * HALF
+    first = offs_d < HALF
+    r = tl.where(first, offs_d, offs_d - HALF)
+    cos = tl.load(Cos + pos * stride_c + r, mask=in_rot, other=1.0)
+    sin = tl.load(Sin + pos * stride_c + r, mask=in_rot, other=0.0)
+    partner = tl.where(first, offs_d + HALF, offs_d - HALF)
+    return cos, sin, partner, first, in_rot
+
+
+@triton.jit
+def _rope_rotate(x, x_p, cos, sin, first, in_rot):
+    """``x`` rotated (fp32 math, rounded once to ``x``'s dtype), written as triton_rotary's kernel writes it
+    (``x1 cos - x2 sin`` / ``x2 cos + x1 sin``), so both give the same bits."""
+    xf = x.to(tl.float32)
+    pf = x_p.to(tl.float32)
+    rot = tl.where(first, xf * cos - pf * sin, xf * cos + pf * sin)
+    return tl.where(in_rot, rot, xf).to(x.dtype)
+
+
 @triton.jit(do_not_specialize=["num_splits_grid", "min_chunk", "stride_bt"],
             do_not_specialize_on_alignment=["SeqLens", "BlockTables"])
 def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk_scale, num_splits_grid, min_chunk,
                    stride_qb, stride_qh, stride_ob, stride_oh,
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
+                   KNew, VNew, Cos, Sin, Pos, SlotMapping, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_c,
                    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
-                   BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, PDL: tl.constexpr):
-    pdl_wait(PDL)
+                   BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
+                   PREFETCH: tl.constexpr, PDL: tl.constexpr):
+    if not PREFETCH:
+        pdl_wait(PDL)
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -358,18 +391,64 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
+    bt_row = BlockTables + b * stride_bt
+    if PREFETCH:
+        # The split's first tile, when it is a full tile of keys older than the step's new one: earlier steps wrote
+        # them and the host wrote seq_lens / block tables before the step, so they are read before the PDL wait,
+        # while the kernel before (the QKV projection, with ROPE) still runs.
+        pre = (start + BLOCK_N <= end) & (start + BLOCK_N < seq_len)
+        pos0 = start + offs_n
+        blk0 = tl.load(bt_row + pos0 // PAGE, mask=pre & (pos0 < seq_len), other=0).to(tl.int64)
+        row0 = pos0 % PAGE
+        pre_mask = pre & d_mask[None, :]
+        k0 = tl.load(K + blk0[:, None] * stride_kb + row0[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                     mask=pre_mask, other=0.0)
+        v0 = tl.load(V + blk0[:, None] * stride_vb + row0[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                     mask=pre_mask, other=0.0)
+        pdl_wait(PDL)
     h_ok = offs_h < GROUP
     hd_mask = h_ok[:, None] & d_mask[None, :]
     head = kvh * GROUP + offs_h
     q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + offs_d[None, :], mask=hd_mask, other=0.0)
+    if ROPE:
+        # decode_rope_attention: q and the new k arrive unrotated from the QKV projection. Rotate q here, and let
+        # the program holding the request's last position (the newest key) write the rotated k and v to the cache
+        # first, so the loop below reads them back as the rotary + store kernel would have left them.
+        pos = tl.load(Pos + b).to(tl.int64)
+        cos, sin, partner, first, in_rot = _rope_factors(Cos, Sin, pos, stride_c, offs_d, HALF)
+        q_p = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + partner[None, :],
+                      mask=hd_mask & in_rot[None, :], other=0.0)
+        q = _rope_rotate(q, q_p, cos[None, :], sin[None, :], first[None, :], in_rot[None, :])
+        if split == num_splits - 1:
+            slot = tl.load(SlotMapping + b).to(tl.int64)
+            if slot >= 0:                   # -1: a padding row of a CUDA-graph batch
+                k_new = tl.load(KNew + b * stride_knb + kvh * stride_knh + offs_d, mask=d_mask, other=0.0)
+                k_p = tl.load(KNew + b * stride_knb + kvh * stride_knh + partner, mask=d_mask & in_rot, other=0.0)
+                k_new = _rope_rotate(k_new, k_p, cos, sin, first, in_rot)
+                v_new = tl.load(VNew + b * stride_vnb + kvh * stride_vnh + offs_d, mask=d_mask, other=0.0)
+                blk = slot // PAGE
+                row = slot % PAGE
+                tl.store(K + blk * stride_kb + row * stride_kt + kvh * stride_kh + offs_d,
+                         k_new.to(K.dtype.element_ty), mask=d_mask)
+                tl.store(V + blk * stride_vb + row * stride_vt + kvh * stride_vh + offs_d,
+                         v_new.to(V.dtype.element_ty), mask=d_mask)
+                tl.debug_barrier()          # every thread's stores visible to the loads of the loop below
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    bt_row = BlockTables + b * stride_bt
     q_pos = offs_h  # unused (CAUSAL=False)
     full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
-    for s in range(start, full_end, BLOCK_N):
+    s0 = start
+    if PREFETCH:
+        if pre:     # _attend_tile's first step, on the tile already in registers (the same ops from m = -inf)
+            scores = tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale
+            m_i = tl.max(scores, 1)
+            p = tl.exp2(scores - m_i[:, None])
+            l_i = tl.sum(p, 1)
+            acc = tl.dot(p.to(q.dtype), v0.to(q.dtype))
+            s0 = start + BLOCK_N
+    for s in range(s0, full_end, BLOCK_N):
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, s, q_pos, end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=False,
@@ -503,11 +582,42 @@ class DecodeWorkspace:
                    max_splits=max_splits, sm_count=sms, ctas_per_sm=ctas_per_sm, tail_splits=tail_splits)
 
 
+class DecodeRope(NamedTuple):
+    """What ``decode_attention`` needs to rotate and store the step's new keys itself (``decode_rope_attention``)."""
+    key: torch.Tensor           # [B, Hkv, D], not rotated (a view of the QKV projection's output is fine)
+    value: torch.Tensor         # [B, Hkv, D]
+    cos: torch.Tensor           # fp32 [max_position, rotary_dim / 2] (RotaryEmbedding's tables)
+    sin: torch.Tensor
+    positions: torch.Tensor     # [B]
+    slot_mapping: torch.Tensor  # [B], -1: skip (padding rows)
+    prefetch: bool = False      # read each split's first tile of older keys before the PDL wait
+
+
+def decode_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                          v_cache: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                          slot_mapping: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+                          scale: float, workspace: DecodeWorkspace | None = None,
+                          out: torch.Tensor | None = None, prefetch: bool = False) -> torch.Tensor:
+    """``triton_rotary.rotary_store_kv`` then ``decode_attention`` in one kernel, for steps of one new token per
+    request: ``query`` ``[B, Hq, D]`` and ``key`` ``[B, Hkv, D]`` unrotated, ``value`` ``[B, Hkv, D]``; the rotated
+    key and the value are written to their cache slots and the attention output returned, with the same values as
+    the two kernels (``query`` and ``key`` are left unrotated). One launch and one kernel boundary less per layer;
+    an A/B switch until measured (``PAGEDLLM_DECODE_ROPE_FUSED``). ``prefetch``: each split's first tile of older
+    keys is read before the PDL wait, overlapping the QKV projection (keys written by earlier steps only)."""
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out,
+                            rope=DecodeRope(key, value, cos, sin, positions, slot_mapping, prefetch))
+
+
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
                      block_tables: torch.Tensor, scale: float, workspace: DecodeWorkspace | None = None,
                      out: torch.Tensor | None = None,
-                     _config: tuple[int, ...] | None = None) -> torch.Tensor:
+                     _config: tuple[int, ...] | None = None, rope: "DecodeRope | None" = None) -> torch.Tensor:
     """Attention of one query token per request, ``query`` ``[B, Hq, D]`` -> ``[B, Hq, D]``.
+
+    ``rope`` (``decode_rope_attention``): ``query`` and ``rope.key`` are not rotated yet, and the new keys and values
+    are not in the cache yet: the kernel rotates them and stores them first.
 
     No host sync; CUDA-graph safe when ``workspace`` is given (without one, scratch is allocated per call).
     A request with ``seq_len == 0`` (batch padding) gets zeros. ``_config`` overrides ``(BLOCK_N, MIN_CHUNK,
@@ -546,15 +656,26 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         part_lse = torch.empty(need, dtype=torch.float32, device=query.device)
         locks = torch.zeros(batch * num_kv_heads, dtype=torch.int32, device=query.device)
     block_d = triton.next_power_of_2(head_dim)
+    if rope is None:
+        kn = vn = cos = sin = pos = slots = query       # unused (ROPE=False)
+        rope_strides = (0, 0, 0, 0, 0)
+        half = 1
+    else:
+        kn, vn, cos, sin, pos, slots = rope[:6]
+        assert kn.stride(-1) == 1 and vn.stride(-1) == 1 and cos.stride(1) == 1
+        rope_strides = (kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1), cos.stride(0))
+        half = cos.shape[1]
     _decode_kernel[(batch, num_kv_heads, splits)](
         query, k_cache, v_cache, out, part_o, part_lse, locks, seq_lens, block_tables, scale * _LOG2E, splits,
         min_chunk,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        kn, vn, cos, sin, pos, slots, *rope_strides,
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, SINGLE=splits == 1,
-        num_warps=warps, num_stages=stages, **pdl_launch_args(query.device))
+        ROPE=rope is not None, HALF=half, PREFETCH=rope is not None and rope.prefetch, num_warps=warps,
+        num_stages=stages, **pdl_launch_args(query.device))
     return out
 
 

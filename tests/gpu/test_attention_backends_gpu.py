@@ -93,3 +93,25 @@ def test_triton_backend_declares_graphs_and_warmups():
     batches = be.warmup_batches()
     assert ([65, 2], 0) in batches and ([1, 65], 1) in batches
     assert not backend("torch").supports_full_cuda_graphs and backend("torch").warmup_batches() == []
+
+
+@pytest.mark.parametrize("specs", [[(37, 1), (20, 1), (5, 1)], [(37, 1), (20, 1), (50, 13)]],
+                         ids=["decode", "mixed"])
+def test_fused_rope_decode_equals_write_kv_then_attend(specs, monkeypatch):
+    """PAGEDLLM_DECODE_ROPE_FUSED: a decode step's rotation and cache write inside the decode kernel leave the same
+    cache and give the same output as write_kv then attend (a mixed step takes the two calls either way)."""
+    common, cache, positions, q, k, v = paged_step(specs, seed=4)
+    cfg = LlamaConfig(hidden_size=HQ * D, num_attention_heads=HQ, num_key_value_heads=HKV, head_dim=D)
+    rope = RotaryEmbedding(cfg, D, 256).to(DEVICE)
+    results = {}
+    for fused in ("0", "1", "2"):
+        monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", fused)
+        be = backend("triton")
+        assert be.fuse_rope_decode == int(fused)
+        kv = cache.clone()
+        out = be.write_kv_and_attend(q.clone(), k.clone(), v.clone(), kv, common.slot_mapping,
+                                     be.build_metadata(common), D ** -0.5, rope, positions)
+        results[fused] = (kv, out)
+    for fused in ("1", "2"):
+        assert torch.equal(results[fused][0], results["0"][0])
+        assert torch.equal(results[fused][1], results["0"][1])

@@ -109,6 +109,17 @@ def test_bf16_triton_greedy_agrees_with_hf(model_dir, prompts, hf_model, enforce
     assert_greedy_under_hf(hf_model, prompts, got)
 
 
+def test_fused_rope_decode_gives_the_same_tokens(model_dir, prompts, monkeypatch):
+    """PAGEDLLM_DECODE_ROPE_FUSED=1 or 2 (rotary + KV store inside the decode kernel) changes no token, with CUDA
+    graphs (the decode steps replay the fused kernel) and eagerly."""
+    for eager in (False, True):
+        monkeypatch.delenv("PAGEDLLM_DECODE_ROPE_FUSED", raising=False)
+        base = _generate(model_dir, prompts, dtype="bfloat16", enforce_eager=eager)
+        for fused in ("1", "2"):
+            monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", fused)
+            assert _generate(model_dir, prompts, dtype="bfloat16", enforce_eager=eager) == base, fused
+
+
 def test_bf16_chunked_prefill_and_prefix_cache(model_dir, prompts, hf_model):
     """Chunked prefill and prefix-cache hits (extend kernel over a cached prefix) stay HF-greedy too."""
     chunked = _generate(model_dir, prompts, dtype="bfloat16", max_num_batched_tokens=32)

@@ -314,3 +314,57 @@ def test_decode_cuda_graph_replay(num_heads, num_kv_heads, head_dim):
         for i, s in enumerate(lens):
             if s == 0:
                 assert torch.equal(s_out[i], torch.zeros_like(s_out[i]))
+
+
+# ------------------------------------------------------------------------------------ decode_rope_attention
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,rotary_dim", [(28, 4, 128, 128), (9, 3, 64, 64),
+                                                                        (12, 2, 64, 32)])
+@pytest.mark.parametrize("cfg", [None, (64, 64, 1, 4, 2), (16, 16, 16, 4, 2)], ids=["default", "single", "splits"])
+@pytest.mark.parametrize("prefetch", [False, True], ids=["after-wait", "prefetch"])
+def test_decode_rope_attention_equals_rotary_store_then_decode(num_heads, num_kv_heads, head_dim, rotary_dim, cfg,
+                                                               prefetch):
+    """The fused kernel leaves the same rotated K and V in the cache and returns the same output as
+    rotary_store_kv followed by decode_attention (the engine's unfused path), for every split plan, a partial
+    rotary (rotary_dim < head_dim) and a padding row (slot -1, seq_len 0); with each split's first tile of older
+    keys read before the wait or not."""
+    from pagedllm.kernels.triton_rotary import rotary_store_kv
+    dtype = BF16
+    lens = [1, 70, 300, 17, 0]
+    specs = [(max(s, 1), 1) for s in lens]
+    query, k_cache, v_cache, _, seq_lens, tables = make_batch(specs, num_heads, num_kv_heads, head_dim, 16, dtype,
+                                                               seed=head_dim + rotary_dim)
+    seq_lens[-1] = 0
+    g = torch.Generator().manual_seed(3)
+    b = len(lens)
+    # One fused QKV row per request, as the model hands them over: q / k / v are strided views of it.
+    qkv = torch.randn(b, (num_heads + 2 * num_kv_heads) * head_dim, generator=g).to(dtype).to(DEVICE)
+    hq, hk = num_heads * head_dim, num_kv_heads * head_dim
+    positions = (seq_lens.long() - 1).clamp_min(0)
+    slots = torch.tensor([int(tables[i, (s - 1) // 16]) * 16 + (s - 1) % 16 if s > 0 else -1
+                          for i, s in enumerate(seq_lens.tolist())], dtype=torch.long, device=DEVICE)
+    inv = 1.0 / (10000.0 ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
+    freqs = torch.outer(torch.arange(4096).float(), inv)
+    cos, sin = freqs.cos().to(DEVICE), freqs.sin().to(DEVICE)
+    scale = head_dim ** -0.5
+    ws = tri.DecodeWorkspace.allocate(64, num_heads, num_kv_heads, head_dim, device=DEVICE) if cfg is None else None
+
+    def views(t):
+        return (t[:, :hq].view(b, num_heads, head_dim), t[:, hq:hq + hk].view(b, num_kv_heads, head_dim),
+                t[:, hq + hk:].view(b, num_kv_heads, head_dim))
+
+    kc1, vc1, qkv1 = k_cache.clone(), v_cache.clone(), qkv.clone()
+    q1, k1, v1 = views(qkv1)
+    rotary_store_kv(positions, q1, k1, v1, cos, sin, kc1, vc1, slots)
+    expected = tri.decode_attention(q1, kc1, vc1, seq_lens, tables, scale, ws, _config=cfg)
+
+    kc2, vc2, qkv2 = k_cache.clone(), v_cache.clone(), qkv.clone()
+    q2, k2, v2 = views(qkv2)
+    out = tri.decode_attention(q2, kc2, vc2, seq_lens, tables, scale, ws, _config=cfg,
+                               rope=tri.DecodeRope(k2, v2, cos, sin, positions, slots, prefetch))
+    assert torch.equal(kc2, kc1) and torch.equal(vc2, vc1)
+    assert torch.equal(qkv2, qkv)                # the inputs are left unrotated
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+    fused = tri.decode_rope_attention(q2, k2, v2, k_cache.clone(), v_cache.clone(), cos, sin, positions, slots,
+                                      seq_lens, tables, scale, ws, prefetch=prefetch)
+    assert torch.equal(fused, tri.decode_attention(q1, kc1, vc1, seq_lens, tables, scale, ws))

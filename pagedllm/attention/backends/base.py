@@ -83,6 +83,14 @@ class AttentionBackend(ABC):
         """Attention of ``q`` ``[T, Hq, D]`` over each request's paged context (its new K/V already stored),
         ``[T, Hq, D]``; written into ``out`` when given (and ``out`` returned)."""
 
+    def write_kv_and_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                            slot_mapping: torch.Tensor, metadata: Any, scale: float,
+                            rotary: nn.Module | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``write_kv`` then ``attend`` (a layer's whole attention when nothing runs between the two, i.e. outside
+        piecewise CUDA-graph capture); a backend may do both in one kernel. Default: the two calls."""
+        q = self.write_kv(q, k, v, kv_cache, slot_mapping, rotary, positions)
+        return self.attend(q, kv_cache, metadata, scale)
+
     # ---- CUDA graphs (worker/cuda_graphs.py) ------------------------------------------------------------------
     def build_capture_metadata(self, common: CommonAttentionMetadata) -> Any:
         """Metadata for capturing a graph over a graph runner's static device buffers (``common`` has no host

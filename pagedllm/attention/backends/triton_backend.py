@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pagedllm import envs
 from pagedllm.attention.backends.base import AttentionBackend, CommonAttentionMetadata
 from pagedllm.kernels import triton_attention
 from pagedllm.kernels.triton_attention import DecodeWorkspace
@@ -42,6 +43,7 @@ class TritonAttentionBackend(AttentionBackend):
         # before any graph is captured, so every graph reuses the same buffers.
         self.workspace = DecodeWorkspace.allocate(self.max_num_seqs, self.num_heads, self.num_kv_heads,
                                                   self.head_dim, self.device)
+        self.fuse_rope_decode = envs.PAGEDLLM_DECODE_ROPE_FUSED
 
     def build_metadata(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
         nd = common.num_decodes
@@ -65,6 +67,19 @@ class TritonAttentionBackend(AttentionBackend):
         else:
             triton_attention.store_kv(k, v, kv_cache[0], kv_cache[1], slot_mapping)
         return q
+
+    def write_kv_and_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                            slot_mapping: torch.Tensor, metadata: TritonAttentionMetadata, scale: float,
+                            rotary: nn.Module | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        # A step of one new token per request, with PAGEDLLM_DECODE_ROPE_FUSED (1, 2): the rotation and the cache write
+        # inside the decode kernel (one kernel a layer instead of two); else the two calls.
+        if (self.fuse_rope_decode and rotary is not None and metadata.max_query_len == 1
+                and q.shape[0] == metadata.seq_lens.shape[0]):
+            return triton_attention.decode_rope_attention(
+                q, k, v, kv_cache[0], kv_cache[1], rotary.cos, rotary.sin, positions, slot_mapping,
+                metadata.seq_lens, metadata.block_tables, scale, metadata.workspace,
+                prefetch=self.fuse_rope_decode == 2)
+        return super().write_kv_and_attend(q, k, v, kv_cache, slot_mapping, metadata, scale, rotary, positions)
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: TritonAttentionMetadata, scale: float,
                out: torch.Tensor | None = None) -> torch.Tensor:

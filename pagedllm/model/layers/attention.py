@@ -23,13 +23,14 @@ class Attention(nn.Module):
         q = q if q.dim() == 3 else q.view(-1, self.num_heads, self.head_dim)
         k = k if k.dim() == 3 else k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q = batch.attn_backend.write_kv(q, k, v, batch.kv_caches[self.layer_idx], batch.slot_mapping, rotary,
-                                        positions)
+        kv_cache = batch.kv_caches[self.layer_idx]
         if batch.attn_breaker is not None:
             # Piecewise CUDA-graph capture (worker/cuda_graphs.py): the attention itself runs between the graphs.
+            q = batch.attn_backend.write_kv(q, k, v, kv_cache, batch.slot_mapping, rotary, positions)
             out = batch.attn_breaker.attention(self, q)
         else:
-            out = self.attend(q, batch)
+            out = batch.attn_backend.write_kv_and_attend(q, k, v, kv_cache, batch.slot_mapping, batch.attn_metadata,
+                                                         self.scale, rotary, positions)
         return out.reshape(-1, self.num_heads * self.head_dim)
 
     def attend(self, q: torch.Tensor, batch: ForwardBatch, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,18 @@
+#!/bin/bash
+# Prepared in session 12 after the device time was spent, NOT RUN yet. (1) The GPU tests that have not run on a GPU:
+# the wide int4 kernel's (test_quant_packed_kernels.py) and the fused rotary + KV store + decode attention's
+# (test_triton_attention.py -k rope, test_attention_backends_gpu.py, test_engine_gpu.py -k fused_rope). (2) The
+# A/B of PAGEDLLM_DECODE_ROPE_FUSED 0 / 1 / 2 (off / fused / fused + first tile before the PDL wait), alternating
+# processes. Prediction (docs/perf.md session 12): 1: bs1 ~261 -> ~262, latency ~4.56 -> ~4.50 s; 2: bs1 ~266-268,
+# latency as 1 (7B's QKV projection at 8 rows is cuBLAS: no early launch after it). Everything also to $OUT/next.txt. Carry [".whl", ".bench"] (~7 min).
+. benchmarks/gpu_session9/common.sh
+exec > >(tee $OUT/next.txt) 2>&1
+PYTHONPATH=$R timeout 300 python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=line tests/gpu/test_quant_packed_kernels.py tests/gpu/test_triton_attention.py tests/gpu/test_attention_backends_gpu.py tests/gpu/test_pdl.py 2>&1 | grep -E "^FAILED|passed|failed|rror" | cut -c1-240 | head -30
+PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider -rf --tb=line tests/gpu/test_engine_gpu.py -k "fused_rope or triton_greedy" 2>&1 | grep -E "^FAILED|passed|failed|rror" | cut -c1-240
+for v in 0 1 2 0 1 2; do
+  PAGEDLLM_DECODE_ROPE_FUSED=$v PYTHONPATH=$R timeout 100 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 latency_8x1024x1024 2>&1 | python3 -c "
+import sys, json
+for l in sys.stdin:
+    if l.startswith('{'):
+        d = json.loads(l); print('fused $v', d['workload'], d['seconds'], d['output_tok_s'])"
+done
