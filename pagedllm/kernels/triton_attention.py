@@ -447,7 +447,7 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
             p = tl.exp2(scores - m_i[:, None])
             l_i = tl.sum(p, 1)
             acc = tl.dot(p.to(q.dtype), v0.to(q.dtype))
-            s0 = start + BLOCK_N
+        s0 = start + pre.to(tl.int32) * BLOCK_N     # arithmetic, not set inside the branch (a leaner loop)
     for s in range(s0, full_end, BLOCK_N):
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, s, q_pos, end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
