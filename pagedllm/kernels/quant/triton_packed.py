@@ -23,8 +23,8 @@ One launcher (``packed_matmul``), three paths chosen by the number of rows ``M``
 * **Prefill, dequantize + cuBLAS** (``cublas`` configs; most shapes from ``M > 16``): ``_dequantize_kernel`` writes
   the dense ``W`` into a persistent per-device scratch sized by the largest layer (reads 0.5 B and writes 2 B per
   int4 weight at HBM speed), then ``torch.mm``. From ~128 rows (sooner on narrow layers) this beats the fused
-  kernels here (what vLLM does for AWQ at >= 256 tokens). The scratch grows only outside CUDA-graph capture; a captured call that would need more
-  takes the fused GEMM.
+  kernels here (what vLLM does for AWQ at >= 256 tokens). The scratch grows only outside CUDA-graph capture; a
+  captured call that would need more takes the fused GEMM.
 * **17..256 rows, fused** (``triton_packed_wide``, a ``PackedWideConfig`` in ``_TABLE``): a tensor-core GEMM whose
   word tile loads straight into the dot's ``[BLOCK_K, BLOCK_N]`` shape, a rotate, a LOP3 and one fma a weight
   (offset included), one row tile over all of M where possible, split-K. Selected per shape and row bucket (32,

@@ -113,7 +113,8 @@ def _field_float(words, rot, BITS: tl.constexpr, ASM: tl.constexpr):
 @triton.jit
 def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_ym,
                         BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, W_AS_A: tl.constexpr, W_NK: tl.constexpr, COMPACT: tl.constexpr,
+                        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, W_AS_A: tl.constexpr,
+                        W_NK: tl.constexpr, COMPACT: tl.constexpr,
                         FUSED: tl.constexpr, ASM: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
@@ -280,7 +281,6 @@ class WidePlan(NamedTuple):
     constexprs: dict
 
 
-
 @functools.lru_cache(maxsize=1024)
 def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, num_sms: int,
               cfg: PackedWideConfig) -> WidePlan:
@@ -302,7 +302,8 @@ def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool
     constexprs = dict(BITS=bits, GROUP=group_size, SCALE_MODE=scale_mode(group_size, k, block_k, pack),
                       HAS_BIAS=has_bias, EVEN_K=k % block_k == 0 and k_tiles % tiles_per_split == 0,
                       EVEN_N=n % cfg.block_n == 0,
-                      SPLIT_K=split_k, W_AS_A=cfg.w_as_a, W_NK=cfg.w_nk or cfg.w_as_a, COMPACT=cfg.compact, FUSED=_FUSED, ASM=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                      SPLIT_K=split_k, W_AS_A=cfg.w_as_a, W_NK=cfg.w_nk or cfg.w_as_a, COMPACT=cfg.compact,
+                      FUSED=_FUSED, ASM=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                       BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     ws_elems = split_k * n_tiles * cfg.block_m * cfg.block_n if split_k > 1 else 0
     return WidePlan((grid_n, split_k, grid_m), tiles_per_split * block_k, ws_elems, n_tiles, constexprs)
