@@ -4,8 +4,8 @@
 # (test_triton_attention.py -k rope, test_attention_backends_gpu.py, test_engine_gpu.py -k fused_rope). (2) The
 # A/B of PAGEDLLM_DECODE_ROPE_FUSED 0 / 1 / 2 (off / fused / fused + first tile before the PDL wait), alternating
 # processes. Prediction (docs/perf.md session 12): 1: bs1 ~261 -> ~262, latency ~4.56 -> ~4.50 s; 2: bs1 ~266-268,
-# latency as 1 (7B's QKV projection at 8 rows is cuBLAS: no early launch after it). (3) below: AWQ routing A/B.
-# Everything also to $OUT/next.txt. Carry [".whl", ".bench"] (~10 min: split it if the call limit is near).
+# latency as 1 (7B's QKV projection at 8 rows is cuBLAS: no early launch after it). (3), (4) below.
+# Everything also to $OUT/next.txt. Carry [".whl", ".bench"] (~12 min: run it as two calls, (1)-(2) and (3)-(4)).
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next.txt) 2>&1
 PYTHONPATH=$R timeout 300 python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=line tests/gpu/test_quant_packed_kernels.py tests/gpu/test_triton_attention.py tests/gpu/test_attention_backends_gpu.py tests/gpu/test_pdl.py 2>&1 | grep -E "^FAILED|passed|failed|rror" | cut -c1-240 | head -30
@@ -17,13 +17,22 @@ for l in sys.stdin:
     if l.startswith('{'):
         d = json.loads(l); print('fused $v', d['workload'], d['seconds'], d['output_tok_s'])"
 done
-# (3) AWQ ShareGPT with the wide routing vs dequantize + cuBLAS, the in-session A/B s12d could not finish
+# (3) AWQ ShareGPT with the wide routing (base) vs dequantize + cuBLAS (awq-scratch), the in-session A/B s12d could not finish
 # (session 12: 9,064.5 tok/s with it; 8,589 without in session 11).
 AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
-for v in wide scratch wide scratch; do
-  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 150 python3 benchmarks/kernels/awq_route_ab.py $v qwen2.5-7b sharegpt_like_1000 2>&1 | python3 -c "
+for v in base awq-scratch base awq-scratch; do
+  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 150 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b sharegpt_like_1000 2>&1 | python3 -c "
 import sys, json
 for l in sys.stdin:
     if l.startswith('{'):
         d = json.loads(l); print('awq $v', d['workload'], d['seconds'], d['output_tok_s'])"
+done
+# (4) The latency run with 7B qkv at 2..16 rows on the skinny GEMM, so that the fused decode kernel (2) can start
+# early after it (cuBLAS's qkv does not let it): fused 2 with and without.
+for v in base qkv-skinny base qkv-skinny; do
+  PAGEDLLM_DECODE_ROPE_FUSED=2 PYTHONPATH=$R timeout 100 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b latency_8x1024x1024 2>&1 | python3 -c "
+import sys, json
+for l in sys.stdin:
+    if l.startswith('{'):
+        d = json.loads(l); print('fused 2 $v', d['workload'], d['seconds'], d['output_tok_s'])"
 done

@@ -1,0 +1,32 @@
+"""End-to-end A/B of a kernel-routing choice without a switch in the product: the routing tables are changed in
+this process before the engine is built, then .bench/sb's offline_workload.py runs unchanged.
+
+python3 benchmarks/kernels/route_ab.py VARIANT MODEL_NAME WORKLOAD...        (GPU)
+VARIANT:
+  base          the tables as committed
+  awq-scratch   every triton_packed_wide entry of triton_packed._TABLE replaced by dequantize + cuBLAS (the AWQ
+                17..128-row routing off; set ANCHOR_CFG to the AWQ quantization_config as ANCHORS.md shows)
+  qkv-skinny    7B qkv (4608 x 3584) at 2..16 rows through the skinny GEMM instead of cuBLAS (with
+                PAGEDLLM_DECODE_ROPE_FUSED=2 the decode kernel can then start early after it)
+Prints offline_workload.py's JSON lines.
+"""
+import os
+import runpy
+import sys
+
+variant = sys.argv[1]
+sys.argv = ["offline_workload.py", "pagedllm"] + sys.argv[2:]
+if variant == "awq-scratch":
+    from pagedllm.kernels.quant import triton_packed as tp
+    from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig
+    for per_m in tp._TABLE.values():
+        for bucket, cfg in per_m.items():
+            if isinstance(cfg, PackedWideConfig):
+                per_m[bucket] = tp._DQ
+elif variant == "qkv-skinny":
+    from pagedllm.kernels import triton_gemv as tg
+    tg._BEATS_CUBLAS = tg._BEATS_CUBLAS | {(4608, 3584, b) for b in (4, 8, 16)}
+elif variant != "base":
+    raise SystemExit(f"unknown variant {variant}")
+runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),
+               run_name="__main__")
