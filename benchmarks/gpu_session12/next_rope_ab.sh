@@ -5,9 +5,11 @@
 # A/B of PAGEDLLM_DECODE_ROPE_FUSED 0 / 1 / 2 (off / fused / fused + first tile before the PDL wait), alternating
 # processes. Prediction (docs/perf.md session 12): 1: bs1 ~261 -> ~262, latency ~4.56 -> ~4.50 s; 2: bs1 ~266-268,
 # latency as 1 (7B's QKV projection at 8 rows is cuBLAS: no early launch after it). (3), (4) below.
-# Everything also to $OUT/next.txt. Carry [".whl", ".bench"] (~12 min: run it as two calls, (1)-(2) and (3)-(4)).
+# Everything also to $OUT/next.txt. Carry [".whl", ".bench"] (~12 min: two calls,
+# PART=1 for (1)-(2), PART=2 for (3)-(4)).
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next.txt) 2>&1
+if [ "${PART:-1}" = 1 ]; then
 PYTHONPATH=$R timeout 300 python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=line tests/gpu/test_quant_packed_kernels.py tests/gpu/test_triton_attention.py tests/gpu/test_attention_backends_gpu.py tests/gpu/test_pdl.py 2>&1 | grep -E "^FAILED|passed|failed|rror" | cut -c1-240 | head -30
 PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider -rf --tb=line tests/gpu/test_engine_gpu.py -k "fused_rope or triton_greedy" 2>&1 | grep -E "^FAILED|passed|failed|rror" | cut -c1-240
 for v in 0 1 2 0 1 2; do
@@ -17,6 +19,8 @@ for l in sys.stdin:
     if l.startswith('{'):
         d = json.loads(l); print('fused $v', d['workload'], d['seconds'], d['output_tok_s'])"
 done
+fi
+if [ "${PART:-1}" = 2 ]; then
 # (3) AWQ ShareGPT with the wide routing (base) vs dequantize + cuBLAS (awq-scratch), the in-session A/B s12d could not finish
 # (session 12: 9,064.5 tok/s with it; 8,589 without in session 11).
 AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
@@ -36,3 +40,4 @@ for l in sys.stdin:
     if l.startswith('{'):
         d = json.loads(l); print('fused 2 $v', d['workload'], d['seconds'], d['output_tok_s'])"
 done
+fi
