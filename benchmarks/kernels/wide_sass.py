@@ -108,7 +108,7 @@ def figures(m: int, n: int, k: int, cfg: tw.PackedWideConfig) -> str:
     programs = plan.grid[0] * plan.grid[1] * plan.grid[2]
     busiest = -(-programs // NUM_SMS)
     us = busiest * cfg.block_n * plan.k_per_split * (issue_cyc + smem_cyc) / CLOCK_GHZ / 1e3
-    mem = ", ".join(f"{op} {sum(v for o, v in mix.items() if o.startswith(op))}"
+    mem = ", ".join(f"{op} {mix.get(op, 0)}"        # opcodes without their suffixes: LDG is not LDGSTS
                     for op in ("LDGSTS", "LDG", "LDS", "STS", "LDSM", "HGMMA", "WARPGROUP", "BAR"))
     return (f"regs {regs} ({spill}), smem {smem}, {occupancy} programs/SM, {programs} programs (split "
             f"{plan.grid[1]}, busiest SM {busiest}); loop {total} = {total / (weights / (32 * warps)):.2f} a "
