@@ -396,6 +396,44 @@ def test_wide_gather_groups_and_8bit(m):
             _check(x, w, None, packed_matmul_with_config(x, w, None, cfg))
 
 
+# The opt-in variants (prefetch, kperm, xgather) in combinations the candidate lists leave out: each with a partial
+# last split or ragged N, at M within and past one row tile.
+WIDE_VARIANTS = [
+    wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True),                           # W the shared-memory B operand
+    wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True, w_as_a=True, split_k=3),   # 5 K tiles: splits 2, 2, 1
+    wide.PackedWideConfig(64, 64, 128, 4, 1, kperm=True, w_as_a=True, xgather=True, prefetch=True),
+    wide.PackedWideConfig(64, 128, 64, 4, 1, compact=True, prefetch=True, split_k=3),
+    wide.PackedWideConfig(32, 128, 64, 4, 1, prefetch=True, split_k=3),              # repeated-row words
+    wide.PackedWideConfig(32, 64, 64, 4, 2, w_as_a=True, prefetch=True),             # [BLOCK_N, BLOCK_K] words
+]
+
+
+@pytest.mark.parametrize("m", [17, 33, 100, 130])
+def test_wide_variants_match_reference(m):
+    """N = 200 (no tile divides it), K = 640; g128 with a bias, per-channel, g32 (scales gathered per K row),
+    8-bit g64, and GPTQ's act-order permutation (kperm's column permutation composed with it)."""
+    dtype = DTYPES[-1]
+    n, k = 200, 640
+    x = _x(m, k, dtype, seed=m)
+    for bits, group, bias, perm in [(4, 128, True, False), (4, k, False, False), (4, 32, True, False),
+                                    (8, 64, False, False), (4, 128, False, True)]:
+        w = random_packed(k, n, bits, group, seed=m + bits + group, perm=perm, scale_dtype=dtype)
+        b = _x(1, n, dtype, seed=n)[0] if bias else None
+        for cfg in WIDE_VARIANTS:
+            _check(x, w, b, packed_matmul_with_config(x, w, b, cfg))
+
+
+def test_wide_kperm_rejects_what_it_cannot_do():
+    w = random_packed(640, 64, 4, 128, seed=1)
+    x = _x(20, 640, torch.float16, seed=0)
+    for cfg in [wide.PackedWideConfig(32, 64, 256, 4, 2, kperm=True),      # K 640 not a multiple of block_k
+                wide.PackedWideConfig(32, 64, 64, 4, 2, kperm=True),       # 8 K a dot
+                wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True, w_nk=True),
+                wide.PackedWideConfig(32, 64, 128, 4, 2, xgather=True)]:
+        with pytest.raises(ValueError, match="kperm"):
+            packed_matmul_with_config(x, w, None, cfg)
+
+
 def test_wide_split_k_is_deterministic_and_graph_replays():
     w = random_packed(1024, 584, 4, 128, seed=5, scale_dtype=DTYPES[0])
     cfg = wide.PackedWideConfig(64, 128, 64, 4, 3, split_k=4)

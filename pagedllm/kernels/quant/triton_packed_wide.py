@@ -25,8 +25,23 @@ op per weight, and several row tiles at M = 256 repeating all of it; the decode 
 wgmma's register A operand and ``x`` the shared-memory B operand (no shared-memory store of W), the accumulator
 ``[BLOCK_N, BLOCK_M]``.
 
+``KPERM`` (candidates, not yet timed; with ``W_AS_A`` in the candidate lists): why the configs above ran at half
+the speed their instruction counts predict (session 12: gate_up 85-96 µs at 24-64 rows). Per K step they spend
+0.08-0.16 shared-memory / L1 cycles a weight (128 B a cycle an SM) on top of 0.04-0.06 issue cycles: the
+repeated-row words are 4 B of L1 or shared memory a weight, the compact reshape stores W with scalar 2-byte STS,
+and W as wgmma's B operand is stored and read again (2 + 2 B a weight). Summed, on the SM holding 3 of gate_up's
+296 programs, that is 82-88 µs (measured 85-96). ``KPERM`` loads the compact ``[BLOCK_K / pack, BLOCK_N]`` words
+(pipelined, 0.5 B a weight) and runs ``pack`` dots of K = ``BLOCK_K / pack`` a tile, dot ``j`` taking value ``j``
+of every word: the unpacked operand keeps the words' own layout (no reshape), and the matching x columns
+``k0 + kp * pack + j`` are made contiguous by one copy of x in ``launch`` (``XGATHER``: gathered in the kernel
+instead, scalar loads). With ``W_AS_A`` W never touches shared memory: 5.0-6.1 instructions and 0.02-0.07
+shared-memory cycles a weight.
+``PREFETCH``: the next tile's words in registers during this tile's math, the first tile's before the PDL wait
+(statically no better: x then goes through registers; an option for the probe).
+
 Static figures (sm_90 SASS and TTGIR read offline with Triton 3.6's ptxas/nvdisasm, benchmarks/kernels/sass_count.py)
-are in the commit history and the helper's report; GPU timings: benchmarks/kernels/awq_fused_probe.py.
+are in the commit history and the helper's report (benchmarks/kernels/wide_sass.py prints them per candidate);
+GPU timings: benchmarks/kernels/awq_fused_probe.py.
 """
 from __future__ import annotations
 
@@ -62,6 +77,11 @@ class PackedWideConfig(NamedTuple):
     w_as_a: bool = False    # y^T = W^T x^T: the unpacked tile is the register A operand (implies w_nk)
     w_nk: bool = False      # unpack the tile as [block_n, block_k] (K contiguous in a thread's registers)
     compact: bool = False   # load [block_k / pack, block_n] words and reshape in registers (else repeat rows)
+    prefetch: bool = False  # registers double-buffered: the next tile's words load before this tile's math, the
+    #                         first tile's before the PDL wait (weights are constants)
+    kperm: bool = False     # compact words, ``pack`` dots of K = block_k / pack a tile (dot j: value j of every
+    #                         word), x's columns permuted per tile to match (block_k / pack >= 16)
+    xgather: bool = False   # kperm: x's columns gathered in the kernel (stride pack; no cp.async), not by a copy
 
 
 _PROGRAMS_PER_SM = 2
@@ -71,15 +91,24 @@ _P = PackedWideConfig
 # BLOCK_N 128, BLOCK_K 64, 4 warps, g128): words through L1 (num_stages 1) 5.3, words pipelined through shared
 # memory 6.5 (repeated rows: 4 B of shared memory a weight each way), compact words + register reshape 6.6 (scalar
 # 2-byte shared stores of W), W as the register A operand 7.5.
+# kperm + w_as_a (the last ones of each bucket, not yet timed): compact words pipelined, W never in shared memory,
+# 5.0-6.1 instructions and 0.02-0.07 shared-memory cycles a weight against 5.3-6.6 and 0.08-0.16 for the configs
+# above (benchmarks/kernels/wide_sass.py; its throughput model, which reproduces session 12's gate_up timings within
+# ~10-15%, predicts gate_up ~45-55 µs at 24-64 rows and ~70-80 at 128 against the measured 85-96 and 140-161).
+_KP = dict(kperm=True, w_as_a=True)
 CANDIDATES: dict[int, list[PackedWideConfig]] = {
     32: [_P(32, 128, 64, 4, 3), _P(32, 128, 64, 4, 1), _P(32, 128, 64, 4, 3, w_as_a=True),
-         _P(32, 64, 128, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1)],
+         _P(32, 64, 128, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1),
+         _P(32, 64, 128, 4, 2, **_KP), _P(32, 128, 128, 4, 3, **_KP), _P(32, 64, 128, 4, 2, xgather=True, **_KP)],
     64: [_P(64, 128, 64, 4, 3), _P(64, 128, 64, 4, 1), _P(64, 128, 64, 4, 3, compact=True),
-         _P(64, 128, 64, 4, 3, w_as_a=True), _P(64, 64, 128, 4, 2), _P(64, 256, 64, 8, 1)],
+         _P(64, 128, 64, 4, 3, w_as_a=True), _P(64, 64, 128, 4, 2), _P(64, 256, 64, 8, 1),
+         _P(64, 128, 128, 4, 3, **_KP), _P(64, 64, 128, 4, 2, **_KP)],
     128: [_P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1), _P(128, 128, 64, 8, 3, compact=True),
-          _P(128, 128, 64, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1)],
+          _P(128, 128, 64, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1),
+          _P(128, 64, 128, 4, 2, **_KP), _P(128, 128, 128, 8, 2, **_KP), _P(64, 128, 128, 4, 3, **_KP)],
     256: [_P(256, 64, 64, 8, 3), _P(256, 64, 64, 8, 1), _P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1),
-          _P(256, 128, 64, 8, 1), _P(128, 128, 64, 4, 3, w_as_a=True)],
+          _P(256, 128, 64, 8, 1), _P(128, 128, 64, 4, 3, w_as_a=True),
+          _P(128, 64, 128, 4, 2, **_KP), _P(128, 128, 128, 8, 2, **_KP)],
 }
 
 
@@ -114,13 +143,15 @@ def _field_float(words, rot, BITS: tl.constexpr, ASM: tl.constexpr):
 def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_ym,
                         BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                         EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, W_AS_A: tl.constexpr,
-                        W_NK: tl.constexpr, COMPACT: tl.constexpr,
+                        W_NK: tl.constexpr, COMPACT: tl.constexpr, PREFETCH: tl.constexpr,
+                        KPERM: tl.constexpr, XGATHER: tl.constexpr,
                         FUSED: tl.constexpr, ASM: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
     BLOCK_KP: tl.constexpr = BLOCK_K // PACK
     SCALE: tl.constexpr = 1.0 / (1 << (23 - BITS))
     BIAS2: tl.constexpr = 1 << BITS                               # 2**23 * SCALE
+    XSTEP: tl.constexpr = 1 if XGATHER else BLOCK_KP                # KPERM: x's columns of dot j + 1 after dot j's
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -133,7 +164,12 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
         cols = offs_n
     else:
         cols = tl.where(offs_n < N, offs_n, 0)
-    offs_k = tl.arange(0, BLOCK_K)
+    if XGATHER:   # dot j's x: columns k0 + kp * PACK + j of x as it is
+        offs_k = tl.arange(0, BLOCK_KP) * PACK
+    elif KPERM:   # x is loaded BLOCK_KP columns (one dot) at a time, from launch()'s permuted copy
+        offs_k = tl.arange(0, BLOCK_KP)
+    else:
+        offs_k = tl.arange(0, BLOCK_K)
     k_start = pid_k * K_PER_SPLIT
     # value j = k % PACK of a word sits at bits BITS*j..; rotating left by 23 - BITS - BITS*j (mod 32, never 0
     # since 23 - BITS is odd) moves it to 23 - BITS .. 22
@@ -167,10 +203,26 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
     else:
         x_ptrs = X + rows.to(tl.int64)[:, None] * stride_xm + (k_start + offs_k)[None, :]        # [BM, BK]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if PREFETCH:     # the first tile's words while the previous kernel still runs (PDL); K_PER_SPLIT >= BLOCK_K
+        k_end = tl.minimum(K, k_start + K_PER_SPLIT)
+        nxt = _load_words(w_ptrs, k_start, k_end, offs_k, EVEN_K, W_NK, COMPACT, PACK, BLOCK_KP)
     pdl_wait(PDL)
     for k_rel in range(0, K_PER_SPLIT, BLOCK_K):
         k0 = k_start + k_rel
-        if EVEN_K:
+        if PREFETCH:
+            words = nxt
+            # rows of the next tile past this split (or K) are masked: no read of another split's tile
+            nxt = _load_words(w_ptrs + BLOCK_KP * N, k0 + BLOCK_K, k_end, offs_k, False, W_NK, COMPACT, PACK,
+                              BLOCK_KP)
+            if EVEN_K:
+                x = tl.load(x_ptrs)
+            else:
+                kmask = (k0 + offs_k) < K
+                if W_AS_A:
+                    x = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
+                else:
+                    x = tl.load(x_ptrs, mask=kmask[None, :], other=0.0)
+        elif EVEN_K:
             words = tl.load(w_ptrs)
             x = tl.load(x_ptrs)
         else:
@@ -202,38 +254,76 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
             c = o - BIAS2 * s
             s = s * SCALE
         if SCALE_MODE == 0:
-            gidx = tl.minimum(k0 + offs_k, K - 1) // GROUP
-            if W_NK:
-                ptrs = gidx[None, :] * N + cols[:, None]
+            if KPERM:     # gathered per dot below
+                s = s_one
+                c = c_one
             else:
-                ptrs = gidx[:, None] * N + cols[None, :]
-            s = tl.load(S + ptrs).to(tl.float32)
-            c = tl.load(O + ptrs).to(tl.float32) - BIAS2 * s
-            s = s * SCALE
+                gidx = tl.minimum(k0 + offs_k, K - 1) // GROUP
+                if W_NK:
+                    ptrs = gidx[None, :] * N + cols[:, None]
+                else:
+                    ptrs = gidx[:, None] * N + cols[None, :]
+                s = tl.load(S + ptrs).to(tl.float32)
+                c = tl.load(O + ptrs).to(tl.float32) - BIAS2 * s
+                s = s * SCALE
         elif W_NK:
             s = s[:, None]
             c = c[:, None]
         else:
             s = s[None, :]
             c = c[None, :]
-        if COMPACT:      # [BKP, PACK, BN] (or [BN, BKP, PACK]) reshaped: k = kp * PACK + j
-            if W_NK:
-                wf = tl.reshape(_field_float(words[:, :, None], rot2, BITS, ASM), (BLOCK_N, BLOCK_K))
+        if KPERM:
+            # Dot j multiplies value j of every word ([BKP, BN] in the words' own layout: no reshape, and the W
+            # tile's shared-memory store keeps the words' vector width along N) by x's columns k0 + kp * PACK + j,
+            # which launch() placed at k0 + j * BKP + kp.
+            for j in tl.static_range(PACK):
+                if SCALE_MODE == 0:
+                    gj = tl.minimum(k0 + tl.arange(0, BLOCK_KP) * PACK + j, K - 1) // GROUP
+                    if W_AS_A:
+                        ptrs = gj[None, :] * N + cols[:, None]
+                    else:
+                        ptrs = gj[:, None] * N + cols[None, :]
+                    sj = tl.load(S + ptrs).to(tl.float32)
+                    cj = tl.load(O + ptrs).to(tl.float32) - BIAS2 * sj
+                    sj = sj * SCALE
+                else:
+                    sj = s
+                    cj = c
+                if j > 0:
+                    if EVEN_K:
+                        x = tl.load(x_ptrs + j * XSTEP)
+                    elif W_AS_A:
+                        x = tl.load(x_ptrs + j * XSTEP, mask=kmask[:, None], other=0.0)
+                    else:
+                        x = tl.load(x_ptrs + j * XSTEP, mask=kmask[None, :], other=0.0)
+                wf = _field_float(words, tl.full((1, 1), (55 - BITS - BITS * j) % 32, tl.uint32), BITS, ASM)
+                if FUSED:
+                    wj = tl.fma(wf, sj, cj)
+                else:
+                    wj = (wf - TWO23) * sj + (cj + BIAS2 * (sj / SCALE))
+                if W_AS_A:     # wj [BN, BKP]: the register A operand
+                    acc = tl.dot(wj.to(X.dtype.element_ty), x, acc)
+                else:
+                    acc = tl.dot(x, wj.to(X.dtype.element_ty), acc)
+        else:
+            if COMPACT:      # [BKP, PACK, BN] (or [BN, BKP, PACK]) reshaped: k = kp * PACK + j
+                if W_NK:
+                    wf = tl.reshape(_field_float(words[:, :, None], rot2, BITS, ASM), (BLOCK_N, BLOCK_K))
+                else:
+                    wf = tl.reshape(_field_float(words[:, None, :], rot2, BITS, ASM), (BLOCK_K, BLOCK_N))
             else:
-                wf = tl.reshape(_field_float(words[:, None, :], rot2, BITS, ASM), (BLOCK_K, BLOCK_N))
-        else:
-            wf = _field_float(words, rot2, BITS, ASM)
-        if FUSED:
-            w = tl.fma(wf, s, c)
-        else:
-            w = (wf - TWO23) * s + (c + BIAS2 * (s / SCALE))
-        w = w.to(X.dtype.element_ty)
-        if W_AS_A:      # W_NK too
-            acc = tl.dot(w, x, acc)
-        elif W_NK:
-            acc = tl.dot(x, tl.trans(w), acc)
-        else:
-            acc = tl.dot(x, w, acc)
+                wf = _field_float(words, rot2, BITS, ASM)
+            if FUSED:
+                w = tl.fma(wf, s, c)
+            else:
+                w = (wf - TWO23) * s + (c + BIAS2 * (s / SCALE))
+            w = w.to(X.dtype.element_ty)
+            if W_AS_A:      # W_NK too
+                acc = tl.dot(w, x, acc)
+            elif W_NK:
+                acc = tl.dot(x, tl.trans(w), acc)
+            else:
+                acc = tl.dot(x, w, acc)
         w_ptrs += BLOCK_KP * N
         x_ptrs += BLOCK_K
     if W_AS_A:
@@ -257,6 +347,25 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
             tl.atomic_xchg(Locks + tile, 0, sem="relaxed", scope="gpu")
     else:
         _epilogue(acc, B, Y, cols, offs_m, offs_n, M, N, stride_ym, HAS_BIAS, W_AS_A)
+
+
+@triton.jit
+def _load_words(w_ptrs, k0, k_end, offs_k, EVEN: tl.constexpr, W_NK: tl.constexpr, COMPACT: tl.constexpr,
+                PACK: tl.constexpr, BLOCK_KP: tl.constexpr):
+    """The word tile of unpacked rows ``k0 ..`` (``w_ptrs`` already there); rows at or past ``k_end`` read 0 unless
+    ``EVEN`` (the whole tile inside)."""
+    if EVEN:
+        words = tl.load(w_ptrs)
+    else:
+        if COMPACT:
+            wmask = (k0 // PACK + tl.arange(0, BLOCK_KP)) < k_end // PACK
+        else:
+            wmask = (k0 + offs_k) < k_end
+        if W_NK:
+            words = tl.load(w_ptrs, mask=wmask[None, :], other=0)
+        else:
+            words = tl.load(w_ptrs, mask=wmask[:, None], other=0)
+    return words
 
 
 @triton.jit
@@ -290,6 +399,11 @@ def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool
         raise ValueError(f"config {cfg}: block_m, block_n and block_k must be at least 16 (tensor-core tiles)")
     pack = 32 // bits
     block_k = cfg.block_k
+    if cfg.xgather and not cfg.kperm:
+        raise ValueError(f"config {cfg}: xgather is an option of kperm")
+    if cfg.kperm and ((cfg.w_nk and not cfg.w_as_a) or k % block_k or block_k // pack < 16):
+        raise ValueError(f"config {cfg}: kperm needs K ({k}) a multiple of block_k, block_k / {pack} >= 16 (a "
+                         f"tensor-core dot's K) and no w_nk without w_as_a")
     grid_m = triton.cdiv(m, cfg.block_m)
     grid_n = triton.cdiv(n, cfg.block_n)
     k_tiles = triton.cdiv(k, block_k)
@@ -302,7 +416,9 @@ def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool
     constexprs = dict(BITS=bits, GROUP=group_size, SCALE_MODE=scale_mode(group_size, k, block_k, pack),
                       HAS_BIAS=has_bias, EVEN_K=k % block_k == 0 and k_tiles % tiles_per_split == 0,
                       EVEN_N=n % cfg.block_n == 0,
-                      SPLIT_K=split_k, W_AS_A=cfg.w_as_a, W_NK=cfg.w_nk or cfg.w_as_a, COMPACT=cfg.compact,
+                      SPLIT_K=split_k, W_AS_A=cfg.w_as_a, W_NK=cfg.w_nk or cfg.w_as_a,
+                      COMPACT=cfg.compact or cfg.kperm,
+                      PREFETCH=cfg.prefetch, KPERM=cfg.kperm, XGATHER=cfg.kperm and cfg.xgather,
                       FUSED=_FUSED, ASM=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                       BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     ws_elems = split_k * n_tiles * cfg.block_m * cfg.block_n if split_k > 1 else 0
@@ -313,10 +429,14 @@ def launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: Wi
     """``x`` contiguous along K (``perm`` already applied); the result ``[M, N]`` in ``x.dtype``."""
     m, k = x.shape
     n = w.qweight.shape[1]
+    constexprs = plan.constexprs
+    if constexprs["KPERM"] and not constexprs["XGATHER"]:     # each K tile's columns in the kernel's order (a copy)
+        pack = 32 // constexprs["BITS"]
+        x = x.unflatten(1, (k // constexprs["BLOCK_K"], constexprs["BLOCK_K"] // pack, pack)).transpose(2, 3)
+        x = x.reshape(m, k)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     b = bias if bias is not None else y
     ws = locks = y
-    constexprs = plan.constexprs
     if constexprs["SPLIT_K"] > 1:
         buffers = _workspace(x.device, plan.ws_elems, plan.n_tiles)
         if buffers is None:         # inside a CUDA-graph capture that would need a bigger workspace: one split
