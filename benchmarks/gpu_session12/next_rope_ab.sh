@@ -6,7 +6,7 @@
 # processes. Prediction (docs/perf.md session 12): 1: bs1 ~261 -> ~262, latency ~4.56 -> ~4.50 s; 2: bs1 ~266-268,
 # latency as 1 (7B's QKV projection at 8 rows is cuBLAS: no early launch after it). (3), (4) below.
 # Everything also to $OUT/next.txt. Carry [".whl", ".bench"] (~12 min: two calls,
-# PART=1 for (1)-(2), PART=2 for (3)-(4)).
+# PART=1 for (1)-(2), PART=2 for (3)-(4)); PART=3: (5) the wide kernel's new kperm candidates in the probe.
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next.txt) 2>&1
 if [ "${PART:-1}" = 1 ]; then
@@ -40,4 +40,9 @@ for l in sys.stdin:
     if l.startswith('{'):
         d = json.loads(l); print('fused 2 $v', d['workload'], d['seconds'], d['output_tok_s'])"
 done
+fi
+if [ "${PART:-1}" = 3 ]; then
+# (5) helper-30's kperm + w_as_a candidates (static model: gate_up ~45-62 µs at 24-48 rows, ~75-85 at 128, against
+# 85-96 / 140-161 for the routed configs); a second call with --ms 32,64,96 --shapes gate_up,qkv,down if budget.
+PYTHONPATH=$R timeout 260 python3 benchmarks/kernels/awq_fused_probe.py --deadline 200 --ms 24,48,128 --shapes gate_up,down,o
 fi

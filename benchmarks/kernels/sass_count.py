@@ -47,8 +47,8 @@ def _tool(name: str, cubin: bytes, *flags: str) -> str:
     return subprocess.run([os.path.join(_BIN, name), *flags, path], capture_output=True, text=True).stdout
 
 
-def loop_mix(sass: str) -> dict[str, int]:
-    """Opcode counts of the longest loop (a label and a later predicated branch back to it)."""
+def loop_lines(sass: str) -> list[str]:
+    """The SASS lines of the longest loop (a label and a later predicated branch back to it)."""
     lines = sass.splitlines()
     best: tuple[int, int] | None = None
     for j, line in enumerate(lines):
@@ -57,8 +57,13 @@ def loop_mix(sass: str) -> dict[str, int]:
             i = next((i for i in range(j) if lines[i].startswith(m.group(1) + ":")), None)
             if i is not None and (best is None or j - i > best[1] - best[0]):
                 best = (i, j)
+    return lines[best[0]:best[1] + 1] if best else []
+
+
+def loop_mix(sass: str) -> dict[str, int]:
+    """Opcode counts of the longest loop."""
     mix: dict[str, int] = {}
-    for line in lines[best[0]:best[1] + 1] if best else []:
+    for line in loop_lines(sass):
         m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
         if m:
             mix[m.group(2)] = mix.get(m.group(2), 0) + 1

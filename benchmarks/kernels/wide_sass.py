@@ -20,7 +20,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from sass_count import _tool, loop_mix  # noqa: E402
+from sass_count import _tool, loop_lines, loop_mix  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
@@ -73,18 +73,6 @@ def _smem_cycles(line: str) -> float:
     return 4.0 if ".128" in suffix else 2.0 if ".64" in suffix else 1.0
 
 
-def _loop_lines(sass: str) -> list[str]:
-    lines = sass.splitlines()
-    best = None
-    for j, line in enumerate(lines):
-        m = re.search(r"@!?U?P\w+ BRA `\((\.L_x_\d+)\)", line)
-        if m:
-            i = next((i for i in range(j) if lines[i].startswith(m.group(1) + ":")), None)
-            if i is not None and (best is None or j - i > best[1] - best[0]):
-                best = (i, j)
-    return lines[best[0]:best[1] + 1] if best else []
-
-
 def figures(m: int, n: int, k: int, cfg: tw.PackedWideConfig) -> str:
     """One line of static figures: the K loop's SASS instructions (a thread's, per weight it unpacks), its shared
     memory cycles per weight (LDS / STS / LDSM / LDGSTS by width, wgmma operand reads), occupancy, and a throughput
@@ -99,7 +87,7 @@ def figures(m: int, n: int, k: int, cfg: tw.PackedWideConfig) -> str:
     spill = "spills" if re.search(r"STL|LDL", sass) else "no spills"
     mix = loop_mix(sass)
     total = sum(mix.values())
-    loop = _loop_lines(sass)
+    loop = loop_lines(sass)
     weights = cfg.block_k * cfg.block_n                     # a program's weights a K step
     warps = cfg.num_warps
     smem_cyc = sum(_smem_cycles(line) * (warps / 4 if "HGMMA" in line else warps) for line in loop) / weights
