@@ -66,7 +66,6 @@ _INTERPRET = envs.TRITON_INTERPRET
 _FUSED = not _INTERPRET     # _unpack_scaled's single-rounding fma (the interpreter's fma rounds twice)
 
 
-
 @triton.jit
 def _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask,
                      PACK: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr,

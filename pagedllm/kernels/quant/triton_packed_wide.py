@@ -214,31 +214,10 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
             # rows of the next tile past this split (or K) are masked: no read of another split's tile
             nxt = _load_words(w_ptrs + BLOCK_KP * N, k0 + BLOCK_K, k_end, offs_k, False, W_NK, COMPACT, PACK,
                               BLOCK_KP)
-            if EVEN_K:
-                x = tl.load(x_ptrs)
-            else:
-                kmask = (k0 + offs_k) < K
-                if W_AS_A:
-                    x = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
-                else:
-                    x = tl.load(x_ptrs, mask=kmask[None, :], other=0.0)
-        elif EVEN_K:
-            words = tl.load(w_ptrs)
-            x = tl.load(x_ptrs)
         else:
-            kmask = (k0 + offs_k) < K
-            if COMPACT:
-                wmask = (k0 // PACK + tl.arange(0, BLOCK_KP)) < K // PACK
-            else:
-                wmask = kmask
-            if W_NK:
-                words = tl.load(w_ptrs, mask=wmask[None, :], other=0)
-            else:
-                words = tl.load(w_ptrs, mask=wmask[:, None], other=0)
-            if W_AS_A:
-                x = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
-            else:
-                x = tl.load(x_ptrs, mask=kmask[None, :], other=0.0)
+            words = _load_words(w_ptrs, k0, K, offs_k, EVEN_K, W_NK, COMPACT, PACK, BLOCK_KP)
+        kmask = (k0 + offs_k) < K
+        x = _load_x(x_ptrs, kmask, EVEN_K, W_AS_A)
         # the tile's scale s * 2**(BITS - 23) and c = o - 2**BITS s, broadcast along K
         if SCALE_MODE == 2:
             s = s_one
@@ -258,14 +237,7 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
                 s = s_one
                 c = c_one
             else:
-                gidx = tl.minimum(k0 + offs_k, K - 1) // GROUP
-                if W_NK:
-                    ptrs = gidx[None, :] * N + cols[:, None]
-                else:
-                    ptrs = gidx[:, None] * N + cols[None, :]
-                s = tl.load(S + ptrs).to(tl.float32)
-                c = tl.load(O + ptrs).to(tl.float32) - BIAS2 * s
-                s = s * SCALE
+                s, c = _gathered_scales(S, O, k0 + offs_k, cols, N, K, GROUP, BIAS2, SCALE, W_NK)
         elif W_NK:
             s = s[:, None]
             c = c[:, None]
@@ -278,29 +250,15 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
             # which launch() placed at k0 + j * BKP + kp.
             for j in tl.static_range(PACK):
                 if SCALE_MODE == 0:
-                    gj = tl.minimum(k0 + tl.arange(0, BLOCK_KP) * PACK + j, K - 1) // GROUP
-                    if W_AS_A:
-                        ptrs = gj[None, :] * N + cols[:, None]
-                    else:
-                        ptrs = gj[:, None] * N + cols[None, :]
-                    sj = tl.load(S + ptrs).to(tl.float32)
-                    cj = tl.load(O + ptrs).to(tl.float32) - BIAS2 * sj
-                    sj = sj * SCALE
+                    sj, cj = _gathered_scales(S, O, k0 + tl.arange(0, BLOCK_KP) * PACK + j, cols, N, K, GROUP,
+                                              BIAS2, SCALE, W_AS_A)
                 else:
                     sj = s
                     cj = c
                 if j > 0:
-                    if EVEN_K:
-                        x = tl.load(x_ptrs + j * XSTEP)
-                    elif W_AS_A:
-                        x = tl.load(x_ptrs + j * XSTEP, mask=kmask[:, None], other=0.0)
-                    else:
-                        x = tl.load(x_ptrs + j * XSTEP, mask=kmask[None, :], other=0.0)
+                    x = _load_x(x_ptrs + j * XSTEP, kmask, EVEN_K, W_AS_A)
                 wf = _field_float(words, tl.full((1, 1), (55 - BITS - BITS * j) % 32, tl.uint32), BITS, ASM)
-                if FUSED:
-                    wj = tl.fma(wf, sj, cj)
-                else:
-                    wj = (wf - TWO23) * sj + (cj + BIAS2 * (sj / SCALE))
+                wj = _scaled(wf, sj, cj, BIAS2, SCALE, FUSED)
                 if W_AS_A:     # wj [BN, BKP]: the register A operand
                     acc = tl.dot(wj.to(X.dtype.element_ty), x, acc)
                 else:
@@ -313,11 +271,7 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
                     wf = tl.reshape(_field_float(words[:, None, :], rot2, BITS, ASM), (BLOCK_K, BLOCK_N))
             else:
                 wf = _field_float(words, rot2, BITS, ASM)
-            if FUSED:
-                w = tl.fma(wf, s, c)
-            else:
-                w = (wf - TWO23) * s + (c + BIAS2 * (s / SCALE))
-            w = w.to(X.dtype.element_ty)
+            w = _scaled(wf, s, c, BIAS2, SCALE, FUSED).to(X.dtype.element_ty)
             if W_AS_A:      # W_NK too
                 acc = tl.dot(w, x, acc)
             elif W_NK:
@@ -366,6 +320,44 @@ def _load_words(w_ptrs, k0, k_end, offs_k, EVEN: tl.constexpr, W_NK: tl.constexp
         else:
             words = tl.load(w_ptrs, mask=wmask[:, None], other=0)
     return words
+
+
+@triton.jit
+def _load_x(x_ptrs, kmask, EVEN_K: tl.constexpr, W_AS_A: tl.constexpr):
+    """An x tile ([BK, BM] for W_AS_A, else [BM, BK]); K columns past ``kmask`` read 0 unless ``EVEN_K``."""
+    if EVEN_K:
+        x = tl.load(x_ptrs)
+    elif W_AS_A:
+        x = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
+    else:
+        x = tl.load(x_ptrs, mask=kmask[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _gathered_scales(S, O, kidx, cols, N, K, GROUP: tl.constexpr, BIAS2: tl.constexpr, SCALE: tl.constexpr,
+                     NK: tl.constexpr):
+    """The scale ``s 2**(BITS - 23)`` and addend ``c = o - 2**BITS s`` of each unpacked row ``kidx`` (groups smaller
+    than a K tile), as ``[BN, len(kidx)]`` (``NK``) or ``[len(kidx), BN]``."""
+    g = tl.minimum(kidx, K - 1) // GROUP
+    if NK:
+        ptrs = g[None, :] * N + cols[:, None]
+    else:
+        ptrs = g[:, None] * N + cols[None, :]
+    s = tl.load(S + ptrs).to(tl.float32)
+    c = tl.load(O + ptrs).to(tl.float32) - BIAS2 * s
+    return s * SCALE, c
+
+
+@triton.jit
+def _scaled(wf, s, c, BIAS2: tl.constexpr, SCALE: tl.constexpr, FUSED: tl.constexpr):
+    """``q s + o`` from ``_field_float``'s ``2**23 + q 2**(23 - BITS)``: one fma (one rounding), or the same in two
+    steps where fma rounds twice (the interpreter)."""
+    if FUSED:
+        w = tl.fma(wf, s, c)
+    else:
+        w = (wf - TWO23) * s + (c + BIAS2 * (s / SCALE))
+    return w
 
 
 @triton.jit
