@@ -604,8 +604,6 @@ def decode_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     the two kernels (``query`` and ``key`` are left unrotated). One launch and one kernel boundary less per layer;
     an A/B switch until measured (``PAGEDLLM_DECODE_ROPE_FUSED``). ``prefetch``: each split's first tile of older
     keys is read before the PDL wait, overlapping the QKV projection (keys written by earlier steps only)."""
-    if query.stride(-1) != 1:
-        query = query.contiguous()
     return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out,
                             rope=DecodeRope(key, value, cos, sin, positions, slot_mapping, prefetch))
 
@@ -661,7 +659,7 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         rope_strides = (0, 0, 0, 0, 0)
         half = 1
     else:
-        kn, vn, cos, sin, pos, slots = rope[:6]
+        kn, vn, cos, sin, pos, slots = rope.key, rope.value, rope.cos, rope.sin, rope.positions, rope.slot_mapping
         assert kn.stride(-1) == 1 and vn.stride(-1) == 1 and cos.stride(1) == 1
         rope_strides = (kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1), cos.stride(0))
         half = cos.shape[1]
