@@ -151,10 +151,6 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "Default of cpu_threads / --cpu-threads: torch's intra-op (OpenMP) threads of a CPU engine, a count (the "
         "analogue of vLLM's VLLM_CPU_OMP_THREADS_BIND, without binding). Unset: OMP_NUM_THREADS if set, else the "
         "number of cores this process may run on (os.sched_getaffinity)."),
-    "PAGEDLLM_CPU_SPLIT_DECODE": (
-        lambda: _optional_int("PAGEDLLM_CPU_SPLIT_DECODE") or 0,
-        "PROTOTYPE (issue 19): a CPU decode step of at least this many requests runs split by request over the "
-        "torch threads, each part on one thread (worker/cpu_split.py). 0 (default): off."),
     # ---- OpenMP's own variables (read here; configure_openmp sets OMP_WAIT_POLICY) -------------------------------
     "OMP_NUM_THREADS": (
         lambda: _optional_int("OMP_NUM_THREADS"),

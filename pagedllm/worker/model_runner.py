@@ -456,8 +456,6 @@ class ModelRunner:
                 hidden = self.piecewise_runner.run(batch, received)
             elif self.pp_size > 1:
                 hidden, graphed = self.model(batch.input_ids, batch.positions, batch, received), False
-            elif self._split_parts(total, num_reqs, fixup) > 1:
-                hidden, graphed = self._forward_split(input_ids, positions, slots, seq_lens, tables), False
             else:
                 hidden, graphed = self.model(batch.input_ids, batch.positions, batch), False
         if not self.last_stage:      # nothing to sample or pool here: the last stage does it
@@ -487,25 +485,6 @@ class ModelRunner:
                 step.ready = torch.cuda.Event()
                 step.ready.record()
         return step
-
-    def _split_parts(self, total: int, num_reqs: int, fixup) -> int:
-        """How many parts a pure-decode CPU step splits into (1: not split); worker/cpu_split.py."""
-        if (self.device.type != "cpu" or total != num_reqs or fixup is not None or not envs.PAGEDLLM_CPU_SPLIT_DECODE
-                or num_reqs < envs.PAGEDLLM_CPU_SPLIT_DECODE):
-            return 1
-        return min(torch.get_num_threads(), num_reqs)
-
-    def _forward_split(self, input_ids, positions, slots, seq_lens, tables) -> torch.Tensor:
-        from pagedllm.worker.cpu_split import run_parts
-        n = len(seq_lens)
-        parts = self._split_parts(n, n, None)
-        bounds = [n * i // parts for i in range(parts + 1)]
-
-        def part(a: int, b: int):
-            batch = self._make_batch(input_ids[a:b], positions[a:b], slots[a:b], np.arange(b - a + 1),
-                                     seq_lens[a:b], tables[a:b], self.kv_caches, b - a)
-            return lambda: self.model(batch.input_ids, batch.positions, batch)
-        return torch.cat(run_parts([part(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
 
     def _send_to_next_stage(self, out: IntermediateTensors) -> None:
         """A stage before the last: its output (hidden states and residual) to the same tensor-parallel rank of the
