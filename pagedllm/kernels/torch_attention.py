@@ -16,6 +16,7 @@ Query token ``i`` of request ``b`` sits at position ``seq_lens[b] - q_len[b] + i
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,9 @@ def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int,
 
 # CPU scratch for the gathered keys / values, reused by every layer and step: a fresh multi-MB tensor per gather
 # costs page faults (a 16-request decode gather measured 0.1 to 1.7 ms instead of 0.05 ms). Key: (dtype, which).
-_cpu_scratch: dict[tuple[torch.dtype, int], torch.Tensor] = {}
+# One set per thread: two CPU engines of one process may run forwards on two threads at once, and a shared buffer
+# let one's gather overwrite the other's keys mid-attention (seen with a split decode step, session 13).
+_cpu_scratch_local = threading.local()
 
 
 def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> torch.Tensor:
@@ -85,9 +88,10 @@ def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> 
     if cache.device.type != "cpu":
         return _raw(cache).index_select(0, flat).view(cache.dtype).view(shape)
     n = flat.numel() * math.prod(cache.shape[1:])
-    buf = _cpu_scratch.get((cache.dtype, which))
+    scratch = _cpu_scratch_local.__dict__.setdefault("bufs", {})
+    buf = scratch.get((cache.dtype, which))
     if buf is None or buf.numel() < n:
-        buf = _cpu_scratch[(cache.dtype, which)] = torch.empty(n, dtype=cache.dtype)
+        buf = scratch[(cache.dtype, which)] = torch.empty(n, dtype=cache.dtype)
     out = buf[:n].view(flat.numel(), *cache.shape[1:])
     torch.index_select(cache, 0, flat, out=out)
     return out.view(shape)

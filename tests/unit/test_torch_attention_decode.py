@@ -143,3 +143,24 @@ def test_bf16_padded_decode_of_many_requests_is_two_matmuls_and_a_softmax_close_
     for i in range(len(lens)):
         torch.testing.assert_close(together[i:i + 1].float(), _alone(*batch, i).float(), rtol=0, atol=2e-2,
                                    msg=f"request {i} (length {lens[i]})")
+
+
+def test_gather_scratch_is_per_thread():
+    """Two engines of one process attending on two threads: a gather on one thread leaves the keys another thread
+    gathered (into its CPU scratch) unchanged. One shared scratch buffer let the second overwrite the first."""
+    import threading
+    _, k_cache, _, _, _, tables = _paged_batch([9, 5], [1, 1])
+    with torch.inference_mode():      # as the engine runs (the scratch may come from an earlier inference-mode gather)
+        mine = torch_attention._gather_blocks(k_cache, tables)
+    expected = k_cache[tables.long()].clone()
+    other_cache = torch.randn_like(k_cache)
+    seen = {}
+
+    def other_engine():
+        with torch.inference_mode():
+            seen["out"] = torch_attention._gather_blocks(other_cache, tables)
+    worker = threading.Thread(target=other_engine)
+    worker.start()
+    worker.join()
+    assert torch.equal(seen["out"], other_cache[tables.long()])
+    assert torch.equal(mine, expected)
