@@ -1,6 +1,7 @@
 """Served concurrency sweep: one server, several concurrencies, measured as `shared/bench/serve_workload.py` measures.
 
     python benchmarks/serve_sweep.py ENGINE MODEL [--concs 1,16,64,100,256] [--workloads DIR] [--log-dir DIR]
+                                     [--server-args '--tensor-parallel-size 2']
 
 ENGINE is `pagedllm` or `vllm`, MODEL a name from the shared `workloads.py` (qwen2.5-7b, qwen2.5-1.5b; dummy weights,
 token-id prompts, streaming completions). The server is started once, with serve_workload.py's flags, because a cold
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -108,6 +110,7 @@ def main():
     ap.add_argument("--workloads", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench"),
                     help="folder holding the shared workloads.py")
     ap.add_argument("--log-dir", default=tempfile.gettempdir())
+    ap.add_argument("--server-args", default="", help="more server arguments, e.g. '--tensor-parallel-size 2'")
     args = ap.parse_args()
     sys.path.insert(0, args.workloads)
     from workloads import qwen2_config, sharegpt_like
@@ -120,7 +123,7 @@ def main():
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(qwen2_config(args.model), f)
     common = ["--load-format", "dummy", "--skip-tokenizer-init", "--max-model-len", "4096", "--port", str(PORT),
-              "--served-model-name", "m", "--dtype", "bfloat16"]
+              "--served-model-name", "m", "--dtype", "bfloat16"] + shlex.split(args.server_args)
     cmd = {"vllm": [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", d] + common,
            "pagedllm": ["pagedllm", "serve", d] + common}[args.engine]
     log = open(os.path.join(args.log_dir, f"sweep_server_{args.engine}_{args.model}.log"), "w")

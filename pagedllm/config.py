@@ -138,8 +138,8 @@ class EngineArgs:
     cpu_threads: int | None = None
     # No Triton kernels of ours: torch attention, cuBLAS linears, no PDL.
     disable_custom_kernels: bool = False
-    # There is no custom all-reduce kernel (tensor parallel reduces through NCCL / gloo), so True is what always
-    # happens: honoured trivially.
+    # True: every tensor-parallel all-reduce through NCCL / gloo, even with PAGEDLLM_CUSTOM_ALL_REDUCE_KIB set
+    # (the opt-in one-shot all-reduce over symmetric memory, distributed/symm_mem_all_reduce.py; off by default).
     disable_custom_all_reduce: bool = False
     # "generate" or "pooling" (embedding models); "auto": the checkpoint says (an encoder architecture or a
     # sentence-transformers modules.json means pooling). task="embed" is vLLM's older spelling of runner="pooling".

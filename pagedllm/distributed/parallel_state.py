@@ -27,6 +27,7 @@ _pp_rank = 0
 _pp_size = 1
 _tp_group = None        # this stage's tensor-parallel process group (None: the default group, or no group at all)
 _p2p_via_host = False   # gloo on CUDA tensors (test-only, PAGEDLLM_TEST_SHARE_ONE_GPU): send/recv through host copies
+_custom_all_reduce = None   # SymmMemAllReduce for small CUDA all-reduces (opt-in, enable_custom_all_reduce)
 
 
 def distributed_backend(device: torch.device) -> str:
@@ -74,14 +75,34 @@ def init_tensor_parallel(rank: int, world_size: int, init_method: str, backend: 
     init_model_parallel(rank, world_size, 1, init_method, backend, timeout_s)
 
 
+def enable_custom_all_reduce(device: torch.device, dtype: torch.dtype, max_kib: int) -> str:
+    """Send this stage's CUDA all-reduces of up to ``max_kib`` KiB of ``dtype`` through symmetric memory
+    (symm_mem_all_reduce.py); every rank of the group calls it, after ``init_model_parallel``. Returns a line for
+    the start-up log. Raises ValueError where it cannot apply (asked for, so not ignored)."""
+    global _custom_all_reduce
+    if _tp_size == 1:
+        return "all-reduce: none (tensor_parallel_size 1)"
+    if device.type != "cuda" or _p2p_via_host:
+        raise ValueError("PAGEDLLM_CUSTOM_ALL_REDUCE_KIB needs tensor-parallel ranks on their own CUDA devices "
+                         "(NCCL); unset it on this setup.")
+    from pagedllm.distributed.symm_mem_all_reduce import SymmMemAllReduce
+    try:
+        _custom_all_reduce = SymmMemAllReduce(_tp_group, device, dtype, max_kib * 1024)
+    except RuntimeError as e:
+        raise ValueError(f"PAGEDLLM_CUSTOM_ALL_REDUCE_KIB={max_kib}: symmetric memory could not be set up on "
+                         f"{device} ({e}); unset it to all-reduce through NCCL.") from e
+    return f"all-reduce: one-shot over symmetric memory up to {max_kib} KiB of {dtype}, NCCL above"
+
+
 def destroy_model_parallel() -> None:
-    global _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group, _p2p_via_host
+    global _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group, _p2p_via_host, _custom_all_reduce
     if _tp_size * _pp_size > 1:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
     _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group = 0, 1, 0, 1, None
     _p2p_via_host = False
+    _custom_all_reduce = None
 
 
 destroy_tensor_parallel = destroy_model_parallel
@@ -115,6 +136,8 @@ def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum ``x`` over the stage's tensor-parallel ranks, in place; every rank ends with the same values."""
     if _tp_size == 1:
         return x
+    if _custom_all_reduce is not None and _custom_all_reduce.eligible(x):
+        return _custom_all_reduce(x)
     import torch.distributed as dist
     dist.all_reduce(x, group=_tp_group)
     return x

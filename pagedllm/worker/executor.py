@@ -260,8 +260,11 @@ class MultiprocExecutor(DistributedExecutor):
         while waiting:
             for ready in multiprocessing.connection.wait(list(waiting) + list(sentinels), timeout=1.0):
                 if ready in sentinels:
-                    if self._procs[sentinels[ready]].exitcode is not None:
-                        self._fail(sentinels[ready], None)
+                    rank = sentinels[ready]
+                    if self._procs[rank].exitcode is not None:
+                        if self._conns[rank] in waiting and self._conns[rank].poll():
+                            continue     # it replied before it exited (a failed start says why): read that first
+                        self._fail(rank, None)
                     continue
                 rank = waiting.pop(ready)
                 try:
@@ -277,7 +280,10 @@ class MultiprocExecutor(DistributedExecutor):
                     cause: BaseException | None) -> str | None:
         for proc in self._procs:
             proc.join(timeout=0.5 if error is not None else 0)
-        dead = [(r, p) for r, p in enumerate(self._procs) if p.exitcode is not None]
+        # With an error in hand, a rank that exited cleanly (0) did so after reporting its own failure (a failed
+        # start returns): that error is the news, not its exit.
+        dead = [(r, p) for r, p in enumerate(self._procs)
+                if p.exitcode is not None and (error is None or p.exitcode != 0)]
         if dead:
             r, p = dead[0]
             return f"Worker {self.describe_rank(r)} (pid {p.pid}) died (exit code {p.exitcode})."
@@ -333,6 +339,11 @@ class RankWorker:
             torch.cuda.set_device(cuda_device)
             config = dataclasses.replace(config, device=torch.device("cuda", cuda_device))
         init_model_parallel(rank, tp_size, pp_size, init_method, device=config.device)
+        if envs.PAGEDLLM_CUSTOM_ALL_REDUCE_KIB and tp_size > 1 and not config.args.disable_custom_all_reduce:
+            from pagedllm.distributed import enable_custom_all_reduce
+            line = enable_custom_all_reduce(config.device, config.dtype, envs.PAGEDLLM_CUSTOM_ALL_REDUCE_KIB)
+            if rank == 0:
+                logger.info(line)
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
         self.runner = ModelRunner(config)
         self._launched: deque = deque()     # steps launched and not finished yet, oldest first

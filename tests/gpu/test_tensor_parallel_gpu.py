@@ -9,7 +9,8 @@ On one GPU (NCCL refuses two ranks on one device) these run:
   all-gather of CUDA tensors, the stage hand-off through host copies), each rank planning its KV cache on the
   shared device; it needs enforce_eager=True.
 With 2 GPUs or more (NCCL, rank r on cuda:r): TP=2 and PP=2, eager and with CUDA graphs (decode graphs with the
-NCCL all-reduces captured, piecewise graphs for prompt steps; PP's send/recv between the graphs); with 4: TP=2 x
+NCCL all-reduces captured, piecewise graphs for prompt steps; PP's send/recv between the graphs), and TP=2 with the
+opt-in one-shot all-reduce over symmetric memory; with 4: TP=2 x
 PP=2; with Ray installed: TP=2 as Ray actors, one GPU each.
 """
 import gc
@@ -124,6 +125,18 @@ def test_nccl_two_gpus_match_one_process(model_dir, expected, tp, pp, enforce_ea
     tokens, info = _run(model_dir, tensor_parallel_size=tp, pipeline_parallel_size=pp, enforce_eager=enforce_eager)
     assert info["rank_devices"] == ["cuda:0", "cuda:1"]
     assert (info["graphs"] == "none") == enforce_eager, info["graphs"]
+    assert tokens == expected
+
+
+@needs_2_gpus
+@MODES
+def test_one_shot_all_reduce_two_gpus(model_dir, expected, monkeypatch, enforce_eager):
+    """PAGEDLLM_CUSTOM_ALL_REDUCE_KIB (opt-in): TP=2's all-reduces of up to 64 KiB (every decode step's, the
+    prompt chunks' of 16 tokens x 64 floats) through torch's one-shot kernel over symmetric memory, eager and
+    captured in CUDA graphs: the same tokens as one process."""
+    monkeypatch.setenv("PAGEDLLM_CUSTOM_ALL_REDUCE_KIB", "64")
+    tokens, info = _run(model_dir, tensor_parallel_size=2, enforce_eager=enforce_eager)
+    assert info["rank_devices"] == ["cuda:0", "cuda:1"]
     assert tokens == expected
 
 

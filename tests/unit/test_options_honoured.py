@@ -172,8 +172,8 @@ ENGINE_FIELDS: dict[str, list] = {
                     Rejects(0, "cpu_threads must be >= 1")],
     "disable_custom_kernels": [Behaves(lambda mp: build(mp, device="cuda", disable_custom_kernels=True)
                                        .attention_backend == "torch" or _fail())],
-    # There is no custom all-reduce (tensor parallel reduces through NCCL / gloo): True is what always happens.
-    "disable_custom_all_reduce": [Behaves(_cfg(disable_custom_all_reduce=True))],
+    # True: no one-shot all-reduce even with PAGEDLLM_CUSTOM_ALL_REDUCE_KIB set (tests/unit/test_tensor_parallel.py).
+    "disable_custom_all_reduce": [Read(("worker/executor.py",), "not config.args.disable_custom_all_reduce")],
     "task": [Behaves(lambda mp: build(mp, task="embed").runner_type == "pooling" or _fail()),
              Behaves(lambda mp: build(mp, task="generate").runner_type == "generate" or _fail()),
              Rejects("classify", "classification, scoring, reward, transcription and draft models are not supported "

@@ -161,3 +161,22 @@ def test_cuda_world_size_rules(monkeypatch):
         build(tensor_parallel_size=2)
     shared = build(tensor_parallel_size=2, pipeline_parallel_size=2, enforce_eager=True)
     assert (shared.world_size, shared.executor_backend) == (4, "mp")
+
+
+def test_custom_all_reduce_is_refused_on_cpu_ranks_unless_disabled(tmp_path, monkeypatch):
+    """PAGEDLLM_CUSTOM_ALL_REDUCE_KIB (the opt-in one-shot all-reduce over CUDA symmetric memory) on gloo CPU ranks:
+    the engine does not start and says why; disable_custom_all_reduce=True (vLLM's flag) wins over it."""
+    save_tiny_llama(tmp_path, VOCAB)
+    single = _llm(tmp_path, 1)
+    expected = _tokens(single)
+    del single
+    monkeypatch.setenv("PAGEDLLM_CUSTOM_ALL_REDUCE_KIB", "64")
+    with pytest.raises(Exception, match="PAGEDLLM_CUSTOM_ALL_REDUCE_KIB needs tensor-parallel ranks on their own "
+                                        "CUDA devices"):
+        _llm(tmp_path, 2)
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=2,
+              max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01, disable_custom_all_reduce=True)
+    try:
+        assert _tokens(llm) == expected
+    finally:
+        llm.llm_engine.core.shutdown()
