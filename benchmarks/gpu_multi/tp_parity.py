@@ -1,10 +1,11 @@
-"""Issue 21's parity check on a machine with 2 GPUs: greedy tokens of a Qwen2.5-1.5B-shaped model with real random
-weights (a checkpoint saved here) at tensor_parallel_size=2 and pipeline_parallel_size=2 against one GPU, in fp32
+"""Issues 21 / 22's parity check on a machine with 2+ GPUs: greedy tokens of a Qwen2.5-1.5B-shaped model with real
+random weights (a checkpoint saved here) at tensor_parallel_size=2 and pipeline_parallel_size=2 (``--settings``:
+others) against one GPU, in fp32
 (must be identical) and bf16 (equal until the first near-tie: the script prints where each prompt first differs and
 the one-GPU run's top-2 log-probability margin there).
 
     python3 benchmarks/gpu_multi/tp_parity.py [--tokens 64] [--workloads DIR] [--dir /tmp/tp_parity]
-                                              [--model qwen2.5-1.5b] [--device cuda]
+                                              [--model qwen2.5-1.5b] [--device cuda] [--settings dtype:tp:pp,...]
 
 Each engine runs in its own process (`run` below), so that the GPUs are empty for the next one. `--device cpu` with
 a small `--model` from a workloads.py of your own runs the same comparison on the CPU (gloo), as a smoke test.
@@ -16,17 +17,18 @@ import subprocess
 import sys
 
 PROMPT_SEEDS = range(8)
-SETTINGS = [("float32", 1, 1), ("float32", 2, 1), ("float32", 1, 2), ("bfloat16", 1, 1), ("bfloat16", 2, 1)]
+# dtype:tp:pp, compared with dtype:1:1 (which runs whether listed or not).
+SETTINGS = "float32:2:1,float32:1:2,bfloat16:2:1"
 
 
-def make_checkpoint(path: str, workloads: str, name: str, device: str) -> None:
+def make_checkpoint(path: str, workloads: str, name: str, device: str, override: str = "{}") -> None:
     """Random weights (std 0.02, HF's initializer_range) in fp32, the LM head (tied to the embedding) x 8 so that
     greedy margins are not all near-ties; built on the GPU, saved as safetensors."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
     sys.path.insert(0, workloads)
     from workloads import qwen2_config
-    cfg = qwen2_config(name)
+    cfg = dict(qwen2_config(name), **json.loads(override))
     cfg.pop("architectures", None)
     cfg["torch_dtype"] = "float32"
     torch.manual_seed(0)
@@ -61,7 +63,7 @@ def run(path: str, dtype: str, tp: int, pp: int, tokens: int, out: str, device: 
 
 def main() -> None:
     if sys.argv[1:2] == ["make"]:
-        make_checkpoint(*sys.argv[2:6])
+        make_checkpoint(*sys.argv[2:7])
         return
     if sys.argv[1:2] == ["run"]:
         path, dtype, tp, pp, tokens, out, device = sys.argv[2:9]
@@ -73,12 +75,17 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/tp_parity")
     ap.add_argument("--model", default="qwen2.5-1.5b", help="a name of workloads.py's qwen2_config")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--override", default="{}", help='config keys, e.g. \'{"num_attention_heads": 16}\' for TP=8')
+    ap.add_argument("--settings", default=SETTINGS, help="dtype:tp:pp,... (4 GPUs: float32:4:1,float32:2:2,...)")
     args = ap.parse_args()
+    settings = [(d, int(t), int(p)) for d, t, p in (x.split(":") for x in args.settings.split(","))]
+    settings = [(d, 1, 1) for d in dict.fromkeys(d for d, _, _ in settings)] + settings
     ckpt = os.path.join(args.dir, "ckpt")
     if not os.path.exists(os.path.join(ckpt, "config.json")):
-        subprocess.run([sys.executable, __file__, "make", ckpt, args.workloads, args.model, args.device], check=True)
+        subprocess.run([sys.executable, __file__, "make", ckpt, args.workloads, args.model, args.device, args.override],
+                       check=True)
     results = {}
-    for dtype, tp, pp in SETTINGS:
+    for dtype, tp, pp in settings:
         out = os.path.join(args.dir, f"{dtype}_tp{tp}_pp{pp}.json")
         proc = subprocess.run([sys.executable, __file__, "run", ckpt, dtype, str(tp), str(pp), str(args.tokens), out,
                                args.device], capture_output=True, text=True)
@@ -87,7 +94,7 @@ def main() -> None:
             continue
         with open(out) as f:
             results[(dtype, tp, pp)] = json.load(f)
-    for dtype, tp, pp in SETTINGS:
+    for dtype, tp, pp in settings:
         if (tp, pp) == (1, 1) or (dtype, tp, pp) not in results or (dtype, 1, 1) not in results:
             continue
         ref, got = results[(dtype, 1, 1)], results[(dtype, tp, pp)]
