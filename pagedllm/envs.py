@@ -97,7 +97,7 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "CUDA's own list of the devices a process sees. Read by the Ray executor's actors to find, among the devices "
         "they see, the GPU Ray gave them. Default unset: every device."),
     "PAGEDLLM_CUSTOM_ALL_REDUCE_KIB": (
-        lambda: _optional_int("PAGEDLLM_CUSTOM_ALL_REDUCE_KIB") or 0,
+        lambda: _int_at_least("PAGEDLLM_CUSTOM_ALL_REDUCE_KIB", 0, 0),
         "Tensor parallel on CUDA: all-reduces of up to this many KiB go through a one-shot kernel over symmetric "
         "memory (torch's, distributed/symm_mem_all_reduce.py) instead of NCCL; larger ones stay on NCCL. Default 0: "
         "all through NCCL (opt-in until measured on two GPUs, issue 21). disable_custom_all_reduce=True wins."),

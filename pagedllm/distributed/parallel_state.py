@@ -77,11 +77,9 @@ def init_tensor_parallel(rank: int, world_size: int, init_method: str, backend: 
 
 def enable_custom_all_reduce(device: torch.device, dtype: torch.dtype, max_kib: int) -> str:
     """Send this stage's CUDA all-reduces of up to ``max_kib`` KiB of ``dtype`` through symmetric memory
-    (symm_mem_all_reduce.py); every rank of the group calls it, after ``init_model_parallel``. Returns a line for
+    (symm_mem_all_reduce.py); every rank of a group of 2+ calls it, after ``init_model_parallel``. Returns a line for
     the start-up log. Raises ValueError where it cannot apply (asked for, so not ignored)."""
     global _custom_all_reduce
-    if _tp_size == 1:
-        return "all-reduce: none (tensor_parallel_size 1)"
     if device.type != "cuda" or _p2p_via_host:
         raise ValueError("PAGEDLLM_CUSTOM_ALL_REDUCE_KIB needs tensor-parallel ranks on their own CUDA devices "
                          "(NCCL); unset it on this setup.")

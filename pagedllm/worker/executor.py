@@ -339,9 +339,10 @@ class RankWorker:
             torch.cuda.set_device(cuda_device)
             config = dataclasses.replace(config, device=torch.device("cuda", cuda_device))
         init_model_parallel(rank, tp_size, pp_size, init_method, device=config.device)
-        if envs.PAGEDLLM_CUSTOM_ALL_REDUCE_KIB and tp_size > 1 and not config.args.disable_custom_all_reduce:
+        one_shot_kib = envs.PAGEDLLM_CUSTOM_ALL_REDUCE_KIB
+        if one_shot_kib and tp_size > 1 and not config.args.disable_custom_all_reduce:
             from pagedllm.distributed import enable_custom_all_reduce
-            line = enable_custom_all_reduce(config.device, config.dtype, envs.PAGEDLLM_CUSTOM_ALL_REDUCE_KIB)
+            line = enable_custom_all_reduce(config.device, config.dtype, one_shot_kib)
             if rank == 0:
                 logger.info(line)
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
