@@ -45,9 +45,9 @@ def main() -> None:
             return f"{s * 1e6:7.1f} us {n * k * 4 / s / 2**30:5.1f} GiB/s"
 
         row.append("F.linear " + rate(lambda: [torch.nn.functional.linear(x, w) for w in ws]))
-        wts = [w.t().contiguous() for w in ws]
-        row.append("x @ W^T " + rate(lambda: [x @ w for w in wts]))
-        del wts
+        transposed = [w.t().contiguous() for w in ws]
+        row.append("x @ W^T " + rate(lambda: [x @ w for w in transposed]))
+        transposed.clear()
         packed = [cpu_onednn.onednn_pack(w) for w in ws]
         row.append("oneDNN " + rate(lambda: [cpu_onednn.onednn_linear(x, p, None) for p in packed]))
         print(" | ".join(row), flush=True)

@@ -8,12 +8,14 @@ rows against two scale copies would give an fp32-accurate x @ W through the fast
 its fp32 accumulator. This prints the op's output dtype and its error against the float64 product of the same bf16
 operands: a bf16 output (error ~2^-9) closes the idea whatever the inputs.
 """
-import torch
+from pagedllm.kernels.quant.cpu import int4pack_supported   # pagedllm first: its OpenMP wait policy
 
-from pagedllm.kernels.quant import cpu as _cpu  # noqa: F401  (pagedllm first: its OpenMP policy)
+import torch  # noqa: E402
 
 
 def main() -> None:
+    if not int4pack_supported():
+        raise SystemExit("this torch has no CPU int4pack op")
     torch.manual_seed(0)
     n, k, g = 1536, 576, 32
     q = torch.randint(0, 16, (n, k), dtype=torch.int32)
