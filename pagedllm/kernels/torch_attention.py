@@ -81,20 +81,54 @@ def _gather_blocks(cache: torch.Tensor, table: torch.Tensor, which: int = 0) -> 
     faster on CPU than advanced indexing (34 vs 310 us for 144 blocks of 16x3x64 fp32); the same values. On CPU
     the result lives in a scratch buffer (``which`` picks one: keys and values need two) that the next gather
     overwrites."""
+    shape = (*table.shape, *cache.shape[1:])
+    if cache.device.type != "cpu":
+        flat = table.reshape(-1)
+        return _raw(cache).index_select(0, flat if flat.dtype == torch.long else flat.long()).view(
+            cache.dtype).view(shape)
+    flat, out = _cpu_gather_plan(cache, table, which)
+    torch.index_select(cache, 0, flat, out=out)
+    return out.view(shape)
+
+
+def _cpu_gather_plan(cache: torch.Tensor, table: torch.Tensor, which: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int64 block ids of ``table`` and the scratch rows ``[blocks, *cache.shape[1:]]`` that the CPU gather of
+    ``cache[table]`` writes into."""
     flat = table.reshape(-1)
     if flat.dtype != torch.long:
         flat = flat.long()
-    shape = (*table.shape, *cache.shape[1:])
-    if cache.device.type != "cpu":
-        return _raw(cache).index_select(0, flat).view(cache.dtype).view(shape)
     n = flat.numel() * math.prod(cache.shape[1:])
     scratch = _cpu_scratch_local.__dict__.setdefault("bufs", {})
     buf = scratch.get((cache.dtype, which))
     if buf is None or buf.numel() < n:
         buf = scratch[(cache.dtype, which)] = torch.empty(n, dtype=cache.dtype)
-    out = buf[:n].view(flat.numel(), *cache.shape[1:])
-    torch.index_select(cache, 0, flat, out=out)
-    return out.view(shape)
+    return flat, buf[:n].view(flat.numel(), *cache.shape[1:])
+
+
+def _decode_keys_values(k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor, max_len: int,
+                        step_cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values ``[D, Hkv, L, hd]`` of a padded decode batch (``tables`` ``[D, blocks]``, ``L = max_len``).
+    On the CPU both gathers land in this thread's scratch buffers, so the block ids, the buffers and the views of
+    them are the same for every layer of a step: made by the first layer (``step_cache``), each later one only
+    runs the two ``index_select`` calls (14 view and index ops a layer fewer; 85 -> 53 us a layer for 16 requests
+    x 150 keys, bf16, one thread; docs/perf.md, issue 19, session 14)."""
+    if k_cache.device.type != "cpu":
+        return (_gather_blocks(k_cache, tables).flatten(1, 2)[:, :max_len].transpose(1, 2),
+                _gather_blocks(v_cache, tables, 1).flatten(1, 2)[:, :max_len].transpose(1, 2))
+    key = ("decode_gather", k_cache.dtype, v_cache.dtype, tuple(k_cache.shape[1:]), tuple(v_cache.shape[1:]))
+    plan = step_cache.get(key) if step_cache is not None else None
+    if plan is None:
+        planned = []
+        for which, cache in enumerate((k_cache, v_cache)):
+            flat, out = _cpu_gather_plan(cache, tables, which)
+            view = out.view(*tables.shape, *cache.shape[1:]).flatten(1, 2)[:, :max_len].transpose(1, 2)
+            planned.append((flat, out, view))
+        plan = tuple(planned)
+        if step_cache is not None:
+            step_cache[key] = plan
+    for cache, (flat, out, _) in zip((k_cache, v_cache), plan):
+        torch.index_select(cache, 0, flat, out=out)
+    return plan[0][2], plan[1][2]
 
 
 # A padded decode of at most this many key vectors (requests x longest context x KV heads) runs on one CPU thread:
@@ -194,8 +228,7 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                 step_cache["decode_mask"] = mask
 
         def gather_and_attend() -> torch.Tensor:
-            keys = _gather_blocks(k_cache, tables).flatten(1, 2)[:, :max_len].transpose(1, 2)   # [D, Hkv, L, hd]
-            values = _gather_blocks(v_cache, tables, 1).flatten(1, 2)[:, :max_len].transpose(1, 2)
+            keys, values = _decode_keys_values(k_cache, v_cache, tables, max_len, step_cache)   # [D, Hkv, L, hd]
             keys, values = _dequantize(keys, q.dtype, k_scale), _dequantize(values, q.dtype, v_scale)
             if q.dtype == torch.bfloat16 and q.device.type == "cpu" and len(decode) >= BMM_MIN_REQUESTS \
                     and len(decode) * max_len >= BMM_MIN_KEYS:

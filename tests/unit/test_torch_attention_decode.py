@@ -92,6 +92,24 @@ def test_decodes_mixed_with_a_prompt_equal_each_request_alone():
 
 
 @torch.inference_mode()
+def test_layers_of_one_step_each_attend_over_their_own_cache():
+    """The first layer of a step plans the decode gather (block ids, scratch rows, views) for the others: every
+    later layer must still read its own cache. Two layers (two caches) of a step with two decodes and a prompt whose
+    longer gather grows the scratch between the layers' decodes; each layer equals its cache attended without any
+    step cache, and the plan was made once."""
+    lens, q_lens = [9, 20, 60], [1, 1, 60]       # decodes: 2 x 5 blocks; the prompt: 15 blocks
+    layer0 = _paged_batch(lens, q_lens, seed=5)
+    layer1 = _paged_batch(lens, q_lens, seed=6)
+    layer1 = (layer1[0], layer1[1], layer1[2], *layer0[3:])            # another cache, the step's same metadata
+    step_cache: dict = {}
+    for batch in (layer0, layer1, layer0):
+        together = torch_attention.paged_attention(*batch, 0.25, step_cache=step_cache)
+        assert torch.equal(together, torch_attention.paged_attention(*batch, 0.25))
+    assert sum(1 for key in step_cache if isinstance(key, tuple) and key[0] == "decode_gather") == 1
+    assert not torch.equal(torch_attention.paged_attention(*layer0, 0.25), torch_attention.paged_attention(*layer1, 0.25))
+
+
+@torch.inference_mode()
 def test_small_decode_runs_on_one_thread_and_restores_the_thread_count(monkeypatch):
     batch = _paged_batch([5, 12, 3, 12], [1] * 4, seed=3)
     threads = torch.get_num_threads()
