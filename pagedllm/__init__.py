@@ -13,6 +13,7 @@ if _envs.PAGEDLLM_CONFIGURE_LOGGING:
 # its engine process before the front end's own imports (entrypoints/early_engine.py).
 _EXPORTS = {
     "EngineArgs": "pagedllm.config", "LLM": "pagedllm.entrypoints.llm", "PoolingParams": "pagedllm.pooling_params",
+    **{name: "pagedllm.inputs" for name in ("PromptType", "TextPrompt", "TokensPrompt")},
     **{name: "pagedllm.outputs" for name in (
         "BeamSearchOutput", "BeamSearchSequence", "CompletionOutput", "EmbeddingOutput", "EmbeddingRequestOutput",
         "Logprob", "PoolingOutput", "PoolingRequestOutput", "RequestOutput", "ScoringOutput", "ScoringRequestOutput")},
@@ -47,5 +48,6 @@ def bundled_model_path() -> str:
 __all__ = ["LLM", "SamplingParams", "PoolingParams", "PoolingOutput", "PoolingRequestOutput", "EmbeddingOutput",
            "EmbeddingRequestOutput", "ScoringOutput", "ScoringRequestOutput", "BeamSearchParams", "RequestOutput",
            "CompletionOutput", "Logprob", "EngineArgs", "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind",
-           "StructuredOutputsParams", "GuidedDecodingParams", "bundled_model_path",
+           "StructuredOutputsParams", "GuidedDecodingParams", "PromptType", "TextPrompt", "TokensPrompt",
+           "bundled_model_path",
            "__version__"]

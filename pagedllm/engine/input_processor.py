@@ -14,10 +14,9 @@ from typing import Any
 from pagedllm.config import EngineConfig
 from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.inputs import PromptType, check_prompt_keys
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
-
-PromptType = str | dict[str, Any]
 
 
 @dataclass
@@ -68,6 +67,7 @@ class InputProcessor:
         if isinstance(prompt, str):
             return prompt, None, None
         if isinstance(prompt, dict):
+            check_prompt_keys(prompt)     # multi_modal_data etc. are errors, not silently dropped
             salt = prompt.get("cache_salt")
             if salt is not None and (not isinstance(salt, str) or not salt):
                 raise ValueError("cache_salt must be a non-empty string.")

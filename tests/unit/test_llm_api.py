@@ -65,6 +65,33 @@ def test_prompt_forms(llm, tokenizer, hf):
     assert list(single[0].outputs[0].token_ids) == expected
 
 
+
+def test_vllm_prompt_types_importable(llm, tokenizer, hf):
+    # `from vllm.inputs import TokensPrompt, TextPrompt` (or from vllm) in code written for vLLM.
+    import pagedllm
+    from pagedllm.inputs import TextPrompt, TokensPrompt
+    assert pagedllm.TokensPrompt is TokensPrompt and pagedllm.TextPrompt is TextPrompt
+    ids = tokenizer.encode("The capital of France is")
+    outs = llm.generate([TokensPrompt(prompt_token_ids=ids), TextPrompt(prompt="The capital of France is")], GREEDY,
+                        use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outs] == [hf_greedy(hf, ids, 5)] * 2
+
+
+def test_multi_modal_and_unknown_prompt_fields_rejected(llm):
+    # A text-only engine must not drop an image silently and answer as if it had seen it.
+    with pytest.raises(ValueError, match="'multi_modal_data': multi-modal inputs are not supported"):
+        llm.generate({"prompt": "What is in the image?", "multi_modal_data": {"image": object()}}, GREEDY,
+                     use_tqdm=False)
+    with pytest.raises(ValueError, match="'prompt_embeds'"):
+        llm.generate({"prompt_embeds": torch.zeros(3, 64)}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="Unknown prompt field 'promt'"):
+        llm.generate([{"prompt": "a"}, {"promt": "b"}], GREEDY, use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
+    # vLLM's optional fields left as None are fine.
+    out = llm.generate({"prompt": "a", "multi_modal_data": None, "mm_processor_kwargs": None}, GREEDY,
+                       use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 5
+
 def test_per_prompt_params_and_input_order(llm):
     prompts = ["one two three", "a", "the longest prompt of them all, by quite a few tokens", "four five"]
     lengths = [12, 1, 6, 3]          # the 2nd finishes first, the 1st last
