@@ -42,6 +42,44 @@ class _TemplateTimeout(BaseException):
     """Injected into the rendering thread when the time is up (a BaseException: templates cannot catch it)."""
 
 
+# vLLM's chat_template_content_format values: how a message's content reaches the template. "string": one string
+# (text parts joined by newlines); "openai": a list of {"type": "text", "text": ...} parts; "auto": "string" here
+# (text-only models: every template takes a string, and templates written for parts take the string form too).
+CHAT_TEMPLATE_CONTENT_FORMATS = ("auto", "string", "openai")
+
+
+def format_message_content(conversation: list[dict], content_format: str = "auto") -> list[dict]:
+    """The conversation with each message's content in ``content_format``; OpenAI content parts other than text
+    (images, audio, ...) are a ValueError (text-only models)."""
+    if content_format not in CHAT_TEMPLATE_CONTENT_FORMATS:
+        raise ValueError(f"chat_template_content_format must be one of "
+                         f"{', '.join(map(repr, CHAT_TEMPLATE_CONTENT_FORMATS))}, got {content_format!r}.")
+    out = []
+    for m in conversation:
+        content = m.get("content") if isinstance(m, dict) else None
+        if content is None or (isinstance(content, str) and content_format != "openai"):
+            out.append(m)
+            continue
+        texts = [content] if isinstance(content, str) else [_part_text(part) for part in content]
+        if content_format == "openai":
+            content = [{"type": "text", "text": t} for t in texts]
+        else:
+            content = "\n".join(texts)
+        out.append({**m, "content": content})
+    return out
+
+
+def _part_text(part: Any) -> str:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("text", "input_text"):
+        return part.get("text", "")
+    if kind == "refusal":
+        return part.get("refusal", "")
+    if kind is None and isinstance(part, str):
+        return part
+    raise ValueError(f"Content part type {kind!r} is not supported (text-only model): only 'text' parts.")
+
+
 def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template: str | None = None,
                         add_generation_prompt: bool = True, continue_final_message: bool = False,
                         tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
-from pagedllm.entrypoints.chat_utils import apply_chat_template
+from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, EmbeddingRequestOutput, PoolingRequestOutput,
                               RequestOutput, ScoringOutput, ScoringRequestOutput)
 from pagedllm.pooling_params import PoolingParams
@@ -191,7 +191,8 @@ class LLM:
             raise ValueError("messages must not be empty.")
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = [{"prompt_token_ids": apply_chat_template(
-            self.get_tokenizer(), conv, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+            self.get_tokenizer(), format_message_content(conv, chat_template_content_format),
+            chat_template=chat_template, add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message, tools=tools, chat_template_kwargs=chat_template_kwargs,
             trusted=True)}     # the caller's own template: their code, as trusted as the rest of their program
             for conv in conversations]

@@ -230,6 +230,26 @@ def test_chat_template_override_and_flags(llm, tokenizer):
         llm.chat(CONV_B, GREEDY, use_tqdm=False, continue_final_message=True, add_generation_prompt=True)
 
 
+
+def test_chat_openai_content_parts(llm):
+    # OpenAI-style content (a list of parts), as vLLM's tutorials send it: rendered as the plain string would be.
+    text = CONV_B[0]["content"]
+    parts = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+    plain = llm.chat(CONV_B, GREEDY, use_tqdm=False)[0]
+    out = llm.chat(parts, GREEDY, use_tqdm=False)[0]
+    assert out.prompt_token_ids == plain.prompt_token_ids
+    assert out.outputs[0].token_ids == plain.outputs[0].token_ids
+    split = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    assert "a\nb" in llm.chat(split, GREEDY, use_tqdm=False, chat_template_content_format="string")[0].prompt
+    template = "{% for m in messages %}{% for p in m['content'] %}<{{ p['text'] }}>{% endfor %}{% endfor %}"
+    out = llm.chat(CONV_B, GREEDY, use_tqdm=False, chat_template=template, chat_template_content_format="openai")
+    assert out[0].prompt == f"<{text}>"
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]
+    with pytest.raises(ValueError, match="Content part type 'image_url' is not supported"):
+        llm.chat(image, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="chat_template_content_format must be one of"):
+        llm.chat(CONV_B, GREEDY, use_tqdm=False, chat_template_content_format="bogus")
+
 # ---- beam search -----------------------------------------------------------------------------------------------------
 
 def test_beam_search(llm, hf, tokenizer):
