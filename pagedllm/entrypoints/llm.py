@@ -132,7 +132,11 @@ class LLM:
         if pooling_params is None or isinstance(pooling_params, PoolingParams):
             params = [pooling_params or PoolingParams()] * len(prompts)
         else:
-            params = list(pooling_params)
+            params = list(pooling_params) if isinstance(pooling_params, (list, tuple)) else [pooling_params]
+            wrong = next((p for p in params if not isinstance(p, PoolingParams)), None)
+            if wrong is not None:
+                raise ValueError(f"pooling_params must be a PoolingParams or a list of them, got "
+                                 f"{type(wrong).__name__} (SamplingParams are for LLM.generate).")
             if len(params) != len(prompts):
                 raise ValueError("The lengths of prompts and pooling_params must be the same.")
         params = [p.clone() for p in params]     # the caller's objects stay as they were given
@@ -155,6 +159,25 @@ class LLM:
         outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
                               use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed", priority=priority)
         return [EmbeddingRequestOutput.from_base(o) for o in outputs]
+
+    def classify(self, prompts: PromptType | Sequence[PromptType], *, use_tqdm: bool = True,
+                 lora_request: Any = None, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+                 priority: list[int] | None = None) -> list:
+        """vLLM's classification API (``.outputs.probs``): it needs a sequence-classification model, and pagedllm
+        has none yet, so this is always an error that says so."""
+        raise ValueError(self._unsupported_pooling_task("classify", "a sequence-classification model "
+                                                                    "(...ForSequenceClassification)"))
+
+    def reward(self, prompts: PromptType | Sequence[PromptType], *, use_tqdm: bool = True,
+               lora_request: Any = None, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+               priority: list[int] | None = None) -> list:
+        """vLLM's reward-model API: not supported yet (no reward models), always an error that says so."""
+        raise ValueError(self._unsupported_pooling_task("reward", "a reward model"))
+
+    def _unsupported_pooling_task(self, method: str, needs: str) -> str:
+        what = ("an embedding model: LLM.embed(), LLM.encode() and LLM.score() work with it"
+                if self.llm_engine.config.is_pooling else "a text generation model")
+        return (f"LLM.{method}() needs {needs}, which pagedllm does not support yet; this is {what}.")
 
     def score(self, text_1: PromptType | Sequence[PromptType], text_2: PromptType | Sequence[PromptType], *,
               truncate_prompt_tokens: int | None = None, use_tqdm: bool = True, lora_request: Any = None,
