@@ -123,6 +123,18 @@ def test_default_sampling_params(llm):
     assert llm.get_default_sampling_params().max_tokens == 16
 
 
+def test_generation_config_folder(model_dir, tmp_path):
+    import json
+    with open(tmp_path / "generation_config.json", "w") as f:
+        json.dump({"temperature": 0.5, "max_new_tokens": 3, "top_k": 7}, f)
+    llm = LLM(model=str(model_dir[0]), dtype="float32", max_model_len=64, generation_config=str(tmp_path))
+    defaults = llm.get_default_sampling_params()
+    assert (defaults.temperature, defaults.max_tokens, defaults.top_k) == (0.5, 3, 7)
+    assert len(llm.generate("Hi", use_tqdm=False)[0].outputs[0].token_ids) == 3
+    # A folder without the file (a typo) is an error, not generation without the defaults asked for.
+    with pytest.raises(ValueError, match="no generation_config.json there"):
+        LLM(model=str(model_dir[0]), generation_config=str(tmp_path / "missing"))
+
 def test_empty_prompt_rejected(llm, hf, tokenizer):
     with pytest.raises(ValueError, match="The decoder prompt cannot be empty"):
         llm.generate("", GREEDY, use_tqdm=False)
