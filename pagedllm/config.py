@@ -475,6 +475,38 @@ class ResolvedModel:
     max_seq_length: int | None = None
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """vLLM's ``llm.llm_engine.model_config``, read-only: the resolved model facts scripts written for vLLM read
+    (``max_model_len``, ``dtype``, ``hf_config``, ``get_vocab_size()``, ...)."""
+    model: str
+    tokenizer: str | None
+    served_model_name: str
+    max_model_len: int
+    dtype: torch.dtype
+    hf_config: Any
+    runner_type: str
+    seed: int | None
+    max_logprobs: int
+    trust_remote_code: bool
+    quantization: str | None
+    generation_config: str
+
+    @property
+    def hf_text_config(self) -> Any:
+        return getattr(self.hf_config, "text_config", None) or self.hf_config
+
+    def get_vocab_size(self) -> int:
+        return self.hf_text_config.vocab_size
+
+    def get_hidden_size(self) -> int:
+        return self.hf_text_config.hidden_size
+
+    def get_num_layers(self) -> int:
+        config = self.hf_text_config
+        return getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers")
+
+
 def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> None:
     """Enough devices for every rank, and a layer for every pipeline stage."""
     tp_size, pp_size = args.tensor_parallel_size, args.pipeline_parallel_size
@@ -599,6 +631,16 @@ class EngineConfig:
     @property
     def hf_config(self):
         return self.model.hf_config
+
+    @property
+    def model_config(self) -> ModelConfig:
+        args = self.args
+        quant = getattr(self.quant_config, "name", None) if self.quant_config is not None else args.quantization
+        return ModelConfig(model=args.model, tokenizer=args.tokenizer or args.model,
+                           served_model_name=self.served_model_name, max_model_len=self.max_model_len,
+                           dtype=self.dtype, hf_config=self.hf_config, runner_type=self.runner_type, seed=args.seed,
+                           max_logprobs=args.max_logprobs, trust_remote_code=args.trust_remote_code,
+                           quantization=quant, generation_config=args.generation_config)
 
     @property
     def served_model_name(self) -> str:

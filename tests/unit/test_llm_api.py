@@ -135,6 +135,17 @@ def test_generation_config_folder(model_dir, tmp_path):
     with pytest.raises(ValueError, match="no generation_config.json there"):
         LLM(model=str(model_dir[0]), generation_config=str(tmp_path / "missing"))
 
+def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
+    # What vLLM scripts read from llm.llm_engine.
+    engine = llm.llm_engine
+    assert engine.get_tokenizer() is llm.get_tokenizer()
+    assert engine.get_tokenizer().encode("Hi") == tokenizer.encode("Hi")
+    mc = engine.model_config
+    assert mc is not None and engine.get_model_config() == mc
+    assert (mc.max_model_len, mc.dtype, mc.runner_type, mc.max_logprobs) == (256, torch.float32, "generate", 20)
+    assert mc.get_vocab_size() == len(tokenizer) and mc.get_hidden_size() == 64 and mc.get_num_layers() == 2
+    assert mc.hf_config.model_type == "llama" and mc.quantization is None
+
 def test_empty_prompt_rejected(llm, hf, tokenizer):
     with pytest.raises(ValueError, match="The decoder prompt cannot be empty"):
         llm.generate("", GREEDY, use_tqdm=False)
