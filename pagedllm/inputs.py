@@ -51,5 +51,5 @@ def check_prompt_keys(prompt: dict) -> None:
             if value is not None:
                 raise ValueError(f"Prompt field {key!r}: {UNSUPPORTED_PROMPT_KEYS[key]}.")
             continue
-        raise ValueError(f"Unknown prompt field {key!r}; a prompt dict takes "
-                         f"{', '.join(repr(k) for k in sorted(PROMPT_KEYS))}.")
+        raise ValueError(f"Unknown prompt field {key!r}; a prompt dict needs 'prompt' or 'prompt_token_ids' "
+                         f"(and may have 'cache_salt').")
