@@ -203,6 +203,24 @@ def test_use_tqdm(llm, capsys):
     llm.generate(["a b c", "d e f"], GREEDY, use_tqdm=True)
     captured = capsys.readouterr()
     assert "Processed prompts" in captured.err + captured.out
+    # A callable builds the bar (vLLM's use_tqdm: bool | Callable[..., tqdm]).
+    from tqdm import tqdm
+    made = []
+
+    def my_bar(*args, **kwargs):
+        made.append(tqdm(*args, **kwargs))
+        return made[-1]
+    llm.generate(["a b c", "d e f"], GREEDY, use_tqdm=my_bar)
+    assert len(made) == 1 and made[0].n == 2 and made[0].desc == "Processed prompts"
+
+
+def test_wrong_argument_types_are_named(llm):
+    # A dict of sampling fields used to be iterated key by key ("Expected SamplingParams, got str").
+    with pytest.raises(ValueError, match="sampling_params must be a SamplingParams or a list of them, got dict"):
+        llm.generate("a", {"max_tokens": 2}, use_tqdm=False)
+    with pytest.raises(ValueError, match="prompts must be a string, a prompt dict or a list of them, got NoneType"):
+        llm.generate(None, GREEDY, use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
 
 
 # ---- constructor errors ---------------------------------------------------------------------------------------------
