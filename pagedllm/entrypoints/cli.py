@@ -1,4 +1,5 @@
-"""The ``pagedllm`` command: ``pagedllm serve [MODEL] [flags]``, ``pagedllm bench ...``, ``pagedllm --version``.
+"""The ``pagedllm`` command: ``pagedllm serve [MODEL] [flags]``, ``pagedllm chat`` / ``pagedllm complete`` (clients
+of a running server), ``pagedllm bench ...``, ``pagedllm collect-env``, ``pagedllm --version``.
 
 ``serve`` takes vLLM's flags (frontend flags plus every engine argument in kebab-case), so a ``vllm serve`` command
 line works with ``vllm`` replaced by ``pagedllm``.
@@ -62,11 +63,21 @@ def make_parser() -> argparse.ArgumentParser:
                                      epilog="For the options of a command: pagedllm <command> --help. "
                                             "Start a server with: pagedllm serve HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("-v", "--version", action="version", version=pagedllm.__version__)
-    subparsers = parser.add_subparsers(title="commands", dest="subcommand", metavar="{serve,bench}",
-                                       required=False)
+    subparsers = parser.add_subparsers(title="commands", dest="subcommand",
+                                       metavar="{serve,chat,complete,bench,collect-env}", required=False)
     _add_serve_parser(subparsers)
+    from pagedllm.entrypoints.cli_client import add_client_parsers
+    add_client_parsers(subparsers)
     _add_bench_parser(subparsers)
+    collect_env = subparsers.add_parser("collect-env", help="Print versions, hardware and settings for a bug report.",
+                                        description="Print versions, hardware and settings for a bug report.")
+    collect_env.set_defaults(dispatch=_collect_env)
     return parser
+
+
+def _collect_env(args: argparse.Namespace) -> int:
+    from pagedllm.entrypoints.collect_env import run_collect_env
+    return run_collect_env(args)
 
 
 def main(argv: list[str] | None = None) -> None:
