@@ -296,6 +296,10 @@ class EngineArgs:
         return cls(**values)
 
 
+# vLLM's name for the server's / AsyncLLMEngine's arguments (``from vllm import AsyncEngineArgs``): the same fields.
+AsyncEngineArgs = EngineArgs
+
+
 def verify_engine_args(args: EngineArgs) -> None:
     """Checks that need only the arguments: every value pagedllm cannot honour is an error here, named, never
     silently ignored. (Checks that need the model or the device are in ``EngineConfig.build``.)"""

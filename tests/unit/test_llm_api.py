@@ -146,6 +146,24 @@ def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
     assert mc.get_vocab_size() == len(tokenizer) and mc.get_hidden_size() == 64 and mc.get_num_layers() == 2
     assert mc.hf_config.model_type == "llama" and mc.quantization is None
 
+def test_vllm_top_level_names_and_llm_engine_example(model_dir, tokenizer, hf):
+    # `from vllm import EngineArgs, LLMEngine, ...` as vLLM's llm_engine_example.py writes it.
+    import pagedllm
+    for name in pagedllm.__all__:
+        assert getattr(pagedllm, name) is not None, name
+    from pagedllm import AsyncEngineArgs, AsyncLLMEngine, EngineArgs, LLMEngine
+    from pagedllm.config import FlexibleArgumentParser
+    assert AsyncLLMEngine.from_engine_args and AsyncEngineArgs(model="m").model == "m"
+    args = EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(
+        ["--model", str(model_dir[0]), "--dtype", "float32", "--max-model-len", "64"])
+    engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
+    ids = tokenizer.encode("To be or not to be,")
+    engine.add_request("0", {"prompt_token_ids": ids}, GREEDY)
+    finished = []
+    while engine.has_unfinished_requests():
+        finished += [out for out in engine.step() if out.finished]
+    assert [list(out.outputs[0].token_ids) for out in finished] == [hf_greedy(hf, ids, 5)]
+
 def test_empty_prompt_rejected(llm, hf, tokenizer):
     with pytest.raises(ValueError, match="The decoder prompt cannot be empty"):
         llm.generate("", GREEDY, use_tqdm=False)
