@@ -25,7 +25,7 @@ def _prompt_list(prompts: Any) -> list:
     """One prompt (a string or a prompt dict) or a list / tuple of them, as a list."""
     if isinstance(prompts, (str, dict)):
         return [prompts]
-    if not isinstance(prompts, (list, tuple)):
+    if not hasattr(prompts, "__iter__"):     # a list, a tuple, a pandas Series, ... all do
         raise ValueError(f"prompts must be a string, a prompt dict or a list of them, got {type(prompts).__name__}.")
     return list(prompts)
 
@@ -69,7 +69,7 @@ class LLM:
         if isinstance(sampling_params, SamplingParams):
             params = [sampling_params] * len(prompts)
         else:
-            if not isinstance(sampling_params, (list, tuple)):
+            if isinstance(sampling_params, dict) or not hasattr(sampling_params, "__iter__"):
                 raise ValueError(f"sampling_params must be a SamplingParams or a list of them, got "
                                  f"{type(sampling_params).__name__}.")
             params = list(sampling_params)
@@ -145,7 +145,7 @@ class LLM:
         if pooling_params is None or isinstance(pooling_params, PoolingParams):
             params = [pooling_params or PoolingParams()] * len(prompts)
         else:
-            params = list(pooling_params) if isinstance(pooling_params, (list, tuple)) else [pooling_params]
+            params = list(pooling_params) if hasattr(pooling_params, "__iter__") else [pooling_params]
             wrong = next((p for p in params if not isinstance(p, PoolingParams)), None)
             if wrong is not None:
                 raise ValueError(f"pooling_params must be a PoolingParams or a list of them, got "

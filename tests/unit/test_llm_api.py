@@ -239,6 +239,9 @@ def test_wrong_argument_types_are_named(llm):
     with pytest.raises(ValueError, match="prompts must be a string, a prompt dict or a list of them, got NoneType"):
         llm.generate(None, GREEDY, use_tqdm=False)
     assert not llm.llm_engine.has_unfinished_requests()
+    # Any iterable of prompts / params still goes (a tuple, a generator, a pandas Series, ...).
+    outs = llm.generate((p for p in ("a", "b")), (sp for sp in (GREEDY, GREEDY)), use_tqdm=False)
+    assert [o.prompt for o in outs] == ["a", "b"]
 
 
 # ---- constructor errors ---------------------------------------------------------------------------------------------
