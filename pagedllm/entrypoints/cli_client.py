@@ -8,9 +8,10 @@ server lists; the key is ``--api-key``, else ``OPENAI_API_KEY``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any, Callable, TextIO
+
+from pagedllm import envs
 
 DEFAULT_URL = "http://localhost:8000/v1"
 
@@ -49,7 +50,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace, out: TextIO) -> tuple[Any, str]:
     from openai import OpenAI
-    client = OpenAI(base_url=args.url, api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY")
+    client = OpenAI(base_url=args.url, api_key=args.api_key or envs.OPENAI_API_KEY or "EMPTY")
     try:
         model = args.model_name or client.models.list().data[0].id
     except Exception as e:  # noqa: BLE001 - no server there, or a key it refuses

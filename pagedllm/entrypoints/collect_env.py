@@ -8,10 +8,10 @@ import os
 import platform
 import sys
 
+from pagedllm import envs
+
 _PACKAGES = ("torch", "triton", "transformers", "tokenizers", "xgrammar", "fastapi", "uvicorn", "openai", "numpy",
              "gguf", "sentence-transformers", "ray")
-_ENV_PREFIXES = ("PAGEDLLM_", "CUDA_", "NCCL_", "OMP_", "GOMP_", "TORCH_", "HF_", "TRANSFORMERS_", "TRITON_")
-_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
 def _version(package: str) -> str:
@@ -49,10 +49,7 @@ def collect() -> list[tuple[str, str]]:
             rows.append(("GPUs", "none visible to torch"))
     except Exception as e:      # noqa: BLE001 - a broken torch install is itself worth reporting
         rows.append(("torch", f"import failed: {type(e).__name__}: {e}"))
-    for name in sorted(os.environ):
-        if name.startswith(_ENV_PREFIXES):
-            secret = any(word in name for word in _SECRET_WORDS)
-            rows.append((name, "(hidden)" if secret else os.environ[name]))
+    rows += list(envs.reported_env().items())
     return rows
 
 
