@@ -94,6 +94,7 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
     for m in conversation:
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"Each message needs a 'role', got {m!r}.")
+    conversation = _tool_call_arguments_as_dicts(conversation)
     kwargs = dict(chat_template_kwargs or {})
     if trusted or chat_template is None:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
@@ -106,6 +107,31 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
                                          time_limit_s=time_limit_s, max_chars=max_chars, **variables)
     # The template already holds the special tokens (BOS etc.): don't add them twice.
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _tool_call_arguments_as_dicts(conversation: list[dict]) -> list[dict]:
+    """OpenAI sends an assistant's tool-call arguments as a JSON string; HF chat templates (Llama 3.1, Qwen2.5, ...)
+    render them with ``| tojson`` and expect a dict (a string would come out quoted and escaped). As vLLM: parse
+    the string; one that is not JSON stays as it is. The caller's messages are not changed."""
+    out = []
+    for m in conversation:
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        if calls and any(isinstance(c, dict) and isinstance((c.get("function") or {}).get("arguments"), str)
+                         for c in calls):
+            m = {**m, "tool_calls": [_parsed_arguments(c) for c in calls]}
+        out.append(m)
+    return out
+
+
+def _parsed_arguments(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except ValueError:
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
 
 
 def render_untrusted_template(chat_template: str, conversation: list[dict], *, add_generation_prompt: bool,

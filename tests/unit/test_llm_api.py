@@ -312,6 +312,19 @@ def test_chat_openai_content_parts(llm):
     with pytest.raises(ValueError, match="chat_template_content_format must be one of"):
         llm.chat(CONV_B, GREEDY, use_tqdm=False, chat_template_content_format="bogus")
 
+
+def test_chat_tool_call_arguments_reach_the_template_as_a_dict(llm):
+    # OpenAI's assistant tool calls carry arguments as a JSON string; templates `| tojson` them as a dict (vLLM parses).
+    template = ("{% for m in messages %}{% for c in m.get('tool_calls') or [] %}{{ c.function.name }}"
+                "{{ c.function.arguments | tojson }}{% endfor %}{% endfor %}")
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    conversation = [{"role": "user", "content": "Weather?"},
+                    {"role": "assistant", "content": "", "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    out = llm.chat(conversation, GREEDY, use_tqdm=False, chat_template=template)[0]
+    assert out.prompt == 'weather{"city": "Paris"}'
+    assert call["function"]["arguments"] == '{"city": "Paris"}'     # the caller's message is left as it was
+
 # ---- beam search -----------------------------------------------------------------------------------------------------
 
 def test_beam_search(llm, hf, tokenizer):
