@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
@@ -206,7 +207,7 @@ class EngineArgs:
         g.add_argument("--quantization", "-q", type=str, default=None, help="Quantization method (e.g. gguf).")
         g.add_argument("--seed", type=int, default=d.seed)
         g.add_argument("--max-model-len", type=_parse_len, default=None,
-                       help="Model context length (prompt + output); accepts 2048, 2k, 1m.")
+                       help="Model context length (prompt + output): 2048, 32k (32000) or 32K (32768), as vLLM.")
         g.add_argument("--block-size", type=int, default=d.block_size, choices=[8, 16, 32, 64, 128])
         g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                        default=d.enable_prefix_caching)
@@ -452,14 +453,39 @@ class FlexibleArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(normalize_cli_flags(args), namespace)
 
 
+def parse_human_readable_int(value: int | str) -> int:
+    """vLLM's human-readable integers (``--max-model-len 32k``): a plain integer, or a number with a decimal suffix
+    k / m / g (x 1000, 1000^2, 1000^3: '25.6k' = 25600) or a binary one K / M / G (x 1024, 1024^2, 1024^3; whole
+    numbers only: '32K' = 32768). "auto" is -1."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected an integer or a string like '32k', got {value!r}")
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.lower() == "auto":
+        return -1
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgKMG])", text)
+    if match is None:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer or a number with a suffix k/m/g (x 1000) or K/M/G (x 1024), "
+                             f"got {value!r}") from None
+    number, suffix = match.groups()
+    if suffix.islower():
+        return int(float(number) * 1000 ** ("kmg".index(suffix) + 1))
+    if "." in number:
+        raise ValueError(f"a binary suffix ({suffix}) takes a whole number, got {value!r}; did you mean "
+                         f"{number}{suffix.lower()}?")
+    return int(number) * 1024 ** ("KMG".index(suffix) + 1)
+
+
 def _parse_len(text: str) -> int:
-    text = str(text).strip().lower()
-    mult = 1
-    if text.endswith("k"):
-        mult, text = 1024, text[:-1]
-    elif text.endswith("m"):
-        mult, text = 1024 * 1024, text[:-1]
-    return int(float(text) * mult)
+    """``--max-model-len``'s type: parse_human_readable_int, its error as argparse's."""
+    try:
+        return parse_human_readable_int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 @dataclass
@@ -688,7 +714,14 @@ class EngineConfig:
         if args.max_model_len is None:
             max_model_len = derived_len
         else:
-            max_model_len = int(args.max_model_len)
+            try:
+                max_model_len = parse_human_readable_int(args.max_model_len)
+            except ValueError as e:
+                raise ValueError(f"max_model_len: {e}.") from None
+            if max_model_len == -1:
+                raise ValueError("max_model_len=-1 / 'auto' (the longest context that fits in memory) is not supported "
+                                 "yet; leave max_model_len unset for the model's own length (a start-up error then "
+                                 "names the longest that fits).")
             if max_model_len <= 0:
                 raise ValueError(f"max_model_len must be positive, got {max_model_len}.")
             if max_model_len > derived_len:

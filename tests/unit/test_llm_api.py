@@ -251,6 +251,22 @@ def test_unknown_kwarg_is_named(model_dir):
         LLM(model=str(model_dir[0]), definitely_not_an_arg=3)
 
 
+def test_max_model_len_human_readable_as_vllm(model_dir):
+    # vLLM: k/m/g are decimal (32k = 32000), K/M/G binary (32K = 32768); '2k' used to be 2048 here.
+    from pagedllm.config import parse_human_readable_int
+    from pagedllm.entrypoints.cli import make_parser
+    assert [parse_human_readable_int(v) for v in ("2048", "32k", "32K", "25.6k", "1M", 300)] == \
+        [2048, 32000, 32768, 25600, 2 ** 20, 300]
+    with pytest.raises(ValueError, match="did you mean 1.5k"):
+        parse_human_readable_int("1.5K")
+    assert make_parser().parse_args(["serve", "--max-model-len", "1k"]).max_model_len == 1000
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "--max-model-len", "lots"])
+    llm = LLM(model=str(model_dir[0]), max_model_len="0.3k")
+    assert llm.llm_engine.model_config.max_model_len == 300
+    with pytest.raises(ValueError, match="max_model_len=-1 / 'auto' .* is not supported yet"):
+        LLM(model=str(model_dir[0]), max_model_len=-1)
+
 def test_pipeline_parallel_size_validated(model_dir):
     # pipeline_parallel_size=2 runs (tests/unit/test_pipeline_parallel.py); 0 is an error naming the field.
     with pytest.raises(ValueError, match="pipeline_parallel_size must be >= 1"):
