@@ -215,7 +215,8 @@ class EngineArgs:
         g.add_argument("--kv-cache-memory-gb", type=float, default=None,
                        help="KV cache size in GiB (GPU: instead of the gpu-memory-utilization budget; CPU: default "
                             "PAGEDLLM_CPU_KVCACHE_SPACE or 4).")
-        g.add_argument("--kv-cache-memory-bytes", type=int, default=None, help="The same in bytes (vLLM's flag).")
+        g.add_argument("--kv-cache-memory-bytes", type=_human_int, default=None,
+                       help="The same in bytes (vLLM's flag; 4G = 4 GiB, 4g = 4e9).")
         g.add_argument("--num-gpu-blocks-override", type=int, default=None)
         g.add_argument("--swap-space", type=float, default=d.swap_space,
                        help="CPU swap space per GPU in GiB for preempted requests' KV blocks (default: none).")
@@ -228,7 +229,7 @@ class EngineArgs:
         g.add_argument("--prefix-caching-hash-algo", type=str, default=d.prefix_caching_hash_algo,
                        help="Hash of prefix-cache blocks; only sha256 for now.")
         g.add_argument("--max-num-seqs", type=int, default=None)
-        g.add_argument("--max-num-batched-tokens", type=int, default=None)
+        g.add_argument("--max-num-batched-tokens", type=_human_int, default=None)
         g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
                        default=d.enable_chunked_prefill)
         g.add_argument("--max-logprobs", type=int, default=d.max_logprobs)
@@ -453,16 +454,16 @@ class FlexibleArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(normalize_cli_flags(args), namespace)
 
 
-def parse_human_readable_int(value: int | str) -> int:
+def parse_human_readable_int(value: int | str, allow_auto: bool = True) -> int:
     """vLLM's human-readable integers (``--max-model-len 32k``): a plain integer, or a number with a decimal suffix
     k / m / g (x 1000, 1000^2, 1000^3: '25.6k' = 25600) or a binary one K / M / G (x 1024, 1024^2, 1024^3; whole
-    numbers only: '32K' = 32768). "auto" is -1."""
+    numbers only: '32K' = 32768). "auto" is -1 when ``allow_auto`` (max_model_len's)."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"expected an integer or a string like '32k', got {value!r}")
     if isinstance(value, int):
         return value
     text = value.strip()
-    if text.lower() == "auto":
+    if allow_auto and text.lower() == "auto":
         return -1
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgKMG])", text)
     if match is None:
@@ -484,6 +485,14 @@ def _parse_len(text: str) -> int:
     """``--max-model-len``'s type: parse_human_readable_int, its error as argparse's."""
     try:
         return parse_human_readable_int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _human_int(text: str) -> int:
+    """The type of vLLM's other human-readable flags (--max-num-batched-tokens 8k, --kv-cache-memory-bytes 4G)."""
+    try:
+        return parse_human_readable_int(text, allow_auto=False)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

@@ -260,6 +260,8 @@ def test_max_model_len_human_readable_as_vllm(model_dir):
     with pytest.raises(ValueError, match="did you mean 1.5k"):
         parse_human_readable_int("1.5K")
     assert make_parser().parse_args(["serve", "--max-model-len", "1k"]).max_model_len == 1000
+    args = make_parser().parse_args(["serve", "--max-num-batched-tokens", "8k", "--kv-cache-memory-bytes", "1G"])
+    assert (args.max_num_batched_tokens, args.kv_cache_memory_bytes) == (8000, 2 ** 30)
     with pytest.raises(SystemExit):
         make_parser().parse_args(["serve", "--max-model-len", "lots"])
     llm = LLM(model=str(model_dir[0]), max_model_len="0.3k")
