@@ -89,7 +89,7 @@ class EngineArgs:
     download_dir: str | None = None
     load_format: str = "auto"
     use_tqdm_on_load: bool = True   # progress bars while weights load (vLLM's flag)
-    dtype: str = "auto"
+    dtype: str = "auto"       # or a torch.dtype (stored as its name)
     quantization: str | None = None
     seed: int | None = 0
     max_model_len: int | None = None
@@ -168,6 +168,16 @@ class EngineArgs:
     usage_context: ClassVar[str] = "llm_class"
 
     # ---- construction -------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        # vLLM takes a torch.dtype too (LLM(model, dtype=torch.bfloat16)): kept as its name, the one form the rest
+        # of the engine reads.
+        if isinstance(self.dtype, torch.dtype):
+            names = {dtype: name for name, dtype in _DTYPES.items() if name not in ("float", "half")}
+            if self.dtype not in names:
+                raise ValueError(f"dtype={self.dtype} is not supported; use one of "
+                                 f"{', '.join(names.values())} (or auto).")
+            self.dtype = names[self.dtype]
+
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineArgs":
         """Build from ``LLM(...)`` keyword arguments; an unknown keyword is an error that names it."""
