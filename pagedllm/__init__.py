@@ -12,7 +12,10 @@ if _envs.PAGEDLLM_CONFIGURE_LOGGING:
 # The public names load on first use (PEP 562), so `import pagedllm` does not import torch: `pagedllm serve` starts
 # its engine process before the front end's own imports (entrypoints/early_engine.py).
 _EXPORTS = {
-    "EngineArgs": "pagedllm.config", "LLM": "pagedllm.entrypoints.llm", "PoolingParams": "pagedllm.pooling_params",
+    "EngineArgs": "pagedllm.config", "AsyncEngineArgs": "pagedllm.config", "LLM": "pagedllm.entrypoints.llm",
+    "LLMEngine": "pagedllm.engine.engine", "AsyncLLMEngine": "pagedllm.engine.async_engine",
+    "PoolingParams": "pagedllm.pooling_params",
+    **{name: "pagedllm.inputs" for name in ("PromptType", "TextPrompt", "TokensPrompt")},
     **{name: "pagedllm.outputs" for name in (
         "BeamSearchOutput", "BeamSearchSequence", "CompletionOutput", "EmbeddingOutput", "EmbeddingRequestOutput",
         "Logprob", "PoolingOutput", "PoolingRequestOutput", "RequestOutput", "ScoringOutput", "ScoringRequestOutput")},
@@ -46,6 +49,8 @@ def bundled_model_path() -> str:
 
 __all__ = ["LLM", "SamplingParams", "PoolingParams", "PoolingOutput", "PoolingRequestOutput", "EmbeddingOutput",
            "EmbeddingRequestOutput", "ScoringOutput", "ScoringRequestOutput", "BeamSearchParams", "RequestOutput",
-           "CompletionOutput", "Logprob", "EngineArgs", "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind",
-           "StructuredOutputsParams", "GuidedDecodingParams", "bundled_model_path",
+           "CompletionOutput", "Logprob", "EngineArgs", "AsyncEngineArgs", "LLMEngine", "AsyncLLMEngine",
+           "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind",
+           "StructuredOutputsParams", "GuidedDecodingParams", "PromptType", "TextPrompt", "TokensPrompt",
+           "bundled_model_path",
            "__version__"]

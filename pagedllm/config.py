@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
@@ -88,7 +89,7 @@ class EngineArgs:
     download_dir: str | None = None
     load_format: str = "auto"
     use_tqdm_on_load: bool = True   # progress bars while weights load (vLLM's flag)
-    dtype: str = "auto"
+    dtype: str = "auto"       # or a torch.dtype (stored as its name)
     quantization: str | None = None
     seed: int | None = 0
     max_model_len: int | None = None
@@ -167,6 +168,16 @@ class EngineArgs:
     usage_context: ClassVar[str] = "llm_class"
 
     # ---- construction -------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        # vLLM takes a torch.dtype too (LLM(model, dtype=torch.bfloat16)): kept as its name, the one form the rest
+        # of the engine reads.
+        if isinstance(self.dtype, torch.dtype):
+            names = {dtype: name for name, dtype in _DTYPES.items() if name not in ("float", "half")}
+            if self.dtype not in names:
+                raise ValueError(f"dtype={self.dtype} is not supported; use one of "
+                                 f"{', '.join(names.values())} (or auto).")
+            self.dtype = names[self.dtype]
+
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineArgs":
         """Build from ``LLM(...)`` keyword arguments; an unknown keyword is an error that names it."""
@@ -206,7 +217,7 @@ class EngineArgs:
         g.add_argument("--quantization", "-q", type=str, default=None, help="Quantization method (e.g. gguf).")
         g.add_argument("--seed", type=int, default=d.seed)
         g.add_argument("--max-model-len", type=_parse_len, default=None,
-                       help="Model context length (prompt + output); accepts 2048, 2k, 1m.")
+                       help="Model context length (prompt + output): 2048, 32k (32000) or 32K (32768), as vLLM.")
         g.add_argument("--block-size", type=int, default=d.block_size, choices=[8, 16, 32, 64, 128])
         g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                        default=d.enable_prefix_caching)
@@ -214,7 +225,8 @@ class EngineArgs:
         g.add_argument("--kv-cache-memory-gb", type=float, default=None,
                        help="KV cache size in GiB (GPU: instead of the gpu-memory-utilization budget; CPU: default "
                             "PAGEDLLM_CPU_KVCACHE_SPACE or 4).")
-        g.add_argument("--kv-cache-memory-bytes", type=int, default=None, help="The same in bytes (vLLM's flag).")
+        g.add_argument("--kv-cache-memory-bytes", type=_human_int, default=None,
+                       help="The same in bytes (vLLM's flag; 4G = 4 GiB, 4g = 4e9).")
         g.add_argument("--num-gpu-blocks-override", type=int, default=None)
         g.add_argument("--swap-space", type=float, default=d.swap_space,
                        help="CPU swap space per GPU in GiB for preempted requests' KV blocks (default: none).")
@@ -227,7 +239,7 @@ class EngineArgs:
         g.add_argument("--prefix-caching-hash-algo", type=str, default=d.prefix_caching_hash_algo,
                        help="Hash of prefix-cache blocks; only sha256 for now.")
         g.add_argument("--max-num-seqs", type=int, default=None)
-        g.add_argument("--max-num-batched-tokens", type=int, default=None)
+        g.add_argument("--max-num-batched-tokens", type=_human_int, default=None)
         g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
                        default=d.enable_chunked_prefill)
         g.add_argument("--max-logprobs", type=int, default=d.max_logprobs)
@@ -294,6 +306,10 @@ class EngineArgs:
     def from_cli_args(cls, args: argparse.Namespace) -> "EngineArgs":
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
         return cls(**values)
+
+
+# vLLM's name for the server's / AsyncLLMEngine's arguments (``from vllm import AsyncEngineArgs``): the same fields.
+AsyncEngineArgs = EngineArgs
 
 
 def verify_engine_args(args: EngineArgs) -> None:
@@ -448,14 +464,47 @@ class FlexibleArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(normalize_cli_flags(args), namespace)
 
 
+def parse_human_readable_int(value: int | str, allow_auto: bool = True) -> int:
+    """vLLM's human-readable integers (``--max-model-len 32k``): a plain integer, or a number with a decimal suffix
+    k / m / g (x 1000, 1000^2, 1000^3: '25.6k' = 25600) or a binary one K / M / G (x 1024, 1024^2, 1024^3; whole
+    numbers only: '32K' = 32768). "auto" is -1 when ``allow_auto`` (max_model_len's)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected an integer or a string like '32k', got {value!r}")
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if allow_auto and text.lower() == "auto":
+        return -1
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgKMG])", text)
+    if match is None:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer or a number with a suffix k/m/g (x 1000) or K/M/G (x 1024), "
+                             f"got {value!r}") from None
+    number, suffix = match.groups()
+    if suffix.islower():
+        return int(float(number) * 1000 ** ("kmg".index(suffix) + 1))
+    if "." in number:
+        raise ValueError(f"a binary suffix ({suffix}) takes a whole number, got {value!r}; did you mean "
+                         f"{number}{suffix.lower()}?")
+    return int(number) * 1024 ** ("KMG".index(suffix) + 1)
+
+
 def _parse_len(text: str) -> int:
-    text = str(text).strip().lower()
-    mult = 1
-    if text.endswith("k"):
-        mult, text = 1024, text[:-1]
-    elif text.endswith("m"):
-        mult, text = 1024 * 1024, text[:-1]
-    return int(float(text) * mult)
+    """``--max-model-len``'s type: parse_human_readable_int, its error as argparse's."""
+    try:
+        return parse_human_readable_int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _human_int(text: str) -> int:
+    """The type of vLLM's other human-readable flags (--max-num-batched-tokens 8k, --kv-cache-memory-bytes 4G)."""
+    try:
+        return parse_human_readable_int(text, allow_auto=False)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 @dataclass
@@ -473,6 +522,38 @@ class ResolvedModel:
     # sentence-transformers' max_seq_length (sentence_bert_config.json): the longest input it embeds, so the
     # derived max_model_len (as vLLM).
     max_seq_length: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """vLLM's ``llm.llm_engine.model_config``, read-only: the resolved model facts scripts written for vLLM read
+    (``max_model_len``, ``dtype``, ``hf_config``, ``get_vocab_size()``, ...)."""
+    model: str
+    tokenizer: str | None
+    served_model_name: str
+    max_model_len: int
+    dtype: torch.dtype
+    hf_config: Any
+    runner_type: str
+    seed: int | None
+    max_logprobs: int
+    trust_remote_code: bool
+    quantization: str | None
+    generation_config: str
+
+    @property
+    def hf_text_config(self) -> Any:
+        return getattr(self.hf_config, "text_config", None) or self.hf_config
+
+    def get_vocab_size(self) -> int:
+        return self.hf_text_config.vocab_size
+
+    def get_hidden_size(self) -> int:
+        return self.hf_text_config.hidden_size
+
+    def get_num_layers(self) -> int:
+        config = self.hf_text_config
+        return getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers")
 
 
 def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> None:
@@ -601,6 +682,16 @@ class EngineConfig:
         return self.model.hf_config
 
     @property
+    def model_config(self) -> ModelConfig:
+        args = self.args
+        quant = getattr(self.quant_config, "name", None) if self.quant_config is not None else args.quantization
+        return ModelConfig(model=args.model, tokenizer=args.tokenizer or args.model,
+                           served_model_name=self.served_model_name, max_model_len=self.max_model_len,
+                           dtype=self.dtype, hf_config=self.hf_config, runner_type=self.runner_type, seed=args.seed,
+                           max_logprobs=args.max_logprobs, trust_remote_code=args.trust_remote_code,
+                           quantization=quant, generation_config=args.generation_config)
+
+    @property
     def served_model_name(self) -> str:
         name = self.args.served_model_name
         if isinstance(name, (list, tuple)):
@@ -642,7 +733,14 @@ class EngineConfig:
         if args.max_model_len is None:
             max_model_len = derived_len
         else:
-            max_model_len = int(args.max_model_len)
+            try:
+                max_model_len = parse_human_readable_int(args.max_model_len)
+            except ValueError as e:
+                raise ValueError(f"max_model_len: {e}.") from None
+            if max_model_len == -1:
+                raise ValueError("max_model_len=-1 / 'auto' (the longest context that fits in memory) is not supported "
+                                 "yet; leave max_model_len unset for the model's own length (a start-up error then "
+                                 "names the longest that fits).")
             if max_model_len <= 0:
                 raise ValueError(f"max_model_len must be positive, got {max_model_len}.")
             if max_model_len > derived_len:

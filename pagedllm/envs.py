@@ -199,7 +199,8 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "vLLM's name for PAGEDLLM_API_KEY, read when that one is unset."),
     "OPENAI_API_KEY": (
         lambda: _optional_str("OPENAI_API_KEY"),
-        "`pagedllm bench serve` sends it as the Bearer token. Default unset."),
+        "`pagedllm bench serve`, `pagedllm chat` and `pagedllm complete` send it as the Bearer token (chat and "
+        "complete: unless --api-key is given). Default unset."),
     "HF_HUB_OFFLINE": (
         lambda: _flag("HF_HUB_OFFLINE", default=False),
         "huggingface_hub's own switch; the benchmarks read it to avoid downloads. Default off."),
@@ -262,6 +263,18 @@ def configure_openmp() -> str:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         openmp_wait_policy = "OMP_WAIT_POLICY=PASSIVE (set by pagedllm)"
     return openmp_wait_policy
+
+
+REPORTED_ENV_PREFIXES = ("PAGEDLLM_", "VLLM_", "CUDA_", "NCCL_", "OMP_", "GOMP_", "TORCH_", "HF_", "TRANSFORMERS_",
+                         "TRITON_")
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def reported_env() -> dict[str, str]:
+    """The variables ``pagedllm collect-env`` reports: those whose prefix is in REPORTED_ENV_PREFIXES, the value of
+    any that looks like a secret (``*KEY*``, ``*TOKEN*``, ...) replaced by "(hidden)"."""
+    return {name: "(hidden)" if any(word in name for word in _SECRET_WORDS) else os.environ[name]
+            for name in sorted(os.environ) if name.startswith(REPORTED_ENV_PREFIXES)}
 
 
 def describe() -> str:

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Iterable
 
-from pagedllm.config import EngineArgs, EngineConfig
+from pagedllm.config import EngineArgs, EngineConfig, ModelConfig
 from pagedllm.engine.core import EngineCore, create_engine_config
 from pagedllm.engine.input_processor import InputProcessor, PromptType, load_tokenizer
 from pagedllm.engine.output_processor import OutputProcessor
@@ -58,6 +58,18 @@ class LLMEngine:
         return self.core.runner
 
     # ---- model facts ----------------------------------------------------------------------------------------------
+    @property
+    def model_config(self) -> ModelConfig:
+        """vLLM's ``llm.llm_engine.model_config`` (max_model_len, dtype, hf_config, ...)."""
+        return self.config.model_config
+
+    def get_model_config(self) -> ModelConfig:
+        return self.config.model_config
+
+    def get_tokenizer(self):
+        """The engine's HF tokenizer (None with skip_tokenizer_init=True), as vLLM's ``LLMEngine.get_tokenizer``."""
+        return self.tokenizer
+
     @property
     def vocab_size(self) -> int:
         return self.input_processor.vocab_size

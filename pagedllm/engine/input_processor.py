@@ -14,10 +14,9 @@ from typing import Any
 from pagedllm.config import EngineConfig
 from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.inputs import PromptType, check_prompt_keys
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
-
-PromptType = str | dict[str, Any]
 
 
 @dataclass
@@ -68,6 +67,7 @@ class InputProcessor:
         if isinstance(prompt, str):
             return prompt, None, None
         if isinstance(prompt, dict):
+            check_prompt_keys(prompt)     # multi_modal_data etc. are errors, not silently dropped
             salt = prompt.get("cache_salt")
             if salt is not None and (not isinstance(salt, str) or not salt):
                 raise ValueError("cache_salt must be a non-empty string.")
@@ -120,7 +120,7 @@ class InputProcessor:
         if ids is None:
             ids = self.encode(text)
         if params.truncate_prompt_tokens is not None:
-            ids = ids[-params.truncate_prompt_tokens:]
+            ids = ids[-self._truncation_limit(params):]
         self._validate(ids, params)
         max_tokens = params.max_tokens
         if max_tokens is None:
@@ -171,7 +171,7 @@ class InputProcessor:
                                               pooling_params=params))
         return out
 
-    def _truncation_limit(self, params: PoolingParams) -> int:
+    def _truncation_limit(self, params: SamplingParams | PoolingParams) -> int:
         limit = params.truncate_prompt_tokens
         return self.max_model_len if limit == -1 else limit
 

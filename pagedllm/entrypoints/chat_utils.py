@@ -42,6 +42,44 @@ class _TemplateTimeout(BaseException):
     """Injected into the rendering thread when the time is up (a BaseException: templates cannot catch it)."""
 
 
+# vLLM's chat_template_content_format values: how a message's content reaches the template. "string": one string
+# (text parts joined by newlines); "openai": a list of {"type": "text", "text": ...} parts; "auto": "string" here
+# (text-only models: every template takes a string, and templates written for parts take the string form too).
+CHAT_TEMPLATE_CONTENT_FORMATS = ("auto", "string", "openai")
+
+
+def format_message_content(conversation: list[dict], content_format: str = "auto") -> list[dict]:
+    """The conversation with each message's content in ``content_format``; OpenAI content parts other than text
+    (images, audio, ...) are a ValueError (text-only models)."""
+    if content_format not in CHAT_TEMPLATE_CONTENT_FORMATS:
+        raise ValueError(f"chat_template_content_format must be one of "
+                         f"{', '.join(map(repr, CHAT_TEMPLATE_CONTENT_FORMATS))}, got {content_format!r}.")
+    out = []
+    for m in conversation:
+        content = m.get("content") if isinstance(m, dict) else None
+        if content is None or (isinstance(content, str) and content_format != "openai"):
+            out.append(m)
+            continue
+        texts = [content] if isinstance(content, str) else [_part_text(part) for part in content]
+        if content_format == "openai":
+            content = [{"type": "text", "text": t} for t in texts]
+        else:
+            content = "\n".join(texts)
+        out.append({**m, "content": content})
+    return out
+
+
+def _part_text(part: Any) -> str:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("text", "input_text"):
+        return part.get("text", "")
+    if kind == "refusal":
+        return part.get("refusal", "")
+    if kind is None and isinstance(part, str):
+        return part
+    raise ValueError(f"Content part type {kind!r} is not supported (text-only model): only 'text' parts.")
+
+
 def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template: str | None = None,
                         add_generation_prompt: bool = True, continue_final_message: bool = False,
                         tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
@@ -56,6 +94,7 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
     for m in conversation:
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"Each message needs a 'role', got {m!r}.")
+    conversation = _tool_call_arguments_as_dicts(conversation)
     kwargs = dict(chat_template_kwargs or {})
     if trusted or chat_template is None:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
@@ -68,6 +107,31 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
                                          time_limit_s=time_limit_s, max_chars=max_chars, **variables)
     # The template already holds the special tokens (BOS etc.): don't add them twice.
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _tool_call_arguments_as_dicts(conversation: list[dict]) -> list[dict]:
+    """OpenAI sends an assistant's tool-call arguments as a JSON string; HF chat templates (Llama 3.1, Qwen2.5, ...)
+    render them with ``| tojson`` and expect a dict (a string would come out quoted and escaped). As vLLM: parse
+    the string; one that is not JSON stays as it is. The caller's messages are not changed."""
+    out = []
+    for m in conversation:
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        if calls and any(isinstance(c, dict) and isinstance((c.get("function") or {}).get("arguments"), str)
+                         for c in calls):
+            m = {**m, "tool_calls": [_parsed_arguments(c) for c in calls]}
+        out.append(m)
+    return out
+
+
+def _parsed_arguments(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except ValueError:
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
 
 
 def render_untrusted_template(chat_template: str, conversation: list[dict], *, add_generation_prompt: bool,

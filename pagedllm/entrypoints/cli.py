@@ -1,4 +1,5 @@
-"""The ``pagedllm`` command: ``pagedllm serve [MODEL] [flags]``, ``pagedllm bench ...``, ``pagedllm --version``.
+"""The ``pagedllm`` command: ``pagedllm serve [MODEL] [flags]``, ``pagedllm chat`` / ``pagedllm complete`` (clients
+of a running server), ``pagedllm run-batch``, ``pagedllm bench ...``, ``pagedllm collect-env``, ``pagedllm --version``.
 
 ``serve`` takes vLLM's flags (frontend flags plus every engine argument in kebab-case), so a ``vllm serve`` command
 line works with ``vllm`` replaced by ``pagedllm``.
@@ -62,11 +63,33 @@ def make_parser() -> argparse.ArgumentParser:
                                      epilog="For the options of a command: pagedllm <command> --help. "
                                             "Start a server with: pagedllm serve HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("-v", "--version", action="version", version=pagedllm.__version__)
-    subparsers = parser.add_subparsers(title="commands", dest="subcommand", metavar="{serve,bench}",
-                                       required=False)
+    subparsers = parser.add_subparsers(title="commands", dest="subcommand",
+                                       metavar="{serve,chat,complete,run-batch,bench,collect-env}", required=False)
     _add_serve_parser(subparsers)
+    from pagedllm.entrypoints.cli_client import add_client_parsers
+    add_client_parsers(subparsers)
     _add_bench_parser(subparsers)
+    run_batch = subparsers.add_parser(
+        "run-batch", help="Run a file of OpenAI batch requests offline.", usage="pagedllm run-batch -i FILE -o FILE "
+        "[--model MODEL] [options]", description="Run a file of OpenAI batch requests (one JSON line each: "
+        "custom_id, method, url, body) through the server's endpoints, offline, and write one result line each.")
+    from pagedllm.entrypoints.openai.run_batch import make_run_batch_parser
+    make_run_batch_parser(run_batch)
+    run_batch.set_defaults(dispatch=_run_batch)
+    collect_env = subparsers.add_parser("collect-env", help="Print versions, hardware and settings for a bug report.",
+                                        description="Print versions, hardware and settings for a bug report.")
+    collect_env.set_defaults(dispatch=_collect_env)
     return parser
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from pagedllm.entrypoints.openai.run_batch import run_batch
+    return run_batch(args)
+
+
+def _collect_env(args: argparse.Namespace) -> int:
+    from pagedllm.entrypoints.collect_env import run_collect_env
+    return run_collect_env(args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
-from pagedllm.entrypoints.chat_utils import apply_chat_template
+from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, EmbeddingRequestOutput, PoolingRequestOutput,
                               RequestOutput, ScoringOutput, ScoringRequestOutput)
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+
+
+# use_tqdm: show the progress bar, or a tqdm-like callable that builds it (vLLM's Callable[..., tqdm]).
+UseTqdm = bool | Callable[..., Any]
+
+
+def _prompt_list(prompts: Any) -> list:
+    """One prompt (a string or a prompt dict) or a list / tuple of them, as a list."""
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    if not hasattr(prompts, "__iter__"):     # a list, a tuple, a pandas Series, ... all do
+        raise ValueError(f"prompts must be a string, a prompt dict or a list of them, got {type(prompts).__name__}.")
+    return list(prompts)
 
 
 class LLM:
@@ -46,18 +59,19 @@ class LLM:
     # ---- generate -------------------------------------------------------------------------------------------------
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                 use_tqdm: bool = True, lora_request: Any = None,
+                 use_tqdm: UseTqdm = True, lora_request: Any = None,
                  priority: list[int] | None = None) -> list[RequestOutput]:
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported yet by pagedllm.")
-        if isinstance(prompts, (str, dict)):
-            prompts = [prompts]
-        prompts = list(prompts)
+        prompts = _prompt_list(prompts)
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
             params = [sampling_params] * len(prompts)
         else:
+            if isinstance(sampling_params, dict) or not hasattr(sampling_params, "__iter__"):
+                raise ValueError(f"sampling_params must be a SamplingParams or a list of them, got "
+                                 f"{type(sampling_params).__name__}.")
             params = list(sampling_params)
             if len(params) != len(prompts):
                 raise ValueError("The lengths of prompts and params must be the same.")
@@ -68,7 +82,7 @@ class LLM:
         return self._run(prompts, params, priority, use_tqdm)
 
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,
-             use_tqdm: bool) -> list[RequestOutput]:
+             use_tqdm: UseTqdm) -> list[RequestOutput]:
         engine = self.llm_engine
         # generate() returns only finished outputs: asking the engine for FINAL_ONLY spares it building an
         # output (and copying the token list) for every request at every step. One clone per distinct object.
@@ -88,8 +102,9 @@ class LLM:
             engine.abort_request(ids)   # a bad prompt fails the call but leaves the engine clean
             raise
         finished: dict[str, RequestOutput] = {}
-        bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
-                   postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s") if use_tqdm else None
+        make_bar = use_tqdm if callable(use_tqdm) else tqdm
+        bar = make_bar(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
+                       postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s") if use_tqdm else None
         t0 = time.perf_counter()
         n_in = n_out = 0
         wanted = set(ids)
@@ -117,7 +132,7 @@ class LLM:
     # ---- pooling models -------------------------------------------------------------------------------------------
     def encode(self, prompts: PromptType | Sequence[PromptType],
                pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
-               truncate_prompt_tokens: int | None = None, use_tqdm: bool = True, lora_request: Any = None,
+               truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,
                pooling_task: str = "encode", priority: list[int] | None = None) -> list[PoolingRequestOutput]:
         """Pool each prompt's hidden states into one vector (``.outputs.data``, a tensor), batched by the
         scheduler like generation. A pooling model only (runner='pooling')."""
@@ -126,13 +141,15 @@ class LLM:
                              f"generation model. Pass runner='pooling' (task='embed') to use it as one.")
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported yet by pagedllm.")
-        if isinstance(prompts, (str, dict)):
-            prompts = [prompts]
-        prompts = list(prompts)
+        prompts = _prompt_list(prompts)
         if pooling_params is None or isinstance(pooling_params, PoolingParams):
             params = [pooling_params or PoolingParams()] * len(prompts)
         else:
-            params = list(pooling_params)
+            params = list(pooling_params) if hasattr(pooling_params, "__iter__") else [pooling_params]
+            wrong = next((p for p in params if not isinstance(p, PoolingParams)), None)
+            if wrong is not None:
+                raise ValueError(f"pooling_params must be a PoolingParams or a list of them, got "
+                                 f"{type(wrong).__name__} (SamplingParams are for LLM.generate).")
             if len(params) != len(prompts):
                 raise ValueError("The lengths of prompts and pooling_params must be the same.")
         params = [p.clone() for p in params]     # the caller's objects stay as they were given
@@ -149,15 +166,34 @@ class LLM:
 
     def embed(self, prompts: PromptType | Sequence[PromptType],
               pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
-              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True, lora_request: Any = None,
+              truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,
               priority: list[int] | None = None) -> list[EmbeddingRequestOutput]:
         """One embedding per prompt (``.outputs.embedding``, a list of floats)."""
         outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
                               use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed", priority=priority)
         return [EmbeddingRequestOutput.from_base(o) for o in outputs]
 
+    def classify(self, prompts: PromptType | Sequence[PromptType], *, use_tqdm: UseTqdm = True,
+                 lora_request: Any = None, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+                 priority: list[int] | None = None) -> list:
+        """vLLM's classification API (``.outputs.probs``): it needs a sequence-classification model, and pagedllm
+        has none yet, so this is always an error that says so."""
+        raise ValueError(self._unsupported_pooling_task("classify", "a sequence-classification model "
+                                                                    "(...ForSequenceClassification)"))
+
+    def reward(self, prompts: PromptType | Sequence[PromptType], *, use_tqdm: UseTqdm = True,
+               lora_request: Any = None, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+               priority: list[int] | None = None) -> list:
+        """vLLM's reward-model API: not supported yet (no reward models), always an error that says so."""
+        raise ValueError(self._unsupported_pooling_task("reward", "a reward model"))
+
+    def _unsupported_pooling_task(self, method: str, needs: str) -> str:
+        what = ("an embedding model: LLM.embed(), LLM.encode() and LLM.score() work with it"
+                if self.llm_engine.config.is_pooling else "a text generation model")
+        return (f"LLM.{method}() needs {needs}, which pagedllm does not support yet; this is {what}.")
+
     def score(self, text_1: PromptType | Sequence[PromptType], text_2: PromptType | Sequence[PromptType], *,
-              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True, lora_request: Any = None,
+              truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,
               pooling_params: PoolingParams | None = None) -> list[ScoringRequestOutput]:
         """Similarity of text pairs: the cosine of their embeddings (an embedding model). ``text_1`` is one text
         scored against each of ``text_2``, or as many texts as ``text_2`` (pairwise), as vLLM."""
@@ -182,7 +218,7 @@ class LLM:
 
     # ---- chat -----------------------------------------------------------------------------------------------------
     def chat(self, messages: list[dict] | list[list[dict]],
-             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, use_tqdm: bool = True,
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, use_tqdm: UseTqdm = True,
              lora_request: Any = None, chat_template: str | None = None,
              chat_template_content_format: str = "auto", add_generation_prompt: bool = True,
              continue_final_message: bool = False, tools: list[dict] | None = None,
@@ -191,7 +227,8 @@ class LLM:
             raise ValueError("messages must not be empty.")
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = [{"prompt_token_ids": apply_chat_template(
-            self.get_tokenizer(), conv, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+            self.get_tokenizer(), format_message_content(conv, chat_template_content_format),
+            chat_template=chat_template, add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message, tools=tools, chat_template_kwargs=chat_template_kwargs,
             trusted=True)}     # the caller's own template: their code, as trusted as the rest of their program
             for conv in conversations]

@@ -187,6 +187,9 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     gen_file = os.path.join(model_dir, "generation_config.json")
     if args.generation_config not in ("auto", "vllm"):
         gen_file = os.path.join(args.generation_config, "generation_config.json")
+        if not os.path.isfile(gen_file):     # a mistyped folder would otherwise drop the defaults silently
+            raise ValueError(f"generation_config={args.generation_config!r}: no generation_config.json there; use "
+                             f"'auto' (the model's), 'vllm' (none) or a folder that holds generation_config.json.")
     if args.generation_config != "vllm" and os.path.exists(gen_file):
         with open(gen_file) as f:
             generation = json.load(f)

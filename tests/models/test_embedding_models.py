@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pagedllm import LLM, PoolingParams
+from pagedllm import LLM, PoolingParams, SamplingParams
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 needs_minilm = pytest.mark.skipif(
@@ -94,6 +94,15 @@ def test_wrong_api_for_the_model_is_a_clear_error(minilm):
         minilm.embed(["hello"], PoolingParams(dimensions=64), use_tqdm=False)
     with pytest.raises(ValueError, match="cannot generate text"):
         LLM(MINILM, runner="generate")
+    # vLLM's classify / reward exist and say why they cannot run (no AttributeError).
+    with pytest.raises(ValueError, match=r"LLM.classify\(\) needs a sequence-classification model.*this is an "
+                                         r"embedding model"):
+        minilm.classify(["hello"], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"LLM.reward\(\) needs a reward model"):
+        minilm.reward(["hello"], use_tqdm=False)
+    with pytest.raises(ValueError, match="pooling_params must be a PoolingParams or a list of them, got "
+                                         "SamplingParams"):
+        minilm.embed(["hello"], SamplingParams(), use_tqdm=False)
 
 
 @pytest.fixture(scope="module")

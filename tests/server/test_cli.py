@@ -21,7 +21,7 @@ def test_serve_model_positional_flag_and_default():
     assert parse("serve", "some/model").model == "some/model"
     assert parse("serve", "--model", "other/model").model == "other/model"
     args = parse("serve", "m", "--port", "9000", "--served-model-name", "a", "b", "-tp", "1", "-q", "gguf",
-                 "--no-enable-prefix-caching", "--max-model-len", "2k", "--dtype", "bfloat16", "--seed", "3",
+                 "--no-enable-prefix-caching", "--max-model-len", "2K", "--dtype", "bfloat16", "--seed", "3",
                  "--max-num-seqs", "8", "--max-num-batched-tokens", "512", "--gpu-memory-utilization", "0.5",
                  "--enforce-eager", "--trust-remote-code", "--disable-log-stats", "--uvicorn-log-level", "warning",
                  "--allowed-origins", '["http://a"]', "--root-path", "/api", "--generation-config", "vllm")
@@ -101,7 +101,7 @@ def test_help_and_version():
 
 
 def test_snake_case_flags_as_vllm_accepts_them():
-    args = parse("serve", "m", "--tensor_parallel_size", "1", "--max_model_len=2k", "--gpu_memory_utilization",
+    args = parse("serve", "m", "--tensor_parallel_size", "1", "--max_model_len=2K", "--gpu_memory_utilization",
                  "0.5", "--served_model_name", "my_model", "--no-enable_prefix_caching", "-tp", "1")
     assert (args.tensor_parallel_size, args.max_model_len, args.gpu_memory_utilization) == (1, 2048, 0.5)
     assert args.served_model_name == ["my_model"] and args.enable_prefix_caching is False   # values stay as given

@@ -42,3 +42,13 @@ def test_explicit_on_cpu(monkeypatch, name, expected):
 def test_unknown_dtype_names_the_choices():
     with pytest.raises(ValueError, match="Unknown dtype 'fp8'"):
         cfg_mod._pick_dtype("fp8", transformers.LlamaConfig(), CPU)
+
+
+def test_torch_dtype_objects_as_vllm_takes_them():
+    # LLM(model, dtype=torch.bfloat16) in vLLM: the same as dtype="bfloat16".
+    assert cfg_mod.EngineArgs(dtype=torch.bfloat16).dtype == "bfloat16"
+    assert cfg_mod.EngineArgs.from_kwargs("m", dtype=torch.float16).dtype == "float16"
+    assert cfg_mod._pick_dtype(cfg_mod.EngineArgs(dtype=torch.float32).dtype, transformers.LlamaConfig(), CPU) \
+        == torch.float32
+    with pytest.raises(ValueError, match="dtype=torch.int8 is not supported; use one of float32, float16, bfloat16"):
+        cfg_mod.EngineArgs(dtype=torch.int8)

@@ -65,6 +65,33 @@ def test_prompt_forms(llm, tokenizer, hf):
     assert list(single[0].outputs[0].token_ids) == expected
 
 
+
+def test_vllm_prompt_types_importable(llm, tokenizer, hf):
+    # `from vllm.inputs import TokensPrompt, TextPrompt` (or from vllm) in code written for vLLM.
+    import pagedllm
+    from pagedllm.inputs import TextPrompt, TokensPrompt
+    assert pagedllm.TokensPrompt is TokensPrompt and pagedllm.TextPrompt is TextPrompt
+    ids = tokenizer.encode("The capital of France is")
+    outs = llm.generate([TokensPrompt(prompt_token_ids=ids), TextPrompt(prompt="The capital of France is")], GREEDY,
+                        use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outs] == [hf_greedy(hf, ids, 5)] * 2
+
+
+def test_multi_modal_and_unknown_prompt_fields_rejected(llm):
+    # A text-only engine must not drop an image silently and answer as if it had seen it.
+    with pytest.raises(ValueError, match="'multi_modal_data': multi-modal inputs are not supported"):
+        llm.generate({"prompt": "What is in the image?", "multi_modal_data": {"image": object()}}, GREEDY,
+                     use_tqdm=False)
+    with pytest.raises(ValueError, match="'prompt_embeds'"):
+        llm.generate({"prompt_embeds": torch.zeros(3, 64)}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="Unknown prompt field 'promt'"):
+        llm.generate([{"prompt": "a"}, {"promt": "b"}], GREEDY, use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
+    # vLLM's optional fields left as None are fine.
+    out = llm.generate({"prompt": "a", "multi_modal_data": None, "mm_processor_kwargs": None}, GREEDY,
+                       use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 5
+
 def test_per_prompt_params_and_input_order(llm):
     prompts = ["one two three", "a", "the longest prompt of them all, by quite a few tokens", "four five"]
     lengths = [12, 1, 6, 3]          # the 2nd finishes first, the 1st last
@@ -95,6 +122,47 @@ def test_default_sampling_params(llm):
     assert len(out.outputs[0].token_ids) == 16 and out.outputs[0].finish_reason == "length"
     assert llm.get_default_sampling_params().max_tokens == 16
 
+
+def test_generation_config_folder(model_dir, tmp_path):
+    import json
+    with open(tmp_path / "generation_config.json", "w") as f:
+        json.dump({"temperature": 0.5, "max_new_tokens": 3, "top_k": 7}, f)
+    llm = LLM(model=str(model_dir[0]), dtype="float32", max_model_len=64, generation_config=str(tmp_path))
+    defaults = llm.get_default_sampling_params()
+    assert (defaults.temperature, defaults.max_tokens, defaults.top_k) == (0.5, 3, 7)
+    assert len(llm.generate("Hi", use_tqdm=False)[0].outputs[0].token_ids) == 3
+    # A folder without the file (a typo) is an error, not generation without the defaults asked for.
+    with pytest.raises(ValueError, match="no generation_config.json there"):
+        LLM(model=str(model_dir[0]), generation_config=str(tmp_path / "missing"))
+
+def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
+    # What vLLM scripts read from llm.llm_engine.
+    engine = llm.llm_engine
+    assert engine.get_tokenizer() is llm.get_tokenizer()
+    assert engine.get_tokenizer().encode("Hi") == tokenizer.encode("Hi")
+    mc = engine.model_config
+    assert mc is not None and engine.get_model_config() == mc
+    assert (mc.max_model_len, mc.dtype, mc.runner_type, mc.max_logprobs) == (256, torch.float32, "generate", 20)
+    assert mc.get_vocab_size() == len(tokenizer) and mc.get_hidden_size() == 64 and mc.get_num_layers() == 2
+    assert mc.hf_config.model_type == "llama" and mc.quantization is None
+
+def test_vllm_top_level_names_and_llm_engine_example(model_dir, tokenizer, hf):
+    # `from vllm import EngineArgs, LLMEngine, ...` as vLLM's llm_engine_example.py writes it.
+    import pagedllm
+    for name in pagedllm.__all__:
+        assert getattr(pagedllm, name) is not None, name
+    from pagedllm import AsyncEngineArgs, AsyncLLMEngine, EngineArgs, LLMEngine
+    from pagedllm.config import FlexibleArgumentParser
+    assert AsyncLLMEngine.from_engine_args and AsyncEngineArgs(model="m").model == "m"
+    args = EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(
+        ["--model", str(model_dir[0]), "--dtype", "float32", "--max-model-len", "64"])
+    engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
+    ids = tokenizer.encode("To be or not to be,")
+    engine.add_request("0", {"prompt_token_ids": ids}, GREEDY)
+    finished = []
+    while engine.has_unfinished_requests():
+        finished += [out for out in engine.step() if out.finished]
+    assert [list(out.outputs[0].token_ids) for out in finished] == [hf_greedy(hf, ids, 5)]
 
 def test_empty_prompt_rejected(llm, hf, tokenizer):
     with pytest.raises(ValueError, match="The decoder prompt cannot be empty"):
@@ -153,6 +221,27 @@ def test_use_tqdm(llm, capsys):
     llm.generate(["a b c", "d e f"], GREEDY, use_tqdm=True)
     captured = capsys.readouterr()
     assert "Processed prompts" in captured.err + captured.out
+    # A callable builds the bar (vLLM's use_tqdm: bool | Callable[..., tqdm]).
+    from tqdm import tqdm
+    made = []
+
+    def my_bar(*args, **kwargs):
+        made.append(tqdm(*args, **kwargs))
+        return made[-1]
+    llm.generate(["a b c", "d e f"], GREEDY, use_tqdm=my_bar)
+    assert len(made) == 1 and made[0].n == 2 and made[0].desc == "Processed prompts"
+
+
+def test_wrong_argument_types_are_named(llm):
+    # A dict of sampling fields used to be iterated key by key ("Expected SamplingParams, got str").
+    with pytest.raises(ValueError, match="sampling_params must be a SamplingParams or a list of them, got dict"):
+        llm.generate("a", {"max_tokens": 2}, use_tqdm=False)
+    with pytest.raises(ValueError, match="prompts must be a string, a prompt dict or a list of them, got NoneType"):
+        llm.generate(None, GREEDY, use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
+    # Any iterable of prompts / params still goes (a tuple, a generator, a pandas Series, ...).
+    outs = llm.generate((p for p in ("a", "b")), (sp for sp in (GREEDY, GREEDY)), use_tqdm=False)
+    assert [o.prompt for o in outs] == ["a", "b"]
 
 
 # ---- constructor errors ---------------------------------------------------------------------------------------------
@@ -161,6 +250,24 @@ def test_unknown_kwarg_is_named(model_dir):
     with pytest.raises((TypeError, ValueError), match="definitely_not_an_arg"):
         LLM(model=str(model_dir[0]), definitely_not_an_arg=3)
 
+
+def test_max_model_len_human_readable_as_vllm(model_dir):
+    # vLLM: k/m/g are decimal (32k = 32000), K/M/G binary (32K = 32768); '2k' used to be 2048 here.
+    from pagedllm.config import parse_human_readable_int
+    from pagedllm.entrypoints.cli import make_parser
+    assert [parse_human_readable_int(v) for v in ("2048", "32k", "32K", "25.6k", "1M", 300)] == \
+        [2048, 32000, 32768, 25600, 2 ** 20, 300]
+    with pytest.raises(ValueError, match="did you mean 1.5k"):
+        parse_human_readable_int("1.5K")
+    assert make_parser().parse_args(["serve", "--max-model-len", "1k"]).max_model_len == 1000
+    args = make_parser().parse_args(["serve", "--max-num-batched-tokens", "8k", "--kv-cache-memory-bytes", "1G"])
+    assert (args.max_num_batched_tokens, args.kv_cache_memory_bytes) == (8000, 2 ** 30)
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "--max-model-len", "lots"])
+    llm = LLM(model=str(model_dir[0]), max_model_len="0.3k")
+    assert llm.llm_engine.model_config.max_model_len == 300
+    with pytest.raises(ValueError, match="max_model_len=-1 / 'auto' .* is not supported yet"):
+        LLM(model=str(model_dir[0]), max_model_len=-1)
 
 def test_pipeline_parallel_size_validated(model_dir):
     # pipeline_parallel_size=2 runs (tests/unit/test_pipeline_parallel.py); 0 is an error naming the field.
@@ -202,6 +309,39 @@ def test_chat_template_override_and_flags(llm, tokenizer):
     with pytest.raises(ValueError, match="continue_final_message"):
         llm.chat(CONV_B, GREEDY, use_tqdm=False, continue_final_message=True, add_generation_prompt=True)
 
+
+
+def test_chat_openai_content_parts(llm):
+    # OpenAI-style content (a list of parts), as vLLM's tutorials send it: rendered as the plain string would be.
+    text = CONV_B[0]["content"]
+    parts = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+    plain = llm.chat(CONV_B, GREEDY, use_tqdm=False)[0]
+    out = llm.chat(parts, GREEDY, use_tqdm=False)[0]
+    assert out.prompt_token_ids == plain.prompt_token_ids
+    assert out.outputs[0].token_ids == plain.outputs[0].token_ids
+    split = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    assert "a\nb" in llm.chat(split, GREEDY, use_tqdm=False, chat_template_content_format="string")[0].prompt
+    template = "{% for m in messages %}{% for p in m['content'] %}<{{ p['text'] }}>{% endfor %}{% endfor %}"
+    out = llm.chat(CONV_B, GREEDY, use_tqdm=False, chat_template=template, chat_template_content_format="openai")
+    assert out[0].prompt == f"<{text}>"
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]
+    with pytest.raises(ValueError, match="Content part type 'image_url' is not supported"):
+        llm.chat(image, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="chat_template_content_format must be one of"):
+        llm.chat(CONV_B, GREEDY, use_tqdm=False, chat_template_content_format="bogus")
+
+
+def test_chat_tool_call_arguments_reach_the_template_as_a_dict(llm):
+    # OpenAI's assistant tool calls carry arguments as a JSON string; templates `| tojson` them as a dict (vLLM parses).
+    template = ("{% for m in messages %}{% for c in m.get('tool_calls') or [] %}{{ c.function.name }}"
+                "{{ c.function.arguments | tojson }}{% endfor %}{% endfor %}")
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    conversation = [{"role": "user", "content": "Weather?"},
+                    {"role": "assistant", "content": "", "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    out = llm.chat(conversation, GREEDY, use_tqdm=False, chat_template=template)[0]
+    assert out.prompt == 'weather{"city": "Paris"}'
+    assert call["function"]["arguments"] == '{"city": "Paris"}'     # the caller's message is left as it was
 
 # ---- beam search -----------------------------------------------------------------------------------------------------
 

@@ -212,6 +212,21 @@ def test_truncate_prompt_tokens_keeps_the_last_tokens(tiny_llm):
     assert out.outputs[0].token_ids == short.outputs[0].token_ids
 
 
+def test_truncate_prompt_tokens_minus_one_keeps_max_model_len(tiny_llm):
+    # vLLM: -1 truncates to max_model_len (the last tokens); 0 and < -1 are errors.
+    ids = list(range(20, 20 + MAX_MODEL_LEN + 10))
+    out = tiny_llm.generate({"prompt_token_ids": ids}, SamplingParams(temperature=0.0, max_tokens=1,
+                                                                     truncate_prompt_tokens=-1), use_tqdm=False)[0]
+    assert out.prompt_token_ids == ids[-MAX_MODEL_LEN:]
+    short = {"prompt_token_ids": [34, 35, 36]}
+    out = tiny_llm.generate(short, SamplingParams(temperature=0.0, max_tokens=4, truncate_prompt_tokens=-1),
+                            use_tqdm=False)[0]
+    assert out.prompt_token_ids == [34, 35, 36] and len(out.outputs[0].token_ids) == 4
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=r"truncate_prompt_tokens must be an integer >= 1 or -1"):
+            SamplingParams(truncate_prompt_tokens=bad)
+
+
 def test_64_bit_seed_edges_and_logit_bias_clamp():
     """The largest seed works with n=1, and with n=2 the largest that leaves room for seed + 1."""
     assert SamplingParams(seed=2 ** 64 - 1).seed == 2 ** 64 - 1

@@ -1,0 +1,131 @@
+"""``pagedllm run-batch -i requests.jsonl -o results.jsonl --model M``: vLLM's ``vllm run-batch``, OpenAI's batch file
+format run offline.
+
+Each input line is ``{"custom_id", "method": "POST", "url", "body"}`` with ``url`` one of BATCH_URLS; each output
+line (same order) is ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``: ``body``
+is what the server would have answered, ``error`` is null on success and the server's error object otherwise. The
+requests go, all at once, through the same app the server runs (``build_app``, driven in-process over ASGI), so
+validation, defaults and error messages are the server's.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from typing import Any
+
+from pagedllm.config import EngineArgs, verify_engine_args
+from pagedllm.entrypoints.openai.cli_args import load_chat_template, make_serve_parser
+
+BATCH_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/score")
+
+
+def make_run_batch_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("-i", "--input-file", required=True, type=str,
+                        help="The batch file: one JSON request per line (a local path).")
+    parser.add_argument("-o", "--output-file", required=True, type=str,
+                        help="Where the results go: one JSON line per request, in the input's order.")
+    parser.add_argument("--response-role", type=str, default="assistant",
+                        help="Role of the generated message when add_generation_prompt is true.")
+    parser.add_argument("--chat-template", type=str, default=None,
+                        help="Chat template: a file path or the template itself. None = the tokenizer's.")
+    parser.add_argument("--served-model-name", type=str, nargs="+", default=None,
+                        help="Model name(s) the requests' \"model\" may use. None = the model path.")
+    EngineArgs.add_cli_args(parser)
+    return parser
+
+
+def _server_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The server's settings for ``build_app``: its defaults, with this command's values over them."""
+    server = make_serve_parser(argparse.ArgumentParser(), model_positional=False).parse_args([])
+    for name, value in vars(args).items():
+        setattr(server, name, value)
+    server.chat_template = load_chat_template(args.chat_template)
+    server.disable_frontend_multiprocessing = True    # nothing to serve meanwhile: the engine core in a thread
+    server.log_requests = False
+    server.api_key = None
+    return server
+
+
+def _read_requests(path: str) -> list[dict]:
+    if path.startswith(("http://", "https://")):
+        raise ValueError(f"--input-file {path}: only local files are supported yet.")
+    requests = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON line ({e}).") from None
+            if not isinstance(request, dict) or not isinstance(request.get("body"), dict) or "url" not in request:
+                raise ValueError(f"{path}:{number}: a batch request needs \"custom_id\", \"method\", \"url\" and a "
+                                 f"JSON object \"body\".")
+            requests.append(request)
+    return requests
+
+
+def _output(request: dict, status: int, body: Any, error: Any) -> dict:
+    return {"id": f"pagedllm-{uuid.uuid4().hex}", "custom_id": request.get("custom_id"),
+            "response": {"status_code": status, "request_id": f"pagedllm-batch-{uuid.uuid4().hex}", "body": body},
+            "error": error}
+
+
+async def _run_one(client, request: dict) -> dict:
+    url, method = request["url"], request.get("method", "POST")
+    if url not in BATCH_URLS:
+        return _output(request, 400, None, {"message": f"URL {url} is not supported in a batch; use one of "
+                                                       f"{', '.join(BATCH_URLS)}.", "type": "BadRequestError",
+                                            "param": "url", "code": 400})
+    if method != "POST":
+        return _output(request, 400, None, {"message": f"method must be POST, got {method!r}.",
+                                            "type": "BadRequestError", "param": "method", "code": 400})
+    if request["body"].get("stream"):
+        return _output(request, 400, None, {"message": "stream is not supported in a batch.",
+                                            "type": "BadRequestError", "param": "stream", "code": 400})
+    response = await client.post(url, json=request["body"])
+    body = response.json()
+    if response.status_code == 200:
+        return _output(request, 200, body, None)
+    return _output(request, response.status_code, None, body.get("error", body))
+
+
+async def run_batch_async(args: argparse.Namespace) -> int:
+    import httpx
+    from tqdm.auto import tqdm
+
+    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
+    requests = _read_requests(args.input_file)
+    server_args = _server_args(args)
+    engine, metrics, names = build_engine(server_args)
+    try:
+        app = build_app(server_args, engine, metrics, names)
+        bar = tqdm(total=len(requests), desc="Running batch", dynamic_ncols=True)
+
+        async def tracked(client, request):
+            result = await _run_one(client, request)
+            bar.update(1)
+            return result
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://run-batch", timeout=None) as client:
+            results = await asyncio.gather(*(tracked(client, r) for r in requests))
+        bar.close()
+    finally:
+        engine.shutdown()
+    with open(args.output_file, "w") as f:
+        for result in results:
+            f.write(json.dumps(result, ensure_ascii=False) + "\n")
+    failed = sum(r["error"] is not None for r in results)
+    print(f"Wrote {len(results)} results to {args.output_file} ({failed} failed).")
+    return 0
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    try:
+        verify_engine_args(EngineArgs.from_cli_args(args))
+        return asyncio.run(run_batch_async(args))
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,55 @@
+"""The prompt forms ``LLM.generate`` / ``LLMEngine.add_request`` take, under vLLM's names (``vllm.inputs``):
+a string, a ``TextPrompt`` or a ``TokensPrompt`` (plain dicts; the TypedDicts are for type checkers and for
+``from pagedllm.inputs import TokensPrompt`` in code written for vLLM)."""
+from __future__ import annotations
+
+from typing import Any, TypedDict, Union
+
+from typing_extensions import NotRequired
+
+
+class TextPrompt(TypedDict):
+    """A text prompt, tokenized by the engine."""
+    prompt: str
+    # vLLM's multi-modal fields: text-only models here, so a value other than None is an error.
+    multi_modal_data: NotRequired[Any]
+    mm_processor_kwargs: NotRequired[Any]
+    cache_salt: NotRequired[str]     # keeps this prompt's prefix-cache blocks apart from other salts'
+
+
+class TokensPrompt(TypedDict):
+    """A prompt given as token ids (``prompt`` is only echoed back in the output)."""
+    prompt_token_ids: list[int]
+    prompt: NotRequired[str]
+    multi_modal_data: NotRequired[Any]
+    mm_processor_kwargs: NotRequired[Any]
+    cache_salt: NotRequired[str]
+
+
+PromptType = Union[str, TextPrompt, TokensPrompt]
+
+# Keys of a prompt dict that pagedllm reads, and vLLM's keys it cannot honour (with why): any of those with a value
+# other than None is an error, never silently dropped.
+PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt"})
+UNSUPPORTED_PROMPT_KEYS = {
+    "multi_modal_data": "multi-modal inputs are not supported: pagedllm runs text-only models",
+    "mm_processor_kwargs": "multi-modal inputs are not supported: pagedllm runs text-only models",
+    "multi_modal_uuids": "multi-modal inputs are not supported: pagedllm runs text-only models",
+    "prompt_embeds": "prompt embeddings (EmbedsPrompt) are not supported yet; pass text or token ids",
+    "encoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
+    "decoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
+    "token_type_ids": "token_type_ids are not supported in prompts; the tokenizer's are used",
+}
+
+
+def check_prompt_keys(prompt: dict) -> None:
+    """Raise ValueError for a prompt dict key pagedllm would otherwise ignore."""
+    for key, value in prompt.items():
+        if key in PROMPT_KEYS:
+            continue
+        if key in UNSUPPORTED_PROMPT_KEYS:
+            if value is not None:
+                raise ValueError(f"Prompt field {key!r}: {UNSUPPORTED_PROMPT_KEYS[key]}.")
+            continue
+        raise ValueError(f"Unknown prompt field {key!r}; a prompt dict needs 'prompt' or 'prompt_token_ids' "
+                         f"(and may have 'cache_salt').")

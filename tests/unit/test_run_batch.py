@@ -1,0 +1,61 @@
+"""``pagedllm run-batch`` (vLLM's ``vllm run-batch``): OpenAI batch lines in, one result line each out, in order, with
+the server's answers and errors; on a tiny random Llama with the SmolLM2 tokenizer."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.entrypoints.cli import main
+from tiny_models import save_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def model_dir(tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_llama_batch")
+    save_tiny_llama(path, len(tokenizer), bos_token_id=1, eos_token_id=2)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_run_batch_answers_in_order_with_errors(model_dir, tmp_path, capsys):
+    lines = [
+        {"custom_id": "first", "method": "POST", "url": "/v1/completions",
+         "body": {"model": model_dir, "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}},
+        {"custom_id": "bad-model", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "nope", "prompt": "Hi", "max_tokens": 2}},
+        {"custom_id": "bad-url", "method": "POST", "url": "/v1/audio/transcriptions", "body": {}},
+        {"custom_id": "bad-value", "method": "POST", "url": "/v1/completions",
+         "body": {"model": model_dir, "prompt": "Hi", "temperature": -1}},
+        {"custom_id": "streamed", "method": "POST", "url": "/v1/completions",
+         "body": {"model": model_dir, "prompt": "Hi", "stream": True}},
+    ]
+    batch, results = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run-batch", "-i", str(batch), "-o", str(results), "--model", model_dir, "--dtype", "float32",
+              "--max-model-len", "64"])
+    assert exit_info.value.code == 0
+    assert "Wrote 5 results" in capsys.readouterr().out
+    out = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [o["custom_id"] for o in out] == [line["custom_id"] for line in lines]
+    first = out[0]
+    assert first["error"] is None and first["response"]["status_code"] == 200
+    expected = LLM(model_dir, dtype="float32", max_model_len=64).generate(
+        "The capital of France is", SamplingParams(temperature=0, max_tokens=5), use_tqdm=False)[0].outputs[0].text
+    assert first["response"]["body"]["object"] == "text_completion"
+    assert first["response"]["body"]["choices"][0]["text"] == expected
+    codes = [(o["response"]["status_code"], o["error"]["param"]) for o in out[1:]]
+    assert codes == [(404, "model"), (400, "url"), (400, "temperature"), (400, "stream")]
+    assert all(o["response"]["body"] is None for o in out[1:])
+    assert "does not exist" in out[1]["error"]["message"]
+
+
+def test_run_batch_bad_input_is_a_clear_error(tmp_path):
+    batch = tmp_path / "in.jsonl"
+    batch.write_text('{"custom_id": "x", "url": "/v1/completions"}\n')
+    with pytest.raises(SystemExit, match=r"in.jsonl:1: a batch request needs .*\"body\""):
+        main(["run-batch", "-i", str(batch), "-o", str(tmp_path / "out.jsonl")])
+    with pytest.raises(SystemExit, match="No such file"):
+        main(["run-batch", "-i", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out.jsonl")])
