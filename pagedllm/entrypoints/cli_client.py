@@ -49,7 +49,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace, out: TextIO) -> tuple[Any, str]:
-    from openai import OpenAI
+    try:
+        from openai import OpenAI
+    except ImportError:     # a test extra here, not a dependency of the engine
+        sys.exit("error: pagedllm chat / complete talk to the server through the openai package: "
+                 "pip install openai")
     client = OpenAI(base_url=args.url, api_key=args.api_key or envs.OPENAI_API_KEY or "EMPTY")
     try:
         model = args.model_name or client.models.list().data[0].id
