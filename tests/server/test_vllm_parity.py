@@ -1,0 +1,71 @@
+"""Requests a vLLM user sends that once answered differently from vLLM (found by an audit with the openai client and
+curl): each test states what vLLM returns for the same body."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from server_utils import MODEL
+
+PROMPT = "The capital of France is Paris"
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def post(server, path: str, body: dict) -> httpx.Response:
+    return httpx.post(server.url + path, json={"model": MODEL, **body}, timeout=120)
+
+
+# ---- /v1/completions echo --------------------------------------------------------------------------------------------
+def test_echo_max_tokens_0_returns_prompt_logprobs(server, client):
+    # lm-eval-harness scores a text this way (loglikelihood): the prompt alone, with a logprob per prompt token.
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
+    (choice,) = out.choices
+    assert choice.text == PROMPT and choice.finish_reason == "length"
+    lp = choice.logprobs
+    assert lp is not None
+    assert len(lp.tokens) == out.usage.prompt_tokens and "".join(lp.tokens) == PROMPT
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None      # nothing predicts the first token
+    assert all(x <= 0.0 for x in lp.token_logprobs[1:])
+    assert out.usage.completion_tokens == 0
+    # The same numbers as the prompt part of an echo that also generates.
+    longer = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, temperature=0, echo=True,
+                                       logprobs=1)
+    n = out.usage.prompt_tokens
+    assert longer.choices[0].logprobs.tokens[:n] == lp.tokens
+    assert longer.choices[0].logprobs.token_logprobs[1:n] == pytest.approx(lp.token_logprobs[1:], abs=1e-4)
+
+
+def test_echo_max_tokens_0_checks_sampling_fields(server):
+    r = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 0, "echo": True, "temperature": -1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+
+
+def test_echo_max_tokens_0_streams_sse(client):
+    # stream=true must answer with server-sent events even when nothing is generated (the openai client read a
+    # plain JSON body as an empty stream).
+    chunks = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True, stream=True,
+                                            logprobs=0, stream_options={"include_usage": True}))
+    text_chunks = [c for c in chunks if c.choices]
+    assert "".join(c.choices[0].text for c in text_chunks) == PROMPT
+    assert text_chunks[-1].choices[0].finish_reason == "length"
+    assert "".join(text_chunks[0].choices[0].logprobs.tokens) == PROMPT
+    assert chunks[-1].usage.completion_tokens == 0
+
+
+def test_echo_logprobs_stream_matches_whole(client):
+    kw = dict(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0, echo=True, logprobs=1)
+    whole = client.completions.create(**kw).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(**kw, stream=True) if c.choices]
+    tokens = [t for c in chunks for t in c.logprobs.tokens]
+    token_logprobs = [x for c in chunks for x in c.logprobs.token_logprobs]
+    offsets = [x for c in chunks for x in c.logprobs.text_offset]
+    assert "".join(c.text for c in chunks) == whole.text
+    assert tokens == whole.logprobs.tokens          # the prompt's tokens first, as in the whole response
+    assert token_logprobs[0] is None and whole.logprobs.token_logprobs[0] is None
+    assert token_logprobs[1:] == pytest.approx(whole.logprobs.token_logprobs[1:], abs=1e-4)
+    assert offsets == whole.logprobs.text_offset
