@@ -69,3 +69,25 @@ def test_echo_logprobs_stream_matches_whole(client):
     assert token_logprobs[0] is None and whole.logprobs.token_logprobs[0] is None
     assert token_logprobs[1:] == pytest.approx(whole.logprobs.token_logprobs[1:], abs=1e-4)
     assert offsets == whole.logprobs.text_offset
+
+
+# ---- tools -----------------------------------------------------------------------------------------------------------
+MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+@pytest.mark.parametrize("tool", [
+    {"type": "function", "function": {"description": "no name"}},
+    {"type": "function"},
+    {"type": "function", "function": {"name": "f", "parameters": 5}},
+    {"type": "retrieval", "function": {"name": "f"}},
+])
+def test_malformed_tool_is_a_400_without_tool_choice(server, tool):
+    # vLLM's pydantic model of a tool refuses these whatever tool_choice is; they used to be rendered silently.
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [tool], "max_tokens": 2})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "tools"
+    r = post(server, "/tokenize", {"messages": MESSAGES, "tools": [tool]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+    good = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [good], "max_tokens": 2})
+    assert r.status_code == 200

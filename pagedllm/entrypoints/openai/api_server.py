@@ -31,6 +31,7 @@ from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversa
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_response
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
+from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
                                                 add_error_handlers, add_guards, validation_error_response)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
@@ -176,6 +177,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                         raise RequestError("Cannot set both `continue_final_message` and `add_generation_prompt` "
                                            "to True.", "continue_final_message")
                     request.add_generation_prompt = False
+                if request.tools:
+                    functions_by_name(request.tools)     # the same tool checks as /v1/chat/completions
                 ids = await base.render_chat(
                     conversation(request.messages), chat_template=request.chat_template,
                     add_generation_prompt=request.add_generation_prompt,

@@ -68,6 +68,8 @@ class OpenAIServingChat(OpenAIServing):
         self.tool_parser = tool_parser      # --enable-auto-tool-choice --tool-call-parser NAME
 
     def tool_mode(self, req: ChatCompletionRequest) -> ToolMode:
+        if req.tools:
+            tool_parsers.functions_by_name(req.tools)      # the tools' shape, whatever tool_choice is
         choice = req.tool_choice
         if choice is None:
             # OpenAI's default with tools is "auto"; without an auto parser the tools are only shown (vLLM).
