@@ -51,12 +51,23 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
     ``trusted=False`` (a template from a request): sandboxed, with ``time_limit_s`` and ``max_chars`` limits."""
     if tokenizer is None:
         raise ValueError("chat needs a tokenizer (skip_tokenizer_init=True was given).")
+    kwargs = dict(chat_template_kwargs or {})
+    # As vLLM, chat_template_kwargs go over the named arguments: a key named like one of them overrides it (it
+    # used to reach the template twice: "got multiple values for keyword argument").
+    for name in ("add_generation_prompt", "continue_final_message"):
+        if name in kwargs and not isinstance(kwargs[name], bool):
+            raise ValueError(f"chat_template_kwargs[{name!r}] must be true or false, got {kwargs[name]!r}.")
+    add_generation_prompt = kwargs.pop("add_generation_prompt", add_generation_prompt)
+    continue_final_message = kwargs.pop("continue_final_message", continue_final_message)
+    tools = kwargs.pop("tools", tools)
+    if kwargs.get("chat_template") is not None and chat_template is None:
+        chat_template = kwargs["chat_template"]
+    kwargs.pop("chat_template", None)
     if add_generation_prompt and continue_final_message:
         raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
     for m in conversation:
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"Each message needs a 'role', got {m!r}.")
-    kwargs = dict(chat_template_kwargs or {})
     if trusted or chat_template is None:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
                                              add_generation_prompt=add_generation_prompt,

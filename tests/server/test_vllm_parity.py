@@ -91,3 +91,22 @@ def test_malformed_tool_is_a_400_without_tool_choice(server, tool):
     good = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
     r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [good], "max_tokens": 2})
     assert r.status_code == 200
+
+
+# ---- chat_template_kwargs ----------------------------------------------------------------------------------------------
+def test_chat_template_kwargs_override_template_arguments(server):
+    # vLLM merges chat_template_kwargs over add_generation_prompt / continue_final_message / tools; the same key
+    # in both used to be a 400 "got multiple values for keyword argument".
+    plain = post(server, "/tokenize", {"messages": MESSAGES, "add_generation_prompt": False}).json()["tokens"]
+    with_prompt = post(server, "/tokenize", {"messages": MESSAGES}).json()["tokens"]
+    assert len(with_prompt) > len(plain)
+    r = post(server, "/tokenize", {"messages": MESSAGES, "chat_template_kwargs": {"add_generation_prompt": False}})
+    assert r.status_code == 200, r.text
+    assert r.json()["tokens"] == plain
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 1,
+                                              "chat_template_kwargs": {"add_generation_prompt": False}})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == len(plain)
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 1,
+                                              "chat_template_kwargs": {"add_generation_prompt": "no"}})
+    assert r.status_code == 400 and "add_generation_prompt" in r.json()["error"]["message"]
