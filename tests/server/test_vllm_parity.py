@@ -110,3 +110,9 @@ def test_chat_template_kwargs_override_template_arguments(server):
     r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 1,
                                               "chat_template_kwargs": {"add_generation_prompt": "no"}})
     assert r.status_code == 400 and "add_generation_prompt" in r.json()["error"]["message"]
+
+
+def test_prompt_logprobs_of_a_one_token_prompt(server):
+    # vLLM answers [null] (one entry per prompt token); it was null, as if prompt_logprobs had not been asked for.
+    r = post(server, "/v1/completions", {"prompt": [100], "max_tokens": 1, "prompt_logprobs": 0})
+    assert r.status_code == 200 and r.json()["choices"][0]["prompt_logprobs"] == [None]
