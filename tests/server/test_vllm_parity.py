@@ -6,9 +6,17 @@ import httpx
 import openai
 import pytest
 
-from server_utils import MODEL
+from server_utils import MODEL, SERVER_ARGS, start_servers
 
 PROMPT = "The capital of France is Paris"
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The bundled model, with --enable-prompt-tokens-details (the other tests here do not read it)."""
+    (s,) = start_servers(["serve", MODEL, "--enable-prompt-tokens-details"] + SERVER_ARGS)
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +124,25 @@ def test_prompt_logprobs_of_a_one_token_prompt(server):
     # vLLM answers [null] (one entry per prompt token); it was null, as if prompt_logprobs had not been asked for.
     r = post(server, "/v1/completions", {"prompt": [100], "max_tokens": 1, "prompt_logprobs": 0})
     assert r.status_code == 200 and r.json()["choices"][0]["prompt_logprobs"] == [None]
+
+
+# ---- --enable-prompt-tokens-details --------------------------------------------------------------------------------------
+def test_prompt_tokens_details_report_prefix_cache_hits(server, client):
+    # The flag was accepted and ignored (prompt_tokens_details stayed null); vLLM reports cached_tokens when a
+    # prefix-cache hit supplied some of the prompt, and null otherwise.
+    prompt = "Prefix caching test: " + " ".join(f"word{i}" for i in range(40))
+    first = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+    assert first.usage.prompt_tokens_details is None                      # nothing cached yet
+    again = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert cached > 0 and cached % 16 == 0 and cached < again.usage.prompt_tokens    # whole blocks of 16
+    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == cached
+    messages = [{"role": "user", "content": prompt}]
+    client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    assert chat.usage.prompt_tokens_details.cached_tokens >= cached
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == chat.usage.prompt_tokens_details.cached_tokens

@@ -182,8 +182,10 @@ class OpenAIServingChat(OpenAIServing):
         lps: list[list] = [[] for _ in range(n)]
         finish: list[tuple] = [(None, None)] * n
         prompt_logprobs = None
+        cached = 0
         try:
             async for out in stream:
+                cached = out.num_cached_tokens or 0
                 if out.prompt_logprobs is not None:
                     prompt_logprobs = out.prompt_logprobs
                 for c in out.outputs:
@@ -210,7 +212,8 @@ class OpenAIServingChat(OpenAIServing):
                 token_ids=tokens[i] if return_ids else None))
         generated = sum(len(t) for t in tokens)
         usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=generated,
-                          total_tokens=len(prompt_ids) + generated)
+                          total_tokens=len(prompt_ids) + generated,
+                          prompt_tokens_details=self.prompt_tokens_details(cached))
         resp = ChatCompletionResponse(id=request_id, created=created, model=self.model_name, choices=choices,
                                       usage=usage,
                                       prompt_token_ids=prompt_ids if return_ids else None)
@@ -234,6 +237,7 @@ class OpenAIServingChat(OpenAIServing):
         return_ids = bool(req.return_token_ids) or self.tokenizer is None
         num_prompt = len(prompt_ids)
         num_generated = 0
+        cached = 0
         finished_sent = [False] * n
         tool_stream = ToolCallStream(self, mode, n)
 
@@ -245,7 +249,8 @@ class OpenAIServingChat(OpenAIServing):
             # Built as text: this runs once per token per stream.
             body = choice if isinstance(choice, str) else dumps(choice)
             if continuous:
-                return f'{head}{body}],"usage":{dumps(usage_dict(num_prompt, num_generated))}}}\n\n'
+                usage = usage_dict(num_prompt, num_generated, self.prompt_tokens_details(cached))
+                return f'{head}{body}],"usage":{dumps(usage)}}}\n\n'
             return head + body + plain_tail
 
         try:
@@ -256,6 +261,7 @@ class OpenAIServingChat(OpenAIServing):
                 if echo:
                     yield chunk({"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None})
             async for out in stream:
+                cached = out.num_cached_tokens or 0
                 for c in out.outputs:
                     if finished_sent[c.index]:
                         continue
@@ -287,7 +293,8 @@ class OpenAIServingChat(OpenAIServing):
                     yield chunk(choice)
             if include_usage:
                 yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
-                           "model": self.model_name, "choices": [], "usage": usage_dict(num_prompt, num_generated)})
+                           "model": self.model_name, "choices": [],
+                           "usage": usage_dict(num_prompt, num_generated, self.prompt_tokens_details(cached))})
         except Exception as e:
             logger.warning("Error while streaming %s: %r", request_id, e)
             yield f"data: {error_response(e).body.decode()}\n\n"

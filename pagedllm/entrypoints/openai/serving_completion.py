@@ -151,8 +151,10 @@ class OpenAIServingCompletion(OpenAIServing):
         n = req.n
         choices = [[_Choice() for _ in range(n)] for _ in prompts]
         prompt_logprobs: list[Any] = [None] * len(prompts)
+        cached = [0] * len(prompts)
         try:
             async for i, out in merge_streams(streams):
+                cached[i] = out.num_cached_tokens or 0
                 if out.prompt_logprobs is not None:
                     prompt_logprobs[i] = out.prompt_logprobs
                 for c in out.outputs:
@@ -195,7 +197,8 @@ class OpenAIServingCompletion(OpenAIServing):
                     prompt_token_ids=p.ids if self._return_ids(req) else None))
         num_prompt = sum(len(p.ids) for p in prompts)
         usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
-                          total_tokens=num_prompt + num_generated)
+                          total_tokens=num_prompt + num_generated,
+                          prompt_tokens_details=self.prompt_tokens_details(sum(cached)))
         resp = CompletionResponse(id=base_id, created=created, model=self.model_name, choices=result_choices,
                                   usage=usage)
         return JSONResponse(resp.model_dump(exclude_none=False, exclude={"choices": {"__all__": self._optional(req)}}))
@@ -224,11 +227,13 @@ class OpenAIServingCompletion(OpenAIServing):
         choices = [[_Choice() for _ in range(n)] for _ in prompts]
         num_prompt = sum(len(p.ids) for p in prompts)
         num_generated = 0
+        cached = [0] * len(prompts)
         head = (f'data: {{"id":{dumps(base_id)},"object":"text_completion","created":{created},'
                 f'"model":{dumps(self.model_name)},"choices":[')
         tail = '}],"usage":null}\n\n' if include_usage else '}]}\n\n'
         try:
             async for i, out in merge_streams(streams):
+                cached[i] = out.num_cached_tokens or 0
                 for c in out.outputs:
                     ch = choices[i][c.index]
                     if ch.finished_sent:
@@ -262,13 +267,15 @@ class OpenAIServingCompletion(OpenAIServing):
                     if return_ids:
                         choice += f',"token_ids":{dumps(token_ids)}'
                     if continuous:
-                        tail = f'}}],"usage":{dumps(usage_dict(num_prompt, num_generated))}}}\n\n'
+                        usage = usage_dict(num_prompt, num_generated, self.prompt_tokens_details(sum(cached)))
+                        tail = f'}}],"usage":{dumps(usage)}}}\n\n'
                     if finish_reason is not None:
                         ch.finished_sent = True
                     yield head + choice + tail
             if include_usage:
                 yield sse({"id": base_id, "object": "text_completion", "created": created, "model": self.model_name,
-                           "choices": [], "usage": usage_dict(num_prompt, num_generated)})
+                           "choices": [], "usage": usage_dict(num_prompt, num_generated,
+                                                              self.prompt_tokens_details(sum(cached)))})
         except Exception as e:   # after the 200 went out, errors travel in the stream (vLLM's format)
             logger.warning("Error while streaming %s: %r", base_id, e)
             body = error_response(e).body

@@ -74,9 +74,9 @@ def clamp_logprob(value: float) -> float:
     return max(value, -9999.0) if not math.isnan(value) else -9999.0
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage_dict(prompt_tokens: int, completion_tokens: int, prompt_tokens_details: dict | None = None) -> dict:
     return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
-            "completion_tokens": completion_tokens, "prompt_tokens_details": None}
+            "completion_tokens": completion_tokens, "prompt_tokens_details": prompt_tokens_details}
 
 
 def plain_prompt_logprobs(prompt_logprobs) -> list | None:
@@ -93,7 +93,8 @@ class OpenAIServing:
     def __init__(self, engine: AsyncLLMEngine, served_model_names: Sequence[str], *, tokenizer: Any,
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
                  max_log_len: int | None = None, trust_request_chat_template: bool = False,
-                 max_n: int = MAX_N, max_prompts_per_request: int | None = None):
+                 max_n: int = MAX_N, max_prompts_per_request: int | None = None,
+                 enable_prompt_tokens_details: bool = False):
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
@@ -105,11 +106,19 @@ class OpenAIServing:
         self.trust_request_chat_template = trust_request_chat_template
         self.max_n = max_n
         self.max_prompts_per_request = max_prompts_per_request
+        self.enable_prompt_tokens_details = enable_prompt_tokens_details
         self.max_model_len = engine.config.max_model_len
         self.vocab_size = engine.vocab_size
         self.default_params = engine.default_sampling_params()
         gen = engine.config.model.generation_config or {}
         self.default_max_tokens = gen.get("max_new_tokens")
+
+    def prompt_tokens_details(self, cached_tokens: int) -> dict | None:
+        """usage.prompt_tokens_details: with --enable-prompt-tokens-details and a prefix-cache hit, the prompt tokens
+        the cache supplied (vLLM leaves it null otherwise)."""
+        if self.enable_prompt_tokens_details and cached_tokens:
+            return {"cached_tokens": cached_tokens}
+        return None
 
     # ---- checks ---------------------------------------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
