@@ -2,6 +2,8 @@
 curl): each test states what vLLM returns for the same body."""
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -146,3 +148,29 @@ def test_prompt_tokens_details_report_prefix_cache_hits(server, client):
     chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1, stream=True,
                                                  stream_options={"include_usage": True}))
     assert chunks[-1].usage.prompt_tokens_details.cached_tokens == chat.usage.prompt_tokens_details.cached_tokens
+
+
+# ---- parallel_tool_calls -------------------------------------------------------------------------------------------------
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+THREE_CITIES = [{"role": "user", "content": "What is the weather in Paris, in London and in Rome? "
+                                            "Call get_weather once per city."}]
+
+
+def test_parallel_tool_calls_false_gives_one_call(client):
+    # The field was ignored. vLLM returns one tool call at most when it is false; here the "required" constraint
+    # allows only one, so the call also ends instead of running into max_tokens.
+    kw = dict(model=MODEL, messages=THREE_CITIES, tools=WEATHER, tool_choice="required", max_tokens=80,
+              temperature=0)
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    indexes = {tc.index for c in chunks for ch in c.choices for tc in (ch.delta.tool_calls or [])}
+    assert len(indexes) > 1                         # by default this prompt makes several calls
+    out = client.chat.completions.create(**kw, parallel_tool_calls=False)
+    (choice,) = out.choices
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"]
+    chunks = list(client.chat.completions.create(**kw, parallel_tool_calls=False, stream=True))
+    calls = [tc for c in chunks for ch in c.choices for tc in (ch.delta.tool_calls or [])]
+    assert {tc.index for tc in calls} == {0} and chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert "".join(tc.function.arguments or "" for tc in calls) == call.function.arguments

@@ -57,9 +57,12 @@ def conversation(messages: list[ChatMessage]) -> list[dict]:
 @dataclass
 class ToolMode:
     """How this request's output becomes tool calls: "none", "auto" (the parser reads the model's format),
-    "required" (a constrained JSON array of calls) or "named" (constrained arguments of ``function``)."""
+    "required" (a constrained JSON array of calls) or "named" (constrained arguments of ``function``).
+    ``parallel=False`` (the request's ``parallel_tool_calls: false``): one call at most, as vLLM (the "required"
+    constraint allows only one; "auto" keeps the first the parser finds)."""
     kind: str = "none"
     function: dict | None = None
+    parallel: bool = True
 
 
 class OpenAIServingChat(OpenAIServing):
@@ -71,9 +74,10 @@ class OpenAIServingChat(OpenAIServing):
         if req.tools:
             tool_parsers.functions_by_name(req.tools)      # the tools' shape, whatever tool_choice is
         choice = req.tool_choice
+        parallel = req.parallel_tool_calls is not False
         if choice is None:
             # OpenAI's default with tools is "auto"; without an auto parser the tools are only shown (vLLM).
-            return ToolMode("auto" if req.tools and self.tool_parser is not None else "none")
+            return ToolMode("auto" if req.tools and self.tool_parser is not None else "none", parallel=parallel)
         if choice == "none":
             return ToolMode()
         if not req.tools:
@@ -82,10 +86,10 @@ class OpenAIServingChat(OpenAIServing):
             if self.tool_parser is None:
                 raise RequestError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
                                    'to be set', "tool_choice")
-            return ToolMode("auto")
+            return ToolMode("auto", parallel=parallel)
         if choice == "required":
             tool_parsers.required_schema(req.tools)      # checks the tools
-            return ToolMode("required")
+            return ToolMode("required", parallel=parallel)
         return ToolMode("named", tool_parsers.named_tool(req.tools, choice))
 
     def tool_constraint(self, req: ChatCompletionRequest, mode: ToolMode) -> StructuredOutputsParams | None:
@@ -96,7 +100,7 @@ class OpenAIServingChat(OpenAIServing):
             raise RequestError(f"tool_choice={mode.kind!r} constrains the output itself: drop response_format / "
                                f"guided_* from the request.", "tool_choice")
         schema = (tool_parsers.parameters_schema(mode.function) if mode.kind == "named"
-                  else tool_parsers.required_schema(req.tools))
+                  else tool_parsers.required_schema(req.tools, mode.parallel))
         so = StructuredOutputsParams(json=schema)
         try:
             structured_output.validate(so)
@@ -110,11 +114,14 @@ class OpenAIServingChat(OpenAIServing):
             return None, [tool_parsers.tool_call(mode.function["name"], text)], finish_reason
         if mode.kind == "required":
             try:
-                return None, tool_parsers.calls_from_required(text), "tool_calls"
+                calls = tool_parsers.calls_from_required(text)
+                return None, calls if mode.parallel else calls[:1], "tool_calls"
             except (ValueError, KeyError, TypeError):    # cut by max_tokens: not a whole JSON array
                 return text, [], finish_reason
         if mode.kind == "auto":
             content, calls = self.tool_parser.extract(text)
+            if not mode.parallel:
+                calls = calls[:1]
             if calls:
                 return content, calls, "tool_calls"
         return text, [], finish_reason
@@ -343,6 +350,8 @@ class ToolCallStream:
                     delta["content"] = full[self.sent[index]:upto]
                     self.sent[index] = upto
                 calls = tool_parsers.stream_calls(full, parser.call_nodes(full)) if upto < len(full) else []
+            if not self.mode.parallel:
+                calls = calls[:1]
             call_deltas = self._call_deltas(index, calls)
             if call_deltas:
                 delta["tool_calls"] = call_deltas

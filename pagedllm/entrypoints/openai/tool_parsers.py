@@ -60,12 +60,16 @@ def parameters_schema(fn: dict) -> dict:
     return fn.get("parameters") or {"type": "object", "properties": {}}
 
 
-def required_schema(tools: list[dict]) -> dict:
-    """``tool_choice="required"``: an array of one or more calls, each naming one of the tools with its arguments."""
+def required_schema(tools: list[dict], parallel: bool = True) -> dict:
+    """``tool_choice="required"``: an array of one or more calls (exactly one with ``parallel=False``, the request's
+    ``parallel_tool_calls``), each naming one of the tools with its arguments."""
     variants = [{"type": "object",
                  "properties": {"name": {"type": "string", "enum": [name]}, "parameters": parameters_schema(fn)},
                  "required": ["name", "parameters"]} for name, fn in functions_by_name(tools).items()]
-    return {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+    schema = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+    if not parallel:
+        schema["maxItems"] = 1
+    return schema
 
 
 def calls_from_required(text: str) -> list[dict]:
