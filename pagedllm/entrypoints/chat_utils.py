@@ -38,6 +38,38 @@ class ChatTemplateError(ValueError):
     """A chat template failed, took too long or built too much."""
 
 
+def template_messages(conversation: list[dict]) -> list[dict]:
+    """The messages as chat templates expect them (vLLM and HF's rule): an assistant message's tool-call arguments
+    as a dict, not the JSON string the OpenAI format carries (templates write ``arguments | tojson`` or read its
+    keys; the string came out double-encoded), and an empty ``tool_calls`` list dropped. Copies; the input is left
+    as it is. A ValueError names an argument string that is not JSON."""
+    out = []
+    for i, m in enumerate(conversation):
+        calls = m.get("tool_calls") if isinstance(m, dict) and m.get("role") == "assistant" else None
+        if not isinstance(calls, list):
+            out.append(m)
+            continue
+        m = dict(m)
+        if not calls:
+            del m["tool_calls"]
+            out.append(m)
+            continue
+        m["tool_calls"] = []
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and not isinstance(fn.get("arguments"), (dict, list)):
+                args = fn.get("arguments")
+                try:
+                    parsed = json.loads(args) if args else {}
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON: {e}") \
+                        from None
+                call = {**call, "function": {**fn, "arguments": parsed}}
+            m["tool_calls"].append(call)
+        out.append(m)
+    return out
+
+
 class _TemplateTimeout(BaseException):
     """Injected into the rendering thread when the time is up (a BaseException: templates cannot catch it)."""
 
@@ -68,6 +100,7 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
     for m in conversation:
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"Each message needs a 'role', got {m!r}.")
+    conversation = template_messages(conversation)
     if trusted or chat_template is None:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
                                              add_generation_prompt=add_generation_prompt,

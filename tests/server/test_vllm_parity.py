@@ -15,8 +15,10 @@ PROMPT = "The capital of France is Paris"
 
 @pytest.fixture(scope="module")
 def server():
-    """The bundled model, with --enable-prompt-tokens-details (the other tests here do not read it)."""
-    (s,) = start_servers(["serve", MODEL, "--enable-prompt-tokens-details"] + SERVER_ARGS)
+    """The bundled model, with --enable-prompt-tokens-details and --trust-request-chat-template (the tests that do
+    not use them do not notice them)."""
+    (s,) = start_servers(["serve", MODEL, "--enable-prompt-tokens-details", "--trust-request-chat-template"]
+                         + SERVER_ARGS)
     yield s
     s.stop()
 
@@ -174,3 +176,27 @@ def test_parallel_tool_calls_false_gives_one_call(client):
     calls = [tc for c in chunks for ch in c.choices for tc in (ch.delta.tool_calls or [])]
     assert {tc.index for tc in calls} == {0} and chunks[-1].choices[0].finish_reason == "tool_calls"
     assert "".join(tc.function.arguments or "" for tc in calls) == call.function.arguments
+
+
+# ---- assistant tool calls in the conversation ------------------------------------------------------------------------
+def rendered(server, messages: list[dict], template: str) -> httpx.Response:
+    r = post(server, "/tokenize", {"messages": messages, "chat_template": template, "add_generation_prompt": False})
+    if r.status_code != 200:
+        return r
+    return post(server, "/detokenize", {"tokens": r.json()["tokens"]})
+
+
+def test_tool_call_arguments_reach_the_template_as_a_dict(server):
+    # The OpenAI format carries arguments as a JSON string; vLLM (and HF) hand templates a dict, so that
+    # "arguments.city" or "arguments | tojson" work. The string went through as is.
+    template = ("{% for m in messages %}{% for tc in m.tool_calls or [] %}"
+                "{{ tc.function.name }}:{{ tc.function.arguments.city }};{% endfor %}{% endfor %}")
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = MESSAGES + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                           {"role": "tool", "tool_call_id": "call_1", "content": "20C"}]
+    r = rendered(server, messages, template)
+    assert r.status_code == 200 and r.json()["prompt"] == "get_weather:Paris;"
+    bad = {**call, "function": {"name": "get_weather", "arguments": "{not json"}}
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES + [{"role": "assistant", "tool_calls": [bad]}],
+                                              "max_tokens": 1})
+    assert r.status_code == 400 and "arguments is not valid JSON" in r.json()["error"]["message"]
