@@ -77,9 +77,10 @@ class _TemplateTimeout(BaseException):
 def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template: str | None = None,
                         add_generation_prompt: bool = True, continue_final_message: bool = False,
                         tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
-                        trusted: bool = True, time_limit_s: float = CHAT_TEMPLATE_TIME_LIMIT_S,
+                        trusted: bool = True, documents: list[dict] | None = None, time_limit_s: float = CHAT_TEMPLATE_TIME_LIMIT_S,
                         max_chars: int = CHAT_TEMPLATE_MAX_CHARS) -> list[int]:
-    """Token ids of a conversation rendered by the tokenizer's chat template (or ``chat_template``).
+    """Token ids of a conversation rendered by the tokenizer's chat template (or ``chat_template``); ``documents``
+    (RAG templates' variable, as vLLM's chat request field) goes to the template as is.
     ``trusted=False`` (a template from a request): sandboxed, with ``time_limit_s`` and ``max_chars`` limits."""
     if tokenizer is None:
         raise ValueError("chat needs a tokenizer (skip_tokenizer_init=True was given).")
@@ -92,6 +93,7 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
     add_generation_prompt = kwargs.pop("add_generation_prompt", add_generation_prompt)
     continue_final_message = kwargs.pop("continue_final_message", continue_final_message)
     tools = kwargs.pop("tools", tools)
+    documents = kwargs.pop("documents", documents)
     if kwargs.get("chat_template") is not None and chat_template is None:
         chat_template = kwargs["chat_template"]
     kwargs.pop("chat_template", None)
@@ -104,12 +106,13 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
     if trusted or chat_template is None:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
                                              add_generation_prompt=add_generation_prompt,
-                                             continue_final_message=continue_final_message, tools=tools, **kwargs)
+                                             continue_final_message=continue_final_message, tools=tools,
+                                             documents=documents, **kwargs)
     else:
         variables = {**getattr(tokenizer, "special_tokens_map", {}), **kwargs}
         text = render_untrusted_template(chat_template, conversation, add_generation_prompt=add_generation_prompt,
                                          continue_final_message=continue_final_message, tools=tools,
-                                         time_limit_s=time_limit_s, max_chars=max_chars, **variables)
+                                         documents=documents, time_limit_s=time_limit_s, max_chars=max_chars, **variables)
     # The template already holds the special tokens (BOS etc.): don't add them twice.
     return tokenizer.encode(text, add_special_tokens=False)
 

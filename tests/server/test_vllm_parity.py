@@ -200,3 +200,16 @@ def test_tool_call_arguments_reach_the_template_as_a_dict(server):
     r = post(server, "/v1/chat/completions", {"messages": MESSAGES + [{"role": "assistant", "tool_calls": [bad]}],
                                               "max_tokens": 1})
     assert r.status_code == 400 and "arguments is not valid JSON" in r.json()["error"]["message"]
+
+
+def test_documents_reach_the_template(server):
+    # vLLM's chat field for RAG templates (Command-R, Granite); it was accepted and never passed on.
+    template = "{% for d in documents or [] %}[{{ d.title }}: {{ d.text }}]{% endfor %}{{ messages[-1].content }}"
+    docs = [{"title": "Paris", "text": "capital of France"}]
+    ids = post(server, "/tokenize", {"prompt": "[Paris: capital of France]Weather in Paris?",
+                                     "add_special_tokens": False}).json()["tokens"]
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "documents": docs, "chat_template": template,
+                                              "add_generation_prompt": False, "max_tokens": 1,
+                                              "return_token_ids": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt_token_ids"] == ids

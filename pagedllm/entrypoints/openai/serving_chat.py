@@ -136,7 +136,8 @@ class OpenAIServingChat(OpenAIServing):
             ids = await self.render_chat(
                 conv, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
                 continue_final_message=req.continue_final_message, tools=req.tools,
-                chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens)
+                chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens,
+                documents=req.documents)
             if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > 0:
                 ids = ids[-req.truncate_prompt_tokens:]
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens

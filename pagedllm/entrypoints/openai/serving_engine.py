@@ -222,7 +222,7 @@ class OpenAIServing:
 
     async def render_chat(self, conversation: list[dict], *, chat_template: str | None, add_generation_prompt: bool,
                           continue_final_message: bool, tools: list | None, chat_template_kwargs: dict | None,
-                          add_special_tokens: bool = False) -> list[int]:
+                          add_special_tokens: bool = False, documents: list[dict] | None = None) -> list[int]:
         tok = self.need_tokenizer("Chat")
         if chat_template_kwargs and "chat_template" in chat_template_kwargs:
             chat_template = chat_template or chat_template_kwargs["chat_template"]
@@ -242,7 +242,8 @@ class OpenAIServing:
             ids = apply_chat_template(tok, conversation, chat_template=template,
                                       add_generation_prompt=add_generation_prompt,
                                       continue_final_message=continue_final_message, tools=tools,
-                                      chat_template_kwargs=chat_template_kwargs, trusted=trusted)
+                                      documents=documents, chat_template_kwargs=chat_template_kwargs,
+                                      trusted=trusted)
             bos = getattr(tok, "bos_token_id", None)
             if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
                 ids = [bos] + ids
