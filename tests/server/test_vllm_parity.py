@@ -213,3 +213,13 @@ def test_documents_reach_the_template(server):
                                               "return_token_ids": True})
     assert r.status_code == 200, r.text
     assert r.json()["prompt_token_ids"] == ids
+
+
+# ---- which field an error names --------------------------------------------------------------------------------------------
+def test_logprob_limits_name_the_field_sent(server):
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "logprobs": True, "top_logprobs": 50})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
+    r = post(server, "/v1/completions", {"prompt": PROMPT, "prompt_logprobs": 50})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_logprobs"
+    r = post(server, "/v1/completions", {"prompt": PROMPT, "logprobs": 50})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"

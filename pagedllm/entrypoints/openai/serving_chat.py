@@ -150,6 +150,8 @@ class OpenAIServingChat(OpenAIServing):
                 prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
             streams = await self.submit([request_id], [prompt], [params], req.priority)
         except Exception as e:
+            if isinstance(e, RequestError) and e.param == "logprobs":
+                e.param = "top_logprobs"     # chat's logprobs is a flag: the count that was too big is top_logprobs
             return error_response(e)
         role = self.response_role if req.add_generation_prompt else req.messages[-1].role
         echo = ""

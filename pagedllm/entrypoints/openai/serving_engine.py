@@ -49,6 +49,8 @@ def guess_param(message: str) -> str | None:
     """The request field a SamplingParams / engine message is about ("max_tokens must be at least 1" -> max_tokens)."""
     if message.startswith("prompt contains invalid Unicode"):
         return "prompt"
+    if message.startswith("Requested prompt logprobs"):      # SamplingParams' words for prompt_logprobs
+        return "prompt_logprobs"
     best = None
     for name in _SAMPLING_FIELDS:
         m = re.search(rf"(?<![A-Za-z_]){re.escape(name)}(?![A-Za-z_])", message)
