@@ -239,8 +239,10 @@ class SamplingParams:
             raise ValueError(f"logprobs must be non-negative or -1, got {self.logprobs}.")
         if self.prompt_logprobs is not None and self.prompt_logprobs < -1:
             raise ValueError(f"prompt_logprobs must be non-negative or -1, got {self.prompt_logprobs}.")
-        if self.truncate_prompt_tokens is not None and self.truncate_prompt_tokens < 1:
-            raise ValueError(f"truncate_prompt_tokens must be >= 1, got {self.truncate_prompt_tokens}")
+        # -1 (vLLM's value): keep the last max_model_len tokens (the input processor knows that length).
+        if self.truncate_prompt_tokens is not None and (self.truncate_prompt_tokens < -1
+                                                        or self.truncate_prompt_tokens == 0):
+            raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1, got {self.truncate_prompt_tokens}")
         if any(not s for s in self.stop):
             raise ValueError("stop cannot contain an empty string.")
         if self.stop and not self.detokenize:

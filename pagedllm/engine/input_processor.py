@@ -120,7 +120,7 @@ class InputProcessor:
         if ids is None:
             ids = self.encode(text)
         if params.truncate_prompt_tokens is not None:
-            ids = ids[-params.truncate_prompt_tokens:]
+            ids = ids[-self._truncation_limit(params):]
         self._validate(ids, params)
         max_tokens = params.max_tokens
         if max_tokens is None:
@@ -171,7 +171,7 @@ class InputProcessor:
                                               pooling_params=params))
         return out
 
-    def _truncation_limit(self, params: PoolingParams) -> int:
+    def _truncation_limit(self, params: SamplingParams | PoolingParams) -> int:
         limit = params.truncate_prompt_tokens
         return self.max_model_len if limit == -1 else limit
 

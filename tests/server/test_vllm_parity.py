@@ -223,3 +223,19 @@ def test_logprob_limits_name_the_field_sent(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_logprobs"
     r = post(server, "/v1/completions", {"prompt": PROMPT, "logprobs": 50})
     assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+
+
+# ---- truncate_prompt_tokens=-1 -----------------------------------------------------------------------------------------
+def test_truncate_prompt_tokens_minus_one(server):
+    # vLLM's -1 means "keep the last max_model_len tokens"; it was a 400 "must be >= 1".
+    ids = post(server, "/tokenize", {"prompt": PROMPT}).json()["tokens"]
+    for path, body in (("/v1/completions", {"prompt": PROMPT}), ("/v1/chat/completions", {"messages": MESSAGES})):
+        r = post(server, path, {**body, "max_tokens": 1, "truncate_prompt_tokens": -1})
+        assert r.status_code == 200, r.text
+    r = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "truncate_prompt_tokens": -1})
+    assert r.json()["usage"]["prompt_tokens"] == len(ids)
+    r = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "truncate_prompt_tokens": 2})
+    assert r.json()["usage"]["prompt_tokens"] == 2
+    for bad in (0, -2):
+        r = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "truncate_prompt_tokens": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "truncate_prompt_tokens"

@@ -138,8 +138,7 @@ class OpenAIServingChat(OpenAIServing):
                 continue_final_message=req.continue_final_message, tools=req.tools,
                 chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens,
                 documents=req.documents)
-            if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > 0:
-                ids = ids[-req.truncate_prompt_tokens:]
+            ids = self.truncated(ids, req.truncate_prompt_tokens)
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None

@@ -95,8 +95,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 if not ids:
                     raise RequestError("prompt must not be empty.", "prompt")
                 out.append(_Prompt(None, ids))
-            if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > 0:
-                out[-1].ids = out[-1].ids[-req.truncate_prompt_tokens:]
+            out[-1].ids = self.truncated(out[-1].ids, req.truncate_prompt_tokens)
             if not out[-1].ids:
                 raise RequestError("The decoder prompt cannot be empty", "prompt")
             bad = [t for t in out[-1].ids if not 0 <= t < self.vocab_size]

@@ -142,6 +142,13 @@ class OpenAIServing:
                                f"send token ids instead.")
         return self.tokenizer
 
+    def truncated(self, ids: list[int], truncate_prompt_tokens: int | None) -> list[int]:
+        """The prompt's last ``truncate_prompt_tokens`` ids (-1: the last max_model_len, as vLLM); the value is checked
+        with the other sampling fields."""
+        if truncate_prompt_tokens is None or truncate_prompt_tokens == 0 or truncate_prompt_tokens < -1:
+            return ids
+        return ids[-(self.max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens):]
+
     def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None, is_chat: bool) -> int | None:
         """vLLM's context check: prompt + requested output must fit in max_model_len."""
         where = "messages" if is_chat else "prompt"
