@@ -239,3 +239,12 @@ def test_truncate_prompt_tokens_minus_one(server):
     for bad in (0, -2):
         r = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "truncate_prompt_tokens": bad})
         assert r.status_code == 400 and r.json()["error"]["param"] == "truncate_prompt_tokens"
+
+
+def test_tokenize_without_prompt_or_messages_names_the_fields(server):
+    # The error named the request model ("TokenizeCompletionRequest") as the param, not a field of the body.
+    r = post(server, "/tokenize", {})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == "prompt" and "Request" not in err["message"]
+    assert "prompt: Field required" in err["message"] and "messages: Field required" in err["message"]
