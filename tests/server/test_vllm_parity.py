@@ -248,3 +248,8 @@ def test_tokenize_without_prompt_or_messages_names_the_fields(server):
     err = r.json()["error"]
     assert err["param"] == "prompt" and "Request" not in err["message"]
     assert "prompt: Field required" in err["message"] and "messages: Field required" in err["message"]
+
+
+def test_priority_without_priority_scheduling_names_priority(server):
+    r = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "priority": 5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "priority"

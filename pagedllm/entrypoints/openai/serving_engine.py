@@ -27,6 +27,7 @@ _SAMPLING_FIELDS = sorted([
     "n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k",
     "min_p", "seed", "stop", "stop_token_ids", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
     "logit_bias", "allowed_token_ids", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
+    "priority",     # the engine's "Got priority N but Priority scheduling is not enabled"
 ], key=len, reverse=True)
 
 
