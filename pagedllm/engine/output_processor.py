@@ -77,8 +77,13 @@ class OutputProcessor:
             completions[child.request_id] = _Completion(index, child.sampling_params, list(req.prompt_token_ids),
                                                         len(req.prompt_token_ids), detok)
             self.core_to_request[child.request_id] = req.request_id
-        self.requests[req.request_id] = _RequestState(req.request_id, req.prompt, req.prompt_token_ids, req.params,
-                                                      req.arrival_time, completions)
+        state = _RequestState(req.request_id, req.prompt, req.prompt_token_ids, req.params, req.arrival_time,
+                              completions)
+        if getattr(req.params, "prompt_logprobs", None) is not None:     # (PoolingParams have none)
+            # One entry per prompt token, the first None (nothing predicts it): a one-token prompt gets [None],
+            # as vLLM, although no prompt-logprob row ever arrives for it.
+            state.prompt_logprobs = [None] * len(req.prompt_token_ids)
+        self.requests[req.request_id] = state
 
     def abort_request(self, request_id: str) -> list[str]:
         """Forget a request; returns the core request ids the engine core must drop (empty if unknown)."""

@@ -38,6 +38,38 @@ class ChatTemplateError(ValueError):
     """A chat template failed, took too long or built too much."""
 
 
+def template_messages(conversation: list[dict]) -> list[dict]:
+    """The messages as chat templates expect them (vLLM and HF's rule): an assistant message's tool-call arguments
+    as a dict, not the JSON string the OpenAI format carries (templates write ``arguments | tojson`` or read its
+    keys; the string came out double-encoded), and an empty ``tool_calls`` list dropped. Copies; the input is left
+    as it is. A ValueError names an argument string that is not JSON."""
+    out = []
+    for i, m in enumerate(conversation):
+        calls = m.get("tool_calls") if isinstance(m, dict) and m.get("role") == "assistant" else None
+        if not isinstance(calls, list):
+            out.append(m)
+            continue
+        m = dict(m)
+        if not calls:
+            del m["tool_calls"]
+            out.append(m)
+            continue
+        m["tool_calls"] = []
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and not isinstance(fn.get("arguments"), (dict, list)):
+                args = fn.get("arguments")
+                try:
+                    parsed = json.loads(args) if args else {}
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON: {e}") \
+                        from None
+                call = {**call, "function": {**fn, "arguments": parsed}}
+            m["tool_calls"].append(call)
+        out.append(m)
+    return out
+
+
 class _TemplateTimeout(BaseException):
     """Injected into the rendering thread when the time is up (a BaseException: templates cannot catch it)."""
 
@@ -83,55 +115,44 @@ def _part_text(part: Any) -> str:
 def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template: str | None = None,
                         add_generation_prompt: bool = True, continue_final_message: bool = False,
                         tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
-                        trusted: bool = True, time_limit_s: float = CHAT_TEMPLATE_TIME_LIMIT_S,
+                        trusted: bool = True, documents: list[dict] | None = None, time_limit_s: float = CHAT_TEMPLATE_TIME_LIMIT_S,
                         max_chars: int = CHAT_TEMPLATE_MAX_CHARS) -> list[int]:
-    """Token ids of a conversation rendered by the tokenizer's chat template (or ``chat_template``).
+    """Token ids of a conversation rendered by the tokenizer's chat template (or ``chat_template``); ``documents``
+    (RAG templates' variable, as vLLM's chat request field) goes to the template as is.
     ``trusted=False`` (a template from a request): sandboxed, with ``time_limit_s`` and ``max_chars`` limits."""
     if tokenizer is None:
         raise ValueError("chat needs a tokenizer (skip_tokenizer_init=True was given).")
+    kwargs = dict(chat_template_kwargs or {})
+    # As vLLM, chat_template_kwargs go over the named arguments: a key named like one of them overrides it (it
+    # used to reach the template twice: "got multiple values for keyword argument").
+    for name in ("add_generation_prompt", "continue_final_message"):
+        if name in kwargs and not isinstance(kwargs[name], bool):
+            raise ValueError(f"chat_template_kwargs[{name!r}] must be true or false, got {kwargs[name]!r}.")
+    add_generation_prompt = kwargs.pop("add_generation_prompt", add_generation_prompt)
+    continue_final_message = kwargs.pop("continue_final_message", continue_final_message)
+    tools = kwargs.pop("tools", tools)
+    documents = kwargs.pop("documents", documents)
+    if kwargs.get("chat_template") is not None and chat_template is None:
+        chat_template = kwargs["chat_template"]
+    kwargs.pop("chat_template", None)
     if add_generation_prompt and continue_final_message:
         raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
     for m in conversation:
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"Each message needs a 'role', got {m!r}.")
-    conversation = _tool_call_arguments_as_dicts(conversation)
-    kwargs = dict(chat_template_kwargs or {})
+    conversation = template_messages(conversation)
     if trusted or chat_template is None:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
                                              add_generation_prompt=add_generation_prompt,
-                                             continue_final_message=continue_final_message, tools=tools, **kwargs)
+                                             continue_final_message=continue_final_message, tools=tools,
+                                             documents=documents, **kwargs)
     else:
         variables = {**getattr(tokenizer, "special_tokens_map", {}), **kwargs}
         text = render_untrusted_template(chat_template, conversation, add_generation_prompt=add_generation_prompt,
                                          continue_final_message=continue_final_message, tools=tools,
-                                         time_limit_s=time_limit_s, max_chars=max_chars, **variables)
+                                         documents=documents, time_limit_s=time_limit_s, max_chars=max_chars, **variables)
     # The template already holds the special tokens (BOS etc.): don't add them twice.
     return tokenizer.encode(text, add_special_tokens=False)
-
-
-def _tool_call_arguments_as_dicts(conversation: list[dict]) -> list[dict]:
-    """OpenAI sends an assistant's tool-call arguments as a JSON string; HF chat templates (Llama 3.1, Qwen2.5, ...)
-    render them with ``| tojson`` and expect a dict (a string would come out quoted and escaped). As vLLM: parse
-    the string; one that is not JSON stays as it is. The caller's messages are not changed."""
-    out = []
-    for m in conversation:
-        calls = m.get("tool_calls") if isinstance(m, dict) else None
-        if calls and any(isinstance(c, dict) and isinstance((c.get("function") or {}).get("arguments"), str)
-                         for c in calls):
-            m = {**m, "tool_calls": [_parsed_arguments(c) for c in calls]}
-        out.append(m)
-    return out
-
-
-def _parsed_arguments(call: Any) -> Any:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
-        return call
-    try:
-        arguments = json.loads(function["arguments"])
-    except ValueError:
-        return call
-    return {**call, "function": {**function, "arguments": arguments}}
 
 
 def render_untrusted_template(chat_template: str, conversation: list[dict], *, add_generation_prompt: bool,

@@ -41,7 +41,9 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     parts, param = [], None
     seen = set()
     for err in exc.errors():
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        # A union body (/tokenize: prompt or messages) puts the model's class name first: not a field.
+        loc = [str(x) for x in err.get("loc", ()) if x != "body" and not (isinstance(x, str) and x[:1].isupper()
+                                                                           and x.endswith("Request"))]
         if err.get("type") == "json_invalid":
             parts.append(f"JSON decode error: {err.get('msg')} (at position {loc[0] if loc else '?'})")
             continue

@@ -175,7 +175,8 @@ def test_empty_prompt_rejected(llm, hf, tokenizer):
 # ---- outputs ---------------------------------------------------------------------------------------------------------
 
 def test_output_fields_and_types(llm, tokenizer):
-    outs = llm.generate(["Hello there", {"prompt_token_ids": [100, 200, 300]}],
+    # The one-token prompt has no prompt logprob to compute: still one (None) entry, as vLLM (it was None).
+    outs = llm.generate(["Hello there", {"prompt_token_ids": [100, 200, 300]}, {"prompt_token_ids": [100]}],
                         SamplingParams(temperature=0.0, max_tokens=3, logprobs=2, prompt_logprobs=1),
                         use_tqdm=False)
     for out in outs:

@@ -31,6 +31,7 @@ from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversa
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_response
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
+from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
                                                 add_error_handlers, add_guards, validation_error_response)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
@@ -84,7 +85,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                   log_requests=args.log_requests, max_log_len=args.max_log_len,
                   trust_request_chat_template=getattr(args, "trust_request_chat_template", False),
                   max_n=getattr(args, "max_n", MAX_N),
-                  max_prompts_per_request=getattr(args, "max_prompts_per_request", None))
+                  max_prompts_per_request=getattr(args, "max_prompts_per_request", None),
+                  enable_prompt_tokens_details=getattr(args, "enable_prompt_tokens_details", False))
     completions = OpenAIServingCompletion(engine, served_model_names, **common)
     tool_parser = None
     if getattr(args, "enable_auto_tool_choice", False):
@@ -176,6 +178,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                         raise RequestError("Cannot set both `continue_final_message` and `add_generation_prompt` "
                                            "to True.", "continue_final_message")
                     request.add_generation_prompt = False
+                if request.tools:
+                    functions_by_name(request.tools)     # the same tool checks as /v1/chat/completions
                 ids = await base.render_chat(
                     conversation(request.messages), chat_template=request.chat_template,
                     add_generation_prompt=request.add_generation_prompt,

@@ -72,7 +72,8 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--tool-call-parser", type=str, default=None,
                    help="The model's tool-call format for tool_choice=\"auto\": hermes, qwen3, llama3_json, mistral.")
     g.add_argument("--enable-prompt-tokens-details", action="store_true",
-                   help="Accepted for compatibility (prompt_tokens_details stays null).")
+                   help="usage.prompt_tokens_details.cached_tokens: the prompt tokens a prefix-cache hit supplied "
+                        "(null when none, as vLLM).")
     return parser
 
 

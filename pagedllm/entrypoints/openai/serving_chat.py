@@ -57,9 +57,12 @@ def conversation(messages: list[ChatMessage]) -> list[dict]:
 @dataclass
 class ToolMode:
     """How this request's output becomes tool calls: "none", "auto" (the parser reads the model's format),
-    "required" (a constrained JSON array of calls) or "named" (constrained arguments of ``function``)."""
+    "required" (a constrained JSON array of calls) or "named" (constrained arguments of ``function``).
+    ``parallel=False`` (the request's ``parallel_tool_calls: false``): one call at most, as vLLM (the "required"
+    constraint allows only one; "auto" keeps the first the parser finds)."""
     kind: str = "none"
     function: dict | None = None
+    parallel: bool = True
 
 
 class OpenAIServingChat(OpenAIServing):
@@ -68,10 +71,13 @@ class OpenAIServingChat(OpenAIServing):
         self.tool_parser = tool_parser      # --enable-auto-tool-choice --tool-call-parser NAME
 
     def tool_mode(self, req: ChatCompletionRequest) -> ToolMode:
+        if req.tools:
+            tool_parsers.functions_by_name(req.tools)      # the tools' shape, whatever tool_choice is
         choice = req.tool_choice
+        parallel = req.parallel_tool_calls is not False
         if choice is None:
             # OpenAI's default with tools is "auto"; without an auto parser the tools are only shown (vLLM).
-            return ToolMode("auto" if req.tools and self.tool_parser is not None else "none")
+            return ToolMode("auto" if req.tools and self.tool_parser is not None else "none", parallel=parallel)
         if choice == "none":
             return ToolMode()
         if not req.tools:
@@ -80,10 +86,10 @@ class OpenAIServingChat(OpenAIServing):
             if self.tool_parser is None:
                 raise RequestError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
                                    'to be set', "tool_choice")
-            return ToolMode("auto")
+            return ToolMode("auto", parallel=parallel)
         if choice == "required":
             tool_parsers.required_schema(req.tools)      # checks the tools
-            return ToolMode("required")
+            return ToolMode("required", parallel=parallel)
         return ToolMode("named", tool_parsers.named_tool(req.tools, choice))
 
     def tool_constraint(self, req: ChatCompletionRequest, mode: ToolMode) -> StructuredOutputsParams | None:
@@ -94,7 +100,7 @@ class OpenAIServingChat(OpenAIServing):
             raise RequestError(f"tool_choice={mode.kind!r} constrains the output itself: drop response_format / "
                                f"guided_* from the request.", "tool_choice")
         schema = (tool_parsers.parameters_schema(mode.function) if mode.kind == "named"
-                  else tool_parsers.required_schema(req.tools))
+                  else tool_parsers.required_schema(req.tools, mode.parallel))
         so = StructuredOutputsParams(json=schema)
         try:
             structured_output.validate(so)
@@ -108,11 +114,14 @@ class OpenAIServingChat(OpenAIServing):
             return None, [tool_parsers.tool_call(mode.function["name"], text)], finish_reason
         if mode.kind == "required":
             try:
-                return None, tool_parsers.calls_from_required(text), "tool_calls"
+                calls = tool_parsers.calls_from_required(text)
+                return None, calls if mode.parallel else calls[:1], "tool_calls"
             except (ValueError, KeyError, TypeError):    # cut by max_tokens: not a whole JSON array
                 return text, [], finish_reason
         if mode.kind == "auto":
             content, calls = self.tool_parser.extract(text)
+            if not mode.parallel:
+                calls = calls[:1]
             if calls:
                 return content, calls, "tool_calls"
         return text, [], finish_reason
@@ -127,9 +136,9 @@ class OpenAIServingChat(OpenAIServing):
             ids = await self.render_chat(
                 conv, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
                 continue_final_message=req.continue_final_message, tools=req.tools,
-                chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens)
-            if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > 0:
-                ids = ids[-req.truncate_prompt_tokens:]
+                chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens,
+                documents=req.documents)
+            ids = self.truncated(ids, req.truncate_prompt_tokens)
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -140,6 +149,8 @@ class OpenAIServingChat(OpenAIServing):
                 prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
             streams = await self.submit([request_id], [prompt], [params], req.priority)
         except Exception as e:
+            if isinstance(e, RequestError) and e.param == "logprobs":
+                e.param = "top_logprobs"     # chat's logprobs is a flag: the count that was too big is top_logprobs
             return error_response(e)
         role = self.response_role if req.add_generation_prompt else req.messages[-1].role
         echo = ""
@@ -180,8 +191,10 @@ class OpenAIServingChat(OpenAIServing):
         lps: list[list] = [[] for _ in range(n)]
         finish: list[tuple] = [(None, None)] * n
         prompt_logprobs = None
+        cached = 0
         try:
             async for out in stream:
+                cached = out.num_cached_tokens or 0
                 if out.prompt_logprobs is not None:
                     prompt_logprobs = out.prompt_logprobs
                 for c in out.outputs:
@@ -208,7 +221,8 @@ class OpenAIServingChat(OpenAIServing):
                 token_ids=tokens[i] if return_ids else None))
         generated = sum(len(t) for t in tokens)
         usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=generated,
-                          total_tokens=len(prompt_ids) + generated)
+                          total_tokens=len(prompt_ids) + generated,
+                          prompt_tokens_details=self.prompt_tokens_details(cached))
         resp = ChatCompletionResponse(id=request_id, created=created, model=self.model_name, choices=choices,
                                       usage=usage,
                                       prompt_token_ids=prompt_ids if return_ids else None)
@@ -232,6 +246,7 @@ class OpenAIServingChat(OpenAIServing):
         return_ids = bool(req.return_token_ids) or self.tokenizer is None
         num_prompt = len(prompt_ids)
         num_generated = 0
+        cached = 0
         finished_sent = [False] * n
         tool_stream = ToolCallStream(self, mode, n)
 
@@ -243,7 +258,8 @@ class OpenAIServingChat(OpenAIServing):
             # Built as text: this runs once per token per stream.
             body = choice if isinstance(choice, str) else dumps(choice)
             if continuous:
-                return f'{head}{body}],"usage":{dumps(usage_dict(num_prompt, num_generated))}}}\n\n'
+                usage = usage_dict(num_prompt, num_generated, self.prompt_tokens_details(cached))
+                return f'{head}{body}],"usage":{dumps(usage)}}}\n\n'
             return head + body + plain_tail
 
         try:
@@ -254,6 +270,7 @@ class OpenAIServingChat(OpenAIServing):
                 if echo:
                     yield chunk({"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None})
             async for out in stream:
+                cached = out.num_cached_tokens or 0
                 for c in out.outputs:
                     if finished_sent[c.index]:
                         continue
@@ -285,7 +302,8 @@ class OpenAIServingChat(OpenAIServing):
                     yield chunk(choice)
             if include_usage:
                 yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
-                           "model": self.model_name, "choices": [], "usage": usage_dict(num_prompt, num_generated)})
+                           "model": self.model_name, "choices": [],
+                           "usage": usage_dict(num_prompt, num_generated, self.prompt_tokens_details(cached))})
         except Exception as e:
             logger.warning("Error while streaming %s: %r", request_id, e)
             yield f"data: {error_response(e).body.decode()}\n\n"
@@ -334,6 +352,8 @@ class ToolCallStream:
                     delta["content"] = full[self.sent[index]:upto]
                     self.sent[index] = upto
                 calls = tool_parsers.stream_calls(full, parser.call_nodes(full)) if upto < len(full) else []
+            if not self.mode.parallel:
+                calls = calls[:1]
             call_deltas = self._call_deltas(index, calls)
             if call_deltas:
                 delta["tool_calls"] = call_deltas

@@ -46,9 +46,11 @@ class OpenAIServingCompletion(OpenAIServing):
             if req.suffix is not None:
                 raise RequestError("suffix is not currently supported", "suffix")
             prompts = await self._prompts(req)
-            max_tokens_list = [self.resolve_max_tokens(len(p.ids), req.max_tokens, False) for p in prompts]
-            if req.echo and req.max_tokens == 0:
-                return self._echo_only(req, prompts)
+            # echo with max_tokens=0 returns the prompt alone (with its logprobs if asked: how lm-eval scores a
+            # text); as vLLM, one token is generated and dropped, so the prompt's logprobs come from the engine.
+            prompt_only = req.echo and req.max_tokens == 0
+            max_tokens_list = [self.resolve_max_tokens(len(p.ids), 1 if prompt_only else req.max_tokens, False)
+                               for p in prompts]
             params_list = []
             for max_tokens in max_tokens_list:
                 params = self.sampling_params(req, max_tokens, req.logprobs)
@@ -62,9 +64,10 @@ class OpenAIServingCompletion(OpenAIServing):
             return error_response(e)
         created = int(time.time())
         if req.stream:
-            return StreamingResponse(self._stream(req, base_id, created, prompts, streams),
+            return StreamingResponse(self._stream(req, base_id, created, prompts, streams, prompt_only),
                                      media_type="text/event-stream")
-        result = await until_disconnected(self._gather(req, base_id, created, prompts, streams), raw_request)
+        result = await until_disconnected(self._gather(req, base_id, created, prompts, streams, prompt_only),
+                                          raw_request)
         if result is None:
             return JSONResponse(error_body("Client disconnected", "ClientDisconnected", 499), status_code=499)
         return result
@@ -92,8 +95,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 if not ids:
                     raise RequestError("prompt must not be empty.", "prompt")
                 out.append(_Prompt(None, ids))
-            if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > 0:
-                out[-1].ids = out[-1].ids[-req.truncate_prompt_tokens:]
+            out[-1].ids = self.truncated(out[-1].ids, req.truncate_prompt_tokens)
             if not out[-1].ids:
                 raise RequestError("The decoder prompt cannot be empty", "prompt")
             bad = [t for t in out[-1].ids if not 0 <= t < self.vocab_size]
@@ -144,12 +146,14 @@ class OpenAIServingCompletion(OpenAIServing):
 
     # ---- whole response -------------------------------------------------------------------------------------------
     async def _gather(self, req: CompletionRequest, base_id: str, created: int, prompts: list[_Prompt],
-                      streams) -> JSONResponse:
+                      streams, prompt_only: bool = False) -> JSONResponse:
         n = req.n
         choices = [[_Choice() for _ in range(n)] for _ in prompts]
         prompt_logprobs: list[Any] = [None] * len(prompts)
+        cached = [0] * len(prompts)
         try:
             async for i, out in merge_streams(streams):
+                cached[i] = out.num_cached_tokens or 0
                 if out.prompt_logprobs is not None:
                     prompt_logprobs[i] = out.prompt_logprobs
                 for c in out.outputs:
@@ -165,6 +169,11 @@ class OpenAIServingCompletion(OpenAIServing):
         finally:
             for s in streams:
                 s.abort()
+        if prompt_only:     # the one generated token is not part of the answer
+            for row in choices:
+                for ch in row:
+                    ch.text, ch.token_ids, ch.logprobs = "", [], []
+                    ch.finish_reason, ch.stop_reason = "length", None
         result_choices = []
         num_generated = 0
         for i, p in enumerate(prompts):
@@ -187,7 +196,8 @@ class OpenAIServingCompletion(OpenAIServing):
                     prompt_token_ids=p.ids if self._return_ids(req) else None))
         num_prompt = sum(len(p.ids) for p in prompts)
         usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
-                          total_tokens=num_prompt + num_generated)
+                          total_tokens=num_prompt + num_generated,
+                          prompt_tokens_details=self.prompt_tokens_details(sum(cached)))
         resp = CompletionResponse(id=base_id, created=created, model=self.model_name, choices=result_choices,
                                   usage=usage)
         return JSONResponse(resp.model_dump(exclude_none=False, exclude={"choices": {"__all__": self._optional(req)}}))
@@ -205,21 +215,9 @@ class OpenAIServingCompletion(OpenAIServing):
             drop |= {"token_ids", "prompt_token_ids"}
         return drop
 
-    def _echo_only(self, req: CompletionRequest, prompts: list[_Prompt]) -> JSONResponse:
-        choices = []
-        for i, p in enumerate(prompts):
-            text = p.text if p.text is not None else (self.tokenizer.decode(p.ids) if self.tokenizer else "")
-            for j in range(req.n):
-                choices.append(CompletionResponseChoice(index=i * req.n + j, text=text, finish_reason="length"))
-        num_prompt = sum(len(p.ids) for p in prompts)
-        resp = CompletionResponse(model=self.model_name, choices=choices,
-                                  usage=UsageInfo(prompt_tokens=num_prompt, completion_tokens=0,
-                                                  total_tokens=num_prompt))
-        return JSONResponse(resp.model_dump(exclude={"choices": {"__all__": self._optional(req)}}))
-
     # ---- streaming ------------------------------------------------------------------------------------------------
     async def _stream(self, req: CompletionRequest, base_id: str, created: int, prompts: list[_Prompt],
-                      streams) -> AsyncIterator[str]:
+                      streams, prompt_only: bool = False) -> AsyncIterator[str]:
         n = req.n
         opts = req.stream_options
         include_usage = bool(opts and opts.include_usage)
@@ -228,42 +226,55 @@ class OpenAIServingCompletion(OpenAIServing):
         choices = [[_Choice() for _ in range(n)] for _ in prompts]
         num_prompt = sum(len(p.ids) for p in prompts)
         num_generated = 0
+        cached = [0] * len(prompts)
         head = (f'data: {{"id":{dumps(base_id)},"object":"text_completion","created":{created},'
                 f'"model":{dumps(self.model_name)},"choices":[')
         tail = '}],"usage":null}\n\n' if include_usage else '}]}\n\n'
         try:
             async for i, out in merge_streams(streams):
+                cached[i] = out.num_cached_tokens or 0
                 for c in out.outputs:
                     ch = choices[i][c.index]
                     if ch.finished_sent:
                         continue
                     text, token_ids = c.text, list(c.token_ids)
-                    if not text and not token_ids and c.finish_reason is None:
+                    entries = list(c.logprobs or [None] * len(token_ids))
+                    finish_reason, stop_reason = c.finish_reason, c.stop_reason
+                    if prompt_only:     # one chunk of the prompt alone, once the dropped token is out
+                        if finish_reason is None:
+                            continue
+                        text, token_ids, entries, finish_reason, stop_reason = "", [], [], "length", None
+                    elif not text and not token_ids and finish_reason is None:
                         continue
                     logprobs = None
+                    lp_ids = token_ids
                     if req.echo and not ch.started:
                         prompt_text = await self._prompt_text(prompts[i])
                         text = prompt_text + text
+                        # The first chunk carries the prompt's logprobs too, as the whole response does.
+                        lp_ids = prompts[i].ids + token_ids
+                        entries = list(out.prompt_logprobs or [None] * len(prompts[i].ids)) + entries
                     ch.started = True
                     if req.logprobs is not None:
-                        lp = self._logprobs(token_ids, c.logprobs or [None] * len(token_ids), req.logprobs,
-                                            ch.text_offset)
+                        lp = self._logprobs(lp_ids, entries, req.logprobs, ch.text_offset)
                         ch.text_offset = lp.text_offset[-1] + len(lp.tokens[-1]) if lp.tokens else ch.text_offset
                         logprobs = lp.model_dump()
                     num_generated += len(token_ids)
                     # Built as text (this runs once per token per stream: the server's hottest path).
                     choice = (f'{{"index":{i * n + c.index},"text":{dumps(text)},"logprobs":{dumps(logprobs)},'
-                              f'"finish_reason":{dumps(c.finish_reason)},"stop_reason":{dumps(c.stop_reason)}')
+                              f'"finish_reason":{dumps(finish_reason)},"stop_reason":{dumps(stop_reason)}')
                     if return_ids:
                         choice += f',"token_ids":{dumps(token_ids)}'
                     if continuous:
-                        tail = f'}}],"usage":{dumps(usage_dict(num_prompt, num_generated))}}}\n\n'
-                    if c.finish_reason is not None:
+                        usage = usage_dict(num_prompt, num_generated, self.prompt_tokens_details(sum(cached)))
+                        tail = f'}}],"usage":{dumps(usage)}}}\n\n'
+                    if finish_reason is not None:
                         ch.finished_sent = True
                     yield head + choice + tail
             if include_usage:
                 yield sse({"id": base_id, "object": "text_completion", "created": created, "model": self.model_name,
-                           "choices": [], "usage": usage_dict(num_prompt, num_generated)})
+                           "choices": [], "usage": usage_dict(num_prompt, num_generated,
+                                                              self.prompt_tokens_details(sum(cached)))})
         except Exception as e:   # after the 200 went out, errors travel in the stream (vLLM's format)
             logger.warning("Error while streaming %s: %r", base_id, e)
             body = error_response(e).body

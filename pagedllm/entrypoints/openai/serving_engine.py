@@ -27,6 +27,7 @@ _SAMPLING_FIELDS = sorted([
     "n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k",
     "min_p", "seed", "stop", "stop_token_ids", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
     "logit_bias", "allowed_token_ids", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
+    "priority",     # the engine's "Got priority N but Priority scheduling is not enabled"
 ], key=len, reverse=True)
 
 
@@ -49,6 +50,8 @@ def guess_param(message: str) -> str | None:
     """The request field a SamplingParams / engine message is about ("max_tokens must be at least 1" -> max_tokens)."""
     if message.startswith("prompt contains invalid Unicode"):
         return "prompt"
+    if message.startswith("Requested prompt logprobs"):      # SamplingParams' words for prompt_logprobs
+        return "prompt_logprobs"
     best = None
     for name in _SAMPLING_FIELDS:
         m = re.search(rf"(?<![A-Za-z_]){re.escape(name)}(?![A-Za-z_])", message)
@@ -74,9 +77,9 @@ def clamp_logprob(value: float) -> float:
     return max(value, -9999.0) if not math.isnan(value) else -9999.0
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage_dict(prompt_tokens: int, completion_tokens: int, prompt_tokens_details: dict | None = None) -> dict:
     return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
-            "completion_tokens": completion_tokens, "prompt_tokens_details": None}
+            "completion_tokens": completion_tokens, "prompt_tokens_details": prompt_tokens_details}
 
 
 def plain_prompt_logprobs(prompt_logprobs) -> list | None:
@@ -93,7 +96,8 @@ class OpenAIServing:
     def __init__(self, engine: AsyncLLMEngine, served_model_names: Sequence[str], *, tokenizer: Any,
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
                  max_log_len: int | None = None, trust_request_chat_template: bool = False,
-                 max_n: int = MAX_N, max_prompts_per_request: int | None = None):
+                 max_n: int = MAX_N, max_prompts_per_request: int | None = None,
+                 enable_prompt_tokens_details: bool = False):
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
@@ -105,11 +109,19 @@ class OpenAIServing:
         self.trust_request_chat_template = trust_request_chat_template
         self.max_n = max_n
         self.max_prompts_per_request = max_prompts_per_request
+        self.enable_prompt_tokens_details = enable_prompt_tokens_details
         self.max_model_len = engine.config.max_model_len
         self.vocab_size = engine.vocab_size
         self.default_params = engine.default_sampling_params()
         gen = engine.config.model.generation_config or {}
         self.default_max_tokens = gen.get("max_new_tokens")
+
+    def prompt_tokens_details(self, cached_tokens: int) -> dict | None:
+        """usage.prompt_tokens_details: with --enable-prompt-tokens-details and a prefix-cache hit, the prompt tokens
+        the cache supplied (vLLM leaves it null otherwise)."""
+        if self.enable_prompt_tokens_details and cached_tokens:
+            return {"cached_tokens": cached_tokens}
+        return None
 
     # ---- checks ---------------------------------------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
@@ -130,6 +142,13 @@ class OpenAIServing:
             raise RequestError(f"{what} needs a tokenizer, but the server runs with --skip-tokenizer-init: "
                                f"send token ids instead.")
         return self.tokenizer
+
+    def truncated(self, ids: list[int], truncate_prompt_tokens: int | None) -> list[int]:
+        """The prompt's last ``truncate_prompt_tokens`` ids (-1: the last max_model_len, as vLLM); the value is checked
+        with the other sampling fields."""
+        if truncate_prompt_tokens is None or truncate_prompt_tokens == 0 or truncate_prompt_tokens < -1:
+            return ids
+        return ids[-(self.max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens):]
 
     def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None, is_chat: bool) -> int | None:
         """vLLM's context check: prompt + requested output must fit in max_model_len."""
@@ -213,7 +232,7 @@ class OpenAIServing:
 
     async def render_chat(self, conversation: list[dict], *, chat_template: str | None, add_generation_prompt: bool,
                           continue_final_message: bool, tools: list | None, chat_template_kwargs: dict | None,
-                          add_special_tokens: bool = False) -> list[int]:
+                          add_special_tokens: bool = False, documents: list[dict] | None = None) -> list[int]:
         tok = self.need_tokenizer("Chat")
         if chat_template_kwargs and "chat_template" in chat_template_kwargs:
             chat_template = chat_template or chat_template_kwargs["chat_template"]
@@ -233,7 +252,8 @@ class OpenAIServing:
             ids = apply_chat_template(tok, conversation, chat_template=template,
                                       add_generation_prompt=add_generation_prompt,
                                       continue_final_message=continue_final_message, tools=tools,
-                                      chat_template_kwargs=chat_template_kwargs, trusted=trusted)
+                                      documents=documents, chat_template_kwargs=chat_template_kwargs,
+                                      trusted=trusted)
             bos = getattr(tok, "bos_token_id", None)
             if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
                 ids = [bos] + ids

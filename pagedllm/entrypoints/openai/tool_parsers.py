@@ -24,13 +24,22 @@ def tool_call(name: str, arguments: Any) -> dict:
             "function": {"name": name, "arguments": arguments}}
 
 
-def _functions(tools: list[dict]) -> dict[str, dict]:
+def functions_by_name(tools: list[dict]) -> dict[str, dict]:
+    """The tools' function definitions by name; RequestError (param "tools") for a tool that is not OpenAI's
+    ``{"type": "function", "function": {"name": str, "description"?: str, "parameters"?: object}}`` (vLLM's
+    pydantic model refuses it too, whatever tool_choice says)."""
     out = {}
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type", "function") != "function" or not isinstance(fn, dict) or not fn.get("name"):
+        if (not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict)
+                or not isinstance(fn.get("name"), str) or not fn["name"]):
             raise RequestError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., "
                                f"'parameters': {{...}}}}}}.", "tools")
+        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            raise RequestError(f"tools[{i}].function.parameters must be a JSON schema object, got "
+                               f"{type(fn['parameters']).__name__}.", "tools")
+        if fn.get("description") is not None and not isinstance(fn["description"], str):
+            raise RequestError(f"tools[{i}].function.description must be a string.", "tools")
         out[fn["name"]] = fn
     return out
 
@@ -41,7 +50,7 @@ def named_tool(tools: list[dict] | None, tool_choice: dict) -> dict:
     if not name:
         raise RequestError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', "
                            "'function': {'name': ...}}.", "tool_choice")
-    fns = _functions(tools or [])
+    fns = functions_by_name(tools or [])
     if name not in fns:
         raise RequestError(f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
     return fns[name]
@@ -51,12 +60,16 @@ def parameters_schema(fn: dict) -> dict:
     return fn.get("parameters") or {"type": "object", "properties": {}}
 
 
-def required_schema(tools: list[dict]) -> dict:
-    """``tool_choice="required"``: an array of one or more calls, each naming one of the tools with its arguments."""
+def required_schema(tools: list[dict], parallel: bool = True) -> dict:
+    """``tool_choice="required"``: an array of one or more calls (exactly one with ``parallel=False``, the request's
+    ``parallel_tool_calls``), each naming one of the tools with its arguments."""
     variants = [{"type": "object",
                  "properties": {"name": {"type": "string", "enum": [name]}, "parameters": parameters_schema(fn)},
-                 "required": ["name", "parameters"]} for name, fn in _functions(tools).items()]
-    return {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+                 "required": ["name", "parameters"]} for name, fn in functions_by_name(tools).items()]
+    schema = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+    if not parallel:
+        schema["maxItems"] = 1
+    return schema
 
 
 def calls_from_required(text: str) -> list[dict]:
