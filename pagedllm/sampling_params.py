@@ -241,8 +241,8 @@ class SamplingParams:
             raise ValueError(f"prompt_logprobs must be non-negative or -1, got {self.prompt_logprobs}.")
         if self.truncate_prompt_tokens is not None and (self.truncate_prompt_tokens == 0
                                                         or self.truncate_prompt_tokens < -1):
-            raise ValueError(f"truncate_prompt_tokens must be an integer >= 1 or -1 (keep the last max_model_len "
-                             f"tokens), got {self.truncate_prompt_tokens}")
+            raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1 (-1: keep the last max_model_len tokens), "
+                             f"got {self.truncate_prompt_tokens}")
         if any(not s for s in self.stop):
             raise ValueError("stop cannot contain an empty string.")
         if self.stop and not self.detokenize:
