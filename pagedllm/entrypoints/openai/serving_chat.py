@@ -25,27 +25,11 @@ from pagedllm.sampling_params import StructuredOutputsParams
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
 
-def message_text(content: Any) -> str | None:
-    """OpenAI content (a string or a list of parts) as one string; text parts are joined by newlines (vLLM's
-    "string" content format)."""
-    if content is None or isinstance(content, str):
-        return content
-    parts = []
-    for part in content:
-        kind = part.get("type")
-        if kind in ("text", "input_text"):
-            parts.append(part.get("text", ""))
-        elif kind == "refusal":
-            parts.append(part.get("refusal", ""))
-        else:
-            raise RequestError(f"Content part type {kind!r} is not supported (text-only model).", "messages")
-    return "\n".join(parts)
-
-
 def conversation(messages: list[ChatMessage]) -> list[dict]:
     out = []
     for m in messages:
-        d: dict[str, Any] = {"role": m.role, "content": message_text(m.content) or ""}
+        # Content parts stay parts here: render_chat puts them in the server's --chat-template-content-format.
+        d: dict[str, Any] = {"role": m.role, "content": m.content if m.content is not None else ""}
         for key in ("name", "tool_calls", "tool_call_id"):
             value = getattr(m, key)
             if value is not None:

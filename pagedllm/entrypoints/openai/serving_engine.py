@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineShutdownError, RequestStream
-from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_template
+from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_template, format_message_content
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields
 from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
@@ -97,7 +97,7 @@ class OpenAIServing:
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
                  max_log_len: int | None = None, trust_request_chat_template: bool = False,
                  max_n: int = MAX_N, max_prompts_per_request: int | None = None,
-                 enable_prompt_tokens_details: bool = False):
+                 enable_prompt_tokens_details: bool = False, chat_template_content_format: str = "auto"):
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
@@ -110,6 +110,9 @@ class OpenAIServing:
         self.max_n = max_n
         self.max_prompts_per_request = max_prompts_per_request
         self.enable_prompt_tokens_details = enable_prompt_tokens_details
+        # --chat-template-content-format: how a message's content reaches the template ("auto" / "string": text
+        # parts joined into one string; "openai": a list of {"type": "text", "text": ...} parts).
+        self.chat_template_content_format = chat_template_content_format
         self.max_model_len = engine.config.max_model_len
         self.vocab_size = engine.vocab_size
         self.default_params = engine.default_sampling_params()
@@ -241,6 +244,10 @@ class OpenAIServing:
             # vLLM's rule and wording: a template is code; only the operator decides to run a client's.
             raise RequestError("Chat template is passed with request, but --trust-request-chat-template is not set. "
                                "Refused request with untrusted chat template.", "chat_template")
+        try:
+            conversation = format_message_content(conversation, self.chat_template_content_format)
+        except ValueError as e:     # an image / audio part: a text-only model
+            raise RequestError(str(e), "messages") from None
         check_unicode(conversation, "messages")
         trusted = chat_template is None          # the server's own template (tokenizer's or --chat-template)
         template = chat_template or self.chat_template

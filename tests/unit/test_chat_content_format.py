@@ -1,0 +1,62 @@
+"""``--chat-template-content-format`` on the server (vLLM's flag): "string" (and "auto") hand the template each
+message's text parts joined into one string, "openai" hands it the list of ``{"type": "text", "text": ...}`` parts;
+an image part is a 400 naming ``messages`` (text-only models). Driven in-process through the app the server runs
+(``build_app`` over ASGI, as ``pagedllm run-batch`` does), on a tiny random Llama with the SmolLM2 tokenizer."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import pytest
+
+from pagedllm.entrypoints.openai.cli_args import load_chat_template, make_serve_parser
+from tiny_models import save_tiny_llama
+
+# Shows which form the content arrived in: S:<string>| or P:<part text>| per part.
+TEMPLATE = ("{% for m in messages %}{% if m.content is string %}S:{{ m.content }}|{% else %}"
+            "{% for p in m.content %}P:{{ p.text }}|{% endfor %}{% endif %}{% endfor %}")
+PARTS = [{"role": "user", "content": [{"type": "text", "text": "red"}, {"type": "text", "text": "blue"}]},
+         {"role": "assistant", "content": "green"}]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_llama_content_format")
+    save_tiny_llama(path, len(tokenizer), bos_token_id=1, eos_token_id=2)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _tokenize_answers(model_dir: str, content_format: str, bodies: list[dict]) -> list[tuple[int, dict]]:
+    import httpx
+
+    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
+    args = make_serve_parser(argparse.ArgumentParser(), model_positional=False).parse_args(
+        ["--model", model_dir, "--dtype", "float32", "--max-model-len", "128",
+         "--chat-template-content-format", content_format])
+    args.chat_template = load_chat_template(TEMPLATE)
+    args.disable_frontend_multiprocessing = True     # as run-batch: the engine core in a thread
+    args.log_requests, args.api_key = False, None
+    engine, metrics, names = build_engine(args)
+    try:
+        app = build_app(args, engine, metrics, names)
+
+        async def post_all():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+                return [await client.post("/tokenize", json=body) for body in bodies]
+        return [(r.status_code, r.json()) for r in asyncio.run(post_all())]
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize("content_format, rendered", [("string", "S:red\nblue|S:green|"),
+                                                      ("openai", "P:red|P:blue|P:green|")])
+def test_the_template_gets_content_in_the_server_s_format(model_dir, tokenizer, content_format, rendered):
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]
+    (ok_status, ok), (bad_status, bad) = _tokenize_answers(
+        model_dir, content_format, [{"messages": PARTS, "add_generation_prompt": False}, {"messages": image}])
+    assert ok_status == 200, ok
+    assert tokenizer.decode(ok["tokens"]) == rendered
+    assert bad_status == 400 and bad["error"]["param"] == "messages"
+    assert "image_url" in bad["error"]["message"]
