@@ -22,7 +22,7 @@ from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, forma
                                     summary_dict)
 from pagedllm.bench.utils import parse_percentiles, try_get_tokenizer, write_json
 
-DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors", "start_times", "e2els")
+DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors", "start_times")
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -45,6 +45,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="Load no tokenizer: synthetic prompts go as token ids, output tokens come from usage.")
     add_dataset_args(parser, default_dataset="random")
     parser.add_argument("--num-prompts", type=int, default=1000, help="Number of prompts to process.")
+    parser.add_argument("--input-len", type=int, default=None,
+                        help="Input tokens per request of the random dataset (overrides --random-input-len).")
+    parser.add_argument("--output-len", type=int, default=None,
+                        help="Output tokens per request, whatever the dataset (overrides --random-output-len, "
+                             "--sharegpt-output-len, --custom-output-len, ...).")
     parser.add_argument("--request-rate", type=float, default=float("inf"),
                         help="Requests per second (Poisson arrivals); inf sends all at once.")
     parser.add_argument("--burstiness", type=float, default=1.0,
@@ -208,7 +213,7 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         "generated_texts": [o.generated_text for o in outputs],
         "errors": [o.error for o in outputs],
         "start_times": [o.start_time - start for o in outputs],
-        "e2els": [o.latency for o in outputs],
+        "latencies": [o.latency for o in outputs],     # vLLM's name of the per-request E2EL (s)
     })
     return result, {"successes": [o.success for o in outputs]}
 
@@ -245,10 +250,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer = None
     if not args.skip_tokenizer_init:
-        needs_tokenizer = args.dataset_name == "sharegpt" or chat
+        needs_tokenizer = args.dataset_name in ("sharegpt", "custom") or chat
         tokenizer = try_get_tokenizer(args.tokenizer or model_id, trust_remote_code=args.trust_remote_code,
                                       required=needs_tokenizer)
-    requests = sample_requests(args, tokenizer, args.num_prompts)
+    requests = sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len,
+                               output_len=args.output_len)
 
     result, _ = asyncio.run(run_benchmark(args, requests, api_url=api_url, model=request_model,
                                           tokenizer=tokenizer, selected_metrics=selected_metrics,

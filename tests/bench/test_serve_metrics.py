@@ -408,3 +408,32 @@ def test_structured_datasets_send_their_constraint(fake_server, tmp_path, datase
     assert all(field in b and b["top_k"] == 3 and b["max_tokens"] == 7 for b in bodies), bodies
     if dataset == "json-schema":
         assert {b["guided_json"]["type"] for b in bodies} == {"object"}
+
+
+def test_custom_dataset_and_general_lengths(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's --dataset-name custom (a JSONL of prompts, --custom-output-len / --output-len), --input-len, and a
+    --dataset-path that a synthetic dataset would ignore is refused."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": _words(3 + i, i)}) for i in range(3)) + "\n")
+    fake_server.reset(ttft_s=0.01, itl_s=0.002)
+    result = serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer",
+                                   word_tokenizer_dir, "--dataset-name", "custom", "--dataset-path", str(path),
+                                   "--skip-chat-template", "--custom-output-len", "5", "--num-prompts", "3",
+                                   "--disable-tqdm"))
+    assert result["completed"] == 3 and sorted(result["input_lens"]) == [3, 4, 5]
+    assert {r.body["max_tokens"] for r in fake_server.requests[1:]} == {5}
+    assert sorted(r.body["prompt"] for r in fake_server.requests[1:]) == sorted(_words(3 + i, i) for i in range(3))
+    assert len(result["latencies"]) == 3            # vLLM's key of the per-request E2EL
+
+    fake_server.reset(ttft_s=0.01, itl_s=0.002)
+    result = serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--input-len", "7",
+                                   "--output-len", "3", "--num-prompts", "2", "--skip-tokenizer-init",
+                                   "--disable-tqdm"))
+    assert result["input_lens"] == [7, 7] and {r.body["max_tokens"] for r in fake_server.requests} == {3}
+
+    with pytest.raises(ValueError, match="Cannot use the 'random' dataset with --dataset-path"):
+        serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--dataset-path", str(path),
+                              "--num-prompts", "2", "--skip-tokenizer-init"))
+    with pytest.raises(ValueError, match="needs --dataset-path"):
+        serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--dataset-name", "custom",
+                              "--tokenizer", word_tokenizer_dir, "--num-prompts", "2"))
