@@ -210,3 +210,15 @@ def test_rerank_jina_and_cohere_routes(servers):
     r = httpx.post(servers["generator"].url + "/rerank", json={"query": query, "documents": docs})
     assert r.status_code == 400 and "does not support Rerank API" in r.json()["error"]["message"]
     assert httpx.get(url + "/health").status_code == 200
+
+
+def test_pooling_400s_name_their_field(servers):
+    url = servers["minilm"].url
+    for route, body, param, words in (
+            ("/v1/embeddings", {"input": [5, 999999]}, "input", "Token id 999999 in input is out of vocabulary"),
+            ("/v1/embeddings", {"input": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens", "-1 or >= 1"),
+            ("/score", {"text_1": "a", "text_2": []}, "text_2", "text_2 must not be empty"),
+            ("/score", {"text_1": ["a", "b"], "text_2": ["c"]}, "text_1", "as many as text_2")):
+        r = httpx.post(url + route, json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        assert words in r.json()["error"]["message"]

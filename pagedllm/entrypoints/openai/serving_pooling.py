@@ -55,6 +55,10 @@ class OpenAIServingPooling(OpenAIServing):
                 prompt = {"prompt_token_ids": ids}
             if not ids:
                 raise RequestError(f"{field} must not contain an empty text or token list.", field)
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise RequestError(f"Token id {bad[0]} in {field} is out of vocabulary (vocab size "
+                                   f"{self.vocab_size}).", field)
             if len(ids) > self.max_model_len:
                 raise RequestError(
                     f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
@@ -100,7 +104,9 @@ class OpenAIServingPooling(OpenAIServing):
             params.verify_dimensions(hf.hidden_size, matryoshka,
                                      bool(getattr(hf, "is_matryoshka", False) or matryoshka), self.model_name)
         except ValueError as e:
-            raise RequestError(str(e), "dimensions" if req.dimensions is not None else None) from None
+            param = ("truncate_prompt_tokens" if "truncate_prompt_tokens" in str(e)
+                     else "dimensions" if req.dimensions is not None else None)
+            raise RequestError(str(e), param) from None
         return params
 
     def _body(self, prefix: str, obj: str, data: list[dict], outputs: list) -> JSONResponse:
@@ -138,9 +144,11 @@ class OpenAIServingPooling(OpenAIServing):
         if len(first) == 1:
             first = first * len(second)
         self.check_num_prompts(len(second), names[1])
-        if not second or len(first) != len(second):
+        if not second:
+            raise RequestError(f"{names[1]} must not be empty.", names[1])
+        if len(first) != len(second):
             raise RequestError(f"{names[0]} must be one text or as many as {names[1]} (got {len(first)} and "
-                               f"{len(second)}).", names[0] if second else names[1])
+                               f"{len(second)}).", names[0])
         try:
             params = PoolingParams(normalize=True, truncate_prompt_tokens=truncate_prompt_tokens, task="score")
         except ValueError as e:
