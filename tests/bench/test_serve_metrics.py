@@ -439,6 +439,34 @@ def test_custom_dataset_and_general_lengths(fake_server, tmp_path, word_tokenize
                               "--tokenizer", word_tokenizer_dir, "--num-prompts", "2"))
 
 
+def test_embeddings_backend(fake_server, tmp_path, capsys):
+    """--backend openai-embeddings (vLLM's pooling benchmark): plain /v1/embeddings requests, E2EL only, no
+    output-token lines or keys; generation-only flags are refused."""
+    fake_server.reset(ttft_s=0.05)
+    result = serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
+                                   MODEL_ID, "--random-input-len", "6", "--num-prompts", "3", "--skip-tokenizer-init",
+                                   "--disable-tqdm", "--save-result", "--result-dir", str(tmp_path),
+                                   "--result-filename", "emb.json"))
+    out = capsys.readouterr().out
+    labels = [label for label, _ in parse_block(out)]
+    assert labels == ["Successful requests:", "Failed requests:", "Benchmark duration (s):", "Total input tokens:",
+                      "Request throughput (req/s):", "Total token throughput (tok/s):",
+                      "----------------End-to-end Latency----------------", "Mean E2EL (ms):", "Median E2EL (ms):",
+                      "P99 E2EL (ms):"]
+    assert {r.path for r in fake_server.requests} == {"/v1/embeddings"}
+    assert all(len(r.body["input"]) == 6 and "max_tokens" not in r.body for r in fake_server.requests)
+    assert result["completed"] == 3 and result["total_input_tokens"] == 18
+    assert 50 <= result["mean_e2el_ms"] < 1000
+    saved = json.load(open(tmp_path / "emb.json"))
+    assert "mean_e2el_ms" in saved and not {"total_output_tokens", "mean_ttft_ms", "output_throughput"} & set(saved)
+    with pytest.raises(ValueError, match="--temperature apply to generation backends"):
+        serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
+                              MODEL_ID, "--temperature", "0", "--skip-tokenizer-init"))
+    with pytest.raises(ValueError, match="accepts e2el with --backend openai-embeddings"):
+        serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
+                              MODEL_ID, "--percentile-metrics", "ttft,e2el", "--skip-tokenizer-init"))
+
+
 def test_bundled_embedding_model_tokenizer_is_found_offline():
     from pagedllm.bench.utils import resolve_hf_source
     from pagedllm.model.loader import bundled_embedding_model_dir
