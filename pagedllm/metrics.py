@@ -220,8 +220,10 @@ class EngineMetrics:
                 self.h_params_n.observe(t.n)
             if t.max_tokens is not None:
                 self.h_params_max_tokens.observe(t.max_tokens)
-            if out.metrics is not None and out.metrics.first_scheduled_time is not None:
-                scheduled = out.metrics.first_scheduled_time
+            # A PoolingRequestOutput has no RequestMetrics (as vLLM's): no queue or phase times.
+            request_metrics = getattr(out, "metrics", None)
+            if request_metrics is not None and request_metrics.first_scheduled_time is not None:
+                scheduled = request_metrics.first_scheduled_time
                 self.h_queue.observe(max(0.0, scheduled - t.arrival_time))
                 if t.first_token_time is not None and t.last_token_time is not None:
                     self.h_prefill.observe(max(0.0, t.first_token_time - scheduled))

@@ -56,3 +56,23 @@ def test_vllm_request_and_iteration_histograms():
         assert family["type"] == "histogram"
         assert family[(f"pagedllm:{name}_count", None)] == 1
         assert abs(family[(f"pagedllm:{name}_sum", None)] - seconds) < 1e-9, name
+
+
+def test_pooling_requests_are_counted():
+    """Pooling outputs (no completions, no RequestMetrics) finish as 'stop' successes; every one of a step's outputs
+    is recorded (an AttributeError on the first used to drop the step's metrics, logged as an ERROR per request)."""
+    from pagedllm.outputs import PoolingOutput, PoolingRequestOutput
+    from pagedllm.pooling_params import PoolingParams
+    import torch
+    metrics = EngineMetrics("m", log_stats=False)
+    metrics.attach(lambda: EngineSnapshot())
+    for rid in ("a", "b"):
+        metrics.on_request_added(rid, PoolingParams(task="embed"), arrival_time=1.0, num_prompt_tokens=4)
+    outs = [PoolingRequestOutput(rid, PoolingOutput(torch.zeros(4)), [1, 2, 3, 4]) for rid in ("a", "b")]
+    metrics.on_step(StepStats(num_prompt_tokens=8), outs, EngineSnapshot(), 1.5)
+    got = _samples(metrics.render().decode())
+    success = got["pagedllm:request_success"]
+    assert success[("pagedllm:request_success_total", None)] == 2
+    e2e = got["pagedllm:e2e_request_latency_seconds"]
+    assert e2e[("pagedllm:e2e_request_latency_seconds_count", None)] == 2
+    assert got["pagedllm:request_params_n"][("pagedllm:request_params_n_count", None)] == 0
