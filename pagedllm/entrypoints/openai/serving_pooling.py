@@ -195,4 +195,5 @@ class OpenAIServingPooling(OpenAIServing):
             results.append(result)
         num_tokens = sum(len(o.prompt_token_ids) for o in outputs)
         return JSONResponse({"id": f"rerank-{random_uuid()}", "model": self.model_name,
-                             "usage": {"total_tokens": num_tokens}, "results": results})
+                             "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
+                             "results": results})
