@@ -125,7 +125,11 @@ def parse_percentiles(text: str) -> list[float]:
         part = part.strip()
         if not part:
             continue
-        value = float(part)
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--metric-percentiles takes comma-separated numbers, e.g. 50,90,99; got {part!r}.") \
+                from None
         if not 0.0 <= value <= 100.0:
             raise ValueError(f"--metric-percentiles values must be in [0, 100], got {part}.")
         values.append(value)

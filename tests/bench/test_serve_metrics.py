@@ -488,3 +488,12 @@ def test_sampling_flags_reach_every_request(fake_server):
                                        "presence_penalty", "repetition_penalty")} == {
             "temperature": 0.7, "top_p": 0.9, "top_k": 5, "min_p": 0.05, "frequency_penalty": 0.1,
             "presence_penalty": 0.2, "repetition_penalty": 1.1}
+
+
+def test_metric_percentiles_errors_name_the_flag():
+    from pagedllm.bench.utils import parse_percentiles
+    assert parse_percentiles("50, 99.9") == [50.0, 99.9]
+    with pytest.raises(ValueError, match="--metric-percentiles takes comma-separated numbers.*'abc'"):
+        parse_percentiles("50,abc")
+    with pytest.raises(ValueError, match=r"must be in \[0, 100\], got 101"):
+        parse_percentiles("101")
