@@ -175,6 +175,12 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     async def create_rerank(request: RerankRequest, raw_request: Request):
         return await pooling.create_rerank(request, raw_request)
 
+    @app.post("/classify")
+    async def create_classify(raw_request: Request):
+        # vLLM's answer on a model without a classification head (no architecture here has one yet).
+        raise RequestError("The model does not support Classification API: pagedllm serves no sequence-"
+                           "classification model yet.", "model")
+
     @app.post("/tokenize")
     async def tokenize(request: Union[TokenizeCompletionRequest, TokenizeChatRequest]):
         try:
