@@ -1,6 +1,7 @@
 """Importable request functions of the serving benchmark, under vLLM's names (vLLM's
 benchmarks/backend_request_func.py): ``RequestFuncInput``, ``RequestFuncOutput``, ``ASYNC_REQUEST_FUNCS``,
-``async_request_openai_completions``, ``async_request_openai_chat_completions``, ``OPENAI_COMPATIBLE_BACKENDS``.
+``async_request_openai_completions``, ``async_request_openai_chat_completions``, ``async_request_openai_embeddings``,
+``OPENAI_COMPATIBLE_BACKENDS``.
 
 The requests themselves are pagedllm.bench.request_funcs' (what ``pagedllm bench serve`` sends). vLLM's functions take
 ``(request_func_input, pbar=None)`` and open their own HTTP session; these do too, or reuse ``session=`` when given.
@@ -13,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # import from a checkout
 
 from pagedllm.bench.request_funcs import (REQUEST_TIMEOUT_S, RequestFuncInput, RequestFuncOutput,  # noqa: E402
-                                          openai_chat_completions, openai_completions)
+                                          openai_chat_completions, openai_completions, openai_embeddings)
 
 AIOHTTP_TIMEOUT_S = REQUEST_TIMEOUT_S
 
@@ -44,16 +45,24 @@ async def async_request_openai_chat_completions(request_func_input: RequestFuncI
     return await _with_session(openai_chat_completions, request_func_input, pbar, session)
 
 
+async def async_request_openai_embeddings(request_func_input: RequestFuncInput, pbar=None,
+                                          session=None) -> RequestFuncOutput:
+    """One /v1/embeddings request (``api_url`` ends with ``embeddings``), timed end to end."""
+    return await _with_session(openai_embeddings, request_func_input, pbar, session)
+
+
 # Only the OpenAI-compatible backends: the others (tgi, deepspeed-mii, tensorrt-llm, ...) speak their own protocols.
 ASYNC_REQUEST_FUNCS = {
     "vllm": async_request_openai_completions,
     "pagedllm": async_request_openai_completions,
     "openai": async_request_openai_completions,
     "openai-chat": async_request_openai_chat_completions,
+    "openai-embeddings": async_request_openai_embeddings,
 }
 
 OPENAI_COMPATIBLE_BACKENDS = [name for name, func in ASYNC_REQUEST_FUNCS.items()
                               if func in (async_request_openai_completions, async_request_openai_chat_completions)]
 
 __all__ = ["RequestFuncInput", "RequestFuncOutput", "ASYNC_REQUEST_FUNCS", "OPENAI_COMPATIBLE_BACKENDS",
-           "async_request_openai_completions", "async_request_openai_chat_completions"]
+           "async_request_openai_completions", "async_request_openai_chat_completions",
+           "async_request_openai_embeddings"]

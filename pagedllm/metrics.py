@@ -33,6 +33,9 @@ ITL_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
 E2E_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
                480.0, 960.0, 1920.0, 7680.0]
 TOKEN_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000]
+# Tokens of one engine step (vLLM's edges: its CUDA-graph batch sizes, then powers of two).
+ITERATION_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+N_BUCKETS = [1, 2, 5, 10, 20]
 
 prometheus_client.disable_created_metrics()   # vLLM does not export the *_created series either
 
@@ -42,6 +45,8 @@ class _Tracked:
     arrival_time: float
     kind: RequestOutputKind
     num_prompt_tokens: int
+    n: int | None = None                 # sampling requests only (a pooling request has no n / max_tokens)
+    max_tokens: int | None = None
     seen_tokens: dict[int, int] = field(default_factory=dict)   # per completion index (CUMULATIVE outputs)
     num_generated: int = 0
     first_token_time: float | None = None
@@ -100,6 +105,19 @@ class EngineMetrics:
         self.h_prompt_tokens = hist("request_prompt_tokens", "Number of prefill tokens processed.", TOKEN_BUCKETS)
         self.h_generation_tokens = hist("request_generation_tokens", "Number of generation tokens processed.",
                                         TOKEN_BUCKETS)
+        self.h_iteration_tokens = hist("iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+                                       ITERATION_BUCKETS)
+        self.h_params_n = hist("request_params_n", "Histogram of the n request parameter.", N_BUCKETS)
+        self.h_params_max_tokens = hist("request_params_max_tokens", "Histogram of the max_tokens request parameter.",
+                                        TOKEN_BUCKETS)
+        # A request's phases after it was first scheduled (vLLM's definitions): prefill = until its first token,
+        # decode = first to last token, inference = scheduled to last token.
+        self.h_inference = hist("request_inference_time_seconds",
+                                "Histogram of time spent in RUNNING phase for request.", E2E_BUCKETS)
+        self.h_prefill = hist("request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+                              E2E_BUCKETS)
+        self.h_decode = hist("request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
+                             E2E_BUCKETS)
         self._tracked: dict[str, _Tracked] = {}
         self._prefix_seen = (0, 0)
         self._swap_seen = (0, 0)
@@ -133,7 +151,10 @@ class EngineMetrics:
     # ---- events (engine thread) -----------------------------------------------------------------------------------
     def on_request_added(self, request_id: str, params: SamplingParams, arrival_time: float,
                          num_prompt_tokens: int) -> None:
-        self._tracked[request_id] = _Tracked(arrival_time, params.output_kind, num_prompt_tokens)
+        sampling = isinstance(params, SamplingParams)
+        self._tracked[request_id] = _Tracked(arrival_time, params.output_kind, num_prompt_tokens,
+                                             n=params.n if sampling else None,
+                                             max_tokens=params.max_tokens if sampling else None)
 
     def on_request_aborted(self, request_id: str, num_completions: int = 1) -> None:
         if self._tracked.pop(request_id, None) is not None:
@@ -143,6 +164,8 @@ class EngineMetrics:
                 now: float) -> None:
         self.c_prompt.inc(stats.num_prompt_tokens)
         self.c_generation.inc(stats.num_generation_tokens)
+        if stats.num_prompt_tokens + stats.num_generation_tokens > 0:
+            self.h_iteration_tokens.observe(stats.num_prompt_tokens + stats.num_generation_tokens)
         if stats.num_preemptions:
             self.c_preemptions.inc(stats.num_preemptions)
         self._interval_prompt += stats.num_prompt_tokens
@@ -193,8 +216,19 @@ class EngineMetrics:
             self.h_e2e.observe(now - t.arrival_time)
             self.h_prompt_tokens.observe(t.num_prompt_tokens)
             self.h_generation_tokens.observe(t.num_generated)
-            if out.metrics is not None and out.metrics.first_scheduled_time is not None:
-                self.h_queue.observe(max(0.0, out.metrics.first_scheduled_time - t.arrival_time))
+            if t.n is not None:
+                self.h_params_n.observe(t.n)
+            if t.max_tokens is not None:
+                self.h_params_max_tokens.observe(t.max_tokens)
+            # A PoolingRequestOutput has no RequestMetrics (as vLLM's): no queue or phase times.
+            request_metrics = getattr(out, "metrics", None)
+            if request_metrics is not None and request_metrics.first_scheduled_time is not None:
+                scheduled = request_metrics.first_scheduled_time
+                self.h_queue.observe(max(0.0, scheduled - t.arrival_time))
+                if t.first_token_time is not None and t.last_token_time is not None:
+                    self.h_prefill.observe(max(0.0, t.first_token_time - scheduled))
+                    self.h_decode.observe(t.last_token_time - t.first_token_time)
+                    self.h_inference.observe(max(0.0, t.last_token_time - scheduled))
             for c in completions:
                 self.c_success.labels(self.model_name, c.finish_reason or "abort").inc()
             if not completions:

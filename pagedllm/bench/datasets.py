@@ -20,7 +20,9 @@ from pagedllm.bench.utils import vocab_ids
 
 # json-schema / regex / choice: structured-output requests (vLLM's benchmark_serving_structured_output workloads).
 STRUCTURED_DATASETS = ("json-schema", "regex", "choice")
-DATASET_NAMES = ("sharegpt", "random", "prefix_repetition") + STRUCTURED_DATASETS
+DATASET_NAMES = ("sharegpt", "custom", "random", "prefix_repetition") + STRUCTURED_DATASETS
+# Synthetic workloads: a --dataset-path beside them would be ignored, so it is refused (as vLLM does).
+SYNTHETIC_DATASETS = ("random", "prefix_repetition") + STRUCTURED_DATASETS
 
 # vLLM's ShareGPT filter: drop too-short pairs and too-long prompts / totals.
 SHAREGPT_MIN_LEN = 4
@@ -95,6 +97,44 @@ def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int =
         raise ValueError(f"No valid ShareGPT conversation in {dataset_path} (prompt and reply ≥ "
                          f"{SHAREGPT_MIN_LEN} tokens, prompt ≤ {SHAREGPT_MAX_PROMPT_LEN}, "
                          f"total ≤ {SHAREGPT_MAX_TOTAL_LEN}).")
+    return requests
+
+
+# ---- custom: a JSONL file of {"prompt": ...} lines --------------------------------------------------------------
+def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: int, seed: int = 0,
+                  skip_chat_template: bool = False) -> list[SampleRequest]:
+    """vLLM's ``custom`` dataset: one JSON object with a ``prompt`` field per line, shuffled with ``seed``; each prompt
+    wrapped in the tokenizer's chat template as one user turn (unless ``skip_chat_template``), every request asking
+    for ``output_len`` tokens; too few lines are drawn again at random to reach ``num_requests``."""
+    if tokenizer is None:
+        raise ValueError("The custom dataset needs a tokenizer to measure prompts; pass --tokenizer.")
+    if not dataset_path.endswith(".jsonl"):
+        raise ValueError(f"The custom dataset reads a JSONL file (*.jsonl), got {dataset_path!r}.")
+    if output_len < 1:
+        raise ValueError(f"--custom-output-len must be >= 1, got {output_len}.")
+    prompts = []
+    with open(dataset_path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise ValueError(f"{dataset_path}:{lineno}: each line must be a JSON object with a string 'prompt'.")
+            prompts.append(item["prompt"])
+    if not prompts:
+        raise ValueError(f"No prompt in {dataset_path}.")
+    rng = random.Random(seed)
+    rng.shuffle(prompts)
+    prompts = prompts[:num_requests]
+    if len(prompts) < num_requests:
+        prompts += rng.choices(prompts, k=num_requests - len(prompts))
+    requests = []
+    for prompt in prompts:
+        if not skip_chat_template:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                   tokenize=False)
+        requests.append(SampleRequest(prompt_len=len(tokenizer(prompt).input_ids), expected_output_len=output_len,
+                                      prompt_text=prompt))
     return requests
 
 
@@ -202,6 +242,10 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
                    help="Path to the dataset file (ShareGPT_V3_unfiltered_cleaned_split.json format for sharegpt).")
     g.add_argument("--sharegpt-output-len", type=int, default=None,
                    help="Output length of every ShareGPT request (default: the reply's token length).")
+    g.add_argument("--custom-output-len", type=int, default=256,
+                   help="Output tokens of every request of the custom dataset.")
+    g.add_argument("--skip-chat-template", action="store_true",
+                   help="custom dataset: send the prompts as they are, not wrapped in the chat template.")
     if with_random_lens:
         g.add_argument("--random-input-len", type=int, default=1024, help="Input tokens per random request.")
         g.add_argument("--random-output-len", type=int, default=128, help="Output tokens per random request.")
@@ -222,6 +266,15 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
                     prefix_len: int | None = None) -> list[SampleRequest]:
     """Sample ``num_requests`` from the dataset that ``args`` names (flags of ``add_dataset_args``)."""
     name = args.dataset_name
+    if name in SYNTHETIC_DATASETS and getattr(args, "dataset_path", None):
+        raise ValueError(f"Cannot use the '{name}' dataset with --dataset-path: it is generated, not read. Pass the "
+                         f"--dataset-name of your file (sharegpt, custom) to use {args.dataset_path}.")
+    if name == "custom":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name custom needs --dataset-path (a JSONL file of {\"prompt\": ...} lines).")
+        return sample_custom(args.dataset_path, num_requests, tokenizer,
+                             output_len if output_len is not None else args.custom_output_len, seed=args.seed or 0,
+                             skip_chat_template=args.skip_chat_template)
     if name == "sharegpt":
         if not args.dataset_path:
             raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT json file).")

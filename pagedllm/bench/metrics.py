@@ -160,7 +160,9 @@ def _line(label: str, value: Any, fmt: str = "") -> str:
 
 
 def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selected_metrics: Sequence[str],
-                        max_concurrency: int | None, request_rate: float, goodput: bool) -> str:
+                        max_concurrency: int | None, request_rate: float, goodput: bool,
+                        pooling: bool = False) -> str:
+    """vLLM's block; for a pooling backend (embeddings) no output-token lines, only request and token throughput."""
     lines = ["{:=^{w}}".format(" Serving Benchmark Result ", w=BLOCK_WIDTH),
              _line("Successful requests:", metrics.completed),
              _line("Failed requests:", metrics.failed)]
@@ -169,8 +171,12 @@ def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selecte
     if request_rate != float("inf"):
         lines.append(_line("Request rate configured (RPS):", request_rate, ".2f"))
     lines += [_line("Benchmark duration (s):", duration_s, ".2f"),
-              _line("Total input tokens:", metrics.total_input),
-              _line("Total generated tokens:", metrics.total_output),
+              _line("Total input tokens:", metrics.total_input)]
+    if pooling:
+        lines += [_line("Request throughput (req/s):", metrics.request_throughput, ".2f"),
+                  _line("Total token throughput (tok/s):", metrics.total_token_throughput, ".2f")]
+        return "\n".join(lines + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
+    lines += [_line("Total generated tokens:", metrics.total_output),
               _line("Request throughput (req/s):", metrics.request_throughput, ".2f")]
     if goodput:
         lines.append(_line("Request goodput (req/s):", metrics.request_goodput, ".2f"))
@@ -178,6 +184,11 @@ def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selecte
               _line("Peak output token throughput (tok/s):", metrics.max_output_tokens_per_s, ".2f"),
               _line("Peak concurrent requests:", float(metrics.max_concurrent_requests), ".2f"),
               _line("Total Token throughput (tok/s):", metrics.total_token_throughput, ".2f")]
+    return "\n".join(lines + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
+
+
+def _stat_lines(metrics: BenchmarkMetrics, selected_metrics: Sequence[str]) -> list[str]:
+    lines = []
     for name in PERCENTILE_METRICS:
         if name not in selected_metrics:
             continue
@@ -188,13 +199,12 @@ def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selecte
         lines.append(_line(f"Median {short} (ms):", st.median, ".2f"))
         for p, value in st.percentiles:
             lines.append(_line(f"P{percentile_label(p)} {short} (ms):", value, ".2f"))
-    lines.append("=" * BLOCK_WIDTH)
-    return "\n".join(lines)
+    return lines
 
 
 def summary_dict(metrics: BenchmarkMetrics, duration_s: float, *, selected_metrics: Sequence[str],
-                 goodput: bool) -> dict[str, Any]:
-    """The metric keys of vLLM's --save-result JSON."""
+                 goodput: bool, pooling: bool = False) -> dict[str, Any]:
+    """The metric keys of vLLM's --save-result JSON (a pooling backend's: no output-token keys)."""
     result: dict[str, Any] = {
         "duration": duration_s,
         "completed": metrics.completed,
@@ -208,6 +218,10 @@ def summary_dict(metrics: BenchmarkMetrics, duration_s: float, *, selected_metri
         "max_output_tokens_per_s": metrics.max_output_tokens_per_s,
         "max_concurrent_requests": metrics.max_concurrent_requests,
     }
+    if pooling:
+        for key in ("total_output_tokens", "request_goodput", "output_throughput", "max_output_tokens_per_s",
+                    "max_concurrent_requests"):
+            del result[key]
     for name in PERCENTILE_METRICS:
         if name not in selected_metrics:
             continue

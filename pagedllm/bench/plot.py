@@ -39,7 +39,7 @@ def token_timeline(result: dict[str, Any], bin_s: float) -> tuple[np.ndarray, np
     """(bin starts s, output tokens/s per bin, mean requests in flight per bin) from the per-request arrays.
     A request's ``output_len`` tokens are spread evenly over its streamed chunks."""
     starts, ttfts, itls = result["start_times"], result["ttfts"], result["itls"]
-    e2els, out_lens, errors = result["e2els"], result["output_lens"], result["errors"]
+    e2els, out_lens, errors = result["latencies"], result["output_lens"], result["errors"]
     end = max((s + e for s, e, err in zip(starts, e2els, errors) if not err), default=0.0)
     nbins = max(1, int(math.ceil(end / bin_s)))
     tokens = np.zeros(nbins)
@@ -61,7 +61,7 @@ def plot_serve_result(result: dict[str, Any], path: str) -> None:
     ok = [not e for e in result["errors"]]
     ttft_ms = [t * 1e3 for t, good in zip(result["ttfts"], ok) if good]
     tpot_ms = [(e - t) * 1e3 / (n - 1) for t, e, n, good in
-               zip(result["ttfts"], result["e2els"], result["output_lens"], ok) if good and n > 1]
+               zip(result["ttfts"], result["latencies"], result["output_lens"], ok) if good and n > 1]
     itl_ms = [g * 1e3 for gaps, good in zip(result["itls"], ok) if good for g in gaps]
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))

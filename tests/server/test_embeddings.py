@@ -182,3 +182,47 @@ def test_embeddings_of_chat_messages(servers):
         assert r.status_code == 400 and "Exactly one of input or messages must be given" in r.json()["error"]["message"]
     no_template = httpx.post(servers["minilm"].url + "/v1/embeddings", json={"model": MINILM, "messages": messages})
     assert no_template.status_code == 400 and "has no chat template" in no_template.json()["error"]["message"]
+
+
+def test_rerank_jina_and_cohere_routes(servers):
+    """/rerank, /v1/rerank, /v2/rerank (vLLM's Jina / Cohere API): documents ordered by their /score against the
+    query, `index` = place in the request, `top_n`, `return_documents`, usage.total_tokens; 400s for bad bodies and
+    on a generative model."""
+    url = servers["minilm"].url
+    docs = ["The sky is blue today.", "A man is eating pasta.", "A man is eating a piece of bread."]
+    query = "A man is eating food."
+    scores = [d["score"] for d in httpx.post(url + "/score", json={"text_1": query, "text_2": docs}).json()["data"]]
+    expected = sorted(range(3), key=lambda i: scores[i], reverse=True)
+    for route in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        body = httpx.post(url + route, json={"model": MINILM, "query": query, "documents": docs}).json()
+        assert body["id"].startswith("rerank-") and body["model"] == MINILM
+        assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] > 6
+        assert [r["index"] for r in body["results"]] == expected
+        assert [r["relevance_score"] for r in body["results"]] == pytest.approx([scores[i] for i in expected],
+                                                                                 abs=1e-5)
+        assert [r["document"]["text"] for r in body["results"]] == [docs[i] for i in expected]
+    top = httpx.post(url + "/v2/rerank", json={"query": query, "documents": docs, "top_n": 1,
+                                               "return_documents": False}).json()["results"]
+    assert top == [{"index": expected[0], "relevance_score": pytest.approx(scores[expected[0]], abs=1e-5)}]
+    for bad, param in (({"query": query, "documents": []}, "documents"), ({"documents": docs}, "query"),
+                       ({"query": query, "documents": docs, "top_n": -1}, "top_n")):
+        r = httpx.post(url + "/rerank", json=bad)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    r = httpx.post(servers["generator"].url + "/rerank", json={"query": query, "documents": docs})
+    assert r.status_code == 400 and "does not support Rerank API" in r.json()["error"]["message"]
+    assert httpx.get(url + "/health").status_code == 200
+    # /classify: vLLM's 400 for a model without a classification head (was a 404 "not a route").
+    r = httpx.post(url + "/classify", json={"model": MINILM, "input": "hi"})
+    assert r.status_code == 400 and "does not support Classification API" in r.json()["error"]["message"]
+
+
+def test_pooling_400s_name_their_field(servers):
+    url = servers["minilm"].url
+    for route, body, param, words in (
+            ("/v1/embeddings", {"input": [5, 999999]}, "input", "Token id 999999 in input is out of vocabulary"),
+            ("/v1/embeddings", {"input": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens", "-1 or >= 1"),
+            ("/score", {"text_1": "a", "text_2": []}, "text_2", "text_2 must not be empty"),
+            ("/score", {"text_1": ["a", "b"], "text_2": ["c"]}, "text_1", "as many as text_2")):
+        r = httpx.post(url + route, json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        assert words in r.json()["error"]["message"]

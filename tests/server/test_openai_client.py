@@ -183,7 +183,10 @@ def test_version_and_metrics(server):
                  "pagedllm:time_to_first_token_seconds_bucket", "pagedllm:inter_token_latency_seconds_bucket",
                  "pagedllm:e2e_request_latency_seconds_count", "pagedllm:request_success_total",
                  "pagedllm:num_preemptions_total", "pagedllm:prefix_cache_queries_total",
-                 "pagedllm:prefix_cache_hits_total"):
+                 "pagedllm:prefix_cache_hits_total", "pagedllm:iteration_tokens_total_bucket",
+                 "pagedllm:request_params_n_bucket", "pagedllm:request_params_max_tokens_bucket",
+                 "pagedllm:request_prefill_time_seconds_bucket", "pagedllm:request_decode_time_seconds_bucket",
+                 "pagedllm:request_inference_time_seconds_bucket"):
         assert name in text, name
     assert f'model_name="{MODEL}"' in text
     assert 'finished_reason="length"' in text

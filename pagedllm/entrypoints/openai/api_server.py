@@ -2,7 +2,7 @@
 
 ``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
 Routes: /v1/models, /v1/completions, /v1/chat/completions, /tokenize, /detokenize, /health, /ping, /version, /metrics,
-/v1/embeddings, /pooling and /score (/v1/score) for pooling (embedding) models,
+/v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank, /v2/rerank) for pooling (embedding) models,
 and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI server lacks but tutorials post to.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                   EmbeddingRequest, ModelCard, ModelList, PoolingRequest,
-                                                  RequestError, ScoreRequest, TokenizeChatRequest,
+                                                  RequestError, RerankRequest, ScoreRequest, TokenizeChatRequest,
                                                   TokenizeCompletionRequest)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
@@ -101,7 +101,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     def generative_only(api: str) -> None:
         if is_pooling:
             raise RequestError(f"The model does not support {api} API: it is a pooling (embedding) model; use "
-                               f"/v1/embeddings, /pooling or /score.", "model")
+                               f"/v1/embeddings, /pooling, /score or /rerank.", "model")
     app.state.engine = engine
     app.state.metrics = metrics
 
@@ -168,6 +168,18 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     @app.post("/v1/score")
     async def create_score(request: ScoreRequest, raw_request: Request):
         return await pooling.create_score(request, raw_request)
+
+    @app.post("/rerank")
+    @app.post("/v1/rerank")
+    @app.post("/v2/rerank")
+    async def create_rerank(request: RerankRequest, raw_request: Request):
+        return await pooling.create_rerank(request, raw_request)
+
+    @app.post("/classify")
+    async def create_classify(raw_request: Request):
+        # vLLM's answer on a model without a classification head (no architecture here has one yet).
+        raise RequestError("The model does not support Classification API: pagedllm serves no sequence-"
+                           "classification model yet.", "model")
 
     @app.post("/tokenize")
     async def tokenize(request: Union[TokenizeCompletionRequest, TokenizeChatRequest]):

@@ -475,3 +475,14 @@ class ScoreRequest(OpenAIRequestModel):
     text_2: Union[str, list[str]]
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     priority: int = 0
+
+
+class RerankRequest(OpenAIRequestModel):
+    """/rerank, /v1/rerank (Jina) and /v2/rerank (Cohere): the documents ordered by their score against the query."""
+    model: str | None = None
+    query: str
+    documents: list[str]
+    top_n: int = Field(default=0, ge=0)       # 0: every document
+    return_documents: bool = True
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    priority: int = 0

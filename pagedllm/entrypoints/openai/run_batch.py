@@ -19,7 +19,7 @@ from typing import Any
 from pagedllm.config import EngineArgs, verify_engine_args
 from pagedllm.entrypoints.openai.cli_args import load_chat_template, make_serve_parser
 
-BATCH_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/score")
+BATCH_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/score", "/v1/rerank")
 
 
 def make_run_batch_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

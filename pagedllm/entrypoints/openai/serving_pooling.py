@@ -1,4 +1,4 @@
-"""/v1/embeddings, /pooling and /score: pooling requests through the same engine, scheduler and token budget as
+"""/v1/embeddings, /pooling, /score and /rerank: pooling requests through the same engine, scheduler and token budget as
 generation (one request per input; its one step pools the prompt into a vector)."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from pagedllm.entrypoints.openai.protocol import (EmbeddingRequest, PoolingRequest, RequestError, ScoreRequest,
-                                                  random_uuid)
+from pagedllm.entrypoints.openai.protocol import (EmbeddingRequest, PoolingRequest, RequestError, RerankRequest,
+                                                  ScoreRequest, random_uuid)
 from pagedllm.entrypoints.openai.serving_chat import conversation
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, check_unicode, merge_streams, until_disconnected,
                                                      usage_dict)
@@ -55,6 +55,10 @@ class OpenAIServingPooling(OpenAIServing):
                 prompt = {"prompt_token_ids": ids}
             if not ids:
                 raise RequestError(f"{field} must not contain an empty text or token list.", field)
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise RequestError(f"Token id {bad[0]} in {field} is out of vocabulary (vocab size "
+                                   f"{self.vocab_size}).", field)
             if len(ids) > self.max_model_len:
                 raise RequestError(
                     f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
@@ -100,7 +104,9 @@ class OpenAIServingPooling(OpenAIServing):
             params.verify_dimensions(hf.hidden_size, matryoshka,
                                      bool(getattr(hf, "is_matryoshka", False) or matryoshka), self.model_name)
         except ValueError as e:
-            raise RequestError(str(e), "dimensions" if req.dimensions is not None else None) from None
+            param = ("truncate_prompt_tokens" if "truncate_prompt_tokens" in str(e)
+                     else "dimensions" if req.dimensions is not None else None)
+            raise RequestError(str(e), param) from None
         return params
 
     def _body(self, prefix: str, obj: str, data: list[dict], outputs: list) -> JSONResponse:
@@ -130,28 +136,64 @@ class OpenAIServingPooling(OpenAIServing):
                 for i, o in enumerate(outputs)]
         return self._body("pool", "pooling", data, outputs)
 
+    async def _pair_scores(self, prefix: str, first: list[str], second: list[str], names: tuple[str, str],
+                           truncate_prompt_tokens: int | None, priority: int,
+                           raw_request: Request | None) -> tuple[list[float], list] | None:
+        """The cosine of each (first[i], second[i]) pair's embeddings, and every output (None when the client went
+        away); ``first`` may be one text scored against each of ``second``."""
+        if len(first) == 1:
+            first = first * len(second)
+        self.check_num_prompts(len(second), names[1])
+        if not second:
+            raise RequestError(f"{names[1]} must not be empty.", names[1])
+        if len(first) != len(second):
+            raise RequestError(f"{names[0]} must be one text or as many as {names[1]} (got {len(first)} and "
+                               f"{len(second)}).", names[0])
+        try:
+            params = PoolingParams(normalize=True, truncate_prompt_tokens=truncate_prompt_tokens, task="score")
+        except ValueError as e:
+            raise RequestError(str(e), "truncate_prompt_tokens") from None
+        prompts = await self._prompts(first, params, names[0]) + await self._prompts(second, params, names[1])
+        outputs = await self._run(prefix, prompts, params, priority, raw_request)
+        if outputs is None:
+            return None
+        n = len(first)
+        scores = [float(torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0))
+                  for a, b in zip(outputs[:n], outputs[n:])]
+        return scores, outputs
+
     async def create_score(self, req: ScoreRequest, raw_request: Request | None = None):
         """The cosine of the two texts' embeddings; text_1 is one text against each of text_2, or pairwise."""
         self.check_model(req.model)
         self.check_pooling_model("Score")
         first = [req.text_1] if isinstance(req.text_1, str) else list(req.text_1)
         second = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
-        if len(first) == 1:
-            first = first * len(second)
-        self.check_num_prompts(len(second), "text_2")
-        if not second or len(first) != len(second):
-            raise RequestError(f"text_1 must be one text or as many as text_2 (got {len(first)} and "
-                               f"{len(second)}).", "text_1")
-        try:
-            params = PoolingParams(normalize=True, truncate_prompt_tokens=req.truncate_prompt_tokens, task="score")
-        except ValueError as e:
-            raise RequestError(str(e), "truncate_prompt_tokens") from None
-        prompts = await self._prompts(first, params, "text_1") + await self._prompts(second, params, "text_2")
-        outputs = await self._run("score", prompts, params, req.priority, raw_request)
-        if outputs is None:
+        scored = await self._pair_scores("score", first, second, ("text_1", "text_2"), req.truncate_prompt_tokens,
+                                         req.priority, raw_request)
+        if scored is None:
             return JSONResponse({}, status_code=499)
-        n = len(first)
-        data = [{"index": i, "object": "score",
-                 "score": float(torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0))}
-                for i, (a, b) in enumerate(zip(outputs[:n], outputs[n:]))]
+        scores, outputs = scored
+        data = [{"index": i, "object": "score", "score": score} for i, score in enumerate(scores)]
         return self._body("score", "score", data, outputs)
+
+    async def create_rerank(self, req: RerankRequest, raw_request: Request | None = None):
+        """Jina / Cohere rerank: each document scored against the query as /score does, best first, the first
+        ``top_n`` (all when 0); ``index`` is the document's place in the request."""
+        self.check_model(req.model)
+        self.check_pooling_model("Rerank")
+        scored = await self._pair_scores("rerank", [req.query], list(req.documents), ("query", "documents"),
+                                         req.truncate_prompt_tokens, req.priority, raw_request)
+        if scored is None:
+            return JSONResponse({}, status_code=499)
+        scores, outputs = scored
+        order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+        results = []
+        for i in order[:req.top_n or len(order)]:
+            result: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+            if req.return_documents:
+                result["document"] = {"text": req.documents[i]}
+            results.append(result)
+        num_tokens = sum(len(o.prompt_token_ids) for o in outputs)
+        return JSONResponse({"id": f"rerank-{random_uuid()}", "model": self.model_name,
+                             "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
+                             "results": results})
