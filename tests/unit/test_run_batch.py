@@ -8,15 +8,11 @@ import pytest
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.entrypoints.cli import main
-from tiny_models import save_tiny_llama
 
 
 @pytest.fixture(scope="module")
-def model_dir(tokenizer, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_llama_batch")
-    save_tiny_llama(path, len(tokenizer), bos_token_id=1, eos_token_id=2)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def model_dir(tiny_llama_dir):
+    return tiny_llama_dir
 
 
 def test_run_batch_answers_in_order_with_errors(model_dir, tmp_path, capsys):

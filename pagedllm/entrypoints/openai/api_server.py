@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 import pagedllm
-from pagedllm.config import EngineArgs, FlexibleArgumentParser
+from pagedllm.config import FlexibleArgumentParser
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.generate_route import add_generate_route
