@@ -14,7 +14,7 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 
-MODEL_ID = "fake-model"
+from fake_server_model import MODEL_ID  # noqa: E402
 
 
 @dataclass

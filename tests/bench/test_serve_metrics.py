@@ -19,7 +19,7 @@ from pagedllm.bench.metrics import calculate_metrics, parse_goodput
 from pagedllm.bench.request_funcs import RequestFuncOutput
 from pagedllm.bench.utils import get_tokenizer
 
-from conftest import MODEL_ID
+from fake_server_model import MODEL_ID
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
