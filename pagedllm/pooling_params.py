@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from pagedllm.sampling_params import RequestOutputKind
+from pagedllm.sampling_params import RequestOutputKind, check_truncate_prompt_tokens
 
 POOLING_TASKS = ("embed", "encode", "score")
 
@@ -28,9 +28,7 @@ class PoolingParams:
     def __post_init__(self) -> None:
         if self.dimensions is not None and (not isinstance(self.dimensions, int) or self.dimensions < 1):
             raise ValueError(f"Dimensions must be greater than 0, got {self.dimensions!r}.")
-        if self.truncate_prompt_tokens is not None and (self.truncate_prompt_tokens < -1
-                                                        or self.truncate_prompt_tokens == 0):
-            raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1, got {self.truncate_prompt_tokens}.")
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}.")
 

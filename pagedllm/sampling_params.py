@@ -88,6 +88,14 @@ class RequestOutputKind(IntEnum):
     FINAL_ONLY = 2   # one output when the request finishes
 
 
+def check_truncate_prompt_tokens(value: int | None) -> None:
+    """vLLM's rule for ``truncate_prompt_tokens`` (SamplingParams and PoolingParams): None, -1 (the last
+    max_model_len tokens) or a positive count."""
+    if value is not None and (value == 0 or value < -1):
+        raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1 (-1: keep the last max_model_len tokens), "
+                         f"got {value}")
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -239,10 +247,7 @@ class SamplingParams:
             raise ValueError(f"logprobs must be non-negative or -1, got {self.logprobs}.")
         if self.prompt_logprobs is not None and self.prompt_logprobs < -1:
             raise ValueError(f"prompt_logprobs must be non-negative or -1, got {self.prompt_logprobs}.")
-        if self.truncate_prompt_tokens is not None and (self.truncate_prompt_tokens == 0
-                                                        or self.truncate_prompt_tokens < -1):
-            raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1 (-1: keep the last max_model_len tokens), "
-                             f"got {self.truncate_prompt_tokens}")
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if any(not s for s in self.stop):
             raise ValueError("stop cannot contain an empty string.")
         if self.stop and not self.detokenize:
