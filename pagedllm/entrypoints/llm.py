@@ -243,12 +243,18 @@ class LLM:
                     lora_request: Any = None, use_tqdm: bool = False) -> list[BeamSearchOutput]:
         """vLLM's beam search: each step extends every live beam by one token with ``2 * beam_width`` logprobs,
         scores candidates by ``cum_logprob / len(tokens) ** length_penalty`` and keeps the best ``beam_width``."""
+        if lora_request is not None:
+            raise ValueError("LoRA adapters are not supported yet by pagedllm.")
         engine = self.llm_engine
         tok = self.get_tokenizer()
         width = params.beam_width
         eos = engine.eos_token_ids
         results = []
-        for prompt in ([prompts] if isinstance(prompts, (str, dict)) else prompts):
+        prompts = _prompt_list(prompts)
+        # use_tqdm: one bar over every prompt's token steps (vLLM shows the beam search's steps).
+        bar = tqdm(total=len(prompts) * params.max_tokens, desc="Beam search", dynamic_ncols=True) \
+            if use_tqdm else None
+        for prompt in prompts:
             _, prompt_ids = engine.tokenize_prompt(prompt)
             live = [BeamSearchSequence(tokens=list(prompt_ids), logprobs=[], cum_logprob=0.0)]
             done: list[BeamSearchSequence] = []
@@ -261,9 +267,13 @@ class LLM:
                     length -= 1
                 return seq.cum_logprob / (length ** params.length_penalty)
 
-            for _ in range(params.max_tokens):
+            for step in range(params.max_tokens):
                 if not live:
+                    if bar is not None:
+                        bar.update(params.max_tokens - step)
                     break
+                if bar is not None:
+                    bar.update(1)
                 outs = self.generate([{"prompt_token_ids": s.tokens} for s in live], step_params, use_tqdm=False)
                 candidates = []
                 for seq, out in zip(live, outs):
@@ -288,5 +298,7 @@ class LLM:
                 if tok is not None:
                     seq.text = tok.decode(seq.tokens, skip_special_tokens=True)
             results.append(BeamSearchOutput(sequences=best))
+        if bar is not None:
+            bar.close()
         return results
 

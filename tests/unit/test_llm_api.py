@@ -375,6 +375,17 @@ def test_beam_search(llm, hf, tokenizer):
     assert [s.tokens[-1] for s in one[0].sequences] == top2
 
 
+def test_beam_search_use_tqdm_and_lora_request_are_not_ignored(llm, capsys):
+    prompt = {"prompt_token_ids": [1, 2, 3]}
+    quiet = llm.beam_search([prompt], BeamSearchParams(beam_width=2, max_tokens=3))
+    assert "Beam search" not in capsys.readouterr().err
+    shown = llm.beam_search([prompt], BeamSearchParams(beam_width=2, max_tokens=3), use_tqdm=True)
+    assert "Beam search" in capsys.readouterr().err
+    assert [s.tokens for s in shown[0].sequences] == [s.tokens for s in quiet[0].sequences]
+    with pytest.raises(ValueError, match="LoRA adapters are not supported"):
+        llm.beam_search([prompt], BeamSearchParams(beam_width=2, max_tokens=3), lora_request=object())
+
+
 def test_beam_search_eos_candidates_complete_without_taking_a_beam(tmp_path):
     """vLLM's rule: every EOS candidate goes to the finished list and the best ``beam_width`` *other* candidates
     stay live. A scripted model (logits depend only on the last token) makes EOS the 2nd best first token."""
