@@ -6,8 +6,8 @@ VARIANT:
   base          the tables as committed
   awq-scratch   every triton_packed_wide entry of triton_packed._TABLE replaced by dequantize + cuBLAS (the AWQ
                 17..128-row routing off; set ANCHOR_CFG to the AWQ quantization_config as ANCHORS.md shows)
-  qkv-skinny    7B qkv (4608 x 3584) at 2..16 rows through the skinny GEMM instead of cuBLAS (with
-                PAGEDLLM_DECODE_ROPE_FUSED=2 the decode kernel can then start early after it)
+  qkv-cublas    7B qkv (4608 x 3584) at 2..16 rows through cuBLAS instead of the skinny GEMM (the routing before
+                session 15; session 15's "qkv-skinny" measured the other way round)
 Prints offline_workload.py's JSON lines.
 """
 import os
@@ -23,9 +23,9 @@ if variant == "awq-scratch":
         for bucket, cfg in per_m.items():
             if isinstance(cfg, PackedWideConfig):
                 per_m[bucket] = tp._DQ
-elif variant == "qkv-skinny":
+elif variant == "qkv-cublas":
     from pagedllm.kernels import triton_gemv as tg
-    tg._BEATS_CUBLAS = tg._BEATS_CUBLAS | {(4608, 3584, b) for b in (4, 8, 16)}
+    tg._BEATS_CUBLAS = tg._BEATS_CUBLAS - {(4608, 3584, b) for b in (4, 8, 16)}
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
 runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),

@@ -240,10 +240,13 @@ _W8A8_TABLE: dict[tuple[int, int], dict[int, GemvConfig]] = {
 # Where the kernel beat cuBLAS at 2 <= M <= 16: (N, K, M bucket). Only there does a layer send M > 1 to it (M == 1
 # always goes to it). H200, session 10, µs per call, cuBLAS vs this table's config at M = 2 / 8 (16): 7B o 11.3 /
 # 10.7 vs 10.5 / 9.2 (11.8 vs 8.4); gate_up 69.1 / 69.5 vs 68.3 / 64.9 (70.7 vs 63.4); down 38.1 / 39.2 vs 35.5 /
-# 35.0 (38.3 vs 33.9); LM head 259.0 / 261.3 vs 256.9 / 252.0 (263.3 vs 248.8). 7B qkv is not here (cuBLAS 11.2-11.4
-# vs 11.1-15.3); the 1.5B shapes were never compared above M = 1.
+# 35.0 (38.3 vs 33.9); LM head 259.0 / 261.3 vs 256.9 / 252.0 (263.3 vs 248.8). 7B qkv (cuBLAS 11.2-11.4 vs
+# 11.1-15.3 alone) is here since session 15: after it the fused decode kernel (PAGEDLLM_DECODE_ROPE_FUSED=2) starts
+# early, which cuBLAS does not allow; end to end, 7B latency 8x1024x1024 4.571 -> 4.497 s (benchmarks/kernels/
+# route_ab.py, two pairs). The 1.5B shapes were never compared above M = 1.
 _BEATS_CUBLAS: frozenset[tuple[int, int, int]] = frozenset(
-    (n, k, bucket) for n, k in [(3584, 3584), (37888, 3584), (3584, 18944), (152064, 3584)] for bucket in (4, 8, 16))
+    (n, k, bucket) for n, k in [(4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944), (152064, 3584)]
+    for bucket in (4, 8, 16))
 
 # The configs the benchmark sweeps (and the tests check): M == 1 (FMA path) and M in 2..16 (dot path).
 CANDIDATES_M1 = ([GemvConfig(bn, bk, w, 1, False, sk)

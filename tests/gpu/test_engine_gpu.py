@@ -110,10 +110,10 @@ def test_bf16_triton_greedy_agrees_with_hf(model_dir, prompts, hf_model, enforce
 
 
 def test_fused_rope_decode_gives_the_same_tokens(model_dir, prompts, monkeypatch):
-    """PAGEDLLM_DECODE_ROPE_FUSED=1 or 2 (rotary + KV store inside the decode kernel) changes no token, with CUDA
-    graphs (the decode steps replay the fused kernel) and eagerly."""
+    """PAGEDLLM_DECODE_ROPE_FUSED=1 or 2 (rotary + KV store inside the decode kernel) changes no token against 0,
+    with CUDA graphs (the decode steps replay the fused kernel) and eagerly."""
     for eager in (False, True):
-        monkeypatch.delenv("PAGEDLLM_DECODE_ROPE_FUSED", raising=False)
+        monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", "0")
         base = _generate(model_dir, prompts, dtype="bfloat16", enforce_eager=eager)
         for fused in ("1", "2"):
             monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", fused)

@@ -33,6 +33,13 @@ class TritonAttentionMetadata:
     workspace: DecodeWorkspace
 
 
+# The fused rotary + KV store + decode kernel only for decode steps of up to this many requests. H200, session 15
+# (benchmarks/gpu_session15/default_ab.sh, 7B, fused on every decode step): latency 8x1024x1024 4.607 -> 4.50 s,
+# bs1 257.7 -> 259.2 tok/s, but ShareGPT (decode steps of up to 256 requests) 11,287 -> 11,197 tok/s (-0.8%, both
+# pairs). 16: where the skinny GEMM takes the QKV projection, after which the fused kernel's early start pays.
+FUSED_DECODE_MAX_ROWS = 16
+
+
 class TritonAttentionBackend(AttentionBackend):
     supports_full_cuda_graphs = True
     supports_piecewise_cuda_graphs = True
@@ -71,10 +78,11 @@ class TritonAttentionBackend(AttentionBackend):
     def write_kv_and_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                             slot_mapping: torch.Tensor, metadata: TritonAttentionMetadata, scale: float,
                             rotary: nn.Module | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
-        # A step of one new token per request, with PAGEDLLM_DECODE_ROPE_FUSED (1, 2): the rotation and the cache write
-        # inside the decode kernel (one kernel a layer instead of two); else the two calls.
+        # A step of one new token for each of at most FUSED_DECODE_MAX_ROWS requests, with PAGEDLLM_DECODE_ROPE_FUSED
+        # (1, 2): the rotation and the cache write inside the decode kernel (one kernel a layer instead of two); else
+        # the two calls.
         if (self.fuse_rope_decode and rotary is not None and metadata.max_query_len == 1
-                and q.shape[0] == metadata.seq_lens.shape[0]):
+                and q.shape[0] == metadata.seq_lens.shape[0] and q.shape[0] <= FUSED_DECODE_MAX_ROWS):
             return triton_attention.decode_rope_attention(
                 q, k, v, kv_cache[0], kv_cache[1], rotary.cos, rotary.sin, positions, slot_mapping,
                 metadata.seq_lens, metadata.block_tables, scale, metadata.workspace,
