@@ -35,7 +35,7 @@ Three kernels:
     with new ``seq_lens`` / ``block_tables`` is correct. When ``S == 1`` (batch large enough to fill the GPU
     alone) each program writes its output directly.
 
-``decode_rope_attention`` (``PAGEDLLM_DECODE_ROPE_FUSED``, off by default until measured)
+``decode_rope_attention`` (``PAGEDLLM_DECODE_ROPE_FUSED``; the Triton backend's decode steps of up to 16 requests)
     The same kernel taking the QKV projection's unrotated q / k / v: each program rotates its q heads, the program
     holding the newest position rotates k and writes k / v to the cache before its loop (as triton_rotary's
     kernel would have), optionally reading its first tile of older keys before the PDL wait.
@@ -602,7 +602,7 @@ def decode_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     request: ``query`` ``[B, Hq, D]`` and ``key`` ``[B, Hkv, D]`` unrotated, ``value`` ``[B, Hkv, D]``; the rotated
     key and the value are written to their cache slots and the attention output returned, with the same values as
     the two kernels (``query`` and ``key`` are left unrotated). One launch and one kernel boundary less per layer;
-    an A/B switch until measured (``PAGEDLLM_DECODE_ROPE_FUSED``). ``prefetch``: each split's first tile of older
+    ``PAGEDLLM_DECODE_ROPE_FUSED`` (default 2: with the prefetch) switches it off for A/Bs. ``prefetch``: each split's first tile of older
     keys is read before the PDL wait, overlapping the QKV projection (keys written by earlier steps only)."""
     return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out,
                             rope=DecodeRope(key, value, cos, sin, positions, slot_mapping, prefetch))
