@@ -384,6 +384,8 @@ def verify_engine_args(args: EngineArgs) -> None:
                              f"by pagedllm (got {name}={getattr(args, name)}).")
     if args.scheduling_policy not in ("fcfs", "priority"):
         raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {args.scheduling_policy!r}.")
+    if args.max_num_seqs is not None and args.max_num_seqs < 1:
+        raise ValueError(f"max_num_seqs must be >= 1, got {args.max_num_seqs}.")
     if args.max_num_seqs_per_request is not None and args.max_num_seqs_per_request < 0:
         raise ValueError(f"max_num_seqs_per_request must be >= 0 (0: no cap), got {args.max_num_seqs_per_request}.")
     if args.long_prefill_token_threshold is not None and args.long_prefill_token_threshold < 0:
@@ -750,9 +752,7 @@ class EngineConfig:
         chunked = args.enable_chunked_prefill and runner_type == "generate"
 
         on_gpu = device.type == "cuda"
-        max_num_seqs = args.max_num_seqs or (1024 if on_gpu else 256)
-        if max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}.")
+        max_num_seqs = args.max_num_seqs if args.max_num_seqs is not None else (1024 if on_gpu else 256)
         if args.max_num_batched_tokens is not None:
             max_num_batched_tokens = int(args.max_num_batched_tokens)
             if max_num_batched_tokens < 1:

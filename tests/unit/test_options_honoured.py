@@ -116,7 +116,8 @@ ENGINE_FIELDS: dict[str, list] = {
                        Rejects("int4", "kv_cache_dtype must be one of 'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2'")],
     "prefix_caching_hash_algo": [Rejects("builtin", "prefix_caching_hash_algo='builtin' is not supported yet")],
     "max_num_seqs": [Behaves(lambda mp: build(mp, max_num_seqs=7).max_num_seqs == 7 or _fail()),
-                     Rejects(-1, "max_num_seqs must be >= 1")],
+                     Rejects(-1, "max_num_seqs must be >= 1"),
+                     Rejects(0, "max_num_seqs must be >= 1, got 0")],    # not the default in disguise
     "max_num_batched_tokens": [Behaves(lambda mp: build(mp, max_num_batched_tokens=99).max_num_batched_tokens == 99
                                        or _fail()),
                                Rejects(0, "max_num_batched_tokens must be >= 1")],
@@ -269,7 +270,7 @@ def _escape(text: str) -> str:
     return re.escape(text)
 
 
-@pytest.mark.parametrize("name", ["swap_space", "tokenizer_mode", "distributed_executor_backend", "task",
+@pytest.mark.parametrize("name", ["swap_space", "max_num_seqs", "tokenizer_mode", "distributed_executor_backend", "task",
                                   "kv_cache_dtype", "enable_lora", "speculative_config", "compilation_config"])
 def test_rejected_before_the_model_is_resolved(monkeypatch, name):
     """create_engine_config checks the arguments before any download: a made-up model id still gets the option's error."""
