@@ -49,6 +49,10 @@ _UNSUPPORTED_KV_CACHE_DTYPES = ("fp8_inc", "fp8_ds_mla", "bfloat16", "float16")
 def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
     """The KV cache tensors' dtype."""
     return FP8_KV_CACHE_DTYPES.get(kv_cache_dtype, model_dtype)
+# A generation_config.json's sampling defaults (HF's names) -> SamplingParams' names (vLLM reads the same six);
+# do_sample=false also means greedy here.
+GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                                   "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "hf_config_path", "convert", "enable_prompt_embeds", "allowed_local_media_path", "allowed_media_domains",
     "safetensors_load_strategy", "config_format", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
@@ -68,7 +72,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "reasoning_parser", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "pooler_config", "override_pooler_config",
     "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config", "enable_sleep_mode",
-    "override_generation_config", "model_impl", "override_attention_dtype", "calculate_kv_scales",
+    "model_impl", "override_attention_dtype", "calculate_kv_scales",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
     "logits_processors", "kv_sharing_fast_prefill", "num_scheduler_steps",
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
@@ -128,6 +132,9 @@ class EngineArgs:
     disable_log_stats: bool = False
     served_model_name: list[str] | str | None = None
     generation_config: str = "auto"
+    # Fields set over the generation config (the model's, or none with generation_config="vllm"), as vLLM:
+    # {"temperature": 0.5} makes 0.5 every request's default temperature.
+    override_generation_config: dict | None = None
     hf_overrides: dict | None = None
     # Kernel and graph switches (A/B runs); None: the PAGEDLLM_* variable of the same name (envs.py), on by default.
     triton_gemv: bool | None = None              # Triton skinny GEMM for batch-1 GPU linears
@@ -278,6 +285,9 @@ class EngineArgs:
         g.add_argument("--disable-log-stats", action="store_true")
         g.add_argument("--generation-config", type=str, default=d.generation_config,
                        help='"auto" (the model\'s generation_config.json), "vllm" (ignore it) or a folder.')
+        g.add_argument("--override-generation-config", type=json.loads, default=None,
+                       help="JSON setting sampling defaults over the generation config, e.g. '{\"temperature\": "
+                            f"0.5}}'; keys: {', '.join(GENERATION_CONFIG_SAMPLING_KEYS)}, do_sample.")
         g.add_argument("--hf-overrides", type=json.loads, default=None,
                        help='JSON overriding fields of the model\'s HF config, e.g. \'{"rope_theta": 1e6}\'.')
         g.add_argument("--task", type=str, default=d.task,
@@ -400,6 +410,15 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"compilation_config is not supported yet: pagedllm does not use torch.compile (CUDA graphs "
                          f"are switched by enforce_eager and piecewise_cuda_graphs); use None or 0 "
                          f"(got {args.compilation_config!r}).")
+    override = args.override_generation_config
+    if override is not None:
+        if not isinstance(override, dict):
+            raise ValueError(f"override_generation_config must be a dict (JSON object), got {override!r}.")
+        unused = sorted(set(override) - set(GENERATION_CONFIG_SAMPLING_KEYS) - {"do_sample"})
+        if unused:
+            raise ValueError(f"override_generation_config: {', '.join(unused)} is not a sampling default pagedllm "
+                             f"reads; use {', '.join(GENERATION_CONFIG_SAMPLING_KEYS)} or do_sample (HF's names: "
+                             f"max_new_tokens, not max_tokens).")
     if args.kv_cache_memory_gb is not None and args.kv_cache_memory_bytes is not None:
         raise ValueError("Give kv_cache_memory_gb or kv_cache_memory_bytes, not both.")
     for name in ("kv_cache_memory_gb", "kv_cache_memory_bytes"):

@@ -193,6 +193,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if args.generation_config != "vllm" and os.path.exists(gen_file):
         with open(gen_file) as f:
             generation = json.load(f)
+    generation.update(args.override_generation_config or {})
     from pagedllm.model.registry import is_pooling_only
     headless = is_pooling_only(hf_config)       # encoders and bare decoders: no language-model head
     pooling = headless or sentence_transformers_modules(model_dir) is not None

@@ -135,6 +135,30 @@ def test_generation_config_folder(model_dir, tmp_path):
     with pytest.raises(ValueError, match="no generation_config.json there"):
         LLM(model=str(model_dir[0]), generation_config=str(tmp_path / "missing"))
 
+
+def test_override_generation_config(model_dir, tmp_path):
+    """vLLM's override_generation_config: merged over the model's generation config, or alone with "vllm"."""
+    import json
+
+    from pagedllm.config import EngineArgs, FlexibleArgumentParser
+    with open(tmp_path / "generation_config.json", "w") as f:
+        json.dump({"temperature": 0.5, "max_new_tokens": 3, "top_k": 7}, f)
+    llm = LLM(model=str(model_dir[0]), dtype="float32", max_model_len=64, generation_config=str(tmp_path),
+              override_generation_config={"top_k": 2, "max_new_tokens": 4})
+    defaults = llm.get_default_sampling_params()
+    assert (defaults.temperature, defaults.max_tokens, defaults.top_k) == (0.5, 4, 2)
+    assert len(llm.generate("Hi", use_tqdm=False)[0].outputs[0].token_ids) == 4
+    # The command line's JSON, with generation_config="vllm": only the override.
+    args = EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(
+        ["--model", str(model_dir[0]), "--dtype", "float32", "--max-model-len", "64", "--generation-config", "vllm",
+         "--override-generation-config", '{"max_new_tokens": 2, "do_sample": false}'])
+    llm = LLM(**vars(args))
+    defaults = llm.get_default_sampling_params()
+    assert (defaults.temperature, defaults.max_tokens, defaults.top_k) == (0.0, 2, 0)
+    # A key nothing reads (vLLM's SamplingParams name instead of HF's) is an error, not a default dropped.
+    with pytest.raises(ValueError, match="override_generation_config: max_tokens is not a sampling default"):
+        LLM(model=str(model_dir[0]), override_generation_config={"max_tokens": 5})
+
 def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
     # What vLLM scripts read from llm.llm_engine.
     engine = llm.llm_engine

@@ -160,6 +160,9 @@ ENGINE_FIELDS: dict[str, list] = {
     "disable_log_stats": [Read(("entrypoints/",), "args.disable_log_stats")],
     "served_model_name": [Read(("entrypoints/openai/api_server.py",), "served_model_name")],
     "generation_config": [Read(("model/loader.py",), "args.generation_config")],
+    # Merged over the generation config: tests/unit/test_llm_api.py::test_override_generation_config.
+    "override_generation_config": [Read(("model/loader.py",), "args.override_generation_config"),
+                                   Rejects({"foo": 1}, "override_generation_config: foo is not a sampling default")],
     "hf_overrides": [Read(("model/loader.py",), "args.hf_overrides")],
     "use_tqdm_on_load": [Read(("model/loader.py",), "use_tqdm_on_load")],
     "triton_gemv": [Read(("model/layers/linear.py",), "current.triton_gemv"),
