@@ -30,7 +30,8 @@ _DTYPES = {
     "float16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt")
+# "bitsandbytes" (vLLM's pairing with quantization="bitsandbytes"): the "auto" files, quantized by bitsandbytes.
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt", "bitsandbytes")
 DEFAULT_CPU_KV_CACHE_GB = 4.0
 # The server's prompt-chunk cap on the CPU: a short request waits for the step in flight and then needs two more, so
 # a step must stay well under a second for it to finish within 2 s (docs/reliability.md has the measurement).
@@ -184,6 +185,10 @@ class EngineArgs:
                 raise ValueError(f"dtype={self.dtype} is not supported; use one of "
                                  f"{', '.join(names.values())} (or auto).")
             self.dtype = names[self.dtype]
+        # load_format="bitsandbytes" alone asks for bitsandbytes (vLLM's tutorials give both; vLLM sets the load
+        # format from the quantization, and a pre-quantized checkpoint says bitsandbytes itself).
+        if self.load_format == "bitsandbytes" and self.quantization is None:
+            self.quantization = "bitsandbytes"
 
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineArgs":
@@ -330,6 +335,9 @@ def verify_engine_args(args: EngineArgs) -> None:
                          "use 'auto' or 'slow'.")
     if args.tokenizer_mode not in ("auto", "slow"):
         raise ValueError(f"tokenizer_mode must be 'auto' or 'slow', got {args.tokenizer_mode!r}.")
+    if args.load_format == "bitsandbytes" and (args.quantization or "").lower() != "bitsandbytes":
+        raise ValueError(f"BitsAndBytes load format only supports 'bitsandbytes' quantization, but got "
+                         f"{args.quantization}.")
     if args.swap_space is not None and args.swap_space < 0:
         raise ValueError(f"swap_space must be >= 0, got {args.swap_space}.")
     if args.preemption_mode not in (None, "swap", "recompute"):

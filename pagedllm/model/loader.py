@@ -232,7 +232,7 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
                                         whole_model=get_tp_size() * get_pp_size() == 1,
                                         keep_quantized=getattr(quant_config, "kept_quantized", None),
                                         convert_device=config.device)
-        elif fmt in ("auto", "safetensors") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
+        elif fmt in ("auto", "safetensors", "bitsandbytes") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
             weights = iterate_safetensors(config.model.model_dir, progress=progress, skip_prefixes=skip_prefixes)
         elif fmt == "safetensors":
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
