@@ -226,7 +226,10 @@ class EngineArgs:
                        help="Show progress bars while loading weights.")
         g.add_argument("--dtype", type=str, default=d.dtype,
                        choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
-        g.add_argument("--quantization", "-q", type=str, default=None, help="Quantization method (e.g. gguf).")
+        g.add_argument("--quantization", "-q", type=str, default=None,
+                       help="Quantization method: awq (awq_marlin), gptq (gptq_marlin), compressed-tensors, fp8 (a "
+                            "dense checkpoint is quantized at load), bitsandbytes (likewise), gguf. None: the "
+                            "checkpoint's quantization_config.")
         g.add_argument("--seed", type=int, default=d.seed)
         g.add_argument("--max-model-len", type=_parse_len, default=None,
                        help="Model context length (prompt + output): 2048, 32k (32000) or 32K (32768), as vLLM.")

@@ -136,6 +136,10 @@ def test_switch_flags():
     (["-O3"], "compilation_config is not supported yet"),
     (["--data-parallel-size", "2"], "data_parallel_size=2 is not supported yet"),
     (["--disable-custom-kernels", "--attention-backend", "triton"], "contradicts disable_custom_kernels"),
+    (["--max-num-seqs", "0"], "max_num_seqs must be >= 1, got 0"),
+    # -q is checked by name before start-up, as vLLM's choices are (no model is looked for).
+    (["-q", "int3"], "Unknown quantization method: int3. Must be one of ['awq'"),
+    (["-q", "hqq"], "Quantization method hqq is a vLLM method that pagedllm does not support yet"),
 ])
 def test_unsupported_flags_parse_then_fail_clearly(flags, message):
     with pytest.raises(ValueError, match=re.escape(message)):

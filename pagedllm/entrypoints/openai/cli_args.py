@@ -157,6 +157,9 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError("--enable-auto-tool-choice requires --tool-call-parser to be set.")
         get_tool_parser(args.tool_call_parser)     # an unknown name fails before start-up
     verify_engine_args(EngineArgs.from_cli_args(args))   # a flag pagedllm cannot honour fails here, before start-up
+    if args.quantization:
+        from pagedllm.model.quantization import verify_quantization_name
+        verify_quantization_name(args.quantization)
     return args
 
 
