@@ -233,7 +233,7 @@ class EngineArgs:
         g.add_argument("--seed", type=int, default=d.seed)
         g.add_argument("--max-model-len", type=_parse_len, default=None,
                        help="Model context length (prompt + output): 2048, 32k (32000) or 32K (32768), as vLLM.")
-        g.add_argument("--block-size", type=int, default=d.block_size, choices=[8, 16, 32, 64, 128])
+        g.add_argument("--block-size", type=int, default=d.block_size, choices=[1, 8, 16, 32, 64, 128, 256])
         g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                        default=d.enable_prefix_caching)
         g.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization)
@@ -248,9 +248,12 @@ class EngineArgs:
         g.add_argument("--preemption-mode", type=str, default=d.preemption_mode, choices=["swap", "recompute"],
                        help="How preempted requests keep their KV: swap to CPU blocks or recompute (default: by "
                             "cost, swap when there is swap space and the request holds more than a few blocks).")
-        g.add_argument("--cpu-offload-gb", type=float, default=d.cpu_offload_gb, help="Not supported yet: only 0.")
+        g.add_argument("--cpu-offload-gb", type=float, default=d.cpu_offload_gb,
+                       help="GiB of weights kept in CPU memory and streamed to the GPU for each forward (GPU only; "
+                            "0 on the CPU).")
         g.add_argument("--kv-cache-dtype", type=str, default=d.kv_cache_dtype,
-                       help="Only auto (the model's dtype) for now.")
+                       help="auto (the model's dtype), fp8 (= fp8_e4m3) or fp8_e5m2: an FP8 KV cache holds twice "
+                            "the tokens in the same memory.")
         g.add_argument("--prefix-caching-hash-algo", type=str, default=d.prefix_caching_hash_algo,
                        help="Hash of prefix-cache blocks; only sha256 for now.")
         g.add_argument("--max-num-seqs", type=int, default=None)
@@ -267,9 +270,11 @@ class EngineArgs:
         g.add_argument("--data-parallel-size", "-dp", type=int, default=d.data_parallel_size,
                        help="Not supported yet: only 1.")
         g.add_argument("--distributed-executor-backend", type=str, default=None,
-                       help="Only uni (the in-process executor) for now.")
+                       help="uni (the model in this process; the default for one rank), mp (a worker process per "
+                            "rank; the default for several) or ray (a Ray actor per rank).")
         g.add_argument("--disable-custom-all-reduce", action="store_true",
-                       help="Accepted: tensor parallel always reduces through NCCL / gloo.")
+                       help="Every tensor-parallel all-reduce through NCCL / gloo, even with "
+                            "PAGEDLLM_CUSTOM_ALL_REDUCE_KIB set.")
         g.add_argument("--enable-expert-parallel", action="store_true", help="Not supported yet.")
         g.add_argument("--device", type=str, default=d.device, choices=["auto", "cpu", "cuda"])
         g.add_argument("--attention-backend", type=str, default=None, choices=["torch", "triton"])

@@ -100,6 +100,18 @@ def test_help_and_version():
     assert out.strip() == pagedllm.__version__
 
 
+def test_engine_flag_help_says_what_the_flag_does():
+    """serve --help: no flag that works is described as unsupported; --block-size takes vLLM's sizes."""
+    parser = make_parser()
+    serve = next(a for a in parser._actions if getattr(a, "choices", None) and "serve" in a.choices).choices["serve"]
+    helps = {a.dest: a.help for a in serve._actions}
+    assert "fp8_e5m2" in helps["kv_cache_dtype"] and "Only auto" not in helps["kv_cache_dtype"]
+    assert "streamed to the GPU" in helps["cpu_offload_gb"] and "Not supported" not in helps["cpu_offload_gb"]
+    assert "ray" in helps["distributed_executor_backend"] and "Only uni" not in helps["distributed_executor_backend"]
+    assert "bitsandbytes" in helps["quantization"] and "bitsandbytes" in helps["load_format"]
+    assert [parse("serve", "--block-size", n).block_size for n in ("1", "256")] == [1, 256]
+
+
 def test_snake_case_flags_as_vllm_accepts_them():
     args = parse("serve", "m", "--tensor_parallel_size", "1", "--max_model_len=2K", "--gpu_memory_utilization",
                  "0.5", "--served_model_name", "my_model", "--no-enable_prefix_caching", "-tp", "1")
