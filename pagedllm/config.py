@@ -764,9 +764,10 @@ class EngineConfig:
                            args.gpu_memory_utilization, DEFAULT_CPU_KV_CACHE_GB)
 
         runner_type = _resolve_runner(args, model)
-        derived_len = _derived_max_model_len(hf)
-        if runner_type == "pooling" and model.max_seq_length:
-            derived_len = min(derived_len, model.max_seq_length)
+        derived_len, derived_from = _derived_max_model_len(hf)
+        if runner_type == "pooling" and model.max_seq_length and model.max_seq_length < derived_len:
+            derived_len = model.max_seq_length
+            derived_from = f"max_seq_length={derived_len} in sentence_bert_config.json"
         if args.max_model_len is None:
             max_model_len = derived_len
         else:
@@ -781,9 +782,7 @@ class EngineConfig:
             if max_model_len <= 0:
                 raise ValueError(f"max_model_len must be positive, got {max_model_len}.")
             if max_model_len > derived_len:
-                raise ValueError(
-                    f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len "
-                    f"(max_position_embeddings or sentence-transformers' max_seq_length: {derived_len}).")
+                _verify_long_max_model_len(max_model_len, derived_len, derived_from, hf)
         chunked = args.enable_chunked_prefill and runner_type == "generate"
 
         on_gpu = device.type == "cuda"
@@ -941,13 +940,40 @@ def _cpu_has_native_bf16() -> bool:
         return False
 
 
-def _derived_max_model_len(hf_config) -> int:
+def _derived_max_model_len(hf_config) -> tuple[int, str]:
+    """The model's own context length and where it comes from (for messages)."""
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length"):
         value = getattr(hf_config, key, None)
         if isinstance(value, int) and value > 0:
+            source = f"{key}={value} in model's config.json"
             if getattr(hf_config, "model_type", None) in ("roberta", "xlm-roberta"):
                 # RoBERTa's positions start after the padding index: 514 position embeddings hold 512 tokens.
-                return value - (getattr(hf_config, "pad_token_id", None) or 0) - 1
-            return value
-    return 2048
+                return value - (getattr(hf_config, "pad_token_id", None) or 0) - 1, source
+            return value, source
+    return 2048, "no context length in model's config.json: 2048"
+
+
+# Architectures whose positions are a learned table (no position past its last row exists): a max_model_len above
+# the derived one is an error for them even with PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN.
+_ABSOLUTE_POSITION_MODEL_TYPES = ("opt", "bert", "roberta", "xlm-roberta")
+
+
+def _verify_long_max_model_len(max_model_len: int, derived_len: int, derived_from: str, hf_config) -> None:
+    """max_model_len above the model's own length: vLLM's error, unless VLLM_ALLOW_LONG_MAX_MODEL_LEN (or ours)
+    allows it for a rotary-position model (the rotary tables are built for max_model_len; the output past the
+    trained length is the user's risk, as in vLLM)."""
+    message = f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len " \
+              f"({derived_from})."
+    if not (envs.PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN or envs.VLLM_ALLOW_LONG_MAX_MODEL_LEN):
+        raise ValueError(f"{message} To allow overriding this maximum, set the env var "
+                         f"VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (or PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN=1). It must be used "
+                         f"with extreme caution: the model was not trained on positions past {derived_len}.")
+    model_type = getattr(hf_config, "model_type", None)
+    positions = _derived_max_model_len(hf_config)[0]    # above sentence-transformers' max_seq_length, maybe
+    if model_type in _ABSOLUTE_POSITION_MODEL_TYPES and max_model_len > positions:
+        raise ValueError(f"{message} The {model_type} architecture has learned absolute position embeddings, "
+                         f"{positions} of them: no position past them exists, whatever "
+                         f"VLLM_ALLOW_LONG_MAX_MODEL_LEN says.")
+    logger.warning("%s Make sure the value is correct and within the model context size "
+                   "(VLLM_ALLOW_LONG_MAX_MODEL_LEN is set).", message)
 

@@ -159,6 +159,30 @@ def test_override_generation_config(model_dir, tmp_path):
     with pytest.raises(ValueError, match="override_generation_config: max_tokens is not a sampling default"):
         LLM(model=str(model_dir[0]), override_generation_config={"max_tokens": 5})
 
+def test_max_model_len_above_the_models_needs_vllms_env_var(model_dir, monkeypatch, caplog):
+    """vLLM's rule: above max_position_embeddings (512 here) is an error naming VLLM_ALLOW_LONG_MAX_MODEL_LEN; with
+    it set, a warning, and a prompt past position 512 runs (the rotary tables cover max_model_len)."""
+    import transformers
+
+    from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    monkeypatch.delenv("PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    with pytest.raises(ValueError, match=r"^User-specified max_model_len \(600\) is greater than the derived "
+                                         r"max_model_len \(max_position_embeddings=512 in model's config.json\)\. To "
+                                         r"allow overriding this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"):
+        LLM(model=str(model_dir[0]), max_model_len=600)
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+    with caplog.at_level("WARNING", logger="pagedllm"):
+        llm = LLM(model=str(model_dir[0]), dtype="float32", max_model_len=600)
+    assert "Make sure the value is correct and within the model context size" in caplog.text
+    out = llm.generate({"prompt_token_ids": [5 + i % 90 for i in range(550)]}, GREEDY, use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 5 and llm.llm_engine.model_config.max_model_len == 600
+    # A learned position table cannot grow: still an error for OPT.
+    opt = transformers.OPTConfig(max_position_embeddings=512)
+    with pytest.raises(ValueError, match="opt architecture has learned absolute position embeddings, 512 of them"):
+        EngineConfig.build(EngineArgs(model="m", max_model_len=600, device="cpu"), ResolvedModel("m", opt, None))
+
+
 def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
     # What vLLM scripts read from llm.llm_engine.
     engine = llm.llm_engine
