@@ -744,8 +744,9 @@ class EngineConfig:
         # The method's name is checked against the quantization registry (pagedllm/model/quantization) and the
         # checkpoint's quantization_config by the engine layer (engine/core.py create_engine_config): config imports
         # nothing above it.
-        if args.quantization == "gguf" and model.gguf_file is None:
-            raise ValueError(f"quantization='gguf' needs a .gguf model file; {args.model!r} is not one.")
+        for name in ("quantization", "load_format"):
+            if getattr(args, name) == "gguf" and model.gguf_file is None:
+                raise ValueError(f"{name}='gguf' needs a .gguf model file; {args.model!r} is not one.")
         if args.block_size <= 0 or args.block_size & (args.block_size - 1):
             raise ValueError(f"block_size must be a positive power of two, got {args.block_size}.")
         if not 0.0 < args.gpu_memory_utilization <= 1.0:

@@ -237,7 +237,7 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
         elif fmt == "safetensors":
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
         else:
-            weights = iterate_pt(config.model.model_dir, progress=progress)
+            weights = iterate_pt(config.model.model_dir, progress=progress, load_format=fmt)
         if quant_config is not None:
             weights = ((quant_config.checkpoint_name(name), tensor) for name, tensor in weights)
         model.load_weights(weights)

@@ -183,6 +183,14 @@ def test_max_model_len_above_the_models_needs_vllms_env_var(model_dir, monkeypat
         EngineConfig.build(EngineArgs(model="m", max_model_len=600, device="cpu"), ResolvedModel("m", opt, None))
 
 
+def test_load_format_that_does_not_fit_the_files(model_dir):
+    # The folder holds model.safetensors only: "pt" and "gguf" say what they looked for.
+    with pytest.raises(ValueError, match="load_format='pt' but no \\*.bin or \\*.pt in"):
+        LLM(model=str(model_dir[0]), load_format="pt", max_model_len=64)
+    with pytest.raises(ValueError, match="load_format='gguf' needs a .gguf model file; .* is not one"):
+        LLM(model=str(model_dir[0]), load_format="gguf", max_model_len=64)
+
+
 def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
     # What vLLM scripts read from llm.llm_engine.
     engine = llm.llm_engine
