@@ -410,6 +410,8 @@ def verify_engine_args(args: EngineArgs) -> None:
                              f"by pagedllm (got {name}={getattr(args, name)}).")
     if args.scheduling_policy not in ("fcfs", "priority"):
         raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {args.scheduling_policy!r}.")
+    if args.max_logprobs < -1:
+        raise ValueError(f"max_logprobs must be -1 (no cap) or >= 0, got {args.max_logprobs}.")
     if args.max_num_seqs is not None and args.max_num_seqs < 1:
         raise ValueError(f"max_num_seqs must be >= 1, got {args.max_num_seqs}.")
     if args.max_num_seqs_per_request is not None and args.max_num_seqs_per_request < 0:

@@ -123,7 +123,8 @@ ENGINE_FIELDS: dict[str, list] = {
                                Rejects(0, "max_num_batched_tokens must be >= 1")],
     "enable_chunked_prefill": [Behaves(lambda mp: build(mp, enable_chunked_prefill=False).max_num_batched_tokens
                                        == 4096 or _fail())],
-    "max_logprobs": [Read(("engine/",), "args.max_logprobs")],
+    "max_logprobs": [Read(("engine/",), "args.max_logprobs"),
+                     Rejects(-5, "max_logprobs must be -1 (no cap) or >= 0, got -5")],
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
     "async_scheduling": [Behaves(lambda mp: build(mp, async_scheduling=True).async_scheduling or _fail())],
     # TP=2 vs TP=1 tokens, the killed worker, indivisible heads: tests/unit/test_tensor_parallel.py.
