@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -136,7 +136,8 @@ class EngineArgs:
     # Fields set over the generation config (the model's, or none with generation_config="vllm"), as vLLM:
     # {"temperature": 0.5} makes 0.5 every request's default temperature.
     override_generation_config: dict | None = None
-    hf_overrides: dict | None = None
+    # Fields set on the model's HF config, or (vLLM's other form) a function of the config that returns it.
+    hf_overrides: dict | Callable[[Any], Any] | None = None
     # Kernel and graph switches (A/B runs); None: the PAGEDLLM_* variable of the same name (envs.py), on by default.
     triton_gemv: bool | None = None              # Triton skinny GEMM for batch-1 GPU linears
     pdl: bool | None = None                      # programmatic dependent launch of our decode kernels
@@ -410,6 +411,9 @@ def verify_engine_args(args: EngineArgs) -> None:
                              f"by pagedllm (got {name}={getattr(args, name)}).")
     if args.scheduling_policy not in ("fcfs", "priority"):
         raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {args.scheduling_policy!r}.")
+    if args.hf_overrides is not None and not (isinstance(args.hf_overrides, dict) or callable(args.hf_overrides)):
+        raise ValueError(f"hf_overrides must be a dict of config fields or a function of the config, got "
+                         f"{args.hf_overrides!r}.")
     if args.max_logprobs < -1:
         raise ValueError(f"max_logprobs must be -1 (no cap) or >= 0, got {args.max_logprobs}.")
     if args.max_num_seqs is not None and args.max_num_seqs < 1:

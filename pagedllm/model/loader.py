@@ -177,7 +177,9 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         raise ValueError(f"No config.json in {model_dir!r} (model {model!r}).")
     hf_config = load_hf_config(model_dir, trust_remote_code=args.trust_remote_code)
-    if args.hf_overrides:
+    if callable(args.hf_overrides):       # vLLM's other form: a function of the config that returns it
+        hf_config = args.hf_overrides(hf_config)
+    elif args.hf_overrides:
         for key, value in args.hf_overrides.items():
             setattr(hf_config, key, value)
     tokenizer_path = args.tokenizer or model_dir

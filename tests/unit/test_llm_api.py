@@ -183,6 +183,18 @@ def test_max_model_len_above_the_models_needs_vllms_env_var(model_dir, monkeypat
         EngineConfig.build(EngineArgs(model="m", max_model_len=600, device="cpu"), ResolvedModel("m", opt, None))
 
 
+def test_hf_overrides_dict_or_function(model_dir):
+    """vLLM's hf_overrides: a dict of config fields, or a function of the config that returns it."""
+    def longer(config):
+        config.max_position_embeddings = 1024
+        return config
+    for overrides in ({"max_position_embeddings": 1024}, longer):
+        llm = LLM(model=str(model_dir[0]), hf_overrides=overrides)
+        assert llm.llm_engine.model_config.max_model_len == 1024
+    with pytest.raises(ValueError, match="hf_overrides must be a dict of config fields or a function"):
+        LLM(model=str(model_dir[0]), hf_overrides='{"max_position_embeddings": 1024}')
+
+
 def test_load_format_that_does_not_fit_the_files(model_dir):
     # The folder holds model.safetensors only: "pt" and "gguf" say what they looked for.
     with pytest.raises(ValueError, match="load_format='pt' but no \\*.bin or \\*.pt in"):
