@@ -186,6 +186,7 @@ class EngineArgs:
                 raise ValueError(f"dtype={self.dtype} is not supported; use one of "
                                  f"{', '.join(names.values())} (or auto).")
             self.dtype = names[self.dtype]
+        _coerce_number_fields(self)
         # load_format="bitsandbytes" alone asks for bitsandbytes (vLLM's tutorials give both; vLLM sets the load
         # format from the quantization, and a pre-quantized checkpoint says bitsandbytes itself).
         if self.load_format == "bitsandbytes" and self.quantization is None:
@@ -334,6 +335,31 @@ class EngineArgs:
 
 # vLLM's name for the server's / AsyncLLMEngine's arguments (``from vllm import AsyncEngineArgs``): the same fields.
 AsyncEngineArgs = EngineArgs
+
+
+# Integer arguments that take vLLM's human-readable forms ("32k", "4G") offline as on the command line.
+_HUMAN_READABLE_INT_FIELDS = ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes")
+
+
+def _coerce_number_fields(args: EngineArgs) -> None:
+    """A number given as a string (LLM(max_num_seqs="8"), from YAML or the environment) becomes the number, as
+    vLLM's validated configs take it; one that is no number is a ValueError naming the field, not a TypeError from a
+    comparison later."""
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        kind = str(f.type).replace(" | None", "")
+        if not isinstance(value, str) or kind not in ("int", "float"):
+            continue
+        try:
+            if f.name in _HUMAN_READABLE_INT_FIELDS:
+                number = parse_human_readable_int(value, allow_auto=f.name == "max_model_len")
+            else:
+                number = int(value) if kind == "int" else float(value)
+        except ValueError as e:
+            what = "an integer" if kind == "int" else "a number"
+            detail = e if f.name in _HUMAN_READABLE_INT_FIELDS else f"{what} expected, got {value!r}"
+            raise ValueError(f"{f.name}: {detail}.") from None
+        setattr(args, f.name, number)
 
 
 def verify_engine_args(args: EngineArgs) -> None:
@@ -778,10 +804,7 @@ class EngineConfig:
         if args.max_model_len is None:
             max_model_len = derived_len
         else:
-            try:
-                max_model_len = parse_human_readable_int(args.max_model_len)
-            except ValueError as e:
-                raise ValueError(f"max_model_len: {e}.") from None
+            max_model_len = args.max_model_len      # an int: EngineArgs parses "32k" and friends
             if max_model_len == -1:
                 raise ValueError("max_model_len=-1 / 'auto' (the longest context that fits in memory) is not supported "
                                  "yet; leave max_model_len unset for the model's own length (a start-up error then "

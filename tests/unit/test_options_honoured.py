@@ -287,6 +287,19 @@ def test_rejected_before_the_model_is_resolved(monkeypatch, name):
         create_engine_config(EngineArgs(model="no/such-model", **{name: entry.value}))
 
 
+def test_numbers_given_as_strings(monkeypatch):
+    """LLM(max_num_seqs="8"): the number, as vLLM's validated configs take it; human-readable forms where the command
+    line takes them; anything else a ValueError naming the field (it was a TypeError from a comparison)."""
+    cfg = build(monkeypatch, max_num_seqs="8", max_num_batched_tokens="1k", gpu_memory_utilization="0.5",
+                max_model_len="2K", kv_cache_memory_bytes="4M")
+    assert (cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.max_model_len, cfg.kv_cache_memory_bytes) == \
+        (8, 1000, 2048, 4 << 20)
+    with pytest.raises(ValueError, match=r"^swap_space: a number expected, got 'x'\.$"):
+        EngineArgs(model="m", swap_space="x")
+    with pytest.raises(ValueError, match=r"^max_num_seqs: an integer expected, got '8\.5'\.$"):
+        EngineArgs(model="m", max_num_seqs="8.5")
+
+
 def test_unknown_keyword_names_vllm_arguments():
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
