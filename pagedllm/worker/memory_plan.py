@@ -125,6 +125,9 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
                     f"max_num_batched_tokens (a smaller activation peak), or shrinking the weights (quantization, "
                     f"cpu_offload_gb).")
         num_blocks = min(cap, available // bytes_per_block)
+        if num_blocks < available // bytes_per_block:    # the memory given holds more than could ever be used
+            sized_by += (f", capped at what max_num_seqs={max_num_seqs} sequences of max_model_len={max_model_len} "
+                         f"can use")
     needed_blocks = blocks_per_seq
     if num_blocks < needed_blocks:
         # vLLM's message (kv_cache_utils.check_enough_kv_cache_memory), with the fitting length in blocks.

@@ -34,6 +34,13 @@ def test_plan_sizes_the_kv_cache_from_what_the_budget_leaves():
 def test_plan_caps_the_cache_at_max_num_seqs_full_sequences():
     plan = plan_kv_cache(weights_bytes=0, **{**GPU, "max_num_seqs": 1})
     assert plan.num_blocks == 256 + 1
+    # The log says why a cache is smaller than the memory asked for.
+    plan = plan_kv_cache(weights_bytes=0, kv_cache_memory_bytes=GIB, bytes_per_block=MIB, block_size=16,
+                         max_model_len=256, max_num_seqs=4)
+    assert plan.num_blocks == 4 * 16 + 1
+    assert plan.describe()[-1].startswith(f"KV cache 0.06 GiB (model dtype; sized by kv_cache_memory_bytes={GIB}, "
+                                          f"capped at what max_num_seqs=4 sequences of max_model_len=256 can use): "
+                                          f"65 blocks x 16")
 
 
 def test_block_override_and_kv_cache_memory_bytes_take_precedence():
