@@ -50,15 +50,19 @@ class InputProcessor:
                 ids.update(int(x) for x in source)
         return ids
 
-    def default_sampling_params(self) -> SamplingParams:
-        """SamplingParams() overridden by the model's generation_config and override_generation_config (vLLM's
-        behaviour when none is given)."""
+    def generation_defaults(self) -> dict[str, Any]:
+        """The SamplingParams fields that the model's generation_config and override_generation_config set (vLLM's
+        ``get_diff_sampling_param``); empty when they set none."""
         gen = self.config.model.generation_config
         values = {ours: gen[theirs] for theirs, ours in GENERATION_CONFIG_SAMPLING_KEYS.items()
                   if gen.get(theirs) is not None}
         if gen.get("do_sample") is False:
             values["temperature"] = 0.0
-        return SamplingParams(**values)
+        return values
+
+    def default_sampling_params(self) -> SamplingParams:
+        """SamplingParams() overridden by the generation defaults (vLLM's behaviour when none is given)."""
+        return SamplingParams(**self.generation_defaults())
 
     # ---- tokenizing ---------------------------------------------------------------------------------------------
     def split_prompt(self, prompt: PromptType) -> tuple[str | None, list[int] | None, str | None]:
