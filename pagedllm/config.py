@@ -692,6 +692,8 @@ class EngineConfig:
     # The KV cache's size when it is given (kv_cache_memory_gb/_bytes; always on the CPU); None on the GPU means
     # what gpu_memory_utilization leaves after the profiling forward.
     kv_cache_memory_bytes: int | None = None
+    # Where that size came from, in words for the start-up log ("kv_cache_memory_gb=2", "the CPU default of 4 GiB").
+    kv_cache_memory_source: str | None = None
     # "generate" or "pooling": a pooling engine runs each prompt whole in one step (no chunked prefill: an encoder
     # attends both ways, and mean pooling needs every hidden state), with no prefix caching and no sampling.
     runner_type: str = "generate"
@@ -845,13 +847,17 @@ class EngineConfig:
 
         if args.kv_cache_memory_bytes is not None:
             kv_cache_memory_bytes = int(args.kv_cache_memory_bytes)
+            kv_cache_memory_source = f"kv_cache_memory_bytes={kv_cache_memory_bytes}"
         elif args.kv_cache_memory_gb is not None:
             kv_cache_memory_bytes = int(args.kv_cache_memory_gb * (1 << 30))
+            kv_cache_memory_source = f"kv_cache_memory_gb={args.kv_cache_memory_gb}"
         elif not on_gpu:   # vLLM's CPU backend reads VLLM_CPU_KVCACHE_SPACE (GiB); ours is the same knob
             gb = envs.PAGEDLLM_CPU_KVCACHE_SPACE
             kv_cache_memory_bytes = int((DEFAULT_CPU_KV_CACHE_GB if gb is None else gb) * (1 << 30))
+            kv_cache_memory_source = (f"the CPU default of {DEFAULT_CPU_KV_CACHE_GB:g} GiB" if gb is None else
+                                      f"PAGEDLLM_CPU_KVCACHE_SPACE={gb:g}")
         else:
-            kv_cache_memory_bytes = None
+            kv_cache_memory_bytes = kv_cache_memory_source = None
         served = args.usage_context == "openai_api_server"
         long_prefill = args.long_prefill_token_threshold
         if long_prefill is None:
@@ -867,7 +873,8 @@ class EngineConfig:
                    pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
                    piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
                    cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
-                   kv_cache_memory_bytes=kv_cache_memory_bytes, runner_type=runner_type,
+                   kv_cache_memory_bytes=kv_cache_memory_bytes, kv_cache_memory_source=kv_cache_memory_source,
+                   runner_type=runner_type,
                    enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device),
                    cpu_fp16_weights=_cpu_fp16_weights(args, device))
 
