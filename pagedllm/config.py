@@ -852,10 +852,11 @@ class EngineConfig:
             kv_cache_memory_bytes = int(args.kv_cache_memory_gb * (1 << 30))
             kv_cache_memory_source = f"kv_cache_memory_gb={args.kv_cache_memory_gb}"
         elif not on_gpu:   # vLLM's CPU backend reads VLLM_CPU_KVCACHE_SPACE (GiB); ours is the same knob
-            gb = envs.PAGEDLLM_CPU_KVCACHE_SPACE
+            name, gb = next(((name, gb) for name in ("PAGEDLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_KVCACHE_SPACE")
+                             if (gb := getattr(envs, name)) is not None), (None, None))
             kv_cache_memory_bytes = int((DEFAULT_CPU_KV_CACHE_GB if gb is None else gb) * (1 << 30))
             kv_cache_memory_source = (f"the CPU default of {DEFAULT_CPU_KV_CACHE_GB:g} GiB" if gb is None else
-                                      f"PAGEDLLM_CPU_KVCACHE_SPACE={gb:g}")
+                                      f"{name}={gb:g}")
         else:
             kv_cache_memory_bytes = kv_cache_memory_source = None
         served = args.usage_context == "openai_api_server"

@@ -159,6 +159,9 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_CPU_KVCACHE_SPACE": (
         lambda: _optional_float("PAGEDLLM_CPU_KVCACHE_SPACE"),
         "Default of kv_cache_memory_gb on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE), GiB. Unset: 4 GiB."),
+    "VLLM_CPU_KVCACHE_SPACE": (
+        lambda: _optional_float("VLLM_CPU_KVCACHE_SPACE"),
+        "vLLM's name for PAGEDLLM_CPU_KVCACHE_SPACE, read when that one is unset."),
     "PAGEDLLM_CPU_THREADS": (
         lambda: _optional_int("PAGEDLLM_CPU_THREADS"),
         "Default of cpu_threads / --cpu-threads: torch's intra-op (OpenMP) threads of a CPU engine, a count (the "

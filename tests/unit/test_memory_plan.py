@@ -116,13 +116,15 @@ def test_engine_logs_the_plan(tiny_dir, caplog):
 
 
 @pytest.mark.parametrize("env, kwargs, source", [
-    (None, {}, "the CPU default of 4 GiB, capped at"),                 # nothing given: not 'kv_cache_memory_bytes='
-    ("0.5", {}, "PAGEDLLM_CPU_KVCACHE_SPACE=0.5, capped at"),
-    (None, {"kv_cache_memory_gb": 0.25}, "kv_cache_memory_gb=0.25, capped at")])
+    ({}, {}, "the CPU default of 4 GiB, capped at"),                 # nothing given: not 'kv_cache_memory_bytes='
+    ({"PAGEDLLM_CPU_KVCACHE_SPACE": "0.5"}, {}, "PAGEDLLM_CPU_KVCACHE_SPACE=0.5, capped at"),
+    ({"VLLM_CPU_KVCACHE_SPACE": "0.5"}, {}, "VLLM_CPU_KVCACHE_SPACE=0.5, capped at"),     # vLLM's CPU variable
+    ({}, {"kv_cache_memory_gb": 0.25}, "kv_cache_memory_gb=0.25, capped at")])
 def test_engine_log_names_where_the_cpu_cache_size_came_from(tiny_dir, caplog, monkeypatch, env, kwargs, source):
-    monkeypatch.delenv("PAGEDLLM_CPU_KVCACHE_SPACE", raising=False)
-    if env is not None:
-        monkeypatch.setenv("PAGEDLLM_CPU_KVCACHE_SPACE", env)
+    for name in ("PAGEDLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     with caplog.at_level(logging.INFO, logger="pagedllm"):
         LLM(tiny_dir, skip_tokenizer_init=True, dtype="float32", max_model_len=64, max_num_seqs=2, **kwargs)
     block = next(r.getMessage() for r in caplog.records if "memory plan" in r.getMessage())
