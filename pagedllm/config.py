@@ -370,6 +370,21 @@ def verify_engine_args(args: EngineArgs) -> None:
                          "use 'auto' or 'slow'.")
     if args.tokenizer_mode not in ("auto", "slow"):
         raise ValueError(f"tokenizer_mode must be 'auto' or 'slow', got {args.tokenizer_mode!r}.")
+    # Checks of one value each, here so that `pagedllm serve` fails before it starts an engine.
+    if args.load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
+    if args.block_size <= 0 or args.block_size & (args.block_size - 1):
+        raise ValueError(f"block_size must be a positive power of two, got {args.block_size}.")
+    if not 0.0 < args.gpu_memory_utilization <= 1.0:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}.")
+    if args.max_model_len == -1:
+        raise ValueError("max_model_len=-1 / 'auto' (the longest context that fits in memory) is not supported yet; "
+                         "leave max_model_len unset for the model's own length (a start-up error then names the "
+                         "longest that fits).")
+    if args.max_model_len is not None and args.max_model_len <= 0:
+        raise ValueError(f"max_model_len must be positive, got {args.max_model_len}.")
+    if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < 1:
+        raise ValueError(f"max_num_batched_tokens must be >= 1, got {args.max_num_batched_tokens}.")
     if args.load_format == "bitsandbytes" and (args.quantization or "").lower() != "bitsandbytes":
         raise ValueError(f"BitsAndBytes load format only supports 'bitsandbytes' quantization, but got "
                          f"{args.quantization}.")
@@ -773,19 +788,12 @@ class EngineConfig:
     def build(cls, args: EngineArgs, model: ResolvedModel) -> "EngineConfig":
         verify_engine_args(args)
         hf = model.hf_config
-        if args.load_format not in LOAD_FORMATS:
-            raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
         # The method's name is checked against the quantization registry (pagedllm/model/quantization) and the
         # checkpoint's quantization_config by the engine layer (engine/core.py create_engine_config): config imports
         # nothing above it.
         for name in ("quantization", "load_format"):
             if getattr(args, name) == "gguf" and model.gguf_file is None:
                 raise ValueError(f"{name}='gguf' needs a .gguf model file; {args.model!r} is not one.")
-        if args.block_size <= 0 or args.block_size & (args.block_size - 1):
-            raise ValueError(f"block_size must be a positive power of two, got {args.block_size}.")
-        if not 0.0 < args.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}.")
-
         device = _pick_device(args.device)
         dtype = _pick_dtype(args.dtype, hf, device)
         _verify_pipeline_parallel(args, hf, device)
@@ -807,12 +815,6 @@ class EngineConfig:
             max_model_len = derived_len
         else:
             max_model_len = args.max_model_len      # an int: EngineArgs parses "32k" and friends
-            if max_model_len == -1:
-                raise ValueError("max_model_len=-1 / 'auto' (the longest context that fits in memory) is not supported "
-                                 "yet; leave max_model_len unset for the model's own length (a start-up error then "
-                                 "names the longest that fits).")
-            if max_model_len <= 0:
-                raise ValueError(f"max_model_len must be positive, got {max_model_len}.")
             if max_model_len > derived_len:
                 _verify_long_max_model_len(max_model_len, derived_len, derived_from, hf)
         chunked = args.enable_chunked_prefill and runner_type == "generate"
@@ -821,8 +823,6 @@ class EngineConfig:
         max_num_seqs = args.max_num_seqs if args.max_num_seqs is not None else (1024 if on_gpu else 256)
         if args.max_num_batched_tokens is not None:
             max_num_batched_tokens = int(args.max_num_batched_tokens)
-            if max_num_batched_tokens < 1:
-                raise ValueError(f"max_num_batched_tokens must be >= 1, got {max_num_batched_tokens}.")
             if not chunked and max_num_batched_tokens < max_model_len:
                 why = "a pooling model runs each prompt in one step" if runner_type == "pooling" else \
                     "chunked prefill is disabled"

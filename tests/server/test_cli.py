@@ -149,6 +149,10 @@ def test_switch_flags():
     (["--data-parallel-size", "2"], "data_parallel_size=2 is not supported yet"),
     (["--disable-custom-kernels", "--attention-backend", "triton"], "contradicts disable_custom_kernels"),
     (["--max-num-seqs", "0"], "max_num_seqs must be >= 1, got 0"),
+    # Checked before start-up, not in the engine process (a traceback there).
+    (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization must be in (0, 1], got 1.5"),
+    (["--max-model-len", "auto"], "max_model_len=-1 / 'auto' (the longest context that fits in memory) is not"),
+    (["--max-num-batched-tokens", "0"], "max_num_batched_tokens must be >= 1, got 0"),
     # -q is checked by name before start-up, as vLLM's choices are (no model is looked for).
     (["-q", "int3"], "Unknown quantization method: int3. Must be one of ['awq'"),
     (["-q", "hqq"], "Quantization method hqq is a vLLM method that pagedllm does not support yet"),
