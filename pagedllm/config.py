@@ -79,6 +79,8 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
     "tokenizer_pool_size", "tokenizer_pool_type", "tokenizer_pool_extra_config", "quantization_param_path",
     "enable_multimodal_encoder_data_parallel", "speculative_model", "num_speculative_tokens",
+    "cudagraph_capture_sizes", "max_cudagraph_capture_size", "all2all_backend", "enable_mm_embeds",
+    "mm_encoder_attn_backend", "io_processor_plugin", "mamba_block_size", "expert_placement_strategy",
 })
 
 
@@ -540,12 +542,25 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
 
 
 class FlexibleArgumentParser(argparse.ArgumentParser):
-    """The parser of every pagedllm command: flags in snake_case are accepted as their kebab-case names."""
+    """The parser of every pagedllm command: flags in snake_case are accepted as their kebab-case names; a vLLM
+    engine flag pagedllm lacks is named as such among the unrecognized arguments."""
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         if args is None:
             args = sys.argv[1:]
         return super().parse_known_args(normalize_cli_flags(args), namespace)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            from_vllm = [a.partition("=")[0] for a in extras if a.startswith("--")
+                         and a[2:].partition("=")[0].replace("-", "_") in _VLLM_ENGINE_ARGS_NOT_SUPPORTED]
+            if from_vllm:
+                what = "is a vLLM engine flag" if len(from_vllm) == 1 else "are vLLM engine flags"
+                message += f" ({', '.join(from_vllm)} {what} that pagedllm does not support yet)"
+            self.error(message)
+        return namespace
 
 
 def parse_human_readable_int(value: int | str, allow_auto: bool = True) -> int:

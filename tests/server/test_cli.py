@@ -175,6 +175,14 @@ def test_accepted_vllm_flags():
     assert engine_args.kv_cache_memory_bytes == 1000000 and engine_args.hf_overrides == {"rope_theta": 1e6}
 
 
+def test_vllm_flags_pagedllm_lacks_are_named_as_such(capsys):
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--enable-sleep-mode", "--model-impl=vllm", "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert ("unrecognized arguments: --enable-sleep-mode --model-impl=vllm --no-such-flag (--enable-sleep-mode, "
+            "--model-impl are vLLM engine flags that pagedllm does not support yet)") in err
+
+
 def test_serve_exits_with_the_message():
     out = subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.cli", "serve", "m", "--swap_space=-4"],
                          capture_output=True, text=True)
