@@ -146,6 +146,25 @@ def _download(model_id: str, args: "EngineArgs") -> str:
             f"or set PAGEDLLM_USE_MODELSCOPE=1 to use ModelScope.") from None
 
 
+def _override_hf_config(hf_config, overrides: dict) -> None:
+    """Set ``overrides`` on the config. transformers 5 keeps rope_theta and the rope scaling in ``rope_parameters``
+    (what the rotary layer reads): {"rope_theta": 1e6} is written there too, and {"rope_scaling": {...}} (the older
+    name, vLLM's tutorials') replaces the scaling there, keeping the model's rope_theta."""
+    before = getattr(hf_config, "rope_parameters", None)
+    before = dict(before) if isinstance(before, dict) else None
+    for key, value in overrides.items():
+        setattr(hf_config, key, value)
+    if before is None or "rope_parameters" in overrides:
+        return
+    params = dict(before)
+    if "rope_scaling" in overrides:
+        params = {**(overrides["rope_scaling"] or {"rope_type": "default"}), "rope_theta": before.get("rope_theta")}
+    if "rope_theta" in overrides:
+        params["rope_theta"] = overrides["rope_theta"]
+    if params != before:
+        hf_config.rope_parameters = params
+
+
 def resolve_model(args: "EngineArgs") -> ResolvedModel:
     from pagedllm.model import gguf_loader
     from pagedllm.model.hf_configs import load_hf_config
@@ -180,8 +199,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if callable(args.hf_overrides):       # vLLM's other form: a function of the config that returns it
         hf_config = args.hf_overrides(hf_config)
     elif args.hf_overrides:
-        for key, value in args.hf_overrides.items():
-            setattr(hf_config, key, value)
+        _override_hf_config(hf_config, args.hf_overrides)
     tokenizer_path = args.tokenizer or model_dir
     if args.tokenizer and args.tokenizer in (model, args.model) and (gguf_path is not None or model != args.model):
         tokenizer_path = model_dir

@@ -195,6 +195,26 @@ def test_hf_overrides_dict_or_function(model_dir):
         LLM(model=str(model_dir[0]), hf_overrides='{"max_position_embeddings": 1024}')
 
 
+@pytest.mark.parametrize("overrides, rope", [
+    ({"rope_theta": 1e6}, {"rope_type": "default", "rope_theta": 1e6}),      # the --hf-overrides help's example
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"rope_type": "linear", "factor": 2.0,
+                                                               "rope_theta": 10000.0})])
+def test_hf_overrides_of_the_rope_reach_the_model(tokenizer, tmp_path, overrides, rope):
+    """transformers 5 reads rope_theta / the scaling from rope_parameters: an override of either changes the model
+    as it changes HF transformers' (it was set beside rope_parameters and ignored)."""
+    import transformers
+    base = save_tiny_llama(tmp_path, 512, initializer_range=0.5)    # sharp logits: the rope's effect shows
+    ids = [1, 17, 301, 42, 99, 7, 250, 3, 64, 18]
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", max_model_len=64, hf_overrides=overrides)
+    out = llm.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1, temperature=0.0, logprobs=0),
+                       use_tqdm=False)[0].outputs[0]
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, rope_parameters=rope).eval()
+    ref = hf_logprobs(hf, ids)[-1]
+    assert out.token_ids[0] == int(ref.argmax())
+    assert out.logprobs[0][out.token_ids[0]].logprob == pytest.approx(float(ref.max()), abs=1e-4)
+    assert (ref - hf_logprobs(base, ids)[-1]).abs().max() > 1e-2     # the override changes the model
+
+
 def test_load_format_that_does_not_fit_the_files(model_dir):
     # The folder holds model.safetensors only: "pt" and "gguf" say what they looked for.
     with pytest.raises(ValueError, match="load_format='pt' but no \\*.bin or \\*.pt in"):
