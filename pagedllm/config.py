@@ -1002,8 +1002,22 @@ def _derived_max_model_len(hf_config) -> tuple[int, str]:
             if getattr(hf_config, "model_type", None) in ("roberta", "xlm-roberta"):
                 # RoBERTa's positions start after the padding index: 514 position embeddings hold 512 tokens.
                 return value - (getattr(hf_config, "pad_token_id", None) or 0) - 1, source
-            return value, source
+            return _rope_scaled_len(hf_config, value, source)
     return 2048, "no context length in model's config.json: 2048"
+
+
+def _rope_scaled_len(hf_config, length: int, source: str) -> tuple[int, str]:
+    """A rope scaling's factor stretches the context (vLLM's rule: yarn from its original_max_position_embeddings;
+    llama3 and longrope models state their scaled length in max_position_embeddings already)."""
+    rope = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None)
+    rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    factor = rope.get("factor") if isinstance(rope, dict) else None
+    if rope_type in (None, "default", "su", "longrope", "llama3", "mrope") or not factor:
+        return length, source
+    if rope_type == "yarn" and rope.get("original_max_position_embeddings"):
+        length = int(rope["original_max_position_embeddings"])
+        source = f"original_max_position_embeddings={length}"
+    return int(length * factor), f"{source} x {rope_type} rope scaling factor {factor:g}"
 
 
 # Architectures whose positions are a learned table (no position past its last row exists): a max_model_len above

@@ -215,6 +215,19 @@ def test_hf_overrides_of_the_rope_reach_the_model(tokenizer, tmp_path, overrides
     assert (ref - hf_logprobs(base, ids)[-1]).abs().max() > 1e-2     # the override changes the model
 
 
+def test_rope_scaling_stretches_the_derived_max_model_len(model_dir):
+    """Qwen's long-context recipe: a yarn scaling of factor 4 over 512 original positions allows max_model_len 2048
+    (vLLM's rule), without VLLM_ALLOW_LONG_MAX_MODEL_LEN; the error above it names the scaled length."""
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}
+    llm = LLM(model=str(model_dir[0]), dtype="float32", hf_overrides={"rope_scaling": yarn}, max_model_len=2048)
+    assert llm.llm_engine.model_config.max_model_len == 2048
+    out = llm.generate({"prompt_token_ids": [5 + i % 90 for i in range(600)]}, GREEDY, use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 5
+    with pytest.raises(ValueError, match=r"greater than the derived max_model_len \(original_max_position_embeddings"
+                                         r"=512 x yarn rope scaling factor 4\)"):
+        LLM(model=str(model_dir[0]), hf_overrides={"rope_scaling": yarn}, max_model_len=4096)
+
+
 def test_load_format_that_does_not_fit_the_files(model_dir):
     # The folder holds model.safetensors only: "pt" and "gguf" say what they looked for.
     with pytest.raises(ValueError, match="load_format='pt' but no \\*.bin or \\*.pt in"):
