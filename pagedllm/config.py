@@ -50,6 +50,25 @@ _UNSUPPORTED_KV_CACHE_DTYPES = ("fp8_inc", "fp8_ds_mla", "bfloat16", "float16")
 def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
     """The KV cache tensors' dtype."""
     return FP8_KV_CACHE_DTYPES.get(kv_cache_dtype, model_dtype)
+# What to use instead of a vLLM argument pagedllm lacks, where there is something.
+_VLLM_ARG_INSTEAD = {
+    "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
+    "rope_theta": "hf_overrides / --hf-overrides '{\"rope_theta\": ...}' does it (vLLM's replacement)",
+}
+
+
+def _vllm_args_note(spelled: Sequence[str], names: Sequence[str], kind: str) -> str:
+    """" (X is a vLLM engine argument that pagedllm does not support yet; ...)" for the unknown arguments that are
+    vLLM's (``names`` in snake_case, ``spelled`` as the user wrote them), or ""."""
+    from_vllm = [(s, n) for s, n in zip(spelled, names) if n in _VLLM_ENGINE_ARGS_NOT_SUPPORTED]
+    if not from_vllm:
+        return ""
+    what = f"is a vLLM engine {kind}" if len(from_vllm) == 1 else f"are vLLM engine {kind}s"
+    instead = [f"{s}: {_VLLM_ARG_INSTEAD[n]}" for s, n in from_vllm if n in _VLLM_ARG_INSTEAD]
+    return (f" ({', '.join(s for s, _ in from_vllm)} {what} that pagedllm does not support yet"
+            + "".join(f"; {i}" for i in instead) + ")")
+
+
 # A generation_config.json's sampling defaults (HF's names) -> SamplingParams' names (vLLM reads the same six);
 # do_sample=false also means greedy here.
 GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -201,10 +220,7 @@ class EngineArgs:
         unknown = sorted(k for k in kwargs if k not in names)
         if unknown:
             message = f"LLM got unexpected keyword argument(s): {', '.join(unknown)}"
-            from_vllm = [k for k in unknown if k in _VLLM_ENGINE_ARGS_NOT_SUPPORTED]
-            if from_vllm:
-                what = "is a vLLM engine argument" if len(from_vllm) == 1 else "are vLLM engine arguments"
-                message += f" ({', '.join(from_vllm)} {what} that pagedllm does not support yet)"
+            message += _vllm_args_note(unknown, unknown, "argument")
             raise TypeError(message)
         if model is not None:
             kwargs["model"] = model
@@ -554,12 +570,8 @@ class FlexibleArgumentParser(argparse.ArgumentParser):
         namespace, extras = self.parse_known_args(args, namespace)
         if extras:
             message = f"unrecognized arguments: {' '.join(extras)}"
-            from_vllm = [a.partition("=")[0] for a in extras if a.startswith("--")
-                         and a[2:].partition("=")[0].replace("-", "_") in _VLLM_ENGINE_ARGS_NOT_SUPPORTED]
-            if from_vllm:
-                what = "is a vLLM engine flag" if len(from_vllm) == 1 else "are vLLM engine flags"
-                message += f" ({', '.join(from_vllm)} {what} that pagedllm does not support yet)"
-            self.error(message)
+            flags = [a.partition("=")[0] for a in extras if a.startswith("--")]
+            self.error(message + _vllm_args_note(flags, [f[2:].replace("-", "_") for f in flags], "flag"))
         return namespace
 
 

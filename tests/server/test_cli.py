@@ -181,6 +181,10 @@ def test_vllm_flags_pagedllm_lacks_are_named_as_such(capsys):
     err = capsys.readouterr().err
     assert ("unrecognized arguments: --enable-sleep-mode --model-impl=vllm --no-such-flag (--enable-sleep-mode, "
             "--model-impl are vLLM engine flags that pagedllm does not support yet)") in err
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--rope-scaling", '{"rope_type": "yarn"}'])
+    assert ("--rope-scaling is a vLLM engine flag that pagedllm does not support yet; --rope-scaling: "
+            "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it") in capsys.readouterr().err
 
 
 def test_serve_exits_with_the_message():
