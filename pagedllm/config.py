@@ -207,7 +207,7 @@ class EngineArgs:
                 raise ValueError(f"dtype={self.dtype} is not supported; use one of "
                                  f"{', '.join(names.values())} (or auto).")
             self.dtype = names[self.dtype]
-        _coerce_number_fields(self)
+        _coerce_scalar_fields(self)
         # load_format="bitsandbytes" alone asks for bitsandbytes (vLLM's tutorials give both; vLLM sets the load
         # format from the quantization, and a pre-quantized checkpoint says bitsandbytes itself).
         if self.load_format == "bitsandbytes" and self.quantization is None:
@@ -359,13 +359,24 @@ AsyncEngineArgs = EngineArgs
 _HUMAN_READABLE_INT_FIELDS = ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes")
 
 
-def _coerce_number_fields(args: EngineArgs) -> None:
-    """A number given as a string (LLM(max_num_seqs="8"), from YAML or the environment) becomes the number, as
-    vLLM's validated configs take it; one that is no number is a ValueError naming the field, not a TypeError from a
-    comparison later."""
+# Strings pydantic (vLLM's validated configs) reads as booleans.
+_BOOL_STRINGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
+                 "off": False}
+
+
+def _coerce_scalar_fields(args: EngineArgs) -> None:
+    """A number or a switch given as a string (LLM(max_num_seqs="8"), enforce_eager="false", from YAML or the
+    environment) becomes the number or the bool, as vLLM's validated configs take it; anything else is a ValueError
+    naming the field, not a TypeError from a comparison later (or "false" switching a flag on, as a non-empty
+    string is true)."""
     for f in dataclasses.fields(args):
         value = getattr(args, f.name)
         kind = str(f.type).replace(" | None", "")
+        if isinstance(value, str) and kind == "bool":
+            if value.strip().lower() not in _BOOL_STRINGS:
+                raise ValueError(f"{f.name}: true or false expected, got {value!r}.")
+            setattr(args, f.name, _BOOL_STRINGS[value.strip().lower()])
+            continue
         if not isinstance(value, str) or kind not in ("int", "float"):
             continue
         try:

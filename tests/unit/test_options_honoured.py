@@ -298,6 +298,11 @@ def test_numbers_given_as_strings(monkeypatch):
         EngineArgs(model="m", swap_space="x")
     with pytest.raises(ValueError, match=r"^max_num_seqs: an integer expected, got '8\.5'\.$"):
         EngineArgs(model="m", max_num_seqs="8.5")
+    # Switches: "false" is off (a non-empty string would be truthy), as pydantic reads it.
+    args = EngineArgs(model="m", enforce_eager="false", enable_prefix_caching="False", async_scheduling="true")
+    assert (args.enforce_eager, args.enable_prefix_caching, args.async_scheduling) == (False, False, True)
+    with pytest.raises(ValueError, match=r"^enforce_eager: true or false expected, got 'maybe'\.$"):
+        EngineArgs(model="m", enforce_eager="maybe")
 
 
 def test_unknown_keyword_names_vllm_arguments():
