@@ -215,9 +215,11 @@ def test_hf_overrides_of_the_rope_reach_the_model(tokenizer, tmp_path, overrides
     assert (ref - hf_logprobs(base, ids)[-1]).abs().max() > 1e-2     # the override changes the model
 
 
-def test_rope_scaling_stretches_the_derived_max_model_len(model_dir):
+def test_rope_scaling_stretches_the_derived_max_model_len(model_dir, monkeypatch):
     """Qwen's long-context recipe: a yarn scaling of factor 4 over 512 original positions allows max_model_len 2048
     (vLLM's rule), without VLLM_ALLOW_LONG_MAX_MODEL_LEN; the error above it names the scaled length."""
+    for name in ("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        monkeypatch.delenv(name, raising=False)
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}
     llm = LLM(model=str(model_dir[0]), dtype="float32", hf_overrides={"rope_scaling": yarn}, max_model_len=2048)
     assert llm.llm_engine.model_config.max_model_len == 2048
