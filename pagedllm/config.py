@@ -42,14 +42,16 @@ _UNSUPPORTED_TASKS = ("classify", "score", "reward", "transcription", "draft")
 _EMBED_TASKS = ("embed", "embedding")
 # kv_cache_dtype (vLLM's names): "auto" is the model's dtype; "fp8" is e4m3 (vLLM's default fp8 format). Values
 # are stored divided by a per-tensor scale (k_scale / v_scale, 1.0 as vLLM when the checkpoint has none).
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
-FP8_KV_CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-_UNSUPPORTED_KV_CACHE_DTYPES = ("fp8_inc", "fp8_ds_mla", "bfloat16", "float16")
+# "bfloat16" (vLLM's too) halves a float32 model's cache (the CPU default dtype) and is "auto" for a bf16 model.
+KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
+_KV_CACHE_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+                          "fp8_e5m2": torch.float8_e5m2}
+_UNSUPPORTED_KV_CACHE_DTYPES = ("fp8_inc", "fp8_ds_mla", "float16")
 
 
 def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
     """The KV cache tensors' dtype."""
-    return FP8_KV_CACHE_DTYPES.get(kv_cache_dtype, model_dtype)
+    return _KV_CACHE_TORCH_DTYPES.get(kv_cache_dtype, model_dtype)
 # What to use instead of a vLLM argument pagedllm lacks, where there is something.
 _VLLM_ARG_INSTEAD = {
     "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
@@ -272,8 +274,8 @@ class EngineArgs:
                        help="GiB of weights kept in CPU memory and streamed to the GPU for each forward (GPU only; "
                             "0 on the CPU).")
         g.add_argument("--kv-cache-dtype", type=str, default=d.kv_cache_dtype,
-                       help="auto (the model's dtype), fp8 (= fp8_e4m3) or fp8_e5m2: an FP8 KV cache holds twice "
-                            "the tokens in the same memory.")
+                       help="auto (the model's dtype), bfloat16, fp8 (= fp8_e4m3) or fp8_e5m2: an FP8 KV cache "
+                            "holds twice the tokens of a 16-bit one in the same memory.")
         g.add_argument("--prefix-caching-hash-algo", type=str, default=d.prefix_caching_hash_algo,
                        help="Hash of prefix-cache blocks; only sha256 for now.")
         g.add_argument("--max-num-seqs", type=int, default=None)

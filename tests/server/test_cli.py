@@ -139,7 +139,7 @@ def test_switch_flags():
     (["--task", "classify"], "classification, scoring, reward, transcription and draft models are not supported"),
     (["--runner", "draft"], "draft models are not supported yet"),
     (["--task", "generate", "--runner", "pooling"], "task='generate' contradicts runner='pooling'"),
-    (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
+    (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
     (["--enable-lora"], "LoRA adapters are not supported yet"),
     (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
     (["--distributed-executor-backend", "external_launcher"], "external launchers are not supported yet"),

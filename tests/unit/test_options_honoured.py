@@ -112,8 +112,9 @@ ENGINE_FIELDS: dict[str, list] = {
                        Rejects(2.0, "on the cpu device the weights are in CPU memory already")],
     # fp8 vs model-dtype greedy, twice the blocks: tests/unit/test_fp8_kv_cache.py.
     "kv_cache_dtype": [Read(("worker/model_runner.py",), "kv_cache_torch_dtype(config.args.kv_cache_dtype"),
-                       Rejects("bfloat16", "kv_cache_dtype='bfloat16' is not supported yet"),
-                       Rejects("int4", "kv_cache_dtype must be one of 'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2'")],
+                       Rejects("float16", "kv_cache_dtype='float16' is not supported yet"),
+                       Rejects("int4", "kv_cache_dtype must be one of 'auto', 'bfloat16', 'fp8', 'fp8_e4m3', "
+                                       "'fp8_e5m2'")],
     "prefix_caching_hash_algo": [Rejects("builtin", "prefix_caching_hash_algo='builtin' is not supported yet")],
     "max_num_seqs": [Behaves(lambda mp: build(mp, max_num_seqs=7).max_num_seqs == 7 or _fail()),
                      Rejects(-1, "max_num_seqs must be >= 1"),
