@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -30,7 +30,8 @@ _DTYPES = {
     "float16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt")
+# "bitsandbytes" (vLLM's pairing with quantization="bitsandbytes"): the "auto" files, quantized by bitsandbytes.
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt", "bitsandbytes")
 DEFAULT_CPU_KV_CACHE_GB = 4.0
 # The server's prompt-chunk cap on the CPU: a short request waits for the step in flight and then needs two more, so
 # a step must stay well under a second for it to finish within 2 s (docs/reliability.md has the measurement).
@@ -41,14 +42,39 @@ _UNSUPPORTED_TASKS = ("classify", "score", "reward", "transcription", "draft")
 _EMBED_TASKS = ("embed", "embedding")
 # kv_cache_dtype (vLLM's names): "auto" is the model's dtype; "fp8" is e4m3 (vLLM's default fp8 format). Values
 # are stored divided by a per-tensor scale (k_scale / v_scale, 1.0 as vLLM when the checkpoint has none).
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
-FP8_KV_CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-_UNSUPPORTED_KV_CACHE_DTYPES = ("fp8_inc", "fp8_ds_mla", "bfloat16", "float16")
+# "bfloat16" (vLLM's too) halves a float32 model's cache (the CPU default dtype) and is "auto" for a bf16 model.
+KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
+_KV_CACHE_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+                          "fp8_e5m2": torch.float8_e5m2}
+_UNSUPPORTED_KV_CACHE_DTYPES = ("fp8_inc", "fp8_ds_mla", "float16")
 
 
 def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
     """The KV cache tensors' dtype."""
-    return FP8_KV_CACHE_DTYPES.get(kv_cache_dtype, model_dtype)
+    return _KV_CACHE_TORCH_DTYPES.get(kv_cache_dtype, model_dtype)
+# What to use instead of a vLLM argument pagedllm lacks, where there is something.
+_VLLM_ARG_INSTEAD = {
+    "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
+    "rope_theta": "hf_overrides / --hf-overrides '{\"rope_theta\": ...}' does it (vLLM's replacement)",
+}
+
+
+def _vllm_args_note(spelled: Sequence[str], names: Sequence[str], kind: str) -> str:
+    """" (X is a vLLM engine argument that pagedllm does not support yet; ...)" for the unknown arguments that are
+    vLLM's (``names`` in snake_case, ``spelled`` as the user wrote them), or ""."""
+    from_vllm = [(s, n) for s, n in zip(spelled, names) if n in _VLLM_ENGINE_ARGS_NOT_SUPPORTED]
+    if not from_vllm:
+        return ""
+    what = f"is a vLLM engine {kind}" if len(from_vllm) == 1 else f"are vLLM engine {kind}s"
+    instead = [f"{s}: {_VLLM_ARG_INSTEAD[n]}" for s, n in from_vllm if n in _VLLM_ARG_INSTEAD]
+    return (f" ({', '.join(s for s, _ in from_vllm)} {what} that pagedllm does not support yet"
+            + "".join(f"; {i}" for i in instead) + ")")
+
+
+# A generation_config.json's sampling defaults (HF's names) -> SamplingParams' names (vLLM reads the same six);
+# do_sample=false also means greedy here.
+GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                                   "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "hf_config_path", "convert", "enable_prompt_embeds", "allowed_local_media_path", "allowed_media_domains",
     "safetensors_load_strategy", "config_format", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
@@ -68,12 +94,14 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "reasoning_parser", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "pooler_config", "override_pooler_config",
     "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config", "enable_sleep_mode",
-    "override_generation_config", "model_impl", "override_attention_dtype", "calculate_kv_scales",
+    "model_impl", "override_attention_dtype", "calculate_kv_scales",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
     "logits_processors", "kv_sharing_fast_prefill", "num_scheduler_steps",
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
     "tokenizer_pool_size", "tokenizer_pool_type", "tokenizer_pool_extra_config", "quantization_param_path",
     "enable_multimodal_encoder_data_parallel", "speculative_model", "num_speculative_tokens",
+    "cudagraph_capture_sizes", "max_cudagraph_capture_size", "all2all_backend", "enable_mm_embeds",
+    "mm_encoder_attn_backend", "io_processor_plugin", "mamba_block_size", "expert_placement_strategy",
 })
 
 
@@ -128,7 +156,11 @@ class EngineArgs:
     disable_log_stats: bool = False
     served_model_name: list[str] | str | None = None
     generation_config: str = "auto"
-    hf_overrides: dict | None = None
+    # Fields set over the generation config (the model's, or none with generation_config="vllm"), as vLLM:
+    # {"temperature": 0.5} makes 0.5 every request's default temperature.
+    override_generation_config: dict | None = None
+    # Fields set on the model's HF config, or (vLLM's other form) a function of the config that returns it.
+    hf_overrides: dict | Callable[[Any], Any] | None = None
     # Kernel and graph switches (A/B runs); None: the PAGEDLLM_* variable of the same name (envs.py), on by default.
     triton_gemv: bool | None = None              # Triton skinny GEMM for batch-1 GPU linears
     pdl: bool | None = None                      # programmatic dependent launch of our decode kernels
@@ -177,6 +209,11 @@ class EngineArgs:
                 raise ValueError(f"dtype={self.dtype} is not supported; use one of "
                                  f"{', '.join(names.values())} (or auto).")
             self.dtype = names[self.dtype]
+        _coerce_scalar_fields(self)
+        # load_format="bitsandbytes" alone asks for bitsandbytes (vLLM's tutorials give both; vLLM sets the load
+        # format from the quantization, and a pre-quantized checkpoint says bitsandbytes itself).
+        if self.load_format == "bitsandbytes" and self.quantization is None:
+            self.quantization = "bitsandbytes"
 
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineArgs":
@@ -185,10 +222,7 @@ class EngineArgs:
         unknown = sorted(k for k in kwargs if k not in names)
         if unknown:
             message = f"LLM got unexpected keyword argument(s): {', '.join(unknown)}"
-            from_vllm = [k for k in unknown if k in _VLLM_ENGINE_ARGS_NOT_SUPPORTED]
-            if from_vllm:
-                what = "is a vLLM engine argument" if len(from_vllm) == 1 else "are vLLM engine arguments"
-                message += f" ({', '.join(from_vllm)} {what} that pagedllm does not support yet)"
+            message += _vllm_args_note(unknown, unknown, "argument")
             raise TypeError(message)
         if model is not None:
             kwargs["model"] = model
@@ -214,11 +248,14 @@ class EngineArgs:
                        help="Show progress bars while loading weights.")
         g.add_argument("--dtype", type=str, default=d.dtype,
                        choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
-        g.add_argument("--quantization", "-q", type=str, default=None, help="Quantization method (e.g. gguf).")
+        g.add_argument("--quantization", "-q", type=str, default=None,
+                       help="Quantization method: awq (awq_marlin), gptq (gptq_marlin), compressed-tensors, fp8 (a "
+                            "dense checkpoint is quantized at load), bitsandbytes (likewise), gguf. None: the "
+                            "checkpoint's quantization_config.")
         g.add_argument("--seed", type=int, default=d.seed)
         g.add_argument("--max-model-len", type=_parse_len, default=None,
                        help="Model context length (prompt + output): 2048, 32k (32000) or 32K (32768), as vLLM.")
-        g.add_argument("--block-size", type=int, default=d.block_size, choices=[8, 16, 32, 64, 128])
+        g.add_argument("--block-size", type=int, default=d.block_size, choices=[1, 8, 16, 32, 64, 128, 256])
         g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                        default=d.enable_prefix_caching)
         g.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization)
@@ -233,9 +270,12 @@ class EngineArgs:
         g.add_argument("--preemption-mode", type=str, default=d.preemption_mode, choices=["swap", "recompute"],
                        help="How preempted requests keep their KV: swap to CPU blocks or recompute (default: by "
                             "cost, swap when there is swap space and the request holds more than a few blocks).")
-        g.add_argument("--cpu-offload-gb", type=float, default=d.cpu_offload_gb, help="Not supported yet: only 0.")
+        g.add_argument("--cpu-offload-gb", type=float, default=d.cpu_offload_gb,
+                       help="GiB of weights kept in CPU memory and streamed to the GPU for each forward (GPU only; "
+                            "0 on the CPU).")
         g.add_argument("--kv-cache-dtype", type=str, default=d.kv_cache_dtype,
-                       help="Only auto (the model's dtype) for now.")
+                       help="auto (the model's dtype), bfloat16, fp8 (= fp8_e4m3) or fp8_e5m2: an FP8 KV cache "
+                            "holds twice the tokens of a 16-bit one in the same memory.")
         g.add_argument("--prefix-caching-hash-algo", type=str, default=d.prefix_caching_hash_algo,
                        help="Hash of prefix-cache blocks; only sha256 for now.")
         g.add_argument("--max-num-seqs", type=int, default=None)
@@ -252,9 +292,11 @@ class EngineArgs:
         g.add_argument("--data-parallel-size", "-dp", type=int, default=d.data_parallel_size,
                        help="Not supported yet: only 1.")
         g.add_argument("--distributed-executor-backend", type=str, default=None,
-                       help="Only uni (the in-process executor) for now.")
+                       help="uni (the model in this process; the default for one rank), mp (a worker process per "
+                            "rank; the default for several) or ray (a Ray actor per rank).")
         g.add_argument("--disable-custom-all-reduce", action="store_true",
-                       help="Accepted: tensor parallel always reduces through NCCL / gloo.")
+                       help="Every tensor-parallel all-reduce through NCCL / gloo, even with "
+                            "PAGEDLLM_CUSTOM_ALL_REDUCE_KIB set.")
         g.add_argument("--enable-expert-parallel", action="store_true", help="Not supported yet.")
         g.add_argument("--device", type=str, default=d.device, choices=["auto", "cpu", "cuda"])
         g.add_argument("--attention-backend", type=str, default=None, choices=["torch", "triton"])
@@ -278,6 +320,9 @@ class EngineArgs:
         g.add_argument("--disable-log-stats", action="store_true")
         g.add_argument("--generation-config", type=str, default=d.generation_config,
                        help='"auto" (the model\'s generation_config.json), "vllm" (ignore it) or a folder.')
+        g.add_argument("--override-generation-config", type=json.loads, default=None,
+                       help="JSON setting sampling defaults over the generation config, e.g. '{\"temperature\": "
+                            f"0.5}}'; keys: {', '.join(GENERATION_CONFIG_SAMPLING_KEYS)}, do_sample.")
         g.add_argument("--hf-overrides", type=json.loads, default=None,
                        help='JSON overriding fields of the model\'s HF config, e.g. \'{"rope_theta": 1e6}\'.')
         g.add_argument("--task", type=str, default=d.task,
@@ -312,6 +357,42 @@ class EngineArgs:
 AsyncEngineArgs = EngineArgs
 
 
+# Integer arguments that take vLLM's human-readable forms ("32k", "4G") offline as on the command line.
+_HUMAN_READABLE_INT_FIELDS = ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes")
+
+
+# Strings pydantic (vLLM's validated configs) reads as booleans.
+_BOOL_STRINGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
+                 "off": False}
+
+
+def _coerce_scalar_fields(args: EngineArgs) -> None:
+    """A number or a switch given as a string (LLM(max_num_seqs="8"), enforce_eager="false", from YAML or the
+    environment) becomes the number or the bool, as vLLM's validated configs take it; anything else is a ValueError
+    naming the field, not a TypeError from a comparison later (or "false" switching a flag on, as a non-empty
+    string is true)."""
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        kind = str(f.type).replace(" | None", "")
+        if isinstance(value, str) and kind == "bool":
+            if value.strip().lower() not in _BOOL_STRINGS:
+                raise ValueError(f"{f.name}: true or false expected, got {value!r}.")
+            setattr(args, f.name, _BOOL_STRINGS[value.strip().lower()])
+            continue
+        if not isinstance(value, str) or kind not in ("int", "float"):
+            continue
+        try:
+            if f.name in _HUMAN_READABLE_INT_FIELDS:
+                number = parse_human_readable_int(value, allow_auto=f.name == "max_model_len")
+            else:
+                number = int(value) if kind == "int" else float(value)
+        except ValueError as e:
+            what = "an integer" if kind == "int" else "a number"
+            detail = e if f.name in _HUMAN_READABLE_INT_FIELDS else f"{what} expected, got {value!r}"
+            raise ValueError(f"{f.name}: {detail}.") from None
+        setattr(args, f.name, number)
+
+
 def verify_engine_args(args: EngineArgs) -> None:
     """Checks that need only the arguments: every value pagedllm cannot honour is an error here, named, never
     silently ignored. (Checks that need the model or the device are in ``EngineConfig.build``.)"""
@@ -320,6 +401,24 @@ def verify_engine_args(args: EngineArgs) -> None:
                          "use 'auto' or 'slow'.")
     if args.tokenizer_mode not in ("auto", "slow"):
         raise ValueError(f"tokenizer_mode must be 'auto' or 'slow', got {args.tokenizer_mode!r}.")
+    # Checks of one value each, here so that `pagedllm serve` fails before it starts an engine.
+    if args.load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
+    if args.block_size <= 0 or args.block_size & (args.block_size - 1):
+        raise ValueError(f"block_size must be a positive power of two, got {args.block_size}.")
+    if not 0.0 < args.gpu_memory_utilization <= 1.0:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}.")
+    if args.max_model_len == -1:
+        raise ValueError("max_model_len=-1 / 'auto' (the longest context that fits in memory) is not supported yet; "
+                         "leave max_model_len unset for the model's own length (a start-up error then names the "
+                         "longest that fits).")
+    if args.max_model_len is not None and args.max_model_len <= 0:
+        raise ValueError(f"max_model_len must be positive, got {args.max_model_len}.")
+    if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < 1:
+        raise ValueError(f"max_num_batched_tokens must be >= 1, got {args.max_num_batched_tokens}.")
+    if args.load_format == "bitsandbytes" and (args.quantization or "").lower() != "bitsandbytes":
+        raise ValueError(f"BitsAndBytes load format only supports 'bitsandbytes' quantization, but got "
+                         f"{args.quantization}.")
     if args.swap_space is not None and args.swap_space < 0:
         raise ValueError(f"swap_space must be >= 0, got {args.swap_space}.")
     if args.preemption_mode not in (None, "swap", "recompute"):
@@ -384,6 +483,13 @@ def verify_engine_args(args: EngineArgs) -> None:
                              f"by pagedllm (got {name}={getattr(args, name)}).")
     if args.scheduling_policy not in ("fcfs", "priority"):
         raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {args.scheduling_policy!r}.")
+    if args.hf_overrides is not None and not (isinstance(args.hf_overrides, dict) or callable(args.hf_overrides)):
+        raise ValueError(f"hf_overrides must be a dict of config fields or a function of the config, got "
+                         f"{args.hf_overrides!r}.")
+    if args.max_logprobs < -1:
+        raise ValueError(f"max_logprobs must be -1 (no cap) or >= 0, got {args.max_logprobs}.")
+    if args.max_num_seqs is not None and args.max_num_seqs < 1:
+        raise ValueError(f"max_num_seqs must be >= 1, got {args.max_num_seqs}.")
     if args.max_num_seqs_per_request is not None and args.max_num_seqs_per_request < 0:
         raise ValueError(f"max_num_seqs_per_request must be >= 0 (0: no cap), got {args.max_num_seqs_per_request}.")
     if args.long_prefill_token_threshold is not None and args.long_prefill_token_threshold < 0:
@@ -398,6 +504,15 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"compilation_config is not supported yet: pagedllm does not use torch.compile (CUDA graphs "
                          f"are switched by enforce_eager and piecewise_cuda_graphs); use None or 0 "
                          f"(got {args.compilation_config!r}).")
+    override = args.override_generation_config
+    if override is not None:
+        if not isinstance(override, dict):
+            raise ValueError(f"override_generation_config must be a dict (JSON object), got {override!r}.")
+        unused = sorted(set(override) - set(GENERATION_CONFIG_SAMPLING_KEYS) - {"do_sample"})
+        if unused:
+            raise ValueError(f"override_generation_config: {', '.join(unused)} is not a sampling default pagedllm "
+                             f"reads; use {', '.join(GENERATION_CONFIG_SAMPLING_KEYS)} or do_sample (HF's names: "
+                             f"max_new_tokens, not max_tokens).")
     if args.kv_cache_memory_gb is not None and args.kv_cache_memory_bytes is not None:
         raise ValueError("Give kv_cache_memory_gb or kv_cache_memory_bytes, not both.")
     for name in ("kv_cache_memory_gb", "kv_cache_memory_bytes"):
@@ -456,12 +571,21 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
 
 
 class FlexibleArgumentParser(argparse.ArgumentParser):
-    """The parser of every pagedllm command: flags in snake_case are accepted as their kebab-case names."""
+    """The parser of every pagedllm command: flags in snake_case are accepted as their kebab-case names; a vLLM
+    engine flag pagedllm lacks is named as such among the unrecognized arguments."""
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         if args is None:
             args = sys.argv[1:]
         return super().parse_known_args(normalize_cli_flags(args), namespace)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            flags = [a.partition("=")[0] for a in extras if a.startswith("--")]
+            self.error(message + _vllm_args_note(flags, [f[2:].replace("-", "_") for f in flags], "flag"))
+        return namespace
 
 
 def parse_human_readable_int(value: int | str, allow_auto: bool = True) -> int:
@@ -623,6 +747,8 @@ class EngineConfig:
     # The KV cache's size when it is given (kv_cache_memory_gb/_bytes; always on the CPU); None on the GPU means
     # what gpu_memory_utilization leaves after the profiling forward.
     kv_cache_memory_bytes: int | None = None
+    # Where that size came from, in words for the start-up log ("kv_cache_memory_gb=2", "the CPU default of 4 GiB").
+    kv_cache_memory_source: str | None = None
     # "generate" or "pooling": a pooling engine runs each prompt whole in one step (no chunked prefill: an encoder
     # attends both ways, and mean pooling needs every hidden state), with no prefix caching and no sampling.
     runner_type: str = "generate"
@@ -702,18 +828,12 @@ class EngineConfig:
     def build(cls, args: EngineArgs, model: ResolvedModel) -> "EngineConfig":
         verify_engine_args(args)
         hf = model.hf_config
-        if args.load_format not in LOAD_FORMATS:
-            raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
         # The method's name is checked against the quantization registry (pagedllm/model/quantization) and the
         # checkpoint's quantization_config by the engine layer (engine/core.py create_engine_config): config imports
         # nothing above it.
-        if args.quantization == "gguf" and model.gguf_file is None:
-            raise ValueError(f"quantization='gguf' needs a .gguf model file; {args.model!r} is not one.")
-        if args.block_size <= 0 or args.block_size & (args.block_size - 1):
-            raise ValueError(f"block_size must be a positive power of two, got {args.block_size}.")
-        if not 0.0 < args.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}.")
-
+        for name in ("quantization", "load_format"):
+            if getattr(args, name) == "gguf" and model.gguf_file is None:
+                raise ValueError(f"{name}='gguf' needs a .gguf model file; {args.model!r} is not one.")
         device = _pick_device(args.device)
         dtype = _pick_dtype(args.dtype, hf, device)
         _verify_pipeline_parallel(args, hf, device)
@@ -727,36 +847,22 @@ class EngineConfig:
                            args.gpu_memory_utilization, DEFAULT_CPU_KV_CACHE_GB)
 
         runner_type = _resolve_runner(args, model)
-        derived_len = _derived_max_model_len(hf)
-        if runner_type == "pooling" and model.max_seq_length:
-            derived_len = min(derived_len, model.max_seq_length)
+        derived_len, derived_from = _derived_max_model_len(hf)
+        if runner_type == "pooling" and model.max_seq_length and model.max_seq_length < derived_len:
+            derived_len = model.max_seq_length
+            derived_from = f"max_seq_length={derived_len} in sentence_bert_config.json"
         if args.max_model_len is None:
             max_model_len = derived_len
         else:
-            try:
-                max_model_len = parse_human_readable_int(args.max_model_len)
-            except ValueError as e:
-                raise ValueError(f"max_model_len: {e}.") from None
-            if max_model_len == -1:
-                raise ValueError("max_model_len=-1 / 'auto' (the longest context that fits in memory) is not supported "
-                                 "yet; leave max_model_len unset for the model's own length (a start-up error then "
-                                 "names the longest that fits).")
-            if max_model_len <= 0:
-                raise ValueError(f"max_model_len must be positive, got {max_model_len}.")
+            max_model_len = args.max_model_len      # an int: EngineArgs parses "32k" and friends
             if max_model_len > derived_len:
-                raise ValueError(
-                    f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len "
-                    f"(max_position_embeddings or sentence-transformers' max_seq_length: {derived_len}).")
+                _verify_long_max_model_len(max_model_len, derived_len, derived_from, hf)
         chunked = args.enable_chunked_prefill and runner_type == "generate"
 
         on_gpu = device.type == "cuda"
-        max_num_seqs = args.max_num_seqs or (1024 if on_gpu else 256)
-        if max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}.")
+        max_num_seqs = args.max_num_seqs if args.max_num_seqs is not None else (1024 if on_gpu else 256)
         if args.max_num_batched_tokens is not None:
             max_num_batched_tokens = int(args.max_num_batched_tokens)
-            if max_num_batched_tokens < 1:
-                raise ValueError(f"max_num_batched_tokens must be >= 1, got {max_num_batched_tokens}.")
             if not chunked and max_num_batched_tokens < max_model_len:
                 why = "a pooling model runs each prompt in one step" if runner_type == "pooling" else \
                     "chunked prefill is disabled"
@@ -781,13 +887,18 @@ class EngineConfig:
 
         if args.kv_cache_memory_bytes is not None:
             kv_cache_memory_bytes = int(args.kv_cache_memory_bytes)
+            kv_cache_memory_source = f"kv_cache_memory_bytes={kv_cache_memory_bytes}"
         elif args.kv_cache_memory_gb is not None:
             kv_cache_memory_bytes = int(args.kv_cache_memory_gb * (1 << 30))
+            kv_cache_memory_source = f"kv_cache_memory_gb={args.kv_cache_memory_gb}"
         elif not on_gpu:   # vLLM's CPU backend reads VLLM_CPU_KVCACHE_SPACE (GiB); ours is the same knob
-            gb = envs.PAGEDLLM_CPU_KVCACHE_SPACE
+            name, gb = next(((name, gb) for name in ("PAGEDLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_KVCACHE_SPACE")
+                             if (gb := getattr(envs, name)) is not None), (None, None))
             kv_cache_memory_bytes = int((DEFAULT_CPU_KV_CACHE_GB if gb is None else gb) * (1 << 30))
+            kv_cache_memory_source = (f"the CPU default of {DEFAULT_CPU_KV_CACHE_GB:g} GiB" if gb is None else
+                                      f"{name}={gb:g}")
         else:
-            kv_cache_memory_bytes = None
+            kv_cache_memory_bytes = kv_cache_memory_source = None
         served = args.usage_context == "openai_api_server"
         long_prefill = args.long_prefill_token_threshold
         if long_prefill is None:
@@ -803,7 +914,8 @@ class EngineConfig:
                    pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
                    piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
                    cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
-                   kv_cache_memory_bytes=kv_cache_memory_bytes, runner_type=runner_type,
+                   kv_cache_memory_bytes=kv_cache_memory_bytes, kv_cache_memory_source=kv_cache_memory_source,
+                   runner_type=runner_type,
                    enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device),
                    cpu_fp16_weights=_cpu_fp16_weights(args, device))
 
@@ -906,13 +1018,54 @@ def _cpu_has_native_bf16() -> bool:
         return False
 
 
-def _derived_max_model_len(hf_config) -> int:
+def _derived_max_model_len(hf_config) -> tuple[int, str]:
+    """The model's own context length and where it comes from (for messages)."""
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length"):
         value = getattr(hf_config, key, None)
         if isinstance(value, int) and value > 0:
+            source = f"{key}={value} in model's config.json"
             if getattr(hf_config, "model_type", None) in ("roberta", "xlm-roberta"):
                 # RoBERTa's positions start after the padding index: 514 position embeddings hold 512 tokens.
-                return value - (getattr(hf_config, "pad_token_id", None) or 0) - 1
-            return value
-    return 2048
+                return value - (getattr(hf_config, "pad_token_id", None) or 0) - 1, source
+            return _rope_scaled_len(hf_config, value, source)
+    return 2048, "no context length in model's config.json: 2048"
+
+
+def _rope_scaled_len(hf_config, length: int, source: str) -> tuple[int, str]:
+    """A rope scaling's factor stretches the context (vLLM's rule: yarn from its original_max_position_embeddings;
+    llama3 and longrope models state their scaled length in max_position_embeddings already)."""
+    rope = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None)
+    rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    factor = rope.get("factor") if isinstance(rope, dict) else None
+    if rope_type in (None, "default", "su", "longrope", "llama3", "mrope") or not factor:
+        return length, source
+    if rope_type == "yarn" and rope.get("original_max_position_embeddings"):
+        length = int(rope["original_max_position_embeddings"])
+        source = f"original_max_position_embeddings={length}"
+    return int(length * factor), f"{source} x {rope_type} rope scaling factor {factor:g}"
+
+
+# Architectures whose positions are a learned table (no position past its last row exists): a max_model_len above
+# the derived one is an error for them even with PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN.
+_ABSOLUTE_POSITION_MODEL_TYPES = ("opt", "bert", "roberta", "xlm-roberta")
+
+
+def _verify_long_max_model_len(max_model_len: int, derived_len: int, derived_from: str, hf_config) -> None:
+    """max_model_len above the model's own length: vLLM's error, unless VLLM_ALLOW_LONG_MAX_MODEL_LEN (or ours)
+    allows it for a rotary-position model (the rotary tables are built for max_model_len; the output past the
+    trained length is the user's risk, as in vLLM)."""
+    message = f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len " \
+              f"({derived_from})."
+    if not (envs.PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN or envs.VLLM_ALLOW_LONG_MAX_MODEL_LEN):
+        raise ValueError(f"{message} To allow overriding this maximum, set the env var "
+                         f"VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (or PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN=1). It must be used "
+                         f"with extreme caution: the model was not trained on positions past {derived_len}.")
+    model_type = getattr(hf_config, "model_type", None)
+    positions = _derived_max_model_len(hf_config)[0]    # above sentence-transformers' max_seq_length, maybe
+    if model_type in _ABSOLUTE_POSITION_MODEL_TYPES and max_model_len > positions:
+        raise ValueError(f"{message} The {model_type} architecture has learned absolute position embeddings, "
+                         f"{positions} of them: no position past them exists, whatever "
+                         f"VLLM_ALLOW_LONG_MAX_MODEL_LEN says.")
+    logger.warning("%s Make sure the value is correct and within the model context size "
+                   "(VLLM_ALLOW_LONG_MAX_MODEL_LEN is set).", message)
 

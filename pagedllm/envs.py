@@ -79,6 +79,13 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_CACHE_DIR": (
         lambda: os.environ.get("PAGEDLLM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pagedllm"),
         "Where converted GGUF metadata (config.json, tokenizer) is cached. Default ~/.cache/pagedllm."),
+    "PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN": (
+        lambda: _flag("PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN", default=False),
+        "1: a max_model_len above the model's own context length (max_position_embeddings) is a warning instead of "
+        "an error, for rotary-position models (learned position tables cannot grow). Default off."),
+    "VLLM_ALLOW_LONG_MAX_MODEL_LEN": (
+        lambda: _flag("VLLM_ALLOW_LONG_MAX_MODEL_LEN", default=False),
+        "vLLM's name for PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN; either one allows it. Default off."),
     "PAGEDLLM_PP_LAYER_PARTITION": (
         lambda: _optional_str("PAGEDLLM_PP_LAYER_PARTITION"),
         "Pipeline parallel: decoder layers per stage, comma-separated (e.g. \"3,5\"; vLLM's VLLM_PP_LAYER_PARTITION). "
@@ -152,6 +159,9 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_CPU_KVCACHE_SPACE": (
         lambda: _optional_float("PAGEDLLM_CPU_KVCACHE_SPACE"),
         "Default of kv_cache_memory_gb on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE), GiB. Unset: 4 GiB."),
+    "VLLM_CPU_KVCACHE_SPACE": (
+        lambda: _optional_float("VLLM_CPU_KVCACHE_SPACE"),
+        "vLLM's name for PAGEDLLM_CPU_KVCACHE_SPACE, read when that one is unset."),
     "PAGEDLLM_CPU_THREADS": (
         lambda: _optional_int("PAGEDLLM_CPU_THREADS"),
         "Default of cpu_threads / --cpu-threads: torch's intra-op (OpenMP) threads of a CPU engine, a count (the "

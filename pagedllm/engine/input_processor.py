@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import GENERATION_CONFIG_SAMPLING_KEYS, EngineConfig
 from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.inputs import PromptType, check_prompt_keys
@@ -50,15 +50,19 @@ class InputProcessor:
                 ids.update(int(x) for x in source)
         return ids
 
-    def default_sampling_params(self) -> SamplingParams:
-        """SamplingParams() overridden by the model's generation_config (vLLM's behaviour when none is given)."""
+    def generation_defaults(self) -> dict[str, Any]:
+        """The SamplingParams fields that the model's generation_config and override_generation_config set (vLLM's
+        ``get_diff_sampling_param``); empty when they set none."""
         gen = self.config.model.generation_config
-        keys = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
-                "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
-        values = {ours: gen[theirs] for theirs, ours in keys.items() if gen.get(theirs) is not None}
+        values = {ours: gen[theirs] for theirs, ours in GENERATION_CONFIG_SAMPLING_KEYS.items()
+                  if gen.get(theirs) is not None}
         if gen.get("do_sample") is False:
             values["temperature"] = 0.0
-        return SamplingParams(**values)
+        return values
+
+    def default_sampling_params(self) -> SamplingParams:
+        """SamplingParams() overridden by the generation defaults (vLLM's behaviour when none is given)."""
+        return SamplingParams(**self.generation_defaults())
 
     # ---- tokenizing ---------------------------------------------------------------------------------------------
     def split_prompt(self, prompt: PromptType) -> tuple[str | None, list[int] | None, str | None]:

@@ -146,6 +146,25 @@ def _download(model_id: str, args: "EngineArgs") -> str:
             f"or set PAGEDLLM_USE_MODELSCOPE=1 to use ModelScope.") from None
 
 
+def _override_hf_config(hf_config, overrides: dict) -> None:
+    """Set ``overrides`` on the config. transformers 5 keeps rope_theta and the rope scaling in ``rope_parameters``
+    (what the rotary layer reads): {"rope_theta": 1e6} is written there too, and {"rope_scaling": {...}} (the older
+    name, vLLM's tutorials') replaces the scaling there, keeping the model's rope_theta."""
+    before = getattr(hf_config, "rope_parameters", None)
+    before = dict(before) if isinstance(before, dict) else None
+    for key, value in overrides.items():
+        setattr(hf_config, key, value)
+    if before is None or "rope_parameters" in overrides:
+        return
+    params = dict(before)
+    if "rope_scaling" in overrides:
+        params = {**(overrides["rope_scaling"] or {"rope_type": "default"}), "rope_theta": before.get("rope_theta")}
+    if "rope_theta" in overrides:
+        params["rope_theta"] = overrides["rope_theta"]
+    if params != before:
+        hf_config.rope_parameters = params
+
+
 def resolve_model(args: "EngineArgs") -> ResolvedModel:
     from pagedllm.model import gguf_loader
     from pagedllm.model.hf_configs import load_hf_config
@@ -177,9 +196,10 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         raise ValueError(f"No config.json in {model_dir!r} (model {model!r}).")
     hf_config = load_hf_config(model_dir, trust_remote_code=args.trust_remote_code)
-    if args.hf_overrides:
-        for key, value in args.hf_overrides.items():
-            setattr(hf_config, key, value)
+    if callable(args.hf_overrides):       # vLLM's other form: a function of the config that returns it
+        hf_config = args.hf_overrides(hf_config)
+    elif args.hf_overrides:
+        _override_hf_config(hf_config, args.hf_overrides)
     tokenizer_path = args.tokenizer or model_dir
     if args.tokenizer and args.tokenizer in (model, args.model) and (gguf_path is not None or model != args.model):
         tokenizer_path = model_dir
@@ -193,6 +213,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if args.generation_config != "vllm" and os.path.exists(gen_file):
         with open(gen_file) as f:
             generation = json.load(f)
+    generation.update(args.override_generation_config or {})
     from pagedllm.model.registry import is_pooling_only
     headless = is_pooling_only(hf_config)       # encoders and bare decoders: no language-model head
     pooling = headless or sentence_transformers_modules(model_dir) is not None
@@ -231,12 +252,12 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
                                         whole_model=get_tp_size() * get_pp_size() == 1,
                                         keep_quantized=getattr(quant_config, "kept_quantized", None),
                                         convert_device=config.device)
-        elif fmt in ("auto", "safetensors") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
+        elif fmt in ("auto", "safetensors", "bitsandbytes") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
             weights = iterate_safetensors(config.model.model_dir, progress=progress, skip_prefixes=skip_prefixes)
         elif fmt == "safetensors":
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
         else:
-            weights = iterate_pt(config.model.model_dir, progress=progress)
+            weights = iterate_pt(config.model.model_dir, progress=progress, load_format=fmt)
         if quant_config is not None:
             weights = ((quant_config.checkpoint_name(name), tensor) for name, tensor in weights)
         model.load_weights(weights)

@@ -36,8 +36,10 @@ def iterate_safetensors(model_dir: str, progress: bool = False,
                 yield name, f.get_tensor(name)
 
 
-def iterate_pt(model_dir: str, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_pt(model_dir: str, progress: bool = False, load_format: str = "auto") -> Iterator[tuple[str, torch.Tensor]]:
     files = sorted(glob.glob(os.path.join(model_dir, "*.bin")) + glob.glob(os.path.join(model_dir, "*.pt")))
+    if not files and load_format == "pt":
+        raise ValueError(f"load_format='pt' but no *.bin or *.pt in {model_dir!r}.")
     if not files:
         raise ValueError(f"No weights (*.safetensors or *.bin) found in {model_dir!r}.")
     for path in load_progress(files, desc="Loading pt checkpoint shards", enabled=progress):

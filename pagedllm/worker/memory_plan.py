@@ -87,7 +87,8 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
                   max_num_seqs: int, kv_cache_dtype: str = "auto",
                   total_bytes: int | None = None, gpu_memory_utilization: float | None = None,
                   activation_peak_bytes: int | None = None, non_torch_bytes: int = 0,
-                  kv_cache_memory_bytes: int | None = None, num_gpu_blocks_override: int | None = None,
+                  kv_cache_memory_bytes: int | None = None, kv_cache_memory_source: str | None = None,
+                  num_gpu_blocks_override: int | None = None,
                   cpu_offload_bytes: int = 0, swap_space_bytes: int = 0) -> MemoryPlan:
     """Size the KV cache, or raise ``ValueError`` saying what does not fit and what to change.
 
@@ -108,7 +109,8 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
         size_knob = "num_gpu_blocks_override"
     else:
         if kv_cache_memory_bytes is not None:
-            available, sized_by = int(kv_cache_memory_bytes), f"kv_cache_memory_bytes={kv_cache_memory_bytes}"
+            available = int(kv_cache_memory_bytes)
+            sized_by = kv_cache_memory_source or f"kv_cache_memory_bytes={kv_cache_memory_bytes}"
             size_knob = "kv_cache_memory_gb / kv_cache_memory_bytes"
         else:
             assert budget is not None, "the GPU budget needs total_bytes and gpu_memory_utilization"
@@ -125,6 +127,9 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
                     f"max_num_batched_tokens (a smaller activation peak), or shrinking the weights (quantization, "
                     f"cpu_offload_gb).")
         num_blocks = min(cap, available // bytes_per_block)
+        if num_blocks < available // bytes_per_block:    # the memory given holds more than could ever be used
+            sized_by += (f", capped at what max_num_seqs={max_num_seqs} sequences of max_model_len={max_model_len} "
+                         f"can use")
     needed_blocks = blocks_per_seq
     if num_blocks < needed_blocks:
         # vLLM's message (kv_cache_utils.check_enough_kv_cache_memory), with the fitting length in blocks.

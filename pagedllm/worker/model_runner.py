@@ -160,6 +160,7 @@ class ModelRunner:
             **measured, bytes_per_block=self.bytes_per_block, block_size=self.block_size,
             max_model_len=self.config.max_model_len, max_num_seqs=self.config.max_num_seqs,
             kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory_bytes=self.config.kv_cache_memory_bytes,
+            kv_cache_memory_source=self.config.kv_cache_memory_source,
             num_gpu_blocks_override=args.num_gpu_blocks_override,
             swap_space_bytes=int((args.swap_space or 0) * (1 << 30)))
         return self.memory_plan.num_blocks

@@ -100,6 +100,18 @@ def test_help_and_version():
     assert out.strip() == pagedllm.__version__
 
 
+def test_engine_flag_help_says_what_the_flag_does():
+    """serve --help: no flag that works is described as unsupported; --block-size takes vLLM's sizes."""
+    parser = make_parser()
+    serve = next(a for a in parser._actions if getattr(a, "choices", None) and "serve" in a.choices).choices["serve"]
+    helps = {a.dest: a.help for a in serve._actions}
+    assert "fp8_e5m2" in helps["kv_cache_dtype"] and "Only auto" not in helps["kv_cache_dtype"]
+    assert "streamed to the GPU" in helps["cpu_offload_gb"] and "Not supported" not in helps["cpu_offload_gb"]
+    assert "ray" in helps["distributed_executor_backend"] and "Only uni" not in helps["distributed_executor_backend"]
+    assert "bitsandbytes" in helps["quantization"] and "bitsandbytes" in helps["load_format"]
+    assert [parse("serve", "--block-size", n).block_size for n in ("1", "256")] == [1, 256]
+
+
 def test_snake_case_flags_as_vllm_accepts_them():
     args = parse("serve", "m", "--tensor_parallel_size", "1", "--max_model_len=2K", "--gpu_memory_utilization",
                  "0.5", "--served_model_name", "my_model", "--no-enable_prefix_caching", "-tp", "1")
@@ -127,7 +139,7 @@ def test_switch_flags():
     (["--task", "classify"], "classification, scoring, reward, transcription and draft models are not supported"),
     (["--runner", "draft"], "draft models are not supported yet"),
     (["--task", "generate", "--runner", "pooling"], "task='generate' contradicts runner='pooling'"),
-    (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
+    (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
     (["--enable-lora"], "LoRA adapters are not supported yet"),
     (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
     (["--distributed-executor-backend", "external_launcher"], "external launchers are not supported yet"),
@@ -136,6 +148,14 @@ def test_switch_flags():
     (["-O3"], "compilation_config is not supported yet"),
     (["--data-parallel-size", "2"], "data_parallel_size=2 is not supported yet"),
     (["--disable-custom-kernels", "--attention-backend", "triton"], "contradicts disable_custom_kernels"),
+    (["--max-num-seqs", "0"], "max_num_seqs must be >= 1, got 0"),
+    # Checked before start-up, not in the engine process (a traceback there).
+    (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization must be in (0, 1], got 1.5"),
+    (["--max-model-len", "auto"], "max_model_len=-1 / 'auto' (the longest context that fits in memory) is not"),
+    (["--max-num-batched-tokens", "0"], "max_num_batched_tokens must be >= 1, got 0"),
+    # -q is checked by name before start-up, as vLLM's choices are (no model is looked for).
+    (["-q", "int3"], "Unknown quantization method: int3. Must be one of ['awq'"),
+    (["-q", "hqq"], "Quantization method hqq is a vLLM method that pagedllm does not support yet"),
 ])
 def test_unsupported_flags_parse_then_fail_clearly(flags, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -153,6 +173,18 @@ def test_accepted_vllm_flags():
     for flags in (["--task", "embed"], ["--runner", "pooling"], ["--task", "embedding", "--runner", "pooling"]):
         parse("serve", "m", *flags)      # accepted: finalize_args runs verify_engine_args
     assert engine_args.kv_cache_memory_bytes == 1000000 and engine_args.hf_overrides == {"rope_theta": 1e6}
+
+
+def test_vllm_flags_pagedllm_lacks_are_named_as_such(capsys):
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--enable-sleep-mode", "--model-impl=vllm", "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert ("unrecognized arguments: --enable-sleep-mode --model-impl=vllm --no-such-flag (--enable-sleep-mode, "
+            "--model-impl are vLLM engine flags that pagedllm does not support yet)") in err
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--rope-scaling", '{"rope_type": "yarn"}'])
+    assert ("--rope-scaling is a vLLM engine flag that pagedllm does not support yet; --rope-scaling: "
+            "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it") in capsys.readouterr().err
 
 
 def test_serve_exits_with_the_message():

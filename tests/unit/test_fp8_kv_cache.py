@@ -56,6 +56,20 @@ def test_fp8_greedy_follows_the_model_dtype_cache(tiny_dir, kv_cache_dtype, torc
             assert lp[token].logprob == pytest.approx(ref_lp[token].logprob, abs=0.05)
 
 
+def test_bfloat16_cache_halves_a_float32_models_and_follows_it(tiny_dir):
+    """kv_cache_dtype="bfloat16" (vLLM's name): on the CPU's float32 model, twice the blocks in the same memory, and
+    greedy decoding follows the float32 cache (bf16 rounds K/V by 2^-8 relative)."""
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=0)
+    reference = llm(tiny_dir, "auto").generate(PROMPTS, params, use_tqdm=False)
+    engine = llm(tiny_dir, "bfloat16")
+    assert engine.llm_engine.core.runner.kv_caches[0].dtype == torch.bfloat16
+    assert engine.llm_engine.kv_cache.pool.num_blocks == 2 * 64
+    for ref, out in zip(reference, engine.generate(PROMPTS, params, use_tqdm=False)):
+        assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+        for ref_lp, lp, token in zip(ref.outputs[0].logprobs, out.outputs[0].logprobs, ref.outputs[0].token_ids):
+            assert lp[token].logprob == pytest.approx(ref_lp[token].logprob, abs=0.01)
+
+
 @torch.inference_mode()     # as the model runs it (the kernel's CPU scratch buffers are inference tensors)
 def test_torch_reference_scales_and_dequantizes():
     torch.manual_seed(0)

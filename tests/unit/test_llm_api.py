@@ -135,6 +135,109 @@ def test_generation_config_folder(model_dir, tmp_path):
     with pytest.raises(ValueError, match="no generation_config.json there"):
         LLM(model=str(model_dir[0]), generation_config=str(tmp_path / "missing"))
 
+
+def test_override_generation_config(model_dir, tmp_path):
+    """vLLM's override_generation_config: merged over the model's generation config, or alone with "vllm"."""
+    import json
+
+    from pagedllm.config import EngineArgs, FlexibleArgumentParser
+    with open(tmp_path / "generation_config.json", "w") as f:
+        json.dump({"temperature": 0.5, "max_new_tokens": 3, "top_k": 7}, f)
+    llm = LLM(model=str(model_dir[0]), dtype="float32", max_model_len=64, generation_config=str(tmp_path),
+              override_generation_config={"top_k": 2, "max_new_tokens": 4})
+    defaults = llm.get_default_sampling_params()
+    assert (defaults.temperature, defaults.max_tokens, defaults.top_k) == (0.5, 4, 2)
+    assert len(llm.generate("Hi", use_tqdm=False)[0].outputs[0].token_ids) == 4
+    # The command line's JSON, with generation_config="vllm": only the override.
+    args = EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(
+        ["--model", str(model_dir[0]), "--dtype", "float32", "--max-model-len", "64", "--generation-config", "vllm",
+         "--override-generation-config", '{"max_new_tokens": 2, "do_sample": false}'])
+    llm = LLM(**vars(args))
+    defaults = llm.get_default_sampling_params()
+    assert (defaults.temperature, defaults.max_tokens, defaults.top_k) == (0.0, 2, 0)
+    # A key nothing reads (vLLM's SamplingParams name instead of HF's) is an error, not a default dropped.
+    with pytest.raises(ValueError, match="override_generation_config: max_tokens is not a sampling default"):
+        LLM(model=str(model_dir[0]), override_generation_config={"max_tokens": 5})
+
+def test_max_model_len_above_the_models_needs_vllms_env_var(model_dir, monkeypatch, caplog):
+    """vLLM's rule: above max_position_embeddings (512 here) is an error naming VLLM_ALLOW_LONG_MAX_MODEL_LEN; with
+    it set, a warning, and a prompt past position 512 runs (the rotary tables cover max_model_len)."""
+    import transformers
+
+    from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    monkeypatch.delenv("PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    with pytest.raises(ValueError, match=r"^User-specified max_model_len \(600\) is greater than the derived "
+                                         r"max_model_len \(max_position_embeddings=512 in model's config.json\)\. To "
+                                         r"allow overriding this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"):
+        LLM(model=str(model_dir[0]), max_model_len=600)
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+    with caplog.at_level("WARNING", logger="pagedllm"):
+        llm = LLM(model=str(model_dir[0]), dtype="float32", max_model_len=600)
+    assert "Make sure the value is correct and within the model context size" in caplog.text
+    out = llm.generate({"prompt_token_ids": [5 + i % 90 for i in range(550)]}, GREEDY, use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 5 and llm.llm_engine.model_config.max_model_len == 600
+    # A learned position table cannot grow: still an error for OPT.
+    opt = transformers.OPTConfig(max_position_embeddings=512)
+    with pytest.raises(ValueError, match="opt architecture has learned absolute position embeddings, 512 of them"):
+        EngineConfig.build(EngineArgs(model="m", max_model_len=600, device="cpu"), ResolvedModel("m", opt, None))
+
+
+def test_hf_overrides_dict_or_function(model_dir):
+    """vLLM's hf_overrides: a dict of config fields, or a function of the config that returns it."""
+    def longer(config):
+        config.max_position_embeddings = 1024
+        return config
+    for overrides in ({"max_position_embeddings": 1024}, longer):
+        llm = LLM(model=str(model_dir[0]), hf_overrides=overrides)
+        assert llm.llm_engine.model_config.max_model_len == 1024
+    with pytest.raises(ValueError, match="hf_overrides must be a dict of config fields or a function"):
+        LLM(model=str(model_dir[0]), hf_overrides='{"max_position_embeddings": 1024}')
+
+
+@pytest.mark.parametrize("overrides, rope", [
+    ({"rope_theta": 1e6}, {"rope_type": "default", "rope_theta": 1e6}),      # the --hf-overrides help's example
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"rope_type": "linear", "factor": 2.0,
+                                                               "rope_theta": 10000.0})])
+def test_hf_overrides_of_the_rope_reach_the_model(tokenizer, tmp_path, overrides, rope):
+    """transformers 5 reads rope_theta / the scaling from rope_parameters: an override of either changes the model
+    as it changes HF transformers' (it was set beside rope_parameters and ignored)."""
+    import transformers
+    base = save_tiny_llama(tmp_path, 512, initializer_range=0.5)    # sharp logits: the rope's effect shows
+    ids = [1, 17, 301, 42, 99, 7, 250, 3, 64, 18]
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", max_model_len=64, hf_overrides=overrides)
+    out = llm.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1, temperature=0.0, logprobs=0),
+                       use_tqdm=False)[0].outputs[0]
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, rope_parameters=rope).eval()
+    ref = hf_logprobs(hf, ids)[-1]
+    assert out.token_ids[0] == int(ref.argmax())
+    assert out.logprobs[0][out.token_ids[0]].logprob == pytest.approx(float(ref.max()), abs=1e-4)
+    assert (ref - hf_logprobs(base, ids)[-1]).abs().max() > 1e-2     # the override changes the model
+
+
+def test_rope_scaling_stretches_the_derived_max_model_len(model_dir, monkeypatch):
+    """Qwen's long-context recipe: a yarn scaling of factor 4 over 512 original positions allows max_model_len 2048
+    (vLLM's rule), without VLLM_ALLOW_LONG_MAX_MODEL_LEN; the error above it names the scaled length."""
+    for name in ("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        monkeypatch.delenv(name, raising=False)
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}
+    llm = LLM(model=str(model_dir[0]), dtype="float32", hf_overrides={"rope_scaling": yarn}, max_model_len=2048)
+    assert llm.llm_engine.model_config.max_model_len == 2048
+    out = llm.generate({"prompt_token_ids": [5 + i % 90 for i in range(600)]}, GREEDY, use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 5
+    with pytest.raises(ValueError, match=r"greater than the derived max_model_len \(original_max_position_embeddings"
+                                         r"=512 x yarn rope scaling factor 4\)"):
+        LLM(model=str(model_dir[0]), hf_overrides={"rope_scaling": yarn}, max_model_len=4096)
+
+
+def test_load_format_that_does_not_fit_the_files(model_dir):
+    # The folder holds model.safetensors only: "pt" and "gguf" say what they looked for.
+    with pytest.raises(ValueError, match="load_format='pt' but no \\*.bin or \\*.pt in"):
+        LLM(model=str(model_dir[0]), load_format="pt", max_model_len=64)
+    with pytest.raises(ValueError, match="load_format='gguf' needs a .gguf model file; .* is not one"):
+        LLM(model=str(model_dir[0]), load_format="gguf", max_model_len=64)
+
+
 def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
     # What vLLM scripts read from llm.llm_engine.
     engine = llm.llm_engine

@@ -34,6 +34,13 @@ def test_plan_sizes_the_kv_cache_from_what_the_budget_leaves():
 def test_plan_caps_the_cache_at_max_num_seqs_full_sequences():
     plan = plan_kv_cache(weights_bytes=0, **{**GPU, "max_num_seqs": 1})
     assert plan.num_blocks == 256 + 1
+    # The log says why a cache is smaller than the memory asked for.
+    plan = plan_kv_cache(weights_bytes=0, kv_cache_memory_bytes=GIB, bytes_per_block=MIB, block_size=16,
+                         max_model_len=256, max_num_seqs=4)
+    assert plan.num_blocks == 4 * 16 + 1
+    assert plan.describe()[-1].startswith(f"KV cache 0.06 GiB (model dtype; sized by kv_cache_memory_bytes={GIB}, "
+                                          f"capped at what max_num_seqs=4 sequences of max_model_len=256 can use): "
+                                          f"65 blocks x 16")
 
 
 def test_block_override_and_kv_cache_memory_bytes_take_precedence():
@@ -106,3 +113,19 @@ def test_engine_logs_the_plan(tiny_dir, caplog):
     assert (f"KV cache 0.00 GiB (model dtype; sized by kv_cache_memory_bytes={40 * TINY_BLOCK_BYTES}): 40 blocks x "
             f"16 = 640 tokens; max concurrency at max_model_len=256: 2.50x (max_num_seqs 4)") in block
     assert "activation peak not measured" in block
+
+
+@pytest.mark.parametrize("env, kwargs, source", [
+    ({}, {}, "the CPU default of 4 GiB, capped at"),                 # nothing given: not 'kv_cache_memory_bytes='
+    ({"PAGEDLLM_CPU_KVCACHE_SPACE": "0.5"}, {}, "PAGEDLLM_CPU_KVCACHE_SPACE=0.5, capped at"),
+    ({"VLLM_CPU_KVCACHE_SPACE": "0.5"}, {}, "VLLM_CPU_KVCACHE_SPACE=0.5, capped at"),     # vLLM's CPU variable
+    ({}, {"kv_cache_memory_gb": 0.25}, "kv_cache_memory_gb=0.25, capped at")])
+def test_engine_log_names_where_the_cpu_cache_size_came_from(tiny_dir, caplog, monkeypatch, env, kwargs, source):
+    for name in ("PAGEDLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level(logging.INFO, logger="pagedllm"):
+        LLM(tiny_dir, skip_tokenizer_init=True, dtype="float32", max_model_len=64, max_num_seqs=2, **kwargs)
+    block = next(r.getMessage() for r in caplog.records if "memory plan" in r.getMessage())
+    assert f"(model dtype; sized by {source} what max_num_seqs=2 sequences" in block

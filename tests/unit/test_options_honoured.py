@@ -112,17 +112,20 @@ ENGINE_FIELDS: dict[str, list] = {
                        Rejects(2.0, "on the cpu device the weights are in CPU memory already")],
     # fp8 vs model-dtype greedy, twice the blocks: tests/unit/test_fp8_kv_cache.py.
     "kv_cache_dtype": [Read(("worker/model_runner.py",), "kv_cache_torch_dtype(config.args.kv_cache_dtype"),
-                       Rejects("bfloat16", "kv_cache_dtype='bfloat16' is not supported yet"),
-                       Rejects("int4", "kv_cache_dtype must be one of 'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2'")],
+                       Rejects("float16", "kv_cache_dtype='float16' is not supported yet"),
+                       Rejects("int4", "kv_cache_dtype must be one of 'auto', 'bfloat16', 'fp8', 'fp8_e4m3', "
+                                       "'fp8_e5m2'")],
     "prefix_caching_hash_algo": [Rejects("builtin", "prefix_caching_hash_algo='builtin' is not supported yet")],
     "max_num_seqs": [Behaves(lambda mp: build(mp, max_num_seqs=7).max_num_seqs == 7 or _fail()),
-                     Rejects(-1, "max_num_seqs must be >= 1")],
+                     Rejects(-1, "max_num_seqs must be >= 1"),
+                     Rejects(0, "max_num_seqs must be >= 1, got 0")],    # not the default in disguise
     "max_num_batched_tokens": [Behaves(lambda mp: build(mp, max_num_batched_tokens=99).max_num_batched_tokens == 99
                                        or _fail()),
                                Rejects(0, "max_num_batched_tokens must be >= 1")],
     "enable_chunked_prefill": [Behaves(lambda mp: build(mp, enable_chunked_prefill=False).max_num_batched_tokens
                                        == 4096 or _fail())],
-    "max_logprobs": [Read(("engine/",), "args.max_logprobs")],
+    "max_logprobs": [Read(("engine/",), "args.max_logprobs"),
+                     Rejects(-5, "max_logprobs must be -1 (no cap) or >= 0, got -5")],
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
     "async_scheduling": [Behaves(lambda mp: build(mp, async_scheduling=True).async_scheduling or _fail())],
     # TP=2 vs TP=1 tokens, the killed worker, indivisible heads: tests/unit/test_tensor_parallel.py.
@@ -159,6 +162,9 @@ ENGINE_FIELDS: dict[str, list] = {
     "disable_log_stats": [Read(("entrypoints/",), "args.disable_log_stats")],
     "served_model_name": [Read(("entrypoints/openai/api_server.py",), "served_model_name")],
     "generation_config": [Read(("model/loader.py",), "args.generation_config")],
+    # Merged over the generation config: tests/unit/test_llm_api.py::test_override_generation_config.
+    "override_generation_config": [Read(("model/loader.py",), "args.override_generation_config"),
+                                   Rejects({"foo": 1}, "override_generation_config: foo is not a sampling default")],
     "hf_overrides": [Read(("model/loader.py",), "args.hf_overrides")],
     "use_tqdm_on_load": [Read(("model/loader.py",), "use_tqdm_on_load")],
     "triton_gemv": [Read(("model/layers/linear.py",), "current.triton_gemv"),
@@ -269,7 +275,7 @@ def _escape(text: str) -> str:
     return re.escape(text)
 
 
-@pytest.mark.parametrize("name", ["swap_space", "tokenizer_mode", "distributed_executor_backend", "task",
+@pytest.mark.parametrize("name", ["swap_space", "max_num_seqs", "tokenizer_mode", "distributed_executor_backend", "task",
                                   "kv_cache_dtype", "enable_lora", "speculative_config", "compilation_config"])
 def test_rejected_before_the_model_is_resolved(monkeypatch, name):
     """create_engine_config checks the arguments before any download: a made-up model id still gets the option's error."""
@@ -280,6 +286,24 @@ def test_rejected_before_the_model_is_resolved(monkeypatch, name):
     entry = next(e for e in ENGINE_FIELDS[name] if isinstance(e, Rejects))
     with pytest.raises(entry.error, match=_escape(entry.match)):
         create_engine_config(EngineArgs(model="no/such-model", **{name: entry.value}))
+
+
+def test_numbers_given_as_strings(monkeypatch):
+    """LLM(max_num_seqs="8"): the number, as vLLM's validated configs take it; human-readable forms where the command
+    line takes them; anything else a ValueError naming the field (it was a TypeError from a comparison)."""
+    cfg = build(monkeypatch, max_num_seqs="8", max_num_batched_tokens="1k", gpu_memory_utilization="0.5",
+                max_model_len="2K", kv_cache_memory_bytes="4M")
+    assert (cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.max_model_len, cfg.kv_cache_memory_bytes) == \
+        (8, 1000, 2048, 4 << 20)
+    with pytest.raises(ValueError, match=r"^swap_space: a number expected, got 'x'\.$"):
+        EngineArgs(model="m", swap_space="x")
+    with pytest.raises(ValueError, match=r"^max_num_seqs: an integer expected, got '8\.5'\.$"):
+        EngineArgs(model="m", max_num_seqs="8.5")
+    # Switches: "false" is off (a non-empty string would be truthy), as pydantic reads it.
+    args = EngineArgs(model="m", enforce_eager="false", enable_prefix_caching="False", async_scheduling="true")
+    assert (args.enforce_eager, args.enable_prefix_caching, args.async_scheduling) == (False, False, True)
+    with pytest.raises(ValueError, match=r"^enforce_eager: true or false expected, got 'maybe'\.$"):
+        EngineArgs(model="m", enforce_eager="maybe")
 
 
 def test_unknown_keyword_names_vllm_arguments():

@@ -152,14 +152,28 @@ def _check(tmp_path, config, quant, reference, **kw):
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
 
 
-def test_inflight_nf4_end_to_end_matches_bitsandbytes_dequantized_reference(tmp_path):
+# vLLM's spellings: quantization alone, both (its bitsandbytes tutorials), and the load format alone.
+@pytest.mark.parametrize("kwargs", [dict(quantization="bitsandbytes"),
+                                    dict(quantization="bitsandbytes", load_format="bitsandbytes"),
+                                    dict(load_format="bitsandbytes")])
+def test_inflight_nf4_end_to_end_matches_bitsandbytes_dequantized_reference(tmp_path, kwargs):
     config, state = _tiny("llama")
     reference = dict(state)
     for names in _linear_groups(state):
         for n in names:
             reference[n] = bnbf.dequantize_4bit(*bnbf.quantize_4bit(state[n], blocksize=64, compress_statistics=True,
                                                                     quant_type="nf4"))
-    _check(tmp_path, config, state, reference, quantization="bitsandbytes")
+    _check(tmp_path, config, state, reference, **kwargs)
+
+
+def test_bitsandbytes_load_format_with_another_method_is_vllms_error():
+    from pagedllm.config import EngineArgs, FlexibleArgumentParser, verify_engine_args
+    with pytest.raises(ValueError, match="BitsAndBytes load format only supports 'bitsandbytes' quantization, but "
+                                         "got awq"):
+        verify_engine_args(EngineArgs(model="m", load_format="bitsandbytes", quantization="awq"))
+    # The flag is a choice of serve's --load-format, as in vLLM.
+    args = EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(["--load-format", "bitsandbytes"])
+    assert EngineArgs.from_cli_args(args).quantization == "bitsandbytes"
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -304,6 +304,15 @@ def test_unknown_method_lists_supported(tmp_path):
     assert "Unknown quantization method: int3" in msg and "'awq'" in msg and "'gptq'" in msg
 
 
+def test_vllm_methods_pagedllm_lacks_are_named_as_such(tmp_path):
+    msg = _error(tmp_path, None, quantization="fbgemm_fp8")
+    assert msg.startswith("Quantization method fbgemm_fp8 is a vLLM method that pagedllm does not support yet. "
+                          "pagedllm's methods: ['awq', 'gptq'")
+    msg = _error(tmp_path, {"quant_method": "hqq", "nbits": 4})
+    assert msg.startswith("Quantization method hqq in the model config is a vLLM method that pagedllm does not "
+                          "support yet.")
+
+
 def test_flag_contradicting_checkpoint(tmp_path):
     msg = _error(tmp_path, {"quant_method": "awq", "bits": 4, "group_size": 128}, quantization="gptq")
     assert msg == ("Quantization method specified in the model config (awq) does not match the quantization method "

@@ -88,6 +88,10 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                   max_prompts_per_request=getattr(args, "max_prompts_per_request", None),
                   enable_prompt_tokens_details=getattr(args, "enable_prompt_tokens_details", False),
                   chat_template_content_format=getattr(args, "chat_template_content_format", "auto"))
+    defaults = engine.input_processor.generation_defaults()
+    if defaults:     # vLLM's line: why a request without sampling fields does not get SamplingParams' defaults
+        source = engine.config.args.generation_config
+        logger.info("Using default sampling params from %s: %s", "model" if source == "auto" else source, defaults)
     completions = OpenAIServingCompletion(engine, served_model_names, **common)
     tool_parser = None
     if getattr(args, "enable_auto_tool_choice", False):

@@ -117,7 +117,8 @@ _ENGINE_HELP = {
     "tokenizer_mode": "Tokenizer mode: auto (fast if available) or slow.",
     "revision": "Model revision (branch, tag or commit) on the hub.",
     "tokenizer_revision": "Tokenizer revision on the hub.",
-    "load_format": "Weights format; dummy = random weights (benchmarks, no download).",
+    "load_format": "Weights format; dummy = random weights (benchmarks, no download); bitsandbytes = the auto files "
+                   "quantized by bitsandbytes (as --quantization bitsandbytes).",
     "dtype": "Weights and activations dtype; auto = the config's (16-bit on GPU, float32 on CPU).",
     "seed": "Random seed.",
     "block_size": "Tokens per KV-cache block.",
@@ -156,6 +157,9 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError("--enable-auto-tool-choice requires --tool-call-parser to be set.")
         get_tool_parser(args.tool_call_parser)     # an unknown name fails before start-up
     verify_engine_args(EngineArgs.from_cli_args(args))   # a flag pagedllm cannot honour fails here, before start-up
+    if args.quantization:
+        from pagedllm.model.quantization import verify_quantization_name
+        verify_quantization_name(args.quantization)
     return args
 
 

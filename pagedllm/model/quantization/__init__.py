@@ -18,7 +18,7 @@ import torch
 from pagedllm.model.quantization.base import LinearMethod, QuantizationConfig
 
 __all__ = ["LinearMethod", "QuantizationConfig", "register_quantization", "quantization_method_names",
-           "resolve_quantization", "quantization_config_class"]
+           "resolve_quantization", "quantization_config_class", "verify_quantization_name"]
 
 _METHODS: dict[str, str] = {
     "awq": "pagedllm.model.quantization.awq:AWQConfig",
@@ -32,6 +32,13 @@ _METHODS: dict[str, str] = {
 
 # Other spellings of our methods: vLLM's kernel-specific names (its Marlin kernels read the same checkpoints).
 _ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "compressed_tensors": "compressed-tensors"}
+
+# vLLM's other method names (its kernels and checkpoint formats pagedllm does not have): named as such, not as unknown.
+_VLLM_METHODS_NOT_SUPPORTED = frozenset({
+    "aqlm", "deepspeedfp", "tpu_int8", "ptpc_fp8", "fbgemm_fp8", "deepgemm_fp8", "fp_quant", "modelopt",
+    "modelopt_fp4", "marlin", "bitblas", "gptq_marlin_24", "gptq_bitblas", "qqq", "hqq", "experts_int8",
+    "neuron_quant", "ipex", "quark", "moe_wna16", "torchao", "auto-round", "rtn", "inc", "mxfp4", "petit_nvfp4",
+})
 
 # Files besides config.json where older AutoGPTQ / AutoAWQ checkpoints keep their settings (vLLM reads the same).
 _CONFIG_FILES = ("quantize_config.json", "quant_config.json")
@@ -54,10 +61,24 @@ def canonical_method_name(name: str) -> str:
     return _ALIASES.get(name, name)
 
 
+def verify_quantization_name(name: str) -> None:
+    """ValueError for a ``quantization`` argument that names no method (checked by name only: no import)."""
+    _check_method_name(canonical_method_name(name))
+
+
+def _check_method_name(name: str, where: str = "") -> None:
+    """ValueError for a method name that is not registered: vLLM's name for one pagedllm lacks, or unknown."""
+    if name in _METHODS:
+        return
+    if name in _VLLM_METHODS_NOT_SUPPORTED:
+        raise ValueError(f"Quantization method {name}{where} is a vLLM method that pagedllm does not support yet. "
+                         f"pagedllm's methods: {quantization_method_names()}.")
+    raise ValueError(f"Unknown quantization method{where}: {name}. Must be one of {quantization_method_names()}.")
+
+
 def quantization_config_class(name: str) -> type[QuantizationConfig]:
     name = canonical_method_name(name)
-    if name not in _METHODS:
-        raise ValueError(f"Unknown quantization method: {name}. Must be one of {quantization_method_names()}.")
+    _check_method_name(name)
     module_name, _, class_name = _METHODS[name].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -110,8 +131,8 @@ def _resolve_checkpoint_quantization(method: str | None, hf_config: Any, model_d
                                      gguf_file: str | None, device: torch.device | str,
                                      dtype: torch.dtype | None) -> QuantizationConfig | None:
     given = canonical_method_name(method) if method else None
-    if given is not None and given not in _METHODS:
-        raise ValueError(f"Unknown quantization method: {method}. Must be one of {quantization_method_names()}.")
+    if given is not None:
+        _check_method_name(given)
     checkpoint = checkpoint_quantization_config(hf_config, model_dir)
     in_checkpoint = checkpoint.get("quant_method") if checkpoint else None
     if gguf_file is not None:
@@ -124,9 +145,7 @@ def _resolve_checkpoint_quantization(method: str | None, hf_config: Any, model_d
         if given is not None and given != found:
             raise ValueError(f"Quantization method specified in the model config ({in_checkpoint}) does not match "
                              f"the quantization method specified in the `quantization` argument ({method}).")
-        if found not in _METHODS:
-            raise ValueError(f"Unknown quantization method in the model config: {in_checkpoint}. Must be one of "
-                             f"{quantization_method_names()}.")
+        _check_method_name(found, " in the model config")
         name = found
     elif given is not None:
         name = given
