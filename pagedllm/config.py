@@ -52,6 +52,8 @@ _UNSUPPORTED_KV_CACHE_DTYPES = ("fp8_inc", "fp8_ds_mla", "float16")
 def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
     """The KV cache tensors' dtype."""
     return _KV_CACHE_TORCH_DTYPES.get(kv_cache_dtype, model_dtype)
+
+
 # What to use instead of a vLLM argument pagedllm lacks, where there is something.
 _VLLM_ARG_INSTEAD = {
     "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
