@@ -101,8 +101,28 @@ def test_malformed_tool_is_a_400_without_tool_choice(server, tool):
     r = post(server, "/tokenize", {"messages": MESSAGES, "tools": [tool]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
     good = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [good], "max_tokens": 2})
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [good], "tool_choice": "none",
+                                              "max_tokens": 2})
     assert r.status_code == 200
+
+
+def test_tools_without_tool_choice_need_auto_tool_choice(server, client):
+    # With tools, tool_choice defaults to "auto" (OpenAI, vLLM): a server started without --enable-auto-tool-choice
+    # answers vLLM's 400. It answered plain text, so a client never learnt that its tools were not in use.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=WEATHER, max_tokens=2)
+    assert e.value.body["message"] == ('"auto" tool choice requires --enable-auto-tool-choice and '
+                                       '--tool-call-parser to be set')
+    # tool_choice "none" (or an explicit null) shows the tools to the template and answers text.
+    for choice in ("none", None):
+        r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": WEATHER, "tool_choice": choice,
+                                                  "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"], r.text
+    # An empty tools array is a 400 whatever tool_choice is (vLLM, OpenAI).
+    for extra in ({}, {"tool_choice": "none"}, {"tool_choice": "required"}):
+        r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [], "max_tokens": 2, **extra})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "tools" and "must not be an empty array" in r.json()["error"]["message"]
 
 
 # ---- chat_template_kwargs ----------------------------------------------------------------------------------------------

@@ -55,14 +55,16 @@ class OpenAIServingChat(OpenAIServing):
         self.tool_parser = tool_parser      # --enable-auto-tool-choice --tool-call-parser NAME
 
     def tool_mode(self, req: ChatCompletionRequest) -> ToolMode:
+        if req.tools is not None and not req.tools:
+            raise RequestError("`tools` must not be an empty array. Either provide at least one tool or omit the "
+                               "field entirely.", "tools")
         if req.tools:
             tool_parsers.functions_by_name(req.tools)      # the tools' shape, whatever tool_choice is
         choice = req.tool_choice
         parallel = req.parallel_tool_calls is not False
-        if choice is None:
-            # OpenAI's default with tools is "auto"; without an auto parser the tools are only shown (vLLM).
-            return ToolMode("auto" if req.tools and self.tool_parser is not None else "none", parallel=parallel)
-        if choice == "none":
+        if choice is None and req.tools and "tool_choice" not in req.model_fields_set:
+            choice = "auto"         # OpenAI's and vLLM's default with tools (an explicit null stays "none")
+        if choice is None or choice == "none":
             return ToolMode()
         if not req.tools:
             raise RequestError("When using `tool_choice`, `tools` must be set.", "tool_choice")
