@@ -113,7 +113,7 @@ def test_chat_response_format(client):
     ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema.schema"),
     ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice", "only use one kind"),
     ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
-     "Tool 'nope' has not been passed"),
+     "does not match any of the specified `tools`"),
 ])
 def test_bad_constraints_are_400(client, body, param, message):
     with pytest.raises(openai.BadRequestError) as e:

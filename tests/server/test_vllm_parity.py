@@ -125,6 +125,24 @@ def test_tools_without_tool_choice_need_auto_tool_choice(server, client):
         assert r.json()["error"]["param"] == "tools" and "must not be an empty array" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("tool_choice, param, message", [
+    ({"type": "function", "function": "get_weather"}, "tool_choice.function", "Invalid value for `function`"),
+    ({"type": "function"}, "tool_choice.function", "Invalid value for `function`"),
+    ({"type": "function", "function": {}}, "tool_choice.function.name", "Expected field `name` in `function`"),
+    ({"type": "function", "function": {"name": 3}}, "tool_choice.function.name", "Invalid `name` in `function`"),
+    ({"type": "function", "function": {"name": "nope"}}, "tool_choice",
+     "The tool specified in `tool_choice` does not match any of the specified `tools`"),
+    ("sometimes", "tool_choice", 'Invalid value for `tool_choice`: sometimes! Only named tools, "none", "auto" or '
+                                 '"required" are supported.'),
+])
+def test_malformed_tool_choice_is_a_400(server, tool_choice, param, message):
+    # vLLM's messages; a "function" that is not an object was a 500 (AttributeError).
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": WEATHER, "tool_choice": tool_choice,
+                                              "max_tokens": 2})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and message in r.json()["error"]["message"], r.text
+
+
 # ---- chat_template_kwargs ----------------------------------------------------------------------------------------------
 def test_chat_template_kwargs_override_template_arguments(server):
     # vLLM merges chat_template_kwargs over add_generation_prompt / continue_final_message / tools; the same key

@@ -44,15 +44,30 @@ def functions_by_name(tools: list[dict]) -> dict[str, dict]:
     return out
 
 
-def named_tool(tools: list[dict] | None, tool_choice: dict) -> dict:
-    """The function a named ``tool_choice`` forces (vLLM's message when it is not among the tools)."""
-    name = (tool_choice.get("function") or {}).get("name") if isinstance(tool_choice, dict) else None
-    if not name:
-        raise RequestError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', "
-                           "'function': {'name': ...}}.", "tool_choice")
+_NAMED_USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
+
+
+def named_tool(tools: list[dict] | None, tool_choice: Any) -> dict:
+    """The function a named ``tool_choice`` forces; RequestError with vLLM's messages for a malformed choice or a
+    name that is not among the tools."""
+    if not isinstance(tool_choice, dict):
+        raise RequestError(f'Invalid value for `tool_choice`: {tool_choice}! Only named tools, "none", "auto" or '
+                           f'"required" are supported.', "tool_choice")
+    function = tool_choice.get("function")
+    if not isinstance(function, dict):
+        raise RequestError(f"Invalid value for `function`: `{function}` in `tool_choice`! {_NAMED_USAGE}",
+                           "tool_choice.function")
+    if "name" not in function:
+        raise RequestError(f"Expected field `name` in `function` in `tool_choice`! {_NAMED_USAGE}",
+                           "tool_choice.function.name")
+    name = function["name"]
+    if not isinstance(name, str) or not name:
+        raise RequestError(f"Invalid `name` in `function`: `{name}` in `tool_choice`! {_NAMED_USAGE}",
+                           "tool_choice.function.name")
     fns = functions_by_name(tools or [])
     if name not in fns:
-        raise RequestError(f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
+        raise RequestError("The tool specified in `tool_choice` does not match any of the specified `tools`",
+                           "tool_choice")
     return fns[name]
 
 
