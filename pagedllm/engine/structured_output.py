@@ -81,7 +81,9 @@ def build_grammar(so: StructuredOutputsParams):
             return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=not so.disable_any_whitespace,
                                                 strict_mode=True)
         if kind == "json_object":
-            return xgr.Grammar.builtin_json_grammar()
+            # A JSON object, not any JSON value (vLLM compiles the schema {"type": "object"}; OpenAI's JSON mode).
+            return xgr.Grammar.from_json_schema('{"type": "object"}', any_whitespace=not so.disable_any_whitespace,
+                                                strict_mode=True)
         if kind == "regex":
             return xgr.Grammar.from_regex(so.regex)
         if kind == "choice":

@@ -122,6 +122,19 @@ def test_grammar_and_json_knobs(llm):
     assert text == json.dumps(json.loads(text)), text     # one space after ':' and ',' only, no newlines
 
 
+def test_json_object_is_an_object(llm):
+    # json_object (response_format {"type": "json_object"} on the server) means a JSON object, as in vLLM and OpenAI;
+    # it allowed any JSON value, and greedy SmolLM2 answered these with arrays ("[1]", "[1, 2, 3, ...").
+    so = StructuredOutputsParams(json_object=True)
+    outs = llm.generate(["Weather in Paris?", "List three numbers:"],
+                        SamplingParams(temperature=0, max_tokens=30, structured_outputs=so), use_tqdm=False)
+    for out in outs:
+        text = out.outputs[0].text
+        assert text.startswith("{"), text
+        if out.outputs[0].finish_reason == "stop":
+            assert isinstance(json.loads(text), dict), text
+
+
 def test_async_scheduling_mixes_constrained_and_free_steps(llm):
     """Free requests sample asynchronously; a step with a constrained request waits for the host (its grammar must
     see each token before masking the next). Greedy outputs match the synchronous engine's."""
