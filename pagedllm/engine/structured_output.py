@@ -1,4 +1,4 @@
-"""Structured output (JSON schema, regex, choice, EBNF grammar, structural tag) on xgrammar, as vLLM v1 does it.
+"""Structured output (JSON schema, regex, choice, EBNF or Lark grammar, structural tag) on xgrammar, as vLLM v1 does it.
 
 - The front end's input processor checks a request's constraint once (``validate``: the grammar is built without
   the tokenizer, which is cheap), so a bad schema or regex is a ValueError for the caller, before the core sees it.
@@ -62,6 +62,14 @@ def _choice_grammar(choices: list[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(c) for c in choices)
 
 
+_GRAMMAR_COMMENT = re.compile(r"(#|//).*$")
+
+
+def grammar_is_lark(grammar: str) -> bool:
+    """vLLM's rule for a ``grammar``: GBNF/EBNF when a rule is written ``name ::= ...``, else Lark (``name: ...``)."""
+    return not any("::=" in _GRAMMAR_COMMENT.sub("", line) for line in grammar.splitlines())
+
+
 def build_grammar(so: StructuredOutputsParams):
     """The constraint as an xgrammar ``Grammar`` (no tokenizer needed). Raises ValueError naming the problem."""
     xgr = _xgrammar()
@@ -89,6 +97,11 @@ def build_grammar(so: StructuredOutputsParams):
         if kind == "choice":
             return xgr.Grammar.from_ebnf(_choice_grammar(so.choice))
         if kind == "grammar":
+            if grammar_is_lark(so.grammar):
+                if not hasattr(xgr.Grammar, "from_lark"):
+                    raise ValueError("This xgrammar has no Lark grammars (rules written 'name: ...'): upgrade it "
+                                     "(pip install -U xgrammar) or write the grammar in EBNF ('root ::= ...').")
+                return xgr.Grammar.from_lark(so.grammar)
             return xgr.Grammar.from_ebnf(so.grammar)
         if kind == "structural_tag":
             tag = so.structural_tag if isinstance(so.structural_tag, str) else json.dumps(so.structural_tag)

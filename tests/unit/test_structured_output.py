@@ -114,6 +114,15 @@ def test_grammar_and_json_knobs(llm):
     text = llm.generate("What is 6 times 7?", SamplingParams(temperature=0, max_tokens=12, structured_outputs=so),
                         use_tqdm=False)[0].outputs[0].text
     assert re.fullmatch(r"The answer is [0-9][0-9]?\.", text), text
+    # A grammar with no "::=" rule is Lark, as in vLLM (it was a 400 "EBNF lexer error").
+    lark = ('// the answer, in Lark\nstart: "The answer is " DIGIT DIGIT? "."\nDIGIT: /[0-9]/')
+    text = llm.generate("What is 6 times 7?", SamplingParams(temperature=0, max_tokens=12,
+                                                             structured_outputs=StructuredOutputsParams(grammar=lark)),
+                        use_tqdm=False)[0].outputs[0].text
+    assert re.fullmatch(r"The answer is [0-9][0-9]?\.", text), text
+    with pytest.raises(ValueError, match="Invalid grammar for structured output"):
+        llm.generate("Hi", SamplingParams(max_tokens=2, structured_outputs=StructuredOutputsParams(
+            grammar="start: undefined_rule")), use_tqdm=False)
     compact = StructuredOutputsParams(json=PERSON, disable_any_whitespace=True)
     text = llm.generate("Describe a person as JSON:", SamplingParams(temperature=0, max_tokens=60,
                                                                      structured_outputs=compact),
