@@ -70,18 +70,23 @@ def grammar_is_lark(grammar: str) -> bool:
     return not any("::=" in _GRAMMAR_COMMENT.sub("", line) for line in grammar.splitlines())
 
 
+def _parsed(value: Any, what: str) -> Any:
+    """A constraint given as JSON text or as the value itself, as the value."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} is not valid JSON: {e}") from None
+
+
 def build_grammar(so: StructuredOutputsParams):
     """The constraint as an xgrammar ``Grammar`` (no tokenizer needed). Raises ValueError naming the problem."""
     xgr = _xgrammar()
     kind = so.kind
     try:
         if kind == "json":
-            schema = so.json
-            if isinstance(schema, str):
-                try:
-                    schema = json.loads(schema)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"The JSON schema is not valid JSON: {e}") from None
+            schema = _parsed(so.json, "The JSON schema")
             if not isinstance(schema, (dict, bool)):
                 raise ValueError(f"The JSON schema must be a JSON object, got {type(schema).__name__}.")
             if so.disable_additional_properties and isinstance(schema, dict):
@@ -104,8 +109,19 @@ def build_grammar(so: StructuredOutputsParams):
                 return xgr.Grammar.from_lark(so.grammar)
             return xgr.Grammar.from_ebnf(so.grammar)
         if kind == "structural_tag":
-            tag = so.structural_tag if isinstance(so.structural_tag, str) else json.dumps(so.structural_tag)
-            return xgr.Grammar.from_structural_tag(tag)
+            tag = _parsed(so.structural_tag, "The structural_tag")
+            if isinstance(tag, dict) and "structures" in tag:
+                # vLLM's first form, {"structures": [{"begin", "schema", "end"}], "triggers": [...]} (its docs'
+                # example), as it compiles it: xgrammar's older tags-and-triggers call.
+                try:
+                    items = [xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s.get("schema") or {}),
+                                                   end=s["end"]) for s in tag["structures"]]
+                    triggers = list(tag["triggers"])
+                except (KeyError, TypeError, AttributeError, ValueError):
+                    raise ValueError("Invalid structural_tag for structured output: 'structures' must be a list of "
+                                     "{'begin', 'schema', 'end'} and 'triggers' a list of strings.") from None
+                return xgr.Grammar.from_structural_tag(items, triggers)
+            return xgr.Grammar.from_structural_tag(json.dumps(tag))
     except ValueError:
         raise
     except Exception as e:   # noqa: BLE001 - xgrammar raises RuntimeError (and others) from C++

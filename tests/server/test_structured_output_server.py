@@ -105,6 +105,32 @@ def test_chat_response_format(client):
     check_person("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
 
 
+def test_response_format_structural_tag(client):
+    # vLLM's response_format {"type": "structural_tag"}, in xgrammar's form ("format") and in vLLM's first form
+    # ("structures" + "triggers", its docs' example); both were a 400 "Input should be 'text', 'json_object' or
+    # 'json_schema'".
+    tag = {"type": "structural_tag", "format": {"type": "tag", "begin": "<f>", "end": "</f>",
+                                                "content": {"type": "json_schema", "json_schema": PERSON}}}
+    out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "A person:"}],
+                                         max_tokens=50, temperature=0, response_format=tag)
+    text = out.choices[0].message.content
+    assert text.startswith("<f>") and text.endswith("</f>"), text
+    check_person(text[3:-4])
+    legacy = {"type": "structural_tag", "structures": [{"begin": "<f>", "schema": PERSON, "end": "</f>"}],
+              "triggers": ["<f>"]}
+    out = client.completions.create(model=MODEL, prompt='Example: <f>{"name": "Bob", "age": 3}</f>\nAnother example:',
+                                    max_tokens=30, temperature=0, extra_body={"response_format": legacy})
+    calls = re.findall(r"<f>(.*?)</f>", out.choices[0].text, re.DOTALL)
+    assert calls, out.choices[0].text
+    for call in calls:
+        check_person(call)
+    for bad in ({"type": "structural_tag"}, {"type": "structural_tag", "structures": [{"begin": "<f>"}],
+                                             "triggers": ["<f>"]}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"response_format": bad})
+        assert e.value.body["param"] == "response_format" and "structural_tag" in e.value.body["message"]
+
+
 @pytest.mark.parametrize("body, param, message", [
     ({"guided_json": {"type": "nonsense"}}, "guided_json", "Invalid JSON schema"),
     ({"guided_regex": "(ab"}, "guided_regex", "Invalid regex"),
