@@ -211,7 +211,8 @@ def test_auto_tool_choice_parses_hermes_calls(client):
         results[stream] = calls
     assert results[True] == results[False]       # the same argument strings, streamed or not
     assert results[False][0][1] == '{"city": "Paris", "unit": "celsius"}'
-    # Without calls in the text, auto is plain content.
+    # Without calls in the text, auto is plain content, and the message has no "tool_calls" (vLLM, OpenAI): the
+    # openai client's tool_calls is None, not [] (which sent "while tool_calls is not None" loops into [0]).
     out = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0,
                                          tools=[WEATHER_TOOL])
-    assert out.choices[0].message.content and not out.choices[0].message.tool_calls
+    assert out.choices[0].message.content and out.choices[0].message.tool_calls is None

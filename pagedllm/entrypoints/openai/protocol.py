@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from pagedllm.sampling_params import StructuredOutputsParams
 
@@ -363,6 +363,15 @@ class ChatResponseMessage(OpenAIBaseModel):
     content: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     reasoning_content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_empty_tool_calls(self, handler):
+        # No calls: no "tool_calls" key (OpenAI, vLLM), so the openai client's message.tool_calls is None; an empty
+        # list sends "while message.tool_calls is not None" loops into message.tool_calls[0].
+        data = handler(self)
+        if not data.get("tool_calls"):
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatCompletionResponseChoice(OpenAIBaseModel):
