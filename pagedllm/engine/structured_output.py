@@ -89,6 +89,10 @@ def build_grammar(so: StructuredOutputsParams):
             schema = _parsed(so.json, "The JSON schema")
             if not isinstance(schema, (dict, bool)):
                 raise ValueError(f"The JSON schema must be a JSON object, got {type(schema).__name__}.")
+            unsupported = _dropped_json_keyword(schema)
+            if unsupported:
+                raise ValueError(f"Invalid JSON schema for structured output: {unsupported} is not supported by "
+                                 f"xgrammar (it would not be enforced); drop it from the schema.")
             if so.disable_additional_properties and isinstance(schema, dict):
                 schema = _no_additional_properties(schema)
             return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=not so.disable_any_whitespace,
@@ -130,6 +134,35 @@ def build_grammar(so: StructuredOutputsParams):
                  "grammar": "grammar", "structural_tag": "structural_tag"}[kind]
         raise ValueError(f"Invalid {label} for structured output: {message}") from None
     raise ValueError(f"Unknown structured output kind {kind!r}.")
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")   # name -> schema
+_SCHEMA_DATA = ("enum", "const", "default", "examples", "required", "title", "description")         # not schemas
+
+
+def _dropped_json_keyword(node: Any) -> str | None:
+    """A keyword of the schema that xgrammar would not enforce, or None. xgrammar 0.2.9 compiles these without an
+    error but drops them (minLength/maxLength beside a pattern or format) or makes valid arrays unreachable
+    (contains). vLLM's "auto" backend sends such schemas to guidance; pagedllm has only xgrammar, so they are
+    refused rather than silently ignored. (``uniqueItems``, which pydantic writes for a ``set`` field, is let
+    through unenforced: refusing every such model would cost more than a rare duplicate.)"""
+    if isinstance(node, list):
+        return next((found for found in map(_dropped_json_keyword, node) if found), None)
+    if not isinstance(node, dict):
+        return None
+    for key in ("contains", "minContains", "maxContains"):
+        if key in node:
+            return f"{key!r}"
+    if ("pattern" in node or "format" in node) and ("minLength" in node or "maxLength" in node):
+        return "'minLength'/'maxLength' together with 'pattern' or 'format'"
+    for key, value in node.items():
+        if key in _SCHEMA_DATA:
+            continue
+        children = list(value.values()) if key in _SCHEMA_MAPS and isinstance(value, dict) else [value]
+        found = _dropped_json_keyword(children)
+        if found:
+            return found
+    return None
 
 
 def _no_additional_properties(schema: dict) -> dict:

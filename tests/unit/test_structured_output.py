@@ -61,12 +61,25 @@ def test_bad_constraints_fail_at_add_time(llm):
              (StructuredOutputsParams(json={"type": "nonsense"}), "Invalid JSON schema for structured output: "
                                                                    "Unsupported type \"nonsense\""),
              (StructuredOutputsParams(regex="(ab"), "Invalid regex for structured output: .*parenthesis"),
-             (StructuredOutputsParams(grammar="root ::= undefined_rule"), "Invalid grammar for structured output")]
+             (StructuredOutputsParams(grammar="root ::= undefined_rule"), "Invalid grammar for structured output"),
+             # Keywords xgrammar compiles but does not enforce (or enforces wrongly) are refused, not ignored; a
+             # property merely named like one is fine (below).
+             (StructuredOutputsParams(json={"type": "object", "properties": {"code": {
+                 "type": "string", "pattern": "^[A-Z]+$", "maxLength": 3}}}),
+              "'minLength'/'maxLength' together with 'pattern' or 'format' is not supported"),
+             (StructuredOutputsParams(json={"type": "array", "items": {"type": "integer"}, "contains": {"const": 3}}),
+              "'contains' is not supported")]
     for so, message in cases:
         with pytest.raises(ValueError, match=message):
             llm.generate("Hi", SamplingParams(max_tokens=2, structured_outputs=so), use_tqdm=False)
     # The engine is still fine afterwards.
     assert llm.generate("Hi", SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)[0].outputs[0].token_ids
+    named_like_keywords = {"type": "object", "properties": {"contains": {"type": "string", "maxLength": 4},
+                                                            "format": {"enum": ["a", "b"]}},
+                           "required": ["contains", "format"], "additionalProperties": False}
+    text = llm.generate("JSON:", SamplingParams(temperature=0, max_tokens=30, structured_outputs=StructuredOutputsParams(
+        json=named_like_keywords)), use_tqdm=False)[0].outputs[0].text
+    assert set(json.loads(text)) == {"contains", "format"}, text
 
 
 def test_mixed_batch_greedy_and_sampled_with_preemption(llm):
