@@ -82,3 +82,27 @@ def test_auto_parsers_stream_their_calls():
     mistral = '[TOOL_CALLS][{"name": "a", "arguments": {"x": true}}]'
     assert stream_prefixes(mistral, get_tool_parser("mistral").call_nodes)[-1] == [("a", '{"x": true}')]
     assert stream_calls("no calls", get_tool_parser("hermes").call_nodes("no calls")) == []
+
+
+def test_mistral_tool_call_ids_are_nine_alphanumerics():
+    """vLLM's mistral parser gives 9-character alphanumeric ids: Mistral's chat templates raise on any other id when
+    the call comes back in the next request. Other parsers keep vLLM's chatcmpl-tool-<hex>. Streamed calls too."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+
+    text = '[TOOL_CALLS][{"name": "a", "arguments": {"x": 2}}, {"name": "b", "arguments": {}}]'
+    _, found = get_tool_parser("mistral").extract(text)
+    assert len(found) == 2 and len({c["id"] for c in found}) == 2
+    assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in found), found
+    _, found = get_tool_parser("hermes").extract('<tool_call>{"name": "a", "arguments": {}}</tool_call>')
+    assert found[0]["id"].startswith("chatcmpl-tool-") and len(found[0]["id"]) == len("chatcmpl-tool-") + 32
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)      # only its tool parser is used here
+    serving.tool_parser = get_tool_parser("mistral")
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    ids = []
+    for k in range(0, len(text), 7):
+        delta, _ = stream.delta(0, text[k:k + 7], None)
+        ids += [call["id"] for call in (delta or {}).get("tool_calls", []) if "id" in call]
+    delta, finish = stream.delta(0, "", "stop")
+    ids += [call["id"] for call in delta.get("tool_calls", []) if "id" in call]
+    assert finish == "tool_calls" and len(ids) == 2
+    assert all(len(i) == 9 and i.isalnum() for i in ids), ids

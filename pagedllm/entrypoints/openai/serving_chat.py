@@ -364,9 +364,13 @@ class ToolCallStream:
         out = []
         for k, (name, args) in enumerate(calls):
             if k == len(sent):          # a new call: its header, with the arguments known so far
-                call = tool_parsers.tool_call(name, args)
                 if ids is not None:
-                    call["id"] = ids[k]
+                    call_id = ids[k]
+                elif self.mode.kind == "auto":
+                    call_id = self.serving.tool_parser.new_call_id()
+                else:
+                    call_id = None
+                call = tool_parsers.tool_call(name, args, call_id)
                 out.append({"index": k, **call})
                 sent.append(args)
             elif len(args) > len(sent[k]):

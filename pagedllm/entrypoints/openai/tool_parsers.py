@@ -9,18 +9,25 @@
 from __future__ import annotations
 
 import json
+import random
 import re
+import string
 from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.entrypoints.openai.protocol import RequestError, random_uuid
 
 
-def tool_call(name: str, arguments: Any) -> dict:
+def make_tool_call_id() -> str:
+    """vLLM's default tool call id."""
+    return f"chatcmpl-tool-{random_uuid()}"
+
+
+def tool_call(name: str, arguments: Any, call_id: str | None = None) -> dict:
     """One OpenAI tool call; ``arguments`` is a JSON string (the openai client's ``function.arguments``)."""
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": f"chatcmpl-tool-{random_uuid()}", "type": "function",
+    return {"id": call_id or make_tool_call_id(), "type": "function",
             "function": {"name": name, "arguments": arguments}}
 
 
@@ -266,6 +273,10 @@ class ToolParser:
     it as it comes and the calls after it as they are generated (``call_nodes``)."""
     start: str = ""
 
+    def new_call_id(self) -> str:
+        """The id of a call this parser finds (the model's chat template may require a form)."""
+        return make_tool_call_id()
+
     def extract(self, text: str) -> tuple[str | None, list[dict]]:
         """(the content left, the tool calls); no calls when the text has none or they do not parse."""
         raise NotImplementedError
@@ -290,13 +301,13 @@ class ToolParser:
         return len(text)
 
 
-def _calls_from_objects(objects: list) -> list[dict] | None:
+def _calls_from_objects(objects: list, parser: ToolParser) -> list[dict] | None:
     calls = []
     for obj in objects:
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             return None
         args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append(tool_call(obj["name"], args))
+        calls.append(tool_call(obj["name"], args, parser.new_call_id()))
     return calls
 
 
@@ -310,7 +321,7 @@ class HermesToolParser(ToolParser):
         if i < 0:
             return text, []
         try:
-            calls = _calls_from_objects([json.loads(m) for m in self._block.findall(text[i:])])
+            calls = _calls_from_objects([json.loads(m) for m in self._block.findall(text[i:])], self)
         except json.JSONDecodeError:
             return text, []
         if not calls:
@@ -358,13 +369,18 @@ class Llama3JsonToolParser(ToolParser):
                     pos += 1
         except json.JSONDecodeError:
             return text, []
-        calls = _calls_from_objects(objects)
+        calls = _calls_from_objects(objects, self)
         return (None, calls) if calls else (text, [])
 
 
 class MistralToolParser(ToolParser):
     """Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]``."""
     start = "[TOOL_CALLS]"
+
+    def new_call_id(self) -> str:
+        # Nine letters and digits, as vLLM's mistral parser: Mistral's chat templates refuse any other tool call id
+        # when the call comes back in the next request ("Tool call IDs should be alphanumeric strings with length 9").
+        return "".join(random.choices(string.ascii_letters + string.digits, k=9))
 
     def extract(self, text: str) -> tuple[str | None, list[dict]]:
         i = text.find(self.start)
@@ -374,7 +390,7 @@ class MistralToolParser(ToolParser):
             value = json.JSONDecoder().raw_decode(text[i + len(self.start):].strip())[0]
         except json.JSONDecodeError:
             return text, []
-        calls = _calls_from_objects(value if isinstance(value, list) else [value])
+        calls = _calls_from_objects(value if isinstance(value, list) else [value], self)
         if not calls:
             return text, []
         return text[:i].strip() or None, calls
