@@ -15,10 +15,10 @@ PROMPT = "The capital of France is Paris"
 
 @pytest.fixture(scope="module")
 def server():
-    """The bundled model, with --enable-prompt-tokens-details and --trust-request-chat-template (the tests that do
-    not use them do not notice them)."""
-    (s,) = start_servers(["serve", MODEL, "--enable-prompt-tokens-details", "--trust-request-chat-template"]
-                         + SERVER_ARGS)
+    """The bundled model, with --enable-prompt-tokens-details, --trust-request-chat-template and
+    --exclude-tools-when-tool-choice-none (the tests that do not use them do not notice them)."""
+    (s,) = start_servers(["serve", MODEL, "--enable-prompt-tokens-details", "--trust-request-chat-template",
+                          "--exclude-tools-when-tool-choice-none"] + SERVER_ARGS)
     yield s
     s.stop()
 
@@ -123,6 +123,23 @@ def test_tools_without_tool_choice_need_auto_tool_choice(server, client):
         r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [], "max_tokens": 2, **extra})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == "tools" and "must not be an empty array" in r.json()["error"]["message"]
+
+
+def test_exclude_tools_when_tool_choice_none(server):
+    # vLLM's flag (it was an unknown argument): tool_choice "none" keeps the tools out of the template; any other
+    # choice (and an explicit null) still shows them.
+    template = "{% if tools %}[tools: {{ tools | length }}]{% endif %}{{ messages[-1].content }}"
+
+    def prompt_tokens(extra: dict) -> int:
+        r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "chat_template": template, "max_tokens": 1,
+                                                  **extra})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens"]
+
+    bare = prompt_tokens({})
+    assert prompt_tokens({"tools": WEATHER, "tool_choice": "none"}) == bare
+    assert prompt_tokens({"tools": WEATHER, "tool_choice": None}) > bare
+    assert prompt_tokens({"tools": WEATHER, "tool_choice": "required", "max_tokens": 30}) > bare
 
 
 @pytest.mark.parametrize("tool_choice, param, message", [

@@ -50,9 +50,11 @@ class ToolMode:
 
 
 class OpenAIServingChat(OpenAIServing):
-    def __init__(self, *args, tool_parser: ToolParser | None = None, **kwargs):
+    def __init__(self, *args, tool_parser: ToolParser | None = None, exclude_tools_when_tool_choice_none: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.tool_parser = tool_parser      # --enable-auto-tool-choice --tool-call-parser NAME
+        self.exclude_tools_when_tool_choice_none = exclude_tools_when_tool_choice_none
 
     def tool_mode(self, req: ChatCompletionRequest) -> ToolMode:
         if req.tools is not None and not req.tools:
@@ -119,9 +121,11 @@ class OpenAIServingChat(OpenAIServing):
             mode = self.tool_mode(req)
             so = self.tool_constraint(req, mode)
             conv = conversation(req.messages)
+            # The tools reach the template whatever tool_choice is, unless --exclude-tools-when-tool-choice-none.
+            tools = None if self.exclude_tools_when_tool_choice_none and req.tool_choice == "none" else req.tools
             ids = await self.render_chat(
                 conv, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
-                continue_final_message=req.continue_final_message, tools=req.tools,
+                continue_final_message=req.continue_final_message, tools=tools,
                 chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens,
                 documents=req.documents)
             ids = self.truncated(ids, req.truncate_prompt_tokens)
