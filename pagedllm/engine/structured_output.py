@@ -3,7 +3,8 @@
 - The front end's input processor checks a request's constraint once (``validate``: the grammar is built without
   the tokenizer, which is cheap), so a bad schema or regex is a ValueError for the caller, before the core sees it.
 - The engine core (``StructuredOutputManager``) compiles each distinct constraint once against the vocabulary
-  (cached by its spec) and keeps one grammar matcher per constrained request (each child of ``n > 1`` has its own).
+  (cached by its spec), on a background thread so the other requests keep running meanwhile, and keeps one grammar
+  matcher per constrained request (each child of ``n > 1`` has its own).
   Once a step's forward pass is launched, it fills ONE token bitmask for every constrained row that samples
   (``fill_bitmask``) while the device runs; the bitmask goes to the worker's ``finish`` as a ``GrammarOutput``
   (pagedllm/step_data.py) and the worker applies it to those rows' logits before sampling. When the
@@ -20,7 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections import OrderedDict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import TYPE_CHECKING, Any, Callable
 
 from pagedllm.config import EngineConfig
@@ -186,7 +190,12 @@ def validate(so: StructuredOutputsParams) -> None:
 
 class StructuredOutputManager:
     """The engine core's side: compiled grammars (cached by spec), one matcher per constrained request, the bitmask
-    of each step (``Scheduler.update_from_output`` advances the matchers)."""
+    of each step (``Scheduler.update_from_output`` advances the matchers).
+
+    A grammar that is not cached compiles on a background thread (``submit``; xgrammar releases the GIL), as in vLLM,
+    so a slow one (``[a-z]{1,3000}`` on SmolLM2's vocabulary: 0.5 s; the first constrained request also loads the
+    tokenizer) does not stall the other requests' steps: the core admits the request to the scheduler once its
+    matcher is ready (``take_ready``)."""
 
     def __init__(self, config: EngineConfig, load_tokenizer: Callable[[EngineConfig], Any]):
         self.config = config
@@ -194,28 +203,38 @@ class StructuredOutputManager:
         self.vocab_size: int = config.hf_config.vocab_size       # the logits' width
         self._compiler = None
         self._compiled: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()             # the cache, shared by the core loop and the compiling thread
+        self._pool: ThreadPoolExecutor | None = None
+        # Requests whose matcher is being built, in arrival order: request id -> (request, future of its matcher).
+        self._pending: OrderedDict[str, tuple["Request", Future]] = OrderedDict()
 
     def _get_compiler(self):
         if self._compiler is None:
             xgr = _xgrammar()
             tokenizer = self._load_tokenizer(self.config)
             info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size)
-            # One thread: the core loop compiles between steps; the grammars here compile in milliseconds
-            # (a two-field JSON schema on SmolLM2's 49k vocabulary: 11 ms).
+            # One thread: one grammar compiles at a time, beside the core loop (a two-field JSON schema on SmolLM2's
+            # 49k vocabulary: 11 ms).
             self._compiler = xgr.GrammarCompiler(info, max_threads=1)
         return self._compiler
 
+    def _cached(self, key: tuple):
+        with self._lock:
+            compiled = self._compiled.get(key)
+            if compiled is not None:
+                self._compiled.move_to_end(key)
+            return compiled
+
     def compile(self, so: StructuredOutputsParams):
         key = spec_key(so)
-        compiled = self._compiled.get(key)
+        compiled = self._cached(key)
         if compiled is not None:
-            self._compiled.move_to_end(key)
             return compiled
-        compiler = self._get_compiler()
-        compiled = compiler.compile_grammar(build_grammar(so))
-        self._compiled[key] = compiled
-        if len(self._compiled) > _MAX_CACHED_GRAMMARS:
-            self._compiled.popitem(last=False)
+        compiled = self._get_compiler().compile_grammar(build_grammar(so))
+        with self._lock:
+            self._compiled[key] = compiled
+            if len(self._compiled) > _MAX_CACHED_GRAMMARS:
+                self._compiled.popitem(last=False)
         return compiled
 
     def new_matcher(self, so: StructuredOutputsParams, eos_token_ids: frozenset[int]):
@@ -223,6 +242,46 @@ class StructuredOutputManager:
         xgr = _xgrammar()
         stop = sorted(eos_token_ids) or None
         return xgr.GrammarMatcher(self.compile(so), override_stop_tokens=stop)
+
+    # ---- requests whose grammar is compiling ---------------------------------------------------------------------
+    def submit(self, request: "Request", so: StructuredOutputsParams, eos_token_ids: frozenset[int]) -> bool:
+        """Give the request its matcher now when its grammar is cached (True), else start compiling it (False: the
+        request waits for ``take_ready``)."""
+        if self._cached(spec_key(so)) is not None:
+            request.grammar = self.new_matcher(so, eos_token_ids)
+            return True
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagedllm-grammar")
+        self._pending[request.request_id] = (request, self._pool.submit(self.new_matcher, so, eos_token_ids))
+        return False
+
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    def take_ready(self) -> tuple[list["Request"], dict[str, BaseException]]:
+        """The waiting requests whose matcher is built (now set as ``request.grammar``), in arrival order, and those
+        whose grammar failed to compile (the front end validated it: not expected), with the error."""
+        ready, failed = [], {}
+        for rid, (request, future) in list(self._pending.items()):
+            if not future.done():
+                continue
+            del self._pending[rid]
+            try:
+                request.grammar = future.result()
+                ready.append(request)
+            except Exception as e:   # noqa: BLE001 - handed to the request's caller
+                failed[rid] = e
+        return ready, failed
+
+    def wait(self, timeout: float) -> None:
+        """Block until a waiting request's grammar is built, or ``timeout`` seconds."""
+        if self._pending:
+            futures_wait([future for _, future in self._pending.values()], timeout, FIRST_COMPLETED)
+
+    def discard(self, request_ids) -> None:
+        """Aborted while compiling: forget them (the compiled grammar still lands in the cache)."""
+        for rid in request_ids:
+            self._pending.pop(rid, None)
 
     def fill_bitmask(self, requests: list["Request"]) -> "torch.Tensor":
         """One int32 bitmask row per request (in order): the tokens its grammar allows next."""

@@ -157,6 +157,57 @@ def test_json_object_is_an_object(llm):
             assert isinstance(json.loads(text), dict), text
 
 
+def test_a_compiling_grammar_does_not_stall_other_requests(llm, monkeypatch):
+    """A grammar that is not cached compiles in the background (vLLM does too): a free request runs to its end
+    meanwhile, and the constrained one starts once its grammar is ready. Synchronously, one slow grammar (or the
+    first constrained request's tokenizer load) stopped every request's steps."""
+    import threading
+    manager = llm.llm_engine.core.structured_output
+    release, held = threading.Event(), []
+    compile_now = manager.compile
+
+    def slow_compile(so):
+        held.append(release.wait(timeout=5))      # True: released by the test, False: timed out
+        return compile_now(so)
+
+    monkeypatch.setattr(manager, "compile", slow_compile)
+    engine = llm.llm_engine
+    regex = r"slow-[0-9]{3}"
+    engine.add_request("constrained", "A code:", SamplingParams(
+        temperature=0, max_tokens=10, structured_outputs=StructuredOutputsParams(regex=regex)))
+    engine.add_request("free", "Once upon a time", SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    done = {}
+    while "free" not in done:
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out
+    assert "constrained" not in done and not held[1:] and not release.is_set()
+    release.set()
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out
+    assert held == [True]
+    assert len(done["free"].outputs[0].token_ids) == 6
+    assert re.fullmatch(regex, done["constrained"].outputs[0].text), done["constrained"].outputs[0].text
+    # An abort while compiling forgets the request.
+    release.clear()
+    engine.add_request("aborted", "A code:", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(
+        regex="other-[0-9]")))
+    engine.abort_request("aborted")
+    release.set()
+    assert not engine.has_unfinished_requests() and not llm.llm_engine.core.has_unfinished_requests()
+    # A compile that fails in the core (the front end's check passed) reaches the caller; the engine goes on.
+    monkeypatch.setattr(manager, "compile", lambda so: (_ for _ in ()).throw(ValueError("no grammar today")))
+    engine.add_request("failing", "A code:", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(
+        regex="fail-[0-9]")))
+    with pytest.raises(ValueError, match="no grammar today"):
+        while engine.has_unfinished_requests():
+            engine.step()
+    assert not engine.has_unfinished_requests() and not engine.core.has_unfinished_requests()
+    assert llm.generate("Hi", SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)[0].outputs[0].token_ids
+
+
 def test_async_scheduling_mixes_constrained_and_free_steps(llm):
     """Free requests sample asynchronously; a step with a constrained request waits for the host (its grammar must
     see each token before masking the next). Greedy outputs match the synchronous engine's."""
