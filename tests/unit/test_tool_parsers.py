@@ -106,3 +106,30 @@ def test_mistral_tool_call_ids_are_nine_alphanumerics():
     ids += [call["id"] for call in delta.get("tool_calls", []) if "id" in call]
     assert finish == "tool_calls" and len(ids) == 2
     assert all(len(i) == 9 and i.isalnum() for i in ids), ids
+
+
+def test_pythonic_calls():
+    """vLLM's pythonic / llama4_pythonic format (Llama 3.2, Llama 4): a Python list of calls with literal keyword
+    arguments; anything else is content. A stream holds the list and sends the calls whole at the end."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+
+    text = '[get_weather(city="San Francisco", days=3, metric=True, extra=None), get_time(zone=\'CET\', n=[1, -2])]'
+    expected = [("get_weather", {"city": "San Francisco", "days": 3, "metric": True, "extra": None}),
+                ("get_time", {"zone": "CET", "n": [1, -2]})]
+    for name in ("pythonic", "llama4_pythonic"):
+        assert calls(get_tool_parser(name).extract(" " + text + "\n")) == (None, expected)
+    assert calls(get_tool_parser("llama4_pythonic").extract("<|python_start|>" + text + "<|python_end|>")) == \
+        (None, expected)
+    for plain in ("The weather is nice.", "[1] A reference", "[f(x)]", "[f(a=g())]", "[os.system(c='x')]", "[f(a="):
+        assert get_tool_parser("pythonic").extract(plain) == (plain, [])
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)
+    serving.tool_parser = get_tool_parser("pythonic")
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    deltas = [stream.delta(0, text[k:k + 9], None)[0] for k in range(0, len(text), 9)]
+    assert all(d is None or "content" not in d for d in deltas), deltas
+    final, finish = stream.delta(0, "", "stop")
+    assert finish == "tool_calls" and "content" not in final
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in final["tool_calls"]] == expected
+    plain = ToolCallStream(serving, ToolMode("auto"), 1)
+    assert plain.delta(0, "Sunny ", None)[0] == {"content": "Sunny "}
+    assert plain.delta(0, "today.", "stop") == ({"content": "today."}, "stop")

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import ast
 import json
 import random
 import re
@@ -403,11 +404,54 @@ class MistralToolParser(ToolParser):
         return node.items if node.items is not None else [node]
 
 
+class PythonicToolParser(ToolParser):
+    """Python call syntax, the whole output one list: ``[get_weather(city="Paris"), get_time()]`` (Llama 3.2 and
+    Llama 4 prompts; vLLM's ``pythonic`` and ``llama4_pythonic``, the latter inside ``<|python_start|>`` ...
+    ``<|python_end|>``). Keyword arguments with literal values (strings, numbers, True / False / None, lists, dicts).
+    A stream holds an output that starts like a call list and sends its calls whole when it ends (an output that
+    turns out not to be one is sent as content then)."""
+    start = "["
+    _tags = ("<|python_start|>", "<|python_end|>")
+
+    def call_start(self, text: str) -> int:
+        stripped = text.lstrip()
+        if stripped.startswith("[") or any(tag.startswith(stripped[:len(tag)]) for tag in self._tags[:1]):
+            return len(text) - len(stripped)
+        return len(text)
+
+    def call_nodes(self, text: str) -> list[JsonNode]:
+        return []
+
+    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+        body = text.strip()
+        for tag in self._tags:
+            body = body.replace(tag, "")
+        body = body.strip()
+        if not (body.startswith("[") and body.endswith("]")):
+            return text, []
+        try:
+            tree = ast.parse(body, mode="eval").body
+            if not isinstance(tree, ast.List) or not tree.elts:
+                return text, []
+            calls = []
+            for node in tree.elts:
+                if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+                    return text, []
+                args = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
+                calls.append(tool_call(node.func.id, args, self.new_call_id()))
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+            return text, []
+        return None, calls
+
+
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesToolParser,
     "qwen3": HermesToolParser,        # Qwen3's template writes Hermes-style <tool_call> blocks
     "llama3_json": Llama3JsonToolParser,
+    "llama4_json": Llama3JsonToolParser,      # vLLM registers both names to one parser
     "mistral": MistralToolParser,
+    "pythonic": PythonicToolParser,
+    "llama4_pythonic": PythonicToolParser,
 }
 
 
