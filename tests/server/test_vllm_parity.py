@@ -233,6 +233,18 @@ def test_parallel_tool_calls_false_gives_one_call(client):
     assert "".join(tc.function.arguments or "" for tc in calls) == call.function.arguments
 
 
+def test_required_tool_choice_cut_by_max_tokens(client):
+    # The array of calls does not end: no tool calls and empty content (vLLM), streamed or not. The partial JSON
+    # came back as content, and a stream sent it again as content after its partial calls.
+    kw = dict(model=MODEL, messages=THREE_CITIES, tools=WEATHER, tool_choice="required", max_tokens=12,
+              temperature=0)
+    (choice,) = client.chat.completions.create(**kw).choices
+    assert choice.finish_reason == "length" and choice.message.content == "" and choice.message.tool_calls is None
+    chunks = [c for c in client.chat.completions.create(**kw, stream=True) if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
 # ---- assistant tool calls in the conversation ------------------------------------------------------------------------
 def rendered(server, messages: list[dict], template: str) -> httpx.Response:
     r = post(server, "/tokenize", {"messages": messages, "chat_template": template, "add_generation_prompt": False})

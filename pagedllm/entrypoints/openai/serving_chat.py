@@ -104,8 +104,10 @@ class OpenAIServingChat(OpenAIServing):
             try:
                 calls = tool_parsers.calls_from_required(text)
                 return None, calls if mode.parallel else calls[:1], "tool_calls"
-            except (ValueError, KeyError, TypeError):    # cut by max_tokens: not a whole JSON array
-                return text, [], finish_reason
+            except (ValueError, KeyError, TypeError):
+                # Cut by max_tokens, not a whole JSON array: no calls and empty content, as vLLM (the partial
+                # array is not an answer; a stream has sent its calls as far as they went).
+                return "", [], finish_reason
         if mode.kind == "auto":
             content, calls = self.tool_parser.extract(text)
             if not mode.parallel:
@@ -357,7 +359,7 @@ class ToolCallStream:
                 delta["tool_calls"] = call_deltas
             held = content[self.sent[index]:] if content and len(content) > self.sent[index] else ""
         else:
-            held = full[self.sent[index]:]
+            held = (content or "")[self.sent[index]:]
         if held:
             delta["content"] = held
         return delta, finish
