@@ -245,6 +245,27 @@ def test_required_tool_choice_cut_by_max_tokens(client):
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_required_tool_choice_with_defs(client):
+    # Tool parameters written by pydantic keep nested models and enums in "$defs" with "#/$defs/..." references;
+    # nested in the "required" array schema they pointed nowhere (400 "Cannot find field '$defs'"). vLLM moves
+    # them to the root.
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
+                                               "unit": {"$ref": "#/$defs/Unit"}},
+              "required": ["city", "unit"], "additionalProperties": False,
+              "$defs": {"Unit": {"enum": ["celsius", "fahrenheit"]}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": params}}]
+    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools, tool_choice="required",
+                                         max_tokens=60, temperature=0, parallel_tool_calls=False)
+    (call,) = out.choices[0].message.tool_calls
+    assert json.loads(call.function.arguments)["unit"] in ("celsius", "fahrenheit"), call.function.arguments
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"unit": {"$ref": "#/$defs/Unit"}}, "$defs": {"Unit": {"enum": ["s"]}}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools + [other], tool_choice="required",
+                                       max_tokens=5)
+    assert e.value.body["param"] == "tools" and "'Unit' has multiple schemas" in e.value.body["message"]
+
+
 # ---- assistant tool calls in the conversation ------------------------------------------------------------------------
 def rendered(server, messages: list[dict], template: str) -> httpx.Response:
     r = post(server, "/tokenize", {"messages": messages, "chat_template": template, "add_generation_prompt": False})

@@ -85,11 +85,21 @@ def parameters_schema(fn: dict) -> dict:
 
 def required_schema(tools: list[dict], parallel: bool = True) -> dict:
     """``tool_choice="required"``: an array of one or more calls (exactly one with ``parallel=False``, the request's
-    ``parallel_tool_calls``), each naming one of the tools with its arguments."""
-    variants = [{"type": "object",
-                 "properties": {"name": {"type": "string", "enum": [name]}, "parameters": parameters_schema(fn)},
-                 "required": ["name", "parameters"]} for name, fn in functions_by_name(tools).items()]
-    schema = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+    ``parallel_tool_calls``), each naming one of the tools with its arguments. The tools' ``$defs`` (pydantic writes
+    them for nested models and enums) move to the root, where their ``#/$defs/...`` references point (vLLM does the
+    same); one name defined differently by two tools is a 400."""
+    variants, defs = [], {}
+    for name, fn in functions_by_name(tools).items():
+        params = dict(parameters_schema(fn))
+        for key in ("$defs", "definitions"):
+            for def_name, def_schema in (params.pop(key, None) or {}).items():
+                if defs.setdefault(key, {}).setdefault(def_name, def_schema) != def_schema:
+                    raise RequestError(f"Tool definition '{def_name}' has multiple schemas, which is not supported.",
+                                       "tools")
+        variants.append({"type": "object",
+                         "properties": {"name": {"type": "string", "enum": [name]}, "parameters": params},
+                         "required": ["name", "parameters"]})
+    schema = {"type": "array", "minItems": 1, "items": {"anyOf": variants}, **defs}
     if not parallel:
         schema["maxItems"] = 1
     return schema
