@@ -216,3 +216,24 @@ def test_auto_tool_choice_parses_hermes_calls(client):
     out = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0,
                                          tools=[WEATHER_TOOL])
     assert out.choices[0].message.content and out.choices[0].message.tool_calls is None
+
+
+def test_auto_tool_choice_honours_strict_tools(client):
+    # A tool marked "strict": true (OpenAI's flag, set by the openai client's pydantic_function_tool) has its calls
+    # constrained under tool_choice="auto", as vLLM does with the parser's structural tag; text stays free. The
+    # flag was ignored: the bundled model, primed with calls that break the schema, copied them.
+    primed = ('Example 1: <tool_call>\n{"name": "get_weather", "arguments": {"town": "Rome", "unit": "kelvin"}}\n'
+              '</tool_call>\nExample 2: <tool_call>\n{"name": "get_weather", "arguments": {"town": "Oslo", '
+              '"unit": "kelvin"}}\n</tool_call>\nExample 3:')
+    messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": primed}]
+    found = {}
+    for strict in (False, True):
+        tool = json.loads(json.dumps(WEATHER_TOOL))
+        tool["function"]["strict"] = strict
+        out = client.chat.completions.create(model=MODEL, messages=messages, tools=[tool], max_tokens=40,
+                                             temperature=0, extra_body={"continue_final_message": True,
+                                                                        "add_generation_prompt": False})
+        (call,) = out.choices[0].message.tool_calls
+        found[strict] = json.loads(call.function.arguments)
+    assert found[False].get("unit") == "kelvin"             # what the unconstrained model writes
+    check_weather_args(json.dumps(found[True]))

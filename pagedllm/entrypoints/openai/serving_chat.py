@@ -1,6 +1,7 @@
 """POST /v1/chat/completions: the conversation rendered by the chat template, then n completions, whole or streamed."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -81,7 +82,12 @@ class OpenAIServingChat(OpenAIServing):
         return ToolMode("named", tool_parsers.named_tool(req.tools, choice))
 
     def tool_constraint(self, req: ChatCompletionRequest, mode: ToolMode) -> StructuredOutputsParams | None:
-        """Forced calls are enforced by the JSON-schema constraint; otherwise the request's own constraint."""
+        """Forced calls are enforced by the JSON-schema constraint; "auto" with a strict tool by the parser's
+        structural tag (unless the request constrains the output itself); otherwise the request's own constraint."""
+        if mode.kind == "auto" and req.structured_output_fields() is None:
+            tag = tool_parsers.strict_structural_tag(self.tool_parser, req.tools, mode.parallel)
+            if tag is not None:
+                return self._checked_tool_constraint(StructuredOutputsParams(structural_tag=json.dumps(tag)))
         if mode.kind not in ("named", "required"):
             return self.structured_outputs(req)
         if req.structured_output_fields() is not None:
@@ -89,7 +95,9 @@ class OpenAIServingChat(OpenAIServing):
                                f"guided_* from the request.", "tool_choice")
         schema = (tool_parsers.parameters_schema(mode.function) if mode.kind == "named"
                   else tool_parsers.required_schema(req.tools, mode.parallel))
-        so = StructuredOutputsParams(json=schema)
+        return self._checked_tool_constraint(StructuredOutputsParams(json=schema))
+
+    def _checked_tool_constraint(self, so: StructuredOutputsParams) -> StructuredOutputsParams:
         try:
             structured_output.validate(so)
         except ValueError as e:

@@ -281,8 +281,16 @@ def stream_calls(text: str, call_nodes: list[JsonNode]) -> list[tuple[str, str]]
 # ---- parsers of the model's own format (tool_choice="auto") ----------------------------------------------------------
 class ToolParser:
     """Finds tool calls in a finished output. ``start`` marks where calls begin: a stream sends the content before
-    it as it comes and the calls after it as they are generated (``call_nodes``)."""
+    it as it comes and the calls after it as they are generated (``call_nodes``).
+
+    ``trigger`` and ``call_tag``: how one call is written, for ``strict`` tools under tool_choice="auto"
+    (``strict_structural_tag``); None where the format has no JSON arguments to constrain."""
     start: str = ""
+    trigger: str | None = None
+
+    def call_tag(self, name: str) -> tuple[str, str]:
+        """The text before a call's JSON arguments and after them."""
+        raise NotImplementedError
 
     def new_call_id(self) -> str:
         """The id of a call this parser finds (the model's chat template may require a form)."""
@@ -325,6 +333,11 @@ def _calls_from_objects(objects: list, parser: ToolParser) -> list[dict] | None:
 class HermesToolParser(ToolParser):
     """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one block per call (Hermes, Qwen2.5, Qwen3)."""
     start = "<tool_call>"
+    trigger = "<tool_call>"
+
+    def call_tag(self, name: str) -> tuple[str, str]:
+        # The spacing of Hermes' and Qwen's chat templates (xgrammar's "qwen_3" structural tag).
+        return f'<tool_call>\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": ', "}\n</tool_call>"
     _block = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
     def extract(self, text: str) -> tuple[str | None, list[dict]]:
@@ -345,6 +358,10 @@ class Llama3JsonToolParser(ToolParser):
     """Llama 3.x JSON calls: ``{"name": ..., "parameters": {...}}`` (after ``<|python_tag|>`` or alone), several
     separated by ``;``."""
     start = "<|python_tag|>"
+    trigger = '{"name": '
+
+    def call_tag(self, name: str) -> tuple[str, str]:
+        return f'{{"name": {json.dumps(name, ensure_ascii=False)}, "parameters": ', "}"
 
     def call_start(self, text: str) -> int:
         stripped = text.lstrip()
@@ -463,6 +480,23 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "pythonic": PythonicToolParser,
     "llama4_pythonic": PythonicToolParser,
 }
+
+
+def strict_structural_tag(parser: ToolParser, tools: list[dict], parallel: bool) -> dict | None:
+    """tool_choice="auto" with a tool marked ``"strict": true`` (OpenAI's flag; the openai client's
+    ``pydantic_function_tool`` sets it): as vLLM, the calls the model starts (at the parser's trigger) are
+    constrained, each tool's arguments by its parameters schema, while text stays free. None when no tool is strict
+    or the parser's format has no structural tag here (then, as vLLM, calls are parsed unconstrained)."""
+    fns = functions_by_name(tools)
+    if parser.trigger is None or not any(fn.get("strict") is True for fn in fns.values()):
+        return None
+    tags = []
+    for name, fn in fns.items():
+        begin, end = parser.call_tag(name)
+        tags.append({"type": "tag", "begin": begin, "end": end,
+                     "content": {"type": "json_schema", "json_schema": parameters_schema(fn)}})
+    return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": [parser.trigger],
+                                                 "tags": tags, "stop_after_first": not parallel}}
 
 
 def get_tool_parser(name: str) -> ToolParser:
