@@ -18,6 +18,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -181,6 +182,14 @@ def _no_additional_properties(schema: dict) -> dict:
             return [walk(v) for v in node]
         return node
     return walk(schema)
+
+
+def with_engine_defaults(so: StructuredOutputsParams, config: dict | None) -> StructuredOutputsParams:
+    """The request's constraint with the engine's ``structured_outputs_config`` knobs (disable_any_whitespace,
+    disable_additional_properties) switched on where the config sets them."""
+    changes = {key: True for key in ("disable_any_whitespace", "disable_additional_properties")
+               if (config or {}).get(key) and not getattr(so, key)}
+    return dataclasses.replace(so, **changes) if changes else so
 
 
 def validate(so: StructuredOutputsParams) -> None:

@@ -241,3 +241,30 @@ def test_min_tokens_yields_to_a_grammar_that_has_ended(llm, caplog):
     assert person.finish_reason == "stop" and len(person.token_ids) < 70
     assert len(free.token_ids) == 12
     assert "not allowed by its grammar" not in caplog.text
+
+
+def test_structured_outputs_config():
+    """vLLM's engine argument (LLM(structured_outputs_config=...), --structured-outputs-config JSON or dotted keys):
+    backend auto / xgrammar, and disable_any_whitespace for every request's JSON grammar. It was "not supported";
+    another backend is a ValueError naming it."""
+    from pagedllm.config import EngineArgs, FlexibleArgumentParser, verify_engine_args
+    compact = LLM(model=MODEL, max_model_len=256, structured_outputs_config={"backend": "xgrammar",
+                                                                             "disable_any_whitespace": True})
+    text = compact.generate("Describe a person as JSON:", SamplingParams(
+        temperature=0, max_tokens=60, structured_outputs=StructuredOutputsParams(json=PERSON)),
+        use_tqdm=False)[0].outputs[0].text
+    follows_person(text)
+    assert text == json.dumps(json.loads(text)), text
+    for bad, message in (({"backend": "guidance"}, "backend 'guidance' is not supported"),
+                         ({"disable_any_whitespace": "yes"}, "must be true or false"),
+                         ({"reasoning_parser": "deepseek_r1"}, "reasoning_parser is not supported"),
+                         ({"nope": 1}, "has no field 'nope'")):
+        with pytest.raises(ValueError, match=message):
+            verify_engine_args(EngineArgs(structured_outputs_config=bad))
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    for argv in (["--structured-outputs-config.backend", "xgrammar",
+                  "--structured_outputs_config.disable-any-whitespace=true"],
+                 ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']):
+        args = parser.parse_args(argv)
+        assert EngineArgs.from_cli_args(args).structured_outputs_config == {"backend": "xgrammar",
+                                                                            "disable_any_whitespace": True}
