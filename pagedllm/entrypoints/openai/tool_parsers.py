@@ -441,8 +441,8 @@ class PythonicToolParser(ToolParser):
     _tags = ("<|python_start|>", "<|python_end|>")
 
     def call_start(self, text: str) -> int:
-        stripped = text.lstrip()
-        if stripped.startswith("[") or any(tag.startswith(stripped[:len(tag)]) for tag in self._tags[:1]):
+        stripped, begin = text.lstrip(), self._tags[0]
+        if stripped.startswith("[") or begin.startswith(stripped[:len(begin)]):      # a list, or its tag so far
             return len(text) - len(stripped)
         return len(text)
 
