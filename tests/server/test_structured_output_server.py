@@ -138,6 +138,9 @@ def test_response_format_structural_tag(client):
      "response_format", "Invalid JSON schema"),
     ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema.schema"),
     ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice", "only use one kind"),
+    ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+      "structured_outputs": {"choice": ["a", "b"]}}, "tool_choice",
+     "You can only either use constraints for structured outputs or tools, not both"),
     ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
      "does not match any of the specified `tools`"),
 ])

@@ -91,8 +91,10 @@ class OpenAIServingChat(OpenAIServing):
         if mode.kind not in ("named", "required"):
             return self.structured_outputs(req)
         if req.structured_output_fields() is not None:
-            raise RequestError(f"tool_choice={mode.kind!r} constrains the output itself: drop response_format / "
-                               f"guided_* from the request.", "tool_choice")
+            # vLLM's words (a named tool with structured_outputs); the JSON the calls are written in is the constraint.
+            raise RequestError(f"You can only either use constraints for structured outputs or tools, not both "
+                               f"(tool_choice={mode.kind!r} constrains the output itself: drop response_format / "
+                               f"structured_outputs / guided_* from the request).", "tool_choice")
         schema = (tool_parsers.parameters_schema(mode.function) if mode.kind == "named"
                   else tool_parsers.required_schema(req.tools, mode.parallel))
         return self._checked_tool_constraint(StructuredOutputsParams(json=schema))
