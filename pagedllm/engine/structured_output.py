@@ -63,8 +63,9 @@ def spec_key(so: StructuredOutputsParams) -> tuple:
 
 
 def _choice_grammar(choices: list[str]) -> str:
-    """``root ::= "a" | "b"`` with each choice as an EBNF string literal (JSON escaping is EBNF's escaping)."""
-    return "root ::= " + " | ".join(json.dumps(c) for c in choices)
+    """``root ::= "a" | "b"`` with each choice as an EBNF string literal (JSON escaping is EBNF's escaping; other
+    characters stay literal: an escaped emoji is a surrogate pair, two code points to xgrammar, never matched)."""
+    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
 
 
 _GRAMMAR_COMMENT = re.compile(r"(#|//).*$")

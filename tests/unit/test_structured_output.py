@@ -121,6 +121,14 @@ def test_mixed_batch_greedy_and_sampled_with_preemption(llm):
     assert alone.text == outs[0].outputs[0].text
 
 
+def test_choice_outside_the_basic_plane(llm):
+    # An emoji choice was unreachable: its JSON escape is a surrogate pair, two code points to xgrammar.
+    choices = ["👍 yes", "👎 no"]
+    out = llm.generate("Do you like it?", SamplingParams(temperature=0, max_tokens=10, structured_outputs=(
+        StructuredOutputsParams(choice=choices))), use_tqdm=False)[0].outputs[0]
+    assert out.text in choices and out.finish_reason == "stop", out.text
+
+
 def test_grammar_and_json_knobs(llm):
     grammar = 'root ::= "The answer is " [0-9] [0-9]? "."'
     so = StructuredOutputsParams(grammar=grammar)
