@@ -141,7 +141,9 @@ class EngineCore:
 
     def snapshot(self) -> EngineSnapshot:
         pool, swap, sched = self.kv_cache.pool, self.kv_cache.swap_pool, self.scheduler
-        return EngineSnapshot(sched.num_running, sched.num_waiting, self.kv_cache.usage(),
+        # A request whose grammar is compiling waits too (vLLM counts its WAITING_FOR_FSM requests as waiting).
+        waiting = sched.num_waiting + self.structured_output.num_pending()
+        return EngineSnapshot(sched.num_running, waiting, self.kv_cache.usage(),
                               pool.query_tokens, pool.hit_tokens, sched.num_preemptions,
                               pool.num_free_blocks, pool.num_blocks, len(sched.swapped),
                               swap.num_free_blocks if swap is not None else 0, swap.num_blocks if swap is not None else 0,

@@ -183,6 +183,7 @@ def test_a_compiling_grammar_does_not_stall_other_requests(llm, monkeypatch):
     regex = r"slow-[0-9]{3}"
     engine.add_request("constrained", "A code:", SamplingParams(
         temperature=0, max_tokens=10, structured_outputs=StructuredOutputsParams(regex=regex)))
+    assert engine.core.snapshot().num_waiting == 1          # the metrics' waiting count includes it
     engine.add_request("free", "Once upon a time", SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
     done = {}
     while "free" not in done:
