@@ -133,3 +133,32 @@ def test_pythonic_calls():
     plain = ToolCallStream(serving, ToolMode("auto"), 1)
     assert plain.delta(0, "Sunny ", None)[0] == {"content": "Sunny "}
     assert plain.delta(0, "today.", "stop") == ({"content": "today."}, "stop")
+
+
+def test_mistral_v11_calls_and_special_tokens():
+    """Mistral tokenizers from v11 on write one marker per call, ``[TOOL_CALLS]name{...}`` (HF tokenizers also
+    ``[ARGS]``): parsed as vLLM does (arguments that do not parse are kept as written). The marker is a special
+    token, so under tool_choice="auto" the request keeps special tokens, else the marker was dropped from the text
+    and no call was ever found."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+    from pagedllm.sampling_params import SamplingParams
+
+    mistral = get_tool_parser("mistral")
+    text = 'Checking. [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time{"zone": "CET"}'
+    assert calls(mistral.extract(text)) == ("Checking.", [("get_weather", {"city": "Paris"}),
+                                                          ("get_time", {"zone": "CET"})])
+    content, found = mistral.extract('[TOOL_CALLS]f{"broken": ')
+    assert content is None and found[0]["function"] == {"name": "f", "arguments": '{"broken":'}
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)
+    serving.tool_parser = mistral
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    sent = [stream.delta(0, text[k:k + 6], None)[0] for k in range(0, len(text), 6)]
+    final, finish = stream.delta(0, "", "stop")
+    assert "".join(d.get("content", "") for d in sent if d) == "Checking. "
+    assert finish == "tool_calls"
+    assert [c["function"]["name"] for c in final["tool_calls"]] == ["get_weather", "get_time"]
+    for parser, mode, keeps in (("mistral", "auto", False), ("mistral", "required", True), ("hermes", "auto", True)):
+        serving.tool_parser = get_tool_parser(parser)
+        params = SamplingParams()
+        serving.keep_call_markers(ToolMode(mode), params)
+        assert params.skip_special_tokens is keeps, (parser, mode)

@@ -21,7 +21,7 @@ from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_log
                                                         dumps, plain_prompt_logprobs, sse, until_disconnected,
                                                         usage_dict)
 from pagedllm.outputs import Logprob
-from pagedllm.sampling_params import StructuredOutputsParams
+from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -106,6 +106,12 @@ class OpenAIServingChat(OpenAIServing):
             raise RequestError(f"The tool's parameters schema: {e}", "tools") from None
         return so
 
+    def keep_call_markers(self, mode: ToolMode, params: SamplingParams) -> None:
+        """tool_choice="auto" with a parser whose call marker is a special token (mistral's [TOOL_CALLS]): the text
+        keeps special tokens, else the marker is dropped and no call is ever found (vLLM does the same)."""
+        if mode.kind == "auto" and self.tool_parser.keeps_special_tokens:
+            params.skip_special_tokens = False
+
     def tool_calls(self, mode: ToolMode, text: str, finish_reason: str | None) -> tuple[str | None, list, str | None]:
         """(content, tool_calls, finish_reason) of a finished choice."""
         if mode.kind == "named":
@@ -145,6 +151,7 @@ class OpenAIServingChat(OpenAIServing):
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
             params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
+            self.keep_call_markers(mode, params)
             request_id = f"chatcmpl-{req.request_id or random_uuid()}"
             prompt = {"prompt_token_ids": ids}
             if req.cache_salt is not None:

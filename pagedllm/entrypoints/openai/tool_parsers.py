@@ -287,6 +287,7 @@ class ToolParser:
     (``strict_structural_tag``); None where the format has no JSON arguments to constrain."""
     start: str = ""
     trigger: str | None = None
+    keeps_special_tokens = False        # the call marker is a special token: the output must keep them
 
     def call_tag(self, name: str) -> tuple[str, str]:
         """The text before a call's JSON arguments and after them."""
@@ -402,8 +403,12 @@ class Llama3JsonToolParser(ToolParser):
 
 
 class MistralToolParser(ToolParser):
-    """Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]``."""
+    """Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` (tokenizers before v11) or, one marker per
+    call, ``[TOOL_CALLS]name{...}`` / ``[TOOL_CALLS]name[ARGS]{...}`` (v11 and later: Mistral Small 3.2, Magistral,
+    Devstral). The marker is a special token: the output keeps special tokens (``keeps_special_tokens``), as vLLM
+    makes it do. Calls in the later format are streamed whole when the output ends."""
     start = "[TOOL_CALLS]"
+    keeps_special_tokens = True
 
     def new_call_id(self) -> str:
         # Nine letters and digits, as vLLM's mistral parser: Mistral's chat templates refuse any other tool call id
@@ -414,8 +419,11 @@ class MistralToolParser(ToolParser):
         i = text.find(self.start)
         if i < 0:
             return text, []
+        after = text[i + len(self.start):].strip()
+        if after[:1] not in ("[", "{"):
+            return self._extract_named(text, i)
         try:
-            value = json.JSONDecoder().raw_decode(text[i + len(self.start):].strip())[0]
+            value = json.JSONDecoder().raw_decode(after)[0]
         except json.JSONDecodeError:
             return text, []
         calls = _calls_from_objects(value if isinstance(value, list) else [value], self)
@@ -423,10 +431,28 @@ class MistralToolParser(ToolParser):
             return text, []
         return text[:i].strip() or None, calls
 
+    def _extract_named(self, text: str, i: int) -> tuple[str | None, list[dict]]:
+        """``[TOOL_CALLS]name{args}`` blocks; arguments that do not parse stay as written (vLLM keeps them too, so
+        the model sees in the next turn that it tried a call)."""
+        calls = []
+        for raw in text[i:].split(self.start)[1:]:
+            brace = raw.find("{")
+            if brace < 0:
+                continue
+            name, args = raw[:brace].replace("[ARGS]", "").strip(), raw[brace:].strip()
+            try:
+                args = json.JSONDecoder().raw_decode(args)[0]
+            except json.JSONDecodeError:
+                pass
+            calls.append(tool_call(name, args, self.new_call_id()))
+        if not calls:
+            return text, []
+        return text[:i].strip() or None, calls
+
     def call_nodes(self, text: str) -> list[JsonNode]:
         i = text.find(self.start)
-        if i < 0:
-            return []
+        if i < 0 or text[i + len(self.start):].lstrip()[:1] not in ("[", "{"):
+            return []       # nothing yet, or the later format: sent whole at the end
         node = parse_partial_json(text, i + len(self.start))
         return node.items if node.items is not None else [node]
 
