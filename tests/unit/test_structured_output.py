@@ -77,8 +77,9 @@ def test_bad_constraints_fail_at_add_time(llm):
     named_like_keywords = {"type": "object", "properties": {"contains": {"type": "string", "maxLength": 4},
                                                             "format": {"enum": ["a", "b"]}},
                            "required": ["contains", "format"], "additionalProperties": False}
-    text = llm.generate("JSON:", SamplingParams(temperature=0, max_tokens=30, structured_outputs=StructuredOutputsParams(
-        json=named_like_keywords)), use_tqdm=False)[0].outputs[0].text
+    so = StructuredOutputsParams(json=named_like_keywords)
+    text = llm.generate("JSON:", SamplingParams(temperature=0, max_tokens=30, structured_outputs=so),
+                        use_tqdm=False)[0].outputs[0].text
     assert set(json.loads(text)) == {"contains", "format"}, text
 
 
