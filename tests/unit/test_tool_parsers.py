@@ -139,7 +139,7 @@ def test_mistral_v11_calls_and_special_tokens():
     """Mistral tokenizers from v11 on write one marker per call, ``[TOOL_CALLS]name{...}`` (HF tokenizers also
     ``[ARGS]``): parsed as vLLM does (arguments that do not parse are kept as written). The marker is a special
     token, so under tool_choice="auto" the request keeps special tokens, else the marker was dropped from the text
-    and no call was ever found."""
+    and no call was ever found. Hermes' <tool_call> is special in some tokenizers: the same (vLLM's hermes parser)."""
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
     from pagedllm.sampling_params import SamplingParams
 
@@ -157,7 +157,8 @@ def test_mistral_v11_calls_and_special_tokens():
     assert "".join(d.get("content", "") for d in sent if d) == "Checking. "
     assert finish == "tool_calls"
     assert [c["function"]["name"] for c in final["tool_calls"]] == ["get_weather", "get_time"]
-    for parser, mode, keeps in (("mistral", "auto", False), ("mistral", "required", True), ("hermes", "auto", True)):
+    for parser, mode, keeps in (("mistral", "auto", False), ("mistral", "required", True), ("hermes", "auto", False),
+                                ("llama3_json", "auto", True)):
         serving.tool_parser = get_tool_parser(parser)
         params = SamplingParams()
         serving.keep_call_markers(ToolMode(mode), params)

@@ -335,6 +335,7 @@ class HermesToolParser(ToolParser):
     """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one block per call (Hermes, Qwen2.5, Qwen3)."""
     start = "<tool_call>"
     trigger = "<tool_call>"
+    keeps_special_tokens = True         # <tool_call> is a special token in some tokenizers (vLLM's hermes parser)
 
     def call_tag(self, name: str) -> tuple[str, str]:
         # The spacing of Hermes' and Qwen's chat templates (xgrammar's "qwen_3" structural tag).
