@@ -92,7 +92,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
     "enable_lora_bias", "default_mm_loras", "fully_sharded_loras", "max_cpu_loras", "lora_dtype",
     "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots", "model_loader_extra_config",
-    "ignore_patterns", "disable_chunked_mm_input", "disable_hybrid_kv_cache_manager", "structured_outputs_config",
+    "ignore_patterns", "disable_chunked_mm_input", "disable_hybrid_kv_cache_manager",
     "reasoning_parser", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "pooler_config", "override_pooler_config",
     "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config", "enable_sleep_mode",
@@ -195,6 +195,9 @@ class EngineArgs:
     enable_expert_parallel: bool = False
     data_parallel_size: int = 1
     speculative_config: dict | None = None
+    # vLLM's StructuredOutputsConfig as a dict: backend "auto" / "xgrammar" (pagedllm's one backend), and
+    # disable_any_whitespace / disable_additional_properties for every request's JSON grammar.
+    structured_outputs_config: dict | None = None
     compilation_config: int | dict | None = None
     # Who builds the engine, as vLLM's UsageContext: "llm_class" (offline LLM) or "openai_api_server" (serve). Not a
     # field (no LLM keyword, no flag): the server entrypoint sets it on its instance, and it picks defaults (the
@@ -347,6 +350,9 @@ class EngineArgs:
         g.add_argument("--max-loras", type=int, default=d.max_loras, help="Only with --enable-lora.")
         g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank, help="Only with --enable-lora.")
         g.add_argument("--speculative-config", type=json.loads, default=None, help="Not supported yet.")
+        g.add_argument("--structured-outputs-config", type=json.loads, default=None,
+                       help='JSON (or --structured-outputs-config.KEY VALUE): backend "auto" / "xgrammar", '
+                            "disable_any_whitespace, disable_additional_properties (defaults of every request).")
         return parser
 
     @classmethod
@@ -502,6 +508,7 @@ def verify_engine_args(args: EngineArgs) -> None:
                          f"(got {args.max_num_partial_prefills}).")
     if args.speculative_config is not None:
         raise ValueError("speculative_config is not supported yet: speculative decoding is not implemented.")
+    _verify_structured_outputs_config(args.structured_outputs_config)
     if args.compilation_config not in (None, 0, {}) and args.compilation_config not in ({"level": 0}, {"mode": 0}):
         raise ValueError(f"compilation_config is not supported yet: pagedllm does not use torch.compile (CUDA graphs "
                          f"are switched by enforce_eager and piecewise_cuda_graphs); use None or 0 "
@@ -528,6 +535,31 @@ def verify_engine_args(args: EngineArgs) -> None:
         for name in ("triton_gemv", "pdl"):
             if getattr(args, name):
                 raise ValueError(f"{name}=True contradicts disable_custom_kernels=True.")
+
+
+_STRUCTURED_OUTPUTS_BACKENDS = ("auto", "xgrammar")
+_STRUCTURED_OUTPUTS_FLAGS = ("disable_fallback", "disable_any_whitespace", "disable_additional_properties")
+
+
+def _verify_structured_outputs_config(config: dict | None) -> None:
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise ValueError(f"structured_outputs_config must be a dict (JSON object), got {type(config).__name__}.")
+    for key, value in config.items():
+        if key == "backend":
+            if value not in _STRUCTURED_OUTPUTS_BACKENDS:
+                raise ValueError(f"structured_outputs_config backend {value!r} is not supported: pagedllm's "
+                                 f"structured output runs on xgrammar ('auto' or 'xgrammar').")
+        elif key in _STRUCTURED_OUTPUTS_FLAGS:
+            if not isinstance(value, bool):
+                raise ValueError(f"structured_outputs_config {key} must be true or false, got {value!r}.")
+        elif key in ("reasoning_parser", "reasoning_parser_plugin", "enable_in_reasoning"):
+            if value:
+                raise ValueError(f"structured_outputs_config {key} is not supported yet (no reasoning parsers).")
+        else:
+            raise ValueError(f"structured_outputs_config has no field {key!r}; pagedllm takes backend, "
+                             f"{', '.join(_STRUCTURED_OUTPUTS_FLAGS)}.")
 
 
 def requested_runner(args: EngineArgs) -> str | None:
@@ -561,15 +593,37 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
     """``--max_model_len 2048`` and ``--max_model_len=2048`` as ``--max-model-len`` (vLLM's FlexibleArgumentParser):
     tutorials spell flags both ways. Values are left alone, and everything after ``--``."""
     out: list[str] = []
-    for i, arg in enumerate(argv):
+    dotted: dict[str, dict] = {}      # --structured-outputs-config.backend xgrammar: vLLM's dotted config keys
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
         if arg == "--":
             out.extend(argv[i:])
             break
         if arg.startswith("--") and "_" in arg.partition("=")[0]:
             key, eq, value = arg.partition("=")
             arg = key.replace("_", "-") + eq + value
+        flag, eq, value = arg.partition("=")
+        if flag.startswith("--") and "." in flag and flag.partition(".")[0] in _DOTTED_CONFIG_FLAGS:
+            if not eq and i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            base, _, field = flag.partition(".")
+            try:
+                dotted.setdefault(base, {})[field.replace("-", "_")] = json.loads(value)
+            except json.JSONDecodeError:
+                dotted.setdefault(base, {})[field.replace("-", "_")] = value
+            i += 1
+            continue
         out.append(arg)
+        i += 1
+    for base, fields in dotted.items():
+        out[len(out) if "--" not in out else out.index("--"):0] = [base, json.dumps(fields)]
     return out
+
+
+_DOTTED_CONFIG_FLAGS = ("--structured-outputs-config",)
 
 
 class FlexibleArgumentParser(argparse.ArgumentParser):

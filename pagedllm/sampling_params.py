@@ -22,9 +22,9 @@ _TOKEN_LIST_FIELDS = ("stop_token_ids", "allowed_token_ids")
 @dataclass
 class StructuredOutputsParams:
     """One constraint on the generated text (vLLM's ``StructuredOutputsParams``): a JSON schema (``json``: a dict, a
-    JSON string or a pydantic model class), a ``regex``, one of the strings in ``choice``, an EBNF ``grammar``, any
-    JSON object (``json_object=True``) or an xgrammar ``structural_tag`` (a JSON string). Enforced by a token
-    bitmask on the logits (pagedllm/engine/structured_output.py)."""
+    JSON string or a pydantic model class), a ``regex``, one of the strings in ``choice``, a ``grammar`` (EBNF, or
+    Lark when no rule is written ``::=``), any JSON object (``json_object=True``) or an xgrammar ``structural_tag``
+    (a JSON string). Enforced by a token bitmask on the logits (pagedllm/engine/structured_output.py)."""
     json: str | dict | None = None
     regex: str | None = None
     choice: list[str] | None = None

@@ -81,6 +81,7 @@ class EngineCore:
                                    preemption_mode=config.args.preemption_mode)
         self.num_blocks = num_blocks
         self.structured_output = StructuredOutputManager(config, load_tokenizer)
+        self._failed_requests: dict[str, BaseException] = {}
         # Async scheduling: the launched step whose tokens the host has not seen yet.
         self._in_flight: tuple[SchedulerOutput, Any] | None = None
         self._async_scheduling = config.async_scheduling
@@ -102,23 +103,47 @@ class EngineCore:
                           req.arrival_time, req.priority, max_tokens=req.max_tokens, cache_salt=req.cache_salt,
                           pooling_params=req.pooling_params, parent_request_id=req.parent_request_id)
         so = req.sampling_params.structured_outputs
-        if so is not None:     # compiled once per spec, here in the core; the front end has validated it
-            request.grammar = self.structured_output.new_matcher(so, req.eos_token_ids)
+        # Compiled once per spec, here in the core (the front end has validated it); a grammar that is not cached
+        # compiles in the background and the request joins the scheduler when it is ready (_admit_compiled).
+        if so is not None and not self.structured_output.submit(request, so, req.eos_token_ids):
+            return
         self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids) -> None:
         """End these requests now (a user abort, or a stop string the front end found); their blocks are freed."""
+        self.structured_output.discard(request_ids)
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished() or self._in_flight is not None or bool(self._batch_queue)
+        return (self.scheduler.has_unfinished() or self._in_flight is not None or bool(self._batch_queue)
+                or self.structured_output.num_pending() > 0)
+
+    def take_failed_requests(self) -> dict[str, BaseException]:
+        """Requests that ended with an error outside a step (their grammar failed to compile), for their callers."""
+        failed, self._failed_requests = self._failed_requests, {}
+        return failed
+
+    def _admit_compiled(self) -> None:
+        """Requests whose grammar has compiled join the scheduler. With nothing else to run, wait a little for one
+        (10 ms at most, so new requests and aborts are not held up)."""
+        so = self.structured_output
+        if not so.num_pending():
+            return
+        if not self.scheduler.has_unfinished() and self._in_flight is None and not self._batch_queue:
+            so.wait(0.01)
+        ready, failed = so.take_ready()
+        for request in ready:
+            self.scheduler.add_request(request)
+        self._failed_requests.update(failed)
 
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache.reset_prefix_cache()
 
     def snapshot(self) -> EngineSnapshot:
         pool, swap, sched = self.kv_cache.pool, self.kv_cache.swap_pool, self.scheduler
-        return EngineSnapshot(sched.num_running, sched.num_waiting, self.kv_cache.usage(),
+        # A request whose grammar is compiling waits too (vLLM counts its WAITING_FOR_FSM requests as waiting).
+        waiting = sched.num_waiting + self.structured_output.num_pending()
+        return EngineSnapshot(sched.num_running, waiting, self.kv_cache.usage(),
                               pool.query_tokens, pool.hit_tokens, sched.num_preemptions,
                               pool.num_free_blocks, pool.num_blocks, len(sched.swapped),
                               swap.num_free_blocks if swap is not None else 0, swap.num_blocks if swap is not None else 0,
@@ -139,6 +164,7 @@ class EngineCore:
         matchers then stand after the previous step's tokens: a step in which a constrained request samples is never
         left in flight (it is sampled here, synchronously), so no constrained request has an unaccepted token when
         the next step is scheduled; the step in flight, processed below, has no constrained request sampling."""
+        self._admit_compiled()
         if self._batch_queue is not None:
             return self._step_with_batch_queue()
         sched = self.scheduler.schedule()
@@ -295,6 +321,7 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
         except BaseException as e:   # noqa: BLE001 - any failure of the model step kills the engine
             conn.send(CoreDead(picklable(e), traceback.format_exc()))
             return
+        failed.update({rid: picklable(e) for rid, e in core.take_failed_requests().items()})
         t_stepped = time.perf_counter()
         snapshot = core.snapshot()
         conn.send(CoreStepOutputs(outputs, stats.num_prompt_tokens, stats.num_generation_tokens,

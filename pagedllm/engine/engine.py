@@ -113,6 +113,11 @@ class LLMEngine:
 
     def step_with_stats(self) -> tuple[list[RequestOutput], StepStats]:
         core_outputs, stats = self.core.step()
+        failed = self.core.take_failed_requests()
+        if failed:      # a grammar that passed the front end's check failed to compile (not expected)
+            for cid in failed:
+                self.abort_request(self.output_processor.core_to_request.get(cid, cid))
+            raise next(iter(failed.values()))
         outputs, stopped = self.output_processor.process_outputs(core_outputs)
         if stopped:
             self.core.abort_requests(stopped)   # stop strings: the core frees them before its next step

@@ -210,6 +210,8 @@ class InputProcessor:
         elif params.bad_words:
             params.update_from_tokenizer(self.tokenizer)
         if params.structured_outputs is not None:
+            params.structured_outputs = structured_output.with_engine_defaults(
+                params.structured_outputs, self.config.args.structured_outputs_config)
             structured_output.validate(params.structured_outputs)   # a bad schema / regex fails here, not in the core
 
 

@@ -1,9 +1,10 @@
-"""Structured output (JSON schema, regex, choice, EBNF grammar, structural tag) on xgrammar, as vLLM v1 does it.
+"""Structured output (JSON schema, regex, choice, EBNF or Lark grammar, structural tag) on xgrammar, as vLLM v1 does it.
 
 - The front end's input processor checks a request's constraint once (``validate``: the grammar is built without
   the tokenizer, which is cheap), so a bad schema or regex is a ValueError for the caller, before the core sees it.
 - The engine core (``StructuredOutputManager``) compiles each distinct constraint once against the vocabulary
-  (cached by its spec) and keeps one grammar matcher per constrained request (each child of ``n > 1`` has its own).
+  (cached by its spec), on a background thread so the other requests keep running meanwhile, and keeps one grammar
+  matcher per constrained request (each child of ``n > 1`` has its own).
   Once a step's forward pass is launched, it fills ONE token bitmask for every constrained row that samples
   (``fill_bitmask``) while the device runs; the bitmask goes to the worker's ``finish`` as a ``GrammarOutput``
   (pagedllm/step_data.py) and the worker applies it to those rows' logits before sampling. When the
@@ -17,10 +18,14 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
+import threading
 from collections import OrderedDict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import TYPE_CHECKING, Any, Callable
 
 from pagedllm.config import EngineConfig
@@ -58,8 +63,27 @@ def spec_key(so: StructuredOutputsParams) -> tuple:
 
 
 def _choice_grammar(choices: list[str]) -> str:
-    """``root ::= "a" | "b"`` with each choice as an EBNF string literal (JSON escaping is EBNF's escaping)."""
-    return "root ::= " + " | ".join(json.dumps(c) for c in choices)
+    """``root ::= "a" | "b"`` with each choice as an EBNF string literal (JSON escaping is EBNF's escaping; other
+    characters stay literal: an escaped emoji is a surrogate pair, two code points to xgrammar, never matched)."""
+    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+_GRAMMAR_COMMENT = re.compile(r"(#|//).*$")
+
+
+def grammar_is_lark(grammar: str) -> bool:
+    """vLLM's rule for a ``grammar``: GBNF/EBNF when a rule is written ``name ::= ...``, else Lark (``name: ...``)."""
+    return not any("::=" in _GRAMMAR_COMMENT.sub("", line) for line in grammar.splitlines())
+
+
+def _parsed(value: Any, what: str) -> Any:
+    """A constraint given as JSON text or as the value itself, as the value."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} is not valid JSON: {e}") from None
 
 
 def build_grammar(so: StructuredOutputsParams):
@@ -68,29 +92,46 @@ def build_grammar(so: StructuredOutputsParams):
     kind = so.kind
     try:
         if kind == "json":
-            schema = so.json
-            if isinstance(schema, str):
-                try:
-                    schema = json.loads(schema)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"The JSON schema is not valid JSON: {e}") from None
+            schema = _parsed(so.json, "The JSON schema")
             if not isinstance(schema, (dict, bool)):
                 raise ValueError(f"The JSON schema must be a JSON object, got {type(schema).__name__}.")
+            unsupported = _dropped_json_keyword(schema)
+            if unsupported:
+                raise ValueError(f"Invalid JSON schema for structured output: {unsupported} is not supported by "
+                                 f"xgrammar (it would not be enforced); drop it from the schema.")
             if so.disable_additional_properties and isinstance(schema, dict):
                 schema = _no_additional_properties(schema)
             return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=not so.disable_any_whitespace,
                                                 strict_mode=True)
         if kind == "json_object":
-            return xgr.Grammar.builtin_json_grammar()
+            # A JSON object, not any JSON value (vLLM compiles the schema {"type": "object"}; OpenAI's JSON mode).
+            return xgr.Grammar.from_json_schema('{"type": "object"}', any_whitespace=not so.disable_any_whitespace,
+                                                strict_mode=True)
         if kind == "regex":
             return xgr.Grammar.from_regex(so.regex)
         if kind == "choice":
             return xgr.Grammar.from_ebnf(_choice_grammar(so.choice))
         if kind == "grammar":
+            if grammar_is_lark(so.grammar):
+                if not hasattr(xgr.Grammar, "from_lark"):
+                    raise ValueError("This xgrammar has no Lark grammars (rules written 'name: ...'): upgrade it "
+                                     "(pip install -U xgrammar) or write the grammar in EBNF ('root ::= ...').")
+                return xgr.Grammar.from_lark(so.grammar)
             return xgr.Grammar.from_ebnf(so.grammar)
         if kind == "structural_tag":
-            tag = so.structural_tag if isinstance(so.structural_tag, str) else json.dumps(so.structural_tag)
-            return xgr.Grammar.from_structural_tag(tag)
+            tag = _parsed(so.structural_tag, "The structural_tag")
+            if isinstance(tag, dict) and "structures" in tag:
+                # vLLM's first form, {"structures": [{"begin", "schema", "end"}], "triggers": [...]} (its docs'
+                # example), as it compiles it: xgrammar's older tags-and-triggers call.
+                try:
+                    items = [xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s.get("schema") or {}),
+                                                   end=s["end"]) for s in tag["structures"]]
+                    triggers = list(tag["triggers"])
+                except (KeyError, TypeError, AttributeError, ValueError):
+                    raise ValueError("Invalid structural_tag for structured output: 'structures' must be a list of "
+                                     "{'begin', 'schema', 'end'} and 'triggers' a list of strings.") from None
+                return xgr.Grammar.from_structural_tag(items, triggers)
+            return xgr.Grammar.from_structural_tag(json.dumps(tag))
     except ValueError:
         raise
     except Exception as e:   # noqa: BLE001 - xgrammar raises RuntimeError (and others) from C++
@@ -99,6 +140,35 @@ def build_grammar(so: StructuredOutputsParams):
                  "grammar": "grammar", "structural_tag": "structural_tag"}[kind]
         raise ValueError(f"Invalid {label} for structured output: {message}") from None
     raise ValueError(f"Unknown structured output kind {kind!r}.")
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")   # name -> schema
+_SCHEMA_DATA = ("enum", "const", "default", "examples", "required", "title", "description")         # not schemas
+
+
+def _dropped_json_keyword(node: Any) -> str | None:
+    """A keyword of the schema that xgrammar would not enforce, or None. xgrammar 0.2.9 compiles these without an
+    error but drops them (minLength/maxLength beside a pattern or format) or makes valid arrays unreachable
+    (contains). vLLM's "auto" backend sends such schemas to guidance; pagedllm has only xgrammar, so they are
+    refused rather than silently ignored. (``uniqueItems``, which pydantic writes for a ``set`` field, is let
+    through unenforced: refusing every such model would cost more than a rare duplicate.)"""
+    if isinstance(node, list):
+        return next((found for found in map(_dropped_json_keyword, node) if found), None)
+    if not isinstance(node, dict):
+        return None
+    for key in ("contains", "minContains", "maxContains"):
+        if key in node:
+            return f"{key!r}"
+    if ("pattern" in node or "format" in node) and ("minLength" in node or "maxLength" in node):
+        return "'minLength'/'maxLength' together with 'pattern' or 'format'"
+    for key, value in node.items():
+        if key in _SCHEMA_DATA:
+            continue
+        children = list(value.values()) if key in _SCHEMA_MAPS and isinstance(value, dict) else [value]
+        found = _dropped_json_keyword(children)
+        if found:
+            return found
+    return None
 
 
 def _no_additional_properties(schema: dict) -> dict:
@@ -115,6 +185,14 @@ def _no_additional_properties(schema: dict) -> dict:
     return walk(schema)
 
 
+def with_engine_defaults(so: StructuredOutputsParams, config: dict | None) -> StructuredOutputsParams:
+    """The request's constraint with the engine's ``structured_outputs_config`` knobs (disable_any_whitespace,
+    disable_additional_properties) switched on where the config sets them."""
+    changes = {key: True for key in ("disable_any_whitespace", "disable_additional_properties")
+               if (config or {}).get(key) and not getattr(so, key)}
+    return dataclasses.replace(so, **changes) if changes else so
+
+
 def validate(so: StructuredOutputsParams) -> None:
     """The front end's check: raises ValueError for a constraint that cannot be built."""
     build_grammar(so)
@@ -122,7 +200,12 @@ def validate(so: StructuredOutputsParams) -> None:
 
 class StructuredOutputManager:
     """The engine core's side: compiled grammars (cached by spec), one matcher per constrained request, the bitmask
-    of each step (``Scheduler.update_from_output`` advances the matchers)."""
+    of each step (``Scheduler.update_from_output`` advances the matchers).
+
+    A grammar that is not cached compiles on a background thread (``submit``; xgrammar releases the GIL), as in vLLM,
+    so a slow one (``[a-z]{1,3000}`` on SmolLM2's vocabulary: 0.5 s; the first constrained request also loads the
+    tokenizer) does not stall the other requests' steps: the core admits the request to the scheduler once its
+    matcher is ready (``take_ready``)."""
 
     def __init__(self, config: EngineConfig, load_tokenizer: Callable[[EngineConfig], Any]):
         self.config = config
@@ -130,28 +213,38 @@ class StructuredOutputManager:
         self.vocab_size: int = config.hf_config.vocab_size       # the logits' width
         self._compiler = None
         self._compiled: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()             # the cache, shared by the core loop and the compiling thread
+        self._pool: ThreadPoolExecutor | None = None
+        # Requests whose matcher is being built, in arrival order: request id -> (request, future of its matcher).
+        self._pending: OrderedDict[str, tuple["Request", Future]] = OrderedDict()
 
     def _get_compiler(self):
         if self._compiler is None:
             xgr = _xgrammar()
             tokenizer = self._load_tokenizer(self.config)
             info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size)
-            # One thread: the core loop compiles between steps; the grammars here compile in milliseconds
-            # (a two-field JSON schema on SmolLM2's 49k vocabulary: 11 ms).
+            # One thread: one grammar compiles at a time, beside the core loop (a two-field JSON schema on SmolLM2's
+            # 49k vocabulary: 11 ms).
             self._compiler = xgr.GrammarCompiler(info, max_threads=1)
         return self._compiler
 
+    def _cached(self, key: tuple):
+        with self._lock:
+            compiled = self._compiled.get(key)
+            if compiled is not None:
+                self._compiled.move_to_end(key)
+            return compiled
+
     def compile(self, so: StructuredOutputsParams):
         key = spec_key(so)
-        compiled = self._compiled.get(key)
+        compiled = self._cached(key)
         if compiled is not None:
-            self._compiled.move_to_end(key)
             return compiled
-        compiler = self._get_compiler()
-        compiled = compiler.compile_grammar(build_grammar(so))
-        self._compiled[key] = compiled
-        if len(self._compiled) > _MAX_CACHED_GRAMMARS:
-            self._compiled.popitem(last=False)
+        compiled = self._get_compiler().compile_grammar(build_grammar(so))
+        with self._lock:
+            self._compiled[key] = compiled
+            if len(self._compiled) > _MAX_CACHED_GRAMMARS:
+                self._compiled.popitem(last=False)
         return compiled
 
     def new_matcher(self, so: StructuredOutputsParams, eos_token_ids: frozenset[int]):
@@ -159,6 +252,46 @@ class StructuredOutputManager:
         xgr = _xgrammar()
         stop = sorted(eos_token_ids) or None
         return xgr.GrammarMatcher(self.compile(so), override_stop_tokens=stop)
+
+    # ---- requests whose grammar is compiling ---------------------------------------------------------------------
+    def submit(self, request: "Request", so: StructuredOutputsParams, eos_token_ids: frozenset[int]) -> bool:
+        """Give the request its matcher now when its grammar is cached (True), else start compiling it (False: the
+        request waits for ``take_ready``)."""
+        if self._cached(spec_key(so)) is not None:
+            request.grammar = self.new_matcher(so, eos_token_ids)
+            return True
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagedllm-grammar")
+        self._pending[request.request_id] = (request, self._pool.submit(self.new_matcher, so, eos_token_ids))
+        return False
+
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    def take_ready(self) -> tuple[list["Request"], dict[str, BaseException]]:
+        """The waiting requests whose matcher is built (now set as ``request.grammar``), in arrival order, and those
+        whose grammar failed to compile (the front end validated it: not expected), with the error."""
+        ready, failed = [], {}
+        for rid, (request, future) in list(self._pending.items()):
+            if not future.done():
+                continue
+            del self._pending[rid]
+            try:
+                request.grammar = future.result()
+                ready.append(request)
+            except Exception as e:   # noqa: BLE001 - handed to the request's caller
+                failed[rid] = e
+        return ready, failed
+
+    def wait(self, timeout: float) -> None:
+        """Block until a waiting request's grammar is built, or ``timeout`` seconds."""
+        if self._pending:
+            futures_wait([future for _, future in self._pending.values()], timeout, FIRST_COMPLETED)
+
+    def discard(self, request_ids) -> None:
+        """Aborted while compiling: forget them (the compiled grammar still lands in the cache)."""
+        for rid in request_ids:
+            self._pending.pop(rid, None)
 
     def fill_bitmask(self, requests: list["Request"]) -> "torch.Tensor":
         """One int32 bitmask row per request (in order): the tokens its grammar allows next."""

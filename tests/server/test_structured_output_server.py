@@ -105,6 +105,32 @@ def test_chat_response_format(client):
     check_person("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
 
 
+def test_response_format_structural_tag(client):
+    # vLLM's response_format {"type": "structural_tag"}, in xgrammar's form ("format") and in vLLM's first form
+    # ("structures" + "triggers", its docs' example); both were a 400 "Input should be 'text', 'json_object' or
+    # 'json_schema'".
+    tag = {"type": "structural_tag", "format": {"type": "tag", "begin": "<f>", "end": "</f>",
+                                                "content": {"type": "json_schema", "json_schema": PERSON}}}
+    out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "A person:"}],
+                                         max_tokens=50, temperature=0, response_format=tag)
+    text = out.choices[0].message.content
+    assert text.startswith("<f>") and text.endswith("</f>"), text
+    check_person(text[3:-4])
+    legacy = {"type": "structural_tag", "structures": [{"begin": "<f>", "schema": PERSON, "end": "</f>"}],
+              "triggers": ["<f>"]}
+    out = client.completions.create(model=MODEL, prompt='Example: <f>{"name": "Bob", "age": 3}</f>\nAnother example:',
+                                    max_tokens=30, temperature=0, extra_body={"response_format": legacy})
+    calls = re.findall(r"<f>(.*?)</f>", out.choices[0].text, re.DOTALL)
+    assert calls, out.choices[0].text
+    for call in calls:
+        check_person(call)
+    for bad in ({"type": "structural_tag"}, {"type": "structural_tag", "structures": [{"begin": "<f>"}],
+                                             "triggers": ["<f>"]}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"response_format": bad})
+        assert e.value.body["param"] == "response_format" and "structural_tag" in e.value.body["message"]
+
+
 @pytest.mark.parametrize("body, param, message", [
     ({"guided_json": {"type": "nonsense"}}, "guided_json", "Invalid JSON schema"),
     ({"guided_regex": "(ab"}, "guided_regex", "Invalid regex"),
@@ -112,8 +138,11 @@ def test_chat_response_format(client):
      "response_format", "Invalid JSON schema"),
     ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema.schema"),
     ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice", "only use one kind"),
+    ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+      "structured_outputs": {"choice": ["a", "b"]}}, "tool_choice",
+     "You can only either use constraints for structured outputs or tools, not both"),
     ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
-     "Tool 'nope' has not been passed"),
+     "does not match any of the specified `tools`"),
 ])
 def test_bad_constraints_are_400(client, body, param, message):
     with pytest.raises(openai.BadRequestError) as e:
@@ -185,7 +214,29 @@ def test_auto_tool_choice_parses_hermes_calls(client):
         results[stream] = calls
     assert results[True] == results[False]       # the same argument strings, streamed or not
     assert results[False][0][1] == '{"city": "Paris", "unit": "celsius"}'
-    # Without calls in the text, auto is plain content.
+    # Without calls in the text, auto is plain content, and the message has no "tool_calls" (vLLM, OpenAI): the
+    # openai client's tool_calls is None, not [] (which sent "while tool_calls is not None" loops into [0]).
     out = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0,
                                          tools=[WEATHER_TOOL])
-    assert out.choices[0].message.content and not out.choices[0].message.tool_calls
+    assert out.choices[0].message.content and out.choices[0].message.tool_calls is None
+
+
+def test_auto_tool_choice_honours_strict_tools(client):
+    # A tool marked "strict": true (OpenAI's flag, set by the openai client's pydantic_function_tool) has its calls
+    # constrained under tool_choice="auto", as vLLM does with the parser's structural tag; text stays free. The
+    # flag was ignored: the bundled model, primed with calls that break the schema, copied them.
+    primed = ('Example 1: <tool_call>\n{"name": "get_weather", "arguments": {"town": "Rome", "unit": "kelvin"}}\n'
+              '</tool_call>\nExample 2: <tool_call>\n{"name": "get_weather", "arguments": {"town": "Oslo", '
+              '"unit": "kelvin"}}\n</tool_call>\nExample 3:')
+    messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": primed}]
+    found = {}
+    for strict in (False, True):
+        tool = json.loads(json.dumps(WEATHER_TOOL))
+        tool["function"]["strict"] = strict
+        out = client.chat.completions.create(model=MODEL, messages=messages, tools=[tool], max_tokens=40,
+                                             temperature=0, extra_body={"continue_final_message": True,
+                                                                        "add_generation_prompt": False})
+        (call,) = out.choices[0].message.tool_calls
+        found[strict] = json.loads(call.function.arguments)
+    assert found[False].get("unit") == "kelvin"             # what the unconstrained model writes
+    check_weather_args(json.dumps(found[True]))

@@ -15,10 +15,10 @@ PROMPT = "The capital of France is Paris"
 
 @pytest.fixture(scope="module")
 def server():
-    """The bundled model, with --enable-prompt-tokens-details and --trust-request-chat-template (the tests that do
-    not use them do not notice them)."""
-    (s,) = start_servers(["serve", MODEL, "--enable-prompt-tokens-details", "--trust-request-chat-template"]
-                         + SERVER_ARGS)
+    """The bundled model, with --enable-prompt-tokens-details, --trust-request-chat-template and
+    --exclude-tools-when-tool-choice-none (the tests that do not use them do not notice them)."""
+    (s,) = start_servers(["serve", MODEL, "--enable-prompt-tokens-details", "--trust-request-chat-template",
+                          "--exclude-tools-when-tool-choice-none"] + SERVER_ARGS)
     yield s
     s.stop()
 
@@ -101,8 +101,63 @@ def test_malformed_tool_is_a_400_without_tool_choice(server, tool):
     r = post(server, "/tokenize", {"messages": MESSAGES, "tools": [tool]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
     good = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [good], "max_tokens": 2})
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [good], "tool_choice": "none",
+                                              "max_tokens": 2})
     assert r.status_code == 200
+
+
+def test_tools_without_tool_choice_need_auto_tool_choice(server, client):
+    # With tools, tool_choice defaults to "auto" (OpenAI, vLLM): a server started without --enable-auto-tool-choice
+    # answers vLLM's 400. It answered plain text, so a client never learnt that its tools were not in use.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=WEATHER, max_tokens=2)
+    assert e.value.body["message"] == ('"auto" tool choice requires --enable-auto-tool-choice and '
+                                       '--tool-call-parser to be set')
+    # tool_choice "none" (or an explicit null) shows the tools to the template and answers text.
+    for choice in ("none", None):
+        r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": WEATHER, "tool_choice": choice,
+                                                  "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"], r.text
+    # An empty tools array is a 400 whatever tool_choice is (vLLM, OpenAI).
+    for extra in ({}, {"tool_choice": "none"}, {"tool_choice": "required"}):
+        r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": [], "max_tokens": 2, **extra})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "tools" and "must not be an empty array" in r.json()["error"]["message"]
+
+
+def test_exclude_tools_when_tool_choice_none(server):
+    # vLLM's flag (it was an unknown argument): tool_choice "none" keeps the tools out of the template; any other
+    # choice (and an explicit null) still shows them.
+    template = "{% if tools %}[tools: {{ tools | length }}]{% endif %}{{ messages[-1].content }}"
+
+    def prompt_tokens(extra: dict) -> int:
+        r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "chat_template": template, "max_tokens": 1,
+                                                  **extra})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens"]
+
+    bare = prompt_tokens({})
+    assert prompt_tokens({"tools": WEATHER, "tool_choice": "none"}) == bare
+    assert prompt_tokens({"tools": WEATHER, "tool_choice": None}) > bare
+    assert prompt_tokens({"tools": WEATHER, "tool_choice": "required", "max_tokens": 30}) > bare
+
+
+@pytest.mark.parametrize("tool_choice, param, message", [
+    ({"type": "function", "function": "get_weather"}, "tool_choice.function", "Invalid value for `function`"),
+    ({"type": "function"}, "tool_choice.function", "Invalid value for `function`"),
+    ({"type": "function", "function": {}}, "tool_choice.function.name", "Expected field `name` in `function`"),
+    ({"type": "function", "function": {"name": 3}}, "tool_choice.function.name", "Invalid `name` in `function`"),
+    ({"type": "function", "function": {"name": "nope"}}, "tool_choice",
+     "The tool specified in `tool_choice` does not match any of the specified `tools`"),
+    ("sometimes", "tool_choice", 'Invalid value for `tool_choice`: sometimes! Only named tools, "none", "auto" or '
+                                 '"required" are supported.'),
+])
+def test_malformed_tool_choice_is_a_400(server, tool_choice, param, message):
+    # vLLM's messages; a "function" that is not an object was a 500 (AttributeError).
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "tools": WEATHER, "tool_choice": tool_choice,
+                                              "max_tokens": 2})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and message in r.json()["error"]["message"], r.text
 
 
 # ---- chat_template_kwargs ----------------------------------------------------------------------------------------------
@@ -176,6 +231,39 @@ def test_parallel_tool_calls_false_gives_one_call(client):
     calls = [tc for c in chunks for ch in c.choices for tc in (ch.delta.tool_calls or [])]
     assert {tc.index for tc in calls} == {0} and chunks[-1].choices[0].finish_reason == "tool_calls"
     assert "".join(tc.function.arguments or "" for tc in calls) == call.function.arguments
+
+
+def test_required_tool_choice_cut_by_max_tokens(client):
+    # The array of calls does not end: no tool calls and empty content (vLLM), streamed or not. The partial JSON
+    # came back as content, and a stream sent it again as content after its partial calls.
+    kw = dict(model=MODEL, messages=THREE_CITIES, tools=WEATHER, tool_choice="required", max_tokens=12,
+              temperature=0)
+    (choice,) = client.chat.completions.create(**kw).choices
+    assert choice.finish_reason == "length" and choice.message.content == "" and choice.message.tool_calls is None
+    chunks = [c for c in client.chat.completions.create(**kw, stream=True) if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_required_tool_choice_with_defs(client):
+    # Tool parameters written by pydantic keep nested models and enums in "$defs" with "#/$defs/..." references;
+    # nested in the "required" array schema they pointed nowhere (400 "Cannot find field '$defs'"). vLLM moves
+    # them to the root.
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
+                                               "unit": {"$ref": "#/$defs/Unit"}},
+              "required": ["city", "unit"], "additionalProperties": False,
+              "$defs": {"Unit": {"enum": ["celsius", "fahrenheit"]}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": params}}]
+    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools, tool_choice="required",
+                                         max_tokens=60, temperature=0, parallel_tool_calls=False)
+    (call,) = out.choices[0].message.tool_calls
+    assert json.loads(call.function.arguments)["unit"] in ("celsius", "fahrenheit"), call.function.arguments
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"unit": {"$ref": "#/$defs/Unit"}}, "$defs": {"Unit": {"enum": ["s"]}}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools + [other], tool_choice="required",
+                                       max_tokens=5)
+    assert e.value.body["param"] == "tools" and "'Unit' has multiple schemas" in e.value.body["message"]
 
 
 # ---- assistant tool calls in the conversation ------------------------------------------------------------------------

@@ -214,6 +214,10 @@ ENGINE_FIELDS: dict[str, list] = {
     "data_parallel_size": [Rejects(2, "data_parallel_size=2 is not supported yet")],
     "speculative_config": [Rejects({"method": "ngram", "num_speculative_tokens": 4},
                                    "speculative_config is not supported yet")],
+    # Compact JSON for every request: tests/unit/test_structured_output.py::test_structured_outputs_config.
+    "structured_outputs_config": [Read(("engine/input_processor.py",), "args.structured_outputs_config"),
+                                  Rejects({"backend": "outlines"}, "backend 'outlines' is not supported"),
+                                  Rejects({"disable_any_whitespace": 1}, "must be true or false")],
     "compilation_config": [Behaves(_cfg(compilation_config=0)),
                            Rejects(3, "compilation_config is not supported yet"),
                            Rejects({"cudagraph_capture_sizes": [1, 2]}, "compilation_config is not supported yet")],

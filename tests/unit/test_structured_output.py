@@ -61,12 +61,26 @@ def test_bad_constraints_fail_at_add_time(llm):
              (StructuredOutputsParams(json={"type": "nonsense"}), "Invalid JSON schema for structured output: "
                                                                    "Unsupported type \"nonsense\""),
              (StructuredOutputsParams(regex="(ab"), "Invalid regex for structured output: .*parenthesis"),
-             (StructuredOutputsParams(grammar="root ::= undefined_rule"), "Invalid grammar for structured output")]
+             (StructuredOutputsParams(grammar="root ::= undefined_rule"), "Invalid grammar for structured output"),
+             # Keywords xgrammar compiles but does not enforce (or enforces wrongly) are refused, not ignored; a
+             # property merely named like one is fine (below).
+             (StructuredOutputsParams(json={"type": "object", "properties": {"code": {
+                 "type": "string", "pattern": "^[A-Z]+$", "maxLength": 3}}}),
+              "'minLength'/'maxLength' together with 'pattern' or 'format' is not supported"),
+             (StructuredOutputsParams(json={"type": "array", "items": {"type": "integer"}, "contains": {"const": 3}}),
+              "'contains' is not supported")]
     for so, message in cases:
         with pytest.raises(ValueError, match=message):
             llm.generate("Hi", SamplingParams(max_tokens=2, structured_outputs=so), use_tqdm=False)
     # The engine is still fine afterwards.
     assert llm.generate("Hi", SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)[0].outputs[0].token_ids
+    named_like_keywords = {"type": "object", "properties": {"contains": {"type": "string", "maxLength": 4},
+                                                            "format": {"enum": ["a", "b"]}},
+                           "required": ["contains", "format"], "additionalProperties": False}
+    so = StructuredOutputsParams(json=named_like_keywords)
+    text = llm.generate("JSON:", SamplingParams(temperature=0, max_tokens=30, structured_outputs=so),
+                        use_tqdm=False)[0].outputs[0].text
+    assert set(json.loads(text)) == {"contains", "format"}, text
 
 
 def test_mixed_batch_greedy_and_sampled_with_preemption(llm):
@@ -108,18 +122,100 @@ def test_mixed_batch_greedy_and_sampled_with_preemption(llm):
     assert alone.text == outs[0].outputs[0].text
 
 
+def test_choice_outside_the_basic_plane(llm):
+    # An emoji choice was unreachable: its JSON escape is a surrogate pair, two code points to xgrammar.
+    choices = ["👍 yes", "👎 no"]
+    out = llm.generate("Do you like it?", SamplingParams(temperature=0, max_tokens=10, structured_outputs=(
+        StructuredOutputsParams(choice=choices))), use_tqdm=False)[0].outputs[0]
+    assert out.text in choices and out.finish_reason == "stop", out.text
+
+
 def test_grammar_and_json_knobs(llm):
     grammar = 'root ::= "The answer is " [0-9] [0-9]? "."'
     so = StructuredOutputsParams(grammar=grammar)
     text = llm.generate("What is 6 times 7?", SamplingParams(temperature=0, max_tokens=12, structured_outputs=so),
                         use_tqdm=False)[0].outputs[0].text
     assert re.fullmatch(r"The answer is [0-9][0-9]?\.", text), text
+    # A grammar with no "::=" rule is Lark, as in vLLM (it was a 400 "EBNF lexer error").
+    lark = ('// the answer, in Lark\nstart: "The answer is " DIGIT DIGIT? "."\nDIGIT: /[0-9]/')
+    text = llm.generate("What is 6 times 7?", SamplingParams(temperature=0, max_tokens=12,
+                                                             structured_outputs=StructuredOutputsParams(grammar=lark)),
+                        use_tqdm=False)[0].outputs[0].text
+    assert re.fullmatch(r"The answer is [0-9][0-9]?\.", text), text
+    with pytest.raises(ValueError, match="Invalid grammar for structured output"):
+        llm.generate("Hi", SamplingParams(max_tokens=2, structured_outputs=StructuredOutputsParams(
+            grammar="start: undefined_rule")), use_tqdm=False)
     compact = StructuredOutputsParams(json=PERSON, disable_any_whitespace=True)
     text = llm.generate("Describe a person as JSON:", SamplingParams(temperature=0, max_tokens=60,
                                                                      structured_outputs=compact),
                         use_tqdm=False)[0].outputs[0].text
     follows_person(text)
     assert text == json.dumps(json.loads(text)), text     # one space after ':' and ',' only, no newlines
+
+
+def test_json_object_is_an_object(llm):
+    # json_object (response_format {"type": "json_object"} on the server) means a JSON object, as in vLLM and OpenAI;
+    # it allowed any JSON value, and greedy SmolLM2 answered these with arrays ("[1]", "[1, 2, 3, ...").
+    so = StructuredOutputsParams(json_object=True)
+    outs = llm.generate(["Weather in Paris?", "List three numbers:"],
+                        SamplingParams(temperature=0, max_tokens=30, structured_outputs=so), use_tqdm=False)
+    for out in outs:
+        text = out.outputs[0].text
+        assert text.startswith("{"), text
+        if out.outputs[0].finish_reason == "stop":
+            assert isinstance(json.loads(text), dict), text
+
+
+def test_a_compiling_grammar_does_not_stall_other_requests(llm, monkeypatch):
+    """A grammar that is not cached compiles in the background (vLLM does too): a free request runs to its end
+    meanwhile, and the constrained one starts once its grammar is ready. Synchronously, one slow grammar (or the
+    first constrained request's tokenizer load) stopped every request's steps."""
+    import threading
+    manager = llm.llm_engine.core.structured_output
+    release, held = threading.Event(), []
+    compile_now = manager.compile
+
+    def slow_compile(so):
+        held.append(release.wait(timeout=5))      # True: released by the test, False: timed out
+        return compile_now(so)
+
+    monkeypatch.setattr(manager, "compile", slow_compile)
+    engine = llm.llm_engine
+    regex = r"slow-[0-9]{3}"
+    engine.add_request("constrained", "A code:", SamplingParams(
+        temperature=0, max_tokens=10, structured_outputs=StructuredOutputsParams(regex=regex)))
+    assert engine.core.snapshot().num_waiting == 1          # the metrics' waiting count includes it
+    engine.add_request("free", "Once upon a time", SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    done = {}
+    while "free" not in done:
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out
+    assert "constrained" not in done and not held[1:] and not release.is_set()
+    release.set()
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out
+    assert held == [True]
+    assert len(done["free"].outputs[0].token_ids) == 6
+    assert re.fullmatch(regex, done["constrained"].outputs[0].text), done["constrained"].outputs[0].text
+    # An abort while compiling forgets the request.
+    release.clear()
+    engine.add_request("aborted", "A code:", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(
+        regex="other-[0-9]")))
+    engine.abort_request("aborted")
+    release.set()
+    assert not engine.has_unfinished_requests() and not llm.llm_engine.core.has_unfinished_requests()
+    # A compile that fails in the core (the front end's check passed) reaches the caller; the engine goes on.
+    monkeypatch.setattr(manager, "compile", lambda so: (_ for _ in ()).throw(ValueError("no grammar today")))
+    engine.add_request("failing", "A code:", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(
+        regex="fail-[0-9]")))
+    with pytest.raises(ValueError, match="no grammar today"):
+        while engine.has_unfinished_requests():
+            engine.step()
+    assert not engine.has_unfinished_requests() and not engine.core.has_unfinished_requests()
+    assert llm.generate("Hi", SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)[0].outputs[0].token_ids
 
 
 def test_async_scheduling_mixes_constrained_and_free_steps(llm):
@@ -155,3 +251,30 @@ def test_min_tokens_yields_to_a_grammar_that_has_ended(llm, caplog):
     assert person.finish_reason == "stop" and len(person.token_ids) < 70
     assert len(free.token_ids) == 12
     assert "not allowed by its grammar" not in caplog.text
+
+
+def test_structured_outputs_config():
+    """vLLM's engine argument (LLM(structured_outputs_config=...), --structured-outputs-config JSON or dotted keys):
+    backend auto / xgrammar, and disable_any_whitespace for every request's JSON grammar. It was "not supported";
+    another backend is a ValueError naming it."""
+    from pagedllm.config import EngineArgs, FlexibleArgumentParser, verify_engine_args
+    compact = LLM(model=MODEL, max_model_len=256, structured_outputs_config={"backend": "xgrammar",
+                                                                             "disable_any_whitespace": True})
+    text = compact.generate("Describe a person as JSON:", SamplingParams(
+        temperature=0, max_tokens=60, structured_outputs=StructuredOutputsParams(json=PERSON)),
+        use_tqdm=False)[0].outputs[0].text
+    follows_person(text)
+    assert text == json.dumps(json.loads(text)), text
+    for bad, message in (({"backend": "guidance"}, "backend 'guidance' is not supported"),
+                         ({"disable_any_whitespace": "yes"}, "must be true or false"),
+                         ({"reasoning_parser": "deepseek_r1"}, "reasoning_parser is not supported"),
+                         ({"nope": 1}, "has no field 'nope'")):
+        with pytest.raises(ValueError, match=message):
+            verify_engine_args(EngineArgs(structured_outputs_config=bad))
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    for argv in (["--structured-outputs-config.backend", "xgrammar",
+                  "--structured_outputs_config.disable-any-whitespace=true"],
+                 ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']):
+        args = parser.parse_args(argv)
+        assert EngineArgs.from_cli_args(args).structured_outputs_config == {"backend": "xgrammar",
+                                                                            "disable_any_whitespace": True}

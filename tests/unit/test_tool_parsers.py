@@ -82,3 +82,84 @@ def test_auto_parsers_stream_their_calls():
     mistral = '[TOOL_CALLS][{"name": "a", "arguments": {"x": true}}]'
     assert stream_prefixes(mistral, get_tool_parser("mistral").call_nodes)[-1] == [("a", '{"x": true}')]
     assert stream_calls("no calls", get_tool_parser("hermes").call_nodes("no calls")) == []
+
+
+def test_mistral_tool_call_ids_are_nine_alphanumerics():
+    """vLLM's mistral parser gives 9-character alphanumeric ids: Mistral's chat templates raise on any other id when
+    the call comes back in the next request. Other parsers keep vLLM's chatcmpl-tool-<hex>. Streamed calls too."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+
+    text = '[TOOL_CALLS][{"name": "a", "arguments": {"x": 2}}, {"name": "b", "arguments": {}}]'
+    _, found = get_tool_parser("mistral").extract(text)
+    assert len(found) == 2 and len({c["id"] for c in found}) == 2
+    assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in found), found
+    _, found = get_tool_parser("hermes").extract('<tool_call>{"name": "a", "arguments": {}}</tool_call>')
+    assert found[0]["id"].startswith("chatcmpl-tool-") and len(found[0]["id"]) == len("chatcmpl-tool-") + 32
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)      # only its tool parser is used here
+    serving.tool_parser = get_tool_parser("mistral")
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    ids = []
+    for k in range(0, len(text), 7):
+        delta, _ = stream.delta(0, text[k:k + 7], None)
+        ids += [call["id"] for call in (delta or {}).get("tool_calls", []) if "id" in call]
+    delta, finish = stream.delta(0, "", "stop")
+    ids += [call["id"] for call in delta.get("tool_calls", []) if "id" in call]
+    assert finish == "tool_calls" and len(ids) == 2
+    assert all(len(i) == 9 and i.isalnum() for i in ids), ids
+
+
+def test_pythonic_calls():
+    """vLLM's pythonic / llama4_pythonic format (Llama 3.2, Llama 4): a Python list of calls with literal keyword
+    arguments; anything else is content. A stream holds the list and sends the calls whole at the end."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+
+    text = '[get_weather(city="San Francisco", days=3, metric=True, extra=None), get_time(zone=\'CET\', n=[1, -2])]'
+    expected = [("get_weather", {"city": "San Francisco", "days": 3, "metric": True, "extra": None}),
+                ("get_time", {"zone": "CET", "n": [1, -2]})]
+    for name in ("pythonic", "llama4_pythonic"):
+        assert calls(get_tool_parser(name).extract(" " + text + "\n")) == (None, expected)
+    assert calls(get_tool_parser("llama4_pythonic").extract("<|python_start|>" + text + "<|python_end|>")) == \
+        (None, expected)
+    for plain in ("The weather is nice.", "[1] A reference", "[f(x)]", "[f(a=g())]", "[os.system(c='x')]", "[f(a="):
+        assert get_tool_parser("pythonic").extract(plain) == (plain, [])
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)
+    serving.tool_parser = get_tool_parser("pythonic")
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    deltas = [stream.delta(0, text[k:k + 9], None)[0] for k in range(0, len(text), 9)]
+    assert all(d is None or "content" not in d for d in deltas), deltas
+    final, finish = stream.delta(0, "", "stop")
+    assert finish == "tool_calls" and "content" not in final
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in final["tool_calls"]] == expected
+    plain = ToolCallStream(serving, ToolMode("auto"), 1)
+    assert plain.delta(0, "Sunny ", None)[0] == {"content": "Sunny "}
+    assert plain.delta(0, "today.", "stop") == ({"content": "today."}, "stop")
+
+
+def test_mistral_v11_calls_and_special_tokens():
+    """Mistral tokenizers from v11 on write one marker per call, ``[TOOL_CALLS]name{...}`` (HF tokenizers also
+    ``[ARGS]``): parsed as vLLM does (arguments that do not parse are kept as written). The marker is a special
+    token, so under tool_choice="auto" the request keeps special tokens, else the marker was dropped from the text
+    and no call was ever found. Hermes' <tool_call> is special in some tokenizers: the same (vLLM's hermes parser)."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+    from pagedllm.sampling_params import SamplingParams
+
+    mistral = get_tool_parser("mistral")
+    text = 'Checking. [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time{"zone": "CET"}'
+    assert calls(mistral.extract(text)) == ("Checking.", [("get_weather", {"city": "Paris"}),
+                                                          ("get_time", {"zone": "CET"})])
+    content, found = mistral.extract('[TOOL_CALLS]f{"broken": ')
+    assert content is None and found[0]["function"] == {"name": "f", "arguments": '{"broken":'}
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)
+    serving.tool_parser = mistral
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    sent = [stream.delta(0, text[k:k + 6], None)[0] for k in range(0, len(text), 6)]
+    final, finish = stream.delta(0, "", "stop")
+    assert "".join(d.get("content", "") for d in sent if d) == "Checking. "
+    assert finish == "tool_calls"
+    assert [c["function"]["name"] for c in final["tool_calls"]] == ["get_weather", "get_time"]
+    for parser, mode, keeps in (("mistral", "auto", False), ("mistral", "required", True), ("hermes", "auto", False),
+                                ("llama3_json", "auto", True)):
+        serving.tool_parser = get_tool_parser(parser)
+        params = SamplingParams()
+        serving.keep_call_markers(ToolMode(mode), params)
+        assert params.skip_special_tokens is keeps, (parser, mode)

@@ -97,7 +97,9 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     if getattr(args, "enable_auto_tool_choice", False):
         from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
         tool_parser = get_tool_parser(args.tool_call_parser)
-    chat = OpenAIServingChat(engine, served_model_names, tool_parser=tool_parser, **common)
+    chat = OpenAIServingChat(engine, served_model_names, tool_parser=tool_parser,
+                             exclude_tools_when_tool_choice_none=getattr(args, "exclude_tools_when_tool_choice_none",
+                                                                         False), **common)
     base = OpenAIServing(engine, served_model_names, **common)
     pooling = OpenAIServingPooling(engine, served_model_names, **common)
     is_pooling = engine.config.is_pooling

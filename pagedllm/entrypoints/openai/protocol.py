@@ -6,11 +6,12 @@ their JSON matches what the ``openai`` client parses.
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from pagedllm.sampling_params import StructuredOutputsParams
 
@@ -99,8 +100,21 @@ class JsonSchemaResponseFormat(OpenAIBaseModel):
 
 
 class ResponseFormat(OpenAIBaseModel):
-    type: Literal["text", "json_object", "json_schema"] = "text"
+    type: Literal["text", "json_object", "json_schema", "structural_tag"] = "text"
     json_schema: JsonSchemaResponseFormat | None = None
+    # type "structural_tag" (vLLM): xgrammar's structural tag, as {"format": {...}} or vLLM's first form
+    # {"structures": [{"begin", "schema", "end"}], "triggers": [...]}.
+    format: Any = None
+    structures: list[dict[str, Any]] | None = None
+    triggers: list[str] | None = None
+
+    def structural_tag(self) -> str:
+        if self.format is not None:
+            return json.dumps({"type": "structural_tag", "format": self.format})
+        if self.structures is None or self.triggers is None:
+            raise RequestError("response_format of type 'structural_tag' needs 'format', or 'structures' and "
+                               "'triggers'.", "response_format")
+        return json.dumps({"type": "structural_tag", "structures": self.structures, "triggers": self.triggers})
 
 
 class UsageInfo(OpenAIBaseModel):
@@ -170,6 +184,8 @@ class SamplingFields(OpenAIRequestModel):
         if self.response_format is not None and self.response_format.type != "text":
             if self.response_format.type == "json_object":
                 given.append(("response_format", {"json_object": True}))
+            elif self.response_format.type == "structural_tag":
+                given.append(("response_format", {"structural_tag": self.response_format.structural_tag()}))
             else:
                 spec = self.response_format.json_schema
                 if spec is None or spec.json_schema is None:
@@ -347,6 +363,15 @@ class ChatResponseMessage(OpenAIBaseModel):
     content: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     reasoning_content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_empty_tool_calls(self, handler):
+        # No calls: no "tool_calls" key (OpenAI, vLLM), so the openai client's message.tool_calls is None; an empty
+        # list sends "while message.tool_calls is not None" loops into message.tool_calls[0].
+        data = handler(self)
+        if not data.get("tool_calls"):
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatCompletionResponseChoice(OpenAIBaseModel):

@@ -1,6 +1,7 @@
 """POST /v1/chat/completions: the conversation rendered by the chat template, then n completions, whole or streamed."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_log
                                                         dumps, plain_prompt_logprobs, sse, until_disconnected,
                                                         usage_dict)
 from pagedllm.outputs import Logprob
-from pagedllm.sampling_params import StructuredOutputsParams
+from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -50,19 +51,23 @@ class ToolMode:
 
 
 class OpenAIServingChat(OpenAIServing):
-    def __init__(self, *args, tool_parser: ToolParser | None = None, **kwargs):
+    def __init__(self, *args, tool_parser: ToolParser | None = None, exclude_tools_when_tool_choice_none: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.tool_parser = tool_parser      # --enable-auto-tool-choice --tool-call-parser NAME
+        self.exclude_tools_when_tool_choice_none = exclude_tools_when_tool_choice_none
 
     def tool_mode(self, req: ChatCompletionRequest) -> ToolMode:
+        if req.tools is not None and not req.tools:
+            raise RequestError("`tools` must not be an empty array. Either provide at least one tool or omit the "
+                               "field entirely.", "tools")
         if req.tools:
             tool_parsers.functions_by_name(req.tools)      # the tools' shape, whatever tool_choice is
         choice = req.tool_choice
         parallel = req.parallel_tool_calls is not False
-        if choice is None:
-            # OpenAI's default with tools is "auto"; without an auto parser the tools are only shown (vLLM).
-            return ToolMode("auto" if req.tools and self.tool_parser is not None else "none", parallel=parallel)
-        if choice == "none":
+        if choice is None and req.tools and "tool_choice" not in req.model_fields_set:
+            choice = "auto"         # OpenAI's and vLLM's default with tools (an explicit null stays "none")
+        if choice is None or choice == "none":
             return ToolMode()
         if not req.tools:
             raise RequestError("When using `tool_choice`, `tools` must be set.", "tool_choice")
@@ -77,20 +82,35 @@ class OpenAIServingChat(OpenAIServing):
         return ToolMode("named", tool_parsers.named_tool(req.tools, choice))
 
     def tool_constraint(self, req: ChatCompletionRequest, mode: ToolMode) -> StructuredOutputsParams | None:
-        """Forced calls are enforced by the JSON-schema constraint; otherwise the request's own constraint."""
+        """Forced calls are enforced by the JSON-schema constraint; "auto" with a strict tool by the parser's
+        structural tag (unless the request constrains the output itself); otherwise the request's own constraint."""
+        if mode.kind == "auto" and req.structured_output_fields() is None:
+            tag = tool_parsers.strict_structural_tag(self.tool_parser, req.tools, mode.parallel)
+            if tag is not None:
+                return self._checked_tool_constraint(StructuredOutputsParams(structural_tag=json.dumps(tag)))
         if mode.kind not in ("named", "required"):
             return self.structured_outputs(req)
         if req.structured_output_fields() is not None:
-            raise RequestError(f"tool_choice={mode.kind!r} constrains the output itself: drop response_format / "
-                               f"guided_* from the request.", "tool_choice")
+            # vLLM's words (a named tool with structured_outputs); the JSON the calls are written in is the constraint.
+            raise RequestError(f"You can only either use constraints for structured outputs or tools, not both "
+                               f"(tool_choice={mode.kind!r} constrains the output itself: drop response_format / "
+                               f"structured_outputs / guided_* from the request).", "tool_choice")
         schema = (tool_parsers.parameters_schema(mode.function) if mode.kind == "named"
                   else tool_parsers.required_schema(req.tools, mode.parallel))
-        so = StructuredOutputsParams(json=schema)
+        return self._checked_tool_constraint(StructuredOutputsParams(json=schema))
+
+    def _checked_tool_constraint(self, so: StructuredOutputsParams) -> StructuredOutputsParams:
         try:
             structured_output.validate(so)
         except ValueError as e:
             raise RequestError(f"The tool's parameters schema: {e}", "tools") from None
         return so
+
+    def keep_call_markers(self, mode: ToolMode, params: SamplingParams) -> None:
+        """tool_choice="auto" with a parser whose call marker is a special token (mistral's [TOOL_CALLS]): the text
+        keeps special tokens, else the marker is dropped and no call is ever found (vLLM does the same)."""
+        if mode.kind == "auto" and self.tool_parser.keeps_special_tokens:
+            params.skip_special_tokens = False
 
     def tool_calls(self, mode: ToolMode, text: str, finish_reason: str | None) -> tuple[str | None, list, str | None]:
         """(content, tool_calls, finish_reason) of a finished choice."""
@@ -100,8 +120,10 @@ class OpenAIServingChat(OpenAIServing):
             try:
                 calls = tool_parsers.calls_from_required(text)
                 return None, calls if mode.parallel else calls[:1], "tool_calls"
-            except (ValueError, KeyError, TypeError):    # cut by max_tokens: not a whole JSON array
-                return text, [], finish_reason
+            except (ValueError, KeyError, TypeError):
+                # Cut by max_tokens, not a whole JSON array: no calls and empty content, as vLLM (the partial
+                # array is not an answer; a stream has sent its calls as far as they went).
+                return "", [], finish_reason
         if mode.kind == "auto":
             content, calls = self.tool_parser.extract(text)
             if not mode.parallel:
@@ -117,9 +139,11 @@ class OpenAIServingChat(OpenAIServing):
             mode = self.tool_mode(req)
             so = self.tool_constraint(req, mode)
             conv = conversation(req.messages)
+            # The tools reach the template whatever tool_choice is, unless --exclude-tools-when-tool-choice-none.
+            tools = None if self.exclude_tools_when_tool_choice_none and req.tool_choice == "none" else req.tools
             ids = await self.render_chat(
                 conv, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
-                continue_final_message=req.continue_final_message, tools=req.tools,
+                continue_final_message=req.continue_final_message, tools=tools,
                 chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens,
                 documents=req.documents)
             ids = self.truncated(ids, req.truncate_prompt_tokens)
@@ -127,6 +151,7 @@ class OpenAIServingChat(OpenAIServing):
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
             params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
+            self.keep_call_markers(mode, params)
             request_id = f"chatcmpl-{req.request_id or random_uuid()}"
             prompt = {"prompt_token_ids": ids}
             if req.cache_salt is not None:
@@ -351,7 +376,7 @@ class ToolCallStream:
                 delta["tool_calls"] = call_deltas
             held = content[self.sent[index]:] if content and len(content) > self.sent[index] else ""
         else:
-            held = full[self.sent[index]:]
+            held = (content or "")[self.sent[index]:]
         if held:
             delta["content"] = held
         return delta, finish
@@ -362,9 +387,13 @@ class ToolCallStream:
         out = []
         for k, (name, args) in enumerate(calls):
             if k == len(sent):          # a new call: its header, with the arguments known so far
-                call = tool_parsers.tool_call(name, args)
                 if ids is not None:
-                    call["id"] = ids[k]
+                    call_id = ids[k]
+                elif self.mode.kind == "auto":
+                    call_id = self.serving.tool_parser.new_call_id()
+                else:
+                    call_id = None
+                call = tool_parsers.tool_call(name, args, call_id)
                 out.append({"index": k, **call})
                 sent.append(args)
             elif len(args) > len(sent[k]):

@@ -8,19 +8,27 @@
 """
 from __future__ import annotations
 
+import ast
 import json
+import random
 import re
+import string
 from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.entrypoints.openai.protocol import RequestError, random_uuid
 
 
-def tool_call(name: str, arguments: Any) -> dict:
+def make_tool_call_id() -> str:
+    """vLLM's default tool call id."""
+    return f"chatcmpl-tool-{random_uuid()}"
+
+
+def tool_call(name: str, arguments: Any, call_id: str | None = None) -> dict:
     """One OpenAI tool call; ``arguments`` is a JSON string (the openai client's ``function.arguments``)."""
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": f"chatcmpl-tool-{random_uuid()}", "type": "function",
+    return {"id": call_id or make_tool_call_id(), "type": "function",
             "function": {"name": name, "arguments": arguments}}
 
 
@@ -44,15 +52,30 @@ def functions_by_name(tools: list[dict]) -> dict[str, dict]:
     return out
 
 
-def named_tool(tools: list[dict] | None, tool_choice: dict) -> dict:
-    """The function a named ``tool_choice`` forces (vLLM's message when it is not among the tools)."""
-    name = (tool_choice.get("function") or {}).get("name") if isinstance(tool_choice, dict) else None
-    if not name:
-        raise RequestError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', "
-                           "'function': {'name': ...}}.", "tool_choice")
+_NAMED_USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
+
+
+def named_tool(tools: list[dict] | None, tool_choice: Any) -> dict:
+    """The function a named ``tool_choice`` forces; RequestError with vLLM's messages for a malformed choice or a
+    name that is not among the tools."""
+    if not isinstance(tool_choice, dict):
+        raise RequestError(f'Invalid value for `tool_choice`: {tool_choice}! Only named tools, "none", "auto" or '
+                           f'"required" are supported.', "tool_choice")
+    function = tool_choice.get("function")
+    if not isinstance(function, dict):
+        raise RequestError(f"Invalid value for `function`: `{function}` in `tool_choice`! {_NAMED_USAGE}",
+                           "tool_choice.function")
+    if "name" not in function:
+        raise RequestError(f"Expected field `name` in `function` in `tool_choice`! {_NAMED_USAGE}",
+                           "tool_choice.function.name")
+    name = function["name"]
+    if not isinstance(name, str) or not name:
+        raise RequestError(f"Invalid `name` in `function`: `{name}` in `tool_choice`! {_NAMED_USAGE}",
+                           "tool_choice.function.name")
     fns = functions_by_name(tools or [])
     if name not in fns:
-        raise RequestError(f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
+        raise RequestError("The tool specified in `tool_choice` does not match any of the specified `tools`",
+                           "tool_choice")
     return fns[name]
 
 
@@ -62,11 +85,21 @@ def parameters_schema(fn: dict) -> dict:
 
 def required_schema(tools: list[dict], parallel: bool = True) -> dict:
     """``tool_choice="required"``: an array of one or more calls (exactly one with ``parallel=False``, the request's
-    ``parallel_tool_calls``), each naming one of the tools with its arguments."""
-    variants = [{"type": "object",
-                 "properties": {"name": {"type": "string", "enum": [name]}, "parameters": parameters_schema(fn)},
-                 "required": ["name", "parameters"]} for name, fn in functions_by_name(tools).items()]
-    schema = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+    ``parallel_tool_calls``), each naming one of the tools with its arguments. The tools' ``$defs`` (pydantic writes
+    them for nested models and enums) move to the root, where their ``#/$defs/...`` references point (vLLM does the
+    same); one name defined differently by two tools is a 400."""
+    variants, defs = [], {}
+    for name, fn in functions_by_name(tools).items():
+        params = dict(parameters_schema(fn))
+        for key in ("$defs", "definitions"):
+            for def_name, def_schema in (params.pop(key, None) or {}).items():
+                if defs.setdefault(key, {}).setdefault(def_name, def_schema) != def_schema:
+                    raise RequestError(f"Tool definition '{def_name}' has multiple schemas, which is not supported.",
+                                       "tools")
+        variants.append({"type": "object",
+                         "properties": {"name": {"type": "string", "enum": [name]}, "parameters": params},
+                         "required": ["name", "parameters"]})
+    schema = {"type": "array", "minItems": 1, "items": {"anyOf": variants}, **defs}
     if not parallel:
         schema["maxItems"] = 1
     return schema
@@ -248,8 +281,21 @@ def stream_calls(text: str, call_nodes: list[JsonNode]) -> list[tuple[str, str]]
 # ---- parsers of the model's own format (tool_choice="auto") ----------------------------------------------------------
 class ToolParser:
     """Finds tool calls in a finished output. ``start`` marks where calls begin: a stream sends the content before
-    it as it comes and the calls after it as they are generated (``call_nodes``)."""
+    it as it comes and the calls after it as they are generated (``call_nodes``).
+
+    ``trigger`` and ``call_tag``: how one call is written, for ``strict`` tools under tool_choice="auto"
+    (``strict_structural_tag``); None where the format has no JSON arguments to constrain."""
     start: str = ""
+    trigger: str | None = None
+    keeps_special_tokens = False        # the call marker is a special token: the output must keep them
+
+    def call_tag(self, name: str) -> tuple[str, str]:
+        """The text before a call's JSON arguments and after them."""
+        raise NotImplementedError
+
+    def new_call_id(self) -> str:
+        """The id of a call this parser finds (the model's chat template may require a form)."""
+        return make_tool_call_id()
 
     def extract(self, text: str) -> tuple[str | None, list[dict]]:
         """(the content left, the tool calls); no calls when the text has none or they do not parse."""
@@ -275,19 +321,25 @@ class ToolParser:
         return len(text)
 
 
-def _calls_from_objects(objects: list) -> list[dict] | None:
+def _calls_from_objects(objects: list, parser: ToolParser) -> list[dict] | None:
     calls = []
     for obj in objects:
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             return None
         args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append(tool_call(obj["name"], args))
+        calls.append(tool_call(obj["name"], args, parser.new_call_id()))
     return calls
 
 
 class HermesToolParser(ToolParser):
     """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one block per call (Hermes, Qwen2.5, Qwen3)."""
     start = "<tool_call>"
+    trigger = "<tool_call>"
+    keeps_special_tokens = True         # <tool_call> is a special token in some tokenizers (vLLM's hermes parser)
+
+    def call_tag(self, name: str) -> tuple[str, str]:
+        # The spacing of Hermes' and Qwen's chat templates (xgrammar's "qwen_3" structural tag).
+        return f'<tool_call>\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": ', "}\n</tool_call>"
     _block = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
     def extract(self, text: str) -> tuple[str | None, list[dict]]:
@@ -295,7 +347,7 @@ class HermesToolParser(ToolParser):
         if i < 0:
             return text, []
         try:
-            calls = _calls_from_objects([json.loads(m) for m in self._block.findall(text[i:])])
+            calls = _calls_from_objects([json.loads(m) for m in self._block.findall(text[i:])], self)
         except json.JSONDecodeError:
             return text, []
         if not calls:
@@ -308,6 +360,10 @@ class Llama3JsonToolParser(ToolParser):
     """Llama 3.x JSON calls: ``{"name": ..., "parameters": {...}}`` (after ``<|python_tag|>`` or alone), several
     separated by ``;``."""
     start = "<|python_tag|>"
+    trigger = '{"name": '
+
+    def call_tag(self, name: str) -> tuple[str, str]:
+        return f'{{"name": {json.dumps(name, ensure_ascii=False)}, "parameters": ', "}"
 
     def call_start(self, text: str) -> int:
         stripped = text.lstrip()
@@ -343,41 +399,131 @@ class Llama3JsonToolParser(ToolParser):
                     pos += 1
         except json.JSONDecodeError:
             return text, []
-        calls = _calls_from_objects(objects)
+        calls = _calls_from_objects(objects, self)
         return (None, calls) if calls else (text, [])
 
 
 class MistralToolParser(ToolParser):
-    """Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]``."""
+    """Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` (tokenizers before v11) or, one marker per
+    call, ``[TOOL_CALLS]name{...}`` / ``[TOOL_CALLS]name[ARGS]{...}`` (v11 and later: Mistral Small 3.2, Magistral,
+    Devstral). The marker is a special token: the output keeps special tokens (``keeps_special_tokens``), as vLLM
+    makes it do. Calls in the later format are streamed whole when the output ends."""
     start = "[TOOL_CALLS]"
+    keeps_special_tokens = True
+
+    def new_call_id(self) -> str:
+        # Nine letters and digits, as vLLM's mistral parser: Mistral's chat templates refuse any other tool call id
+        # when the call comes back in the next request ("Tool call IDs should be alphanumeric strings with length 9").
+        return "".join(random.choices(string.ascii_letters + string.digits, k=9))
 
     def extract(self, text: str) -> tuple[str | None, list[dict]]:
         i = text.find(self.start)
         if i < 0:
             return text, []
+        after = text[i + len(self.start):].strip()
+        if after[:1] not in ("[", "{"):
+            return self._extract_named(text, i)
         try:
-            value = json.JSONDecoder().raw_decode(text[i + len(self.start):].strip())[0]
+            value = json.JSONDecoder().raw_decode(after)[0]
         except json.JSONDecodeError:
             return text, []
-        calls = _calls_from_objects(value if isinstance(value, list) else [value])
+        calls = _calls_from_objects(value if isinstance(value, list) else [value], self)
+        if not calls:
+            return text, []
+        return text[:i].strip() or None, calls
+
+    def _extract_named(self, text: str, i: int) -> tuple[str | None, list[dict]]:
+        """``[TOOL_CALLS]name{args}`` blocks; arguments that do not parse stay as written (vLLM keeps them too, so
+        the model sees in the next turn that it tried a call)."""
+        calls = []
+        for raw in text[i:].split(self.start)[1:]:
+            brace = raw.find("{")
+            if brace < 0:
+                continue
+            name, args = raw[:brace].replace("[ARGS]", "").strip(), raw[brace:].strip()
+            try:
+                args = json.JSONDecoder().raw_decode(args)[0]
+            except json.JSONDecodeError:
+                pass
+            calls.append(tool_call(name, args, self.new_call_id()))
         if not calls:
             return text, []
         return text[:i].strip() or None, calls
 
     def call_nodes(self, text: str) -> list[JsonNode]:
         i = text.find(self.start)
-        if i < 0:
-            return []
+        if i < 0 or text[i + len(self.start):].lstrip()[:1] not in ("[", "{"):
+            return []       # nothing yet, or the later format: sent whole at the end
         node = parse_partial_json(text, i + len(self.start))
         return node.items if node.items is not None else [node]
+
+
+class PythonicToolParser(ToolParser):
+    """Python call syntax, the whole output one list: ``[get_weather(city="Paris"), get_time()]`` (Llama 3.2 and
+    Llama 4 prompts; vLLM's ``pythonic`` and ``llama4_pythonic``, the latter inside ``<|python_start|>`` ...
+    ``<|python_end|>``). Keyword arguments with literal values (strings, numbers, True / False / None, lists, dicts).
+    A stream holds an output that starts like a call list and sends its calls whole when it ends (an output that
+    turns out not to be one is sent as content then)."""
+    start = "["
+    _tags = ("<|python_start|>", "<|python_end|>")
+
+    def call_start(self, text: str) -> int:
+        stripped, begin = text.lstrip(), self._tags[0]
+        if stripped.startswith("[") or begin.startswith(stripped[:len(begin)]):      # a list, or its tag so far
+            return len(text) - len(stripped)
+        return len(text)
+
+    def call_nodes(self, text: str) -> list[JsonNode]:
+        return []
+
+    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+        body = text.strip()
+        for tag in self._tags:
+            body = body.replace(tag, "")
+        body = body.strip()
+        if not (body.startswith("[") and body.endswith("]")):
+            return text, []
+        try:
+            tree = ast.parse(body, mode="eval").body
+            if not isinstance(tree, ast.List) or not tree.elts:
+                return text, []
+            calls = []
+            for node in tree.elts:
+                if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+                    return text, []
+                args = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
+                calls.append(tool_call(node.func.id, args, self.new_call_id()))
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+            return text, []
+        return None, calls
 
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesToolParser,
     "qwen3": HermesToolParser,        # Qwen3's template writes Hermes-style <tool_call> blocks
     "llama3_json": Llama3JsonToolParser,
+    "llama4_json": Llama3JsonToolParser,      # vLLM registers both names to one parser
     "mistral": MistralToolParser,
+    "pythonic": PythonicToolParser,
+    "llama4_pythonic": PythonicToolParser,
 }
+
+
+def strict_structural_tag(parser: ToolParser, tools: list[dict], parallel: bool) -> dict | None:
+    """tool_choice="auto" with a tool marked ``"strict": true`` (OpenAI's flag; the openai client's
+    ``pydantic_function_tool`` sets it): as vLLM, the calls the model starts (at the parser's trigger) are
+    constrained, each tool's arguments by its parameters schema, while text stays free. None when no tool is strict
+    or the parser's format has no structural tag here (then, as vLLM, calls are parsed unconstrained)."""
+    fns = functions_by_name(tools)
+    if parser.trigger is None or not any(fn.get("strict") is True for fn in fns.values()):
+        return None
+    tags = []
+    for name, fn in fns.items():
+        begin, end = parser.call_tag(name)
+        tags.append({"type": "tag", "begin": begin, "end": end,
+                     "content": {"type": "json_schema", "json_schema": parameters_schema(fn)}})
+    return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": [parser.trigger],
+                                                 "tags": tags, "stop_after_first": not parallel}}
 
 
 def get_tool_parser(name: str) -> ToolParser:
