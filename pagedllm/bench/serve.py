@@ -59,7 +59,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="Gamma shape of the inter-arrival times: 1 = Poisson, <1 burstier, >1 more uniform.")
     parser.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight at once.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ignore-eos", action="store_true", help="Send ignore_eos=true (fixed output lengths).")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="Send ignore_eos=true (fixed output lengths); always on with --dataset-name random.")
     parser.add_argument("--logprobs", type=int, default=None, help="Logprobs per output token to request.")
     parser.add_argument("--temperature", type=float, default=None, help="Default 0.0 (greedy).")
     parser.add_argument("--top-p", type=float, default=None)
@@ -273,6 +274,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model_id = args.model or asyncio.run(_fetch_first_model(base_url))
     request_model = args.served_model_name or model_id
     chat = args.backend in CHAT_BACKENDS
+    if args.dataset_name == "random" and not pooling:
+        # vLLM's rule: random prompts ask for --random-output-len tokens each, so EOS is ignored even without
+        # --ignore-eos (else a random prompt often stops after a few tokens and the output lengths mean nothing).
+        args.ignore_eos = True
 
     tokenizer = None
     if not args.skip_tokenizer_init:

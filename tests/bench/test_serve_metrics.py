@@ -497,3 +497,20 @@ def test_metric_percentiles_errors_name_the_flag():
         parse_percentiles("50,abc")
     with pytest.raises(ValueError, match=r"must be in \[0, 100\], got 101"):
         parse_percentiles("101")
+
+
+def test_random_dataset_ignores_eos_without_the_flag(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's bench serve sends ignore_eos=true for --dataset-name random even without --ignore-eos (each request
+    generates its --random-output-len tokens); other datasets send it only with the flag."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                          "--random-output-len", "2", "--num-prompts", "2", "--skip-tokenizer-init", "--disable-tqdm"))
+    assert fake_server.requests and all(r.body.get("ignore_eos") is True for r in fake_server.requests)
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": _words(5, i)}) + "\n" for i in range(2)))
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--dataset-name", "custom",
+                          "--dataset-path", str(path), "--skip-chat-template", "--custom-output-len", "2",
+                          "--num-prompts", "2", "--tokenizer", word_tokenizer_dir, "--disable-tqdm"))
+    assert fake_server.requests and all("ignore_eos" not in r.body for r in fake_server.requests)
