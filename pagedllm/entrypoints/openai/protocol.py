@@ -139,6 +139,7 @@ class SamplingFields(OpenAIRequestModel):
     spaces_between_special_tokens: bool = True
     truncate_prompt_tokens: int | None = None
     allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
     prompt_logprobs: int | None = None
     use_beam_search: bool = False
     length_penalty: float = 1.0

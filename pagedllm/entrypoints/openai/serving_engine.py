@@ -26,7 +26,7 @@ logger = logging.getLogger("pagedllm.entrypoints.openai")
 _SAMPLING_FIELDS = sorted([
     "n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k",
     "min_p", "seed", "stop", "stop_token_ids", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
-    "logit_bias", "allowed_token_ids", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
+    "logit_bias", "allowed_token_ids", "bad_words", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
     "priority",     # the engine's "Got priority N but Priority scheduling is not enabled"
 ], key=len, reverse=True)
 
@@ -211,7 +211,8 @@ class OpenAIServing:
                 skip_special_tokens=req.skip_special_tokens,
                 spaces_between_special_tokens=req.spaces_between_special_tokens,
                 include_stop_str_in_output=req.include_stop_str_in_output, logit_bias=req.logit_bias,
-                allowed_token_ids=req.allowed_token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens,
+                allowed_token_ids=req.allowed_token_ids, bad_words=req.bad_words or None,
+                truncate_prompt_tokens=req.truncate_prompt_tokens,
                 structured_outputs=structured_outputs,
                 # Outputs always come as deltas: streams send them, others gather them (and metrics see every step).
                 output_kind=RequestOutputKind.DELTA)
