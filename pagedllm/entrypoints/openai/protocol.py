@@ -146,6 +146,8 @@ class SamplingFields(OpenAIRequestModel):
     priority: int = 0
     request_id: str | None = None
     return_token_ids: bool | None = None
+    # Logprob tokens as "token_id:{id}" strings (None: the server's --return-tokens-as-token-ids).
+    return_tokens_as_token_ids: bool | None = None
     cache_salt: str | None = None
     # vLLM's structured-output extras (one at most, or response_format).
     structured_outputs: dict[str, Any] | None = None

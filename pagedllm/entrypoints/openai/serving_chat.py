@@ -151,16 +151,18 @@ class OpenAIServingChat(OpenAIServing):
         return result
 
     # ---- logprobs -------------------------------------------------------------------------------------------------
-    def _logprobs(self, token_ids: list[int], entries: list[dict[int, Logprob]], k: int) -> ChatCompletionLogProbs:
+    def _logprobs(self, token_ids: list[int], entries: list[dict[int, Logprob]], k: int,
+                  as_ids: bool = False) -> ChatCompletionLogProbs:
         content = []
         for tid, entry in zip(token_ids, entries):
             chosen = entry.get(tid)
-            tok = self.token_str(tid, chosen.decoded_token if chosen else None)
+            tok = self.token_str(tid, chosen.decoded_token if chosen else None, as_ids)
             # OpenAI's top_logprobs: the k most likely tokens, best first (the sampled one may not be among them).
             ranked = sorted(((l.rank if l.rank is not None else 1 << 30, t, l) for t, l in entry.items()),
                             key=lambda x: x[0])[:k]
-            top = [ChatLogProb(token=(s := self.token_str(t, l.decoded_token)), logprob=clamp_logprob(l.logprob),
-                               bytes=list(s.encode("utf-8", errors="replace"))) for _, t, l in ranked]
+            top = [ChatLogProb(token=(s := self.token_str(t, l.decoded_token, as_ids)),
+                               logprob=clamp_logprob(l.logprob), bytes=list(s.encode("utf-8", errors="replace")))
+                   for _, t, l in ranked]
             content.append(ChatLogProbsContent(
                 token=tok, logprob=clamp_logprob(chosen.logprob) if chosen else -9999.0,
                 bytes=list(tok.encode("utf-8", errors="replace")), top_logprobs=top))
@@ -195,7 +197,8 @@ class OpenAIServingChat(OpenAIServing):
         return_ids = bool(req.return_token_ids) or self.tokenizer is None
         choices = []
         for i in range(n):
-            logprobs = self._logprobs(tokens[i], lps[i], req.top_logprobs or 0) if req.logprobs else None
+            logprobs = (self._logprobs(tokens[i], lps[i], req.top_logprobs or 0, self.tokens_as_ids(req))
+                        if req.logprobs else None)
             content, calls, finish_reason = self.tool_calls(mode, texts[i], finish[i][0])
             if content is not None:
                 content = echo + content
@@ -264,7 +267,8 @@ class OpenAIServingChat(OpenAIServing):
                     num_generated += len(token_ids)
                     logprobs = None
                     if req.logprobs:
-                        logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0).model_dump()
+                        logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0,
+                                                  self.tokens_as_ids(req)).model_dump()
                     if mode.kind != "none":
                         if c.finish_reason is not None:
                             finished_sent[c.index] = True

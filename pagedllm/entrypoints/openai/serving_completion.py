@@ -120,17 +120,17 @@ class OpenAIServingCompletion(OpenAIServing):
 
     # ---- logprobs -------------------------------------------------------------------------------------------------
     def _logprobs(self, token_ids: list[int], entries: list[dict[int, Logprob] | None], k: int,
-                  offset: int) -> CompletionLogProbs:
+                  offset: int, as_ids: bool = False) -> CompletionLogProbs:
         lp = CompletionLogProbs()
         for tid, entry in zip(token_ids, entries):
             if entry is None:   # the first prompt token has no logprob
-                tok = self.token_str(tid, None)
+                tok = self.token_str(tid, None, as_ids)
                 lp.tokens.append(tok)
                 lp.token_logprobs.append(None)
                 lp.top_logprobs.append(None)
             else:
                 chosen = entry.get(tid)
-                tok = self.token_str(tid, chosen.decoded_token if chosen else None)
+                tok = self.token_str(tid, chosen.decoded_token if chosen else None, as_ids)
                 lp.tokens.append(tok)
                 lp.token_logprobs.append(clamp_logprob(chosen.logprob) if chosen else -9999.0)
                 # vLLM's shape: the sampled token and the top-k (so k or k+1 entries).
@@ -138,7 +138,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 for i, (t, l) in enumerate(entry.items()):
                     if i > k:
                         break
-                    top[self.token_str(t, l.decoded_token)] = clamp_logprob(l.logprob)
+                    top[self.token_str(t, l.decoded_token, as_ids)] = clamp_logprob(l.logprob)
                 lp.top_logprobs.append(top)
             lp.text_offset.append(offset)
             offset += len(tok)
@@ -184,9 +184,10 @@ class OpenAIServingCompletion(OpenAIServing):
                 if req.logprobs is not None:
                     if req.echo:
                         plp = prompt_logprobs[i] or [None] * len(p.ids)
-                        logprobs = self._logprobs(p.ids + ch.token_ids, list(plp) + ch.logprobs, req.logprobs, 0)
+                        logprobs = self._logprobs(p.ids + ch.token_ids, list(plp) + ch.logprobs, req.logprobs, 0,
+                                                  self.tokens_as_ids(req))
                     else:
-                        logprobs = self._logprobs(ch.token_ids, ch.logprobs, req.logprobs, 0)
+                        logprobs = self._logprobs(ch.token_ids, ch.logprobs, req.logprobs, 0, self.tokens_as_ids(req))
                 result_choices.append(CompletionResponseChoice(
                     index=i * n + j, text=prompt_text + ch.text, logprobs=logprobs,
                     finish_reason=ch.finish_reason, stop_reason=ch.stop_reason,
@@ -256,7 +257,7 @@ class OpenAIServingCompletion(OpenAIServing):
                         entries = list(out.prompt_logprobs or [None] * len(prompts[i].ids)) + entries
                     ch.started = True
                     if req.logprobs is not None:
-                        lp = self._logprobs(lp_ids, entries, req.logprobs, ch.text_offset)
+                        lp = self._logprobs(lp_ids, entries, req.logprobs, ch.text_offset, self.tokens_as_ids(req))
                         ch.text_offset = lp.text_offset[-1] + len(lp.tokens[-1]) if lp.tokens else ch.text_offset
                         logprobs = lp.model_dump()
                     num_generated += len(token_ids)

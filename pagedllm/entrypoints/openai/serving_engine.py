@@ -97,7 +97,8 @@ class OpenAIServing:
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
                  max_log_len: int | None = None, trust_request_chat_template: bool = False,
                  max_n: int = MAX_N, max_prompts_per_request: int | None = None,
-                 enable_prompt_tokens_details: bool = False, chat_template_content_format: str = "auto"):
+                 enable_prompt_tokens_details: bool = False, chat_template_content_format: str = "auto",
+                 return_tokens_as_token_ids: bool = False):
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
@@ -113,6 +114,7 @@ class OpenAIServing:
         # --chat-template-content-format: how a message's content reaches the template ("auto" / "string": text
         # parts joined into one string; "openai": a list of {"type": "text", "text": ...} parts).
         self.chat_template_content_format = chat_template_content_format
+        self.return_tokens_as_token_ids = return_tokens_as_token_ids
         self.max_model_len = engine.config.max_model_len
         self.vocab_size = engine.vocab_size
         self.default_params = engine.default_sampling_params()
@@ -276,7 +278,16 @@ class OpenAIServing:
         except Exception as e:   # jinja errors, bad kwargs, ValueError from the helper
             raise RequestError(f"Could not apply the chat template: {e}", "messages") from None
 
-    def token_str(self, token_id: int, decoded: str | None) -> str:
+    def tokens_as_ids(self, req: SamplingFields) -> bool:
+        """Whether logprob tokens are "token_id:{id}" strings: the request's return_tokens_as_token_ids, else the
+        server's --return-tokens-as-token-ids (vLLM's rule)."""
+        if req.return_tokens_as_token_ids is not None:
+            return req.return_tokens_as_token_ids
+        return self.return_tokens_as_token_ids
+
+    def token_str(self, token_id: int, decoded: str | None, as_id: bool = False) -> str:
+        if as_id:
+            return f"token_id:{token_id}"
         if decoded is not None:
             return decoded
         if self.tokenizer is None:
