@@ -4,6 +4,7 @@ the request-body size limit."""
 from __future__ import annotations
 
 import secrets
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -123,6 +124,28 @@ class APIKeyMiddleware:
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+class RequestIdHeaderMiddleware:
+    """--enable-request-id-headers (vLLM's flag): every response carries an X-Request-Id header, the request's own
+    X-Request-Id when it sent one (chat and completions also use it as their request id), else a new random id."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers") or []).get(b"x-request-id")
+        request_id = sent if sent is not None else uuid.uuid4().hex.encode()
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class BodySizeLimitMiddleware:

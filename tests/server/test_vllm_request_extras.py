@@ -3,24 +3,19 @@ what vLLM returns for the same request."""
 from __future__ import annotations
 
 import httpx
-import openai
 import pytest
 
-from server_utils import MODEL, SERVER_ARGS, start_servers
+from server_utils import MODEL, openai_client, server_fixture
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    (s,) = start_servers(["serve", MODEL, "--return-tokens-as-token-ids"] + SERVER_ARGS)
-    yield s
-    s.stop()
+server = server_fixture("--return-tokens-as-token-ids", "--enable-request-id-headers")
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 def test_bad_words_are_never_generated(server, client):
@@ -64,3 +59,25 @@ def test_return_tokens_as_token_ids(server, client):
                                                           temperature=0, logprobs=True, stream=True)
                 if c.choices and c.choices[0].logprobs]
     assert [lp.token for c in streamed for lp in c.choices[0].logprobs.content] == [c.token for c in content]
+
+
+def test_x_request_id_header_names_the_request(server, client):
+    # vLLM: an X-Request-Id header is the request's id (response id "cmpl-<id>" / "chatcmpl-<id>"), and with
+    # --enable-request-id-headers every response carries X-Request-Id (the sent one, else a new random id).
+    raw = client.completions.with_raw_response.create(model=MODEL, prompt="Hi", max_tokens=2,
+                                                      extra_headers={"X-Request-Id": "trace-42"})
+    assert raw.headers["x-request-id"] == "trace-42" and raw.parse().id == "cmpl-trace-42"
+    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=2,
+                                          extra_headers={"X-Request-Id": "trace-43"})
+    assert chat.id == "chatcmpl-trace-43"
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=2,
+                                                 stream=True, extra_headers={"X-Request-Id": "trace-44"}))
+    assert chunks and {c.id for c in chunks} == {"chatcmpl-trace-44"}
+    # The body's request_id is used when no header is sent; without either, the header is a fresh random id.
+    out = client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"request_id": "body-1"})
+    assert out.id == "cmpl-body-1"
+    r = httpx.get(server.url + "/v1/models")
+    assert len(r.headers["x-request-id"]) == 32
+    r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2},
+                   headers={"X-Request-Id": "x" * 300})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "X-Request-Id", r.text

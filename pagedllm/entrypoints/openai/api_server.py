@@ -33,7 +33,8 @@ from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_resp
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
-                                                add_error_handlers, add_guards, validation_error_response)
+                                                RequestIdHeaderMiddleware, add_error_handlers, add_guards,
+                                                validation_error_response)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
 from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.metrics import EngineMetrics
@@ -227,6 +228,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     add_guards(app, args.api_key, getattr(args, "max_request_body_bytes", DEFAULT_MAX_REQUEST_BODY_BYTES))
     app.state.server_state = ServerState()
     app.add_middleware(StoppingGuard, state=app.state.server_state, engine=engine)   # 503s before the key check
+    if getattr(args, "enable_request_id_headers", False):
+        app.add_middleware(RequestIdHeaderMiddleware)    # on every answer, the 401s and 503s above included
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
     return app

@@ -71,6 +71,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help='tool_choice="auto" on chat: the model decides, and --tool-call-parser reads its calls.')
     g.add_argument("--tool-call-parser", type=str, default=None,
                    help="The model's tool-call format for tool_choice=\"auto\": hermes, qwen3, llama3_json, mistral.")
+    g.add_argument("--enable-request-id-headers", action="store_true",
+                   help="Add an X-Request-Id header to every response (the request's own X-Request-Id if it sent "
+                        "one, which also names chat and completion requests, else a random id).")
     g.add_argument("--return-tokens-as-token-ids", action="store_true",
                    help='Logprob tokens as "token_id:{id}" strings (tokens that are not valid text stay '
                         'identifiable); a request\'s return_tokens_as_token_ids overrides it.')

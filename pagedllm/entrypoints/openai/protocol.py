@@ -30,6 +30,18 @@ def random_uuid() -> str:
     return uuid.uuid4().hex
 
 
+MAX_REQUEST_ID_CHARS = 256
+
+
+def check_request_id(value: str, name: str) -> str:
+    """A client's request id (body field or X-Request-Id header) ends up in logs and response ids: printable text
+    only (a newline would forge a log line), and no megabyte ids."""
+    if len(value) > MAX_REQUEST_ID_CHARS or not value.isprintable():
+        raise RequestError(f"{name} must be printable text (no control characters) of at most "
+                           f"{MAX_REQUEST_ID_CHARS} characters.", name)
+    return value
+
+
 class OpenAIBaseModel(BaseModel):
     # Unknown request fields are accepted and ignored (OpenAI and vLLM do the same).
     model_config = ConfigDict(extra="allow")
@@ -161,10 +173,7 @@ class SamplingFields(OpenAIRequestModel):
     @field_validator("request_id")
     @classmethod
     def _printable_request_id(cls, v: str | None) -> str | None:
-        # The id ends up in logs and response ids: no newlines or other control characters, no megabyte ids.
-        if v is not None and (len(v) > 256 or not v.isprintable()):
-            raise ValueError("request_id must be printable text (no control characters) of at most 256 characters.")
-        return v
+        return v if v is None else check_request_id(v, "request_id")
 
     def structured_output_fields(self) -> tuple[str, StructuredOutputsParams] | None:
         """The request's constraint as (the field it came from, its params), or None; RequestError names the field

@@ -15,7 +15,7 @@ from pagedllm.entrypoints.openai.tool_parsers import ToolParser
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
                                                   ChatCompletionResponse, ChatCompletionResponseChoice, ChatLogProb,
                                                   ChatLogProbsContent, ChatMessage, ChatResponseMessage, RequestError,
-                                                  UsageInfo, random_uuid)
+                                                  UsageInfo)
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
                                                         dumps, plain_prompt_logprobs, sse, until_disconnected,
                                                         usage_dict)
@@ -127,7 +127,7 @@ class OpenAIServingChat(OpenAIServing):
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
             params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
-            request_id = f"chatcmpl-{req.request_id or random_uuid()}"
+            request_id = f"chatcmpl-{self.base_request_id(raw_request, req.request_id)}"
             prompt = {"prompt_token_ids": ids}
             if req.cache_salt is not None:
                 prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV

@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm.entrypoints.openai.protocol import (CompletionLogProbs, CompletionRequest, CompletionResponse,
-                                                  CompletionResponseChoice, RequestError, UsageInfo, random_uuid)
+                                                  CompletionResponseChoice, RequestError, UsageInfo)
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
                                                         dumps, merge_streams, plain_prompt_logprobs, sse,
                                                         until_disconnected, usage_dict)
@@ -57,7 +57,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 if req.echo and req.logprobs is not None and params.prompt_logprobs is None:
                     params.prompt_logprobs = req.logprobs   # echo + logprobs returns the prompt's logprobs too
                 params_list.append(params)
-            base_id = f"cmpl-{req.request_id or random_uuid()}"
+            base_id = f"cmpl-{self.base_request_id(raw_request, req.request_id)}"
             ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
             streams = await self.submit(ids, [self._engine_prompt(p, req.cache_salt) for p in prompts], params_list, req.priority)
         except Exception as e:

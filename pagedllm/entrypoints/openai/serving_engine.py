@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineShutdownError, RequestStream
 from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_template, format_message_content
-from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields
+from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields, check_request_id, random_uuid
 from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
 from pagedllm.sampling_params import MAX_N, RequestOutputKind, SamplingParams, StructuredOutputsParams
@@ -120,6 +120,15 @@ class OpenAIServing:
         self.default_params = engine.default_sampling_params()
         gen = engine.config.model.generation_config or {}
         self.default_max_tokens = gen.get("max_new_tokens")
+
+    @staticmethod
+    def base_request_id(raw_request: Request | None, body_request_id: str | None) -> str:
+        """vLLM's rule: an X-Request-Id header names the request (so a gateway's id reaches the logs and the response
+        id), else the body's request_id, else a random id."""
+        header = raw_request.headers.get("x-request-id") if raw_request is not None else None
+        if header is not None:
+            return check_request_id(header, "X-Request-Id")
+        return body_request_id or random_uuid()
 
     def prompt_tokens_details(self, cached_tokens: int) -> dict | None:
         """usage.prompt_tokens_details: with --enable-prompt-tokens-details and a prefix-cache hit, the prompt tokens
