@@ -81,3 +81,31 @@ def test_x_request_id_header_names_the_request(server, client):
     r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2},
                    headers={"X-Request-Id": "x" * 300})
     assert r.status_code == 400 and r.json()["error"]["param"] == "X-Request-Id", r.text
+
+
+def test_continuous_usage_counts_the_chunk_s_own_choice(client):
+    # vLLM: with n > 1 (or several prompts), a chunk's continuous usage is its own choice's tokens so far and its own
+    # prompt's length; the final usage chunk sums them.
+    opts = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = list(client.completions.create(model=MODEL, prompt=["Hi", "The sky is blue"], max_tokens=3, n=2,
+                                            temperature=1.0, seed=0, stream=True, stream_options=opts,
+                                            extra_body={"ignore_eos": True, "return_token_ids": True}))
+    prompt_lens = {0: 1, 1: 4}          # "Hi", "The sky is blue" (no BOS for SmolLM2)
+    seen: dict[int, int] = {}
+    for c in chunks[:-1]:
+        (choice,) = c.choices
+        seen[choice.index] = seen.get(choice.index, 0) + len(choice.model_extra["token_ids"])
+        assert c.usage.completion_tokens == seen[choice.index]
+        assert c.usage.prompt_tokens == prompt_lens[choice.index // 2]
+    assert seen == {0: 3, 1: 3, 2: 3, 3: 3}
+    assert chunks[-1].usage.completion_tokens == 12 and chunks[-1].usage.prompt_tokens == 5
+
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=2, n=2,
+                                                 temperature=1.0, seed=0, stream=True, stream_options=opts,
+                                                 extra_body={"ignore_eos": True, "return_token_ids": True}))
+    seen = {}
+    for c in chunks[:-1]:
+        (choice,) = c.choices
+        seen[choice.index] = seen.get(choice.index, 0) + len(choice.model_extra.get("token_ids") or [])
+        assert c.usage.completion_tokens == seen[choice.index]
+    assert seen == {0: 2, 1: 2} and chunks[-1].usage.completion_tokens == 4

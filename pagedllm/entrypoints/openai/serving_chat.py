@@ -232,7 +232,7 @@ class OpenAIServingChat(OpenAIServing):
         continuous = bool(include_usage and opts.continuous_usage_stats)
         return_ids = bool(req.return_token_ids) or self.tokenizer is None
         num_prompt = len(prompt_ids)
-        num_generated = 0
+        num_generated = [0] * n      # per choice: continuous usage counts the tokens of the chunk's choice (vLLM)
         cached = 0
         finished_sent = [False] * n
         tool_stream = ToolCallStream(self, mode, n)
@@ -241,11 +241,11 @@ class OpenAIServingChat(OpenAIServing):
                 f'"model":{dumps(self.model_name)},"choices":[')
         plain_tail = '],"usage":null}\n\n' if include_usage else ']}\n\n'
 
-        def chunk(choice: dict | str) -> str:
+        def chunk(choice: dict | str, index: int) -> str:
             # Built as text: this runs once per token per stream.
             body = choice if isinstance(choice, str) else dumps(choice)
             if continuous:
-                usage = usage_dict(num_prompt, num_generated, self.prompt_tokens_details(cached))
+                usage = usage_dict(num_prompt, num_generated[index], self.prompt_tokens_details(cached))
                 return f'{head}{body}],"usage":{dumps(usage)}}}\n\n'
             return head + body + plain_tail
 
@@ -253,9 +253,9 @@ class OpenAIServingChat(OpenAIServing):
             # First chunk of each choice: the role (and the echoed text, if asked).
             for i in range(n):
                 yield chunk({"index": i, "delta": {"role": role, "content": ""}, "logprobs": None,
-                             "finish_reason": None})
+                             "finish_reason": None}, i)
                 if echo:
-                    yield chunk({"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None})
+                    yield chunk({"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None}, i)
             async for out in stream:
                 cached = out.num_cached_tokens or 0
                 for c in out.outputs:
@@ -264,7 +264,7 @@ class OpenAIServingChat(OpenAIServing):
                     token_ids = list(c.token_ids)
                     if not c.text and not token_ids and c.finish_reason is None:
                         continue
-                    num_generated += len(token_ids)
+                    num_generated[c.index] += len(token_ids)
                     logprobs = None
                     if req.logprobs:
                         logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0,
@@ -279,7 +279,7 @@ class OpenAIServingChat(OpenAIServing):
                                   "finish_reason": finish_reason, "stop_reason": c.stop_reason}
                         if return_ids:
                             choice["token_ids"] = token_ids
-                        yield chunk(choice)
+                        yield chunk(choice, c.index)
                         continue
                     choice = (f'{{"index":{c.index},"delta":{{"content":{dumps(c.text)}}},'
                               f'"logprobs":{dumps(logprobs)},"finish_reason":{dumps(c.finish_reason)},'
@@ -287,11 +287,11 @@ class OpenAIServingChat(OpenAIServing):
                     choice += f',"token_ids":{dumps(token_ids)}}}' if return_ids else '}'
                     if c.finish_reason is not None:
                         finished_sent[c.index] = True
-                    yield chunk(choice)
+                    yield chunk(choice, c.index)
             if include_usage:
                 yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
                            "model": self.model_name, "choices": [],
-                           "usage": usage_dict(num_prompt, num_generated, self.prompt_tokens_details(cached))})
+                           "usage": usage_dict(num_prompt, sum(num_generated), self.prompt_tokens_details(cached))})
         except Exception as e:
             logger.warning("Error while streaming %s: %r", request_id, e)
             yield f"data: {error_response(e).body.decode()}\n\n"

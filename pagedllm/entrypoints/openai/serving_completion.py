@@ -35,6 +35,7 @@ class _Choice:
     stop_reason: int | str | None = None
     finished_sent: bool = False
     started: bool = False
+    num_tokens: int = 0       # streamed so far (continuous usage reports it per choice, as vLLM)
     text_offset: int = 0
 
 
@@ -261,13 +262,14 @@ class OpenAIServingCompletion(OpenAIServing):
                         ch.text_offset = lp.text_offset[-1] + len(lp.tokens[-1]) if lp.tokens else ch.text_offset
                         logprobs = lp.model_dump()
                     num_generated += len(token_ids)
+                    ch.num_tokens += len(token_ids)
                     # Built as text (this runs once per token per stream: the server's hottest path).
                     choice = (f'{{"index":{i * n + c.index},"text":{dumps(text)},"logprobs":{dumps(logprobs)},'
                               f'"finish_reason":{dumps(finish_reason)},"stop_reason":{dumps(stop_reason)}')
                     if return_ids:
                         choice += f',"token_ids":{dumps(token_ids)}'
                     if continuous:
-                        usage = usage_dict(num_prompt, num_generated, self.prompt_tokens_details(sum(cached)))
+                        usage = usage_dict(len(prompts[i].ids), ch.num_tokens, self.prompt_tokens_details(cached[i]))
                         tail = f'}}],"usage":{dumps(usage)}}}\n\n'
                     if finish_reason is not None:
                         ch.finished_sent = True
