@@ -148,6 +148,31 @@ class RequestIdHeaderMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class ServerLoadMiddleware:
+    """--enable-server-load-tracking (vLLM's flag): counts the requests in flight on the routes that run the model
+    (a streamed answer until its last byte), for GET /load. ``state.server_load`` is the count."""
+
+    TRACKED = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/pooling", "/classify", "/score",
+               "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
+
+    def __init__(self, app: Any, state: Any):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send):
+        path, root = scope.get("path", ""), scope.get("root_path", "") or ""
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if scope["type"] != "http" or path not in self.TRACKED:
+            await self.app(scope, receive, send)
+            return
+        self.state.server_load += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.server_load -= 1
+
+
 class BodySizeLimitMiddleware:
     """Requests whose body is over ``max_bytes`` get a 413 (OpenAI's error shape) before any route reads them: by
     Content-Length when the client sends one, else by counting the chunks as they arrive (buffered up to the limit,

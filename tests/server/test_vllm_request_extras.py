@@ -2,6 +2,8 @@
 what vLLM returns for the same request."""
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -10,7 +12,7 @@ from server_utils import MODEL, openai_client, server_fixture
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
-server = server_fixture("--return-tokens-as-token-ids", "--enable-request-id-headers")
+server = server_fixture("--return-tokens-as-token-ids", "--enable-request-id-headers", "--enable-server-load-tracking")
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +111,20 @@ def test_continuous_usage_counts_the_chunk_s_own_choice(client):
         seen[choice.index] = seen.get(choice.index, 0) + len(choice.model_extra.get("token_ids") or [])
         assert c.usage.completion_tokens == seen[choice.index]
     assert seen == {0: 2, 1: 2} and chunks[-1].usage.completion_tokens == 4
+
+
+def test_load_counts_requests_in_flight(server):
+    # vLLM's GET /load with --enable-server-load-tracking: {"server_load": requests in flight on the model routes};
+    # a streamed answer counts until it ends.
+    assert httpx.get(server.url + "/load").json() == {"server_load": 0}
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 200, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=120) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        assert httpx.get(server.url + "/load").json() == {"server_load": 1}
+        for _ in lines:
+            pass
+    deadline = time.time() + 5          # the count drops once the server has sent the stream's end
+    while httpx.get(server.url + "/load").json() != {"server_load": 0}:
+        assert time.time() < deadline
+        time.sleep(0.05)

@@ -2,7 +2,7 @@
 
 ``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
 Routes: /v1/models, /v1/completions, /v1/chat/completions, /tokenize, /detokenize, /health, /ping, /version, /metrics,
-/v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank, /v2/rerank) for pooling (embedding) models,
+/load, /v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank, /v2/rerank) for pooling (embedding) models,
 and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI server lacks but tutorials post to.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_resp
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
-                                                RequestIdHeaderMiddleware, add_error_handlers, add_guards,
-                                                validation_error_response)
+                                                RequestIdHeaderMiddleware, ServerLoadMiddleware, add_error_handlers,
+                                                add_guards, validation_error_response)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
 from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.metrics import EngineMetrics
@@ -122,6 +122,13 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     @app.post("/ping")
     async def ping() -> Response:
         return await health()
+
+    app.state.server_load = 0
+
+    @app.get("/load")
+    async def load():
+        # vLLM's route: requests in flight on the model routes with --enable-server-load-tracking, else 0.
+        return {"server_load": app.state.server_load}
 
     @app.get("/version")
     async def version():
@@ -228,6 +235,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     add_guards(app, args.api_key, getattr(args, "max_request_body_bytes", DEFAULT_MAX_REQUEST_BODY_BYTES))
     app.state.server_state = ServerState()
     app.add_middleware(StoppingGuard, state=app.state.server_state, engine=engine)   # 503s before the key check
+    if getattr(args, "enable_server_load_tracking", False):
+        app.add_middleware(ServerLoadMiddleware, state=app.state)
     if getattr(args, "enable_request_id_headers", False):
         app.add_middleware(RequestIdHeaderMiddleware)    # on every answer, the 401s and 503s above included
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,

@@ -74,6 +74,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--enable-request-id-headers", action="store_true",
                    help="Add an X-Request-Id header to every response (the request's own X-Request-Id if it sent "
                         "one, which also names chat and completion requests, else a random id).")
+    g.add_argument("--enable-server-load-tracking", action="store_true",
+                   help="Count the requests in flight on the model routes; GET /load reports the count "
+                        "({\"server_load\": N}, always 0 without this flag).")
     g.add_argument("--return-tokens-as-token-ids", action="store_true",
                    help='Logprob tokens as "token_id:{id}" strings (tokens that are not valid text stay '
                         'identifiable); a request\'s return_tokens_as_token_ids overrides it.')
