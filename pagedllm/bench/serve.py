@@ -12,6 +12,8 @@ import os
 import random
 import sys
 import time
+import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -20,7 +22,7 @@ import numpy as np
 from pagedllm.bench.datasets import SampleRequest, add_dataset_args, sample_requests
 from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, format_result_block, parse_goodput,
                                     summary_dict)
-from pagedllm.bench.utils import parse_percentiles, try_get_tokenizer, write_json
+from pagedllm.bench.utils import append_json_line, parse_percentiles, try_get_tokenizer, write_json
 
 # Sampling fields sent with every request when their flag is given (vLLM's bench serve flags, same names).
 SAMPLING_FLAGS = ("top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
@@ -38,6 +40,14 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--endpoint", type=str, default=None,
                         help="API path (default: /v1/completions, or /v1/chat/completions for openai-chat).")
+    parser.add_argument("--header", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="Headers sent with every request (after the OPENAI_API_KEY bearer token, before the "
+                             "x-request-id).")
+    parser.add_argument("--request-id-prefix", type=str, default=f"bench-{uuid.uuid4().hex[:8]}-",
+                        help="Request i of the run is sent with the header x-request-id: PREFIX + i.")
+    parser.add_argument("--ready-check-timeout-sec", type=int, default=600,
+                        help="Retry the initial test request until it succeeds, for at most this many seconds "
+                             "(a server still starting); 0 skips the test request.")
     parser.add_argument("--model", type=str, default=None,
                         help="Model id (default: the first model the server lists at /v1/models).")
     parser.add_argument("--served-model-name", type=str, default=None,
@@ -81,6 +91,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
                         help='SLOs as "KEY:VALUE" pairs in ms, keys ttft, tpot, e2el; reports request goodput.')
     parser.add_argument("--save-result", action="store_true", help="Write the result JSON.")
+    parser.add_argument("--append-result", action="store_true",
+                        help="Append the result JSON to the result file (one JSON object a line) instead of "
+                             "overwriting it; implies saving.")
     parser.add_argument("--save-detailed", action="store_true",
                         help="Also store per-request arrays (input_lens, output_lens, ttfts, itls, ...).")
     parser.add_argument("--result-dir", type=str, default=None, help="Folder of the result JSON (default: cwd).")
@@ -113,12 +126,28 @@ def request_intervals(num_requests: int, request_rate: float, burstiness: float 
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
-async def _fetch_first_model(base_url: str) -> str:
+READY_CHECK_RETRY_S = 5.0
+
+
+async def wait_for_endpoint(request_func, request_input, session, timeout_s: float):
+    """Send the test request until it succeeds or ``timeout_s`` has passed (vLLM's ready check: a server that is still
+    loading refuses connections or answers 503), every READY_CHECK_RETRY_S; returns the last attempt's output."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        output = await request_func(request_input, session)
+        if output.success or time.monotonic() + READY_CHECK_RETRY_S > deadline:
+            return output
+        await asyncio.sleep(READY_CHECK_RETRY_S)
+
+
+async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None = None) -> str:
     import aiohttp
-    from pagedllm.bench.request_funcs import _headers
+    from pagedllm.bench.request_funcs import RequestFuncInput, _headers
+    headers = _headers(RequestFuncInput(api_url="", model="", prompt="", prompt_len=0, output_len=0,
+                                        extra_headers=extra_headers))
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-            async with session.get(base_url.rstrip("/") + "/v1/models", headers=_headers()) as resp:
+            async with session.get(base_url.rstrip("/") + "/v1/models", headers=headers) as resp:
                 if resp.status != 200:
                     raise ValueError(f"GET {base_url}/v1/models answered HTTP {resp.status}; pass --model.")
                 data = await resp.json()
@@ -131,21 +160,33 @@ async def _fetch_first_model(base_url: str) -> str:
     return models[0]["id"]
 
 
-def _request_input(req: SampleRequest, *, api_url: str, model: str, chat: bool, args: argparse.Namespace):
+def parse_key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """``["k=v", ...]`` (--header, --metadata) as a dict; an item without '=' names the flag."""
+    pairs = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects KEY=VALUE pairs, got {item!r}.")
+        key, value = item.split("=", 1)
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _request_input(req: SampleRequest, index: int, *, api_url: str, model: str, chat: bool,
+                   args: argparse.Namespace):
     from pagedllm.bench.request_funcs import POOLING_BACKENDS, RequestFuncInput
+    common = dict(api_url=api_url, model=model, prompt_len=req.prompt_len,
+                  extra_body={**(args.extra_body or {}), **(req.extra_body or {})} or None,
+                  extra_headers=parse_key_values(args.header, "--header") or None,
+                  request_id=f"{args.request_id_prefix}{index}")
     if args.backend in POOLING_BACKENDS:
-        return RequestFuncInput(api_url=api_url, model=model, prompt=req.completion_prompt(),
-                                prompt_len=req.prompt_len, output_len=0,
-                                extra_body={**(args.extra_body or {}), **(req.extra_body or {})} or None)
+        return RequestFuncInput(prompt=req.completion_prompt(), output_len=0, **common)
     sampling = {"temperature": args.temperature if args.temperature is not None else 0.0}
     for name in SAMPLING_FLAGS:
         if getattr(args, name) is not None:
             sampling[name] = getattr(args, name)
-    return RequestFuncInput(api_url=api_url, model=model,
-                            prompt=req.chat_text() if chat else req.completion_prompt(),
-                            prompt_len=req.prompt_len, output_len=req.expected_output_len,
-                            ignore_eos=args.ignore_eos, logprobs=args.logprobs, sampling=sampling,
-                            extra_body={**(args.extra_body or {}), **(req.extra_body or {})} or None)
+    return RequestFuncInput(prompt=req.chat_text() if chat else req.completion_prompt(),
+                            output_len=req.expected_output_len, ignore_eos=args.ignore_eos, logprobs=args.logprobs,
+                            sampling=sampling, **common)
 
 
 async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleRequest], *, api_url: str, model: str,
@@ -157,21 +198,27 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
     request_func = BACKENDS[args.backend][0]
     pooling = args.backend in POOLING_BACKENDS
     chat = args.backend in CHAT_BACKENDS
-    inputs = [_request_input(r, api_url=api_url, model=model, chat=chat, args=args) for r in requests]
+    inputs = [_request_input(r, i, api_url=api_url, model=model, chat=chat, args=args)
+              for i, r in enumerate(requests)]
+    test_input = replace(inputs[0], request_id=None)    # the test and warm-up requests carry no x-request-id (vLLM)
 
     connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True) as session:
         print("Starting initial single prompt test run...")
-        test = await request_func(inputs[0], session)
-        if not test.success:
-            raise ValueError("Initial test run failed - Please make sure benchmark arguments are correctly "
-                             f"specified. Error: {test.error}")
-        print("Initial test run completed. Starting main benchmark run...")
+        if args.ready_check_timeout_sec > 0:
+            test = await wait_for_endpoint(request_func, test_input, session, args.ready_check_timeout_sec)
+            if not test.success:
+                raise ValueError("Initial test run failed - Please make sure benchmark arguments are correctly "
+                                 f"specified. Error: {test.error}")
+            print("Initial test run completed.")
+        else:
+            print("Skipping endpoint ready check.")
         if args.num_warmups > 0:
             print(f"Warming up with {args.num_warmups} requests...")
-            await asyncio.gather(*[request_func(inputs[i % len(inputs)], session) for i in range(args.num_warmups)])
+            await asyncio.gather(*[request_func(test_input, session) for _ in range(args.num_warmups)])
             print("Warmup run completed.")
+        print("Starting main benchmark run...")
 
         distribution = "Poisson process" if args.burstiness == 1.0 else "Gamma distribution"
         print(f"Traffic request rate: {args.request_rate}")
@@ -271,7 +318,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     endpoint = args.endpoint or BACKENDS[args.backend][1]
     api_url = base_url + endpoint
-    model_id = args.model or asyncio.run(_fetch_first_model(base_url))
+    model_id = args.model or asyncio.run(_fetch_first_model(base_url, parse_key_values(args.header, "--header")))
     request_model = args.served_model_name or model_id
     chat = args.backend in CHAT_BACKENDS
     if args.dataset_name == "random" and not pooling:
@@ -293,6 +340,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     label = args.label or args.backend
     header: dict[str, Any] = {
         "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "endpoint_type": args.backend,      # vLLM keeps this older name of "backend" too
         "backend": args.backend,
         "label": label,
         "endpoint": endpoint,
@@ -301,24 +349,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "dataset_name": args.dataset_name,
         "num_prompts": args.num_prompts,
     }
-    for item in args.metadata or []:
-        if "=" not in item:
-            raise ValueError(f"--metadata expects KEY=VALUE pairs, got {item!r}.")
-        key, value = item.split("=", 1)
-        header[key.strip()] = value.strip()
+    header.update(parse_key_values(args.metadata, "--metadata"))
     header["request_rate"] = args.request_rate if args.request_rate < float("inf") else "inf"
     header["burstiness"] = args.burstiness
     header["max_concurrency"] = args.max_concurrency
     full = {**header, **result}
 
-    if args.save_result or args.save_detailed:
+    if args.save_result or args.save_detailed or args.append_result:
         saved = dict(full)
         if not args.save_detailed:
             for key in DETAILED_KEYS:
                 saved.pop(key, None)
         name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id)
         path = os.path.join(args.result_dir, name) if args.result_dir else name
-        write_json(path, saved)
+        if args.append_result:
+            append_json_line(path, saved)
+        else:
+            write_json(path, saved)
         print(f"Saved the result to {path}")
     if args.plot:
         from pagedllm.bench.plot import plot_serve_result

@@ -102,6 +102,16 @@ def write_json(path: str, obj: Any) -> None:
         f.write("\n")
 
 
+def append_json_line(path: str, obj: Any) -> None:
+    """``obj`` as one more JSON line of ``path`` (vLLM's --append-result: a newline between results)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "a+") as f:
+        if f.tell():
+            f.write("\n")
+        json.dump(obj, f, default=_json_default)
+
+
 def _json_default(obj: Any) -> Any:
     try:
         import numpy as np

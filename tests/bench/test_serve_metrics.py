@@ -514,3 +514,31 @@ def test_random_dataset_ignores_eos_without_the_flag(fake_server, tmp_path, word
                           "--dataset-path", str(path), "--skip-chat-template", "--custom-output-len", "2",
                           "--num-prompts", "2", "--tokenizer", word_tokenizer_dir, "--disable-tqdm"))
     assert fake_server.requests and all("ignore_eos" not in r.body for r in fake_server.requests)
+
+
+def test_headers_request_ids_ready_check_and_append(fake_server, tmp_path, monkeypatch, capsys):
+    """vLLM's --header (every request), --request-id-prefix (x-request-id PREFIX+i on the measured requests, none on
+    the test request), --ready-check-timeout-sec (the test request retried while the server answers 503; 0 skips it)
+    and --append-result (one JSON line a run, with vLLM's endpoint_type key)."""
+    monkeypatch.setattr(serve, "READY_CHECK_RETRY_S", 0.05)
+    fake_server.reset(ttft_s=0.005, itl_s=0.001, fail_first=3)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "3", "--skip-tokenizer-init", "--disable-tqdm",
+              "--result-dir", str(tmp_path), "--result-filename", "runs.jsonl", "--append-result"]
+    serve.main(serve_args(*common, "--header", "x-tenant=blue", "X-Trace = 7", "--request-id-prefix", "run1-",
+                          "--ready-check-timeout-sec", "5"))
+    sent = fake_server.requests
+    ids = [r.headers.get("x-request-id") for r in sent]
+    assert ids[:4] == [None] * 4 and sorted(ids[4:]) == ["run1-0", "run1-1", "run1-2"]
+    assert all(r.headers["x-tenant"] == "blue" and r.headers["x-trace"] == "7" for r in sent)
+    assert "Initial test run completed." in capsys.readouterr().out
+
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args(*common, "--ready-check-timeout-sec", "0"))
+    assert len(fake_server.requests) == 3          # no test request
+    assert "Skipping endpoint ready check." in capsys.readouterr().out
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    assert [json.loads(line)["endpoint_type"] for line in lines] == ["openai", "openai"]
+    with pytest.raises(ValueError, match="--header expects KEY=VALUE pairs, got 'oops'"):
+        serve.main(serve_args(*common, "--header", "oops"))
