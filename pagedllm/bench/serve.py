@@ -1,7 +1,9 @@
 """`pagedllm bench serve`: online serving benchmark of an OpenAI-compatible server (vLLM's benchmark_serving).
 
-Requests are sent as a Poisson process (Gamma when --burstiness != 1) or all at once (--request-rate inf), capped at
---max-concurrency in flight, each streamed; the result block, metric definitions and --save-result JSON follow vLLM.
+Requests are sent as a Poisson process (Gamma when --burstiness != 1; the run's send times scaled to end at
+num_prompts / rate, as vLLM), at a rate that climbs (--ramp-up-strategy), or all at once (--request-rate inf), capped
+at --max-concurrency in flight, each streamed; the result block, metric definitions and --save-result JSON follow
+vLLM.
 """
 from __future__ import annotations
 
@@ -65,6 +67,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "--sharegpt-output-len, --custom-output-len, ...).")
     parser.add_argument("--request-rate", type=float, default=float("inf"),
                         help="Requests per second (Poisson arrivals); inf sends all at once.")
+    parser.add_argument("--ramp-up-strategy", type=str, default=None, choices=list(RAMP_UP_STRATEGIES),
+                        help="Raise the request rate from --ramp-up-start-rps to --ramp-up-end-rps over the run "
+                             "(instead of --request-rate).")
+    parser.add_argument("--ramp-up-start-rps", type=int, default=None, help="Request rate at the start of a ramp-up.")
+    parser.add_argument("--ramp-up-end-rps", type=int, default=None, help="Request rate at the end of a ramp-up.")
     parser.add_argument("--burstiness", type=float, default=1.0,
                         help="Gamma shape of the inter-arrival times: 1 = Poisson, <1 burstier, >1 more uniform.")
     parser.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight at once.")
@@ -108,20 +115,42 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 # ---- arrival schedule ---------------------------------------------------------------------------------------------
+RAMP_UP_STRATEGIES = ("linear", "exponential")
+
+
+def ramp_up_rates(num_requests: int, strategy: str, start_rps: float, end_rps: float) -> np.ndarray:
+    """vLLM's --ramp-up-strategy: request i's rate goes from start_rps to end_rps with progress i / (n - 1),
+    linearly or geometrically."""
+    progress = np.arange(num_requests) / max(num_requests - 1, 1)
+    if strategy == "linear":
+        return start_rps + (end_rps - start_rps) * progress
+    if strategy == "exponential":
+        return start_rps * (end_rps / start_rps) ** progress
+    raise ValueError(f"Unknown ramp-up strategy: {strategy}")
+
+
 def request_intervals(num_requests: int, request_rate: float, burstiness: float = 1.0,
-                      rng: np.random.Generator | None = None) -> np.ndarray:
-    """Gap before each request after the first (length ``num_requests``; the first is 0): Gamma(shape=burstiness,
-    scale=1/(rate·burstiness)), so the mean gap is 1/rate and burstiness 1 is a Poisson process."""
-    if burstiness <= 0:
+                      rng: np.random.Generator | None = None, rates: np.ndarray | None = None) -> np.ndarray:
+    """Gap before each request (the first included; the send time of request i is the sum of gaps 0..i), as vLLM:
+    Gamma(shape=burstiness, scale=1/(rate·burstiness)), so the mean gap is 1/rate and burstiness 1 is a Poisson
+    process; burstiness inf gives even gaps of 1/rate. At one fixed rate the gaps are then scaled so that the last
+    request goes out at num_requests / rate exactly (vLLM: a run's length no longer wanders by 1-2 % with the seed).
+    ``rates``: a rate per request (a ramp-up), not scaled."""
+    if not burstiness > 0:
         raise ValueError(f"burstiness must be positive, got {burstiness}.")
-    if request_rate <= 0:
-        raise ValueError(f"request_rate must be positive, got {request_rate}.")
-    gaps = np.zeros(num_requests)
-    if request_rate == float("inf") or num_requests <= 1:
-        return gaps
+    per_request = rates if rates is not None else np.full(num_requests, float(request_rate))
+    if num_requests and not (per_request > 0).all():
+        raise ValueError(f"request rates must be positive, got {per_request.min()}.")
     rng = rng if rng is not None else np.random.default_rng(0)
-    theta = 1.0 / (request_rate * burstiness)
-    gaps[1:] = rng.gamma(shape=burstiness, scale=theta, size=num_requests - 1)
+    gaps = np.zeros(num_requests)
+    finite = np.isfinite(per_request)
+    if burstiness == float("inf"):
+        gaps[finite] = 1.0 / per_request[finite]
+    else:
+        gaps[finite] = rng.gamma(shape=burstiness, scale=1.0 / (per_request[finite] * burstiness))
+    total = gaps.sum()
+    if rates is None and total > 0:
+        gaps *= (num_requests / request_rate) / total
     return gaps
 
 
@@ -221,7 +250,14 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         print("Starting main benchmark run...")
 
         distribution = "Poisson process" if args.burstiness == 1.0 else "Gamma distribution"
-        print(f"Traffic request rate: {args.request_rate}")
+        rates = None
+        if args.ramp_up_strategy is not None:
+            print(f"Traffic ramp-up strategy: {args.ramp_up_strategy}.")
+            print(f"Will increase RPS from {args.ramp_up_start_rps} to {args.ramp_up_end_rps} RPS over the duration "
+                  "of the benchmark.")
+            rates = ramp_up_rates(len(inputs), args.ramp_up_strategy, args.ramp_up_start_rps, args.ramp_up_end_rps)
+        else:
+            print(f"Traffic request rate: {args.request_rate}")
         print(f"Burstiness factor: {args.burstiness} ({distribution})")
         print(f"Maximum request concurrency: {args.max_concurrency}")
 
@@ -242,14 +278,24 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
             return out
 
         gaps = request_intervals(len(inputs), args.request_rate, args.burstiness,
-                                 np.random.default_rng(args.seed))
+                                 np.random.default_rng(args.seed), rates=rates)
         arrival = np.cumsum(gaps)
+        rps_change_events: list[dict[str, Any]] = []    # a ramp-up: when each whole RPS value was reached
+        last_rps = -1
+        if rates is not None:
+            last_rps = args.ramp_up_start_rps
+            rps_change_events.append({"rps": last_rps, "timestamp": datetime.now().isoformat()})
         start = time.perf_counter()
         tasks = []
-        for request_input, at in zip(inputs, arrival):
+        for i, (request_input, at) in enumerate(zip(inputs, arrival)):
             delay = start + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if rates is not None and int(rates[i]) > last_rps:
+                stamp = datetime.now().isoformat()
+                rps_change_events += [{"rps": rps, "timestamp": stamp} for rps in range(last_rps + 1,
+                                                                                        int(rates[i]) + 1)]
+                last_rps = int(rates[i])
             tasks.append(asyncio.create_task(send(request_input)))
         outputs = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
@@ -276,14 +322,38 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         "start_times": [o.start_time - start for o in outputs],
         "latencies": [o.latency for o in outputs],     # vLLM's name of the per-request E2EL (s)
     })
+    if rps_change_events:
+        result["rps_change_events"] = rps_change_events
     return result, {"successes": [o.success for o in outputs]}
 
 
 def result_filename(label: str, request_rate: float, max_concurrency: int | None, model_id: str,
-                    now: datetime | None = None) -> str:
+                    now: datetime | None = None, ramp_up: tuple[str, int, int] | None = None) -> str:
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     concurrency = f"-concurrency{max_concurrency}" if max_concurrency is not None else ""
-    return f"{label}-{request_rate}qps{concurrency}-{model_id.rstrip('/').split('/')[-1]}-{stamp}.json"
+    rate = f"ramp-up-{ramp_up[0]}-{ramp_up[1]}qps-{ramp_up[2]}qps" if ramp_up else f"{request_rate}qps"
+    return f"{label}-{rate}{concurrency}-{model_id.rstrip('/').split('/')[-1]}-{stamp}.json"
+
+
+def check_ramp_up_args(args: argparse.Namespace) -> tuple[str, int, int] | None:
+    """vLLM's checks of --ramp-up-strategy / --ramp-up-start-rps / --ramp-up-end-rps; (strategy, start, end)."""
+    if args.ramp_up_strategy is None:
+        if args.ramp_up_start_rps is not None or args.ramp_up_end_rps is not None:
+            raise ValueError("--ramp-up-start-rps and --ramp-up-end-rps need --ramp-up-strategy (linear or "
+                             "exponential).")
+        return None
+    if args.request_rate != float("inf"):
+        raise ValueError("When using ramp-up, do not specify --request-rate. The request rate will be controlled by "
+                         "ramp-up parameters. Please remove the --request-rate argument.")
+    if args.ramp_up_start_rps is None or args.ramp_up_end_rps is None:
+        raise ValueError("When using --ramp-up-strategy, both --ramp-up-start-rps and --ramp-up-end-rps must be "
+                         "specified")
+    if args.ramp_up_start_rps < 1 or args.ramp_up_end_rps < 1:
+        # vLLM allows a start of 0 for linear and then fails on its first request's rate of 0.
+        raise ValueError("Ramp-up start and end RPS must be at least 1.")
+    if args.ramp_up_start_rps > args.ramp_up_end_rps:
+        raise ValueError("Ramp-up start RPS must be less than end RPS")
+    return args.ramp_up_strategy, args.ramp_up_start_rps, args.ramp_up_end_rps
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -308,6 +378,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{', '.join(generation_only)} apply to generation backends, not --backend "
                              f"{args.backend}.")
     percentiles = parse_percentiles(args.metric_percentiles)
+    ramp_up = check_ramp_up_args(args)
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}.")
     if args.max_concurrency is not None and args.max_concurrency < 1:
@@ -353,6 +424,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     header["request_rate"] = args.request_rate if args.request_rate < float("inf") else "inf"
     header["burstiness"] = args.burstiness
     header["max_concurrency"] = args.max_concurrency
+    if ramp_up is not None:
+        header.update(zip(("ramp_up_strategy", "ramp_up_start_rps", "ramp_up_end_rps"), ramp_up))
     full = {**header, **result}
 
     if args.save_result or args.save_detailed or args.append_result:
@@ -360,7 +433,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if not args.save_detailed:
             for key in DETAILED_KEYS:
                 saved.pop(key, None)
-        name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id)
+        name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id,
+                                                       ramp_up=ramp_up)
         path = os.path.join(args.result_dir, name) if args.result_dir else name
         if args.append_result:
             append_json_line(path, saved)

@@ -135,21 +135,29 @@ def test_parse_goodput_validates():
 # ---- arrival process ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("burstiness", [1.0, 0.5, 4.0])
 def test_request_intervals_are_gamma_with_requested_rate(burstiness):
-    gaps = serve.request_intervals(40001, 10.0, burstiness, np.random.default_rng(7))
-    assert gaps[0] == 0.0
-    body = gaps[1:]
-    assert body.mean() == pytest.approx(0.1, rel=0.03)                    # mean gap = 1 / rate
-    assert body.std() / body.mean() == pytest.approx(1 / np.sqrt(burstiness), rel=0.05)  # CV of Gamma(k)
-    again = serve.request_intervals(40001, 10.0, burstiness, np.random.default_rng(7))
+    # vLLM's schedule: every request (the first too) waits a Gamma gap, then the gaps are scaled so that the last
+    # request goes out at n / rate exactly.
+    gaps = serve.request_intervals(40000, 10.0, burstiness, np.random.default_rng(7))
+    assert gaps[0] > 0.0 and gaps.sum() == pytest.approx(4000.0, rel=1e-12)
+    assert gaps.std() / gaps.mean() == pytest.approx(1 / np.sqrt(burstiness), rel=0.05)  # CV of Gamma(k)
+    again = serve.request_intervals(40000, 10.0, burstiness, np.random.default_rng(7))
     assert np.array_equal(gaps, again)
 
 
-def test_request_intervals_infinite_rate_and_bad_values():
+def test_request_intervals_infinite_rate_burstiness_and_bad_values():
     assert not serve.request_intervals(5, float("inf"), 1.0).any()
+    assert serve.request_intervals(4, 2.0, float("inf")).tolist() == [0.5] * 4     # even gaps
     with pytest.raises(ValueError):
         serve.request_intervals(5, 1.0, 0.0)
     with pytest.raises(ValueError):
         serve.request_intervals(5, 0.0, 1.0)
+
+
+def test_ramp_up_rates_and_schedule():
+    assert serve.ramp_up_rates(5, "linear", 2, 10).tolist() == [2, 4, 6, 8, 10]
+    assert serve.ramp_up_rates(3, "exponential", 1, 16).tolist() == [1, 4, 16]
+    rates = serve.ramp_up_rates(4, "linear", 1, 4)
+    assert serve.request_intervals(4, float("inf"), float("inf"), rates=rates).tolist() == [1, 0.5, 1 / 3, 0.25]
 
 
 # ---- datasets -----------------------------------------------------------------------------------------------------
@@ -321,7 +329,7 @@ def test_concurrency_limit_failures_and_rate(fake_server, tmp_path):
     serve.main(args)
     arrivals = np.array([r.arrival for r in fake_server.requests[1:]])   # skip the initial test request
     expected = np.cumsum(serve.request_intervals(12, 10.0, 2.0, np.random.default_rng(5)))
-    assert np.abs((arrivals - arrivals[0]) - expected).max() < 0.04   # mean gap 100 ms
+    assert np.abs((arrivals - arrivals[0]) - (expected - expected[0])).max() < 0.04   # mean gap 100 ms
 
 
 def test_chat_backend_sharegpt_without_usage(fake_server, tmp_path, word_tokenizer_dir):
@@ -542,3 +550,32 @@ def test_headers_request_ids_ready_check_and_append(fake_server, tmp_path, monke
     assert [json.loads(line)["endpoint_type"] for line in lines] == ["openai", "openai"]
     with pytest.raises(ValueError, match="--header expects KEY=VALUE pairs, got 'oops'"):
         serve.main(serve_args(*common, "--header", "oops"))
+
+
+def test_ramp_up_run(fake_server, tmp_path, capsys):
+    """vLLM's --ramp-up-strategy: the rate climbs from --ramp-up-start-rps to --ramp-up-end-rps; the result JSON
+    names the ramp and lists when each whole RPS was reached; the file name says ramp-up."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "6", "--skip-tokenizer-init", "--disable-tqdm"]
+    result = serve.main(serve_args(*common, "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "20",
+                                   "--ramp-up-end-rps", "30", "--burstiness", "inf", "--save-result",
+                                   "--result-dir", str(tmp_path)))
+    out = capsys.readouterr().out
+    assert "Traffic ramp-up strategy: linear." in out
+    assert "Will increase RPS from 20 to 30 RPS over the duration of the benchmark." in out
+    assert (result["ramp_up_strategy"], result["ramp_up_start_rps"], result["ramp_up_end_rps"]) == ("linear", 20, 30)
+    assert [e["rps"] for e in result["rps_change_events"]] == list(range(20, 31))
+    (path,) = glob.glob(str(tmp_path / "openai-ramp-up-linear-20qps-30qps-*.json"))
+    assert json.load(open(path))["rps_change_events"] == result["rps_change_events"]
+    arrivals = np.array([r.arrival for r in fake_server.requests[1:]])
+    expected = np.cumsum(1 / serve.ramp_up_rates(6, "linear", 20, 30))
+    assert np.abs((arrivals - arrivals[0]) - (expected - expected[0])).max() < 0.03
+
+    with pytest.raises(ValueError, match="do not specify --request-rate"):
+        serve.main(serve_args(*common, "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1",
+                              "--ramp-up-end-rps", "2", "--request-rate", "5"))
+    with pytest.raises(ValueError, match="both --ramp-up-start-rps and --ramp-up-end-rps"):
+        serve.main(serve_args(*common, "--ramp-up-strategy", "exponential", "--ramp-up-start-rps", "1"))
+    with pytest.raises(ValueError, match="need --ramp-up-strategy"):
+        serve.main(serve_args(*common, "--ramp-up-end-rps", "3"))
