@@ -30,7 +30,7 @@ EXPECTED_LABELS = [
     "Successful requests:", "Failed requests:", "Benchmark duration (s):", "Total input tokens:",
     "Total generated tokens:", "Request throughput (req/s):", "Request goodput (req/s):",
     "Output token throughput (tok/s):", "Peak output token throughput (tok/s):", "Peak concurrent requests:",
-    "Total Token throughput (tok/s):",
+    "Total token throughput (tok/s):",   # vLLM >= 0.13 (PR 30403); "Total Token" before
     "---------------Time to First Token----------------",
     "Mean TTFT (ms):", "Median TTFT (ms):", "P50 TTFT (ms):", "P99 TTFT (ms):",
     "-----Time per Output Token (excl. 1st token)------",
@@ -47,7 +47,7 @@ LABEL_TO_KEY = {
     "Output token throughput (tok/s):": "output_throughput",
     "Peak output token throughput (tok/s):": "max_output_tokens_per_s",
     "Peak concurrent requests:": "max_concurrent_requests",
-    "Total Token throughput (tok/s):": "total_token_throughput",
+    "Total token throughput (tok/s):": "total_token_throughput",
 }
 
 
