@@ -24,7 +24,7 @@ import numpy as np
 from pagedllm.bench.datasets import SampleRequest, add_dataset_args, sample_requests
 from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, format_result_block, parse_goodput,
                                     summary_dict)
-from pagedllm.bench.utils import append_json_line, parse_percentiles, try_get_tokenizer, write_json
+from pagedllm.bench.utils import TOKENIZER_MODES, append_json_line, parse_percentiles, try_get_tokenizer, write_json
 
 # Sampling fields sent with every request when their flag is given (vLLM's bench serve flags, same names).
 SAMPLING_FLAGS = ("top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
@@ -55,6 +55,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--served-model-name", type=str, default=None,
                         help="Model name sent in requests (default: --model).")
     parser.add_argument("--tokenizer", type=str, default=None, help="Tokenizer id or path (default: --model).")
+    parser.add_argument("--tokenizer-mode", type=str, default="auto", choices=list(TOKENIZER_MODES),
+                        help="auto / hf: the fast tokenizer when there is one; slow: the Python one.")
+    parser.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME",
+                        help="LoRA adapters the server serves: each request names one of them, chosen at random "
+                             "(seeded by --seed), as its model.")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--skip-tokenizer-init", action="store_true",
                         help="Load no tokenizer: synthetic prompts go as token ids, output tokens come from usage.")
@@ -230,6 +235,8 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
     inputs = [_request_input(r, i, api_url=api_url, model=model, chat=chat, args=args)
               for i, r in enumerate(requests)]
     test_input = replace(inputs[0], request_id=None)    # the test and warm-up requests carry no x-request-id (vLLM)
+    if args.lora_modules:       # vLLM: each measured request names a random adapter (the test request the base model)
+        inputs = [replace(x, model=random.choice(args.lora_modules)) for x in inputs]
 
     connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
@@ -401,7 +408,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_tokenizer_init:
         needs_tokenizer = args.dataset_name in ("sharegpt", "custom") or chat
         tokenizer = try_get_tokenizer(args.tokenizer or model_id, trust_remote_code=args.trust_remote_code,
-                                      required=needs_tokenizer)
+                                      required=needs_tokenizer, tokenizer_mode=args.tokenizer_mode)
     requests = sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len,
                                output_len=args.output_len)
 

@@ -579,3 +579,20 @@ def test_ramp_up_run(fake_server, tmp_path, capsys):
         serve.main(serve_args(*common, "--ramp-up-strategy", "exponential", "--ramp-up-start-rps", "1"))
     with pytest.raises(ValueError, match="need --ramp-up-strategy"):
         serve.main(serve_args(*common, "--ramp-up-end-rps", "3"))
+
+
+def test_lora_modules_and_tokenizer_mode(fake_server, word_tokenizer_dir, capsys):
+    """vLLM's --lora-modules: each measured request names one of the adapters (seeded choice), the test request the
+    base model; --tokenizer-mode hf loads the fast tokenizer, mistral is an argparse error naming the choices."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "8", "--disable-tqdm", "--tokenizer", word_tokenizer_dir]
+    serve.main(serve_args(*common, "--lora-modules", "ada", "bea", "--tokenizer-mode", "hf"))
+    models = [r.body["model"] for r in fake_server.requests]
+    assert models[0] == MODEL_ID and set(models[1:]) == {"ada", "bea"}
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args(*common, "--lora-modules", "ada", "bea"))
+    assert sorted(r.body["model"] for r in fake_server.requests[1:]) == sorted(models[1:])   # same seed, same mix
+    with pytest.raises(SystemExit):
+        serve_args(*common, "--tokenizer-mode", "mistral")
+    assert "invalid choice: 'mistral'" in capsys.readouterr().err
