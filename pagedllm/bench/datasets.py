@@ -67,10 +67,12 @@ def is_valid_sharegpt_pair(prompt_len: int, output_len: int, fixed_output_len: b
 
 
 def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int = 0,
-                    output_len: int | None = None, oversample: bool = True) -> list[SampleRequest]:
+                    output_len: int | None = None, oversample: bool = True,
+                    shuffle: bool = True) -> list[SampleRequest]:
     """Conversations with ≥2 turns; prompt = first turn, output length = token length of the reply (or
-    ``output_len``); seeded shuffle, then vLLM's length filter until ``num_requests`` are found. When the file holds
-    too few valid pairs, valid ones are drawn again at random (``oversample``), as vLLM does."""
+    ``output_len``); seeded shuffle (unless not ``shuffle``: file order), then vLLM's length filter until
+    ``num_requests`` are found. When the file holds too few valid pairs, valid ones are drawn again at random
+    (``oversample``), as vLLM does."""
     if tokenizer is None:
         raise ValueError("The sharegpt dataset needs a tokenizer to measure prompts; pass --tokenizer.")
     with open(dataset_path) as f:
@@ -78,7 +80,8 @@ def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int =
     pairs = [(d["conversations"][0]["value"], d["conversations"][1]["value"])
              for d in data if len(d.get("conversations", [])) >= 2]
     rng = random.Random(seed)
-    rng.shuffle(pairs)
+    if shuffle:
+        rng.shuffle(pairs)
     requests: list[SampleRequest] = []
     for prompt, reply in pairs:
         if len(requests) == num_requests:
@@ -102,10 +105,12 @@ def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int =
 
 # ---- custom: a JSONL file of {"prompt": ...} lines --------------------------------------------------------------
 def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: int, seed: int = 0,
-                  skip_chat_template: bool = False) -> list[SampleRequest]:
-    """vLLM's ``custom`` dataset: one JSON object with a ``prompt`` field per line, shuffled with ``seed``; each prompt
-    wrapped in the tokenizer's chat template as one user turn (unless ``skip_chat_template``), every request asking
-    for ``output_len`` tokens; too few lines are drawn again at random to reach ``num_requests``."""
+                  skip_chat_template: bool = False, oversample: bool = True,
+                  shuffle: bool = True) -> list[SampleRequest]:
+    """vLLM's ``custom`` dataset: one JSON object with a ``prompt`` field per line, shuffled with ``seed`` (unless not
+    ``shuffle``); each prompt wrapped in the tokenizer's chat template as one user turn (unless
+    ``skip_chat_template``), every request asking for ``output_len`` tokens; too few lines are drawn again at random
+    to reach ``num_requests`` (``oversample``)."""
     if tokenizer is None:
         raise ValueError("The custom dataset needs a tokenizer to measure prompts; pass --tokenizer.")
     if not dataset_path.endswith(".jsonl"):
@@ -124,9 +129,10 @@ def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: i
     if not prompts:
         raise ValueError(f"No prompt in {dataset_path}.")
     rng = random.Random(seed)
-    rng.shuffle(prompts)
+    if shuffle:
+        rng.shuffle(prompts)
     prompts = prompts[:num_requests]
-    if len(prompts) < num_requests:
+    if oversample and len(prompts) < num_requests:
         prompts += rng.choices(prompts, k=num_requests - len(prompts))
     requests = []
     for prompt in prompts:
@@ -246,6 +252,11 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
                    help="Output tokens of every request of the custom dataset.")
     g.add_argument("--skip-chat-template", action="store_true",
                    help="custom dataset: send the prompts as they are, not wrapped in the chat template.")
+    g.add_argument("--no-oversample", action="store_true",
+                   help="sharegpt / custom: a file with fewer usable prompts than --num-prompts gives fewer requests "
+                        "(default: some are drawn again).")
+    g.add_argument("--disable-shuffle", action="store_true",
+                   help="sharegpt / custom: take the prompts in file order instead of a seeded shuffle.")
     if with_random_lens:
         g.add_argument("--random-input-len", type=int, default=1024, help="Input tokens per random request.")
         g.add_argument("--random-output-len", type=int, default=128, help="Output tokens per random request.")
@@ -261,6 +272,12 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
                    help="max_tokens of json-schema / regex / choice requests (the grammar usually ends them first).")
 
 
+def _order_flags(args: Any) -> dict[str, bool]:
+    """--no-oversample / --disable-shuffle (vLLM's dataset flags) as the samplers' keyword arguments."""
+    return {"oversample": not getattr(args, "no_oversample", False),
+            "shuffle": not getattr(args, "disable_shuffle", False)}
+
+
 def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int | None = None,
                     output_len: int | None = None, range_ratio: float | None = None,
                     prefix_len: int | None = None) -> list[SampleRequest]:
@@ -274,12 +291,13 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
             raise ValueError("--dataset-name custom needs --dataset-path (a JSONL file of {\"prompt\": ...} lines).")
         return sample_custom(args.dataset_path, num_requests, tokenizer,
                              output_len if output_len is not None else args.custom_output_len, seed=args.seed or 0,
-                             skip_chat_template=args.skip_chat_template)
+                             skip_chat_template=args.skip_chat_template, **_order_flags(args))
     if name == "sharegpt":
         if not args.dataset_path:
             raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT json file).")
         fixed = output_len if output_len is not None else getattr(args, "sharegpt_output_len", None)
-        return sample_sharegpt(args.dataset_path, num_requests, tokenizer, seed=args.seed or 0, output_len=fixed)
+        return sample_sharegpt(args.dataset_path, num_requests, tokenizer, seed=args.seed or 0, output_len=fixed,
+                               **_order_flags(args))
     if name == "random":
         return sample_random(
             num_requests,

@@ -198,6 +198,25 @@ def test_sharegpt_sampling_follows_vllm_filter(tmp_path, word_tokenizer_dir):
     assert len(many) == 10 and {r.prompt_text for r in many} <= {convs[k][0] for k in kept}
 
 
+def test_no_oversample_and_disable_shuffle(tmp_path, word_tokenizer_dir):
+    """vLLM's --no-oversample (a file with too few prompts gives fewer requests) and --disable-shuffle (file order),
+    for sharegpt and custom."""
+    from pagedllm.bench.datasets import sample_requests
+    tok = get_tokenizer(word_tokenizer_dir)
+    prompts = [_words(6 + i, 10 * i) for i in range(3)]
+    sharegpt = tmp_path / "sg.json"
+    sharegpt.write_text(json.dumps([{"conversations": [{"from": "human", "value": p},
+                                                       {"from": "gpt", "value": _words(5)}]} for p in prompts]))
+    custom = tmp_path / "prompts.jsonl"
+    custom.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    for name, path in (("sharegpt", sharegpt), ("custom", custom)):
+        flags = ["--dataset-name", name, "--dataset-path", str(path), "--skip-chat-template", "--seed", "3"]
+        assert len(sample_requests(serve_args(*flags), tok, 5)) == 5                    # oversampled
+        assert len(sample_requests(serve_args(*flags, "--no-oversample"), tok, 5)) == 3
+        in_order = sample_requests(serve_args(*flags, "--disable-shuffle"), tok, 3)
+        assert [r.prompt_text for r in in_order] == prompts
+
+
 def test_random_and_prefix_repetition_lengths(word_tokenizer_dir):
     tok = get_tokenizer(word_tokenizer_dir)
     reqs = sample_random(200, input_len=100, output_len=20, range_ratio=0.5, prefix_len=8, tokenizer=tok, seed=3)
