@@ -20,7 +20,7 @@ from pagedllm.bench.utils import vocab_ids
 
 # json-schema / regex / choice: structured-output requests (vLLM's benchmark_serving_structured_output workloads).
 STRUCTURED_DATASETS = ("json-schema", "regex", "choice")
-DATASET_NAMES = ("sharegpt", "custom", "random", "prefix_repetition") + STRUCTURED_DATASETS
+DATASET_NAMES = ("sharegpt", "custom", "sonnet", "random", "prefix_repetition") + STRUCTURED_DATASETS
 # Synthetic workloads: a --dataset-path beside them would be ignored, so it is refused (as vLLM does).
 SYNTHETIC_DATASETS = ("random", "prefix_repetition") + STRUCTURED_DATASETS
 
@@ -39,12 +39,16 @@ class SampleRequest:
     # Request fields of this request only (the constraint of a structured-output workload: guided_json, ...).
     extra_body: dict[str, Any] | None = None
     structured_outputs: Any = None      # the same constraint as StructuredOutputsParams fields, for LLM.generate
+    # What a chat endpoint gets when it differs from prompt_text (sonnet: prompt_text is already chat-formatted).
+    chat_prompt_text: str | None = None
 
     def completion_prompt(self) -> str | list[int]:
         """What a /v1/completions request sends: token ids when known (exact length), else the text."""
         return self.prompt_token_ids if self.prompt_token_ids is not None else self.prompt_text
 
     def chat_text(self) -> str:
+        if self.chat_prompt_text is not None:
+            return self.chat_prompt_text
         if self.prompt_text is None:
             raise ValueError("This prompt has no text (no tokenizer was loaded); chat endpoints need one: pass "
                              "--tokenizer.")
@@ -141,6 +145,56 @@ def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: i
                                                    tokenize=False)
         requests.append(SampleRequest(prompt_len=len(tokenizer(prompt).input_ids), expected_output_len=output_len,
                                       prompt_text=prompt))
+    return requests
+
+
+# ---- sonnet: poem lines from a text file ---------------------------------------------------------------------------
+SONNET_INSTRUCTION = "Pick as many lines as you can from these poem lines:\n"
+
+
+def _chat_formatted(tokenizer, text: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def sample_sonnet(dataset_path: str, num_requests: int, tokenizer, input_len: int = 550, output_len: int = 150,
+                  prefix_len: int = 200, seed: int = 0) -> list[SampleRequest]:
+    """vLLM's sonnet dataset (deprecated there, still in its CLI): an instruction, then the file's first lines as a
+    shared prefix of about ``prefix_len`` tokens, then lines drawn at random up to about ``input_len`` tokens, all in
+    the chat template as one user turn. Prompts whose formatted length exceeds ``input_len`` are drawn again.
+    ``prompt_text`` is the formatted prompt (completions), ``chat_prompt_text`` the raw one (chat endpoints)."""
+    if tokenizer is None:
+        raise ValueError("The sonnet dataset needs a tokenizer to measure prompts; pass --tokenizer.")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("The sonnet dataset wraps prompts in the tokenizer's chat template, and this tokenizer has "
+                         "none.")
+    with open(dataset_path, encoding="utf-8") as f:
+        lines = f.readlines()
+    if not lines:
+        raise ValueError(f"No line in {dataset_path}.")
+    avg_line_len = sum(len(tokenizer(line).input_ids) for line in lines) / len(lines)
+    base_len = len(tokenizer(_chat_formatted(tokenizer, SONNET_INSTRUCTION)).input_ids)
+    if input_len <= base_len:
+        raise ValueError(f"--sonnet-input-len must be higher than the base prompt length ({base_len}), got "
+                         f"{input_len}.")
+    num_input_lines = round((input_len - base_len) / avg_line_len)
+    num_prefix_lines = max(round((prefix_len - base_len) / avg_line_len), 0)
+    prefix = lines[:num_prefix_lines]
+    rng = random.Random(seed)
+    requests: list[SampleRequest] = []
+    for _ in range(100 * num_requests):        # a bound on redraws (each draw usually fits)
+        if len(requests) == num_requests:
+            break
+        raw = SONNET_INSTRUCTION + "".join(prefix + rng.choices(lines, k=max(num_input_lines - num_prefix_lines, 0)))
+        formatted = _chat_formatted(tokenizer, raw)
+        prompt_len = len(tokenizer(formatted).input_ids)
+        if prompt_len <= input_len:
+            requests.append(SampleRequest(prompt_len=prompt_len, expected_output_len=output_len,
+                                          prompt_text=formatted, chat_prompt_text=raw))
+    if len(requests) < num_requests:
+        raise ValueError(f"Sonnet prompts of at most --sonnet-input-len {input_len} tokens could not be drawn from "
+                         f"{dataset_path} with a --sonnet-prefix-len of {prefix_len}: raise the first or lower the "
+                         "second.")
     return requests
 
 
@@ -250,6 +304,10 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
                    help="Output length of every ShareGPT request (default: the reply's token length).")
     g.add_argument("--custom-output-len", type=int, default=256,
                    help="Output tokens of every request of the custom dataset.")
+    g.add_argument("--sonnet-input-len", type=int, default=550, help="Input tokens per sonnet request (at most).")
+    g.add_argument("--sonnet-output-len", type=int, default=150, help="Output tokens per sonnet request.")
+    g.add_argument("--sonnet-prefix-len", type=int, default=200,
+                   help="Tokens of the prefix shared by every sonnet request (about).")
     g.add_argument("--skip-chat-template", action="store_true",
                    help="custom dataset: send the prompts as they are, not wrapped in the chat template.")
     g.add_argument("--no-oversample", action="store_true",
@@ -292,6 +350,14 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
         return sample_custom(args.dataset_path, num_requests, tokenizer,
                              output_len if output_len is not None else args.custom_output_len, seed=args.seed or 0,
                              skip_chat_template=args.skip_chat_template, **_order_flags(args))
+    if name == "sonnet":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name sonnet needs --dataset-path (a text file of poem lines, as vLLM's "
+                             "benchmarks/sonnet.txt).")
+        return sample_sonnet(args.dataset_path, num_requests, tokenizer,
+                             input_len=input_len if input_len is not None else args.sonnet_input_len,
+                             output_len=output_len if output_len is not None else args.sonnet_output_len,
+                             prefix_len=args.sonnet_prefix_len, seed=args.seed or 0)
     if name == "sharegpt":
         if not args.dataset_path:
             raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT json file).")

@@ -71,7 +71,7 @@ def get_requests(args: argparse.Namespace, tokenizer) -> list[SampleRequest]:
         return sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len,
                                output_len=args.output_len if args.output_len is not None else 128,
                                range_ratio=args.random_range_ratio, prefix_len=args.prefix_len)
-    return sample_requests(args, tokenizer, args.num_prompts, output_len=args.output_len)
+    return sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len, output_len=args.output_len)
 
 
 def run_pagedllm(args: argparse.Namespace) -> dict[str, Any]:

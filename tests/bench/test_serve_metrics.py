@@ -615,3 +615,31 @@ def test_lora_modules_and_tokenizer_mode(fake_server, word_tokenizer_dir, capsys
     with pytest.raises(SystemExit):
         serve_args(*common, "--tokenizer-mode", "mistral")
     assert "invalid choice: 'mistral'" in capsys.readouterr().err
+
+
+def test_sonnet_dataset(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's sonnet dataset: the instruction, the file's first lines as a shared prefix, random lines up to
+    --sonnet-input-len tokens, in the chat template; completions get the formatted text, chat the raw one."""
+    tok = get_tokenizer(word_tokenizer_dir)
+    tok.chat_template = "{% for m in messages %}w1 {{ m['content'] }} w2{% endfor %}"
+    tok_dir = tmp_path / "tok"
+    tok.save_pretrained(str(tok_dir))
+    poem = tmp_path / "sonnet.txt"
+    poem.write_text("".join(_words(5, 100 + 5 * i) + "\n" for i in range(40)))
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer", str(tok_dir),
+              "--dataset-name", "sonnet", "--dataset-path", str(poem), "--sonnet-input-len", "60",
+              "--sonnet-prefix-len", "30", "--sonnet-output-len", "3", "--num-prompts", "4", "--disable-tqdm"]
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args(*common, "--save-detailed", "--result-dir", str(tmp_path)))
+    prompts = [r.body["prompt"] for r in fake_server.requests[1:]]
+    head = "w1 Pick as many lines as you can from these poem lines:\n" + _words(5, 100) + "\n"
+    assert all(p.startswith(head) and p.endswith(" w2") for p in prompts)       # chat-formatted, shared prefix
+    assert all(len(tok(p).input_ids) <= 60 for p in prompts)
+    assert sorted(result["input_lens"]) == sorted(len(tok(p).input_ids) for p in prompts)
+    assert all(r.body["max_tokens"] == 3 for r in fake_server.requests)
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args(*common, "--backend", "openai-chat"))
+    contents = [r.body["messages"][0]["content"] for r in fake_server.requests[1:]]
+    assert all(c.startswith("Pick as many lines") and not c.startswith("w1") for c in contents)
+    with pytest.raises(ValueError, match="--dataset-name sonnet needs --dataset-path"):
+        serve.main(serve_args(*common[:6], "--dataset-name", "sonnet"))
