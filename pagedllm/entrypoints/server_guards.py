@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -105,9 +105,10 @@ class APIKeyMiddleware:
     guards only /v1: it runs the model like /v1/completions, and a key that one unguarded generation route bypasses
     protects nothing."""
 
-    def __init__(self, app: Any, api_key: str, guarded_exact: tuple[str, ...] = ("/generate",)):
+    def __init__(self, app: Any, api_key: str | Sequence[str], guarded_exact: tuple[str, ...] = ("/generate",)):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        keys = [api_key] if isinstance(api_key, str) else list(api_key)     # vLLM: --api-key takes several keys
+        self.expected = [f"Bearer {key}".encode() for key in keys]
         self.guarded_exact = guarded_exact
 
     async def __call__(self, scope, receive, send):
@@ -118,7 +119,9 @@ class APIKeyMiddleware:
                 path = path[len(root):]
             if path.startswith("/v1") or path in self.guarded_exact:
                 headers = dict(scope.get("headers") or [])
-                if not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
+                sent = headers.get(b"authorization", b"")
+                # Every key is compared (no early exit), each in constant time.
+                if not sum(secrets.compare_digest(sent, expected) for expected in self.expected):
                     response = json_error("Unauthorized: this server needs its API key as "
                                           "'Authorization: Bearer <key>'.", 401)
                     await response(scope, receive, send)
@@ -222,7 +225,7 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-def add_guards(app: FastAPI, api_key: str | None, max_request_body_bytes: int | None) -> None:
+def add_guards(app: FastAPI, api_key: str | Sequence[str] | None, max_request_body_bytes: int | None) -> None:
     """The API key check, then the body size limit (the last middleware added runs first: add CORS after this, so
     that it answers preflights before the key check)."""
     if max_request_body_bytes:

@@ -35,9 +35,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--allowed-origins", type=_json_list, default=["*"], help="Allowed origins (a JSON list).")
     g.add_argument("--allowed-methods", type=_json_list, default=["*"], help="Allowed methods (JSON list).")
     g.add_argument("--allowed-headers", type=_json_list, default=["*"], help="Allowed headers (JSON list).")
-    g.add_argument("--api-key", type=str, default=None,
-                   help="If provided, the server requires this key in the Authorization header (Bearer) for /v1/* "
-                        "(env PAGEDLLM_API_KEY does the same).")
+    g.add_argument("--api-key", type=str, nargs="+", default=None,
+                   help="If provided, the server requires one of these keys in the Authorization header (Bearer) "
+                        "for /v1/* (env PAGEDLLM_API_KEY gives one key).")
     g.add_argument("--served-model-name", type=str, nargs="+", default=None,
                    help="Model name(s) used in the API; the first is echoed in responses. None = the model path.")
     g.add_argument("--chat-template", type=str, default=None,
@@ -150,7 +150,8 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     model = getattr(args, "model_tag", None) or args.model or EngineArgs.model
     args.model = model
     if args.api_key is None:
-        args.api_key = envs.PAGEDLLM_API_KEY or envs.VLLM_API_KEY
+        env_key = envs.PAGEDLLM_API_KEY or envs.VLLM_API_KEY
+        args.api_key = [env_key] if env_key else None
     # vLLM's current default: requests (their prompts: user data) are logged only with --enable-log-requests.
     args.log_requests = bool(args.enable_log_requests)
     if args.disable_log_requests:
