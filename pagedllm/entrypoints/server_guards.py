@@ -155,8 +155,8 @@ class ServerLoadMiddleware:
     """--enable-server-load-tracking (vLLM's flag): counts the requests in flight on the routes that run the model
     (a streamed answer until its last byte), for GET /load. ``state.server_load`` is the count."""
 
-    TRACKED = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/pooling", "/classify", "/score",
-               "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
+    TRACKED = ("/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/pooling", "/classify",
+               "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
 
     def __init__(self, app: Any, state: Any):
         self.app = app

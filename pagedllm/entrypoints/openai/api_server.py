@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP server: FastAPI routes over one AsyncLLMEngine.
 
 ``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
-Routes: /v1/models, /v1/completions, /v1/chat/completions, /tokenize, /detokenize, /health, /ping, /version, /metrics,
-/load, /v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank, /v2/rerank) for pooling (embedding) models,
+Routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/responses (text in, text out), /tokenize, /detokenize,
+/health, /ping, /version, /metrics, /load, /v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank,
+/v2/rerank) for pooling (embedding) models,
 and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI server lacks but tutorials post to.
 """
 from __future__ import annotations
@@ -25,12 +26,13 @@ from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                   EmbeddingRequest, ModelCard, ModelList, PoolingRequest,
-                                                  RequestError, RerankRequest, ScoreRequest, TokenizeChatRequest,
-                                                  TokenizeCompletionRequest)
+                                                  RequestError, RerankRequest, ResponsesRequest, ScoreRequest,
+                                                  TokenizeChatRequest, TokenizeCompletionRequest)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_response
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
+from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
                                                 RequestIdHeaderMiddleware, ServerLoadMiddleware, add_error_handlers,
@@ -96,6 +98,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
         tool_parser = get_tool_parser(args.tool_call_parser)
     chat = OpenAIServingChat(engine, served_model_names, tool_parser=tool_parser, **common)
+    responses = OpenAIServingResponses(chat)
     base = OpenAIServing(engine, served_model_names, **common)
     pooling = OpenAIServingPooling(engine, served_model_names, **common)
     is_pooling = engine.config.is_pooling
@@ -164,6 +167,11 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request):
         generative_only("Chat Completions")
         return await chat.create_chat_completion(request, raw_request)
+
+    @app.post("/v1/responses")
+    async def create_response(request: ResponsesRequest, raw_request: Request):
+        generative_only("Responses")
+        return await responses.create_response(request, raw_request)
 
     @app.post("/v1/embeddings")
     async def create_embedding(request: EmbeddingRequest, raw_request: Request):

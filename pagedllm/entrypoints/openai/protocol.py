@@ -405,6 +405,33 @@ class ChatCompletionStreamResponse(OpenAIBaseModel):
     usage: UsageInfo | None = None
 
 
+# ---- /v1/responses ---------------------------------------------------------------------------------------------------
+class ResponsesRequest(OpenAIRequestModel):
+    """OpenAI's Responses API, text in and text out (vLLM serves it too); run as a chat completion."""
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool | None = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = "auto"
+    parallel_tool_calls: bool | None = True
+    previous_response_id: str | None = None
+    background: bool | None = False
+    store: bool | None = True
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: str | None = "disabled"
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    # vLLM extras
+    top_k: int | None = None
+    priority: int = 0
+    request_id: str | None = None
+
+
 # ---- /tokenize, /detokenize ----------------------------------------------------------------------------------------
 class TokenizeCompletionRequest(OpenAIRequestModel):
     model: str | None = None
