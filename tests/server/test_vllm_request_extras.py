@@ -144,6 +144,9 @@ def test_responses_api_text(server, client):
     assert message.type == "message" and message.role == "assistant" and message.content[0].type == "output_text"
     assert (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.total_tokens) == (
         chat.usage.prompt_tokens, 4, chat.usage.prompt_tokens + 4)
+    traced = client.responses.create(model=MODEL, input="Hi", max_output_tokens=1,
+                                     extra_headers={"X-Request-Id": "trace-9"})
+    assert traced.id == "resp_trace-9"          # an X-Request-Id header names the response, as for chat
     items = client.responses.create(model=MODEL, max_output_tokens=4, temperature=0, input=[
         {"role": "system", "content": "Be brief."},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}])

@@ -95,15 +95,15 @@ class OpenAIServingResponses:
             error = body.get("error") or {}
             error["param"] = _PARAM_NAMES.get(error.get("param"), error.get("param"))
             return JSONResponse(body, status_code=answer.status_code)
-        return JSONResponse(self._response(req, body))
+        return JSONResponse(self._response(req, body, self.chat.base_request_id(raw_request, req.request_id)))
 
-    def _response(self, req: ResponsesRequest, chat: dict[str, Any]) -> dict[str, Any]:
+    def _response(self, req: ResponsesRequest, chat: dict[str, Any], request_id: str) -> dict[str, Any]:
         (choice,) = chat["choices"]
         usage = chat["usage"]
         truncated = choice["finish_reason"] == "length"
         text = {"type": "output_text", "text": choice["message"]["content"] or "", "annotations": []}
         return {
-            "id": f"resp_{req.request_id or random_uuid()}",
+            "id": f"resp_{request_id}",
             "object": "response",
             "created_at": chat["created"],
             "model": chat["model"],
