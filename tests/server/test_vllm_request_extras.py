@@ -12,7 +12,8 @@ from server_utils import MODEL, openai_client, server_fixture
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
-server = server_fixture("--return-tokens-as-token-ids", "--enable-request-id-headers", "--enable-server-load-tracking")
+server = server_fixture("--return-tokens-as-token-ids", "--enable-request-id-headers", "--enable-server-load-tracking",
+                        "--enable-force-include-usage")
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +161,15 @@ def test_responses_api_text(server, client):
                          ({"max_output_tokens": 600}, "max_output_tokens")):
         r = httpx.post(server.url + "/v1/responses", json={"model": MODEL, "input": "Hi", **extra})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_force_include_usage(client):
+    # vLLM's --enable-force-include-usage: a stream without stream_options still carries usage on every chunk and
+    # ends with a usage chunk.
+    chunks = list(client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, stream=True,
+                                            extra_body={"ignore_eos": True}))
+    assert all(c.usage is not None for c in chunks)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=2,
+                                                 stream=True, extra_body={"ignore_eos": True}))
+    assert all(c.usage is not None for c in chunks) and chunks[-1].usage.completion_tokens == 2

@@ -91,7 +91,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                   max_prompts_per_request=getattr(args, "max_prompts_per_request", None),
                   enable_prompt_tokens_details=getattr(args, "enable_prompt_tokens_details", False),
                   chat_template_content_format=getattr(args, "chat_template_content_format", "auto"),
-                  return_tokens_as_token_ids=getattr(args, "return_tokens_as_token_ids", False))
+                  return_tokens_as_token_ids=getattr(args, "return_tokens_as_token_ids", False),
+                  enable_force_include_usage=getattr(args, "enable_force_include_usage", False))
     completions = OpenAIServingCompletion(engine, served_model_names, **common)
     tool_parser = None
     if getattr(args, "enable_auto_tool_choice", False):

@@ -24,6 +24,21 @@ def _json_list(text: str) -> list[str]:
     return value if isinstance(value, list) else [str(value)]
 
 
+# vLLM's on/off flags that shape responses: (flag, help).
+_RESPONSE_FLAGS = (
+    ("--enable-request-id-headers", "Add an X-Request-Id header to every response (the request's own X-Request-Id if "
+                                    "it sent one, which also names chat and completion requests, else a random id)."),
+    ("--enable-server-load-tracking", "Count the requests in flight on the model routes; GET /load reports the "
+                                      "count ({\"server_load\": N}, always 0 without this flag)."),
+    ("--enable-force-include-usage", "Every stream carries usage, on each chunk and in a final usage chunk, "
+                                     "whatever the request's stream_options."),
+    ("--return-tokens-as-token-ids", 'Logprob tokens as "token_id:{id}" strings (tokens that are not valid text '
+                                     "stay identifiable); a request's return_tokens_as_token_ids overrides it."),
+    ("--enable-prompt-tokens-details", "usage.prompt_tokens_details.cached_tokens: the prompt tokens a prefix-cache "
+                                       "hit supplied (null when none, as vLLM)."),
+)
+
+
 def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("frontend arguments")
     g.add_argument("--host", type=str, default=None, help="Host name to listen on; None = all interfaces.")
@@ -71,18 +86,8 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help='tool_choice="auto" on chat: the model decides, and --tool-call-parser reads its calls.')
     g.add_argument("--tool-call-parser", type=str, default=None,
                    help="The model's tool-call format for tool_choice=\"auto\": hermes, qwen3, llama3_json, mistral.")
-    g.add_argument("--enable-request-id-headers", action="store_true",
-                   help="Add an X-Request-Id header to every response (the request's own X-Request-Id if it sent "
-                        "one, which also names chat and completion requests, else a random id).")
-    g.add_argument("--enable-server-load-tracking", action="store_true",
-                   help="Count the requests in flight on the model routes; GET /load reports the count "
-                        "({\"server_load\": N}, always 0 without this flag).")
-    g.add_argument("--return-tokens-as-token-ids", action="store_true",
-                   help='Logprob tokens as "token_id:{id}" strings (tokens that are not valid text stay '
-                        'identifiable); a request\'s return_tokens_as_token_ids overrides it.')
-    g.add_argument("--enable-prompt-tokens-details", action="store_true",
-                   help="usage.prompt_tokens_details.cached_tokens: the prompt tokens a prefix-cache hit supplied "
-                        "(null when none, as vLLM).")
+    for flag, help_text in _RESPONSE_FLAGS:
+        g.add_argument(flag, action="store_true", help=help_text)
     return parser
 
 

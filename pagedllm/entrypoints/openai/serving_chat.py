@@ -227,9 +227,7 @@ class OpenAIServingChat(OpenAIServing):
     async def _stream(self, req: ChatCompletionRequest, request_id: str, created: int, prompt_ids: list[int], stream,
                       role: str, echo: str, mode: ToolMode = ToolMode()) -> AsyncIterator[str]:
         n = req.n
-        opts = req.stream_options
-        include_usage = bool(opts and opts.include_usage)
-        continuous = bool(include_usage and opts.continuous_usage_stats)
+        include_usage, continuous = self.stream_usage(req)
         return_ids = bool(req.return_token_ids) or self.tokenizer is None
         num_prompt = len(prompt_ids)
         num_generated = [0] * n      # per choice: continuous usage counts the tokens of the chunk's choice (vLLM)

@@ -221,9 +221,7 @@ class OpenAIServingCompletion(OpenAIServing):
     async def _stream(self, req: CompletionRequest, base_id: str, created: int, prompts: list[_Prompt],
                       streams, prompt_only: bool = False) -> AsyncIterator[str]:
         n = req.n
-        opts = req.stream_options
-        include_usage = bool(opts and opts.include_usage)
-        continuous = bool(include_usage and opts.continuous_usage_stats)
+        include_usage, continuous = self.stream_usage(req)
         return_ids = self._return_ids(req)
         choices = [[_Choice() for _ in range(n)] for _ in prompts]
         num_prompt = sum(len(p.ids) for p in prompts)

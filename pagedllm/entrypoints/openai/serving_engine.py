@@ -98,7 +98,7 @@ class OpenAIServing:
                  max_log_len: int | None = None, trust_request_chat_template: bool = False,
                  max_n: int = MAX_N, max_prompts_per_request: int | None = None,
                  enable_prompt_tokens_details: bool = False, chat_template_content_format: str = "auto",
-                 return_tokens_as_token_ids: bool = False):
+                 return_tokens_as_token_ids: bool = False, enable_force_include_usage: bool = False):
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
@@ -115,6 +115,7 @@ class OpenAIServing:
         # parts joined into one string; "openai": a list of {"type": "text", "text": ...} parts).
         self.chat_template_content_format = chat_template_content_format
         self.return_tokens_as_token_ids = return_tokens_as_token_ids
+        self.enable_force_include_usage = enable_force_include_usage
         self.max_model_len = engine.config.max_model_len
         self.vocab_size = engine.vocab_size
         self.default_params = engine.default_sampling_params()
@@ -286,6 +287,15 @@ class OpenAIServing:
             raise RequestError(str(e), "chat_template") from None
         except Exception as e:   # jinja errors, bad kwargs, ValueError from the helper
             raise RequestError(f"Could not apply the chat template: {e}", "messages") from None
+
+    def stream_usage(self, req: SamplingFields) -> tuple[bool, bool]:
+        """(a final usage chunk, usage on every chunk) for a stream: stream_options.include_usage and
+        continuous_usage_stats, or both with --enable-force-include-usage (vLLM's rule)."""
+        if self.enable_force_include_usage:
+            return True, True
+        opts = req.stream_options
+        include_usage = bool(opts and opts.include_usage)
+        return include_usage, bool(include_usage and opts.continuous_usage_stats)
 
     def tokens_as_ids(self, req: SamplingFields) -> bool:
         """Whether logprob tokens are "token_id:{id}" strings: the request's return_tokens_as_token_ids, else the
