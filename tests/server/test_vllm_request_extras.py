@@ -173,3 +173,18 @@ def test_force_include_usage(client):
     chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=2,
                                                  stream=True, extra_body={"ignore_eos": True}))
     assert all(c.usage is not None for c in chunks) and chunks[-1].usage.completion_tokens == 2
+
+
+def test_same_request_id_twice_in_flight(server):
+    # vLLM (>= 0.14) suffixes client-given ids internally: a second request with the X-Request-Id of one still running
+    # is served too (a gateway's retry, two benchmark clients with one --request-id-prefix), both answering its id.
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 100, "ignore_eos": True, "stream": True}
+    headers = {"X-Request-Id": "dup-1"}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=headers, timeout=120) as first:
+        lines = first.iter_lines()
+        assert '"id":"cmpl-dup-1"' in next(line for line in lines if line.startswith("data:"))
+        second = httpx.post(server.url + "/v1/completions", headers=headers, timeout=120,
+                            json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+        assert second.status_code == 200 and second.json()["id"] == "cmpl-dup-1", second.text
+        for _ in lines:
+            pass
