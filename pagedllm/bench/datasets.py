@@ -20,7 +20,7 @@ from pagedllm.bench.utils import vocab_ids
 
 # json-schema / regex / choice: structured-output requests (vLLM's benchmark_serving_structured_output workloads).
 STRUCTURED_DATASETS = ("json-schema", "regex", "choice")
-DATASET_NAMES = ("sharegpt", "custom", "random", "prefix_repetition") + STRUCTURED_DATASETS
+DATASET_NAMES = ("sharegpt", "custom", "sonnet", "random", "prefix_repetition") + STRUCTURED_DATASETS
 # Synthetic workloads: a --dataset-path beside them would be ignored, so it is refused (as vLLM does).
 SYNTHETIC_DATASETS = ("random", "prefix_repetition") + STRUCTURED_DATASETS
 
@@ -39,12 +39,16 @@ class SampleRequest:
     # Request fields of this request only (the constraint of a structured-output workload: guided_json, ...).
     extra_body: dict[str, Any] | None = None
     structured_outputs: Any = None      # the same constraint as StructuredOutputsParams fields, for LLM.generate
+    # What a chat endpoint gets when it differs from prompt_text (sonnet: prompt_text is already chat-formatted).
+    chat_prompt_text: str | None = None
 
     def completion_prompt(self) -> str | list[int]:
         """What a /v1/completions request sends: token ids when known (exact length), else the text."""
         return self.prompt_token_ids if self.prompt_token_ids is not None else self.prompt_text
 
     def chat_text(self) -> str:
+        if self.chat_prompt_text is not None:
+            return self.chat_prompt_text
         if self.prompt_text is None:
             raise ValueError("This prompt has no text (no tokenizer was loaded); chat endpoints need one: pass "
                              "--tokenizer.")
@@ -67,10 +71,12 @@ def is_valid_sharegpt_pair(prompt_len: int, output_len: int, fixed_output_len: b
 
 
 def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int = 0,
-                    output_len: int | None = None, oversample: bool = True) -> list[SampleRequest]:
+                    output_len: int | None = None, oversample: bool = True,
+                    shuffle: bool = True) -> list[SampleRequest]:
     """Conversations with ≥2 turns; prompt = first turn, output length = token length of the reply (or
-    ``output_len``); seeded shuffle, then vLLM's length filter until ``num_requests`` are found. When the file holds
-    too few valid pairs, valid ones are drawn again at random (``oversample``), as vLLM does."""
+    ``output_len``); seeded shuffle (unless not ``shuffle``: file order), then vLLM's length filter until
+    ``num_requests`` are found. When the file holds too few valid pairs, valid ones are drawn again at random
+    (``oversample``), as vLLM does."""
     if tokenizer is None:
         raise ValueError("The sharegpt dataset needs a tokenizer to measure prompts; pass --tokenizer.")
     with open(dataset_path) as f:
@@ -78,7 +84,8 @@ def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int =
     pairs = [(d["conversations"][0]["value"], d["conversations"][1]["value"])
              for d in data if len(d.get("conversations", [])) >= 2]
     rng = random.Random(seed)
-    rng.shuffle(pairs)
+    if shuffle:
+        rng.shuffle(pairs)
     requests: list[SampleRequest] = []
     for prompt, reply in pairs:
         if len(requests) == num_requests:
@@ -102,10 +109,12 @@ def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int =
 
 # ---- custom: a JSONL file of {"prompt": ...} lines --------------------------------------------------------------
 def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: int, seed: int = 0,
-                  skip_chat_template: bool = False) -> list[SampleRequest]:
-    """vLLM's ``custom`` dataset: one JSON object with a ``prompt`` field per line, shuffled with ``seed``; each prompt
-    wrapped in the tokenizer's chat template as one user turn (unless ``skip_chat_template``), every request asking
-    for ``output_len`` tokens; too few lines are drawn again at random to reach ``num_requests``."""
+                  skip_chat_template: bool = False, oversample: bool = True,
+                  shuffle: bool = True) -> list[SampleRequest]:
+    """vLLM's ``custom`` dataset: one JSON object with a ``prompt`` field per line, shuffled with ``seed`` (unless not
+    ``shuffle``); each prompt wrapped in the tokenizer's chat template as one user turn (unless
+    ``skip_chat_template``), every request asking for ``output_len`` tokens; too few lines are drawn again at random
+    to reach ``num_requests`` (``oversample``)."""
     if tokenizer is None:
         raise ValueError("The custom dataset needs a tokenizer to measure prompts; pass --tokenizer.")
     if not dataset_path.endswith(".jsonl"):
@@ -124,9 +133,10 @@ def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: i
     if not prompts:
         raise ValueError(f"No prompt in {dataset_path}.")
     rng = random.Random(seed)
-    rng.shuffle(prompts)
+    if shuffle:
+        rng.shuffle(prompts)
     prompts = prompts[:num_requests]
-    if len(prompts) < num_requests:
+    if oversample and len(prompts) < num_requests:
         prompts += rng.choices(prompts, k=num_requests - len(prompts))
     requests = []
     for prompt in prompts:
@@ -135,6 +145,56 @@ def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: i
                                                    tokenize=False)
         requests.append(SampleRequest(prompt_len=len(tokenizer(prompt).input_ids), expected_output_len=output_len,
                                       prompt_text=prompt))
+    return requests
+
+
+# ---- sonnet: poem lines from a text file ---------------------------------------------------------------------------
+SONNET_INSTRUCTION = "Pick as many lines as you can from these poem lines:\n"
+
+
+def _chat_formatted(tokenizer, text: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def sample_sonnet(dataset_path: str, num_requests: int, tokenizer, input_len: int = 550, output_len: int = 150,
+                  prefix_len: int = 200, seed: int = 0) -> list[SampleRequest]:
+    """vLLM's sonnet dataset (deprecated there, still in its CLI): an instruction, then the file's first lines as a
+    shared prefix of about ``prefix_len`` tokens, then lines drawn at random up to about ``input_len`` tokens, all in
+    the chat template as one user turn. Prompts whose formatted length exceeds ``input_len`` are drawn again.
+    ``prompt_text`` is the formatted prompt (completions), ``chat_prompt_text`` the raw one (chat endpoints)."""
+    if tokenizer is None:
+        raise ValueError("The sonnet dataset needs a tokenizer to measure prompts; pass --tokenizer.")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("The sonnet dataset wraps prompts in the tokenizer's chat template, and this tokenizer has "
+                         "none.")
+    with open(dataset_path, encoding="utf-8") as f:
+        lines = f.readlines()
+    if not lines:
+        raise ValueError(f"No line in {dataset_path}.")
+    avg_line_len = sum(len(tokenizer(line).input_ids) for line in lines) / len(lines)
+    base_len = len(tokenizer(_chat_formatted(tokenizer, SONNET_INSTRUCTION)).input_ids)
+    if input_len <= base_len:
+        raise ValueError(f"--sonnet-input-len must be higher than the base prompt length ({base_len}), got "
+                         f"{input_len}.")
+    num_input_lines = round((input_len - base_len) / avg_line_len)
+    num_prefix_lines = max(round((prefix_len - base_len) / avg_line_len), 0)
+    prefix = lines[:num_prefix_lines]
+    rng = random.Random(seed)
+    requests: list[SampleRequest] = []
+    for _ in range(100 * num_requests):        # a bound on redraws (each draw usually fits)
+        if len(requests) == num_requests:
+            break
+        raw = SONNET_INSTRUCTION + "".join(prefix + rng.choices(lines, k=max(num_input_lines - num_prefix_lines, 0)))
+        formatted = _chat_formatted(tokenizer, raw)
+        prompt_len = len(tokenizer(formatted).input_ids)
+        if prompt_len <= input_len:
+            requests.append(SampleRequest(prompt_len=prompt_len, expected_output_len=output_len,
+                                          prompt_text=formatted, chat_prompt_text=raw))
+    if len(requests) < num_requests:
+        raise ValueError(f"Sonnet prompts of at most --sonnet-input-len {input_len} tokens could not be drawn from "
+                         f"{dataset_path} with a --sonnet-prefix-len of {prefix_len}: raise the first or lower the "
+                         "second.")
     return requests
 
 
@@ -244,8 +304,17 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
                    help="Output length of every ShareGPT request (default: the reply's token length).")
     g.add_argument("--custom-output-len", type=int, default=256,
                    help="Output tokens of every request of the custom dataset.")
+    g.add_argument("--sonnet-input-len", type=int, default=550, help="Input tokens per sonnet request (at most).")
+    g.add_argument("--sonnet-output-len", type=int, default=150, help="Output tokens per sonnet request.")
+    g.add_argument("--sonnet-prefix-len", type=int, default=200,
+                   help="Tokens of the prefix shared by every sonnet request (about).")
     g.add_argument("--skip-chat-template", action="store_true",
                    help="custom dataset: send the prompts as they are, not wrapped in the chat template.")
+    g.add_argument("--no-oversample", action="store_true",
+                   help="sharegpt / custom: a file with fewer usable prompts than --num-prompts gives fewer requests "
+                        "(default: some are drawn again).")
+    g.add_argument("--disable-shuffle", action="store_true",
+                   help="sharegpt / custom: take the prompts in file order instead of a seeded shuffle.")
     if with_random_lens:
         g.add_argument("--random-input-len", type=int, default=1024, help="Input tokens per random request.")
         g.add_argument("--random-output-len", type=int, default=128, help="Output tokens per random request.")
@@ -261,6 +330,12 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
                    help="max_tokens of json-schema / regex / choice requests (the grammar usually ends them first).")
 
 
+def _order_flags(args: Any) -> dict[str, bool]:
+    """--no-oversample / --disable-shuffle (vLLM's dataset flags) as the samplers' keyword arguments."""
+    return {"oversample": not getattr(args, "no_oversample", False),
+            "shuffle": not getattr(args, "disable_shuffle", False)}
+
+
 def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int | None = None,
                     output_len: int | None = None, range_ratio: float | None = None,
                     prefix_len: int | None = None) -> list[SampleRequest]:
@@ -274,12 +349,21 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
             raise ValueError("--dataset-name custom needs --dataset-path (a JSONL file of {\"prompt\": ...} lines).")
         return sample_custom(args.dataset_path, num_requests, tokenizer,
                              output_len if output_len is not None else args.custom_output_len, seed=args.seed or 0,
-                             skip_chat_template=args.skip_chat_template)
+                             skip_chat_template=args.skip_chat_template, **_order_flags(args))
+    if name == "sonnet":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name sonnet needs --dataset-path (a text file of poem lines, as vLLM's "
+                             "benchmarks/sonnet.txt).")
+        return sample_sonnet(args.dataset_path, num_requests, tokenizer,
+                             input_len=input_len if input_len is not None else args.sonnet_input_len,
+                             output_len=output_len if output_len is not None else args.sonnet_output_len,
+                             prefix_len=args.sonnet_prefix_len, seed=args.seed or 0)
     if name == "sharegpt":
         if not args.dataset_path:
             raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT json file).")
         fixed = output_len if output_len is not None else getattr(args, "sharegpt_output_len", None)
-        return sample_sharegpt(args.dataset_path, num_requests, tokenizer, seed=args.seed or 0, output_len=fixed)
+        return sample_sharegpt(args.dataset_path, num_requests, tokenizer, seed=args.seed or 0, output_len=fixed,
+                               **_order_flags(args))
     if name == "random":
         return sample_random(
             num_requests,

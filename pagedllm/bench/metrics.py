@@ -183,7 +183,7 @@ def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selecte
     lines += [_line("Output token throughput (tok/s):", metrics.output_throughput, ".2f"),
               _line("Peak output token throughput (tok/s):", metrics.max_output_tokens_per_s, ".2f"),
               _line("Peak concurrent requests:", float(metrics.max_concurrent_requests), ".2f"),
-              _line("Total Token throughput (tok/s):", metrics.total_token_throughput, ".2f")]
+              _line("Total token throughput (tok/s):", metrics.total_token_throughput, ".2f")]
     return "\n".join(lines + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
 
 

@@ -32,6 +32,8 @@ class RequestFuncInput:
     logprobs: int | None = None
     sampling: dict[str, Any] = field(default_factory=dict)   # temperature / top_p / top_k
     extra_body: dict[str, Any] | None = None
+    extra_headers: dict[str, str] | None = None               # --header KEY=VALUE
+    request_id: str | None = None                             # sent as x-request-id (--request-id-prefix + index)
 
 
 @dataclass
@@ -48,11 +50,17 @@ class RequestFuncOutput:
     error: str = ""
 
 
-def _headers() -> dict[str, str]:
+def _headers(request: RequestFuncInput | None = None) -> dict[str, str]:
+    """Content type and OPENAI_API_KEY's bearer token, then the request's --header pairs, then its x-request-id (the
+    order vLLM applies them in)."""
     headers = {"Content-Type": "application/json"}
     api_key = envs.OPENAI_API_KEY
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
+    if request is not None:
+        headers.update(request.extra_headers or {})
+        if request.request_id:
+            headers["x-request-id"] = request.request_id
     return headers
 
 
@@ -85,7 +93,7 @@ async def _stream(request: RequestFuncInput, session: aiohttp.ClientSession, pay
     start = time.perf_counter()
     output.start_time = start
     try:
-        async with session.post(request.api_url, json=payload, headers=_headers()) as response:
+        async with session.post(request.api_url, json=payload, headers=_headers(request)) as response:
             if response.status != 200:
                 body = await response.text()
                 output.error = f"HTTP {response.status} {response.reason}: {body[:500]}"
@@ -168,7 +176,7 @@ async def openai_embeddings(request: RequestFuncInput, session: aiohttp.ClientSe
     start = time.perf_counter()
     output.start_time = start
     try:
-        async with session.post(request.api_url, json=payload, headers=_headers()) as response:
+        async with session.post(request.api_url, json=payload, headers=_headers(request)) as response:
             body = await response.text()
             if response.status != 200:
                 output.error = f"HTTP {response.status} {response.reason}: {body[:500]}"

@@ -1,7 +1,9 @@
 """`pagedllm bench serve`: online serving benchmark of an OpenAI-compatible server (vLLM's benchmark_serving).
 
-Requests are sent as a Poisson process (Gamma when --burstiness != 1) or all at once (--request-rate inf), capped at
---max-concurrency in flight, each streamed; the result block, metric definitions and --save-result JSON follow vLLM.
+Requests are sent as a Poisson process (Gamma when --burstiness != 1; the run's send times scaled to end at
+num_prompts / rate, as vLLM), at a rate that climbs (--ramp-up-strategy), or all at once (--request-rate inf), capped
+at --max-concurrency in flight, each streamed; the result block, metric definitions and --save-result JSON follow
+vLLM.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import os
 import random
 import sys
 import time
+import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -20,7 +24,7 @@ import numpy as np
 from pagedllm.bench.datasets import SampleRequest, add_dataset_args, sample_requests
 from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, format_result_block, parse_goodput,
                                     summary_dict)
-from pagedllm.bench.utils import parse_percentiles, try_get_tokenizer, write_json
+from pagedllm.bench.utils import TOKENIZER_MODES, append_json_line, parse_percentiles, try_get_tokenizer, write_json
 
 # Sampling fields sent with every request when their flag is given (vLLM's bench serve flags, same names).
 SAMPLING_FLAGS = ("top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
@@ -38,11 +42,24 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--endpoint", type=str, default=None,
                         help="API path (default: /v1/completions, or /v1/chat/completions for openai-chat).")
+    parser.add_argument("--header", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="Headers sent with every request (after the OPENAI_API_KEY bearer token, before the "
+                             "x-request-id).")
+    parser.add_argument("--request-id-prefix", type=str, default=f"bench-{uuid.uuid4().hex[:8]}-",
+                        help="Request i of the run is sent with the header x-request-id: PREFIX + i.")
+    parser.add_argument("--ready-check-timeout-sec", type=int, default=600,
+                        help="Retry the initial test request until it succeeds, for at most this many seconds "
+                             "(a server still starting); 0 skips the test request.")
     parser.add_argument("--model", type=str, default=None,
                         help="Model id (default: the first model the server lists at /v1/models).")
     parser.add_argument("--served-model-name", type=str, default=None,
                         help="Model name sent in requests (default: --model).")
     parser.add_argument("--tokenizer", type=str, default=None, help="Tokenizer id or path (default: --model).")
+    parser.add_argument("--tokenizer-mode", type=str, default="auto", choices=list(TOKENIZER_MODES),
+                        help="auto / hf: the fast tokenizer when there is one; slow: the Python one.")
+    parser.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME",
+                        help="LoRA adapters the server serves: each request names one of them, chosen at random "
+                             "(seeded by --seed), as its model.")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--skip-tokenizer-init", action="store_true",
                         help="Load no tokenizer: synthetic prompts go as token ids, output tokens come from usage.")
@@ -55,11 +72,17 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "--sharegpt-output-len, --custom-output-len, ...).")
     parser.add_argument("--request-rate", type=float, default=float("inf"),
                         help="Requests per second (Poisson arrivals); inf sends all at once.")
+    parser.add_argument("--ramp-up-strategy", type=str, default=None, choices=list(RAMP_UP_STRATEGIES),
+                        help="Raise the request rate from --ramp-up-start-rps to --ramp-up-end-rps over the run "
+                             "(instead of --request-rate).")
+    parser.add_argument("--ramp-up-start-rps", type=int, default=None, help="Request rate at the start of a ramp-up.")
+    parser.add_argument("--ramp-up-end-rps", type=int, default=None, help="Request rate at the end of a ramp-up.")
     parser.add_argument("--burstiness", type=float, default=1.0,
                         help="Gamma shape of the inter-arrival times: 1 = Poisson, <1 burstier, >1 more uniform.")
     parser.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight at once.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ignore-eos", action="store_true", help="Send ignore_eos=true (fixed output lengths).")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="Send ignore_eos=true (fixed output lengths); always on with --dataset-name random.")
     parser.add_argument("--logprobs", type=int, default=None, help="Logprobs per output token to request.")
     parser.add_argument("--temperature", type=float, default=None, help="Default 0.0 (greedy).")
     parser.add_argument("--top-p", type=float, default=None)
@@ -80,6 +103,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
                         help='SLOs as "KEY:VALUE" pairs in ms, keys ttft, tpot, e2el; reports request goodput.')
     parser.add_argument("--save-result", action="store_true", help="Write the result JSON.")
+    parser.add_argument("--append-result", action="store_true",
+                        help="Append the result JSON to the result file (one JSON object a line) instead of "
+                             "overwriting it; implies saving.")
     parser.add_argument("--save-detailed", action="store_true",
                         help="Also store per-request arrays (input_lens, output_lens, ttfts, itls, ...).")
     parser.add_argument("--result-dir", type=str, default=None, help="Folder of the result JSON (default: cwd).")
@@ -94,30 +120,68 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 # ---- arrival schedule ---------------------------------------------------------------------------------------------
+RAMP_UP_STRATEGIES = ("linear", "exponential")
+
+
+def ramp_up_rates(num_requests: int, strategy: str, start_rps: float, end_rps: float) -> np.ndarray:
+    """vLLM's --ramp-up-strategy: request i's rate goes from start_rps to end_rps with progress i / (n - 1),
+    linearly or geometrically."""
+    progress = np.arange(num_requests) / max(num_requests - 1, 1)
+    if strategy == "linear":
+        return start_rps + (end_rps - start_rps) * progress
+    if strategy == "exponential":
+        return start_rps * (end_rps / start_rps) ** progress
+    raise ValueError(f"Unknown ramp-up strategy: {strategy}")
+
+
 def request_intervals(num_requests: int, request_rate: float, burstiness: float = 1.0,
-                      rng: np.random.Generator | None = None) -> np.ndarray:
-    """Gap before each request after the first (length ``num_requests``; the first is 0): Gamma(shape=burstiness,
-    scale=1/(rate·burstiness)), so the mean gap is 1/rate and burstiness 1 is a Poisson process."""
-    if burstiness <= 0:
+                      rng: np.random.Generator | None = None, rates: np.ndarray | None = None) -> np.ndarray:
+    """Gap before each request (the first included; the send time of request i is the sum of gaps 0..i), as vLLM:
+    Gamma(shape=burstiness, scale=1/(rate·burstiness)), so the mean gap is 1/rate and burstiness 1 is a Poisson
+    process; burstiness inf gives even gaps of 1/rate. At one fixed rate the gaps are then scaled so that the last
+    request goes out at num_requests / rate exactly (vLLM: a run's length no longer wanders by 1-2 % with the seed).
+    ``rates``: a rate per request (a ramp-up), not scaled."""
+    if not burstiness > 0:
         raise ValueError(f"burstiness must be positive, got {burstiness}.")
-    if request_rate <= 0:
-        raise ValueError(f"request_rate must be positive, got {request_rate}.")
-    gaps = np.zeros(num_requests)
-    if request_rate == float("inf") or num_requests <= 1:
-        return gaps
+    per_request = rates if rates is not None else np.full(num_requests, float(request_rate))
+    if num_requests and not (per_request > 0).all():
+        raise ValueError(f"request rates must be positive, got {per_request.min()}.")
     rng = rng if rng is not None else np.random.default_rng(0)
-    theta = 1.0 / (request_rate * burstiness)
-    gaps[1:] = rng.gamma(shape=burstiness, scale=theta, size=num_requests - 1)
+    gaps = np.zeros(num_requests)
+    finite = np.isfinite(per_request)
+    if burstiness == float("inf"):
+        gaps[finite] = 1.0 / per_request[finite]
+    else:
+        gaps[finite] = rng.gamma(shape=burstiness, scale=1.0 / (per_request[finite] * burstiness))
+    total = gaps.sum()
+    if rates is None and total > 0:
+        gaps *= (num_requests / request_rate) / total
     return gaps
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
-async def _fetch_first_model(base_url: str) -> str:
+READY_CHECK_RETRY_S = 5.0
+
+
+async def wait_for_endpoint(request_func, request_input, session, timeout_s: float):
+    """Send the test request until it succeeds or ``timeout_s`` has passed (vLLM's ready check: a server that is still
+    loading refuses connections or answers 503), every READY_CHECK_RETRY_S; returns the last attempt's output."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        output = await request_func(request_input, session)
+        if output.success or time.monotonic() + READY_CHECK_RETRY_S > deadline:
+            return output
+        await asyncio.sleep(READY_CHECK_RETRY_S)
+
+
+async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None = None) -> str:
     import aiohttp
-    from pagedllm.bench.request_funcs import _headers
+    from pagedllm.bench.request_funcs import RequestFuncInput, _headers
+    headers = _headers(RequestFuncInput(api_url="", model="", prompt="", prompt_len=0, output_len=0,
+                                        extra_headers=extra_headers))
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-            async with session.get(base_url.rstrip("/") + "/v1/models", headers=_headers()) as resp:
+            async with session.get(base_url.rstrip("/") + "/v1/models", headers=headers) as resp:
                 if resp.status != 200:
                     raise ValueError(f"GET {base_url}/v1/models answered HTTP {resp.status}; pass --model.")
                 data = await resp.json()
@@ -130,21 +194,33 @@ async def _fetch_first_model(base_url: str) -> str:
     return models[0]["id"]
 
 
-def _request_input(req: SampleRequest, *, api_url: str, model: str, chat: bool, args: argparse.Namespace):
+def parse_key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """``["k=v", ...]`` (--header, --metadata) as a dict; an item without '=' names the flag."""
+    pairs = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects KEY=VALUE pairs, got {item!r}.")
+        key, value = item.split("=", 1)
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _request_input(req: SampleRequest, index: int, *, api_url: str, model: str, chat: bool,
+                   args: argparse.Namespace):
     from pagedllm.bench.request_funcs import POOLING_BACKENDS, RequestFuncInput
+    common = dict(api_url=api_url, model=model, prompt_len=req.prompt_len,
+                  extra_body={**(args.extra_body or {}), **(req.extra_body or {})} or None,
+                  extra_headers=parse_key_values(args.header, "--header") or None,
+                  request_id=f"{args.request_id_prefix}{index}")
     if args.backend in POOLING_BACKENDS:
-        return RequestFuncInput(api_url=api_url, model=model, prompt=req.completion_prompt(),
-                                prompt_len=req.prompt_len, output_len=0,
-                                extra_body={**(args.extra_body or {}), **(req.extra_body or {})} or None)
+        return RequestFuncInput(prompt=req.completion_prompt(), output_len=0, **common)
     sampling = {"temperature": args.temperature if args.temperature is not None else 0.0}
     for name in SAMPLING_FLAGS:
         if getattr(args, name) is not None:
             sampling[name] = getattr(args, name)
-    return RequestFuncInput(api_url=api_url, model=model,
-                            prompt=req.chat_text() if chat else req.completion_prompt(),
-                            prompt_len=req.prompt_len, output_len=req.expected_output_len,
-                            ignore_eos=args.ignore_eos, logprobs=args.logprobs, sampling=sampling,
-                            extra_body={**(args.extra_body or {}), **(req.extra_body or {})} or None)
+    return RequestFuncInput(prompt=req.chat_text() if chat else req.completion_prompt(),
+                            output_len=req.expected_output_len, ignore_eos=args.ignore_eos, logprobs=args.logprobs,
+                            sampling=sampling, **common)
 
 
 async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleRequest], *, api_url: str, model: str,
@@ -156,24 +232,39 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
     request_func = BACKENDS[args.backend][0]
     pooling = args.backend in POOLING_BACKENDS
     chat = args.backend in CHAT_BACKENDS
-    inputs = [_request_input(r, api_url=api_url, model=model, chat=chat, args=args) for r in requests]
+    inputs = [_request_input(r, i, api_url=api_url, model=model, chat=chat, args=args)
+              for i, r in enumerate(requests)]
+    test_input = replace(inputs[0], request_id=None)    # the test and warm-up requests carry no x-request-id (vLLM)
+    if args.lora_modules:       # vLLM: each measured request names a random adapter (the test request the base model)
+        inputs = [replace(x, model=random.choice(args.lora_modules)) for x in inputs]
 
     connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True) as session:
         print("Starting initial single prompt test run...")
-        test = await request_func(inputs[0], session)
-        if not test.success:
-            raise ValueError("Initial test run failed - Please make sure benchmark arguments are correctly "
-                             f"specified. Error: {test.error}")
-        print("Initial test run completed. Starting main benchmark run...")
+        if args.ready_check_timeout_sec > 0:
+            test = await wait_for_endpoint(request_func, test_input, session, args.ready_check_timeout_sec)
+            if not test.success:
+                raise ValueError("Initial test run failed - Please make sure benchmark arguments are correctly "
+                                 f"specified. Error: {test.error}")
+            print("Initial test run completed.")
+        else:
+            print("Skipping endpoint ready check.")
         if args.num_warmups > 0:
             print(f"Warming up with {args.num_warmups} requests...")
-            await asyncio.gather(*[request_func(inputs[i % len(inputs)], session) for i in range(args.num_warmups)])
+            await asyncio.gather(*[request_func(test_input, session) for _ in range(args.num_warmups)])
             print("Warmup run completed.")
+        print("Starting main benchmark run...")
 
         distribution = "Poisson process" if args.burstiness == 1.0 else "Gamma distribution"
-        print(f"Traffic request rate: {args.request_rate}")
+        rates = None
+        if args.ramp_up_strategy is not None:
+            print(f"Traffic ramp-up strategy: {args.ramp_up_strategy}.")
+            print(f"Will increase RPS from {args.ramp_up_start_rps} to {args.ramp_up_end_rps} RPS over the duration "
+                  "of the benchmark.")
+            rates = ramp_up_rates(len(inputs), args.ramp_up_strategy, args.ramp_up_start_rps, args.ramp_up_end_rps)
+        else:
+            print(f"Traffic request rate: {args.request_rate}")
         print(f"Burstiness factor: {args.burstiness} ({distribution})")
         print(f"Maximum request concurrency: {args.max_concurrency}")
 
@@ -194,14 +285,24 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
             return out
 
         gaps = request_intervals(len(inputs), args.request_rate, args.burstiness,
-                                 np.random.default_rng(args.seed))
+                                 np.random.default_rng(args.seed), rates=rates)
         arrival = np.cumsum(gaps)
+        rps_change_events: list[dict[str, Any]] = []    # a ramp-up: when each whole RPS value was reached
+        last_rps = -1
+        if rates is not None:
+            last_rps = args.ramp_up_start_rps
+            rps_change_events.append({"rps": last_rps, "timestamp": datetime.now().isoformat()})
         start = time.perf_counter()
         tasks = []
-        for request_input, at in zip(inputs, arrival):
+        for i, (request_input, at) in enumerate(zip(inputs, arrival)):
             delay = start + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if rates is not None and int(rates[i]) > last_rps:
+                stamp = datetime.now().isoformat()
+                rps_change_events += [{"rps": rps, "timestamp": stamp} for rps in range(last_rps + 1,
+                                                                                        int(rates[i]) + 1)]
+                last_rps = int(rates[i])
             tasks.append(asyncio.create_task(send(request_input)))
         outputs = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
@@ -228,14 +329,38 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         "start_times": [o.start_time - start for o in outputs],
         "latencies": [o.latency for o in outputs],     # vLLM's name of the per-request E2EL (s)
     })
+    if rps_change_events:
+        result["rps_change_events"] = rps_change_events
     return result, {"successes": [o.success for o in outputs]}
 
 
 def result_filename(label: str, request_rate: float, max_concurrency: int | None, model_id: str,
-                    now: datetime | None = None) -> str:
+                    now: datetime | None = None, ramp_up: tuple[str, int, int] | None = None) -> str:
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     concurrency = f"-concurrency{max_concurrency}" if max_concurrency is not None else ""
-    return f"{label}-{request_rate}qps{concurrency}-{model_id.rstrip('/').split('/')[-1]}-{stamp}.json"
+    rate = f"ramp-up-{ramp_up[0]}-{ramp_up[1]}qps-{ramp_up[2]}qps" if ramp_up else f"{request_rate}qps"
+    return f"{label}-{rate}{concurrency}-{model_id.rstrip('/').split('/')[-1]}-{stamp}.json"
+
+
+def check_ramp_up_args(args: argparse.Namespace) -> tuple[str, int, int] | None:
+    """vLLM's checks of --ramp-up-strategy / --ramp-up-start-rps / --ramp-up-end-rps; (strategy, start, end)."""
+    if args.ramp_up_strategy is None:
+        if args.ramp_up_start_rps is not None or args.ramp_up_end_rps is not None:
+            raise ValueError("--ramp-up-start-rps and --ramp-up-end-rps need --ramp-up-strategy (linear or "
+                             "exponential).")
+        return None
+    if args.request_rate != float("inf"):
+        raise ValueError("When using ramp-up, do not specify --request-rate. The request rate will be controlled by "
+                         "ramp-up parameters. Please remove the --request-rate argument.")
+    if args.ramp_up_start_rps is None or args.ramp_up_end_rps is None:
+        raise ValueError("When using --ramp-up-strategy, both --ramp-up-start-rps and --ramp-up-end-rps must be "
+                         "specified")
+    if args.ramp_up_start_rps < 1 or args.ramp_up_end_rps < 1:
+        # vLLM allows a start of 0 for linear and then fails on its first request's rate of 0.
+        raise ValueError("Ramp-up start and end RPS must be at least 1.")
+    if args.ramp_up_start_rps > args.ramp_up_end_rps:
+        raise ValueError("Ramp-up start RPS must be less than end RPS")
+    return args.ramp_up_strategy, args.ramp_up_start_rps, args.ramp_up_end_rps
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -260,6 +385,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{', '.join(generation_only)} apply to generation backends, not --backend "
                              f"{args.backend}.")
     percentiles = parse_percentiles(args.metric_percentiles)
+    ramp_up = check_ramp_up_args(args)
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}.")
     if args.max_concurrency is not None and args.max_concurrency < 1:
@@ -270,15 +396,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     endpoint = args.endpoint or BACKENDS[args.backend][1]
     api_url = base_url + endpoint
-    model_id = args.model or asyncio.run(_fetch_first_model(base_url))
+    model_id = args.model or asyncio.run(_fetch_first_model(base_url, parse_key_values(args.header, "--header")))
     request_model = args.served_model_name or model_id
     chat = args.backend in CHAT_BACKENDS
+    if args.dataset_name == "random" and not pooling:
+        # vLLM's rule: random prompts ask for --random-output-len tokens each, so EOS is ignored even without
+        # --ignore-eos (else a random prompt often stops after a few tokens and the output lengths mean nothing).
+        args.ignore_eos = True
 
     tokenizer = None
     if not args.skip_tokenizer_init:
-        needs_tokenizer = args.dataset_name in ("sharegpt", "custom") or chat
+        needs_tokenizer = args.dataset_name in ("sharegpt", "custom", "sonnet") or chat
         tokenizer = try_get_tokenizer(args.tokenizer or model_id, trust_remote_code=args.trust_remote_code,
-                                      required=needs_tokenizer)
+                                      required=needs_tokenizer, tokenizer_mode=args.tokenizer_mode)
     requests = sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len,
                                output_len=args.output_len)
 
@@ -288,6 +418,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     label = args.label or args.backend
     header: dict[str, Any] = {
         "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "endpoint_type": args.backend,      # vLLM keeps this older name of "backend" too
         "backend": args.backend,
         "label": label,
         "endpoint": endpoint,
@@ -296,24 +427,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "dataset_name": args.dataset_name,
         "num_prompts": args.num_prompts,
     }
-    for item in args.metadata or []:
-        if "=" not in item:
-            raise ValueError(f"--metadata expects KEY=VALUE pairs, got {item!r}.")
-        key, value = item.split("=", 1)
-        header[key.strip()] = value.strip()
+    header.update(parse_key_values(args.metadata, "--metadata"))
     header["request_rate"] = args.request_rate if args.request_rate < float("inf") else "inf"
     header["burstiness"] = args.burstiness
     header["max_concurrency"] = args.max_concurrency
+    if ramp_up is not None:
+        header.update(zip(("ramp_up_strategy", "ramp_up_start_rps", "ramp_up_end_rps"), ramp_up))
     full = {**header, **result}
 
-    if args.save_result or args.save_detailed:
+    if args.save_result or args.save_detailed or args.append_result:
         saved = dict(full)
         if not args.save_detailed:
             for key in DETAILED_KEYS:
                 saved.pop(key, None)
-        name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id)
+        name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id,
+                                                       ramp_up=ramp_up)
         path = os.path.join(args.result_dir, name) if args.result_dir else name
-        write_json(path, saved)
+        if args.append_result:
+            append_json_line(path, saved)
+        else:
+            write_json(path, saved)
         print(f"Saved the result to {path}")
     if args.plot:
         from pagedllm.bench.plot import plot_serve_result

@@ -34,6 +34,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--hf-max-batch-size", type=int, default=None, help="Largest HF batch (hf backend only).")
     parser.add_argument("--output-json", type=str, default=None, help="Write the results to this JSON file.")
     parser.add_argument("--disable-detokenize", action="store_true", help="Do not detokenize the outputs.")
+    parser.add_argument("--async-engine", action="store_true",
+                        help="Add every request to an AsyncLLMEngine at once (the engine the server runs) instead of "
+                             "one LLM.generate call.")
+    parser.add_argument("--disable-frontend-multiprocessing", action="store_true",
+                        help="With --async-engine: the engine core in a thread of this process, not its own process.")
     parser.add_argument("--num-warmups", type=int, default=0,
                         help="Requests generated once before the timed run (first-call compile/caches).")
     add_engine_args(parser)
@@ -60,6 +65,11 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError("HF max batch size is required for HF backend (--hf-max-batch-size).")
     elif args.hf_max_batch_size is not None:
         raise ValueError("HF max batch size is only for HF backend.")
+    if args.backend == "hf" and (args.async_engine or args.disable_frontend_multiprocessing):
+        raise ValueError("--async-engine and --disable-frontend-multiprocessing apply to the pagedllm (vllm) "
+                         "backend, not hf.")
+    if args.disable_frontend_multiprocessing and not args.async_engine:
+        raise ValueError("--disable-frontend-multiprocessing applies with --async-engine.")
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}.")
     if args.num_prompts < 1:
@@ -71,19 +81,60 @@ def get_requests(args: argparse.Namespace, tokenizer) -> list[SampleRequest]:
         return sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len,
                                output_len=args.output_len if args.output_len is not None else 128,
                                range_ratio=args.random_range_ratio, prefix_len=args.prefix_len)
-    return sample_requests(args, tokenizer, args.num_prompts, output_len=args.output_len)
+    return sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len, output_len=args.output_len)
 
 
-def run_pagedllm(args: argparse.Namespace) -> dict[str, Any]:
-    llm = create_llm(engine_kwargs(args))
-    tokenizer = llm_tokenizer(llm)
+def _requests_and_params(args: argparse.Namespace, tokenizer, **extra: Any) -> tuple[list, list, list]:
+    """The sampled requests, their engine prompts and vLLM's throughput sampling (temperature 1, ignore_eos,
+    max_tokens = the expected output length)."""
     if tokenizer is None and args.dataset_name == "sharegpt":
         tokenizer = try_get_tokenizer(args.tokenizer or args.model, args.trust_remote_code, required=True)
     requests = get_requests(args, tokenizer)
-    prompts = [r.llm_prompt() for r in requests]
     params = [sampling_params(n=args.n, temperature=1.0, top_p=1.0, ignore_eos=True,
-                              max_tokens=r.expected_output_len, detokenize=not args.disable_detokenize)
+                              max_tokens=r.expected_output_len, detokenize=not args.disable_detokenize, **extra)
               for r in requests]
+    return requests, [r.llm_prompt() for r in requests], params
+
+
+def run_pagedllm_async(args: argparse.Namespace) -> dict[str, Any]:
+    """vLLM's --async-engine: every request added to an AsyncLLMEngine at once, timed until the last one ends."""
+    import asyncio
+
+    from pagedllm.config import EngineArgs
+    from pagedllm.engine.async_engine import AsyncLLMEngine
+    from pagedllm.sampling_params import RequestOutputKind
+    engine = AsyncLLMEngine.from_engine_args(EngineArgs(**engine_kwargs(args)), log_requests=False,
+                                             engine_process=not args.disable_frontend_multiprocessing)
+    try:
+        requests, prompts, params = _requests_and_params(args, engine.tokenizer,
+                                                         output_kind=RequestOutputKind.FINAL_ONLY)
+
+        async def generate(tag: str, count: int) -> list:
+            streams = [await engine.add_request(f"{tag}{i}", prompts[i], params[i]) for i in range(count)]
+            finals = []
+            for stream in streams:
+                async for out in stream:
+                    if out.finished:
+                        finals.append(out)
+            return finals
+
+        if args.num_warmups > 0:
+            asyncio.run(generate("warmup-", min(args.num_warmups, len(prompts))))
+        start = time.perf_counter()
+        outputs = asyncio.run(generate("", len(prompts)))
+        elapsed = time.perf_counter() - start
+    finally:
+        engine.shutdown()
+    return {"elapsed_time": elapsed, "num_requests": len(requests),
+            "total_prompt_tokens": sum(len(o.prompt_token_ids or []) for o in outputs),
+            "total_output_tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs)}
+
+
+def run_pagedllm(args: argparse.Namespace) -> dict[str, Any]:
+    if args.async_engine:
+        return run_pagedllm_async(args)
+    llm = create_llm(engine_kwargs(args))
+    requests, prompts, params = _requests_and_params(args, llm_tokenizer(llm))
     if args.num_warmups > 0:
         k = min(args.num_warmups, len(prompts))
         llm.generate(prompts[:k], params[:k], use_tqdm=False)

@@ -56,27 +56,35 @@ def resolve_hf_source(name: str, allow_download: bool = True) -> tuple[str, str 
     return None
 
 
-def get_tokenizer(name: str, trust_remote_code: bool = False, allow_download: bool = True):
-    """An HF tokenizer for a model id, folder or .gguf file (see ``resolve_hf_source``)."""
+TOKENIZER_MODES = ("auto", "hf", "slow")
+
+
+def get_tokenizer(name: str, trust_remote_code: bool = False, allow_download: bool = True,
+                  tokenizer_mode: str = "auto"):
+    """An HF tokenizer for a model id, folder or .gguf file (see ``resolve_hf_source``); ``tokenizer_mode``, one of
+    TOKENIZER_MODES, as vLLM's: auto / hf = the fast tokenizer when there is one, slow = the Python one (vLLM's
+    mistral mode needs mistral_common, which pagedllm does not use)."""
     source = resolve_hf_source(name, allow_download=allow_download)
     if source is None:
         raise OSError(f"Cannot find a tokenizer for {name!r} locally (folder, .gguf file, bundled model or HF cache).")
     path, gguf_file = source
     from transformers import AutoTokenizer
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_fast": tokenizer_mode != "slow"}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
-def try_get_tokenizer(name: str | None, trust_remote_code: bool = False, required: bool = False):
+def try_get_tokenizer(name: str | None, trust_remote_code: bool = False, required: bool = False,
+                      tokenizer_mode: str = "auto"):
     """``get_tokenizer`` that returns None (with a note on stderr) when the tokenizer is optional and missing."""
     if name is None:
         if required:
             raise ValueError("A tokenizer is required here; pass --tokenizer (or --model).")
         return None
     try:
-        return get_tokenizer(name, trust_remote_code=trust_remote_code, allow_download=required)
+        return get_tokenizer(name, trust_remote_code=trust_remote_code, allow_download=required,
+                             tokenizer_mode=tokenizer_mode)
     except Exception as exc:
         if required:
             raise
@@ -100,6 +108,16 @@ def write_json(path: str, obj: Any) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=4, default=_json_default)
         f.write("\n")
+
+
+def append_json_line(path: str, obj: Any) -> None:
+    """``obj`` as one more JSON line of ``path`` (vLLM's --append-result: a newline between results)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "a+") as f:
+        if f.tell():
+            f.write("\n")
+        json.dump(obj, f, default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:

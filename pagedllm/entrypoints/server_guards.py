@@ -4,8 +4,9 @@ the request-body size limit."""
 from __future__ import annotations
 
 import secrets
+import uuid
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -104,9 +105,10 @@ class APIKeyMiddleware:
     guards only /v1: it runs the model like /v1/completions, and a key that one unguarded generation route bypasses
     protects nothing."""
 
-    def __init__(self, app: Any, api_key: str, guarded_exact: tuple[str, ...] = ("/generate",)):
+    def __init__(self, app: Any, api_key: str | Sequence[str], guarded_exact: tuple[str, ...] = ("/generate",)):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        keys = [api_key] if isinstance(api_key, str) else list(api_key)     # vLLM: --api-key takes several keys
+        self.expected = [f"Bearer {key}".encode() for key in keys]
         self.guarded_exact = guarded_exact
 
     async def __call__(self, scope, receive, send):
@@ -117,12 +119,61 @@ class APIKeyMiddleware:
                 path = path[len(root):]
             if path.startswith("/v1") or path in self.guarded_exact:
                 headers = dict(scope.get("headers") or [])
-                if not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
+                sent = headers.get(b"authorization", b"")
+                # Every key is compared (no early exit), each in constant time.
+                if not sum(secrets.compare_digest(sent, expected) for expected in self.expected):
                     response = json_error("Unauthorized: this server needs its API key as "
                                           "'Authorization: Bearer <key>'.", 401)
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+class RequestIdHeaderMiddleware:
+    """--enable-request-id-headers (vLLM's flag): every response carries an X-Request-Id header, the request's own
+    X-Request-Id when it sent one (chat and completions also use it as their request id), else a new random id."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers") or []).get(b"x-request-id")
+        request_id = sent if sent is not None else uuid.uuid4().hex.encode()
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class ServerLoadMiddleware:
+    """--enable-server-load-tracking (vLLM's flag): counts the requests in flight on the routes that run the model
+    (a streamed answer until its last byte), for GET /load. ``state.server_load`` is the count."""
+
+    TRACKED = ("/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/pooling", "/classify",
+               "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
+
+    def __init__(self, app: Any, state: Any):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send):
+        path, root = scope.get("path", ""), scope.get("root_path", "") or ""
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if scope["type"] != "http" or path not in self.TRACKED:
+            await self.app(scope, receive, send)
+            return
+        self.state.server_load += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.server_load -= 1
 
 
 class BodySizeLimitMiddleware:
@@ -174,7 +225,7 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-def add_guards(app: FastAPI, api_key: str | None, max_request_body_bytes: int | None) -> None:
+def add_guards(app: FastAPI, api_key: str | Sequence[str] | None, max_request_body_bytes: int | None) -> None:
     """The API key check, then the body size limit (the last middleware added runs first: add CORS after this, so
     that it answers preflights before the key check)."""
     if max_request_body_bytes:

@@ -23,6 +23,7 @@ class FakeServerConfig:
     itl_s: float = 0.020             # delay between token chunks
     send_usage: bool = True          # honour stream_options.include_usage
     fail_every: int | None = None    # answer HTTP 500 to requests whose arrival index % fail_every == fail_every - 1
+    fail_first: int = 0              # answer HTTP 503 to the first fail_first requests (a server still starting)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ReceivedRequest:
     path: str
     arrival: float                   # time.perf_counter() on arrival
     body: dict[str, Any]
+    headers: dict[str, str]          # lower-case names
 
 
 class FakeOpenAIServer:
@@ -96,7 +98,8 @@ class FakeOpenAIServer:
     async def _embed(self, request: web.Request) -> web.Response:
         """One JSON answer after ``ttft_s``: a 4-float vector per input, usage = the input's length."""
         body = await request.json()
-        self.requests.append(ReceivedRequest(len(self.requests), request.path, time.perf_counter(), body))
+        self.requests.append(ReceivedRequest(len(self.requests), request.path, time.perf_counter(), body,
+                                             {k.lower(): v for k, v in request.headers.items()}))
         await asyncio.sleep(self.config.ttft_s)
         prompt = body["input"]
         n_in = len(prompt) if isinstance(prompt, list) else len(prompt.split())
@@ -108,8 +111,11 @@ class FakeOpenAIServer:
         arrival = time.perf_counter()
         body = await request.json()
         index = len(self.requests)
-        self.requests.append(ReceivedRequest(index, request.path, arrival, body))
+        self.requests.append(ReceivedRequest(index, request.path, arrival, body,
+                                             {k.lower(): v for k, v in request.headers.items()}))
         cfg = self.config
+        if index < cfg.fail_first:
+            return web.json_response({"error": {"message": "starting", "code": 503}}, status=503)
         if cfg.fail_every and index % cfg.fail_every == cfg.fail_every - 1:
             return web.json_response({"error": {"message": "injected failure", "code": 500}}, status=500)
         chat = request.path.endswith("chat/completions")

@@ -60,6 +60,17 @@ def test_throughput_pagedllm_backend_sharegpt_with_n(tmp_path):
     assert result["requests_per_second"] == pytest.approx(3 / result["elapsed_time"])
 
 
+def test_throughput_async_engine(tmp_path):
+    # vLLM's --async-engine: all requests go to an AsyncLLMEngine at once; same lines and counts as LLM.generate.
+    out = tmp_path / "tp.json"
+    proc = pagedllm("bench", "throughput", "--model", MODEL, "--input-len", "16", "--output-len", "4", "--n", "2",
+                    "--num-prompts", "3", "--async-engine", "--disable-frontend-multiprocessing", "--max-model-len",
+                    "128", "--output-json", str(out), cwd=tmp_path)
+    assert THROUGHPUT_LINE.search(proc.stdout)
+    assert "Total num prompt tokens:  48" in proc.stdout and "Total num output tokens:  24" in proc.stdout
+    assert json.loads(out.read_text())["total_num_tokens"] == 72
+
+
 def test_throughput_hf_backend(tmp_path):
     out = tmp_path / "hf.json"
     proc = pagedllm("bench", "throughput", "--backend", "hf", "--hf-max-batch-size", "2", "--model", MODEL,

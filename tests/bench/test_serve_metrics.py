@@ -30,7 +30,7 @@ EXPECTED_LABELS = [
     "Successful requests:", "Failed requests:", "Benchmark duration (s):", "Total input tokens:",
     "Total generated tokens:", "Request throughput (req/s):", "Request goodput (req/s):",
     "Output token throughput (tok/s):", "Peak output token throughput (tok/s):", "Peak concurrent requests:",
-    "Total Token throughput (tok/s):",
+    "Total token throughput (tok/s):",   # vLLM >= 0.13 (PR 30403); "Total Token" before
     "---------------Time to First Token----------------",
     "Mean TTFT (ms):", "Median TTFT (ms):", "P50 TTFT (ms):", "P99 TTFT (ms):",
     "-----Time per Output Token (excl. 1st token)------",
@@ -47,7 +47,7 @@ LABEL_TO_KEY = {
     "Output token throughput (tok/s):": "output_throughput",
     "Peak output token throughput (tok/s):": "max_output_tokens_per_s",
     "Peak concurrent requests:": "max_concurrent_requests",
-    "Total Token throughput (tok/s):": "total_token_throughput",
+    "Total token throughput (tok/s):": "total_token_throughput",
 }
 
 
@@ -135,21 +135,29 @@ def test_parse_goodput_validates():
 # ---- arrival process ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("burstiness", [1.0, 0.5, 4.0])
 def test_request_intervals_are_gamma_with_requested_rate(burstiness):
-    gaps = serve.request_intervals(40001, 10.0, burstiness, np.random.default_rng(7))
-    assert gaps[0] == 0.0
-    body = gaps[1:]
-    assert body.mean() == pytest.approx(0.1, rel=0.03)                    # mean gap = 1 / rate
-    assert body.std() / body.mean() == pytest.approx(1 / np.sqrt(burstiness), rel=0.05)  # CV of Gamma(k)
-    again = serve.request_intervals(40001, 10.0, burstiness, np.random.default_rng(7))
+    # vLLM's schedule: every request (the first too) waits a Gamma gap, then the gaps are scaled so that the last
+    # request goes out at n / rate exactly.
+    gaps = serve.request_intervals(40000, 10.0, burstiness, np.random.default_rng(7))
+    assert gaps[0] > 0.0 and gaps.sum() == pytest.approx(4000.0, rel=1e-12)
+    assert gaps.std() / gaps.mean() == pytest.approx(1 / np.sqrt(burstiness), rel=0.05)  # CV of Gamma(k)
+    again = serve.request_intervals(40000, 10.0, burstiness, np.random.default_rng(7))
     assert np.array_equal(gaps, again)
 
 
-def test_request_intervals_infinite_rate_and_bad_values():
+def test_request_intervals_infinite_rate_burstiness_and_bad_values():
     assert not serve.request_intervals(5, float("inf"), 1.0).any()
+    assert serve.request_intervals(4, 2.0, float("inf")).tolist() == [0.5] * 4     # even gaps
     with pytest.raises(ValueError):
         serve.request_intervals(5, 1.0, 0.0)
     with pytest.raises(ValueError):
         serve.request_intervals(5, 0.0, 1.0)
+
+
+def test_ramp_up_rates_and_schedule():
+    assert serve.ramp_up_rates(5, "linear", 2, 10).tolist() == [2, 4, 6, 8, 10]
+    assert serve.ramp_up_rates(3, "exponential", 1, 16).tolist() == [1, 4, 16]
+    rates = serve.ramp_up_rates(4, "linear", 1, 4)
+    assert serve.request_intervals(4, float("inf"), float("inf"), rates=rates).tolist() == [1, 0.5, 1 / 3, 0.25]
 
 
 # ---- datasets -----------------------------------------------------------------------------------------------------
@@ -188,6 +196,25 @@ def test_sharegpt_sampling_follows_vllm_filter(tmp_path, word_tokenizer_dir):
     # more requested than valid: valid ones are drawn again
     many = sample_sharegpt(str(path), 10, tok, seed=1)
     assert len(many) == 10 and {r.prompt_text for r in many} <= {convs[k][0] for k in kept}
+
+
+def test_no_oversample_and_disable_shuffle(tmp_path, word_tokenizer_dir):
+    """vLLM's --no-oversample (a file with too few prompts gives fewer requests) and --disable-shuffle (file order),
+    for sharegpt and custom."""
+    from pagedllm.bench.datasets import sample_requests
+    tok = get_tokenizer(word_tokenizer_dir)
+    prompts = [_words(6 + i, 10 * i) for i in range(3)]
+    sharegpt = tmp_path / "sg.json"
+    sharegpt.write_text(json.dumps([{"conversations": [{"from": "human", "value": p},
+                                                       {"from": "gpt", "value": _words(5)}]} for p in prompts]))
+    custom = tmp_path / "prompts.jsonl"
+    custom.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    for name, path in (("sharegpt", sharegpt), ("custom", custom)):
+        flags = ["--dataset-name", name, "--dataset-path", str(path), "--skip-chat-template", "--seed", "3"]
+        assert len(sample_requests(serve_args(*flags), tok, 5)) == 5                    # oversampled
+        assert len(sample_requests(serve_args(*flags, "--no-oversample"), tok, 5)) == 3
+        in_order = sample_requests(serve_args(*flags, "--disable-shuffle"), tok, 3)
+        assert [r.prompt_text for r in in_order] == prompts
 
 
 def test_random_and_prefix_repetition_lengths(word_tokenizer_dir):
@@ -321,7 +348,7 @@ def test_concurrency_limit_failures_and_rate(fake_server, tmp_path):
     serve.main(args)
     arrivals = np.array([r.arrival for r in fake_server.requests[1:]])   # skip the initial test request
     expected = np.cumsum(serve.request_intervals(12, 10.0, 2.0, np.random.default_rng(5)))
-    assert np.abs((arrivals - arrivals[0]) - expected).max() < 0.04   # mean gap 100 ms
+    assert np.abs((arrivals - arrivals[0]) - (expected - expected[0])).max() < 0.04   # mean gap 100 ms
 
 
 def test_chat_backend_sharegpt_without_usage(fake_server, tmp_path, word_tokenizer_dir):
@@ -497,3 +524,122 @@ def test_metric_percentiles_errors_name_the_flag():
         parse_percentiles("50,abc")
     with pytest.raises(ValueError, match=r"must be in \[0, 100\], got 101"):
         parse_percentiles("101")
+
+
+def test_random_dataset_ignores_eos_without_the_flag(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's bench serve sends ignore_eos=true for --dataset-name random even without --ignore-eos (each request
+    generates its --random-output-len tokens); other datasets send it only with the flag."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                          "--random-output-len", "2", "--num-prompts", "2", "--skip-tokenizer-init", "--disable-tqdm"))
+    assert fake_server.requests and all(r.body.get("ignore_eos") is True for r in fake_server.requests)
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": _words(5, i)}) + "\n" for i in range(2)))
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--dataset-name", "custom",
+                          "--dataset-path", str(path), "--skip-chat-template", "--custom-output-len", "2",
+                          "--num-prompts", "2", "--tokenizer", word_tokenizer_dir, "--disable-tqdm"))
+    assert fake_server.requests and all("ignore_eos" not in r.body for r in fake_server.requests)
+
+
+def test_headers_request_ids_ready_check_and_append(fake_server, tmp_path, monkeypatch, capsys):
+    """vLLM's --header (every request), --request-id-prefix (x-request-id PREFIX+i on the measured requests, none on
+    the test request), --ready-check-timeout-sec (the test request retried while the server answers 503; 0 skips it)
+    and --append-result (one JSON line a run, with vLLM's endpoint_type key)."""
+    monkeypatch.setattr(serve, "READY_CHECK_RETRY_S", 0.05)
+    fake_server.reset(ttft_s=0.005, itl_s=0.001, fail_first=3)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "3", "--skip-tokenizer-init", "--disable-tqdm",
+              "--result-dir", str(tmp_path), "--result-filename", "runs.jsonl", "--append-result"]
+    serve.main(serve_args(*common, "--header", "x-tenant=blue", "X-Trace = 7", "--request-id-prefix", "run1-",
+                          "--ready-check-timeout-sec", "5"))
+    sent = fake_server.requests
+    ids = [r.headers.get("x-request-id") for r in sent]
+    assert ids[:4] == [None] * 4 and sorted(ids[4:]) == ["run1-0", "run1-1", "run1-2"]
+    assert all(r.headers["x-tenant"] == "blue" and r.headers["x-trace"] == "7" for r in sent)
+    assert "Initial test run completed." in capsys.readouterr().out
+
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args(*common, "--ready-check-timeout-sec", "0"))
+    assert len(fake_server.requests) == 3          # no test request
+    assert "Skipping endpoint ready check." in capsys.readouterr().out
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    assert [json.loads(line)["endpoint_type"] for line in lines] == ["openai", "openai"]
+    with pytest.raises(ValueError, match="--header expects KEY=VALUE pairs, got 'oops'"):
+        serve.main(serve_args(*common, "--header", "oops"))
+
+
+def test_ramp_up_run(fake_server, tmp_path, capsys):
+    """vLLM's --ramp-up-strategy: the rate climbs from --ramp-up-start-rps to --ramp-up-end-rps; the result JSON
+    names the ramp and lists when each whole RPS was reached; the file name says ramp-up."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "6", "--skip-tokenizer-init", "--disable-tqdm"]
+    result = serve.main(serve_args(*common, "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "20",
+                                   "--ramp-up-end-rps", "30", "--burstiness", "inf", "--save-result",
+                                   "--result-dir", str(tmp_path)))
+    out = capsys.readouterr().out
+    assert "Traffic ramp-up strategy: linear." in out
+    assert "Will increase RPS from 20 to 30 RPS over the duration of the benchmark." in out
+    assert (result["ramp_up_strategy"], result["ramp_up_start_rps"], result["ramp_up_end_rps"]) == ("linear", 20, 30)
+    assert [e["rps"] for e in result["rps_change_events"]] == list(range(20, 31))
+    (path,) = glob.glob(str(tmp_path / "openai-ramp-up-linear-20qps-30qps-*.json"))
+    assert json.load(open(path))["rps_change_events"] == result["rps_change_events"]
+    arrivals = np.array([r.arrival for r in fake_server.requests[1:]])
+    expected = np.cumsum(1 / serve.ramp_up_rates(6, "linear", 20, 30))
+    assert np.abs((arrivals - arrivals[0]) - (expected - expected[0])).max() < 0.03
+
+    with pytest.raises(ValueError, match="do not specify --request-rate"):
+        serve.main(serve_args(*common, "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1",
+                              "--ramp-up-end-rps", "2", "--request-rate", "5"))
+    with pytest.raises(ValueError, match="both --ramp-up-start-rps and --ramp-up-end-rps"):
+        serve.main(serve_args(*common, "--ramp-up-strategy", "exponential", "--ramp-up-start-rps", "1"))
+    with pytest.raises(ValueError, match="need --ramp-up-strategy"):
+        serve.main(serve_args(*common, "--ramp-up-end-rps", "3"))
+
+
+def test_lora_modules_and_tokenizer_mode(fake_server, word_tokenizer_dir, capsys):
+    """vLLM's --lora-modules: each measured request names one of the adapters (seeded choice), the test request the
+    base model; --tokenizer-mode hf loads the fast tokenizer, mistral is an argparse error naming the choices."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "8", "--disable-tqdm", "--tokenizer", word_tokenizer_dir]
+    serve.main(serve_args(*common, "--lora-modules", "ada", "bea", "--tokenizer-mode", "hf"))
+    models = [r.body["model"] for r in fake_server.requests]
+    assert models[0] == MODEL_ID and set(models[1:]) == {"ada", "bea"}
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args(*common, "--lora-modules", "ada", "bea"))
+    assert sorted(r.body["model"] for r in fake_server.requests[1:]) == sorted(models[1:])   # same seed, same mix
+    with pytest.raises(SystemExit):
+        serve_args(*common, "--tokenizer-mode", "mistral")
+    assert "invalid choice: 'mistral'" in capsys.readouterr().err
+
+
+def test_sonnet_dataset(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's sonnet dataset: the instruction, the file's first lines as a shared prefix, random lines up to
+    --sonnet-input-len tokens, in the chat template; completions get the formatted text, chat the raw one."""
+    tok = get_tokenizer(word_tokenizer_dir)
+    tok.chat_template = "{% for m in messages %}w1 {{ m['content'] }} w2{% endfor %}"
+    tok_dir = tmp_path / "tok"
+    tok.save_pretrained(str(tok_dir))
+    poem = tmp_path / "sonnet.txt"
+    poem.write_text("".join(_words(5, 100 + 5 * i) + "\n" for i in range(40)))
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer", str(tok_dir),
+              "--dataset-name", "sonnet", "--dataset-path", str(poem), "--sonnet-input-len", "60",
+              "--sonnet-prefix-len", "30", "--sonnet-output-len", "3", "--num-prompts", "4", "--disable-tqdm"]
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args(*common, "--save-detailed", "--result-dir", str(tmp_path)))
+    prompts = [r.body["prompt"] for r in fake_server.requests[1:]]
+    head = "w1 Pick as many lines as you can from these poem lines:\n" + _words(5, 100) + "\n"
+    assert all(p.startswith(head) and p.endswith(" w2") for p in prompts)       # chat-formatted, shared prefix
+    assert all(len(tok(p).input_ids) <= 60 for p in prompts)
+    assert sorted(result["input_lens"]) == sorted(len(tok(p).input_ids) for p in prompts)
+    assert all(r.body["max_tokens"] == 3 for r in fake_server.requests)
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args(*common, "--backend", "openai-chat"))
+    contents = [r.body["messages"][0]["content"] for r in fake_server.requests[1:]]
+    assert all(c.startswith("Pick as many lines") and not c.startswith("w1") for c in contents)
+    with pytest.raises(ValueError, match="--dataset-name sonnet needs --dataset-path"):
+        serve.main(serve_args(*common[:6], "--dataset-name", "sonnet"))

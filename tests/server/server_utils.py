@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import httpx
+import pytest
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MAX_MODEL_LEN = 512
@@ -88,3 +89,19 @@ def metric_value(text: str, name: str) -> float | None:
         if line.startswith(name + "{") or line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def server_fixture(*flags: str):
+    """A module-scoped ``server`` fixture: ``pagedllm serve`` with the bundled model, SERVER_ARGS and ``flags``."""
+    @pytest.fixture(scope="module")
+    def server():
+        (s,) = start_servers(["serve", MODEL, *flags] + SERVER_ARGS)
+        yield s
+        s.stop()
+    return server
+
+
+def openai_client(server: RemoteServer):
+    """The official ``openai`` client of ``server``: no retries, a generous timeout (CPU generation)."""
+    import openai
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)

@@ -57,8 +57,9 @@ def test_request_logging_and_api_key_env(monkeypatch):
     assert parse("serve", "--disable-log-requests").log_requests is False
     assert parse("serve", "--disable-log-requests", "--enable-log-requests").log_requests is True
     monkeypatch.setenv("PAGEDLLM_API_KEY", "from-env")
-    assert parse("serve").api_key == "from-env"
-    assert parse("serve", "--api-key", "flag").api_key == "flag"
+    assert parse("serve").api_key == ["from-env"]
+    assert parse("serve", "--api-key", "flag").api_key == ["flag"]
+    assert parse("serve", "--api-key", "k1", "k2").api_key == ["k1", "k2"]      # vLLM: several keys
 
 
 def test_limit_flags():

@@ -11,12 +11,13 @@ import pytest
 from server_utils import MAX_MODEL_LEN, MODEL, SERVER_ARGS, start_servers
 
 API_KEY = "sk-test-key"
+SECOND_KEY = "sk-rotated-key"      # vLLM's --api-key takes several keys; each one opens the server
 CHAT = [{"role": "user", "content": "Hello"}]
 
 
 @pytest.fixture(scope="module")
 def server():
-    (s,) = start_servers(["serve", MODEL, "--api-key", API_KEY, "--served-model-name", MODEL, "smol"]
+    (s,) = start_servers(["serve", MODEL, "--api-key", API_KEY, SECOND_KEY, "--served-model-name", MODEL, "smol"]
                          + SERVER_ARGS)
     yield s
     s.stop()
@@ -132,9 +133,10 @@ def test_api_key(server):
     # Health, metrics, tokenize stay open; the right key works.
     assert httpx.get(server.url + "/health").status_code == 200
     assert httpx.get(server.url + "/metrics").status_code == 200
-    r = httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
-                   timeout=120)
-    assert r.status_code == 200
+    for key in (API_KEY, SECOND_KEY):
+        r = httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"},
+                       timeout=120)
+        assert r.status_code == 200
 
 
 def test_healthy_after_all_errors(server, client):

@@ -8,24 +8,20 @@ import httpx
 import openai
 import pytest
 
-from server_utils import MODEL, SERVER_ARGS, start_servers
+from server_utils import MODEL, openai_client, server_fixture
 
 PROMPT = "The capital of France is Paris"
 
 
-@pytest.fixture(scope="module")
-def server():
-    """The bundled model, with --enable-prompt-tokens-details, --trust-request-chat-template and
-    --exclude-tools-when-tool-choice-none (the tests that do not use them do not notice them)."""
-    (s,) = start_servers(["serve", MODEL, "--enable-prompt-tokens-details", "--trust-request-chat-template",
-                          "--exclude-tools-when-tool-choice-none"] + SERVER_ARGS)
-    yield s
-    s.stop()
+# The bundled model, with --enable-prompt-tokens-details, --trust-request-chat-template and
+# --exclude-tools-when-tool-choice-none (the tests that do not use them do not notice them).
+server = server_fixture("--enable-prompt-tokens-details", "--trust-request-chat-template",
+                       "--exclude-tools-when-tool-choice-none")
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 def post(server, path: str, body: dict) -> httpx.Response:

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP server: FastAPI routes over one AsyncLLMEngine.
 
 ``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
-Routes: /v1/models, /v1/completions, /v1/chat/completions, /tokenize, /detokenize, /health, /ping, /version, /metrics,
-/v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank, /v2/rerank) for pooling (embedding) models,
+Routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/responses (text in, text out), /tokenize, /detokenize,
+/health, /ping, /version, /metrics, /load, /v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank,
+/v2/rerank) for pooling (embedding) models,
 and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI server lacks but tutorials post to.
 """
 from __future__ import annotations
@@ -25,15 +26,17 @@ from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                   EmbeddingRequest, ModelCard, ModelList, PoolingRequest,
-                                                  RequestError, RerankRequest, ScoreRequest, TokenizeChatRequest,
-                                                  TokenizeCompletionRequest)
+                                                  RequestError, RerankRequest, ResponsesRequest, ScoreRequest,
+                                                  TokenizeChatRequest, TokenizeCompletionRequest)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_response
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
+from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
-                                                add_error_handlers, add_guards, validation_error_response)
+                                                RequestIdHeaderMiddleware, ServerLoadMiddleware, add_error_handlers,
+                                                add_guards, validation_error_response)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
 from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.metrics import EngineMetrics
@@ -87,7 +90,9 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                   max_n=getattr(args, "max_n", MAX_N),
                   max_prompts_per_request=getattr(args, "max_prompts_per_request", None),
                   enable_prompt_tokens_details=getattr(args, "enable_prompt_tokens_details", False),
-                  chat_template_content_format=getattr(args, "chat_template_content_format", "auto"))
+                  chat_template_content_format=getattr(args, "chat_template_content_format", "auto"),
+                  return_tokens_as_token_ids=getattr(args, "return_tokens_as_token_ids", False),
+                  enable_force_include_usage=getattr(args, "enable_force_include_usage", False))
     defaults = engine.input_processor.generation_defaults()
     if defaults:     # vLLM's line: why a request without sampling fields does not get SamplingParams' defaults
         source = engine.config.args.generation_config
@@ -100,6 +105,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     chat = OpenAIServingChat(engine, served_model_names, tool_parser=tool_parser,
                              exclude_tools_when_tool_choice_none=getattr(args, "exclude_tools_when_tool_choice_none",
                                                                          False), **common)
+    responses = OpenAIServingResponses(chat)
     base = OpenAIServing(engine, served_model_names, **common)
     pooling = OpenAIServingPooling(engine, served_model_names, **common)
     is_pooling = engine.config.is_pooling
@@ -126,6 +132,13 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     @app.post("/ping")
     async def ping() -> Response:
         return await health()
+
+    app.state.server_load = 0
+
+    @app.get("/load")
+    async def load():
+        # vLLM's route: requests in flight on the model routes with --enable-server-load-tracking, else 0.
+        return {"server_load": app.state.server_load}
 
     @app.get("/version")
     async def version():
@@ -161,6 +174,11 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request):
         generative_only("Chat Completions")
         return await chat.create_chat_completion(request, raw_request)
+
+    @app.post("/v1/responses")
+    async def create_response(request: ResponsesRequest, raw_request: Request):
+        generative_only("Responses")
+        return await responses.create_response(request, raw_request)
 
     @app.post("/v1/embeddings")
     async def create_embedding(request: EmbeddingRequest, raw_request: Request):
@@ -232,6 +250,10 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     add_guards(app, args.api_key, getattr(args, "max_request_body_bytes", DEFAULT_MAX_REQUEST_BODY_BYTES))
     app.state.server_state = ServerState()
     app.add_middleware(StoppingGuard, state=app.state.server_state, engine=engine)   # 503s before the key check
+    if getattr(args, "enable_server_load_tracking", False):
+        app.add_middleware(ServerLoadMiddleware, state=app.state)
+    if getattr(args, "enable_request_id_headers", False):
+        app.add_middleware(RequestIdHeaderMiddleware)    # on every answer, the 401s and 503s above included
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
     return app

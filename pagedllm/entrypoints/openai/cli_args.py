@@ -24,6 +24,21 @@ def _json_list(text: str) -> list[str]:
     return value if isinstance(value, list) else [str(value)]
 
 
+# vLLM's on/off flags that shape responses: (flag, help).
+_RESPONSE_FLAGS = (
+    ("--enable-request-id-headers", "Add an X-Request-Id header to every response (the request's own X-Request-Id if "
+                                    "it sent one, which also names chat and completion requests, else a random id)."),
+    ("--enable-server-load-tracking", "Count the requests in flight on the model routes; GET /load reports the "
+                                      "count ({\"server_load\": N}, always 0 without this flag)."),
+    ("--enable-force-include-usage", "Every stream carries usage, on each chunk and in a final usage chunk, "
+                                     "whatever the request's stream_options."),
+    ("--return-tokens-as-token-ids", 'Logprob tokens as "token_id:{id}" strings (tokens that are not valid text '
+                                     "stay identifiable); a request's return_tokens_as_token_ids overrides it."),
+    ("--enable-prompt-tokens-details", "usage.prompt_tokens_details.cached_tokens: the prompt tokens a prefix-cache "
+                                       "hit supplied (null when none, as vLLM)."),
+)
+
+
 def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("frontend arguments")
     g.add_argument("--host", type=str, default=None, help="Host name to listen on; None = all interfaces.")
@@ -35,9 +50,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--allowed-origins", type=_json_list, default=["*"], help="Allowed origins (a JSON list).")
     g.add_argument("--allowed-methods", type=_json_list, default=["*"], help="Allowed methods (JSON list).")
     g.add_argument("--allowed-headers", type=_json_list, default=["*"], help="Allowed headers (JSON list).")
-    g.add_argument("--api-key", type=str, default=None,
-                   help="If provided, the server requires this key in the Authorization header (Bearer) for /v1/* "
-                        "(env PAGEDLLM_API_KEY does the same).")
+    g.add_argument("--api-key", type=str, nargs="+", default=None,
+                   help="If provided, the server requires one of these keys in the Authorization header (Bearer) "
+                        "for /v1/* (env PAGEDLLM_API_KEY gives one key).")
     g.add_argument("--served-model-name", type=str, nargs="+", default=None,
                    help="Model name(s) used in the API; the first is echoed in responses. None = the model path.")
     g.add_argument("--chat-template", type=str, default=None,
@@ -75,9 +90,8 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
                    help='With tool_choice="none", do not show the tools to the chat template (by default they are '
                         "rendered whatever tool_choice is, as vLLM).")
-    g.add_argument("--enable-prompt-tokens-details", action="store_true",
-                   help="usage.prompt_tokens_details.cached_tokens: the prompt tokens a prefix-cache hit supplied "
-                        "(null when none, as vLLM).")
+    for flag, help_text in _RESPONSE_FLAGS:
+        g.add_argument(flag, action="store_true", help=help_text)
     return parser
 
 
@@ -146,7 +160,8 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     model = getattr(args, "model_tag", None) or args.model or EngineArgs.model
     args.model = model
     if args.api_key is None:
-        args.api_key = envs.PAGEDLLM_API_KEY or envs.VLLM_API_KEY
+        env_key = envs.PAGEDLLM_API_KEY or envs.VLLM_API_KEY
+        args.api_key = [env_key] if env_key else None
     # vLLM's current default: requests (their prompts: user data) are logged only with --enable-log-requests.
     args.log_requests = bool(args.enable_log_requests)
     if args.disable_log_requests:

@@ -31,6 +31,18 @@ def random_uuid() -> str:
     return uuid.uuid4().hex
 
 
+MAX_REQUEST_ID_CHARS = 256
+
+
+def check_request_id(value: str, name: str) -> str:
+    """A client's request id (body field or X-Request-Id header) ends up in logs and response ids: printable text
+    only (a newline would forge a log line), and no megabyte ids."""
+    if len(value) > MAX_REQUEST_ID_CHARS or not value.isprintable():
+        raise RequestError(f"{name} must be printable text (no control characters) of at most "
+                           f"{MAX_REQUEST_ID_CHARS} characters.", name)
+    return value
+
+
 class OpenAIBaseModel(BaseModel):
     # Unknown request fields are accepted and ignored (OpenAI and vLLM do the same).
     model_config = ConfigDict(extra="allow")
@@ -153,12 +165,15 @@ class SamplingFields(OpenAIRequestModel):
     spaces_between_special_tokens: bool = True
     truncate_prompt_tokens: int | None = None
     allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
     prompt_logprobs: int | None = None
     use_beam_search: bool = False
     length_penalty: float = 1.0
     priority: int = 0
     request_id: str | None = None
     return_token_ids: bool | None = None
+    # Logprob tokens as "token_id:{id}" strings (None: the server's --return-tokens-as-token-ids).
+    return_tokens_as_token_ids: bool | None = None
     cache_salt: str | None = None
     # vLLM's structured-output extras (one at most, or response_format).
     structured_outputs: dict[str, Any] | None = None
@@ -172,10 +187,7 @@ class SamplingFields(OpenAIRequestModel):
     @field_validator("request_id")
     @classmethod
     def _printable_request_id(cls, v: str | None) -> str | None:
-        # The id ends up in logs and response ids: no newlines or other control characters, no megabyte ids.
-        if v is not None and (len(v) > 256 or not v.isprintable()):
-            raise ValueError("request_id must be printable text (no control characters) of at most 256 characters.")
-        return v
+        return v if v is None else check_request_id(v, "request_id")
 
     def structured_output_fields(self) -> tuple[str, StructuredOutputsParams] | None:
         """The request's constraint as (the field it came from, its params), or None; RequestError names the field
@@ -416,6 +428,33 @@ class ChatCompletionStreamResponse(OpenAIBaseModel):
     model: str
     choices: list[ChatCompletionResponseStreamChoice]
     usage: UsageInfo | None = None
+
+
+# ---- /v1/responses ---------------------------------------------------------------------------------------------------
+class ResponsesRequest(OpenAIRequestModel):
+    """OpenAI's Responses API, text in and text out (vLLM serves it too); run as a chat completion."""
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool | None = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = "auto"
+    parallel_tool_calls: bool | None = True
+    previous_response_id: str | None = None
+    background: bool | None = False
+    store: bool | None = True
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: str | None = "disabled"
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    # vLLM extras
+    top_k: int | None = None
+    priority: int = 0
+    request_id: str | None = None
 
 
 # ---- /tokenize, /detokenize ----------------------------------------------------------------------------------------

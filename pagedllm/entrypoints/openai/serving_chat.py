@@ -16,7 +16,7 @@ from pagedllm.entrypoints.openai.tool_parsers import ToolParser
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
                                                   ChatCompletionResponse, ChatCompletionResponseChoice, ChatLogProb,
                                                   ChatLogProbsContent, ChatMessage, ChatResponseMessage, RequestError,
-                                                  UsageInfo, random_uuid)
+                                                  UsageInfo)
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
                                                         dumps, plain_prompt_logprobs, sse, until_disconnected,
                                                         usage_dict)
@@ -152,7 +152,7 @@ class OpenAIServingChat(OpenAIServing):
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
             params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
             self.keep_call_markers(mode, params)
-            request_id = f"chatcmpl-{req.request_id or random_uuid()}"
+            request_id = f"chatcmpl-{self.base_request_id(raw_request, req.request_id)}"
             prompt = {"prompt_token_ids": ids}
             if req.cache_salt is not None:
                 prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
@@ -176,16 +176,18 @@ class OpenAIServingChat(OpenAIServing):
         return result
 
     # ---- logprobs -------------------------------------------------------------------------------------------------
-    def _logprobs(self, token_ids: list[int], entries: list[dict[int, Logprob]], k: int) -> ChatCompletionLogProbs:
+    def _logprobs(self, token_ids: list[int], entries: list[dict[int, Logprob]], k: int,
+                  as_ids: bool = False) -> ChatCompletionLogProbs:
         content = []
         for tid, entry in zip(token_ids, entries):
             chosen = entry.get(tid)
-            tok = self.token_str(tid, chosen.decoded_token if chosen else None)
+            tok = self.token_str(tid, chosen.decoded_token if chosen else None, as_ids)
             # OpenAI's top_logprobs: the k most likely tokens, best first (the sampled one may not be among them).
             ranked = sorted(((l.rank if l.rank is not None else 1 << 30, t, l) for t, l in entry.items()),
                             key=lambda x: x[0])[:k]
-            top = [ChatLogProb(token=(s := self.token_str(t, l.decoded_token)), logprob=clamp_logprob(l.logprob),
-                               bytes=list(s.encode("utf-8", errors="replace"))) for _, t, l in ranked]
+            top = [ChatLogProb(token=(s := self.token_str(t, l.decoded_token, as_ids)),
+                               logprob=clamp_logprob(l.logprob), bytes=list(s.encode("utf-8", errors="replace")))
+                   for _, t, l in ranked]
             content.append(ChatLogProbsContent(
                 token=tok, logprob=clamp_logprob(chosen.logprob) if chosen else -9999.0,
                 bytes=list(tok.encode("utf-8", errors="replace")), top_logprobs=top))
@@ -220,7 +222,8 @@ class OpenAIServingChat(OpenAIServing):
         return_ids = bool(req.return_token_ids) or self.tokenizer is None
         choices = []
         for i in range(n):
-            logprobs = self._logprobs(tokens[i], lps[i], req.top_logprobs or 0) if req.logprobs else None
+            logprobs = (self._logprobs(tokens[i], lps[i], req.top_logprobs or 0, self.tokens_as_ids(req))
+                        if req.logprobs else None)
             content, calls, finish_reason = self.tool_calls(mode, texts[i], finish[i][0])
             if content is not None:
                 content = echo + content
@@ -249,12 +252,10 @@ class OpenAIServingChat(OpenAIServing):
     async def _stream(self, req: ChatCompletionRequest, request_id: str, created: int, prompt_ids: list[int], stream,
                       role: str, echo: str, mode: ToolMode = ToolMode()) -> AsyncIterator[str]:
         n = req.n
-        opts = req.stream_options
-        include_usage = bool(opts and opts.include_usage)
-        continuous = bool(include_usage and opts.continuous_usage_stats)
+        include_usage, continuous = self.stream_usage(req)
         return_ids = bool(req.return_token_ids) or self.tokenizer is None
         num_prompt = len(prompt_ids)
-        num_generated = 0
+        num_generated = [0] * n      # per choice: continuous usage counts the tokens of the chunk's choice (vLLM)
         cached = 0
         finished_sent = [False] * n
         tool_stream = ToolCallStream(self, mode, n)
@@ -263,11 +264,11 @@ class OpenAIServingChat(OpenAIServing):
                 f'"model":{dumps(self.model_name)},"choices":[')
         plain_tail = '],"usage":null}\n\n' if include_usage else ']}\n\n'
 
-        def chunk(choice: dict | str) -> str:
+        def chunk(choice: dict | str, index: int) -> str:
             # Built as text: this runs once per token per stream.
             body = choice if isinstance(choice, str) else dumps(choice)
             if continuous:
-                usage = usage_dict(num_prompt, num_generated, self.prompt_tokens_details(cached))
+                usage = usage_dict(num_prompt, num_generated[index], self.prompt_tokens_details(cached))
                 return f'{head}{body}],"usage":{dumps(usage)}}}\n\n'
             return head + body + plain_tail
 
@@ -275,9 +276,9 @@ class OpenAIServingChat(OpenAIServing):
             # First chunk of each choice: the role (and the echoed text, if asked).
             for i in range(n):
                 yield chunk({"index": i, "delta": {"role": role, "content": ""}, "logprobs": None,
-                             "finish_reason": None})
+                             "finish_reason": None}, i)
                 if echo:
-                    yield chunk({"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None})
+                    yield chunk({"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None}, i)
             async for out in stream:
                 cached = out.num_cached_tokens or 0
                 for c in out.outputs:
@@ -286,10 +287,11 @@ class OpenAIServingChat(OpenAIServing):
                     token_ids = list(c.token_ids)
                     if not c.text and not token_ids and c.finish_reason is None:
                         continue
-                    num_generated += len(token_ids)
+                    num_generated[c.index] += len(token_ids)
                     logprobs = None
                     if req.logprobs:
-                        logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0).model_dump()
+                        logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0,
+                                                  self.tokens_as_ids(req)).model_dump()
                     if mode.kind != "none":
                         if c.finish_reason is not None:
                             finished_sent[c.index] = True
@@ -300,7 +302,7 @@ class OpenAIServingChat(OpenAIServing):
                                   "finish_reason": finish_reason, "stop_reason": c.stop_reason}
                         if return_ids:
                             choice["token_ids"] = token_ids
-                        yield chunk(choice)
+                        yield chunk(choice, c.index)
                         continue
                     choice = (f'{{"index":{c.index},"delta":{{"content":{dumps(c.text)}}},'
                               f'"logprobs":{dumps(logprobs)},"finish_reason":{dumps(c.finish_reason)},'
@@ -308,11 +310,11 @@ class OpenAIServingChat(OpenAIServing):
                     choice += f',"token_ids":{dumps(token_ids)}}}' if return_ids else '}'
                     if c.finish_reason is not None:
                         finished_sent[c.index] = True
-                    yield chunk(choice)
+                    yield chunk(choice, c.index)
             if include_usage:
                 yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
                            "model": self.model_name, "choices": [],
-                           "usage": usage_dict(num_prompt, num_generated, self.prompt_tokens_details(cached))})
+                           "usage": usage_dict(num_prompt, sum(num_generated), self.prompt_tokens_details(cached))})
         except Exception as e:
             logger.warning("Error while streaming %s: %r", request_id, e)
             yield f"data: {error_response(e).body.decode()}\n\n"

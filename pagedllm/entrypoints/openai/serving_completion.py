@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm.entrypoints.openai.protocol import (CompletionLogProbs, CompletionRequest, CompletionResponse,
-                                                  CompletionResponseChoice, RequestError, UsageInfo, random_uuid)
+                                                  CompletionResponseChoice, RequestError, UsageInfo)
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
                                                         dumps, merge_streams, plain_prompt_logprobs, sse,
                                                         until_disconnected, usage_dict)
@@ -35,6 +35,7 @@ class _Choice:
     stop_reason: int | str | None = None
     finished_sent: bool = False
     started: bool = False
+    num_tokens: int = 0       # streamed so far (continuous usage reports it per choice, as vLLM)
     text_offset: int = 0
 
 
@@ -57,7 +58,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 if req.echo and req.logprobs is not None and params.prompt_logprobs is None:
                     params.prompt_logprobs = req.logprobs   # echo + logprobs returns the prompt's logprobs too
                 params_list.append(params)
-            base_id = f"cmpl-{req.request_id or random_uuid()}"
+            base_id = f"cmpl-{self.base_request_id(raw_request, req.request_id)}"
             ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
             streams = await self.submit(ids, [self._engine_prompt(p, req.cache_salt) for p in prompts], params_list, req.priority)
         except Exception as e:
@@ -120,17 +121,17 @@ class OpenAIServingCompletion(OpenAIServing):
 
     # ---- logprobs -------------------------------------------------------------------------------------------------
     def _logprobs(self, token_ids: list[int], entries: list[dict[int, Logprob] | None], k: int,
-                  offset: int) -> CompletionLogProbs:
+                  offset: int, as_ids: bool = False) -> CompletionLogProbs:
         lp = CompletionLogProbs()
         for tid, entry in zip(token_ids, entries):
             if entry is None:   # the first prompt token has no logprob
-                tok = self.token_str(tid, None)
+                tok = self.token_str(tid, None, as_ids)
                 lp.tokens.append(tok)
                 lp.token_logprobs.append(None)
                 lp.top_logprobs.append(None)
             else:
                 chosen = entry.get(tid)
-                tok = self.token_str(tid, chosen.decoded_token if chosen else None)
+                tok = self.token_str(tid, chosen.decoded_token if chosen else None, as_ids)
                 lp.tokens.append(tok)
                 lp.token_logprobs.append(clamp_logprob(chosen.logprob) if chosen else -9999.0)
                 # vLLM's shape: the sampled token and the top-k (so k or k+1 entries).
@@ -138,7 +139,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 for i, (t, l) in enumerate(entry.items()):
                     if i > k:
                         break
-                    top[self.token_str(t, l.decoded_token)] = clamp_logprob(l.logprob)
+                    top[self.token_str(t, l.decoded_token, as_ids)] = clamp_logprob(l.logprob)
                 lp.top_logprobs.append(top)
             lp.text_offset.append(offset)
             offset += len(tok)
@@ -184,9 +185,10 @@ class OpenAIServingCompletion(OpenAIServing):
                 if req.logprobs is not None:
                     if req.echo:
                         plp = prompt_logprobs[i] or [None] * len(p.ids)
-                        logprobs = self._logprobs(p.ids + ch.token_ids, list(plp) + ch.logprobs, req.logprobs, 0)
+                        logprobs = self._logprobs(p.ids + ch.token_ids, list(plp) + ch.logprobs, req.logprobs, 0,
+                                                  self.tokens_as_ids(req))
                     else:
-                        logprobs = self._logprobs(ch.token_ids, ch.logprobs, req.logprobs, 0)
+                        logprobs = self._logprobs(ch.token_ids, ch.logprobs, req.logprobs, 0, self.tokens_as_ids(req))
                 result_choices.append(CompletionResponseChoice(
                     index=i * n + j, text=prompt_text + ch.text, logprobs=logprobs,
                     finish_reason=ch.finish_reason, stop_reason=ch.stop_reason,
@@ -219,9 +221,7 @@ class OpenAIServingCompletion(OpenAIServing):
     async def _stream(self, req: CompletionRequest, base_id: str, created: int, prompts: list[_Prompt],
                       streams, prompt_only: bool = False) -> AsyncIterator[str]:
         n = req.n
-        opts = req.stream_options
-        include_usage = bool(opts and opts.include_usage)
-        continuous = bool(include_usage and opts.continuous_usage_stats)
+        include_usage, continuous = self.stream_usage(req)
         return_ids = self._return_ids(req)
         choices = [[_Choice() for _ in range(n)] for _ in prompts]
         num_prompt = sum(len(p.ids) for p in prompts)
@@ -256,17 +256,18 @@ class OpenAIServingCompletion(OpenAIServing):
                         entries = list(out.prompt_logprobs or [None] * len(prompts[i].ids)) + entries
                     ch.started = True
                     if req.logprobs is not None:
-                        lp = self._logprobs(lp_ids, entries, req.logprobs, ch.text_offset)
+                        lp = self._logprobs(lp_ids, entries, req.logprobs, ch.text_offset, self.tokens_as_ids(req))
                         ch.text_offset = lp.text_offset[-1] + len(lp.tokens[-1]) if lp.tokens else ch.text_offset
                         logprobs = lp.model_dump()
                     num_generated += len(token_ids)
+                    ch.num_tokens += len(token_ids)
                     # Built as text (this runs once per token per stream: the server's hottest path).
                     choice = (f'{{"index":{i * n + c.index},"text":{dumps(text)},"logprobs":{dumps(logprobs)},'
                               f'"finish_reason":{dumps(finish_reason)},"stop_reason":{dumps(stop_reason)}')
                     if return_ids:
                         choice += f',"token_ids":{dumps(token_ids)}'
                     if continuous:
-                        usage = usage_dict(num_prompt, num_generated, self.prompt_tokens_details(sum(cached)))
+                        usage = usage_dict(len(prompts[i].ids), ch.num_tokens, self.prompt_tokens_details(cached[i]))
                         tail = f'}}],"usage":{dumps(usage)}}}\n\n'
                     if finish_reason is not None:
                         ch.finished_sent = True

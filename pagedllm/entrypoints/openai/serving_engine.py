@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineShutdownError, RequestStream
 from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_template, format_message_content
-from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields
+from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields, check_request_id, random_uuid
 from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
 from pagedllm.sampling_params import MAX_N, RequestOutputKind, SamplingParams, StructuredOutputsParams
@@ -26,7 +26,7 @@ logger = logging.getLogger("pagedllm.entrypoints.openai")
 _SAMPLING_FIELDS = sorted([
     "n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k",
     "min_p", "seed", "stop", "stop_token_ids", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
-    "logit_bias", "allowed_token_ids", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
+    "logit_bias", "allowed_token_ids", "bad_words", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
     "priority",     # the engine's "Got priority N but Priority scheduling is not enabled"
 ], key=len, reverse=True)
 
@@ -97,7 +97,8 @@ class OpenAIServing:
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
                  max_log_len: int | None = None, trust_request_chat_template: bool = False,
                  max_n: int = MAX_N, max_prompts_per_request: int | None = None,
-                 enable_prompt_tokens_details: bool = False, chat_template_content_format: str = "auto"):
+                 enable_prompt_tokens_details: bool = False, chat_template_content_format: str = "auto",
+                 return_tokens_as_token_ids: bool = False, enable_force_include_usage: bool = False):
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
@@ -113,11 +114,22 @@ class OpenAIServing:
         # --chat-template-content-format: how a message's content reaches the template ("auto" / "string": text
         # parts joined into one string; "openai": a list of {"type": "text", "text": ...} parts).
         self.chat_template_content_format = chat_template_content_format
+        self.return_tokens_as_token_ids = return_tokens_as_token_ids
+        self.enable_force_include_usage = enable_force_include_usage
         self.max_model_len = engine.config.max_model_len
         self.vocab_size = engine.vocab_size
         self.default_params = engine.default_sampling_params()
         gen = engine.config.model.generation_config or {}
         self.default_max_tokens = gen.get("max_new_tokens")
+
+    @staticmethod
+    def base_request_id(raw_request: Request | None, body_request_id: str | None) -> str:
+        """vLLM's rule: an X-Request-Id header names the request (so a gateway's id reaches the logs and the response
+        id), else the body's request_id, else a random id."""
+        header = raw_request.headers.get("x-request-id") if raw_request is not None else None
+        if header is not None:
+            return check_request_id(header, "X-Request-Id")
+        return body_request_id or random_uuid()
 
     def prompt_tokens_details(self, cached_tokens: int) -> dict | None:
         """usage.prompt_tokens_details: with --enable-prompt-tokens-details and a prefix-cache hit, the prompt tokens
@@ -211,7 +223,8 @@ class OpenAIServing:
                 skip_special_tokens=req.skip_special_tokens,
                 spaces_between_special_tokens=req.spaces_between_special_tokens,
                 include_stop_str_in_output=req.include_stop_str_in_output, logit_bias=req.logit_bias,
-                allowed_token_ids=req.allowed_token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens,
+                allowed_token_ids=req.allowed_token_ids, bad_words=req.bad_words or None,
+                truncate_prompt_tokens=req.truncate_prompt_tokens,
                 structured_outputs=structured_outputs,
                 # Outputs always come as deltas: streams send them, others gather them (and metrics see every step).
                 output_kind=RequestOutputKind.DELTA)
@@ -275,7 +288,25 @@ class OpenAIServing:
         except Exception as e:   # jinja errors, bad kwargs, ValueError from the helper
             raise RequestError(f"Could not apply the chat template: {e}", "messages") from None
 
-    def token_str(self, token_id: int, decoded: str | None) -> str:
+    def stream_usage(self, req: SamplingFields) -> tuple[bool, bool]:
+        """(a final usage chunk, usage on every chunk) for a stream: stream_options.include_usage and
+        continuous_usage_stats, or both with --enable-force-include-usage (vLLM's rule)."""
+        if self.enable_force_include_usage:
+            return True, True
+        opts = req.stream_options
+        include_usage = bool(opts and opts.include_usage)
+        return include_usage, bool(include_usage and opts.continuous_usage_stats)
+
+    def tokens_as_ids(self, req: SamplingFields) -> bool:
+        """Whether logprob tokens are "token_id:{id}" strings: the request's return_tokens_as_token_ids, else the
+        server's --return-tokens-as-token-ids (vLLM's rule)."""
+        if req.return_tokens_as_token_ids is not None:
+            return req.return_tokens_as_token_ids
+        return self.return_tokens_as_token_ids
+
+    def token_str(self, token_id: int, decoded: str | None, as_id: bool = False) -> str:
+        if as_id:
+            return f"token_id:{token_id}"
         if decoded is not None:
             return decoded
         if self.tokenizer is None:
@@ -285,13 +316,16 @@ class OpenAIServing:
     # ---- submitting -----------------------------------------------------------------------------------------------
     async def submit(self, request_ids: list[str], prompts: list[dict], params_list: list[SamplingParams],
                      priority: int) -> list[RequestStream]:
-        """Add every prompt of a request; if one is refused, the others are aborted and the error raised."""
+        """Add every prompt of a request; if one is refused, the others are aborted and the error raised. The engine
+        knows each by its id plus a random suffix (vLLM's rule since 0.14): ids come from clients (X-Request-Id,
+        request_id), and two requests in flight with the same one must not collide."""
         streams: list[RequestStream] = []
         try:
             for rid, prompt, params in zip(request_ids, prompts, params_list):
+                engine_id = f"{rid}-{random_uuid()[:8]}"
                 if self.log_requests:
-                    self.log_request(rid, prompt, params)
-                streams.append(await self.engine.add_request(rid, prompt, params, priority=priority))
+                    self.log_request(engine_id, prompt, params)
+                streams.append(await self.engine.add_request(engine_id, prompt, params, priority=priority))
         except BaseException as e:
             for s in streams:
                 s.abort()

@@ -1,0 +1,135 @@
+"""POST /v1/responses: OpenAI's Responses API (``client.responses.create``), text in and text out, run as one chat
+completion and answered in the Responses shape (vLLM serves this route too).
+
+What is not here yet is refused with a 400 naming the field: streaming, tools, previous_response_id (nothing is
+stored: ``store`` comes back false, as vLLM without its store), background mode, reasoning settings, structured text
+formats, truncation="auto", and input items other than messages of text.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, RequestError, ResponsesRequest, random_uuid
+from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
+from pagedllm.entrypoints.openai.serving_engine import error_response
+
+# A chat error's field, as the Responses request names it.
+_PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "max_tokens": "max_output_tokens",
+                "messages": "input"}
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+def _unsupported(req: ResponsesRequest) -> RequestError | None:
+    checks = [
+        (bool(req.stream), "stream", "stream=true is not supported by /v1/responses yet; use /v1/chat/completions "
+                                     "with stream=true."),
+        (bool(req.tools), "tools", "tools are not supported by /v1/responses yet; use /v1/chat/completions."),
+        (req.previous_response_id is not None, "previous_response_id",
+         "previous_response_id is not supported: this server stores no responses; send the whole conversation "
+         "as input."),
+        (bool(req.background), "background", "background mode is not supported."),
+        (req.reasoning is not None, "reasoning", "reasoning settings are not supported by /v1/responses yet."),
+        (req.text is not None and (req.text.get("format") or {}).get("type", "text") != "text", "text",
+         "text.format other than 'text' is not supported by /v1/responses yet; use /v1/chat/completions with "
+         "response_format."),
+        (req.truncation not in (None, "disabled"), "truncation", "truncation='auto' is not supported."),
+    ]
+    for failed, param, message in checks:
+        if failed:
+            return RequestError(message, param)
+    return None
+
+
+def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """The Responses input as chat messages: instructions first (a system message), then a string (one user
+    message) or message items whose content is a string or text parts."""
+    messages: list[dict[str, Any]] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+    if isinstance(req.input, str):
+        return messages + [{"role": "user", "content": req.input}]
+    for i, item in enumerate(req.input):
+        if item.get("type", "message") != "message" or "role" not in item:
+            raise RequestError(f"input[{i}]: only message items (role and content) are supported by /v1/responses "
+                               f"yet, got type {item.get('type')!r}.", "input")
+        content = item.get("content")
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS:
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise RequestError(f"input[{i}].content: only text parts are supported (the model reads text), "
+                                       f"got {kind!r}.", "input")
+                texts.append({"type": "text", "text": part.get("text", "")})
+            content = texts
+        messages.append({"role": item["role"], "content": content})
+    return messages
+
+
+class OpenAIServingResponses:
+    def __init__(self, chat: OpenAIServingChat):
+        self.chat = chat
+
+    async def create_response(self, req: ResponsesRequest, raw_request: Request | None = None) -> JSONResponse:
+        try:
+            refused = _unsupported(req)
+            if refused is not None:
+                raise refused
+            try:
+                chat_req = ChatCompletionRequest.model_validate({
+                    "model": req.model, "messages": _messages(req), "max_completion_tokens": req.max_output_tokens,
+                    "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "user": req.user,
+                    "priority": req.priority})
+            except ValidationError as e:
+                raise RequestError(f"input: {e.errors()[0]['msg']}", "input") from None
+        except Exception as e:
+            return error_response(e)
+        answer = await self.chat.create_chat_completion(chat_req, raw_request)
+        body = json.loads(answer.body)
+        if answer.status_code != 200:
+            error = body.get("error") or {}
+            error["param"] = _PARAM_NAMES.get(error.get("param"), error.get("param"))
+            return JSONResponse(body, status_code=answer.status_code)
+        return JSONResponse(self._response(req, body, self.chat.base_request_id(raw_request, req.request_id)))
+
+    def _response(self, req: ResponsesRequest, chat: dict[str, Any], request_id: str) -> dict[str, Any]:
+        (choice,) = chat["choices"]
+        usage = chat["usage"]
+        truncated = choice["finish_reason"] == "length"
+        text = {"type": "output_text", "text": choice["message"]["content"] or "", "annotations": []}
+        return {
+            "id": f"resp_{request_id}",
+            "object": "response",
+            "created_at": chat["created"],
+            "model": chat["model"],
+            "status": "incomplete" if truncated else "completed",
+            "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
+            "error": None,
+            "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens,
+            "output": [{"id": f"msg_{random_uuid()}", "type": "message", "role": "assistant",
+                        "status": "incomplete" if truncated else "completed", "content": [text]}],
+            "parallel_tool_calls": req.parallel_tool_calls,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "tool_choice": req.tool_choice,
+            "tools": [],
+            "text": {"format": {"type": "text"}},
+            "truncation": "disabled",
+            "store": False,
+            "metadata": req.metadata,
+            "user": req.user,
+            "usage": {
+                "input_tokens": usage["prompt_tokens"],
+                "input_tokens_details": {"cached_tokens": (usage.get("prompt_tokens_details") or {}).get(
+                    "cached_tokens", 0)},
+                "output_tokens": usage["completion_tokens"],
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": usage["total_tokens"],
+            },
+        }
