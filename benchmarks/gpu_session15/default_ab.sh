@@ -6,9 +6,5 @@
 exec > >(tee $OUT/ab.txt) 2>&1
 for p in "0 base" "1 qkv-skinny" "2 qkv-skinny" "0 base" "1 qkv-skinny" "2 qkv-skinny"; do
   set -- $p
-  PAGEDLLM_DECODE_ROPE_FUSED=$1 PYTHONPATH=$R timeout 120 python3 benchmarks/kernels/route_ab.py $2 qwen2.5-7b bs1_128_256 latency_8x1024x1024 sharegpt_like_1000 2>&1 | python3 -c "
-import sys, json
-for l in sys.stdin:
-    if l.startswith('{'):
-        d = json.loads(l); print('fused $1 $2', d['workload'], d['seconds'], d['output_tok_s'])"
+  PAGEDLLM_DECODE_ROPE_FUSED=$1 PYTHONPATH=$R timeout 120 python3 benchmarks/kernels/route_ab.py $2 qwen2.5-7b bs1_128_256 latency_8x1024x1024 sharegpt_like_1000 2>&1 | offline_summary "fused $1 $2"
 done

@@ -10,11 +10,7 @@ exec > >(tee $OUT/next15.txt) 2>&1
 if [ "${PART:-1}" = 1 ]; then
 PYTHONPATH=$R timeout 330 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=line tests/gpu 2>&1 | grep -E "^FAILED|^SKIPPED|passed|failed|rror" | cut -c1-240 | head -40
 for v in 2 0 2 0; do
-  PAGEDLLM_DECODE_ROPE_FUSED=$v PYTHONPATH=$R timeout 80 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-1.5b bs1_128_256 latency_8x1024x1024 2>&1 | python3 -c "
-import sys, json
-for l in sys.stdin:
-    if l.startswith('{'):
-        d = json.loads(l); print('1.5b fused $v', d['workload'], d['seconds'], d['output_tok_s'])"
+  PAGEDLLM_DECODE_ROPE_FUSED=$v PYTHONPATH=$R timeout 80 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-1.5b bs1_128_256 latency_8x1024x1024 2>&1 | offline_summary "1.5b fused $v"
 done
 fi
 if [ "${PART:-1}" = 2 ]; then

@@ -7,9 +7,5 @@ exec > >(tee $OUT/verify.txt) 2>&1
 PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 4 -rf --tb=line tests/gpu/test_engine_gpu.py tests/gpu/test_attention_backends_gpu.py tests/gpu/test_triton_gemv.py 2>&1 | grep -E "^FAILED|passed|failed|rror" | cut -c1-240 | head
 for p in "2 base" "0 qkv-cublas" "2 base" "0 qkv-cublas"; do
   set -- $p
-  PAGEDLLM_DECODE_ROPE_FUSED=$1 PYTHONPATH=$R timeout 120 python3 benchmarks/kernels/route_ab.py $2 qwen2.5-7b bs1_128_256 latency_8x1024x1024 sharegpt_like_1000 2>&1 | python3 -c "
-import sys, json
-for l in sys.stdin:
-    if l.startswith('{'):
-        d = json.loads(l); print('fused $1 $2', d['workload'], d['seconds'], d['output_tok_s'])"
+  PAGEDLLM_DECODE_ROPE_FUSED=$1 PYTHONPATH=$R timeout 120 python3 benchmarks/kernels/route_ab.py $2 qwen2.5-7b bs1_128_256 latency_8x1024x1024 sharegpt_like_1000 2>&1 | offline_summary "fused $1 $2"
 done

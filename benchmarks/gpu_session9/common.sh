@@ -12,3 +12,11 @@ import sys, json
 for l in sys.stdin:
     tag, j = l.split(" ", 1); d = json.loads(j)
     print(tag, "c=%d" % d["concurrency"], d["output_tok_s"], "ttft", d["ttft_ms"]["median"], "tpot", d["tpot_ms"]["median"], "itl p99", d["itl_ms"]["p99"], "start", d.get("startup_s"))'
+# `... offline_workload.py ... | offline_summary TAG`: "TAG workload seconds tok/s" from its JSON lines.
+offline_summary() {
+  python3 -c "
+import sys, json
+for l in sys.stdin:
+    if l.startswith('{'):
+        d = json.loads(l); print(sys.argv[1], d['workload'], d['seconds'], d['output_tok_s'])" "$1"
+}
