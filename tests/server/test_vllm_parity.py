@@ -337,3 +337,12 @@ def test_tokenize_without_prompt_or_messages_names_the_fields(server):
 def test_priority_without_priority_scheduling_names_priority(server):
     r = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "priority": 5})
     assert r.status_code == 400 and r.json()["error"]["param"] == "priority"
+
+
+def test_chat_message_names_reasoning_as_vllm(server):
+    # vLLM renamed the message's chain-of-thought field reasoning_content -> reasoning (PR 27752) and removed the old
+    # name (PR 33402); clients of vLLM 0.24 read message["reasoning"]. Without a reasoning parser it is null.
+    r = post(server, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 2})
+    message = r.json()["choices"][0]["message"]
+    assert "reasoning" in message and message["reasoning"] is None
+    assert "reasoning_content" not in message

@@ -374,7 +374,7 @@ class ChatResponseMessage(OpenAIBaseModel):
     role: str
     content: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
-    reasoning_content: str | None = None
+    reasoning: str | None = None      # vLLM's name (reasoning_content before its PR 27752); null: no reasoning parser
 
     @model_serializer(mode="wrap")
     def _no_empty_tool_calls(self, handler):
