@@ -153,14 +153,32 @@ def test_responses_api_text(server, client):
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}])
     assert items.output_text == resp.output_text
     # What is not supported yet is a 400 naming the field.
-    for extra, param in (({"stream": True}, "stream"),
-                         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+    for extra, param in (({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
                          ({"previous_response_id": "resp_x"}, "previous_response_id"),
                          ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
                           "input"),
                          ({"max_output_tokens": 600}, "max_output_tokens")):
         r = httpx.post(server.url + "/v1/responses", json={"model": MODEL, "input": "Hi", **extra})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_responses_api_stream(client):
+    # client.responses.create(stream=True): OpenAI's event sequence, the deltas adding up to the same text as the
+    # whole answer, and the final response (here cut by max_output_tokens: response.incomplete) with its usage.
+    whole = client.responses.create(model=MODEL, input="Hi", max_output_tokens=4, temperature=0)
+    events = list(client.responses.create(model=MODEL, input="Hi", max_output_tokens=4, temperature=0, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.incomplete"]
+    assert set(kinds[4:-4]) == {"response.output_text.delta"}
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == whole.output_text == events[-4].text
+    final = events[-1].response
+    assert final.status == "incomplete" and final.output_text == text and final.usage.output_tokens == 4
+    assert events[0].response.status == "in_progress" and events[0].response.id == final.id
 
 
 def test_force_include_usage(client):

@@ -1,17 +1,22 @@
 """POST /v1/responses: OpenAI's Responses API (``client.responses.create``), text in and text out, run as one chat
 completion and answered in the Responses shape (vLLM serves this route too).
 
-What is not here yet is refused with a 400 naming the field: streaming, tools, previous_response_id (nothing is
-stored: ``store`` comes back false, as vLLM without its store), background mode, reasoning settings, structured text
+``stream=true`` runs the chat completion streamed and answers with the Responses events (response.created, ...,
+response.output_text.delta per chunk, ..., response.completed or response.incomplete), each an SSE ``event:`` line
+and its ``data:``, as OpenAI and vLLM send them.
+
+What is not here yet is refused with a 400 naming the field: tools, previous_response_id (nothing is stored:
+``store`` comes back false, as vLLM without its store), background mode, reasoning settings, structured text
 formats, truncation="auto", and input items other than messages of text.
 """
 from __future__ import annotations
 
+import itertools
 import json
-from typing import Any
+from typing import Any, AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, RequestError, ResponsesRequest, random_uuid
@@ -26,8 +31,6 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 
 def _unsupported(req: ResponsesRequest) -> RequestError | None:
     checks = [
-        (bool(req.stream), "stream", "stream=true is not supported by /v1/responses yet; use /v1/chat/completions "
-                                     "with stream=true."),
         (bool(req.tools), "tools", "tools are not supported by /v1/responses yet; use /v1/chat/completions."),
         (req.previous_response_id is not None, "previous_response_id",
          "previous_response_id is not supported: this server stores no responses; send the whole conversation "
@@ -84,18 +87,74 @@ class OpenAIServingResponses:
                 chat_req = ChatCompletionRequest.model_validate({
                     "model": req.model, "messages": _messages(req), "max_completion_tokens": req.max_output_tokens,
                     "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "user": req.user,
-                    "priority": req.priority})
+                    "priority": req.priority, "stream": bool(req.stream),
+                    "stream_options": {"include_usage": True} if req.stream else None})
             except ValidationError as e:
                 raise RequestError(f"input: {e.errors()[0]['msg']}", "input") from None
         except Exception as e:
             return error_response(e)
         answer = await self.chat.create_chat_completion(chat_req, raw_request)
+        request_id = self.chat.base_request_id(raw_request, req.request_id)
+        if isinstance(answer, StreamingResponse):
+            return StreamingResponse(self._events(req, answer.body_iterator, request_id),
+                                     media_type="text/event-stream")
         body = json.loads(answer.body)
         if answer.status_code != 200:
             error = body.get("error") or {}
             error["param"] = _PARAM_NAMES.get(error.get("param"), error.get("param"))
             return JSONResponse(body, status_code=answer.status_code)
-        return JSONResponse(self._response(req, body, self.chat.base_request_id(raw_request, req.request_id)))
+        return JSONResponse(self._response(req, body, request_id))
+
+    async def _events(self, req: ResponsesRequest, chat_sse: AsyncIterator, request_id: str) -> AsyncIterator[str]:
+        """The chat completion's SSE chunks as the Responses API's stream of events."""
+        sequence = itertools.count()
+
+        def event(kind: str, **fields: Any) -> str:
+            data = {"type": kind, "sequence_number": next(sequence), **fields}
+            return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+        item_id = f"msg_{random_uuid()}"
+        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        texts: list[str] = []
+        chat: dict[str, Any] | None = None     # the chat's fields the response needs, from its first chunk on
+        finish_reason, usage = None, None
+        async for chunk in _sse_data(chat_sse):
+            if "error" in chunk:      # the chat stream's error chunk: OpenAI's error event, and the stream ends
+                error = chunk["error"]
+                yield event("error", code=error.get("code"), message=error.get("message"),
+                            param=_PARAM_NAMES.get(error.get("param"), error.get("param")))
+                return
+            if chat is None:
+                chat = {"created": chunk["created"], "model": chunk["model"]}
+                shell = self._response(req, {**chat, "choices": [{"finish_reason": None, "message": {"content": None}}],
+                                             "usage": None}, request_id)
+                shell.update(status="in_progress", output=[], usage=None)
+                yield event("response.created", response=shell)
+                yield event("response.in_progress", response=shell)
+                yield event("response.output_item.added", output_index=0, item={
+                    "id": item_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []})
+                yield event("response.content_part.added", **where,
+                            part={"type": "output_text", "text": "", "annotations": []})
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or ():
+                delta = (choice.get("delta") or {}).get("content")
+                if delta:
+                    texts.append(delta)
+                    yield event("response.output_text.delta", **where, delta=delta, logprobs=[])
+                finish_reason = choice.get("finish_reason") or finish_reason
+        if chat is None:
+            return
+        final = self._response(req, {**chat, "choices": [{"finish_reason": finish_reason,
+                                                          "message": {"content": "".join(texts)}}],
+                                     "usage": usage}, request_id)
+        (item,) = final["output"]
+        item["id"] = item_id
+        (part,) = item["content"]
+        yield event("response.output_text.done", **where, text=part["text"], logprobs=[])
+        yield event("response.content_part.done", **where, part=part)
+        yield event("response.output_item.done", output_index=0, item=item)
+        yield event("response.incomplete" if final["status"] == "incomplete" else "response.completed",
+                    response=final)
 
     def _response(self, req: ResponsesRequest, chat: dict[str, Any], request_id: str) -> dict[str, Any]:
         (choice,) = chat["choices"]
@@ -124,7 +183,7 @@ class OpenAIServingResponses:
             "store": False,
             "metadata": req.metadata,
             "user": req.user,
-            "usage": {
+            "usage": usage and {
                 "input_tokens": usage["prompt_tokens"],
                 "input_tokens_details": {"cached_tokens": (usage.get("prompt_tokens_details") or {}).get(
                     "cached_tokens", 0)},
@@ -133,3 +192,20 @@ class OpenAIServingResponses:
                 "total_tokens": usage["total_tokens"],
             },
         }
+
+
+async def _sse_data(body: AsyncIterator) -> AsyncIterator[dict[str, Any]]:
+    """The JSON of each ``data:`` line of an SSE body (str or bytes pieces, an event possibly split across pieces
+    or several in one), up to ``[DONE]``."""
+    buffer = ""
+    async for piece in body:
+        buffer += piece.decode() if isinstance(piece, bytes) else piece
+        *events, buffer = buffer.split("\n\n")
+        for block in events:
+            for line in block.splitlines():
+                if not line.startswith("data: "):
+                    continue
+                payload = line[len("data: "):]
+                if payload.strip() == "[DONE]":
+                    return
+                yield json.loads(payload)
