@@ -37,14 +37,18 @@ def json_error(message: str, status: int, param: str | None = None) -> JSONRespo
     return JSONResponse(error_body(message, error_type(status), status, param), status_code=status)
 
 
+def _union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part[:1].isupper() and part.endswith("Request") or part.startswith("function-"))
+
+
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     """Pydantic failures are 400 (not FastAPI's 422) with OpenAI's error JSON; the message names the field."""
     parts, param = [], None
     seen = set()
     for err in exc.errors():
-        # A union body (/tokenize: prompt or messages) puts the model's class name first: not a field.
-        loc = [str(x) for x in err.get("loc", ()) if x != "body" and not (isinstance(x, str) and x[:1].isupper()
-                                                                           and x.endswith("Request"))]
+        # A union body (/tokenize: prompt or messages) puts the model's class name first ("function-after[...,
+        # Model]" when the model has a validator): not a field.
+        loc = [str(x) for x in err.get("loc", ()) if x != "body" and not _union_tag(x)]
         if err.get("type") == "json_invalid":
             parts.append(f"JSON decode error: {err.get('msg')} (at position {loc[0] if loc else '?'})")
             continue

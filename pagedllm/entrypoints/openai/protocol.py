@@ -7,6 +7,7 @@ their JSON matches what the ``openai`` client parses.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any, Literal, Union
@@ -14,6 +15,8 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from pagedllm.sampling_params import StructuredOutputsParams
+
+logger = logging.getLogger(__name__)
 
 
 class RequestError(ValueError):
@@ -51,6 +54,14 @@ class OpenAIBaseModel(BaseModel):
 class OpenAIRequestModel(OpenAIBaseModel):
     # JSON as Python parses it accepts NaN and Infinity: no request field may be one (a 400 naming the field).
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _log_ignored_fields(self):
+        # A request field this server does not read is ignored, as in vLLM and OpenAI, and named in the log with
+        # vLLM's line, so a misspelt field ("max_token", "temprature") does not go unnoticed.
+        if self.model_extra:
+            logger.warning("The following fields were present in the request but ignored: %s", set(self.model_extra))
+        return self
 
 
 class ErrorInfo(OpenAIBaseModel):
