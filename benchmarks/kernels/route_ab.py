@@ -8,6 +8,10 @@ VARIANT:
                 17..128-row routing off; set ANCHOR_CFG to the AWQ quantization_config as ANCHORS.md shows)
   qkv-cublas    7B qkv (4608 x 3584) at 2..16 rows through cuBLAS instead of the skinny GEMM (the routing before
                 session 15; session 15's "qkv-skinny" measured the other way round)
+  l2-prefetch-o    the skinny GEMM's o_proj configs (7B 3584 x 3584, 1.5B 1536 x 1536, every M bucket) with
+                   prefetch=True: each program asks L2 for its slice of W before the PDL wait, while the decode
+                   attention runs (session 16, prepared without a GPU)
+  l2-prefetch-all  prefetch=True in every bf16 table config (every projection and the LM head)
 Prints offline_workload.py's JSON lines.
 """
 import os
@@ -26,6 +30,12 @@ if variant == "awq-scratch":
 elif variant == "qkv-cublas":
     from pagedllm.kernels import triton_gemv as tg
     tg._BEATS_CUBLAS = tg._BEATS_CUBLAS - {(4608, 3584, b) for b in (4, 8, 16)}
+elif variant in ("l2-prefetch-o", "l2-prefetch-all"):
+    from pagedllm.kernels import triton_gemv as tg
+    for shape, per_m in tg._TABLE.items():
+        if variant == "l2-prefetch-all" or shape in ((3584, 3584), (1536, 1536)):
+            for bucket, cfg in per_m.items():
+                per_m[bucket] = cfg._replace(prefetch=True)
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
 runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),

@@ -53,7 +53,11 @@ _INTERPRET = envs.TRITON_INTERPRET
 def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SPLIT, stride_xm, stride_wn,
                         stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr,
                         SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        PDL: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr, X_MASKED: tl.constexpr):
+                        PDL: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr, X_MASKED: tl.constexpr,
+                        PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64):
+    # PREFETCH (with PDL only): before waiting for its predecessor, each program asks L2 for the rest of its slice
+    # of W (_l2_prefetch_rows), so the weight read overlaps a predecessor that leaves HBM idle (the decode
+    # attention before o_proj) and the K loop then reads from L2. LINE: elements of W per 128-byte line.
     # W_SCALE: 0 = W is in x's dtype; 1 = W is fp8 with one fp32 scale; 2 = fp8 with one scale per output row
     # (weight-only FP8: half the bytes of bf16 streamed, converted in registers, scaled once in the epilogue).
     # X_FP8 (dot path, fp8 W): x is fp8 too, with one fp32 scale per row (XScale): fp8 x fp8 tensor-core dots,
@@ -72,6 +76,8 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
         k_end = tl.minimum(K, k_start + K_PER_SPLIT)
     w_ptrs = W + rows.to(tl.int64)[:, None] * stride_wn + (k_start + offs_k)[None, :]
     if USE_DOT:
+        if PDL and PREFETCH:
+            _l2_prefetch_rows(W, rows, stride_wn, k_start, k_end, BLOCK_N, LINE)
         pdl_wait(PDL)
         offs_m = tl.arange(0, BLOCK_M)
         if X_MASKED:
@@ -121,6 +127,8 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
             # writes x, is still running. Masked: a split may hold less than one tile (or none).
             kmask = offs_k < k_end - k_start
             w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
+            if PREFETCH:
+                _l2_prefetch_rows(W, rows, stride_wn, k_start + BLOCK_K, k_end, BLOCK_N, LINE)
             pdl_wait(PDL)
             x = tl.load(x_ptrs, mask=kmask, other=0.0)
             acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
@@ -162,6 +170,22 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
 
 
 @triton.jit
+def _l2_prefetch_rows(W, rows, stride_wn, k_start, k_end, BLOCK_N: tl.constexpr, LINE: tl.constexpr):
+    """``prefetch.global.L2`` of every 128-byte line of W's ``rows`` over columns ``[k_start, k_end)``: one
+    instruction per line, nothing returned. 1,024 lines at a time (8 addresses a thread at 4 warps): a [64, 64]
+    tile of addresses took the dot path from 96 to 160 registers (sm_90 SASS, compiled offline). Columns past
+    ``k_end`` are clamped to ``k_start`` (a repeated prefetch costs only its issue slot)."""
+    LINES: tl.constexpr = 1024 // BLOCK_N
+    offs = tl.arange(0, LINES) * LINE
+    base = W + rows.to(tl.int64)[:, None] * stride_wn
+    for k0 in range(k_start, k_end, LINES * LINE):
+        cols = k0 + offs
+        ptrs = base + tl.where(cols < k_end, cols, k_start)[None, :]
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+
+@triton.jit
 def _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr,
               USE_DOT: tl.constexpr, BLOCK_M: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr):
     if X_FP8:
@@ -197,6 +221,9 @@ class GemvConfig(NamedTuple):
     # 10, benchmarks/kernels/skinny_m_probe.py): the dot path waits for its predecessor before its first load, and
     # for some shapes the next launch's early programs then cost more than the overlap gains.
     pdl: bool = True
+    # True: with PDL, prefetch the program's slice of W into L2 before waiting for the predecessor (the kernel's
+    # PREFETCH). Off in every table entry until measured end to end (benchmarks/kernels/route_ab.py l2-prefetch-o).
+    prefetch: bool = False
 
 
 # Measured per-shape choices, keyed by (N, K) then by M bucket (1: M == 1, 4: 2..4, 8: 5..8, 16: 9..16; a shape
@@ -371,6 +398,7 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, W_SCALE=w_scale_mode, X_FP8=x_fp8,
         X_MASKED=(m < block_m) if x_masked is None else x_masked,
+        PREFETCH=cfg.prefetch and not _INTERPRET, LINE=128 // weight.element_size(),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **(pdl_launch_args(x.device) if cfg.pdl else {"PDL": False}))
     return y

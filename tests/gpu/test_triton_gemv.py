@@ -148,6 +148,48 @@ def test_cuda_graph_capture(m, cfg):
         assert rel_err(out2, _ref(x, w2, None)) < 1e-2
 
 
+PREFETCH_CONFIGS = [GemvConfig(8, 512, 4, 1, False, prefetch=True), GemvConfig(8, 512, 4, 1, False, 2, prefetch=True),
+                    GemvConfig(64, 256, 4, 5, prefetch=True), GemvConfig(32, 256, 4, 5, True, 2, prefetch=True)]
+
+
+@pytest.mark.parametrize("cfg", PREFETCH_CONFIGS, ids=str)
+def test_l2_prefetch_configs(cfg):
+    """With the L2 prefetch before the PDL wait (the FMA path prefetches past its first tile, the dot path its whole
+    slice, split-K each split's share): the same products, K tails shorter than a 128-byte line and N tails
+    included, and a K longer than one 1,024-line prefetch round (8968 columns at BLOCK_N 8)."""
+    for (n, k, bias), ms in [((4099, 3001, True), (1, 5, 16)), ((129, 17, False), (1, 3)), ((300, 8968, False), (1, 8))]:
+        if INTERPRET and n > 1000:
+            continue
+        for m in ms:
+            x, w, b = _inputs(m, n, k, bias, DTYPES[0], seed=4)
+            assert rel_err(skinny_linear_with_config(x, w, b, cfg), _ref(x, w, b)) < 1e-2, (n, k, m)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("m", [1, 8])
+def test_l2_prefetch_after_a_producer_in_a_graph(m):
+    """A prefetching call launched early after the kernel that writes its x (PDL, captured in a graph) still reads
+    the new x: the prefetch touches only W before the wait."""
+    x0, w1, _ = _inputs(m, 3584, 3584, False, torch.bfloat16, seed=5)
+    w2 = torch.randn(3584, 3584, device="cuda", dtype=torch.bfloat16) * 0.02
+    cfg = GemvConfig(8, 512, 4, 1, False, prefetch=True) if m == 1 else GemvConfig(64, 256, 4, 5, prefetch=True)
+
+    def fn():
+        return skinny_linear_with_config(skinny_linear_with_config(x0, w1, None, cfg), w2, None, cfg)
+
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    for _ in range(3):
+        x0.copy_(torch.randn_like(x0))
+        g.replay()
+        torch.cuda.synchronize()
+        mid = _ref(x0, w1, None).to(torch.bfloat16)
+        assert rel_err(out, _ref(mid, w2, None)) < 1e-2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the layer routes CUDA tensors only")
 def test_routing_follows_the_measurements(monkeypatch):
     """A layer sends M == 1 to the kernel on any shape, 2 <= M <= 16 only where the kernel measured faster than

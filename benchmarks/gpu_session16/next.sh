@@ -1,0 +1,36 @@
+#!/bin/bash
+# Prepared in session 16 without a GPU (none was lent), NOT RUN yet. Carry [".whl", ".bench"]. NVIDIA H200 or H100;
+# compare only within one machine session.
+# PART=1 (~8 min): the whole tests/gpu (session 15's routing-test fix and session 16's L2-prefetch tests have not run
+#   on a GPU), then session 15's queued 1.5B A/B: PAGEDLLM_DECODE_ROPE_FUSED 2 (default) / 0, bs1 and latency.
+#   Prediction: 1.5B bs1 ~725 -> ~735-745 with the fusion.
+# PART=2 (~6 min): the skinny GEMM's L2 prefetch before the PDL wait (route_ab.py variants), 7B bs1 + latency,
+#   base / l2-prefetch-o / l2-prefetch-all, two rounds alternating. Prediction (docs/perf.md, session 16): o_proj
+#   reads its 25.7 MB from L2 after the decode attention instead of HBM, ~3-5 µs a layer: 7B bs1 259 -> ~265-267,
+#   latency 4.495 -> ~4.35-4.40 s; "all" no better than "o" (the other projections' predecessors are ~1 µs kernels).
+# PART=3 (~6 min): 1.5B bs1 base / l2-prefetch-o (prediction ~725 -> ~750), and 7B ShareGPT base / l2-prefetch-o
+#   (prediction: unchanged, ~11,300: o_proj above 16 rows is cuBLAS).
+. benchmarks/gpu_session9/common.sh
+exec > >(tee $OUT/next16_${PART:-1}.txt) 2>&1
+AB="python3 benchmarks/kernels/route_ab.py"
+if [ "${PART:-1}" = 1 ]; then
+PYTHONPATH=$R timeout 330 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=line tests/gpu 2>&1 | grep -E "^FAILED|^SKIPPED|passed|failed|rror" | cut -c1-240 | head -40
+for v in 2 0 2 0; do
+  PAGEDLLM_DECODE_ROPE_FUSED=$v PYTHONPATH=$R timeout 80 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-1.5b bs1_128_256 latency_8x1024x1024 2>&1 | offline_summary "1.5b fused $v"
+done
+fi
+if [ "${PART:-1}" = 2 ]; then
+for round in 1 2; do
+  for v in base l2-prefetch-o l2-prefetch-all; do
+    PYTHONPATH=$R timeout 90 $AB $v qwen2.5-7b bs1_128_256 latency_8x1024x1024 2>&1 | offline_summary "7b $v r$round"
+  done
+done
+fi
+if [ "${PART:-1}" = 3 ]; then
+for v in base l2-prefetch-o base l2-prefetch-o; do
+  PYTHONPATH=$R timeout 60 $AB $v qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b $v"
+done
+for v in base l2-prefetch-o; do
+  PYTHONPATH=$R timeout 100 $AB $v qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b $v"
+done
+fi
