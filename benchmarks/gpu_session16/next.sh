@@ -34,3 +34,19 @@ for v in base l2-prefetch-o; do
   PYTHONPATH=$R timeout 100 $AB $v qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b $v"
 done
 fi
+# PART=4 (~8 min): the int4 batch-1 GEMV with the L2 prefetch ahead (PackedGemvConfig.l2_ahead, session 16): its GPU
+#   tests, the M = 1 sweep (every GEMV_CANDIDATES config on the four 7B shapes, the new ones last), then AWQ 7B bs1
+#   with the sweep's table against the committed one, alternating. Prediction: gate_up 36.4 -> ~26-30 µs, down 23.6
+#   -> ~18-20 (2.0 / 1.5 TB/s -> ~2.5-2.8), AWQ bs1 355 -> ~400-430 tok/s (target 500).
+if [ "${PART:-1}" = 4 ]; then
+AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
+PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 --tb=line tests/gpu/test_quant_packed_kernels.py -k "gemv" 2>&1 | tail -3
+PYTHONPATH=$R timeout 240 python3 benchmarks/quant_kernels.py --gemv --deadline 200 --save-m1-table $OUT/m1_table.py 2>&1 | tail -60
+cp pagedllm/kernels/quant/triton_packed.py /tmp/triton_packed_committed.py
+for round in 1 2; do
+  python3 benchmarks/quant_kernels.py --apply-m1-table $OUT/m1_table.py
+  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 70 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq swept r$round"
+  cp /tmp/triton_packed_committed.py pagedllm/kernels/quant/triton_packed.py
+  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 70 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq committed r$round"
+done
+fi

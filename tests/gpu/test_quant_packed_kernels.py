@@ -271,9 +271,9 @@ def test_gemv_uneven_splits(split_k):
     k, n = (640, 48) if INTERPRET else (3584, 584)
     w = random_packed(k, n, 4, 128 if not INTERPRET else 32, seed=split_k)
     x = _x(1, k, DTYPES[0], seed=split_k)
-    for nsub, prefetch in ((1, True), (2, False)):
+    for nsub, prefetch, ahead in ((1, True, 0), (2, False, 0), (2, False, 3)):   # ahead: the L2 prefetch clamps
         cfg = PackedGemvConfig(32 if INTERPRET else 128, 16, nsub, 1 if INTERPRET else 4, prefetch=prefetch,
-                               asm=not INTERPRET, split_k=split_k)
+                               asm=not INTERPRET, split_k=split_k, l2_ahead=ahead)
         first = packed_matmul_with_config(x, w, None, cfg)
         _check_gemv(x, w, None, cfg)
         torch.testing.assert_close(packed_matmul_with_config(x, w, None, cfg), first, rtol=0, atol=0)

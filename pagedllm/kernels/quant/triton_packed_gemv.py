@@ -23,6 +23,10 @@ This kernel is built for the count:
   The math is ``reference_matmul``'s: products and sums in fp32, ``q`` exact.
 * **Registers double-buffered** (``PREFETCH``): the next tile's words and scales are loaded before this tile's
   math, the first tile before the PDL wait (weights are constants).
+* **L2 prefetch ahead** (``L2_AHEAD`` tiles, session 16, not yet measured): one ``prefetch.global.L2`` per 128-byte
+  line of the tile ``L2_AHEAD`` tiles ahead (the first ``L2_AHEAD`` before the PDL wait), so more bytes are in
+  flight per SM than the register double-buffer holds (the 7B configs run at 1.5-2.0 TB/s, session 7, with
+  ``prefetch`` off where its 255 registers did not pay) and the demand loads find their lines in L2.
 * **Split-K** sized for a few programs per SM; partials reduced in the same kernel by the last program of a column
   tile to arrive (``triton_gemv``'s workspace and counters: no memset, no second kernel, deterministic).
 
@@ -61,6 +65,7 @@ class PackedGemvConfig(NamedTuple):
     asm: bool = True         # one lop3 per value (inline PTX); False: Triton's & and | (the interpreter's path)
     xvec: bool = False       # x as one [BLOCK_KP, 8] load split in registers instead of 8 strided loads
     split_k: int = 0         # 0: from the shape (about PROGRAMS_PER_SM programs an SM)
+    l2_ahead: int = 0        # > 0: L2 prefetch of the tile that many tiles ahead (no registers held; docstring)
 
 
 PROGRAMS_PER_SM = 4
@@ -78,6 +83,13 @@ GEMV_CANDIDATES: list[PackedGemvConfig] = [
     PackedGemvConfig(128, 16, 1, 4, split_k=2),
     PackedGemvConfig(128, 16, 2, 4, split_k=1),
     PackedGemvConfig(128, 16, 2, 4, asm=False),
+    # the L2 prefetch ahead (session 16), on the 7B table's configs
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, l2_ahead=2),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, l2_ahead=4),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, l2_ahead=8),
+    PackedGemvConfig(128, 16, 2, 4, xvec=True, l2_ahead=4),
+    PackedGemvConfig(128, 16, 1, 4, l2_ahead=4),
+    PackedGemvConfig(128, 16, 1, 4, prefetch=False, l2_ahead=4),
 ]
 
 
@@ -185,10 +197,27 @@ def _finish(acc, B, Y, cols, nmask, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
+def _l2_prefetch_tile(QW, kp0, kp_start, kp_end, pid_n, N, NSUB: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_KP: tl.constexpr):
+    """``prefetch.global.L2`` of the program's word tile at packed rows ``kp0..kp0 + BLOCK_KP``: one address per
+    128-byte line (32 words; ``BLOCK_N * NSUB`` columns from ``pid_n``'s first), rows past the split clamped to its
+    first row (a repeated prefetch costs only its issue slot). Nothing is returned."""
+    LINES: tl.constexpr = BLOCK_N * NSUB // 32
+    rows = kp0 + tl.arange(0, BLOCK_KP)
+    rows = tl.where(rows < kp_end, rows, kp_start)
+    cols = pid_n * (BLOCK_N * NSUB) + tl.arange(0, LINES) * 32
+    cols = tl.where(cols < N, cols, 0)
+    ptrs = QW + rows.to(tl.int64)[:, None] * N + cols[None, :]
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
 def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
                         GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
                         SPLIT_K: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, XVEC: tl.constexpr,
-                        NSUB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr, PDL: tl.constexpr):
+                        NSUB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr, PDL: tl.constexpr,
+                        L2_AHEAD: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cols_a = pid_n * (BLOCK_N * NSUB) + tl.arange(0, BLOCK_N)
@@ -209,11 +238,16 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
         if NSUB == 2:
             nxt_b, ns_b, no_b = _load_tile(QW, S, O, rows, kp_start // GROUP_KP, cols_b, rows < kp_end, nmask_b,
                                            N, EVEN_N, not EVEN_K)
+    if L2_AHEAD > 0:
+        for t in tl.static_range(L2_AHEAD):
+            _l2_prefetch_tile(QW, kp_start + t * BLOCK_KP, kp_start, kp_end, pid_n, N, NSUB, BLOCK_N, BLOCK_KP)
     pdl_wait(PDL)
     # Uniform trip count; a split that ends at KP (uneven splits, EVEN_K off) masks the tiles past it.
     for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
         kp0 = kp_start + kp_rel
         rows = kp0 + offs_kp
+        if L2_AHEAD > 0:
+            _l2_prefetch_tile(QW, kp0 + L2_AHEAD * BLOCK_KP, kp_start, kp_end, pid_n, N, NSUB, BLOCK_N, BLOCK_KP)
         if PREFETCH:
             words_a, s_a, o_a = nxt_a, ns_a, no_a
             if NSUB == 2:
@@ -312,7 +346,8 @@ def make_plan(n: int, k: int, group_size: int, has_bias: bool, num_sms: int, cfg
     constexprs = dict(GROUP=group_size, HAS_BIAS=has_bias, EVEN_N=n % tile_n == 0,
                       EVEN_K=k_tiles % tiles_per_split == 0, SPLIT_K=split_k, ASM=cfg.asm and not _INTERPRET,
                       PREFETCH=cfg.prefetch, XVEC=cfg.xvec, NSUB=cfg.nsub, BLOCK_N=cfg.block_n,
-                      BLOCK_KP=block_kp, num_warps=cfg.num_warps, num_stages=1)
+                      BLOCK_KP=block_kp, L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead, num_warps=cfg.num_warps,
+                      num_stages=1)
     return GemvPlan((grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * tile_n, constexprs)
 
 
@@ -327,7 +362,7 @@ def launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: Ge
         if buffers is None:         # inside a CUDA-graph capture that would need a bigger workspace: no split
             cfg = PackedGemvConfig(constexprs["BLOCK_N"], constexprs["BLOCK_KP"], constexprs["NSUB"],
                              constexprs["num_warps"], constexprs["PREFETCH"], constexprs["ASM"], constexprs["XVEC"],
-                             split_k=1)
+                             split_k=1, l2_ahead=constexprs["L2_AHEAD"])
             return launch(x, w, bias, make_plan(n, x.shape[1], w.group_size, bias is not None, 1, cfg))
         ws, locks = buffers
     _packed_gemv_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, bias if bias is not None else y, y, ws, locks,
