@@ -8,8 +8,9 @@
 #   base / l2-prefetch-o / l2-prefetch-all, two rounds alternating. Prediction (docs/perf.md, session 16): o_proj
 #   reads its 25.7 MB from L2 after the decode attention instead of HBM, ~3-5 µs a layer: 7B bs1 259 -> ~265-267,
 #   latency 4.495 -> ~4.35-4.40 s; "all" no better than "o" (the other projections' predecessors are ~1 µs kernels).
-# PART=3 (~6 min): 1.5B bs1 base / l2-prefetch-o (prediction ~725 -> ~750), and 7B ShareGPT base / l2-prefetch-o
-#   (prediction: unchanged, ~11,300: o_proj above 16 rows is cuBLAS).
+# PART=3 (~7 min): 1.5B bs1 base / l2-prefetch-o / l2-prefetch-all (prediction: o ~725 -> ~750; all ~780-800, as
+#   1.5B's qkv (6.3 MB) and o (4.7 MB) fit in what a 1-2 µs predecessor window can prefetch), and 7B ShareGPT base /
+#   l2-prefetch-o (prediction: unchanged, ~11,300: o_proj above 16 rows is cuBLAS).
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next16_${PART:-1}.txt) 2>&1
 AB="python3 benchmarks/kernels/route_ab.py"
@@ -27,8 +28,8 @@ for round in 1 2; do
 done
 fi
 if [ "${PART:-1}" = 3 ]; then
-for v in base l2-prefetch-o base l2-prefetch-o; do
-  PYTHONPATH=$R timeout 60 $AB $v qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b $v"
+for v in base l2-prefetch-o l2-prefetch-all base l2-prefetch-o l2-prefetch-all; do
+  PYTHONPATH=$R timeout 50 $AB $v qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b $v"
 done
 for v in base l2-prefetch-o; do
   PYTHONPATH=$R timeout 100 $AB $v qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b $v"
