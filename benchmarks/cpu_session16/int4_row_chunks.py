@@ -1,6 +1,10 @@
 """torch's CPU int4 op at M rows in one call vs row chunks of 8 and 4 (issue 19, session 16; docs/perf.md).
 Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/cpu_session16/int4_row_chunks.py [M]; prints µs a layer (4 projections)."""
-import os, sys, time, torch
+import sys
+import time
+
+import torch
+
 torch.set_num_threads(2)
 from pagedllm.kernels.cpu_threads import gemm_for_rows
 op = torch.ops.aten._weight_int4pack_mm_for_cpu
