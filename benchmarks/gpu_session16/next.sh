@@ -10,7 +10,8 @@
 #   latency 4.495 -> ~4.35-4.40 s; "all" no better than "o" (the other projections' predecessors are ~1 µs kernels).
 # PART=3 (~7 min): 1.5B bs1 base / l2-prefetch-o / l2-prefetch-all (prediction: o ~725 -> ~750; all ~780-800, as
 #   1.5B's qkv (6.3 MB) and o (4.7 MB) fit in what a 1-2 µs predecessor window can prefetch), and 7B ShareGPT base /
-#   l2-prefetch-o (prediction: unchanged, ~11,300: o_proj above 16 rows is cuBLAS).
+#   l2-prefetch-o (prediction: +0.5-1%: the steps of <= 16 requests, ~1/3 of the run, route o_proj to the
+#   skinny GEMM; above 16 rows it is cuBLAS).
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next16_${PART:-1}.txt) 2>&1
 AB="python3 benchmarks/kernels/route_ab.py"
