@@ -18,6 +18,7 @@ from pagedllm.engine.scheduler import StepStats
 from pagedllm.logger import log_engine_start
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.sleep_mode import check_sleep_enabled, check_sleep_level, check_sleep_mode, check_wake_up_tags
 
 logger = logging.getLogger(__name__)
 
@@ -129,3 +130,29 @@ class LLMEngine:
 
     def reset_prefix_cache(self) -> bool:
         return self.core.reset_prefix_cache()
+
+    # ---- sleep mode (worker/sleep_mode.py) ------------------------------------------------------------------------
+    def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        """vLLM's sleep: level 1 moves the weights to CPU memory and frees the KV cache, level 2 frees both, level 0
+        only pauses scheduling. ``mode``: the requests in flight are aborted ("abort"), run to the end first
+        ("wait") or kept in the queue to go on after ``wake_up`` ("keep"; their KV is computed again)."""
+        check_sleep_level(level)
+        check_sleep_mode(mode)
+        check_sleep_enabled(self.config.args.enable_sleep_mode, level)
+        if mode == "abort":
+            self.abort_request(list(self.output_processor.requests))
+        elif mode == "wait":
+            while self.has_unfinished_requests() and not self.core.is_sleeping():
+                self.step()
+        core_outputs, _ = self.core.sleep(level)
+        _, stopped = self.output_processor.process_outputs(core_outputs)     # kept requests' last tokens
+        if stopped:
+            self.core.abort_requests(stopped)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take back the memory of ``tags`` ("weights", "kv_cache"; "scheduling" ends a level-0 pause; None: all)."""
+        check_wake_up_tags(tags)
+        self.core.wake_up(tags)
+
+    def is_sleeping(self) -> bool:
+        return self.core.is_sleeping()

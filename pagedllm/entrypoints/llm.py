@@ -56,6 +56,22 @@ class LLM:
     def reset_prefix_cache(self) -> bool:
         return self.llm_engine.reset_prefix_cache()
 
+    # ---- sleep mode (vLLM's; needs enable_sleep_mode=True) ----------------------------------------------------------
+    def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        """Give back device memory without a restart. Level 1: the weights move to CPU memory and the KV cache is
+        freed (its contents forgotten); level 2: the weights are dropped too (``wake_up`` loads them again from the
+        checkpoint); level 0: scheduling pauses only. The prefix cache is reset. ``mode``: requests in flight are
+        aborted ("abort"), finished first ("wait") or kept for after ``wake_up`` ("keep")."""
+        self.llm_engine.sleep(level=level, mode=mode)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take the memory back: ``tags`` among "weights", "kv_cache" (and "scheduling", after a level-0 sleep);
+        None: all. Requests run again once nothing sleeps."""
+        self.llm_engine.wake_up(tags)
+
+    def is_sleeping(self) -> bool:
+        return self.llm_engine.is_sleeping()
+
     # ---- generate -------------------------------------------------------------------------------------------------
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
@@ -84,6 +100,8 @@ class LLM:
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,
              use_tqdm: UseTqdm) -> list[RequestOutput]:
         engine = self.llm_engine
+        if engine.is_sleeping():
+            raise ValueError("The engine is sleeping (LLM.sleep()): call LLM.wake_up() before generating.")
         # generate() returns only finished outputs: asking the engine for FINAL_ONLY spares it building an
         # output (and copying the token list) for every request at every step. One clone per distinct object.
         final: dict[int, SamplingParams] = {}

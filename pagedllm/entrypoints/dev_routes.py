@@ -1,0 +1,70 @@
+"""vLLM's development endpoints, mounted only when PAGEDLLM_SERVER_DEV_MODE=1 (or vLLM's VLLM_SERVER_DEV_MODE=1), as
+vLLM mounts them: they let anyone who reaches the server free its memory or run worker methods, so never expose them
+to users.
+
+- ``POST /sleep?level=1&mode=abort``: free the weights' and the KV cache's device memory (needs --enable-sleep-mode);
+  requests that arrive while the engine sleeps wait and run after wake-up.
+- ``POST /wake_up`` (``?tags=weights&tags=kv_cache``: only those), ``GET /is_sleeping`` -> ``{"is_sleeping": bool}``.
+- ``POST /reset_prefix_cache``.
+"""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from pagedllm import envs
+from pagedllm.engine.async_engine import AsyncLLMEngine
+
+logger = logging.getLogger(__name__)
+
+
+def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
+    if not envs.server_dev_mode():
+        return
+    from pagedllm.entrypoints.openai.serving_engine import error_response
+    logger.warning("PAGEDLLM_SERVER_DEV_MODE is on: POST /sleep, /wake_up and /reset_prefix_cache "
+                   "are mounted. This should ONLY be used for local development!")
+
+    @app.post("/sleep")
+    async def sleep(raw_request: Request) -> Response:
+        try:
+            level = _int_param(raw_request, "level", "1")
+            mode = raw_request.query_params.get("mode", "abort")
+            logger.info("Putting the engine to sleep (level %d, mode %s).", level, mode)
+            await engine.sleep(level, mode)
+        except Exception as e:   # noqa: BLE001 - answered as OpenAI-style error JSON
+            return error_response(e)
+        return Response(status_code=200)
+
+    @app.post("/wake_up")
+    async def wake_up(raw_request: Request) -> Response:
+        tags = raw_request.query_params.getlist("tags") or None
+        logger.info("wake up the engine with tags: %s", tags)
+        try:
+            await engine.wake_up(tags)
+        except Exception as e:   # noqa: BLE001
+            return error_response(e)
+        return Response(status_code=200)
+
+    @app.get("/is_sleeping")
+    async def is_sleeping() -> JSONResponse:
+        return JSONResponse({"is_sleeping": await engine.is_sleeping()})
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache() -> Response:
+        await engine.reset_prefix_cache()
+        return Response(status_code=200)
+
+
+
+def _int_param(request: Request, name: str, default: str) -> int:
+    value = request.query_params.get(name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}.") from None
+
+
+
