@@ -38,6 +38,7 @@ class LLMEngine:
         if not config.args.disable_log_stats:
             from pagedllm.metrics import EngineMetrics
             self.stats = EngineMetrics(config.served_model_name, log_stats=True)
+            self.stats.attach(self.core.snapshot)
         self.startup_seconds = time.perf_counter() - t0
         log_engine_start(logger, self.core.info(), self.startup_seconds)
 
@@ -92,6 +93,8 @@ class LLMEngine:
             raise ValueError(f"Request id {request_id!r} is already running.")
         req = self.input_processor.process(request_id, prompt, params, arrival_time, priority)
         self.output_processor.add_request(req)
+        if self.stats is not None:
+            self.stats.on_request_added(request_id, req.params, req.arrival_time, len(req.prompt_token_ids))
         for child in req.children:
             self.core.add_request(child)
 
@@ -99,7 +102,10 @@ class LLMEngine:
         if isinstance(request_ids, str):
             request_ids = [request_ids]
         for rid in request_ids:
+            state = self.output_processor.requests.get(rid)
             self.core.abort_requests(self.output_processor.abort_request(rid))
+            if state is not None and self.stats is not None:
+                self.stats.on_request_aborted(rid, len(state.completions))
 
     def has_unfinished_requests(self) -> bool:
         return self.output_processor.has_unfinished_requests()
@@ -130,6 +136,16 @@ class LLMEngine:
 
     def reset_prefix_cache(self) -> bool:
         return self.core.reset_prefix_cache()
+
+    def get_metrics(self) -> list:
+        """The engine's metrics now (vLLM's ``get_metrics``: pagedllm/metrics_reader.py), as ``/metrics`` shows them.
+        Needs the statistics, which ``LLM`` turns off by default: ``LLM(..., disable_log_stats=False)``."""
+        if self.stats is None:
+            raise ValueError("get_metrics() needs the engine's statistics, which are off: create the LLM with "
+                             "disable_log_stats=False.")
+        from pagedllm.metrics import PREFIX
+        from pagedllm.metrics_reader import metrics_snapshot
+        return metrics_snapshot(self.stats.registry, PREFIX)
 
     # ---- sleep mode (worker/sleep_mode.py) ------------------------------------------------------------------------
     def sleep(self, level: int = 1, mode: str = "abort") -> None:

@@ -56,6 +56,12 @@ class LLM:
     def reset_prefix_cache(self) -> bool:
         return self.llm_engine.reset_prefix_cache()
 
+    def get_metrics(self) -> list:
+        """A snapshot of the engine's metrics (``Counter`` / ``Gauge`` / ``Histogram`` objects of
+        ``pagedllm.metrics_reader``: ``name``, ``labels``, ``value`` or ``count`` / ``sum`` / ``buckets``), named as
+        the server's /metrics. Needs ``LLM(..., disable_log_stats=False)``, as vLLM's."""
+        return self.llm_engine.get_metrics()
+
     # ---- sleep mode (vLLM's; needs enable_sleep_mode=True) ----------------------------------------------------------
     def sleep(self, level: int = 1, mode: str = "abort") -> None:
         """Give back device memory without a restart. Level 1: the weights move to CPU memory and the KV cache is
