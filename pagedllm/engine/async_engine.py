@@ -353,6 +353,12 @@ class AsyncLLMEngine:
     async def reset_prefix_cache(self) -> bool:
         return await self._call_core("reset_prefix_cache")
 
+    async def start_profile(self, profile_prefix: str | None = None) -> None:
+        await self._call_core("collective_rpc", "start_profile", (profile_prefix,))
+
+    async def stop_profile(self) -> None:
+        await self._call_core("collective_rpc", "stop_profile")
+
     def _on_utility_result(self, msg: UtilityResult) -> None:     # reader thread
         loop, future = self._calls.pop(msg.call_id, (None, None))
         if future is None:

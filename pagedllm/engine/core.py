@@ -181,6 +181,10 @@ class EngineCore:
     def is_sleeping(self) -> bool:
         return bool(self.sleeping_tags)
 
+    def collective_rpc(self, method, args: tuple = (), kwargs: dict | None = None) -> list:
+        """A worker method (its name, or a function taking the worker first) on every rank; each rank's result."""
+        return self.executor.collective_rpc(method, tuple(args), kwargs)
+
     def _finish_in_flight(self) -> tuple[EngineCoreOutputs, StepStats]:
         """Finish the steps launched and not finished yet (async scheduling, pipeline parallel's queue)."""
         outputs, stats = EngineCoreOutputs(), StepStats()

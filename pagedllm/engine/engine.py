@@ -137,6 +137,14 @@ class LLMEngine:
     def reset_prefix_cache(self) -> bool:
         return self.core.reset_prefix_cache()
 
+    def start_profile(self, profile_prefix: str | None = None) -> None:
+        """torch.profiler over every worker's steps until ``stop_profile`` writes the traces (PAGEDLLM_TORCH_PROFILER_DIR
+        / VLLM_TORCH_PROFILER_DIR)."""
+        self.core.collective_rpc("start_profile", (profile_prefix,))
+
+    def stop_profile(self) -> None:
+        self.core.collective_rpc("stop_profile")
+
     def get_metrics(self) -> list:
         """The engine's metrics now (vLLM's ``get_metrics``: pagedllm/metrics_reader.py), as ``/metrics`` shows them.
         Needs the statistics, which ``LLM`` turns off by default: ``LLM(..., disable_log_stats=False)``."""

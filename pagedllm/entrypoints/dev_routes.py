@@ -1,4 +1,7 @@
-"""vLLM's development endpoints, mounted only when PAGEDLLM_SERVER_DEV_MODE=1 (or vLLM's VLLM_SERVER_DEV_MODE=1), as
+"""vLLM's profiling endpoints, mounted when PAGEDLLM_TORCH_PROFILER_DIR (or vLLM's VLLM_TORCH_PROFILER_DIR) is set:
+``POST /start_profile`` and ``POST /stop_profile`` (which writes each worker's trace into that folder).
+
+vLLM's development endpoints, mounted only when PAGEDLLM_SERVER_DEV_MODE=1 (or vLLM's VLLM_SERVER_DEV_MODE=1), as
 vLLM mounts them: they let anyone who reaches the server free its memory or run worker methods, so never expose them
 to users.
 
@@ -21,9 +24,32 @@ logger = logging.getLogger(__name__)
 
 
 def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
+    from pagedllm.entrypoints.openai.serving_engine import error_response
+    if envs.torch_profiler_dir() is not None:
+        logger.warning("Torch profiler is enabled in the API server (traces go to %s). This should ONLY be used for "
+                       "local development!", envs.torch_profiler_dir())
+
+        @app.post("/start_profile")
+        async def start_profile() -> Response:
+            logger.info("Starting profiler...")
+            try:
+                await engine.start_profile()
+            except Exception as e:   # noqa: BLE001 - answered as OpenAI-style error JSON
+                return error_response(e)
+            logger.info("Profiler started.")
+            return Response(status_code=200)
+
+        @app.post("/stop_profile")
+        async def stop_profile() -> Response:
+            logger.info("Stopping profiler...")
+            try:
+                await engine.stop_profile()
+            except Exception as e:   # noqa: BLE001
+                return error_response(e)
+            logger.info("Profiler stopped.")
+            return Response(status_code=200)
     if not envs.server_dev_mode():
         return
-    from pagedllm.entrypoints.openai.serving_engine import error_response
     logger.warning("PAGEDLLM_SERVER_DEV_MODE is on: POST /sleep, /wake_up and /reset_prefix_cache "
                    "are mounted. This should ONLY be used for local development!")
 

@@ -56,6 +56,15 @@ class LLM:
     def reset_prefix_cache(self) -> bool:
         return self.llm_engine.reset_prefix_cache()
 
+    def start_profile(self, profile_prefix: str | None = None) -> None:
+        """Record the engine's steps with torch.profiler until ``stop_profile()``, which writes a Chrome trace
+        (``*.pt.trace.json.gz``; Perfetto or chrome://tracing) per worker into PAGEDLLM_TORCH_PROFILER_DIR (or
+        vLLM's VLLM_TORCH_PROFILER_DIR), which must be set before the LLM is created; else a ValueError."""
+        self.llm_engine.start_profile(profile_prefix)
+
+    def stop_profile(self) -> None:
+        self.llm_engine.stop_profile()
+
     def get_metrics(self) -> list:
         """A snapshot of the engine's metrics (``Counter`` / ``Gauge`` / ``Histogram`` objects of
         ``pagedllm.metrics_reader``: ``name``, ``labels``, ``value`` or ``count`` / ``sum`` / ``buckets``), named as

@@ -14,7 +14,7 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
 from pagedllm.config import EngineConfig, kv_cache_torch_dtype
-from pagedllm.distributed import (get_pp_layer_range, get_pp_size, get_tp_rank, get_tp_size, is_first_pp_stage,
+from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size, is_first_pp_stage,
                                   is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
 from pagedllm.kernels.parallel_compile import compile_ahead
@@ -123,6 +123,9 @@ class ModelRunner:
         self.piecewise_runner = None
         self.swap_space: SwapSpace | None = None
         self.num_swap_blocks_allocated = 0
+        # LLM.start_profile(): where traces go (PAGEDLLM_TORCH_PROFILER_DIR, read at start-up as vLLM's), the profiler.
+        self.profiler_dir = envs.torch_profiler_dir()
+        self.profiler = None
         # Sleep mode: the memory tags given back ("weights", "kv_cache"), and the weights' CPU copy at level 1.
         self.asleep: set[str] = set()
         self._weights_backup: WeightsBackup | None = None
@@ -334,6 +337,42 @@ class ModelRunner:
         if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
             self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info(self.device)[0], 0)
         return True
+
+    # ---- torch profiler (LLM.start_profile / stop_profile) -----------------------------------------------------
+    def start_profile(self, profile_prefix: str | None = None) -> None:
+        """Record this worker's steps with torch.profiler until ``stop_profile``, which writes a Chrome trace
+        (``*.pt.trace.json.gz``, for Perfetto or chrome://tracing) to PAGEDLLM_TORCH_PROFILER_DIR (vLLM's
+        VLLM_TORCH_PROFILER_DIR), read when the worker started. ``profile_prefix``: the trace's name begins with it
+        (``<prefix>_pp<stage>_tp<rank>``); default: host name and process id."""
+        if self.profiler_dir is None:
+            raise ValueError("Profiler is not enabled: set PAGEDLLM_TORCH_PROFILER_DIR (or vLLM's "
+                             "VLLM_TORCH_PROFILER_DIR) to the folder for the traces before the engine starts.")
+        if self.profiler is not None:
+            raise ValueError("The profiler is already running: call stop_profile() first.")
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        name = None
+        if profile_prefix:
+            name = f"{profile_prefix}_pp{get_pp_rank()}_tp{get_tp_rank()}"
+        self.profiler = torch.profiler.profile(
+            activities=activities, with_stack=True,
+            on_trace_ready=torch.profiler.tensorboard_trace_handler(self.profiler_dir, worker_name=name,
+                                                                   use_gzip=True))
+        self.profiler.start()
+        logger.info("Profiling started; the trace goes to %s.", self.profiler_dir)
+
+    def stop_profile(self) -> None:
+        if self.profiler_dir is None:
+            raise ValueError("Profiler is not enabled: set PAGEDLLM_TORCH_PROFILER_DIR (or vLLM's "
+                             "VLLM_TORCH_PROFILER_DIR) to the folder for the traces before the engine starts.")
+        if self.profiler is None:
+            raise ValueError("The profiler is not running: call start_profile() first.")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        profiler, self.profiler = self.profiler, None
+        profiler.stop()          # writes the trace (on_trace_ready)
+        logger.info("Profiling stopped; the trace is in %s.", self.profiler_dir)
 
     # ---- sleep mode (worker/sleep_mode.py) --------------------------------------------------------------------
     def sleep(self, level: int = 1) -> int:

@@ -3,37 +3,12 @@ POST /sleep, /wake_up, GET /is_sleeping, POST /reset_prefix_cache. Driven in-pro
 app the server runs (``build_app`` over ASGI), on a tiny random Llama with the SmolLM2 tokenizer."""
 from __future__ import annotations
 
-import argparse
 import asyncio
 
-import pytest
-
-from pagedllm.entrypoints.openai.cli_args import make_serve_parser
+from asgi_app import run, serve
 
 BODY = {"prompt": "The capital of France is the city of Paris, which lies on the river Seine and has", "max_tokens": 5,
         "temperature": 0}
-
-
-def serve(tiny_llama_dir, *flags):
-    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
-    args = make_serve_parser(argparse.ArgumentParser(), model_positional=False).parse_args(
-        ["--model", tiny_llama_dir, "--dtype", "float32", "--max-model-len", "128", "--kv-cache-memory-gb", "0.01",
-         *flags])
-    args.chat_template = None
-    args.disable_frontend_multiprocessing = True     # the engine core in a thread
-    args.log_requests, args.api_key = False, None
-    engine, metrics, names = build_engine(args)
-    return engine, build_app(args, engine, metrics, names)
-
-
-def run(app, script):
-    import httpx
-
-    async def main():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
-            return await script(client)
-    return asyncio.run(main())
 
 
 def test_sleep_wake_up_is_sleeping(tiny_llama_dir, monkeypatch):
