@@ -353,6 +353,12 @@ class AsyncLLMEngine:
     async def reset_prefix_cache(self) -> bool:
         return await self._call_core("reset_prefix_cache")
 
+    async def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (),
+                             kwargs: dict | None = None) -> list:
+        """vLLM's: ``method`` on every worker, each one's result (``timeout``: seconds, then TimeoutError)."""
+        call = self._call_core("collective_rpc", method, tuple(args), kwargs)
+        return await (asyncio.wait_for(call, timeout) if timeout is not None else call)
+
     async def start_profile(self, profile_prefix: str | None = None) -> None:
         await self._call_core("collective_rpc", "start_profile", (profile_prefix,))
 

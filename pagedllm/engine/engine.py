@@ -6,6 +6,7 @@ RequestOutputs for the requests that made progress.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Iterable
@@ -180,3 +181,23 @@ class LLMEngine:
 
     def is_sleeping(self) -> bool:
         return self.core.is_sleeping()
+
+    # ---- the workers ----------------------------------------------------------------------------------------------
+    def collective_rpc(self, method, timeout: float | None = None, args: tuple = (),
+                       kwargs: dict | None = None) -> list:
+        """Call ``method`` (a worker method's name, or a function taking the worker first) on every worker; each
+        one's result, in rank order (vLLM's ``collective_rpc``). The worker is the ``ModelRunner``."""
+        if timeout is not None:
+            raise ValueError("collective_rpc(timeout=...) is not supported yet by pagedllm: the call waits for "
+                             "every worker; leave timeout=None.")
+        return self.core.collective_rpc(method, tuple(args), kwargs)
+
+    def apply_model(self, func) -> list:
+        """``func(model)`` on every worker's model; each one's result (vLLM's ``apply_model``)."""
+        return self.collective_rpc(functools.partial(_apply_model, func))
+
+
+def _apply_model(func, runner) -> object:
+    """One worker's part of ``apply_model`` (a module-level function: it travels to worker processes by name, the
+    caller's ``func`` by value with cloudpickle)."""
+    return runner.apply_model(func)

@@ -9,9 +9,12 @@ to users.
   requests that arrive while the engine sleeps wait and run after wake-up.
 - ``POST /wake_up`` (``?tags=weights&tags=kv_cache``: only those), ``GET /is_sleeping`` -> ``{"is_sleeping": bool}``.
 - ``POST /reset_prefix_cache``.
+- ``POST /collective_rpc`` ``{"method": name, "args": [...], "kwargs": {...}, "timeout": s}`` ->
+  ``{"results": [...]}`` (each worker's result; anything but a dict, list or null as its string).
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -19,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pagedllm import envs
 from pagedllm.engine.async_engine import AsyncLLMEngine
+from pagedllm.entrypoints.server_guards import json_error
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
             return Response(status_code=200)
     if not envs.server_dev_mode():
         return
-    logger.warning("PAGEDLLM_SERVER_DEV_MODE is on: POST /sleep, /wake_up and /reset_prefix_cache "
+    logger.warning("PAGEDLLM_SERVER_DEV_MODE is on: POST /sleep, /wake_up, /collective_rpc and /reset_prefix_cache "
                    "are mounted. This should ONLY be used for local development!")
 
     @app.post("/sleep")
@@ -83,6 +87,22 @@ def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
         await engine.reset_prefix_cache()
         return Response(status_code=200)
 
+
+    @app.post("/collective_rpc")
+    async def collective_rpc(raw_request: Request) -> Response:
+        try:
+            body = await raw_request.json()
+        except json.JSONDecodeError as e:
+            return json_error(f"JSON decode error: {e}", 400)
+        if not isinstance(body, dict) or not isinstance(body.get("method"), str):
+            return json_error("Missing 'method' in request body", 400, "method")
+        try:
+            results = await engine.collective_rpc(body["method"], body.get("timeout"), tuple(body.get("args", [])),
+                                                  body.get("kwargs") or {})
+        except Exception as e:   # noqa: BLE001
+            return error_response(e)
+        return JSONResponse({"results": [r if r is None or isinstance(r, (dict, list)) else str(r)
+                                         for r in results]})
 
 
 def _int_param(request: Request, name: str, default: str) -> int:

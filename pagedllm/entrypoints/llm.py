@@ -87,6 +87,19 @@ class LLM:
     def is_sleeping(self) -> bool:
         return self.llm_engine.is_sleeping()
 
+    # ---- the workers ----------------------------------------------------------------------------------------------
+    def collective_rpc(self, method: str | Callable[..., Any], timeout: float | None = None, args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list:
+        """Run ``method`` on every worker and return each one's result (vLLM's): the name of a worker method
+        (``ModelRunner``'s: e.g. "reload_weights"), or a function called with the worker first (``worker.model_runner``
+        and ``worker.get_model()`` work as on vLLM's workers)."""
+        return self.llm_engine.collective_rpc(method, timeout, args, kwargs)
+
+    def apply_model(self, func: Callable[[Any], Any]) -> list:
+        """``func(model)`` on the model inside each worker; each one's result. Move large tensors to the CPU
+        before returning them."""
+        return self.llm_engine.apply_model(func)
+
     # ---- generate -------------------------------------------------------------------------------------------------
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,

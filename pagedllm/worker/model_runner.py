@@ -338,6 +338,22 @@ class ModelRunner:
             self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info(self.device)[0], 0)
         return True
 
+    # ---- collective_rpc's view (vLLM's Worker) -----------------------------------------------------------------
+    @property
+    def model_runner(self) -> "ModelRunner":
+        """A function given to ``collective_rpc`` gets this runner as vLLM's gets its worker: ``worker.model_runner``
+        and ``worker.get_model()`` work on both."""
+        return self
+
+    def get_model(self) -> torch.nn.Module:
+        if self.model is None:
+            raise ValueError("The model's weights were dropped by sleep(level=2): call wake_up() first.")
+        return self.model
+
+    def apply_model(self, func):
+        """vLLM's worker method behind ``LLM.apply_model``: ``func(model)``."""
+        return func(self.get_model())
+
     # ---- torch profiler (LLM.start_profile / stop_profile) -----------------------------------------------------
     def start_profile(self, profile_prefix: str | None = None) -> None:
         """Record this worker's steps with torch.profiler until ``stop_profile``, which writes a Chrome trace

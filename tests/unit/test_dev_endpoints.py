@@ -54,7 +54,7 @@ def test_dev_endpoints_need_dev_mode_and_sleep_mode(tiny_llama_dir, monkeypatch)
     engine, app = serve(tiny_llama_dir)
 
     async def script(client):
-        for path in ("/sleep", "/wake_up", "/reset_prefix_cache"):
+        for path in ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache"):
             assert (await client.post(path)).status_code == 404, path
         assert (await client.get("/is_sleeping")).status_code == 404
     try:

@@ -55,6 +55,8 @@ def test_level_2_drops_the_weights_and_reloads_them(llm):
     assert runner.weights_bytes > 0
     llm.sleep(level=2)
     assert runner.model is None and kv_bytes(llm) == 0
+    with pytest.raises(ValueError, match=r"dropped by sleep\(level=2\): call wake_up\(\) first"):
+        llm.apply_model(lambda model: 0)
     llm.wake_up(tags=["weights"])        # vLLM's RLHF order: the weights first ...
     assert llm.is_sleeping() and runner.weights_bytes > 0 and kv_bytes(llm) == 0
     llm.wake_up(tags=["kv_cache"])       # ... then the KV cache
