@@ -109,3 +109,18 @@ def test_mode_abort_ends_requests_in_flight(llm):
     assert not engine.has_unfinished_requests()
     llm.wake_up()
     assert tokens(llm) == tokens(llm)
+
+
+def test_sleep_and_wake_up_on_two_tensor_parallel_ranks(tmp_path):
+    pytest.importorskip("cloudpickle")      # the lambda below reaches the worker processes with it
+    from tiny_models import save_tiny_llama
+    save_tiny_llama(tmp_path, 1024)
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=2,
+              max_model_len=128, kv_cache_memory_gb=0.01, enable_sleep_mode=True)
+    prompt = {"prompt_token_ids": [11, 12, 13, 14, 15, 16, 17]}
+    before = llm.generate(prompt, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+    for level in (1, 2):
+        llm.sleep(level=level)
+        assert llm.collective_rpc(lambda worker: len(worker.kv_caches)) == [0, 0]      # each rank gave its KV back
+        llm.wake_up()
+        assert llm.generate(prompt, GREEDY, use_tqdm=False)[0].outputs[0].token_ids == before
