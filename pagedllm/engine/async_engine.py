@@ -338,8 +338,9 @@ class AsyncLLMEngine:
         check_sleep_enabled(self.config.args.enable_sleep_mode, level)
         if mode == "abort":
             self.abort_all(EngineSleepingError("The request was aborted: the engine was put to sleep."))
-        elif mode == "wait":
-            while self._streams:
+        elif mode == "wait":      # the requests in flight now finish first (later ones wait for the wake-up)
+            in_flight = set(self._streams)
+            while in_flight & self._streams.keys():
                 await asyncio.sleep(0.05)
         await self._call_core("sleep", level)
 

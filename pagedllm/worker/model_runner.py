@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -396,7 +397,8 @@ class ModelRunner:
         memory; level 2: dropped), and of the CUDA graphs that point at them. Returns the bytes freed; logs vLLM's
         line. The engine has finished every step in flight and holds no request's blocks."""
         check_sleep_level(level)
-        if level == 0 or self.asleep:
+        tags = set(MEMORY_TAGS) - self.asleep       # what a partial wake-up took back sleeps again
+        if level == 0 or not tags:
             return 0
         if self.offloader is not None:
             raise ValueError("sleep() is not supported with cpu_offload_gb yet: its layers already stream from CPU "
@@ -405,13 +407,14 @@ class ModelRunner:
         self.graph_runner = self.piecewise_runner = None       # their captures point at what is freed below
         self._prev_sampled = torch.empty(0, dtype=torch.long, device=self.device)
         self._prev_sampled_rows = {}
-        self.kv_caches, self.swap_space = [], None
-        if level == 1:
-            self._weights_backup = WeightsBackup(self.model)    # nothing to move on the CPU device
-        else:
-            self.model = None
-        self.asleep = set(MEMORY_TAGS)
-        import gc
+        if "kv_cache" in tags:
+            self.kv_caches, self.swap_space = [], None
+        if "weights" in tags:
+            if level == 1:
+                self._weights_backup = WeightsBackup(self.model)    # nothing to move on the CPU device
+            else:
+                self.model = None
+        self.asleep |= tags
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

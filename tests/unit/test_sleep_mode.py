@@ -64,6 +64,17 @@ def test_level_2_drops_the_weights_and_reloads_them(llm):
     assert tokens(llm) == before
 
 
+def test_sleep_after_a_partial_wake_up_puts_back_what_woke(llm):
+    before = tokens(llm)
+    runner = llm.llm_engine.runner
+    llm.sleep(level=2)
+    llm.wake_up(tags=["weights"])
+    llm.sleep(level=2)                   # the weights that woke up are dropped again
+    assert runner.model is None and runner.asleep == {"weights", "kv_cache"}
+    llm.wake_up()
+    assert tokens(llm) == before
+
+
 def test_level_0_pauses_scheduling_only(llm):
     kv = kv_bytes(llm)
     llm.sleep(level=0)
