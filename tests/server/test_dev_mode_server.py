@@ -26,6 +26,15 @@ def test_sleep_collective_rpc_and_profile_through_the_engine_process(tmp_path):
             assert client.post("/start_profile").status_code == 200
             assert client.post("/v1/completions", json=BODY).json()["choices"][0]["text"] == text
             assert client.post("/stop_profile").status_code == 200
+            # sleep's default mode aborts a request in flight: its stream ends with the error, as vLLM's.
+            stream = {**BODY, "max_tokens": 400, "ignore_eos": True, "stream": True}
+            with client.stream("POST", "/v1/completions", json=stream) as response:
+                lines = response.iter_lines()
+                assert next(lines).startswith("data: ")
+                assert client.post("/sleep", params={"level": 1}).status_code == 200
+                rest = [line for line in lines if line]
+            assert rest[-1] == "data: [DONE]" and "the engine was put to sleep" in rest[-2]
+            assert client.post("/wake_up").status_code == 200
         assert len(list(tmp_path.glob("*.pt.trace.json.gz"))) == 1
         assert "Sleep mode freed" in server.log_tail(400)
     finally:

@@ -74,3 +74,4 @@ def test_dev_endpoints_need_dev_mode_and_sleep_mode(tiny_llama_dir, monkeypatch)
         run(app, script2)
     finally:
         engine.shutdown()
+
