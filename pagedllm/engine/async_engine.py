@@ -351,8 +351,8 @@ class AsyncLLMEngine:
     async def is_sleeping(self) -> bool:
         return await self._call_core("is_sleeping")
 
-    async def reset_prefix_cache(self) -> bool:
-        return await self._call_core("reset_prefix_cache")
+    async def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        return await self._call_core("reset_prefix_cache", reset_running_requests, reset_connector)
 
     async def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (),
                              kwargs: dict | None = None) -> list:

@@ -140,7 +140,12 @@ class EngineCore:
             self.scheduler.add_request(request)
         self._failed_requests.update(failed)
 
-    def reset_prefix_cache(self) -> bool:
+    def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        """Forget every cached block hash; only when no request holds blocks, unless ``reset_running_requests``
+        puts the running requests back in the queue first (their KV is computed again). Returns whether it was
+        reset. ``reset_connector``: vLLM's KV connector's cache too; pagedllm has no connector, nothing more."""
+        if reset_running_requests:
+            self.scheduler.preempt_all()
         return self.kv_cache.reset_prefix_cache()
 
     # ---- sleep mode (worker/sleep_mode.py) ------------------------------------------------------------------------

@@ -135,8 +135,8 @@ class LLMEngine:
             self.stats.maybe_log(snapshot)
         return outputs, stats
 
-    def reset_prefix_cache(self) -> bool:
-        return self.core.reset_prefix_cache()
+    def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        return self.core.reset_prefix_cache(reset_running_requests, reset_connector)
 
     def start_profile(self, profile_prefix: str | None = None) -> None:
         """torch.profiler over every worker's steps until ``stop_profile`` writes the traces (PAGEDLLM_TORCH_PROFILER_DIR

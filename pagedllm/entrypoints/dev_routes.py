@@ -8,7 +8,7 @@ to users.
 - ``POST /sleep?level=1&mode=abort``: free the weights' and the KV cache's device memory (needs --enable-sleep-mode);
   requests that arrive while the engine sleeps wait and run after wake-up.
 - ``POST /wake_up`` (``?tags=weights&tags=kv_cache``: only those), ``GET /is_sleeping`` -> ``{"is_sleeping": bool}``.
-- ``POST /reset_prefix_cache``.
+- ``POST /reset_prefix_cache`` (``?reset_running_requests=true``: requests running are queued again first).
 - ``POST /collective_rpc`` ``{"method": name, "args": [...], "kwargs": {...}, "timeout": s}`` ->
   ``{"results": [...]}`` (each worker's result; anything but a dict, list or null as its string).
 """
@@ -83,8 +83,9 @@ def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
         return JSONResponse({"is_sleeping": await engine.is_sleeping()})
 
     @app.post("/reset_prefix_cache")
-    async def reset_prefix_cache() -> Response:
-        await engine.reset_prefix_cache()
+    async def reset_prefix_cache(reset_running_requests: bool = False, reset_external: bool = False) -> Response:
+        logger.info("Resetting prefix cache...")
+        await engine.reset_prefix_cache(reset_running_requests, reset_external)
         return Response(status_code=200)
 
 

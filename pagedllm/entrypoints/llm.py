@@ -53,8 +53,10 @@ class LLM:
     def get_default_sampling_params(self) -> SamplingParams:
         return self.llm_engine.default_sampling_params()
 
-    def reset_prefix_cache(self) -> bool:
-        return self.llm_engine.reset_prefix_cache()
+    def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        """Forget the prefix cache (vLLM's): False while requests hold blocks, unless ``reset_running_requests``
+        puts them back in the queue first (they go on; their KV is computed again)."""
+        return self.llm_engine.reset_prefix_cache(reset_running_requests, reset_connector)
 
     def start_profile(self, profile_prefix: str | None = None) -> None:
         """Record the engine's steps with torch.profiler until ``stop_profile()``, which writes a Chrome trace

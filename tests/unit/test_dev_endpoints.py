@@ -42,6 +42,9 @@ def test_sleep_wake_up_is_sleeping(tiny_llama_dir, monkeypatch):
         bad = await client.post("/wake_up?tags=weight")
         assert bad.status_code == 400 and "Unknown wake_up tag(s) ['weight']" in bad.json()["error"]["message"]
         assert (await client.post("/reset_prefix_cache")).status_code == 200
+        assert (await client.post("/reset_prefix_cache?reset_running_requests=true")).status_code == 200
+        bad = await client.post("/reset_prefix_cache?reset_running_requests=maybe")
+        assert bad.status_code == 400 and "reset_running_requests" in bad.json()["error"]["message"]
     try:
         run(app, script)
     finally:

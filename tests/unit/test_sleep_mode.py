@@ -135,3 +135,18 @@ def test_sleep_and_wake_up_on_two_tensor_parallel_ranks(tmp_path):
         assert llm.collective_rpc(lambda worker: len(worker.kv_caches)) == [0, 0]      # each rank gave its KV back
         llm.wake_up()
         assert llm.generate(prompt, GREEDY, use_tqdm=False)[0].outputs[0].token_ids == before
+
+
+def test_reset_prefix_cache_of_running_requests(llm):
+    expected = tokens(llm)
+    engine = llm.llm_engine
+    engine.add_request("running", PROMPT, GREEDY.clone())
+    engine.step()
+    assert llm.reset_prefix_cache() is False                  # a request holds blocks (vLLM's rule)
+    assert llm.reset_prefix_cache(reset_running_requests=True) is True
+    assert engine.kv_cache.pool.cached == {}
+    final = None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            final = out
+    assert list(final.outputs[0].token_ids) == expected      # it went on from the queue
