@@ -160,12 +160,17 @@ class EngineCore:
             logger.warning("The engine is already sleeping.")
             return EngineCoreOutputs(), StepStats()
         t0 = time.perf_counter()
+        asleep_before = set(self.sleeping_tags)
         self.sleeping_tags |= tags
         drained = self._finish_in_flight()
         if level > 0:
             self.scheduler.preempt_all()
             self.kv_cache.reset_prefix_cache()
-            self.executor.collective_rpc("sleep", (level,))
+            try:
+                self.executor.collective_rpc("sleep", (level,))
+            except BaseException:
+                self.sleeping_tags = asleep_before       # a worker refused (cpu_offload_gb): still awake
+                raise
             logger.info("It took %.6f seconds to fall asleep.", time.perf_counter() - t0)
         return drained
 

@@ -150,3 +150,13 @@ def test_reset_prefix_cache_of_running_requests(llm):
         for out in engine.step():
             final = out
     assert list(final.outputs[0].token_ids) == expected      # it went on from the queue
+
+
+def test_a_worker_that_refuses_to_sleep_leaves_the_engine_awake(llm, monkeypatch):
+    def refuse(level):
+        raise ValueError("sleep() is not supported with cpu_offload_gb yet")
+    monkeypatch.setattr(llm.llm_engine.runner, "sleep", refuse)
+    with pytest.raises(ValueError, match="cpu_offload_gb"):
+        llm.sleep(level=1)
+    assert not llm.is_sleeping()
+    assert len(tokens(llm)) == GREEDY.max_tokens
