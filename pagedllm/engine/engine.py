@@ -139,8 +139,8 @@ class LLMEngine:
         return self.core.reset_prefix_cache(reset_running_requests, reset_connector)
 
     def start_profile(self, profile_prefix: str | None = None) -> None:
-        """torch.profiler over every worker's steps until ``stop_profile`` writes the traces (PAGEDLLM_TORCH_PROFILER_DIR
-        / VLLM_TORCH_PROFILER_DIR)."""
+        """torch.profiler over every worker's steps until ``stop_profile`` writes the traces
+        (PAGEDLLM_TORCH_PROFILER_DIR / VLLM_TORCH_PROFILER_DIR)."""
         self.core.collective_rpc("start_profile", (profile_prefix,))
 
     def stop_profile(self) -> None:

@@ -2,7 +2,8 @@
 them (a queue in this process, a pipe to the engine-core process).
 
 Front end -> core: ``EngineCoreRequest`` (a validated, tokenized request: the core does no string work),
-``AbortRequests``, ``UtilityCall`` (sleep, wake_up, collective_rpc, ...), ``Shutdown``. Core -> front end: (``EarlyEngineArgs`` first from a core started early) ``CoreReady`` /
+``AbortRequests``, ``UtilityCall`` (sleep, wake_up, collective_rpc, ...), ``Shutdown``. Core -> front end:
+(``EarlyEngineArgs`` first from a core started early) ``CoreReady`` /
 ``CoreBuildFailed`` once, then ``CoreStepOutputs``
 per step (``EngineCoreOutputs``: the step's new tokens and ends, as a struct of arrays), ``CoreSnapshot`` when only the state changed,
 ``UtilityResult`` for each ``UtilityCall``, ``CoreDead`` if a step failed.

@@ -15,8 +15,8 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
 from pagedllm.config import EngineConfig, kv_cache_torch_dtype
-from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size, is_first_pp_stage,
-                                  is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
+from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size,
+                                  is_first_pp_stage, is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
 from pagedllm.kernels.parallel_compile import compile_ahead
 from pagedllm.kernels.settings import configure_kernels
