@@ -95,7 +95,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "ignore_patterns", "disable_chunked_mm_input", "disable_hybrid_kv_cache_manager",
     "reasoning_parser", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "pooler_config", "override_pooler_config",
-    "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config", "enable_sleep_mode",
+    "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config",
     "model_impl", "override_attention_dtype", "calculate_kv_scales",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
     "logits_processors", "kv_sharing_fast_prefill", "num_scheduler_steps",
@@ -148,6 +148,10 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     max_logprobs: int = 20
     enforce_eager: bool = False
+    # vLLM's sleep mode: LLM.sleep(level) / wake_up() (POST /sleep, /wake_up with PAGEDLLM_SERVER_DEV_MODE=1) free
+    # the weights' and the KV cache's device memory without a restart (worker/sleep_mode.py). Off: sleep() is an
+    # error that says to turn it on, as vLLM requires it.
+    enable_sleep_mode: bool = False
     # Schedule step N+1 while the device runs step N (None: on for CUDA, off on CPU where nothing overlaps).
     async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
@@ -289,6 +293,9 @@ class EngineArgs:
                        default=d.enable_chunked_prefill)
         g.add_argument("--max-logprobs", type=int, default=d.max_logprobs)
         g.add_argument("--enforce-eager", action="store_true", help="Disable CUDA graphs.")
+        g.add_argument("--enable-sleep-mode", action="store_true",
+                       help="Allow sleep() / wake_up() (POST /sleep and /wake_up need PAGEDLLM_SERVER_DEV_MODE=1 too): "
+                            "free the weights' and the KV cache's device memory without a restart.")
         g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                        help="Overlap the host's scheduling and output processing with the GPU's step "
                             "(default: on with CUDA).")

@@ -208,6 +208,21 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "VLLM_API_KEY": (
         lambda: _optional_str("VLLM_API_KEY"),
         "vLLM's name for PAGEDLLM_API_KEY, read when that one is unset."),
+    "PAGEDLLM_SERVER_DEV_MODE": (
+        lambda: _flag("PAGEDLLM_SERVER_DEV_MODE", default=False),
+        "1: the server adds vLLM's development endpoints (POST /sleep, /wake_up, /collective_rpc, "
+        "/reset_prefix_cache; GET /is_sleeping). Never expose them to users. Default off."),
+    "VLLM_SERVER_DEV_MODE": (
+        lambda: _flag("VLLM_SERVER_DEV_MODE", default=False),
+        "vLLM's name for PAGEDLLM_SERVER_DEV_MODE; either one turns the endpoints on. Default off."),
+    "PAGEDLLM_TORCH_PROFILER_DIR": (
+        lambda: _optional_str("PAGEDLLM_TORCH_PROFILER_DIR"),
+        "A folder: LLM.start_profile() / stop_profile() (and the server's POST /start_profile, /stop_profile) record "
+        "the engine's steps with torch.profiler and write a Chrome trace there (vLLM's VLLM_TORCH_PROFILER_DIR). "
+        "Default unset: profiling is off and start_profile() is an error."),
+    "VLLM_TORCH_PROFILER_DIR": (
+        lambda: _optional_str("VLLM_TORCH_PROFILER_DIR"),
+        "vLLM's name for PAGEDLLM_TORCH_PROFILER_DIR, read when that one is unset."),
     "OPENAI_API_KEY": (
         lambda: _optional_str("OPENAI_API_KEY"),
         "`pagedllm bench serve`, `pagedllm chat` and `pagedllm complete` send it as the Bearer token (chat and "
@@ -220,6 +235,16 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: os.environ.get("TRITON_INTERPRET", "").strip() == "1",
         "Triton's interpreter (kernels run on the CPU): PDL is off, the skinny GEMM takes its interpreter path."),
 }
+
+
+def server_dev_mode() -> bool:
+    """vLLM's development endpoints are on (PAGEDLLM_SERVER_DEV_MODE or VLLM_SERVER_DEV_MODE)."""
+    return _flag("PAGEDLLM_SERVER_DEV_MODE", default=False) or _flag("VLLM_SERVER_DEV_MODE", default=False)
+
+
+def torch_profiler_dir() -> str | None:
+    """Where profiler traces go (PAGEDLLM_TORCH_PROFILER_DIR, else VLLM_TORCH_PROFILER_DIR), or None: no profiling."""
+    return _optional_str("PAGEDLLM_TORCH_PROFILER_DIR") or _optional_str("VLLM_TORCH_PROFILER_DIR")
 
 
 def __getattr__(name: str) -> Any:

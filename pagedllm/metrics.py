@@ -203,13 +203,19 @@ class EngineMetrics:
                 new = len(c.token_ids)
             new_tokens += max(new, 0)
         if new_tokens > 0:
+            first, last = now, now
+            request_metrics = getattr(out, "metrics", None)
+            if t.kind == RequestOutputKind.FINAL_ONLY and request_metrics is not None \
+                    and request_metrics.first_token_time is not None:
+                # One output at the end (LLM.generate asks for no others): the output processor's own times.
+                first, last = request_metrics.first_token_time, request_metrics.last_token_time or now
             if t.first_token_time is None:
-                t.first_token_time = now
-                self.h_ttft.observe(now - t.arrival_time)
+                t.first_token_time = first
+                self.h_ttft.observe(first - t.arrival_time)
             elif t.last_token_time is not None:
                 self.h_itl.observe(now - t.last_token_time)
                 self.h_tpot.observe(now - t.last_token_time)
-            t.last_token_time = now
+            t.last_token_time = last
             t.num_generated += new_tokens
         if out.finished:
             self._tracked.pop(out.request_id, None)

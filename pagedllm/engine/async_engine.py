@@ -13,6 +13,7 @@ exception inside a step (or a dead engine process) marks the engine dead: every 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -23,19 +24,25 @@ from typing import Any, AsyncIterator
 from pagedllm.config import EngineArgs, EngineConfig
 from pagedllm.engine.core_client import EngineCoreClient
 from pagedllm.engine.input_processor import InputProcessor, PromptType, load_tokenizer
-from pagedllm.engine.messages import AbortRequests, CoreDead, CoreSnapshot, CoreStepOutputs, EngineSnapshot
+from pagedllm.engine.messages import (AbortRequests, CoreDead, CoreSnapshot, CoreStepOutputs, EngineSnapshot,
+                                      UtilityCall, UtilityResult)
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import StepStats
 from pagedllm.logger import log_engine_start, printable_id
 from pagedllm.outputs import CompletionOutput, PoolingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.worker.sleep_mode import check_sleep_enabled, check_sleep_level, check_sleep_mode, check_wake_up_tags
 
 logger = logging.getLogger(__name__)
 
 
 class EngineDeadError(RuntimeError):
     """The engine stopped after an error; the server must be restarted."""
+
+
+class EngineSleepingError(RuntimeError):
+    """A request in flight was aborted because the engine was put to sleep (``sleep(mode="abort")``)."""
 
 
 class EngineShutdownError(RuntimeError):
@@ -143,6 +150,9 @@ class AsyncLLMEngine:
         self.metrics = metrics              # pagedllm.metrics.EngineMetrics or None
         self.stats_log_interval_s = stats_log_interval_s
         self._streams: dict[str, RequestStream] = {}
+        # Calls of the core's utilities (sleep, wake_up, collective_rpc, ...) waiting for their answer, by call id.
+        self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self._call_ids = itertools.count()
         self._dead: BaseException | None = None
         self._stopped = False
         self.snapshot = EngineSnapshot()
@@ -309,6 +319,70 @@ class AsyncLLMEngine:
                 pass
         return len(streams)
 
+    # ---- the core's utilities (engine/core.py CORE_UTILITIES) ----------------------------------------------------
+    async def _call_core(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``method`` on the engine core between two steps and return its result (or raise its error)."""
+        await self.check_health()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        call_id = next(self._call_ids)
+        self._calls[call_id] = (loop, future)
+        self._client.send(UtilityCall(call_id, method, args, kwargs))
+        return await future
+
+    async def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        """vLLM's sleep (see ``LLMEngine.sleep``). Requests that arrive while the engine sleeps wait in its queue
+        and run after ``wake_up``; with ``mode="abort"`` the requests in flight end with an EngineSleepingError."""
+        check_sleep_level(level)
+        check_sleep_mode(mode)
+        check_sleep_enabled(self.config.args.enable_sleep_mode, level)
+        if mode == "abort":
+            self.abort_all(EngineSleepingError("The request was aborted: the engine was put to sleep."))
+        elif mode == "wait":      # the requests in flight now finish first (later ones wait for the wake-up)
+            in_flight = set(self._streams)
+            while in_flight & self._streams.keys():
+                await asyncio.sleep(0.05)
+        await self._call_core("sleep", level)
+
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        check_wake_up_tags(tags)
+        await self._call_core("wake_up", tags)
+
+    async def is_sleeping(self) -> bool:
+        return await self._call_core("is_sleeping")
+
+    async def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        return await self._call_core("reset_prefix_cache", reset_running_requests, reset_connector)
+
+    async def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (),
+                             kwargs: dict | None = None) -> list:
+        """vLLM's: ``method`` on every worker, each one's result (``timeout``: seconds, then TimeoutError)."""
+        call = self._call_core("collective_rpc", method, tuple(args), kwargs)
+        return await (asyncio.wait_for(call, timeout) if timeout is not None else call)
+
+    async def start_profile(self, profile_prefix: str | None = None) -> None:
+        await self._call_core("collective_rpc", "start_profile", (profile_prefix,))
+
+    async def stop_profile(self) -> None:
+        await self._call_core("collective_rpc", "stop_profile")
+
+    def _on_utility_result(self, msg: UtilityResult) -> None:     # reader thread
+        loop, future = self._calls.pop(msg.call_id, (None, None))
+        if future is None:
+            return
+
+        def settle() -> None:
+            if future.done():
+                return
+            if msg.error is not None:
+                future.set_exception(msg.error)
+            else:
+                future.set_result(msg.value)
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:   # that event loop is closed: its caller is gone
+            pass
+
     def shutdown(self) -> None:
         if not self._stopped:
             self._stopped = True
@@ -319,6 +393,8 @@ class AsyncLLMEngine:
     def _on_message(self, msg) -> None:
         if isinstance(msg, CoreStepOutputs):
             self._on_step(msg)
+        elif isinstance(msg, UtilityResult):
+            self._on_utility_result(msg)
         elif isinstance(msg, CoreSnapshot):
             self.snapshot = msg.snapshot
             self._log_stats()
@@ -376,6 +452,12 @@ class AsyncLLMEngine:
         for stream in streams:
             try:
                 stream._loop.call_soon_threadsafe(stream.put, dead)
+            except RuntimeError:
+                pass
+        calls, self._calls = self._calls, {}
+        for loop, future in calls.values():
+            try:
+                loop.call_soon_threadsafe(lambda f=future: f.done() or f.set_exception(dead))
             except RuntimeError:
                 pass
 

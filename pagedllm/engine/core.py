@@ -18,13 +18,14 @@ from pagedllm.engine.input_processor import load_tokenizer
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, CoreReady, CoreSnapshot,
                                       CoreStepOutputs, EngineCoreOutputs, EngineCoreRequest, EngineSnapshot,
-                                      Shutdown)
+                                      Shutdown, UtilityCall, UtilityResult)
 from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler import Scheduler, StepStats
 from pagedllm.engine.structured_output import StructuredOutputManager
 from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.step_data import GrammarOutput, SchedulerOutput
 from pagedllm.worker.executor import picklable
+from pagedllm.worker.sleep_mode import MEMORY_TAGS, check_sleep_enabled, check_sleep_level, check_wake_up_tags
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class EngineCore:
         # (their startup_info), then ours.
         self.startup_phases_before: dict[str, float] = {}
         self.scheduler_startup_seconds = time.perf_counter() - t_allocated
+        # Sleep mode: what is asleep ("weights", "kv_cache"; "scheduling" for level 0). Nothing is scheduled while
+        # any tag sleeps; requests that arrive wait in the queue until wake_up (as vLLM's).
+        self.sleeping_tags: set[str] = set()
 
     # ---- requests -----------------------------------------------------------------------------------------------
     def add_request(self, req: EngineCoreRequest) -> None:
@@ -136,8 +140,73 @@ class EngineCore:
             self.scheduler.add_request(request)
         self._failed_requests.update(failed)
 
-    def reset_prefix_cache(self) -> bool:
+    def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        """Forget every cached block hash; only when no request holds blocks, unless ``reset_running_requests``
+        puts the running requests back in the queue first (their KV is computed again). Returns whether it was
+        reset. ``reset_connector``: vLLM's KV connector's cache too; pagedllm has no connector, nothing more."""
+        if reset_running_requests:
+            self.scheduler.preempt_all()
         return self.kv_cache.reset_prefix_cache()
+
+    # ---- sleep mode (worker/sleep_mode.py) ------------------------------------------------------------------------
+    def sleep(self, level: int = 1) -> tuple[EngineCoreOutputs, StepStats]:
+        """Stop scheduling; finish the steps in flight (their outputs are returned, for the front end); at level 1
+        and 2 put every request still here back in the queue (its KV is computed again after wake-up), reset the
+        prefix cache and have the workers give back their weights' and KV cache's device memory."""
+        check_sleep_level(level)
+        check_sleep_enabled(self.config.args.enable_sleep_mode, level)
+        tags = {"scheduling"} if level == 0 else set(MEMORY_TAGS)
+        if tags <= self.sleeping_tags:
+            logger.warning("The engine is already sleeping.")
+            return EngineCoreOutputs(), StepStats()
+        t0 = time.perf_counter()
+        asleep_before = set(self.sleeping_tags)
+        self.sleeping_tags |= tags
+        drained = self._finish_in_flight()
+        if level > 0:
+            self.scheduler.preempt_all()
+            self.kv_cache.reset_prefix_cache()
+            try:
+                self.executor.collective_rpc("sleep", (level,))
+            except BaseException:
+                self.sleeping_tags = asleep_before       # a worker refused (cpu_offload_gb): still awake
+                raise
+            logger.info("It took %.6f seconds to fall asleep.", time.perf_counter() - t0)
+        return drained
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take back the memory of ``tags`` ("weights", "kv_cache"; "scheduling" ends a level-0 pause; None: all);
+        scheduling resumes once no tag sleeps."""
+        waking = check_wake_up_tags(tags) & self.sleeping_tags
+        if not waking:
+            logger.warning("The engine is not sleeping%s.", "" if tags is None else f" (tags {sorted(tags)})")
+            return
+        t0 = time.perf_counter()
+        memory = sorted(waking & set(MEMORY_TAGS))
+        if memory:
+            self.executor.collective_rpc("wake_up", (memory,))
+            logger.info("It took %.6f seconds to wake up tags %s.", time.perf_counter() - t0, memory)
+        self.sleeping_tags -= waking
+
+    def is_sleeping(self) -> bool:
+        return bool(self.sleeping_tags)
+
+    def collective_rpc(self, method, args: tuple = (), kwargs: dict | None = None) -> list:
+        """A worker method (its name, or a function taking the worker first) on every rank; each rank's result."""
+        return self.executor.collective_rpc(method, tuple(args), kwargs)
+
+    def _finish_in_flight(self) -> tuple[EngineCoreOutputs, StepStats]:
+        """Finish the steps launched and not finished yet (async scheduling, pipeline parallel's queue)."""
+        outputs, stats = EngineCoreOutputs(), StepStats()
+        if self._in_flight is not None:
+            sched, launched = self._in_flight
+            self._in_flight = None
+            self._add(outputs, stats, *self.scheduler.update_from_output(sched, self.executor.finish(launched)))
+        while self._batch_queue:
+            sched, launched, grammar = self._batch_queue.popleft()
+            self._add(outputs, stats, *self.scheduler.update_from_output(
+                sched, self.executor.finish(launched, grammar=grammar)))
+        return outputs, stats
 
     def snapshot(self) -> EngineSnapshot:
         pool, swap, sched = self.kv_cache.pool, self.kv_cache.swap_pool, self.scheduler
@@ -165,6 +234,8 @@ class EngineCore:
         left in flight (it is sampled here, synchronously), so no constrained request has an unaccepted token when
         the next step is scheduled; the step in flight, processed below, has no constrained request sampling."""
         self._admit_compiled()
+        if self.sleeping_tags:       # asleep (or falling asleep): nothing new is scheduled
+            return self._finish_in_flight()
         if self._batch_queue is not None:
             return self._step_with_batch_queue()
         sched = self.scheduler.schedule()
@@ -288,7 +359,7 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
     conn.send(CoreReady(info))
     trace = StepTrace(step_trace) if step_trace else None
     while True:
-        if not core.has_unfinished_requests():
+        if not core.has_unfinished_requests() or core.is_sleeping():
             conn.poll(None)
         t_loop = time.perf_counter()
         changed = False
@@ -305,12 +376,14 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
                     failed[msg.request_id] = picklable(e)
             elif isinstance(msg, AbortRequests):
                 core.abort_requests(msg.request_ids)
+            elif isinstance(msg, UtilityCall):
+                _run_utility(core, msg, conn)
             elif isinstance(msg, Shutdown):
                 if trace is not None:
                     trace.flush()
                 return
             changed = True
-        if not core.has_unfinished_requests():
+        if not core.has_unfinished_requests() or core.is_sleeping():
             if changed:
                 conn.send(CoreStepOutputs(EngineCoreOutputs(), 0, 0, 0, core.snapshot(), time.time(), failed) if failed
                           else CoreSnapshot(core.snapshot()))
@@ -328,6 +401,27 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
                                   stats.num_preemptions, snapshot, time.time(), failed))
         if trace is not None:
             trace.add(t_loop, t_step, t_stepped, time.perf_counter(), snapshot, stats, len(outputs))
+
+
+# What the front end may call on the core by name (UtilityCall): vLLM's engine-core utilities.
+CORE_UTILITIES = frozenset({"sleep", "wake_up", "is_sleeping", "reset_prefix_cache", "collective_rpc"})
+
+
+def _run_utility(core: EngineCore, msg: UtilityCall, conn) -> None:
+    """Run one of CORE_UTILITIES and answer with its result or error. ``sleep`` first sends the outputs of the steps
+    it finished, so no request's tokens are lost."""
+    try:
+        if msg.method not in CORE_UTILITIES:
+            raise ValueError(f"{msg.method!r} is not an engine-core utility.")
+        value = getattr(core, msg.method)(*msg.args, **msg.kwargs)
+        if msg.method == "sleep":
+            outputs, stats = value
+            value = None
+            conn.send(CoreStepOutputs(outputs, stats.num_prompt_tokens, stats.num_generation_tokens,
+                                      stats.num_preemptions, core.snapshot(), time.time()))
+        conn.send(UtilityResult(msg.call_id, value, None))
+    except BaseException as e:   # noqa: BLE001 - reported to the caller
+        conn.send(UtilityResult(msg.call_id, None, picklable(e)))
 
 
 class StepTrace:

@@ -6,6 +6,7 @@ RequestOutputs for the requests that made progress.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Iterable
@@ -18,6 +19,7 @@ from pagedllm.engine.scheduler import StepStats
 from pagedllm.logger import log_engine_start
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.sleep_mode import check_sleep_enabled, check_sleep_level, check_sleep_mode, check_wake_up_tags
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class LLMEngine:
         if not config.args.disable_log_stats:
             from pagedllm.metrics import EngineMetrics
             self.stats = EngineMetrics(config.served_model_name, log_stats=True)
+            self.stats.attach(self.core.snapshot)
         self.startup_seconds = time.perf_counter() - t0
         log_engine_start(logger, self.core.info(), self.startup_seconds)
 
@@ -91,6 +94,8 @@ class LLMEngine:
             raise ValueError(f"Request id {request_id!r} is already running.")
         req = self.input_processor.process(request_id, prompt, params, arrival_time, priority)
         self.output_processor.add_request(req)
+        if self.stats is not None:
+            self.stats.on_request_added(request_id, req.params, req.arrival_time, len(req.prompt_token_ids))
         for child in req.children:
             self.core.add_request(child)
 
@@ -98,7 +103,10 @@ class LLMEngine:
         if isinstance(request_ids, str):
             request_ids = [request_ids]
         for rid in request_ids:
+            state = self.output_processor.requests.get(rid)
             self.core.abort_requests(self.output_processor.abort_request(rid))
+            if state is not None and self.stats is not None:
+                self.stats.on_request_aborted(rid, len(state.completions))
 
     def has_unfinished_requests(self) -> bool:
         return self.output_processor.has_unfinished_requests()
@@ -127,5 +135,69 @@ class LLMEngine:
             self.stats.maybe_log(snapshot)
         return outputs, stats
 
-    def reset_prefix_cache(self) -> bool:
-        return self.core.reset_prefix_cache()
+    def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        return self.core.reset_prefix_cache(reset_running_requests, reset_connector)
+
+    def start_profile(self, profile_prefix: str | None = None) -> None:
+        """torch.profiler over every worker's steps until ``stop_profile`` writes the traces
+        (PAGEDLLM_TORCH_PROFILER_DIR / VLLM_TORCH_PROFILER_DIR)."""
+        self.core.collective_rpc("start_profile", (profile_prefix,))
+
+    def stop_profile(self) -> None:
+        self.core.collective_rpc("stop_profile")
+
+    def get_metrics(self) -> list:
+        """The engine's metrics now (vLLM's ``get_metrics``: pagedllm/metrics_reader.py), as ``/metrics`` shows them.
+        Needs the statistics, which ``LLM`` turns off by default: ``LLM(..., disable_log_stats=False)``."""
+        if self.stats is None:
+            raise ValueError("get_metrics() needs the engine's statistics, which are off: create the LLM with "
+                             "disable_log_stats=False.")
+        from pagedllm.metrics import PREFIX
+        from pagedllm.metrics_reader import metrics_snapshot
+        return metrics_snapshot(self.stats.registry, PREFIX)
+
+    # ---- sleep mode (worker/sleep_mode.py) ------------------------------------------------------------------------
+    def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        """vLLM's sleep: level 1 moves the weights to CPU memory and frees the KV cache, level 2 frees both, level 0
+        only pauses scheduling. ``mode``: the requests in flight are aborted ("abort"), run to the end first
+        ("wait") or kept in the queue to go on after ``wake_up`` ("keep"; their KV is computed again)."""
+        check_sleep_level(level)
+        check_sleep_mode(mode)
+        check_sleep_enabled(self.config.args.enable_sleep_mode, level)
+        if mode == "abort":
+            self.abort_request(list(self.output_processor.requests))
+        elif mode == "wait":
+            while self.has_unfinished_requests() and not self.core.is_sleeping():
+                self.step()
+        core_outputs, _ = self.core.sleep(level)
+        _, stopped = self.output_processor.process_outputs(core_outputs)     # kept requests' last tokens
+        if stopped:
+            self.core.abort_requests(stopped)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take back the memory of ``tags`` ("weights", "kv_cache"; "scheduling" ends a level-0 pause; None: all)."""
+        check_wake_up_tags(tags)
+        self.core.wake_up(tags)
+
+    def is_sleeping(self) -> bool:
+        return self.core.is_sleeping()
+
+    # ---- the workers ----------------------------------------------------------------------------------------------
+    def collective_rpc(self, method, timeout: float | None = None, args: tuple = (),
+                       kwargs: dict | None = None) -> list:
+        """Call ``method`` (a worker method's name, or a function taking the worker first) on every worker; each
+        one's result, in rank order (vLLM's ``collective_rpc``). The worker is the ``ModelRunner``."""
+        if timeout is not None:
+            raise ValueError("collective_rpc(timeout=...) is not supported yet by pagedllm: the call waits for "
+                             "every worker; leave timeout=None.")
+        return self.core.collective_rpc(method, tuple(args), kwargs)
+
+    def apply_model(self, func) -> list:
+        """``func(model)`` on every worker's model; each one's result (vLLM's ``apply_model``)."""
+        return self.collective_rpc(functools.partial(_apply_model, func))
+
+
+def _apply_model(func, runner) -> object:
+    """One worker's part of ``apply_model`` (a module-level function: it travels to worker processes by name, the
+    caller's ``func`` by value with cloudpickle)."""
+    return runner.apply_model(func)

@@ -2,10 +2,11 @@
 them (a queue in this process, a pipe to the engine-core process).
 
 Front end -> core: ``EngineCoreRequest`` (a validated, tokenized request: the core does no string work),
-``AbortRequests``, ``Shutdown``. Core -> front end: (``EarlyEngineArgs`` first from a core started early) ``CoreReady`` /
+``AbortRequests``, ``UtilityCall`` (sleep, wake_up, collective_rpc, ...), ``Shutdown``. Core -> front end:
+(``EarlyEngineArgs`` first from a core started early) ``CoreReady`` /
 ``CoreBuildFailed`` once, then ``CoreStepOutputs``
 per step (``EngineCoreOutputs``: the step's new tokens and ends, as a struct of arrays), ``CoreSnapshot`` when only the state changed,
-``CoreDead`` if a step failed.
+``UtilityResult`` for each ``UtilityCall``, ``CoreDead`` if a step failed.
 """
 from __future__ import annotations
 
@@ -98,6 +99,16 @@ class Shutdown:
     pass
 
 
+@dataclass
+class UtilityCall:
+    """Call one of the core's utilities (engine/core.py CORE_UTILITIES: sleep, wake_up, collective_rpc, ...) between
+    two steps; the core answers with a ``UtilityResult`` of the same ``call_id``."""
+    call_id: int
+    method: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
 # ---- core -> front end ---------------------------------------------------------------------------------------------
 @dataclass
 class EarlyEngineArgs:
@@ -132,6 +143,13 @@ class CoreStepOutputs:
 @dataclass
 class CoreSnapshot:
     snapshot: EngineSnapshot
+
+
+@dataclass
+class UtilityResult:
+    call_id: int
+    value: Any
+    error: BaseException | None
 
 
 @dataclass

@@ -314,9 +314,21 @@ class Scheduler:
             return False
         return self.preemption_mode == "swap" or len(request.block_ids) > SWAP_MIN_BLOCKS
 
-    def _preempt(self, request: Request) -> None:
+    def preempt_all(self) -> None:
+        """The engine goes to sleep and gives its KV cache's memory back: every running or swapped-out request
+        returns to the waiting queue with its KV freed, to be computed again (prefix hits aside) after wake-up."""
+        for request in list(self.running):
+            self._preempt(request, allow_swap=False, log=False)
+        for request in self.swapped:
+            self.kv.free(request)          # its CPU blocks too: the swap space is given back as well
+            request.num_computed_tokens = 0
+            heapq.heappush(self.waiting, request)
+        self.swapped = []
+        self._swap_out, self._swap_in = [], []
+
+    def _preempt(self, request: Request, allow_swap: bool = True, log: bool = True) -> None:
         self.running.remove(request)
-        swap = self._swaps(request)
+        swap = allow_swap and self._swaps(request)
         if swap:
             copies = self.kv.swap_out(request)
             self._swap_out.extend(copies)
@@ -335,6 +347,8 @@ class Scheduler:
         request.num_placeholders = 0        # a token in flight is dropped; the resumed request samples it again
         request.num_preemptions += 1
         request.resumed = request.sent_to_workers
+        if not log:
+            return
         self.num_preemptions += 1
         if self.num_preemptions % PREEMPTION_LOG_EVERY == 1 or PREEMPTION_LOG_EVERY == 1:
             # vLLM's warning (first, then every 50th): preemptions cost recomputation, the operator should know.

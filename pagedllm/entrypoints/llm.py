@@ -53,8 +53,54 @@ class LLM:
     def get_default_sampling_params(self) -> SamplingParams:
         return self.llm_engine.default_sampling_params()
 
-    def reset_prefix_cache(self) -> bool:
-        return self.llm_engine.reset_prefix_cache()
+    def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        """Forget the prefix cache (vLLM's): False while requests hold blocks, unless ``reset_running_requests``
+        puts them back in the queue first (they go on; their KV is computed again)."""
+        return self.llm_engine.reset_prefix_cache(reset_running_requests, reset_connector)
+
+    def start_profile(self, profile_prefix: str | None = None) -> None:
+        """Record the engine's steps with torch.profiler until ``stop_profile()``, which writes a Chrome trace
+        (``*.pt.trace.json.gz``; Perfetto or chrome://tracing) per worker into PAGEDLLM_TORCH_PROFILER_DIR (or
+        vLLM's VLLM_TORCH_PROFILER_DIR), which must be set before the LLM is created; else a ValueError."""
+        self.llm_engine.start_profile(profile_prefix)
+
+    def stop_profile(self) -> None:
+        self.llm_engine.stop_profile()
+
+    def get_metrics(self) -> list:
+        """A snapshot of the engine's metrics (``Counter`` / ``Gauge`` / ``Histogram`` objects of
+        ``pagedllm.metrics_reader``: ``name``, ``labels``, ``value`` or ``count`` / ``sum`` / ``buckets``), named as
+        the server's /metrics. Needs ``LLM(..., disable_log_stats=False)``, as vLLM's."""
+        return self.llm_engine.get_metrics()
+
+    # ---- sleep mode (vLLM's; needs enable_sleep_mode=True) ----------------------------------------------------------
+    def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        """Give back device memory without a restart. Level 1: the weights move to CPU memory and the KV cache is
+        freed (its contents forgotten); level 2: the weights are dropped too (``wake_up`` loads them again from the
+        checkpoint); level 0: scheduling pauses only. The prefix cache is reset. ``mode``: requests in flight are
+        aborted ("abort"), finished first ("wait") or kept for after ``wake_up`` ("keep")."""
+        self.llm_engine.sleep(level=level, mode=mode)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take the memory back: ``tags`` among "weights", "kv_cache" (and "scheduling", after a level-0 sleep);
+        None: all. Requests run again once nothing sleeps."""
+        self.llm_engine.wake_up(tags)
+
+    def is_sleeping(self) -> bool:
+        return self.llm_engine.is_sleeping()
+
+    # ---- the workers ----------------------------------------------------------------------------------------------
+    def collective_rpc(self, method: str | Callable[..., Any], timeout: float | None = None, args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list:
+        """Run ``method`` on every worker and return each one's result (vLLM's): the name of a worker method
+        (``ModelRunner``'s: e.g. "reload_weights"), or a function called with the worker first (``worker.model_runner``
+        and ``worker.get_model()`` work as on vLLM's workers)."""
+        return self.llm_engine.collective_rpc(method, timeout, args, kwargs)
+
+    def apply_model(self, func: Callable[[Any], Any]) -> list:
+        """``func(model)`` on the model inside each worker; each one's result. Move large tensors to the CPU
+        before returning them."""
+        return self.llm_engine.apply_model(func)
 
     # ---- generate -------------------------------------------------------------------------------------------------
     def generate(self, prompts: PromptType | Sequence[PromptType],
@@ -84,6 +130,8 @@ class LLM:
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,
              use_tqdm: UseTqdm) -> list[RequestOutput]:
         engine = self.llm_engine
+        if engine.is_sleeping():
+            raise ValueError("The engine is sleeping (LLM.sleep()): call LLM.wake_up() before generating.")
         # generate() returns only finished outputs: asking the engine for FINAL_ONLY spares it building an
         # output (and copying the token list) for every request at every step. One clone per distinct object.
         final: dict[int, SamplingParams] = {}

@@ -36,7 +36,7 @@ import sys
 import traceback
 import weakref
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from pagedllm import envs
 from pagedllm.config import EngineConfig
@@ -71,8 +71,27 @@ class Executor:
     def startup_info(self) -> dict:
         raise NotImplementedError
 
+    def collective_rpc(self, method: str | Callable[..., Any], args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list[Any]:
+        """Run ``method`` on every rank's worker (vLLM's ``collective_rpc``) and return each rank's result, in rank
+        order: the name of a ``ModelRunner`` method, or a function called with the runner first."""
+        raise NotImplementedError
+
     def shutdown(self) -> None:
         pass
+
+
+def call_on_runner(runner: Any, method: str | Callable[..., Any], args: tuple = (),
+                   kwargs: dict[str, Any] | None = None) -> Any:
+    """One rank's part of ``collective_rpc``: ``runner.<method>(*args, **kwargs)``, or ``method(runner, ...)``."""
+    if isinstance(method, str):
+        fn = getattr(runner, method, None)
+        if fn is None or method.startswith("_") or not callable(fn):
+            raise ValueError(f"collective_rpc: the worker has no method {method!r}.")
+        return fn(*args, **(kwargs or {}))
+    if not callable(method):
+        raise ValueError(f"collective_rpc: method must be a method name or a function, got {type(method).__name__}.")
+    return method(runner, *args, **(kwargs or {}))
 
 
 class UniProcExecutor(Executor):
@@ -97,6 +116,10 @@ class UniProcExecutor(Executor):
 
     def startup_info(self) -> dict:
         return self.runner.startup_info()
+
+    def collective_rpc(self, method: str | Callable[..., Any], args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list[Any]:
+        return [call_on_runner(self.runner, method, args, kwargs)]
 
 
 class WorkerDied(RuntimeError):
@@ -168,6 +191,11 @@ class DistributedExecutor(Executor):
         info["rank_devices"] = [i.get("device") for i in infos]     # rank r's device, e.g. "cuda:1"
         return info
 
+    def collective_rpc(self, method: str | Callable[..., Any], args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list[Any]:
+        self._broadcast(("call", (_portable(method), args, kwargs)))
+        return self._collect()
+
     def describe_rank(self, rank: int) -> str:
         if self.pp_size == 1:
             return f"rank {rank}"
@@ -200,6 +228,23 @@ class DistributedExecutor(Executor):
         if death is None:
             raise self._dead from error[0]
         raise self._dead
+
+
+def _portable(method: str | Callable[..., Any]) -> str | bytes:
+    """A method name as it is; a function pickled by value (cloudpickle, as vLLM), so a lambda or a closure reaches
+    the worker processes too. Without cloudpickle only module-level functions travel (pickled by reference)."""
+    import pickle
+    if isinstance(method, str):
+        return method
+    try:
+        import cloudpickle
+    except ImportError:
+        cloudpickle = None
+    try:
+        return (cloudpickle or pickle).dumps(method)
+    except Exception as e:   # noqa: BLE001 - the caller's function
+        raise ValueError(f"collective_rpc: the function cannot be sent to the worker processes ({e}); pass a "
+                         f"module-level function, or install cloudpickle.") from e
 
 
 class MultiprocExecutor(DistributedExecutor):
@@ -372,6 +417,11 @@ class RankWorker:
                 return "ok", output if self.is_output_rank else None, ""
             if method == "allocate_kv_cache":
                 return "ok", runner.allocate_kv_cache(*arg), ""
+            if method == "call":      # collective_rpc
+                import pickle
+                name, args, kwargs = arg
+                return "ok", call_on_runner(runner, pickle.loads(name) if isinstance(name, bytes) else name,
+                                            args, kwargs), ""
             return "ok", getattr(runner, method)(), ""
         except BaseException as e:   # noqa: BLE001 - reported to the engine
             return "error", picklable(e), traceback.format_exc()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
 from pagedllm.config import EngineConfig, kv_cache_torch_dtype
-from pagedllm.distributed import (get_pp_layer_range, get_pp_size, get_tp_rank, get_tp_size, is_first_pp_stage,
-                                  is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
+from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size,
+                                  is_first_pp_stage, is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
 from pagedllm.kernels.parallel_compile import compile_ahead
 from pagedllm.kernels.settings import configure_kernels
@@ -28,6 +29,8 @@ from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.cpu_offload import LayerOffloader
 from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
 from pagedllm.worker.request_state import CachedRequestState
+from pagedllm.worker.sleep_mode import (MEMORY_TAGS, WeightsBackup, check_sleep_level, check_wake_up_tags,
+                                        tensor_bytes)
 from pagedllm.worker.swap_space import SwapSpace
 
 logger = logging.getLogger(__name__)
@@ -120,6 +123,13 @@ class ModelRunner:
         self.graph_runner = None
         self.piecewise_runner = None
         self.swap_space: SwapSpace | None = None
+        self.num_swap_blocks_allocated = 0
+        # LLM.start_profile(): where traces go (PAGEDLLM_TORCH_PROFILER_DIR, read at start-up as vLLM's), the profiler.
+        self.profiler_dir = envs.torch_profiler_dir()
+        self.profiler = None
+        # Sleep mode: the memory tags given back ("weights", "kv_cache"), and the weights' CPU copy at level 1.
+        self.asleep: set[str] = set()
+        self._weights_backup: WeightsBackup | None = None
 
     # ---- KV cache ---------------------------------------------------------------------------------------------
     @property
@@ -269,17 +279,8 @@ class ModelRunner:
             self.memory_plan = dataclasses.replace(
                 plan, num_blocks=num_blocks, kv_cache_bytes=num_blocks * plan.bytes_per_block,
                 sized_by=f"{plan.sized_by}, the smallest over the ranks")
-        shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        if not self.needs_kv_cache:
-            self.kv_caches = []
-        elif self.device.type == "cpu":
-            self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.kv_cache_dtype).unbind(0))
-        else:
-            self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
-                              for _ in range(self.num_layers)]
-        if num_swap_blocks > 0 and self.kv_caches:
-            self.swap_space = SwapSpace(num_swap_blocks, self.kv_caches)
-        backend = self.attn_backend
+        self.num_swap_blocks_allocated = num_swap_blocks
+        self._allocate_kv_tensors()
         t1 = time.perf_counter()
         self.startup_phases["KV cache"] = t1 - t0
         # Pooling steps are whole prompts of any length, once each: nothing for a captured graph to replay. Pipeline
@@ -287,35 +288,181 @@ class ModelRunner:
         if self.offloader is not None and not self.config.args.enforce_eager:
             logger.info("CUDA graphs are off: cpu_offload_gb streams %d layers' weights from CPU memory on a side "
                         "stream, which a captured graph would not repeat.", self.offloader.num_layers)
-        if (self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None
-                and self.offloader is None):
-            from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
-            warm_up_tp_communicator(self.device)     # NCCL captures only a communicator that has run eagerly
-            torch.cuda.synchronize(self.device)
-            free_before, _ = torch.cuda.mem_get_info(self.device)
-            # A stage after the first reads the previous stage's output from the graphs' static buffers.
-            stage_input = None if self.first_stage else (self.config.hf_config.hidden_size, self.dtype)
-            if backend.supports_full_cuda_graphs:
-                self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
-                                                    self.max_blocks_per_seq, backend, self.device,
-                                                    stage_input=stage_input)
-                self.graph_runner.capture()
-            if backend.supports_piecewise_cuda_graphs and self.config.piecewise_cuda_graphs:
-                pool = self.graph_runner.pool if self.graph_runner is not None else None
-                self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches,
-                                                             self.config.max_num_batched_tokens, backend,
-                                                             self.device, pool=pool, stage_input=stage_input,
-                                                             cap=envs.PAGEDLLM_PIECEWISE_MAX_TOKENS)
-                self.piecewise_runner.capture()
-            torch.cuda.synchronize(self.device)
-            if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
-                self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info(self.device)[0], 0)
+        if self._capture_cuda_graphs():
             self.startup_phases["CUDA graphs"] = time.perf_counter() - t1
         if self.device.type == "cuda":
             from pagedllm.kernels import late_compiles
             self.startup_triton = (late_compiles.startup_compiles, late_compiles.startup_compile_seconds,
                                    *self._compiled_ahead)
             late_compiles.watch_late_compiles()
+
+    def _allocate_kv_tensors(self) -> None:
+        """The KV cache (one tensor per layer, zeros) and the swap space over it."""
+        shape = (2, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        if not self.needs_kv_cache:
+            self.kv_caches = []
+        elif self.device.type == "cpu":
+            self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.kv_cache_dtype).unbind(0))
+        else:
+            self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
+                              for _ in range(self.num_layers)]
+        if self.num_swap_blocks_allocated > 0 and self.kv_caches:
+            self.swap_space = SwapSpace(self.num_swap_blocks_allocated, self.kv_caches)
+
+    def _capture_cuda_graphs(self) -> bool:
+        """Capture the decode and piecewise CUDA graphs over the current weights and KV cache (start-up, and again
+        after a wake-up: the graphs hold those tensors' addresses). Returns whether any were captured."""
+        backend = self.attn_backend
+        if not (self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None
+                and self.offloader is None):
+            return False
+        from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
+        warm_up_tp_communicator(self.device)     # NCCL captures only a communicator that has run eagerly
+        torch.cuda.synchronize(self.device)
+        free_before, _ = torch.cuda.mem_get_info(self.device)
+        # A stage after the first reads the previous stage's output from the graphs' static buffers.
+        stage_input = None if self.first_stage else (self.config.hf_config.hidden_size, self.dtype)
+        if backend.supports_full_cuda_graphs:
+            self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
+                                                self.max_blocks_per_seq, backend, self.device,
+                                                stage_input=stage_input)
+            self.graph_runner.capture()
+        if backend.supports_piecewise_cuda_graphs and self.config.piecewise_cuda_graphs:
+            pool = self.graph_runner.pool if self.graph_runner is not None else None
+            self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches,
+                                                         self.config.max_num_batched_tokens, backend,
+                                                         self.device, pool=pool, stage_input=stage_input,
+                                                         cap=envs.PAGEDLLM_PIECEWISE_MAX_TOKENS)
+            self.piecewise_runner.capture()
+        torch.cuda.synchronize(self.device)
+        if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
+            self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info(self.device)[0], 0)
+        return True
+
+    # ---- collective_rpc's view (vLLM's Worker) -----------------------------------------------------------------
+    @property
+    def model_runner(self) -> "ModelRunner":
+        """A function given to ``collective_rpc`` gets this runner as vLLM's gets its worker: ``worker.model_runner``
+        and ``worker.get_model()`` work on both."""
+        return self
+
+    def get_model(self) -> torch.nn.Module:
+        if self.model is None:
+            raise ValueError("The model's weights were dropped by sleep(level=2): call wake_up() first.")
+        return self.model
+
+    def apply_model(self, func):
+        """vLLM's worker method behind ``LLM.apply_model``: ``func(model)``."""
+        return func(self.get_model())
+
+    # ---- torch profiler (LLM.start_profile / stop_profile) -----------------------------------------------------
+    def start_profile(self, profile_prefix: str | None = None) -> None:
+        """Record this worker's steps with torch.profiler until ``stop_profile``, which writes a Chrome trace
+        (``*.pt.trace.json.gz``, for Perfetto or chrome://tracing) to PAGEDLLM_TORCH_PROFILER_DIR (vLLM's
+        VLLM_TORCH_PROFILER_DIR), read when the worker started. ``profile_prefix``: the trace's name begins with it
+        (``<prefix>_pp<stage>_tp<rank>``); default: host name and process id."""
+        if self.profiler_dir is None:
+            raise ValueError("Profiler is not enabled: set PAGEDLLM_TORCH_PROFILER_DIR (or vLLM's "
+                             "VLLM_TORCH_PROFILER_DIR) to the folder for the traces before the engine starts.")
+        if self.profiler is not None:
+            raise ValueError("The profiler is already running: call stop_profile() first.")
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        name = None
+        if profile_prefix:
+            name = f"{profile_prefix}_pp{get_pp_rank()}_tp{get_tp_rank()}"
+        self.profiler = torch.profiler.profile(
+            activities=activities, with_stack=True,
+            on_trace_ready=torch.profiler.tensorboard_trace_handler(self.profiler_dir, worker_name=name,
+                                                                   use_gzip=True))
+        self.profiler.start()
+        logger.info("Profiling started; the trace goes to %s.", self.profiler_dir)
+
+    def stop_profile(self) -> None:
+        if self.profiler_dir is None:
+            raise ValueError("Profiler is not enabled: set PAGEDLLM_TORCH_PROFILER_DIR (or vLLM's "
+                             "VLLM_TORCH_PROFILER_DIR) to the folder for the traces before the engine starts.")
+        if self.profiler is None:
+            raise ValueError("The profiler is not running: call start_profile() first.")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        profiler, self.profiler = self.profiler, None
+        profiler.stop()          # writes the trace (on_trace_ready)
+        logger.info("Profiling stopped; the trace is in %s.", self.profiler_dir)
+
+    # ---- sleep mode (worker/sleep_mode.py) --------------------------------------------------------------------
+    def sleep(self, level: int = 1) -> int:
+        """Give back the device memory of the KV cache (level 1 and 2) and of the weights (level 1: kept in CPU
+        memory; level 2: dropped), and of the CUDA graphs that point at them. Returns the bytes freed; logs vLLM's
+        line. The engine has finished every step in flight and holds no request's blocks."""
+        check_sleep_level(level)
+        tags = set(MEMORY_TAGS) - self.asleep       # what a partial wake-up took back sleeps again
+        if level == 0 or not tags:
+            return 0
+        if self.offloader is not None:
+            raise ValueError("sleep() is not supported with cpu_offload_gb yet: its layers already stream from CPU "
+                             "memory.")
+        before = self._device_bytes_in_use()
+        self.graph_runner = self.piecewise_runner = None       # their captures point at what is freed below
+        self._prev_sampled = torch.empty(0, dtype=torch.long, device=self.device)
+        self._prev_sampled_rows = {}
+        if "kv_cache" in tags:
+            self.kv_caches, self.swap_space = [], None
+        if "weights" in tags:
+            if level == 1:
+                self._weights_backup = WeightsBackup(self.model)    # nothing to move on the CPU device
+            else:
+                self.model = None
+        self.asleep |= tags
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+        after = self._device_bytes_in_use()
+        logger.info("Sleep mode freed %.2f GiB memory, %.2f GiB memory is still in use.",
+                    max(before - after, 0) / 2**30, after / 2**30)
+        return max(before - after, 0)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take the memory of ``tags`` ("weights", "kv_cache"; None: both) again: the weights from their CPU copy
+        (level 1) or the checkpoint (level 2), the KV cache as zeros of its old size; once both are back, the CUDA
+        graphs are captured again over them."""
+        waking = check_wake_up_tags(tags) & self.asleep
+        if "weights" in waking:
+            if self._weights_backup is not None:
+                self._weights_backup.restore(self.device)
+                self._weights_backup = None
+            else:
+                self.model = load_model(self.config)
+            self.asleep.discard("weights")
+        if "kv_cache" in waking:
+            self._allocate_kv_tensors()
+            self.asleep.discard("kv_cache")
+        if waking and not self.asleep:
+            self._capture_cuda_graphs()
+
+    def reload_weights(self) -> None:
+        """Load the weights again from the checkpoint (vLLM's worker method, for ``collective_rpc("reload_weights")``
+        after a level-2 sleep); the CUDA graphs are captured again over them."""
+        self.graph_runner = self.piecewise_runner = None
+        self.model = None
+        self._weights_backup = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.model = load_model(self.config)
+        self.asleep.discard("weights")
+        if not self.asleep:
+            self._capture_cuda_graphs()
+
+    def _device_bytes_in_use(self) -> int:
+        """What this worker holds on its device: the CUDA allocator's count, or on the CPU device the bytes of the
+        weights and the KV cache tensors."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.memory_allocated(self.device)
+        kv = tensor_bytes(self.kv_caches)
+        return kv + (self.weights_bytes if self.model is not None else 0)
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,

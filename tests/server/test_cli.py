@@ -178,9 +178,9 @@ def test_accepted_vllm_flags():
 
 def test_vllm_flags_pagedllm_lacks_are_named_as_such(capsys):
     with pytest.raises(SystemExit):
-        make_parser().parse_args(["serve", "m", "--enable-sleep-mode", "--model-impl=vllm", "--no-such-flag"])
+        make_parser().parse_args(["serve", "m", "--enable-eplb", "--model-impl=vllm", "--no-such-flag"])
     err = capsys.readouterr().err
-    assert ("unrecognized arguments: --enable-sleep-mode --model-impl=vllm --no-such-flag (--enable-sleep-mode, "
+    assert ("unrecognized arguments: --enable-eplb --model-impl=vllm --no-such-flag (--enable-eplb, "
             "--model-impl are vLLM engine flags that pagedllm does not support yet)") in err
     with pytest.raises(SystemExit):
         make_parser().parse_args(["serve", "m", "--rope-scaling", '{"rope_type": "yarn"}'])

@@ -127,6 +127,8 @@ ENGINE_FIELDS: dict[str, list] = {
     "max_logprobs": [Read(("engine/",), "args.max_logprobs"),
                      Rejects(-5, "max_logprobs must be -1 (no cap) or >= 0, got -5")],
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
+    # tests/unit/test_sleep_mode.py: sleep() without it is an error, with it the memory is given back.
+    "enable_sleep_mode": [Read(("engine/",), "args.enable_sleep_mode")],
     "async_scheduling": [Behaves(lambda mp: build(mp, async_scheduling=True).async_scheduling or _fail())],
     # TP=2 vs TP=1 tokens, the killed worker, indivisible heads: tests/unit/test_tensor_parallel.py.
     "tensor_parallel_size": [Behaves(lambda mp: build(mp, tensor_parallel_size=2).executor_backend == "mp"
@@ -314,9 +316,9 @@ def test_unknown_keyword_names_vllm_arguments():
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
     assert "vLLM" not in str(info.value)
-    with pytest.raises(TypeError, match="enable_sleep_mode is a vLLM engine argument that pagedllm does not "
+    with pytest.raises(TypeError, match="model_impl is a vLLM engine argument that pagedllm does not "
                                         "support yet"):
-        EngineArgs.from_kwargs("m", enable_sleep_mode=True)
+        EngineArgs.from_kwargs("m", model_impl="vllm")
 
 
 # ---- SamplingParams ----------------------------------------------------------------------------------------------

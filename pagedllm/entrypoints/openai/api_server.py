@@ -22,6 +22,7 @@ import pagedllm
 from pagedllm.config import FlexibleArgumentParser
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
+from pagedllm.entrypoints.dev_routes import add_dev_routes
 from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
 from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
@@ -245,6 +246,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
             return error_response(e)
 
     add_generate_route(app, engine, max_n=getattr(args, "max_n", MAX_N))
+    add_dev_routes(app, engine)
 
     # Middlewares: the last added runs first, so CORS answers preflights before the key check.
     add_guards(app, args.api_key, getattr(args, "max_request_body_bytes", DEFAULT_MAX_REQUEST_BODY_BYTES))

@@ -13,7 +13,8 @@ from typing import Any, AsyncIterator, Awaitable, Sequence
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineShutdownError, RequestStream
+from pagedllm.engine.async_engine import (AsyncLLMEngine, EngineDeadError, EngineShutdownError, EngineSleepingError,
+                                          RequestStream)
 from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_template, format_message_content
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields, check_request_id, random_uuid
 from pagedllm.engine import structured_output
@@ -38,7 +39,7 @@ def error_body(message: str, type: str = "BadRequestError", code: int = 400, par
 def error_response(e: BaseException) -> JSONResponse:
     if isinstance(e, RequestError):
         return JSONResponse(error_body(e.message, e.type, e.code, e.param), status_code=e.code)
-    if isinstance(e, (EngineDeadError, EngineShutdownError)):   # the server cannot serve it: 503, as /health says
+    if isinstance(e, (EngineDeadError, EngineShutdownError, EngineSleepingError)):   # cannot serve it now: 503
         return JSONResponse(error_body(str(e), "ServiceUnavailableError", 503), status_code=503)
     if isinstance(e, (ValueError, TypeError, NotImplementedError)):
         return JSONResponse(error_body(str(e), "BadRequestError", 400, guess_param(str(e))), status_code=400)
