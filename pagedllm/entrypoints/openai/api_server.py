@@ -271,15 +271,17 @@ def run_server(args: argparse.Namespace, prestarted=None) -> int:
     engine, metrics, names = build_engine(args, prestarted)
     app = build_app(args, engine, metrics, names)
     host = args.host or "0.0.0.0"
-    config = uvicorn.Config(app, host=host, port=args.port, log_level=args.uvicorn_log_level,
+    uds = getattr(args, "uds", None)      # vLLM's --uds: a Unix domain socket instead of host and port
+    config = uvicorn.Config(app, host=host, port=args.port, uds=uds, log_level=args.uvicorn_log_level,
                             access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5,
                             ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
                             ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
                             root_path=args.root_path or "")
     server = GracefulServer(config, engine, app.state.server_state, getattr(args, "shutdown_timeout", 0))
     scheme = "https" if args.ssl_certfile else "http"
-    logger.info("Starting the server on %s://%s:%d (served model name(s): %s; event loop: %s)", scheme, host,
-                args.port, ", ".join(names), event_loop_name())
+    address = f"unix:{uds}" if uds else f"{scheme}://{host}:{args.port}"
+    logger.info("Starting the server on %s (served model name(s): %s; event loop: %s)", address,
+                ", ".join(names), event_loop_name())
     freeze_gc_heap("API server")
     try:
         run_event_loop(server.serve())

@@ -43,6 +43,8 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g = parser.add_argument_group("frontend arguments")
     g.add_argument("--host", type=str, default=None, help="Host name to listen on; None = all interfaces.")
     g.add_argument("--port", type=int, default=8000, help="Port number.")
+    g.add_argument("--uds", type=str, default=None,
+                   help="Unix domain socket path to serve on. If set, --host and --port are ignored.")
     g.add_argument("--uvicorn-log-level", type=str, default="info",
                    choices=["debug", "info", "warning", "error", "critical", "trace"], help="Log level for uvicorn.")
     g.add_argument("--disable-uvicorn-access-log", action="store_true", help="Disable uvicorn's access log.")
