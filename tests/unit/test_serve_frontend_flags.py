@@ -54,3 +54,85 @@ def test_uds_serves_health_and_completions_over_the_socket(tiny_llama_dir):
         assert f"Starting the server on unix:{sock}" in open(log_path).read()
     finally:
         _stop(proc)
+
+
+# ---- --enable-log-outputs ----------------------------------------------------------------------------------------
+def _serve_args(model_dir: str, *flags: str):
+    from pagedllm.entrypoints.cli import make_parser
+    from pagedllm.entrypoints.openai.cli_args import finalize_args
+    return finalize_args(make_parser().parse_args(
+        ["serve", model_dir, "--dtype", "float32", "--max-model-len", "128", "--seed", "0",
+         "--disable-frontend-multiprocessing", *flags]))
+
+
+def _post_all(app, calls: list[tuple[str, dict]]) -> list[httpx.Response]:
+    import asyncio
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            return [await client.post(path, json=body) for path, body in calls]
+    return asyncio.run(run())
+
+
+def _sse_texts(body: str, key: str) -> list[str]:
+    import json
+    out = []
+    for line in body.splitlines():
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:]).get("choices") or ():
+                text = (choice.get("delta") or {}).get("content") if key == "delta" else choice.get("text")
+                if text:
+                    out.append(text)
+    return out
+
+
+def test_enable_log_outputs_needs_enable_log_requests(tiny_llama_dir):
+    import pytest
+    with pytest.raises(ValueError, match="--enable-log-outputs requires --enable-log-requests"):
+        _serve_args(tiny_llama_dir, "--enable-log-outputs")
+
+
+def test_enable_log_outputs_logs_what_each_response_generated(tiny_llama_dir, caplog):
+    import logging
+
+    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
+    args = _serve_args(tiny_llama_dir, "--enable-log-requests", "--enable-log-outputs")
+    quiet = _serve_args(tiny_llama_dir, "--enable-log-requests", "--enable-log-outputs", "--no-enable-log-deltas")
+    chat = {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4, "temperature": 0}
+    completion = {"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    engine, metrics, names = build_engine(args)
+    try:
+        with caplog.at_level(logging.INFO, logger="pagedllm"):
+            app = build_app(args, engine, metrics, names)
+            caplog.clear()
+            chat_r, chat_s, comp_r, comp_s, tool_r = _post_all(app, [
+                ("/v1/chat/completions", chat), ("/v1/chat/completions", {**chat, "stream": True}),
+                ("/v1/completions", completion), ("/v1/completions", {**completion, "stream": True}),
+                ("/v1/chat/completions", {**chat, "tools": [tool], "tool_choice": named})])
+            logged = caplog.text
+            caplog.clear()
+            (quiet_s,) = _post_all(build_app(quiet, engine, metrics, names),
+                                   [("/v1/chat/completions", {**chat, "stream": True})])
+            quiet_logged = caplog.text
+    finally:
+        engine.shutdown()
+    assert all(r.status_code == 200 for r in (chat_r, chat_s, comp_r, comp_s, tool_r, quiet_s))
+    call = tool_r.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert f"Generated response {tool_r.json()['id']}: output: '[tool_calls: get_weather({call['arguments']})]'" \
+        in logged
+    content = chat_r.json()["choices"][0]["message"]["content"]
+    assert f"Generated response {chat_r.json()['id']}: output: {content!r}, finish_reason: length" in logged
+    text = comp_r.json()["choices"][0]["text"]
+    assert f"Generated response {comp_r.json()['id']}: output: {text!r}, finish_reason: length" in logged
+    # Streams: each delta, then the whole text.
+    for stream, key in ((chat_s, "delta"), (comp_s, "text")):
+        pieces = _sse_texts(stream.text, key)
+        rid = stream.text.split('"id":"', 1)[1].split('"', 1)[0]
+        assert f"Generated response {rid} (streaming delta): output: {pieces[0]!r}" in logged
+        assert (f"Generated response {rid} (streaming complete): output: {''.join(pieces)!r}, "
+                f"finish_reason: streaming_complete") in logged
+    assert "(streaming delta)" not in quiet_logged and "(streaming complete)" in quiet_logged

@@ -86,6 +86,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     # The engine's input tokenizer: the server tokenizes through the engine's input processor, on its thread.
     common = dict(tokenizer=engine.tokenizer, chat_template=args.chat_template, response_role=args.response_role,
                   log_requests=args.log_requests, max_log_len=args.max_log_len,
+                  log_outputs=getattr(args, "enable_log_outputs", False),
+                  log_deltas=getattr(args, "enable_log_deltas", True),
                   trust_request_chat_template=getattr(args, "trust_request_chat_template", False),
                   max_n=getattr(args, "max_n", MAX_N),
                   max_prompts_per_request=getattr(args, "max_prompts_per_request", None),

@@ -76,6 +76,13 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--enable-log-requests", action="store_true", default=None,
                    help="Log each request (its prompt and sampling params) at INFO. Off by default: prompts are "
                         "user data.")
+    g.add_argument("--enable-log-outputs", action="store_true",
+                   help="With --enable-log-requests: log each chat / completion response's output text and finish "
+                        "reason at INFO (its token ids at DEBUG); streams log each delta and the whole text at the "
+                        "end.")
+    g.add_argument("--enable-log-deltas", action=argparse.BooleanOptionalAction, default=True,
+                   help="With --enable-log-outputs: log each streamed delta (--no-enable-log-deltas: only the whole "
+                        "text when the stream ends).")
     g.add_argument("--max-log-len", type=int, default=None,
                    help="Max number of prompt characters or ids printed in request logs. None = unlimited.")
     add_limit_args(g)
@@ -170,6 +177,8 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         # vLLM's wording: the flag is accepted and does nothing (logging is already off unless enabled).
         logger.warning("`--disable-log-requests` is deprecated and has been replaced with `--enable-log-requests`: "
                        "requests are not logged unless --enable-log-requests is given.")
+    if getattr(args, "enable_log_outputs", False) and not args.log_requests:
+        raise ValueError("--enable-log-outputs requires --enable-log-requests")    # vLLM's check and words
     check_limit_args(args)
     args.chat_template = load_chat_template(args.chat_template)
     if args.enable_auto_tool_choice:

@@ -18,8 +18,8 @@ from pagedllm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCo
                                                   ChatLogProbsContent, ChatMessage, ChatResponseMessage, RequestError,
                                                   UsageInfo)
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
-                                                        dumps, plain_prompt_logprobs, sse, until_disconnected,
-                                                        usage_dict)
+                                                        dumps, plain_prompt_logprobs, sse, tool_calls_text,
+                                                        until_disconnected, usage_dict)
 from pagedllm.outputs import Logprob
 from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
 
@@ -227,6 +227,8 @@ class OpenAIServingChat(OpenAIServing):
             content, calls, finish_reason = self.tool_calls(mode, texts[i], finish[i][0])
             if content is not None:
                 content = echo + content
+            if self.log_outputs and (content or calls):
+                self.log_output(request_id, content or tool_calls_text(calls), tokens[i], finish_reason)
             choices.append(ChatCompletionResponseChoice(
                 index=i, message=ChatResponseMessage(role=role, content=content, tool_calls=calls),
                 logprobs=logprobs, finish_reason=finish_reason, stop_reason=finish[i][1],
@@ -259,6 +261,7 @@ class OpenAIServingChat(OpenAIServing):
         cached = 0
         finished_sent = [False] * n
         tool_stream = ToolCallStream(self, mode, n)
+        full_texts = [""] * n        # --enable-log-outputs: each choice's text, logged when the stream ends
 
         head = (f'data: {{"id":{dumps(request_id)},"object":"chat.completion.chunk","created":{created},'
                 f'"model":{dumps(self.model_name)},"choices":[')
@@ -288,6 +291,8 @@ class OpenAIServingChat(OpenAIServing):
                     if not c.text and not token_ids and c.finish_reason is None:
                         continue
                     num_generated[c.index] += len(token_ids)
+                    if self.log_outputs:
+                        full_texts[c.index] += c.text
                     logprobs = None
                     if req.logprobs:
                         logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0,
@@ -298,6 +303,8 @@ class OpenAIServingChat(OpenAIServing):
                         delta, finish_reason = tool_stream.delta(c.index, c.text, c.finish_reason)
                         if delta is None:
                             continue
+                        if self.log_outputs and self.log_deltas:
+                            self._log_delta(request_id, delta, token_ids, c.finish_reason)
                         choice = {"index": c.index, "delta": delta, "logprobs": logprobs,
                                   "finish_reason": finish_reason, "stop_reason": c.stop_reason}
                         if return_ids:
@@ -310,7 +317,12 @@ class OpenAIServingChat(OpenAIServing):
                     choice += f',"token_ids":{dumps(token_ids)}}}' if return_ids else '}'
                     if c.finish_reason is not None:
                         finished_sent[c.index] = True
+                    if self.log_outputs and self.log_deltas and c.text:
+                        self.log_output(request_id, c.text, token_ids, c.finish_reason, "delta")
                     yield chunk(choice, c.index)
+            if self.log_outputs:
+                for text in full_texts:
+                    self.log_output(request_id, text, None, "streaming_complete", "complete")
             if include_usage:
                 yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
                            "model": self.model_name, "choices": [],
@@ -321,6 +333,15 @@ class OpenAIServingChat(OpenAIServing):
         finally:
             stream.abort()
         yield "data: [DONE]\n\n"
+
+    def _log_delta(self, request_id: str, delta: dict, token_ids: list[int], finish_reason: str | None) -> None:
+        """A tool-mode delta in the output log: its content and the pieces of call arguments (vLLM's form)."""
+        parts = [delta["content"]] if delta.get("content") else []
+        args = "".join((call.get("function") or {}).get("arguments") or "" for call in delta.get("tool_calls", ()))
+        if args:
+            parts.append(f"[tool_calls: {args}]")
+        if parts:
+            self.log_output(request_id, " ".join(parts), token_ids, finish_reason, "delta")
 
 
 class ToolCallStream:

@@ -95,7 +95,8 @@ def plain_prompt_logprobs(prompt_logprobs) -> list | None:
 class OpenAIServing:
     def __init__(self, engine: AsyncLLMEngine, served_model_names: Sequence[str], *, tokenizer: Any,
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
-                 max_log_len: int | None = None, trust_request_chat_template: bool = False,
+                 max_log_len: int | None = None, log_outputs: bool = False, log_deltas: bool = True,
+                 trust_request_chat_template: bool = False,
                  max_n: int = MAX_N, max_prompts_per_request: int | None = None,
                  enable_prompt_tokens_details: bool = False, chat_template_content_format: str = "auto",
                  return_tokens_as_token_ids: bool = False, enable_force_include_usage: bool = False):
@@ -107,6 +108,8 @@ class OpenAIServing:
         self.response_role = response_role
         self.log_requests = log_requests
         self.max_log_len = max_log_len
+        self.log_outputs = log_outputs and log_requests     # --enable-log-outputs (needs --enable-log-requests)
+        self.log_deltas = log_deltas                        # --no-enable-log-deltas: streams log only their end
         self.trust_request_chat_template = trust_request_chat_template
         self.max_n = max_n
         self.max_prompts_per_request = max_prompts_per_request
@@ -342,6 +345,24 @@ class OpenAIServing:
             ids = ids[:self.max_log_len] if ids is not None else None
         logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", printable_id(request_id),
                     text, params, ids)
+
+    def log_output(self, request_id: str, text: str, token_ids: Sequence[int] | None, finish_reason: str | None,
+                   stream: str = "") -> None:
+        """vLLM's --enable-log-outputs lines: the output text and finish reason at INFO, the token ids at DEBUG.
+        ``stream``: "" (a whole response), "delta" (one streamed piece) or "complete" (a stream's whole text)."""
+        if self.max_log_len is not None:
+            text = text[:self.max_log_len]
+            token_ids = list(token_ids)[:self.max_log_len] if token_ids is not None else None
+        where = {"": "", "delta": " (streaming delta)", "complete": " (streaming complete)"}[stream]
+        rid = printable_id(request_id)
+        if token_ids is not None and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Generated response %s%s details: output_token_ids: %s", rid, where, list(token_ids))
+        logger.info("Generated response %s%s: output: %r, finish_reason: %s", rid, where, text, finish_reason)
+
+
+def tool_calls_text(calls: list[dict]) -> str:
+    """Tool calls as an output log shows them: ``[tool_calls: name(arguments), ...]`` (vLLM's form)."""
+    return "[tool_calls: " + ", ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in calls) + "]"
 
 
 def check_unicode(value: Any, field: str) -> None:
