@@ -1,5 +1,6 @@
-"""``pagedllm serve``'s frontend flags that change how the server is reached or what it logs: ``--uds`` (a Unix
-domain socket), on a tiny random Llama with the SmolLM2 tokenizer, as a user runs them."""
+"""``pagedllm serve``'s frontend flags that change how the server is reached, what it logs or what wraps it:
+``--uds`` (a Unix domain socket), ``--enable-log-outputs``, ``--middleware``; on a tiny random Llama with the SmolLM2
+tokenizer, as a user runs them (a real server for --uds, the server's app in-process for the others)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import tempfile
 import time
 
 import httpx
+import pytest
 
 
 def _start_serve(model_dir: str, *flags: str, log_path: str) -> subprocess.Popen:
@@ -88,15 +90,23 @@ def _sse_texts(body: str, key: str) -> list[str]:
 
 
 def test_enable_log_outputs_needs_enable_log_requests(tiny_llama_dir):
-    import pytest
     with pytest.raises(ValueError, match="--enable-log-outputs requires --enable-log-requests"):
         _serve_args(tiny_llama_dir, "--enable-log-outputs")
 
 
-def test_enable_log_outputs_logs_what_each_response_generated(tiny_llama_dir, caplog):
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_llama_dir):
+    """The engine the in-process apps share: (engine, metrics, served names)."""
+    from pagedllm.entrypoints.openai.api_server import build_engine
+    engine, metrics, names = build_engine(_serve_args(tiny_llama_dir))
+    yield engine, metrics, names
+    engine.shutdown()
+
+
+def test_enable_log_outputs_logs_what_each_response_generated(tiny_llama_dir, tiny_engine, caplog):
     import logging
 
-    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
+    from pagedllm.entrypoints.openai.api_server import build_app
     args = _serve_args(tiny_llama_dir, "--enable-log-requests", "--enable-log-outputs")
     quiet = _serve_args(tiny_llama_dir, "--enable-log-requests", "--enable-log-outputs", "--no-enable-log-deltas")
     chat = {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4, "temperature": 0}
@@ -104,22 +114,19 @@ def test_enable_log_outputs_logs_what_each_response_generated(tiny_llama_dir, ca
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}}}}
     named = {"type": "function", "function": {"name": "get_weather"}}
-    engine, metrics, names = build_engine(args)
-    try:
-        with caplog.at_level(logging.INFO, logger="pagedllm"):
-            app = build_app(args, engine, metrics, names)
-            caplog.clear()
-            chat_r, chat_s, comp_r, comp_s, tool_r = _post_all(app, [
-                ("/v1/chat/completions", chat), ("/v1/chat/completions", {**chat, "stream": True}),
-                ("/v1/completions", completion), ("/v1/completions", {**completion, "stream": True}),
-                ("/v1/chat/completions", {**chat, "tools": [tool], "tool_choice": named})])
-            logged = caplog.text
-            caplog.clear()
-            (quiet_s,) = _post_all(build_app(quiet, engine, metrics, names),
-                                   [("/v1/chat/completions", {**chat, "stream": True})])
-            quiet_logged = caplog.text
-    finally:
-        engine.shutdown()
+    engine, metrics, names = tiny_engine
+    with caplog.at_level(logging.INFO, logger="pagedllm"):
+        app = build_app(args, engine, metrics, names)
+        caplog.clear()
+        chat_r, chat_s, comp_r, comp_s, tool_r = _post_all(app, [
+            ("/v1/chat/completions", chat), ("/v1/chat/completions", {**chat, "stream": True}),
+            ("/v1/completions", completion), ("/v1/completions", {**completion, "stream": True}),
+            ("/v1/chat/completions", {**chat, "tools": [tool], "tool_choice": named})])
+        logged = caplog.text
+        caplog.clear()
+        (quiet_s,) = _post_all(build_app(quiet, engine, metrics, names),
+                               [("/v1/chat/completions", {**chat, "stream": True})])
+        quiet_logged = caplog.text
     assert all(r.status_code == 200 for r in (chat_r, chat_s, comp_r, comp_s, tool_r, quiet_s))
     call = tool_r.json()["choices"][0]["message"]["tool_calls"][0]["function"]
     assert f"Generated response {tool_r.json()['id']}: output: '[tool_calls: get_weather({call['arguments']})]'" \
@@ -136,3 +143,79 @@ def test_enable_log_outputs_logs_what_each_response_generated(tiny_llama_dir, ca
         assert (f"Generated response {rid} (streaming complete): output: {''.join(pieces)!r}, "
                 f"finish_reason: streaming_complete") in logged
     assert "(streaming delta)" not in quiet_logged and "(streaming complete)" in quiet_logged
+
+
+# ---- --middleware ---------------------------------------------------------------------------------------------------
+_MIDDLEWARE_MODULE = '''
+class AddHeader:
+    """A pure ASGI middleware class: every HTTP answer gets X-Class-Middleware."""
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + [(b"x-class-middleware", b"on")]
+            await send(message)
+        await self.app(scope, receive, send_with_header)
+
+
+async def add_header(request, call_next):
+    response = await call_next(request)
+    response.headers["X-Function-Middleware"] = request.url.path
+    return response
+
+
+NOT_A_MIDDLEWARE = 3
+'''
+
+
+def test_middleware_class_and_function_wrap_every_answer(tiny_llama_dir, tiny_engine, tmp_path, monkeypatch):
+    from pagedllm.entrypoints.openai.api_server import build_app
+    (tmp_path / "pl_user_middleware.py").write_text(_MIDDLEWARE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = _serve_args(tiny_llama_dir, "--middleware", "pl_user_middleware.AddHeader",
+                       "--middleware", "pl_user_middleware.add_header", "--api-key", "sk-test")
+    assert args.middleware == ["pl_user_middleware.AddHeader", "pl_user_middleware.add_header"]
+    app = build_app(args, *tiny_engine)
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            return (await client.get("/health"), await client.get("/v1/models"),
+                    await client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2},
+                                      headers={"Authorization": "Bearer sk-test"}))
+    import asyncio
+    health, refused, completion = asyncio.run(run())
+    assert health.status_code == 200 and refused.status_code == 401 and completion.status_code == 200
+    for r, path in ((health, "/health"), (refused, "/v1/models"), (completion, "/v1/completions")):
+        # The user's middlewares wrap the server's own: the API key's 401 carries their headers too (vLLM's order).
+        assert r.headers["x-class-middleware"] == "on" and r.headers["x-function-middleware"] == path
+    assert completion.json()["usage"]["completion_tokens"] == 2
+
+
+def test_bad_middleware_is_a_clear_error(tmp_path, monkeypatch):
+    from pagedllm.entrypoints.openai.api_server import load_middleware
+    (tmp_path / "pl_user_middleware2.py").write_text(_MIDDLEWARE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"Invalid middleware pl_user_middleware2.NOT_A_MIDDLEWARE. Must be a "
+                                         r"function or a class."):
+        load_middleware("pl_user_middleware2.NOT_A_MIDDLEWARE")
+    with pytest.raises(ValueError, match="Invalid middleware no_such_module_xyz.Thing: No module named"):
+        load_middleware("no_such_module_xyz.Thing")
+    with pytest.raises(ValueError, match="Invalid middleware pl_user_middleware2.Missing: module"):
+        load_middleware("pl_user_middleware2.Missing")
+
+
+def test_bad_middleware_stops_serve_before_the_model_loads(tiny_llama_dir, monkeypatch):
+    from pagedllm.entrypoints.openai import api_server
+
+    def no_engine(*_args, **_kwargs):
+        raise AssertionError("the engine was built before --middleware was checked")
+    monkeypatch.setattr(api_server, "configure_logging", lambda: None)
+    monkeypatch.setattr(api_server, "build_engine", no_engine)
+    with pytest.raises(SystemExit, match="error: Invalid middleware no_such_module_xyz.Thing"):
+        api_server.run_server(_serve_args(tiny_llama_dir, "--middleware", "no_such_module_xyz.Thing"))

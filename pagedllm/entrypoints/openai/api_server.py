@@ -9,6 +9,8 @@ and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI se
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -258,7 +260,27 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         app.add_middleware(RequestIdHeaderMiddleware)    # on every answer, the 401s and 503s above included
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
+    for path in getattr(args, "middleware", None) or ():     # the user's, outermost (as vLLM adds them last)
+        middleware = load_middleware(path)
+        if inspect.isclass(middleware):
+            app.add_middleware(middleware)
+        else:
+            app.middleware("http")(middleware)
     return app
+
+
+def load_middleware(path: str) -> Any:
+    """--middleware's import path: an ASGI middleware class or an ``async def (request, call_next)`` function."""
+    module_name, _, name = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"Invalid middleware {path}: give its import path, module.name.")
+    try:
+        middleware = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"Invalid middleware {path}: {e}") from None
+    if not (inspect.isclass(middleware) or inspect.iscoroutinefunction(middleware)):
+        raise ValueError(f"Invalid middleware {path}. Must be a function or a class.")    # vLLM's words
+    return middleware
 
 
 # ---- running ---------------------------------------------------------------------------------------------------------
@@ -270,6 +292,11 @@ def run_server(args: argparse.Namespace, prestarted=None) -> int:
     configure_logging()
     logger.info("pagedllm API server version %s", pagedllm.__version__)
     logger.info("args: %s", {k: v for k, v in vars(args).items() if k != "api_key"})
+    try:
+        for path in getattr(args, "middleware", None) or ():
+            load_middleware(path)      # a bad --middleware fails now, not after the model has loaded
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     engine, metrics, names = build_engine(args, prestarted)
     app = build_app(args, engine, metrics, names)
     host = args.host or "0.0.0.0"

@@ -71,6 +71,10 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--ssl-ca-certs", type=str, default=None, help="CA certificates file.")
     g.add_argument("--ssl-cert-reqs", type=int, default=0, help="Whether client certificates are required.")
     g.add_argument("--root-path", type=str, default=None, help="FastAPI root_path when behind a path-based proxy.")
+    g.add_argument("--middleware", type=str, action="extend", nargs="+", default=[],
+                   help="An ASGI middleware to add to the app, as an import path (module.name); repeatable. A class "
+                        "is added with app.add_middleware(), an async function with @app.middleware('http'). They "
+                        "run before the server's own (CORS, API key, ...), the last given first.")
     g.add_argument("--disable-log-requests", action="store_true", default=None,
                    help="Deprecated (vLLM's old flag): requests are not logged unless --enable-log-requests.")
     g.add_argument("--enable-log-requests", action="store_true", default=None,
