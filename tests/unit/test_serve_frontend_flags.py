@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 
+from app_client import post_all, serve_args
+
 
 def _start_serve(model_dir: str, *flags: str, log_path: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pagedllm.entrypoints.cli", "serve", model_dir, "--dtype", "float32",
@@ -59,24 +61,6 @@ def test_uds_serves_health_and_completions_over_the_socket(tiny_llama_dir):
 
 
 # ---- --enable-log-outputs ----------------------------------------------------------------------------------------
-def _serve_args(model_dir: str, *flags: str):
-    from pagedllm.entrypoints.cli import make_parser
-    from pagedllm.entrypoints.openai.cli_args import finalize_args
-    return finalize_args(make_parser().parse_args(
-        ["serve", model_dir, "--dtype", "float32", "--max-model-len", "128", "--seed", "0",
-         "--disable-frontend-multiprocessing", *flags]))
-
-
-def _post_all(app, calls: list[tuple[str, dict]]) -> list[httpx.Response]:
-    import asyncio
-
-    async def run():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
-            return [await client.post(path, json=body) for path, body in calls]
-    return asyncio.run(run())
-
-
 def _sse_texts(body: str, key: str) -> list[str]:
     import json
     out = []
@@ -91,24 +75,15 @@ def _sse_texts(body: str, key: str) -> list[str]:
 
 def test_enable_log_outputs_needs_enable_log_requests(tiny_llama_dir):
     with pytest.raises(ValueError, match="--enable-log-outputs requires --enable-log-requests"):
-        _serve_args(tiny_llama_dir, "--enable-log-outputs")
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_llama_dir):
-    """The engine the in-process apps share: (engine, metrics, served names)."""
-    from pagedllm.entrypoints.openai.api_server import build_engine
-    engine, metrics, names = build_engine(_serve_args(tiny_llama_dir))
-    yield engine, metrics, names
-    engine.shutdown()
+        serve_args(tiny_llama_dir, "--enable-log-outputs")
 
 
 def test_enable_log_outputs_logs_what_each_response_generated(tiny_llama_dir, tiny_engine, caplog):
     import logging
 
     from pagedllm.entrypoints.openai.api_server import build_app
-    args = _serve_args(tiny_llama_dir, "--enable-log-requests", "--enable-log-outputs")
-    quiet = _serve_args(tiny_llama_dir, "--enable-log-requests", "--enable-log-outputs", "--no-enable-log-deltas")
+    args = serve_args(tiny_llama_dir, "--enable-log-requests", "--enable-log-outputs")
+    quiet = serve_args(tiny_llama_dir, "--enable-log-requests", "--enable-log-outputs", "--no-enable-log-deltas")
     chat = {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4, "temperature": 0}
     completion = {"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -118,13 +93,13 @@ def test_enable_log_outputs_logs_what_each_response_generated(tiny_llama_dir, ti
     with caplog.at_level(logging.INFO, logger="pagedllm"):
         app = build_app(args, engine, metrics, names)
         caplog.clear()
-        chat_r, chat_s, comp_r, comp_s, tool_r = _post_all(app, [
+        chat_r, chat_s, comp_r, comp_s, tool_r = post_all(app, [
             ("/v1/chat/completions", chat), ("/v1/chat/completions", {**chat, "stream": True}),
             ("/v1/completions", completion), ("/v1/completions", {**completion, "stream": True}),
             ("/v1/chat/completions", {**chat, "tools": [tool], "tool_choice": named})])
         logged = caplog.text
         caplog.clear()
-        (quiet_s,) = _post_all(build_app(quiet, engine, metrics, names),
+        (quiet_s,) = post_all(build_app(quiet, engine, metrics, names),
                                [("/v1/chat/completions", {**chat, "stream": True})])
         quiet_logged = caplog.text
     assert all(r.status_code == 200 for r in (chat_r, chat_s, comp_r, comp_s, tool_r, quiet_s))
@@ -177,7 +152,7 @@ def test_middleware_class_and_function_wrap_every_answer(tiny_llama_dir, tiny_en
     from pagedllm.entrypoints.openai.api_server import build_app
     (tmp_path / "pl_user_middleware.py").write_text(_MIDDLEWARE_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    args = _serve_args(tiny_llama_dir, "--middleware", "pl_user_middleware.AddHeader",
+    args = serve_args(tiny_llama_dir, "--middleware", "pl_user_middleware.AddHeader",
                        "--middleware", "pl_user_middleware.add_header", "--api-key", "sk-test")
     assert args.middleware == ["pl_user_middleware.AddHeader", "pl_user_middleware.add_header"]
     app = build_app(args, *tiny_engine)
@@ -218,4 +193,4 @@ def test_bad_middleware_stops_serve_before_the_model_loads(tiny_llama_dir, monke
     monkeypatch.setattr(api_server, "configure_logging", lambda: None)
     monkeypatch.setattr(api_server, "build_engine", no_engine)
     with pytest.raises(SystemExit, match="error: Invalid middleware no_such_module_xyz.Thing"):
-        api_server.run_server(_serve_args(tiny_llama_dir, "--middleware", "no_such_module_xyz.Thing"))
+        api_server.run_server(serve_args(tiny_llama_dir, "--middleware", "no_such_module_xyz.Thing"))
