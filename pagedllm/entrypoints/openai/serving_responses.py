@@ -5,9 +5,17 @@ completion and answered in the Responses shape (vLLM serves this route too).
 response.output_text.delta per chunk, ..., response.completed or response.incomplete), each an SSE ``event:`` line
 and its ``data:``, as OpenAI and vLLM send them.
 
-What is not here yet is refused with a 400 naming the field: tools, previous_response_id (nothing is stored:
-``store`` comes back false, as vLLM without its store), background mode, reasoning settings, structured text
-formats, truncation="auto", and input items other than messages of text.
+Function ``tools`` (OpenAI's flat ``{"type": "function", "name", "description", "parameters", "strict"}``) run as the
+chat completion's tools, with its tool choices ("auto" needs --enable-auto-tool-choice and --tool-call-parser, as on
+chat; "required"; ``{"type": "function", "name": ...}``; "none"): the calls come back as ``function_call`` output
+items (id, call_id, name, arguments, status), after a message item when the model also wrote text, as vLLM answers.
+``function_call`` and ``function_call_output`` input items carry a tool loop's turns back in (an assistant message
+with tool_calls, a tool message), so OpenAI's function-calling guide runs as written.
+
+What is not here yet is refused with a 400 naming the field: tools other than functions (web search, file search,
+MCP, ...), tools with stream=true, previous_response_id (nothing is stored: ``store`` comes back false, as vLLM
+without its store), background mode, reasoning settings, structured text formats, truncation="auto", and input
+items other than messages of text and function calls and their outputs.
 """
 from __future__ import annotations
 
@@ -31,7 +39,9 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 
 def _unsupported(req: ResponsesRequest) -> RequestError | None:
     checks = [
-        (bool(req.tools), "tools", "tools are not supported by /v1/responses yet; use /v1/chat/completions."),
+        (bool(req.tools) and bool(req.stream), "tools",
+         "tools with stream=true are not supported by /v1/responses yet; send stream=false, or use "
+         "/v1/chat/completions, which streams tool calls."),
         (req.previous_response_id is not None, "previous_response_id",
          "previous_response_id is not supported: this server stores no responses; send the whole conversation "
          "as input."),
@@ -48,18 +58,64 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
     return None
 
 
+def _chat_tools(req: ResponsesRequest) -> dict[str, Any]:
+    """The request's function tools and tool choice in the chat completion's shape (``{"type": "function",
+    "function": {...}}``), as vLLM converts them; nothing when the request has no tools."""
+    fields: dict[str, Any] = {}
+    if req.tools:
+        tools = []
+        for i, tool in enumerate(req.tools):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind != "function":
+                raise RequestError(f"tools[{i}]: only function tools are supported by /v1/responses yet, got type "
+                                   f"{kind!r}.", "tools")
+            if not isinstance(tool.get("name"), str) or not tool["name"]:
+                raise RequestError(f"tools[{i}] must be {{'type': 'function', 'name': ..., 'parameters': {{...}}}} "
+                                   f"(the Responses API's flat function tool).", "tools")
+            tools.append({"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}})
+        fields.update(tools=tools, parallel_tool_calls=req.parallel_tool_calls)
+    choice = req.tool_choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and "function" not in choice:
+        choice = {"type": "function", "function": {"name": choice.get("name")}}     # Responses' named choice
+    elif isinstance(choice, dict) and choice.get("type") != "function":
+        raise RequestError(f"tool_choice of type {choice.get('type')!r} is not supported by /v1/responses yet; use "
+                           f"\"auto\", \"none\", \"required\" or {{\"type\": \"function\", \"name\": ...}}.",
+                           "tool_choice")
+    if req.tools or ("tool_choice" in req.model_fields_set and choice not in (None, "auto", "none")):
+        fields["tool_choice"] = choice
+    return fields
+
+
 def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     """The Responses input as chat messages: instructions first (a system message), then a string (one user
-    message) or message items whose content is a string or text parts."""
+    message) or items: messages whose content is a string or text parts, ``function_call`` items (the assistant's
+    calls: consecutive ones join one assistant message, as vLLM) and ``function_call_output`` items (tool
+    messages)."""
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
     if isinstance(req.input, str):
         return messages + [{"role": "user", "content": req.input}]
     for i, item in enumerate(req.input):
-        if item.get("type", "message") != "message" or "role" not in item:
-            raise RequestError(f"input[{i}]: only message items (role and content) are supported by /v1/responses "
-                               f"yet, got type {item.get('type')!r}.", "input")
+        kind = item.get("type", "message")
+        if kind == "function_call":
+            call = _input_call(item, i)
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and last.get("tool_calls") is not None:
+                last["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            continue
+        if kind == "function_call_output":
+            output = item.get("output")
+            if not isinstance(item.get("call_id"), str) or not isinstance(output, str):
+                raise RequestError(f"input[{i}]: a function_call_output item needs call_id and output (strings).",
+                                   "input")
+            messages.append({"role": "tool", "content": output, "tool_call_id": item["call_id"]})
+            continue
+        if kind != "message" or "role" not in item:
+            raise RequestError(f"input[{i}]: only message, function_call and function_call_output items are "
+                               f"supported by /v1/responses yet, got type {item.get('type')!r}.", "input")
         content = item.get("content")
         if isinstance(content, list):
             texts = []
@@ -72,6 +128,14 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             content = texts
         messages.append({"role": item["role"], "content": content})
     return messages
+
+
+def _input_call(item: dict[str, Any], i: int) -> dict[str, Any]:
+    """A function_call input item (a call the model made, sent back) as a chat tool call."""
+    name, arguments, call_id = item.get("name"), item.get("arguments"), item.get("call_id")
+    if not all(isinstance(v, str) for v in (name, arguments, call_id)):
+        raise RequestError(f"input[{i}]: a function_call item needs call_id, name and arguments (strings).", "input")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 class OpenAIServingResponses:
@@ -88,7 +152,7 @@ class OpenAIServingResponses:
                     "model": req.model, "messages": _messages(req), "max_completion_tokens": req.max_output_tokens,
                     "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "user": req.user,
                     "priority": req.priority, "stream": bool(req.stream),
-                    "stream_options": {"include_usage": True} if req.stream else None})
+                    "stream_options": {"include_usage": True} if req.stream else None, **_chat_tools(req)})
             except ValidationError as e:
                 raise RequestError(f"input: {e.errors()[0]['msg']}", "input") from None
         except Exception as e:
@@ -160,7 +224,18 @@ class OpenAIServingResponses:
         (choice,) = chat["choices"]
         usage = chat["usage"]
         truncated = choice["finish_reason"] == "length"
-        text = {"type": "output_text", "text": choice["message"]["content"] or "", "annotations": []}
+        content = choice["message"]["content"] or ""
+        calls = choice["message"].get("tool_calls") or []
+        output = []
+        if content or not calls:
+            text = {"type": "output_text", "text": content, "annotations": []}
+            output.append({"id": f"msg_{random_uuid()}", "type": "message", "role": "assistant",
+                           "status": "incomplete" if truncated else "completed", "content": [text]})
+        for call in calls:     # OpenAI's function_call output items, after the message (as vLLM orders them)
+            # A call cut by max_output_tokens is "incomplete" (vLLM says "completed" whatever happened).
+            output.append({"id": f"fc_{random_uuid()}", "type": "function_call", "call_id": call["id"],
+                           "name": call["function"]["name"], "arguments": call["function"]["arguments"],
+                           "status": "incomplete" if truncated else "completed"})
         return {
             "id": f"resp_{request_id}",
             "object": "response",
@@ -171,13 +246,12 @@ class OpenAIServingResponses:
             "error": None,
             "instructions": req.instructions,
             "max_output_tokens": req.max_output_tokens,
-            "output": [{"id": f"msg_{random_uuid()}", "type": "message", "role": "assistant",
-                        "status": "incomplete" if truncated else "completed", "content": [text]}],
+            "output": output,
             "parallel_tool_calls": req.parallel_tool_calls,
             "temperature": req.temperature,
             "top_p": req.top_p,
             "tool_choice": req.tool_choice,
-            "tools": [],
+            "tools": req.tools or [],
             "text": {"format": {"type": "text"}},
             "truncation": "disabled",
             "store": False,
