@@ -1,4 +1,5 @@
-"""Benchmark workloads: ShareGPT conversations, random token prompts, prompts that share repeated prefixes.
+"""Benchmark workloads: ShareGPT conversations, BurstGPT trace lengths, random token prompts, prompts that share
+repeated prefixes.
 
 Every sampler returns ``SampleRequest``s. Synthetic prompts (random, prefix_repetition) are made of token ids, so their
 lengths are exact; ``prompt_text`` also holds their decoded text when a tokenizer is at hand (chat endpoints and
@@ -20,7 +21,7 @@ from pagedllm.bench.utils import vocab_ids
 
 # json-schema / regex / choice: structured-output requests (vLLM's benchmark_serving_structured_output workloads).
 STRUCTURED_DATASETS = ("json-schema", "regex", "choice")
-DATASET_NAMES = ("sharegpt", "custom", "sonnet", "random", "prefix_repetition") + STRUCTURED_DATASETS
+DATASET_NAMES = ("sharegpt", "burstgpt", "custom", "sonnet", "random", "prefix_repetition") + STRUCTURED_DATASETS
 # Synthetic workloads: a --dataset-path beside them would be ignored, so it is refused (as vLLM does).
 SYNTHETIC_DATASETS = ("random", "prefix_repetition") + STRUCTURED_DATASETS
 
@@ -145,6 +146,40 @@ def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: i
                                                    tokenize=False)
         requests.append(SampleRequest(prompt_len=len(tokenizer(prompt).input_ids), expected_output_len=output_len,
                                       prompt_text=prompt))
+    return requests
+
+
+# ---- BurstGPT: request and response lengths of a production trace ------------------------------------------------
+def sample_burstgpt(dataset_path: str, num_requests: int, tokenizer, seed: int = 0, output_len: int | None = None,
+                    oversample: bool = True) -> list[SampleRequest]:
+    """vLLM's burstgpt dataset: the rows of BurstGPT's CSV (columns "Model", "Request tokens", "Response tokens")
+    served by GPT-4 with a positive response length, drawn at random (again when the file holds fewer than
+    ``num_requests``, unless not ``oversample``); each becomes a synthetic prompt of "Request tokens" ids (the i-th
+    request the ids i, i+1, ... through the vocabulary, as vLLM's, special tokens skipped) asking for "Response
+    tokens" tokens (or ``output_len``)."""
+    import csv
+    rows = []
+    with open(dataset_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"Model", "Request tokens", "Response tokens"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{dataset_path} is not a BurstGPT CSV: no column {', '.join(sorted(missing))}.")
+        for row in reader:
+            if row["Model"] == "GPT-4" and int(float(row["Response tokens"])) > 0:
+                rows.append((int(float(row["Request tokens"])), int(float(row["Response tokens"]))))
+    if not rows:
+        raise ValueError(f"No GPT-4 row with a positive 'Response tokens' in {dataset_path}.")
+    rng = np.random.default_rng(seed)
+    count = num_requests if oversample else min(num_requests, len(rows))
+    picks = rng.choice(len(rows), size=count, replace=count > len(rows))
+    vocab = vocab_ids(tokenizer)
+    requests = []
+    for i, pick in enumerate(picks):
+        input_len, response_len = rows[pick]
+        ids = [vocab[(i + j) % len(vocab)] for j in range(input_len)]
+        requests.append(SampleRequest(prompt_len=input_len,
+                                      expected_output_len=output_len if output_len is not None else response_len,
+                                      prompt_text=_decode(tokenizer, ids), prompt_token_ids=ids))
     return requests
 
 
@@ -299,7 +334,8 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
     g.add_argument("--dataset-name", type=str, default=default_dataset, choices=list(DATASET_NAMES),
                    help="Workload to sample.")
     g.add_argument("--dataset-path", type=str, default=None,
-                   help="Path to the dataset file (ShareGPT_V3_unfiltered_cleaned_split.json format for sharegpt).")
+                   help="Path to the dataset file (ShareGPT_V3_unfiltered_cleaned_split.json format for sharegpt, "
+                        "BurstGPT's CSV for burstgpt).")
     g.add_argument("--sharegpt-output-len", type=int, default=None,
                    help="Output length of every ShareGPT request (default: the reply's token length).")
     g.add_argument("--custom-output-len", type=int, default=256,
@@ -311,7 +347,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
     g.add_argument("--skip-chat-template", action="store_true",
                    help="custom dataset: send the prompts as they are, not wrapped in the chat template.")
     g.add_argument("--no-oversample", action="store_true",
-                   help="sharegpt / custom: a file with fewer usable prompts than --num-prompts gives fewer requests "
+                   help="sharegpt / burstgpt / custom: a file with fewer usable prompts than --num-prompts gives fewer requests "
                         "(default: some are drawn again).")
     g.add_argument("--disable-shuffle", action="store_true",
                    help="sharegpt / custom: take the prompts in file order instead of a seeded shuffle.")
@@ -350,6 +386,14 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
         return sample_custom(args.dataset_path, num_requests, tokenizer,
                              output_len if output_len is not None else args.custom_output_len, seed=args.seed or 0,
                              skip_chat_template=args.skip_chat_template, **_order_flags(args))
+    if name == "burstgpt":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name burstgpt needs --dataset-path (BurstGPT's CSV, e.g. "
+                             "BurstGPT_without_fails_2.csv).")
+        if input_len is not None:
+            raise ValueError("--input-len does not apply to the burstgpt dataset: its rows give the prompt lengths.")
+        return sample_burstgpt(args.dataset_path, num_requests, tokenizer, seed=args.seed or 0, output_len=output_len,
+                               oversample=_order_flags(args)["oversample"])
     if name == "sonnet":
         if not args.dataset_path:
             raise ValueError("--dataset-name sonnet needs --dataset-path (a text file of poem lines, as vLLM's "

@@ -643,3 +643,33 @@ def test_sonnet_dataset(fake_server, tmp_path, word_tokenizer_dir):
     assert all(c.startswith("Pick as many lines") and not c.startswith("w1") for c in contents)
     with pytest.raises(ValueError, match="--dataset-name sonnet needs --dataset-path"):
         serve.main(serve_args(*common[:6], "--dataset-name", "sonnet"))
+
+
+def test_burstgpt_dataset_from_a_local_csv(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's burstgpt dataset: BurstGPT's CSV rows served by GPT-4 with a response (others dropped) give each
+    request's prompt length (synthetic ids) and max_tokens; --no-oversample keeps the file's count; --output-len
+    fixes the outputs."""
+    csv_path = tmp_path / "BurstGPT_1.csv"
+    rows = [(0, "ChatGPT", 50, 7), (1, "GPT-4", 6, 3), (2, "GPT-4", 9, 0), (3, "GPT-4", 4, 5), (4, "ChatGPT", 3, 2)]
+    csv_path.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n" + "".join(
+        f"{t},{m},{i},{o},{i + o},Conversation log\n" for t, m, i, o in rows))
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer", word_tokenizer_dir,
+              "--dataset-name", "burstgpt", "--dataset-path", str(csv_path), "--disable-tqdm"]
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args(*common, "--num-prompts", "6", "--save-detailed", "--result-dir", str(tmp_path)))
+    sent = [(len(r.body["prompt"]), r.body["max_tokens"]) for r in fake_server.requests[1:]]
+    assert len(sent) == 6 and set(sent) == {(6, 3), (4, 5)}          # the GPT-4 rows with a response, drawn again
+    assert sorted(result["input_lens"]) == sorted(n for n, _ in sent) and result["completed"] == 6
+    assert all("ignore_eos" not in r.body for r in fake_server.requests)
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args(*common, "--num-prompts", "6", "--no-oversample", "--output-len", "2"))
+    assert sorted(len(r.body["prompt"]) for r in fake_server.requests[1:]) == [4, 6]
+    assert all(r.body["max_tokens"] == 2 for r in fake_server.requests)
+    with pytest.raises(ValueError, match="--dataset-name burstgpt needs --dataset-path"):
+        serve.main(serve_args(*common[:6], "--dataset-name", "burstgpt"))
+    with pytest.raises(ValueError, match="--input-len does not apply to the burstgpt dataset"):
+        serve.main(serve_args(*common, "--input-len", "8"))
+    bad = tmp_path / "other.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a BurstGPT CSV: no column Model, Request tokens, Response tokens"):
+        serve.main(serve_args(*common[:-3], "--dataset-path", str(bad), "--disable-tqdm"))
