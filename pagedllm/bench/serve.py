@@ -58,8 +58,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer-mode", type=str, default="auto", choices=list(TOKENIZER_MODES),
                         help="auto / hf: the fast tokenizer when there is one; slow: the Python one.")
     parser.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME",
-                        help="LoRA adapters the server serves: each request names one of them, chosen at random "
-                             "(seeded by --seed), as its model.")
+                        help="LoRA adapters the server serves: each request names one of them as its model, chosen "
+                             "as --lora-assignment says.")
+    parser.add_argument("--lora-assignment", type=str, default="random", choices=["random", "round-robin"],
+                        help="How requests get a --lora-modules adapter: random (seeded by --seed), or round-robin "
+                             "(request i the (i mod N)-th).")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--skip-tokenizer-init", action="store_true",
                         help="Load no tokenizer: synthetic prompts go as token ids, output tokens come from usage.")
@@ -235,8 +238,12 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
     inputs = [_request_input(r, i, api_url=api_url, model=model, chat=chat, args=args)
               for i, r in enumerate(requests)]
     test_input = replace(inputs[0], request_id=None)    # the test and warm-up requests carry no x-request-id (vLLM)
-    if args.lora_modules:       # vLLM: each measured request names a random adapter (the test request the base model)
-        inputs = [replace(x, model=random.choice(args.lora_modules)) for x in inputs]
+    if args.lora_modules:       # vLLM: each measured request names an adapter (the test request the base model)
+        loras = args.lora_modules
+        if args.lora_assignment == "round-robin":
+            inputs = [replace(x, model=loras[i % len(loras)]) for i, x in enumerate(inputs)]
+        else:
+            inputs = [replace(x, model=random.choice(loras)) for x in inputs]
 
     connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)

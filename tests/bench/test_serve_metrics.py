@@ -617,6 +617,17 @@ def test_lora_modules_and_tokenizer_mode(fake_server, word_tokenizer_dir, capsys
     assert "invalid choice: 'mistral'" in capsys.readouterr().err
 
 
+def test_lora_assignment_round_robin(fake_server):
+    """vLLM's --lora-assignment round-robin: request i names the (i mod N)-th of --lora-modules."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                          "--random-output-len", "2", "--num-prompts", "5", "--disable-tqdm", "--skip-tokenizer-init",
+                          "--lora-modules", "ada", "bea", "cid", "--lora-assignment", "round-robin",
+                          "--request-id-prefix", "r-"))
+    by_index = sorted((int(r.headers["x-request-id"][2:]), r.body["model"]) for r in fake_server.requests[1:])
+    assert [model for _, model in by_index] == ["ada", "bea", "cid", "ada", "bea"]
+
+
 def test_sonnet_dataset(fake_server, tmp_path, word_tokenizer_dir):
     """vLLM's sonnet dataset: the instruction, the file's first lines as a shared prefix, random lines up to
     --sonnet-input-len tokens, in the chat template; completions get the formatted text, chat the raw one."""
