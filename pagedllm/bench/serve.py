@@ -38,6 +38,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "openai-embeddings: /v1/embeddings (an embedding server; E2EL only).")
     parser.add_argument("--base-url", type=str, default=None, help="Server URL, e.g. http://127.0.0.1:8000 "
                         "(instead of --host/--port).")
+    parser.add_argument("--insecure", action="store_true",
+                        help="Do not verify the server's SSL certificate (an https server with a self-signed one).")
     parser.add_argument("--host", type=str, default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--endpoint", type=str, default=None,
@@ -177,13 +179,15 @@ async def wait_for_endpoint(request_func, request_input, session, timeout_s: flo
         await asyncio.sleep(READY_CHECK_RETRY_S)
 
 
-async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None = None) -> str:
+async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None = None,
+                             insecure: bool = False) -> str:
     import aiohttp
     from pagedllm.bench.request_funcs import RequestFuncInput, _headers
     headers = _headers(RequestFuncInput(api_url="", model="", prompt="", prompt_len=0, output_len=0,
                                         extra_headers=extra_headers))
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                         connector=aiohttp.TCPConnector(ssl=_ssl(insecure))) as session:
             async with session.get(base_url.rstrip("/") + "/v1/models", headers=headers) as resp:
                 if resp.status != 200:
                     raise ValueError(f"GET {base_url}/v1/models answered HTTP {resp.status}; pass --model.")
@@ -195,6 +199,11 @@ async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None
     if not models:
         raise ValueError(f"The server at {base_url} lists no model; pass --model.")
     return models[0]["id"]
+
+
+def _ssl(insecure: bool) -> bool:
+    """aiohttp's ssl argument: False skips certificate verification (--insecure: a self-signed server)."""
+    return not insecure
 
 
 def parse_key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -245,7 +254,8 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         else:
             inputs = [replace(x, model=random.choice(loras)) for x in inputs]
 
-    connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60)
+    connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60,
+                                     ssl=_ssl(args.insecure))
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True) as session:
         print("Starting initial single prompt test run...")
@@ -403,7 +413,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     endpoint = args.endpoint or BACKENDS[args.backend][1]
     api_url = base_url + endpoint
-    model_id = args.model or asyncio.run(_fetch_first_model(base_url, parse_key_values(args.header, "--header")))
+    model_id = args.model or asyncio.run(_fetch_first_model(base_url, parse_key_values(args.header, "--header"),
+                                                            insecure=args.insecure))
     request_model = args.served_model_name or model_id
     chat = args.backend in CHAT_BACKENDS
     if args.dataset_name == "random" and not pooling:

@@ -38,7 +38,8 @@ class ReceivedRequest:
 class FakeOpenAIServer:
     """Streams ``max_tokens`` tokens per request: the first after ``ttft_s``, then one every ``itl_s``."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context=None) -> None:
+        self.ssl_context = ssl_context       # an ssl.SSLContext: serve https
         self.config = FakeServerConfig()
         self.requests: list[ReceivedRequest] = []
         self.in_flight = 0
@@ -70,7 +71,7 @@ class FakeOpenAIServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -82,7 +83,7 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/embeddings", self._embed)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         self._loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]
         self._started.set()

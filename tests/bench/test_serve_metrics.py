@@ -684,3 +684,27 @@ def test_burstgpt_dataset_from_a_local_csv(fake_server, tmp_path, word_tokenizer
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a BurstGPT CSV: no column Model, Request tokens, Response tokens"):
         serve.main(serve_args(*common[:-3], "--dataset-path", str(bad), "--disable-tqdm"))
+
+
+def test_insecure_reaches_an_https_server_with_a_self_signed_certificate(tmp_path):
+    """vLLM's --insecure: an https server whose certificate no CA signed is benchmarked; without the flag the
+    certificate check fails and says so."""
+    import ssl
+    from conftest import FakeOpenAIServer
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    server = FakeOpenAIServer(ssl_context=context).start()
+    try:
+        server.reset(ttft_s=0.005, itl_s=0.001)
+        common = ["--base-url", server.base_url, "--random-input-len", "4", "--random-output-len", "2",
+                  "--num-prompts", "3", "--disable-tqdm", "--skip-tokenizer-init"]
+        result = serve.main(serve_args(*common, "--insecure"))
+        assert server.base_url.startswith("https://") and result["completed"] == 3
+        with pytest.raises(ValueError, match="certificate verify failed"):
+            serve.main(serve_args(*common))
+    finally:
+        server.stop()
+
