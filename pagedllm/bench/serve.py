@@ -89,6 +89,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--ignore-eos", action="store_true",
                         help="Send ignore_eos=true (fixed output lengths); always on with --dataset-name random.")
     parser.add_argument("--logprobs", type=int, default=None, help="Logprobs per output token to request.")
+    parser.add_argument("--use-beam-search", action="store_true",
+                        help="Accepted for vLLM's command lines, and without effect there too: vLLM's bench serve "
+                             "no longer sends beam-search requests. A warning says so.")
     parser.add_argument("--temperature", type=float, default=None, help="Default 0.0 (greedy).")
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
@@ -402,6 +405,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{', '.join(generation_only)} apply to generation backends, not --backend "
                              f"{args.backend}.")
     percentiles = parse_percentiles(args.metric_percentiles)
+    if args.use_beam_search:
+        print("WARNING: --use-beam-search has no effect: requests are sampled as without it (vLLM's bench serve "
+              "accepts the flag and sends no beam-search request either).")
     ramp_up = check_ramp_up_args(args)
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}.")

@@ -708,3 +708,13 @@ def test_insecure_reaches_an_https_server_with_a_self_signed_certificate(tmp_pat
     finally:
         server.stop()
 
+
+def test_use_beam_search_is_accepted_and_says_it_does_nothing(fake_server, capsys):
+    """vLLM's bench serve parses --use-beam-search and sends nothing different: the same here, with a warning."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                                   "--random-output-len", "2", "--num-prompts", "2", "--disable-tqdm",
+                                   "--skip-tokenizer-init", "--use-beam-search"))
+    assert result["completed"] == 2 and "WARNING: --use-beam-search has no effect" in capsys.readouterr().out
+    assert not any("use_beam_search" in r.body for r in fake_server.requests)
+
