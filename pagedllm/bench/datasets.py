@@ -111,7 +111,7 @@ def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int =
 # ---- custom: a JSONL file of {"prompt": ...} lines --------------------------------------------------------------
 def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: int, seed: int = 0,
                   skip_chat_template: bool = False, oversample: bool = True,
-                  shuffle: bool = True) -> list[SampleRequest]:
+                  shuffle: bool = True, chat_template_kwargs: dict | None = None) -> list[SampleRequest]:
     """vLLM's ``custom`` dataset: one JSON object with a ``prompt`` field per line, shuffled with ``seed`` (unless not
     ``shuffle``); each prompt wrapped in the tokenizer's chat template as one user turn (unless
     ``skip_chat_template``), every request asking for ``output_len`` tokens; too few lines are drawn again at random
@@ -142,8 +142,7 @@ def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: i
     requests = []
     for prompt in prompts:
         if not skip_chat_template:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                   tokenize=False)
+            prompt = _chat_formatted(tokenizer, prompt, chat_template_kwargs)
         requests.append(SampleRequest(prompt_len=len(tokenizer(prompt).input_ids), expected_output_len=output_len,
                                       prompt_text=prompt))
     return requests
@@ -187,13 +186,15 @@ def sample_burstgpt(dataset_path: str, num_requests: int, tokenizer, seed: int =
 SONNET_INSTRUCTION = "Pick as many lines as you can from these poem lines:\n"
 
 
-def _chat_formatted(tokenizer, text: str) -> str:
+def _chat_formatted(tokenizer, text: str, chat_template_kwargs: dict | None = None) -> str:
+    """``text`` as one user turn in the tokenizer's chat template (--chat-template-kwargs go to the template)."""
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         tokenize=False)
+                                         tokenize=False, **(chat_template_kwargs or {}))
 
 
 def sample_sonnet(dataset_path: str, num_requests: int, tokenizer, input_len: int = 550, output_len: int = 150,
-                  prefix_len: int = 200, seed: int = 0) -> list[SampleRequest]:
+                  prefix_len: int = 200, seed: int = 0,
+                  chat_template_kwargs: dict | None = None) -> list[SampleRequest]:
     """vLLM's sonnet dataset (deprecated there, still in its CLI): an instruction, then the file's first lines as a
     shared prefix of about ``prefix_len`` tokens, then lines drawn at random up to about ``input_len`` tokens, all in
     the chat template as one user turn. Prompts whose formatted length exceeds ``input_len`` are drawn again.
@@ -208,7 +209,7 @@ def sample_sonnet(dataset_path: str, num_requests: int, tokenizer, input_len: in
     if not lines:
         raise ValueError(f"No line in {dataset_path}.")
     avg_line_len = sum(len(tokenizer(line).input_ids) for line in lines) / len(lines)
-    base_len = len(tokenizer(_chat_formatted(tokenizer, SONNET_INSTRUCTION)).input_ids)
+    base_len = len(tokenizer(_chat_formatted(tokenizer, SONNET_INSTRUCTION, chat_template_kwargs)).input_ids)
     if input_len <= base_len:
         raise ValueError(f"--sonnet-input-len must be higher than the base prompt length ({base_len}), got "
                          f"{input_len}.")
@@ -221,7 +222,7 @@ def sample_sonnet(dataset_path: str, num_requests: int, tokenizer, input_len: in
         if len(requests) == num_requests:
             break
         raw = SONNET_INSTRUCTION + "".join(prefix + rng.choices(lines, k=max(num_input_lines - num_prefix_lines, 0)))
-        formatted = _chat_formatted(tokenizer, raw)
+        formatted = _chat_formatted(tokenizer, raw, chat_template_kwargs)
         prompt_len = len(tokenizer(formatted).input_ids)
         if prompt_len <= input_len:
             requests.append(SampleRequest(prompt_len=prompt_len, expected_output_len=output_len,
@@ -377,6 +378,11 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
                     prefix_len: int | None = None) -> list[SampleRequest]:
     """Sample ``num_requests`` from the dataset that ``args`` names (flags of ``add_dataset_args``)."""
     name = args.dataset_name
+    template_kwargs = getattr(args, "chat_template_kwargs", None)
+    if template_kwargs is not None and (name not in ("custom", "sonnet") or getattr(args, "skip_chat_template", False)):
+        raise ValueError("--chat-template-kwargs applies where the benchmark renders the chat template itself (the "
+                         "custom dataset without --skip-chat-template, sonnet); for the server's template send "
+                         "--extra-body '{\"chat_template_kwargs\": {...}}'.")
     if name in SYNTHETIC_DATASETS and getattr(args, "dataset_path", None):
         raise ValueError(f"Cannot use the '{name}' dataset with --dataset-path: it is generated, not read. Pass the "
                          f"--dataset-name of your file (sharegpt, custom) to use {args.dataset_path}.")
@@ -385,7 +391,8 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
             raise ValueError("--dataset-name custom needs --dataset-path (a JSONL file of {\"prompt\": ...} lines).")
         return sample_custom(args.dataset_path, num_requests, tokenizer,
                              output_len if output_len is not None else args.custom_output_len, seed=args.seed or 0,
-                             skip_chat_template=args.skip_chat_template, **_order_flags(args))
+                             skip_chat_template=args.skip_chat_template, chat_template_kwargs=template_kwargs,
+                             **_order_flags(args))
     if name == "burstgpt":
         if not args.dataset_path:
             raise ValueError("--dataset-name burstgpt needs --dataset-path (BurstGPT's CSV, e.g. "
@@ -401,7 +408,8 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
         return sample_sonnet(args.dataset_path, num_requests, tokenizer,
                              input_len=input_len if input_len is not None else args.sonnet_input_len,
                              output_len=output_len if output_len is not None else args.sonnet_output_len,
-                             prefix_len=args.sonnet_prefix_len, seed=args.seed or 0)
+                             prefix_len=args.sonnet_prefix_len, seed=args.seed or 0,
+                             chat_template_kwargs=template_kwargs)
     if name == "sharegpt":
         if not args.dataset_path:
             raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT json file).")

@@ -99,6 +99,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--frequency-penalty", type=float, default=None)
     parser.add_argument("--presence-penalty", type=float, default=None)
     parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--chat-template-kwargs", type=json.loads, default=None,
+                        help="JSON keyword arguments for the chat template where the benchmark renders it itself "
+                             "(custom, sonnet), e.g. '{\"enable_thinking\": false}'.")
     parser.add_argument("--extra-body", type=json.loads, default=None,
                         help="JSON object merged into every request body.")
     parser.add_argument("--num-warmups", type=int, default=0, help="Warm-up requests before the measured run.")

@@ -718,3 +718,24 @@ def test_use_beam_search_is_accepted_and_says_it_does_nothing(fake_server, capsy
     assert result["completed"] == 2 and "WARNING: --use-beam-search has no effect" in capsys.readouterr().out
     assert not any("use_beam_search" in r.body for r in fake_server.requests)
 
+
+
+def test_chat_template_kwargs_reach_the_client_side_template(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's --chat-template-kwargs: the custom dataset's prompts are rendered with them (a template switch here);
+    where the benchmark renders no template it is an error pointing at --extra-body."""
+    tok = get_tokenizer(word_tokenizer_dir)
+    tok.chat_template = "{% if thinking %}w7 {% endif %}{% for m in messages %}w1 {{ m['content'] }} w2{% endfor %}"
+    tok_dir = tmp_path / "tok"
+    tok.save_pretrained(str(tok_dir))
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": _words(3, i)}) + "\n" for i in range(2)))
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer", str(tok_dir), "--dataset-name",
+              "custom", "--dataset-path", str(path), "--custom-output-len", "2", "--num-prompts", "2",
+              "--disable-tqdm"]
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args(*common, "--chat-template-kwargs", '{"thinking": true}', "--save-detailed",
+                                   "--result-dir", str(tmp_path)))
+    prompts = [r.body["prompt"] for r in fake_server.requests[1:]]
+    assert all(p.startswith("w7 w1 ") and p.endswith(" w2") for p in prompts) and result["input_lens"] == [6, 6]
+    with pytest.raises(ValueError, match="--chat-template-kwargs applies where the benchmark renders"):
+        serve.main(serve_args(*common, "--skip-chat-template", "--chat-template-kwargs", '{"thinking": true}'))
