@@ -21,7 +21,8 @@ from pagedllm.bench.utils import vocab_ids
 
 # json-schema / regex / choice: structured-output requests (vLLM's benchmark_serving_structured_output workloads).
 STRUCTURED_DATASETS = ("json-schema", "regex", "choice")
-DATASET_NAMES = ("sharegpt", "burstgpt", "custom", "sonnet", "random", "prefix_repetition") + STRUCTURED_DATASETS
+DATASET_NAMES = ("sharegpt", "burstgpt", "custom", "sonnet", "txt-slices", "random",
+                 "prefix_repetition") + STRUCTURED_DATASETS
 # Synthetic workloads: a --dataset-path beside them would be ignored, so it is refused (as vLLM does).
 SYNTHETIC_DATASETS = ("random", "prefix_repetition") + STRUCTURED_DATASETS
 
@@ -179,6 +180,32 @@ def sample_burstgpt(dataset_path: str, num_requests: int, tokenizer, seed: int =
         requests.append(SampleRequest(prompt_len=input_len,
                                       expected_output_len=output_len if output_len is not None else response_len,
                                       prompt_text=_decode(tokenizer, ids), prompt_token_ids=ids))
+    return requests
+
+
+# ---- txt-slices: windows of one text file -------------------------------------------------------------------------
+def sample_txt_slices(dataset_path: str, num_requests: int, tokenizer, input_len: int, output_len: int,
+                      seed: int = 0) -> list[SampleRequest]:
+    """vLLM's txt-slices dataset: the file's text tokenized once; each prompt is ``input_len`` tokens from a random
+    start (wrapping around at the end), decoded to text, its length measured again as the server will count it."""
+    if tokenizer is None:
+        raise ValueError("The txt-slices dataset needs a tokenizer to cut the text; pass --tokenizer.")
+    if dataset_path.startswith(("http://", "https://")):
+        raise ValueError(f"--dataset-path {dataset_path}: download the text file and pass its local path (this "
+                         "benchmark reads local files).")
+    if input_len < 1 or output_len < 1:
+        raise ValueError(f"txt-slices needs input and output lengths >= 1, got {input_len} and {output_len}.")
+    with open(dataset_path, encoding="utf-8") as f:
+        ids = tokenizer(f.read(), add_special_tokens=False).input_ids
+    if not ids:
+        raise ValueError("The text file is empty or cannot be tokenized.")
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(num_requests):
+        start = rng.randrange(len(ids))
+        text = tokenizer.decode([ids[(start + j) % len(ids)] for j in range(input_len)], skip_special_tokens=False)
+        requests.append(SampleRequest(prompt_len=len(tokenizer(text).input_ids), expected_output_len=output_len,
+                                      prompt_text=text))
     return requests
 
 
@@ -353,8 +380,10 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
     g.add_argument("--disable-shuffle", action="store_true",
                    help="sharegpt / custom: take the prompts in file order instead of a seeded shuffle.")
     if with_random_lens:
-        g.add_argument("--random-input-len", type=int, default=1024, help="Input tokens per random request.")
-        g.add_argument("--random-output-len", type=int, default=128, help="Output tokens per random request.")
+        g.add_argument("--random-input-len", type=int, default=1024,
+                       help="Input tokens per random (and txt-slices) request.")
+        g.add_argument("--random-output-len", type=int, default=128,
+                       help="Output tokens per random (and txt-slices) request.")
         g.add_argument("--random-range-ratio", type=float, default=0.0,
                        help="Lengths are uniform in [len*(1-r), len*(1+r)], 0 <= r < 1.")
         g.add_argument("--random-prefix-len", type=int, default=0,
@@ -401,6 +430,17 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
             raise ValueError("--input-len does not apply to the burstgpt dataset: its rows give the prompt lengths.")
         return sample_burstgpt(args.dataset_path, num_requests, tokenizer, seed=args.seed or 0, output_len=output_len,
                                oversample=_order_flags(args)["oversample"])
+    if name == "txt-slices":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name txt-slices needs --dataset-path (a text file).")
+        return sample_txt_slices(args.dataset_path, num_requests, tokenizer,
+                                 # vLLM's lengths: --random-input-len / --random-output-len (1024 / 128 where the
+                                 # command has no such flag, as bench throughput)
+                                 input_len=input_len if input_len is not None else getattr(args, "random_input_len",
+                                                                                           1024),
+                                 output_len=output_len if output_len is not None else getattr(args, "random_output_len",
+                                                                                              128),
+                                 seed=args.seed or 0)
     if name == "sonnet":
         if not args.dataset_path:
             raise ValueError("--dataset-name sonnet needs --dataset-path (a text file of poem lines, as vLLM's "

@@ -433,7 +433,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer = None
     if not args.skip_tokenizer_init:
-        needs_tokenizer = args.dataset_name in ("sharegpt", "custom", "sonnet") or chat
+        needs_tokenizer = args.dataset_name in ("sharegpt", "custom", "sonnet", "txt-slices") or chat
         tokenizer = try_get_tokenizer(args.tokenizer or model_id, trust_remote_code=args.trust_remote_code,
                                       required=needs_tokenizer, tokenizer_mode=args.tokenizer_mode)
     requests = sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len,

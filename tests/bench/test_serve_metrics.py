@@ -739,3 +739,23 @@ def test_chat_template_kwargs_reach_the_client_side_template(fake_server, tmp_pa
     assert all(p.startswith("w7 w1 ") and p.endswith(" w2") for p in prompts) and result["input_lens"] == [6, 6]
     with pytest.raises(ValueError, match="--chat-template-kwargs applies where the benchmark renders"):
         serve.main(serve_args(*common, "--skip-chat-template", "--chat-template-kwargs", '{"thinking": true}'))
+
+
+def test_txt_slices_dataset_from_a_local_text_file(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's txt-slices dataset: windows of --random-input-len tokens of one text file from seeded random starts,
+    wrapping at the end, sent as text; --random-output-len tokens each."""
+    text = tmp_path / "book.txt"
+    text.write_text(_words(10, 100))
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer", word_tokenizer_dir,
+              "--dataset-name", "txt-slices", "--dataset-path", str(text), "--random-input-len", "4",
+              "--random-output-len", "3", "--num-prompts", "6", "--disable-tqdm"]
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args(*common, "--save-detailed", "--result-dir", str(tmp_path)))
+    words = _words(10, 100).split()
+    for r in fake_server.requests[1:]:
+        got = r.body["prompt"].split()
+        start = words.index(got[0])
+        assert got == [words[(start + j) % 10] for j in range(4)] and r.body["max_tokens"] == 3
+    assert result["input_lens"] == [4] * 6 and len({r.body["prompt"] for r in fake_server.requests}) > 1
+    with pytest.raises(ValueError, match="download the text file"):
+        serve.main(serve_args(*common[:9], "https://example.com/book.txt", *common[10:]))
