@@ -23,6 +23,16 @@ from pagedllm.bench.utils import vocab_ids
 STRUCTURED_DATASETS = ("json-schema", "regex", "choice")
 DATASET_NAMES = ("sharegpt", "burstgpt", "custom", "sonnet", "txt-slices", "random",
                  "prefix_repetition") + STRUCTURED_DATASETS
+# vLLM's datasets that are not here: named on the command line, each answers why and what to use instead.
+UNSUPPORTED_DATASETS = {
+    "hf": "it loads a Hugging Face hub dataset (a download); save the prompts to a local file and use --dataset-name "
+          "custom (JSONL of {\"prompt\": ...} lines) or sharegpt",
+    "random-mm": "it sends images, and pagedllm serves text-only models",
+    "random-rerank": "pagedllm serves no reranker model; for embedding models use --backend openai-embeddings with "
+                     "--dataset-name random",
+    "spec_bench": "its question file is not read here yet; convert it to --dataset-name custom (JSONL of "
+                  "{\"prompt\": ...} lines)",
+}
 # Synthetic workloads: a --dataset-path beside them would be ignored, so it is refused (as vLLM does).
 SYNTHETIC_DATASETS = ("random", "prefix_repetition") + STRUCTURED_DATASETS
 
@@ -359,7 +369,8 @@ def sample_structured(kind: str, num_requests: int, output_len: int, tokenizer) 
 def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "random",
                      with_random_lens: bool = True) -> None:
     g = parser.add_argument_group("dataset")
-    g.add_argument("--dataset-name", type=str, default=default_dataset, choices=list(DATASET_NAMES),
+    g.add_argument("--dataset-name", type=str, default=default_dataset,
+                   choices=list(DATASET_NAMES) + list(UNSUPPORTED_DATASETS),
                    help="Workload to sample.")
     g.add_argument("--dataset-path", type=str, default=None,
                    help="Path to the dataset file (ShareGPT_V3_unfiltered_cleaned_split.json format for sharegpt, "
@@ -407,6 +418,8 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
                     prefix_len: int | None = None) -> list[SampleRequest]:
     """Sample ``num_requests`` from the dataset that ``args`` names (flags of ``add_dataset_args``)."""
     name = args.dataset_name
+    if name in UNSUPPORTED_DATASETS:
+        raise ValueError(f"--dataset-name {name} is not supported yet: {UNSUPPORTED_DATASETS[name]}.")
     template_kwargs = getattr(args, "chat_template_kwargs", None)
     if template_kwargs is not None and (name not in ("custom", "sonnet") or getattr(args, "skip_chat_template", False)):
         raise ValueError("--chat-template-kwargs applies where the benchmark renders the chat template itself (the "

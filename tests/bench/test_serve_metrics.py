@@ -759,3 +759,12 @@ def test_txt_slices_dataset_from_a_local_text_file(fake_server, tmp_path, word_t
     assert result["input_lens"] == [4] * 6 and len({r.body["prompt"] for r in fake_server.requests}) > 1
     with pytest.raises(ValueError, match="download the text file"):
         serve.main(serve_args(*common[:9], "https://example.com/book.txt", *common[10:]))
+
+
+@pytest.mark.parametrize("name, words", [("hf", "Hugging Face hub"), ("random-mm", "text-only"),
+                                         ("random-rerank", "no reranker"), ("spec_bench", "custom")])
+def test_vllm_datasets_not_here_say_why(name, words):
+    """vLLM's dataset names that pagedllm does not sample: a clear error naming the dataset, not argparse's
+    'invalid choice'."""
+    with pytest.raises(ValueError, match=f"--dataset-name {name} is not supported yet: .*{words}"):
+        serve.main(serve_args("--model", MODEL_ID, "--dataset-name", name, "--skip-tokenizer-init"))
