@@ -5,6 +5,7 @@ its output to the tool's arguments, so it calls whatever it "thinks"), through t
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -99,7 +100,6 @@ def test_a_tool_loop_sends_calls_and_outputs_back_as_input_items(app):
 def test_what_is_not_supported_is_a_400_naming_the_field(app):
     bad = [({"tools": [{"type": "web_search_preview"}]}, "tools", "only function tools"),
            ({"tools": [{"type": "function", "parameters": {}}]}, "tools", "'name'"),
-           ({"tools": [WEATHER], "stream": True}, "tools", "stream=true"),
            ({"tools": [WEATHER], "tool_choice": {"type": "file_search"}}, "tool_choice", "not supported"),
            ({"tools": [WEATHER]}, "tool_choice", "--enable-auto-tool-choice"),      # "auto", as on chat
            ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice", "does not match any"),
@@ -110,3 +110,81 @@ def test_what_is_not_supported_is_a_400_naming_the_field(app):
     for r, (body, param, words) in zip(responses, bad):
         error = r.json()["error"]
         assert r.status_code == 400 and error["param"].startswith(param) and words in error["message"], (body, r.text)
+
+
+def _chunk(**fields) -> str:
+    return "data: " + json.dumps({"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                                  **fields}) + "\n\n"
+
+
+def test_streamed_calls_become_function_call_events():
+    # A chat stream of tool_choice="auto" (text, then two calls whose arguments come in pieces) as the Responses
+    # events: the message item closes when the first call starts; each call is output_item.added, its argument
+    # deltas, then function_call_arguments.done and output_item.done; the final response lists the same items.
+    from pagedllm.entrypoints.openai.protocol import ResponsesRequest
+    from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
+
+    def delta(d, finish=None):
+        return _chunk(choices=[{"index": 0, "delta": d, "finish_reason": finish}])
+    stream = (delta({"role": "assistant", "content": ""}) + delta({"content": "Checking."})
+              + delta({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                       "function": {"name": "get_weather", "arguments": '{"city": '}}]})
+              + delta({"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]})
+              + delta({"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
+                                       "function": {"name": "get_time", "arguments": "{}"}}]}, "tool_calls")
+              + _chunk(choices=[], usage={"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12})
+              + "data: [DONE]\n\n")
+
+    async def run():
+        async def body():
+            yield stream
+        req = ResponsesRequest.model_validate({"input": "Hi", "stream": True, "tools": [WEATHER, CLOCK]})
+        return [json.loads(e.split("\ndata: ", 1)[1]) async for e in
+                OpenAIServingResponses(chat=None)._events(req, body(), "r1")]
+    events = asyncio.run(run())
+    assert [e["type"] for e in events] == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+        "response.function_call_arguments.done", "response.output_item.done", "response.completed"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
+    assert [(a["type"], a.get("call_id"), a.get("name"), a.get("status")) for a in added] == [
+        ("message", None, None, "in_progress"), ("function_call", "call_1", "get_weather", "in_progress"),
+        ("function_call", "call_2", "get_time", "in_progress")]
+    pieces = [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"
+              and e["output_index"] == 1]
+    assert "".join(pieces) == '{"city": "Oslo"}'
+    final = events[-1]["response"]
+    assert [o["type"] for o in final["output"]] == ["message", "function_call", "function_call"]
+    assert [o["id"] for o in final["output"]] == [a["id"] for a in added]
+    assert final["output"][1]["arguments"] == '{"city": "Oslo"}' and final["output"][1]["status"] == "completed"
+    assert final["output"][0]["content"][0]["text"] == "Checking." and final["usage"]["output_tokens"] == 9
+
+
+def test_a_streamed_named_call_matches_the_whole_answer(app, tiny_engine):
+    import openai
+
+    async def run():
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60)
+        client = openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http, max_retries=0)
+        common = dict(model=tiny_engine[2][0], input="What is the weather in Paris?", tools=[WEATHER],
+                      max_output_tokens=10, temperature=0, tool_choice={"type": "function", "name": "get_weather"})
+        whole = await client.responses.create(**common)
+        events = [e async for e in await client.responses.create(stream=True, **common)]
+        await http.aclose()
+        return whole, events
+    whole, events = asyncio.run(run())
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert events[2].item.type == "function_call" and events[2].item.name == "get_weather"
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    (call,) = events[-1].response.output
+    assert args == call.arguments == whole.output[0].arguments
+    assert kinds[-3:] == ["response.function_call_arguments.done", "response.output_item.done",
+                          "response.incomplete" if whole.status == "incomplete" else "response.completed"]
+

@@ -12,8 +12,11 @@ items (id, call_id, name, arguments, status), after a message item when the mode
 ``function_call`` and ``function_call_output`` input items carry a tool loop's turns back in (an assistant message
 with tool_calls, a tool message), so OpenAI's function-calling guide runs as written.
 
+With stream=true the calls stream as OpenAI's events: response.output_item.added (a function_call item),
+response.function_call_arguments.delta per piece of its arguments, .done, response.output_item.done.
+
 What is not here yet is refused with a 400 naming the field: tools other than functions (web search, file search,
-MCP, ...), tools with stream=true, previous_response_id (nothing is stored: ``store`` comes back false, as vLLM
+MCP, ...), previous_response_id (nothing is stored: ``store`` comes back false, as vLLM
 without its store), background mode, reasoning settings, structured text formats, truncation="auto", and input
 items other than messages of text and function calls and their outputs.
 """
@@ -39,9 +42,6 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 
 def _unsupported(req: ResponsesRequest) -> RequestError | None:
     checks = [
-        (bool(req.tools) and bool(req.stream), "tools",
-         "tools with stream=true are not supported by /v1/responses yet; send stream=false, or use "
-         "/v1/chat/completions, which streams tool calls."),
         (req.previous_response_id is not None, "previous_response_id",
          "previous_response_id is not supported: this server stores no responses; send the whole conversation "
          "as input."),
@@ -170,55 +170,50 @@ class OpenAIServingResponses:
         return JSONResponse(self._response(req, body, request_id))
 
     async def _events(self, req: ResponsesRequest, chat_sse: AsyncIterator, request_id: str) -> AsyncIterator[str]:
-        """The chat completion's SSE chunks as the Responses API's stream of events."""
-        sequence = itertools.count()
-
-        def event(kind: str, **fields: Any) -> str:
-            data = {"type": kind, "sequence_number": next(sequence), **fields}
-            return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
-
-        item_id = f"msg_{random_uuid()}"
-        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-        texts: list[str] = []
+        """The chat completion's SSE chunks as the Responses API's stream of events: text as a message item's
+        output_text deltas, each tool call as a function_call item whose arguments come as
+        function_call_arguments deltas (OpenAI's events)."""
+        items = _StreamedItems()
         chat: dict[str, Any] | None = None     # the chat's fields the response needs, from its first chunk on
         finish_reason, usage = None, None
         async for chunk in _sse_data(chat_sse):
             if "error" in chunk:      # the chat stream's error chunk: OpenAI's error event, and the stream ends
                 error = chunk["error"]
-                yield event("error", code=error.get("code"), message=error.get("message"),
-                            param=_PARAM_NAMES.get(error.get("param"), error.get("param")))
+                yield items.event("error", code=error.get("code"), message=error.get("message"),
+                                  param=_PARAM_NAMES.get(error.get("param"), error.get("param")))
                 return
             if chat is None:
                 chat = {"created": chunk["created"], "model": chunk["model"]}
                 shell = self._response(req, {**chat, "choices": [{"finish_reason": None, "message": {"content": None}}],
                                              "usage": None}, request_id)
                 shell.update(status="in_progress", output=[], usage=None)
-                yield event("response.created", response=shell)
-                yield event("response.in_progress", response=shell)
-                yield event("response.output_item.added", output_index=0, item={
-                    "id": item_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []})
-                yield event("response.content_part.added", **where,
-                            part={"type": "output_text", "text": "", "annotations": []})
+                yield items.event("response.created", response=shell)
+                yield items.event("response.in_progress", response=shell)
+                if not req.tools:       # text only: the message item opens at once (it may stay empty)
+                    for e in items.text("", open_empty=True):
+                        yield e
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or ():
-                delta = (choice.get("delta") or {}).get("content")
-                if delta:
-                    texts.append(delta)
-                    yield event("response.output_text.delta", **where, delta=delta, logprobs=[])
+                delta = choice.get("delta") or {}
+                for e in items.text(delta.get("content") or ""):
+                    yield e
+                for call in delta.get("tool_calls") or ():
+                    for e in items.call(call):
+                        yield e
                 finish_reason = choice.get("finish_reason") or finish_reason
         if chat is None:
             return
         final = self._response(req, {**chat, "choices": [{"finish_reason": finish_reason,
-                                                          "message": {"content": "".join(texts)}}],
+                                                          "message": {"content": None}}],
                                      "usage": usage}, request_id)
-        (item,) = final["output"]
-        item["id"] = item_id
-        (part,) = item["content"]
-        yield event("response.output_text.done", **where, text=part["text"], logprobs=[])
-        yield event("response.content_part.done", **where, part=part)
-        yield event("response.output_item.done", output_index=0, item=item)
-        yield event("response.incomplete" if final["status"] == "incomplete" else "response.completed",
-                    response=final)
+        if not items.items:
+            for e in items.text("", open_empty=True):   # nothing generated: an empty message, as the whole answer
+                yield e
+        status = "incomplete" if final["status"] == "incomplete" else "completed"
+        for e in items.close_all(status):
+            yield e
+        final["output"] = [item.done for item in items.items]
+        yield items.event("response.incomplete" if status == "incomplete" else "response.completed", response=final)
 
     def _response(self, req: ResponsesRequest, chat: dict[str, Any], request_id: str) -> dict[str, Any]:
         (choice,) = chat["choices"]
@@ -266,6 +261,90 @@ class OpenAIServingResponses:
                 "total_tokens": usage["total_tokens"],
             },
         }
+
+
+class _StreamedItem:
+    def __init__(self, index: int, kind: str, **fields: Any):
+        self.index, self.kind = index, kind
+        self.id = f"{'msg' if kind == 'message' else 'fc'}_{random_uuid()}"
+        self.text = ""              # a message's text, a call's arguments
+        self.fields = fields        # a call's call_id and name
+        self.done: dict[str, Any] = {}
+
+
+class _StreamedItems:
+    """The output items of a streamed response and their events, numbered in sequence: a message item opens on the
+    first text (and closes when a call starts), a function_call item on each call's first delta."""
+
+    def __init__(self):
+        self.items: list[_StreamedItem] = []
+        self.calls: dict[int, _StreamedItem] = {}      # by the chat delta's tool call index
+        self.message: _StreamedItem | None = None      # the open message item
+        self.sequence = itertools.count()
+
+    def event(self, kind: str, **fields: Any) -> str:
+        data = {"type": kind, "sequence_number": next(self.sequence), **fields}
+        return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+    def _where(self, item: _StreamedItem) -> dict[str, Any]:
+        return {"item_id": item.id, "output_index": item.index, "content_index": 0}
+
+    def text(self, delta: str, open_empty: bool = False) -> list[str]:
+        """A text delta (``open_empty``: open the message item even without text)."""
+        out = []
+        if self.message is None and (delta or open_empty):
+            self.message = _StreamedItem(len(self.items), "message")
+            self.items.append(self.message)
+            out.append(self.event("response.output_item.added", output_index=self.message.index, item={
+                "id": self.message.id, "type": "message", "role": "assistant", "status": "in_progress",
+                "content": []}))
+            out.append(self.event("response.content_part.added", **self._where(self.message),
+                                  part={"type": "output_text", "text": "", "annotations": []}))
+        if delta:
+            self.message.text += delta
+            out.append(self.event("response.output_text.delta", **self._where(self.message), delta=delta,
+                                  logprobs=[]))
+        return out
+
+    def call(self, delta: dict[str, Any]) -> list[str]:
+        out = []
+        function = delta.get("function") or {}
+        item = self.calls.get(delta.get("index", 0))
+        if item is None:
+            if self.message is not None:       # text before the call: its message item is finished
+                out += self._close(self.message, "completed")
+                self.message = None
+            item = _StreamedItem(len(self.items), "function_call", call_id=delta.get("id"),
+                                 name=function.get("name"))
+            self.items.append(item)
+            self.calls[delta.get("index", 0)] = item
+            out.append(self.event("response.output_item.added", output_index=item.index, item={
+                "id": item.id, "type": "function_call", **item.fields, "arguments": "", "status": "in_progress"}))
+        piece = function.get("arguments") or ""
+        if piece:
+            item.text += piece
+            out.append(self.event("response.function_call_arguments.delta", item_id=item.id,
+                                  output_index=item.index, delta=piece))
+        return out
+
+    def _close(self, item: _StreamedItem, status: str) -> list[str]:
+        if item.kind == "message":
+            part = {"type": "output_text", "text": item.text, "annotations": []}
+            item.done = {"id": item.id, "type": "message", "role": "assistant", "status": status, "content": [part]}
+            return [self.event("response.output_text.done", **self._where(item), text=item.text, logprobs=[]),
+                    self.event("response.content_part.done", **self._where(item), part=part),
+                    self.event("response.output_item.done", output_index=item.index, item=item.done)]
+        item.done = {"id": item.id, "type": "function_call", **item.fields, "arguments": item.text, "status": status}
+        return [self.event("response.function_call_arguments.done", item_id=item.id, output_index=item.index,
+                           name=item.fields["name"], arguments=item.text),
+                self.event("response.output_item.done", output_index=item.index, item=item.done)]
+
+    def close_all(self, status: str) -> list[str]:
+        out = []
+        for item in self.items:
+            if not item.done:
+                out += self._close(item, status)
+        return out
 
 
 async def _sse_data(body: AsyncIterator) -> AsyncIterator[dict[str, Any]]:
