@@ -134,7 +134,6 @@ async def openai_completions(request: RequestFuncInput, session: aiohttp.ClientS
     payload: dict[str, Any] = {
         "model": request.model,
         "prompt": request.prompt,
-        "temperature": 0.0,
         "max_tokens": request.output_len,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -153,7 +152,6 @@ async def openai_chat_completions(request: RequestFuncInput, session: aiohttp.Cl
     payload: dict[str, Any] = {
         "model": request.model,
         "messages": [{"role": "user", "content": request.prompt}],
-        "temperature": 0.0,
         "max_completion_tokens": request.output_len,
         "stream": True,
         "stream_options": {"include_usage": True},

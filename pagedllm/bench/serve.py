@@ -92,7 +92,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--use-beam-search", action="store_true",
                         help="Accepted for vLLM's command lines, and without effect there too: vLLM's bench serve "
                              "no longer sends beam-search requests. A warning says so.")
-    parser.add_argument("--temperature", type=float, default=None, help="Default 0.0 (greedy).")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="Sent when given; by default requests carry none and the server's default applies "
+                             "(vLLM's bench serve since PR 32723; --temperature 0 for greedy).")
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--min-p", type=float, default=None)
@@ -232,7 +234,7 @@ def _request_input(req: SampleRequest, index: int, *, api_url: str, model: str, 
                   request_id=f"{args.request_id_prefix}{index}")
     if args.backend in POOLING_BACKENDS:
         return RequestFuncInput(prompt=req.completion_prompt(), output_len=0, **common)
-    sampling = {"temperature": args.temperature if args.temperature is not None else 0.0}
+    sampling = {"temperature": args.temperature} if args.temperature is not None else {}
     for name in SAMPLING_FLAGS:
         if getattr(args, name) is not None:
             sampling[name] = getattr(args, name)
@@ -408,6 +410,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{', '.join(generation_only)} apply to generation backends, not --backend "
                              f"{args.backend}.")
     percentiles = parse_percentiles(args.metric_percentiles)
+    if args.temperature is None and not pooling:
+        print("WARNING: pagedllm bench serve does not set temperature==0 (greedy) in requests by default (as vLLM's "
+              "bench serve): the server's default sampling applies, which can be model/API specific. For greedy "
+              "requests, include --temperature=0.")
     if args.use_beam_search:
         print("WARNING: --use-beam-search has no effect: requests are sampled as without it (vLLM's bench serve "
               "accepts the flag and sends no beam-search request either).")
