@@ -127,6 +127,15 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--metadata", nargs="*", default=None, metavar="KEY=VALUE",
                         help="Extra key=value pairs stored in the result JSON.")
     parser.add_argument("--label", type=str, default=None, help="Name of this run (default: the backend).")
+    parser.add_argument("--plot-timeline", action="store_true",
+                        help="Write an HTML timeline of the requests (TTFT, then each inter-token gap coloured by "
+                             "--timeline-itl-thresholds) beside the result JSON, as <result>.timeline.html.")
+    parser.add_argument("--timeline-itl-thresholds", type=str, default="25,50",
+                        help="Two comma-separated ITL thresholds in ms for the timeline's colours (green below the "
+                             "first, orange between, red above the second).")
+    parser.add_argument("--plot-dataset-stats", action="store_true",
+                        help="Write a PNG of the prompt / output token distributions beside the result JSON, as "
+                             "<result>.dataset_stats.png.")
     parser.add_argument("--plot", type=str, default=None, metavar="FILE.png",
                         help="Draw TTFT/TPOT/ITL distributions and tokens/s over time into this PNG.")
     return parser
@@ -367,6 +376,17 @@ def result_filename(label: str, request_rate: float, max_concurrency: int | None
     return f"{label}-{rate}{concurrency}-{model_id.rstrip('/').split('/')[-1]}-{stamp}.json"
 
 
+def _itl_thresholds(args: argparse.Namespace) -> tuple[float, float]:
+    """--timeline-itl-thresholds in seconds (vLLM's check and words)."""
+    try:
+        values = [float(t.strip()) for t in args.timeline_itl_thresholds.split(",")]
+        if len(values) != 2:
+            raise ValueError(f"Expected 2 ITL threshold values, got {len(values)}")
+    except ValueError as e:
+        raise ValueError(f"Invalid --timeline-itl-thresholds format: {e}") from None
+    return values[0] / 1e3, values[1] / 1e3
+
+
 def check_ramp_up_args(args: argparse.Namespace) -> tuple[str, int, int] | None:
     """vLLM's checks of --ramp-up-strategy / --ramp-up-start-rps / --ramp-up-end-rps; (strategy, start, end)."""
     if args.ramp_up_strategy is None:
@@ -410,6 +430,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{', '.join(generation_only)} apply to generation backends, not --backend "
                              f"{args.backend}.")
     percentiles = parse_percentiles(args.metric_percentiles)
+    itl_thresholds = _itl_thresholds(args) if args.plot_timeline else None
     if args.temperature is None and not pooling:
         print("WARNING: pagedllm bench serve does not set temperature==0 (greedy) in requests by default (as vLLM's "
               "bench serve): the server's default sampling applies, which can be model/API specific. For greedy "
@@ -468,14 +489,28 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         header.update(zip(("ramp_up_strategy", "ramp_up_start_rps", "ramp_up_end_rps"), ramp_up))
     full = {**header, **result}
 
+    path = None
+    if args.save_result or args.save_detailed or args.append_result or args.plot_timeline or args.plot_dataset_stats:
+        name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id,
+                                                       ramp_up=ramp_up)
+        path = os.path.join(args.result_dir, name) if args.result_dir else name
+        if args.result_dir:
+            os.makedirs(args.result_dir, exist_ok=True)
+    if args.plot_timeline:        # vLLM's files: beside the result JSON, named after it
+        from pagedllm.bench.plot import write_timeline_html
+        timeline = os.path.splitext(path)[0] + ".timeline.html"
+        write_timeline_html(full, timeline, itl_thresholds)
+        print(f"Timeline plot saved to: {timeline}")
+    if args.plot_dataset_stats:
+        from pagedllm.bench.plot import plot_dataset_stats
+        stats = os.path.splitext(path)[0] + ".dataset_stats.png"
+        plot_dataset_stats(full, stats)
+        print(f"Dataset statistics plot saved to: {stats}")
     if args.save_result or args.save_detailed or args.append_result:
         saved = dict(full)
         if not args.save_detailed:
             for key in DETAILED_KEYS:
                 saved.pop(key, None)
-        name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id,
-                                                       ramp_up=ramp_up)
-        path = os.path.join(args.result_dir, name) if args.result_dir else name
         if args.append_result:
             append_json_line(path, saved)
         else:

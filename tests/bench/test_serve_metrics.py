@@ -770,3 +770,25 @@ def test_vllm_datasets_not_here_say_why(name, words):
     'invalid choice'."""
     with pytest.raises(ValueError, match=f"--dataset-name {name} is not supported yet: .*{words}"):
         serve.main(serve_args("--model", MODEL_ID, "--dataset-name", name, "--skip-tokenizer-init"))
+
+
+def test_plot_timeline_and_dataset_stats_beside_the_result(fake_server, tmp_path, capsys):
+    """vLLM's --plot-timeline (an HTML page: one row per request, TTFT then each gap coloured by
+    --timeline-itl-thresholds) and --plot-dataset-stats (a PNG), written beside the result JSON."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "3", "--num-prompts", "4", "--disable-tqdm", "--skip-tokenizer-init",
+              "--result-dir", str(tmp_path), "--result-filename", "run.json"]
+    serve.main(serve_args(*common, "--plot-timeline", "--timeline-itl-thresholds", "0.5,200",
+                          "--plot-dataset-stats"))
+    out = capsys.readouterr().out
+    page = (tmp_path / "run.timeline.html").read_text()
+    assert f"Timeline plot saved to: {tmp_path / 'run.timeline.html'}" in out
+    assert all(f">Req {i}</text>" in page for i in range(4))
+    assert page.count('fill="#636EFA"') == 4                      # one TTFT segment per request
+    assert page.count('fill="#FF7F0E"') + page.count('fill="#109618"') + page.count('fill="#D62728"') == 8
+    assert page.count('fill="#D62728"') == 0                      # no gap of 200 ms or more
+    assert (tmp_path / "run.dataset_stats.png").read_bytes().startswith(PNG_MAGIC)
+    assert not (tmp_path / "run.json").exists()                   # no --save-result: no JSON
+    with pytest.raises(ValueError, match="Invalid --timeline-itl-thresholds format: Expected 2 ITL threshold"):
+        serve.main(serve_args(*common, "--plot-timeline", "--timeline-itl-thresholds", "25"))
