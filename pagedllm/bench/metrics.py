@@ -161,8 +161,9 @@ def _line(label: str, value: Any, fmt: str = "") -> str:
 
 def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selected_metrics: Sequence[str],
                         max_concurrency: int | None, request_rate: float, goodput: bool,
-                        pooling: bool = False) -> str:
-    """vLLM's block; for a pooling backend (embeddings) no output-token lines, only request and token throughput."""
+                        pooling: bool = False, probe: dict[str, Any] | None = None) -> str:
+    """vLLM's block; for a pooling backend (embeddings) no output-token lines, only request and token throughput.
+    ``probe``: the --probe-request-rate stats (``probe_stats``), in their own section before the latencies."""
     lines = ["{:=^{w}}".format(" Serving Benchmark Result ", w=BLOCK_WIDTH),
              _line("Successful requests:", metrics.completed),
              _line("Failed requests:", metrics.failed)]
@@ -175,7 +176,7 @@ def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selecte
     if pooling:
         lines += [_line("Request throughput (req/s):", metrics.request_throughput, ".2f"),
                   _line("Total token throughput (tok/s):", metrics.total_token_throughput, ".2f")]
-        return "\n".join(lines + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
+        return "\n".join(lines + _probe_lines(probe) + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
     lines += [_line("Total generated tokens:", metrics.total_output),
               _line("Request throughput (req/s):", metrics.request_throughput, ".2f")]
     if goodput:
@@ -184,7 +185,28 @@ def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selecte
               _line("Peak output token throughput (tok/s):", metrics.max_output_tokens_per_s, ".2f"),
               _line("Peak concurrent requests:", float(metrics.max_concurrent_requests), ".2f"),
               _line("Total token throughput (tok/s):", metrics.total_token_throughput, ".2f")]
-    return "\n".join(lines + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
+    return "\n".join(lines + _probe_lines(probe) + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
+
+
+def probe_stats(latencies_s: Sequence[float], failed: int) -> dict[str, Any] | None:
+    """vLLM's --probe-request-rate summary (its result keys); None when no probe succeeded."""
+    if not latencies_s:
+        return None
+    return {"probe_completed": len(latencies_s), "probe_failed": failed,
+            "probe_median_e2el_ms": float(np.median(latencies_s)) * 1000,
+            "probe_p99_e2el_ms": float(np.percentile(latencies_s, 99)) * 1000,
+            "probe_max_e2el_ms": float(max(latencies_s)) * 1000}
+
+
+def _probe_lines(probe: dict[str, Any] | None) -> list[str]:
+    if probe is None:
+        return []
+    return ["{:-^{w}}".format("Probe Requests", w=BLOCK_WIDTH),
+            _line("Probe requests completed:", probe["probe_completed"]),
+            _line("Probe requests failed:", probe["probe_failed"]),
+            _line("Median probe E2EL (ms):", probe["probe_median_e2el_ms"], ".2f"),
+            _line("P99 probe E2EL (ms):", probe["probe_p99_e2el_ms"], ".2f"),
+            _line("Max probe E2EL (ms):", probe["probe_max_e2el_ms"], ".2f")]
 
 
 def _stat_lines(metrics: BenchmarkMetrics, selected_metrics: Sequence[str]) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from pagedllm.bench.datasets import SampleRequest, add_dataset_args, sample_requests
 from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, format_result_block, parse_goodput,
-                                    summary_dict)
+                                    probe_stats, summary_dict)
 from pagedllm.bench.utils import TOKENIZER_MODES, append_json_line, parse_percentiles, try_get_tokenizer, write_json
 
 # Sampling fields sent with every request when their flag is given (vLLM's bench serve flags, same names).
@@ -82,6 +82,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(instead of --request-rate).")
     parser.add_argument("--ramp-up-start-rps", type=int, default=None, help="Request rate at the start of a ramp-up.")
     parser.add_argument("--ramp-up-end-rps", type=int, default=None, help="Request rate at the end of a ramp-up.")
+    parser.add_argument("--probe-request-rate", type=float, default=0.0,
+                        help="If positive, send one-token 'Hi' probe requests at this rate (req/s) beside the "
+                             "workload, outside --max-concurrency, and report their latency in their own section "
+                             "(how the workload stalls an unrelated request).")
     parser.add_argument("--burstiness", type=float, default=1.0,
                         help="Gamma shape of the inter-arrival times: 1 = Poisson, <1 burstier, >1 more uniform.")
     parser.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight at once.")
@@ -318,6 +322,26 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
                 pbar.update(1)
             return out
 
+        probe_outputs: list = []
+        probe_stop = asyncio.Event()
+
+        async def probe_loop() -> None:
+            # Its own session: the workload's connection limit (--max-concurrency) does not hold the probes back.
+            probe_input = replace(test_input, prompt="Hi", prompt_len=1, output_len=1)
+            async with aiohttp.ClientSession(timeout=timeout, trust_env=True,
+                                             connector=aiohttp.TCPConnector(ssl=_ssl(args.insecure))) as probes:
+                while not probe_stop.is_set():
+                    probe_outputs.append(await request_func(probe_input, probes))
+                    try:
+                        await asyncio.wait_for(probe_stop.wait(), 1 / args.probe_request_rate)
+                    except asyncio.TimeoutError:
+                        pass
+
+        probe_task = None
+        if args.probe_request_rate > 0:
+            print(f"Probe request rate: {args.probe_request_rate} req/s")
+            probe_task = asyncio.create_task(probe_loop())
+
         gaps = request_intervals(len(inputs), args.request_rate, args.burstiness,
                                  np.random.default_rng(args.seed), rates=rates)
         arrival = np.cumsum(gaps)
@@ -339,15 +363,20 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
                 last_rps = int(rates[i])
             tasks.append(asyncio.create_task(send(request_input)))
         outputs = await asyncio.gather(*tasks)
+        if probe_task is not None:
+            probe_stop.set()
+            await probe_task
         duration = time.perf_counter() - start
         if pbar is not None:
             pbar.close()
 
     metrics, output_lens = calculate_metrics([r.prompt_len for r in requests], outputs, duration, tokenizer,
                                              percentiles, goodput_slos)
+    probe = probe_stats([o.latency for o in probe_outputs if o.success],
+                        sum(not o.success for o in probe_outputs)) if probe_task is not None else None
     print(format_result_block(metrics, duration, selected_metrics=selected_metrics,
                               max_concurrency=args.max_concurrency, request_rate=args.request_rate,
-                              goodput=bool(goodput_slos), pooling=pooling))
+                              goodput=bool(goodput_slos), pooling=pooling, probe=probe))
     failed = [o.error for o in outputs if not o.success]
     if failed:
         print(f"{len(failed)} request(s) failed; first error: {failed[0][:500]}", file=sys.stderr)
@@ -363,6 +392,8 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         "start_times": [o.start_time - start for o in outputs],
         "latencies": [o.latency for o in outputs],     # vLLM's name of the per-request E2EL (s)
     })
+    if probe is not None:
+        result.update(probe)
     if rps_change_events:
         result["rps_change_events"] = rps_change_events
     return result, {"successes": [o.success for o in outputs]}
@@ -441,6 +472,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ramp_up = check_ramp_up_args(args)
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}.")
+    if not 0 <= args.probe_request_rate < float("inf"):
+        raise ValueError(f"--probe-request-rate must be a finite rate >= 0 (0: no probes), got "
+                         f"{args.probe_request_rate}.")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ValueError(f"--max-concurrency must be >= 1, got {args.max_concurrency}.")
     random.seed(args.seed)

@@ -792,3 +792,23 @@ def test_plot_timeline_and_dataset_stats_beside_the_result(fake_server, tmp_path
     assert not (tmp_path / "run.json").exists()                   # no --save-result: no JSON
     with pytest.raises(ValueError, match="Invalid --timeline-itl-thresholds format: Expected 2 ITL threshold"):
         serve.main(serve_args(*common, "--plot-timeline", "--timeline-itl-thresholds", "25"))
+
+
+def test_probe_requests_beside_the_workload(fake_server, capsys):
+    """vLLM's --probe-request-rate: one-token 'Hi' requests at that rate while the workload runs, outside
+    --max-concurrency, reported in their own section of the block and in the result keys."""
+    fake_server.reset(ttft_s=0.02, itl_s=0.01)
+    result = serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len",
+                                   "4", "--random-output-len", "15", "--num-prompts", "3", "--max-concurrency", "1",
+                                   "--disable-tqdm", "--skip-tokenizer-init", "--probe-request-rate", "20"))
+    probes = [r for r in fake_server.requests if r.body["prompt"] == "Hi"]
+    assert probes and all(r.body["max_tokens"] == 1 for r in probes)
+    assert fake_server.max_in_flight == 2                       # a probe beside the one workload request
+    assert result["probe_completed"] == len(probes) and result["probe_failed"] == 0
+    assert 0 < result["probe_median_e2el_ms"] <= result["probe_p99_e2el_ms"] <= result["probe_max_e2el_ms"]
+    assert result["completed"] == 3                             # probes are not workload requests
+    out = capsys.readouterr().out
+    assert "Probe request rate: 20.0 req/s" in out
+    block = out[out.index("Probe Requests"):]
+    assert re.search(rf"Probe requests completed:\s+{len(probes)}\b", block)
+    assert out.index("Probe Requests") < out.index("Time to First Token")
