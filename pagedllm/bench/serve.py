@@ -49,9 +49,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "x-request-id).")
     parser.add_argument("--request-id-prefix", type=str, default=f"bench-{uuid.uuid4().hex[:8]}-",
                         help="Request i of the run is sent with the header x-request-id: PREFIX + i.")
-    parser.add_argument("--ready-check-timeout-sec", type=int, default=600,
-                        help="Retry the initial test request until it succeeds, for at most this many seconds "
-                             "(a server still starting); 0 skips the test request.")
+    parser.add_argument("--ready-check-timeout-sec", type=int, default=0,
+                        help="Before the run, send the first request and retry it for up to this many seconds until "
+                             "the server answers (a server still starting). 0 (vLLM's default since PR 30975): no "
+                             "such extra request.")
     parser.add_argument("--model", type=str, default=None,
                         help="Model id (default: the first model the server lists at /v1/models).")
     parser.add_argument("--served-model-name", type=str, default=None,

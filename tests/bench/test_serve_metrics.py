@@ -52,8 +52,12 @@ LABEL_TO_KEY = {
 
 
 def serve_args(*argv: str) -> argparse.Namespace:
+    """The tests below count the initial test request (and get the server's readiness waited for): they ask for it,
+    vLLM's default being no such request (test_no_ready_check_by_default)."""
     parser = argparse.ArgumentParser()
     serve.add_cli_args(parser)
+    if "--ready-check-timeout-sec" not in argv:
+        argv = (*argv, "--ready-check-timeout-sec", "600")
     return parser.parse_args(list(argv))
 
 
@@ -812,3 +816,19 @@ def test_probe_requests_beside_the_workload(fake_server, capsys):
     block = out[out.index("Probe Requests"):]
     assert re.search(rf"Probe requests completed:\s+{len(probes)}\b", block)
     assert out.index("Probe Requests") < out.index("Time to First Token")
+
+
+def test_no_ready_check_by_default(fake_server, capsys):
+    """vLLM's bench serve (PR 30975) sends no extra test request unless --ready-check-timeout-sec is positive: the
+    server sees exactly the measured requests."""
+    parser = argparse.ArgumentParser()
+    serve.add_cli_args(parser)
+    args = parser.parse_args(["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                              "--random-output-len", "2", "--num-prompts", "3", "--skip-tokenizer-init",
+                              "--disable-tqdm", "--request-id-prefix", "r-"])
+    assert args.ready_check_timeout_sec == 0
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(args)
+    assert sorted(r.headers.get("x-request-id") for r in fake_server.requests) == ["r-0", "r-1", "r-2"]
+    assert "Skipping endpoint ready check." in capsys.readouterr().out
+
