@@ -19,11 +19,15 @@ from pagedllm.bench.utils import percentile_label
 MS_PER_S = 1000.0
 GOODPUT_METRICS = ("ttft", "tpot", "e2el")
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
+# vLLM's client-side queueing metrics (with --max-concurrency): arrival -> send, and E2EL plus that wait.
+QUEUE_METRICS = ("client_queue_time", "e2el_including_client_queue")
 METRIC_TITLES = {  # name in labels, header of the block
     "ttft": ("TTFT", "Time to First Token"),
     "tpot": ("TPOT", "Time per Output Token (excl. 1st token)"),
     "itl": ("ITL", "Inter-token Latency"),
     "e2el": ("E2EL", "End-to-end Latency"),
+    "client_queue_time": ("Client Queue Time", "Client-side Queueing"),
+    "e2el_including_client_queue": ("E2EL incl. Client Queue", "Queue-inclusive End-to-end Latency"),
 }
 LABEL_WIDTH, VALUE_WIDTH, BLOCK_WIDTH = 40, 10, 50
 
@@ -211,8 +215,8 @@ def _probe_lines(probe: dict[str, Any] | None) -> list[str]:
 
 def _stat_lines(metrics: BenchmarkMetrics, selected_metrics: Sequence[str]) -> list[str]:
     lines = []
-    for name in PERCENTILE_METRICS:
-        if name not in selected_metrics:
+    for name in PERCENTILE_METRICS + QUEUE_METRICS:
+        if name not in selected_metrics or name not in metrics.stats:
             continue
         short, header = METRIC_TITLES[name]
         st = metrics.stats[name]
@@ -244,8 +248,8 @@ def summary_dict(metrics: BenchmarkMetrics, duration_s: float, *, selected_metri
         for key in ("total_output_tokens", "request_goodput", "output_throughput", "max_output_tokens_per_s",
                     "max_concurrent_requests"):
             del result[key]
-    for name in PERCENTILE_METRICS:
-        if name not in selected_metrics:
+    for name in PERCENTILE_METRICS + QUEUE_METRICS:
+        if name not in selected_metrics or name not in metrics.stats:
             continue
         st = metrics.stats[name]
         result[f"mean_{name}_ms"] = st.mean

@@ -46,6 +46,7 @@ class RequestFuncOutput:
     itl: list[float] = field(default_factory=list)
     latency: float = 0.0          # seconds, send -> last chunk with a choice
     start_time: float = 0.0       # time.perf_counter() at send
+    client_queue_time: float = 0.0   # seconds between the request's arrival and its send (--max-concurrency waits)
     prompt_len: int = 0
     error: str = ""
 

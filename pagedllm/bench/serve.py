@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from pagedllm.bench.datasets import SampleRequest, add_dataset_args, sample_requests
-from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, format_result_block, parse_goodput,
-                                    probe_stats, summary_dict)
+from pagedllm.bench.metrics import (PERCENTILE_METRICS, QUEUE_METRICS, MetricStats, calculate_metrics,
+                                    format_result_block, parse_goodput, probe_stats, summary_dict)
 from pagedllm.bench.utils import TOKENIZER_MODES, append_json_line, parse_percentiles, try_get_tokenizer, write_json
 
 # Sampling fields sent with every request when their flag is given (vLLM's bench serve flags, same names).
@@ -114,8 +114,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-warmups", type=int, default=0, help="Warm-up requests before the measured run.")
     parser.add_argument("--disable-tqdm", action="store_true", help="No progress bar.")
     parser.add_argument("--percentile-metrics", type=str, default=None,
-                        help='Comma-separated metrics to report percentiles of, from "ttft,tpot,itl,e2el" '
-                             '(default "ttft,tpot,itl"; "e2el" for openai-embeddings).')
+                        help='Comma-separated metrics to report percentiles of, from "ttft,tpot,itl,e2el" and, '
+                             'with --max-concurrency, "client_queue_time" (arrival to send) and '
+                             '"e2el_including_client_queue" (with a finite --request-rate) (default "ttft,tpot,itl"; '
+                             '"e2el" for openai-embeddings).')
     parser.add_argument("--metric-percentiles", type=str, default="99",
                         help='Comma-separated percentiles, e.g. "25,50,75,99".')
     parser.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
@@ -314,11 +316,13 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         semaphore = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
 
         async def send(request_input):
+            arrival = time.perf_counter()
             if semaphore is None:
                 out = await request_func(request_input, session)
             else:
                 async with semaphore:
                     out = await request_func(request_input, session)
+            out.client_queue_time = out.start_time - arrival     # vLLM's: the wait for a --max-concurrency slot
             if pbar is not None:
                 pbar.update(1)
             return out
@@ -373,6 +377,12 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
 
     metrics, output_lens = calculate_metrics([r.prompt_len for r in requests], outputs, duration, tokenizer,
                                              percentiles, goodput_slos)
+    if args.max_concurrency is not None:     # vLLM's client-side queueing statistics (successful requests)
+        done = [o for o in outputs if o.success]
+        metrics.stats["client_queue_time"] = MetricStats.of([o.client_queue_time for o in done], percentiles)
+        if args.request_rate != float("inf"):
+            metrics.stats["e2el_including_client_queue"] = MetricStats.of(
+                [o.latency + o.client_queue_time for o in done], percentiles)
     probe = probe_stats([o.latency for o in probe_outputs if o.success],
                         sum(not o.success for o in probe_outputs)) if probe_task is not None else None
     print(format_result_block(metrics, duration, selected_metrics=selected_metrics,
@@ -392,6 +402,7 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         "errors": [o.error for o in outputs],
         "start_times": [o.start_time - start for o in outputs],
         "latencies": [o.latency for o in outputs],     # vLLM's name of the per-request E2EL (s)
+        "queue_times": [o.client_queue_time for o in outputs],
     })
     if probe is not None:
         result.update(probe)
@@ -447,11 +458,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     goodput_slos = parse_goodput(args.goodput)
     percentile_metrics = args.percentile_metrics or ("e2el" if pooling else "ttft,tpot,itl")
     selected_metrics = [m.strip() for m in percentile_metrics.split(",") if m.strip()]
-    allowed = ("e2el",) if pooling else PERCENTILE_METRICS
+    allowed = (("e2el",) if pooling else PERCENTILE_METRICS) + QUEUE_METRICS
     unknown = [m for m in selected_metrics if m not in allowed]
     if unknown:
         raise ValueError(f"--percentile-metrics accepts {','.join(allowed)} with --backend {args.backend}; got "
                          f"{','.join(unknown)}.")
+    # vLLM computes the queueing metrics only where a request can wait; asked for elsewhere, say so.
+    if args.max_concurrency is None and any(m in QUEUE_METRICS for m in selected_metrics):
+        raise ValueError("--percentile-metrics client_queue_time / e2el_including_client_queue need "
+                         "--max-concurrency: without it no request waits on the client.")
+    if "e2el_including_client_queue" in selected_metrics and args.request_rate == float("inf"):
+        raise ValueError("--percentile-metrics e2el_including_client_queue needs a finite --request-rate (vLLM "
+                         "measures it only then).")
     if pooling:
         generation_only = [flag for flag, value in (
             ("--temperature", args.temperature),

@@ -495,7 +495,7 @@ def test_embeddings_backend(fake_server, tmp_path, capsys):
     with pytest.raises(ValueError, match="--temperature apply to generation backends"):
         serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
                               MODEL_ID, "--temperature", "0", "--skip-tokenizer-init"))
-    with pytest.raises(ValueError, match="accepts e2el with --backend openai-embeddings"):
+    with pytest.raises(ValueError, match="accepts e2el,client_queue_time,e2el_including_client_queue with --backend openai-embeddings"):
         serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
                               MODEL_ID, "--percentile-metrics", "ttft,e2el", "--skip-tokenizer-init"))
 
@@ -832,3 +832,27 @@ def test_no_ready_check_by_default(fake_server, capsys):
     assert sorted(r.headers.get("x-request-id") for r in fake_server.requests) == ["r-0", "r-1", "r-2"]
     assert "Skipping endpoint ready check." in capsys.readouterr().out
 
+
+
+def test_client_queue_metrics_with_max_concurrency(fake_server, capsys):
+    """vLLM's client_queue_time / e2el_including_client_queue percentile metrics: with --max-concurrency 1 the
+    requests that arrive together wait for the one slot; the block gets vLLM's sections and the result its keys."""
+    fake_server.reset(ttft_s=0.03, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "3", "--disable-tqdm", "--skip-tokenizer-init"]
+    result = serve.main(serve_args(*common, "--max-concurrency", "1", "--request-rate", "1000", "--burstiness",
+                                   "inf", "--percentile-metrics", "e2el,client_queue_time,e2el_including_client_queue"))
+    queues = sorted(result["queue_times"])
+    assert queues[0] < 0.01 and queues[2] > 0.05              # the third request waited for two others
+    assert result["mean_client_queue_time_ms"] == pytest.approx(np.mean(result["queue_times"]) * 1e3)
+    assert result["mean_e2el_including_client_queue_ms"] == pytest.approx(
+        np.mean(np.add(result["latencies"], result["queue_times"])) * 1e3)
+    out = capsys.readouterr().out
+    for header, label in (("Client-side Queueing", "P99 Client Queue Time (ms):"),
+                          ("Queue-inclusive End-to-end Latency", "Mean E2EL incl. Client Queue (ms):")):
+        assert header in out and label in out
+    with pytest.raises(ValueError, match="need --max-concurrency"):
+        serve.main(serve_args(*common, "--percentile-metrics", "client_queue_time"))
+    with pytest.raises(ValueError, match="needs a finite --request-rate"):
+        serve.main(serve_args(*common, "--max-concurrency", "1", "--percentile-metrics",
+                              "e2el_including_client_queue"))
