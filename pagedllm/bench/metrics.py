@@ -92,7 +92,9 @@ def output_token_count(output: RequestFuncOutput, tokenizer) -> int:
 
 
 def peak_rates(outputs: Sequence[RequestFuncOutput]) -> tuple[float, int]:
-    """Largest number of streamed chunks in any one-second bucket, and of requests active in any bucket."""
+    """Largest number of streamed chunks in any one-second bucket, and the most requests in flight at one instant
+    (vLLM's sweep over the half-open [start, end) intervals: a request ending as another starts does not overlap
+    it)."""
     done = [o for o in outputs if o.success]
     if not done:
         return 0.0, 0
@@ -100,14 +102,16 @@ def peak_rates(outputs: Sequence[RequestFuncOutput]) -> tuple[float, int]:
     end = max(o.start_time + o.latency for o in done)
     buckets = int(np.ceil(end - t0)) + 1
     chunks = np.zeros(buckets)
-    active = np.zeros(buckets)
     for o in done:
         times = o.start_time + o.ttft + np.concatenate([[0.0], np.cumsum(o.itl)])
         idx = np.floor(times - t0).astype(int)
         np.add.at(chunks, idx[(idx >= 0) & (idx < buckets)], 1)
-        first, last = int(o.start_time - t0), int(o.start_time + o.latency - t0)
-        active[first:last + 1] += 1
-    return float(chunks.max()), int(active.max())
+    events = sorted([(o.start_time, 1) for o in done] + [(o.start_time + o.latency, -1) for o in done])
+    in_flight = peak = 0
+    for _, delta in events:       # at equal times the departure (-1) sorts first
+        in_flight += delta
+        peak = max(peak, in_flight)
+    return float(chunks.max()), peak
 
 
 def calculate_metrics(input_lens: Sequence[int], outputs: Sequence[RequestFuncOutput], duration_s: float,

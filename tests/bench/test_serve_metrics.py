@@ -113,8 +113,11 @@ def test_calculate_metrics_matches_vllm_definitions():
     assert m2.request_goodput == pytest.approx(1.5)     # the SLO bound is inclusive
     m3, _ = calculate_metrics(input_lens, outputs, 2.0, None, [99], {"e2el": 350.0})
     assert m3.request_goodput == pytest.approx(1.0)
-    # Peak chunk rate in 1 s buckets: all 10 + 5 + 1 chunks land in [0, 1).
-    assert m.max_output_tokens_per_s == 16.0 and m.max_concurrent_requests == 3
+    # Peak chunk rate in 1 s buckets: all 10 + 5 + 1 chunks land in [0, 1). Peak concurrency is vLLM's exact
+    # sweep: [0, 0.28) ends before [0.5, 0.9) and [0.6, 0.9) start, so at most 2 at once.
+    assert m.max_output_tokens_per_s == 16.0 and m.max_concurrent_requests == 2
+    touching = [_out(0.1, [], 1, start=0.0), _out(0.1, [], 1, start=0.1)]   # one ends as the next starts
+    assert calculate_metrics([1, 1], touching, 1.0, None, [99], {})[0].max_concurrent_requests == 1
 
 
 def test_output_tokens_fall_back_to_tokenizer_then_chunks(word_tokenizer_dir):
