@@ -113,6 +113,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="JSON object merged into every request body.")
     parser.add_argument("--num-warmups", type=int, default=0, help="Warm-up requests before the measured run.")
     parser.add_argument("--disable-tqdm", action="store_true", help="No progress bar.")
+    parser.add_argument("--profile", action="store_true",
+                        help="POST the server's /start_profile before the run and /stop_profile after it (vLLM's "
+                             "profiler routes: a vLLM server started with a profiler config). pagedllm serve has no "
+                             "profiler routes yet: the run goes on and a warning says so.")
     parser.add_argument("--percentile-metrics", type=str, default=None,
                         help='Comma-separated metrics to report percentiles of, from "ttft,tpot,itl,e2el" and, '
                              'with --max-concurrency, "client_queue_time" (arrival to send) and '
@@ -203,12 +207,35 @@ async def wait_for_endpoint(request_func, request_input, session, timeout_s: flo
         await asyncio.sleep(READY_CHECK_RETRY_S)
 
 
+def _route_headers(extra_headers: dict[str, str] | None) -> dict[str, str]:
+    """The headers of a request that is not a generation (/v1/models, the profiler routes): the API key and the
+    --header pairs."""
+    from pagedllm.bench.request_funcs import RequestFuncInput, _headers
+    return _headers(RequestFuncInput(api_url="", model="", prompt="", prompt_len=0, output_len=0,
+                                     extra_headers=extra_headers))
+
+
+async def _post_profiler(session, url: str, headers: dict[str, str]) -> str | None:
+    """POST a profiler route (vLLM's /start_profile, /stop_profile); None when it answered 200, else why not."""
+    import aiohttp
+    try:
+        async with session.post(url, headers=headers) as resp:
+            if resp.status == 200:
+                return None
+            return f"HTTP {resp.status} {resp.reason}"
+    except aiohttp.ClientError as exc:
+        return str(exc)
+
+
+def _profiler_warning(route: str, why: str) -> str:
+    return (f"WARNING: {route} failed ({why}): the server does not profile (vLLM serves it when started with a "
+            f"profiler config; pagedllm serve has no profiler routes yet).")
+
+
 async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None = None,
                              insecure: bool = False) -> str:
     import aiohttp
-    from pagedllm.bench.request_funcs import RequestFuncInput, _headers
-    headers = _headers(RequestFuncInput(api_url="", model="", prompt="", prompt_len=0, output_len=0,
-                                        extra_headers=extra_headers))
+    headers = _route_headers(extra_headers)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
                                          connector=aiohttp.TCPConnector(ssl=_ssl(insecure))) as session:
@@ -260,6 +287,7 @@ def _request_input(req: SampleRequest, index: int, *, api_url: str, model: str, 
 
 
 async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleRequest], *, api_url: str, model: str,
+                        base_url: str,
                         tokenizer, selected_metrics: Sequence[str], percentiles: Sequence[float],
                         goodput_slos: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send every request; returns (the vLLM result dict incl. per-request arrays, extra data for plotting)."""
@@ -327,6 +355,11 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
                 pbar.update(1)
             return out
 
+        profiler_headers = _route_headers(parse_key_values(args.header, "--header"))
+        if args.profile:
+            print("Starting profiler...")
+            why = await _post_profiler(session, base_url + "/start_profile", profiler_headers)
+            print("Profiler started" if why is None else _profiler_warning("/start_profile", why))
         probe_outputs: list = []
         probe_stop = asyncio.Event()
 
@@ -374,6 +407,10 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         duration = time.perf_counter() - start
         if pbar is not None:
             pbar.close()
+        if args.profile:
+            print("Stopping profiler...")
+            why = await _post_profiler(session, base_url + "/stop_profile", profiler_headers)
+            print("Profiler stopped" if why is None else _profiler_warning("/stop_profile", why))
 
     metrics, output_lens = calculate_metrics([r.prompt_len for r in requests], outputs, duration, tokenizer,
                                              percentiles, goodput_slos)
@@ -519,7 +556,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     requests = sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len,
                                output_len=args.output_len)
 
-    result, _ = asyncio.run(run_benchmark(args, requests, api_url=api_url, model=request_model,
+    result, _ = asyncio.run(run_benchmark(args, requests, api_url=api_url, model=request_model, base_url=base_url,
                                           tokenizer=tokenizer, selected_metrics=selected_metrics,
                                           percentiles=percentiles, goodput_slos=goodput_slos))
     label = args.label or args.backend

@@ -859,3 +859,23 @@ def test_client_queue_metrics_with_max_concurrency(fake_server, capsys):
     with pytest.raises(ValueError, match="needs a finite --request-rate"):
         serve.main(serve_args(*common, "--max-concurrency", "1", "--percentile-metrics",
                               "e2el_including_client_queue"))
+
+
+def test_profile_brackets_the_run_with_the_profiler_routes(fake_server, capsys):
+    """vLLM's --profile: POST /start_profile before the measured requests and /stop_profile after them (with the
+    --header pairs); a server without the routes gets a warning and the run goes on."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "2", "--disable-tqdm", "--skip-tokenizer-init",
+              "--ready-check-timeout-sec", "0", "--profile", "--header", "x-tenant=blue"]
+    serve.main(serve_args(*common))
+    paths = [r.path for r in fake_server.requests]
+    assert paths == ["/start_profile", "/v1/completions", "/v1/completions", "/stop_profile"]
+    assert fake_server.requests[0].headers["x-tenant"] == "blue"
+    out = capsys.readouterr().out
+    assert "Starting profiler...\nProfiler started" in out and "Stopping profiler...\nProfiler stopped" in out
+    fake_server.reset(ttft_s=0.005, itl_s=0.001, no_profiler=True)
+    result = serve.main(serve_args(*common))
+    assert result["completed"] == 2
+    assert "WARNING: /start_profile failed (HTTP 404 Not Found)" in capsys.readouterr().out
+
