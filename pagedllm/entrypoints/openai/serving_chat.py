@@ -150,13 +150,19 @@ class OpenAIServingChat(OpenAIServing):
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
-            params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
-            self.keep_call_markers(mode, params)
             request_id = f"chatcmpl-{self.base_request_id(raw_request, req.request_id)}"
-            prompt = {"prompt_token_ids": ids}
-            if req.cache_salt is not None:
-                prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
-            streams = await self.submit([request_id], [prompt], [params], req.priority)
+            if req.use_beam_search:
+                if so is not None:      # a forced or strict tool call is a constraint beam search does not apply
+                    raise RequestError(f"tool_choice={mode.kind!r} constrains the output, which use_beam_search "
+                                       f"does not apply: drop one of them.", "tool_choice")
+                streams = self.beam_search_streams([request_id], [ids], [max_tokens], req)
+            else:
+                params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
+                self.keep_call_markers(mode, params)
+                prompt = {"prompt_token_ids": ids}
+                if req.cache_salt is not None:
+                    prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
+                streams = await self.submit([request_id], [prompt], [params], req.priority)
         except Exception as e:
             if isinstance(e, RequestError) and e.param == "logprobs":
                 e.param = "top_logprobs"     # chat's logprobs is a flag: the count that was too big is top_logprobs

@@ -57,14 +57,20 @@ class OpenAIServingCompletion(OpenAIServing):
             prompt_only = req.echo and req.max_tokens == 0
             max_tokens_list = [self.resolve_max_tokens(len(p.ids), 1 if prompt_only else req.max_tokens, False)
                                for p in prompts]
-            params_list = []
-            for max_tokens in max_tokens_list:
-                params = self.sampling_params(req, max_tokens, req.logprobs)
-                if req.echo and req.logprobs is not None and params.prompt_logprobs is None:
-                    params.prompt_logprobs = req.logprobs   # echo + logprobs returns the prompt's logprobs too
-                params_list.append(params)
             base_id = f"cmpl-{self.base_request_id(raw_request, req.request_id)}"
-            streams = await self.submit(ids_of(base_id, len(prompts)), [self._engine_prompt(p, req.cache_salt) for p in prompts], params_list, req.priority)
+            if req.use_beam_search:
+                streams = self.beam_search_streams(ids_of(base_id, len(prompts)), [p.ids for p in prompts],
+                                                   max_tokens_list, req)
+            else:
+                params_list = []
+                for max_tokens in max_tokens_list:
+                    params = self.sampling_params(req, max_tokens, req.logprobs)
+                    if req.echo and req.logprobs is not None and params.prompt_logprobs is None:
+                        params.prompt_logprobs = req.logprobs   # echo + logprobs returns the prompt's logprobs too
+                    params_list.append(params)
+                streams = await self.submit(ids_of(base_id, len(prompts)),
+                                            [self._engine_prompt(p, req.cache_salt) for p in prompts], params_list,
+                                            req.priority)
         except Exception as e:
             return error_response(e)
         created = int(time.time())
