@@ -194,3 +194,24 @@ def test_bad_middleware_stops_serve_before_the_model_loads(tiny_llama_dir, monke
     monkeypatch.setattr(api_server, "build_engine", no_engine)
     with pytest.raises(SystemExit, match="error: Invalid middleware no_such_module_xyz.Thing"):
         api_server.run_server(serve_args(tiny_llama_dir, "--middleware", "no_such_module_xyz.Thing"))
+
+
+# ---- --default-chat-template-kwargs -----------------------------------------------------------------------------
+def test_default_chat_template_kwargs_under_the_requests_own(tiny_llama_dir, tiny_engine):
+    """vLLM's --default-chat-template-kwargs: every chat template render gets them, a request's chat_template_kwargs
+    override them key by key (here a template switch, seen through /tokenize and the chat's prompt tokens)."""
+    from pagedllm.entrypoints.openai.api_server import build_app
+    template = "{% if hello %}Hello {% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    app = build_app(serve_args(tiny_llama_dir, "--chat-template", template,
+                               "--default-chat-template-kwargs", '{"hello": true}'), *tiny_engine)
+    plain = build_app(serve_args(tiny_llama_dir, "--chat-template", template), *tiny_engine)
+    messages = [{"role": "user", "content": "world"}]
+    on, off = post_all(app, [("/tokenize", {"messages": messages, "return_token_strs": True}),
+                             ("/tokenize", {"messages": messages, "chat_template_kwargs": {"hello": False}})])
+    (default,) = post_all(plain, [("/tokenize", {"messages": messages})])
+    (chat,) = post_all(app, [("/v1/chat/completions", {"messages": messages, "max_tokens": 1})])
+    assert "Hello" in on.json()["token_strs"][0]
+    assert off.json()["tokens"] == default.json()["tokens"] and on.json()["count"] > default.json()["count"]
+    assert chat.json()["usage"]["prompt_tokens"] == on.json()["count"]
+    with pytest.raises(ValueError, match="--default-chat-template-kwargs must be a JSON object"):
+        serve_args(tiny_llama_dir, "--default-chat-template-kwargs", "[1]")

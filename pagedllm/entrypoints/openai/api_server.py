@@ -89,6 +89,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     common = dict(tokenizer=engine.tokenizer, chat_template=args.chat_template, response_role=args.response_role,
                   log_requests=args.log_requests, max_log_len=args.max_log_len,
                   log_outputs=getattr(args, "enable_log_outputs", False),
+                  default_chat_template_kwargs=getattr(args, "default_chat_template_kwargs", None),
                   log_deltas=getattr(args, "enable_log_deltas", True),
                   trust_request_chat_template=getattr(args, "trust_request_chat_template", False),
                   max_n=getattr(args, "max_n", MAX_N),

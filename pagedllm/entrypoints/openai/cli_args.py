@@ -59,6 +59,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="Model name(s) used in the API; the first is echoed in responses. None = the model path.")
     g.add_argument("--chat-template", type=str, default=None,
                    help="Chat template: a file path or the template itself. None = the tokenizer's.")
+    g.add_argument("--default-chat-template-kwargs", type=json.loads, default=None,
+                   help="JSON keyword arguments for every chat template render (chat, /tokenize, embeddings), "
+                        "under a request's own chat_template_kwargs, e.g. '{\"enable_thinking\": false}'.")
     g.add_argument("--trust-request-chat-template", action="store_true",
                    help="Allow a chat_template in requests (chat, /tokenize, embeddings). Off by default: a template "
                         "is code; when allowed it runs sandboxed, within a time and an output-size limit.")
@@ -185,6 +188,9 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--enable-log-outputs requires --enable-log-requests")    # vLLM's check and words
     check_limit_args(args)
     args.chat_template = load_chat_template(args.chat_template)
+    kwargs = getattr(args, "default_chat_template_kwargs", None)
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(f"--default-chat-template-kwargs must be a JSON object, got {kwargs!r}.")
     if args.enable_auto_tool_choice:
         from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
         if not args.tool_call_parser:

@@ -99,6 +99,7 @@ class OpenAIServing:
     def __init__(self, engine: AsyncLLMEngine, served_model_names: Sequence[str], *, tokenizer: Any,
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
                  max_log_len: int | None = None, log_outputs: bool = False, log_deltas: bool = True,
+                 default_chat_template_kwargs: dict | None = None,
                  trust_request_chat_template: bool = False,
                  max_n: int = MAX_N, max_prompts_per_request: int | None = None,
                  enable_prompt_tokens_details: bool = False, chat_template_content_format: str = "auto",
@@ -113,6 +114,7 @@ class OpenAIServing:
         self.max_log_len = max_log_len
         self.log_outputs = log_outputs and log_requests     # --enable-log-outputs (needs --enable-log-requests)
         self.log_deltas = log_deltas                        # --no-enable-log-deltas: streams log only their end
+        self.default_chat_template_kwargs = default_chat_template_kwargs or {}   # under the request's own
         self.trust_request_chat_template = trust_request_chat_template
         self.max_n = max_n
         self.max_prompts_per_request = max_prompts_per_request
@@ -256,6 +258,8 @@ class OpenAIServing:
                           continue_final_message: bool, tools: list | None, chat_template_kwargs: dict | None,
                           add_special_tokens: bool = False, documents: list[dict] | None = None) -> list[int]:
         tok = self.need_tokenizer("Chat")
+        if self.default_chat_template_kwargs:     # --default-chat-template-kwargs; the request's keys win (vLLM)
+            chat_template_kwargs = {**self.default_chat_template_kwargs, **(chat_template_kwargs or {})}
         if chat_template_kwargs and "chat_template" in chat_template_kwargs:
             chat_template = chat_template or chat_template_kwargs["chat_template"]
             chat_template_kwargs = {k: v for k, v in chat_template_kwargs.items() if k != "chat_template"}
