@@ -215,3 +215,46 @@ def test_default_chat_template_kwargs_under_the_requests_own(tiny_llama_dir, tin
     assert chat.json()["usage"]["prompt_tokens"] == on.json()["count"]
     with pytest.raises(ValueError, match="--default-chat-template-kwargs must be a JSON object"):
         serve_args(tiny_llama_dir, "--default-chat-template-kwargs", "[1]")
+
+
+# ---- uvicorn's settings: access-log exclusions, --log-config-file, --ssl-ciphers ---------------------------------
+def test_access_log_exclusions_log_config_file_and_ssl_ciphers(tiny_llama_dir, tmp_path):
+    """vLLM's --disable-access-log-for-endpoints (those paths' access lines dropped, query strings aside),
+    --log-config-file (a dictConfig JSON applied at start-up: here uvicorn's access lines go to a file) and
+    --ssl-ciphers (uvicorn's TLS context gets them)."""
+    import json
+    import logging
+
+    from fastapi import FastAPI
+
+    from pagedllm.entrypoints.openai.api_server import AccessLogPathFilter, uvicorn_config
+    log_file = tmp_path / "access.log"
+    config_file = tmp_path / "logging.json"
+    config_file.write_text(json.dumps({
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file), "formatter": "plain"}},
+        "loggers": {"uvicorn.access": {"handlers": ["file"], "level": "INFO", "propagate": False}}}))
+    args = serve_args(tiny_llama_dir, "--disable-access-log-for-endpoints", "/health, /metrics",
+                      "--log-config-file", str(config_file), "--ssl-ciphers", "ECDHE-RSA-AES256-GCM-SHA384")
+    access = logging.getLogger("uvicorn.access")
+    try:
+        config = uvicorn_config(args, FastAPI())
+        for path in ("/health", "/metrics?x=1", "/v1/models"):
+            access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 200)
+        for handler in access.handlers:
+            handler.flush()
+        assert log_file.read_text().splitlines() == ['127.0.0.1:5000 - "GET /v1/models HTTP/1.1" 200']
+        assert config.ssl_ciphers == "ECDHE-RSA-AES256-GCM-SHA384"
+    finally:
+        for f in [f for f in access.filters if isinstance(f, AccessLogPathFilter)]:
+            access.removeFilter(f)
+        for handler in list(access.handlers):
+            access.removeHandler(handler)
+            handler.close()
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        serve_args(tiny_llama_dir, "--log-config-file", str(bad))
+    with pytest.raises(ValueError, match="--log-config-file /no/such/file.json"):
+        serve_args(tiny_llama_dir, "--log-config-file", "/no/such/file.json")

@@ -288,8 +288,6 @@ def load_middleware(path: str) -> Any:
 def run_server(args: argparse.Namespace, prestarted=None) -> int:
     """Serve until SIGTERM / SIGINT (exit code 0) or until the engine dies (1); see entrypoints/shutdown.py.
     ``prestarted``: as ``build_engine``'s."""
-    import uvicorn
-
     configure_logging()
     logger.info("pagedllm API server version %s", pagedllm.__version__)
     logger.info("args: %s", {k: v for k, v in vars(args).items() if k != "api_key"})
@@ -300,16 +298,10 @@ def run_server(args: argparse.Namespace, prestarted=None) -> int:
         sys.exit(f"error: {e}")
     engine, metrics, names = build_engine(args, prestarted)
     app = build_app(args, engine, metrics, names)
-    host = args.host or "0.0.0.0"
-    uds = getattr(args, "uds", None)      # vLLM's --uds: a Unix domain socket instead of host and port
-    config = uvicorn.Config(app, host=host, port=args.port, uds=uds, log_level=args.uvicorn_log_level,
-                            access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5,
-                            ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
-                            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
-                            root_path=args.root_path or "")
+    config = uvicorn_config(args, app)
     server = GracefulServer(config, engine, app.state.server_state, getattr(args, "shutdown_timeout", 0))
     scheme = "https" if args.ssl_certfile else "http"
-    address = f"unix:{uds}" if uds else f"{scheme}://{host}:{args.port}"
+    address = f"unix:{config.uds}" if config.uds else f"{scheme}://{config.host}:{args.port}"
     logger.info("Starting the server on %s (served model name(s): %s; event loop: %s)", address,
                 ", ".join(names), event_loop_name())
     freeze_gc_heap("API server")
@@ -319,6 +311,43 @@ def run_server(args: argparse.Namespace, prestarted=None) -> int:
         engine.shutdown()
     logger.info("Server stopped (exit code %d).", server.exit_code)
     return server.exit_code
+
+
+def uvicorn_config(args: argparse.Namespace, app: FastAPI):
+    """uvicorn's settings from the frontend flags; building it applies the logging config (uvicorn's, or
+    --log-config-file's) and then the --disable-access-log-for-endpoints filter."""
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    from pagedllm.entrypoints.openai.cli_args import load_log_config
+    log_file = getattr(args, "log_config_file", None)
+    config = uvicorn.Config(app, host=args.host or "0.0.0.0", port=args.port,
+                            uds=getattr(args, "uds", None),      # vLLM's --uds: a Unix socket, not host and port
+                            log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
+                            log_config=load_log_config(log_file) if log_file else LOGGING_CONFIG,
+                            timeout_keep_alive=5, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+                            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
+                            ssl_ciphers=getattr(args, "ssl_ciphers", None),
+                            root_path=args.root_path or "")
+    excluded = {p.strip() for p in (getattr(args, "disable_access_log_for_endpoints", None) or "").split(",")
+                if p.strip()}
+    if excluded:
+        logging.getLogger("uvicorn.access").addFilter(AccessLogPathFilter(excluded))
+    return config
+
+
+class AccessLogPathFilter(logging.Filter):
+    """--disable-access-log-for-endpoints: drops uvicorn access lines of these paths (the query string aside)."""
+
+    def __init__(self, paths: set[str]):
+        super().__init__()
+        self.paths = paths
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            return args[2].split("?", 1)[0] not in self.paths
+        return True
 
 
 def make_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

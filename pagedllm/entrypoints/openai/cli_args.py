@@ -48,6 +48,12 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--uvicorn-log-level", type=str, default="info",
                    choices=["debug", "info", "warning", "error", "critical", "trace"], help="Log level for uvicorn.")
     g.add_argument("--disable-uvicorn-access-log", action="store_true", help="Disable uvicorn's access log.")
+    g.add_argument("--disable-access-log-for-endpoints", type=str, default=None,
+                   help="Comma-separated paths whose requests stay out of uvicorn's access log, e.g. "
+                        "\"/health,/metrics,/ping\" (the others are still logged).")
+    g.add_argument("--log-config-file", type=str, default=None,
+                   help="A logging config JSON file (logging.config.dictConfig's schema) applied at start-up, for "
+                        "uvicorn's loggers and pagedllm's alike.")
     g.add_argument("--allow-credentials", action="store_true", help="Allow credentials (CORS).")
     g.add_argument("--allowed-origins", type=_json_list, default=["*"], help="Allowed origins (a JSON list).")
     g.add_argument("--allowed-methods", type=_json_list, default=["*"], help="Allowed methods (JSON list).")
@@ -73,6 +79,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--ssl-certfile", type=str, default=None, help="SSL certificate file.")
     g.add_argument("--ssl-ca-certs", type=str, default=None, help="CA certificates file.")
     g.add_argument("--ssl-cert-reqs", type=int, default=0, help="Whether client certificates are required.")
+    g.add_argument("--ssl-ciphers", type=str, default=None,
+                   help="SSL cipher suites for HTTPS (TLS 1.2 and below), e.g. "
+                        "'ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305'. None = uvicorn's default.")
     g.add_argument("--root-path", type=str, default=None, help="FastAPI root_path when behind a path-based proxy.")
     g.add_argument("--middleware", type=str, action="extend", nargs="+", default=[],
                    help="An ASGI middleware to add to the app, as an import path (module.name); repeatable. A class "
@@ -188,6 +197,8 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--enable-log-outputs requires --enable-log-requests")    # vLLM's check and words
     check_limit_args(args)
     args.chat_template = load_chat_template(args.chat_template)
+    if getattr(args, "log_config_file", None):
+        load_log_config(args.log_config_file)         # a missing or malformed file fails before start-up
     kwargs = getattr(args, "default_chat_template_kwargs", None)
     if kwargs is not None and not isinstance(kwargs, dict):
         raise ValueError(f"--default-chat-template-kwargs must be a JSON object, got {kwargs!r}.")
@@ -230,6 +241,18 @@ def check_limit_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--shutdown-timeout must be a non-negative number of seconds, got {args.shutdown_timeout}.")
     if args.max_log_len is not None and args.max_log_len < 0:
         raise ValueError(f"--max-log-len must be non-negative, got {args.max_log_len}.")
+
+
+def load_log_config(path: str) -> dict:
+    """--log-config-file: a JSON object in logging.config.dictConfig's schema."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--log-config-file {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--log-config-file {path} must hold a JSON object (logging.config.dictConfig's schema).")
+    return config
 
 
 def load_chat_template(value: str | None) -> str | None:
