@@ -74,6 +74,16 @@ _VLLM_SERVER_FLAGS_NOT_SUPPORTED = frozenset({
 })
 
 
+# `vllm bench` flags of datasets and modes `pagedllm bench` does not have (hf, random-mm, spec_bench, blazedit,
+# reranker and embedding batches, timed traces): named as such when given.
+_VLLM_BENCH_FLAGS_NOT_SUPPORTED = frozenset({
+    "no_stream", "hf_subset", "hf_split", "hf_name", "hf_output_len", "random_mm_base_items_per_request",
+    "random_mm_num_mm_items_range_ratio", "random_mm_limit_mm_per_prompt", "random_mm_bucket_config",
+    "spec_bench_output_len", "spec_bench_category", "blazedit_min_distance", "blazedit_max_distance",
+    "random_batch_size", "no_reranker", "self_timed", "no_self_timed",
+})
+
+
 def _vllm_args_note(spelled: Sequence[str], names: Sequence[str], kind: str) -> str:
     """" (X is a vLLM engine argument that pagedllm does not support yet; ...)" for the unknown arguments that are
     vLLM's (``names`` in snake_case, ``spelled`` as the user wrote them), or "". ``kind`` "flag" also names vLLM's
@@ -81,7 +91,8 @@ def _vllm_args_note(spelled: Sequence[str], names: Sequence[str], kind: str) -> 
     notes = []
     groups = [(_VLLM_ENGINE_ARGS_NOT_SUPPORTED, f"vLLM engine {kind}")]
     if kind == "flag":
-        groups.append((_VLLM_SERVER_FLAGS_NOT_SUPPORTED, "vLLM server flag"))
+        groups += [(_VLLM_SERVER_FLAGS_NOT_SUPPORTED, "vLLM server flag"),
+                   (_VLLM_BENCH_FLAGS_NOT_SUPPORTED, "vLLM bench flag")]
     for known, label in groups:
         from_vllm = [(s, n) for s, n in zip(spelled, names) if n in known]
         if not from_vllm:

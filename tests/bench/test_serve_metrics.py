@@ -879,3 +879,14 @@ def test_profile_brackets_the_run_with_the_profiler_routes(fake_server, capsys):
     assert result["completed"] == 2
     assert "WARNING: /start_profile failed (HTTP 404 Not Found)" in capsys.readouterr().out
 
+
+def test_vllm_bench_flags_pagedllm_lacks_are_named_as_such(capsys):
+    """A vLLM bench command line with flags of datasets pagedllm does not sample (hf, random-mm, ...): the error
+    names them as vLLM bench flags, not a bare 'unrecognized arguments'."""
+    from pagedllm.entrypoints.cli import make_parser
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["bench", "serve", "--dataset-name", "hf", "--dataset-path", "likaixin/InstructCoder",
+                                  "--hf-split", "train", "--no-stream"])
+    assert ("(--hf-split, --no-stream are vLLM bench flags that pagedllm does not support yet)"
+            in capsys.readouterr().err)
+
