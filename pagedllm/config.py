@@ -66,7 +66,7 @@ _VLLM_ARG_INSTEAD = {
 # vLLM's `vllm serve` frontend flags (FrontendArgs) that `pagedllm serve` lacks: named as such when given.
 _VLLM_SERVER_FLAGS_NOT_SUPPORTED = frozenset({
     "lora_modules", "api_server_count", "headless", "tool_server", "tool_parser_plugin",
-    "enable_tokenizer_info_endpoint", "log_error_stack", "fingerprint_mode", "fingerprint_value",
+    "log_error_stack", "fingerprint_mode", "fingerprint_value",
     "h11_max_incomplete_event_size", "h11_max_header_count", "enable_per_request_metrics", "tokens_only",
     "enable_ssl_refresh", "enable_offline_docs", "enable_flash_late_interaction", "data_parallel_supervisor_port",
     "dp_supervisor_probe_interval_s", "dp_supervisor_probe_timeout_s", "dp_supervisor_probe_failure_threshold",

@@ -258,3 +258,24 @@ def test_access_log_exclusions_log_config_file_and_ssl_ciphers(tiny_llama_dir, t
         serve_args(tiny_llama_dir, "--log-config-file", str(bad))
     with pytest.raises(ValueError, match="--log-config-file /no/such/file.json"):
         serve_args(tiny_llama_dir, "--log-config-file", "/no/such/file.json")
+
+
+def test_tokenizer_info_endpoint_only_when_enabled(tiny_llama_dir, tiny_engine):
+    """vLLM's --enable-tokenizer-info-endpoint: GET /tokenizer_info answers the tokenizer's configuration (class,
+    special tokens as text, no file paths); without the flag the route does not exist."""
+    import asyncio
+
+    from pagedllm.entrypoints.openai.api_server import build_app
+
+    def get(app):
+        async def run():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+                return await c.get("/tokenizer_info")
+        return asyncio.run(run())
+    info = get(build_app(serve_args(tiny_llama_dir, "--enable-tokenizer-info-endpoint"), *tiny_engine))
+    missing = get(build_app(serve_args(tiny_llama_dir), *tiny_engine))
+    assert info.status_code == 200 and missing.status_code == 404
+    body = info.json()
+    tok = tiny_engine[0].tokenizer
+    assert body["tokenizer_class"] == type(tok).__name__
+    assert body["eos_token"] == tok.eos_token and "vocab_file" not in body and "merges_file" not in body

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -237,6 +238,20 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         except Exception as e:
             return error_response(e)
 
+    if getattr(args, "enable_tokenizer_info_endpoint", False):
+        @app.get("/tokenizer_info")
+        async def tokenizer_info():
+            # vLLM's answer: the tokenizer's init arguments (file paths dropped, added tokens as their text), its
+            # class name, and the server's --chat-template if one was given.
+            tok = base.need_tokenizer("/tokenizer_info")
+            config = {k: v for k, v in (getattr(tok, "init_kwargs", None) or {}).items()
+                      if k not in ("vocab_file", "merges_file")}
+            config = json.loads(json.dumps(_plain(config), default=str))
+            config["tokenizer_class"] = type(tok).__name__
+            if args.chat_template:
+                config["chat_template"] = args.chat_template
+            return JSONResponse(config)
+
     @app.post("/detokenize")
     async def detokenize(request: DetokenizeRequest):
         try:
@@ -311,6 +326,17 @@ def run_server(args: argparse.Namespace, prestarted=None) -> int:
         engine.shutdown()
     logger.info("Server stopped (exit code %d).", server.exit_code)
     return server.exit_code
+
+
+def _plain(value: Any) -> Any:
+    """A tokenizer's init arguments as JSON values: an AddedToken as its text."""
+    if hasattr(value, "content"):
+        return value.content
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def uvicorn_config(args: argparse.Namespace, app: FastAPI):

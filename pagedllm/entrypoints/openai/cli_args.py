@@ -107,6 +107,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="Run the engine in a thread of the API server process instead of its own process (the "
                         "engine process keeps HTTP work from competing with the engine for the GIL).")
     g.add_argument("--disable-fastapi-docs", action="store_true", help="Disable /docs, /redoc and /openapi.json.")
+    g.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
+                   help="Serve GET /tokenizer_info: the tokenizer's configuration (its class, special tokens, chat "
+                        "template, ...). Off by default: it shows the chat template.")
     g.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='tool_choice="auto" on chat: the model decides, and --tool-call-parser reads its calls.')
     g.add_argument("--tool-call-parser", type=str, default=None,
