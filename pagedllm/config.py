@@ -56,21 +56,52 @@ def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch
 
 # What to use instead of a vLLM argument pagedllm lacks, where there is something.
 _VLLM_ARG_INSTEAD = {
+    "lora_modules": "pagedllm serves no LoRA adapters yet",
+    "api_server_count": "one API server process serves every request (its engine runs in a process of its own)",
     "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
     "rope_theta": "hf_overrides / --hf-overrides '{\"rope_theta\": ...}' does it (vLLM's replacement)",
 }
 
 
+# vLLM's `vllm serve` frontend flags (FrontendArgs) that `pagedllm serve` lacks: named as such when given.
+_VLLM_SERVER_FLAGS_NOT_SUPPORTED = frozenset({
+    "lora_modules", "api_server_count", "headless", "tool_server", "tool_parser_plugin",
+    "log_error_stack", "fingerprint_mode", "fingerprint_value",
+    "h11_max_incomplete_event_size", "h11_max_header_count", "enable_per_request_metrics", "tokens_only",
+    "enable_ssl_refresh", "enable_offline_docs", "enable_flash_late_interaction", "data_parallel_supervisor_port",
+    "dp_supervisor_probe_interval_s", "dp_supervisor_probe_timeout_s", "dp_supervisor_probe_failure_threshold",
+    "cohere_is_reasoning_model", "cohere_format",
+})
+
+
+# `vllm bench` flags of datasets and modes `pagedllm bench` does not have (hf, random-mm, spec_bench, blazedit,
+# reranker and embedding batches, timed traces): named as such when given.
+_VLLM_BENCH_FLAGS_NOT_SUPPORTED = frozenset({
+    "no_stream", "hf_subset", "hf_split", "hf_name", "hf_output_len", "random_mm_base_items_per_request",
+    "random_mm_num_mm_items_range_ratio", "random_mm_limit_mm_per_prompt", "random_mm_bucket_config",
+    "spec_bench_output_len", "spec_bench_category", "blazedit_min_distance", "blazedit_max_distance",
+    "random_batch_size", "no_reranker", "self_timed", "no_self_timed",
+})
+
+
 def _vllm_args_note(spelled: Sequence[str], names: Sequence[str], kind: str) -> str:
     """" (X is a vLLM engine argument that pagedllm does not support yet; ...)" for the unknown arguments that are
-    vLLM's (``names`` in snake_case, ``spelled`` as the user wrote them), or ""."""
-    from_vllm = [(s, n) for s, n in zip(spelled, names) if n in _VLLM_ENGINE_ARGS_NOT_SUPPORTED]
-    if not from_vllm:
-        return ""
-    what = f"is a vLLM engine {kind}" if len(from_vllm) == 1 else f"are vLLM engine {kind}s"
-    instead = [f"{s}: {_VLLM_ARG_INSTEAD[n]}" for s, n in from_vllm if n in _VLLM_ARG_INSTEAD]
-    return (f" ({', '.join(s for s, _ in from_vllm)} {what} that pagedllm does not support yet"
-            + "".join(f"; {i}" for i in instead) + ")")
+    vLLM's (``names`` in snake_case, ``spelled`` as the user wrote them), or "". ``kind`` "flag" also names vLLM's
+    server flags."""
+    notes = []
+    groups = [(_VLLM_ENGINE_ARGS_NOT_SUPPORTED, f"vLLM engine {kind}")]
+    if kind == "flag":
+        groups += [(_VLLM_SERVER_FLAGS_NOT_SUPPORTED, "vLLM server flag"),
+                   (_VLLM_BENCH_FLAGS_NOT_SUPPORTED, "vLLM bench flag")]
+    for known, label in groups:
+        from_vllm = [(s, n) for s, n in zip(spelled, names) if n in known]
+        if not from_vllm:
+            continue
+        what = f"is a {label}" if len(from_vllm) == 1 else f"are {label}s"
+        instead = [f"{s}: {_VLLM_ARG_INSTEAD[n]}" for s, n in from_vllm if n in _VLLM_ARG_INSTEAD]
+        notes.append(f"{', '.join(s for s, _ in from_vllm)} {what} that pagedllm does not support yet"
+                     + "".join(f"; {i}" for i in instead))
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 # A generation_config.json's sampling defaults (HF's names) -> SamplingParams' names (vLLM reads the same six);

@@ -1,4 +1,5 @@
-"""Benchmark workloads: ShareGPT conversations, random token prompts, prompts that share repeated prefixes.
+"""Benchmark workloads: ShareGPT conversations, BurstGPT trace lengths, random token prompts, prompts that share
+repeated prefixes.
 
 Every sampler returns ``SampleRequest``s. Synthetic prompts (random, prefix_repetition) are made of token ids, so their
 lengths are exact; ``prompt_text`` also holds their decoded text when a tokenizer is at hand (chat endpoints and
@@ -20,7 +21,18 @@ from pagedllm.bench.utils import vocab_ids
 
 # json-schema / regex / choice: structured-output requests (vLLM's benchmark_serving_structured_output workloads).
 STRUCTURED_DATASETS = ("json-schema", "regex", "choice")
-DATASET_NAMES = ("sharegpt", "custom", "sonnet", "random", "prefix_repetition") + STRUCTURED_DATASETS
+DATASET_NAMES = ("sharegpt", "burstgpt", "custom", "sonnet", "txt-slices", "random",
+                 "prefix_repetition") + STRUCTURED_DATASETS
+# vLLM's datasets that are not here: named on the command line, each answers why and what to use instead.
+UNSUPPORTED_DATASETS = {
+    "hf": "it loads a Hugging Face hub dataset (a download); save the prompts to a local file and use --dataset-name "
+          "custom (JSONL of {\"prompt\": ...} lines) or sharegpt",
+    "random-mm": "it sends images, and pagedllm serves text-only models",
+    "random-rerank": "pagedllm serves no reranker model; for embedding models use --backend openai-embeddings with "
+                     "--dataset-name random",
+    "spec_bench": "its question file is not read here yet; convert it to --dataset-name custom (JSONL of "
+                  "{\"prompt\": ...} lines)",
+}
 # Synthetic workloads: a --dataset-path beside them would be ignored, so it is refused (as vLLM does).
 SYNTHETIC_DATASETS = ("random", "prefix_repetition") + STRUCTURED_DATASETS
 
@@ -110,7 +122,7 @@ def sample_sharegpt(dataset_path: str, num_requests: int, tokenizer, seed: int =
 # ---- custom: a JSONL file of {"prompt": ...} lines --------------------------------------------------------------
 def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: int, seed: int = 0,
                   skip_chat_template: bool = False, oversample: bool = True,
-                  shuffle: bool = True) -> list[SampleRequest]:
+                  shuffle: bool = True, chat_template_kwargs: dict | None = None) -> list[SampleRequest]:
     """vLLM's ``custom`` dataset: one JSON object with a ``prompt`` field per line, shuffled with ``seed`` (unless not
     ``shuffle``); each prompt wrapped in the tokenizer's chat template as one user turn (unless
     ``skip_chat_template``), every request asking for ``output_len`` tokens; too few lines are drawn again at random
@@ -141,10 +153,69 @@ def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: i
     requests = []
     for prompt in prompts:
         if not skip_chat_template:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                   tokenize=False)
+            prompt = _chat_formatted(tokenizer, prompt, chat_template_kwargs)
         requests.append(SampleRequest(prompt_len=len(tokenizer(prompt).input_ids), expected_output_len=output_len,
                                       prompt_text=prompt))
+    return requests
+
+
+# ---- BurstGPT: request and response lengths of a production trace ------------------------------------------------
+def sample_burstgpt(dataset_path: str, num_requests: int, tokenizer, seed: int = 0, output_len: int | None = None,
+                    oversample: bool = True) -> list[SampleRequest]:
+    """vLLM's burstgpt dataset: the rows of BurstGPT's CSV (columns "Model", "Request tokens", "Response tokens")
+    served by GPT-4 with a positive response length, drawn at random (again when the file holds fewer than
+    ``num_requests``, unless not ``oversample``); each becomes a synthetic prompt of "Request tokens" ids (the i-th
+    request the ids i, i+1, ... through the vocabulary, as vLLM's, special tokens skipped) asking for "Response
+    tokens" tokens (or ``output_len``)."""
+    import csv
+    rows = []
+    with open(dataset_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"Model", "Request tokens", "Response tokens"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{dataset_path} is not a BurstGPT CSV: no column {', '.join(sorted(missing))}.")
+        for row in reader:
+            if row["Model"] == "GPT-4" and int(float(row["Response tokens"])) > 0:
+                rows.append((int(float(row["Request tokens"])), int(float(row["Response tokens"]))))
+    if not rows:
+        raise ValueError(f"No GPT-4 row with a positive 'Response tokens' in {dataset_path}.")
+    rng = np.random.default_rng(seed)
+    count = num_requests if oversample else min(num_requests, len(rows))
+    picks = rng.choice(len(rows), size=count, replace=count > len(rows))
+    vocab = vocab_ids(tokenizer)
+    requests = []
+    for i, pick in enumerate(picks):
+        input_len, response_len = rows[pick]
+        ids = [vocab[(i + j) % len(vocab)] for j in range(input_len)]
+        requests.append(SampleRequest(prompt_len=input_len,
+                                      expected_output_len=output_len if output_len is not None else response_len,
+                                      prompt_text=_decode(tokenizer, ids), prompt_token_ids=ids))
+    return requests
+
+
+# ---- txt-slices: windows of one text file -------------------------------------------------------------------------
+def sample_txt_slices(dataset_path: str, num_requests: int, tokenizer, input_len: int, output_len: int,
+                      seed: int = 0) -> list[SampleRequest]:
+    """vLLM's txt-slices dataset: the file's text tokenized once; each prompt is ``input_len`` tokens from a random
+    start (wrapping around at the end), decoded to text, its length measured again as the server will count it."""
+    if tokenizer is None:
+        raise ValueError("The txt-slices dataset needs a tokenizer to cut the text; pass --tokenizer.")
+    if dataset_path.startswith(("http://", "https://")):
+        raise ValueError(f"--dataset-path {dataset_path}: download the text file and pass its local path (this "
+                         "benchmark reads local files).")
+    if input_len < 1 or output_len < 1:
+        raise ValueError(f"txt-slices needs input and output lengths >= 1, got {input_len} and {output_len}.")
+    with open(dataset_path, encoding="utf-8") as f:
+        ids = tokenizer(f.read(), add_special_tokens=False).input_ids
+    if not ids:
+        raise ValueError("The text file is empty or cannot be tokenized.")
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(num_requests):
+        start = rng.randrange(len(ids))
+        text = tokenizer.decode([ids[(start + j) % len(ids)] for j in range(input_len)], skip_special_tokens=False)
+        requests.append(SampleRequest(prompt_len=len(tokenizer(text).input_ids), expected_output_len=output_len,
+                                      prompt_text=text))
     return requests
 
 
@@ -152,13 +223,15 @@ def sample_custom(dataset_path: str, num_requests: int, tokenizer, output_len: i
 SONNET_INSTRUCTION = "Pick as many lines as you can from these poem lines:\n"
 
 
-def _chat_formatted(tokenizer, text: str) -> str:
+def _chat_formatted(tokenizer, text: str, chat_template_kwargs: dict | None = None) -> str:
+    """``text`` as one user turn in the tokenizer's chat template (--chat-template-kwargs go to the template)."""
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         tokenize=False)
+                                         tokenize=False, **(chat_template_kwargs or {}))
 
 
 def sample_sonnet(dataset_path: str, num_requests: int, tokenizer, input_len: int = 550, output_len: int = 150,
-                  prefix_len: int = 200, seed: int = 0) -> list[SampleRequest]:
+                  prefix_len: int = 200, seed: int = 0,
+                  chat_template_kwargs: dict | None = None) -> list[SampleRequest]:
     """vLLM's sonnet dataset (deprecated there, still in its CLI): an instruction, then the file's first lines as a
     shared prefix of about ``prefix_len`` tokens, then lines drawn at random up to about ``input_len`` tokens, all in
     the chat template as one user turn. Prompts whose formatted length exceeds ``input_len`` are drawn again.
@@ -173,7 +246,7 @@ def sample_sonnet(dataset_path: str, num_requests: int, tokenizer, input_len: in
     if not lines:
         raise ValueError(f"No line in {dataset_path}.")
     avg_line_len = sum(len(tokenizer(line).input_ids) for line in lines) / len(lines)
-    base_len = len(tokenizer(_chat_formatted(tokenizer, SONNET_INSTRUCTION)).input_ids)
+    base_len = len(tokenizer(_chat_formatted(tokenizer, SONNET_INSTRUCTION, chat_template_kwargs)).input_ids)
     if input_len <= base_len:
         raise ValueError(f"--sonnet-input-len must be higher than the base prompt length ({base_len}), got "
                          f"{input_len}.")
@@ -186,7 +259,7 @@ def sample_sonnet(dataset_path: str, num_requests: int, tokenizer, input_len: in
         if len(requests) == num_requests:
             break
         raw = SONNET_INSTRUCTION + "".join(prefix + rng.choices(lines, k=max(num_input_lines - num_prefix_lines, 0)))
-        formatted = _chat_formatted(tokenizer, raw)
+        formatted = _chat_formatted(tokenizer, raw, chat_template_kwargs)
         prompt_len = len(tokenizer(formatted).input_ids)
         if prompt_len <= input_len:
             requests.append(SampleRequest(prompt_len=prompt_len, expected_output_len=output_len,
@@ -296,10 +369,12 @@ def sample_structured(kind: str, num_requests: int, output_len: int, tokenizer) 
 def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "random",
                      with_random_lens: bool = True) -> None:
     g = parser.add_argument_group("dataset")
-    g.add_argument("--dataset-name", type=str, default=default_dataset, choices=list(DATASET_NAMES),
+    g.add_argument("--dataset-name", type=str, default=default_dataset,
+                   choices=list(DATASET_NAMES) + list(UNSUPPORTED_DATASETS),
                    help="Workload to sample.")
     g.add_argument("--dataset-path", type=str, default=None,
-                   help="Path to the dataset file (ShareGPT_V3_unfiltered_cleaned_split.json format for sharegpt).")
+                   help="Path to the dataset file (ShareGPT_V3_unfiltered_cleaned_split.json format for sharegpt, "
+                        "BurstGPT's CSV for burstgpt).")
     g.add_argument("--sharegpt-output-len", type=int, default=None,
                    help="Output length of every ShareGPT request (default: the reply's token length).")
     g.add_argument("--custom-output-len", type=int, default=256,
@@ -311,13 +386,15 @@ def add_dataset_args(parser: argparse.ArgumentParser, default_dataset: str = "ra
     g.add_argument("--skip-chat-template", action="store_true",
                    help="custom dataset: send the prompts as they are, not wrapped in the chat template.")
     g.add_argument("--no-oversample", action="store_true",
-                   help="sharegpt / custom: a file with fewer usable prompts than --num-prompts gives fewer requests "
+                   help="sharegpt / burstgpt / custom: a file with fewer usable prompts than --num-prompts gives fewer requests "
                         "(default: some are drawn again).")
     g.add_argument("--disable-shuffle", action="store_true",
                    help="sharegpt / custom: take the prompts in file order instead of a seeded shuffle.")
     if with_random_lens:
-        g.add_argument("--random-input-len", type=int, default=1024, help="Input tokens per random request.")
-        g.add_argument("--random-output-len", type=int, default=128, help="Output tokens per random request.")
+        g.add_argument("--random-input-len", type=int, default=1024,
+                       help="Input tokens per random (and txt-slices) request.")
+        g.add_argument("--random-output-len", type=int, default=128,
+                       help="Output tokens per random (and txt-slices) request.")
         g.add_argument("--random-range-ratio", type=float, default=0.0,
                        help="Lengths are uniform in [len*(1-r), len*(1+r)], 0 <= r < 1.")
         g.add_argument("--random-prefix-len", type=int, default=0,
@@ -341,6 +418,13 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
                     prefix_len: int | None = None) -> list[SampleRequest]:
     """Sample ``num_requests`` from the dataset that ``args`` names (flags of ``add_dataset_args``)."""
     name = args.dataset_name
+    if name in UNSUPPORTED_DATASETS:
+        raise ValueError(f"--dataset-name {name} is not supported yet: {UNSUPPORTED_DATASETS[name]}.")
+    template_kwargs = getattr(args, "chat_template_kwargs", None)
+    if template_kwargs is not None and (name not in ("custom", "sonnet") or getattr(args, "skip_chat_template", False)):
+        raise ValueError("--chat-template-kwargs applies where the benchmark renders the chat template itself (the "
+                         "custom dataset without --skip-chat-template, sonnet); for the server's template send "
+                         "--extra-body '{\"chat_template_kwargs\": {...}}'.")
     if name in SYNTHETIC_DATASETS and getattr(args, "dataset_path", None):
         raise ValueError(f"Cannot use the '{name}' dataset with --dataset-path: it is generated, not read. Pass the "
                          f"--dataset-name of your file (sharegpt, custom) to use {args.dataset_path}.")
@@ -349,7 +433,27 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
             raise ValueError("--dataset-name custom needs --dataset-path (a JSONL file of {\"prompt\": ...} lines).")
         return sample_custom(args.dataset_path, num_requests, tokenizer,
                              output_len if output_len is not None else args.custom_output_len, seed=args.seed or 0,
-                             skip_chat_template=args.skip_chat_template, **_order_flags(args))
+                             skip_chat_template=args.skip_chat_template, chat_template_kwargs=template_kwargs,
+                             **_order_flags(args))
+    if name == "burstgpt":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name burstgpt needs --dataset-path (BurstGPT's CSV, e.g. "
+                             "BurstGPT_without_fails_2.csv).")
+        if input_len is not None:
+            raise ValueError("--input-len does not apply to the burstgpt dataset: its rows give the prompt lengths.")
+        return sample_burstgpt(args.dataset_path, num_requests, tokenizer, seed=args.seed or 0, output_len=output_len,
+                               oversample=_order_flags(args)["oversample"])
+    if name == "txt-slices":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name txt-slices needs --dataset-path (a text file).")
+        return sample_txt_slices(args.dataset_path, num_requests, tokenizer,
+                                 # vLLM's lengths: --random-input-len / --random-output-len (1024 / 128 where the
+                                 # command has no such flag, as bench throughput)
+                                 input_len=input_len if input_len is not None else getattr(args, "random_input_len",
+                                                                                           1024),
+                                 output_len=output_len if output_len is not None else getattr(args, "random_output_len",
+                                                                                              128),
+                                 seed=args.seed or 0)
     if name == "sonnet":
         if not args.dataset_path:
             raise ValueError("--dataset-name sonnet needs --dataset-path (a text file of poem lines, as vLLM's "
@@ -357,7 +461,8 @@ def sample_requests(args: Any, tokenizer, num_requests: int, *, input_len: int |
         return sample_sonnet(args.dataset_path, num_requests, tokenizer,
                              input_len=input_len if input_len is not None else args.sonnet_input_len,
                              output_len=output_len if output_len is not None else args.sonnet_output_len,
-                             prefix_len=args.sonnet_prefix_len, seed=args.seed or 0)
+                             prefix_len=args.sonnet_prefix_len, seed=args.seed or 0,
+                             chat_template_kwargs=template_kwargs)
     if name == "sharegpt":
         if not args.dataset_path:
             raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT json file).")

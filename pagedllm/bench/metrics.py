@@ -19,11 +19,15 @@ from pagedllm.bench.utils import percentile_label
 MS_PER_S = 1000.0
 GOODPUT_METRICS = ("ttft", "tpot", "e2el")
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
+# vLLM's client-side queueing metrics (with --max-concurrency): arrival -> send, and E2EL plus that wait.
+QUEUE_METRICS = ("client_queue_time", "e2el_including_client_queue")
 METRIC_TITLES = {  # name in labels, header of the block
     "ttft": ("TTFT", "Time to First Token"),
     "tpot": ("TPOT", "Time per Output Token (excl. 1st token)"),
     "itl": ("ITL", "Inter-token Latency"),
     "e2el": ("E2EL", "End-to-end Latency"),
+    "client_queue_time": ("Client Queue Time", "Client-side Queueing"),
+    "e2el_including_client_queue": ("E2EL incl. Client Queue", "Queue-inclusive End-to-end Latency"),
 }
 LABEL_WIDTH, VALUE_WIDTH, BLOCK_WIDTH = 40, 10, 50
 
@@ -88,7 +92,9 @@ def output_token_count(output: RequestFuncOutput, tokenizer) -> int:
 
 
 def peak_rates(outputs: Sequence[RequestFuncOutput]) -> tuple[float, int]:
-    """Largest number of streamed chunks in any one-second bucket, and of requests active in any bucket."""
+    """Largest number of streamed chunks in any one-second bucket, and the most requests in flight at one instant
+    (vLLM's sweep over the half-open [start, end) intervals: a request ending as another starts does not overlap
+    it)."""
     done = [o for o in outputs if o.success]
     if not done:
         return 0.0, 0
@@ -96,14 +102,16 @@ def peak_rates(outputs: Sequence[RequestFuncOutput]) -> tuple[float, int]:
     end = max(o.start_time + o.latency for o in done)
     buckets = int(np.ceil(end - t0)) + 1
     chunks = np.zeros(buckets)
-    active = np.zeros(buckets)
     for o in done:
         times = o.start_time + o.ttft + np.concatenate([[0.0], np.cumsum(o.itl)])
         idx = np.floor(times - t0).astype(int)
         np.add.at(chunks, idx[(idx >= 0) & (idx < buckets)], 1)
-        first, last = int(o.start_time - t0), int(o.start_time + o.latency - t0)
-        active[first:last + 1] += 1
-    return float(chunks.max()), int(active.max())
+    events = sorted([(o.start_time, 1) for o in done] + [(o.start_time + o.latency, -1) for o in done])
+    in_flight = peak = 0
+    for _, delta in events:       # at equal times the departure (-1) sorts first
+        in_flight += delta
+        peak = max(peak, in_flight)
+    return float(chunks.max()), peak
 
 
 def calculate_metrics(input_lens: Sequence[int], outputs: Sequence[RequestFuncOutput], duration_s: float,
@@ -161,8 +169,9 @@ def _line(label: str, value: Any, fmt: str = "") -> str:
 
 def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selected_metrics: Sequence[str],
                         max_concurrency: int | None, request_rate: float, goodput: bool,
-                        pooling: bool = False) -> str:
-    """vLLM's block; for a pooling backend (embeddings) no output-token lines, only request and token throughput."""
+                        pooling: bool = False, probe: dict[str, Any] | None = None) -> str:
+    """vLLM's block; for a pooling backend (embeddings) no output-token lines, only request and token throughput.
+    ``probe``: the --probe-request-rate stats (``probe_stats``), in their own section before the latencies."""
     lines = ["{:=^{w}}".format(" Serving Benchmark Result ", w=BLOCK_WIDTH),
              _line("Successful requests:", metrics.completed),
              _line("Failed requests:", metrics.failed)]
@@ -175,7 +184,7 @@ def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selecte
     if pooling:
         lines += [_line("Request throughput (req/s):", metrics.request_throughput, ".2f"),
                   _line("Total token throughput (tok/s):", metrics.total_token_throughput, ".2f")]
-        return "\n".join(lines + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
+        return "\n".join(lines + _probe_lines(probe) + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
     lines += [_line("Total generated tokens:", metrics.total_output),
               _line("Request throughput (req/s):", metrics.request_throughput, ".2f")]
     if goodput:
@@ -184,13 +193,34 @@ def format_result_block(metrics: BenchmarkMetrics, duration_s: float, *, selecte
               _line("Peak output token throughput (tok/s):", metrics.max_output_tokens_per_s, ".2f"),
               _line("Peak concurrent requests:", float(metrics.max_concurrent_requests), ".2f"),
               _line("Total token throughput (tok/s):", metrics.total_token_throughput, ".2f")]
-    return "\n".join(lines + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
+    return "\n".join(lines + _probe_lines(probe) + _stat_lines(metrics, selected_metrics) + ["=" * BLOCK_WIDTH])
+
+
+def probe_stats(latencies_s: Sequence[float], failed: int) -> dict[str, Any] | None:
+    """vLLM's --probe-request-rate summary (its result keys); None when no probe succeeded."""
+    if not latencies_s:
+        return None
+    return {"probe_completed": len(latencies_s), "probe_failed": failed,
+            "probe_median_e2el_ms": float(np.median(latencies_s)) * 1000,
+            "probe_p99_e2el_ms": float(np.percentile(latencies_s, 99)) * 1000,
+            "probe_max_e2el_ms": float(max(latencies_s)) * 1000}
+
+
+def _probe_lines(probe: dict[str, Any] | None) -> list[str]:
+    if probe is None:
+        return []
+    return ["{:-^{w}}".format("Probe Requests", w=BLOCK_WIDTH),
+            _line("Probe requests completed:", probe["probe_completed"]),
+            _line("Probe requests failed:", probe["probe_failed"]),
+            _line("Median probe E2EL (ms):", probe["probe_median_e2el_ms"], ".2f"),
+            _line("P99 probe E2EL (ms):", probe["probe_p99_e2el_ms"], ".2f"),
+            _line("Max probe E2EL (ms):", probe["probe_max_e2el_ms"], ".2f")]
 
 
 def _stat_lines(metrics: BenchmarkMetrics, selected_metrics: Sequence[str]) -> list[str]:
     lines = []
-    for name in PERCENTILE_METRICS:
-        if name not in selected_metrics:
+    for name in PERCENTILE_METRICS + QUEUE_METRICS:
+        if name not in selected_metrics or name not in metrics.stats:
             continue
         short, header = METRIC_TITLES[name]
         st = metrics.stats[name]
@@ -222,8 +252,8 @@ def summary_dict(metrics: BenchmarkMetrics, duration_s: float, *, selected_metri
         for key in ("total_output_tokens", "request_goodput", "output_throughput", "max_output_tokens_per_s",
                     "max_concurrent_requests"):
             del result[key]
-    for name in PERCENTILE_METRICS:
-        if name not in selected_metrics:
+    for name in PERCENTILE_METRICS + QUEUE_METRICS:
+        if name not in selected_metrics or name not in metrics.stats:
             continue
         st = metrics.stats[name]
         result[f"mean_{name}_ms"] = st.mean

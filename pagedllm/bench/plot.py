@@ -91,6 +91,83 @@ def plot_serve_result(result: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def plot_dataset_stats(result: dict[str, Any], path: str) -> None:
+    """vLLM's --plot-dataset-stats figure: prompt, output and total token histograms, and each request's prompt and
+    output tokens stacked."""
+    plt = _pyplot()
+    prompt = list(result["input_lens"])
+    output = list(result["output_lens"])
+    total = [a + b for a, b in zip(prompt, output)]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    for ax, values, name, color in ((axes[0][0], prompt, "Prompt Tokens", "steelblue"),
+                                    (axes[0][1], output, "Output Tokens", "coral"),
+                                    (axes[1][0], total, "Total Tokens (Prompt + Output)", "mediumseagreen")):
+        ax.hist(values, bins=30, color=color, edgecolor="black", alpha=0.7)
+        ax.set_xlabel(name)
+        ax.set_ylabel("Frequency")
+        ax.set_title(f"{name.split(' (')[0]} Distribution")
+        ax.grid(True, alpha=0.3)
+    ax = axes[1][1]
+    ids = list(range(len(prompt)))
+    ax.bar(ids, prompt, label="Prompt Tokens", color="steelblue", alpha=0.7)
+    ax.bar(ids, output, bottom=prompt, label="Output Tokens", color="coral", alpha=0.7)
+    ax.set_xlabel("Request ID")
+    ax.set_ylabel("Tokens")
+    ax.set_title("Tokens per Request (Stacked)")
+    ax.legend()
+    ax.grid(True, alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+_TIMELINE_COLORS = ("#636EFA", "#109618", "#FF7F0E", "#D62728")    # TTFT, then the three ITL bands (vLLM's)
+
+
+def write_timeline_html(result: dict[str, Any], path: str, itl_thresholds_s: Sequence[float]) -> int:
+    """vLLM's --plot-timeline page, drawn as SVG (no plotly needed): one row per successful request, its TTFT then
+    one segment per inter-token gap coloured by --timeline-itl-thresholds; hovering a segment shows its times and
+    the request's token counts. Returns the number of rows."""
+    import html
+    low, high = itl_thresholds_s
+    labels = ("TTFT", f"ITL < {low * 1e3:.0f}ms", f"{low * 1e3:.0f}ms \u2264 ITL < {high * 1e3:.0f}ms",
+              f"ITL \u2265 {high * 1e3:.0f}ms")
+    rows = [(i, s, t, gaps, e2el, n_in, n_out) for i, (s, t, gaps, e2el, n_in, n_out, err) in enumerate(zip(
+        result["start_times"], result["ttfts"], result["itls"], result["latencies"], result["input_lens"],
+        result["output_lens"], result["errors"])) if not err]
+    t0 = min((r[1] for r in rows), default=0.0)
+    end = max((r[1] + r[4] for r in rows), default=1.0) - t0 or 1.0
+    width, row_h, left = 1000.0, 16, 70
+    scale = width / end
+    parts = []
+    for y, (i, start, ttft, gaps, e2el, n_in, n_out) in enumerate(rows):
+        top = 30 + y * row_h
+        parts.append(f'<text x="{left - 6}" y="{top + 11}" text-anchor="end">Req {i}</text>')
+        segments = [(start - t0, ttft, 0)]
+        at = start - t0 + ttft
+        for gap in gaps:
+            segments.append((at, gap, 1 if gap < low else 2 if gap < high else 3))
+            at += gap
+        for seg_start, length, kind in segments:
+            tip = (f"Req {i} {labels[kind]}: {seg_start:.3f}s to {seg_start + length:.3f}s ({length:.3f}s); "
+                   f"request {start - t0:.3f}s to {start - t0 + e2el:.3f}s, prompt tokens {n_in}, output tokens "
+                   f"{n_out}")
+            parts.append(f'<rect x="{left + seg_start * scale:.2f}" y="{top}" width="{max(length * scale, 0.5):.2f}" '
+                         f'height="{row_h - 3}" fill="{_TIMELINE_COLORS[kind]}"><title>{html.escape(tip)}</title>'
+                         f'</rect>')
+    legend = "".join(f'<span style="color:{c}">&#9632;</span> {html.escape(label)} &nbsp; '
+                     for c, label in zip(_TIMELINE_COLORS, labels))
+    height = 40 + len(rows) * row_h
+    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Request timeline</title></head>'
+            f'<body style="font-family:sans-serif;font-size:12px"><h3>Request timeline ({len(rows)} requests, '
+            f'{end:.3f} s; hover a segment for its times)</h3><p>{legend}</p>'
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20:.0f}" height="{height}" '
+            f'font-size="10">{"".join(parts)}</svg></body></html>\n')
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return len(rows)
+
+
 # ---- comparison -------------------------------------------------------------------------------------------------
 COMPARE_GROUPS = (
     ("Token throughput (tok/s)", re.compile(r"^(output_throughput|total_token_throughput|max_output_tokens_per_s|"

@@ -46,6 +46,7 @@ class RequestFuncOutput:
     itl: list[float] = field(default_factory=list)
     latency: float = 0.0          # seconds, send -> last chunk with a choice
     start_time: float = 0.0       # time.perf_counter() at send
+    client_queue_time: float = 0.0   # seconds between the request's arrival and its send (--max-concurrency waits)
     prompt_len: int = 0
     error: str = ""
 
@@ -134,7 +135,6 @@ async def openai_completions(request: RequestFuncInput, session: aiohttp.ClientS
     payload: dict[str, Any] = {
         "model": request.model,
         "prompt": request.prompt,
-        "temperature": 0.0,
         "max_tokens": request.output_len,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -153,7 +153,6 @@ async def openai_chat_completions(request: RequestFuncInput, session: aiohttp.Cl
     payload: dict[str, Any] = {
         "model": request.model,
         "messages": [{"role": "user", "content": request.prompt}],
-        "temperature": 0.0,
         "max_completion_tokens": request.output_len,
         "stream": True,
         "stream_options": {"include_usage": True},

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from pagedllm.bench.datasets import SampleRequest, add_dataset_args, sample_requests
-from pagedllm.bench.metrics import (PERCENTILE_METRICS, calculate_metrics, format_result_block, parse_goodput,
-                                    summary_dict)
+from pagedllm.bench.metrics import (PERCENTILE_METRICS, QUEUE_METRICS, MetricStats, calculate_metrics,
+                                    format_result_block, parse_goodput, probe_stats, summary_dict)
 from pagedllm.bench.utils import TOKENIZER_MODES, append_json_line, parse_percentiles, try_get_tokenizer, write_json
 
 # Sampling fields sent with every request when their flag is given (vLLM's bench serve flags, same names).
@@ -38,6 +38,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "openai-embeddings: /v1/embeddings (an embedding server; E2EL only).")
     parser.add_argument("--base-url", type=str, default=None, help="Server URL, e.g. http://127.0.0.1:8000 "
                         "(instead of --host/--port).")
+    parser.add_argument("--insecure", action="store_true",
+                        help="Do not verify the server's SSL certificate (an https server with a self-signed one).")
     parser.add_argument("--host", type=str, default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--endpoint", type=str, default=None,
@@ -47,9 +49,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "x-request-id).")
     parser.add_argument("--request-id-prefix", type=str, default=f"bench-{uuid.uuid4().hex[:8]}-",
                         help="Request i of the run is sent with the header x-request-id: PREFIX + i.")
-    parser.add_argument("--ready-check-timeout-sec", type=int, default=600,
-                        help="Retry the initial test request until it succeeds, for at most this many seconds "
-                             "(a server still starting); 0 skips the test request.")
+    parser.add_argument("--ready-check-timeout-sec", type=int, default=0,
+                        help="Before the run, send the first request and retry it for up to this many seconds until "
+                             "the server answers (a server still starting). 0 (vLLM's default since PR 30975): no "
+                             "such extra request.")
     parser.add_argument("--model", type=str, default=None,
                         help="Model id (default: the first model the server lists at /v1/models).")
     parser.add_argument("--served-model-name", type=str, default=None,
@@ -58,8 +61,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer-mode", type=str, default="auto", choices=list(TOKENIZER_MODES),
                         help="auto / hf: the fast tokenizer when there is one; slow: the Python one.")
     parser.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME",
-                        help="LoRA adapters the server serves: each request names one of them, chosen at random "
-                             "(seeded by --seed), as its model.")
+                        help="LoRA adapters the server serves: each request names one of them as its model, chosen "
+                             "as --lora-assignment says.")
+    parser.add_argument("--lora-assignment", type=str, default="random", choices=["random", "round-robin"],
+                        help="How requests get a --lora-modules adapter: random (seeded by --seed), or round-robin "
+                             "(request i the (i mod N)-th).")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--skip-tokenizer-init", action="store_true",
                         help="Load no tokenizer: synthetic prompts go as token ids, output tokens come from usage.")
@@ -77,6 +83,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(instead of --request-rate).")
     parser.add_argument("--ramp-up-start-rps", type=int, default=None, help="Request rate at the start of a ramp-up.")
     parser.add_argument("--ramp-up-end-rps", type=int, default=None, help="Request rate at the end of a ramp-up.")
+    parser.add_argument("--probe-request-rate", type=float, default=0.0,
+                        help="If positive, send one-token 'Hi' probe requests at this rate (req/s) beside the "
+                             "workload, outside --max-concurrency, and report their latency in their own section "
+                             "(how the workload stalls an unrelated request).")
     parser.add_argument("--burstiness", type=float, default=1.0,
                         help="Gamma shape of the inter-arrival times: 1 = Poisson, <1 burstier, >1 more uniform.")
     parser.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight at once.")
@@ -84,20 +94,34 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--ignore-eos", action="store_true",
                         help="Send ignore_eos=true (fixed output lengths); always on with --dataset-name random.")
     parser.add_argument("--logprobs", type=int, default=None, help="Logprobs per output token to request.")
-    parser.add_argument("--temperature", type=float, default=None, help="Default 0.0 (greedy).")
+    parser.add_argument("--use-beam-search", action="store_true",
+                        help="Accepted for vLLM's command lines, and without effect there too: vLLM's bench serve "
+                             "no longer sends beam-search requests. A warning says so.")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="Sent when given; by default requests carry none and the server's default applies "
+                             "(vLLM's bench serve since PR 32723; --temperature 0 for greedy).")
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--min-p", type=float, default=None)
     parser.add_argument("--frequency-penalty", type=float, default=None)
     parser.add_argument("--presence-penalty", type=float, default=None)
     parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--chat-template-kwargs", type=json.loads, default=None,
+                        help="JSON keyword arguments for the chat template where the benchmark renders it itself "
+                             "(custom, sonnet), e.g. '{\"enable_thinking\": false}'.")
     parser.add_argument("--extra-body", type=json.loads, default=None,
                         help="JSON object merged into every request body.")
     parser.add_argument("--num-warmups", type=int, default=0, help="Warm-up requests before the measured run.")
     parser.add_argument("--disable-tqdm", action="store_true", help="No progress bar.")
+    parser.add_argument("--profile", action="store_true",
+                        help="POST the server's /start_profile before the run and /stop_profile after it (vLLM's "
+                             "profiler routes: a vLLM server started with a profiler config). pagedllm serve has no "
+                             "profiler routes yet: the run goes on and a warning says so.")
     parser.add_argument("--percentile-metrics", type=str, default=None,
-                        help='Comma-separated metrics to report percentiles of, from "ttft,tpot,itl,e2el" '
-                             '(default "ttft,tpot,itl"; "e2el" for openai-embeddings).')
+                        help='Comma-separated metrics to report percentiles of, from "ttft,tpot,itl,e2el" and, '
+                             'with --max-concurrency, "client_queue_time" (arrival to send) and '
+                             '"e2el_including_client_queue" (with a finite --request-rate) (default "ttft,tpot,itl"; '
+                             '"e2el" for openai-embeddings).')
     parser.add_argument("--metric-percentiles", type=str, default="99",
                         help='Comma-separated percentiles, e.g. "25,50,75,99".')
     parser.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
@@ -114,6 +138,15 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--metadata", nargs="*", default=None, metavar="KEY=VALUE",
                         help="Extra key=value pairs stored in the result JSON.")
     parser.add_argument("--label", type=str, default=None, help="Name of this run (default: the backend).")
+    parser.add_argument("--plot-timeline", action="store_true",
+                        help="Write an HTML timeline of the requests (TTFT, then each inter-token gap coloured by "
+                             "--timeline-itl-thresholds) beside the result JSON, as <result>.timeline.html.")
+    parser.add_argument("--timeline-itl-thresholds", type=str, default="25,50",
+                        help="Two comma-separated ITL thresholds in ms for the timeline's colours (green below the "
+                             "first, orange between, red above the second).")
+    parser.add_argument("--plot-dataset-stats", action="store_true",
+                        help="Write a PNG of the prompt / output token distributions beside the result JSON, as "
+                             "<result>.dataset_stats.png.")
     parser.add_argument("--plot", type=str, default=None, metavar="FILE.png",
                         help="Draw TTFT/TPOT/ITL distributions and tokens/s over time into this PNG.")
     return parser
@@ -174,13 +207,38 @@ async def wait_for_endpoint(request_func, request_input, session, timeout_s: flo
         await asyncio.sleep(READY_CHECK_RETRY_S)
 
 
-async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None = None) -> str:
-    import aiohttp
+def _route_headers(extra_headers: dict[str, str] | None) -> dict[str, str]:
+    """The headers of a request that is not a generation (/v1/models, the profiler routes): the API key and the
+    --header pairs."""
     from pagedllm.bench.request_funcs import RequestFuncInput, _headers
-    headers = _headers(RequestFuncInput(api_url="", model="", prompt="", prompt_len=0, output_len=0,
-                                        extra_headers=extra_headers))
+    return _headers(RequestFuncInput(api_url="", model="", prompt="", prompt_len=0, output_len=0,
+                                     extra_headers=extra_headers))
+
+
+async def _post_profiler(session, url: str, headers: dict[str, str]) -> str | None:
+    """POST a profiler route (vLLM's /start_profile, /stop_profile); None when it answered 200, else why not."""
+    import aiohttp
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with session.post(url, headers=headers) as resp:
+            if resp.status == 200:
+                return None
+            return f"HTTP {resp.status} {resp.reason}"
+    except aiohttp.ClientError as exc:
+        return str(exc)
+
+
+def _profiler_warning(route: str, why: str) -> str:
+    return (f"WARNING: {route} failed ({why}): the server does not profile (vLLM serves it when started with a "
+            f"profiler config; pagedllm serve has no profiler routes yet).")
+
+
+async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None = None,
+                             insecure: bool = False) -> str:
+    import aiohttp
+    headers = _route_headers(extra_headers)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                         connector=aiohttp.TCPConnector(ssl=_ssl(insecure))) as session:
             async with session.get(base_url.rstrip("/") + "/v1/models", headers=headers) as resp:
                 if resp.status != 200:
                     raise ValueError(f"GET {base_url}/v1/models answered HTTP {resp.status}; pass --model.")
@@ -192,6 +250,11 @@ async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None
     if not models:
         raise ValueError(f"The server at {base_url} lists no model; pass --model.")
     return models[0]["id"]
+
+
+def _ssl(insecure: bool) -> bool:
+    """aiohttp's ssl argument: False skips certificate verification (--insecure: a self-signed server)."""
+    return not insecure
 
 
 def parse_key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -214,7 +277,7 @@ def _request_input(req: SampleRequest, index: int, *, api_url: str, model: str, 
                   request_id=f"{args.request_id_prefix}{index}")
     if args.backend in POOLING_BACKENDS:
         return RequestFuncInput(prompt=req.completion_prompt(), output_len=0, **common)
-    sampling = {"temperature": args.temperature if args.temperature is not None else 0.0}
+    sampling = {"temperature": args.temperature} if args.temperature is not None else {}
     for name in SAMPLING_FLAGS:
         if getattr(args, name) is not None:
             sampling[name] = getattr(args, name)
@@ -224,6 +287,7 @@ def _request_input(req: SampleRequest, index: int, *, api_url: str, model: str, 
 
 
 async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleRequest], *, api_url: str, model: str,
+                        base_url: str,
                         tokenizer, selected_metrics: Sequence[str], percentiles: Sequence[float],
                         goodput_slos: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send every request; returns (the vLLM result dict incl. per-request arrays, extra data for plotting)."""
@@ -235,10 +299,15 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
     inputs = [_request_input(r, i, api_url=api_url, model=model, chat=chat, args=args)
               for i, r in enumerate(requests)]
     test_input = replace(inputs[0], request_id=None)    # the test and warm-up requests carry no x-request-id (vLLM)
-    if args.lora_modules:       # vLLM: each measured request names a random adapter (the test request the base model)
-        inputs = [replace(x, model=random.choice(args.lora_modules)) for x in inputs]
+    if args.lora_modules:       # vLLM: each measured request names an adapter (the test request the base model)
+        loras = args.lora_modules
+        if args.lora_assignment == "round-robin":
+            inputs = [replace(x, model=loras[i % len(loras)]) for i, x in enumerate(inputs)]
+        else:
+            inputs = [replace(x, model=random.choice(loras)) for x in inputs]
 
-    connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60)
+    connector = aiohttp.TCPConnector(limit=args.max_concurrency or 0, keepalive_timeout=60,
+                                     ssl=_ssl(args.insecure))
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True) as session:
         print("Starting initial single prompt test run...")
@@ -275,14 +344,41 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         semaphore = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
 
         async def send(request_input):
+            arrival = time.perf_counter()
             if semaphore is None:
                 out = await request_func(request_input, session)
             else:
                 async with semaphore:
                     out = await request_func(request_input, session)
+            out.client_queue_time = out.start_time - arrival     # vLLM's: the wait for a --max-concurrency slot
             if pbar is not None:
                 pbar.update(1)
             return out
+
+        profiler_headers = _route_headers(parse_key_values(args.header, "--header"))
+        if args.profile:
+            print("Starting profiler...")
+            why = await _post_profiler(session, base_url + "/start_profile", profiler_headers)
+            print("Profiler started" if why is None else _profiler_warning("/start_profile", why))
+        probe_outputs: list = []
+        probe_stop = asyncio.Event()
+
+        async def probe_loop() -> None:
+            # Its own session: the workload's connection limit (--max-concurrency) does not hold the probes back.
+            probe_input = replace(test_input, prompt="Hi", prompt_len=1, output_len=1)
+            async with aiohttp.ClientSession(timeout=timeout, trust_env=True,
+                                             connector=aiohttp.TCPConnector(ssl=_ssl(args.insecure))) as probes:
+                while not probe_stop.is_set():
+                    probe_outputs.append(await request_func(probe_input, probes))
+                    try:
+                        await asyncio.wait_for(probe_stop.wait(), 1 / args.probe_request_rate)
+                    except asyncio.TimeoutError:
+                        pass
+
+        probe_task = None
+        if args.probe_request_rate > 0:
+            print(f"Probe request rate: {args.probe_request_rate} req/s")
+            probe_task = asyncio.create_task(probe_loop())
 
         gaps = request_intervals(len(inputs), args.request_rate, args.burstiness,
                                  np.random.default_rng(args.seed), rates=rates)
@@ -305,15 +401,30 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
                 last_rps = int(rates[i])
             tasks.append(asyncio.create_task(send(request_input)))
         outputs = await asyncio.gather(*tasks)
+        if probe_task is not None:
+            probe_stop.set()
+            await probe_task
         duration = time.perf_counter() - start
         if pbar is not None:
             pbar.close()
+        if args.profile:
+            print("Stopping profiler...")
+            why = await _post_profiler(session, base_url + "/stop_profile", profiler_headers)
+            print("Profiler stopped" if why is None else _profiler_warning("/stop_profile", why))
 
     metrics, output_lens = calculate_metrics([r.prompt_len for r in requests], outputs, duration, tokenizer,
                                              percentiles, goodput_slos)
+    if args.max_concurrency is not None:     # vLLM's client-side queueing statistics (successful requests)
+        done = [o for o in outputs if o.success]
+        metrics.stats["client_queue_time"] = MetricStats.of([o.client_queue_time for o in done], percentiles)
+        if args.request_rate != float("inf"):
+            metrics.stats["e2el_including_client_queue"] = MetricStats.of(
+                [o.latency + o.client_queue_time for o in done], percentiles)
+    probe = probe_stats([o.latency for o in probe_outputs if o.success],
+                        sum(not o.success for o in probe_outputs)) if probe_task is not None else None
     print(format_result_block(metrics, duration, selected_metrics=selected_metrics,
                               max_concurrency=args.max_concurrency, request_rate=args.request_rate,
-                              goodput=bool(goodput_slos), pooling=pooling))
+                              goodput=bool(goodput_slos), pooling=pooling, probe=probe))
     failed = [o.error for o in outputs if not o.success]
     if failed:
         print(f"{len(failed)} request(s) failed; first error: {failed[0][:500]}", file=sys.stderr)
@@ -328,7 +439,10 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
         "errors": [o.error for o in outputs],
         "start_times": [o.start_time - start for o in outputs],
         "latencies": [o.latency for o in outputs],     # vLLM's name of the per-request E2EL (s)
+        "queue_times": [o.client_queue_time for o in outputs],
     })
+    if probe is not None:
+        result.update(probe)
     if rps_change_events:
         result["rps_change_events"] = rps_change_events
     return result, {"successes": [o.success for o in outputs]}
@@ -340,6 +454,17 @@ def result_filename(label: str, request_rate: float, max_concurrency: int | None
     concurrency = f"-concurrency{max_concurrency}" if max_concurrency is not None else ""
     rate = f"ramp-up-{ramp_up[0]}-{ramp_up[1]}qps-{ramp_up[2]}qps" if ramp_up else f"{request_rate}qps"
     return f"{label}-{rate}{concurrency}-{model_id.rstrip('/').split('/')[-1]}-{stamp}.json"
+
+
+def _itl_thresholds(args: argparse.Namespace) -> tuple[float, float]:
+    """--timeline-itl-thresholds in seconds (vLLM's check and words)."""
+    try:
+        values = [float(t.strip()) for t in args.timeline_itl_thresholds.split(",")]
+        if len(values) != 2:
+            raise ValueError(f"Expected 2 ITL threshold values, got {len(values)}")
+    except ValueError as e:
+        raise ValueError(f"Invalid --timeline-itl-thresholds format: {e}") from None
+    return values[0] / 1e3, values[1] / 1e3
 
 
 def check_ramp_up_args(args: argparse.Namespace) -> tuple[str, int, int] | None:
@@ -370,11 +495,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     goodput_slos = parse_goodput(args.goodput)
     percentile_metrics = args.percentile_metrics or ("e2el" if pooling else "ttft,tpot,itl")
     selected_metrics = [m.strip() for m in percentile_metrics.split(",") if m.strip()]
-    allowed = ("e2el",) if pooling else PERCENTILE_METRICS
+    allowed = (("e2el",) if pooling else PERCENTILE_METRICS) + QUEUE_METRICS
     unknown = [m for m in selected_metrics if m not in allowed]
     if unknown:
         raise ValueError(f"--percentile-metrics accepts {','.join(allowed)} with --backend {args.backend}; got "
                          f"{','.join(unknown)}.")
+    # vLLM computes the queueing metrics only where a request can wait; asked for elsewhere, say so.
+    if args.max_concurrency is None and any(m in QUEUE_METRICS for m in selected_metrics):
+        raise ValueError("--percentile-metrics client_queue_time / e2el_including_client_queue need "
+                         "--max-concurrency: without it no request waits on the client.")
+    if "e2el_including_client_queue" in selected_metrics and args.request_rate == float("inf"):
+        raise ValueError("--percentile-metrics e2el_including_client_queue needs a finite --request-rate (vLLM "
+                         "measures it only then).")
     if pooling:
         generation_only = [flag for flag, value in (
             ("--temperature", args.temperature),
@@ -385,9 +517,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{', '.join(generation_only)} apply to generation backends, not --backend "
                              f"{args.backend}.")
     percentiles = parse_percentiles(args.metric_percentiles)
+    itl_thresholds = _itl_thresholds(args) if args.plot_timeline else None
+    if args.temperature is None and not pooling:
+        print("WARNING: pagedllm bench serve does not set temperature==0 (greedy) in requests by default (as vLLM's "
+              "bench serve): the server's default sampling applies, which can be model/API specific. For greedy "
+              "requests, include --temperature=0.")
+    if args.use_beam_search:
+        print("WARNING: --use-beam-search has no effect: requests are sampled as without it (vLLM's bench serve "
+              "accepts the flag and sends no beam-search request either).")
     ramp_up = check_ramp_up_args(args)
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}.")
+    if not 0 <= args.probe_request_rate < float("inf"):
+        raise ValueError(f"--probe-request-rate must be a finite rate >= 0 (0: no probes), got "
+                         f"{args.probe_request_rate}.")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ValueError(f"--max-concurrency must be >= 1, got {args.max_concurrency}.")
     random.seed(args.seed)
@@ -396,7 +539,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     endpoint = args.endpoint or BACKENDS[args.backend][1]
     api_url = base_url + endpoint
-    model_id = args.model or asyncio.run(_fetch_first_model(base_url, parse_key_values(args.header, "--header")))
+    model_id = args.model or asyncio.run(_fetch_first_model(base_url, parse_key_values(args.header, "--header"),
+                                                            insecure=args.insecure))
     request_model = args.served_model_name or model_id
     chat = args.backend in CHAT_BACKENDS
     if args.dataset_name == "random" and not pooling:
@@ -406,13 +550,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer = None
     if not args.skip_tokenizer_init:
-        needs_tokenizer = args.dataset_name in ("sharegpt", "custom", "sonnet") or chat
+        needs_tokenizer = args.dataset_name in ("sharegpt", "custom", "sonnet", "txt-slices") or chat
         tokenizer = try_get_tokenizer(args.tokenizer or model_id, trust_remote_code=args.trust_remote_code,
                                       required=needs_tokenizer, tokenizer_mode=args.tokenizer_mode)
     requests = sample_requests(args, tokenizer, args.num_prompts, input_len=args.input_len,
                                output_len=args.output_len)
 
-    result, _ = asyncio.run(run_benchmark(args, requests, api_url=api_url, model=request_model,
+    result, _ = asyncio.run(run_benchmark(args, requests, api_url=api_url, model=request_model, base_url=base_url,
                                           tokenizer=tokenizer, selected_metrics=selected_metrics,
                                           percentiles=percentiles, goodput_slos=goodput_slos))
     label = args.label or args.backend
@@ -435,14 +579,28 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         header.update(zip(("ramp_up_strategy", "ramp_up_start_rps", "ramp_up_end_rps"), ramp_up))
     full = {**header, **result}
 
+    path = None
+    if args.save_result or args.save_detailed or args.append_result or args.plot_timeline or args.plot_dataset_stats:
+        name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id,
+                                                       ramp_up=ramp_up)
+        path = os.path.join(args.result_dir, name) if args.result_dir else name
+        if args.result_dir:
+            os.makedirs(args.result_dir, exist_ok=True)
+    if args.plot_timeline:        # vLLM's files: beside the result JSON, named after it
+        from pagedllm.bench.plot import write_timeline_html
+        timeline = os.path.splitext(path)[0] + ".timeline.html"
+        write_timeline_html(full, timeline, itl_thresholds)
+        print(f"Timeline plot saved to: {timeline}")
+    if args.plot_dataset_stats:
+        from pagedllm.bench.plot import plot_dataset_stats
+        stats = os.path.splitext(path)[0] + ".dataset_stats.png"
+        plot_dataset_stats(full, stats)
+        print(f"Dataset statistics plot saved to: {stats}")
     if args.save_result or args.save_detailed or args.append_result:
         saved = dict(full)
         if not args.save_detailed:
             for key in DETAILED_KEYS:
                 saved.pop(key, None)
-        name = args.result_filename or result_filename(label, args.request_rate, args.max_concurrency, model_id,
-                                                       ramp_up=ramp_up)
-        path = os.path.join(args.result_dir, name) if args.result_dir else name
         if args.append_result:
             append_json_line(path, saved)
         else:

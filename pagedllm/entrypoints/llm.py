@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
+from pagedllm.entrypoints.beam_search import best_beams, extend_beams, step_params
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, EmbeddingRequestOutput, PoolingRequestOutput,
                               RequestOutput, ScoringOutput, ScoringRequestOutput)
@@ -295,26 +296,17 @@ class LLM:
             raise ValueError("LoRA adapters are not supported yet by pagedllm.")
         engine = self.llm_engine
         tok = self.get_tokenizer()
-        width = params.beam_width
         eos = engine.eos_token_ids
         results = []
         prompts = _prompt_list(prompts)
         # use_tqdm: one bar over every prompt's token steps (vLLM shows the beam search's steps).
         bar = tqdm(total=len(prompts) * params.max_tokens, desc="Beam search", dynamic_ncols=True) \
             if use_tqdm else None
+        sampling = step_params(params)
         for prompt in prompts:
             _, prompt_ids = engine.tokenize_prompt(prompt)
             live = [BeamSearchSequence(tokens=list(prompt_ids), logprobs=[], cum_logprob=0.0)]
             done: list[BeamSearchSequence] = []
-            step_params = SamplingParams(logprobs=2 * width, max_tokens=1, temperature=params.temperature,
-                                         detokenize=False)
-
-            def score(seq: BeamSearchSequence) -> float:
-                length = len(seq.tokens)
-                if seq.tokens and seq.tokens[-1] in eos:
-                    length -= 1
-                return seq.cum_logprob / (length ** params.length_penalty)
-
             for step in range(params.max_tokens):
                 if not live:
                     if bar is not None:
@@ -322,26 +314,9 @@ class LLM:
                     break
                 if bar is not None:
                     bar.update(1)
-                outs = self.generate([{"prompt_token_ids": s.tokens} for s in live], step_params, use_tqdm=False)
-                candidates = []
-                for seq, out in zip(live, outs):
-                    top = out.outputs[0].logprobs[0]
-                    for token_id, lp in top.items():
-                        candidates.append(BeamSearchSequence(
-                            tokens=seq.tokens + [token_id], logprobs=seq.logprobs + [top],
-                            cum_logprob=seq.cum_logprob + lp.logprob))
-                candidates.sort(key=score, reverse=True)
-                live = []
-                # As vLLM: every EOS candidate completes; the best ``width`` others stay live.
-                for cand in candidates:
-                    if cand.tokens[-1] in eos and not params.ignore_eos:
-                        cand.finish_reason, cand.stop_reason = "stop", cand.tokens[-1]
-                        done.append(cand)
-                    elif len(live) < width:
-                        live.append(cand)
-            for seq in live:
-                seq.finish_reason = seq.finish_reason or "length"
-            best = sorted(done + live, key=score, reverse=True)[:width]
+                outs = self.generate([{"prompt_token_ids": s.tokens} for s in live], sampling, use_tqdm=False)
+                live = extend_beams(live, [out.outputs[0].logprobs[0] for out in outs], params, eos, done)
+            best = best_beams(done, live, params, eos)
             for seq in best:
                 if tok is not None:
                     seq.text = tok.decode(seq.tokens, skip_special_tokens=True)

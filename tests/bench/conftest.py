@@ -24,6 +24,7 @@ class FakeServerConfig:
     send_usage: bool = True          # honour stream_options.include_usage
     fail_every: int | None = None    # answer HTTP 500 to requests whose arrival index % fail_every == fail_every - 1
     fail_first: int = 0              # answer HTTP 503 to the first fail_first requests (a server still starting)
+    no_profiler: bool = False        # /start_profile and /stop_profile answer 404 (pagedllm serve)
 
 
 @dataclass
@@ -38,7 +39,8 @@ class ReceivedRequest:
 class FakeOpenAIServer:
     """Streams ``max_tokens`` tokens per request: the first after ``ttft_s``, then one every ``itl_s``."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context=None) -> None:
+        self.ssl_context = ssl_context       # an ssl.SSLContext: serve https
         self.config = FakeServerConfig()
         self.requests: list[ReceivedRequest] = []
         self.in_flight = 0
@@ -70,7 +72,7 @@ class FakeOpenAIServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -80,15 +82,23 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/completions", self._generate)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/embeddings", self._embed)
+        app.router.add_post("/start_profile", self._profile)
+        app.router.add_post("/stop_profile", self._profile)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         self._loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]
         self._started.set()
         self._loop.run_forever()
 
     # ---- handlers ----
+    async def _profile(self, request: web.Request) -> web.Response:
+        """vLLM's profiler routes: recorded; 200 unless the config says the server has none (404)."""
+        self.requests.append(ReceivedRequest(len(self.requests), request.path, time.perf_counter(), {},
+                                             {k.lower(): v for k, v in request.headers.items()}))
+        return web.Response(status=404 if self.config.no_profiler else 200)
+
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
 

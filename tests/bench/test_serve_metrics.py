@@ -52,8 +52,12 @@ LABEL_TO_KEY = {
 
 
 def serve_args(*argv: str) -> argparse.Namespace:
+    """The tests below count the initial test request (and get the server's readiness waited for): they ask for it,
+    vLLM's default being no such request (test_no_ready_check_by_default)."""
     parser = argparse.ArgumentParser()
     serve.add_cli_args(parser)
+    if "--ready-check-timeout-sec" not in argv:
+        argv = (*argv, "--ready-check-timeout-sec", "600")
     return parser.parse_args(list(argv))
 
 
@@ -109,8 +113,11 @@ def test_calculate_metrics_matches_vllm_definitions():
     assert m2.request_goodput == pytest.approx(1.5)     # the SLO bound is inclusive
     m3, _ = calculate_metrics(input_lens, outputs, 2.0, None, [99], {"e2el": 350.0})
     assert m3.request_goodput == pytest.approx(1.0)
-    # Peak chunk rate in 1 s buckets: all 10 + 5 + 1 chunks land in [0, 1).
-    assert m.max_output_tokens_per_s == 16.0 and m.max_concurrent_requests == 3
+    # Peak chunk rate in 1 s buckets: all 10 + 5 + 1 chunks land in [0, 1). Peak concurrency is vLLM's exact
+    # sweep: [0, 0.28) ends before [0.5, 0.9) and [0.6, 0.9) start, so at most 2 at once.
+    assert m.max_output_tokens_per_s == 16.0 and m.max_concurrent_requests == 2
+    touching = [_out(0.1, [], 1, start=0.0), _out(0.1, [], 1, start=0.1)]   # one ends as the next starts
+    assert calculate_metrics([1, 1], touching, 1.0, None, [99], {})[0].max_concurrent_requests == 1
 
 
 def test_output_tokens_fall_back_to_tokenizer_then_chunks(word_tokenizer_dir):
@@ -279,8 +286,10 @@ def test_requests_sent_like_vllm(completions_run):
         assert body["model"] == MODEL_ID                    # --model defaulted to the first of /v1/models
         assert isinstance(body["prompt"], list) and len(body["prompt"]) == 32   # token-id prompts
         assert body["max_tokens"] == 10 and body["ignore_eos"] is True and body["stream"] is True
-        assert body["stream_options"] == {"include_usage": True} and body["temperature"] == 0.0
+        # No temperature unless --temperature: the server's default sampling applies (vLLM's bench serve, PR 32723).
+        assert body["stream_options"] == {"include_usage": True} and "temperature" not in body
     assert reqs[0].body["prompt"] in [r.body["prompt"] for r in reqs[1:]]   # the test run reuses request 0
+    assert "WARNING: pagedllm bench serve does not set temperature==0 (greedy)" in completions_run["stdout"]
 
 
 def test_printed_block_lines_and_values(completions_run):
@@ -489,7 +498,7 @@ def test_embeddings_backend(fake_server, tmp_path, capsys):
     with pytest.raises(ValueError, match="--temperature apply to generation backends"):
         serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
                               MODEL_ID, "--temperature", "0", "--skip-tokenizer-init"))
-    with pytest.raises(ValueError, match="accepts e2el with --backend openai-embeddings"):
+    with pytest.raises(ValueError, match="accepts e2el,client_queue_time,e2el_including_client_queue with --backend openai-embeddings"):
         serve.main(serve_args("--backend", "openai-embeddings", "--base-url", fake_server.base_url, "--model",
                               MODEL_ID, "--percentile-metrics", "ttft,e2el", "--skip-tokenizer-init"))
 
@@ -617,6 +626,17 @@ def test_lora_modules_and_tokenizer_mode(fake_server, word_tokenizer_dir, capsys
     assert "invalid choice: 'mistral'" in capsys.readouterr().err
 
 
+def test_lora_assignment_round_robin(fake_server):
+    """vLLM's --lora-assignment round-robin: request i names the (i mod N)-th of --lora-modules."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                          "--random-output-len", "2", "--num-prompts", "5", "--disable-tqdm", "--skip-tokenizer-init",
+                          "--lora-modules", "ada", "bea", "cid", "--lora-assignment", "round-robin",
+                          "--request-id-prefix", "r-"))
+    by_index = sorted((int(r.headers["x-request-id"][2:]), r.body["model"]) for r in fake_server.requests[1:])
+    assert [model for _, model in by_index] == ["ada", "bea", "cid", "ada", "bea"]
+
+
 def test_sonnet_dataset(fake_server, tmp_path, word_tokenizer_dir):
     """vLLM's sonnet dataset: the instruction, the file's first lines as a shared prefix, random lines up to
     --sonnet-input-len tokens, in the chat template; completions get the formatted text, chat the raw one."""
@@ -643,3 +663,230 @@ def test_sonnet_dataset(fake_server, tmp_path, word_tokenizer_dir):
     assert all(c.startswith("Pick as many lines") and not c.startswith("w1") for c in contents)
     with pytest.raises(ValueError, match="--dataset-name sonnet needs --dataset-path"):
         serve.main(serve_args(*common[:6], "--dataset-name", "sonnet"))
+
+
+def test_burstgpt_dataset_from_a_local_csv(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's burstgpt dataset: BurstGPT's CSV rows served by GPT-4 with a response (others dropped) give each
+    request's prompt length (synthetic ids) and max_tokens; --no-oversample keeps the file's count; --output-len
+    fixes the outputs."""
+    csv_path = tmp_path / "BurstGPT_1.csv"
+    rows = [(0, "ChatGPT", 50, 7), (1, "GPT-4", 6, 3), (2, "GPT-4", 9, 0), (3, "GPT-4", 4, 5), (4, "ChatGPT", 3, 2)]
+    csv_path.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n" + "".join(
+        f"{t},{m},{i},{o},{i + o},Conversation log\n" for t, m, i, o in rows))
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer", word_tokenizer_dir,
+              "--dataset-name", "burstgpt", "--dataset-path", str(csv_path), "--disable-tqdm"]
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args(*common, "--num-prompts", "6", "--save-detailed", "--result-dir", str(tmp_path)))
+    sent = [(len(r.body["prompt"]), r.body["max_tokens"]) for r in fake_server.requests[1:]]
+    assert len(sent) == 6 and set(sent) == {(6, 3), (4, 5)}          # the GPT-4 rows with a response, drawn again
+    assert sorted(result["input_lens"]) == sorted(n for n, _ in sent) and result["completed"] == 6
+    assert all("ignore_eos" not in r.body for r in fake_server.requests)
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(serve_args(*common, "--num-prompts", "6", "--no-oversample", "--output-len", "2"))
+    assert sorted(len(r.body["prompt"]) for r in fake_server.requests[1:]) == [4, 6]
+    assert all(r.body["max_tokens"] == 2 for r in fake_server.requests)
+    with pytest.raises(ValueError, match="--dataset-name burstgpt needs --dataset-path"):
+        serve.main(serve_args(*common[:6], "--dataset-name", "burstgpt"))
+    with pytest.raises(ValueError, match="--input-len does not apply to the burstgpt dataset"):
+        serve.main(serve_args(*common, "--input-len", "8"))
+    bad = tmp_path / "other.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a BurstGPT CSV: no column Model, Request tokens, Response tokens"):
+        serve.main(serve_args(*common[:-3], "--dataset-path", str(bad), "--disable-tqdm"))
+
+
+def test_insecure_reaches_an_https_server_with_a_self_signed_certificate(tmp_path):
+    """vLLM's --insecure: an https server whose certificate no CA signed is benchmarked; without the flag the
+    certificate check fails and says so."""
+    import ssl
+    from conftest import FakeOpenAIServer
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    server = FakeOpenAIServer(ssl_context=context).start()
+    try:
+        server.reset(ttft_s=0.005, itl_s=0.001)
+        common = ["--base-url", server.base_url, "--random-input-len", "4", "--random-output-len", "2",
+                  "--num-prompts", "3", "--disable-tqdm", "--skip-tokenizer-init"]
+        result = serve.main(serve_args(*common, "--insecure"))
+        assert server.base_url.startswith("https://") and result["completed"] == 3
+        with pytest.raises(ValueError, match="certificate verify failed"):
+            serve.main(serve_args(*common))
+    finally:
+        server.stop()
+
+
+def test_use_beam_search_is_accepted_and_says_it_does_nothing(fake_server, capsys):
+    """vLLM's bench serve parses --use-beam-search and sends nothing different: the same here, with a warning."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                                   "--random-output-len", "2", "--num-prompts", "2", "--disable-tqdm",
+                                   "--skip-tokenizer-init", "--use-beam-search"))
+    assert result["completed"] == 2 and "WARNING: --use-beam-search has no effect" in capsys.readouterr().out
+    assert not any("use_beam_search" in r.body for r in fake_server.requests)
+
+
+
+def test_chat_template_kwargs_reach_the_client_side_template(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's --chat-template-kwargs: the custom dataset's prompts are rendered with them (a template switch here);
+    where the benchmark renders no template it is an error pointing at --extra-body."""
+    tok = get_tokenizer(word_tokenizer_dir)
+    tok.chat_template = "{% if thinking %}w7 {% endif %}{% for m in messages %}w1 {{ m['content'] }} w2{% endfor %}"
+    tok_dir = tmp_path / "tok"
+    tok.save_pretrained(str(tok_dir))
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": _words(3, i)}) + "\n" for i in range(2)))
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer", str(tok_dir), "--dataset-name",
+              "custom", "--dataset-path", str(path), "--custom-output-len", "2", "--num-prompts", "2",
+              "--disable-tqdm"]
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args(*common, "--chat-template-kwargs", '{"thinking": true}', "--save-detailed",
+                                   "--result-dir", str(tmp_path)))
+    prompts = [r.body["prompt"] for r in fake_server.requests[1:]]
+    assert all(p.startswith("w7 w1 ") and p.endswith(" w2") for p in prompts) and result["input_lens"] == [6, 6]
+    with pytest.raises(ValueError, match="--chat-template-kwargs applies where the benchmark renders"):
+        serve.main(serve_args(*common, "--skip-chat-template", "--chat-template-kwargs", '{"thinking": true}'))
+
+
+def test_txt_slices_dataset_from_a_local_text_file(fake_server, tmp_path, word_tokenizer_dir):
+    """vLLM's txt-slices dataset: windows of --random-input-len tokens of one text file from seeded random starts,
+    wrapping at the end, sent as text; --random-output-len tokens each."""
+    text = tmp_path / "book.txt"
+    text.write_text(_words(10, 100))
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--tokenizer", word_tokenizer_dir,
+              "--dataset-name", "txt-slices", "--dataset-path", str(text), "--random-input-len", "4",
+              "--random-output-len", "3", "--num-prompts", "6", "--disable-tqdm"]
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args(*common, "--save-detailed", "--result-dir", str(tmp_path)))
+    words = _words(10, 100).split()
+    for r in fake_server.requests[1:]:
+        got = r.body["prompt"].split()
+        start = words.index(got[0])
+        assert got == [words[(start + j) % 10] for j in range(4)] and r.body["max_tokens"] == 3
+    assert result["input_lens"] == [4] * 6 and len({r.body["prompt"] for r in fake_server.requests}) > 1
+    with pytest.raises(ValueError, match="download the text file"):
+        serve.main(serve_args(*common[:9], "https://example.com/book.txt", *common[10:]))
+
+
+@pytest.mark.parametrize("name, words", [("hf", "Hugging Face hub"), ("random-mm", "text-only"),
+                                         ("random-rerank", "no reranker"), ("spec_bench", "custom")])
+def test_vllm_datasets_not_here_say_why(name, words):
+    """vLLM's dataset names that pagedllm does not sample: a clear error naming the dataset, not argparse's
+    'invalid choice'."""
+    with pytest.raises(ValueError, match=f"--dataset-name {name} is not supported yet: .*{words}"):
+        serve.main(serve_args("--model", MODEL_ID, "--dataset-name", name, "--skip-tokenizer-init"))
+
+
+def test_plot_timeline_and_dataset_stats_beside_the_result(fake_server, tmp_path, capsys):
+    """vLLM's --plot-timeline (an HTML page: one row per request, TTFT then each gap coloured by
+    --timeline-itl-thresholds) and --plot-dataset-stats (a PNG), written beside the result JSON."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "3", "--num-prompts", "4", "--disable-tqdm", "--skip-tokenizer-init",
+              "--result-dir", str(tmp_path), "--result-filename", "run.json"]
+    serve.main(serve_args(*common, "--plot-timeline", "--timeline-itl-thresholds", "0.5,200",
+                          "--plot-dataset-stats"))
+    out = capsys.readouterr().out
+    page = (tmp_path / "run.timeline.html").read_text()
+    assert f"Timeline plot saved to: {tmp_path / 'run.timeline.html'}" in out
+    assert all(f">Req {i}</text>" in page for i in range(4))
+    assert page.count('fill="#636EFA"') == 4                      # one TTFT segment per request
+    assert page.count('fill="#FF7F0E"') + page.count('fill="#109618"') + page.count('fill="#D62728"') == 8
+    assert page.count('fill="#D62728"') == 0                      # no gap of 200 ms or more
+    assert (tmp_path / "run.dataset_stats.png").read_bytes().startswith(PNG_MAGIC)
+    assert not (tmp_path / "run.json").exists()                   # no --save-result: no JSON
+    with pytest.raises(ValueError, match="Invalid --timeline-itl-thresholds format: Expected 2 ITL threshold"):
+        serve.main(serve_args(*common, "--plot-timeline", "--timeline-itl-thresholds", "25"))
+
+
+def test_probe_requests_beside_the_workload(fake_server, capsys):
+    """vLLM's --probe-request-rate: one-token 'Hi' requests at that rate while the workload runs, outside
+    --max-concurrency, reported in their own section of the block and in the result keys."""
+    fake_server.reset(ttft_s=0.02, itl_s=0.01)
+    result = serve.main(serve_args("--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len",
+                                   "4", "--random-output-len", "15", "--num-prompts", "3", "--max-concurrency", "1",
+                                   "--disable-tqdm", "--skip-tokenizer-init", "--probe-request-rate", "20"))
+    probes = [r for r in fake_server.requests if r.body["prompt"] == "Hi"]
+    assert probes and all(r.body["max_tokens"] == 1 for r in probes)
+    assert fake_server.max_in_flight == 2                       # a probe beside the one workload request
+    assert result["probe_completed"] == len(probes) and result["probe_failed"] == 0
+    assert 0 < result["probe_median_e2el_ms"] <= result["probe_p99_e2el_ms"] <= result["probe_max_e2el_ms"]
+    assert result["completed"] == 3                             # probes are not workload requests
+    out = capsys.readouterr().out
+    assert "Probe request rate: 20.0 req/s" in out
+    block = out[out.index("Probe Requests"):]
+    assert re.search(rf"Probe requests completed:\s+{len(probes)}\b", block)
+    assert out.index("Probe Requests") < out.index("Time to First Token")
+
+
+def test_no_ready_check_by_default(fake_server, capsys):
+    """vLLM's bench serve (PR 30975) sends no extra test request unless --ready-check-timeout-sec is positive: the
+    server sees exactly the measured requests."""
+    parser = argparse.ArgumentParser()
+    serve.add_cli_args(parser)
+    args = parser.parse_args(["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+                              "--random-output-len", "2", "--num-prompts", "3", "--skip-tokenizer-init",
+                              "--disable-tqdm", "--request-id-prefix", "r-"])
+    assert args.ready_check_timeout_sec == 0
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    serve.main(args)
+    assert sorted(r.headers.get("x-request-id") for r in fake_server.requests) == ["r-0", "r-1", "r-2"]
+    assert "Skipping endpoint ready check." in capsys.readouterr().out
+
+
+
+def test_client_queue_metrics_with_max_concurrency(fake_server, capsys):
+    """vLLM's client_queue_time / e2el_including_client_queue percentile metrics: with --max-concurrency 1 the
+    requests that arrive together wait for the one slot; the block gets vLLM's sections and the result its keys."""
+    fake_server.reset(ttft_s=0.03, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "3", "--disable-tqdm", "--skip-tokenizer-init"]
+    result = serve.main(serve_args(*common, "--max-concurrency", "1", "--request-rate", "1000", "--burstiness",
+                                   "inf", "--percentile-metrics", "e2el,client_queue_time,e2el_including_client_queue"))
+    queues = sorted(result["queue_times"])
+    assert queues[0] < 0.01 and queues[2] > 0.05              # the third request waited for two others
+    assert result["mean_client_queue_time_ms"] == pytest.approx(np.mean(result["queue_times"]) * 1e3)
+    assert result["mean_e2el_including_client_queue_ms"] == pytest.approx(
+        np.mean(np.add(result["latencies"], result["queue_times"])) * 1e3)
+    out = capsys.readouterr().out
+    for header, label in (("Client-side Queueing", "P99 Client Queue Time (ms):"),
+                          ("Queue-inclusive End-to-end Latency", "Mean E2EL incl. Client Queue (ms):")):
+        assert header in out and label in out
+    with pytest.raises(ValueError, match="need --max-concurrency"):
+        serve.main(serve_args(*common, "--percentile-metrics", "client_queue_time"))
+    with pytest.raises(ValueError, match="needs a finite --request-rate"):
+        serve.main(serve_args(*common, "--max-concurrency", "1", "--percentile-metrics",
+                              "e2el_including_client_queue"))
+
+
+def test_profile_brackets_the_run_with_the_profiler_routes(fake_server, capsys):
+    """vLLM's --profile: POST /start_profile before the measured requests and /stop_profile after them (with the
+    --header pairs); a server without the routes gets a warning and the run goes on."""
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    common = ["--base-url", fake_server.base_url, "--model", MODEL_ID, "--random-input-len", "4",
+              "--random-output-len", "2", "--num-prompts", "2", "--disable-tqdm", "--skip-tokenizer-init",
+              "--ready-check-timeout-sec", "0", "--profile", "--header", "x-tenant=blue"]
+    serve.main(serve_args(*common))
+    paths = [r.path for r in fake_server.requests]
+    assert paths == ["/start_profile", "/v1/completions", "/v1/completions", "/stop_profile"]
+    assert fake_server.requests[0].headers["x-tenant"] == "blue"
+    out = capsys.readouterr().out
+    assert "Starting profiler...\nProfiler started" in out and "Stopping profiler...\nProfiler stopped" in out
+    fake_server.reset(ttft_s=0.005, itl_s=0.001, no_profiler=True)
+    result = serve.main(serve_args(*common))
+    assert result["completed"] == 2
+    assert "WARNING: /start_profile failed (HTTP 404 Not Found)" in capsys.readouterr().out
+
+
+def test_vllm_bench_flags_pagedllm_lacks_are_named_as_such(capsys):
+    """A vLLM bench command line with flags of datasets pagedllm does not sample (hf, random-mm, ...): the error
+    names them as vLLM bench flags, not a bare 'unrecognized arguments'."""
+    from pagedllm.entrypoints.cli import make_parser
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["bench", "serve", "--dataset-name", "hf", "--dataset-path", "likaixin/InstructCoder",
+                                  "--hf-split", "train", "--no-stream"])
+    assert ("(--hf-split, --no-stream are vLLM bench flags that pagedllm does not support yet)"
+            in capsys.readouterr().err)
+

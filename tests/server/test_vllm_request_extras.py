@@ -153,7 +153,7 @@ def test_responses_api_text(server, client):
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}])
     assert items.output_text == resp.output_text
     # What is not supported yet is a 400 naming the field.
-    for extra, param in (({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+    for extra, param in (({"tools": [{"type": "web_search_preview"}]}, "tools"),
                          ({"previous_response_id": "resp_x"}, "previous_response_id"),
                          ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
                           "input"),

@@ -24,3 +24,14 @@ def tiny_llama_dir(tokenizer, tmp_path_factory):
     save_tiny_llama(path, len(tokenizer), bos_token_id=1, eos_token_id=2)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_llama_dir):
+    """An engine over ``tiny_llama_dir`` for apps built in-process (``build_app``): (engine, metrics, served names).
+    Its core runs in a thread; the apps' own flags come from their own arguments (app_client.serve_args)."""
+    from app_client import serve_args
+    from pagedllm.entrypoints.openai.api_server import build_engine
+    engine, metrics, names = build_engine(serve_args(tiny_llama_dir))
+    yield engine, metrics, names
+    engine.shutdown()

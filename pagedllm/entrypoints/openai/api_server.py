@@ -9,6 +9,9 @@ and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI se
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
+import json
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -87,6 +90,9 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     # The engine's input tokenizer: the server tokenizes through the engine's input processor, on its thread.
     common = dict(tokenizer=engine.tokenizer, chat_template=args.chat_template, response_role=args.response_role,
                   log_requests=args.log_requests, max_log_len=args.max_log_len,
+                  log_outputs=getattr(args, "enable_log_outputs", False),
+                  default_chat_template_kwargs=getattr(args, "default_chat_template_kwargs", None),
+                  log_deltas=getattr(args, "enable_log_deltas", True),
                   trust_request_chat_template=getattr(args, "trust_request_chat_template", False),
                   max_n=getattr(args, "max_n", MAX_N),
                   max_prompts_per_request=getattr(args, "max_prompts_per_request", None),
@@ -233,6 +239,20 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         except Exception as e:
             return error_response(e)
 
+    if getattr(args, "enable_tokenizer_info_endpoint", False):
+        @app.get("/tokenizer_info")
+        async def tokenizer_info():
+            # vLLM's answer: the tokenizer's init arguments (file paths dropped, added tokens as their text), its
+            # class name, and the server's --chat-template if one was given.
+            tok = base.need_tokenizer("/tokenizer_info")
+            config = {k: v for k, v in (getattr(tok, "init_kwargs", None) or {}).items()
+                      if k not in ("vocab_file", "merges_file")}
+            config = json.loads(json.dumps(_plain(config), default=str))
+            config["tokenizer_class"] = type(tok).__name__
+            if args.chat_template:
+                config["chat_template"] = args.chat_template
+            return JSONResponse(config)
+
     @app.post("/detokenize")
     async def detokenize(request: DetokenizeRequest):
         try:
@@ -258,30 +278,49 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         app.add_middleware(RequestIdHeaderMiddleware)    # on every answer, the 401s and 503s above included
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
+    for path in getattr(args, "middleware", None) or ():     # the user's, outermost (as vLLM adds them last)
+        middleware = load_middleware(path)
+        if inspect.isclass(middleware):
+            app.add_middleware(middleware)
+        else:
+            app.middleware("http")(middleware)
     return app
+
+
+def load_middleware(path: str) -> Any:
+    """--middleware's import path: an ASGI middleware class or an ``async def (request, call_next)`` function."""
+    module_name, _, name = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"Invalid middleware {path}: give its import path, module.name.")
+    try:
+        middleware = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"Invalid middleware {path}: {e}") from None
+    if not (inspect.isclass(middleware) or inspect.iscoroutinefunction(middleware)):
+        raise ValueError(f"Invalid middleware {path}. Must be a function or a class.")    # vLLM's words
+    return middleware
 
 
 # ---- running ---------------------------------------------------------------------------------------------------------
 def run_server(args: argparse.Namespace, prestarted=None) -> int:
     """Serve until SIGTERM / SIGINT (exit code 0) or until the engine dies (1); see entrypoints/shutdown.py.
     ``prestarted``: as ``build_engine``'s."""
-    import uvicorn
-
     configure_logging()
     logger.info("pagedllm API server version %s", pagedllm.__version__)
     logger.info("args: %s", {k: v for k, v in vars(args).items() if k != "api_key"})
+    try:
+        for path in getattr(args, "middleware", None) or ():
+            load_middleware(path)      # a bad --middleware fails now, not after the model has loaded
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     engine, metrics, names = build_engine(args, prestarted)
     app = build_app(args, engine, metrics, names)
-    host = args.host or "0.0.0.0"
-    config = uvicorn.Config(app, host=host, port=args.port, log_level=args.uvicorn_log_level,
-                            access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5,
-                            ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
-                            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
-                            root_path=args.root_path or "")
+    config = uvicorn_config(args, app)
     server = GracefulServer(config, engine, app.state.server_state, getattr(args, "shutdown_timeout", 0))
     scheme = "https" if args.ssl_certfile else "http"
-    logger.info("Starting the server on %s://%s:%d (served model name(s): %s; event loop: %s)", scheme, host,
-                args.port, ", ".join(names), event_loop_name())
+    address = f"unix:{config.uds}" if config.uds else f"{scheme}://{config.host}:{args.port}"
+    logger.info("Starting the server on %s (served model name(s): %s; event loop: %s)", address,
+                ", ".join(names), event_loop_name())
     freeze_gc_heap("API server")
     try:
         run_event_loop(server.serve())
@@ -289,6 +328,54 @@ def run_server(args: argparse.Namespace, prestarted=None) -> int:
         engine.shutdown()
     logger.info("Server stopped (exit code %d).", server.exit_code)
     return server.exit_code
+
+
+def _plain(value: Any) -> Any:
+    """A tokenizer's init arguments as JSON values: an AddedToken as its text."""
+    if hasattr(value, "content"):
+        return value.content
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def uvicorn_config(args: argparse.Namespace, app: FastAPI):
+    """uvicorn's settings from the frontend flags; building it applies the logging config (uvicorn's, or
+    --log-config-file's) and then the --disable-access-log-for-endpoints filter."""
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    from pagedllm.entrypoints.openai.cli_args import load_log_config
+    log_file = getattr(args, "log_config_file", None)
+    config = uvicorn.Config(app, host=args.host or "0.0.0.0", port=args.port,
+                            uds=getattr(args, "uds", None),      # vLLM's --uds: a Unix socket, not host and port
+                            log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
+                            log_config=load_log_config(log_file) if log_file else LOGGING_CONFIG,
+                            timeout_keep_alive=5, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+                            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
+                            ssl_ciphers=getattr(args, "ssl_ciphers", None),
+                            root_path=args.root_path or "")
+    excluded = {p.strip() for p in (getattr(args, "disable_access_log_for_endpoints", None) or "").split(",")
+                if p.strip()}
+    if excluded:
+        logging.getLogger("uvicorn.access").addFilter(AccessLogPathFilter(excluded))
+    return config
+
+
+class AccessLogPathFilter(logging.Filter):
+    """--disable-access-log-for-endpoints: drops uvicorn access lines of these paths (the query string aside)."""
+
+    def __init__(self, paths: set[str]):
+        super().__init__()
+        self.paths = paths
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            return args[2].split("?", 1)[0] not in self.paths
+        return True
 
 
 def make_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -43,9 +43,17 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g = parser.add_argument_group("frontend arguments")
     g.add_argument("--host", type=str, default=None, help="Host name to listen on; None = all interfaces.")
     g.add_argument("--port", type=int, default=8000, help="Port number.")
+    g.add_argument("--uds", type=str, default=None,
+                   help="Unix domain socket path to serve on. If set, --host and --port are ignored.")
     g.add_argument("--uvicorn-log-level", type=str, default="info",
                    choices=["debug", "info", "warning", "error", "critical", "trace"], help="Log level for uvicorn.")
     g.add_argument("--disable-uvicorn-access-log", action="store_true", help="Disable uvicorn's access log.")
+    g.add_argument("--disable-access-log-for-endpoints", type=str, default=None,
+                   help="Comma-separated paths whose requests stay out of uvicorn's access log, e.g. "
+                        "\"/health,/metrics,/ping\" (the others are still logged).")
+    g.add_argument("--log-config-file", type=str, default=None,
+                   help="A logging config JSON file (logging.config.dictConfig's schema) applied at start-up, for "
+                        "uvicorn's loggers and pagedllm's alike.")
     g.add_argument("--allow-credentials", action="store_true", help="Allow credentials (CORS).")
     g.add_argument("--allowed-origins", type=_json_list, default=["*"], help="Allowed origins (a JSON list).")
     g.add_argument("--allowed-methods", type=_json_list, default=["*"], help="Allowed methods (JSON list).")
@@ -57,6 +65,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="Model name(s) used in the API; the first is echoed in responses. None = the model path.")
     g.add_argument("--chat-template", type=str, default=None,
                    help="Chat template: a file path or the template itself. None = the tokenizer's.")
+    g.add_argument("--default-chat-template-kwargs", type=json.loads, default=None,
+                   help="JSON keyword arguments for every chat template render (chat, /tokenize, embeddings), "
+                        "under a request's own chat_template_kwargs, e.g. '{\"enable_thinking\": false}'.")
     g.add_argument("--trust-request-chat-template", action="store_true",
                    help="Allow a chat_template in requests (chat, /tokenize, embeddings). Off by default: a template "
                         "is code; when allowed it runs sandboxed, within a time and an output-size limit.")
@@ -68,12 +79,26 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--ssl-certfile", type=str, default=None, help="SSL certificate file.")
     g.add_argument("--ssl-ca-certs", type=str, default=None, help="CA certificates file.")
     g.add_argument("--ssl-cert-reqs", type=int, default=0, help="Whether client certificates are required.")
+    g.add_argument("--ssl-ciphers", type=str, default=None,
+                   help="SSL cipher suites for HTTPS (TLS 1.2 and below), e.g. "
+                        "'ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305'. None = uvicorn's default.")
     g.add_argument("--root-path", type=str, default=None, help="FastAPI root_path when behind a path-based proxy.")
+    g.add_argument("--middleware", type=str, action="extend", nargs="+", default=[],
+                   help="An ASGI middleware to add to the app, as an import path (module.name); repeatable. A class "
+                        "is added with app.add_middleware(), an async function with @app.middleware('http'). They "
+                        "run before the server's own (CORS, API key, ...), the last given first.")
     g.add_argument("--disable-log-requests", action="store_true", default=None,
                    help="Deprecated (vLLM's old flag): requests are not logged unless --enable-log-requests.")
     g.add_argument("--enable-log-requests", action="store_true", default=None,
                    help="Log each request (its prompt and sampling params) at INFO. Off by default: prompts are "
                         "user data.")
+    g.add_argument("--enable-log-outputs", action="store_true",
+                   help="With --enable-log-requests: log each chat / completion response's output text and finish "
+                        "reason at INFO (its token ids at DEBUG); streams log each delta and the whole text at the "
+                        "end.")
+    g.add_argument("--enable-log-deltas", action=argparse.BooleanOptionalAction, default=True,
+                   help="With --enable-log-outputs: log each streamed delta (--no-enable-log-deltas: only the whole "
+                        "text when the stream ends).")
     g.add_argument("--max-log-len", type=int, default=None,
                    help="Max number of prompt characters or ids printed in request logs. None = unlimited.")
     add_limit_args(g)
@@ -82,6 +107,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="Run the engine in a thread of the API server process instead of its own process (the "
                         "engine process keeps HTTP work from competing with the engine for the GIL).")
     g.add_argument("--disable-fastapi-docs", action="store_true", help="Disable /docs, /redoc and /openapi.json.")
+    g.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
+                   help="Serve GET /tokenizer_info: the tokenizer's configuration (its class, special tokens, chat "
+                        "template, ...). Off by default: it shows the chat template.")
     g.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='tool_choice="auto" on chat: the model decides, and --tool-call-parser reads its calls.')
     g.add_argument("--tool-call-parser", type=str, default=None,
@@ -168,8 +196,15 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         # vLLM's wording: the flag is accepted and does nothing (logging is already off unless enabled).
         logger.warning("`--disable-log-requests` is deprecated and has been replaced with `--enable-log-requests`: "
                        "requests are not logged unless --enable-log-requests is given.")
+    if getattr(args, "enable_log_outputs", False) and not args.log_requests:
+        raise ValueError("--enable-log-outputs requires --enable-log-requests")    # vLLM's check and words
     check_limit_args(args)
     args.chat_template = load_chat_template(args.chat_template)
+    if getattr(args, "log_config_file", None):
+        load_log_config(args.log_config_file)         # a missing or malformed file fails before start-up
+    kwargs = getattr(args, "default_chat_template_kwargs", None)
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(f"--default-chat-template-kwargs must be a JSON object, got {kwargs!r}.")
     if args.enable_auto_tool_choice:
         from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
         if not args.tool_call_parser:
@@ -209,6 +244,18 @@ def check_limit_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--shutdown-timeout must be a non-negative number of seconds, got {args.shutdown_timeout}.")
     if args.max_log_len is not None and args.max_log_len < 0:
         raise ValueError(f"--max-log-len must be non-negative, got {args.max_log_len}.")
+
+
+def load_log_config(path: str) -> dict:
+    """--log-config-file: a JSON object in logging.config.dictConfig's schema."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--log-config-file {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--log-config-file {path} must hold a JSON object (logging.config.dictConfig's schema).")
+    return config
 
 
 def load_chat_template(value: str | None) -> str | None:

@@ -147,6 +147,13 @@ class UsageInfo(OpenAIBaseModel):
     prompt_tokens_details: dict | None = None
 
 
+# Request fields that beam search would not apply (vLLM's beam search reads only n, max_tokens, ignore_eos,
+# temperature, length_penalty and include_stop_str_in_output).
+_NOT_WITH_BEAM_SEARCH = ("best_of", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias",
+                         "seed", "stop", "stop_token_ids", "top_p", "top_k", "min_p", "min_tokens",
+                         "allowed_token_ids", "bad_words", "prompt_logprobs")
+
+
 class SamplingFields(OpenAIRequestModel):
     """Fields both completions and chat accept (OpenAI's, then vLLM's extras). None = "not given": the model's
     generation_config, then SamplingParams' default, applies."""
@@ -242,7 +249,17 @@ class SamplingFields(OpenAIRequestModel):
         if self.prompt_logprobs is not None and self.stream:
             raise RequestError("`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs")
         if self.use_beam_search:
-            raise RequestError("use_beam_search is not supported by the server yet.", "use_beam_search")
+            if self.stream:
+                raise RequestError("Streaming is not currently supported with beam search", "stream")   # vLLM's
+            # Beam search ranks candidates by log-probability alone: a sampling field beside it would be ignored.
+            for name in _NOT_WITH_BEAM_SEARCH:
+                if name in self.model_fields_set and getattr(self, name) not in (None, [], {}):
+                    raise RequestError(f"{name} is not applied with use_beam_search (beam search ranks candidates "
+                                       f"by log-probability alone): drop one of them.", name)
+            found = self.structured_output_fields()
+            if found is not None:
+                raise RequestError(f"{found[0]} is not applied with use_beam_search (no constrained beam search "
+                                   f"yet): drop one of them.", found[0])
 
 
 # ---- /v1/completions -------------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from pagedllm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCo
                                                   ChatLogProbsContent, ChatMessage, ChatResponseMessage, RequestError,
                                                   UsageInfo)
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_logprob, error_body, error_response,
-                                                        dumps, plain_prompt_logprobs, sse, until_disconnected,
-                                                        usage_dict)
+                                                        dumps, plain_prompt_logprobs, sse, tool_calls_text,
+                                                        until_disconnected, usage_dict)
 from pagedllm.outputs import Logprob
 from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
 
@@ -150,13 +150,19 @@ class OpenAIServingChat(OpenAIServing):
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
-            params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
-            self.keep_call_markers(mode, params)
             request_id = f"chatcmpl-{self.base_request_id(raw_request, req.request_id)}"
-            prompt = {"prompt_token_ids": ids}
-            if req.cache_salt is not None:
-                prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
-            streams = await self.submit([request_id], [prompt], [params], req.priority)
+            if req.use_beam_search:
+                if so is not None:      # a forced or strict tool call is a constraint beam search does not apply
+                    raise RequestError(f"tool_choice={mode.kind!r} constrains the output, which use_beam_search "
+                                       f"does not apply: drop one of them.", "tool_choice")
+                streams = self.beam_search_streams([request_id], [ids], [max_tokens], req)
+            else:
+                params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
+                self.keep_call_markers(mode, params)
+                prompt = {"prompt_token_ids": ids}
+                if req.cache_salt is not None:
+                    prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
+                streams = await self.submit([request_id], [prompt], [params], req.priority)
         except Exception as e:
             if isinstance(e, RequestError) and e.param == "logprobs":
                 e.param = "top_logprobs"     # chat's logprobs is a flag: the count that was too big is top_logprobs
@@ -227,6 +233,8 @@ class OpenAIServingChat(OpenAIServing):
             content, calls, finish_reason = self.tool_calls(mode, texts[i], finish[i][0])
             if content is not None:
                 content = echo + content
+            if self.log_outputs and (content or calls):
+                self.log_output(request_id, content or tool_calls_text(calls), tokens[i], finish_reason)
             choices.append(ChatCompletionResponseChoice(
                 index=i, message=ChatResponseMessage(role=role, content=content, tool_calls=calls),
                 logprobs=logprobs, finish_reason=finish_reason, stop_reason=finish[i][1],
@@ -259,6 +267,7 @@ class OpenAIServingChat(OpenAIServing):
         cached = 0
         finished_sent = [False] * n
         tool_stream = ToolCallStream(self, mode, n)
+        full_texts = [""] * n        # --enable-log-outputs: each choice's text, logged when the stream ends
 
         head = (f'data: {{"id":{dumps(request_id)},"object":"chat.completion.chunk","created":{created},'
                 f'"model":{dumps(self.model_name)},"choices":[')
@@ -288,6 +297,8 @@ class OpenAIServingChat(OpenAIServing):
                     if not c.text and not token_ids and c.finish_reason is None:
                         continue
                     num_generated[c.index] += len(token_ids)
+                    if self.log_outputs:
+                        full_texts[c.index] += c.text
                     logprobs = None
                     if req.logprobs:
                         logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0,
@@ -298,6 +309,8 @@ class OpenAIServingChat(OpenAIServing):
                         delta, finish_reason = tool_stream.delta(c.index, c.text, c.finish_reason)
                         if delta is None:
                             continue
+                        if self.log_outputs and self.log_deltas:
+                            self._log_delta(request_id, delta, token_ids, c.finish_reason)
                         choice = {"index": c.index, "delta": delta, "logprobs": logprobs,
                                   "finish_reason": finish_reason, "stop_reason": c.stop_reason}
                         if return_ids:
@@ -310,7 +323,12 @@ class OpenAIServingChat(OpenAIServing):
                     choice += f',"token_ids":{dumps(token_ids)}}}' if return_ids else '}'
                     if c.finish_reason is not None:
                         finished_sent[c.index] = True
+                    if self.log_outputs and self.log_deltas and c.text:
+                        self.log_output(request_id, c.text, token_ids, c.finish_reason, "delta")
                     yield chunk(choice, c.index)
+            if self.log_outputs:
+                for text in full_texts:
+                    self.log_output(request_id, text, None, "streaming_complete", "complete")
             if include_usage:
                 yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
                            "model": self.model_name, "choices": [],
@@ -321,6 +339,15 @@ class OpenAIServingChat(OpenAIServing):
         finally:
             stream.abort()
         yield "data: [DONE]\n\n"
+
+    def _log_delta(self, request_id: str, delta: dict, token_ids: list[int], finish_reason: str | None) -> None:
+        """A tool-mode delta in the output log: its content and the pieces of call arguments (vLLM's form)."""
+        parts = [delta["content"]] if delta.get("content") else []
+        args = "".join((call.get("function") or {}).get("arguments") or "" for call in delta.get("tool_calls", ()))
+        if args:
+            parts.append(f"[tool_calls: {args}]")
+        if parts:
+            self.log_output(request_id, " ".join(parts), token_ids, finish_reason, "delta")
 
 
 class ToolCallStream:

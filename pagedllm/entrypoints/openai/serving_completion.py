@@ -19,6 +19,11 @@ from pagedllm.outputs import Logprob
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
 
+def ids_of(base_id: str, num_prompts: int) -> list[str]:
+    """Each prompt's request id: the response's id, with the prompt's index when there are several (vLLM's)."""
+    return [base_id] if num_prompts == 1 else [f"{base_id}-{i}" for i in range(num_prompts)]
+
+
 @dataclass
 class _Prompt:
     text: str | None
@@ -52,15 +57,20 @@ class OpenAIServingCompletion(OpenAIServing):
             prompt_only = req.echo and req.max_tokens == 0
             max_tokens_list = [self.resolve_max_tokens(len(p.ids), 1 if prompt_only else req.max_tokens, False)
                                for p in prompts]
-            params_list = []
-            for max_tokens in max_tokens_list:
-                params = self.sampling_params(req, max_tokens, req.logprobs)
-                if req.echo and req.logprobs is not None and params.prompt_logprobs is None:
-                    params.prompt_logprobs = req.logprobs   # echo + logprobs returns the prompt's logprobs too
-                params_list.append(params)
             base_id = f"cmpl-{self.base_request_id(raw_request, req.request_id)}"
-            ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
-            streams = await self.submit(ids, [self._engine_prompt(p, req.cache_salt) for p in prompts], params_list, req.priority)
+            if req.use_beam_search:
+                streams = self.beam_search_streams(ids_of(base_id, len(prompts)), [p.ids for p in prompts],
+                                                   max_tokens_list, req)
+            else:
+                params_list = []
+                for max_tokens in max_tokens_list:
+                    params = self.sampling_params(req, max_tokens, req.logprobs)
+                    if req.echo and req.logprobs is not None and params.prompt_logprobs is None:
+                        params.prompt_logprobs = req.logprobs   # echo + logprobs returns the prompt's logprobs too
+                    params_list.append(params)
+                streams = await self.submit(ids_of(base_id, len(prompts)),
+                                            [self._engine_prompt(p, req.cache_salt) for p in prompts], params_list,
+                                            req.priority)
         except Exception as e:
             return error_response(e)
         created = int(time.time())
@@ -189,6 +199,8 @@ class OpenAIServingCompletion(OpenAIServing):
                                                   self.tokens_as_ids(req))
                     else:
                         logprobs = self._logprobs(ch.token_ids, ch.logprobs, req.logprobs, 0, self.tokens_as_ids(req))
+                if self.log_outputs:
+                    self.log_output(ids_of(base_id, len(prompts))[i], ch.text, ch.token_ids, ch.finish_reason)
                 result_choices.append(CompletionResponseChoice(
                     index=i * n + j, text=prompt_text + ch.text, logprobs=logprobs,
                     finish_reason=ch.finish_reason, stop_reason=ch.stop_reason,
@@ -227,6 +239,7 @@ class OpenAIServingCompletion(OpenAIServing):
         num_prompt = sum(len(p.ids) for p in prompts)
         num_generated = 0
         cached = [0] * len(prompts)
+        request_ids = ids_of(base_id, len(prompts))
         head = (f'data: {{"id":{dumps(base_id)},"object":"text_completion","created":{created},'
                 f'"model":{dumps(self.model_name)},"choices":[')
         tail = '}],"usage":null}\n\n' if include_usage else '}]}\n\n'
@@ -271,7 +284,16 @@ class OpenAIServingCompletion(OpenAIServing):
                         tail = f'}}],"usage":{dumps(usage)}}}\n\n'
                     if finish_reason is not None:
                         ch.finished_sent = True
+                    if self.log_outputs:
+                        generated = "" if prompt_only else c.text
+                        ch.text += generated       # logged whole when the stream ends
+                        if self.log_deltas and generated:
+                            self.log_output(request_ids[i], generated, token_ids, finish_reason, "delta")
                     yield head + choice + tail
+            if self.log_outputs:
+                for rid, row in zip(request_ids, choices):
+                    for ch in row:
+                        self.log_output(rid, ch.text, None, "streaming_complete", "complete")
             if include_usage:
                 yield sse({"id": base_id, "object": "text_completion", "created": created, "model": self.model_name,
                            "choices": [], "usage": usage_dict(num_prompt, num_generated,

@@ -19,7 +19,10 @@ from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_templa
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields, check_request_id, random_uuid
 from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
-from pagedllm.sampling_params import MAX_N, RequestOutputKind, SamplingParams, StructuredOutputsParams
+from pagedllm.entrypoints.beam_search import beam_search_async
+from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.sampling_params import (MAX_N, BeamSearchParams, RequestOutputKind, SamplingParams,
+                                      StructuredOutputsParams)
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -96,7 +99,9 @@ def plain_prompt_logprobs(prompt_logprobs) -> list | None:
 class OpenAIServing:
     def __init__(self, engine: AsyncLLMEngine, served_model_names: Sequence[str], *, tokenizer: Any,
                  chat_template: str | None = None, response_role: str = "assistant", log_requests: bool = True,
-                 max_log_len: int | None = None, trust_request_chat_template: bool = False,
+                 max_log_len: int | None = None, log_outputs: bool = False, log_deltas: bool = True,
+                 default_chat_template_kwargs: dict | None = None,
+                 trust_request_chat_template: bool = False,
                  max_n: int = MAX_N, max_prompts_per_request: int | None = None,
                  enable_prompt_tokens_details: bool = False, chat_template_content_format: str = "auto",
                  return_tokens_as_token_ids: bool = False, enable_force_include_usage: bool = False):
@@ -108,6 +113,9 @@ class OpenAIServing:
         self.response_role = response_role
         self.log_requests = log_requests
         self.max_log_len = max_log_len
+        self.log_outputs = log_outputs and log_requests     # --enable-log-outputs (needs --enable-log-requests)
+        self.log_deltas = log_deltas                        # --no-enable-log-deltas: streams log only their end
+        self.default_chat_template_kwargs = default_chat_template_kwargs or {}   # under the request's own
         self.trust_request_chat_template = trust_request_chat_template
         self.max_n = max_n
         self.max_prompts_per_request = max_prompts_per_request
@@ -251,6 +259,8 @@ class OpenAIServing:
                           continue_final_message: bool, tools: list | None, chat_template_kwargs: dict | None,
                           add_special_tokens: bool = False, documents: list[dict] | None = None) -> list[int]:
         tok = self.need_tokenizer("Chat")
+        if self.default_chat_template_kwargs:     # --default-chat-template-kwargs; the request's keys win (vLLM)
+            chat_template_kwargs = {**self.default_chat_template_kwargs, **(chat_template_kwargs or {})}
         if chat_template_kwargs and "chat_template" in chat_template_kwargs:
             chat_template = chat_template or chat_template_kwargs["chat_template"]
             chat_template_kwargs = {k: v for k, v in chat_template_kwargs.items() if k != "chat_template"}
@@ -335,7 +345,26 @@ class OpenAIServing:
             raise
         return streams
 
-    def log_request(self, request_id: str, prompt: dict, params: SamplingParams) -> None:
+    def beam_search_streams(self, request_ids: list[str], prompt_ids: list[list[int]], max_tokens: list[int],
+                            req: SamplingFields) -> list["BeamSearchStream"]:
+        """use_beam_search (vLLM's extra): one beam search per prompt, ``n`` beams wide, each answering as the one
+        final output a request stream would give."""
+        self.check_n(req.n)
+        streams = []
+        for rid, ids, budget in zip(request_ids, prompt_ids, max_tokens):
+            temperature = req.temperature if req.temperature is not None else self.default_params.temperature
+            try:
+                params = BeamSearchParams(beam_width=req.n, max_tokens=budget, ignore_eos=req.ignore_eos,
+                                          temperature=temperature, length_penalty=req.length_penalty,
+                                          include_stop_str_in_output=req.include_stop_str_in_output)
+            except ValueError as e:
+                raise RequestError(str(e), guess_param(str(e)) or "n") from None
+            if self.log_requests:
+                self.log_request(rid, {"prompt_token_ids": ids}, params)
+            streams.append(BeamSearchStream(self, rid, ids, params, req.priority))
+        return streams
+
+    def log_request(self, request_id: str, prompt: dict, params: SamplingParams | BeamSearchParams) -> None:
         text = prompt.get("prompt")
         ids = prompt.get("prompt_token_ids")
         if self.max_log_len is not None:
@@ -343,6 +372,61 @@ class OpenAIServing:
             ids = ids[:self.max_log_len] if ids is not None else None
         logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", printable_id(request_id),
                     text, params, ids)
+
+    def log_output(self, request_id: str, text: str, token_ids: Sequence[int] | None, finish_reason: str | None,
+                   stream: str = "") -> None:
+        """vLLM's --enable-log-outputs lines: the output text and finish reason at INFO, the token ids at DEBUG.
+        ``stream``: "" (a whole response), "delta" (one streamed piece) or "complete" (a stream's whole text)."""
+        if self.max_log_len is not None:
+            text = text[:self.max_log_len]
+            token_ids = list(token_ids)[:self.max_log_len] if token_ids is not None else None
+        where = {"": "", "delta": " (streaming delta)", "complete": " (streaming complete)"}[stream]
+        rid = printable_id(request_id)
+        if token_ids is not None and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Generated response %s%s details: output_token_ids: %s", rid, where, list(token_ids))
+        logger.info("Generated response %s%s: output: %r, finish_reason: %s", rid, where, text, finish_reason)
+
+
+def tool_calls_text(calls: list[dict]) -> str:
+    """Tool calls as an output log shows them: ``[tool_calls: name(arguments), ...]`` (vLLM's form)."""
+    return "[tool_calls: " + ", ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in calls) + "]"
+
+
+class BeamSearchStream:
+    """A beam search as a request stream that yields one finished RequestOutput: a choice per beam, best first,
+    its text and token ids without the prompt (and without a final EOS unless include_stop_str_in_output), as
+    vLLM's server answers. Cancelling the consumer aborts the beam step in flight."""
+
+    def __init__(self, serving: OpenAIServing, request_id: str, prompt_ids: list[int], params: BeamSearchParams,
+                 priority: int):
+        self.serving, self.request_id, self.prompt_ids = serving, request_id, prompt_ids
+        self.params, self.priority = params, priority
+        self.done = False
+
+    def __aiter__(self) -> "BeamSearchStream":
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.done:
+            raise StopAsyncIteration
+        self.done = True
+        beams = await beam_search_async(self.serving.engine, self.request_id, self.prompt_ids, self.params,
+                                        self.priority)
+        outputs = []
+        for i, beam in enumerate(beams):
+            generated = beam.tokens[len(self.prompt_ids):]
+            stopped = beam.finish_reason == "stop"
+            shown = generated[:-1] if stopped else generated
+            ids = generated if stopped and self.params.include_stop_str_in_output else shown
+            text = await self.serving.decode(shown) if self.serving.tokenizer is not None else ""
+            outputs.append(CompletionOutput(index=i, text=text, token_ids=ids, cumulative_logprob=beam.cum_logprob,
+                                            logprobs=beam.logprobs[:len(ids)], finish_reason=beam.finish_reason,
+                                            stop_reason=beam.stop_reason))
+        return RequestOutput(request_id=self.request_id, prompt=None, prompt_token_ids=self.prompt_ids,
+                             prompt_logprobs=None, outputs=outputs, finished=True)
+
+    def abort(self) -> None:
+        """Nothing to abort once the answer is out (a cancelled search aborts its own step)."""
 
 
 def check_unicode(value: Any, field: str) -> None:

@@ -5,9 +5,20 @@ completion and answered in the Responses shape (vLLM serves this route too).
 response.output_text.delta per chunk, ..., response.completed or response.incomplete), each an SSE ``event:`` line
 and its ``data:``, as OpenAI and vLLM send them.
 
-What is not here yet is refused with a 400 naming the field: tools, previous_response_id (nothing is stored:
-``store`` comes back false, as vLLM without its store), background mode, reasoning settings, structured text
-formats, truncation="auto", and input items other than messages of text.
+Function ``tools`` (OpenAI's flat ``{"type": "function", "name", "description", "parameters", "strict"}``) run as the
+chat completion's tools, with its tool choices ("auto" needs --enable-auto-tool-choice and --tool-call-parser, as on
+chat; "required"; ``{"type": "function", "name": ...}``; "none"): the calls come back as ``function_call`` output
+items (id, call_id, name, arguments, status), after a message item when the model also wrote text, as vLLM answers.
+``function_call`` and ``function_call_output`` input items carry a tool loop's turns back in (an assistant message
+with tool_calls, a tool message), so OpenAI's function-calling guide runs as written.
+
+With stream=true the calls stream as OpenAI's events: response.output_item.added (a function_call item),
+response.function_call_arguments.delta per piece of its arguments, .done, response.output_item.done.
+
+What is not here yet is refused with a 400 naming the field: tools other than functions (web search, file search,
+MCP, ...), previous_response_id (nothing is stored: ``store`` comes back false, as vLLM
+without its store), background mode, reasoning settings, structured text formats, truncation="auto", and input
+items other than messages of text and function calls and their outputs.
 """
 from __future__ import annotations
 
@@ -31,7 +42,6 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 
 def _unsupported(req: ResponsesRequest) -> RequestError | None:
     checks = [
-        (bool(req.tools), "tools", "tools are not supported by /v1/responses yet; use /v1/chat/completions."),
         (req.previous_response_id is not None, "previous_response_id",
          "previous_response_id is not supported: this server stores no responses; send the whole conversation "
          "as input."),
@@ -48,18 +58,64 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
     return None
 
 
+def _chat_tools(req: ResponsesRequest) -> dict[str, Any]:
+    """The request's function tools and tool choice in the chat completion's shape (``{"type": "function",
+    "function": {...}}``), as vLLM converts them; nothing when the request has no tools."""
+    fields: dict[str, Any] = {}
+    if req.tools:
+        tools = []
+        for i, tool in enumerate(req.tools):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind != "function":
+                raise RequestError(f"tools[{i}]: only function tools are supported by /v1/responses yet, got type "
+                                   f"{kind!r}.", "tools")
+            if not isinstance(tool.get("name"), str) or not tool["name"]:
+                raise RequestError(f"tools[{i}] must be {{'type': 'function', 'name': ..., 'parameters': {{...}}}} "
+                                   f"(the Responses API's flat function tool).", "tools")
+            tools.append({"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}})
+        fields.update(tools=tools, parallel_tool_calls=req.parallel_tool_calls)
+    choice = req.tool_choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and "function" not in choice:
+        choice = {"type": "function", "function": {"name": choice.get("name")}}     # Responses' named choice
+    elif isinstance(choice, dict) and choice.get("type") != "function":
+        raise RequestError(f"tool_choice of type {choice.get('type')!r} is not supported by /v1/responses yet; use "
+                           f"\"auto\", \"none\", \"required\" or {{\"type\": \"function\", \"name\": ...}}.",
+                           "tool_choice")
+    if req.tools or ("tool_choice" in req.model_fields_set and choice not in (None, "auto", "none")):
+        fields["tool_choice"] = choice
+    return fields
+
+
 def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     """The Responses input as chat messages: instructions first (a system message), then a string (one user
-    message) or message items whose content is a string or text parts."""
+    message) or items: messages whose content is a string or text parts, ``function_call`` items (the assistant's
+    calls: consecutive ones join one assistant message, as vLLM) and ``function_call_output`` items (tool
+    messages)."""
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
     if isinstance(req.input, str):
         return messages + [{"role": "user", "content": req.input}]
     for i, item in enumerate(req.input):
-        if item.get("type", "message") != "message" or "role" not in item:
-            raise RequestError(f"input[{i}]: only message items (role and content) are supported by /v1/responses "
-                               f"yet, got type {item.get('type')!r}.", "input")
+        kind = item.get("type", "message")
+        if kind == "function_call":
+            call = _input_call(item, i)
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and last.get("tool_calls") is not None:
+                last["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            continue
+        if kind == "function_call_output":
+            output = item.get("output")
+            if not isinstance(item.get("call_id"), str) or not isinstance(output, str):
+                raise RequestError(f"input[{i}]: a function_call_output item needs call_id and output (strings).",
+                                   "input")
+            messages.append({"role": "tool", "content": output, "tool_call_id": item["call_id"]})
+            continue
+        if kind != "message" or "role" not in item:
+            raise RequestError(f"input[{i}]: only message, function_call and function_call_output items are "
+                               f"supported by /v1/responses yet, got type {item.get('type')!r}.", "input")
         content = item.get("content")
         if isinstance(content, list):
             texts = []
@@ -72,6 +128,14 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             content = texts
         messages.append({"role": item["role"], "content": content})
     return messages
+
+
+def _input_call(item: dict[str, Any], i: int) -> dict[str, Any]:
+    """A function_call input item (a call the model made, sent back) as a chat tool call."""
+    name, arguments, call_id = item.get("name"), item.get("arguments"), item.get("call_id")
+    if not all(isinstance(v, str) for v in (name, arguments, call_id)):
+        raise RequestError(f"input[{i}]: a function_call item needs call_id, name and arguments (strings).", "input")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 class OpenAIServingResponses:
@@ -88,7 +152,7 @@ class OpenAIServingResponses:
                     "model": req.model, "messages": _messages(req), "max_completion_tokens": req.max_output_tokens,
                     "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "user": req.user,
                     "priority": req.priority, "stream": bool(req.stream),
-                    "stream_options": {"include_usage": True} if req.stream else None})
+                    "stream_options": {"include_usage": True} if req.stream else None, **_chat_tools(req)})
             except ValidationError as e:
                 raise RequestError(f"input: {e.errors()[0]['msg']}", "input") from None
         except Exception as e:
@@ -106,61 +170,67 @@ class OpenAIServingResponses:
         return JSONResponse(self._response(req, body, request_id))
 
     async def _events(self, req: ResponsesRequest, chat_sse: AsyncIterator, request_id: str) -> AsyncIterator[str]:
-        """The chat completion's SSE chunks as the Responses API's stream of events."""
-        sequence = itertools.count()
-
-        def event(kind: str, **fields: Any) -> str:
-            data = {"type": kind, "sequence_number": next(sequence), **fields}
-            return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
-
-        item_id = f"msg_{random_uuid()}"
-        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-        texts: list[str] = []
+        """The chat completion's SSE chunks as the Responses API's stream of events: text as a message item's
+        output_text deltas, each tool call as a function_call item whose arguments come as
+        function_call_arguments deltas (OpenAI's events)."""
+        items = _StreamedItems()
         chat: dict[str, Any] | None = None     # the chat's fields the response needs, from its first chunk on
         finish_reason, usage = None, None
         async for chunk in _sse_data(chat_sse):
             if "error" in chunk:      # the chat stream's error chunk: OpenAI's error event, and the stream ends
                 error = chunk["error"]
-                yield event("error", code=error.get("code"), message=error.get("message"),
-                            param=_PARAM_NAMES.get(error.get("param"), error.get("param")))
+                yield items.event("error", code=error.get("code"), message=error.get("message"),
+                                  param=_PARAM_NAMES.get(error.get("param"), error.get("param")))
                 return
             if chat is None:
                 chat = {"created": chunk["created"], "model": chunk["model"]}
                 shell = self._response(req, {**chat, "choices": [{"finish_reason": None, "message": {"content": None}}],
                                              "usage": None}, request_id)
                 shell.update(status="in_progress", output=[], usage=None)
-                yield event("response.created", response=shell)
-                yield event("response.in_progress", response=shell)
-                yield event("response.output_item.added", output_index=0, item={
-                    "id": item_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []})
-                yield event("response.content_part.added", **where,
-                            part={"type": "output_text", "text": "", "annotations": []})
+                yield items.event("response.created", response=shell)
+                yield items.event("response.in_progress", response=shell)
+                if not req.tools:       # text only: the message item opens at once (it may stay empty)
+                    for e in items.text("", open_empty=True):
+                        yield e
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or ():
-                delta = (choice.get("delta") or {}).get("content")
-                if delta:
-                    texts.append(delta)
-                    yield event("response.output_text.delta", **where, delta=delta, logprobs=[])
+                delta = choice.get("delta") or {}
+                for e in items.text(delta.get("content") or ""):
+                    yield e
+                for call in delta.get("tool_calls") or ():
+                    for e in items.call(call):
+                        yield e
                 finish_reason = choice.get("finish_reason") or finish_reason
         if chat is None:
             return
         final = self._response(req, {**chat, "choices": [{"finish_reason": finish_reason,
-                                                          "message": {"content": "".join(texts)}}],
+                                                          "message": {"content": None}}],
                                      "usage": usage}, request_id)
-        (item,) = final["output"]
-        item["id"] = item_id
-        (part,) = item["content"]
-        yield event("response.output_text.done", **where, text=part["text"], logprobs=[])
-        yield event("response.content_part.done", **where, part=part)
-        yield event("response.output_item.done", output_index=0, item=item)
-        yield event("response.incomplete" if final["status"] == "incomplete" else "response.completed",
-                    response=final)
+        if not items.items:
+            for e in items.text("", open_empty=True):   # nothing generated: an empty message, as the whole answer
+                yield e
+        status = "incomplete" if final["status"] == "incomplete" else "completed"
+        for e in items.close_all(status):
+            yield e
+        final["output"] = [item.done for item in items.items]
+        yield items.event("response.incomplete" if status == "incomplete" else "response.completed", response=final)
 
     def _response(self, req: ResponsesRequest, chat: dict[str, Any], request_id: str) -> dict[str, Any]:
         (choice,) = chat["choices"]
         usage = chat["usage"]
         truncated = choice["finish_reason"] == "length"
-        text = {"type": "output_text", "text": choice["message"]["content"] or "", "annotations": []}
+        content = choice["message"]["content"] or ""
+        calls = choice["message"].get("tool_calls") or []
+        output = []
+        if content or not calls:
+            text = {"type": "output_text", "text": content, "annotations": []}
+            output.append({"id": f"msg_{random_uuid()}", "type": "message", "role": "assistant",
+                           "status": "incomplete" if truncated else "completed", "content": [text]})
+        for call in calls:     # OpenAI's function_call output items, after the message (as vLLM orders them)
+            # A call cut by max_output_tokens is "incomplete" (vLLM says "completed" whatever happened).
+            output.append({"id": f"fc_{random_uuid()}", "type": "function_call", "call_id": call["id"],
+                           "name": call["function"]["name"], "arguments": call["function"]["arguments"],
+                           "status": "incomplete" if truncated else "completed"})
         return {
             "id": f"resp_{request_id}",
             "object": "response",
@@ -171,13 +241,12 @@ class OpenAIServingResponses:
             "error": None,
             "instructions": req.instructions,
             "max_output_tokens": req.max_output_tokens,
-            "output": [{"id": f"msg_{random_uuid()}", "type": "message", "role": "assistant",
-                        "status": "incomplete" if truncated else "completed", "content": [text]}],
+            "output": output,
             "parallel_tool_calls": req.parallel_tool_calls,
             "temperature": req.temperature,
             "top_p": req.top_p,
             "tool_choice": req.tool_choice,
-            "tools": [],
+            "tools": req.tools or [],
             "text": {"format": {"type": "text"}},
             "truncation": "disabled",
             "store": False,
@@ -192,6 +261,90 @@ class OpenAIServingResponses:
                 "total_tokens": usage["total_tokens"],
             },
         }
+
+
+class _StreamedItem:
+    def __init__(self, index: int, kind: str, **fields: Any):
+        self.index, self.kind = index, kind
+        self.id = f"{'msg' if kind == 'message' else 'fc'}_{random_uuid()}"
+        self.text = ""              # a message's text, a call's arguments
+        self.fields = fields        # a call's call_id and name
+        self.done: dict[str, Any] = {}
+
+
+class _StreamedItems:
+    """The output items of a streamed response and their events, numbered in sequence: a message item opens on the
+    first text (and closes when a call starts), a function_call item on each call's first delta."""
+
+    def __init__(self):
+        self.items: list[_StreamedItem] = []
+        self.calls: dict[int, _StreamedItem] = {}      # by the chat delta's tool call index
+        self.message: _StreamedItem | None = None      # the open message item
+        self.sequence = itertools.count()
+
+    def event(self, kind: str, **fields: Any) -> str:
+        data = {"type": kind, "sequence_number": next(self.sequence), **fields}
+        return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+    def _where(self, item: _StreamedItem) -> dict[str, Any]:
+        return {"item_id": item.id, "output_index": item.index, "content_index": 0}
+
+    def text(self, delta: str, open_empty: bool = False) -> list[str]:
+        """A text delta (``open_empty``: open the message item even without text)."""
+        out = []
+        if self.message is None and (delta or open_empty):
+            self.message = _StreamedItem(len(self.items), "message")
+            self.items.append(self.message)
+            out.append(self.event("response.output_item.added", output_index=self.message.index, item={
+                "id": self.message.id, "type": "message", "role": "assistant", "status": "in_progress",
+                "content": []}))
+            out.append(self.event("response.content_part.added", **self._where(self.message),
+                                  part={"type": "output_text", "text": "", "annotations": []}))
+        if delta:
+            self.message.text += delta
+            out.append(self.event("response.output_text.delta", **self._where(self.message), delta=delta,
+                                  logprobs=[]))
+        return out
+
+    def call(self, delta: dict[str, Any]) -> list[str]:
+        out = []
+        function = delta.get("function") or {}
+        item = self.calls.get(delta.get("index", 0))
+        if item is None:
+            if self.message is not None:       # text before the call: its message item is finished
+                out += self._close(self.message, "completed")
+                self.message = None
+            item = _StreamedItem(len(self.items), "function_call", call_id=delta.get("id"),
+                                 name=function.get("name"))
+            self.items.append(item)
+            self.calls[delta.get("index", 0)] = item
+            out.append(self.event("response.output_item.added", output_index=item.index, item={
+                "id": item.id, "type": "function_call", **item.fields, "arguments": "", "status": "in_progress"}))
+        piece = function.get("arguments") or ""
+        if piece:
+            item.text += piece
+            out.append(self.event("response.function_call_arguments.delta", item_id=item.id,
+                                  output_index=item.index, delta=piece))
+        return out
+
+    def _close(self, item: _StreamedItem, status: str) -> list[str]:
+        if item.kind == "message":
+            part = {"type": "output_text", "text": item.text, "annotations": []}
+            item.done = {"id": item.id, "type": "message", "role": "assistant", "status": status, "content": [part]}
+            return [self.event("response.output_text.done", **self._where(item), text=item.text, logprobs=[]),
+                    self.event("response.content_part.done", **self._where(item), part=part),
+                    self.event("response.output_item.done", output_index=item.index, item=item.done)]
+        item.done = {"id": item.id, "type": "function_call", **item.fields, "arguments": item.text, "status": status}
+        return [self.event("response.function_call_arguments.done", item_id=item.id, output_index=item.index,
+                           name=item.fields["name"], arguments=item.text),
+                self.event("response.output_item.done", output_index=item.index, item=item.done)]
+
+    def close_all(self, status: str) -> list[str]:
+        out = []
+        for item in self.items:
+            if not item.done:
+                out += self._close(item, status)
+        return out
 
 
 async def _sse_data(body: AsyncIterator) -> AsyncIterator[dict[str, Any]]:
