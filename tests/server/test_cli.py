@@ -192,9 +192,9 @@ def test_vllm_server_flags_pagedllm_lacks_are_named_as_such(capsys):
     # vLLM's frontend flags of features pagedllm lacks: named, with what to do where there is something.
     with pytest.raises(SystemExit):
         make_parser().parse_args(["serve", "m", "--lora-modules", "sql=/loras/sql", "--headless",
-                                  "--enable-sleep-mode"])
+                                  "--enable-lora-bias"])
     err = capsys.readouterr().err
-    assert ("(--enable-sleep-mode is a vLLM engine flag that pagedllm does not support yet; --lora-modules, "
+    assert ("(--enable-lora-bias is a vLLM engine flag that pagedllm does not support yet; --lora-modules, "
             "--headless are vLLM server flags that pagedllm does not support yet; --lora-modules: pagedllm serves no "
             "LoRA adapters yet)") in err
 
