@@ -14,7 +14,6 @@ import json
 import math
 
 import httpx
-import pytest
 
 from app_client import serve_in_process
 
@@ -249,6 +248,11 @@ GENERATE_CASES: list[tuple[str, str, object, int, str]] = [
     ("POST", R, rs(reasoning={"effort": "high"}), 400, "reasoning"),
     ("POST", R, rs(metadata="x"), 400, "metadata"),
     ("POST", R, rs(model="nope"), 404, "model"),
+    ("POST", R, rs(text={"format": "x"}), 400, "text"),
+    ("POST", R, rs(truncation="bogus"), 400, "truncation must be 'auto' or 'disabled'"),
+    ("POST", R, rs(request_id="a\nINFO forged"), 400, "request_id"),
+    ("POST", R, rs(tool_choice="required"), 400, "tool_choice"),
+    ("POST", R, rs(tool_choice={"type": "function", "name": "get"}), 400, "tool_choice"),
     ("POST", R, rs(stream=True, temperature=-1), 400, "temperature"),
     # /tokenize, /detokenize
     ("POST", T, {}, 400, ""),

@@ -46,6 +46,11 @@ def check_request_id(value: str, name: str) -> str:
     return value
 
 
+def printable_request_id(cls, value: str | None) -> str | None:
+    """The ``request_id`` body field's validator (``field_validator("request_id")(printable_request_id)``)."""
+    return value if value is None else check_request_id(value, "request_id")
+
+
 class OpenAIBaseModel(BaseModel):
     # Unknown request fields are accepted and ignored (OpenAI and vLLM do the same).
     model_config = ConfigDict(extra="allow")
@@ -195,10 +200,7 @@ class SamplingFields(OpenAIRequestModel):
     guided_whitespace_pattern: str | None = None
     guided_decoding_backend: str | None = None
 
-    @field_validator("request_id")
-    @classmethod
-    def _printable_request_id(cls, v: str | None) -> str | None:
-        return v if v is None else check_request_id(v, "request_id")
+    _printable_request_id = field_validator("request_id")(printable_request_id)
 
     def structured_output_fields(self) -> tuple[str, StructuredOutputsParams] | None:
         """The request's constraint as (the field it came from, its params), or None; RequestError names the field
@@ -466,6 +468,8 @@ class ResponsesRequest(OpenAIRequestModel):
     top_k: int | None = None
     priority: int = 0
     request_id: str | None = None
+
+    _printable_request_id = field_validator("request_id")(printable_request_id)
 
 
 # ---- /tokenize, /detokenize ----------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
 def _unsupported(req: ResponsesRequest) -> RequestError | None:
+    text_format = (req.text or {}).get("format") or {}
     checks = [
         (bool(req.tools), "tools", "tools are not supported by /v1/responses yet; use /v1/chat/completions."),
         (req.previous_response_id is not None, "previous_response_id",
@@ -37,10 +38,15 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
          "as input."),
         (bool(req.background), "background", "background mode is not supported."),
         (req.reasoning is not None, "reasoning", "reasoning settings are not supported by /v1/responses yet."),
-        (req.text is not None and (req.text.get("format") or {}).get("type", "text") != "text", "text",
+        (not isinstance(text_format, dict), "text", "text.format must be an object such as {\"type\": \"text\"}."),
+        (isinstance(text_format, dict) and text_format.get("type", "text") != "text", "text",
          "text.format other than 'text' is not supported by /v1/responses yet; use /v1/chat/completions with "
          "response_format."),
-        (req.truncation not in (None, "disabled"), "truncation", "truncation='auto' is not supported."),
+        (req.truncation not in (None, "disabled", "auto"), "truncation",
+         f"truncation must be 'auto' or 'disabled', got {req.truncation!r}."),
+        (req.truncation == "auto", "truncation", "truncation='auto' is not supported."),
+        (not req.tools and req.tool_choice not in (None, "auto", "none"), "tool_choice",
+         "When using `tool_choice`, `tools` must be set."),
     ]
     for failed, param, message in checks:
         if failed:
