@@ -91,7 +91,11 @@ class RequestOutputKind(IntEnum):
 def check_truncate_prompt_tokens(value: int | None) -> None:
     """vLLM's rule for ``truncate_prompt_tokens`` (SamplingParams and PoolingParams): None, -1 (the last
     max_model_len tokens) or a positive count."""
-    if value is not None and (value == 0 or value < -1):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"truncate_prompt_tokens must be an integer, got {type(value).__name__} {value!r:.100}.")
+    if value == 0 or value < -1:
         raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1 (-1: keep the last max_model_len tokens), "
                          f"got {value}")
 

@@ -129,6 +129,7 @@ GENERATE_CASES: list[tuple[str, str, object, int, str]] = [
     ("POST", C, cm(logit_bias={"5": "x"}), 400, "logit_bias"),
     ("POST", C, cm(truncate_prompt_tokens=-2), 400, "truncate_prompt_tokens"),
     ("POST", C, cm(truncate_prompt_tokens=2 ** 70), 400, "truncate_prompt_tokens"),
+    ("POST", C, cm(truncate_prompt_tokens=129), 400, "is greater than max_model_len (128)"),
     ("POST", C, cm(priority="high"), 400, "priority"),
     ("POST", C, cm(priority=5), 400, "priority"),
     ("POST", C, cm(use_beam_search=True), 400, "use_beam_search"),
@@ -327,6 +328,9 @@ POOLING_CASES: list[tuple[str, str, object, int, str]] = [
     ("POST", E, {"input": "hi", "dimensions": 1.5}, 400, "dimensions"),
     ("POST", E, {"input": "hi", "dimensions": 32}, 400, "dimensions"),
     ("POST", E, {"input": "hi", "truncate_prompt_tokens": 0}, 400, "truncate_prompt_tokens"),
+    ("POST", E, {"input": "hi", "truncate_prompt_tokens": 2 ** 70}, 400, "truncate_prompt_tokens"),
+    ("POST", E, {"input": "hi", "truncate_prompt_tokens": 129}, 400, "is greater than max_model_len (128)"),
+    ("POST", S, {"text_1": "a", "text_2": "b", "truncate_prompt_tokens": 129}, 400, "truncate_prompt_tokens"),
     ("POST", E, {"input": "hi", "normalize": "x"}, 400, "normalize"),
     ("POST", E, {"input": "hi", "priority": 5}, 400, "priority"),
     ("POST", E, {"input": "hi", "model": "nope"}, 404, "model"),
@@ -506,6 +510,11 @@ def _offline_cases(llm, greedy):
                                                     BeamSearchParams(beam_width=1, max_tokens=2)),
          ValueError, "out of vocabulary"),
         ("PoolingParams dimensions 0", lambda: PoolingParams(dimensions=0), ValueError, "imensions"),
+        ("PoolingParams dimensions True", lambda: PoolingParams(dimensions=True), ValueError, "imensions"),
+        ("PoolingParams normalize str", lambda: PoolingParams(normalize="x"), ValueError, "normalize"),
+        ("PoolingParams truncate str", lambda: PoolingParams(truncate_prompt_tokens="x"), ValueError,
+         "truncate_prompt_tokens must be an integer"),
+        ("truncate over max_model_len", sp(truncate_prompt_tokens=129), ValueError, "greater than max_model_len"),
     ]
 
 
