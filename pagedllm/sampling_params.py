@@ -17,6 +17,9 @@ _FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", 
 _INT_FIELDS = ("n", "best_of", "top_k", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
                "truncate_prompt_tokens")
 _TOKEN_LIST_FIELDS = ("stop_token_ids", "allowed_token_ids")
+# Flags: True or False (a string such as "false" is truthy, and None would read as False: both refused).
+_BOOL_FIELDS = ("ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
+                "include_stop_str_in_output")
 
 
 @dataclass
@@ -152,8 +155,10 @@ class SamplingParams:
             self.stop = []
         elif isinstance(self.stop, str):
             self.stop = [self.stop]
-        else:
+        elif isinstance(self.stop, (list, tuple)) and all(isinstance(x, str) for x in self.stop):
             self.stop = list(self.stop)
+        else:
+            raise ValueError(f"stop must be a string or a list of strings, got {self.stop!r:.100}.")
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.logit_bias is not None:
             try:
@@ -190,6 +195,17 @@ class SamplingParams:
                 raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r:.100}.")
             if not _INT64_MIN <= value <= _INT64_MAX:
                 raise ValueError(f"{name} must fit in a 64-bit integer, got {value}.")
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {type(value).__name__} {value!r:.100}.")
+        if not isinstance(self.output_kind, RequestOutputKind):
+            try:
+                self.output_kind = RequestOutputKind(self.output_kind)
+            except (ValueError, TypeError):
+                kinds = ", ".join(kind.name for kind in RequestOutputKind)
+                raise ValueError(f"output_kind must be a RequestOutputKind ({kinds}), got "
+                                 f"{self.output_kind!r:.100}.") from None
         for name in _TOKEN_LIST_FIELDS:
             ids = getattr(self, name)
             if ids is not None and (isinstance(ids, (str, bytes)) or not all(
@@ -351,6 +367,17 @@ class BeamSearchParams:
     include_stop_str_in_output: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("beam_width", "max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r:.100}.")
+        for name in ("temperature", "length_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r:.100}.")
+        for name in ("ignore_eos", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r:.100}.")
         if self.beam_width < 1:
             raise ValueError(f"beam_width must be at least 1, got {self.beam_width}.")
         if self.max_tokens < 1:

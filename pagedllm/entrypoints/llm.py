@@ -245,6 +245,8 @@ class LLM:
         scores candidates by ``cum_logprob / len(tokens) ** length_penalty`` and keeps the best ``beam_width``."""
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported yet by pagedllm.")
+        if not isinstance(params, BeamSearchParams):
+            raise ValueError(f"params must be a BeamSearchParams, got {type(params).__name__}.")
         engine = self.llm_engine
         tok = self.get_tokenizer()
         width = params.beam_width
