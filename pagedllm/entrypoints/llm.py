@@ -223,6 +223,9 @@ class LLM:
              chat_template_content_format: str = "auto", add_generation_prompt: bool = True,
              continue_final_message: bool = False, tools: list[dict] | None = None,
              chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, (list, tuple)):
+            raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts (one conversation) or "
+                             f"a list of such lists, got {type(messages).__name__}.")
         if not messages:
             raise ValueError("messages must not be empty.")
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)

@@ -14,7 +14,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from pagedllm.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineShutdownError, RequestStream
-from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_template, format_message_content
+from pagedllm.entrypoints.chat_utils import (TEMPLATE_FAILED, ChatTemplateError, apply_chat_template,
+                                             check_chat_template_kwargs, format_message_content)
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields, check_request_id, random_uuid
 from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
@@ -261,6 +262,10 @@ class OpenAIServing:
             conversation = format_message_content(conversation, self.chat_template_content_format)
         except ValueError as e:     # an image / audio part: a text-only model
             raise RequestError(str(e), "messages") from None
+        try:
+            check_chat_template_kwargs(chat_template_kwargs)
+        except ValueError as e:
+            raise RequestError(str(e), "chat_template_kwargs") from None
         check_unicode(conversation, "messages")
         trusted = chat_template is None          # the server's own template (tokenizer's or --chat-template)
         template = chat_template or self.chat_template
@@ -286,7 +291,8 @@ class OpenAIServing:
         except ChatTemplateError as e:     # a request's template that failed, ran too long or built too much
             raise RequestError(str(e), "chat_template") from None
         except Exception as e:   # jinja errors, bad kwargs, ValueError from the helper
-            raise RequestError(f"Could not apply the chat template: {e}", "messages") from None
+            message = str(e) if str(e).startswith(TEMPLATE_FAILED) else f"{TEMPLATE_FAILED} {e}"
+            raise RequestError(message, "messages") from None
 
     def stream_usage(self, req: SamplingFields) -> tuple[bool, bool]:
         """(a final usage chunk, usage on every chunk) for a stream: stream_options.include_usage and

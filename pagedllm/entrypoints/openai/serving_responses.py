@@ -69,12 +69,14 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
         content = item.get("content")
         if isinstance(content, list):
             texts = []
-            for part in content:
+            for j, part in enumerate(content):
                 if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS:
                     kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                     raise RequestError(f"input[{i}].content: only text parts are supported (the model reads text), "
                                        f"got {kind!r}.", "input")
-                texts.append({"type": "text", "text": part.get("text", "")})
+                if not isinstance(part.get("text"), str):
+                    raise RequestError(f"input[{i}].content[{j}]: a text part needs a string 'text'.", "input")
+                texts.append({"type": "text", "text": part["text"]})
             content = texts
         messages.append({"role": item["role"], "content": content})
     return messages
