@@ -47,6 +47,12 @@ class StructuredOutputsParams:
     def __post_init__(self) -> None:
         if hasattr(self.json, "model_json_schema"):      # a pydantic model class: its schema
             self.json = self.json.model_json_schema()
+        for name, types, what in (("json", (str, dict), "a JSON schema (a dict or a JSON string)"),
+                                  ("regex", str, "a string"), ("grammar", str, "a string"),
+                                  ("structural_tag", str, "a JSON string"), ("json_object", bool, "True or False")):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, types):
+                raise ValueError(f"{name} must be {what}, got {type(value).__name__} {value!r:.100}.")
         if self.choice is not None:
             if isinstance(self.choice, str) or not all(isinstance(c, str) for c in self.choice) or not self.choice:
                 raise ValueError(f"choice must be a non-empty list of strings, got {self.choice!r}.")

@@ -195,7 +195,11 @@ class InputProcessor:
         if not ids:
             raise ValueError(f"The {what} cannot be empty")
         vocab = self.vocab_size
-        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        wrong = [t for t in ids if not isinstance(t, int) or isinstance(t, bool)]
+        if wrong:
+            raise ValueError(f"Token ids must be integers, got {type(wrong[0]).__name__} {wrong[0]!r:.50} in the "
+                             f"{what}.")
+        bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocab size {vocab}).")
         if len(ids) > self.max_model_len:

@@ -169,6 +169,9 @@ GENERATE_CASES: list[tuple[str, str, object, int, str]] = [
     ("POST", C, cm(guided_grammar="root ::= "), 400, "guided_grammar"),
     ("POST", C, cm(guided_choice=[]), 400, "guided_choice"),
     ("POST", C, cm(structured_outputs={"json": "x", "regex": "a"}), 400, "structured_outputs"),
+    ("POST", C, cm(structured_outputs={"bogus": 1}), 400, "unknown field(s) ['bogus']"),
+    ("POST", C, cm(structured_outputs={"regex": 5}), 400, "regex must be a string"),
+    ("POST", C, cm(guided_json=5), 400, "guided_json"),
     ("POST", C, cm(guided_regex="a", guided_choice=["a"]), 400, "guided_choice"),
     # /v1/chat/completions: messages with wrong roles, missing or wrong content, malformed tools and tool_choice
     ("POST", CH, ch(messages=None), 400, "messages"),
@@ -451,7 +454,7 @@ def test_pooling_server_bad_requests_are_4xx_and_harmless(tiny_llama_dir):
 def _offline_cases(llm, greedy):
     from pagedllm import SamplingParams
     from pagedllm.pooling_params import PoolingParams
-    from pagedllm.sampling_params import BeamSearchParams
+    from pagedllm.sampling_params import BeamSearchParams, StructuredOutputsParams
 
     def generate(prompt, params=greedy, **kw):
         return llm.generate(prompt, params, use_tqdm=False, **kw)
@@ -509,6 +512,11 @@ def _offline_cases(llm, greedy):
         ("token id negative", lambda: generate({"prompt_token_ids": [-1]}), ValueError, "out of vocabulary"),
         ("token id huge", lambda: generate({"prompt_token_ids": [2 ** 70]}), ValueError, "out of vocabulary"),
         ("token ids empty", lambda: generate({"prompt_token_ids": []}), ValueError, "empty"),
+        ("token id float", lambda: generate({"prompt_token_ids": [1.5]}), ValueError, "must be integers, got float"),
+        ("token id str", lambda: generate({"prompt_token_ids": ["1"]}), ValueError, "must be integers, got str"),
+        ("structured regex int", lambda: SamplingParams(structured_outputs=StructuredOutputsParams(regex=5)),
+         ValueError, "regex must be a string"),
+        ("structured json list", lambda: StructuredOutputsParams(json=[1]), ValueError, "json must be"),
         ("token ids str", lambda: generate({"prompt_token_ids": "abc"}), ValueError, "prompt_token_ids"),
         ("prompt dict wrong key", lambda: generate({"bogus": "x"}), ValueError, "bogus"),
         ("prompt dict int", lambda: generate({"prompt": 5}), ValueError, "prompt"),

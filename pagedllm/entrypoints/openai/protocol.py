@@ -6,6 +6,7 @@ their JSON matches what the ``openai`` client parses.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -230,6 +231,10 @@ class SamplingFields(OpenAIRequestModel):
             raise RequestError(f"You can only use one kind of structured outputs constraint but multiple are "
                                f"specified: {', '.join(name for name, _ in given)}.", given[1][0])
         name, fields = given[0]
+        known = [f.name for f in dataclasses.fields(StructuredOutputsParams)]
+        unknown = sorted(k for k in fields if k not in known)
+        if unknown:
+            raise RequestError(f"{name}: unknown field(s) {unknown}; the fields are {known}.", name)
         if self.guided_whitespace_pattern is not None:
             fields["whitespace_pattern"] = self.guided_whitespace_pattern
         try:
