@@ -72,7 +72,8 @@ def validation_error_response(exc: RequestValidationError, content_type: str | N
         if key in seen:
             continue
         seen.add(key)
-        msg = err.get("msg", "invalid value")
+        # pydantic words a validator's ValueError "Value error, <its message>": the message is enough.
+        msg = err.get("msg", "invalid value").removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     message = "; ".join(parts[:6]) or "Invalid request body."
     return json_error(message, 400, param)

@@ -388,6 +388,10 @@ async def send(client: httpx.AsyncClient, method: str, route: str, body: object)
     return await client.request(method, route, content=content, headers=headers)
 
 
+# Cases whose answer names no field (param null): the body as a whole is wrong, or the route / method.
+BODY_LEVEL = ("JSON", "not allowed", "Not found", "--max-request-body-bytes", "Exactly one of input or messages")
+
+
 def error_problem(r: httpx.Response, status: int, fragment: str) -> str | None:
     """What is wrong with ``r`` as the answer to a bad request (None: nothing)."""
     if r.status_code != status:
@@ -403,6 +407,10 @@ def error_problem(r: httpx.Response, status: int, fragment: str) -> str | None:
         return f"a Python message, not a user's: {error}"
     if fragment not in (error["param"] or "") and fragment not in error["message"]:
         return f"does not name {fragment!r}: {error}"
+    if error["param"] is None and not any(s in error["message"] for s in BODY_LEVEL):
+        return f"param is null: {error}"
+    if error["message"].startswith("Value error"):
+        return f"pydantic's wording: {error}"
     return None
 
 
