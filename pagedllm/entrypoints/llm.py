@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content
+from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, EmbeddingRequestOutput, PoolingRequestOutput,
                               RequestOutput, ScoringOutput, ScoringRequestOutput)
 from pagedllm.pooling_params import PoolingParams
@@ -228,6 +229,9 @@ class LLM:
                              f"a list of such lists, got {type(messages).__name__}.")
         if not messages:
             raise ValueError("messages must not be empty.")
+        if isinstance(tools, list):
+            # The server's checks of OpenAI's tool shape (callables, which HF's template turns into schemas, pass).
+            functions_by_name([tool for tool in tools if not callable(tool)])
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = [{"prompt_token_ids": apply_chat_template(
             self.get_tokenizer(), format_message_content(conv, chat_template_content_format),

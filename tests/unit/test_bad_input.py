@@ -558,6 +558,10 @@ def _offline_cases(llm, greedy):
         ("chat lone surrogate", lambda: chat([{"role": "user", "content": "\ud800"}]), ValueError, "lone surrogate"),
         ("chat template syntax error", lambda: chat([U], chat_template="{% if %}"), ValueError,
          "Could not apply the chat template"),
+        ("chat tool without function", lambda: chat([U], tools=[{"type": "function"}]), ValueError, "tools[0]"),
+        ("chat tool parameters str", lambda: chat([U], tools=[{"type": "function", "function": {
+            "name": "f", "parameters": "x"}}]), ValueError, "tools[0].function.parameters"),
+        ("chat tools str", lambda: chat([U], tools="x"), ValueError, "tools must be a list"),
         ("chat_template_kwargs str", lambda: chat([U], chat_template_kwargs="x"), ValueError,
          "chat_template_kwargs must be a dict"),
         ("chat_template_kwargs tokenize", lambda: chat([U], chat_template_kwargs={"tokenize": True}), ValueError,
