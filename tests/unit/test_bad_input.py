@@ -592,16 +592,12 @@ def _offline_cases(llm, greedy):
     ]
 
 
-def test_offline_bad_input_raises_and_llm_stays_usable(tiny_llama_dir):
-    from pagedllm import LLM, SamplingParams
-    llm = LLM(tiny_llama_dir, dtype="float32", max_model_len=128, max_logprobs=5)
-    greedy = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-
-    def text() -> str:
-        return llm.generate("The capital of France is", greedy, use_tqdm=False)[0].outputs[0].text
-    before = text()
+def offline_failures(cases, answer) -> list[str]:
+    """Run each case, which must raise its exception with a message holding its fragment; ``answer()`` (the LLM's
+    answer to a normal request) must not change."""
+    before = answer()
     failures = []
-    for what, call, exc, fragment in _offline_cases(llm, greedy):
+    for what, call, exc, fragment in cases:
         try:
             call()
             failures.append(f"{what}: no error")
@@ -612,6 +608,48 @@ def test_offline_bad_input_raises_and_llm_stays_usable(tiny_llama_dir):
                 failures.append(f"{what}: {type(e).__name__}: {message[:200]}")
         except Exception as e:
             failures.append(f"{what}: {type(e).__name__} (want {exc.__name__}): {str(e)[:200]}")
-        if text() != before:
+        if answer() != before:
             failures.append(f"{what}: the LLM answers differently afterwards")
+    return failures
+
+
+def test_offline_bad_input_raises_and_llm_stays_usable(tiny_llama_dir):
+    from pagedllm import LLM, SamplingParams
+    llm = LLM(tiny_llama_dir, dtype="float32", max_model_len=128, max_logprobs=5)
+    greedy = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    failures = offline_failures(_offline_cases(llm, greedy), lambda: llm.generate(
+        "The capital of France is", greedy, use_tqdm=False)[0].outputs[0].text)
+    assert not failures, "\n".join(failures)
+
+
+def test_offline_pooling_bad_input_raises_and_llm_stays_usable(tiny_llama_dir):
+    from pagedllm import LLM, SamplingParams
+    from pagedllm.pooling_params import PoolingParams
+    llm = LLM(tiny_llama_dir, dtype="float32", max_model_len=128, runner="pooling")
+
+    def embed(prompts, *args, **kw):
+        return llm.embed(prompts, *args, use_tqdm=False, **kw)
+    cases = [
+        ("prompts int", lambda: embed(5), ValueError, "prompts"),
+        ("prompt empty", lambda: embed([""]), ValueError, "empty"),
+        ("token id negative", lambda: embed({"prompt_token_ids": [-1]}), ValueError, "out of vocabulary"),
+        ("too long", lambda: embed(LONG), ValueError, "maximum model length of 128"),
+        ("lone surrogate", lambda: embed("\ud800"), ValueError, "lone surrogate"),
+        ("truncate over max_model_len", lambda: embed("hi", truncate_prompt_tokens=129), ValueError,
+         "greater than max_model_len"),
+        ("truncate str", lambda: embed("hi", truncate_prompt_tokens="x"), ValueError, "truncate_prompt_tokens"),
+        ("SamplingParams", lambda: embed("hi", SamplingParams()), ValueError, "PoolingParams"),
+        ("params dict", lambda: embed("hi", {"normalize": True}), ValueError, "got dict"),
+        ("params length", lambda: embed(["a", "b"], [PoolingParams()]), ValueError, "lengths"),
+        ("dimensions without Matryoshka", lambda: embed("hi", PoolingParams(dimensions=8)), ValueError,
+         "matryoshka"),
+        ("pooling_task", lambda: llm.encode("hi", pooling_task="bogus", use_tqdm=False), ValueError, "pooling_task"),
+        ("score int", lambda: llm.score(5, "a", use_tqdm=False), ValueError, "text_1"),
+        ("score None", lambda: llm.score("a", None, use_tqdm=False), ValueError, "text_2"),
+        ("score lengths", lambda: llm.score(["a", "b"], ["a", "b", "c"], use_tqdm=False), ValueError, "text_1"),
+        ("generate", lambda: llm.generate("hi", use_tqdm=False), ValueError, "pooling"),
+        ("chat", lambda: llm.chat([U], use_tqdm=False), ValueError, "pooling"),
+        ("classify", lambda: llm.classify("hi"), ValueError, "classify"),
+    ]
+    failures = offline_failures(cases, lambda: embed("The capital of France is")[0].outputs.embedding)
     assert not failures, "\n".join(failures)
