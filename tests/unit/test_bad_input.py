@@ -414,15 +414,22 @@ def error_problem(r: httpx.Response, status: int, fragment: str) -> str | None:
     return None
 
 
-async def run_table(app, cases, normal: tuple[str, dict], answer) -> tuple[list[str], list]:
+async def run_table(app, cases, normal: tuple[str, dict], answer, streamed: bool = False) -> tuple[list[str], list]:
     """Send ``normal`` (``answer`` picks what must not change from its JSON), then every case while the same request
-    runs concurrently, then ``normal`` again. Returns the failed cases and the three answers."""
+    runs again and again concurrently (every other time streamed, with ``streamed``: its text deltas joined), then
+    ``normal`` again. Returns the failed cases and every answer to ``normal``."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
                                  timeout=60) as client:
-        async def normal_answer():
-            r = await client.post(normal[0], json=normal[1])
-            assert r.status_code == 200, r.text
-            return answer(r.json())
+        async def normal_answer(stream: bool = False):
+            if not stream:
+                r = await client.post(normal[0], json=normal[1])
+                assert r.status_code == 200, r.text
+                return answer(r.json())
+            async with client.stream("POST", normal[0], json={**normal[1], "stream": True}) as r:
+                assert r.status_code == 200
+                chunks = [json.loads(line[6:]) async for line in r.aiter_lines()
+                          if line.startswith("data: {")]
+            return "".join(chunk["choices"][0]["text"] for chunk in chunks if chunk["choices"])
 
         async def bad_ones() -> list[str]:
             failures = []
@@ -431,13 +438,21 @@ async def run_table(app, cases, normal: tuple[str, dict], answer) -> tuple[list[
                 problem = error_problem(r, status, fragment)
                 if problem:
                     failures.append(f"{method} {route} {str(body)[:150]!r}: {problem}")
+            done.set()
             return failures
 
+        async def normals_meanwhile() -> list:
+            answers = []
+            while not done.is_set():
+                answers.append(await normal_answer(stream=streamed and len(answers) % 2 == 1))
+            return answers
+
+        done = asyncio.Event()
         before = await normal_answer()
-        during, failures = await asyncio.gather(normal_answer(), bad_ones())
+        during, failures = await asyncio.gather(normals_meanwhile(), bad_ones())
         after = await normal_answer()
         assert (await client.get("/health")).status_code == 200
-    return failures, [before, during, after]
+    return failures, [before, *during, after]
 
 
 def test_server_bad_requests_are_4xx_and_harmless(tiny_llama_dir):
@@ -445,9 +460,9 @@ def test_server_bad_requests_are_4xx_and_harmless(tiny_llama_dir):
             as (app, _):
         normal = (C, {"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0, "ignore_eos": True})
         failures, texts = asyncio.run(run_table(app, GENERATE_CASES, normal,
-                                                lambda body: body["choices"][0]["text"]))
+                                                lambda body: body["choices"][0]["text"], streamed=True))
     assert not failures, f"{len(failures)} of {len(GENERATE_CASES)} cases failed:\n" + "\n".join(failures)
-    assert texts[0] == texts[1] == texts[2] and len(texts[0]) > 10, texts
+    assert len(texts) >= 4 and len(texts[0]) > 10 and all(t == texts[0] for t in texts), texts
 
 
 def test_pooling_server_bad_requests_are_4xx_and_harmless(tiny_llama_dir):
