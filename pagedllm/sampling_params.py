@@ -60,6 +60,10 @@ class StructuredOutputsParams:
         if self.whitespace_pattern is not None:
             raise ValueError("whitespace_pattern is not supported (it is an outlines option; pagedllm's xgrammar "
                              "backend takes disable_any_whitespace=True for compact JSON).")
+        for name in ("json", "regex", "grammar", "structural_tag"):
+            if isinstance(getattr(self, name), str):
+                check_encodable(name, [getattr(self, name)])
+        check_encodable("choice", self.choice or [])
         kinds = self.kinds
         if len(kinds) > 1:
             raise ValueError(f"You can only use one kind of structured outputs constraint but multiple are "
@@ -89,6 +93,15 @@ class GuidedDecodingParams(StructuredOutputsParams):
             raise ValueError(f"Structured output backend {self.backend!r} is not supported: pagedllm uses xgrammar "
                              f"(backend='xgrammar' or 'auto').")
         super().__post_init__()
+
+
+def check_encodable(name: str, texts: list[str]) -> None:
+    """JSON and Python strings can hold lone surrogates ("\\ud800"), which no tokenizer or grammar can encode."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} contains invalid Unicode (lone surrogate).") from None
 
 
 class RequestOutputKind(IntEnum):
@@ -276,6 +289,7 @@ class SamplingParams:
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if any(not s for s in self.stop):
             raise ValueError("stop cannot contain an empty string.")
+        check_encodable("stop", self.stop)
         if self.stop and not self.detokenize:
             raise ValueError("stop strings are only supported when detokenize is True. "
                              "Set detokenize=True to use stop.")
@@ -286,6 +300,7 @@ class SamplingParams:
         if self.bad_words is not None and (isinstance(self.bad_words, str)
                                            or not all(isinstance(w, str) and w.strip() for w in self.bad_words)):
             raise ValueError(f"bad_words must be a list of non-empty strings, got {self.bad_words!r}.")
+        check_encodable("bad_words", self.bad_words or [])
         if self.extra_args:
             raise ValueError("extra_args is not supported yet: it is read by custom logits processors, which "
                              "pagedllm does not support yet.")

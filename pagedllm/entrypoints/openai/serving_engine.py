@@ -35,6 +35,8 @@ _SAMPLING_FIELDS = sorted([
 
 
 def error_body(message: str, type: str = "BadRequestError", code: int = 400, param: str | None = None) -> dict:
+    # A message may quote the request, lone surrogates ("\\ud800") and all: written as escapes, the JSON encodes.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
