@@ -182,6 +182,7 @@ GENERATE_CASES: list[tuple[str, str, object, int, str]] = [
     ("POST", C, cm(structured_outputs={"regex": 5}), 400, "regex must be a string"),
     ("POST", C, cm(guided_json=5), 400, "guided_json"),
     ("POST", C, cm(guided_regex="a", guided_choice=["a"]), 400, "guided_choice"),
+    ("POST", C, cm(guided_regex="a", guided_decoding_backend="outlines"), 400, "guided_decoding_backend"),
     # /v1/chat/completions: messages with wrong roles, missing or wrong content, malformed tools and tool_choice
     ("POST", CH, ch(messages=None), 400, "messages"),
     ("POST", CH, ch(messages=[]), 400, "messages"),

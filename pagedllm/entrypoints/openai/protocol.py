@@ -227,6 +227,12 @@ class SamplingFields(OpenAIRequestModel):
             given.append(("structured_outputs", dict(self.structured_outputs)))
         if not given:
             return None
+        if self.guided_decoding_backend not in (None, "auto", "xgrammar"):
+            # vLLM V1's answer to a request naming another backend than the engine's.
+            raise RequestError(f"Request-level structured output backend selection is not supported. The request "
+                               f"specified {self.guided_decoding_backend!r}, but pagedllm runs 'xgrammar'. This error "
+                               f"can be resolved by removing guided_decoding_backend from the request.",
+                               "guided_decoding_backend")
         if len(given) > 1:
             raise RequestError(f"You can only use one kind of structured outputs constraint but multiple are "
                                f"specified: {', '.join(name for name, _ in given)}.", given[1][0])
