@@ -26,8 +26,11 @@ class PoolingParams:
     output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY    # one output, when the vector is ready
 
     def __post_init__(self) -> None:
-        if self.dimensions is not None and (not isinstance(self.dimensions, int) or self.dimensions < 1):
+        if self.dimensions is not None and (not isinstance(self.dimensions, int) or isinstance(self.dimensions, bool)
+                                            or self.dimensions < 1):
             raise ValueError(f"Dimensions must be greater than 0, got {self.dimensions!r}.")
+        if self.normalize is not None and not isinstance(self.normalize, bool):
+            raise ValueError(f"normalize must be True, False or None, got {self.normalize!r:.100}.")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}.")

@@ -17,6 +17,9 @@ _FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", 
 _INT_FIELDS = ("n", "best_of", "top_k", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
                "truncate_prompt_tokens")
 _TOKEN_LIST_FIELDS = ("stop_token_ids", "allowed_token_ids")
+# Flags: True or False (a string such as "false" is truthy, and None would read as False: both refused).
+_BOOL_FIELDS = ("ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
+                "include_stop_str_in_output")
 
 
 @dataclass
@@ -44,6 +47,12 @@ class StructuredOutputsParams:
     def __post_init__(self) -> None:
         if hasattr(self.json, "model_json_schema"):      # a pydantic model class: its schema
             self.json = self.json.model_json_schema()
+        for name, types, what in (("json", (str, dict), "a JSON schema (a dict or a JSON string)"),
+                                  ("regex", str, "a string"), ("grammar", str, "a string"),
+                                  ("structural_tag", str, "a JSON string"), ("json_object", bool, "True or False")):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, types):
+                raise ValueError(f"{name} must be {what}, got {type(value).__name__} {value!r:.100}.")
         if self.choice is not None:
             if isinstance(self.choice, str) or not all(isinstance(c, str) for c in self.choice) or not self.choice:
                 raise ValueError(f"choice must be a non-empty list of strings, got {self.choice!r}.")
@@ -51,6 +60,10 @@ class StructuredOutputsParams:
         if self.whitespace_pattern is not None:
             raise ValueError("whitespace_pattern is not supported (it is an outlines option; pagedllm's xgrammar "
                              "backend takes disable_any_whitespace=True for compact JSON).")
+        for name in ("json", "regex", "grammar", "structural_tag"):
+            if isinstance(getattr(self, name), str):
+                check_encodable(name, [getattr(self, name)])
+        check_encodable("choice", self.choice or [])
         kinds = self.kinds
         if len(kinds) > 1:
             raise ValueError(f"You can only use one kind of structured outputs constraint but multiple are "
@@ -82,6 +95,15 @@ class GuidedDecodingParams(StructuredOutputsParams):
         super().__post_init__()
 
 
+def check_encodable(name: str, texts: list[str]) -> None:
+    """JSON and Python strings can hold lone surrogates ("\\ud800"), which no tokenizer or grammar can encode."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} contains invalid Unicode (lone surrogate).") from None
+
+
 class RequestOutputKind(IntEnum):
     CUMULATIVE = 0   # every output carries the whole text so far
     DELTA = 1        # only what is new since the last output
@@ -91,7 +113,11 @@ class RequestOutputKind(IntEnum):
 def check_truncate_prompt_tokens(value: int | None) -> None:
     """vLLM's rule for ``truncate_prompt_tokens`` (SamplingParams and PoolingParams): None, -1 (the last
     max_model_len tokens) or a positive count."""
-    if value is not None and (value == 0 or value < -1):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"truncate_prompt_tokens must be an integer, got {type(value).__name__} {value!r:.100}.")
+    if value == 0 or value < -1:
         raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1 (-1: keep the last max_model_len tokens), "
                          f"got {value}")
 
@@ -148,8 +174,10 @@ class SamplingParams:
             self.stop = []
         elif isinstance(self.stop, str):
             self.stop = [self.stop]
-        else:
+        elif isinstance(self.stop, (list, tuple)) and all(isinstance(x, str) for x in self.stop):
             self.stop = list(self.stop)
+        else:
+            raise ValueError(f"stop must be a string or a list of strings, got {self.stop!r:.100}.")
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.logit_bias is not None:
             try:
@@ -186,6 +214,17 @@ class SamplingParams:
                 raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r:.100}.")
             if not _INT64_MIN <= value <= _INT64_MAX:
                 raise ValueError(f"{name} must fit in a 64-bit integer, got {value}.")
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {type(value).__name__} {value!r:.100}.")
+        if not isinstance(self.output_kind, RequestOutputKind):
+            try:
+                self.output_kind = RequestOutputKind(self.output_kind)
+            except (ValueError, TypeError):
+                kinds = ", ".join(kind.name for kind in RequestOutputKind)
+                raise ValueError(f"output_kind must be a RequestOutputKind ({kinds}), got "
+                                 f"{self.output_kind!r:.100}.") from None
         for name in _TOKEN_LIST_FIELDS:
             ids = getattr(self, name)
             if ids is not None and (isinstance(ids, (str, bytes)) or not all(
@@ -250,6 +289,7 @@ class SamplingParams:
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if any(not s for s in self.stop):
             raise ValueError("stop cannot contain an empty string.")
+        check_encodable("stop", self.stop)
         if self.stop and not self.detokenize:
             raise ValueError("stop strings are only supported when detokenize is True. "
                              "Set detokenize=True to use stop.")
@@ -260,6 +300,7 @@ class SamplingParams:
         if self.bad_words is not None and (isinstance(self.bad_words, str)
                                            or not all(isinstance(w, str) and w.strip() for w in self.bad_words)):
             raise ValueError(f"bad_words must be a list of non-empty strings, got {self.bad_words!r}.")
+        check_encodable("bad_words", self.bad_words or [])
         if self.extra_args:
             raise ValueError("extra_args is not supported yet: it is read by custom logits processors, which "
                              "pagedllm does not support yet.")
@@ -347,6 +388,17 @@ class BeamSearchParams:
     include_stop_str_in_output: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("beam_width", "max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r:.100}.")
+        for name in ("temperature", "length_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r:.100}.")
+        for name in ("ignore_eos", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r:.100}.")
         if self.beam_width < 1:
             raise ValueError(f"beam_width must be at least 1, got {self.beam_width}.")
         if self.max_tokens < 1:

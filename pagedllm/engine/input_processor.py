@@ -124,7 +124,7 @@ class InputProcessor:
         if ids is None:
             ids = self.encode(text)
         if params.truncate_prompt_tokens is not None:
-            ids = ids[-self._truncation_limit(params):]
+            ids = ids[-self.truncation_limit(params):]
         self._validate(ids, params)
         max_tokens = params.max_tokens
         if max_tokens is None:
@@ -167,7 +167,7 @@ class InputProcessor:
         if ids is None:
             ids = self.encode_for_pooling(text, params)
         elif params.truncate_prompt_tokens is not None:
-            ids = ids[-self._truncation_limit(params):]
+            ids = ids[-self.truncation_limit(params):]
         self._check_prompt_ids(ids, "prompt", ", or truncate the input (truncate_prompt_tokens)")
         arrival = arrival_time if arrival_time is not None else time.time()
         out = ProcessedRequest(request_id, text, ids, params, arrival)
@@ -175,8 +175,12 @@ class InputProcessor:
                                               pooling_params=params))
         return out
 
-    def _truncation_limit(self, params: SamplingParams | PoolingParams) -> int:
+    def truncation_limit(self, params: SamplingParams | PoolingParams) -> int:
+        """How many of the prompt's last tokens ``truncate_prompt_tokens`` keeps (set: not None)."""
         limit = params.truncate_prompt_tokens
+        if limit > self.max_model_len:      # vLLM's check and message
+            raise ValueError(f"truncate_prompt_tokens value ({limit}) is greater than max_model_len "
+                             f"({self.max_model_len}). Please, select a smaller truncation size.")
         return self.max_model_len if limit == -1 else limit
 
     def encode_for_pooling(self, text: str, params: PoolingParams) -> list[int]:
@@ -184,14 +188,18 @@ class InputProcessor:
         keeping [CLS] ... [SEP]), as sentence-transformers does."""
         if params.truncate_prompt_tokens is None or self.tokenizer is None:
             return self.encode(text)
-        return self.tokenizer(text, truncation=True, max_length=self._truncation_limit(params))["input_ids"]
+        return self.tokenizer(text, truncation=True, max_length=self.truncation_limit(params))["input_ids"]
 
     def _check_prompt_ids(self, ids: list[int], what: str, hint: str = "") -> None:
         """vLLM's prompt checks and messages: not empty, every id in the vocabulary, no longer than max_model_len."""
         if not ids:
             raise ValueError(f"The {what} cannot be empty")
         vocab = self.vocab_size
-        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        wrong = [t for t in ids if not isinstance(t, int) or isinstance(t, bool)]
+        if wrong:
+            raise ValueError(f"Token ids must be integers, got {type(wrong[0]).__name__} {wrong[0]!r:.50} in the "
+                             f"{what}.")
+        bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocab size {vocab}).")
         if len(ids) > self.max_model_len:

@@ -81,18 +81,30 @@ CHAT_TEMPLATE_CONTENT_FORMATS = ("auto", "string", "openai")
 
 
 def format_message_content(conversation: list[dict], content_format: str = "auto") -> list[dict]:
-    """The conversation with each message's content in ``content_format``; OpenAI content parts other than text
-    (images, audio, ...) are a ValueError (text-only models)."""
+    """The conversation with each message's content in ``content_format``; a message that is not a dict with a
+    string role and content None, a string or a list of text parts is a ValueError naming it, and so are content
+    parts other than text (images, audio, ...: text-only models)."""
     if content_format not in CHAT_TEMPLATE_CONTENT_FORMATS:
         raise ValueError(f"chat_template_content_format must be one of "
                          f"{', '.join(map(repr, CHAT_TEMPLATE_CONTENT_FORMATS))}, got {content_format!r}.")
+    if isinstance(conversation, (str, bytes, dict)) or not isinstance(conversation, (list, tuple)):
+        raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got "
+                         f"{type(conversation).__name__}.")
     out = []
-    for m in conversation:
-        content = m.get("content") if isinstance(m, dict) else None
+    for i, m in enumerate(conversation):
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValueError(f"messages[{i}] must be a dict with a 'role' (and 'content'), got {m!r:.100}.")
+        if not isinstance(m["role"], str):
+            raise ValueError(f"messages[{i}].role must be a string, got {type(m['role']).__name__} {m['role']!r:.50}.")
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list, tuple)):
+            raise ValueError(f"messages[{i}].content must be a string or a list of content parts, got "
+                             f"{type(content).__name__}.")
         if content is None or (isinstance(content, str) and content_format != "openai"):
             out.append(m)
             continue
-        texts = [content] if isinstance(content, str) else [_part_text(part) for part in content]
+        texts = [content] if isinstance(content, str) else [_part_text(part, f"messages[{i}].content[{j}]")
+                                                             for j, part in enumerate(content)]
         if content_format == "openai":
             content = [{"type": "text", "text": t} for t in texts]
         else:
@@ -101,15 +113,36 @@ def format_message_content(conversation: list[dict], content_format: str = "auto
     return out
 
 
-def _part_text(part: Any) -> str:
+def _part_text(part: Any, where: str) -> str:
     kind = part.get("type") if isinstance(part, dict) else None
-    if kind in ("text", "input_text"):
-        return part.get("text", "")
-    if kind == "refusal":
-        return part.get("refusal", "")
     if kind is None and isinstance(part, str):
         return part
-    raise ValueError(f"Content part type {kind!r} is not supported (text-only model): only 'text' parts.")
+    key = "refusal" if kind == "refusal" else "text"
+    if kind not in ("text", "input_text", "refusal"):
+        raise ValueError(f"Content part type {kind!r} is not supported (text-only model): only 'text' parts.")
+    if not isinstance(part.get(key), str):
+        raise ValueError(f"{where}: a {kind!r} part needs a string {key!r}, got {part.get(key)!r:.50}.")
+    return part[key]
+
+
+# Arguments of HF's apply_chat_template that are not template variables: a request's chat_template_kwargs naming one
+# would change what the call does ("tokenize") or collide with the call's own ("got multiple values").
+_NOT_TEMPLATE_VARIABLES = ("tokenize", "conversation", "messages", "return_dict", "return_tensors", "padding",
+                           "truncation", "max_length", "tokenizer_kwargs", "return_assistant_tokens_mask")
+TEMPLATE_FAILED = "Could not apply the chat template:"
+
+
+def check_chat_template_kwargs(chat_template_kwargs: Any) -> None:
+    """A ValueError naming what is wrong with ``chat_template_kwargs``: not a dict, or a key that is an argument of
+    the rendering call rather than a template variable (vLLM's "Found unexpected chat template kwargs")."""
+    if chat_template_kwargs is None:
+        return
+    if not isinstance(chat_template_kwargs, dict):
+        raise ValueError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}.")
+    unexpected = sorted(k for k in chat_template_kwargs if k in _NOT_TEMPLATE_VARIABLES)
+    if unexpected:
+        raise ValueError(f"Found unexpected chat template kwargs from request: {unexpected} (chat_template_kwargs "
+                         f"are the template's variables).")
 
 
 def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template: str | None = None,
@@ -122,6 +155,7 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
     ``trusted=False`` (a template from a request): sandboxed, with ``time_limit_s`` and ``max_chars`` limits."""
     if tokenizer is None:
         raise ValueError("chat needs a tokenizer (skip_tokenizer_init=True was given).")
+    check_chat_template_kwargs(chat_template_kwargs)
     kwargs = dict(chat_template_kwargs or {})
     # As vLLM, chat_template_kwargs go over the named arguments: a key named like one of them overrides it (it
     # used to reach the template twice: "got multiple values for keyword argument").
@@ -137,20 +171,30 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
     kwargs.pop("chat_template", None)
     if add_generation_prompt and continue_final_message:
         raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+    for name, value in (("tools", tools), ("documents", documents)):
+        if value is not None and not isinstance(value, list):
+            raise ValueError(f"{name} must be a list, got {type(value).__name__}.")
     for m in conversation:
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"Each message needs a 'role', got {m!r}.")
     conversation = template_messages(conversation)
     if trusted or chat_template is None:
-        text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
-                                             add_generation_prompt=add_generation_prompt,
-                                             continue_final_message=continue_final_message, tools=tools,
-                                             documents=documents, **kwargs)
+        try:
+            text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=chat_template,
+                                                 add_generation_prompt=add_generation_prompt,
+                                                 continue_final_message=continue_final_message, tools=tools,
+                                                 documents=documents, **kwargs)
+        except Exception as e:     # a Jinja error, the template's raise_exception, a type the template can't use
+            raise ValueError(f"{TEMPLATE_FAILED} {e}") from e
     else:
         variables = {**getattr(tokenizer, "special_tokens_map", {}), **kwargs}
         text = render_untrusted_template(chat_template, conversation, add_generation_prompt=add_generation_prompt,
                                          continue_final_message=continue_final_message, tools=tools,
                                          documents=documents, time_limit_s=time_limit_s, max_chars=max_chars, **variables)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:     # a lone surrogate ("\ud800") that no tokenizer can encode
+        raise ValueError("messages contains invalid Unicode (lone surrogate).") from None
     # The template already holds the special tokens (BOS etc.): don't add them twice.
     return tokenizer.encode(text, add_special_tokens=False)
 

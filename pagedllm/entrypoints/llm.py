@@ -12,9 +12,10 @@ from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
 from pagedllm.entrypoints.beam_search import best_beams, extend_beams, step_params
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content
+from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, EmbeddingRequestOutput, PoolingRequestOutput,
                               RequestOutput, ScoringOutput, ScoringRequestOutput)
-from pagedllm.pooling_params import PoolingParams
+from pagedllm.pooling_params import POOLING_TASKS, PoolingParams
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 
@@ -22,12 +23,12 @@ from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, Sampli
 UseTqdm = bool | Callable[..., Any]
 
 
-def _prompt_list(prompts: Any) -> list:
+def _prompt_list(prompts: Any, name: str = "prompts") -> list:
     """One prompt (a string or a prompt dict) or a list / tuple of them, as a list."""
     if isinstance(prompts, (str, dict)):
         return [prompts]
-    if not hasattr(prompts, "__iter__"):     # a list, a tuple, a pandas Series, ... all do
-        raise ValueError(f"prompts must be a string, a prompt dict or a list of them, got {type(prompts).__name__}.")
+    if not hasattr(prompts, "__iter__") or isinstance(prompts, bytes):   # a list, a tuple, a pandas Series, ... do
+        raise ValueError(f"{name} must be a string, a prompt dict or a list of them, got {type(prompts).__name__}.")
     return list(prompts)
 
 
@@ -190,11 +191,13 @@ class LLM:
                              f"generation model. Pass runner='pooling' (task='embed') to use it as one.")
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported yet by pagedllm.")
+        if pooling_task not in POOLING_TASKS:
+            raise ValueError(f"pooling_task must be one of {POOLING_TASKS}, got {pooling_task!r}.")
         prompts = _prompt_list(prompts)
         if pooling_params is None or isinstance(pooling_params, PoolingParams):
             params = [pooling_params or PoolingParams()] * len(prompts)
         else:
-            params = list(pooling_params) if hasattr(pooling_params, "__iter__") else [pooling_params]
+            params = list(pooling_params) if isinstance(pooling_params, (list, tuple)) else [pooling_params]
             wrong = next((p for p in params if not isinstance(p, PoolingParams)), None)
             if wrong is not None:
                 raise ValueError(f"pooling_params must be a PoolingParams or a list of them, got "
@@ -247,8 +250,7 @@ class LLM:
         """Similarity of text pairs: the cosine of their embeddings (an embedding model). ``text_1`` is one text
         scored against each of ``text_2``, or as many texts as ``text_2`` (pairwise), as vLLM."""
         import torch
-        first = [text_1] if isinstance(text_1, (str, dict)) else list(text_1)
-        second = [text_2] if isinstance(text_2, (str, dict)) else list(text_2)
+        first, second = _prompt_list(text_1, "text_1"), _prompt_list(text_2, "text_2")
         if len(first) == 1:
             first = first * len(second)
         if len(first) != len(second) or not second:
@@ -272,8 +274,14 @@ class LLM:
              chat_template_content_format: str = "auto", add_generation_prompt: bool = True,
              continue_final_message: bool = False, tools: list[dict] | None = None,
              chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, (list, tuple)):
+            raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts (one conversation) or "
+                             f"a list of such lists, got {type(messages).__name__}.")
         if not messages:
             raise ValueError("messages must not be empty.")
+        if isinstance(tools, list):
+            # The server's checks of OpenAI's tool shape (callables, which HF's template turns into schemas, pass).
+            functions_by_name([tool for tool in tools if not callable(tool)])
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = [{"prompt_token_ids": apply_chat_template(
             self.get_tokenizer(), format_message_content(conv, chat_template_content_format),
@@ -294,6 +302,8 @@ class LLM:
         scores candidates by ``cum_logprob / len(tokens) ** length_penalty`` and keeps the best ``beam_width``."""
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported yet by pagedllm.")
+        if not isinstance(params, BeamSearchParams):
+            raise ValueError(f"params must be a BeamSearchParams, got {type(params).__name__}.")
         engine = self.llm_engine
         tok = self.get_tokenizer()
         eos = engine.eos_token_ids

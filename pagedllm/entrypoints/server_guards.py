@@ -41,8 +41,10 @@ def _union_tag(part: Any) -> bool:
     return isinstance(part, str) and (part[:1].isupper() and part.endswith("Request") or part.startswith("function-"))
 
 
-def validation_error_response(exc: RequestValidationError) -> JSONResponse:
-    """Pydantic failures are 400 (not FastAPI's 422) with OpenAI's error JSON; the message names the field."""
+def validation_error_response(exc: RequestValidationError, content_type: str | None = None) -> JSONResponse:
+    """Pydantic failures are 400 (not FastAPI's 422) with OpenAI's error JSON; the message names the field.
+    ``content_type``: the request's header, named when it is why the body was not read as JSON (``curl -d`` sends
+    application/x-www-form-urlencoded)."""
     parts, param = [], None
     seen = set()
     for err in exc.errors():
@@ -56,7 +58,12 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
             parts.append("The request needs a JSON object body.")
             continue
         if not loc and err.get("type") in ("model_attributes_type", "dict_type"):
-            parts.append("The request body must be a JSON object.")
+            media = (content_type or "").split(";")[0].strip().lower()
+            if media and media != "application/json" and not media.endswith("+json"):
+                parts.append(f"The request body must be a JSON object sent with 'Content-Type: application/json'; "
+                             f"this request's Content-Type is {media!r}.")
+            else:
+                parts.append("The request body must be a JSON object.")
             continue
         where = ".".join(loc)
         if param is None and loc:
@@ -65,7 +72,8 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
         if key in seen:
             continue
         seen.add(key)
-        msg = err.get("msg", "invalid value")
+        # pydantic words a validator's ValueError "Value error, <its message>": the message is enough.
+        msg = err.get("msg", "invalid value").removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     message = "; ".join(parts[:6]) or "Invalid request body."
     return json_error(message, 400, param)
@@ -75,8 +83,8 @@ def add_error_handlers(app: FastAPI) -> None:
     """Every error the app answers is ``{"error": {"message", "type", "param", "code"}}``."""
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError):
-        return validation_error_response(exc)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return validation_error_response(exc, request.headers.get("content-type"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

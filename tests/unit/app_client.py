@@ -1,11 +1,16 @@
-"""Helpers of the tests that drive the server's app in-process (over ASGI, no socket): the parsed ``pagedllm serve``
-command line, and requests posted to an app."""
+"""Helpers of the tests that drive the server's app in-process (over ASGI, no socket, the engine core in a thread,
+as ``pagedllm run-batch`` runs it): the parsed ``pagedllm serve`` command line, the app itself, and requests posted
+to an app. The server's routes on a tiny model in seconds, without a server process."""
 from __future__ import annotations
 
-import asyncio
 import argparse
+import asyncio
+import contextlib
+from typing import Iterator
 
 import httpx
+
+from pagedllm.entrypoints.openai.cli_args import load_chat_template, make_serve_parser
 
 
 def serve_args(model_dir: str, *flags: str) -> argparse.Namespace:
@@ -16,6 +21,40 @@ def serve_args(model_dir: str, *flags: str) -> argparse.Namespace:
     return finalize_args(make_parser().parse_args(
         ["serve", model_dir, "--dtype", "float32", "--max-model-len", "128", "--seed", "0",
          "--disable-frontend-multiprocessing", *flags]))
+
+
+def start_app(model_dir: str, *flags: str, chat_template: str | None = None):
+    """``(engine, app)`` of ``pagedllm serve model_dir --dtype float32 --max-model-len 128 --kv-cache-memory-gb 0.01
+    *flags``; the caller shuts the engine down (``engine.shutdown()``)."""
+    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
+    args = make_serve_parser(argparse.ArgumentParser(), model_positional=False).parse_args(
+        ["--model", model_dir, "--dtype", "float32", "--max-model-len", "128", "--kv-cache-memory-gb", "0.01",
+         *flags])
+    args.chat_template = load_chat_template(chat_template)
+    args.disable_frontend_multiprocessing = True     # as run-batch: the engine core in a thread
+    args.log_requests, args.api_key = False, None
+    engine, metrics, names = build_engine(args)
+    return engine, build_app(args, engine, metrics, names)
+
+
+@contextlib.contextmanager
+def serve_in_process(model_dir: str, *flags: str, chat_template: str | None = None) -> Iterator:
+    """``(app, engine)`` of ``start_app``; the engine shuts down on exit. Send requests with
+    ``httpx.AsyncClient(transport=httpx.ASGITransport(app=app))``, all in one event loop."""
+    engine, app = start_app(model_dir, *flags, chat_template=chat_template)
+    try:
+        yield app, engine
+    finally:
+        engine.shutdown()
+
+
+def run_on(app, script):
+    """``await script(client)`` with an httpx client talking to ``app``; its result."""
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            return await script(client)
+    return asyncio.run(main())
 
 
 def post_all(app, calls: list[tuple[str, dict]], headers: dict | None = None) -> list[httpx.Response]:

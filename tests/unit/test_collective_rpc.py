@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asgi_app import run, serve
+from app_client import run_on, start_app
 from pagedllm import LLM, SamplingParams
 from tiny_models import save_tiny_llama
 
@@ -49,7 +49,7 @@ def test_collective_rpc_reaches_every_tensor_parallel_rank(tmp_path):
 
 def test_server_collective_rpc(tiny_llama_dir, monkeypatch):
     monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
-    engine, app = serve(tiny_llama_dir)
+    engine, app = start_app(tiny_llama_dir)
 
     async def script(client):
         response = await client.post("/collective_rpc", json={"method": "reload_weights"})
@@ -62,6 +62,6 @@ def test_server_collective_rpc(tiny_llama_dir, monkeypatch):
         assert response.status_code == 400
         assert response.json()["error"]["message"] == "collective_rpc: the worker has no method 'nope'."
     try:
-        run(app, script)
+        run_on(app, script)
     finally:
         engine.shutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from asgi_app import run, serve
+from app_client import run_on, start_app
 
 BODY = {"prompt": "The capital of France is the city of Paris, which lies on the river Seine and has", "max_tokens": 5,
         "temperature": 0}
@@ -13,7 +13,7 @@ BODY = {"prompt": "The capital of France is the city of Paris, which lies on the
 
 def test_sleep_wake_up_is_sleeping(tiny_llama_dir, monkeypatch):
     monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
-    engine, app = serve(tiny_llama_dir, "--enable-sleep-mode")
+    engine, app = start_app(tiny_llama_dir, "--enable-sleep-mode")
 
     async def script(client):
         first = (await client.post("/v1/completions", json=BODY)).json()["choices"][0]["text"]
@@ -46,7 +46,7 @@ def test_sleep_wake_up_is_sleeping(tiny_llama_dir, monkeypatch):
         bad = await client.post("/reset_prefix_cache?reset_running_requests=maybe")
         assert bad.status_code == 400 and "reset_running_requests" in bad.json()["error"]["message"]
     try:
-        run(app, script)
+        run_on(app, script)
     finally:
         engine.shutdown()
 
@@ -54,18 +54,18 @@ def test_sleep_wake_up_is_sleeping(tiny_llama_dir, monkeypatch):
 def test_dev_endpoints_need_dev_mode_and_sleep_mode(tiny_llama_dir, monkeypatch):
     monkeypatch.delenv("VLLM_SERVER_DEV_MODE", raising=False)
     monkeypatch.delenv("PAGEDLLM_SERVER_DEV_MODE", raising=False)
-    engine, app = serve(tiny_llama_dir)
+    engine, app = start_app(tiny_llama_dir)
 
     async def script(client):
         for path in ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache"):
             assert (await client.post(path)).status_code == 404, path
         assert (await client.get("/is_sleeping")).status_code == 404
     try:
-        run(app, script)
+        run_on(app, script)
     finally:
         engine.shutdown()
     monkeypatch.setenv("PAGEDLLM_SERVER_DEV_MODE", "1")
-    engine, app = serve(tiny_llama_dir)
+    engine, app = start_app(tiny_llama_dir)
 
     async def script2(client):
         response = await client.post("/sleep")
@@ -74,7 +74,7 @@ def test_dev_endpoints_need_dev_mode_and_sleep_mode(tiny_llama_dir, monkeypatch)
                                                               "enable_sleep_mode=True (--enable-sleep-mode)")
         assert (await client.get("/is_sleeping")).json() == {"is_sleeping": False}
     try:
-        run(app, script2)
+        run_on(app, script2)
     finally:
         engine.shutdown()
 

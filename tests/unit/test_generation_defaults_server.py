@@ -3,27 +3,18 @@ request without the fields gets them, and the start-up log names them as vLLM's 
 app the server runs (``build_app`` over ASGI), on a tiny random Llama with the SmolLM2 tokenizer."""
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 
-from pagedllm.entrypoints.openai.cli_args import make_serve_parser
+from app_client import serve_in_process
 
 
 def test_override_generation_config_is_the_servers_default(tiny_llama_dir, caplog):
     import httpx
 
-    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
-    args = make_serve_parser(argparse.ArgumentParser(), model_positional=False).parse_args(
-        ["--model", tiny_llama_dir, "--dtype", "float32", "--max-model-len", "128", "--generation-config", "vllm",
-         "--override-generation-config", '{"max_new_tokens": 3, "temperature": 0}'])
-    args.chat_template = None
-    args.disable_frontend_multiprocessing = True     # as run-batch: the engine core in a thread
-    args.log_requests, args.api_key = False, None
-    engine, metrics, names = build_engine(args)
-    try:
-        with caplog.at_level(logging.INFO, logger="pagedllm"):
-            app = build_app(args, engine, metrics, names)
+    with caplog.at_level(logging.INFO, logger="pagedllm"), serve_in_process(
+            tiny_llama_dir, "--generation-config", "vllm",
+            "--override-generation-config", '{"max_new_tokens": 3, "temperature": 0}') as (app, _):
         assert "Using default sampling params from vllm: {'temperature': 0, 'max_tokens': 3}" in caplog.text
 
         async def post():
@@ -34,8 +25,6 @@ def test_override_generation_config_is_the_servers_default(tiny_llama_dir, caplo
                 return await client.post("/v1/chat/completions",
                                          json={"messages": [{"role": "user", "content": "Hello there"}]})
         response = asyncio.run(post())
-    finally:
-        engine.shutdown()
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["usage"]["completion_tokens"] == 3 and body["choices"][0]["finish_reason"] == "length"

@@ -6,6 +6,7 @@ their JSON matches what the ``openai`` client parses.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -44,6 +45,11 @@ def check_request_id(value: str, name: str) -> str:
         raise RequestError(f"{name} must be printable text (no control characters) of at most "
                            f"{MAX_REQUEST_ID_CHARS} characters.", name)
     return value
+
+
+def printable_request_id(cls, value: str | None) -> str | None:
+    """The ``request_id`` body field's validator (``field_validator("request_id")(printable_request_id)``)."""
+    return value if value is None else check_request_id(value, "request_id")
 
 
 class OpenAIBaseModel(BaseModel):
@@ -202,10 +208,7 @@ class SamplingFields(OpenAIRequestModel):
     guided_whitespace_pattern: str | None = None
     guided_decoding_backend: str | None = None
 
-    @field_validator("request_id")
-    @classmethod
-    def _printable_request_id(cls, v: str | None) -> str | None:
-        return v if v is None else check_request_id(v, "request_id")
+    _printable_request_id = field_validator("request_id")(printable_request_id)
 
     def structured_output_fields(self) -> tuple[str, StructuredOutputsParams] | None:
         """The request's constraint as (the field it came from, its params), or None; RequestError names the field
@@ -231,10 +234,20 @@ class SamplingFields(OpenAIRequestModel):
             given.append(("structured_outputs", dict(self.structured_outputs)))
         if not given:
             return None
+        if self.guided_decoding_backend not in (None, "auto", "xgrammar"):
+            # vLLM V1's answer to a request naming another backend than the engine's.
+            raise RequestError(f"Request-level structured output backend selection is not supported. The request "
+                               f"specified {self.guided_decoding_backend!r}, but pagedllm runs 'xgrammar'. This error "
+                               f"can be resolved by removing guided_decoding_backend from the request.",
+                               "guided_decoding_backend")
         if len(given) > 1:
             raise RequestError(f"You can only use one kind of structured outputs constraint but multiple are "
                                f"specified: {', '.join(name for name, _ in given)}.", given[1][0])
         name, fields = given[0]
+        known = [f.name for f in dataclasses.fields(StructuredOutputsParams)]
+        unknown = sorted(k for k in fields if k not in known)
+        if unknown:
+            raise RequestError(f"{name}: unknown field(s) {unknown}; the fields are {known}.", name)
         if self.guided_whitespace_pattern is not None:
             fields["whitespace_pattern"] = self.guided_whitespace_pattern
         try:
@@ -483,6 +496,8 @@ class ResponsesRequest(OpenAIRequestModel):
     top_k: int | None = None
     priority: int = 0
     request_id: str | None = None
+
+    _printable_request_id = field_validator("request_id")(printable_request_id)
 
 
 # ---- /tokenize, /detokenize ----------------------------------------------------------------------------------------

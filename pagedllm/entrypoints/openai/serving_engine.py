@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse
 
 from pagedllm.engine.async_engine import (AsyncLLMEngine, EngineDeadError, EngineShutdownError, EngineSleepingError,
                                           RequestStream)
-from pagedllm.entrypoints.chat_utils import ChatTemplateError, apply_chat_template, format_message_content
+from pagedllm.entrypoints.chat_utils import (TEMPLATE_FAILED, ChatTemplateError, apply_chat_template,
+                                             check_chat_template_kwargs, format_message_content)
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields, check_request_id, random_uuid
 from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
@@ -32,10 +33,14 @@ _SAMPLING_FIELDS = sorted([
     "min_p", "seed", "stop", "stop_token_ids", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
     "logit_bias", "allowed_token_ids", "bad_words", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
     "priority",     # the engine's "Got priority N but Priority scheduling is not enabled"
+    "ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
+    "output_kind", "extra_args", "cache_salt", "structured_outputs",
 ], key=len, reverse=True)
 
 
 def error_body(message: str, type: str = "BadRequestError", code: int = 400, param: str | None = None) -> dict:
+    # A message may quote the request, lone surrogates ("\\ud800") and all: written as escapes, the JSON encodes.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -272,6 +277,10 @@ class OpenAIServing:
             conversation = format_message_content(conversation, self.chat_template_content_format)
         except ValueError as e:     # an image / audio part: a text-only model
             raise RequestError(str(e), "messages") from None
+        try:
+            check_chat_template_kwargs(chat_template_kwargs)
+        except ValueError as e:
+            raise RequestError(str(e), "chat_template_kwargs") from None
         check_unicode(conversation, "messages")
         trusted = chat_template is None          # the server's own template (tokenizer's or --chat-template)
         template = chat_template or self.chat_template
@@ -297,7 +306,8 @@ class OpenAIServing:
         except ChatTemplateError as e:     # a request's template that failed, ran too long or built too much
             raise RequestError(str(e), "chat_template") from None
         except Exception as e:   # jinja errors, bad kwargs, ValueError from the helper
-            raise RequestError(f"Could not apply the chat template: {e}", "messages") from None
+            message = str(e) if str(e).startswith(TEMPLATE_FAILED) else f"{TEMPLATE_FAILED} {e}"
+            raise RequestError(message, "messages") from None
 
     def stream_usage(self, req: SamplingFields) -> tuple[bool, bool]:
         """(a final usage chunk, usage on every chunk) for a stream: stream_options.include_usage and

@@ -41,6 +41,12 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_num_prompts(len(inputs), field)
         check_unicode(inputs, field)
         processor = self.engine.input_processor
+        limit = None
+        if params.truncate_prompt_tokens is not None:
+            try:
+                limit = processor.truncation_limit(params)
+            except ValueError as e:
+                raise RequestError(str(e), "truncate_prompt_tokens") from None
         prompts = []
         for item in inputs:
             if isinstance(item, str):
@@ -48,10 +54,7 @@ class OpenAIServingPooling(OpenAIServing):
                 ids = await self.run_tokenizer(processor.encode_for_pooling, item, params)
                 prompt = {"prompt": item, "prompt_token_ids": ids}
             else:
-                ids = list(item)
-                if params.truncate_prompt_tokens is not None:
-                    limit = params.truncate_prompt_tokens
-                    ids = ids[-(self.max_model_len if limit == -1 else limit):]
+                ids = list(item) if limit is None else list(item)[-limit:]
                 prompt = {"prompt_token_ids": ids}
             if not ids:
                 raise RequestError(f"{field} must not contain an empty text or token list.", field)

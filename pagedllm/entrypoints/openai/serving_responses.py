@@ -41,16 +41,22 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
 def _unsupported(req: ResponsesRequest) -> RequestError | None:
+    text_format = (req.text or {}).get("format") or {}
     checks = [
         (req.previous_response_id is not None, "previous_response_id",
          "previous_response_id is not supported: this server stores no responses; send the whole conversation "
          "as input."),
         (bool(req.background), "background", "background mode is not supported."),
         (req.reasoning is not None, "reasoning", "reasoning settings are not supported by /v1/responses yet."),
-        (req.text is not None and (req.text.get("format") or {}).get("type", "text") != "text", "text",
+        (not isinstance(text_format, dict), "text", "text.format must be an object such as {\"type\": \"text\"}."),
+        (isinstance(text_format, dict) and text_format.get("type", "text") != "text", "text",
          "text.format other than 'text' is not supported by /v1/responses yet; use /v1/chat/completions with "
          "response_format."),
-        (req.truncation not in (None, "disabled"), "truncation", "truncation='auto' is not supported."),
+        (req.truncation not in (None, "disabled", "auto"), "truncation",
+         f"truncation must be 'auto' or 'disabled', got {req.truncation!r}."),
+        (req.truncation == "auto", "truncation", "truncation='auto' is not supported."),
+        (not req.tools and req.tool_choice not in (None, "auto", "none"), "tool_choice",
+         "When using `tool_choice`, `tools` must be set."),
     ]
     for failed, param, message in checks:
         if failed:
@@ -119,12 +125,14 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
         content = item.get("content")
         if isinstance(content, list):
             texts = []
-            for part in content:
+            for j, part in enumerate(content):
                 if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS:
                     kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                     raise RequestError(f"input[{i}].content: only text parts are supported (the model reads text), "
                                        f"got {kind!r}.", "input")
-                texts.append({"type": "text", "text": part.get("text", "")})
+                if not isinstance(part.get("text"), str):
+                    raise RequestError(f"input[{i}].content[{j}]: a text part needs a string 'text'.", "input")
+                texts.append({"type": "text", "text": part["text"]})
             content = texts
         messages.append({"role": item["role"], "content": content})
     return messages
