@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "pagedllm"
 # Rank of each top-level module / package of pagedllm: a module may import its own rank or lower.
 LAYERS = {
     "envs": 0, "config": 0, "sampling_params": 0, "pooling_params": 0, "outputs": 0, "step_data": 0, "logger": 0,
-    "gc_heap": 0, "inputs": 0,
+    "gc_heap": 0, "inputs": 0, "utils": 0,     # vLLM's example helpers (vllm.utils.*), re-exported
     "kernels": 1, "distributed": 1,     # tensor-parallel group state: the model's parallel layers use it
     "attention": 2,
     "model": 3,

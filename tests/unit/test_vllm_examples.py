@@ -1,0 +1,39 @@
+"""vLLM's own example scripts (examples/basic/offline_inference, features/..., pooling/... of vLLM 0.24) with only the
+package name changed: the modules they import exist at the same paths, and the calls they make (the parser built
+from EngineArgs and handed to ``LLM(**vars(args))``, the helpers they print with) behave as in vLLM. The scripts
+themselves are not copied here; each test makes the same calls."""
+from __future__ import annotations
+
+from pagedllm import EngineArgs
+
+
+def test_example_parser_builds_the_llm_arguments():
+    # basic/offline_inference/{embed,classify,score}.py: the engine flags on a FlexibleArgumentParser, the example's
+    # defaults set on it, and every parsed value passed to LLM(**vars(args)).
+    from pagedllm.utils.argparse_utils import FlexibleArgumentParser
+    parser = FlexibleArgumentParser()
+    parser = EngineArgs.add_cli_args(parser)
+    parser.set_defaults(model="intfloat/e5-small", runner="pooling", enforce_eager=True)
+    args = parser.parse_args(["--max_model_len", "128", "--dtype", "float32"])
+    engine_args = EngineArgs.from_kwargs(**vars(args))
+    assert (engine_args.model, engine_args.runner, engine_args.enforce_eager, engine_args.max_model_len,
+            engine_args.dtype) == ("intfloat/e5-small", "pooling", True, 128, "float32")
+    # generate.py / chat.py: engine flags plus a "Sampling parameters" group the example pops before LLM(**args).
+    parser = FlexibleArgumentParser()
+    EngineArgs.add_cli_args(parser)
+    sampling = parser.add_argument_group("Sampling parameters")
+    sampling.add_argument("--max-tokens", type=int)
+    args = vars(parser.parse_args(["--max-tokens", "8"]))
+    assert args.pop("max_tokens") == 8
+    EngineArgs.from_kwargs(**args)
+    # vLLM before 0.11 exported the parser from vllm.utils itself.
+    from pagedllm.utils import FlexibleArgumentParser as older_path
+    assert older_path is FlexibleArgumentParser
+
+
+def test_print_embeddings_as_vllm(capsys):
+    # basic/offline_inference/embed.py prints each embedding with vllm.utils.print_utils.print_embeddings.
+    from pagedllm.utils.print_utils import print_embeddings
+    print_embeddings([0.5, -0.25, 1.0, 2.0, 3.0])
+    print_embeddings([0.5, 1.0], prefix="Query")
+    assert capsys.readouterr().out == "Embeddings: [0.5, -0.25, 1.0, 2.0, ...] (size=5)\nQuery: [0.5, 1.0] (size=2)\n"
