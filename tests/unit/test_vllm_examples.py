@@ -4,7 +4,10 @@ from EngineArgs and handed to ``LLM(**vars(args))``, the helpers they print with
 themselves are not copied here; each test makes the same calls."""
 from __future__ import annotations
 
-from pagedllm import EngineArgs
+import gc
+import weakref
+
+from pagedllm import LLM, EngineArgs
 
 
 def test_example_parser_builds_the_llm_arguments():
@@ -37,3 +40,21 @@ def test_print_embeddings_as_vllm(capsys):
     print_embeddings([0.5, -0.25, 1.0, 2.0, 3.0])
     print_embeddings([0.5, 1.0], prefix="Query")
     assert capsys.readouterr().out == "Embeddings: [0.5, -0.25, 1.0, 2.0, ...] (size=5)\nQuery: [0.5, 1.0] (size=2)\n"
+
+
+def test_del_llm_then_cleanup_frees_the_engine(tiny_llama_dir):
+    # features/automatic_prefix_caching/prefix_caching_offline.py: a baseline LLM, `del llm`, then
+    # vllm.distributed.cleanup_dist_env_and_memory() before the prefix-caching LLM is built in the same program.
+    from pagedllm.distributed import cleanup_dist_env_and_memory
+    gc.disable()            # the engine must go with the cleanup call, not with a collection that happens anyway
+    try:
+        llm = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01)
+        first = llm.generate("Hello, my name is", use_tqdm=False)[0].outputs[0].token_ids
+        engine = weakref.ref(llm.llm_engine)
+        del llm
+        cleanup_dist_env_and_memory()
+        assert engine() is None
+    finally:
+        gc.enable()
+    again = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01, enable_prefix_caching=True)
+    assert again.generate("Hello, my name is", use_tqdm=False)[0].outputs[0].token_ids == first
