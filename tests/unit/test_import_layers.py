@@ -17,7 +17,7 @@ LAYERS = {
     "attention": 2,
     "model": 3,
     "worker": 4,
-    "engine": 5, "metrics": 5,
+    "engine": 5, "metrics": 5, "v1": 5,    # vLLM's vllm.v1.engine import paths, aliases of engine's classes
     "entrypoints": 6, "bench": 6,      # `pagedllm bench` is a subcommand of the CLI; benchmarks drive LLM
     "__init__": 8,
 }

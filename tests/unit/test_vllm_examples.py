@@ -58,3 +58,41 @@ def test_del_llm_then_cleanup_frees_the_engine(tiny_llama_dir):
         gc.enable()
     again = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01, enable_prefix_caching=True)
     assert again.generate("Hello, my name is", use_tqdm=False)[0].outputs[0].token_ids == first
+
+
+def test_async_llm_streaming_example_import_paths(tiny_llama_dir):
+    # deployment/async_llm_streaming.py: AsyncEngineArgs from vllm.engine.arg_utils, AsyncLLM from
+    # vllm.v1.engine.async_llm, DELTA outputs streamed by `async for` over generate(), then engine.shutdown().
+    import asyncio
+
+    from pagedllm import SamplingParams
+    from pagedllm.engine.arg_utils import AsyncEngineArgs
+    from pagedllm.sampling_params import RequestOutputKind
+    from pagedllm.v1.engine.async_llm import AsyncLLM
+    from pagedllm.engine.arg_utils import EngineArgs as from_arg_utils
+    from pagedllm.engine.async_llm_engine import AsyncLLMEngine
+    from pagedllm.engine.llm_engine import LLMEngine
+    from pagedllm.v1.engine.llm_engine import LLMEngine as v1_llm_engine
+    import pagedllm
+    assert (from_arg_utils, AsyncLLMEngine, LLMEngine, v1_llm_engine) == \
+        (pagedllm.EngineArgs, pagedllm.AsyncLLMEngine, pagedllm.LLMEngine, pagedllm.LLMEngine)
+    assert AsyncLLM is AsyncLLMEngine        # one class under both names, as in vLLM V1
+
+    async def stream() -> list[str]:
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=tiny_llama_dir, enforce_eager=True,
+                                                           kv_cache_memory_gb=0.01))
+        params = SamplingParams(max_tokens=6, temperature=0.8, top_p=0.95, seed=42,
+                                output_kind=RequestOutputKind.DELTA)
+        pieces = []
+        try:
+            async for output in engine.generate(request_id="stream-example-1", prompt="In a galaxy far, far away",
+                                                sampling_params=params):
+                pieces.extend(len(c.token_ids) for c in output.outputs)
+                if output.finished:
+                    break
+        finally:
+            engine.shutdown()
+        return pieces
+
+    pieces = asyncio.run(stream())
+    assert sum(pieces) == 6 and len(pieces) > 1      # new tokens only, in several deltas
