@@ -114,12 +114,13 @@ class OpenAIServingChat(OpenAIServing):
 
     def tool_calls(self, mode: ToolMode, text: str, finish_reason: str | None) -> tuple[str | None, list, str | None]:
         """(content, tool_calls, finish_reason) of a finished choice."""
+        # A named or "required" call's message has empty content beside its tool_calls, "" not null (vLLM's).
         if mode.kind == "named":
-            return None, [tool_parsers.tool_call(mode.function["name"], text)], finish_reason
+            return "", [tool_parsers.tool_call(mode.function["name"], text)], finish_reason
         if mode.kind == "required":
             try:
                 calls = tool_parsers.calls_from_required(text)
-                return None, calls if mode.parallel else calls[:1], "tool_calls"
+                return "", calls if mode.parallel else calls[:1], "tool_calls"
             except (ValueError, KeyError, TypeError):
                 # Cut by max_tokens, not a whole JSON array: no calls and empty content, as vLLM (the partial
                 # array is not an answer; a stream has sent its calls as far as they went).
