@@ -4,12 +4,10 @@ an image part is a 400 naming ``messages`` (text-only models). Driven in-process
 (``build_app`` over ASGI, as ``pagedllm run-batch`` does), on a tiny random Llama with the SmolLM2 tokenizer."""
 from __future__ import annotations
 
-import argparse
-import asyncio
-
 import pytest
+from server_app import post_to_server_app
 
-from pagedllm.entrypoints.openai.cli_args import load_chat_template, make_serve_parser
+from pagedllm.entrypoints.openai.cli_args import load_chat_template
 
 # Shows which form the content arrived in: S:<string>| or P:<part text>| per part.
 TEMPLATE = ("{% for m in messages %}{% if m.content is string %}S:{{ m.content }}|{% else %}"
@@ -24,26 +22,9 @@ def model_dir(tiny_llama_dir):
 
 
 def _tokenize_answers(model_dir: str, content_format: str, bodies: list[dict]) -> list[tuple[int, dict]]:
-    import httpx
-
-    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
-    args = make_serve_parser(argparse.ArgumentParser(), model_positional=False).parse_args(
-        ["--model", model_dir, "--dtype", "float32", "--max-model-len", "128",
-         "--chat-template-content-format", content_format])
-    args.chat_template = load_chat_template(TEMPLATE)
-    args.disable_frontend_multiprocessing = True     # as run-batch: the engine core in a thread
-    args.log_requests, args.api_key = False, None
-    engine, metrics, names = build_engine(args)
-    try:
-        app = build_app(args, engine, metrics, names)
-
-        async def post_all():
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
-                return [await client.post("/tokenize", json=body) for body in bodies]
-        return [(r.status_code, r.json()) for r in asyncio.run(post_all())]
-    finally:
-        engine.shutdown()
+    return post_to_server_app(model_dir, [("/tokenize", body) for body in bodies],
+                              flags=("--max-model-len", "128", "--chat-template-content-format", content_format),
+                              chat_template=load_chat_template(TEMPLATE))
 
 
 @pytest.mark.parametrize("content_format, rendered", [("string", "S:red\nblue|S:green|"),

@@ -5,7 +5,10 @@ themselves are not copied here; each test makes the same calls."""
 from __future__ import annotations
 
 import gc
+import json
 import weakref
+
+from server_app import post_to_server_app
 
 from pagedllm import LLM, EngineArgs
 
@@ -96,3 +99,39 @@ def test_async_llm_streaming_example_import_paths(tiny_llama_dir):
 
     pieces = asyncio.run(stream())
     assert sum(pieces) == 6 and len(pieces) > 1      # new tokens only, in several deltas
+
+
+def test_batched_chat_completions_endpoint(tiny_llama_dir):
+    # generate/batched_chat_completions_online.py: POST /v1/chat/completions/batch with "messages" a list of
+    # conversations (plain, with structured_outputs, with a json_schema response_format); choice i answers
+    # conversation i, as the same conversation alone on /v1/chat/completions would.
+    france = [{"role": "user", "content": "What is the capital of France?"}]
+    japan = [{"role": "user", "content": "What is the capital of Japan?"}]
+    greedy = {"temperature": 0, "max_tokens": 6}
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    chat, batch = "/v1/chat/completions", "/v1/chat/completions/batch"
+    answers = post_to_server_app(tiny_llama_dir, [
+        (chat, {"messages": france, **greedy}), (chat, {"messages": japan, **greedy}),
+        (batch, {"messages": [france, japan], **greedy}),
+        (batch, {"messages": [france, japan], "structured_outputs": {"regex": "(yes|no)"}}),
+        (batch, {"messages": [france, japan], "max_tokens": 40,
+                 "response_format": {"type": "json_schema", "json_schema": {"name": "person", "strict": True,
+                                                                           "schema": schema}}}),
+        (batch, {"messages": [france], "stream": True}), (batch, {"messages": [france], "n": 2}),
+        (batch, {"messages": [france], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        (batch, {"messages": [france, []]})])
+    (_, alone_0), (_, alone_1), (status, both), (_, regex), (_, person), *refused = answers
+    assert status == 200, both
+    assert [c["index"] for c in both["choices"]] == [0, 1] and both["object"] == "chat.completion"
+    assert [c["message"]["content"] for c in both["choices"]] == \
+        [alone_0["choices"][0]["message"]["content"], alone_1["choices"][0]["message"]["content"]]
+    assert both["usage"]["prompt_tokens"] == alone_0["usage"]["prompt_tokens"] + alone_1["usage"]["prompt_tokens"]
+    assert both["usage"]["total_tokens"] == both["usage"]["prompt_tokens"] + both["usage"]["completion_tokens"]
+    assert [c["message"]["content"] in ("yes", "no") for c in regex["choices"]] == [True, True], regex
+    assert [c["message"]["content"][:1] for c in person["choices"]] == ["{", "{"], person
+    for choice in person["choices"]:
+        if choice["finish_reason"] == "stop":
+            assert set(json.loads(choice["message"]["content"])) == {"name", "age"}
+    assert [(status, body["error"]["param"]) for status, body in refused] == \
+        [(400, "stream"), (400, "n"), (400, "tools"), (400, "messages")]

@@ -1,9 +1,9 @@
 """The OpenAI-compatible HTTP server: FastAPI routes over one AsyncLLMEngine.
 
 ``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
-Routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/responses (text in, text out), /tokenize, /detokenize,
-/health, /ping, /version, /metrics, /load, /v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank,
-/v2/rerank) for pooling (embedding) models,
+Routes: /v1/models, /v1/completions, /v1/chat/completions (/v1/chat/completions/batch: several conversations in one
+request), /v1/responses (text in, text out), /tokenize, /detokenize, /health, /ping, /version, /metrics, /load,
+/v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank, /v2/rerank) for pooling (embedding) models,
 and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI server lacks but tutorials post to.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
-from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                                                  EmbeddingRequest, ModelCard, ModelList, PoolingRequest,
-                                                  RequestError, RerankRequest, ResponsesRequest, ScoreRequest,
-                                                  TokenizeChatRequest, TokenizeCompletionRequest)
+from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionRequest, CompletionRequest,
+                                                  DetokenizeRequest, EmbeddingRequest, ModelCard, ModelList,
+                                                  PoolingRequest, RequestError, RerankRequest, ResponsesRequest,
+                                                  ScoreRequest, TokenizeChatRequest, TokenizeCompletionRequest)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_response
@@ -174,6 +174,11 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request):
         generative_only("Chat Completions")
         return await chat.create_chat_completion(request, raw_request)
+
+    @app.post("/v1/chat/completions/batch")
+    async def create_batch_chat_completion(request: BatchChatCompletionRequest, raw_request: Request):
+        generative_only("Chat Completions")
+        return await chat.create_batch_chat_completion(request, raw_request)
 
     @app.post("/v1/responses")
     async def create_response(request: ResponsesRequest, raw_request: Request):

@@ -367,6 +367,39 @@ class ChatCompletionRequest(SamplingFields):
             self.add_generation_prompt = False
 
 
+class BatchChatCompletionRequest(ChatCompletionRequest):
+    """/v1/chat/completions/batch (vLLM 0.24): the chat fields with ``messages`` a list of conversations, each run
+    as its own chat request; one choice per conversation. Streaming, tools, n > 1 and beam search are refused with
+    a 400 (vLLM refuses the last two and has no field for the first two)."""
+    messages: list[list[ChatMessage]]
+
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, v):
+        if not v or not all(v):
+            raise ValueError("messages must be a non-empty list of conversations, each with at least one message.")
+        return v
+
+    def check(self) -> None:
+        if self.stream:
+            raise RequestError("Batch chat completions do not support streaming. Please set `stream` to False.",
+                               "stream")
+        if self.tools or self.tool_choice not in (None, "none"):
+            raise RequestError("Batch chat completions do not support tool use. Please omit `tools` and "
+                               "`tool_choice`.", "tools" if self.tools else "tool_choice")
+        if self.use_beam_search:
+            raise RequestError("Batch chat completions do not support beam search. Please set `use_beam_search` "
+                               "to False.", "use_beam_search")
+        if self.n != 1:
+            raise RequestError("Batch chat completions do not support `n > 1`. Please set `n` to 1.", "n")
+
+    def conversation_request(self, index: int, request_id: str) -> ChatCompletionRequest:
+        """Conversation ``index`` as a /v1/chat/completions request (the fields the client set, and only those)."""
+        fields = self.model_dump(exclude_unset=True, by_alias=True, exclude={"messages", "request_id"})
+        return ChatCompletionRequest.model_validate(
+            {**fields, "messages": self.messages[index], "request_id": request_id})
+
+
 class ChatLogProb(OpenAIBaseModel):
     token: str
     logprob: float = -9999.0
