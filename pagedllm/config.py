@@ -58,6 +58,7 @@ def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch
 _VLLM_ARG_INSTEAD = {
     "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
     "rope_theta": "hf_overrides / --hf-overrides '{\"rope_theta\": ...}' does it (vLLM's replacement)",
+    "profiler_config": "`pagedllm bench latency --profile` profiles one iteration with torch.profiler",
 }
 
 
@@ -104,6 +105,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "enable_multimodal_encoder_data_parallel", "speculative_model", "num_speculative_tokens",
     "cudagraph_capture_sizes", "max_cudagraph_capture_size", "all2all_backend", "enable_mm_embeds",
     "mm_encoder_attn_backend", "io_processor_plugin", "mamba_block_size", "expert_placement_strategy",
+    "profiler_config",
 })
 
 

@@ -56,6 +56,16 @@ class LLM:
     def reset_prefix_cache(self) -> bool:
         return self.llm_engine.reset_prefix_cache()
 
+    def start_profile(self, profile_prefix: str | None = None) -> None:
+        """vLLM's torch-profiler hooks need its profiler_config, which pagedllm does not have yet: an error that says
+        so (vLLM raises RuntimeError too when no profiler is configured)."""
+        raise RuntimeError("LLM.start_profile() / stop_profile() need a profiler (vLLM's profiler_config), which "
+                           "pagedllm does not support yet; `pagedllm bench latency --profile` profiles one "
+                           "iteration with torch.profiler.")
+
+    def stop_profile(self) -> None:
+        self.start_profile()
+
     # ---- generate -------------------------------------------------------------------------------------------------
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,

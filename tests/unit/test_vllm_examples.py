@@ -8,6 +8,7 @@ import gc
 import json
 import weakref
 
+import pytest
 from server_app import post_to_server_app
 
 from pagedllm import LLM, EngineArgs
@@ -135,3 +136,15 @@ def test_batched_chat_completions_endpoint(tiny_llama_dir):
             assert set(json.loads(choice["message"]["content"])) == {"name", "age"}
     assert [(status, body["error"]["param"]) for status, body in refused] == \
         [(400, "stream"), (400, "n"), (400, "tools"), (400, "messages")]
+
+
+def test_profiling_example_is_a_clear_error(tiny_llama_dir):
+    # features/profiling/simple_profiling_offline.py: LLM(..., profiler_config={"profiler": "torch", ...}), then
+    # llm.start_profile() / llm.stop_profile(). pagedllm has no profiler hooks yet: both say so.
+    with pytest.raises(TypeError, match="profiler_config is a vLLM engine argument that pagedllm does not support "
+                                        "yet; profiler_config: `pagedllm bench latency --profile`"):
+        LLM(model=tiny_llama_dir, profiler_config={"profiler": "torch", "torch_profiler_dir": "./vllm_profile"})
+    llm = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01)
+    for call in (llm.start_profile, llm.stop_profile):
+        with pytest.raises(RuntimeError, match=r"need a profiler \(vLLM's profiler_config\), which pagedllm does not"):
+            call()
