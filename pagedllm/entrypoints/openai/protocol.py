@@ -577,12 +577,29 @@ class PoolingRequest(EmbeddingRequest):
     pass
 
 
+# /score's pairs under vLLM 0.24's four spellings (its examples send queries / documents); read as text_1 / text_2.
+SCORE_PAIR_NAMES = (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2"))
+
+
 class ScoreRequest(OpenAIRequestModel):
     model: str | None = None
     text_1: Union[str, list[str]]
     text_2: Union[str, list[str]]
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     priority: int = 0
+    # The names the client gave the pair (for its error messages); not a request field.
+    pair_names: tuple[str, str] = Field(default=("text_1", "text_2"), exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair_spelling(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "text_1" in data or "text_2" in data:
+            return data
+        for first, second in SCORE_PAIR_NAMES[1:]:
+            if first in data and second in data:
+                rest = {k: v for k, v in data.items() if k not in (first, second)}
+                return {**rest, "text_1": data[first], "text_2": data[second], "pair_names": (first, second)}
+        return data
 
 
 class RerankRequest(OpenAIRequestModel):

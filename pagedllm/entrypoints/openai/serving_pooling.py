@@ -163,12 +163,13 @@ class OpenAIServingPooling(OpenAIServing):
         return scores, outputs
 
     async def create_score(self, req: ScoreRequest, raw_request: Request | None = None):
-        """The cosine of the two texts' embeddings; text_1 is one text against each of text_2, or pairwise."""
+        """The cosine of the two texts' embeddings; text_1 is one text against each of text_2, or pairwise (the
+        pair may be spelled queries / documents, queries / items or data_1 / data_2, as vLLM's)."""
         self.check_model(req.model)
         self.check_pooling_model("Score")
         first = [req.text_1] if isinstance(req.text_1, str) else list(req.text_1)
         second = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
-        scored = await self._pair_scores("score", first, second, ("text_1", "text_2"), req.truncate_prompt_tokens,
+        scored = await self._pair_scores("score", first, second, req.pair_names, req.truncate_prompt_tokens,
                                          req.priority, raw_request)
         if scored is None:
             return JSONResponse({}, status_code=499)
