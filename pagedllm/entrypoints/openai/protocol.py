@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from pagedllm.sampling_params import StructuredOutputsParams
+from pagedllm.utils.serial_utils import EmbedDType, Endianness
 
 logger = logging.getLogger(__name__)
 
@@ -550,6 +551,9 @@ class EmbeddingRequest(OpenAIRequestModel):
     input: PoolingInput | None = None
     messages: list[ChatMessage] | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    # base64's values (vLLM's): their dtype and byte order ("native": the server's, as the openai client expects).
+    embed_dtype: EmbedDType = "float32"
+    endianness: Endianness = "native"
     dimensions: int | None = None
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)

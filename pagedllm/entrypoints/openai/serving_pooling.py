@@ -6,7 +6,6 @@ import base64
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -17,12 +16,14 @@ from pagedllm.entrypoints.openai.serving_chat import conversation
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, check_unicode, merge_streams, until_disconnected,
                                                      usage_dict)
 from pagedllm.pooling_params import PoolingParams
+from pagedllm.utils.serial_utils import tensor2binary
 
 
-def encode_vector(vector: torch.Tensor, encoding_format: str) -> list[float] | str:
-    """float: a JSON list; base64: the little-endian float32 bytes (what the openai client decodes with numpy)."""
-    if encoding_format == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+def encode_vector(vector: torch.Tensor, req: EmbeddingRequest) -> list[float] | str:
+    """float: a JSON list; base64: the bytes of the values in the request's embed_dtype and endianness (by default
+    native float32, what the openai client decodes with numpy)."""
+    if req.encoding_format == "base64":
+        return base64.b64encode(tensor2binary(vector, req.embed_dtype, req.endianness)).decode("ascii")
     return vector.tolist()
 
 
@@ -121,7 +122,7 @@ class OpenAIServingPooling(OpenAIServing):
         outputs = await self._run("embd", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
-        data = [{"index": i, "object": "embedding", "embedding": encode_vector(o.outputs.data, req.encoding_format)}
+        data = [{"index": i, "object": "embedding", "embedding": encode_vector(o.outputs.data, req)}
                 for i, o in enumerate(outputs)]
         return self._body("embd", "embedding", data, outputs)
 
@@ -132,7 +133,7 @@ class OpenAIServingPooling(OpenAIServing):
         outputs = await self._run("pool", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
-        data = [{"index": i, "object": "pooling", "data": encode_vector(o.outputs.data, req.encoding_format)}
+        data = [{"index": i, "object": "pooling", "data": encode_vector(o.outputs.data, req)}
                 for i, o in enumerate(outputs)]
         return self._body("pool", "pooling", data, outputs)
 
