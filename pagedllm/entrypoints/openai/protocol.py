@@ -550,8 +550,10 @@ class EmbeddingRequest(OpenAIRequestModel):
     # The texts / token ids to embed, or (vLLM's chat form) a conversation the chat template renders into one prompt.
     input: PoolingInput | None = None
     messages: list[ChatMessage] | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    # base64's values (vLLM's): their dtype and byte order ("native": the server's, as the openai client expects).
+    # bytes / bytes_only (vLLM's): the raw values as the body, located by a "metadata" header (bytes) or not.
+    encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
+    # base64's and bytes' values (vLLM's): their dtype and byte order ("native": the server's, as the openai client
+    # expects).
     embed_dtype: EmbedDType = "float32"
     endianness: Endianness = "native"
     dimensions: int | None = None
