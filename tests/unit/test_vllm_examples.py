@@ -238,3 +238,38 @@ def test_encode_with_a_pooling_task_there_is_no_pooler_for():
         llm.encode(["Hello, my name is"], pooling_task="bogus", use_tqdm=False)
     (out,) = llm.encode(["Hello, my name is"], pooling_task="embed", use_tqdm=False)
     assert tuple(out.outputs.data.shape) == (384,)
+
+
+def test_token_in_token_out_generate_route(tiny_llama_dir):
+    # generate/token_generation_client.py: POST /inference/v1/generate {"model", "token_ids", "sampling_params":
+    # {"max_tokens", "temperature", "detokenize": false}, "stream": false}, then decodes choices[0]["token_ids"].
+    ids = [1, 504, 2988, 314, 253]
+    greedy = {"max_tokens": 6, "temperature": 0}
+    route = "/inference/v1/generate"
+    completion, plain, with_logprobs, streamed, *refused = responses_of_server_app(tiny_llama_dir, [
+        ("/v1/completions", {"prompt": ids, "return_token_ids": True, **greedy}),
+        (route, {"token_ids": ids, "sampling_params": {**greedy, "detokenize": False}, "stream": False}),
+        (route, {"token_ids": ids, "sampling_params": {**greedy, "logprobs": 2}, "request_id": "rl-7"}),
+        (route, {"token_ids": ids, "sampling_params": greedy, "stream": True, "stream_options": {"include_usage": True}}),
+        (route, {"token_ids": ids, "sampling_params": {"bogus": 1}}),
+        (route, {"token_ids": [1, -3], "sampling_params": {}}),
+        (route, {"token_ids": ids, "sampling_params": {}, "kv_transfer_params": {"do_remote_prefill": True}})])
+    expected = completion.json()["choices"][0]["token_ids"]
+    body = plain.json()
+    assert plain.status_code == 200 and len(expected) == 6, body
+    (choice,) = body["choices"]
+    assert choice["token_ids"] == expected and choice["finish_reason"] == "length" and choice["index"] == 0
+    assert set(body) >= {"request_id", "choices"} and choice["logprobs"] is None
+    logprobs = with_logprobs.json()
+    assert logprobs["request_id"] == "generate-tokens-rl-7"
+    content = logprobs["choices"][0]["logprobs"]["content"]
+    assert [c["token"] for c in content] == [f"token_id:{t}" for t in expected]
+    assert all(len(c["top_logprobs"]) == 2 and c["logprob"] <= 0 for c in content)
+    events = [line[len("data: "):] for line in streamed.text.split("\n") if line.startswith("data: ")]
+    assert streamed.headers["content-type"].startswith("text/event-stream") and events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert [t for c in chunks[:-1] for t in c["choices"][0]["token_ids"]] == expected
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+    assert [(r.status_code, r.json()["error"]["param"]) for r in refused] == \
+        [(400, "sampling_params.bogus"), (400, "token_ids"), (400, "kv_transfer_params")]

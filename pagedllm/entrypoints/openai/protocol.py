@@ -401,6 +401,34 @@ class BatchChatCompletionRequest(ChatCompletionRequest):
             {**fields, "messages": self.messages[index], "request_id": request_id})
 
 
+class GenerateTokensRequest(OpenAIRequestModel):
+    """POST /inference/v1/generate (vLLM's token-in, token-out route): prompt token ids and a SamplingParams dict;
+    the answer carries token ids only."""
+    model: str | None = None
+    request_id: str | None = None
+    token_ids: list[int] = Field(min_length=1)
+    sampling_params: dict[str, Any]
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    cache_salt: str | None = None
+    priority: int = 0
+    # vLLM's disaggregated-serving and multimodal inputs: refused (not ignored) until pagedllm has them.
+    kv_transfer_params: dict[str, Any] | None = None
+    features: Any = None
+
+    @field_validator("token_ids")
+    @classmethod
+    def _non_negative(cls, v: list[int]) -> list[int]:
+        if any(t < 0 for t in v):
+            raise ValueError("token_ids must not contain negative values")
+        return v
+
+    @field_validator("request_id")
+    @classmethod
+    def _printable_request_id(cls, v: str | None) -> str | None:
+        return v if v is None else check_request_id(v, "request_id")
+
+
 class ChatLogProb(OpenAIBaseModel):
     token: str
     logprob: float = -9999.0
