@@ -316,3 +316,14 @@ def test_pooling_task_field():
     assert ok == 200 and len(body["data"][0]["data"]) == 384
     for status, error in refused:
         assert status == 400 and error["error"]["param"] == "task" and "Unsupported task" in error["error"]["message"]
+
+
+def test_request_models_and_serial_utils_import_without_torch():
+    # The embed_dtype / endianness fields of the request models come from pagedllm.utils.serial_utils; the request
+    # models (and a client importing serial_utils to decode) stay free of torch until a tensor is converted.
+    import subprocess
+    import sys
+    code = ("import sys, pagedllm.entrypoints.openai.protocol, pagedllm.utils.serial_utils, pagedllm.utils; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
