@@ -230,6 +230,9 @@ class EngineArgs:
     enable_expert_parallel: bool = False
     data_parallel_size: int = 1
     speculative_config: dict | None = None
+    # vLLM's ProfilerConfig as a dict ({"profiler": "torch", "torch_profiler_dir": ...}): LLM.start_profile() /
+    # stop_profile() and the server's /start_profile, /stop_profile (profiler_settings below).
+    profiler_config: dict | None = None
     # vLLM's StructuredOutputsConfig as a dict: backend "auto" / "xgrammar" (pagedllm's one backend), and
     # disable_any_whitespace / disable_additional_properties for every request's JSON grammar.
     structured_outputs_config: dict | None = None
@@ -388,6 +391,10 @@ class EngineArgs:
         g.add_argument("--max-loras", type=int, default=d.max_loras, help="Only with --enable-lora.")
         g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank, help="Only with --enable-lora.")
         g.add_argument("--speculative-config", type=json.loads, default=None, help="Not supported yet.")
+        g.add_argument("--profiler-config", type=json.loads, default=None,
+                       help='vLLM\'s profiler config as JSON, e.g. \'{"profiler": "torch", "torch_profiler_dir": '
+                            '"./traces"}\': torch.profiler traces of the workers\' steps between /start_profile and '
+                            '/stop_profile (LLM.start_profile / stop_profile). VLLM_TORCH_PROFILER_DIR does the same.')
         g.add_argument("--structured-outputs-config", type=json.loads, default=None,
                        help='JSON (or --structured-outputs-config.KEY VALUE): backend "auto" / "xgrammar", '
                             "disable_any_whitespace, disable_additional_properties (defaults of every request).")
@@ -547,6 +554,7 @@ def verify_engine_args(args: EngineArgs) -> None:
     if args.speculative_config is not None:
         raise ValueError("speculative_config is not supported yet: speculative decoding is not implemented.")
     _verify_structured_outputs_config(args.structured_outputs_config)
+    profiler_settings(args.profiler_config)       # raises on what it cannot honour
     if args.compilation_config not in (None, 0, {}) and args.compilation_config not in ({"level": 0}, {"mode": 0}):
         raise ValueError(f"compilation_config is not supported yet: pagedllm does not use torch.compile (CUDA graphs "
                          f"are switched by enforce_eager and piecewise_cuda_graphs); use None or 0 "
@@ -1163,3 +1171,55 @@ def _verify_long_max_model_len(max_model_len: int, derived_len: int, derived_fro
     logger.warning("%s Make sure the value is correct and within the model context size "
                    "(VLLM_ALLOW_LONG_MAX_MODEL_LEN is set).", message)
 
+
+@dataclass(frozen=True)
+class ProfilerSettings:
+    """Where and how the workers' torch.profiler traces are written (vLLM's ProfilerConfig, its torch profiler)."""
+    torch_profiler_dir: str
+    torch_profiler_with_stack: bool = True
+    torch_profiler_with_flops: bool = False
+    torch_profiler_use_gzip: bool = True
+    torch_profiler_dump_cuda_time_total: bool = True    # also a table of the ops' times, profiler_out_<rank>.txt
+    torch_profiler_record_shapes: bool = False
+    torch_profiler_with_memory: bool = False
+
+
+# vLLM ProfilerConfig keys that pagedllm does not act on, with the values that mean "off" there.
+_PROFILER_KEYS_OFF = {"ignore_frontend": (False, True), "delay_iterations": (0,), "max_iterations": (0,)}
+
+
+def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | None:
+    """The profiler the engine was started with: ``profiler_config`` (vLLM's ProfilerConfig as a dict or its JSON)
+    when given, else ``VLLM_TORCH_PROFILER_DIR`` / ``PAGEDLLM_TORCH_PROFILER_DIR``; None: no profiler. A key or
+    value pagedllm cannot honour is a ValueError naming it."""
+    if profiler_config is None:
+        folder = envs.torch_profiler_dir()
+        return ProfilerSettings(folder) if folder else None
+    if isinstance(profiler_config, str):
+        profiler_config = json.loads(profiler_config)
+    if not isinstance(profiler_config, dict):
+        raise ValueError(f"profiler_config must be a dict (vLLM's ProfilerConfig fields), got "
+                         f"{type(profiler_config).__name__}.")
+    cfg = dict(profiler_config)
+    kind = cfg.pop("profiler", "none")
+    for key, off in _PROFILER_KEYS_OFF.items():
+        if key in cfg and cfg.pop(key) not in off:
+            raise ValueError(f"profiler_config {key!r} is not supported yet by pagedllm; leave it out.")
+    known = {f.name for f in dataclasses.fields(ProfilerSettings)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"profiler_config has unknown key(s) {unknown}; pagedllm takes 'profiler' and "
+                         f"{sorted(known | set(_PROFILER_KEYS_OFF))}.")
+    if kind in (None, "none"):
+        return None
+    if kind != "torch":
+        raise ValueError(f"profiler_config profiler={kind!r} is not supported yet by pagedllm; use 'torch' (a "
+                         f"torch.profiler trace, CUDA kernels included on a GPU).")
+    for key, value in cfg.items():
+        if key != "torch_profiler_dir" and not isinstance(value, bool):
+            raise ValueError(f"profiler_config {key!r} must be true or false, got {value!r}.")
+    folder = cfg.pop("torch_profiler_dir", None) or envs.torch_profiler_dir()
+    if not folder or not isinstance(folder, str):
+        raise ValueError("profiler_config with profiler='torch' needs 'torch_profiler_dir', the folder for the "
+                         "traces.")
+    return ProfilerSettings(os.path.abspath(os.path.expanduser(folder)), **cfg)

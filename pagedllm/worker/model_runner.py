@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from pagedllm.attention.backends.base import CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
-from pagedllm.config import EngineConfig, kv_cache_torch_dtype
+from pagedllm.config import EngineConfig, ProfilerSettings, kv_cache_torch_dtype, profiler_settings
 from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size,
                                   is_first_pp_stage, is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
@@ -124,8 +125,9 @@ class ModelRunner:
         self.piecewise_runner = None
         self.swap_space: SwapSpace | None = None
         self.num_swap_blocks_allocated = 0
-        # LLM.start_profile(): where traces go (PAGEDLLM_TORCH_PROFILER_DIR, read at start-up as vLLM's), the profiler.
-        self.profiler_dir = envs.torch_profiler_dir()
+        # LLM.start_profile(): where and how traces are written (profiler_config, else PAGEDLLM_TORCH_PROFILER_DIR /
+        # VLLM_TORCH_PROFILER_DIR, read at start-up as vLLM's), and the profiler while one runs.
+        self.profiler_settings = profiler_settings(config.args.profiler_config)
         self.profiler = None
         # Sleep mode: the memory tags given back ("weights", "kv_cache"), and the weights' CPU copy at level 1.
         self.asleep: set[str] = set()
@@ -358,12 +360,11 @@ class ModelRunner:
     # ---- torch profiler (LLM.start_profile / stop_profile) -----------------------------------------------------
     def start_profile(self, profile_prefix: str | None = None) -> None:
         """Record this worker's steps with torch.profiler until ``stop_profile``, which writes a Chrome trace
-        (``*.pt.trace.json.gz``, for Perfetto or chrome://tracing) to PAGEDLLM_TORCH_PROFILER_DIR (vLLM's
-        VLLM_TORCH_PROFILER_DIR), read when the worker started. ``profile_prefix``: the trace's name begins with it
+        (``*.pt.trace.json[.gz]``, for Perfetto or chrome://tracing) and, with ``torch_profiler_dump_cuda_time_total``
+        (vLLM's default), a table of the ops' times (``profiler_out_<rank>.txt``) to the folder of profiler_config /
+        VLLM_TORCH_PROFILER_DIR, read when the worker started. ``profile_prefix``: the trace's name begins with it
         (``<prefix>_pp<stage>_tp<rank>``); default: host name and process id."""
-        if self.profiler_dir is None:
-            raise ValueError("Profiler is not enabled: set PAGEDLLM_TORCH_PROFILER_DIR (or vLLM's "
-                             "VLLM_TORCH_PROFILER_DIR) to the folder for the traces before the engine starts.")
+        cfg = self._profiler_settings_or_raise()
         if self.profiler is not None:
             raise ValueError("The profiler is already running: call stop_profile() first.")
         activities = [torch.profiler.ProfilerActivity.CPU]
@@ -373,23 +374,36 @@ class ModelRunner:
         if profile_prefix:
             name = f"{profile_prefix}_pp{get_pp_rank()}_tp{get_tp_rank()}"
         self.profiler = torch.profiler.profile(
-            activities=activities, with_stack=True,
-            on_trace_ready=torch.profiler.tensorboard_trace_handler(self.profiler_dir, worker_name=name,
-                                                                   use_gzip=True))
+            activities=activities, with_stack=cfg.torch_profiler_with_stack,
+            record_shapes=cfg.torch_profiler_record_shapes, profile_memory=cfg.torch_profiler_with_memory,
+            with_flops=cfg.torch_profiler_with_flops,
+            on_trace_ready=torch.profiler.tensorboard_trace_handler(cfg.torch_profiler_dir, worker_name=name,
+                                                                   use_gzip=cfg.torch_profiler_use_gzip))
         self.profiler.start()
-        logger.info("Profiling started; the trace goes to %s.", self.profiler_dir)
+        logger.info("Profiling started; the trace goes to %s.", cfg.torch_profiler_dir)
 
     def stop_profile(self) -> None:
-        if self.profiler_dir is None:
-            raise ValueError("Profiler is not enabled: set PAGEDLLM_TORCH_PROFILER_DIR (or vLLM's "
-                             "VLLM_TORCH_PROFILER_DIR) to the folder for the traces before the engine starts.")
+        cfg = self._profiler_settings_or_raise()
         if self.profiler is None:
             raise ValueError("The profiler is not running: call start_profile() first.")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         profiler, self.profiler = self.profiler, None
         profiler.stop()          # writes the trace (on_trace_ready)
-        logger.info("Profiling stopped; the trace is in %s.", self.profiler_dir)
+        if cfg.torch_profiler_dump_cuda_time_total:
+            sort_by = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+            path = os.path.join(cfg.torch_profiler_dir, f"profiler_out_{get_tp_rank()}.txt")
+            with open(path, "w") as f:
+                f.write(profiler.key_averages().table(sort_by=sort_by, row_limit=50))
+        logger.info("Profiling stopped; the trace is in %s.", cfg.torch_profiler_dir)
+
+    def _profiler_settings_or_raise(self) -> ProfilerSettings:
+        if self.profiler_settings is None:      # RuntimeError, as vLLM's worker
+            raise RuntimeError("Profiler is not enabled: start the engine with profiler_config={'profiler': "
+                               "'torch', 'torch_profiler_dir': DIR} (--profiler-config) or with "
+                               "VLLM_TORCH_PROFILER_DIR (or PAGEDLLM_TORCH_PROFILER_DIR) set to the folder for the "
+                               "traces.")
+        return self.profiler_settings
 
     # ---- sleep mode (worker/sleep_mode.py) --------------------------------------------------------------------
     def sleep(self, level: int = 1) -> int:

@@ -157,6 +157,7 @@ def test_named_tool_choice(client):
                                          tools=[WEATHER_TOOL, TIME_TOOL], tool_choice=named)
     (call,) = out.choices[0].message.tool_calls
     assert call.function.name == "get_weather" and call.id and call.type == "function"
+    assert out.choices[0].message.content == ""      # vLLM's: empty, not null, beside a named call
     check_weather_args(call.function.arguments)
     # Streamed: the first delta names the call, the arguments come in pieces that add up to the same JSON.
     chunks = [c for c in client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=40, temperature=0,
@@ -171,7 +172,7 @@ def test_required_tool_choice(client):
     out = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=80, temperature=0,
                                          tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required")
     choice = out.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls and choice.message.content == ""
     for call in choice.message.tool_calls:
         assert call.function.name in ("get_weather", "get_time")
         if call.function.name == "get_weather":

@@ -64,3 +64,17 @@ def post_all(app, calls: list[tuple[str, dict]], headers: dict | None = None) ->
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
             return [await client.post(path, json=body, headers=headers) for path, body in calls]
     return asyncio.run(run())
+
+
+def responses_of_server_app(model_dir: str, posts: list[tuple[str, dict]], flags: tuple[str, ...] = (),
+                            chat_template: str | None = None) -> list[httpx.Response]:
+    """``pagedllm serve model_dir --dtype float32 --max-model-len 256 <flags>`` in-process: the response to each
+    (path, body) posted in turn. ``chat_template``: what --chat-template takes (a path or the template)."""
+    with serve_in_process(model_dir, "--max-model-len", "256", *flags, chat_template=chat_template) as (app, _):
+        return post_all(app, posts)
+
+
+def post_to_server_app(model_dir: str, posts: list[tuple[str, dict]], flags: tuple[str, ...] = (),
+                       chat_template: str | None = None) -> list[tuple[int, dict]]:
+    """As ``responses_of_server_app``: (status, JSON) of each."""
+    return [(r.status_code, r.json()) for r in responses_of_server_app(model_dir, posts, flags, chat_template)]

@@ -12,12 +12,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "pagedllm"
 # Rank of each top-level module / package of pagedllm: a module may import its own rank or lower.
 LAYERS = {
     "envs": 0, "config": 0, "sampling_params": 0, "pooling_params": 0, "outputs": 0, "step_data": 0, "logger": 0,
-    "gc_heap": 0, "inputs": 0,
+    "gc_heap": 0, "inputs": 0, "utils": 0,     # vLLM's example helpers (vllm.utils.*), re-exported
     "kernels": 1, "distributed": 1,     # tensor-parallel group state: the model's parallel layers use it
     "attention": 2,
     "model": 3,
     "worker": 4,
     "engine": 5, "metrics": 5, "metrics_reader": 5,
+    "v1": 5,    # vLLM's vllm.v1.engine import paths, aliases of engine's classes
     "entrypoints": 6, "bench": 6,      # `pagedllm bench` is a subcommand of the CLI; benchmarks drive LLM
     "__init__": 8,
 }

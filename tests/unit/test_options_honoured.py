@@ -216,6 +216,11 @@ ENGINE_FIELDS: dict[str, list] = {
     "data_parallel_size": [Rejects(2, "data_parallel_size=2 is not supported yet")],
     "speculative_config": [Rejects({"method": "ngram", "num_speculative_tokens": 4},
                                    "speculative_config is not supported yet")],
+    # Traces written: tests/unit/test_vllm_examples.py::test_profiling_example_with_profiler_config.
+    "profiler_config": [Read(("worker/model_runner.py", "entrypoints/dev_routes.py"), "args.profiler_config"),
+                        Rejects({"profiler": "cuda"}, "profiler='cuda' is not supported yet"),
+                        Rejects({"profiler": "torch", "torch_profiler_dir": "x", "delay_iterations": 3},
+                                "'delay_iterations' is not supported yet")],
     # Compact JSON for every request: tests/unit/test_structured_output.py::test_structured_outputs_config.
     "structured_outputs_config": [Read(("engine/input_processor.py",), "args.structured_outputs_config"),
                                   Rejects({"backend": "outlines"}, "backend 'outlines' is not supported"),

@@ -163,3 +163,33 @@ def test_mistral_v11_calls_and_special_tokens():
         params = SamplingParams()
         serving.keep_call_markers(ToolMode(mode), params)
         assert params.skip_special_tokens is keeps, (parser, mode)
+
+
+def test_xlam_calls():
+    """vLLM's xlam parser (xLAM-2 models; its openai_chat_completion_client_with_tools_xlam*.py examples): a JSON
+    array of {"name", "arguments"} alone, in a ```json block, after [TOOL_CALLS], in <tool_call> tags or after
+    </think>; other text is content. A stream sends a bare array's calls as generated, the other forms at the end."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+
+    xlam = get_tool_parser("xlam")
+    array = '[{"name": "get_weather", "arguments": {"location": "SF", "unit": "celsius"}}, ' \
+            '{"name": "translate_text", "arguments": {"text": "hi", "target_language": "fr"}}]'
+    expected = [("get_weather", {"location": "SF", "unit": "celsius"}),
+                ("translate_text", {"text": "hi", "target_language": "fr"})]
+    assert calls(xlam.extract(array)) == (None, expected)
+    assert calls(xlam.extract("Here you go:\n```json\n" + array + "\n```")) == ("Here you go:", expected)
+    assert calls(xlam.extract("[TOOL_CALLS]" + array)) == (None, expected)
+    assert calls(xlam.extract("<tool_call>" + array + "</tool_call>")) == (None, expected)
+    assert calls(xlam.extract("<think>SF, celsius</think>\n" + array)) == ("<think>SF, celsius</think>", expected)
+    for plain in ("It is sunny.", "[1] A reference", '[{"name": "f"}]', "```json\n{broken\n```"):
+        assert xlam.extract(plain) == (plain, [])
+    assert stream_prefixes(array, xlam.call_nodes)[-1] == [(n, json.dumps(a)) for n, a in expected]
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)
+    serving.tool_parser = xlam
+    text = "Sure.\n```json\n" + array + "\n```"
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    deltas = [stream.delta(0, text[k:k + 5], None)[0] for k in range(0, len(text), 5)]
+    assert "".join((d or {}).get("content", "") for d in deltas) == "Sure.\n"      # the block is held back
+    final, finish = stream.delta(0, "", "stop")
+    assert finish == "tool_calls"
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in final["tool_calls"]] == expected

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP server: FastAPI routes over one AsyncLLMEngine.
 
 ``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
-Routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/responses (text in, text out), /tokenize, /detokenize,
+Routes: /v1/models, /v1/completions, /v1/chat/completions (/v1/chat/completions/batch: several conversations in one
+request), /v1/responses (text in, text out), /inference/v1/generate (token ids in and out), /tokenize, /detokenize,
 /health, /ping, /version, /metrics, /load, /v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank,
 /v2/rerank) for pooling (embedding) models,
 and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI server lacks but tutorials post to.
@@ -28,15 +29,17 @@ from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.dev_routes import add_dev_routes
 from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
-from pagedllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                                                  EmbeddingRequest, ModelCard, ModelList, PoolingRequest,
-                                                  RequestError, RerankRequest, ResponsesRequest, ScoreRequest,
-                                                  TokenizeChatRequest, TokenizeCompletionRequest)
+from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionRequest, CompletionRequest,
+                                                  DetokenizeRequest, EmbeddingRequest, GenerateTokensRequest,
+                                                  ModelCard, ModelList, PoolingRequest, RequestError, RerankRequest,
+                                                  ResponsesRequest, ScoreRequest, TokenizeChatRequest,
+                                                  TokenizeCompletionRequest)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_response
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
+from pagedllm.entrypoints.openai.serving_tokens import OpenAIServingTokens
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
                                                 RequestIdHeaderMiddleware, ServerLoadMiddleware, add_error_handlers,
@@ -113,6 +116,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                              exclude_tools_when_tool_choice_none=getattr(args, "exclude_tools_when_tool_choice_none",
                                                                          False), **common)
     responses = OpenAIServingResponses(chat)
+    tokens = OpenAIServingTokens(chat)
     base = OpenAIServing(engine, served_model_names, **common)
     pooling = OpenAIServingPooling(engine, served_model_names, **common)
     is_pooling = engine.config.is_pooling
@@ -181,6 +185,16 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request):
         generative_only("Chat Completions")
         return await chat.create_chat_completion(request, raw_request)
+
+    @app.post("/v1/chat/completions/batch")
+    async def create_batch_chat_completion(request: BatchChatCompletionRequest, raw_request: Request):
+        generative_only("Chat Completions")
+        return await chat.create_batch_chat_completion(request, raw_request)
+
+    @app.post("/inference/v1/generate")
+    async def generate_tokens(request: GenerateTokensRequest, raw_request: Request):
+        generative_only("Token generation")
+        return await tokens.create_token_generation(request, raw_request)
 
     @app.post("/v1/responses")
     async def create_response(request: ResponsesRequest, raw_request: Request):

@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from pagedllm.sampling_params import StructuredOutputsParams
+from pagedllm.utils.serial_utils import EmbedDType, Endianness
 
 logger = logging.getLogger(__name__)
 
@@ -397,6 +398,67 @@ class ChatCompletionRequest(SamplingFields):
             self.add_generation_prompt = False
 
 
+class BatchChatCompletionRequest(ChatCompletionRequest):
+    """/v1/chat/completions/batch (vLLM 0.24): the chat fields with ``messages`` a list of conversations, each run
+    as its own chat request; one choice per conversation. Streaming, tools, n > 1 and beam search are refused with
+    a 400 (vLLM refuses the last two and has no field for the first two)."""
+    messages: list[list[ChatMessage]]
+
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, v):
+        if not v or not all(v):
+            raise ValueError("messages must be a non-empty list of conversations, each with at least one message.")
+        return v
+
+    def check(self) -> None:
+        if self.stream:
+            raise RequestError("Batch chat completions do not support streaming. Please set `stream` to False.",
+                               "stream")
+        if self.tools or self.tool_choice not in (None, "none"):
+            raise RequestError("Batch chat completions do not support tool use. Please omit `tools` and "
+                               "`tool_choice`.", "tools" if self.tools else "tool_choice")
+        if self.use_beam_search:
+            raise RequestError("Batch chat completions do not support beam search. Please set `use_beam_search` "
+                               "to False.", "use_beam_search")
+        if self.n != 1:
+            raise RequestError("Batch chat completions do not support `n > 1`. Please set `n` to 1.", "n")
+
+    def conversation_request(self, index: int, request_id: str) -> ChatCompletionRequest:
+        """Conversation ``index`` as a /v1/chat/completions request (the fields the client set, and only those)."""
+        fields = self.model_dump(exclude_unset=True, by_alias=True, exclude={"messages", "request_id"})
+        return ChatCompletionRequest.model_validate(
+            {**fields, "messages": self.messages[index], "request_id": request_id})
+
+
+class GenerateTokensRequest(OpenAIRequestModel):
+    """POST /inference/v1/generate (vLLM's token-in, token-out route): prompt token ids and a SamplingParams dict;
+    the answer carries token ids only."""
+    model: str | None = None
+    request_id: str | None = None
+    token_ids: list[int] = Field(min_length=1)
+    sampling_params: dict[str, Any]
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    cache_salt: str | None = None
+    priority: int = 0
+    # vLLM's disaggregated-serving and multimodal inputs: refused (not ignored) until pagedllm has them.
+    kv_transfer_params: dict[str, Any] | None = None
+    features: Any = None
+
+    @field_validator("token_ids")
+    @classmethod
+    def _non_negative(cls, v: list[int]) -> list[int]:
+        if any(t < 0 for t in v):
+            raise ValueError("token_ids must not contain negative values")
+        return v
+
+    @field_validator("request_id")
+    @classmethod
+    def _printable_request_id(cls, v: str | None) -> str | None:
+        return v if v is None else check_request_id(v, "request_id")
+
+
 class ChatLogProb(OpenAIBaseModel):
     token: str
     logprob: float = -9999.0
@@ -548,7 +610,12 @@ class EmbeddingRequest(OpenAIRequestModel):
     # The texts / token ids to embed, or (vLLM's chat form) a conversation the chat template renders into one prompt.
     input: PoolingInput | None = None
     messages: list[ChatMessage] | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    # bytes / bytes_only (vLLM's): the raw values as the body, located by a "metadata" header (bytes) or not.
+    encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
+    # base64's and bytes' values (vLLM's): their dtype and byte order ("native": the server's, as the openai client
+    # expects).
+    embed_dtype: EmbedDType = "float32"
+    endianness: Endianness = "native"
     dimensions: int | None = None
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
@@ -573,7 +640,20 @@ class EmbeddingRequest(OpenAIRequestModel):
 
 
 class PoolingRequest(EmbeddingRequest):
-    pass
+    # vLLM's pooling task; the one pagedllm has pools a vector per input (embed / encode): any other is a 400.
+    task: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _pooled_vector_task(cls, v: str | None) -> str | None:
+        if v not in (None, "embed", "encode"):
+            raise ValueError(f"Unsupported task: {v!r}. pagedllm's /pooling pools one vector per input from an "
+                             f"embedding model (task 'embed').")
+        return v
+
+
+# /score's pairs under vLLM 0.24's four spellings (its examples send queries / documents); read as text_1 / text_2.
+SCORE_PAIR_NAMES = (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2"))
 
 
 class ScoreRequest(OpenAIRequestModel):
@@ -582,6 +662,19 @@ class ScoreRequest(OpenAIRequestModel):
     text_2: Union[str, list[str]]
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     priority: int = 0
+    # The names the client gave the pair (for its error messages); not a request field.
+    pair_names: tuple[str, str] = Field(default=("text_1", "text_2"), exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair_spelling(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "text_1" in data or "text_2" in data:
+            return data
+        for first, second in SCORE_PAIR_NAMES[1:]:
+            if first in data and second in data:
+                rest = {k: v for k, v in data.items() if k not in (first, second)}
+                return {**rest, "text_1": data[first], "text_2": data[second], "pair_names": (first, second)}
+        return data
 
 
 class RerankRequest(OpenAIRequestModel):

