@@ -695,11 +695,11 @@ def test_burstgpt_dataset_from_a_local_csv(fake_server, tmp_path, word_tokenizer
         serve.main(serve_args(*common[:-3], "--dataset-path", str(bad), "--disable-tqdm"))
 
 
-def test_insecure_reaches_an_https_server_with_a_self_signed_certificate(tmp_path):
+def test_insecure_reaches_an_https_server_with_a_self_signed_certificate(tmp_path, fake_server):
     """vLLM's --insecure: an https server whose certificate no CA signed is benchmarked; without the flag the
     certificate check fails and says so."""
     import ssl
-    from conftest import FakeOpenAIServer
+    FakeOpenAIServer = type(fake_server)   # tests/bench/conftest.py's class ('from conftest' may find another one)
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
