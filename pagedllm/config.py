@@ -1194,7 +1194,7 @@ def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | 
     value pagedllm cannot honour is a ValueError naming it."""
     if profiler_config is None:
         folder = envs.torch_profiler_dir()
-        return ProfilerSettings(folder) if folder else None
+        return ProfilerSettings(folder, torch_profiler_with_stack=envs.torch_profiler_with_stack()) if folder else None
     if isinstance(profiler_config, str):
         profiler_config = json.loads(profiler_config)
     if not isinstance(profiler_config, dict):

@@ -247,6 +247,12 @@ def torch_profiler_dir() -> str | None:
     return _optional_str("PAGEDLLM_TORCH_PROFILER_DIR") or _optional_str("VLLM_TORCH_PROFILER_DIR")
 
 
+def torch_profiler_with_stack() -> bool:
+    """vLLM's VLLM_TORCH_PROFILER_WITH_STACK (default on): Python stacks in the traces of the variable's profiler."""
+    name = "PAGEDLLM_TORCH_PROFILER_WITH_STACK"
+    return _flag(name if os.environ.get(name, "").strip() else "VLLM_TORCH_PROFILER_WITH_STACK", default=True)
+
+
 def __getattr__(name: str) -> Any:
     if name in _VARIABLES:
         return _VARIABLES[name][0]()

@@ -21,6 +21,14 @@ def traces(folder) -> list:
 
 def test_offline_profile_writes_a_trace(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_TORCH_PROFILER_DIR", str(tmp_path))
+    # Without Python stacks: with them, torch's profiler start hung once in the full suite (session 16, not
+    # reproduced alone); vLLM's VLLM_TORCH_PROFILER_WITH_STACK=0 is honoured.
+    monkeypatch.setenv("VLLM_TORCH_PROFILER_WITH_STACK", "0")
+    from pagedllm.config import profiler_settings
+    assert profiler_settings(None).torch_profiler_with_stack is False
+    monkeypatch.setenv("VLLM_TORCH_PROFILER_WITH_STACK", "1")
+    assert profiler_settings(None).torch_profiler_with_stack is True
+    monkeypatch.setenv("VLLM_TORCH_PROFILER_WITH_STACK", "0")
     llm = LLM(tiny_llama_dir, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01)
     llm.start_profile()
     with pytest.raises(ValueError, match="The profiler is already running"):
@@ -47,6 +55,7 @@ def test_offline_profile_needs_the_folder(tiny_llama_dir, monkeypatch):
 
 def test_server_profile_endpoints(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PAGEDLLM_TORCH_PROFILER_DIR", str(tmp_path))
+    monkeypatch.setenv("PAGEDLLM_TORCH_PROFILER_WITH_STACK", "0")      # as above
     engine, app = start_app(tiny_llama_dir)
 
     async def script(client):
