@@ -10,8 +10,6 @@ from typing import Iterator
 
 import httpx
 
-from pagedllm.entrypoints.openai.cli_args import load_chat_template, make_serve_parser
-
 
 def serve_args(model_dir: str, *flags: str) -> argparse.Namespace:
     """``pagedllm serve MODEL_DIR --dtype float32 --max-model-len 128 --seed 0 FLAGS``, finalized as the CLI does;
@@ -23,27 +21,17 @@ def serve_args(model_dir: str, *flags: str) -> argparse.Namespace:
          "--disable-frontend-multiprocessing", *flags]))
 
 
-def start_app(model_dir: str, *flags: str, chat_template: str | None = None):
-    """``(engine, app)`` of ``pagedllm serve model_dir --dtype float32 --max-model-len 128 --kv-cache-memory-gb 0.01
-    *flags``; the caller shuts the engine down (``engine.shutdown()``)."""
-    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
-    args = make_serve_parser(argparse.ArgumentParser(), model_positional=False).parse_args(
-        ["--model", model_dir, "--dtype", "float32", "--max-model-len", "128", "--kv-cache-memory-gb", "0.01",
-         *flags])
-    args.chat_template = load_chat_template(chat_template)
-    args.disable_frontend_multiprocessing = True     # as run-batch: the engine core in a thread
-    args.log_requests, args.api_key = False, None
-    engine, metrics, names = build_engine(args)
-    return engine, build_app(args, engine, metrics, names)
-
-
 @contextlib.contextmanager
 def serve_in_process(model_dir: str, *flags: str, chat_template: str | None = None) -> Iterator:
-    """``(app, engine)`` of ``start_app``; the engine shuts down on exit. Send requests with
+    """``(app, engine)`` of ``serve_args(model_dir, "--kv-cache-memory-gb", "0.01", *flags)`` (``chat_template``:
+    what --chat-template takes); the engine shuts down on exit. Send requests with ``run_on`` / ``post_all``, or
     ``httpx.AsyncClient(transport=httpx.ASGITransport(app=app))``, all in one event loop."""
-    engine, app = start_app(model_dir, *flags, chat_template=chat_template)
+    from pagedllm.entrypoints.openai.api_server import build_app, build_engine
+    template = ("--chat-template", chat_template) if chat_template is not None else ()
+    args = serve_args(model_dir, "--kv-cache-memory-gb", "0.01", *template, *flags)
+    engine, metrics, names = build_engine(args)
     try:
-        yield app, engine
+        yield build_app(args, engine, metrics, names), engine
     finally:
         engine.shutdown()
 
@@ -59,11 +47,9 @@ def run_on(app, script):
 
 def post_all(app, calls: list[tuple[str, dict]], headers: dict | None = None) -> list[httpx.Response]:
     """POST each (path, JSON body) to ``app`` in turn; the responses."""
-    async def run():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
-            return [await client.post(path, json=body, headers=headers) for path, body in calls]
-    return asyncio.run(run())
+    async def script(client):
+        return [await client.post(path, json=body, headers=headers) for path, body in calls]
+    return run_on(app, script)
 
 
 def responses_of_server_app(model_dir: str, posts: list[tuple[str, dict]], flags: tuple[str, ...] = (),

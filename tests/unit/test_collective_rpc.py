@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app_client import run_on, start_app
+from app_client import run_on, serve_in_process
 from pagedllm import LLM, SamplingParams
 from tiny_models import save_tiny_llama
 
@@ -49,7 +49,6 @@ def test_collective_rpc_reaches_every_tensor_parallel_rank(tmp_path):
 
 def test_server_collective_rpc(tiny_llama_dir, monkeypatch):
     monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
-    engine, app = start_app(tiny_llama_dir)
 
     async def script(client):
         response = await client.post("/collective_rpc", json={"method": "reload_weights"})
@@ -61,7 +60,5 @@ def test_server_collective_rpc(tiny_llama_dir, monkeypatch):
         response = await client.post("/collective_rpc", json={"method": "nope"})
         assert response.status_code == 400
         assert response.json()["error"]["message"] == "collective_rpc: the worker has no method 'nope'."
-    try:
+    with serve_in_process(tiny_llama_dir) as (app, engine):
         run_on(app, script)
-    finally:
-        engine.shutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app_client import run_on, start_app
+from app_client import run_on, serve_in_process
 
 BODY = {"prompt": "The capital of France is the city of Paris, which lies on the river Seine and has", "max_tokens": 5,
         "temperature": 0}
@@ -13,7 +13,6 @@ BODY = {"prompt": "The capital of France is the city of Paris, which lies on the
 
 def test_sleep_wake_up_is_sleeping(tiny_llama_dir, monkeypatch):
     monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
-    engine, app = start_app(tiny_llama_dir, "--enable-sleep-mode")
 
     async def script(client):
         first = (await client.post("/v1/completions", json=BODY)).json()["choices"][0]["text"]
@@ -45,27 +44,21 @@ def test_sleep_wake_up_is_sleeping(tiny_llama_dir, monkeypatch):
         assert (await client.post("/reset_prefix_cache?reset_running_requests=true")).status_code == 200
         bad = await client.post("/reset_prefix_cache?reset_running_requests=maybe")
         assert bad.status_code == 400 and "reset_running_requests" in bad.json()["error"]["message"]
-    try:
+    with serve_in_process(tiny_llama_dir, "--enable-sleep-mode") as (app, engine):
         run_on(app, script)
-    finally:
-        engine.shutdown()
 
 
 def test_dev_endpoints_need_dev_mode_and_sleep_mode(tiny_llama_dir, monkeypatch):
     monkeypatch.delenv("VLLM_SERVER_DEV_MODE", raising=False)
     monkeypatch.delenv("PAGEDLLM_SERVER_DEV_MODE", raising=False)
-    engine, app = start_app(tiny_llama_dir)
 
     async def script(client):
         for path in ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache"):
             assert (await client.post(path)).status_code == 404, path
         assert (await client.get("/is_sleeping")).status_code == 404
-    try:
+    with serve_in_process(tiny_llama_dir) as (app, engine):
         run_on(app, script)
-    finally:
-        engine.shutdown()
     monkeypatch.setenv("PAGEDLLM_SERVER_DEV_MODE", "1")
-    engine, app = start_app(tiny_llama_dir)
 
     async def script2(client):
         response = await client.post("/sleep")
@@ -73,8 +66,6 @@ def test_dev_endpoints_need_dev_mode_and_sleep_mode(tiny_llama_dir, monkeypatch)
         assert response.json()["error"]["message"].startswith("Sleep mode is not enabled: create the engine with "
                                                               "enable_sleep_mode=True (--enable-sleep-mode)")
         assert (await client.get("/is_sleeping")).json() == {"is_sleeping": False}
-    try:
+    with serve_in_process(tiny_llama_dir) as (app, engine):
         run_on(app, script2)
-    finally:
-        engine.shutdown()
 

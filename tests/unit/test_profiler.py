@@ -10,7 +10,7 @@ import json
 import pytest
 
 from pagedllm import LLM, SamplingParams
-from app_client import run_on, start_app
+from app_client import run_on, serve_in_process
 
 GREEDY = SamplingParams(temperature=0, max_tokens=2)
 
@@ -56,7 +56,6 @@ def test_offline_profile_needs_the_folder(tiny_llama_dir, monkeypatch):
 def test_server_profile_endpoints(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PAGEDLLM_TORCH_PROFILER_DIR", str(tmp_path))
     monkeypatch.setenv("PAGEDLLM_TORCH_PROFILER_WITH_STACK", "0")      # as above
-    engine, app = start_app(tiny_llama_dir)
 
     async def script(client):
         assert (await client.post("/start_profile")).status_code == 200
@@ -65,18 +64,13 @@ def test_server_profile_endpoints(tiny_llama_dir, tmp_path, monkeypatch):
         assert (await client.post("/stop_profile")).status_code == 200
         again = await client.post("/stop_profile")
         assert again.status_code == 400 and "The profiler is not running" in again.json()["error"]["message"]
-    try:
+    with serve_in_process(tiny_llama_dir) as (app, engine):
         run_on(app, script)
-    finally:
-        engine.shutdown()
     assert len(traces(tmp_path)) == 1
     monkeypatch.delenv("PAGEDLLM_TORCH_PROFILER_DIR")
-    engine, app = start_app(tiny_llama_dir)
 
     async def script2(client):
         assert (await client.post("/start_profile")).status_code == 404
-    try:
+    with serve_in_process(tiny_llama_dir) as (app, engine):
         run_on(app, script2)
-    finally:
-        engine.shutdown()
 
