@@ -180,9 +180,15 @@ def _l2_prefetch_rows(W, rows, stride_wn, k_start, k_end, BLOCK_N: tl.constexpr,
     base = W + rows.to(tl.int64)[:, None] * stride_wn
     for k0 in range(k_start, k_end, LINES * LINE):
         cols = k0 + offs
-        ptrs = base + tl.where(cols < k_end, cols, k_start)[None, :]
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                                  is_pure=False, pack=1)
+        prefetch_l2(base + tl.where(cols < k_end, cols, k_start)[None, :])
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """``prefetch.global.L2`` of each address (one 128-byte line each; SASS ``CCTL.E.PF2``): nothing is returned
+    and no register holds the data. Inline PTX: not under the Triton interpreter (callers switch it off there)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
 
 
 @triton.jit

@@ -50,7 +50,7 @@ import triton.language as tl
 from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.quant.packed import PackedWeight
-from pagedllm.kernels.triton_gemv import _workspace
+from pagedllm.kernels.triton_gemv import _workspace, prefetch_l2
 
 _INTERPRET = envs.TRITON_INTERPRET
 MAGIC = tl.constexpr(0x4B000000)     # 2**23 as float32 bits
@@ -207,9 +207,7 @@ def _l2_prefetch_tile(QW, kp0, kp_start, kp_end, pid_n, N, NSUB: tl.constexpr, B
     rows = tl.where(rows < kp_end, rows, kp_start)
     cols = pid_n * (BLOCK_N * NSUB) + tl.arange(0, LINES) * 32
     cols = tl.where(cols < N, cols, 0)
-    ptrs = QW + rows.to(tl.int64)[:, None] * N + cols[None, :]
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
+    prefetch_l2(QW + rows.to(tl.int64)[:, None] * N + cols[None, :])
 
 
 @triton.jit
