@@ -17,7 +17,8 @@ _EXPORTS = {
     "PoolingParams": "pagedllm.pooling_params",
     **{name: "pagedllm.inputs" for name in ("PromptType", "TextPrompt", "TokensPrompt")},
     **{name: "pagedllm.outputs" for name in (
-        "BeamSearchOutput", "BeamSearchSequence", "CompletionOutput", "EmbeddingOutput", "EmbeddingRequestOutput",
+        "BeamSearchOutput", "BeamSearchSequence", "ClassificationOutput", "ClassificationRequestOutput",
+        "CompletionOutput", "EmbeddingOutput", "EmbeddingRequestOutput",
         "Logprob", "PoolingOutput", "PoolingRequestOutput", "RequestOutput", "ScoringOutput", "ScoringRequestOutput")},
     **{name: "pagedllm.sampling_params" for name in (
         "BeamSearchParams", "GuidedDecodingParams", "RequestOutputKind", "SamplingParams",
@@ -48,7 +49,8 @@ def bundled_model_path() -> str:
 
 
 __all__ = ["LLM", "SamplingParams", "PoolingParams", "PoolingOutput", "PoolingRequestOutput", "EmbeddingOutput",
-           "EmbeddingRequestOutput", "ScoringOutput", "ScoringRequestOutput", "BeamSearchParams", "RequestOutput",
+           "EmbeddingRequestOutput", "ClassificationOutput", "ClassificationRequestOutput", "ScoringOutput",
+           "ScoringRequestOutput", "BeamSearchParams", "RequestOutput",
            "CompletionOutput", "Logprob", "EngineArgs", "AsyncEngineArgs", "LLMEngine", "AsyncLLMEngine",
            "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind",
            "StructuredOutputsParams", "GuidedDecodingParams", "PromptType", "TextPrompt", "TokensPrompt",

@@ -37,9 +37,16 @@ DEFAULT_CPU_KV_CACHE_GB = 4.0
 # a step must stay well under a second for it to finish within 2 s (docs/reliability.md has the measurement).
 SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD = 64
 # vLLM's names for what pagedllm does not do yet, so a tutorial gets "not supported yet", not "unexpected keyword".
-_UNSUPPORTED_TASKS = ("classify", "score", "reward", "transcription", "draft")
-# vLLM's spellings of "this model embeds" (task is the older argument, runner the newer one).
+_UNSUPPORTED_TASKS = ("reward", "transcription", "draft")
+# vLLM's spellings of "this model embeds" and "this model classifies / scores pairs" (task is the older argument,
+# runner + convert the newer ones).
 _EMBED_TASKS = ("embed", "embedding")
+_CLASSIFY_TASKS = ("classify", "score")
+# convert (vLLM's): run a checkpoint as another kind of pooling model. "embed" and "classify" name what a checkpoint
+# already is here (a decoder or encoder as an embedder; a *ForSequenceClassification as a classifier); converting a
+# generative checkpoint into a classifier with a new head, or into a reward model, is not supported yet.
+CONVERT_CHOICES = ("auto", "none", "embed", "classify")
+_UNSUPPORTED_CONVERT = ("reward", "mm_encoder_only")
 # kv_cache_dtype (vLLM's names): "auto" is the model's dtype; "fp8" is e4m3 (vLLM's default fp8 format). Values
 # are stored divided by a per-tensor scale (k_scale / v_scale, 1.0 as vLLM when the checkpoint has none).
 # "bfloat16" (vLLM's too) halves a float32 model's cache (the CPU default dtype) and is "auto" for a bf16 model.
@@ -109,7 +116,7 @@ def _vllm_args_note(spelled: Sequence[str], names: Sequence[str], kind: str) -> 
 GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                                    "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
-    "hf_config_path", "convert", "enable_prompt_embeds", "allowed_local_media_path", "allowed_media_domains",
+    "hf_config_path", "enable_prompt_embeds", "allowed_local_media_path", "allowed_media_domains",
     "safetensors_load_strategy", "config_format", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
     "node_rank", "decode_context_parallel_size", "dcp_kv_cache_interleave_size", "data_parallel_rank",
     "data_parallel_start_rank", "data_parallel_size_local", "data_parallel_address", "data_parallel_rpc_port",
@@ -211,10 +218,12 @@ class EngineArgs:
     # True: every tensor-parallel all-reduce through NCCL / gloo, even with PAGEDLLM_CUSTOM_ALL_REDUCE_KIB set
     # (the opt-in one-shot all-reduce over symmetric memory, distributed/symm_mem_all_reduce.py; off by default).
     disable_custom_all_reduce: bool = False
-    # "generate" or "pooling" (embedding models); "auto": the checkpoint says (an encoder architecture or a
-    # sentence-transformers modules.json means pooling). task="embed" is vLLM's older spelling of runner="pooling".
+    # "generate" or "pooling" (embedding and classification models); "auto": the checkpoint says (an encoder or
+    # sequence-classification architecture, or a sentence-transformers modules.json, means pooling). task="embed" /
+    # "classify" / "score" are vLLM's older spellings of runner="pooling" with convert="embed" / "classify".
     task: str = "auto"
     runner: str = "auto"
+    convert: str = "auto"
     # vLLM arguments for what pagedllm does not do yet: the defaults are accepted, anything else is an error.
     scheduling_policy: str = "fcfs"              # "priority": requests' priority orders the queue
     enable_lora: bool = False
@@ -372,9 +381,14 @@ class EngineArgs:
         g.add_argument("--hf-overrides", type=json.loads, default=None,
                        help='JSON overriding fields of the model\'s HF config, e.g. \'{"rope_theta": 1e6}\'.')
         g.add_argument("--task", type=str, default=d.task,
-                       help="auto, generate or embed (vLLM's older spelling of --runner pooling).")
+                       help="auto, generate, embed, classify or score (vLLM's older spellings of --runner pooling "
+                            "--convert embed / classify).")
         g.add_argument("--runner", type=str, default=d.runner,
-                       help="auto (from the checkpoint), generate, or pooling (embedding models).")
+                       help="auto (from the checkpoint), generate, or pooling (embedding and classification models).")
+        g.add_argument("--convert", type=str, default=d.convert,
+                       help="auto, none, embed (a decoder or encoder as an embedding model) or classify (a "
+                            "*ForSequenceClassification checkpoint's head); a generative checkpoint cannot be "
+                            "converted into a classifier yet.")
         g.add_argument("--scheduling-policy", type=str, default=d.scheduling_policy,
                        help="fcfs (requests' priority must be 0) or priority (lower value first, then arrival).")
         g.add_argument("--long-prefill-token-threshold", type=int, default=d.long_prefill_token_threshold,
@@ -509,16 +523,25 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"data_parallel_size={args.data_parallel_size} is not supported yet; use 1.")
     if args.enable_expert_parallel:
         raise ValueError("enable_expert_parallel is not supported yet (no mixture-of-experts models).")
-    for name, choices in (("task", ("auto", "generate") + _EMBED_TASKS), ("runner", ("auto", "generate", "pooling"))):
+    for name, choices in (("task", ("auto", "generate") + _EMBED_TASKS + _CLASSIFY_TASKS),
+                          ("runner", ("auto", "generate", "pooling"))):
         value = getattr(args, name)
         if value in _UNSUPPORTED_TASKS:
-            raise ValueError(f"{name}={value!r}: classification, scoring, reward, transcription and draft models "
-                             f"are not supported yet; use {name} in {choices}.")
+            raise ValueError(f"{name}={value!r}: reward, transcription and draft models are not supported yet; use "
+                             f"{name} in {choices}.")
         if value not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+    if args.convert in _UNSUPPORTED_CONVERT:
+        raise ValueError(f"convert={args.convert!r} is not supported yet; use convert in {CONVERT_CHOICES}.")
+    if args.convert not in CONVERT_CHOICES:
+        raise ValueError(f"convert must be one of {CONVERT_CHOICES}, got {args.convert!r}.")
     requested = requested_runner(args)
     if requested is not None and (args.runner not in ("auto", requested)):
         raise ValueError(f"task={args.task!r} contradicts runner={args.runner!r}.")
+    if args.convert in ("embed", "classify") and args.runner == "generate":
+        raise ValueError(f"convert={args.convert!r} makes a pooling model: it contradicts runner='generate'.")
+    if requested_convert(args) is None and args.task in _EMBED_TASKS + _CLASSIFY_TASKS:
+        raise ValueError(f"task={args.task!r} contradicts convert={args.convert!r}.")
     if args.kv_cache_dtype in _UNSUPPORTED_KV_CACHE_DTYPES:
         raise ValueError(f"kv_cache_dtype={args.kv_cache_dtype!r} is not supported yet; use one of "
                          f"{', '.join(map(repr, KV_CACHE_DTYPES))}.")
@@ -609,23 +632,43 @@ def _verify_structured_outputs_config(config: dict | None) -> None:
 
 
 def requested_runner(args: EngineArgs) -> str | None:
-    """"generate" or "pooling" when runner / task name one, else None (the checkpoint decides)."""
-    if args.task in _EMBED_TASKS:
+    """"generate" or "pooling" when runner / task / convert name one, else None (the checkpoint decides)."""
+    if args.task in _EMBED_TASKS + _CLASSIFY_TASKS or args.convert in ("embed", "classify"):
         return "pooling"
     if args.task == "generate":
         return "generate"
     return None if args.runner == "auto" else args.runner
 
 
+def requested_convert(args: EngineArgs) -> str | None:
+    """"embed" or "classify" when task / convert name one (vLLM maps task embed -> convert embed, classify and
+    score -> convert classify); "auto" for neither; None when task and convert disagree."""
+    from_task = "embed" if args.task in _EMBED_TASKS else "classify" if args.task in _CLASSIFY_TASKS else "auto"
+    convert = args.convert if args.convert != "none" else "auto"
+    if from_task != "auto" and convert not in ("auto", from_task):
+        return None
+    return convert if convert != "auto" else from_task
+
+
 def _resolve_runner(args: EngineArgs, model: "ResolvedModel") -> str:
     runner = args.runner if args.runner != "auto" else requested_runner(args)
+    arch = ", ".join(getattr(model.hf_config, "architectures", None) or ["?"])
+    convert = requested_convert(args)
+    if convert == "classify" and not model.is_classifier:
+        raise ValueError(f"convert='classify' (task='classify' / 'score') needs a sequence-classification "
+                         f"checkpoint (*ForSequenceClassification); this model ({arch}) has none, and converting a "
+                         f"model into a classifier with a new head is not supported yet.")
+    if convert == "embed" and model.is_classifier:
+        raise ValueError(f"This model ({arch}) is a sequence classifier: converting it into an embedding model "
+                         f"(convert='embed', task='embed') is not supported yet; use LLM.classify() / LLM.score() "
+                         f"(runner='pooling').")
     if runner is None:
         return model.default_runner
-    arch = ", ".join(getattr(model.hf_config, "architectures", None) or ["?"])
     if runner == "generate" and not model.can_generate:
-        raise ValueError(f"This model ({arch}) has no language-model head (an encoder or a bare decoder): it "
-                         f"cannot generate text. Use runner='pooling' (--runner pooling, or task='embed') to embed "
-                         f"with it.")
+        kind = ("a sequence classifier" if model.is_classifier else "an encoder or a bare decoder")
+        use = ("classify with it" if model.is_classifier else "embed with it")
+        raise ValueError(f"This model ({arch}) has no language-model head ({kind}): it cannot generate text. Use "
+                         f"runner='pooling' (--runner pooling) to {use}.")
     return runner
 
 
@@ -748,6 +791,9 @@ class ResolvedModel:
     # sentence-transformers' max_seq_length (sentence_bert_config.json): the longest input it embeds, so the
     # derived max_model_len (as vLLM).
     max_seq_length: int | None = None
+    # A *ForSequenceClassification checkpoint: its pooler runs the classification head (classify; score when it
+    # has one label: a cross-encoder).
+    is_classifier: bool = False
 
 
 @dataclass(frozen=True)
@@ -868,6 +914,30 @@ class EngineConfig:
     @property
     def is_pooling(self) -> bool:
         return self.runner_type == "pooling"
+
+    @property
+    def pooling_tasks(self) -> tuple[str, ...]:
+        """The pooling tasks this engine runs (vLLM's supported tasks): an embedder's, or a sequence classifier's,
+        which scores pairs only with one label (a cross-encoder, as vLLM)."""
+        if not self.is_pooling:
+            return ()
+        if self.model.is_classifier:
+            return ("classify", "score") if getattr(self.hf_config, "num_labels", 0) == 1 else ("classify",)
+        return ("embed", "encode", "score")
+
+    def verify_pooling_task(self, task: str | None) -> None:
+        """vLLM's errors for a pooling task this model does not run (None: the model's own)."""
+        if task is None or task in self.pooling_tasks:
+            return
+        if task == "score":
+            raise ValueError("Scoring API is only enabled for num_labels == 1.")
+        if self.model.is_classifier:
+            api = {"embed": "Embedding API", "encode": "LLM.encode() without pooling_task='classify'"}.get(task, task)
+            raise ValueError(f"{api} is not supported by this model: it is a sequence classification model; use "
+                             f"LLM.classify() (/classify) or, with one label, LLM.score() (/score, /rerank).")
+        raise ValueError("Classification API is not supported by this model: it is an embedding model; use "
+                         "LLM.embed() (/v1/embeddings) or LLM.score() (/score, /rerank), or a "
+                         "*ForSequenceClassification checkpoint to classify.")
 
     @property
     def async_scheduling(self) -> bool:

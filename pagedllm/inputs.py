@@ -21,6 +21,8 @@ class TokensPrompt(TypedDict):
     """A prompt given as token ids (``prompt`` is only echoed back in the output)."""
     prompt_token_ids: list[int]
     prompt: NotRequired[str]
+    # A cross-encoder pair's segments (pooling models): 0 for the first text's tokens, then 1 for the second's.
+    token_type_ids: NotRequired[list[int]]
     multi_modal_data: NotRequired[Any]
     mm_processor_kwargs: NotRequired[Any]
     cache_salt: NotRequired[str]
@@ -30,7 +32,7 @@ PromptType = Union[str, TextPrompt, TokensPrompt]
 
 # Keys of a prompt dict that pagedllm reads, and vLLM's keys it cannot honour (with why): any of those with a value
 # other than None is an error, never silently dropped.
-PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt"})
+PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt", "token_type_ids"})
 UNSUPPORTED_PROMPT_KEYS = {
     "multi_modal_data": "multi-modal inputs are not supported: pagedllm runs text-only models",
     "mm_processor_kwargs": "multi-modal inputs are not supported: pagedllm runs text-only models",
@@ -38,7 +40,6 @@ UNSUPPORTED_PROMPT_KEYS = {
     "prompt_embeds": "prompt embeddings (EmbedsPrompt) are not supported yet; pass text or token ids",
     "encoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
     "decoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
-    "token_type_ids": "token_type_ids are not supported in prompts; the tokenizer's are used",
 }
 
 

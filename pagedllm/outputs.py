@@ -96,14 +96,35 @@ class EmbeddingOutput:
 
 
 @dataclass
+class ClassificationOutput:
+    probs: list[float]                           # one per class: probabilities, or logits with use_activation=False
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> "ClassificationOutput":
+        return cls(probs=output.data.tolist())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass
 class ScoringOutput:
     score: float
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> "ScoringOutput":
+        """A cross-encoder's one-label output as its score."""
+        if output.data.numel() != 1:
+            raise ValueError(f"A score is one value, got {output.data.numel()}.")
+        return cls(score=float(output.data.reshape(-1)[0]))
 
 
 @dataclass
 class PoolingRequestOutput:
     """A finished pooling request: ``outputs`` is a ``PoolingOutput`` (``LLM.encode``), an ``EmbeddingOutput``
-    (``LLM.embed``: ``EmbeddingRequestOutput``) or a ``ScoringOutput`` (``LLM.score``)."""
+    (``LLM.embed``: ``EmbeddingRequestOutput``), a ``ClassificationOutput`` (``LLM.classify``:
+    ``ClassificationRequestOutput``) or a ``ScoringOutput`` (``LLM.score``)."""
     request_id: str
     outputs: Any
     prompt_token_ids: list[int]
@@ -118,5 +139,15 @@ class EmbeddingRequestOutput(PoolingRequestOutput):
                    request_output.prompt_token_ids, request_output.finished, request_output.prompt)
 
 
+class ClassificationRequestOutput(PoolingRequestOutput):
+    @classmethod
+    def from_base(cls, request_output: PoolingRequestOutput) -> "ClassificationRequestOutput":
+        return cls(request_output.request_id, ClassificationOutput.from_base(request_output.outputs),
+                   request_output.prompt_token_ids, request_output.finished, request_output.prompt)
+
+
 class ScoringRequestOutput(PoolingRequestOutput):
-    pass
+    @classmethod
+    def from_base(cls, request_output: PoolingRequestOutput) -> "ScoringRequestOutput":
+        return cls(request_output.request_id, ScoringOutput.from_base(request_output.outputs),
+                   request_output.prompt_token_ids, request_output.finished, request_output.prompt)

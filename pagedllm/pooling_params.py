@@ -1,7 +1,7 @@
-"""PoolingParams: what a pooling request (embed / encode / score) asks for, with vLLM's field names.
+"""PoolingParams: what a pooling request (embed / encode / classify / score) asks for, with vLLM's field names.
 
-A pooling request is prompt-only: the engine runs its prompt once, pools the hidden states into one vector and
-finishes it, so none of the sampling settings apply.
+A pooling request is prompt-only: the engine runs its prompt once, pools the hidden states into one vector (an
+embedding, or a classifier's class probabilities) and finishes it, so none of the sampling settings apply.
 """
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 from pagedllm.sampling_params import RequestOutputKind, check_truncate_prompt_tokens
 
-POOLING_TASKS = ("embed", "encode", "score")
-# vLLM's other pooling tasks: classification / reward heads, per-token outputs, IO-processor plugins.
-VLLM_POOLING_TASKS_NOT_SUPPORTED = ("classify", "token_classify", "token_embed", "plugin", "embed&token_classify")
+POOLING_TASKS = ("embed", "encode", "classify", "score")
+# vLLM's other pooling tasks: per-token outputs, IO-processor plugins.
+VLLM_POOLING_TASKS_NOT_SUPPORTED = ("token_classify", "token_embed", "plugin", "embed&token_classify")
+# The request fields each task takes (vLLM's rule: another one set is an error, not ignored).
+_TASK_FIELDS = {"embed": ("dimensions", "normalize"), "encode": ("dimensions", "normalize"),
+                "classify": ("use_activation",), "score": ("use_activation",)}
 
 
 @dataclass
@@ -24,7 +27,15 @@ class PoolingParams:
     # Truncate the prompt to this many tokens (-1: to max_model_len); text prompts are truncated by the tokenizer
     # (its truncation side, keeping [CLS] ... [SEP], as sentence-transformers does), token-id prompts keep the end.
     truncate_prompt_tokens: int | None = None
+    # Classification and scoring: apply the head's activation (softmax / sigmoid, or a cross-encoder's own) to the
+    # logits; False: the raw logits. None: True. ``activation`` and ``softmax`` are vLLM's older names for it.
+    use_activation: bool | None = None
+    activation: bool | None = None
+    softmax: bool | None = None
     task: str | None = None
+    # Internal: where a cross-encoder pair's second text starts among the prompt's tokens (BERT's token type 1 from
+    # there on: ``token_type_ids`` of a tokenized pair, compressed as vLLM does); None: one segment.
+    second_segment_start: int | None = None
     output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY    # one output, when the vector is ready
 
     def __post_init__(self) -> None:
@@ -34,11 +45,28 @@ class PoolingParams:
         if self.normalize is not None and not isinstance(self.normalize, bool):
             raise ValueError(f"normalize must be True, False or None, got {self.normalize!r:.100}.")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
+        for name in ("use_activation", "activation", "softmax"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name} must be True, False or None, got {value!r:.100}.")
+        for old in ("activation", "softmax"):      # vLLM's deprecated spellings of use_activation
+            value = getattr(self, old)
+            if value is not None:
+                if self.use_activation is not None and self.use_activation != value:
+                    raise ValueError(f"{old}={value} contradicts use_activation={self.use_activation}; {old} is the "
+                                     f"older name of use_activation: set only use_activation.")
+                self.use_activation = value
         if self.task in VLLM_POOLING_TASKS_NOT_SUPPORTED:
             raise ValueError(f"Pooling task {self.task!r} is not supported yet by pagedllm: it pools one vector per "
                              f"prompt from an embedding model (tasks {', '.join(POOLING_TASKS)}).")
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}.")
+        if self.task is not None:
+            wrong = [name for name in ("dimensions", "normalize", "use_activation")
+                     if getattr(self, name) is not None and name not in _TASK_FIELDS[self.task]]
+            if wrong:
+                raise ValueError(f"Task {self.task} only supports {list(_TASK_FIELDS[self.task])} parameters, does "
+                                 f"not support {wrong} parameters")
 
     def clone(self) -> "PoolingParams":
         return copy.copy(self)

@@ -24,6 +24,8 @@ class ForwardBatch:
     # Set only while capturing piecewise CUDA graphs (worker/cuda_graphs.py): the attention layers hand their query
     # to it instead of attending, and it closes the graph there.
     attn_breaker: object | None = None
+    # [T] int64 BERT segment ids (1 for the second text of a cross-encoder pair); None: every token's is 0.
+    token_type_ids: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

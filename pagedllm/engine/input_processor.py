@@ -93,10 +93,7 @@ class InputProcessor:
         if self.tokenizer is None:
             raise ValueError("Text prompts need a tokenizer, but skip_tokenizer_init=True: pass "
                              "{'prompt_token_ids': [...]} instead.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:   # JSON's "\ud800": no tokenizer can encode it; say what is wrong, not where
-            raise ValueError("prompt contains invalid Unicode (lone surrogate).") from None
+        _check_utf8(text)
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     def tokenize_prompt(self, prompt: PromptType, add_special_tokens: bool = True) -> tuple[str | None, list[int]]:
@@ -115,6 +112,9 @@ class InputProcessor:
         if self.config.is_pooling or isinstance(params, PoolingParams):
             return self._process_pooling(request_id, prompt, params, arrival_time, priority)
         params = params if params is not None else self.default_sampling_params()
+        if isinstance(prompt, dict) and prompt.get("token_type_ids") is not None:
+            raise ValueError("token_type_ids are for pooling (cross-encoder) prompts; a generation prompt has one "
+                             "segment.")
         if not isinstance(params, SamplingParams):
             raise ValueError(f"Expected SamplingParams, got {type(params).__name__}.")
         if not isinstance(priority, int) or isinstance(priority, bool):
@@ -152,23 +152,35 @@ class InputProcessor:
         if params is None:
             params = PoolingParams()
         if not isinstance(params, PoolingParams):
+            if self.config.model.is_classifier:
+                raise ValueError("LLM.generate() is only supported for generative models: this is a pooling "
+                                 "(sequence classification) model. Use LLM.classify() / LLM.score().")
             raise ValueError("LLM.generate() is only supported for generative models: this is a pooling (embedding) "
                              "model. Use LLM.embed() / LLM.encode(), or pass runner='generate' to use the model as a "
                              "generative model.")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"priority must be an int, got {type(priority).__name__}.")
         self.config.verify_priority(priority)
+        self.config.verify_pooling_task(params.task)
         hf = self.config.hf_config
         params.verify_dimensions(hf.hidden_size, getattr(hf, "matryoshka_dimensions", None),
                                  bool(getattr(hf, "is_matryoshka", False) or getattr(hf, "matryoshka_dimensions",
                                                                                      None)),
                                  self.config.served_model_name)
         text, ids, salt = self.split_prompt(prompt)
+        token_types = prompt.get("token_type_ids") if isinstance(prompt, dict) else None
         if ids is None:
+            if token_types is not None:
+                raise ValueError("token_type_ids need prompt_token_ids (the tokens they belong to).")
             ids = self.encode_for_pooling(text, params)
         elif params.truncate_prompt_tokens is not None:
-            ids = ids[-self.truncation_limit(params):]
+            keep = self.truncation_limit(params)
+            ids = ids[-keep:]
+            token_types = None if token_types is None else list(token_types)[-keep:]
         self._check_prompt_ids(ids, "prompt", ", or truncate the input (truncate_prompt_tokens)")
+        if token_types is not None:
+            params = params.clone()
+            params.second_segment_start = second_segment_start(token_types, len(ids))
         arrival = arrival_time if arrival_time is not None else time.time()
         out = ProcessedRequest(request_id, text, ids, params, arrival)
         out.children.append(EngineCoreRequest(request_id, ids, _POOLING_STEP, frozenset(), arrival, priority, 1, salt,
@@ -189,6 +201,26 @@ class InputProcessor:
         if params.truncate_prompt_tokens is None or self.tokenizer is None:
             return self.encode(text)
         return self.tokenizer(text, truncation=True, max_length=self.truncation_limit(params))["input_ids"]
+
+    def encode_pair_for_pooling(self, first: str, second: str, params: PoolingParams) -> dict:
+        """A cross-encoder's (query, document) pair as one prompt, joined as its tokenizer joins a text pair
+        (``[CLS] q [SEP] d [SEP]`` with token types 0 then 1 for BERT, ``<s> q </s></s> d </s>`` for XLM-R), as vLLM
+        does; ``truncate_prompt_tokens`` truncates the longer text first (the tokenizer's longest_first)."""
+        if self.tokenizer is None:
+            raise ValueError("Scoring text pairs with a cross-encoder needs a tokenizer (skip_tokenizer_init=True).")
+        for text in (first, second):
+            if not isinstance(text, str):
+                raise ValueError(f"A cross-encoder scores text pairs: each query and document must be a string, "
+                                 f"got {type(text).__name__}.")
+            _check_utf8(text)
+        kwargs = {}
+        if params.truncate_prompt_tokens is not None:
+            kwargs = {"truncation": True, "max_length": self.truncation_limit(params)}
+        encoded = self.tokenizer(text=first, text_pair=second, **kwargs)
+        prompt = {"prompt_token_ids": list(encoded["input_ids"])}
+        if encoded.get("token_type_ids") is not None:
+            prompt["token_type_ids"] = list(encoded["token_type_ids"])
+        return prompt
 
     def _check_prompt_ids(self, ids: list[int], what: str, hint: str = "") -> None:
         """vLLM's prompt checks and messages: not empty, every id in the vocabulary, no longer than max_model_len."""
@@ -221,6 +253,26 @@ class InputProcessor:
             params.structured_outputs = structured_output.with_engine_defaults(
                 params.structured_outputs, self.config.args.structured_outputs_config)
             structured_output.validate(params.structured_outputs)   # a bad schema / regex fails here, not in the core
+
+
+def _check_utf8(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:   # JSON's "\ud800": no tokenizer can encode it; say what is wrong, not where
+        raise ValueError("prompt contains invalid Unicode (lone surrogate).") from None
+
+
+def second_segment_start(token_type_ids: Any, num_tokens: int) -> int | None:
+    """Where a pair's second segment starts (its first token type 1), from a prompt's ``token_type_ids``: 0s, then
+    1s, one per token (what a tokenizer gives a text pair); None when every type is 0."""
+    if not isinstance(token_type_ids, (list, tuple)) or len(token_type_ids) != num_tokens:
+        raise ValueError(f"token_type_ids must be a list with one entry per prompt token ({num_tokens}), got "
+                         f"{token_type_ids!r:.100}.")
+    types = list(token_type_ids)
+    start = types.index(1) if 1 in types else len(types)
+    if any(t != 0 for t in types[:start]) or any(t != 1 for t in types[start:]):
+        raise ValueError(f"token_type_ids must be 0s then 1s (a text pair's two segments), got {types!r:.100}.")
+    return start if start < len(types) else None
 
 
 # A pooling request's sampling settings: never sampled; max_tokens=1 ends its scheduling with its prompt's step.

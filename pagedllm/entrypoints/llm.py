@@ -1,5 +1,5 @@
-"""``LLM``: vLLM's offline API (generate, chat, beam_search; embed, encode, score for pooling models) over an
-in-process LLMEngine."""
+"""``LLM``: vLLM's offline API (generate, chat, beam_search; embed, encode, classify, score for pooling models) over
+an in-process LLMEngine."""
 from __future__ import annotations
 
 import itertools
@@ -13,8 +13,9 @@ from pagedllm.engine.engine import LLMEngine, PromptType
 from pagedllm.entrypoints.beam_search import best_beams, extend_beams, step_params
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
-from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, EmbeddingRequestOutput, PoolingRequestOutput,
-                              RequestOutput, ScoringOutput, ScoringRequestOutput)
+from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, ClassificationRequestOutput,
+                              EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput, ScoringOutput,
+                              ScoringRequestOutput)
 from pagedllm.pooling_params import POOLING_TASKS, VLLM_POOLING_TASKS_NOT_SUPPORTED, PoolingParams
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
@@ -30,6 +31,16 @@ def _prompt_list(prompts: Any, name: str = "prompts") -> list:
     if not hasattr(prompts, "__iter__") or isinstance(prompts, bytes):   # a list, a tuple, a pandas Series, ... do
         raise ValueError(f"{name} must be a string, a prompt dict or a list of them, got {type(prompts).__name__}.")
     return list(prompts)
+
+
+def _text_of(prompt: Any, name: str) -> Any:
+    """A text prompt's string (a cross-encoder tokenizes the pair itself); anything else as given, for the
+    tokenizer step's error."""
+    if isinstance(prompt, dict) and "prompt" in prompt and "prompt_token_ids" not in prompt:
+        return prompt["prompt"]
+    if isinstance(prompt, dict):
+        raise ValueError(f"{name}: a cross-encoder scores text pairs; token-id prompts cannot be paired.")
+    return prompt
 
 
 class LLM:
@@ -185,16 +196,20 @@ class LLM:
                pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
                truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,
                pooling_task: str = "encode", priority: list[int] | None = None) -> list[PoolingRequestOutput]:
-        """Pool each prompt's hidden states into one vector (``.outputs.data``, a tensor), batched by the
-        scheduler like generation. A pooling model only (runner='pooling')."""
+        """Pool each prompt's hidden states into one vector (``.outputs.data``, a tensor: an embedding, or with
+        ``pooling_task="classify"`` a classifier's class probabilities), batched by the scheduler like generation. A
+        pooling model only (runner='pooling')."""
         if not self.llm_engine.config.is_pooling:
-            raise ValueError(f"LLM.{pooling_task}() is only supported for pooling (embedding) models: this is a text "
-                             f"generation model. Pass runner='pooling' (task='embed') to use it as one.")
+            raise ValueError(f"LLM.{pooling_task}() is only supported for pooling (embedding or classification) "
+                             f"models: this is a text generation model. Pass runner='pooling' (task='embed') to use "
+                             f"it as one.")
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported yet by pagedllm.")
         # vLLM's task names pagedllm has no pooler for get PoolingParams' "not supported yet" below.
         if pooling_task not in POOLING_TASKS and pooling_task not in VLLM_POOLING_TASKS_NOT_SUPPORTED:
             raise ValueError(f"pooling_task must be one of {POOLING_TASKS}, got {pooling_task!r}.")
+        if pooling_task in POOLING_TASKS:
+            self.llm_engine.config.verify_pooling_task(pooling_task)
         prompts = _prompt_list(prompts)
         if pooling_params is None or isinstance(pooling_params, PoolingParams):
             params = [pooling_params or PoolingParams()] * len(prompts)
@@ -229,11 +244,15 @@ class LLM:
 
     def classify(self, prompts: PromptType | Sequence[PromptType], *, use_tqdm: UseTqdm = True,
                  lora_request: Any = None, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-                 priority: list[int] | None = None) -> list:
-        """vLLM's classification API (``.outputs.probs``): it needs a sequence-classification model, and pagedllm
-        has none yet, so this is always an error that says so."""
-        raise ValueError(self._unsupported_pooling_task("classify", "a sequence-classification model "
-                                                                    "(...ForSequenceClassification)"))
+                 truncate_prompt_tokens: int | None = None,
+                 priority: list[int] | None = None) -> list[ClassificationRequestOutput]:
+        """Class probabilities per prompt (``.outputs.probs``, ``.outputs.num_classes``) from a sequence-
+        classification model (``*ForSequenceClassification``): softmax over the labels, sigmoid for one label;
+        ``PoolingParams(use_activation=False)`` gives the logits."""
+        outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="classify",
+                              priority=priority)
+        return [ClassificationRequestOutput.from_base(o) for o in outputs]
 
     def reward(self, prompts: PromptType | Sequence[PromptType], *, use_tqdm: UseTqdm = True,
                lora_request: Any = None, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
@@ -242,25 +261,37 @@ class LLM:
         raise ValueError(self._unsupported_pooling_task("reward", "a reward model"))
 
     def _unsupported_pooling_task(self, method: str, needs: str) -> str:
-        what = ("an embedding model: LLM.embed(), LLM.encode() and LLM.score() work with it"
-                if self.llm_engine.config.is_pooling else "a text generation model")
+        config = self.llm_engine.config
+        what = ("a text generation model" if not config.is_pooling
+                else "a sequence classification model: LLM.classify() works with it" if config.model.is_classifier
+                else "an embedding model: LLM.embed(), LLM.encode() and LLM.score() work with it")
         return (f"LLM.{method}() needs {needs}, which pagedllm does not support yet; this is {what}.")
 
     def score(self, text_1: PromptType | Sequence[PromptType], text_2: PromptType | Sequence[PromptType], *,
               truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,
               pooling_params: PoolingParams | None = None) -> list[ScoringRequestOutput]:
-        """Similarity of text pairs: the cosine of their embeddings (an embedding model). ``text_1`` is one text
-        scored against each of ``text_2``, or as many texts as ``text_2`` (pairwise), as vLLM."""
+        """Similarity of text pairs. A cross-encoder (a ``*ForSequenceClassification`` with one label, e.g.
+        bge-reranker, ms-marco-MiniLM) reads each pair as one prompt and gives its score (its activation unless
+        ``PoolingParams(use_activation=False)``); an embedding model gives the cosine of the two embeddings.
+        ``text_1`` is one text scored against each of ``text_2``, or as many texts as ``text_2`` (pairwise), as
+        vLLM."""
         import torch
         first, second = _prompt_list(text_1, "text_1"), _prompt_list(text_2, "text_2")
         if len(first) == 1:
             first = first * len(second)
         if len(first) != len(second) or not second:
             raise ValueError(f"text_1 must be one text or as many as text_2 (got {len(first)} and {len(second)}).")
+        config = self.llm_engine.config
+        if not config.is_pooling:
+            raise ValueError("LLM.score() is only supported for pooling models: this is a text generation model. Pass "
+                             "runner='pooling' to use it as one.")
+        if config.model.is_classifier:
+            return self._cross_encoder_score(first, second, pooling_params, truncate_prompt_tokens, use_tqdm,
+                                             lora_request)
         params = (pooling_params or PoolingParams()).clone()
         params.normalize = True
         encoded = self.encode(first + second, params, truncate_prompt_tokens=truncate_prompt_tokens,
-                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="score")
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed")
         n = len(first)
         results = []
         for a, b in zip(encoded[:n], encoded[n:]):
@@ -268,6 +299,21 @@ class LLM:
             results.append(ScoringRequestOutput(f"{a.request_id}_{b.request_id}", ScoringOutput(score),
                                                 a.prompt_token_ids + b.prompt_token_ids, True))
         return results
+
+    def _cross_encoder_score(self, first: list, second: list, pooling_params: PoolingParams | None,
+                             truncate_prompt_tokens: int | None, use_tqdm: UseTqdm,
+                             lora_request: Any) -> list[ScoringRequestOutput]:
+        self.llm_engine.config.verify_pooling_task("score")
+        params = (pooling_params or PoolingParams()).clone()
+        if truncate_prompt_tokens is not None:
+            params.truncate_prompt_tokens = truncate_prompt_tokens
+        params.task = "score"
+        params.__post_init__()
+        processor = self.llm_engine.input_processor
+        pairs = [processor.encode_pair_for_pooling(_text_of(a, "text_1"), _text_of(b, "text_2"), params)
+                 for a, b in zip(first, second)]
+        outputs = self.encode(pairs, params, use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="score")
+        return [ScoringRequestOutput.from_base(o) for o in outputs]
 
     # ---- chat -----------------------------------------------------------------------------------------------------
     def chat(self, messages: list[dict] | list[list[dict]],

@@ -247,13 +247,13 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         with open(gen_file) as f:
             generation = json.load(f)
     generation.update(args.override_generation_config or {})
-    from pagedllm.model.registry import is_pooling_only
-    headless = is_pooling_only(hf_config)       # encoders and bare decoders: no language-model head
+    from pagedllm.model.registry import is_pooling_only, is_sequence_classifier
+    headless = is_pooling_only(hf_config)       # encoders, bare decoders, classifiers: no language-model head
     pooling = headless or sentence_transformers_modules(model_dir) is not None
     return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,
                          gguf_file=gguf_path, generation_config=generation,
                          default_runner="pooling" if pooling else "generate", can_generate=not headless,
-                         max_seq_length=_max_seq_length(model_dir))
+                         max_seq_length=_max_seq_length(model_dir), is_classifier=is_sequence_classifier(hf_config))
 
 
 def load_model(config: "EngineConfig") -> torch.nn.Module:

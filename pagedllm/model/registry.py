@@ -22,10 +22,21 @@ _MODELS = {
     "BertModel": ("bert", "BertModel"),
     "XLMRobertaModel": ("xlm_roberta", "XLMRobertaModel"),
     "RobertaModel": ("xlm_roberta", "XLMRobertaModel"),
+    # Sequence classifiers (cross-encoder rerankers, sentiment / reward heads): pooling models whose pooler runs the
+    # checkpoint's classification head (LLM.classify, /classify; LLM.score, /score and /rerank with one label).
+    "BertForSequenceClassification": ("bert", "BertForSequenceClassification"),
+    "XLMRobertaForSequenceClassification": ("xlm_roberta", "XLMRobertaForSequenceClassification"),
+    "RobertaForSequenceClassification": ("xlm_roberta", "XLMRobertaForSequenceClassification"),
+    "LlamaForSequenceClassification": ("llama", "LlamaForSequenceClassification"),
+    "MistralForSequenceClassification": ("llama", "LlamaForSequenceClassification"),
+    "Qwen2ForSequenceClassification": ("qwen2", "Qwen2ForSequenceClassification"),
 }
-ENCODER_ONLY_ARCHITECTURES = frozenset({"BertModel", "XLMRobertaModel", "RobertaModel"})
-# Checkpoints without a language-model head: they only embed, so runner "auto" picks pooling for them.
-POOLING_ONLY_ARCHITECTURES = ENCODER_ONLY_ARCHITECTURES | {"LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"}
+SEQUENCE_CLASSIFICATION_ARCHITECTURES = frozenset(a for a in _MODELS if a.endswith("ForSequenceClassification"))
+ENCODER_ONLY_ARCHITECTURES = frozenset({"BertModel", "XLMRobertaModel", "RobertaModel", "BertForSequenceClassification",
+                                        "XLMRobertaForSequenceClassification", "RobertaForSequenceClassification"})
+# Checkpoints without a language-model head: they only pool, so runner "auto" picks pooling for them.
+POOLING_ONLY_ARCHITECTURES = (ENCODER_ONLY_ARCHITECTURES | SEQUENCE_CLASSIFICATION_ARCHITECTURES
+                              | {"LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"})
 
 
 def is_encoder_only(hf_config) -> bool:
@@ -34,6 +45,11 @@ def is_encoder_only(hf_config) -> bool:
 
 def is_pooling_only(hf_config) -> bool:
     return any(arch in POOLING_ONLY_ARCHITECTURES for arch in getattr(hf_config, "architectures", None) or [])
+
+
+def is_sequence_classifier(hf_config) -> bool:
+    return any(arch in SEQUENCE_CLASSIFICATION_ARCHITECTURES
+               for arch in getattr(hf_config, "architectures", None) or [])
 
 
 def supported_architectures() -> list[str]:

@@ -22,7 +22,7 @@ from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, 
 from pagedllm.kernels.parallel_compile import compile_ahead
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.model.layers.pipeline import IntermediateTensors
-from pagedllm.model.layers.pooler import Pooler, get_pooler, pooler_config_from_checkpoint
+from pagedllm.model.layers.pooler import Pooler, get_classifier_pooler, get_pooler, pooler_config_from_checkpoint
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.model.registry import is_encoder_only
@@ -108,7 +108,10 @@ class ModelRunner:
         self.pooler: Pooler | None = None
         if config.is_pooling:
             default_type = "CLS" if is_encoder_only(hf) else "LAST"
-            self.pooler = get_pooler(pooler_config_from_checkpoint(config.model.model_dir, default_type))
+            pooler_config = pooler_config_from_checkpoint(config.model.model_dir, default_type)
+            head = getattr(self.model, "classify", None)     # sequence classifiers: their head runs in the pooler
+            self.pooler = (get_classifier_pooler(pooler_config, head, hf) if head is not None
+                           else get_pooler(pooler_config))
         # The worker's own state of every request the scheduler has sent (pagedllm/step_data.py), by id.
         self.requests: dict[str, CachedRequestState] = {}
         # The last step's sampled tokens on the device, and each request's row in it (async scheduling).
@@ -612,6 +615,8 @@ class ModelRunner:
         else:
             batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches,
                                      num_decodes)
+            if self.pooler is not None:
+                batch.token_type_ids = self._token_type_ids(items, starts, total)
             if fixup is not None:
                 batch.input_ids[fixup[0]] = fixup[1]
             if self.piecewise_runner is not None and self.piecewise_runner.can_run(total):
@@ -647,6 +652,18 @@ class ModelRunner:
                 step.ready = torch.cuda.Event()
                 step.ready.record()
         return step
+
+    def _token_type_ids(self, items: list, starts: np.ndarray, total: int) -> torch.Tensor | None:
+        """BERT's segment ids for a pooling step: 1 from each cross-encoder pair's second text on (every request of
+        a pooling step is its whole prompt); None when no request is a pair."""
+        pairs = [(i, st.pooling_params.second_segment_start) for i, (st, _) in enumerate(items)
+                 if st.pooling_params is not None and st.pooling_params.second_segment_start is not None]
+        if not pairs:
+            return None
+        types = np.zeros(total, dtype=np.int64)
+        for i, start in pairs:
+            types[starts[i] + start:starts[i + 1]] = 1
+        return torch.from_numpy(types).to(self.device, non_blocking=True)
 
     def _send_to_next_stage(self, out: IntermediateTensors) -> None:
         """A stage before the last: its output (hidden states and residual) to the same tensor-parallel rank of the

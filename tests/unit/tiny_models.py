@@ -49,3 +49,54 @@ def save_tiny_encoder(path, arch: str, num_layers: int = 2, seed: int = 0):
 # padded bidirectional attention runs.
 ENCODER_PROMPTS = [[0, 5, 17, 42, 9, 2], [0] + [(7 * i + 3) % 100 + 4 for i in range(40)] + [2], [0, 7, 2],
                    [0] + list(range(4, 52)) + [2]]
+
+
+def save_word_tokenizer(path, kind: str) -> None:
+    """A tiny fast tokenizer over whitespace words w0..w99 (ids 4..103) that joins a text pair as the real one of
+    ``kind`` does. "bert": [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3, ``[CLS] a [SEP] b [SEP]`` with token types 0 then 1;
+    "xlm_roberta": <s>=0 <pad>=1 </s>=2 <unk>=3, ``<s> a </s></s> b </s>`` and no token types."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    if kind == "bert":
+        specials = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+        single, pair = "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1"
+        names = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                     model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    else:
+        specials = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+        single, pair = "<s> $A </s>", "<s> $A </s> </s> $B </s>"
+        names = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", cls_token="<s>",
+                     sep_token="</s>", model_input_names=["input_ids", "attention_mask"])
+    vocab = {**specials, **{f"w{i}": 4 + i for i in range(100)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=names["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    cls, sep = names["cls_token"], names["sep_token"]
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
+                                                       special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+    PreTrainedTokenizerFast(tokenizer_object=tok, **names).save_pretrained(str(path))
+
+
+def save_tiny_classifier(path, arch: str, num_labels: int, seed: int = 0, **config):
+    """A tiny random ``*ForSequenceClassification`` ("bert", "xlm_roberta", "roberta", "qwen2", "llama") with
+    ``num_labels`` labels, saved to ``path`` with ``save_word_tokenizer``'s tokenizer (BERT's for "bert", XLM-R's
+    for the others; transformers loads Qwen2's own tokenizer class over it, so give "qwen2" token ids); returns the
+    HF model (the reference). initializer_range 0.2 spreads the logits apart."""
+    import transformers
+    encoder = dict(vocab_size=104, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    decoder = dict(encoder, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=1)
+    config_class, model_class, settings = {
+        "bert": ("BertConfig", "BertForSequenceClassification", dict(encoder, max_position_embeddings=64,
+                                                                      pad_token_id=0)),
+        "xlm_roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification",
+                        dict(encoder, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1)),
+        "roberta": ("RobertaConfig", "RobertaForSequenceClassification",
+                    dict(encoder, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1)),
+        "qwen2": ("Qwen2Config", "Qwen2ForSequenceClassification", decoder),
+        "llama": ("LlamaConfig", "LlamaForSequenceClassification", decoder)}[arch]
+    cfg = getattr(transformers, config_class)(**{**settings, "num_labels": num_labels, "initializer_range": 0.2,
+                                                 **config})
+    torch.manual_seed(seed)
+    hf = getattr(transformers, model_class)(cfg).eval()
+    hf.save_pretrained(path)
+    save_word_tokenizer(path, "bert" if arch == "bert" else "xlm_roberta")
+    return hf

@@ -172,7 +172,7 @@ class OpenAIServingPooling(OpenAIServing):
             raise RequestError(f"{names[0]} must be one text or as many as {names[1]} (got {len(first)} and "
                                f"{len(second)}).", names[0])
         try:
-            params = PoolingParams(normalize=True, truncate_prompt_tokens=truncate_prompt_tokens, task="score")
+            params = PoolingParams(normalize=True, truncate_prompt_tokens=truncate_prompt_tokens, task="embed")
         except ValueError as e:
             raise RequestError(str(e), "truncate_prompt_tokens") from None
         prompts = await self._prompts(first, params, names[0]) + await self._prompts(second, params, names[1])

@@ -1,17 +1,22 @@
-"""Poolers: one vector per request from the hidden states of its prompt (embedding models).
+"""Poolers: one vector per request from the hidden states of its prompt (embedding and classification models).
 
 One interface, ``Pooler``: a subclass says how a request's rows become one vector (``pool_rows``: MEAN, CLS, LAST);
 the base class then applies what every embedder shares, per request: Matryoshka truncation (``dimensions``) and L2
 normalization. Which pooler a checkpoint uses comes from its sentence-transformers config (``modules.json``,
 ``1_Pooling/config.json``, a ``Normalize`` module), else the architecture's default (CLS for encoders, LAST for
 decoders, as vLLM).
+
+Sequence classifiers (``ClassifierPooler``) pool the same rows, run the model's classification head on them and apply
+the activation of the request's task: ``classify`` as HF's loss for the config's ``problem_type`` (softmax over
+several labels, sigmoid for one or for multi-label), ``score`` as the cross-encoder's sentence-transformers
+``activation_fn`` (else the same rule); ``use_activation=False`` returns the logits.
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +121,75 @@ def _pooling_type(pooling: dict) -> str:
                      f"yet; supported: mean, cls, lasttoken.")
 
 
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _labels_activation(logits: torch.Tensor) -> torch.Tensor:
+    """One label: its sigmoid (a relevance score); several: softmax over them."""
+    return torch.sigmoid(logits) if logits.shape[-1] < 2 else torch.softmax(logits, dim=-1)
+
+
+def classification_activation(hf_config) -> Activation:
+    """``classify``'s activation, as HF's loss for the config's ``problem_type``: regression none, multi-label
+    sigmoid, else by the number of labels."""
+    problem_type = getattr(hf_config, "problem_type", None)
+    if problem_type == "regression":
+        return lambda logits: logits
+    if problem_type == "multi_label_classification":
+        return torch.sigmoid
+    return _labels_activation
+
+
+def cross_encoder_activation(hf_config) -> Activation:
+    """``score``'s activation: the sentence-transformers CrossEncoder's own (``config.json``'s
+    ``sentence_transformers.activation_fn`` or ``sbert_ce_default_activation_function``, a ``torch.nn`` module),
+    else as ``classify``'s without a problem type."""
+    name = (getattr(hf_config, "sentence_transformers", None) or {}).get("activation_fn") or \
+        getattr(hf_config, "sbert_ce_default_activation_function", None)
+    if name is None:
+        return _labels_activation
+    # Only torch.nn's modules, by name: a checkpoint's config names no code of its own to run.
+    module = getattr(torch.nn, name.rpartition(".")[2], None) if name.startswith("torch.nn.modules.") else None
+    if not (isinstance(module, type) and issubclass(module, torch.nn.Module)):
+        raise ValueError(f"The cross-encoder activation {name!r} of the checkpoint's config is not supported: it "
+                         f"must be a torch.nn.modules activation (Identity, Sigmoid, Softmax, Tanh, ...).")
+    if module is torch.nn.Identity:
+        return lambda logits: logits
+    if module in (torch.nn.Sigmoid, torch.nn.Softmax):
+        return _labels_activation
+    return module()
+
+
+class ClassifierPooler(Pooler):
+    """Sequence classification: each request's pooled row (``rows``: CLS for encoders, LAST for decoders) through
+    the model's head (``head``: ``[B, hidden]`` -> ``[B, num_labels]``), then the activation of the request's task
+    unless it asked for ``use_activation=False``: one float32 vector of ``num_labels`` per request."""
+
+    def __init__(self, rows: Pooler, head: Callable[[torch.Tensor], torch.Tensor], classify: Activation,
+                 score: Activation):
+        super().__init__(rows.config)
+        self.rows, self.head = rows, head
+        self.activations = {"classify": classify, "score": score}
+
+    def __call__(self, hidden: torch.Tensor, starts: Sequence[int],
+                 params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
+        bounds = torch.as_tensor(list(starts), device=hidden.device)
+        logits = self.head(self.rows.pool_rows(hidden, bounds[:-1], bounds[1:] - bounds[:-1])).float().cpu()
+        out = []
+        for row, p in zip(logits.unbind(0), params):
+            task = p.task if p is not None and p.task in self.activations else "classify"
+            use = p is None or p.use_activation is not False
+            out.append(self.activations[task](row) if use else row)
+        return out
+
+
 def get_pooler(config: PoolerConfig) -> Pooler:
     if config.pooling_type not in POOLERS:
         raise ValueError(f"pooling_type must be one of {sorted(POOLERS)}, got {config.pooling_type!r}.")
     return POOLERS[config.pooling_type](config)
+
+
+def get_classifier_pooler(config: PoolerConfig, head: Callable[[torch.Tensor], torch.Tensor],
+                          hf_config) -> ClassifierPooler:
+    return ClassifierPooler(get_pooler(config), head, classification_activation(hf_config),
+                            cross_encoder_activation(hf_config))

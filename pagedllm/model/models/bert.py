@@ -141,9 +141,13 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings.weight.requires_grad_(False)
         self.LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # One segment per prompt: token type 0 everywhere (as sentence-transformers encodes single texts).
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        # Token type 0 everywhere for one text (as sentence-transformers encodes single texts); a cross-encoder
+        # pair's second text has type 1 (ForwardBatch.token_type_ids).
+        types = (self.token_type_embeddings.weight[0] if token_type_ids is None
+                 else self.token_type_embeddings(token_type_ids))
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + types
         return self.LayerNorm(x)
 
 
@@ -153,6 +157,8 @@ class BertModel(nn.Module):
     packed_modules_mapping = {"query": ("qkv_proj", "q"), "key": ("qkv_proj", "k"), "value": ("qkv_proj", "v")}
     # Not ours to compute: BERT's [CLS] pooler head (sentence-transformers does not use it) and HF's position buffer.
     skipped_weights = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
+    # Heads of other BertFor* / XLMRobertaFor* checkpoints (masked LM, classification) an embedder does not run.
+    unused_heads = ("cls.", "classifier.", "lm_head.")
 
     supports_tensor_parallel = True
     supports_pipeline_parallel = True
@@ -166,7 +172,8 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
                 intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
-        hidden = self.embeddings(input_ids, positions) if self.first_stage else intermediate.hidden
+        hidden = (self.embeddings(input_ids, positions, batch.token_type_ids) if self.first_stage
+                  else intermediate.hidden)
         for layer in self.encoder.stage_layers:
             hidden = layer(hidden, positions)
         return hidden if self.last_stage else IntermediateTensors(hidden, None)
@@ -181,9 +188,36 @@ class BertModel(nn.Module):
             for name, tensor in weights:
                 if name.startswith(self.checkpoint_prefix):
                     name = name[len(self.checkpoint_prefix):]
-                if name.startswith(("cls.", "classifier.", "lm_head.")):
+                if name.startswith(self.unused_heads):
                     continue
                 # Checkpoints from TF-era BERT name LayerNorm parameters gamma / beta.
                 yield name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"), \
                     tensor
         load_packed_weights(self, renamed(), self.packed_modules_mapping, skip=self.skipped_weights)
+
+
+class BertForSequenceClassification(BertModel):
+    """BERT classifiers and cross-encoders (``cross-encoder/ms-marco-MiniLM-L-6-v2``, sentiment models): the encoder,
+    then HF's head on the [CLS] row, which the engine's ClassifierPooler hands to ``classify``: BERT's pooler
+    (dense + tanh) and a linear layer to ``num_labels`` logits."""
+    skipped_weights = ("embeddings.position_ids",)
+    unused_heads = ("cls.", "lm_head.")
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__(hf_config, engine_config)
+        # Small and replicated on every rank and stage (the pooler runs them on the last one).
+        self.pooler = BertPooler(hf_config.hidden_size)
+        self.classifier = nn.Linear(hf_config.hidden_size, hf_config.num_labels)
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``[B, hidden]`` [CLS] rows -> ``[B, num_labels]`` logits."""
+        return self.classifier(self.pooler(pooled))
+
+
+class BertPooler(nn.Module):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, cls_rows: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(cls_rows))

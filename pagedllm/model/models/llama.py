@@ -190,3 +190,22 @@ class LlamaForEmbedding(LlamaForCausalLM):
         load_packed_weights(self, ((name if name.startswith("model.") else "model." + name, tensor)
                                    for name, tensor in weights if not name.startswith("lm_head.")),
                             self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
+
+
+class LlamaForSequenceClassification(LlamaForEmbedding):
+    """HF's ``LlamaForSequenceClassification`` (reward / classifier / reranker heads on a decoder): the decoder, then
+    ``score`` (a linear layer without bias, to ``num_labels`` logits) on the last token's hidden state, which the
+    engine's ClassifierPooler hands to ``classify``."""
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__(hf_config, engine_config)
+        self.score = nn.Linear(hf_config.hidden_size, hf_config.num_labels, bias=False)   # replicated, like BERT's
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``[B, hidden]`` last-token rows -> ``[B, num_labels]`` logits."""
+        return self.score(pooled)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        load_packed_weights(self, ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
+                                   for name, tensor in weights if not name.startswith("lm_head.")),
+                            self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))

@@ -1,0 +1,173 @@
+"""Sequence-classification models (cross-encoder rerankers, classifiers) against HF transformers on tiny random
+checkpoints: ``LLM.classify`` probabilities and logits, ``LLM.score`` on a cross-encoder (the pair read as one prompt,
+BERT's token types included), the activation rules, and the errors of the wrong API for the model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pagedllm import LLM, ClassificationRequestOutput, PoolingParams, ScoringRequestOutput
+from tests.unit.tiny_models import save_tiny_classifier, save_tiny_llama
+
+TEXTS = ["w1 w2 w3", "w5", " ".join(f"w{i}" for i in range(40)), "w7 w70 w8 w9 w11 w12 w13"]
+QUERY = "w1 w2 w3"
+DOCS = ["w3 w4 w5 w6", "w1 w2 w3", "w90", " ".join(f"w{(7 * i) % 100}" for i in range(30))]
+# (architecture, labels): encoders pool the [CLS] / <s> row, decoders the last token.
+CLASSIFIERS = [("bert", 3), ("xlm_roberta", 2), ("roberta", 4), ("qwen2", 2), ("llama", 3)]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    made = {}
+
+    def make(arch: str, num_labels: int, **config):
+        key = (arch, num_labels, json.dumps(config, sort_keys=True))
+        if key not in made:
+            path = tmp_path_factory.mktemp(f"tiny-{arch}-{num_labels}")
+            made[key] = (str(path), save_tiny_classifier(path, arch, num_labels, **config))
+        return made[key]
+    return make
+
+
+def _word_ids(text: str) -> list[int]:
+    """The XLM-R-shaped word tokenizer's ids of ``text`` (<s>=0, w<i> = 4 + i, </s>=2)."""
+    return [0] + [4 + int(word[1:]) for word in text.split()] + [2]
+
+
+def _hf_logits(hf, tok, *texts) -> torch.Tensor:
+    enc = tok(*texts, return_tensors="pt")
+    with torch.no_grad():
+        return hf(**enc).logits[0]
+
+
+@pytest.mark.parametrize("arch,num_labels", CLASSIFIERS, ids=[a for a, _ in CLASSIFIERS])
+def test_classify_equals_hf(checkpoints, arch, num_labels):
+    from transformers import AutoTokenizer
+    path, hf = checkpoints(arch, num_labels)
+    llm = LLM(path, dtype="float32")        # runner "auto": a *ForSequenceClassification is a pooling model
+    config = llm.llm_engine.config
+    assert config.runner_type == "pooling" and config.pooling_tasks == ("classify",)
+    tok = AutoTokenizer.from_pretrained(path)
+    # Texts, tokenized by the checkpoint's tokenizer; Qwen2's tiny checkpoint takes token ids (tiny_models).
+    prompts = TEXTS if arch != "qwen2" else [{"prompt_token_ids": _word_ids(text)} for text in TEXTS]
+    outputs = llm.classify(prompts, use_tqdm=False)
+    logits = llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+    for text, out, raw in zip(TEXTS, outputs, logits):
+        ids = tok(text)["input_ids"] if arch != "qwen2" else _word_ids(text)
+        with torch.no_grad():
+            expected = hf(torch.tensor([ids])).logits[0]
+        assert isinstance(out, ClassificationRequestOutput)
+        assert out.prompt_token_ids == ids
+        assert out.outputs.num_classes == num_labels
+        assert torch.allclose(torch.tensor(raw.outputs.probs), expected, atol=1e-4)
+        assert torch.allclose(torch.tensor(out.outputs.probs), torch.softmax(expected, -1), atol=1e-5)
+    # the logits differ between texts (a real head on real rows, not a constant)
+    assert len({round(o.outputs.probs[0], 4) for o in outputs}) == len(TEXTS)
+    # encode with the classify task: the same probabilities, as a tensor
+    encoded = llm.encode(prompts[:1], pooling_task="classify", use_tqdm=False)
+    assert torch.allclose(encoded[0].outputs.data, torch.tensor(outputs[0].outputs.probs), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm_roberta", "llama"])
+def test_cross_encoder_score_equals_hf_on_the_pair(checkpoints, arch):
+    """One label: classify is its sigmoid, and score reads (query, document) as one prompt the tokenizer joins
+    (BERT: [CLS] q [SEP] d [SEP] with token types 1 on d; XLM-R: <s> q </s></s> d </s>)."""
+    from transformers import AutoTokenizer
+    path, hf = checkpoints(arch, 1)
+    llm = LLM(path, dtype="float32")
+    assert llm.llm_engine.config.pooling_tasks == ("classify", "score")
+    tok = AutoTokenizer.from_pretrained(path)
+    scores = llm.score(QUERY, DOCS, use_tqdm=False)
+    for doc, out in zip(DOCS, scores):
+        assert isinstance(out, ScoringRequestOutput)
+        assert out.prompt_token_ids == tok(QUERY, doc)["input_ids"]
+        assert out.outputs.score == pytest.approx(float(torch.sigmoid(_hf_logits(hf, tok, QUERY, doc)[0])), abs=1e-5)
+    assert len({round(s.outputs.score, 5) for s in scores}) == len(DOCS)
+    # pairwise lists, raw logits, and truncation of the longer text first (the tokenizer's longest_first)
+    pairwise = llm.score([QUERY, DOCS[0]], [DOCS[3], DOCS[1]], pooling_params=PoolingParams(use_activation=False),
+                         truncate_prompt_tokens=16, use_tqdm=False)
+    for (q, d), out in zip([(QUERY, DOCS[3]), (DOCS[0], DOCS[1])], pairwise):
+        enc = tok(q, d, truncation=True, max_length=16, return_tensors="pt")
+        assert out.prompt_token_ids == enc["input_ids"][0].tolist() and len(out.prompt_token_ids) <= 16
+        with torch.no_grad():
+            assert out.outputs.score == pytest.approx(float(hf(**enc).logits[0, 0]), abs=1e-4)
+    if arch == "bert":      # token types matter: the same ids with type 0 everywhere score differently
+        ids = tok(QUERY, DOCS[0])["input_ids"]
+        flat = llm.encode([{"prompt_token_ids": ids}], pooling_task="score", use_tqdm=False)[0]
+        assert abs(float(flat.outputs.data[0]) - scores[0].outputs.score) > 1e-4
+        typed = llm.encode([{"prompt_token_ids": ids, "token_type_ids": tok(QUERY, DOCS[0])["token_type_ids"]}],
+                           pooling_task="score", use_tqdm=False)[0]
+        assert float(typed.outputs.data[0]) == pytest.approx(scores[0].outputs.score, abs=1e-6)
+
+
+def test_activation_follows_the_checkpoint_config(checkpoints):
+    # A sentence-transformers CrossEncoder saved with an Identity activation: score gives the raw logit (as vLLM),
+    # classify still its sigmoid.
+    identity = {"activation_fn": "torch.nn.modules.linear.Identity"}
+    path, hf = checkpoints("xlm_roberta", 1, sentence_transformers=identity)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path)
+    llm = LLM(path, dtype="float32")
+    logit = _hf_logits(hf, tok, QUERY, DOCS[0])[0]
+    assert llm.score(QUERY, DOCS[0], use_tqdm=False)[0].outputs.score == pytest.approx(float(logit), abs=1e-4)
+    assert llm.classify(TEXTS[0], use_tqdm=False)[0].outputs.probs[0] == pytest.approx(
+        float(torch.sigmoid(_hf_logits(hf, tok, TEXTS[0])[0])), abs=1e-5)
+    # HF's problem_type: multi-label -> a sigmoid per label; regression -> the logits.
+    for problem_type, activation in (("multi_label_classification", torch.sigmoid), ("regression", lambda x: x)):
+        path, hf = checkpoints("bert", 3, problem_type=problem_type)
+        probs = LLM(path, dtype="float32").classify(TEXTS[0], use_tqdm=False)[0].outputs.probs
+        assert torch.allclose(torch.tensor(probs), activation(_hf_logits(hf, AutoTokenizer.from_pretrained(path),
+                                                                         TEXTS[0])), atol=1e-4)
+
+
+def test_wrong_api_for_a_classifier_is_vllms_error(checkpoints):
+    path, _ = checkpoints("bert", 3)
+    llm = LLM(path, dtype="float32")
+    with pytest.raises(ValueError, match="Scoring API is only enabled for num_labels == 1."):
+        llm.score("w1", "w2", use_tqdm=False)
+    with pytest.raises(ValueError, match="Embedding API is not supported by this model"):
+        llm.embed(TEXTS, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"LLM.encode\(\) without pooling_task='classify' is not supported"):
+        llm.encode(TEXTS, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"Task classify only supports \['use_activation'\] parameters, does not "
+                                         r"support \['dimensions'\]"):
+        llm.classify(TEXTS, pooling_params=PoolingParams(dimensions=2), use_tqdm=False)
+    with pytest.raises(ValueError, match=r"LLM.generate\(\) is only supported for generative models: this is a "
+                                         r"pooling \(sequence classification\) model"):
+        llm.generate("w1", use_tqdm=False)
+    with pytest.raises(ValueError, match=r"no language-model head \(a sequence classifier\)"):
+        LLM(path, runner="generate")
+    # vLLM's older spellings of the classifier's use_activation
+    with_old = llm.classify(TEXTS[:1], pooling_params=PoolingParams(activation=False), use_tqdm=False)
+    raw = llm.classify(TEXTS[:1], pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+    assert with_old[0].outputs.probs == raw[0].outputs.probs and abs(sum(raw[0].outputs.probs) - 1) > 1e-3
+
+
+@pytest.mark.parametrize("spelling", [{"runner": "pooling"}, {"task": "classify"}, {"task": "score"},
+                                      {"convert": "classify"}, {"runner": "pooling", "convert": "classify"}])
+def test_runner_task_and_convert_spellings(checkpoints, spelling):
+    path, _ = checkpoints("xlm_roberta", 1)
+    llm = LLM(path, dtype="float32", **spelling)
+    assert llm.llm_engine.config.pooling_tasks == ("classify", "score")
+    assert len(llm.classify(TEXTS[:2], use_tqdm=False)) == 2
+
+
+def test_convert_that_needs_a_new_head_is_a_clear_error(checkpoints, tmp_path):
+    path, _ = checkpoints("xlm_roberta", 1)
+    with pytest.raises(ValueError, match="converting it into an embedding model .* is not supported yet"):
+        LLM(path, convert="embed")
+    save_tiny_llama(tmp_path, 104)
+    for spelling in ({"convert": "classify"}, {"task": "score"}):
+        with pytest.raises(ValueError, match=r"needs a sequence-classification checkpoint .* converting a model into "
+                                             r"a classifier with a new head is not supported yet"):
+            LLM(str(tmp_path), skip_tokenizer_init=True, **spelling)
+    with pytest.raises(ValueError, match="convert='reward' is not supported yet"):
+        LLM(str(tmp_path), skip_tokenizer_init=True, convert="reward")
+    with pytest.raises(ValueError, match="task='embed' contradicts convert='classify'"):
+        LLM(str(tmp_path), skip_tokenizer_init=True, task="embed", convert="classify")
+    # an embedding model asked to classify
+    embedder = LLM(str(tmp_path), skip_tokenizer_init=True, runner="pooling")
+    with pytest.raises(ValueError, match="Classification API is not supported by this model"):
+        embedder.classify([{"prompt_token_ids": [1, 2]}], use_tqdm=False)
