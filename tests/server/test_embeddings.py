@@ -211,9 +211,9 @@ def test_rerank_jina_and_cohere_routes(servers):
     r = httpx.post(servers["generator"].url + "/rerank", json={"query": query, "documents": docs})
     assert r.status_code == 400 and "does not support Rerank API" in r.json()["error"]["message"]
     assert httpx.get(url + "/health").status_code == 200
-    # /classify: vLLM's 400 for a model without a classification head (was a 404 "not a route").
+    # /classify: a 400 with vLLM's words for a model without a classification head (was a 404 "not a route").
     r = httpx.post(url + "/classify", json={"model": MINILM, "input": "hi"})
-    assert r.status_code == 400 and "does not support Classification API" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "Classification API is not supported by this model" in r.json()["error"]["message"]
 
 
 def test_pooling_400s_name_their_field(servers):

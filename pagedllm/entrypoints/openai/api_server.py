@@ -3,8 +3,8 @@
 ``pagedllm serve MODEL [flags]`` or ``python -m pagedllm.entrypoints.openai.api_server --model MODEL [flags]``.
 Routes: /v1/models, /v1/completions, /v1/chat/completions (/v1/chat/completions/batch: several conversations in one
 request), /v1/responses (text in, text out), /inference/v1/generate (token ids in and out), /tokenize, /detokenize,
-/health, /ping, /version, /metrics, /load, /v1/embeddings, /pooling, /score (/v1/score) and /rerank (/v1/rerank,
-/v2/rerank) for pooling (embedding) models,
+/health, /ping, /version, /metrics, /load, /v1/embeddings, /pooling, /classify, /score (/v1/score) and /rerank
+(/v1/rerank, /v2/rerank) for pooling (embedding and sequence-classification) models,
 and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI server lacks but tutorials post to.
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.dev_routes import add_dev_routes
 from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
-from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionRequest, CompletionRequest,
-                                                  DetokenizeRequest, EmbeddingRequest, GenerateTokensRequest,
+from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionRequest,
+                                                  ClassificationRequest, CompletionRequest, DetokenizeRequest,
+                                                  EmbeddingRequest, GenerateTokensRequest,
                                                   ModelCard, ModelList, PoolingRequest, RequestError, RerankRequest,
                                                   ResponsesRequest, ScoreRequest, TokenizeChatRequest,
                                                   TokenizeCompletionRequest)
@@ -120,9 +121,13 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     base = OpenAIServing(engine, served_model_names, **common)
     pooling = OpenAIServingPooling(engine, served_model_names, **common)
     is_pooling = engine.config.is_pooling
+    model_task = ("generate" if not is_pooling else "classify" if engine.config.model.is_classifier else "embed")
 
     def generative_only(api: str) -> None:
         if is_pooling:
+            if engine.config.model.is_classifier:
+                raise RequestError(f"The model does not support {api} API: it is a pooling (sequence "
+                                   f"classification) model; use /classify, /pooling, /score or /rerank.", "model")
             raise RequestError(f"The model does not support {api} API: it is a pooling (embedding) model; use "
                                f"/v1/embeddings, /pooling, /score or /rerank.", "model")
     app.state.engine = engine
@@ -164,7 +169,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     @app.get("/v1/models")
     async def list_models():
         cards = [ModelCard(id=name, root=engine.engine_args.model, max_model_len=engine.config.max_model_len,
-                           task="embed" if is_pooling else "generate")
+                           task=model_task)
                  for name in served_model_names]
         return JSONResponse(ModelList(data=cards).model_dump())
 
@@ -173,7 +178,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         if model_id not in served_model_names:
             raise RequestError(f"The model `{model_id}` does not exist.", "model", 404, "NotFoundError")
         card = ModelCard(id=model_id, root=engine.engine_args.model, max_model_len=engine.config.max_model_len,
-                         task="embed" if is_pooling else "generate")
+                         task=model_task)
         return JSONResponse(card.model_dump())
 
     @app.post("/v1/completions")
@@ -221,10 +226,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         return await pooling.create_rerank(request, raw_request)
 
     @app.post("/classify")
-    async def create_classify(raw_request: Request):
-        # vLLM's answer on a model without a classification head (no architecture here has one yet).
-        raise RequestError("The model does not support Classification API: pagedllm serves no sequence-"
-                           "classification model yet.", "model")
+    async def create_classify(request: ClassificationRequest, raw_request: Request):
+        return await pooling.create_classify(request, raw_request)
 
     @app.post("/tokenize")
     async def tokenize(request: Union[TokenizeCompletionRequest, TokenizeChatRequest]):

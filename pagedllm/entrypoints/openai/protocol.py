@@ -106,7 +106,7 @@ class ModelCard(OpenAIBaseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
-    task: str | None = None        # "generate" or "embed" (a pooling model)
+    task: str | None = None        # "generate", "embed" (an embedding model) or "classify" (a classifier)
     permission: list[ModelPermission] = Field(default_factory=lambda: [ModelPermission()])
 
 
@@ -601,25 +601,18 @@ class DetokenizeResponse(OpenAIBaseModel):
     prompt: str
 
 
-# ---- pooling models: /v1/embeddings, /pooling, /score (vLLM's request and response shapes) --------------------------
+# ---- pooling models: /v1/embeddings, /pooling, /classify, /score (vLLM's request and response shapes) ---------------
 PoolingInput = Union[str, list[str], list[int], list[list[int]]]
 
 
-class EmbeddingRequest(OpenAIRequestModel):
+class PoolingInputRequest(OpenAIRequestModel):
+    """What every pooling request over inputs shares (/v1/embeddings, /pooling, /classify)."""
     model: str | None = None
-    # The texts / token ids to embed, or (vLLM's chat form) a conversation the chat template renders into one prompt.
+    # The texts / token ids to pool, or (vLLM's chat form) a conversation the chat template renders into one prompt.
     input: PoolingInput | None = None
     messages: list[ChatMessage] | None = None
-    # bytes / bytes_only (vLLM's): the raw values as the body, located by a "metadata" header (bytes) or not.
-    encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
-    # base64's and bytes' values (vLLM's): their dtype and byte order ("native": the server's, as the openai client
-    # expects).
-    embed_dtype: EmbedDType = "float32"
-    endianness: Endianness = "native"
-    dimensions: int | None = None
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
-    normalize: bool | None = None
     priority: int = 0
     # With messages only (vLLM's EmbeddingChatRequest defaults: no generation prompt, no extra special tokens).
     add_generation_prompt: bool = False
@@ -639,24 +632,48 @@ class EmbeddingRequest(OpenAIRequestModel):
         return self
 
 
+class EmbeddingRequest(PoolingInputRequest):
+    # bytes / bytes_only (vLLM's): the raw values as the body, located by a "metadata" header (bytes) or not.
+    encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
+    # base64's and bytes' values (vLLM's): their dtype and byte order ("native": the server's, as the openai client
+    # expects).
+    embed_dtype: EmbedDType = "float32"
+    endianness: Endianness = "native"
+    dimensions: int | None = None
+    normalize: bool | None = None
+
+
 class PoolingRequest(EmbeddingRequest):
-    # vLLM's pooling task; the one pagedllm has pools a vector per input (embed / encode): any other is a 400.
+    # vLLM's pooling task: one vector per input (embed / encode from an embedding model, classify from a sequence
+    # classifier); the per-token tasks are a 400.
     task: str | None = None
+    use_activation: bool | None = None
 
     @field_validator("task")
     @classmethod
     def _pooled_vector_task(cls, v: str | None) -> str | None:
-        if v not in (None, "embed", "encode"):
-            raise ValueError(f"Unsupported task: {v!r}. pagedllm's /pooling pools one vector per input from an "
-                             f"embedding model (task 'embed').")
+        if v not in (None, "embed", "encode", "classify"):
+            raise ValueError(f"Unsupported task: {v!r}. pagedllm's /pooling pools one vector per input: task "
+                             f"'embed' (an embedding model) or 'classify' (a sequence-classification model).")
         return v
+
+
+class ActivationField(OpenAIRequestModel):
+    # Apply the classifier's activation (softmax / sigmoid, or a cross-encoder's own); False: the raw logits.
+    # ``activation`` is vLLM's older name for it.
+    use_activation: bool | None = None
+    activation: bool | None = None
+
+
+class ClassificationRequest(PoolingInputRequest, ActivationField):
+    """/classify (vLLM's): class probabilities per input from a sequence-classification model."""
 
 
 # /score's pairs under vLLM 0.24's four spellings (its examples send queries / documents); read as text_1 / text_2.
 SCORE_PAIR_NAMES = (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2"))
 
 
-class ScoreRequest(OpenAIRequestModel):
+class ScoreRequest(ActivationField):
     model: str | None = None
     text_1: Union[str, list[str]]
     text_2: Union[str, list[str]]
@@ -677,7 +694,7 @@ class ScoreRequest(OpenAIRequestModel):
         return data
 
 
-class RerankRequest(OpenAIRequestModel):
+class RerankRequest(ActivationField):
     """/rerank, /v1/rerank (Jina) and /v2/rerank (Cohere): the documents ordered by their score against the query."""
     model: str | None = None
     query: str

@@ -1,5 +1,7 @@
-"""/v1/embeddings, /pooling, /score and /rerank: pooling requests through the same engine, scheduler and token budget as
-generation (one request per input; its one step pools the prompt into a vector)."""
+"""/v1/embeddings, /pooling, /classify, /score and /rerank: pooling requests through the same engine, scheduler and
+token budget as generation (one request per input; its one step pools the prompt into a vector: an embedding, or a
+classifier's class probabilities). /score and /rerank give a cross-encoder's score of each pair read as one prompt, or
+the cosine of an embedding model's two embeddings."""
 from __future__ import annotations
 
 import base64
@@ -11,12 +13,14 @@ import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from pagedllm.entrypoints.openai.protocol import (EmbeddingRequest, PoolingRequest, RequestError, RerankRequest,
-                                                  ScoreRequest, random_uuid)
+from pagedllm.entrypoints.openai.protocol import (ClassificationRequest, EmbeddingRequest, PoolingInputRequest,
+                                                  PoolingRequest, RequestError, RerankRequest, ScoreRequest,
+                                                  random_uuid)
 from pagedllm.entrypoints.openai.serving_chat import conversation
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, check_unicode, merge_streams, until_disconnected,
                                                      usage_dict)
 from pagedllm.entrypoints.pooling.utils import encode_pooling_bytes
+from pagedllm.outputs import ScoringOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.utils.serial_utils import tensor2binary
 
@@ -29,11 +33,37 @@ def encode_vector(vector: torch.Tensor, req: EmbeddingRequest) -> list[float] | 
     return vector.tolist()
 
 
+def _named_field(error: ValueError, fields) -> str | None:
+    """The request field a PoolingParams error is about, for the 400's ``param``."""
+    return next((name for name in fields if name in str(error).lower()), None)
+
+
 class OpenAIServingPooling(OpenAIServing):
     def check_pooling_model(self, api: str) -> None:
         if not self.engine.config.is_pooling:
             raise RequestError(f"The model does not support {api} API: it is a text generation model (start the "
                                f"server with --runner pooling to use it as an embedding model).", "model")
+
+    def check_pooling_task(self, task: str, param: str = "model") -> None:
+        """A 400 with vLLM's message for a task this model does not run (classify on an embedder, embed on a
+        classifier, score on a classifier of several labels)."""
+        try:
+            self.engine.config.verify_pooling_task(task)
+        except ValueError as e:
+            raise RequestError(str(e), param) from None
+
+    def _check_ids(self, ids: list[int], field: str, task: str | None) -> None:
+        if not ids:
+            raise RequestError(f"{field} must not contain an empty text or token list.", field)
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestError(f"Token id {bad[0]} in {field} is out of vocabulary (vocab size "
+                               f"{self.vocab_size}).", field)
+        if len(ids) > self.max_model_len:
+            operation = {"classify": "classification", "score": "score"}.get(task or "", "embedding generation")
+            raise RequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{len(ids)} tokens in the input for {operation}. Please reduce the length of the input.", field)
 
     async def _prompts(self, inputs: Any, params: PoolingParams, field: str = "input") -> list[dict]:
         """Each input (a string, or token ids) as a tokenized prompt, truncated as asked, within max_model_len."""
@@ -59,21 +89,11 @@ class OpenAIServingPooling(OpenAIServing):
             else:
                 ids = list(item) if limit is None else list(item)[-limit:]
                 prompt = {"prompt_token_ids": ids}
-            if not ids:
-                raise RequestError(f"{field} must not contain an empty text or token list.", field)
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise RequestError(f"Token id {bad[0]} in {field} is out of vocabulary (vocab size "
-                                   f"{self.vocab_size}).", field)
-            if len(ids) > self.max_model_len:
-                raise RequestError(
-                    f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                    f"{len(ids)} tokens in the input for embedding generation. Please reduce the length of the "
-                    f"input.", field)
+            self._check_ids(ids, field, params.task)
             prompts.append(prompt)
         return prompts
 
-    async def _request_prompts(self, req: EmbeddingRequest, params: PoolingParams) -> list[dict]:
+    async def _request_prompts(self, req: PoolingInputRequest, params: PoolingParams) -> list[dict]:
         """``input``'s prompts, or ``messages`` rendered by the chat template into one prompt (as vLLM)."""
         if req.messages is None:
             return await self._prompts(req.input, params)
@@ -101,18 +121,19 @@ class OpenAIServingPooling(OpenAIServing):
             return results
         return await until_disconnected(gather(), raw_request)
 
-    def _params(self, req: EmbeddingRequest, task: str) -> PoolingParams:
+    def _params(self, req: PoolingInputRequest, task: str) -> PoolingParams:
+        """The request's PoolingParams for ``task``; a field the task does not take is a 400 naming it."""
+        self.check_pooling_task(task, "task" if getattr(req, "task", None) else "model")
+        fields = {name: getattr(req, name) for name in ("dimensions", "normalize", "use_activation", "activation")
+                  if getattr(req, name, None) is not None}
         try:
-            params = PoolingParams(dimensions=req.dimensions, normalize=req.normalize,
-                                   truncate_prompt_tokens=req.truncate_prompt_tokens, task=task)
+            params = PoolingParams(truncate_prompt_tokens=req.truncate_prompt_tokens, task=task, **fields)
             hf = self.engine.config.hf_config
             matryoshka = getattr(hf, "matryoshka_dimensions", None)
             params.verify_dimensions(hf.hidden_size, matryoshka,
                                      bool(getattr(hf, "is_matryoshka", False) or matryoshka), self.model_name)
         except ValueError as e:
-            param = ("truncate_prompt_tokens" if "truncate_prompt_tokens" in str(e)
-                     else "dimensions" if req.dimensions is not None else None)
-            raise RequestError(str(e), param) from None
+            raise RequestError(str(e), _named_field(e, ("truncate_prompt_tokens", *fields))) from None
         return params
 
     def _body(self, prefix: str, obj: str, data: list[dict], outputs: list) -> JSONResponse:
@@ -148,7 +169,9 @@ class OpenAIServingPooling(OpenAIServing):
     async def create_pooling(self, req: PoolingRequest, raw_request: Request | None = None):
         self.check_model(req.model)
         self.check_pooling_model("Pooling")
-        params = self._params(req, "encode")
+        # No task: the model's own (a classifier's class probabilities, an embedder's vector), as vLLM's.
+        default = "classify" if self.engine.config.model.is_classifier else "encode"
+        params = self._params(req, req.task or default)
         outputs = await self._run("pool", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
@@ -158,11 +181,30 @@ class OpenAIServingPooling(OpenAIServing):
                 for i, o in enumerate(outputs)]
         return self._body("pool", "pooling", data, outputs)
 
+    async def create_classify(self, req: ClassificationRequest, raw_request: Request | None = None):
+        """vLLM's /classify: per input its class probabilities (``probs``, ``num_classes``) and the label of the
+        likeliest (the checkpoint's ``id2label``)."""
+        self.check_model(req.model)
+        self.check_pooling_model("Classification")
+        params = self._params(req, "classify")
+        outputs = await self._run("classify", await self._request_prompts(req, params), params, req.priority,
+                                  raw_request)
+        if outputs is None:
+            return JSONResponse({}, status_code=499)
+        id2label = getattr(self.engine.config.hf_config, "id2label", None) or {}
+        data = []
+        for i, out in enumerate(outputs):
+            probs = out.outputs.data.tolist()
+            label = id2label.get(int(out.outputs.data.argmax()))
+            data.append({"index": i, "label": label, "probs": probs, "num_classes": len(probs)})
+        return self._body("classify", "classify", data, outputs)
+
     async def _pair_scores(self, prefix: str, first: list[str], second: list[str], names: tuple[str, str],
-                           truncate_prompt_tokens: int | None, priority: int,
+                           req: ScoreRequest | RerankRequest,
                            raw_request: Request | None) -> tuple[list[float], list] | None:
-        """The cosine of each (first[i], second[i]) pair's embeddings, and every output (None when the client went
-        away); ``first`` may be one text scored against each of ``second``."""
+        """Each (first[i], second[i]) pair's score, and every output (None when the client went away); ``first``
+        may be one text scored against each of ``second``. A cross-encoder reads each pair as one prompt and gives
+        its score; an embedding model gives the cosine of the two texts' embeddings."""
         if len(first) == 1:
             first = first * len(second)
         self.check_num_prompts(len(second), names[1])
@@ -171,12 +213,15 @@ class OpenAIServingPooling(OpenAIServing):
         if len(first) != len(second):
             raise RequestError(f"{names[0]} must be one text or as many as {names[1]} (got {len(first)} and "
                                f"{len(second)}).", names[0])
+        if self.engine.config.model.is_classifier:
+            return await self._cross_encoder_scores(prefix, first, second, names, req, raw_request)
         try:
-            params = PoolingParams(normalize=True, truncate_prompt_tokens=truncate_prompt_tokens, task="embed")
+            # The cosine does not depend on the norms: use_activation (normalize) changes nothing here.
+            params = PoolingParams(normalize=True, truncate_prompt_tokens=req.truncate_prompt_tokens, task="embed")
         except ValueError as e:
             raise RequestError(str(e), "truncate_prompt_tokens") from None
         prompts = await self._prompts(first, params, names[0]) + await self._prompts(second, params, names[1])
-        outputs = await self._run(prefix, prompts, params, priority, raw_request)
+        outputs = await self._run(prefix, prompts, params, req.priority, raw_request)
         if outputs is None:
             return None
         n = len(first)
@@ -184,15 +229,40 @@ class OpenAIServingPooling(OpenAIServing):
                   for a, b in zip(outputs[:n], outputs[n:])]
         return scores, outputs
 
+    async def _cross_encoder_scores(self, prefix: str, first: list[str], second: list[str], names: tuple[str, str],
+                                    req: ScoreRequest | RerankRequest,
+                                    raw_request: Request | None) -> tuple[list[float], list] | None:
+        self.check_pooling_task("score")
+        self.need_tokenizer("Scoring a text pair")
+        fields = {name: getattr(req, name) for name in ("use_activation", "activation")
+                  if getattr(req, name) is not None}
+        try:
+            params = PoolingParams(truncate_prompt_tokens=req.truncate_prompt_tokens, task="score", **fields)
+            if params.truncate_prompt_tokens is not None:
+                self.engine.input_processor.truncation_limit(params)
+        except ValueError as e:
+            raise RequestError(str(e), _named_field(e, ("truncate_prompt_tokens", *fields))) from None
+        check_unicode(first, names[0])
+        check_unicode(second, names[1])
+        prompts = []
+        for a, b in zip(first, second):
+            prompt = await self.run_tokenizer(self.engine.input_processor.encode_pair_for_pooling, a, b, params)
+            self._check_ids(prompt["prompt_token_ids"], names[1], "score")
+            prompts.append(prompt)
+        outputs = await self._run(prefix, prompts, params, req.priority, raw_request)
+        if outputs is None:
+            return None
+        return [ScoringOutput.from_base(o.outputs).score for o in outputs], outputs
+
     async def create_score(self, req: ScoreRequest, raw_request: Request | None = None):
-        """The cosine of the two texts' embeddings; text_1 is one text against each of text_2, or pairwise (the
-        pair may be spelled queries / documents, queries / items or data_1 / data_2, as vLLM's)."""
+        """Each pair's score (a cross-encoder's, or the cosine of an embedding model's embeddings); text_1 is one
+        text against each of text_2, or pairwise (the pair may be spelled queries / documents, queries / items or
+        data_1 / data_2, as vLLM's)."""
         self.check_model(req.model)
         self.check_pooling_model("Score")
         first = [req.text_1] if isinstance(req.text_1, str) else list(req.text_1)
         second = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
-        scored = await self._pair_scores("score", first, second, req.pair_names, req.truncate_prompt_tokens,
-                                         req.priority, raw_request)
+        scored = await self._pair_scores("score", first, second, req.pair_names, req, raw_request)
         if scored is None:
             return JSONResponse({}, status_code=499)
         scores, outputs = scored
@@ -204,8 +274,8 @@ class OpenAIServingPooling(OpenAIServing):
         ``top_n`` (all when 0); ``index`` is the document's place in the request."""
         self.check_model(req.model)
         self.check_pooling_model("Rerank")
-        scored = await self._pair_scores("rerank", [req.query], list(req.documents), ("query", "documents"),
-                                         req.truncate_prompt_tokens, req.priority, raw_request)
+        scored = await self._pair_scores("rerank", [req.query], list(req.documents), ("query", "documents"), req,
+                                         raw_request)
         if scored is None:
             return JSONResponse({}, status_code=499)
         scores, outputs = scored

@@ -1,0 +1,140 @@
+"""/classify, /score and /rerank on sequence-classification models (the server's app in-process, tiny random
+checkpoints): vLLM's JSON against HF transformers' logits, and the 400s for what the model does not do."""
+from __future__ import annotations
+
+import pytest
+import torch
+from app_client import post_to_server_app as _post_to_server_app
+
+from tests.unit.tiny_models import save_tiny_classifier
+
+TEXTS = ["w1 w2 w3", "w5 w60", " ".join(f"w{i}" for i in range(20))]
+QUERY = "w1 w2 w3"
+DOCS = ["w3 w4 w5 w6", "w1 w2 w3", "w90", "w9 w8 w7 w6 w5"]
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    """A BERT classifier of three named labels."""
+    path = tmp_path_factory.mktemp("tiny-bert-sentiment")
+    hf = save_tiny_classifier(path, "bert", 3, id2label={0: "negative", 1: "neutral", 2: "positive"},
+                              label2id={"negative": 0, "neutral": 1, "positive": 2})
+    return str(path), hf
+
+
+@pytest.fixture(scope="module")
+def reranker(tmp_path_factory):
+    """An XLM-RoBERTa cross-encoder (one label), as bge-reranker-v2-m3."""
+    path = tmp_path_factory.mktemp("tiny-xlmr-reranker")
+    return str(path), save_tiny_classifier(path, "xlm_roberta", 1)
+
+
+def post_to_server_app(path: str, posts: list) -> list[tuple[int, dict]]:
+    # the tiny models' 64 positions; the chat form's test sends its own template
+    return _post_to_server_app(path, posts, flags=("--max-model-len", "64", "--trust-request-chat-template"))
+
+
+def _logits(hf, path, *texts) -> torch.Tensor:
+    from transformers import AutoTokenizer
+    enc = AutoTokenizer.from_pretrained(path)(*texts, return_tensors="pt")
+    with torch.no_grad():
+        return hf(**enc).logits[0]
+
+
+def test_classify_json_equals_hf(sentiment):
+    path, hf = sentiment
+    answers = post_to_server_app(path, [
+        ("/classify", {"model": path, "input": TEXTS}),
+        ("/classify", {"input": TEXTS[0], "use_activation": False}),
+        ("/classify", {"input": [[2, 5, 6, 7, 3]], "activation": False}),   # vLLM's older name; token ids
+        ("/pooling", {"input": TEXTS[0]}),                                   # the model's own task: classify
+        ("/classify", {"messages": [{"role": "user", "content": "w1 w2"}],
+                       "chat_template": "[CLS] {% for m in messages %}{{ m['content'] }}{% endfor %} [SEP]"}),
+    ])
+    (status, body), (raw_status, raw), (ids_status, ids), (pool_status, pooled), (chat_status, chat) = answers
+    assert status == 200 and body["object"] == "list" and body["id"].startswith("classify-")
+    assert body["model"] == path and len(body["data"]) == 3
+    labels = ["negative", "neutral", "positive"]
+    for i, (text, item) in enumerate(zip(TEXTS, body["data"])):
+        expected = torch.softmax(_logits(hf, path, text), -1)
+        assert item["index"] == i and item["num_classes"] == 3
+        assert torch.allclose(torch.tensor(item["probs"]), expected, atol=1e-5)
+        assert item["label"] == labels[int(expected.argmax())]
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == sum(len(t.split()) + 2 for t in TEXTS)
+    assert raw_status == 200
+    assert torch.allclose(torch.tensor(raw["data"][0]["probs"]), _logits(hf, path, TEXTS[0]), atol=1e-4)
+    assert ids_status == 200 and ids["data"][0]["probs"] == pytest.approx(raw["data"][0]["probs"], abs=1e-5)
+    assert pool_status == 200 and pooled["data"][0]["data"] == pytest.approx(body["data"][0]["probs"], abs=1e-5)
+    # vLLM's chat form: the conversation rendered by the (request's) chat template into one prompt
+    assert chat_status == 200, chat
+    assert torch.allclose(torch.tensor(chat["data"][0]["probs"]), torch.softmax(_logits(hf, path, "w1 w2"), -1),
+                          atol=1e-5)
+
+
+def test_cross_encoder_score_and_rerank_equal_hf(reranker):
+    path, hf = reranker
+    expected = [float(torch.sigmoid(_logits(hf, path, QUERY, doc)[0])) for doc in DOCS]
+    answers = post_to_server_app(path, [
+        ("/score", {"model": path, "queries": QUERY, "documents": DOCS}),
+        ("/v1/score", {"text_1": [QUERY, DOCS[0]], "text_2": [DOCS[0], DOCS[1]], "use_activation": False}),
+        ("/rerank", {"query": QUERY, "documents": DOCS, "top_n": 2}),
+        ("/v1/rerank", {"query": QUERY, "documents": DOCS, "return_documents": False}),
+        ("/v2/rerank", {"query": QUERY, "documents": DOCS}),
+        ("/classify", {"input": QUERY}),
+    ])
+    (status, score), (raw_status, raw), *reranks, (cls_status, classified) = answers
+    assert status == 200 and [d["index"] for d in score["data"]] == [0, 1, 2, 3]
+    assert [d["object"] for d in score["data"]] == ["score"] * 4
+    assert [d["score"] for d in score["data"]] == pytest.approx(expected, abs=1e-5)
+    assert len(set(round(s, 5) for s in expected)) == 4
+    assert raw_status == 200
+    assert [d["score"] for d in raw["data"]] == pytest.approx(
+        [float(_logits(hf, path, QUERY, DOCS[0])[0]), float(_logits(hf, path, DOCS[0], DOCS[1])[0])], abs=1e-4)
+    order = sorted(range(4), key=lambda i: expected[i], reverse=True)
+    for (rerank_status, rerank), top in zip(reranks, (2, 4, 4)):
+        assert rerank_status == 200 and [r["index"] for r in rerank["results"]] == order[:top]
+        assert [r["relevance_score"] for r in rerank["results"]] == pytest.approx(
+            [expected[i] for i in order[:top]], abs=1e-5)
+    assert reranks[0][1]["results"][0]["document"] == {"text": DOCS[order[0]]}
+    assert "document" not in reranks[1][1]["results"][0]
+    # the pair's tokens: <s> q </s></s> d </s>
+    assert score["usage"]["prompt_tokens"] == sum(3 + 4 + len(d.split()) for d in DOCS)
+    assert cls_status == 200 and classified["data"][0]["num_classes"] == 1
+    assert classified["data"][0]["label"] == "LABEL_0"
+
+
+def test_what_the_model_does_not_do_is_a_400(sentiment, reranker):
+    path, _ = sentiment
+    long_text = " ".join(f"w{i % 100}" for i in range(300))
+    answers = post_to_server_app(path, [
+        ("/score", {"queries": "w1", "documents": ["w2"]}),
+        ("/rerank", {"query": "w1", "documents": ["w2"]}),
+        ("/v1/embeddings", {"input": "w1"}),
+        ("/v1/completions", {"prompt": "w1"}),
+        ("/classify", {"input": long_text}),
+        ("/classify", {"input": []}),
+        ("/classify", {}),
+        ("/classify", {"input": "w1", "use_activation": "sometimes"}),
+        ("/classify", {"input": "w1", "use_activation": True, "activation": False}),
+        ("/pooling", {"input": "w1", "task": "embed"}),
+        ("/classify", {"input": [[2, 500, 3]]}),
+    ])
+    messages = [(status, body["error"]["message"], body["error"]["param"]) for status, body in answers]
+    assert all(status == 400 for status, _, _ in messages), messages
+    assert "Scoring API is only enabled for num_labels == 1." in messages[0][1]
+    assert "Scoring API is only enabled for num_labels == 1." in messages[1][1]
+    assert "Embedding API is not supported by this model" in messages[2][1]
+    assert "sequence classification" in messages[3][1] and "/classify" in messages[3][1]
+    assert "maximum context length is 64 tokens" in messages[4][1] and "for classification" in messages[4][1]
+    assert messages[5][2] == "input" and "input" in messages[6][1]
+    assert "use_activation" in messages[7][1]
+    assert "contradicts use_activation" in messages[8][1]
+    assert messages[9][2] == "task" and "Embedding API is not supported" in messages[9][1]
+    assert "out of vocabulary" in messages[10][1]
+    # truncation of a too-long pair: the longer text first, within the limit
+    path, _ = reranker
+    (status, body), (bad_status, bad) = post_to_server_app(path, [
+        ("/score", {"queries": QUERY, "documents": [long_text], "truncate_prompt_tokens": 32}),
+        ("/score", {"queries": QUERY, "documents": [long_text]})])
+    assert status == 200 and body["usage"]["prompt_tokens"] == 32
+    assert bad_status == 400 and "maximum context length is 64 tokens" in bad["error"]["message"]
