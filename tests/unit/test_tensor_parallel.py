@@ -16,7 +16,8 @@ import torch
 from pagedllm import LLM, SamplingParams
 from pagedllm.config import EngineArgs
 from pagedllm.engine.core import create_engine_config
-from tests.unit.tiny_models import ENCODER_PROMPTS, save_tiny_chatglm, save_tiny_encoder, save_tiny_llama
+from tests.unit.tiny_models import (ENCODER_PROMPTS, save_tiny_chatglm, save_tiny_classifier, save_tiny_encoder,
+                                    save_tiny_llama)
 
 VOCAB = 1024
 PROMPTS = [[11, 12, 13, 14, 15],
@@ -100,6 +101,21 @@ def test_tp2_embeddings_match_tp1(tmp_path, arch):
     got = _embeddings(tmp_path, 2)
     assert got.shape == (len(ENCODER_PROMPTS), 64)
     assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+
+
+def test_tp2_cross_encoder_scores_match_tp1(tmp_path):
+    # A BERT cross-encoder: the encoder split over the ranks, its head replicated, the pair's token types sent with
+    # the step to every rank.
+    save_tiny_classifier(tmp_path, "bert", 1)
+    scores = []
+    for tp in (1, 2):
+        llm = LLM(model=str(tmp_path), dtype="float32", tensor_parallel_size=tp)
+        try:
+            scores.append([s.outputs.score for s in llm.score("w1 w2 w3", ["w4 w5", "w1 w2", "w9 w8 w7 w6"],
+                                                              use_tqdm=False)])
+        finally:
+            llm.llm_engine.core.shutdown()
+    assert scores[1] == pytest.approx(scores[0], abs=1e-5) and len(set(scores[0])) == 3
 
 
 def test_killed_worker_is_named_within_seconds(tmp_path):
