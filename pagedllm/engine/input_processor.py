@@ -205,7 +205,9 @@ class InputProcessor:
     def encode_pair_for_pooling(self, first: str, second: str, params: PoolingParams) -> dict:
         """A cross-encoder's (query, document) pair as one prompt, joined as its tokenizer joins a text pair
         (``[CLS] q [SEP] d [SEP]`` with token types 0 then 1 for BERT, ``<s> q </s></s> d </s>`` for XLM-R), as vLLM
-        does; ``truncate_prompt_tokens`` truncates the longer text first (the tokenizer's longest_first)."""
+        does; ``truncate_prompt_tokens`` truncates the longer text first (the tokenizer's longest_first). A config
+        with ``use_sep_token: false`` (vLLM's "LLM as reranker"; ``use_pad_token``, its older name) has the two
+        texts concatenated and tokenized as one."""
         if self.tokenizer is None:
             raise ValueError("Scoring text pairs with a cross-encoder needs a tokenizer (skip_tokenizer_init=True).")
         for text in (first, second):
@@ -216,7 +218,12 @@ class InputProcessor:
         kwargs = {}
         if params.truncate_prompt_tokens is not None:
             kwargs = {"truncation": True, "max_length": self.truncation_limit(params)}
-        encoded = self.tokenizer(text=first, text_pair=second, **kwargs)
+        hf = self.config.hf_config
+        use_sep = getattr(hf, "use_pad_token", None)
+        if use_sep is None:
+            use_sep = getattr(hf, "use_sep_token", True)
+        encoded = (self.tokenizer(text=first, text_pair=second, **kwargs) if use_sep
+                   else self.tokenizer(text=first + second, **kwargs))
         prompt = {"prompt_token_ids": list(encoded["input_ids"])}
         if encoded.get("token_type_ids") is not None:
             prompt["token_type_ids"] = list(encoded["token_type_ids"])

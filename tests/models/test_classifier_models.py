@@ -102,6 +102,16 @@ def test_cross_encoder_score_equals_hf_on_the_pair(checkpoints, arch):
         assert float(typed.outputs.data[0]) == pytest.approx(scores[0].outputs.score, abs=1e-6)
 
 
+def test_llm_as_reranker_concatenates_the_pair(checkpoints):
+    # use_sep_token: false (vLLM's "LLM as reranker" config): query + document tokenized as one text.
+    from transformers import AutoTokenizer
+    path, hf = checkpoints("llama", 1, use_sep_token=False)
+    tok = AutoTokenizer.from_pretrained(path)
+    (out,) = LLM(path, dtype="float32").score("w1 w2 ", "w3 w4", use_tqdm=False)
+    assert out.prompt_token_ids == tok("w1 w2 w3 w4")["input_ids"] != tok("w1 w2 ", "w3 w4")["input_ids"]
+    assert out.outputs.score == pytest.approx(float(torch.sigmoid(_hf_logits(hf, tok, "w1 w2 w3 w4")[0])), abs=1e-5)
+
+
 def test_activation_follows_the_checkpoint_config(checkpoints):
     # A sentence-transformers CrossEncoder saved with an Identity activation: score gives the raw logit (as vLLM),
     # classify still its sigmoid.
