@@ -30,6 +30,7 @@ _MODELS = {
     "LlamaForSequenceClassification": ("llama", "LlamaForSequenceClassification"),
     "MistralForSequenceClassification": ("llama", "LlamaForSequenceClassification"),
     "Qwen2ForSequenceClassification": ("qwen2", "Qwen2ForSequenceClassification"),
+    "Qwen3ForSequenceClassification": ("qwen3", "Qwen3ForSequenceClassification"),
 }
 SEQUENCE_CLASSIFICATION_ARCHITECTURES = frozenset(a for a in _MODELS if a.endswith("ForSequenceClassification"))
 ENCODER_ONLY_ARCHITECTURES = frozenset({"BertModel", "XLMRobertaModel", "RobertaModel", "BertForSequenceClassification",

@@ -15,7 +15,7 @@ TEXTS = ["w1 w2 w3", "w5", " ".join(f"w{i}" for i in range(40)), "w7 w70 w8 w9 w
 QUERY = "w1 w2 w3"
 DOCS = ["w3 w4 w5 w6", "w1 w2 w3", "w90", " ".join(f"w{(7 * i) % 100}" for i in range(30))]
 # (architecture, labels): encoders pool the [CLS] / <s> row, decoders the last token.
-CLASSIFIERS = [("bert", 3), ("xlm_roberta", 2), ("roberta", 4), ("qwen2", 2), ("llama", 3)]
+CLASSIFIERS = [("bert", 3), ("xlm_roberta", 2), ("roberta", 4), ("qwen2", 2), ("qwen3", 1), ("llama", 3)]
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +48,23 @@ def test_classify_equals_hf(checkpoints, arch, num_labels):
     path, hf = checkpoints(arch, num_labels)
     llm = LLM(path, dtype="float32")        # runner "auto": a *ForSequenceClassification is a pooling model
     config = llm.llm_engine.config
-    assert config.runner_type == "pooling" and config.pooling_tasks == ("classify",)
+    assert config.runner_type == "pooling"
+    assert config.pooling_tasks == (("classify", "score") if num_labels == 1 else ("classify",))
     tok = AutoTokenizer.from_pretrained(path)
-    # Texts, tokenized by the checkpoint's tokenizer; Qwen2's tiny checkpoint takes token ids (tiny_models).
-    prompts = TEXTS if arch != "qwen2" else [{"prompt_token_ids": _word_ids(text)} for text in TEXTS]
+    # Texts, tokenized by the checkpoint's tokenizer; the tiny Qwen checkpoints take token ids (tiny_models).
+    prompts = TEXTS if not arch.startswith("qwen") else [{"prompt_token_ids": _word_ids(text)} for text in TEXTS]
     outputs = llm.classify(prompts, use_tqdm=False)
     logits = llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
     for text, out, raw in zip(TEXTS, outputs, logits):
-        ids = tok(text)["input_ids"] if arch != "qwen2" else _word_ids(text)
+        ids = tok(text)["input_ids"] if not arch.startswith("qwen") else _word_ids(text)
         with torch.no_grad():
             expected = hf(torch.tensor([ids])).logits[0]
         assert isinstance(out, ClassificationRequestOutput)
         assert out.prompt_token_ids == ids
         assert out.outputs.num_classes == num_labels
         assert torch.allclose(torch.tensor(raw.outputs.probs), expected, atol=1e-4)
-        assert torch.allclose(torch.tensor(out.outputs.probs), torch.softmax(expected, -1), atol=1e-5)
+        activation = torch.sigmoid if num_labels == 1 else lambda x: torch.softmax(x, -1)
+        assert torch.allclose(torch.tensor(out.outputs.probs), activation(expected), atol=1e-5)
     # the logits differ between texts (a real head on real rows, not a constant)
     assert len({round(o.outputs.probs[0], 4) for o in outputs}) == len(TEXTS)
     # encode with the classify task: the same probabilities, as a tensor

@@ -77,9 +77,9 @@ def save_word_tokenizer(path, kind: str) -> None:
 
 
 def save_tiny_classifier(path, arch: str, num_labels: int, seed: int = 0, **config):
-    """A tiny random ``*ForSequenceClassification`` ("bert", "xlm_roberta", "roberta", "qwen2", "llama") with
+    """A tiny random ``*ForSequenceClassification`` ("bert", "xlm_roberta", "roberta", "qwen2", "qwen3", "llama") with
     ``num_labels`` labels, saved to ``path`` with ``save_word_tokenizer``'s tokenizer (BERT's for "bert", XLM-R's
-    for the others; transformers loads Qwen2's own tokenizer class over it, so give "qwen2" token ids); returns the
+    for the others; transformers loads Qwen2's own tokenizer class over it, so give Qwen models token ids); returns the
     HF model (the reference). initializer_range 0.2 spreads the logits apart."""
     import transformers
     encoder = dict(vocab_size=104, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
@@ -92,6 +92,7 @@ def save_tiny_classifier(path, arch: str, num_labels: int, seed: int = 0, **conf
         "roberta": ("RobertaConfig", "RobertaForSequenceClassification",
                     dict(encoder, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1)),
         "qwen2": ("Qwen2Config", "Qwen2ForSequenceClassification", decoder),
+        "qwen3": ("Qwen3Config", "Qwen3ForSequenceClassification", dict(decoder, head_dim=16)),
         "llama": ("LlamaConfig", "LlamaForSequenceClassification", decoder)}[arch]
     cfg = getattr(transformers, config_class)(**{**settings, "num_labels": num_labels, "initializer_range": 0.2,
                                                  **config})
