@@ -6,7 +6,7 @@ import pytest
 import torch
 from app_client import post_to_server_app as _post_to_server_app
 
-from tests.unit.tiny_models import save_tiny_classifier
+from tests.unit.tiny_models import ENCODER_PROMPTS, save_tiny_classifier, save_tiny_encoder
 
 TEXTS = ["w1 w2 w3", "w5 w60", " ".join(f"w{i}" for i in range(20))]
 QUERY = "w1 w2 w3"
@@ -138,3 +138,21 @@ def test_what_the_model_does_not_do_is_a_400(sentiment, reranker):
         ("/score", {"queries": QUERY, "documents": [long_text]})])
     assert status == 200 and body["usage"]["prompt_tokens"] == 32
     assert bad_status == 400 and "maximum context length is 64 tokens" in bad["error"]["message"]
+
+
+def test_embeddings_take_use_activation_as_normalize(tmp_path):
+    # vLLM's newer name for an embedding's normalization: honoured, not ignored.
+    save_tiny_encoder(tmp_path, "bert")
+    prompt = ENCODER_PROMPTS[0]
+    answers = _post_to_server_app(str(tmp_path), [
+        ("/v1/embeddings", {"input": [prompt]}),
+        ("/v1/embeddings", {"input": [prompt], "use_activation": False}),
+        ("/pooling", {"input": [prompt], "use_activation": False}),
+        ("/v1/embeddings", {"input": [prompt], "use_activation": False, "normalize": True})],
+        flags=("--max-model-len", "64", "--skip-tokenizer-init"))
+    norms = [float(torch.tensor(body["data"][0].get("embedding", body["data"][0].get("data"))).norm())
+             for _, body in answers[:3]]
+    assert [status for status, _ in answers[:3]] == [200, 200, 200]
+    assert norms[0] == pytest.approx(1.0, abs=1e-5) and abs(norms[1] - 1) > 1e-2 and norms[2] == pytest.approx(norms[1])
+    status, body = answers[3]
+    assert status == 400 and body["error"]["param"] == "use_activation"

@@ -640,14 +640,15 @@ class EmbeddingRequest(PoolingInputRequest):
     embed_dtype: EmbedDType = "float32"
     endianness: Endianness = "native"
     dimensions: int | None = None
+    # L2-normalize the vectors; use_activation is vLLM's newer name for it (None: the checkpoint's choice).
     normalize: bool | None = None
+    use_activation: bool | None = None
 
 
 class PoolingRequest(EmbeddingRequest):
     # vLLM's pooling task: one vector per input (embed / encode from an embedding model, classify from a sequence
-    # classifier); the per-token tasks are a 400.
+    # classifier, where use_activation is its softmax / sigmoid); the per-token tasks are a 400.
     task: str | None = None
-    use_activation: bool | None = None
 
     @field_validator("task")
     @classmethod

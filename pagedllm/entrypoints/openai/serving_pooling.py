@@ -126,6 +126,14 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_pooling_task(task, "task" if getattr(req, "task", None) else "model")
         fields = {name: getattr(req, name) for name in ("dimensions", "normalize", "use_activation", "activation")
                   if getattr(req, name, None) is not None}
+        if task in ("embed", "encode") and "use_activation" in fields:
+            # vLLM's newer name for an embedding's normalization.
+            use = fields.pop("use_activation")
+            if fields.get("normalize", use) != use:
+                raise RequestError(f"use_activation={use} contradicts normalize={fields['normalize']}; for "
+                                   f"embeddings they are one setting (normalize, vLLM's older name).",
+                                   "use_activation")
+            fields["normalize"] = use
         try:
             params = PoolingParams(truncate_prompt_tokens=req.truncate_prompt_tokens, task=task, **fields)
             hf = self.engine.config.hf_config
