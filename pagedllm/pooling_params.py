@@ -58,7 +58,7 @@ class PoolingParams:
                 self.use_activation = value
         if self.task in VLLM_POOLING_TASKS_NOT_SUPPORTED:
             raise ValueError(f"Pooling task {self.task!r} is not supported yet by pagedllm: it pools one vector per "
-                             f"prompt from an embedding model (tasks {', '.join(POOLING_TASKS)}).")
+                             f"prompt, an embedding or a classifier's output (tasks {', '.join(POOLING_TASKS)}).")
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}.")
         if self.task is not None:
