@@ -15,6 +15,10 @@
 - A preempted request keeps its matcher: the tokens the matcher accepted stay the request's tokens, recomputation
   only rebuilds their KV.
 - A constrained step is sampled synchronously (the matcher must see token N before it can mask token N+1).
+- With a reasoning parser (``reasoning_parser``, pagedllm/reasoning_parsers.py) the grammar starts after the
+  thinking, as vLLM's: a request whose prompt leaves the model thinking gets no mask and feeds its matcher nothing
+  until it samples the end-of-thinking token (``Request.reasoning_end_ids``); the tokens after it are constrained.
+  ``structured_outputs_config.enable_in_reasoning`` constrains from the first token instead.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import TYPE_CHECKING, Any, Callable
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, reasoning_parser_name
+from pagedllm.reasoning_parsers import get_reasoning_parser, prompt_ends_reasoning
 from pagedllm.sampling_params import StructuredOutputsParams
 
 if TYPE_CHECKING:
@@ -212,16 +217,40 @@ class StructuredOutputManager:
         self._load_tokenizer = load_tokenizer     # run on the first constrained request only
         self.vocab_size: int = config.hf_config.vocab_size       # the logits' width
         self._compiler = None
+        self._tokenizer = None
+        name = reasoning_parser_name(config.args)
+        in_reasoning = bool((config.args.structured_outputs_config or {}).get("enable_in_reasoning"))
+        self.reasoning_parser = get_reasoning_parser(name) if name and not in_reasoning else None
+        self._reasoning_ids: tuple[int, int, tuple[int, ...]] | None = None
         self._compiled: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()             # the cache, shared by the core loop and the compiling thread
         self._pool: ThreadPoolExecutor | None = None
         # Requests whose matcher is being built, in arrival order: request id -> (request, future of its matcher).
         self._pending: OrderedDict[str, tuple["Request", Future]] = OrderedDict()
 
+    def _get_tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer(self.config)
+        return self._tokenizer
+
+    def reasoning_gate(self, prompt_ids: list[int], reasoning_ended: bool | None) -> frozenset[int] | None:
+        """The token ids that end a new constrained request's thinking while its grammar must wait for one of them,
+        else None (no reasoning parser, enable_in_reasoning, or the thinking is over before the first token).
+        ``reasoning_ended``: the front end's answer (the server knows the request's thinking switches and
+        include_reasoning); None: the prompt decides (vLLM's is_reasoning_end)."""
+        if self.reasoning_parser is None:
+            return None
+        if self._reasoning_ids is None:
+            self._reasoning_ids = self.reasoning_parser.token_ids(self._get_tokenizer().get_vocab())
+        start, end, implicit = self._reasoning_ids
+        if reasoning_ended is None:
+            reasoning_ended = prompt_ends_reasoning(prompt_ids, start, end)
+        return None if reasoning_ended else frozenset((end, *implicit))
+
     def _get_compiler(self):
         if self._compiler is None:
             xgr = _xgrammar()
-            tokenizer = self._load_tokenizer(self.config)
+            tokenizer = self._get_tokenizer()
             info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size)
             # One thread: one grammar compiles at a time, beside the core loop (a two-field JSON schema on SmolLM2's
             # 49k vocabulary: 11 ms).

@@ -375,6 +375,10 @@ class ChatCompletionRequest(SamplingFields):
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     documents: list[dict[str, str]] | None = None
+    # Reasoning models (vLLM 0.24): the effort reaches the chat template (reasoning_effort, and enable_thinking
+    # unless the request sets it); include_reasoning=false drops message.reasoning (--reasoning-parser).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    include_reasoning: bool = True
 
     @field_validator("messages")
     @classmethod
@@ -382,6 +386,17 @@ class ChatCompletionRequest(SamplingFields):
         if not v:
             raise ValueError("messages must contain at least one message.")
         return v
+
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """chat_template_kwargs with reasoning_effort's (vLLM's rule: it also switches enable_thinking, on unless
+        the effort is "none", where the request does not set that itself)."""
+        if self.reasoning_effort is None:
+            return self.chat_template_kwargs
+        own = self.chat_template_kwargs or {}
+        extra: dict[str, Any] = {"reasoning_effort": self.reasoning_effort}
+        if "enable_thinking" not in own:
+            extra["enable_thinking"] = self.reasoning_effort != "none"
+        return {**own, **extra}
 
     def check(self) -> None:
         super().check()

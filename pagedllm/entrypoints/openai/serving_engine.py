@@ -336,7 +336,7 @@ class OpenAIServing:
 
     # ---- submitting -----------------------------------------------------------------------------------------------
     async def submit(self, request_ids: list[str], prompts: list[dict], params_list: list[SamplingParams],
-                     priority: int) -> list[RequestStream]:
+                     priority: int, reasoning_ended: bool | None = None) -> list[RequestStream]:
         """Add every prompt of a request; if one is refused, the others are aborted and the error raised. The engine
         knows each by its id plus a random suffix (vLLM's rule since 0.14): ids come from clients (X-Request-Id,
         request_id), and two requests in flight with the same one must not collide."""
@@ -346,7 +346,8 @@ class OpenAIServing:
                 engine_id = f"{rid}-{random_uuid()[:8]}"
                 if self.log_requests:
                     self.log_request(engine_id, prompt, params)
-                streams.append(await self.engine.add_request(engine_id, prompt, params, priority=priority))
+                streams.append(await self.engine.add_request(engine_id, prompt, params, priority=priority,
+                                                             reasoning_ended=reasoning_ended))
         except BaseException as e:
             for s in streams:
                 s.abort()
