@@ -1,6 +1,7 @@
 """--reasoning-parser (vLLM's reasoning outputs): a reasoning model's thinking comes back as ``message.reasoning``
 apart from ``message.content`` (streamed as ``delta.reasoning`` chunks, then ``delta.content``; the think tags never
-go out), the tool parser sees only the content, and structured output constrains only what follows the thinking.
+go out), the tool parser sees only the content, /v1/responses returns a "reasoning" output item, and structured
+output constrains only what follows the thinking.
 
 The server tests run the app in-process over a tiny model whose tokenizer has the think tags, with the engine's
 output scripted (``scripted_engine``): the parsed JSON is then exact."""
@@ -255,6 +256,34 @@ def test_forced_tool_call_after_thinking(think_model_dir):
     assert calls[0]["function"]["name"] == "get_weather" and calls[0]["id"]
     assert "".join(t["function"]["arguments"] for t in calls) == '{"city": "Paris"}'
     assert "".join(d.get("reasoning", "") for d in deltas) == "Paris, then."
+
+
+def test_responses_reasoning_item(think_model_dir):
+    with serve_in_process(think_model_dir, "--reasoning-parser", "deepseek_r1",
+                          chat_template=QWEN_LIKE_TEMPLATE) as (app, engine):
+        seen = scripted_engine(engine, R1_OUTPUT)
+        whole, streamed, summary = post_all(app, [
+            ("/v1/responses", {"input": "Is 9.11 larger than 9.8?", "reasoning": {"effort": "high"}}),
+            ("/v1/responses", {"input": "Is 9.11 larger than 9.8?", "stream": True}),
+            ("/v1/responses", {"input": "Hi", "reasoning": {"summary": "detailed"}})])
+        prompt = engine.input_processor.tokenizer.decode(seen[0]["prompt_ids"])
+    output = whole.json()["output"]
+    assert [item["type"] for item in output] == ["reasoning", "message"]
+    assert output[0]["content"] == [{"type": "reasoning_text", "text": "Let me compare."}]
+    assert output[0]["id"].startswith("rs_") and output[0]["summary"] == []
+    assert output[1]["content"][0]["text"] == "\n\n9.8 is larger."
+    assert "effort=high\n" in prompt           # reasoning.effort reaches the template, as vLLM's
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds[:9] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.reasoning_part.added", "response.reasoning_text.delta",
+                         "response.reasoning_text.delta", "response.reasoning_text.done",
+                         "response.reasoning_part.done", "response.output_item.done"]
+    assert events[6]["text"] == "Let me compare." and events[2]["item"]["type"] == "reasoning"
+    final = events[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["reasoning", "message"]
+    assert final["output"][1]["content"][0]["text"] == "\n\n9.8 is larger."
+    assert summary.status_code == 400 and summary.json()["error"]["param"] == "reasoning"
 
 
 # ---- structured output after the thinking (the real engine) ---------------------------------------------------------
