@@ -310,3 +310,39 @@ def test_grammar_starts_after_the_thinking(think_model_dir):
     assert len(free.token_ids) == 6 and free.text not in ("yes", "no")     # thinking: not held to the grammar
     free_c, biased_c = outs["in_reasoning"]
     assert free_c.text in ("yes", "no") and biased_c.text in ("yes", "no") and end not in biased_c.token_ids
+
+
+# ---- thinking sent back in the history ---------------------------------------------------------------------------
+HISTORY_TEMPLATE = ("{% for m in messages %}[{{ m.role }}]"
+                    "{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}"
+                    "{{ m.content or '' }}{% for c in m.tool_calls or [] %}<call {{ c.function.name }}>{% endfor %}|"
+                    "{% endfor %}[assistant]")
+
+
+def test_thinking_in_the_history_reaches_the_template(think_model_dir):
+    """An assistant turn's reasoning sent back (chat: message.reasoning; responses: the reasoning output item, as a
+    client that appends response.output to its input sends it) reaches the chat template as reasoning and
+    reasoning_content (vLLM 0.24's names; Qwen3's and DeepSeek's templates read the second); a response's output
+    sent back (reasoning, message, function_call) is one assistant turn again, as vLLM rebuilds it."""
+    call = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    items = [{"role": "user", "content": "Weather in Paris?"},
+             {"type": "reasoning", "id": "rs_1", "summary": [],
+              "content": [{"type": "reasoning_text", "text": "Use the tool."}]},
+             {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+              "content": [{"type": "output_text", "text": "Checking.", "annotations": []}]},
+             {**call, "id": "fc_1", "status": "completed"},
+             {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]
+    with serve_in_process(think_model_dir, "--reasoning-parser", "deepseek_r1",
+                          chat_template=HISTORY_TEMPLATE) as (app, engine):
+        seen = scripted_engine(engine, ["ok"])
+        chat, responses = post_all(app, [
+            ("/v1/chat/completions", {"messages": [ASK[0], {"role": "assistant", "content": "No.",
+                                                            "reasoning": "9.8 > 9.11"},
+                                                   {"role": "user", "content": "Sure?"}]}),
+            ("/v1/responses", {"input": items, "tools": [{"type": "function", "name": "get_weather",
+                                                          "parameters": WEATHER_TOOL["function"]["parameters"]}],
+                               "tool_choice": "none"})])
+        prompts = [engine.input_processor.tokenizer.decode(s["prompt_ids"]) for s in seen]
+    assert chat.status_code == 200 and responses.status_code == 200, responses.text
+    assert "[assistant]<think>9.8 > 9.11</think>No.|[user]Sure?" in prompts[0]
+    assert "[assistant]<think>Use the tool.</think>Checking.<call get_weather>|[tool]sunny|" in prompts[1]

@@ -349,6 +349,9 @@ class ChatMessage(OpenAIBaseModel):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    # An assistant turn's thinking, sent back for templates that render it (vLLM 0.24 passes it as both reasoning
+    # and reasoning_content, the name Qwen3's and DeepSeek's templates read).
+    reasoning: str | None = None
 
     @field_validator("role")
     @classmethod

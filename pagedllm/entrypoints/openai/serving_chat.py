@@ -38,6 +38,8 @@ def conversation(messages: list[ChatMessage]) -> list[dict]:
             value = getattr(m, key)
             if value is not None:
                 d[key] = value
+        if m.role == "assistant" and m.reasoning is not None:
+            d["reasoning"] = d["reasoning_content"] = m.reasoning
         out.append(d)
     return out
 

@@ -105,9 +105,9 @@ def _chat_tools(req: ResponsesRequest) -> dict[str, Any]:
 
 def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     """The Responses input as chat messages: instructions first (a system message), then a string (one user
-    message) or items: messages whose content is a string or text parts, ``function_call`` items (the assistant's
-    calls: consecutive ones join one assistant message, as vLLM) and ``function_call_output`` items (tool
-    messages)."""
+    message) or items: messages whose content is a string or text parts, ``reasoning`` items (an assistant turn's
+    thinking), ``function_call`` items (the assistant's calls) and ``function_call_output`` items (tool messages).
+    As vLLM, a reasoning item, the assistant message after it and the calls after those make one assistant turn."""
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
@@ -115,13 +115,24 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
         return messages + [{"role": "user", "content": req.input}]
     for i, item in enumerate(req.input):
         kind = item.get("type", "message")
+        last = messages[-1] if messages and messages[-1]["role"] == "assistant" else None
         if kind == "function_call":
             call = _input_call(item, i)
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and last.get("tool_calls") is not None:
-                last["tool_calls"].append(call)
+            # Into the assistant turn before it (its text, its thinking or its other calls), as vLLM merges them:
+            # a response's output sent back as input is one turn again.
+            if last is not None:
+                last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            continue
+        if kind == "reasoning":
+            # A reasoning output item sent back (a client that appends response.output to its input): the
+            # assistant turn's reasoning, as vLLM takes it (the template may render it).
+            text = _reasoning_text(item, i)
+            if last is not None and last.get("reasoning") is None:
+                last["reasoning"] = text
+            else:
+                messages.append({"role": "assistant", "content": None, "reasoning": text})
             continue
         if kind == "function_call_output":
             output = item.get("output")
@@ -131,9 +142,14 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             messages.append({"role": "tool", "content": output, "tool_call_id": item["call_id"]})
             continue
         if kind != "message" or "role" not in item:
-            raise RequestError(f"input[{i}]: only message, function_call and function_call_output items are "
-                               f"supported by /v1/responses yet, got type {item.get('type')!r}.", "input")
+            raise RequestError(f"input[{i}]: only message, reasoning, function_call and function_call_output items "
+                               f"are supported by /v1/responses yet, got type {item.get('type')!r}.", "input")
         content = item.get("content")
+        if (item["role"] == "assistant" and last is not None and last.get("content") is None
+                and last.get("tool_calls") is None):
+            target = last           # the answer after its reasoning item: one assistant turn (vLLM's merge)
+        else:
+            target = None
         if isinstance(content, list):
             texts = []
             for j, part in enumerate(content):
@@ -145,8 +161,22 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
                     raise RequestError(f"input[{i}].content[{j}]: a text part needs a string 'text'.", "input")
                 texts.append({"type": "text", "text": part["text"]})
             content = texts
-        messages.append({"role": item["role"], "content": content})
+        if target is not None:
+            target["content"] = content
+        else:
+            messages.append({"role": item["role"], "content": content})
     return messages
+
+
+def _reasoning_text(item: dict[str, Any], i: int) -> str:
+    """The text of a reasoning input item: its content's reasoning_text (else its summary's text, as vLLM)."""
+    if item.get("encrypted_content"):
+        raise RequestError(f"input[{i}]: encrypted reasoning content is not supported.", "input")
+    for key in ("content", "summary"):
+        parts = item.get(key) or []
+        if isinstance(parts, list) and parts and isinstance(parts[0], dict) and isinstance(parts[0].get("text"), str):
+            return parts[0]["text"]
+    return ""
 
 
 def _input_call(item: dict[str, Any], i: int) -> dict[str, Any]:
