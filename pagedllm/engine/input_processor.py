@@ -226,6 +226,10 @@ class InputProcessor:
             params.verify_without_tokenizer()
         elif params.bad_words:
             params.update_from_tokenizer(self.tokenizer)
+        if params.thinking_token_budget is not None and not reasoning_parser_name(self.config.args):
+            # vLLM's check (its words name its --reasoning-config too).
+            raise ValueError("thinking_token_budget is set but no reasoning parser is configured. Please set "
+                             "--reasoning-parser (reasoning_parser=...) to use thinking_token_budget.")
         if params.structured_outputs is not None:
             params.structured_outputs = structured_output.with_engine_defaults(
                 params.structured_outputs, self.config.args.structured_outputs_config)

@@ -401,6 +401,8 @@ class Scheduler:
                 out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
                 out.first_scheduled_time[rid] = r.first_scheduled_time
             status = self._check_stop(r)
+            if r.thinking_budget is not None:
+                r.thinking_budget.advance(token)
             if r.reasoning_end_ids is not None:      # thinking: the grammar starts after the end-of-thinking token
                 if token in r.reasoning_end_ids:
                     r.reasoning_end_ids = None

@@ -373,6 +373,9 @@ SAMPLING_FIELDS: dict[str, list] = {
                            Rejects({"json": {"type": "object"}}, "structured_outputs must be a StructuredOutputsParams")],
     "guided_decoding": [Behaves(lambda: SamplingParams(guided_decoding=GuidedDecodingParams(regex="[0-9]+"))
                                 .structured_outputs.regex == "[0-9]+" or _fail())],
+    # tests/unit/test_reasoning_parsers.py::test_thinking_token_budget_forces_the_end_of_thinking.
+    "thinking_token_budget": [Read(("engine/core.py",), "sampling_params.thinking_token_budget"),
+                              Rejects(-2, "must be a non-negative integer or -1")],
 }
 
 

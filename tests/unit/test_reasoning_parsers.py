@@ -346,3 +346,49 @@ def test_thinking_in_the_history_reaches_the_template(think_model_dir):
     assert chat.status_code == 200 and responses.status_code == 200, responses.text
     assert "[assistant]<think>9.8 > 9.11</think>No.|[user]Sure?" in prompts[0]
     assert "[assistant]<think>Use the tool.</think>Checking.<call get_weather>|[tool]sunny|" in prompts[1]
+
+
+# ---- thinking_token_budget ----------------------------------------------------------------------------------------
+def test_thinking_token_budget_forces_the_end_of_thinking(think_model_dir):
+    """vLLM's thinking_token_budget: at most N tokens after the start tag, then </think> is forced (thinking the
+    prompt opened counts from its start tag); no start tag, no thinking to cut. Without a reasoning parser it is an
+    error, as vLLM's."""
+    from pagedllm import LLM, SamplingParams
+    llm = LLM(model=think_model_dir, reasoning_parser="deepseek_r1", dtype="float32", max_model_len=128,
+              kv_cache_memory_gb=0.01, seed=0)
+    tok = llm.get_tokenizer()
+    start, end = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
+    opened = {"prompt_token_ids": [1, 20, start, 30]}         # one thinking token already in the prompt
+    plain = {"prompt_token_ids": [1, 20, 30, 40]}
+    params = [SamplingParams(max_tokens=8, temperature=0, thinking_token_budget=b) for b in (4, 1, 0, -1)]
+    outs = [o.outputs[0].token_ids for o in llm.generate([opened] * 4 + [plain],
+                                                        params + [params[2]], use_tqdm=False)]
+    free = outs[3]
+    assert end not in free                                    # the model left alone does not close its thinking
+    assert outs[0][:3] == free[:3] and outs[0][3] == end      # 1 in the prompt + 3 generated = 4, then </think>
+    assert outs[1][0] == end and outs[2][0] == end            # budget already spent by the prompt
+    assert end not in outs[4]                                 # no start tag: not thinking, nothing forced
+    with pytest.raises(ValueError, match="must be a non-negative integer or -1"):
+        SamplingParams(thinking_token_budget=-2)
+    del llm
+    no_parser = LLM(model=think_model_dir, dtype="float32", max_model_len=64, kv_cache_memory_gb=0.01)
+    with pytest.raises(ValueError, match="thinking_token_budget is set but no reasoning parser is configured"):
+        no_parser.generate([plain], SamplingParams(thinking_token_budget=3), use_tqdm=False)
+
+
+def test_thinking_token_budget_on_the_server(think_model_dir):
+    r1_template = QWEN_LIKE_TEMPLATE.replace("{% endif %}{% endif %}", "{% endif %}<think>\n{% endif %}")
+    with serve_in_process(think_model_dir, "--reasoning-parser", "deepseek_r1",
+                          chat_template=r1_template) as (app, engine):
+        budgeted, bad, completion = post_all(app, [
+            ("/v1/chat/completions", {"messages": ASK, "max_tokens": 6, "temperature": 0,
+                                      "thinking_token_budget": 3}),
+            ("/v1/chat/completions", {"messages": ASK, "thinking_token_budget": -5}),
+            ("/v1/completions", {"prompt": "<think>\nx", "max_tokens": 4, "temperature": 0,
+                                 "thinking_token_budget": 0, "skip_special_tokens": False})])
+    message = budgeted.json()["choices"][0]["message"]
+    # "\n" after the prompt's <think> and 2 generated tokens make the budget of 3; then </think>, then the answer.
+    assert message["reasoning"] is not None and message["content"], message
+    assert budgeted.json()["usage"]["completion_tokens"] == 6
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "thinking_token_budget"
+    assert completion.json()["choices"][0]["text"].startswith("</think>")
