@@ -83,6 +83,20 @@ def prompt_ends_reasoning(prompt_ids: Sequence[int], start_id: int, end_id: int)
     return False
 
 
+def count_reasoning_tokens(token_ids: Sequence[int], start_id: int, end_id: int) -> int:
+    """The output tokens inside start ... end tags (vLLM's count for the Responses API's
+    usage.output_tokens_details.reasoning_tokens: thinking that the prompt opened is not counted)."""
+    count = depth = 0
+    for token in token_ids:
+        if token == start_id:
+            depth += 1
+        elif token == end_id:
+            depth = max(depth - 1, 0)
+        elif depth:
+            count += 1
+    return count
+
+
 class ReasoningStream:
     """One output's split, delta by delta: ``feed`` returns the (reasoning, content) text that the delta adds. A
     tail that may be the start of a tag is held until the next delta decides (or the output ends)."""

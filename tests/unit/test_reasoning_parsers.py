@@ -110,9 +110,11 @@ class ScriptedStream:
     """What the engine's request stream yields: one RequestOutput per text piece (one token each), the last with
     ``finish``."""
 
-    def __init__(self, request_id: str, prompt_ids: list[int], pieces: list[str], finish: str):
+    def __init__(self, request_id: str, prompt_ids: list[int], pieces: list[str], finish: str,
+                 token_ids: list[int] | None = None):
+        ids = token_ids or [100 + k for k in range(len(pieces))]
         self.outputs = [RequestOutput(request_id, None, prompt_ids, None, [CompletionOutput(
-            0, piece, [100 + k], None, None, finish if k == len(pieces) - 1 else None)], k == len(pieces) - 1)
+            0, piece, [ids[k]], None, None, finish if k == len(pieces) - 1 else None)], k == len(pieces) - 1)
             for k, piece in enumerate(pieces)]
 
     def __aiter__(self):
@@ -126,13 +128,14 @@ class ScriptedStream:
         pass
 
 
-def scripted_engine(engine, pieces: list[str], finish: str = "stop") -> list[dict]:
-    """Make ``engine`` answer every request with ``pieces``; the list of what each request brought."""
+def scripted_engine(engine, pieces: list[str], finish: str = "stop", token_ids: list[int] | None = None) -> list[dict]:
+    """Make ``engine`` answer every request with ``pieces`` (one token each: ``token_ids``, else 100, 101, ...);
+    the list of what each request brought."""
     seen: list[dict] = []
 
     async def add_request(request_id, prompt, params, arrival_time=None, priority=0, reasoning_ended=None):
         seen.append({"prompt_ids": prompt["prompt_token_ids"], "params": params, "reasoning_ended": reasoning_ended})
-        return ScriptedStream(request_id, prompt["prompt_token_ids"], pieces, finish)
+        return ScriptedStream(request_id, prompt["prompt_token_ids"], pieces, finish, token_ids)
     engine.add_request = add_request
     return seen
 
@@ -392,3 +395,19 @@ def test_thinking_token_budget_on_the_server(think_model_dir):
     assert budgeted.json()["usage"]["completion_tokens"] == 6
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "thinking_token_budget"
     assert completion.json()["choices"][0]["text"].startswith("</think>")
+
+
+def test_responses_usage_counts_reasoning_tokens(think_model_dir):
+    """usage.output_tokens_details.reasoning_tokens: the output tokens between <think> and </think>, vLLM's count
+    (it was always 0)."""
+    with serve_in_process(think_model_dir, "--reasoning-parser", "qwen3") as (app, engine):
+        tok = engine.input_processor.tokenizer
+        start, end = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
+        scripted_engine(engine, ["<think>", "Let me ", "compare.", "</think>", "No."], token_ids=[start, 7, 8, end, 9])
+        whole, streamed = post_all(app, [("/v1/responses", {"input": "Is 9.11 larger than 9.8?"}),
+                                         ("/v1/responses", {"input": "Is 9.11 larger than 9.8?", "stream": True})])
+    assert whole.json()["usage"]["output_tokens_details"] == {"reasoning_tokens": 2}
+    assert whole.json()["usage"]["output_tokens"] == 5
+    final = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")][-1]
+    assert final["type"] == "response.completed"
+    assert final["response"]["usage"]["output_tokens_details"] == {"reasoning_tokens": 2}

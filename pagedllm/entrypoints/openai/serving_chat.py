@@ -79,12 +79,12 @@ class OpenAIServingChat(OpenAIServing):
         self.tool_parser = tool_parser      # --enable-auto-tool-choice --tool-call-parser NAME
         self.exclude_tools_when_tool_choice_none = exclude_tools_when_tool_choice_none
         self.reasoning_parser = reasoning_parser     # --reasoning-parser NAME
-        self._think_ids: tuple[int, int] | None = None
+        self.think_ids: tuple[int, int] | None = None      # the parser's (start, end) token ids
         if reasoning_parser is not None:
             if self.tokenizer is None:
                 raise ValueError("--reasoning-parser needs the tokenizer (it reads the output's text): drop "
                                  "--skip-tokenizer-init.")
-            self._think_ids = reasoning_parser.token_ids(self.tokenizer.get_vocab())[:2]
+            self.think_ids = reasoning_parser.token_ids(self.tokenizer.get_vocab())[:2]
 
     def reasoning_mode(self, req: ChatCompletionRequest, prompt_ids: list[int]) -> ReasoningMode | None:
         """The request's reasoning split, or None without a reasoning parser. The parser's thinking switches are
@@ -93,7 +93,7 @@ class OpenAIServingChat(OpenAIServing):
         if parser is None:
             return None
         kwargs = {**self.default_chat_template_kwargs, **(req.template_kwargs() or {})}
-        done = not parser.thinking(kwargs) or prompt_ends_reasoning(prompt_ids, *self._think_ids)
+        done = not parser.thinking(kwargs) or prompt_ends_reasoning(prompt_ids, *self.think_ids)
         return ReasoningMode(parser, done, req.include_reasoning)
 
     def tool_mode(self, req: ChatCompletionRequest) -> ToolMode:

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, RequestError, ResponsesRequest, random_uuid
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedllm.entrypoints.openai.serving_engine import error_response
+from pagedllm.reasoning_parsers import count_reasoning_tokens
 
 # A chat error's field, as the Responses request names it.
 _PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "max_tokens": "max_output_tokens",
@@ -202,6 +203,8 @@ class OpenAIServingResponses:
                     "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "user": req.user,
                     "priority": req.priority, "stream": bool(req.stream),
                     "reasoning_effort": (req.reasoning or {}).get("effort"),
+                    # The output's token ids, for usage.output_tokens_details.reasoning_tokens.
+                    "return_token_ids": self.chat.reasoning_parser is not None or None,
                     "stream_options": {"include_usage": True} if req.stream else None, **_chat_tools(req)})
             except ValidationError as e:
                 error = e.errors()[0]
@@ -229,6 +232,7 @@ class OpenAIServingResponses:
         items = _StreamedItems()
         chat: dict[str, Any] | None = None     # the chat's fields the response needs, from its first chunk on
         finish_reason, usage = None, None
+        token_ids: list[int] = []
         async for chunk in _sse_data(chat_sse):
             if "error" in chunk:      # the chat stream's error chunk: OpenAI's error event, and the stream ends
                 error = chunk["error"]
@@ -249,6 +253,7 @@ class OpenAIServingResponses:
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
+                token_ids += choice.get("token_ids") or []
                 for e in items.reasoning(delta.get("reasoning") or ""):
                     yield e
                 for e in items.text(delta.get("content") or ""):
@@ -259,7 +264,7 @@ class OpenAIServingResponses:
                 finish_reason = choice.get("finish_reason") or finish_reason
         if chat is None:
             return
-        final = self._response(req, {**chat, "choices": [{"finish_reason": finish_reason,
+        final = self._response(req, {**chat, "choices": [{"finish_reason": finish_reason, "token_ids": token_ids,
                                                           "message": {"content": None}}],
                                      "usage": usage}, request_id)
         if not items.items:
@@ -317,10 +322,16 @@ class OpenAIServingResponses:
                 "input_tokens_details": {"cached_tokens": (usage.get("prompt_tokens_details") or {}).get(
                     "cached_tokens", 0)},
                 "output_tokens": usage["completion_tokens"],
-                "output_tokens_details": {"reasoning_tokens": 0},     # vLLM counts only tokens between tags
+                "output_tokens_details": {"reasoning_tokens": self._reasoning_tokens(choice.get("token_ids"))},
                 "total_tokens": usage["total_tokens"],
             },
         }
+
+
+    def _reasoning_tokens(self, token_ids: list[int] | None) -> int:
+        if not token_ids or self.chat.reasoning_parser is None:
+            return 0
+        return count_reasoning_tokens(token_ids, *self.chat.think_ids)
 
 
 class _StreamedItem:
