@@ -322,11 +322,10 @@ class EngineCore:
                     or sp.frequency_penalty or sp.presence_penalty
                     or sp.needs_host_tokens):
                 return False
-            budget = item.request.thinking_budget
-            if item.request.reasoning_end_ids is not None or budget is not None and budget.in_think:
+            if item.request.reasoning_end_ids is not None or item.request.thinking_budget is not None:
                 # Thinking before its grammar, or under a thinking budget: the step after the end-of-thinking token
-                # (or the one the budget forces) needs its mask, so the host must see each token before the next
-                # step is launched.
+                # (or the one the budget forces, which a <think> just sampled may start counting for) needs its
+                # mask, so the host must see each token before the next step is launched.
                 return False
         return True
 

@@ -152,10 +152,11 @@ def test_chat_reasoning_split_whole_and_streamed(think_model_dir):
     with serve_in_process(think_model_dir, "--reasoning-parser", "deepseek_r1") as (app, engine):
         seen = scripted_engine(engine, R1_OUTPUT)
         body = {"messages": ASK, "max_tokens": 20}
-        whole, streamed, hidden = post_all(app, [
+        whole, streamed, hidden, hidden_streamed = post_all(app, [
             ("/v1/chat/completions", body),
             ("/v1/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}}),
-            ("/v1/chat/completions", {**body, "include_reasoning": False})])
+            ("/v1/chat/completions", {**body, "include_reasoning": False}),
+            ("/v1/chat/completions", {**body, "include_reasoning": False, "stream": True})])
     message = whole.json()["choices"][0]["message"]
     assert (message["reasoning"], message["content"]) == ("Let me compare.", "\n\n9.8 is larger.")
     assert "reasoning_content" not in message          # vLLM 0.24 removed the old name
@@ -168,9 +169,11 @@ def test_chat_reasoning_split_whole_and_streamed(think_model_dir):
     assert chunks[-1]["usage"]["completion_tokens"] == 4
     assert hidden.json()["choices"][0]["message"] == {"role": "assistant", "content": "\n\n9.8 is larger.",
                                                       "reasoning": None}
+    assert [c["choices"][0]["delta"] for c in sse_chunks(hidden_streamed)][1:] == \
+        [{"content": "\n\n9.8 "}, {"content": "is larger."}]
     # The engine learns whether the grammar (if any) may start at once: not while the model thinks, at once when
     # the request drops the reasoning (vLLM's include_reasoning=false).
-    assert [s["reasoning_ended"] for s in seen] == [False, False, True]
+    assert [s["reasoning_ended"] for s in seen] == [False, False, True, True]
 
 
 def test_unfinished_thinking_and_no_start_tag(think_model_dir):
@@ -411,3 +414,17 @@ def test_responses_usage_counts_reasoning_tokens(think_model_dir):
     final = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")][-1]
     assert final["type"] == "response.completed"
     assert final["response"]["usage"]["output_tokens_details"] == {"reasoning_tokens": 2}
+
+
+def test_thinking_token_budget_with_async_scheduling(think_model_dir):
+    """Async scheduling launches a step before the host has seen the previous token: a request under a thinking
+    budget is sampled synchronously, so a <think> it just wrote already counts at the next step."""
+    from pagedllm import LLM, SamplingParams
+    llm = LLM(model=think_model_dir, reasoning_parser="deepseek_r1", dtype="float32", max_model_len=64,
+              kv_cache_memory_gb=0.01, seed=0, async_scheduling=True)
+    tok = llm.get_tokenizer()
+    start, end = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
+    # The bias makes every free token <think>; a budget of 0 must answer each with </think>.
+    params = SamplingParams(max_tokens=6, temperature=0, thinking_token_budget=0, logit_bias={start: 100})
+    out = llm.generate([{"prompt_token_ids": [1, 20, 30]}], params, use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == [start, end] * 3
