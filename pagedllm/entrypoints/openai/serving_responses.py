@@ -192,6 +192,11 @@ class OpenAIServingResponses:
     def __init__(self, chat: OpenAIServingChat):
         self.chat = chat
 
+    @property
+    def _reasoning(self) -> bool:
+        """--reasoning-parser: the chat answers carry reasoning (and its token ids can be counted)."""
+        return getattr(self.chat, "reasoning_parser", None) is not None
+
     async def create_response(self, req: ResponsesRequest, raw_request: Request | None = None) -> JSONResponse:
         try:
             refused = _unsupported(req)
@@ -204,7 +209,7 @@ class OpenAIServingResponses:
                     "priority": req.priority, "stream": bool(req.stream),
                     "reasoning_effort": (req.reasoning or {}).get("effort"),
                     # The output's token ids, for usage.output_tokens_details.reasoning_tokens.
-                    "return_token_ids": self.chat.reasoning_parser is not None or None,
+                    "return_token_ids": self._reasoning or None,
                     "stream_options": {"include_usage": True} if req.stream else None, **_chat_tools(req)})
             except ValidationError as e:
                 error = e.errors()[0]
@@ -246,7 +251,7 @@ class OpenAIServingResponses:
                 shell.update(status="in_progress", output=[], usage=None)
                 yield items.event("response.created", response=shell)
                 yield items.event("response.in_progress", response=shell)
-                if not req.tools and self.chat.reasoning_parser is None:
+                if not req.tools and not self._reasoning:
                     # Text only: the message item opens at once (it may stay empty).
                     for e in items.text("", open_empty=True):
                         yield e
@@ -329,7 +334,7 @@ class OpenAIServingResponses:
 
 
     def _reasoning_tokens(self, token_ids: list[int] | None) -> int:
-        if not token_ids or self.chat.reasoning_parser is None:
+        if not token_ids or not self._reasoning:
             return 0
         return count_reasoning_tokens(token_ids, *self.chat.think_ids)
 
