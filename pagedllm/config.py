@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from pagedllm import envs
+from pagedllm.reasoning_parsers import REASONING_PARSERS, get_reasoning_parser
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "enable_lora_bias", "default_mm_loras", "fully_sharded_loras", "max_cpu_loras", "lora_dtype",
     "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots", "model_loader_extra_config",
     "ignore_patterns", "disable_chunked_mm_input", "disable_hybrid_kv_cache_manager",
-    "reasoning_parser", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
+    "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "pooler_config", "override_pooler_config",
     "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config",
     "model_impl", "override_attention_dtype", "calculate_kv_scales",
@@ -243,8 +244,12 @@ class EngineArgs:
     # stop_profile() and the server's /start_profile, /stop_profile (profiler_settings below).
     profiler_config: dict | None = None
     # vLLM's StructuredOutputsConfig as a dict: backend "auto" / "xgrammar" (pagedllm's one backend), and
-    # disable_any_whitespace / disable_additional_properties for every request's JSON grammar.
+    # disable_any_whitespace / disable_additional_properties for every request's JSON grammar; reasoning_parser
+    # (as the field below) and enable_in_reasoning (grammars apply while the model thinks too).
     structured_outputs_config: dict | None = None
+    # vLLM's --reasoning-parser (pagedllm/reasoning_parsers.py): the server splits a reasoning model's thinking
+    # from its answer, and structured output constrains only the answer (offline too, as vLLM). "": none.
+    reasoning_parser: str = ""
     compilation_config: int | dict | None = None
     # Who builds the engine, as vLLM's UsageContext: "llm_class" (offline LLM) or "openai_api_server" (serve). Not a
     # field (no LLM keyword, no flag): the server entrypoint sets it on its instance, and it picks defaults (the
@@ -411,7 +416,12 @@ class EngineArgs:
                             '/stop_profile (LLM.start_profile / stop_profile). VLLM_TORCH_PROFILER_DIR does the same.')
         g.add_argument("--structured-outputs-config", type=json.loads, default=None,
                        help='JSON (or --structured-outputs-config.KEY VALUE): backend "auto" / "xgrammar", '
-                            "disable_any_whitespace, disable_additional_properties (defaults of every request).")
+                            "disable_any_whitespace, disable_additional_properties (defaults of every request), "
+                            "reasoning_parser, enable_in_reasoning.")
+        g.add_argument("--reasoning-parser", type=str, default=d.reasoning_parser,
+                       help="A reasoning model's parser: the server returns its thinking as message.reasoning apart "
+                            "from message.content, and structured output constrains only what follows the thinking. "
+                            f"One of {', '.join(REASONING_PARSERS)}.")
         return parser
 
     @classmethod
@@ -577,6 +587,11 @@ def verify_engine_args(args: EngineArgs) -> None:
     if args.speculative_config is not None:
         raise ValueError("speculative_config is not supported yet: speculative decoding is not implemented.")
     _verify_structured_outputs_config(args.structured_outputs_config)
+    if not isinstance(args.reasoning_parser, str):
+        raise ValueError(f"reasoning_parser must be a string, got {args.reasoning_parser!r}.")
+    if args.reasoning_parser:
+        get_reasoning_parser(args.reasoning_parser)     # an unknown name fails here, naming the known ones
+    reasoning_parser_name(args)
     profiler_settings(args.profiler_config)       # raises on what it cannot honour
     if args.compilation_config not in (None, 0, {}) and args.compilation_config not in ({"level": 0}, {"mode": 0}):
         raise ValueError(f"compilation_config is not supported yet: pagedllm does not use torch.compile (CUDA graphs "
@@ -623,12 +638,32 @@ def _verify_structured_outputs_config(config: dict | None) -> None:
         elif key in _STRUCTURED_OUTPUTS_FLAGS:
             if not isinstance(value, bool):
                 raise ValueError(f"structured_outputs_config {key} must be true or false, got {value!r}.")
-        elif key in ("reasoning_parser", "reasoning_parser_plugin", "enable_in_reasoning"):
+        elif key == "reasoning_parser":
+            if not isinstance(value, str):
+                raise ValueError(f"structured_outputs_config reasoning_parser must be a string, got {value!r}.")
             if value:
-                raise ValueError(f"structured_outputs_config {key} is not supported yet (no reasoning parsers).")
+                get_reasoning_parser(value)
+        elif key == "enable_in_reasoning":
+            if not isinstance(value, bool):
+                raise ValueError(f"structured_outputs_config {key} must be true or false, got {value!r}.")
+        elif key == "reasoning_parser_plugin":
+            if value:
+                raise ValueError("structured_outputs_config reasoning_parser_plugin is not supported (no plugin "
+                                 "parsers); use a built-in --reasoning-parser.")
         else:
             raise ValueError(f"structured_outputs_config has no field {key!r}; pagedllm takes backend, "
-                             f"{', '.join(_STRUCTURED_OUTPUTS_FLAGS)}.")
+                             f"{', '.join(_STRUCTURED_OUTPUTS_FLAGS)}, reasoning_parser, enable_in_reasoning.")
+
+
+def reasoning_parser_name(args: EngineArgs) -> str:
+    """The engine's reasoning parser: reasoning_parser, else structured_outputs_config's ("" for none). vLLM copies
+    the first into the second; two different names are an error here rather than one silently winning."""
+    own = args.reasoning_parser or ""
+    nested = (args.structured_outputs_config or {}).get("reasoning_parser") or ""
+    if own and nested and own != nested:
+        raise ValueError(f"reasoning_parser={own!r} and structured_outputs_config reasoning_parser={nested!r} "
+                         f"differ; give one of them.")
+    return own or nested
 
 
 def requested_runner(args: EngineArgs) -> str | None:

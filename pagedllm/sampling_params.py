@@ -157,6 +157,9 @@ class SamplingParams:
     guided_decoding: GuidedDecodingParams | None = None
     # vLLM's name for what pagedllm does not do yet: None, or a ValueError that says so (not an unknown keyword).
     logits_processors: list[Any] | None = None
+    # With a reasoning parser (the engine's reasoning_parser): at most this many thinking tokens, then the
+    # end-of-thinking token is forced (vLLM's). None or -1: no limit.
+    thinking_token_budget: int | None = None
     # Filled by the engine: EOS ids of the model (generation_config may list several).
     _all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     # Filled by ``update_from_tokenizer``: each bad word as token ids (with and without a leading space).
@@ -306,6 +309,12 @@ class SamplingParams:
                              "pagedllm does not support yet.")
         if self.logits_processors:
             raise ValueError("logits_processors is not supported yet by pagedllm.")
+        budget = self.thinking_token_budget
+        if budget is not None:
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < -1:
+                raise ValueError("`thinking_token_budget` must be a non-negative integer or -1 for unlimited.")
+            if budget == -1:
+                self.thinking_token_budget = None
         if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
             raise ValueError(f"structured_outputs must be a StructuredOutputsParams, got "
                              f"{type(self.structured_outputs).__name__}.")

@@ -228,9 +228,10 @@ class AsyncLLMEngine:
     # ---- requests -------------------------------------------------------------------------------------------------
     async def add_request(self, request_id: str, prompt: PromptType,
                           sampling_params: SamplingParams | PoolingParams | None,
-                          arrival_time: float | None = None, priority: int = 0) -> RequestStream:
+                          arrival_time: float | None = None, priority: int = 0,
+                          reasoning_ended: bool | None = None) -> RequestStream:
         """Validate and queue a request for the next step; returns its output stream (a validation error raises
-        here, before any output)."""
+        here, before any output). ``reasoning_ended``: see ``InputProcessor.process``."""
         if self._dead is not None:
             raise EngineDeadError(f"Engine loop stopped: {self._dead!r}")
         if self._stopped:
@@ -245,7 +246,8 @@ class AsyncLLMEngine:
                 ids = await self.run_tokenizer(self.input_processor.encode, text)
             prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
                 {"prompt": text, "prompt_token_ids": ids}
-        processed = self.input_processor.process(request_id, prompt, sampling_params, arrival_time, priority)
+        processed = self.input_processor.process(request_id, prompt, sampling_params, arrival_time, priority,
+                                                 reasoning_ended=reasoning_ended)
         stream = RequestStream(request_id, self, asyncio.get_running_loop(), processed.params.output_kind)
         with self._lock:
             if request_id in self._streams:

@@ -107,6 +107,11 @@ class EngineCore:
                           req.arrival_time, req.priority, max_tokens=req.max_tokens, cache_salt=req.cache_salt,
                           pooling_params=req.pooling_params, parent_request_id=req.parent_request_id)
         so = req.sampling_params.structured_outputs
+        if so is not None:
+            request.reasoning_end_ids = self.structured_output.reasoning_gate(req.prompt_token_ids,
+                                                                              req.reasoning_ended)
+        request.thinking_budget = self.structured_output.thinking_budget(req.prompt_token_ids,
+                                                                         req.sampling_params.thinking_token_budget)
         # Compiled once per spec, here in the core (the front end has validated it); a grammar that is not cached
         # compiles in the background and the request joins the scheduler when it is ready (_admit_compiled).
         if so is not None and not self.structured_output.submit(request, so, req.eos_token_ids):
@@ -297,7 +302,9 @@ class EngineCore:
         """The constrained requests that sample this step (a prompt chunk that does not reach the end samples
         nothing and needs no mask)."""
         return [item.request for item in self.scheduler.launched_items(sched.step_id)
-                if item.will_sample and item.request.grammar is not None]
+                if item.will_sample and (item.request.grammar is not None and item.request.reasoning_end_ids is None
+                                         or item.request.thinking_budget is not None
+                                         and item.request.thinking_budget.forced is not None)]
 
     def _grammar_output(self, constrained: list[Request]) -> GrammarOutput | None:
         """One bitmask for every constrained request that samples this step (rows in the order of the ids)."""
@@ -314,6 +321,11 @@ class EngineCore:
             if (sp.logprobs is not None or sp.prompt_logprobs is not None or sp.repetition_penalty != 1.0
                     or sp.frequency_penalty or sp.presence_penalty
                     or sp.needs_host_tokens):
+                return False
+            if item.request.reasoning_end_ids is not None or item.request.thinking_budget is not None:
+                # Thinking before its grammar, or under a thinking budget: the step after the end-of-thinking token
+                # (or the one the budget forces, which a <think> just sampled may start counting for) needs its
+                # mask, so the host must see each token before the next step is launched.
                 return False
         return True
 

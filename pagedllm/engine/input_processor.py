@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pagedllm.config import GENERATION_CONFIG_SAMPLING_KEYS, EngineConfig
+from pagedllm.config import GENERATION_CONFIG_SAMPLING_KEYS, EngineConfig, reasoning_parser_name
 from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.inputs import PromptType, check_prompt_keys
 from pagedllm.pooling_params import PoolingParams
+from pagedllm.reasoning_parsers import get_reasoning_parser
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 
@@ -38,6 +39,10 @@ class InputProcessor:
         self.max_model_len = config.max_model_len
         self.max_logprobs = config.args.max_logprobs
         self.eos_token_ids = frozenset(self._eos_token_ids())
+        reasoning = reasoning_parser_name(config.args)
+        if reasoning and tokenizer is not None:
+            # A tokenizer without the parser's think tags fails now, not at the first constrained request.
+            get_reasoning_parser(reasoning).token_ids(tokenizer.get_vocab())
 
     def _eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -104,9 +109,12 @@ class InputProcessor:
 
     # ---- checking and building ----------------------------------------------------------------------------------
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None,
-                arrival_time: float | None = None, priority: int = 0) -> ProcessedRequest:
+                arrival_time: float | None = None, priority: int = 0,
+                reasoning_ended: bool | None = None) -> ProcessedRequest:
         """Tokenize (unless the prompt brings token ids), validate, and build the core request(s). Raises
-        ValueError naming what is wrong; nothing reaches the engine core then."""
+        ValueError naming what is wrong; nothing reaches the engine core then. ``reasoning_ended`` (the server's,
+        as vLLM's generate takes it): with a reasoning parser, whether the grammar applies from the first token
+        (None: the engine core reads the prompt)."""
         if not isinstance(request_id, str) or not request_id:
             raise ValueError("request_id must be a non-empty string.")
         if self.config.is_pooling or isinstance(params, PoolingParams):
@@ -139,7 +147,8 @@ class InputProcessor:
                 child_params.seed = params.seed + index
             out.children.append(EngineCoreRequest(child_id, ids, child_params, self.eos_token_ids, arrival,
                                                   priority, max_tokens, salt,
-                                                  parent_request_id=request_id if params.n > 1 else None))
+                                                  parent_request_id=request_id if params.n > 1 else None,
+                                                  reasoning_ended=reasoning_ended))
         return out
 
     def _process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams | None,
@@ -256,6 +265,10 @@ class InputProcessor:
             params.verify_without_tokenizer()
         elif params.bad_words:
             params.update_from_tokenizer(self.tokenizer)
+        if params.thinking_token_budget is not None and not reasoning_parser_name(self.config.args):
+            # vLLM's check (its words name its --reasoning-config too).
+            raise ValueError("thinking_token_budget is set but no reasoning parser is configured. Please set "
+                             "--reasoning-parser (reasoning_parser=...) to use thinking_token_budget.")
         if params.structured_outputs is not None:
             params.structured_outputs = structured_output.with_engine_defaults(
                 params.structured_outputs, self.config.args.structured_outputs_config)

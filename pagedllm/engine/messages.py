@@ -32,6 +32,9 @@ class EngineCoreRequest:
     pooling_params: PoolingParams | None = None
     # One of the n > 1 sequences of a user request: that request's id (the scheduler caps how many run at once).
     parent_request_id: str | None = None
+    # A reasoning parser's structured output: has the thinking already ended (the grammar applies from the first
+    # token)? None: the engine core reads it from the prompt.
+    reasoning_ended: bool | None = None
 
 
 @dataclass

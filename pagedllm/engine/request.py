@@ -67,6 +67,11 @@ class Request:
         # Structured output: this request's grammar matcher (engine/structured_output.py), fed every token it
         # samples; None for a free request.
         self.grammar = None
+        # While a reasoning model thinks, its grammar waits (no mask, no tokens fed) for one of these token ids,
+        # which end the thinking; None: the grammar applies (or there is none).
+        self.reasoning_end_ids: frozenset[int] | None = None
+        # thinking_token_budget's counter (engine/structured_output.py ThinkingBudget); None: no budget.
+        self.thinking_budget = None
 
     @property
     def num_tokens(self) -> int:

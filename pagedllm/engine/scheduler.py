@@ -401,7 +401,12 @@ class Scheduler:
                 out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
                 out.first_scheduled_time[rid] = r.first_scheduled_time
             status = self._check_stop(r)
-            if r.grammar is not None and self._grammar_ended(r, token) and status is None:
+            if r.thinking_budget is not None:
+                r.thinking_budget.advance(token)
+            if r.reasoning_end_ids is not None:      # thinking: the grammar starts after the end-of-thinking token
+                if token in r.reasoning_end_ids:
+                    r.reasoning_end_ids = None
+            elif r.grammar is not None and self._grammar_ended(r, token) and status is None:
                 status = RequestStatus.FINISHED_STOPPED
             if status is not None:
                 self.finish_request(r, status)

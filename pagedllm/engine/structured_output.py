@@ -15,6 +15,13 @@
 - A preempted request keeps its matcher: the tokens the matcher accepted stay the request's tokens, recomputation
   only rebuilds their KV.
 - A constrained step is sampled synchronously (the matcher must see token N before it can mask token N+1).
+- With a reasoning parser (``reasoning_parser``, pagedllm/reasoning_parsers.py) the grammar starts after the
+  thinking, as vLLM's: a request whose prompt leaves the model thinking gets no mask and feeds its matcher nothing
+  until it samples the end-of-thinking token (``Request.reasoning_end_ids``); the tokens after it are constrained.
+  ``structured_outputs_config.enable_in_reasoning`` constrains from the first token instead.
+- ``thinking_token_budget`` (vLLM's, with a reasoning parser): a ``ThinkingBudget`` counts the tokens after the last
+  start tag; at the budget the request's next token is forced to the end tag by a one-token row in the same bitmask
+  (so it needs no grammar, and the worker stays as it is).
 """
 from __future__ import annotations
 
@@ -24,11 +31,13 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import TYPE_CHECKING, Any, Callable
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, reasoning_parser_name
+from pagedllm.reasoning_parsers import get_reasoning_parser, prompt_ends_reasoning
 from pagedllm.sampling_params import StructuredOutputsParams
 
 if TYPE_CHECKING:
@@ -212,16 +221,54 @@ class StructuredOutputManager:
         self._load_tokenizer = load_tokenizer     # run on the first constrained request only
         self.vocab_size: int = config.hf_config.vocab_size       # the logits' width
         self._compiler = None
+        self._tokenizer = None
+        name = reasoning_parser_name(config.args)
+        self.reasoning_parser = get_reasoning_parser(name) if name else None
+        self._gate_grammars = not (config.args.structured_outputs_config or {}).get("enable_in_reasoning")
+        self._reasoning_ids: tuple[int, int, tuple[int, ...]] | None = None
         self._compiled: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()             # the cache, shared by the core loop and the compiling thread
         self._pool: ThreadPoolExecutor | None = None
         # Requests whose matcher is being built, in arrival order: request id -> (request, future of its matcher).
         self._pending: OrderedDict[str, tuple["Request", Future]] = OrderedDict()
 
+    def _get_tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer(self.config)
+        return self._tokenizer
+
+    def reasoning_gate(self, prompt_ids: list[int], reasoning_ended: bool | None) -> frozenset[int] | None:
+        """The token ids that end a new constrained request's thinking while its grammar must wait for one of them,
+        else None (no reasoning parser, enable_in_reasoning, or the thinking is over before the first token).
+        ``reasoning_ended``: the front end's answer (the server knows the request's thinking switches and
+        include_reasoning); None: the prompt decides (vLLM's is_reasoning_end)."""
+        if self.reasoning_parser is None or not self._gate_grammars:
+            return None
+        start, end, implicit = self._think_ids()
+        if reasoning_ended is None:
+            reasoning_ended = prompt_ends_reasoning(prompt_ids, start, end)
+        return None if reasoning_ended else frozenset((end, *implicit))
+
+    def _think_ids(self) -> tuple[int, int, tuple[int, ...]]:
+        if self._reasoning_ids is None:
+            self._reasoning_ids = self.reasoning_parser.token_ids(self._get_tokenizer().get_vocab())
+        return self._reasoning_ids
+
+    def thinking_budget(self, prompt_ids: list[int], budget: int | None) -> "ThinkingBudget | None":
+        """A request's thinking_token_budget as a counter (None: no budget); thinking that the prompt opened counts
+        from its start tag, as vLLM counts it. The input processor has checked that a reasoning parser is set."""
+        if budget is None or self.reasoning_parser is None:
+            return None
+        start, end, _ = self._think_ids()
+        last_start = max((i for i, t in enumerate(prompt_ids) if t == start), default=-1)
+        last_end = max((i for i, t in enumerate(prompt_ids) if t == end), default=-1)
+        in_think = last_start > last_end
+        return ThinkingBudget(budget, start, end, in_think, len(prompt_ids) - last_start - 1 if in_think else 0)
+
     def _get_compiler(self):
         if self._compiler is None:
             xgr = _xgrammar()
-            tokenizer = self._load_tokenizer(self.config)
+            tokenizer = self._get_tokenizer()
             info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size)
             # One thread: one grammar compiles at a time, beside the core loop (a two-field JSON schema on SmolLM2's
             # 49k vocabulary: 11 ms).
@@ -294,9 +341,40 @@ class StructuredOutputManager:
             self._pending.pop(rid, None)
 
     def fill_bitmask(self, requests: list["Request"]) -> "torch.Tensor":
-        """One int32 bitmask row per request (in order): the tokens its grammar allows next."""
-        xgr = _xgrammar()
-        bitmask = xgr.allocate_token_bitmask(len(requests), self.vocab_size)
+        """One int32 bitmask row per request (in order): the tokens its grammar allows next, or the one token its
+        thinking budget forces."""
+        import torch
+        bitmask = torch.full((len(requests), (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
         for row, request in enumerate(requests):
-            request.grammar.fill_next_token_bitmask(bitmask, row)
+            forced = request.thinking_budget.forced if request.thinking_budget is not None else None
+            if forced is not None:
+                bitmask[row] = 0
+                bit = forced % 32       # bit 31 is the int32's sign bit
+                bitmask[row, forced // 32] = (1 << bit) if bit < 31 else -(1 << 31)
+            else:
+                request.grammar.fill_next_token_bitmask(bitmask, row)
         return bitmask
+
+
+@dataclass
+class ThinkingBudget:
+    """``thinking_token_budget`` of one request: ``count`` thinking tokens so far (after the last start tag); once it
+    reaches ``budget`` the next token is forced to the end tag (vLLM's rule: a budget of N lets N thinking tokens
+    through)."""
+    budget: int
+    start_id: int
+    end_id: int
+    in_think: bool
+    count: int = 0
+
+    def advance(self, token: int) -> None:
+        if token == self.start_id:
+            self.in_think, self.count = True, 0
+        elif token == self.end_id:
+            self.in_think = False
+        elif self.in_think:
+            self.count += 1
+
+    @property
+    def forced(self) -> int | None:
+        return self.end_id if self.in_think and self.count >= self.budget else None

@@ -230,7 +230,12 @@ ENGINE_FIELDS: dict[str, list] = {
     # Compact JSON for every request: tests/unit/test_structured_output.py::test_structured_outputs_config.
     "structured_outputs_config": [Read(("engine/input_processor.py",), "args.structured_outputs_config"),
                                   Rejects({"backend": "outlines"}, "backend 'outlines' is not supported"),
-                                  Rejects({"disable_any_whitespace": 1}, "must be true or false")],
+                                  Rejects({"disable_any_whitespace": 1}, "must be true or false"),
+                                  Rejects({"reasoning_parser": "nope"}, "invalid reasoning parser: nope")],
+    # tests/unit/test_reasoning_parsers.py: the server's split, and grammars that start after the thinking.
+    "reasoning_parser": [Read(("engine/structured_output.py", "entrypoints/openai/api_server.py"),
+                              "reasoning_parser_name("),
+                         Rejects("nope", "invalid reasoning parser: nope")],
     "compilation_config": [Behaves(_cfg(compilation_config=0)),
                            Rejects(3, "compilation_config is not supported yet"),
                            Rejects({"cudagraph_capture_sizes": [1, 2]}, "compilation_config is not supported yet")],
@@ -374,6 +379,9 @@ SAMPLING_FIELDS: dict[str, list] = {
                            Rejects({"json": {"type": "object"}}, "structured_outputs must be a StructuredOutputsParams")],
     "guided_decoding": [Behaves(lambda: SamplingParams(guided_decoding=GuidedDecodingParams(regex="[0-9]+"))
                                 .structured_outputs.regex == "[0-9]+" or _fail())],
+    # tests/unit/test_reasoning_parsers.py::test_thinking_token_budget_forces_the_end_of_thinking.
+    "thinking_token_budget": [Read(("engine/core.py",), "sampling_params.thinking_token_budget"),
+                              Rejects(-2, "must be a non-negative integer or -1")],
 }
 
 

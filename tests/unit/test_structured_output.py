@@ -267,7 +267,9 @@ def test_structured_outputs_config():
     assert text == json.dumps(json.loads(text)), text
     for bad, message in (({"backend": "guidance"}, "backend 'guidance' is not supported"),
                          ({"disable_any_whitespace": "yes"}, "must be true or false"),
-                         ({"reasoning_parser": "deepseek_r1"}, "reasoning_parser is not supported"),
+                         ({"reasoning_parser": "nope"}, "invalid reasoning parser: nope"),
+                         ({"reasoning_parser_plugin": "my_parser.py"}, "reasoning_parser_plugin is not supported"),
+                         ({"enable_in_reasoning": "yes"}, "must be true or false"),
                          ({"nope": 1}, "has no field 'nope'")):
         with pytest.raises(ValueError, match=message):
             verify_engine_args(EngineArgs(structured_outputs_config=bad))

@@ -23,7 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 import pagedllm
-from pagedllm.config import FlexibleArgumentParser
+from pagedllm.config import FlexibleArgumentParser, reasoning_parser_name
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.dev_routes import add_dev_routes
@@ -48,6 +48,7 @@ from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, 
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
 from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.metrics import EngineMetrics
+from pagedllm.reasoning_parsers import get_reasoning_parser
 from pagedllm.sampling_params import MAX_N
 
 logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
@@ -113,9 +114,12 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     if getattr(args, "enable_auto_tool_choice", False):
         from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
         tool_parser = get_tool_parser(args.tool_call_parser)
+    reasoning_name = reasoning_parser_name(engine.config.args)      # --reasoning-parser
     chat = OpenAIServingChat(engine, served_model_names, tool_parser=tool_parser,
                              exclude_tools_when_tool_choice_none=getattr(args, "exclude_tools_when_tool_choice_none",
-                                                                         False), **common)
+                                                                         False),
+                             reasoning_parser=get_reasoning_parser(reasoning_name) if reasoning_name else None,
+                             **common)
     responses = OpenAIServingResponses(chat)
     tokens = OpenAIServingTokens(chat)
     base = OpenAIServing(engine, served_model_names, **common)

@@ -158,7 +158,7 @@ class UsageInfo(OpenAIBaseModel):
 # temperature, length_penalty and include_stop_str_in_output).
 _NOT_WITH_BEAM_SEARCH = ("best_of", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias",
                          "seed", "stop", "stop_token_ids", "top_p", "top_k", "min_p", "min_tokens",
-                         "allowed_token_ids", "bad_words", "prompt_logprobs")
+                         "allowed_token_ids", "bad_words", "prompt_logprobs", "thinking_token_budget")
 
 
 class SamplingFields(OpenAIRequestModel):
@@ -200,6 +200,8 @@ class SamplingFields(OpenAIRequestModel):
     # Logprob tokens as "token_id:{id}" strings (None: the server's --return-tokens-as-token-ids).
     return_tokens_as_token_ids: bool | None = None
     cache_salt: str | None = None
+    # With --reasoning-parser: at most this many thinking tokens, then </think> is forced (-1: no limit).
+    thinking_token_budget: int | None = None
     # vLLM's structured-output extras (one at most, or response_format).
     structured_outputs: dict[str, Any] | None = None
     guided_json: str | dict[str, Any] | None = None
@@ -349,6 +351,9 @@ class ChatMessage(OpenAIBaseModel):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    # An assistant turn's thinking, sent back for templates that render it (vLLM 0.24 passes it as both reasoning
+    # and reasoning_content, the name Qwen3's and DeepSeek's templates read).
+    reasoning: str | None = None
 
     @field_validator("role")
     @classmethod
@@ -375,6 +380,10 @@ class ChatCompletionRequest(SamplingFields):
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     documents: list[dict[str, str]] | None = None
+    # Reasoning models (vLLM 0.24): the effort reaches the chat template (reasoning_effort, and enable_thinking
+    # unless the request sets it); include_reasoning=false drops message.reasoning (--reasoning-parser).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    include_reasoning: bool = True
 
     @field_validator("messages")
     @classmethod
@@ -382,6 +391,17 @@ class ChatCompletionRequest(SamplingFields):
         if not v:
             raise ValueError("messages must contain at least one message.")
         return v
+
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """chat_template_kwargs with reasoning_effort's (vLLM's rule: it also switches enable_thinking, on unless
+        the effort is "none", where the request does not set that itself)."""
+        if self.reasoning_effort is None:
+            return self.chat_template_kwargs
+        own = self.chat_template_kwargs or {}
+        extra: dict[str, Any] = {"reasoning_effort": self.reasoning_effort}
+        if "enable_thinking" not in own:
+            extra["enable_thinking"] = self.reasoning_effort != "none"
+        return {**own, **extra}
 
     def check(self) -> None:
         super().check()

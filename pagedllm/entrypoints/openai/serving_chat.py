@@ -23,6 +23,7 @@ from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_log
                                                         dumps, plain_prompt_logprobs, sse, tool_calls_text,
                                                         until_disconnected, usage_dict)
 from pagedllm.outputs import Logprob
+from pagedllm.reasoning_parsers import ReasoningParser, prompt_ends_reasoning
 from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
@@ -37,6 +38,8 @@ def conversation(messages: list[ChatMessage]) -> list[dict]:
             value = getattr(m, key)
             if value is not None:
                 d[key] = value
+        if m.role == "assistant" and m.reasoning is not None:
+            d["reasoning"] = d["reasoning_content"] = m.reasoning
         out.append(d)
     return out
 
@@ -52,12 +55,46 @@ class ToolMode:
     parallel: bool = True
 
 
+@dataclass
+class ReasoningMode:
+    """How a request's output splits into reasoning and content (--reasoning-parser): ``done``: the output starts
+    as content (the prompt closed the thinking, or the request turned thinking off); ``include``: the request's
+    include_reasoning."""
+    parser: ReasoningParser
+    done: bool
+    include: bool = True
+
+    def stream(self):
+        return self.parser.stream(self.done)
+
+    def split(self, text: str) -> tuple[str | None, str | None]:
+        reasoning, content = self.parser.split(text, self.done)
+        return (reasoning if self.include else None), content
+
+
 class OpenAIServingChat(OpenAIServing):
     def __init__(self, *args, tool_parser: ToolParser | None = None, exclude_tools_when_tool_choice_none: bool = False,
-                 **kwargs):
+                 reasoning_parser: ReasoningParser | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.tool_parser = tool_parser      # --enable-auto-tool-choice --tool-call-parser NAME
         self.exclude_tools_when_tool_choice_none = exclude_tools_when_tool_choice_none
+        self.reasoning_parser = reasoning_parser     # --reasoning-parser NAME
+        self.think_ids: tuple[int, int] | None = None      # the parser's (start, end) token ids
+        if reasoning_parser is not None:
+            if self.tokenizer is None:
+                raise ValueError("--reasoning-parser needs the tokenizer (it reads the output's text): drop "
+                                 "--skip-tokenizer-init.")
+            self.think_ids = reasoning_parser.token_ids(self.tokenizer.get_vocab())[:2]
+
+    def reasoning_mode(self, req: ChatCompletionRequest, prompt_ids: list[int]) -> ReasoningMode | None:
+        """The request's reasoning split, or None without a reasoning parser. The parser's thinking switches are
+        read from the chat template kwargs the template saw (the server's defaults under the request's own)."""
+        parser = self.reasoning_parser
+        if parser is None:
+            return None
+        kwargs = {**self.default_chat_template_kwargs, **(req.template_kwargs() or {})}
+        done = not parser.thinking(kwargs) or prompt_ends_reasoning(prompt_ids, *self.think_ids)
+        return ReasoningMode(parser, done, req.include_reasoning)
 
     def tool_mode(self, req: ChatCompletionRequest) -> ToolMode:
         if req.tools is not None and not req.tools:
@@ -147,9 +184,10 @@ class OpenAIServingChat(OpenAIServing):
             ids = await self.render_chat(
                 conv, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
                 continue_final_message=req.continue_final_message, tools=tools,
-                chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens,
+                chat_template_kwargs=req.template_kwargs(), add_special_tokens=req.add_special_tokens,
                 documents=req.documents)
             ids = self.truncated(ids, req.truncate_prompt_tokens)
+            reasoning = self.reasoning_mode(req, ids)
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             max_tokens = self.resolve_max_tokens(len(ids), requested, True)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -162,10 +200,17 @@ class OpenAIServingChat(OpenAIServing):
             else:
                 params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
                 self.keep_call_markers(mode, params)
+                reasoning_ended = None
+                if reasoning is not None:
+                    if reasoning.parser.keeps_special_tokens:
+                        params.skip_special_tokens = False      # vLLM's qwen3 parser asks the same of every request
+                    # The grammar (if any) starts after the thinking; from the first token when there is none, or
+                    # when the request drops the reasoning anyway (vLLM's include_reasoning=false).
+                    reasoning_ended = reasoning.done or not reasoning.include
                 prompt = {"prompt_token_ids": ids}
                 if req.cache_salt is not None:
                     prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
-                streams = await self.submit([request_id], [prompt], [params], req.priority)
+                streams = await self.submit([request_id], [prompt], [params], req.priority, reasoning_ended)
         except Exception as e:
             if isinstance(e, RequestError) and e.param == "logprobs":
                 e.param = "top_logprobs"     # chat's logprobs is a flag: the count that was too big is top_logprobs
@@ -176,10 +221,10 @@ class OpenAIServingChat(OpenAIServing):
             echo = conv[-1]["content"] or ""
         created = int(time.time())
         if req.stream:
-            return StreamingResponse(self._stream(req, request_id, created, ids, streams[0], role, echo, mode),
-                                     media_type="text/event-stream")
-        result = await until_disconnected(self._gather(req, request_id, created, ids, streams[0], role, echo, mode),
-                                          raw_request)
+            return StreamingResponse(self._stream(req, request_id, created, ids, streams[0], role, echo, mode,
+                                                  reasoning), media_type="text/event-stream")
+        result = await until_disconnected(self._gather(req, request_id, created, ids, streams[0], role, echo, mode,
+                                                       reasoning), raw_request)
         if result is None:
             return JSONResponse(error_body("Client disconnected", "ClientDisconnected", 499), status_code=499)
         return result
@@ -230,7 +275,8 @@ class OpenAIServingChat(OpenAIServing):
 
     # ---- whole response -------------------------------------------------------------------------------------------
     async def _gather(self, req: ChatCompletionRequest, request_id: str, created: int, prompt_ids: list[int], stream,
-                      role: str, echo: str, mode: ToolMode = ToolMode()) -> JSONResponse:
+                      role: str, echo: str, mode: ToolMode = ToolMode(),
+                      reasoning_mode: ReasoningMode | None = None) -> JSONResponse:
         n = req.n
         texts = [""] * n
         tokens: list[list[int]] = [[] for _ in range(n)]
@@ -259,13 +305,21 @@ class OpenAIServingChat(OpenAIServing):
         for i in range(n):
             logprobs = (self._logprobs(tokens[i], lps[i], req.top_logprobs or 0, self.tokens_as_ids(req))
                         if req.logprobs else None)
-            content, calls, finish_reason = self.tool_calls(mode, texts[i], finish[i][0])
+            reasoning, text = None, texts[i]
+            if reasoning_mode is not None:      # the tool parser sees only what follows the thinking
+                reasoning, text = reasoning_mode.split(texts[i])
+            if text is None:        # the output ended while thinking (or right after it)
+                content, calls, finish_reason = (None if mode.kind in ("none", "auto") else ""), [], finish[i][0]
+            else:
+                content, calls, finish_reason = self.tool_calls(mode, text, finish[i][0])
             if content is not None:
                 content = echo + content
-            if self.log_outputs and (content or calls):
-                self.log_output(request_id, content or tool_calls_text(calls), tokens[i], finish_reason)
+            if self.log_outputs and (content or calls or reasoning):
+                self.log_output(request_id, content or tool_calls_text(calls) or f"[reasoning: {reasoning}]",
+                                tokens[i], finish_reason)
             choices.append(ChatCompletionResponseChoice(
-                index=i, message=ChatResponseMessage(role=role, content=content, tool_calls=calls),
+                index=i, message=ChatResponseMessage(role=role, content=content, tool_calls=calls,
+                                                     reasoning=reasoning),
                 logprobs=logprobs, finish_reason=finish_reason, stop_reason=finish[i][1],
                 token_ids=tokens[i] if return_ids else None))
         generated = sum(len(t) for t in tokens)
@@ -287,7 +341,8 @@ class OpenAIServingChat(OpenAIServing):
 
     # ---- streaming ------------------------------------------------------------------------------------------------
     async def _stream(self, req: ChatCompletionRequest, request_id: str, created: int, prompt_ids: list[int], stream,
-                      role: str, echo: str, mode: ToolMode = ToolMode()) -> AsyncIterator[str]:
+                      role: str, echo: str, mode: ToolMode = ToolMode(),
+                      reasoning_mode: ReasoningMode | None = None) -> AsyncIterator[str]:
         n = req.n
         include_usage, continuous = self.stream_usage(req)
         return_ids = bool(req.return_token_ids) or self.tokenizer is None
@@ -297,6 +352,9 @@ class OpenAIServingChat(OpenAIServing):
         finished_sent = [False] * n
         tool_stream = ToolCallStream(self, mode, n)
         full_texts = [""] * n        # --enable-log-outputs: each choice's text, logged when the stream ends
+        # --reasoning-parser: each choice's split; "reasoning" deltas while the model thinks, then "content" ones
+        # (the think tags themselves never go out).
+        thinking = [reasoning_mode.stream() for _ in range(n)] if reasoning_mode is not None else None
 
         head = (f'data: {{"id":{dumps(request_id)},"object":"chat.completion.chunk","created":{created},'
                 f'"model":{dumps(self.model_name)},"choices":[')
@@ -332,12 +390,24 @@ class OpenAIServingChat(OpenAIServing):
                     if req.logprobs:
                         logprobs = self._logprobs(token_ids, c.logprobs or [], req.top_logprobs or 0,
                                                   self.tokens_as_ids(req)).model_dump()
-                    if mode.kind != "none":
+                    text, thought = c.text, ""
+                    if thinking is not None:
+                        thought, text = thinking[c.index].feed(c.text, final=c.finish_reason is not None)
+                        if not reasoning_mode.include:
+                            thought = ""
+                    if mode.kind != "none" or thinking is not None:
                         if c.finish_reason is not None:
                             finished_sent[c.index] = True
-                        delta, finish_reason = tool_stream.delta(c.index, c.text, c.finish_reason)
+                        if mode.kind != "none":
+                            delta, finish_reason = tool_stream.delta(c.index, text, c.finish_reason)
+                        else:
+                            delta, finish_reason = ({"content": text} if text else None), c.finish_reason
+                        if thought:
+                            delta = {"reasoning": thought, **(delta or {})}
                         if delta is None:
-                            continue
+                            if c.finish_reason is None and not return_ids:
+                                continue
+                            delta = {}
                         if self.log_outputs and self.log_deltas:
                             self._log_delta(request_id, delta, token_ids, c.finish_reason)
                         choice = {"index": c.index, "delta": delta, "logprobs": logprobs,
@@ -370,8 +440,11 @@ class OpenAIServingChat(OpenAIServing):
         yield "data: [DONE]\n\n"
 
     def _log_delta(self, request_id: str, delta: dict, token_ids: list[int], finish_reason: str | None) -> None:
-        """A tool-mode delta in the output log: its content and the pieces of call arguments (vLLM's form)."""
+        """A tool-mode or reasoning delta in the output log: its content, reasoning and the pieces of call arguments
+        (vLLM's form)."""
         parts = [delta["content"]] if delta.get("content") else []
+        if delta.get("reasoning"):
+            parts.append(f"[reasoning: {delta['reasoning']}]")
         args = "".join((call.get("function") or {}).get("arguments") or "" for call in delta.get("tool_calls", ()))
         if args:
             parts.append(f"[tool_calls: {args}]")
@@ -399,14 +472,14 @@ class ToolCallStream:
         full = self.texts[index]
         if self.mode.kind == "named":
             piece = full[self.sent[index]:]
+            if not piece and finish_reason is None:     # nothing yet (the model may still be thinking)
+                return None, None
             self.sent[index] = len(full)
             call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
             if self.call_ids[index] is None:
                 first = tool_parsers.tool_call(self.mode.function["name"], piece)
                 self.call_ids[index] = first["id"]
                 call = {"index": 0, **first}
-            if not piece and finish_reason is None:
-                return None, None
             return {"tool_calls": [call]}, finish_reason
         if finish_reason is None:
             delta: dict[str, Any] = {}

@@ -34,7 +34,7 @@ _SAMPLING_FIELDS = sorted([
     "logit_bias", "allowed_token_ids", "bad_words", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
     "priority",     # the engine's "Got priority N but Priority scheduling is not enabled"
     "ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
-    "output_kind", "extra_args", "cache_salt", "structured_outputs",
+    "output_kind", "extra_args", "cache_salt", "structured_outputs", "thinking_token_budget",
 ], key=len, reverse=True)
 
 
@@ -239,7 +239,7 @@ class OpenAIServing:
                 include_stop_str_in_output=req.include_stop_str_in_output, logit_bias=req.logit_bias,
                 allowed_token_ids=req.allowed_token_ids, bad_words=req.bad_words or None,
                 truncate_prompt_tokens=req.truncate_prompt_tokens,
-                structured_outputs=structured_outputs,
+                structured_outputs=structured_outputs, thinking_token_budget=req.thinking_token_budget,
                 # Outputs always come as deltas: streams send them, others gather them (and metrics see every step).
                 output_kind=RequestOutputKind.DELTA)
         except (ValueError, TypeError) as e:
@@ -336,7 +336,7 @@ class OpenAIServing:
 
     # ---- submitting -----------------------------------------------------------------------------------------------
     async def submit(self, request_ids: list[str], prompts: list[dict], params_list: list[SamplingParams],
-                     priority: int) -> list[RequestStream]:
+                     priority: int, reasoning_ended: bool | None = None) -> list[RequestStream]:
         """Add every prompt of a request; if one is refused, the others are aborted and the error raised. The engine
         knows each by its id plus a random suffix (vLLM's rule since 0.14): ids come from clients (X-Request-Id,
         request_id), and two requests in flight with the same one must not collide."""
@@ -346,7 +346,8 @@ class OpenAIServing:
                 engine_id = f"{rid}-{random_uuid()[:8]}"
                 if self.log_requests:
                     self.log_request(engine_id, prompt, params)
-                streams.append(await self.engine.add_request(engine_id, prompt, params, priority=priority))
+                streams.append(await self.engine.add_request(engine_id, prompt, params, priority=priority,
+                                                             reasoning_ended=reasoning_ended))
         except BaseException as e:
             for s in streams:
                 s.abort()

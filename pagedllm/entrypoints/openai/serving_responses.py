@@ -17,8 +17,12 @@ response.function_call_arguments.delta per piece of its arguments, .done, respon
 
 What is not here yet is refused with a 400 naming the field: tools other than functions (web search, file search,
 MCP, ...), previous_response_id (nothing is stored: ``store`` comes back false, as vLLM
-without its store), background mode, reasoning settings, structured text formats, truncation="auto", and input
+without its store), background mode, reasoning summaries, structured text formats, truncation="auto", and input
 items other than messages of text and function calls and their outputs.
+
+With --reasoning-parser the model's thinking comes first as a ``reasoning`` output item (its text as
+``content[].reasoning_text``; streamed as response.reasoning_text.delta events), as vLLM answers. ``reasoning.effort``
+reaches the chat template as on chat (reasoning_effort, and enable_thinking unless it is "none").
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from pydantic import ValidationError
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, RequestError, ResponsesRequest, random_uuid
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedllm.entrypoints.openai.serving_engine import error_response
+from pagedllm.reasoning_parsers import count_reasoning_tokens
 
 # A chat error's field, as the Responses request names it.
 _PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "max_tokens": "max_output_tokens",
@@ -47,7 +52,14 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
          "previous_response_id is not supported: this server stores no responses; send the whole conversation "
          "as input."),
         (bool(req.background), "background", "background mode is not supported."),
-        (req.reasoning is not None, "reasoning", "reasoning settings are not supported by /v1/responses yet."),
+        (req.reasoning is not None and not isinstance(req.reasoning, dict), "reasoning",
+         "reasoning must be an object such as {\"effort\": \"medium\"}."),
+        (isinstance(req.reasoning, dict) and any(req.reasoning.get(k) is not None
+                                                 for k in ("summary", "generate_summary")), "reasoning",
+         "reasoning summaries are not supported: with --reasoning-parser the response carries the model's reasoning "
+         "text itself (an output item of type 'reasoning'); drop reasoning.summary."),
+        (isinstance(req.reasoning, dict) and bool(set(req.reasoning) - {"effort", "summary", "generate_summary"}),
+         "reasoning", "reasoning takes effort (and summary, not supported)."),
         (not isinstance(text_format, dict), "text", "text.format must be an object such as {\"type\": \"text\"}."),
         (isinstance(text_format, dict) and text_format.get("type", "text") != "text", "text",
          "text.format other than 'text' is not supported by /v1/responses yet; use /v1/chat/completions with "
@@ -94,9 +106,9 @@ def _chat_tools(req: ResponsesRequest) -> dict[str, Any]:
 
 def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     """The Responses input as chat messages: instructions first (a system message), then a string (one user
-    message) or items: messages whose content is a string or text parts, ``function_call`` items (the assistant's
-    calls: consecutive ones join one assistant message, as vLLM) and ``function_call_output`` items (tool
-    messages)."""
+    message) or items: messages whose content is a string or text parts, ``reasoning`` items (an assistant turn's
+    thinking), ``function_call`` items (the assistant's calls) and ``function_call_output`` items (tool messages).
+    As vLLM, a reasoning item, the assistant message after it and the calls after those make one assistant turn."""
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
@@ -104,13 +116,24 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
         return messages + [{"role": "user", "content": req.input}]
     for i, item in enumerate(req.input):
         kind = item.get("type", "message")
+        last = messages[-1] if messages and messages[-1]["role"] == "assistant" else None
         if kind == "function_call":
             call = _input_call(item, i)
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and last.get("tool_calls") is not None:
-                last["tool_calls"].append(call)
+            # Into the assistant turn before it (its text, its thinking or its other calls), as vLLM merges them:
+            # a response's output sent back as input is one turn again.
+            if last is not None:
+                last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            continue
+        if kind == "reasoning":
+            # A reasoning output item sent back (a client that appends response.output to its input): the
+            # assistant turn's reasoning, as vLLM takes it (the template may render it).
+            text = _reasoning_text(item, i)
+            if last is not None and last.get("reasoning") is None:
+                last["reasoning"] = text
+            else:
+                messages.append({"role": "assistant", "content": None, "reasoning": text})
             continue
         if kind == "function_call_output":
             output = item.get("output")
@@ -120,9 +143,14 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             messages.append({"role": "tool", "content": output, "tool_call_id": item["call_id"]})
             continue
         if kind != "message" or "role" not in item:
-            raise RequestError(f"input[{i}]: only message, function_call and function_call_output items are "
-                               f"supported by /v1/responses yet, got type {item.get('type')!r}.", "input")
+            raise RequestError(f"input[{i}]: only message, reasoning, function_call and function_call_output items "
+                               f"are supported by /v1/responses yet, got type {item.get('type')!r}.", "input")
         content = item.get("content")
+        if (item["role"] == "assistant" and last is not None and last.get("content") is None
+                and last.get("tool_calls") is None):
+            target = last           # the answer after its reasoning item: one assistant turn (vLLM's merge)
+        else:
+            target = None
         if isinstance(content, list):
             texts = []
             for j, part in enumerate(content):
@@ -134,8 +162,22 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
                     raise RequestError(f"input[{i}].content[{j}]: a text part needs a string 'text'.", "input")
                 texts.append({"type": "text", "text": part["text"]})
             content = texts
-        messages.append({"role": item["role"], "content": content})
+        if target is not None:
+            target["content"] = content
+        else:
+            messages.append({"role": item["role"], "content": content})
     return messages
+
+
+def _reasoning_text(item: dict[str, Any], i: int) -> str:
+    """The text of a reasoning input item: its content's reasoning_text (else its summary's text, as vLLM)."""
+    if item.get("encrypted_content"):
+        raise RequestError(f"input[{i}]: encrypted reasoning content is not supported.", "input")
+    for key in ("content", "summary"):
+        parts = item.get(key) or []
+        if isinstance(parts, list) and parts and isinstance(parts[0], dict) and isinstance(parts[0].get("text"), str):
+            return parts[0]["text"]
+    return ""
 
 
 def _input_call(item: dict[str, Any], i: int) -> dict[str, Any]:
@@ -150,6 +192,11 @@ class OpenAIServingResponses:
     def __init__(self, chat: OpenAIServingChat):
         self.chat = chat
 
+    @property
+    def _reasoning(self) -> bool:
+        """--reasoning-parser: the chat answers carry reasoning (and its token ids can be counted)."""
+        return getattr(self.chat, "reasoning_parser", None) is not None
+
     async def create_response(self, req: ResponsesRequest, raw_request: Request | None = None) -> JSONResponse:
         try:
             refused = _unsupported(req)
@@ -160,9 +207,15 @@ class OpenAIServingResponses:
                     "model": req.model, "messages": _messages(req), "max_completion_tokens": req.max_output_tokens,
                     "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "user": req.user,
                     "priority": req.priority, "stream": bool(req.stream),
+                    "reasoning_effort": (req.reasoning or {}).get("effort"),
+                    # The output's token ids, for usage.output_tokens_details.reasoning_tokens.
+                    "return_token_ids": self._reasoning or None,
                     "stream_options": {"include_usage": True} if req.stream else None, **_chat_tools(req)})
             except ValidationError as e:
-                raise RequestError(f"input: {e.errors()[0]['msg']}", "input") from None
+                error = e.errors()[0]
+                if error["loc"][:1] == ("reasoning_effort",):
+                    raise RequestError(f"reasoning.effort: {error['msg']}", "reasoning") from None
+                raise RequestError(f"input: {error['msg']}", "input") from None
         except Exception as e:
             return error_response(e)
         answer = await self.chat.create_chat_completion(chat_req, raw_request)
@@ -184,6 +237,7 @@ class OpenAIServingResponses:
         items = _StreamedItems()
         chat: dict[str, Any] | None = None     # the chat's fields the response needs, from its first chunk on
         finish_reason, usage = None, None
+        token_ids: list[int] = []
         async for chunk in _sse_data(chat_sse):
             if "error" in chunk:      # the chat stream's error chunk: OpenAI's error event, and the stream ends
                 error = chunk["error"]
@@ -197,12 +251,16 @@ class OpenAIServingResponses:
                 shell.update(status="in_progress", output=[], usage=None)
                 yield items.event("response.created", response=shell)
                 yield items.event("response.in_progress", response=shell)
-                if not req.tools:       # text only: the message item opens at once (it may stay empty)
+                if not req.tools and not self._reasoning:
+                    # Text only: the message item opens at once (it may stay empty).
                     for e in items.text("", open_empty=True):
                         yield e
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
+                token_ids += choice.get("token_ids") or []
+                for e in items.reasoning(delta.get("reasoning") or ""):
+                    yield e
                 for e in items.text(delta.get("content") or ""):
                     yield e
                 for call in delta.get("tool_calls") or ():
@@ -211,7 +269,7 @@ class OpenAIServingResponses:
                 finish_reason = choice.get("finish_reason") or finish_reason
         if chat is None:
             return
-        final = self._response(req, {**chat, "choices": [{"finish_reason": finish_reason,
+        final = self._response(req, {**chat, "choices": [{"finish_reason": finish_reason, "token_ids": token_ids,
                                                           "message": {"content": None}}],
                                      "usage": usage}, request_id)
         if not items.items:
@@ -229,8 +287,12 @@ class OpenAIServingResponses:
         truncated = choice["finish_reason"] == "length"
         content = choice["message"]["content"] or ""
         calls = choice["message"].get("tool_calls") or []
+        reasoning = choice["message"].get("reasoning")
         output = []
-        if content or not calls:
+        if reasoning:       # --reasoning-parser: the thinking first (vLLM's reasoning item)
+            output.append({"id": f"rs_{random_uuid()}", "type": "reasoning", "summary": [],
+                           "content": [{"type": "reasoning_text", "text": reasoning}], "status": None})
+        if content or not (calls or reasoning):
             text = {"type": "output_text", "text": content, "annotations": []}
             output.append({"id": f"msg_{random_uuid()}", "type": "message", "role": "assistant",
                            "status": "incomplete" if truncated else "completed", "content": [text]})
@@ -265,16 +327,22 @@ class OpenAIServingResponses:
                 "input_tokens_details": {"cached_tokens": (usage.get("prompt_tokens_details") or {}).get(
                     "cached_tokens", 0)},
                 "output_tokens": usage["completion_tokens"],
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": self._reasoning_tokens(choice.get("token_ids"))},
                 "total_tokens": usage["total_tokens"],
             },
         }
 
 
+    def _reasoning_tokens(self, token_ids: list[int] | None) -> int:
+        if not token_ids or not self._reasoning:
+            return 0
+        return count_reasoning_tokens(token_ids, *self.chat.think_ids)
+
+
 class _StreamedItem:
     def __init__(self, index: int, kind: str, **fields: Any):
         self.index, self.kind = index, kind
-        self.id = f"{'msg' if kind == 'message' else 'fc'}_{random_uuid()}"
+        self.id = f"{ {'message': 'msg', 'reasoning': 'rs'}.get(kind, 'fc')}_{random_uuid()}"
         self.text = ""              # a message's text, a call's arguments
         self.fields = fields        # a call's call_id and name
         self.done: dict[str, Any] = {}
@@ -288,6 +356,7 @@ class _StreamedItems:
         self.items: list[_StreamedItem] = []
         self.calls: dict[int, _StreamedItem] = {}      # by the chat delta's tool call index
         self.message: _StreamedItem | None = None      # the open message item
+        self.thought: _StreamedItem | None = None      # the open reasoning item
         self.sequence = itertools.count()
 
     def event(self, kind: str, **fields: Any) -> str:
@@ -297,10 +366,34 @@ class _StreamedItems:
     def _where(self, item: _StreamedItem) -> dict[str, Any]:
         return {"item_id": item.id, "output_index": item.index, "content_index": 0}
 
+    def reasoning(self, delta: str) -> list[str]:
+        """A reasoning delta: a reasoning item opens on the first (vLLM's events), and closes when text or a call
+        starts."""
+        if not delta:
+            return []
+        out = []
+        if self.thought is None:
+            self.thought = _StreamedItem(len(self.items), "reasoning")
+            self.items.append(self.thought)
+            out.append(self.event("response.output_item.added", output_index=self.thought.index, item={
+                "id": self.thought.id, "type": "reasoning", "summary": [], "status": "in_progress"}))
+            out.append(self.event("response.reasoning_part.added", **self._where(self.thought),
+                                  part={"type": "reasoning_text", "text": ""}))
+        self.thought.text += delta
+        out.append(self.event("response.reasoning_text.delta", **self._where(self.thought), delta=delta))
+        return out
+
+    def _close_thought(self) -> list[str]:
+        if self.thought is None or self.thought.done:
+            return []
+        item, self.thought = self.thought, None
+        return self._close(item, "completed")
+
     def text(self, delta: str, open_empty: bool = False) -> list[str]:
         """A text delta (``open_empty``: open the message item even without text)."""
         out = []
         if self.message is None and (delta or open_empty):
+            out += self._close_thought()
             self.message = _StreamedItem(len(self.items), "message")
             self.items.append(self.message)
             out.append(self.event("response.output_item.added", output_index=self.message.index, item={
@@ -319,6 +412,7 @@ class _StreamedItems:
         function = delta.get("function") or {}
         item = self.calls.get(delta.get("index", 0))
         if item is None:
+            out += self._close_thought()
             if self.message is not None:       # text before the call: its message item is finished
                 out += self._close(self.message, "completed")
                 self.message = None
@@ -336,6 +430,12 @@ class _StreamedItems:
         return out
 
     def _close(self, item: _StreamedItem, status: str) -> list[str]:
+        if item.kind == "reasoning":
+            part = {"type": "reasoning_text", "text": item.text}
+            item.done = {"id": item.id, "type": "reasoning", "summary": [], "content": [part], "status": status}
+            return [self.event("response.reasoning_text.done", **self._where(item), text=item.text),
+                    self.event("response.reasoning_part.done", **self._where(item), part=part),
+                    self.event("response.output_item.done", output_index=item.index, item=item.done)]
         if item.kind == "message":
             part = {"type": "output_text", "text": item.text, "annotations": []}
             item.done = {"id": item.id, "type": "message", "role": "assistant", "status": status, "content": [part]}

@@ -44,8 +44,17 @@ def to_device(values, device) -> torch.Tensor:
 def apply_grammar_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
     """Structured output: in place, -inf on the logits of ``rows`` wherever the matching row of xgrammar's int32
     bitmask (bit ``t % 32`` of word ``t // 32`` set = token ``t`` allowed) is clear. xgrammar picks its kernel for
-    the logits' device (CPU or CUDA)."""
-    import xgrammar
+    the logits' device (CPU or CUDA). Without xgrammar (a thinking budget's forced token needs no grammar), torch
+    unpacks the bits."""
+    try:
+        import xgrammar
+    except ImportError:
+        bits = torch.arange(32, dtype=torch.int32)
+        allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).bool().reshape(bitmask.shape[0], -1)
+        allowed = allowed[:, :logits.shape[1]].to(logits.device, non_blocking=True)
+        index = torch.tensor(rows, device=logits.device)
+        logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+        return
     # xgrammar indexes the logits and the bitmask by the same row: lay the rows out as the logits are (-1: every
     # token allowed, for the free rows in between).
     full = torch.full((logits.shape[0], bitmask.shape[1]), -1, dtype=bitmask.dtype)
