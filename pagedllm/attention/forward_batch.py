@@ -24,6 +24,9 @@ class ForwardBatch:
     # Set only while capturing piecewise CUDA graphs (worker/cuda_graphs.py): the attention layers hand their query
     # to it instead of attending, and it closes the graph there.
     attn_breaker: object | None = None
+    # enable_lora: [T, max_loras], 1 at the adapter slot each token runs with (a row of zeros: the base model); None
+    # when no request of the step has an adapter (pagedllm/lora/manager.py LoRAManager.step_mask).
+    lora_mask: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

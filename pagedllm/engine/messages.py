@@ -32,6 +32,8 @@ class EngineCoreRequest:
     pooling_params: PoolingParams | None = None
     # One of the n > 1 sequences of a user request: that request's id (the scheduler caps how many run at once).
     parent_request_id: str | None = None
+    # enable_lora: the adapter it runs with (pagedllm.lora.LoRARequest), None for the base model.
+    lora_request: Any = None
 
 
 @dataclass

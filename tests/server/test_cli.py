@@ -141,7 +141,8 @@ def test_switch_flags():
     (["--runner", "draft"], "draft models are not supported yet"),
     (["--task", "generate", "--runner", "pooling"], "task='generate' contradicts runner='pooling'"),
     (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
-    (["--enable-lora"], "LoRA adapters are not supported yet"),
+    (["--enable-lora", "--tensor-parallel-size", "2"], "enable_lora=True is not supported yet with tensor or "
+                                                       "pipeline parallel"),
     (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
     (["--distributed-executor-backend", "external_launcher"], "external launchers are not supported yet"),
     (["--tokenizer-mode", "mistral"], "tokenizer_mode='mistral' is not supported yet"),
@@ -192,9 +193,9 @@ def test_vllm_server_flags_pagedllm_lacks_are_named_as_such(capsys):
     # vLLM's frontend flags of features pagedllm lacks: named, with what to do where there is something.
     with pytest.raises(SystemExit):
         make_parser().parse_args(["serve", "m", "--lora-modules", "sql=/loras/sql", "--headless",
-                                  "--enable-lora-bias"])
+                                  "--enable-eplb"])
     err = capsys.readouterr().err
-    assert ("(--enable-lora-bias is a vLLM engine flag that pagedllm does not support yet; --lora-modules, "
+    assert ("(--enable-eplb is a vLLM engine flag that pagedllm does not support yet; --lora-modules, "
             "--headless are vLLM server flags that pagedllm does not support yet; --lora-modules: pagedllm serves no "
             "LoRA adapters yet)") in err
 

@@ -97,6 +97,9 @@ class LinearBase(nn.Module):
         # from the packed copy if anything needs it again (a weight reload, a grad-mode call, another device).
         self._packed: torch.Tensor | None = None
         self._pack_tried = False
+        # enable_lora: this layer's resident adapters (pagedllm/lora/layers.py LoRASlots), set by the worker's
+        # LoRAManager; a step's ForwardBatch.lora_mask says which one each token runs with.
+        self.lora = None
 
     def _load(self, param: torch.Tensor, loaded: torch.Tensor, *args) -> None:
         self.unpack()
@@ -113,8 +116,15 @@ class LinearBase(nn.Module):
             self._packed = None
         self._pack_tried = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x, self.bias)
+    def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.add_lora(x, self.linear(x, self.bias), lora_mask)
+
+    def add_lora(self, x: torch.Tensor, y: torch.Tensor, lora_mask: torch.Tensor | None) -> torch.Tensor:
+        """``y`` plus the LoRA delta of each token's adapter (``lora_mask``: [T, max_loras], None: no adapter in the
+        step)."""
+        if lora_mask is None or self.lora is None:
+            return y
+        return self.lora.add_delta(x, y, lora_mask)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.quant_method is not None:
@@ -190,9 +200,10 @@ class RowParallelLinear(LinearBase):
             return default_weight_loader(param, loaded)
         default_weight_loader(param, shard_of(loaded, dim, self.tp_rank, param.shape[dim], self.tp_size))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.tp_size == 1:
-            return self.linear(x, self.bias)
+            return self.add_lora(x, self.linear(x, self.bias), lora_mask)
+        assert lora_mask is None, "LoRA with tensor parallel is rejected at start-up"
         return tp_all_reduce(self.linear(x, self.bias if self.tp_rank == 0 else None))
 
 

@@ -1,0 +1,189 @@
+"""LoRA adapters (vLLM's multi-LoRA) against the same model with the adapter merged into its weights (HF transformers,
+fp32 on the CPU): greedy tokens per adapter, adapters and the base model mixed in one batch, max_loras, prefix-cache
+isolation, and the errors for adapters pagedllm cannot apply."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.lora.request import LoRARequest
+from tiny_models import save_tiny_llama
+
+VOCAB = 128
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROMPTS = [[5, 17, 42, 9, 33, 71, 2, 88, 14, 60, 23, 99, 4, 51, 77, 30, 12, 8, 65, 41, 19],   # > one block of 16
+           [7, 3, 90]]
+
+
+def save_adapter(path, hf, rank: int, alpha: float, targets=ALL_TARGETS, seed: int = 1, **config) -> dict:
+    """A random PEFT adapter (adapter_config.json + adapter_model.safetensors, PEFT's tensor names) for ``hf``;
+    returns {HF module name: (A, B)}."""
+    from safetensors.torch import save_file
+    torch.manual_seed(seed)
+    weights, tensors = {}, {}
+    for name, module in hf.named_modules():
+        if name.rpartition(".")[2] in targets and isinstance(module, torch.nn.Linear):
+            a = torch.randn(rank, module.in_features) * 0.3
+            b = torch.randn(module.out_features, rank) * 0.3
+            weights[name] = (a, b)
+            tensors[f"base_model.model.{name}.lora_A.weight"] = a
+            tensors[f"base_model.model.{name}.lora_B.weight"] = b
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": list(targets), "bias": "none",
+         "fan_in_fan_out": False, "use_rslora": False, "modules_to_save": None, **config}))
+    return weights
+
+
+def merged_tokens(hf, weights: dict, scaling: float, prompts, n: int) -> list[list[int]]:
+    """Greedy tokens of ``hf`` with W + scaling * B @ A in every adapted layer (the weights restored after)."""
+    saved = {}
+    modules = dict(hf.named_modules())
+    with torch.no_grad():
+        for name, (a, b) in weights.items():
+            saved[name] = modules[name].weight.clone()
+            modules[name].weight += scaling * b @ a
+        out = [hf.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+        for name, w in saved.items():
+            modules[name].weight.copy_(w)
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    hf = save_tiny_llama(root / "model", VOCAB)
+    sql = save_adapter(root / "sql", hf, rank=8, alpha=16, seed=1)
+    # rsLoRA, two of the seven projections, a smaller rank: alpha / sqrt(r), unadapted parts left alone.
+    chat = save_adapter(root / "chat", hf, rank=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"), seed=2,
+                        use_rslora=True)
+    expected = {"base": merged_tokens(hf, {}, 0, PROMPTS, 6),
+                "sql": merged_tokens(hf, sql, 16 / 8, PROMPTS, 6),
+                "chat": merged_tokens(hf, chat, 8 / math.sqrt(4), PROMPTS, 6)}
+    return root, hf, expected
+
+
+def make_llm(root, **kwargs) -> LLM:
+    settings = dict(enable_lora=True, max_lora_rank=8, max_loras=2, skip_tokenizer_init=True, device="cpu",
+                    dtype="float32", num_gpu_blocks_override=64, max_model_len=128, seed=0)
+    return LLM(str(root / "model"), **{**settings, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def llm(setup):
+    return make_llm(setup[0])
+
+
+def _tokens(outputs) -> list[list[int]]:
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+
+
+def test_each_adapter_gives_the_merged_models_tokens(setup, llm):
+    root, _, expected = setup
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    assert _tokens(llm.generate(prompts, GREEDY, use_tqdm=False)) == expected["base"]
+    sql = LoRARequest("sql", 1, str(root / "sql"))
+    outs = llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=sql)
+    assert _tokens(outs) == expected["sql"]
+    assert outs[0].lora_request is sql and outs[0].outputs[0].lora_request is sql
+    chat = LoRARequest("chat", 2, str(root / "chat"))
+    assert _tokens(llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=chat)) == expected["chat"]
+    assert expected["sql"] != expected["base"] and expected["chat"] != expected["base"]
+    assert llm.llm_engine.list_loras() == {1, 2}
+
+
+def test_two_adapters_and_the_base_model_in_one_batch(setup, llm):
+    root, _, expected = setup
+    sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
+    prompt = {"prompt_token_ids": PROMPTS[1]}
+    outs = llm.generate([prompt] * 3, GREEDY, use_tqdm=False, lora_request=[sql, None, chat])
+    assert _tokens(outs) == [expected["sql"][1], expected["base"][1], expected["chat"][1]]
+    with pytest.raises(ValueError, match="The lengths of prompts and lora_request must be the same"):
+        llm.generate([prompt] * 3, GREEDY, use_tqdm=False, lora_request=[sql, chat])
+
+
+def test_prefix_cache_is_not_shared_between_adapters(setup, llm):
+    root, _, expected = setup
+    prompt = {"prompt_token_ids": PROMPTS[0]}      # 21 tokens: one full block to hit
+    base = llm.generate([prompt], GREEDY, use_tqdm=False)[0]
+    again = llm.generate([prompt], GREEDY, use_tqdm=False)[0]
+    assert again.num_cached_tokens == 16 and _tokens([base]) == _tokens([again])
+    sql = LoRARequest("sql-other-name", 3, str(root / "sql"))
+    out = llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=sql)[0]
+    assert out.num_cached_tokens == 0 and _tokens([out])[0] == expected["sql"][0]
+    assert llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=sql)[0].num_cached_tokens == 16
+
+
+def test_max_loras_1_runs_two_adapters_one_after_the_other(setup):
+    root, _, expected = setup
+    llm = make_llm(root, max_loras=1)
+    sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
+    seen = []
+    original = llm.llm_engine.scheduler.schedule
+
+    def schedule():
+        out = original()
+        seen.append({r.lora_request.lora_int_id for r in llm.llm_engine.scheduler.running if r.lora_request})
+        return out
+    llm.llm_engine.scheduler.schedule = schedule
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    outs = llm.generate(prompts * 2, GREEDY, use_tqdm=False, lora_request=[sql, sql, chat, chat])
+    assert _tokens(outs) == expected["sql"] + expected["chat"]
+    assert max(len(s) for s in seen) == 1 and {1} in seen and {2} in seen
+
+
+def test_bad_adapters_are_clear_errors(setup, llm, tmp_path):
+    root, hf, _ = setup
+    prompt = {"prompt_token_ids": PROMPTS[1]}
+
+    def run(request):
+        return llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=request)
+    with pytest.raises(ValueError, match="Loading lora nope failed: No adapter found for /no/such/adapter"):
+        run(LoRARequest("nope", 11, "/no/such/adapter"))
+    save_adapter(tmp_path / "big", hf, rank=16, alpha=16)
+    with pytest.raises(ValueError, match="LoRA rank 16 is greater than max_lora_rank 8"):
+        run(LoRARequest("big", 12, str(tmp_path / "big")))
+    save_adapter(tmp_path / "head", hf, rank=4, alpha=4, targets=("q_proj", "lm_head"))
+    with pytest.raises(ValueError, match=r"expected target modules in .* but received \['lm_head'\]"):
+        run(LoRARequest("head", 13, str(tmp_path / "head")))
+    save_adapter(tmp_path / "dora", hf, rank=4, alpha=4, use_dora=True)
+    with pytest.raises(ValueError, match="DoRA"):
+        run(LoRARequest("dora", 14, str(tmp_path / "dora")))
+    save_adapter(tmp_path / "saved", hf, rank=4, alpha=4, modules_to_save=["lm_head"])
+    with pytest.raises(ValueError, match="modules_to_save"):
+        run(LoRARequest("saved", 15, str(tmp_path / "saved")))
+    with pytest.raises(ValueError, match="id must be > 0"):
+        LoRARequest("zero", 0, str(root / "sql"))
+    assert not llm.llm_engine.has_unfinished_requests()
+    assert _tokens(run(None)) == [setup[2]["base"][1]]       # the engine goes on
+
+
+def test_lora_request_needs_enable_lora(setup):
+    root = setup[0]
+    llm = LLM(str(root / "model"), skip_tokenizer_init=True, device="cpu", dtype="float32",
+              num_gpu_blocks_override=16, max_model_len=64)
+    with pytest.raises(ValueError, match="but LoRA is not enabled!"):
+        llm.generate([{"prompt_token_ids": [1, 2]}], GREEDY, use_tqdm=False,
+                     lora_request=LoRARequest("sql", 1, str(root / "sql")))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(enable_lora=True, tensor_parallel_size=2), "not supported yet with tensor or pipeline parallel"),
+    (dict(enable_lora=True, max_lora_rank=12), r"max_lora_rank \(12\) must be one of"),
+    (dict(enable_lora=True, max_loras=2, max_cpu_loras=1), r"max_cpu_loras \(1\) must be >= max_loras \(2\)"),
+    (dict(enable_lora=True, enable_lora_bias=True), "enable_lora_bias=True is not supported yet"),
+    (dict(max_loras=4), "max_loras only applies with enable_lora=True"),
+])
+def test_lora_arguments_are_checked(kwargs, match):
+    from pagedllm.config import EngineArgs, verify_engine_args
+    with pytest.raises(ValueError, match=match):
+        verify_engine_args(EngineArgs(model="m", **kwargs))
