@@ -56,7 +56,6 @@ def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch
 
 # What to use instead of a vLLM argument pagedllm lacks, where there is something.
 _VLLM_ARG_INSTEAD = {
-    "lora_modules": "pagedllm serves no LoRA adapters yet",
     "api_server_count": "one API server process serves every request (its engine runs in a process of its own)",
     "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
     "rope_theta": "hf_overrides / --hf-overrides '{\"rope_theta\": ...}' does it (vLLM's replacement)",
@@ -65,7 +64,7 @@ _VLLM_ARG_INSTEAD = {
 
 # vLLM's `vllm serve` frontend flags (FrontendArgs) that `pagedllm serve` lacks: named as such when given.
 _VLLM_SERVER_FLAGS_NOT_SUPPORTED = frozenset({
-    "lora_modules", "api_server_count", "headless", "tool_server", "tool_parser_plugin",
+    "api_server_count", "headless", "tool_server", "tool_parser_plugin",
     "log_error_stack", "fingerprint_mode", "fingerprint_value",
     "h11_max_incomplete_event_size", "h11_max_header_count", "enable_per_request_metrics", "tokens_only",
     "enable_ssl_refresh", "enable_offline_docs", "enable_flash_late_interaction", "data_parallel_supervisor_port",

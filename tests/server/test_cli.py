@@ -192,12 +192,11 @@ def test_vllm_flags_pagedllm_lacks_are_named_as_such(capsys):
 def test_vllm_server_flags_pagedllm_lacks_are_named_as_such(capsys):
     # vLLM's frontend flags of features pagedllm lacks: named, with what to do where there is something.
     with pytest.raises(SystemExit):
-        make_parser().parse_args(["serve", "m", "--lora-modules", "sql=/loras/sql", "--headless",
-                                  "--enable-eplb"])
+        make_parser().parse_args(["serve", "m", "--api-server-count", "2", "--headless", "--enable-eplb"])
     err = capsys.readouterr().err
-    assert ("(--enable-eplb is a vLLM engine flag that pagedllm does not support yet; --lora-modules, "
-            "--headless are vLLM server flags that pagedllm does not support yet; --lora-modules: pagedllm serves no "
-            "LoRA adapters yet)") in err
+    assert ("(--enable-eplb is a vLLM engine flag that pagedllm does not support yet; --api-server-count, "
+            "--headless are vLLM server flags that pagedllm does not support yet; --api-server-count: one API server "
+            "process serves every request (its engine runs in a process of its own))") in err
 
 
 def test_serve_exits_with_the_message():

@@ -187,3 +187,71 @@ def test_lora_arguments_are_checked(kwargs, match):
     from pagedllm.config import EngineArgs, verify_engine_args
     with pytest.raises(ValueError, match=match):
         verify_engine_args(EngineArgs(model="m", **kwargs))
+
+
+# ---- the server: --lora-modules, "model": adapter, /v1/models, runtime load / unload -------------------------------
+def _serve(root, *flags):
+    from app_client import serve_in_process
+    return serve_in_process(str(root / "model"), "--skip-tokenizer-init", "--enable-lora", "--max-lora-rank", "8",
+                            "--max-loras", "2", *flags)
+
+
+def _completion(model: str, prompt: list[int]) -> dict:
+    return {"model": model, "prompt": prompt, "max_tokens": 6, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True}
+
+
+def test_server_serves_lora_modules_by_model_name(setup, monkeypatch):
+    from app_client import post_all, run_on
+    root, _, expected = setup
+    monkeypatch.delenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", raising=False)
+    with _serve(root, "--lora-modules", f"sql={root / 'sql'}",
+                json.dumps({"name": "chat", "path": str(root / "chat"), "base_model_name": str(root / "model")})) \
+            as (app, _):
+        models = run_on(app, lambda c: c.get("/v1/models")).json()["data"]
+        assert [(m["id"], m["parent"], m["root"]) for m in models] == [
+            (str(root / "model"), None, str(root / "model")), ("sql", str(root / "model"), str(root / "sql")),
+            ("chat", str(root / "model"), str(root / "chat"))]
+        replies = post_all(app, [("/v1/completions", _completion(name, PROMPTS[1]))
+                                 for name in ("sql", str(root / "model"), "chat", "nope")])
+        assert [r.status_code for r in replies] == [200, 200, 200, 404]
+        assert [r.json()["choices"][0]["token_ids"] for r in replies[:3]] == \
+            [expected["sql"][1], expected["base"][1], expected["chat"][1]]
+        assert [r.json()["model"] for r in replies[:3]] == ["sql", str(root / "model"), "chat"]
+        assert replies[3].json()["error"]["message"] == "The model `nope` does not exist."
+        # Without VLLM_ALLOW_RUNTIME_LORA_UPDATING the runtime routes are absent, as vLLM's.
+        assert post_all(app, [("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(root / "sql")})])[0] \
+            .status_code == 404
+
+
+def test_server_runtime_load_and_unload(setup, monkeypatch):
+    from app_client import post_all, run_on
+    root, _, expected = setup
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+    with _serve(root) as (app, _):
+        load = {"lora_name": "sql", "lora_path": str(root / "sql")}
+        replies = post_all(app, [("/v1/load_lora_adapter", load), ("/v1/load_lora_adapter", load),
+                                 ("/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": "/no/such"}),
+                                 ("/v1/completions", _completion("sql", PROMPTS[1]))])
+        assert [r.status_code for r in replies] == [200, 400, 404, 200]
+        assert replies[0].text == "Success: LoRA adapter 'sql' added successfully."
+        assert replies[1].json()["error"]["message"] == "The lora adapter 'sql' has already been loaded."
+        assert "No adapter found for /no/such" in replies[2].json()["error"]["message"]
+        assert replies[3].json()["choices"][0]["token_ids"] == expected["sql"][1]
+        assert "sql" in [m["id"] for m in run_on(app, lambda c: c.get("/v1/models")).json()["data"]]
+        replies = post_all(app, [("/v1/unload_lora_adapter", {"lora_name": "sql"}),
+                                 ("/v1/unload_lora_adapter", {"lora_name": "sql"}),
+                                 ("/v1/completions", _completion("sql", PROMPTS[1]))])
+        assert [r.status_code for r in replies] == [200, 404, 404]
+        assert replies[0].text == "Success: LoRA adapter 'sql' removed successfully."
+        assert replies[1].json()["error"]["message"] == "The lora adapter 'sql' cannot be found."
+
+
+def test_lora_modules_flag_errors(setup):
+    from app_client import serve_args
+    root = setup[0]
+    with pytest.raises(ValueError, match="--lora-modules needs --enable-lora"):
+        serve_args(str(root / "model"), "--lora-modules", f"sql={root / 'sql'}")
+    with pytest.raises(ValueError, match="--lora-modules: Loading lora bad failed: No adapter found for /no/such"):
+        with _serve(root, "--lora-modules", "bad=/no/such"):
+            pass
