@@ -381,6 +381,9 @@ class AsyncLLMEngine:
     async def list_loras(self) -> set[int]:
         return await self._call_core("list_loras")
 
+    async def pin_lora(self, lora_id: int) -> bool:
+        return await self._call_core("pin_lora", lora_id)
+
     async def start_profile(self, profile_prefix: str | None = None) -> None:
         await self._call_core("collective_rpc", "start_profile", (profile_prefix,))
 

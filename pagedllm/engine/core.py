@@ -204,6 +204,9 @@ class EngineCore:
     def list_loras(self) -> set[int]:
         return self.executor.collective_rpc("list_loras")[0]
 
+    def pin_lora(self, lora_id: int) -> bool:
+        return self.executor.collective_rpc("pin_lora", (lora_id,))[0]
+
     def collective_rpc(self, method, args: tuple = (), kwargs: dict | None = None) -> list:
         """A worker method (its name, or a function taking the worker first) on every rank; each rank's result."""
         return self.executor.collective_rpc(method, tuple(args), kwargs)
@@ -418,7 +421,7 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
 
 # What the front end may call on the core by name (UtilityCall): vLLM's engine-core utilities.
 CORE_UTILITIES = frozenset({"sleep", "wake_up", "is_sleeping", "reset_prefix_cache", "collective_rpc", "add_lora",
-                            "remove_lora", "list_loras"})
+                            "remove_lora", "list_loras", "pin_lora"})
 
 
 def _run_utility(core: EngineCore, msg: UtilityCall, conn) -> None:

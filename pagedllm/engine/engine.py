@@ -153,6 +153,10 @@ class LLMEngine:
     def list_loras(self) -> set[int]:
         return self.core.list_loras()
 
+    def pin_lora(self, lora_id: int) -> bool:
+        """Keep a loaded adapter in the workers' CPU memory beyond max_cpu_loras."""
+        return self.core.pin_lora(lora_id)
+
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         return self.core.reset_prefix_cache(reset_running_requests, reset_connector)
 

@@ -55,6 +55,7 @@ class LoRAManager:
         self._cpu: OrderedDict[int, PEFTAdapter] = OrderedDict()    # least recently used first
         self._requests: dict[int, LoRARequest] = {}                  # to load an adapter again from its folder
         self._slot_of: OrderedDict[int, int] = OrderedDict()          # adapter id -> slot, least recently used first
+        self._pinned: set[int] = set()        # pin_lora: never dropped from CPU memory
 
     @property
     def weights_bytes(self) -> int:
@@ -78,16 +79,25 @@ class LoRAManager:
                                  f"[{slots.part_sizes[part]}, r] (is the adapter for another model?).")
         self._cpu[request.lora_int_id] = adapter
         self._requests[request.lora_int_id] = request
-        while len(self._cpu) > self.max_cpu_loras:
-            old, _ = self._cpu.popitem(last=False)
+        droppable = [i for i in self._cpu if i not in self._pinned and i != request.lora_int_id]
+        for old in droppable[:max(len(self._cpu) - self.max_cpu_loras, 0)]:
+            del self._cpu[old]
             if old not in self._slot_of:
                 self._requests.pop(old, None)
         logger.info("Loaded LoRA adapter %r (id %d, rank %d) from %s", request.lora_name, request.lora_int_id,
                     adapter.rank, request.lora_path)
         return True
 
+    def pin_adapter(self, lora_int_id: int) -> bool:
+        """Keep a loaded adapter in CPU memory whatever max_cpu_loras says (vLLM's pin_lora)."""
+        if lora_int_id not in self._cpu:
+            raise ValueError(f"LoRA {lora_int_id} is not loaded: add_lora (or a request with it) first.")
+        self._pinned.add(lora_int_id)
+        return True
+
     def remove_adapter(self, lora_int_id: int) -> bool:
         found = lora_int_id in self._cpu or lora_int_id in self._slot_of
+        self._pinned.discard(lora_int_id)
         self._cpu.pop(lora_int_id, None)
         self._slot_of.pop(lora_int_id, None)
         self._requests.pop(lora_int_id, None)

@@ -472,6 +472,9 @@ class ModelRunner:
     def list_loras(self) -> set[int]:
         return self._lora_or_raise().list_adapters()
 
+    def pin_lora(self, lora_id: int) -> bool:
+        return self._lora_or_raise().pin_adapter(lora_id)
+
     def _lora_or_raise(self) -> LoRAManager:
         if self.lora is None:
             raise ValueError("LoRA is not enabled: create the engine with enable_lora=True (--enable-lora).")

@@ -255,3 +255,21 @@ def test_lora_modules_flag_errors(setup):
     with pytest.raises(ValueError, match="--lora-modules: Loading lora bad failed: No adapter found for /no/such"):
         with _serve(root, "--lora-modules", "bad=/no/such"):
             pass
+
+
+def test_max_cpu_loras_and_pin_lora(setup):
+    root, _, expected = setup
+    llm = make_llm(root, max_loras=1, max_cpu_loras=1)
+    engine = llm.llm_engine
+    sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
+    prompt = [{"prompt_token_ids": PROMPTS[1]}]
+    assert _tokens(llm.generate(prompt, GREEDY, use_tqdm=False, lora_request=sql)) == [expected["sql"][1]]
+    assert _tokens(llm.generate(prompt, GREEDY, use_tqdm=False, lora_request=chat)) == [expected["chat"][1]]
+    assert engine.list_loras() == {2}          # one adapter kept in CPU memory: sql was dropped
+    assert _tokens(llm.generate(prompt, GREEDY, use_tqdm=False, lora_request=sql)) == [expected["sql"][1]]
+    assert engine.pin_lora(1) and engine.list_loras() == {1}
+    assert _tokens(llm.generate(prompt, GREEDY, use_tqdm=False, lora_request=chat)) == [expected["chat"][1]]
+    assert engine.list_loras() == {1, 2}       # the pinned one stays
+    with pytest.raises(ValueError, match="LoRA 7 is not loaded"):
+        engine.pin_lora(7)
+    assert engine.remove_lora(2) and engine.list_loras() == {1}
