@@ -232,7 +232,8 @@ class EngineCore:
                               pool.query_tokens, pool.hit_tokens, sched.num_preemptions,
                               pool.num_free_blocks, pool.num_blocks, len(sched.swapped),
                               swap.num_free_blocks if swap is not None else 0, swap.num_blocks if swap is not None else 0,
-                              sched.num_blocks_swapped_out, sched.num_blocks_swapped_in)
+                              sched.num_blocks_swapped_out, sched.num_blocks_swapped_in,
+                              *sched.lora_names())
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def step(self) -> tuple[EngineCoreOutputs, StepStats]:

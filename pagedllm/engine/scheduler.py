@@ -14,6 +14,7 @@ commits the sampled tokens, applies the token-level stop rules and frees finishe
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import time
 from collections import deque
@@ -279,6 +280,15 @@ class Scheduler:
             heapq.heappush(self.waiting, request)
 
         return self._describe(items, preempted)
+
+    def lora_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The adapters' names of the running requests and of the waiting ones (queued, swapped out or held back),
+        sorted; empty without LoRA."""
+        if not self.max_loras:
+            return (), ()
+        waiting = itertools.chain(self.waiting, self.swapped, *self._held.values())
+        return tuple(sorted({r.lora_request.lora_name for r in self.running if r.lora_request is not None})), \
+            tuple(sorted({r.lora_request.lora_name for r in waiting if r.lora_request is not None}))
 
     def _running_loras(self) -> set[int]:
         return {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None} \

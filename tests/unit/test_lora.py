@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -219,6 +220,12 @@ def test_server_serves_lora_modules_by_model_name(setup, monkeypatch):
             [expected["sql"][1], expected["base"][1], expected["chat"][1]]
         assert [r.json()["model"] for r in replies[:3]] == ["sql", str(root / "model"), "chat"]
         assert replies[3].json()["error"]["message"] == "The model `nope` does not exist."
+        # vLLM's lora_requests_info: a series per adapters seen running, valued with the step's time.
+        from pagedllm.metrics import PREFIX
+        metrics = run_on(app, lambda c: c.get("/metrics")).text
+        for name in ("sql", "chat"):
+            assert re.search(PREFIX + r'lora_requests_info\{max_lora="2",running_lora_adapters="%s",'
+                             r'waiting_lora_adapters=""\} 1\.[0-9.e+]+' % name, metrics), metrics
         # Without VLLM_ALLOW_RUNTIME_LORA_UPDATING the runtime routes are absent, as vLLM's.
         assert post_all(app, [("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(root / "sql")})])[0] \
             .status_code == 404

@@ -87,7 +87,8 @@ def build_engine(args: argparse.Namespace, prestarted=None) -> tuple[AsyncLLMEng
     """``prestarted``: the engine process that `pagedllm serve` started from its command line
     (entrypoints/early_engine.py), adopted if it parsed the same engine arguments."""
     engine_args, names, engine_process = serve_engine_args(args)
-    metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats)
+    metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats,
+                            max_loras=engine_args.max_loras if engine_args.enable_lora else 0)
     engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=args.log_requests, metrics=metrics,
                                              engine_process=engine_process, prestarted=prestarted)
     return engine, metrics, names
