@@ -226,6 +226,11 @@ def test_server_serves_lora_modules_by_model_name(setup, monkeypatch):
         for name in ("sql", "chat"):
             assert re.search(PREFIX + r'lora_requests_info\{max_lora="2",running_lora_adapters="%s",'
                              r'waiting_lora_adapters=""\} 1\.[0-9.e+]+' % name, metrics), metrics
+        streamed = post_all(app, [("/v1/completions", {**_completion("sql", PROMPTS[1]), "stream": True})])[0]
+        chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
+                  if line.startswith("data: {")]
+        assert chunks and {c["model"] for c in chunks} == {"sql"}
+        assert [t for c in chunks for t in c["choices"][0].get("token_ids") or []] == expected["sql"][1]
         # Without VLLM_ALLOW_RUNTIME_LORA_UPDATING the runtime routes are absent, as vLLM's.
         assert post_all(app, [("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(root / "sql")})])[0] \
             .status_code == 404
@@ -280,3 +285,13 @@ def test_max_cpu_loras_and_pin_lora(setup):
     with pytest.raises(ValueError, match="LoRA 7 is not loaded"):
         engine.pin_lora(7)
     assert engine.remove_lora(2) and engine.list_loras() == {1}
+
+
+def test_lora_dtype_sets_the_adapters_dtype(setup):
+    root, _, expected = setup
+    llm = make_llm(root, lora_dtype="bfloat16")
+    sql = LoRARequest("sql", 1, str(root / "sql"))
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    assert _tokens(llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=sql)) == expected["sql"]
+    slots = llm.llm_engine.runner.lora.layers
+    assert {s.a.dtype for s in slots} == {s.b.dtype for s in slots} == {torch.bfloat16}
