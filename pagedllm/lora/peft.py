@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -32,13 +33,29 @@ def _fail(request: LoRARequest, why: str) -> ValueError:
     return ValueError(f"Loading lora {request.lora_name} failed: {why}")
 
 
-def read_adapter_config(request: LoRARequest, max_lora_rank: int) -> dict:
+def adapter_folder(lora_path: str) -> str:
+    """The adapter's local folder: ``lora_path`` (``~`` expanded) when it is one, else, for a Hugging Face Hub
+    repository id (``org/name``), its snapshot: the local cache first, then a download (as vLLM). Otherwise the path
+    as given (the caller then finds no adapter there)."""
+    path = os.path.expanduser(lora_path)
+    if os.path.isdir(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", lora_path):
+        return path
+    from huggingface_hub import snapshot_download
+    for local_only in (True, False):
+        try:
+            return snapshot_download(lora_path, local_files_only=local_only)
+        except Exception:   # noqa: BLE001 - not cached / not on the Hub / offline: "No adapter found"
+            continue
+    return path
+
+
+def read_adapter_config(request: LoRARequest, max_lora_rank: int, path: str | None = None) -> dict:
     """The adapter's config, checked: a LoRA adapter of rank <= ``max_lora_rank`` that pagedllm can apply."""
-    path = os.path.expanduser(request.lora_path)
+    path = path or adapter_folder(request.lora_path)
     config_file = os.path.join(path, "adapter_config.json")
     if not os.path.isfile(config_file):
-        raise _fail(request, f"No adapter found for {request.lora_path} (a local folder with adapter_config.json "
-                             f"is expected)")
+        raise _fail(request, f"No adapter found for {request.lora_path} (a local folder with adapter_config.json, "
+                             f"or a Hugging Face Hub repository id, is expected)")
     with open(config_file) as f:
         config = json.load(f)
     peft_type = str(config.get("peft_type", "LORA")).upper()
@@ -68,11 +85,11 @@ def read_adapter_config(request: LoRARequest, max_lora_rank: int) -> dict:
 def load_adapter(request: LoRARequest, max_lora_rank: int, dtype: torch.dtype) -> PEFTAdapter:
     """The adapter's A and B per module (on the CPU, in ``dtype``), checked as ``read_adapter_config`` does, and
     every tensor a lora_A / lora_B of one of LORA_TARGET_MODULES."""
-    config = read_adapter_config(request, max_lora_rank)
+    path = adapter_folder(request.lora_path)
+    config = read_adapter_config(request, max_lora_rank, path)
     rank = config["r"]
     alpha = config.get("lora_alpha", rank)
     scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    path = os.path.expanduser(request.lora_path)
     tensors_file = os.path.join(path, "adapter_model.safetensors")
     if os.path.isfile(tensors_file):
         from safetensors.torch import load_file

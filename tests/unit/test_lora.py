@@ -295,3 +295,21 @@ def test_lora_dtype_sets_the_adapters_dtype(setup):
     assert _tokens(llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=sql)) == expected["sql"]
     slots = llm.llm_engine.runner.lora.layers
     assert {s.a.dtype for s in slots} == {s.b.dtype for s in slots} == {torch.bfloat16}
+
+
+def test_adapter_from_a_hub_repository_id(setup, llm, monkeypatch):
+    """As vLLM: a lora_path that is no local folder but an org/name id is the Hub repository's snapshot."""
+    import huggingface_hub
+    root, _, expected = setup
+    asked = []
+
+    def snapshot_download(repo_id, local_files_only=False, **kwargs):
+        asked.append((repo_id, local_files_only))
+        if local_files_only:
+            raise FileNotFoundError("not in the cache")
+        return str(root / "sql")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    out = llm.generate([{"prompt_token_ids": PROMPTS[1]}], GREEDY, use_tqdm=False,
+                       lora_request=LoRARequest("hub", 21, "someone/sql-lora"))
+    assert _tokens(out) == [expected["sql"][1]]
+    assert asked == [("someone/sql-lora", True), ("someone/sql-lora", False)]
