@@ -257,6 +257,17 @@ def test_server_runtime_load_and_unload(setup, monkeypatch):
         assert [r.status_code for r in replies] == [200, 404, 404]
         assert replies[0].text == "Success: LoRA adapter 'sql' removed successfully."
         assert replies[1].json()["error"]["message"] == "The lora adapter 'sql' cannot be found."
+        # load_inplace: the name now runs the new weights (the same prompt: no prefix-cache block of the old ones).
+        replies = post_all(app, [("/v1/load_lora_adapter", {"lora_name": "ft", "lora_path": str(root / "sql")}),
+                                 ("/v1/completions", _completion("ft", PROMPTS[0])),
+                                 ("/v1/load_lora_adapter", {"lora_name": "ft", "lora_path": str(root / "chat"),
+                                                            "load_inplace": True}),
+                                 ("/v1/completions", _completion("ft", PROMPTS[0]))])
+        assert [r.status_code for r in replies] == [200] * 4
+        assert [replies[i].json()["choices"][0]["token_ids"] for i in (1, 3)] == [expected["sql"][0],
+                                                                                  expected["chat"][0]]
+        assert [m["root"] for m in run_on(app, lambda c: c.get("/v1/models")).json()["data"]
+                if m["id"] == "ft"] == [str(root / "chat")]
 
 
 def test_lora_modules_flag_errors(setup):

@@ -202,8 +202,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         @app.post("/v1/load_lora_adapter")
         async def load_lora_adapter(request: LoadLoRAAdapterRequest):
             try:
-                return Response(await models.load_lora_adapter(request.lora_name, request.lora_path),
-                                status_code=200)
+                return Response(await models.load_lora_adapter(request.lora_name, request.lora_path,
+                                                               load_inplace=request.load_inplace), status_code=200)
             except Exception as e:
                 return error_response(e)
 

@@ -118,6 +118,7 @@ class ModelList(OpenAIBaseModel):
 class LoadLoRAAdapterRequest(OpenAIBaseModel):
     lora_name: str | None = None
     lora_path: str | None = None
+    load_inplace: bool = False      # replace the weights of an adapter of that name (e.g. after a training step)
 
 
 class UnloadLoRAAdapterRequest(OpenAIBaseModel):

@@ -46,12 +46,14 @@ class ServingModels:
         return cards
 
     async def load_lora_adapter(self, lora_name: str | None, lora_path: str | None,
-                                base_model_name: str | None = None) -> str:
+                                base_model_name: str | None = None, load_inplace: bool = False) -> str:
         """Load and check an adapter now (vLLM's messages: 400 for a bad request or adapter, 404 for a folder that
-        is not there)."""
+        is not there). ``load_inplace``: an adapter of that name is replaced by the new weights (a new id, so no
+        request or prefix-cache block of the old weights is mistaken for the new ones)."""
         if not lora_name or not lora_path:
             raise RequestError("Both 'lora_name' and 'lora_path' must be provided.", None, 400, "InvalidUserInput")
-        if lora_name in self.lora_requests:
+        old = self.lora_requests.get(lora_name) if load_inplace else None
+        if lora_name in self.lora_requests and old is None:
             raise RequestError(f"The lora adapter '{lora_name}' has already been loaded.", "lora_name", 400,
                                "InvalidUserInput")
         if lora_name in self.base_model_names:
@@ -66,7 +68,11 @@ class ServingModels:
             raise RequestError(str(e), "lora_path", 404 if not_found else 400,
                                "NotFoundError" if not_found else "BadRequestError") from None
         self.lora_requests[lora_name] = lora
-        logger.info("Loaded new LoRA adapter: name '%s', path '%s'", lora_name, lora_path)
+        if old is not None:
+            await self.engine.remove_lora(old.lora_int_id)
+            logger.info("Reloaded LoRA adapter in place: name '%s', path '%s'", lora_name, lora_path)
+        else:
+            logger.info("Loaded new LoRA adapter: name '%s', path '%s'", lora_name, lora_path)
         return f"Success: LoRA adapter '{lora_name}' added successfully."
 
     async def unload_lora_adapter(self, lora_name: str | None, lora_int_id: int | None = None) -> str:
