@@ -224,7 +224,7 @@ class EngineArgs:
     max_cpu_loras: int | None = None
     lora_dtype: str = "auto"              # the adapters' weights: "auto" (the model's dtype), float16, bfloat16
     enable_lora_bias: bool = False        # LoRA biases: not supported yet (True is an error)
-    fully_sharded_loras: bool = False     # tensor-parallel LoRA sharding; LoRA runs at tensor_parallel_size=1 only
+    fully_sharded_loras: bool = False     # True (shard A of column-parallel layers too) is not supported yet at TP > 1
     # At most this many tokens of one prompt per step (0: no cap). None: no cap, except behind the server on the
     # CPU (SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD), where a step of 2048 prompt tokens takes seconds.
     long_prefill_token_threshold: int | None = None
@@ -404,7 +404,7 @@ class EngineArgs:
                        help="dtype of the adapters' weights (auto: the model's).")
         g.add_argument("--enable-lora-bias", action="store_true", help="Not supported yet.")
         g.add_argument("--fully-sharded-loras", action="store_true",
-                       help="Tensor-parallel LoRA sharding (LoRA runs without tensor parallel for now).")
+                       help="Not supported yet with tensor parallel (adapters are sharded as vLLM's default).")
         g.add_argument("--speculative-config", type=json.loads, default=None, help="Not supported yet.")
         g.add_argument("--profiler-config", type=json.loads, default=None,
                        help='vLLM\'s profiler config as JSON, e.g. \'{"profiler": "torch", "torch_profiler_dir": '
@@ -618,10 +618,10 @@ def _verify_lora_args(args: EngineArgs) -> None:
             if getattr(args, name) != getattr(EngineArgs, name):
                 raise ValueError(f"{name} only applies with enable_lora=True (got {name}={getattr(args, name)!r}).")
         return
-    if args.tensor_parallel_size > 1 or args.pipeline_parallel_size > 1:
-        raise ValueError(f"enable_lora=True is not supported yet with tensor or pipeline parallel (got "
-                         f"tensor_parallel_size={args.tensor_parallel_size}, pipeline_parallel_size="
-                         f"{args.pipeline_parallel_size}): LoRA runs on one rank.")
+    if args.fully_sharded_loras and args.tensor_parallel_size > 1:
+        raise ValueError("fully_sharded_loras=True is not supported yet by pagedllm: with tensor parallel an "
+                         "adapter's B is cut like column-parallel weights and its A like row-parallel ones (vLLM's "
+                         "default); leave it False.")
     if args.distributed_executor_backend == "ray":
         raise ValueError("enable_lora=True is not supported yet with distributed_executor_backend='ray'.")
 

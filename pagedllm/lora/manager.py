@@ -33,8 +33,12 @@ class LoRAManager:
         for leaf, (fused_leaf, shard) in getattr(model, "packed_modules_mapping", {}).items():
             if leaf in LORA_TARGET_MODULES:
                 fused.setdefault(fused_leaf, []).append((leaf, shard))
-        # PEFT module name (model.layers.0.self_attn.q_proj) -> (its layer's slots, its part there)
-        self.targets: dict[str, tuple[LoRASlots, int]] = {}
+        # PEFT module name (model.layers.0.self_attn.q_proj) -> (its layer's slots, its part there, the layer, the
+        # part's shard id: how the layer cuts it for tensor parallel, LinearBase.lora_shard)
+        self.targets: dict[str, tuple[LoRASlots, int, torch.nn.Module, object]] = {}
+        # Pipeline parallel: the modules of other stages' layers (an adapter's weights for them are not this rank's).
+        skipped = getattr(model, "pp_skipped_checkpoint_prefixes", None)
+        self._other_stages: tuple[str, ...] = tuple(skipped()) if skipped is not None else ()
         self.layers: list[LoRASlots] = []
         for name, module in model.named_modules():
             parent, _, leaf = name.rpartition(".")
@@ -43,15 +47,16 @@ class LoRAManager:
             if leaf in fused:
                 names = [f"{parent}.{part}" for part, _ in fused[leaf]]
                 sizes = [_part_size(module, shard) for _, shard in fused[leaf]]
+                shards = [shard for _, shard in fused[leaf]]
             elif leaf in LORA_TARGET_MODULES:
-                names, sizes = [name], [module.output_size]
+                names, sizes, shards = [name], [module.output_size], [None]
             else:
                 continue
             slots = LoRASlots(module.input_size, sizes, max_loras, max_lora_rank, dtype, device)
             module.lora = slots
             self.layers.append(slots)
             for i, peft_name in enumerate(names):
-                self.targets[peft_name] = (slots, i)
+                self.targets[peft_name] = (slots, i, module, shards[i])
         self._cpu: OrderedDict[int, PEFTAdapter] = OrderedDict()    # least recently used first
         self._requests: dict[int, LoRARequest] = {}                  # to load an adapter again from its folder
         self._slot_of: OrderedDict[int, int] = OrderedDict()          # adapter id -> slot, least recently used first
@@ -68,15 +73,25 @@ class LoRAManager:
             self._cpu.move_to_end(request.lora_int_id)
             return False
         adapter = load_adapter(request, self.max_lora_rank, self.dtype)
+        mine = {}        # this rank's parts (tensor parallel) of this stage's modules (pipeline parallel)
         for module, (a, b) in adapter.weights.items():
+            if module.startswith(self._other_stages) and self._other_stages:
+                continue
             if module not in self.targets:
                 raise ValueError(f"Loading lora {request.lora_name} failed: the model has no module {module} "
                                  f"(is the adapter for another model?).")
-            slots, part = self.targets[module]
-            if a.shape[1] != slots.in_features or b.shape[0] != slots.part_sizes[part]:
-                raise ValueError(f"Loading lora {request.lora_name} failed: {module} has lora_A {tuple(a.shape)} "
-                                 f"and lora_B {tuple(b.shape)}, the model's layer needs [r, {slots.in_features}] and "
-                                 f"[{slots.part_sizes[part]}, r] (is the adapter for another model?).")
+            slots, part, layer, shard = self.targets[module]
+            full = (tuple(a.shape), tuple(b.shape))
+            try:
+                a, b = layer.lora_shard(a, b, shard)
+            except ValueError:
+                a = None
+            if a is None or a.shape[1] != slots.in_features or b.shape[0] != slots.part_sizes[part]:
+                raise ValueError(f"Loading lora {request.lora_name} failed: {module} has lora_A {full[0]} and lora_B "
+                                 f"{full[1]}, which do not fit the model's layer (is the adapter for another "
+                                 f"model?).")
+            mine[module] = (a.contiguous(), b.contiguous())
+        adapter.weights = mine
         self._cpu[request.lora_int_id] = adapter
         self._requests[request.lora_int_id] = request
         droppable = [i for i in self._cpu if i not in self._pinned and i != request.lora_int_id]
@@ -125,8 +140,8 @@ class LoRAManager:
             for layer in self.layers:
                 layer.clear(slot)
             for module, (a, b) in adapter.weights.items():
-                layer, part = self.targets[module]
-                layer.set(slot, part, a, b)
+                slots, part, _, _ = self.targets[module]
+                slots.set(slot, part, a, b)
             self._slot_of[lora_id] = slot
 
     def step_mask(self, lora_requests: Sequence[LoRARequest | None], num_tokens: Sequence[int]) -> torch.Tensor | None:

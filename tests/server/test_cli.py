@@ -141,8 +141,8 @@ def test_switch_flags():
     (["--runner", "draft"], "draft models are not supported yet"),
     (["--task", "generate", "--runner", "pooling"], "task='generate' contradicts runner='pooling'"),
     (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
-    (["--enable-lora", "--tensor-parallel-size", "2"], "enable_lora=True is not supported yet with tensor or "
-                                                       "pipeline parallel"),
+    (["--enable-lora", "--tensor-parallel-size", "2", "--fully-sharded-loras"], "fully_sharded_loras=True is not "
+                                                                               "supported yet"),
     (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
     (["--distributed-executor-backend", "external_launcher"], "external launchers are not supported yet"),
     (["--tokenizer-mode", "mistral"], "tokenizer_mode='mistral' is not supported yet"),

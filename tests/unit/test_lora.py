@@ -178,7 +178,8 @@ def test_lora_request_needs_enable_lora(setup):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(enable_lora=True, tensor_parallel_size=2), "not supported yet with tensor or pipeline parallel"),
+    (dict(enable_lora=True, tensor_parallel_size=2, fully_sharded_loras=True), "fully_sharded_loras=True is not "
+                                                                               "supported yet"),
     (dict(enable_lora=True, max_lora_rank=12), r"max_lora_rank \(12\) must be one of"),
     (dict(enable_lora=True, max_loras=2, max_cpu_loras=1), r"max_cpu_loras \(1\) must be >= max_loras \(2\)"),
     (dict(enable_lora=True, enable_lora_bias=True), "enable_lora_bias=True is not supported yet"),
@@ -324,3 +325,15 @@ def test_adapter_from_a_hub_repository_id(setup, llm, monkeypatch):
                        lora_request=LoRARequest("hub", 21, "someone/sql-lora"))
     assert _tokens(out) == [expected["sql"][1]]
     assert asked == [("someone/sql-lora", True), ("someone/sql-lora", False)]
+
+
+@pytest.mark.parametrize("parallel", [dict(tensor_parallel_size=2), dict(pipeline_parallel_size=2)])
+def test_tensor_and_pipeline_parallel(setup, parallel):
+    """Each rank holds its cut of every adapter (B rows of column-parallel layers, A columns of row-parallel ones,
+    its KV heads) and each stage its layers' adapters: the same tokens as one process."""
+    root, _, expected = setup
+    llm = make_llm(root, **parallel, kv_cache_memory_gb=0.01, num_gpu_blocks_override=None, max_num_batched_tokens=16)
+    sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS] * 3
+    outs = llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=[sql, sql, None, None, chat, chat])
+    assert _tokens(outs) == expected["sql"] + expected["base"] + expected["chat"]
