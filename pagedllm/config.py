@@ -622,8 +622,6 @@ def _verify_lora_args(args: EngineArgs) -> None:
         raise ValueError("fully_sharded_loras=True is not supported yet by pagedllm: with tensor parallel an "
                          "adapter's B is cut like column-parallel weights and its A like row-parallel ones (vLLM's "
                          "default); leave it False.")
-    if args.distributed_executor_backend == "ray":
-        raise ValueError("enable_lora=True is not supported yet with distributed_executor_backend='ray'.")
 
 
 _STRUCTURED_OUTPUTS_BACKENDS = ("auto", "xgrammar")

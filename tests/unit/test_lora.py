@@ -327,13 +327,26 @@ def test_adapter_from_a_hub_repository_id(setup, llm, monkeypatch):
     assert asked == [("someone/sql-lora", True), ("someone/sql-lora", False)]
 
 
-@pytest.mark.parametrize("parallel", [dict(tensor_parallel_size=2), dict(pipeline_parallel_size=2)])
+@pytest.mark.parametrize("parallel", [dict(tensor_parallel_size=2), dict(pipeline_parallel_size=2),
+                                      dict(tensor_parallel_size=2, distributed_executor_backend="ray")])
 def test_tensor_and_pipeline_parallel(setup, parallel):
     """Each rank holds its cut of every adapter (B rows of column-parallel layers, A columns of row-parallel ones,
-    its KV heads) and each stage its layers' adapters: the same tokens as one process."""
+    its KV heads) and each stage its layers' adapters: the same tokens as one process; also through Ray actors."""
     root, _, expected = setup
-    llm = make_llm(root, **parallel, kv_cache_memory_gb=0.01, num_gpu_blocks_override=None, max_num_batched_tokens=16)
-    sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
-    prompts = [{"prompt_token_ids": p} for p in PROMPTS] * 3
-    outs = llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=[sql, sql, None, None, chat, chat])
-    assert _tokens(outs) == expected["sql"] + expected["base"] + expected["chat"]
+    ray = None
+    if parallel.get("distributed_executor_backend") == "ray":
+        ray = pytest.importorskip("ray")
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 << 20)
+    try:
+        llm = make_llm(root, **parallel, kv_cache_memory_gb=0.01, num_gpu_blocks_override=None,
+                       max_num_batched_tokens=16)
+        sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
+        prompts = [{"prompt_token_ids": p} for p in PROMPTS] * 3
+        outs = llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=[sql, sql, None, None, chat, chat])
+        assert _tokens(outs) == expected["sql"] + expected["base"] + expected["chat"]
+        llm.llm_engine.core.executor.shutdown()
+    finally:
+        if ray is not None:
+            ray.shutdown()
