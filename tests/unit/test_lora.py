@@ -271,9 +271,14 @@ def test_server_runtime_load_and_unload(setup, monkeypatch):
                 if m["id"] == "ft"] == [str(root / "chat")]
 
 
-def test_lora_modules_flag_errors(setup):
+def test_lora_modules_flag_errors(setup, capsys):
     from app_client import serve_args
     root = setup[0]
+    for bad, message in (("{not json", "Invalid JSON format for --lora-modules: {not json"),
+                         ('{"name": "x"}', 'Invalid fields for --lora-modules: {"name": "x"}')):
+        with pytest.raises(SystemExit):
+            serve_args(str(root / "model"), "--enable-lora", "--lora-modules", bad)
+        assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="--lora-modules needs --enable-lora"):
         serve_args(str(root / "model"), "--lora-modules", f"sql={root / 'sql'}")
     with pytest.raises(ValueError, match="--lora-modules: Loading lora bad failed: No adapter found for /no/such"):
@@ -377,3 +382,22 @@ def test_adapter_over_a_quantized_gguf_model(tmp_path):
     texts = [llm.generate(["The capital of France is"], sp, use_tqdm=False, lora_request=lora)[0].outputs[0].text
              for lora in (None, adapter("zero", 0.0), adapter("random", 0.2))]
     assert texts[0] == texts[1] != texts[2]
+
+
+def test_chat_completion_with_an_adapter(tiny_llama_dir, tmp_path):
+    """/v1/chat/completions runs the adapter a request's "model" names and answers with its name."""
+    import transformers
+    from app_client import post_all, serve_in_process
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    weights = save_adapter(tmp_path / "sql", hf, rank=8, alpha=16)
+    with serve_in_process(tiny_llama_dir, "--enable-lora", "--max-lora-rank", "8", "--lora-modules",
+                          f"sql={tmp_path / 'sql'}") as (app, _):
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0,
+                "ignore_eos": True, "return_token_ids": True}
+        replies = post_all(app, [("/v1/chat/completions", {**body, "model": name})
+                                 for name in ("sql", tiny_llama_dir)])
+    assert [r.status_code for r in replies] == [200, 200]
+    assert [r.json()["model"] for r in replies] == ["sql", tiny_llama_dir]
+    prompt_ids = replies[0].json()["prompt_token_ids"]
+    assert [r.json()["choices"][0]["token_ids"] for r in replies] == [
+        merged_tokens(hf, weights, 2.0, [prompt_ids], 5)[0], merged_tokens(hf, {}, 0, [prompt_ids], 5)[0]]
