@@ -333,7 +333,8 @@ def test_adapter_from_a_hub_repository_id(setup, llm, monkeypatch):
 
 
 @pytest.mark.parametrize("parallel", [dict(tensor_parallel_size=2), dict(pipeline_parallel_size=2),
-                                      dict(tensor_parallel_size=2, distributed_executor_backend="ray")])
+                                      dict(tensor_parallel_size=2, distributed_executor_backend="ray")],
+                         ids=["tp2", "pp2", "ray-tp2"])
 def test_tensor_and_pipeline_parallel(setup, parallel):
     """Each rank holds its cut of every adapter (B rows of column-parallel layers, A columns of row-parallel ones,
     its KV heads) and each stage its layers' adapters: the same tokens as one process; also through Ray actors."""
