@@ -64,7 +64,6 @@ def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch
 
 # What to use instead of a vLLM argument pagedllm lacks, where there is something.
 _VLLM_ARG_INSTEAD = {
-    "lora_modules": "pagedllm serves no LoRA adapters yet",
     "api_server_count": "one API server process serves every request (its engine runs in a process of its own)",
     "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
     "rope_theta": "hf_overrides / --hf-overrides '{\"rope_theta\": ...}' does it (vLLM's replacement)",
@@ -73,7 +72,7 @@ _VLLM_ARG_INSTEAD = {
 
 # vLLM's `vllm serve` frontend flags (FrontendArgs) that `pagedllm serve` lacks: named as such when given.
 _VLLM_SERVER_FLAGS_NOT_SUPPORTED = frozenset({
-    "lora_modules", "api_server_count", "headless", "tool_server", "tool_parser_plugin",
+    "api_server_count", "headless", "tool_server", "tool_parser_plugin",
     "log_error_stack", "fingerprint_mode", "fingerprint_value",
     "h11_max_incomplete_event_size", "h11_max_header_count", "enable_per_request_metrics", "tokens_only",
     "enable_ssl_refresh", "enable_offline_docs", "enable_flash_late_interaction", "data_parallel_supervisor_port",
@@ -129,8 +128,8 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "rope_theta", "hf_token", "max_seq_len_to_capture", "limit_mm_per_prompt", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
-    "enable_lora_bias", "default_mm_loras", "fully_sharded_loras", "max_cpu_loras", "lora_dtype",
-    "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots", "model_loader_extra_config",
+    "default_mm_loras", "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots",
+    "model_loader_extra_config",
     "ignore_patterns", "disable_chunked_mm_input", "disable_hybrid_kv_cache_manager",
     "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "pooler_config", "override_pooler_config",
@@ -227,9 +226,15 @@ class EngineArgs:
     convert: str = "auto"
     # vLLM arguments for what pagedllm does not do yet: the defaults are accepted, anything else is an error.
     scheduling_policy: str = "fcfs"              # "priority": requests' priority orders the queue
+    # LoRA adapters (pagedllm/lora; docs/lora.md): at most max_loras distinct adapters in one step (requests with
+    # others wait), of rank <= max_lora_rank; max_cpu_loras adapters kept loaded in CPU memory (None: max_loras).
     enable_lora: bool = False
     max_loras: int = 1
     max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
+    lora_dtype: str = "auto"              # the adapters' weights: "auto" (the model's dtype), float16, bfloat16
+    enable_lora_bias: bool = False        # LoRA biases: not supported yet (True is an error)
+    fully_sharded_loras: bool = False     # True (shard A of column-parallel layers too) is not supported yet at TP > 1
     # At most this many tokens of one prompt per step (0: no cap). None: no cap, except behind the server on the
     # CPU (SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD), where a step of 2048 prompt tokens takes seconds.
     long_prefill_token_threshold: int | None = None
@@ -406,9 +411,19 @@ class EngineArgs:
                             "the server, so one request with a huge n cannot take every seat from short requests.")
         g.add_argument("--max-num-partial-prefills", type=int, default=d.max_num_partial_prefills,
                        help="Not supported yet: only 1.")
-        g.add_argument("--enable-lora", action="store_true", help="Not supported yet.")
-        g.add_argument("--max-loras", type=int, default=d.max_loras, help="Only with --enable-lora.")
-        g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank, help="Only with --enable-lora.")
+        g.add_argument("--enable-lora", action="store_true",
+                       help="Serve LoRA adapters (PEFT folders; --lora-modules, or a request's LoRARequest offline).")
+        g.add_argument("--max-loras", type=int, default=d.max_loras,
+                       help="Most distinct adapters in one step; requests with others wait.")
+        g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank, choices=list(MAX_LORA_RANKS),
+                       help="Largest adapter rank accepted.")
+        g.add_argument("--max-cpu-loras", type=int, default=None,
+                       help="Adapters kept loaded in CPU memory (default: --max-loras).")
+        g.add_argument("--lora-dtype", type=str, default=d.lora_dtype, choices=list(LORA_DTYPES),
+                       help="dtype of the adapters' weights (auto: the model's).")
+        g.add_argument("--enable-lora-bias", action="store_true", help="Not supported yet.")
+        g.add_argument("--fully-sharded-loras", action="store_true",
+                       help="Not supported yet with tensor parallel (adapters are sharded as vLLM's default).")
         g.add_argument("--speculative-config", type=json.loads, default=None, help="Not supported yet.")
         g.add_argument("--profiler-config", type=json.loads, default=None,
                        help='vLLM\'s profiler config as JSON, e.g. \'{"profiler": "torch", "torch_profiler_dir": '
@@ -561,12 +576,7 @@ def verify_engine_args(args: EngineArgs) -> None:
     if args.prefix_caching_hash_algo != "sha256":
         raise ValueError(f"prefix_caching_hash_algo={args.prefix_caching_hash_algo!r} is not supported yet; "
                          f"use 'sha256'.")
-    if args.enable_lora:
-        raise ValueError("enable_lora=True: LoRA adapters are not supported yet by pagedllm.")
-    for name, default in (("max_loras", 1), ("max_lora_rank", 16)):
-        if getattr(args, name) != default:
-            raise ValueError(f"{name} only applies with enable_lora=True, and LoRA adapters are not supported yet "
-                             f"by pagedllm (got {name}={getattr(args, name)}).")
+    _verify_lora_args(args)
     if args.scheduling_policy not in ("fcfs", "priority"):
         raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {args.scheduling_policy!r}.")
     if args.hf_overrides is not None and not (isinstance(args.hf_overrides, dict) or callable(args.hf_overrides)):
@@ -619,6 +629,37 @@ def verify_engine_args(args: EngineArgs) -> None:
         for name in ("triton_gemv", "pdl"):
             if getattr(args, name):
                 raise ValueError(f"{name}=True contradicts disable_custom_kernels=True.")
+
+
+# vLLM's LoRAConfig choices.
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+LORA_DTYPES = ("auto", "float16", "bfloat16")
+
+
+def _verify_lora_args(args: EngineArgs) -> None:
+    if isinstance(args.lora_dtype, torch.dtype):      # vLLM takes a torch.dtype too
+        args.lora_dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(args.lora_dtype,
+                                                                                     str(args.lora_dtype))
+    if args.max_lora_rank not in MAX_LORA_RANKS:
+        raise ValueError(f"max_lora_rank ({args.max_lora_rank}) must be one of {MAX_LORA_RANKS}.")
+    if args.max_loras < 1:
+        raise ValueError(f"max_loras ({args.max_loras}) must be >= 1.")
+    if args.max_cpu_loras is not None and args.max_cpu_loras < args.max_loras:
+        raise ValueError(f"max_cpu_loras ({args.max_cpu_loras}) must be >= max_loras ({args.max_loras})")
+    if args.lora_dtype not in LORA_DTYPES:
+        raise ValueError(f"lora_dtype must be one of {LORA_DTYPES}, got {args.lora_dtype!r}.")
+    if args.enable_lora_bias:
+        raise ValueError("enable_lora_bias=True is not supported yet by pagedllm (LoRA biases); adapters with "
+                         "bias='none' run without it.")
+    if not args.enable_lora:
+        for name in ("max_loras", "max_lora_rank", "max_cpu_loras", "lora_dtype", "fully_sharded_loras"):
+            if getattr(args, name) != getattr(EngineArgs, name):
+                raise ValueError(f"{name} only applies with enable_lora=True (got {name}={getattr(args, name)!r}).")
+        return
+    if args.fully_sharded_loras and args.tensor_parallel_size > 1:
+        raise ValueError("fully_sharded_loras=True is not supported yet by pagedllm: with tensor parallel an "
+                         "adapter's B is cut like column-parallel weights and its A like row-parallel ones (vLLM's "
+                         "default); leave it False.")
 
 
 _STRUCTURED_OUTPUTS_BACKENDS = ("auto", "xgrammar")

@@ -215,6 +215,13 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "VLLM_SERVER_DEV_MODE": (
         lambda: _flag("VLLM_SERVER_DEV_MODE", default=False),
         "vLLM's name for PAGEDLLM_SERVER_DEV_MODE; either one turns the endpoints on. Default off."),
+    "PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING": (
+        lambda: _flag("PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING", default=False),
+        "1 / True: the server (with --enable-lora) adds vLLM's POST /v1/load_lora_adapter and "
+        "/v1/unload_lora_adapter. Default off (the routes are absent: 404)."),
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING": (
+        lambda: _flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING", default=False),
+        "vLLM's name for PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING; either one turns the routes on. Default off."),
     "PAGEDLLM_TORCH_PROFILER_DIR": (
         lambda: _optional_str("PAGEDLLM_TORCH_PROFILER_DIR"),
         "A folder: LLM.start_profile() / stop_profile() (and the server's POST /start_profile, /stop_profile) record "
@@ -235,6 +242,12 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: os.environ.get("TRITON_INTERPRET", "").strip() == "1",
         "Triton's interpreter (kernels run on the CPU): PDL is off, the skinny GEMM takes its interpreter path."),
 }
+
+
+def runtime_lora_updating() -> bool:
+    """vLLM's runtime LoRA routes are on (PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING or VLLM_ALLOW_RUNTIME_LORA_UPDATING)."""
+    return (_flag("PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING", default=False)
+            or _flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING", default=False))
 
 
 def server_dev_mode() -> bool:

@@ -55,7 +55,7 @@ class _Tracked:
 
 class EngineMetrics:
     def __init__(self, model_name: str, registry: CollectorRegistry | None = None, log_stats: bool = True,
-                 log_interval_s: float = 5.0):
+                 log_interval_s: float = 5.0, max_loras: int = 0):
         self.model_name = model_name
         self.registry = registry if registry is not None else CollectorRegistry()
         self.log_stats = log_stats
@@ -118,6 +118,13 @@ class EngineMetrics:
                               E2E_BUCKETS)
         self.h_decode = hist("request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
                              E2E_BUCKETS)
+        # enable_lora (max_loras > 0): vLLM's lora_requests_info, one series per (max_lora, waiting adapters, running
+        # adapters) labels, the names comma-joined, set to the time of the step that saw them (routers that place
+        # requests by adapter read the newest series).
+        self.max_loras = max_loras
+        if max_loras:
+            self.g_lora_info = Gauge(PREFIX + "lora_requests_info", "Running stats on lora requests.",
+                                     ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=r)
         self._tracked: dict[str, _Tracked] = {}
         self._prefix_seen = (0, 0)
         self._swap_seen = (0, 0)
@@ -185,6 +192,9 @@ class EngineMetrics:
             self.c_prefix_hits.inc(dh)
             self._interval_prefix[0] += dq
             self._interval_prefix[1] += dh
+        if self.max_loras:
+            self.g_lora_info.labels(str(self.max_loras), ",".join(snapshot.waiting_loras),
+                                    ",".join(snapshot.running_loras)).set(now)
         for out in outputs:
             self._on_output(out, now)
 

@@ -32,6 +32,8 @@ class NewRequestData:
     num_computed_tokens: int       # before this step (prefix-cache hits included)
     # A pooling request (embedding models): its prompt is pooled into one vector, nothing is sampled.
     pooling_params: PoolingParams | None = None
+    # enable_lora: the request's adapter (a pagedllm.lora.LoRARequest: name, id, folder), None for the base model.
+    lora_request: Any = None
 
 
 @dataclass

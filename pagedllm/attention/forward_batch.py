@@ -26,6 +26,9 @@ class ForwardBatch:
     attn_breaker: object | None = None
     # [T] int64 BERT segment ids (1 for the second text of a cross-encoder pair); None: every token's is 0.
     token_type_ids: torch.Tensor | None = None
+    # enable_lora: [T, max_loras], 1 at the adapter slot each token runs with (a row of zeros: the base model); None
+    # when no request of the step has an adapter (pagedllm/lora/manager.py LoRAManager.step_mask).
+    lora_mask: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

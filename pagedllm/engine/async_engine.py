@@ -66,13 +66,14 @@ def merge_outputs(a: RequestOutput, b: RequestOutput, kind: RequestOutputKind) -
         merged.append(CompletionOutput(index=c.index, text=old.text + c.text, token_ids=old.token_ids + c.token_ids,
                                        cumulative_logprob=c.cumulative_logprob, logprobs=logprobs,
                                        finish_reason=c.finish_reason or old.finish_reason,
-                                       stop_reason=c.stop_reason if c.finish_reason else old.stop_reason))
+                                       stop_reason=c.stop_reason if c.finish_reason else old.stop_reason,
+                                       lora_request=c.lora_request))
     merged.extend(by_index.values())
     merged.sort(key=lambda c: c.index)
     return RequestOutput(request_id=b.request_id, prompt=b.prompt, prompt_token_ids=b.prompt_token_ids,
                          prompt_logprobs=b.prompt_logprobs if b.prompt_logprobs is not None else a.prompt_logprobs,
                          outputs=merged, finished=b.finished, metrics=b.metrics,
-                         num_cached_tokens=b.num_cached_tokens)
+                         num_cached_tokens=b.num_cached_tokens, lora_request=b.lora_request)
 
 
 class RequestStream:
@@ -155,6 +156,7 @@ class AsyncLLMEngine:
         self._call_ids = itertools.count()
         self._dead: BaseException | None = None
         self._stopped = False
+        self._loras_added: set[int] = set()      # adapter ids add_lora has checked and loaded
         self.snapshot = EngineSnapshot()
         # The output processor is shared by the event loop (adds, aborts) and the client's reader thread (outputs).
         self._lock = threading.RLock()   # re-entrant: a stream's __del__ may abort while it is held
@@ -229,7 +231,7 @@ class AsyncLLMEngine:
     async def add_request(self, request_id: str, prompt: PromptType,
                           sampling_params: SamplingParams | PoolingParams | None,
                           arrival_time: float | None = None, priority: int = 0,
-                          reasoning_ended: bool | None = None) -> RequestStream:
+                          reasoning_ended: bool | None = None, *, lora_request=None) -> RequestStream:
         """Validate and queue a request for the next step; returns its output stream (a validation error raises
         here, before any output). ``reasoning_ended``: see ``InputProcessor.process``."""
         if self._dead is not None:
@@ -247,7 +249,9 @@ class AsyncLLMEngine:
             prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
                 {"prompt": text, "prompt_token_ids": ids}
         processed = self.input_processor.process(request_id, prompt, sampling_params, arrival_time, priority,
-                                                 reasoning_ended=reasoning_ended)
+                                                 lora_request, reasoning_ended=reasoning_ended)
+        if lora_request is not None and lora_request.lora_int_id not in self._loras_added:
+            await self.add_lora(lora_request)      # loaded and checked now: a bad adapter fails this request
         stream = RequestStream(request_id, self, asyncio.get_running_loop(), processed.params.output_kind)
         with self._lock:
             if request_id in self._streams:
@@ -262,10 +266,12 @@ class AsyncLLMEngine:
         return stream
 
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None, request_id: str,
-                       priority: int = 0, arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
+                       priority: int = 0, arrival_time: float | None = None, *,
+                       lora_request=None) -> AsyncIterator[RequestOutput]:
         """vLLM's API: yield the request's RequestOutputs as steps produce them (cumulative, delta or final-only,
         as ``sampling_params.output_kind`` says)."""
-        stream = await self.add_request(request_id, prompt, sampling_params, arrival_time, priority)
+        stream = await self.add_request(request_id, prompt, sampling_params, arrival_time, priority,
+                                        lora_request=lora_request)
         try:
             async for out in stream:
                 yield out
@@ -361,6 +367,22 @@ class AsyncLLMEngine:
         """vLLM's: ``method`` on every worker, each one's result (``timeout``: seconds, then TimeoutError)."""
         call = self._call_core("collective_rpc", method, tuple(args), kwargs)
         return await (asyncio.wait_for(call, timeout) if timeout is not None else call)
+
+    async def add_lora(self, lora_request) -> bool:
+        """Load an adapter into the workers now (a bad folder, rank or module raises ValueError)."""
+        added = await self._call_core("add_lora", lora_request)
+        self._loras_added.add(lora_request.lora_int_id)
+        return added
+
+    async def remove_lora(self, lora_id: int) -> bool:
+        self._loras_added.discard(lora_id)
+        return await self._call_core("remove_lora", lora_id)
+
+    async def list_loras(self) -> set[int]:
+        return await self._call_core("list_loras")
+
+    async def pin_lora(self, lora_id: int) -> bool:
+        return await self._call_core("pin_lora", lora_id)
 
     async def start_profile(self, profile_prefix: str | None = None) -> None:
         await self._call_core("collective_rpc", "start_profile", (profile_prefix,))

@@ -79,7 +79,8 @@ class EngineCore:
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.enable_chunked_prefill,
                                    config.long_prefill_token_threshold, config.max_num_seqs_per_request,
-                                   preemption_mode=config.args.preemption_mode)
+                                   preemption_mode=config.args.preemption_mode,
+                                   max_loras=config.args.max_loras if config.args.enable_lora else 0)
         self.num_blocks = num_blocks
         self.structured_output = StructuredOutputManager(config, load_tokenizer)
         self._failed_requests: dict[str, BaseException] = {}
@@ -105,7 +106,8 @@ class EngineCore:
     def add_request(self, req: EngineCoreRequest) -> None:
         request = Request(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_ids,
                           req.arrival_time, req.priority, max_tokens=req.max_tokens, cache_salt=req.cache_salt,
-                          pooling_params=req.pooling_params, parent_request_id=req.parent_request_id)
+                          pooling_params=req.pooling_params, parent_request_id=req.parent_request_id,
+                          lora_request=req.lora_request)
         so = req.sampling_params.structured_outputs
         if so is not None:
             request.reasoning_end_ids = self.structured_output.reasoning_gate(req.prompt_token_ids,
@@ -196,6 +198,20 @@ class EngineCore:
     def is_sleeping(self) -> bool:
         return bool(self.sleeping_tags)
 
+    # ---- LoRA adapters (vLLM's add_lora / remove_lora / list_loras) ---------------------------------------------
+    def add_lora(self, lora_request) -> bool:
+        """Load an adapter on every worker now (checked: a bad folder, rank or module is a ValueError here)."""
+        return self.executor.collective_rpc("add_lora", (lora_request,))[0]
+
+    def remove_lora(self, lora_id: int) -> bool:
+        return self.executor.collective_rpc("remove_lora", (lora_id,))[0]
+
+    def list_loras(self) -> set[int]:
+        return self.executor.collective_rpc("list_loras")[0]
+
+    def pin_lora(self, lora_id: int) -> bool:
+        return self.executor.collective_rpc("pin_lora", (lora_id,))[0]
+
     def collective_rpc(self, method, args: tuple = (), kwargs: dict | None = None) -> list:
         """A worker method (its name, or a function taking the worker first) on every rank; each rank's result."""
         return self.executor.collective_rpc(method, tuple(args), kwargs)
@@ -221,7 +237,8 @@ class EngineCore:
                               pool.query_tokens, pool.hit_tokens, sched.num_preemptions,
                               pool.num_free_blocks, pool.num_blocks, len(sched.swapped),
                               swap.num_free_blocks if swap is not None else 0, swap.num_blocks if swap is not None else 0,
-                              sched.num_blocks_swapped_out, sched.num_blocks_swapped_in)
+                              sched.num_blocks_swapped_out, sched.num_blocks_swapped_in,
+                              *sched.lora_names())
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def step(self) -> tuple[EngineCoreOutputs, StepStats]:
@@ -416,7 +433,8 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
 
 
 # What the front end may call on the core by name (UtilityCall): vLLM's engine-core utilities.
-CORE_UTILITIES = frozenset({"sleep", "wake_up", "is_sleeping", "reset_prefix_cache", "collective_rpc"})
+CORE_UTILITIES = frozenset({"sleep", "wake_up", "is_sleeping", "reset_prefix_cache", "collective_rpc", "add_lora",
+                            "remove_lora", "list_loras", "pin_lora"})
 
 
 def _run_utility(core: EngineCore, msg: UtilityCall, conn) -> None:

@@ -34,11 +34,13 @@ class LLMEngine:
         self.core = EngineCore(config)
         self.input_processor = InputProcessor(config, self.tokenizer)
         self.output_processor = OutputProcessor(self.tokenizer)
+        self._loras_added: set[int] = set()      # adapter ids add_lora has checked and loaded
         # LLM(disable_log_stats=False): the server's periodic throughput / KV-cache line, offline too.
         self.stats = None
         if not config.args.disable_log_stats:
             from pagedllm.metrics import EngineMetrics
-            self.stats = EngineMetrics(config.served_model_name, log_stats=True)
+            self.stats = EngineMetrics(config.served_model_name, log_stats=True,
+                                       max_loras=config.args.max_loras if config.args.enable_lora else 0)
             self.stats.attach(self.core.snapshot)
         self.startup_seconds = time.perf_counter() - t0
         log_engine_start(logger, self.core.info(), self.startup_seconds)
@@ -89,10 +91,12 @@ class LLMEngine:
 
     # ---- requests -----------------------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
-                    arrival_time: float | None = None, priority: int = 0) -> None:
+                    arrival_time: float | None = None, priority: int = 0, *, lora_request=None) -> None:
         if request_id in self.output_processor.requests:
             raise ValueError(f"Request id {request_id!r} is already running.")
-        req = self.input_processor.process(request_id, prompt, params, arrival_time, priority)
+        req = self.input_processor.process(request_id, prompt, params, arrival_time, priority, lora_request)
+        if lora_request is not None and lora_request.lora_int_id not in self._loras_added:
+            self.add_lora(lora_request)      # loaded and checked now: a bad adapter fails this call
         self.output_processor.add_request(req)
         if self.stats is not None:
             self.stats.on_request_added(request_id, req.params, req.arrival_time, len(req.prompt_token_ids))
@@ -134,6 +138,25 @@ class LLMEngine:
             self.stats.on_step(stats, outputs, snapshot, time.time())
             self.stats.maybe_log(snapshot)
         return outputs, stats
+
+    # ---- LoRA adapters (vLLM's LLMEngine.add_lora / remove_lora / list_loras) ------------------------------------
+    def add_lora(self, lora_request) -> bool:
+        """Load an adapter into the workers now (a bad folder, rank or module is a ValueError); requests naming it
+        later start without loading it. False when it was loaded already."""
+        added = self.core.add_lora(lora_request)
+        self._loras_added.add(lora_request.lora_int_id)
+        return added
+
+    def remove_lora(self, lora_id: int) -> bool:
+        self._loras_added.discard(lora_id)
+        return self.core.remove_lora(lora_id)
+
+    def list_loras(self) -> set[int]:
+        return self.core.list_loras()
+
+    def pin_lora(self, lora_id: int) -> bool:
+        """Keep a loaded adapter in the workers' CPU memory beyond max_cpu_loras."""
+        return self.core.pin_lora(lora_id)
 
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         return self.core.reset_prefix_cache(reset_running_requests, reset_connector)

@@ -15,6 +15,7 @@ from pagedllm.config import GENERATION_CONFIG_SAMPLING_KEYS, EngineConfig, reaso
 from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.inputs import PromptType, check_prompt_keys
+from pagedllm.lora.request import LoRARequest
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.reasoning_parsers import get_reasoning_parser
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -29,6 +30,7 @@ class ProcessedRequest:
     params: SamplingParams | PoolingParams
     arrival_time: float
     children: list[EngineCoreRequest] = field(default_factory=list)
+    lora_request: Any = None       # the adapter it runs with (pagedllm.lora.LoRARequest), for its outputs
 
 
 class InputProcessor:
@@ -109,7 +111,7 @@ class InputProcessor:
 
     # ---- checking and building ----------------------------------------------------------------------------------
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None,
-                arrival_time: float | None = None, priority: int = 0,
+                arrival_time: float | None = None, priority: int = 0, lora_request: Any = None,
                 reasoning_ended: bool | None = None) -> ProcessedRequest:
         """Tokenize (unless the prompt brings token ids), validate, and build the core request(s). Raises
         ValueError naming what is wrong; nothing reaches the engine core then. ``reasoning_ended`` (the server's,
@@ -117,7 +119,10 @@ class InputProcessor:
         (None: the engine core reads the prompt)."""
         if not isinstance(request_id, str) or not request_id:
             raise ValueError("request_id must be a non-empty string.")
+        self._check_lora_request(lora_request)
         if self.config.is_pooling or isinstance(params, PoolingParams):
+            if lora_request is not None:
+                raise ValueError("LoRA adapters with pooling (embedding) models are not supported yet by pagedllm.")
             return self._process_pooling(request_id, prompt, params, arrival_time, priority)
         params = params if params is not None else self.default_sampling_params()
         if isinstance(prompt, dict) and prompt.get("token_type_ids") is not None:
@@ -138,7 +143,7 @@ class InputProcessor:
         if max_tokens is None:
             max_tokens = self.max_model_len - len(ids)
         arrival = arrival_time if arrival_time is not None else time.time()
-        out = ProcessedRequest(request_id, text, ids, params, arrival)
+        out = ProcessedRequest(request_id, text, ids, params, arrival, lora_request=lora_request)
         for index in range(params.n):
             child_id = request_id if params.n == 1 else f"{index}_{request_id}"
             child_params = params
@@ -148,8 +153,18 @@ class InputProcessor:
             out.children.append(EngineCoreRequest(child_id, ids, child_params, self.eos_token_ids, arrival,
                                                   priority, max_tokens, salt,
                                                   parent_request_id=request_id if params.n > 1 else None,
-                                                  reasoning_ended=reasoning_ended))
+                                                  reasoning_ended=reasoning_ended,
+                                                  lora_request=lora_request))
         return out
+
+    def _check_lora_request(self, lora_request: Any) -> None:
+        if lora_request is None:
+            return
+        if not self.config.args.enable_lora:     # vLLM's wording
+            raise ValueError(f"Got lora_request {lora_request} but LoRA is not enabled!")
+        if not isinstance(lora_request, LoRARequest):
+            raise ValueError(f"lora_request must be a LoRARequest (from pagedllm.lora.request import LoRARequest), "
+                             f"got {type(lora_request).__name__}.")
 
     def _process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams | None,
                          arrival_time: float | None, priority: int) -> ProcessedRequest:

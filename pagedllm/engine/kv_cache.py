@@ -186,7 +186,13 @@ class KVCacheManager:
 
     # ---- hashing ------------------------------------------------------------------------------------------
     def _extra_keys(self, request: Request, block_index: int) -> tuple:
-        return (request.cache_salt,) if (request.cache_salt and block_index == 0) else ()
+        # Block 0 only: the chain carries it to every later block. An adapter changes every layer's K and V, so
+        # requests of different adapters (or none) never share blocks.
+        if block_index:
+            return ()
+        lora = request.lora_request
+        keys = (request.cache_salt,) if request.cache_salt else ()
+        return keys + (("lora", lora.lora_int_id, lora.lora_name),) if lora is not None else keys
 
     def update_block_hashes(self, request: Request) -> None:
         """Extend ``request.block_hashes`` to cover every full block of its tokens."""

@@ -35,6 +35,8 @@ class EngineCoreRequest:
     # A reasoning parser's structured output: has the thinking already ended (the grammar applies from the first
     # token)? None: the engine core reads it from the prompt.
     reasoning_ended: bool | None = None
+    # enable_lora: the adapter it runs with (pagedllm.lora.LoRARequest), None for the base model.
+    lora_request: Any = None
 
 
 @dataclass
@@ -89,6 +91,9 @@ class EngineSnapshot:
     swap_num_blocks: int = 0
     blocks_swapped_out: int = 0
     blocks_swapped_in: int = 0
+    # enable_lora: the names of the adapters of the running and of the waiting requests (vLLM's lora_requests_info).
+    running_loras: tuple[str, ...] = ()
+    waiting_loras: tuple[str, ...] = ()
 
 
 # ---- front end -> core ---------------------------------------------------------------------------------------------

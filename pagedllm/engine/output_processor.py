@@ -54,6 +54,7 @@ class _RequestState:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     last_token_time: float | None = None
+    lora_request: Any = None
 
     @property
     def finished(self) -> bool:
@@ -78,7 +79,7 @@ class OutputProcessor:
                                                         len(req.prompt_token_ids), detok)
             self.core_to_request[child.request_id] = req.request_id
         state = _RequestState(req.request_id, req.prompt, req.prompt_token_ids, req.params, req.arrival_time,
-                              completions)
+                              completions, lora_request=req.lora_request)
         if getattr(req.params, "prompt_logprobs", None) is not None:     # (PoolingParams have none)
             # One entry per prompt token, the first None (nothing predicts it): a one-token prompt gets [None],
             # as vLLM, although no prompt-logprob row ever arrives for it.
@@ -228,7 +229,8 @@ class OutputProcessor:
             completions.append(CompletionOutput(
                 index=comp.index, text=text, token_ids=token_ids,
                 cumulative_logprob=comp.cumulative_logprob if want_logprobs else None,
-                logprobs=logprobs, finish_reason=comp.finish_reason, stop_reason=comp.stop_reason))
+                logprobs=logprobs, finish_reason=comp.finish_reason, stop_reason=comp.stop_reason,
+                lora_request=state.lora_request))
         prompt_logprobs = state.prompt_logprobs if state.params.prompt_logprobs is not None else None
         metrics = None
         if finished or not delta:   # streamed deltas carry their timings once, at the end (as the old engine did)
@@ -238,4 +240,4 @@ class OutputProcessor:
         return RequestOutput(request_id=state.request_id, prompt=state.prompt,
                              prompt_token_ids=state.prompt_token_ids, prompt_logprobs=prompt_logprobs,
                              outputs=completions, finished=finished, metrics=metrics,
-                             num_cached_tokens=state.num_cached_tokens)
+                             num_cached_tokens=state.num_cached_tokens, lora_request=state.lora_request)

@@ -14,6 +14,7 @@ commits the sampled tokens, applies the token-level stop rules and frees finishe
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import time
 from collections import deque
@@ -62,7 +63,7 @@ class _Launched:
 class Scheduler:
     def __init__(self, kv_cache: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, enable_chunked_prefill: bool = True, long_prefill_token_threshold: int = 0,
-                 max_num_seqs_per_request: int = 0, preemption_mode: str | None = None):
+                 max_num_seqs_per_request: int = 0, preemption_mode: str | None = None, max_loras: int = 0):
         self.kv = kv_cache
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -97,6 +98,9 @@ class Scheduler:
         # False under pipeline parallel's batch queue: a request whose sampled token is still in flight waits for it
         # (the first stage cannot take it from the last stage's device tensor, as async scheduling does).
         self.schedule_tokens_in_flight = True
+        # enable_lora: the running requests use at most this many distinct adapters (vLLM's max_loras), so every
+        # step fits the workers' adapter slots; a waiting request with another adapter waits (0: LoRA off).
+        self.max_loras = max_loras
 
     # ---- queue ------------------------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -214,8 +218,11 @@ class Scheduler:
             break  # the request preempted itself: nothing after it can run either
 
         # 2. Swapped requests, then waiting ones, unless this step had to preempt (no room for newcomers then).
+        loras = self._running_loras()
         while self.swapped and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.swapped[0]
+            if not self._lora_fits(request, loras):
+                break
             num_new = request.num_tokens - request.num_computed_tokens
             if 0 < self.long_prefill_token_threshold < num_new and self.enable_chunked_prefill:
                 num_new = self.long_prefill_token_threshold
@@ -235,9 +242,15 @@ class Scheduler:
             self.running.append(request)
             items.append(self._item(request, num_new, None))
             budget -= num_new
+            if request.lora_request is not None:
+                loras.add(request.lora_request.lora_int_id)
+        skipped: list[Request] = []      # waiting requests whose adapter does not fit this step (max_loras)
         while (self.waiting and not self.swapped and not preempted and budget > 0
                and len(self.running) < self.max_num_seqs):
             request = self.waiting[0]
+            if not self._lora_fits(request, loras):
+                skipped.append(heapq.heappop(self.waiting))
+                continue
             hits, num_hit_tokens = [], 0
             if request.num_computed_tokens == 0:
                 hits, num_hit_tokens = self.kv.get_computed_blocks(request)
@@ -261,8 +274,30 @@ class Scheduler:
             self.running.append(request)
             items.append(self._item(request, num_new, None))
             budget -= num_new
+            if request.lora_request is not None:
+                loras.add(request.lora_request.lora_int_id)
+        for request in skipped:
+            heapq.heappush(self.waiting, request)
 
         return self._describe(items, preempted)
+
+    def lora_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The adapters' names of the running requests and of the waiting ones (queued, swapped out or held back),
+        sorted; empty without LoRA."""
+        if not self.max_loras:
+            return (), ()
+        waiting = itertools.chain(self.waiting, self.swapped, *self._held.values())
+        return tuple(sorted({r.lora_request.lora_name for r in self.running if r.lora_request is not None})), \
+            tuple(sorted({r.lora_request.lora_name for r in waiting if r.lora_request is not None}))
+
+    def _running_loras(self) -> set[int]:
+        return {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None} \
+            if self.max_loras else set()
+
+    def _lora_fits(self, request: Request, loras: set[int]) -> bool:
+        """May ``request`` run beside the running requests' adapters ``loras`` (at most max_loras distinct)?"""
+        lora = request.lora_request
+        return lora is None or not self.max_loras or lora.lora_int_id in loras or len(loras) < self.max_loras
 
     @staticmethod
     def _item(request: Request, num_new: int, new_blocks: list[int] | None) -> ScheduledRequest:
@@ -289,7 +324,8 @@ class Scheduler:
                 out.partial_req_ids.add(rid)
             if not r.sent_to_workers:
                 out.new_requests.append(NewRequestData(rid, r.prompt_token_ids, r.sampling_params,
-                                                       r.eos_token_ids, list(r.block_ids), c, r.pooling_params))
+                                                       r.eos_token_ids, list(r.block_ids), c, r.pooling_params,
+                                                       r.lora_request))
                 r.sent_to_workers = True
             elif r.resumed:
                 out.resumed_requests[rid] = ResumedRequestData(list(r.block_ids), c, len(r.token_ids))

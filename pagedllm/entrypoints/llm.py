@@ -121,9 +121,15 @@ class LLM:
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  use_tqdm: UseTqdm = True, lora_request: Any = None,
                  priority: list[int] | None = None) -> list[RequestOutput]:
-        if lora_request is not None:
-            raise ValueError("LoRA adapters are not supported yet by pagedllm.")
+        """``lora_request``: a ``LoRARequest`` for every prompt, or a list of them (None: the base model), with
+        ``LLM(..., enable_lora=True)``."""
         prompts = _prompt_list(prompts)
+        if isinstance(lora_request, (list, tuple)):
+            if len(lora_request) != len(prompts):
+                raise ValueError("The lengths of prompts and lora_request must be the same.")
+            loras = list(lora_request)
+        else:
+            loras = [lora_request] * len(prompts)
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
@@ -139,10 +145,10 @@ class LLM:
             raise ValueError("The lengths of prompts and priority must be the same.")
         for p in priority or ():
             self.llm_engine.config.verify_priority(p)
-        return self._run(prompts, params, priority, use_tqdm)
+        return self._run(prompts, params, priority, use_tqdm, loras)
 
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,
-             use_tqdm: UseTqdm) -> list[RequestOutput]:
+             use_tqdm: UseTqdm, loras: list | None = None) -> list[RequestOutput]:
         engine = self.llm_engine
         if engine.is_sleeping():
             raise ValueError("The engine is sleeping (LLM.sleep()): call LLM.wake_up() before generating.")
@@ -158,7 +164,8 @@ class LLM:
         try:
             for i, (prompt, sp) in enumerate(zip(prompts, params)):
                 rid = str(next(self._counter))
-                engine.add_request(rid, prompt, sp, priority=priority[i] if priority else 0)
+                engine.add_request(rid, prompt, sp, priority=priority[i] if priority else 0,
+                                   lora_request=loras[i] if loras else None)
                 ids.append(rid)
         except Exception:
             engine.abort_request(ids)   # a bad prompt fails the call but leaves the engine clean
@@ -204,7 +211,7 @@ class LLM:
                              f"models: this is a text generation model. Pass runner='pooling' (task='embed') to use "
                              f"it as one.")
         if lora_request is not None:
-            raise ValueError("LoRA adapters are not supported yet by pagedllm.")
+            raise ValueError("LoRA adapters with pooling (embedding) models are not supported yet by pagedllm.")
         # vLLM's task names pagedllm has no pooler for get PoolingParams' "not supported yet" below.
         if pooling_task not in POOLING_TASKS and pooling_task not in VLLM_POOLING_TASKS_NOT_SUPPORTED:
             raise ValueError(f"pooling_task must be one of {POOLING_TASKS}, got {pooling_task!r}.")
@@ -349,7 +356,7 @@ class LLM:
         """vLLM's beam search: each step extends every live beam by one token with ``2 * beam_width`` logprobs,
         scores candidates by ``cum_logprob / len(tokens) ** length_penalty`` and keeps the best ``beam_width``."""
         if lora_request is not None:
-            raise ValueError("LoRA adapters are not supported yet by pagedllm.")
+            raise ValueError("LoRA adapters with beam_search are not supported yet by pagedllm; use generate().")
         if not isinstance(params, BeamSearchParams):
             raise ValueError(f"params must be a BeamSearchParams, got {type(params).__name__}.")
         engine = self.llm_engine

@@ -21,6 +21,8 @@ from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, 
                                   warm_up_tp_communicator)
 from pagedllm.kernels.parallel_compile import compile_ahead
 from pagedllm.kernels.settings import configure_kernels
+from pagedllm.lora.manager import LoRAManager
+from pagedllm.lora.request import LoRARequest
 from pagedllm.model.layers.pipeline import IntermediateTensors
 from pagedllm.model.layers.pooler import Pooler, get_classifier_pooler, get_pooler, pooler_config_from_checkpoint
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
@@ -96,6 +98,10 @@ class ModelRunner:
         self.offloader: LayerOffloader | None = None
         if config.args.cpu_offload_gb:     # CUDA only (EngineConfig.build rejects it elsewhere)
             self.offloader = _offload_layers(self.model, config.args.cpu_offload_gb, self.device)
+        # enable_lora: the adapters' slots in the targeted layers (before the memory profile, which counts them).
+        self.lora: LoRAManager | None = None
+        if config.args.enable_lora:
+            self.lora = _lora_manager(self.model, config)
         self.load_seconds = time.perf_counter() - t0
         # Seconds per start-up phase, in order, for the start-up log's timeline (and where a slow start goes).
         self.startup_phases: dict[str, float] = {"runner init": t0 - t_init, "load": self.load_seconds}
@@ -319,7 +325,7 @@ class ModelRunner:
         after a wake-up: the graphs hold those tensors' addresses). Returns whether any were captured."""
         backend = self.attn_backend
         if not (self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None
-                and self.offloader is None):
+                and self.offloader is None and self.lora is None):
             return False
         from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner
         warm_up_tp_communicator(self.device)     # NCCL captures only a communicator that has run eagerly
@@ -459,6 +465,24 @@ class ModelRunner:
         if waking and not self.asleep:
             self._capture_cuda_graphs()
 
+    # ---- LoRA adapters (engine's add_lora / remove_lora / list_loras) ------------------------------------------
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        return self._lora_or_raise().add_adapter(lora_request)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        return self._lora_or_raise().remove_adapter(lora_id)
+
+    def list_loras(self) -> set[int]:
+        return self._lora_or_raise().list_adapters()
+
+    def pin_lora(self, lora_id: int) -> bool:
+        return self._lora_or_raise().pin_adapter(lora_id)
+
+    def _lora_or_raise(self) -> LoRAManager:
+        if self.lora is None:
+            raise ValueError("LoRA is not enabled: create the engine with enable_lora=True (--enable-lora).")
+        return self.lora
+
     def reload_weights(self) -> None:
         """Load the weights again from the checkpoint (vLLM's worker method, for ``collective_rpc("reload_weights")``
         after a level-2 sleep); the CUDA graphs are captured again over them."""
@@ -483,7 +507,7 @@ class ModelRunner:
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,
-                    num_decodes: int = 0) -> ForwardBatch:
+                    num_decodes: int = 0, lora_mask: torch.Tensor | None = None) -> ForwardBatch:
         dev = self.device
         query_start_loc = np.asarray(query_start_loc, dtype=np.int32)
         seq_lens = np.asarray(seq_lens, dtype=np.int32)
@@ -502,7 +526,7 @@ class ModelRunner:
             input_ids=torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(dev, non_blocking=True),
             positions=torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev, non_blocking=True),
             slot_mapping=slot_mapping, kv_caches=kv_caches, attn_backend=self.attn_backend,
-            attn_metadata=self.attn_backend.build_metadata(common))
+            attn_metadata=self.attn_backend.build_metadata(common), lora_mask=lora_mask)
 
     def startup_info(self) -> dict:
         """Facts for the engine's start-up log block."""
@@ -609,12 +633,15 @@ class ModelRunner:
         if not self.first_stage:
             received = IntermediateTensors(*pp_recv_hidden(total, self.config.hf_config.hidden_size, self.dtype,
                                                            self.device))
+        lora_mask = None
+        if self.lora is not None:
+            lora_mask = self.lora.step_mask([st.lora_request for st, _ in items], q_lens)
         graphed = True       # ``hidden`` is a view of a graph's static output
         if total == num_reqs and self.graph_runner is not None and self.graph_runner.can_run(num_reqs):
             hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup, received)
         else:
             batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches,
-                                     num_decodes)
+                                     num_decodes, lora_mask)
             if self.pooler is not None:
                 batch.token_type_ids = self._token_type_ids(items, starts, total)
             if fixup is not None:
@@ -746,6 +773,23 @@ class ModelRunner:
             out.prompt_logprobs.setdefault(r.req_id, []).append((p + 1, target, lp, rank, ids, vals))
 
 
+
+
+def _lora_manager(model: torch.nn.Module, config: EngineConfig) -> LoRAManager:
+    """The adapters' slots over the model's projections (enable_lora). CUDA graphs are off with LoRA: the graphs
+    would have to capture the step's adapter mask as a static input, which is not written yet."""
+    if not getattr(model, "supports_lora", False):
+        raise ValueError(f"{type(model).__name__} does not support LoRA yet (LoRA adapters run on the Llama family: "
+                         f"Llama, Mistral, Qwen2, Qwen3).")
+    if config.is_pooling:
+        raise ValueError("enable_lora=True with a pooling (embedding) model is not supported yet by pagedllm.")
+    args = config.args
+    if config.device.type == "cuda" and not args.enforce_eager:
+        logger.warning("enable_lora=True: CUDA graphs are off, every step runs eagerly (the graphs do not capture "
+                       "the adapters' per-token mask yet).")
+    dtype = config.dtype if args.lora_dtype == "auto" else getattr(torch, args.lora_dtype)
+    return LoRAManager(model, args.max_loras, args.max_lora_rank, args.max_cpu_loras or args.max_loras, dtype,
+                       config.device)
 
 
 def _offload_layers(model: torch.nn.Module, cpu_offload_gb: float, device: torch.device) -> LayerOffloader:

@@ -11,11 +11,11 @@ class CachedRequestState:
     """What the model runner and the sampler read about a request: its tokens on this host (the prompt, then each
     token this worker sampled), where its KV lives, how to sample it."""
     __slots__ = ("req_id", "token_ids", "num_prompt_tokens", "sampling_params", "eos_token_ids", "block_ids",
-                 "num_computed_tokens", "generator", "pooling_params")
+                 "num_computed_tokens", "generator", "pooling_params", "lora_request")
 
     def __init__(self, req_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: frozenset[int], block_ids: list[int], num_computed_tokens: int,
-                 generator: torch.Generator | None = None, pooling_params=None):
+                 generator: torch.Generator | None = None, pooling_params=None, lora_request=None):
         self.req_id = req_id
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -27,6 +27,7 @@ class CachedRequestState:
         self.num_computed_tokens = num_computed_tokens
         self.generator = generator          # a seeded request's own random stream (kept across preemptions)
         self.pooling_params = pooling_params    # PoolingParams of a pooling request (dimensions, normalize)
+        self.lora_request = lora_request        # its LoRA adapter (pagedllm.lora.LoRARequest), None: the base model
 
     @classmethod
     def from_new(cls, new: NewRequestData, device: torch.device) -> "CachedRequestState":
@@ -34,7 +35,7 @@ class CachedRequestState:
         if new.sampling_params.seed is not None:
             generator = torch.Generator(device=device).manual_seed(new.sampling_params.seed)
         return cls(new.req_id, new.prompt_token_ids, new.sampling_params, new.eos_token_ids, new.block_ids,
-                   new.num_computed_tokens, generator, new.pooling_params)
+                   new.num_computed_tokens, generator, new.pooling_params, new.lora_request)
 
     @property
     def output_token_ids(self) -> list[int]:

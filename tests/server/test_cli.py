@@ -143,7 +143,8 @@ def test_switch_flags():
     (["--runner", "draft"], "draft models are not supported yet"),
     (["--task", "generate", "--runner", "pooling"], "task='generate' contradicts runner='pooling'"),
     (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of 'auto', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2'"),
-    (["--enable-lora"], "LoRA adapters are not supported yet"),
+    (["--enable-lora", "--tensor-parallel-size", "2", "--fully-sharded-loras"], "fully_sharded_loras=True is not "
+                                                                               "supported yet"),
     (["--scheduling-policy", "lifo"], "scheduling_policy must be 'fcfs' or 'priority'"),
     (["--distributed-executor-backend", "external_launcher"], "external launchers are not supported yet"),
     (["--tokenizer-mode", "mistral"], "tokenizer_mode='mistral' is not supported yet"),
@@ -194,12 +195,11 @@ def test_vllm_flags_pagedllm_lacks_are_named_as_such(capsys):
 def test_vllm_server_flags_pagedllm_lacks_are_named_as_such(capsys):
     # vLLM's frontend flags of features pagedllm lacks: named, with what to do where there is something.
     with pytest.raises(SystemExit):
-        make_parser().parse_args(["serve", "m", "--lora-modules", "sql=/loras/sql", "--headless",
-                                  "--enable-lora-bias"])
+        make_parser().parse_args(["serve", "m", "--api-server-count", "2", "--headless", "--enable-eplb"])
     err = capsys.readouterr().err
-    assert ("(--enable-lora-bias is a vLLM engine flag that pagedllm does not support yet; --lora-modules, "
-            "--headless are vLLM server flags that pagedllm does not support yet; --lora-modules: pagedllm serves no "
-            "LoRA adapters yet)") in err
+    assert ("(--enable-eplb is a vLLM engine flag that pagedllm does not support yet; --api-server-count, "
+            "--headless are vLLM server flags that pagedllm does not support yet; --api-server-count: one API server "
+            "process serves every request (its engine runs in a process of its own))") in err
 
 
 def test_serve_exits_with_the_message():

@@ -14,7 +14,7 @@ LAYERS = {
     "envs": 0, "config": 0, "sampling_params": 0, "pooling_params": 0, "outputs": 0, "step_data": 0, "logger": 0,
     "gc_heap": 0, "inputs": 0, "utils": 0,     # vLLM's example helpers (vllm.utils.*), re-exported
     "kernels": 1, "distributed": 1,     # tensor-parallel group state: the model's parallel layers use it
-    "attention": 2,
+    "attention": 2, "lora": 2,      # LoRA adapters: the request (engine), slots (model), manager (worker)
     "model": 3,
     "worker": 4,
     "engine": 5, "metrics": 5, "metrics_reader": 5,

@@ -201,9 +201,22 @@ ENGINE_FIELDS: dict[str, list] = {
                           Behaves(lambda mp: _raises(lambda: build(mp).verify_priority(3),
                                                      "Got priority 3 but Priority scheduling is not enabled")),
                           Rejects("lifo", "scheduling_policy must be 'fcfs' or 'priority'")],
-    "enable_lora": [Rejects(True, "LoRA adapters are not supported yet")],
-    "max_loras": [Rejects(4, "max_loras only applies with enable_lora=True")],
-    "max_lora_rank": [Rejects(64, "max_lora_rank only applies with enable_lora=True")],
+    # LoRA: behaviour in tests/unit/test_lora.py (tokens against the merged model, max_loras=1 with two adapters).
+    "enable_lora": [Read(("worker/model_runner.py",), "config.args.enable_lora"),
+                    Read(("engine/core.py",), "config.args.enable_lora"),
+                    Read(("engine/input_processor.py",), "self.config.args.enable_lora")],
+    "max_loras": [Read(("engine/core.py",), "config.args.max_loras"),
+                  Read(("worker/model_runner.py",), "args.max_loras"),
+                  Rejects(0, "max_loras (0) must be >= 1"), Rejects(4, "max_loras only applies with enable_lora=True")],
+    "max_lora_rank": [Read(("worker/model_runner.py",), "args.max_lora_rank"),
+                      Rejects(12, "max_lora_rank (12) must be one of"),
+                      Rejects(64, "max_lora_rank only applies with enable_lora=True")],
+    "max_cpu_loras": [Read(("worker/model_runner.py",), "args.max_cpu_loras"),
+                      Rejects(0, "max_cpu_loras (0) must be >= max_loras (1)")],
+    "lora_dtype": [Read(("worker/model_runner.py",), "args.lora_dtype"),
+                   Rejects("float32", "lora_dtype must be one of")],
+    "enable_lora_bias": [Rejects(True, "enable_lora_bias=True is not supported yet")],
+    "fully_sharded_loras": [Rejects(True, "fully_sharded_loras only applies with enable_lora=True")],
     "long_prefill_token_threshold": [
         Read(("engine/core.py",), "config.long_prefill_token_threshold"),
         Behaves(lambda mp: build(mp, long_prefill_token_threshold=64).long_prefill_token_threshold == 64 or _fail()),
@@ -298,7 +311,7 @@ def _escape(text: str) -> str:
 
 
 @pytest.mark.parametrize("name", ["swap_space", "max_num_seqs", "tokenizer_mode", "distributed_executor_backend", "task",
-                                  "kv_cache_dtype", "enable_lora", "speculative_config", "compilation_config"])
+                                  "kv_cache_dtype", "max_loras", "speculative_config", "compilation_config"])
 def test_rejected_before_the_model_is_resolved(monkeypatch, name):
     """create_engine_config checks the arguments before any download: a made-up model id still gets the option's error."""
     def no_resolve(args):

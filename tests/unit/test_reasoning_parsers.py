@@ -133,7 +133,8 @@ def scripted_engine(engine, pieces: list[str], finish: str = "stop", token_ids: 
     the list of what each request brought."""
     seen: list[dict] = []
 
-    async def add_request(request_id, prompt, params, arrival_time=None, priority=0, reasoning_ended=None):
+    async def add_request(request_id, prompt, params, arrival_time=None, priority=0, reasoning_ended=None,
+                          lora_request=None):
         seen.append({"prompt_ids": prompt["prompt_token_ids"], "params": params, "reasoning_ended": reasoning_ended})
         return ScriptedStream(request_id, prompt["prompt_token_ids"], pieces, finish, token_ids)
     engine.add_request = add_request

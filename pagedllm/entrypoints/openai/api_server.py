@@ -10,6 +10,7 @@ and the demo server's POST /generate (generate_route.py), which vLLM's OpenAI se
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import inspect
 import json
@@ -23,6 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 import pagedllm
+from pagedllm import envs
 from pagedllm.config import FlexibleArgumentParser, reasoning_parser_name
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
@@ -31,13 +33,14 @@ from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
 from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionRequest,
                                                   ClassificationRequest, CompletionRequest, DetokenizeRequest,
-                                                  EmbeddingRequest, GenerateTokensRequest,
-                                                  ModelCard, ModelList, PoolingRequest, RequestError, RerankRequest,
+                                                  EmbeddingRequest, GenerateTokensRequest, LoadLoRAAdapterRequest,
+                                                  ModelList, PoolingRequest, RequestError, RerankRequest,
                                                   ResponsesRequest, ScoreRequest, TokenizeChatRequest,
-                                                  TokenizeCompletionRequest)
+                                                  TokenizeCompletionRequest, UnloadLoRAAdapterRequest)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, error_response
+from pagedllm.entrypoints.openai.serving_models import ServingModels
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagedllm.entrypoints.openai.serving_tokens import OpenAIServingTokens
@@ -70,11 +73,24 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 # ---- the app ---------------------------------------------------------------------------------------------------------
+def _load_static_loras(models: ServingModels, modules: list[dict]) -> None:
+    """--lora-modules: every adapter loaded and checked before the server starts (a bad one fails start-up, as
+    vLLM's)."""
+    async def load_all() -> None:
+        for module in modules:
+            await models.load_lora_adapter(module["name"], module["path"], module.get("base_model_name"))
+    try:
+        asyncio.run(load_all())
+    except RequestError as e:
+        raise ValueError(f"--lora-modules: {e.message}") from None
+
+
 def build_engine(args: argparse.Namespace, prestarted=None) -> tuple[AsyncLLMEngine, EngineMetrics, list[str]]:
     """``prestarted``: the engine process that `pagedllm serve` started from its command line
     (entrypoints/early_engine.py), adopted if it parsed the same engine arguments."""
     engine_args, names, engine_process = serve_engine_args(args)
-    metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats)
+    metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats,
+                            max_loras=engine_args.max_loras if engine_args.enable_lora else 0)
     engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=args.log_requests, metrics=metrics,
                                              engine_process=engine_process, prestarted=prestarted)
     return engine, metrics, names
@@ -125,7 +141,12 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     base = OpenAIServing(engine, served_model_names, **common)
     pooling = OpenAIServingPooling(engine, served_model_names, **common)
     is_pooling = engine.config.is_pooling
-    model_task = ("generate" if not is_pooling else "classify" if engine.config.model.is_classifier else "embed")
+    # One list of served models (the base names, the LoRA adapters) behind every endpoint.
+    models = base.models
+    for serving in (completions, chat, pooling):
+        serving.models = models
+    if getattr(args, "lora_modules", None):
+        _load_static_loras(models, args.lora_modules)
 
     def generative_only(api: str) -> None:
         if is_pooling:
@@ -172,18 +193,35 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
 
     @app.get("/v1/models")
     async def list_models():
-        cards = [ModelCard(id=name, root=engine.engine_args.model, max_model_len=engine.config.max_model_len,
-                           task=model_task)
-                 for name in served_model_names]
-        return JSONResponse(ModelList(data=cards).model_dump())
+        return JSONResponse(ModelList(data=models.cards()).model_dump())
 
     @app.get("/v1/models/{model_id:path}")
     async def retrieve_model(model_id: str):
-        if model_id not in served_model_names:
+        card = next((c for c in models.cards() if c.id == model_id), None)
+        if card is None:
             raise RequestError(f"The model `{model_id}` does not exist.", "model", 404, "NotFoundError")
-        card = ModelCard(id=model_id, root=engine.engine_args.model, max_model_len=engine.config.max_model_len,
-                         task=model_task)
         return JSONResponse(card.model_dump())
+
+    if engine.config.args.enable_lora and envs.runtime_lora_updating():
+        # vLLM's runtime adapter routes, only with VLLM_ALLOW_RUNTIME_LORA_UPDATING (absent otherwise: 404).
+        logger.warning("LoRA dynamic loading & unloading is enabled in the API server. This should ONLY be used "
+                       "for local development!")
+
+        @app.post("/v1/load_lora_adapter")
+        async def load_lora_adapter(request: LoadLoRAAdapterRequest):
+            try:
+                return Response(await models.load_lora_adapter(request.lora_name, request.lora_path,
+                                                               load_inplace=request.load_inplace), status_code=200)
+            except Exception as e:
+                return error_response(e)
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload_lora_adapter(request: UnloadLoRAAdapterRequest):
+            try:
+                return Response(await models.unload_lora_adapter(request.lora_name, request.lora_int_id),
+                                status_code=200)
+            except Exception as e:
+                return error_response(e)
 
     @app.post("/v1/completions")
     async def create_completion(request: CompletionRequest, raw_request: Request):

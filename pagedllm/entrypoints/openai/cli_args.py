@@ -73,6 +73,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         "is code; when allowed it runs sandboxed, within a time and an output-size limit.")
     g.add_argument("--chat-template-content-format", type=str, default="auto", choices=["auto", "string", "openai"],
                    help="How message content is given to the template (text-only models: always a string).")
+    g.add_argument("--lora-modules", type=_lora_module, nargs="+", default=None, metavar="NAME=PATH",
+                   help="LoRA adapters to serve (with --enable-lora): name=path, or JSON '{\"name\": ..., "
+                        "\"path\": ..., \"base_model_name\": ...}'. A request's \"model\" picks one by name.")
     g.add_argument("--response-role", type=str, default="assistant",
                    help="Role name returned when add_generation_prompt is true.")
     g.add_argument("--ssl-keyfile", type=str, default=None, help="SSL key file.")
@@ -183,6 +186,24 @@ _ENGINE_HELP = {
 }
 
 
+def _lora_module(text: str) -> dict:
+    """One --lora-modules entry (vLLM's two forms): name=path, or a JSON object with name, path and optionally
+    base_model_name."""
+    if "=" in text and not text.lstrip().startswith("{"):
+        name, _, path = text.partition("=")
+        if name and path:
+            return {"name": name, "path": path, "base_model_name": None}
+    try:
+        entry = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"Invalid JSON format for --lora-modules: {text}") from None
+    if not isinstance(entry, dict) or not entry.get("name") or not entry.get("path") \
+            or set(entry) - {"name", "path", "base_model_name"}:
+        raise argparse.ArgumentTypeError(f"Invalid fields for --lora-modules: {text} (name=path, or JSON with "
+                                         f"\"name\", \"path\" and optionally \"base_model_name\")")
+    return {"base_model_name": None, **entry}
+
+
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     """Resolve MODEL/--model, the api key from the environment, request logging on/off."""
     model = getattr(args, "model_tag", None) or args.model or EngineArgs.model
@@ -205,6 +226,8 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     kwargs = getattr(args, "default_chat_template_kwargs", None)
     if kwargs is not None and not isinstance(kwargs, dict):
         raise ValueError(f"--default-chat-template-kwargs must be a JSON object, got {kwargs!r}.")
+    if getattr(args, "lora_modules", None) and not args.enable_lora:
+        raise ValueError("--lora-modules needs --enable-lora (LoRA is not enabled).")
     if args.enable_auto_tool_choice:
         from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
         if not args.tool_call_parser:

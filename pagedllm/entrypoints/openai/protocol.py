@@ -115,6 +115,17 @@ class ModelList(OpenAIBaseModel):
     data: list[ModelCard] = Field(default_factory=list)
 
 
+class LoadLoRAAdapterRequest(OpenAIBaseModel):
+    lora_name: str | None = None
+    lora_path: str | None = None
+    load_inplace: bool = False      # replace the weights of an adapter of that name (e.g. after a training step)
+
+
+class UnloadLoRAAdapterRequest(OpenAIBaseModel):
+    lora_name: str | None = None
+    lora_int_id: int | None = None
+
+
 # ---- shared pieces -------------------------------------------------------------------------------------------------
 class StreamOptions(OpenAIBaseModel):
     include_usage: bool | None = True

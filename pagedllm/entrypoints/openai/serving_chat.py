@@ -175,7 +175,7 @@ class OpenAIServingChat(OpenAIServing):
     async def create_chat_completion(self, req: ChatCompletionRequest, raw_request: Request | None = None):
         try:
             req.check()
-            self.check_model(req.model)
+            lora = self.check_model(req.model)
             mode = self.tool_mode(req)
             so = self.tool_constraint(req, mode)
             conv = conversation(req.messages)
@@ -196,6 +196,7 @@ class OpenAIServingChat(OpenAIServing):
                 if so is not None:      # a forced or strict tool call is a constraint beam search does not apply
                     raise RequestError(f"tool_choice={mode.kind!r} constrains the output, which use_beam_search "
                                        f"does not apply: drop one of them.", "tool_choice")
+                self.check_beam_search_lora(lora)
                 streams = self.beam_search_streams([request_id], [ids], [max_tokens], req)
             else:
                 params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
@@ -210,7 +211,8 @@ class OpenAIServingChat(OpenAIServing):
                 prompt = {"prompt_token_ids": ids}
                 if req.cache_salt is not None:
                     prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
-                streams = await self.submit([request_id], [prompt], [params], req.priority, reasoning_ended)
+                streams = await self.submit([request_id], [prompt], [params], req.priority, reasoning_ended,
+                                            lora_request=lora)
         except Exception as e:
             if isinstance(e, RequestError) and e.param == "logprobs":
                 e.param = "top_logprobs"     # chat's logprobs is a flag: the count that was too big is top_logprobs
@@ -326,7 +328,7 @@ class OpenAIServingChat(OpenAIServing):
         usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=generated,
                           total_tokens=len(prompt_ids) + generated,
                           prompt_tokens_details=self.prompt_tokens_details(cached))
-        resp = ChatCompletionResponse(id=request_id, created=created, model=self.model_name, choices=choices,
+        resp = ChatCompletionResponse(id=request_id, created=created, model=self.models.response_model(req.model), choices=choices,
                                       usage=usage,
                                       prompt_token_ids=prompt_ids if return_ids else None)
         exclude: dict = {"choices": {"__all__": {"token_ids"}}} if not return_ids else {}
@@ -357,7 +359,7 @@ class OpenAIServingChat(OpenAIServing):
         thinking = [reasoning_mode.stream() for _ in range(n)] if reasoning_mode is not None else None
 
         head = (f'data: {{"id":{dumps(request_id)},"object":"chat.completion.chunk","created":{created},'
-                f'"model":{dumps(self.model_name)},"choices":[')
+                f'"model":{dumps(self.models.response_model(req.model))},"choices":[')
         plain_tail = '],"usage":null}\n\n' if include_usage else ']}\n\n'
 
         def chunk(choice: dict | str, index: int) -> str:
@@ -430,7 +432,7 @@ class OpenAIServingChat(OpenAIServing):
                     self.log_output(request_id, text, None, "streaming_complete", "complete")
             if include_usage:
                 yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
-                           "model": self.model_name, "choices": [],
+                           "model": self.models.response_model(req.model), "choices": [],
                            "usage": usage_dict(num_prompt, sum(num_generated), self.prompt_tokens_details(cached))})
         except Exception as e:
             logger.warning("Error while streaming %s: %r", request_id, e)

@@ -48,7 +48,7 @@ class OpenAIServingCompletion(OpenAIServing):
     async def create_completion(self, req: CompletionRequest, raw_request: Request | None = None):
         try:
             req.check()
-            self.check_model(req.model)
+            lora = self.check_model(req.model)
             if req.suffix is not None:
                 raise RequestError("suffix is not currently supported", "suffix")
             prompts = await self._prompts(req)
@@ -59,6 +59,7 @@ class OpenAIServingCompletion(OpenAIServing):
                                for p in prompts]
             base_id = f"cmpl-{self.base_request_id(raw_request, req.request_id)}"
             if req.use_beam_search:
+                self.check_beam_search_lora(lora)
                 streams = self.beam_search_streams(ids_of(base_id, len(prompts)), [p.ids for p in prompts],
                                                    max_tokens_list, req)
             else:
@@ -70,7 +71,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     params_list.append(params)
                 streams = await self.submit(ids_of(base_id, len(prompts)),
                                             [self._engine_prompt(p, req.cache_salt) for p in prompts], params_list,
-                                            req.priority)
+                                            req.priority, lora_request=lora)
         except Exception as e:
             return error_response(e)
         created = int(time.time())
@@ -212,7 +213,7 @@ class OpenAIServingCompletion(OpenAIServing):
         usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
                           total_tokens=num_prompt + num_generated,
                           prompt_tokens_details=self.prompt_tokens_details(sum(cached)))
-        resp = CompletionResponse(id=base_id, created=created, model=self.model_name, choices=result_choices,
+        resp = CompletionResponse(id=base_id, created=created, model=self.models.response_model(req.model), choices=result_choices,
                                   usage=usage)
         return JSONResponse(resp.model_dump(exclude_none=False, exclude={"choices": {"__all__": self._optional(req)}}))
 
@@ -241,7 +242,7 @@ class OpenAIServingCompletion(OpenAIServing):
         cached = [0] * len(prompts)
         request_ids = ids_of(base_id, len(prompts))
         head = (f'data: {{"id":{dumps(base_id)},"object":"text_completion","created":{created},'
-                f'"model":{dumps(self.model_name)},"choices":[')
+                f'"model":{dumps(self.models.response_model(req.model))},"choices":[')
         tail = '}],"usage":null}\n\n' if include_usage else '}]}\n\n'
         try:
             async for i, out in merge_streams(streams):
@@ -295,7 +296,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     for ch in row:
                         self.log_output(rid, ch.text, None, "streaming_complete", "complete")
             if include_usage:
-                yield sse({"id": base_id, "object": "text_completion", "created": created, "model": self.model_name,
+                yield sse({"id": base_id, "object": "text_completion", "created": created, "model": self.models.response_model(req.model),
                            "choices": [], "usage": usage_dict(num_prompt, num_generated,
                                                               self.prompt_tokens_details(sum(cached)))})
         except Exception as e:   # after the 200 went out, errors travel in the stream (vLLM's format)

@@ -18,6 +18,8 @@ from pagedllm.engine.async_engine import (AsyncLLMEngine, EngineDeadError, Engin
 from pagedllm.entrypoints.chat_utils import (TEMPLATE_FAILED, ChatTemplateError, apply_chat_template,
                                              check_chat_template_kwargs, format_message_content)
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields, check_request_id, random_uuid
+from pagedllm.entrypoints.openai.serving_models import ServingModels
+from pagedllm.lora.request import LoRARequest
 from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
 from pagedllm.entrypoints.beam_search import beam_search_async
@@ -113,6 +115,12 @@ class OpenAIServing:
         self.engine = engine
         self.served_model_names = list(served_model_names)
         self.model_name = self.served_model_names[0]
+        # The base model's names and the LoRA adapters a request's "model" may name; build_app gives every
+        # endpoint the same one.
+        config = engine.config
+        self.models = ServingModels(engine, self.served_model_names, engine.engine_args.model,
+                                    "generate" if not config.is_pooling
+                                    else "classify" if config.model.is_classifier else "embed")
         self.tokenizer = tokenizer     # the engine's input tokenizer (the output processor decodes with another)
         self.chat_template = chat_template
         self.response_role = response_role
@@ -153,9 +161,14 @@ class OpenAIServing:
         return None
 
     # ---- checks ---------------------------------------------------------------------------------------------------
-    def check_model(self, model: str | None) -> None:
-        if model and model not in self.served_model_names:
-            raise RequestError(f"The model `{model}` does not exist.", "model", 404, "NotFoundError")
+    def check_model(self, model: str | None) -> LoRARequest | None:
+        """The LoRA adapter ``model`` names (None: the base model); an unknown model is a 404."""
+        return self.models.resolve(model)
+
+    @staticmethod
+    def check_beam_search_lora(lora: LoRARequest | None) -> None:
+        if lora is not None:
+            raise RequestError("use_beam_search with a LoRA adapter is not supported yet by pagedllm.", "model")
 
     def check_n(self, n: Any) -> None:
         if isinstance(n, int) and n > self.max_n:
@@ -336,7 +349,8 @@ class OpenAIServing:
 
     # ---- submitting -----------------------------------------------------------------------------------------------
     async def submit(self, request_ids: list[str], prompts: list[dict], params_list: list[SamplingParams],
-                     priority: int, reasoning_ended: bool | None = None) -> list[RequestStream]:
+                     priority: int, reasoning_ended: bool | None = None,
+                     lora_request: LoRARequest | None = None) -> list[RequestStream]:
         """Add every prompt of a request; if one is refused, the others are aborted and the error raised. The engine
         knows each by its id plus a random suffix (vLLM's rule since 0.14): ids come from clients (X-Request-Id,
         request_id), and two requests in flight with the same one must not collide."""
@@ -347,7 +361,8 @@ class OpenAIServing:
                 if self.log_requests:
                     self.log_request(engine_id, prompt, params)
                 streams.append(await self.engine.add_request(engine_id, prompt, params, priority=priority,
-                                                             reasoning_ended=reasoning_ended))
+                                                             reasoning_ended=reasoning_ended,
+                                                             lora_request=lora_request))
         except BaseException as e:
             for s in streams:
                 s.abort()

@@ -42,7 +42,7 @@ class OpenAIServingTokens:
 
     async def create_token_generation(self, req: GenerateTokensRequest, raw_request: Request | None = None):
         try:
-            self.chat.check_model(req.model)
+            lora = self.chat.check_model(req.model)
             if req.kv_transfer_params is not None:
                 raise RequestError("kv_transfer_params (disaggregated prefill) is not supported by pagedllm yet.",
                                    "kv_transfer_params")
@@ -55,7 +55,7 @@ class OpenAIServingTokens:
             prompt = {"prompt_token_ids": list(req.token_ids)}
             if req.cache_salt is not None:
                 prompt["cache_salt"] = req.cache_salt
-            (stream,) = await self.chat.submit([request_id], [prompt], [params], req.priority)
+            (stream,) = await self.chat.submit([request_id], [prompt], [params], req.priority, lora_request=lora)
         except Exception as e:
             return error_response(e)
         if req.stream:

@@ -97,6 +97,9 @@ class LinearBase(nn.Module):
         # from the packed copy if anything needs it again (a weight reload, a grad-mode call, another device).
         self._packed: torch.Tensor | None = None
         self._pack_tried = False
+        # enable_lora: this layer's resident adapters (pagedllm/lora/layers.py LoRASlots), set by the worker's
+        # LoRAManager; a step's ForwardBatch.lora_mask says which one each token runs with.
+        self.lora = None
 
     def _load(self, param: torch.Tensor, loaded: torch.Tensor, *args) -> None:
         self.unpack()
@@ -113,8 +116,20 @@ class LinearBase(nn.Module):
             self._packed = None
         self._pack_tried = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x, self.bias)
+    def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.add_lora(x, self.linear(x, self.bias), lora_mask)
+
+    def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of a LoRA adapter's A [r, in] and B [out, r] for this layer (or for part ``shard_id`` of
+        a fused one), cut as the layer cuts its weight: a replicated layer keeps both whole."""
+        return a, b
+
+    def add_lora(self, x: torch.Tensor, y: torch.Tensor, lora_mask: torch.Tensor | None) -> torch.Tensor:
+        """``y`` plus the LoRA delta of each token's adapter (``lora_mask``: [T, max_loras], None: no adapter in the
+        step)."""
+        if lora_mask is None or self.lora is None:
+            return y
+        return self.lora.add_delta(x, y, lora_mask)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.quant_method is not None:
@@ -174,6 +189,9 @@ class ColumnParallelLinear(LinearBase):
             return default_weight_loader(param, loaded)
         default_weight_loader(param, shard_of(loaded, dim, self.tp_rank, param.shape[dim], self.tp_size))
 
+    def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return a, shard_of(b, 0, self.tp_rank, self.output_size, self.tp_size)     # B's rows: this rank's outputs
+
 
 class RowParallelLinear(LinearBase):
     """Tensor parallel: each rank holds a block of the input columns, multiplies its shard of the input and the
@@ -190,10 +208,14 @@ class RowParallelLinear(LinearBase):
             return default_weight_loader(param, loaded)
         default_weight_loader(param, shard_of(loaded, dim, self.tp_rank, param.shape[dim], self.tp_size))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
+        # A's columns: this rank's inputs; each rank's partial delta joins the all-reduce with its partial output.
+        return shard_of(a, 1, self.tp_rank, self.input_size, self.tp_size), b
+
+    def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.tp_size == 1:
-            return self.linear(x, self.bias)
-        return tp_all_reduce(self.linear(x, self.bias if self.tp_rank == 0 else None))
+            return self.add_lora(x, self.linear(x, self.bias), lora_mask)
+        return tp_all_reduce(self.add_lora(x, self.linear(x, self.bias if self.tp_rank == 0 else None), lora_mask))
 
 
 class MergedColumnParallelLinear(LinearBase):
@@ -222,6 +244,9 @@ class MergedColumnParallelLinear(LinearBase):
         size = _units(self.output_sizes[shard_id], pack, "Output size")
         default_weight_loader(param.data.narrow(dim, offset, size),
                               shard_of(loaded, dim, self.tp_rank, size, self.tp_size))
+
+    def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return a, shard_of(b, 0, self.tp_rank, self.output_sizes[shard_id], self.tp_size)
 
 
 class QKVParallelLinear(LinearBase):
@@ -261,3 +286,10 @@ class QKVParallelLinear(LinearBase):
             part = shard_of(loaded, dim, self.kv_head_start // self.num_kv_heads, size,
                             self.total_num_kv_heads // self.num_kv_heads)
         default_weight_loader(param.data.narrow(dim, offset, size), part)
+
+    def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if shard_id == "q":
+            return a, shard_of(b, 0, self.tp_rank, self.q_size, self.tp_size)
+        # This rank's KV head(s), replicated when there are fewer KV heads than ranks (as the weight).
+        return a, shard_of(b, 0, self.kv_head_start // self.num_kv_heads, self.kv_size,
+                           self.total_num_kv_heads // self.num_kv_heads)

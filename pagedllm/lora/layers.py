@@ -1,0 +1,52 @@
+"""One linear layer's resident adapters, stacked over the ``max_loras`` slots, and the per-token LoRA delta."""
+from __future__ import annotations
+
+import torch
+
+
+class LoRASlots:
+    """A (possibly fused) linear layer's adapter weights. A fused layer (QKV, gate+up) has one part per projection
+    of ``part_sizes``; each part of each slot holds A [max_rank, in] and B [part rows, max_rank] (zero-padded to
+    ``max_rank``, zero when the adapter leaves the part alone, scaling folded into B).
+
+    The delta of a step is two matmuls over every slot at once, whatever the mix of adapters:
+    ``xa = x @ A_all^T`` ([T, slots * parts * rank]), each token's columns of other slots zeroed by the step's
+    ``mask`` ([T, max_loras], 1 at the token's slot, all zero for the base model), then ``y += xa @ B_all^T``, where
+    B_all is block-structured (part p's rows read only part p's rank columns). Shapes do not depend on the batch's
+    adapters: no host synchronisation, no per-adapter loop."""
+
+    def __init__(self, in_features: int, part_sizes: list[int], max_loras: int, max_rank: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.in_features, self.part_sizes = in_features, list(part_sizes)
+        self.max_loras, self.max_rank = max_loras, max_rank
+        self.num_parts = len(part_sizes)
+        self.part_offsets = [sum(part_sizes[:i]) for i in range(self.num_parts)]
+        cols = max_loras * self.num_parts * max_rank
+        self.a = torch.zeros(cols, in_features, dtype=dtype, device=device)
+        self.b = torch.zeros(sum(part_sizes), cols, dtype=dtype, device=device)
+
+    def _cols(self, slot: int, part: int) -> slice:
+        start = (slot * self.num_parts + part) * self.max_rank
+        return slice(start, start + self.max_rank)
+
+    def clear(self, slot: int) -> None:
+        cols = slice(slot * self.num_parts * self.max_rank, (slot + 1) * self.num_parts * self.max_rank)
+        self.a[cols] = 0
+        self.b[:, cols] = 0
+
+    def set(self, slot: int, part: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Part ``part`` of ``slot``: A [r, in], B [part rows, r] (scaled), r <= max_rank."""
+        r = a.shape[0]
+        cols = self._cols(slot, part)
+        rows = slice(self.part_offsets[part], self.part_offsets[part] + self.part_sizes[part])
+        self.a[cols] = 0
+        self.a[cols.start:cols.start + r] = a.to(self.a.device, self.a.dtype)
+        self.b[rows, cols] = 0
+        self.b[rows, cols.start:cols.start + r] = b.to(self.b.device, self.b.dtype)
+
+    def add_delta(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``y`` plus each token's adapter delta (``mask``: [T, max_loras] in the adapters' dtype, lora_dtype)."""
+        x2 = x.reshape(-1, self.in_features).to(self.a.dtype)
+        xa = (x2 @ self.a.t()).view(x2.shape[0], self.max_loras, -1) * mask.unsqueeze(-1)
+        delta = xa.view(x2.shape[0], -1) @ self.b.t()
+        return y + delta.view(y.shape).to(y.dtype)

@@ -1,0 +1,161 @@
+"""The worker's adapters: loaded once into CPU memory (up to ``max_cpu_loras``, least recently used dropped), copied
+into one of the ``max_loras`` slots of every targeted layer when a step needs them, and each step's per-token slot
+mask. The scheduler keeps the adapters of the running requests within ``max_loras`` (engine/scheduler.py), so a
+step always finds a slot for each of its adapters."""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from pagedllm.lora.layers import LoRASlots
+from pagedllm.lora.peft import LORA_TARGET_MODULES, PEFTAdapter, load_adapter
+from pagedllm.lora.request import LoRARequest
+
+logger = logging.getLogger(__name__)
+
+
+def _part_size(module: torch.nn.Module, shard) -> int:
+    if hasattr(module, "q_size"):        # QKV: [q | k | v]
+        return {"q": module.q_size, "k": module.kv_size, "v": module.kv_size}[shard]
+    return module.output_sizes[shard]    # merged column layer (gate | up)
+
+
+class LoRAManager:
+    def __init__(self, model: torch.nn.Module, max_loras: int, max_lora_rank: int, max_cpu_loras: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.max_loras, self.max_lora_rank, self.max_cpu_loras = max_loras, max_lora_rank, max_cpu_loras
+        self.dtype, self.device = dtype, device
+        fused: dict[str, list] = {}
+        for leaf, (fused_leaf, shard) in getattr(model, "packed_modules_mapping", {}).items():
+            if leaf in LORA_TARGET_MODULES:
+                fused.setdefault(fused_leaf, []).append((leaf, shard))
+        # PEFT module name (model.layers.0.self_attn.q_proj) -> (its layer's slots, its part there, the layer, the
+        # part's shard id: how the layer cuts it for tensor parallel, LinearBase.lora_shard)
+        self.targets: dict[str, tuple[LoRASlots, int, torch.nn.Module, object]] = {}
+        # Pipeline parallel: the modules of other stages' layers (an adapter's weights for them are not this rank's).
+        skipped = getattr(model, "pp_skipped_checkpoint_prefixes", None)
+        self._other_stages: tuple[str, ...] = tuple(skipped()) if skipped is not None else ()
+        self.layers: list[LoRASlots] = []
+        for name, module in model.named_modules():
+            parent, _, leaf = name.rpartition(".")
+            if not hasattr(module, "input_size") or not hasattr(module, "output_size"):
+                continue
+            if leaf in fused:
+                names = [f"{parent}.{part}" for part, _ in fused[leaf]]
+                sizes = [_part_size(module, shard) for _, shard in fused[leaf]]
+                shards = [shard for _, shard in fused[leaf]]
+            elif leaf in LORA_TARGET_MODULES:
+                names, sizes, shards = [name], [module.output_size], [None]
+            else:
+                continue
+            slots = LoRASlots(module.input_size, sizes, max_loras, max_lora_rank, dtype, device)
+            module.lora = slots
+            self.layers.append(slots)
+            for i, peft_name in enumerate(names):
+                self.targets[peft_name] = (slots, i, module, shards[i])
+        self._cpu: OrderedDict[int, PEFTAdapter] = OrderedDict()    # least recently used first
+        self._requests: dict[int, LoRARequest] = {}                  # to load an adapter again from its folder
+        self._slot_of: OrderedDict[int, int] = OrderedDict()          # adapter id -> slot, least recently used first
+        self._pinned: set[int] = set()        # pin_lora: never dropped from CPU memory
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(s.a.numel() * s.a.element_size() + s.b.numel() * s.b.element_size() for s in self.layers)
+
+    # ---- adapters -------------------------------------------------------------------------------------------------
+    def add_adapter(self, request: LoRARequest) -> bool:
+        """Load ``request``'s adapter into CPU memory, checked against the model's layers (False: it was there)."""
+        if request.lora_int_id in self._cpu:
+            self._cpu.move_to_end(request.lora_int_id)
+            return False
+        adapter = load_adapter(request, self.max_lora_rank, self.dtype)
+        mine = {}        # this rank's parts (tensor parallel) of this stage's modules (pipeline parallel)
+        for module, (a, b) in adapter.weights.items():
+            if module.startswith(self._other_stages) and self._other_stages:
+                continue
+            if module not in self.targets:
+                raise ValueError(f"Loading lora {request.lora_name} failed: the model has no module {module} "
+                                 f"(is the adapter for another model?).")
+            slots, part, layer, shard = self.targets[module]
+            full = (tuple(a.shape), tuple(b.shape))
+            try:
+                a, b = layer.lora_shard(a, b, shard)
+            except ValueError:
+                a = None
+            if a is None or a.shape[1] != slots.in_features or b.shape[0] != slots.part_sizes[part]:
+                raise ValueError(f"Loading lora {request.lora_name} failed: {module} has lora_A {full[0]} and lora_B "
+                                 f"{full[1]}, which do not fit the model's layer (is the adapter for another "
+                                 f"model?).")
+            mine[module] = (a.contiguous(), b.contiguous())
+        adapter.weights = mine
+        self._cpu[request.lora_int_id] = adapter
+        self._requests[request.lora_int_id] = request
+        droppable = [i for i in self._cpu if i not in self._pinned and i != request.lora_int_id]
+        for old in droppable[:max(len(self._cpu) - self.max_cpu_loras, 0)]:
+            del self._cpu[old]
+            if old not in self._slot_of:
+                self._requests.pop(old, None)
+        logger.info("Loaded LoRA adapter %r (id %d, rank %d) from %s", request.lora_name, request.lora_int_id,
+                    adapter.rank, request.lora_path)
+        return True
+
+    def pin_adapter(self, lora_int_id: int) -> bool:
+        """Keep a loaded adapter in CPU memory whatever max_cpu_loras says (vLLM's pin_lora)."""
+        if lora_int_id not in self._cpu:
+            raise ValueError(f"LoRA {lora_int_id} is not loaded: add_lora (or a request with it) first.")
+        self._pinned.add(lora_int_id)
+        return True
+
+    def remove_adapter(self, lora_int_id: int) -> bool:
+        found = lora_int_id in self._cpu or lora_int_id in self._slot_of
+        self._pinned.discard(lora_int_id)
+        self._cpu.pop(lora_int_id, None)
+        self._slot_of.pop(lora_int_id, None)
+        self._requests.pop(lora_int_id, None)
+        return found
+
+    def list_adapters(self) -> set[int]:
+        return set(self._cpu) | set(self._slot_of)
+
+    def _activate(self, ids: set[int], requests: dict[int, LoRARequest]) -> None:
+        """Give each of ``ids`` a slot, copying adapters in over the least recently used ones the step does not use."""
+        for lora_id in ids:
+            if lora_id in self._slot_of:
+                self._slot_of.move_to_end(lora_id)
+                continue
+            used = set(self._slot_of.values())
+            free = [s for s in range(self.max_loras) if s not in used]
+            if free:
+                slot = free[0]
+            else:
+                victim = next(i for i in self._slot_of if i not in ids)
+                slot = self._slot_of.pop(victim)
+            if lora_id not in self._cpu:
+                self.add_adapter(self._requests.get(lora_id) or requests[lora_id])
+            adapter = self._cpu[lora_id]
+            for layer in self.layers:
+                layer.clear(slot)
+            for module, (a, b) in adapter.weights.items():
+                slots, part, _, _ = self.targets[module]
+                slots.set(slot, part, a, b)
+            self._slot_of[lora_id] = slot
+
+    def step_mask(self, lora_requests: Sequence[LoRARequest | None], num_tokens: Sequence[int]) -> torch.Tensor | None:
+        """The [T, max_loras] mask of a step whose requests (in batch order) run ``num_tokens`` tokens each with
+        these adapters (None: the base model); None when no request of the step has one."""
+        ids = {r.lora_int_id for r in lora_requests if r is not None}
+        if not ids:
+            return None
+        if len(ids) > self.max_loras:      # the scheduler never does this
+            raise AssertionError(f"{len(ids)} adapters in one step, max_loras={self.max_loras}")
+        self._activate(ids, {r.lora_int_id: r for r in lora_requests if r is not None})
+        slot_of_request = np.array([-1 if r is None else self._slot_of[r.lora_int_id] for r in lora_requests])
+        per_token = np.repeat(slot_of_request, np.asarray(num_tokens))
+        mask = np.zeros((len(per_token), self.max_loras), dtype=np.float32)
+        rows = np.nonzero(per_token >= 0)[0]
+        mask[rows, per_token[rows]] = 1.0
+        return torch.from_numpy(mask).to(self.device, self.dtype, non_blocking=True)
