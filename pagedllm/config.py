@@ -733,7 +733,9 @@ def _resolve_runner(args: EngineArgs, model: "ResolvedModel") -> str:
     if convert == "classify" and not model.is_classifier:
         raise ValueError(f"convert='classify' (task='classify' / 'score') needs a sequence-classification "
                          f"checkpoint (*ForSequenceClassification); this model ({arch}) has none, and converting a "
-                         f"model into a classifier with a new head is not supported yet.")
+                         f"model into a classifier with a new head is not supported yet. A causal LM whose answer "
+                         f"tokens are the classes (Qwen3-Reranker's recipe) converts with hf_overrides="
+                         f"{{'classifier_from_token': ['no', 'yes'], 'method': 'from_2_way_softmax'}}.")
     if convert == "embed" and model.is_classifier:
         raise ValueError(f"This model ({arch}) is a sequence classifier: converting it into an embedding model "
                          f"(convert='embed', task='embed') is not supported yet; use LLM.classify() / LLM.score() "

@@ -53,6 +53,12 @@ def is_sequence_classifier(hf_config) -> bool:
                for arch in getattr(hf_config, "architectures", None) or [])
 
 
+def sequence_classifier_of(arch: str) -> str | None:
+    """The ``*ForSequenceClassification`` architecture of a ``*ForCausalLM`` one, where there is one."""
+    name = arch.removesuffix("ForCausalLM") + "ForSequenceClassification"
+    return name if arch.endswith("ForCausalLM") and name in SEQUENCE_CLASSIFICATION_ARCHITECTURES else None
+
+
 def supported_architectures() -> list[str]:
     return sorted(_MODELS)
 

@@ -183,3 +183,81 @@ def test_convert_that_needs_a_new_head_is_a_clear_error(checkpoints, tmp_path):
     embedder = LLM(str(tmp_path), skip_tokenizer_init=True, runner="pooling")
     with pytest.raises(ValueError, match="Classification API is not supported by this model"):
         embedder.classify([{"prompt_token_ids": [1, 2]}], use_tqdm=False)
+
+
+@pytest.fixture(scope="module")
+def causal_qwen3(tmp_path_factory):
+    """A tiny random Qwen3ForCausalLM with the word tokenizer (w<i> = 4 + i): a stand-in for Qwen3-Reranker."""
+    import transformers
+
+    from tests.unit.tiny_models import save_word_tokenizer
+    path = tmp_path_factory.mktemp("tiny-qwen3-causal")
+    cfg = transformers.Qwen3Config(vocab_size=104, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=128, head_dim=16,
+                                   max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.2)
+    torch.manual_seed(0)
+    hf = transformers.Qwen3ForCausalLM(cfg).eval()
+    hf.save_pretrained(path)
+    save_word_tokenizer(path, "xlm_roberta")
+    return str(path), hf
+
+
+# Qwen3-Reranker's tutorial recipe, with the tiny vocabulary's "no" / "yes" (ids 9 and 13).
+QWEN3_RERANKER = {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["w5", "w9"],
+                  "is_original_qwen3_reranker": True}
+
+
+def _yes_probability(hf, ids: list[int]) -> float:
+    """The causal LM's reading: softmax over the last position's [no, yes] logits, P(yes)."""
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids])).logits[0, -1]
+    return float(torch.log_softmax(logits[[9, 13]], dim=-1).exp()[1])
+
+
+@pytest.mark.parametrize("spelling", [{"runner": "pooling", "hf_overrides": QWEN3_RERANKER},
+                                      {"task": "score", "hf_overrides": QWEN3_RERANKER},
+                                      {"convert": "classify", "hf_overrides": {
+                                          "classifier_from_token": ["w5", "w9"], "method": "from_2_way_softmax"}}],
+                         ids=["runner", "task", "convert"])
+def test_causal_lm_as_reranker_from_its_yes_no_logits(causal_qwen3, spelling):
+    """vLLM's online conversion: the score head is lm_head[yes] - lm_head[no], one label, so the score is the
+    causal LM's P(yes) over {no, yes}; the pair is joined without a separator (the prompt template holds it)."""
+    path, hf = causal_qwen3
+    llm = LLM(path, dtype="float32", **spelling)
+    config = llm.llm_engine.config
+    assert config.pooling_tasks == ("classify", "score") and config.hf_config.num_labels == 1
+    scores = llm.score("w1 w2 w3 ", ["w4 w5", "w9 w9 w8", "w70 w71 w72 w73"], use_tqdm=False)
+    for doc, out in zip(["w4 w5", "w9 w9 w8", "w70 w71 w72 w73"], scores):
+        assert out.prompt_token_ids == _word_ids("w1 w2 w3 " + doc)
+        assert out.outputs.score == pytest.approx(_yes_probability(hf, out.prompt_token_ids), abs=1e-5)
+    assert len({round(s.outputs.score, 5) for s in scores}) == 3
+    (probs,) = llm.classify([{"prompt_token_ids": [0, 20, 30, 2]}], use_tqdm=False)
+    assert probs.outputs.probs[0] == pytest.approx(_yes_probability(hf, [0, 20, 30, 2]), abs=1e-5)
+
+
+def test_causal_lm_classifier_from_tokens_no_post_processing(causal_qwen3):
+    # bge-reranker-v2-gemma's recipe: each token's LM-head row is one label's logit, as is.
+    path, hf = causal_qwen3
+    llm = LLM(path, dtype="float32", runner="pooling", hf_overrides={
+        "architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["w5", "w9", "w1"],
+        "method": "no_post_processing"})
+    (out,) = llm.classify([{"prompt_token_ids": [0, 20, 30, 2]}], pooling_params=PoolingParams(use_activation=False),
+                          use_tqdm=False)
+    with torch.no_grad():
+        expected = hf(torch.tensor([[0, 20, 30, 2]])).logits[0, -1, [9, 13, 5]]
+    assert torch.allclose(torch.tensor(out.outputs.probs), expected, atol=1e-4)
+
+
+def test_causal_lm_classifier_from_tokens_errors(causal_qwen3):
+    path, _ = causal_qwen3
+    arch = {"architectures": ["Qwen3ForSequenceClassification"]}
+    with pytest.raises(ValueError, match=r"classifier_from_token needs hf_overrides 'method' in "
+                                         r"\['from_2_way_softmax', 'no_post_processing'\]"):
+        LLM(path, runner="pooling", hf_overrides={**arch, "classifier_from_token": ["w5", "w9"]})
+    with pytest.raises(ValueError, match="method='from_2_way_softmax' needs two classifier_from_token"):
+        LLM(path, runner="pooling", hf_overrides={**QWEN3_RERANKER, "classifier_from_token": ["w5"]})
+    with pytest.raises(ValueError, match=r"classifier_from_token \['nope'\] are not tokens of the model's tokenizer"):
+        LLM(path, runner="pooling", hf_overrides={**QWEN3_RERANKER, "classifier_from_token": ["w5", "nope"]})
+    with pytest.raises(ValueError, match=r"give hf_overrides 'architectures' a \*ForSequenceClassification"):
+        LLM(path, runner="pooling", hf_overrides={"classifier_from_token": ["w5", "w9"],
+                                                  "method": "from_2_way_softmax"})
