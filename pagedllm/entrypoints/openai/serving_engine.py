@@ -302,15 +302,11 @@ class OpenAIServing:
                                "--chat-template.", "chat_template")
 
         def render() -> list[int]:
-            ids = apply_chat_template(tok, conversation, chat_template=template,
-                                      add_generation_prompt=add_generation_prompt,
-                                      continue_final_message=continue_final_message, tools=tools,
-                                      documents=documents, chat_template_kwargs=chat_template_kwargs,
-                                      trusted=trusted)
-            bos = getattr(tok, "bos_token_id", None)
-            if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
-                ids = [bos] + ids
-            return ids
+            return apply_chat_template(tok, conversation, chat_template=template,
+                                       add_generation_prompt=add_generation_prompt,
+                                       continue_final_message=continue_final_message, tools=tools,
+                                       documents=documents, chat_template_kwargs=chat_template_kwargs,
+                                       trusted=trusted, add_special_tokens=add_special_tokens)
 
         try:
             return await self.run_tokenizer(render)
