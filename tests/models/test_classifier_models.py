@@ -261,3 +261,59 @@ def test_causal_lm_classifier_from_tokens_errors(causal_qwen3):
     with pytest.raises(ValueError, match=r"give hf_overrides 'architectures' a \*ForSequenceClassification"):
         LLM(path, runner="pooling", hf_overrides={"classifier_from_token": ["w5", "w9"],
                                                   "method": "from_2_way_softmax"})
+
+
+def test_tokenization_kwargs_as_vllm_reads_them(checkpoints, tmp_path):
+    """LLM.classify / score / embed / encode take vLLM's tokenization_kwargs: truncation + max_length truncate (the
+    tokenizer's way, [CLS] ... [SEP] kept), max_length alone is a limit, add_special_tokens=False drops [CLS] /
+    [SEP], do_lower_case lowers the text; a key vLLM would ignore is an error."""
+    from transformers import AutoTokenizer
+
+    from tests.unit.tiny_models import save_tiny_encoder, save_word_tokenizer
+    path, hf = checkpoints("bert", 3)
+    tok = AutoTokenizer.from_pretrained(path)
+    llm = LLM(path, dtype="float32")
+    long_text = " ".join(f"w{i}" for i in range(30))
+    (cut,) = llm.classify(long_text, tokenization_kwargs={"truncation": True, "max_length": 8}, use_tqdm=False)
+    assert cut.prompt_token_ids == tok(long_text, truncation=True, max_length=8)["input_ids"]
+    assert len(cut.prompt_token_ids) == 8 and cut.prompt_token_ids[-1] == 3
+    assert torch.allclose(torch.tensor(cut.outputs.probs), torch.softmax(hf(torch.tensor(
+        [cut.prompt_token_ids])).logits[0].detach(), -1), atol=1e-5)
+    (bare,) = llm.classify("w1 w2", tokenization_kwargs={"add_special_tokens": False}, use_tqdm=False)
+    assert bare.prompt_token_ids == [5, 6]
+    with torch.no_grad():
+        assert torch.allclose(torch.tensor(bare.outputs.probs), torch.softmax(hf(torch.tensor([[5, 6]])).logits[0],
+                                                                              -1), atol=1e-5)
+    (lower,) = llm.classify("W1 W2", tokenization_kwargs={"do_lower_case": True}, use_tqdm=False)
+    assert lower.prompt_token_ids == [2, 5, 6, 3]
+    # the truncate_prompt_tokens argument wins over the key (vLLM merges it over tokenization_kwargs)
+    (arg,) = llm.classify(long_text, truncate_prompt_tokens=5, tokenization_kwargs={"truncate_prompt_tokens": 9},
+                          use_tqdm=False)
+    assert len(arg.prompt_token_ids) == 5
+    with pytest.raises(ValueError, match="The prompt has 32 tokens, more than tokenization_kwargs max_length=8; "
+                                         "add truncation=True"):
+        llm.classify(long_text, tokenization_kwargs={"max_length": 8}, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"tokenization_kwargs \['padding'\] are not supported by pagedllm"):
+        llm.classify("w1", tokenization_kwargs={"padding": "max_length"}, use_tqdm=False)
+    with pytest.raises(ValueError, match="tokenization_kwargs truncation must be"):
+        llm.classify("w1", tokenization_kwargs={"truncation": "only_second"}, use_tqdm=False)
+    # a cross-encoder's pair, truncated the tokenizer's way
+    path, hf = checkpoints("bert", 1)
+    tok = AutoTokenizer.from_pretrained(path)
+    (pair,) = LLM(path, dtype="float32").score(QUERY, long_text, tokenization_kwargs={"truncation": True,
+                                                                                       "max_length": 12},
+                                               use_tqdm=False)
+    enc = tok(QUERY, long_text, truncation=True, max_length=12, return_tensors="pt")
+    assert pair.prompt_token_ids == enc["input_ids"][0].tolist()
+    with torch.no_grad():
+        assert pair.outputs.score == pytest.approx(float(torch.sigmoid(hf(**enc).logits[0, 0])), abs=1e-5)
+    # an embedding model: embed and encode
+    save_tiny_encoder(tmp_path, "bert")
+    save_word_tokenizer(tmp_path, "bert")
+    embedder = LLM(str(tmp_path), dtype="float32")
+    (emb,) = embedder.embed(long_text, tokenization_kwargs={"truncation": True, "max_length": 6}, use_tqdm=False)
+    (same,) = embedder.embed({"prompt_token_ids": [2, 4, 5, 6, 7, 3]}, use_tqdm=False)
+    assert emb.prompt_token_ids == [2, 4, 5, 6, 7, 3] and emb.outputs.embedding == pytest.approx(
+        same.outputs.embedding, abs=1e-6)
+    (enc_out,) = embedder.encode("w1 w2", tokenization_kwargs={"add_special_tokens": False}, use_tqdm=False)
+    assert enc_out.prompt_token_ids == [5, 6]
