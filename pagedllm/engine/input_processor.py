@@ -176,6 +176,10 @@ class InputProcessor:
         if params is None:
             params = PoolingParams()
         if not isinstance(params, PoolingParams):
+            if self.config.model.is_token_classifier:
+                raise ValueError("LLM.generate() is only supported for generative models: this is a pooling (token "
+                                 "classification / reward) model. Use LLM.reward() / LLM.encode(pooling_task="
+                                 "'token_classify').")
             if self.config.model.is_classifier:
                 raise ValueError("LLM.generate() is only supported for generative models: this is a pooling "
                                  "(sequence classification) model. Use LLM.classify() / LLM.score().")

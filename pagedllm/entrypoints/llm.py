@@ -270,6 +270,8 @@ class LLM:
         # vLLM's task names pagedllm has no pooler for get PoolingParams' "not supported yet" below.
         if pooling_task not in POOLING_TASKS and pooling_task not in VLLM_POOLING_TASKS_NOT_SUPPORTED:
             raise ValueError(f"pooling_task must be one of {POOLING_TASKS}, got {pooling_task!r}.")
+        if pooling_task == "encode" and self.llm_engine.config.model.is_token_classifier:
+            pooling_task = "token_classify"      # the model's own output, as the server's /pooling without a task
         if pooling_task in POOLING_TASKS:
             self.llm_engine.config.verify_pooling_task(pooling_task)
         prompts = _prompt_list(prompts)
@@ -338,15 +340,17 @@ class LLM:
                lora_request: Any = None, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
                truncate_prompt_tokens: int | None = None, priority: list[int] | None = None,
                tokenization_kwargs: dict | None = None) -> list:
-        """vLLM's reward-model API: not supported yet (no reward models), always an error that says so."""
-        raise ValueError(self._unsupported_pooling_task("reward", "a reward model"))
-
-    def _unsupported_pooling_task(self, method: str, needs: str) -> str:
+        """vLLM's reward-model API: every prompt token's reward (``.outputs.data``, ``[len, num_labels]``: a
+        Qwen2ForRewardModel's sigmoid score, a process reward model's softmax over its two labels; the logits with
+        ``PoolingParams(use_activation=False)``), i.e. ``LLM.encode(pooling_task="token_classify")``. A
+        ``*ForSequenceClassification`` reward model gives one score per prompt with LLM.classify()."""
         config = self.llm_engine.config
-        what = ("a text generation model" if not config.is_pooling
-                else "a sequence classification model: LLM.classify() works with it" if config.model.is_classifier
-                else "an embedding model: LLM.embed(), LLM.encode() and LLM.score() work with it")
-        return (f"LLM.{method}() needs {needs}, which pagedllm does not support yet; this is {what}.")
+        if config.is_pooling and not config.model.is_token_classifier and config.model.is_classifier:
+            raise ValueError("LLM.reward() gives per-token rewards (a Qwen2ForRewardModel, a token classifier); this "
+                             "is a sequence classification model: LLM.classify() gives its one score per prompt.")
+        return self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="token_classify",
+                           priority=priority, tokenization_kwargs=tokenization_kwargs)
 
     def score(self, text_1: PromptType | Sequence[PromptType], text_2: PromptType | Sequence[PromptType], *,
               truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,

@@ -289,6 +289,10 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if args.tokenizer and args.tokenizer in (model, args.model) and (gguf_path is not None or model != args.model):
         tokenizer_path = model_dir
     classifier_from_lm_head(hf_config, tokenizer_path, args)
+    from pagedllm.model.registry import REWARD_MODEL_LABELS
+    for arch in getattr(hf_config, "architectures", None) or []:
+        if arch in REWARD_MODEL_LABELS:
+            hf_config.num_labels = REWARD_MODEL_LABELS[arch]
     generation = {}
     gen_file = os.path.join(model_dir, "generation_config.json")
     if args.generation_config not in ("auto", "vllm"):
@@ -300,13 +304,14 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         with open(gen_file) as f:
             generation = json.load(f)
     generation.update(args.override_generation_config or {})
-    from pagedllm.model.registry import is_pooling_only, is_sequence_classifier
+    from pagedllm.model.registry import is_pooling_only, is_sequence_classifier, is_token_classifier
     headless = is_pooling_only(hf_config)       # encoders, bare decoders, classifiers: no language-model head
     pooling = headless or sentence_transformers_modules(model_dir) is not None
     return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,
                          gguf_file=gguf_path, generation_config=generation,
                          default_runner="pooling" if pooling else "generate", can_generate=not headless,
-                         max_seq_length=_max_seq_length(model_dir), is_classifier=is_sequence_classifier(hf_config))
+                         max_seq_length=_max_seq_length(model_dir), is_classifier=is_sequence_classifier(hf_config),
+                         is_token_classifier=is_token_classifier(hf_config))
 
 
 def load_model(config: "EngineConfig") -> torch.nn.Module:

@@ -49,7 +49,7 @@ def test_classify_equals_hf(checkpoints, arch, num_labels):
     llm = LLM(path, dtype="float32")        # runner "auto": a *ForSequenceClassification is a pooling model
     config = llm.llm_engine.config
     assert config.runner_type == "pooling"
-    assert config.pooling_tasks == (("classify", "score") if num_labels == 1 else ("classify",))
+    assert config.pooling_tasks == (("classify", "score") if num_labels == 1 else ("classify",)) + ("token_classify",)
     tok = AutoTokenizer.from_pretrained(path)
     # Texts, tokenized by the checkpoint's tokenizer; the tiny Qwen checkpoints take token ids (tiny_models).
     prompts = TEXTS if not arch.startswith("qwen") else [{"prompt_token_ids": _word_ids(text)} for text in TEXTS]
@@ -79,7 +79,7 @@ def test_cross_encoder_score_equals_hf_on_the_pair(checkpoints, arch):
     from transformers import AutoTokenizer
     path, hf = checkpoints(arch, 1)
     llm = LLM(path, dtype="float32")
-    assert llm.llm_engine.config.pooling_tasks == ("classify", "score")
+    assert llm.llm_engine.config.pooling_tasks == ("classify", "score", "token_classify")
     tok = AutoTokenizer.from_pretrained(path)
     scores = llm.score(QUERY, DOCS, use_tqdm=False)
     for doc, out in zip(DOCS, scores):
@@ -162,7 +162,7 @@ def test_wrong_api_for_a_classifier_is_vllms_error(checkpoints):
 def test_runner_task_and_convert_spellings(checkpoints, spelling):
     path, _ = checkpoints("xlm_roberta", 1)
     llm = LLM(path, dtype="float32", **spelling)
-    assert llm.llm_engine.config.pooling_tasks == ("classify", "score")
+    assert llm.llm_engine.config.pooling_tasks == ("classify", "score", "token_classify")
     assert len(llm.classify(TEXTS[:2], use_tqdm=False)) == 2
 
 
@@ -175,7 +175,7 @@ def test_convert_that_needs_a_new_head_is_a_clear_error(checkpoints, tmp_path):
         with pytest.raises(ValueError, match=r"needs a sequence-classification checkpoint .* converting a model into "
                                              r"a classifier with a new head is not supported yet"):
             LLM(str(tmp_path), skip_tokenizer_init=True, **spelling)
-    with pytest.raises(ValueError, match="convert='reward' is not supported yet"):
+    with pytest.raises(ValueError, match="convert='reward' runs a reward checkpoint"):
         LLM(str(tmp_path), skip_tokenizer_init=True, convert="reward")
     with pytest.raises(ValueError, match="task='embed' contradicts convert='classify'"):
         LLM(str(tmp_path), skip_tokenizer_init=True, task="embed", convert="classify")
@@ -225,7 +225,7 @@ def test_causal_lm_as_reranker_from_its_yes_no_logits(causal_qwen3, spelling):
     path, hf = causal_qwen3
     llm = LLM(path, dtype="float32", **spelling)
     config = llm.llm_engine.config
-    assert config.pooling_tasks == ("classify", "score") and config.hf_config.num_labels == 1
+    assert config.pooling_tasks == ("classify", "score", "token_classify") and config.hf_config.num_labels == 1
     scores = llm.score("w1 w2 w3 ", ["w4 w5", "w9 w9 w8", "w70 w71 w72 w73"], use_tqdm=False)
     for doc, out in zip(["w4 w5", "w9 w9 w8", "w70 w71 w72 w73"], scores):
         assert out.prompt_token_ids == _word_ids("w1 w2 w3 " + doc)

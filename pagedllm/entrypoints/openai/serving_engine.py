@@ -120,6 +120,7 @@ class OpenAIServing:
         config = engine.config
         self.models = ServingModels(engine, self.served_model_names, engine.engine_args.model,
                                     "generate" if not config.is_pooling
+                                    else "token_classify" if config.model.is_token_classifier
                                     else "classify" if config.model.is_classifier else "embed")
         self.tokenizer = tokenizer     # the engine's input tokenizer (the output processor decodes with another)
         self.chat_template = chat_template
