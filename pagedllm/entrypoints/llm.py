@@ -342,12 +342,9 @@ class LLM:
                tokenization_kwargs: dict | None = None) -> list:
         """vLLM's reward-model API: every prompt token's reward (``.outputs.data``, ``[len, num_labels]``: a
         Qwen2ForRewardModel's sigmoid score, a process reward model's softmax over its two labels; the logits with
-        ``PoolingParams(use_activation=False)``), i.e. ``LLM.encode(pooling_task="token_classify")``. A
-        ``*ForSequenceClassification`` reward model gives one score per prompt with LLM.classify()."""
-        config = self.llm_engine.config
-        if config.is_pooling and not config.model.is_token_classifier and config.model.is_classifier:
-            raise ValueError("LLM.reward() gives per-token rewards (a Qwen2ForRewardModel, a token classifier); this "
-                             "is a sequence classification model: LLM.classify() gives its one score per prompt.")
+        ``PoolingParams(use_activation=False)``), i.e. ``LLM.encode(pooling_task="token_classify")``, as vLLM. On a
+        ``*ForSequenceClassification`` reward model (Skywork-Reward, ...) that is its head on every token: the last
+        row is the sequence's reward, which LLM.classify() gives alone."""
         return self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
                            use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="token_classify",
                            priority=priority, tokenization_kwargs=tokenization_kwargs)

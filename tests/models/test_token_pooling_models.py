@@ -165,6 +165,7 @@ def test_token_classify_on_a_sequence_classifier(tmp_path):
     # its last row is the sequence's classification
     (cls,) = llm.classify([{"prompt_token_ids": PROMPTS[1]}], use_tqdm=False)
     assert torch.allclose(out.outputs.data[-1], torch.tensor(cls.outputs.probs), atol=1e-6)
-    with pytest.raises(ValueError, match="LLM.reward\\(\\) gives per-token rewards .* LLM.classify\\(\\)"):
-        llm.reward([{"prompt_token_ids": PROMPTS[0]}], use_tqdm=False)
+    # vLLM's LLM.reward is token_classify: the same rows
+    (reward,) = llm.reward([{"prompt_token_ids": PROMPTS[1]}], use_tqdm=False)
+    assert torch.equal(reward.outputs.data, out.outputs.data)
 
