@@ -10,6 +10,9 @@ Sequence classifiers (``ClassifierPooler``) pool the same rows, run the model's 
 the activation of the request's task: ``classify`` as HF's loss for the config's ``problem_type`` (softmax over
 several labels, sigmoid for one or for multi-label), ``score`` as the cross-encoder's sentence-transformers
 ``activation_fn`` (else the same rule); ``use_activation=False`` returns the logits.
+
+The per-token tasks keep every row of a request: ``token_embed`` each row normalized as an embedding,
+``token_classify`` the head on each row with ``classify``'s activation (token classifiers, reward models).
 """
 from __future__ import annotations
 
