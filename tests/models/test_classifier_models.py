@@ -317,3 +317,19 @@ def test_tokenization_kwargs_as_vllm_reads_them(checkpoints, tmp_path):
         same.outputs.embedding, abs=1e-6)
     (enc_out,) = embedder.encode("w1 w2", tokenization_kwargs={"add_special_tokens": False}, use_tqdm=False)
     assert enc_out.prompt_token_ids == [5, 6]
+
+
+def test_causal_lm_as_reranker_served(causal_qwen3):
+    # vllm serve Qwen/Qwen3-Reranker-0.6B --runner pooling --hf_overrides '{...}', then /rerank and /score.
+    from tests.unit.app_client import post_to_server_app
+    path, hf = causal_qwen3
+    docs = ["w4 w5", "w9 w9 w8", "w70 w71"]
+    (status, rerank), (score_status, score) = post_to_server_app(path, [
+        ("/rerank", {"query": "w1 w2 ", "documents": docs}),
+        ("/score", {"text_1": "w1 w2 ", "text_2": docs[0]})],
+        flags=("--runner", "pooling", "--hf_overrides", json.dumps(QWEN3_RERANKER)))
+    expected = [_yes_probability(hf, _word_ids("w1 w2 " + doc)) for doc in docs]
+    assert status == 200, rerank
+    assert [r["index"] for r in rerank["results"]] == sorted(range(3), key=lambda i: -expected[i])
+    assert [r["relevance_score"] for r in rerank["results"]] == pytest.approx(sorted(expected, reverse=True), abs=1e-5)
+    assert score_status == 200 and score["data"][0]["score"] == pytest.approx(expected[0], abs=1e-5)
