@@ -38,16 +38,17 @@ DEFAULT_CPU_KV_CACHE_GB = 4.0
 # a step must stay well under a second for it to finish within 2 s (docs/reliability.md has the measurement).
 SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD = 64
 # vLLM's names for what pagedllm does not do yet, so a tutorial gets "not supported yet", not "unexpected keyword".
-_UNSUPPORTED_TASKS = ("reward", "transcription", "draft")
+_UNSUPPORTED_TASKS = ("transcription", "draft")
 # vLLM's spellings of "this model embeds" and "this model classifies / scores pairs" (task is the older argument,
 # runner + convert the newer ones).
 _EMBED_TASKS = ("embed", "embedding")
 _CLASSIFY_TASKS = ("classify", "score")
+_REWARD_TASKS = ("reward",)      # vLLM's task="reward": convert="reward"
 # convert (vLLM's): run a checkpoint as another kind of pooling model. "embed" and "classify" name what a checkpoint
 # already is here (a decoder or encoder as an embedder; a *ForSequenceClassification as a classifier); converting a
 # generative checkpoint into a classifier with a new head, or into a reward model, is not supported yet.
-CONVERT_CHOICES = ("auto", "none", "embed", "classify")
-_UNSUPPORTED_CONVERT = ("reward", "mm_encoder_only")
+CONVERT_CHOICES = ("auto", "none", "embed", "classify", "reward")
+_UNSUPPORTED_CONVERT = ("mm_encoder_only",)
 # kv_cache_dtype (vLLM's names): "auto" is the model's dtype; "fp8" is e4m3 (vLLM's default fp8 format). Values
 # are stored divided by a per-tensor scale (k_scale / v_scale, 1.0 as vLLM when the checkpoint has none).
 # "bfloat16" (vLLM's too) halves a float32 model's cache (the CPU default dtype) and is "auto" for a bf16 model.
@@ -548,11 +549,11 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"data_parallel_size={args.data_parallel_size} is not supported yet; use 1.")
     if args.enable_expert_parallel:
         raise ValueError("enable_expert_parallel is not supported yet (no mixture-of-experts models).")
-    for name, choices in (("task", ("auto", "generate") + _EMBED_TASKS + _CLASSIFY_TASKS),
+    for name, choices in (("task", ("auto", "generate") + _EMBED_TASKS + _CLASSIFY_TASKS + _REWARD_TASKS),
                           ("runner", ("auto", "generate", "pooling"))):
         value = getattr(args, name)
         if value in _UNSUPPORTED_TASKS:
-            raise ValueError(f"{name}={value!r}: reward, transcription and draft models are not supported yet; use "
+            raise ValueError(f"{name}={value!r}: transcription and draft models are not supported yet; use "
                              f"{name} in {choices}.")
         if value not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
@@ -563,9 +564,9 @@ def verify_engine_args(args: EngineArgs) -> None:
     requested = requested_runner(args)
     if requested is not None and (args.runner not in ("auto", requested)):
         raise ValueError(f"task={args.task!r} contradicts runner={args.runner!r}.")
-    if args.convert in ("embed", "classify") and args.runner == "generate":
+    if args.convert in ("embed", "classify", "reward") and args.runner == "generate":
         raise ValueError(f"convert={args.convert!r} makes a pooling model: it contradicts runner='generate'.")
-    if requested_convert(args) is None and args.task in _EMBED_TASKS + _CLASSIFY_TASKS:
+    if requested_convert(args) is None and args.task in _EMBED_TASKS + _CLASSIFY_TASKS + _REWARD_TASKS:
         raise ValueError(f"task={args.task!r} contradicts convert={args.convert!r}.")
     if args.kv_cache_dtype in _UNSUPPORTED_KV_CACHE_DTYPES:
         raise ValueError(f"kv_cache_dtype={args.kv_cache_dtype!r} is not supported yet; use one of "
@@ -709,7 +710,7 @@ def reasoning_parser_name(args: EngineArgs) -> str:
 
 def requested_runner(args: EngineArgs) -> str | None:
     """"generate" or "pooling" when runner / task / convert name one, else None (the checkpoint decides)."""
-    if args.task in _EMBED_TASKS + _CLASSIFY_TASKS or args.convert in ("embed", "classify"):
+    if args.task in _EMBED_TASKS + _CLASSIFY_TASKS + _REWARD_TASKS or args.convert in ("embed", "classify", "reward"):
         return "pooling"
     if args.task == "generate":
         return "generate"
@@ -719,7 +720,8 @@ def requested_runner(args: EngineArgs) -> str | None:
 def requested_convert(args: EngineArgs) -> str | None:
     """"embed" or "classify" when task / convert name one (vLLM maps task embed -> convert embed, classify and
     score -> convert classify); "auto" for neither; None when task and convert disagree."""
-    from_task = "embed" if args.task in _EMBED_TASKS else "classify" if args.task in _CLASSIFY_TASKS else "auto"
+    from_task = "embed" if args.task in _EMBED_TASKS else "classify" if args.task in _CLASSIFY_TASKS else \
+        "reward" if args.task in _REWARD_TASKS else "auto"
     convert = args.convert if args.convert != "none" else "auto"
     if from_task != "auto" and convert not in ("auto", from_task):
         return None
@@ -733,7 +735,14 @@ def _resolve_runner(args: EngineArgs, model: "ResolvedModel") -> str:
     if convert == "classify" and not model.is_classifier:
         raise ValueError(f"convert='classify' (task='classify' / 'score') needs a sequence-classification "
                          f"checkpoint (*ForSequenceClassification); this model ({arch}) has none, and converting a "
-                         f"model into a classifier with a new head is not supported yet.")
+                         f"model into a classifier with a new head is not supported yet. A causal LM whose answer "
+                         f"tokens are the classes (Qwen3-Reranker's recipe) converts with hf_overrides="
+                         f"{{'classifier_from_token': ['no', 'yes'], 'method': 'from_2_way_softmax'}}.")
+    if convert == "reward" and not model.is_token_classifier:
+        raise ValueError(f"convert='reward' runs a reward checkpoint (Qwen2ForRewardModel, "
+                         f"Qwen2ForProcessRewardModel, a *ForTokenClassification); this model ({arch}) is none, and "
+                         f"converting a model into a reward model (its hidden states as rewards) is not supported "
+                         f"yet. A *ForSequenceClassification reward model scores with LLM.classify().")
     if convert == "embed" and model.is_classifier:
         raise ValueError(f"This model ({arch}) is a sequence classifier: converting it into an embedding model "
                          f"(convert='embed', task='embed') is not supported yet; use LLM.classify() / LLM.score() "
@@ -870,6 +879,8 @@ class ResolvedModel:
     # A *ForSequenceClassification checkpoint: its pooler runs the classification head (classify; score when it
     # has one label: a cross-encoder).
     is_classifier: bool = False
+    # A head on every token (*ForTokenClassification, Qwen2ForRewardModel): token_classify only (LLM.reward).
+    is_token_classifier: bool = False
 
 
 @dataclass(frozen=True)
@@ -997,16 +1008,29 @@ class EngineConfig:
         which scores pairs only with one label (a cross-encoder, as vLLM)."""
         if not self.is_pooling:
             return ()
+        if self.model.is_token_classifier:
+            return ("token_classify",)
         if self.model.is_classifier:
-            return ("classify", "score") if getattr(self.hf_config, "num_labels", 0) == 1 else ("classify",)
-        return ("embed", "encode", "score")
+            return (("classify", "score") if getattr(self.hf_config, "num_labels", 0) == 1 else ("classify",)) + \
+                ("token_classify",)
+        return ("embed", "encode", "score", "token_embed")
 
     def verify_pooling_task(self, task: str | None) -> None:
         """vLLM's errors for a pooling task this model does not run (None: the model's own)."""
         if task is None or task in self.pooling_tasks:
             return
+        if self.model.is_token_classifier:
+            raise ValueError(f"Task {task} is not supported by this model: it has a head on every token (a token "
+                             f"classifier or reward model); use LLM.reward() or LLM.encode(pooling_task="
+                             f"'token_classify') (/pooling).")
         if task == "score":
             raise ValueError("Scoring API is only enabled for num_labels == 1.")
+        if task == "token_embed":
+            raise ValueError("Task token_embed is not supported by this model: it is a sequence classification "
+                             "model; use pooling_task='token_classify' for its head on every token.")
+        if task == "token_classify":
+            raise ValueError("Task token_classify is not supported by this model: it is an embedding model (no "
+                             "classification head); use pooling_task='token_embed' for per-token embeddings.")
         if self.model.is_classifier:
             api = {"embed": "Embedding API", "encode": "LLM.encode() without pooling_task='classify'"}.get(task, task)
             raise ValueError(f"{api} is not supported by this model: it is a sequence classification model; use "

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 
 from pagedllm.sampling_params import RequestOutputKind, check_truncate_prompt_tokens
 
-POOLING_TASKS = ("embed", "encode", "classify", "score")
-# vLLM's other pooling tasks: per-token outputs, IO-processor plugins.
-VLLM_POOLING_TASKS_NOT_SUPPORTED = ("token_classify", "token_embed", "plugin", "embed&token_classify")
+POOLING_TASKS = ("embed", "encode", "classify", "score", "token_embed", "token_classify")
+# Tasks with one output row per prompt token: token_embed (multi-vector retrieval), token_classify (NER, rewards).
+TOKEN_TASKS = ("token_embed", "token_classify")
+# vLLM's other pooling tasks: IO-processor plugins, two outputs at once.
+VLLM_POOLING_TASKS_NOT_SUPPORTED = ("plugin", "embed&token_classify")
 # The request fields each task takes (vLLM's rule: another one set is an error, not ignored).
 _TASK_FIELDS = {"embed": ("dimensions", "normalize"), "encode": ("dimensions", "normalize"),
-                "classify": ("use_activation",), "score": ("use_activation",)}
+                "classify": ("use_activation",), "score": ("use_activation",),
+                "token_embed": ("dimensions", "normalize"), "token_classify": ("use_activation",)}
 
 
 @dataclass
@@ -57,8 +60,8 @@ class PoolingParams:
                                      f"older name of use_activation: set only use_activation.")
                 self.use_activation = value
         if self.task in VLLM_POOLING_TASKS_NOT_SUPPORTED:
-            raise ValueError(f"Pooling task {self.task!r} is not supported yet by pagedllm: it pools one vector per "
-                             f"prompt, an embedding or a classifier's output (tasks {', '.join(POOLING_TASKS)}).")
+            raise ValueError(f"Pooling task {self.task!r} is not supported yet by pagedllm (tasks "
+                             f"{', '.join(POOLING_TASKS)}).")
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}.")
         if self.task is not None:

@@ -176,6 +176,10 @@ class InputProcessor:
         if params is None:
             params = PoolingParams()
         if not isinstance(params, PoolingParams):
+            if self.config.model.is_token_classifier:
+                raise ValueError("LLM.generate() is only supported for generative models: this is a pooling (token "
+                                 "classification / reward) model. Use LLM.reward() / LLM.encode(pooling_task="
+                                 "'token_classify').")
             if self.config.model.is_classifier:
                 raise ValueError("LLM.generate() is only supported for generative models: this is a pooling "
                                  "(sequence classification) model. Use LLM.classify() / LLM.score().")
@@ -219,14 +223,16 @@ class InputProcessor:
                              f"({self.max_model_len}). Please, select a smaller truncation size.")
         return self.max_model_len if limit == -1 else limit
 
-    def encode_for_pooling(self, text: str, params: PoolingParams) -> list[int]:
+    def encode_for_pooling(self, text: str, params: PoolingParams, add_special_tokens: bool = True) -> list[int]:
         """A pooling prompt's token ids: with ``truncate_prompt_tokens`` the tokenizer truncates (its truncation side,
         keeping [CLS] ... [SEP]), as sentence-transformers does."""
         if params.truncate_prompt_tokens is None or self.tokenizer is None:
-            return self.encode(text)
-        return self.tokenizer(text, truncation=True, max_length=self.truncation_limit(params))["input_ids"]
+            return self.encode(text, add_special_tokens)
+        return self.tokenizer(text, truncation=True, max_length=self.truncation_limit(params),
+                              add_special_tokens=add_special_tokens)["input_ids"]
 
-    def encode_pair_for_pooling(self, first: str, second: str, params: PoolingParams) -> dict:
+    def encode_pair_for_pooling(self, first: str, second: str, params: PoolingParams,
+                                add_special_tokens: bool = True) -> dict:
         """A cross-encoder's (query, document) pair as one prompt, joined as its tokenizer joins a text pair
         (``[CLS] q [SEP] d [SEP]`` with token types 0 then 1 for BERT, ``<s> q </s></s> d </s>`` for XLM-R), as vLLM
         does; ``truncate_prompt_tokens`` truncates the longer text first (the tokenizer's longest_first). A config
@@ -239,9 +245,9 @@ class InputProcessor:
                 raise ValueError(f"A cross-encoder scores text pairs: each query and document must be a string, "
                                  f"got {type(text).__name__}.")
             _check_utf8(text)
-        kwargs = {}
+        kwargs: dict = {"add_special_tokens": add_special_tokens}
         if params.truncate_prompt_tokens is not None:
-            kwargs = {"truncation": True, "max_length": self.truncation_limit(params)}
+            kwargs.update(truncation=True, max_length=self.truncation_limit(params))
         hf = self.config.hf_config
         use_sep = getattr(hf, "use_pad_token", None)
         if use_sep is None:

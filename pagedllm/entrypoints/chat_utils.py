@@ -149,10 +149,12 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
                         add_generation_prompt: bool = True, continue_final_message: bool = False,
                         tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
                         trusted: bool = True, documents: list[dict] | None = None, time_limit_s: float = CHAT_TEMPLATE_TIME_LIMIT_S,
-                        max_chars: int = CHAT_TEMPLATE_MAX_CHARS) -> list[int]:
+                        max_chars: int = CHAT_TEMPLATE_MAX_CHARS, add_special_tokens: bool = False) -> list[int]:
     """Token ids of a conversation rendered by the tokenizer's chat template (or ``chat_template``); ``documents``
     (RAG templates' variable, as vLLM's chat request field) goes to the template as is.
-    ``trusted=False`` (a template from a request): sandboxed, with ``time_limit_s`` and ``max_chars`` limits."""
+    ``trusted=False`` (a template from a request): sandboxed, with ``time_limit_s`` and ``max_chars`` limits.
+    ``add_special_tokens`` (vLLM's chat request field): the rendered text is tokenized with the tokenizer's own special
+    tokens on top of the template's ([CLS] ... [SEP] for BERT, BOS for Llama), a BOS the template holds not twice."""
     if tokenizer is None:
         raise ValueError("chat needs a tokenizer (skip_tokenizer_init=True was given).")
     check_chat_template_kwargs(chat_template_kwargs)
@@ -195,8 +197,13 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
         text.encode("utf-8")
     except UnicodeEncodeError:     # a lone surrogate ("\ud800") that no tokenizer can encode
         raise ValueError("messages contains invalid Unicode (lone surrogate).") from None
-    # The template already holds the special tokens (BOS etc.): don't add them twice.
-    return tokenizer.encode(text, add_special_tokens=False)
+    if not add_special_tokens:       # the template holds the special tokens (BOS etc.): don't add them twice
+        return tokenizer.encode(text, add_special_tokens=False)
+    ids = tokenizer.encode(text, add_special_tokens=True)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and ids[:2] == [bos, bos]:
+        ids = ids[1:]
+    return ids
 
 
 def render_untrusted_template(chat_template: str, conversation: list[dict], *, add_generation_prompt: bool,

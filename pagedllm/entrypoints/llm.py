@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
@@ -41,6 +42,58 @@ def _text_of(prompt: Any, name: str) -> Any:
     if isinstance(prompt, dict):
         raise ValueError(f"{name}: a cross-encoder scores text pairs; token-id prompts cannot be paired.")
     return prompt
+
+
+# vLLM's tokenization_kwargs keys a pooling prompt's tokenization honours (its renderer's TokenizeParams).
+POOLING_TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation", "max_length", "add_special_tokens",
+                               "do_lower_case")
+
+
+@dataclass
+class PoolingTokenization:
+    """What ``tokenization_kwargs`` ask of a pooling call's prompts."""
+    truncate_prompt_tokens: int | None = None    # keep this many tokens (-1: max_model_len); None: no truncation
+    max_length: int | None = None                # without truncation: a longer prompt is an error
+    add_special_tokens: bool = True
+    do_lower_case: bool = False
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict | None, truncate_prompt_tokens: int | None) -> "PoolingTokenization":
+        """vLLM's reading: ``truncation`` True / "longest_first" truncates to ``max_length`` (else max_model_len),
+        False / "do_not_truncate" not at all; ``max_length`` alone is a length limit; the ``truncate_prompt_tokens``
+        argument wins over the key. A key vLLM would ignore is an error here."""
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(f"tokenization_kwargs must be a dict, got {type(kwargs).__name__}.")
+        kw = dict(kwargs or {})
+        unknown = sorted(set(kw) - set(POOLING_TOKENIZATION_KWARGS))
+        if unknown:
+            raise ValueError(f"tokenization_kwargs {unknown} are not supported by pagedllm; supported keys: "
+                             f"{list(POOLING_TOKENIZATION_KWARGS)}.")
+        out = cls(truncate_prompt_tokens=kw.get("truncate_prompt_tokens"), max_length=kw.get("max_length"))
+        if out.max_length is not None and (not isinstance(out.max_length, int) or isinstance(out.max_length, bool)
+                                           or out.max_length < 1):
+            raise ValueError(f"tokenization_kwargs max_length must be a positive int, got {out.max_length!r}.")
+        truncation = kw.get("truncation")
+        if truncation in (True, "longest_first"):
+            out.truncate_prompt_tokens = out.max_length if out.max_length is not None else -1
+        elif truncation in (False, "do_not_truncate"):
+            out.truncate_prompt_tokens = None
+        elif truncation is not None:
+            raise ValueError(f"tokenization_kwargs truncation must be True, False, 'longest_first' or "
+                             f"'do_not_truncate', got {truncation!r}.")
+        for name in ("add_special_tokens", "do_lower_case"):
+            if name in kw:
+                if not isinstance(kw[name], bool):
+                    raise ValueError(f"tokenization_kwargs {name} must be True or False, got {kw[name]!r}.")
+                setattr(out, name, kw[name])
+        if truncate_prompt_tokens is not None:
+            out.truncate_prompt_tokens = truncate_prompt_tokens
+        return out
+
+    def check_length(self, ids: list[int]) -> None:
+        if self.max_length is not None and self.truncate_prompt_tokens is None and len(ids) > self.max_length:
+            raise ValueError(f"The prompt has {len(ids)} tokens, more than tokenization_kwargs max_length="
+                             f"{self.max_length}; add truncation=True to truncate it.")
 
 
 class LLM:
@@ -202,10 +255,12 @@ class LLM:
     def encode(self, prompts: PromptType | Sequence[PromptType],
                pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
                truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,
-               pooling_task: str = "encode", priority: list[int] | None = None) -> list[PoolingRequestOutput]:
+               pooling_task: str = "encode", priority: list[int] | None = None,
+               tokenization_kwargs: dict | None = None) -> list[PoolingRequestOutput]:
         """Pool each prompt's hidden states into one vector (``.outputs.data``, a tensor: an embedding, or with
         ``pooling_task="classify"`` a classifier's class probabilities), batched by the scheduler like generation. A
-        pooling model only (runner='pooling')."""
+        pooling model only (runner='pooling'). ``tokenization_kwargs`` (vLLM's): ``truncation`` / ``max_length`` /
+        ``truncate_prompt_tokens``, ``add_special_tokens``, ``do_lower_case``."""
         if not self.llm_engine.config.is_pooling:
             raise ValueError(f"LLM.{pooling_task}() is only supported for pooling (embedding or classification) "
                              f"models: this is a text generation model. Pass runner='pooling' (task='embed') to use "
@@ -215,6 +270,8 @@ class LLM:
         # vLLM's task names pagedllm has no pooler for get PoolingParams' "not supported yet" below.
         if pooling_task not in POOLING_TASKS and pooling_task not in VLLM_POOLING_TASKS_NOT_SUPPORTED:
             raise ValueError(f"pooling_task must be one of {POOLING_TASKS}, got {pooling_task!r}.")
+        if pooling_task == "encode" and self.llm_engine.config.model.is_token_classifier:
+            pooling_task = "token_classify"      # the model's own output, as the server's /pooling without a task
         if pooling_task in POOLING_TASKS:
             self.llm_engine.config.verify_pooling_task(pooling_task)
         prompts = _prompt_list(prompts)
@@ -228,55 +285,74 @@ class LLM:
                                  f"{type(wrong).__name__} (SamplingParams are for LLM.generate).")
             if len(params) != len(prompts):
                 raise ValueError("The lengths of prompts and pooling_params must be the same.")
+        tokenization = PoolingTokenization.from_kwargs(tokenization_kwargs, truncate_prompt_tokens)
         params = [p.clone() for p in params]     # the caller's objects stay as they were given
         for p in params:
             p.task = pooling_task
-            if truncate_prompt_tokens is not None:
-                p.truncate_prompt_tokens = truncate_prompt_tokens
+            if tokenization.truncate_prompt_tokens is not None:
+                p.truncate_prompt_tokens = tokenization.truncate_prompt_tokens
             p.__post_init__()    # validates them (a task pagedllm has no pooler for is an error, not an embedding)
         if priority is not None and len(priority) != len(prompts):
             raise ValueError("The lengths of prompts and priority must be the same.")
         for p in priority or ():
             self.llm_engine.config.verify_priority(p)
+        if tokenization_kwargs:
+            prompts = [self._tokenize_for_pooling(prompt, p, tokenization) for prompt, p in zip(prompts, params)]
         return self._run(prompts, params, priority, use_tqdm)
+
+    def _tokenize_for_pooling(self, prompt: PromptType, params: PoolingParams,
+                              tokenization: PoolingTokenization) -> PromptType:
+        """A text prompt tokenized as ``tokenization`` asks (a token-id prompt as given), its length checked."""
+        processor = self.llm_engine.input_processor
+        text, ids, _ = processor.split_prompt(prompt)
+        if ids is None:
+            ids = processor.encode_for_pooling(text.lower() if tokenization.do_lower_case else text, params,
+                                               tokenization.add_special_tokens)
+            prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
+                {"prompt": text, "prompt_token_ids": ids}
+        tokenization.check_length(ids)
+        return prompt
 
     def embed(self, prompts: PromptType | Sequence[PromptType],
               pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
               truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,
-              priority: list[int] | None = None) -> list[EmbeddingRequestOutput]:
+              priority: list[int] | None = None,
+              tokenization_kwargs: dict | None = None) -> list[EmbeddingRequestOutput]:
         """One embedding per prompt (``.outputs.embedding``, a list of floats)."""
         outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
-                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed", priority=priority)
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed", priority=priority,
+                              tokenization_kwargs=tokenization_kwargs)
         return [EmbeddingRequestOutput.from_base(o) for o in outputs]
 
     def classify(self, prompts: PromptType | Sequence[PromptType], *, use_tqdm: UseTqdm = True,
                  lora_request: Any = None, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-                 truncate_prompt_tokens: int | None = None,
-                 priority: list[int] | None = None) -> list[ClassificationRequestOutput]:
+                 truncate_prompt_tokens: int | None = None, priority: list[int] | None = None,
+                 tokenization_kwargs: dict | None = None) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt (``.outputs.probs``, ``.outputs.num_classes``) from a sequence-
         classification model (``*ForSequenceClassification``): softmax over the labels, sigmoid for one label;
         ``PoolingParams(use_activation=False)`` gives the logits."""
         outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
                               use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="classify",
-                              priority=priority)
+                              priority=priority, tokenization_kwargs=tokenization_kwargs)
         return [ClassificationRequestOutput.from_base(o) for o in outputs]
 
     def reward(self, prompts: PromptType | Sequence[PromptType], *, use_tqdm: UseTqdm = True,
                lora_request: Any = None, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-               priority: list[int] | None = None) -> list:
-        """vLLM's reward-model API: not supported yet (no reward models), always an error that says so."""
-        raise ValueError(self._unsupported_pooling_task("reward", "a reward model"))
-
-    def _unsupported_pooling_task(self, method: str, needs: str) -> str:
-        config = self.llm_engine.config
-        what = ("a text generation model" if not config.is_pooling
-                else "a sequence classification model: LLM.classify() works with it" if config.model.is_classifier
-                else "an embedding model: LLM.embed(), LLM.encode() and LLM.score() work with it")
-        return (f"LLM.{method}() needs {needs}, which pagedllm does not support yet; this is {what}.")
+               truncate_prompt_tokens: int | None = None, priority: list[int] | None = None,
+               tokenization_kwargs: dict | None = None) -> list:
+        """vLLM's reward-model API: every prompt token's reward (``.outputs.data``, ``[len, num_labels]``: a
+        Qwen2ForRewardModel's sigmoid score, a process reward model's softmax over its two labels; the logits with
+        ``PoolingParams(use_activation=False)``), i.e. ``LLM.encode(pooling_task="token_classify")``, as vLLM. On a
+        ``*ForSequenceClassification`` reward model (Skywork-Reward, ...) that is its head on every token: the last
+        row is the sequence's reward, which LLM.classify() gives alone."""
+        return self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="token_classify",
+                           priority=priority, tokenization_kwargs=tokenization_kwargs)
 
     def score(self, text_1: PromptType | Sequence[PromptType], text_2: PromptType | Sequence[PromptType], *,
               truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,
-              pooling_params: PoolingParams | None = None) -> list[ScoringRequestOutput]:
+              pooling_params: PoolingParams | None = None,
+              tokenization_kwargs: dict | None = None) -> list[ScoringRequestOutput]:
         """Similarity of text pairs. A cross-encoder (a ``*ForSequenceClassification`` with one label, e.g.
         bge-reranker, ms-marco-MiniLM) reads each pair as one prompt and gives its score (its activation unless
         ``PoolingParams(use_activation=False)``); an embedding model gives the cosine of the two embeddings.
@@ -293,12 +369,15 @@ class LLM:
             raise ValueError("LLM.score() is only supported for pooling models: this is a text generation model. Pass "
                              "runner='pooling' to use it as one.")
         if config.model.is_classifier:
-            return self._cross_encoder_score(first, second, pooling_params, truncate_prompt_tokens, use_tqdm,
-                                             lora_request)
+            return self._cross_encoder_score(first, second, pooling_params,
+                                             PoolingTokenization.from_kwargs(tokenization_kwargs,
+                                                                             truncate_prompt_tokens),
+                                             use_tqdm, lora_request)
         params = (pooling_params or PoolingParams()).clone()
         params.normalize = True
         encoded = self.encode(first + second, params, truncate_prompt_tokens=truncate_prompt_tokens,
-                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed")
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed",
+                              tokenization_kwargs=tokenization_kwargs)
         n = len(first)
         results = []
         for a, b in zip(encoded[:n], encoded[n:]):
@@ -308,17 +387,24 @@ class LLM:
         return results
 
     def _cross_encoder_score(self, first: list, second: list, pooling_params: PoolingParams | None,
-                             truncate_prompt_tokens: int | None, use_tqdm: UseTqdm,
+                             tokenization: PoolingTokenization, use_tqdm: UseTqdm,
                              lora_request: Any) -> list[ScoringRequestOutput]:
         self.llm_engine.config.verify_pooling_task("score")
         params = (pooling_params or PoolingParams()).clone()
-        if truncate_prompt_tokens is not None:
-            params.truncate_prompt_tokens = truncate_prompt_tokens
+        if tokenization.truncate_prompt_tokens is not None:
+            params.truncate_prompt_tokens = tokenization.truncate_prompt_tokens
         params.task = "score"
         params.__post_init__()
         processor = self.llm_engine.input_processor
-        pairs = [processor.encode_pair_for_pooling(_text_of(a, "text_1"), _text_of(b, "text_2"), params)
+
+        def text(prompt: Any, name: str) -> Any:
+            text = _text_of(prompt, name)
+            return text.lower() if tokenization.do_lower_case and isinstance(text, str) else text
+        pairs = [processor.encode_pair_for_pooling(text(a, "text_1"), text(b, "text_2"), params,
+                                                   tokenization.add_special_tokens)
                  for a, b in zip(first, second)]
+        for pair in pairs:
+            tokenization.check_length(pair["prompt_token_ids"])
         outputs = self.encode(pairs, params, use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="score")
         return [ScoringRequestOutput.from_base(o) for o in outputs]
 

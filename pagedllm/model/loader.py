@@ -198,6 +198,58 @@ def _override_hf_config(hf_config, overrides: dict) -> None:
         hf_config.rope_parameters = params
 
 
+# vLLM's ways of making a sequence classifier from a causal LM's head rows (hf_overrides "method"):
+# from_2_way_softmax: one label, the difference of the [false, true] tokens' rows, so sigmoid(logit) is the softmax
+# over those two tokens' logits (Qwen3-Reranker, mxbai-rerank-v2); no_post_processing: one label per token, its row.
+SEQ_CLS_FROM_TOKEN_METHODS = ("from_2_way_softmax", "no_post_processing")
+
+
+def classifier_from_lm_head(hf_config, tokenizer_path: str, args: "EngineArgs") -> None:
+    """vLLM's online conversion of a ``*ForCausalLM`` checkpoint into a ``*ForSequenceClassification``: with
+    ``hf_overrides`` naming ``classifier_from_token`` (and ``method``, or ``is_original_qwen3_reranker``), the score
+    head is built from the LM head's rows of those tokens. Sets ``num_labels``, the pair joining (no separator unless
+    the config says ``use_pad_token`` / ``use_sep_token``) and ``classifier_from_token_ids`` for the model's loader;
+    ``convert='classify'`` turns the causal architecture into its sequence classifier."""
+    from pagedllm.config import requested_convert
+    from pagedllm.model.registry import sequence_classifier_of
+    tokens = getattr(hf_config, "classifier_from_token", None)
+    method = getattr(hf_config, "method", None)
+    if getattr(hf_config, "is_original_qwen3_reranker", False):
+        method = method or "from_2_way_softmax"
+    if tokens is None and method is None:
+        return
+    archs = list(getattr(hf_config, "architectures", None) or [])
+    if requested_convert(args) == "classify":
+        archs = [sequence_classifier_of(a) or a for a in archs]
+        hf_config.architectures = archs
+    if method not in SEQ_CLS_FROM_TOKEN_METHODS:
+        raise ValueError(f"classifier_from_token needs hf_overrides 'method' in {list(SEQ_CLS_FROM_TOKEN_METHODS)} "
+                         f"(or 'is_original_qwen3_reranker': true), got method={method!r}.")
+    if not isinstance(tokens, (list, tuple)) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"method={method!r} needs hf_overrides 'classifier_from_token', a list of token strings, "
+                         f"got {tokens!r}.")
+    if method == "from_2_way_softmax" and len(tokens) != 2:
+        raise ValueError(f"method='from_2_way_softmax' needs two classifier_from_token (the false and the true "
+                         f"token, e.g. [\"no\", \"yes\"]), got {list(tokens)}.")
+    from pagedllm.model.registry import is_sequence_classifier
+    if not is_sequence_classifier(hf_config):
+        raise ValueError(f"classifier_from_token makes a sequence classifier from the LM head: give hf_overrides "
+                         f"'architectures' a *ForSequenceClassification (e.g. [\"Qwen3ForSequenceClassification\"]) "
+                         f"or convert='classify'; this model is {archs}.")
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=args.trust_remote_code,
+                                        revision=args.tokenizer_revision)
+    ids = tok.convert_tokens_to_ids(list(tokens))
+    unknown = [t for t, i in zip(tokens, ids) if i is None or i == tok.unk_token_id]
+    if unknown:
+        raise ValueError(f"classifier_from_token {unknown} are not tokens of the model's tokenizer.")
+    hf_config.method = method
+    hf_config.classifier_from_token_ids = list(ids)
+    hf_config.num_labels = 1 if method == "from_2_way_softmax" else len(ids)
+    if getattr(hf_config, "use_pad_token", None) is None and getattr(hf_config, "use_sep_token", None) is None:
+        hf_config.use_pad_token = False      # an LLM as reranker: query and document joined without a separator
+
+
 def resolve_model(args: "EngineArgs") -> ResolvedModel:
     from pagedllm.model import gguf_loader
     from pagedllm.model.hf_configs import load_hf_config
@@ -236,6 +288,11 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     tokenizer_path = args.tokenizer or model_dir
     if args.tokenizer and args.tokenizer in (model, args.model) and (gguf_path is not None or model != args.model):
         tokenizer_path = model_dir
+    classifier_from_lm_head(hf_config, tokenizer_path, args)
+    from pagedllm.model.registry import REWARD_MODEL_LABELS
+    for arch in getattr(hf_config, "architectures", None) or []:
+        if arch in REWARD_MODEL_LABELS:
+            hf_config.num_labels = REWARD_MODEL_LABELS[arch]
     generation = {}
     gen_file = os.path.join(model_dir, "generation_config.json")
     if args.generation_config not in ("auto", "vllm"):
@@ -247,13 +304,14 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         with open(gen_file) as f:
             generation = json.load(f)
     generation.update(args.override_generation_config or {})
-    from pagedllm.model.registry import is_pooling_only, is_sequence_classifier
+    from pagedllm.model.registry import is_pooling_only, is_sequence_classifier, is_token_classifier
     headless = is_pooling_only(hf_config)       # encoders, bare decoders, classifiers: no language-model head
     pooling = headless or sentence_transformers_modules(model_dir) is not None
     return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,
                          gguf_file=gguf_path, generation_config=generation,
                          default_runner="pooling" if pooling else "generate", can_generate=not headless,
-                         max_seq_length=_max_seq_length(model_dir), is_classifier=is_sequence_classifier(hf_config))
+                         max_seq_length=_max_seq_length(model_dir), is_classifier=is_sequence_classifier(hf_config),
+                         is_token_classifier=is_token_classifier(hf_config))
 
 
 def load_model(config: "EngineConfig") -> torch.nn.Module:

@@ -31,12 +31,26 @@ _MODELS = {
     "MistralForSequenceClassification": ("llama", "LlamaForSequenceClassification"),
     "Qwen2ForSequenceClassification": ("qwen2", "Qwen2ForSequenceClassification"),
     "Qwen3ForSequenceClassification": ("qwen3", "Qwen3ForSequenceClassification"),
+    # Per-token heads (LLM.encode(pooling_task="token_classify"), LLM.reward, /pooling): NER-style token classifiers
+    # and Qwen2.5-Math's reward models (an MLP score head on every token).
+    "BertForTokenClassification": ("bert", "BertForTokenClassification"),
+    "XLMRobertaForTokenClassification": ("xlm_roberta", "XLMRobertaForTokenClassification"),
+    "RobertaForTokenClassification": ("xlm_roberta", "XLMRobertaForTokenClassification"),
+    "Qwen2ForRewardModel": ("qwen2", "Qwen2ForRewardModel"),
+    "Qwen2ForProcessRewardModel": ("qwen2", "Qwen2ForProcessRewardModel"),
 }
+# Reward models' label counts, whatever their config says (as vLLM): one reward, or a process reward's two classes.
+REWARD_MODEL_LABELS = {"Qwen2ForRewardModel": 1, "Qwen2ForProcessRewardModel": 2}
 SEQUENCE_CLASSIFICATION_ARCHITECTURES = frozenset(a for a in _MODELS if a.endswith("ForSequenceClassification"))
+TOKEN_CLASSIFICATION_ARCHITECTURES = frozenset(a for a in _MODELS if a.endswith(("ForTokenClassification",
+                                                                                 "RewardModel")))
 ENCODER_ONLY_ARCHITECTURES = frozenset({"BertModel", "XLMRobertaModel", "RobertaModel", "BertForSequenceClassification",
-                                        "XLMRobertaForSequenceClassification", "RobertaForSequenceClassification"})
+                                        "XLMRobertaForSequenceClassification", "RobertaForSequenceClassification",
+                                        "BertForTokenClassification", "XLMRobertaForTokenClassification",
+                                        "RobertaForTokenClassification"})
 # Checkpoints without a language-model head: they only pool, so runner "auto" picks pooling for them.
 POOLING_ONLY_ARCHITECTURES = (ENCODER_ONLY_ARCHITECTURES | SEQUENCE_CLASSIFICATION_ARCHITECTURES
+                              | TOKEN_CLASSIFICATION_ARCHITECTURES
                               | {"LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"})
 
 
@@ -51,6 +65,17 @@ def is_pooling_only(hf_config) -> bool:
 def is_sequence_classifier(hf_config) -> bool:
     return any(arch in SEQUENCE_CLASSIFICATION_ARCHITECTURES
                for arch in getattr(hf_config, "architectures", None) or [])
+
+
+def is_token_classifier(hf_config) -> bool:
+    """A head on every token (token classifiers, reward models): its one task is token_classify."""
+    return any(arch in TOKEN_CLASSIFICATION_ARCHITECTURES for arch in getattr(hf_config, "architectures", None) or [])
+
+
+def sequence_classifier_of(arch: str) -> str | None:
+    """The ``*ForSequenceClassification`` architecture of a ``*ForCausalLM`` one, where there is one."""
+    name = arch.removesuffix("ForCausalLM") + "ForSequenceClassification"
+    return name if arch.endswith("ForCausalLM") and name in SEQUENCE_CLASSIFICATION_ARCHITECTURES else None
 
 
 def supported_architectures() -> list[str]:

@@ -116,8 +116,8 @@ class ModelRunner:
             default_type = "CLS" if is_encoder_only(hf) else "LAST"
             pooler_config = pooler_config_from_checkpoint(config.model.model_dir, default_type)
             head = getattr(self.model, "classify", None)     # sequence classifiers: their head runs in the pooler
-            self.pooler = (get_classifier_pooler(pooler_config, head, hf) if head is not None
-                           else get_pooler(pooler_config))
+            self.pooler = (get_classifier_pooler(pooler_config, head, hf, config.model.is_token_classifier)
+                           if head is not None else get_pooler(pooler_config))
         # The worker's own state of every request the scheduler has sent (pagedllm/step_data.py), by id.
         self.requests: dict[str, CachedRequestState] = {}
         # The last step's sampled tokens on the device, and each request's row in it (async scheduling).

@@ -49,7 +49,7 @@ def test_classify_equals_hf(checkpoints, arch, num_labels):
     llm = LLM(path, dtype="float32")        # runner "auto": a *ForSequenceClassification is a pooling model
     config = llm.llm_engine.config
     assert config.runner_type == "pooling"
-    assert config.pooling_tasks == (("classify", "score") if num_labels == 1 else ("classify",))
+    assert config.pooling_tasks == (("classify", "score") if num_labels == 1 else ("classify",)) + ("token_classify",)
     tok = AutoTokenizer.from_pretrained(path)
     # Texts, tokenized by the checkpoint's tokenizer; the tiny Qwen checkpoints take token ids (tiny_models).
     prompts = TEXTS if not arch.startswith("qwen") else [{"prompt_token_ids": _word_ids(text)} for text in TEXTS]
@@ -79,7 +79,7 @@ def test_cross_encoder_score_equals_hf_on_the_pair(checkpoints, arch):
     from transformers import AutoTokenizer
     path, hf = checkpoints(arch, 1)
     llm = LLM(path, dtype="float32")
-    assert llm.llm_engine.config.pooling_tasks == ("classify", "score")
+    assert llm.llm_engine.config.pooling_tasks == ("classify", "score", "token_classify")
     tok = AutoTokenizer.from_pretrained(path)
     scores = llm.score(QUERY, DOCS, use_tqdm=False)
     for doc, out in zip(DOCS, scores):
@@ -162,7 +162,7 @@ def test_wrong_api_for_a_classifier_is_vllms_error(checkpoints):
 def test_runner_task_and_convert_spellings(checkpoints, spelling):
     path, _ = checkpoints("xlm_roberta", 1)
     llm = LLM(path, dtype="float32", **spelling)
-    assert llm.llm_engine.config.pooling_tasks == ("classify", "score")
+    assert llm.llm_engine.config.pooling_tasks == ("classify", "score", "token_classify")
     assert len(llm.classify(TEXTS[:2], use_tqdm=False)) == 2
 
 
@@ -175,7 +175,7 @@ def test_convert_that_needs_a_new_head_is_a_clear_error(checkpoints, tmp_path):
         with pytest.raises(ValueError, match=r"needs a sequence-classification checkpoint .* converting a model into "
                                              r"a classifier with a new head is not supported yet"):
             LLM(str(tmp_path), skip_tokenizer_init=True, **spelling)
-    with pytest.raises(ValueError, match="convert='reward' is not supported yet"):
+    with pytest.raises(ValueError, match="convert='reward' runs a reward checkpoint"):
         LLM(str(tmp_path), skip_tokenizer_init=True, convert="reward")
     with pytest.raises(ValueError, match="task='embed' contradicts convert='classify'"):
         LLM(str(tmp_path), skip_tokenizer_init=True, task="embed", convert="classify")
@@ -183,3 +183,153 @@ def test_convert_that_needs_a_new_head_is_a_clear_error(checkpoints, tmp_path):
     embedder = LLM(str(tmp_path), skip_tokenizer_init=True, runner="pooling")
     with pytest.raises(ValueError, match="Classification API is not supported by this model"):
         embedder.classify([{"prompt_token_ids": [1, 2]}], use_tqdm=False)
+
+
+@pytest.fixture(scope="module")
+def causal_qwen3(tmp_path_factory):
+    """A tiny random Qwen3ForCausalLM with the word tokenizer (w<i> = 4 + i): a stand-in for Qwen3-Reranker."""
+    import transformers
+
+    from tests.unit.tiny_models import save_word_tokenizer
+    path = tmp_path_factory.mktemp("tiny-qwen3-causal")
+    cfg = transformers.Qwen3Config(vocab_size=104, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=128, head_dim=16,
+                                   max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.2)
+    torch.manual_seed(0)
+    hf = transformers.Qwen3ForCausalLM(cfg).eval()
+    hf.save_pretrained(path)
+    save_word_tokenizer(path, "xlm_roberta")
+    return str(path), hf
+
+
+# Qwen3-Reranker's tutorial recipe, with the tiny vocabulary's "no" / "yes" (ids 9 and 13).
+QWEN3_RERANKER = {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["w5", "w9"],
+                  "is_original_qwen3_reranker": True}
+
+
+def _yes_probability(hf, ids: list[int]) -> float:
+    """The causal LM's reading: softmax over the last position's [no, yes] logits, P(yes)."""
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids])).logits[0, -1]
+    return float(torch.log_softmax(logits[[9, 13]], dim=-1).exp()[1])
+
+
+@pytest.mark.parametrize("spelling", [{"runner": "pooling", "hf_overrides": QWEN3_RERANKER},
+                                      {"task": "score", "hf_overrides": QWEN3_RERANKER},
+                                      {"convert": "classify", "hf_overrides": {
+                                          "classifier_from_token": ["w5", "w9"], "method": "from_2_way_softmax"}}],
+                         ids=["runner", "task", "convert"])
+def test_causal_lm_as_reranker_from_its_yes_no_logits(causal_qwen3, spelling):
+    """vLLM's online conversion: the score head is lm_head[yes] - lm_head[no], one label, so the score is the
+    causal LM's P(yes) over {no, yes}; the pair is joined without a separator (the prompt template holds it)."""
+    path, hf = causal_qwen3
+    llm = LLM(path, dtype="float32", **spelling)
+    config = llm.llm_engine.config
+    assert config.pooling_tasks == ("classify", "score", "token_classify") and config.hf_config.num_labels == 1
+    scores = llm.score("w1 w2 w3 ", ["w4 w5", "w9 w9 w8", "w70 w71 w72 w73"], use_tqdm=False)
+    for doc, out in zip(["w4 w5", "w9 w9 w8", "w70 w71 w72 w73"], scores):
+        assert out.prompt_token_ids == _word_ids("w1 w2 w3 " + doc)
+        assert out.outputs.score == pytest.approx(_yes_probability(hf, out.prompt_token_ids), abs=1e-5)
+    assert len({round(s.outputs.score, 5) for s in scores}) == 3
+    (probs,) = llm.classify([{"prompt_token_ids": [0, 20, 30, 2]}], use_tqdm=False)
+    assert probs.outputs.probs[0] == pytest.approx(_yes_probability(hf, [0, 20, 30, 2]), abs=1e-5)
+
+
+def test_causal_lm_classifier_from_tokens_no_post_processing(causal_qwen3):
+    # bge-reranker-v2-gemma's recipe: each token's LM-head row is one label's logit, as is.
+    path, hf = causal_qwen3
+    llm = LLM(path, dtype="float32", runner="pooling", hf_overrides={
+        "architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["w5", "w9", "w1"],
+        "method": "no_post_processing"})
+    (out,) = llm.classify([{"prompt_token_ids": [0, 20, 30, 2]}], pooling_params=PoolingParams(use_activation=False),
+                          use_tqdm=False)
+    with torch.no_grad():
+        expected = hf(torch.tensor([[0, 20, 30, 2]])).logits[0, -1, [9, 13, 5]]
+    assert torch.allclose(torch.tensor(out.outputs.probs), expected, atol=1e-4)
+
+
+def test_causal_lm_classifier_from_tokens_errors(causal_qwen3):
+    path, _ = causal_qwen3
+    arch = {"architectures": ["Qwen3ForSequenceClassification"]}
+    with pytest.raises(ValueError, match=r"classifier_from_token needs hf_overrides 'method' in "
+                                         r"\['from_2_way_softmax', 'no_post_processing'\]"):
+        LLM(path, runner="pooling", hf_overrides={**arch, "classifier_from_token": ["w5", "w9"]})
+    with pytest.raises(ValueError, match="method='from_2_way_softmax' needs two classifier_from_token"):
+        LLM(path, runner="pooling", hf_overrides={**QWEN3_RERANKER, "classifier_from_token": ["w5"]})
+    with pytest.raises(ValueError, match=r"classifier_from_token \['nope'\] are not tokens of the model's tokenizer"):
+        LLM(path, runner="pooling", hf_overrides={**QWEN3_RERANKER, "classifier_from_token": ["w5", "nope"]})
+    with pytest.raises(ValueError, match=r"give hf_overrides 'architectures' a \*ForSequenceClassification"):
+        LLM(path, runner="pooling", hf_overrides={"classifier_from_token": ["w5", "w9"],
+                                                  "method": "from_2_way_softmax"})
+
+
+def test_tokenization_kwargs_as_vllm_reads_them(checkpoints, tmp_path):
+    """LLM.classify / score / embed / encode take vLLM's tokenization_kwargs: truncation + max_length truncate (the
+    tokenizer's way, [CLS] ... [SEP] kept), max_length alone is a limit, add_special_tokens=False drops [CLS] /
+    [SEP], do_lower_case lowers the text; a key vLLM would ignore is an error."""
+    from transformers import AutoTokenizer
+
+    from tests.unit.tiny_models import save_tiny_encoder, save_word_tokenizer
+    path, hf = checkpoints("bert", 3)
+    tok = AutoTokenizer.from_pretrained(path)
+    llm = LLM(path, dtype="float32")
+    long_text = " ".join(f"w{i}" for i in range(30))
+    (cut,) = llm.classify(long_text, tokenization_kwargs={"truncation": True, "max_length": 8}, use_tqdm=False)
+    assert cut.prompt_token_ids == tok(long_text, truncation=True, max_length=8)["input_ids"]
+    assert len(cut.prompt_token_ids) == 8 and cut.prompt_token_ids[-1] == 3
+    assert torch.allclose(torch.tensor(cut.outputs.probs), torch.softmax(hf(torch.tensor(
+        [cut.prompt_token_ids])).logits[0].detach(), -1), atol=1e-5)
+    (bare,) = llm.classify("w1 w2", tokenization_kwargs={"add_special_tokens": False}, use_tqdm=False)
+    assert bare.prompt_token_ids == [5, 6]
+    with torch.no_grad():
+        assert torch.allclose(torch.tensor(bare.outputs.probs), torch.softmax(hf(torch.tensor([[5, 6]])).logits[0],
+                                                                              -1), atol=1e-5)
+    (lower,) = llm.classify("W1 W2", tokenization_kwargs={"do_lower_case": True}, use_tqdm=False)
+    assert lower.prompt_token_ids == [2, 5, 6, 3]
+    # the truncate_prompt_tokens argument wins over the key (vLLM merges it over tokenization_kwargs)
+    (arg,) = llm.classify(long_text, truncate_prompt_tokens=5, tokenization_kwargs={"truncate_prompt_tokens": 9},
+                          use_tqdm=False)
+    assert len(arg.prompt_token_ids) == 5
+    with pytest.raises(ValueError, match="The prompt has 32 tokens, more than tokenization_kwargs max_length=8; "
+                                         "add truncation=True"):
+        llm.classify(long_text, tokenization_kwargs={"max_length": 8}, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"tokenization_kwargs \['padding'\] are not supported by pagedllm"):
+        llm.classify("w1", tokenization_kwargs={"padding": "max_length"}, use_tqdm=False)
+    with pytest.raises(ValueError, match="tokenization_kwargs truncation must be"):
+        llm.classify("w1", tokenization_kwargs={"truncation": "only_second"}, use_tqdm=False)
+    # a cross-encoder's pair, truncated the tokenizer's way
+    path, hf = checkpoints("bert", 1)
+    tok = AutoTokenizer.from_pretrained(path)
+    (pair,) = LLM(path, dtype="float32").score(QUERY, long_text, tokenization_kwargs={"truncation": True,
+                                                                                       "max_length": 12},
+                                               use_tqdm=False)
+    enc = tok(QUERY, long_text, truncation=True, max_length=12, return_tensors="pt")
+    assert pair.prompt_token_ids == enc["input_ids"][0].tolist()
+    with torch.no_grad():
+        assert pair.outputs.score == pytest.approx(float(torch.sigmoid(hf(**enc).logits[0, 0])), abs=1e-5)
+    # an embedding model: embed and encode
+    save_tiny_encoder(tmp_path, "bert")
+    save_word_tokenizer(tmp_path, "bert")
+    embedder = LLM(str(tmp_path), dtype="float32")
+    (emb,) = embedder.embed(long_text, tokenization_kwargs={"truncation": True, "max_length": 6}, use_tqdm=False)
+    (same,) = embedder.embed({"prompt_token_ids": [2, 4, 5, 6, 7, 3]}, use_tqdm=False)
+    assert emb.prompt_token_ids == [2, 4, 5, 6, 7, 3] and emb.outputs.embedding == pytest.approx(
+        same.outputs.embedding, abs=1e-6)
+    (enc_out,) = embedder.encode("w1 w2", tokenization_kwargs={"add_special_tokens": False}, use_tqdm=False)
+    assert enc_out.prompt_token_ids == [5, 6]
+
+
+def test_causal_lm_as_reranker_served(causal_qwen3):
+    # vllm serve Qwen/Qwen3-Reranker-0.6B --runner pooling --hf_overrides '{...}', then /rerank and /score.
+    from tests.unit.app_client import post_to_server_app
+    path, hf = causal_qwen3
+    docs = ["w4 w5", "w9 w9 w8", "w70 w71"]
+    (status, rerank), (score_status, score) = post_to_server_app(path, [
+        ("/rerank", {"query": "w1 w2 ", "documents": docs}),
+        ("/score", {"text_1": "w1 w2 ", "text_2": docs[0]})],
+        flags=("--runner", "pooling", "--hf_overrides", json.dumps(QWEN3_RERANKER)))
+    expected = [_yes_probability(hf, _word_ids("w1 w2 " + doc)) for doc in docs]
+    assert status == 200, rerank
+    assert [r["index"] for r in rerank["results"]] == sorted(range(3), key=lambda i: -expected[i])
+    assert [r["relevance_score"] for r in rerank["results"]] == pytest.approx(sorted(expected, reverse=True), abs=1e-5)
+    assert score_status == 200 and score["data"][0]["score"] == pytest.approx(expected[0], abs=1e-5)

@@ -99,7 +99,8 @@ def test_wrong_api_for_the_model_is_a_clear_error(minilm):
     with pytest.raises(ValueError, match=r"Classification API is not supported by this model: it is an embedding "
                                          r"model"):
         minilm.classify(["hello"], use_tqdm=False)
-    with pytest.raises(ValueError, match=r"LLM.reward\(\) needs a reward model"):
+    with pytest.raises(ValueError, match=r"Task token_classify is not supported by this model: it is an embedding "
+                                         r"model"):
         minilm.reward(["hello"], use_tqdm=False)
     with pytest.raises(ValueError, match="pooling_params must be a PoolingParams or a list of them, got "
                                          "SamplingParams"):

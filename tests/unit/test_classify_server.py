@@ -156,3 +156,26 @@ def test_embeddings_take_use_activation_as_normalize(tmp_path):
     assert norms[0] == pytest.approx(1.0, abs=1e-5) and abs(norms[1] - 1) > 1e-2 and norms[2] == pytest.approx(norms[1])
     status, body = answers[3]
     assert status == 400 and body["error"]["param"] == "use_activation"
+
+
+def test_chat_form_add_special_tokens_is_the_tokenizers_own(sentiment):
+    """vLLM's chat-form pooling requests: the rendered conversation is tokenized without special tokens by default
+    (the template holds them); add_special_tokens: true adds the tokenizer's own, [CLS] ... [SEP] for BERT."""
+    path, hf = sentiment
+    chat = {"messages": [{"role": "user", "content": "w1 w2"}],
+            "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}
+    answers = post_to_server_app(path, [
+        ("/classify", chat),
+        ("/classify", {**chat, "add_special_tokens": True}),
+        ("/pooling", {**chat, "add_special_tokens": True, "use_activation": False}),
+    ])
+    (status, plain), (with_status, with_specials), (pool_status, pooled) = answers
+    assert (status, with_status, pool_status) == (200, 200, 200), answers
+    with torch.no_grad():
+        bare = hf(torch.tensor([[5, 6]])).logits[0]          # w1 w2 alone
+    assert plain["usage"]["prompt_tokens"] == 2
+    assert torch.allclose(torch.tensor(plain["data"][0]["probs"]), torch.softmax(bare, -1), atol=1e-5)
+    assert with_specials["usage"]["prompt_tokens"] == 4      # [CLS] w1 w2 [SEP]
+    assert torch.allclose(torch.tensor(with_specials["data"][0]["probs"]),
+                          torch.softmax(_logits(hf, path, "w1 w2"), -1), atol=1e-5)
+    assert torch.allclose(torch.tensor(pooled["data"][0]["data"]), _logits(hf, path, "w1 w2"), atol=1e-4)

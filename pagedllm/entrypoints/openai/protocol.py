@@ -678,15 +678,17 @@ class EmbeddingRequest(PoolingInputRequest):
 
 class PoolingRequest(EmbeddingRequest):
     # vLLM's pooling task: one vector per input (embed / encode from an embedding model, classify from a sequence
-    # classifier, where use_activation is its softmax / sigmoid); the per-token tasks are a 400.
+    # classifier, where use_activation is its softmax / sigmoid), or one row per input token (token_embed from an
+    # embedding model, token_classify from a token classifier, a reward model or a sequence classifier).
     task: str | None = None
 
     @field_validator("task")
     @classmethod
     def _pooled_vector_task(cls, v: str | None) -> str | None:
-        if v not in (None, "embed", "encode", "classify"):
-            raise ValueError(f"Unsupported task: {v!r}. pagedllm's /pooling pools one vector per input: task "
-                             f"'embed' (an embedding model) or 'classify' (a sequence-classification model).")
+        if v not in (None, "embed", "encode", "classify", "token_embed", "token_classify"):
+            raise ValueError(f"Unsupported task: {v!r}. pagedllm's /pooling tasks: 'embed', 'token_embed' (an "
+                             f"embedding model), 'classify' (a sequence-classification model), 'token_classify' "
+                             f"(a token classifier or reward model).")
         return v
 
 

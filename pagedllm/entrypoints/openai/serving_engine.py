@@ -120,6 +120,7 @@ class OpenAIServing:
         config = engine.config
         self.models = ServingModels(engine, self.served_model_names, engine.engine_args.model,
                                     "generate" if not config.is_pooling
+                                    else "token_classify" if config.model.is_token_classifier
                                     else "classify" if config.model.is_classifier else "embed")
         self.tokenizer = tokenizer     # the engine's input tokenizer (the output processor decodes with another)
         self.chat_template = chat_template
@@ -302,15 +303,11 @@ class OpenAIServing:
                                "--chat-template.", "chat_template")
 
         def render() -> list[int]:
-            ids = apply_chat_template(tok, conversation, chat_template=template,
-                                      add_generation_prompt=add_generation_prompt,
-                                      continue_final_message=continue_final_message, tools=tools,
-                                      documents=documents, chat_template_kwargs=chat_template_kwargs,
-                                      trusted=trusted)
-            bos = getattr(tok, "bos_token_id", None)
-            if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
-                ids = [bos] + ids
-            return ids
+            return apply_chat_template(tok, conversation, chat_template=template,
+                                       add_generation_prompt=add_generation_prompt,
+                                       continue_final_message=continue_final_message, tools=tools,
+                                       documents=documents, chat_template_kwargs=chat_template_kwargs,
+                                       trusted=trusted, add_special_tokens=add_special_tokens)
 
         try:
             return await self.run_tokenizer(render)

@@ -126,7 +126,7 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_pooling_task(task, "task" if getattr(req, "task", None) else "model")
         fields = {name: getattr(req, name) for name in ("dimensions", "normalize", "use_activation", "activation")
                   if getattr(req, name, None) is not None}
-        if task in ("embed", "encode") and "use_activation" in fields:
+        if task in ("embed", "encode", "token_embed") and "use_activation" in fields:
             # vLLM's newer name for an embedding's normalization.
             use = fields.pop("use_activation")
             if fields.get("normalize", use) != use:
@@ -178,7 +178,8 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_model(req.model)
         self.check_pooling_model("Pooling")
         # No task: the model's own (a classifier's class probabilities, an embedder's vector), as vLLM's.
-        default = "classify" if self.engine.config.model.is_classifier else "encode"
+        model = self.engine.config.model
+        default = "token_classify" if model.is_token_classifier else "classify" if model.is_classifier else "encode"
         params = self._params(req, req.task or default)
         outputs = await self._run("pool", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:

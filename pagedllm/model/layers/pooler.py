@@ -10,6 +10,9 @@ Sequence classifiers (``ClassifierPooler``) pool the same rows, run the model's 
 the activation of the request's task: ``classify`` as HF's loss for the config's ``problem_type`` (softmax over
 several labels, sigmoid for one or for multi-label), ``score`` as the cross-encoder's sentence-transformers
 ``activation_fn`` (else the same rule); ``use_activation=False`` returns the logits.
+
+The per-token tasks keep every row of a request: ``token_embed`` each row normalized as an embedding,
+``token_classify`` the head on each row with ``classify``'s activation (token classifiers, reward models).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from pagedllm.pooling_params import PoolingParams
+from pagedllm.pooling_params import TOKEN_TASKS, PoolingParams
 
 
 @dataclass
@@ -44,8 +47,36 @@ class Pooler:
 
     def __call__(self, hidden: torch.Tensor, starts: Sequence[int],
                  params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
+        """Each request's output: one vector, or for a per-token task (``token_embed``, ``token_classify``) one
+        row per prompt token (``[len, D]``)."""
         bounds = torch.as_tensor(list(starts), device=hidden.device)
-        vectors = self.pool_rows(hidden, bounds[:-1], bounds[1:] - bounds[:-1]).float()
+        firsts, lens = bounds[:-1], bounds[1:] - bounds[:-1]
+        per_token = [i for i, p in enumerate(params) if p is not None and p.task in TOKEN_TASKS]
+        if not per_token:
+            return self.pool_requests(hidden, firsts, lens, params)
+        out: list = [None] * len(params)
+        rest = [i for i in range(len(params)) if i not in set(per_token)]
+        for group, pool in ((per_token, self.pool_tokens), (rest, self.pool_requests)):
+            if group:
+                index = torch.tensor(group, device=hidden.device)
+                for i, vec in zip(group, pool(hidden, firsts[index], lens[index], [params[i] for i in group])):
+                    out[i] = vec
+        return out
+
+    def pool_requests(self, hidden: torch.Tensor, firsts: torch.Tensor, lens: torch.Tensor,
+                      params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
+        """One vector per request: its rows pooled, then Matryoshka truncation and normalization."""
+        vectors = self.pool_rows(hidden, firsts, lens).float()
+        return self._finish(vectors, params)
+
+    def pool_tokens(self, hidden: torch.Tensor, firsts: torch.Tensor, lens: torch.Tensor,
+                    params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
+        """``token_embed``: every prompt token's hidden state, each normalized as an embedding (ColBERT-style
+        multi-vector retrieval)."""
+        return [torch.stack(self._finish(hidden[int(f):int(f) + int(n)].float(), [p] * int(n)))
+                for f, n, p in zip(firsts.tolist(), lens.tolist(), params)]
+
+    def _finish(self, vectors: torch.Tensor, params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
         normalize = [self.config.normalize if p is None or p.normalize is None else p.normalize for p in params]
         dims = [None if p is None else p.dimensions for p in params]
         if all(d is None for d in dims):         # the common case: one batched normalize
@@ -163,24 +194,33 @@ def cross_encoder_activation(hf_config) -> Activation:
 class ClassifierPooler(Pooler):
     """Sequence classification: each request's pooled row (``rows``: CLS for encoders, LAST for decoders) through
     the model's head (``head``: ``[B, hidden]`` -> ``[B, num_labels]``), then the activation of the request's task
-    unless it asked for ``use_activation=False``: one float32 vector of ``num_labels`` per request."""
+    unless it asked for ``use_activation=False``: one float32 vector of ``num_labels`` per request. ``token_classify``
+    runs the head on every prompt token instead (``[len, num_labels]``, ``classify``'s activation per token): the
+    only task of a token classifier or a reward model (``per_token_only``)."""
 
     def __init__(self, rows: Pooler, head: Callable[[torch.Tensor], torch.Tensor], classify: Activation,
-                 score: Activation):
+                 score: Activation, per_token_only: bool = False):
         super().__init__(rows.config)
         self.rows, self.head = rows, head
-        self.activations = {"classify": classify, "score": score}
+        self.activations = {"classify": classify, "score": score, "token_classify": classify}
+        self.per_token_only = per_token_only
 
-    def __call__(self, hidden: torch.Tensor, starts: Sequence[int],
-                 params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
-        bounds = torch.as_tensor(list(starts), device=hidden.device)
-        logits = self.head(self.rows.pool_rows(hidden, bounds[:-1], bounds[1:] - bounds[:-1])).float().cpu()
-        out = []
-        for row, p in zip(logits.unbind(0), params):
-            task = p.task if p is not None and p.task in self.activations else "classify"
-            use = p is None or p.use_activation is not False
-            out.append(self.activations[task](row) if use else row)
-        return out
+    def _activate(self, logits: torch.Tensor, params: PoolingParams | None) -> torch.Tensor:
+        task = params.task if params is not None and params.task in self.activations else "classify"
+        use = params is None or params.use_activation is not False
+        return self.activations[task](logits) if use else logits
+
+    def pool_requests(self, hidden, firsts, lens, params):
+        if self.per_token_only:     # a request without a task (the engine's own): the model's per-token output
+            return self.pool_tokens(hidden, firsts, lens, params)
+        logits = self.head(self.rows.pool_rows(hidden, firsts, lens)).float().cpu()
+        return [self._activate(row, p) for row, p in zip(logits.unbind(0), params)]
+
+    def pool_tokens(self, hidden, firsts, lens, params):
+        index = torch.cat([torch.arange(int(f), int(f) + int(n), device=hidden.device)
+                           for f, n in zip(firsts.tolist(), lens.tolist())])
+        logits = self.head(hidden[index]).float().cpu().split(lens.tolist())
+        return [self._activate(rows, p) for rows, p in zip(logits, params)]
 
 
 def get_pooler(config: PoolerConfig) -> Pooler:
@@ -190,6 +230,6 @@ def get_pooler(config: PoolerConfig) -> Pooler:
 
 
 def get_classifier_pooler(config: PoolerConfig, head: Callable[[torch.Tensor], torch.Tensor],
-                          hf_config) -> ClassifierPooler:
+                          hf_config, per_token_only: bool = False) -> ClassifierPooler:
     return ClassifierPooler(get_pooler(config), head, classification_activation(hf_config),
-                            cross_encoder_activation(hf_config))
+                            cross_encoder_activation(hf_config), per_token_only)

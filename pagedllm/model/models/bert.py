@@ -214,6 +214,21 @@ class BertForSequenceClassification(BertModel):
         return self.classifier(self.pooler(pooled))
 
 
+class BertForTokenClassification(BertModel):
+    """BERT token classifiers (NER, POS: ``dslim/bert-base-NER``): the encoder, then a linear layer to
+    ``num_labels`` logits on every token, which the engine's ClassifierPooler runs for ``token_classify``."""
+    skipped_weights = ("embeddings.position_ids",)
+    unused_heads = ("cls.", "lm_head.")
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__(hf_config, engine_config)
+        self.classifier = nn.Linear(hf_config.hidden_size, hf_config.num_labels)   # replicated, like BERT's
+
+    def classify(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[T, hidden]`` token rows -> ``[T, num_labels]`` logits."""
+        return self.classifier(rows)
+
+
 class BertPooler(nn.Module):
     def __init__(self, hidden_size: int):
         super().__init__()

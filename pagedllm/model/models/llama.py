@@ -207,6 +207,31 @@ class LlamaForSequenceClassification(LlamaForEmbedding):
         return self.score(pooled)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        token_ids = getattr(self.config, "classifier_from_token_ids", None)
+        if token_ids is not None:      # a causal LM's checkpoint: the score head from its LM head's rows
+            weights = self._score_from_lm_head(weights, token_ids)
         load_packed_weights(self, ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
                                    for name, tensor in weights if not name.startswith("lm_head.")),
                             self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
+
+    def _score_from_lm_head(self, weights: Iterable[tuple[str, torch.Tensor]],
+                            token_ids: list[int]) -> Iterable[tuple[str, torch.Tensor]]:
+        """The checkpoint's tensors, then ``score.weight`` made from the rows of ``token_ids`` in ``lm_head`` (the
+        token embeddings when they are tied): the true row minus the false one for ``from_2_way_softmax`` (so the
+        one label's sigmoid is softmax over the two tokens' logits), the rows as they are for
+        ``no_post_processing`` (vLLM's conversions)."""
+        head = embeddings = None
+        for name, tensor in weights:
+            if name == "lm_head.weight":
+                head = tensor
+            elif name.endswith("embed_tokens.weight"):
+                embeddings = tensor
+            yield name, tensor
+        head = head if head is not None else embeddings if self.config.tie_word_embeddings else None
+        if head is None:
+            raise ValueError("classifier_from_token needs the checkpoint's lm_head.weight (or tied token "
+                             "embeddings) to build the score head from; this checkpoint has neither.")
+        rows = head[token_ids].float()
+        if self.config.method == "from_2_way_softmax":
+            rows = rows[1:2] - rows[0:1]
+        yield "score.weight", rows

@@ -51,3 +51,16 @@ class XLMRobertaForSequenceClassification(XLMRobertaModel):
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         """``[B, hidden]`` <s> rows -> ``[B, num_labels]`` logits."""
         return self.classifier(pooled)
+
+
+class XLMRobertaForTokenClassification(XLMRobertaModel):
+    """XLM-RoBERTa / RoBERTa token classifiers (NER: ``FacebookAI/xlm-roberta-large-finetuned-conll03-english``):
+    the encoder, then a linear layer to ``num_labels`` logits on every token (``token_classify``)."""
+    unused_heads = ("lm_head.",)
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__(hf_config, engine_config)
+        self.classifier = nn.Linear(hf_config.hidden_size, hf_config.num_labels)
+
+    def classify(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.classifier(rows)
