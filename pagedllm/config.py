@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from pagedllm import envs
-from pagedllm.pooling_params import PoolingParams
+from pagedllm.pooling_params import PoolingParams, check_returned_token_ids
 from pagedllm.reasoning_parsers import REASONING_PARSERS, get_reasoning_parser
 
 logger = logging.getLogger(__name__)
@@ -164,10 +164,7 @@ class PoolerConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise ValueError(f"pooler_config {name} must be a number, got {value!r:.100}.")
-        ids = self.returned_token_ids
-        if ids is not None and (not isinstance(ids, (list, tuple)) or
-                                not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
-            raise ValueError(f"pooler_config returned_token_ids must be a list of token ids, got {ids!r:.100}.")
+        check_returned_token_ids(self.returned_token_ids, where="pooler_config ")
         if self.dimensions is not None and self.dimensions < 1:
             raise ValueError(f"pooler_config dimensions must be greater than 0, got {self.dimensions}.")
         # The older names, as vLLM resolves them (both spellings at once is an error).
@@ -1142,8 +1139,20 @@ class EngineConfig:
     def default_token_pooling_type(self) -> str:
         """The per-token tasks' pooling without a pooler_config saying: vLLM's STEP for process reward models (all
         rows until step_tag_id is set), else ALL."""
-        archs = getattr(self.hf_config, "architectures", None) or ()
-        return "STEP" if any(a in STEP_POOLING_ARCHITECTURES for a in archs) else "ALL"
+        return _default_token_pooling_type(self.hf_config)
+
+    @property
+    def token_pooling_type(self) -> str:
+        """The per-token tasks' pooling: pooler_config's, else the model's default."""
+        user = self.args.pooler_config
+        return user.tok_pooling_type if user is not None and user.tok_pooling_type else \
+            self.default_token_pooling_type
+
+    @property
+    def token_row_width(self) -> int:
+        """The columns of a per-token pooling row (what returned_token_ids index): the labels of a model with a
+        head, else the hidden size."""
+        return _token_row_width(self.model)
 
     @property
     def pooling_tasks(self) -> tuple[str, ...]:
@@ -1359,19 +1368,23 @@ def _verify_pooler_config(pooler: PoolerConfig, runner_type: str, model: Resolve
     if model.is_token_classifier and pooler.seq_pooling_type is not None:
         raise ValueError(f"pooler_config pooling_type={pooler.seq_pooling_type!r} pools a sequence into one "
                          f"vector; this model has a head on every token (token_classify): use ALL or STEP.")
-    archs = getattr(hf, "architectures", None) or ()
-    token_type = pooler.tok_pooling_type or \
-        ("STEP" if any(a in STEP_POOLING_ARCHITECTURES for a in archs) else "ALL")
+    token_type = pooler.tok_pooling_type or _default_token_pooling_type(hf)
     for field_name in ("step_tag_id", "returned_token_ids"):
         if getattr(pooler, field_name) is not None and token_type != "STEP":
             raise ValueError(f"pooler_config {field_name} applies to STEP pooling only: set pooling_type='STEP' "
                              f"(process reward models use it by default).")
-    if pooler.returned_token_ids:
-        width = getattr(hf, "num_labels", 0) if not embedder else hf.hidden_size
-        bad = [i for i in pooler.returned_token_ids if i >= width]
-        if bad:
-            raise ValueError(f"pooler_config returned_token_ids {bad} are out of range: this model's per-token "
-                             f"rows have {width} columns.")
+    check_returned_token_ids(pooler.returned_token_ids, _token_row_width(model), where="pooler_config ")
+
+
+def _token_row_width(model: ResolvedModel) -> int:
+    if model.is_classifier or model.is_token_classifier:
+        return int(getattr(model.hf_config, "num_labels", 0))
+    return int(model.hf_config.hidden_size)
+
+
+def _default_token_pooling_type(hf_config) -> str:
+    archs = getattr(hf_config, "architectures", None) or ()
+    return "STEP" if any(a in STEP_POOLING_ARCHITECTURES for a in archs) else "ALL"
 
 
 def _pick_cpu_threads(args: EngineArgs, device: torch.device) -> int | None:

@@ -132,6 +132,19 @@ def test_step_pooling_of_a_process_reward_model(tmp_path):
         logits = ref(ids)[:, [1, 0]][torch.tensor(ids) == step]
         assert tuple(out.outputs.data.shape) == (ids.count(step), 2)
         assert torch.allclose(out.outputs.data, torch.softmax(logits, -1), atol=1e-5)
+    # A request's own step_tag_id / returned_token_ids (vLLM's PoolingParams fields) win over pooler_config's.
+    (out,) = llm.reward([{"prompt_token_ids": prompts[2]}], pooling_params=PoolingParams(returned_token_ids=[0, 1]),
+                        use_tqdm=False)
+    assert torch.allclose(out.outputs.data, torch.softmax(ref(prompts[2])[torch.tensor(prompts[2]) == step], -1),
+                          atol=1e-5)
+    plain = LLM(str(tmp_path), dtype="float32", skip_tokenizer_init=True)        # no pooler_config: STEP, all rows
+    (out,) = plain.reward([{"prompt_token_ids": prompts[0]}], pooling_params=PoolingParams(step_tag_id=42),
+                          use_tqdm=False)
+    assert torch.allclose(out.outputs.data, torch.softmax(ref(prompts[0])[3:4], -1), atol=1e-5)
+    with pytest.raises(ValueError, match=r"returned_token_ids \[2\] are out of range: this model's per-token rows "
+                                         r"have 2 columns"):
+        plain.reward([{"prompt_token_ids": prompts[0]}], pooling_params=PoolingParams(returned_token_ids=[2]),
+                     use_tqdm=False)
     # pooling_type ALL: every row again, both columns.
     llm = LLM(str(tmp_path), dtype="float32", skip_tokenizer_init=True, pooler_config={"pooling_type": "ALL"})
     (out,) = llm.reward([{"prompt_token_ids": prompts[0]}], use_tqdm=False)
@@ -184,6 +197,12 @@ def test_fields_that_do_not_apply_to_the_model(tiny_qwen3_model, tmp_path):
             ({"step_tag_id": 9}, "pooler_config step_tag_id applies to STEP pooling only")]:
         with pytest.raises(ValueError, match=__import__("re").escape(message)):
             LLM(path, skip_tokenizer_init=True, dtype="float32", pooler_config=pooler_config)
+    embedder = LLM(path, skip_tokenizer_init=True, dtype="float32")      # pools ALL: step fields are vLLM's error
+    with pytest.raises(ValueError, match=__import__("re").escape(
+            "Task token_embed only supports ['dimensions', 'normalize'] parameters, does not support ['step_tag_id'] "
+            "parameters")):
+        embedder.encode([{"prompt_token_ids": [1, 2]}], pooling_params=PoolingParams(step_tag_id=2),
+                        pooling_task="token_embed", use_tqdm=False)
     save_tiny_classifier(tmp_path, "qwen2", 2)
     with pytest.raises(ValueError, match="pooler_config dimensions applies to embedding models only"):
         LLM(str(tmp_path), dtype="float32", pooler_config={"dimensions": 32})

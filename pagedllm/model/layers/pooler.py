@@ -94,20 +94,24 @@ class Pooler:
         multi-vector retrieval)."""
         out = []
         for f, n, p in zip(firsts.tolist(), lens.tolist(), params):
-            rows = self._step_rows(hidden[f:f + n].float(), f, n)
+            rows = self._step_rows(hidden[f:f + n].float(), f, n, p)
             out.append(torch.stack(self._finish(rows, [p] * len(rows))) if len(rows) else rows.cpu())
         return out
 
-    def _step_rows(self, rows: torch.Tensor, first: int, n: int) -> torch.Tensor:
+    def _step_rows(self, rows: torch.Tensor, first: int, n: int, params: PoolingParams | None) -> torch.Tensor:
         """STEP pooling (vLLM's): of one request's per-token rows, those whose prompt token is ``step_tag_id``, and
-        of each only the ``returned_token_ids`` columns; ALL: every row as it is."""
+        of each only the ``returned_token_ids`` columns (the request's, else pooler_config's); ALL: every row."""
         if self.config.token_pooling_type != "STEP":
             return rows
-        if self.config.returned_token_ids:
-            rows = rows[:, torch.as_tensor(self.config.returned_token_ids, device=rows.device)]
-        if self.config.step_tag_id is not None:
+        returned, tag = self.config.returned_token_ids, self.config.step_tag_id
+        if params is not None:
+            returned = params.returned_token_ids if params.returned_token_ids is not None else returned
+            tag = params.step_tag_id if params.step_tag_id is not None else tag
+        if returned:
+            rows = rows[:, torch.as_tensor(returned, device=rows.device)]
+        if tag is not None:
             ids = torch.as_tensor(np.asarray(self._token_ids[first:first + n]), device=rows.device)
-            rows = rows[ids == self.config.step_tag_id]
+            rows = rows[ids == tag]
         return rows
 
     def _finish(self, vectors: torch.Tensor, params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
@@ -279,7 +283,7 @@ class ClassifierPooler(Pooler):
         index = torch.cat([torch.arange(int(f), int(f) + int(n), device=hidden.device)
                            for f, n in zip(firsts.tolist(), lens.tolist())])
         logits = self.head(hidden[index]).float().cpu().split(lens.tolist())
-        return [self._activate(self._step_rows(rows, f, n), p)
+        return [self._activate(self._step_rows(rows, f, n, p), p)
                 for rows, f, n, p in zip(logits, firsts.tolist(), lens.tolist(), params)]
 
 
