@@ -53,6 +53,20 @@ def test_mean_pooling_without_normalize_on_a_decoder(tiny_qwen3_model, pooler_co
                           atol=1e-4)
 
 
+def test_default_dimensions_of_a_matryoshka_model(tiny_qwen3_model):
+    path, hf = tiny_qwen3_model
+    llm = LLM(path, skip_tokenizer_init=True, dtype="float32", hf_overrides={"matryoshka_dimensions": [16, 32]},
+              pooler_config={"dimensions": 16})
+    last = _hidden(hf, PROMPTS[0])[-1]
+    (out,) = llm.embed([{"prompt_token_ids": PROMPTS[0]}], use_tqdm=False)
+    assert torch.allclose(torch.tensor(out.outputs.embedding), F.normalize(last[:16], dim=-1), atol=1e-4)
+    (out,) = llm.embed([{"prompt_token_ids": PROMPTS[0]}], PoolingParams(dimensions=32), use_tqdm=False)
+    assert torch.allclose(torch.tensor(out.outputs.embedding), F.normalize(last[:32], dim=-1), atol=1e-4)
+    with pytest.raises(ValueError, match=__import__("re").escape("only supports [16, 32] matryoshka dimensions")):
+        LLM(path, skip_tokenizer_init=True, dtype="float32", hf_overrides={"matryoshka_dimensions": [16, 32]},
+            pooler_config={"dimensions": 8})
+
+
 def test_override_wins_over_the_sentence_transformers_config(tmp_path):
     """A checkpoint that says mean pooling + Normalize: pooler_config's CLS replaces the pooling and keeps the
     Normalize; use_activation=False drops the Normalize and keeps the mean."""
@@ -145,6 +159,9 @@ def test_step_pooling_of_a_process_reward_model(tmp_path):
                                          r"have 2 columns"):
         plain.reward([{"prompt_token_ids": prompts[0]}], pooling_params=PoolingParams(returned_token_ids=[2]),
                      use_tqdm=False)
+    with pytest.raises(ValueError, match="pooler_config pooling_type='MEAN' pools a sequence into one vector; this "
+                                         "model has a head on every token"):
+        LLM(str(tmp_path), dtype="float32", skip_tokenizer_init=True, pooler_config={"pooling_type": "MEAN"})
     # pooling_type ALL: every row again, both columns.
     llm = LLM(str(tmp_path), dtype="float32", skip_tokenizer_init=True, pooler_config={"pooling_type": "ALL"})
     (out,) = llm.reward([{"prompt_token_ids": prompts[0]}], use_tqdm=False)
