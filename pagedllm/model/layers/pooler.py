@@ -49,6 +49,7 @@ class PoolingSetup:
     logit_mean: float | None = None    # classifiers: (logits - logit_mean) / logit_sigma before the activation
     logit_sigma: float | None = None
 
+
 class Pooler:
     """Pools a step's flat hidden states ``[T, H]``, requests back to back (``starts``: each request's first row,
     plus the end), into one float32 vector per request."""
