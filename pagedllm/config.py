@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from pagedllm import envs
+from pagedllm.pooling_params import PoolingParams, check_returned_token_ids
 from pagedllm.reasoning_parsers import REASONING_PARSERS, get_reasoning_parser
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ _VLLM_ARG_INSTEAD = {
     "api_server_count": "one API server process serves every request (its engine runs in a process of its own)",
     "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
     "rope_theta": "hf_overrides / --hf-overrides '{\"rope_theta\": ...}' does it (vLLM's replacement)",
+    "override_pooler_config": "vLLM removed it in 0.12: pooler_config / --pooler-config takes the same fields",
 }
 
 
@@ -112,6 +114,127 @@ def _vllm_args_note(spelled: Sequence[str], names: Sequence[str], kind: str) -> 
     return f" ({'; '.join(notes)})" if notes else ""
 
 
+# vLLM's PoolerConfig.pooling_type values: one vector per request (seq_pooling_type), or one row per token
+# (tok_pooling_type: ALL every token, STEP the rows of step_tag_id tokens and the returned_token_ids columns).
+SEQ_POOLING_TYPES = ("CLS", "LAST", "MEAN")
+TOK_POOLING_TYPES = ("ALL", "STEP")
+# Architectures whose per-token pooling is STEP by default (vLLM's process reward models).
+STEP_POOLING_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
+
+
+@dataclass
+class PoolerConfig:
+    """vLLM's ``PoolerConfig`` (``LLM(pooler_config=...)``, ``--pooler-config JSON``): how a pooling model pools,
+    over what its checkpoint says (sentence-transformers' ``1_Pooling/config.json`` and ``Normalize`` module, else
+    the architecture's default). Applied by pagedllm/model/layers/pooler.py; what it cannot do is an error here."""
+    task: str | None = None                    # not supported yet (runner= / convert= pick the model's tasks)
+    pooling_type: str | None = None            # CLS / LAST / MEAN, or ALL / STEP: fills one of the two below
+    seq_pooling_type: str | None = None        # the row(s) a request's one vector comes from (embed, classify)
+    tok_pooling_type: str | None = None        # per-token tasks (token_embed, token_classify): ALL or STEP
+    # The default of requests that do not say: embeddings normalized, classifier / reward scores activated.
+    use_activation: bool | None = None
+    dimensions: int | None = None              # embed requests' default dimensions (Matryoshka models only)
+    enable_chunked_processing: bool = False    # not supported yet (True is an error)
+    max_embed_len: int | None = None           # not supported yet
+    # Classifiers: activation((logit - logit_mean) / logit_sigma) (Platt scaling of classify / score).
+    logit_mean: float | None = None
+    logit_sigma: float | None = None
+    # STEP pooling (process reward models): only the rows whose prompt token is step_tag_id, and of each row only
+    # the returned_token_ids columns.
+    step_tag_id: int | None = None
+    returned_token_ids: list[int] | None = None
+    # vLLM's older names: logit_bias (logit_mean), logit_scale (1 / logit_sigma); normalize (embeddings), softmax
+    # and activation (classifiers): use_activation.
+    logit_bias: float | None = None
+    logit_scale: float | None = None
+    normalize: bool | None = None
+    softmax: bool | None = None
+    activation: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("use_activation", "normalize", "softmax", "activation", "enable_chunked_processing"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"pooler_config {name} must be true or false, got {value!r:.100}.")
+        for name in ("dimensions", "max_embed_len", "step_tag_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"pooler_config {name} must be an integer, got {value!r:.100}.")
+        for name in ("logit_mean", "logit_sigma", "logit_bias", "logit_scale"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise ValueError(f"pooler_config {name} must be a number, got {value!r:.100}.")
+        check_returned_token_ids(self.returned_token_ids, where="pooler_config ")
+        if self.dimensions is not None and self.dimensions < 1:
+            raise ValueError(f"pooler_config dimensions must be greater than 0, got {self.dimensions}.")
+        # The older names, as vLLM resolves them (both spellings at once is an error).
+        for old, new in (("logit_bias", "logit_mean"), ("logit_scale", "logit_sigma")):
+            value = getattr(self, old)
+            if value is None:
+                continue
+            if getattr(self, new) is not None:
+                raise ValueError(f"Cannot set both `{old}` and `{new}`. `{old}` is deprecated, use `{new}` instead.")
+            if old == "logit_scale" and value == 0:
+                raise ValueError("logit_scale cannot be 0 (division by zero)")
+            setattr(self, new, 1.0 / value if old == "logit_scale" else value)
+            setattr(self, old, None)
+        if self.logit_sigma is not None and self.logit_sigma == 0:
+            raise ValueError("logit_sigma cannot be 0 (division by zero)")
+        for old in ("normalize", "softmax", "activation"):
+            value = getattr(self, old)
+            if value is None:
+                continue
+            if self.use_activation is not None and self.use_activation != value:
+                raise ValueError(f"pooler_config {old}={value} contradicts use_activation={self.use_activation}; "
+                                 f"{old} is vLLM's older name of use_activation: set only use_activation.")
+            self.use_activation = value
+            setattr(self, old, None)
+        if self.pooling_type is not None:
+            for name in ("seq_pooling_type", "tok_pooling_type"):     # (equal: a resolved config's own copy)
+                if getattr(self, name) not in (None, self.pooling_type):
+                    raise ValueError(f"Cannot set both `pooling_type` and `{name}`")
+            if self.pooling_type not in SEQ_POOLING_TYPES + TOK_POOLING_TYPES:
+                raise ValueError(f"pooler_config pooling_type must be one of "
+                                 f"{', '.join(SEQ_POOLING_TYPES + TOK_POOLING_TYPES)}, got {self.pooling_type!r:.100}.")
+            field_name = "seq_pooling_type" if self.pooling_type in SEQ_POOLING_TYPES else "tok_pooling_type"
+            setattr(self, field_name, self.pooling_type)
+        for name, allowed in (("seq_pooling_type", SEQ_POOLING_TYPES), ("tok_pooling_type", TOK_POOLING_TYPES)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"pooler_config {name} must be one of {', '.join(allowed)}, got {value!r:.100}.")
+        # What pagedllm does not do yet: an error, never ignored.
+        if self.task is not None:
+            raise ValueError(f"pooler_config task={self.task!r:.100} is not supported yet by pagedllm: the model's "
+                             f"pooling tasks come from its checkpoint, runner='pooling' and convert= "
+                             f"('embed', 'classify', 'reward').")
+        if self.enable_chunked_processing:
+            raise ValueError("pooler_config enable_chunked_processing is not supported yet by pagedllm: a prompt "
+                             "longer than max_model_len is an error (or truncate it with truncate_prompt_tokens).")
+        if self.max_embed_len is not None:
+            raise ValueError("pooler_config max_embed_len is not supported yet by pagedllm (it needs "
+                             "enable_chunked_processing): prompts are limited to max_model_len.")
+
+    @classmethod
+    def coerce(cls, value: "PoolerConfig | dict | str") -> "PoolerConfig":
+        """``pooler_config`` as given: a PoolerConfig, a dict of its fields or their JSON (``--pooler-config``)."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"pooler_config must be a JSON object of PoolerConfig fields: {e}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"pooler_config must be a PoolerConfig or a dict of its fields, got "
+                             f"{type(value).__name__}.")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in value if k not in names)
+        if unknown:
+            raise ValueError(f"Unknown pooler_config field(s): {', '.join(unknown)}; PoolerConfig's fields are "
+                             f"{', '.join(names)}.")
+        return cls(**value)
+
+
 # A generation_config.json's sampling defaults (HF's names) -> SamplingParams' names (vLLM reads the same six);
 # do_sample=false also means greedy here.
 GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -133,7 +256,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "model_loader_extra_config",
     "ignore_patterns", "disable_chunked_mm_input", "disable_hybrid_kv_cache_manager",
     "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
-    "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "pooler_config", "override_pooler_config",
+    "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "override_pooler_config",
     "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config",
     "model_impl", "override_attention_dtype", "calculate_kv_scales",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
@@ -257,6 +380,9 @@ class EngineArgs:
     # from its answer, and structured output constrains only the answer (offline too, as vLLM). "": none.
     reasoning_parser: str = ""
     compilation_config: int | dict | None = None
+    # vLLM's PoolerConfig (or a dict of its fields, or their JSON): a pooling model's pooling type, activation /
+    # normalization default, Matryoshka dimensions, classifier calibration, STEP pooling; over the checkpoint's.
+    pooler_config: PoolerConfig | dict | None = None
     # Who builds the engine, as vLLM's UsageContext: "llm_class" (offline LLM) or "openai_api_server" (serve). Not a
     # field (no LLM keyword, no flag): the server entrypoint sets it on its instance, and it picks defaults (the
     # server's prefill chunks are half the LLM class's).
@@ -273,6 +399,8 @@ class EngineArgs:
                                  f"{', '.join(names.values())} (or auto).")
             self.dtype = names[self.dtype]
         _coerce_scalar_fields(self)
+        if self.pooler_config is not None:
+            self.pooler_config = PoolerConfig.coerce(self.pooler_config)
         # load_format="bitsandbytes" alone asks for bitsandbytes (vLLM's tutorials give both; vLLM sets the load
         # format from the quantization, and a pre-quantized checkpoint says bitsandbytes itself).
         if self.load_format == "bitsandbytes" and self.quantization is None:
@@ -430,6 +558,11 @@ class EngineArgs:
                        help='vLLM\'s profiler config as JSON, e.g. \'{"profiler": "torch", "torch_profiler_dir": '
                             '"./traces"}\': torch.profiler traces of the workers\' steps between /start_profile and '
                             '/stop_profile (LLM.start_profile / stop_profile). VLLM_TORCH_PROFILER_DIR does the same.')
+        g.add_argument("--pooler-config", type=json.loads, default=None,
+                       help='A pooling model\'s pooler as JSON (or --pooler-config.KEY VALUE), over its checkpoint\'s: '
+                            '\'{"pooling_type": "MEAN", "use_activation": false}\'. Fields: pooling_type (CLS, LAST, '
+                            'MEAN, ALL, STEP), use_activation, dimensions, logit_mean, logit_sigma, step_tag_id, '
+                            'returned_token_ids.')
         g.add_argument("--structured-outputs-config", type=json.loads, default=None,
                        help='JSON (or --structured-outputs-config.KEY VALUE): backend "auto" / "xgrammar", '
                             "disable_any_whitespace, disable_additional_properties (defaults of every request), "
@@ -797,7 +930,7 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
-_DOTTED_CONFIG_FLAGS = ("--structured-outputs-config",)
+_DOTTED_CONFIG_FLAGS = ("--structured-outputs-config", "--pooler-config")
 
 
 class FlexibleArgumentParser(argparse.ArgumentParser):
@@ -1003,6 +1136,25 @@ class EngineConfig:
         return self.runner_type == "pooling"
 
     @property
+    def default_token_pooling_type(self) -> str:
+        """The per-token tasks' pooling without a pooler_config saying: vLLM's STEP for process reward models (all
+        rows until step_tag_id is set), else ALL."""
+        return _default_token_pooling_type(self.hf_config)
+
+    @property
+    def token_pooling_type(self) -> str:
+        """The per-token tasks' pooling: pooler_config's, else the model's default."""
+        user = self.args.pooler_config
+        return user.tok_pooling_type if user is not None and user.tok_pooling_type else \
+            self.default_token_pooling_type
+
+    @property
+    def token_row_width(self) -> int:
+        """The columns of a per-token pooling row (what returned_token_ids index): the labels of a model with a
+        head, else the hidden size."""
+        return _token_row_width(self.model)
+
+    @property
     def pooling_tasks(self) -> tuple[str, ...]:
         """The pooling tasks this engine runs (vLLM's supported tasks): an embedder's, or a sequence classifier's,
         which scores pairs only with one label (a cross-encoder, as vLLM)."""
@@ -1119,6 +1271,8 @@ class EngineConfig:
                            args.gpu_memory_utilization, DEFAULT_CPU_KV_CACHE_GB)
 
         runner_type = _resolve_runner(args, model)
+        if args.pooler_config is not None:
+            _verify_pooler_config(args.pooler_config, runner_type, model, args.served_model_name or args.model)
         derived_len, derived_from = _derived_max_model_len(hf)
         if runner_type == "pooling" and model.max_seq_length and model.max_seq_length < derived_len:
             derived_len = model.max_seq_length
@@ -1190,6 +1344,47 @@ class EngineConfig:
                    runner_type=runner_type,
                    enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device),
                    cpu_fp16_weights=_cpu_fp16_weights(args, device))
+
+
+def _verify_pooler_config(pooler: PoolerConfig, runner_type: str, model: ResolvedModel, model_name) -> None:
+    """Each field the user set must apply to this model (the poolers honour it), else an error that names it."""
+    if runner_type != "pooling":
+        raise ValueError("pooler_config applies to pooling models only (runner='pooling': embedding, classification "
+                         "and reward models); this model runs as a generative model.")
+    hf = model.hf_config
+    embedder = not (model.is_classifier or model.is_token_classifier)
+    if pooler.dimensions is not None:
+        if not embedder:
+            raise ValueError("pooler_config dimensions applies to embedding models only (Matryoshka truncation); "
+                             "this is a classification / reward model.")
+        name = model_name[0] if isinstance(model_name, list) else model_name
+        PoolingParams(dimensions=pooler.dimensions).verify_dimensions(
+            hf.hidden_size, getattr(hf, "matryoshka_dimensions", None),
+            bool(getattr(hf, "is_matryoshka", False) or getattr(hf, "matryoshka_dimensions", None)), name)
+    for field_name in ("logit_mean", "logit_sigma"):
+        if getattr(pooler, field_name) is not None and not model.is_classifier:
+            raise ValueError(f"pooler_config {field_name} applies to sequence classification models only (the "
+                             f"classify / score logits); this model has no sequence classification head.")
+    if model.is_token_classifier and pooler.seq_pooling_type is not None:
+        raise ValueError(f"pooler_config pooling_type={pooler.seq_pooling_type!r} pools a sequence into one "
+                         f"vector; this model has a head on every token (token_classify): use ALL or STEP.")
+    token_type = pooler.tok_pooling_type or _default_token_pooling_type(hf)
+    for field_name in ("step_tag_id", "returned_token_ids"):
+        if getattr(pooler, field_name) is not None and token_type != "STEP":
+            raise ValueError(f"pooler_config {field_name} applies to STEP pooling only: set pooling_type='STEP' "
+                             f"(process reward models use it by default).")
+    check_returned_token_ids(pooler.returned_token_ids, _token_row_width(model), where="pooler_config ")
+
+
+def _token_row_width(model: ResolvedModel) -> int:
+    if model.is_classifier or model.is_token_classifier:
+        return int(getattr(model.hf_config, "num_labels", 0))
+    return int(model.hf_config.hidden_size)
+
+
+def _default_token_pooling_type(hf_config) -> str:
+    archs = getattr(hf_config, "architectures", None) or ()
+    return "STEP" if any(a in STEP_POOLING_ARCHITECTURES for a in archs) else "ALL"
 
 
 def _pick_cpu_threads(args: EngineArgs, device: torch.device) -> int | None:

@@ -21,6 +21,20 @@ _TASK_FIELDS = {"embed": ("dimensions", "normalize"), "encode": ("dimensions", "
                 "token_embed": ("dimensions", "normalize"), "token_classify": ("use_activation",)}
 
 
+def check_returned_token_ids(ids, width: int | None = None, where: str = "") -> None:
+    """STEP pooling's ``returned_token_ids``: None or token ids, each below ``width`` (the per-token rows' columns)
+    when given; ``where`` prefixes the field's name in the error ("pooler_config ")."""
+    if ids is None:
+        return
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                     for i in ids):
+        raise ValueError(f"{where}returned_token_ids must be a list of token ids, got {ids!r:.100}.")
+    bad = [i for i in ids if width is not None and i >= width]
+    if bad:
+        raise ValueError(f"{where}returned_token_ids {bad} are out of range: this model's per-token rows have {width} "
+                         f"columns.")
+
+
 @dataclass
 class PoolingParams:
     # Keep only the first ``dimensions`` values of the vector (Matryoshka models only), before normalizing.
@@ -35,6 +49,10 @@ class PoolingParams:
     use_activation: bool | None = None
     activation: bool | None = None
     softmax: bool | None = None
+    # STEP pooling (process reward models; pooler_config's are the defaults): only the rows whose prompt token is
+    # step_tag_id, and of each only the returned_token_ids columns. An error where the model does not pool STEP.
+    step_tag_id: int | None = None
+    returned_token_ids: list[int] | None = None
     task: str | None = None
     # Internal: where a cross-encoder pair's second text starts among the prompt's tokens (BERT's token type 1 from
     # there on: ``token_type_ids`` of a tokenized pair, compressed as vLLM does); None: one segment.
@@ -48,6 +66,10 @@ class PoolingParams:
         if self.normalize is not None and not isinstance(self.normalize, bool):
             raise ValueError(f"normalize must be True, False or None, got {self.normalize!r:.100}.")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
+        if self.step_tag_id is not None and (not isinstance(self.step_tag_id, int) or isinstance(self.step_tag_id,
+                                                                                                   bool)):
+            raise ValueError(f"step_tag_id must be a token id, got {self.step_tag_id!r:.100}.")
+        check_returned_token_ids(self.returned_token_ids)
         for name in ("use_activation", "activation", "softmax"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -73,6 +95,19 @@ class PoolingParams:
 
     def clone(self) -> "PoolingParams":
         return copy.copy(self)
+
+    def verify_step_pooling(self, token_pooling_type: str, width: int) -> None:
+        """vLLM's rule: ``step_tag_id`` / ``returned_token_ids`` only on a per-token task of a model that pools
+        STEP; ``width``: the columns of its per-token rows."""
+        wrong = [name for name in ("step_tag_id", "returned_token_ids") if getattr(self, name) is not None]
+        if not wrong:
+            return
+        if token_pooling_type != "STEP" or (self.task is not None and self.task not in TOKEN_TASKS):
+            task = self.task or "token_classify"
+            raise ValueError(f"Task {task} only supports {list(_TASK_FIELDS.get(task, ()))} parameters, does not "
+                             f"support {wrong} parameters (they apply to STEP pooling: pooler_config "
+                             f"pooling_type='STEP', a process reward model's default)")
+        check_returned_token_ids(self.returned_token_ids, width)
 
     def verify_dimensions(self, hidden_size: int, matryoshka_dimensions: list[int] | None, is_matryoshka: bool,
                           model_name: str) -> None:

@@ -190,6 +190,7 @@ class InputProcessor:
             raise ValueError(f"priority must be an int, got {type(priority).__name__}.")
         self.config.verify_priority(priority)
         self.config.verify_pooling_task(params.task)
+        params.verify_step_pooling(self.config.token_pooling_type, self.config.token_row_width)
         hf = self.config.hf_config
         params.verify_dimensions(hf.hidden_size, getattr(hf, "matryoshka_dimensions", None),
                                  bool(getattr(hf, "is_matryoshka", False) or getattr(hf, "matryoshka_dimensions",

@@ -24,7 +24,7 @@ from pagedllm.kernels.settings import configure_kernels
 from pagedllm.lora.manager import LoRAManager
 from pagedllm.lora.request import LoRARequest
 from pagedllm.model.layers.pipeline import IntermediateTensors
-from pagedllm.model.layers.pooler import Pooler, get_classifier_pooler, get_pooler, pooler_config_from_checkpoint
+from pagedllm.model.layers.pooler import Pooler, get_classifier_pooler, get_pooler, resolve_pooling
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.model.registry import is_encoder_only
@@ -110,11 +110,12 @@ class ModelRunner:
         self._compiled_ahead = (0, 0, 0.0)
         self.sampler = Sampler()
         # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
-        # last token for decoders (vLLM's defaults).
+        # last token for decoders (vLLM's defaults), with the user's pooler_config over it.
         self.pooler: Pooler | None = None
         if config.is_pooling:
             default_type = "CLS" if is_encoder_only(hf) else "LAST"
-            pooler_config = pooler_config_from_checkpoint(config.model.model_dir, default_type)
+            pooler_config = resolve_pooling(config.model.model_dir, default_type, config.default_token_pooling_type,
+                                            config.args.pooler_config)
             head = getattr(self.model, "classify", None)     # sequence classifiers: their head runs in the pooler
             self.pooler = (get_classifier_pooler(pooler_config, head, hf, config.model.is_token_classifier)
                            if head is not None else get_pooler(pooler_config))
@@ -664,7 +665,7 @@ class ModelRunner:
                             [items[i][0] for i in sampled_rows])
         if self.pooler is not None:
             # Every request of a pooling step is its whole prompt (the scheduler does not chunk them).
-            vectors = self.pooler(hidden, starts.tolist(), [st.pooling_params for st, _ in items])
+            vectors = self.pooler(hidden, starts.tolist(), [st.pooling_params for st, _ in items], input_ids)
             step.pooled = {st.req_id: vec for (st, _), vec in zip(items, vectors)}
             return step
         if sampled_rows:

@@ -12,7 +12,13 @@ several labels, sigmoid for one or for multi-label), ``score`` as the cross-enco
 ``activation_fn`` (else the same rule); ``use_activation=False`` returns the logits.
 
 The per-token tasks keep every row of a request: ``token_embed`` each row normalized as an embedding,
-``token_classify`` the head on each row with ``classify``'s activation (token classifiers, reward models).
+``token_classify`` the head on each row with ``classify``'s activation (token classifiers, reward models); vLLM's
+STEP pooling (process reward models) keeps only the rows of ``step_tag_id`` tokens, and of them the
+``returned_token_ids`` columns.
+
+The user's ``pooler_config`` (pagedllm.config.PoolerConfig, vLLM's) goes over the checkpoint's choices
+(``resolve_pooling``): the pooling type, the normalize / activation default, default Matryoshka dimensions, the
+classifier logits' calibration ``(logits - logit_mean) / logit_sigma`` and the STEP fields.
 """
 from __future__ import annotations
 
@@ -21,16 +27,27 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pagedllm.config import PoolerConfig
 from pagedllm.pooling_params import TOKEN_TASKS, PoolingParams
 
 
 @dataclass
-class PoolerConfig:
-    pooling_type: str = "LAST"     # "MEAN" | "CLS" | "LAST"
-    normalize: bool = True         # the default when a request does not say (PoolingParams.normalize None)
+class PoolingSetup:
+    """What the poolers apply: the checkpoint's pooler (``pooler_config_from_checkpoint``) with the user's
+    ``pooler_config`` over it (``resolve_pooling``)."""
+    pooling_type: str = "LAST"     # "MEAN" | "CLS" | "LAST": a request's one vector
+    normalize: bool = True         # embeddings' default when a request does not say (PoolingParams.normalize None)
+    use_activation: bool = True    # classifiers' default when a request does not say (PoolingParams.use_activation)
+    dimensions: int | None = None  # embeddings' default dimensions (Matryoshka truncation)
+    token_pooling_type: str = "ALL"    # per-token tasks: "ALL" every row, "STEP" the rows of step_tag_id tokens
+    step_tag_id: int | None = None
+    returned_token_ids: list[int] | None = None    # STEP: only these columns of each row
+    logit_mean: float | None = None    # classifiers: (logits - logit_mean) / logit_sigma before the activation
+    logit_sigma: float | None = None
 
 
 class Pooler:
@@ -38,17 +55,20 @@ class Pooler:
     plus the end), into one float32 vector per request."""
     pooling_type: str = ""
 
-    def __init__(self, config: PoolerConfig):
+    def __init__(self, config: PoolingSetup):
         self.config = config
+        self._token_ids: Sequence[int] | None = None     # the step's, while __call__ runs (STEP pooling)
 
     def pool_rows(self, hidden: torch.Tensor, starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """``[B, H]``: each request's rows made into one vector."""
         raise NotImplementedError
 
-    def __call__(self, hidden: torch.Tensor, starts: Sequence[int],
-                 params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
+    def __call__(self, hidden: torch.Tensor, starts: Sequence[int], params: Sequence[PoolingParams | None],
+                 token_ids: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Each request's output: one vector, or for a per-token task (``token_embed``, ``token_classify``) one
-        row per prompt token (``[len, D]``)."""
+        row per prompt token (``[len, D]``; STEP pooling: the rows of the ``step_tag_id`` tokens among the step's
+        ``token_ids``)."""
+        self._token_ids = token_ids
         bounds = torch.as_tensor(list(starts), device=hidden.device)
         firsts, lens = bounds[:-1], bounds[1:] - bounds[:-1]
         per_token = [i for i, p in enumerate(params) if p is not None and p.task in TOKEN_TASKS]
@@ -73,12 +93,31 @@ class Pooler:
                     params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
         """``token_embed``: every prompt token's hidden state, each normalized as an embedding (ColBERT-style
         multi-vector retrieval)."""
-        return [torch.stack(self._finish(hidden[int(f):int(f) + int(n)].float(), [p] * int(n)))
-                for f, n, p in zip(firsts.tolist(), lens.tolist(), params)]
+        out = []
+        for f, n, p in zip(firsts.tolist(), lens.tolist(), params):
+            rows = self._step_rows(hidden[f:f + n].float(), f, n, p)
+            out.append(torch.stack(self._finish(rows, [p] * len(rows))) if len(rows) else rows.cpu())
+        return out
+
+    def _step_rows(self, rows: torch.Tensor, first: int, n: int, params: PoolingParams | None) -> torch.Tensor:
+        """STEP pooling (vLLM's): of one request's per-token rows, those whose prompt token is ``step_tag_id``, and
+        of each only the ``returned_token_ids`` columns (the request's, else pooler_config's); ALL: every row."""
+        if self.config.token_pooling_type != "STEP":
+            return rows
+        returned, tag = self.config.returned_token_ids, self.config.step_tag_id
+        if params is not None:
+            returned = params.returned_token_ids if params.returned_token_ids is not None else returned
+            tag = params.step_tag_id if params.step_tag_id is not None else tag
+        if returned:
+            rows = rows[:, torch.as_tensor(returned, device=rows.device)]
+        if tag is not None:
+            ids = torch.as_tensor(np.asarray(self._token_ids[first:first + n]), device=rows.device)
+            rows = rows[ids == tag]
+        return rows
 
     def _finish(self, vectors: torch.Tensor, params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
         normalize = [self.config.normalize if p is None or p.normalize is None else p.normalize for p in params]
-        dims = [None if p is None else p.dimensions for p in params]
+        dims = [self.config.dimensions if p is None or p.dimensions is None else p.dimensions for p in params]
         if all(d is None for d in dims):         # the common case: one batched normalize
             if all(normalize):
                 return list(F.normalize(vectors, dim=-1).cpu().unbind(0))
@@ -119,12 +158,32 @@ class LastPooler(Pooler):
 POOLERS: dict[str, type[Pooler]] = {cls.pooling_type: cls for cls in (MeanPooler, CLSPooler, LastPooler)}
 
 
-def pooler_config_from_checkpoint(model_dir: str, default_type: str) -> PoolerConfig:
-    """sentence-transformers' pipeline in ``model_dir`` as a PoolerConfig; ``default_type`` and normalization
+def resolve_pooling(model_dir: str, default_type: str, default_token_type: str,
+                    user: PoolerConfig | None) -> PoolingSetup:
+    """The poolers' setup: the checkpoint's (``pooler_config_from_checkpoint``), then each field the user's
+    ``pooler_config`` sets over it (EngineConfig.build has rejected the fields that do not apply to the model)."""
+    setup = pooler_config_from_checkpoint(model_dir, default_type)
+    setup.token_pooling_type = default_token_type
+    if user is None:
+        return setup
+    if user.seq_pooling_type is not None:
+        setup.pooling_type = user.seq_pooling_type
+    if user.tok_pooling_type is not None:
+        setup.token_pooling_type = user.tok_pooling_type
+    if user.use_activation is not None:
+        setup.normalize = setup.use_activation = user.use_activation
+    for name in ("dimensions", "step_tag_id", "returned_token_ids", "logit_mean", "logit_sigma"):
+        if getattr(user, name) is not None:
+            setattr(setup, name, getattr(user, name))
+    return setup
+
+
+def pooler_config_from_checkpoint(model_dir: str, default_type: str) -> PoolingSetup:
+    """sentence-transformers' pipeline in ``model_dir`` as a PoolingSetup; ``default_type`` and normalization
     without one (vLLM normalizes embeddings by default)."""
     modules_file = os.path.join(model_dir, "modules.json")
     if not os.path.isfile(modules_file):
-        return PoolerConfig(default_type, normalize=True)
+        return PoolingSetup(default_type, normalize=True)
     with open(modules_file) as f:
         modules = json.load(f)
     pooling_type = default_type
@@ -137,7 +196,7 @@ def pooler_config_from_checkpoint(model_dir: str, default_type: str) -> PoolerCo
             pooling_type = _pooling_type(pooling)
         elif kind.endswith(".Normalize"):
             normalize = True
-    return PoolerConfig(pooling_type, normalize)
+    return PoolingSetup(pooling_type, normalize)
 
 
 def _pooling_type(pooling: dict) -> str:
@@ -207,29 +266,35 @@ class ClassifierPooler(Pooler):
 
     def _activate(self, logits: torch.Tensor, params: PoolingParams | None) -> torch.Tensor:
         task = params.task if params is not None and params.task in self.activations else "classify"
-        use = params is None or params.use_activation is not False
+        use = self.config.use_activation if params is None or params.use_activation is None else \
+            params.use_activation
         return self.activations[task](logits) if use else logits
 
     def pool_requests(self, hidden, firsts, lens, params):
         if self.per_token_only:     # a request without a task (the engine's own): the model's per-token output
             return self.pool_tokens(hidden, firsts, lens, params)
         logits = self.head(self.rows.pool_rows(hidden, firsts, lens)).float().cpu()
+        if self.config.logit_mean is not None:      # pooler_config's calibration (Platt scaling)
+            logits = logits - self.config.logit_mean
+        if self.config.logit_sigma is not None:
+            logits = logits / self.config.logit_sigma
         return [self._activate(row, p) for row, p in zip(logits.unbind(0), params)]
 
     def pool_tokens(self, hidden, firsts, lens, params):
         index = torch.cat([torch.arange(int(f), int(f) + int(n), device=hidden.device)
                            for f, n in zip(firsts.tolist(), lens.tolist())])
         logits = self.head(hidden[index]).float().cpu().split(lens.tolist())
-        return [self._activate(rows, p) for rows, p in zip(logits, params)]
+        return [self._activate(self._step_rows(rows, f, n, p), p)
+                for rows, f, n, p in zip(logits, firsts.tolist(), lens.tolist(), params)]
 
 
-def get_pooler(config: PoolerConfig) -> Pooler:
+def get_pooler(config: PoolingSetup) -> Pooler:
     if config.pooling_type not in POOLERS:
         raise ValueError(f"pooling_type must be one of {sorted(POOLERS)}, got {config.pooling_type!r}.")
     return POOLERS[config.pooling_type](config)
 
 
-def get_classifier_pooler(config: PoolerConfig, head: Callable[[torch.Tensor], torch.Tensor],
+def get_classifier_pooler(config: PoolingSetup, head: Callable[[torch.Tensor], torch.Tensor],
                           hf_config, per_token_only: bool = False) -> ClassifierPooler:
     return ClassifierPooler(get_pooler(config), head, classification_activation(hf_config),
                             cross_encoder_activation(hf_config), per_token_only)
