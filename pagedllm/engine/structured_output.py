@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -207,11 +208,17 @@ def validate(so: StructuredOutputsParams) -> None:
     build_grammar(so)
 
 
+def compile_workers() -> int:
+    """Grammars compiling at once: vLLM's half of the cores, but at least two, so that one huge schema (seconds of
+    compiling) does not hold back every other new constrained request behind it, and at most eight."""
+    return max(2, min(8, ((os.cpu_count() or 1) + 1) // 2))
+
+
 class StructuredOutputManager:
     """The engine core's side: compiled grammars (cached by spec), one matcher per constrained request, the bitmask
     of each step (``Scheduler.update_from_output`` advances the matchers).
 
-    A grammar that is not cached compiles on a background thread (``submit``; xgrammar releases the GIL), as in vLLM,
+    A grammar that is not cached compiles on background threads (``submit``; xgrammar releases the GIL), as in vLLM,
     so a slow one (``[a-z]{1,3000}`` on SmolLM2's vocabulary: 0.5 s; the first constrained request also loads the
     tokenizer) does not stall the other requests' steps: the core admits the request to the scheduler once its
     matcher is ready (``take_ready``)."""
@@ -308,7 +315,7 @@ class StructuredOutputManager:
             request.grammar = self.new_matcher(so, eos_token_ids)
             return True
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagedllm-grammar")
+            self._pool = ThreadPoolExecutor(max_workers=compile_workers(), thread_name_prefix="pagedllm-grammar")
         self._pending[request.request_id] = (request, self._pool.submit(self.new_matcher, so, eos_token_ids))
         return False
 

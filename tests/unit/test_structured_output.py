@@ -74,6 +74,44 @@ def test_bad_constraints_fail_at_add_time(llm):
             llm.generate("Hi", SamplingParams(max_tokens=2, structured_outputs=so), use_tqdm=False)
     # The engine is still fine afterwards.
     assert llm.generate("Hi", SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)[0].outputs[0].token_ids
+
+
+def test_a_slow_grammar_does_not_hold_back_another_constrained_request(llm, monkeypatch):
+    """Grammars compile side by side: while one (a huge schema, seconds of compiling) is still compiling, a second
+    constrained request with another grammar compiles, runs and finishes. With one compiling thread it waited for the
+    first (the test would time out below)."""
+    import threading
+    import time
+    manager = llm.llm_engine.core.structured_output
+    release = threading.Event()
+    compile_now = manager.compile
+
+    def slow_compile(so):
+        if so.regex and so.regex.startswith("huge"):
+            release.wait(timeout=20)
+        return compile_now(so)
+
+    monkeypatch.setattr(manager, "compile", slow_compile)
+    engine = llm.llm_engine
+    engine.add_request("huge", "A code:", SamplingParams(
+        temperature=0, max_tokens=8, structured_outputs=StructuredOutputsParams(regex=r"huge-[0-9]{3}")))
+    engine.add_request("small", "A code:", SamplingParams(
+        temperature=0, max_tokens=8, structured_outputs=StructuredOutputsParams(regex=r"small-[a-c]{2}")))
+    done, deadline = {}, time.monotonic() + 15
+    try:
+        while "small" not in done and time.monotonic() < deadline:
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+        assert "small" in done and "huge" not in done, sorted(done)
+        assert re.fullmatch(r"small-[a-c]{2}", done["small"].outputs[0].text), done["small"].outputs[0].text
+    finally:
+        release.set()
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out
+    assert re.fullmatch(r"huge-[0-9]{3}", done["huge"].outputs[0].text), done["huge"].outputs[0].text
     named_like_keywords = {"type": "object", "properties": {"contains": {"type": "string", "maxLength": 4},
                                                             "format": {"enum": ["a", "b"]}},
                            "required": ["contains", "format"], "additionalProperties": False}
