@@ -424,7 +424,9 @@ class EngineArgs:
         g.add_argument("--enable-lora-bias", action="store_true", help="Not supported yet.")
         g.add_argument("--fully-sharded-loras", action="store_true",
                        help="Not supported yet with tensor parallel (adapters are sharded as vLLM's default).")
-        g.add_argument("--speculative-config", type=json.loads, default=None, help="Not supported yet.")
+        g.add_argument("--speculative-config", type=json.loads, default=None,
+                       help='Speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 5, '
+                            '"prompt_lookup_max": 4}\' (n-gram prompt lookup is the method pagedllm supports).')
         g.add_argument("--profiler-config", type=json.loads, default=None,
                        help='vLLM\'s profiler config as JSON, e.g. \'{"profiler": "torch", "torch_profiler_dir": '
                             '"./traces"}\': torch.profiler traces of the workers\' steps between /start_profile and '
@@ -595,7 +597,14 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"max_num_partial_prefills is not supported yet (concurrent partial prefills); use 1 "
                          f"(got {args.max_num_partial_prefills}).")
     if args.speculative_config is not None:
-        raise ValueError("speculative_config is not supported yet: speculative decoding is not implemented.")
+        spec = speculative_settings(args.speculative_config)
+        if args.pipeline_parallel_size > 1:
+            raise ValueError("speculative_config is not supported with pipeline_parallel_size > 1 yet by pagedllm; "
+                             "use tensor_parallel_size, or leave speculative_config out.")
+        if args.async_scheduling:
+            raise ValueError("async_scheduling is not supported with speculative_config yet by pagedllm (the "
+                             "drafts are proposed from the tokens the host has); leave async_scheduling unset.")
+        args.speculative_config = spec
     _verify_structured_outputs_config(args.structured_outputs_config)
     if not isinstance(args.reasoning_parser, str):
         raise ValueError(f"reasoning_parser must be a string, got {args.reasoning_parser!r}.")
@@ -1022,6 +1031,8 @@ class EngineConfig:
             return False
         if self.args.pipeline_parallel_size > 1:     # the stages overlap by the engine core's batch queue instead
             return False
+        if self.args.speculative_config is not None:    # drafts are proposed from the host's tokens
+            return False
         return self.device.type == "cuda" if flag is None else bool(flag)
 
     def verify_priority(self, priority: int) -> None:
@@ -1334,6 +1345,15 @@ class ProfilerSettings:
 _PROFILER_KEYS_OFF = {"ignore_frontend": (False, True), "delay_iterations": (0,), "max_iterations": (0,)}
 
 
+def _config_dict(value: "dict | str", name: str, vllm_class: str) -> dict:
+    """A config argument given as a dict or its JSON (as vLLM's ``--x-config`` flags take it), as a new dict."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a dict (vLLM's {vllm_class} fields), got {type(value).__name__}.")
+    return dict(value)
+
+
 def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | None:
     """The profiler the engine was started with: ``profiler_config`` (vLLM's ProfilerConfig as a dict or its JSON)
     when given, else ``VLLM_TORCH_PROFILER_DIR`` / ``PAGEDLLM_TORCH_PROFILER_DIR``; None: no profiler. A key or
@@ -1341,12 +1361,7 @@ def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | 
     if profiler_config is None:
         folder = envs.torch_profiler_dir()
         return ProfilerSettings(folder, torch_profiler_with_stack=envs.torch_profiler_with_stack()) if folder else None
-    if isinstance(profiler_config, str):
-        profiler_config = json.loads(profiler_config)
-    if not isinstance(profiler_config, dict):
-        raise ValueError(f"profiler_config must be a dict (vLLM's ProfilerConfig fields), got "
-                         f"{type(profiler_config).__name__}.")
-    cfg = dict(profiler_config)
+    cfg = _config_dict(profiler_config, "profiler_config", "ProfilerConfig")
     kind = cfg.pop("profiler", "none")
     for key, off in _PROFILER_KEYS_OFF.items():
         if key in cfg and cfg.pop(key) not in off:
@@ -1369,3 +1384,71 @@ def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | 
         raise ValueError("profiler_config with profiler='torch' needs 'torch_profiler_dir', the folder for the "
                          "traces.")
     return ProfilerSettings(os.path.abspath(os.path.expanduser(folder)), **cfg)
+
+
+# ---- speculative decoding ------------------------------------------------------------------------------------------
+# vLLM's SpeculativeConfig methods that pagedllm does not run yet (each needs a draft model or extra heads).
+_SPEC_METHODS_NOT_SUPPORTED = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix",
+                               "ngram_gpu", "custom_class", "extract_hidden_states", "dflash", "dspark")
+# Keys of vLLM's SpeculativeConfig accepted with the ngram method when they keep their "off" values.
+_SPEC_KEYS_OFF = {"enforce_eager": (None, False, True), "disable_padded_drafter_batch": (False, True),
+                  "draft_tensor_parallel_size": (None, 1), "max_model_len": (None,), "quantization": (None,),
+                  "revision": (None,), "code_revision": (None,), "rejection_sample_method": ("standard",),
+                  "draft_sample_method": ("greedy",)}
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding as the engine runs it (vLLM's SpeculativeConfig, the ngram method): each step a running
+    request proposes up to ``num_speculative_tokens`` tokens that followed an earlier occurrence of its last
+    ``prompt_lookup_min``..``prompt_lookup_max`` tokens (engine/spec_decode.py), the model verifies them in one
+    forward pass and the rejection sampler keeps the prefix the model agrees with, plus one token of its own."""
+    method: str
+    num_speculative_tokens: int
+    prompt_lookup_min: int
+    prompt_lookup_max: int
+
+
+def speculative_settings(config: "dict | str | SpeculativeConfig") -> SpeculativeConfig:
+    """``speculative_config`` (a dict or its JSON) checked with vLLM's rules and defaults; a method or key pagedllm
+    cannot honour is a ValueError naming it."""
+    if isinstance(config, SpeculativeConfig):
+        return config
+    cfg = _config_dict(config, "speculative_config", "SpeculativeConfig")
+    method, model = cfg.pop("method", None), cfg.pop("model", None)
+    if method is None:                     # vLLM infers it from the model: "[ngram]", else a draft model
+        method = "ngram" if model in ("ngram", "[ngram]") else "draft_model"
+    if method == "[ngram]":
+        method = "ngram"
+    if method != "ngram":
+        if method in _SPEC_METHODS_NOT_SUPPORTED or method.endswith("_mtp"):
+            raise ValueError(f"speculative_config method {method!r} is not supported by pagedllm yet; supported: "
+                             f"'ngram' (prompt lookup).")
+        raise ValueError(f"speculative_config method must be one of 'ngram', "
+                         f"{', '.join(repr(m) for m in _SPEC_METHODS_NOT_SUPPORTED)}; got {method!r}.")
+    if model not in (None, "ngram", "[ngram]"):
+        raise ValueError(f"speculative_config method 'ngram' takes no model, got model={model!r}.")
+    k = cfg.pop("num_speculative_tokens", None)
+    lo, hi = cfg.pop("prompt_lookup_min", None), cfg.pop("prompt_lookup_max", None)
+    for key, off in _SPEC_KEYS_OFF.items():
+        if key in cfg and cfg.pop(key) not in off:
+            raise ValueError(f"speculative_config {key!r} is not supported yet by pagedllm with method 'ngram'; "
+                             f"leave it out.")
+    if cfg:
+        raise ValueError(f"speculative_config has unknown or unsupported key(s) {sorted(cfg)}; pagedllm takes "
+                         f"'method', 'num_speculative_tokens', 'prompt_lookup_max', 'prompt_lookup_min'.")
+    if k is None:
+        raise ValueError("speculative_config needs num_speculative_tokens (the tokens proposed per step) for the "
+                         "ngram method.")
+    for name, value in (("num_speculative_tokens", k), ("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"speculative_config {name} must be an integer >= 1, got {value!r}.")
+    if lo is None and hi is None:          # vLLM's defaults
+        lo = hi = 5
+    elif lo is None:
+        lo = hi
+    elif hi is None:
+        hi = lo
+    if lo > hi:
+        raise ValueError(f"prompt_lookup_min={lo} must be <= prompt_lookup_max={hi}")
+    return SpeculativeConfig("ngram", k, lo, hi)

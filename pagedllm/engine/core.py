@@ -42,6 +42,9 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
         quantization_config_class(args.quantization)     # an unknown method fails before any download too
     config = EngineConfig.build(args, resolve_model(args))
     check_parallel_support(config.hf_config, config.tensor_parallel_size, config.pipeline_parallel_size)
+    if args.speculative_config is not None and config.is_pooling:
+        raise ValueError("speculative_config is for generative models: a pooling model generates no tokens to "
+                         "speculate on; leave it out.")
     config.attention_backend = resolve_attention_backend(config.attention_backend, config.device)
     config.quant_config = resolve_quantization(args.quantization, config.hf_config, config.model.model_dir,
                                                config.model.gguf_file, config.device, config.dtype,
@@ -80,7 +83,8 @@ class EngineCore:
                                    config.max_model_len, config.enable_chunked_prefill,
                                    config.long_prefill_token_threshold, config.max_num_seqs_per_request,
                                    preemption_mode=config.args.preemption_mode,
-                                   max_loras=config.args.max_loras if config.args.enable_lora else 0)
+                                   max_loras=config.args.max_loras if config.args.enable_lora else 0,
+                                   speculative_config=config.args.speculative_config)
         self.num_blocks = num_blocks
         self.structured_output = StructuredOutputManager(config, load_tokenizer)
         self._failed_requests: dict[str, BaseException] = {}
@@ -238,7 +242,7 @@ class EngineCore:
                               pool.num_free_blocks, pool.num_blocks, len(sched.swapped),
                               swap.num_free_blocks if swap is not None else 0, swap.num_blocks if swap is not None else 0,
                               sched.num_blocks_swapped_out, sched.num_blocks_swapped_in,
-                              *sched.lora_names())
+                              *sched.lora_names(), sched.spec_counters())
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def step(self) -> tuple[EngineCoreOutputs, StepStats]:

@@ -24,6 +24,7 @@ from pagedllm.kernels.settings import configure_kernels
 from pagedllm.lora.manager import LoRAManager
 from pagedllm.lora.request import LoRARequest
 from pagedllm.model.layers.pipeline import IntermediateTensors
+from pagedllm.model.layers.rejection_sampler import rejection_sample
 from pagedllm.model.layers.pooler import Pooler, get_classifier_pooler, get_pooler, pooler_config_from_checkpoint
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
 from pagedllm.model.loader import load_model
@@ -51,6 +52,10 @@ class LaunchedStep:
     tokens_host: torch.Tensor | None = None  # async: the sampled tokens, being copied to the host
     pooled: dict[str, torch.Tensor] | None = None   # pooling models: each request's vector
     ready: object | None = None              # async on CUDA: event recorded after that copy
+    # Speculative decoding: the requests with drafts, their drafts, and their logits rows (1 + k each, in order).
+    spec_requests: list[CachedRequestState] | None = None
+    spec_drafts: list[list[int]] | None = None
+    spec_logits: torch.Tensor | None = None
 
 
 class ModelRunner:
@@ -345,6 +350,10 @@ class ModelRunner:
                                                          self.device, pool=pool, stage_input=stage_input,
                                                          cap=envs.PAGEDLLM_PIECEWISE_MAX_TOKENS)
             self.piecewise_runner.capture()
+        if self.config.args.speculative_config is not None:
+            logger.info("speculative_config: a step in which a request verifies drafts has multi-token queries, so "
+                        "the full decode CUDA graphs do not cover it; it runs through the piecewise graphs when they "
+                        "fit it, else eagerly. Steps without drafts replay the decode graphs as usual.")
         torch.cuda.synchronize(self.device)
         if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
             self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info(self.device)[0], 0)
@@ -606,6 +615,8 @@ class ModelRunner:
         fix_dst: list[int] = []      # flat input rows whose token is still on the device ...
         fix_src: list[int] = []      # ... and its row in the previous step's sampled tokens
         partial = sched.partial_req_ids
+        spec = sched.spec_token_ids
+        spec_rows: list[int] = []        # speculative decoding: requests whose drafts are verified this step
         sampled_rows: list[int] = []
         for i, (st, n) in enumerate(items):
             s = starts[i]
@@ -613,13 +624,19 @@ class ModelRunner:
             known = st.token_ids[c:c + n]
             input_ids[s:s + len(known)] = known
             if len(known) < n:
-                fix_dst.append(int(s) + len(known))
-                fix_src.append(self._prev_sampled_rows[st.req_id])
+                if spec and st.req_id in spec:       # the last token, then its drafts
+                    input_ids[s + len(known):s + n] = spec[st.req_id]
+                else:
+                    fix_dst.append(int(s) + len(known))
+                    fix_src.append(self._prev_sampled_rows[st.req_id])
             positions[s:s + n] = np.arange(c, c + n)
             seq_lens[i] = c + n
             tables[i, :len(st.block_ids)] = st.block_ids[:width]
             st.num_computed_tokens = c + n
             if partial and st.req_id in partial:
+                continue
+            if spec and st.req_id in spec:
+                spec_rows.append(i)
                 continue
             sampled_rows.append(i)
         req_index = np.repeat(np.arange(num_reqs), q_lens)
@@ -670,6 +687,11 @@ class ModelRunner:
         if sampled_rows:
             rows = to_device([int(starts[i + 1]) - 1 for i in sampled_rows], self.device)
             step.logits = self.model.compute_logits(hidden[rows])
+        if spec_rows:     # every position of a request with drafts: its last token's and each draft's
+            rows = to_device([r for i in spec_rows for r in range(int(starts[i]), int(starts[i + 1]))], self.device)
+            step.spec_logits = self.model.compute_logits(hidden[rows])
+            step.spec_requests = [items[i][0] for i in spec_rows]
+            step.spec_drafts = [spec[items[i][0].req_id] for i in spec_rows]
         if sched.sample_async:
             tokens = (self.sampler.sample(step.logits, step.sampled_requests) if sampled_rows
                       else torch.empty(0, dtype=torch.long, device=self.device))
@@ -752,6 +774,8 @@ class ModelRunner:
                 prompt_rows.append((r, int(step.starts[i]) + p - c, p))
         if prompt_rows:
             self._prompt_logprobs(step.hidden, prompt_rows, out)
+        if step.spec_requests:
+            self._verify_drafts(step, out)
         if step.sampled_requests:
             if grammar is not None:
                 self._apply_grammar(step, grammar)
@@ -763,6 +787,18 @@ class ModelRunner:
                 if lp is not None:
                     out.logprobs[r.req_id] = lp
         return out
+
+    def _verify_drafts(self, step: "LaunchedStep", out: ModelRunnerOutput) -> None:
+        """Speculative decoding: keep the drafts the model agrees with and sample one token after them
+        (model/layers/rejection_sampler.py); a request's progress falls back past its rejected drafts, whose KV
+        slots later steps write over."""
+        results = rejection_sample(self.sampler, step.spec_logits, step.spec_requests, step.spec_drafts)
+        for r, drafts, (accepted, token) in zip(step.spec_requests, step.spec_drafts, results):
+            r.num_computed_tokens -= len(drafts) - len(accepted)
+            r.token_ids.extend(accepted)
+            r.token_ids.append(token)
+            out.sampled[r.req_id] = token
+            out.accepted_draft_ids[r.req_id] = accepted
 
     def _prompt_logprobs(self, hidden: torch.Tensor, prompt_rows, out: ModelRunnerOutput) -> None:
         rows = torch.tensor([row for _, row, _ in prompt_rows], device=self.device)

