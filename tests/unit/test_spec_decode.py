@@ -280,11 +280,18 @@ def test_seeded_sampling_with_drafts_repeats_and_stays_in_bounds(llms):
 
 
 def test_logprobs_requests_still_get_their_logprobs(llms):
+    """logprobs: such a request decodes without drafts (one token per step) and gets every token's logprobs;
+    prompt_logprobs come from the prompt's step, drafts or not."""
     base, spec = llms
     params = SamplingParams(temperature=0, max_tokens=8, logprobs=2)
     (want,) = base.generate([PROMPTS[0]], params, use_tqdm=False)
     (got,) = spec.generate([PROMPTS[0]], params, use_tqdm=False)
     assert got.outputs[0].token_ids == want.outputs[0].token_ids and len(got.outputs[0].logprobs) == 8
+    params = SamplingParams(temperature=0, max_tokens=12, prompt_logprobs=1)
+    (want,) = base.generate([PROMPTS[0]], params, use_tqdm=False)
+    (got,) = spec.generate([PROMPTS[0]], params, use_tqdm=False)
+    assert got.outputs[0].token_ids == want.outputs[0].token_ids
+    assert [sorted(d) if d else d for d in got.prompt_logprobs] == [sorted(d) if d else d for d in want.prompt_logprobs]
 
 
 def test_served_with_speculative_config_streams_and_exports_counters(smollm2):
@@ -313,3 +320,34 @@ def test_served_with_speculative_config_streams_and_exports_counters(smollm2):
     assert counters["pagedllm:spec_decode_num_drafts_total"] > 0
     assert counters["pagedllm:spec_decode_num_accepted_tokens_total"] > 0
     assert 'pagedllm:spec_decode_num_accepted_tokens_per_pos_total{model_name="' in metrics and 'position="3"' in metrics
+
+
+def test_tensor_parallel_ranks_agree_on_the_drafts(tmp_path):
+    """TP=2 (gloo, two worker processes): every rank verifies the drafts itself and must keep the same ones (the
+    ranks share the seed). A tiny random Llama over 128 tokens falls into loops, so drafts are accepted often."""
+    from tiny_models import save_tiny_llama
+
+    from pagedllm import LLM
+    save_tiny_llama(tmp_path, 128)
+    prompts = [{"prompt_token_ids": p} for p in ([5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [1, 2, 3], list(range(10, 40)))]
+    params = [SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
+              SamplingParams(temperature=0.8, max_tokens=30, ignore_eos=True, seed=3),
+              SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)]
+
+    def run(tp, speculative_config):
+        llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=tp,
+                  max_model_len=128, kv_cache_memory_gb=0.01, speculative_config=speculative_config,
+                  disable_log_stats=False)
+        try:
+            outs = llm.generate(prompts, params, use_tqdm=False)
+            accepted = sum(m.value for m in llm.get_metrics() if m.name == "pagedllm:spec_decode_num_accepted_tokens")
+            return [list(o.outputs[0].token_ids) for o in outs], accepted
+        finally:
+            llm.llm_engine.core.shutdown()
+
+    spec = {**NGRAM, "num_speculative_tokens": 3}
+    single, accepted = run(1, spec)
+    assert accepted > 0
+    greedy_plain, _ = run(1, None)
+    assert [single[0], single[2]] == [greedy_plain[0], greedy_plain[2]]
+    assert run(2, spec) == (single, accepted)
