@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.engine.request import FINISH_REASONS, Request, RequestStatus
-from pagedllm.engine.spec_decode import propose_ngram
+from pagedllm.engine.spec_decode import TokenBuffer, propose_ngram
 from pagedllm.logger import printable_id
 from pagedllm.step_data import ModelRunnerOutput, NewRequestData, ResumedRequestData, SchedulerOutput
 
@@ -347,7 +347,10 @@ class Scheduler:
             k = min(k, request.max_tokens - request.num_output_tokens - 1)
         if k <= 0:
             return []
-        return propose_ngram(request.token_ids, self.spec.prompt_lookup_min, self.spec.prompt_lookup_max, k)
+        if request.spec_tokens is None:
+            request.spec_tokens = TokenBuffer()
+        return propose_ngram(request.spec_tokens.sync(request.token_ids), self.spec.prompt_lookup_min,
+                             self.spec.prompt_lookup_max, k)
 
     @staticmethod
     def _item(request: Request, num_new: int, new_blocks: list[int] | None) -> ScheduledRequest:

@@ -11,7 +11,7 @@ from pagedllm.engine.core import create_engine_config
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.request import Request
 from pagedllm.engine.scheduler import Scheduler
-from pagedllm.engine.spec_decode import propose_ngram
+from pagedllm.engine.spec_decode import TokenBuffer, propose_ngram
 from pagedllm.model.layers.rejection_sampler import rejection_sample
 from pagedllm.model.layers.sampler import Sampler
 from pagedllm.sampling_params import SamplingParams
@@ -30,6 +30,34 @@ def test_propose_ngram_longest_match_earliest_occurrence():
     assert propose_ngram([1, 2, 3], 1, 3, 2) == []              # nothing repeats
     assert propose_ngram([5, 5, 5, 5], 1, 2, 3) == [5, 5]       # cut at the end of the tokens
     assert propose_ngram([4, 4], 2, 2, 3) == []                 # shorter than min_n + 1
+
+
+def _reference_ngram(tokens, min_n, max_n, k):
+    """vLLM's rule written plainly: for n from the longest down, the earliest earlier occurrence of the last n."""
+    total = len(tokens)
+    for n in range(min(max_n, total - 1), min_n - 1, -1):
+        for start in range(total - n):
+            if tokens[start:start + n] == tokens[total - n:]:
+                return tokens[start + n:start + n + k]
+    return []
+
+
+def test_propose_ngram_matches_the_plain_rule_on_random_tokens():
+    import random
+    rng = random.Random(0)
+    for _ in range(500):
+        tokens = [rng.randrange(4) for _ in range(rng.randrange(1, 30))]
+        lo = rng.randrange(1, 4)
+        hi = lo + rng.randrange(0, 4)
+        k = rng.randrange(1, 6)
+        assert propose_ngram(tokens, lo, hi, k) == _reference_ngram(tokens, lo, hi, k), (tokens, lo, hi, k)
+
+
+def test_token_buffer_follows_a_growing_list():
+    buf, tokens = TokenBuffer(), []
+    for t in range(200):
+        tokens.append(t % 7)
+        assert buf.sync(tokens).tolist() == tokens
 
 
 # ---- configuration ------------------------------------------------------------------------------------------------
