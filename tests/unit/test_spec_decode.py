@@ -202,6 +202,23 @@ def test_greedy_verification_accepts_while_drafts_equal_the_argmax():
     assert rejection_sample(Sampler(), logits.clone(), [greedy], [[2, 4, 6]]) == [([], 3)]
 
 
+def test_verification_rows_see_the_drafts_before_them():
+    """Penalties count the drafts before a row as output tokens: with repetition_penalty the second 3 is no longer
+    the argmax once the first draft 3 is accepted, as it would not be decoding one token at a time."""
+    logits = torch.full((3, 8), -5.0)
+    logits[0, 3] = logits[1, 3] = 5.0
+    logits[1, 4] = 4.0
+    logits[2, 1] = 5.0
+    row = _Row(SamplingParams(temperature=0, repetition_penalty=10.0))
+    assert rejection_sample(Sampler(), logits, [row], [[3, 3]]) == [([3], 4)]
+    plain = _Row(SamplingParams(temperature=0))
+    assert rejection_sample(Sampler(), logits.clone(), [plain], [[3, 3]]) == [([3, 3], 1)]
+    # min_tokens: EOS drafted before min_tokens is out is rejected (its logit is masked in that row).
+    eos_row = _Row(SamplingParams(temperature=0, min_tokens=2))
+    eos_row.eos_token_ids = frozenset({3})
+    assert rejection_sample(Sampler(), logits.clone(), [eos_row], [[3, 3]])[0][0] == []
+
+
 def test_rejection_sampling_is_unbiased():
     """Each emitted token is distributed as the target row: the first token's frequencies over many trials match p0
     whatever the draft (the draft 2 is likely, the draft 4 unlikely), and after an accepted draft the bonus token's

@@ -21,18 +21,24 @@ from pagedllm.model.layers.sampler import Sampler, SamplingRow, to_device
 
 
 class DraftRow:
-    """The sampler's view of one verification row: the request with the first ``num_drafts`` drafts appended."""
-    __slots__ = ("sampling_params", "generator", "token_ids", "num_prompt_tokens", "eos_token_ids",
+    """The sampler's view of one verification row: the request with the first ``num_drafts`` drafts appended (the
+    token list is built only when the sampler reads it: penalties and bad words)."""
+    __slots__ = ("request", "drafts", "sampling_params", "generator", "num_prompt_tokens", "eos_token_ids",
                  "num_computed_tokens")
 
     def __init__(self, request: SamplingRow, drafts: list[int], num_drafts: int):
+        self.request = request
+        self.drafts = drafts[:num_drafts]
         self.sampling_params = request.sampling_params
         self.generator = request.generator
-        self.token_ids = request.token_ids + drafts[:num_drafts] if num_drafts else request.token_ids
         self.num_prompt_tokens = request.num_prompt_tokens
         self.eos_token_ids = request.eos_token_ids
         # The index of the token this row samples (the request's own count is past all of the step's tokens).
-        self.num_computed_tokens = len(self.token_ids)
+        self.num_computed_tokens = len(request.token_ids) + num_drafts
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.request.token_ids + self.drafts
 
     @property
     def output_token_ids(self) -> list[int]:
