@@ -396,3 +396,27 @@ def test_tensor_parallel_ranks_agree_on_the_drafts(tmp_path):
     greedy_plain, _ = run(1, None)
     assert [single[0], single[2]] == [greedy_plain[0], greedy_plain[2]]
     assert run(2, spec) == (single, accepted)
+
+
+def test_spec_decode_counters_and_log_line(caplog):
+    """vLLM's SpecDecoding metrics log line and counters from the engine's cumulative counts (made when the first
+    snapshot that shows speculative decoding arrives, as from an engine in another process)."""
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from pagedllm.engine.messages import EngineSnapshot
+    from pagedllm.engine.scheduler import StepStats
+    from pagedllm.metrics import EngineMetrics
+    metrics = EngineMetrics("m", registry=CollectorRegistry())
+    metrics.attach(lambda: EngineSnapshot())
+    metrics.on_step(StepStats(num_generation_tokens=5), [], EngineSnapshot(num_running=1,
+                                                                           spec_decoding=(2, 6, 3, (2, 1, 0))), 0.0)
+    with caplog.at_level(logging.INFO, logger="pagedllm.metrics"):
+        metrics.maybe_log(EngineSnapshot(num_running=1, spec_decoding=(2, 6, 3, (2, 1, 0))), force=True)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("SpecDecoding metrics"))
+    assert "Mean acceptance length: 2.50" in line and "Accepted: 3 tokens, Drafted: 6 tokens" in line
+    assert "Per-position acceptance rate: 1.000, 0.500, 0.000, Avg Draft acceptance rate: 50.0%" in line
+    text = metrics.render().decode()
+    assert 'pagedllm:spec_decode_num_drafts_total{model_name="m"} 2.0' in text
+    assert 'pagedllm:spec_decode_num_accepted_tokens_per_pos_total{model_name="m",position="1"} 1.0' in text
