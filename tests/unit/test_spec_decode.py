@@ -420,3 +420,59 @@ def test_spec_decode_counters_and_log_line(caplog):
     text = metrics.render().decode()
     assert 'pagedllm:spec_decode_num_drafts_total{model_name="m"} 2.0' in text
     assert 'pagedllm:spec_decode_num_accepted_tokens_per_pos_total{model_name="m",position="1"} 1.0' in text
+
+
+@pytest.fixture(scope="module")
+def tiny128(tmp_path_factory):
+    """A tiny random Llama over 128 tokens: its greedy outputs fall into loops, so drafts are accepted often."""
+    from tiny_models import save_tiny_llama
+    path = tmp_path_factory.mktemp("tiny128")
+    save_tiny_llama(path, 128)
+    return str(path)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),
+    dict(num_gpu_blocks_override=24, max_num_batched_tokens=16),                    # chunked prompts, preemption
+    dict(num_gpu_blocks_override=24, swap_space=0.001, preemption_mode="swap"),     # KV swapped out and back
+    dict(max_num_seqs=3),
+], ids=["plain", "chunked-recompute", "swap", "few-seats"])
+def test_greedy_equal_through_preemption_and_chunking(tiny128, settings):
+    import random
+
+    from pagedllm import LLM
+    rng = random.Random(0)
+    prompts = [{"prompt_token_ids": [rng.randrange(128) for _ in range(rng.randrange(3, 40))]} for _ in range(12)]
+    params = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
+
+    def run(speculative_config):
+        llm = LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+                  speculative_config=speculative_config, disable_log_stats=False, **settings)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        metrics = {m.name: m for m in llm.get_metrics()}
+        return [list(o.outputs[0].token_ids) for o in outs], metrics
+
+    want, plain_metrics = run(None)
+    got, metrics = run(NGRAM)
+    assert got == want
+    assert metrics["pagedllm:spec_decode_num_accepted_tokens"].value > 100
+    if "num_gpu_blocks_override" in settings:
+        assert metrics["pagedllm:num_preemptions"].value > 0
+
+
+def test_async_scheduling_with_speculative_config_is_rejected():
+    with pytest.raises(ValueError, match="async_scheduling is not supported with speculative_config yet"):
+        create_engine_config(EngineArgs(model="no/such-model", speculative_config=NGRAM, async_scheduling=True))
+
+
+def test_parallel_samples_with_drafts(tiny128):
+    """n > 1: each sequence speculates on its own tokens; seeded, the sequences repeat run after run."""
+    from pagedllm import LLM
+    llm = LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+              speculative_config=NGRAM)
+    params = SamplingParams(n=3, temperature=0.5, seed=11, max_tokens=40, ignore_eos=True)
+    prompt = {"prompt_token_ids": [5, 6, 7, 8, 5, 6, 7, 8, 5, 6]}
+    (first,) = llm.generate([prompt], params, use_tqdm=False)
+    (again,) = llm.generate([prompt], params, use_tqdm=False)
+    assert [c.token_ids for c in first.outputs] == [c.token_ids for c in again.outputs]
+    assert [len(c.token_ids) for c in first.outputs] == [40, 40, 40]
