@@ -601,6 +601,9 @@ def verify_engine_args(args: EngineArgs) -> None:
         if args.pipeline_parallel_size > 1:
             raise ValueError("speculative_config is not supported with pipeline_parallel_size > 1 yet by pagedllm; "
                              "use tensor_parallel_size, or leave speculative_config out.")
+        if spec.method == "draft_model" and args.tensor_parallel_size > 1:
+            raise ValueError("speculative_config method 'draft_model' is not supported with tensor_parallel_size > 1 "
+                             "yet by pagedllm; use method 'ngram', or tensor_parallel_size=1.")
         if args.async_scheduling:
             raise ValueError("async_scheduling is not supported with speculative_config yet by pagedllm (the "
                              "drafts are proposed from the tokens the host has); leave async_scheduling unset.")
@@ -989,6 +992,8 @@ class EngineConfig:
     # The parsed QuantizationConfig (pagedllm/model/quantization) of the quantization argument and the checkpoint,
     # set by the engine layer (create_engine_config); None: dense weights.
     quant_config: Any = None
+    # speculative_config method "draft_model": the draft's ResolvedModel (set by create_engine_config); None otherwise.
+    draft_model: Any = None
     # dtype="float16" on the CPU: the weights are held in fp16 (fbgemm-packed, half fp32's bytes to read per token)
     # and everything is computed in ``dtype`` (float32); pagedllm/model/quantization/cpu_fp16.py.
     cpu_fp16_weights: bool = False
@@ -1388,7 +1393,7 @@ def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | 
 
 # ---- speculative decoding ------------------------------------------------------------------------------------------
 # vLLM's SpeculativeConfig methods that pagedllm does not run yet (each needs a draft model or extra heads).
-_SPEC_METHODS_NOT_SUPPORTED = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix",
+_SPEC_METHODS_NOT_SUPPORTED = ("eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix",
                                "ngram_gpu", "custom_class", "extract_hidden_states", "dflash", "dspark")
 # Keys of vLLM's SpeculativeConfig accepted with the ngram method when they keep their "off" values.
 _SPEC_KEYS_OFF = {"enforce_eager": (None, False, True), "disable_padded_drafter_batch": (False, True),
@@ -1399,14 +1404,16 @@ _SPEC_KEYS_OFF = {"enforce_eager": (None, False, True), "disable_padded_drafter_
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """Speculative decoding as the engine runs it (vLLM's SpeculativeConfig, the ngram method): each step a running
-    request proposes up to ``num_speculative_tokens`` tokens that followed an earlier occurrence of its last
-    ``prompt_lookup_min``..``prompt_lookup_max`` tokens (engine/spec_decode.py), the model verifies them in one
-    forward pass and the rejection sampler keeps the prefix the model agrees with, plus one token of its own."""
+    """Speculative decoding as the engine runs it (vLLM's SpeculativeConfig): each step a running request proposes up
+    to ``num_speculative_tokens`` tokens, the model verifies them in one forward pass and the rejection sampler keeps
+    the prefix the model agrees with, plus one token of its own. "ngram": the tokens that followed an earlier
+    occurrence of its last ``prompt_lookup_min``..``prompt_lookup_max`` tokens (engine/spec_decode.py);
+    "draft_model": a small model sharing the tokenizer, greedy, run by the worker (worker/draft_model.py)."""
     method: str
     num_speculative_tokens: int
-    prompt_lookup_min: int
-    prompt_lookup_max: int
+    prompt_lookup_min: int = 0
+    prompt_lookup_max: int = 0
+    model: str | None = None        # draft_model: the draft's id or folder
 
 
 def speculative_settings(config: "dict | str | SpeculativeConfig") -> SpeculativeConfig:
@@ -1420,27 +1427,19 @@ def speculative_settings(config: "dict | str | SpeculativeConfig") -> Speculativ
         method = "ngram" if model in ("ngram", "[ngram]") else "draft_model"
     if method == "[ngram]":
         method = "ngram"
+    if method == "draft_model":
+        return _draft_model_settings(model, cfg)
     if method != "ngram":
         if method in _SPEC_METHODS_NOT_SUPPORTED or method.endswith("_mtp"):
             raise ValueError(f"speculative_config method {method!r} is not supported by pagedllm yet; supported: "
-                             f"'ngram' (prompt lookup).")
-        raise ValueError(f"speculative_config method must be one of 'ngram', "
+                             f"'ngram' (prompt lookup), 'draft_model' (a small model sharing the tokenizer).")
+        raise ValueError(f"speculative_config method must be one of 'ngram', 'draft_model', "
                          f"{', '.join(repr(m) for m in _SPEC_METHODS_NOT_SUPPORTED)}; got {method!r}.")
     if model not in (None, "ngram", "[ngram]"):
         raise ValueError(f"speculative_config method 'ngram' takes no model, got model={model!r}.")
-    k = cfg.pop("num_speculative_tokens", None)
     lo, hi = cfg.pop("prompt_lookup_min", None), cfg.pop("prompt_lookup_max", None)
-    for key, off in _SPEC_KEYS_OFF.items():
-        if key in cfg and cfg.pop(key) not in off:
-            raise ValueError(f"speculative_config {key!r} is not supported yet by pagedllm with method 'ngram'; "
-                             f"leave it out.")
-    if cfg:
-        raise ValueError(f"speculative_config has unknown or unsupported key(s) {sorted(cfg)}; pagedllm takes "
-                         f"'method', 'num_speculative_tokens', 'prompt_lookup_max', 'prompt_lookup_min'.")
-    if k is None:
-        raise ValueError("speculative_config needs num_speculative_tokens (the tokens proposed per step) for the "
-                         "ngram method.")
-    for name, value in (("num_speculative_tokens", k), ("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
+    k = _speculative_tokens(cfg, "ngram", "'num_speculative_tokens', 'prompt_lookup_max', 'prompt_lookup_min'")
+    for name, value in (("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"speculative_config {name} must be an integer >= 1, got {value!r}.")
     if lo is None and hi is None:          # vLLM's defaults
@@ -1452,3 +1451,29 @@ def speculative_settings(config: "dict | str | SpeculativeConfig") -> Speculativ
     if lo > hi:
         raise ValueError(f"prompt_lookup_min={lo} must be <= prompt_lookup_max={hi}")
     return SpeculativeConfig("ngram", k, lo, hi)
+
+
+def _speculative_tokens(cfg: dict, method: str, takes: str) -> int:
+    """``num_speculative_tokens`` of a speculative_config's remaining keys, checked; keys left at their "off" values
+    are dropped, any other key is an error."""
+    k = cfg.pop("num_speculative_tokens", None)
+    for key, off in _SPEC_KEYS_OFF.items():
+        if key in cfg and cfg.pop(key) not in off:
+            raise ValueError(f"speculative_config {key!r} is not supported yet by pagedllm with method {method!r}; "
+                             f"leave it out.")
+    if cfg:
+        raise ValueError(f"speculative_config has unknown or unsupported key(s) {sorted(cfg)}; pagedllm takes "
+                         f"'method', {takes} with method {method!r}.")
+    if k is None:
+        raise ValueError(f"speculative_config needs num_speculative_tokens (the tokens proposed per step) with "
+                         f"method {method!r}.")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"speculative_config num_speculative_tokens must be an integer >= 1, got {k!r}.")
+    return k
+
+
+def _draft_model_settings(model: str | None, cfg: dict) -> SpeculativeConfig:
+    if not model or not isinstance(model, str):
+        raise ValueError("speculative_config method 'draft_model' needs 'model', the draft model's id or folder.")
+    k = _speculative_tokens(cfg, "draft_model", "'model', 'num_speculative_tokens'")
+    return SpeculativeConfig("draft_model", k, model=model)

@@ -45,11 +45,31 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
     if args.speculative_config is not None and config.is_pooling:
         raise ValueError("speculative_config is for generative models: a pooling model generates no tokens to "
                          "speculate on; leave it out.")
+    spec = args.speculative_config
+    if spec is not None and spec.method == "draft_model":
+        config.draft_model = _resolve_draft_model(args, config)
     config.attention_backend = resolve_attention_backend(config.attention_backend, config.device)
     config.quant_config = resolve_quantization(args.quantization, config.hf_config, config.model.model_dir,
                                                config.model.gguf_file, config.device, config.dtype,
                                                cpu_fp16_weights=config.cpu_fp16_weights)
     return config
+
+
+def _resolve_draft_model(args: EngineArgs, config: EngineConfig):
+    """speculative_config's draft model: its files and config (as the target's are found), checked to share the
+    target's vocabulary (its tokens are the target's tokens)."""
+    import dataclasses
+
+    from pagedllm.model.loader import resolve_model
+    draft_args = dataclasses.replace(args, model=args.speculative_config.model, tokenizer=None, revision=None,
+                                     quantization=None, speculative_config=None)
+    draft = resolve_model(draft_args)
+    target_vocab, draft_vocab = config.hf_config.vocab_size, draft.hf_config.vocab_size
+    if draft_vocab != target_vocab:
+        raise ValueError(f"speculative_config draft model {args.speculative_config.model!r} has a vocabulary of "
+                         f"{draft_vocab} tokens, the target model {target_vocab}: the draft must share the target's "
+                         f"tokenizer.")
+    return draft
 
 
 class EngineCore:

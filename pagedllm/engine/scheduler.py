@@ -347,6 +347,8 @@ class Scheduler:
             k = min(k, request.max_tokens - request.num_output_tokens - 1)
         if k <= 0:
             return []
+        if self.spec.method == "draft_model":      # the worker's draft model fills in this many drafts
+            return [-1] * k
         if request.spec_tokens is None:
             request.spec_tokens = TokenBuffer()
         return propose_ngram(request.spec_tokens.sync(request.token_ids), self.spec.prompt_lookup_min,

@@ -31,6 +31,7 @@ from pagedllm.model.loader import load_model
 from pagedllm.model.registry import is_encoder_only
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.cpu_offload import LayerOffloader
+from pagedllm.worker.draft_model import DraftModel
 from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
 from pagedllm.worker.request_state import CachedRequestState
 from pagedllm.worker.sleep_mode import (MEMORY_TAGS, WeightsBackup, check_sleep_level, check_wake_up_tags,
@@ -107,6 +108,10 @@ class ModelRunner:
         self.lora: LoRAManager | None = None
         if config.args.enable_lora:
             self.lora = _lora_manager(self.model, config)
+        # speculative_config method "draft_model": the draft and its KV cache (worker/draft_model.py).
+        self.draft: DraftModel | None = None
+        if config.draft_model is not None:
+            self.draft = DraftModel(config, self.kv_cache_dtype)
         self.load_seconds = time.perf_counter() - t0
         # Seconds per start-up phase, in order, for the start-up log's timeline (and where a slow start goes).
         self.startup_phases: dict[str, float] = {"runner init": t0 - t_init, "load": self.load_seconds}
@@ -151,7 +156,8 @@ class ModelRunner:
     @property
     def bytes_per_block(self) -> int:
         elem = torch.tensor([], dtype=self.kv_cache_dtype).element_size()
-        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+        draft = self.draft.bytes_per_block if self.draft is not None else 0     # its cache shares the block ids
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem + draft
 
     def determine_num_blocks(self) -> int:
         """The KV cache's block count, from the memory plan (worker/memory_plan.py), kept in ``self.memory_plan``
@@ -322,8 +328,16 @@ class ModelRunner:
         else:
             self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
                               for _ in range(self.num_layers)]
+        if self.draft is not None:
+            if self.device.type == "cpu":
+                self.draft.allocate_kv_cache(self.num_blocks, lambda shape: _calloc_zeros(shape, self.kv_cache_dtype))
+            else:
+                self.draft.allocate_kv_cache(self.num_blocks, lambda shape: torch.zeros(
+                    shape, dtype=self.kv_cache_dtype, device=self.device))
         if self.num_swap_blocks_allocated > 0 and self.kv_caches:
             self.swap_space = SwapSpace(self.num_swap_blocks_allocated, self.kv_caches)
+            if self.draft is not None:       # the same block ids, in the draft's own CPU blocks
+                self.draft.swap_space = SwapSpace(self.num_swap_blocks_allocated, self.draft.kv_caches)
 
     def _capture_cuda_graphs(self) -> bool:
         """Capture the decode and piecewise CUDA graphs over the current weights and KV cache (start-up, and again
@@ -441,6 +455,8 @@ class ModelRunner:
         self._prev_sampled_rows = {}
         if "kv_cache" in tags:
             self.kv_caches, self.swap_space = [], None
+        if self.draft is not None:
+            raise ValueError("sleep() is not supported with a speculative_config draft model yet.")
         if "weights" in tags:
             if level == 1:
                 self._weights_backup = WeightsBackup(self.model)    # nothing to move on the CPU device
@@ -516,7 +532,7 @@ class ModelRunner:
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,
-                    num_decodes: int = 0, lora_mask: torch.Tensor | None = None) -> ForwardBatch:
+                    num_decodes: int = 0, lora_mask: torch.Tensor | None = None, attn_backend=None) -> ForwardBatch:
         dev = self.device
         query_start_loc = np.asarray(query_start_loc, dtype=np.int32)
         seq_lens = np.asarray(seq_lens, dtype=np.int32)
@@ -531,11 +547,12 @@ class ModelRunner:
             max_seq_len=int(np.max(seq_lens)) if len(seq_lens) else 0,
             num_decodes=num_decodes,
             query_start_loc_cpu=query_start_loc, seq_lens_cpu=seq_lens, block_tables_cpu=block_tables)
+        backend = attn_backend if attn_backend is not None else self.attn_backend     # a draft model's own
         return ForwardBatch(
             input_ids=torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(dev, non_blocking=True),
             positions=torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev, non_blocking=True),
-            slot_mapping=slot_mapping, kv_caches=kv_caches, attn_backend=self.attn_backend,
-            attn_metadata=self.attn_backend.build_metadata(common), lora_mask=lora_mask)
+            slot_mapping=slot_mapping, kv_caches=kv_caches, attn_backend=backend,
+            attn_metadata=backend.build_metadata(common), lora_mask=lora_mask)
 
     def startup_info(self) -> dict:
         """Facts for the engine's start-up log block."""
@@ -595,8 +612,12 @@ class ModelRunner:
         takes that token straight from the previous step's device tensor of sampled tokens."""
         if sched.blocks_to_swap_out:     # before the forward pass, which may reuse these blocks
             self.swap_space.swap_out(sched.blocks_to_swap_out)
+            if self.draft is not None:
+                self.draft.swap_space.swap_out(sched.blocks_to_swap_out)
         if sched.blocks_to_swap_in:
             self.swap_space.swap_in(sched.blocks_to_swap_in)
+            if self.draft is not None:
+                self.draft.swap_space.swap_in(sched.blocks_to_swap_in)
         items = self._update_states(sched)
         if not items:     # a step of block copies only
             return LaunchedStep([], [], torch.empty(0, device=self.device), np.zeros(1, dtype=np.int32), [])
@@ -616,6 +637,8 @@ class ModelRunner:
         fix_src: list[int] = []      # ... and its row in the previous step's sampled tokens
         partial = sched.partial_req_ids
         spec = sched.spec_token_ids
+        if self.draft is not None:     # the draft model sees every step's tokens and fills in the drafts
+            spec = self.draft.propose(items, {rid: len(d) for rid, d in spec.items()}, self._make_batch)
         spec_rows: list[int] = []        # speculative decoding: requests whose drafts are verified this step
         sampled_rows: list[int] = []
         for i, (st, n) in enumerate(items):

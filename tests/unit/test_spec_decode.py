@@ -77,11 +77,11 @@ def test_speculative_settings_defaults_as_vllm():
     ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2},
      "prompt_lookup_min=4 must be <= prompt_lookup_max=2"),
     ({"method": "eagle", "model": "yuhuili/EAGLE-LLaMA3-Instruct-8B", "num_speculative_tokens": 3},
-     "speculative_config method 'eagle' is not supported by pagedllm yet; supported: 'ngram'"),
-    ({"model": "facebook/opt-125m", "num_speculative_tokens": 3},
-     "speculative_config method 'draft_model' is not supported by pagedllm yet"),
+     "speculative_config method 'eagle' is not supported by pagedllm yet; supported: 'ngram' (prompt lookup), "
+     "'draft_model'"),
     ({"method": "medusa", "num_speculative_tokens": 3}, "method 'medusa' is not supported by pagedllm yet"),
-    ({"method": "nope", "num_speculative_tokens": 3}, "speculative_config method must be one of 'ngram'"),
+    ({"method": "nope", "num_speculative_tokens": 3}, "speculative_config method must be one of 'ngram', "
+                                                       "'draft_model'"),
     ({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup": 3}, "unknown or unsupported key(s) "
                                                                            "['prompt_lookup']"),
     ({"method": "ngram", "num_speculative_tokens": 3, "draft_sample_method": "probabilistic"},
@@ -433,11 +433,15 @@ def tiny128(tmp_path_factory):
 
 @pytest.mark.parametrize("settings", [
     dict(),
-    dict(num_gpu_blocks_override=24, max_num_batched_tokens=16),                    # chunked prompts, preemption
-    dict(num_gpu_blocks_override=24, swap_space=0.001, preemption_mode="swap"),     # KV swapped out and back
+    dict(num_gpu_blocks_override=12, max_num_batched_tokens=16),                    # chunked prompts, preemption
+    dict(num_gpu_blocks_override=12, swap_space=0.001, preemption_mode="swap"),     # KV swapped out and back
     dict(max_num_seqs=3),
 ], ids=["plain", "chunked-recompute", "swap", "few-seats"])
-def test_greedy_equal_through_preemption_and_chunking(tiny128, settings):
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_greedy_equal_through_preemption_and_chunking(tiny128, settings, method):
+    """Greedy tokens equal decoding without drafts. With the target itself as the draft model every draft is
+    accepted: the draft's KV cache (same block ids) holds every token the target's does, through chunked prompts,
+    prefix hits, recompute and swap."""
     import random
 
     from pagedllm import LLM
@@ -453,9 +457,12 @@ def test_greedy_equal_through_preemption_and_chunking(tiny128, settings):
         return [list(o.outputs[0].token_ids) for o in outs], metrics
 
     want, plain_metrics = run(None)
-    got, metrics = run(NGRAM)
+    got, metrics = run(NGRAM if method == "ngram" else {"model": tiny128, "num_speculative_tokens": 3})
     assert got == want
-    assert metrics["pagedllm:spec_decode_num_accepted_tokens"].value > 100
+    accepted = metrics["pagedllm:spec_decode_num_accepted_tokens"].value
+    assert accepted > 100
+    if method == "draft_model":
+        assert accepted == metrics["pagedllm:spec_decode_num_draft_tokens"].value
     if "num_gpu_blocks_override" in settings:
         assert metrics["pagedllm:num_preemptions"].value > 0
 
@@ -463,6 +470,42 @@ def test_greedy_equal_through_preemption_and_chunking(tiny128, settings):
 def test_async_scheduling_with_speculative_config_is_rejected():
     with pytest.raises(ValueError, match="async_scheduling is not supported with speculative_config yet"):
         create_engine_config(EngineArgs(model="no/such-model", speculative_config=NGRAM, async_scheduling=True))
+
+
+def test_draft_model_of_another_size(tiny128, tmp_path):
+    """method 'draft_model' (inferred from 'model', as vLLM): a one-layer draft over the same vocabulary; greedy
+    tokens still equal the target's alone, whatever it proposes."""
+    from tiny_models import save_tiny_llama
+
+    from pagedllm import LLM
+    save_tiny_llama(tmp_path, 128, seed=5, num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                    num_attention_heads=2, num_key_value_heads=1)
+    prompts = [{"prompt_token_ids": p} for p in ([5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [1, 2, 3], list(range(10, 40)))]
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    outs = {}
+    for name, spec in (("plain", None), ("draft", {"model": str(tmp_path), "num_speculative_tokens": 2})):
+        llm = LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128,
+                  kv_cache_memory_gb=0.01, speculative_config=spec, disable_log_stats=False)
+        outs[name] = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+        if spec is not None:
+            drafted = {m.name: m for m in llm.get_metrics()}["pagedllm:spec_decode_num_draft_tokens"].value
+            assert drafted > 0
+    assert outs["draft"] == outs["plain"]
+
+
+def test_draft_model_errors(tiny128, tmp_path):
+    from tiny_models import save_tiny_llama
+
+    from pagedllm import LLM
+    save_tiny_llama(tmp_path, 96)
+    with pytest.raises(ValueError, match="has a vocabulary of 96 tokens, the target model 128"):
+        LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+            speculative_config={"model": str(tmp_path), "num_speculative_tokens": 2})
+    with pytest.raises(ValueError, match="method 'draft_model' needs 'model'"):
+        speculative_settings({"method": "draft_model", "num_speculative_tokens": 2})
+    with pytest.raises(ValueError, match="'draft_model' is not supported with tensor_parallel_size > 1"):
+        create_engine_config(EngineArgs(model="no/such-model", tensor_parallel_size=2,
+                                        speculative_config={"model": "x", "num_speculative_tokens": 2}))
 
 
 def test_parallel_samples_with_drafts(tiny128):
