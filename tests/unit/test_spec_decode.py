@@ -493,6 +493,20 @@ def test_draft_model_of_another_size(tiny128, tmp_path):
     assert outs["draft"] == outs["plain"]
 
 
+
+def test_draft_model_with_seeded_sampling(tiny128):
+    from pagedllm import LLM
+    llm = LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+              speculative_config={"model": tiny128, "num_speculative_tokens": 3}, disable_log_stats=False)
+    params = SamplingParams(temperature=0.3, top_k=20, seed=9, max_tokens=30, ignore_eos=True)
+    prompts = [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [9, 8, 7, 6]}]
+    first = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    again = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert first == again and [len(t) for t in first] == [30, 30]
+    metrics = {m.name: m for m in llm.get_metrics()}
+    assert metrics["pagedllm:spec_decode_num_accepted_tokens"].value > 0
+
+
 def test_draft_model_errors(tiny128, tmp_path):
     from tiny_models import save_tiny_llama
 
