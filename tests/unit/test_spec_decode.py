@@ -533,3 +533,14 @@ def test_parallel_samples_with_drafts(tiny128):
     (again,) = llm.generate([prompt], params, use_tqdm=False)
     assert [c.token_ids for c in first.outputs] == [c.token_ids for c in again.outputs]
     assert [len(c.token_ids) for c in first.outputs] == [40, 40, 40]
+
+
+def test_startup_log_names_the_speculation(tiny128, caplog):
+    import logging
+
+    from pagedllm import LLM
+    with caplog.at_level(logging.INFO):
+        LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+            speculative_config=NGRAM)
+    assert any("speculative  ngram, prompt lookup 1..3 tokens, up to 4 draft tokens per step (async scheduling off)"
+               in r.getMessage() for r in caplog.records)
