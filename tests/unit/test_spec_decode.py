@@ -227,7 +227,7 @@ def test_rejection_sampling_is_unbiased():
     p0 = torch.tensor([0.05, 0.1, 0.4, 0.2, 0.05, 0.2])
     p1 = torch.tensor([0.3, 0.1, 0.1, 0.2, 0.2, 0.1])
     logits = torch.stack([p0.log(), p1.log()])
-    trials = 4000
+    trials = 20000
     params = SamplingParams(temperature=1.0, seed=None)
     for draft in (2, 4):
         rows = [_Row(params) for _ in range(trials)]
@@ -237,6 +237,24 @@ def test_rejection_sampling_is_unbiased():
         assert _chi_square(first, p0) < 20.5
         assert _chi_square(bonus, p1) < 20.5
         assert abs(len(bonus) / trials - float(p0[draft])) < 0.03      # accepted with probability p0(draft)
+
+
+def test_a_mixed_batch_verifies_each_request_as_alone():
+    """Greedy and seeded sampled requests with different draft counts in one call: each gets what it gets alone
+    (a seeded request draws its uniforms, then its final token, from its own generator)."""
+    torch.manual_seed(0)
+    drafts = [[3, 1, 4], [2], [5, 5], [7]]
+    temps = [0.0, 0.9, 0.7, 0.0]
+    logits = torch.randn(sum(len(d) + 1 for d in drafts), 12) * 2
+    def rows():
+        return [_Row(SamplingParams(temperature=t, seed=None if t == 0 else 40 + n),
+                     generator=None if t == 0 else torch.Generator().manual_seed(40 + n)) for n, t in enumerate(temps)]
+    together = rejection_sample(Sampler(), logits.clone(), rows(), drafts)
+    alone, start = [], 0
+    for row, d in zip(rows(), drafts):
+        alone += rejection_sample(Sampler(), logits[start:start + len(d) + 1].clone(), [row], [d])
+        start += len(d) + 1
+    assert together == alone
 
 
 def _chi_square(samples: torch.Tensor, p: torch.Tensor) -> float:

@@ -48,53 +48,98 @@ class DraftRow:
 def rejection_sample(sampler: Sampler, logits: torch.Tensor, requests: list[SamplingRow],
                      drafts: list[list[int]]) -> list[tuple[list[int], int]]:
     """``logits``: the requests' rows one after another (len(drafts[i]) + 1 rows for request i). Returns, per
-    request, the accepted drafts and the token sampled after them."""
+    request, the accepted drafts and the token sampled after them. A few host round trips per step, whatever the
+    batch: the argmaxes, the drafts' target probabilities and uniforms, the final draws."""
     rows = [DraftRow(r, d, j) for r, d in zip(requests, drafts) for j in range(len(d) + 1)]
     processed = sampler.processed_logits(logits, rows)
-    device = processed.device
-    greedy_rows = [i for i, row in enumerate(rows) if row.sampling_params.greedy]
-    argmax = processed.argmax(dim=-1).tolist() if greedy_rows else None
-    probs = None
-    random_rows = [i for i, row in enumerate(rows) if not row.sampling_params.greedy]
-    if random_rows:
-        idx = to_device(random_rows, device)
-        probs_random = sampler.sampling_probs(processed[idx], [rows[i].sampling_params for i in random_rows])
-        probs = {i: probs_random[j] for j, i in enumerate(random_rows)}
-    results = []
-    start = 0
-    for request, d in zip(requests, drafts):
-        k = len(d)
-        if request.sampling_params.greedy:
+    starts, start = [], 0
+    for d in drafts:
+        starts.append(start)
+        start += len(d) + 1
+    results: list[tuple[list[int], int] | None] = [None] * len(requests)
+    greedy = [i for i, r in enumerate(requests) if r.sampling_params.greedy]
+    if greedy:
+        argmax = processed.argmax(dim=-1).tolist()
+        for i in greedy:
+            d, s = drafts[i], starts[i]
             accepted = 0
-            while accepted < k and d[accepted] == argmax[start + accepted]:
+            while accepted < len(d) and d[accepted] == argmax[s + accepted]:
                 accepted += 1
-            results.append((d[:accepted], argmax[start + accepted]))
-        else:
-            results.append(_verify_random([probs[start + j] for j in range(k + 1)], d, request.generator))
-        start += k + 1
+            results[i] = (d[:accepted], argmax[s + accepted])
+    sampled = [i for i, r in enumerate(requests) if not r.sampling_params.greedy]
+    if sampled:
+        _verify_sampled(sampler, processed, requests, drafts, starts, sampled, results)
     return results
 
 
-def _verify_random(probs: list[torch.Tensor], drafts: list[int],
-                   generator: torch.Generator | None) -> tuple[list[int], int]:
-    """Rejection sampling of one request's one-hot drafts against the target rows ``probs`` (k + 1 of them)."""
-    device = probs[0].device
-    k = len(drafts)
-    uniform = torch.rand(k, device=device, generator=generator).tolist() if k else []
-    for j, d in enumerate(drafts):
-        p = probs[j]
-        if uniform[j] < float(p[d]):
-            continue
-        residual = p.clone()
-        residual[d] = 0.0
-        if not bool(residual.any()):     # p is one-hot on d up to rounding: nothing else could be drawn
-            continue
-        return drafts[:j], _draw(residual, generator)
-    return list(drafts), _draw(probs[k], generator)
+def _verify_sampled(sampler: Sampler, processed: torch.Tensor, requests: list[SamplingRow],
+                    drafts: list[list[int]], starts: list[int], which: list[int], results: list) -> None:
+    """Rejection sampling of the one-hot drafts of the requests ``which`` against their target distributions."""
+    device = processed.device
+    # Each request's rows, in order, as rows of ``probs``.
+    local = [list(range(starts[i], starts[i] + len(drafts[i]) + 1)) for i in which]
+    flat = [row for rows in local for row in rows]
+    params = [requests[i].sampling_params for i in which for _ in range(len(drafts[i]) + 1)]
+    probs = sampler.sampling_probs(processed[to_device(flat, device)], params)
+    offset, pos = [], 0
+    for rows in local:
+        offset.append(pos)
+        pos += len(rows)
+    # The target probability of every draft, and a uniform per draft (a seeded request's from its generator).
+    draft_rows = [offset[n] + j for n, i in enumerate(which) for j in range(len(drafts[i]))]
+    draft_ids = [t for i in which for t in drafts[i]]
+    p_draft = probs[to_device(draft_rows, device), to_device(draft_ids, device)].tolist() if draft_rows else []
+    uniform = _uniforms([requests[i].generator for i in which], [len(drafts[i]) for i in which], device)
+    # Accept while u < p(draft); the row that decides the last token: the first rejected draft's, else the bonus.
+    final_rows, removed = [], []
+    cursor = 0
+    for n, i in enumerate(which):
+        k = len(drafts[i])
+        accepted = 0
+        while accepted < k and uniform[cursor + accepted] < p_draft[cursor + accepted]:
+            accepted += 1
+        cursor += k
+        final_rows.append(offset[n] + accepted)
+        removed.append(drafts[i][accepted] if accepted < k else -1)
+        results[i] = (drafts[i][:accepted], accepted)
+    weights = probs[to_device(final_rows, device)].clone()
+    rejected = [n for n, t in enumerate(removed) if t >= 0]
+    if rejected:
+        # The residual max(p - q, 0) of a one-hot q: p without the rejected draft (renormalising is implicit).
+        r_idx, t_idx = to_device(rejected, device), to_device([removed[n] for n in rejected], device)
+        kept = weights[r_idx, t_idx].clone()
+        weights[r_idx, t_idx] = 0.0
+        # p one-hot on the draft up to rounding (then it is never rejected but for that rounding): keep the draft.
+        empty = weights[r_idx].sum(dim=-1) <= 0
+        weights[r_idx[empty], t_idx[empty]] = kept[empty]
+    noise = torch.empty_like(weights)
+    unseeded = [n for n, i in enumerate(which) if requests[i].generator is None]
+    if unseeded:
+        noise[to_device(unseeded, device)] = torch.empty(len(unseeded), weights.shape[1], device=device).exponential_()
+    for n, i in enumerate(which):
+        if requests[i].generator is not None:
+            noise[n].exponential_(generator=requests[i].generator)
+    # The exponential race the sampler uses: argmax of w / E, E ~ Exp(1), draws from w without normalising it.
+    tokens = (weights / noise).argmax(dim=-1).tolist()
+    for n, i in enumerate(which):
+        accepted_drafts, _ = results[i]
+        results[i] = (accepted_drafts, tokens[n])
 
 
-def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One token with probability proportional to ``weights`` (the exponential race the sampler uses: argmax of
-    w / E, E ~ Exp(1), needs no normalisation)."""
-    noise = torch.empty_like(weights).exponential_(generator=generator)
-    return int((weights / noise).argmax())
+def _uniforms(generators: list, counts: list[int], device: torch.device) -> list[float]:
+    """``counts[n]`` uniforms for each request, in order; one draw for all unseeded requests."""
+    total = sum(counts)
+    if total == 0:
+        return []
+    out = torch.empty(total, device=device)
+    unseeded_slots = []
+    pos = 0
+    for gen, c in zip(generators, counts):
+        if gen is None:
+            unseeded_slots.extend(range(pos, pos + c))
+        elif c:
+            out[pos:pos + c] = torch.rand(c, device=device, generator=gen)
+        pos += c
+    if unseeded_slots:
+        out[to_device(unseeded_slots, device)] = torch.rand(len(unseeded_slots), device=device)
+    return out.tolist()
