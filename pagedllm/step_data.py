@@ -108,3 +108,5 @@ class ModelRunnerOutput:
     # Speculative decoding: req id -> the drafts accepted (a prefix of its spec_token_ids); ``sampled`` holds the
     # token sampled after them.
     accepted_draft_ids: dict[str, list[int]] = field(default_factory=dict)
+    # ... and, for requests that asked for logprobs, each accepted draft's (``logprobs`` holds the sampled token's).
+    accepted_draft_logprobs: dict[str, list[TopLogprobs]] = field(default_factory=dict)

@@ -59,6 +59,8 @@ class EngineCoreOutputs:
     pooled: dict[str, Any] = field(default_factory=dict)
     # Speculative decoding: req id -> the tokens it got this step before its entry in req_ids (accepted drafts).
     earlier_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    # ... and their logprobs, one tuple per token, for requests that asked for logprobs.
+    earlier_logprobs: dict[str, list[tuple]] = field(default_factory=dict)
 
     def extend(self, other: "EngineCoreOutputs") -> None:
         self.req_ids.extend(other.req_ids)
@@ -71,6 +73,8 @@ class EngineCoreOutputs:
             self.prompt_logprobs.setdefault(rid, []).extend(rows)
         for rid, tokens in other.earlier_token_ids.items():    # one step per call with speculative decoding
             self.earlier_token_ids.setdefault(rid, []).extend(tokens)
+        for rid, rows in other.earlier_logprobs.items():
+            self.earlier_logprobs.setdefault(rid, []).extend(rows)
 
     def __len__(self) -> int:
         return len(self.req_ids)

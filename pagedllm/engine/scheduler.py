@@ -338,9 +338,10 @@ class Scheduler:
         ``room`` (what the step's token budget leaves) and none that could not be kept (past max_tokens or
         max_model_len counting the model's own token after them). None for requests whose every token the host must
         see before the next one is chosen (a grammar, a thinking budget) or that asked for logprobs (the rejection
-        sampler returns none): they decode one token per step, as without speculative decoding."""
+        sampler cannot check drafts against a grammar yet): they decode one token per step, as without speculative
+        decoding."""
         if (request.num_placeholders or request.grammar is not None or request.thinking_budget is not None
-                or request.sampling_params.logprobs is not None or request.pooling_params is not None):
+                or request.pooling_params is not None):
             return []
         k = min(self.spec.num_speculative_tokens, room, self.max_model_len - request.num_tokens - 1)
         if request.max_tokens is not None:
@@ -545,6 +546,11 @@ class Scheduler:
             out.earlier_token_ids[rid] = kept[:-1]
         out.req_ids.append(rid)
         out.new_token_ids.append(kept[-1])
+        if rid in result.logprobs:        # one tuple per kept token: the drafts', then the sampled token's
+            rows = [*result.accepted_draft_logprobs.get(rid, ()), result.logprobs[rid]][:len(kept)]
+            if len(rows) > 1:
+                out.earlier_logprobs[rid] = rows[:-1]
+            out.logprobs[rid] = rows[-1]
         if first:
             out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
             out.first_scheduled_time[rid] = r.first_scheduled_time

@@ -815,6 +815,13 @@ class ModelRunner:
         """Speculative decoding: keep the drafts the model agrees with and sample one token after them
         (model/layers/rejection_sampler.py); a request's progress falls back past its rejected drafts, whose KV
         slots later steps write over."""
+        # logprobs: of the raw distribution (as the sampler's), taken before verification processes the logits.
+        raw_rows: dict[str, torch.Tensor] = {}
+        start = 0
+        for r, drafts in zip(step.spec_requests, step.spec_drafts):
+            if r.sampling_params.logprobs is not None:
+                raw_rows[r.req_id] = torch.log_softmax(step.spec_logits[start:start + len(drafts) + 1].float(), -1)
+            start += len(drafts) + 1
         results = rejection_sample(self.sampler, step.spec_logits, step.spec_requests, step.spec_drafts)
         for r, drafts, (accepted, token) in zip(step.spec_requests, step.spec_drafts, results):
             r.num_computed_tokens -= len(drafts) - len(accepted)
@@ -822,6 +829,11 @@ class ModelRunner:
             r.token_ids.append(token)
             out.sampled[r.req_id] = token
             out.accepted_draft_ids[r.req_id] = accepted
+            raw = raw_rows.get(r.req_id)
+            if raw is not None:       # one entry per token: the accepted drafts', then the sampled token's
+                k = r.sampling_params.logprobs
+                out.accepted_draft_logprobs[r.req_id] = [top_logprobs(raw[j], t, k) for j, t in enumerate(accepted)]
+                out.logprobs[r.req_id] = top_logprobs(raw[len(accepted)], token, k)
 
     def _prompt_logprobs(self, hidden: torch.Tensor, prompt_rows, out: ModelRunnerOutput) -> None:
         rows = torch.tensor([row for _, row, _ in prompt_rows], device=self.device)

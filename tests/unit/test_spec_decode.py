@@ -169,10 +169,11 @@ def test_drafts_fit_max_model_len_and_the_token_budget():
     assert out.spec_token_ids == {"r": [4, 1, 2, 3]} and out.num_scheduled_tokens == {"r": 5, "o": 3}
 
 
-def test_no_drafts_for_logprobs_requests():
+def test_no_drafts_for_grammar_requests():
     sched = _scheduler()
-    r = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(max_tokens=50, logprobs=1), eos_token_ids={99})
+    r = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(max_tokens=50), eos_token_ids={99})
     _prefill(sched, r, 3)
+    r.grammar = object()         # a structured output request: its grammar must see each token first
     out = sched.schedule()
     assert out.spec_token_ids == {} and out.num_scheduled_tokens == {"r": 1}
 
@@ -342,14 +343,28 @@ def test_seeded_sampling_with_drafts_repeats_and_stays_in_bounds(llms):
         assert all(0 <= t < 49152 for t in a.outputs[0].token_ids)
 
 
-def test_logprobs_requests_still_get_their_logprobs(llms):
-    """logprobs: such a request decodes without drafts (one token per step) and gets every token's logprobs;
-    prompt_logprobs come from the prompt's step, drafts or not."""
+def test_logprobs_with_drafts_equal_logprobs_without(llms):
+    """logprobs: every token, accepted drafts included, gets its logprobs (of the raw distribution, as without
+    drafts), also when a stop string cuts a step's tokens; prompt_logprobs come from the prompt's step."""
     base, spec = llms
-    params = SamplingParams(temperature=0, max_tokens=8, logprobs=2)
-    (want,) = base.generate([PROMPTS[0]], params, use_tqdm=False)
-    (got,) = spec.generate([PROMPTS[0]], params, use_tqdm=False)
-    assert got.outputs[0].token_ids == want.outputs[0].token_ids and len(got.outputs[0].logprobs) == 8
+
+    def accepted():
+        return {m.name: m for m in spec.get_metrics()}["pagedllm:spec_decode_num_accepted_tokens"].value
+
+    before = accepted()
+    for params in (SamplingParams(temperature=0, max_tokens=24, logprobs=2),
+                   SamplingParams(temperature=0, max_tokens=30, logprobs=0, stop=["3, 4"])):
+        (want,) = base.generate([PROMPTS[0]], params, use_tqdm=False)
+        (got,) = spec.generate([PROMPTS[0]], params, use_tqdm=False)
+        w, g = want.outputs[0], got.outputs[0]
+        assert g.token_ids == w.token_ids and g.text == w.text and len(g.logprobs) == len(g.token_ids)
+        for gd, wd in zip(g.logprobs, w.logprobs):
+            assert sorted(gd) == sorted(wd)
+            for t in gd:
+                assert gd[t].rank == wd[t].rank and gd[t].decoded_token == wd[t].decoded_token
+                assert abs(gd[t].logprob - wd[t].logprob) < 1e-3
+        assert abs(g.cumulative_logprob - w.cumulative_logprob) < 1e-2
+    assert accepted() > before          # the logprobs requests speculated
     params = SamplingParams(temperature=0, max_tokens=12, prompt_logprobs=1)
     (want,) = base.generate([PROMPTS[0]], params, use_tqdm=False)
     (got,) = spec.generate([PROMPTS[0]], params, use_tqdm=False)
@@ -373,6 +388,8 @@ def test_served_with_speculative_config_streams_and_exports_counters(smollm2):
                 if line.startswith("data: ") and line != "data: [DONE]":
                     choices = json.loads(line[6:])["choices"]
                     streamed += choices[0]["text"] if choices else ""
+        with_logprobs = (await client.post("/v1/completions", json={**body, "logprobs": 1})).json()["choices"][0]
+        assert with_logprobs["text"] == whole and len(with_logprobs["logprobs"]["token_logprobs"]) == 24
         return whole, streamed, (await client.get("/metrics")).text
 
     with serve_in_process(smollm2, "--max-model-len", "128", "--speculative-config", json.dumps(NGRAM)) as (app, _):
