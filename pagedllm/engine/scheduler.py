@@ -337,9 +337,8 @@ class Scheduler:
         """Speculative decoding: draft tokens for a running request with one token left to compute, at most
         ``room`` (what the step's token budget leaves) and none that could not be kept (past max_tokens or
         max_model_len counting the model's own token after them). None for requests whose every token the host must
-        see before the next one is chosen (a grammar, a thinking budget) or that asked for logprobs (the rejection
-        sampler cannot check drafts against a grammar yet): they decode one token per step, as without speculative
-        decoding."""
+        see before the next one is chosen (a grammar, a thinking budget: drafts are not checked against a grammar
+        yet): they decode one token per step, as without speculative decoding."""
         if (request.num_placeholders or request.grammar is not None or request.thinking_budget is not None
                 or request.pooling_params is not None):
             return []

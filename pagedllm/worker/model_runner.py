@@ -449,14 +449,14 @@ class ModelRunner:
         if self.offloader is not None:
             raise ValueError("sleep() is not supported with cpu_offload_gb yet: its layers already stream from CPU "
                              "memory.")
+        if self.draft is not None:
+            raise ValueError("sleep() is not supported with a speculative_config draft model yet.")
         before = self._device_bytes_in_use()
         self.graph_runner = self.piecewise_runner = None       # their captures point at what is freed below
         self._prev_sampled = torch.empty(0, dtype=torch.long, device=self.device)
         self._prev_sampled_rows = {}
         if "kv_cache" in tags:
             self.kv_caches, self.swap_space = [], None
-        if self.draft is not None:
-            raise ValueError("sleep() is not supported with a speculative_config draft model yet.")
         if "weights" in tags:
             if level == 1:
                 self._weights_backup = WeightsBackup(self.model)    # nothing to move on the CPU device

@@ -550,6 +550,12 @@ def test_draft_model_errors(tiny128, tmp_path):
     with pytest.raises(ValueError, match="has a vocabulary of 96 tokens, the target model 128"):
         LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
             speculative_config={"model": str(tmp_path), "num_speculative_tokens": 2})
+    llm = LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+              enable_sleep_mode=True, speculative_config={"model": tiny128, "num_speculative_tokens": 2})
+    with pytest.raises(ValueError, match=r"sleep\(\) is not supported with a speculative_config draft model yet"):
+        llm.sleep(level=1)
+    (out,) = llm.generate([{"prompt_token_ids": [1, 2, 3]}], SamplingParams(max_tokens=5), use_tqdm=False)
+    assert len(out.outputs[0].token_ids) == 5            # the refused sleep left the engine as it was
     with pytest.raises(ValueError, match="method 'draft_model' needs 'model'"):
         speculative_settings({"method": "draft_model", "num_speculative_tokens": 2})
     with pytest.raises(ValueError, match="'draft_model' is not supported with tensor_parallel_size > 1"):
