@@ -291,7 +291,7 @@ class EngineCore:
             constrained = self._constrained_requests(sched)
             sched.sample_async = (self._async_scheduling and not constrained and self._can_sample_async(sched))
             launched = self.executor.launch(sched)
-        grammar = self._grammar_output(constrained)     # on the host, while the device runs the forward pass
+        grammar = self._grammar_output(constrained, sched.spec_token_ids)   # on the host, while the device runs
         outputs = EngineCoreOutputs()
         stats = StepStats(num_preemptions=len(sched.preempted_req_ids))
         if self._in_flight is not None:
@@ -347,11 +347,17 @@ class EngineCore:
                                          or item.request.thinking_budget is not None
                                          and item.request.thinking_budget.forced is not None)]
 
-    def _grammar_output(self, constrained: list[Request]) -> GrammarOutput | None:
-        """One bitmask for every constrained request that samples this step (rows in the order of the ids)."""
+    def _grammar_output(self, constrained: list[Request],
+                        spec_token_ids: dict[str, list[int]] | None = None) -> GrammarOutput | None:
+        """One bitmask for every constrained request that samples this step (rows in the order of the ids); a request
+        verifying drafts has 1 + k rows in a row (its id repeated), the mask after each draft."""
         if not constrained:
             return None
-        return GrammarOutput([r.request_id for r in constrained], self.structured_output.fill_bitmask(constrained))
+        drafts = [spec_token_ids.get(r.request_id, ()) for r in constrained] if spec_token_ids else None
+        ids = [r.request_id for r in constrained]
+        if drafts:
+            ids = [rid for rid, d in zip(ids, drafts) for _ in range(1 + len(d))]
+        return GrammarOutput(ids, self.structured_output.fill_bitmask(constrained, drafts))
 
     def _can_sample_async(self, sched: SchedulerOutput) -> bool:
         """Can this step be sampled before the host has seen the previous step's tokens? Not when the sampler

@@ -73,6 +73,18 @@ class _Launched:
     stats: StepStats = field(default_factory=StepStats)
 
 
+def _grammar_prefix(matcher, drafts: list[int]) -> list[int]:
+    """The longest prefix of ``drafts`` a structured output request's grammar accepts; the matcher is rolled back."""
+    n = 0
+    for token in drafts:
+        if matcher.is_terminated() or not matcher.accept_token(token):
+            break
+        n += 1
+    if n:
+        matcher.rollback(n)
+    return drafts[:n]
+
+
 class Scheduler:
     def __init__(self, kv_cache: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, enable_chunked_prefill: bool = True, long_prefill_token_threshold: int = 0,
@@ -336,11 +348,13 @@ class Scheduler:
     def _propose(self, request: Request, room: int) -> list[int]:
         """Speculative decoding: draft tokens for a running request with one token left to compute, at most
         ``room`` (what the step's token budget leaves) and none that could not be kept (past max_tokens or
-        max_model_len counting the model's own token after them). None for requests whose every token the host must
-        see before the next one is chosen (a grammar, a thinking budget: drafts are not checked against a grammar
-        yet): they decode one token per step, as without speculative decoding."""
-        if (request.num_placeholders or request.grammar is not None or request.thinking_budget is not None
-                or request.pooling_params is not None):
+        max_model_len counting the model's own token after them). A structured output request keeps the drafts its
+        grammar accepts (vLLM's rule; its matcher is rolled back). None while a reasoning model thinks before its
+        grammar, under a thinking budget, or for a grammar with a draft model (its drafts are made on the worker,
+        unchecked): those decode one token per step, as without speculative decoding."""
+        if (request.num_placeholders or request.reasoning_end_ids is not None or request.thinking_budget is not None
+                or request.pooling_params is not None
+                or request.grammar is not None and self.spec.method == "draft_model"):
             return []
         k = min(self.spec.num_speculative_tokens, room, self.max_model_len - request.num_tokens - 1)
         if request.max_tokens is not None:
@@ -351,8 +365,11 @@ class Scheduler:
             return [-1] * k
         if request.spec_tokens is None:
             request.spec_tokens = TokenBuffer()
-        return propose_ngram(request.spec_tokens.sync(request.token_ids), self.spec.prompt_lookup_min,
-                             self.spec.prompt_lookup_max, k)
+        drafts = propose_ngram(request.spec_tokens.sync(request.token_ids), self.spec.prompt_lookup_min,
+                               self.spec.prompt_lookup_max, k)
+        if drafts and request.grammar is not None:
+            drafts = _grammar_prefix(request.grammar, drafts)
+        return drafts
 
     @staticmethod
     def _item(request: Request, num_new: int, new_blocks: list[int] | None) -> ScheduledRequest:
@@ -539,6 +556,8 @@ class Scheduler:
             r.token_ids.append(t)
             kept.append(t)
             status = self._check_stop(r)
+            if r.grammar is not None and self._grammar_ended(r, t) and status is None:
+                status = RequestStatus.FINISHED_STOPPED
             if status is not None:
                 break
         if len(kept) > 1:

@@ -757,11 +757,34 @@ class ModelRunner:
     @staticmethod
     def _apply_grammar(step: "LaunchedStep", grammar: GrammarOutput) -> None:
         """Structured output: tokens a request's grammar forbids get -inf before sampling. Logprobs are those of
-        the constrained distribution then (as in vLLM)."""
+        the constrained distribution then (as in vLLM). A request verifying drafts has one bitmask row per
+        verification row (GrammarOutput lists its id that many times)."""
+        ids = grammar.structured_output_request_ids
+        if not step.spec_requests:
+            logits_row = {st.req_id: j for j, st in enumerate(step.sampled_requests)}
+            step.logits = step.logits.float()
+            apply_grammar_bitmask(step.logits, grammar.grammar_bitmask, [logits_row[rid] for rid in ids])
+            return
+        spec_row, start = {}, 0
+        for st, drafts in zip(step.spec_requests, step.spec_drafts):
+            spec_row[st.req_id] = start
+            start += len(drafts) + 1
         logits_row = {st.req_id: j for j, st in enumerate(step.sampled_requests)}
-        rows = [logits_row[rid] for rid in grammar.structured_output_request_ids]
-        step.logits = step.logits.float()
-        apply_grammar_bitmask(step.logits, grammar.grammar_bitmask, rows)
+        plain, spec, seen = ([], []), ([], []), {}
+        for i, rid in enumerate(ids):
+            if rid in spec_row:
+                spec[0].append(i)
+                spec[1].append(spec_row[rid] + seen.get(rid, 0))
+                seen[rid] = seen.get(rid, 0) + 1
+            else:
+                plain[0].append(i)
+                plain[1].append(logits_row[rid])
+        if plain[0]:
+            step.logits = step.logits.float()
+            apply_grammar_bitmask(step.logits, grammar.grammar_bitmask[plain[0]], plain[1])
+        if spec[0]:
+            step.spec_logits = step.spec_logits.float()
+            apply_grammar_bitmask(step.spec_logits, grammar.grammar_bitmask[spec[0]], spec[1])
 
     def _remember_sampled(self, tokens: torch.Tensor, requests: list[CachedRequestState]) -> None:
         self._prev_sampled = tokens
@@ -797,11 +820,11 @@ class ModelRunner:
                 prompt_rows.append((r, int(step.starts[i]) + p - c, p))
         if prompt_rows:
             self._prompt_logprobs(step.hidden, prompt_rows, out)
+        if grammar is not None:
+            self._apply_grammar(step, grammar)
         if step.spec_requests:
             self._verify_drafts(step, out)
         if step.sampled_requests:
-            if grammar is not None:
-                self._apply_grammar(step, grammar)
             result = self.sampler(step.logits, step.sampled_requests)
             self._remember_sampled(result.tokens, step.sampled_requests)
             for r, tok, lp in zip(step.sampled_requests, result.token_ids, result.logprobs):

@@ -169,13 +169,40 @@ def test_drafts_fit_max_model_len_and_the_token_budget():
     assert out.spec_token_ids == {"r": [4, 1, 2, 3]} and out.num_scheduled_tokens == {"r": 5, "o": 3}
 
 
-def test_no_drafts_for_grammar_requests():
+class _Matcher:
+    """A grammar that allows tokens below ``limit``; records what it was fed."""
+    def __init__(self, limit):
+        self.limit, self.accepted = limit, []
+
+    def accept_token(self, token):
+        if token >= self.limit:
+            return False
+        self.accepted.append(token)
+        return True
+
+    def rollback(self, n):
+        del self.accepted[len(self.accepted) - n:]
+
+    def is_terminated(self):
+        return False
+
+
+def test_grammar_requests_keep_the_drafts_their_grammar_accepts():
     sched = _scheduler()
-    r = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(max_tokens=50), eos_token_ids={99})
+    r = Request("r", [1, 2, 3, 5, 1, 2], SamplingParams(max_tokens=50), eos_token_ids={99})
     _prefill(sched, r, 3)
-    r.grammar = object()         # a structured output request: its grammar must see each token first
+    r.grammar = _Matcher(limit=5)                   # 5 is not allowed: the drafts [5, 1, 2, 3] keep nothing
+    assert sched.schedule().spec_token_ids == {}
+    sched = _scheduler()
+    r = Request("r", [1, 2, 3, 4, 5, 1, 2], SamplingParams(max_tokens=50), eos_token_ids={99})
+    _prefill(sched, r, 3)
+    r.grammar = _Matcher(limit=5)
     out = sched.schedule()
-    assert out.spec_token_ids == {} and out.num_scheduled_tokens == {"r": 1}
+    assert out.spec_token_ids == {"r": [4]} and r.grammar.accepted == []     # cut before 5, rolled back
+    sched.update_from_output(out, ModelRunnerOutput(sampled={"r": 2}, accepted_draft_ids={"r": [4]}))
+    assert r.grammar.accepted == [4, 2]             # the kept tokens are fed to the grammar
+    r.reasoning_end_ids = frozenset({7})            # still thinking: its grammar waits, no drafts
+    assert sched.schedule().spec_token_ids == {}
 
 
 # ---- the rejection sampler ----------------------------------------------------------------------------------------
@@ -585,3 +612,40 @@ def test_startup_log_names_the_speculation(tiny128, caplog):
             speculative_config=NGRAM)
     assert any("speculative  ngram, prompt lookup 1..3 tokens, up to 4 draft tokens per step (async scheduling off)"
                in r.getMessage() for r in caplog.records)
+
+
+def test_structured_output_keeps_the_drafts_its_grammar_accepts(llms):
+    """A constrained request speculates too (vLLM's rule): drafts are cut to the prefix its grammar accepts, every
+    verification row is masked by the grammar as it stands after the drafts before it, and the matcher follows the
+    tokens kept. Greedy output equals decoding without drafts and follows the schema; drafts are accepted (the
+    keys of the repeated objects come back)."""
+    pytest.importorskip("xgrammar")
+    import json
+
+    from pagedllm import StructuredOutputsParams
+    base, spec = llms
+    person = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["name", "age"], "additionalProperties": False}
+    schema = {"type": "array", "items": person, "minItems": 3, "maxItems": 3}
+    params = [SamplingParams(temperature=0, max_tokens=120, structured_outputs=StructuredOutputsParams(json=schema)),
+              SamplingParams(temperature=0, max_tokens=60,
+                             structured_outputs=StructuredOutputsParams(regex=r"(ab-[0-9]{2}, ){5}ab-[0-9]{2}")),
+              SamplingParams(temperature=0.8, seed=3, max_tokens=120,
+                             structured_outputs=StructuredOutputsParams(json=schema))]
+    prompts = ["List three people as JSON:", "Codes:", "List three people as JSON:"]
+
+    def accepted():
+        return {m.name: m for m in spec.get_metrics()}["pagedllm:spec_decode_num_accepted_tokens"].value
+
+    before = accepted()
+    want = base.generate(prompts, params, use_tqdm=False)
+    got = spec.generate(prompts, params, use_tqdm=False)
+    assert accepted() > before
+    for w, g in zip(want[:2], got[:2]):
+        assert g.outputs[0].token_ids == w.outputs[0].token_ids and g.outputs[0].finish_reason == "stop"
+    for out in (got[0], got[2]):
+        people = json.loads(out.outputs[0].text)
+        assert len(people) == 3 and all(set(p) == {"name", "age"} for p in people)
+    import re
+    assert re.fullmatch(r"(ab-[0-9]{2}, ){5}ab-[0-9]{2}", got[1].outputs[0].text)
