@@ -601,9 +601,6 @@ def verify_engine_args(args: EngineArgs) -> None:
         if args.pipeline_parallel_size > 1:
             raise ValueError("speculative_config is not supported with pipeline_parallel_size > 1 yet by pagedllm; "
                              "use tensor_parallel_size, or leave speculative_config out.")
-        if spec.method == "draft_model" and args.tensor_parallel_size > 1:
-            raise ValueError("speculative_config method 'draft_model' is not supported with tensor_parallel_size > 1 "
-                             "yet by pagedllm; use method 'ngram', or tensor_parallel_size=1.")
         if args.async_scheduling:
             raise ValueError("async_scheduling is not supported with speculative_config yet by pagedllm (the "
                              "drafts are proposed from the tokens the host has); leave async_scheduling unset.")
@@ -937,7 +934,7 @@ def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> Non
                          f"pipeline stage needs at least one layer.")
 
 
-def _verify_tensor_parallel(size: int, hf) -> None:
+def verify_tensor_parallel(size: int, hf) -> None:
     """Tensor parallel splits heads, KV heads, the MLP and the vocabulary evenly over the ranks (vLLM's wording)."""
     if size == 1:
         return
@@ -1101,7 +1098,7 @@ class EngineConfig:
         device = _pick_device(args.device)
         dtype = _pick_dtype(args.dtype, hf, device)
         _verify_pipeline_parallel(args, hf, device)
-        _verify_tensor_parallel(args.tensor_parallel_size, hf)
+        verify_tensor_parallel(args.tensor_parallel_size, hf)
         if args.cpu_offload_gb and device.type != "cuda":
             raise ValueError(f"cpu_offload_gb={args.cpu_offload_gb} offloads weights from a GPU to CPU memory; on "
                              f"the {device.type} device the weights are in CPU memory already: use 0.")

@@ -13,7 +13,7 @@ import traceback
 from collections import deque
 from typing import Any
 
-from pagedllm.config import EngineArgs, EngineConfig, verify_engine_args
+from pagedllm.config import EngineArgs, EngineConfig, verify_engine_args, verify_tensor_parallel
 from pagedllm.engine.input_processor import load_tokenizer
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, CoreReady, CoreSnapshot,
@@ -61,9 +61,13 @@ def _resolve_draft_model(args: EngineArgs, config: EngineConfig):
     import dataclasses
 
     from pagedllm.model.loader import resolve_model
+    from pagedllm.model.registry import check_parallel_support
     draft_args = dataclasses.replace(args, model=args.speculative_config.model, tokenizer=None, revision=None,
                                      quantization=None, speculative_config=None)
     draft = resolve_model(draft_args)
+    # Tensor parallel splits the draft over the same ranks as the target (each rank runs its shard's passes).
+    check_parallel_support(draft.hf_config, config.tensor_parallel_size, 1)
+    verify_tensor_parallel(config.tensor_parallel_size, draft.hf_config)
     target_vocab, draft_vocab = config.hf_config.vocab_size, draft.hf_config.vocab_size
     if draft_vocab != target_vocab:
         raise ValueError(f"speculative_config draft model {args.speculative_config.model!r} has a vocabulary of "

@@ -23,6 +23,7 @@ import torch
 
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm.config import EngineConfig
+from pagedllm.distributed import get_tp_rank, get_tp_size, kv_head_range
 from pagedllm.model.loader import load_model
 from pagedllm.model.layers.sampler import to_device
 from pagedllm.worker.request_state import CachedRequestState
@@ -34,13 +35,17 @@ class DraftModel:
     def __init__(self, config: EngineConfig, kv_cache_dtype: torch.dtype):
         hf = config.draft_model.hf_config
         self.num_layers = hf.num_hidden_layers
-        self.num_kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+        # Tensor parallel: this rank's heads of the draft, as the target's (ModelRunner).
+        tp_rank, tp_size = get_tp_rank(), get_tp_size()
+        num_heads = hf.num_attention_heads // tp_size
+        _, self.num_kv_heads = kv_head_range(getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
+                                             tp_rank, tp_size)
         self.head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         self.block_size = config.block_size
         self.kv_cache_dtype = kv_cache_dtype
         self.device = config.device
         self.attn_backend = create_attention_backend(
-            config.attention_backend, num_heads=hf.num_attention_heads, num_kv_heads=self.num_kv_heads,
+            config.attention_backend, num_heads=num_heads, num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim, block_size=config.block_size, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, dtype=config.dtype, device=config.device)
         # The target's settings (dtype, device, load format) over the draft's files; dense weights.
