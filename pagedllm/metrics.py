@@ -55,7 +55,7 @@ class _Tracked:
 
 class EngineMetrics:
     def __init__(self, model_name: str, registry: CollectorRegistry | None = None, log_stats: bool = True,
-                 log_interval_s: float = 5.0, max_loras: int = 0):
+                 log_interval_s: float = 5.0, max_loras: int = 0, num_speculative_tokens: int = 0):
         self.model_name = model_name
         self.registry = registry if registry is not None else CollectorRegistry()
         self.log_stats = log_stats
@@ -128,6 +128,8 @@ class EngineMetrics:
         self._spec = None       # speculative decoding's counters, made at attach() when the engine runs it
         self._spec_seen: tuple | None = None
         self._interval_spec = [0, 0, 0, []]      # drafts, draft tokens, accepted, accepted per position
+        if num_speculative_tokens:       # speculative_config: the series exist (at 0) from the start, as vLLM's
+            self._make_spec_counters(None, num_speculative_tokens)
         self._tracked: dict[str, _Tracked] = {}
         self._prefix_seen = (0, 0)
         self._swap_seen = (0, 0)
@@ -153,7 +155,10 @@ class EngineMetrics:
         self.g_swap_num_blocks.labels(name).set_function(lambda: snapshot().swap_num_blocks)
         first = snapshot()
         if first.spec_decoding is not None:
-            self._make_spec_counters(first.spec_decoding)
+            if self._spec is None:
+                self._make_spec_counters(first.spec_decoding)
+            else:
+                self._spec_seen = first.spec_decoding
         self._prefix_seen = (first.prefix_queries, first.prefix_hits)
         self._swap_seen = (first.blocks_swapped_out, first.blocks_swapped_in)
 

@@ -419,8 +419,14 @@ def test_served_with_speculative_config_streams_and_exports_counters(smollm2):
         assert with_logprobs["text"] == whole and len(with_logprobs["logprobs"]["token_logprobs"]) == 24
         return whole, streamed, (await client.get("/metrics")).text
 
+    async def scrape(client):
+        return (await client.get("/metrics")).text
+
     with serve_in_process(smollm2, "--max-model-len", "128", "--speculative-config", json.dumps(NGRAM)) as (app, _):
+        at_start = run_on(app, scrape)
         whole, streamed, metrics = run_on(app, script)
+    # The series exist from the start, at 0, as vLLM's.
+    assert 'pagedllm:spec_decode_num_drafts_total{model_name="' in at_start and 'position="3"} 0.0' in at_start
     assert whole == streamed and whole.startswith(" 3, 4, 5, 1, 2")
     counters = {line.split("{")[0]: float(line.split()[-1]) for line in metrics.splitlines()
                 if line.startswith("pagedllm:spec_decode_num_") and "position" not in line}
