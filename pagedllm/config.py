@@ -601,6 +601,12 @@ def verify_engine_args(args: EngineArgs) -> None:
         if args.pipeline_parallel_size > 1:
             raise ValueError("speculative_config is not supported with pipeline_parallel_size > 1 yet by pagedllm; "
                              "use tensor_parallel_size, or leave speculative_config out.")
+        draft_tp = spec.draft_tensor_parallel_size
+        if draft_tp is not None and draft_tp != args.tensor_parallel_size:
+            raise ValueError(f"speculative_config draft_tensor_parallel_size={draft_tp} is not supported yet by "
+                             f"pagedllm with tensor_parallel_size={args.tensor_parallel_size}: the draft model runs "
+                             f"split over the target's ranks; leave it out (or set it to "
+                             f"{args.tensor_parallel_size}).")
         if args.async_scheduling:
             raise ValueError("async_scheduling is not supported with speculative_config yet by pagedllm (the "
                              "drafts are proposed from the tokens the host has); leave async_scheduling unset.")
@@ -1411,6 +1417,7 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 0
     prompt_lookup_max: int = 0
     model: str | None = None        # draft_model: the draft's id or folder
+    draft_tensor_parallel_size: int | None = None     # draft_model: None or the target's (checked with the engine's)
 
 
 def speculative_settings(config: "dict | str | SpeculativeConfig") -> SpeculativeConfig:
@@ -1472,5 +1479,8 @@ def _speculative_tokens(cfg: dict, method: str, takes: str) -> int:
 def _draft_model_settings(model: str | None, cfg: dict) -> SpeculativeConfig:
     if not model or not isinstance(model, str):
         raise ValueError("speculative_config method 'draft_model' needs 'model', the draft model's id or folder.")
-    k = _speculative_tokens(cfg, "draft_model", "'model', 'num_speculative_tokens'")
-    return SpeculativeConfig("draft_model", k, model=model)
+    draft_tp = cfg.pop("draft_tensor_parallel_size", None)
+    k = _speculative_tokens(cfg, "draft_model", "'model', 'num_speculative_tokens', 'draft_tensor_parallel_size'")
+    if draft_tp is not None and (isinstance(draft_tp, bool) or not isinstance(draft_tp, int) or draft_tp < 1):
+        raise ValueError(f"speculative_config draft_tensor_parallel_size must be an integer >= 1, got {draft_tp!r}.")
+    return SpeculativeConfig("draft_model", k, model=model, draft_tensor_parallel_size=draft_tp)

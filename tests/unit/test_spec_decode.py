@@ -593,6 +593,12 @@ def test_draft_model_errors(tiny128, tmp_path):
         llm.sleep(level=1)
     (out,) = llm.generate([{"prompt_token_ids": [1, 2, 3]}], SamplingParams(max_tokens=5), use_tqdm=False)
     assert len(out.outputs[0].token_ids) == 5            # the refused sleep left the engine as it was
+    with pytest.raises(ValueError, match="draft_tensor_parallel_size=1 is not supported yet by pagedllm with "
+                                         "tensor_parallel_size=2"):
+        create_engine_config(EngineArgs(model="no/such-model", tensor_parallel_size=2, speculative_config={
+            "model": "x", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1}))
+    assert speculative_settings({"model": "x", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1}) == \
+        SpeculativeConfig("draft_model", 2, model="x", draft_tensor_parallel_size=1)
     with pytest.raises(ValueError, match="method 'draft_model' needs 'model'"):
         speculative_settings({"method": "draft_model", "num_speculative_tokens": 2})
 
