@@ -68,6 +68,12 @@ def _resolve_draft_model(args: EngineArgs, config: EngineConfig):
     # Tensor parallel splits the draft over the same ranks as the target (each rank runs its shard's passes).
     check_parallel_support(draft.hf_config, config.tensor_parallel_size, 1)
     verify_tensor_parallel(config.tensor_parallel_size, draft.hf_config)
+    positions = getattr(draft.hf_config, "max_position_embeddings", None)
+    if draft.hf_config.model_type == "opt" and positions is not None and positions < config.max_model_len:
+        # OPT learns a table of positions: the draft cannot run past it (rotary models extend theirs).
+        raise ValueError(f"speculative_config draft model {args.speculative_config.model!r} has "
+                         f"{positions} positions, fewer than max_model_len={config.max_model_len}; lower "
+                         f"max_model_len or use another draft.")
     target_vocab, draft_vocab = config.hf_config.vocab_size, draft.hf_config.vocab_size
     if draft_vocab != target_vocab:
         raise ValueError(f"speculative_config draft model {args.speculative_config.model!r} has a vocabulary of "

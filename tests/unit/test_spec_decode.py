@@ -599,6 +599,21 @@ def test_draft_model_errors(tiny128, tmp_path):
             "model": "x", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1}))
     assert speculative_settings({"model": "x", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1}) == \
         SpeculativeConfig("draft_model", 2, model="x", draft_tensor_parallel_size=1)
+    # OPT learns its positions: a draft with fewer than max_model_len is refused, one that covers it runs.
+    import transformers
+    opt = tmp_path / "opt"
+    torch.manual_seed(1)
+    transformers.OPTForCausalLM(transformers.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=1,
+                                                       num_attention_heads=4, vocab_size=128,
+                                                       max_position_embeddings=64)).eval().save_pretrained(opt)
+    with pytest.raises(ValueError, match="has 64 positions, fewer than max_model_len=128"):
+        LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+            speculative_config={"model": str(opt), "num_speculative_tokens": 2})
+    short = LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=64, kv_cache_memory_gb=0.01,
+                speculative_config={"model": str(opt), "num_speculative_tokens": 2})
+    (out,) = short.generate([{"prompt_token_ids": [1, 2, 3]}], SamplingParams(max_tokens=60, ignore_eos=True),
+                            use_tqdm=False)
+    assert len(out.outputs[0].token_ids) == 60
     with pytest.raises(ValueError, match="method 'draft_model' needs 'model'"):
         speculative_settings({"method": "draft_model", "num_speculative_tokens": 2})
 
