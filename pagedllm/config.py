@@ -553,7 +553,9 @@ class EngineArgs:
         g.add_argument("--enable-lora-bias", action="store_true", help="Not supported yet.")
         g.add_argument("--fully-sharded-loras", action="store_true",
                        help="Not supported yet with tensor parallel (adapters are sharded as vLLM's default).")
-        g.add_argument("--speculative-config", type=json.loads, default=None, help="Not supported yet.")
+        g.add_argument("--speculative-config", type=json.loads, default=None,
+                       help='Speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 5, '
+                            '"prompt_lookup_max": 4}\' (n-gram prompt lookup is the method pagedllm supports).')
         g.add_argument("--profiler-config", type=json.loads, default=None,
                        help='vLLM\'s profiler config as JSON, e.g. \'{"profiler": "torch", "torch_profiler_dir": '
                             '"./traces"}\': torch.profiler traces of the workers\' steps between /start_profile and '
@@ -729,7 +731,20 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"max_num_partial_prefills is not supported yet (concurrent partial prefills); use 1 "
                          f"(got {args.max_num_partial_prefills}).")
     if args.speculative_config is not None:
-        raise ValueError("speculative_config is not supported yet: speculative decoding is not implemented.")
+        spec = speculative_settings(args.speculative_config)
+        if args.pipeline_parallel_size > 1:
+            raise ValueError("speculative_config is not supported with pipeline_parallel_size > 1 yet by pagedllm; "
+                             "use tensor_parallel_size, or leave speculative_config out.")
+        draft_tp = spec.draft_tensor_parallel_size
+        if draft_tp is not None and draft_tp != args.tensor_parallel_size:
+            raise ValueError(f"speculative_config draft_tensor_parallel_size={draft_tp} is not supported yet by "
+                             f"pagedllm with tensor_parallel_size={args.tensor_parallel_size}: the draft model runs "
+                             f"split over the target's ranks; leave it out (or set it to "
+                             f"{args.tensor_parallel_size}).")
+        if args.async_scheduling:
+            raise ValueError("async_scheduling is not supported with speculative_config yet by pagedllm (the "
+                             "drafts are proposed from the tokens the host has); leave async_scheduling unset.")
+        args.speculative_config = spec
     _verify_structured_outputs_config(args.structured_outputs_config)
     if not isinstance(args.reasoning_parser, str):
         raise ValueError(f"reasoning_parser must be a string, got {args.reasoning_parser!r}.")
@@ -1069,7 +1084,7 @@ def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> Non
                          f"pipeline stage needs at least one layer.")
 
 
-def _verify_tensor_parallel(size: int, hf) -> None:
+def verify_tensor_parallel(size: int, hf) -> None:
     """Tensor parallel splits heads, KV heads, the MLP and the vocabulary evenly over the ranks (vLLM's wording)."""
     if size == 1:
         return
@@ -1124,6 +1139,8 @@ class EngineConfig:
     # The parsed QuantizationConfig (pagedllm/model/quantization) of the quantization argument and the checkpoint,
     # set by the engine layer (create_engine_config); None: dense weights.
     quant_config: Any = None
+    # speculative_config method "draft_model": the draft's ResolvedModel (set by create_engine_config); None otherwise.
+    draft_model: Any = None
     # dtype="float16" on the CPU: the weights are held in fp16 (fbgemm-packed, half fp32's bytes to read per token)
     # and everything is computed in ``dtype`` (float32); pagedllm/model/quantization/cpu_fp16.py.
     cpu_fp16_weights: bool = False
@@ -1198,6 +1215,8 @@ class EngineConfig:
             return False
         if self.args.pipeline_parallel_size > 1:     # the stages overlap by the engine core's batch queue instead
             return False
+        if self.args.speculative_config is not None:    # drafts are proposed from the host's tokens
+            return False
         return self.device.type == "cuda" if flag is None else bool(flag)
 
     def verify_priority(self, priority: int) -> None:
@@ -1261,7 +1280,7 @@ class EngineConfig:
         device = _pick_device(args.device)
         dtype = _pick_dtype(args.dtype, hf, device)
         _verify_pipeline_parallel(args, hf, device)
-        _verify_tensor_parallel(args.tensor_parallel_size, hf)
+        verify_tensor_parallel(args.tensor_parallel_size, hf)
         if args.cpu_offload_gb and device.type != "cuda":
             raise ValueError(f"cpu_offload_gb={args.cpu_offload_gb} offloads weights from a GPU to CPU memory; on "
                              f"the {device.type} device the weights are in CPU memory already: use 0.")
@@ -1553,6 +1572,15 @@ class ProfilerSettings:
 _PROFILER_KEYS_OFF = {"ignore_frontend": (False, True), "delay_iterations": (0,), "max_iterations": (0,)}
 
 
+def _config_dict(value: "dict | str", name: str, vllm_class: str) -> dict:
+    """A config argument given as a dict or its JSON (as vLLM's ``--x-config`` flags take it), as a new dict."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a dict (vLLM's {vllm_class} fields), got {type(value).__name__}.")
+    return dict(value)
+
+
 def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | None:
     """The profiler the engine was started with: ``profiler_config`` (vLLM's ProfilerConfig as a dict or its JSON)
     when given, else ``VLLM_TORCH_PROFILER_DIR`` / ``PAGEDLLM_TORCH_PROFILER_DIR``; None: no profiler. A key or
@@ -1560,12 +1588,7 @@ def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | 
     if profiler_config is None:
         folder = envs.torch_profiler_dir()
         return ProfilerSettings(folder, torch_profiler_with_stack=envs.torch_profiler_with_stack()) if folder else None
-    if isinstance(profiler_config, str):
-        profiler_config = json.loads(profiler_config)
-    if not isinstance(profiler_config, dict):
-        raise ValueError(f"profiler_config must be a dict (vLLM's ProfilerConfig fields), got "
-                         f"{type(profiler_config).__name__}.")
-    cfg = dict(profiler_config)
+    cfg = _config_dict(profiler_config, "profiler_config", "ProfilerConfig")
     kind = cfg.pop("profiler", "none")
     for key, off in _PROFILER_KEYS_OFF.items():
         if key in cfg and cfg.pop(key) not in off:
@@ -1588,3 +1611,95 @@ def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | 
         raise ValueError("profiler_config with profiler='torch' needs 'torch_profiler_dir', the folder for the "
                          "traces.")
     return ProfilerSettings(os.path.abspath(os.path.expanduser(folder)), **cfg)
+
+
+# ---- speculative decoding ------------------------------------------------------------------------------------------
+# vLLM's SpeculativeConfig methods that pagedllm does not run yet (each needs a draft model or extra heads).
+_SPEC_METHODS_NOT_SUPPORTED = ("eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix",
+                               "ngram_gpu", "custom_class", "extract_hidden_states", "dflash", "dspark")
+# Keys of vLLM's SpeculativeConfig accepted with the ngram method when they keep their "off" values.
+_SPEC_KEYS_OFF = {"enforce_eager": (None, False, True), "disable_padded_drafter_batch": (False, True),
+                  "draft_tensor_parallel_size": (None, 1), "max_model_len": (None,), "quantization": (None,),
+                  "revision": (None,), "code_revision": (None,), "rejection_sample_method": ("standard",),
+                  "draft_sample_method": ("greedy",)}
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding as the engine runs it (vLLM's SpeculativeConfig): each step a running request proposes up
+    to ``num_speculative_tokens`` tokens, the model verifies them in one forward pass and the rejection sampler keeps
+    the prefix the model agrees with, plus one token of its own. "ngram": the tokens that followed an earlier
+    occurrence of its last ``prompt_lookup_min``..``prompt_lookup_max`` tokens (engine/spec_decode.py);
+    "draft_model": a small model sharing the tokenizer, greedy, run by the worker (worker/draft_model.py)."""
+    method: str
+    num_speculative_tokens: int
+    prompt_lookup_min: int = 0
+    prompt_lookup_max: int = 0
+    model: str | None = None        # draft_model: the draft's id or folder
+    draft_tensor_parallel_size: int | None = None     # draft_model: None or the target's (checked with the engine's)
+
+
+def speculative_settings(config: "dict | str | SpeculativeConfig") -> SpeculativeConfig:
+    """``speculative_config`` (a dict or its JSON) checked with vLLM's rules and defaults; a method or key pagedllm
+    cannot honour is a ValueError naming it."""
+    if isinstance(config, SpeculativeConfig):
+        return config
+    cfg = _config_dict(config, "speculative_config", "SpeculativeConfig")
+    method, model = cfg.pop("method", None), cfg.pop("model", None)
+    if method is None:                     # vLLM infers it from the model: "[ngram]", else a draft model
+        method = "ngram" if model in ("ngram", "[ngram]") else "draft_model"
+    if method == "[ngram]":
+        method = "ngram"
+    if method == "draft_model":
+        return _draft_model_settings(model, cfg)
+    if method != "ngram":
+        if method in _SPEC_METHODS_NOT_SUPPORTED or method.endswith("_mtp"):
+            raise ValueError(f"speculative_config method {method!r} is not supported by pagedllm yet; supported: "
+                             f"'ngram' (prompt lookup), 'draft_model' (a small model sharing the tokenizer).")
+        raise ValueError(f"speculative_config method must be one of 'ngram', 'draft_model', "
+                         f"{', '.join(repr(m) for m in _SPEC_METHODS_NOT_SUPPORTED)}; got {method!r}.")
+    if model not in (None, "ngram", "[ngram]"):
+        raise ValueError(f"speculative_config method 'ngram' takes no model, got model={model!r}.")
+    lo, hi = cfg.pop("prompt_lookup_min", None), cfg.pop("prompt_lookup_max", None)
+    k = _speculative_tokens(cfg, "ngram", "'num_speculative_tokens', 'prompt_lookup_max', 'prompt_lookup_min'")
+    for name, value in (("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"speculative_config {name} must be an integer >= 1, got {value!r}.")
+    if lo is None and hi is None:          # vLLM's defaults
+        lo = hi = 5
+    elif lo is None:
+        lo = hi
+    elif hi is None:
+        hi = lo
+    if lo > hi:
+        raise ValueError(f"prompt_lookup_min={lo} must be <= prompt_lookup_max={hi}")
+    return SpeculativeConfig("ngram", k, lo, hi)
+
+
+def _speculative_tokens(cfg: dict, method: str, takes: str) -> int:
+    """``num_speculative_tokens`` of a speculative_config's remaining keys, checked; keys left at their "off" values
+    are dropped, any other key is an error."""
+    k = cfg.pop("num_speculative_tokens", None)
+    for key, off in _SPEC_KEYS_OFF.items():
+        if key in cfg and cfg.pop(key) not in off:
+            raise ValueError(f"speculative_config {key!r} is not supported yet by pagedllm with method {method!r}; "
+                             f"leave it out.")
+    if cfg:
+        raise ValueError(f"speculative_config has unknown or unsupported key(s) {sorted(cfg)}; pagedllm takes "
+                         f"'method', {takes} with method {method!r}.")
+    if k is None:
+        raise ValueError(f"speculative_config needs num_speculative_tokens (the tokens proposed per step) with "
+                         f"method {method!r}.")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"speculative_config num_speculative_tokens must be an integer >= 1, got {k!r}.")
+    return k
+
+
+def _draft_model_settings(model: str | None, cfg: dict) -> SpeculativeConfig:
+    if not model or not isinstance(model, str):
+        raise ValueError("speculative_config method 'draft_model' needs 'model', the draft model's id or folder.")
+    draft_tp = cfg.pop("draft_tensor_parallel_size", None)
+    k = _speculative_tokens(cfg, "draft_model", "'model', 'num_speculative_tokens', 'draft_tensor_parallel_size'")
+    if draft_tp is not None and (isinstance(draft_tp, bool) or not isinstance(draft_tp, int) or draft_tp < 1):
+        raise ValueError(f"speculative_config draft_tensor_parallel_size must be an integer >= 1, got {draft_tp!r}.")
+    return SpeculativeConfig("draft_model", k, model=model, draft_tensor_parallel_size=draft_tp)

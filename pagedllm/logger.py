@@ -74,6 +74,12 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         f"max_num_seqs_per_request {config.max_num_seqs_per_request or 'none'}",
         f"  CUDA graphs  {runner.get('graphs', 'none')}",
     ]
+    spec = config.args.speculative_config
+    if spec is not None:     # config.SpeculativeConfig
+        how = (f"ngram, prompt lookup {spec.prompt_lookup_min}..{spec.prompt_lookup_max} tokens"
+               if spec.method == "ngram" else f"draft model {spec.model}")
+        lines.insert(-1, f"  speculative  {how}, up to {spec.num_speculative_tokens} draft tokens per step "
+                         f"(async scheduling off)")
     phases = info.get("startup_phases") or {}
     if phases:
         # Where the start-up went; "other" is what no phase covers (the front end's own work, an in-process

@@ -55,7 +55,7 @@ class _Tracked:
 
 class EngineMetrics:
     def __init__(self, model_name: str, registry: CollectorRegistry | None = None, log_stats: bool = True,
-                 log_interval_s: float = 5.0, max_loras: int = 0):
+                 log_interval_s: float = 5.0, max_loras: int = 0, num_speculative_tokens: int = 0):
         self.model_name = model_name
         self.registry = registry if registry is not None else CollectorRegistry()
         self.log_stats = log_stats
@@ -125,6 +125,11 @@ class EngineMetrics:
         if max_loras:
             self.g_lora_info = Gauge(PREFIX + "lora_requests_info", "Running stats on lora requests.",
                                      ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=r)
+        self._spec = None       # speculative decoding's counters, made at attach() when the engine runs it
+        self._spec_seen: tuple | None = None
+        self._interval_spec = [0, 0, 0, []]      # drafts, draft tokens, accepted, accepted per position
+        if num_speculative_tokens:       # speculative_config: the series exist (at 0) from the start, as vLLM's
+            self._make_spec_counters(None, num_speculative_tokens)
         self._tracked: dict[str, _Tracked] = {}
         self._prefix_seen = (0, 0)
         self._swap_seen = (0, 0)
@@ -149,6 +154,11 @@ class EngineMetrics:
         self.g_swap_free_blocks.labels(name).set_function(lambda: snapshot().swap_free_blocks)
         self.g_swap_num_blocks.labels(name).set_function(lambda: snapshot().swap_num_blocks)
         first = snapshot()
+        if first.spec_decoding is not None:
+            if self._spec is None:
+                self._make_spec_counters(first.spec_decoding)
+            else:
+                self._spec_seen = first.spec_decoding
         self._prefix_seen = (first.prefix_queries, first.prefix_hits)
         self._swap_seen = (first.blocks_swapped_out, first.blocks_swapped_in)
 
@@ -192,6 +202,10 @@ class EngineMetrics:
             self.c_prefix_hits.inc(dh)
             self._interval_prefix[0] += dq
             self._interval_prefix[1] += dh
+        if snapshot.spec_decoding is not None:
+            if self._spec is None:
+                self._make_spec_counters(None, len(snapshot.spec_decoding[3]))
+            self._count_spec(snapshot.spec_decoding)
         if self.max_loras:
             self.g_lora_info.labels(str(self.max_loras), ",".join(snapshot.waiting_loras),
                                     ",".join(snapshot.running_loras)).set(now)
@@ -250,6 +264,53 @@ class EngineMetrics:
             if not completions:
                 self.c_success.labels(self.model_name, "stop").inc()
 
+    def _make_spec_counters(self, seen: tuple | None, num_positions: int = 0) -> None:
+        """vLLM's spec_decode_* series (its SpecDecodingProm), made once the engine's snapshot shows speculative
+        decoding (at attach, or with the first step's snapshot when the engine runs in another process); ``seen``:
+        the counts already reported (None: zero)."""
+        if seen is not None:
+            num_positions = len(seen[3])
+        r, name, labels = self.registry, self.model_name, ["model_name"]
+        per_pos = Counter(PREFIX + "spec_decode_num_accepted_tokens_per_pos", "Accepted tokens per draft position.",
+                          labels + ["position"], registry=r)
+        self._spec = (Counter(PREFIX + "spec_decode_num_drafts", "Number of spec decoding drafts.", labels,
+                              registry=r).labels(name),
+                      Counter(PREFIX + "spec_decode_num_draft_tokens", "Number of draft tokens.", labels,
+                              registry=r).labels(name),
+                      Counter(PREFIX + "spec_decode_num_accepted_tokens", "Number of accepted tokens.", labels,
+                              registry=r).labels(name),
+                      [per_pos.labels(name, str(pos)) for pos in range(num_positions)])
+        self._spec_seen = seen if seen is not None else (0, 0, 0, (0,) * num_positions)
+        self._interval_spec[3] = [0] * num_positions
+
+    def _count_spec(self, now_seen: tuple) -> None:
+        seen = self._spec_seen
+        deltas = [now_seen[i] - seen[i] for i in range(3)]
+        pos_deltas = [a - b for a, b in zip(now_seen[3], seen[3])]
+        self._spec_seen = now_seen
+        for counter, d in zip(self._spec, deltas):
+            if d > 0:
+                counter.inc(d)
+        interval = self._interval_spec
+        for i, d in enumerate(deltas):
+            interval[i] += d
+        for pos, d in enumerate(pos_deltas):
+            if d > 0:
+                self._spec[3][pos].inc(d)
+                interval[3][pos] += d
+
+    def _log_spec(self, elapsed: float) -> None:
+        """vLLM's SpecDecoding metrics line, for the interval's drafts."""
+        drafts, draft_tokens, accepted, per_pos = self._interval_spec
+        if drafts:
+            logger.info("SpecDecoding metrics: Mean acceptance length: %.2f, Accepted throughput: %.2f tokens/s, "
+                        "Drafted throughput: %.2f tokens/s, Accepted: %d tokens, Drafted: %d tokens, Per-position "
+                        "acceptance rate: %s, Avg Draft acceptance rate: %.1f%%",
+                        1 + accepted / drafts, accepted / elapsed, draft_tokens / elapsed, accepted, draft_tokens,
+                        ", ".join(f"{n / drafts:.3f}" for n in per_pos),
+                        100.0 * accepted / draft_tokens if draft_tokens else 0.0)
+        self._interval_spec = [0, 0, 0, [0] * len(per_pos)]
+
     # ---- the log line -----------------------------------------------------------------------------------------------
     def maybe_log(self, snapshot: "EngineSnapshot", force: bool = False) -> None:
         if not self.log_stats:
@@ -268,6 +329,8 @@ class EngineMetrics:
                         "Running: %d reqs, Waiting: %d reqs, GPU KV cache usage: %.1f%%, Prefix cache hit rate: %.1f%%",
                         self._interval_prompt / elapsed, self._interval_generation / elapsed, running, waiting,
                         100.0 * snapshot.kv_usage, self._last_hit_rate)
+            if self._spec is not None:
+                self._log_spec(elapsed)
         self._last_interval_active = active
         self._last_log_time = now
         self._interval_prompt = self._interval_generation = 0

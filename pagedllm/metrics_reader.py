@@ -1,7 +1,7 @@
 """``LLM.get_metrics()``: the engine's Prometheus series as plain objects (vLLM's ``vllm.v1.metrics.reader``): one
 ``Counter`` / ``Gauge`` / ``Histogram`` per series and label set, named as on ``/metrics`` (``pagedllm:`` prefix).
-``Vector`` (vLLM's per-position speculative-decoding counter) exists for code that checks for it; no series of
-pagedllm is one."""
+``Vector`` is vLLM's per-position speculative-decoding counter (``spec_decode_num_accepted_tokens_per_pos``, with
+speculative_config)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,6 +52,14 @@ def metrics_snapshot(registry: CollectorRegistry, prefix: str) -> list[Metric]:
         if family.type == "gauge":
             collected.extend(Gauge(family.name, dict(s.labels), s.value) for s in family.samples
                              if s.name == family.name)
+        elif family.type == "counter" and family.name.endswith("spec_decode_num_accepted_tokens_per_pos"):
+            # vLLM's reader: the per-position counters of one label set as one Vector, position 0 first.
+            vectors: dict[frozenset, dict[int, int]] = {}
+            for s in family.samples:
+                if s.name == family.name + "_total":
+                    labels = {k: v for k, v in s.labels.items() if k != "position"}
+                    vectors.setdefault(frozenset(labels.items()), {})[int(s.labels["position"])] = int(s.value)
+            collected.extend(Vector(family.name, dict(key), [v[p] for p in sorted(v)]) for key, v in vectors.items())
         elif family.type == "counter":
             collected.extend(Counter(family.name, dict(s.labels), int(s.value)) for s in family.samples
                              if s.name == family.name + "_total")

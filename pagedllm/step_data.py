@@ -56,6 +56,9 @@ class SchedulerOutput:
     # Only the exceptions travel: blocks allocated this step for running requests, and resumed requests.
     new_block_ids: dict[str, list[int]] = field(default_factory=dict)
     resumed_requests: dict[str, ResumedRequestData] = field(default_factory=dict)
+    # Speculative decoding: req id -> the draft tokens computed after its last token this step (its scheduled tokens
+    # are 1 + len(drafts)); the worker verifies them and samples one token more.
+    spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
     # Scheduled requests whose step does not reach the end of their tokens (a prompt chunk): no token is sampled.
     partial_req_ids: set[str] = field(default_factory=set)
     # Requests that ended (finished, aborted) since the last step: the workers drop their state.
@@ -102,3 +105,8 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, list[tuple]] = field(default_factory=dict)
     # Pooling models: req id -> the request's vector (float32 tensor on the CPU), in the step that ran its prompt.
     pooled: dict[str, object] = field(default_factory=dict)
+    # Speculative decoding: req id -> the drafts accepted (a prefix of its spec_token_ids); ``sampled`` holds the
+    # token sampled after them.
+    accepted_draft_ids: dict[str, list[int]] = field(default_factory=dict)
+    # ... and, for requests that asked for logprobs, each accepted draft's (``logprobs`` holds the sampled token's).
+    accepted_draft_logprobs: dict[str, list[TopLogprobs]] = field(default_factory=dict)

@@ -13,7 +13,7 @@ import traceback
 from collections import deque
 from typing import Any
 
-from pagedllm.config import EngineArgs, EngineConfig, verify_engine_args
+from pagedllm.config import EngineArgs, EngineConfig, verify_engine_args, verify_tensor_parallel
 from pagedllm.engine.input_processor import load_tokenizer
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, CoreReady, CoreSnapshot,
@@ -42,11 +42,44 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
         quantization_config_class(args.quantization)     # an unknown method fails before any download too
     config = EngineConfig.build(args, resolve_model(args))
     check_parallel_support(config.hf_config, config.tensor_parallel_size, config.pipeline_parallel_size)
+    if args.speculative_config is not None and config.is_pooling:
+        raise ValueError("speculative_config is for generative models: a pooling model generates no tokens to "
+                         "speculate on; leave it out.")
+    spec = args.speculative_config
+    if spec is not None and spec.method == "draft_model":
+        config.draft_model = _resolve_draft_model(args, config)
     config.attention_backend = resolve_attention_backend(config.attention_backend, config.device)
     config.quant_config = resolve_quantization(args.quantization, config.hf_config, config.model.model_dir,
                                                config.model.gguf_file, config.device, config.dtype,
                                                cpu_fp16_weights=config.cpu_fp16_weights)
     return config
+
+
+def _resolve_draft_model(args: EngineArgs, config: EngineConfig):
+    """speculative_config's draft model: its files and config (as the target's are found), checked to share the
+    target's vocabulary (its tokens are the target's tokens)."""
+    import dataclasses
+
+    from pagedllm.model.loader import resolve_model
+    from pagedllm.model.registry import check_parallel_support
+    draft_args = dataclasses.replace(args, model=args.speculative_config.model, tokenizer=None, revision=None,
+                                     quantization=None, speculative_config=None)
+    draft = resolve_model(draft_args)
+    # Tensor parallel splits the draft over the same ranks as the target (each rank runs its shard's passes).
+    check_parallel_support(draft.hf_config, config.tensor_parallel_size, 1)
+    verify_tensor_parallel(config.tensor_parallel_size, draft.hf_config)
+    positions = getattr(draft.hf_config, "max_position_embeddings", None)
+    if draft.hf_config.model_type == "opt" and positions is not None and positions < config.max_model_len:
+        # OPT learns a table of positions: the draft cannot run past it (rotary models extend theirs).
+        raise ValueError(f"speculative_config draft model {args.speculative_config.model!r} has "
+                         f"{positions} positions, fewer than max_model_len={config.max_model_len}; lower "
+                         f"max_model_len or use another draft.")
+    target_vocab, draft_vocab = config.hf_config.vocab_size, draft.hf_config.vocab_size
+    if draft_vocab != target_vocab:
+        raise ValueError(f"speculative_config draft model {args.speculative_config.model!r} has a vocabulary of "
+                         f"{draft_vocab} tokens, the target model {target_vocab}: the draft must share the target's "
+                         f"tokenizer.")
+    return draft
 
 
 class EngineCore:
@@ -80,7 +113,8 @@ class EngineCore:
                                    config.max_model_len, config.enable_chunked_prefill,
                                    config.long_prefill_token_threshold, config.max_num_seqs_per_request,
                                    preemption_mode=config.args.preemption_mode,
-                                   max_loras=config.args.max_loras if config.args.enable_lora else 0)
+                                   max_loras=config.args.max_loras if config.args.enable_lora else 0,
+                                   speculative_config=config.args.speculative_config)
         self.num_blocks = num_blocks
         self.structured_output = StructuredOutputManager(config, load_tokenizer)
         self._failed_requests: dict[str, BaseException] = {}
@@ -238,7 +272,7 @@ class EngineCore:
                               pool.num_free_blocks, pool.num_blocks, len(sched.swapped),
                               swap.num_free_blocks if swap is not None else 0, swap.num_blocks if swap is not None else 0,
                               sched.num_blocks_swapped_out, sched.num_blocks_swapped_in,
-                              *sched.lora_names())
+                              *sched.lora_names(), sched.spec_counters())
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def step(self) -> tuple[EngineCoreOutputs, StepStats]:
@@ -267,7 +301,7 @@ class EngineCore:
             constrained = self._constrained_requests(sched)
             sched.sample_async = (self._async_scheduling and not constrained and self._can_sample_async(sched))
             launched = self.executor.launch(sched)
-        grammar = self._grammar_output(constrained)     # on the host, while the device runs the forward pass
+        grammar = self._grammar_output(constrained, sched.spec_token_ids)   # on the host, while the device runs
         outputs = EngineCoreOutputs()
         stats = StepStats(num_preemptions=len(sched.preempted_req_ids))
         if self._in_flight is not None:
@@ -323,11 +357,17 @@ class EngineCore:
                                          or item.request.thinking_budget is not None
                                          and item.request.thinking_budget.forced is not None)]
 
-    def _grammar_output(self, constrained: list[Request]) -> GrammarOutput | None:
-        """One bitmask for every constrained request that samples this step (rows in the order of the ids)."""
+    def _grammar_output(self, constrained: list[Request],
+                        spec_token_ids: dict[str, list[int]] | None = None) -> GrammarOutput | None:
+        """One bitmask for every constrained request that samples this step (rows in the order of the ids); a request
+        verifying drafts has 1 + k rows in a row (its id repeated), the mask after each draft."""
         if not constrained:
             return None
-        return GrammarOutput([r.request_id for r in constrained], self.structured_output.fill_bitmask(constrained))
+        drafts = [spec_token_ids.get(r.request_id, ()) for r in constrained] if spec_token_ids else None
+        ids = [r.request_id for r in constrained]
+        if drafts:
+            ids = [rid for rid, d in zip(ids, drafts) for _ in range(1 + len(d))]
+        return GrammarOutput(ids, self.structured_output.fill_bitmask(constrained, drafts))
 
     def _can_sample_async(self, sched: SchedulerOutput) -> bool:
         """Can this step be sampled before the host has seen the previous step's tokens? Not when the sampler

@@ -57,6 +57,10 @@ class EngineCoreOutputs:
     first_scheduled_time: dict[str, float] = field(default_factory=dict)
     # Pooling requests: req id -> the request's vector (float32 CPU tensor); it ends the request.
     pooled: dict[str, Any] = field(default_factory=dict)
+    # Speculative decoding: req id -> the tokens it got this step before its entry in req_ids (accepted drafts).
+    earlier_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    # ... and their logprobs, one tuple per token, for requests that asked for logprobs.
+    earlier_logprobs: dict[str, list[tuple]] = field(default_factory=dict)
 
     def extend(self, other: "EngineCoreOutputs") -> None:
         self.req_ids.extend(other.req_ids)
@@ -67,6 +71,10 @@ class EngineCoreOutputs:
             mine.update(theirs)
         for rid, rows in other.prompt_logprobs.items():
             self.prompt_logprobs.setdefault(rid, []).extend(rows)
+        for rid, tokens in other.earlier_token_ids.items():    # one step per call with speculative decoding
+            self.earlier_token_ids.setdefault(rid, []).extend(tokens)
+        for rid, rows in other.earlier_logprobs.items():
+            self.earlier_logprobs.setdefault(rid, []).extend(rows)
 
     def __len__(self) -> int:
         return len(self.req_ids)
@@ -94,6 +102,9 @@ class EngineSnapshot:
     # enable_lora: the names of the adapters of the running and of the waiting requests (vLLM's lora_requests_info).
     running_loras: tuple[str, ...] = ()
     waiting_loras: tuple[str, ...] = ()
+    # speculative_config: the counters since start (num_drafts, num_draft_tokens, num_accepted_tokens, accepted
+    # tokens per draft position); None without speculative decoding.
+    spec_decoding: tuple[int, int, int, tuple[int, ...]] | None = None
 
 
 # ---- front end -> core ---------------------------------------------------------------------------------------------

@@ -121,6 +121,8 @@ class OutputProcessor:
             rid = core_to_request.get(cid)
             if rid is not None and requests[rid].completions[cid].index == 0:
                 self._record_prompt_logprobs(requests[rid], rows)
+        if outputs.earlier_token_ids:
+            self._process_earlier_tokens(outputs.earlier_token_ids, outputs.earlier_logprobs, touched, stopped)
         finished, logprobs = outputs.finished, outputs.logprobs
         for cid, token in zip(outputs.req_ids, outputs.new_token_ids):   # the hot loop: one token per request
             rid = core_to_request.get(cid)
@@ -163,6 +165,28 @@ class OutputProcessor:
                 for c in state.completions:
                     self.core_to_request.pop(c, None)
         return results, stopped
+
+    def _process_earlier_tokens(self, earlier: dict[str, list[int]], earlier_logprobs: dict[str, list],
+                                touched: dict, stopped: list[str]) -> None:
+        """Speculative decoding: the tokens a request got this step before its entry in ``req_ids`` (its accepted
+        drafts), each detokenized and checked for stop strings in order; a stop string among them ends the
+        completion, and its later tokens (the step's last one included) are dropped."""
+        for cid, tokens in earlier.items():
+            rid = self.core_to_request.get(cid)
+            if rid is None:
+                continue
+            state = self.requests[rid]
+            comp = state.completions[cid]
+            logprobs = earlier_logprobs.get(cid)
+            for j, token in enumerate(tokens):
+                if comp.finish_reason is not None:
+                    break
+                comp.token_ids.append(token)
+                if (comp.detok is not None or logprobs) and self._update(comp, token, None,
+                                                                         logprobs[j] if logprobs else None):
+                    stopped.append(cid)
+                    state.num_finished += 1
+            touched[rid] = state
 
     def _update(self, comp: _Completion, token: int, end: tuple | None, new_logprobs: tuple | None) -> bool:
         """Detokenize a completion's new token, record its logprobs, apply stop strings; True when a stop string

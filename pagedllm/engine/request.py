@@ -73,6 +73,8 @@ class Request:
         self.reasoning_end_ids: frozenset[int] | None = None
         # thinking_token_budget's counter (engine/structured_output.py ThinkingBudget); None: no budget.
         self.thinking_budget = None
+        # speculative_config: its tokens as a numpy array for the n-gram lookup (engine/spec_decode.TokenBuffer).
+        self.spec_tokens = None
 
     @property
     def num_tokens(self) -> int:

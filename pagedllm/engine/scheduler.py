@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.engine.request import FINISH_REASONS, Request, RequestStatus
+from pagedllm.engine.spec_decode import TokenBuffer, propose_ngram
 from pagedllm.logger import printable_id
 from pagedllm.step_data import ModelRunnerOutput, NewRequestData, ResumedRequestData, SchedulerOutput
 
@@ -44,6 +45,8 @@ class ScheduledRequest:
     will_sample: bool
     num_preemptions: int         # to recognise a request preempted while its step was in flight
     new_block_ids: list[int] | None = None     # blocks this step allocated for a running request
+    # Speculative decoding: the draft tokens computed after the request's last token this step (None: no drafts).
+    draft_token_ids: list[int] | None = None
 
 
 @dataclass
@@ -55,15 +58,38 @@ class StepStats:
 
 
 @dataclass
+class SpecDecodingStats:
+    """Speculative decoding's counters since start (vLLM's spec_decode_* series): steps in which a request had
+    drafts, the draft tokens, those accepted, and per draft position how many were accepted."""
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+
+
+@dataclass
 class _Launched:
     items: list[ScheduledRequest]
     stats: StepStats = field(default_factory=StepStats)
 
 
+def _grammar_prefix(matcher, drafts: list[int]) -> list[int]:
+    """The longest prefix of ``drafts`` a structured output request's grammar accepts; the matcher is rolled back."""
+    n = 0
+    for token in drafts:
+        if matcher.is_terminated() or not matcher.accept_token(token):
+            break
+        n += 1
+    if n:
+        matcher.rollback(n)
+    return drafts[:n]
+
+
 class Scheduler:
     def __init__(self, kv_cache: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, enable_chunked_prefill: bool = True, long_prefill_token_threshold: int = 0,
-                 max_num_seqs_per_request: int = 0, preemption_mode: str | None = None, max_loras: int = 0):
+                 max_num_seqs_per_request: int = 0, preemption_mode: str | None = None, max_loras: int = 0,
+                 speculative_config=None):
         self.kv = kv_cache
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -101,6 +127,12 @@ class Scheduler:
         # enable_lora: the running requests use at most this many distinct adapters (vLLM's max_loras), so every
         # step fits the workers' adapter slots; a waiting request with another adapter waits (0: LoRA off).
         self.max_loras = max_loras
+        # speculative_config (config.SpeculativeConfig): requests with one token left propose drafts (n-gram lookup).
+        self.spec = speculative_config
+        self.spec_stats: SpecDecodingStats | None = None
+        if speculative_config is not None:
+            self.spec_stats = SpecDecodingStats(
+                num_accepted_tokens_per_pos=[0] * speculative_config.num_speculative_tokens)
 
     # ---- queue ------------------------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -204,6 +236,10 @@ class Scheduler:
                     or (request.num_placeholders and not self.schedule_tokens_in_flight)):
                 i += 1
                 continue
+            drafts = None
+            if self.spec is not None and num_new == 1:
+                drafts = self._propose(request, budget - 1)
+                num_new += len(drafts)
             while (new_blocks := self.kv.allocate_slots(request, num_new)) is None:
                 victim = self.running[-1]           # lowest priority / latest arrival
                 self._preempt(victim)
@@ -211,7 +247,10 @@ class Scheduler:
                 if victim is request:
                     break
             else:
-                items.append(self._item(request, num_new, new_blocks))
+                item = self._item(request, num_new, new_blocks)
+                if drafts:
+                    item.will_sample, item.draft_token_ids = True, drafts
+                items.append(item)
                 budget -= num_new
                 i += 1
                 continue
@@ -290,6 +329,13 @@ class Scheduler:
         return tuple(sorted({r.lora_request.lora_name for r in self.running if r.lora_request is not None})), \
             tuple(sorted({r.lora_request.lora_name for r in waiting if r.lora_request is not None}))
 
+    def spec_counters(self) -> tuple[int, int, int, tuple[int, ...]] | None:
+        """Speculative decoding's counters for the engine snapshot (None without it)."""
+        st = self.spec_stats
+        if st is None:
+            return None
+        return st.num_drafts, st.num_draft_tokens, st.num_accepted_tokens, tuple(st.num_accepted_tokens_per_pos)
+
     def _running_loras(self) -> set[int]:
         return {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None} \
             if self.max_loras else set()
@@ -298,6 +344,32 @@ class Scheduler:
         """May ``request`` run beside the running requests' adapters ``loras`` (at most max_loras distinct)?"""
         lora = request.lora_request
         return lora is None or not self.max_loras or lora.lora_int_id in loras or len(loras) < self.max_loras
+
+    def _propose(self, request: Request, room: int) -> list[int]:
+        """Speculative decoding: draft tokens for a running request with one token left to compute, at most
+        ``room`` (what the step's token budget leaves) and none that could not be kept (past max_tokens or
+        max_model_len counting the model's own token after them). A structured output request keeps the drafts its
+        grammar accepts (vLLM's rule; its matcher is rolled back). None while a reasoning model thinks before its
+        grammar, under a thinking budget, or for a grammar with a draft model (its drafts are made on the worker,
+        unchecked): those decode one token per step, as without speculative decoding."""
+        if (request.num_placeholders or request.reasoning_end_ids is not None or request.thinking_budget is not None
+                or request.pooling_params is not None
+                or request.grammar is not None and self.spec.method == "draft_model"):
+            return []
+        k = min(self.spec.num_speculative_tokens, room, self.max_model_len - request.num_tokens - 1)
+        if request.max_tokens is not None:
+            k = min(k, request.max_tokens - request.num_output_tokens - 1)
+        if k <= 0:
+            return []
+        if self.spec.method == "draft_model":      # the worker's draft model fills in this many drafts
+            return [-1] * k
+        if request.spec_tokens is None:
+            request.spec_tokens = TokenBuffer()
+        drafts = propose_ngram(request.spec_tokens.sync(request.token_ids), self.spec.prompt_lookup_min,
+                               self.spec.prompt_lookup_max, k)
+        if drafts and request.grammar is not None:
+            drafts = _grammar_prefix(request.grammar, drafts)
+        return drafts
 
     @staticmethod
     def _item(request: Request, num_new: int, new_blocks: list[int] | None) -> ScheduledRequest:
@@ -320,6 +392,8 @@ class Scheduler:
             rid = r.request_id
             c = r.num_computed_tokens
             scheduled[rid] = n
+            if item.draft_token_ids:
+                out.spec_token_ids[rid] = item.draft_token_ids
             if not item.will_sample:
                 out.partial_req_ids.add(rid)
             if not r.sent_to_workers:
@@ -425,6 +499,9 @@ class Scheduler:
             token = sampled.get(rid) if item.will_sample and alive and r.num_placeholders else None
             if token is None:
                 continue
+            if item.draft_token_ids:      # speculative decoding: the accepted drafts, then the sampled token
+                self._commit_speculated(item, token, result, out)
+                continue
             r.num_placeholders -= 1
             token_ids = r.token_ids
             token_ids.append(token)
@@ -450,7 +527,56 @@ class Scheduler:
                 if not first:
                     out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
         stats.num_generation_tokens += len(req_ids)
+        if out.earlier_token_ids:     # speculative decoding: a request's accepted drafts before its one entry
+            stats.num_generation_tokens += sum(map(len, out.earlier_token_ids.values()))
         return out, stats
+
+    def _commit_speculated(self, item: ScheduledRequest, token: int, result: ModelRunnerOutput,
+                           out: EngineCoreOutputs) -> None:
+        """A request that verified drafts this step: its progress falls back to the tokens whose K/V hold (the last
+        token and the accepted drafts; the rejected drafts' slots are written over later), then the accepted drafts
+        and the sampled token join it one by one under the stop rules, and nothing after a stop is kept. The tokens
+        before the last go in ``out.earlier_token_ids`` (the output processor takes them before ``req_ids``')."""
+        r, drafts = item.request, item.draft_token_ids
+        accepted = result.accepted_draft_ids.get(r.request_id, ())
+        stats = self.spec_stats
+        stats.num_drafts += 1
+        stats.num_draft_tokens += len(drafts)
+        stats.num_accepted_tokens += len(accepted)
+        per_pos = stats.num_accepted_tokens_per_pos
+        for j in range(len(accepted)):
+            per_pos[j] += 1
+        r.num_placeholders -= 1
+        r.num_computed_tokens -= len(drafts) - len(accepted)
+        rid = r.request_id
+        first = r.num_output_tokens == 0
+        kept: list[int] = []
+        status = None
+        for t in (*accepted, token):
+            r.token_ids.append(t)
+            kept.append(t)
+            status = self._check_stop(r)
+            if r.grammar is not None and self._grammar_ended(r, t) and status is None:
+                status = RequestStatus.FINISHED_STOPPED
+            if status is not None:
+                break
+        if len(kept) > 1:
+            out.earlier_token_ids[rid] = kept[:-1]
+        out.req_ids.append(rid)
+        out.new_token_ids.append(kept[-1])
+        if rid in result.logprobs:        # one tuple per kept token: the drafts', then the sampled token's
+            rows = [*result.accepted_draft_logprobs.get(rid, ()), result.logprobs[rid]][:len(kept)]
+            if len(rows) > 1:
+                out.earlier_logprobs[rid] = rows[:-1]
+            out.logprobs[rid] = rows[-1]
+        if first:
+            out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
+            out.first_scheduled_time[rid] = r.first_scheduled_time
+        if status is not None:
+            self.finish_request(r, status)
+            out.finished[rid] = (FINISH_REASONS[status], r.stop_reason)
+            if not first:
+                out.num_cached_tokens[rid] = max(r.num_cached_tokens, 0)
 
     @staticmethod
     def _grammar_ended(request: Request, token: int) -> bool:

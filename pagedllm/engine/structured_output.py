@@ -347,19 +347,33 @@ class StructuredOutputManager:
         for rid in request_ids:
             self._pending.pop(rid, None)
 
-    def fill_bitmask(self, requests: list["Request"]) -> "torch.Tensor":
+    def fill_bitmask(self, requests: list["Request"], drafts: list | None = None) -> "torch.Tensor":
         """One int32 bitmask row per request (in order): the tokens its grammar allows next, or the one token its
-        thinking budget forces."""
+        thinking budget forces. Speculative decoding: a request with drafts (``drafts[i]``, a prefix its grammar
+        accepts: the scheduler checked it) gets 1 + k rows, the mask before each draft and after the last; its
+        matcher is rolled back to where it stood."""
         import torch
-        bitmask = torch.full((len(requests), (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
-        for row, request in enumerate(requests):
+        num_rows = len(requests) + (sum(len(d) for d in drafts) if drafts else 0)
+        bitmask = torch.full((num_rows, (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
+        row = 0
+        for n, request in enumerate(requests):
             forced = request.thinking_budget.forced if request.thinking_budget is not None else None
             if forced is not None:
                 bitmask[row] = 0
                 bit = forced % 32       # bit 31 is the int32's sign bit
                 bitmask[row, forced // 32] = (1 << bit) if bit < 31 else -(1 << 31)
-            else:
-                request.grammar.fill_next_token_bitmask(bitmask, row)
+                row += 1
+                continue
+            matcher = request.grammar
+            matcher.fill_next_token_bitmask(bitmask, row)
+            row += 1
+            request_drafts = drafts[n] if drafts else ()
+            for token in request_drafts:
+                matcher.accept_token(token)
+                matcher.fill_next_token_bitmask(bitmask, row)
+                row += 1
+            if request_drafts:
+                matcher.rollback(len(request_drafts))
         return bitmask
 
 

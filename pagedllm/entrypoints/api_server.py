@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     engine_args = EngineArgs.from_cli_args(args)
     verify_engine_args(engine_args)
     engine_args.usage_context = "openai_api_server"
-    metrics = EngineMetrics(engine_args.model, log_stats=not args.disable_log_stats)
+    spec = engine_args.speculative_config       # verified above: a config.SpeculativeConfig, or None
+    metrics = EngineMetrics(engine_args.model, log_stats=not args.disable_log_stats,
+                            num_speculative_tokens=spec.num_speculative_tokens if spec else 0)
     engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=False, metrics=metrics)
     app = build_app(engine, args.root_path or "", api_key=args.api_key, max_n=args.max_n,
                     max_request_body_bytes=args.max_request_body_bytes)

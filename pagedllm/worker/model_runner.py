@@ -25,11 +25,13 @@ from pagedllm.lora.manager import LoRAManager
 from pagedllm.lora.request import LoRARequest
 from pagedllm.model.layers.pipeline import IntermediateTensors
 from pagedllm.model.layers.pooler import Pooler, get_classifier_pooler, get_pooler, resolve_pooling
+from pagedllm.model.layers.rejection_sampler import rejection_sample
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.model.registry import is_encoder_only
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.cpu_offload import LayerOffloader
+from pagedllm.worker.draft_model import DraftModel
 from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
 from pagedllm.worker.request_state import CachedRequestState
 from pagedllm.worker.sleep_mode import (MEMORY_TAGS, WeightsBackup, check_sleep_level, check_wake_up_tags,
@@ -51,6 +53,10 @@ class LaunchedStep:
     tokens_host: torch.Tensor | None = None  # async: the sampled tokens, being copied to the host
     pooled: dict[str, torch.Tensor] | None = None   # pooling models: each request's vector
     ready: object | None = None              # async on CUDA: event recorded after that copy
+    # Speculative decoding: the requests with drafts, their drafts, and their logits rows (1 + k each, in order).
+    spec_requests: list[CachedRequestState] | None = None
+    spec_drafts: list[list[int]] | None = None
+    spec_logits: torch.Tensor | None = None
 
 
 class ModelRunner:
@@ -102,6 +108,10 @@ class ModelRunner:
         self.lora: LoRAManager | None = None
         if config.args.enable_lora:
             self.lora = _lora_manager(self.model, config)
+        # speculative_config method "draft_model": the draft and its KV cache (worker/draft_model.py).
+        self.draft: DraftModel | None = None
+        if config.draft_model is not None:
+            self.draft = DraftModel(config, self.kv_cache_dtype)
         self.load_seconds = time.perf_counter() - t0
         # Seconds per start-up phase, in order, for the start-up log's timeline (and where a slow start goes).
         self.startup_phases: dict[str, float] = {"runner init": t0 - t_init, "load": self.load_seconds}
@@ -147,7 +157,8 @@ class ModelRunner:
     @property
     def bytes_per_block(self) -> int:
         elem = torch.tensor([], dtype=self.kv_cache_dtype).element_size()
-        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+        draft = self.draft.bytes_per_block if self.draft is not None else 0     # its cache shares the block ids
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem + draft
 
     def determine_num_blocks(self) -> int:
         """The KV cache's block count, from the memory plan (worker/memory_plan.py), kept in ``self.memory_plan``
@@ -318,8 +329,16 @@ class ModelRunner:
         else:
             self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
                               for _ in range(self.num_layers)]
+        if self.draft is not None:
+            if self.device.type == "cpu":
+                self.draft.allocate_kv_cache(self.num_blocks, lambda shape: _calloc_zeros(shape, self.kv_cache_dtype))
+            else:
+                self.draft.allocate_kv_cache(self.num_blocks, lambda shape: torch.zeros(
+                    shape, dtype=self.kv_cache_dtype, device=self.device))
         if self.num_swap_blocks_allocated > 0 and self.kv_caches:
             self.swap_space = SwapSpace(self.num_swap_blocks_allocated, self.kv_caches)
+            if self.draft is not None:       # the same block ids, in the draft's own CPU blocks
+                self.draft.swap_space = SwapSpace(self.num_swap_blocks_allocated, self.draft.kv_caches)
 
     def _capture_cuda_graphs(self) -> bool:
         """Capture the decode and piecewise CUDA graphs over the current weights and KV cache (start-up, and again
@@ -346,6 +365,10 @@ class ModelRunner:
                                                          self.device, pool=pool, stage_input=stage_input,
                                                          cap=envs.PAGEDLLM_PIECEWISE_MAX_TOKENS)
             self.piecewise_runner.capture()
+        if self.config.args.speculative_config is not None:
+            logger.info("speculative_config: a step in which a request verifies drafts has multi-token queries, so "
+                        "the full decode CUDA graphs do not cover it; it runs through the piecewise graphs when they "
+                        "fit it, else eagerly. Steps without drafts replay the decode graphs as usual.")
         torch.cuda.synchronize(self.device)
         if self.memory_plan is not None:     # the graphs' memory pool, for the start-up log
             self.memory_plan.cuda_graph_bytes = max(free_before - torch.cuda.mem_get_info(self.device)[0], 0)
@@ -427,6 +450,8 @@ class ModelRunner:
         if self.offloader is not None:
             raise ValueError("sleep() is not supported with cpu_offload_gb yet: its layers already stream from CPU "
                              "memory.")
+        if self.draft is not None:
+            raise ValueError("sleep() is not supported with a speculative_config draft model yet.")
         before = self._device_bytes_in_use()
         self.graph_runner = self.piecewise_runner = None       # their captures point at what is freed below
         self._prev_sampled = torch.empty(0, dtype=torch.long, device=self.device)
@@ -508,7 +533,7 @@ class ModelRunner:
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,
-                    num_decodes: int = 0, lora_mask: torch.Tensor | None = None) -> ForwardBatch:
+                    num_decodes: int = 0, lora_mask: torch.Tensor | None = None, attn_backend=None) -> ForwardBatch:
         dev = self.device
         query_start_loc = np.asarray(query_start_loc, dtype=np.int32)
         seq_lens = np.asarray(seq_lens, dtype=np.int32)
@@ -523,11 +548,12 @@ class ModelRunner:
             max_seq_len=int(np.max(seq_lens)) if len(seq_lens) else 0,
             num_decodes=num_decodes,
             query_start_loc_cpu=query_start_loc, seq_lens_cpu=seq_lens, block_tables_cpu=block_tables)
+        backend = attn_backend if attn_backend is not None else self.attn_backend     # a draft model's own
         return ForwardBatch(
             input_ids=torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(dev, non_blocking=True),
             positions=torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev, non_blocking=True),
-            slot_mapping=slot_mapping, kv_caches=kv_caches, attn_backend=self.attn_backend,
-            attn_metadata=self.attn_backend.build_metadata(common), lora_mask=lora_mask)
+            slot_mapping=slot_mapping, kv_caches=kv_caches, attn_backend=backend,
+            attn_metadata=backend.build_metadata(common), lora_mask=lora_mask)
 
     def startup_info(self) -> dict:
         """Facts for the engine's start-up log block."""
@@ -587,8 +613,12 @@ class ModelRunner:
         takes that token straight from the previous step's device tensor of sampled tokens."""
         if sched.blocks_to_swap_out:     # before the forward pass, which may reuse these blocks
             self.swap_space.swap_out(sched.blocks_to_swap_out)
+            if self.draft is not None:
+                self.draft.swap_space.swap_out(sched.blocks_to_swap_out)
         if sched.blocks_to_swap_in:
             self.swap_space.swap_in(sched.blocks_to_swap_in)
+            if self.draft is not None:
+                self.draft.swap_space.swap_in(sched.blocks_to_swap_in)
         items = self._update_states(sched)
         if not items:     # a step of block copies only
             return LaunchedStep([], [], torch.empty(0, device=self.device), np.zeros(1, dtype=np.int32), [])
@@ -607,6 +637,10 @@ class ModelRunner:
         fix_dst: list[int] = []      # flat input rows whose token is still on the device ...
         fix_src: list[int] = []      # ... and its row in the previous step's sampled tokens
         partial = sched.partial_req_ids
+        spec = sched.spec_token_ids
+        if self.draft is not None:     # the draft model sees every step's tokens and fills in the drafts
+            spec = self.draft.propose(items, {rid: len(d) for rid, d in spec.items()}, self._make_batch)
+        spec_rows: list[int] = []        # speculative decoding: requests whose drafts are verified this step
         sampled_rows: list[int] = []
         for i, (st, n) in enumerate(items):
             s = starts[i]
@@ -614,13 +648,19 @@ class ModelRunner:
             known = st.token_ids[c:c + n]
             input_ids[s:s + len(known)] = known
             if len(known) < n:
-                fix_dst.append(int(s) + len(known))
-                fix_src.append(self._prev_sampled_rows[st.req_id])
+                if spec and st.req_id in spec:       # the last token, then its drafts
+                    input_ids[s + len(known):s + n] = spec[st.req_id]
+                else:
+                    fix_dst.append(int(s) + len(known))
+                    fix_src.append(self._prev_sampled_rows[st.req_id])
             positions[s:s + n] = np.arange(c, c + n)
             seq_lens[i] = c + n
             tables[i, :len(st.block_ids)] = st.block_ids[:width]
             st.num_computed_tokens = c + n
             if partial and st.req_id in partial:
+                continue
+            if spec and st.req_id in spec:
+                spec_rows.append(i)
                 continue
             sampled_rows.append(i)
         req_index = np.repeat(np.arange(num_reqs), q_lens)
@@ -671,6 +711,11 @@ class ModelRunner:
         if sampled_rows:
             rows = to_device([int(starts[i + 1]) - 1 for i in sampled_rows], self.device)
             step.logits = self.model.compute_logits(hidden[rows])
+        if spec_rows:     # every position of a request with drafts: its last token's and each draft's
+            rows = to_device([r for i in spec_rows for r in range(int(starts[i]), int(starts[i + 1]))], self.device)
+            step.spec_logits = self.model.compute_logits(hidden[rows])
+            step.spec_requests = [items[i][0] for i in spec_rows]
+            step.spec_drafts = [spec[items[i][0].req_id] for i in spec_rows]
         if sched.sample_async:
             tokens = (self.sampler.sample(step.logits, step.sampled_requests) if sampled_rows
                       else torch.empty(0, dtype=torch.long, device=self.device))
@@ -713,11 +758,34 @@ class ModelRunner:
     @staticmethod
     def _apply_grammar(step: "LaunchedStep", grammar: GrammarOutput) -> None:
         """Structured output: tokens a request's grammar forbids get -inf before sampling. Logprobs are those of
-        the constrained distribution then (as in vLLM)."""
+        the constrained distribution then (as in vLLM). A request verifying drafts has one bitmask row per
+        verification row (GrammarOutput lists its id that many times)."""
+        ids = grammar.structured_output_request_ids
+        if not step.spec_requests:
+            logits_row = {st.req_id: j for j, st in enumerate(step.sampled_requests)}
+            step.logits = step.logits.float()
+            apply_grammar_bitmask(step.logits, grammar.grammar_bitmask, [logits_row[rid] for rid in ids])
+            return
+        spec_row, start = {}, 0
+        for st, drafts in zip(step.spec_requests, step.spec_drafts):
+            spec_row[st.req_id] = start
+            start += len(drafts) + 1
         logits_row = {st.req_id: j for j, st in enumerate(step.sampled_requests)}
-        rows = [logits_row[rid] for rid in grammar.structured_output_request_ids]
-        step.logits = step.logits.float()
-        apply_grammar_bitmask(step.logits, grammar.grammar_bitmask, rows)
+        plain, spec, seen = ([], []), ([], []), {}
+        for i, rid in enumerate(ids):
+            if rid in spec_row:
+                spec[0].append(i)
+                spec[1].append(spec_row[rid] + seen.get(rid, 0))
+                seen[rid] = seen.get(rid, 0) + 1
+            else:
+                plain[0].append(i)
+                plain[1].append(logits_row[rid])
+        if plain[0]:
+            step.logits = step.logits.float()
+            apply_grammar_bitmask(step.logits, grammar.grammar_bitmask[plain[0]], plain[1])
+        if spec[0]:
+            step.spec_logits = step.spec_logits.float()
+            apply_grammar_bitmask(step.spec_logits, grammar.grammar_bitmask[spec[0]], spec[1])
 
     def _remember_sampled(self, tokens: torch.Tensor, requests: list[CachedRequestState]) -> None:
         self._prev_sampled = tokens
@@ -753,9 +821,11 @@ class ModelRunner:
                 prompt_rows.append((r, int(step.starts[i]) + p - c, p))
         if prompt_rows:
             self._prompt_logprobs(step.hidden, prompt_rows, out)
+        if grammar is not None:
+            self._apply_grammar(step, grammar)
+        if step.spec_requests:
+            self._verify_drafts(step, out)
         if step.sampled_requests:
-            if grammar is not None:
-                self._apply_grammar(step, grammar)
             result = self.sampler(step.logits, step.sampled_requests)
             self._remember_sampled(result.tokens, step.sampled_requests)
             for r, tok, lp in zip(step.sampled_requests, result.token_ids, result.logprobs):
@@ -764,6 +834,30 @@ class ModelRunner:
                 if lp is not None:
                     out.logprobs[r.req_id] = lp
         return out
+
+    def _verify_drafts(self, step: "LaunchedStep", out: ModelRunnerOutput) -> None:
+        """Speculative decoding: keep the drafts the model agrees with and sample one token after them
+        (model/layers/rejection_sampler.py); a request's progress falls back past its rejected drafts, whose KV
+        slots later steps write over."""
+        # logprobs: of the raw distribution (as the sampler's), taken before verification processes the logits.
+        raw_rows: dict[str, torch.Tensor] = {}
+        start = 0
+        for r, drafts in zip(step.spec_requests, step.spec_drafts):
+            if r.sampling_params.logprobs is not None:
+                raw_rows[r.req_id] = torch.log_softmax(step.spec_logits[start:start + len(drafts) + 1].float(), -1)
+            start += len(drafts) + 1
+        results = rejection_sample(self.sampler, step.spec_logits, step.spec_requests, step.spec_drafts)
+        for r, drafts, (accepted, token) in zip(step.spec_requests, step.spec_drafts, results):
+            r.num_computed_tokens -= len(drafts) - len(accepted)
+            r.token_ids.extend(accepted)
+            r.token_ids.append(token)
+            out.sampled[r.req_id] = token
+            out.accepted_draft_ids[r.req_id] = accepted
+            raw = raw_rows.get(r.req_id)
+            if raw is not None:       # one entry per token: the accepted drafts', then the sampled token's
+                k = r.sampling_params.logprobs
+                out.accepted_draft_logprobs[r.req_id] = [top_logprobs(raw[j], t, k) for j, t in enumerate(accepted)]
+                out.logprobs[r.req_id] = top_logprobs(raw[len(accepted)], token, k)
 
     def _prompt_logprobs(self, hidden: torch.Tensor, prompt_rows, out: ModelRunnerOutput) -> None:
         rows = torch.tensor([row for _, row, _ in prompt_rows], device=self.device)

@@ -234,8 +234,10 @@ ENGINE_FIELDS: dict[str, list] = {
     "max_num_partial_prefills": [Rejects(2, "max_num_partial_prefills is not supported yet")],
     "enable_expert_parallel": [Rejects(True, "enable_expert_parallel is not supported yet")],
     "data_parallel_size": [Rejects(2, "data_parallel_size=2 is not supported yet")],
-    "speculative_config": [Rejects({"method": "ngram", "num_speculative_tokens": 4},
-                                   "speculative_config is not supported yet")],
+    # Greedy tokens equal, drafts accepted: tests/unit/test_spec_decode.py.
+    "speculative_config": [Read(("engine/core.py",), "speculative_config=config.args.speculative_config"),
+                           Rejects({"method": "eagle", "model": "x", "num_speculative_tokens": 4},
+                                   "speculative_config method 'eagle' is not supported by pagedllm yet")],
     # Traces written: tests/unit/test_vllm_examples.py::test_profiling_example_with_profiler_config.
     "profiler_config": [Read(("worker/model_runner.py", "entrypoints/dev_routes.py"), "args.profiler_config"),
                         Rejects({"profiler": "cuda"}, "profiler='cuda' is not supported yet"),

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 
 import pagedllm
 from pagedllm import envs
-from pagedllm.config import FlexibleArgumentParser, reasoning_parser_name
+from pagedllm.config import FlexibleArgumentParser, reasoning_parser_name, speculative_settings
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.dev_routes import add_dev_routes
@@ -89,8 +89,10 @@ def build_engine(args: argparse.Namespace, prestarted=None) -> tuple[AsyncLLMEng
     """``prestarted``: the engine process that `pagedllm serve` started from its command line
     (entrypoints/early_engine.py), adopted if it parsed the same engine arguments."""
     engine_args, names, engine_process = serve_engine_args(args)
+    spec = engine_args.speculative_config
     metrics = EngineMetrics(names[0], log_stats=not args.disable_log_stats,
-                            max_loras=engine_args.max_loras if engine_args.enable_lora else 0)
+                            max_loras=engine_args.max_loras if engine_args.enable_lora else 0,
+                            num_speculative_tokens=speculative_settings(spec).num_speculative_tokens if spec else 0)
     engine = AsyncLLMEngine.from_engine_args(engine_args, log_requests=args.log_requests, metrics=metrics,
                                              engine_process=engine_process, prestarted=prestarted)
     return engine, metrics, names

@@ -102,6 +102,15 @@ class Sampler:
                 logprob_out[i] = top_logprobs(raw_logprobs[i], token_ids[i], sp.logprobs)
         return SamplerOutput(sampled, token_ids, logprob_out)
 
+    def processed_logits(self, logits: torch.Tensor, requests: list[SamplingRow]) -> torch.Tensor:
+        """The logits after masks, bias, min_tokens, bad words and penalties (float32): what greedy rows take the
+        argmax of (speculative decoding's verification)."""
+        return self._apply_penalties(self._apply_masks(logits.float(), requests), requests)
+
+    def sampling_probs(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        """The distribution random rows draw from: temperature, min-p, top-k, top-p over processed logits."""
+        return self._sampling_probs(logits, params)
+
     def sample(self, logits: torch.Tensor, requests: list[SamplingRow]) -> torch.Tensor:
         """The sampled tokens as a device tensor, without waiting for the device (async scheduling)."""
         logits = self._apply_masks(logits.float(), requests)
