@@ -13,7 +13,7 @@ PYTHONPATH=$R timeout 170 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --t
   tests/gpu/test_sleep_mode_gpu.py tests/gpu/test_quant_packed_kernels.py tests/gpu/test_engine_gpu.py tests/gpu/test_lora_gpu.py tests/gpu/test_spec_decode_gpu.py \
   -k "gemv or prefetch or sleep or routing or lora or spec_decode" 2>&1 \
   | grep -vE "^\s*$" | cut -c1-300 | tail -60
-for v in base l2-prefetch-o l2-prefetch-all; do
+for v in ${V7:-base l2-prefetch-o l2-prefetch-all}; do
   PYTHONPATH=$R timeout 85 $AB $v qwen2.5-7b bs1_128_256 latency_8x1024x1024 2>&1 | offline_summary "7b $v r1"
 done
 fi
