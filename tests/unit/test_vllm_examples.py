@@ -353,3 +353,26 @@ def test_request_models_and_serial_utils_import_without_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_ner_example_reads_the_labels_from_vllm_config(tmp_path):
+    # pooling/token_classify/ner_offline.py: the label names from llm.llm_engine.vllm_config.model_config.hf_config
+    # .id2label, the tokens from llm.get_tokenizer(), one label per prompt token from the argmax of outputs.data.
+    import torch
+    import transformers
+
+    from tiny_models import save_word_tokenizer
+    cfg = transformers.BertConfig(vocab_size=104, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64, num_labels=3,
+                                  id2label={0: "O", 1: "B-PER", 2: "B-LOC"})
+    torch.manual_seed(0)
+    transformers.BertForTokenClassification(cfg).save_pretrained(tmp_path)
+    save_word_tokenizer(tmp_path, "bert")
+    llm = LLM(model=str(tmp_path), runner="pooling", enforce_eager=True, dtype="float32")
+    tokenizer = llm.get_tokenizer()
+    label_map = llm.llm_engine.vllm_config.model_config.hf_config.id2label
+    (output,) = llm.encode(["w1 w2 w3"], pooling_task="token_classify", use_tqdm=False)
+    tokens = tokenizer.convert_ids_to_tokens(output.prompt_token_ids)
+    labels = [label_map[int(i)] for i in output.outputs.data.argmax(dim=-1)]
+    assert tokens == ["[CLS]", "w1", "w2", "w3", "[SEP]"] and len(labels) == 5
+    assert set(labels) <= {"O", "B-PER", "B-LOC"}
