@@ -240,7 +240,7 @@ class PoolerConfig:
 GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                                    "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
-    "hf_config_path", "enable_prompt_embeds", "allowed_local_media_path", "allowed_media_domains",
+    "hf_config_path", "enable_prompt_embeds", "allowed_media_domains",
     "safetensors_load_strategy", "config_format", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
     "node_rank", "decode_context_parallel_size", "dcp_kv_cache_interleave_size", "data_parallel_rank",
     "data_parallel_start_rank", "data_parallel_size_local", "data_parallel_address", "data_parallel_rpc_port",
@@ -249,12 +249,12 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
     "eplb_log_balancedness", "max_parallel_loading_workers", "disable_sliding_window", "disable_cascade_attn",
     "max_long_partial_prefills", "logprobs_mode", "aggregate_engine_logging", "code_revision", "rope_scaling",
-    "rope_theta", "hf_token", "max_seq_len_to_capture", "limit_mm_per_prompt", "interleave_mm_strings",
+    "rope_theta", "hf_token", "max_seq_len_to_capture", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
     "default_mm_loras", "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots",
     "model_loader_extra_config",
-    "ignore_patterns", "disable_chunked_mm_input", "disable_hybrid_kv_cache_manager",
+    "ignore_patterns", "disable_hybrid_kv_cache_manager",
     "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "override_pooler_config",
     "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config",
@@ -380,6 +380,12 @@ class EngineArgs:
     # from its answer, and structured output constrains only the answer (offline too, as vLLM). "": none.
     reasoning_parser: str = ""
     compilation_config: int | dict | None = None
+    # vLLM's multimodal settings, which vLLM itself leaves unused on a text-only model; pagedllm runs text-only models
+    # (a prompt's multi_modal_data is an error), so they have nothing to govern. Taken, and type-checked, so that
+    # scripts passing them for every model (spec_decode_offline.py) run as on vLLM.
+    limit_mm_per_prompt: dict | None = None
+    disable_chunked_mm_input: bool = False
+    allowed_local_media_path: str = ""
     # vLLM's PoolerConfig (or a dict of its fields, or their JSON): a pooling model's pooling type, activation /
     # normalization default, Matryoshka dimensions, classifier calibration, STEP pooling; over the checkpoint's.
     pooler_config: PoolerConfig | dict | None = None
@@ -569,6 +575,12 @@ class EngineArgs:
                        help='JSON (or --structured-outputs-config.KEY VALUE): backend "auto" / "xgrammar", '
                             "disable_any_whitespace, disable_additional_properties (defaults of every request), "
                             "reasoning_parser, enable_in_reasoning.")
+        g.add_argument("--limit-mm-per-prompt", type=json.loads, default=None,
+                       help="vLLM's multimodal limits (JSON); nothing to limit here: pagedllm runs text-only models.")
+        g.add_argument("--disable-chunked-mm-input", action="store_true",
+                       help="vLLM's multimodal scheduling switch; nothing to schedule here (text-only models).")
+        g.add_argument("--allowed-local-media-path", type=str, default=d.allowed_local_media_path,
+                       help="vLLM's folder for file:// media; unused here: pagedllm runs text-only models.")
         g.add_argument("--reasoning-parser", type=str, default=d.reasoning_parser,
                        help="A reasoning model's parser: the server returns its thinking as message.reasoning apart "
                             "from message.content, and structured output constrains only what follows the thinking. "
@@ -746,6 +758,13 @@ def verify_engine_args(args: EngineArgs) -> None:
                              "drafts are proposed from the tokens the host has); leave async_scheduling unset.")
         args.speculative_config = spec
     _verify_structured_outputs_config(args.structured_outputs_config)
+    if args.limit_mm_per_prompt is not None and not (
+            isinstance(args.limit_mm_per_prompt, dict) and all(isinstance(k, str) and isinstance(v, (int, dict))
+                                                               for k, v in args.limit_mm_per_prompt.items())):
+        raise ValueError(f"limit_mm_per_prompt must be a dict of modality -> count (e.g. {{'image': 0}}), got "
+                         f"{args.limit_mm_per_prompt!r}.")
+    if not isinstance(args.allowed_local_media_path, str):
+        raise ValueError(f"allowed_local_media_path must be a path string, got {args.allowed_local_media_path!r}.")
     if not isinstance(args.reasoning_parser, str):
         raise ValueError(f"reasoning_parser must be a string, got {args.reasoning_parser!r}.")
     if args.reasoning_parser:
@@ -1621,7 +1640,7 @@ _SPEC_METHODS_NOT_SUPPORTED = ("eagle", "eagle3", "medusa", "mlp_speculator", "m
 _SPEC_KEYS_OFF = {"enforce_eager": (None, False, True), "disable_padded_drafter_batch": (False, True),
                   "draft_tensor_parallel_size": (None, 1), "max_model_len": (None,), "quantization": (None,),
                   "revision": (None,), "code_revision": (None,), "rejection_sample_method": ("standard",),
-                  "draft_sample_method": ("greedy",)}
+                  "draft_sample_method": ("greedy",), "parallel_drafting": (False,)}
 
 
 @dataclass(frozen=True)
@@ -1637,6 +1656,9 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 0
     model: str | None = None        # draft_model: the draft's id or folder
     draft_tensor_parallel_size: int | None = None     # draft_model: None or the target's (checked with the engine's)
+    # draft_model: vLLM's speculative max_model_len, the draft's length limit; None or the target's max_model_len (a
+    # smaller one, where vLLM stops drafting for longer sequences, is an error at start-up: not supported yet).
+    max_model_len: int | None = None
 
 
 def speculative_settings(config: "dict | str | SpeculativeConfig") -> SpeculativeConfig:
@@ -1699,7 +1721,11 @@ def _draft_model_settings(model: str | None, cfg: dict) -> SpeculativeConfig:
     if not model or not isinstance(model, str):
         raise ValueError("speculative_config method 'draft_model' needs 'model', the draft model's id or folder.")
     draft_tp = cfg.pop("draft_tensor_parallel_size", None)
-    k = _speculative_tokens(cfg, "draft_model", "'model', 'num_speculative_tokens', 'draft_tensor_parallel_size'")
+    max_len = cfg.pop("max_model_len", None)
+    k = _speculative_tokens(cfg, "draft_model", "'model', 'num_speculative_tokens', 'draft_tensor_parallel_size', "
+                                                "'max_model_len'")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+        raise ValueError(f"speculative_config max_model_len must be an integer >= 1, got {max_len!r}.")
     if draft_tp is not None and (isinstance(draft_tp, bool) or not isinstance(draft_tp, int) or draft_tp < 1):
         raise ValueError(f"speculative_config draft_tensor_parallel_size must be an integer >= 1, got {draft_tp!r}.")
-    return SpeculativeConfig("draft_model", k, model=model, draft_tensor_parallel_size=draft_tp)
+    return SpeculativeConfig("draft_model", k, model=model, draft_tensor_parallel_size=draft_tp, max_model_len=max_len)

@@ -376,3 +376,65 @@ def test_ner_example_reads_the_labels_from_vllm_config(tmp_path):
     labels = [label_map[int(i)] for i in output.outputs.data.argmax(dim=-1)]
     assert tokens == ["[CLS]", "w1", "w2", "w3", "[SEP]"] and len(labels) == 5
     assert set(labels) <= {"O", "B-PER", "B-LOC"}
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_spec_decode_example(tiny_llama_dir, method):
+    # features/speculative_decoding/spec_decode_offline.py: its parser has vllm.benchmarks.datasets'
+    # add_dataset_parser flags, get_samples draws the prompts (random by default), the LLM gets the example's fixed
+    # multimodal arguments (no-ops on a text-only model, as in vLLM), and the acceptance counts come from
+    # llm.get_metrics() as vllm.v1.metrics.reader Counters and the per-position Vector.
+    from transformers import AutoTokenizer
+
+    from pagedllm.benchmarks.datasets import add_dataset_parser, get_samples
+    from pagedllm.utils.argparse_utils import FlexibleArgumentParser
+    from pagedllm.v1.metrics.reader import Counter, Vector
+    parser = FlexibleArgumentParser()
+    add_dataset_parser(parser)
+    parser.add_argument("--method", type=str, default="eagle")
+    parser.add_argument("--num-spec-tokens", type=int, default=2)
+    parser.add_argument("--max-model-len", type=int, default=16384)
+    parser.add_argument("--output-len", type=int, default=256)
+    args = parser.parse_args(["--method", method, "--num-prompts", "2", "--random-input-len", "12",
+                              "--max-model-len", "128", "--output-len", "12"])
+    args.enable_multimodal_chat = False
+    assert (args.dataset_name, args.seed) == ("random", 0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    prompts = get_samples(args, tokenizer)
+    llm_prompts = [{"prompt_token_ids": tokenizer.encode(p.prompt, add_special_tokens=False),
+                    "multi_modal_data": p.multi_modal_data} for p in prompts]
+    assert len(llm_prompts) == 2 and all(p.multi_modal_data is None for p in prompts)
+    speculative_config = {"method": "ngram", "num_speculative_tokens": args.num_spec_tokens,
+                          "prompt_lookup_max": 5, "prompt_lookup_min": 2} if method == "ngram" else \
+        {"method": "draft_model", "model": tiny_llama_dir, "num_speculative_tokens": args.num_spec_tokens,
+         "enforce_eager": False, "max_model_len": args.max_model_len, "parallel_drafting": False}
+    llm = LLM(model=tiny_llama_dir, trust_remote_code=True, tensor_parallel_size=1, enable_chunked_prefill=False,
+              enforce_eager=False, gpu_memory_utilization=0.9, speculative_config=speculative_config,
+              disable_log_stats=False, max_model_len=args.max_model_len, limit_mm_per_prompt={"image": 5},
+              disable_chunked_mm_input=True, max_num_seqs=None, allowed_local_media_path="",
+              kv_cache_memory_gb=0.01)
+    outputs = llm.generate(llm_prompts, SamplingParams(temperature=0, max_tokens=args.output_len), use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [12] * 2
+    counts = {}
+    for metric in llm.get_metrics():
+        if metric.name.endswith("spec_decode_num_accepted_tokens_per_pos"):
+            assert isinstance(metric, Vector) and len(metric.values) == args.num_spec_tokens
+            counts[metric.name] = metric.values
+        elif "spec_decode_num_" in metric.name:
+            assert isinstance(metric, Counter)
+            counts[metric.name] = metric.value
+    assert counts["pagedllm:spec_decode_num_draft_tokens"] >= counts["pagedllm:spec_decode_num_accepted_tokens"]
+    if method == "draft_model":      # the draft is the model itself: a draft every step, every draft token accepted
+        assert counts["pagedllm:spec_decode_num_drafts"] > 0, counts
+        assert counts["pagedllm:spec_decode_num_accepted_tokens"] == counts["pagedllm:spec_decode_num_draft_tokens"]
+    assert sum(counts["pagedllm:spec_decode_num_accepted_tokens_per_pos"]) == \
+        counts["pagedllm:spec_decode_num_accepted_tokens"]
+    if method == "draft_model":      # a draft length below the target's would need drafting to stop part-way
+        with pytest.raises(ValueError, match="speculative_config max_model_len=64 below max_model_len=128 is not "
+                                             "supported yet"):
+            LLM(model=tiny_llama_dir, max_model_len=128, kv_cache_memory_gb=0.01,
+                speculative_config={**speculative_config, "max_model_len": 64})
+    for bad, match in [({"limit_mm_per_prompt": 5}, "limit_mm_per_prompt"),
+                       ({"allowed_local_media_path": 1}, "allowed_local_media_path")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01, **bad)
