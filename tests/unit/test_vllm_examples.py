@@ -438,3 +438,31 @@ def test_spec_decode_example(tiny_llama_dir, method):
                        ({"allowed_local_media_path": 1}, "allowed_local_media_path")]:
         with pytest.raises((TypeError, ValueError), match=match):
             LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01, **bad)
+
+
+def test_score_with_a_score_template(tmp_path):
+    # pooling/score/qwen3_reranker_offline.py and using_template_offline.py: llm.score(queries, documents,
+    # chat_template=TEMPLATE) renders each pair as the conversation [{"role": "query", ...}, {"role": "document",
+    # ...}] with the template and scores that text; qwen3_reranker_online.py / using_template_online.py: the server's
+    # --chat-template does the same on /score and /rerank.
+    from tiny_models import save_tiny_classifier
+    save_tiny_classifier(tmp_path, "bert", 1)
+    template = ('{{ messages | selectattr("role", "eq", "query") | map(attribute="content") | first }} w7 w8 '
+                '{{ messages | selectattr("role", "eq", "document") | map(attribute="content") | first }}')
+    queries, documents = ["w1 w2", "w3"], ["w4 w5 w6", "w9"]
+    llm = LLM(model=str(tmp_path), runner="pooling", dtype="float32", max_model_len=64)
+    outputs = llm.score(queries, documents, chat_template=template, use_tqdm=False)
+    rendered = [f"{q} w7 w8 {d}" for q, d in zip(queries, documents)]
+    expected = llm.classify(rendered, use_tqdm=False)
+    assert [o.prompt_token_ids for o in outputs] == [e.prompt_token_ids for e in expected]
+    assert [o.outputs.score for o in outputs] == pytest.approx([e.outputs.probs[0] for e in expected], abs=1e-6)
+    plain = llm.score(queries, documents, use_tqdm=False)       # no template: the tokenizer's pair, [SEP] between
+    assert plain[0].prompt_token_ids != outputs[0].prompt_token_ids
+    del llm
+    (score_status, scored), (rerank_status, reranked) = post_to_server_app(str(tmp_path), [
+        ("/score", {"queries": queries, "documents": documents}),
+        ("/rerank", {"query": queries[0], "documents": [documents[0]]})],
+        flags=("--max-model-len", "64"), chat_template=template)
+    assert (score_status, rerank_status) == (200, 200), (scored, reranked)
+    assert [d["score"] for d in scored["data"]] == pytest.approx([o.outputs.score for o in outputs], abs=1e-5)
+    assert reranked["results"][0]["relevance_score"] == pytest.approx(outputs[0].outputs.score, abs=1e-5)

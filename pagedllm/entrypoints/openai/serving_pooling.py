@@ -13,6 +13,7 @@ import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from pagedllm.entrypoints.chat_utils import score_template_text
 from pagedllm.entrypoints.openai.protocol import (ClassificationRequest, EmbeddingRequest, PoolingInputRequest,
                                                   PoolingRequest, RequestError, RerankRequest, ScoreRequest,
                                                   random_uuid)
@@ -255,13 +256,23 @@ class OpenAIServingPooling(OpenAIServing):
         check_unicode(second, names[1])
         prompts = []
         for a, b in zip(first, second):
-            prompt = await self.run_tokenizer(self.engine.input_processor.encode_pair_for_pooling, a, b, params)
+            if self.chat_template is not None:        # --chat-template: the model's score template, as vLLM's
+                prompt = {"prompt_token_ids": await self.run_tokenizer(self._score_template_ids, a, b, params)}
+            else:
+                prompt = await self.run_tokenizer(self.engine.input_processor.encode_pair_for_pooling, a, b, params)
             self._check_ids(prompt["prompt_token_ids"], names[1], "score")
             prompts.append(prompt)
         outputs = await self._run(prefix, prompts, params, req.priority, raw_request)
         if outputs is None:
             return None
         return [ScoringOutput.from_base(o.outputs).score for o in outputs], outputs
+
+    def _score_template_ids(self, query: str, document: str, params: PoolingParams) -> list[int]:
+        try:
+            text = score_template_text(self.tokenizer, self.chat_template, query, document)
+        except ValueError as e:
+            raise RequestError(str(e), "chat_template") from None
+        return self.engine.input_processor.encode_for_pooling(text, params)
 
     async def create_score(self, req: ScoreRequest, raw_request: Request | None = None):
         """Each pair's score (a cross-encoder's, or the cosine of an embedding model's embeddings); text_1 is one
