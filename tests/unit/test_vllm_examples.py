@@ -466,3 +466,29 @@ def test_score_with_a_score_template(tmp_path):
     assert (score_status, rerank_status) == (200, 200), (scored, reranked)
     assert [d["score"] for d in scored["data"]] == pytest.approx([o.outputs.score for o in outputs], abs=1e-5)
     assert reranked["results"][0]["relevance_score"] == pytest.approx(outputs[0].outputs.score, abs=1e-5)
+
+
+def test_score_template_instruction(tmp_path):
+    # vLLM 0.24's /score and /rerank take "instruction" (Qwen3-Reranker's <Instruct>) and "chat_template_kwargs",
+    # both variables of the score template (--chat-template); without a score template they are a 400, not ignored.
+    from tiny_models import save_tiny_classifier
+    save_tiny_classifier(tmp_path, "bert", 1)
+    template = "{{ instruction | default('w50') }} {{ messages[0].content }} {{ messages[1].content }}"
+    pair = {"queries": "w1 w2", "documents": ["w4 w5"]}
+    flags = ("--max-model-len", "64")
+    answers = post_to_server_app(str(tmp_path), [
+        ("/score", pair), ("/score", {**pair, "instruction": "w60 w61"}),
+        ("/score", {**pair, "chat_template_kwargs": {"instruction": "w60 w61"}}),
+        ("/rerank", {"query": "w1 w2", "documents": ["w4 w5"], "instruction": "w60 w61"}),
+        ("/score", {**pair, "chat_template_kwargs": {"tools": []}})], flags=flags, chat_template=template)
+    assert [status for status, _ in answers] == [200, 200, 200, 200, 400], answers
+    default, instructed, via_kwargs, reranked, _ = (body for _, body in answers)
+    llm = LLM(model=str(tmp_path), runner="pooling", dtype="float32", max_model_len=64)
+    want = [o.outputs.probs[0] for o in llm.classify(["w50 w1 w2 w4 w5", "w60 w61 w1 w2 w4 w5"], use_tqdm=False)]
+    assert [default["data"][0]["score"], instructed["data"][0]["score"]] == pytest.approx(want, abs=1e-5)
+    assert via_kwargs["data"][0]["score"] == pytest.approx(want[1], abs=1e-5)
+    assert reranked["results"][0]["relevance_score"] == pytest.approx(want[1], abs=1e-5)
+    assert instructed["usage"]["prompt_tokens"] == default["usage"]["prompt_tokens"] + 1     # w60 w61 for w50
+    del llm
+    (status, error), = post_to_server_app(str(tmp_path), [("/score", {**pair, "instruction": "w60"})], flags=flags)
+    assert status == 400 and error["error"]["param"] == "instruction" and "--chat-template" in error["error"]["message"]

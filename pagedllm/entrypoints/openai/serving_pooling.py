@@ -254,10 +254,16 @@ class OpenAIServingPooling(OpenAIServing):
             raise RequestError(str(e), _named_field(e, ("truncate_prompt_tokens", *fields))) from None
         check_unicode(first, names[0])
         check_unicode(second, names[1])
+        template_kwargs = req.score_template_kwargs()
+        if template_kwargs is not None and self.chat_template is None:
+            field = "instruction" if req.instruction is not None else "chat_template_kwargs"
+            raise RequestError(f"{field} is a variable of the score template, and this server has none: start it "
+                               f"with --chat-template (the model's score template, e.g. qwen3_reranker.jinja).", field)
         prompts = []
         for a, b in zip(first, second):
             if self.chat_template is not None:        # --chat-template: the model's score template, as vLLM's
-                prompt = {"prompt_token_ids": await self.run_tokenizer(self._score_template_ids, a, b, params)}
+                prompt = {"prompt_token_ids": await self.run_tokenizer(self._score_template_ids, a, b, params,
+                                                                       template_kwargs)}
             else:
                 prompt = await self.run_tokenizer(self.engine.input_processor.encode_pair_for_pooling, a, b, params)
             self._check_ids(prompt["prompt_token_ids"], names[1], "score")
@@ -267,11 +273,12 @@ class OpenAIServingPooling(OpenAIServing):
             return None
         return [ScoringOutput.from_base(o.outputs).score for o in outputs], outputs
 
-    def _score_template_ids(self, query: str, document: str, params: PoolingParams) -> list[int]:
+    def _score_template_ids(self, query: str, document: str, params: PoolingParams,
+                            template_kwargs: dict | None) -> list[int]:
         try:
-            text = score_template_text(self.tokenizer, self.chat_template, query, document)
+            text = score_template_text(self.tokenizer, self.chat_template, query, document, template_kwargs)
         except ValueError as e:
-            raise RequestError(str(e), "chat_template") from None
+            raise RequestError(str(e), "chat_template_kwargs" if template_kwargs else "chat_template") from None
         return self.engine.input_processor.encode_for_pooling(text, params)
 
     async def create_score(self, req: ScoreRequest, raw_request: Request | None = None):
