@@ -134,8 +134,11 @@ class PoolerConfig:
     # The default of requests that do not say: embeddings normalized, classifier / reward scores activated.
     use_activation: bool | None = None
     dimensions: int | None = None              # embed requests' default dimensions (Matryoshka models only)
-    enable_chunked_processing: bool = False    # not supported yet (True is an error)
-    max_embed_len: int | None = None           # not supported yet
+    # Embedding models behind the server (/v1/embeddings, as vLLM's): an input longer than max_model_len is embedded
+    # in max_model_len chunks, the vectors averaged weighted by their token counts; max_embed_len caps such an
+    # input's length (None: no cap).
+    enable_chunked_processing: bool = False
+    max_embed_len: int | None = None
     # Classifiers: activation((logit - logit_mean) / logit_sigma) (Platt scaling of classify / score).
     logit_mean: float | None = None
     logit_sigma: float | None = None
@@ -207,12 +210,12 @@ class PoolerConfig:
             raise ValueError(f"pooler_config task={self.task!r:.100} is not supported yet by pagedllm: the model's "
                              f"pooling tasks come from its checkpoint, runner='pooling' and convert= "
                              f"('embed', 'classify', 'reward').")
-        if self.enable_chunked_processing:
-            raise ValueError("pooler_config enable_chunked_processing is not supported yet by pagedllm: a prompt "
-                             "longer than max_model_len is an error (or truncate it with truncate_prompt_tokens).")
-        if self.max_embed_len is not None:
-            raise ValueError("pooler_config max_embed_len is not supported yet by pagedllm (it needs "
-                             "enable_chunked_processing): prompts are limited to max_model_len.")
+        if self.max_embed_len is not None and self.max_embed_len < 1:
+            raise ValueError(f"pooler_config max_embed_len must be greater than 0, got {self.max_embed_len}.")
+        if self.max_embed_len is not None and not self.enable_chunked_processing:
+            raise ValueError("pooler_config max_embed_len applies with enable_chunked_processing=true (inputs "
+                             "longer than max_model_len embedded in chunks); without it prompts are limited to "
+                             "max_model_len.")
 
     @classmethod
     def coerce(cls, value: "PoolerConfig | dict | str") -> "PoolerConfig":
@@ -1399,6 +1402,9 @@ def _verify_pooler_config(pooler: PoolerConfig, runner_type: str, model: Resolve
         PoolingParams(dimensions=pooler.dimensions).verify_dimensions(
             hf.hidden_size, getattr(hf, "matryoshka_dimensions", None),
             bool(getattr(hf, "is_matryoshka", False) or getattr(hf, "matryoshka_dimensions", None)), name)
+    if pooler.enable_chunked_processing and not embedder:
+        raise ValueError("pooler_config enable_chunked_processing applies to embedding models only (the server's "
+                         "/v1/embeddings); this is a classification / reward model.")
     for field_name in ("logit_mean", "logit_sigma"):
         if getattr(pooler, field_name) is not None and not model.is_classifier:
             raise ValueError(f"pooler_config {field_name} applies to sequence classification models only (the "

@@ -492,3 +492,37 @@ def test_score_template_instruction(tmp_path):
     del llm
     (status, error), = post_to_server_app(str(tmp_path), [("/score", {**pair, "instruction": "w60"})], flags=flags)
     assert status == 400 and error["error"]["param"] == "instruction" and "--chat-template" in error["error"]["message"]
+
+
+def test_long_text_embedding_with_chunked_processing(tmp_path):
+    # pooling/embed/openai_embedding_long_text (service.sh + client.py): --pooler-config '{"pooling_type": "MEAN",
+    # "enable_chunked_processing": true, "max_embed_len": N}'; /v1/embeddings takes inputs longer than
+    # max_model_len, embeds each max_model_len chunk and returns their mean weighted by the chunks' token counts, as
+    # vLLM's; usage counts the whole input. Longer than max_embed_len is a 400.
+    import torch
+
+    from tiny_models import save_tiny_encoder, save_word_tokenizer
+    save_tiny_encoder(tmp_path, "bert")
+    save_word_tokenizer(tmp_path, "bert")
+    long_text = " ".join(f"w{(7 * i) % 100}" for i in range(40))          # 42 tokens with [CLS] / [SEP]
+    pooler = {"pooling_type": "MEAN", "use_activation": True, "enable_chunked_processing": True, "max_embed_len": 100}
+    answers = post_to_server_app(str(tmp_path), [
+        ("/v1/embeddings", {"input": [long_text, "w1 w2"]}),
+        ("/v1/embeddings", {"input": " ".join(["w3"] * 120)}),
+        ("/tokenize", {"prompt": long_text}),
+        ("/pooling", {"input": long_text})],       # only /v1/embeddings chunks, as vLLM's embed processor
+        flags=("--max-model-len", "16", "--pooler-config", json.dumps(pooler)))
+    (status, body), (too_long, error), (_, tokens), (pooling_status, _) = answers
+    assert status == 200, body
+    ids = tokens["tokens"]
+    assert len(ids) == 42 and body["usage"]["prompt_tokens"] == 42 + 4
+    llm = LLM(model=str(tmp_path), runner="pooling", dtype="float32", max_model_len=16,
+              pooler_config={"pooling_type": "MEAN"})
+    chunks = [ids[i:i + 16] for i in range(0, 42, 16)]
+    vectors = [o.outputs.embedding for o in llm.embed([{"prompt_token_ids": c} for c in chunks], use_tqdm=False)]
+    want = sum(torch.tensor(v) * len(c) for v, c in zip(vectors, chunks)) / 42
+    assert torch.allclose(torch.tensor(body["data"][0]["embedding"]), want, atol=1e-5)
+    short = llm.embed(["w1 w2"], use_tqdm=False)[0].outputs.embedding
+    assert body["data"][1]["embedding"] == pytest.approx(short, abs=1e-5)
+    assert too_long == 400 and "max_embed_len" in error["error"]["message"], error
+    assert pooling_status == 400
