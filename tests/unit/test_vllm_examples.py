@@ -492,6 +492,14 @@ def test_score_template_instruction(tmp_path):
     del llm
     (status, error), = post_to_server_app(str(tmp_path), [("/score", {**pair, "instruction": "w60"})], flags=flags)
     assert status == 400 and error["error"]["param"] == "instruction" and "--chat-template" in error["error"]["message"]
+    # An embedding model scores cosines: no score template to read them, with or without --chat-template.
+    from tiny_models import save_tiny_encoder, save_word_tokenizer
+    save_tiny_encoder(tmp_path / "embedder", "bert")
+    save_word_tokenizer(tmp_path / "embedder", "bert")
+    (status, error), = post_to_server_app(str(tmp_path / "embedder"), [
+        ("/rerank", {"query": "w1", "documents": ["w2"], "chat_template_kwargs": {"instruction": "w60"}})],
+        flags=flags, chat_template=template)
+    assert status == 400 and error["error"]["param"] == "chat_template_kwargs", error
 
 
 def test_long_text_embedding_with_chunked_processing(tmp_path):

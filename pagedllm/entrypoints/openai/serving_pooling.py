@@ -265,6 +265,10 @@ class OpenAIServingPooling(OpenAIServing):
                                f"{len(second)}).", names[0])
         if self.engine.config.model.is_classifier:
             return await self._cross_encoder_scores(prefix, first, second, names, req, raw_request)
+        if req.score_template_kwargs() is not None:
+            field = "instruction" if req.instruction is not None else "chat_template_kwargs"
+            raise RequestError(f"{field} is a variable of a cross-encoder's score template; this embedding model "
+                               f"scores the cosine of two embeddings.", field)
         try:
             # The cosine does not depend on the norms: use_activation (normalize) changes nothing here.
             params = PoolingParams(normalize=True, truncate_prompt_tokens=req.truncate_prompt_tokens, task="embed")
