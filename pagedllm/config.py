@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from pagedllm import envs
-from pagedllm.pooling_params import PoolingParams, check_returned_token_ids
+from pagedllm.pooling_params import POOLING_TASKS, PoolingParams, check_returned_token_ids
 from pagedllm.reasoning_parsers import REASONING_PARSERS, get_reasoning_parser
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,9 @@ class PoolerConfig:
     """vLLM's ``PoolerConfig`` (``LLM(pooler_config=...)``, ``--pooler-config JSON``): how a pooling model pools,
     over what its checkpoint says (sentence-transformers' ``1_Pooling/config.json`` and ``Normalize`` module, else
     the architecture's default). Applied by pagedllm/model/layers/pooler.py; what it cannot do is an error here."""
-    task: str | None = None                    # not supported yet (runner= / convert= pick the model's tasks)
+    # The model's default pooling task, one it runs (vLLM's): "token_embed" on an embedding model makes /pooling
+    # return token vectors and scoring ColBERT's MaxSim (late interaction); None: the model's own.
+    task: str | None = None
     pooling_type: str | None = None            # CLS / LAST / MEAN, or ALL / STEP: fills one of the two below
     seq_pooling_type: str | None = None        # the row(s) a request's one vector comes from (embed, classify)
     tok_pooling_type: str | None = None        # per-token tasks (token_embed, token_classify): ALL or STEP
@@ -205,11 +207,10 @@ class PoolerConfig:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ValueError(f"pooler_config {name} must be one of {', '.join(allowed)}, got {value!r:.100}.")
-        # What pagedllm does not do yet: an error, never ignored.
-        if self.task is not None:
-            raise ValueError(f"pooler_config task={self.task!r:.100} is not supported yet by pagedllm: the model's "
-                             f"pooling tasks come from its checkpoint, runner='pooling' and convert= "
-                             f"('embed', 'classify', 'reward').")
+        if self.task is not None and (not isinstance(self.task, str) or self.task not in POOLING_TASKS
+                                      or self.task == "encode"):
+            raise ValueError(f"pooler_config task must be one of "
+                             f"{', '.join(t for t in POOLING_TASKS if t != 'encode')}, got {self.task!r:.100}.")
         if self.max_embed_len is not None and self.max_embed_len < 1:
             raise ValueError(f"pooler_config max_embed_len must be greater than 0, got {self.max_embed_len}.")
         if self.max_embed_len is not None and not self.enable_chunked_processing:
@@ -1206,6 +1207,18 @@ class EngineConfig:
                 ("token_classify",)
         return ("embed", "encode", "score", "token_embed")
 
+    @property
+    def pooling_task(self) -> str | None:
+        """pooler_config's task: the model's default pooling task (None: the model's own)."""
+        pooler = self.args.pooler_config
+        return pooler.task if pooler is not None else None
+
+    @property
+    def late_interaction(self) -> bool:
+        """Scoring by ColBERT's MaxSim over token embeddings (vLLM's late interaction): pooler_config task
+        token_embed."""
+        return self.pooling_task == "token_embed"
+
     def verify_pooling_task(self, task: str | None) -> None:
         """vLLM's errors for a pooling task this model does not run (None: the model's own)."""
         if task is None or task in self.pooling_tasks:
@@ -1373,18 +1386,22 @@ class EngineConfig:
         seqs_per_request = args.max_num_seqs_per_request
         if seqs_per_request is None:
             seqs_per_request = max(1, max_num_seqs // 16) if served else 0
-        return cls(args=args, model=model, dtype=dtype, device=device, max_model_len=max_model_len,
-                   max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                   long_prefill_token_threshold=long_prefill, max_num_seqs_per_request=seqs_per_request,
-                   block_size=args.block_size, attention_backend=backend,
-                   triton_gemv=custom_kernels and _switch(args.triton_gemv, envs.PAGEDLLM_TRITON_GEMV),
-                   pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
-                   piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
-                   cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
-                   kv_cache_memory_bytes=kv_cache_memory_bytes, kv_cache_memory_source=kv_cache_memory_source,
-                   runner_type=runner_type,
-                   enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device),
-                   cpu_fp16_weights=_cpu_fp16_weights(args, device))
+        config = cls(args=args, model=model, dtype=dtype, device=device, max_model_len=max_model_len,
+                     max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                     long_prefill_token_threshold=long_prefill, max_num_seqs_per_request=seqs_per_request,
+                     block_size=args.block_size, attention_backend=backend,
+                     triton_gemv=custom_kernels and _switch(args.triton_gemv, envs.PAGEDLLM_TRITON_GEMV),
+                     pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
+                     piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
+                     cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
+                     kv_cache_memory_bytes=kv_cache_memory_bytes, kv_cache_memory_source=kv_cache_memory_source,
+                     runner_type=runner_type,
+                     enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device),
+                     cpu_fp16_weights=_cpu_fp16_weights(args, device))
+        task = config.pooling_task
+        if task is not None and task not in config.pooling_tasks:
+            raise ValueError(f"pooler_config task: Unsupported task: {task!r} Supported tasks: {config.pooling_tasks}")
+        return config
 
 
 def _verify_pooler_config(pooler: PoolerConfig, runner_type: str, model: ResolvedModel, model_name) -> None:

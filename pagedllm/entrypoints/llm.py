@@ -13,6 +13,7 @@ from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
 from pagedllm.entrypoints.beam_search import best_beams, extend_beams, step_params
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content, score_template_text
+from pagedllm.entrypoints.pooling.utils import pair_score
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, ClassificationRequestOutput,
                               EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput, ScoringOutput,
@@ -358,9 +359,9 @@ class LLM:
         bge-reranker, ms-marco-MiniLM) reads each pair as one prompt and gives its score (its activation unless
         ``PoolingParams(use_activation=False)``); an embedding model gives the cosine of the two embeddings.
         ``text_1`` is one text scored against each of ``text_2``, or as many texts as ``text_2`` (pairwise), as
-        vLLM. ``chat_template``: a cross-encoder's score template (Qwen3-Reranker's), rendering each pair as the
+        vLLM; with pooler_config task "token_embed", ColBERT's MaxSim over the token embeddings (vLLM's late
+        interaction). ``chat_template``: a cross-encoder's score template (Qwen3-Reranker's), rendering each pair as the
         messages ``[{"role": "query", ...}, {"role": "document", ...}]``, as vLLM's."""
-        import torch
         first, second = _prompt_list(text_1, "text_1"), _prompt_list(text_2, "text_2")
         if len(first) == 1:
             first = first * len(second)
@@ -380,13 +381,14 @@ class LLM:
                              "embedding model, which scores the cosine of two embeddings.")
         params = (pooling_params or PoolingParams()).clone()
         params.normalize = True
+        task = "token_embed" if config.late_interaction else "embed"
         encoded = self.encode(first + second, params, truncate_prompt_tokens=truncate_prompt_tokens,
-                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed",
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task=task,
                               tokenization_kwargs=tokenization_kwargs)
         n = len(first)
         results = []
         for a, b in zip(encoded[:n], encoded[n:]):
-            score = float(torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0))
+            score = pair_score(a.outputs.data, b.outputs.data, config.late_interaction)
             results.append(ScoringRequestOutput(f"{a.request_id}_{b.request_id}", ScoringOutput(score),
                                                 a.prompt_token_ids + b.prompt_token_ids, True))
         return results

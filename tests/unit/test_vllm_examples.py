@@ -534,3 +534,32 @@ def test_long_text_embedding_with_chunked_processing(tmp_path):
     assert body["data"][1]["embedding"] == pytest.approx(short, abs=1e-5)
     assert too_long == 400 and "max_embed_len" in error["error"]["message"], error
     assert pooling_status == 400
+
+
+def test_pooler_config_task_token_embed_scores_by_late_interaction(tmp_path):
+    # pooling/token_embed/multi_vector_retrieval_online.py: `vllm serve BAAI/bge-m3 --pooler-config.task
+    # token_embed`: /pooling without a task gives each token's vector, and /score becomes ColBERT's MaxSim (for each
+    # query token its best dot product with a document token, summed), as vLLM's late-interaction scoring; offline,
+    # LLM(pooler_config={"task": "token_embed"}).score does the same. A task the model does not run is an error.
+    import torch
+
+    from tiny_models import save_tiny_encoder, save_word_tokenizer
+    save_tiny_encoder(tmp_path, "bert")
+    save_word_tokenizer(tmp_path, "bert")
+    query, documents = "w1 w2 w3", ["w4 w5", "w1 w2 w9 w3"]
+    answers = post_to_server_app(str(tmp_path), [
+        ("/pooling", {"input": [query, documents[0]]}), ("/score", {"queries": query, "documents": documents})],
+        flags=("--max-model-len", "64", "--pooler-config.task", "token_embed"))
+    (pool_status, pooled), (score_status, scored) = answers
+    assert (pool_status, score_status) == (200, 200), answers
+    llm = LLM(model=str(tmp_path), runner="pooling", dtype="float32", max_model_len=64,
+              pooler_config={"task": "token_embed"})
+    vectors = [o.outputs.data for o in llm.encode([query] + documents, pooling_task="token_embed", use_tqdm=False)]
+    assert torch.allclose(torch.tensor(pooled["data"][0]["data"]), vectors[0], atol=1e-5)
+    assert torch.tensor(pooled["data"][1]["data"]).shape == vectors[1].shape == (4, 64)
+    want = [float((vectors[0] @ d.T).amax(dim=-1).sum()) for d in vectors[1:]]
+    assert [d["score"] for d in scored["data"]] == pytest.approx(want, abs=1e-4)
+    assert [o.outputs.score for o in llm.score(query, documents, use_tqdm=False)] == pytest.approx(want, abs=1e-4)
+    assert want[1] > want[0]          # the document holding the query's words
+    with pytest.raises(ValueError, match="Unsupported task: 'classify'"):
+        LLM(model=str(tmp_path), runner="pooling", max_model_len=64, pooler_config={"task": "classify"})

@@ -20,7 +20,7 @@ from pagedllm.entrypoints.openai.protocol import (ClassificationRequest, Embeddi
 from pagedllm.entrypoints.openai.serving_chat import conversation
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, check_unicode, merge_streams, until_disconnected,
                                                      usage_dict)
-from pagedllm.entrypoints.pooling.utils import encode_pooling_bytes
+from pagedllm.entrypoints.pooling.utils import encode_pooling_bytes, pair_score
 from pagedllm.outputs import PoolingOutput, PoolingRequestOutput, ScoringOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.utils.serial_utils import tensor2binary
@@ -220,7 +220,8 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_pooling_model("Pooling")
         # No task: the model's own (a classifier's class probabilities, an embedder's vector), as vLLM's.
         model = self.engine.config.model
-        default = "token_classify" if model.is_token_classifier else "classify" if model.is_classifier else "encode"
+        default = self.engine.config.pooling_task or (
+            "token_classify" if model.is_token_classifier else "classify" if model.is_classifier else "encode")
         params = self._params(req, req.task or default)
         outputs = await self._run("pool", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:
@@ -269,9 +270,11 @@ class OpenAIServingPooling(OpenAIServing):
             field = "instruction" if req.instruction is not None else "chat_template_kwargs"
             raise RequestError(f"{field} is a variable of a cross-encoder's score template; this embedding model "
                                f"scores the cosine of two embeddings.", field)
+        late = self.engine.config.late_interaction       # pooler_config task token_embed: MaxSim, as vLLM's
         try:
             # The cosine does not depend on the norms: use_activation (normalize) changes nothing here.
-            params = PoolingParams(normalize=True, truncate_prompt_tokens=req.truncate_prompt_tokens, task="embed")
+            params = PoolingParams(normalize=True, truncate_prompt_tokens=req.truncate_prompt_tokens,
+                                   task="token_embed" if late else "embed")
         except ValueError as e:
             raise RequestError(str(e), "truncate_prompt_tokens") from None
         prompts = await self._prompts(first, params, names[0]) + await self._prompts(second, params, names[1])
@@ -279,8 +282,7 @@ class OpenAIServingPooling(OpenAIServing):
         if outputs is None:
             return None
         n = len(first)
-        scores = [float(torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0))
-                  for a, b in zip(outputs[:n], outputs[n:])]
+        scores = [pair_score(a.outputs.data, b.outputs.data, late) for a, b in zip(outputs[:n], outputs[n:])]
         return scores, outputs
 
     async def _cross_encoder_scores(self, prefix: str, first: list[str], second: list[str], names: tuple[str, str],
