@@ -259,6 +259,9 @@ ENGINE_FIELDS: dict[str, list] = {
     "disable_chunked_mm_input": [Behaves(_cfg(disable_chunked_mm_input=True))],
     "allowed_local_media_path": [Behaves(_cfg(allowed_local_media_path="/data")),
                                  Rejects(1, "allowed_local_media_path must be a path string")],
+    # tests/models/test_pooler_config.py: each field against HF, and the errors of the fields that do not apply.
+    "pooler_config": [Read(("model/layers/pooler.py",), "pooler_config"),
+                      Rejects({"pooling_typ": "MEAN"}, "Unknown pooler_config field(s): pooling_typ")],
     "compilation_config": [Behaves(_cfg(compilation_config=0)),
                            Rejects(3, "compilation_config is not supported yet"),
                            Rejects({"cudagraph_capture_sizes": [1, 2]}, "compilation_config is not supported yet")],
