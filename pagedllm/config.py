@@ -1695,6 +1695,8 @@ def speculative_settings(config: "dict | str | SpeculativeConfig") -> Speculativ
         method = "ngram" if model in ("ngram", "[ngram]") else "draft_model"
     if method == "[ngram]":
         method = "ngram"
+    if method == "draft_model" and isinstance(model, str):
+        method = _speculator_method(model) or method
     if method == "draft_model":
         return _draft_model_settings(model, cfg)
     if method != "ngram":
@@ -1719,6 +1721,25 @@ def speculative_settings(config: "dict | str | SpeculativeConfig") -> Speculativ
     if lo > hi:
         raise ValueError(f"prompt_lookup_min={lo} must be <= prompt_lookup_max={hi}")
     return SpeculativeConfig("ngram", k, lo, hi)
+
+
+def _speculator_method(model: str) -> str | None:
+    """The method vLLM detects from a draft checkpoint (its name, else its config's model_type) where it is no plain
+    draft model: "eagle" / "eagle3" / "dflash" by name, "medusa" / "mlp_speculator" by model_type (read from a local
+    folder only: nothing is downloaded here)."""
+    name = model.lower()
+    for part, method in (("eagle-", "eagle"), ("eagle3", "eagle3"), ("dflash", "dflash")):
+        if part in name:
+            return method
+    path = os.path.join(os.path.expanduser(model), "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if model_type in ("medusa", "mlp_speculator") else None
 
 
 def _speculative_tokens(cfg: dict, method: str, takes: str) -> int:

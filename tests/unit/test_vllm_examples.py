@@ -563,3 +563,20 @@ def test_pooler_config_task_token_embed_scores_by_late_interaction(tmp_path):
     assert want[1] > want[0]          # the document holding the query's words
     with pytest.raises(ValueError, match="Unsupported task: 'classify'"):
         LLM(model=str(tmp_path), runner="pooling", max_model_len=64, pooler_config={"task": "classify"})
+
+
+def test_speculator_checkpoints_named_by_their_method(tmp_path):
+    # features/speculative_decoding/mlpspeculator_offline.py passes speculative_config={"model": an MLPSpeculator}
+    # with no method and no num_speculative_tokens; vLLM picks the method from the checkpoint (its config's
+    # model_type; "eagle-" / "eagle3" in the name): pagedllm names that method as not supported yet, instead of
+    # asking for num_speculative_tokens or failing to load the checkpoint as a draft model.
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["MLPSpeculatorPreTrainedModel"], "model_type": "mlp_speculator", "emb_dim": 64,
+        "inner_dim": 64, "n_predict": 3, "vocab_size": 128}))
+    from pagedllm.config import speculative_settings
+    for config, method in [({"model": str(tmp_path)}, "mlp_speculator"),
+                           ({"model": "yuhuili/EAGLE-LLaMA3.1-Instruct-8B", "num_speculative_tokens": 3}, "eagle"),
+                           ({"model": "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B", "num_speculative_tokens": 3}, "eagle3")]:
+        with pytest.raises(ValueError, match=f"speculative_config method '{method}' is not supported by pagedllm "
+                                             f"yet"):
+            speculative_settings(config)
