@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from pagedllm import envs
-from pagedllm.pooling_params import PoolingParams, check_returned_token_ids
+from pagedllm.pooling_params import POOLING_TASKS, PoolingParams, check_returned_token_ids
 from pagedllm.reasoning_parsers import REASONING_PARSERS, get_reasoning_parser
 
 logger = logging.getLogger(__name__)
@@ -127,15 +127,20 @@ class PoolerConfig:
     """vLLM's ``PoolerConfig`` (``LLM(pooler_config=...)``, ``--pooler-config JSON``): how a pooling model pools,
     over what its checkpoint says (sentence-transformers' ``1_Pooling/config.json`` and ``Normalize`` module, else
     the architecture's default). Applied by pagedllm/model/layers/pooler.py; what it cannot do is an error here."""
-    task: str | None = None                    # not supported yet (runner= / convert= pick the model's tasks)
+    # The model's default pooling task, one it runs (vLLM's): "token_embed" on an embedding model makes /pooling
+    # return token vectors and scoring ColBERT's MaxSim (late interaction); None: the model's own.
+    task: str | None = None
     pooling_type: str | None = None            # CLS / LAST / MEAN, or ALL / STEP: fills one of the two below
     seq_pooling_type: str | None = None        # the row(s) a request's one vector comes from (embed, classify)
     tok_pooling_type: str | None = None        # per-token tasks (token_embed, token_classify): ALL or STEP
     # The default of requests that do not say: embeddings normalized, classifier / reward scores activated.
     use_activation: bool | None = None
     dimensions: int | None = None              # embed requests' default dimensions (Matryoshka models only)
-    enable_chunked_processing: bool = False    # not supported yet (True is an error)
-    max_embed_len: int | None = None           # not supported yet
+    # Embedding models behind the server (/v1/embeddings, as vLLM's): an input longer than max_model_len is embedded
+    # in max_model_len chunks, the vectors averaged weighted by their token counts; max_embed_len caps such an
+    # input's length (None: no cap).
+    enable_chunked_processing: bool = False
+    max_embed_len: int | None = None
     # Classifiers: activation((logit - logit_mean) / logit_sigma) (Platt scaling of classify / score).
     logit_mean: float | None = None
     logit_sigma: float | None = None
@@ -202,17 +207,16 @@ class PoolerConfig:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ValueError(f"pooler_config {name} must be one of {', '.join(allowed)}, got {value!r:.100}.")
-        # What pagedllm does not do yet: an error, never ignored.
-        if self.task is not None:
-            raise ValueError(f"pooler_config task={self.task!r:.100} is not supported yet by pagedllm: the model's "
-                             f"pooling tasks come from its checkpoint, runner='pooling' and convert= "
-                             f"('embed', 'classify', 'reward').")
-        if self.enable_chunked_processing:
-            raise ValueError("pooler_config enable_chunked_processing is not supported yet by pagedllm: a prompt "
-                             "longer than max_model_len is an error (or truncate it with truncate_prompt_tokens).")
-        if self.max_embed_len is not None:
-            raise ValueError("pooler_config max_embed_len is not supported yet by pagedllm (it needs "
-                             "enable_chunked_processing): prompts are limited to max_model_len.")
+        if self.task is not None and (not isinstance(self.task, str) or self.task not in POOLING_TASKS
+                                      or self.task == "encode"):
+            raise ValueError(f"pooler_config task must be one of "
+                             f"{', '.join(t for t in POOLING_TASKS if t != 'encode')}, got {self.task!r:.100}.")
+        if self.max_embed_len is not None and self.max_embed_len < 1:
+            raise ValueError(f"pooler_config max_embed_len must be greater than 0, got {self.max_embed_len}.")
+        if self.max_embed_len is not None and not self.enable_chunked_processing:
+            raise ValueError("pooler_config max_embed_len applies with enable_chunked_processing=true (inputs "
+                             "longer than max_model_len embedded in chunks); without it prompts are limited to "
+                             "max_model_len.")
 
     @classmethod
     def coerce(cls, value: "PoolerConfig | dict | str") -> "PoolerConfig":
@@ -240,7 +244,7 @@ class PoolerConfig:
 GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                                    "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
-    "hf_config_path", "enable_prompt_embeds", "allowed_local_media_path", "allowed_media_domains",
+    "hf_config_path", "enable_prompt_embeds", "allowed_media_domains",
     "safetensors_load_strategy", "config_format", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
     "node_rank", "decode_context_parallel_size", "dcp_kv_cache_interleave_size", "data_parallel_rank",
     "data_parallel_start_rank", "data_parallel_size_local", "data_parallel_address", "data_parallel_rpc_port",
@@ -249,12 +253,12 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
     "eplb_log_balancedness", "max_parallel_loading_workers", "disable_sliding_window", "disable_cascade_attn",
     "max_long_partial_prefills", "logprobs_mode", "aggregate_engine_logging", "code_revision", "rope_scaling",
-    "rope_theta", "hf_token", "max_seq_len_to_capture", "limit_mm_per_prompt", "interleave_mm_strings",
+    "rope_theta", "hf_token", "max_seq_len_to_capture", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
     "default_mm_loras", "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots",
     "model_loader_extra_config",
-    "ignore_patterns", "disable_chunked_mm_input", "disable_hybrid_kv_cache_manager",
+    "ignore_patterns", "disable_hybrid_kv_cache_manager",
     "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "override_pooler_config",
     "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config",
@@ -380,6 +384,12 @@ class EngineArgs:
     # from its answer, and structured output constrains only the answer (offline too, as vLLM). "": none.
     reasoning_parser: str = ""
     compilation_config: int | dict | None = None
+    # vLLM's multimodal settings, which vLLM itself leaves unused on a text-only model; pagedllm runs text-only models
+    # (a prompt's multi_modal_data is an error), so they have nothing to govern. Taken, and type-checked, so that
+    # scripts passing them for every model (spec_decode_offline.py) run as on vLLM.
+    limit_mm_per_prompt: dict | None = None
+    disable_chunked_mm_input: bool = False
+    allowed_local_media_path: str = ""
     # vLLM's PoolerConfig (or a dict of its fields, or their JSON): a pooling model's pooling type, activation /
     # normalization default, Matryoshka dimensions, classifier calibration, STEP pooling; over the checkpoint's.
     pooler_config: PoolerConfig | dict | None = None
@@ -569,6 +579,12 @@ class EngineArgs:
                        help='JSON (or --structured-outputs-config.KEY VALUE): backend "auto" / "xgrammar", '
                             "disable_any_whitespace, disable_additional_properties (defaults of every request), "
                             "reasoning_parser, enable_in_reasoning.")
+        g.add_argument("--limit-mm-per-prompt", type=json.loads, default=None,
+                       help="vLLM's multimodal limits (JSON); nothing to limit here: pagedllm runs text-only models.")
+        g.add_argument("--disable-chunked-mm-input", action="store_true",
+                       help="vLLM's multimodal scheduling switch; nothing to schedule here (text-only models).")
+        g.add_argument("--allowed-local-media-path", type=str, default=d.allowed_local_media_path,
+                       help="vLLM's folder for file:// media; unused here: pagedllm runs text-only models.")
         g.add_argument("--reasoning-parser", type=str, default=d.reasoning_parser,
                        help="A reasoning model's parser: the server returns its thinking as message.reasoning apart "
                             "from message.content, and structured output constrains only what follows the thinking. "
@@ -746,6 +762,13 @@ def verify_engine_args(args: EngineArgs) -> None:
                              "drafts are proposed from the tokens the host has); leave async_scheduling unset.")
         args.speculative_config = spec
     _verify_structured_outputs_config(args.structured_outputs_config)
+    if args.limit_mm_per_prompt is not None and not (
+            isinstance(args.limit_mm_per_prompt, dict) and all(isinstance(k, str) and isinstance(v, (int, dict))
+                                                               for k, v in args.limit_mm_per_prompt.items())):
+        raise ValueError(f"limit_mm_per_prompt must be a dict of modality -> count (e.g. {{'image': 0}}), got "
+                         f"{args.limit_mm_per_prompt!r}.")
+    if not isinstance(args.allowed_local_media_path, str):
+        raise ValueError(f"allowed_local_media_path must be a path string, got {args.allowed_local_media_path!r}.")
     if not isinstance(args.reasoning_parser, str):
         raise ValueError(f"reasoning_parser must be a string, got {args.reasoning_parser!r}.")
     if args.reasoning_parser:
@@ -1184,6 +1207,18 @@ class EngineConfig:
                 ("token_classify",)
         return ("embed", "encode", "score", "token_embed")
 
+    @property
+    def pooling_task(self) -> str | None:
+        """pooler_config's task: the model's default pooling task (None: the model's own)."""
+        pooler = self.args.pooler_config
+        return pooler.task if pooler is not None else None
+
+    @property
+    def late_interaction(self) -> bool:
+        """Scoring by ColBERT's MaxSim over token embeddings (vLLM's late interaction): pooler_config task
+        token_embed."""
+        return self.pooling_task == "token_embed"
+
     def verify_pooling_task(self, task: str | None) -> None:
         """vLLM's errors for a pooling task this model does not run (None: the model's own)."""
         if task is None or task in self.pooling_tasks:
@@ -1351,18 +1386,22 @@ class EngineConfig:
         seqs_per_request = args.max_num_seqs_per_request
         if seqs_per_request is None:
             seqs_per_request = max(1, max_num_seqs // 16) if served else 0
-        return cls(args=args, model=model, dtype=dtype, device=device, max_model_len=max_model_len,
-                   max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                   long_prefill_token_threshold=long_prefill, max_num_seqs_per_request=seqs_per_request,
-                   block_size=args.block_size, attention_backend=backend,
-                   triton_gemv=custom_kernels and _switch(args.triton_gemv, envs.PAGEDLLM_TRITON_GEMV),
-                   pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
-                   piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
-                   cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
-                   kv_cache_memory_bytes=kv_cache_memory_bytes, kv_cache_memory_source=kv_cache_memory_source,
-                   runner_type=runner_type,
-                   enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device),
-                   cpu_fp16_weights=_cpu_fp16_weights(args, device))
+        config = cls(args=args, model=model, dtype=dtype, device=device, max_model_len=max_model_len,
+                     max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                     long_prefill_token_threshold=long_prefill, max_num_seqs_per_request=seqs_per_request,
+                     block_size=args.block_size, attention_backend=backend,
+                     triton_gemv=custom_kernels and _switch(args.triton_gemv, envs.PAGEDLLM_TRITON_GEMV),
+                     pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
+                     piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
+                     cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
+                     kv_cache_memory_bytes=kv_cache_memory_bytes, kv_cache_memory_source=kv_cache_memory_source,
+                     runner_type=runner_type,
+                     enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device),
+                     cpu_fp16_weights=_cpu_fp16_weights(args, device))
+        task = config.pooling_task
+        if task is not None and task not in config.pooling_tasks:
+            raise ValueError(f"pooler_config task: Unsupported task: {task!r} Supported tasks: {config.pooling_tasks}")
+        return config
 
 
 def _verify_pooler_config(pooler: PoolerConfig, runner_type: str, model: ResolvedModel, model_name) -> None:
@@ -1380,6 +1419,9 @@ def _verify_pooler_config(pooler: PoolerConfig, runner_type: str, model: Resolve
         PoolingParams(dimensions=pooler.dimensions).verify_dimensions(
             hf.hidden_size, getattr(hf, "matryoshka_dimensions", None),
             bool(getattr(hf, "is_matryoshka", False) or getattr(hf, "matryoshka_dimensions", None)), name)
+    if pooler.enable_chunked_processing and not embedder:
+        raise ValueError("pooler_config enable_chunked_processing applies to embedding models only (the server's "
+                         "/v1/embeddings); this is a classification / reward model.")
     for field_name in ("logit_mean", "logit_sigma"):
         if getattr(pooler, field_name) is not None and not model.is_classifier:
             raise ValueError(f"pooler_config {field_name} applies to sequence classification models only (the "
@@ -1621,7 +1663,7 @@ _SPEC_METHODS_NOT_SUPPORTED = ("eagle", "eagle3", "medusa", "mlp_speculator", "m
 _SPEC_KEYS_OFF = {"enforce_eager": (None, False, True), "disable_padded_drafter_batch": (False, True),
                   "draft_tensor_parallel_size": (None, 1), "max_model_len": (None,), "quantization": (None,),
                   "revision": (None,), "code_revision": (None,), "rejection_sample_method": ("standard",),
-                  "draft_sample_method": ("greedy",)}
+                  "draft_sample_method": ("greedy",), "parallel_drafting": (False,)}
 
 
 @dataclass(frozen=True)
@@ -1637,6 +1679,9 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 0
     model: str | None = None        # draft_model: the draft's id or folder
     draft_tensor_parallel_size: int | None = None     # draft_model: None or the target's (checked with the engine's)
+    # draft_model: vLLM's speculative max_model_len, the draft's length limit; None or the target's max_model_len (a
+    # smaller one, where vLLM stops drafting for longer sequences, is an error at start-up: not supported yet).
+    max_model_len: int | None = None
 
 
 def speculative_settings(config: "dict | str | SpeculativeConfig") -> SpeculativeConfig:
@@ -1650,6 +1695,8 @@ def speculative_settings(config: "dict | str | SpeculativeConfig") -> Speculativ
         method = "ngram" if model in ("ngram", "[ngram]") else "draft_model"
     if method == "[ngram]":
         method = "ngram"
+    if method == "draft_model" and isinstance(model, str):
+        method = _speculator_method(model) or method
     if method == "draft_model":
         return _draft_model_settings(model, cfg)
     if method != "ngram":
@@ -1676,6 +1723,25 @@ def speculative_settings(config: "dict | str | SpeculativeConfig") -> Speculativ
     return SpeculativeConfig("ngram", k, lo, hi)
 
 
+def _speculator_method(model: str) -> str | None:
+    """The method vLLM detects from a draft checkpoint (its name, else its config's model_type) where it is no plain
+    draft model: "eagle" / "eagle3" / "dflash" by name, "medusa" / "mlp_speculator" by model_type (read from a local
+    folder only: nothing is downloaded here)."""
+    name = model.lower()
+    for part, method in (("eagle-", "eagle"), ("eagle3", "eagle3"), ("dflash", "dflash")):
+        if part in name:
+            return method
+    path = os.path.join(os.path.expanduser(model), "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if model_type in ("medusa", "mlp_speculator") else None
+
+
 def _speculative_tokens(cfg: dict, method: str, takes: str) -> int:
     """``num_speculative_tokens`` of a speculative_config's remaining keys, checked; keys left at their "off" values
     are dropped, any other key is an error."""
@@ -1699,7 +1765,11 @@ def _draft_model_settings(model: str | None, cfg: dict) -> SpeculativeConfig:
     if not model or not isinstance(model, str):
         raise ValueError("speculative_config method 'draft_model' needs 'model', the draft model's id or folder.")
     draft_tp = cfg.pop("draft_tensor_parallel_size", None)
-    k = _speculative_tokens(cfg, "draft_model", "'model', 'num_speculative_tokens', 'draft_tensor_parallel_size'")
+    max_len = cfg.pop("max_model_len", None)
+    k = _speculative_tokens(cfg, "draft_model", "'model', 'num_speculative_tokens', 'draft_tensor_parallel_size', "
+                                                "'max_model_len'")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+        raise ValueError(f"speculative_config max_model_len must be an integer >= 1, got {max_len!r}.")
     if draft_tp is not None and (isinstance(draft_tp, bool) or not isinstance(draft_tp, int) or draft_tp < 1):
         raise ValueError(f"speculative_config draft_tensor_parallel_size must be an integer >= 1, got {draft_tp!r}.")
-    return SpeculativeConfig("draft_model", k, model=model, draft_tensor_parallel_size=draft_tp)
+    return SpeculativeConfig("draft_model", k, model=model, draft_tensor_parallel_size=draft_tp, max_model_len=max_len)

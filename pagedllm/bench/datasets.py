@@ -54,6 +54,16 @@ class SampleRequest:
     # What a chat endpoint gets when it differs from prompt_text (sonnet: prompt_text is already chat-formatted).
     chat_prompt_text: str | None = None
 
+    @property
+    def prompt(self) -> str | None:
+        """vLLM's field name for the text (``get_samples(...)[i].prompt`` in its examples)."""
+        return self.prompt_text
+
+    @property
+    def multi_modal_data(self) -> None:
+        """vLLM's field: no multimodal data in pagedllm's text-only workloads."""
+        return None
+
     def completion_prompt(self) -> str | list[int]:
         """What a /v1/completions request sends: token ids when known (exact length), else the text."""
         return self.prompt_token_ids if self.prompt_token_ids is not None else self.prompt_text

@@ -74,6 +74,14 @@ def _resolve_draft_model(args: EngineArgs, config: EngineConfig):
         raise ValueError(f"speculative_config draft model {args.speculative_config.model!r} has "
                          f"{positions} positions, fewer than max_model_len={config.max_model_len}; lower "
                          f"max_model_len or use another draft.")
+    spec_len = args.speculative_config.max_model_len
+    if spec_len is not None and spec_len > config.max_model_len:
+        raise ValueError(f"speculative_config max_model_len={spec_len} cannot be larger than the target's "
+                         f"max_model_len={config.max_model_len}.")
+    if spec_len is not None and spec_len < config.max_model_len:
+        raise ValueError(f"speculative_config max_model_len={spec_len} below max_model_len={config.max_model_len} "
+                         f"is not supported yet by pagedllm (drafting would stop for longer sequences); leave it "
+                         f"out or set it to max_model_len.")
     target_vocab, draft_vocab = config.hf_config.vocab_size, draft.hf_config.vocab_size
     if draft_vocab != target_vocab:
         raise ValueError(f"speculative_config draft model {args.speculative_config.model!r} has a vocabulary of "

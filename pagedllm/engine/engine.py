@@ -70,6 +70,12 @@ class LLMEngine:
         """vLLM's ``llm.llm_engine.model_config`` (max_model_len, dtype, hf_config, ...)."""
         return self.config.model_config
 
+    @property
+    def vllm_config(self) -> EngineConfig:
+        """vLLM's ``llm.llm_engine.vllm_config``: the engine's resolved configuration. Of vLLM's sub-configs it has
+        ``model_config`` (what examples read: ``vllm_config.model_config.hf_config.id2label``)."""
+        return self.config
+
     def get_model_config(self) -> ModelConfig:
         return self.config.model_config
 

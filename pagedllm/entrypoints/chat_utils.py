@@ -206,6 +206,32 @@ def apply_chat_template(tokenizer: Any, conversation: list[dict], chat_template:
     return ids
 
 
+def score_template_text(tokenizer: Any, chat_template: str, query: str, document: str,
+                        chat_template_kwargs: dict | None = None) -> str:
+    """vLLM's score template (``LLM.score(chat_template=...)``, the server's --chat-template on /score and /rerank
+    for a cross-encoder): the pair as the conversation ``[{"role": "query", ...}, {"role": "document", ...}]``
+    rendered by ``chat_template`` (no generation prompt) with ``chat_template_kwargs`` as its variables; the text is
+    then tokenized as a plain prompt."""
+    check_chat_template_kwargs(chat_template_kwargs)
+    reserved = sorted({"chat_template", "tools"} & set(chat_template_kwargs or ()))
+    if reserved:
+        raise ValueError(f"chat_template_kwargs contains reserved keys that conflict with fixed scorer arguments: "
+                         f"{reserved}.")
+    if tokenizer is None:
+        raise ValueError("A score template needs a tokenizer (skip_tokenizer_init=True was given).")
+    for name, text in (("query", query), ("document", document)):
+        if not isinstance(text, str):
+            raise ValueError(f"A score template renders text: each {name} must be a string, got "
+                             f"{type(text).__name__}.")
+    try:
+        return tokenizer.apply_chat_template([{"role": "query", "content": query},
+                                              {"role": "document", "content": document}],
+                                             chat_template=chat_template, tokenize=False,
+                                             **(chat_template_kwargs or {}))
+    except Exception as e:     # a Jinja error, the template's raise_exception
+        raise ValueError(f"{TEMPLATE_FAILED} {e}") from e
+
+
 def render_untrusted_template(chat_template: str, conversation: list[dict], *, add_generation_prompt: bool,
                               continue_final_message: bool = False, tools: list[dict] | None = None,
                               documents: list[dict] | None = None, time_limit_s: float = CHAT_TEMPLATE_TIME_LIMIT_S,

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
 from pagedllm.entrypoints.beam_search import best_beams, extend_beams, step_params
-from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content
+from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content, score_template_text
+from pagedllm.entrypoints.pooling.utils import pair_score
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, ClassificationRequestOutput,
                               EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput, ScoringOutput,
@@ -352,13 +353,15 @@ class LLM:
     def score(self, text_1: PromptType | Sequence[PromptType], text_2: PromptType | Sequence[PromptType], *,
               truncate_prompt_tokens: int | None = None, use_tqdm: UseTqdm = True, lora_request: Any = None,
               pooling_params: PoolingParams | None = None,
-              tokenization_kwargs: dict | None = None) -> list[ScoringRequestOutput]:
+              tokenization_kwargs: dict | None = None,
+              chat_template: str | None = None) -> list[ScoringRequestOutput]:
         """Similarity of text pairs. A cross-encoder (a ``*ForSequenceClassification`` with one label, e.g.
         bge-reranker, ms-marco-MiniLM) reads each pair as one prompt and gives its score (its activation unless
         ``PoolingParams(use_activation=False)``); an embedding model gives the cosine of the two embeddings.
         ``text_1`` is one text scored against each of ``text_2``, or as many texts as ``text_2`` (pairwise), as
-        vLLM."""
-        import torch
+        vLLM; with pooler_config task "token_embed", ColBERT's MaxSim over the token embeddings (vLLM's late
+        interaction). ``chat_template``: a cross-encoder's score template (Qwen3-Reranker's), rendering each pair as the
+        messages ``[{"role": "query", ...}, {"role": "document", ...}]``, as vLLM's."""
         first, second = _prompt_list(text_1, "text_1"), _prompt_list(text_2, "text_2")
         if len(first) == 1:
             first = first * len(second)
@@ -372,23 +375,27 @@ class LLM:
             return self._cross_encoder_score(first, second, pooling_params,
                                              PoolingTokenization.from_kwargs(tokenization_kwargs,
                                                                              truncate_prompt_tokens),
-                                             use_tqdm, lora_request)
+                                             use_tqdm, lora_request, chat_template)
+        if chat_template is not None:
+            raise ValueError("chat_template (a score template) applies to cross-encoder scoring; this is an "
+                             "embedding model, which scores the cosine of two embeddings.")
         params = (pooling_params or PoolingParams()).clone()
         params.normalize = True
+        task = "token_embed" if config.late_interaction else "embed"
         encoded = self.encode(first + second, params, truncate_prompt_tokens=truncate_prompt_tokens,
-                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed",
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task=task,
                               tokenization_kwargs=tokenization_kwargs)
         n = len(first)
         results = []
         for a, b in zip(encoded[:n], encoded[n:]):
-            score = float(torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0))
+            score = pair_score(a.outputs.data, b.outputs.data, config.late_interaction)
             results.append(ScoringRequestOutput(f"{a.request_id}_{b.request_id}", ScoringOutput(score),
                                                 a.prompt_token_ids + b.prompt_token_ids, True))
         return results
 
     def _cross_encoder_score(self, first: list, second: list, pooling_params: PoolingParams | None,
                              tokenization: PoolingTokenization, use_tqdm: UseTqdm,
-                             lora_request: Any) -> list[ScoringRequestOutput]:
+                             lora_request: Any, chat_template: str | None = None) -> list[ScoringRequestOutput]:
         self.llm_engine.config.verify_pooling_task("score")
         params = (pooling_params or PoolingParams()).clone()
         if tokenization.truncate_prompt_tokens is not None:
@@ -400,9 +407,14 @@ class LLM:
         def text(prompt: Any, name: str) -> Any:
             text = _text_of(prompt, name)
             return text.lower() if tokenization.do_lower_case and isinstance(text, str) else text
-        pairs = [processor.encode_pair_for_pooling(text(a, "text_1"), text(b, "text_2"), params,
-                                                   tokenization.add_special_tokens)
-                 for a, b in zip(first, second)]
+        if chat_template is not None:
+            pairs = [{"prompt_token_ids": processor.encode_for_pooling(
+                score_template_text(self.get_tokenizer(), chat_template, text(a, "text_1"), text(b, "text_2")),
+                params, tokenization.add_special_tokens)} for a, b in zip(first, second)]
+        else:
+            pairs = [processor.encode_pair_for_pooling(text(a, "text_1"), text(b, "text_2"), params,
+                                                       tokenization.add_special_tokens)
+                     for a, b in zip(first, second)]
         for pair in pairs:
             tokenization.check_length(pair["prompt_token_ids"])
         outputs = self.encode(pairs, params, use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="score")

@@ -194,9 +194,10 @@ def test_served_with_pooler_config(tiny_qwen3_model):
     ({"use_activation": True, "normalize": False}, "pooler_config normalize=False contradicts use_activation=True"),
     ({"logit_mean": 1.0, "logit_bias": 1.0}, "Cannot set both `logit_bias` and `logit_mean`"),
     ({"logit_sigma": 0}, "logit_sigma cannot be 0"),
-    ({"enable_chunked_processing": True}, "pooler_config enable_chunked_processing is not supported yet"),
-    ({"max_embed_len": 4096}, "pooler_config max_embed_len is not supported yet"),
-    ({"task": "embed"}, "pooler_config task='embed' is not supported yet by pagedllm"),
+    ({"enable_chunked_processing": 1}, "pooler_config enable_chunked_processing must be true or false"),
+    ({"max_embed_len": 4096}, "pooler_config max_embed_len applies with enable_chunked_processing=true"),
+    ({"task": "encode"}, "pooler_config task must be one of embed, classify, score, token_embed, token_classify, "
+                         "got 'encode'"),
     ({"dimensions": 0}, "pooler_config dimensions must be greater than 0"),
     ({"returned_token_ids": "1,2"}, "pooler_config returned_token_ids must be a list of token ids"),
     ("[1]", "pooler_config must be a PoolerConfig or a dict of its fields, got list"),

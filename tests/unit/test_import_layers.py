@@ -20,7 +20,7 @@ LAYERS = {
     "worker": 4,
     "engine": 5, "metrics": 5, "metrics_reader": 5,
     "v1": 5,    # vLLM's vllm.v1.engine import paths, aliases of engine's classes
-    "entrypoints": 6, "bench": 6,      # `pagedllm bench` is a subcommand of the CLI; benchmarks drive LLM
+    "entrypoints": 6, "bench": 6, "benchmarks": 6,     # benchmarks: vLLM's vllm.benchmarks paths over bench      # `pagedllm bench` is a subcommand of the CLI; benchmarks drive LLM
     "__init__": 8,
 }
 

@@ -252,6 +252,16 @@ ENGINE_FIELDS: dict[str, list] = {
     "reasoning_parser": [Read(("engine/structured_output.py", "entrypoints/openai/api_server.py"),
                               "reasoning_parser_name("),
                          Rejects("nope", "invalid reasoning parser: nope")],
+    # vLLM's multimodal settings, unused on a text-only model there too; a prompt's multi_modal_data is refused here
+    # (tests/unit/test_vllm_examples.py::test_spec_decode_example passes them as its example does).
+    "limit_mm_per_prompt": [Behaves(_cfg(limit_mm_per_prompt={"image": 5})),
+                            Rejects(5, "limit_mm_per_prompt must be a dict of modality -> count")],
+    "disable_chunked_mm_input": [Behaves(_cfg(disable_chunked_mm_input=True))],
+    "allowed_local_media_path": [Behaves(_cfg(allowed_local_media_path="/data")),
+                                 Rejects(1, "allowed_local_media_path must be a path string")],
+    # tests/models/test_pooler_config.py: each field against HF, and the errors of the fields that do not apply.
+    "pooler_config": [Read(("model/layers/pooler.py",), "pooler_config"),
+                      Rejects({"pooling_typ": "MEAN"}, "Unknown pooler_config field(s): pooling_typ")],
     "compilation_config": [Behaves(_cfg(compilation_config=0)),
                            Rejects(3, "compilation_config is not supported yet"),
                            Rejects({"cudagraph_capture_sizes": [1, 2]}, "compilation_config is not supported yet")],

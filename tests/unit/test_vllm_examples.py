@@ -353,3 +353,230 @@ def test_request_models_and_serial_utils_import_without_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_ner_example_reads_the_labels_from_vllm_config(tmp_path):
+    # pooling/token_classify/ner_offline.py: the label names from llm.llm_engine.vllm_config.model_config.hf_config
+    # .id2label, the tokens from llm.get_tokenizer(), one label per prompt token from the argmax of outputs.data.
+    import torch
+    import transformers
+
+    from tiny_models import save_word_tokenizer
+    cfg = transformers.BertConfig(vocab_size=104, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64, num_labels=3,
+                                  id2label={0: "O", 1: "B-PER", 2: "B-LOC"})
+    torch.manual_seed(0)
+    transformers.BertForTokenClassification(cfg).save_pretrained(tmp_path)
+    save_word_tokenizer(tmp_path, "bert")
+    llm = LLM(model=str(tmp_path), runner="pooling", enforce_eager=True, dtype="float32")
+    tokenizer = llm.get_tokenizer()
+    label_map = llm.llm_engine.vllm_config.model_config.hf_config.id2label
+    (output,) = llm.encode(["w1 w2 w3"], pooling_task="token_classify", use_tqdm=False)
+    tokens = tokenizer.convert_ids_to_tokens(output.prompt_token_ids)
+    labels = [label_map[int(i)] for i in output.outputs.data.argmax(dim=-1)]
+    assert tokens == ["[CLS]", "w1", "w2", "w3", "[SEP]"] and len(labels) == 5
+    assert set(labels) <= {"O", "B-PER", "B-LOC"}
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_spec_decode_example(tiny_llama_dir, method):
+    # features/speculative_decoding/spec_decode_offline.py: its parser has vllm.benchmarks.datasets'
+    # add_dataset_parser flags, get_samples draws the prompts (random by default), the LLM gets the example's fixed
+    # multimodal arguments (no-ops on a text-only model, as in vLLM), and the acceptance counts come from
+    # llm.get_metrics() as vllm.v1.metrics.reader Counters and the per-position Vector.
+    from transformers import AutoTokenizer
+
+    from pagedllm.benchmarks.datasets import add_dataset_parser, get_samples
+    from pagedllm.utils.argparse_utils import FlexibleArgumentParser
+    from pagedllm.v1.metrics.reader import Counter, Vector
+    parser = FlexibleArgumentParser()
+    add_dataset_parser(parser)
+    parser.add_argument("--method", type=str, default="eagle")
+    parser.add_argument("--num-spec-tokens", type=int, default=2)
+    parser.add_argument("--max-model-len", type=int, default=16384)
+    parser.add_argument("--output-len", type=int, default=256)
+    args = parser.parse_args(["--method", method, "--num-prompts", "2", "--random-input-len", "12",
+                              "--max-model-len", "128", "--output-len", "12"])
+    args.enable_multimodal_chat = False
+    assert (args.dataset_name, args.seed) == ("random", 0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    prompts = get_samples(args, tokenizer)
+    llm_prompts = [{"prompt_token_ids": tokenizer.encode(p.prompt, add_special_tokens=False),
+                    "multi_modal_data": p.multi_modal_data} for p in prompts]
+    assert len(llm_prompts) == 2 and all(p.multi_modal_data is None for p in prompts)
+    speculative_config = {"method": "ngram", "num_speculative_tokens": args.num_spec_tokens,
+                          "prompt_lookup_max": 5, "prompt_lookup_min": 2} if method == "ngram" else \
+        {"method": "draft_model", "model": tiny_llama_dir, "num_speculative_tokens": args.num_spec_tokens,
+         "enforce_eager": False, "max_model_len": args.max_model_len, "parallel_drafting": False}
+    llm = LLM(model=tiny_llama_dir, trust_remote_code=True, tensor_parallel_size=1, enable_chunked_prefill=False,
+              enforce_eager=False, gpu_memory_utilization=0.9, speculative_config=speculative_config,
+              disable_log_stats=False, max_model_len=args.max_model_len, limit_mm_per_prompt={"image": 5},
+              disable_chunked_mm_input=True, max_num_seqs=None, allowed_local_media_path="",
+              kv_cache_memory_gb=0.01)
+    outputs = llm.generate(llm_prompts, SamplingParams(temperature=0, max_tokens=args.output_len), use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [12] * 2
+    counts = {}
+    for metric in llm.get_metrics():
+        if metric.name.endswith("spec_decode_num_accepted_tokens_per_pos"):
+            assert isinstance(metric, Vector) and len(metric.values) == args.num_spec_tokens
+            counts[metric.name] = metric.values
+        elif "spec_decode_num_" in metric.name:
+            assert isinstance(metric, Counter)
+            counts[metric.name] = metric.value
+    assert counts["pagedllm:spec_decode_num_draft_tokens"] >= counts["pagedllm:spec_decode_num_accepted_tokens"]
+    if method == "draft_model":      # the draft is the model itself: a draft every step, every draft token accepted
+        assert counts["pagedllm:spec_decode_num_drafts"] > 0, counts
+        assert counts["pagedllm:spec_decode_num_accepted_tokens"] == counts["pagedllm:spec_decode_num_draft_tokens"]
+    assert sum(counts["pagedllm:spec_decode_num_accepted_tokens_per_pos"]) == \
+        counts["pagedllm:spec_decode_num_accepted_tokens"]
+    if method == "draft_model":      # a draft length below the target's would need drafting to stop part-way
+        with pytest.raises(ValueError, match="speculative_config max_model_len=64 below max_model_len=128 is not "
+                                             "supported yet"):
+            LLM(model=tiny_llama_dir, max_model_len=128, kv_cache_memory_gb=0.01,
+                speculative_config={**speculative_config, "max_model_len": 64})
+    for bad, match in [({"limit_mm_per_prompt": 5}, "limit_mm_per_prompt"),
+                       ({"allowed_local_media_path": 1}, "allowed_local_media_path")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01, **bad)
+
+
+def test_score_with_a_score_template(tmp_path):
+    # pooling/score/qwen3_reranker_offline.py and using_template_offline.py: llm.score(queries, documents,
+    # chat_template=TEMPLATE) renders each pair as the conversation [{"role": "query", ...}, {"role": "document",
+    # ...}] with the template and scores that text; qwen3_reranker_online.py / using_template_online.py: the server's
+    # --chat-template does the same on /score and /rerank.
+    from tiny_models import save_tiny_classifier
+    save_tiny_classifier(tmp_path, "bert", 1)
+    template = ('{{ messages | selectattr("role", "eq", "query") | map(attribute="content") | first }} w7 w8 '
+                '{{ messages | selectattr("role", "eq", "document") | map(attribute="content") | first }}')
+    queries, documents = ["w1 w2", "w3"], ["w4 w5 w6", "w9"]
+    llm = LLM(model=str(tmp_path), runner="pooling", dtype="float32", max_model_len=64)
+    outputs = llm.score(queries, documents, chat_template=template, use_tqdm=False)
+    rendered = [f"{q} w7 w8 {d}" for q, d in zip(queries, documents)]
+    expected = llm.classify(rendered, use_tqdm=False)
+    assert [o.prompt_token_ids for o in outputs] == [e.prompt_token_ids for e in expected]
+    assert [o.outputs.score for o in outputs] == pytest.approx([e.outputs.probs[0] for e in expected], abs=1e-6)
+    plain = llm.score(queries, documents, use_tqdm=False)       # no template: the tokenizer's pair, [SEP] between
+    assert plain[0].prompt_token_ids != outputs[0].prompt_token_ids
+    del llm
+    (score_status, scored), (rerank_status, reranked) = post_to_server_app(str(tmp_path), [
+        ("/score", {"queries": queries, "documents": documents}),
+        ("/rerank", {"query": queries[0], "documents": [documents[0]]})],
+        flags=("--max-model-len", "64"), chat_template=template)
+    assert (score_status, rerank_status) == (200, 200), (scored, reranked)
+    assert [d["score"] for d in scored["data"]] == pytest.approx([o.outputs.score for o in outputs], abs=1e-5)
+    assert reranked["results"][0]["relevance_score"] == pytest.approx(outputs[0].outputs.score, abs=1e-5)
+
+
+def test_score_template_instruction(tmp_path):
+    # vLLM 0.24's /score and /rerank take "instruction" (Qwen3-Reranker's <Instruct>) and "chat_template_kwargs",
+    # both variables of the score template (--chat-template); without a score template they are a 400, not ignored.
+    from tiny_models import save_tiny_classifier
+    save_tiny_classifier(tmp_path, "bert", 1)
+    template = "{{ instruction | default('w50') }} {{ messages[0].content }} {{ messages[1].content }}"
+    pair = {"queries": "w1 w2", "documents": ["w4 w5"]}
+    flags = ("--max-model-len", "64")
+    answers = post_to_server_app(str(tmp_path), [
+        ("/score", pair), ("/score", {**pair, "instruction": "w60 w61"}),
+        ("/score", {**pair, "chat_template_kwargs": {"instruction": "w60 w61"}}),
+        ("/rerank", {"query": "w1 w2", "documents": ["w4 w5"], "instruction": "w60 w61"}),
+        ("/score", {**pair, "chat_template_kwargs": {"tools": []}})], flags=flags, chat_template=template)
+    assert [status for status, _ in answers] == [200, 200, 200, 200, 400], answers
+    default, instructed, via_kwargs, reranked, _ = (body for _, body in answers)
+    llm = LLM(model=str(tmp_path), runner="pooling", dtype="float32", max_model_len=64)
+    want = [o.outputs.probs[0] for o in llm.classify(["w50 w1 w2 w4 w5", "w60 w61 w1 w2 w4 w5"], use_tqdm=False)]
+    assert [default["data"][0]["score"], instructed["data"][0]["score"]] == pytest.approx(want, abs=1e-5)
+    assert via_kwargs["data"][0]["score"] == pytest.approx(want[1], abs=1e-5)
+    assert reranked["results"][0]["relevance_score"] == pytest.approx(want[1], abs=1e-5)
+    assert instructed["usage"]["prompt_tokens"] == default["usage"]["prompt_tokens"] + 1     # w60 w61 for w50
+    del llm
+    (status, error), = post_to_server_app(str(tmp_path), [("/score", {**pair, "instruction": "w60"})], flags=flags)
+    assert status == 400 and error["error"]["param"] == "instruction" and "--chat-template" in error["error"]["message"]
+    # An embedding model scores cosines: no score template to read them, with or without --chat-template.
+    from tiny_models import save_tiny_encoder, save_word_tokenizer
+    save_tiny_encoder(tmp_path / "embedder", "bert")
+    save_word_tokenizer(tmp_path / "embedder", "bert")
+    (status, error), = post_to_server_app(str(tmp_path / "embedder"), [
+        ("/rerank", {"query": "w1", "documents": ["w2"], "chat_template_kwargs": {"instruction": "w60"}})],
+        flags=flags, chat_template=template)
+    assert status == 400 and error["error"]["param"] == "chat_template_kwargs", error
+
+
+def test_long_text_embedding_with_chunked_processing(tmp_path):
+    # pooling/embed/openai_embedding_long_text (service.sh + client.py): --pooler-config '{"pooling_type": "MEAN",
+    # "enable_chunked_processing": true, "max_embed_len": N}'; /v1/embeddings takes inputs longer than
+    # max_model_len, embeds each max_model_len chunk and returns their mean weighted by the chunks' token counts, as
+    # vLLM's; usage counts the whole input. Longer than max_embed_len is a 400.
+    import torch
+
+    from tiny_models import save_tiny_encoder, save_word_tokenizer
+    save_tiny_encoder(tmp_path, "bert")
+    save_word_tokenizer(tmp_path, "bert")
+    long_text = " ".join(f"w{(7 * i) % 100}" for i in range(40))          # 42 tokens with [CLS] / [SEP]
+    pooler = {"pooling_type": "MEAN", "use_activation": True, "enable_chunked_processing": True, "max_embed_len": 100}
+    answers = post_to_server_app(str(tmp_path), [
+        ("/v1/embeddings", {"input": [long_text, "w1 w2"]}),
+        ("/v1/embeddings", {"input": " ".join(["w3"] * 120)}),
+        ("/tokenize", {"prompt": long_text}),
+        ("/pooling", {"input": long_text})],       # only /v1/embeddings chunks, as vLLM's embed processor
+        flags=("--max-model-len", "16", "--pooler-config", json.dumps(pooler)))
+    (status, body), (too_long, error), (_, tokens), (pooling_status, _) = answers
+    assert status == 200, body
+    ids = tokens["tokens"]
+    assert len(ids) == 42 and body["usage"]["prompt_tokens"] == 42 + 4
+    llm = LLM(model=str(tmp_path), runner="pooling", dtype="float32", max_model_len=16,
+              pooler_config={"pooling_type": "MEAN"})
+    chunks = [ids[i:i + 16] for i in range(0, 42, 16)]
+    vectors = [o.outputs.embedding for o in llm.embed([{"prompt_token_ids": c} for c in chunks], use_tqdm=False)]
+    want = sum(torch.tensor(v) * len(c) for v, c in zip(vectors, chunks)) / 42
+    assert torch.allclose(torch.tensor(body["data"][0]["embedding"]), want, atol=1e-5)
+    short = llm.embed(["w1 w2"], use_tqdm=False)[0].outputs.embedding
+    assert body["data"][1]["embedding"] == pytest.approx(short, abs=1e-5)
+    assert too_long == 400 and "max_embed_len" in error["error"]["message"], error
+    assert pooling_status == 400
+
+
+def test_pooler_config_task_token_embed_scores_by_late_interaction(tmp_path):
+    # pooling/token_embed/multi_vector_retrieval_online.py: `vllm serve BAAI/bge-m3 --pooler-config.task
+    # token_embed`: /pooling without a task gives each token's vector, and /score becomes ColBERT's MaxSim (for each
+    # query token its best dot product with a document token, summed), as vLLM's late-interaction scoring; offline,
+    # LLM(pooler_config={"task": "token_embed"}).score does the same. A task the model does not run is an error.
+    import torch
+
+    from tiny_models import save_tiny_encoder, save_word_tokenizer
+    save_tiny_encoder(tmp_path, "bert")
+    save_word_tokenizer(tmp_path, "bert")
+    query, documents = "w1 w2 w3", ["w4 w5", "w1 w2 w9 w3"]
+    answers = post_to_server_app(str(tmp_path), [
+        ("/pooling", {"input": [query, documents[0]]}), ("/score", {"queries": query, "documents": documents})],
+        flags=("--max-model-len", "64", "--pooler-config.task", "token_embed"))
+    (pool_status, pooled), (score_status, scored) = answers
+    assert (pool_status, score_status) == (200, 200), answers
+    llm = LLM(model=str(tmp_path), runner="pooling", dtype="float32", max_model_len=64,
+              pooler_config={"task": "token_embed"})
+    vectors = [o.outputs.data for o in llm.encode([query] + documents, pooling_task="token_embed", use_tqdm=False)]
+    assert torch.allclose(torch.tensor(pooled["data"][0]["data"]), vectors[0], atol=1e-5)
+    assert torch.tensor(pooled["data"][1]["data"]).shape == vectors[1].shape == (4, 64)
+    want = [float((vectors[0] @ d.T).amax(dim=-1).sum()) for d in vectors[1:]]
+    assert [d["score"] for d in scored["data"]] == pytest.approx(want, abs=1e-4)
+    assert [o.outputs.score for o in llm.score(query, documents, use_tqdm=False)] == pytest.approx(want, abs=1e-4)
+    assert want[1] > want[0]          # the document holding the query's words
+    with pytest.raises(ValueError, match="Unsupported task: 'classify'"):
+        LLM(model=str(tmp_path), runner="pooling", max_model_len=64, pooler_config={"task": "classify"})
+
+
+def test_speculator_checkpoints_named_by_their_method(tmp_path):
+    # features/speculative_decoding/mlpspeculator_offline.py passes speculative_config={"model": an MLPSpeculator}
+    # with no method and no num_speculative_tokens; vLLM picks the method from the checkpoint (its config's
+    # model_type; "eagle-" / "eagle3" in the name): pagedllm names that method as not supported yet, instead of
+    # asking for num_speculative_tokens or failing to load the checkpoint as a draft model.
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["MLPSpeculatorPreTrainedModel"], "model_type": "mlp_speculator", "emb_dim": 64,
+        "inner_dim": 64, "n_predict": 3, "vocab_size": 128}))
+    from pagedllm.config import speculative_settings
+    for config, method in [({"model": str(tmp_path)}, "mlp_speculator"),
+                           ({"model": "yuhuili/EAGLE-LLaMA3.1-Instruct-8B", "num_speculative_tokens": 3}, "eagle"),
+                           ({"model": "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B", "num_speculative_tokens": 3}, "eagle3")]:
+        with pytest.raises(ValueError, match=f"speculative_config method '{method}' is not supported by pagedllm "
+                                             f"yet"):
+            speculative_settings(config)

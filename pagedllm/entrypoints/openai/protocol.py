@@ -707,7 +707,19 @@ class ClassificationRequest(PoolingInputRequest, ActivationField):
 SCORE_PAIR_NAMES = (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2"))
 
 
-class ScoreRequest(ActivationField):
+class ScoreTemplateFields(OpenAIRequestModel):
+    """vLLM 0.24's score-template variables (/score, /rerank): ``instruction`` is ``chat_template_kwargs``'
+    "instruction" (a key given there wins), both read by the server's --chat-template."""
+    instruction: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def score_template_kwargs(self) -> dict[str, Any] | None:
+        if self.instruction is None:
+            return self.chat_template_kwargs
+        return {"instruction": self.instruction, **(self.chat_template_kwargs or {})}
+
+
+class ScoreRequest(ActivationField, ScoreTemplateFields):
     model: str | None = None
     text_1: Union[str, list[str]]
     text_2: Union[str, list[str]]
@@ -728,7 +740,7 @@ class ScoreRequest(ActivationField):
         return data
 
 
-class RerankRequest(ActivationField):
+class RerankRequest(ActivationField, ScoreTemplateFields):
     """/rerank, /v1/rerank (Jina) and /v2/rerank (Cohere): the documents ordered by their score against the query."""
     model: str | None = None
     query: str

@@ -13,14 +13,15 @@ import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from pagedllm.entrypoints.chat_utils import score_template_text
 from pagedllm.entrypoints.openai.protocol import (ClassificationRequest, EmbeddingRequest, PoolingInputRequest,
                                                   PoolingRequest, RequestError, RerankRequest, ScoreRequest,
                                                   random_uuid)
 from pagedllm.entrypoints.openai.serving_chat import conversation
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, check_unicode, merge_streams, until_disconnected,
                                                      usage_dict)
-from pagedllm.entrypoints.pooling.utils import encode_pooling_bytes
-from pagedllm.outputs import ScoringOutput
+from pagedllm.entrypoints.pooling.utils import encode_pooling_bytes, pair_score
+from pagedllm.outputs import PoolingOutput, PoolingRequestOutput, ScoringOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.utils.serial_utils import tensor2binary
 
@@ -52,21 +53,37 @@ class OpenAIServingPooling(OpenAIServing):
         except ValueError as e:
             raise RequestError(str(e), param) from None
 
-    def _check_ids(self, ids: list[int], field: str, task: str | None) -> None:
+    def _chunked_embed_len(self) -> int | None:
+        """pooler_config enable_chunked_processing (/v1/embeddings): the longest input taken, max_embed_len (0: no
+        cap); None when inputs are limited to max_model_len."""
+        pooler = self.engine.config.args.pooler_config
+        if pooler is None or not pooler.enable_chunked_processing:
+            return None
+        return pooler.max_embed_len or 0
+
+    def _check_ids(self, ids: list[int], field: str, task: str | None, chunked: int | None = None) -> None:
+        """Valid token ids within max_model_len, or within ``chunked`` (_chunked_embed_len) when not None."""
         if not ids:
             raise RequestError(f"{field} must not contain an empty text or token list.", field)
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
         if bad:
             raise RequestError(f"Token id {bad[0]} in {field} is out of vocabulary (vocab size "
                                f"{self.vocab_size}).", field)
-        if len(ids) > self.max_model_len:
+        if chunked is not None:
+            if chunked and len(ids) > chunked:
+                raise RequestError(f"This model's max_embed_len is {chunked} tokens (pooler_config). However, you "
+                                   f"requested {len(ids)} tokens in the input for embedding generation. Please "
+                                   f"reduce the length of the input.", field)
+        elif len(ids) > self.max_model_len:
             operation = {"classify": "classification", "score": "score"}.get(task or "", "embedding generation")
             raise RequestError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{len(ids)} tokens in the input for {operation}. Please reduce the length of the input.", field)
 
-    async def _prompts(self, inputs: Any, params: PoolingParams, field: str = "input") -> list[dict]:
-        """Each input (a string, or token ids) as a tokenized prompt, truncated as asked, within max_model_len."""
+    async def _prompts(self, inputs: Any, params: PoolingParams, field: str = "input",
+                       chunked: int | None = None) -> list[dict]:
+        """Each input (a string, or token ids) as a tokenized prompt, truncated as asked, within max_model_len (or
+        ``chunked``, see _check_ids)."""
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs:
@@ -89,19 +106,20 @@ class OpenAIServingPooling(OpenAIServing):
             else:
                 ids = list(item) if limit is None else list(item)[-limit:]
                 prompt = {"prompt_token_ids": ids}
-            self._check_ids(ids, field, params.task)
+            self._check_ids(ids, field, params.task, chunked)
             prompts.append(prompt)
         return prompts
 
-    async def _request_prompts(self, req: PoolingInputRequest, params: PoolingParams) -> list[dict]:
+    async def _request_prompts(self, req: PoolingInputRequest, params: PoolingParams,
+                               chunked: int | None = None) -> list[dict]:
         """``input``'s prompts, or ``messages`` rendered by the chat template into one prompt (as vLLM)."""
         if req.messages is None:
-            return await self._prompts(req.input, params)
+            return await self._prompts(req.input, params, chunked=chunked)
         ids = await self.render_chat(
             conversation(req.messages), chat_template=req.chat_template,
             add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message,
             tools=None, chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens)
-        return await self._prompts([ids], params, "messages")
+        return await self._prompts([ids], params, "messages", chunked)
 
     async def _run(self, prefix: str, prompts: list[dict], params: PoolingParams, priority: int,
                    raw_request: Request | None) -> list | None:
@@ -120,6 +138,24 @@ class OpenAIServingPooling(OpenAIServing):
                 results[i] = out
             return results
         return await until_disconnected(gather(), raw_request)
+
+    async def _run_chunked(self, prompts: list[dict], params: PoolingParams, priority: int,
+                           raw_request: Request | None) -> list | None:
+        """vLLM's long-text embedding (pooler_config enable_chunked_processing): each prompt in max_model_len
+        chunks, its embedding the chunks' mean weighted by their token counts (float32)."""
+        size = self.max_model_len
+        pieces = [(i, {"prompt_token_ids": p["prompt_token_ids"][start:start + size]})
+                  for i, p in enumerate(prompts) for start in range(0, len(p["prompt_token_ids"]), size)]
+        outputs = await self._run("embd", [piece for _, piece in pieces], params, priority, raw_request)
+        if outputs is None:
+            return None
+        sums: list = [None] * len(prompts)
+        for (i, piece), out in zip(pieces, outputs):
+            weighted = out.outputs.data.to(torch.float32) * len(piece["prompt_token_ids"])
+            sums[i] = weighted if sums[i] is None else sums[i] + weighted
+        return [PoolingRequestOutput(f"embd-{random_uuid()}", PoolingOutput(total / len(p["prompt_token_ids"])),
+                                     p["prompt_token_ids"], prompt=p.get("prompt"))
+                for total, p in zip(sums, prompts)]
 
     def _params(self, req: PoolingInputRequest, task: str) -> PoolingParams:
         """The request's PoolingParams for ``task``; a field the task does not take is a 400 naming it."""
@@ -165,7 +201,12 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_model(req.model)
         self.check_pooling_model("Embeddings")
         params = self._params(req, "embed")
-        outputs = await self._run("embd", await self._request_prompts(req, params), params, req.priority, raw_request)
+        chunked = self._chunked_embed_len()
+        prompts = await self._request_prompts(req, params, chunked)
+        if chunked is not None:
+            outputs = await self._run_chunked(prompts, params, req.priority, raw_request)
+        else:
+            outputs = await self._run("embd", prompts, params, req.priority, raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
         if req.encoding_format in ("bytes", "bytes_only"):
@@ -179,7 +220,8 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_pooling_model("Pooling")
         # No task: the model's own (a classifier's class probabilities, an embedder's vector), as vLLM's.
         model = self.engine.config.model
-        default = "token_classify" if model.is_token_classifier else "classify" if model.is_classifier else "encode"
+        default = self.engine.config.pooling_task or (
+            "token_classify" if model.is_token_classifier else "classify" if model.is_classifier else "encode")
         params = self._params(req, req.task or default)
         outputs = await self._run("pool", await self._request_prompts(req, params), params, req.priority, raw_request)
         if outputs is None:
@@ -224,9 +266,15 @@ class OpenAIServingPooling(OpenAIServing):
                                f"{len(second)}).", names[0])
         if self.engine.config.model.is_classifier:
             return await self._cross_encoder_scores(prefix, first, second, names, req, raw_request)
+        if req.score_template_kwargs() is not None:
+            field = "instruction" if req.instruction is not None else "chat_template_kwargs"
+            raise RequestError(f"{field} is a variable of a cross-encoder's score template; this embedding model "
+                               f"scores the cosine of two embeddings.", field)
+        late = self.engine.config.late_interaction       # pooler_config task token_embed: MaxSim, as vLLM's
         try:
             # The cosine does not depend on the norms: use_activation (normalize) changes nothing here.
-            params = PoolingParams(normalize=True, truncate_prompt_tokens=req.truncate_prompt_tokens, task="embed")
+            params = PoolingParams(normalize=True, truncate_prompt_tokens=req.truncate_prompt_tokens,
+                                   task="token_embed" if late else "embed")
         except ValueError as e:
             raise RequestError(str(e), "truncate_prompt_tokens") from None
         prompts = await self._prompts(first, params, names[0]) + await self._prompts(second, params, names[1])
@@ -234,8 +282,7 @@ class OpenAIServingPooling(OpenAIServing):
         if outputs is None:
             return None
         n = len(first)
-        scores = [float(torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0))
-                  for a, b in zip(outputs[:n], outputs[n:])]
+        scores = [pair_score(a.outputs.data, b.outputs.data, late) for a, b in zip(outputs[:n], outputs[n:])]
         return scores, outputs
 
     async def _cross_encoder_scores(self, prefix: str, first: list[str], second: list[str], names: tuple[str, str],
@@ -253,15 +300,32 @@ class OpenAIServingPooling(OpenAIServing):
             raise RequestError(str(e), _named_field(e, ("truncate_prompt_tokens", *fields))) from None
         check_unicode(first, names[0])
         check_unicode(second, names[1])
+        template_kwargs = req.score_template_kwargs()
+        if template_kwargs is not None and self.chat_template is None:
+            field = "instruction" if req.instruction is not None else "chat_template_kwargs"
+            raise RequestError(f"{field} is a variable of the score template, and this server has none: start it "
+                               f"with --chat-template (the model's score template, e.g. qwen3_reranker.jinja).", field)
         prompts = []
         for a, b in zip(first, second):
-            prompt = await self.run_tokenizer(self.engine.input_processor.encode_pair_for_pooling, a, b, params)
+            if self.chat_template is not None:        # --chat-template: the model's score template, as vLLM's
+                prompt = {"prompt_token_ids": await self.run_tokenizer(self._score_template_ids, a, b, params,
+                                                                       template_kwargs)}
+            else:
+                prompt = await self.run_tokenizer(self.engine.input_processor.encode_pair_for_pooling, a, b, params)
             self._check_ids(prompt["prompt_token_ids"], names[1], "score")
             prompts.append(prompt)
         outputs = await self._run(prefix, prompts, params, req.priority, raw_request)
         if outputs is None:
             return None
         return [ScoringOutput.from_base(o.outputs).score for o in outputs], outputs
+
+    def _score_template_ids(self, query: str, document: str, params: PoolingParams,
+                            template_kwargs: dict | None) -> list[int]:
+        try:
+            text = score_template_text(self.tokenizer, self.chat_template, query, document, template_kwargs)
+        except ValueError as e:
+            raise RequestError(str(e), "chat_template_kwargs" if template_kwargs else "chat_template") from None
+        return self.engine.input_processor.encode_for_pooling(text, params)
 
     async def create_score(self, req: ScoreRequest, raw_request: Request | None = None):
         """Each pair's score (a cross-encoder's, or the cosine of an embedding model's embeddings); text_1 is one

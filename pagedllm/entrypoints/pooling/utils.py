@@ -1,6 +1,7 @@
 """The ``bytes`` / ``bytes_only`` embeddings encoding (vLLM's): the response body is every embedding's bytes one after
 another; with ``bytes`` a ``metadata`` header (JSON) says where each one starts and ends, its dtype, byte order and
-shape; with ``bytes_only`` the client rebuilds that from what it asked (``build_metadata_items``)."""
+shape; with ``bytes_only`` the client rebuilds that from what it asked (``build_metadata_items``). And the score of a
+pair of embeddings (``pair_score``), for LLM.score and /score, /rerank."""
 from __future__ import annotations
 
 import math
@@ -47,3 +48,12 @@ def decode_pooling_output(items: list[MetadataItem], body: bytes) -> list[torch.
     """The embeddings of a bytes body, in index order."""
     return [binary2tensor(body[item.start:item.end], tuple(item.shape), item.embed_dtype, item.endianness)
             for item in sorted(items, key=lambda item: item.index)]
+
+
+def pair_score(first: torch.Tensor, second: torch.Tensor, late_interaction: bool) -> float:
+    """An embedding model's score of a text pair: the cosine of the two embeddings, or with ``late_interaction``
+    (token embeddings, [tokens, dim] each) ColBERT's MaxSim: each first-text token's best dot product with a
+    second-text token, summed (vLLM's compute_maxsim_score, in float32)."""
+    if late_interaction:
+        return float((first.float() @ second.float().T).amax(dim=-1).sum())
+    return float(torch.nn.functional.cosine_similarity(first, second, dim=0))

@@ -1,0 +1,1 @@
+"""``vllm.v1.metrics``: see pagedllm/v1/__init__.py."""
