@@ -536,8 +536,8 @@ class EngineArgs:
                        help="auto (from the checkpoint), generate, or pooling (embedding and classification models).")
         g.add_argument("--convert", type=str, default=d.convert,
                        help="auto, none, embed (a decoder or encoder as an embedding model) or classify (a "
-                            "*ForSequenceClassification checkpoint's head); a generative checkpoint cannot be "
-                            "converted into a classifier yet.")
+                            "*ForSequenceClassification checkpoint's head); a generative checkpoint becomes a classifier "
+                            "only through vLLM's hf_overrides recipe (classifier_from_token, e.g. Qwen3-Reranker).")
         g.add_argument("--scheduling-policy", type=str, default=d.scheduling_policy,
                        help="fcfs (requests' priority must be 0) or priority (lower value first, then arrival).")
         g.add_argument("--long-prefill-token-threshold", type=int, default=d.long_prefill_token_threshold,
@@ -565,7 +565,8 @@ class EngineArgs:
                        help="Not supported yet with tensor parallel (adapters are sharded as vLLM's default).")
         g.add_argument("--speculative-config", type=json.loads, default=None,
                        help='Speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 5, '
-                            '"prompt_lookup_max": 4}\' (n-gram prompt lookup is the method pagedllm supports).')
+                            '"prompt_lookup_max": 4}\' or \'{"model": DRAFT, "num_speculative_tokens": 4}\' (methods: ngram, '
+                            'draft_model).')
         g.add_argument("--profiler-config", type=json.loads, default=None,
                        help='vLLM\'s profiler config as JSON, e.g. \'{"profiler": "torch", "torch_profiler_dir": '
                             '"./traces"}\': torch.profiler traces of the workers\' steps between /start_profile and '

@@ -7,7 +7,6 @@ the CPU (tests/unit/test_lora.py); here the same checks run on the GPU paths. Wi
   gets alone with its adapter (same engine, same dtype) up to the first near-tie (another batch shape may round a
   near-tie the other way), and an adapter changes the base model's tokens.
 """
-import math
 import sys
 from pathlib import Path
 
@@ -20,8 +19,7 @@ if not torch.cuda.is_available():
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from pagedllm import LLM, SamplingParams  # noqa: E402
 from pagedllm.lora.request import LoRARequest  # noqa: E402
-from test_lora import PROMPTS, VOCAB, merged_tokens, save_adapter  # noqa: E402
-from tiny_models import save_tiny_llama  # noqa: E402
+from test_lora import PROMPTS, build_model_and_adapters  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 NEAR_TIE = 0.05     # top-2 logprob gap under which a bf16 rounding may flip the greedy choice
@@ -30,13 +28,7 @@ NEAR_TIE = 0.05     # top-2 logprob gap under which a bf16 rounding may flip the
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora_gpu")
-    hf = save_tiny_llama(root / "model", VOCAB)
-    sql = save_adapter(root / "sql", hf, rank=8, alpha=16, seed=1)
-    chat = save_adapter(root / "chat", hf, rank=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"), seed=2,
-                        use_rslora=True)
-    expected = {"base": merged_tokens(hf, {}, 0, PROMPTS, 6), "sql": merged_tokens(hf, sql, 16 / 8, PROMPTS, 6),
-                "chat": merged_tokens(hf, chat, 8 / math.sqrt(4), PROMPTS, 6)}
-    return root, expected
+    return root, build_model_and_adapters(root)[1]
 
 
 def _llm(root, **kwargs) -> LLM:

@@ -56,9 +56,9 @@ def merged_tokens(hf, weights: dict, scaling: float, prompts, n: int) -> list[li
     return out
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
+def build_model_and_adapters(root) -> tuple:
+    """A tiny Llama in ``root/model`` and two adapters ``root/sql`` and ``root/chat``; (hf model, the merged models'
+    greedy tokens by name)."""
     hf = save_tiny_llama(root / "model", VOCAB)
     sql = save_adapter(root / "sql", hf, rank=8, alpha=16, seed=1)
     # rsLoRA, two of the seven projections, a smaller rank: alpha / sqrt(r), unadapted parts left alone.
@@ -67,7 +67,13 @@ def setup(tmp_path_factory):
     expected = {"base": merged_tokens(hf, {}, 0, PROMPTS, 6),
                 "sql": merged_tokens(hf, sql, 16 / 8, PROMPTS, 6),
                 "chat": merged_tokens(hf, chat, 8 / math.sqrt(4), PROMPTS, 6)}
-    return root, hf, expected
+    return hf, expected
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    return (root, *build_model_and_adapters(root))
 
 
 def make_llm(root, **kwargs) -> LLM:
