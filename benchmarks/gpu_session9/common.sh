@@ -2,6 +2,9 @@
 # /tmp/site, a `pagedllm` command for this tree in /tmp/bin_new, and $SUMM, a filter printing "TAG c=N tok/s ttft
 # tpot itl-p99 start" from serve_sweep.py / serve_workload.py JSON lines prefixed with "TAG ".
 [ -d /tmp/site/opentelemetry ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+# pydantic (a core dependency: LLM imports the tool-call checks since session 16) and the other wheels importable
+# from every command, also those that set PYTHONPATH=$R alone: a .pth file appends /tmp/site to sys.path.
+echo /tmp/site > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/pagedllm_tmp_site.pth"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 R=$PWD
 mkdir -p /tmp/bin_new
