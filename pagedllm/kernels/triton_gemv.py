@@ -228,7 +228,8 @@ class GemvConfig(NamedTuple):
     # for some shapes the next launch's early programs then cost more than the overlap gains.
     pdl: bool = True
     # True: with PDL, prefetch the program's slice of W into L2 before waiting for the predecessor (the kernel's
-    # PREFETCH). Off in every table entry until measured end to end (benchmarks/kernels/route_ab.py l2-prefetch-o).
+    # PREFETCH). Off in every table entry: measured slower end to end on an H200 (docs/perf.md, session 17: o_proj
+    # 7B bs1 -1.2%, every projection -21%; the prefetch traffic slows the decode attention it overlaps).
     prefetch: bool = False
 
 
