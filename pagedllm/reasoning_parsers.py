@@ -73,14 +73,17 @@ class ReasoningParser:
         return reasoning, content or None
 
 
+def last_think_tag(prompt_ids: Sequence[int], start_id: int, end_id: int) -> tuple[int, int | None]:
+    """(position, token) of the prompt's last think tag, start or end; (-1, None) when it has none."""
+    for i in range(len(prompt_ids) - 1, -1, -1):
+        if prompt_ids[i] == start_id or prompt_ids[i] == end_id:
+            return i, prompt_ids[i]
+    return -1, None
+
+
 def prompt_ends_reasoning(prompt_ids: Sequence[int], start_id: int, end_id: int) -> bool:
     """Has the prompt already closed the thinking (its last think tag is the end tag)? vLLM's is_reasoning_end."""
-    for token in reversed(prompt_ids):
-        if token == end_id:
-            return True
-        if token == start_id:
-            return False
-    return False
+    return last_think_tag(prompt_ids, start_id, end_id)[1] == end_id
 
 
 def count_reasoning_tokens(token_ids: Sequence[int], start_id: int, end_id: int) -> int:

@@ -38,7 +38,7 @@ from concurrent.futures import wait as futures_wait
 from typing import TYPE_CHECKING, Any, Callable
 
 from pagedllm.config import EngineConfig, reasoning_parser_name
-from pagedllm.reasoning_parsers import get_reasoning_parser, prompt_ends_reasoning
+from pagedllm.reasoning_parsers import get_reasoning_parser, last_think_tag, prompt_ends_reasoning
 from pagedllm.sampling_params import StructuredOutputsParams
 
 if TYPE_CHECKING:
@@ -267,10 +267,9 @@ class StructuredOutputManager:
         if budget is None or self.reasoning_parser is None:
             return None
         start, end, _ = self._think_ids()
-        last_start = max((i for i, t in enumerate(prompt_ids) if t == start), default=-1)
-        last_end = max((i for i, t in enumerate(prompt_ids) if t == end), default=-1)
-        in_think = last_start > last_end
-        return ThinkingBudget(budget, start, end, in_think, len(prompt_ids) - last_start - 1 if in_think else 0)
+        position, tag = last_think_tag(prompt_ids, start, end)
+        in_think = tag == start
+        return ThinkingBudget(budget, start, end, in_think, len(prompt_ids) - position - 1 if in_think else 0)
 
     def _get_compiler(self):
         if self._compiler is None:
