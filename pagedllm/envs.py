@@ -137,11 +137,13 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "activations up to 128 rows where that beat torch._scaled_mm); 1: batch 1 only, as before session 10 (an "
         "A/B switch, read when the model code is imported). Default 128."),
     "PAGEDLLM_DECODE_ROPE_FUSED": (
-        lambda: _int_at_least("PAGEDLLM_DECODE_ROPE_FUSED", 0, 2, maximum=2),
+        lambda: _int_at_least("PAGEDLLM_DECODE_ROPE_FUSED", 0, 2, maximum=3),
         "1: on the GPU, decode steps of at most 16 requests rotate Q / K and write the new K / V inside the "
         "decode-attention kernel (kernels/triton_attention.decode_rope_attention) instead of a rotary + KV-store "
         "kernel before it; the same values, one kernel a layer less. 2: that, and each split's first tile of older "
-        "keys read before the kernel waits for the QKV projection. 0: the two kernels. Read when the attention "
+        "keys read before the kernel waits for the QKV projection. 3: that, with the new key and value joining the "
+        "softmax from registers instead of from the cache, so the writer's first tile is read before the wait too "
+        "(output equal up to rounding). 0: the two kernels. Read when the attention "
         "backend is built. Default 2 (H200, session 15, 7B: latency 8x1024x1024 4.607 -> 4.50 s with the 7B QKV "
         "projection on the skinny GEMM; an A/B switch)."),
     "PAGEDLLM_COMPILE_THREADS": (

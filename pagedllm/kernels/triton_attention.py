@@ -369,7 +369,11 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
                    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
                    BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
-                   PREFETCH: tl.constexpr, PDL: tl.constexpr):
+                   PREFETCH: tl.constexpr, PDL: tl.constexpr, NEW_IN_REGS: tl.constexpr = False):
+    # NEW_IN_REGS (with ROPE and PREFETCH): the step's new key and value are folded into the softmax from registers
+    # instead of being read back from the cache after the program that writes them stores them. Every key the loop
+    # reads is then one an earlier step wrote, so each split's first tile (full or partial, the writer's too) and
+    # the rotary factors are read before the PDL wait, and the writer needs no barrier between store and loads.
     if not PREFETCH:
         pdl_wait(PDL)
     b = tl.program_id(0).to(tl.int64)
@@ -396,11 +400,23 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
         # The split's first tile, when it is a full tile of keys older than the step's new one: earlier steps wrote
         # them and the host wrote seq_lens / block tables before the step, so they are read before the PDL wait,
         # while the kernel before (the QKV projection, with ROPE) still runs.
-        pre = (start + BLOCK_N <= end) & (start + BLOCK_N < seq_len)
         pos0 = start + offs_n
-        blk0 = tl.load(bt_row + pos0 // PAGE, mask=pre & (pos0 < seq_len), other=0).to(tl.int64)
+        if NEW_IN_REGS:
+            # Keys [start, old_end) of this split were written by earlier steps (the new one, seq_len - 1, comes
+            # from registers below): the first tile is read whole or in part, the writer's included.
+            old_end = tl.minimum(end, seq_len - 1)
+            old_ok = pos0 < old_end
+            pre = start < old_end
+            pre_mask = old_ok[:, None] & d_mask[None, :]
+            pos = tl.load(Pos + b).to(tl.int64)
+            cos, sin, partner, first, in_rot = _rope_factors(Cos, Sin, pos, stride_c, offs_d, HALF)
+            slot = tl.load(SlotMapping + b).to(tl.int64)
+        else:
+            pre = (start + BLOCK_N <= end) & (start + BLOCK_N < seq_len)
+            old_ok = pos0 < seq_len
+            pre_mask = pre & d_mask[None, :]
+        blk0 = tl.load(bt_row + pos0 // PAGE, mask=pre & old_ok, other=0).to(tl.int64)
         row0 = pos0 % PAGE
-        pre_mask = pre & d_mask[None, :]
         k0 = tl.load(K + blk0[:, None] * stride_kb + row0[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
                      mask=pre_mask, other=0.0)
         v0 = tl.load(V + blk0[:, None] * stride_vb + row0[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
@@ -410,16 +426,37 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
     hd_mask = h_ok[:, None] & d_mask[None, :]
     head = kvh * GROUP + offs_h
     q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + offs_d[None, :], mask=hd_mask, other=0.0)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     if ROPE:
         # decode_rope_attention: q and the new k arrive unrotated from the QKV projection. Rotate q here, and let
         # the program holding the request's last position (the newest key) write the rotated k and v to the cache
         # first, so the loop below reads them back as the rotary + store kernel would have left them.
-        pos = tl.load(Pos + b).to(tl.int64)
-        cos, sin, partner, first, in_rot = _rope_factors(Cos, Sin, pos, stride_c, offs_d, HALF)
+        if not NEW_IN_REGS:
+            pos = tl.load(Pos + b).to(tl.int64)
+            cos, sin, partner, first, in_rot = _rope_factors(Cos, Sin, pos, stride_c, offs_d, HALF)
         q_p = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + partner[None, :],
                       mask=hd_mask & in_rot[None, :], other=0.0)
         q = _rope_rotate(q, q_p, cos[None, :], sin[None, :], first[None, :], in_rot[None, :])
-        if split == num_splits - 1:
+        if NEW_IN_REGS:
+            if (split == num_splits - 1) & (seq_len > 0):
+                k_new = tl.load(KNew + b * stride_knb + kvh * stride_knh + offs_d, mask=d_mask, other=0.0)
+                k_p = tl.load(KNew + b * stride_knb + kvh * stride_knh + partner, mask=d_mask & in_rot, other=0.0)
+                k_new = _rope_rotate(k_new, k_p, cos, sin, first, in_rot).to(K.dtype.element_ty)
+                v_new = tl.load(VNew + b * stride_vnb + kvh * stride_vnh + offs_d, mask=d_mask,
+                                other=0.0).to(V.dtype.element_ty)
+                if slot >= 0:               # -1: a padding row of a CUDA-graph batch
+                    tl.store(K + (slot // PAGE) * stride_kb + (slot % PAGE) * stride_kt + kvh * stride_kh + offs_d,
+                             k_new, mask=d_mask)
+                    tl.store(V + (slot // PAGE) * stride_vb + (slot % PAGE) * stride_vt + kvh * stride_vh + offs_d,
+                             v_new, mask=d_mask)
+                # The new key's score and value as the tile loop would have read them back from the cache (in
+                # the cache's dtype); it starts the online softmax: m = its score, l = 1, acc = its value.
+                m_i = tl.sum(q.to(tl.float32) * k_new.to(q.dtype).to(tl.float32)[None, :], 1) * qk_scale
+                l_i = tl.full([BLOCK_H], 1.0, tl.float32)
+                acc = acc + v_new.to(q.dtype).to(tl.float32)[None, :]
+        elif split == num_splits - 1:
             slot = tl.load(SlotMapping + b).to(tl.int64)
             if slot >= 0:                   # -1: a padding row of a CUDA-graph batch
                 k_new = tl.load(KNew + b * stride_knb + kvh * stride_knh + offs_d, mask=d_mask, other=0.0)
@@ -434,20 +471,32 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
                          v_new.to(V.dtype.element_ty), mask=d_mask)
                 tl.debug_barrier()          # every thread's stores visible to the loads of the loop below
 
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     q_pos = offs_h  # unused (CAUSAL=False)
     full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
     s0 = start
     if PREFETCH:
-        if pre:     # _attend_tile's first step, on the tile already in registers (the same ops from m = -inf)
-            scores = tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale
-            m_i = tl.max(scores, 1)
-            p = tl.exp2(scores - m_i[:, None])
-            l_i = tl.sum(p, 1)
-            acc = tl.dot(p.to(q.dtype), v0.to(q.dtype))
-        s0 = start + pre.to(tl.int32) * BLOCK_N     # arithmetic, not set inside the branch (a leaner loop)
+        if NEW_IN_REGS:
+            if pre:     # the first tile of older keys, already in registers, masked past old_end
+                scores = tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale
+                scores = tl.where(old_ok[None, :], scores, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(scores, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(scores - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v0.to(q.dtype))
+                m_i = m_new
+            # The rest of the older keys: whole tiles, then a partial one (the loops below, up to old_end).
+            s0 = start + BLOCK_N
+            end = tl.maximum(old_end, s0)
+            full_end = s0 + ((end - s0) // BLOCK_N) * BLOCK_N
+        else:
+            if pre:     # _attend_tile's first step, on the tile already in registers (the same ops from m = -inf)
+                scores = tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale
+                m_i = tl.max(scores, 1)
+                p = tl.exp2(scores - m_i[:, None])
+                l_i = tl.sum(p, 1)
+                acc = tl.dot(p.to(q.dtype), v0.to(q.dtype))
+            s0 = start + pre.to(tl.int32) * BLOCK_N     # arithmetic, not set inside the branch (a leaner loop)
     for s in range(s0, full_end, BLOCK_N):
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, s, q_pos, end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
@@ -591,21 +640,31 @@ class DecodeRope(NamedTuple):
     positions: torch.Tensor     # [B]
     slot_mapping: torch.Tensor  # [B], -1: skip (padding rows)
     prefetch: bool = False      # read each split's first tile of older keys before the PDL wait
+    # With prefetch: the new key / value enter the softmax from registers, not read back from the cache; the first
+    # tile is read before the wait in every split, the writer's too (PAGEDLLM_DECODE_ROPE_FUSED=3).
+    new_in_regs: bool = False
 
 
 def decode_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                           v_cache: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                           slot_mapping: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                           scale: float, workspace: DecodeWorkspace | None = None,
-                          out: torch.Tensor | None = None, prefetch: bool = False) -> torch.Tensor:
+                          out: torch.Tensor | None = None, prefetch: bool = False,
+                          new_in_regs: bool = False) -> torch.Tensor:
     """``triton_rotary.rotary_store_kv`` then ``decode_attention`` in one kernel, for steps of one new token per
     request: ``query`` ``[B, Hq, D]`` and ``key`` ``[B, Hkv, D]`` unrotated, ``value`` ``[B, Hkv, D]``; the rotated
     key and the value are written to their cache slots and the attention output returned, with the same values as
     the two kernels (``query`` and ``key`` are left unrotated). One launch and one kernel boundary less per layer;
     ``PAGEDLLM_DECODE_ROPE_FUSED`` (default 2: with the prefetch) switches it off for A/Bs. ``prefetch``: each split's first tile of older
-    keys is read before the PDL wait, overlapping the QKV projection (keys written by earlier steps only)."""
+    keys is read before the PDL wait, overlapping the QKV projection (keys written by earlier steps only).
+    ``new_in_regs`` (with ``prefetch``): the new key and value join the softmax from registers (the cache still
+    gets them), so no program reads a key of this step and every split's first tile is read before the wait; the
+    output differs from the two kernels' only by rounding (the new key's weight is not rounded to ``query``'s dtype
+    before its multiply with the value, and its score is summed in another order)."""
+    if new_in_regs and not prefetch:
+        raise ValueError("decode_rope_attention: new_in_regs needs prefetch")
     return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out,
-                            rope=DecodeRope(key, value, cos, sin, positions, slot_mapping, prefetch))
+                            rope=DecodeRope(key, value, cos, sin, positions, slot_mapping, prefetch, new_in_regs))
 
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
@@ -672,7 +731,8 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         kn, vn, cos, sin, pos, slots, *rope_strides,
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, SINGLE=splits == 1,
-        ROPE=rope is not None, HALF=half, PREFETCH=rope is not None and rope.prefetch, num_warps=warps,
+        ROPE=rope is not None, HALF=half, PREFETCH=rope is not None and rope.prefetch,
+        NEW_IN_REGS=rope is not None and rope.prefetch and rope.new_in_regs, num_warps=warps,
         num_stages=stages, **pdl_launch_args(query.device))
     return out
 

@@ -104,7 +104,7 @@ def test_fused_rope_decode_equals_write_kv_then_attend(specs, monkeypatch):
     cfg = LlamaConfig(hidden_size=HQ * D, num_attention_heads=HQ, num_key_value_heads=HKV, head_dim=D)
     rope = RotaryEmbedding(cfg, D, 256).to(DEVICE)
     results = {}
-    for fused in ("0", "1", "2"):
+    for fused in ("0", "1", "2", "3"):
         monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", fused)
         be = backend("triton")
         assert be.fuse_rope_decode == int(fused)
@@ -115,3 +115,6 @@ def test_fused_rope_decode_equals_write_kv_then_attend(specs, monkeypatch):
     for fused in ("1", "2"):
         assert torch.equal(results[fused][0], results["0"][0])
         assert torch.equal(results[fused][1], results["0"][1])
+    # 3: the new key / value from registers: the same cache, the output equal up to rounding.
+    assert torch.equal(results["3"][0], results["0"][0])
+    torch.testing.assert_close(results["3"][1], results["0"][1], rtol=2e-2, atol=2e-2)

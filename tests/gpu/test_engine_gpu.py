@@ -109,15 +109,19 @@ def test_bf16_triton_greedy_agrees_with_hf(model_dir, prompts, hf_model, enforce
     assert_greedy_under_hf(hf_model, prompts, got)
 
 
-def test_fused_rope_decode_gives_the_same_tokens(model_dir, prompts, monkeypatch):
+def test_fused_rope_decode_gives_the_same_tokens(model_dir, prompts, hf_model, monkeypatch):
     """PAGEDLLM_DECODE_ROPE_FUSED=1 or 2 (rotary + KV store inside the decode kernel) changes no token against 0,
-    with CUDA graphs (the decode steps replay the fused kernel) and eagerly."""
+    with CUDA graphs (the decode steps replay the fused kernel) and eagerly; 3 (the new key from registers, equal
+    up to rounding) stays HF-greedy."""
     for eager in (False, True):
         monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", "0")
         base = _generate(model_dir, prompts, dtype="bfloat16", enforce_eager=eager)
         for fused in ("1", "2"):
             monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", fused)
             assert _generate(model_dir, prompts, dtype="bfloat16", enforce_eager=eager) == base, fused
+        monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", "3")
+        assert_greedy_under_hf(hf_model, prompts, _generate(model_dir, prompts, dtype="bfloat16",
+                                                            enforce_eager=eager))
 
 
 def test_bf16_chunked_prefill_and_prefix_cache(model_dir, prompts, hf_model):

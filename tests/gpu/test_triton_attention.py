@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -317,27 +318,19 @@ def test_decode_cuda_graph_replay(num_heads, num_kv_heads, head_dim):
 
 
 # ------------------------------------------------------------------------------------ decode_rope_attention
-@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,rotary_dim", [(28, 4, 128, 128), (9, 3, 64, 64),
-                                                                        (12, 2, 64, 32)])
-@pytest.mark.parametrize("cfg", [None, (64, 64, 1, 4, 2), (16, 16, 16, 4, 2)], ids=["default", "single", "splits"])
-@pytest.mark.parametrize("prefetch", [False, True], ids=["after-wait", "prefetch"])
-def test_decode_rope_attention_equals_rotary_store_then_decode(num_heads, num_kv_heads, head_dim, rotary_dim, cfg,
-                                                               prefetch):
-    """The fused kernel leaves the same rotated K and V in the cache and returns the same output as
-    rotary_store_kv followed by decode_attention (the engine's unfused path), for every split plan, a partial
-    rotary (rotary_dim < head_dim) and a padding row (slot -1, seq_len 0); with each split's first tile of older
-    keys read before the wait or not."""
+def _rope_step(lens, num_heads, num_kv_heads, head_dim, rotary_dim, cfg, seed):
+    """One decode step for the fused kernel: the paged cache (last request a padding row: seq_len 0, slot -1), the
+    step's fused QKV rows, positions, slots, rotary tables, and the unfused result (rotary_store_kv then
+    decode_attention) with the cache it leaves."""
     from pagedllm.kernels.triton_rotary import rotary_store_kv
-    dtype = BF16
-    lens = [1, 70, 300, 17, 0]
     specs = [(max(s, 1), 1) for s in lens]
-    query, k_cache, v_cache, _, seq_lens, tables = make_batch(specs, num_heads, num_kv_heads, head_dim, 16, dtype,
-                                                               seed=head_dim + rotary_dim)
+    query, k_cache, v_cache, _, seq_lens, tables = make_batch(specs, num_heads, num_kv_heads, head_dim, 16, BF16,
+                                                               seed=seed)
     seq_lens[-1] = 0
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(seed % 7)
     b = len(lens)
     # One fused QKV row per request, as the model hands them over: q / k / v are strided views of it.
-    qkv = torch.randn(b, (num_heads + 2 * num_kv_heads) * head_dim, generator=g).to(dtype).to(DEVICE)
+    qkv = torch.randn(b, (num_heads + 2 * num_kv_heads) * head_dim, generator=g).to(BF16).to(DEVICE)
     hq, hk = num_heads * head_dim, num_kv_heads * head_dim
     positions = (seq_lens.long() - 1).clamp_min(0)
     slots = torch.tensor([int(tables[i, (s - 1) // 16]) * 16 + (s - 1) % 16 if s > 0 else -1
@@ -356,15 +349,54 @@ def test_decode_rope_attention_equals_rotary_store_then_decode(num_heads, num_kv
     q1, k1, v1 = views(qkv1)
     rotary_store_kv(positions, q1, k1, v1, cos, sin, kc1, vc1, slots)
     expected = tri.decode_attention(q1, kc1, vc1, seq_lens, tables, scale, ws, _config=cfg)
+    return SimpleNamespace(k_cache=k_cache, v_cache=v_cache, qkv=qkv, views=views, positions=positions, slots=slots,
+                           cos=cos, sin=sin, scale=scale, ws=ws, seq_lens=seq_lens, tables=tables, q1=q1, kc1=kc1,
+                           vc1=vc1, expected=expected)
 
-    kc2, vc2, qkv2 = k_cache.clone(), v_cache.clone(), qkv.clone()
-    q2, k2, v2 = views(qkv2)
-    out = tri.decode_attention(q2, kc2, vc2, seq_lens, tables, scale, ws, _config=cfg,
-                               rope=tri.DecodeRope(k2, v2, cos, sin, positions, slots, prefetch))
-    assert torch.equal(kc2, kc1) and torch.equal(vc2, vc1)
-    assert torch.equal(qkv2, qkv)                # the inputs are left unrotated
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,rotary_dim", [(28, 4, 128, 128), (9, 3, 64, 64),
+                                                                        (12, 2, 64, 32)])
+@pytest.mark.parametrize("cfg", [None, (64, 64, 1, 4, 2), (16, 16, 16, 4, 2)], ids=["default", "single", "splits"])
+@pytest.mark.parametrize("prefetch", [False, True], ids=["after-wait", "prefetch"])
+def test_decode_rope_attention_equals_rotary_store_then_decode(num_heads, num_kv_heads, head_dim, rotary_dim, cfg,
+                                                               prefetch):
+    """The fused kernel leaves the same rotated K and V in the cache and returns the same output as
+    rotary_store_kv followed by decode_attention (the engine's unfused path), for every split plan, a partial
+    rotary (rotary_dim < head_dim) and a padding row (slot -1, seq_len 0); with each split's first tile of older
+    keys read before the wait or not."""
+    t = _rope_step([1, 70, 300, 17, 0], num_heads, num_kv_heads, head_dim, rotary_dim, cfg, head_dim + rotary_dim)
+    kc2, vc2, qkv2 = t.k_cache.clone(), t.v_cache.clone(), t.qkv.clone()
+    q2, k2, v2 = t.views(qkv2)
+    out = tri.decode_attention(q2, kc2, vc2, t.seq_lens, t.tables, t.scale, t.ws, _config=cfg,
+                               rope=tri.DecodeRope(k2, v2, t.cos, t.sin, t.positions, t.slots, prefetch))
+    assert torch.equal(kc2, t.kc1) and torch.equal(vc2, t.vc1)
+    assert torch.equal(qkv2, t.qkv)                # the inputs are left unrotated
+    torch.testing.assert_close(out, t.expected, rtol=0, atol=0)
     assert torch.equal(out[-1], torch.zeros_like(out[-1]))
-    fused = tri.decode_rope_attention(q2, k2, v2, k_cache.clone(), v_cache.clone(), cos, sin, positions, slots,
-                                      seq_lens, tables, scale, ws, prefetch=prefetch)
-    assert torch.equal(fused, tri.decode_attention(q1, kc1, vc1, seq_lens, tables, scale, ws))
+    fused = tri.decode_rope_attention(q2, k2, v2, t.k_cache.clone(), t.v_cache.clone(), t.cos, t.sin, t.positions,
+                                      t.slots, t.seq_lens, t.tables, t.scale, t.ws, prefetch=prefetch)
+    assert torch.equal(fused, tri.decode_attention(t.q1, t.kc1, t.vc1, t.seq_lens, t.tables, t.scale, t.ws))
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,rotary_dim", [(28, 4, 128, 128), (12, 2, 64, 32)])
+@pytest.mark.parametrize("cfg", [None, (64, 64, 1, 4, 2), (16, 16, 16, 4, 2)], ids=["default", "single", "splits"])
+def test_decode_rope_attention_new_key_from_registers(num_heads, num_kv_heads, head_dim, rotary_dim, cfg):
+    """PAGEDLLM_DECODE_ROPE_FUSED=3: the new key / value join the softmax from registers. The cache gets the same
+    bits as rotary_store_kv writes, and the output matches rotary_store_kv + decode_attention up to rounding, for
+    contexts whose new key opens a tile (65, 129 with tiles of 64 / 16), ends one (64), sits alone (1) or in a split
+    of several tiles (300), and a padding row (seq_len 0: zeros)."""
+    t = _rope_step([1, 64, 65, 129, 300, 17, 0], num_heads, num_kv_heads, head_dim, rotary_dim, cfg, 7 + head_dim)
+    kc2, vc2, qkv2 = t.k_cache.clone(), t.v_cache.clone(), t.qkv.clone()
+    q2, k2, v2 = t.views(qkv2)
+    out = tri.decode_attention(q2, kc2, vc2, t.seq_lens, t.tables, t.scale, t.ws, _config=cfg,
+                               rope=tri.DecodeRope(k2, v2, t.cos, t.sin, t.positions, t.slots, True, True))
+    assert torch.equal(kc2, t.kc1) and torch.equal(vc2, t.vc1)
+    assert torch.equal(qkv2, t.qkv)
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+    torch.testing.assert_close(out.float(), t.expected.float(), rtol=2e-2, atol=2e-2)
+    # The one-key row is exactly the new value (softmax over one key), rotated q or not.
+    torch.testing.assert_close(out[0].float(), v2[0].float().repeat_interleave(num_heads // num_kv_heads, 0),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="new_in_regs needs prefetch"):
+        tri.decode_rope_attention(q2, k2, v2, kc2, vc2, t.cos, t.sin, t.positions, t.slots, t.seq_lens, t.tables,
+                                  t.scale, t.ws, prefetch=False, new_in_regs=True)

@@ -79,14 +79,14 @@ class TritonAttentionBackend(AttentionBackend):
                             slot_mapping: torch.Tensor, metadata: TritonAttentionMetadata, scale: float,
                             rotary: nn.Module | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         # A step of one new token for each of at most FUSED_DECODE_MAX_ROWS requests, with PAGEDLLM_DECODE_ROPE_FUSED
-        # (1, 2): the rotation and the cache write inside the decode kernel (one kernel a layer instead of two); else
-        # the two calls.
+        # (1, 2, 3): the rotation and the cache write inside the decode kernel (one kernel a layer instead of two);
+        # else the two calls.
         if (self.fuse_rope_decode and rotary is not None and metadata.max_query_len == 1
                 and q.shape[0] == metadata.seq_lens.shape[0] and q.shape[0] <= FUSED_DECODE_MAX_ROWS):
             return triton_attention.decode_rope_attention(
                 q, k, v, kv_cache[0], kv_cache[1], rotary.cos, rotary.sin, positions, slot_mapping,
                 metadata.seq_lens, metadata.block_tables, scale, metadata.workspace,
-                prefetch=self.fuse_rope_decode == 2)
+                prefetch=self.fuse_rope_decode >= 2, new_in_regs=self.fuse_rope_decode == 3)
         return super().write_kv_and_attend(q, k, v, kv_cache, slot_mapping, metadata, scale, rotary, positions)
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: TritonAttentionMetadata, scale: float,
