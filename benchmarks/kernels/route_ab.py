@@ -12,6 +12,10 @@ VARIANT:
                    prefetch=True: each program asks L2 for its slice of W before the PDL wait, while the decode
                    attention runs (session 16; session 17 on an H200: 7B bs1 -1.2%, latency +1.3%)
   l2-prefetch-all  prefetch=True in every bf16 table config (every projection and the LM head; session 17: 7B bs1 -21%)
+  onetile-qkv      batch 1 (the FMA path): the qkv projection's program reads its whole K in one masked tile, loaded
+                   before the PDL wait (1.5B 2048 x 1536: 8 x 2048; 7B 4608 x 3584: 4 x 4096), so after the wait only
+                   x is read (session 18; the per-call sweep times back-to-back GEMVs, not this overlap)
+  onetile-qkv-o    the same for o_proj too (1.5B 1536 x 1536: 8 x 2048; 7B 3584 x 3584: 4 x 4096)
 Prints offline_workload.py's JSON lines.
 """
 import os
@@ -36,6 +40,14 @@ elif variant in ("l2-prefetch-o", "l2-prefetch-all"):
         if variant == "l2-prefetch-all" or shape in ((3584, 3584), (1536, 1536)):
             for bucket, cfg in per_m.items():
                 per_m[bucket] = cfg._replace(prefetch=True)
+elif variant in ("onetile-qkv", "onetile-qkv-o"):
+    from pagedllm.kernels import triton_gemv as tg
+    one = {(2048, 1536): tg.GemvConfig(8, 2048, 8, 1, False), (4608, 3584): tg.GemvConfig(4, 4096, 8, 1, False)}
+    if variant == "onetile-qkv-o":
+        one.update({(1536, 1536): tg.GemvConfig(8, 2048, 8, 1, False),
+                    (3584, 3584): tg.GemvConfig(4, 4096, 8, 1, False)})
+    for shape, cfg in one.items():
+        tg._TABLE[shape][1] = cfg
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
 runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),
