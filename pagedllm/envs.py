@@ -136,6 +136,11 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "(kernels/triton_gemv.py: bf16 up to 16 rows where it beat cuBLAS, FP8 weights with per-token fp8 "
         "activations up to 128 rows where that beat torch._scaled_mm); 1: batch 1 only, as before session 10 (an "
         "A/B switch, read when the model code is imported). Default 128."),
+    "PAGEDLLM_GATE_UP_SILU": (
+        lambda: _flag("PAGEDLLM_GATE_UP_SILU", default=False),
+        "1: where a GPU MLP's gate_up projection takes the Triton skinny GEMM (decode steps of up to 16 requests), "
+        "SiLU-and-mul runs in that kernel's epilogue (kernels/triton_gemv.skinny_linear_silu: the same bits, one "
+        "kernel a layer less). Read when the model is built. Default off until measured on a GPU."),
     "PAGEDLLM_DECODE_ROPE_FUSED": (
         lambda: _int_at_least("PAGEDLLM_DECODE_ROPE_FUSED", 0, 2, maximum=3),
         "1: on the GPU, decode steps of at most 16 requests rotate Q / K and write the new K / V inside the "

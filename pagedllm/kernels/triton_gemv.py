@@ -54,7 +54,11 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
                         stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr,
                         SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PDL: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr, X_MASKED: tl.constexpr,
-                        PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64):
+                        PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64, GATED: tl.constexpr = False):
+    # GATED (skinny_linear_silu): W is a fused [gate; up] projection of 2N rows and the output is
+    # silu(x W_gate^T) * (x W_up^T), N wide: each program's tile interleaves gate row j and up row j (j in its
+    # BLOCK_N / 2 outputs), so the epilogue pairs them in registers. The SiLU-and-mul kernel (and its launch, its
+    # [M, 2N] round trip) after the gate_up projection goes; no program computes more than before.
     # PREFETCH (with PDL only): before waiting for its predecessor, each program asks L2 for the rest of its slice
     # of W (_l2_prefetch_rows), so the weight read overlaps a predecessor that leaves HBM idle (the decode
     # attention before o_proj) and the K loop then reads from L2. LINE: elements of W per 128-byte line.
@@ -64,9 +68,14 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
     # no per-weight conversion, both scales applied in the epilogue (W8A8, as torch._scaled_mm computes it).
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Clamp out-of-range rows to row 0 instead of masking: W loads stay unmasked (vectorised); stores are masked.
-    rows = tl.where(offs_n < N, offs_n, 0)
+    if GATED:
+        # Tile row 2i: gate row j, 2i + 1: up row j (= N + j), j = pid_n * BLOCK_N / 2 + i.
+        offs_n = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N) // 2
+        rows = tl.where(offs_n < N, offs_n, 0) + (tl.arange(0, BLOCK_N) % 2) * N
+    else:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        # Clamp out-of-range rows to row 0 instead of masking: W loads stay unmasked (vectorised); stores masked.
+        rows = tl.where(offs_n < N, offs_n, 0)
     offs_k = tl.arange(0, BLOCK_K)
     if SPLIT_K == 1:
         k_start = 0
@@ -162,11 +171,11 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
             for s in tl.static_range(1, SPLIT_K):
                 acc += tl.load(WS + (s * tl.num_programs(0) + pid_n) * TILE + tile_offs, cache_modifier=".cg")
             _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE,
-                      X_FP8)
+                      X_FP8, GATED, BLOCK_N)
             tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
     else:
         _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE,
-                  X_FP8)
+                  X_FP8, GATED, BLOCK_N)
 
 
 @triton.jit
@@ -192,8 +201,22 @@ def prefetch_l2(ptrs):
 
 
 @triton.jit
+def _silu_mul_pairs(acc, Y, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, USE_DOT: tl.constexpr):
+    """GATED: ``acc`` rows 2i / 2i + 1 hold gate / up of output i (trailing dims: the rows of x). Each is rounded
+    to the output dtype first, as the unfused gate_up projection stores them, then silu(gate) * up in fp32 as
+    triton_ops.silu_and_mul computes it: the same bits as the two kernels."""
+    y = acc.to(Y.dtype.element_ty).to(tl.float32)
+    if USE_DOT:
+        gate, up = tl.split(tl.permute(tl.reshape(y, (BLOCK_N // 2, 2, BLOCK_M)), (0, 2, 1)))
+    else:
+        gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+    return gate / (1.0 + tl.exp(-gate)) * up
+
+
+@triton.jit
 def _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr,
-              USE_DOT: tl.constexpr, BLOCK_M: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr):
+              USE_DOT: tl.constexpr, BLOCK_M: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr,
+              GATED: tl.constexpr = False, BLOCK_N: tl.constexpr = 1):
     if X_FP8:
         offs_xm = tl.arange(0, BLOCK_M)
         acc = acc * tl.load(XScale + offs_xm, mask=offs_xm < M, other=0.0)[None, :]
@@ -208,11 +231,17 @@ def _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS
         if HAS_BIAS:
             acc += tl.load(B + rows).to(tl.float32)[:, None]
         offs_m = tl.arange(0, BLOCK_M)
+        if GATED:
+            acc = _silu_mul_pairs(acc, Y, BLOCK_N, BLOCK_M, USE_DOT)
+            offs_n = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         y_ptrs = Y + offs_m[None, :] * stride_ym + offs_n[:, None]
         tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_m[None, :] < M))
     else:
         if HAS_BIAS:
             acc += tl.load(B + rows).to(tl.float32)
+        if GATED:
+            acc = _silu_mul_pairs(acc, Y, BLOCK_N, BLOCK_M, USE_DOT)
+            offs_n = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=offs_n < N)
 
 
@@ -366,28 +395,36 @@ def _workspace(device: torch.device, ws_elems: int, n_locks: int) -> tuple[torch
 def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                               cfg: GemvConfig, weight_scale: torch.Tensor | None = None,
                               x_scale: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-                              x_masked: bool | None = None) -> torch.Tensor:
+                              x_masked: bool | None = None, gated: bool = False) -> torch.Tensor:
     """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous;
     ``weight_scale`` (fp32, one value or one per row of ``weight``) when ``weight`` is fp8; ``x_scale`` (fp32, one
     per row of ``x``) when ``x`` is fp8 too (W8A8 on the tensor cores, the dot path at any M; the output is
     ``out_dtype``). The dot path takes up to ``W8A8_MAX_M`` rows here (benchmarks); ``skinny_linear`` routes at
     most ``MAX_M`` of bf16/fp16 ``x``. ``x_masked`` (benchmarks) overrides how rows past M are treated (default:
-    masked below the row tile's size)."""
+    masked below the row tile's size). ``gated``: ``weight`` is a fused [gate; up] projection (2N rows) and the
+    result is ``silu(x W_gate^T + b_gate) * (x W_up^T + b_up)`` ``[M, N]`` (skinny_linear_silu)."""
     m, k = x.shape
     if m > W8A8_MAX_M:
         raise ValueError(f"the skinny GEMM takes at most {W8A8_MAX_M} rows, got {m}")
     n = weight.shape[0]
     x_fp8 = x_scale is not None
+    if gated:
+        if n % 2 or weight_scale is not None or x_fp8:
+            raise ValueError("gated: a bf16/fp16 [gate; up] weight with an even number of rows")
+        n //= 2
     y = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
     if m == 0 or n == 0:
         return y
     if k == 0:
+        if gated:
+            b = torch.zeros(2 * n, dtype=y.dtype, device=y.device) if bias is None else bias
+            return y.copy_((torch.nn.functional.silu(b[:n].float()) * b[n:].float()).to(y.dtype).expand(m, n))
         return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
     use_dot = cfg.use_dot or m > 1 or x_fp8
-    block_n = max(cfg.block_n, 16) if use_dot else cfg.block_n     # tl.dot needs >= 16 rows
+    block_n = max(cfg.block_n, 16) if use_dot else max(cfg.block_n, 2)     # tl.dot needs >= 16 rows
     block_m = max(MAX_M, triton.next_power_of_2(m))
     block_k = cfg.block_k
-    grid_n = triton.cdiv(n, block_n)
+    grid_n = triton.cdiv(n, block_n // 2 if gated else block_n)
     split_k = max(1, min(cfg.split_k, triton.cdiv(k, block_k)))
     ws = locks = weight                                  # unused unless split_k > 1
     if split_k > 1:
@@ -405,7 +442,7 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, W_SCALE=w_scale_mode, X_FP8=x_fp8,
         X_MASKED=(m < block_m) if x_masked is None else x_masked,
-        PREFETCH=cfg.prefetch and not _INTERPRET, LINE=128 // weight.element_size(),
+        PREFETCH=cfg.prefetch and not _INTERPRET, LINE=128 // weight.element_size(), GATED=gated,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **(pdl_launch_args(x.device) if cfg.pdl else {"PDL": False}))
     return y
@@ -446,3 +483,22 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return None
     return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k, x_scale is not None),
                                      weight_scale, x_scale, out_dtype)
+
+
+def skinny_linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                       ) -> torch.Tensor | None:
+    """``silu_and_mul(F.linear(x, weight, bias))`` in one kernel for a fused [gate; up] ``weight`` ``[2N, K]``
+    (bf16/fp16, as ``x``), or None where the skinny GEMM would not take ``F.linear(x, weight, bias)``. Same routing
+    and config as that call (the table's ``(2N, K)`` entry); the same bits as it followed by
+    ``triton_ops.silu_and_mul``."""
+    if weight.dim() != 2 or weight.shape[0] % 2 or not (x.is_cuda or _INTERPRET) or x.dim() != 2 \
+            or x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+        return None
+    m, k = x.shape
+    if not preferred(m, weight.shape[0], k) or weight.shape[1] != k or x.device != weight.device:
+        return None
+    if not (x.is_contiguous() and weight.is_contiguous()):
+        return None
+    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
+        return None
+    return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k), gated=True)

@@ -124,6 +124,18 @@ def test_fused_rope_decode_gives_the_same_tokens(model_dir, prompts, hf_model, m
                                                             enforce_eager=eager))
 
 
+def test_gate_up_silu_epilogue_gives_the_same_tokens(model_dir, prompts, monkeypatch):
+    """PAGEDLLM_GATE_UP_SILU=1 (SiLU-and-mul in the gate_up skinny GEMM's epilogue, decode steps of up to 16
+    requests) changes no token against 0, with CUDA graphs and eagerly; one request alone too (batch-1 steps: the
+    FMA path of every tiny shape; larger batches of these shapes stay on cuBLAS)."""
+    for eager in (False, True):
+        for batch in (prompts[:1], prompts):
+            monkeypatch.setenv("PAGEDLLM_GATE_UP_SILU", "0")
+            base = _generate(model_dir, batch, dtype="bfloat16", enforce_eager=eager)
+            monkeypatch.setenv("PAGEDLLM_GATE_UP_SILU", "1")
+            assert _generate(model_dir, batch, dtype="bfloat16", enforce_eager=eager) == base
+
+
 def test_bf16_chunked_prefill_and_prefix_cache(model_dir, prompts, hf_model):
     """Chunked prefill and prefix-cache hits (extend kernel over a cached prefix) stay HF-greedy too."""
     chunked = _generate(model_dir, prompts, dtype="bfloat16", max_num_batched_tokens=32)

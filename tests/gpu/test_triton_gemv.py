@@ -112,6 +112,46 @@ def test_declines():
         assert skinny_linear(x[:4].cpu(), w.cpu()) is None                # not CUDA
 
 
+# ------------------------------------------------------------------- gate_up with SiLU-and-mul in the epilogue
+GATED_SHAPES = ([(17920, 1536, False), (37888, 3584, False), (1002, 300, True)] if not INTERPRET
+                else [(1002, 300, True), (48, 200, False)])
+GATED_CFGS = [GemvConfig(8, 512, 4, 1, False), GemvConfig(8, 256, 4, 1, False, 2), GemvConfig(2, 128, 4, 1, False),
+              GemvConfig(64, 128, 4, 3), GemvConfig(32, 256, 4, 5, True, 2), GemvConfig(16, 64, 4, 2)]
+
+
+@pytest.mark.parametrize("n2,k,bias", GATED_SHAPES)
+@pytest.mark.parametrize("cfg", GATED_CFGS, ids=str)
+def test_gated_equals_linear_then_silu_and_mul(n2, k, bias, cfg):
+    """gated=True (PAGEDLLM_GATE_UP_SILU): the [gate; up] GEMM with SiLU-and-mul in its epilogue gives the same bits
+    as the same GEMM followed by triton_ops.silu_and_mul, for the FMA path (split-K too, and a tile of one output)
+    and the dot path, output widths that are not a multiple of the tile, with and without bias; a second call after
+    a split-K one is right (counters reset)."""
+    from pagedllm.kernels.triton_ops import silu_and_mul
+    for m in ((1, 3, 16) if cfg.use_dot else (1,)):
+        x, w, b = _inputs(m, n2, k, bias, DTYPES[0], seed=4)
+        expected = silu_and_mul(skinny_linear_with_config(x, w, b, cfg))
+        for _ in range(2 if cfg.split_k > 1 else 1):
+            out = skinny_linear_with_config(x, w, b, cfg, gated=True)
+            assert out.shape == (m, n2 // 2) and out.dtype == x.dtype
+            assert torch.equal(out, expected), (m, cfg)
+
+
+def test_skinny_linear_silu_routes_as_skinny_linear():
+    """skinny_linear_silu takes the table's config of the [gate; up] shape wherever skinny_linear would take the
+    GEMM, and declines (None) where it would not: more rows than routed, fp32, an odd number of rows."""
+    from pagedllm.kernels.triton_gemv import skinny_linear_silu
+    from pagedllm.kernels.triton_ops import silu_and_mul
+    n2, k = (17920, 1536) if not INTERPRET else (1002, 300)
+    x, w, _ = _inputs(1, n2, k, False, DTYPES[0], seed=5)
+    assert torch.equal(skinny_linear_silu(x, w), silu_and_mul(skinny_linear(x, w)))
+    x17 = torch.randn(17, k).to(DTYPES[0]).to(DEVICE)
+    assert skinny_linear_silu(x17, w) is None                               # M > 16
+    assert skinny_linear_silu(x.float(), w.float()) is None                 # fp32
+    assert skinny_linear_silu(x, w[:-1].contiguous()) is None               # odd rows: not [gate; up]
+    with pytest.raises(ValueError, match="gated"):
+        skinny_linear_with_config(x, w[:-1].contiguous(), None, GemvConfig(8, 512, 4, 1, False), gated=True)
+
+
 def test_empty():
     x = torch.randn(0, 64).to(DTYPES[0]).to(DEVICE)
     w = torch.randn(32, 64).to(DTYPES[0]).to(DEVICE)

@@ -41,6 +41,15 @@ def cuda_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return F.linear(x, weight, bias)
 
 
+def cuda_linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``silu(gate) * up`` of ``cuda_linear(x, weight, bias)`` for a [gate; up] ``weight``, in one skinny-GEMM kernel
+    where ``cuda_linear`` would take the skinny GEMM; None elsewhere."""
+    if not _use_skinny(x, weight):
+        return None
+    from pagedllm.kernels.triton_gemv import skinny_linear_silu
+    return skinny_linear_silu(x, weight, bias)
+
+
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"Weight shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(loaded.shape)}")
@@ -228,6 +237,8 @@ class MergedColumnParallelLinear(LinearBase):
         self.full_output_sizes = list(output_sizes)
         self.output_sizes = [_divide(n, self.tp_size, "Output size") for n in output_sizes]
         super().__init__(input_size, sum(self.output_sizes), bias, quant_config, prefix, self.output_sizes)
+        # PAGEDLLM_GATE_UP_SILU, read when the model is built: silu_and_mul in the skinny GEMM's epilogue.
+        self.silu_epilogue = envs.PAGEDLLM_GATE_UP_SILU
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor, shard_id: int | None = None) -> None:
         dim, pack = _output_dim(param), _output_pack(param)
@@ -247,6 +258,15 @@ class MergedColumnParallelLinear(LinearBase):
 
     def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
         return a, shard_of(b, 0, self.tp_rank, self.output_sizes[shard_id], self.tp_size)
+
+    def silu_and_mul(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``silu(gate) * up`` of this [gate | up] layer's output computed in the GEMM's epilogue, where that
+        applies (the GPU skinny GEMM on dense weights, no adapter in the step); None elsewhere: the caller runs the
+        layer, then the activation."""
+        if (not self.silu_epilogue or self.quant_method is not None or not x.is_cuda or len(self.output_sizes) != 2
+                or self.output_sizes[0] != self.output_sizes[1] or (lora_mask is not None and self.lora is not None)):
+            return None
+        return cuda_linear_silu(x, self.weight, self.bias)
 
 
 class QKVParallelLinear(LinearBase):

@@ -66,8 +66,12 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
         # SiLU-and-mul fused into down_proj's skinny GEMM was tried: 7B batch-1 decode 7% slower on an H200, as every
-        # program recomputes SiLU over all of K (docs/perf.md).
-        return self.down_proj(self.act(self.gate_up_proj(x, lora_mask)), lora_mask)
+        # program recomputes SiLU over all of K (docs/perf.md). In gate_up's epilogue (PAGEDLLM_GATE_UP_SILU) each
+        # output is computed once, by the program that has its gate and up rows.
+        h = self.gate_up_proj.silu_and_mul(x, lora_mask)
+        if h is None:
+            h = self.act(self.gate_up_proj(x, lora_mask))
+        return self.down_proj(h, lora_mask)
 
 
 class LlamaDecoderLayer(nn.Module):
