@@ -136,6 +136,19 @@ def test_gate_up_silu_epilogue_gives_the_same_tokens(model_dir, prompts, monkeyp
             assert _generate(model_dir, batch, dtype="bfloat16", enforce_eager=eager) == base
 
 
+def test_norm_qkv_prologue_stays_hf_greedy(model_dir, prompts, hf_model, monkeypatch):
+    """PAGEDLLM_NORM_QKV=1 (residual add + input RMSNorm inside the QKV skinny GEMM at decode, equal up to
+    rounding) keeps every token HF fp32's greedy choice up to a near-tie, with CUDA graphs and eagerly, for one
+    request alone (batch-1 steps: the FMA path) and the whole batch, and together with the SiLU epilogue."""
+    monkeypatch.setenv("PAGEDLLM_NORM_QKV", "1")
+    for eager in (False, True):
+        for batch in (prompts[:1], prompts):
+            assert_greedy_under_hf(hf_model, batch, _generate(model_dir, batch, dtype="bfloat16", enforce_eager=eager))
+    monkeypatch.setenv("PAGEDLLM_GATE_UP_SILU", "1")
+    monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", "3")
+    assert_greedy_under_hf(hf_model, prompts[:1], _generate(model_dir, prompts[:1], dtype="bfloat16"))
+
+
 def test_bf16_chunked_prefill_and_prefix_cache(model_dir, prompts, hf_model):
     """Chunked prefill and prefix-cache hits (extend kernel over a cached prefix) stay HF-greedy too."""
     chunked = _generate(model_dir, prompts, dtype="bfloat16", max_num_batched_tokens=32)

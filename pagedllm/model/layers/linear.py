@@ -50,6 +50,16 @@ def cuda_linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return skinny_linear_silu(x, weight, bias)
 
 
+def cuda_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                     weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(cuda_linear(rms_norm(x + residual), weight, bias), x + residual)`` in one skinny-GEMM kernel where
+    ``cuda_linear`` would take the skinny GEMM; None elsewhere."""
+    if not _use_skinny(x, weight):
+        return None
+    from pagedllm.kernels.triton_gemv import skinny_norm_linear
+    return skinny_norm_linear(x, residual, norm_weight, eps, weight, bias)
+
+
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"Weight shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(loaded.shape)}")
@@ -282,6 +292,8 @@ class QKVParallelLinear(LinearBase):
         self.num_heads = _divide(num_heads, self.tp_size, "Total number of attention heads")
         self.kv_head_start, self.num_kv_heads = kv_head_range(num_kv_heads, self.tp_rank, self.tp_size)
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
+        # PAGEDLLM_NORM_QKV, read when the model is built: the input RMSNorm inside the skinny GEMM (norm_and_linear).
+        self.norm_prologue = envs.PAGEDLLM_NORM_QKV
         super().__init__(hidden_size, self.q_size + 2 * self.kv_size, bias, quant_config, prefix,
                          [self.q_size, self.kv_size, self.kv_size])
 
@@ -313,3 +325,13 @@ class QKVParallelLinear(LinearBase):
         # This rank's KV head(s), replicated when there are fewer KV heads than ranks (as the weight).
         return a, shard_of(b, 0, self.kv_head_start // self.num_kv_heads, self.kv_size,
                            self.total_num_kv_heads // self.num_kv_heads)
+
+    def norm_and_linear(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
+                        lora_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(self(norm(x + residual)), x + residual)`` (``x`` alone without ``residual``) for an RMSNorm ``norm``,
+        in one kernel where that applies (PAGEDLLM_NORM_QKV, the GPU skinny GEMM on dense weights, no adapter in
+        the step); None elsewhere: the caller runs the norm, then the layer."""
+        if (not self.norm_prologue or self.quant_method is not None or not x.is_cuda
+                or (lora_mask is not None and self.lora is not None)):
+            return None
+        return cuda_norm_linear(x, residual, norm.weight, norm.eps, self.weight, self.bias)
