@@ -151,10 +151,15 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
         x_ptrs = X + k_start + offs_k
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         k_first = k_start
+        ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
         if NORM:
             r_ptrs = Res + offs_k
             ro_ptrs = ResOut + offs_k
-            ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
+            g_ptrs = NormW + offs_k
+        else:                       # unused
+            r_ptrs = x_ptrs
+            ro_ptrs = x_ptrs
+            g_ptrs = x_ptrs
         if PDL:
             # Launched early (pdl.py): W is constant, so the first tile is read while the previous kernel, which
             # writes x, is still running. Masked: a split may hold less than one tile (or none).
@@ -164,16 +169,12 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
                 _l2_prefetch_rows(W, rows, stride_wn, k_start + BLOCK_K, k_end, BLOCK_N, LINE)
             pdl_wait(PDL)
             x = tl.load(x_ptrs, mask=kmask, other=0.0)
-            if NORM:
-                xf, sq = _norm_in(x, r_ptrs, ro_ptrs, NormW + offs_k, kmask, kmask, pid_n == 0, NORM)
-                ss += sq
-                r_ptrs += BLOCK_K
-                ro_ptrs += BLOCK_K
-            else:
-                xf = x.to(tl.float32)
-            acc2 += w.to(tl.float32) * xf[None, :]
+            acc2, ss = _fma_tile(acc2, ss, w, x, r_ptrs, ro_ptrs, g_ptrs, kmask, pid_n == 0, NORM)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
+            r_ptrs += BLOCK_K
+            ro_ptrs += BLOCK_K
+            g_ptrs += BLOCK_K
             k_first = k_start + BLOCK_K
         for k0 in range(k_first, k_end, BLOCK_K):
             if EVEN_K:
@@ -183,17 +184,12 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
                 kmask = offs_k < k_end - k0
                 w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
                 x = tl.load(x_ptrs, mask=kmask, other=0.0)
-            if NORM:
-                kmask = offs_k < k_end - k0
-                xf, sq = _norm_in(x, r_ptrs, ro_ptrs, NormW + k0 + offs_k, kmask, kmask, pid_n == 0, NORM)
-                ss += sq
-                r_ptrs += BLOCK_K
-                ro_ptrs += BLOCK_K
-            else:
-                xf = x.to(tl.float32)
-            acc2 += w.to(tl.float32) * xf[None, :]
+            acc2, ss = _fma_tile(acc2, ss, w, x, r_ptrs, ro_ptrs, g_ptrs, offs_k < k_end - k0, pid_n == 0, NORM)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
+            r_ptrs += BLOCK_K
+            ro_ptrs += BLOCK_K
+            g_ptrs += BLOCK_K
         acc = tl.sum(acc2, axis=1)
         if NORM:
             acc = acc * (1.0 / tl.sqrt(tl.sum(ss, 0) / K + eps))
@@ -217,6 +213,18 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
     else:
         _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE,
                   X_FP8, GATED, BLOCK_N)
+
+
+@triton.jit
+def _fma_tile(acc2, ss, w, x, r_ptrs, ro_ptrs, g_ptrs, kmask, store_res, NORM: tl.constexpr):
+    """The batch-1 path's step: ``acc2 += w * x`` in fp32 (with NORM, x as _norm_in gives it, its squares added
+    to ``ss``)."""
+    if NORM:
+        xf, sq = _norm_in(x, r_ptrs, ro_ptrs, g_ptrs, kmask, kmask, store_res, NORM)
+        ss += sq
+    else:
+        xf = x.to(tl.float32)
+    return acc2 + w.to(tl.float32) * xf[None, :], ss
 
 
 @triton.jit
