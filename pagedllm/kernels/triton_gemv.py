@@ -57,12 +57,12 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
                         PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64, GATED: tl.constexpr = False,
                         Res=None, ResOut=None, NormW=None, eps=0.0, stride_rm=0, stride_rom=0,
                         NORM: tl.constexpr = 0):
-    # NORM (skinny_norm_linear): x is the layer's input before its RMSNorm, and the kernel computes
+    # NORM (skinny_linear_fused with a norm): x is the layer's input before its RMSNorm, and the kernel computes
     # rmsnorm(x') @ W^T with x' = x + Res (NORM 2; program 0 stores x' to ResOut, the next residual) or x' = x
     # (NORM 1). One pass over K: each program sums x'^2 as it streams x' * norm_weight into the products and
     # scales its outputs by 1 / rms at the end, so the norm adds no step to the chain after the PDL wait (the
     # session-3 version re-read the row first). SPLIT_K is 1 (every program sees all of K).
-    # GATED (skinny_linear_silu): W is a fused [gate; up] projection of 2N rows and the output is
+    # GATED (skinny_linear_fused, gated): W is a fused [gate; up] projection of 2N rows and the output is
     # silu(x W_gate^T) * (x W_up^T), N wide: each program's tile interleaves gate row j and up row j (j in its
     # BLOCK_N / 2 outputs), so the epilogue pairs them in registers. The SiLU-and-mul kernel (and its launch, its
     # [M, 2N] round trip) after the gate_up projection goes; no program computes more than before.
@@ -482,8 +482,8 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
     ``out_dtype``). The dot path takes up to ``W8A8_MAX_M`` rows here (benchmarks); ``skinny_linear`` routes at
     most ``MAX_M`` of bf16/fp16 ``x``. ``x_masked`` (benchmarks) overrides how rows past M are treated (default:
     masked below the row tile's size). ``gated``: ``weight`` is a fused [gate; up] projection (2N rows) and the
-    result is ``silu(x W_gate^T + b_gate) * (x W_up^T + b_up)`` ``[M, N]`` (skinny_linear_silu). ``norm``: ``x`` is
-    the input of an RMSNorm whose output the GEMM takes (skinny_norm_linear; split-K is not used)."""
+    result is ``silu(x W_gate^T + b_gate) * (x W_up^T + b_up)`` ``[M, N]``. ``norm``: ``x`` is
+    the input of an RMSNorm whose output the GEMM takes (split-K is not used)."""
     m, k = x.shape
     if m > W8A8_MAX_M:
         raise ValueError(f"the skinny GEMM takes at most {W8A8_MAX_M} rows, got {m}")
@@ -566,48 +566,41 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                                      weight_scale, x_scale, out_dtype)
 
 
-def skinny_linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-                       ) -> torch.Tensor | None:
-    """``silu_and_mul(F.linear(x, weight, bias))`` in one kernel for a fused [gate; up] ``weight`` ``[2N, K]``
-    (bf16/fp16, as ``x``), or None where the skinny GEMM would not take ``F.linear(x, weight, bias)``. Same routing
-    and config as that call (the table's ``(2N, K)`` entry); the same bits as it followed by
-    ``triton_ops.silu_and_mul``."""
-    if weight.dim() != 2 or weight.shape[0] % 2 or not (x.is_cuda or _INTERPRET) or x.dim() != 2 \
-            or x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
-        return None
-    m, k = x.shape
-    if not preferred(m, weight.shape[0], k) or weight.shape[1] != k or x.device != weight.device:
-        return None
-    if not (x.is_contiguous() and weight.is_contiguous()):
-        return None
-    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
-        return None
-    return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k), gated=True)
+def skinny_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                        norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+                        residual: torch.Tensor | None = None, gated: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``F.linear`` with the ops around it that a decoder layer runs at decode, in one kernel, or None where the
+    skinny GEMM would not take ``F.linear(x, weight, bias)`` (same routing and config: the table's entry of
+    ``weight``'s shape). Returns ``(y, next_residual)``:
 
-
-def skinny_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                       weight: torch.Tensor, bias: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``F.linear(rms_norm(x + residual) * norm_weight, weight, bias)`` and ``x + residual`` (the next residual;
-    ``x`` itself without ``residual``) in one kernel, or None where the skinny GEMM would not take the linear.
-    Equal to ``triton_ops.rms_norm`` then ``skinny_linear`` up to rounding: the normalised row is not rounded to
-    ``x``'s dtype before the products (the batch-1 path keeps it in fp32; the tensor-core path rounds ``x * w``
-    and applies 1 / rms to the fp32 sums)."""
+    * ``norm_weight`` (an RMSNorm in front): ``y = F.linear(rms_norm(x + residual) * norm_weight, weight, bias)``
+      and ``next_residual = x + residual`` (``x`` itself without ``residual``); equal to ``triton_ops.rms_norm``
+      then the GEMM up to rounding (the normalised row is not rounded to ``x``'s dtype before the products). Without
+      it ``next_residual`` is None.
+    * ``gated`` (``weight`` a fused [gate; up] projection ``[2N, K]``): ``y = silu(gate) * up`` ``[M, N]``, the same
+      bits as the GEMM followed by ``triton_ops.silu_and_mul``.
+    """
     if not (x.is_cuda or _INTERPRET) or x.dim() != 2 or weight.dim() != 2 \
             or x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
         return None
     m, k = x.shape
-    if not preferred(m, weight.shape[0], k) or weight.shape[1] != k or x.device != weight.device:
+    n = weight.shape[0]
+    if (gated and n % 2) or not preferred(m, n, k) or weight.shape[1] != k or x.device != weight.device:
         return None
-    if not (x.is_contiguous() and weight.is_contiguous() and norm_weight.is_contiguous()) \
-            or norm_weight.shape != (k,) or norm_weight.dtype != x.dtype:
+    if not (x.is_contiguous() and weight.is_contiguous()):
         return None
-    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
-                                 or not residual.is_contiguous()):
+    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (n,)):
         return None
-    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
-        return None
-    res_out = torch.empty_like(x) if residual is not None else None
-    y = skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k),
-                                  norm=NormIn(norm_weight, eps, residual, res_out))
-    return y, (res_out if residual is not None else x)
+    norm = None
+    if norm_weight is not None:
+        if not norm_weight.is_contiguous() or norm_weight.shape != (k,) or norm_weight.dtype != x.dtype:
+            return None
+        if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
+                                     or not residual.is_contiguous()):
+            return None
+        norm = NormIn(norm_weight, eps, residual, torch.empty_like(x) if residual is not None else None)
+    y = skinny_linear_with_config(x, weight, bias, get_config(m, n, k), gated=gated, norm=norm)
+    if norm is None:
+        return y, None
+    return y, (norm.residual_out if residual is not None else x)

@@ -136,18 +136,19 @@ def test_gated_equals_linear_then_silu_and_mul(n2, k, bias, cfg):
             assert torch.equal(out, expected), (m, cfg)
 
 
-def test_skinny_linear_silu_routes_as_skinny_linear():
-    """skinny_linear_silu takes the table's config of the [gate; up] shape wherever skinny_linear would take the
-    GEMM, and declines (None) where it would not: more rows than routed, fp32, an odd number of rows."""
-    from pagedllm.kernels.triton_gemv import skinny_linear_silu
+def test_skinny_linear_fused_gated_routes_as_skinny_linear():
+    """skinny_linear_fused(gated=True) takes the table's config of the [gate; up] shape wherever skinny_linear would
+    take the GEMM, and declines (None) where it would not: more rows than routed, fp32, an odd number of rows."""
+    from pagedllm.kernels.triton_gemv import skinny_linear_fused
     from pagedllm.kernels.triton_ops import silu_and_mul
     n2, k = (17920, 1536) if not INTERPRET else (1002, 300)
     x, w, _ = _inputs(1, n2, k, False, DTYPES[0], seed=5)
-    assert torch.equal(skinny_linear_silu(x, w), silu_and_mul(skinny_linear(x, w)))
+    y, res = skinny_linear_fused(x, w, gated=True)
+    assert res is None and torch.equal(y, silu_and_mul(skinny_linear(x, w)))
     x17 = torch.randn(17, k).to(DTYPES[0]).to(DEVICE)
-    assert skinny_linear_silu(x17, w) is None                               # M > 16
-    assert skinny_linear_silu(x.float(), w.float()) is None                 # fp32
-    assert skinny_linear_silu(x, w[:-1].contiguous()) is None               # odd rows: not [gate; up]
+    assert skinny_linear_fused(x17, w, gated=True) is None                     # M > 16
+    assert skinny_linear_fused(x.float(), w.float(), gated=True) is None       # fp32
+    assert skinny_linear_fused(x, w[:-1].contiguous(), gated=True) is None     # odd rows: not [gate; up]
     with pytest.raises(ValueError, match="gated"):
         skinny_linear_with_config(x, w[:-1].contiguous(), None, GemvConfig(8, 512, 4, 1, False), gated=True)
 
@@ -157,7 +158,7 @@ def test_skinny_linear_silu_routes_as_skinny_linear():
 @pytest.mark.parametrize("cfg", GATED_CFGS, ids=str)
 @pytest.mark.parametrize("with_residual", [True, False], ids=["add-norm", "norm"])
 def test_norm_in_equals_rms_norm_then_linear(n, k, bias, cfg, with_residual):
-    """norm= (PAGEDLLM_NORM_QKV): rmsnorm(x + residual) @ W^T in one kernel is as close to the fp32 formula as
+    """norm= (PAGEDLLM_NORM_IN): rmsnorm(x + residual) @ W^T in one kernel is as close to the fp32 formula as
     triton_ops.rms_norm followed by the GEMM, for the FMA path (a split-K config runs unsplit) and the dot path,
     with and without residual and bias; the residual it stores is rms_norm's, bit for bit."""
     from pagedllm.kernels.triton_ops import rms_norm
@@ -179,21 +180,28 @@ def test_norm_in_equals_rms_norm_then_linear(n, k, bias, cfg, with_residual):
             assert torch.equal(res_out, new_res)
 
 
-def test_skinny_norm_linear_routes_as_skinny_linear():
-    """skinny_norm_linear returns (y, next residual) wherever skinny_linear would take the GEMM (the residual is x
-    itself without one), None elsewhere: more rows than routed, fp32, a norm weight of another length."""
-    from pagedllm.kernels.triton_gemv import skinny_norm_linear
+def test_skinny_linear_fused_norm_routes_as_skinny_linear():
+    """skinny_linear_fused(norm_weight=...) returns (y, next residual) wherever skinny_linear would take the GEMM
+    (the residual is x itself without one), None elsewhere: more rows than routed, fp32, a norm weight of another
+    length; norm and gated together equal the norm then the gated GEMM."""
+    from pagedllm.kernels.triton_gemv import skinny_linear_fused
+    from pagedllm.kernels.triton_ops import rms_norm
     n, k = (2048, 1536) if not INTERPRET else (1002, 300)
     x, w, b = _inputs(1, n, k, True, DTYPES[0], seed=7)
     nw = torch.ones(k, dtype=DTYPES[0], device=DEVICE)
-    y, res = skinny_norm_linear(x, None, nw, 1e-6, w, b)
+    y, res = skinny_linear_fused(x, w, b, norm_weight=nw, eps=1e-6)
     assert res is x and y.shape == (1, n)
-    y2, res2 = skinny_norm_linear(x, x.clone(), nw, 1e-6, w, b)
+    y2, res2 = skinny_linear_fused(x, w, b, norm_weight=nw, eps=1e-6, residual=x.clone())
     assert torch.equal(res2, (x.float() * 2).to(x.dtype))
+    both, res3 = skinny_linear_fused(x, w, b, norm_weight=nw, eps=1e-6, residual=x.clone(), gated=True)
+    normed, _ = rms_norm(x, nw, 1e-6, x.clone())
+    gated, _ = skinny_linear_fused(normed, w, b, gated=True)
+    assert torch.equal(res3, res2) and both.shape == (1, n // 2)
+    assert rel_err(both, gated) < 1e-2
     x17 = torch.randn(17, k).to(DTYPES[0]).to(DEVICE)
-    assert skinny_norm_linear(x17, None, nw, 1e-6, w, b) is None                 # M > 16
-    assert skinny_norm_linear(x.float(), None, nw.float(), 1e-6, w.float(), None) is None
-    assert skinny_norm_linear(x, None, nw[:-1].contiguous(), 1e-6, w, b) is None
+    assert skinny_linear_fused(x17, w, b, norm_weight=nw, eps=1e-6) is None                 # M > 16
+    assert skinny_linear_fused(x.float(), w.float(), None, norm_weight=nw.float(), eps=1e-6) is None
+    assert skinny_linear_fused(x, w, b, norm_weight=nw[:-1].contiguous(), eps=1e-6) is None
 
 
 def test_empty():

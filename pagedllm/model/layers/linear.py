@@ -41,23 +41,16 @@ def cuda_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return F.linear(x, weight, bias)
 
 
-def cuda_linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """``silu(gate) * up`` of ``cuda_linear(x, weight, bias)`` for a [gate; up] ``weight``, in one skinny-GEMM kernel
-    where ``cuda_linear`` would take the skinny GEMM; None elsewhere."""
+def cuda_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.Module | None,
+                      residual: torch.Tensor | None, gated: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``cuda_linear`` with the RMSNorm ``norm`` (+ ``residual``) in front and / or SiLU-and-mul after (``gated``) in
+    one skinny-GEMM kernel (triton_gemv.skinny_linear_fused: returns the output and, with ``norm``, the next
+    residual) where ``cuda_linear`` would take the skinny GEMM; None elsewhere."""
     if not _use_skinny(x, weight):
         return None
-    from pagedllm.kernels.triton_gemv import skinny_linear_silu
-    return skinny_linear_silu(x, weight, bias)
-
-
-def cuda_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                     weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(cuda_linear(rms_norm(x + residual), weight, bias), x + residual)`` in one skinny-GEMM kernel where
-    ``cuda_linear`` would take the skinny GEMM; None elsewhere."""
-    if not _use_skinny(x, weight):
-        return None
-    from pagedllm.kernels.triton_gemv import skinny_norm_linear
-    return skinny_norm_linear(x, residual, norm_weight, eps, weight, bias)
+    from pagedllm.kernels.triton_gemv import skinny_linear_fused
+    return skinny_linear_fused(x, weight, bias, norm_weight=None if norm is None else norm.weight,
+                               eps=0.0 if norm is None else norm.eps, residual=residual, gated=gated)
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
@@ -247,8 +240,10 @@ class MergedColumnParallelLinear(LinearBase):
         self.full_output_sizes = list(output_sizes)
         self.output_sizes = [_divide(n, self.tp_size, "Output size") for n in output_sizes]
         super().__init__(input_size, sum(self.output_sizes), bias, quant_config, prefix, self.output_sizes)
-        # PAGEDLLM_GATE_UP_SILU, read when the model is built: silu_and_mul in the skinny GEMM's epilogue.
+        # PAGEDLLM_GATE_UP_SILU / PAGEDLLM_NORM_IN (2), read when the model is built: silu_and_mul in the skinny
+        # GEMM's epilogue, the post-attention norm in its prologue (fused_forward).
         self.silu_epilogue = envs.PAGEDLLM_GATE_UP_SILU
+        self.norm_prologue = envs.PAGEDLLM_NORM_IN >= 2
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor, shard_id: int | None = None) -> None:
         dim, pack = _output_dim(param), _output_pack(param)
@@ -269,14 +264,17 @@ class MergedColumnParallelLinear(LinearBase):
     def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
         return a, shard_of(b, 0, self.tp_rank, self.output_sizes[shard_id], self.tp_size)
 
-    def silu_and_mul(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor | None:
-        """``silu(gate) * up`` of this [gate | up] layer's output computed in the GEMM's epilogue, where that
-        applies (the GPU skinny GEMM on dense weights, no adapter in the step); None elsewhere: the caller runs the
-        layer, then the activation."""
+    def fused_forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None, norm: nn.Module | None = None,
+                      residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """``silu(gate) * up`` of this [gate | up] layer's output (PAGEDLLM_GATE_UP_SILU) with, when ``norm`` is
+        given and PAGEDLLM_NORM_IN is 2, the RMSNorm ``norm`` of ``x + residual`` in front (returned second: the
+        next residual; None when the norm is not fused), in one skinny-GEMM kernel where that applies (dense
+        weights, no adapter in the step); None elsewhere: the caller runs the norm, the layer and the activation."""
         if (not self.silu_epilogue or self.quant_method is not None or not x.is_cuda or len(self.output_sizes) != 2
                 or self.output_sizes[0] != self.output_sizes[1] or (lora_mask is not None and self.lora is not None)):
             return None
-        return cuda_linear_silu(x, self.weight, self.bias)
+        use_norm = norm is not None and self.norm_prologue
+        return cuda_linear_fused(x, self.weight, self.bias, norm if use_norm else None, residual, gated=True)
 
 
 class QKVParallelLinear(LinearBase):
@@ -292,8 +290,8 @@ class QKVParallelLinear(LinearBase):
         self.num_heads = _divide(num_heads, self.tp_size, "Total number of attention heads")
         self.kv_head_start, self.num_kv_heads = kv_head_range(num_kv_heads, self.tp_rank, self.tp_size)
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
-        # PAGEDLLM_NORM_QKV, read when the model is built: the input RMSNorm inside the skinny GEMM (norm_and_linear).
-        self.norm_prologue = envs.PAGEDLLM_NORM_QKV
+        # PAGEDLLM_NORM_IN, read when the model is built: the input RMSNorm inside the skinny GEMM (norm_and_linear).
+        self.norm_prologue = envs.PAGEDLLM_NORM_IN >= 1
         super().__init__(hidden_size, self.q_size + 2 * self.kv_size, bias, quant_config, prefix,
                          [self.q_size, self.kv_size, self.kv_size])
 
@@ -329,9 +327,9 @@ class QKVParallelLinear(LinearBase):
     def norm_and_linear(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
                         lora_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(self(norm(x + residual)), x + residual)`` (``x`` alone without ``residual``) for an RMSNorm ``norm``,
-        in one kernel where that applies (PAGEDLLM_NORM_QKV, the GPU skinny GEMM on dense weights, no adapter in
+        in one kernel where that applies (PAGEDLLM_NORM_IN, the GPU skinny GEMM on dense weights, no adapter in
         the step); None elsewhere: the caller runs the norm, then the layer."""
         if (not self.norm_prologue or self.quant_method is not None or not x.is_cuda
                 or (lora_mask is not None and self.lora is not None)):
             return None
-        return cuda_norm_linear(x, residual, norm.weight, norm.eps, self.weight, self.bias)
+        return cuda_linear_fused(x, self.weight, self.bias, norm, residual, gated=False)

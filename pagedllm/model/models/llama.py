@@ -71,9 +71,8 @@ class LlamaMLP(nn.Module):
         # SiLU-and-mul fused into down_proj's skinny GEMM was tried: 7B batch-1 decode 7% slower on an H200, as every
         # program recomputes SiLU over all of K (docs/perf.md). In gate_up's epilogue (PAGEDLLM_GATE_UP_SILU) each
         # output is computed once, by the program that has its gate and up rows.
-        h = self.gate_up_proj.silu_and_mul(x, lora_mask)
-        if h is None:
-            h = self.act(self.gate_up_proj(x, lora_mask))
+        fused = self.gate_up_proj.fused_forward(x, lora_mask)
+        h = fused[0] if fused is not None else self.act(self.gate_up_proj(x, lora_mask))
         return self.down_proj(h, lora_mask)
 
 
@@ -89,7 +88,7 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, positions, hidden, residual, batch):
         fused = self.self_attn.qkv_proj.norm_and_linear(hidden, residual, self.input_layernorm, batch.lora_mask)
-        if fused is not None:       # PAGEDLLM_NORM_QKV: the input norm inside the QKV skinny GEMM
+        if fused is not None:       # PAGEDLLM_NORM_IN: the input norm inside the QKV skinny GEMM
             qkv, residual = fused
             hidden = self.self_attn(positions, None, batch, qkv=qkv)
         else:
@@ -99,6 +98,10 @@ class LlamaDecoderLayer(nn.Module):
             else:
                 hidden, residual = self.input_layernorm(hidden, residual)
             hidden = self.self_attn(positions, hidden, batch)
+        fused = self.mlp.gate_up_proj.fused_forward(hidden, batch.lora_mask, self.post_attention_layernorm, residual)
+        if fused is not None and fused[1] is not None:  # PAGEDLLM_NORM_IN=2: the norm inside gate_up (+ SiLU)
+            act, residual = fused
+            return self.mlp.down_proj(act, batch.lora_mask), residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden, batch.lora_mask), residual
 
