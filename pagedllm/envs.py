@@ -121,6 +121,11 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_PDL": (
         lambda: _flag("PAGEDLLM_PDL", default=True),
         "Default of pdl / --[no-]pdl: programmatic dependent launch of our decode kernels (Hopper+). Default on."),
+    "PAGEDLLM_PDL_EARLY_TRIGGER": (
+        lambda: _flag("PAGEDLLM_PDL_EARLY_TRIGGER", default=False),
+        "1: a PDL kernel lets the next one launch before it waits for its own predecessor, not after (kernels/"
+        "pdl.py), so a dependent may start its constant loads up to two kernels early. Read when kernels/pdl.py is "
+        "imported. Default off until measured on a GPU."),
     "PAGEDLLM_PIECEWISE_GRAPHS": (
         lambda: _flag("PAGEDLLM_PIECEWISE_GRAPHS", default=True),
         "Default of piecewise_cuda_graphs / --[no-]piecewise-cuda-graphs: CUDA graphs for steps with prompt "

@@ -14,13 +14,17 @@
 #        NORM=2: also the post-attention norm inside gate_up (with SILU): the other half; risk: gate_up's 2,240
 #        (1.5B) / 4,736 (7B) batch-1 programs each read the residual and norm weight too (session 3's two-pass
 #        version lost 2% there).
+#   EARLY PAGEDLLM_PDL_EARLY_TRIGGER=1: each PDL kernel lets the next launch before its own wait, not after, so the
+#        next's constant loads (first weight tiles, the decode kernel's first K / V tile) start up to two kernels
+#        early. Prediction: +1-3% at bs1 if the dependents' pre-wait loads are on the critical path; risk: their
+#        traffic slows the running kernel (as session 17's L2 prefetch did).
 #   ONE  route_ab.py onetile-qkv / onetile-qkv-o: batch-1 qkv (and o) read their whole K in one tile before the
 #        PDL wait. Prediction: 1.5B bs1 +2-4% (two post-wait HBM round trips of ~1 us each off qkv and o a layer).
 # PART=1: the GPU tests of F3, SILU and NORM, test_engine_gpu.py and the routing-table test (session 15's fix,
-#   never run); 7B bs1 + latency base (F2) / F3 / F3+SILU+NORM2; 1.5B bs1 base / F3+SILU+NORM2.
+#   never run); 7B bs1 + latency base (F2) / F3 / F3+SILU+NORM2; 1.5B bs1 base / F3+SILU+NORM2 / +EARLY.
 # PART=2: session 16's int4 GEMV l2_ahead (gpu_session16/next.sh PART=4: tests, the M = 1 sweep, AWQ bs1 swept vs
 #   committed).
-# PART=3: the second round, with NORM=1 and SILU alone; 1.5B with ONE(qkv-o).
+# PART=3: the second round, with NORM=1; 1.5B with ONE(qkv-o); 7B with EARLY.
 # PART=4: 7B ShareGPT, F / SILU / NORM as given (default all three) against the base, two rounds (the changes touch
 #   decode steps of up to 16 requests only).
 . benchmarks/gpu_session9/common.sh
@@ -32,7 +36,7 @@ run() {   # run TAG TIMEOUT FUSED SILU NORM VARIANT MODEL WORKLOAD...
     | offline_summary "$tag"
 }
 if [ "${PART:-1}" = 1 ]; then
-PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
+PYTHONPATH=$R timeout 180 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
   tests/gpu/test_triton_attention.py tests/gpu/test_attention_backends_gpu.py tests/gpu/test_engine_gpu.py \
   tests/gpu/test_triton_gemv.py -k "decode_rope or new_key or fused_rope or routing or gated or silu or norm or engine" \
   2>&1 | grep -vE "^\s*$" | cut -c1-300 | tail -40
@@ -41,6 +45,9 @@ run "7b f3" 85 3 0 0 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
 run "7b f3+silu+norm2" 85 3 1 2 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
 run "1.5b base" 45 2 0 0 base qwen2.5-1.5b bs1_128_256
 run "1.5b f3+silu+norm2" 45 3 1 2 base qwen2.5-1.5b bs1_128_256
+export PAGEDLLM_PDL_EARLY_TRIGGER=1
+run "1.5b f3+silu+norm2+early" 45 3 1 2 base qwen2.5-1.5b bs1_128_256
+unset PAGEDLLM_PDL_EARLY_TRIGGER
 fi
 if [ "${PART:-1}" = 2 ]; then
 PART=4 bash benchmarks/gpu_session16/next.sh
@@ -48,12 +55,14 @@ fi
 if [ "${PART:-1}" = 3 ]; then
 run "7b f3+silu+norm2 r2" 85 3 1 2 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
 run "7b f3+silu+norm1" 85 3 1 1 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
-run "7b silu" 85 2 1 0 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
 run "7b base r2" 85 2 0 0 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
 run "1.5b f3+silu+norm2 r2" 45 3 1 2 base qwen2.5-1.5b bs1_128_256
 run "1.5b f3+silu+norm1" 45 3 1 1 base qwen2.5-1.5b bs1_128_256
 run "1.5b base r2" 45 2 0 0 base qwen2.5-1.5b bs1_128_256
 run "1.5b f3+silu+norm2+one-qkv-o" 45 3 1 2 onetile-qkv-o qwen2.5-1.5b bs1_128_256
+export PAGEDLLM_PDL_EARLY_TRIGGER=1
+run "7b f3+silu+norm2+early" 85 3 1 2 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
+unset PAGEDLLM_PDL_EARLY_TRIGGER
 fi
 if [ "${PART:-1}" = 4 ]; then
 run "7b best sharegpt" 70 ${F:-3} ${SILU:-1} ${NORM:-2} base qwen2.5-7b sharegpt_like_1000

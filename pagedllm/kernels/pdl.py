@@ -52,9 +52,20 @@ def pdl_launch_args(device: torch.device) -> dict:
     return {"PDL": True, "launch_pdl": True} if pdl_enabled(device) else {"PDL": False}
 
 
+# PAGEDLLM_PDL_EARLY_TRIGGER: signal the dependents before waiting rather than after. The next kernel still waits
+# for this one to finish (which implies this one's predecessor finished), so the order of every write and read is
+# the same; only how early the next kernel's programs become resident and issue their constant loads changes.
+_EARLY_TRIGGER = tl.constexpr(envs.PAGEDLLM_PDL_EARLY_TRIGGER)
+
+
 @triton.jit
 def pdl_wait(PDL: tl.constexpr):
-    """Wait for the previous kernel (its writes visible), then let the next one launch."""
+    """Wait for the previous kernel (its writes visible), then let the next one launch (PAGEDLLM_PDL_EARLY_TRIGGER:
+    the other way round)."""
     if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+        if _EARLY_TRIGGER:
+            gdc_launch_dependents()
+            gdc_wait()
+        else:
+            gdc_wait()
+            gdc_launch_dependents()
