@@ -266,15 +266,15 @@ class MergedColumnParallelLinear(LinearBase):
 
     def fused_forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None, norm: nn.Module | None = None,
                       residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """``silu(gate) * up`` of this [gate | up] layer's output (PAGEDLLM_GATE_UP_SILU) with, when ``norm`` is
-        given and PAGEDLLM_NORM_IN is 2, the RMSNorm ``norm`` of ``x + residual`` in front (returned second: the
-        next residual; None when the norm is not fused), in one skinny-GEMM kernel where that applies (dense
-        weights, no adapter in the step); None elsewhere: the caller runs the norm, the layer and the activation."""
-        if (not self.silu_epilogue or self.quant_method is not None or not x.is_cuda or len(self.output_sizes) != 2
-                or self.output_sizes[0] != self.output_sizes[1] or (lora_mask is not None and self.lora is not None)):
+        """``silu(gate) * up`` of this [gate | up] layer's output (PAGEDLLM_GATE_UP_SILU), and with ``norm`` (only
+        where PAGEDLLM_NORM_IN is 2) the RMSNorm ``norm`` of ``x + residual`` in front, returned second (the next
+        residual; None without ``norm``), in one skinny-GEMM kernel where that applies (dense weights, no adapter
+        in the step); None elsewhere: the caller runs the norm, the layer and the activation."""
+        if (not self.silu_epilogue or (norm is not None and not self.norm_prologue) or self.quant_method is not None
+                or not x.is_cuda or len(self.output_sizes) != 2 or self.output_sizes[0] != self.output_sizes[1]
+                or (lora_mask is not None and self.lora is not None)):
             return None
-        use_norm = norm is not None and self.norm_prologue
-        return cuda_linear_fused(x, self.weight, self.bias, norm if use_norm else None, residual, gated=True)
+        return cuda_linear_fused(x, self.weight, self.bias, norm, residual, gated=True)
 
 
 class QKVParallelLinear(LinearBase):

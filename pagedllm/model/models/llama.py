@@ -99,7 +99,7 @@ class LlamaDecoderLayer(nn.Module):
                 hidden, residual = self.input_layernorm(hidden, residual)
             hidden = self.self_attn(positions, hidden, batch)
         fused = self.mlp.gate_up_proj.fused_forward(hidden, batch.lora_mask, self.post_attention_layernorm, residual)
-        if fused is not None and fused[1] is not None:  # PAGEDLLM_NORM_IN=2: the norm inside gate_up (+ SiLU)
+        if fused is not None:       # PAGEDLLM_NORM_IN=2: the norm inside gate_up (+ SiLU)
             act, residual = fused
             return self.mlp.down_proj(act, batch.lora_mask), residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
