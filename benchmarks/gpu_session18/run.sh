@@ -25,6 +25,7 @@
 # PART=2: session 16's int4 GEMV l2_ahead (gpu_session16/next.sh PART=4: tests, the M = 1 sweep, AWQ bs1 swept vs
 #   committed).
 # PART=3: the second round, with NORM=1; 1.5B with ONE(qkv-o); 7B with EARLY.
+# PART=5: PART=1 for a short device budget: the tests (150 s), 7B and 1.5B base against F3+SILU+NORM2 only.
 # PART=4: 7B ShareGPT, F / SILU / NORM as given (default all three) against the base, two rounds (the changes touch
 #   decode steps of up to 16 requests only).
 . benchmarks/gpu_session9/common.sh
@@ -69,4 +70,14 @@ run "7b best sharegpt" 70 ${F:-3} ${SILU:-1} ${NORM:-2} base qwen2.5-7b sharegpt
 run "7b base sharegpt" 70 2 0 0 base qwen2.5-7b sharegpt_like_1000
 run "7b best sharegpt r2" 70 ${F:-3} ${SILU:-1} ${NORM:-2} base qwen2.5-7b sharegpt_like_1000
 run "7b base sharegpt r2" 70 2 0 0 base qwen2.5-7b sharegpt_like_1000
+fi
+if [ "${PART:-1}" = 5 ]; then
+PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
+  tests/gpu/test_triton_attention.py tests/gpu/test_attention_backends_gpu.py tests/gpu/test_engine_gpu.py \
+  tests/gpu/test_triton_gemv.py -k "decode_rope or new_key or fused_rope or routing or gated or silu or norm or engine" \
+  2>&1 | grep -vE "^\s*$" | cut -c1-300 | tail -40
+run "7b base" 85 2 0 0 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
+run "7b f3+silu+norm2" 85 3 1 2 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
+run "1.5b base" 45 2 0 0 base qwen2.5-1.5b bs1_128_256
+run "1.5b f3+silu+norm2" 45 3 1 2 base qwen2.5-1.5b bs1_128_256
 fi
