@@ -524,7 +524,10 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, W_SCALE=w_scale_mode, X_FP8=x_fp8,
         X_MASKED=(m < block_m) if x_masked is None else x_masked,
         PREFETCH=cfg.prefetch and not _INTERPRET, LINE=128 // weight.element_size(), GATED=gated,
-        **(norm.kernel_args() if norm is not None else {}), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        # NORM on the dot path pipelines the residual tiles too: 5 stages of 7B's (64, 256) tiles asked for 234 KB
+        # of shared memory (H200, session 18); 3 fit.
+        **(norm.kernel_args() if norm is not None else {}), num_warps=cfg.num_warps,
+        num_stages=min(cfg.num_stages, 3) if norm is not None and use_dot else cfg.num_stages,
         **(pdl_launch_args(x.device) if cfg.pdl else {"PDL": False}))
     return y
 
