@@ -532,6 +532,15 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
     return y
 
 
+def _operands_fit(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y_dtype: torch.dtype) -> bool:
+    """The layout checks every entry point shares: 2-D ``x [M, K]`` and ``weight [N, K]`` on one device, both
+    contiguous, and a contiguous ``[N]`` bias of the output's dtype (dtypes of x / weight: the caller's)."""
+    return (x.dim() == 2 and weight.dim() == 2 and weight.shape[1] == x.shape[1] and x.device == weight.device
+            and x.is_contiguous() and weight.is_contiguous()
+            and (bias is None or (bias.dtype == y_dtype and bias.is_contiguous()
+                                  and bias.shape == (weight.shape[0],))))
+
+
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   weight_scale: torch.Tensor | None = None, x_scale: torch.Tensor | None = None,
                   out_dtype: torch.dtype | None = None) -> torch.Tensor | None:
@@ -555,15 +564,10 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             or weight_scale.numel() not in (1, weight.shape[0]) or not weight_scale.is_contiguous():
         return None
     m, k = x.shape
-    if weight.shape[1] != k or x.device != weight.device:
+    if not _operands_fit(x, weight, bias, x.dtype if x_scale is None else out_dtype):
         return None
     too_many = m > MAX_M if x_scale is None else not w8a8_preferred(m, weight.shape[0], k)
     if too_many:
-        return None
-    if not (x.is_contiguous() and weight.is_contiguous()):
-        return None
-    y_dtype = x.dtype if x_scale is None else out_dtype
-    if bias is not None and (bias.dtype != y_dtype or not bias.is_contiguous() or bias.shape != (weight.shape[0],)):
         return None
     return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k, x_scale is not None),
                                      weight_scale, x_scale, out_dtype)
@@ -584,16 +588,12 @@ def skinny_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     * ``gated`` (``weight`` a fused [gate; up] projection ``[2N, K]``): ``y = silu(gate) * up`` ``[M, N]``, the same
       bits as the GEMM followed by ``triton_ops.silu_and_mul``.
     """
-    if not (x.is_cuda or _INTERPRET) or x.dim() != 2 or weight.dim() != 2 \
-            or x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+    if not (x.is_cuda or _INTERPRET) or x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype \
+            or not _operands_fit(x, weight, bias, x.dtype):
         return None
     m, k = x.shape
     n = weight.shape[0]
-    if (gated and n % 2) or not preferred(m, n, k) or weight.shape[1] != k or x.device != weight.device:
-        return None
-    if not (x.is_contiguous() and weight.is_contiguous()):
-        return None
-    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous() or bias.shape != (n,)):
+    if (gated and n % 2) or not preferred(m, n, k):
         return None
     norm = None
     if norm_weight is not None:
