@@ -271,12 +271,77 @@ def test_gemv_uneven_splits(split_k):
     k, n = (640, 48) if INTERPRET else (3584, 584)
     w = random_packed(k, n, 4, 128 if not INTERPRET else 32, seed=split_k)
     x = _x(1, k, DTYPES[0], seed=split_k)
-    for nsub, prefetch, ahead in ((1, True, 0), (2, False, 0), (2, False, 3)):   # ahead: the L2 prefetch clamps
+    for nsub, prefetch, ahead, half in ((1, True, 0, False), (2, False, 0, False), (2, False, 3, False),
+                                        (2, False, 0, True), (1, True, 0, True)):   # ahead: the L2 prefetch clamps
         cfg = PackedGemvConfig(32 if INTERPRET else 128, 16, nsub, 1 if INTERPRET else 4, prefetch=prefetch,
-                               asm=not INTERPRET, split_k=split_k, l2_ahead=ahead)
+                               asm=not INTERPRET, split_k=split_k, l2_ahead=ahead, half=half, so_tile=half)
         first = packed_matmul_with_config(x, w, None, cfg)
-        _check_gemv(x, w, None, cfg)
+        (_check_half if half else _check_gemv)(x, w, None, cfg)
         torch.testing.assert_close(packed_matmul_with_config(x, w, None, cfg), first, rtol=0, atol=0)
+
+
+# The f16x2 path (half=True) rounds each product and each sum of four to fp16 (2^-11 relative at most, x scaled by a
+# power of two per program so that nothing overflows); the sums of those are fp32 as on the fp32 path.
+HALF_TOL = {torch.bfloat16: 5e-3, torch.float16: 1.5e-3}
+HALF_CONFIGS = ([c._replace(asm=False, block_n=32, num_warps=1) for c in GEMV_CANDIDATES if c.half][:3] if INTERPRET
+                else [c for c in GEMV_CANDIDATES if c.half])
+
+
+def _check_half(x, w, bias, cfg):
+    y = packed_matmul_with_config(x, w, bias, cfg)
+    ref = reference_matmul(x.float(), w, None if bias is None else bias.float())
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    err = rel_err(y, ref)
+    assert err < HALF_TOL[x.dtype], f"{cfg}: relative error {err:.2e}"
+    return y
+
+
+@pytest.mark.parametrize("group", [32, 128, None])
+def test_gemv_half_matches_reference(group):
+    """half=True: every swept f16x2 config against the fp32 reference, odd N with a bias, and x with a wide range:
+    outliers (an activation of 3e4, a thousand times the rest) and values far below the largest (1e-6)."""
+    k = 512 if INTERPRET else 2048
+    group_size = group or k
+    for n in ([40, 37] if INTERPRET else [1536, 1001]):
+        w = random_packed(k, n, 4, group_size, seed=n + group_size + 1)
+        bias = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(DTYPES[0]).to(DEVICE) if n % 2 else None
+        for dtype in DTYPES:
+            x = _x(1, k, dtype, seed=n + 1)
+            wide = x.clone()
+            wide[0, 3] = 3e4
+            wide[0, k // 2 + 1] = -2e4
+            wide[0, 8:40] *= 1e-6
+            for cfg in HALF_CONFIGS:
+                b = None if bias is None else bias.to(dtype)
+                _check_half(x, w, b, cfg)
+                _check_half(wide, w, b, cfg)
+
+
+def test_gemv_half_zero_and_extreme_x():
+    """x all zero gives exactly the bias; x at fp16's largest values (65504) and bf16's (1e38) stays finite and
+    accurate: the per-program power-of-two scale, not a fixed one."""
+    k, n = (256, 40) if INTERPRET else (3584, 584)
+    w = random_packed(k, n, 4, 128 if not INTERPRET else 32, seed=11)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(3)).to(DTYPES[0]).to(DEVICE)
+    cfg = HALF_CONFIGS[0]
+    for dtype in DTYPES:
+        zero = torch.zeros(1, k, dtype=dtype, device=DEVICE)
+        torch.testing.assert_close(packed_matmul_with_config(zero, w, bias.to(dtype), cfg), bias.to(dtype)[None],
+                                   rtol=0, atol=0)
+        big = _x(1, k, torch.float32, seed=5)
+        big = (big / big.abs().max() * (6.0e4 if dtype == torch.float16 else 1e30)).to(dtype)
+        _check_half(big, w, None, cfg)
+
+
+@asm_only
+def test_gemv_half_asm_matches_plain():
+    """The f16x2 PTX against its plain-Triton twin (same roundings, except the twin's a * b + c is two of them)."""
+    w = random_packed(3584, 4608, 4, 128, seed=7)
+    x = _x(1, 3584, torch.bfloat16, seed=7)
+    for cfg in HALF_CONFIGS[:3]:
+        a = _check_half(x, w, None, cfg)
+        b = _check_half(x, w, None, cfg._replace(asm=False))
+        assert rel_err(a, b.float()) < 2e-3
 
 
 @asm_only

@@ -66,6 +66,8 @@ class PackedGemvConfig(NamedTuple):
     xvec: bool = False       # x as one [BLOCK_KP, 8] load split in registers instead of 8 strided loads
     split_k: int = 0         # 0: from the shape (about PROGRAMS_PER_SM programs an SM)
     l2_ahead: int = 0        # > 0: L2 prefetch of the tile that many tiles ahead (no registers held; docstring)
+    half: bool = False       # products and 4-term sums in f16x2 (HFMA2), x scaled by a power of 2 (docstring)
+    so_tile: bool = False    # scales / offsets loaded tile-shaped (no per-tile layout conversion through smem)
 
 
 PROGRAMS_PER_SM = 4
@@ -80,16 +82,18 @@ GEMV_CANDIDATES: list[PackedGemvConfig] = [
     PackedGemvConfig(128, 16, 2, 8),
     PackedGemvConfig(128, 16, 1, 4, prefetch=False),
     PackedGemvConfig(128, 16, 2, 4, xvec=True),
-    PackedGemvConfig(128, 16, 1, 4, split_k=2),
-    PackedGemvConfig(128, 16, 2, 4, split_k=1),
     PackedGemvConfig(128, 16, 2, 4, asm=False),
-    # the L2 prefetch ahead (session 16), on the 7B table's configs
-    PackedGemvConfig(128, 16, 2, 4, prefetch=False, l2_ahead=2),
-    PackedGemvConfig(128, 16, 2, 4, prefetch=False, l2_ahead=4),
-    PackedGemvConfig(128, 16, 2, 4, prefetch=False, l2_ahead=8),
+    # the L2 prefetch ahead (session 16; no gain on an H100 in session 19, kept as one candidate)
     PackedGemvConfig(128, 16, 2, 4, xvec=True, l2_ahead=4),
-    PackedGemvConfig(128, 16, 1, 4, l2_ahead=4),
-    PackedGemvConfig(128, 16, 1, 4, prefetch=False, l2_ahead=4),
+    # f16x2 products (session 19), with the scales loaded tile-shaped, and that load alone on the fp32 path
+    PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True),
+    PackedGemvConfig(128, 16, 1, 4, prefetch=False, half=True, so_tile=True),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True, so_tile=True),
+    PackedGemvConfig(128, 16, 2, 4, half=True, so_tile=True),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True),
+    PackedGemvConfig(128, 16, 2, 8, prefetch=False, half=True, so_tile=True),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True, so_tile=True, split_k=8),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, so_tile=True),
 ]
 
 
@@ -141,6 +145,103 @@ def _row_partial(words, x0, x1, x2, x3, x4, x5, x6, x7, ASM: tl.constexpr):
 
 
 @triton.jit
+def _half_pairs(x0, x1, x2, x3, x4, x5, x6, x7, xscale, ASM: tl.constexpr):
+    """The 8 x values of each packed row, times ``xscale``, as the four f16x2 pairs the half partial multiplies:
+    ``(x0, x4)``, ``(x1 / 16, x5 / 16)``, ``(x2, x6)``, ``(x3 / 16, x7 / 16)`` (the odd fields come out of the word
+    as ``16 q``), each an int32 holding two fp16 (low half first); and the fp32 sum of the scaled values.
+    Scaling by a power of two is exact and bf16 / fp16 values fit fp16's mantissa, so the pairs hold exactly the
+    values the sum adds (x below 2**-14 of the largest excepted: fp16 subnormals)."""
+    xs16 = xscale * 0.0625
+    e0 = x0 * xscale
+    e2 = x2 * xscale
+    e4 = x4 * xscale
+    e6 = x6 * xscale
+    o1 = x1 * xs16
+    o3 = x3 * xs16
+    o5 = x5 * xs16
+    o7 = x7 * xs16
+    # In the partials' units (2**-24: the fields are fp16 subnormals).
+    xsum = (((e0 + e4) + (e2 + e6)) + ((o1 + o5) + (o3 + o7)) * 16.0) * 5.960464477539063e-08
+    return (_pack_f16x2(e0, e4, ASM), _pack_f16x2(o1, o5, ASM), _pack_f16x2(e2, e6, ASM),
+            _pack_f16x2(o3, o7, ASM), xsum)
+
+
+@triton.jit
+def _pack_f16x2(lo, hi, ASM: tl.constexpr):
+    """fp32 ``lo`` and ``hi`` rounded to fp16 and packed in one int32 (``lo`` in bits 0-15): one F2FP with ASM."""
+    if ASM:
+        return tl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $1, $2;", "=r,f,f", [hi, lo], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    lo_bits = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi_bits = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) << 16
+    return lo_bits | hi_bits
+
+
+@triton.jit
+def _half_lane(words, pair, FIELD: tl.constexpr, SHIFT: tl.constexpr):
+    """The plain-Triton twin of one f16x2 step of ``_row_partial_half``'s PTX (the interpreter's path): the two
+    fields ``FIELD`` of ``words >> SHIFT`` as fp16 subnormals (``q 2**-24``, ``16 q 2**-24`` for the upper nibble of
+    a byte) times their x halves."""
+    w = words >> SHIFT
+    lo_q = (w & FIELD).to(tl.float16) * 5.960464477539063e-08
+    hi_q = ((w >> 16) & FIELD).to(tl.float16) * 5.960464477539063e-08
+    lo_x = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+    hi_x = ((pair >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+    return lo_q * lo_x, hi_q * hi_x
+
+
+@triton.jit
+def _row_partial_half(words, p0, p1, p2, p3, ASM: tl.constexpr):
+    """``2**-24 sum_j q_j x_j`` per word with the products and the sums of four in f16x2, returned in fp32.
+
+    ``w & 0x000F000F`` is two fp16 subnormals, ``q0 2**-24`` and ``q4 2**-24``, exactly (``w & 0x00F000F0``: 16 times
+    ``q1``, ``q5``, whose x halves are pre-divided by 16), so one LOP3 and one HFMA2 take two weights: fields 2, 3,
+    6, 7 after one shift of the word by 8. About 1.5 instructions a weight against the fp32 path's 4.5. x is scaled
+    so that its largest value is in [2**14, 2**15): the products stay normal fp16 down to x 2**-5 of the largest
+    (below that their error is at most 2**-25, 2**-20 of the largest product), and sums of four stay below 0.25."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .b32 t, a, w8;
+            .reg .b16 l, h;
+            .reg .f32 fl, fh;
+            and.b32 t, $1, 0x000F000F;
+            mul.rn.f16x2 a, t, $2;
+            and.b32 t, $1, 0x00F000F0;
+            fma.rn.f16x2 a, t, $3, a;
+            shr.u32 w8, $1, 8;
+            and.b32 t, w8, 0x000F000F;
+            fma.rn.f16x2 a, t, $4, a;
+            and.b32 t, w8, 0x00F000F0;
+            fma.rn.f16x2 a, t, $5, a;
+            mov.b32 {l, h}, a;
+            cvt.f32.f16 fl, l;
+            cvt.f32.f16 fh, h;
+            add.f32 $0, fl, fh;
+            }""",
+            "=f,r,r,r,r,r", [words, p0, p1, p2, p3], dtype=tl.float32, is_pure=True, pack=1)
+    lo0, hi0 = _half_lane(words, p0, 0x000F, 0)
+    lo1, hi1 = _half_lane(words, p1, 0x00F0, 0)
+    lo2, hi2 = _half_lane(words, p2, 0x000F, 8)
+    lo3, hi3 = _half_lane(words, p3, 0x00F0, 8)
+    lo = ((lo0 + lo1) + lo2) + lo3
+    hi = ((hi0 + hi1) + hi2) + hi3
+    return lo.to(tl.float32) + hi.to(tl.float32)
+
+
+@triton.jit
+def _x_scale(X, kp_start, kp_end, XBLOCK: tl.constexpr):
+    """A power of two that puts the largest ``|x|`` of the split's K range in [2**14, 2**15): the half path's x
+    scale, exact (x's fp16 copies keep their bits), below fp16's 65504 even before the odd fields' division by 16."""
+    offs = kp_start * 8 + tl.arange(0, XBLOCK)
+    xv = tl.load(X + offs, mask=offs < kp_end * 8, other=0.0).to(tl.float32)
+    m = tl.max(tl.abs(xv), axis=0)
+    e = (m.to(tl.int32, bitcast=True) >> 23) & 0xFF              # biased exponent of the largest |x| (0: all 0)
+    scale_e = tl.minimum(tl.maximum(127 + 14 - (e - 127), 1), 254)
+    return (scale_e << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _x_values(X, rows, XVEC: tl.constexpr, BLOCK_KP: tl.constexpr):
     """The 8 x values of each packed row ``rows`` ([BLOCK_KP]) as 8 fp32 vectors."""
     if XVEC:
@@ -166,20 +267,26 @@ def _x_values(X, rows, XVEC: tl.constexpr, BLOCK_KP: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(QW, S, O, rows, g, cols, rmask, nmask, N, EVEN_N: tl.constexpr, MASK_ROWS: tl.constexpr):
+def _load_tile(QW, S, O, rows, g, cols, rmask, nmask, N, EVEN_N: tl.constexpr, MASK_ROWS: tl.constexpr,
+               SO_TILE: tl.constexpr = False):
     """Words ``[BLOCK_KP, BLOCK_N]`` of packed rows ``rows`` and the scale/offset row of group ``g`` (fp32).
-    Masked rows (``MASK_ROWS``) read as 0 words with 0 scale and offset: they add nothing."""
-    ptrs = QW + rows.to(tl.int64)[:, None] * N + cols[None, :]
+    Masked rows (``MASK_ROWS``) read as 0 words with 0 scale and offset: they add nothing. With ``SO_TILE`` the
+    scale and offset come as ``[BLOCK_KP, BLOCK_N]`` (each row the group's row again, from L1): loaded in the words'
+    layout, they need no shared-memory layout conversion (two barriers each) every tile."""
+    if SO_TILE:
+        cols = cols[None, :] + 0 * rows[:, None]
+        nmask = nmask[None, :] & (rows[:, None] >= 0)
+    ptrs = QW + rows.to(tl.int64)[:, None] * N + (cols if SO_TILE else cols[None, :])
     if MASK_ROWS:
         if EVEN_N:
             words = tl.load(ptrs, mask=rmask[:, None], other=0)
         else:
-            words = tl.load(ptrs, mask=rmask[:, None] & nmask[None, :], other=0)
+            words = tl.load(ptrs, mask=rmask[:, None] & (nmask if SO_TILE else nmask[None, :]), other=0)
     else:
         if EVEN_N:
             words = tl.load(ptrs)
         else:
-            words = tl.load(ptrs, mask=nmask[None, :], other=0)
+            words = tl.load(ptrs, mask=nmask if SO_TILE else nmask[None, :], other=0)
     if EVEN_N:
         s = tl.load(S + g * N + cols)
         o = tl.load(O + g * N + cols)
@@ -215,7 +322,8 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
                         GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
                         SPLIT_K: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, XVEC: tl.constexpr,
                         NSUB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr, PDL: tl.constexpr,
-                        L2_AHEAD: tl.constexpr = 0):
+                        L2_AHEAD: tl.constexpr = 0, HALF: tl.constexpr = False, XBLOCK: tl.constexpr = 1,
+                        SO_TILE: tl.constexpr = False):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cols_a = pid_n * (BLOCK_N * NSUB) + tl.arange(0, BLOCK_N)
@@ -232,14 +340,16 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
     if PREFETCH:
         rows = kp_start + offs_kp
         nxt_a, ns_a, no_a = _load_tile(QW, S, O, rows, kp_start // GROUP_KP, cols_a, rows < kp_end, nmask_a, N,
-                                       EVEN_N, not EVEN_K)
+                                       EVEN_N, not EVEN_K, SO_TILE)
         if NSUB == 2:
             nxt_b, ns_b, no_b = _load_tile(QW, S, O, rows, kp_start // GROUP_KP, cols_b, rows < kp_end, nmask_b,
-                                           N, EVEN_N, not EVEN_K)
+                                           N, EVEN_N, not EVEN_K, SO_TILE)
     if L2_AHEAD > 0:
         for t in tl.static_range(L2_AHEAD):
             _l2_prefetch_tile(QW, kp_start + t * BLOCK_KP, kp_start, kp_end, pid_n, N, NSUB, BLOCK_N, BLOCK_KP)
     pdl_wait(PDL)
+    if HALF:
+        xscale = _x_scale(X, kp_start, kp_end, XBLOCK)
     # Uniform trip count; a split that ends at KP (uneven splits, EVEN_K off) masks the tiles past it.
     for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
         kp0 = kp_start + kp_rel
@@ -254,17 +364,17 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
             nrows = rows + BLOCK_KP
             g_next = tl.minimum(kp0 + BLOCK_KP, KP - 1) // GROUP_KP
             nxt_a, ns_a, no_a = _load_tile(QW, S, O, nrows, g_next, cols_a, nrows < kp_end, nmask_a, N, EVEN_N,
-                                           True)
+                                           True, SO_TILE)
             if NSUB == 2:
                 nxt_b, ns_b, no_b = _load_tile(QW, S, O, nrows, g_next, cols_b, nrows < kp_end, nmask_b, N,
-                                               EVEN_N, True)
+                                               EVEN_N, True, SO_TILE)
         else:
             g = tl.minimum(kp0, KP - 1) // GROUP_KP
             words_a, s_a, o_a = _load_tile(QW, S, O, rows, g, cols_a, rows < kp_end, nmask_a, N, EVEN_N,
-                                           not EVEN_K)
+                                           not EVEN_K, SO_TILE)
             if NSUB == 2:
                 words_b, s_b, o_b = _load_tile(QW, S, O, rows, g, cols_b, rows < kp_end, nmask_b, N, EVEN_N,
-                                               not EVEN_K)
+                                               not EVEN_K, SO_TILE)
         s_a = s_a.to(tl.float32)
         o_a = o_a.to(tl.float32)
         if not EVEN_K:    # a tile wholly past K (the last split of uneven splits) adds nothing
@@ -274,19 +384,36 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
         else:
             xrows = rows
         x0, x1, x2, x3, x4, x5, x6, x7 = _x_values(X, xrows, XVEC, BLOCK_KP)
-        xsum = (((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)))[:, None]
-        part_a = _row_partial(words_a, x0, x1, x2, x3, x4, x5, x6, x7, ASM)
-        acc_a = tl.fma(xsum, o_a[None, :], tl.fma(part_a, s_a[None, :], acc_a))
+        if HALF:
+            p0, p1, p2, p3, xsum = _half_pairs(x0, x1, x2, x3, x4, x5, x6, x7, xscale, ASM)
+            p0, p1, p2, p3, xsum = p0[:, None], p1[:, None], p2[:, None], p3[:, None], xsum[:, None]
+            part_a = _row_partial_half(words_a, p0, p1, p2, p3, ASM)
+        else:
+            xsum = (((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)))[:, None]
+            part_a = _row_partial(words_a, x0, x1, x2, x3, x4, x5, x6, x7, ASM)
+        if not SO_TILE:
+            s_a = s_a[None, :]
+            o_a = o_a[None, :]
+        acc_a = tl.fma(xsum, o_a, tl.fma(part_a, s_a, acc_a))
         if NSUB == 2:
             s_b = s_b.to(tl.float32)
             o_b = o_b.to(tl.float32)
             if not EVEN_K:
                 s_b = tl.where(kp0 < kp_end, s_b, 0.0)
                 o_b = tl.where(kp0 < kp_end, o_b, 0.0)
-            part_b = _row_partial(words_b, x0, x1, x2, x3, x4, x5, x6, x7, ASM)
-            acc_b = tl.fma(xsum, o_b[None, :], tl.fma(part_b, s_b[None, :], acc_b))
+            if HALF:
+                part_b = _row_partial_half(words_b, p0, p1, p2, p3, ASM)
+            else:
+                part_b = _row_partial(words_b, x0, x1, x2, x3, x4, x5, x6, x7, ASM)
+            if not SO_TILE:
+                s_b = s_b[None, :]
+                o_b = o_b[None, :]
+            acc_b = tl.fma(xsum, o_b, tl.fma(part_b, s_b, acc_b))
     y_a = tl.sum(acc_a, axis=0)
     y_b = tl.sum(acc_b, axis=0)
+    if HALF:    # back from x's scale and the fields' 2**-24 (powers of two: exact), before the splits are summed
+        y_a = y_a * (16777216.0 / xscale)
+        y_b = y_b * (16777216.0 / xscale)
     if SPLIT_K > 1:
         # As triton_gemv: partial tiles to the workspace, the last program of a column tile to arrive sums them in
         # split order, writes y and resets the tile's counter for the next launch (or graph replay).
@@ -344,8 +471,9 @@ def make_plan(n: int, k: int, group_size: int, has_bias: bool, num_sms: int, cfg
     constexprs = dict(GROUP=group_size, HAS_BIAS=has_bias, EVEN_N=n % tile_n == 0,
                       EVEN_K=k_tiles % tiles_per_split == 0, SPLIT_K=split_k, ASM=cfg.asm and not _INTERPRET,
                       PREFETCH=cfg.prefetch, XVEC=cfg.xvec, NSUB=cfg.nsub, BLOCK_N=cfg.block_n,
-                      BLOCK_KP=block_kp, L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead, num_warps=cfg.num_warps,
-                      num_stages=1)
+                      BLOCK_KP=block_kp, L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead, HALF=cfg.half, SO_TILE=cfg.so_tile,
+                      XBLOCK=triton.next_power_of_2(tiles_per_split * block_kp * 8) if cfg.half else 1,
+                      num_warps=cfg.num_warps, num_stages=1)
     return GemvPlan((grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * tile_n, constexprs)
 
 
@@ -360,7 +488,8 @@ def launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: Ge
         if buffers is None:         # inside a CUDA-graph capture that would need a bigger workspace: no split
             cfg = PackedGemvConfig(constexprs["BLOCK_N"], constexprs["BLOCK_KP"], constexprs["NSUB"],
                              constexprs["num_warps"], constexprs["PREFETCH"], constexprs["ASM"], constexprs["XVEC"],
-                             split_k=1, l2_ahead=constexprs["L2_AHEAD"])
+                             split_k=1, l2_ahead=constexprs["L2_AHEAD"], half=constexprs["HALF"],
+                                   so_tile=constexprs["SO_TILE"])
             return launch(x, w, bias, make_plan(n, x.shape[1], w.group_size, bias is not None, 1, cfg))
         ws, locks = buffers
     _packed_gemv_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, bias if bias is not None else y, y, ws, locks,

@@ -1,0 +1,29 @@
+#!/bin/bash
+# Session 19 (one H100 or H200 lent; compare only within one call). Carry [".whl", ".bench"].
+# The int4 batch-1 GEMV with f16x2 products (PackedGemvConfig.half, kernels/quant/triton_packed_gemv.py): the K loop
+# counted offline for sm_90 (benchmarks/kernels/sass_count.py) at 2.5-3.0 instructions a weight against the fp32
+# path's 4.3-5.0, 62-80 registers against 128-255. Prediction (H100, where gate_up ran at 1.7 TB/s, issue-bound):
+# gate_up 39.9 -> ~28-30 us, down 24.4 -> ~18-20, qkv / o ~7.5 -> ~6.5; AWQ 7B bs1 336 -> ~390-410 tok/s (H100).
+# PART=1 (~6 min): the GEMV tests (the half ones new), then the M = 1 sweep of GEMV_CANDIDATES on the four 7B shapes,
+#   saving the best table to $OUT/m1_table.py.
+# PART=2 (~5 min): AWQ 7B bs1 with the table in benchmarks/gpu_session19/m1_table.py (PART=1's, copied in) against
+#   the committed one, alternating, two rounds.
+. benchmarks/gpu_session9/common.sh
+exec > >(tee $OUT/run19_${PART:-1}.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
+if [ "${PART:-1}" = 1 ]; then
+PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
+  tests/gpu/test_quant_packed_kernels.py -k "gemv or m1" 2>&1 | grep -vE "^\s*$" | cut -c1-300 | tail -25
+PYTHONPATH=$R timeout 260 python3 benchmarks/quant_kernels.py --gemv --deadline 220 --save-m1-table $OUT/m1_table.py \
+  2>&1 | grep -v "^$" | tail -90
+fi
+if [ "${PART:-1}" = 2 ]; then
+cp pagedllm/kernels/quant/triton_packed.py /tmp/triton_packed_committed.py
+for round in 1 2; do
+  python3 benchmarks/quant_kernels.py --apply-m1-table benchmarks/gpu_session19/m1_table.py
+  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 65 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq swept r$round"
+  cp /tmp/triton_packed_committed.py pagedllm/kernels/quant/triton_packed.py
+  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 65 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq committed r$round"
+done
+fi
