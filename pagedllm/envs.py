@@ -141,14 +141,6 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "(kernels/triton_gemv.py: bf16 up to 16 rows where it beat cuBLAS, FP8 weights with per-token fp8 "
         "activations up to 128 rows where that beat torch._scaled_mm); 1: batch 1 only, as before session 10 (an "
         "A/B switch, read when the model code is imported). Default 128."),
-    "PAGEDLLM_NORM_IN": (
-        lambda: _int_at_least("PAGEDLLM_NORM_IN", 0, 0, maximum=2),
-        "Where a GPU decoder layer's projections take the Triton skinny GEMM (decode steps of up to 16 requests): "
-        "1: the residual add and input RMSNorm run inside the QKV projection's kernel; 2: also the post-attention "
-        "norm inside gate_up's (with PAGEDLLM_GATE_UP_SILU=1). kernels/triton_gemv.skinny_linear_fused: one pass "
-        "over K, equal up to rounding, one kernel a layer less each. Read when the model is built. Default 0: measured "
-        "slower on an H200 (session 18: 7B latency 8x1024x1024 4.447 -> 4.615 s with 1; 1.5B bs1 801 -> 786 with 1 "
-        "on top of the SiLU epilogue)."),
     "PAGEDLLM_GATE_UP_SILU": (
         lambda: _flag("PAGEDLLM_GATE_UP_SILU", default=True),
         "1: where a GPU MLP's gate_up projection takes the Triton skinny GEMM (decode steps of up to 16 requests), "

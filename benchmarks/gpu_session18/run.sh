@@ -1,4 +1,5 @@
 #!/bin/bash
+# PAGEDLLM_NORM_IN was removed after this session (kept below as run; the variable is now ignored): docs/perf.md, session 18.
 # Session 18 (NVIDIA H200 lent, 1,800 device seconds). Carry [".whl", ".bench"]; each PART's timeouts add up to
 # under the 600 s a call. Three changes, all off by default until measured here:
 #   F3   PAGEDLLM_DECODE_ROPE_FUSED=3: the step's new key / value join the decode softmax from registers, so every

@@ -54,14 +54,7 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
                         stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr,
                         SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PDL: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr, X_MASKED: tl.constexpr,
-                        PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64, GATED: tl.constexpr = False,
-                        Res=None, ResOut=None, NormW=None, eps=0.0, stride_rm=0, stride_rom=0,
-                        NORM: tl.constexpr = 0):
-    # NORM (skinny_linear_fused with a norm): x is the layer's input before its RMSNorm, and the kernel computes
-    # rmsnorm(x') @ W^T with x' = x + Res (NORM 2; program 0 stores x' to ResOut, the next residual) or x' = x
-    # (NORM 1). One pass over K: each program sums x'^2 as it streams x' * norm_weight into the products and
-    # scales its outputs by 1 / rms at the end, so the norm adds no step to the chain after the PDL wait (the
-    # session-3 version re-read the row first). SPLIT_K is 1 (every program sees all of K).
+                        PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64, GATED: tl.constexpr = False):
     # GATED (skinny_linear_fused, gated): W is a fused [gate; up] projection of 2N rows and the output is
     # silu(x W_gate^T) * (x W_up^T), N wide: each program's tile interleaves gate row j and up row j (j in its
     # BLOCK_N / 2 outputs), so the epilogue pairs them in registers. The SiLU-and-mul kernel (and its launch, its
@@ -106,10 +99,6 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
         mmask = offs_m[:, None] < M
         x_ptrs = X + xrows[:, None] * stride_xm + (k_start + offs_k)[None, :]
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        if NORM:
-            r_ptrs = Res + xrows[:, None] * stride_rm + offs_k[None, :]
-            ro_ptrs = ResOut + xrows[:, None] * stride_rom + offs_k[None, :]
-            ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             if EVEN_K:
                 w = tl.load(w_ptrs)
@@ -132,18 +121,9 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
             else:
                 if W_SCALE != 0:
                     w = w.to(x.dtype)
-                if NORM:
-                    xg, sq = _norm_in(x, r_ptrs, ro_ptrs, NormW + k0 + offs_k, (offs_k[None, :] < k_end - k0) & mmask,
-                                      offs_k < k_end - k0, pid_n == 0, NORM)
-                    ss += tl.sum(sq, 1)
-                    x = xg.to(x.dtype)
-                    r_ptrs += BLOCK_K
-                    ro_ptrs += BLOCK_K
                 acc = tl.dot(w, tl.trans(x), acc)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
-        if NORM:
-            acc = acc * (1.0 / tl.sqrt(ss / K + eps))[None, :]
         tile_offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + offs_m[None, :]
         TILE: tl.constexpr = BLOCK_N * BLOCK_M
     else:
@@ -151,15 +131,6 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
         x_ptrs = X + k_start + offs_k
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         k_first = k_start
-        ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        if NORM:
-            r_ptrs = Res + offs_k
-            ro_ptrs = ResOut + offs_k
-            g_ptrs = NormW + offs_k
-        else:                       # unused
-            r_ptrs = x_ptrs
-            ro_ptrs = x_ptrs
-            g_ptrs = x_ptrs
         if PDL:
             # Launched early (pdl.py): W is constant, so the first tile is read while the previous kernel, which
             # writes x, is still running. Masked: a split may hold less than one tile (or none).
@@ -169,12 +140,9 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
                 _l2_prefetch_rows(W, rows, stride_wn, k_start + BLOCK_K, k_end, BLOCK_N, LINE)
             pdl_wait(PDL)
             x = tl.load(x_ptrs, mask=kmask, other=0.0)
-            acc2, ss = _fma_tile(acc2, ss, w, x, r_ptrs, ro_ptrs, g_ptrs, kmask, pid_n == 0, NORM)
+            acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
-            r_ptrs += BLOCK_K
-            ro_ptrs += BLOCK_K
-            g_ptrs += BLOCK_K
             k_first = k_start + BLOCK_K
         for k0 in range(k_first, k_end, BLOCK_K):
             if EVEN_K:
@@ -184,15 +152,10 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
                 kmask = offs_k < k_end - k0
                 w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
                 x = tl.load(x_ptrs, mask=kmask, other=0.0)
-            acc2, ss = _fma_tile(acc2, ss, w, x, r_ptrs, ro_ptrs, g_ptrs, offs_k < k_end - k0, pid_n == 0, NORM)
+            acc2 += w.to(tl.float32) * x.to(tl.float32)[None, :]
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
-            r_ptrs += BLOCK_K
-            ro_ptrs += BLOCK_K
-            g_ptrs += BLOCK_K
         acc = tl.sum(acc2, axis=1)
-        if NORM:
-            acc = acc * (1.0 / tl.sqrt(tl.sum(ss, 0) / K + eps))
         tile_offs = tl.arange(0, BLOCK_N)
         TILE: tl.constexpr = BLOCK_N
 
@@ -213,32 +176,6 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
     else:
         _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE,
                   X_FP8, GATED, BLOCK_N)
-
-
-@triton.jit
-def _fma_tile(acc2, ss, w, x, r_ptrs, ro_ptrs, g_ptrs, kmask, store_res, NORM: tl.constexpr):
-    """The batch-1 path's step: ``acc2 += w * x`` in fp32 (with NORM, x as _norm_in gives it, its squares added
-    to ``ss``)."""
-    if NORM:
-        xf, sq = _norm_in(x, r_ptrs, ro_ptrs, g_ptrs, kmask, kmask, store_res, NORM)
-        ss += sq
-    else:
-        xf = x.to(tl.float32)
-    return acc2 + w.to(tl.float32) * xf[None, :], ss
-
-
-@triton.jit
-def _norm_in(x, r_ptrs, ro_ptrs, g_ptrs, mask, kmask, store_res, NORM: tl.constexpr):
-    """NORM: the x tile as the norm sees it (NORM 2: plus the residual tile, rounded to x's dtype as the residual
-    stream is stored, and stored to ResOut by ``store_res``), times the norm weight, in fp32; and its squares."""
-    if NORM == 2:
-        r = tl.load(r_ptrs, mask=mask, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-        if store_res:
-            tl.store(ro_ptrs, x, mask=mask)
-    xf = x.to(tl.float32)
-    g = tl.load(g_ptrs, mask=kmask, other=0.0).to(tl.float32)
-    return xf * g, xf * xf      # g [BLOCK_K] broadcasts over a dot tile's rows
 
 
 @triton.jit
@@ -306,22 +243,6 @@ def _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS
             acc = _silu_mul_pairs(acc, Y, BLOCK_N, BLOCK_M, USE_DOT)
             offs_n = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=offs_n < N)
-
-
-class NormIn(NamedTuple):
-    """The RMSNorm in front of a skinny GEMM (``NORM``): its weight and eps, the residual added first (None: none)
-    and where the sum goes (the next residual, ``[M, K]``)."""
-    weight: torch.Tensor
-    eps: float
-    residual: torch.Tensor | None
-    residual_out: torch.Tensor | None
-
-    def kernel_args(self) -> dict:
-        res = self.residual if self.residual is not None else self.weight
-        out = self.residual_out if self.residual_out is not None else self.weight
-        return dict(Res=res, ResOut=out, NormW=self.weight, eps=self.eps,
-                    stride_rm=res.stride(0) if res.dim() == 2 else 0, stride_rom=out.stride(0) if out.dim() == 2 else 0,
-                    NORM=1 if self.residual is None else 2)
 
 
 class GemvConfig(NamedTuple):
@@ -474,16 +395,14 @@ def _workspace(device: torch.device, ws_elems: int, n_locks: int) -> tuple[torch
 def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                               cfg: GemvConfig, weight_scale: torch.Tensor | None = None,
                               x_scale: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-                              x_masked: bool | None = None, gated: bool = False,
-                              norm: "NormIn | None" = None) -> torch.Tensor:
+                              x_masked: bool | None = None, gated: bool = False) -> torch.Tensor:
     """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous;
     ``weight_scale`` (fp32, one value or one per row of ``weight``) when ``weight`` is fp8; ``x_scale`` (fp32, one
     per row of ``x``) when ``x`` is fp8 too (W8A8 on the tensor cores, the dot path at any M; the output is
     ``out_dtype``). The dot path takes up to ``W8A8_MAX_M`` rows here (benchmarks); ``skinny_linear`` routes at
     most ``MAX_M`` of bf16/fp16 ``x``. ``x_masked`` (benchmarks) overrides how rows past M are treated (default:
     masked below the row tile's size). ``gated``: ``weight`` is a fused [gate; up] projection (2N rows) and the
-    result is ``silu(x W_gate^T + b_gate) * (x W_up^T + b_up)`` ``[M, N]``. ``norm``: ``x`` is
-    the input of an RMSNorm whose output the GEMM takes (split-K is not used)."""
+    result is ``silu(x W_gate^T + b_gate) * (x W_up^T + b_up)`` ``[M, N]``."""
     m, k = x.shape
     if m > W8A8_MAX_M:
         raise ValueError(f"the skinny GEMM takes at most {W8A8_MAX_M} rows, got {m}")
@@ -506,7 +425,7 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
     block_m = max(MAX_M, triton.next_power_of_2(m))
     block_k = cfg.block_k
     grid_n = triton.cdiv(n, block_n // 2 if gated else block_n)
-    split_k = 1 if norm is not None else max(1, min(cfg.split_k, triton.cdiv(k, block_k)))
+    split_k = max(1, min(cfg.split_k, triton.cdiv(k, block_k)))
     ws = locks = weight                                  # unused unless split_k > 1
     if split_k > 1:
         buffers = _workspace(x.device, split_k * grid_n * block_n * (block_m if use_dot else 1), grid_n)
@@ -524,10 +443,7 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, W_SCALE=w_scale_mode, X_FP8=x_fp8,
         X_MASKED=(m < block_m) if x_masked is None else x_masked,
         PREFETCH=cfg.prefetch and not _INTERPRET, LINE=128 // weight.element_size(), GATED=gated,
-        # NORM on the dot path pipelines the residual tiles too: 5 stages of 7B's (64, 256) tiles asked for 234 KB
-        # of shared memory (H200, session 18); 3 fit.
-        **(norm.kernel_args() if norm is not None else {}), num_warps=cfg.num_warps,
-        num_stages=min(cfg.num_stages, 3) if norm is not None and use_dot else cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **(pdl_launch_args(x.device) if cfg.pdl else {"PDL": False}))
     return y
 
@@ -574,17 +490,12 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def skinny_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                        norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-                        residual: torch.Tensor | None = None, gated: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+                        gated: bool = False) -> tuple[torch.Tensor, None] | None:
     """``F.linear`` with the ops around it that a decoder layer runs at decode, in one kernel, or None where the
     skinny GEMM would not take ``F.linear(x, weight, bias)`` (same routing and config: the table's entry of
-    ``weight``'s shape). Returns ``(y, next_residual)``:
+    ``weight``'s shape). Returns ``(y, None)`` (the second slot held the next residual of the norm prologue,
+    PAGEDLLM_NORM_IN, tried in session 18 and removed; kept so callers unpack as before):
 
-    * ``norm_weight`` (an RMSNorm in front): ``y = F.linear(rms_norm(x + residual) * norm_weight, weight, bias)``
-      and ``next_residual = x + residual`` (``x`` itself without ``residual``); equal to ``triton_ops.rms_norm``
-      then the GEMM up to rounding (the normalised row is not rounded to ``x``'s dtype before the products). Without
-      it ``next_residual`` is None.
     * ``gated`` (``weight`` a fused [gate; up] projection ``[2N, K]``): ``y = silu(gate) * up`` ``[M, N]``, the same
       bits as the GEMM followed by ``triton_ops.silu_and_mul``.
     """
@@ -595,15 +506,4 @@ def skinny_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     n = weight.shape[0]
     if (gated and n % 2) or not preferred(m, n, k):
         return None
-    norm = None
-    if norm_weight is not None:
-        if not norm_weight.is_contiguous() or norm_weight.shape != (k,) or norm_weight.dtype != x.dtype:
-            return None
-        if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
-                                     or not residual.is_contiguous()):
-            return None
-        norm = NormIn(norm_weight, eps, residual, torch.empty_like(x) if residual is not None else None)
-    y = skinny_linear_with_config(x, weight, bias, get_config(m, n, k), gated=gated, norm=norm)
-    if norm is None:
-        return y, None
-    return y, (norm.residual_out if residual is not None else x)
+    return skinny_linear_with_config(x, weight, bias, get_config(m, n, k), gated=gated), None

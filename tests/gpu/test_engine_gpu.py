@@ -136,21 +136,6 @@ def test_gate_up_silu_epilogue_gives_the_same_tokens(model_dir, prompts, monkeyp
             assert _generate(model_dir, batch, dtype="bfloat16", enforce_eager=eager) == base
 
 
-@pytest.mark.parametrize("norm_in", ["1", "2"])
-def test_norm_prologue_stays_hf_greedy(model_dir, prompts, hf_model, monkeypatch, norm_in):
-    """PAGEDLLM_NORM_IN=1 (residual add + input RMSNorm inside the QKV skinny GEMM at decode, equal up to rounding)
-    and 2 (also the post-attention norm inside gate_up with its SiLU epilogue) keep every token HF fp32's greedy
-    choice up to a near-tie, with CUDA graphs and eagerly, for one request alone (batch-1 steps: the FMA path) and
-    the whole batch; and with the new key from registers (PAGEDLLM_DECODE_ROPE_FUSED=3) too."""
-    monkeypatch.setenv("PAGEDLLM_NORM_IN", norm_in)
-    monkeypatch.setenv("PAGEDLLM_GATE_UP_SILU", "1")
-    for eager in (False, True):
-        for batch in (prompts[:1], prompts):
-            assert_greedy_under_hf(hf_model, batch, _generate(model_dir, batch, dtype="bfloat16", enforce_eager=eager))
-    monkeypatch.setenv("PAGEDLLM_DECODE_ROPE_FUSED", "3")
-    assert_greedy_under_hf(hf_model, prompts[:1], _generate(model_dir, prompts[:1], dtype="bfloat16"))
-
-
 def test_bf16_chunked_prefill_and_prefix_cache(model_dir, prompts, hf_model):
     """Chunked prefill and prefix-cache hits (extend kernel over a cached prefix) stay HF-greedy too."""
     chunked = _generate(model_dir, prompts, dtype="bfloat16", max_num_batched_tokens=32)

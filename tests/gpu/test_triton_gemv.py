@@ -153,57 +153,6 @@ def test_skinny_linear_fused_gated_routes_as_skinny_linear():
         skinny_linear_with_config(x, w[:-1].contiguous(), None, GemvConfig(8, 512, 4, 1, False), gated=True)
 
 
-# ------------------------------------------------------------------- residual add + RMSNorm inside the GEMM
-@pytest.mark.parametrize("n,k,bias", GATED_SHAPES)
-@pytest.mark.parametrize("cfg", GATED_CFGS, ids=str)
-@pytest.mark.parametrize("with_residual", [True, False], ids=["add-norm", "norm"])
-def test_norm_in_equals_rms_norm_then_linear(n, k, bias, cfg, with_residual):
-    """norm= (PAGEDLLM_NORM_IN): rmsnorm(x + residual) @ W^T in one kernel is as close to the fp32 formula as
-    triton_ops.rms_norm followed by the GEMM, for the FMA path (a split-K config runs unsplit) and the dot path,
-    with and without residual and bias; the residual it stores is rms_norm's, bit for bit."""
-    from pagedllm.kernels.triton_ops import rms_norm
-    dtype = DTYPES[0]
-    for m in ((1, 3, 16) if cfg.use_dot else (1,)):
-        x, w, b = _inputs(m, n, k, bias, dtype, seed=6)
-        g = torch.Generator().manual_seed(m + n)
-        res = torch.randn(m, k, generator=g).to(dtype).to(DEVICE) if with_residual else None
-        nw = (torch.rand(k, generator=g) + 0.5).to(dtype).to(DEVICE)
-        res_out = torch.empty_like(x) if with_residual else None
-        out = skinny_linear_with_config(x, w, b, cfg, norm=triton_gemv.NormIn(nw, 1e-6, res, res_out))
-        normed, new_res = rms_norm(x, nw, 1e-6, res)
-        unfused = skinny_linear_with_config(normed, w, b, cfg)
-        h = (x.float() + res.float()).to(dtype).float() if with_residual else x.float()
-        exact = _ref((h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * nw.float()), w, b)
-        assert out.shape == (m, n) and out.dtype == dtype
-        assert rel_err(out, exact) <= max(1.5 * rel_err(unfused, exact), 2e-3), (m, cfg)
-        if with_residual:
-            assert torch.equal(res_out, new_res)
-
-
-def test_skinny_linear_fused_norm_routes_as_skinny_linear():
-    """skinny_linear_fused(norm_weight=...) returns (y, next residual) wherever skinny_linear would take the GEMM
-    (the residual is x itself without one), None elsewhere: more rows than routed, fp32, a norm weight of another
-    length; norm and gated together equal the norm then the gated GEMM."""
-    from pagedllm.kernels.triton_gemv import skinny_linear_fused
-    from pagedllm.kernels.triton_ops import rms_norm
-    n, k = (2048, 1536) if not INTERPRET else (1002, 300)
-    x, w, b = _inputs(1, n, k, True, DTYPES[0], seed=7)
-    nw = torch.ones(k, dtype=DTYPES[0], device=DEVICE)
-    y, res = skinny_linear_fused(x, w, b, norm_weight=nw, eps=1e-6)
-    assert res is x and y.shape == (1, n)
-    y2, res2 = skinny_linear_fused(x, w, b, norm_weight=nw, eps=1e-6, residual=x.clone())
-    assert torch.equal(res2, (x.float() * 2).to(x.dtype))
-    both, res3 = skinny_linear_fused(x, w, b, norm_weight=nw, eps=1e-6, residual=x.clone(), gated=True)
-    normed, _ = rms_norm(x, nw, 1e-6, x.clone())
-    gated, _ = skinny_linear_fused(normed, w, b, gated=True)
-    assert torch.equal(res3, res2) and both.shape == (1, n // 2)
-    assert rel_err(both, gated) < 1e-2
-    x17 = torch.randn(17, k).to(DTYPES[0]).to(DEVICE)
-    assert skinny_linear_fused(x17, w, b, norm_weight=nw, eps=1e-6) is None                 # M > 16
-    assert skinny_linear_fused(x.float(), w.float(), None, norm_weight=nw.float(), eps=1e-6) is None
-    assert skinny_linear_fused(x, w, b, norm_weight=nw[:-1].contiguous(), eps=1e-6) is None
-
-
 def test_empty():
     x = torch.randn(0, 64).to(DTYPES[0]).to(DEVICE)
     w = torch.randn(32, 64).to(DTYPES[0]).to(DEVICE)

@@ -41,16 +41,15 @@ def cuda_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return F.linear(x, weight, bias)
 
 
-def cuda_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.Module | None,
-                      residual: torch.Tensor | None, gated: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """``cuda_linear`` with the RMSNorm ``norm`` (+ ``residual``) in front and / or SiLU-and-mul after (``gated``) in
-    one skinny-GEMM kernel (triton_gemv.skinny_linear_fused: returns the output and, with ``norm``, the next
-    residual) where ``cuda_linear`` would take the skinny GEMM; None elsewhere."""
+def cuda_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      gated: bool) -> tuple[torch.Tensor, None] | None:
+    """``cuda_linear`` with SiLU-and-mul after it (``gated``) in one skinny-GEMM kernel
+    (triton_gemv.skinny_linear_fused: returns ``(output, None)``) where ``cuda_linear`` would take the skinny GEMM;
+    None elsewhere."""
     if not _use_skinny(x, weight):
         return None
     from pagedllm.kernels.triton_gemv import skinny_linear_fused
-    return skinny_linear_fused(x, weight, bias, norm_weight=None if norm is None else norm.weight,
-                               eps=0.0 if norm is None else norm.eps, residual=residual, gated=gated)
+    return skinny_linear_fused(x, weight, bias, gated=gated)
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
@@ -240,10 +239,8 @@ class MergedColumnParallelLinear(LinearBase):
         self.full_output_sizes = list(output_sizes)
         self.output_sizes = [_divide(n, self.tp_size, "Output size") for n in output_sizes]
         super().__init__(input_size, sum(self.output_sizes), bias, quant_config, prefix, self.output_sizes)
-        # PAGEDLLM_GATE_UP_SILU / PAGEDLLM_NORM_IN (2), read when the model is built: silu_and_mul in the skinny
-        # GEMM's epilogue, the post-attention norm in its prologue (fused_forward).
+        # PAGEDLLM_GATE_UP_SILU, read when the model is built: silu_and_mul in the skinny GEMM's epilogue.
         self.silu_epilogue = envs.PAGEDLLM_GATE_UP_SILU
-        self.norm_prologue = envs.PAGEDLLM_NORM_IN >= 2
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor, shard_id: int | None = None) -> None:
         dim, pack = _output_dim(param), _output_pack(param)
@@ -264,17 +261,15 @@ class MergedColumnParallelLinear(LinearBase):
     def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
         return a, shard_of(b, 0, self.tp_rank, self.output_sizes[shard_id], self.tp_size)
 
-    def fused_forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None, norm: nn.Module | None = None,
-                      residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """``silu(gate) * up`` of this [gate | up] layer's output (PAGEDLLM_GATE_UP_SILU), and with ``norm`` (only
-        where PAGEDLLM_NORM_IN is 2) the RMSNorm ``norm`` of ``x + residual`` in front, returned second (the next
-        residual; None without ``norm``), in one skinny-GEMM kernel where that applies (dense weights, no adapter
-        in the step); None elsewhere: the caller runs the norm, the layer and the activation."""
-        if (not self.silu_epilogue or (norm is not None and not self.norm_prologue) or self.quant_method is not None
-                or not x.is_cuda or len(self.output_sizes) != 2 or self.output_sizes[0] != self.output_sizes[1]
-                or (lora_mask is not None and self.lora is not None)):
+    def fused_forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, None] | None:
+        """``(silu(gate) * up, None)`` of this [gate | up] layer's output (PAGEDLLM_GATE_UP_SILU) in one skinny-GEMM
+        kernel where that applies (dense weights, no adapter in the step); None elsewhere: the caller runs the layer
+        and the activation."""
+        if (not self.silu_epilogue or self.quant_method is not None or not x.is_cuda or len(self.output_sizes) != 2
+                or self.output_sizes[0] != self.output_sizes[1] or (lora_mask is not None and self.lora is not None)):
             return None
-        return cuda_linear_fused(x, self.weight, self.bias, norm, residual, gated=True)
+        return cuda_linear_fused(x, self.weight, self.bias, gated=True)
 
 
 class QKVParallelLinear(LinearBase):
@@ -290,8 +285,6 @@ class QKVParallelLinear(LinearBase):
         self.num_heads = _divide(num_heads, self.tp_size, "Total number of attention heads")
         self.kv_head_start, self.num_kv_heads = kv_head_range(num_kv_heads, self.tp_rank, self.tp_size)
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
-        # PAGEDLLM_NORM_IN, read when the model is built: the input RMSNorm inside the skinny GEMM (norm_and_linear).
-        self.norm_prologue = envs.PAGEDLLM_NORM_IN >= 1
         super().__init__(hidden_size, self.q_size + 2 * self.kv_size, bias, quant_config, prefix,
                          [self.q_size, self.kv_size, self.kv_size])
 
@@ -323,13 +316,3 @@ class QKVParallelLinear(LinearBase):
         # This rank's KV head(s), replicated when there are fewer KV heads than ranks (as the weight).
         return a, shard_of(b, 0, self.kv_head_start // self.num_kv_heads, self.kv_size,
                            self.total_num_kv_heads // self.num_kv_heads)
-
-    def norm_and_linear(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
-                        lora_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(self(norm(x + residual)), x + residual)`` (``x`` alone without ``residual``) for an RMSNorm ``norm``,
-        in one kernel where that applies (PAGEDLLM_NORM_IN, the GPU skinny GEMM on dense weights, no adapter in
-        the step); None elsewhere: the caller runs the norm, then the layer."""
-        if (not self.norm_prologue or self.quant_method is not None or not x.is_cuda
-                or (lora_mask is not None and self.lora is not None)):
-            return None
-        return cuda_linear_fused(x, self.weight, self.bias, norm, residual, gated=False)

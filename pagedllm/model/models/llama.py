@@ -44,11 +44,8 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads, layer_idx)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor | None, batch: ForwardBatch,
-                qkv: torch.Tensor | None = None) -> torch.Tensor:
-        """``qkv``: the QKV projection already computed (by the decoder layer's fused norm + QKV kernel)."""
-        if qkv is None:
-            qkv = self.qkv_proj(hidden, batch.lora_mask)
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden, batch.lora_mask)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -87,21 +84,12 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, positions, hidden, residual, batch):
-        fused = self.self_attn.qkv_proj.norm_and_linear(hidden, residual, self.input_layernorm, batch.lora_mask)
-        if fused is not None:       # PAGEDLLM_NORM_IN: the input norm inside the QKV skinny GEMM
-            qkv, residual = fused
-            hidden = self.self_attn(positions, None, batch, qkv=qkv)
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
         else:
-            if residual is None:
-                residual = hidden
-                hidden = self.input_layernorm(hidden)
-            else:
-                hidden, residual = self.input_layernorm(hidden, residual)
-            hidden = self.self_attn(positions, hidden, batch)
-        fused = self.mlp.gate_up_proj.fused_forward(hidden, batch.lora_mask, self.post_attention_layernorm, residual)
-        if fused is not None:       # PAGEDLLM_NORM_IN=2: the norm inside gate_up (+ SiLU)
-            act, residual = fused
-            return self.mlp.down_proj(act, batch.lora_mask), residual
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, batch)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden, batch.lora_mask), residual
 
