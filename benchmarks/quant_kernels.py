@@ -165,9 +165,13 @@ def apply_m1_table(path: str) -> None:
     print(f"M1_TABLE in {os.path.normpath(target)} replaced from {path}")
 
 
-def run_gemv_sweep(group: int, deadline: float, save: str | None) -> None:
-    """M = 1, 4-bit: the batch-1 kernel's candidates against the current path, checked, then timed."""
+def run_gemv_sweep(group: int, deadline: float, save: str | None, shapes: list[str] | None = None,
+                   candidates: str | None = None) -> None:
+    """M = 1, 4-bit: the batch-1 kernel's candidates (``GEMV_CANDIDATES``, or the Python list expression
+    ``candidates`` over ``PackedGemvConfig``) against the current path, checked, then timed."""
     from pagedllm.kernels.quant import triton_packed_gemv as gemv
+    configs = (eval(candidates, {"PackedGemvConfig": gemv.PackedGemvConfig}) if candidates  # noqa: S307 - a CLI list
+               else gemv.GEMV_CANDIDATES)
     from pagedllm.kernels.quant.packed import reference_matmul
     t_end = time.time() + deadline
     bits = 4
@@ -178,6 +182,8 @@ def run_gemv_sweep(group: int, deadline: float, save: str | None) -> None:
     print(f"{'shape':<8}{'N':>7}{'K':>7} | {'variant':<64} | {'us':>8}{'TB/s':>7} | {'vs old':>10}", flush=True)
     # Biggest first: gate_up and down are 86% of a layer's M = 1 matmul time, so a deadline cuts the small ones.
     for name, (n, k) in sorted(SHAPES.items(), key=lambda item: -item[1][0] * item[1][1]):
+        if shapes and name not in shapes:
+            continue
         if time.time() > t_end:
             print(f"gemv: deadline reached before {name}", flush=True)
             break
@@ -186,7 +192,7 @@ def run_gemv_sweep(group: int, deadline: float, save: str | None) -> None:
         ref = reference_matmul(case.x.float(), w0)
         # "old": the decode kernel's measured M = 1 choice (what ran before the batch-1 kernel)
         old = tp._TABLE.get((n, k, bits), {}).get(1, tp._DEFAULTS[(1, bits)])
-        cands = [("old", old)] + [("gemv", c) for c in gemv.GEMV_CANDIDATES]
+        cands = [("old", old)] + [("gemv", c) for c in configs]
         t_cur = None
         best = None
         for label, cfg in cands:
@@ -263,6 +269,9 @@ def main() -> None:
     ap.add_argument("--gemv", action="store_true", help="M = 1 4-bit: sweep triton_packed_gemv's configs only")
     ap.add_argument("--save-m1-table", default=None, help="with --gemv: write the chosen M1_TABLE block here")
     ap.add_argument("--apply-m1-table", default=None, help="put a saved M1_TABLE block into triton_packed.py")
+    ap.add_argument("--shapes", default=None, help="with --gemv: the 7B shapes to sweep (e.g. gate_up,down)")
+    ap.add_argument("--candidates", default=None,
+                    help="with --gemv: a Python list of PackedGemvConfig(...) to sweep instead of GEMV_CANDIDATES")
     args = ap.parse_args()
     if args.apply_m1_table:
         apply_m1_table(args.apply_m1_table)
@@ -272,7 +281,8 @@ def main() -> None:
     ms = [int(v) for v in args.ms.split(",")]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     if args.gemv:
-        run_gemv_sweep(args.group, args.deadline, args.save_m1_table)
+        run_gemv_sweep(args.group, args.deadline, args.save_m1_table,
+                       args.shapes.split(",") if args.shapes else None, args.candidates)
         return
     check_correct(args.bits, args.group)
     if args.sweep:

@@ -6,6 +6,10 @@
 # gate_up 39.9 -> ~28-30 us, down 24.4 -> ~18-20, qkv / o ~7.5 -> ~6.5; AWQ 7B bs1 336 -> ~390-410 tok/s (H100).
 # PART=1 (~6 min): the GEMV tests (the half ones new), then the M = 1 sweep of GEMV_CANDIDATES on the four 7B shapes,
 #   saving the best table to $OUT/m1_table.py.
+# PART=3 (~3 min): around PART=1's winners (gate_up: nsub 1 + prefetch + half + so_tile, 34.8 us; down: nsub 2, no
+#   prefetch, half, 22.7 us): more split-K programs (down runs 224 programs on 132 SMs by the default rule, and the
+#   half path's 62-95 registers leave room for more), xvec, 256-column sub-tiles, 8-row tiles. Prediction: down
+#   -> ~20 us with split 24-32; gate_up within 5%.
 # PART=2 (~5 min): AWQ 7B bs1 with the table in benchmarks/gpu_session19/m1_table.py (PART=1's, copied in) against
 #   the committed one, alternating, two rounds.
 . benchmarks/gpu_session9/common.sh
@@ -17,6 +21,16 @@ PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --t
   tests/gpu/test_quant_packed_kernels.py -k "gemv or m1" 2>&1 | grep -vE "^\s*$" | cut -c1-300 | tail -25
 PYTHONPATH=$R timeout 260 python3 benchmarks/quant_kernels.py --gemv --deadline 220 --save-m1-table $OUT/m1_table.py \
   2>&1 | grep -v "^$" | tail -90
+fi
+if [ "${PART:-1}" = 3 ]; then
+C='[PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True), PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True, split_k=3),
+PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True, split_k=4), PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True, xvec=True),
+PackedGemvConfig(128, 16, 1, 4, half=True), PackedGemvConfig(128, 8, 1, 4, half=True, so_tile=True),
+PackedGemvConfig(256, 16, 1, 4, half=True, so_tile=True), PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True),
+PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True, split_k=24), PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True, split_k=32),
+PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True, split_k=32), PackedGemvConfig(128, 16, 2, 4, half=True, split_k=24)]'
+PYTHONPATH=$R timeout 200 python3 benchmarks/quant_kernels.py --gemv --deadline 170 --shapes gate_up,down --candidates "$C" \
+  2>&1 | grep -v "^$" | tail -40
 fi
 if [ "${PART:-1}" = 2 ]; then
 cp pagedllm/kernels/quant/triton_packed.py /tmp/triton_packed_committed.py
