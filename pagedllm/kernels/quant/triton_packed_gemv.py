@@ -27,6 +27,17 @@ This kernel is built for the count:
   line of the tile ``L2_AHEAD`` tiles ahead (the first ``L2_AHEAD`` before the PDL wait), so more bytes are in
   flight per SM than the register double-buffer holds (the 7B configs run at 1.5-2.0 TB/s, session 7, with
   ``prefetch`` off where its 255 registers did not pay) and the demand loads find their lines in L2.
+* **f16x2 products** (``HALF``, session 19): ``w & 0x000F000F`` *is* two fp16 subnormals, ``q 2**-24`` exactly
+  (``w & 0x00F000F0``: ``16 q 2**-24``, against x halves pre-divided by 16), so one LOP3 and one HFMA2 take two
+  weights and the sums of four are fp16; each word's two halves go to fp32 (two HADD2.F32 and an FADD) before the
+  group scale. x is scaled by a power of two per program (its split's largest ``|x|`` to [2**14, 2**15): exact, no
+  overflow, products normal down to 2**-5 of the largest) and the result scaled back. 2.5-3.4 instructions a weight
+  (SASS, sm_90) against 4.3-5.0; error ~6e-4 of the output's norm against the fp32 path's output rounding
+  (tests: ``HALF_TOL``). The scale pass costs a dependent x load after the PDL wait, so the short-K-per-program
+  shapes (qkv, o) stay on the fp32 path (measured: docs/perf.md, session 19).
+* **Scales tile-shaped** (``SO_TILE``): the group's scale / offset row loaded as ``[BLOCK_KP, BLOCK_N]`` (the same
+  row per packed row, from L1) in the words' layout, instead of a ``[BLOCK_N]`` vector that Triton converts
+  through shared memory (two barriers each) every tile.
 * **Split-K** sized for a few programs per SM; partials reduced in the same kernel by the last program of a column
   tile to arrive (``triton_gemv``'s workspace and counters: no memset, no second kernel, deterministic).
 
