@@ -6,10 +6,12 @@
 # gate_up 39.9 -> ~28-30 us, down 24.4 -> ~18-20, qkv / o ~7.5 -> ~6.5; AWQ 7B bs1 336 -> ~390-410 tok/s (H100).
 # PART=1 (~6 min): the GEMV tests (the half ones new), then the M = 1 sweep of GEMV_CANDIDATES on the four 7B shapes,
 #   saving the best table to $OUT/m1_table.py.
-# PART=3 (~3 min): around PART=1's winners (gate_up: nsub 1 + prefetch + half + so_tile, 34.8 us; down: nsub 2, no
+# PART=3 (~8 min): around PART=1's winners (gate_up: nsub 1 + prefetch + half + so_tile, 34.8 us; down: nsub 2, no
 #   prefetch, half, 22.7 us): more split-K programs (down runs 224 programs on 132 SMs by the default rule, and the
-#   half path's 62-95 registers leave room for more), xvec, 256-column sub-tiles, 8-row tiles. Prediction: down
-#   -> ~20 us with split 24-32; gate_up within 5%.
+#   half path's 62-95 registers leave room for more), xvec, 256-column sub-tiles; and half=2 (a scale per packed
+#   row, no pass over x before the loop) on all four shapes; then AWQ bs1 with that sweep's table against the
+#   committed one (8f159bc's), alternating. Prediction: down -> ~20 us with split 24-32; gate_up within 5%; qkv / o
+#   with half=2 ~7.8 / 7.4 -> ~6.5-7; AWQ bs1 +3-5%.
 # PART=2 (~5 min): AWQ 7B bs1 with the table in benchmarks/gpu_session19/m1_table.py (PART=1's, copied in) against
 #   the committed one, alternating, two rounds.
 . benchmarks/gpu_session9/common.sh
@@ -23,14 +25,23 @@ PYTHONPATH=$R timeout 260 python3 benchmarks/quant_kernels.py --gemv --deadline 
   2>&1 | grep -v "^$" | tail -90
 fi
 if [ "${PART:-1}" = 3 ]; then
-C='[PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True), PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True, split_k=3),
-PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True, split_k=4), PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True, xvec=True),
-PackedGemvConfig(128, 16, 1, 4, half=True), PackedGemvConfig(128, 8, 1, 4, half=True, so_tile=True),
-PackedGemvConfig(256, 16, 1, 4, half=True, so_tile=True), PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True),
-PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True, split_k=24), PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True, split_k=32),
-PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True, split_k=32), PackedGemvConfig(128, 16, 2, 4, half=True, split_k=24)]'
-PYTHONPATH=$R timeout 200 python3 benchmarks/quant_kernels.py --gemv --deadline 170 --shapes gate_up,down --candidates "$C" \
-  2>&1 | grep -v "^$" | tail -40
+C='[PackedGemvConfig(128, 16, 1, 4, half=1, so_tile=True), PackedGemvConfig(128, 16, 1, 4, half=1, so_tile=True, split_k=3),
+PackedGemvConfig(128, 16, 1, 4, half=1, so_tile=True, split_k=4), PackedGemvConfig(128, 16, 1, 4, half=1, so_tile=True, xvec=True),
+PackedGemvConfig(256, 16, 1, 4, half=1, so_tile=True), PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1),
+PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1, split_k=24), PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1, split_k=32),
+PackedGemvConfig(128, 16, 1, 4, half=1, so_tile=True, split_k=32), PackedGemvConfig(128, 16, 1, 4, half=2, so_tile=True),
+PackedGemvConfig(128, 16, 1, 4, prefetch=False, half=2, so_tile=True), PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=2),
+PackedGemvConfig(128, 16, 1, 4, half=2, so_tile=True, split_k=4), PackedGemvConfig(128, 16, 1, 4, half=2),
+PackedGemvConfig(128, 16, 1, 4), PackedGemvConfig(128, 16, 2, 4, xvec=True, l2_ahead=4)]'
+PYTHONPATH=$R timeout 250 python3 benchmarks/quant_kernels.py --gemv --deadline 215 --candidates "$C" \
+  --save-m1-table $OUT/m1_table_b.py 2>&1 | grep -v "^$" | tail -80
+cp pagedllm/kernels/quant/triton_packed.py /tmp/triton_packed_committed.py
+for round in 1 2; do
+  python3 benchmarks/quant_kernels.py --apply-m1-table $OUT/m1_table_b.py
+  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq swept-b r$round"
+  cp /tmp/triton_packed_committed.py pagedllm/kernels/quant/triton_packed.py
+  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq committed r$round"
+done
 fi
 if [ "${PART:-1}" = 2 ]; then
 cp pagedllm/kernels/quant/triton_packed.py /tmp/triton_packed_committed.py

@@ -272,7 +272,7 @@ def test_gemv_uneven_splits(split_k):
     w = random_packed(k, n, 4, 128 if not INTERPRET else 32, seed=split_k)
     x = _x(1, k, DTYPES[0], seed=split_k)
     for nsub, prefetch, ahead, half in ((1, True, 0, False), (2, False, 0, False), (2, False, 3, False),
-                                        (2, False, 0, True), (1, True, 0, True)):   # ahead: the L2 prefetch clamps
+                                        (2, False, 0, 1), (1, True, 0, 1), (2, False, 0, 2)):   # ahead: L2 prefetch
         cfg = PackedGemvConfig(32 if INTERPRET else 128, 16, nsub, 1 if INTERPRET else 4, prefetch=prefetch,
                                asm=not INTERPRET, split_k=split_k, l2_ahead=ahead, half=half, so_tile=half)
         first = packed_matmul_with_config(x, w, None, cfg)
@@ -283,8 +283,11 @@ def test_gemv_uneven_splits(split_k):
 # The f16x2 path (half=True) rounds each product and each sum of four to fp16 (2^-11 relative at most, x scaled by a
 # power of two per program so that nothing overflows); the sums of those are fp32 as on the fp32 path.
 HALF_TOL = {torch.bfloat16: 5e-3, torch.float16: 1.5e-3}
-HALF_CONFIGS = ([c._replace(asm=False, block_n=32, num_warps=1) for c in GEMV_CANDIDATES if c.half][:3] if INTERPRET
-                else [c for c in GEMV_CANDIDATES if c.half])
+HALF_CONFIGS = [c for c in GEMV_CANDIDATES if c.half]
+if INTERPRET:     # one and two sub-tiles of each scale mode (per program, per packed row)
+    HALF_CONFIGS = [c._replace(asm=False, block_n=32, num_warps=1)
+                    for c in [next(c for c in HALF_CONFIGS if c.half == h and c.nsub == nsub)
+                              for h in (1, 2) for nsub in (1, 2)]]
 
 
 def _check_half(x, w, bias, cfg):
@@ -318,13 +321,12 @@ def test_gemv_half_matches_reference(group):
 
 
 def test_gemv_half_zero_and_extreme_x():
-    """x all zero gives exactly the bias; x at fp16's largest values (65504) and bf16's (1e38) stays finite and
-    accurate: the per-program power-of-two scale, not a fixed one."""
+    """x all zero gives exactly the bias; x up to fp16's largest values (65504), and bf16 x up to 1e30, stays finite
+    and accurate: the power-of-two scale follows x (per program and per packed row), it is not a fixed one."""
     k, n = (256, 40) if INTERPRET else (3584, 584)
     w = random_packed(k, n, 4, 128 if not INTERPRET else 32, seed=11)
     bias = torch.randn(n, generator=torch.Generator().manual_seed(3)).to(DTYPES[0]).to(DEVICE)
-    cfg = HALF_CONFIGS[0]
-    for dtype in DTYPES:
+    for cfg, dtype in [(c, d) for c in (HALF_CONFIGS[0], HALF_CONFIGS[-1]) for d in DTYPES]:
         zero = torch.zeros(1, k, dtype=dtype, device=DEVICE)
         torch.testing.assert_close(packed_matmul_with_config(zero, w, bias.to(dtype), cfg), bias.to(dtype)[None],
                                    rtol=0, atol=0)
@@ -338,7 +340,7 @@ def test_gemv_half_asm_matches_plain():
     """The f16x2 PTX against its plain-Triton twin (same roundings, except the twin's a * b + c is two of them)."""
     w = random_packed(3584, 4608, 4, 128, seed=7)
     x = _x(1, 3584, torch.bfloat16, seed=7)
-    for cfg in HALF_CONFIGS[:3]:
+    for cfg in [next(c for c in HALF_CONFIGS if c.half == h and c.nsub == nsub) for h in (1, 2) for nsub in (1, 2)]:
         a = _check_half(x, w, None, cfg)
         b = _check_half(x, w, None, cfg._replace(asm=False))
         assert rel_err(a, b.float()) < 2e-3
@@ -387,6 +389,8 @@ def test_gemv_rejects_bad_configs():
         packed_matmul_with_config(_x(1, 256, DTYPES[0], seed=0), w, None, PackedGemvConfig())
     with pytest.raises(ValueError, match="nsub must be 1 or 2"):
         triton_packed_gemv.make_plan(32, 256, 32, False, 4, PackedGemvConfig(nsub=3))
+    with pytest.raises(ValueError, match="half must be 0, 1"):
+        triton_packed_gemv.make_plan(32, 256, 32, False, 4, PackedGemvConfig(half=3))
 
 
 @big_only

@@ -33,8 +33,10 @@ This kernel is built for the count:
   group scale. x is scaled by a power of two per program (its split's largest ``|x|`` to [2**14, 2**15): exact, no
   overflow, products normal down to 2**-5 of the largest) and the result scaled back. 2.5-3.4 instructions a weight
   (SASS, sm_90) against 4.3-5.0; error ~6e-4 of the output's norm against the fp32 path's output rounding
-  (tests: ``HALF_TOL``). The scale pass costs a dependent x load after the PDL wait, so the short-K-per-program
-  shapes (qkv, o) stay on the fp32 path (measured: docs/perf.md, session 19).
+  (tests: ``HALF_TOL``). The scale pass costs a dependent x load after the PDL wait, which the short-K-per-program
+  shapes (qkv, o) could not hide (docs/perf.md, session 19); ``half=2`` scales each packed row by its own 8 values
+  instead (no pass; ~8 more instructions a row, one FMUL a word folding ``2**24 / scale`` into the group scale),
+  with rows whose largest ``|x|`` exceeds 2**117 out of range (inf).
 * **Scales tile-shaped** (``SO_TILE``): the group's scale / offset row loaded as ``[BLOCK_KP, BLOCK_N]`` (the same
   row per packed row, from L1) in the words' layout, instead of a ``[BLOCK_N]`` vector that Triton converts
   through shared memory (two barriers each) every tile.
@@ -77,7 +79,7 @@ class PackedGemvConfig(NamedTuple):
     xvec: bool = False       # x as one [BLOCK_KP, 8] load split in registers instead of 8 strided loads
     split_k: int = 0         # 0: from the shape (about PROGRAMS_PER_SM programs an SM)
     l2_ahead: int = 0        # > 0: L2 prefetch of the tile that many tiles ahead (no registers held; docstring)
-    half: bool = False       # products and 4-term sums in f16x2 (HFMA2), x scaled by a power of 2 (docstring)
+    half: int = 0            # f16x2 products (HFMA2), x scaled by a power of 2: 1 per program, 2 per packed row
     so_tile: bool = False    # scales / offsets loaded tile-shaped (no per-tile layout conversion through smem)
 
 
@@ -105,6 +107,10 @@ GEMV_CANDIDATES: list[PackedGemvConfig] = [
     PackedGemvConfig(128, 16, 2, 8, prefetch=False, half=True, so_tile=True),
     PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True, so_tile=True, split_k=8),
     PackedGemvConfig(128, 16, 2, 4, prefetch=False, so_tile=True),
+    # a scale per packed row (no pass over x before the loop): for the short-K-per-program shapes
+    PackedGemvConfig(128, 16, 1, 4, half=2, so_tile=True),
+    PackedGemvConfig(128, 16, 1, 4, prefetch=False, half=2, so_tile=True),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=2),
 ]
 
 
@@ -241,15 +247,28 @@ def _row_partial_half(words, p0, p1, p2, p3, ASM: tl.constexpr):
 
 
 @triton.jit
+def _pow2_scale(m, MIN_E: tl.constexpr):
+    """``(s, 1 / s)``: powers of two with ``m * s`` in [2**14, 2**15) for ``m >= 0`` (fp32), from ``m``'s exponent
+    bits (``m = 0``: the largest). ``s``'s biased exponent is kept in [MIN_E, 253], so that ``1 / s`` (and, with
+    MIN_E = 25, ``2**24 / s``) is a normal fp32."""
+    e = (m.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    se = tl.minimum(tl.maximum(127 + 14 - (e - 127), MIN_E), 253)
+    return (se << 23).to(tl.float32, bitcast=True), ((254 - se) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _x_scale(X, kp_start, kp_end, XBLOCK: tl.constexpr):
-    """A power of two that puts the largest ``|x|`` of the split's K range in [2**14, 2**15): the half path's x
-    scale, exact (x's fp16 copies keep their bits), below fp16's 65504 even before the odd fields' division by 16."""
+    """``_pow2_scale`` of the largest ``|x|`` of the split's K range (``HALF == 1``): exact (x's fp16 copies keep
+    their bits), below fp16's 65504 even before the odd fields' division by 16."""
     offs = kp_start * 8 + tl.arange(0, XBLOCK)
     xv = tl.load(X + offs, mask=offs < kp_end * 8, other=0.0).to(tl.float32)
-    m = tl.max(tl.abs(xv), axis=0)
-    e = (m.to(tl.int32, bitcast=True) >> 23) & 0xFF              # biased exponent of the largest |x| (0: all 0)
-    scale_e = tl.minimum(tl.maximum(127 + 14 - (e - 127), 1), 254)
-    return (scale_e << 23).to(tl.float32, bitcast=True)
+    return _pow2_scale(tl.max(tl.abs(xv), axis=0), 1)
+
+
+@triton.jit
+def _row_max(x0, x1, x2, x3, x4, x5, x6, x7):
+    return tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3))),
+                      tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)), tl.maximum(tl.abs(x6), tl.abs(x7))))
 
 
 @triton.jit
@@ -333,7 +352,7 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
                         GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
                         SPLIT_K: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, XVEC: tl.constexpr,
                         NSUB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr, PDL: tl.constexpr,
-                        L2_AHEAD: tl.constexpr = 0, HALF: tl.constexpr = False, XBLOCK: tl.constexpr = 1,
+                        L2_AHEAD: tl.constexpr = 0, HALF: tl.constexpr = 0, XBLOCK: tl.constexpr = 1,
                         SO_TILE: tl.constexpr = False):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -359,8 +378,8 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
         for t in tl.static_range(L2_AHEAD):
             _l2_prefetch_tile(QW, kp_start + t * BLOCK_KP, kp_start, kp_end, pid_n, N, NSUB, BLOCK_N, BLOCK_KP)
     pdl_wait(PDL)
-    if HALF:
-        xscale = _x_scale(X, kp_start, kp_end, XBLOCK)
+    if HALF == 1:
+        xscale, xinv = _x_scale(X, kp_start, kp_end, XBLOCK)
     # Uniform trip count; a split that ends at KP (uneven splits, EVEN_K off) masks the tiles past it.
     for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
         kp0 = kp_start + kp_rel
@@ -395,6 +414,8 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
         else:
             xrows = rows
         x0, x1, x2, x3, x4, x5, x6, x7 = _x_values(X, xrows, XVEC, BLOCK_KP)
+        if HALF == 2:     # a scale per packed row, from its own 8 values: no pass over x before the loop
+            xscale, xinv = _pow2_scale(_row_max(x0, x1, x2, x3, x4, x5, x6, x7), 25)
         if HALF:
             p0, p1, p2, p3, xsum = _half_pairs(x0, x1, x2, x3, x4, x5, x6, x7, xscale, ASM)
             p0, p1, p2, p3, xsum = p0[:, None], p1[:, None], p2[:, None], p3[:, None], xsum[:, None]
@@ -405,6 +426,10 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
         if not SO_TILE:
             s_a = s_a[None, :]
             o_a = o_a[None, :]
+        if HALF == 2:     # back to x's units per row (powers of two: exact)
+            unscale = (xinv * 16777216.0)[:, None]
+            xsum = xsum * unscale
+            s_a = s_a * unscale
         acc_a = tl.fma(xsum, o_a, tl.fma(part_a, s_a, acc_a))
         if NSUB == 2:
             s_b = s_b.to(tl.float32)
@@ -419,12 +444,14 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
             if not SO_TILE:
                 s_b = s_b[None, :]
                 o_b = o_b[None, :]
+            if HALF == 2:
+                s_b = s_b * unscale
             acc_b = tl.fma(xsum, o_b, tl.fma(part_b, s_b, acc_b))
     y_a = tl.sum(acc_a, axis=0)
     y_b = tl.sum(acc_b, axis=0)
-    if HALF:    # back from x's scale and the fields' 2**-24 (powers of two: exact), before the splits are summed
-        y_a = y_a * (16777216.0 / xscale)
-        y_b = y_b * (16777216.0 / xscale)
+    if HALF == 1:    # back from x's scale and the fields' 2**-24 (powers of two: exact), before the splits are summed
+        y_a = (y_a * 16777216.0) * xinv
+        y_b = (y_b * 16777216.0) * xinv
     if SPLIT_K > 1:
         # As triton_gemv: partial tiles to the workspace, the last program of a column tile to arrive sums them in
         # split order, writes y and resets the tile's counter for the next launch (or graph replay).
@@ -465,6 +492,8 @@ def make_plan(n: int, k: int, group_size: int, has_bias: bool, num_sms: int, cfg
     """Launch parameters for ``x [1, k]`` against a 4-bit packed ``[k // 8, n]`` weight with ``group_size``."""
     if group_size % 8 or k % group_size:
         raise ValueError(f"group_size ({group_size}) must be a multiple of 8 that divides K ({k})")
+    if cfg.half not in (0, 1, 2):
+        raise ValueError(f"half must be 0, 1 (a scale per program) or 2 (per packed row), got {cfg.half}")
     if cfg.nsub not in (1, 2):
         raise ValueError(f"nsub must be 1 or 2, got {cfg.nsub}")
     kp = k // 8
@@ -482,8 +511,8 @@ def make_plan(n: int, k: int, group_size: int, has_bias: bool, num_sms: int, cfg
     constexprs = dict(GROUP=group_size, HAS_BIAS=has_bias, EVEN_N=n % tile_n == 0,
                       EVEN_K=k_tiles % tiles_per_split == 0, SPLIT_K=split_k, ASM=cfg.asm and not _INTERPRET,
                       PREFETCH=cfg.prefetch, XVEC=cfg.xvec, NSUB=cfg.nsub, BLOCK_N=cfg.block_n,
-                      BLOCK_KP=block_kp, L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead, HALF=cfg.half, SO_TILE=cfg.so_tile,
-                      XBLOCK=triton.next_power_of_2(tiles_per_split * block_kp * 8) if cfg.half else 1,
+                      BLOCK_KP=block_kp, L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead, HALF=int(cfg.half), SO_TILE=cfg.so_tile,
+                      XBLOCK=triton.next_power_of_2(tiles_per_split * block_kp * 8) if cfg.half == 1 else 1,
                       num_warps=cfg.num_warps, num_stages=1)
     return GemvPlan((grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * tile_n, constexprs)
 
