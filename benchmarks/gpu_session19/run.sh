@@ -17,7 +17,6 @@
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/run19_${PART:-1}.txt) 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
-AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
 if [ "${PART:-1}" = 1 ]; then
 PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
   tests/gpu/test_quant_packed_kernels.py -k "gemv or m1" 2>&1 | grep -vE "^\s*$" | cut -c1-300 | tail -25
@@ -35,20 +34,8 @@ PackedGemvConfig(128, 16, 1, 4, half=2, so_tile=True, split_k=4), PackedGemvConf
 PackedGemvConfig(128, 16, 1, 4), PackedGemvConfig(128, 16, 2, 4, xvec=True, l2_ahead=4)]'
 PYTHONPATH=$R timeout 250 python3 benchmarks/quant_kernels.py --gemv --deadline 215 --candidates "$C" \
   --save-m1-table $OUT/m1_table_b.py 2>&1 | grep -v "^$" | tail -80
-cp pagedllm/kernels/quant/triton_packed.py /tmp/triton_packed_committed.py
-for round in 1 2; do
-  python3 benchmarks/quant_kernels.py --apply-m1-table $OUT/m1_table_b.py
-  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq swept-b r$round"
-  cp /tmp/triton_packed_committed.py pagedllm/kernels/quant/triton_packed.py
-  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq committed r$round"
-done
+m1_table_ab $OUT/m1_table_b.py swept-b 2
 fi
 if [ "${PART:-1}" = 2 ]; then
-cp pagedllm/kernels/quant/triton_packed.py /tmp/triton_packed_committed.py
-for round in 1 2; do
-  python3 benchmarks/quant_kernels.py --apply-m1-table benchmarks/gpu_session19/m1_table.py
-  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 65 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq swept r$round"
-  cp /tmp/triton_packed_committed.py pagedllm/kernels/quant/triton_packed.py
-  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 65 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq committed r$round"
-done
+m1_table_ab benchmarks/gpu_session19/m1_table.py swept 2
 fi

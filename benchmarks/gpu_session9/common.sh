@@ -23,3 +23,15 @@ for l in sys.stdin:
     if l.startswith('{'):
         d = json.loads(l); print(sys.argv[1], d['workload'], d['seconds'], d['output_tok_s'])" "$1"
 }
+# `m1_table_ab TABLE TAG ROUNDS`: AWQ 7B bs1 with the M1_TABLE block in TABLE (quant_kernels.py --save-m1-table)
+# against the committed triton_packed.py, alternating, ROUNDS rounds (session 19).
+m1_table_ab() {
+  local awq='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
+  cp pagedllm/kernels/quant/triton_packed.py /tmp/triton_packed_committed.py
+  for round in $(seq 1 "${3:-2}"); do
+    python3 benchmarks/quant_kernels.py --apply-m1-table "$1"
+    ANCHOR_CFG="$awq" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq $2 r$round"
+    cp /tmp/triton_packed_committed.py pagedllm/kernels/quant/triton_packed.py
+    ANCHOR_CFG="$awq" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq committed r$round"
+  done
+}
