@@ -98,19 +98,15 @@ GEMV_CANDIDATES: list[PackedGemvConfig] = [
     PackedGemvConfig(128, 16, 2, 4, asm=False),
     # the L2 prefetch ahead (session 16; no gain on an H100 in session 19, kept as one candidate)
     PackedGemvConfig(128, 16, 2, 4, xvec=True, l2_ahead=4),
-    # f16x2 products (session 19), with the scales loaded tile-shaped, and that load alone on the fp32 path
-    PackedGemvConfig(128, 16, 1, 4, half=True, so_tile=True),
-    PackedGemvConfig(128, 16, 1, 4, prefetch=False, half=True, so_tile=True),
-    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True, so_tile=True),
-    PackedGemvConfig(128, 16, 2, 4, half=True, so_tile=True),
-    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True),
-    PackedGemvConfig(128, 16, 2, 8, prefetch=False, half=True, so_tile=True),
-    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=True, so_tile=True, split_k=8),
-    PackedGemvConfig(128, 16, 2, 4, prefetch=False, so_tile=True),
-    # a scale per packed row (no pass over x before the loop): for the short-K-per-program shapes
+    # f16x2 products (session 19), scales loaded tile-shaped (so_tile), one scale a program (half=1) or a packed row
+    # (half=2); the first three are the H100 sweep's picks (docs/perf.md, session 19)
+    PackedGemvConfig(128, 16, 1, 4, xvec=True, half=1, so_tile=True),
+    PackedGemvConfig(128, 16, 1, 4, xvec=True, half=2, so_tile=True),
     PackedGemvConfig(128, 16, 1, 4, half=2, so_tile=True),
-    PackedGemvConfig(128, 16, 1, 4, prefetch=False, half=2, so_tile=True),
+    PackedGemvConfig(128, 16, 1, 4, half=1, so_tile=True),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1),
     PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=2),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1, xvec=True, split_k=32),
 ]
 
 
