@@ -145,7 +145,8 @@ _M1_BEGIN, _M1_END = "# BEGIN M1_TABLE\n", "# END M1_TABLE\n"
 
 def _m1_block(chosen: dict) -> str:
     lines = [_M1_BEGIN, "M1_TABLE: dict[tuple[int, int, int], PackedGemvConfig | PackedConfig] = {\n",
-             f"    # Qwen2.5-7B: qkv, o, gate_up, down (benchmarks/quant_kernels.py --gemv, {torch.cuda.get_device_name()})\n"]
+             "    # Qwen2.5-7B: qkv, o, gate_up, down (benchmarks/quant_kernels.py --gemv, "
+             f"{torch.cuda.get_device_name()})\n"]
     for key, (cfg, us) in chosen.items():
         positional = f"{type(cfg).__name__}({', '.join(repr(v) for v in cfg)})"
         lines.append(f"    {key}: {positional},  # {us:.2f} us\n")

@@ -163,7 +163,7 @@ def _half_pairs(x0, x1, x2, x3, x4, x5, x6, x7, xscale, ASM: tl.constexpr):
     ``(x0, x4)``, ``(x1 / 16, x5 / 16)``, ``(x2, x6)``, ``(x3 / 16, x7 / 16)`` (the odd fields come out of the word
     as ``16 q``), each an int32 holding two fp16 (low half first); and the fp32 sum of the scaled values.
     Scaling by a power of two is exact and bf16 / fp16 values fit fp16's mantissa, so the pairs hold exactly the
-    values the sum adds (x below 2**-14 of the largest excepted: fp16 subnormals)."""
+    values the sum adds (except x below ~2**-24 of the scale's largest |x|, which become fp16 subnormals)."""
     xs16 = xscale * 0.0625
     e0 = x0 * xscale
     e2 = x2 * xscale
@@ -507,7 +507,8 @@ def make_plan(n: int, k: int, group_size: int, has_bias: bool, num_sms: int, cfg
     constexprs = dict(GROUP=group_size, HAS_BIAS=has_bias, EVEN_N=n % tile_n == 0,
                       EVEN_K=k_tiles % tiles_per_split == 0, SPLIT_K=split_k, ASM=cfg.asm and not _INTERPRET,
                       PREFETCH=cfg.prefetch, XVEC=cfg.xvec, NSUB=cfg.nsub, BLOCK_N=cfg.block_n,
-                      BLOCK_KP=block_kp, L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead, HALF=int(cfg.half), SO_TILE=cfg.so_tile,
+                      BLOCK_KP=block_kp, L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead, HALF=int(cfg.half),
+                      SO_TILE=cfg.so_tile,
                       XBLOCK=triton.next_power_of_2(tiles_per_split * block_kp * 8) if cfg.half == 1 else 1,
                       num_warps=cfg.num_warps, num_stages=1)
     return GemvPlan((grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * tile_n, constexprs)
@@ -525,7 +526,7 @@ def launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: Ge
             cfg = PackedGemvConfig(constexprs["BLOCK_N"], constexprs["BLOCK_KP"], constexprs["NSUB"],
                              constexprs["num_warps"], constexprs["PREFETCH"], constexprs["ASM"], constexprs["XVEC"],
                              split_k=1, l2_ahead=constexprs["L2_AHEAD"], half=constexprs["HALF"],
-                                   so_tile=constexprs["SO_TILE"])
+                             so_tile=constexprs["SO_TILE"])
             return launch(x, w, bias, make_plan(n, x.shape[1], w.group_size, bias is not None, 1, cfg))
         ws, locks = buffers
     _packed_gemv_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, bias if bias is not None else y, y, ws, locks,
