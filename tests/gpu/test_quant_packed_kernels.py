@@ -331,6 +331,25 @@ def test_gemv_half_zero_and_extreme_x():
         _check_half(big, w, None, cfg)
 
 
+def test_gemv_pipelined_stages():
+    """stages > 1 (the words streamed through shared memory by Triton's pipeliner): every such candidate on an odd N
+    with a bias, K split unevenly, as accurate as its path without the pipeline; stages with the register prefetch
+    is refused."""
+    k, n = (640, 37) if INTERPRET else (3584, 1001)
+    w = random_packed(k, n, 4, 32 if INTERPRET else 128, seed=21)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(21)).to(DTYPES[0]).to(DEVICE)
+    x = _x(1, k, DTYPES[0], seed=21)
+    staged = [c for c in GEMV_CANDIDATES if c.stages > 1]
+    assert staged
+    for cfg in staged:
+        if INTERPRET:
+            cfg = cfg._replace(asm=False, block_n=32, num_warps=1)
+        for split_k in (0, 3):
+            _check_gemv(x, w, bias, cfg._replace(split_k=split_k), HALF_TOL if cfg.half else None)
+    with pytest.raises(ValueError, match="stages must be"):
+        triton_packed_gemv.make_plan(32, 256, 32, False, 4, PackedGemvConfig(prefetch=True, stages=3))
+
+
 @asm_only
 def test_gemv_half_asm_matches_plain():
     """The f16x2 PTX against its plain-Triton twin (same roundings, except the twin's a * b + c is two of them)."""

@@ -40,6 +40,10 @@ This kernel is built for the count:
 * **Scales tile-shaped** (``SO_TILE``): the group's scale / offset row loaded as ``[BLOCK_KP, BLOCK_N]`` (the same
   row per packed row, from L1) in the words' layout, instead of a ``[BLOCK_N]`` vector that Triton converts
   through shared memory (two barriers each) every tile.
+* **Pipelined through shared memory** (``stages`` > 1, session 19, candidates not yet timed): the K loop is a
+  ``tl.range`` whose ``num_stages`` lets Triton's pipeliner copy the words (and scale rows) ``stages - 1`` tiles
+  ahead with cp.async (LDGSTS), so more bytes are in flight per SM without the register prefetch's copies; with
+  ``stages == 1`` the kernel compiles to the same SASS as the plain ``range`` loop (checked offline).
 * **Split-K** sized for a few programs per SM; partials reduced in the same kernel by the last program of a column
   tile to arrive (``triton_gemv``'s workspace and counters: no memset, no second kernel, deterministic).
 
@@ -81,6 +85,8 @@ class PackedGemvConfig(NamedTuple):
     l2_ahead: int = 0        # > 0: L2 prefetch of the tile that many tiles ahead (no registers held; docstring)
     half: int = 0            # f16x2 products (HFMA2), x scaled by a power of 2: 1 per program, 2 per packed row
     so_tile: bool = False    # scales / offsets loaded tile-shaped (no per-tile layout conversion through smem)
+    stages: int = 1          # > 1: Triton's pipeliner streams the words (and scales) stages - 1 tiles ahead through
+                             # shared memory (cp.async): more bytes in flight, no registers held (use prefetch=False)
 
 
 PROGRAMS_PER_SM = 4
@@ -107,6 +113,12 @@ GEMV_CANDIDATES: list[PackedGemvConfig] = [
     PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1),
     PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=2),
     PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1, xvec=True, split_k=32),
+    # the words streamed through shared memory by Triton's pipeliner (session 19, not yet timed)
+    PackedGemvConfig(128, 16, 1, 4, prefetch=False, xvec=True, half=1, stages=3),
+    PackedGemvConfig(128, 16, 1, 4, prefetch=False, half=2, so_tile=True, stages=3),
+    PackedGemvConfig(128, 16, 1, 4, prefetch=False, xvec=True, half=1, stages=4),
+    PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1, stages=3),
+    PackedGemvConfig(128, 16, 1, 4, prefetch=False, xvec=True, half=1, so_tile=True, stages=3),
 ]
 
 
@@ -349,7 +361,7 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
                         SPLIT_K: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, XVEC: tl.constexpr,
                         NSUB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr, PDL: tl.constexpr,
                         L2_AHEAD: tl.constexpr = 0, HALF: tl.constexpr = 0, XBLOCK: tl.constexpr = 1,
-                        SO_TILE: tl.constexpr = False):
+                        SO_TILE: tl.constexpr = False, STAGES: tl.constexpr = 1):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cols_a = pid_n * (BLOCK_N * NSUB) + tl.arange(0, BLOCK_N)
@@ -377,7 +389,7 @@ def _packed_gemv_kernel(X, QW, S, O, B, Y, WS, Locks, N, KP, KP_PER_SPLIT,
     if HALF == 1:
         xscale, xinv = _x_scale(X, kp_start, kp_end, XBLOCK)
     # Uniform trip count; a split that ends at KP (uneven splits, EVEN_K off) masks the tiles past it.
-    for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
+    for kp_rel in tl.range(0, KP_PER_SPLIT, BLOCK_KP, num_stages=STAGES):
         kp0 = kp_start + kp_rel
         rows = kp0 + offs_kp
         if L2_AHEAD > 0:
@@ -492,6 +504,8 @@ def make_plan(n: int, k: int, group_size: int, has_bias: bool, num_sms: int, cfg
         raise ValueError(f"half must be 0, 1 (a scale per program) or 2 (per packed row), got {cfg.half}")
     if cfg.nsub not in (1, 2):
         raise ValueError(f"nsub must be 1 or 2, got {cfg.nsub}")
+    if cfg.stages < 1 or (cfg.stages > 1 and cfg.prefetch):
+        raise ValueError(f"stages must be >= 1, and 1 with the register prefetch (got {cfg.stages})")
     kp = k // 8
     block_kp = cfg.block_kp
     while (group_size // 8) % block_kp:          # a tile must not straddle two groups
@@ -508,9 +522,9 @@ def make_plan(n: int, k: int, group_size: int, has_bias: bool, num_sms: int, cfg
                       EVEN_K=k_tiles % tiles_per_split == 0, SPLIT_K=split_k, ASM=cfg.asm and not _INTERPRET,
                       PREFETCH=cfg.prefetch, XVEC=cfg.xvec, NSUB=cfg.nsub, BLOCK_N=cfg.block_n,
                       BLOCK_KP=block_kp, L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead, HALF=int(cfg.half),
-                      SO_TILE=cfg.so_tile,
+                      SO_TILE=cfg.so_tile, STAGES=cfg.stages,
                       XBLOCK=triton.next_power_of_2(tiles_per_split * block_kp * 8) if cfg.half == 1 else 1,
-                      num_warps=cfg.num_warps, num_stages=1)
+                      num_warps=cfg.num_warps, num_stages=cfg.stages)
     return GemvPlan((grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * tile_n, constexprs)
 
 
@@ -526,7 +540,7 @@ def launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: Ge
             cfg = PackedGemvConfig(constexprs["BLOCK_N"], constexprs["BLOCK_KP"], constexprs["NSUB"],
                              constexprs["num_warps"], constexprs["PREFETCH"], constexprs["ASM"], constexprs["XVEC"],
                              split_k=1, l2_ahead=constexprs["L2_AHEAD"], half=constexprs["HALF"],
-                             so_tile=constexprs["SO_TILE"])
+                             so_tile=constexprs["SO_TILE"], stages=constexprs["STAGES"])
             return launch(x, w, bias, make_plan(n, x.shape[1], w.group_size, bias is not None, 1, cfg))
         ws, locks = buffers
     _packed_gemv_kernel[plan.grid](x, w.qweight, w.scales, w.offsets, bias if bias is not None else y, y, ws, locks,
