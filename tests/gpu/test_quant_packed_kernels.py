@@ -331,6 +331,19 @@ def test_gemv_half_zero_and_extreme_x():
         _check_half(big, w, None, cfg)
 
 
+def test_gemv_half_scale_pass_in_chunks(monkeypatch):
+    """half=1 over a split longer than X_SCALE_BLOCK: the scale pass takes the largest |x| of every chunk, so an
+    outlier in the last chunk neither overflows fp16 (inf) nor loses accuracy."""
+    monkeypatch.setattr(triton_packed_gemv, "X_SCALE_BLOCK", 64 if INTERPRET else 512)
+    k, n = (512, 40) if INTERPRET else (3584, 584)
+    w = random_packed(k, n, 4, 32 if INTERPRET else 128, seed=31)
+    x = _x(1, k, DTYPES[0], seed=31)
+    x[0, k - 5] = 3e4
+    cfg = next(c for c in HALF_CONFIGS if c.half == 1)._replace(split_k=1)
+    assert triton_packed_gemv.make_plan(n, k, w.group_size, False, 1, cfg).constexprs["XBLOCK"] < k
+    _check_half(x, w, None, cfg)
+
+
 def test_gemv_pipelined_stages():
     """stages > 1 (the words streamed through shared memory by Triton's pipeliner): every such candidate on an odd N
     with a bias, K split unevenly, as accurate as its path without the pipeline; stages with the register prefetch

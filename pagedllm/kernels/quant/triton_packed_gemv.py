@@ -90,6 +90,7 @@ class PackedGemvConfig(NamedTuple):
 
 
 PROGRAMS_PER_SM = 4
+X_SCALE_BLOCK = 4096     # most x values the half path's scale pass loads at once (32 a thread at 4 warps)
 DEFAULT = PackedGemvConfig()
 # What benchmarks/quant_kernels.py --gemv sweeps (and tests/gpu checks): few, so that compiling them all fits a
 # 5-minute GPU call.
@@ -267,10 +268,15 @@ def _pow2_scale(m, MIN_E: tl.constexpr):
 @triton.jit
 def _x_scale(X, kp_start, kp_end, XBLOCK: tl.constexpr):
     """``_pow2_scale`` of the largest ``|x|`` of the split's K range (``HALF == 1``): exact (x's fp16 copies keep
-    their bits), below fp16's 65504 even before the odd fields' division by 16."""
+    their bits), below fp16's 65504 even before the odd fields' division by 16. One load of ``XBLOCK`` values for
+    the usual splits; a longer range (one split over a long K) in ``XBLOCK`` chunks."""
     offs = kp_start * 8 + tl.arange(0, XBLOCK)
-    xv = tl.load(X + offs, mask=offs < kp_end * 8, other=0.0).to(tl.float32)
-    return _pow2_scale(tl.max(tl.abs(xv), axis=0), 1)
+    m = tl.max(tl.abs(tl.load(X + offs, mask=offs < kp_end * 8, other=0.0).to(tl.float32)), axis=0)
+    for start in range(kp_start * 8 + XBLOCK, kp_end * 8, XBLOCK):
+        offs = start + tl.arange(0, XBLOCK)
+        m = tl.maximum(m, tl.max(tl.abs(tl.load(X + offs, mask=offs < kp_end * 8, other=0.0).to(tl.float32)),
+                                 axis=0))
+    return _pow2_scale(m, 1)
 
 
 @triton.jit
@@ -523,7 +529,8 @@ def make_plan(n: int, k: int, group_size: int, has_bias: bool, num_sms: int, cfg
                       PREFETCH=cfg.prefetch, XVEC=cfg.xvec, NSUB=cfg.nsub, BLOCK_N=cfg.block_n,
                       BLOCK_KP=block_kp, L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead, HALF=int(cfg.half),
                       SO_TILE=cfg.so_tile, STAGES=cfg.stages,
-                      XBLOCK=triton.next_power_of_2(tiles_per_split * block_kp * 8) if cfg.half == 1 else 1,
+                      XBLOCK=min(triton.next_power_of_2(tiles_per_split * block_kp * 8), X_SCALE_BLOCK)
+                      if cfg.half == 1 else 1,
                       num_warps=cfg.num_warps, num_stages=cfg.stages)
     return GemvPlan((grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * tile_n, constexprs)
 
