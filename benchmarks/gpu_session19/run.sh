@@ -36,6 +36,14 @@ PYTHONPATH=$R timeout 250 python3 benchmarks/quant_kernels.py --gemv --deadline 
   --save-m1-table $OUT/m1_table_b.py 2>&1 | grep -v "^$" | tail -80
 m1_table_ab $OUT/m1_table_b.py swept-b 2
 fi
+if [ "${PART:-1}" = 4 ]; then   # the last round: half=2 with xvec, 32 splits with xvec (run after PART=3)
+C='[PackedGemvConfig(128, 16, 1, 4, half=2, so_tile=True, xvec=True), PackedGemvConfig(128, 16, 1, 4, half=1, so_tile=True, xvec=True),
+PackedGemvConfig(128, 16, 1, 4, half=2, so_tile=True), PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1, xvec=True, split_k=32),
+PackedGemvConfig(128, 16, 1, 4, half=1, so_tile=True, xvec=True, split_k=32)]'
+PYTHONPATH=$R timeout 150 python3 benchmarks/quant_kernels.py --gemv --deadline 120 --candidates "$C" \
+  --save-m1-table $OUT/m1_table_c.py 2>&1 | grep -E "BEST|gemv:|sum of" | cut -c1-150
+m1_table_ab $OUT/m1_table_c.py swept-c 2
+fi
 if [ "${PART:-1}" = 2 ]; then
 m1_table_ab benchmarks/gpu_session19/m1_table.py swept 2
 fi
