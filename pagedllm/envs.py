@@ -144,7 +144,7 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_GATE_UP_SILU": (
         lambda: _flag("PAGEDLLM_GATE_UP_SILU", default=True),
         "1: where a GPU MLP's gate_up projection takes the Triton skinny GEMM (decode steps of up to 16 requests), "
-        "SiLU-and-mul runs in that kernel's epilogue (kernels/triton_gemv.skinny_linear_fused: the same bits, one "
+        "SiLU-and-mul runs in that kernel's epilogue (kernels/triton_gemv.skinny_linear_silu: the same bits, one "
         "kernel a layer less). 0 turns it off. Read when the model is built. Default on (H200, session 18, with "
         "PAGEDLLM_DECODE_ROPE_FUSED=3: 7B bs1 262.4 -> 267.9 tok/s, latency 8x1024x1024 4.446 -> 4.394 s, 1.5B bs1 "
         "725-744 -> 775-801)."),

@@ -55,7 +55,7 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
                         SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PDL: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr, X_MASKED: tl.constexpr,
                         PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64, GATED: tl.constexpr = False):
-    # GATED (skinny_linear_fused, gated): W is a fused [gate; up] projection of 2N rows and the output is
+    # GATED (skinny_linear_silu): W is a fused [gate; up] projection of 2N rows and the output is
     # silu(x W_gate^T) * (x W_up^T), N wide: each program's tile interleaves gate row j and up row j (j in its
     # BLOCK_N / 2 outputs), so the epilogue pairs them in registers. The SiLU-and-mul kernel (and its launch, its
     # [M, 2N] round trip) after the gate_up projection goes; no program computes more than before.
@@ -489,21 +489,17 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                                      weight_scale, x_scale, out_dtype)
 
 
-def skinny_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                        gated: bool = False) -> tuple[torch.Tensor, None] | None:
-    """``F.linear`` with the ops around it that a decoder layer runs at decode, in one kernel, or None where the
-    skinny GEMM would not take ``F.linear(x, weight, bias)`` (same routing and config: the table's entry of
-    ``weight``'s shape). Returns ``(y, None)`` (the second slot held the next residual of the norm prologue,
-    PAGEDLLM_NORM_IN, tried in session 18 and removed; kept so callers unpack as before):
-
-    * ``gated`` (``weight`` a fused [gate; up] projection ``[2N, K]``): ``y = silu(gate) * up`` ``[M, N]``, the same
-      bits as the GEMM followed by ``triton_ops.silu_and_mul``.
-    """
+def skinny_linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                       ) -> torch.Tensor | None:
+    """``silu_and_mul(F.linear(x, weight, bias))`` in one kernel for a fused [gate; up] ``weight`` ``[2N, K]``
+    (bf16/fp16, as ``x``): the same bits as the GEMM followed by ``triton_ops.silu_and_mul``. None where the skinny
+    GEMM would not take ``F.linear(x, weight, bias)`` (same routing and config: the table's entry of ``weight``'s
+    shape), or ``weight`` has an odd number of rows."""
     if not (x.is_cuda or _INTERPRET) or x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype \
             or not _operands_fit(x, weight, bias, x.dtype):
         return None
     m, k = x.shape
     n = weight.shape[0]
-    if (gated and n % 2) or not preferred(m, n, k):
+    if n % 2 or not preferred(m, n, k):
         return None
-    return skinny_linear_with_config(x, weight, bias, get_config(m, n, k), gated=gated), None
+    return skinny_linear_with_config(x, weight, bias, get_config(m, n, k), gated=True)

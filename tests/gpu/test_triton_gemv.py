@@ -136,19 +136,19 @@ def test_gated_equals_linear_then_silu_and_mul(n2, k, bias, cfg):
             assert torch.equal(out, expected), (m, cfg)
 
 
-def test_skinny_linear_fused_gated_routes_as_skinny_linear():
-    """skinny_linear_fused(gated=True) takes the table's config of the [gate; up] shape wherever skinny_linear would
+def test_skinny_linear_silu_routes_as_skinny_linear():
+    """skinny_linear_silu takes the table's config of the [gate; up] shape wherever skinny_linear would
     take the GEMM, and declines (None) where it would not: more rows than routed, fp32, an odd number of rows."""
-    from pagedllm.kernels.triton_gemv import skinny_linear_fused
+    from pagedllm.kernels.triton_gemv import skinny_linear_silu
     from pagedllm.kernels.triton_ops import silu_and_mul
     n2, k = (17920, 1536) if not INTERPRET else (1002, 300)
     x, w, _ = _inputs(1, n2, k, False, DTYPES[0], seed=5)
-    y, res = skinny_linear_fused(x, w, gated=True)
-    assert res is None and torch.equal(y, silu_and_mul(skinny_linear(x, w)))
+    y = skinny_linear_silu(x, w)
+    assert torch.equal(y, silu_and_mul(skinny_linear(x, w)))
     x17 = torch.randn(17, k).to(DTYPES[0]).to(DEVICE)
-    assert skinny_linear_fused(x17, w, gated=True) is None                     # M > 16
-    assert skinny_linear_fused(x.float(), w.float(), gated=True) is None       # fp32
-    assert skinny_linear_fused(x, w[:-1].contiguous(), gated=True) is None     # odd rows: not [gate; up]
+    assert skinny_linear_silu(x17, w) is None                     # M > 16
+    assert skinny_linear_silu(x.float(), w.float()) is None       # fp32
+    assert skinny_linear_silu(x, w[:-1].contiguous()) is None     # odd rows: not [gate; up]
     with pytest.raises(ValueError, match="gated"):
         skinny_linear_with_config(x, w[:-1].contiguous(), None, GemvConfig(8, 512, 4, 1, False), gated=True)
 

@@ -41,15 +41,13 @@ def cuda_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return F.linear(x, weight, bias)
 
 
-def cuda_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      gated: bool) -> tuple[torch.Tensor, None] | None:
-    """``cuda_linear`` with SiLU-and-mul after it (``gated``) in one skinny-GEMM kernel
-    (triton_gemv.skinny_linear_fused: returns ``(output, None)``) where ``cuda_linear`` would take the skinny GEMM;
-    None elsewhere."""
+def cuda_linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``cuda_linear`` of a fused [gate; up] ``weight`` with SiLU-and-mul after it, in one skinny-GEMM kernel
+    (triton_gemv.skinny_linear_silu) where ``cuda_linear`` would take the skinny GEMM; None elsewhere."""
     if not _use_skinny(x, weight):
         return None
-    from pagedllm.kernels.triton_gemv import skinny_linear_fused
-    return skinny_linear_fused(x, weight, bias, gated=gated)
+    from pagedllm.kernels.triton_gemv import skinny_linear_silu
+    return skinny_linear_silu(x, weight, bias)
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
@@ -261,15 +259,14 @@ class MergedColumnParallelLinear(LinearBase):
     def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
         return a, shard_of(b, 0, self.tp_rank, self.output_sizes[shard_id], self.tp_size)
 
-    def fused_forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, None] | None:
-        """``(silu(gate) * up, None)`` of this [gate | up] layer's output (PAGEDLLM_GATE_UP_SILU) in one skinny-GEMM
+    def fused_forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``silu(gate) * up`` of this [gate | up] layer's output (PAGEDLLM_GATE_UP_SILU) in one skinny-GEMM
         kernel where that applies (dense weights, no adapter in the step); None elsewhere: the caller runs the layer
         and the activation."""
         if (not self.silu_epilogue or self.quant_method is not None or not x.is_cuda or len(self.output_sizes) != 2
                 or self.output_sizes[0] != self.output_sizes[1] or (lora_mask is not None and self.lora is not None)):
             return None
-        return cuda_linear_fused(x, self.weight, self.bias, gated=True)
+        return cuda_linear_silu(x, self.weight, self.bias)
 
 
 class QKVParallelLinear(LinearBase):

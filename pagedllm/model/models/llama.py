@@ -68,8 +68,9 @@ class LlamaMLP(nn.Module):
         # SiLU-and-mul fused into down_proj's skinny GEMM was tried: 7B batch-1 decode 7% slower on an H200, as every
         # program recomputes SiLU over all of K (docs/perf.md). In gate_up's epilogue (PAGEDLLM_GATE_UP_SILU) each
         # output is computed once, by the program that has its gate and up rows.
-        fused = self.gate_up_proj.fused_forward(x, lora_mask)
-        h = fused[0] if fused is not None else self.act(self.gate_up_proj(x, lora_mask))
+        h = self.gate_up_proj.fused_forward(x, lora_mask)
+        if h is None:
+            h = self.act(self.gate_up_proj(x, lora_mask))
         return self.down_proj(h, lora_mask)
 
 
