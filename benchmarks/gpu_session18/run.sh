@@ -37,11 +37,15 @@ run() {   # run TAG TIMEOUT FUSED SILU NORM VARIANT MODEL WORKLOAD...
   PAGEDLLM_DECODE_ROPE_FUSED=$f PAGEDLLM_GATE_UP_SILU=$silu PAGEDLLM_NORM_IN=$norm PYTHONPATH=$R timeout $t $AB $v "$@" 2>&1 \
     | offline_summary "$tag"
 }
+gpu_tests() {   # gpu_tests TIMEOUT: the GPU tests of the session's changes
+  PYTHONPATH=$R timeout $1 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
+    tests/gpu/test_triton_attention.py tests/gpu/test_attention_backends_gpu.py tests/gpu/test_engine_gpu.py \
+    tests/gpu/test_triton_gemv.py \
+    -k "decode_rope or new_key or fused_rope or routing or gated or silu or norm or engine" 2>&1 \
+    | grep -vE "^\s*$" | cut -c1-300 | tail -40
+}
 if [ "${PART:-1}" = 1 ]; then
-PYTHONPATH=$R timeout 180 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
-  tests/gpu/test_triton_attention.py tests/gpu/test_attention_backends_gpu.py tests/gpu/test_engine_gpu.py \
-  tests/gpu/test_triton_gemv.py -k "decode_rope or new_key or fused_rope or routing or gated or silu or norm or engine" \
-  2>&1 | grep -vE "^\s*$" | cut -c1-300 | tail -40
+gpu_tests 180
 run "7b base" 85 2 0 0 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
 run "7b f3" 85 3 0 0 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
 run "7b f3+silu+norm2" 85 3 1 2 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
@@ -73,10 +77,7 @@ run "7b best sharegpt r2" 70 ${F:-3} ${SILU:-1} ${NORM:-2} base qwen2.5-7b share
 run "7b base sharegpt r2" 70 2 0 0 base qwen2.5-7b sharegpt_like_1000
 fi
 if [ "${PART:-1}" = 5 ]; then
-PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
-  tests/gpu/test_triton_attention.py tests/gpu/test_attention_backends_gpu.py tests/gpu/test_engine_gpu.py \
-  tests/gpu/test_triton_gemv.py -k "decode_rope or new_key or fused_rope or routing or gated or silu or norm or engine" \
-  2>&1 | grep -vE "^\s*$" | cut -c1-300 | tail -40
+gpu_tests 150
 run "7b base" 85 2 0 0 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
 run "7b f3+silu+norm2" 85 3 1 2 base qwen2.5-7b bs1_128_256 latency_8x1024x1024
 run "1.5b base" 45 2 0 0 base qwen2.5-1.5b bs1_128_256
