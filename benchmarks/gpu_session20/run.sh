@@ -28,3 +28,8 @@ for r in 1 2; do
   PYTHONPATH=$R timeout 40 $AB onetile-qkv-o qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b onetile-qkv-o r$r"
 done
 fi
+if [ "${PART:-1}" = 3 ]; then
+# helper-30's kperm + w_as_a candidates of the 17..256-row int4 GEMM, prepared in session 12, never timed (static
+# model: gate_up ~45-62 µs at 24-48 rows, ~75-85 at 128, against 85-96 / 140-161 for the routed configs; bf16 ~70).
+PYTHONPATH=$R timeout 260 python3 benchmarks/kernels/awq_fused_probe.py --deadline 200 --ms 24,48,128 --shapes gate_up,down,o
+fi
