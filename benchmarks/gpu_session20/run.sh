@@ -33,3 +33,40 @@ if [ "${PART:-1}" = 3 ]; then
 # model: gate_up ~45-62 µs at 24-48 rows, ~75-85 at 128, against 85-96 / 140-161 for the routed configs; bf16 ~70).
 PYTHONPATH=$R timeout 260 python3 benchmarks/kernels/awq_fused_probe.py --deadline 200 --ms 24,48,128 --shapes gate_up,down,o
 fi
+if [ "${PART:-1}" = 4 ]; then
+# EARLY (PAGEDLLM_PDL_EARLY_TRIGGER=1) won 1.5B bs1 +2.3% in PART=2; before it becomes the default: 7B bs1, latency
+# and ShareGPT (prediction: bs1 +0.5-1.5%, latency -0.5-1%, ShareGPT within the spread). awq-kperm: the probe's
+# 17..32-row picks routed (prediction: AWQ ShareGPT +0-1%, few of its steps have 17..64 rows).
+AB="python3 benchmarks/kernels/route_ab.py"
+AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
+PYTHONPATH=$R timeout 85 $AB base qwen2.5-7b bs1_128_256 latency_8x1024x1024 2>&1 | offline_summary "7b base"
+PAGEDLLM_PDL_EARLY_TRIGGER=1 PYTHONPATH=$R timeout 85 $AB base qwen2.5-7b bs1_128_256 latency_8x1024x1024 2>&1 | offline_summary "7b early"
+PAGEDLLM_PDL_EARLY_TRIGGER=1 PYTHONPATH=$R timeout 70 $AB base qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b early"
+PYTHONPATH=$R timeout 70 $AB base qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b base"
+ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 95 $AB awq-kperm qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq kperm"
+ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 95 $AB base qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq base"
+fi
+# The calls between and after the parts, as run (inline in session 20; here for the record):
+if [ "${PART:-1}" = probe2 ]; then
+PYTHONPATH=$R timeout 200 python3 benchmarks/kernels/awq_fused_probe.py --deadline 150 --ms 32,24,64,96 --shapes qkv,gate_up,down,o 2>&1 | head -20
+fi
+if [ "${PART:-1}" = 5 ]; then   # PART=4's second round, order swapped; AWQ bs1 with EARLY
+AB="python3 benchmarks/kernels/route_ab.py"
+AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
+PYTHONPATH=$R timeout 70 $AB base qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b base r2"
+PAGEDLLM_PDL_EARLY_TRIGGER=1 PYTHONPATH=$R timeout 70 $AB base qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b early r2"
+ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 95 $AB base qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq base r2"
+ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 95 $AB awq-kperm qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq kperm r2"
+ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 50 $AB base qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq bs1 base"
+PAGEDLLM_PDL_EARLY_TRIGGER=1 ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 50 $AB base qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq bs1 early"
+fi
+if [ "${PART:-1}" = 6 ]; then   # the new defaults (EARLY on, H200 M1_TABLE, kperm routing) as committed
+PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short tests/gpu/test_pdl.py \
+  tests/gpu/test_quant_awq_engine_gpu.py tests/gpu/test_engine_gpu.py tests/gpu/test_quant_packed_kernels.py \
+  -k "pdl or awq or engine or wide or routed or table" 2>&1 | grep -vE "^\s*$|Warning|warner" | cut -c1-300 | tail -12
+AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
+PYTHONPATH=$R timeout 40 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b new-defaults"
+ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 50 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq new-defaults"
+ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 95 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq new-defaults"
+fi
+# Cold start: SWITCH=PAGEDLLM_PDL_EARLY_TRIGGER VALUES="1 1" bash benchmarks/gpu_session9/s9e.sh

@@ -16,6 +16,8 @@ VARIANT:
                    before the PDL wait (1.5B 2048 x 1536: 8 x 2048; 7B 4608 x 3584: 4 x 4096), so after the wait only
                    x is read (session 18; the per-call sweep times back-to-back GEMVs, not this overlap)
   onetile-qkv-o    the same for o_proj too (1.5B 1536 x 1536: 8 x 2048; 7B 3584 x 3584: 4 x 4096)
+  awq-kperm     the 7B int4 routing of 17..32 rows on the kperm + w_as_a wide configs (all four shapes) and qkv at
+                33..64 rows too (session 20's probe on an H200), the rest as committed (set ANCHOR_CFG as for awq-scratch)
 Prints offline_workload.py's JSON lines.
 """
 import os
@@ -48,6 +50,14 @@ elif variant in ("onetile-qkv", "onetile-qkv-o"):
                     (3584, 3584): tg.GemvConfig(4, 4096, 8, 1, False)})
     for shape, cfg in one.items():
         tg._TABLE[shape][1] = cfg
+elif variant == "awq-kperm":
+    from pagedllm.kernels.quant import triton_packed as tp
+    from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig as W
+    kp = dict(kperm=True, w_as_a=True)
+    tp._TABLE[(4608, 3584, 4)].update({32: W(32, 128, 128, 4, 3, **kp), 64: W(64, 64, 128, 4, 2, **kp)})
+    tp._TABLE[(3584, 3584, 4)][32] = W(32, 64, 128, 4, 2, **kp)
+    tp._TABLE[(37888, 3584, 4)][32] = W(32, 64, 128, 4, 2, **kp)
+    tp._TABLE[(3584, 18944, 4)][32] = W(32, 128, 128, 4, 3, **kp)
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
 runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),

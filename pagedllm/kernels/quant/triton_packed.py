@@ -421,18 +421,20 @@ _IN_CAPTURE_GEMM = PackedConfig(64, 64, 128, 4, 3)
 # H200 (Qwen2.5-7B shapes, int4 g128, bf16).
 _P = PackedConfig
 _W = PackedWideConfig
+_KP = dict(kperm=True, w_as_a=True)   # the wide kernel's compact words, W as wgmma's register A operand
 _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig | PackedWideConfig]] = {
     # Qwen2.5-7B: qkv, o, gate_up, down. 17..128 rows: the wide kernel where benchmarks/kernels/awq_fused_probe.py
-    # timed it faster than dequantize + cuBLAS (H200, session 12; docs/perf.md), else that scratch path.
+    # timed it faster than dequantize + cuBLAS (H200, sessions 12 and 20; docs/perf.md), else that scratch path.
     (4608, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
-                      32: _W(32, 128, 64, 4, 1), 64: _DQ, 128: _DQ, 256: _DQ, 4096: _DQ},
+                      32: _W(32, 128, 128, 4, 3, **_KP), 64: _W(64, 64, 128, 4, 2, **_KP),
+                      128: _DQ, 256: _DQ, 4096: _DQ},
     (3584, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
-                      32: _DQ, 64: _DQ, 128: _DQ, 256: _DQ, 4096: _DQ},
+                      32: _W(32, 64, 128, 4, 2, **_KP), 64: _DQ, 128: _DQ, 256: _DQ, 4096: _DQ},
     (37888, 3584, 4): {1: _P(1, 128, 64, 4, 1, 4, prefetch=True), 16: _P(16, 64, 128, 4, 3),
-                       32: _W(64, 128, 64, 4, 1), 64: _W(64, 128, 64, 4, 3, compact=True),
+                       32: _W(32, 64, 128, 4, 2, **_KP), 64: _W(64, 128, 64, 4, 3, compact=True),
                        128: _W(128, 128, 64, 8, 3, compact=True), 256: _DQ, 4096: _DQ},
     (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 16: _P(16, 64, 128, 4, 3),
-                       32: _W(32, 64, 128, 4, 3, w_as_a=True), 64: _W(64, 128, 64, 4, 3, compact=True),
+                       32: _W(32, 128, 128, 4, 3, **_KP), 64: _W(64, 128, 64, 4, 3, compact=True),
                        128: _DQ, 256: _DQ, 4096: _DQ},
 }
 
@@ -442,11 +444,11 @@ _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig | PackedWideConfig]] =
 # writes it; --apply-m1-table FILE puts it here).
 # BEGIN M1_TABLE
 M1_TABLE: dict[tuple[int, int, int], PackedGemvConfig | PackedConfig] = {
-    # Qwen2.5-7B: qkv, o, gate_up, down (benchmarks/quant_kernels.py --gemv, NVIDIA H100 80GB HBM3)
-    (37888, 3584, 4): PackedGemvConfig(128, 16, 1, 4, True, True, False, 0, 0, 2, True),  # 33.71 us
-    (3584, 18944, 4): PackedGemvConfig(128, 16, 1, 4, True, True, True, 0, 0, 1, True),  # 17.48 us
-    (4608, 3584, 4): PackedGemvConfig(128, 16, 1, 4, True, True, True, 0, 0, 1, True),  # 7.69 us
-    (3584, 3584, 4): PackedGemvConfig(128, 16, 1, 4, True, True, True, 0, 0, 2, True),  # 6.50 us
+    # Qwen2.5-7B: qkv, o, gate_up, down (benchmarks/quant_kernels.py --gemv, NVIDIA H200)
+    (37888, 3584, 4): PackedGemvConfig(128, 16, 1, 4, True, True, True, 0, 0, 2, True, 1),  # 28.61 us
+    (3584, 18944, 4): PackedGemvConfig(128, 16, 1, 4, True, True, True, 0, 0, 1, True, 1),  # 16.62 us
+    (4608, 3584, 4): PackedGemvConfig(128, 16, 1, 4, True, True, True, 0, 0, 1, True, 1),  # 7.12 us
+    (3584, 3584, 4): PackedGemvConfig(128, 16, 1, 4, True, True, True, 0, 0, 2, True, 1),  # 6.12 us
 }
 # END M1_TABLE
 # The f16x2 path with x as vectors and tile-shaped scales beat the fp32 path on all four 7B shapes on the H100

@@ -40,7 +40,8 @@ This kernel is built for the count:
 * **Scales tile-shaped** (``SO_TILE``): the group's scale / offset row loaded as ``[BLOCK_KP, BLOCK_N]`` (the same
   row per packed row, from L1) in the words' layout, instead of a ``[BLOCK_N]`` vector that Triton converts
   through shared memory (two barriers each) every tile.
-* **Pipelined through shared memory** (``stages`` > 1, session 19, candidates not yet timed): the K loop is a
+* **Pipelined through shared memory** (``stages`` > 1, session 19; in session 20's H200 sweep no such candidate won
+  a shape, every pick has ``stages=1``): the K loop is a
   ``tl.range`` whose ``num_stages`` lets Triton's pipeliner copy the words (and scale rows) ``stages - 1`` tiles
   ahead with cp.async (LDGSTS), so more bytes are in flight per SM without the register prefetch's copies; with
   ``stages == 1`` the kernel compiles to the same SASS as the plain ``range`` loop (checked offline).
@@ -114,7 +115,7 @@ GEMV_CANDIDATES: list[PackedGemvConfig] = [
     PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1),
     PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=2),
     PackedGemvConfig(128, 16, 2, 4, prefetch=False, half=1, xvec=True, split_k=32),
-    # the words streamed through shared memory by Triton's pipeliner (session 19, not yet timed)
+    # the words streamed through shared memory by Triton's pipeliner (session 19; no shape's pick on the H200, session 20)
     PackedGemvConfig(128, 16, 1, 4, prefetch=False, xvec=True, half=1, stages=3),
     PackedGemvConfig(128, 16, 1, 4, prefetch=False, half=2, so_tile=True, stages=3),
     PackedGemvConfig(128, 16, 1, 4, prefetch=False, xvec=True, half=1, stages=4),

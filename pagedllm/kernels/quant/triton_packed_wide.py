@@ -25,7 +25,8 @@ op per weight, and several row tiles at M = 256 repeating all of it; the decode 
 wgmma's register A operand and ``x`` the shared-memory B operand (no shared-memory store of W), the accumulator
 ``[BLOCK_N, BLOCK_M]``.
 
-``KPERM`` (candidates, not yet timed; with ``W_AS_A`` in the candidate lists): why the configs above ran at half
+``KPERM`` (with ``W_AS_A``: routed for 17..32 rows, and 7B qkv up to 64, since session 20's H200 probe, e.g. gate_up
+at 24 rows 65 µs against 97 for the earlier pick and bf16's 70): why the configs above ran at half
 the speed their instruction counts predict (session 12: gate_up 85-96 µs at 24-64 rows). Per K step they spend
 0.08-0.16 shared-memory / L1 cycles a weight (128 B a cycle an SM) on top of 0.04-0.06 issue cycles: the
 repeated-row words are 4 B of L1 or shared memory a weight, the compact reshape stores W with scalar 2-byte STS,
@@ -91,7 +92,8 @@ _P = PackedWideConfig
 # BLOCK_N 128, BLOCK_K 64, 4 warps, g128): words through L1 (num_stages 1) 5.3, words pipelined through shared
 # memory 6.5 (repeated rows: 4 B of shared memory a weight each way), compact words + register reshape 6.6 (scalar
 # 2-byte shared stores of W), W as the register A operand 7.5.
-# kperm + w_as_a (the last ones of each bucket, not yet timed): compact words pipelined, W never in shared memory,
+# kperm + w_as_a (the last ones of each bucket; timed on an H200 in session 20: they win at 17..32 rows on all four
+# 7B shapes and qkv at 64, lose at 48-128 rows to compact): compact words pipelined, W never in shared memory,
 # 5.0-6.1 instructions and 0.02-0.07 shared-memory cycles a weight against 5.3-6.6 and 0.08-0.16 for the configs
 # above (benchmarks/kernels/wide_sass.py; its throughput model, which reproduces session 12's gate_up timings within
 # ~10-15%, predicts gate_up ~45-55 µs at 24-64 rows and ~70-80 at 128 against the measured 85-96 and 140-161).
