@@ -131,10 +131,6 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: _flag("PAGEDLLM_PIECEWISE_GRAPHS", default=True),
         "Default of piecewise_cuda_graphs / --[no-]piecewise-cuda-graphs: CUDA graphs for steps with prompt "
         "tokens. Default on."),
-    "PAGEDLLM_CUDA_GRAPH_WARMUPS": (
-        lambda: _int_at_least("PAGEDLLM_CUDA_GRAPH_WARMUPS", 1, 1, maximum=8),
-        "Eager runs of each CUDA-graph size before its capture (Triton compiles, cuBLAS workspaces, lazily built "
-        "buffers all happen in the first). Default 1, as vLLM's cudagraph_num_of_warmups; 2 until session 20."),
     "PAGEDLLM_PIECEWISE_MAX_TOKENS": (
         lambda: _int_at_least("PAGEDLLM_PIECEWISE_MAX_TOKENS", 1, 512),
         "Largest step (tokens) that the piecewise CUDA graphs cover; larger steps run eagerly. Sizes above 512 go "

@@ -70,10 +70,3 @@ ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 50 python3 .bench/sb/offline_workload.py
 ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 95 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq new-defaults"
 fi
 # Cold start: SWITCH=PAGEDLLM_PDL_EARLY_TRIGGER VALUES="1 1" bash benchmarks/gpu_session9/s9e.sh
-if [ "${PART:-1}" = 7 ]; then
-# PAGEDLLM_CUDA_GRAPH_WARMUPS 2 -> 1 (one eager run a graph size before its capture, as vLLM). Prediction: CUDA graphs
-# 6.0 -> ~4.2 s of the cold start (a third of the ~132 forwards gone), /health ~23-25 -> ~21-23 s; tokens unchanged.
-PYTHONPATH=$R timeout 70 python3 -m pytest -q -p no:cacheprovider -n 4 -rfs --tb=short tests/gpu/test_engine_gpu.py \
-  -k "bf16_triton_greedy or piecewise" 2>&1 | grep -vE "^\s*$|Warning|warner" | cut -c1-300 | tail -6
-SWITCH=PAGEDLLM_CUDA_GRAPH_WARMUPS VALUES="1" timeout 45 bash benchmarks/gpu_session9/s9e.sh 2>&1 | grep -E "health|start-up|Captured" | cut -c1-300
-fi

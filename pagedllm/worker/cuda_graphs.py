@@ -23,7 +23,6 @@ import time
 import numpy as np
 import torch
 
-from pagedllm import envs
 from pagedllm.attention.backends.base import AttentionBackend, CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.model.layers.pipeline import IntermediateTensors
@@ -123,9 +122,7 @@ class CudaGraphRunner:
         for bs in reversed(self.sizes):
             batch = self._batch(bs)
             stage_args = () if self.stage_inputs is None else self.stage_inputs.args(bs)
-            # Warm up outside the capture (Triton compiles, cuBLAS handles and workspaces, lazily built buffers):
-            # one run does all of it; each run of a 7B model costs ~30 ms of host time a size at start-up.
-            for _ in range(envs.PAGEDLLM_CUDA_GRAPH_WARMUPS):
+            for _ in range(2):   # warm up (Triton autotune/compile, cuBLAS handles) outside the capture
                 self.model(batch.input_ids, batch.positions, batch, *stage_args)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
@@ -286,7 +283,7 @@ class PiecewiseGraphRunner:
         stream = torch.cuda.Stream()
         for t in reversed(self.sizes):
             stage_args = () if self.stage_inputs is None else self.stage_inputs.args(t)
-            for _ in range(envs.PAGEDLLM_CUDA_GRAPH_WARMUPS):
+            for _ in range(2):
                 self.model(self.input_ids[:t], self.positions[:t], self._batch(t, _SkipAttention), *stage_args)
             torch.cuda.synchronize()
             splitter = _GraphSplitter(self.pool)
