@@ -70,3 +70,7 @@ ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 50 python3 .bench/sb/offline_workload.py
 ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 95 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq new-defaults"
 fi
 # Cold start: SWITCH=PAGEDLLM_PDL_EARLY_TRIGGER VALUES="1 1" bash benchmarks/gpu_session9/s9e.sh
+# PART=7 as run at 27842f7 (one CUDA-graph warm-up a size, PAGEDLLM_CUDA_GRAPH_WARMUPS; reverted in be3f090 after
+# this measurement: no gain), on an H100:
+#   tests/gpu/test_engine_gpu.py -k "bf16_triton_greedy or piecewise" (-n 4), then
+#   SWITCH=PAGEDLLM_CUDA_GRAPH_WARMUPS VALUES="1" bash benchmarks/gpu_session9/s9e.sh; then VALUES="2 1" in the next call.
