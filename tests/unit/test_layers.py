@@ -31,12 +31,13 @@ def test_rms_norm_on_the_cpu_is_bitwise_hf_llama_rms_norm():
 
     from pagedllm.model.layers.norm import RMSNorm
     g = torch.Generator().manual_seed(0)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype, rows, scale in [(torch.float32, 16, 3), (torch.bfloat16, 16, 3), (torch.bfloat16, 1, 1e-2),
+                               (torch.bfloat16, 300, 100), (torch.float16, 16, 3), (torch.float16, 7, 0.05)]:
         ours, hf = RMSNorm(576, 1e-5), LlamaRMSNorm(576, eps=1e-5)
         weight = (torch.rand(576, generator=g) + 0.5).to(dtype)
         ours.weight.data, hf.weight.data = weight.clone(), weight.clone()
-        x = (torch.randn(16, 576, generator=g) * 3).to(dtype)
-        residual = torch.randn(16, 576, generator=g).to(dtype)
+        x = (torch.randn(rows, 576, generator=g) * scale).to(dtype)
+        residual = torch.randn(rows, 576, generator=g).to(dtype)
         with torch.no_grad():
             assert torch.equal(ours(x), hf(x)), dtype
             normed, summed = ours(x, residual)

@@ -44,12 +44,14 @@ class TorchAttentionBackend(AttentionBackend):
             q, k = rotary(positions, q, k)
         step = self._step_slots
         all_valid = step[1] if step is not None and step[0] is slot_mapping else None
-        torch_attention.store_kv(k, v, kv_cache[0], kv_cache[1], slot_mapping, all_slots_valid=all_valid)
+        k_cache, v_cache = kv_cache.unbind(0)      # one op, not two selects (issue 19: ops are the CPU step's cost)
+        torch_attention.store_kv(k, v, k_cache, v_cache, slot_mapping, all_slots_valid=all_valid)
         return q
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: TorchAttentionMetadata, scale: float,
                out: torch.Tensor | None = None) -> torch.Tensor:
-        result = torch_attention.paged_attention(q, kv_cache[0], kv_cache[1], metadata.query_start_loc,
+        k_cache, v_cache = kv_cache.unbind(0)
+        result = torch_attention.paged_attention(q, k_cache, v_cache, metadata.query_start_loc,
                                                  metadata.seq_lens, metadata.block_tables, scale,
                                                  query_start_loc_cpu=metadata.query_start_loc_cpu,
                                                  seq_lens_cpu=metadata.seq_lens_cpu, step_cache=metadata.step_cache)
