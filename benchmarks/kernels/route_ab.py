@@ -16,6 +16,9 @@ VARIANT:
                    before the PDL wait (1.5B 2048 x 1536: 8 x 2048; 7B 4608 x 3584: 4 x 4096), so after the wait only
                    x is read (session 18; the per-call sweep times back-to-back GEMVs, not this overlap)
   onetile-qkv-o    the same for o_proj too (1.5B 1536 x 1536: 8 x 2048; 7B 3584 x 3584: 4 x 4096)
+  awq-clamped   triton_packed's decode, dequantize and fused-GEMM kernels with their column indices clamped as
+                before session 20 (EVEN_N forced off: scalar word loads, the dequantize kernel's stores through a
+                shared-memory layout conversion), to A/B that change (set ANCHOR_CFG as for awq-scratch)
   awq-kperm     the 7B int4 routing of 17..32 rows on the kperm + w_as_a wide configs (all four shapes) and qkv at
                 33..64 rows too (session 20's probe on an H200), the rest as committed (set ANCHOR_CFG as for awq-scratch)
 Prints offline_workload.py's JSON lines.
@@ -58,6 +61,16 @@ elif variant == "awq-kperm":
     tp._TABLE[(3584, 3584, 4)][32] = W(32, 64, 128, 4, 2, **kp)
     tp._TABLE[(37888, 3584, 4)][32] = W(32, 64, 128, 4, 2, **kp)
     tp._TABLE[(3584, 18944, 4)][32] = W(32, 128, 128, 4, 3, **kp)
+elif variant == "awq-clamped":
+    from pagedllm.kernels.quant import triton_packed as tp
+    make = tp._make_plan
+
+    def clamped(*args, **kwargs):
+        plan = make(*args, **kwargs)
+        if "EVEN_N" in plan.constexprs and plan.kind in ("decode", "cublas", "gemm"):
+            plan.constexprs["EVEN_N"] = False
+        return plan
+    tp._make_plan = clamped
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
 runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),

@@ -157,6 +157,24 @@ def test_every_candidate_config(bucket):
             _check(x, w, y=packed_matmul_with_config(x, w, None, cfg))
 
 
+@pytest.mark.parametrize("n", [128, 136])
+def test_column_tiles_even_and_ragged(n):
+    """Every kernel of triton_packed with N a multiple of its column tile (EVEN_N: unclamped, vector loads, unmasked
+    dequantize stores) and with a ragged last tile (clamped loads, masked stores): decode (FMA, FMA with prefetch,
+    dot), dequantize + cuBLAS (two tiles) and the fused GEMM."""
+    k = 256
+    configs = [(1, PackedConfig(1, 64, 128, 4, 1)), (1, PackedConfig(1, 128, 64, 4, 1, prefetch=True)),
+               (5, PackedConfig(16, 64, 128, 4, 3)), (40, triton_packed._DQ),
+               (40, PackedConfig(0, 64, 256, 4, 1, cublas=True)), (40, PackedConfig(32, 64, 64, 4, 2))]
+    for bits in (4, 8):
+        w = random_packed(k, n, bits, 32, seed=n + bits)
+        for m, cfg in configs:
+            plan = triton_packed._make_plan(m, n, k, bits, 32, False, torch.device(DEVICE), cfg)
+            assert plan.constexprs["EVEN_N"] == (n == 128), cfg
+            x = _x(m, k, DTYPES[-1], seed=m)
+            _check(x, w, y=packed_matmul_with_config(x, w, None, cfg))
+
+
 def test_split_k_is_deterministic_and_reusable():
     """Split-K's arrival counters are reset by the kernel: repeated calls give the same bits."""
     n, k = (40, 1024) if INTERPRET else (584, 8192)

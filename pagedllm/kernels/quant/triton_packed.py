@@ -106,6 +106,18 @@ def _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask,
     return s, o
 
 
+@triton.jit
+def _tile_cols(offs_n, N, EVEN_N: tl.constexpr):
+    """A column tile's indices for unmasked loads. ``EVEN_N`` (N a multiple of the tile): the indices themselves,
+    whose contiguity Triton proves, so words load 16 B a thread and the dequantize kernel's stores need no layout
+    conversion through shared memory (sm_90 SASS, session 20: LDG.E.128 instead of 16 scalar LDG.E a thread, 2
+    scalar shared stores instead of 130). Else clamped into the matrix (loads stay unmasked, stores are masked):
+    a clamped index has no contiguity Triton can prove, so the ragged case loads one word at a time."""
+    if EVEN_N:
+        return offs_n
+    return tl.where(offs_n < N, offs_n, 0)
+
+
 # 2**23 as float32 bits: (MAGIC | v) read as float32 is exactly 2**23 + v for any v < 2**23, so a bit-field of a
 # word becomes a float with one integer op and no int->float conversion (a quarter-rate instruction on the GPU).
 MAGIC = tl.constexpr(0x4B000000)
@@ -141,13 +153,13 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
                           BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                           USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, FUSED: tl.constexpr,
                           PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_KP: tl.constexpr, PDL: tl.constexpr):
+                          BLOCK_KP: tl.constexpr, PDL: tl.constexpr, EVEN_N: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
     HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.where(offs_n < N, offs_n, 0)     # clamped, not masked: loads stay unmasked; stores are masked
+    cols = _tile_cols(offs_n, N, EVEN_N)
     offs_kp = tl.arange(0, BLOCK_KP)
     kp_start = pid_k * KP_PER_SPLIT
     s_one = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -288,14 +300,15 @@ def _decode_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS: tl.cons
 
 @triton.jit
 def _dequantize_kernel(QW, S, O, W, N, KP, GROUP: tl.constexpr, BITS: tl.constexpr, SCALE_MODE: tl.constexpr,
-                       EVEN_K: tl.constexpr, FUSED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr):
+                       EVEN_K: tl.constexpr, FUSED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr,
+                       EVEN_N: tl.constexpr):
     """The dense ``W`` ``[K, N]`` in ``W``'s dtype, one ``[BLOCK_KP * pack, BLOCK_N]`` tile a program (prefill
     feeds it to cuBLAS)."""
     PACK: tl.constexpr = 32 // BITS
     HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
     kp0 = tl.program_id(0) * BLOCK_KP
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.where(offs_n < N, offs_n, 0)
+    cols = _tile_cols(offs_n, N, EVEN_N)
     offs_kp = tl.arange(0, BLOCK_KP)
     kmask = (kp0 + offs_kp) < KP
     if EVEN_K:
@@ -316,14 +329,17 @@ def _dequantize_kernel(QW, S, O, W, N, KP, GROUP: tl.constexpr, BITS: tl.constex
     smask = kmask[:, None] & (offs_n < N)[None, :]
     for j in tl.static_range(PACK):
         w = _unpack_scaled(words, words_hi, s, c, j, BITS, FUSED) + o
-        tl.store(W + (rows + j)[:, None] * N + offs_n[None, :], w.to(W.dtype.element_ty), mask=smask)
+        if EVEN_N and EVEN_K:
+            tl.store(W + (rows + j)[:, None] * N + cols[None, :], w.to(W.dtype.element_ty))
+        else:
+            tl.store(W + (rows + j)[:, None] * N + offs_n[None, :], w.to(W.dtype.element_ty), mask=smask)
 
 
 @triton.jit
 def _packed_gemm_kernel(X, QW, S, O, B, Y, M, N, K, KP, stride_xm, stride_ym,
                         BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                         EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        GROUP_M: tl.constexpr, PDL: tl.constexpr):
+                        GROUP_M: tl.constexpr, PDL: tl.constexpr, EVEN_N: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     BLOCK_KP: tl.constexpr = BLOCK_K // PACK
@@ -340,7 +356,7 @@ def _packed_gemm_kernel(X, QW, S, O, B, Y, M, N, K, KP, stride_xm, stride_ym,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(offs_m, M - 1)           # clamped: x loads unmasked along M; stores masked
-    cols = tl.where(offs_n < N, offs_n, 0)
+    cols = _tile_cols(offs_n, N, EVEN_N)
     offs_k = tl.arange(0, BLOCK_K)
     offs_kp = tl.arange(0, BLOCK_KP)
     shifts = tl.arange(0, PACK) * BITS
@@ -538,11 +554,12 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
     even_k = k % block_k == 0
     if not decode and cfg.cublas:
         grid = (triton.cdiv(k // pack, block_kp), triton.cdiv(n, cfg.block_n))
-        return _Plan("cublas", grid, 0, 0, dict(common, EVEN_K=even_k, FUSED=_FUSED, BLOCK_N=cfg.block_n,
-                                                 BLOCK_KP=block_kp))
+        return _Plan("cublas", grid, 0, 0, dict(common, EVEN_K=even_k, EVEN_N=n % cfg.block_n == 0, FUSED=_FUSED,
+                                                 BLOCK_N=cfg.block_n, BLOCK_KP=block_kp))
     common["HAS_BIAS"] = has_bias
     if not decode:
-        return _Plan("gemm", (0, 0), 0, 0, dict(common, EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        return _Plan("gemm", (0, 0), 0, 0, dict(common, EVEN_K=even_k, EVEN_N=n % cfg.block_n == 0,
+                                                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                                                 BLOCK_K=block_k, GROUP_M=cfg.group_m))
     block_n = max(cfg.block_n, 16) if use_dot else cfg.block_n
     grid_n = triton.cdiv(n, block_n)
@@ -556,7 +573,7 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
     return _Plan("decode", (grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * block_n * block_m,
                  dict(common, EVEN_K=even_k and k_tiles % tiles_per_split == 0, USE_DOT=use_dot, SPLIT_K=split_k,
                       FUSED=_FUSED, PREFETCH=cfg.prefetch and not use_dot, BLOCK_M=block_m, BLOCK_N=block_n,
-                      BLOCK_KP=block_kp))
+                      BLOCK_KP=block_kp, EVEN_N=n % block_n == 0))
 
 
 # Dense scratch for the cuBLAS prefill path, per (device, dtype): one buffer sized by the largest layer, reused by
