@@ -32,3 +32,10 @@ if [ "${PART:-1}" = 2 ]; then
 # K) and (64 x 256 K), the latter with no shared memory at all in its sm_90 SASS); prints a _TABLE to paste.
 PYTHONPATH=$R timeout 250 python3 benchmarks/quant_kernels.py --sweep --sweep-ms 256,4096 --deadline 200 2>&1 | tail -30
 fi
+if [ "${PART:-1}" = 3 ]; then
+# Issue 18's cold start (23-25 s on the H200 in session 20, target 15): which 3 Triton variants are still built one by
+# one during start-up (the thread pool's dry pass misses them; ~1 s), from the DEBUG log of one cold `serve` (its
+# Triton cache directory is named after the switch, so it is empty unless this part already ran on this machine).
+SWITCH=PAGEDLLM_LOGGING_LEVEL VALUES="DEBUG" timeout 60 bash benchmarks/gpu_session9/s9e.sh 2>&1 | grep -E "health|start-up " | cut -c1-300
+grep -h "during start-up" $OUT/serve_PAGEDLLM_LOGGING_LEVEL_1.log | cut -c1-400
+fi
