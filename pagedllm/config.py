@@ -268,7 +268,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
     "tokenizer_pool_size", "tokenizer_pool_type", "tokenizer_pool_extra_config", "quantization_param_path",
     "enable_multimodal_encoder_data_parallel", "speculative_model", "num_speculative_tokens",
-    "cudagraph_capture_sizes", "max_cudagraph_capture_size", "all2all_backend", "enable_mm_embeds",
+    "all2all_backend", "enable_mm_embeds",
     "mm_encoder_attn_backend", "io_processor_plugin", "mamba_block_size", "expert_placement_strategy",
 })
 
@@ -314,6 +314,12 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     max_logprobs: int = 20
     enforce_eager: bool = False
+    # vLLM's CUDA-graph sizes (fields of its compilation config, also engine arguments and flags; compilation_config=
+    # {"cudagraph_capture_sizes": [...]} works too): the decode graphs' batch sizes and the piecewise graphs' token
+    # counts. None: pagedllm's own lists (decode 1..max_num_seqs, piecewise up to PAGEDLLM_PIECEWISE_MAX_TOKENS);
+    # max_cudagraph_capture_size cuts those lists at that size. A step above the largest size runs eagerly.
+    cudagraph_capture_sizes: list[int] | None = None
+    max_cudagraph_capture_size: int | None = None
     # vLLM's sleep mode: LLM.sleep(level) / wake_up() (POST /sleep, /wake_up with PAGEDLLM_SERVER_DEV_MODE=1) free
     # the weights' and the KV cache's device memory without a restart (worker/sleep_mode.py). Off: sleep() is an
     # error that says to turn it on, as vLLM requires it.
@@ -511,6 +517,11 @@ class EngineArgs:
         g.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=None,
                        help="Programmatic dependent launch of the decode kernels, Hopper+ (default: env "
                             "PAGEDLLM_PDL, on).")
+        g.add_argument("--cudagraph-capture-sizes", type=int, nargs="+", default=None,
+                       help="CUDA-graph sizes: the decode graphs' batch sizes and the piecewise graphs' token counts "
+                            "(vLLM's flag; default: pagedllm's lists). Larger steps run eagerly.")
+        g.add_argument("--max-cudagraph-capture-size", type=int, default=None,
+                       help="Largest CUDA-graph size: the default size lists cut there (vLLM's flag).")
         g.add_argument("--piecewise-cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                        help="CUDA graphs for steps with prompt tokens (default: env PAGEDLLM_PIECEWISE_GRAPHS, on).")
         g.add_argument("--cpu-onednn", action=argparse.BooleanOptionalAction, default=None,
@@ -776,10 +787,7 @@ def verify_engine_args(args: EngineArgs) -> None:
         get_reasoning_parser(args.reasoning_parser)     # an unknown name fails here, naming the known ones
     reasoning_parser_name(args)
     profiler_settings(args.profiler_config)       # raises on what it cannot honour
-    if args.compilation_config not in (None, 0, {}) and args.compilation_config not in ({"level": 0}, {"mode": 0}):
-        raise ValueError(f"compilation_config is not supported yet: pagedllm does not use torch.compile (CUDA graphs "
-                         f"are switched by enforce_eager and piecewise_cuda_graphs); use None or 0 "
-                         f"(got {args.compilation_config!r}).")
+    cuda_graph_sizes(args)                        # raises on what it cannot honour
     override = args.override_generation_config
     if override is not None:
         if not isinstance(override, dict):
@@ -807,6 +815,65 @@ def verify_engine_args(args: EngineArgs) -> None:
 # vLLM's LoRAConfig choices.
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 LORA_DTYPES = ("auto", "float16", "bfloat16")
+
+
+_GRAPH_SIZE_KEYS = ("cudagraph_capture_sizes", "max_cudagraph_capture_size")
+
+
+def cuda_graph_sizes(args: EngineArgs) -> tuple[list[int] | None, int | None]:
+    """The CUDA-graph sizes asked for: (sorted sizes or None, the largest size or None), from the engine arguments
+    or vLLM's compilation_config dict (its graph-size keys; torch.compile itself is not used here, so a mode or
+    level other than 0 is an error, as is any other key). Raises ValueError on a bad or contradictory value."""
+    given = {name: getattr(args, name) for name in _GRAPH_SIZE_KEYS}
+    cc = args.compilation_config
+    if cc not in (None, 0, {}):
+        if not isinstance(cc, dict):
+            raise ValueError(f"compilation_config is not supported yet: pagedllm does not use torch.compile (CUDA "
+                             f"graphs are switched by enforce_eager and piecewise_cuda_graphs, sized by "
+                             f"cudagraph_capture_sizes / max_cudagraph_capture_size); use None or 0, or a dict of "
+                             f"those two keys (got {cc!r}).")
+        other = sorted(k for k in cc if k not in _GRAPH_SIZE_KEYS and not (k in ("level", "mode") and cc[k] == 0))
+        if other:
+            raise ValueError(f"compilation_config is not supported yet beyond {', '.join(_GRAPH_SIZE_KEYS)}: "
+                             f"pagedllm does not use torch.compile (got {', '.join(map(str, other))}).")
+        for name in _GRAPH_SIZE_KEYS:
+            if name in cc and cc[name] is not None:
+                if given[name] is not None and given[name] != cc[name]:
+                    raise ValueError(f"{name} is given twice with different values: {given[name]!r} and "
+                                     f"compilation_config's {cc[name]!r}.")
+                given[name] = cc[name]
+    sizes, largest = given["cudagraph_capture_sizes"], given["max_cudagraph_capture_size"]
+    if sizes is not None:
+        if isinstance(sizes, int) and not isinstance(sizes, bool):
+            sizes = [sizes]
+        if not isinstance(sizes, (list, tuple)) or not sizes or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+            raise ValueError(f"cudagraph_capture_sizes must be a non-empty list of positive integers, got "
+                             f"{sizes!r}.")
+        sizes = sorted(set(sizes))
+    if largest is not None and (isinstance(largest, bool) or not isinstance(largest, int) or largest < 1):
+        raise ValueError(f"max_cudagraph_capture_size must be a positive integer, got {largest!r}.")
+    if sizes is not None and largest is not None and sizes[-1] != largest:
+        raise ValueError(f"max_cudagraph_capture_size={largest} but cudagraph_capture_sizes goes up to {sizes[-1]}: "
+                         f"give one of the two, or make the largest size the maximum (as vLLM requires).")
+    if sizes is not None and largest is None:
+        largest = sizes[-1]
+    return sizes, largest
+
+
+def _verify_graph_sizes(args: EngineArgs, on_gpu: bool, runner_type: str) -> None:
+    """CUDA-graph sizes are honoured only where graphs are captured (worker/model_runner.py's capture_graphs):
+    elsewhere they are an error that says why, not a setting that does nothing."""
+    sizes, largest = cuda_graph_sizes(args)
+    if largest is None:
+        return
+    asked = "cudagraph_capture_sizes" if sizes is not None else "max_cudagraph_capture_size"
+    why = ("this engine runs on the CPU" if not on_gpu else "enforce_eager=True" if args.enforce_eager
+           else "a pooling model runs eagerly" if runner_type == "pooling"
+           else "enable_lora=True runs eagerly" if args.enable_lora
+           else "cpu_offload_gb streams weights eagerly" if args.cpu_offload_gb else None)
+    if why:
+        raise ValueError(f"{asked}: no CUDA graphs are captured here ({why}); leave it unset.")
 
 
 def _verify_lora_args(args: EngineArgs) -> None:
@@ -1342,6 +1409,7 @@ class EngineConfig:
 
         on_gpu = device.type == "cuda"
         max_num_seqs = args.max_num_seqs if args.max_num_seqs is not None else (1024 if on_gpu else 256)
+        _verify_graph_sizes(args, on_gpu, runner_type)
         if args.max_num_batched_tokens is not None:
             max_num_batched_tokens = int(args.max_num_batched_tokens)
             if not chunked and max_num_batched_tokens < max_model_len:

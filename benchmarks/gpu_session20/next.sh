@@ -8,7 +8,7 @@
 # dot config 840 -> 720, its cp.async word copies 16 B instead of 4 B.
 # Predictions: dequantize ~3.0 -> ~4.0 TB/s (gate_up's scratch path at 128 rows 185 -> ~155 µs); AWQ ShareGPT
 # ~9,150 -> ~9,500-9,700 tok/s (+4-6%: ~800 steps above 64 rows save ~1.3 ms each); AWQ bs1 unchanged (GEMV).
-# PART=1 (~6 min): the quant kernel tests + AWQ engine test; the scratch path's µs per shape (quant_kernels.py, M = 256
+# PART=1 (~7.5 min): the quant kernel tests + AWQ engine test; the graph-size engine test; the scratch path's µs per shape (quant_kernels.py, M = 256
 # and 4096); AWQ ShareGPT and latency_8x1024x1024 (2..16-row decode) new vs awq-clamped, alternating, two rounds.
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next20_${PART:-1}.txt) 2>&1
@@ -19,6 +19,10 @@ if [ "${PART:-1}" = 1 ]; then
 PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
   tests/gpu/test_quant_packed_kernels.py tests/gpu/test_quant_awq_engine_gpu.py 2>&1 \
   | grep -vE "^\s*$|Warning|warner" | cut -c1-300 | tail -12
+# The cudagraph_capture_sizes / max_cudagraph_capture_size settings (session 20, never run on a GPU): the graphs
+# captured are the sizes asked for, tokens HF-greedy.
+PYTHONPATH=$R timeout 90 python3 -m pytest -q -p no:cacheprovider -rfs --tb=short tests/gpu/test_engine_gpu.py \
+  -k "cudagraph_capture_sizes or piecewise" 2>&1 | grep -vE "^\s*$|Warning|warner" | cut -c1-300 | tail -6
 PYTHONPATH=$R timeout 90 python3 benchmarks/quant_kernels.py --ms 256,4096 2>&1 | tail -12
 for r in 1 2; do
   ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 95 $AB base qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq even-n r$r"
@@ -38,4 +42,21 @@ if [ "${PART:-1}" = 3 ]; then
 # Triton cache directory is named after the switch, so it is empty unless this part already ran on this machine).
 SWITCH=PAGEDLLM_LOGGING_LEVEL VALUES="DEBUG" timeout 60 bash benchmarks/gpu_session9/s9e.sh 2>&1 | grep -E "health|start-up " | cut -c1-300
 grep -h "during start-up" $OUT/serve_PAGEDLLM_LOGGING_LEVEL_1.log | cut -c1-400
+fi
+if [ "${PART:-1}" = 4 ]; then
+# Cold start with --max-cudagraph-capture-size 256 against without (fresh Triton caches both; s9e.sh passes the
+# switch as an environment variable, so this part starts the two servers itself). Prediction: CUDA graphs 6.0 ->
+# ~3 s on the H200, /health ~2-3 s sooner.
+d=$(mktemp -d); python3 -c "
+import json,sys; sys.path.insert(0,'.bench/sb'); from workloads import qwen2_config; json.dump(qwen2_config('qwen2.5-7b'), open('$d/config.json','w'))"
+for extra in "--max-cudagraph-capture-size 256" ""; do
+  export TRITON_CACHE_DIR=$(mktemp -d); t0=$(date +%s%N)
+  PYTHONPATH=$R:/tmp/site python3 -m pagedllm.entrypoints.cli serve $d --load-format dummy --skip-tokenizer-init \
+    --max-model-len 4096 --port 8124 --served-model-name m --dtype bfloat16 $extra > $OUT/serve_cap.log 2>&1 &
+  pid=$!
+  until curl -sf localhost:8124/health >/dev/null; do sleep 0.1; kill -0 $pid 2>/dev/null || break; done
+  echo "[$extra]: /health 200 after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  grep -E "Captured|start-up " $OUT/serve_cap.log | cut -c1-300
+  kill -INT $pid; wait $pid
+done
 fi

@@ -30,12 +30,16 @@ from pagedllm.model.layers.pipeline import IntermediateTensors
 logger = logging.getLogger(__name__)
 
 
-def graph_batch_sizes(max_num_seqs: int) -> list[int]:
-    sizes = [1, 2, 4, 8] + list(range(16, 257, 16)) + list(range(288, 1025, 32))
-    sizes = [s for s in sizes if s <= max_num_seqs]
-    if not sizes or sizes[-1] < max_num_seqs <= 1024:
-        sizes.append(max_num_seqs)
-    return sizes
+def graph_batch_sizes(max_num_seqs: int, sizes: list[int] | None = None, largest: int | None = None) -> list[int]:
+    """The decode graphs' batch sizes: ``sizes`` (cudagraph_capture_sizes) up to ``max_num_seqs``; else our list
+    up to ``max_num_seqs`` and ``largest`` (max_cudagraph_capture_size), that limit included."""
+    if sizes is not None:
+        return sorted(s for s in set(sizes) if s <= max_num_seqs)
+    limit = max_num_seqs if largest is None else min(max_num_seqs, largest)
+    found = [s for s in [1, 2, 4, 8] + list(range(16, 257, 16)) + list(range(288, 1025, 32)) if s <= limit]
+    if not found or found[-1] < limit <= 1024:
+        found.append(limit)
+    return found
 
 
 class StageInputs:
@@ -67,12 +71,13 @@ def _first_rows(out, n: int):
 class CudaGraphRunner:
     def __init__(self, model, kv_caches: list[torch.Tensor], max_batch: int, max_blocks_per_seq: int,
                  attn_backend: AttentionBackend, device: torch.device,
-                 stage_input: tuple[int, torch.dtype] | None = None):
+                 stage_input: tuple[int, torch.dtype] | None = None, sizes: list[int] | None = None):
         """``stage_input``: (hidden size, dtype) on a pipeline stage after the first (its input comes from the
-        previous stage), else None."""
+        previous stage), else None. ``sizes``: the batch sizes to capture (``graph_batch_sizes``; default: all of
+        ours up to ``max_batch``)."""
         self.model = model
         self.kv_caches = kv_caches
-        self.sizes = graph_batch_sizes(max_batch)
+        self.sizes = graph_batch_sizes(max_batch) if sizes is None else sizes
         self.max_batch = self.sizes[-1]
         self.attn_backend = attn_backend
         self.device = device
@@ -182,10 +187,13 @@ class _StagingBuffers:
 
 
 # ---- piecewise graphs for mixed batches ------------------------------------------------------------------------------
-def piecewise_token_sizes(max_tokens: int, cap: int = 512) -> list[int]:
-    """Token buckets of the piecewise graphs, up to ``min(max_tokens, cap)``: fine steps, since a step pays for its
-    padding rows in every GEMM (with 9 coarse sizes, 16..512, the H200 1.5B ShareGPT run was slower with the graphs
-    than without); above 512 the padding is at most 1/8 of the step."""
+def piecewise_token_sizes(max_tokens: int, cap: int = 512, given: list[int] | None = None) -> list[int]:
+    """Token buckets of the piecewise graphs: ``given`` (cudagraph_capture_sizes) up to ``max_tokens``, else ours up
+    to ``min(max_tokens, cap)``: fine steps, since a step pays for its padding rows in every GEMM (with 9 coarse
+    sizes, 16..512, the H200 1.5B ShareGPT run was slower with the graphs than without); above 512 the padding is
+    at most 1/8 of the step."""
+    if given is not None:
+        return sorted(s for s in set(given) if s <= max_tokens)
     sizes = (list(range(8, 129, 8)) + list(range(144, 257, 16)) + list(range(288, 513, 32))
              + list(range(576, 1025, 64)) + list(range(1152, 2049, 128)) + list(range(2304, 4097, 256))
              + list(range(4608, 16385, 512)))
@@ -247,11 +255,13 @@ class PiecewiseGraphRunner:
 
     def __init__(self, model, kv_caches: list[torch.Tensor], max_tokens: int, attn_backend: AttentionBackend,
                  device: torch.device, pool=None, stage_input: tuple[int, torch.dtype] | None = None,
-                 cap: int = 512):
-        """``stage_input``: as ``CudaGraphRunner``'s. ``cap``: the largest step captured (envs.PAGEDLLM_PIECEWISE_MAX_TOKENS)."""
+                 cap: int = 512, sizes: list[int] | None = None):
+        """``stage_input``: as ``CudaGraphRunner``'s. ``cap``: the largest step captured
+        (envs.PAGEDLLM_PIECEWISE_MAX_TOKENS or max_cudagraph_capture_size); ``sizes``: cudagraph_capture_sizes, if
+        given (``piecewise_token_sizes``)."""
         self.model = model
         self.kv_caches = kv_caches
-        self.sizes = piecewise_token_sizes(max_tokens, cap)
+        self.sizes = piecewise_token_sizes(max_tokens, cap, sizes)
         self.attn_backend = attn_backend
         self.device = device
         self.pool = pool

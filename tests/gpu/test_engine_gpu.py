@@ -169,3 +169,20 @@ def test_bf16_piecewise_graphs_carry_prompt_steps(model_dir, prompts, hf_model):
     # 260 prompt tokens in chunks of <= 64: at least five piecewise steps, some with decodes beside the chunk.
     assert len(sizes) >= 5 and max(sizes) <= 64
     assert_greedy_under_hf(hf_model, prompts, got)
+
+
+def test_bf16_cudagraph_capture_sizes_are_the_graphs_captured(model_dir, prompts, hf_model):
+    """vLLM's cudagraph_capture_sizes: exactly those decode batch sizes (within max_num_seqs) and prompt-step token
+    counts get graphs; 5 requests decode through the 8-row graph (padded), prompt steps of up to 64 tokens through
+    the piecewise ones, larger steps eagerly; tokens stay HF-greedy."""
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+              dtype="bfloat16", max_num_batched_tokens=256, cudagraph_capture_sizes=[1, 2, 8, 64])
+    engine_runner = llm.llm_engine.runner
+    assert sorted(engine_runner.graph_runner.graphs) == [1, 2, 8, 64]
+    assert engine_runner.piecewise_runner.sizes == [1, 2, 8, 64]
+    sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
+    got = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
+                                                           use_tqdm=False)]
+    del llm
+    torch.cuda.empty_cache()
+    assert_greedy_under_hf(hf_model, prompts, got)

@@ -262,9 +262,22 @@ ENGINE_FIELDS: dict[str, list] = {
     # tests/models/test_pooler_config.py: each field against HF, and the errors of the fields that do not apply.
     "pooler_config": [Read(("model/layers/pooler.py",), "pooler_config"),
                       Rejects({"pooling_typ": "MEAN"}, "Unknown pooler_config field(s): pooling_typ")],
-    "compilation_config": [Behaves(_cfg(compilation_config=0)),
-                           Rejects(3, "compilation_config is not supported yet"),
-                           Rejects({"cudagraph_capture_sizes": [1, 2]}, "compilation_config is not supported yet")],
+    # Its graph-size keys are the two fields below (tests/unit/test_cuda_graph_sizes.py); torch.compile is not used.
+    "compilation_config": [Rejects(3, "compilation_config is not supported yet"),
+                           Behaves(_cfg(compilation_config=0)),
+                           Behaves(lambda mp: build(mp, device="cuda", compilation_config={
+                               "cudagraph_capture_sizes": [1, 2, 4]})),
+                           Rejects({"mode": 3}, "compilation_config is not supported yet beyond"),
+                           Rejects({"cudagraph_capture_sizes": [1, 2]}, "cudagraph_capture_sizes: no CUDA graphs are "
+                                                                        "captured here (this engine runs on the CPU)")],
+    "cudagraph_capture_sizes": [Read(("worker/model_runner.py",), "cuda_graph_sizes(self.config.args)"),
+                                Behaves(lambda mp: build(mp, device="cuda", cudagraph_capture_sizes=[1, 8])),
+                                Rejects([0, 2], "cudagraph_capture_sizes must be a non-empty list of positive"),
+                                Rejects([1, 2], "no CUDA graphs are captured here (this engine runs on the CPU)")],
+    "max_cudagraph_capture_size": [Read(("worker/model_runner.py",), "cuda_graph_sizes(self.config.args)"),
+                                   Behaves(lambda mp: build(mp, device="cuda", max_cudagraph_capture_size=64)),
+                                   Rejects(0, "max_cudagraph_capture_size must be a positive integer"),
+                                   Rejects(64, "no CUDA graphs are captured here (this engine runs on the CPU)")],
 }
 
 

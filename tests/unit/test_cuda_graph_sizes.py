@@ -1,0 +1,79 @@
+"""vLLM's CUDA-graph size settings (cudagraph_capture_sizes, max_cudagraph_capture_size, and compilation_config's
+keys of the same names): which decode batch sizes and piecewise token counts get graphs, and the errors where no
+graph is captured. The capture itself runs on a GPU (tests/gpu/test_engine_gpu.py); here the lists it is given."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from pagedllm import config as cfg_mod
+from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel, cuda_graph_sizes
+from pagedllm.utils import FlexibleArgumentParser
+from pagedllm.worker.cuda_graphs import graph_batch_sizes, piecewise_token_sizes
+
+
+def _build(monkeypatch, device: str = "cuda", **kwargs) -> EngineConfig:
+    monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device(device))
+    hf = transformers.LlamaConfig(max_position_embeddings=4096)
+    return EngineConfig.build(EngineArgs(model="m", **kwargs), ResolvedModel("m", hf, None))
+
+
+def test_default_lists_are_unchanged_without_the_settings():
+    decode = graph_batch_sizes(1024)
+    assert decode[:6] == [1, 2, 4, 8, 16, 32] and decode[-3:] == [960, 992, 1024] and len(decode) == 44
+    assert graph_batch_sizes(100)[-2:] == [96, 100]                 # max_num_seqs itself is the largest graph
+    prompt = piecewise_token_sizes(8192)
+    assert prompt[0] == 8 and prompt[-1] == 512 and len(prompt) == 32
+    assert cuda_graph_sizes(EngineArgs(model="m")) == (None, None)
+
+
+def test_max_cudagraph_capture_size_cuts_both_lists_at_that_size():
+    assert graph_batch_sizes(1024, None, 256)[-3:] == [224, 240, 256]
+    assert graph_batch_sizes(1024, None, 100)[-2:] == [96, 100]      # the limit itself is captured
+    assert graph_batch_sizes(64, None, 256)[-1] == 64               # never past max_num_seqs
+    assert piecewise_token_sizes(8192, 1024)[-3:] == [896, 960, 1024]
+    assert piecewise_token_sizes(8192, 64)[-1] == 64
+
+
+def test_cudagraph_capture_sizes_are_the_sizes_within_each_runners_maximum():
+    assert graph_batch_sizes(8, [16, 1, 4, 2, 8, 4]) == [1, 2, 4, 8]
+    assert piecewise_token_sizes(2048, 512, [1, 2, 4, 8, 16, 4096]) == [1, 2, 4, 8, 16]
+
+
+def test_compilation_config_keys_and_fields_agree_or_fail():
+    assert cuda_graph_sizes(EngineArgs(model="m", cudagraph_capture_sizes=[8, 1, 2, 8])) == ([1, 2, 8], 8)
+    assert cuda_graph_sizes(EngineArgs(model="m", max_cudagraph_capture_size=128)) == (None, 128)
+    cc = {"cudagraph_capture_sizes": [1, 2, 4], "max_cudagraph_capture_size": 4, "mode": 0}
+    assert cuda_graph_sizes(EngineArgs(model="m", compilation_config=cc)) == ([1, 2, 4], 4)
+    with pytest.raises(ValueError, match="cudagraph_capture_sizes is given twice with different values"):
+        cuda_graph_sizes(EngineArgs(model="m", cudagraph_capture_sizes=[1], compilation_config=cc))
+    with pytest.raises(ValueError, match="max_cudagraph_capture_size=4 but cudagraph_capture_sizes goes up to 8"):
+        cuda_graph_sizes(EngineArgs(model="m", cudagraph_capture_sizes=[1, 8], max_cudagraph_capture_size=4))
+    with pytest.raises(ValueError, match="not supported yet beyond cudagraph_capture_sizes, "
+                                         "max_cudagraph_capture_size: pagedllm does not use torch.compile"):
+        cuda_graph_sizes(EngineArgs(model="m", compilation_config={"cudagraph_capture_sizes": [1], "mode": 3}))
+    for bad in ([], [1, True], [1.5], "1,2"):
+        with pytest.raises(ValueError, match="cudagraph_capture_sizes must be a non-empty list of positive"):
+            cuda_graph_sizes(EngineArgs(model="m", cudagraph_capture_sizes=bad))
+
+
+def test_the_command_line_flags(monkeypatch):
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = EngineArgs.from_cli_args(parser.parse_args(
+        ["--model", "m", "--cudagraph-capture-sizes", "1", "2", "4", "8", "--max-cudagraph-capture-size", "8"]))
+    assert (args.cudagraph_capture_sizes, args.max_cudagraph_capture_size) == ([1, 2, 4, 8], 8)
+    _build(monkeypatch, cudagraph_capture_sizes=args.cudagraph_capture_sizes,
+           max_cudagraph_capture_size=args.max_cudagraph_capture_size)        # a GPU engine takes them
+
+
+@pytest.mark.parametrize("kwargs,why", [
+    (dict(enforce_eager=True), "enforce_eager=True"),
+    (dict(enable_lora=True), "enable_lora=True runs eagerly"),
+    (dict(cpu_offload_gb=1), "cpu_offload_gb streams weights eagerly"),
+])
+def test_rejected_where_no_graph_is_captured(monkeypatch, kwargs, why):
+    with pytest.raises(ValueError, match=f"max_cudagraph_capture_size: no CUDA graphs are captured here \\({why}\\)"):
+        _build(monkeypatch, max_cudagraph_capture_size=64, **kwargs)
+    with pytest.raises(ValueError, match="this engine runs on the CPU"):
+        _build(monkeypatch, device="cpu", cudagraph_capture_sizes=[1, 2])
