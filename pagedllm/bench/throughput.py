@@ -39,6 +39,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "one LLM.generate call.")
     parser.add_argument("--disable-frontend-multiprocessing", action="store_true",
                         help="With --async-engine: the engine core in a thread of this process, not its own process.")
+    parser.add_argument("--lora-path", type=str, default=None,
+                        help="A LoRA adapter (PEFT folder) for every request, under an id drawn per request from "
+                             "1..max_loras (vLLM's: one adapter's weights, several adapters' slots); needs "
+                             "--enable-lora.")
     parser.add_argument("--num-warmups", type=int, default=0,
                         help="Requests generated once before the timed run (first-call compile/caches).")
     add_engine_args(parser)
@@ -70,6 +74,11 @@ def validate_args(args: argparse.Namespace) -> None:
                          "backend, not hf.")
     if args.disable_frontend_multiprocessing and not args.async_engine:
         raise ValueError("--disable-frontend-multiprocessing applies with --async-engine.")
+    if args.lora_path is not None:
+        if args.backend == "hf":
+            raise ValueError("--lora-path is for the pagedllm (vllm) backend, not hf.")
+        if not args.enable_lora:
+            raise ValueError("--lora-path needs --enable-lora (the engine's adapter slots).")
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}.")
     if args.num_prompts < 1:
@@ -96,6 +105,19 @@ def _requests_and_params(args: argparse.Namespace, tokenizer, **extra: Any) -> t
     return requests, [r.llm_prompt() for r in requests], params
 
 
+def _lora_requests(args: argparse.Namespace, count: int) -> list | None:
+    """``--lora-path``: one LoRARequest a request, its id drawn from 1..max_loras with ``--seed`` (vLLM's
+    benchmark does the same: every id names the same weights, so the run exercises several adapters' slots)."""
+    if args.lora_path is None:
+        return None
+    import random
+
+    from pagedllm.lora.request import LoRARequest
+    rng = random.Random(args.seed)
+    ids = [rng.randint(1, max(1, args.max_loras)) for _ in range(count)]
+    return [LoRARequest(f"lora-{i}", i, args.lora_path) for i in ids]
+
+
 def run_pagedllm_async(args: argparse.Namespace) -> dict[str, Any]:
     """vLLM's --async-engine: every request added to an AsyncLLMEngine at once, timed until the last one ends."""
     import asyncio
@@ -109,8 +131,11 @@ def run_pagedllm_async(args: argparse.Namespace) -> dict[str, Any]:
         requests, prompts, params = _requests_and_params(args, engine.tokenizer,
                                                          output_kind=RequestOutputKind.FINAL_ONLY)
 
+        loras = _lora_requests(args, len(prompts)) or [None] * len(prompts)
+
         async def generate(tag: str, count: int) -> list:
-            streams = [await engine.add_request(f"{tag}{i}", prompts[i], params[i]) for i in range(count)]
+            streams = [await engine.add_request(f"{tag}{i}", prompts[i], params[i], lora_request=loras[i])
+                       for i in range(count)]
             finals = []
             for stream in streams:
                 async for out in stream:
@@ -135,11 +160,13 @@ def run_pagedllm(args: argparse.Namespace) -> dict[str, Any]:
         return run_pagedllm_async(args)
     llm = create_llm(engine_kwargs(args))
     requests, prompts, params = _requests_and_params(args, llm_tokenizer(llm))
+    loras = _lora_requests(args, len(prompts))
+    lora = (lambda k: {}) if loras is None else (lambda k: {"lora_request": loras[:k]})    # noqa: E731
     if args.num_warmups > 0:
         k = min(args.num_warmups, len(prompts))
-        llm.generate(prompts[:k], params[:k], use_tqdm=False)
+        llm.generate(prompts[:k], params[:k], use_tqdm=False, **lora(k))
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=True)
+    outputs = llm.generate(prompts, params, use_tqdm=True, **lora(len(prompts)))
     elapsed = time.perf_counter() - start
     prompt_tokens = sum(len(o.prompt_token_ids or []) for o in outputs)
     output_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)

@@ -25,9 +25,10 @@ class FakeLLM:
     def get_tokenizer(self):
         return None
 
-    def generate(self, prompts, params, use_tqdm=True):
+    def generate(self, prompts, params, use_tqdm=True, lora_request=None):
         params_list = params if isinstance(params, list) else [params] * len(prompts)
         self.calls.append((prompts, params_list))
+        self.lora_requests = lora_request
         outs = []
         for prompt, p in zip(prompts, params_list):
             ids = prompt["prompt_token_ids"]
@@ -74,6 +75,25 @@ def test_throughput_prints_vllm_lines_and_json(fake_engine, tmp_path, capsys):
     assert [len(p["prompt_token_ids"]) for p in prompts] == [12, 12, 12]
     assert all(p.ignore_eos and p.temperature == 1.0 and p.top_p == 1.0 and p.n == 2 and p.max_tokens == 5
                for p in params)
+
+
+def test_throughput_lora_path_gives_every_request_the_adapter(fake_engine, capsys):
+    """vLLM's --lora-path: every request carries the adapter, under ids drawn from 1..max_loras (seeded)."""
+    argv = ["--input-len", "6", "--output-len", "2", "--num-prompts", "40", "--enable-lora", "--max-loras", "3",
+            "--lora-path", "/adapters/sql", "--num-warmups", "2"]
+    throughput.main(parse(throughput, *argv))
+    llm = fake_engine.instances[0]
+    assert llm.kwargs["enable_lora"] is True and llm.kwargs["max_loras"] == 3
+    loras = llm.lora_requests
+    assert len(loras) == 40 and {r.lora_path for r in loras} == {"/adapters/sql"}
+    assert {r.lora_int_id for r in loras} == {1, 2, 3} and all(r.lora_name == f"lora-{r.lora_int_id}" for r in loras)
+    throughput.main(parse(throughput, *argv))                      # the same seed: the same draw
+    assert [r.lora_int_id for r in fake_engine.instances[1].lora_requests] == [r.lora_int_id for r in loras]
+    with pytest.raises(ValueError, match="--lora-path needs --enable-lora"):
+        throughput.validate_args(parse(throughput, "--input-len", "4", "--lora-path", "/a"))
+    with pytest.raises(ValueError, match="--lora-path is for the pagedllm"):
+        throughput.validate_args(parse(throughput, "--backend", "hf", "--hf-max-batch-size", "2", "--input-len",
+                                       "4", "--lora-path", "/a", "--enable-lora"))
 
 
 def test_throughput_argument_checks():
