@@ -251,7 +251,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "data_parallel_hybrid_lb", "data_parallel_external_lb", "data_parallel_backend", "enable_dbo",
     "dbo_decode_token_threshold", "dbo_prefill_token_threshold", "disable_nccl_for_dp_synchronization",
     "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
-    "eplb_log_balancedness", "max_parallel_loading_workers", "disable_sliding_window", "disable_cascade_attn",
+    "eplb_log_balancedness", "max_parallel_loading_workers", "disable_cascade_attn",
     "max_long_partial_prefills", "logprobs_mode", "aggregate_engine_logging", "code_revision", "rope_scaling",
     "rope_theta", "hf_token", "max_seq_len_to_capture", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
@@ -314,6 +314,10 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     max_logprobs: int = 20
     enforce_eager: bool = False
+    # vLLM's: a model with sliding-window attention runs with full attention, max_model_len capped at the window
+    # (where the two are the same). That is what pagedllm does in any case (it has no windowed attention:
+    # _sliding_window_len), so the flag is honoured as it stands; only the start-up warning's wording changes.
+    disable_sliding_window: bool = False
     # vLLM's CUDA-graph sizes (fields of its compilation config, also engine arguments and flags; compilation_config=
     # {"cudagraph_capture_sizes": [...]} works too): the decode graphs' batch sizes and the piecewise graphs' token
     # counts. None: pagedllm's own lists (decode 1..max_num_seqs, piecewise up to PAGEDLLM_PIECEWISE_MAX_TOKENS);
@@ -491,6 +495,10 @@ class EngineArgs:
                        default=d.enable_chunked_prefill)
         g.add_argument("--max-logprobs", type=int, default=d.max_logprobs)
         g.add_argument("--enforce-eager", action="store_true", help="Disable CUDA graphs.")
+        g.add_argument("--disable-sliding-window", action="store_true",
+                       help="A sliding-window model (Mistral v0.1, Qwen2 with use_sliding_window) runs with full "
+                            "attention, max_model_len capped at its window (vLLM's flag; pagedllm has no windowed "
+                            "attention, so it caps a derived max_model_len there in any case).")
         g.add_argument("--enable-sleep-mode", action="store_true",
                        help="Allow sleep() / wake_up() (POST /sleep and /wake_up need PAGEDLLM_SERVER_DEV_MODE=1 too): "
                             "free the weights' and the KV cache's device memory without a restart.")
@@ -1405,6 +1413,7 @@ class EngineConfig:
             max_model_len = args.max_model_len      # an int: EngineArgs parses "32k" and friends
             if max_model_len > derived_len:
                 _verify_long_max_model_len(max_model_len, derived_len, derived_from, hf)
+        max_model_len = _sliding_window_len(args, hf, max_model_len)
         chunked = args.enable_chunked_prefill and runner_type == "generate"
 
         on_gpu = device.type == "cuda"
@@ -1645,6 +1654,39 @@ def _rope_scaled_len(hf_config, length: int, source: str) -> tuple[int, str]:
 # Architectures whose positions are a learned table (no position past its last row exists): a max_model_len above
 # the derived one is an error for them even with PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN.
 _ABSOLUTE_POSITION_MODEL_TYPES = ("opt", "bert", "roberta", "xlm-roberta")
+
+
+def sliding_window(hf_config) -> int | None:
+    """The attention window of the checkpoint's windowed layers as HF transformers applies it (each token sees
+    itself and the window - 1 before it), or None when every layer attends to the whole sequence: Mistral's
+    ``sliding_window``; Qwen2 / Qwen3 only with ``use_sliding_window`` (``layer_types`` naming windowed layers)."""
+    window = getattr(hf_config, "sliding_window", None)
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        return None
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is not None:
+        return window if "sliding_attention" in layer_types else None
+    return None if getattr(hf_config, "use_sliding_window", True) is False else window
+
+
+def _sliding_window_len(args: EngineArgs, hf_config, max_model_len: int) -> int:
+    """pagedllm's attention is never windowed. Up to the window that equals the model's windowed attention (every
+    earlier token is inside it), so a model whose window is shorter than its context runs with max_model_len capped
+    at the window, logged; a larger max_model_len asked for explicitly is an error, not attention that differs from
+    the model's past the window. ``disable_sliding_window`` (vLLM's) asks for exactly that cap."""
+    window = sliding_window(hf_config)
+    if window is None or max_model_len <= window:
+        return max_model_len
+    if args.max_model_len is not None:
+        raise ValueError(f"max_model_len={max_model_len} is longer than this model's sliding attention window "
+                         f"(sliding_window={window} in its config.json), and pagedllm does not support sliding-window "
+                         f"attention yet: full attention past {window} tokens would not be the model's. Use "
+                         f"max_model_len <= {window} (where full attention equals the window's).")
+    logger.warning("This model attends through a sliding window of %d tokens (sliding_window in its config.json); "
+                   "pagedllm does not support sliding-window attention yet, so max_model_len is %d (full attention "
+                   "equals the window's up to there)%s.", window, window,
+                   "" if args.disable_sliding_window else "; disable_sliding_window=True says so explicitly")
+    return window
 
 
 def _verify_long_max_model_len(max_model_len: int, derived_len: int, derived_from: str, hf_config) -> None:

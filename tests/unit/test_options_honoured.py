@@ -270,6 +270,10 @@ ENGINE_FIELDS: dict[str, list] = {
                            Rejects({"mode": 3}, "compilation_config is not supported yet beyond"),
                            Rejects({"cudagraph_capture_sizes": [1, 2]}, "cudagraph_capture_sizes: no CUDA graphs are "
                                                                         "captured here (this engine runs on the CPU)")],
+    # tests/unit/test_sliding_window.py: the cap, the error past it, tokens against HF's windowed attention.
+    "disable_sliding_window": [Behaves(lambda mp: (lambda c: c.max_model_len == 64 or _fail())(EngineConfig.build(
+        EngineArgs(model="m", disable_sliding_window=True), ResolvedModel("m", transformers.MistralConfig(
+            sliding_window=64, max_position_embeddings=4096), None))))],
     "cudagraph_capture_sizes": [Read(("worker/model_runner.py",), "cuda_graph_sizes(self.config.args)"),
                                 Behaves(lambda mp: build(mp, device="cuda", cudagraph_capture_sizes=[1, 8])),
                                 Rejects([0, 2], "cudagraph_capture_sizes must be a non-empty list of positive"),
