@@ -869,17 +869,23 @@ def cuda_graph_sizes(args: EngineArgs) -> tuple[list[int] | None, int | None]:
     return sizes, largest
 
 
+def cuda_graphs_off(args: EngineArgs, on_gpu: bool, pooling: bool) -> str | None:
+    """Why this engine captures no CUDA graph, in words, or None where worker/model_runner.py captures them (the
+    one rule both the runner and the graph-size check below follow)."""
+    return ("this engine runs on the CPU" if not on_gpu else "enforce_eager=True" if args.enforce_eager
+            else "a pooling model runs eagerly" if pooling
+            else "enable_lora=True runs eagerly" if args.enable_lora
+            else "cpu_offload_gb streams weights eagerly" if args.cpu_offload_gb else None)
+
+
 def _verify_graph_sizes(args: EngineArgs, on_gpu: bool, runner_type: str) -> None:
-    """CUDA-graph sizes are honoured only where graphs are captured (worker/model_runner.py's capture_graphs):
-    elsewhere they are an error that says why, not a setting that does nothing."""
+    """CUDA-graph sizes are honoured only where graphs are captured: elsewhere they are an error that says why, not
+    a setting that does nothing."""
     sizes, largest = cuda_graph_sizes(args)
     if largest is None:
         return
     asked = "cudagraph_capture_sizes" if sizes is not None else "max_cudagraph_capture_size"
-    why = ("this engine runs on the CPU" if not on_gpu else "enforce_eager=True" if args.enforce_eager
-           else "a pooling model runs eagerly" if runner_type == "pooling"
-           else "enable_lora=True runs eagerly" if args.enable_lora
-           else "cpu_offload_gb streams weights eagerly" if args.cpu_offload_gb else None)
+    why = cuda_graphs_off(args, on_gpu, runner_type == "pooling")
     if why:
         raise ValueError(f"{asked}: no CUDA graphs are captured here ({why}); leave it unset.")
 

@@ -161,12 +161,11 @@ def run_pagedllm(args: argparse.Namespace) -> dict[str, Any]:
     llm = create_llm(engine_kwargs(args))
     requests, prompts, params = _requests_and_params(args, llm_tokenizer(llm))
     loras = _lora_requests(args, len(prompts))
-    lora = (lambda k: {}) if loras is None else (lambda k: {"lora_request": loras[:k]})    # noqa: E731
     if args.num_warmups > 0:
         k = min(args.num_warmups, len(prompts))
-        llm.generate(prompts[:k], params[:k], use_tqdm=False, **lora(k))
+        llm.generate(prompts[:k], params[:k], use_tqdm=False, lora_request=loras and loras[:k])
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=True, **lora(len(prompts)))
+    outputs = llm.generate(prompts, params, use_tqdm=True, lora_request=loras)
     elapsed = time.perf_counter() - start
     prompt_tokens = sum(len(o.prompt_token_ids or []) for o in outputs)
     output_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)

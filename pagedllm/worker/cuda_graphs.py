@@ -69,15 +69,14 @@ def _first_rows(out, n: int):
 
 
 class CudaGraphRunner:
-    def __init__(self, model, kv_caches: list[torch.Tensor], max_batch: int, max_blocks_per_seq: int,
+    def __init__(self, model, kv_caches: list[torch.Tensor], sizes: list[int], max_blocks_per_seq: int,
                  attn_backend: AttentionBackend, device: torch.device,
-                 stage_input: tuple[int, torch.dtype] | None = None, sizes: list[int] | None = None):
-        """``stage_input``: (hidden size, dtype) on a pipeline stage after the first (its input comes from the
-        previous stage), else None. ``sizes``: the batch sizes to capture (``graph_batch_sizes``; default: all of
-        ours up to ``max_batch``)."""
+                 stage_input: tuple[int, torch.dtype] | None = None):
+        """``sizes``: the batch sizes to capture, ascending (``graph_batch_sizes``). ``stage_input``: (hidden size,
+        dtype) on a pipeline stage after the first (its input comes from the previous stage), else None."""
         self.model = model
         self.kv_caches = kv_caches
-        self.sizes = graph_batch_sizes(max_batch) if sizes is None else sizes
+        self.sizes = sizes
         self.max_batch = self.sizes[-1]
         self.attn_backend = attn_backend
         self.device = device
@@ -253,15 +252,13 @@ class PiecewiseGraphRunner:
     torch.compile; here the split is taken at capture time by the attention layers themselves
     (``ForwardBatch.attn_breaker``)."""
 
-    def __init__(self, model, kv_caches: list[torch.Tensor], max_tokens: int, attn_backend: AttentionBackend,
-                 device: torch.device, pool=None, stage_input: tuple[int, torch.dtype] | None = None,
-                 cap: int = 512, sizes: list[int] | None = None):
-        """``stage_input``: as ``CudaGraphRunner``'s. ``cap``: the largest step captured
-        (envs.PAGEDLLM_PIECEWISE_MAX_TOKENS or max_cudagraph_capture_size); ``sizes``: cudagraph_capture_sizes, if
-        given (``piecewise_token_sizes``)."""
+    def __init__(self, model, kv_caches: list[torch.Tensor], sizes: list[int], attn_backend: AttentionBackend,
+                 device: torch.device, pool=None, stage_input: tuple[int, torch.dtype] | None = None):
+        """``sizes``: the step sizes (tokens) to capture, ascending, maybe none (``piecewise_token_sizes``).
+        ``stage_input``: as ``CudaGraphRunner``'s."""
         self.model = model
         self.kv_caches = kv_caches
-        self.sizes = piecewise_token_sizes(max_tokens, cap, sizes)
+        self.sizes = sizes
         self.attn_backend = attn_backend
         self.device = device
         self.pool = pool

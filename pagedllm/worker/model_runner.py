@@ -15,7 +15,8 @@ from pagedllm.attention.backends.base import CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
-from pagedllm.config import EngineConfig, ProfilerSettings, cuda_graph_sizes, kv_cache_torch_dtype, profiler_settings
+from pagedllm.config import (EngineConfig, ProfilerSettings, cuda_graph_sizes, cuda_graphs_off, kv_cache_torch_dtype,
+                             profiler_settings)
 from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size,
                                   is_first_pp_stage, is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
@@ -344,10 +345,10 @@ class ModelRunner:
         """Capture the decode and piecewise CUDA graphs over the current weights and KV cache (start-up, and again
         after a wake-up: the graphs hold those tensors' addresses). Returns whether any were captured."""
         backend = self.attn_backend
-        if not (self.device.type == "cuda" and not self.config.args.enforce_eager and self.pooler is None
-                and self.offloader is None and self.lora is None):
+        if cuda_graphs_off(self.config.args, self.device.type == "cuda", self.config.is_pooling):
             return False
-        from pagedllm.worker.cuda_graphs import CudaGraphRunner, PiecewiseGraphRunner, graph_batch_sizes
+        from pagedllm.worker.cuda_graphs import (CudaGraphRunner, PiecewiseGraphRunner, graph_batch_sizes,
+                                                 piecewise_token_sizes)
         warm_up_tp_communicator(self.device)     # NCCL captures only a communicator that has run eagerly
         torch.cuda.synchronize(self.device)
         free_before, _ = torch.cuda.mem_get_info(self.device)
@@ -357,17 +358,16 @@ class ModelRunner:
         sizes, largest = cuda_graph_sizes(self.config.args)
         decode_sizes = graph_batch_sizes(self.config.max_num_seqs, sizes, largest)
         if backend.supports_full_cuda_graphs and decode_sizes:
-            self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, self.config.max_num_seqs,
-                                                self.max_blocks_per_seq, backend, self.device,
-                                                stage_input=stage_input, sizes=decode_sizes)
+            self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, decode_sizes, self.max_blocks_per_seq,
+                                                backend, self.device, stage_input=stage_input)
             self.graph_runner.capture()
         if backend.supports_piecewise_cuda_graphs and self.config.piecewise_cuda_graphs:
             pool = self.graph_runner.pool if self.graph_runner is not None else None
-            self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches,
-                                                         self.config.max_num_batched_tokens, backend,
-                                                         self.device, pool=pool, stage_input=stage_input,
-                                                         cap=envs.PAGEDLLM_PIECEWISE_MAX_TOKENS if largest is None
-                                                         else largest, sizes=sizes)
+            prompt_sizes = piecewise_token_sizes(self.config.max_num_batched_tokens,
+                                                 envs.PAGEDLLM_PIECEWISE_MAX_TOKENS if largest is None else largest,
+                                                 sizes)
+            self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches, prompt_sizes, backend,
+                                                         self.device, pool=pool, stage_input=stage_input)
             self.piecewise_runner.capture()
         if self.config.args.speculative_config is not None:
             logger.info("speculative_config: a step in which a request verifies drafts has multi-token queries, so "
