@@ -265,8 +265,8 @@ ENGINE_FIELDS: dict[str, list] = {
     # Its graph-size keys are the two fields below (tests/unit/test_cuda_graph_sizes.py); torch.compile is not used.
     "compilation_config": [Rejects(3, "compilation_config is not supported yet"),
                            Behaves(_cfg(compilation_config=0)),
-                           Behaves(lambda mp: build(mp, device="cuda", compilation_config={
-                               "cudagraph_capture_sizes": [1, 2, 4]})),
+                           Behaves(lambda mp: cfg_mod.cuda_graph_sizes(build(mp, device="cuda", compilation_config={
+                               "cudagraph_capture_sizes": [4, 1, 2]}).args) == ([1, 2, 4], 4) or _fail()),
                            Rejects({"mode": 3}, "compilation_config is not supported yet beyond"),
                            Rejects({"cudagraph_capture_sizes": [1, 2]}, "cudagraph_capture_sizes: no CUDA graphs are "
                                                                         "captured here (this engine runs on the CPU)")],
@@ -275,11 +275,14 @@ ENGINE_FIELDS: dict[str, list] = {
         EngineArgs(model="m", disable_sliding_window=True), ResolvedModel("m", transformers.MistralConfig(
             sliding_window=64, max_position_embeddings=4096), None))))],
     "cudagraph_capture_sizes": [Read(("worker/model_runner.py",), "cuda_graph_sizes(self.config.args)"),
-                                Behaves(lambda mp: build(mp, device="cuda", cudagraph_capture_sizes=[1, 8])),
+                                Behaves(lambda mp: cfg_mod.cuda_graph_sizes(build(
+                                    mp, device="cuda", cudagraph_capture_sizes=[8, 1]).args) == ([1, 8], 8) or _fail()),
                                 Rejects([0, 2], "cudagraph_capture_sizes must be a non-empty list of positive"),
                                 Rejects([1, 2], "no CUDA graphs are captured here (this engine runs on the CPU)")],
     "max_cudagraph_capture_size": [Read(("worker/model_runner.py",), "cuda_graph_sizes(self.config.args)"),
-                                   Behaves(lambda mp: build(mp, device="cuda", max_cudagraph_capture_size=64)),
+                                   Behaves(lambda mp: cfg_mod.cuda_graph_sizes(build(
+                                       mp, device="cuda", max_cudagraph_capture_size=64).args) == (None, 64)
+                                       or _fail()),
                                    Rejects(0, "max_cudagraph_capture_size must be a positive integer"),
                                    Rejects(64, "no CUDA graphs are captured here (this engine runs on the CPU)")],
 }
