@@ -20,6 +20,7 @@ from pagedllm.config import EngineArgs, FlexibleArgumentParser, verify_engine_ar
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import run_event_loop
 from pagedllm.entrypoints.generate_route import add_generate_route
+from pagedllm.entrypoints.listen_socket import bind_listen_socket
 from pagedllm.entrypoints.openai.cli_args import add_limit_args, add_shutdown_arg, check_limit_args
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
 from pagedllm.entrypoints.server_guards import DEFAULT_MAX_REQUEST_BODY_BYTES, add_error_handlers, add_guards
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args.max_log_len = None
     check_limit_args(args)
     configure_logging()
+    sock = bind_listen_socket(args.host, args.port)     # before the engine: see listen_socket.py
     engine_args = EngineArgs.from_cli_args(args)
     verify_engine_args(engine_args)
     engine_args.usage_context = "openai_api_server"
@@ -96,9 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     server = GracefulServer(config, engine, app.state.server_state, args.shutdown_timeout)
     freeze_gc_heap("API server")
     try:
-        run_event_loop(server.serve())
+        run_event_loop(server.serve(sockets=[sock]))
     finally:
         engine.shutdown()
+        sock.close()
     if server.exit_code:
         sys.exit(server.exit_code)
 

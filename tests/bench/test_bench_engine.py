@@ -8,13 +8,13 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from ports import free_port  # tests/ports.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -121,15 +121,9 @@ def test_long_document_qa_one_mode(tmp_path):
 
 
 # ---- bench serve against `pagedllm serve` ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "pagedllm.entrypoints.cli", "serve", MODEL, "--port", str(port)],
                             cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)

@@ -7,7 +7,6 @@ import glob
 import os
 import shutil
 import site
-import socket
 import subprocess
 import sys
 import tarfile
@@ -16,6 +15,7 @@ import zipfile
 
 import httpx
 import pytest
+from ports import free_port  # tests/ports.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -63,12 +63,6 @@ def test_wheel_and_sdist_contents(dist_dir):
     members = tarfile.open(sdist).getnames()
     root = f"pagedllm-{pagedllm.__version__}"
     assert {f"{root}/pyproject.toml", f"{root}/README.md", f"{root}/pagedllm/__init__.py"} <= set(members)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_wheel_installs_and_serves(dist_dir, tmp_path, clean_env):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,18 +15,13 @@ import time
 
 import httpx
 import pytest
+from ports import free_port  # tests/ports.py
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MAX_MODEL_LEN = 512
 # Common flags: short context, a 0.1 GiB KV cache (plenty for 32 requests of 512 tokens), fixed seed.
 SERVER_ARGS = ["--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-memory-gb", "0.1", "--seed", "0",
                "--disable-uvicorn-access-log"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RemoteServer:

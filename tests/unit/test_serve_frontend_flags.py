@@ -196,6 +196,55 @@ def test_bad_middleware_stops_serve_before_the_model_loads(tiny_llama_dir, monke
         api_server.run_server(serve_args(tiny_llama_dir, "--middleware", "no_such_module_xyz.Thing"))
 
 
+def test_taken_port_stops_serve_before_the_model_loads(tiny_llama_dir, monkeypatch):
+    """A --port another process listens on: a clear error at once, not uvicorn's after the model has loaded."""
+    import socket
+
+    from ports import free_port
+
+    from pagedllm.entrypoints.openai import api_server
+
+    def no_engine(*_args, **_kwargs):
+        raise AssertionError("the engine was built on a port that cannot be bound")
+    monkeypatch.setattr(api_server, "configure_logging", lambda: None)
+    monkeypatch.setattr(api_server, "build_engine", no_engine)
+    port = free_port()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        with pytest.raises(SystemExit, match=f"error: cannot listen on 127.0.0.1:{port}: Address already in use"):
+            api_server.run_server(serve_args(tiny_llama_dir, "--host", "127.0.0.1", "--port", str(port)))
+
+
+def test_port_is_held_while_the_engine_builds_and_freed_after(tiny_llama_dir, monkeypatch):
+    """The server's port is bound before the engine is built (tensor-parallel workers open connections on
+    ephemeral ports while it builds; one once took a test's port), and closed when serve ends."""
+    import errno
+    import socket
+
+    from ports import free_port
+
+    from pagedllm.entrypoints.openai import api_server
+    port = free_port()
+    seen = []
+
+    def engine_probe(*_args, **_kwargs):
+        with socket.socket() as other:
+            try:
+                other.bind(("127.0.0.1", port))
+                seen.append("free")
+            except OSError as e:
+                seen.append(errno.errorcode[e.errno])
+        raise KeyboardInterrupt                 # ends run_server as a Ctrl-C during start-up would
+    monkeypatch.setattr(api_server, "configure_logging", lambda: None)
+    monkeypatch.setattr(api_server, "build_engine", engine_probe)
+    with pytest.raises(KeyboardInterrupt):
+        api_server.run_server(serve_args(tiny_llama_dir, "--host", "127.0.0.1", "--port", str(port)))
+    assert seen == ["EADDRINUSE"]
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))         # closed on the way out
+
+
 # ---- --default-chat-template-kwargs -----------------------------------------------------------------------------
 def test_default_chat_template_kwargs_under_the_requests_own(tiny_llama_dir, tiny_engine):
     """vLLM's --default-chat-template-kwargs: every chat template render gets them, a request's chat_template_kwargs

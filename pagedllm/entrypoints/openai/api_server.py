@@ -30,6 +30,7 @@ from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.dev_routes import add_dev_routes
 from pagedllm.entrypoints.generate_route import add_generate_route
+from pagedllm.entrypoints.listen_socket import bind_listen_socket, bound_port
 from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
 from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionRequest,
                                                   ClassificationRequest, CompletionRequest, DetokenizeRequest,
@@ -377,19 +378,28 @@ def run_server(args: argparse.Namespace, prestarted=None) -> int:
             load_middleware(path)      # a bad --middleware fails now, not after the model has loaded
     except ValueError as e:
         sys.exit(f"error: {e}")
-    engine, metrics, names = build_engine(args, prestarted)
+    uds = getattr(args, "uds", None)
+    sock = None if uds else bind_listen_socket(args.host, args.port)   # before the engine: see listen_socket.py
+    try:
+        engine, metrics, names = build_engine(args, prestarted)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
     app = build_app(args, engine, metrics, names)
     config = uvicorn_config(args, app)
     server = GracefulServer(config, engine, app.state.server_state, getattr(args, "shutdown_timeout", 0))
     scheme = "https" if args.ssl_certfile else "http"
-    address = f"unix:{config.uds}" if config.uds else f"{scheme}://{config.host}:{args.port}"
+    address = f"unix:{uds}" if uds else f"{scheme}://{config.host}:{bound_port(sock)}"
     logger.info("Starting the server on %s (served model name(s): %s; event loop: %s)", address,
                 ", ".join(names), event_loop_name())
     freeze_gc_heap("API server")
     try:
-        run_event_loop(server.serve())
+        run_event_loop(server.serve(sockets=None if sock is None else [sock]))
     finally:
         engine.shutdown()
+        if sock is not None:
+            sock.close()
     logger.info("Server stopped (exit code %d).", server.exit_code)
     return server.exit_code
 
