@@ -39,10 +39,24 @@ def distributed_backend(device: torch.device) -> str:
     return "gloo" if envs.PAGEDLLM_TEST_SHARE_ONE_GPU else "nccl"
 
 
+HOSTED_STORE_SCHEME = "store://"
+
+
+def rendezvous_store(host: str = "127.0.0.1"):
+    """A torch.distributed TCPStore served from this process on a port the OS picks and that it keeps, and the
+    ``init_method`` (``store://host:port``) that has ranks join it. Unlike ``tcp://`` at a port found free and then
+    released, nothing can take the port before rank 0 binds it: workers take seconds to start, while other
+    processes open connections on ephemeral ports. Keep the store as long as the ranks' process group lives."""
+    import torch.distributed as dist
+    store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
+    return store, f"{HOSTED_STORE_SCHEME}{host}:{store.port}"
+
+
 def init_model_parallel(rank: int, tensor_parallel_size: int, pipeline_parallel_size: int, init_method: str,
                         backend: str | None = None, timeout_s: float = 600.0,
                         device: torch.device | None = None) -> None:
-    """Join the world of ``tp x pp`` ranks that meet at ``init_method`` (``tcp://host:port``) and make the
+    """Join the world of ``tp x pp`` ranks that meet at ``init_method`` (``tcp://host:port``, rank 0 serving the
+    store there, or ``store://host:port`` from ``rendezvous_store``) and make the
     tensor-parallel group of this rank's stage. ``device``: this rank's device (``cuda:<index>``, already the
     current device); the backend follows it unless given (``distributed_backend``)."""
     global _tp_rank, _tp_size, _pp_rank, _pp_size, _tp_group, _p2p_via_host
@@ -56,8 +70,15 @@ def init_model_parallel(rank: int, tensor_parallel_size: int, pipeline_parallel_
             # Bound to this rank's device: the communicator is formed now (a broken NCCL setup fails at start-up,
             # naming the rank, not inside the first forward) and the stage groups below are split from it.
             extra["device_id"] = device
-        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s), **extra)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if init_method.startswith(HOSTED_STORE_SCHEME):
+            # The caller already runs the store (rendezvous_store below): every rank joins it as a client.
+            host, _, port = init_method[len(HOSTED_STORE_SCHEME):].rpartition(":")
+            store = dist.TCPStore(host, int(port), world_size, is_master=False, timeout=timeout)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **extra)
+        else:
+            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                    timeout=timeout, **extra)
         _p2p_via_host = backend == "gloo" and device.type == "cuda"
         if pipeline_parallel_size > 1 and tensor_parallel_size > 1:
             # Every rank must create every group, in the same order (torch.distributed's rule).

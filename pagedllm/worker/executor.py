@@ -259,7 +259,9 @@ class MultiprocExecutor(DistributedExecutor):
         # fork copies their held locks into the child. Forked workers hung in the full CPU suite (rendezvous never
         # reached after earlier tests had started threads); spawned ones pay a fresh `import torch` (~2 s).
         ctx = multiprocessing.get_context("spawn")
-        init_method = f"tcp://127.0.0.1:{free_port()}"
+        # The rendezvous store lives here, on a port it holds from the start (see rendezvous_store).
+        from pagedllm.distributed.parallel_state import rendezvous_store
+        self._store, init_method = rendezvous_store()
         # Every rank seeds its generator alike, so random sampling gives the same tokens on every rank.
         shared_seed = random.SystemRandom().randrange(2**31)
         self._conns: list[multiprocessing.connection.Connection] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import time
 
 import pytest
@@ -74,6 +75,9 @@ def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     assert _tokens(llm) == expected
     procs = llm.llm_engine.core.executor._procs
     assert all(p.is_alive() for p in procs)
+    # The ranks met at a store this process serves on a port it holds (not one found free and released).
+    with socket.socket() as other, pytest.raises(OSError, match="in use"):
+        other.bind(("127.0.0.1", llm.llm_engine.core.executor._store.port))
     del llm
     gc.collect()
     deadline = time.time() + 10
