@@ -24,6 +24,7 @@ import torch
 from pagedllm import envs
 from pagedllm.pooling_params import POOLING_TASKS, PoolingParams, check_returned_token_ids
 from pagedllm.reasoning_parsers import REASONING_PARSERS, get_reasoning_parser
+from pagedllm.sampling_params import LOGPROBS_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "dbo_decode_token_threshold", "dbo_prefill_token_threshold", "disable_nccl_for_dp_synchronization",
     "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
     "eplb_log_balancedness", "max_parallel_loading_workers", "disable_cascade_attn",
-    "max_long_partial_prefills", "logprobs_mode", "aggregate_engine_logging", "code_revision", "rope_scaling",
+    "max_long_partial_prefills", "aggregate_engine_logging", "code_revision", "rope_scaling",
     "rope_theta", "hf_token", "max_seq_len_to_capture", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
@@ -313,6 +314,10 @@ class EngineArgs:
     max_num_batched_tokens: int | None = None
     enable_chunked_prefill: bool = True
     max_logprobs: int = 20
+    # vLLM's: what a request's logprobs hold: raw_logprobs (the model's distribution), raw_logits, processed_logprobs
+    # or processed_logits (after penalties, bias, masks and, for random sampling, temperature, min-p, top-k, top-p;
+    # model/layers/sampler.py). Prompt logprobs are raw logprobs in every mode, as vLLM's.
+    logprobs_mode: str = "raw_logprobs"
     enforce_eager: bool = False
     # vLLM's: a model with sliding-window attention runs with full attention, max_model_len capped at the window
     # (where the two are the same). That is what pagedllm does in any case (it has no windowed attention:
@@ -494,6 +499,10 @@ class EngineArgs:
         g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
                        default=d.enable_chunked_prefill)
         g.add_argument("--max-logprobs", type=int, default=d.max_logprobs)
+        g.add_argument("--logprobs-mode", type=str, default=d.logprobs_mode,
+                       choices=list(LOGPROBS_MODES),
+                       help="What logprobs hold: of the raw model output or of the distribution the token is drawn "
+                            "from (after penalties, temperature, top-k/top-p), as log-probabilities or logits.")
         g.add_argument("--enforce-eager", action="store_true", help="Disable CUDA graphs.")
         g.add_argument("--disable-sliding-window", action="store_true",
                        help="A sliding-window model (Mistral v0.1, Qwen2 with use_sliding_window) runs with full "
@@ -756,6 +765,8 @@ def verify_engine_args(args: EngineArgs) -> None:
                          f"{args.hf_overrides!r}.")
     if args.max_logprobs < -1:
         raise ValueError(f"max_logprobs must be -1 (no cap) or >= 0, got {args.max_logprobs}.")
+    if args.logprobs_mode not in LOGPROBS_MODES:
+        raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {args.logprobs_mode!r}.")
     if args.max_num_seqs is not None and args.max_num_seqs < 1:
         raise ValueError(f"max_num_seqs must be >= 1, got {args.max_num_seqs}.")
     if args.max_num_seqs_per_request is not None and args.max_num_seqs_per_request < 0:
@@ -780,6 +791,9 @@ def verify_engine_args(args: EngineArgs) -> None:
         if args.async_scheduling:
             raise ValueError("async_scheduling is not supported with speculative_config yet by pagedllm (the "
                              "drafts are proposed from the tokens the host has); leave async_scheduling unset.")
+        if args.logprobs_mode.startswith("processed"):
+            raise ValueError(f"logprobs_mode={args.logprobs_mode!r} is not supported with speculative_config yet by "
+                             f"pagedllm (verified drafts get raw values); use raw_logprobs or raw_logits.")
         args.speculative_config = spec
     _verify_structured_outputs_config(args.structured_outputs_config)
     if args.limit_mm_per_prompt is not None and not (

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+# vLLM's logprobs_mode values (an engine setting, EngineArgs.logprobs_mode): what model/layers/sampler.py returns as
+# a request's logprobs.
+LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
 _SAMPLING_EPS = 1e-5
 MAX_N = 16384
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1

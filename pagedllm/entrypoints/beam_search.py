@@ -12,6 +12,14 @@ from pagedllm.outputs import BeamSearchSequence, Logprob
 from pagedllm.sampling_params import BeamSearchParams, SamplingParams
 
 
+def check_logprobs_mode(mode: str) -> None:
+    """Beams are scored by summed log-probabilities: an engine whose logprobs are logits (vLLM's logprobs_mode
+    raw_logits / processed_logits) cannot rank them."""
+    if mode.endswith("_logits"):
+        raise ValueError(f"beam search scores beams by their log-probabilities, and this engine returns logits "
+                         f"(logprobs_mode={mode!r}); start it with logprobs_mode raw_logprobs or processed_logprobs.")
+
+
 def step_params(params: BeamSearchParams) -> SamplingParams:
     """One beam step: one token, with ``2 * beam_width`` logprobs to choose from."""
     return SamplingParams(logprobs=2 * params.beam_width, max_tokens=1, temperature=params.temperature,

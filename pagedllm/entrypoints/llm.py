@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
-from pagedllm.entrypoints.beam_search import best_beams, extend_beams, step_params
+from pagedllm.entrypoints.beam_search import best_beams, check_logprobs_mode, extend_beams, step_params
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content, score_template_text
 from pagedllm.entrypoints.pooling.utils import pair_score
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
@@ -458,6 +458,7 @@ class LLM:
         if not isinstance(params, BeamSearchParams):
             raise ValueError(f"params must be a BeamSearchParams, got {type(params).__name__}.")
         engine = self.llm_engine
+        check_logprobs_mode(engine.config.args.logprobs_mode)
         tok = self.get_tokenizer()
         eos = engine.eos_token_ids
         results = []

@@ -119,7 +119,7 @@ class ModelRunner:
         # Triton variants built during start-up: (one by one, their seconds, ahead on threads, threads, wall seconds).
         self.startup_triton: tuple[int, float, int, int, float] | None = None
         self._compiled_ahead = (0, 0, 0.0)
-        self.sampler = Sampler()
+        self.sampler = Sampler(config.args.logprobs_mode)
         # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
         # last token for decoders (vLLM's defaults), with the user's pooler_config over it.
         self.pooler: Pooler | None = None
@@ -843,12 +843,13 @@ class ModelRunner:
         """Speculative decoding: keep the drafts the model agrees with and sample one token after them
         (model/layers/rejection_sampler.py); a request's progress falls back past its rejected drafts, whose KV
         slots later steps write over."""
-        # logprobs: of the raw distribution (as the sampler's), taken before verification processes the logits.
+        # logprobs: raw (a raw logprobs_mode, the only kind allowed with drafts), taken before verification
+        # processes the logits.
         raw_rows: dict[str, torch.Tensor] = {}
         start = 0
         for r, drafts in zip(step.spec_requests, step.spec_drafts):
             if r.sampling_params.logprobs is not None:
-                raw_rows[r.req_id] = torch.log_softmax(step.spec_logits[start:start + len(drafts) + 1].float(), -1)
+                raw_rows[r.req_id] = self.sampler.raw_values(step.spec_logits[start:start + len(drafts) + 1])
             start += len(drafts) + 1
         results = rejection_sample(self.sampler, step.spec_logits, step.spec_requests, step.spec_drafts)
         for r, drafts, (accepted, token) in zip(step.spec_requests, step.spec_drafts, results):

@@ -126,6 +126,9 @@ ENGINE_FIELDS: dict[str, list] = {
                                        == 4096 or _fail())],
     "max_logprobs": [Read(("engine/",), "args.max_logprobs"),
                      Rejects(-5, "max_logprobs must be -1 (no cap) or >= 0, got -5")],
+    # Values against HF's logits in every mode: tests/unit/test_logprobs_mode.py.
+    "logprobs_mode": [Read(("worker/model_runner.py",), "Sampler(config.args.logprobs_mode)"),
+                      Rejects("logits", "logprobs_mode must be one of raw_logprobs, raw_logits")],
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
     # tests/unit/test_sleep_mode.py: sleep() without it is an error, with it the memory is given back.
     "enable_sleep_mode": [Read(("engine/",), "args.enable_sleep_mode")],

@@ -47,3 +47,18 @@ def test_what_beam_search_would_not_apply_is_a_400(app):
     for r, (extra, param, words) in zip(responses, cases):
         error = r.json()["error"]
         assert r.status_code == 400 and error["param"] == param and words in error["message"], (extra, r.text)
+
+
+def test_beam_search_on_a_server_returning_logits_is_a_400(tiny_llama_dir):
+    """--logprobs-mode raw_logits: beams cannot be ranked by logits (a 400 saying so); plain requests with logprobs
+    still answer, their values the model's logits (a positive one included: no log-probability is above 0)."""
+    from app_client import responses_of_server_app
+    beam, plain = responses_of_server_app(tiny_llama_dir, [
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "n": 2, "use_beam_search": True}),
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "logprobs": 20, "temperature": 0})],
+        flags=("--logprobs-mode", "raw_logits"))
+    assert beam.status_code == 400, beam.text
+    assert "beam search scores beams by their log-probabilities" in beam.json()["error"]["message"]
+    assert plain.status_code == 200, plain.text
+    tops = plain.json()["choices"][0]["logprobs"]["top_logprobs"]
+    assert len(tops) == 2 and max(v for top in tops for v in top.values()) > 0

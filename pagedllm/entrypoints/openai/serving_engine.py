@@ -22,7 +22,7 @@ from pagedllm.entrypoints.openai.serving_models import ServingModels
 from pagedllm.lora.request import LoRARequest
 from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
-from pagedllm.entrypoints.beam_search import beam_search_async
+from pagedllm.entrypoints.beam_search import beam_search_async, check_logprobs_mode
 from pagedllm.outputs import CompletionOutput, RequestOutput
 from pagedllm.sampling_params import (MAX_N, BeamSearchParams, RequestOutputKind, SamplingParams,
                                       StructuredOutputsParams)
@@ -380,6 +380,7 @@ class OpenAIServing:
                 params = BeamSearchParams(beam_width=req.n, max_tokens=budget, ignore_eos=req.ignore_eos,
                                           temperature=temperature, length_penalty=req.length_penalty,
                                           include_stop_str_in_output=req.include_stop_str_in_output)
+                check_logprobs_mode(self.engine.config.args.logprobs_mode)
             except ValueError as e:
                 raise RequestError(str(e), guess_param(str(e)) or "n") from None
             if self.log_requests:

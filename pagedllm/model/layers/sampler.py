@@ -1,8 +1,11 @@
 """Sampling: masks and penalties -> temperature -> min-p -> top-k -> top-p -> sample, plus logprobs.
 
-Logprobs are those of the raw model distribution (log-softmax of the logits before any penalty or temperature),
-as vLLM returns by default. Seeded requests draw from their own generator, so their tokens do not depend on
-what else is in the batch.
+Logprobs are by default those of the raw model distribution (log-softmax of the logits before any penalty or
+temperature), as vLLM returns them. vLLM's ``logprobs_mode`` picks other values: ``raw_logits`` (the model's
+logits), ``processed_logprobs`` / ``processed_logits`` (after every step that shapes the distribution the token is
+drawn from: allowed tokens, logit bias, min_tokens, bad words, penalties, and for a random row temperature, min-p,
+top-k and top-p, whose dropped tokens are -inf; a greedy row takes no temperature). Seeded requests draw from
+their own generator, so their tokens do not depend on what else is in the batch.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from pagedllm.sampling_params import SamplingParams
+from pagedllm.sampling_params import LOGPROBS_MODES, SamplingParams
 
 
 class SamplingRow(Protocol):
@@ -87,20 +90,36 @@ def _token_counts(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
 
 
 class Sampler:
+    def __init__(self, logprobs_mode: str = "raw_logprobs"):
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {logprobs_mode!r}.")
+        self.logprobs_mode = logprobs_mode
+
     def __call__(self, logits: torch.Tensor, requests: list[SamplingRow]) -> SamplerOutput:
-        """Sample and bring the tokens (and the logprobs asked for) to the host."""
+        """Sample and bring the tokens (and the logprobs asked for, in ``logprobs_mode``) to the host."""
         logits = logits.float()
         params = [r.sampling_params for r in requests]
-        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(sp.logprobs is not None for sp in params) else None
-        sampled = self.sample(logits, requests)
+        wanted = any(sp.logprobs is not None for sp in params)
+        processed_mode = self.logprobs_mode.startswith("processed")
+        values = self.raw_values(logits) if wanted and not processed_mode else None
+        sampled, processed = self._sample(logits, requests, keep_processed=wanted and processed_mode)
+        if processed is not None:
+            values = processed if self.logprobs_mode == "processed_logits" else torch.log_softmax(processed, dim=-1)
         token_ids = sampled.tolist()
         logprob_out: list = [None] * logits.shape[0]
-        if raw_logprobs is not None:
+        if values is not None:
             for i, sp in enumerate(params):
                 if sp.logprobs is None:
                     continue
-                logprob_out[i] = top_logprobs(raw_logprobs[i], token_ids[i], sp.logprobs)
+                logprob_out[i] = top_logprobs(values[i], token_ids[i], sp.logprobs)
         return SamplerOutput(sampled, token_ids, logprob_out)
+
+    def raw_values(self, logits: torch.Tensor) -> torch.Tensor:
+        """What a raw ``logprobs_mode`` returns, as a new tensor (the sampling steps then change ``logits`` in
+        place): the log-softmax of the logits, or a copy of them (``raw_logits``)."""
+        if self.logprobs_mode == "raw_logits":
+            return logits.float().clone()
+        return torch.log_softmax(logits.float(), dim=-1)
 
     def processed_logits(self, logits: torch.Tensor, requests: list[SamplingRow]) -> torch.Tensor:
         """The logits after masks, bias, min_tokens, bad words and penalties (float32): what greedy rows take the
@@ -109,18 +128,25 @@ class Sampler:
 
     def sampling_probs(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
         """The distribution random rows draw from: temperature, min-p, top-k, top-p over processed logits."""
-        return self._sampling_probs(logits, params)
+        return torch.softmax(self._truncated_logits(logits, params), dim=-1)
 
     def sample(self, logits: torch.Tensor, requests: list[SamplingRow]) -> torch.Tensor:
         """The sampled tokens as a device tensor, without waiting for the device (async scheduling)."""
+        return self._sample(logits, requests)[0]
+
+    def _sample(self, logits: torch.Tensor, requests: list[SamplingRow],
+                keep_processed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sampled tokens, and with ``keep_processed`` each row's logits as last shaped before its draw (the
+        processed ``logprobs_mode``s)."""
         logits = self._apply_masks(logits.float(), requests)
         logits = self._apply_penalties(logits, requests)
         greedy = [r.sampling_params.greedy for r in requests]
         if all(greedy):
-            return logits.argmax(dim=-1)
-        return self._sample_mixed(logits, requests, greedy)
+            return logits.argmax(dim=-1), (logits if keep_processed else None)
+        return self._sample_mixed(logits, requests, greedy, keep_processed)
 
-    def _sample_mixed(self, logits: torch.Tensor, requests: list[SamplingRow], greedy: list[bool]) -> torch.Tensor:
+    def _sample_mixed(self, logits: torch.Tensor, requests: list[SamplingRow], greedy: list[bool],
+                      keep_processed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Greedy rows take the argmax; the others are drawn from their processed distribution."""
         device = logits.device
         params = [r.sampling_params for r in requests]
@@ -130,7 +156,12 @@ class Sampler:
             sampled[idx] = logits[idx].argmax(dim=-1)
         rows = [i for i, g in enumerate(greedy) if not g]
         idx = to_device(rows, device)
-        probs = self._sampling_probs(logits[idx], [params[i] for i in rows])
+        truncated = self._truncated_logits(logits[idx], [params[i] for i in rows])
+        probs = torch.softmax(truncated, dim=-1)
+        processed = None
+        if keep_processed:
+            processed = logits.clone()
+            processed[idx] = truncated
         noise = torch.empty_like(probs)
         unseeded = [j for j, i in enumerate(rows) if requests[i].generator is None]
         if unseeded:
@@ -141,7 +172,7 @@ class Sampler:
                 noise[j].exponential_(generator=requests[i].generator)
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, without a CDF search.
         sampled[idx] = (probs / noise).argmax(dim=-1)
-        return sampled
+        return sampled, processed
 
     @staticmethod
     def _apply_masks(logits: torch.Tensor, requests: list[SamplingRow]) -> torch.Tensor:
@@ -197,7 +228,8 @@ class Sampler:
         return logits
 
     @staticmethod
-    def _sampling_probs(logits: torch.Tensor, params) -> torch.Tensor:
+    def _truncated_logits(logits: torch.Tensor, params) -> torch.Tensor:
+        """Random rows' logits over temperature, with the tokens min-p, top-k and top-p drop at -inf."""
         device = logits.device
         temp = to_device([sp.temperature for sp in params], device)[:, None]
         logits = logits / temp
@@ -221,7 +253,7 @@ class Sampler:
             p = to_device(top_p, device)[:, None]
             sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-        return torch.softmax(logits, dim=-1)
+        return logits
 
 
 def top_logprobs(row_logprobs: torch.Tensor, chosen: int, k: int) -> tuple[list[int], list[float], float, int]:
