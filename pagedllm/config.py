@@ -254,7 +254,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
     "eplb_log_balancedness", "max_parallel_loading_workers", "disable_cascade_attn",
     "max_long_partial_prefills", "aggregate_engine_logging", "code_revision", "rope_scaling",
-    "rope_theta", "hf_token", "max_seq_len_to_capture", "interleave_mm_strings",
+    "rope_theta", "max_seq_len_to_capture", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
     "default_mm_loras", "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots",
@@ -283,6 +283,9 @@ class EngineArgs:
     trust_remote_code: bool = False
     revision: str | None = None
     tokenizer_revision: str | None = None
+    # vLLM's: the Hugging Face token for downloads (model, tokenizer, LoRA adapters from the Hub): a token, or True
+    # for the one `hf auth login` saved. None: huggingface_hub's own default (HF_TOKEN, then the saved login).
+    hf_token: bool | str | None = None
     download_dir: str | None = None
     load_format: str = "auto"
     use_tqdm_on_load: bool = True   # progress bars while weights load (vLLM's flag)
@@ -458,6 +461,8 @@ class EngineArgs:
         g.add_argument("--trust-remote-code", action="store_true", help="Trust remote code from the hub.")
         g.add_argument("--revision", type=str, default=None)
         g.add_argument("--tokenizer-revision", type=str, default=None)
+        g.add_argument("--hf-token", type=str, nargs="?", const=True, default=None,
+                       help="Hugging Face token for downloads (gated models); alone, the token `hf auth login` saved.")
         g.add_argument("--download-dir", type=str, default=None, help="Where to download and cache weights.")
         g.add_argument("--load-format", type=str, default=d.load_format, choices=list(LOAD_FORMATS))
         g.add_argument("--use-tqdm-on-load", action=argparse.BooleanOptionalAction, default=d.use_tqdm_on_load,
@@ -765,6 +770,9 @@ def verify_engine_args(args: EngineArgs) -> None:
                          f"{args.hf_overrides!r}.")
     if args.max_logprobs < -1:
         raise ValueError(f"max_logprobs must be -1 (no cap) or >= 0, got {args.max_logprobs}.")
+    if not (args.hf_token is None or isinstance(args.hf_token, bool)
+            or (isinstance(args.hf_token, str) and args.hf_token.strip())):
+        raise ValueError("hf_token must be a token (a non-empty string), True (the saved login) or None.")
     if args.logprobs_mode not in LOGPROBS_MODES:
         raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {args.logprobs_mode!r}.")
     if args.max_num_seqs is not None and args.max_num_seqs < 1:

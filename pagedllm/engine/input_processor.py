@@ -326,7 +326,8 @@ def load_tokenizer(config: EngineConfig):
     args = config.args
     try:
         return AutoTokenizer.from_pretrained(config.model.tokenizer_path, trust_remote_code=args.trust_remote_code,
-                                             revision=args.tokenizer_revision, use_fast=args.tokenizer_mode != "slow")
+                                             revision=args.tokenizer_revision, use_fast=args.tokenizer_mode != "slow",
+                                             token=args.hf_token)
     except Exception as e:
         raise ValueError(f"Could not load the tokenizer from {config.model.tokenizer_path!r}: {e}. "
                          f"Pass tokenizer=... or skip_tokenizer_init=True.") from None

@@ -26,9 +26,10 @@ def _part_size(module: torch.nn.Module, shard) -> int:
 
 class LoRAManager:
     def __init__(self, model: torch.nn.Module, max_loras: int, max_lora_rank: int, max_cpu_loras: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, hf_token: bool | str | None = None):
         self.max_loras, self.max_lora_rank, self.max_cpu_loras = max_loras, max_lora_rank, max_cpu_loras
         self.dtype, self.device = dtype, device
+        self.hf_token = hf_token          # adapters named by a Hub repository id download with it
         fused: dict[str, list] = {}
         for leaf, (fused_leaf, shard) in getattr(model, "packed_modules_mapping", {}).items():
             if leaf in LORA_TARGET_MODULES:
@@ -72,7 +73,7 @@ class LoRAManager:
         if request.lora_int_id in self._cpu:
             self._cpu.move_to_end(request.lora_int_id)
             return False
-        adapter = load_adapter(request, self.max_lora_rank, self.dtype)
+        adapter = load_adapter(request, self.max_lora_rank, self.dtype, self.hf_token)
         mine = {}        # this rank's parts (tensor parallel) of this stage's modules (pipeline parallel)
         for module, (a, b) in adapter.weights.items():
             if module.startswith(self._other_stages) and self._other_stages:

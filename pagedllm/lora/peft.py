@@ -33,17 +33,17 @@ def _fail(request: LoRARequest, why: str) -> ValueError:
     return ValueError(f"Loading lora {request.lora_name} failed: {why}")
 
 
-def adapter_folder(lora_path: str) -> str:
+def adapter_folder(lora_path: str, hf_token: bool | str | None = None) -> str:
     """The adapter's local folder: ``lora_path`` (``~`` expanded) when it is one, else, for a Hugging Face Hub
-    repository id (``org/name``), its snapshot: the local cache first, then a download (as vLLM). Otherwise the path
-    as given (the caller then finds no adapter there)."""
+    repository id (``org/name``), its snapshot: the local cache first, then a download (as vLLM; ``hf_token``: the
+    engine's). Otherwise the path as given (the caller then finds no adapter there)."""
     path = os.path.expanduser(lora_path)
     if os.path.isdir(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", lora_path):
         return path
     from huggingface_hub import snapshot_download
     for local_only in (True, False):
         try:
-            return snapshot_download(lora_path, local_files_only=local_only)
+            return snapshot_download(lora_path, local_files_only=local_only, token=hf_token)
         except Exception:   # noqa: BLE001 - not cached / not on the Hub / offline: "No adapter found"
             continue
     return path
@@ -82,10 +82,11 @@ def read_adapter_config(request: LoRARequest, max_lora_rank: int, path: str | No
     return config
 
 
-def load_adapter(request: LoRARequest, max_lora_rank: int, dtype: torch.dtype) -> PEFTAdapter:
+def load_adapter(request: LoRARequest, max_lora_rank: int, dtype: torch.dtype,
+                 hf_token: bool | str | None = None) -> PEFTAdapter:
     """The adapter's A and B per module (on the CPU, in ``dtype``), checked as ``read_adapter_config`` does, and
     every tensor a lora_A / lora_B of one of LORA_TARGET_MODULES."""
-    path = adapter_folder(request.lora_path)
+    path = adapter_folder(request.lora_path, hf_token)
     config = read_adapter_config(request, max_lora_rank, path)
     rank = config["r"]
     alpha = config.get("lora_alpha", rank)

@@ -128,7 +128,7 @@ def _remote_gguf(model: str, args: "EngineArgs") -> str | None:
     for local_only in (True, False):
         try:
             path = snapshot_download(repo, cache_dir=args.download_dir, revision=args.revision,
-                                     allow_patterns=patterns, local_files_only=local_only)
+                                     allow_patterns=patterns, local_files_only=local_only, token=args.hf_token)
         except Exception as e:
             error = e
             continue
@@ -158,7 +158,7 @@ def _download(model_id: str, args: "EngineArgs") -> str:
         patterns.append("*.py")
     try:  # the local cache first, so a cached model starts without network
         path = snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
-                                 allow_patterns=patterns, local_files_only=True)
+                                 allow_patterns=patterns, local_files_only=True, token=args.hf_token)
         if (args.load_format == "dummy" or glob.glob(os.path.join(path, "*.safetensors"))
                 or glob.glob(os.path.join(path, "*.bin"))):
             return path
@@ -166,11 +166,11 @@ def _download(model_id: str, args: "EngineArgs") -> str:
         pass
     try:
         path = snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
-                                 allow_patterns=patterns)
+                                 allow_patterns=patterns, token=args.hf_token)
         if not glob.glob(os.path.join(path, "*.safetensors")) and args.load_format != "dummy":
             # Older checkpoints (e.g. THUDM/chatglm2-6b) ship only pytorch_model-*.bin: as vLLM, fall back to them.
             path = snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
-                                     allow_patterns=patterns + ["*.bin"])
+                                     allow_patterns=patterns + ["*.bin"], token=args.hf_token)
         return path
     except Exception as e:
         raise ValueError(
@@ -238,7 +238,7 @@ def classifier_from_lm_head(hf_config, tokenizer_path: str, args: "EngineArgs") 
                          f"or convert='classify'; this model is {archs}.")
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=args.trust_remote_code,
-                                        revision=args.tokenizer_revision)
+                                        revision=args.tokenizer_revision, token=args.hf_token)
     ids = tok.convert_tokens_to_ids(list(tokens))
     unknown = [t for t, i in zip(tokens, ids) if i is None or i == tok.unk_token_id]
     if unknown:

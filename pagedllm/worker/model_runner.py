@@ -889,7 +889,7 @@ def _lora_manager(model: torch.nn.Module, config: EngineConfig) -> LoRAManager:
                        "the adapters' per-token mask yet).")
     dtype = config.dtype if args.lora_dtype == "auto" else getattr(torch, args.lora_dtype)
     return LoRAManager(model, args.max_loras, args.max_lora_rank, args.max_cpu_loras or args.max_loras, dtype,
-                       config.device)
+                       config.device, hf_token=args.hf_token)
 
 
 def _offload_layers(model: torch.nn.Module, cpu_offload_gb: float, device: torch.device) -> LayerOffloader:

@@ -320,22 +320,25 @@ def test_lora_dtype_sets_the_adapters_dtype(setup):
     assert {s.a.dtype for s in slots} == {s.b.dtype for s in slots} == {torch.bfloat16}
 
 
-def test_adapter_from_a_hub_repository_id(setup, llm, monkeypatch):
-    """As vLLM: a lora_path that is no local folder but an org/name id is the Hub repository's snapshot."""
+@pytest.mark.parametrize("hf_token", [None, "hf_secret"])
+def test_adapter_from_a_hub_repository_id(setup, llm, monkeypatch, hf_token):
+    """As vLLM: a lora_path that is no local folder but an org/name id is the Hub repository's snapshot, downloaded
+    with the engine's hf_token."""
     import huggingface_hub
     root, _, expected = setup
     asked = []
 
-    def snapshot_download(repo_id, local_files_only=False, **kwargs):
-        asked.append((repo_id, local_files_only))
+    def snapshot_download(repo_id, local_files_only=False, token=None, **kwargs):
+        asked.append((repo_id, local_files_only, token))
         if local_files_only:
             raise FileNotFoundError("not in the cache")
         return str(root / "sql")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    out = llm.generate([{"prompt_token_ids": PROMPTS[1]}], GREEDY, use_tqdm=False,
-                       lora_request=LoRARequest("hub", 21, "someone/sql-lora"))
+    engine = llm if hf_token is None else make_llm(root, hf_token=hf_token)
+    out = engine.generate([{"prompt_token_ids": PROMPTS[1]}], GREEDY, use_tqdm=False,
+                          lora_request=LoRARequest("hub", 21, "someone/sql-lora"))
     assert _tokens(out) == [expected["sql"][1]]
-    assert asked == [("someone/sql-lora", True), ("someone/sql-lora", False)]
+    assert asked == [("someone/sql-lora", True, hf_token), ("someone/sql-lora", False, hf_token)]
 
 
 @pytest.mark.parametrize("parallel", [dict(tensor_parallel_size=2), dict(pipeline_parallel_size=2),

@@ -72,6 +72,9 @@ ENGINE_FIELDS: dict[str, list] = {
     "trust_remote_code": [Read(("model/loader.py",), "trust_remote_code=args.trust_remote_code")],
     "revision": [Read(("model/loader.py",), "revision=args.revision")],
     "tokenizer_revision": [Read(("engine/",), "revision=args.tokenizer_revision")],
+    # Downloads with it (model, tokenizer; LoRA adapters): tests/unit/test_hf_token.py, test_lora.py.
+    "hf_token": [Read(("model/loader.py",), "token=args.hf_token"), Read(("lora/manager.py",), "self.hf_token)"),
+                 Rejects("", "hf_token must be a token")],
     "download_dir": [Read(("model/loader.py",), "cache_dir=args.download_dir")],
     "load_format": [Read(("model/loader.py",), "args.load_format"), Rejects("tensorizer", "load_format must be one of")],
     "dtype": [Behaves(lambda mp: build(mp, dtype="float32").dtype == torch.float32 or _fail()),

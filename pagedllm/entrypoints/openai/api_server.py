@@ -372,7 +372,9 @@ def run_server(args: argparse.Namespace, prestarted=None) -> int:
     ``prestarted``: as ``build_engine``'s."""
     configure_logging()
     logger.info("pagedllm API server version %s", pagedllm.__version__)
-    logger.info("args: %s", {k: v for k, v in vars(args).items() if k != "api_key"})
+    # Secrets are not logged: the API key, and the Hub token (True, the saved login's, is no secret).
+    logger.info("args: %s", {k: ("<set>" if k == "hf_token" and isinstance(v, str) else v)
+                             for k, v in vars(args).items() if k != "api_key"})
     try:
         for path in getattr(args, "middleware", None) or ():
             load_middleware(path)      # a bad --middleware fails now, not after the model has loaded
