@@ -262,7 +262,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "ignore_patterns", "disable_hybrid_kv_cache_manager",
     "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "override_pooler_config",
-    "worker_cls", "worker_extension_cls", "kv_transfer_config", "kv_events_config",
+    "worker_cls", "kv_transfer_config", "kv_events_config",
     "model_impl", "override_attention_dtype", "calculate_kv_scales",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
     "logits_processors", "kv_sharing_fast_prefill", "num_scheduler_steps",
@@ -336,6 +336,9 @@ class EngineArgs:
     # the weights' and the KV cache's device memory without a restart (worker/sleep_mode.py). Off: sleep() is an
     # error that says to turn it on, as vLLM requires it.
     enable_sleep_mode: bool = False
+    # vLLM's: "module.Class" whose methods every worker gets, for collective_rpc (RLHF weight updates;
+    # worker/extension.py). "": none.
+    worker_extension_cls: str = ""
     # Schedule step N+1 while the device runs step N (None: on for CUDA, off on CPU where nothing overlaps).
     async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
@@ -513,6 +516,8 @@ class EngineArgs:
                        help="A sliding-window model (Mistral v0.1, Qwen2 with use_sliding_window) runs with full "
                             "attention, max_model_len capped at its window (vLLM's flag; pagedllm has no windowed "
                             "attention, so it caps a derived max_model_len there in any case).")
+        g.add_argument("--worker-extension-cls", type=str, default=d.worker_extension_cls,
+                       help="module.Class whose methods every worker gets, for collective_rpc (vLLM's).")
         g.add_argument("--enable-sleep-mode", action="store_true",
                        help="Allow sleep() / wake_up() (POST /sleep and /wake_up need PAGEDLLM_SERVER_DEV_MODE=1 too): "
                             "free the weights' and the KV cache's device memory without a restart.")
@@ -773,6 +778,9 @@ def verify_engine_args(args: EngineArgs) -> None:
     if not (args.hf_token is None or isinstance(args.hf_token, bool)
             or (isinstance(args.hf_token, str) and args.hf_token.strip())):
         raise ValueError("hf_token must be a token (a non-empty string), True (the saved login) or None.")
+    if not isinstance(args.worker_extension_cls, str):
+        raise ValueError(f"worker_extension_cls must be the class's import path (module.Class), got "
+                         f"{type(args.worker_extension_cls).__name__}.")
     if args.logprobs_mode not in LOGPROBS_MODES:
         raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {args.logprobs_mode!r}.")
     if args.max_num_seqs is not None and args.max_num_seqs < 1:

@@ -112,12 +112,14 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 class APIKeyMiddleware:
-    """With --api-key, every /v1/* route and /generate need ``Authorization: Bearer <key>`` (compared in constant
-    time); /health, /metrics, /tokenize and /detokenize stay open (as in vLLM). /generate is guarded although vLLM
-    guards only /v1: it runs the model like /v1/completions, and a key that one unguarded generation route bypasses
-    protects nothing."""
+    """With --api-key, every /v1/* route, /generate and /invocations need ``Authorization: Bearer <key>`` (compared
+    in constant time); /health, /metrics, /tokenize and /detokenize stay open (as in vLLM). /generate and
+    /invocations are guarded although vLLM guards only /v1: they run the model like /v1/completions (/invocations is
+    /v1/chat/completions under another path), and a key that one unguarded generation route bypasses protects
+    nothing."""
 
-    def __init__(self, app: Any, api_key: str | Sequence[str], guarded_exact: tuple[str, ...] = ("/generate",)):
+    def __init__(self, app: Any, api_key: str | Sequence[str],
+                 guarded_exact: tuple[str, ...] = ("/generate", "/invocations")):
         self.app = app
         keys = [api_key] if isinstance(api_key, str) else list(api_key)     # vLLM: --api-key takes several keys
         self.expected = [f"Bearer {key}".encode() for key in keys]

@@ -27,6 +27,7 @@ import torch
 from pagedllm import envs
 from pagedllm.config import ResolvedModel
 from pagedllm.model.weight_files import iterate_pt, iterate_safetensors, load_progress  # noqa: F401
+from pagedllm.model.models.weights import check_all_loaded
 
 if TYPE_CHECKING:
     from pagedllm.config import EngineArgs, EngineConfig
@@ -351,7 +352,7 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
             weights = iterate_pt(config.model.model_dir, progress=progress, load_format=fmt)
         if quant_config is not None:
             weights = ((quant_config.checkpoint_name(name), tensor) for name, tensor in weights)
-        model.load_weights(weights)
+        check_all_loaded(model, model.load_weights(weights))
     if quant_config is not None:
         for module in model.modules():     # checkpoint layout -> the kernels' (e.g. the canonical packed int4)
             method = getattr(module, "quant_method", None)

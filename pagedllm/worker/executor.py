@@ -96,8 +96,9 @@ def call_on_runner(runner: Any, method: str | Callable[..., Any], args: tuple = 
 
 class UniProcExecutor(Executor):
     def __init__(self, config: EngineConfig):
+        from pagedllm.worker.extension import runner_class
         from pagedllm.worker.model_runner import ModelRunner
-        self.runner = ModelRunner(config)
+        self.runner = runner_class(ModelRunner, config.args.worker_extension_cls)(config)
 
     def determine_num_blocks(self) -> int:
         return self.runner.determine_num_blocks()
@@ -373,6 +374,7 @@ class RankWorker:
         import torch
 
         from pagedllm.distributed import init_model_parallel
+        from pagedllm.worker.extension import runner_class
         from pagedllm.worker.model_runner import ModelRunner
         self.rank = rank
         self.is_output_rank = rank == output_rank(tp_size, pp_size)
@@ -393,7 +395,7 @@ class RankWorker:
             if rank == 0:
                 logger.info(line)
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
-        self.runner = ModelRunner(config)
+        self.runner = runner_class(ModelRunner, config.args.worker_extension_cls)(config)
         self._launched: deque = deque()     # steps launched and not finished yet, oldest first
 
     def handle(self, method: str, arg: Any) -> tuple[str, Any, str] | None:

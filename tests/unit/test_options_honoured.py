@@ -135,6 +135,9 @@ ENGINE_FIELDS: dict[str, list] = {
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
     # tests/unit/test_sleep_mode.py: sleep() without it is an error, with it the memory is given back.
     "enable_sleep_mode": [Read(("engine/",), "args.enable_sleep_mode")],
+    # An RLHF weight update through collective_rpc, tokens equal HF's after it: tests/unit/test_worker_extension.py.
+    "worker_extension_cls": [Read(("worker/executor.py",), "runner_class(ModelRunner, config.args.worker_extension_cls)"),
+                             Rejects(3, "worker_extension_cls must be the class's import path")],
     "async_scheduling": [Behaves(lambda mp: build(mp, async_scheduling=True).async_scheduling or _fail())],
     # TP=2 vs TP=1 tokens, the killed worker, indivisible heads: tests/unit/test_tensor_parallel.py.
     "tensor_parallel_size": [Behaves(lambda mp: build(mp, tensor_parallel_size=2).executor_backend == "mp"

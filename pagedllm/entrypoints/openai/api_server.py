@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import inspect
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any, Union
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 import pagedllm
 from pagedllm import envs
@@ -36,7 +36,7 @@ from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, Ch
                                                   ClassificationRequest, CompletionRequest, DetokenizeRequest,
                                                   EmbeddingRequest, GenerateTokensRequest, LoadLoRAAdapterRequest,
                                                   ModelList, PoolingRequest, RequestError, RerankRequest,
-                                                  ResponsesRequest, ScoreRequest, TokenizeChatRequest,
+                                                  ResponsesRequest, SCORE_PAIR_NAMES, ScoreRequest, TokenizeChatRequest,
                                                   TokenizeCompletionRequest, UnloadLoRAAdapterRequest)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, conversation
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
@@ -48,12 +48,13 @@ from pagedllm.entrypoints.openai.serving_tokens import OpenAIServingTokens
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
                                                 RequestIdHeaderMiddleware, ServerLoadMiddleware, add_error_handlers,
-                                                add_guards, validation_error_response)
+                                                add_guards, json_error, validation_error_response)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
 from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.metrics import EngineMetrics
 from pagedllm.reasoning_parsers import get_reasoning_parser
 from pagedllm.sampling_params import MAX_N
+from pagedllm.utils.import_path import import_by_path
 
 logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
 
@@ -277,6 +278,47 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     async def create_classify(request: ClassificationRequest, raw_request: Request):
         return await pooling.create_classify(request, raw_request)
 
+    # SageMaker's entry point (vLLM's /invocations): the body's shape picks the endpoint, among those this model
+    # serves; the first request type the body validates as wins. A generative model: chat (messages), then
+    # completions (prompt). A pooling model: rerank (query + documents), score (a pair of text lists), /pooling when
+    # the body names a task, then the model's own task on input / messages (embeddings, classify, or /pooling).
+    if is_pooling:
+        model = engine.config.model
+        own = ((ClassificationRequest, create_classify) if model.is_classifier and not model.is_token_classifier
+               else (PoolingRequest, create_pooling) if model.is_token_classifier
+               else (EmbeddingRequest, create_embedding))
+        invocation_types = [(RerankRequest, create_rerank), (ScoreRequest, create_score), own]
+    else:
+        invocation_types = [(ChatCompletionRequest, create_chat_completion), (CompletionRequest, create_completion)]
+
+    @app.post("/invocations")
+    async def invocations(raw_request: Request):
+        try:
+            body = await raw_request.json()
+        except ValueError as e:
+            return json_error(f"The request body is not valid JSON: {e}", 400)
+        if is_pooling and isinstance(body, dict) and body.get("task") is not None:
+            types = [(PoolingRequest, create_pooling)]
+        else:
+            types = invocation_types
+        first_error = None      # of a type whose own key the body has: that request's field errors, not "no handler"
+        for request_type, endpoint in types:
+            if not isinstance(body, dict):
+                break
+            keys = _INVOCATION_KEYS.get(request_type, ("input", "messages"))
+            if not any(k in body for k in keys):
+                continue
+            try:
+                request = request_type.model_validate(body)
+            except ValidationError as e:
+                first_error = first_error or e
+                continue
+            return await endpoint(request, raw_request)
+        if first_error is not None:
+            return validation_error_response(first_error)
+        names = ", ".join(t.__name__ for t, _ in types)
+        return json_error(f"Cannot find suitable handler for request. Expected one of: {names}", 400)
+
     @app.post("/tokenize")
     async def tokenize(request: Union[TokenizeCompletionRequest, TokenizeChatRequest]):
         try:
@@ -352,14 +394,17 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     return app
 
 
+# /invocations: the keys that make a body one of these requests (the pooling-input ones: input or messages).
+_INVOCATION_KEYS: dict[type, tuple[str, ...]] = {
+    ChatCompletionRequest: ("messages",), CompletionRequest: ("prompt",), RerankRequest: ("query",),
+    ScoreRequest: tuple(first for first, _ in SCORE_PAIR_NAMES)}
+
+
 def load_middleware(path: str) -> Any:
     """--middleware's import path: an ASGI middleware class or an ``async def (request, call_next)`` function."""
-    module_name, _, name = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"Invalid middleware {path}: give its import path, module.name.")
     try:
-        middleware = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as e:
+        middleware = import_by_path(path)
+    except ValueError as e:
         raise ValueError(f"Invalid middleware {path}: {e}") from None
     if not (inspect.isclass(middleware) or inspect.iscoroutinefunction(middleware)):
         raise ValueError(f"Invalid middleware {path}. Must be a function or a class.")    # vLLM's words

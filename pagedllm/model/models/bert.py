@@ -183,7 +183,7 @@ class BertModel(nn.Module):
         prefixes = missing_prefixes(self)
         return prefixes + tuple(self.checkpoint_prefix + p for p in prefixes)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         def renamed():
             for name, tensor in weights:
                 if name.startswith(self.checkpoint_prefix):
@@ -193,7 +193,7 @@ class BertModel(nn.Module):
                 # Checkpoints from TF-era BERT name LayerNorm parameters gamma / beta.
                 yield name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"), \
                     tensor
-        load_packed_weights(self, renamed(), self.packed_modules_mapping, skip=self.skipped_weights)
+        return load_packed_weights(self, renamed(), self.packed_modules_mapping, skip=self.skipped_weights)
 
 
 class BertForSequenceClassification(BertModel):

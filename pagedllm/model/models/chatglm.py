@@ -202,9 +202,9 @@ class ChatGLMForCausalLM(nn.Module):
             else:
                 yield name, tensor
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         # rotary_pos_emb.inv_freq: a buffer saved in the .bin checkpoints; we compute our own tables
-        load_packed_weights(self, self._split_checkpoint_tensors(weights), self.packed_modules_mapping,
+        return load_packed_weights(self, self._split_checkpoint_tensors(weights), self.packed_modules_mapping,
                             skip=("rotary_pos_emb.inv_freq",))
 
     def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:

@@ -167,12 +167,12 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("rotary_emb.inv_freq",)
         if getattr(self.config, "tie_word_embeddings", False):
             skip += ("lm_head.weight",)
         rename = {"model.embed_tokens.": "lm_head."} if getattr(self, "_head_from_embedding", False) else None
-        load_packed_weights(self, weights, self.packed_modules_mapping, skip=skip, rename=rename)
+        return load_packed_weights(self, weights, self.packed_modules_mapping, skip=skip, rename=rename)
 
     def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
         """Checkpoint name prefixes this pipeline stage never reads (the loader does not even read them)."""
@@ -191,8 +191,8 @@ class LlamaForEmbedding(LlamaForCausalLM):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{type(self).__name__} has no language-model head: it cannot generate text.")
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        load_packed_weights(self, ((name if name.startswith("model.") else "model." + name, tensor)
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return load_packed_weights(self, ((name if name.startswith("model.") else "model." + name, tensor)
                                    for name, tensor in weights if not name.startswith("lm_head.")),
                             self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
 
@@ -210,11 +210,11 @@ class LlamaForSequenceClassification(LlamaForEmbedding):
         """``[B, hidden]`` last-token rows -> ``[B, num_labels]`` logits."""
         return self.score(pooled)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         token_ids = getattr(self.config, "classifier_from_token_ids", None)
         if token_ids is not None:      # a causal LM's checkpoint: the score head from its LM head's rows
             weights = self._score_from_lm_head(weights, token_ids)
-        load_packed_weights(self, ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
+        return load_packed_weights(self, ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
                                    for name, tensor in weights if not name.startswith("lm_head.")),
                             self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
 

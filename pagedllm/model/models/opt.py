@@ -189,7 +189,7 @@ class OPTForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("lm_head.weight",) if self.tied else ()
 
         def with_prefix(items):
@@ -198,7 +198,7 @@ class OPTForCausalLM(nn.Module):
                 yield (f"model.{name}" if name.startswith("decoder.") else name), tensor
 
         rename = {"model.decoder.embed_tokens.": "lm_head."} if self._head_from_embedding else None
-        load_packed_weights(self, with_prefix(weights), self.packed_modules_mapping, skip=skip, rename=rename)
+        return load_packed_weights(self, with_prefix(weights), self.packed_modules_mapping, skip=skip, rename=rename)
 
     def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
         """Checkpoint name prefixes this pipeline stage never reads, in HF's naming and metaseq's (no ``model.``)."""

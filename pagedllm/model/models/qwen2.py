@@ -36,8 +36,8 @@ class Qwen2ForRewardModel(Qwen2ForEmbedding):
         """``[T, hidden]`` token rows -> ``[T, num_labels]`` scores."""
         return self.score(rows)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        load_packed_weights(self, ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return load_packed_weights(self, ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
                                    for name, tensor in weights if not name.startswith("lm_head.")),
                             self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
 

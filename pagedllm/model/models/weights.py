@@ -12,11 +12,12 @@ from pagedllm.model.layers.pipeline import missing_prefixes
 
 def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
                         packed_modules_mapping: dict[str, tuple[str, object]],
-                        skip: tuple[str, ...] = (), rename: dict[str, str] | None = None) -> None:
-    """Copy each ``(name, tensor)`` into its parameter; fused parameters get the shard id of the part.
-
-    Every model parameter must be filled: a missing one is an error (random weights would give garbage silently).
-    Tensors of modules another pipeline stage holds (``PPMissingLayer``) are skipped.
+                        skip: tuple[str, ...] = (), rename: dict[str, str] | None = None) -> set[str]:
+    """Copy each ``(name, tensor)`` into its parameter; fused parameters get the shard id of the part. Returns the
+    names of the parameters loaded (vLLM's ``load_weights`` contract): a model's ``load_weights`` may be given some
+    tensors only (an RLHF weight update through ``collective_rpc``); the model loader then checks with
+    ``check_all_loaded`` that a checkpoint filled every parameter. Tensors of modules another pipeline stage holds
+    (``PPMissingLayer``) are skipped.
     """
     params = dict(model.named_parameters())
     elsewhere = missing_prefixes(model)
@@ -47,9 +48,16 @@ def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
             else:
                 loader(param, tensor, shard_id)
         loaded.add(name)
+    return loaded
+
+
+def check_all_loaded(model: nn.Module, loaded: set[str]) -> None:
+    """A checkpoint must fill every model parameter: a missing one is an error (random weights would give garbage
+    silently)."""
+    params = dict(model.named_parameters())
     # tied weights are one Parameter under two names
     missing = [n for n, p in params.items() if n not in loaded and not getattr(p, "optional_weight", False)
-               and not any(p is params[m] for m in loaded)]
+               and not any(p is params[m] for m in loaded if m in params)]
     if missing:
         raise ValueError(f"Checkpoint is missing weights for: {', '.join(missing[:8])}"
                          + (" ..." if len(missing) > 8 else ""))
