@@ -358,6 +358,7 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
             method = getattr(module, "quant_method", None)
             if method is not None:
                 method.process_weights_after_loading(module)
+    model.weights_processed = True      # load_weights from now on is an update (weights.load_packed_weights)
     return model.eval()
 
 

@@ -27,19 +27,22 @@ def _tokens(llm: LLM) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_collective_rpc_weight_update_through_the_extension(tmp_path, tp):
-    hf = save_tiny_llama(tmp_path, VOCAB)
+@pytest.mark.parametrize("tp,tied", [(1, False), (2, False), (1, True)], ids=["tp1", "tp2", "tied-embeddings"])
+def test_collective_rpc_weight_update_through_the_extension(tmp_path, tp, tied):
+    hf = save_tiny_llama(tmp_path, VOCAB, tie_word_embeddings=tied)
     llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", max_model_len=64,
               kv_cache_memory_gb=0.01, tensor_parallel_size=tp,
               worker_extension_cls="rlhf_worker_extension.WeightSync")
     before = _tokens(llm)
     assert before == [_hf_greedy(hf, p) for p in PROMPTS]
     assert llm.collective_rpc("runner_class_name") == ["ModelRunnerWithWeightSync"] * tp     # one reply a rank
-    # The trainer's step: new values for a packed (q_proj, into qkv) and a plain (down_proj) weight.
+    # The trainer's step: new values for a packed (q_proj, into qkv) and a plain (down_proj) weight, and the LM head
+    # (or the embedding tied to it): on the CPU the head keeps a oneDNN copy made at the first forward.
     torch.manual_seed(1)
+    head = "model.embed_tokens.weight" if tied else "lm_head.weight"
     updated = {"model.layers.0.self_attn.q_proj.weight": torch.randn(64, 64) * 0.5,
-               "model.layers.1.mlp.down_proj.weight": torch.randn(64, 128) * 0.5}
+               "model.layers.1.mlp.down_proj.weight": torch.randn(64, 128) * 4.0,
+               head: torch.randn(VOCAB, 64) * 0.1}
     state = hf.state_dict()
     with torch.no_grad():
         for name, tensor in updated.items():
@@ -79,3 +82,13 @@ def test_a_checkpoint_missing_a_weight_is_still_an_error(tmp_path):
     save_file(tensors, shard, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="Checkpoint is missing weights for: model.layers.1.mlp.down_proj.weight"):
         LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", max_model_len=64, kv_cache_memory_gb=0.01)
+
+
+def test_updating_a_quantized_layer_is_an_error():
+    """The bundled GGUF in bfloat16 keeps its int4 blocks in the kernels' layout: a dense tensor loaded into one
+    would be garbage, so it is refused by name; a dense layer of the same model (the norms) still updates."""
+    llm = LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct", dtype="bfloat16", max_model_len=64,
+              kv_cache_memory_gb=0.01, worker_extension_cls="rlhf_worker_extension.WeightSync")
+    with pytest.raises(ValueError, match="'model.layers.0.mlp.down_proj.weight' is a weight of a quantized layer"):
+        llm.collective_rpc("update_weight", args=("model.layers.0.mlp.down_proj.weight", torch.zeros(576, 1536)))
+    assert llm.collective_rpc("update_weight", args=("model.norm.weight", torch.ones(576))) == [None]

@@ -65,11 +65,16 @@ class ParallelLMHead(VocabParallelEmbedding):
 
         # CPU: a oneDNN-reordered copy of the weight (see linear.py; 5 vs 12.5 ms per token for SmolLM2's fp32
         # 49152x576 head on 2 cores). The dense weight stays (it is usually the embedding's too); the copy is
-        # remade if the weight is replaced.
+        # remade if the weight is replaced, or after new values are loaded into it (weights_loaded).
         self._packed: tuple[int, torch.Tensor | None] | None = None
 
     def tie_weights(self, embedding: VocabParallelEmbedding) -> None:
         self.weight = embedding.weight
+
+    def weights_loaded(self) -> None:
+        """New values were loaded into this head's weight (or the embedding it is tied to) after a forward: an RLHF
+        update through load_weights. The oneDNN copy is of the old ones."""
+        self._packed = None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary: tensor parallel, each rank's shard gathered once (every rank gets all

@@ -36,6 +36,10 @@ def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
                 break
         if name not in params and name.endswith(".bias") and _is_quantized(model, name):
             continue     # AutoGPTQ saves a bias for every quantized layer, zeros where the model has none (as vLLM)
+        if getattr(model, "weights_processed", False) and _is_quantized(model, name):
+            raise ValueError(f"load_weights: {name!r} is a weight of a quantized layer, converted to its kernels' "
+                             f"layout when the model loaded; updating quantized weights after loading is not "
+                             f"supported yet (dense layers are).")
         if name not in params:
             raise ValueError(f"Checkpoint tensor {name!r} has no matching parameter in {type(model).__name__}.")
         param = params[name]
@@ -48,6 +52,13 @@ def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
             else:
                 loader(param, tensor, shard_id)
         loaded.add(name)
+    # Modules that keep a derived copy of a parameter (the CPU LM head's oneDNN layout) drop it when new values
+    # come in: a tied embedding's update reaches the head through the shared Parameter.
+    loaded_params = {id(params[n]) for n in loaded}
+    for module in model.modules():
+        hook = getattr(module, "weights_loaded", None)
+        if hook is not None and any(id(p) in loaded_params for p in module.parameters(recurse=False)):
+            hook()
     return loaded
 
 
