@@ -186,3 +186,50 @@ def test_bf16_cudagraph_capture_sizes_are_the_graphs_captured(model_dir, prompts
     del llm
     torch.cuda.empty_cache()
     assert_greedy_under_hf(hf_model, prompts, got)
+
+
+def test_bf16_weight_update_through_a_worker_extension_reaches_the_cuda_graphs(model_dir, prompts, tmp_path):
+    """vLLM's RLHF flow on the GPU: collective_rpc('update_weight') loads new values by checkpoint name into the
+    parameters the captured CUDA graphs read (in place: no recapture), and the next tokens are those of HF with the
+    updated weights (near-ties aside). tests/unit/rlhf_worker_extension.py's class, importable from tests/unit."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "unit"))
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+              dtype="bfloat16", attention_backend="triton", worker_extension_cls="rlhf_worker_extension.WeightSync")
+    sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
+    before = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
+                                                            use_tqdm=False)]
+    updated_hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    torch.manual_seed(7)
+    state = updated_hf.state_dict()
+    for name in ("model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.k_proj.weight", "lm_head.weight"):
+        new = state[name] + torch.randn_like(state[name]) * state[name].std() * 2
+        with torch.no_grad():
+            state[name].copy_(new)
+        assert llm.collective_rpc("update_weight", args=(name, new)) == [None]
+    llm.reset_prefix_cache()
+    after = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
+                                                           use_tqdm=False)]
+    del llm
+    torch.cuda.empty_cache()
+    assert after != before
+    assert_greedy_under_hf(updated_hf.cuda(), prompts, after)
+
+
+def test_bf16_raw_logits_mode_returns_the_models_logits(model_dir, prompts, hf_model):
+    """logprobs_mode='raw_logits' on the GPU path: the values are HF's logits (to bf16's precision)."""
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+              dtype="bfloat16", attention_backend="triton", logprobs_mode="raw_logits")
+    sp = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, detokenize=False, logprobs=3)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts[:2]], sp, use_tqdm=False)
+    del llm
+    torch.cuda.empty_cache()
+    for p, out in zip(prompts, outs):
+        comp = out.outputs[0]
+        seq = torch.tensor([p + list(comp.token_ids)], device="cuda")
+        with torch.no_grad():
+            logits = hf_model(seq).logits[0, len(p) - 1:-1].float()
+        for j, entry in enumerate(comp.logprobs):
+            scale = float(logits[j].abs().max())
+            for tid, lp in entry.items():
+                assert abs(lp.logprob - float(logits[j, tid])) <= 0.03 * scale, (j, tid)
