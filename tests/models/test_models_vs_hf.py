@@ -29,6 +29,11 @@ ARCHS = {
     "mistral": (transformers.MistralConfig, dict(_LLAMA_LIKE, num_key_value_heads=1, sliding_window=None), 2),  # MQA
     "qwen2": (transformers.Qwen2Config, dict(_LLAMA_LIKE, tie_word_embeddings=True), 1),
     "qwen3": (transformers.Qwen3Config, dict(_LLAMA_LIKE, head_dim=32), 0),   # head_dim != hidden / heads
+    # Gemma: GELU-tanh gating, norms of 1 + w (w drawn non-zero below), embeddings times sqrt(hidden), tied.
+    "gemma": (transformers.GemmaConfig, dict(_LLAMA_LIKE, head_dim=32), 0),
+    # Granite 3's multipliers (embeddings, residual branches, attention scale, logits), at other values.
+    "granite": (transformers.GraniteConfig, dict(_LLAMA_LIKE, embedding_multiplier=3.0, residual_multiplier=0.5,
+                                                 attention_multiplier=0.2, logits_scaling=2.0), 0),
     "opt": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2), 3),
     # opt-350m's layout: post-LayerNorm, embeddings projected in/out of a narrower word_embed_proj_dim
     "opt-350m-style": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2, do_layer_norm_before=False,
@@ -46,6 +51,10 @@ class TinyModel:
         torch.manual_seed(seed)
         self.hf = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager",
                                                                 dtype=torch.float32).eval()
+        with torch.no_grad():       # HF starts norm weights at 1 (Gemma's at 0): draw them, so they are checked
+            for name, param in self.hf.named_parameters():
+                if "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.3)
         self.hf.save_pretrained(path)
         self.hf.generation_config.eos_token_id = None   # HF's generate would stop at EOS; both sides ignore it
         self.path = path
@@ -117,6 +126,21 @@ def test_prefix_cache_hits_match_hf(tiny):
     assert all(out.num_cached_tokens > 0 for out in second), [o.num_cached_tokens for o in second]
     assert 16 <= second[0].num_cached_tokens < 32       # a full hit still recomputes the last prompt token
     assert all(out.num_cached_tokens >= 32 for out in second[1:])
+
+
+@torch.no_grad()
+def test_sample_logprobs_match_hf(tiny):
+    """The logprobs of the greedy tokens (and the top 5) are HF's log-softmax of its logits: what a scale of the
+    logits (Granite's logits_scaling) changes while greedy tokens stay the same."""
+    (prompt,) = _prompts([17], seed=3)
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=5)
+    (out,) = tiny.llm().generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+    ids = prompt + list(out.outputs[0].token_ids)
+    ref = torch.log_softmax(tiny.hf(torch.tensor([ids])).logits[0, len(prompt) - 1:-1].float(), dim=-1)
+    for row, entry in zip(ref, out.outputs[0].logprobs):
+        assert set(row.topk(5).indices.tolist()) <= set(entry)
+        for tid, lp in entry.items():
+            assert lp.logprob == pytest.approx(float(row[tid]), abs=1e-4)
 
 
 @pytest.mark.parametrize("prefix_caching", [False, True])

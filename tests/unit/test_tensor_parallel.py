@@ -29,7 +29,8 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 def _save_tiny(path, arch: str) -> None:
     """Llama with 2 KV heads (one per rank), Llama with 1 (replicated on both ranks), Qwen2 (QKV bias, tied
-    embeddings), Qwen3 (per-head Q/K norms)."""
+    embeddings), Qwen3 (per-head Q/K norms), Gemma (GELU gating, 1 + w norms, scaled embeddings), Granite (its
+    multipliers)."""
     import transformers
     if arch == "llama":
         save_tiny_llama(path, VOCAB)
@@ -43,12 +44,17 @@ def _save_tiny(path, arch: str) -> None:
             hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
             max_position_embeddings=512, init_std=0.2)).eval().save_pretrained(path)
         return
-    cfg_cls, model_cls = {"llama_mqa": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                          "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-                          "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
+    cfg_cls, model_cls, extra = {
+        "llama_mqa": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {}),
+        "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 16}),   # tied, GELU
+        "granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM,
+                    {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
+                     "logits_scaling": 2.0})}[arch]
     cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=1 if arch == "llama_mqa" else 2, vocab_size=VOCAB, max_position_embeddings=512,
-                  tie_word_embeddings=arch == "qwen2")
+                  tie_word_embeddings=arch in ("qwen2", "gemma"), **extra)
     torch.manual_seed(1)
     model_cls(cfg).eval().save_pretrained(path)
 
@@ -64,7 +70,7 @@ def _llm(path, tp: int) -> LLM:
                max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "opt", "chatglm"])
+@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "granite", "opt", "chatglm"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)

@@ -15,3 +15,11 @@ class SiluAndMul(nn.Module):
             return silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate).mul_(up)   # in place on silu's fresh output: one [T, I] tensor less per layer
+
+
+class GeluTanhAndMul(nn.Module):
+    """x = [gate | up] -> gelu_tanh(gate) * up (Gemma's ``gelu_pytorch_tanh`` gating; eager on every device)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.gelu(gate, approximate="tanh") * up

@@ -1,10 +1,12 @@
-"""Llama-family decoder (Llama 2/3, Mistral, SmolLM2), and the base of Qwen2 / Qwen3.
+"""Llama-family decoder (Llama 2/3, Mistral, SmolLM2), and the base of Qwen2 / Qwen3, Gemma and Granite.
 
-The variants differ only in two switches: bias on the QKV projection (Qwen2) and a per-head RMSNorm on Q and K
-before the rotary embedding (Qwen3).
+The families differ only in the switches of ``LlamaVariant``: bias on the QKV projection (Qwen2), a per-head RMSNorm
+on Q and K before the rotary embedding (Qwen3), GELU-tanh gating, RMSNorm weights stored as ``w - 1`` and scaled
+token embeddings (Gemma), and the multipliers of Granite (embeddings, residual branches, attention scale, logits).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -12,7 +14,7 @@ from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
-from pagedllm.model.layers.activation import SiluAndMul
+from pagedllm.model.layers.activation import GeluTanhAndMul, SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -22,26 +24,64 @@ from pagedllm.model.layers.rotary import RotaryEmbedding
 from pagedllm.model.models.weights import load_packed_weights
 
 
+@dataclass(frozen=True)
+class LlamaVariant:
+    """What a Llama-shaped family changes; the defaults are Llama's. Built per model by
+    ``LlamaForCausalLM.variant(hf_config)``."""
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    activation: str = "silu"                  # the MLP's gate: "silu", or "gelu_tanh" (Gemma)
+    norm_weight_offset: float = 0.0           # Gemma stores its RMSNorm weights as w - 1: loaded as stored + 1
+    embed_scale: float | None = None          # the token embeddings times this (Gemma: sqrt(hidden); Granite)
+    embed_scale_in_model_dtype: bool = False  # Gemma rounds its scale to the model dtype before the multiply
+    residual_multiplier: float = 1.0          # Granite: attention and MLP outputs times this before the residual add
+    attention_scale: float | None = None      # None: head_dim ** -0.5 (Granite: its attention_multiplier)
+    logits_divisor: float = 1.0               # Granite: logits / logits_scaling
+
+
+class OffsetRMSNorm(RMSNorm):
+    """Gemma's RMSNorm, ``norm(x) * (1 + w)``: the checkpoint's ``w`` is loaded as ``1 + w`` (added in fp32, then
+    cast: exactly HF's factor in fp32; in bf16 it is rounded once, where HF multiplies in fp32 and rounds the
+    product), so the plain RMSNorm and its fused kernels run it."""
+
+    def __init__(self, hidden_size: int, eps: float, offset: float):
+        super().__init__(hidden_size, eps)
+        self.offset = offset
+        self.weight.weight_loader = self._load
+
+    def _load(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
+        if param.shape != loaded.shape:
+            raise ValueError(f"Weight shape mismatch: parameter {tuple(param.shape)} vs checkpoint "
+                             f"{tuple(loaded.shape)}")
+        param.data.copy_(loaded.float() + self.offset)
+
+
+def _rms_norm(size: int, eps: float, variant: LlamaVariant) -> RMSNorm:
+    return OffsetRMSNorm(size, eps, variant.norm_weight_offset) if variant.norm_weight_offset else RMSNorm(size, eps)
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool,
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, variant: LlamaVariant,
                  quant_config=None, prefix: str = ""):
         super().__init__()
         total_heads = cfg.num_attention_heads
         total_kv_heads = getattr(cfg, "num_key_value_heads", None) or total_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // total_heads
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, self.head_dim, total_heads, total_kv_heads,
-                                          bias=qkv_bias, quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
+                                          bias=variant.qkv_bias, quant_config=quant_config,
+                                          prefix=f"{prefix}.qkv_proj")
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, cfg.hidden_size,
                                         bias=getattr(cfg, "attention_bias", False), quant_config=quant_config,
                                         prefix=f"{prefix}.o_proj")
         # This rank's heads (all of them without tensor parallel).
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.rotary = rotary
-        if qk_norm:
+        if variant.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        self.qk_norm = qk_norm
-        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads, layer_idx)
+        self.qk_norm = variant.qk_norm
+        scale = self.head_dim ** -0.5 if variant.attention_scale is None else variant.attention_scale
+        self.attn = Attention(self.num_heads, self.head_dim, scale, self.num_kv_heads, layer_idx)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
@@ -55,34 +95,36 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg, quant_config=None, prefix: str = ""):
+    def __init__(self, cfg, quant_config=None, prefix: str = "", activation: str = "silu"):
         super().__init__()
         bias = getattr(cfg, "mlp_bias", False)
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias,
                                                        quant_config=quant_config, prefix=f"{prefix}.gate_up_proj")
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias,
                                            quant_config=quant_config, prefix=f"{prefix}.down_proj")
-        self.act = SiluAndMul()
+        self.silu = activation == "silu"
+        self.act = SiluAndMul() if self.silu else GeluTanhAndMul()
 
     def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
         # SiLU-and-mul fused into down_proj's skinny GEMM was tried: 7B batch-1 decode 7% slower on an H200, as every
         # program recomputes SiLU over all of K (docs/perf.md). In gate_up's epilogue (PAGEDLLM_GATE_UP_SILU) each
-        # output is computed once, by the program that has its gate and up rows.
-        h = self.gate_up_proj.fused_forward(x, lora_mask)
+        # output is computed once, by the program that has its gate and up rows (SiLU only).
+        h = self.gate_up_proj.fused_forward(x, lora_mask) if self.silu else None
         if h is None:
             h = self.act(self.gate_up_proj(x, lora_mask))
         return self.down_proj(h, lora_mask)
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool,
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, variant: LlamaVariant,
                  quant_config=None, prefix: str = ""):
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, qkv_bias, qk_norm, quant_config,
-                                        f"{prefix}.self_attn")
-        self.mlp = LlamaMLP(cfg, quant_config, f"{prefix}.mlp")
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, variant, quant_config, f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(cfg, quant_config, f"{prefix}.mlp", variant.activation)
+        self.input_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
+        self.post_attention_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
+        # The residual adds run inside the next norm (fused): a branch's output is scaled before it gets there.
+        self.residual_multiplier = variant.residual_multiplier
 
     def forward(self, positions, hidden, residual, batch):
         if residual is None:
@@ -91,13 +133,17 @@ class LlamaDecoderLayer(nn.Module):
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(positions, hidden, batch)
+        if self.residual_multiplier != 1.0:
+            hidden = hidden * self.residual_multiplier
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden, batch.lora_mask), residual
+        hidden = self.mlp(hidden, batch.lora_mask)
+        if self.residual_multiplier != 1.0:
+            hidden = hidden * self.residual_multiplier
+        return hidden, residual
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg, max_position: int, qkv_bias: bool, qk_norm: bool, quant_config=None,
-                 prefix: str = "model"):
+    def __init__(self, cfg, max_position: int, variant: LlamaVariant, quant_config=None, prefix: str = "model"):
         super().__init__()
         # Pipeline parallel: the embedding on the first stage, the final norm on the last, each stage its layers.
         self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
@@ -107,15 +153,19 @@ class LlamaModel(nn.Module):
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         rotary = RotaryEmbedding(cfg, head_dim, max_position)
         self.start_layer, self.end_layer, self.layers = make_layers(
-            cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(cfg, i, rotary, qkv_bias, qk_norm, quant_config,
+            cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(cfg, i, rotary, variant, quant_config,
                                                                f"{prefix}.layers.{i}"))
         self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]    # a plain list: no slicing per step
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if self.last_stage else PPMissingLayer()
+        self.norm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant) if self.last_stage else PPMissingLayer()
+        self.embed_scale, self._embed_scale_in_model_dtype = variant.embed_scale, variant.embed_scale_in_model_dtype
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
                 intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
         if self.first_stage:
             hidden, residual = self.embed_tokens(input_ids), None
+            if self.embed_scale is not None:
+                hidden = hidden * (torch.tensor(self.embed_scale).to(hidden.dtype)
+                                   if self._embed_scale_in_model_dtype else self.embed_scale)
         else:
             hidden, residual = intermediate.hidden, intermediate.residual
         for layer in self._stage_layers:
@@ -140,13 +190,18 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        """The family's switches for this config (a subclass overrides it: Gemma, Granite)."""
+        return LlamaVariant(qkv_bias=cls.qkv_bias or getattr(hf_config, "attention_bias", False), qk_norm=cls.qk_norm)
+
     def __init__(self, hf_config, engine_config):
         super().__init__()
         self.config = hf_config
         max_position = max(engine_config.max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0)
-        self.model = LlamaModel(hf_config, max_position,
-                                self.qkv_bias or getattr(hf_config, "attention_bias", False), self.qk_norm,
-                                getattr(engine_config, "quant_config", None))
+        variant = self.variant(hf_config)
+        self.logits_divisor = variant.logits_divisor
+        self.model = LlamaModel(hf_config, max_position, variant, getattr(engine_config, "quant_config", None))
         if not self.has_lm_head:
             return
         if not is_last_pp_stage():
@@ -165,7 +220,8 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, batch, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden)
+        logits = self.lm_head.compute_logits(hidden)
+        return logits if self.logits_divisor == 1.0 else logits / self.logits_divisor
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("rotary_emb.inv_freq",)
