@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("triton")
 
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
+from transformers import AutoModelForCausalLM, GemmaConfig, GraniteConfig, LlamaConfig, Qwen2Config  # noqa: E402
 
 from pagedllm import LLM, SamplingParams  # noqa: E402
 
@@ -26,10 +26,15 @@ def _config(arch: str):
     common = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=8,
                   num_key_value_heads=2, head_dim=64, vocab_size=2048, max_position_embeddings=1024,
                   tie_word_embeddings=False)
+    if arch == "gemma":      # GELU-tanh gating (no fused SiLU epilogue), 1 + w norms, scaled tied embeddings
+        return GemmaConfig(**dict(common, tie_word_embeddings=True))
+    if arch == "granite":    # the multipliers of Granite 3
+        return GraniteConfig(**common, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.1,
+                             logits_scaling=2.0)
     return LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "granite"])
 def model_dir(request, tmp_path_factory):
     torch.manual_seed(1234)
     cfg = _config(request.param)
@@ -202,7 +207,8 @@ def test_bf16_weight_update_through_a_worker_extension_reaches_the_cuda_graphs(m
     updated_hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     torch.manual_seed(7)
     state = updated_hf.state_dict()
-    for name in ("model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.k_proj.weight", "lm_head.weight"):
+    head = "model.embed_tokens.weight" if updated_hf.config.tie_word_embeddings else "lm_head.weight"
+    for name in ("model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.k_proj.weight", head):
         new = state[name] + torch.randn_like(state[name]) * state[name].std() * 2
         with torch.no_grad():
             state[name].copy_(new)
