@@ -1450,6 +1450,7 @@ class EngineConfig:
             if max_model_len > derived_len:
                 _verify_long_max_model_len(max_model_len, derived_len, derived_from, hf)
         max_model_len = _sliding_window_len(args, hf, max_model_len)
+        max_model_len = _longrope_len(args, hf, max_model_len)
         chunked = args.enable_chunked_prefill and runner_type == "generate"
 
         on_gpu = device.type == "cuda"
@@ -1723,6 +1724,29 @@ def _sliding_window_len(args: EngineArgs, hf_config, max_model_len: int) -> int:
                    "equals the window's up to there)%s.", window, window,
                    "" if args.disable_sliding_window else "; disable_sliding_window=True says so explicitly")
     return window
+
+
+def _longrope_len(args: EngineArgs, hf_config, max_model_len: int) -> int:
+    """LongRoPE (Phi-3.5 / Phi-4-mini): HF rotates with the short factors while a sequence is within
+    original_max_position_embeddings and switches every position to the long ones once it is longer, a switch that
+    depends on the sequence's length, not the position's. pagedllm's rotary table is per position and uses the short
+    factors: equal to the model up to that length. So max_model_len is capped there (logged), and a longer one asked
+    for explicitly is an error."""
+    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    if not isinstance(params, dict) or params.get("rope_type", params.get("type")) != "longrope":
+        return max_model_len
+    original = params.get("original_max_position_embeddings") or getattr(hf_config,
+                                                                           "original_max_position_embeddings", None)
+    if not original or max_model_len <= original:
+        return max_model_len
+    if args.max_model_len is not None:
+        raise ValueError(f"max_model_len={max_model_len} is longer than this model's original context "
+                         f"(original_max_position_embeddings={original}), and pagedllm does not support LongRoPE's "
+                         f"long factors yet (their switch depends on each sequence's length). Use max_model_len <= "
+                         f"{original}.")
+    logger.warning("This model's rotary embedding is LongRoPE; pagedllm rotates with its short factors only, so "
+                   "max_model_len is %d (original_max_position_embeddings), where they are the model's.", original)
+    return original
 
 
 def _verify_long_max_model_len(max_model_len: int, derived_len: int, derived_from: str, hf_config) -> None:

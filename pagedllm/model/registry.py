@@ -11,6 +11,7 @@ _MODELS = {
     "OPTForCausalLM": ("opt", "OPTForCausalLM"),
     "GemmaForCausalLM": ("gemma", "GemmaForCausalLM"),
     "GraniteForCausalLM": ("granite", "GraniteForCausalLM"),
+    "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM"),
     # ChatGLM2/3 and GLM-4: their config.json names "ChatGLMModel", the remote code's LM class is
     # ChatGLMForConditionalGeneration; both are the same checkpoint layout (with its output_layer).
     "ChatGLMModel": ("chatglm", "ChatGLMForCausalLM"),
@@ -92,7 +93,7 @@ def check_parallel_support(hf_config, tensor_parallel_size: int, pipeline_parall
                          f"use tensor_parallel_size=1.")
     if pipeline_parallel_size > 1 and not getattr(model_cls, "supports_pipeline_parallel", False):
         raise ValueError(f"pipeline_parallel_size > 1 is not supported yet for {model_cls.__name__} (pipeline "
-                         f"parallel runs Llama, Mistral, Qwen2, Qwen3, Gemma, Granite, OPT, ChatGLM, and the BERT and "
+                         f"parallel runs Llama, Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, ChatGLM, and the BERT and "
                          f"XLM-RoBERTa encoders); use pipeline_parallel_size=1.")
 
 

@@ -11,7 +11,8 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("triton")
 
-from transformers import AutoModelForCausalLM, GemmaConfig, GraniteConfig, LlamaConfig, Qwen2Config  # noqa: E402
+from transformers import (AutoModelForCausalLM, GemmaConfig, GraniteConfig, LlamaConfig, Phi3Config,  # noqa: E402
+                          Qwen2Config)
 
 from pagedllm import LLM, SamplingParams  # noqa: E402
 
@@ -31,10 +32,12 @@ def _config(arch: str):
     if arch == "granite":    # the multipliers of Granite 3
         return GraniteConfig(**common, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.1,
                              logits_scaling=2.0)
+    if arch == "phi3":       # fused checkpoint tensors; half of each head rotated (the Triton rotary's partial path)
+        return Phi3Config(**common, partial_rotary_factor=0.5, pad_token_id=0, eos_token_id=2, bos_token_id=1)
     return LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "granite"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "granite", "phi3"])
 def model_dir(request, tmp_path_factory):
     torch.manual_seed(1234)
     cfg = _config(request.param)
@@ -208,7 +211,9 @@ def test_bf16_weight_update_through_a_worker_extension_reaches_the_cuda_graphs(m
     torch.manual_seed(7)
     state = updated_hf.state_dict()
     head = "model.embed_tokens.weight" if updated_hf.config.tie_word_embeddings else "lm_head.weight"
-    for name in ("model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.k_proj.weight", head):
+    attn = next(n for n in ("model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.qkv_proj.weight")
+                if n in state)                                            # Phi-3's checkpoint fuses q, k and v
+    for name in ("model.layers.1.mlp.down_proj.weight", attn, head):
         new = state[name] + torch.randn_like(state[name]) * state[name].std() * 2
         with torch.no_grad():
             state[name].copy_(new)

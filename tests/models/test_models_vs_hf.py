@@ -34,6 +34,13 @@ ARCHS = {
     # Granite 3's multipliers (embeddings, residual branches, attention scale, logits), at other values.
     "granite": (transformers.GraniteConfig, dict(_LLAMA_LIKE, embedding_multiplier=3.0, residual_multiplier=0.5,
                                                  attention_multiplier=0.2, logits_scaling=2.0), 0),
+    # Phi-3: fused qkv_proj / gate_up_proj tensors in the checkpoint, half the head dims rotated (Phi-4-mini's 0.75).
+    "phi3": (transformers.Phi3Config, dict(_LLAMA_LIKE, partial_rotary_factor=0.5), 0),
+    # Phi-3.5's LongRoPE: the short factors (max_model_len capped at the original 128 positions; the prompts and
+    # 24 new tokens stay within them).
+    "phi3-longrope": (transformers.Phi3Config, dict(_LLAMA_LIKE, original_max_position_embeddings=128, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+        "short_factor": [1.0, 1.5, 2.0, 3.0, 1.0, 1.2, 1.1, 1.3], "long_factor": [4.0] * 8}), 0),
     "opt": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2), 3),
     # opt-350m's layout: post-LayerNorm, embeddings projected in/out of a narrower word_embed_proj_dim
     "opt-350m-style": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2, do_layer_norm_before=False,

@@ -30,7 +30,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 def _save_tiny(path, arch: str) -> None:
     """Llama with 2 KV heads (one per rank), Llama with 1 (replicated on both ranks), Qwen2 (QKV bias, tied
     embeddings), Qwen3 (per-head Q/K norms), Gemma (GELU gating, 1 + w norms, scaled embeddings), Granite (its
-    multipliers)."""
+    multipliers), Phi-3 (fused q/k/v and gate/up tensors cut per rank, partial rotary)."""
     import transformers
     if arch == "llama":
         save_tiny_llama(path, VOCAB)
@@ -49,6 +49,8 @@ def _save_tiny(path, arch: str) -> None:
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {}),
         "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 16}),   # tied, GELU
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM,                     # fused q/k/v, gate/up
+                 {"partial_rotary_factor": 0.5, "pad_token_id": 0, "eos_token_id": 2}),
         "granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM,
                     {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
                      "logits_scaling": 2.0})}[arch]
@@ -70,7 +72,8 @@ def _llm(path, tp: int) -> LLM:
                max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "granite", "opt", "chatglm"])
+@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "granite", "phi3", "opt",
+                                  "chatglm"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)

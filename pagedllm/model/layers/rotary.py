@@ -16,7 +16,9 @@ def _inv_freq(hf_config, head_dim: int) -> tuple[torch.Tensor, float]:
     if rope_type == "default" or rope_type not in ROPE_INIT_FUNCTIONS:
         theta = (params.get("rope_theta") if isinstance(params, dict) else None) \
             or getattr(hf_config, "rope_theta", 10000.0)
-        partial = getattr(hf_config, "partial_rotary_factor", 1.0)
+        # transformers 5 keeps it in rope_parameters for some models (Phi-3), as an attribute for others.
+        partial = (params.get("partial_rotary_factor") if isinstance(params, dict) else None) \
+            or getattr(hf_config, "partial_rotary_factor", 1.0)
         dim = int(head_dim * partial)
         inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         return inv, 1.0
