@@ -1706,24 +1706,32 @@ def sliding_window(hf_config) -> int | None:
     return None if getattr(hf_config, "use_sliding_window", True) is False else window
 
 
+def _capped_len(args: EngineArgs, max_model_len: int, cap: int | None, longer: str, cut: str) -> int:
+    """max_model_len where pagedllm runs the model as the model is only up to ``cap`` tokens: cut to ``cap`` with the
+    warning ``cut`` when it was not asked for, the error ``max_model_len=N {longer}`` when a longer one was."""
+    if cap is None or max_model_len <= cap:
+        return max_model_len
+    if args.max_model_len is not None:
+        raise ValueError(f"max_model_len={max_model_len} {longer}")
+    logger.warning(cut)
+    return cap
+
+
 def _sliding_window_len(args: EngineArgs, hf_config, max_model_len: int) -> int:
     """pagedllm's attention is never windowed. Up to the window that equals the model's windowed attention (every
     earlier token is inside it), so a model whose window is shorter than its context runs with max_model_len capped
     at the window, logged; a larger max_model_len asked for explicitly is an error, not attention that differs from
     the model's past the window. ``disable_sliding_window`` (vLLM's) asks for exactly that cap."""
     window = sliding_window(hf_config)
-    if window is None or max_model_len <= window:
-        return max_model_len
-    if args.max_model_len is not None:
-        raise ValueError(f"max_model_len={max_model_len} is longer than this model's sliding attention window "
-                         f"(sliding_window={window} in its config.json), and pagedllm does not support sliding-window "
-                         f"attention yet: full attention past {window} tokens would not be the model's. Use "
-                         f"max_model_len <= {window} (where full attention equals the window's).")
-    logger.warning("This model attends through a sliding window of %d tokens (sliding_window in its config.json); "
-                   "pagedllm does not support sliding-window attention yet, so max_model_len is %d (full attention "
-                   "equals the window's up to there)%s.", window, window,
-                   "" if args.disable_sliding_window else "; disable_sliding_window=True says so explicitly")
-    return window
+    return _capped_len(
+        args, max_model_len, window,
+        f"is longer than this model's sliding attention window (sliding_window={window} in its config.json), and "
+        f"pagedllm does not support sliding-window attention yet: full attention past {window} tokens would not be "
+        f"the model's. Use max_model_len <= {window} (where full attention equals the window's).",
+        f"This model attends through a sliding window of {window} tokens (sliding_window in its config.json); "
+        f"pagedllm does not support sliding-window attention yet, so max_model_len is {window} (full attention "
+        f"equals the window's up to there)"
+        + ("." if args.disable_sliding_window else "; disable_sliding_window=True says so explicitly."))
 
 
 def _longrope_len(args: EngineArgs, hf_config, max_model_len: int) -> int:
@@ -1737,16 +1745,13 @@ def _longrope_len(args: EngineArgs, hf_config, max_model_len: int) -> int:
         return max_model_len
     original = params.get("original_max_position_embeddings") or getattr(hf_config,
                                                                            "original_max_position_embeddings", None)
-    if not original or max_model_len <= original:
-        return max_model_len
-    if args.max_model_len is not None:
-        raise ValueError(f"max_model_len={max_model_len} is longer than this model's original context "
-                         f"(original_max_position_embeddings={original}), and pagedllm does not support LongRoPE's "
-                         f"long factors yet (their switch depends on each sequence's length). Use max_model_len <= "
-                         f"{original}.")
-    logger.warning("This model's rotary embedding is LongRoPE; pagedllm rotates with its short factors only, so "
-                   "max_model_len is %d (original_max_position_embeddings), where they are the model's.", original)
-    return original
+    return _capped_len(
+        args, max_model_len, original,
+        f"is longer than this model's original context (original_max_position_embeddings={original}), and pagedllm "
+        f"does not support LongRoPE's long factors yet (their switch depends on each sequence's length). Use "
+        f"max_model_len <= {original}.",
+        f"This model's rotary embedding is LongRoPE; pagedllm rotates with its short factors only, so max_model_len "
+        f"is {original} (original_max_position_embeddings), where they are the model's.")
 
 
 def _verify_long_max_model_len(max_model_len: int, derived_len: int, derived_from: str, hf_config) -> None:
