@@ -9,6 +9,7 @@ _MODELS = {
     "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
     "OPTForCausalLM": ("opt", "OPTForCausalLM"),
+    "GPT2LMHeadModel": ("gpt2", "GPT2ForCausalLM"),
     "GemmaForCausalLM": ("gemma", "GemmaForCausalLM"),
     "GraniteForCausalLM": ("granite", "GraniteForCausalLM"),
     "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM"),
@@ -93,7 +94,7 @@ def check_parallel_support(hf_config, tensor_parallel_size: int, pipeline_parall
                          f"use tensor_parallel_size=1.")
     if pipeline_parallel_size > 1 and not getattr(model_cls, "supports_pipeline_parallel", False):
         raise ValueError(f"pipeline_parallel_size > 1 is not supported yet for {model_cls.__name__} (pipeline "
-                         f"parallel runs Llama, Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, ChatGLM, and the BERT and "
+                         f"parallel runs Llama, Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, GPT-2, ChatGLM, and the BERT and "
                          f"XLM-RoBERTa encoders); use pipeline_parallel_size=1.")
 
 

@@ -41,6 +41,8 @@ ARCHS = {
     "phi3-longrope": (transformers.Phi3Config, dict(_LLAMA_LIKE, original_max_position_embeddings=128, rope_parameters={
         "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
         "short_factor": [1.0, 1.5, 2.0, 3.0, 1.0, 1.2, 1.1, 1.3], "long_factor": [4.0] * 8}), 0),
+    # GPT-2: Conv1D weights stored [in, out], q/k/v fused in c_attn, learned positions from row 0, GELU-tanh.
+    "gpt2": (transformers.GPT2Config, dict(_COMMON, initializer_range=0.2, architectures=["GPT2LMHeadModel"]), 0),
     "opt": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2), 3),
     # opt-350m's layout: post-LayerNorm, embeddings projected in/out of a narrower word_embed_proj_dim
     "opt-350m-style": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2, do_layer_norm_before=False,
@@ -54,7 +56,8 @@ class TinyModel:
     def __init__(self, name: str, path: str):
         cls, kwargs, seed = ARCHS[name]
         config = cls(**kwargs)
-        config.architectures = [cls.__name__.replace("Config", "ForCausalLM")]   # e.g. OPTForCausalLM
+        if "architectures" not in kwargs:
+            config.architectures = [cls.__name__.replace("Config", "ForCausalLM")]   # e.g. OPTForCausalLM
         torch.manual_seed(seed)
         self.hf = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager",
                                                                 dtype=torch.float32).eval()

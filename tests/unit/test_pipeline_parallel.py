@@ -38,6 +38,12 @@ def _save_tiny(path, arch: str, num_layers: int = 3) -> None:
             max_position_embeddings=512, init_std=0.2,
             tie_word_embeddings=arch == "opt")).eval().save_pretrained(path)
         return
+    if arch == "gpt2":    # a GPT-2 checkpoint on the OPT decoder: tied head on the last stage from `wte`
+        torch.manual_seed(2)
+        transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=64, n_layer=num_layers, n_head=4, vocab_size=VOCAB, n_positions=512,
+            initializer_range=0.2)).eval().save_pretrained(path)
+        return
     cfg_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                           "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
@@ -88,7 +94,7 @@ def _reference_and_parallel(model: str, tp: int, pp: int, prompts=PROMPTS, outpu
         llm.llm_engine.core.shutdown()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "opt", "opt_untied", "chatglm"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "opt", "opt_untied", "gpt2", "chatglm"])
 def test_pp2_greedy_tokens_match_one_process(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     if arch == "opt_untied":     # the last stage loads lm_head.weight itself, not the first stage's embedding
@@ -203,8 +209,8 @@ def test_impossible_splits_are_clear_errors(tmp_path, monkeypatch):
     transformers.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                            vocab_size=VOCAB, architectures=["OPTForCausalLM"]).save_pretrained(tmp_path / "opt")
     assert "pipeline_parallel_size > 1 is not supported yet for OPTForCausalLM (pipeline parallel runs Llama, " \
-           "Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, ChatGLM, and the BERT and XLM-RoBERTa encoders)" in \
-        _config_error(tmp_path / "opt", pipeline_parallel_size=2)
+           "Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, GPT-2, ChatGLM, and the BERT and XLM-RoBERTa " \
+           "encoders)" in _config_error(tmp_path / "opt", pipeline_parallel_size=2)
     # More ranks than GPUs.
     from pagedllm import config as cfg_mod
     monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device("cuda"))

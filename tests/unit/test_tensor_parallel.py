@@ -38,6 +38,12 @@ def _save_tiny(path, arch: str) -> None:
     if arch == "chatglm":   # 2 multi-query KV groups for 4 heads: one group per rank
         save_tiny_chatglm(path, VOCAB)
         return
+    if arch == "gpt2":    # OPT's decoder from a GPT-2 checkpoint: fused Conv1D c_attn cut per rank, GELU-tanh
+        torch.manual_seed(1)
+        transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=512,
+            initializer_range=0.2)).eval().save_pretrained(path)
+        return
     if arch == "opt":     # biased q/k/v/out, ReLU fc1/fc2, learned positions (replicated), tied head
         torch.manual_seed(1)
         transformers.OPTForCausalLM(transformers.OPTConfig(
@@ -73,7 +79,7 @@ def _llm(path, tp: int) -> LLM:
 
 
 @pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "granite", "phi3", "opt",
-                                  "chatglm"])
+                                  "gpt2", "chatglm"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)

@@ -205,7 +205,7 @@ class ChatGLMForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         # rotary_pos_emb.inv_freq: a buffer saved in the .bin checkpoints; we compute our own tables
         return load_packed_weights(self, self._split_checkpoint_tensors(weights), self.packed_modules_mapping,
-                            skip=("rotary_pos_emb.inv_freq",))
+                                   skip=("rotary_pos_emb.inv_freq",))
 
     def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
         """Checkpoint name prefixes this pipeline stage never reads (the checkpoint's names are the modules')."""

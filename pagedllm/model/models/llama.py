@@ -248,9 +248,9 @@ class LlamaForEmbedding(LlamaForCausalLM):
         raise ValueError(f"{type(self).__name__} has no language-model head: it cannot generate text.")
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return load_packed_weights(self, ((name if name.startswith("model.") else "model." + name, tensor)
-                                   for name, tensor in weights if not name.startswith("lm_head.")),
-                            self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
+        renamed = ((name if name.startswith("model.") else "model." + name, tensor)
+                   for name, tensor in weights if not name.startswith("lm_head."))
+        return load_packed_weights(self, renamed, self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
 
 
 class LlamaForSequenceClassification(LlamaForEmbedding):
@@ -270,9 +270,9 @@ class LlamaForSequenceClassification(LlamaForEmbedding):
         token_ids = getattr(self.config, "classifier_from_token_ids", None)
         if token_ids is not None:      # a causal LM's checkpoint: the score head from its LM head's rows
             weights = self._score_from_lm_head(weights, token_ids)
-        return load_packed_weights(self, ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
-                                   for name, tensor in weights if not name.startswith("lm_head.")),
-                            self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
+        renamed = ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
+                   for name, tensor in weights if not name.startswith("lm_head."))
+        return load_packed_weights(self, renamed, self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
 
     def _score_from_lm_head(self, weights: Iterable[tuple[str, torch.Tensor]],
                             token_ids: list[int]) -> Iterable[tuple[str, torch.Tensor]]:

@@ -46,9 +46,10 @@ def _activation(name: str):
 
 
 def _layer_norm(cfg, size: int) -> nn.Module:
+    eps = getattr(cfg, "layer_norm_eps", 1e-5)       # OPT's is fixed at 1e-5; GPT-2 says its own
     if getattr(cfg, "layer_norm_elementwise_affine", True):
-        return LayerNorm(size)
-    return nn.LayerNorm(size, elementwise_affine=False)
+        return LayerNorm(size, eps=eps)
+    return nn.LayerNorm(size, eps=eps, elementwise_affine=False)
 
 
 class OPTAttention(nn.Module):
@@ -100,8 +101,9 @@ class OPTDecoderLayer(nn.Module):
 
 
 class OPTDecoder(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, position_offset: int = POSITION_OFFSET):
         super().__init__()
+        self.position_offset = position_offset
         self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
 
         def first(make):     # a module of the first pipeline stage (a placeholder on the others)
@@ -114,7 +116,7 @@ class OPTDecoder(nn.Module):
         self.embed_tokens = first(lambda: VocabParallelEmbedding(cfg.vocab_size, proj_dim))
         # Replicated on every tensor-parallel rank (as vLLM's OPTLearnedPositionalEmbedding): 2050 rows do not
         # split evenly over most rank counts, and every position's row is needed on every rank.
-        self.embed_positions = first(lambda: nn.Embedding(cfg.max_position_embeddings + POSITION_OFFSET,
+        self.embed_positions = first(lambda: nn.Embedding(cfg.max_position_embeddings + position_offset,
                                                           cfg.hidden_size))
         if self.first_stage:
             self.embed_positions.weight.requires_grad_(False)
@@ -138,7 +140,7 @@ class OPTDecoder(nn.Module):
             hidden = self.embed_tokens(input_ids)
             if self.project_in is not None:
                 hidden = self.project_in(hidden)
-            hidden = hidden + self.embed_positions(positions + POSITION_OFFSET)
+            hidden = hidden + self.embed_positions(positions + self.position_offset)
         else:
             hidden = intermediate.hidden
         for layer in self._stage_layers:
@@ -153,9 +155,9 @@ class OPTDecoder(nn.Module):
 
 
 class OPTModel(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, position_offset: int = POSITION_OFFSET):
         super().__init__()
-        self.decoder = OPTDecoder(cfg)
+        self.decoder = OPTDecoder(cfg, position_offset)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
                 intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -167,10 +169,12 @@ class OPTForCausalLM(nn.Module):
     supports_pipeline_parallel = True
     packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
 
+    position_offset = POSITION_OFFSET
+
     def __init__(self, hf_config, engine_config):
         super().__init__()
         self.config = hf_config
-        self.model = OPTModel(hf_config)
+        self.model = OPTModel(self.decoder_config(hf_config), self.position_offset)
         self.tied = getattr(hf_config, "tie_word_embeddings", True)
         # Tied over several pipeline stages: the last stage's head is a copy, loaded from the embedding's tensor.
         self._head_from_embedding = self.tied and not is_first_pp_stage()
@@ -181,6 +185,11 @@ class OPTForCausalLM(nn.Module):
         self.lm_head = ParallelLMHead(hf_config.vocab_size, proj_dim)
         if self.tied and not self._head_from_embedding:
             self.lm_head.tie_weights(self.model.decoder.embed_tokens)
+
+    @staticmethod
+    def decoder_config(hf_config):
+        """The config the decoder reads (GPT-2 maps its own onto OPT's names)."""
+        return hf_config
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
                 intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:

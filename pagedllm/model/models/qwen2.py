@@ -37,9 +37,9 @@ class Qwen2ForRewardModel(Qwen2ForEmbedding):
         return self.score(rows)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return load_packed_weights(self, ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
-                                   for name, tensor in weights if not name.startswith("lm_head.")),
-                            self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
+        renamed = ((name if name.startswith(("model.", "score.")) else "model." + name, tensor)
+                   for name, tensor in weights if not name.startswith("lm_head."))
+        return load_packed_weights(self, renamed, self.packed_modules_mapping, skip=("rotary_emb.inv_freq",))
 
 
 class Qwen2ForProcessRewardModel(Qwen2ForRewardModel):

@@ -1,0 +1,77 @@
+"""GPT-2 (``GPT2LMHeadModel``: gpt2 ... gpt2-xl, distilgpt2, and their fine-tunes) on the OPT decoder: the same
+pre-LayerNorm block with learned absolute positions (no index offset here), biased projections and a tied head;
+GELU-tanh ("gelu_new") in the MLP. Its checkpoint's Conv1D weights are stored [in, out] and its attention's q, k and
+v fused in ``c_attn``: transposed and split on the way in. Attention scales q by ``head_dim ** -0.5`` as OPT does
+(HF GPT-2 divides the scores by ``sqrt(head_dim)``: the same up to fp32 rounding)."""
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import Iterable
+
+import torch
+
+from pagedllm.model.models.opt import OPTForCausalLM
+
+# GPT-2 checkpoint names (with or without the "transformer." prefix) -> the OPT decoder's.
+_RENAMES = [
+    (r"wte\.", "model.decoder.embed_tokens."), (r"wpe\.", "model.decoder.embed_positions."),
+    (r"ln_f\.", "model.decoder.final_layer_norm."),
+    (r"h\.(\d+)\.ln_1\.", r"model.decoder.layers.\1.self_attn_layer_norm."),
+    (r"h\.(\d+)\.ln_2\.", r"model.decoder.layers.\1.final_layer_norm."),
+    (r"h\.(\d+)\.attn\.c_proj\.", r"model.decoder.layers.\1.self_attn.out_proj."),
+    (r"h\.(\d+)\.mlp\.c_fc\.", r"model.decoder.layers.\1.fc1."),
+    (r"h\.(\d+)\.mlp\.c_proj\.", r"model.decoder.layers.\1.fc2."),
+]
+_C_ATTN = re.compile(r"h\.(\d+)\.attn\.c_attn\.(weight|bias)")
+
+
+class GPT2ForCausalLM(OPTForCausalLM):
+    position_offset = 0
+    supports_pipeline_parallel = True
+
+    @staticmethod
+    def decoder_config(hf_config):
+        if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or getattr(hf_config,
+                                                                                    "reorder_and_upcast_attn", False):
+            raise ValueError("GPT-2 with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn is not supported "
+                             "yet.")
+        if not getattr(hf_config, "scale_attn_weights", True):
+            raise ValueError("GPT-2 with scale_attn_weights=False is not supported yet.")
+        hidden = hf_config.n_embd
+        return SimpleNamespace(
+            hidden_size=hidden, num_attention_heads=hf_config.n_head, num_hidden_layers=hf_config.n_layer,
+            max_position_embeddings=hf_config.n_positions, vocab_size=hf_config.vocab_size,
+            ffn_dim=getattr(hf_config, "n_inner", None) or 4 * hidden, do_layer_norm_before=True,
+            activation_function=getattr(hf_config, "activation_function", "gelu_new"), enable_bias=True,
+            layer_norm_eps=getattr(hf_config, "layer_norm_epsilon", 1e-5), word_embed_proj_dim=None)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return super().load_weights(self._opt_names(weights))
+
+    def _opt_names(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+        hidden = self.config.n_embd
+        for name, tensor in weights:
+            name = name.removeprefix("transformer.")
+            if re.fullmatch(r"h\.\d+\.attn\.(masked_)?bias", name):
+                continue                       # older checkpoints' causal-mask buffers
+            if name == "lm_head.weight":
+                yield name, tensor             # tied: OPT's loader skips it
+                continue
+            match = _C_ATTN.fullmatch(name)
+            if match:
+                layer, kind = match.groups()
+                fused = tensor.t() if kind == "weight" else tensor      # Conv1D: [in, 3 * out]
+                for part, piece in zip("qkv", fused.split(hidden, dim=0)):
+                    yield f"model.decoder.layers.{layer}.self_attn.{part}_proj.{kind}", piece
+                continue
+            for pattern, new in _RENAMES:
+                renamed, n = re.subn(f"^{pattern}", new, name)
+                if n:
+                    # Conv1D weights [in, out] -> Linear's [out, in]
+                    is_conv = renamed.endswith(".weight") and (".out_proj." in renamed or ".fc1." in renamed
+                                                                or ".fc2." in renamed)
+                    yield renamed, (tensor.t() if is_conv else tensor)
+                    break
+            else:
+                yield name, tensor              # unknown: the loader names it
