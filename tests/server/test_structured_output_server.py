@@ -105,6 +105,23 @@ def test_chat_response_format(client):
     check_person("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
 
 
+def test_responses_parse_with_a_pydantic_text_format(client):
+    """OpenAI's structured outputs on the Responses API as its docs write them: ``client.responses.parse(...,
+    text_format=Model)`` sends text.format json_schema (strict) and parses the output text into the model."""
+    import pydantic
+
+    class Person(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        name: str = pydantic.Field(max_length=12)
+        age: int
+
+    resp = client.responses.parse(model=MODEL, input="Give me a person as JSON.", text_format=Person,
+                                  max_output_tokens=60, temperature=0)
+    assert resp.status == "completed", resp.output_text
+    assert isinstance(resp.output_parsed, Person) and resp.output_parsed.name
+    assert resp.text.format.type == "json_schema" and resp.text.format.name == "Person"
+
+
 def test_response_format_structural_tag(client):
     # vLLM's response_format {"type": "structural_tag"}, in xgrammar's form ("format") and in vLLM's first form
     # ("structures" + "triggers", its docs' example); both were a 400 "Input should be 'text', 'json_object' or

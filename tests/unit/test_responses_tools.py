@@ -188,3 +188,42 @@ def test_a_streamed_named_call_matches_the_whole_answer(app, tiny_engine):
     assert kinds[-3:] == ["response.function_call_arguments.done", "response.output_item.done",
                           "response.incomplete" if whole.status == "incomplete" else "response.completed"]
 
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}, "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_text_format_json_schema_and_json_object_constrain_the_output(tiny_llama_dir):
+    """``text.format`` as OpenAI's Responses API sends it: the output text is JSON of the schema (a random tiny
+    model writes whatever the grammar allows; the engine's disable_any_whitespace keeps it from writing only
+    blanks), and the response echoes the format; json_object gives an object. (The openai client's
+    ``responses.parse`` on the real model: tests/server/test_structured_output_server.py.)"""
+    from app_client import serve_in_process
+    fmt = {"type": "json_schema", "name": "person", "schema": PERSON, "strict": True}
+    with serve_in_process(tiny_llama_dir, "--max-model-len", "256", "--structured-outputs-config",
+                          '{"disable_any_whitespace": true}') as (app, _):
+        typed, obj = post_all(app, [
+            ("/v1/responses", {"input": "Who?", "text": {"format": fmt}, "max_output_tokens": 80, "temperature": 0}),
+            ("/v1/responses", {"input": "Who?", "text": {"format": {"type": "json_object"}}, "max_output_tokens": 40,
+                               "temperature": 0})])
+    typed, obj = typed.json(), obj.json()
+    text = typed["output"][0]["content"][0]["text"]
+    assert typed["status"] == "completed", text
+    person = json.loads(text)
+    assert set(person) == {"name", "age"} and isinstance(person["name"], str) and isinstance(person["age"], int)
+    assert typed["text"]["format"] == fmt
+    obj_text = obj["output"][0]["content"][0]["text"]
+    assert obj_text.startswith("{") and (obj["status"] != "completed" or isinstance(json.loads(obj_text), dict))
+    assert obj["text"]["format"] == {"type": "json_object"}
+
+
+def test_bad_text_formats_are_400s_naming_text(app):
+    bad = [({"format": {"type": "json_schema", "name": "p"}}, "needs 'schema'"),
+           ({"format": {"type": "json_schema", "schema": PERSON}}, "needs 'name'"),
+           ({"format": {"type": "yaml"}}, "must be 'text', 'json_object' or 'json_schema'")]
+    responses = post_all(app, [("/v1/responses", {"input": "Hi", "max_output_tokens": 2, "text": text})
+                               for text, _ in bad])
+    for r, (text, words) in zip(responses, bad):
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == "text" and words in error["message"], (text, r.text)

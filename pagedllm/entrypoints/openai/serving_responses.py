@@ -17,8 +17,12 @@ response.function_call_arguments.delta per piece of its arguments, .done, respon
 
 What is not here yet is refused with a 400 naming the field: tools other than functions (web search, file search,
 MCP, ...), previous_response_id (nothing is stored: ``store`` comes back false, as vLLM
-without its store), background mode, reasoning summaries, structured text formats, truncation="auto", and input
+without its store), background mode, reasoning summaries, truncation="auto", and input
 items other than messages of text and function calls and their outputs.
+
+``text.format`` json_schema / json_object constrains the output as chat's ``response_format`` does (structured
+output through xgrammar); the response echoes the format. ``client.responses.parse(text_format=Model)`` runs as
+written.
 
 With --reasoning-parser the model's thinking comes first as a ``reasoning`` output item (its text as
 ``content[].reasoning_text``; streamed as response.reasoning_text.delta events), as vLLM answers. ``reasoning.effort``
@@ -41,7 +45,7 @@ from pagedllm.reasoning_parsers import count_reasoning_tokens
 
 # A chat error's field, as the Responses request names it.
 _PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "max_tokens": "max_output_tokens",
-                "messages": "input"}
+                "messages": "input", "response_format": "text"}
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
@@ -61,9 +65,6 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
         (isinstance(req.reasoning, dict) and bool(set(req.reasoning) - {"effort", "summary", "generate_summary"}),
          "reasoning", "reasoning takes effort (and summary, not supported)."),
         (not isinstance(text_format, dict), "text", "text.format must be an object such as {\"type\": \"text\"}."),
-        (isinstance(text_format, dict) and text_format.get("type", "text") != "text", "text",
-         "text.format other than 'text' is not supported by /v1/responses yet; use /v1/chat/completions with "
-         "response_format."),
         (req.truncation not in (None, "disabled", "auto"), "truncation",
          f"truncation must be 'auto' or 'disabled', got {req.truncation!r}."),
         (req.truncation == "auto", "truncation", "truncation='auto' is not supported."),
@@ -74,6 +75,27 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
         if failed:
             return RequestError(message, param)
     return None
+
+
+def _response_format(req: ResponsesRequest) -> dict[str, Any] | None:
+    """``text.format`` as the chat completion's ``response_format``: OpenAI's Responses formats are flat
+    (``{"type": "json_schema", "name", "schema", "strict", "description"}``), the chat's nest the schema under
+    ``json_schema``; ``json_object`` is the same in both; ``text`` (the default) constrains nothing. What
+    ``client.responses.parse(..., text_format=Model)`` sends."""
+    fmt = (req.text or {}).get("format") or {"type": "text"}
+    kind = fmt.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        if not isinstance(fmt.get("schema"), dict):
+            raise RequestError("text.format of type 'json_schema' needs 'schema', a JSON schema object.", "text")
+        if not isinstance(fmt.get("name"), str) or not fmt["name"]:
+            raise RequestError("text.format of type 'json_schema' needs 'name', a string.", "text")
+        return {"type": "json_schema", "json_schema": {k: fmt[k] for k in ("name", "schema", "strict", "description")
+                                                       if fmt.get(k) is not None}}
+    raise RequestError(f"text.format type must be 'text', 'json_object' or 'json_schema', got {kind!r}.", "text")
 
 
 def _chat_tools(req: ResponsesRequest) -> dict[str, Any]:
@@ -210,11 +232,14 @@ class OpenAIServingResponses:
                     "reasoning_effort": (req.reasoning or {}).get("effort"),
                     # The output's token ids, for usage.output_tokens_details.reasoning_tokens.
                     "return_token_ids": self._reasoning or None,
-                    "stream_options": {"include_usage": True} if req.stream else None, **_chat_tools(req)})
+                    "stream_options": {"include_usage": True} if req.stream else None,
+                    "response_format": _response_format(req), **_chat_tools(req)})
             except ValidationError as e:
                 error = e.errors()[0]
                 if error["loc"][:1] == ("reasoning_effort",):
                     raise RequestError(f"reasoning.effort: {error['msg']}", "reasoning") from None
+                if error["loc"][:1] == ("response_format",):
+                    raise RequestError(f"text.format: {error['msg']}", "text") from None
                 raise RequestError(f"input: {error['msg']}", "input") from None
         except Exception as e:
             return error_response(e)
@@ -317,7 +342,7 @@ class OpenAIServingResponses:
             "top_p": req.top_p,
             "tool_choice": req.tool_choice,
             "tools": req.tools or [],
-            "text": {"format": {"type": "text"}},
+            "text": {"format": (req.text or {}).get("format") or {"type": "text"}},
             "truncation": "disabled",
             "store": False,
             "metadata": req.metadata,
