@@ -182,17 +182,29 @@ def _decode_bmm(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask:
     return torch.bmm(torch.softmax(scores, dim=-1), v3).view(d, hkv, g, hd)
 
 
+def _soft_capped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                           scale: float, cap: float) -> torch.Tensor:
+    """SDPA with Gemma 2's logit soft-capping, in HF's eager order: ``scores = q k^T * scale``, then
+    ``tanh(scores / cap) * cap``, the mask (boolean: True = attend; or additive), softmax in fp32, times v."""
+    scores = torch.matmul(q, keys.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / cap) * cap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), values)
+
+
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                     scale: float, query_start_loc_cpu: list[int] | None = None,
                     seq_lens_cpu: list[int] | None = None, k_scale: float = 1.0,
-                    v_scale: float = 1.0, step_cache: dict | None = None) -> torch.Tensor:
+                    v_scale: float = 1.0, step_cache: dict | None = None, soft_cap: float = 0.0) -> torch.Tensor:
     """Attention of ``query`` ``[num_tokens, num_heads, head_dim]`` over each request's paged context.
 
     The keys/values of the new tokens must already be in the cache (``store_kv`` first). ``*_cpu`` are optional
     host copies of the metadata that spare a device sync. ``step_cache``: an empty dict per step, shared by the
     step's layers (same metadata, same query dtype), that keeps what depends only on the metadata (the decode
-    mask) for the next layer. Returns ``[num_tokens, num_heads, head_dim]``.
+    mask) for the next layer. ``soft_cap``: Gemma 2's logit soft-capping (0: none). Returns
+    ``[num_tokens, num_heads, head_dim]``.
     """
     num_heads, head_dim = query.shape[1], query.shape[2]
     num_kv_heads = k_cache.shape[2]
@@ -230,6 +242,8 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         def gather_and_attend() -> torch.Tensor:
             keys, values = _decode_keys_values(k_cache, v_cache, tables, max_len, step_cache)   # [D, Hkv, L, hd]
             keys, values = _dequantize(keys, q.dtype, k_scale), _dequantize(values, q.dtype, v_scale)
+            if soft_cap:
+                return _soft_capped_attention(q, keys, values, mask, scale, soft_cap)
             if q.dtype == torch.bfloat16 and q.device.type == "cpu" and len(decode) >= BMM_MIN_REQUESTS \
                     and len(decode) * max_len >= BMM_MIN_KEYS:
                 return _decode_bmm(q, keys, values, mask, scale, step_cache)
@@ -257,8 +271,11 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         # 0 .. ctx_len - q_len + r % q_len.
         q_pos = torch.arange(ctx_len - q_len, ctx_len, device=query.device).repeat(group)
         mask = torch.arange(ctx_len, device=query.device)[None, :] <= q_pos[:, None]   # [G*q_len, ctx]
-        o = F.scaled_dot_product_attention(q, _dequantize(keys, q.dtype, k_scale),
-                                           _dequantize(values, q.dtype, v_scale), attn_mask=mask, scale=scale)
+        keys, values = _dequantize(keys, q.dtype, k_scale), _dequantize(values, q.dtype, v_scale)
+        if soft_cap:
+            o = _soft_capped_attention(q, keys, values, mask, scale, soft_cap)
+        else:
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
         out[s:e] = o.view(num_kv_heads, group, q_len, head_dim).permute(2, 0, 1, 3).reshape(q_len, num_heads,
                                                                                               head_dim)
     return out

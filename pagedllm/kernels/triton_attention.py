@@ -121,10 +121,21 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
 # Shared device helper: one K/V tile of a request, gathered through its block table
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
+def _soft_cap(s, SOFTCAP: tl.constexpr):
+    """Gemma 2's logit soft-capping on base-2 scores: ``SOFTCAP = cap * log2(e)`` (0.0: none), and
+    ``cap * tanh(x / cap)`` in natural units is ``SOFTCAP * tanh(s / SOFTCAP)`` in base 2 (tanh(x) = 2 sigmoid(2x) - 1).
+    """
+    if SOFTCAP > 0:
+        s = SOFTCAP * (2.0 * tl.sigmoid(2.0 * s / SOFTCAP) - 1.0)
+    return s
+
+
+@triton.jit
 def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end, kvh,
                  stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                  offs_n, offs_d, d_mask,
-                 PAGE: tl.constexpr, CAUSAL: tl.constexpr, BOUNDED: tl.constexpr, EVEN_D: tl.constexpr):
+                 PAGE: tl.constexpr, CAUSAL: tl.constexpr, BOUNDED: tl.constexpr, EVEN_D: tl.constexpr,
+                 SOFTCAP: tl.constexpr = 0.0):
     """One online-softmax step over keys ``start .. start + BLOCK_N``.
 
     ``qk_scale = scale * log2(e)`` is applied to the fp32 scores (not folded into q: rounding q*scale back to bf16
@@ -146,7 +157,7 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
         k = tl.load(K + k_off)
     else:
         k = tl.load(K + k_off, mask=d_mask[None, :], other=0.0)
-    s = tl.dot(q, tl.trans(k.to(q.dtype))) * qk_scale          # [BLOCK_M, BLOCK_N] fp32, base-2 logits
+    s = _soft_cap(tl.dot(q, tl.trans(k.to(q.dtype))) * qk_scale, SOFTCAP)   # [BLOCK_M, BLOCK_N] fp32, base 2
     if CAUSAL:
         s = tl.where(pos[None, :] <= q_pos[:, None], s, float("-inf"))
     elif BOUNDED:
@@ -180,7 +191,8 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, 
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PASS: tl.constexpr, SHORT_Q: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PASS: tl.constexpr, SHORT_Q: tl.constexpr,
+                   SOFTCAP: tl.constexpr = 0.0):
     """PASS 0: every request. PASS 1: skip requests with q_len <= SHORT_Q (a PASS 2 launch does them).
     PASS 2: grid (B, Hkv), program b does request b if its q_len <= SHORT_Q (== BLOCK_Q of this launch)."""
     BLOCK_Q: tl.constexpr = BLOCK_M // GROUP        # query tokens per program (any integer >= 1)
@@ -241,13 +253,13 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, 
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=False,
-                                     EVEN_D=HEAD_DIM == BLOCK_D)
+                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP)
     # Diagonal tiles: causal mask (which also bounds by seq_len for valid rows) and masked loads.
     for start in range(full_end, kv_end, BLOCK_N):
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=True, BOUNDED=True,
-                                     EVEN_D=HEAD_DIM == BLOCK_D)
+                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP)
     # Every row saw key 0 in the first tile, so l_i > 0 (padding rows too: their q_pos >= 0).
     out = acc / l_i[:, None]
     tl.store(Out + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
@@ -285,13 +297,13 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
                      query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                      scale: float, max_query_len: int, out: torch.Tensor | None = None,
                      _config: tuple[int, int, int, int] | None = None,
-                     _two_pass: bool | None = None) -> torch.Tensor:
+                     _two_pass: bool | None = None, soft_cap: float = 0.0) -> torch.Tensor:
     """Varlen causal attention of ``query`` ``[num_tokens, Hq, D]`` over each request's paged context.
 
     The new tokens' K/V must already be in the cache (``store_kv`` first). ``max_query_len`` (a host int, an upper
     bound is fine) only picks the tile size; the grid is sized from ``num_tokens`` without reading device data.
     ``_config`` overrides ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` and ``_two_pass`` the short-request
-    split below (benchmarks).
+    split below (benchmarks). ``soft_cap``: Gemma 2's logit soft-capping (0: none).
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
@@ -325,11 +337,12 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
     _extend_kernel[grid](*args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1],
                          BLOCK_M=block_m, BLOCK_N=block_n, PASS=1 if two_pass else 0, SHORT_Q=short_q,
-                         num_warps=warps, num_stages=stages)
+                         SOFTCAP=soft_cap * _LOG2E, num_warps=warps, num_stages=stages)
     if two_pass:
         _extend_kernel[(num_seqs, num_kv_heads)](
             *args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_M=short_m,
-            BLOCK_N=64 if head_dim <= 128 else 32, PASS=2, SHORT_Q=short_q, num_warps=4, num_stages=2)
+            BLOCK_N=64 if head_dim <= 128 else 32, PASS=2, SHORT_Q=short_q, SOFTCAP=soft_cap * _LOG2E, num_warps=4,
+            num_stages=2)
     return out
 
 
@@ -369,7 +382,8 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
                    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
                    BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
-                   PREFETCH: tl.constexpr, PDL: tl.constexpr, NEW_IN_REGS: tl.constexpr = False):
+                   PREFETCH: tl.constexpr, PDL: tl.constexpr, NEW_IN_REGS: tl.constexpr = False,
+                   SOFTCAP: tl.constexpr = 0.0):
     # NEW_IN_REGS (with ROPE and PREFETCH): the step's new key and value are folded into the softmax from registers
     # instead of being read back from the cache after the program that writes them stores them. Every key the loop
     # reads is then one an earlier step wrote, so each split's first tile (full or partial, the writer's too) and
@@ -453,7 +467,8 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
                              v_new, mask=d_mask)
                 # The new key's score and value as the tile loop would have read them back from the cache (in
                 # the cache's dtype); it starts the online softmax: m = its score, l = 1, acc = its value.
-                m_i = tl.sum(q.to(tl.float32) * k_new.to(q.dtype).to(tl.float32)[None, :], 1) * qk_scale
+                m_i = _soft_cap(tl.sum(q.to(tl.float32) * k_new.to(q.dtype).to(tl.float32)[None, :], 1) * qk_scale,
+                                SOFTCAP)
                 l_i = tl.full([BLOCK_H], 1.0, tl.float32)
                 acc = acc + v_new.to(q.dtype).to(tl.float32)[None, :]
         elif split == num_splits - 1:
@@ -477,7 +492,7 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
     if PREFETCH:
         if NEW_IN_REGS:
             if pre:     # the first tile of older keys, already in registers, masked past old_end
-                scores = tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale
+                scores = _soft_cap(tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale, SOFTCAP)
                 scores = tl.where(old_ok[None, :], scores, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(scores, 1))
                 alpha = tl.exp2(m_i - m_new)
@@ -491,7 +506,7 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
             full_end = s0 + ((end - s0) // BLOCK_N) * BLOCK_N
         else:
             if pre:     # _attend_tile's first step, on the tile already in registers (the same ops from m = -inf)
-                scores = tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale
+                scores = _soft_cap(tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale, SOFTCAP)
                 m_i = tl.max(scores, 1)
                 p = tl.exp2(scores - m_i[:, None])
                 l_i = tl.sum(p, 1)
@@ -501,12 +516,12 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, s, q_pos, end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=False,
-                                     EVEN_D=HEAD_DIM == BLOCK_D)
+                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP)
     if full_end < end:
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, full_end, q_pos, end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=True,
-                                     EVEN_D=HEAD_DIM == BLOCK_D)
+                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP)
     l_safe = tl.where(l_i > 0, l_i, 1.0)           # empty context (seq_len 0, padding) -> output 0
     o = acc / l_safe[:, None]
     out_ptrs = Out + b * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
@@ -650,7 +665,7 @@ def decode_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
                           slot_mapping: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                           scale: float, workspace: DecodeWorkspace | None = None,
                           out: torch.Tensor | None = None, prefetch: bool = False,
-                          new_in_regs: bool = False) -> torch.Tensor:
+                          new_in_regs: bool = False, soft_cap: float = 0.0) -> torch.Tensor:
     """``triton_rotary.rotary_store_kv`` then ``decode_attention`` in one kernel, for steps of one new token per
     request: ``query`` ``[B, Hq, D]`` and ``key`` ``[B, Hkv, D]`` unrotated, ``value`` ``[B, Hkv, D]``; the rotated
     key and the value are written to their cache slots and the attention output returned, with the same values as
@@ -664,13 +679,15 @@ def decode_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     if new_in_regs and not prefetch:
         raise ValueError("decode_rope_attention: new_in_regs needs prefetch")
     return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out,
-                            rope=DecodeRope(key, value, cos, sin, positions, slot_mapping, prefetch, new_in_regs))
+                            rope=DecodeRope(key, value, cos, sin, positions, slot_mapping, prefetch, new_in_regs),
+                            soft_cap=soft_cap)
 
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
                      block_tables: torch.Tensor, scale: float, workspace: DecodeWorkspace | None = None,
                      out: torch.Tensor | None = None,
-                     _config: tuple[int, ...] | None = None, rope: "DecodeRope | None" = None) -> torch.Tensor:
+                     _config: tuple[int, ...] | None = None, rope: "DecodeRope | None" = None,
+                     soft_cap: float = 0.0) -> torch.Tensor:
     """Attention of one query token per request, ``query`` ``[B, Hq, D]`` -> ``[B, Hq, D]``.
 
     ``rope`` (``decode_rope_attention``): ``query`` and ``rope.key`` are not rotated yet, and the new keys and values
@@ -732,7 +749,8 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, SINGLE=splits == 1,
         ROPE=rope is not None, HALF=half, PREFETCH=rope is not None and rope.prefetch,
-        NEW_IN_REGS=rope is not None and rope.prefetch and rope.new_in_regs, num_warps=warps,
+        NEW_IN_REGS=rope is not None and rope.prefetch and rope.new_in_regs, SOFTCAP=soft_cap * _LOG2E,
+        num_warps=warps,
         num_stages=stages, **pdl_launch_args(query.device))
     return out
 
@@ -744,7 +762,7 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                     scale: float, max_query_len: int, workspace: DecodeWorkspace | None = None,
                     out: torch.Tensor | None = None, num_decodes: int = 0,
-                    prefill_query_start_loc: torch.Tensor | None = None) -> torch.Tensor:
+                    prefill_query_start_loc: torch.Tensor | None = None, soft_cap: float = 0.0) -> torch.Tensor:
     """Decode kernel when every request has one new token (``max_query_len == 1``), else the extend kernel.
 
     Mixed batches (chunked prefill: running decodes plus prompt chunks) whose first ``num_decodes`` requests have
@@ -755,15 +773,16 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     took ~20 ms against 5 ms without (served run, docs/perf.md)."""
     num_seqs = seq_lens.shape[0]
     if max_query_len == 1 and query.shape[0] == num_seqs:
-        return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out)
+        return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out,
+                                soft_cap=soft_cap)
     if 0 < num_decodes < num_seqs and prefill_query_start_loc is not None:
         if out is None:
             out = torch.empty_like(query)
         nd = num_decodes
         decode_attention(query[:nd], k_cache, v_cache, seq_lens[:nd], block_tables[:nd], scale, workspace,
-                         out=out[:nd])
+                         out=out[:nd], soft_cap=soft_cap)
         extend_attention(query[nd:], k_cache, v_cache, prefill_query_start_loc, seq_lens[nd:], block_tables[nd:],
-                         scale, max_query_len, out=out[nd:])
+                         scale, max_query_len, out=out[nd:], soft_cap=soft_cap)
         return out
     return extend_attention(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale,
-                            max_query_len, out=out)
+                            max_query_len, out=out, soft_cap=soft_cap)

@@ -60,7 +60,7 @@ def make_batch(specs, num_heads, num_kv_heads, head_dim, block_size, dtype, seed
     return (query.to(d), k_cache.to(d), v_cache.to(d), qsl.to(d), seq_lens.to(d), tables.to(d))
 
 
-def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale, chunk=8):
+def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale, chunk=8, soft_cap=0.0):
     # The reference's batched-decode path gathers whole table rows up to the longest request, so it needs valid
     # ids in the tails; the kernels get the poisoned tables. It also materialises [n, max_len, Hkv, D] fp32 copies
     # (4 GiB for 64 x 4096 x 32 x 128), too much with several pytest-xdist workers on one GPU: go `chunk`
@@ -73,7 +73,7 @@ def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale, chunk=8):
         j = min(i + chunk, len(starts) - 1)
         sub_qsl = (qsl[i:j + 1] - starts[i]).to(qsl.dtype)
         outs.append(ref.paged_attention(query[starts[i]:starts[j]].float(), k32, v32, sub_qsl, seq_lens[i:j],
-                                        tables[i:j], scale))
+                                        tables[i:j], scale, soft_cap=soft_cap))
     return torch.cat(outs)
 
 
@@ -400,3 +400,39 @@ def test_decode_rope_attention_new_key_from_registers(num_heads, num_kv_heads, h
     with pytest.raises(ValueError, match="new_in_regs needs prefetch"):
         tri.decode_rope_attention(q2, k2, v2, kc2, vc2, t.cos, t.sin, t.positions, t.slots, t.seq_lens, t.tables,
                                   t.scale, t.ws, prefetch=False, new_in_regs=True)
+
+
+# ------------------------------------------------------------------------------------------------ soft-capping
+CAP = 2.0     # Gemma 2's is 50; a small cap changes these random scores (|s| ~ 1-4) a lot, so a kernel that
+              # ignored it would fail
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(8, 4, 256), (9, 3, 64)])   # Gemma 2's head dim
+def test_soft_capped_extend_decode_and_fused_rope_decode(num_heads, num_kv_heads, head_dim):
+    """Gemma 2's logit soft-capping in every kernel path against the reference's HF-order math: extend (mixed
+    prefills, extends, decodes), split-KV decode, and the fused rotary decode (with the first tile prefetched and
+    the new key from registers)."""
+    specs = [(1, 1), (17, 17), (130, 40), (70, 1), (33, 2), (200, 1)]
+    batch = make_batch(specs, num_heads, num_kv_heads, head_dim, 16, torch.float16, seed=3)
+    scale = 0.35            # larger than head_dim ** -0.5: scores big enough for the cap to bite
+    expected = reference(*batch, scale, soft_cap=CAP)
+    assert rel_err(reference(*batch, scale), expected) > 0.05           # the cap changes the answer
+    out = tri.paged_attention(*batch, scale, 40, soft_cap=CAP)
+    assert rel_err(out, expected) < 1e-2
+    decodes = make_batch([(s, 1) for s in (1, 70, 200, 17)], num_heads, num_kv_heads, head_dim, 16, torch.float16,
+                         seed=4)
+    query, k_cache, v_cache, qsl, seq_lens, tables = decodes
+    ws = tri.DecodeWorkspace.allocate(8, num_heads, num_kv_heads, head_dim, device=DEVICE)
+    for cfg in (None, (16, 16, 16, 4, 2)):          # default plan, and several splits per request
+        out = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale, ws if cfg is None else None,
+                                   _config=cfg, soft_cap=CAP)
+        assert rel_err(out, reference(*decodes, scale, soft_cap=CAP)) < 1e-2
+    t = _rope_step([1, 64, 65, 129, 17], num_heads, num_kv_heads, head_dim, head_dim, None, 11)
+    unfused = tri.decode_attention(t.q1, t.kc1, t.vc1, t.seq_lens, t.tables, scale, t.ws, soft_cap=CAP)
+    assert rel_err(unfused, tri.decode_attention(t.q1, t.kc1, t.vc1, t.seq_lens, t.tables, scale, t.ws)) > 0.05
+    for prefetch, in_regs in ((False, False), (True, False), (True, True)):
+        q2, k2, v2 = t.views(t.qkv.clone())
+        fused = tri.decode_rope_attention(q2, k2, v2, t.k_cache.clone(), t.v_cache.clone(), t.cos, t.sin,
+                                          t.positions, t.slots, t.seq_lens, t.tables, scale, t.ws, prefetch=prefetch,
+                                          new_in_regs=in_regs, soft_cap=CAP)
+        torch.testing.assert_close(fused.float(), unfused.float(), rtol=2e-2, atol=2e-2)

@@ -10,10 +10,16 @@ from pagedllm.model.layers.rotary import RotaryEmbedding
 
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int, layer_idx: int):
+    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int, layer_idx: int,
+                 soft_cap: float = 0.0):
+        """``soft_cap``: Gemma 2's attention logit soft-capping, ``cap * tanh(scores / cap)`` on the scaled scores
+        (0: none); only backends with ``supports_logits_soft_cap`` run it (the model runner checks)."""
         super().__init__()
         self.num_heads, self.head_dim, self.num_kv_heads = num_heads, head_dim, num_kv_heads
         self.scale, self.layer_idx = scale, layer_idx
+        self.soft_cap = soft_cap
+        # Passed only when set: a backend without soft-capping keeps its interface.
+        self._cap = {"soft_cap": soft_cap} if soft_cap else {}
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch,
                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -30,11 +36,11 @@ class Attention(nn.Module):
             out = batch.attn_breaker.attention(self, q)
         else:
             out = batch.attn_backend.write_kv_and_attend(q, k, v, kv_cache, batch.slot_mapping, batch.attn_metadata,
-                                                         self.scale, rotary, positions)
+                                                         self.scale, rotary, positions, **self._cap)
         return out.reshape(-1, self.num_heads * self.head_dim)
 
     def attend(self, q: torch.Tensor, batch: ForwardBatch, out: torch.Tensor | None = None) -> torch.Tensor:
         """The attention of ``q`` ``[T, Hq, D]`` (rotated; the new K/V already in the cache) over the paged
         context of each request of ``batch``; into ``out`` when given."""
         return batch.attn_backend.attend(q, batch.kv_caches[self.layer_idx], batch.attn_metadata, self.scale,
-                                         out=out)
+                                         out=out, **self._cap)
