@@ -97,6 +97,10 @@ class ModelRunner:
             config.attention_backend, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim, block_size=self.block_size, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, dtype=self.dtype, device=self.device)
+        if getattr(hf, "attn_logit_softcapping", None) and not self.attn_backend.supports_logits_soft_cap:
+            raise ValueError(f"This model soft-caps its attention logits (attn_logit_softcapping="
+                             f"{hf.attn_logit_softcapping} in its config.json); the attention backend "
+                             f"{config.attention_backend!r} does not: use 'torch' or 'triton'.")
         t0 = time.perf_counter()
         try:
             self.model = load_model(config)

@@ -11,8 +11,8 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("triton")
 
-from transformers import (AutoModelForCausalLM, GemmaConfig, GraniteConfig, LlamaConfig, Phi3Config,  # noqa: E402
-                          Qwen2Config)
+from transformers import (AutoModelForCausalLM, Gemma2Config, GemmaConfig, GraniteConfig, LlamaConfig,  # noqa: E402
+                          Phi3Config, Qwen2Config)
 
 from pagedllm import LLM, SamplingParams  # noqa: E402
 
@@ -29,6 +29,9 @@ def _config(arch: str):
                   tie_word_embeddings=False)
     if arch == "gemma":      # GELU-tanh gating (no fused SiLU epilogue), 1 + w norms, scaled tied embeddings
         return GemmaConfig(**dict(common, tie_word_embeddings=True))
+    if arch == "gemma2":     # soft-capped attention (the Triton kernels' SOFTCAP) and logits, sandwich norms
+        return Gemma2Config(**dict(common, tie_word_embeddings=True), query_pre_attn_scalar=48,
+                            attn_logit_softcapping=5.0, final_logit_softcapping=8.0)
     if arch == "granite":    # the multipliers of Granite 3
         return GraniteConfig(**common, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.1,
                              logits_scaling=2.0)
@@ -37,7 +40,7 @@ def _config(arch: str):
     return LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "granite", "phi3"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "gemma2", "granite", "phi3"])
 def model_dir(request, tmp_path_factory):
     torch.manual_seed(1234)
     cfg = _config(request.param)

@@ -31,6 +31,11 @@ ARCHS = {
     "qwen3": (transformers.Qwen3Config, dict(_LLAMA_LIKE, head_dim=32), 0),   # head_dim != hidden / heads
     # Gemma: GELU-tanh gating, norms of 1 + w (w drawn non-zero below), embeddings times sqrt(hidden), tied.
     "gemma": (transformers.GemmaConfig, dict(_LLAMA_LIKE, head_dim=32), 0),
+    # Gemma 2: sandwich norms, query_pre_attn_scalar, attention and final logits soft-capped (small caps that bite
+    # on these wide random weights; the real ones are 50 and 30).
+    "gemma2": (transformers.Gemma2Config, dict(_LLAMA_LIKE, head_dim=32, query_pre_attn_scalar=24,
+                                               attn_logit_softcapping=3.0, final_logit_softcapping=4.0,
+                                               sliding_window=4096), 0),
     # Granite 3's multipliers (embeddings, residual branches, attention scale, logits), at other values.
     "granite": (transformers.GraniteConfig, dict(_LLAMA_LIKE, embedding_multiplier=3.0, residual_multiplier=0.5,
                                                  attention_multiplier=0.2, logits_scaling=2.0), 0),

@@ -91,3 +91,29 @@ def test_registered_backend_runs_the_engine_like_torch(tmp_path, counting_backen
     # At least one prefill step and 7 decode steps went through it, every layer (2) writing and attending.
     assert calls["build_metadata"] >= 8
     assert calls["write_kv"] == calls["attend"] == 2 * calls["build_metadata"]
+
+
+class NoSoftCapBackend(CountingBackend):
+    supports_logits_soft_cap = False      # what a third-party backend says unless it takes soft_cap
+
+
+def test_a_soft_capping_model_needs_a_backend_that_soft_caps(tmp_path):
+    """Gemma 2 soft-caps its attention logits: a backend that cannot is refused before the model loads, and
+    a Llama (no cap) runs on it; the layers pass soft_cap only when they have one."""
+    import transformers
+    cfg = transformers.Gemma2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                    max_position_embeddings=256, pad_token_id=0)
+    transformers.Gemma2ForCausalLM(cfg).save_pretrained(tmp_path / "gemma2")
+    save_tiny_llama(tmp_path / "llama", VOCAB)
+    register_attention_backend("nocap", f"{__name__}:NoSoftCapBackend")
+    try:
+        with pytest.raises(ValueError, match=r"soft-caps its attention logits \(attn_logit_softcapping=50.0 .*"
+                                             r"the attention backend 'nocap' does not: use 'torch' or 'triton'"):
+            LLM(str(tmp_path / "gemma2"), skip_tokenizer_init=True, attention_backend="nocap",
+                kv_cache_memory_gb=0.01)
+        llm = LLM(str(tmp_path / "llama"), skip_tokenizer_init=True, attention_backend="nocap",
+                  kv_cache_memory_gb=0.01)
+        assert llm.generate([{"prompt_token_ids": PROMPTS[0]}], SamplingParams(max_tokens=2), use_tqdm=False)
+    finally:
+        _BACKENDS.pop("nocap", None)

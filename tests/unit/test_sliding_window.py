@@ -24,6 +24,8 @@ def _build(monkeypatch, hf, **kwargs) -> EngineConfig:
 def test_which_configs_have_a_window():
     assert sliding_window(transformers.MistralConfig(**COMMON, sliding_window=64)) == 64
     assert sliding_window(transformers.MistralConfig(**COMMON, sliding_window=None)) is None
+    # Gemma 2: every other layer windowed (layer_types), 4,096 by default.
+    assert sliding_window(transformers.Gemma2Config(**COMMON)) == 4096
     assert sliding_window(transformers.Qwen2Config(**COMMON, sliding_window=64, use_sliding_window=False)) is None
     assert sliding_window(transformers.Qwen2Config(**COMMON, sliding_window=64, use_sliding_window=True,
                                                    max_window_layers=1)) == 64

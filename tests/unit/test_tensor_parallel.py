@@ -55,6 +55,8 @@ def _save_tiny(path, arch: str) -> None:
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {}),
         "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 16}),   # tied, GELU
+        "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,                  # sandwich norms,
+                   {"head_dim": 16, "attn_logit_softcapping": 3.0, "final_logit_softcapping": 4.0}),  # soft caps
         "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM,                     # fused q/k/v, gate/up
                  {"partial_rotary_factor": 0.5, "pad_token_id": 0, "eos_token_id": 2}),
         "granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM,
@@ -62,7 +64,7 @@ def _save_tiny(path, arch: str) -> None:
                      "logits_scaling": 2.0})}[arch]
     cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=1 if arch == "llama_mqa" else 2, vocab_size=VOCAB, max_position_embeddings=512,
-                  tie_word_embeddings=arch in ("qwen2", "gemma"), **extra)
+                  tie_word_embeddings=arch in ("qwen2", "gemma", "gemma2"), **extra)
     torch.manual_seed(1)
     model_cls(cfg).eval().save_pretrained(path)
 
@@ -78,8 +80,8 @@ def _llm(path, tp: int) -> LLM:
                max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "granite", "phi3", "opt",
-                                  "gpt2", "chatglm"])
+@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "gemma2", "granite", "phi3",
+                                  "opt", "gpt2", "chatglm"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)

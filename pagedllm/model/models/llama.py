@@ -37,6 +37,11 @@ class LlamaVariant:
     residual_multiplier: float = 1.0          # Granite: attention and MLP outputs times this before the residual add
     attention_scale: float | None = None      # None: head_dim ** -0.5 (Granite: its attention_multiplier)
     logits_divisor: float = 1.0               # Granite: logits / logits_scaling
+    # Gemma 2: norms around both branches (post_attention_layernorm on the attention output; pre_ / post_feedforward
+    # layernorms around the MLP), attention logits soft-capped, final logits soft-capped (0: none).
+    sandwich_norms: bool = False
+    attn_soft_cap: float = 0.0
+    final_logit_soft_cap: float = 0.0
 
 
 class OffsetRMSNorm(RMSNorm):
@@ -81,7 +86,8 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.qk_norm = variant.qk_norm
         scale = self.head_dim ** -0.5 if variant.attention_scale is None else variant.attention_scale
-        self.attn = Attention(self.num_heads, self.head_dim, scale, self.num_kv_heads, layer_idx)
+        self.attn = Attention(self.num_heads, self.head_dim, scale, self.num_kv_heads, layer_idx,
+                              soft_cap=variant.attn_soft_cap)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
@@ -123,6 +129,10 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg, quant_config, f"{prefix}.mlp", variant.activation)
         self.input_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         self.post_attention_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
+        self.sandwich = variant.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
+            self.post_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         # The residual adds run inside the next norm (fused): a branch's output is scaled before it gets there.
         self.residual_multiplier = variant.residual_multiplier
 
@@ -133,6 +143,9 @@ class LlamaDecoderLayer(nn.Module):
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(positions, hidden, batch)
+        if self.sandwich:       # Gemma 2: each branch's output normed before its residual add
+            hidden, residual = self.pre_feedforward_layernorm(self.post_attention_layernorm(hidden), residual)
+            return self.post_feedforward_layernorm(self.mlp(hidden, batch.lora_mask)), residual
         if self.residual_multiplier != 1.0:
             hidden = hidden * self.residual_multiplier
         hidden, residual = self.post_attention_layernorm(hidden, residual)
@@ -200,7 +213,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = hf_config
         max_position = max(engine_config.max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0)
         variant = self.variant(hf_config)
-        self.logits_divisor = variant.logits_divisor
+        self.logits_divisor, self.final_logit_soft_cap = variant.logits_divisor, variant.final_logit_soft_cap
         self.model = LlamaModel(hf_config, max_position, variant, getattr(engine_config, "quant_config", None))
         if not self.has_lm_head:
             return
@@ -221,7 +234,11 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head.compute_logits(hidden)
-        return logits if self.logits_divisor == 1.0 else logits / self.logits_divisor
+        if self.logits_divisor != 1.0:
+            logits = logits / self.logits_divisor
+        if self.final_logit_soft_cap:      # Gemma 2, in HF's order
+            logits = torch.tanh(logits / self.final_logit_soft_cap) * self.final_logit_soft_cap
+        return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("rotary_emb.inv_freq",)
