@@ -322,9 +322,9 @@ class EngineArgs:
     # model/layers/sampler.py). Prompt logprobs are raw logprobs in every mode, as vLLM's.
     logprobs_mode: str = "raw_logprobs"
     enforce_eager: bool = False
-    # vLLM's: a model with sliding-window attention runs with full attention, max_model_len capped at the window
-    # (where the two are the same). That is what pagedllm does in any case (it has no windowed attention:
-    # _sliding_window_len), so the flag is honoured as it stands; only the start-up warning's wording changes.
+    # vLLM's: a model with sliding-window attention runs with full attention instead, max_model_len capped at the
+    # window (where the two are the same; _sliding_window_len). Without it the windowed layers attend through their
+    # window (layer_sliding_windows; both built-in attention backends).
     disable_sliding_window: bool = False
     # vLLM's CUDA-graph sizes (fields of its compilation config, also engine arguments and flags; compilation_config=
     # {"cudagraph_capture_sizes": [...]} works too): the decode graphs' batch sizes and the piecewise graphs' token
@@ -513,9 +513,9 @@ class EngineArgs:
                             "from (after penalties, temperature, top-k/top-p), as log-probabilities or logits.")
         g.add_argument("--enforce-eager", action="store_true", help="Disable CUDA graphs.")
         g.add_argument("--disable-sliding-window", action="store_true",
-                       help="A sliding-window model (Mistral v0.1, Qwen2 with use_sliding_window) runs with full "
-                            "attention, max_model_len capped at its window (vLLM's flag; pagedllm has no windowed "
-                            "attention, so it caps a derived max_model_len there in any case).")
+                       help="A sliding-window model (Mistral v0.1, Gemma 2, Qwen2 with use_sliding_window) runs "
+                            "with full attention, max_model_len capped at its window (vLLM's flag); without it the "
+                            "windowed layers attend through their window.")
         g.add_argument("--worker-extension-cls", type=str, default=d.worker_extension_cls,
                        help="module.Class whose methods every worker gets, for collective_rpc (vLLM's).")
         g.add_argument("--enable-sleep-mode", action="store_true",
@@ -1718,20 +1718,33 @@ def _capped_len(args: EngineArgs, max_model_len: int, cap: int | None, longer: s
 
 
 def _sliding_window_len(args: EngineArgs, hf_config, max_model_len: int) -> int:
-    """pagedllm's attention is never windowed. Up to the window that equals the model's windowed attention (every
-    earlier token is inside it), so a model whose window is shorter than its context runs with max_model_len capped
-    at the window, logged; a larger max_model_len asked for explicitly is an error, not attention that differs from
-    the model's past the window. ``disable_sliding_window`` (vLLM's) asks for exactly that cap."""
+    """``disable_sliding_window`` (vLLM's): the model's windowed layers attend to the whole context instead, which
+    equals the model only up to the window, so max_model_len is capped there (logged; a longer one asked for is an
+    error). Without it the layers attend through their window (layer_sliding_windows) and nothing is capped."""
     window = sliding_window(hf_config)
+    if not args.disable_sliding_window:
+        return max_model_len
     return _capped_len(
         args, max_model_len, window,
         f"is longer than this model's sliding attention window (sliding_window={window} in its config.json), and "
-        f"pagedllm does not support sliding-window attention yet: full attention past {window} tokens would not be "
-        f"the model's. Use max_model_len <= {window} (where full attention equals the window's).",
-        f"This model attends through a sliding window of {window} tokens (sliding_window in its config.json); "
-        f"pagedllm does not support sliding-window attention yet, so max_model_len is {window} (full attention "
-        f"equals the window's up to there)"
-        + ("." if args.disable_sliding_window else "; disable_sliding_window=True says so explicitly."))
+        f"disable_sliding_window=True runs full attention, which past {window} tokens would not be the model's. Use "
+        f"max_model_len <= {window}, or leave disable_sliding_window off.",
+        f"disable_sliding_window=True: this model's windowed layers attend to the whole context, so max_model_len "
+        f"is {window} (sliding_window in its config.json), where full attention equals the window's.")
+
+
+def layer_sliding_windows(hf_config, num_layers: int, disabled: bool = False) -> list[int]:
+    """Each decoder layer's attention window as HF applies it (a token sees itself and the window - 1 keys before
+    it), 0 for full attention: every layer for Mistral's ``sliding_window``, the ``layer_types`` marked
+    "sliding_attention" where the config has them (Gemma 2, Qwen2 with use_sliding_window). ``disabled``
+    (disable_sliding_window): all 0."""
+    window = None if disabled else sliding_window(hf_config)
+    if window is None:
+        return [0] * num_layers
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is None:
+        return [window] * num_layers
+    return [window if kind == "sliding_attention" else 0 for kind in layer_types[:num_layers]]
 
 
 def _longrope_len(args: EngineArgs, hf_config, max_model_len: int) -> int:

@@ -139,14 +139,19 @@ def _decode_keys_values(k_cache: torch.Tensor, v_cache: torch.Tensor, tables: to
 _ONE_THREAD_MAX_KEYS = 16 * 256 * 3
 
 
-def _decode_mask(lens: list[int], max_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The padded decode batch's mask, additive (0 for a request's keys, -inf past its length) ``[B, 1, 1, L]``:
-    SDPA turns a boolean mask into this same float mask on every call (bitwise the same result), which cost half
-    of a 16-request decode's SDPA on the CPU (245 vs 123 us at 40 keys)."""
+def _decode_mask(lens: list[int], max_len: int, dtype: torch.dtype, device: torch.device,
+                 window: int = 0) -> torch.Tensor:
+    """The padded decode batch's mask, additive (0 for a request's keys, -inf past its length and, with a
+    ``window``, before its last ``window`` keys) ``[B, 1, 1, L]``: SDPA turns a boolean mask into this same float
+    mask on every call (bitwise the same result), which cost half of a 16-request decode's SDPA on the CPU (245 vs
+    123 us at 40 keys)."""
     ctx = torch.tensor(lens, device=device)
-    past_end = torch.arange(max_len, device=device)[None, :] >= ctx[:, None]
+    pos = torch.arange(max_len, device=device)[None, :]
+    hidden = pos >= ctx[:, None]
+    if window:
+        hidden |= pos < ctx[:, None] - window
     return torch.zeros(len(lens), 1, 1, max_len, dtype=dtype, device=device).masked_fill_(
-        past_end[:, None, None, :], float("-inf"))
+        hidden[:, None, None, :], float("-inf"))
 
 
 # A bf16 padded decode of many requests on the CPU as two batched matmuls and a softmax instead of SDPA: SDPA's CPU
@@ -162,7 +167,7 @@ BMM_MIN_REQUESTS, BMM_MIN_KEYS = 8, 512
 
 
 def _decode_bmm(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scale: float,
-                step_cache: dict | None) -> torch.Tensor:
+                step_cache: dict | None, mask_key: str = "decode_mask") -> torch.Tensor:
     """SDPA of ``q`` ``[D, Hkv, G, hd]`` over ``keys`` / ``values`` ``[D, Hkv, L, hd]`` with the additive ``mask``
     ``[D, 1, 1, L]`` (or None): ``softmax(q k^T * scale + mask) v`` as ``baddbmm``, ``softmax``, ``bmm`` (softmax
     in fp32 inside, as SDPA's). The mask expanded to the matmuls' batch is kept in ``step_cache`` for the next
@@ -173,11 +178,11 @@ def _decode_bmm(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask:
     if mask is None:
         scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(scale)
     else:
-        wide = step_cache.get("decode_mask_bmm") if step_cache is not None else None
+        wide = step_cache.get(mask_key + "_bmm") if step_cache is not None else None
         if wide is None or wide.shape != (d * hkv, g, length):
             wide = mask.expand(d, hkv, g, length).reshape(d * hkv, g, length)
             if step_cache is not None:
-                step_cache["decode_mask_bmm"] = wide
+                step_cache[mask_key + "_bmm"] = wide
         scores = torch.baddbmm(wide, q3, k3.transpose(1, 2), alpha=scale)
     return torch.bmm(torch.softmax(scores, dim=-1), v3).view(d, hkv, g, hd)
 
@@ -197,13 +202,15 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                     scale: float, query_start_loc_cpu: list[int] | None = None,
                     seq_lens_cpu: list[int] | None = None, k_scale: float = 1.0,
-                    v_scale: float = 1.0, step_cache: dict | None = None, soft_cap: float = 0.0) -> torch.Tensor:
+                    v_scale: float = 1.0, step_cache: dict | None = None, soft_cap: float = 0.0,
+                    window: int = 0) -> torch.Tensor:
     """Attention of ``query`` ``[num_tokens, num_heads, head_dim]`` over each request's paged context.
 
     The keys/values of the new tokens must already be in the cache (``store_kv`` first). ``*_cpu`` are optional
     host copies of the metadata that spare a device sync. ``step_cache``: an empty dict per step, shared by the
     step's layers (same metadata, same query dtype), that keeps what depends only on the metadata (the decode
-    mask) for the next layer. ``soft_cap``: Gemma 2's logit soft-capping (0: none). Returns
+    mask) for the next layer. ``soft_cap``: Gemma 2's logit soft-capping (0: none). ``window``: a sliding window,
+    each query sees itself and the ``window - 1`` keys before it (0: the whole context). Returns
     ``[num_tokens, num_heads, head_dim]``.
     """
     num_heads, head_dim = query.shape[1], query.shape[2]
@@ -233,11 +240,14 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
             tables = block_tables[idx, :nblk]
             q_rows = torch.tensor([starts[i] for i in decode], dtype=torch.long, device=query.device)
             q = query[q_rows].view(len(decode), num_kv_heads, group, head_dim)
-        mask = step_cache.get("decode_mask") if step_cache is not None else None
-        if mask is None and any(lens[i] != max_len for i in decode):   # all equal (one request): nothing to mask
-            mask = _decode_mask([lens[i] for i in decode], max_len, query.dtype, query.device)
+        # Windowed and full layers of one step mask differently: one cached mask each.
+        mask_key = f"decode_mask_w{window}" if window else "decode_mask"
+        mask = step_cache.get(mask_key) if step_cache is not None else None
+        # All lengths equal (one request) and no key outside a window: nothing to mask.
+        if mask is None and (any(lens[i] != max_len for i in decode) or (window and max_len > window)):
+            mask = _decode_mask([lens[i] for i in decode], max_len, query.dtype, query.device, window)
             if step_cache is not None:
-                step_cache["decode_mask"] = mask
+                step_cache[mask_key] = mask
 
         def gather_and_attend() -> torch.Tensor:
             keys, values = _decode_keys_values(k_cache, v_cache, tables, max_len, step_cache)   # [D, Hkv, L, hd]
@@ -246,7 +256,7 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                 return _soft_capped_attention(q, keys, values, mask, scale, soft_cap)
             if q.dtype == torch.bfloat16 and q.device.type == "cpu" and len(decode) >= BMM_MIN_REQUESTS \
                     and len(decode) * max_len >= BMM_MIN_KEYS:
-                return _decode_bmm(q, keys, values, mask, scale, step_cache)
+                return _decode_bmm(q, keys, values, mask, scale, step_cache, mask_key)
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
         small = query.device.type == "cpu" and len(decode) * max_len * num_kv_heads <= _ONE_THREAD_MAX_KEYS
         o = on_one_thread(gather_and_attend) if small else gather_and_attend()
@@ -270,7 +280,10 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         # Causal over the new tokens, full over the cached prefix: query row r (token r % q_len) sees keys
         # 0 .. ctx_len - q_len + r % q_len.
         q_pos = torch.arange(ctx_len - q_len, ctx_len, device=query.device).repeat(group)
-        mask = torch.arange(ctx_len, device=query.device)[None, :] <= q_pos[:, None]   # [G*q_len, ctx]
+        key_pos = torch.arange(ctx_len, device=query.device)[None, :]
+        mask = key_pos <= q_pos[:, None]                                                # [G*q_len, ctx]
+        if window:
+            mask &= key_pos > q_pos[:, None] - window
         keys, values = _dequantize(keys, q.dtype, k_scale), _dequantize(values, q.dtype, v_scale)
         if soft_cap:
             o = _soft_capped_attention(q, keys, values, mask, scale, soft_cap)

@@ -135,12 +135,14 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
                  stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                  offs_n, offs_d, d_mask,
                  PAGE: tl.constexpr, CAUSAL: tl.constexpr, BOUNDED: tl.constexpr, EVEN_D: tl.constexpr,
-                 SOFTCAP: tl.constexpr = 0.0):
+                 SOFTCAP: tl.constexpr = 0.0, WINDOW: tl.constexpr = 0):
     """One online-softmax step over keys ``start .. start + BLOCK_N``.
 
     ``qk_scale = scale * log2(e)`` is applied to the fp32 scores (not folded into q: rounding q*scale back to bf16
     would add error the reference does not have). ``BOUNDED``: keys may reach ``kv_end`` (mask the loads and
     scores); ``CAUSAL``: mask key > query position (``q_pos`` per row). Full tiles run without any mask.
+    ``WINDOW`` (a sliding window, 0: none): also mask keys at or before ``q_pos - WINDOW``; a row may then have no
+    key yet (its running max stays -inf), so the exponentials are taken from 0 there instead of -inf - -inf.
     """
     pos = start + offs_n
     if BOUNDED:
@@ -163,8 +165,15 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
     elif BOUNDED:
         s = tl.where(kv_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    if WINDOW > 0:
+        s = tl.where(pos[None, :] > q_pos[:, None] - WINDOW, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
+    else:
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if BOUNDED:
         v = tl.load(V + v_off, mask=kv_ok[:, None] & d_mask[None, :], other=0.0)
@@ -192,7 +201,7 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, 
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PASS: tl.constexpr, SHORT_Q: tl.constexpr,
-                   SOFTCAP: tl.constexpr = 0.0):
+                   SOFTCAP: tl.constexpr = 0.0, WINDOW: tl.constexpr = 0):
     """PASS 0: every request. PASS 1: skip requests with q_len <= SHORT_Q (a PASS 2 launch does them).
     PASS 2: grid (B, Hkv), program b does request b if its q_len <= SHORT_Q (== BLOCK_Q of this launch)."""
     BLOCK_Q: tl.constexpr = BLOCK_M // GROUP        # query tokens per program (any integer >= 1)
@@ -249,18 +258,22 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, 
     first_pos = ctx_len + qblk * BLOCK_Q
     kv_end = tl.minimum(first_pos + BLOCK_Q, seq_len)   # one past the block's last query position
     full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
-    for start in range(0, full_end, BLOCK_N):
+    lo = 0
+    if WINDOW > 0:      # tiles before the block's first row's window hold no key any of its rows sees
+        lo = tl.minimum(tl.maximum(first_pos - WINDOW + 1, 0) // BLOCK_N * BLOCK_N, full_end)
+    for start in range(lo, full_end, BLOCK_N):
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=False,
-                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP)
+                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP, WINDOW=WINDOW)
     # Diagonal tiles: causal mask (which also bounds by seq_len for valid rows) and masked loads.
     for start in range(full_end, kv_end, BLOCK_N):
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=True, BOUNDED=True,
-                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP)
-    # Every row saw key 0 in the first tile, so l_i > 0 (padding rows too: their q_pos >= 0).
+                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP, WINDOW=WINDOW)
+    # Every row saw key 0 in the first tile, so l_i > 0 (padding rows too: their q_pos >= 0); with a window, its own
+    # key in the diagonal tiles (a padding row's l_i may be 0: it is not stored).
     out = acc / l_i[:, None]
     tl.store(Out + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_mask[None, :])
@@ -297,13 +310,14 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
                      query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                      scale: float, max_query_len: int, out: torch.Tensor | None = None,
                      _config: tuple[int, int, int, int] | None = None,
-                     _two_pass: bool | None = None, soft_cap: float = 0.0) -> torch.Tensor:
+                     _two_pass: bool | None = None, soft_cap: float = 0.0, window: int = 0) -> torch.Tensor:
     """Varlen causal attention of ``query`` ``[num_tokens, Hq, D]`` over each request's paged context.
 
     The new tokens' K/V must already be in the cache (``store_kv`` first). ``max_query_len`` (a host int, an upper
     bound is fine) only picks the tile size; the grid is sized from ``num_tokens`` without reading device data.
     ``_config`` overrides ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` and ``_two_pass`` the short-request
-    split below (benchmarks). ``soft_cap``: Gemma 2's logit soft-capping (0: none).
+    split below (benchmarks). ``soft_cap``: Gemma 2's logit soft-capping (0: none). ``window``: a sliding window
+    (each query sees itself and the ``window - 1`` keys before it; 0: none).
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
@@ -337,12 +351,12 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
     _extend_kernel[grid](*args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1],
                          BLOCK_M=block_m, BLOCK_N=block_n, PASS=1 if two_pass else 0, SHORT_Q=short_q,
-                         SOFTCAP=soft_cap * _LOG2E, num_warps=warps, num_stages=stages)
+                         SOFTCAP=soft_cap * _LOG2E, WINDOW=window, num_warps=warps, num_stages=stages)
     if two_pass:
         _extend_kernel[(num_seqs, num_kv_heads)](
             *args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_M=short_m,
-            BLOCK_N=64 if head_dim <= 128 else 32, PASS=2, SHORT_Q=short_q, SOFTCAP=soft_cap * _LOG2E, num_warps=4,
-            num_stages=2)
+            BLOCK_N=64 if head_dim <= 128 else 32, PASS=2, SHORT_Q=short_q, SOFTCAP=soft_cap * _LOG2E,
+            WINDOW=window, num_warps=4, num_stages=2)
     return out
 
 
@@ -383,7 +397,7 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
                    BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
                    PREFETCH: tl.constexpr, PDL: tl.constexpr, NEW_IN_REGS: tl.constexpr = False,
-                   SOFTCAP: tl.constexpr = 0.0):
+                   SOFTCAP: tl.constexpr = 0.0, WINDOW: tl.constexpr = 0):
     # NEW_IN_REGS (with ROPE and PREFETCH): the step's new key and value are folded into the softmax from registers
     # instead of being read back from the cache after the program that writes them stores them. Every key the loop
     # reads is then one an earlier step wrote, so each split's first tile (full or partial, the writer's too) and
@@ -487,6 +501,9 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
                 tl.debug_barrier()          # every thread's stores visible to the loads of the loop below
 
     q_pos = offs_h  # unused (CAUSAL=False)
+    if WINDOW > 0:      # (not with ROPE: decode_attention refuses the two together)
+        q_pos = tl.zeros([BLOCK_H], tl.int32) + (seq_len - 1).to(tl.int32)     # the one query's position
+        start = tl.minimum(tl.maximum(start, tl.maximum(seq_len - WINDOW, 0) // BLOCK_N * BLOCK_N), end)
     full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
     s0 = start
     if PREFETCH:
@@ -516,12 +533,12 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, s, q_pos, end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=False,
-                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP)
+                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP, WINDOW=WINDOW)
     if full_end < end:
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, full_end, q_pos, end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=True,
-                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP)
+                                     EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP, WINDOW=WINDOW)
     l_safe = tl.where(l_i > 0, l_i, 1.0)           # empty context (seq_len 0, padding) -> output 0
     o = acc / l_safe[:, None]
     out_ptrs = Out + b * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
@@ -687,7 +704,7 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
                      block_tables: torch.Tensor, scale: float, workspace: DecodeWorkspace | None = None,
                      out: torch.Tensor | None = None,
                      _config: tuple[int, ...] | None = None, rope: "DecodeRope | None" = None,
-                     soft_cap: float = 0.0) -> torch.Tensor:
+                     soft_cap: float = 0.0, window: int = 0) -> torch.Tensor:
     """Attention of one query token per request, ``query`` ``[B, Hq, D]`` -> ``[B, Hq, D]``.
 
     ``rope`` (``decode_rope_attention``): ``query`` and ``rope.key`` are not rotated yet, and the new keys and values
@@ -701,6 +718,9 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     assert num_heads == group * num_kv_heads
+    if window and rope is not None:
+        raise ValueError("decode_attention: a sliding window is not supported with the fused rotary decode (rope); "
+                         "rotate and store first, then attend.")
     if out is None:
         out = torch.empty_like(query)
     if batch == 0:
@@ -750,7 +770,7 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, SINGLE=splits == 1,
         ROPE=rope is not None, HALF=half, PREFETCH=rope is not None and rope.prefetch,
         NEW_IN_REGS=rope is not None and rope.prefetch and rope.new_in_regs, SOFTCAP=soft_cap * _LOG2E,
-        num_warps=warps,
+        WINDOW=window, num_warps=warps,
         num_stages=stages, **pdl_launch_args(query.device))
     return out
 
@@ -762,7 +782,8 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                     scale: float, max_query_len: int, workspace: DecodeWorkspace | None = None,
                     out: torch.Tensor | None = None, num_decodes: int = 0,
-                    prefill_query_start_loc: torch.Tensor | None = None, soft_cap: float = 0.0) -> torch.Tensor:
+                    prefill_query_start_loc: torch.Tensor | None = None, soft_cap: float = 0.0,
+                    window: int = 0) -> torch.Tensor:
     """Decode kernel when every request has one new token (``max_query_len == 1``), else the extend kernel.
 
     Mixed batches (chunked prefill: running decodes plus prompt chunks) whose first ``num_decodes`` requests have
@@ -774,15 +795,15 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     num_seqs = seq_lens.shape[0]
     if max_query_len == 1 and query.shape[0] == num_seqs:
         return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out,
-                                soft_cap=soft_cap)
+                                soft_cap=soft_cap, window=window)
     if 0 < num_decodes < num_seqs and prefill_query_start_loc is not None:
         if out is None:
             out = torch.empty_like(query)
         nd = num_decodes
         decode_attention(query[:nd], k_cache, v_cache, seq_lens[:nd], block_tables[:nd], scale, workspace,
-                         out=out[:nd], soft_cap=soft_cap)
+                         out=out[:nd], soft_cap=soft_cap, window=window)
         extend_attention(query[nd:], k_cache, v_cache, prefill_query_start_loc, seq_lens[nd:], block_tables[nd:],
-                         scale, max_query_len, out=out[nd:], soft_cap=soft_cap)
+                         scale, max_query_len, out=out[nd:], soft_cap=soft_cap, window=window)
         return out
     return extend_attention(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale,
-                            max_query_len, out=out, soft_cap=soft_cap)
+                            max_query_len, out=out, soft_cap=soft_cap, window=window)

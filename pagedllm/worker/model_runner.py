@@ -16,7 +16,7 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
 from pagedllm.config import (EngineConfig, ProfilerSettings, cuda_graph_sizes, cuda_graphs_off, kv_cache_torch_dtype,
-                             profiler_settings)
+                             profiler_settings, sliding_window)
 from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size,
                                   is_first_pp_stage, is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
@@ -101,6 +101,13 @@ class ModelRunner:
             raise ValueError(f"This model soft-caps its attention logits (attn_logit_softcapping="
                              f"{hf.attn_logit_softcapping} in its config.json); the attention backend "
                              f"{config.attention_backend!r} does not: use 'torch' or 'triton'.")
+        window = sliding_window(hf)
+        if window is not None and not config.args.disable_sliding_window \
+                and not self.attn_backend.supports_sliding_window:
+            raise ValueError(f"This model attends through a sliding window (sliding_window={window} in its "
+                             f"config.json); the attention backend {config.attention_backend!r} does not: use "
+                             f"'torch' or 'triton', or disable_sliding_window=True (full attention, max_model_len "
+                             f"capped at the window).")
         t0 = time.perf_counter()
         try:
             self.model = load_model(config)

@@ -29,9 +29,10 @@ def _config(arch: str):
                   tie_word_embeddings=False)
     if arch == "gemma":      # GELU-tanh gating (no fused SiLU epilogue), 1 + w norms, scaled tied embeddings
         return GemmaConfig(**dict(common, tie_word_embeddings=True))
-    if arch == "gemma2":     # soft-capped attention (the Triton kernels' SOFTCAP) and logits, sandwich norms
+    if arch == "gemma2":     # soft-capped attention (the Triton kernels' SOFTCAP) and logits, sandwich norms, and
+        # every other layer windowed (WINDOW; 32 tokens, so the prompts pass it)
         return Gemma2Config(**dict(common, tie_word_embeddings=True), query_pre_attn_scalar=48,
-                            attn_logit_softcapping=5.0, final_logit_softcapping=8.0)
+                            attn_logit_softcapping=5.0, final_logit_softcapping=8.0, sliding_window=32)
     if arch == "granite":    # the multipliers of Granite 3
         return GraniteConfig(**common, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.1,
                              logits_scaling=2.0)

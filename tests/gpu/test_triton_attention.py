@@ -60,7 +60,7 @@ def make_batch(specs, num_heads, num_kv_heads, head_dim, block_size, dtype, seed
     return (query.to(d), k_cache.to(d), v_cache.to(d), qsl.to(d), seq_lens.to(d), tables.to(d))
 
 
-def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale, chunk=8, soft_cap=0.0):
+def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale, chunk=8, soft_cap=0.0, window=0):
     # The reference's batched-decode path gathers whole table rows up to the longest request, so it needs valid
     # ids in the tails; the kernels get the poisoned tables. It also materialises [n, max_len, Hkv, D] fp32 copies
     # (4 GiB for 64 x 4096 x 32 x 128), too much with several pytest-xdist workers on one GPU: go `chunk`
@@ -73,7 +73,7 @@ def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale, chunk=8, so
         j = min(i + chunk, len(starts) - 1)
         sub_qsl = (qsl[i:j + 1] - starts[i]).to(qsl.dtype)
         outs.append(ref.paged_attention(query[starts[i]:starts[j]].float(), k32, v32, sub_qsl, seq_lens[i:j],
-                                        tables[i:j], scale, soft_cap=soft_cap))
+                                        tables[i:j], scale, soft_cap=soft_cap, window=window))
     return torch.cat(outs)
 
 
@@ -436,3 +436,32 @@ def test_soft_capped_extend_decode_and_fused_rope_decode(num_heads, num_kv_heads
                                           t.positions, t.slots, t.seq_lens, t.tables, scale, t.ws, prefetch=prefetch,
                                           new_in_regs=in_regs, soft_cap=CAP)
         torch.testing.assert_close(fused.float(), unfused.float(), rtol=2e-2, atol=2e-2)
+
+
+# ------------------------------------------------------------------------------------------------ sliding window
+@pytest.mark.parametrize("window", [1, 24, 100])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(8, 4, 256), (9, 3, 64)])
+def test_sliding_window_extend_and_decode(num_heads, num_kv_heads, head_dim, window):
+    """A sliding window (each query sees itself and the window - 1 keys before it) in the extend kernel (prefills,
+    extends whose chunk starts past the window, decodes in mixed batches) and the split-KV decode kernel (splits
+    wholly before the window, one split, several), against the reference; with a soft cap too (Gemma 2's
+    windowed layers). The window changes the answer (a kernel that ignored it would fail)."""
+    specs = [(1, 1), (17, 17), (130, 40), (70, 1), (33, 2), (200, 1), (300, 90)]
+    batch = make_batch(specs, num_heads, num_kv_heads, head_dim, 16, torch.float16, seed=5)
+    scale = head_dim ** -0.5
+    expected = reference(*batch, scale, window=window)
+    assert rel_err(reference(*batch, scale), expected) > 0.05
+    assert rel_err(tri.paged_attention(*batch, scale, 90, window=window), expected) < 1e-2
+    capped = reference(*batch, scale, soft_cap=CAP, window=window)
+    assert rel_err(tri.paged_attention(*batch, scale, 90, soft_cap=CAP, window=window), capped) < 1e-2
+    decodes = make_batch([(s, 1) for s in (1, 20, 70, 200, 333)], num_heads, num_kv_heads, head_dim, 16,
+                         torch.float16, seed=6)
+    query, k_cache, v_cache, qsl, seq_lens, tables = decodes
+    ws = tri.DecodeWorkspace.allocate(8, num_heads, num_kv_heads, head_dim, device=DEVICE)
+    for cfg in (None, (16, 16, 16, 4, 2), (64, 64, 1, 4, 2)):     # default plan, several splits, one
+        out = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale, ws if cfg is None else None,
+                                   _config=cfg, window=window)
+        assert rel_err(out, reference(*decodes, scale, window=window)) < 1e-2
+    with pytest.raises(ValueError, match="sliding window is not supported with the fused rotary decode"):
+        tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale, ws, window=window,
+                             rope=tri.DecodeRope(query, query, None, None, None, None, False, False))

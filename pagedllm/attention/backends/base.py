@@ -55,8 +55,10 @@ class AttentionBackend(ABC):
     # Steps with prompt tokens replayed as graphs between eager attention calls (PiecewiseGraphRunner): only
     # ``write_kv`` is captured; it must read nothing but its tensor arguments.
     supports_piecewise_cuda_graphs: bool = False
-    # ``attend`` / ``write_kv_and_attend`` take ``soft_cap`` (Gemma 2's attention logit soft-capping).
+    # ``attend`` / ``write_kv_and_attend`` take ``soft_cap`` (Gemma 2's attention logit soft-capping) / ``window``
+    # (a sliding attention window: a token sees itself and the window - 1 keys before it).
     supports_logits_soft_cap: bool = False
+    supports_sliding_window: bool = False
 
     def __init__(self, *, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, max_num_seqs: int,
                  max_num_batched_tokens: int, dtype: torch.dtype, device: torch.device):
@@ -85,16 +87,17 @@ class AttentionBackend(ABC):
         """Attention of ``q`` ``[T, Hq, D]`` over each request's paged context (its new K/V already stored),
         ``[T, Hq, D]``; written into ``out`` when given (and ``out`` returned). A backend with
         ``supports_logits_soft_cap`` also takes ``soft_cap``: the scaled scores become ``cap * tanh(s / cap)``
-        before the softmax (the layer passes it only when it is set)."""
+        before the softmax; one with ``supports_sliding_window`` takes ``window``: keys more than ``window - 1``
+        positions before a query are masked (the layer passes each only when it is set)."""
 
     def write_kv_and_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                             slot_mapping: torch.Tensor, metadata: Any, scale: float,
                             rotary: nn.Module | None = None, positions: torch.Tensor | None = None,
-                            **soft_cap: float) -> torch.Tensor:
+                            **extras: float) -> torch.Tensor:
         """``write_kv`` then ``attend`` (a layer's whole attention when nothing runs between the two, i.e. outside
         piecewise CUDA-graph capture); a backend may do both in one kernel. Default: the two calls."""
         q = self.write_kv(q, k, v, kv_cache, slot_mapping, rotary, positions)
-        return self.attend(q, kv_cache, metadata, scale, **soft_cap)
+        return self.attend(q, kv_cache, metadata, scale, **extras)
 
     # ---- CUDA graphs (worker/cuda_graphs.py) ------------------------------------------------------------------
     def build_capture_metadata(self, common: CommonAttentionMetadata) -> Any:

@@ -11,15 +11,17 @@ from pagedllm.model.layers.rotary import RotaryEmbedding
 
 class Attention(nn.Module):
     def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int, layer_idx: int,
-                 soft_cap: float = 0.0):
+                 soft_cap: float = 0.0, sliding_window: int = 0):
         """``soft_cap``: Gemma 2's attention logit soft-capping, ``cap * tanh(scores / cap)`` on the scaled scores
-        (0: none); only backends with ``supports_logits_soft_cap`` run it (the model runner checks)."""
+        (0: none); ``sliding_window``: each token attends to itself and the ``sliding_window - 1`` keys before it
+        (0: the whole context). Only backends with ``supports_logits_soft_cap`` / ``supports_sliding_window`` run
+        them (the model runner checks)."""
         super().__init__()
         self.num_heads, self.head_dim, self.num_kv_heads = num_heads, head_dim, num_kv_heads
         self.scale, self.layer_idx = scale, layer_idx
-        self.soft_cap = soft_cap
-        # Passed only when set: a backend without soft-capping keeps its interface.
-        self._cap = {"soft_cap": soft_cap} if soft_cap else {}
+        self.soft_cap, self.sliding_window = soft_cap, sliding_window
+        # Passed only when set: a backend without them keeps its interface.
+        self._cap = {k: v for k, v in (("soft_cap", soft_cap), ("window", sliding_window)) if v}
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch,
                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:

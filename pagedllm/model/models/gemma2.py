@@ -1,8 +1,8 @@
 """Gemma 2: Gemma's decoder (GELU-tanh gating, ``1 + w`` norms, embeddings times sqrt(hidden), tied) with a norm
 around each branch (the attention output and the MLP's input and output), attention scaled by
 ``query_pre_attn_scalar ** -0.5``, attention logits soft-capped (``attn_logit_softcapping``: the attention
-backends take ``soft_cap``) and final logits soft-capped. Its every-other-layer sliding window (4,096) caps
-max_model_len at the window (config._sliding_window_len): within it, full attention is the model's."""
+backends take ``soft_cap``) and final logits soft-capped. Its every-other-layer sliding window (4,096, from
+``layer_types``) is each windowed layer's ``window`` (config.layer_sliding_windows)."""
 from __future__ import annotations
 
 import dataclasses

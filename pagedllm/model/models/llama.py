@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.config import layer_sliding_windows
 from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.activation import GeluTanhAndMul, SiluAndMul
 from pagedllm.model.layers.attention import Attention
@@ -67,7 +68,7 @@ def _rms_norm(size: int, eps: float, variant: LlamaVariant) -> RMSNorm:
 
 class LlamaAttention(nn.Module):
     def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, variant: LlamaVariant,
-                 quant_config=None, prefix: str = ""):
+                 quant_config=None, prefix: str = "", window: int = 0):
         super().__init__()
         total_heads = cfg.num_attention_heads
         total_kv_heads = getattr(cfg, "num_key_value_heads", None) or total_heads
@@ -87,7 +88,7 @@ class LlamaAttention(nn.Module):
         self.qk_norm = variant.qk_norm
         scale = self.head_dim ** -0.5 if variant.attention_scale is None else variant.attention_scale
         self.attn = Attention(self.num_heads, self.head_dim, scale, self.num_kv_heads, layer_idx,
-                              soft_cap=variant.attn_soft_cap)
+                              soft_cap=variant.attn_soft_cap, sliding_window=window)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
@@ -123,9 +124,10 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, variant: LlamaVariant,
-                 quant_config=None, prefix: str = ""):
+                 quant_config=None, prefix: str = "", window: int = 0):
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, variant, quant_config, f"{prefix}.self_attn")
+        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, variant, quant_config, f"{prefix}.self_attn",
+                                        window)
         self.mlp = LlamaMLP(cfg, quant_config, f"{prefix}.mlp", variant.activation)
         self.input_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         self.post_attention_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
@@ -156,7 +158,9 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg, max_position: int, variant: LlamaVariant, quant_config=None, prefix: str = "model"):
+    def __init__(self, cfg, max_position: int, variant: LlamaVariant, quant_config=None, prefix: str = "model",
+                 windows: list[int] | None = None):
+        """``windows``: each layer's sliding attention window (0: full; config.layer_sliding_windows)."""
         super().__init__()
         # Pipeline parallel: the embedding on the first stage, the final norm on the last, each stage its layers.
         self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
@@ -167,7 +171,7 @@ class LlamaModel(nn.Module):
         rotary = RotaryEmbedding(cfg, head_dim, max_position)
         self.start_layer, self.end_layer, self.layers = make_layers(
             cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(cfg, i, rotary, variant, quant_config,
-                                                               f"{prefix}.layers.{i}"))
+                                                               f"{prefix}.layers.{i}", windows[i] if windows else 0))
         self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]    # a plain list: no slicing per step
         self.norm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant) if self.last_stage else PPMissingLayer()
         self.embed_scale, self._embed_scale_in_model_dtype = variant.embed_scale, variant.embed_scale_in_model_dtype
@@ -214,7 +218,9 @@ class LlamaForCausalLM(nn.Module):
         max_position = max(engine_config.max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0)
         variant = self.variant(hf_config)
         self.logits_divisor, self.final_logit_soft_cap = variant.logits_divisor, variant.final_logit_soft_cap
-        self.model = LlamaModel(hf_config, max_position, variant, getattr(engine_config, "quant_config", None))
+        disabled = getattr(getattr(engine_config, "args", None), "disable_sliding_window", False)
+        self.model = LlamaModel(hf_config, max_position, variant, getattr(engine_config, "quant_config", None),
+                                windows=layer_sliding_windows(hf_config, hf_config.num_hidden_layers, disabled))
         if not self.has_lm_head:
             return
         if not is_last_pp_stage():
