@@ -11,8 +11,8 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("triton")
 
-from transformers import (AutoModelForCausalLM, Gemma2Config, GemmaConfig, GraniteConfig, LlamaConfig,  # noqa: E402
-                          Phi3Config, Qwen2Config)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GemmaConfig,  # noqa: E402
+                          GraniteConfig, LlamaConfig, Phi3Config, Qwen2Config)
 
 from pagedllm import LLM, SamplingParams  # noqa: E402
 
@@ -33,6 +33,11 @@ def _config(arch: str):
         # every other layer windowed (WINDOW; 32 tokens, so the prompts pass it)
         return Gemma2Config(**dict(common, tie_word_embeddings=True), query_pre_attn_scalar=48,
                             attn_logit_softcapping=5.0, final_logit_softcapping=8.0, sliding_window=32)
+    if arch == "gemma3":     # Q/K norms; local (windowed, theta 10k) and global (theta 1M) layers: two rotary tables
+        cfg = Gemma3TextConfig(**dict(common, tie_word_embeddings=True), query_pre_attn_scalar=48, sliding_window=32,
+                               layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+        cfg.architectures = ["Gemma3ForCausalLM"]
+        return cfg
     if arch == "granite":    # the multipliers of Granite 3
         return GraniteConfig(**common, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.1,
                              logits_scaling=2.0)
@@ -41,7 +46,7 @@ def _config(arch: str):
     return LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "gemma2", "granite", "phi3"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "gemma2", "gemma3", "granite", "phi3"])
 def model_dir(request, tmp_path_factory):
     torch.manual_seed(1234)
     cfg = _config(request.param)

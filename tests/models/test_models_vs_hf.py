@@ -40,6 +40,10 @@ ARCHS = {
     "gemma2-window": (transformers.Gemma2Config, dict(_LLAMA_LIKE, head_dim=32, query_pre_attn_scalar=24,
                                                       attn_logit_softcapping=3.0, final_logit_softcapping=4.0,
                                                       sliding_window=8), 0),
+    # Gemma 3 text: per-head 1 + w Q/K norms, a local (windowed, its own rope theta) and a global layer.
+    "gemma3": (transformers.Gemma3TextConfig, dict(_LLAMA_LIKE, head_dim=32, query_pre_attn_scalar=24, sliding_window=8,
+                                                   layer_types=["sliding_attention", "full_attention"],
+                                                   architectures=["Gemma3ForCausalLM"]), 0),
     # Granite 3's multipliers (embeddings, residual branches, attention scale, logits), at other values.
     "granite": (transformers.GraniteConfig, dict(_LLAMA_LIKE, embedding_multiplier=3.0, residual_multiplier=0.5,
                                                  attention_multiplier=0.2, logits_scaling=2.0), 0),

@@ -59,12 +59,15 @@ def _save_tiny(path, arch: str) -> None:
                    {"head_dim": 16, "attn_logit_softcapping": 3.0, "final_logit_softcapping": 4.0}),  # soft caps
         "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM,                     # fused q/k/v, gate/up
                  {"partial_rotary_factor": 0.5, "pad_token_id": 0, "eos_token_id": 2}),
+        "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,              # Q/K norms,
+                   {"head_dim": 16, "sliding_window": 8,                                      # a local and
+                    "layer_types": ["sliding_attention", "full_attention"]}),                # a global layer
         "granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM,
                     {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
                      "logits_scaling": 2.0})}[arch]
     cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=1 if arch == "llama_mqa" else 2, vocab_size=VOCAB, max_position_embeddings=512,
-                  tie_word_embeddings=arch in ("qwen2", "gemma", "gemma2"), **extra)
+                  tie_word_embeddings=arch in ("qwen2", "gemma", "gemma2", "gemma3"), **extra)
     torch.manual_seed(1)
     model_cls(cfg).eval().save_pretrained(path)
 
@@ -80,8 +83,8 @@ def _llm(path, tp: int) -> LLM:
                max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "gemma2", "granite", "phi3",
-                                  "opt", "gpt2", "chatglm"])
+@pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite",
+                                  "phi3", "opt", "gpt2", "chatglm"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)

@@ -9,9 +9,28 @@ import torch
 from torch import nn
 
 
-def _inv_freq(hf_config, head_dim: int) -> tuple[torch.Tensor, float]:
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+def rope_parameters(hf_config, layer_type: str | None = None) -> dict:
+    """The config's rotary parameters (transformers 5's ``rope_parameters``, or the older ``rope_scaling``); for a
+    model whose layer types rotate differently (Gemma 3: ``{"sliding_attention": {...}, "full_attention": {...}}``),
+    those of ``layer_type``."""
     params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    if isinstance(params, dict) and layer_type is not None and isinstance(params.get(layer_type), dict):
+        return params[layer_type]
+    return params
+
+
+def rope_layer_types(hf_config) -> list[str] | None:
+    """The layer types with rotary parameters of their own (Gemma 3), or None when every layer rotates alike."""
+    params = getattr(hf_config, "rope_parameters", None)
+    types = getattr(hf_config, "layer_types", None)
+    if not isinstance(params, dict) or not types or not all(isinstance(params.get(t), dict) for t in set(types)):
+        return None
+    return sorted(set(types))
+
+
+def _inv_freq(hf_config, head_dim: int, layer_type: str | None = None) -> tuple[torch.Tensor, float]:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    params = rope_parameters(hf_config, layer_type)
     rope_type = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
     if rope_type == "default" or rope_type not in ROPE_INIT_FUNCTIONS:
         theta = (params.get("rope_theta") if isinstance(params, dict) else None) \
@@ -22,14 +41,16 @@ def _inv_freq(hf_config, head_dim: int) -> tuple[torch.Tensor, float]:
         dim = int(head_dim * partial)
         inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         return inv, 1.0
-    inv, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu")
+    extra = {"layer_type": layer_type} if layer_type is not None else {}
+    inv, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu", **extra)
     return inv.float(), float(scaling)
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, hf_config, head_dim: int, max_position: int):
+    def __init__(self, hf_config, head_dim: int, max_position: int, layer_type: str | None = None):
+        """``layer_type``: the rotary parameters of that layer type (rope_layer_types), else the config's."""
         super().__init__()
-        inv_freq, scaling = _inv_freq(hf_config, head_dim)
+        inv_freq, scaling = _inv_freq(hf_config, head_dim, layer_type)
         self.rotary_dim = inv_freq.numel() * 2
         t = torch.arange(max_position, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)

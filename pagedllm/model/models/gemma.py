@@ -12,6 +12,7 @@ class GemmaForCausalLM(LlamaForCausalLM):
         act = getattr(hf_config, "hidden_activation", None) or getattr(hf_config, "hidden_act", "gelu_pytorch_tanh")
         if act not in ("gelu_pytorch_tanh", "gelu"):     # "gelu" is the legacy name of the same (HF's Gemma config)
             raise ValueError(f"Gemma with hidden activation {act!r} is not supported yet (gelu_pytorch_tanh is).")
-        return LlamaVariant(qkv_bias=getattr(hf_config, "attention_bias", False), activation="gelu_tanh",
+        return LlamaVariant(qkv_bias=getattr(hf_config, "attention_bias", False), qk_norm=cls.qk_norm,
+                            activation="gelu_tanh",
                             norm_weight_offset=1.0, embed_scale=hf_config.hidden_size ** 0.5,
                             embed_scale_in_model_dtype=True)

@@ -21,7 +21,7 @@ from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbeddi
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
-from pagedllm.model.layers.rotary import RotaryEmbedding
+from pagedllm.model.layers.rotary import RotaryEmbedding, rope_layer_types
 from pagedllm.model.models.weights import load_packed_weights
 
 
@@ -83,8 +83,8 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.rotary = rotary
         if variant.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.q_norm = _rms_norm(self.head_dim, cfg.rms_norm_eps, variant)
+            self.k_norm = _rms_norm(self.head_dim, cfg.rms_norm_eps, variant)
         self.qk_norm = variant.qk_norm
         scale = self.head_dim ** -0.5 if variant.attention_scale is None else variant.attention_scale
         self.attn = Attention(self.num_heads, self.head_dim, scale, self.num_kv_heads, layer_idx,
@@ -168,9 +168,17 @@ class LlamaModel(nn.Module):
                                                     f"{prefix}.embed_tokens") if self.first_stage
                              else PPMissingLayer())
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        rotary = RotaryEmbedding(cfg, head_dim, max_position)
+        # One rotary table for the model, or one per layer type where they rotate differently (Gemma 3's local
+        # and global layers): each layer gets its type's.
+        types = rope_layer_types(cfg)
+        if types is None:
+            shared = RotaryEmbedding(cfg, head_dim, max_position)
+            rotaries = [shared] * cfg.num_hidden_layers
+        else:
+            by_type = {t: RotaryEmbedding(cfg, head_dim, max_position, t) for t in types}
+            rotaries = [by_type[t] for t in cfg.layer_types[:cfg.num_hidden_layers]]
         self.start_layer, self.end_layer, self.layers = make_layers(
-            cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(cfg, i, rotary, variant, quant_config,
+            cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(cfg, i, rotaries[i], variant, quant_config,
                                                                f"{prefix}.layers.{i}", windows[i] if windows else 0))
         self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]    # a plain list: no slicing per step
         self.norm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant) if self.last_stage else PPMissingLayer()
