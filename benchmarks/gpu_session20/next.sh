@@ -21,11 +21,14 @@ PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --t
   | grep -vE "^\s*$|Warning|warner" | cut -c1-300 | tail -12
 # The cudagraph_capture_sizes / max_cudagraph_capture_size settings (session 20, never run on a GPU): the graphs
 # captured are the sizes asked for, tokens HF-greedy.
-PYTHONPATH=$R timeout 90 python3 -m pytest -q -p no:cacheprovider -rfs --tb=short tests/gpu/test_engine_gpu.py \
-  -k "cudagraph_capture_sizes or piecewise or worker_extension or raw_logits" 2>&1 \
-  | grep -vE "^\s*$|Warning|warner" | cut -c1-300 | tail -6
-# (Session 21, a CPU-only session, added worker_extension and raw_logits above: the RLHF weight update into the
-# captured CUDA graphs, and logprobs_mode on the GPU path; never run on a GPU.)
+# Session 21 (a CPU-only session) added, never run on a GPU: Gemma, Gemma 2 (the Triton SOFTCAP and WINDOW paths),
+# Gemma 3 (two rotary tables), Granite, Phi-3 (partial rotary) to the models of this file, MoE (Qwen3-MoE, Mixtral,
+# eager), the RLHF weight update into captured CUDA graphs and logprobs_mode raw_logits: the whole file (~3 min on 8
+# workers), then the new Triton attention tests.
+PYTHONPATH=$R timeout 240 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short tests/gpu/test_engine_gpu.py 2>&1 \
+  | grep -vE "^\s*$|Warning|warner" | cut -c1-300 | tail -12
+PYTHONPATH=$R timeout 90 python3 -m pytest -q -p no:cacheprovider -rfs --tb=short tests/gpu/test_triton_attention.py \
+  -k "soft_capped or sliding_window" 2>&1 | grep -vE "^\s*$|Warning|warner" | cut -c1-300 | tail -6
 PYTHONPATH=$R timeout 90 python3 benchmarks/quant_kernels.py --ms 256,4096 2>&1 | tail -12
 for r in 1 2; do
   ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 95 $AB base qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq even-n r$r"

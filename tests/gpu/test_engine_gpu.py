@@ -253,3 +253,22 @@ def test_bf16_raw_logits_mode_returns_the_models_logits(model_dir, prompts, hf_m
             scale = float(logits[j].abs().max())
             for tid, lp in entry.items():
                 assert abs(lp.logprob - float(logits[j, tid])) <= 0.03 * scale, (j, tid)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_bf16_moe_greedy_agrees_with_hf(arch, prompts, tmp_path):
+    """Mixtures of experts on the GPU (eager: the experts are picked on the host, no CUDA graphs), bf16 with the
+    Triton attention, against HF fp32 on our own sequences (near-ties aside)."""
+    from transformers import MixtralConfig, Qwen3MoeConfig
+    common = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                  num_key_value_heads=2, vocab_size=2048, max_position_embeddings=1024, tie_word_embeddings=False)
+    cfg = (Qwen3MoeConfig(**common, head_dim=64, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
+                          norm_topk_prob=True) if arch == "qwen3_moe"
+           else MixtralConfig(**common, num_local_experts=8, num_experts_per_tok=2))
+    torch.manual_seed(1234)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(tmp_path)
+    got = _generate(str(tmp_path), prompts, dtype="bfloat16", attention_backend="triton")
+    assert_greedy_under_hf(model.cuda().eval(), prompts, got)

@@ -44,6 +44,14 @@ ARCHS = {
     "gemma3": (transformers.Gemma3TextConfig, dict(_LLAMA_LIKE, head_dim=32, query_pre_attn_scalar=24, sliding_window=8,
                                                    layer_types=["sliding_attention", "full_attention"],
                                                    architectures=["Gemma3ForCausalLM"]), 0),
+    # Mixtures of experts: 4 experts, 2 a token; Qwen2-MoE with its shared expert and gate, Qwen3-MoE renormalising
+    # the top-k weights (and one dense layer, mlp_only_layers), Mixtral.
+    "qwen2_moe": (transformers.Qwen2MoeConfig, dict(_LLAMA_LIKE, num_experts=4, num_experts_per_tok=2,
+                                                    moe_intermediate_size=32, shared_expert_intermediate_size=48), 0),
+    "qwen3_moe": (transformers.Qwen3MoeConfig, dict(_LLAMA_LIKE, num_experts=4, num_experts_per_tok=2,
+                                                    moe_intermediate_size=32, norm_topk_prob=True, head_dim=32,
+                                                    mlp_only_layers=[1]), 0),
+    "mixtral": (transformers.MixtralConfig, dict(_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2), 0),
     # Granite 3's multipliers (embeddings, residual branches, attention scale, logits), at other values.
     "granite": (transformers.GraniteConfig, dict(_LLAMA_LIKE, embedding_multiplier=3.0, residual_multiplier=0.5,
                                                  attention_multiplier=0.2, logits_scaling=2.0), 0),

@@ -62,6 +62,12 @@ def _save_tiny(path, arch: str) -> None:
         "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,              # Q/K norms,
                    {"head_dim": 16, "sliding_window": 8,                                      # a local and
                     "layer_types": ["sliding_attention", "full_attention"]}),                # a global layer
+        "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,            # each rank its
+                      {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,  # slice of every
+                       "norm_topk_prob": True}),                                             # expert
+        "qwen2_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM,            # + shared expert
+                      {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                       "shared_expert_intermediate_size": 48}),
         "granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM,
                     {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
                      "logits_scaling": 2.0})}[arch]
@@ -84,7 +90,7 @@ def _llm(path, tp: int) -> LLM:
 
 
 @pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite",
-                                  "phi3", "opt", "gpt2", "chatglm"])
+                                  "phi3", "qwen2_moe", "qwen3_moe", "opt", "gpt2", "chatglm"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)

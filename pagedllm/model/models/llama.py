@@ -19,6 +19,7 @@ from pagedllm.model.layers.activation import GeluTanhAndMul, SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedllm.model.layers.moe import SparseMoeBlock, is_sparse_layer, load_expert_tensors
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
 from pagedllm.model.layers.rotary import RotaryEmbedding, rope_layer_types
@@ -43,6 +44,9 @@ class LlamaVariant:
     sandwich_norms: bool = False
     attn_soft_cap: float = 0.0
     final_logit_soft_cap: float = 0.0
+    # Mixture-of-experts MLPs in the sparse layers (model/layers/moe.py): "qwen" (Qwen2-MoE / Qwen3-MoE: router
+    # weights in the model dtype, Qwen2-MoE's shared expert) or "mixtral" (fp32 router weights); None: dense.
+    moe: str | None = None
 
 
 class OffsetRMSNorm(RMSNorm):
@@ -60,6 +64,15 @@ class OffsetRMSNorm(RMSNorm):
             raise ValueError(f"Weight shape mismatch: parameter {tuple(param.shape)} vs checkpoint "
                              f"{tuple(loaded.shape)}")
         param.data.copy_(loaded.float() + self.offset)
+
+
+def _mlp(cfg, layer_idx: int, variant: LlamaVariant, quant_config, prefix: str) -> nn.Module:
+    """The layer's MLP: dense, or a mixture of experts in a MoE model's sparse layers."""
+    if not (variant.moe and is_sparse_layer(cfg, layer_idx)):
+        return LlamaMLP(cfg, quant_config, prefix, variant.activation)
+    shared_size = getattr(cfg, "shared_expert_intermediate_size", None)
+    shared = LlamaMLP(cfg, None, f"{prefix}.shared_expert", intermediate_size=shared_size) if shared_size else None
+    return SparseMoeBlock(cfg, shared, weights_in_model_dtype=variant.moe != "mixtral")
 
 
 def _rms_norm(size: int, eps: float, variant: LlamaVariant) -> RMSNorm:
@@ -102,12 +115,14 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg, quant_config=None, prefix: str = "", activation: str = "silu"):
+    def __init__(self, cfg, quant_config=None, prefix: str = "", activation: str = "silu",
+                 intermediate_size: int | None = None):
         super().__init__()
         bias = getattr(cfg, "mlp_bias", False)
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias,
+        intermediate = intermediate_size or cfg.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [intermediate] * 2, bias=bias,
                                                        quant_config=quant_config, prefix=f"{prefix}.gate_up_proj")
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias,
+        self.down_proj = RowParallelLinear(intermediate, cfg.hidden_size, bias=bias,
                                            quant_config=quant_config, prefix=f"{prefix}.down_proj")
         self.silu = activation == "silu"
         self.act = SiluAndMul() if self.silu else GeluTanhAndMul()
@@ -128,7 +143,7 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = LlamaAttention(cfg, layer_idx, rotary, variant, quant_config, f"{prefix}.self_attn",
                                         window)
-        self.mlp = LlamaMLP(cfg, quant_config, f"{prefix}.mlp", variant.activation)
+        self.mlp = _mlp(cfg, layer_idx, variant, quant_config, f"{prefix}.mlp")
         self.input_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         self.post_attention_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         self.sandwich = variant.sandwich_norms
@@ -204,6 +219,7 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     qkv_bias = False
     qk_norm = False
+    moe: str | None = None      # LlamaVariant.moe
     has_lm_head = True
     supports_tensor_parallel = True
     supports_quantization = True
@@ -218,7 +234,8 @@ class LlamaForCausalLM(nn.Module):
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
         """The family's switches for this config (a subclass overrides it: Gemma, Granite)."""
-        return LlamaVariant(qkv_bias=cls.qkv_bias or getattr(hf_config, "attention_bias", False), qk_norm=cls.qk_norm)
+        return LlamaVariant(qkv_bias=cls.qkv_bias or getattr(hf_config, "attention_bias", False), qk_norm=cls.qk_norm,
+                            moe=cls.moe)
 
     def __init__(self, hf_config, engine_config):
         super().__init__()
@@ -259,7 +276,10 @@ class LlamaForCausalLM(nn.Module):
         if getattr(self.config, "tie_word_embeddings", False):
             skip += ("lm_head.weight",)
         rename = {"model.embed_tokens.": "lm_head."} if getattr(self, "_head_from_embedding", False) else None
-        return load_packed_weights(self, weights, self.packed_modules_mapping, skip=skip, rename=rename)
+        experts: set[str] = set()
+        if self.moe:          # each expert's tensors into the stacked expert parameters (model/layers/moe.py)
+            weights = load_expert_tensors(self, weights, experts)
+        return load_packed_weights(self, weights, self.packed_modules_mapping, skip=skip, rename=rename) | experts
 
     def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
         """Checkpoint name prefixes this pipeline stage never reads (the loader does not even read them)."""

@@ -72,6 +72,10 @@ def check_all_loaded(model: nn.Module, loaded: set[str]) -> None:
     if missing:
         raise ValueError(f"Checkpoint is missing weights for: {', '.join(missing[:8])}"
                          + (" ..." if len(missing) > 8 else ""))
+    for name, module in model.named_modules():     # parameters filled in parts (a MoE layer's experts)
+        check = getattr(module, "check_loaded", None)
+        if check is not None:
+            check(name)
 
 
 def _is_quantized(model: nn.Module, name: str) -> bool:

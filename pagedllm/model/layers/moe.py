@@ -1,0 +1,138 @@
+"""Mixture-of-experts MLP blocks (Qwen2-MoE, Qwen3-MoE, Mixtral): a router picks ``top_k`` of ``num_experts`` SiLU-
+gated experts per token; their outputs, weighted by the router's probabilities, are summed (plus, for Qwen2-MoE, a
+shared expert scaled by a sigmoid gate).
+
+The experts run as HF transformers runs them, one expert at a time over the tokens routed to it (in ascending
+expert order, so fp32 results are HF's bit for bit), which picks the experts on the host: a model with these blocks
+runs without CUDA graphs (config.cuda_graphs_off). Tensor parallel: each rank holds its slice of every expert's
+intermediate dimension (as the dense MLP's), and the experts' sum is all-reduced once.
+
+Checkpoints name each expert's tensors (``...mlp.experts.{e}.gate_proj.weight``, Mixtral's ``block_sparse_moe.experts.
+{e}.w1/w3/w2``); ``load_expert_tensors`` routes them into the stacked ``w13`` ``[E, 2 * I, H]`` and ``w2``
+``[E, H, I]``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.config import num_experts
+from pagedllm.distributed import get_tp_rank, get_tp_size, tp_all_reduce
+
+_EXPERT_TENSOR = re.compile(r"(.+\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight")
+_PART = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
+
+
+def is_sparse_layer(hf_config, layer_idx: int) -> bool:
+    """Whether decoder layer ``layer_idx`` has a MoE block (Qwen's ``mlp_only_layers`` / ``decoder_sparse_step``
+    keep some dense; Mixtral's are all sparse)."""
+    if num_experts(hf_config) == 0 or layer_idx in (getattr(hf_config, "mlp_only_layers", None) or ()):
+        return False
+    step = getattr(hf_config, "decoder_sparse_step", None) or 1
+    return (layer_idx + 1) % step == 0
+
+
+class MoEExperts(nn.Module):
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.tp_size, self.tp_rank = get_tp_size(), get_tp_rank()
+        if intermediate_size % self.tp_size:
+            raise ValueError(f"The experts' intermediate size {intermediate_size} does not split over "
+                             f"tensor_parallel_size={self.tp_size}.")
+        self.num_experts, self.shard = num_experts, intermediate_size // self.tp_size
+        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * self.shard, hidden_size), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, self.shard), requires_grad=False)
+        self._parts: set[tuple[int, str]] = set()      # (expert, part) loaded from the checkpoint
+
+    def load(self, expert: int, part: str, tensor: torch.Tensor) -> None:
+        """One expert's gate / up ``[I, H]`` or down ``[H, I]`` checkpoint tensor: this rank's slice."""
+        if not 0 <= expert < self.num_experts:
+            raise ValueError(f"Checkpoint expert {expert} is out of range ({self.num_experts} experts).")
+        lo, hi = self.tp_rank * self.shard, (self.tp_rank + 1) * self.shard
+        with torch.no_grad():
+            if part == "down":
+                self.w2.data[expert].copy_(tensor[:, lo:hi])
+            else:
+                row = 0 if part == "gate" else self.shard
+                self.w13.data[expert, row:row + self.shard].copy_(tensor[lo:hi])
+        self._parts.add((expert, part))
+
+    def check_loaded(self, name: str) -> None:
+        """A checkpoint must give every expert its three tensors (random experts would give garbage silently)."""
+        missing = [(e, p) for e in range(self.num_experts) for p in ("gate", "up", "down") if (e, p) not in self._parts]
+        if missing:
+            raise ValueError(f"Checkpoint is missing expert weights for {name}: "
+                             + ", ".join(f"expert {e} {p}" for e, p in missing[:8]) + (" ..." if len(missing) > 8
+                                                                                        else ""))
+
+    def forward(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[T, H]``; ``top_ids`` / ``top_weights`` ``[T, k]``: this rank's part of the weighted sum."""
+        out = torch.zeros_like(x)
+        for e in top_ids.unique().tolist():          # ascending, as HF visits them
+            tokens, slots = (top_ids == e).nonzero(as_tuple=True)
+            gate, up = F.linear(x[tokens], self.w13[e]).chunk(2, dim=-1)
+            h = F.linear(F.silu(gate) * up, self.w2[e]) * top_weights[tokens, slots, None]
+            out.index_add_(0, tokens, h.to(out.dtype))
+        return out
+
+
+class SparseMoeBlock(nn.Module):
+    """Router + experts (+ Qwen2-MoE's shared expert), in HF's order of operations. ``renormalize``: the top-k
+    probabilities divided by their sum (Mixtral always; Qwen's ``norm_topk_prob``); ``weights_in_model_dtype``:
+    Qwen casts them to the logits' dtype before the products, Mixtral keeps them fp32."""
+
+    def __init__(self, hf_config, shared_expert: nn.Module | None = None, weights_in_model_dtype: bool = True):
+        super().__init__()
+        n = num_experts(hf_config)
+        self.top_k = hf_config.num_experts_per_tok
+        self.renormalize = bool(getattr(hf_config, "norm_topk_prob", True))
+        self.weights_in_model_dtype = weights_in_model_dtype
+        intermediate = getattr(hf_config, "moe_intermediate_size", None) or hf_config.intermediate_size
+        self.gate = nn.Linear(hf_config.hidden_size, n, bias=False)       # the router, replicated
+        self.gate.weight.requires_grad_(False)
+        self.experts = MoEExperts(n, hf_config.hidden_size, intermediate)
+        self.shared_expert = shared_expert
+        if shared_expert is not None:
+            self.shared_expert_gate = nn.Linear(hf_config.hidden_size, 1, bias=False)
+            self.shared_expert_gate.weight.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = F.linear(x, self.gate.weight)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        top_weights, top_ids = torch.topk(probs, self.top_k, dim=-1)
+        if self.renormalize:
+            top_weights /= top_weights.sum(dim=-1, keepdim=True)
+        if self.weights_in_model_dtype:
+            top_weights = top_weights.to(logits.dtype)
+        out = self.experts(x, top_ids, top_weights)
+        if self.experts.tp_size > 1:
+            out = tp_all_reduce(out)
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(F.linear(x, self.shared_expert_gate.weight)) * self.shared_expert(x)
+        return out
+
+
+def load_expert_tensors(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
+                        loaded: set[str]) -> Iterable[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors, the experts' loaded into their ``MoEExperts`` on the way (their stacked parameters'
+    names added to ``loaded``); Mixtral's ``block_sparse_moe`` names read as ``mlp``. Experts of layers another
+    pipeline stage holds are skipped."""
+    for name, tensor in weights:
+        name = name.replace(".block_sparse_moe.", ".mlp.")
+        match = _EXPERT_TENSOR.fullmatch(name)
+        if match is None:
+            yield name, tensor
+            continue
+        prefix, expert, part = match.groups()
+        try:
+            experts = model.get_submodule(f"{prefix}.experts")
+        except AttributeError:
+            continue                       # a layer of another pipeline stage
+        if not isinstance(experts, MoEExperts):
+            continue
+        experts.load(int(expert), _PART[part], tensor)
+        loaded.update((f"{prefix}.experts.w13", f"{prefix}.experts.w2"))

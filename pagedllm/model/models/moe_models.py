@@ -1,0 +1,25 @@
+"""Mixture-of-experts decoders on the Llama decoder (model/layers/moe.py has the blocks): Qwen2-MoE (Qwen1.5-MoE,
+Qwen2-57B-A14B: QKV bias, a shared expert), Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B: per-head Q/K norms) and Mixtral
+(8x7B, 8x22B). No CUDA graphs, LoRA or quantized checkpoints for them yet."""
+from __future__ import annotations
+
+from pagedllm.model.models.llama import LlamaForCausalLM
+
+
+class _MoE(LlamaForCausalLM):
+    supports_lora = False
+    supports_quantization = False
+
+
+class Qwen2MoeForCausalLM(_MoE):
+    qkv_bias = True
+    moe = "qwen"
+
+
+class Qwen3MoeForCausalLM(_MoE):
+    qk_norm = True
+    moe = "qwen"
+
+
+class MixtralForCausalLM(_MoE):
+    moe = "mixtral"
