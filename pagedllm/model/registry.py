@@ -17,6 +17,7 @@ _MODELS = {
     "Gemma2ForCausalLM": ("gemma2", "Gemma2ForCausalLM"),
     "Gemma3ForCausalLM": ("gemma3", "Gemma3ForCausalLM"),
     "GraniteForCausalLM": ("granite", "GraniteForCausalLM"),
+    "Olmo2ForCausalLM": ("olmo2", "Olmo2ForCausalLM"),
     "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM"),
     # ChatGLM2/3 and GLM-4: their config.json names "ChatGLMModel", the remote code's LM class is
     # ChatGLMForConditionalGeneration; both are the same checkpoint layout (with its output_layer).

@@ -52,6 +52,8 @@ ARCHS = {
                                                     moe_intermediate_size=32, norm_topk_prob=True, head_dim=32,
                                                     mlp_only_layers=[1]), 0),
     "mixtral": (transformers.MixtralConfig, dict(_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2), 0),
+    # OLMo 2: norms after each branch, Q/K norms over the whole projection.
+    "olmo2": (transformers.Olmo2Config, dict(_LLAMA_LIKE), 0),
     # Granite 3's multipliers (embeddings, residual branches, attention scale, logits), at other values.
     "granite": (transformers.GraniteConfig, dict(_LLAMA_LIKE, embedding_multiplier=3.0, residual_multiplier=0.5,
                                                  attention_multiplier=0.2, logits_scaling=2.0), 0),

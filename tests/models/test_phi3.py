@@ -1,5 +1,6 @@
 """Phi-3 beyond the greedy parity of test_models_vs_hf.py: LongRoPE's max_model_len cap (and the error for a longer
-one asked for), the fused tensors of a pre-quantized checkpoint refused by name, LoRA refused for the architecture."""
+one asked for), the fused tensors of a pre-quantized checkpoint refused by name, LoRA refused for the architecture;
+and OLMo 2's refusal of tensor parallel."""
 from __future__ import annotations
 
 import logging
@@ -51,3 +52,12 @@ def test_prequantized_fused_tensors_and_lora_are_refused(tmp_path):
         llm.collective_rpc(load_a_quantized_qkv)
     with pytest.raises(ValueError, match="Phi3ForCausalLM"):
         _llm(str(tmp_path), enable_lora=True)
+
+
+def test_olmo2_refuses_tensor_parallel(tmp_path):
+    """OLMo 2's Q / K norms run over all heads: split over ranks they would not be the model's."""
+    cfg = transformers.Olmo2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    transformers.Olmo2ForCausalLM(cfg).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="tensor_parallel_size > 1 is not supported yet for Olmo2ForCausalLM"):
+        LLM(str(tmp_path), skip_tokenizer_init=True, tensor_parallel_size=2, kv_cache_memory_gb=0.01)

@@ -47,6 +47,10 @@ class LlamaVariant:
     # Mixture-of-experts MLPs in the sparse layers (model/layers/moe.py): "qwen" (Qwen2-MoE / Qwen3-MoE: router
     # weights in the model dtype, Qwen2-MoE's shared expert) or "mixtral" (fp32 router weights); None: dense.
     moe: str | None = None
+    # OLMo 2: norms after each branch and none before it (post_attention_ / post_feedforward_layernorm), and the
+    # Q / K norms over the whole projection (all heads), not per head.
+    post_norms: bool = False
+    qk_norm_whole: bool = False
 
 
 class OffsetRMSNorm(RMSNorm):
@@ -96,9 +100,11 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.rotary = rotary
         if variant.qk_norm:
-            self.q_norm = _rms_norm(self.head_dim, cfg.rms_norm_eps, variant)
-            self.k_norm = _rms_norm(self.head_dim, cfg.rms_norm_eps, variant)
-        self.qk_norm = variant.qk_norm
+            q_width = total_heads * self.head_dim if variant.qk_norm_whole else self.head_dim
+            k_width = total_kv_heads * self.head_dim if variant.qk_norm_whole else self.head_dim
+            self.q_norm = _rms_norm(q_width, cfg.rms_norm_eps, variant)
+            self.k_norm = _rms_norm(k_width, cfg.rms_norm_eps, variant)
+        self.qk_norm, self.qk_norm_whole = variant.qk_norm, variant.qk_norm_whole
         scale = self.head_dim ** -0.5 if variant.attention_scale is None else variant.attention_scale
         self.attn = Attention(self.num_heads, self.head_dim, scale, self.num_kv_heads, layer_idx,
                               soft_cap=variant.attn_soft_cap, sliding_window=window)
@@ -107,9 +113,11 @@ class LlamaAttention(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         qkv = self.qkv_proj(hidden, batch.lora_mask)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm_whole:        # OLMo 2: over all heads (one rank holds them all: no tensor parallel)
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
+        if self.qk_norm and not self.qk_norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
         return self.o_proj(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions), batch.lora_mask)
 
@@ -144,16 +152,23 @@ class LlamaDecoderLayer(nn.Module):
         self.self_attn = LlamaAttention(cfg, layer_idx, rotary, variant, quant_config, f"{prefix}.self_attn",
                                         window)
         self.mlp = _mlp(cfg, layer_idx, variant, quant_config, f"{prefix}.mlp")
-        self.input_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
+        self.post_norms = variant.post_norms
+        if not self.post_norms:
+            self.input_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         self.post_attention_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         self.sandwich = variant.sandwich_norms
-        if self.sandwich:
-            self.pre_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
+        if self.sandwich or self.post_norms:
+            if self.sandwich:
+                self.pre_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
             self.post_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         # The residual adds run inside the next norm (fused): a branch's output is scaled before it gets there.
         self.residual_multiplier = variant.residual_multiplier
 
     def forward(self, positions, hidden, residual, batch):
+        if self.post_norms:     # OLMo 2: x + norm(attn(x)), then + norm(mlp(.)), the last add in the next layer
+            x = hidden if residual is None else hidden + residual
+            y = x + self.post_attention_layernorm(self.self_attn(positions, x, batch))
+            return self.post_feedforward_layernorm(self.mlp(y, batch.lora_mask)), y
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
