@@ -252,7 +252,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "data_parallel_hybrid_lb", "data_parallel_external_lb", "data_parallel_backend", "enable_dbo",
     "dbo_decode_token_threshold", "dbo_prefill_token_threshold", "disable_nccl_for_dp_synchronization",
     "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
-    "eplb_log_balancedness", "max_parallel_loading_workers", "disable_cascade_attn",
+    "eplb_log_balancedness", "max_parallel_loading_workers",
     "max_long_partial_prefills", "aggregate_engine_logging", "code_revision", "rope_scaling",
     "rope_theta", "max_seq_len_to_capture", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
@@ -322,6 +322,9 @@ class EngineArgs:
     # model/layers/sampler.py). Prompt logprobs are raw logprobs in every mode, as vLLM's.
     logprobs_mode: str = "raw_logprobs"
     enforce_eager: bool = False
+    # vLLM's: turn off cascade attention (its kernel for a prefix shared by a whole batch). pagedllm has no cascade
+    # attention, so its attention is always what vLLM's is with this set: both values are honoured as they stand.
+    disable_cascade_attn: bool = False
     # vLLM's: a model with sliding-window attention runs with full attention instead, max_model_len capped at the
     # window (where the two are the same; _sliding_window_len). Without it the windowed layers attend through their
     # window (layer_sliding_windows; both built-in attention backends).
@@ -512,6 +515,9 @@ class EngineArgs:
                        help="What logprobs hold: of the raw model output or of the distribution the token is drawn "
                             "from (after penalties, temperature, top-k/top-p), as log-probabilities or logits.")
         g.add_argument("--enforce-eager", action="store_true", help="Disable CUDA graphs.")
+        g.add_argument("--disable-cascade-attn", action="store_true",
+                       help="vLLM's switch for its shared-prefix cascade attention; pagedllm has none (always as if "
+                            "set).")
         g.add_argument("--disable-sliding-window", action="store_true",
                        help="A sliding-window model (Mistral v0.1, Gemma 2, Qwen2 with use_sliding_window) runs "
                             "with full attention, max_model_len capped at its window (vLLM's flag); without it the "

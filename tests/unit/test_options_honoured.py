@@ -133,6 +133,9 @@ ENGINE_FIELDS: dict[str, list] = {
     "logprobs_mode": [Read(("worker/model_runner.py",), "Sampler(config.args.logprobs_mode)"),
                       Rejects("logits", "logprobs_mode must be one of raw_logprobs, raw_logits")],
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
+    # No cascade attention exists here: accepted either way (an error before), kept in the arguments.
+    "disable_cascade_attn": [Behaves(lambda mp: build(mp, disable_cascade_attn=True).args.disable_cascade_attn
+                                     or _fail())],
     # tests/unit/test_sleep_mode.py: sleep() without it is an error, with it the memory is given back.
     "enable_sleep_mode": [Read(("engine/",), "args.enable_sleep_mode")],
     # An RLHF weight update through collective_rpc, tokens equal HF's after it: tests/unit/test_worker_extension.py.
