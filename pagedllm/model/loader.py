@@ -251,6 +251,26 @@ def classifier_from_lm_head(hf_config, tokenizer_path: str, args: "EngineArgs") 
         hf_config.use_pad_token = False      # an LLM as reranker: query and document joined without a separator
 
 
+# Image-text checkpoints whose text part pagedllm serves (text in, text out): the architecture that loads it.
+TEXT_PART_ARCHITECTURES = {"Gemma3ForConditionalGeneration": "Gemma3ForConditionalGeneration"}
+
+
+def _text_part(hf_config):
+    """For an image-text checkpoint (Gemma 3 4B / 12B / 27B), its ``text_config`` under the architecture that loads
+    the language model alone: the engine then sees a text model everywhere (heads, layers, windows, vocabulary).
+    Images are not supported; a prompt with image parts is refused where chat content is read."""
+    archs = getattr(hf_config, "architectures", None) or []
+    arch = next((a for a in archs if a in TEXT_PART_ARCHITECTURES), None)
+    text = getattr(hf_config, "text_config", None)
+    if arch is None or text is None:
+        return hf_config
+    logger.info("%s: serving its language model (text in, text out); its vision tower is not loaded.", arch)
+    text.architectures = [TEXT_PART_ARCHITECTURES[arch]]
+    if getattr(hf_config, "tie_word_embeddings", None) is not None:
+        text.tie_word_embeddings = hf_config.tie_word_embeddings
+    return text
+
+
 def resolve_model(args: "EngineArgs") -> ResolvedModel:
     from pagedllm.model import gguf_loader
     from pagedllm.model.hf_configs import load_hf_config
@@ -281,7 +301,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         model_dir = _download(model, args)
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         raise ValueError(f"No config.json in {model_dir!r} (model {model!r}).")
-    hf_config = load_hf_config(model_dir, trust_remote_code=args.trust_remote_code)
+    hf_config = _text_part(load_hf_config(model_dir, trust_remote_code=args.trust_remote_code))
     if callable(args.hf_overrides):       # vLLM's other form: a function of the config that returns it
         hf_config = args.hf_overrides(hf_config)
     elif args.hf_overrides:
