@@ -1687,10 +1687,20 @@ def _derived_max_model_len(hf_config) -> tuple[int, str]:
     return 2048, "no context length in model's config.json: 2048"
 
 
+def rope_parameters(hf_config, layer_type: str | None = None) -> dict:
+    """The config's rotary parameters (transformers 5's ``rope_parameters``, or the older ``rope_scaling``); for a
+    model whose layer types rotate differently (Gemma 3: ``{"sliding_attention": {...}, "full_attention": {...}}``),
+    those of ``layer_type``."""
+    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    if isinstance(params, dict) and layer_type is not None and isinstance(params.get(layer_type), dict):
+        return params[layer_type]
+    return params
+
+
 def _rope_scaled_len(hf_config, length: int, source: str) -> tuple[int, str]:
     """A rope scaling's factor stretches the context (vLLM's rule: yarn from its original_max_position_embeddings;
     llama3 and longrope models state their scaled length in max_position_embeddings already)."""
-    rope = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None)
+    rope = rope_parameters(hf_config)
     rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
     factor = rope.get("factor") if isinstance(rope, dict) else None
     if rope_type in (None, "default", "su", "longrope", "llama3", "mrope") or not factor:
@@ -1734,9 +1744,9 @@ def _sliding_window_len(args: EngineArgs, hf_config, max_model_len: int) -> int:
     """``disable_sliding_window`` (vLLM's): the model's windowed layers attend to the whole context instead, which
     equals the model only up to the window, so max_model_len is capped there (logged; a longer one asked for is an
     error). Without it the layers attend through their window (layer_sliding_windows) and nothing is capped."""
-    window = sliding_window(hf_config)
     if not args.disable_sliding_window:
         return max_model_len
+    window = sliding_window(hf_config)
     return _capped_len(
         args, max_model_len, window,
         f"is longer than this model's sliding attention window (sliding_window={window} in its config.json), and "
@@ -1766,7 +1776,7 @@ def _longrope_len(args: EngineArgs, hf_config, max_model_len: int) -> int:
     depends on the sequence's length, not the position's. pagedllm's rotary table is per position and uses the short
     factors: equal to the model up to that length. So max_model_len is capped there (logged), and a longer one asked
     for explicitly is an error."""
-    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    params = rope_parameters(hf_config)
     if not isinstance(params, dict) or params.get("rope_type", params.get("type")) != "longrope":
         return max_model_len
     original = params.get("original_max_position_embeddings") or getattr(hf_config,

@@ -164,16 +164,14 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
         s = tl.where(pos[None, :] <= q_pos[:, None], s, float("-inf"))
     elif BOUNDED:
         s = tl.where(kv_ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
     if WINDOW > 0:
         s = tl.where(pos[None, :] > q_pos[:, None] - WINDOW, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_ref = m_new
+    if WINDOW > 0:          # a row with no key of its window yet: exponentials from 0, not -inf - -inf
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_ref)
-        p = tl.exp2(s - m_ref[:, None])
-    else:
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_ref)
+    p = tl.exp2(s - m_ref[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if BOUNDED:
         v = tl.load(V + v_off, mask=kv_ok[:, None] & d_mask[None, :], other=0.0)

@@ -251,8 +251,9 @@ def classifier_from_lm_head(hf_config, tokenizer_path: str, args: "EngineArgs") 
         hf_config.use_pad_token = False      # an LLM as reranker: query and document joined without a separator
 
 
-# Image-text checkpoints whose text part pagedllm serves (text in, text out): the architecture that loads it.
-TEXT_PART_ARCHITECTURES = {"Gemma3ForConditionalGeneration": "Gemma3ForConditionalGeneration"}
+# Image-text checkpoints whose text part pagedllm serves (text in, text out), each its own model class that loads
+# only the language model's tensors (registry).
+TEXT_PART_ARCHITECTURES = frozenset({"Gemma3ForConditionalGeneration"})
 
 
 def _text_part(hf_config):
@@ -265,7 +266,7 @@ def _text_part(hf_config):
     if arch is None or text is None:
         return hf_config
     logger.info("%s: serving its language model (text in, text out); its vision tower is not loaded.", arch)
-    text.architectures = [TEXT_PART_ARCHITECTURES[arch]]
+    text.architectures = [arch]
     if getattr(hf_config, "tie_word_embeddings", None) is not None:
         text.tie_word_embeddings = hf_config.tie_word_embeddings
     return text

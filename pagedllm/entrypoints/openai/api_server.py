@@ -302,9 +302,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         else:
             types = invocation_types
         first_error = None      # of a type whose own key the body has: that request's field errors, not "no handler"
-        for request_type, endpoint in types:
-            if not isinstance(body, dict):
-                break
+        for request_type, endpoint in types if isinstance(body, dict) else ():
             keys = _INVOCATION_KEYS.get(request_type, ("input", "messages"))
             if not any(k in body for k in keys):
                 continue

@@ -49,8 +49,13 @@ _PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "max_tokens": "max
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
+def _text_format(req: ResponsesRequest) -> Any:
+    """The request's ``text.format`` (``{"type": "text"}`` when it gives none)."""
+    return (req.text or {}).get("format") or {"type": "text"}
+
+
 def _unsupported(req: ResponsesRequest) -> RequestError | None:
-    text_format = (req.text or {}).get("format") or {}
+    text_format = _text_format(req)
     checks = [
         (req.previous_response_id is not None, "previous_response_id",
          "previous_response_id is not supported: this server stores no responses; send the whole conversation "
@@ -82,7 +87,7 @@ def _response_format(req: ResponsesRequest) -> dict[str, Any] | None:
     (``{"type": "json_schema", "name", "schema", "strict", "description"}``), the chat's nest the schema under
     ``json_schema``; ``json_object`` is the same in both; ``text`` (the default) constrains nothing. What
     ``client.responses.parse(..., text_format=Model)`` sends."""
-    fmt = (req.text or {}).get("format") or {"type": "text"}
+    fmt = _text_format(req)
     kind = fmt.get("type", "text")
     if kind == "text":
         return None
@@ -342,7 +347,7 @@ class OpenAIServingResponses:
             "top_p": req.top_p,
             "tool_choice": req.tool_choice,
             "tools": req.tools or [],
-            "text": {"format": (req.text or {}).get("format") or {"type": "text"}},
+            "text": {"format": _text_format(req)},
             "truncation": "disabled",
             "store": False,
             "metadata": req.metadata,

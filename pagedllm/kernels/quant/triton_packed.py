@@ -58,7 +58,7 @@ from pagedllm.kernels.quant import triton_packed_gemv as gemv
 from pagedllm.kernels.quant import triton_packed_wide as wide
 from pagedllm.kernels.quant.packed import PackedWeight, scale_mode
 from pagedllm.kernels.quant.triton_packed_gemv import PackedGemvConfig
-from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig
+from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig, tile_cols
 from pagedllm.kernels.triton_gemv import _workspace
 
 MAX_DECODE_M = 16
@@ -106,18 +106,6 @@ def _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask,
     return s, o
 
 
-@triton.jit
-def _tile_cols(offs_n, N, EVEN_N: tl.constexpr):
-    """A column tile's indices for unmasked loads. ``EVEN_N`` (N a multiple of the tile): the indices themselves,
-    whose contiguity Triton proves, so words load 16 B a thread and the dequantize kernel's stores need no layout
-    conversion through shared memory (sm_90 SASS, session 20: LDG.E.128 instead of 16 scalar LDG.E a thread, 2
-    scalar shared stores instead of 130). Else clamped into the matrix (loads stay unmasked, stores are masked):
-    a clamped index has no contiguity Triton can prove, so the ragged case loads one word at a time."""
-    if EVEN_N:
-        return offs_n
-    return tl.where(offs_n < N, offs_n, 0)
-
-
 # 2**23 as float32 bits: (MAGIC | v) read as float32 is exactly 2**23 + v for any v < 2**23, so a bit-field of a
 # word becomes a float with one integer op and no int->float conversion (a quarter-rate instruction on the GPU).
 MAGIC = tl.constexpr(0x4B000000)
@@ -159,7 +147,7 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = _tile_cols(offs_n, N, EVEN_N)
+    cols = tile_cols(offs_n, N, EVEN_N)
     offs_kp = tl.arange(0, BLOCK_KP)
     kp_start = pid_k * KP_PER_SPLIT
     s_one = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -308,7 +296,7 @@ def _dequantize_kernel(QW, S, O, W, N, KP, GROUP: tl.constexpr, BITS: tl.constex
     HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
     kp0 = tl.program_id(0) * BLOCK_KP
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = _tile_cols(offs_n, N, EVEN_N)
+    cols = tile_cols(offs_n, N, EVEN_N)
     offs_kp = tl.arange(0, BLOCK_KP)
     kmask = (kp0 + offs_kp) < KP
     if EVEN_K:
@@ -356,7 +344,7 @@ def _packed_gemm_kernel(X, QW, S, O, B, Y, M, N, K, KP, stride_xm, stride_ym,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(offs_m, M - 1)           # clamped: x loads unmasked along M; stores masked
-    cols = _tile_cols(offs_n, N, EVEN_N)
+    cols = tile_cols(offs_n, N, EVEN_N)
     offs_k = tl.arange(0, BLOCK_K)
     offs_kp = tl.arange(0, BLOCK_KP)
     shifts = tl.arange(0, PACK) * BITS

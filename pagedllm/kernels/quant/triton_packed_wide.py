@@ -119,6 +119,18 @@ def row_bucket(m: int) -> int:
 
 
 @triton.jit
+def tile_cols(offs_n, N, EVEN_N: tl.constexpr):
+    """A column tile's indices for unmasked loads. ``EVEN_N`` (N a multiple of the tile): the indices themselves,
+    whose contiguity Triton proves, so words load 16 B a thread and the dequantize kernel's stores need no layout
+    conversion through shared memory (sm_90 SASS, session 20: LDG.E.128 instead of 16 scalar LDG.E a thread, 2
+    scalar shared stores instead of 130). Else clamped into the matrix (loads stay unmasked, stores are masked):
+    a clamped index has no contiguity Triton can prove, so the ragged case loads one word at a time."""
+    if EVEN_N:
+        return offs_n
+    return tl.where(offs_n < N, offs_n, 0)
+
+
+@triton.jit
 def _field_float(words, rot, BITS: tl.constexpr, ASM: tl.constexpr):
     """``words`` rotated left by ``rot`` (1..31, broadcast to ``words``' shape), the field at bits
     ``23 - BITS .. 22`` kept and ORed into ``2**23``: the float ``2**23 + q 2**(23 - BITS)``. ``ASM``: one funnel
@@ -160,12 +172,7 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = tl.minimum(offs_m, M - 1)               # rows >= M re-read row M - 1 (cached); never stored
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # EVEN_N: unmasked loads; otherwise columns clamped into the matrix (loads stay unmasked, stores masked). A
-    # clamped index has no contiguity Triton can prove, so the ragged case loads words one at a time.
-    if EVEN_N:
-        cols = offs_n
-    else:
-        cols = tl.where(offs_n < N, offs_n, 0)
+    cols = tile_cols(offs_n, N, EVEN_N)
     if XGATHER:   # dot j's x: columns k0 + kp * PACK + j of x as it is
         offs_k = tl.arange(0, BLOCK_KP) * PACK
     elif KPERM:   # x is loaded BLOCK_KP columns (one dot) at a time, from launch()'s permuted copy

@@ -21,7 +21,7 @@ class Attention(nn.Module):
         self.scale, self.layer_idx = scale, layer_idx
         self.soft_cap, self.sliding_window = soft_cap, sliding_window
         # Passed only when set: a backend without them keeps its interface.
-        self._cap = {k: v for k, v in (("soft_cap", soft_cap), ("window", sliding_window)) if v}
+        self._extras = {k: v for k, v in (("soft_cap", soft_cap), ("window", sliding_window)) if v}
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch,
                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,11 +38,11 @@ class Attention(nn.Module):
             out = batch.attn_breaker.attention(self, q)
         else:
             out = batch.attn_backend.write_kv_and_attend(q, k, v, kv_cache, batch.slot_mapping, batch.attn_metadata,
-                                                         self.scale, rotary, positions, **self._cap)
+                                                         self.scale, rotary, positions, **self._extras)
         return out.reshape(-1, self.num_heads * self.head_dim)
 
     def attend(self, q: torch.Tensor, batch: ForwardBatch, out: torch.Tensor | None = None) -> torch.Tensor:
         """The attention of ``q`` ``[T, Hq, D]`` (rotated; the new K/V already in the cache) over the paged
         context of each request of ``batch``; into ``out`` when given."""
         return batch.attn_backend.attend(q, batch.kv_caches[self.layer_idx], batch.attn_metadata, self.scale,
-                                         out=out, **self._cap)
+                                         out=out, **self._extras)

@@ -101,7 +101,7 @@ class SparseMoeBlock(nn.Module):
             self.shared_expert_gate.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = F.linear(x, self.gate.weight)
+        logits = self.gate(x)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         top_weights, top_ids = torch.topk(probs, self.top_k, dim=-1)
         if self.renormalize:
@@ -112,7 +112,7 @@ class SparseMoeBlock(nn.Module):
         if self.experts.tp_size > 1:
             out = tp_all_reduce(out)
         if self.shared_expert is not None:
-            out = out + torch.sigmoid(F.linear(x, self.shared_expert_gate.weight)) * self.shared_expert(x)
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return out
 
 

@@ -8,15 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def rope_parameters(hf_config, layer_type: str | None = None) -> dict:
-    """The config's rotary parameters (transformers 5's ``rope_parameters``, or the older ``rope_scaling``); for a
-    model whose layer types rotate differently (Gemma 3: ``{"sliding_attention": {...}, "full_attention": {...}}``),
-    those of ``layer_type``."""
-    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
-    if isinstance(params, dict) and layer_type is not None and isinstance(params.get(layer_type), dict):
-        return params[layer_type]
-    return params
+from pagedllm.config import rope_parameters
 
 
 def rope_layer_types(hf_config) -> list[str] | None:

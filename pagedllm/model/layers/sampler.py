@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from pagedllm.sampling_params import LOGPROBS_MODES, SamplingParams
+from pagedllm.sampling_params import SamplingParams
 
 
 class SamplingRow(Protocol):
@@ -91,8 +91,7 @@ def _token_counts(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
 
 class Sampler:
     def __init__(self, logprobs_mode: str = "raw_logprobs"):
-        if logprobs_mode not in LOGPROBS_MODES:
-            raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {logprobs_mode!r}.")
+        """``logprobs_mode``: one of sampling_params.LOGPROBS_MODES (verify_engine_args checks the setting)."""
         self.logprobs_mode = logprobs_mode
 
     def __call__(self, logits: torch.Tensor, requests: list[SamplingRow]) -> SamplerOutput:

@@ -13,15 +13,16 @@ import torch
 
 from pagedllm.model.models.opt import OPTForCausalLM
 
-# GPT-2 checkpoint names (with or without the "transformer." prefix) -> the OPT decoder's.
+# GPT-2 checkpoint names (with or without the "transformer." prefix) -> the OPT decoder's, and whether the tensor is
+# a Conv1D weight (stored [in, out]: transposed to Linear's [out, in]; Conv1D biases and the rest as they are).
 _RENAMES = [
-    (r"wte\.", "model.decoder.embed_tokens."), (r"wpe\.", "model.decoder.embed_positions."),
-    (r"ln_f\.", "model.decoder.final_layer_norm."),
-    (r"h\.(\d+)\.ln_1\.", r"model.decoder.layers.\1.self_attn_layer_norm."),
-    (r"h\.(\d+)\.ln_2\.", r"model.decoder.layers.\1.final_layer_norm."),
-    (r"h\.(\d+)\.attn\.c_proj\.", r"model.decoder.layers.\1.self_attn.out_proj."),
-    (r"h\.(\d+)\.mlp\.c_fc\.", r"model.decoder.layers.\1.fc1."),
-    (r"h\.(\d+)\.mlp\.c_proj\.", r"model.decoder.layers.\1.fc2."),
+    (r"wte\.", "model.decoder.embed_tokens.", False), (r"wpe\.", "model.decoder.embed_positions.", False),
+    (r"ln_f\.", "model.decoder.final_layer_norm.", False),
+    (r"h\.(\d+)\.ln_1\.", r"model.decoder.layers.\1.self_attn_layer_norm.", False),
+    (r"h\.(\d+)\.ln_2\.", r"model.decoder.layers.\1.final_layer_norm.", False),
+    (r"h\.(\d+)\.attn\.c_proj\.", r"model.decoder.layers.\1.self_attn.out_proj.", True),
+    (r"h\.(\d+)\.mlp\.c_fc\.", r"model.decoder.layers.\1.fc1.", True),
+    (r"h\.(\d+)\.mlp\.c_proj\.", r"model.decoder.layers.\1.fc2.", True),
 ]
 _C_ATTN = re.compile(r"h\.(\d+)\.attn\.c_attn\.(weight|bias)")
 
@@ -65,13 +66,10 @@ class GPT2ForCausalLM(OPTForCausalLM):
                 for part, piece in zip("qkv", fused.split(hidden, dim=0)):
                     yield f"model.decoder.layers.{layer}.self_attn.{part}_proj.{kind}", piece
                 continue
-            for pattern, new in _RENAMES:
+            for pattern, new, conv1d in _RENAMES:
                 renamed, n = re.subn(f"^{pattern}", new, name)
                 if n:
-                    # Conv1D weights [in, out] -> Linear's [out, in]
-                    is_conv = renamed.endswith(".weight") and (".out_proj." in renamed or ".fc1." in renamed
-                                                                or ".fc2." in renamed)
-                    yield renamed, (tensor.t() if is_conv else tensor)
+                    yield renamed, (tensor.t() if conv1d and renamed.endswith(".weight") else tensor)
                     break
             else:
                 yield name, tensor              # unknown: the loader names it

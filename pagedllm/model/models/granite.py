@@ -4,14 +4,15 @@ attention scores times ``attention_multiplier`` (instead of ``head_dim ** -0.5``
 ``logits_scaling``."""
 from __future__ import annotations
 
+import dataclasses
+
 from pagedllm.model.models.llama import LlamaForCausalLM, LlamaVariant
 
 
 class GraniteForCausalLM(LlamaForCausalLM):
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
-        return LlamaVariant(qkv_bias=getattr(hf_config, "attention_bias", False),
-                            embed_scale=hf_config.embedding_multiplier,
-                            residual_multiplier=hf_config.residual_multiplier,
-                            attention_scale=hf_config.attention_multiplier,
-                            logits_divisor=hf_config.logits_scaling)
+        return dataclasses.replace(super().variant(hf_config), embed_scale=hf_config.embedding_multiplier,
+                                   residual_multiplier=hf_config.residual_multiplier,
+                                   attention_scale=hf_config.attention_multiplier,
+                                   logits_divisor=hf_config.logits_scaling)

@@ -1,8 +1,12 @@
-"""Llama-family decoder (Llama 2/3, Mistral, SmolLM2), and the base of Qwen2 / Qwen3, Gemma and Granite.
+"""Llama-family decoder (Llama 2/3, Mistral, SmolLM2), and the base of Qwen2 / Qwen3 (and their MoE), Mixtral,
+Gemma 1 / 2 / 3, Granite, OLMo 2 and Phi-3.
 
-The families differ only in the switches of ``LlamaVariant``: bias on the QKV projection (Qwen2), a per-head RMSNorm
-on Q and K before the rotary embedding (Qwen3), GELU-tanh gating, RMSNorm weights stored as ``w - 1`` and scaled
-token embeddings (Gemma), and the multipliers of Granite (embeddings, residual branches, attention scale, logits).
+The families differ only in the switches of ``LlamaVariant``: bias on the QKV projection (Qwen2), RMSNorms on Q and
+K before the rotary embedding (Qwen3, Gemma 3; over the whole projection for OLMo 2), GELU-tanh gating, RMSNorm
+weights stored as ``w - 1`` and scaled token embeddings (Gemma), norms around both branches and soft caps (Gemma 2),
+norms after each branch only (OLMo 2), the multipliers of Granite, and mixture-of-experts MLPs (model/layers/moe.py).
+Each layer's sliding window and rotary table come from the config (config.layer_sliding_windows,
+rotary.rope_layer_types).
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.activation import GeluTanhAndMul, SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedllm.model.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear,
+                                          default_weight_loader)
 from pagedllm.model.layers.moe import SparseMoeBlock, is_sparse_layer, load_expert_tensors
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
@@ -64,10 +69,7 @@ class OffsetRMSNorm(RMSNorm):
         self.weight.weight_loader = self._load
 
     def _load(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
-        if param.shape != loaded.shape:
-            raise ValueError(f"Weight shape mismatch: parameter {tuple(param.shape)} vs checkpoint "
-                             f"{tuple(loaded.shape)}")
-        param.data.copy_(loaded.float() + self.offset)
+        default_weight_loader(param, loaded.float() + self.offset)
 
 
 def _mlp(cfg, layer_idx: int, variant: LlamaVariant, quant_config, prefix: str) -> nn.Module:
@@ -157,9 +159,9 @@ class LlamaDecoderLayer(nn.Module):
             self.input_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         self.post_attention_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         self.sandwich = variant.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         if self.sandwich or self.post_norms:
-            if self.sandwich:
-                self.pre_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
             self.post_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         # The residual adds run inside the next norm (fused): a branch's output is scaled before it gets there.
         self.residual_multiplier = variant.residual_multiplier

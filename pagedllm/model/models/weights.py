@@ -68,7 +68,7 @@ def check_all_loaded(model: nn.Module, loaded: set[str]) -> None:
     params = dict(model.named_parameters())
     # tied weights are one Parameter under two names
     missing = [n for n, p in params.items() if n not in loaded and not getattr(p, "optional_weight", False)
-               and not any(p is params[m] for m in loaded if m in params)]
+               and not any(p is params[m] for m in loaded)]
     if missing:
         raise ValueError(f"Checkpoint is missing weights for: {', '.join(missing[:8])}"
                          + (" ..." if len(missing) > 8 else ""))
