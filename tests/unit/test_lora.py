@@ -411,3 +411,31 @@ def test_chat_completion_with_an_adapter(tiny_llama_dir, tmp_path):
     prompt_ids = replies[0].json()["prompt_token_ids"]
     assert [r.json()["choices"][0]["token_ids"] for r in replies] == [
         merged_tokens(hf, weights, 2.0, [prompt_ids], 5)[0], merged_tokens(hf, {}, 0, [prompt_ids], 5)[0]]
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3", "granite", "olmo2"])
+def test_adapter_on_the_other_llama_shaped_families(tmp_path, arch):
+    """The families on the Llama decoder take LoRA through the same projections: an adapter's greedy tokens equal
+    HF's with the adapter merged (GELU gating, 1 + w norms, sandwich / post norms, multipliers, windows)."""
+    import transformers
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
+                  tie_word_embeddings=False)   # tied, tiny random Gemmas repeat the last token whatever the adapter
+    cfg = {"gemma": lambda: transformers.GemmaConfig(**common, head_dim=16),
+           "gemma2": lambda: transformers.Gemma2Config(**common, head_dim=16, sliding_window=8,
+                                                       attn_logit_softcapping=5.0, final_logit_softcapping=8.0),
+           "gemma3": lambda: transformers.Gemma3TextConfig(**common, head_dim=16, sliding_window=8,
+                                                           layer_types=["sliding_attention", "full_attention"]),
+           "granite": lambda: transformers.GraniteConfig(**common, embedding_multiplier=3.0, residual_multiplier=0.5,
+                                                         attention_multiplier=0.2, logits_scaling=2.0),
+           "olmo2": lambda: transformers.Olmo2Config(**common)}[arch]()
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    hf.save_pretrained(tmp_path / "model")
+    adapter = save_adapter(tmp_path / "lora", hf, rank=8, alpha=16, seed=3)
+    expected = merged_tokens(hf, adapter, 16 / 8, PROMPTS, 6)
+    assert expected != merged_tokens(hf, {}, 0, PROMPTS, 6)             # the adapter changes the tokens
+    llm = make_llm(tmp_path)
+    got = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False,
+                       lora_request=LoRARequest("lora", 1, str(tmp_path / "lora")))
+    assert _tokens(got) == expected
