@@ -44,6 +44,18 @@ def _save_tiny(path, arch: str, num_layers: int = 3) -> None:
             n_embd=64, n_layer=num_layers, n_head=4, vocab_size=VOCAB, n_positions=512,
             initializer_range=0.2)).eval().save_pretrained(path)
         return
+    extra = {"gemma2": {"head_dim": 16, "sliding_window": 8, "attn_logit_softcapping": 5.0},   # sandwich norms
+             "olmo2": {},                                                                        # post norms
+             "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}}.get(arch)
+    if extra is not None:     # the Llama decoder's other families: a stage's layers pass (hidden, residual) alike
+        cfg_cls = {"gemma2": transformers.Gemma2Config, "olmo2": transformers.Olmo2Config,
+                   "qwen3_moe": transformers.Qwen3MoeConfig}[arch]
+        cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512, initializer_range=0.2,
+                      tie_word_embeddings=False, **extra)
+        torch.manual_seed(2)
+        transformers.AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(path)
+        return
     cfg_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                           "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
@@ -94,7 +106,8 @@ def _reference_and_parallel(model: str, tp: int, pp: int, prompts=PROMPTS, outpu
         llm.llm_engine.core.shutdown()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "opt", "opt_untied", "gpt2", "chatglm"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "olmo2", "qwen3_moe", "opt", "opt_untied",
+                                  "gpt2", "chatglm"])
 def test_pp2_greedy_tokens_match_one_process(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     if arch == "opt_untied":     # the last stage loads lm_head.weight itself, not the first stage's embedding
