@@ -16,7 +16,7 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
 from pagedllm.config import (EngineConfig, ProfilerSettings, cuda_graph_sizes, cuda_graphs_off, kv_cache_torch_dtype,
-                             num_experts, profiler_settings, sliding_window)
+                             profiler_settings, sliding_window)
 from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size,
                                   is_first_pp_stage, is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
@@ -356,8 +356,7 @@ class ModelRunner:
         """Capture the decode and piecewise CUDA graphs over the current weights and KV cache (start-up, and again
         after a wake-up: the graphs hold those tensors' addresses). Returns whether any were captured."""
         backend = self.attn_backend
-        if cuda_graphs_off(self.config.args, self.device.type == "cuda", self.config.is_pooling,
-                           num_experts(self.config.hf_config) > 0):
+        if cuda_graphs_off(self.config.args, self.device.type == "cuda", self.config.is_pooling):
             return False
         from pagedllm.worker.cuda_graphs import (CudaGraphRunner, PiecewiseGraphRunner, graph_batch_sizes,
                                                  piecewise_token_sizes)

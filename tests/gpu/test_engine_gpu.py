@@ -257,12 +257,13 @@ def test_bf16_raw_logits_mode_returns_the_models_logits(model_dir, prompts, hf_m
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
 def test_bf16_moe_greedy_agrees_with_hf(arch, prompts, tmp_path):
-    """Mixtures of experts on the GPU (eager: the experts are picked on the host, no CUDA graphs), bf16 with the
-    Triton attention, against HF fp32 on our own sequences (near-ties aside)."""
+    """Mixtures of experts on the GPU: the fused Triton experts (routing on the device) captured in the decode and
+    piecewise CUDA graphs, bf16 with the Triton attention, against HF fp32 on our own sequences (near-ties aside);
+    and with 32 experts of which a batch of 1 uses 2 (most blocks of the grouped launch idle)."""
     from transformers import MixtralConfig, Qwen3MoeConfig
     common = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
                   num_key_value_heads=2, vocab_size=2048, max_position_embeddings=1024, tie_word_embeddings=False)
-    cfg = (Qwen3MoeConfig(**common, head_dim=64, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
+    cfg = (Qwen3MoeConfig(**common, head_dim=64, num_experts=32, num_experts_per_tok=2, moe_intermediate_size=128,
                           norm_topk_prob=True) if arch == "qwen3_moe"
            else MixtralConfig(**common, num_local_experts=8, num_experts_per_tok=2))
     torch.manual_seed(1234)
@@ -270,5 +271,17 @@ def test_bf16_moe_greedy_agrees_with_hf(arch, prompts, tmp_path):
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
     model.save_pretrained(tmp_path)
-    got = _generate(str(tmp_path), prompts, dtype="bfloat16", attention_backend="triton")
-    assert_greedy_under_hf(model.cuda().eval(), prompts, got)
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+              dtype="bfloat16", attention_backend="triton", max_num_batched_tokens=128)
+    runner = llm.llm_engine.runner
+    assert runner.graph_runner is not None and 1 in runner.graph_runner.graphs
+    assert runner.piecewise_runner is not None
+    sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
+    got = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
+                                                           use_tqdm=False)]
+    alone = llm.generate([{"prompt_token_ids": prompts[0]}], sp, use_tqdm=False)[0].outputs[0].token_ids
+    del llm
+    torch.cuda.empty_cache()
+    model = model.cuda().eval()
+    assert_greedy_under_hf(model, prompts, got)
+    assert_greedy_under_hf(model, prompts[:1], [alone])

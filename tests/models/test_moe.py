@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from pagedllm import LLM
-from pagedllm.config import EngineArgs, cuda_graphs_off, num_experts
+from pagedllm.config import num_experts
 
 
 def _save(path) -> str:
@@ -31,12 +31,9 @@ def test_a_missing_expert_is_named(tmp_path):
         LLM(path, skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01)
 
 
-def test_no_cuda_graphs_lora_or_quantization(tmp_path):
+def test_no_lora_or_quantization(tmp_path):
     path = _save(tmp_path)
     assert num_experts(transformers.AutoConfig.from_pretrained(path)) == 4
-    assert cuda_graphs_off(EngineArgs(), True, False, moe=True) == \
-        "a mixture-of-experts model runs eagerly (its experts are picked on the host)"
-    assert cuda_graphs_off(EngineArgs(), True, False) is None
     with pytest.raises(ValueError, match="Qwen3MoeForCausalLM does not support LoRA yet"):
         LLM(path, skip_tokenizer_init=True, enable_lora=True, kv_cache_memory_gb=0.01)
     with pytest.raises(ValueError, match=r"Quantization \(fp8\) is not supported yet for Qwen3MoeForCausalLM"):

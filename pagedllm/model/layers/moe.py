@@ -2,9 +2,10 @@
 gated experts per token; their outputs, weighted by the router's probabilities, are summed (plus, for Qwen2-MoE, a
 shared expert scaled by a sigmoid gate).
 
-The experts run as HF transformers runs them, one expert at a time over the tokens routed to it (in ascending
-expert order, so fp32 results are HF's bit for bit), which picks the experts on the host: a model with these blocks
-runs without CUDA graphs (config.cuda_graphs_off). Tensor parallel: each rank holds its slice of every expert's
+On the CPU the experts run as HF transformers runs them, one expert at a time over the tokens routed to it (in
+ascending expert order, so fp32 results are HF's bit for bit), which picks the experts on the host. On a GPU they run
+as two grouped Triton GEMMs with the routing kept on the device (kernels/triton_moe.py): no host sync, so the step
+is captured in CUDA graphs like a dense model's. Tensor parallel: each rank holds its slice of every expert's
 intermediate dimension (as the dense MLP's), and the experts' sum is all-reduced once.
 
 Checkpoints name each expert's tensors (``...mlp.experts.{e}.gate_proj.weight``, Mixtral's ``block_sparse_moe.experts.
@@ -71,6 +72,13 @@ class MoEExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
         """``x`` ``[T, H]``; ``top_ids`` / ``top_weights`` ``[T, k]``: this rank's part of the weighted sum."""
+        if x.is_cuda:
+            from pagedllm.kernels.triton_moe import fused_moe
+            return fused_moe(x, self.w13, self.w2, top_ids, top_weights)
+        return self.expert_loop(x, top_ids, top_weights)
+
+    def expert_loop(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
+        """HF's loop: one expert at a time over its tokens (the CPU path; the reference for the fused kernels)."""
         out = torch.zeros_like(x)
         for e in top_ids.unique().tolist():          # ascending, as HF visits them
             tokens, slots = (top_ids == e).nonzero(as_tuple=True)

@@ -1,0 +1,23 @@
+#!/bin/bash
+# Session 22. Carry [".whl", ".bench"]. Session 20's next.sh PART=1 split in two calls so each fits 10 minutes:
+# PART=1: every GPU test queued since session 20 (quant kernels + AWQ engine, the whole test_engine_gpu.py with
+# session 21's Gemma / Gemma 2 / Gemma 3 / Granite / Phi-3 / MoE / RLHF update / raw_logits tests, the Triton
+# soft-cap and sliding-window attention tests; session 22's fused MoE kernels), then the fused MoE against the eager
+# expert loop on Qwen3-30B-A3B's shapes (prediction: bs1 decode from ~25-40 ms a token, host-bound, to ~3-4 ms). PART=2: session 20's EVEN_N measurements (next.sh PART=1's tail).
+. benchmarks/gpu_session9/common.sh
+exec > >(tee $OUT/run22_${PART:-1}.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+if [ "${PART:-1}" = 1 ]; then
+PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short \
+  tests/gpu/test_quant_packed_kernels.py tests/gpu/test_quant_awq_engine_gpu.py 2>&1 \
+  | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -15
+PYTHONPATH=$R timeout 270 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short --durations=8 tests/gpu/test_engine_gpu.py 2>&1 \
+  | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -40
+PYTHONPATH=$R timeout 100 python3 -m pytest -q -p no:cacheprovider -n 4 -rfs --tb=short tests/gpu/test_triton_attention.py \
+  tests/gpu/test_triton_moe.py 2>&1 \
+  | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -15
+for v in fused loop; do PYTHONPATH=$R timeout 100 python3 benchmarks/moe_gpu.py $v bs1_128_256 seed004_25x64x128 2>&1 | grep -E "^\{|Error|error" | tail -4; done
+fi
+if [ "${PART:-1}" = 2 ]; then
+SKIP_TESTS=1 PART=1 bash benchmarks/gpu_session20/next.sh
+fi

@@ -1,0 +1,155 @@
+"""Mixture-of-experts MLP on the GPU: every token's ``top_k`` experts in two grouped GEMM launches, no host sync.
+
+The eager form (model/layers/moe.py) runs one expert at a time over the tokens routed to it, which needs the routing
+on the host (a sync per layer) and so rules out CUDA graphs. Here the routing stays on the GPU:
+
+1. ``align_to_experts`` sorts the ``T * top_k`` (token, expert) slots by expert and pads each expert's run to a
+   multiple of ``BLOCK_M`` rows, in torch ops of fixed output size (the padded length is bounded by
+   ``T * top_k + E * (BLOCK_M - 1)``): each block of ``BLOCK_M`` sorted slots belongs to one expert, or to none (a
+   tail block past the last expert's run, whose programs return at once).
+2. ``_moe_gate_up_kernel``: for a block, the rows of ``x`` its slots name times that expert's gate and up rows,
+   ``silu(gate) * up`` in the epilogue, written to the slot's row of ``h [T * top_k, I]``.
+3. ``_moe_down_kernel``: ``h`` rows times the expert's down rows, scaled by the slot's routing weight, written to
+   the slot's row of ``y [T * top_k, H]``; the token's output is the fp32 sum over its ``top_k`` rows.
+
+Each program reads one expert's weight tile once for up to ``BLOCK_M`` tokens; at decode (a few tokens, most experts
+idle) the launch reads only the chosen experts' weights, which is what makes a MoE step cheap.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def align_to_experts(top_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``top_ids [T, k]`` -> ``(sorted_slots [P], block_experts [P // block_m])``: the flat slot indices (``t * k +
+    j``) grouped by expert, each expert's group padded with the sentinel ``T * k`` to a multiple of ``block_m``, and
+    the expert of each block (-1 for a block past the last group). ``P`` depends only on ``T``, ``k``, the expert
+    count and ``block_m`` (CUDA graphs capture it)."""
+    flat = top_ids.reshape(-1)
+    slots = flat.numel()
+    device = flat.device
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device)
+    counts.index_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    padded_end = torch.cumsum(padded, 0)
+    start = torch.cumsum(counts, 0) - counts
+    order = torch.argsort(flat, stable=True)
+    expert_of = flat[order]
+    dest = (padded_end - padded)[expert_of] + torch.arange(slots, device=device) - start[expert_of]
+    length = triton.cdiv(slots + num_experts * (block_m - 1), block_m) * block_m
+    sorted_slots = torch.full((length,), slots, dtype=torch.int32, device=device)
+    sorted_slots[dest] = order.to(torch.int32)
+    block_start = torch.arange(0, length, block_m, device=device)
+    block_experts = torch.searchsorted(padded_end, block_start, right=True)
+    block_experts = torch.where(block_experts < num_experts, block_experts, -1).to(torch.int32)
+    return sorted_slots, block_experts
+
+
+@triton.jit
+def _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M: tl.constexpr):
+    """This program's block: its expert (-1: an idle tail block), its ``BLOCK_M`` slots and which are real."""
+    pid_m = tl.program_id(0)
+    expert = tl.load(BlockExperts + pid_m).to(tl.int64)
+    slots = tl.load(SortedSlots + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+    return expert, slots, slots < num_slots
+
+
+@triton.jit
+def _moe_gate_up_kernel(X, W13, H, SortedSlots, BlockExperts, stride_x, stride_we, stride_wn, stride_h,
+                        num_slots, K: tl.constexpr, I: tl.constexpr, TOP_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
+    if expert < 0:
+        return
+    tokens = tl.where(valid, slots // TOP_K, 0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < I
+    offs_k = tl.arange(0, BLOCK_K)
+    w_base = W13 + expert * stride_we
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K
+        x = tl.load(X + tokens[:, None] * stride_x + k[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & n_ok[None, :]
+        wg = tl.load(w_base + offs_n[None, :].to(tl.int64) * stride_wn + k[:, None], mask=w_mask, other=0.0)
+        wu = tl.load(w_base + (offs_n[None, :] + I).to(tl.int64) * stride_wn + k[:, None], mask=w_mask, other=0.0)
+        acc_g = tl.dot(x, wg, acc_g, input_precision=PRECISION)
+        acc_u = tl.dot(x, wu, acc_u, input_precision=PRECISION)
+    # HF rounds gate and up to the model dtype before silu(gate) * up: the same here, so bf16 stays close to it.
+    g = acc_g.to(H.dtype.element_ty).to(tl.float32)
+    u = acc_u.to(H.dtype.element_ty).to(tl.float32)
+    h = (g / (1.0 + tl.exp(-g))).to(H.dtype.element_ty).to(tl.float32) * u
+    tl.store(H + slots[:, None].to(tl.int64) * stride_h + offs_n[None, :], h.to(H.dtype.element_ty),
+             mask=valid[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _moe_down_kernel(Hin, W2, Y, RouteWeights, SortedSlots, BlockExperts, stride_h, stride_we, stride_wn, stride_y,
+                     num_slots, K: tl.constexpr, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
+    if expert < 0:
+        return
+    safe = tl.where(valid, slots, 0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    w_base = W2 + expert * stride_we
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K
+        h = tl.load(Hin + safe[:, None] * stride_h + k[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_base + offs_n[None, :].to(tl.int64) * stride_wn + k[:, None],
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(h, w, acc, input_precision=PRECISION)
+    # HF: down_proj's output in the model dtype, times the routing weight (in the dtype the block gave it).
+    route = tl.load(RouteWeights + safe, mask=valid, other=0.0).to(tl.float32)
+    y = acc.to(Y.dtype.element_ty).to(tl.float32) * route[:, None]
+    tl.store(Y + safe[:, None] * stride_y + offs_n[None, :], y.to(Y.dtype.element_ty),
+             mask=valid[:, None] & n_ok[None, :])
+
+
+def _tiles(slots: int, num_experts: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps) for ``slots`` routed rows over ``num_experts``: a decode step gives most
+    experts one row or none (16 rows, the smallest tl.dot, wide N tiles to stream the weights); a prefill step gives
+    each expert enough rows for a GEMM-shaped tile."""
+    per_expert = slots / num_experts
+    if per_expert <= 16:
+        return 16, 64, 128, 4
+    if per_expert <= 64:
+        return 32, 128, 64, 4
+    return 64, 128, 64, 8
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: torch.Tensor,
+              top_weights: torch.Tensor) -> torch.Tensor:
+    """``sum_j top_weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` over each token's experts ``e =
+    top_ids[t, j]``; ``x [T, H]``, ``w13 [E, 2I, H]`` (gate rows then up rows), ``w2 [E, H, I]``. Returns ``[T, H]``
+    in ``x``'s dtype (the sum over the ``top_k`` rows in fp32)."""
+    tokens, hidden = x.shape
+    num_experts, two_i, _ = w13.shape
+    inter = two_i // 2
+    top_k = top_ids.shape[1]
+    slots = tokens * top_k
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    block_m, block_n, block_k, warps = _tiles(slots, num_experts)
+    sorted_slots, block_experts = align_to_experts(top_ids, num_experts, block_m)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    h = torch.empty((slots, inter), dtype=x.dtype, device=x.device)
+    grid = (block_experts.numel(), triton.cdiv(inter, block_n))
+    _moe_gate_up_kernel[grid](x, w13, h, sorted_slots, block_experts, x.stride(0), w13.stride(0), w13.stride(1),
+                              h.stride(0), slots, K=hidden, I=inter, TOP_K=top_k, BLOCK_M=block_m,
+                              BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, num_warps=warps)
+    y = torch.empty((slots, hidden), dtype=x.dtype, device=x.device)
+    route = top_weights.reshape(-1).contiguous()
+    grid = (block_experts.numel(), triton.cdiv(hidden, block_n))
+    _moe_down_kernel[grid](h, w2, y, route, sorted_slots, block_experts, h.stride(0), w2.stride(0), w2.stride(1),
+                           y.stride(0), slots, K=inter, N=hidden, BLOCK_M=block_m, BLOCK_N=block_n,
+                           BLOCK_K=block_k, PRECISION=precision, num_warps=warps)
+    return y.view(tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

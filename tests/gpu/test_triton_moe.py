@@ -1,0 +1,76 @@
+"""The fused MoE kernels (``pagedllm.kernels.triton_moe``) against the eager expert loop of model/layers/moe.py.
+
+Runs on a CUDA GPU, or under ``TRITON_INTERPRET=1`` on CPU tensors (see tests/gpu/conftest.py).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRET, reason="needs a CUDA GPU")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Triton 3.6's interpreter mis-converts fp32 -> bf16 (see test_triton_attention.py): fp16 stands in for bf16 there.
+HALF = torch.float16 if INTERPRET else torch.bfloat16
+
+from pagedllm.kernels.triton_moe import align_to_experts, fused_moe  # noqa: E402
+from pagedllm.model.layers.moe import MoEExperts  # noqa: E402
+
+
+def _routing(tokens, num_experts, top_k, gen, skew=False):
+    logits = torch.randn(tokens, num_experts, generator=gen)
+    if skew:      # most tokens to a few experts: long runs, many idle experts
+        logits[:, :3] += 4.0
+    weights, ids = torch.topk(torch.softmax(logits, -1), top_k, dim=-1)
+    return ids.to(DEVICE), (weights / weights.sum(-1, keepdim=True)).to(DEVICE)
+
+
+def _eager(x, w13, w2, ids, weights):
+    experts = MoEExperts(w13.shape[0], x.shape[1], w2.shape[2])
+    experts.w13.data, experts.w2.data = w13, w2
+    return experts.expert_loop(x, ids, weights)
+
+
+@pytest.mark.parametrize("tokens, num_experts, top_k, block_m", [(1, 8, 2, 16), (5, 4, 4, 16), (37, 16, 2, 32),
+                                                                  (200, 60, 4, 64), (3, 128, 8, 16)])
+def test_align_groups_every_slot_once_under_its_expert(tokens, num_experts, top_k, block_m):
+    gen = torch.Generator().manual_seed(tokens)
+    ids, _ = _routing(tokens, num_experts, top_k, gen)
+    sorted_slots, block_experts = align_to_experts(ids, num_experts, block_m)
+    slots = tokens * top_k
+    assert sorted_slots.numel() == block_experts.numel() * block_m
+    assert sorted_slots.numel() >= slots + num_experts * (block_m - 1)     # room for every expert's padding
+    real = sorted_slots[sorted_slots < slots].long().cpu()
+    assert sorted(real.tolist()) == list(range(slots))                    # each slot exactly once
+    flat = ids.reshape(-1).cpu()
+    block_of = block_experts.long().cpu().repeat_interleave(block_m)
+    pos = (sorted_slots < slots).cpu()
+    assert torch.equal(block_of[pos], flat[real])                          # each slot in a block of its expert
+    used = block_experts[block_experts >= 0].cpu()
+    assert torch.all(used[1:] > used[:-1])                                  # one run per expert, ascending
+    assert block_experts.cpu()[len(used):].eq(-1).all()                     # the tail is idle
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, HALF])
+@pytest.mark.parametrize("tokens, num_experts, top_k, hidden, inter, skew", [
+    (1, 8, 2, 64, 96, False),        # decode: one token, odd intermediate (tile tails)
+    (7, 16, 4, 80, 48, False),       # hidden not a multiple of the tiles
+    (300, 8, 2, 64, 64, True),       # prefill: long runs on a few experts (the 64-row tile)
+    (40, 4, 2, 48, 32, False),       # ~20 rows an expert (the 32-row tile)
+])
+def test_fused_moe_equals_the_eager_expert_loop(dtype, tokens, num_experts, top_k, hidden, inter, skew):
+    gen = torch.Generator().manual_seed(tokens * 31 + hidden)
+    x = torch.randn(tokens, hidden, generator=gen).to(DEVICE, dtype)
+    w13 = (torch.randn(num_experts, 2 * inter, hidden, generator=gen) / hidden ** 0.5).to(DEVICE, dtype)
+    w2 = (torch.randn(num_experts, hidden, inter, generator=gen) / inter ** 0.5).to(DEVICE, dtype)
+    ids, weights = _routing(tokens, num_experts, top_k, gen, skew)
+    weights = weights.to(dtype)
+    out = fused_moe(x, w13, w2, ids, weights)
+    assert out.shape == x.shape and out.dtype == dtype
+    expected = _eager(x.double(), w13.double(), w2.double(), ids, weights.double())
+    err = ((out.double() - expected).norm() / expected.norm()).item()
+    assert err < (1e-5 if dtype == torch.float32 else 1.5e-2), err
