@@ -57,9 +57,24 @@ def _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _moe_gate_up_kernel(X, W13, H, SortedSlots, BlockExperts, stride_x, stride_we, stride_wn, stride_h,
-                        num_slots, K: tl.constexpr, I: tl.constexpr, TOP_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+def _weight_tile(w_base, s_base, rows, rows_ok, k, k_ok, k0, stride_wn, stride_sn, dtype, W_FP8: tl.constexpr,
+                 GN: tl.constexpr, GK: tl.constexpr):
+    """The ``[BLOCK_K, BLOCK_N]`` tile of weight rows ``rows`` (output features) at columns ``k``, in ``dtype``: an
+    fp8 weight times its scale, one per ``GN`` rows x ``GK`` columns (per output channel: ``GN = 1, GK = K``; a
+    block-quantized checkpoint's 128 x 128; a k tile never straddles two scale columns)."""
+    w = tl.load(w_base + rows[None, :].to(tl.int64) * stride_wn + k[:, None], mask=k_ok[:, None] & rows_ok[None, :],
+                other=0.0)
+    if W_FP8:
+        scale = tl.load(s_base + (rows // GN).to(tl.int64) * stride_sn + k0 // GK, mask=rows_ok, other=0.0)
+        w = (w.to(tl.float32) * scale[None, :]).to(dtype)
+    return w
+
+
+@triton.jit
+def _moe_gate_up_kernel(X, W13, S13, H, SortedSlots, BlockExperts, stride_x, stride_we, stride_wn, stride_se, stride_sn,
+                        stride_h, num_slots, K: tl.constexpr, I: tl.constexpr, TOP_K: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                        W_FP8: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr):
     expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
     if expert < 0:
         return
@@ -68,15 +83,17 @@ def _moe_gate_up_kernel(X, W13, H, SortedSlots, BlockExperts, stride_x, stride_w
     n_ok = offs_n < I
     offs_k = tl.arange(0, BLOCK_K)
     w_base = W13 + expert * stride_we
+    s_base = S13 + expert * stride_se
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
         x = tl.load(X + tokens[:, None] * stride_x + k[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
-        w_mask = k_ok[:, None] & n_ok[None, :]
-        wg = tl.load(w_base + offs_n[None, :].to(tl.int64) * stride_wn + k[:, None], mask=w_mask, other=0.0)
-        wu = tl.load(w_base + (offs_n[None, :] + I).to(tl.int64) * stride_wn + k[:, None], mask=w_mask, other=0.0)
+        wg = _weight_tile(w_base, s_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn, X.dtype.element_ty,
+                          W_FP8, GN, GK)
+        wu = _weight_tile(w_base, s_base, offs_n + I, n_ok, k, k_ok, k0, stride_wn, stride_sn, X.dtype.element_ty,
+                          W_FP8, GN, GK)
         acc_g = tl.dot(x, wg, acc_g, input_precision=PRECISION)
         acc_u = tl.dot(x, wu, acc_u, input_precision=PRECISION)
     # HF rounds gate and up to the model dtype before silu(gate) * up: the same here, so bf16 stays close to it.
@@ -88,9 +105,10 @@ def _moe_gate_up_kernel(X, W13, H, SortedSlots, BlockExperts, stride_x, stride_w
 
 
 @triton.jit
-def _moe_down_kernel(Hin, W2, Y, RouteWeights, SortedSlots, BlockExperts, stride_h, stride_we, stride_wn, stride_y,
-                     num_slots, K: tl.constexpr, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+def _moe_down_kernel(Hin, W2, S2, Y, RouteWeights, SortedSlots, BlockExperts, stride_h, stride_we, stride_wn, stride_se,
+                     stride_sn, stride_y, num_slots, K: tl.constexpr, N: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, W_FP8: tl.constexpr,
+                     GN: tl.constexpr, GK: tl.constexpr):
     expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
     if expert < 0:
         return
@@ -99,13 +117,14 @@ def _moe_down_kernel(Hin, W2, Y, RouteWeights, SortedSlots, BlockExperts, stride
     n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     w_base = W2 + expert * stride_we
+    s_base = S2 + expert * stride_se
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
         h = tl.load(Hin + safe[:, None] * stride_h + k[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_base + offs_n[None, :].to(tl.int64) * stride_wn + k[:, None],
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        w = _weight_tile(w_base, s_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn, Hin.dtype.element_ty,
+                         W_FP8, GN, GK)
         acc = tl.dot(h, w, acc, input_precision=PRECISION)
     # HF: down_proj's output in the model dtype, times the routing weight (in the dtype the block gave it).
     route = tl.load(RouteWeights + safe, mask=valid, other=0.0).to(tl.float32)
@@ -127,10 +146,15 @@ def _tiles(slots: int, num_experts: int) -> tuple[int, int, int, int]:
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: torch.Tensor,
-              top_weights: torch.Tensor) -> torch.Tensor:
+              top_weights: torch.Tensor, w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None,
+              scale_group: tuple[int, int] | None = None) -> torch.Tensor:
     """``sum_j top_weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` over each token's experts ``e =
     top_ids[t, j]``; ``x [T, H]``, ``w13 [E, 2I, H]`` (gate rows then up rows), ``w2 [E, H, I]``. Returns ``[T, H]``
-    in ``x``'s dtype (the sum over the ``top_k`` rows in fp32)."""
+    in ``x``'s dtype (the sum over the ``top_k`` rows in fp32).
+
+    FP8 experts: ``w13`` / ``w2`` in e4m3 with fp32 scales ``[E, rows / gn, cols / gk]`` for ``scale_group = (gn,
+    gk)`` (``gk = 0``: one scale per row, per output channel); the weights are scaled up to ``x``'s dtype in the
+    kernels (weight-only: activations are not quantized)."""
     tokens, hidden = x.shape
     num_experts, two_i, _ = w13.shape
     inter = two_i // 2
@@ -139,17 +163,25 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
     if x.stride(-1) != 1:
         x = x.contiguous()
     block_m, block_n, block_k, warps = _tiles(slots, num_experts)
+    fp8 = w13_scale is not None
+    gn, gk = scale_group if fp8 else (1, 0)
+    if gk:
+        block_k = min(block_k, gk)     # block scales: a k tile within one scale column (the loader checked gk)
     sorted_slots, block_experts = align_to_experts(top_ids, num_experts, block_m)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    s13 = w13_scale if fp8 else w13        # unread when not fp8
+    s2 = w2_scale if fp8 else w2
     h = torch.empty((slots, inter), dtype=x.dtype, device=x.device)
     grid = (block_experts.numel(), triton.cdiv(inter, block_n))
-    _moe_gate_up_kernel[grid](x, w13, h, sorted_slots, block_experts, x.stride(0), w13.stride(0), w13.stride(1),
-                              h.stride(0), slots, K=hidden, I=inter, TOP_K=top_k, BLOCK_M=block_m,
-                              BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, num_warps=warps)
+    _moe_gate_up_kernel[grid](x, w13, s13, h, sorted_slots, block_experts, x.stride(0), w13.stride(0), w13.stride(1),
+                              s13.stride(0), s13.stride(1), h.stride(0), slots, K=hidden, I=inter, TOP_K=top_k,
+                              BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, W_FP8=fp8,
+                              GN=gn, GK=gk or hidden, num_warps=warps)
     y = torch.empty((slots, hidden), dtype=x.dtype, device=x.device)
     route = top_weights.reshape(-1).contiguous()
     grid = (block_experts.numel(), triton.cdiv(hidden, block_n))
-    _moe_down_kernel[grid](h, w2, y, route, sorted_slots, block_experts, h.stride(0), w2.stride(0), w2.stride(1),
-                           y.stride(0), slots, K=inter, N=hidden, BLOCK_M=block_m, BLOCK_N=block_n,
-                           BLOCK_K=block_k, PRECISION=precision, num_warps=warps)
+    _moe_down_kernel[grid](h, w2, s2, y, route, sorted_slots, block_experts, h.stride(0), w2.stride(0), w2.stride(1),
+                           s2.stride(0), s2.stride(1), y.stride(0), slots, K=inter, N=hidden, BLOCK_M=block_m,
+                           BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, W_FP8=fp8, GN=gn, GK=gk or inter,
+                           num_warps=warps)
     return y.view(tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

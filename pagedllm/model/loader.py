@@ -394,11 +394,13 @@ def _quant_config(config: "EngineConfig", model_cls: type):
             config.device, config.dtype, cpu_fp16_weights=config.cpu_fp16_weights)
     if quant_config is None:
         return quant_config
+    # A model class says True (every format) or names the formats its layers take (the MoE models: fp8).
+    supported = getattr(model_cls, "supports_quantization", False)
+    supported = supported is True or quant_config.name in (supported or ())
     if quant_config.name == "gguf":     # kept quantized on CUDA (and 4-bit on a bf16 CPU); else dequantized at load
-        if not quant_config.read_checkpoint(config.model.gguf_file, config.device,
-                                            getattr(model_cls, "supports_quantization", False), config.dtype):
+        if not quant_config.read_checkpoint(config.model.gguf_file, config.device, supported, config.dtype):
             return quant_config
-    elif not getattr(model_cls, "supports_quantization", False):
+    elif not supported:
         raise ValueError(quant_config.unsupported_model_message(model_cls.__name__))
     fused: dict[str, list[str]] = {}
     for part, (fused_name, _) in getattr(model_cls, "packed_modules_mapping", {}).items():
@@ -420,7 +422,10 @@ def _fill_dummy(model: torch.nn.Module, seed: int) -> None:
         if getattr(param, "keep_on_dummy", False):     # e.g. GPTQ's g_idx: its initial value is a valid one
             continue
         gen = generators.setdefault(param.device, torch.Generator(device=param.device).manual_seed(seed))
-        if param.is_floating_point():
+        if param.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):    # no RNG kernels for fp8: drawn in fp16
+            param.copy_(torch.empty(param.shape, dtype=torch.float16, device=param.device).uniform_(-1.0, 1.0,
+                                                                                                 generator=gen))
+        elif param.is_floating_point():
             param.uniform_(-1e-3, 1e-3, generator=gen)
         else:       # packed integers, zero points: any bits
             param.random_(-2**31, 2**31 - 1, generator=gen)

@@ -1,22 +1,31 @@
 """Mixture-of-experts models beyond the greedy parity of test_models_vs_hf.py: a checkpoint missing an expert is an
-error naming it, the engine captures no CUDA graph for them (the experts are picked on the host) and says why, and
-LoRA / quantization are refused for them."""
+error naming it; FP8 experts (online, per-tensor and block-quantized checkpoints) equal their dequantized reference;
+LoRA and the other quantization formats are refused for them."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 import transformers
 
-from pagedllm import LLM
+from pagedllm import LLM, SamplingParams
 from pagedllm.config import num_experts
+from pagedllm.kernels.quant.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE
 
 
-def _save(path) -> str:
+def _save(path, wide: bool = False) -> str:
     cfg = transformers.Qwen3MoeConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
                                       num_experts_per_tok=2, moe_intermediate_size=32, max_position_embeddings=256)
     torch.manual_seed(0)
-    transformers.Qwen3MoeForCausalLM(cfg).eval().save_pretrained(path)
+    model = transformers.Qwen3MoeForCausalLM(cfg).eval()
+    if wide:      # larger projections than HF's init (std 0.02), so that fp8 rounding changes the logits
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "proj" in name:
+                    p.normal_(0.0, 0.15)
+    model.save_pretrained(path)
     return str(path)
 
 
@@ -31,10 +40,135 @@ def test_a_missing_expert_is_named(tmp_path):
         LLM(path, skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01)
 
 
-def test_no_lora_or_quantization(tmp_path):
+def test_no_lora_and_no_quantization_but_fp8(tmp_path):
     path = _save(tmp_path)
     assert num_experts(transformers.AutoConfig.from_pretrained(path)) == 4
     with pytest.raises(ValueError, match="Qwen3MoeForCausalLM does not support LoRA yet"):
         LLM(path, skip_tokenizer_init=True, enable_lora=True, kv_cache_memory_gb=0.01)
-    with pytest.raises(ValueError, match=r"Quantization \(fp8\) is not supported yet for Qwen3MoeForCausalLM"):
-        LLM(path, skip_tokenizer_init=True, quantization="fp8", kv_cache_memory_gb=0.01)
+    with open(f"{path}/config.json") as f:
+        config = json.load(f)
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True,
+                                     "version": "gemm"}
+    with open(f"{path}/config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match=r"Quantization \(awq\) is not supported yet for Qwen3MoeForCausalLM"):
+        LLM(path, skip_tokenizer_init=True, kv_cache_memory_gb=0.01)
+
+
+# ---- FP8 experts ----------------------------------------------------------------------------------------------------
+PROMPTS = [[5, 17, 99, 3, 42, 8], [100, 2, 64, 64, 7]]
+
+
+def _run(path, **kw):
+    llm = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+              **kw)
+    sp = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True, detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], sp, use_tqdm=False)
+    tokens = [list(o.outputs[0].token_ids) for o in outs]
+    logprobs = [[lp[t].logprob for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)] for o in outs]
+    return llm, tokens, logprobs
+
+
+def _rewrite(path, out, tensors: dict, quantization_config: dict | None = None) -> str:
+    from safetensors.torch import save_file
+    out.mkdir()
+    with open(f"{path}/config.json") as f:
+        config = json.load(f)
+    if quantization_config is not None:
+        config["quantization_config"] = quantization_config
+    with open(out / "config.json", "w") as f:
+        json.dump(config, f)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
+    return str(out)
+
+
+def _per_row(w: torch.Tensor) -> torch.Tensor:
+    scale = (w.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
+    return (w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).float() * scale
+
+
+def test_online_fp8_experts_equal_their_per_row_dequantized_reference(tmp_path):
+    """quantization="fp8" on a bf16/fp32 MoE checkpoint: every expert projection in e4m3 with one scale per output
+    row (the attention projections per tensor, as a dense model's); greedy tokens and logprobs equal those of the
+    same model with those weights dequantized (fp32, CPU), and differ from the unquantized model's logprobs."""
+    from safetensors.torch import load_file
+    path = _save(tmp_path / "dense", wide=True)
+    state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
+    reference = dict(state)
+    for name, w in state.items():
+        if ".experts." in name:
+            reference[name] = _per_row(w)
+    for layer in range(2):       # one per-tensor scale per fused dense layer (qkv; o), as online fp8 does
+        for parts in (("q_proj", "k_proj", "v_proj"), ("o_proj",)):
+            names = [f"model.layers.{layer}.self_attn.{p}.weight" for p in parts]
+            scale = max(state[n].abs().max() for n in names) / FP8_MAX
+            for n in names:
+                reference[n] = (state[n] / scale).to(FP8_DTYPE).float() * scale
+    _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", reference))
+    _, dense_tokens, dense_logprobs = _run(path)
+    llm, tokens, logprobs = _run(path, quantization="fp8")
+    experts = llm.llm_engine.core.runner.model.model.layers[0].mlp.experts
+    assert experts.w13.dtype == FP8_DTYPE and experts.w13_scale.shape == (4, 64, 1)
+    assert tokens == ref_tokens
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(torch.tensor(logprobs), torch.tensor(dense_logprobs), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [None, [16, 16]])
+def test_fp8_moe_checkpoint_equals_its_dequantized_reference(tmp_path, block):
+    """An FP8 MoE checkpoint with per-tensor scales (one per expert projection; static input scales, which the
+    experts do not use) or 16 x 16 block scales (``weight_scale_inv``, Qwen3-30B-A3B-FP8's form): the experts stay
+    e4m3 and the output equals the model with the dequantized weights."""
+    from safetensors.torch import load_file
+    path = _save(tmp_path / "dense", wide=True)
+    state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
+    quant, reference = dict(state), dict(state)
+    torch.manual_seed(3)
+    for name, w in state.items():
+        if not (".experts." in name or ".self_attn." in name) or not name.endswith("proj.weight"):
+            continue
+        if ".self_attn." in name and block is None:
+            continue          # the dense per-tensor path has its own tests (tests/unit/test_quant_fp8.py)
+        if block is None:
+            scale = w.abs().max() / FP8_MAX * (1 + torch.rand(()))
+            q = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+            quant[name.replace(".weight", ".weight_scale")] = scale.reshape(())
+            quant[name.replace(".weight", ".input_scale")] = torch.rand(()) + 0.01
+            reference[name] = q.float() * scale
+        else:
+            bn, bk = block
+            tiles = w.reshape(w.shape[0] // bn, bn, w.shape[1] // bk, bk)
+            scale = tiles.abs().amax(dim=(1, 3)) / FP8_MAX
+            q = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).reshape(w.shape)
+            quant[name.replace(".weight", ".weight_scale_inv")] = scale
+            reference[name] = (q.float().reshape(tiles.shape) * scale[:, None, :, None]).reshape(w.shape)
+        quant[name] = q
+    config = {"quant_method": "fp8", "activation_scheme": "static" if block is None else "dynamic"}
+    if block is None:
+        config["ignored_layers"] = ["re:.*self_attn.*"]
+    else:
+        config["weight_block_size"] = block
+    qpath = _rewrite(path, tmp_path / "fp8", quant, config)
+    _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", reference))
+    llm, tokens, logprobs = _run(qpath)
+    experts = llm.llm_engine.core.runner.model.model.layers[1].mlp.experts
+    assert experts.w2.dtype == FP8_DTYPE
+    assert experts.w2_scale.shape == ((4, 64, 1) if block is None else (4, 4, 2))
+    assert tokens == ref_tokens
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
+
+
+def test_fp8_moe_checkpoint_missing_an_expert_scale_is_an_error(tmp_path):
+    from safetensors.torch import load_file
+    path = _save(tmp_path / "dense")
+    state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
+    quant = dict(state)
+    for name, w in state.items():
+        if ".experts." in name:
+            quant[name] = w.to(FP8_DTYPE)
+            if name != "model.layers.0.mlp.experts.3.down_proj.weight":
+                quant[name.replace(".weight", ".weight_scale")] = torch.ones(())
+    qpath = _rewrite(path, tmp_path / "fp8", quant, {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                                     "ignored_layers": ["re:.*self_attn.*"]})
+    with pytest.raises(ValueError, match="missing weight_scale for an expert's gate, up or down projection"):
+        LLM(qpath, skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01)

@@ -24,7 +24,8 @@ from torch import nn
 from pagedllm.config import num_experts
 from pagedllm.distributed import get_tp_rank, get_tp_size, tp_all_reduce
 
-_EXPERT_TENSOR = re.compile(r"(.+\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight")
+_EXPERT_TENSOR = re.compile(r"(.+\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\."
+                            r"(weight|weight_scale|weight_scale_inv|input_scale)")
 _PART = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
 
 
@@ -38,29 +39,52 @@ def is_sparse_layer(hf_config, layer_idx: int) -> bool:
 
 
 class MoEExperts(nn.Module):
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
+    """The stacked experts of one layer: ``w13 [E, 2 * I, H]`` (gate rows, then up rows) and ``w2 [E, H, I]``, this
+    rank's slice of ``I``; a quantization config's ``MoEMethod`` (model/quantization/base.py) may hold them in its
+    own form (FP8: e4m3 with scales)."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, quant_config=None,
+                 prefix: str = ""):
         super().__init__()
         self.tp_size, self.tp_rank = get_tp_size(), get_tp_rank()
         if intermediate_size % self.tp_size:
             raise ValueError(f"The experts' intermediate size {intermediate_size} does not split over "
                              f"tensor_parallel_size={self.tp_size}.")
-        self.num_experts, self.shard = num_experts, intermediate_size // self.tp_size
+        self.num_experts, self.hidden_size, self.shard = num_experts, hidden_size, intermediate_size // self.tp_size
         self.w13 = nn.Parameter(torch.empty(num_experts, 2 * self.shard, hidden_size), requires_grad=False)
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, self.shard), requires_grad=False)
         self._parts: set[tuple[int, str]] = set()      # (expert, part) loaded from the checkpoint
+        self.quant_method = quant_config.get_moe_method(self, prefix) if quant_config is not None else None
+        if self.quant_method is not None:
+            self.quant_method.create_weights(self, self.w13.dtype)
 
-    def load(self, expert: int, part: str, tensor: torch.Tensor) -> None:
-        """One expert's gate / up ``[I, H]`` or down ``[H, I]`` checkpoint tensor: this rank's slice."""
+    def shard_of(self, part: str, tensor: torch.Tensor, per_row: int = 1, per_col: int = 1) -> torch.Tensor:
+        """This rank's slice of a checkpoint tensor of one expert's ``part`` (gate / up ``[I, H]``: rows; down
+        ``[H, I]``: columns); a scale tensor with one entry per ``per_row`` x ``per_col`` weights is cut at the
+        same place."""
+        if part == "down":
+            return tensor[:, self.tp_rank * self.shard // per_col:(self.tp_rank + 1) * self.shard // per_col]
+        return tensor[self.tp_rank * self.shard // per_row:(self.tp_rank + 1) * self.shard // per_row]
+
+    def load(self, expert: int, part: str, tensor: torch.Tensor, kind: str = "weight") -> None:
+        """One expert's gate / up ``[I, H]`` or down ``[H, I]`` checkpoint tensor (or a quantized format's scale of
+        one): this rank's slice."""
         if not 0 <= expert < self.num_experts:
             raise ValueError(f"Checkpoint expert {expert} is out of range ({self.num_experts} experts).")
-        lo, hi = self.tp_rank * self.shard, (self.tp_rank + 1) * self.shard
-        with torch.no_grad():
-            if part == "down":
-                self.w2.data[expert].copy_(tensor[:, lo:hi])
-            else:
-                row = 0 if part == "gate" else self.shard
-                self.w13.data[expert, row:row + self.shard].copy_(tensor[lo:hi])
-        self._parts.add((expert, part))
+        if self.quant_method is not None and self.quant_method.load(self, expert, part, kind, tensor):
+            pass
+        elif kind != "weight":
+            raise ValueError(f"Checkpoint tensor {kind!r} of expert {expert} {part}: these experts are not "
+                             "quantized (pass quantization= for the checkpoint's format).")
+        else:
+            with torch.no_grad():
+                if part == "down":
+                    self.w2.data[expert].copy_(self.shard_of(part, tensor))
+                else:
+                    row = 0 if part == "gate" else self.shard
+                    self.w13.data[expert, row:row + self.shard].copy_(self.shard_of(part, tensor))
+        if kind == "weight":
+            self._parts.add((expert, part))
 
     def check_loaded(self, name: str) -> None:
         """A checkpoint must give every expert its three tensors (random experts would give garbage silently)."""
@@ -74,7 +98,9 @@ class MoEExperts(nn.Module):
         """``x`` ``[T, H]``; ``top_ids`` / ``top_weights`` ``[T, k]``: this rank's part of the weighted sum."""
         if x.is_cuda:
             from pagedllm.kernels.triton_moe import fused_moe
-            return fused_moe(x, self.w13, self.w2, top_ids, top_weights)
+            args = (self.quant_method.kernel_args(self) if self.quant_method is not None
+                    else {"w13": self.w13, "w2": self.w2})
+            return fused_moe(x, top_ids=top_ids, top_weights=top_weights, **args)
         return self.expert_loop(x, top_ids, top_weights)
 
     def expert_loop(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
@@ -82,8 +108,10 @@ class MoEExperts(nn.Module):
         out = torch.zeros_like(x)
         for e in top_ids.unique().tolist():          # ascending, as HF visits them
             tokens, slots = (top_ids == e).nonzero(as_tuple=True)
-            gate, up = F.linear(x[tokens], self.w13[e]).chunk(2, dim=-1)
-            h = F.linear(F.silu(gate) * up, self.w2[e]) * top_weights[tokens, slots, None]
+            w13, w2 = (self.quant_method.expert_weights(self, e, x.dtype) if self.quant_method is not None
+                       else (self.w13[e], self.w2[e]))
+            gate, up = F.linear(x[tokens], w13).chunk(2, dim=-1)
+            h = F.linear(F.silu(gate) * up, w2) * top_weights[tokens, slots, None]
             out.index_add_(0, tokens, h.to(out.dtype))
         return out
 
@@ -93,7 +121,8 @@ class SparseMoeBlock(nn.Module):
     probabilities divided by their sum (Mixtral always; Qwen's ``norm_topk_prob``); ``weights_in_model_dtype``:
     Qwen casts them to the logits' dtype before the products, Mixtral keeps them fp32."""
 
-    def __init__(self, hf_config, shared_expert: nn.Module | None = None, weights_in_model_dtype: bool = True):
+    def __init__(self, hf_config, shared_expert: nn.Module | None = None, weights_in_model_dtype: bool = True,
+                 quant_config=None, prefix: str = ""):
         super().__init__()
         n = num_experts(hf_config)
         self.top_k = hf_config.num_experts_per_tok
@@ -102,7 +131,7 @@ class SparseMoeBlock(nn.Module):
         intermediate = getattr(hf_config, "moe_intermediate_size", None) or hf_config.intermediate_size
         self.gate = nn.Linear(hf_config.hidden_size, n, bias=False)       # the router, replicated
         self.gate.weight.requires_grad_(False)
-        self.experts = MoEExperts(n, hf_config.hidden_size, intermediate)
+        self.experts = MoEExperts(n, hf_config.hidden_size, intermediate, quant_config, f"{prefix}.experts")
         self.shared_expert = shared_expert
         if shared_expert is not None:
             self.shared_expert_gate = nn.Linear(hf_config.hidden_size, 1, bias=False)
@@ -135,12 +164,13 @@ def load_expert_tensors(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
         if match is None:
             yield name, tensor
             continue
-        prefix, expert, part = match.groups()
+        prefix, expert, part, kind = match.groups()
         try:
             experts = model.get_submodule(f"{prefix}.experts")
         except AttributeError:
             continue                       # a layer of another pipeline stage
         if not isinstance(experts, MoEExperts):
             continue
-        experts.load(int(expert), _PART[part], tensor)
-        loaded.update((f"{prefix}.experts.w13", f"{prefix}.experts.w2"))
+        experts.load(int(expert), _PART[part], tensor, kind)
+        # every parameter of the stacked experts (a format's scales too: its own check finds a missing one)
+        loaded.update(f"{prefix}.experts.{n}" for n, _ in experts.named_parameters())

@@ -77,8 +77,10 @@ def _mlp(cfg, layer_idx: int, variant: LlamaVariant, quant_config, prefix: str) 
     if not (variant.moe and is_sparse_layer(cfg, layer_idx)):
         return LlamaMLP(cfg, quant_config, prefix, variant.activation)
     shared_size = getattr(cfg, "shared_expert_intermediate_size", None)
-    shared = LlamaMLP(cfg, None, f"{prefix}.shared_expert", intermediate_size=shared_size) if shared_size else None
-    return SparseMoeBlock(cfg, shared, weights_in_model_dtype=variant.moe != "mixtral")
+    shared = (LlamaMLP(cfg, quant_config, f"{prefix}.shared_expert", intermediate_size=shared_size) if shared_size
+              else None)
+    return SparseMoeBlock(cfg, shared, weights_in_model_dtype=variant.moe != "mixtral", quant_config=quant_config,
+                          prefix=prefix)
 
 
 def _rms_norm(size: int, eps: float, variant: LlamaVariant) -> RMSNorm:

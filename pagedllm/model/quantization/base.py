@@ -40,6 +40,31 @@ class LinearMethod:
         raise NotImplementedError
 
 
+class MoEMethod:
+    """How one mixture-of-experts layer's stacked experts (model/layers/moe.py ``MoEExperts``: ``w13 [E, 2I, H]``,
+    ``w2 [E, H, I]``) hold their weights: created, loaded tensor by tensor, converted once, then handed to the fused
+    GPU kernels (kernels/triton_moe.py) or dequantized one expert at a time for the CPU's loop."""
+
+    def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
+        """Replace or add to the layer's dense ``w13`` / ``w2`` for this format (their shapes are this rank's)."""
+
+    def load(self, experts: nn.Module, expert: int, part: str, kind: str, tensor: torch.Tensor) -> bool:
+        """Copy one checkpoint tensor of ``expert``'s ``part`` (gate / up / down) in; ``kind`` is the tensor's
+        last name (``weight``, ``weight_scale``, ...). False for a kind this format does not read."""
+        raise NotImplementedError
+
+    def process_weights_after_loading(self, experts: nn.Module) -> None:
+        """Convert the loaded tensors into the kernels' layout (once, after every tensor is in)."""
+
+    def kernel_args(self, experts: nn.Module) -> dict[str, Any]:
+        """Keyword arguments of ``fused_moe`` beyond the activations and routing (the weights, their scales)."""
+        raise NotImplementedError
+
+    def expert_weights(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w13, w2)`` of one expert as the dequantized reference defines them, in ``dtype`` (the CPU path)."""
+        raise NotImplementedError
+
+
 class QuantizationConfig:
     """A checkpoint format's settings, parsed from ``quantization_config`` in config.json (or from the
     ``quantization=`` argument for formats that quantize at load: ``fp8``, ``bitsandbytes``)."""
@@ -68,6 +93,12 @@ class QuantizationConfig:
         """The method for the embedding / LM head at ``prefix`` (``embedding`` gathers rows, ``apply`` gives the
         logits), or None to keep them dense (every checkpoint format here)."""
         return None
+
+    def get_moe_method(self, experts: nn.Module, prefix: str) -> MoEMethod | None:
+        """The method for the mixture-of-experts layer at ``prefix`` (``model.layers.0.mlp.experts``), or None to
+        keep its experts dense; formats without one refuse such a layer."""
+        raise ValueError(f"Quantization ({self.name}) is not supported yet for mixture-of-experts layers ({prefix}); "
+                         "fp8 is.")
 
     def unsupported_model_message(self, model_name: str) -> str:
         """The ValueError's text for a model class whose layers take no quantization."""

@@ -30,7 +30,7 @@ from pagedllm import envs
 from pagedllm.kernels import settings as kernel_settings
 from pagedllm.kernels.quant.fp8 import (FP8_DTYPE, block_dequantize, fp8_scaled_mm, per_channel_quantize,
                                         per_tensor_quantize, quantize_to_fp8, scaled_mm_supported)
-from pagedllm.model.quantization.base import LinearMethod, QuantizationConfig
+from pagedllm.model.quantization.base import LinearMethod, MoEMethod, QuantizationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,11 @@ class Fp8Config(QuantizationConfig):
         if prefix.endswith("lm_head") or is_layer_skipped(self, prefix, self.ignored_layers):
             return None
         return Fp8LinearMethod(self)
+
+    def get_moe_method(self, experts: nn.Module, prefix: str) -> MoEMethod | None:
+        if is_layer_skipped(self, prefix, self.ignored_layers):
+            return None
+        return Fp8MoEMethod(self)
 
     def supported_act_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float16, torch.bfloat16, torch.float32)
@@ -317,6 +322,108 @@ class Fp8LinearMethod(LinearMethod):
         return y.reshape(*x.shape[:-1], n)
 
 
+
+
+class Fp8MoEMethod(MoEMethod):
+    """FP8 experts, weight-only: e4m3 weights with fp32 scales, scaled up to the activations' dtype inside the fused
+    kernels (at decode a MoE layer reads its chosen experts' weights, so half the bytes is what counts). Three
+    sources, one layout (``w13_scale [E, 2I / gn, H / gk]``, ``w2_scale [E, H / gn, I / gk]``; ``gk = 0``: a scale
+    per output row):
+    * online (``quantization="fp8"`` on a 16/32-bit checkpoint): each expert's rows quantized after loading, one
+      scale per row;
+    * an FP8 checkpoint with per-tensor scales (one per expert and projection): spread over the rows;
+    * a block-quantized checkpoint (Qwen3-30B-A3B-FP8's ``weight_block_size`` 128 x 128 ``weight_scale_inv``).
+    A checkpoint's static ``input_scale`` is not used: the activations stay in the model dtype (as vLLM's
+    weight-only FP8 path on GPUs without FP8 GEMMs)."""
+
+    def __init__(self, config: Fp8Config):
+        self.config = config
+        self.group = (1, 0)
+
+    def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
+        cfg = self.config
+        if not cfg.is_checkpoint_fp8_serialized:
+            return                     # the dense w13 / w2 load as they are; quantized after loading
+        num, hidden, shard = experts.num_experts, experts.hidden_size, experts.shard
+        experts.w13 = nn.Parameter(torch.empty(num, 2 * shard, hidden, dtype=FP8_DTYPE), requires_grad=False)
+        experts.w2 = nn.Parameter(torch.empty(num, hidden, shard, dtype=FP8_DTYPE), requires_grad=False)
+        if cfg.weight_block_size is not None:
+            bn, bk = cfg.weight_block_size
+            if shard % bn or shard % bk or bk < 16 or bk & (bk - 1):
+                raise ValueError(f"FP8 experts with weight_block_size {cfg.weight_block_size}: this rank's "
+                                 f"intermediate size {shard} must be a multiple of both, and the column block a "
+                                 "power of two of at least 16.")
+            self.group = (bn, bk)
+            experts.w13_scale = nn.Parameter(torch.full((num, 2 * shard // bn, -(-hidden // bk)), float("nan")),
+                                             requires_grad=False)
+            experts.w2_scale = nn.Parameter(torch.full((num, -(-hidden // bn), shard // bk), float("nan")),
+                                            requires_grad=False)
+        else:     # per tensor: one scale per expert and projection (gate, up, down), spread over rows later
+            experts.part_scales = nn.Parameter(torch.full((num, 3), float("nan")), requires_grad=False)
+
+    def load(self, experts: nn.Module, expert: int, part: str, kind: str, tensor: torch.Tensor) -> bool:
+        cfg = self.config
+        if kind == "weight" or (kind == "input_scale" and cfg.is_checkpoint_fp8_serialized):
+            if kind == "input_scale":
+                if not getattr(cfg, "_moe_input_scale_logged", False):
+                    logger.info("FP8 experts run weight-only: the checkpoint's input_scale (static activation "
+                                "scales) is not used; activations stay in the model dtype.")
+                    cfg._moe_input_scale_logged = True
+                return True
+            return False          # the layer's own copy (fp8 or dense, whatever its parameter holds)
+        if not cfg.is_checkpoint_fp8_serialized:
+            return False
+        with torch.no_grad():
+            if kind == "weight_scale_inv" and cfg.weight_block_size is not None:
+                bn, bk = cfg.weight_block_size
+                cut = experts.shard_of(part, tensor, per_row=bn, per_col=bk)
+                if part == "down":
+                    experts.w2_scale.data[expert].copy_(cut)
+                else:
+                    row = 0 if part == "gate" else experts.shard // bn
+                    experts.w13_scale.data[expert, row:row + cut.shape[0]].copy_(cut)
+                return True
+            if kind == "weight_scale" and cfg.weight_block_size is None:
+                experts.part_scales.data[expert, ("gate", "up", "down").index(part)] = tensor.reshape(-1)[0].float()
+                return True
+        return False
+
+    def process_weights_after_loading(self, experts: nn.Module) -> None:
+        cfg = self.config
+        if not cfg.is_checkpoint_fp8_serialized:
+            w13, w2 = experts.w13.data, experts.w2.data
+            q13, q2 = torch.empty_like(w13, dtype=FP8_DTYPE), torch.empty_like(w2, dtype=FP8_DTYPE)
+            s13 = torch.empty(w13.shape[:2] + (1,), dtype=torch.float32, device=w13.device)
+            s2 = torch.empty(w2.shape[:2] + (1,), dtype=torch.float32, device=w2.device)
+            for e in range(experts.num_experts):       # one expert at a time: no second full-size temporary
+                q13[e], s13[e] = per_channel_quantize(w13[e])
+                q2[e], s2[e] = per_channel_quantize(w2[e])
+            experts.w13, experts.w2 = (nn.Parameter(q, requires_grad=False) for q in (q13, q2))
+            experts.w13_scale, experts.w2_scale = (nn.Parameter(t, requires_grad=False) for t in (s13, s2))
+            return
+        if cfg.weight_block_size is None:
+            scales = experts.part_scales.data
+            if torch.isnan(scales).any():
+                raise ValueError("FP8 checkpoint is missing weight_scale for an expert's gate, up or down projection.")
+            shard, hidden = experts.shard, experts.hidden_size
+            s13 = scales[:, :2].repeat_interleave(shard, dim=1).unsqueeze(-1).contiguous()
+            s2 = scales[:, 2:].expand(-1, hidden).unsqueeze(-1).contiguous()
+            del experts.part_scales
+            experts.w13_scale, experts.w2_scale = (nn.Parameter(t, requires_grad=False) for t in (s13, s2))
+        elif torch.isnan(experts.w13_scale).any() or torch.isnan(experts.w2_scale).any():
+            raise ValueError("FP8 checkpoint is missing weight_scale_inv for an expert's projection.")
+
+    def kernel_args(self, experts: nn.Module) -> dict[str, Any]:
+        return {"w13": experts.w13, "w2": experts.w2, "w13_scale": experts.w13_scale, "w2_scale": experts.w2_scale,
+                "scale_group": self.group}
+
+    def expert_weights(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        def dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            if self.group[1]:
+                return block_dequantize(weight, scale, self.group, dtype)
+            return (weight.float() * scale).to(dtype)
+        return (dequantize(experts.w13[expert], experts.w13_scale[expert]),
+                dequantize(experts.w2[expert], experts.w2_scale[expert]))
 
 
 def compressed_tensors_fp8_method(weights: dict | None, input_activations: dict | None,
