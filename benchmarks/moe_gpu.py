@@ -3,7 +3,8 @@ bf16, the workloads of ../shared/bench/workloads.py (copied to .bench/sb on the 
 
     python benchmarks/moe_gpu.py VARIANT WORKLOAD [WORKLOAD ...] [--layers N]
 
-VARIANT ``fused``: the engine as shipped (kernels/triton_moe.py, CUDA graphs); ``loop``: the eager per-expert loop
+VARIANT ``fused``: the engine as shipped (kernels/triton_moe.py, CUDA graphs); ``fp8``: the same with
+``quantization="fp8"`` (e4m3 experts, per-row scales); ``loop``: the eager per-expert loop
 of model/layers/moe.py that the engine ran before on the GPU (host-side routing, ``enforce_eager=True``), for the
 A/B. Prints one JSON line per workload in offline_workload.py's form. ``--layers`` trims the model (a quicker A/B;
 the per-layer cost is what changes).
@@ -30,12 +31,12 @@ QWEN3_30B_A3B = dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_mo
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("variant", choices=["fused", "loop"])
+    ap.add_argument("variant", choices=["fused", "fp8", "loop"])
     ap.add_argument("workloads", nargs="+")
     ap.add_argument("--layers", type=int, default=48)
     args = ap.parse_args()
     from pagedllm import LLM, SamplingParams
-    extra = {}
+    extra = {"quantization": "fp8"} if args.variant == "fp8" else {}
     if args.variant == "loop":
         from pagedllm.model.layers.moe import MoEExperts
         MoEExperts.forward = MoEExperts.expert_loop       # host-side routing: no CUDA graphs

@@ -255,11 +255,12 @@ def test_bf16_raw_logits_mode_returns_the_models_logits(model_dir, prompts, hf_m
                 assert abs(lp.logprob - float(logits[j, tid])) <= 0.03 * scale, (j, tid)
 
 
-@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
-def test_bf16_moe_greedy_agrees_with_hf(arch, prompts, tmp_path):
+@pytest.mark.parametrize("arch, quantization", [("qwen3_moe", None), ("mixtral", None), ("qwen3_moe", "fp8")])
+def test_bf16_moe_greedy_agrees_with_hf(arch, quantization, prompts, tmp_path):
     """Mixtures of experts on the GPU: the fused Triton experts (routing on the device) captured in the decode and
     piecewise CUDA graphs, bf16 with the Triton attention, against HF fp32 on our own sequences (near-ties aside);
-    and with 32 experts of which a batch of 1 uses 2 (most blocks of the grouped launch idle)."""
+    and with 32 experts of which a batch of 1 uses 2 (most blocks of the grouped launch idle). FP8 (online): the
+    experts in e4m3 (per-row scales) in the same kernels, against HF fp32 with the weights dequantized."""
     from transformers import MixtralConfig, Qwen3MoeConfig
     common = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
                   num_key_value_heads=2, vocab_size=2048, max_position_embeddings=1024, tie_word_embeddings=False)
@@ -271,8 +272,19 @@ def test_bf16_moe_greedy_agrees_with_hf(arch, prompts, tmp_path):
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
     model.save_pretrained(tmp_path)
+    if quantization == "fp8":       # HF's reference: the weights fp8 rounds, dequantized
+        import sys
+        from safetensors.torch import load_file, save_file
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "models"))
+        from test_moe import online_fp8_reference
+        (shard,) = tmp_path.glob("*.safetensors")
+        ref_dir = tmp_path / "reference"
+        ref_dir.mkdir()
+        (ref_dir / "config.json").write_text((tmp_path / "config.json").read_text())
+        save_file(online_fp8_reference(load_file(shard)), str(ref_dir / shard.name), metadata={"format": "pt"})
+        model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
     llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
-              dtype="bfloat16", attention_backend="triton", max_num_batched_tokens=128)
+              dtype="bfloat16", attention_backend="triton", max_num_batched_tokens=128, quantization=quantization)
     runner = llm.llm_engine.runner
     assert runner.graph_runner is not None and 1 in runner.graph_runner.graphs
     assert runner.piecewise_runner is not None

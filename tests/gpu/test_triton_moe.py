@@ -74,3 +74,38 @@ def test_fused_moe_equals_the_eager_expert_loop(dtype, tokens, num_experts, top_
     expected = _eager(x.double(), w13.double(), w2.double(), ids, weights.double())
     err = ((out.double() - expected).norm() / expected.norm()).item()
     assert err < (1e-5 if dtype == torch.float32 else 1.5e-2), err
+
+
+@pytest.mark.parametrize("group", [(1, 0), (16, 32)], ids=["per_row", "block_16x32"])
+@pytest.mark.parametrize("tokens", [1, 45])
+def test_fp8_experts_equal_the_loop_over_their_dequantized_weights(group, tokens):
+    """e4m3 experts with per-row or block scales, scaled up in the kernels: the eager loop over the dequantized
+    weights (fp16 activations under the interpreter, bf16 on the GPU)."""
+    from pagedllm.kernels.quant.fp8 import FP8_DTYPE, FP8_MAX, block_dequantize
+    num_experts, top_k, hidden, inter = 8, 2, 64, 96
+    gen = torch.Generator().manual_seed(tokens)
+
+    def quantize(w):                   # [E, N, K] -> fp8, scales [E, N / gn, K / gk] (gk = 0: [E, N, 1])
+        gn, gk = group
+        e, n, k = w.shape
+        tiles = w.reshape(e, n // gn, gn, k // (gk or k), gk or k)
+        scale = tiles.abs().amax(dim=(2, 4)) / FP8_MAX
+        q = (tiles / scale[:, :, None, :, None]).to(FP8_DTYPE).reshape(w.shape)
+        return q, scale
+
+    def dequantize(q, scale):
+        gn, gk = group
+        if gk:
+            return torch.stack([block_dequantize(q[e], scale[e], group, torch.float64) for e in range(len(q))])
+        return q.double() * scale.double()
+
+    w13, s13 = quantize(torch.randn(num_experts, 2 * inter, hidden, generator=gen))
+    w2, s2 = quantize(torch.randn(num_experts, hidden, inter, generator=gen))
+    x = (torch.randn(tokens, hidden, generator=gen) / hidden ** 0.5).to(DEVICE, HALF)
+    ids, weights = _routing(tokens, num_experts, top_k, gen)
+    out = fused_moe(x, w13.to(DEVICE), w2.to(DEVICE), ids, weights.to(HALF), w13_scale=s13.to(DEVICE),
+                    w2_scale=s2.to(DEVICE), scale_group=group)
+    expected = _eager(x.double(), dequantize(w13, s13).to(DEVICE), dequantize(w2, s2).to(DEVICE), ids,
+                      weights.double())
+    err = ((out.double() - expected).norm() / expected.norm()).item()
+    assert err < 1.5e-2, err

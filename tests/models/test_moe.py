@@ -87,6 +87,24 @@ def _per_row(w: torch.Tensor) -> torch.Tensor:
     return (w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).float() * scale
 
 
+def online_fp8_reference(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A MoE checkpoint's tensors with every weight online fp8 quantizes replaced by its dequantized value: each
+    expert projection per output row, the attention's fused qkv and o per tensor (as a dense model's). Also the
+    reference of tests/gpu/test_engine_gpu.py's fp8 MoE test."""
+    reference = dict(state)
+    for name, w in state.items():
+        if ".experts." in name:
+            reference[name] = _per_row(w)
+    layers = {name.split(".self_attn.")[0] for name in state if ".self_attn.o_proj.weight" in name}
+    for layer in layers:
+        for parts in (("q_proj", "k_proj", "v_proj"), ("o_proj",)):
+            names = [f"{layer}.self_attn.{p}.weight" for p in parts]
+            scale = max(state[n].abs().max() for n in names) / FP8_MAX
+            for n in names:
+                reference[n] = (state[n] / scale).to(FP8_DTYPE).float() * scale
+    return reference
+
+
 def test_online_fp8_experts_equal_their_per_row_dequantized_reference(tmp_path):
     """quantization="fp8" on a bf16/fp32 MoE checkpoint: every expert projection in e4m3 with one scale per output
     row (the attention projections per tensor, as a dense model's); greedy tokens and logprobs equal those of the
@@ -94,17 +112,7 @@ def test_online_fp8_experts_equal_their_per_row_dequantized_reference(tmp_path):
     from safetensors.torch import load_file
     path = _save(tmp_path / "dense", wide=True)
     state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
-    reference = dict(state)
-    for name, w in state.items():
-        if ".experts." in name:
-            reference[name] = _per_row(w)
-    for layer in range(2):       # one per-tensor scale per fused dense layer (qkv; o), as online fp8 does
-        for parts in (("q_proj", "k_proj", "v_proj"), ("o_proj",)):
-            names = [f"model.layers.{layer}.self_attn.{p}.weight" for p in parts]
-            scale = max(state[n].abs().max() for n in names) / FP8_MAX
-            for n in names:
-                reference[n] = (state[n] / scale).to(FP8_DTYPE).float() * scale
-    _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", reference))
+    _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", online_fp8_reference(state)))
     _, dense_tokens, dense_logprobs = _run(path)
     llm, tokens, logprobs = _run(path, quantization="fp8")
     experts = llm.llm_engine.core.runner.model.model.layers[0].mlp.experts
