@@ -126,7 +126,7 @@ def test_online_fp8_experts_equal_their_per_row_dequantized_reference(tmp_path):
 def test_fp8_moe_checkpoint_equals_its_dequantized_reference(tmp_path, block):
     """An FP8 MoE checkpoint with per-tensor scales (one per expert projection; static input scales, which the
     experts do not use) or 16 x 16 block scales (``weight_scale_inv``, Qwen3-30B-A3B-FP8's form): the experts stay
-    e4m3 and the output equals the model with the dequantized weights."""
+    e4m3 and the output equals the model with the dequantized weights, also over two tensor-parallel ranks."""
     from safetensors.torch import load_file
     path = _save(tmp_path / "dense", wide=True)
     state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
@@ -164,6 +164,11 @@ def test_fp8_moe_checkpoint_equals_its_dequantized_reference(tmp_path, block):
     assert experts.w2_scale.shape == ((4, 64, 1) if block is None else (4, 4, 2))
     assert tokens == ref_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
+    if block is not None:       # tensor parallel: each rank its rows of the gate/up block scales, columns of down's
+        del llm
+        _, tp_tokens, tp_logprobs = _run(qpath, tensor_parallel_size=2)
+        assert tp_tokens == ref_tokens
+        torch.testing.assert_close(torch.tensor(tp_logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
 
 
 def test_fp8_moe_checkpoint_missing_an_expert_scale_is_an_error(tmp_path):
