@@ -259,7 +259,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
     "default_mm_loras", "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots",
     "model_loader_extra_config",
-    "ignore_patterns", "disable_hybrid_kv_cache_manager",
+    "disable_hybrid_kv_cache_manager",
     "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "override_pooler_config",
     "worker_cls", "kv_transfer_config", "kv_events_config",
@@ -287,6 +287,9 @@ class EngineArgs:
     # for the one `hf auth login` saved. None: huggingface_hub's own default (HF_TOKEN, then the saved login).
     hf_token: bool | str | None = None
     download_dir: str | None = None
+    # vLLM's: file patterns (fnmatch, relative to the model folder) neither downloaded nor loaded; its default skips
+    # the duplicate weights some repositories keep under original/ (Llama 3's consolidated checkpoint).
+    ignore_patterns: list[str] | str | None = dataclasses.field(default_factory=lambda: ["original/**/*"])
     load_format: str = "auto"
     use_tqdm_on_load: bool = True   # progress bars while weights load (vLLM's flag)
     dtype: str = "auto"       # or a torch.dtype (stored as its name)
@@ -470,6 +473,8 @@ class EngineArgs:
         g.add_argument("--hf-token", type=str, nargs="?", const=True, default=None,
                        help="Hugging Face token for downloads (gated models); alone, the token `hf auth login` saved.")
         g.add_argument("--download-dir", type=str, default=None, help="Where to download and cache weights.")
+        g.add_argument("--ignore-patterns", type=str, nargs="+", default=d.ignore_patterns,
+                       help="File patterns (relative to the model folder) neither downloaded nor loaded.")
         g.add_argument("--load-format", type=str, default=d.load_format, choices=list(LOAD_FORMATS))
         g.add_argument("--use-tqdm-on-load", action=argparse.BooleanOptionalAction, default=d.use_tqdm_on_load,
                        help="Show progress bars while loading weights.")
@@ -784,6 +789,11 @@ def verify_engine_args(args: EngineArgs) -> None:
     if not (args.hf_token is None or isinstance(args.hf_token, bool)
             or (isinstance(args.hf_token, str) and args.hf_token.strip())):
         raise ValueError("hf_token must be a token (a non-empty string), True (the saved login) or None.")
+    if isinstance(args.ignore_patterns, str):
+        args.ignore_patterns = [args.ignore_patterns]
+    if args.ignore_patterns is not None and not (isinstance(args.ignore_patterns, (list, tuple))
+                                                  and all(isinstance(p, str) for p in args.ignore_patterns)):
+        raise ValueError(f"ignore_patterns must be a file pattern or a list of them, got {args.ignore_patterns!r}.")
     if not isinstance(args.worker_extension_cls, str):
         raise ValueError(f"worker_extension_cls must be the class's import path (module.Class), got "
                          f"{type(args.worker_extension_cls).__name__}.")

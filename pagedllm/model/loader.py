@@ -26,7 +26,7 @@ import torch
 
 from pagedllm import envs
 from pagedllm.config import ResolvedModel
-from pagedllm.model.weight_files import iterate_pt, iterate_safetensors, load_progress  # noqa: F401
+from pagedllm.model.weight_files import iterate_pt, iterate_safetensors, load_progress, safetensors_files  # noqa: F401
 from pagedllm.model.models.weights import check_all_loaded
 
 if TYPE_CHECKING:
@@ -154,24 +154,33 @@ def _download(model_id: str, args: "EngineArgs") -> str:
         except Exception as e:
             raise ValueError(f"Could not download model {model_id!r} from ModelScope: {e}") from None
     from huggingface_hub import snapshot_download
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    patterns = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"]
     if args.trust_remote_code:      # a remote-code tokenizer (e.g. ChatGLM's tokenization_chatglm.py)
         patterns.append("*.py")
+
+    def fetch(allow: list[str], local_only: bool = False) -> str:
+        return snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision, allow_patterns=allow,
+                                 ignore_patterns=args.ignore_patterns or None, local_files_only=local_only,
+                                 token=args.hf_token)
     try:  # the local cache first, so a cached model starts without network
-        path = snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
-                                 allow_patterns=patterns, local_files_only=True, token=args.hf_token)
-        if (args.load_format == "dummy" or glob.glob(os.path.join(path, "*.safetensors"))
+        path = fetch(patterns + ["*.safetensors"], local_only=True)
+        if (args.load_format == "dummy" or safetensors_files(path, args.ignore_patterns)
                 or glob.glob(os.path.join(path, "*.bin"))):
             return path
     except Exception:
         pass
     try:
-        path = snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
-                                 allow_patterns=patterns, token=args.hf_token)
-        if not glob.glob(os.path.join(path, "*.safetensors")) and args.load_format != "dummy":
+        path = fetch(patterns)         # the configs, and the shard index if there is one
+        if args.load_format == "dummy":
+            return path
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.isfile(index):      # only the shards it lists (not Mistral's consolidated.safetensors as well)
+            with open(index) as f:
+                shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        path = fetch(patterns + (shards if os.path.isfile(index) else ["*.safetensors"]))
+        if not safetensors_files(path, args.ignore_patterns):
             # Older checkpoints (e.g. THUDM/chatglm2-6b) ship only pytorch_model-*.bin: as vLLM, fall back to them.
-            path = snapshot_download(model_id, cache_dir=args.download_dir, revision=args.revision,
-                                     allow_patterns=patterns + ["*.bin"], token=args.hf_token)
+            path = fetch(patterns + ["*.bin"])
         return path
     except Exception as e:
         raise ValueError(
@@ -366,7 +375,8 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
                                         keep_quantized=getattr(quant_config, "kept_quantized", None),
                                         convert_device=config.device)
         elif fmt in ("auto", "safetensors", "bitsandbytes") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
-            weights = iterate_safetensors(config.model.model_dir, progress=progress, skip_prefixes=skip_prefixes)
+            weights = iterate_safetensors(config.model.model_dir, progress=progress, skip_prefixes=skip_prefixes,
+                                          ignore_patterns=config.args.ignore_patterns)
         elif fmt == "safetensors":
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
         else:

@@ -2,9 +2,11 @@
 model/loader.py and model/gguf_loader.py)."""
 from __future__ import annotations
 
+import fnmatch
 import glob
+import json
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -20,15 +22,30 @@ def load_progress(iterable=None, *, desc: str, total: int | None = None, enabled
                 disable=not (enabled and first_rank))
 
 
-def iterate_safetensors(model_dir: str, progress: bool = False,
-                        skip_prefixes: tuple[str, ...] = ()) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of the folder's safetensors files, except those whose name starts with one of ``skip_prefixes``
-    (layers another pipeline stage holds: never read from disk)."""
-    from safetensors import safe_open
+def safetensors_files(model_dir: str, ignore_patterns: Sequence[str] | None = None) -> list[str]:
+    """The folder's safetensors checkpoint files: those its ``model.safetensors.index.json`` lists where it has one
+    (Mistral's repositories also hold ``consolidated.safetensors``, the same weights under other names), less those
+    matching ``ignore_patterns`` (vLLM's, relative to the folder)."""
     files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            listed = set(json.load(f).get("weight_map", {}).values())
+        files = [p for p in files if os.path.basename(p) in listed] or files
+    return [p for p in files if not any(fnmatch.fnmatch(os.path.basename(p), pattern)
+                                        for pattern in ignore_patterns or ())]
+
+
+def iterate_safetensors(model_dir: str, progress: bool = False, skip_prefixes: tuple[str, ...] = (),
+                        ignore_patterns: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the folder's safetensors files (``safetensors_files``), except those whose name starts with
+    one of ``skip_prefixes`` (layers another pipeline stage holds: never read from disk)."""
+    from safetensors import safe_open
+    files = safetensors_files(model_dir, ignore_patterns)
     if not files:
-        raise ValueError(f"No *.safetensors weights found in {model_dir!r}.")
-    for path in load_progress(files, desc="Loading safetensors checkpoint shards", enabled=progress):  # a sharded index lists these same files; reading them all is equivalent
+        raise ValueError(f"No *.safetensors weights found in {model_dir!r}"
+                         + (f" outside ignore_patterns={list(ignore_patterns)}." if ignore_patterns else "."))
+    for path in load_progress(files, desc="Loading safetensors checkpoint shards", enabled=progress):
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
                 if skip_prefixes and name.startswith(skip_prefixes):
