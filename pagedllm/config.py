@@ -245,8 +245,8 @@ class PoolerConfig:
 GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                                    "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
-    "hf_config_path", "enable_prompt_embeds", "allowed_media_domains",
-    "safetensors_load_strategy", "config_format", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
+    "enable_prompt_embeds", "allowed_media_domains",
+    "safetensors_load_strategy", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
     "node_rank", "decode_context_parallel_size", "dcp_kv_cache_interleave_size", "data_parallel_rank",
     "data_parallel_start_rank", "data_parallel_size_local", "data_parallel_address", "data_parallel_rpc_port",
     "data_parallel_hybrid_lb", "data_parallel_external_lb", "data_parallel_backend", "enable_dbo",
@@ -263,7 +263,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "override_pooler_config",
     "worker_cls", "kv_transfer_config", "kv_events_config",
-    "model_impl", "override_attention_dtype", "calculate_kv_scales",
+    "override_attention_dtype", "calculate_kv_scales",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
     "logits_processors", "kv_sharing_fast_prefill", "num_scheduler_steps",
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
@@ -279,6 +279,12 @@ class EngineArgs:
     model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     tokenizer: str | None = None
     tokenizer_mode: str = "auto"
+    # vLLM's: the folder or Hub id whose config.json describes the model (default: the model's own)
+    hf_config_path: str | None = None
+    # vLLM's: how config.json is read ("auto" / "hf": transformers' format; Mistral's params.json is not read)
+    config_format: str = "auto"
+    # vLLM's: "auto" / "vllm" are this engine's own model code; its Transformers-backend fallback is not offered
+    model_impl: str = "auto"
     skip_tokenizer_init: bool = False
     trust_remote_code: bool = False
     revision: str | None = None
@@ -465,6 +471,10 @@ class EngineArgs:
             g.add_argument("--model", type=str, default=d.model, help="HF model id, local folder or .gguf file.")
         g.add_argument("--tokenizer", type=str, default=None, help="Tokenizer name or path (default: the model).")
         g.add_argument("--tokenizer-mode", type=str, default=d.tokenizer_mode)
+        g.add_argument("--hf-config-path", type=str, default=None,
+                       help="Folder or Hub id whose config.json to use instead of the model's.")
+        g.add_argument("--config-format", type=str, default=d.config_format, choices=["auto", "hf", "mistral"])
+        g.add_argument("--model-impl", type=str, default=d.model_impl, choices=["auto", "vllm", "transformers"])
         g.add_argument("--skip-tokenizer-init", action="store_true",
                        help="Skip the tokenizer; prompts must then be token ids.")
         g.add_argument("--trust-remote-code", action="store_true", help="Trust remote code from the hub.")
@@ -690,6 +700,15 @@ def _coerce_scalar_fields(args: EngineArgs) -> None:
 def verify_engine_args(args: EngineArgs) -> None:
     """Checks that need only the arguments: every value pagedllm cannot honour is an error here, named, never
     silently ignored. (Checks that need the model or the device are in ``EngineConfig.build``.)"""
+    if args.config_format not in ("auto", "hf"):
+        raise ValueError(f"config_format={args.config_format!r} is not supported (Mistral's params.json is not read);"
+                         " use 'auto' or 'hf' with the checkpoint's config.json." if args.config_format == "mistral"
+                         else f"config_format must be 'auto', 'hf' or 'mistral', got {args.config_format!r}.")
+    if args.model_impl not in ("auto", "vllm"):
+        raise ValueError("model_impl='transformers' (vLLM's Transformers backend for architectures it lacks) is not "
+                         "supported: pagedllm runs its own implementation of each supported architecture "
+                         "(model_impl='auto' or 'vllm')." if args.model_impl == "transformers"
+                         else f"model_impl must be 'auto', 'vllm' or 'transformers', got {args.model_impl!r}.")
     if args.tokenizer_mode == "mistral":
         raise ValueError("tokenizer_mode='mistral' is not supported yet (no mistral_common tokenizer); "
                          "use 'auto' or 'slow'.")

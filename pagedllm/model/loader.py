@@ -189,6 +189,21 @@ def _download(model_id: str, args: "EngineArgs") -> str:
             f"or set PAGEDLLM_USE_MODELSCOPE=1 to use ModelScope.") from None
 
 
+def _config_dir(args: "EngineArgs") -> str:
+    """The folder holding ``hf_config_path``'s config.json: the path itself, or the Hub snapshot of its JSON files."""
+    path = args.hf_config_path
+    if not os.path.isdir(path):
+        from huggingface_hub import snapshot_download
+        try:
+            path = snapshot_download(path, allow_patterns=["*.json"], token=args.hf_token)
+        except Exception as e:
+            raise ValueError(f"hf_config_path={args.hf_config_path!r} is neither a local folder nor a Hub repository "
+                             f"that could be fetched ({type(e).__name__}: {e}).") from None
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"hf_config_path={args.hf_config_path!r}: no config.json in {path!r}.")
+    return path
+
+
 def _override_hf_config(hf_config, overrides: dict) -> None:
     """Set ``overrides`` on the config. transformers 5 keeps rope_theta and the rope scaling in ``rope_parameters``
     (what the rotary layer reads): {"rope_theta": 1e6} is written there too, and {"rope_scaling": {...}} (the older
@@ -311,7 +326,8 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         model_dir = _download(model, args)
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         raise ValueError(f"No config.json in {model_dir!r} (model {model!r}).")
-    hf_config = _text_part(load_hf_config(model_dir, trust_remote_code=args.trust_remote_code))
+    hf_config = _text_part(load_hf_config(_config_dir(args) if args.hf_config_path else model_dir,
+                                          trust_remote_code=args.trust_remote_code))
     if callable(args.hf_overrides):       # vLLM's other form: a function of the config that returns it
         hf_config = args.hf_overrides(hf_config)
     elif args.hf_overrides:

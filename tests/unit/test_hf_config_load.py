@@ -52,3 +52,32 @@ def test_a_fresh_process_loads_a_qwen2_config_without_the_model_mappings(tmp_pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["2", "False"]
+
+
+def test_hf_config_path_config_format_and_model_impl(tiny_llama_dir, tmp_path):
+    """vLLM's hf_config_path: the model's weights under another folder's config.json (here one that sets a shorter
+    max_position_embeddings, which max_model_len follows); config_format / model_impl take the values that mean
+    what pagedllm does, and the others are errors that say why."""
+    import argparse
+
+    import pytest
+
+    from pagedllm import LLM
+    from pagedllm.config import EngineArgs
+    config = json.loads((__import__("pathlib").Path(tiny_llama_dir) / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, max_position_embeddings=48)))
+    kw = dict(skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01)
+    assert LLM(tiny_llama_dir, **kw).llm_engine.model_config.max_model_len == config["max_position_embeddings"]
+    llm = LLM(tiny_llama_dir, hf_config_path=str(tmp_path), config_format="hf", model_impl="vllm", **kw)
+    assert llm.llm_engine.model_config.max_model_len == 48
+    with pytest.raises(ValueError, match="hf_config_path='.*empty.*': no config.json"):
+        (tmp_path / "empty").mkdir()
+        LLM(tiny_llama_dir, hf_config_path=str(tmp_path / "empty"), **kw)
+    with pytest.raises(ValueError, match="config_format='mistral' is not supported"):
+        LLM(tiny_llama_dir, config_format="mistral", **kw)
+    with pytest.raises(ValueError, match="model_impl='transformers' .* is not supported"):
+        LLM(tiny_llama_dir, model_impl="transformers", **kw)
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    args = EngineArgs.from_cli_args(parser.parse_args(["--hf-config-path", "x", "--config-format", "hf",
+                                                       "--model-impl", "vllm"]))
+    assert (args.hf_config_path, args.config_format, args.model_impl) == ("x", "hf", "vllm")

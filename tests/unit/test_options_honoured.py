@@ -76,6 +76,12 @@ ENGINE_FIELDS: dict[str, list] = {
     "hf_token": [Read(("model/loader.py",), "token=args.hf_token"), Read(("lora/manager.py",), "self.hf_token)"),
                  Rejects("", "hf_token must be a token")],
     "download_dir": [Read(("model/loader.py",), "cache_dir=args.download_dir")],
+    # tests/unit/test_weight_files.py (downloads and local loading), test_hf_config_load.py (the other three)
+    "ignore_patterns": [Read(("model/loader.py",), "ignore_patterns=args.ignore_patterns"),
+                        Rejects([3], "ignore_patterns must be a file pattern or a list of them")],
+    "hf_config_path": [Read(("model/loader.py",), "_config_dir(args) if args.hf_config_path")],
+    "config_format": [Rejects("mistral", "config_format='mistral' is not supported")],
+    "model_impl": [Rejects("transformers", "model_impl='transformers' (vLLM's Transformers backend")],
     "load_format": [Read(("model/loader.py",), "args.load_format"), Rejects("tensorizer", "load_format must be one of")],
     "dtype": [Behaves(lambda mp: build(mp, dtype="float32").dtype == torch.float32 or _fail()),
               # float16 on the CPU: fp16 weights computed in fp32 (tests/unit/test_cpu_fp16_weights.py)
@@ -390,9 +396,9 @@ def test_unknown_keyword_names_vllm_arguments():
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
     assert "vLLM" not in str(info.value)
-    with pytest.raises(TypeError, match="model_impl is a vLLM engine argument that pagedllm does not "
+    with pytest.raises(TypeError, match="enable_prompt_embeds is a vLLM engine argument that pagedllm does not "
                                         "support yet"):
-        EngineArgs.from_kwargs("m", model_impl="vllm")
+        EngineArgs.from_kwargs("m", enable_prompt_embeds=True)
 
 
 # ---- SamplingParams ----------------------------------------------------------------------------------------------
