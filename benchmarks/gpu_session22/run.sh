@@ -12,7 +12,7 @@ if [ "${PART:-1}" = 1 ]; then
 PYTHONPATH=$R timeout 240 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short --durations=8 tests/gpu/test_engine_gpu.py 2>&1 \
   | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -40
 PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short tests/gpu/test_triton_moe.py \
-  tests/gpu/test_triton_attention.py tests/gpu/test_quant_packed_kernels.py tests/gpu/test_quant_awq_engine_gpu.py 2>&1 \
+  tests/gpu/test_quant_fp8_block.py tests/gpu/test_quant_fp8_block_engine_gpu.py tests/gpu/test_triton_attention.py tests/gpu/test_quant_packed_kernels.py tests/gpu/test_quant_awq_engine_gpu.py 2>&1 \
   | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -15
 for v in fused fp8 loop; do PYTHONPATH=$R timeout 70 python3 benchmarks/moe_gpu.py $v bs1_128_256 seed004_25x64x128 --layers 24 2>&1 | grep -E "^\{|Error|error" | tail -4; done
 fi
