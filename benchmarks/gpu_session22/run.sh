@@ -19,3 +19,10 @@ fi
 if [ "${PART:-1}" = 2 ]; then
 SKIP_TESTS=1 PART=1 bash benchmarks/gpu_session20/next.sh
 fi
+if [ "${PART:-1}" = 3 ]; then
+# Block-scaled FP8 (Qwen3-FP8's form, 128 x 128) on the 7B shapes against bf16, same call. Prediction (H200): bs1
+# ~+60-80% over bf16, ShareGPT within 0.8-1.2x of bf16.
+BLK='{"quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}}'
+PYTHONPATH=$R timeout 100 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 sharegpt_like_1000 2>&1 | offline_summary "bf16"
+ANCHOR_CFG="$BLK" PYTHONPATH=$R timeout 100 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 sharegpt_like_1000 2>&1 | offline_summary "fp8-block"
+fi
