@@ -109,3 +109,22 @@ def test_fp8_experts_equal_the_loop_over_their_dequantized_weights(group, tokens
                       weights.double())
     err = ((out.double() - expected).norm() / expected.norm()).item()
     assert err < 1.5e-2, err
+
+
+@pytest.mark.skipif(not INTERPRET, reason="the GPU engine test covers this on a GPU (tests/gpu/test_engine_gpu.py)")
+@pytest.mark.parametrize("quantization", [None, "fp8"])
+def test_the_engine_through_the_fused_kernels_equals_the_loop(tmp_path, monkeypatch, quantization):
+    """The whole layer path on the CPU under the interpreter (fp32): MoEExperts hands the kernels its weights (and an
+    FP8 method's scales and group) and the engine's tokens and log-probabilities equal those of HF's loop."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "models"))
+    from test_moe import _run, _save
+
+    from pagedllm.model.layers.moe import MoEExperts
+    path = _save(tmp_path / "m", wide=True)
+    _, ref_tokens, ref_logprobs = _run(path, quantization=quantization)
+
+    monkeypatch.setattr(MoEExperts, "forward", MoEExperts.fused)       # the GPU path, on CPU tensors
+    _, tokens, logprobs = _run(path, quantization=quantization)
+    assert tokens == ref_tokens
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-4, atol=1e-5)

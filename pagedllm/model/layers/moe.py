@@ -96,12 +96,14 @@ class MoEExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
         """``x`` ``[T, H]``; ``top_ids`` / ``top_weights`` ``[T, k]``: this rank's part of the weighted sum."""
-        if x.is_cuda:
-            from pagedllm.kernels.triton_moe import fused_moe
-            args = (self.quant_method.kernel_args(self) if self.quant_method is not None
-                    else {"w13": self.w13, "w2": self.w2})
-            return fused_moe(x, top_ids=top_ids, top_weights=top_weights, **args)
-        return self.expert_loop(x, top_ids, top_weights)
+        return (self.fused if x.is_cuda else self.expert_loop)(x, top_ids, top_weights)
+
+    def fused(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
+        """Every expert in two grouped Triton GEMMs, the routing on the device (the GPU path)."""
+        from pagedllm.kernels.triton_moe import fused_moe
+        args = (self.quant_method.kernel_args(self) if self.quant_method is not None
+                else {"w13": self.w13, "w2": self.w2})
+        return fused_moe(x, top_ids=top_ids, top_weights=top_weights, **args)
 
     def expert_loop(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
         """HF's loop: one expert at a time over its tokens (the CPU path; the reference for the fused kernels)."""
