@@ -185,3 +185,29 @@ def test_fp8_moe_checkpoint_missing_an_expert_scale_is_an_error(tmp_path):
                                                      "ignored_layers": ["re:.*self_attn.*"]})
     with pytest.raises(ValueError, match="missing weight_scale for an expert's gate, up or down projection"):
         LLM(qpath, skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01)
+
+
+def test_an_expert_weight_update_reaches_the_model_and_fp8_experts_refuse_one(tmp_path):
+    """vLLM's RLHF weight update (``load_weights`` with some tensors, by checkpoint name) into stacked experts: the
+    next tokens are HF's with the new weight; FP8 experts (converted at load) refuse it by name."""
+    from safetensors.torch import load_file
+    path = _save(tmp_path / "m", wide=True)
+    state = load_file(next((tmp_path / "m").glob("*.safetensors")))
+    name = "model.layers.1.mlp.experts.2.down_proj.weight"
+    torch.manual_seed(9)
+    new = state[name] + torch.randn_like(state[name]) * 0.3
+    hf = transformers.AutoModelForCausalLM.from_pretrained(_rewrite(path, tmp_path / "updated", {**state, name: new}),
+                                                           dtype=torch.float32).eval()
+    llm, before, _ = _run(path)
+    loaded = llm.llm_engine.core.runner.model.load_weights([(name, new)])
+    assert "model.layers.1.mlp.experts.w2" in loaded
+    llm.reset_prefix_cache()
+    sp = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False)
+    after = [list(o.outputs[0].token_ids) for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], sp,
+                                                                  use_tqdm=False)]
+    expected = [hf.generate(torch.tensor([p]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                            pad_token_id=0)[0, len(p):].tolist() for p in PROMPTS]
+    assert after == expected and after != before
+    fp8, _, _ = _run(path, quantization="fp8")
+    with pytest.raises(ValueError, match="is a weight of quantized experts"):
+        fp8.llm_engine.core.runner.model.load_weights([(name, new)])

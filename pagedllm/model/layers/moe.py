@@ -173,6 +173,10 @@ def load_expert_tensors(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
             continue                       # a layer of another pipeline stage
         if not isinstance(experts, MoEExperts):
             continue
+        if getattr(model, "weights_processed", False) and experts.quant_method is not None:
+            raise ValueError(f"load_weights: {name!r} is a weight of quantized experts, converted to their kernels' "
+                             "layout when the model loaded; updating quantized weights after loading is not "
+                             "supported yet (dense layers are).")
         experts.load(int(expert), _PART[part], tensor, kind)
         # every parameter of the stacked experts (a format's scales too: its own check finds a missing one)
         loaded.update(f"{prefix}.experts.{n}" for n, _ in experts.named_parameters())

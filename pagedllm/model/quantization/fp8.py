@@ -369,16 +369,14 @@ class Fp8MoEMethod(MoEMethod):
 
     def load(self, experts: nn.Module, expert: int, part: str, kind: str, tensor: torch.Tensor) -> bool:
         cfg = self.config
-        if kind == "weight" or (kind == "input_scale" and cfg.is_checkpoint_fp8_serialized):
-            if kind == "input_scale":
-                if not getattr(cfg, "_moe_input_scale_logged", False):
-                    logger.info("FP8 experts run weight-only: the checkpoint's input_scale (static activation "
-                                "scales) is not used; activations stay in the model dtype.")
-                    cfg._moe_input_scale_logged = True
-                return True
-            return False          # the layer's own copy (fp8 or dense, whatever its parameter holds)
-        if not cfg.is_checkpoint_fp8_serialized:
-            return False
+        if kind == "weight" or not cfg.is_checkpoint_fp8_serialized:
+            return False          # weights: the layer's own copy (into fp8 or dense parameters); no scales online
+        if kind == "input_scale":
+            if not getattr(cfg, "_moe_input_scale_logged", False):
+                logger.info("FP8 experts run weight-only: the checkpoint's input_scale (static activation scales) "
+                            "is not used; activations stay in the model dtype.")
+                cfg._moe_input_scale_logged = True
+            return True
         with torch.no_grad():
             if kind == "weight_scale_inv" and cfg.weight_block_size is not None:
                 bn, bk = cfg.weight_block_size
