@@ -26,3 +26,13 @@ BLK='{"quantization_config": {"quant_method": "fp8", "activation_scheme": "dynam
 PYTHONPATH=$R timeout 100 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 sharegpt_like_1000 2>&1 | offline_summary "bf16"
 ANCHOR_CFG="$BLK" PYTHONPATH=$R timeout 100 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 sharegpt_like_1000 2>&1 | offline_summary "fp8-block"
 fi
+if [ "${PART:-1}" = 4 ]; then
+# PART=1 cut to what ~7 minutes hold (most of the session's device time went to failed starts): the engine tests,
+# the new kernels' tests, the MoE A/B at batch 1.
+PYTHONPATH=$R timeout 210 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short tests/gpu/test_engine_gpu.py 2>&1 \
+  | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -30
+PYTHONPATH=$R timeout 100 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short tests/gpu/test_triton_moe.py \
+  tests/gpu/test_quant_fp8_block.py tests/gpu/test_quant_fp8_block_engine_gpu.py tests/gpu/test_triton_attention.py 2>&1 \
+  | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -15
+for v in fused loop; do PYTHONPATH=$R timeout 55 python3 benchmarks/moe_gpu.py $v bs1_128_256 --layers 24 2>&1 | grep -E "^\{|Error|error" | tail -3; done
+fi
