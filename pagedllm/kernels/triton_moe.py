@@ -57,24 +57,37 @@ def _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _weight_tile(w_base, s_base, rows, rows_ok, k, k_ok, k0, stride_wn, stride_sn, dtype, W_FP8: tl.constexpr,
+def _weight_tile(w_base, s_base, o_base, rows, rows_ok, k, k_ok, k0, stride_w, stride_s, dtype, WFMT: tl.constexpr,
                  GN: tl.constexpr, GK: tl.constexpr):
-    """The ``[BLOCK_K, BLOCK_N]`` tile of weight rows ``rows`` (output features) at columns ``k``, in ``dtype``: an
-    fp8 weight times its scale, one per ``GN`` rows x ``GK`` columns (per output channel: ``GN = 1, GK = K``; a
-    block-quantized checkpoint's 128 x 128; a k tile never straddles two scale columns)."""
-    w = tl.load(w_base + rows[None, :].to(tl.int64) * stride_wn + k[:, None], mask=k_ok[:, None] & rows_ok[None, :],
-                other=0.0)
-    if W_FP8:
-        scale = tl.load(s_base + (rows // GN).to(tl.int64) * stride_sn + k0 // GK, mask=rows_ok, other=0.0)
-        w = (w.to(tl.float32) * scale[None, :]).to(dtype)
+    """The ``[BLOCK_K, BLOCK_N]`` tile of weight rows ``rows`` (output features) at columns ``k``, in ``dtype``.
+    ``WFMT`` 0: a dense ``[N, K]`` weight (``stride_w`` between rows). 1: fp8 ``[N, K]`` times its scale, one per
+    ``GN`` rows x ``GK`` columns (per output channel: ``GN = 1, GK = K``; a block checkpoint's 128 x 128; a k tile
+    never straddles two scale columns). 4 / 8: the canonical packed form (kernels/quant/packed.py): int32 words
+    ``[K / (32 / WFMT), N]`` (``stride_w`` between word rows), ``q * scale + offset`` with one scale and offset row
+    ``[N]`` per ``GK`` (the group size) columns of K (``stride_s`` between group rows)."""
+    if WFMT >= 4:
+        PACK: tl.constexpr = 32 // WFMT
+        words = tl.load(w_base + (k // PACK)[:, None].to(tl.int64) * stride_w + rows[None, :],
+                        mask=k_ok[:, None] & rows_ok[None, :], other=0)
+        q = (words >> ((k % PACK) * WFMT)[:, None]) & ((1 << WFMT) - 1)
+        group = k0 // GK
+        scale = tl.load(s_base + group * stride_s + rows, mask=rows_ok, other=0.0).to(tl.float32)
+        offset = tl.load(o_base + group * stride_s + rows, mask=rows_ok, other=0.0).to(tl.float32)
+        w = (q.to(tl.float32) * scale[None, :] + offset[None, :]).to(dtype)
+    else:
+        w = tl.load(w_base + rows[None, :].to(tl.int64) * stride_w + k[:, None],
+                    mask=k_ok[:, None] & rows_ok[None, :], other=0.0)
+        if WFMT == 1:
+            scale = tl.load(s_base + (rows // GN).to(tl.int64) * stride_s + k0 // GK, mask=rows_ok, other=0.0)
+            w = (w.to(tl.float32) * scale[None, :]).to(dtype)
     return w
 
 
 @triton.jit
-def _moe_gate_up_kernel(X, W13, S13, H, SortedSlots, BlockExperts, stride_x, stride_we, stride_wn, stride_se, stride_sn,
-                        stride_h, num_slots, K: tl.constexpr, I: tl.constexpr, TOP_K: tl.constexpr,
+def _moe_gate_up_kernel(X, W13, S13, O13, H, SortedSlots, BlockExperts, stride_x, stride_we, stride_wn, stride_se,
+                        stride_sn, stride_h, num_slots, K: tl.constexpr, I: tl.constexpr, TOP_K: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-                        W_FP8: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr):
+                        WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr):
     expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
     if expert < 0:
         return
@@ -84,16 +97,17 @@ def _moe_gate_up_kernel(X, W13, S13, H, SortedSlots, BlockExperts, stride_x, str
     offs_k = tl.arange(0, BLOCK_K)
     w_base = W13 + expert * stride_we
     s_base = S13 + expert * stride_se
+    o_base = O13 + expert * stride_se
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
         x = tl.load(X + tokens[:, None] * stride_x + k[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
-        wg = _weight_tile(w_base, s_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn, X.dtype.element_ty,
-                          W_FP8, GN, GK)
-        wu = _weight_tile(w_base, s_base, offs_n + I, n_ok, k, k_ok, k0, stride_wn, stride_sn, X.dtype.element_ty,
-                          W_FP8, GN, GK)
+        wg = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn,
+                          X.dtype.element_ty, WFMT, GN, GK)
+        wu = _weight_tile(w_base, s_base, o_base, offs_n + I, n_ok, k, k_ok, k0, stride_wn, stride_sn,
+                          X.dtype.element_ty, WFMT, GN, GK)
         acc_g = tl.dot(x, wg, acc_g, input_precision=PRECISION)
         acc_u = tl.dot(x, wu, acc_u, input_precision=PRECISION)
     # HF rounds gate and up to the model dtype before silu(gate) * up: the same here, so bf16 stays close to it.
@@ -105,10 +119,10 @@ def _moe_gate_up_kernel(X, W13, S13, H, SortedSlots, BlockExperts, stride_x, str
 
 
 @triton.jit
-def _moe_down_kernel(Hin, W2, S2, Y, RouteWeights, SortedSlots, BlockExperts, stride_h, stride_we, stride_wn, stride_se,
-                     stride_sn, stride_y, num_slots, K: tl.constexpr, N: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, W_FP8: tl.constexpr,
-                     GN: tl.constexpr, GK: tl.constexpr):
+def _moe_down_kernel(Hin, W2, S2, O2, Y, RouteWeights, SortedSlots, BlockExperts, stride_h, stride_we, stride_wn,
+                     stride_se, stride_sn, stride_y, num_slots, K: tl.constexpr, N: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                     WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr):
     expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
     if expert < 0:
         return
@@ -118,13 +132,14 @@ def _moe_down_kernel(Hin, W2, S2, Y, RouteWeights, SortedSlots, BlockExperts, st
     offs_k = tl.arange(0, BLOCK_K)
     w_base = W2 + expert * stride_we
     s_base = S2 + expert * stride_se
+    o_base = O2 + expert * stride_se
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
         h = tl.load(Hin + safe[:, None] * stride_h + k[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
-        w = _weight_tile(w_base, s_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn, Hin.dtype.element_ty,
-                         W_FP8, GN, GK)
+        w = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn,
+                         Hin.dtype.element_ty, WFMT, GN, GK)
         acc = tl.dot(h, w, acc, input_precision=PRECISION)
     # HF: down_proj's output in the model dtype, times the routing weight (in the dtype the block gave it).
     route = tl.load(RouteWeights + safe, mask=valid, other=0.0).to(tl.float32)
@@ -147,41 +162,46 @@ def _tiles(slots: int, num_experts: int) -> tuple[int, int, int, int]:
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: torch.Tensor,
               top_weights: torch.Tensor, w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None,
-              scale_group: tuple[int, int] | None = None) -> torch.Tensor:
+              scale_group: tuple[int, int] | None = None, w13_offset: torch.Tensor | None = None,
+              w2_offset: torch.Tensor | None = None, bits: int = 0) -> torch.Tensor:
     """``sum_j top_weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` over each token's experts ``e =
     top_ids[t, j]``; ``x [T, H]``, ``w13 [E, 2I, H]`` (gate rows then up rows), ``w2 [E, H, I]``. Returns ``[T, H]``
-    in ``x``'s dtype (the sum over the ``top_k`` rows in fp32).
+    in ``x``'s dtype (the sum over the ``top_k`` rows in fp32). The weights are scaled up to ``x``'s dtype in the
+    kernels (weight-only: activations are not quantized):
 
-    FP8 experts: ``w13`` / ``w2`` in e4m3 with fp32 scales ``[E, rows / gn, cols / gk]`` for ``scale_group = (gn,
-    gk)`` (``gk = 0``: one scale per row, per output channel); the weights are scaled up to ``x``'s dtype in the
-    kernels (weight-only: activations are not quantized)."""
+    * FP8 experts: ``w13`` / ``w2`` in e4m3 with fp32 scales ``[E, rows / gn, cols / gk]`` for ``scale_group =
+      (gn, gk)`` (``gk = 0``: one scale per row, per output channel);
+    * ``bits`` 4 / 8: each expert in the canonical packed form, ``w13 [E, H / pack, 2I]`` and ``w2 [E, I / pack,
+      H]`` int32 words with ``*_scale`` / ``*_offset`` ``[E, K / group, N]`` for ``scale_group = (1, group)``
+      (``group = 0``: one group per column, per output channel, whatever each matrix's K)."""
     tokens, hidden = x.shape
-    num_experts, two_i, _ = w13.shape
-    inter = two_i // 2
+    num_experts = w13.shape[0]
+    inter = (w13.shape[2] if bits else w13.shape[1]) // 2
     top_k = top_ids.shape[1]
     slots = tokens * top_k
     if x.stride(-1) != 1:
         x = x.contiguous()
     block_m, block_n, block_k, warps = _tiles(slots, num_experts)
-    fp8 = w13_scale is not None
-    gn, gk = scale_group if fp8 else (1, 0)
+    fmt = bits or (1 if w13_scale is not None else 0)
+    gn, gk = scale_group if fmt else (1, 0)
     if gk:
-        block_k = min(block_k, gk)     # block scales: a k tile within one scale column (the loader checked gk)
+        block_k = min(block_k, gk)     # a k tile within one scale column / group (the loader checked gk)
     sorted_slots, block_experts = align_to_experts(top_ids, num_experts, block_m)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    s13 = w13_scale if fp8 else w13        # unread when not fp8
-    s2 = w2_scale if fp8 else w2
+    s13, s2 = (w13_scale, w2_scale) if fmt else (w13, w2)          # unread when dense
+    o13, o2 = (w13_offset, w2_offset) if bits else (s13, s2)       # unread unless packed
+    # the stride between weight rows: output features for dense / fp8 [E, N, K], packed k words for [E, K/p, N]
     h = torch.empty((slots, inter), dtype=x.dtype, device=x.device)
     grid = (block_experts.numel(), triton.cdiv(inter, block_n))
-    _moe_gate_up_kernel[grid](x, w13, s13, h, sorted_slots, block_experts, x.stride(0), w13.stride(0), w13.stride(1),
-                              s13.stride(0), s13.stride(1), h.stride(0), slots, K=hidden, I=inter, TOP_K=top_k,
-                              BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, W_FP8=fp8,
-                              GN=gn, GK=gk or hidden, num_warps=warps)
+    _moe_gate_up_kernel[grid](x, w13, s13, o13, h, sorted_slots, block_experts, x.stride(0), w13.stride(0),
+                              w13.stride(1), s13.stride(0), s13.stride(1), h.stride(0), slots, K=hidden, I=inter,
+                              TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision,
+                              WFMT=fmt, GN=gn, GK=gk or hidden, num_warps=warps)
     y = torch.empty((slots, hidden), dtype=x.dtype, device=x.device)
     route = top_weights.reshape(-1).contiguous()
     grid = (block_experts.numel(), triton.cdiv(hidden, block_n))
-    _moe_down_kernel[grid](h, w2, s2, y, route, sorted_slots, block_experts, h.stride(0), w2.stride(0), w2.stride(1),
-                           s2.stride(0), s2.stride(1), y.stride(0), slots, K=inter, N=hidden, BLOCK_M=block_m,
-                           BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, W_FP8=fp8, GN=gn, GK=gk or inter,
-                           num_warps=warps)
+    _moe_down_kernel[grid](h, w2, s2, o2, y, route, sorted_slots, block_experts, h.stride(0), w2.stride(0),
+                           w2.stride(1), s2.stride(0), s2.stride(1), y.stride(0), slots, K=inter, N=hidden,
+                           BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, WFMT=fmt, GN=gn,
+                           GK=gk or inter, num_warps=warps)
     return y.view(tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

@@ -128,3 +128,35 @@ def test_the_engine_through_the_fused_kernels_equals_the_loop(tmp_path, monkeypa
     _, tokens, logprobs = _run(path, quantization=quantization)
     assert tokens == ref_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits, group", [(4, 32), (8, 32), (4, 0)], ids=["int4_g32", "int8_g32", "int4_per_channel"])
+@pytest.mark.parametrize("tokens", [1, 45])
+def test_packed_int_experts_equal_the_loop_over_their_dequantized_weights(bits, group, tokens):
+    """AWQ / GPTQ experts in the canonical packed form (int32 words along K, a scale and offset per group of K, or
+    per column: ``group`` 0): the eager loop over the dequantized weights (kernels/quant/packed.py defines them)."""
+    from pagedllm.kernels.quant.packed import PackedWeight, dequantize, pack_along_k
+    num_experts, top_k, hidden, inter = 8, 2, 96, 64
+    gen = torch.Generator().manual_seed(tokens + bits)
+
+    def stack(k, n):        # every expert's [K, N] weight packed; and dequantized as the loop reads it ([N, K])
+        g = group or k
+        words, scales, offsets, dense = [], [], [], []
+        for _ in range(num_experts):
+            q = torch.randint(0, 2 ** bits, (k, n), generator=gen)
+            s = torch.rand(k // g, n, generator=gen) * 0.02 + 0.005
+            o = -s * (2 ** (bits - 1)) + torch.randn(k // g, n, generator=gen) * 0.01
+            w = PackedWeight(pack_along_k(q, bits), s.to(HALF), o.to(HALF), bits, g)
+            words.append(w.qweight), scales.append(w.scales), offsets.append(w.offsets)
+            dense.append(dequantize(w, torch.float64).t())
+        return [torch.stack(t).to(DEVICE) for t in (words, scales, offsets, dense)]
+
+    q13, s13, o13, d13 = stack(hidden, 2 * inter)
+    q2, s2, o2, d2 = stack(inter, hidden)
+    x = (torch.randn(tokens, hidden, generator=gen) / hidden ** 0.5).to(DEVICE, HALF)
+    ids, weights = _routing(tokens, num_experts, top_k, gen)
+    out = fused_moe(x, q13, q2, ids, weights.to(HALF), w13_scale=s13, w2_scale=s2, w13_offset=o13, w2_offset=o2,
+                    bits=bits, scale_group=(1, group))
+    expected = _eager(x.double(), d13, d2, ids, weights.double())
+    err = ((out.double() - expected).norm() / expected.norm()).item()
+    assert err < 1.5e-2, err
