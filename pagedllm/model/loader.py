@@ -401,7 +401,9 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
             weights = ((quant_config.checkpoint_name(name), tensor) for name, tensor in weights)
         check_all_loaded(model, model.load_weights(weights))
     if quant_config is not None:
-        for module in model.modules():     # checkpoint layout -> the kernels' (e.g. the canonical packed int4)
+        # checkpoint layout -> the kernels' (e.g. the canonical packed int4); children before their parents (a MoE
+        # layer's integer experts are linear layers of their own, stacked once they are converted)
+        for module in reversed(list(model.modules())):
             method = getattr(module, "quant_method", None)
             if method is not None:
                 method.process_weights_after_loading(module)

@@ -255,12 +255,15 @@ def test_bf16_raw_logits_mode_returns_the_models_logits(model_dir, prompts, hf_m
                 assert abs(lp.logprob - float(logits[j, tid])) <= 0.03 * scale, (j, tid)
 
 
-@pytest.mark.parametrize("arch, quantization", [("qwen3_moe", None), ("mixtral", None), ("qwen3_moe", "fp8")])
+@pytest.mark.parametrize("arch, quantization", [("qwen3_moe", None), ("mixtral", None), ("qwen3_moe", "fp8"),
+                                                ("qwen3_moe", "gptq")])
 def test_bf16_moe_greedy_agrees_with_hf(arch, quantization, prompts, tmp_path):
     """Mixtures of experts on the GPU: the fused Triton experts (routing on the device) captured in the decode and
     piecewise CUDA graphs, bf16 with the Triton attention, against HF fp32 on our own sequences (near-ties aside);
     and with 32 experts of which a batch of 1 uses 2 (most blocks of the grouped launch idle). FP8 (online): the
-    experts in e4m3 (per-row scales) in the same kernels, against HF fp32 with the weights dequantized."""
+    experts in e4m3 (per-row scales) in the same kernels, against HF fp32 with the weights dequantized; GPTQ
+    (4-bit, group 128, packed by tests/unit/test_quant_int_formats.py): the experts stacked in the canonical
+    packed form, against HF with the dequantized checkpoint."""
     from transformers import MixtralConfig, Qwen3MoeConfig
     common = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
                   num_key_value_heads=2, vocab_size=2048, max_position_embeddings=1024, tie_word_embeddings=False)
@@ -283,6 +286,23 @@ def test_bf16_moe_greedy_agrees_with_hf(arch, quantization, prompts, tmp_path):
         (ref_dir / "config.json").write_text((tmp_path / "config.json").read_text())
         save_file(online_fp8_reference(load_file(shard)), str(ref_dir / shard.name), metadata={"format": "pt"})
         model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
+    if quantization == "gptq":       # a GPTQ checkpoint of the model; HF's reference: its dequantized weights
+        import json
+        import sys
+        from safetensors.torch import load_file, save_file
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "models"))
+        from test_moe import _int_formats
+        (shard,) = tmp_path.glob("*.safetensors")
+        qconfig, quant, dense = _int_formats()._gptq_checkpoint(load_file(shard), 4, 128, sym=False, desc_act=False)
+        for folder, tensors in (("reference", dense), ("gptq", quant)):
+            (tmp_path / folder).mkdir()
+            config = json.loads((tmp_path / "config.json").read_text())
+            if folder == "gptq":
+                config["quantization_config"] = qconfig
+            (tmp_path / folder / "config.json").write_text(json.dumps(config))
+            save_file(tensors, str(tmp_path / folder / shard.name), metadata={"format": "pt"})
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "reference", dtype=torch.float32)
+        tmp_path, quantization = tmp_path / "gptq", None
     llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
               dtype="bfloat16", attention_backend="triton", max_num_batched_tokens=128, quantization=quantization)
     runner = llm.llm_engine.runner

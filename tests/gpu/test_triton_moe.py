@@ -112,20 +112,34 @@ def test_fp8_experts_equal_the_loop_over_their_dequantized_weights(group, tokens
 
 
 @pytest.mark.skipif(not INTERPRET, reason="the GPU engine test covers this on a GPU (tests/gpu/test_engine_gpu.py)")
-@pytest.mark.parametrize("quantization", [None, "fp8"])
+@pytest.mark.parametrize("quantization", [None, "fp8", "gptq"])
 def test_the_engine_through_the_fused_kernels_equals_the_loop(tmp_path, monkeypatch, quantization):
     """The whole layer path on the CPU under the interpreter (fp32): MoEExperts hands the kernels its weights (and an
-    FP8 method's scales and group) and the engine's tokens and log-probabilities equal those of HF's loop."""
+    FP8 method's scales and group; GPTQ experts stacked from their converted layers) and the engine's tokens and
+    log-probabilities equal those of HF's loop."""
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "models"))
-    from test_moe import _run, _save
+    from test_moe import _int_formats, _rewrite, _run, _save
 
     from pagedllm.model.layers.moe import MoEExperts
+    from pagedllm.model.quantization.int_weight import PackedIntLinearMethod
     path = _save(tmp_path / "m", wide=True)
-    _, ref_tokens, ref_logprobs = _run(path, quantization=quantization)
-
+    kw = {"quantization": quantization}
+    if quantization == "gptq":
+        from safetensors.torch import load_file
+        config, quant, _ = _int_formats()._gptq_checkpoint(load_file(next((tmp_path / "m").glob("*.safetensors"))),
+                                                           4, 32, sym=False, desc_act=False)
+        path, kw = _rewrite(path, tmp_path / "q", quant, config), {}
+    _, ref_tokens, ref_logprobs = _run(path, **kw)
     monkeypatch.setattr(MoEExperts, "forward", MoEExperts.fused)       # the GPU path, on CPU tensors
-    _, tokens, logprobs = _run(path, quantization=quantization)
+    convert = PackedIntLinearMethod.process_weights_after_loading
+
+    def experts_canonical(method, layer):     # the experts' layers keep the canonical form and get stacked
+        if ".experts." in layer.prefix:
+            method.cpu_form = lambda w: False
+        convert(method, layer)
+    monkeypatch.setattr(PackedIntLinearMethod, "process_weights_after_loading", experts_canonical)
+    _, tokens, logprobs = _run(path, **kw)
     assert tokens == ref_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-4, atol=1e-5)
 

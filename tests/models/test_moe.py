@@ -1,6 +1,6 @@
 """Mixture-of-experts models beyond the greedy parity of test_models_vs_hf.py: a checkpoint missing an expert is an
-error naming it; FP8 experts (online, per-tensor and block-quantized checkpoints) equal their dequantized reference;
-LoRA and the other quantization formats are refused for them."""
+error naming it; FP8 experts (online, per-tensor and block-quantized checkpoints) and AWQ / GPTQ experts equal their
+dequantized reference; LoRA and the other quantization formats are refused for them."""
 from __future__ import annotations
 
 import json
@@ -40,19 +40,14 @@ def test_a_missing_expert_is_named(tmp_path):
         LLM(path, skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01)
 
 
-def test_no_lora_and_no_quantization_but_fp8(tmp_path):
+def test_no_lora_and_no_quantization_but_fp8_awq_gptq(tmp_path):
     path = _save(tmp_path)
     assert num_experts(transformers.AutoConfig.from_pretrained(path)) == 4
     with pytest.raises(ValueError, match="Qwen3MoeForCausalLM does not support LoRA yet"):
         LLM(path, skip_tokenizer_init=True, enable_lora=True, kv_cache_memory_gb=0.01)
-    with open(f"{path}/config.json") as f:
-        config = json.load(f)
-    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True,
-                                     "version": "gemm"}
-    with open(f"{path}/config.json", "w") as f:
-        json.dump(config, f)
-    with pytest.raises(ValueError, match=r"Quantization \(awq\) is not supported yet for Qwen3MoeForCausalLM"):
-        LLM(path, skip_tokenizer_init=True, kv_cache_memory_gb=0.01)
+    with pytest.raises(ValueError, match=r"Quantization \(bitsandbytes\) is not supported yet for "
+                                         r"Qwen3MoeForCausalLM"):
+        LLM(path, skip_tokenizer_init=True, kv_cache_memory_gb=0.01, quantization="bitsandbytes")
 
 
 # ---- FP8 experts ----------------------------------------------------------------------------------------------------
@@ -211,3 +206,39 @@ def test_an_expert_weight_update_reaches_the_model_and_fp8_experts_refuse_one(tm
     fp8, _, _ = _run(path, quantization="fp8")
     with pytest.raises(ValueError, match="is a weight of quantized experts"):
         fp8.llm_engine.core.runner.model.load_weights([(name, new)])
+
+
+# ---- AWQ / GPTQ experts ---------------------------------------------------------------------------------------------
+def _int_formats():
+    import importlib.util
+    import pathlib
+    spec = importlib.util.spec_from_file_location(
+        "quant_int_formats", pathlib.Path(__file__).parent.parent / "unit" / "test_quant_int_formats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("fmt, tp", [("awq", 1), ("gptq", 1), ("gptq_desc_act", 1), ("gptq", 2)])
+def test_int4_moe_checkpoint_equals_its_dequantized_reference(tmp_path, fmt, tp):
+    """AWQ (GEMM) and GPTQ (4-bit, group 32, or 16 over two ranks; desc_act too) checkpoints of a MoE model, packed by the packers of
+    tests/unit/test_quant_int_formats.py (every expert projection and the attention's): tokens and logprobs equal
+    those of the model with the dequantized weights; over two tensor-parallel ranks too."""
+    from safetensors.torch import load_file
+    qf = _int_formats()
+    path = _save(tmp_path / "dense", wide=True)
+    state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
+    if fmt == "awq":
+        config, quant, dense = qf._awq_checkpoint(state, 32)
+    else:
+        group = 32 // tp          # a group within each rank's 16 columns of the experts' down projection
+        config, quant, dense = qf._gptq_checkpoint(state, 4, group, sym=False, desc_act=fmt == "gptq_desc_act")
+    assert sum(".experts." in n and n.endswith("qweight") for n in quant) == 2 * 4 * 3      # every expert packed
+    qpath = _rewrite(path, tmp_path / "q", quant, config)
+    _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", dense))
+    llm, tokens, logprobs = _run(qpath, tensor_parallel_size=tp)
+    if tp == 1:
+        experts = llm.llm_engine.core.runner.model.model.layers[0].mlp.experts
+        assert experts.expert_layers[3].down_proj.packed_bits == 4 and not hasattr(experts, "w13")
+    assert tokens == ref_tokens
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)

@@ -343,8 +343,9 @@ def test_quantized_flag_on_dense_checkpoint(tmp_path):
 @pytest.mark.parametrize("make", [
     lambda s: _awq_checkpoint(s, 32),
     lambda s: _gptq_checkpoint(s, 4, -1, False, False),           # per-column scales: whole on every rank
+    lambda s: _gptq_checkpoint(s, 4, 32, False, False),           # groups: each row-parallel rank its g_idx slice
     lambda s: _ct_checkpoint(s, 4, 32, False),                     # zero points packed along the outputs
-], ids=["awq-g32", "gptq-channel", "ct-asym-g32"])
+], ids=["awq-g32", "gptq-channel", "gptq-g32", "ct-asym-g32"])
 def test_tensor_parallel_matches_dequantized_reference(tmp_path, make):
     _check_against_reference(tmp_path, "llama", make, tensor_parallel_size=2)
 

@@ -25,7 +25,7 @@ from pagedllm.config import num_experts
 from pagedllm.distributed import get_tp_rank, get_tp_size, tp_all_reduce
 
 _EXPERT_TENSOR = re.compile(r"(.+\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\."
-                            r"(weight|weight_scale|weight_scale_inv|input_scale)")
+                            r"(weight|weight_scale|weight_scale_inv|input_scale|qweight|qzeros|scales|g_idx|bias)")
 _PART = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
 
 
@@ -51,6 +51,7 @@ class MoEExperts(nn.Module):
             raise ValueError(f"The experts' intermediate size {intermediate_size} does not split over "
                              f"tensor_parallel_size={self.tp_size}.")
         self.num_experts, self.hidden_size, self.shard = num_experts, hidden_size, intermediate_size // self.tp_size
+        self.prefix = prefix
         self.w13 = nn.Parameter(torch.empty(num_experts, 2 * self.shard, hidden_size), requires_grad=False)
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, self.shard), requires_grad=False)
         self._parts: set[tuple[int, str]] = set()      # (expert, part) loaded from the checkpoint
@@ -83,7 +84,7 @@ class MoEExperts(nn.Module):
                 else:
                     row = 0 if part == "gate" else self.shard
                     self.w13.data[expert, row:row + self.shard].copy_(self.shard_of(part, tensor))
-        if kind == "weight":
+        if kind in ("weight", "qweight"):
             self._parts.add((expert, part))
 
     def check_loaded(self, name: str) -> None:
@@ -110,10 +111,14 @@ class MoEExperts(nn.Module):
         out = torch.zeros_like(x)
         for e in top_ids.unique().tolist():          # ascending, as HF visits them
             tokens, slots = (top_ids == e).nonzero(as_tuple=True)
-            w13, w2 = (self.quant_method.expert_weights(self, e, x.dtype) if self.quant_method is not None
-                       else (self.w13[e], self.w2[e]))
-            gate, up = F.linear(x[tokens], w13).chunk(2, dim=-1)
-            h = F.linear(F.silu(gate) * up, w2) * top_weights[tokens, slots, None]
+            if self.quant_method is not None:
+                gate_up, down = self.quant_method.expert_matmuls(self, e, x.dtype)
+                gate, up = gate_up(x[tokens]).chunk(2, dim=-1)
+                h = down(F.silu(gate) * up)
+            else:
+                gate, up = F.linear(x[tokens], self.w13[e]).chunk(2, dim=-1)
+                h = F.linear(F.silu(gate) * up, self.w2[e])
+            h = h * top_weights[tokens, slots, None]
             out.index_add_(0, tokens, h.to(out.dtype))
         return out
 

@@ -8,7 +8,7 @@ from pagedllm.model.models.llama import LlamaForCausalLM
 
 class _MoE(LlamaForCausalLM):
     supports_lora = False
-    supports_quantization = ("fp8",)
+    supports_quantization = ("fp8", "awq", "gptq")
 
 
 class Qwen2MoeForCausalLM(_MoE):

@@ -15,8 +15,8 @@ from torch import nn
 
 from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
 from pagedllm.model.quantization.base import QuantizationConfig
-from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, add_checkpoint_param, extra_loader,
-                                                    group_count)
+from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, PackedIntMoEMethod, add_checkpoint_param,
+                                                    extra_loader, group_count)
 
 # Position ``i`` of the unpacked nibbles holds column AWQ_ORDER[i]; AWQ_REVERSE_ORDER puts them back in order.
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -65,6 +65,9 @@ class AWQConfig(QuantizationConfig):
         if any(skip in part for part in self.checkpoint_prefixes(prefix) for skip in self.modules_to_not_convert):
             return None
         return AWQLinearMethod(self)
+
+    def get_moe_method(self, experts: nn.Module, prefix: str) -> PackedIntMoEMethod:
+        return PackedIntMoEMethod(self)
 
     def weight_bytes_note(self) -> str:
         group = "per channel" if self.group_size == -1 else f"group {self.group_size}"

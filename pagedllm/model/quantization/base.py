@@ -13,7 +13,7 @@ owns the layer's parameters from then on:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -60,8 +60,9 @@ class MoEMethod:
         """Keyword arguments of ``fused_moe`` beyond the activations and routing (the weights, their scales)."""
         raise NotImplementedError
 
-    def expert_weights(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(w13, w2)`` of one expert as the dequantized reference defines them, in ``dtype`` (the CPU path)."""
+    def expert_matmuls(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[Callable, Callable]:
+        """One expert's two products for the CPU's loop, ``x -> x @ W13^T`` and ``h -> h @ W2^T``, with the weights
+        as the dequantized reference defines them."""
         raise NotImplementedError
 
 

@@ -421,13 +421,14 @@ class Fp8MoEMethod(MoEMethod):
         return {"w13": experts.w13, "w2": experts.w2, "w13_scale": experts.w13_scale, "w2_scale": experts.w2_scale,
                 "scale_group": self.group}
 
-    def expert_weights(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def expert_matmuls(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[Callable, Callable]:
         def dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
             if self.group[1]:
                 return block_dequantize(weight, scale, self.group, dtype)
             return (weight.float() * scale).to(dtype)
-        return (dequantize(experts.w13[expert], experts.w13_scale[expert]),
-                dequantize(experts.w2[expert], experts.w2_scale[expert]))
+        w13 = dequantize(experts.w13[expert], experts.w13_scale[expert])
+        w2 = dequantize(experts.w2[expert], experts.w2_scale[expert])
+        return (lambda x: F.linear(x, w13)), (lambda h: F.linear(h, w2))
 
 
 def compressed_tensors_fp8_method(weights: dict | None, input_activations: dict | None,

@@ -19,8 +19,8 @@ from torch import nn
 
 from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
 from pagedllm.model.quantization.base import QuantizationConfig
-from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, add_checkpoint_param, extra_loader,
-                                                    group_count)
+from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, PackedIntMoEMethod, add_checkpoint_param,
+                                                    extra_loader, group_count)
 
 
 def unpack_along_n(packed: torch.Tensor, bits: int) -> torch.Tensor:
@@ -58,6 +58,9 @@ class GPTQConfig(QuantizationConfig):
 
     def get_linear_method(self, layer: nn.Module, prefix: str) -> "GPTQLinearMethod":
         return GPTQLinearMethod(self)
+
+    def get_moe_method(self, experts: nn.Module, prefix: str) -> PackedIntMoEMethod:
+        return PackedIntMoEMethod(self)
 
     def weight_bytes_note(self) -> str:
         group = "per channel" if self.group_size == -1 else f"group {self.group_size}"
@@ -115,6 +118,8 @@ class GPTQLinearMethod(PackedIntLinearMethod):
             zeros = zeros + 1
         scales = layer.scales.data.to(torch.float32)
         g_idx = layer.g_idx.data.to(torch.int64)
+        # A row-parallel rank's rows are a slice of K: its groups are numbered from the slice's first one.
+        g_idx = g_idx - g_idx.min()
         in_order = torch.arange(g_idx.shape[0], device=g_idx.device) // group
         perm = None
         if not torch.equal(g_idx, in_order):

@@ -17,7 +17,7 @@ from torch import nn
 
 from pagedllm.kernels.quant.cpu import CpuPackedWeight, cpu_packed_matmul, prepare_cpu_weight
 from pagedllm.kernels.quant.packed import PackedWeight, dequantize
-from pagedllm.model.quantization.base import LinearMethod
+from pagedllm.model.quantization.base import LinearMethod, MoEMethod
 
 # Names of the buffers the converted weight lives in after loading (what the memory figure counts).
 _CANONICAL = ("qweight", "scales", "offsets", "perm")
@@ -58,6 +58,12 @@ class PackedIntLinearMethod(LinearMethod):
     def to_packed(self, layer: nn.Module) -> PackedWeight:
         raise NotImplementedError
 
+    @staticmethod
+    def cpu_form(w: PackedWeight) -> bool:
+        """Whether the weight takes the CPU kernels' form (torch's packed int4 / a dense copy) or stays canonical
+        for the Triton kernels."""
+        return w.qweight.device.type == "cpu"
+
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         w = self.to_packed(layer)
         for name in self.checkpoint_params:
@@ -65,7 +71,7 @@ class PackedIntLinearMethod(LinearMethod):
                 delattr(layer, name)
         dtype = layer.params_dtype        # the model's dtype: scales and offsets in it, as the activations
         w.scales, w.offsets = w.scales.to(dtype), w.offsets.to(dtype)
-        if w.qweight.device.type == "cpu":
+        if self.cpu_form(w):
             cpu = prepare_cpu_weight(w, dtype)
             layer.cpu_weight = cpu
             tensors = {f"quant_{k}": v for k, v in cpu.tensors().items()}
@@ -109,3 +115,87 @@ def extra_loader(extra: dict[str, Any]) -> Callable:
     if loader is None:
         raise ValueError("create_weights needs the layer's weight_loader")
     return loader
+
+
+class PackedIntMoEMethod(MoEMethod):
+    """AWQ / GPTQ experts: each expert's gate/up and down are linear layers of the format (``expert_layers``: the
+    format's checkpoint tensors, sharding and conversion to the canonical packed form, as a dense model's); on the
+    GPU they are stacked after conversion (``w13 [E, H / pack, 2I]``, ``w2 [E, I / pack, H]`` int32 words, scales
+    and offsets per group) for the fused kernels; on the CPU the loop calls each expert's layers. GPTQ's
+    ``desc_act`` row order is not supported for experts (one permutation per expert)."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.bits = self.group = 0
+
+    def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
+        from pagedllm.model.layers.linear import MergedColumnParallelLinear, RowParallelLinear
+        full = experts.shard * experts.tp_size
+        layers = nn.ModuleList()
+        for e in range(experts.num_experts):
+            mlp = nn.Module()
+            mlp.gate_up_proj = MergedColumnParallelLinear(experts.hidden_size, [full, full], bias=False,
+                                                          quant_config=self.config,
+                                                          prefix=f"{experts.prefix}.{e}.gate_up_proj")
+            mlp.down_proj = RowParallelLinear(full, experts.hidden_size, bias=False, quant_config=self.config,
+                                              prefix=f"{experts.prefix}.{e}.down_proj")
+            if mlp.gate_up_proj.quant_method is None or mlp.down_proj.quant_method is None:
+                raise ValueError(f"{self.config.name}: experts of {experts.prefix} left partly unquantized "
+                                 "(modules_to_not_convert) are not supported.")
+            layers.append(mlp)
+        experts.expert_layers = layers
+        del experts.w13, experts.w2          # the experts' weights live in their layers
+
+    def load(self, experts: nn.Module, expert: int, part: str, kind: str, tensor: torch.Tensor) -> bool:
+        mlp = experts.expert_layers[expert]
+        layer = mlp.down_proj if part == "down" else mlp.gate_up_proj
+        if kind == "bias":
+            if tensor.count_nonzero():
+                raise ValueError(f"Checkpoint has a non-zero bias for expert {expert} {part}; the experts have none.")
+            return True          # AutoGPTQ saves a zero bias for every quantized layer (as vLLM, dropped)
+        param = layer._parameters.get(kind)
+        if param is None:
+            raise ValueError(f"Checkpoint tensor {kind!r} of expert {expert} {part}: {self.config.name} experts "
+                             f"take {', '.join(sorted(layer._parameters))}.")
+        if tensor.is_floating_point() and param.is_floating_point():
+            tensor = tensor.to(param.dtype)
+        with torch.no_grad():
+            if part == "down":
+                param.weight_loader(param, tensor)
+            else:
+                param.weight_loader(param, tensor, 0 if part == "gate" else 1)
+        return True
+
+    def process_weights_after_loading(self, experts: nn.Module) -> None:
+        # The expert layers were converted first (the loader goes through children before parents).
+        pairs = [(mlp.gate_up_proj, mlp.down_proj) for mlp in experts.expert_layers]
+        first_up, first_down = pairs[0]
+        self.bits = first_up.packed_bits
+        groups = {(up.packed_group_size, down.packed_group_size) for up, down in pairs}
+        if first_up.cpu_weight is not None:
+            return                           # the CPU loop calls the layers
+        if any(getattr(layer, "quant_perm", None) is not None for pair in pairs for layer in pair):
+            raise ValueError(f"{self.config.name} experts with desc_act (act-order row permutations) are not "
+                             "supported yet; use a checkpoint quantized without desc_act.")
+        (g13, g2), = groups
+        k13, k2 = experts.hidden_size, experts.shard
+        # one group size for both kernels, or one group per column in both (per channel)
+        self.group = g13 if g13 == g2 else 0 if (g13, g2) == (k13, k2) else -1
+        if self.group < 0:
+            raise ValueError(f"{self.config.name} experts: group sizes {g13} / {g2} of gate_up / down differ.")
+        for name in ("qweight", "scales", "offsets"):
+            experts.register_buffer(f"w13_{name}", torch.stack([getattr(up, f"quant_{name}") for up, _ in pairs]),
+                                    persistent=False)
+            experts.register_buffer(f"w2_{name}", torch.stack([getattr(down, f"quant_{name}") for _, down in pairs]),
+                                    persistent=False)
+        del experts.expert_layers            # their tensors are in the stacks now
+
+    def kernel_args(self, experts: nn.Module) -> dict[str, Any]:
+        return {"w13": experts.w13_qweight, "w2": experts.w2_qweight, "w13_scale": experts.w13_scales,
+                "w2_scale": experts.w2_scales, "w13_offset": experts.w13_offsets, "w2_offset": experts.w2_offsets,
+                "bits": self.bits, "scale_group": (1, self.group)}
+
+    def expert_matmuls(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[Callable, Callable]:
+        mlp = experts.expert_layers[expert]
+        up, down = mlp.gate_up_proj, mlp.down_proj
+        return (lambda x: up.quant_method.apply(up, x, None)), (lambda h: down.quant_method.apply(down, h, None))
