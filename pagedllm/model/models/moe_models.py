@@ -1,6 +1,6 @@
 """Mixture-of-experts decoders on the Llama decoder (model/layers/moe.py has the blocks): Qwen2-MoE (Qwen1.5-MoE,
 Qwen2-57B-A14B: QKV bias, a shared expert), Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B: per-head Q/K norms) and Mixtral
-(8x7B, 8x22B). FP8 (online or FP8 checkpoints) is the one quantization their experts take; no LoRA yet."""
+(8x7B, 8x22B). Their experts take FP8 (online or FP8 checkpoints), AWQ and GPTQ; no LoRA yet."""
 from __future__ import annotations
 
 from pagedllm.model.models.llama import LlamaForCausalLM
