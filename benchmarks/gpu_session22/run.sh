@@ -36,3 +36,12 @@ PYTHONPATH=$R timeout 100 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --t
   | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -15
 for v in fused loop; do PYTHONPATH=$R timeout 55 python3 benchmarks/moe_gpu.py $v bs1_128_256 --layers 24 2>&1 | grep -E "^\{|Error|error" | tail -3; done
 fi
+if [ "${PART:-1}" = 5 ]; then
+# PART=4 cut to ~5.5 minutes (the session's last device seconds).
+PYTHONPATH=$R timeout 180 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short tests/gpu/test_engine_gpu.py 2>&1 \
+  | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -30
+PYTHONPATH=$R timeout 80 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short tests/gpu/test_triton_moe.py \
+  tests/gpu/test_quant_fp8_block.py tests/gpu/test_quant_fp8_block_engine_gpu.py 2>&1 \
+  | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -15
+PYTHONPATH=$R timeout 45 python3 benchmarks/moe_gpu.py fused bs1_128_256 --layers 24 2>&1 | grep -E "^\{|Error|error" | tail -3
+fi
