@@ -52,12 +52,18 @@ class MoEExperts(nn.Module):
                              f"tensor_parallel_size={self.tp_size}.")
         self.num_experts, self.hidden_size, self.shard = num_experts, hidden_size, intermediate_size // self.tp_size
         self.prefix = prefix
-        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * self.shard, hidden_size), requires_grad=False)
-        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, self.shard), requires_grad=False)
         self._parts: set[tuple[int, str]] = set()      # (expert, part) loaded from the checkpoint
         self.quant_method = quant_config.get_moe_method(self, prefix) if quant_config is not None else None
-        if self.quant_method is not None:
-            self.quant_method.create_weights(self, self.w13.dtype)
+        if self.quant_method is None:
+            self.create_dense_weights(torch.get_default_dtype())
+        else:           # its own parameters (FP8 online: the dense ones, quantized after loading)
+            self.quant_method.create_weights(self, torch.get_default_dtype())
+
+    def create_dense_weights(self, dtype: torch.dtype) -> None:
+        self.w13 = nn.Parameter(torch.empty(self.num_experts, 2 * self.shard, self.hidden_size, dtype=dtype),
+                                requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(self.num_experts, self.hidden_size, self.shard, dtype=dtype),
+                               requires_grad=False)
 
     def shard_of(self, part: str, tensor: torch.Tensor, per_row: int = 1, per_col: int = 1) -> torch.Tensor:
         """This rank's slice of a checkpoint tensor of one expert's ``part`` (gate / up ``[I, H]``: rows; down

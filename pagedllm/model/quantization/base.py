@@ -46,7 +46,8 @@ class MoEMethod:
     GPU kernels (kernels/triton_moe.py) or dequantized one expert at a time for the CPU's loop."""
 
     def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
-        """Replace or add to the layer's dense ``w13`` / ``w2`` for this format (their shapes are this rank's)."""
+        """Register the experts' parameters in this format (``experts.create_dense_weights(dtype)`` for the dense
+        ``w13`` / ``w2``; shapes are this rank's)."""
 
     def load(self, experts: nn.Module, expert: int, part: str, kind: str, tensor: torch.Tensor) -> bool:
         """Copy one checkpoint tensor of ``expert``'s ``part`` (gate / up / down) in; ``kind`` is the tensor's

@@ -349,7 +349,8 @@ class Fp8MoEMethod(MoEMethod):
     def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
         cfg = self.config
         if not cfg.is_checkpoint_fp8_serialized:
-            return                     # the dense w13 / w2 load as they are; quantized after loading
+            experts.create_dense_weights(params_dtype)    # the checkpoint's 16/32-bit experts; quantized after loading
+            return
         num, hidden, shard = experts.num_experts, experts.hidden_size, experts.shard
         experts.w13 = nn.Parameter(torch.empty(num, 2 * shard, hidden, dtype=FP8_DTYPE), requires_grad=False)
         experts.w2 = nn.Parameter(torch.empty(num, hidden, shard, dtype=FP8_DTYPE), requires_grad=False)

@@ -143,8 +143,7 @@ class PackedIntMoEMethod(MoEMethod):
                 raise ValueError(f"{self.config.name}: experts of {experts.prefix} left partly unquantized "
                                  "(modules_to_not_convert) are not supported.")
             layers.append(mlp)
-        experts.expert_layers = layers
-        del experts.w13, experts.w2          # the experts' weights live in their layers
+        experts.expert_layers = layers       # the experts' weights live in their layers
 
     def load(self, experts: nn.Module, expert: int, part: str, kind: str, tensor: torch.Tensor) -> bool:
         mlp = experts.expert_layers[expert]
