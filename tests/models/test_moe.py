@@ -219,21 +219,25 @@ def _int_formats():
     return module
 
 
-@pytest.mark.parametrize("fmt, tp", [("awq", 1), ("gptq", 1), ("gptq_desc_act", 1), ("gptq", 2)])
+@pytest.mark.parametrize("fmt, tp", [("awq", 1), ("gptq", 1), ("gptq_desc_act", 1), ("gptq", 2),
+                                     ("compressed-tensors", 1)])
 def test_int4_moe_checkpoint_equals_its_dequantized_reference(tmp_path, fmt, tp):
-    """AWQ (GEMM) and GPTQ (4-bit, group 32, or 16 over two ranks; desc_act too) checkpoints of a MoE model, packed by the packers of
-    tests/unit/test_quant_int_formats.py (every expert projection and the attention's): tokens and logprobs equal
-    those of the model with the dequantized weights; over two tensor-parallel ranks too."""
+    """AWQ (GEMM), GPTQ (4-bit, group 32, or 16 over two ranks; desc_act too) and compressed-tensors W4A16
+    checkpoints of a MoE model, packed by the packers of tests/unit/test_quant_int_formats.py (every expert
+    projection and the attention's): tokens and logprobs equal those of the model with the dequantized weights; over
+    two tensor-parallel ranks too."""
     from safetensors.torch import load_file
     qf = _int_formats()
     path = _save(tmp_path / "dense", wide=True)
     state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
     if fmt == "awq":
         config, quant, dense = qf._awq_checkpoint(state, 32)
+    elif fmt == "compressed-tensors":        # llm-compressor's pack-quantized W4A16, asymmetric, group 32
+        config, quant, dense = qf._ct_checkpoint(state, 4, 32, False)
     else:
         group = 32 // tp          # a group within each rank's 16 columns of the experts' down projection
         config, quant, dense = qf._gptq_checkpoint(state, 4, group, sym=False, desc_act=fmt == "gptq_desc_act")
-    assert sum(".experts." in n and n.endswith("qweight") for n in quant) == 2 * 4 * 3      # every expert packed
+    assert sum(".experts." in n and n.endswith(("qweight", "weight_packed")) for n in quant) == 2 * 4 * 3  # all packed
     qpath = _rewrite(path, tmp_path / "q", quant, config)
     _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", dense))
     llm, tokens, logprobs = _run(qpath, tensor_parallel_size=tp)

@@ -25,7 +25,8 @@ from pagedllm.config import num_experts
 from pagedllm.distributed import get_tp_rank, get_tp_size, tp_all_reduce
 
 _EXPERT_TENSOR = re.compile(r"(.+\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\."
-                            r"(weight|weight_scale|weight_scale_inv|input_scale|qweight|qzeros|scales|g_idx|bias)")
+                            r"(weight|weight_scale|weight_scale_inv|input_scale|qweight|qzeros|scales|g_idx|bias|"
+                            r"weight_packed|weight_zero_point|weight_shape|weight_g_idx)")
 _PART = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
 
 
@@ -90,7 +91,7 @@ class MoEExperts(nn.Module):
                 else:
                     row = 0 if part == "gate" else self.shard
                     self.w13.data[expert, row:row + self.shard].copy_(self.shard_of(part, tensor))
-        if kind in ("weight", "qweight"):
+        if kind in ("weight", "qweight", "weight_packed"):      # the weight itself, in whatever form
             self._parts.add((expert, part))
 
     def check_loaded(self, name: str) -> None:

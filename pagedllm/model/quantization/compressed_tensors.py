@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from pagedllm.kernels.quant.packed import PackedWeight, unpack_along_k
-from pagedllm.model.quantization.base import LinearMethod, QuantizationConfig
-from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, add_checkpoint_param, extra_loader,
-                                                    group_count)
+from pagedllm.model.quantization.base import LinearMethod, MoEMethod, QuantizationConfig
+from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, PackedIntMoEMethod, add_checkpoint_param,
+                                                    extra_loader, group_count)
 
 # Scheme handlers besides pack-quantized integers, as "module:function": each is called with
 # (weights: dict, input_activations: dict | None, format: str) and returns a LinearMethod, or None when the scheme
@@ -88,6 +88,18 @@ class CompressedTensorsConfig(QuantizationConfig):
             raise ValueError(f"compressed-tensors: the parts of the fused layer {prefix} ({', '.join(names)}) must "
                              f"share one scheme; found different ones.")
         return self._method_for(groups[0])
+
+    def get_moe_method(self, experts: nn.Module, prefix: str) -> MoEMethod | None:
+        """Experts whose scheme is pack-quantized int weight-only (W4A16 / W8A16) stay packed (PackedIntMoEMethod,
+        each expert's projections layers of that scheme); ignored experts stay dense; other schemes are refused."""
+        name = f"{prefix}.0.gate_proj"
+        group = self._group_for(name)
+        if group is None or any(_matches(name, pattern) for pattern in self.ignore):
+            return None
+        if not isinstance(self._method_for(group), WNA16LinearMethod):
+            raise ValueError(f"compressed-tensors: mixture-of-experts layers ({prefix}) take the pack-quantized int "
+                             "weight-only schemes (W4A16 / W8A16) only, not this checkpoint's.")
+        return PackedIntMoEMethod(self)
 
     def weight_bytes_note(self) -> str:
         notes = []
