@@ -384,3 +384,23 @@ def test_gptq_settings_from_quantize_config_json(tmp_path):
     _, ref_tokens, _ = _run(_save(tmp_path / "ref", config, dense))
     llm, tokens, _ = _run(qpath, quantization="gptq")
     assert tokens == ref_tokens and llm.llm_engine.core.config.quant_config.weight_bytes_note() == "gptq int4, group 64"
+
+
+@pytest.mark.parametrize("make", [lambda s: _gptq_checkpoint(s, 4, 32, True, False),
+                                  lambda s: _gptq_checkpoint(s, 4, 32, False, False),
+                                  lambda s: _awq_checkpoint(s, 32), lambda s: _ct_checkpoint(s, 4, 32, False)],
+                         ids=["gptq-sym", "gptq-asym", "awq", "ct-asym"])
+def test_the_gpu_canonical_form_is_row_major(tmp_path, monkeypatch, make):
+    """The canonical packed tensors the GPU keeps (here on the CPU: the conversion is the same) are row-major, as the
+    Triton kernels index them (GPTQ's offsets came out of the zero-point unpacking transposed; the GPU read them with
+    the wrong stride). The kernels themselves: tests/gpu/test_quant_gptq_engine_gpu.py."""
+    from pagedllm.model.quantization.int_weight import PackedIntLinearMethod
+    monkeypatch.setattr(PackedIntLinearMethod, "cpu_form", staticmethod(lambda w: False))
+    config, state = _tiny("qwen2")
+    quant_config, quant, _ = make(state)
+    llm = LLM(model=_save(tmp_path / "q", dict(config, quantization_config=quant_config), quant),
+              skip_tokenizer_init=True, dtype="float32", max_model_len=64, kv_cache_memory_gb=0.01)
+    buffers = [(n, b) for n, b in llm.llm_engine.core.runner.model.named_buffers()
+               if n.rsplit(".", 1)[-1] in ("quant_qweight", "quant_scales", "quant_offsets")]
+    assert len(buffers) == 2 * 4 * 3
+    assert [n for n, b in buffers if not b.is_contiguous()] == []

@@ -70,7 +70,10 @@ class PackedIntLinearMethod(LinearMethod):
             if name in layer._parameters:
                 delattr(layer, name)
         dtype = layer.params_dtype        # the model's dtype: scales and offsets in it, as the activations
-        w.scales, w.offsets = w.scales.to(dtype), w.offsets.to(dtype)
+        # Row-major, as the Triton kernels index them (GPTQ's offsets come out of its zero-point unpacking
+        # transposed: read with a [groups, N] row stride they gave garbage on the GPU until session 22).
+        w.qweight = w.qweight.contiguous()
+        w.scales, w.offsets = w.scales.to(dtype).contiguous(), w.offsets.to(dtype).contiguous()
         if self.cpu_form(w):
             cpu = prepare_cpu_weight(w, dtype)
             layer.cpu_weight = cpu
