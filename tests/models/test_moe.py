@@ -209,6 +209,28 @@ def test_an_expert_weight_update_reaches_the_model_and_fp8_experts_refuse_one(tm
 
 
 # ---- AWQ / GPTQ experts ---------------------------------------------------------------------------------------------
+def experts_only_checkpoint(state: dict[str, torch.Tensor], fmt: str) -> tuple[dict, dict, dict]:
+    """``(quantization_config, quantized tensors, dequantized reference tensors)`` of a MoE checkpoint whose experts
+    alone are quantized (the attention left dense through the format's skip list): ``fmt`` "awq" (4-bit, group 128)
+    or "fp8" (per-tensor, one scale per expert projection). Also tests/gpu/test_engine_gpu.py's fp32 MoE test."""
+    if fmt == "awq":
+        config, quant, dense = _int_formats()._awq_checkpoint(state, 128)
+        for name in [n for n in quant if ".self_attn." in n]:
+            del quant[name]
+        for name, w in state.items():
+            if ".self_attn." in name:
+                quant[name] = dense[name] = w
+        return dict(config, modules_to_not_convert=["self_attn"]), quant, dense
+    quant, dense = dict(state), dict(state)
+    for name, w in state.items():
+        if ".experts." in name:
+            scale = w.abs().max() / FP8_MAX
+            quant[name] = (w / scale).to(FP8_DTYPE)
+            quant[name.replace(".weight", ".weight_scale")] = scale.reshape(())
+            dense[name] = quant[name].float() * scale
+    return {"quant_method": "fp8", "activation_scheme": "dynamic", "ignored_layers": ["re:.*self_attn.*"]}, quant, dense
+
+
 def _int_formats():
     import importlib.util
     import pathlib
