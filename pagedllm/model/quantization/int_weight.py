@@ -125,7 +125,7 @@ class PackedIntMoEMethod(MoEMethod):
     format's checkpoint tensors, sharding and conversion to the canonical packed form, as a dense model's); on the
     GPU they are stacked after conversion (``w13 [E, H / pack, 2I]``, ``w2 [E, I / pack, H]`` int32 words, scales
     and offsets per group) for the fused kernels; on the CPU the loop calls each expert's layers. GPTQ's
-    ``desc_act`` row order is not supported for experts (one permutation per expert)."""
+    ``desc_act`` row order runs on the CPU only (the fused kernels would need one permutation per expert)."""
 
     def __init__(self, config: Any):
         self.config = config
@@ -171,15 +171,13 @@ class PackedIntMoEMethod(MoEMethod):
     def process_weights_after_loading(self, experts: nn.Module) -> None:
         # The expert layers were converted first (the loader goes through children before parents).
         pairs = [(mlp.gate_up_proj, mlp.down_proj) for mlp in experts.expert_layers]
-        first_up, first_down = pairs[0]
-        self.bits = first_up.packed_bits
-        groups = {(up.packed_group_size, down.packed_group_size) for up, down in pairs}
-        if first_up.cpu_weight is not None:
+        self.bits = pairs[0][0].packed_bits
+        if pairs[0][0].cpu_weight is not None:
             return                           # the CPU loop calls the layers
         if any(getattr(layer, "quant_perm", None) is not None for pair in pairs for layer in pair):
             raise ValueError(f"{self.config.name} experts with desc_act (act-order row permutations) are not "
-                             "supported yet; use a checkpoint quantized without desc_act.")
-        (g13, g2), = groups
+                             "supported on the GPU yet; use a checkpoint quantized without desc_act.")
+        g13, g2 = pairs[0][0].packed_group_size, pairs[0][1].packed_group_size     # one format: every expert alike
         k13, k2 = experts.hidden_size, experts.shard
         # one group size for both kernels, or one group per column in both (per channel)
         self.group = g13 if g13 == g2 else 0 if (g13, g2) == (k13, k2) else -1
