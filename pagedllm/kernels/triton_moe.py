@@ -57,6 +57,14 @@ def _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _expert_columns(W, S, O, expert, stride_we, stride_se, N, BLOCK_N: tl.constexpr):
+    """This program's ``BLOCK_N`` output columns of ``N`` (and which exist) and its expert's weight, scale and
+    offset base pointers (the gate/up and down kernels alike)."""
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_n, offs_n < N, W + expert * stride_we, S + expert * stride_se, O + expert * stride_se
+
+
+@triton.jit
 def _weight_tile(w_base, s_base, o_base, rows, rows_ok, k, k_ok, k0, stride_w, stride_s, dtype, WFMT: tl.constexpr,
                  GN: tl.constexpr, GK: tl.constexpr):
     """The ``[BLOCK_K, BLOCK_N]`` tile of weight rows ``rows`` (output features) at columns ``k``, in ``dtype``.
@@ -92,12 +100,8 @@ def _moe_gate_up_kernel(X, W13, S13, O13, H, SortedSlots, BlockExperts, stride_x
     if expert < 0:
         return
     tokens = tl.where(valid, slots // TOP_K, 0).to(tl.int64)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < I
+    offs_n, n_ok, w_base, s_base, o_base = _expert_columns(W13, S13, O13, expert, stride_we, stride_se, I, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    w_base = W13 + expert * stride_we
-    s_base = S13 + expert * stride_se
-    o_base = O13 + expert * stride_se
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -127,12 +131,8 @@ def _moe_down_kernel(Hin, W2, S2, O2, Y, RouteWeights, SortedSlots, BlockExperts
     if expert < 0:
         return
     safe = tl.where(valid, slots, 0).to(tl.int64)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
+    offs_n, n_ok, w_base, s_base, o_base = _expert_columns(W2, S2, O2, expert, stride_we, stride_se, N, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    w_base = W2 + expert * stride_we
-    s_base = S2 + expert * stride_se
-    o_base = O2 + expert * stride_se
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
@@ -190,7 +190,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     s13, s2 = (w13_scale, w2_scale) if fmt else (w13, w2)          # unread when dense
     o13, o2 = (w13_offset, w2_offset) if bits else (s13, s2)       # unread unless packed
-    # the stride between weight rows: output features for dense / fp8 [E, N, K], packed k words for [E, K/p, N]
+    # stride(1) of a weight: between output features for dense / fp8 [E, N, K], between k words for packed [E, K/p, N]
     h = torch.empty((slots, inter), dtype=x.dtype, device=x.device)
     grid = (block_experts.numel(), triton.cdiv(inter, block_n))
     _moe_gate_up_kernel[grid](x, w13, s13, o13, h, sorted_slots, block_experts, x.stride(0), w13.stride(0),
