@@ -51,6 +51,15 @@ def block_dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple
     return (weight.float() * expanded).to(dtype)
 
 
+def fp8_dequantize(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """An e4m3 ``weight [N, K]`` times its fp32 ``scale`` in ``dtype``: one scale per ``block`` tile, or (``block``
+    None) a scale that broadcasts against the weight (one value, or ``[N, 1]``: one per row)."""
+    if block is not None:
+        return block_dequantize(weight, scale, block, dtype)
+    return (weight.float() * scale).to(dtype)
+
+
 def scaled_mm_supported(n: int, k: int) -> bool:
     """``torch._scaled_mm`` needs both matrix dims of the weight to be multiples of 16 (cuBLASLt FP8)."""
     return n % 16 == 0 and k % 16 == 0

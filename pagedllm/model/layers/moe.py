@@ -15,6 +15,7 @@ Checkpoints name each expert's tensors (``...mlp.experts.{e}.gate_proj.weight``,
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Iterable
 
 import torch
@@ -79,13 +80,11 @@ class MoEExperts(nn.Module):
         one): this rank's slice."""
         if not 0 <= expert < self.num_experts:
             raise ValueError(f"Checkpoint expert {expert} is out of range ({self.num_experts} experts).")
-        if self.quant_method is not None and self.quant_method.load(self, expert, part, kind, tensor):
-            pass
-        elif kind != "weight":
-            raise ValueError(f"Checkpoint tensor {kind!r} of expert {expert} {part}: these experts are not "
-                             "quantized (pass quantization= for the checkpoint's format).")
-        else:
-            with torch.no_grad():
+        if self.quant_method is None or not self.quant_method.load(self, expert, part, kind, tensor):
+            if kind != "weight":
+                raise ValueError(f"Checkpoint tensor {kind!r} of expert {expert} {part}: these experts are not "
+                                 "quantized (pass quantization= for the checkpoint's format).")
+            with torch.no_grad():       # into w13 / w2, whatever their dtype (FP8 checkpoints: e4m3)
                 if part == "down":
                     self.w2.data[expert].copy_(self.shard_of(part, tensor))
                 else:
@@ -118,14 +117,10 @@ class MoEExperts(nn.Module):
         out = torch.zeros_like(x)
         for e in top_ids.unique().tolist():          # ascending, as HF visits them
             tokens, slots = (top_ids == e).nonzero(as_tuple=True)
-            if self.quant_method is not None:
-                gate_up, down = self.quant_method.expert_matmuls(self, e, x.dtype)
-                gate, up = gate_up(x[tokens]).chunk(2, dim=-1)
-                h = down(F.silu(gate) * up)
-            else:
-                gate, up = F.linear(x[tokens], self.w13[e]).chunk(2, dim=-1)
-                h = F.linear(F.silu(gate) * up, self.w2[e])
-            h = h * top_weights[tokens, slots, None]
+            gate_up, down = (self.quant_method.expert_matmuls(self, e, x.dtype) if self.quant_method is not None
+                             else (partial(F.linear, weight=self.w13[e]), partial(F.linear, weight=self.w2[e])))
+            gate, up = gate_up(x[tokens]).chunk(2, dim=-1)
+            h = down(F.silu(gate) * up) * top_weights[tokens, slots, None]
             out.index_add_(0, tokens, h.to(out.dtype))
         return out
 

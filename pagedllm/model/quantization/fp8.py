@@ -28,8 +28,9 @@ from torch import nn
 
 from pagedllm import envs
 from pagedllm.kernels import settings as kernel_settings
-from pagedllm.kernels.quant.fp8 import (FP8_DTYPE, block_dequantize, fp8_scaled_mm, per_channel_quantize,
-                                        per_tensor_quantize, quantize_to_fp8, scaled_mm_supported)
+from pagedllm.kernels.quant.fp8 import (FP8_DTYPE, block_dequantize, fp8_dequantize, fp8_scaled_mm,
+                                        per_channel_quantize, per_tensor_quantize, quantize_to_fp8,
+                                        scaled_mm_supported)
 from pagedllm.model.quantization.base import LinearMethod, MoEMethod, QuantizationConfig
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class Fp8Config(QuantizationConfig):
                 raise ValueError(f"The block-wise quantization only supports dynamic activation scheme for now, "
                                  f"but got {self.activation_scheme} activation scheme.")
         self._block_warning_logged = False
+        self._moe_input_scale_logged = False
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Fp8Config":
@@ -285,11 +287,11 @@ class Fp8LinearMethod(LinearMethod):
         """``W`` as the reference defines it (what the CPU multiplies; tests build reference models from it)."""
         if layer.fp8_dense:
             return layer.weight.to(dtype)
-        if self.config.weight_block_size is not None:
-            return block_dequantize(layer.weight, layer.weight_scale, tuple(self.config.weight_block_size), dtype)
+        block = self.config.weight_block_size
         scale = layer.weight_scale
-        scale = scale.reshape(-1, 1) if scale.numel() > 1 else scale.reshape(())
-        return (layer.weight.float() * scale).to(dtype)
+        if block is None:
+            scale = scale.reshape(-1, 1) if scale.numel() > 1 else scale.reshape(())
+        return fp8_dequantize(layer.weight, scale, tuple(block) if block else None, dtype)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if layer.fp8_dense:
@@ -344,7 +346,9 @@ class Fp8MoEMethod(MoEMethod):
 
     def __init__(self, config: Fp8Config):
         self.config = config
-        self.group = (1, 0)
+        # the scale tiles of a block checkpoint's experts; None: one scale per row
+        self.block = (tuple(config.weight_block_size) if config.is_checkpoint_fp8_serialized
+                      and config.weight_block_size is not None else None)
 
     def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
         cfg = self.config
@@ -360,7 +364,6 @@ class Fp8MoEMethod(MoEMethod):
                 raise ValueError(f"FP8 experts with weight_block_size {cfg.weight_block_size}: this rank's "
                                  f"intermediate size {shard} must be a multiple of both, and the column block a "
                                  "power of two of at least 16.")
-            self.group = (bn, bk)
             experts.w13_scale = nn.Parameter(torch.full((num, 2 * shard // bn, -(-hidden // bk)), float("nan")),
                                              requires_grad=False)
             experts.w2_scale = nn.Parameter(torch.full((num, -(-hidden // bn), shard // bk), float("nan")),
@@ -373,7 +376,7 @@ class Fp8MoEMethod(MoEMethod):
         if kind == "weight" or not cfg.is_checkpoint_fp8_serialized:
             return False          # weights: the layer's own copy (into fp8 or dense parameters); no scales online
         if kind == "input_scale":
-            if not getattr(cfg, "_moe_input_scale_logged", False):
+            if not cfg._moe_input_scale_logged:
                 logger.info("FP8 experts run weight-only: the checkpoint's input_scale (static activation scales) "
                             "is not used; activations stay in the model dtype.")
                 cfg._moe_input_scale_logged = True
@@ -420,15 +423,11 @@ class Fp8MoEMethod(MoEMethod):
 
     def kernel_args(self, experts: nn.Module) -> dict[str, Any]:
         return {"w13": experts.w13, "w2": experts.w2, "w13_scale": experts.w13_scale, "w2_scale": experts.w2_scale,
-                "scale_group": self.group}
+                "scale_group": self.block or (1, 0)}
 
     def expert_matmuls(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[Callable, Callable]:
-        def dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-            if self.group[1]:
-                return block_dequantize(weight, scale, self.group, dtype)
-            return (weight.float() * scale).to(dtype)
-        w13 = dequantize(experts.w13[expert], experts.w13_scale[expert])
-        w2 = dequantize(experts.w2[expert], experts.w2_scale[expert])
+        w13 = fp8_dequantize(experts.w13[expert], experts.w13_scale[expert], self.block, dtype)
+        w2 = fp8_dequantize(experts.w2[expert], experts.w2_scale[expert], self.block, dtype)
         return (lambda x: F.linear(x, w13)), (lambda h: F.linear(h, w2))
 
 
