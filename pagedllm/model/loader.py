@@ -26,7 +26,8 @@ import torch
 
 from pagedllm import envs
 from pagedllm.config import ResolvedModel
-from pagedllm.model.weight_files import iterate_pt, iterate_safetensors, load_progress, safetensors_files  # noqa: F401
+from pagedllm.model.weight_files import (indexed_shards, iterate_pt, iterate_safetensors, load_progress,  # noqa: F401
+                                         safetensors_files)
 from pagedllm.model.models.weights import check_all_loaded
 
 if TYPE_CHECKING:
@@ -173,11 +174,8 @@ def _download(model_id: str, args: "EngineArgs") -> str:
         path = fetch(patterns)         # the configs, and the shard index if there is one
         if args.load_format == "dummy":
             return path
-        index = os.path.join(path, "model.safetensors.index.json")
-        if os.path.isfile(index):      # only the shards it lists (not Mistral's consolidated.safetensors as well)
-            with open(index) as f:
-                shards = sorted(set(json.load(f).get("weight_map", {}).values()))
-        path = fetch(patterns + (shards if os.path.isfile(index) else ["*.safetensors"]))
+        # only the shards the index lists, where there is one (not Mistral's consolidated.safetensors as well)
+        path = fetch(patterns + (indexed_shards(path) or ["*.safetensors"]))
         if not safetensors_files(path, args.ignore_patterns):
             # Older checkpoints (e.g. THUDM/chatglm2-6b) ship only pytorch_model-*.bin: as vLLM, fall back to them.
             path = fetch(patterns + ["*.bin"])
@@ -422,7 +420,7 @@ def _quant_config(config: "EngineConfig", model_cls: type):
             config.device, config.dtype, cpu_fp16_weights=config.cpu_fp16_weights)
     if quant_config is None:
         return quant_config
-    # A model class says True (every format) or names the formats its layers take (the MoE models: fp8).
+    # A model class says True (every format) or names the formats its layers take (the MoE models' experts).
     supported = getattr(model_cls, "supports_quantization", False)
     supported = supported is True or quant_config.name in (supported or ())
     if quant_config.name == "gguf":     # kept quantized on CUDA (and 4-bit on a bf16 CPU); else dequantized at load

@@ -22,15 +22,22 @@ def load_progress(iterable=None, *, desc: str, total: int | None = None, enabled
                 disable=not (enabled and first_rank))
 
 
+def indexed_shards(model_dir: str) -> list[str] | None:
+    """The shard file names the folder's ``model.safetensors.index.json`` lists, or None without one."""
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if not os.path.isfile(index):
+        return None
+    with open(index) as f:
+        return sorted(set(json.load(f).get("weight_map", {}).values()))
+
+
 def safetensors_files(model_dir: str, ignore_patterns: Sequence[str] | None = None) -> list[str]:
     """The folder's safetensors checkpoint files: those its ``model.safetensors.index.json`` lists where it has one
     (Mistral's repositories also hold ``consolidated.safetensors``, the same weights under other names), less those
     matching ``ignore_patterns`` (vLLM's, relative to the folder)."""
     files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
-    index = os.path.join(model_dir, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            listed = set(json.load(f).get("weight_map", {}).values())
+    listed = indexed_shards(model_dir)
+    if listed is not None:
         files = [p for p in files if os.path.basename(p) in listed] or files
     return [p for p in files if not any(fnmatch.fnmatch(os.path.basename(p), pattern)
                                         for pattern in ignore_patterns or ())]
