@@ -267,13 +267,12 @@ def test_fp32_moe_tokens_equal_hf(arch, quantization, prompts, tmp_path):
     bug). 32 experts of which a batch of 1 uses 2 (most blocks of the grouped launch idle). FP8 (per-tensor) and
     AWQ (int4, group 128) experts, the attention dense: HF with the experts' dequantized weights. Checked on an H100
     in session 22 (benchmarks/gpu_session22/moe_fp32_check.py): 48 of 48 tokens each."""
-    import json
     import sys
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from transformers import MixtralConfig, Qwen3MoeConfig
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "models"))
-    from test_moe import experts_only_checkpoint
+    from test_moe import _rewrite, experts_only_checkpoint
     common = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
                   num_key_value_heads=2, vocab_size=2048, max_position_embeddings=1024, tie_word_embeddings=False)
     cfg = (Qwen3MoeConfig(**common, head_dim=64, num_experts=32, num_experts_per_tok=2, moe_intermediate_size=128,
@@ -286,16 +285,9 @@ def test_fp32_moe_tokens_equal_hf(arch, quantization, prompts, tmp_path):
     model.save_pretrained(tmp_path / "dense")
     path = reference = tmp_path / "dense"
     if quantization is not None:
-        (shard,) = path.glob("*.safetensors")
-        qconfig, quant, dense = experts_only_checkpoint(load_file(shard), quantization)
-        for folder, tensors in (("reference", dense), ("quantized", quant)):
-            (tmp_path / folder).mkdir()
-            config = json.loads((path / "config.json").read_text())
-            if folder == "quantized":
-                config["quantization_config"] = qconfig
-            (tmp_path / folder / "config.json").write_text(json.dumps(config))
-            save_file(tensors, str(tmp_path / folder / shard.name), metadata={"format": "pt"})
-        path, reference = tmp_path / "quantized", tmp_path / "reference"
+        qconfig, quant, dense = experts_only_checkpoint(load_file(next(path.glob("*.safetensors"))), quantization)
+        reference = _rewrite(path, tmp_path / "reference", dense)
+        path = _rewrite(path, tmp_path / "quantized", quant, qconfig)
     llm = LLM(model=str(path), skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
               dtype="float32", attention_backend="triton", max_num_batched_tokens=128)
     runner = llm.llm_engine.runner
