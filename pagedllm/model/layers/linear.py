@@ -56,6 +56,19 @@ def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
     param.data.copy_(loaded)
 
 
+def load_param(param: torch.Tensor, loaded: torch.Tensor, shard_id: int | str | None = None) -> None:
+    """A checkpoint tensor into ``param`` through its ``weight_loader`` (``shard_id``: the part of a fused layer),
+    floating-point values in the parameter's dtype (packed integers, zero points and g_idx keep theirs)."""
+    loader = getattr(param, "weight_loader", default_weight_loader)
+    if loaded.is_floating_point() and param.is_floating_point():
+        loaded = loaded.to(param.dtype)
+    with torch.no_grad():
+        if shard_id is None:
+            loader(param, loaded)
+        else:
+            loader(param, loaded, shard_id)
+
+
 # How a parameter is cut for tensor parallelism and for the parts of a fused layer: the dim over the output features
 # and the one over the input features (None: not cut that way), and, for packed integers, how many features one
 # element holds along the packed dim. A dense weight [out, in] and bias [out] need no attributes; a quantization

@@ -6,7 +6,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from pagedllm.model.layers.linear import default_weight_loader
+from pagedllm.model.layers.linear import load_param
 from pagedllm.model.layers.pipeline import missing_prefixes
 
 
@@ -42,15 +42,7 @@ def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
                              f"supported yet (dense layers are).")
         if name not in params:
             raise ValueError(f"Checkpoint tensor {name!r} has no matching parameter in {type(model).__name__}.")
-        param = params[name]
-        loader = getattr(param, "weight_loader", default_weight_loader)
-        if tensor.is_floating_point() and param.is_floating_point():
-            tensor = tensor.to(param.dtype)      # packed integers, zero points and g_idx keep their values
-        with torch.no_grad():
-            if shard_id is None:
-                loader(param, tensor)
-            else:
-                loader(param, tensor, shard_id)
+        load_param(params[name], tensor, shard_id)
         loaded.add(name)
     # Modules that keep a derived copy of a parameter (the CPU LM head's oneDNN layout) drop it when new values
     # come in: a tied embedding's update reaches the head through the shared Parameter.

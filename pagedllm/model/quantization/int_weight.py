@@ -159,13 +159,8 @@ class PackedIntMoEMethod(MoEMethod):
         if param is None:
             raise ValueError(f"Checkpoint tensor {kind!r} of expert {expert} {part}: {self.config.name} experts "
                              f"take {', '.join(sorted(layer._parameters))}.")
-        if tensor.is_floating_point() and param.is_floating_point():
-            tensor = tensor.to(param.dtype)
-        with torch.no_grad():
-            if part == "down":
-                param.weight_loader(param, tensor)
-            else:
-                param.weight_loader(param, tensor, 0 if part == "gate" else 1)
+        from pagedllm.model.layers.linear import load_param
+        load_param(param, tensor, None if part == "down" else 0 if part == "gate" else 1)
         return True
 
     def process_weights_after_loading(self, experts: nn.Module) -> None:
