@@ -1,5 +1,6 @@
 #!/bin/bash
-# Session 23. Carry [".whl", ".bench"]. PART=1: session 22's queued PART=1 (the whole test_engine_gpu.py, the fused
+# Session 23. Carry [".whl", ".bench"] (.whl holds bitsandbytes 0.50.2's wheel too, 43 MB: its CUDA kernels, never run
+# here before; test_engine_gpu's MoE test now has NF4 / int8 experts). PART=1: session 22's queued PART=1 (the whole test_engine_gpu.py, the fused
 # MoE / block-FP8 / attention / packed-kernel / AWQ tests) plus the GPTQ engine test written after the GPTQ
 # contiguity fix (b040ccc), never yet run on a GPU; then the fused MoE against the eager expert loop on
 # Qwen3-30B-A3B's shapes (prediction: loop ~12-20 ms a token, host-bound; fused ~3.8 ms as measured in session 22).
@@ -7,6 +8,7 @@
 exec > >(tee $OUT/run23_${PART:-1}.txt) 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
 if [ "${PART:-1}" = 1 ]; then
+python3 -c "import bitsandbytes, torch; print('bitsandbytes', bitsandbytes.__version__, torch.__version__)" 2>&1 | tail -1
 PYTHONPATH=$R timeout 240 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short --durations=8 tests/gpu/test_engine_gpu.py 2>&1 \
   | grep -vE "^\s*$|Warning|warner" | cut -c1-400 | tail -40
 PYTHONPATH=$R timeout 170 python3 -m pytest -q -p no:cacheprovider -n 8 -rfs --tb=short tests/gpu/test_triton_moe.py \

@@ -259,14 +259,17 @@ def test_bf16_raw_logits_mode_returns_the_models_logits(model_dir, prompts, hf_m
 
 
 @pytest.mark.parametrize("arch, quantization", [("qwen3_moe", None), ("mixtral", None), ("qwen3_moe", "fp8"),
-                                                ("qwen3_moe", "awq")])
+                                                ("qwen3_moe", "awq"), ("qwen3_moe", "nf4"), ("mixtral", "int8")])
 def test_fp32_moe_tokens_equal_hf(arch, quantization, prompts, tmp_path):
     """Mixtures of experts on the GPU: the fused Triton experts (routing on the device) captured in the decode and
     piecewise CUDA graphs, in fp32, give HF fp32's greedy tokens exactly (fp32 keeps the router's choices HF's; in
     bf16 a tiny random router's near-ties pick other experts, which no near-tie rule for the logits can tell from a
-    bug). 32 experts of which a batch of 1 uses 2 (most blocks of the grouped launch idle). FP8 (per-tensor) and
-    AWQ (int4, group 128) experts, the attention dense: HF with the experts' dequantized weights. Checked on an H100
-    in session 22 (benchmarks/gpu_session22/moe_fp32_check.py): 48 of 48 tokens each."""
+    bug). 32 experts of which a batch of 1 uses 2 (most blocks of the grouped launch idle). FP8 (per-tensor), AWQ
+    (int4, group 128) and bitsandbytes (NF4, int8: dequantized by each forward inside the graphs) experts, the
+    attention dense: HF with the experts' dequantized weights. Checked on an H100 in session 22
+    (benchmarks/gpu_session22/moe_fp32_check.py): 48 of 48 tokens each (dense, FP8, AWQ)."""
+    if quantization in ("nf4", "int8"):
+        pytest.importorskip("bitsandbytes")
     import sys
 
     from safetensors.torch import load_file

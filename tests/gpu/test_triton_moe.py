@@ -112,18 +112,18 @@ def test_fp8_experts_equal_the_loop_over_their_dequantized_weights(group, tokens
 
 
 @pytest.mark.skipif(not INTERPRET, reason="the GPU engine test covers this on a GPU (tests/gpu/test_engine_gpu.py)")
-@pytest.mark.parametrize("quantization", [None, "fp8", "gptq"])
+@pytest.mark.parametrize("quantization", [None, "fp8", "gptq", "bitsandbytes"])
 def test_the_engine_through_the_fused_kernels_equals_the_loop(tmp_path, monkeypatch, quantization):
     """The whole layer path on the CPU under the interpreter (fp32): MoEExperts hands the kernels its weights (and an
-    FP8 method's scales and group; GPTQ experts stacked from their converted layers) and the engine's tokens and
-    log-probabilities equal those of HF's loop."""
+    FP8 method's scales and group; GPTQ experts stacked from their converted layers; bitsandbytes experts stacked,
+    then dequantized by every forward) and the engine's tokens and log-probabilities equal those of HF's loop."""
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "models"))
     from test_moe import _int_formats, _rewrite, _run, _save
 
     from pagedllm.model.layers.moe import MoEExperts
     from pagedllm.model.quantization.int_weight import PackedIntLinearMethod
-    path = _save(tmp_path / "m", wide=True)
+    path = _save(tmp_path / "m", wide=True, moe_intermediate_size=64)      # bitsandbytes: rows of a block at least
     kw = {"quantization": quantization}
     if quantization == "gptq":
         from safetensors.torch import load_file
@@ -139,6 +139,9 @@ def test_the_engine_through_the_fused_kernels_equals_the_loop(tmp_path, monkeypa
             method.cpu_form = lambda w: False
         convert(method, layer)
     monkeypatch.setattr(PackedIntLinearMethod, "process_weights_after_loading", experts_canonical)
+    if quantization == "bitsandbytes":
+        from pagedllm.model.quantization.bitsandbytes import BitsAndBytesMoEMethod
+        monkeypatch.setattr(BitsAndBytesMoEMethod, "process_weights_after_loading", BitsAndBytesMoEMethod.stack)
     _, tokens, logprobs = _run(path, **kw)
     assert tokens == ref_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-4, atol=1e-5)

@@ -1,6 +1,6 @@
 """Mixture-of-experts models beyond the greedy parity of test_models_vs_hf.py: a checkpoint missing an expert is an
-error naming it; FP8 experts (online, per-tensor and block-quantized checkpoints) and AWQ / GPTQ experts equal their
-dequantized reference; LoRA and the other quantization formats are refused for them."""
+error naming it; FP8 experts (online, per-tensor and block-quantized checkpoints), AWQ / GPTQ / compressed-tensors and
+bitsandbytes experts equal their dequantized reference; LoRA is refused for them."""
 from __future__ import annotations
 
 import json
@@ -14,10 +14,11 @@ from pagedllm.config import num_experts
 from pagedllm.kernels.quant.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE
 
 
-def _save(path, wide: bool = False) -> str:
+def _save(path, wide: bool = False, moe_intermediate_size: int = 32) -> str:
     cfg = transformers.Qwen3MoeConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
-                                      num_experts_per_tok=2, moe_intermediate_size=32, max_position_embeddings=256)
+                                      num_experts_per_tok=2, moe_intermediate_size=moe_intermediate_size,
+                                      max_position_embeddings=256)
     torch.manual_seed(0)
     model = transformers.Qwen3MoeForCausalLM(cfg).eval()
     if wide:      # larger projections than HF's init (std 0.02), so that fp8 rounding changes the logits
@@ -40,14 +41,11 @@ def test_a_missing_expert_is_named(tmp_path):
         LLM(path, skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01)
 
 
-def test_no_lora_and_no_quantization_but_fp8_awq_gptq(tmp_path):
+def test_no_lora_yet(tmp_path):
     path = _save(tmp_path)
     assert num_experts(transformers.AutoConfig.from_pretrained(path)) == 4
     with pytest.raises(ValueError, match="Qwen3MoeForCausalLM does not support LoRA yet"):
         LLM(path, skip_tokenizer_init=True, enable_lora=True, kv_cache_memory_gb=0.01)
-    with pytest.raises(ValueError, match=r"Quantization \(bitsandbytes\) is not supported yet for "
-                                         r"Qwen3MoeForCausalLM"):
-        LLM(path, skip_tokenizer_init=True, kv_cache_memory_gb=0.01, quantization="bitsandbytes")
 
 
 # ---- FP8 experts ----------------------------------------------------------------------------------------------------
@@ -211,8 +209,15 @@ def test_an_expert_weight_update_reaches_the_model_and_fp8_experts_refuse_one(tm
 # ---- AWQ / GPTQ experts ---------------------------------------------------------------------------------------------
 def experts_only_checkpoint(state: dict[str, torch.Tensor], fmt: str) -> tuple[dict, dict, dict]:
     """``(quantization_config, quantized tensors, dequantized reference tensors)`` of a MoE checkpoint whose experts
-    alone are quantized (the attention left dense through the format's skip list): ``fmt`` "awq" (4-bit, group 128)
-    or "fp8" (per-tensor, one scale per expert projection). Also tests/gpu/test_engine_gpu.py's fp32 MoE test."""
+    alone are quantized (the attention left dense through the format's skip list): ``fmt`` "awq" (4-bit, group 128),
+    "fp8" (per-tensor, one scale per expert projection), or bitsandbytes "nf4" / "int8" (their weights as
+    transformers saves them). Also tests/gpu/test_engine_gpu.py's fp32 MoE test."""
+    if fmt in ("nf4", "int8"):
+        quant, dense = bnb_checkpoint(state, 8 if fmt == "int8" else 4, experts_only=True)
+        config = ({"quant_method": "bitsandbytes", "load_in_8bit": True} if fmt == "int8" else
+                  {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                   "bnb_4bit_use_double_quant": True})
+        return dict(config, llm_int8_skip_modules=["self_attn"]), quant, dense
     if fmt == "awq":
         config, quant, dense = _int_formats()._awq_checkpoint(state, 128)
         for name in [n for n in quant if ".self_attn." in n]:
@@ -268,3 +273,81 @@ def test_int4_moe_checkpoint_equals_its_dequantized_reference(tmp_path, fmt, tp)
         assert experts.expert_layers[3].down_proj.packed_bits == 4 and not hasattr(experts, "w13")
     assert tokens == ref_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
+
+
+# ---- bitsandbytes experts -------------------------------------------------------------------------------------------
+def bnb_checkpoint(state: dict, bits: int, experts_only: bool = False) -> tuple[dict, dict]:
+    """``(checkpoint tensors, dequantized reference)``: every linear weight but the router's and the LM head's (or
+    the experts' alone), as transformers' bitsandbytes layers save them (4-bit: packed NF4 with its state beside
+    it; 8-bit: int8 rows and SCB). The reference is also that of in-flight quantization (NF4, blocks of 64)."""
+    import bitsandbytes.functional as bnbf
+    quant, dense = dict(state), dict(state)
+    for name, w in state.items():
+        if not name.endswith("_proj.weight") or (experts_only and ".experts." not in name):
+            continue
+        if bits == 4:
+            packed, qs = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+            quant[name] = packed
+            quant.update({f"{name}.{k}": v for k, v in qs.as_dict(packed=True).items()})
+            dense[name] = bnbf.dequantize_4bit(packed, qs)
+        else:
+            cb, scb, _ = bnbf.int8_vectorwise_quant(w.half())
+            quant[name], quant[name.replace(".weight", ".SCB")] = cb, scb
+            dense[name] = cb.float() * scb[:, None] / 127
+    return quant, dense
+
+
+@pytest.mark.parametrize("source", ["inflight", "nf4", "int8"])
+def test_bitsandbytes_moe_equals_its_dequantized_reference(tmp_path, source):
+    """quantization="bitsandbytes" on a 32-bit MoE checkpoint (every expert's gate, up and down quantized to NF4 as
+    they load, as the attention's), and 4-bit / 8-bit checkpoints as transformers saves them: tokens and logprobs
+    equal those of the model with the dequantized weights; the experts are bitsandbytes layers."""
+    pytest.importorskip("bitsandbytes")
+    from safetensors.torch import load_file
+    # experts' rows of 64 weights at least: bitsandbytes 0.50's CPU dequantization mishandles shorter rows
+    path = _save(tmp_path / "dense", wide=True, moe_intermediate_size=64)
+    state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
+    quant, dense = bnb_checkpoint(state, 8 if source == "int8" else 4)
+    if source == "inflight":
+        llm, tokens, logprobs = _run(path, quantization="bitsandbytes")
+    else:
+        config = ({"quant_method": "bitsandbytes", "load_in_8bit": True} if source == "int8" else
+                  {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                   "bnb_4bit_use_double_quant": True})
+        llm, tokens, logprobs = _run(_rewrite(path, tmp_path / "q", quant, config))
+    _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", dense))
+    experts = llm.llm_engine.core.runner.model.model.layers[1].mlp.experts
+    assert type(experts.quant_method).__name__ == "BitsAndBytesMoEMethod" and not hasattr(experts, "w13")
+    down = experts.expert_layers[3].down_proj
+    assert (down.weight.dtype == torch.int8) if source == "int8" else (down.bnb_packed[0].dtype == torch.uint8)
+    assert tokens == ref_tokens
+    # int8's error is small enough to need the tighter bound to tell quantized experts from dense ones
+    tol = dict(rtol=1e-5, atol=1e-6) if source == "int8" else dict(rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), **tol)
+    # The GPU's form, built here on the CPU: the stacks that every forward dequantizes for the fused kernels give
+    # each expert's weights bit for bit as its bitsandbytes layers do.
+    expected = [[layer.quant_method.dequantized_weight(layer, torch.float32) for layer in pair]
+                for pair in experts.quant_method.layer_pairs(experts)]
+    experts.quant_method.stack(experts)
+    args = experts.quant_method.kernel_args(experts)
+    assert args["w13"].shape == (4, 2 * 64, 64) and args["w2"].shape == (4, 64, 64)
+    for e, (gate_up, down) in enumerate(expected):
+        assert torch.equal(args["w13"][e], gate_up) and torch.equal(args["w2"][e], down)
+
+
+@pytest.mark.parametrize("fmt", ["nf4", "int8"])
+def test_bitsandbytes_skip_list_names_modules_as_transformers_does(tmp_path, fmt):
+    """A checkpoint whose llm_int8_skip_modules names a run of the modules' path (``self_attn``) keeps those layers
+    dense and the experts quantized, as transformers saved them (vLLM's component rule); tokens and logprobs equal
+    the dequantized reference."""
+    pytest.importorskip("bitsandbytes")
+    from safetensors.torch import load_file
+    path = _save(tmp_path / "dense", wide=True, moe_intermediate_size=64)
+    config, quant, dense = experts_only_checkpoint(load_file(next((tmp_path / "dense").glob("*.safetensors"))), fmt)
+    llm, tokens, logprobs = _run(_rewrite(path, tmp_path / "q", quant, config))
+    _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", dense))
+    layer = llm.llm_engine.core.runner.model.model.layers[0]
+    assert layer.self_attn.qkv_proj.quant_method is None and layer.self_attn.o_proj.quant_method is None
+    assert type(layer.mlp.experts.quant_method).__name__ == "BitsAndBytesMoEMethod"
+    assert tokens == ref_tokens
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-5, atol=1e-6)

@@ -25,9 +25,9 @@ from torch import nn
 from pagedllm.config import num_experts
 from pagedllm.distributed import get_tp_rank, get_tp_size, tp_all_reduce
 
-_EXPERT_TENSOR = re.compile(r"(.+\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\."
-                            r"(weight|weight_scale|weight_scale_inv|input_scale|qweight|qzeros|scales|g_idx|bias|"
-                            r"weight_packed|weight_zero_point|weight_shape|weight_g_idx)")
+# The last name is the tensor's kind: ``weight`` or a format's (``weight_scale``, ``qweight``, ``weight_absmax``, ...);
+# the experts' quantization method says which it takes (an unknown one is an error naming them).
+_EXPERT_TENSOR = re.compile(r"(.+\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.(\w+)")
 _PART = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
 
 

@@ -67,6 +67,59 @@ class MoEMethod:
         raise NotImplementedError
 
 
+class ExpertLayersMoEMethod(MoEMethod):
+    """Experts held as linear layers of a format: each expert's gate/up and down are a ``MergedColumnParallelLinear``
+    and a ``RowParallelLinear`` with the config's linear method (``experts.expert_layers``), so the format's
+    checkpoint tensors, tensor-parallel sharding and conversion are the dense model's; the CPU's loop calls each
+    expert's layers. A subclass turns them into what the fused GPU kernels read (``process_weights_after_loading``,
+    ``kernel_args``)."""
+
+    def __init__(self, config: "QuantizationConfig"):
+        self.config = config
+
+    def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
+        from pagedllm.model.layers.linear import MergedColumnParallelLinear, RowParallelLinear
+        full = experts.shard * experts.tp_size
+        layers = nn.ModuleList()
+        for e in range(experts.num_experts):
+            mlp = nn.Module()
+            mlp.gate_up_proj = MergedColumnParallelLinear(experts.hidden_size, [full, full], bias=False,
+                                                          quant_config=self.config,
+                                                          prefix=f"{experts.prefix}.{e}.gate_up_proj")
+            mlp.down_proj = RowParallelLinear(full, experts.hidden_size, bias=False, quant_config=self.config,
+                                              prefix=f"{experts.prefix}.{e}.down_proj")
+            if mlp.gate_up_proj.quant_method is None or mlp.down_proj.quant_method is None:
+                raise ValueError(f"{self.config.name}: experts of {experts.prefix} left partly unquantized "
+                                 "(modules_to_not_convert) are not supported.")
+            layers.append(mlp)
+        experts.expert_layers = layers       # the experts' weights live in their layers
+
+    def load(self, experts: nn.Module, expert: int, part: str, kind: str, tensor: torch.Tensor) -> bool:
+        mlp = experts.expert_layers[expert]
+        layer = mlp.down_proj if part == "down" else mlp.gate_up_proj
+        if kind == "bias":
+            if tensor.count_nonzero():
+                raise ValueError(f"Checkpoint has a non-zero bias for expert {expert} {part}; the experts have none.")
+            return True          # AutoGPTQ saves a zero bias for every quantized layer (as vLLM, dropped)
+        param = layer._parameters.get(kind)
+        if param is None:
+            raise ValueError(f"Checkpoint tensor {kind!r} of expert {expert} {part}: {self.config.name} experts "
+                             f"take {', '.join(sorted(layer._parameters))}.")
+        from pagedllm.model.layers.linear import load_param
+        load_param(param, tensor, None if part == "down" else 0 if part == "gate" else 1)
+        return True
+
+    @staticmethod
+    def layer_pairs(experts: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+        """(gate_up, down) of every expert, in expert order."""
+        return [(mlp.gate_up_proj, mlp.down_proj) for mlp in experts.expert_layers]
+
+    def expert_matmuls(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[Callable, Callable]:
+        mlp = experts.expert_layers[expert]
+        up, down = mlp.gate_up_proj, mlp.down_proj
+        return (lambda x: up.quant_method.apply(up, x, None)), (lambda h: down.quant_method.apply(down, h, None))
+
+
 class QuantizationConfig:
     """A checkpoint format's settings, parsed from ``quantization_config`` in config.json (or from the
     ``quantization=`` argument for formats that quantize at load: ``fp8``, ``bitsandbytes``)."""

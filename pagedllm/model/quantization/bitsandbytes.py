@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pagedllm.model.quantization.base import LinearMethod, QuantizationConfig
+from pagedllm.model.quantization.base import ExpertLayersMoEMethod, LinearMethod, QuantizationConfig
 from pagedllm.model.quantization.fp8 import is_layer_skipped
 
 BNB_MIN_VERSION = "0.45.0"
@@ -49,6 +49,13 @@ def _part_index(shard_id: int | str | None) -> int:
     if shard_id is None:
         return 0
     return {"q": 0, "k": 1, "v": 2}[shard_id] if isinstance(shard_id, str) else int(shard_id)
+
+
+def skip_entry_matches(name: str, entry: str) -> bool:
+    """An ``llm_int8_skip_modules`` entry names a module or a run of its dotted path, as transformers applies the
+    list when it quantizes (``self_attn`` skips every ``...self_attn.*_proj``, ``model.layers.0.mlp`` that MLP's
+    projections, ``mlp.gate`` the router but not ``mlp.gate_proj``)."""
+    return f".{entry}." in f".{name}."
 
 
 def _placeholder(layer: nn.Module, name: str, loader: Callable[..., None], optional: bool = False) -> None:
@@ -100,9 +107,15 @@ class BitsAndBytesConfig(QuantizationConfig):
                    pre_quantized=True)
 
     def get_linear_method(self, layer: nn.Module, prefix: str) -> LinearMethod | None:
-        if prefix.endswith("lm_head") or is_layer_skipped(self, prefix, self.llm_int8_skip_modules):
+        if prefix.endswith("lm_head") or is_layer_skipped(self, prefix, self.llm_int8_skip_modules,
+                                                          skip_entry_matches):
             return None
         return BitsAndBytes8bitLinearMethod(self) if self.load_in_8bit else BitsAndBytes4bitLinearMethod(self)
+
+    def get_moe_method(self, experts: nn.Module, prefix: str) -> "BitsAndBytesMoEMethod | None":
+        if is_layer_skipped(self, prefix, self.llm_int8_skip_modules, skip_entry_matches):
+            return None          # the checkpoint left these experts in 16 bits
+        return BitsAndBytesMoEMethod(self)
 
     def checkpoint_name(self, name: str) -> str:
         """A checkpoint tensor's name as our parameters spell it (no dots after ``weight``)."""
@@ -252,3 +265,71 @@ class BitsAndBytes8bitLinearMethod(LinearMethod):
         if bias is not None:
             y = y + bias.to(y.dtype)
         return y.to(x.dtype)
+
+
+class BitsAndBytesMoEMethod(ExpertLayersMoEMethod):
+    """bitsandbytes experts: each expert's gate/up and down are bitsandbytes linear layers (``ExpertLayersMoEMethod``:
+    quantized as they load, or the checkpoint's 4-bit / 8-bit tensors), which the CPU's loop calls. On the GPU, as
+    vLLM's bitsandbytes MoE method, every forward dequantizes the layer's experts into 16-bit stacks for the fused
+    kernels: weights stay at 4 / 8 bits in memory, and the step needs one layer's dense experts at a time. For that
+    the experts' 4-bit blocks are concatenated at load (every part of every expert has the same shape, block size and
+    codebook) with their absmax already dequantized (double quantization keeps a second level and an offset per
+    part), so a forward is two dequantize kernels a layer, not one per expert and part."""
+
+    def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
+        self.dtype = params_dtype            # what the GPU's forward dequantizes to
+        super().create_weights(experts, params_dtype)
+
+    def process_weights_after_loading(self, experts: nn.Module) -> None:
+        # The expert layers were converted first (the loader goes through children before parents).
+        if next(experts.expert_layers[0].down_proj.parameters()).is_cuda:
+            self.stack(experts)
+
+    def stack(self, experts: nn.Module) -> None:
+        """Replace the expert layers by the stacks ``kernel_args`` dequantizes (the GPU's form)."""
+        pairs = self.layer_pairs(experts)
+        if self.config.load_in_8bit:
+            for name, layers in (("w13", [up for up, _ in pairs]), ("w2", [down for _, down in pairs])):
+                experts.register_buffer(f"{name}_int8", torch.stack([layer.weight.data for layer in layers]),
+                                        persistent=False)
+                experts.register_buffer(f"{name}_row_scale", torch.stack([layer.SCB.data for layer in layers]) / 127.0,
+                                        persistent=False)
+        else:
+            import bitsandbytes.functional as bnbf
+            for name, layers in (("w13", [up for up, _ in pairs]), ("w2", [down for _, down in pairs])):
+                parts = [part for layer in layers for part in layer.bnb_parts]
+                state = parts[0][1]
+                if any(s.blocksize != state.blocksize or s.quant_type != state.quant_type for _, s in parts):
+                    raise ValueError(f"bitsandbytes experts of {experts.prefix}: their parts were quantized with "
+                                     "different block sizes or types.")
+                if any(s.shape.numel() % s.blocksize for _, s in parts):
+                    raise ValueError(f"bitsandbytes experts of {experts.prefix}: a part's {state.shape.numel()} "
+                                     f"weights are not a whole number of {state.blocksize}-weight blocks, which the "
+                                     "GPU's stacked form needs.")
+                absmax = [bnbf.dequantize_blockwise(s.absmax, s.state2) + s.offset if s.nested else s.absmax
+                          for _, s in parts]
+                experts.register_buffer(f"{name}_packed", torch.cat([p.reshape(-1) for p, _ in parts]),
+                                        persistent=False)
+                experts.register_buffer(f"{name}_absmax", torch.cat([a.float().reshape(-1) for a in absmax]),
+                                        persistent=False)
+                setattr(self, f"{name}_format", (state.blocksize, state.quant_type))
+        del experts.expert_layers            # their tensors are in the stacks now
+
+    def _dequantized(self, experts: nn.Module, name: str, shape: tuple[int, int, int],
+                     dtype: torch.dtype) -> torch.Tensor:
+        if self.config.load_in_8bit:
+            w8, scale = getattr(experts, f"{name}_int8"), getattr(experts, f"{name}_row_scale")
+            return (w8.to(torch.float32) * scale[..., None]).to(dtype)
+        import bitsandbytes.functional as bnbf
+        blocksize, quant_type = getattr(self, f"{name}_format")
+        # One block a row: the blocks run through the weights in order whatever their rows (bitsandbytes 0.50's
+        # CPU dequantization mishandles rows shorter than a block; the CUDA kernel reads the tensor flat).
+        state = bnbf.QuantState(absmax=getattr(experts, f"{name}_absmax"), shape=torch.Size(
+            (shape[0] * shape[1] * shape[2] // blocksize, blocksize)), blocksize=blocksize, quant_type=quant_type,
+            dtype=dtype)
+        return bnbf.dequantize_4bit(getattr(experts, f"{name}_packed"), state).view(shape)
+
+    def kernel_args(self, experts: nn.Module) -> dict[str, Any]:
+        e, h, i = experts.num_experts, experts.hidden_size, experts.shard
+        return {"w13": self._dequantized(experts, "w13", (e, 2 * i, h), self.dtype),
+                "w2": self._dequantized(experts, "w2", (e, h, i), self.dtype)}

@@ -59,15 +59,17 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
-def is_layer_skipped(config: QuantizationConfig, prefix: str, ignored: list[str]) -> bool:
-    """Whether the linear layer at ``prefix`` stays dense. The list names the checkpoint's modules: a fused layer
-    is skipped when its parts (``config.checkpoint_prefixes``) are; a list that skips some parts of a fused layer
-    and not others cannot be honoured (one matmul) and is an error (vLLM's)."""
+def is_layer_skipped(config: QuantizationConfig, prefix: str, ignored: list[str],
+                     matches: Callable[[str, str], bool] = _matches) -> bool:
+    """Whether the linear layer at ``prefix`` stays dense. The list names the checkpoint's modules (``matches``
+    says how an entry names one): a fused layer is skipped when its parts (``config.checkpoint_prefixes``) are; a
+    list that skips some parts of a fused layer and not others cannot be honoured (one matmul) and is an error
+    (vLLM's)."""
     if not ignored:
         return False
-    if any(_matches(prefix, p) for p in ignored):
+    if any(matches(prefix, p) for p in ignored):
         return True
-    skipped = [any(_matches(part, p) for p in ignored) for part in config.checkpoint_prefixes(prefix)]
+    skipped = [any(matches(part, p) for p in ignored) for part in config.checkpoint_prefixes(prefix)]
     if any(skipped) and not all(skipped):
         raise ValueError(f"Detected some but not all shards of {prefix} are quantized. All shards of fused layers "
                          f"must have the same precision.")

@@ -17,7 +17,7 @@ from torch import nn
 
 from pagedllm.kernels.quant.cpu import CpuPackedWeight, cpu_packed_matmul, prepare_cpu_weight
 from pagedllm.kernels.quant.packed import PackedWeight, dequantize
-from pagedllm.model.quantization.base import LinearMethod, MoEMethod
+from pagedllm.model.quantization.base import ExpertLayersMoEMethod, LinearMethod
 
 # Names of the buffers the converted weight lives in after loading (what the memory figure counts).
 _CANONICAL = ("qweight", "scales", "offsets", "perm")
@@ -120,52 +120,19 @@ def extra_loader(extra: dict[str, Any]) -> Callable:
     return loader
 
 
-class PackedIntMoEMethod(MoEMethod):
-    """AWQ / GPTQ experts: each expert's gate/up and down are linear layers of the format (``expert_layers``: the
-    format's checkpoint tensors, sharding and conversion to the canonical packed form, as a dense model's); on the
-    GPU they are stacked after conversion (``w13 [E, H / pack, 2I]``, ``w2 [E, I / pack, H]`` int32 words, scales
-    and offsets per group) for the fused kernels; on the CPU the loop calls each expert's layers. GPTQ's
-    ``desc_act`` row order runs on the CPU only (the fused kernels would need one permutation per expert)."""
+class PackedIntMoEMethod(ExpertLayersMoEMethod):
+    """AWQ / GPTQ / compressed-tensors experts: linear layers of the format (``ExpertLayersMoEMethod``); on the GPU
+    they are stacked after conversion (``w13 [E, H / pack, 2I]``, ``w2 [E, I / pack, H]`` int32 words, scales and
+    offsets per group) for the fused kernels; on the CPU the loop calls each expert's layers. GPTQ's ``desc_act`` row
+    order runs on the CPU only (the fused kernels would need one permutation per expert)."""
 
     def __init__(self, config: Any):
-        self.config = config
+        super().__init__(config)
         self.bits = self.group = 0
-
-    def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
-        from pagedllm.model.layers.linear import MergedColumnParallelLinear, RowParallelLinear
-        full = experts.shard * experts.tp_size
-        layers = nn.ModuleList()
-        for e in range(experts.num_experts):
-            mlp = nn.Module()
-            mlp.gate_up_proj = MergedColumnParallelLinear(experts.hidden_size, [full, full], bias=False,
-                                                          quant_config=self.config,
-                                                          prefix=f"{experts.prefix}.{e}.gate_up_proj")
-            mlp.down_proj = RowParallelLinear(full, experts.hidden_size, bias=False, quant_config=self.config,
-                                              prefix=f"{experts.prefix}.{e}.down_proj")
-            if mlp.gate_up_proj.quant_method is None or mlp.down_proj.quant_method is None:
-                raise ValueError(f"{self.config.name}: experts of {experts.prefix} left partly unquantized "
-                                 "(modules_to_not_convert) are not supported.")
-            layers.append(mlp)
-        experts.expert_layers = layers       # the experts' weights live in their layers
-
-    def load(self, experts: nn.Module, expert: int, part: str, kind: str, tensor: torch.Tensor) -> bool:
-        mlp = experts.expert_layers[expert]
-        layer = mlp.down_proj if part == "down" else mlp.gate_up_proj
-        if kind == "bias":
-            if tensor.count_nonzero():
-                raise ValueError(f"Checkpoint has a non-zero bias for expert {expert} {part}; the experts have none.")
-            return True          # AutoGPTQ saves a zero bias for every quantized layer (as vLLM, dropped)
-        param = layer._parameters.get(kind)
-        if param is None:
-            raise ValueError(f"Checkpoint tensor {kind!r} of expert {expert} {part}: {self.config.name} experts "
-                             f"take {', '.join(sorted(layer._parameters))}.")
-        from pagedllm.model.layers.linear import load_param
-        load_param(param, tensor, None if part == "down" else 0 if part == "gate" else 1)
-        return True
 
     def process_weights_after_loading(self, experts: nn.Module) -> None:
         # The expert layers were converted first (the loader goes through children before parents).
-        pairs = [(mlp.gate_up_proj, mlp.down_proj) for mlp in experts.expert_layers]
+        pairs = self.layer_pairs(experts)
         self.bits = pairs[0][0].packed_bits
         if pairs[0][0].cpu_weight is not None:
             return                           # the CPU loop calls the layers
@@ -189,8 +156,3 @@ class PackedIntMoEMethod(MoEMethod):
         return {"w13": experts.w13_qweight, "w2": experts.w2_qweight, "w13_scale": experts.w13_scales,
                 "w2_scale": experts.w2_scales, "w13_offset": experts.w13_offsets, "w2_offset": experts.w2_offsets,
                 "bits": self.bits, "scale_group": (1, self.group)}
-
-    def expert_matmuls(self, experts: nn.Module, expert: int, dtype: torch.dtype) -> tuple[Callable, Callable]:
-        mlp = experts.expert_layers[expert]
-        up, down = mlp.gate_up_proj, mlp.down_proj
-        return (lambda x: up.quant_method.apply(up, x, None)), (lambda h: down.quant_method.apply(down, h, None))
