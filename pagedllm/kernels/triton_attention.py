@@ -121,6 +121,17 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
 # Shared device helper: one K/V tile of a request, gathered through its block table
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
+def _mma(a, b):
+    """``a @ b`` with fp32 products for fp32 operands: ``tl.dot``'s default for them is TF32 (~1e-3 relative), which
+    a ``dtype="float32"`` model would see as logits off HF fp32's by enough to flip near-ties."""
+    if a.dtype == tl.float32:
+        c = tl.dot(a, b, input_precision="ieee")
+    else:
+        c = tl.dot(a, b)
+    return c
+
+
+@triton.jit
 def _soft_cap(s, SOFTCAP: tl.constexpr):
     """Gemma 2's logit soft-capping on base-2 scores: ``SOFTCAP = cap * log2(e)`` (0.0: none), and
     ``cap * tanh(x / cap)`` in natural units is ``SOFTCAP * tanh(s / SOFTCAP)`` in base 2 (tanh(x) = 2 sigmoid(2x) - 1).
@@ -159,7 +170,7 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
         k = tl.load(K + k_off)
     else:
         k = tl.load(K + k_off, mask=d_mask[None, :], other=0.0)
-    s = _soft_cap(tl.dot(q, tl.trans(k.to(q.dtype))) * qk_scale, SOFTCAP)   # [BLOCK_M, BLOCK_N] fp32, base 2
+    s = _soft_cap(_mma(q, tl.trans(k.to(q.dtype))) * qk_scale, SOFTCAP)   # [BLOCK_M, BLOCK_N] fp32, base 2
     if CAUSAL:
         s = tl.where(pos[None, :] <= q_pos[:, None], s, float("-inf"))
     elif BOUNDED:
@@ -180,7 +191,7 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
     else:
         v = tl.load(V + v_off, mask=d_mask[None, :], other=0.0)
     # An fp8 cache (kv_cache_dtype) is read as fp8 and converted here (per-tensor scale 1.0: nothing to multiply).
-    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+    acc = acc * alpha[:, None] + _mma(p.to(q.dtype), v.to(q.dtype))
     return acc, l_i, m_new
 
 
@@ -507,13 +518,13 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
     if PREFETCH:
         if NEW_IN_REGS:
             if pre:     # the first tile of older keys, already in registers, masked past old_end
-                scores = _soft_cap(tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale, SOFTCAP)
+                scores = _soft_cap(_mma(q, tl.trans(k0.to(q.dtype))) * qk_scale, SOFTCAP)
                 scores = tl.where(old_ok[None, :], scores, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(scores, 1))
                 alpha = tl.exp2(m_i - m_new)
                 p = tl.exp2(scores - m_new[:, None])
                 l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v0.to(q.dtype))
+                acc = acc * alpha[:, None] + _mma(p.to(q.dtype), v0.to(q.dtype))
                 m_i = m_new
             # The rest of the older keys: whole tiles, then a partial one (the loops below, up to old_end).
             s0 = start + BLOCK_N
@@ -521,11 +532,11 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
             full_end = s0 + ((end - s0) // BLOCK_N) * BLOCK_N
         else:
             if pre:     # _attend_tile's first step, on the tile already in registers (the same ops from m = -inf)
-                scores = _soft_cap(tl.dot(q, tl.trans(k0.to(q.dtype))) * qk_scale, SOFTCAP)
+                scores = _soft_cap(_mma(q, tl.trans(k0.to(q.dtype))) * qk_scale, SOFTCAP)
                 m_i = tl.max(scores, 1)
                 p = tl.exp2(scores - m_i[:, None])
                 l_i = tl.sum(p, 1)
-                acc = tl.dot(p.to(q.dtype), v0.to(q.dtype))
+                acc = _mma(p.to(q.dtype), v0.to(q.dtype))
             s0 = start + pre.to(tl.int32) * BLOCK_N     # arithmetic, not set inside the branch (a leaner loop)
     for s in range(s0, full_end, BLOCK_N):
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, s, q_pos, end, kvh,

@@ -283,7 +283,8 @@ def bnb_checkpoint(state: dict, bits: int, experts_only: bool = False) -> tuple[
     import bitsandbytes.functional as bnbf
     quant, dense = dict(state), dict(state)
     for name, w in state.items():
-        if not name.endswith("_proj.weight") or (experts_only and ".experts." not in name):
+        linear = name.endswith(("_proj.weight", ".w1.weight", ".w2.weight", ".w3.weight"))     # Mixtral's w1/w2/w3
+        if not linear or (experts_only and ".experts." not in name):
             continue
         if bits == 4:
             packed, qs = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
@@ -351,3 +352,21 @@ def test_bitsandbytes_skip_list_names_modules_as_transformers_does(tmp_path, fmt
     assert type(layer.mlp.experts.quant_method).__name__ == "BitsAndBytesMoEMethod"
     assert tokens == ref_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["nf4", "int8", "awq"])
+def test_a_missing_expert_scale_or_state_is_named(tmp_path, fmt):
+    """An expert's weight without its scales (int8's SCB, NF4's absmax, AWQ's scales) is an error naming it, not
+    zeros or random scales."""
+    if fmt != "awq":
+        pytest.importorskip("bitsandbytes")
+    from safetensors.torch import load_file
+    path = _save(tmp_path / "dense", wide=True, moe_intermediate_size=64)
+    state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
+    config, quant, _ = (_int_formats()._awq_checkpoint(state, 32) if fmt == "awq" else
+                        experts_only_checkpoint(state, fmt))
+    kind = {"nf4": "weight.absmax", "int8": "SCB", "awq": "scales"}[fmt]
+    del quant[f"model.layers.1.mlp.experts.2.up_proj.{kind}"]
+    with pytest.raises(ValueError, match="missing expert tensors for model.layers.1.mlp.experts: expert 2 up "
+                                         + kind.replace(".", "_")):
+        _run(_rewrite(path, tmp_path / "q", quant, config))

@@ -55,6 +55,7 @@ class MoEExperts(nn.Module):
         self.num_experts, self.hidden_size, self.shard = num_experts, hidden_size, intermediate_size // self.tp_size
         self.prefix = prefix
         self._parts: set[tuple[int, str]] = set()      # (expert, part) loaded from the checkpoint
+        self._kinds: set[tuple[int, str, str]] = set()     # (expert, part, kind) of every tensor loaded
         self.quant_method = quant_config.get_moe_method(self, prefix) if quant_config is not None else None
         if self.quant_method is None:
             self.create_dense_weights(torch.get_default_dtype())
@@ -92,6 +93,7 @@ class MoEExperts(nn.Module):
                     self.w13.data[expert, row:row + self.shard].copy_(self.shard_of(part, tensor))
         if kind in ("weight", "qweight", "weight_packed"):      # the weight itself, in whatever form
             self._parts.add((expert, part))
+        self._kinds.add((expert, part, kind))
 
     def check_loaded(self, name: str) -> None:
         """A checkpoint must give every expert its three tensors (random experts would give garbage silently)."""
@@ -100,6 +102,14 @@ class MoEExperts(nn.Module):
             raise ValueError(f"Checkpoint is missing expert weights for {name}: "
                              + ", ".join(f"expert {e} {p}" for e, p in missing[:8]) + (" ..." if len(missing) > 8
                                                                                         else ""))
+        # A quantized format's other tensors (scales, zero points, a 4-bit state): one missing would leave zeros.
+        required = getattr(self.quant_method, "required_kinds", None)
+        kinds = required(self) if required is not None else {}
+        missing = [f"expert {e} {p} {k}" for e in range(self.num_experts) for p, ks in kinds.items() for k in ks
+                   if (e, p, k) not in self._kinds]
+        if missing:
+            raise ValueError(f"Checkpoint is missing expert tensors for {name}: " + ", ".join(missing[:8])
+                             + (" ..." if len(missing) > 8 else ""))
 
     def forward(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
         """``x`` ``[T, H]``; ``top_ids`` / ``top_weights`` ``[T, k]``: this rank's part of the weighted sum."""

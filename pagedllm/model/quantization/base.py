@@ -110,6 +110,14 @@ class ExpertLayersMoEMethod(MoEMethod):
         return True
 
     @staticmethod
+    def required_kinds(experts: nn.Module) -> dict[str, list[str]]:
+        """The tensors a checkpoint must give each expert's gate, up and down (the layers' non-optional ones)."""
+        def kinds(layer: nn.Module) -> list[str]:
+            return [k for k, p in layer._parameters.items() if p is not None and not getattr(p, "optional_weight", False)]
+        mlp = experts.expert_layers[0]
+        return {"gate": kinds(mlp.gate_up_proj), "up": kinds(mlp.gate_up_proj), "down": kinds(mlp.down_proj)}
+
+    @staticmethod
     def layer_pairs(experts: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
         """(gate_up, down) of every expert, in expert order."""
         return [(mlp.gate_up_proj, mlp.down_proj) for mlp in experts.expert_layers]

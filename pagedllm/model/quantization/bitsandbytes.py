@@ -145,8 +145,9 @@ class BitsAndBytes4bitLinearMethod(LinearMethod):
         layer.bnb_checkpoint = {}                           # pre-quantized: part -> {suffix: tensor}
         if self.config.pre_quantized:
             _placeholder(layer, "weight", self._stash_loader(layer, "weight"))
-            for suffix in _STATE_SUFFIXES:
-                _placeholder(layer, _param_name(suffix), self._stash_loader(layer, suffix), optional=True)
+            for suffix in _STATE_SUFFIXES:      # absmax and quant_map always; the rest as the state has them
+                _placeholder(layer, _param_name(suffix), self._stash_loader(layer, suffix),
+                             optional=suffix not in ("absmax", "quant_map"))
         else:
             _placeholder(layer, "weight", self._quantizing_loader(layer))
 
