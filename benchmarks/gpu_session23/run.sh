@@ -45,4 +45,9 @@ if [ "${PART:-1}" = 4 ]; then
 # the whole engine file (bf16 paths unchanged by the fp32 dot).
 PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider -n 6 -rfs --tb=line tests/gpu/test_triton_attention.py \
   "tests/gpu/test_engine_gpu.py" 2>&1 | grep -E "^E |FAILED|passed|failed|\.py:[0-9]+: " | grep -v Warning | cut -c1-400 | tail -25
+# bitsandbytes' CUDA kernels through the CPU suite's end-to-end tests (LLM picks the GPU here): dense NF4 at load,
+# 4-bit / 8-bit checkpoints, MoE experts, against their dequantized references.
+PYTHONPATH=$R timeout 120 python3 -m pytest -q -p no:cacheprovider -n 4 -rfs --tb=line tests/unit/test_quant_bnb.py \
+  tests/models/test_moe.py -k "bitsandbytes or bnb or end_to_end or missing_expert_scale" 2>&1 \
+  | grep -E "^E |FAILED|passed|failed|\.py:[0-9]+: " | grep -v Warning | cut -c1-400 | tail -20
 fi
