@@ -320,7 +320,8 @@ class BitsAndBytesMoEMethod(ExpertLayersMoEMethod):
                      dtype: torch.dtype) -> torch.Tensor:
         if self.config.load_in_8bit:
             w8, scale = getattr(experts, f"{name}_int8"), getattr(experts, f"{name}_row_scale")
-            return (w8.to(torch.float32) * scale[..., None]).to(dtype)
+            # in the model's dtype: no fp32 temporary twice the size of the result (int8 values are exact in it)
+            return w8.to(dtype) * scale[..., None].to(dtype)
         import bitsandbytes.functional as bnbf
         blocksize, quant_type = getattr(self, f"{name}_format")
         # One block a row: the blocks run through the weights in order whatever their rows (bitsandbytes 0.50's
