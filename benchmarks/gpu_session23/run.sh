@@ -51,3 +51,9 @@ PYTHONPATH=$R timeout 120 python3 -m pytest -q -p no:cacheprovider -n 4 -rfs --t
   tests/models/test_moe.py -k "bitsandbytes or bnb or end_to_end or missing_expert_scale" 2>&1 \
   | grep -E "^E |FAILED|passed|failed|\.py:[0-9]+: " | grep -v Warning | cut -c1-400 | tail -20
 fi
+if [ "${PART:-1}" = 6 ]; then
+# The last device seconds: PART=4's tests, then the capture A/B once each way.
+PART=4 bash benchmarks/gpu_session23/run.sh
+for v in A B; do PYTHONPATH=$R timeout 90 python3 benchmarks/gpu_session23/capture_ab.py $v 2>&1 \
+  | grep -E "Captured|captured|gc|variant|empty|synchron" | cut -c1-300; done
+fi
