@@ -104,7 +104,7 @@ class ExpertLayersMoEMethod(MoEMethod):
         param = layer._parameters.get(kind)
         if param is None:
             raise ValueError(f"Checkpoint tensor {kind!r} of expert {expert} {part}: {self.config.name} experts "
-                             f"take {', '.join(sorted(layer._parameters))}.")
+                             f"take {', '.join(sorted(k for k, p in layer._parameters.items() if p is not None))}.")
         from pagedllm.model.layers.linear import load_param
         load_param(param, tensor, None if part == "down" else 0 if part == "gate" else 1)
         return True
@@ -113,7 +113,8 @@ class ExpertLayersMoEMethod(MoEMethod):
     def required_kinds(experts: nn.Module) -> dict[str, list[str]]:
         """The tensors a checkpoint must give each expert's gate, up and down (the layers' non-optional ones)."""
         def kinds(layer: nn.Module) -> list[str]:
-            return [k for k, p in layer._parameters.items() if p is not None and not getattr(p, "optional_weight", False)]
+            return [k for k, p in layer._parameters.items()
+                    if p is not None and not getattr(p, "optional_weight", False)]
         mlp = experts.expert_layers[0]
         return {"gate": kinds(mlp.gate_up_proj), "up": kinds(mlp.gate_up_proj), "down": kinds(mlp.down_proj)}
 
