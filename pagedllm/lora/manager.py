@@ -41,8 +41,13 @@ class LoRAManager:
         skipped = getattr(model, "pp_skipped_checkpoint_prefixes", None)
         self._other_stages: tuple[str, ...] = tuple(skipped()) if skipped is not None else ()
         self.layers: list[LoRASlots] = []
+        # Modules whose projections take no adapter (``no_lora``: a mixture-of-experts layer's experts); an adapter
+        # for one of them is refused by name.
+        self._no_lora = tuple(f"{name}." for name, module in model.named_modules() if getattr(module, "no_lora", False))
         for name, module in model.named_modules():
             parent, _, leaf = name.rpartition(".")
+            if name.startswith(self._no_lora) and self._no_lora:
+                continue
             if not hasattr(module, "input_size") or not hasattr(module, "output_size"):
                 continue
             if leaf in fused:
@@ -79,6 +84,10 @@ class LoRAManager:
             if module.startswith(self._other_stages) and self._other_stages:
                 continue
             if module not in self.targets:
+                if module.startswith(self._no_lora) and self._no_lora:
+                    raise ValueError(f"Loading lora {request.lora_name} failed: {module} is an expert of a "
+                                     "mixture-of-experts layer, and LoRA on the experts is not supported yet by "
+                                     "pagedllm (adapters of the attention and shared-expert projections are).")
                 raise ValueError(f"Loading lora {request.lora_name} failed: the model has no module {module} "
                                  f"(is the adapter for another model?).")
             slots, part, layer, shard = self.targets[module]

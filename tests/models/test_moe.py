@@ -1,6 +1,7 @@
 """Mixture-of-experts models beyond the greedy parity of test_models_vs_hf.py: a checkpoint missing an expert is an
 error naming it; FP8 experts (online, per-tensor and block-quantized checkpoints), AWQ / GPTQ / compressed-tensors and
-bitsandbytes experts equal their dequantized reference; LoRA is refused for them."""
+bitsandbytes experts equal their dequantized reference; LoRA adapters of the attention and shared expert equal HF
+merged, and an adapter of the experts is refused by name."""
 from __future__ import annotations
 
 import json
@@ -41,11 +42,54 @@ def test_a_missing_expert_is_named(tmp_path):
         LLM(path, skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01)
 
 
-def test_no_lora_yet(tmp_path):
-    path = _save(tmp_path)
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+def test_lora_on_the_attention_and_shared_expert_equals_hf_merged(tmp_path, arch):
+    """An adapter of every projection HF has as a linear layer (the attention's q/k/v/o; Qwen2-MoE's shared expert's
+    gate/up/down too): greedy tokens equal HF's with the adapter merged, beside the base model in one batch."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "unit"))
+    from test_lora import GREEDY, PROMPTS, make_llm, merged_tokens, save_adapter
+
+    from pagedllm.lora.request import LoRARequest
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                  max_position_embeddings=256, initializer_range=0.2)
+    cfg = (transformers.Qwen3MoeConfig(**common, head_dim=16) if arch == "qwen3_moe" else
+           transformers.Qwen2MoeConfig(**common, shared_expert_intermediate_size=48))
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    hf.save_pretrained(tmp_path / "model")
+    adapter = save_adapter(tmp_path / "lora", hf, rank=8, alpha=16, seed=3)
+    assert any(".shared_expert." in n for n in adapter) == (arch == "qwen2_moe")
+    expected = merged_tokens(hf, adapter, 16 / 8, PROMPTS, 6)
+    base = merged_tokens(hf, {}, 0, PROMPTS, 6)
+    assert expected != base                                    # the adapter changes the tokens
+    llm = make_llm(tmp_path)
+    got = llm.generate([{"prompt_token_ids": p} for p in PROMPTS] * 2, GREEDY, use_tqdm=False,
+                       lora_request=[LoRARequest("lora", 1, str(tmp_path / "lora"))] * 2 + [None] * 2)
+    assert [list(o.outputs[0].token_ids) for o in got] == expected + base
+
+
+def test_lora_of_the_experts_is_refused_by_name(tmp_path):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "unit"))
+    from test_lora import GREEDY, make_llm, save_adapter
+    from safetensors.torch import load_file, save_file
+
+    from pagedllm.lora.request import LoRARequest
+    path = _save(tmp_path / "model")
     assert num_experts(transformers.AutoConfig.from_pretrained(path)) == 4
-    with pytest.raises(ValueError, match="Qwen3MoeForCausalLM does not support LoRA yet"):
-        LLM(path, skip_tokenizer_init=True, enable_lora=True, kv_cache_memory_gb=0.01)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path)
+    save_adapter(tmp_path / "lora", hf, rank=4, alpha=8, targets=("q_proj",))
+    tensors = load_file(tmp_path / "lora" / "adapter_model.safetensors")      # as PEFT names a per-expert target
+    tensors["base_model.model.model.layers.1.mlp.experts.2.up_proj.lora_A.weight"] = torch.zeros(4, 64)
+    tensors["base_model.model.model.layers.1.mlp.experts.2.up_proj.lora_B.weight"] = torch.zeros(32, 4)
+    save_file(tensors, str(tmp_path / "lora" / "adapter_model.safetensors"))
+    llm = make_llm(tmp_path)
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.experts\.2\.up_proj is an expert of a "
+                                         r"mixture-of-experts layer, and LoRA on the experts is not supported yet"):
+        llm.generate([{"prompt_token_ids": [1, 2, 3]}], GREEDY, use_tqdm=False,
+                     lora_request=LoRARequest("lora", 1, str(tmp_path / "lora")))
 
 
 # ---- FP8 experts ----------------------------------------------------------------------------------------------------

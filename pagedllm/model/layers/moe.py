@@ -45,6 +45,10 @@ class MoEExperts(nn.Module):
     rank's slice of ``I``; a quantization config's ``MoEMethod`` (model/quantization/base.py) may hold them in its
     own form (FP8: e4m3 with scales)."""
 
+    # LoRA adapters of the experts are not applied yet (pagedllm/lora skips the layers inside, and refuses an
+    # adapter for them by name); the attention's and a shared expert's projections take them.
+    no_lora = True
+
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, quant_config=None,
                  prefix: str = ""):
         super().__init__()
@@ -167,8 +171,8 @@ class SparseMoeBlock(nn.Module):
         out = self.experts(x, top_ids, top_weights)
         if self.experts.tp_size > 1:
             out = tp_all_reduce(out)
-        if self.shared_expert is not None:
-            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        if self.shared_expert is not None:     # a dense MLP: its projections take LoRA as any model's
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x, lora_mask)
         return out
 
 
