@@ -71,6 +71,7 @@ def test_lora_on_the_attention_and_shared_expert_equals_hf_merged(tmp_path, arch
 
 
 def test_lora_of_the_experts_is_refused_by_name(tmp_path):
+    pytest.importorskip("bitsandbytes")
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "unit"))
     from test_lora import GREEDY, make_llm, save_adapter
@@ -85,7 +86,11 @@ def test_lora_of_the_experts_is_refused_by_name(tmp_path):
     tensors["base_model.model.model.layers.1.mlp.experts.2.up_proj.lora_A.weight"] = torch.zeros(4, 64)
     tensors["base_model.model.model.layers.1.mlp.experts.2.up_proj.lora_B.weight"] = torch.zeros(32, 4)
     save_file(tensors, str(tmp_path / "lora" / "adapter_model.safetensors"))
-    llm = make_llm(tmp_path)
+    # bitsandbytes experts are linear layers of the format: they get no adapter slots (only q/k/v/o do)
+    llm = make_llm(tmp_path, quantization="bitsandbytes")
+    assert sorted({t.rsplit(".", 1)[1] for t in llm.llm_engine.core.runner.lora.targets}) == ["k_proj", "o_proj",
+                                                                                           "q_proj", "v_proj"]
+    assert len(llm.llm_engine.core.runner.lora.layers) == 2 * 2           # qkv and o of each of the 2 layers
     with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.experts\.2\.up_proj is an expert of a "
                                          r"mixture-of-experts layer, and LoRA on the experts is not supported yet"):
         llm.generate([{"prompt_token_ids": [1, 2, 3]}], GREEDY, use_tqdm=False,
