@@ -43,7 +43,8 @@ class LoRAManager:
         self.layers: list[LoRASlots] = []
         # Modules whose projections take no adapter (``no_lora``: a mixture-of-experts layer's experts); an adapter
         # for one of them is refused by name.
-        self._no_lora = tuple(f"{name}." for name, module in model.named_modules() if getattr(module, "no_lora", False))
+        self._no_lora = tuple(f"{name}." for name, module in model.named_modules()
+                              if getattr(module, "no_lora", False))
         for name, module in model.named_modules():
             parent, _, leaf = name.rpartition(".")
             if name.startswith(self._no_lora) and self._no_lora:
