@@ -288,32 +288,30 @@ class BitsAndBytesMoEMethod(ExpertLayersMoEMethod):
 
     def stack(self, experts: nn.Module) -> None:
         """Replace the expert layers by the stacks ``kernel_args`` dequantizes (the GPU's form)."""
+        import bitsandbytes.functional as bnbf
         pairs = self.layer_pairs(experts)
-        if self.config.load_in_8bit:
-            for name, layers in (("w13", [up for up, _ in pairs]), ("w2", [down for _, down in pairs])):
+        for name, layers in (("w13", [up for up, _ in pairs]), ("w2", [down for _, down in pairs])):
+            if self.config.load_in_8bit:
                 experts.register_buffer(f"{name}_int8", torch.stack([layer.weight.data for layer in layers]),
                                         persistent=False)
                 experts.register_buffer(f"{name}_row_scale", torch.stack([layer.SCB.data for layer in layers]) / 127.0,
                                         persistent=False)
-        else:
-            import bitsandbytes.functional as bnbf
-            for name, layers in (("w13", [up for up, _ in pairs]), ("w2", [down for _, down in pairs])):
-                parts = [part for layer in layers for part in layer.bnb_parts]
-                state = parts[0][1]
-                if any(s.blocksize != state.blocksize or s.quant_type != state.quant_type for _, s in parts):
-                    raise ValueError(f"bitsandbytes experts of {experts.prefix}: their parts were quantized with "
-                                     "different block sizes or types.")
-                if any(s.shape.numel() % s.blocksize for _, s in parts):
-                    raise ValueError(f"bitsandbytes experts of {experts.prefix}: a part's {state.shape.numel()} "
-                                     f"weights are not a whole number of {state.blocksize}-weight blocks, which the "
-                                     "GPU's stacked form needs.")
-                absmax = [bnbf.dequantize_blockwise(s.absmax, s.state2) + s.offset if s.nested else s.absmax
-                          for _, s in parts]
-                experts.register_buffer(f"{name}_packed", torch.cat([p.reshape(-1) for p, _ in parts]),
-                                        persistent=False)
-                experts.register_buffer(f"{name}_absmax", torch.cat([a.float().reshape(-1) for a in absmax]),
-                                        persistent=False)
-                setattr(self, f"{name}_format", (state.blocksize, state.quant_type))
+                continue
+            parts = [part for layer in layers for part in layer.bnb_parts]
+            state = parts[0][1]
+            if any(s.blocksize != state.blocksize or s.quant_type != state.quant_type for _, s in parts):
+                raise ValueError(f"bitsandbytes experts of {experts.prefix}: their parts were quantized with "
+                                 "different block sizes or types.")
+            if any(s.shape.numel() % s.blocksize for _, s in parts):
+                raise ValueError(f"bitsandbytes experts of {experts.prefix}: a part's {state.shape.numel()} "
+                                 f"weights are not a whole number of {state.blocksize}-weight blocks, which the "
+                                 "GPU's stacked form needs.")
+            absmax = [bnbf.dequantize_blockwise(s.absmax, s.state2) + s.offset if s.nested else s.absmax
+                      for _, s in parts]
+            experts.register_buffer(f"{name}_packed", torch.cat([p.reshape(-1) for p, _ in parts]), persistent=False)
+            experts.register_buffer(f"{name}_absmax", torch.cat([a.float().reshape(-1) for a in absmax]),
+                                    persistent=False)
+            setattr(self, f"{name}_format", (state.blocksize, state.quant_type))
         del experts.expert_layers            # their tensors are in the stacks now
 
     def _dequantized(self, experts: nn.Module, name: str, shape: tuple[int, int, int],
