@@ -275,7 +275,9 @@ class BitsAndBytesMoEMethod(ExpertLayersMoEMethod):
     kernels: weights stay at 4 / 8 bits in memory, and the step needs one layer's dense experts at a time. For that
     the experts' 4-bit blocks are concatenated at load (every part of every expert has the same shape, block size and
     codebook) with their absmax already dequantized (double quantization keeps a second level and an offset per
-    part), so a forward is two dequantize kernels a layer, not one per expert and part."""
+    part), so a forward is two dequantize kernels a layer, not one per expert and part. 8-bit experts are dequantized
+    too (``W = int8 * SCB / 127``): LLM.int8's outlier threshold, a detail of bitsandbytes' int8 matmul, does not
+    apply to them (as in vLLM and on the CPU)."""
 
     def create_weights(self, experts: nn.Module, params_dtype: torch.dtype) -> None:
         self.dtype = params_dtype            # what the GPU's forward dequantizes to
