@@ -15,7 +15,7 @@ _EXPORTS = {
     "EngineArgs": "pagedllm.config", "AsyncEngineArgs": "pagedllm.config", "LLM": "pagedllm.entrypoints.llm",
     "LLMEngine": "pagedllm.engine.engine", "AsyncLLMEngine": "pagedllm.engine.async_engine",
     "PoolingParams": "pagedllm.pooling_params",
-    **{name: "pagedllm.inputs" for name in ("PromptType", "TextPrompt", "TokensPrompt")},
+    **{name: "pagedllm.inputs" for name in ("PromptType", "TextPrompt", "TokensPrompt", "EmbedsPrompt")},
     **{name: "pagedllm.outputs" for name in (
         "BeamSearchOutput", "BeamSearchSequence", "ClassificationOutput", "ClassificationRequestOutput",
         "CompletionOutput", "EmbeddingOutput", "EmbeddingRequestOutput",
@@ -53,6 +53,6 @@ __all__ = ["LLM", "SamplingParams", "PoolingParams", "PoolingOutput", "PoolingRe
            "ScoringRequestOutput", "BeamSearchParams", "RequestOutput",
            "CompletionOutput", "Logprob", "EngineArgs", "AsyncEngineArgs", "LLMEngine", "AsyncLLMEngine",
            "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind",
-           "StructuredOutputsParams", "GuidedDecodingParams", "PromptType", "TextPrompt", "TokensPrompt",
+           "StructuredOutputsParams", "GuidedDecodingParams", "PromptType", "TextPrompt", "TokensPrompt", "EmbedsPrompt",
            "bundled_model_path",
            "__version__"]

@@ -245,7 +245,7 @@ class PoolerConfig:
 GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                                    "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
-    "enable_prompt_embeds", "allowed_media_domains",
+    "allowed_media_domains",
     "safetensors_load_strategy", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
     "node_rank", "decode_context_parallel_size", "dcp_kv_cache_interleave_size", "data_parallel_rank",
     "data_parallel_start_rank", "data_parallel_size_local", "data_parallel_address", "data_parallel_rpc_port",
@@ -286,6 +286,9 @@ class EngineArgs:
     # vLLM's: "auto" / "vllm" are this engine's own model code; its Transformers-backend fallback is not offered
     model_impl: str = "auto"
     skip_tokenizer_init: bool = False
+    # vLLM's: prompts may come as input embeddings ({"prompt_embeds": tensor}, the server's base64 prompt_embeds):
+    # generation only; those requests run their prompt eagerly (no CUDA graph) and penalties see no prompt tokens.
+    enable_prompt_embeds: bool = False
     trust_remote_code: bool = False
     revision: str | None = None
     tokenizer_revision: str | None = None
@@ -477,6 +480,9 @@ class EngineArgs:
         g.add_argument("--model-impl", type=str, default=d.model_impl, choices=["auto", "vllm", "transformers"])
         g.add_argument("--skip-tokenizer-init", action="store_true",
                        help="Skip the tokenizer; prompts must then be token ids.")
+        g.add_argument("--enable-prompt-embeds", action="store_true",
+                       help="Accept prompts as input embeddings (/v1/completions prompt_embeds: base64 of "
+                            "torch.save(tensor [num_tokens, hidden_size])). Only for trusted clients.")
         g.add_argument("--trust-remote-code", action="store_true", help="Trust remote code from the hub.")
         g.add_argument("--revision", type=str, default=None)
         g.add_argument("--tokenizer-revision", type=str, default=None)
@@ -768,7 +774,8 @@ def verify_engine_args(args: EngineArgs) -> None:
     if args.data_parallel_size != 1:
         raise ValueError(f"data_parallel_size={args.data_parallel_size} is not supported yet; use 1.")
     if args.enable_expert_parallel:
-        raise ValueError("enable_expert_parallel is not supported yet (no mixture-of-experts models).")
+        raise ValueError("enable_expert_parallel is not supported yet: mixture-of-experts layers are split by tensor "
+                         "parallel (each rank holds a slice of every expert); leave it unset.")
     for name, choices in (("task", ("auto", "generate") + _EMBED_TASKS + _CLASSIFY_TASKS + _REWARD_TASKS),
                           ("runner", ("auto", "generate", "pooling"))):
         value = getattr(args, name)
@@ -830,6 +837,9 @@ def verify_engine_args(args: EngineArgs) -> None:
                          f"(got {args.max_num_partial_prefills}).")
     if args.speculative_config is not None:
         spec = speculative_settings(args.speculative_config)
+        if args.enable_prompt_embeds:
+            raise ValueError("enable_prompt_embeds is not supported with speculative_config yet by pagedllm (the "
+                             "drafts are proposed from token ids); use one of them.")
         if args.pipeline_parallel_size > 1:
             raise ValueError("speculative_config is not supported with pipeline_parallel_size > 1 yet by pagedllm; "
                              "use tensor_parallel_size, or leave speculative_config out.")

@@ -1,6 +1,7 @@
 """The prompt forms ``LLM.generate`` / ``LLMEngine.add_request`` take, under vLLM's names (``vllm.inputs``):
-a string, a ``TextPrompt`` or a ``TokensPrompt`` (plain dicts; the TypedDicts are for type checkers and for
-``from pagedllm.inputs import TokensPrompt`` in code written for vLLM)."""
+a string, a ``TextPrompt``, a ``TokensPrompt`` or (with ``enable_prompt_embeds=True``) an ``EmbedsPrompt`` (plain
+dicts; the TypedDicts are for type checkers and for ``from pagedllm.inputs import TokensPrompt`` in code written for
+vLLM)."""
 from __future__ import annotations
 
 from typing import Any, TypedDict, Union
@@ -28,16 +29,22 @@ class TokensPrompt(TypedDict):
     cache_salt: NotRequired[str]
 
 
-PromptType = Union[str, TextPrompt, TokensPrompt]
+class EmbedsPrompt(TypedDict):
+    """A prompt given as its input embeddings, [num_tokens, hidden_size] (what the model's embedding layer would
+    give for token ids, or vectors of your own): generation only, with ``enable_prompt_embeds=True``."""
+    prompt_embeds: Any          # a torch.Tensor
+    cache_salt: NotRequired[str]
+
+
+PromptType = Union[str, TextPrompt, TokensPrompt, EmbedsPrompt]
 
 # Keys of a prompt dict that pagedllm reads, and vLLM's keys it cannot honour (with why): any of those with a value
 # other than None is an error, never silently dropped.
-PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt", "token_type_ids"})
+PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt", "token_type_ids", "prompt_embeds"})
 UNSUPPORTED_PROMPT_KEYS = {
     "multi_modal_data": "multi-modal inputs are not supported: pagedllm runs text-only models",
     "mm_processor_kwargs": "multi-modal inputs are not supported: pagedllm runs text-only models",
     "multi_modal_uuids": "multi-modal inputs are not supported: pagedllm runs text-only models",
-    "prompt_embeds": "prompt embeddings (EmbedsPrompt) are not supported yet; pass text or token ids",
     "encoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
     "decoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
 }
@@ -52,5 +59,10 @@ def check_prompt_keys(prompt: dict) -> None:
             if value is not None:
                 raise ValueError(f"Prompt field {key!r}: {UNSUPPORTED_PROMPT_KEYS[key]}.")
             continue
-        raise ValueError(f"Unknown prompt field {key!r}; a prompt dict needs 'prompt' or 'prompt_token_ids' "
-                         f"(and may have 'cache_salt').")
+        raise ValueError(f"Unknown prompt field {key!r}; a prompt dict needs 'prompt', 'prompt_token_ids' or "
+                         f"'prompt_embeds' (and may have 'cache_salt').")
+
+
+def is_embeds_prompt(prompt: Any) -> bool:
+    """An ``EmbedsPrompt``: a dict whose ``prompt_embeds`` is set."""
+    return isinstance(prompt, dict) and prompt.get("prompt_embeds") is not None

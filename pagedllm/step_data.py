@@ -34,6 +34,9 @@ class NewRequestData:
     pooling_params: PoolingParams | None = None
     # enable_lora: the request's adapter (a pagedllm.lora.LoRARequest: name, id, folder), None for the base model.
     lora_request: Any = None
+    # enable_prompt_embeds: the prompt's input embeddings (CPU tensor [prompt tokens, hidden]); prompt_token_ids
+    # are placeholders then. The worker keeps them for the prompt's (re)computation.
+    prompt_embeds: Any = None
 
 
 @dataclass

@@ -43,7 +43,7 @@ if [ "${PART:-1}" = 4 ]; then
 # PART=1's failures re-run after their fixes: the fp32 MoE test (Mixtral's w1/w2/w3 now quantized in the int8
 # checkpoint; the Triton attention's fp32 dots in IEEE fp32, not TF32), then the attention kernels' tests and
 # the whole engine file (bf16 paths unchanged by the fp32 dot).
-PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider -n 6 -rfs --tb=line tests/gpu/test_triton_attention.py \
+PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider -n 5 -rfs --tb=line tests/gpu/test_triton_attention.py \
   "tests/gpu/test_engine_gpu.py" 2>&1 | grep -E "^E |FAILED|passed|failed|\.py:[0-9]+: " | grep -v Warning | cut -c1-400 | tail -25
 # bitsandbytes' CUDA kernels through the CPU suite's end-to-end tests (LLM picks the GPU here): dense NF4 at load,
 # 4-bit / 8-bit checkpoints, MoE experts, against their dequantized references.
@@ -56,4 +56,10 @@ if [ "${PART:-1}" = 6 ]; then
 PART=4 bash benchmarks/gpu_session23/run.sh
 for v in A B; do PYTHONPATH=$R timeout 90 python3 benchmarks/gpu_session23/capture_ab.py $v 2>&1 \
   | grep -E "Captured|captured|gc|variant|empty|synchron" | cut -c1-300; done
+fi
+if [ "${PART:-1}" = 7 ]; then
+# Session 24: prompt_embeds on CUDA (steps with given embeddings run eagerly beside the captured decode graphs),
+# greedy against HF fp32 on the CPU.
+PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 4 -rfs --tb=short tests/models/test_prompt_embeds.py \
+  2>&1 | grep -E "^E |FAILED|passed|failed|\.py:[0-9]+: " | grep -v Warning | cut -c1-400 | tail -20
 fi

@@ -29,6 +29,9 @@ class ForwardBatch:
     # enable_lora: [T, max_loras], 1 at the adapter slot each token runs with (a row of zeros: the base model); None
     # when no request of the step has an adapter (pagedllm/lora/manager.py LoRAManager.step_mask).
     lora_mask: torch.Tensor | None = None
+    # enable_prompt_embeds: (flat token indices [R] int64, their embeddings [R, hidden]) given by prompt_embeds
+    # prompts, used instead of the embedding of input_ids there (model/layers/embedding.embed_inputs); None: none.
+    input_embeds: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_tokens(self) -> int:

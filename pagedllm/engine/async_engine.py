@@ -28,6 +28,7 @@ from pagedllm.engine.messages import (AbortRequests, CoreDead, CoreSnapshot, Cor
                                       UtilityCall, UtilityResult)
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import StepStats
+from pagedllm.inputs import is_embeds_prompt
 from pagedllm.logger import log_engine_start, printable_id
 from pagedllm.outputs import CompletionOutput, PoolingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
@@ -240,7 +241,9 @@ class AsyncLLMEngine:
             raise EngineDeadError("Engine is shut down.")
         if request_id in self._streams:
             raise ValueError(f"Request id {request_id!r} is already running.")
-        text, ids, _ = self.input_processor.split_prompt(prompt)
+        text, ids = None, ()        # a prompt_embeds prompt has nothing to tokenize
+        if not is_embeds_prompt(prompt):
+            text, ids, _ = self.input_processor.split_prompt(prompt)
         if ids is None:    # a text prompt: tokenize off the event loop, then validate with its ids
             if isinstance(sampling_params, PoolingParams):
                 ids = await self.run_tokenizer(self.input_processor.encode_for_pooling, text, sampling_params)

@@ -149,12 +149,13 @@ class EngineCore:
         request = Request(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_ids,
                           req.arrival_time, req.priority, max_tokens=req.max_tokens, cache_salt=req.cache_salt,
                           pooling_params=req.pooling_params, parent_request_id=req.parent_request_id,
-                          lora_request=req.lora_request)
+                          lora_request=req.lora_request, prompt_embeds=req.prompt_embeds)
+        # A prompt_embeds prompt has no token ids to read (its ids are placeholders).
+        prompt_ids = req.prompt_token_ids if req.prompt_embeds is None else []
         so = req.sampling_params.structured_outputs
         if so is not None:
-            request.reasoning_end_ids = self.structured_output.reasoning_gate(req.prompt_token_ids,
-                                                                              req.reasoning_ended)
-        request.thinking_budget = self.structured_output.thinking_budget(req.prompt_token_ids,
+            request.reasoning_end_ids = self.structured_output.reasoning_gate(prompt_ids, req.reasoning_ended)
+        request.thinking_budget = self.structured_output.thinking_budget(prompt_ids,
                                                                          req.sampling_params.thinking_token_budget)
         # Compiled once per spec, here in the core (the front end has validated it); a grammar that is not cached
         # compiles in the background and the request joins the scheduler when it is ready (_admit_compiled).

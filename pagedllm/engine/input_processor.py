@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from pagedllm.config import GENERATION_CONFIG_SAMPLING_KEYS, EngineConfig, reasoning_parser_name
 from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
-from pagedllm.inputs import PromptType, check_prompt_keys
+from pagedllm.inputs import PromptType, check_prompt_keys, is_embeds_prompt
 from pagedllm.lora.request import LoRARequest
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.reasoning_parsers import get_reasoning_parser
@@ -31,6 +33,9 @@ class ProcessedRequest:
     arrival_time: float
     children: list[EngineCoreRequest] = field(default_factory=list)
     lora_request: Any = None       # the adapter it runs with (pagedllm.lora.LoRARequest), for its outputs
+    # An EmbedsPrompt's embeddings (a CPU tensor [num_tokens, hidden_size]); prompt_token_ids are then that many
+    # placeholders (0), never shown: its RequestOutput has prompt_token_ids=None, as vLLM's.
+    prompt_embeds: Any = None
 
 
 class InputProcessor:
@@ -79,9 +84,10 @@ class InputProcessor:
             return prompt, None, None
         if isinstance(prompt, dict):
             check_prompt_keys(prompt)     # multi_modal_data etc. are errors, not silently dropped
-            salt = prompt.get("cache_salt")
-            if salt is not None and (not isinstance(salt, str) or not salt):
-                raise ValueError("cache_salt must be a non-empty string.")
+            salt = _cache_salt(prompt)
+            if is_embeds_prompt(prompt):
+                raise ValueError("prompt_embeds prompts are for generation (LLM.generate, /v1/completions); pass "
+                                 "text or token ids here.")
             if "prompt_token_ids" in prompt:
                 ids = prompt["prompt_token_ids"]
                 if not isinstance(ids, (list, tuple)):
@@ -133,17 +139,29 @@ class InputProcessor:
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"priority must be an int, got {type(priority).__name__}.")
         self.config.verify_priority(priority)
-        text, ids, salt = self.split_prompt(prompt)
-        if ids is None:
-            ids = self.encode(text)
-        if params.truncate_prompt_tokens is not None:
-            ids = ids[-self.truncation_limit(params):]
+        embeds = None
+        if is_embeds_prompt(prompt):
+            check_prompt_keys(prompt)
+            text, embeds, salt = None, self.check_prompt_embeds(prompt), _cache_salt(prompt)
+            if params.truncate_prompt_tokens is not None:
+                embeds = embeds[-self.truncation_limit(params):]
+            if params.prompt_logprobs is not None:
+                raise ValueError("prompt_logprobs are not available for a prompt_embeds prompt (it has no token "
+                                 "ids to score).")
+            ids = [0] * len(embeds)      # placeholders: the model reads the embeddings at these positions
+        else:
+            text, ids, salt = self.split_prompt(prompt)
+            if ids is None:
+                ids = self.encode(text)
+            if params.truncate_prompt_tokens is not None:
+                ids = ids[-self.truncation_limit(params):]
         self._validate(ids, params)
         max_tokens = params.max_tokens
         if max_tokens is None:
             max_tokens = self.max_model_len - len(ids)
         arrival = arrival_time if arrival_time is not None else time.time()
-        out = ProcessedRequest(request_id, text, ids, params, arrival, lora_request=lora_request)
+        out = ProcessedRequest(request_id, text, ids, params, arrival, lora_request=lora_request,
+                               prompt_embeds=embeds)
         for index in range(params.n):
             child_id = request_id if params.n == 1 else f"{index}_{request_id}"
             child_params = params
@@ -154,8 +172,38 @@ class InputProcessor:
                                                   priority, max_tokens, salt,
                                                   parent_request_id=request_id if params.n > 1 else None,
                                                   reasoning_ended=reasoning_ended,
-                                                  lora_request=lora_request))
+                                                  lora_request=lora_request, prompt_embeds=embeds))
         return out
+
+    def check_prompt_embeds(self, prompt: dict) -> Any:
+        """An EmbedsPrompt's tensor checked against the model: [num_tokens, hidden_size] (a leading batch axis of
+        1 is dropped, a sparse tensor made dense), finite floats, on the CPU."""
+        if not self.config.args.enable_prompt_embeds:
+            raise ValueError("You must set enable_prompt_embeds=True (--enable-prompt-embeds) to input "
+                             "prompt_embeds.")
+        if "prompt_token_ids" in prompt or "prompt" in prompt:
+            raise ValueError("A prompt has either prompt_embeds or prompt / prompt_token_ids, not both.")
+        embeds = prompt["prompt_embeds"]
+        if not isinstance(embeds, torch.Tensor):
+            raise ValueError(f"prompt_embeds must be a torch.Tensor, got {type(embeds).__name__}.")
+        if embeds.layout != torch.strided:
+            embeds = embeds.to_dense()
+        if embeds.dim() == 3 and embeds.shape[0] == 1:
+            embeds = embeds[0]
+        hf = self.config.hf_config
+        # OPT's embedding has its own width where it is projected in (word_embed_proj_dim), as HF's inputs_embeds.
+        hidden = getattr(hf, "word_embed_proj_dim", None) or hf.hidden_size
+        if embeds.dim() != 2 or embeds.shape[1] != hidden:
+            raise ValueError(f"prompt_embeds must have shape [num_tokens, hidden_size={hidden}], got "
+                             f"{list(embeds.shape)}.")
+        if not embeds.is_floating_point():
+            raise ValueError(f"prompt_embeds must be floating point, got {embeds.dtype}.")
+        embeds = embeds.detach().to("cpu")
+        if embeds.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            embeds = embeds.float()
+        if not bool(torch.isfinite(embeds).all()):
+            raise ValueError("prompt_embeds contain NaN or infinite values.")
+        return embeds.contiguous()
 
     def _check_lora_request(self, lora_request: Any) -> None:
         if lora_request is None:
@@ -295,6 +343,13 @@ class InputProcessor:
             params.structured_outputs = structured_output.with_engine_defaults(
                 params.structured_outputs, self.config.args.structured_outputs_config)
             structured_output.validate(params.structured_outputs)   # a bad schema / regex fails here, not in the core
+
+
+def _cache_salt(prompt: dict) -> str | None:
+    salt = prompt.get("cache_salt")
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise ValueError("cache_salt must be a non-empty string.")
+    return salt
 
 
 def _check_utf8(text: str) -> None:

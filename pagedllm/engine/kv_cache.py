@@ -14,6 +14,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
+
 from pagedllm.engine.request import Request
 
 # A block's hash decides which KV a request may read, and ``cache_salt`` isolates tenants through it: with a 64-bit
@@ -57,6 +59,17 @@ def _pack_tokens(token_ids: Sequence[int]) -> bytes:
     if packer is None:
         packer = _TOKENS_STRUCTS[n] = struct.Struct(f"<Q{n}q")
     return packer.pack(n, *token_ids)
+
+
+def _embeds_key(request: Request, start: int, block_size: int) -> tuple:
+    """A prompt_embeds prompt's token ids are placeholders: each block holding prompt positions is told apart by
+    the digest of its embedding rows (their dtype and bytes) instead."""
+    embeds = request.prompt_embeds
+    if embeds is None or start >= len(embeds):
+        return ()
+    rows = embeds[start:start + block_size].contiguous()
+    digest = hashlib.sha256(str(rows.dtype).encode() + rows.view(-1).view(torch.uint8).numpy().tobytes()).digest()
+    return (("embeds", digest),)
 
 
 def hash_block_tokens(parent_hash: bytes, token_ids: Sequence[int], extra_keys: tuple = ()) -> bytes:
@@ -186,12 +199,14 @@ class KVCacheManager:
 
     # ---- hashing ------------------------------------------------------------------------------------------
     def _extra_keys(self, request: Request, block_index: int) -> tuple:
-        # Block 0 only: the chain carries it to every later block. An adapter changes every layer's K and V, so
-        # requests of different adapters (or none) never share blocks.
+        # The salt and the adapter on block 0 only: the chain carries them to every later block. An adapter changes
+        # every layer's K and V, so requests of different adapters (or none) never share blocks.
+        embeds = _embeds_key(request, block_index * self.block_size, self.block_size)
         if block_index:
-            return ()
+            return embeds
         lora = request.lora_request
         keys = (request.cache_salt,) if request.cache_salt else ()
+        keys += embeds
         return keys + (("lora", lora.lora_int_id, lora.lora_name),) if lora is not None else keys
 
     def update_block_hashes(self, request: Request) -> None:

@@ -37,6 +37,9 @@ class EngineCoreRequest:
     reasoning_ended: bool | None = None
     # enable_lora: the adapter it runs with (pagedllm.lora.LoRARequest), None for the base model.
     lora_request: Any = None
+    # enable_prompt_embeds: the prompt's input embeddings (CPU tensor [num prompt tokens, hidden]); its
+    # prompt_token_ids are placeholders then.
+    prompt_embeds: Any = None
 
 
 @dataclass

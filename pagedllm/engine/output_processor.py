@@ -44,7 +44,7 @@ class _Completion:
 class _RequestState:
     request_id: str
     prompt: str | None
-    prompt_token_ids: list[int]
+    prompt_token_ids: list[int] | None           # None for a prompt_embeds prompt
     params: SamplingParams
     arrival_time: float
     completions: dict[str, _Completion]          # core request id -> completion
@@ -71,15 +71,18 @@ class OutputProcessor:
         if req.request_id in self.requests:
             raise ValueError(f"Request id {req.request_id!r} is already running.")
         completions = {}
+        # A prompt_embeds prompt's ids are placeholders: its completions decode from their first output token,
+        # and its RequestOutput shows prompt_token_ids=None (as vLLM's).
+        prompt_ids = req.prompt_token_ids if req.prompt_embeds is None else []
         for index, child in enumerate(req.children):
             detok = None
             if self.tokenizer is not None and getattr(req.params, "detokenize", False):
-                detok = IncrementalDetokenizer(self.tokenizer, child.sampling_params, len(req.prompt_token_ids))
-            completions[child.request_id] = _Completion(index, child.sampling_params, list(req.prompt_token_ids),
-                                                        len(req.prompt_token_ids), detok)
+                detok = IncrementalDetokenizer(self.tokenizer, child.sampling_params, len(prompt_ids))
+            completions[child.request_id] = _Completion(index, child.sampling_params, list(prompt_ids),
+                                                        len(prompt_ids), detok)
             self.core_to_request[child.request_id] = req.request_id
-        state = _RequestState(req.request_id, req.prompt, req.prompt_token_ids, req.params, req.arrival_time,
-                              completions, lora_request=req.lora_request)
+        state = _RequestState(req.request_id, req.prompt, req.prompt_token_ids if req.prompt_embeds is None else None,
+                              req.params, req.arrival_time, completions, lora_request=req.lora_request)
         if getattr(req.params, "prompt_logprobs", None) is not None:     # (PoolingParams have none)
             # One entry per prompt token, the first None (nothing predicts it): a one-token prompt gets [None],
             # as vLLM, although no prompt-logprob row ever arrives for it.

@@ -35,7 +35,7 @@ class Request:
     def __init__(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: set[int] | frozenset[int] | None = None, arrival_time: float | None = None,
                  priority: int = 0, max_tokens: int | None = None, cache_salt: str | None = None,
-                 pooling_params=None, parent_request_id: str | None = None, lora_request=None):
+                 pooling_params=None, parent_request_id: str | None = None, lora_request=None, prompt_embeds=None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.prompt_token_ids)
@@ -49,6 +49,9 @@ class Request:
         self.pooling_params = pooling_params   # PoolingParams of a pooling request (its one step pools, ends it)
         self.parent_request_id = parent_request_id   # the user's request id of one of n > 1 sequences, else None
         self.lora_request = lora_request       # its LoRA adapter (pagedllm.lora.LoRARequest), None: the base model
+        # enable_prompt_embeds: the prompt's input embeddings (CPU tensor), its prompt_token_ids placeholders;
+        # sent to the workers with the request, and part of its prompt blocks' prefix-cache hashes.
+        self.prompt_embeds = prompt_embeds
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         # Tokens sampled on the device but not yet seen by the host (async scheduling): the scheduler counts them

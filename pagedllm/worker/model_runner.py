@@ -604,7 +604,7 @@ class ModelRunner:
         for rid in sched.finished_req_ids:
             requests.pop(rid, None)
         for new in sched.new_requests:
-            requests[new.req_id] = CachedRequestState.from_new(new, self.device)
+            requests[new.req_id] = CachedRequestState.from_new(new, self.device, self.first_stage)
         for rid, block_ids in sched.new_block_ids.items():
             requests[rid].block_ids.extend(block_ids)
         for rid, resumed in sched.resumed_requests.items():
@@ -657,9 +657,15 @@ class ModelRunner:
             spec = self.draft.propose(items, {rid: len(d) for rid, d in spec.items()}, self._make_batch)
         spec_rows: list[int] = []        # speculative decoding: requests whose drafts are verified this step
         sampled_rows: list[int] = []
+        embed_rows: list[np.ndarray] = []        # prompt_embeds: flat rows whose embedding is given ...
+        embed_values: list[torch.Tensor] = []    # ... and those embeddings
         for i, (st, n) in enumerate(items):
             s = starts[i]
             c = st.num_computed_tokens
+            if st.prompt_embeds is not None and c < st.num_prompt_tokens:
+                k = min(n, st.num_prompt_tokens - c)
+                embed_rows.append(np.arange(s, s + k))
+                embed_values.append(st.prompt_embeds[c:c + k])
             known = st.token_ids[c:c + n]
             input_ids[s:s + len(known)] = known
             if len(known) < n:
@@ -692,17 +698,25 @@ class ModelRunner:
         lora_mask = None
         if self.lora is not None:
             lora_mask = self.lora.step_mask([st.lora_request for st, _ in items], q_lens)
+        # A step with given embeddings runs eagerly: the graphs embed input_ids inside them.
+        input_embeds = None
+        if embed_values:
+            input_embeds = (torch.from_numpy(np.concatenate(embed_rows)).to(self.device, non_blocking=True),
+                            torch.cat(embed_values))
         graphed = True       # ``hidden`` is a view of a graph's static output
-        if total == num_reqs and self.graph_runner is not None and self.graph_runner.can_run(num_reqs):
+        if (total == num_reqs and input_embeds is None and self.graph_runner is not None
+                and self.graph_runner.can_run(num_reqs)):
             hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup, received)
         else:
             batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches,
                                      num_decodes, lora_mask)
+            batch.input_embeds = input_embeds
             if self.pooler is not None:
                 batch.token_type_ids = self._token_type_ids(items, starts, total)
             if fixup is not None:
                 batch.input_ids[fixup[0]] = fixup[1]
-            if self.piecewise_runner is not None and self.piecewise_runner.can_run(total):
+            if (input_embeds is None and self.piecewise_runner is not None
+                    and self.piecewise_runner.can_run(total)):
                 hidden = self.piecewise_runner.run(batch, received)
             elif self.pp_size > 1:
                 hidden, graphed = self.model(batch.input_ids, batch.positions, batch, received), False

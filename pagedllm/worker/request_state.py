@@ -11,11 +11,12 @@ class CachedRequestState:
     """What the model runner and the sampler read about a request: its tokens on this host (the prompt, then each
     token this worker sampled), where its KV lives, how to sample it."""
     __slots__ = ("req_id", "token_ids", "num_prompt_tokens", "sampling_params", "eos_token_ids", "block_ids",
-                 "num_computed_tokens", "generator", "pooling_params", "lora_request")
+                 "num_computed_tokens", "generator", "pooling_params", "lora_request", "prompt_embeds")
 
     def __init__(self, req_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: frozenset[int], block_ids: list[int], num_computed_tokens: int,
-                 generator: torch.Generator | None = None, pooling_params=None, lora_request=None):
+                 generator: torch.Generator | None = None, pooling_params=None, lora_request=None,
+                 prompt_embeds: torch.Tensor | None = None):
         self.req_id = req_id
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -28,14 +29,21 @@ class CachedRequestState:
         self.generator = generator          # a seeded request's own random stream (kept across preemptions)
         self.pooling_params = pooling_params    # PoolingParams of a pooling request (dimensions, normalize)
         self.lora_request = lora_request        # its LoRA adapter (pagedllm.lora.LoRARequest), None: the base model
+        # A prompt_embeds prompt's embeddings on the device (first pipeline stage only): read instead of the
+        # embedding of the placeholder ids whenever its prompt positions are computed (again, after a preemption).
+        self.prompt_embeds = prompt_embeds
 
     @classmethod
-    def from_new(cls, new: NewRequestData, device: torch.device) -> "CachedRequestState":
+    def from_new(cls, new: NewRequestData, device: torch.device, keep_embeds: bool = True) -> "CachedRequestState":
+        """``keep_embeds``: this worker embeds the inputs (the first pipeline stage) and keeps prompt_embeds."""
         generator = None
         if new.sampling_params.seed is not None:
             generator = torch.Generator(device=device).manual_seed(new.sampling_params.seed)
+        embeds = None
+        if new.prompt_embeds is not None and keep_embeds:
+            embeds = new.prompt_embeds.to(device, non_blocking=True)
         return cls(new.req_id, new.prompt_token_ids, new.sampling_params, new.eos_token_ids, new.block_ids,
-                   new.num_computed_tokens, generator, new.pooling_params, new.lora_request)
+                   new.num_computed_tokens, generator, new.pooling_params, new.lora_request, embeds)
 
     @property
     def output_token_ids(self) -> list[int]:

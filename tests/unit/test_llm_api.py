@@ -82,7 +82,7 @@ def test_multi_modal_and_unknown_prompt_fields_rejected(llm):
     with pytest.raises(ValueError, match="'multi_modal_data': multi-modal inputs are not supported"):
         llm.generate({"prompt": "What is in the image?", "multi_modal_data": {"image": object()}}, GREEDY,
                      use_tqdm=False)
-    with pytest.raises(ValueError, match="'prompt_embeds'"):
+    with pytest.raises(ValueError, match="enable_prompt_embeds=True"):
         llm.generate({"prompt_embeds": torch.zeros(3, 64)}, GREEDY, use_tqdm=False)
     with pytest.raises(ValueError, match="Unknown prompt field 'promt'"):
         llm.generate([{"prompt": "a"}, {"promt": "b"}], GREEDY, use_tqdm=False)

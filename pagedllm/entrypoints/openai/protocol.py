@@ -292,12 +292,28 @@ class SamplingFields(OpenAIRequestModel):
 # ---- /v1/completions -------------------------------------------------------------------------------------------------
 class CompletionRequest(SamplingFields):
     # list[int] first: pydantic's smart union then keeps token ids as ids.
-    prompt: Union[list[int], list[list[int]], str, list[str]]
+    prompt: Union[list[int], list[list[int]], str, list[str], None] = None
+    # --enable-prompt-embeds: base64 of torch.save(tensor [num_tokens, hidden_size]), one or a list (vLLM's);
+    # these prompts come first, then those of ``prompt``.
+    prompt_embeds: Union[str, list[str], None] = None
     echo: bool = False
     logprobs: int | None = None
     max_tokens: int | None = 16
     suffix: str | None = None
     add_special_tokens: bool = True
+
+    def check(self) -> None:
+        super().check()
+        if self.prompt_embeds is None and self.prompt is None:
+            raise RequestError("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
+        if self.prompt_embeds is not None:
+            if self.echo:
+                raise RequestError("Echo is unsupported with prompt embeds.", "echo")   # vLLM's words
+            if self.use_beam_search:
+                raise RequestError("use_beam_search is not supported with prompt_embeds yet.", "use_beam_search")
+            if self.prompt_logprobs is not None:
+                raise RequestError("prompt_logprobs are not available for prompt_embeds (no prompt token ids).",
+                                   "prompt_logprobs")
 
     @field_validator("logprobs")
     @classmethod

@@ -1,11 +1,15 @@
 """POST /v1/completions: one or more prompts (text or token ids) × n completions, whole or streamed (SSE)."""
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -27,7 +31,36 @@ def ids_of(base_id: str, num_prompts: int) -> list[str]:
 @dataclass
 class _Prompt:
     text: str | None
-    ids: list[int]
+    ids: list[int]            # a prompt_embeds prompt's: placeholders, one per embedding (never shown)
+    embeds: Any = None        # --enable-prompt-embeds: the decoded tensor [num_tokens, hidden_size]
+
+
+def load_prompt_embeds(data: Any) -> torch.Tensor:
+    """One prompt_embeds item: base64 of ``torch.save(tensor)``, read with ``weights_only=True`` (tensors only, no
+    pickled code) and sparse tensors checked before they are made dense; a leading batch axis of 1 is dropped."""
+    if not isinstance(data, str) or not data:
+        raise RequestError("prompt_embeds must be a base64 string (or a list of them) of torch.save(tensor).",
+                           "prompt_embeds")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("prompt_embeds is not valid base64.", "prompt_embeds") from None
+    try:
+        with torch.sparse.check_sparse_tensor_invariants():
+            tensor = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+            if isinstance(tensor, torch.Tensor) and tensor.layout != torch.strided:
+                tensor = tensor.to_dense()
+    except Exception as e:       # not a torch.save file, or one holding more than tensors
+        raise RequestError(f"prompt_embeds could not be read as a saved tensor: {type(e).__name__}: "
+                           f"{str(e)[:200]}", "prompt_embeds") from None
+    if not isinstance(tensor, torch.Tensor):
+        raise RequestError(f"prompt_embeds must hold one tensor, got {type(tensor).__name__}.", "prompt_embeds")
+    if tensor.dim() == 3 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() != 2 or tensor.shape[0] == 0:
+        raise RequestError(f"prompt_embeds must be a tensor [num_tokens, hidden_size] with at least one token, got "
+                           f"shape {list(tensor.shape)}.", "prompt_embeds")
+    return tensor
 
 
 @dataclass
@@ -85,19 +118,37 @@ class OpenAIServingCompletion(OpenAIServing):
         return result
 
     # ---- prompts --------------------------------------------------------------------------------------------------
+    def _embeds_prompts(self, req: CompletionRequest) -> list[_Prompt]:
+        """prompt_embeds' prompts (vLLM puts them before those of ``prompt``)."""
+        if req.prompt_embeds is None:
+            return []
+        if not self.engine.config.args.enable_prompt_embeds:
+            raise RequestError("You must set `--enable-prompt-embeds` to input `prompt_embeds`.", "prompt_embeds")
+        raw = [req.prompt_embeds] if isinstance(req.prompt_embeds, str) else req.prompt_embeds
+        if not raw:
+            raise RequestError("prompt_embeds must not be empty.", "prompt_embeds")
+        out = []
+        for item in raw:
+            tensor = self.truncated(load_prompt_embeds(item), req.truncate_prompt_tokens)   # (slices as a list)
+            out.append(_Prompt(None, [0] * len(tensor), tensor))
+        return out
+
     async def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
+        embedded = self._embeds_prompts(req)
         raw = req.prompt
-        if isinstance(raw, str):
-            items: list[Any] = [raw]
+        if raw is None:
+            items: list[Any] = []
+        elif isinstance(raw, str):
+            items = [raw]
         elif raw and all(isinstance(x, int) for x in raw):
             items = [list(raw)]
         else:
             items = list(raw)
-        if not items:
+        if not items and not embedded:
             raise RequestError("prompt must not be empty.", "prompt")
-        self.check_num_prompts(len(items), "prompt")
+        self.check_num_prompts(len(items) + len(embedded), "prompt")
         self.check_n(req.n)
-        out = []
+        out = embedded
         for item in items:
             if isinstance(item, str):
                 ids = await self.encode(item, add_special_tokens=req.add_special_tokens)
@@ -118,7 +169,7 @@ class OpenAIServingCompletion(OpenAIServing):
 
     @staticmethod
     def _engine_prompt(p: _Prompt, cache_salt: str | None = None) -> dict:
-        d: dict = {"prompt_token_ids": p.ids}
+        d: dict = {"prompt_token_ids": p.ids} if p.embeds is None else {"prompt_embeds": p.embeds}
         if p.text is not None:
             d["prompt"] = p.text
         if cache_salt is not None:
@@ -208,7 +259,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     prompt_logprobs=plain_prompt_logprobs(prompt_logprobs[i]) if req.prompt_logprobs is not None
                     else None,
                     token_ids=ch.token_ids if self._return_ids(req) else None,
-                    prompt_token_ids=p.ids if self._return_ids(req) else None))
+                    prompt_token_ids=p.ids if self._return_ids(req) and p.embeds is None else None))
         num_prompt = sum(len(p.ids) for p in prompts)
         usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
                           total_tokens=num_prompt + num_generated,

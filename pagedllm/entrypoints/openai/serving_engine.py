@@ -389,6 +389,10 @@ class OpenAIServing:
         return streams
 
     def log_request(self, request_id: str, prompt: dict, params: SamplingParams | BeamSearchParams) -> None:
+        if prompt.get("prompt_embeds") is not None:
+            logger.info("Received request %s: prompt_embeds of shape %s, params: %s", printable_id(request_id),
+                        list(prompt["prompt_embeds"].shape), params)
+            return
         text = prompt.get("prompt")
         ids = prompt.get("prompt_token_ids")
         if self.max_log_len is not None:

@@ -51,6 +51,17 @@ class VocabParallelEmbedding(nn.Module):
         return tp_all_reduce(hidden.masked_fill_(outside.unsqueeze(-1), 0.0))
 
 
+def with_given_embeds(hidden: torch.Tensor, given: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """The step's input embeddings ``hidden`` (the embedding of input_ids) with the rows of ``given``
+    (ForwardBatch.input_embeds: flat token indices and their embeddings, from prompt_embeds prompts) put in place:
+    where a model scales its embeddings decides where this goes (HF's ``inputs_embeds`` path: Granite multiplies
+    them afterwards, Gemma's embedding layer has already scaled them)."""
+    if given is None:
+        return hidden
+    rows, values = given
+    return hidden.index_copy(0, rows, values.to(hidden.dtype))
+
+
 class ParallelLMHead(VocabParallelEmbedding):
     multiplies_weight = True
 

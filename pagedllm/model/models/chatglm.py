@@ -28,7 +28,7 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.attention import Attention
-from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
@@ -153,7 +153,8 @@ class ChatGLMModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
                 intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
         if self.first_stage:
-            return self.encoder(positions, self.embedding(input_ids), None, batch)
+            hidden = with_given_embeds(self.embedding(input_ids), batch.input_embeds)
+            return self.encoder(positions, hidden, None, batch)
         return self.encoder(positions, intermediate.hidden, intermediate.residual, batch)
 
 

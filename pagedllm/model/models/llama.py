@@ -21,7 +21,7 @@ from pagedllm.config import layer_sliding_windows
 from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.activation import GeluTanhAndMul, SiluAndMul
 from pagedllm.model.layers.attention import Attention
-from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
 from pagedllm.model.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear,
                                           default_weight_loader)
 from pagedllm.model.layers.moe import SparseMoeBlock, is_sparse_layer, load_expert_tensors
@@ -40,7 +40,9 @@ class LlamaVariant:
     activation: str = "silu"                  # the MLP's gate: "silu", or "gelu_tanh" (Gemma)
     norm_weight_offset: float = 0.0           # Gemma stores its RMSNorm weights as w - 1: loaded as stored + 1
     embed_scale: float | None = None          # the token embeddings times this (Gemma: sqrt(hidden); Granite)
-    embed_scale_in_model_dtype: bool = False  # Gemma rounds its scale to the model dtype before the multiply
+    # Gemma rounds its scale to the model dtype before the multiply; the scale is its embedding layer's (HF's
+    # ScaledWordEmbedding), so prompt_embeds, HF's inputs_embeds, come scaled already.
+    embed_scale_in_model_dtype: bool = False
     residual_multiplier: float = 1.0          # Granite: attention and MLP outputs times this before the residual add
     attention_scale: float | None = None      # None: head_dim ** -0.5 (Granite: its attention_multiplier)
     logits_divisor: float = 1.0               # Granite: logits / logits_scaling
@@ -221,10 +223,16 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
                 intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
         if self.first_stage:
-            hidden, residual = self.embed_tokens(input_ids), None
+            # Given embeddings (prompt_embeds) are HF's inputs_embeds: Gemma's come scaled (its embedding layer
+            # scales), Granite's are multiplied here like the looked-up ones.
+            given, residual = batch.input_embeds, None
+            scaled_given = given is not None and self._embed_scale_in_model_dtype
+            hidden = with_given_embeds(self.embed_tokens(input_ids), None if scaled_given else given)
             if self.embed_scale is not None:
                 hidden = hidden * (torch.tensor(self.embed_scale).to(hidden.dtype)
                                    if self._embed_scale_in_model_dtype else self.embed_scale)
+            if scaled_given:
+                hidden = with_given_embeds(hidden, given)
         else:
             hidden, residual = intermediate.hidden, intermediate.residual
         for layer in self._stage_layers:

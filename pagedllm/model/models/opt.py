@@ -18,7 +18,7 @@ from torch import nn
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.attention import Attention
-from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
 from pagedllm.model.layers.linear import (ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
                                           RowParallelLinear)
 from pagedllm.model.layers.norm import LayerNorm
@@ -137,7 +137,7 @@ class OPTDecoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
                 intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
         if self.first_stage:
-            hidden = self.embed_tokens(input_ids)
+            hidden = with_given_embeds(self.embed_tokens(input_ids), batch.input_embeds)
             if self.project_in is not None:
                 hidden = self.project_in(hidden)
             hidden = hidden + self.embed_positions(positions + self.position_offset)
