@@ -53,6 +53,7 @@ __all__ = ["LLM", "SamplingParams", "PoolingParams", "PoolingOutput", "PoolingRe
            "ScoringRequestOutput", "BeamSearchParams", "RequestOutput",
            "CompletionOutput", "Logprob", "EngineArgs", "AsyncEngineArgs", "LLMEngine", "AsyncLLMEngine",
            "BeamSearchOutput", "BeamSearchSequence", "RequestOutputKind",
-           "StructuredOutputsParams", "GuidedDecodingParams", "PromptType", "TextPrompt", "TokensPrompt", "EmbedsPrompt",
+           "StructuredOutputsParams", "GuidedDecodingParams", "PromptType", "TextPrompt", "TokensPrompt",
+           "EmbedsPrompt",
            "bundled_model_path",
            "__version__"]

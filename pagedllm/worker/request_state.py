@@ -11,7 +11,8 @@ class CachedRequestState:
     """What the model runner and the sampler read about a request: its tokens on this host (the prompt, then each
     token this worker sampled), where its KV lives, how to sample it."""
     __slots__ = ("req_id", "token_ids", "num_prompt_tokens", "sampling_params", "eos_token_ids", "block_ids",
-                 "num_computed_tokens", "generator", "pooling_params", "lora_request", "prompt_embeds")
+                 "num_computed_tokens", "generator", "pooling_params", "lora_request", "prompt_embeds",
+                 "prompt_ids_known")
 
     def __init__(self, req_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: frozenset[int], block_ids: list[int], num_computed_tokens: int,
@@ -32,6 +33,8 @@ class CachedRequestState:
         # A prompt_embeds prompt's embeddings on the device (first pipeline stage only): read instead of the
         # embedding of the placeholder ids whenever its prompt positions are computed (again, after a preemption).
         self.prompt_embeds = prompt_embeds
+        # (the sampler's SamplingRow) False for a prompt_embeds prompt, on every pipeline stage.
+        self.prompt_ids_known = True
 
     @classmethod
     def from_new(cls, new: NewRequestData, device: torch.device, keep_embeds: bool = True) -> "CachedRequestState":
@@ -42,8 +45,10 @@ class CachedRequestState:
         embeds = None
         if new.prompt_embeds is not None and keep_embeds:
             embeds = new.prompt_embeds.to(device, non_blocking=True)
-        return cls(new.req_id, new.prompt_token_ids, new.sampling_params, new.eos_token_ids, new.block_ids,
-                   new.num_computed_tokens, generator, new.pooling_params, new.lora_request, embeds)
+        state = cls(new.req_id, new.prompt_token_ids, new.sampling_params, new.eos_token_ids, new.block_ids,
+                    new.num_computed_tokens, generator, new.pooling_params, new.lora_request, embeds)
+        state.prompt_ids_known = new.prompt_embeds is None
+        return state
 
     @property
     def output_token_ids(self) -> list[int]:

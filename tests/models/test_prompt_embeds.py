@@ -121,3 +121,25 @@ def test_prompt_embeds_options_and_errors(tiny):
     # The engine still serves after the refusals.
     (after,) = llm.generate({"prompt_embeds": emb}, _greedy(), use_tqdm=False)
     assert list(after.outputs[0].token_ids) == list(out.outputs[0].token_ids)
+
+
+def test_penalties_ignore_the_placeholder_ids():
+    """An embeds prompt's ids are placeholders (0): the repetition penalty and bad words read its output alone,
+    as HF's generate(inputs_embeds=...) does."""
+    from types import SimpleNamespace
+
+    from pagedllm.model.layers.sampler import Sampler
+
+    def row(known: bool, **kwargs):
+        sp = SamplingParams(temperature=0.0, **kwargs)
+        if "bad_words" in kwargs:
+            sp._bad_words_token_ids = [[0, 0]]      # (what the tokenizer would make of it) bans 0 right after a 0
+        return SimpleNamespace(token_ids=[0, 0, 0], num_prompt_tokens=3, output_token_ids=[], generator=None,
+                               num_computed_tokens=3, eos_token_ids=frozenset(), prompt_ids_known=known,
+                               sampling_params=sp)
+
+    logits = torch.zeros(1, 10)
+    logits[0, 0], logits[0, 7] = 2.0, 1.5      # token 0 ahead, unless penalised as seen or banned
+    for kwargs in ({"repetition_penalty": 2.0}, {"bad_words": ["x"]}):
+        assert Sampler().sample(logits.clone(), [row(False, **kwargs)]).tolist() == [0], kwargs
+        assert Sampler().sample(logits.clone(), [row(True, **kwargs)]).tolist() == [7], kwargs

@@ -69,6 +69,9 @@ ENGINE_FIELDS: dict[str, list] = {
                        Rejects("mistral", "tokenizer_mode='mistral' is not supported yet"),
                        Rejects("fast", "tokenizer_mode must be 'auto' or 'slow'")],
     "skip_tokenizer_init": [Read(("engine/",), "args.skip_tokenizer_init")],
+    # (the prompts themselves: tests/models/test_prompt_embeds.py, tests/unit/test_prompt_embeds_server.py)
+    "enable_prompt_embeds": [Read(("engine/input_processor.py",), "args.enable_prompt_embeds"),
+                             Read(("entrypoints/openai/serving_completion.py",), "args.enable_prompt_embeds")],
     "trust_remote_code": [Read(("model/loader.py",), "trust_remote_code=args.trust_remote_code")],
     "revision": [Read(("model/loader.py",), "revision=args.revision")],
     "tokenizer_revision": [Read(("engine/",), "revision=args.tokenizer_revision")],
@@ -396,9 +399,9 @@ def test_unknown_keyword_names_vllm_arguments():
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
     assert "vLLM" not in str(info.value)
-    with pytest.raises(TypeError, match="enable_prompt_embeds is a vLLM engine argument that pagedllm does not "
+    with pytest.raises(TypeError, match="logits_processors is a vLLM engine argument that pagedllm does not "
                                         "support yet"):
-        EngineArgs.from_kwargs("m", enable_prompt_embeds=True)
+        EngineArgs.from_kwargs("m", logits_processors=["my_module.MyProcessor"])
 
 
 # ---- SamplingParams ----------------------------------------------------------------------------------------------
@@ -482,7 +485,7 @@ def test_bad_words_encoded_with_and_without_a_leading_space(tokenizer):
 
 def _row(token_ids, sp, num_prompt=1):
     return SimpleNamespace(token_ids=list(token_ids), sampling_params=sp, num_prompt_tokens=num_prompt,
-                           num_computed_tokens=len(token_ids), eos_token_ids=frozenset())
+                           num_computed_tokens=len(token_ids), eos_token_ids=frozenset(), prompt_ids_known=True)
 
 
 def test_sampler_masks_bad_words():

@@ -212,6 +212,7 @@ class _Row:
         self.generator = generator
         self.token_ids = list(token_ids)
         self.num_prompt_tokens = len(token_ids)
+        self.prompt_ids_known = True
         self.eos_token_ids = frozenset()
         self.num_computed_tokens = len(token_ids)
 

@@ -24,7 +24,7 @@ class DraftRow:
     """The sampler's view of one verification row: the request with the first ``num_drafts`` drafts appended (the
     token list is built only when the sampler reads it: penalties and bad words)."""
     __slots__ = ("request", "drafts", "sampling_params", "generator", "num_prompt_tokens", "eos_token_ids",
-                 "num_computed_tokens")
+                 "num_computed_tokens", "prompt_ids_known")
 
     def __init__(self, request: SamplingRow, drafts: list[int], num_drafts: int):
         self.request = request
@@ -32,6 +32,7 @@ class DraftRow:
         self.sampling_params = request.sampling_params
         self.generator = request.generator
         self.num_prompt_tokens = request.num_prompt_tokens
+        self.prompt_ids_known = request.prompt_ids_known
         self.eos_token_ids = request.eos_token_ids
         # The index of the token this row samples (the request's own count is past all of the step's tokens).
         self.num_computed_tokens = len(request.token_ids) + num_drafts

@@ -23,6 +23,9 @@ class SamplingRow(Protocol):
     generator: torch.Generator | None
     token_ids: list[int]            # prompt + output tokens known on this host
     num_prompt_tokens: int
+    # False after a prompt_embeds prompt: its prompt ids are placeholders, so the repetition penalty and bad words
+    # read the output tokens alone.
+    prompt_ids_known: bool
     eos_token_ids: frozenset[int]
     num_computed_tokens: int        # the index of the token being sampled
 
@@ -201,7 +204,7 @@ class Sampler:
             if sp._bad_words_token_ids:
                 # A one-token bad word is always banned; a longer one bans its last token right after the rest of
                 # it (prompt + output so far: the host's tokens, so such requests are not sampled asynchronously).
-                ids = r.token_ids
+                ids = r.token_ids if r.prompt_ids_known else r.output_token_ids
                 banned = {word[-1] for word in sp._bad_words_token_ids
                           if len(word) - 1 <= len(ids) and ids[len(ids) - len(word) + 1:] == word[:-1]}
                 if banned:
@@ -214,7 +217,8 @@ class Sampler:
         vocab = logits.shape[1]
         rep = [sp.repetition_penalty for sp in params]
         if any(p != 1.0 for p in rep):
-            seen = _token_mask([r.token_ids for r in requests], vocab, logits.device)
+            seen = _token_mask([r.token_ids if r.prompt_ids_known else r.output_token_ids for r in requests], vocab,
+                               logits.device)
             p = to_device(rep, logits.device)[:, None].expand_as(logits)
             penalized = torch.where(logits > 0, logits / p, logits * p)
             logits = torch.where(seen, penalized, logits)
