@@ -118,6 +118,25 @@ def test_pp2_greedy_tokens_match_one_process(tmp_path, arch):
     assert got == expected
 
 
+def test_tp2_pp2_prompt_embeds_match_one_process(tmp_path):
+    """prompt_embeds across ranks: the first stage's two tensor-parallel ranks put the given rows in place (in
+    16-token chunks mixed with decodes), the last stage samples with the placeholders out of the penalty."""
+    from safetensors.torch import load_file
+    _save_tiny(tmp_path, "llama", num_layers=4)
+    table = load_file(str(tmp_path / "model.safetensors"))["model.embed_tokens.weight"]
+    gen = torch.Generator().manual_seed(0)
+    embeds = [table[p] + 0.02 * torch.randn(len(p), table.shape[1], generator=gen) for p in PROMPTS[1:]]
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, repetition_penalty=1.3)
+
+    def tokens(llm: LLM, prompts) -> list[list[int]]:
+        outs = llm.generate([{"prompt_embeds": e} for e in embeds] + [{"prompt_token_ids": p} for p in prompts],
+                            params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+    expected, got = _reference_and_parallel(str(tmp_path), 2, 2, PROMPTS[:1], tokens, skip_tokenizer_init=True,
+                                            enable_prompt_embeds=True)
+    assert got == expected
+
+
 @pytest.mark.parametrize("arch", ["llama", "chatglm"])
 def test_tp2_pp2_greedy_tokens_match_one_process(tmp_path, arch):
     _save_tiny(tmp_path, arch, num_layers=4)
