@@ -950,23 +950,25 @@ def num_experts(hf_config) -> int:
     return int(getattr(hf_config, "num_experts", None) or getattr(hf_config, "num_local_experts", None) or 0)
 
 
-def cuda_graphs_off(args: EngineArgs, on_gpu: bool, pooling: bool) -> str | None:
+def cuda_graphs_off(args: EngineArgs, on_gpu: bool, pooling: bool, quant_config: Any = None) -> str | None:
     """Why this engine captures no CUDA graph, in words, or None where worker/model_runner.py captures them (the
-    one rule both the runner and the graph-size check below follow)."""
+    one rule both the runner and the graph-size check below follow). ``quant_config``: the resolved quantization
+    (a format whose kernels cannot be captured says so)."""
     return ("this engine runs on the CPU" if not on_gpu else "enforce_eager=True" if args.enforce_eager
             else "a pooling model runs eagerly" if pooling
             else "enable_lora=True runs eagerly" if args.enable_lora
-            else "cpu_offload_gb streams weights eagerly" if args.cpu_offload_gb else None)
+            else "cpu_offload_gb streams weights eagerly" if args.cpu_offload_gb
+            else quant_config.eager_reason() if quant_config is not None else None)
 
 
-def _verify_graph_sizes(args: EngineArgs, on_gpu: bool, runner_type: str) -> None:
+def verify_graph_sizes(args: EngineArgs, on_gpu: bool, runner_type: str, quant_config: Any = None) -> None:
     """CUDA-graph sizes are honoured only where graphs are captured: elsewhere they are an error that says why, not
-    a setting that does nothing."""
+    a setting that does nothing (checked again once the quantization is resolved)."""
     sizes, largest = cuda_graph_sizes(args)
     if largest is None:
         return
     asked = "cudagraph_capture_sizes" if sizes is not None else "max_cudagraph_capture_size"
-    why = cuda_graphs_off(args, on_gpu, runner_type == "pooling")
+    why = cuda_graphs_off(args, on_gpu, runner_type == "pooling", quant_config)
     if why:
         raise ValueError(f"{asked}: no CUDA graphs are captured here ({why}); leave it unset.")
 
@@ -1506,7 +1508,7 @@ class EngineConfig:
 
         on_gpu = device.type == "cuda"
         max_num_seqs = args.max_num_seqs if args.max_num_seqs is not None else (1024 if on_gpu else 256)
-        _verify_graph_sizes(args, on_gpu, runner_type)
+        verify_graph_sizes(args, on_gpu, runner_type)
         if args.max_num_batched_tokens is not None:
             max_num_batched_tokens = int(args.max_num_batched_tokens)
             if not chunked and max_num_batched_tokens < max_model_len:

@@ -13,7 +13,8 @@ import traceback
 from collections import deque
 from typing import Any
 
-from pagedllm.config import EngineArgs, EngineConfig, verify_engine_args, verify_tensor_parallel
+from pagedllm.config import (EngineArgs, EngineConfig, verify_engine_args, verify_graph_sizes,
+                             verify_tensor_parallel)
 from pagedllm.engine.input_processor import load_tokenizer
 from pagedllm.engine.kv_cache import KVCacheManager
 from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, CoreReady, CoreSnapshot,
@@ -52,6 +53,7 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
     config.quant_config = resolve_quantization(args.quantization, config.hf_config, config.model.model_dir,
                                                config.model.gguf_file, config.device, config.dtype,
                                                cpu_fp16_weights=config.cpu_fp16_weights)
+    verify_graph_sizes(args, config.device.type == "cuda", config.runner_type, config.quant_config)
     return config
 
 

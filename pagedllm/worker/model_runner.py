@@ -155,6 +155,7 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
         self.graph_runner = None
         self.piecewise_runner = None
+        self.graphs_off_reason: str | None = None     # why no CUDA graph was captured (the start-up log says it)
         self.swap_space: SwapSpace | None = None
         self.num_swap_blocks_allocated = 0
         # LLM.start_profile(): where and how traces are written (profiler_config, else PAGEDLLM_TORCH_PROFILER_DIR /
@@ -356,7 +357,10 @@ class ModelRunner:
         """Capture the decode and piecewise CUDA graphs over the current weights and KV cache (start-up, and again
         after a wake-up: the graphs hold those tensors' addresses). Returns whether any were captured."""
         backend = self.attn_backend
-        if cuda_graphs_off(self.config.args, self.device.type == "cuda", self.config.is_pooling):
+        why = cuda_graphs_off(self.config.args, self.device.type == "cuda", self.config.is_pooling,
+                              self.config.quant_config)
+        if why:
+            self.graphs_off_reason = why
             return False
         from pagedllm.worker.cuda_graphs import (CudaGraphRunner, PiecewiseGraphRunner, graph_batch_sizes,
                                                  piecewise_token_sizes)
@@ -585,7 +589,8 @@ class ModelRunner:
                 "startup_phases": dict(self.startup_phases),
                 "triton_startup": self.startup_triton,
                 "kv_cache_needed": self.needs_kv_cache, "device": str(self.device),
-                "graphs": "; ".join(graphs) or "none", "device_name": name,
+                "graphs": "; ".join(graphs) or f"none ({self.graphs_off_reason or 'not captured'})",
+                "device_name": name,
                 "memory_plan": self.memory_plan.describe() if self.memory_plan is not None else []}
         if self.config.quant_config is not None:
             info["quantization"] = self.config.quant_config.weight_bytes_note()

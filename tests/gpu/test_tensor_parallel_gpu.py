@@ -80,7 +80,7 @@ def _run(model_dir: str, **kwargs) -> tuple[list[list[int]], dict]:
 def expected(model_dir):
     """One process, eager: the reference."""
     tokens, info = _run(model_dir, enforce_eager=True)
-    assert info["graphs"] == "none"
+    assert info["graphs"].startswith("none")
     return tokens
 
 
@@ -96,7 +96,7 @@ def test_mp_executor_one_rank_on_cuda(model_dir, expected, enforce_eager):
     before any CUDA work and runs (and captures) the model there."""
     tokens, info = _run(model_dir, distributed_executor_backend="mp", enforce_eager=enforce_eager)
     assert info["rank_devices"] == ["cuda:0"]
-    assert (info["graphs"] == "none") == enforce_eager, info["graphs"]
+    assert info["graphs"].startswith("none") == enforce_eager, info["graphs"]
     assert tokens == expected
 
 
@@ -124,7 +124,7 @@ def test_nccl_two_gpus_match_one_process(model_dir, expected, tp, pp, enforce_ea
     PP=2 (hidden states and residual sent between stages on the GPU), eager and with CUDA graphs."""
     tokens, info = _run(model_dir, tensor_parallel_size=tp, pipeline_parallel_size=pp, enforce_eager=enforce_eager)
     assert info["rank_devices"] == ["cuda:0", "cuda:1"]
-    assert (info["graphs"] == "none") == enforce_eager, info["graphs"]
+    assert info["graphs"].startswith("none") == enforce_eager, info["graphs"]
     assert tokens == expected
 
 

@@ -184,10 +184,10 @@ def test_accepted_vllm_flags():
 
 def test_vllm_flags_pagedllm_lacks_are_named_as_such(capsys):
     with pytest.raises(SystemExit):
-        make_parser().parse_args(["serve", "m", "--enable-eplb", "--enable-prompt-embeds", "--no-such-flag"])
+        make_parser().parse_args(["serve", "m", "--enable-eplb", "--enable-dbo", "--no-such-flag"])
     err = capsys.readouterr().err
-    assert ("unrecognized arguments: --enable-eplb --enable-prompt-embeds --no-such-flag (--enable-eplb, "
-            "--enable-prompt-embeds are vLLM engine flags that pagedllm does not support yet)") in err
+    assert ("unrecognized arguments: --enable-eplb --enable-dbo --no-such-flag (--enable-eplb, "
+            "--enable-dbo are vLLM engine flags that pagedllm does not support yet)") in err
     with pytest.raises(SystemExit):
         make_parser().parse_args(["serve", "m", "--rope-scaling", '{"rope_type": "yarn"}'])
     assert ("--rope-scaling is a vLLM engine flag that pagedllm does not support yet; --rope-scaling: "

@@ -77,3 +77,20 @@ def test_rejected_where_no_graph_is_captured(monkeypatch, kwargs, why):
         _build(monkeypatch, max_cudagraph_capture_size=64, **kwargs)
     with pytest.raises(ValueError, match="this engine runs on the CPU"):
         _build(monkeypatch, device="cpu", cudagraph_capture_sizes=[1, 2])
+
+
+def test_bitsandbytes_8bit_runs_eagerly():
+    """As vLLM: bitsandbytes' int8 matmul cannot be captured, so an 8-bit checkpoint gets no CUDA graphs (the
+    start-up log says why) and graph sizes for it are an error; 4-bit keeps its graphs."""
+    pytest.importorskip("bitsandbytes")
+    from pagedllm.config import cuda_graphs_off, verify_graph_sizes
+    from pagedllm.model.quantization.bitsandbytes import BitsAndBytesConfig
+    int8 = BitsAndBytesConfig.from_config({"quant_method": "bitsandbytes", "load_in_8bit": True})
+    nf4 = BitsAndBytesConfig.from_config({"quant_method": "bitsandbytes", "load_in_4bit": True})
+    args = EngineArgs(model="m")
+    assert cuda_graphs_off(args, True, False, int8) == "bitsandbytes 8-bit weights run eagerly"
+    assert cuda_graphs_off(args, True, False, nf4) is None
+    sized = EngineArgs(model="m", max_cudagraph_capture_size=64)
+    with pytest.raises(ValueError, match=r"no CUDA graphs are captured here \(bitsandbytes 8-bit weights run "):
+        verify_graph_sizes(sized, True, "generate", int8)
+    verify_graph_sizes(sized, True, "generate", nf4)

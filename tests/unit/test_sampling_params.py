@@ -162,7 +162,7 @@ def _assert_still_works(llm, baseline):
      rf"The decoder prompt \(length {MAX_MODEL_LEN + 5}\) is longer than the maximum model length of "
      rf"{MAX_MODEL_LEN}. Make sure that `max_model_len` is no smaller than the number of text tokens."),
     ("a text prompt", GREEDY, "skip_tokenizer_init"),
-    ({"neither": 1}, GREEDY, "'prompt' or 'prompt_token_ids'"),
+    ({"neither": 1}, GREEDY, "'prompt', 'prompt_token_ids' or 'prompt_embeds'"),
 ])
 def test_generate_rejects_and_engine_survives(tiny_llm, baseline, prompt, params, message):
     with pytest.raises(ValueError, match=message):

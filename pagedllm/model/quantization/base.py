@@ -164,6 +164,10 @@ class QuantizationConfig:
         raise ValueError(f"Quantization ({self.name}) is not supported yet for mixture-of-experts layers ({prefix}); "
                          "fp8 is.")
 
+    def eager_reason(self) -> str | None:
+        """Why weights of this format cannot run inside CUDA graphs (the engine then captures none), or None."""
+        return None
+
     def unsupported_model_message(self, model_name: str) -> str:
         """The ValueError's text for a model class whose layers take no quantization."""
         return f"Quantization ({self.name}) is not supported yet for {model_name}."

@@ -124,6 +124,11 @@ class BitsAndBytesConfig(QuantizationConfig):
                 return name[:-len("weight." + suffix)] + _param_name(suffix)
         return name
 
+    def eager_reason(self) -> str | None:
+        # bitsandbytes' int8 matmul finds its outlier columns on the host (LLM.int8()): not capturable. vLLM
+        # falls back to eager mode for 8-bit checkpoints too.
+        return "bitsandbytes 8-bit weights run eagerly" if self.load_in_8bit else None
+
     def weight_bytes_note(self) -> str:
         if self.load_in_8bit:
             return "bitsandbytes int8"
