@@ -265,7 +265,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "worker_cls", "kv_transfer_config", "kv_events_config",
     "override_attention_dtype", "calculate_kv_scales",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
-    "logits_processors", "kv_sharing_fast_prefill", "num_scheduler_steps",
+    "kv_sharing_fast_prefill", "num_scheduler_steps",
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
     "tokenizer_pool_size", "tokenizer_pool_type", "tokenizer_pool_extra_config", "quantization_param_path",
     "enable_multimodal_encoder_data_parallel", "speculative_model", "num_speculative_tokens",
@@ -289,6 +289,10 @@ class EngineArgs:
     # vLLM's: prompts may come as input embeddings ({"prompt_embeds": tensor}, the server's base64 prompt_embeds):
     # generation only; those requests run their prompt eagerly (no CUDA graph) and penalties see no prompt tokens.
     enable_prompt_embeds: bool = False
+    # vLLM's: custom logits processors, classes (subclasses of pagedllm.v1.sample.logits_processor.LogitsProcessor) or
+    # their names ("package.module.Class" / "package.module:Class"); requests reach them through
+    # SamplingParams.extra_args (the server's vllm_xargs). Loaded and checked by engine/core.create_engine_config.
+    logits_processors: list[Any] | None = None
     trust_remote_code: bool = False
     revision: str | None = None
     tokenizer_revision: str | None = None
@@ -480,6 +484,10 @@ class EngineArgs:
         g.add_argument("--model-impl", type=str, default=d.model_impl, choices=["auto", "vllm", "transformers"])
         g.add_argument("--skip-tokenizer-init", action="store_true",
                        help="Skip the tokenizer; prompts must then be token ids.")
+        g.add_argument("--logits-processors", type=str, nargs="+", default=None,
+                       help="Custom logits processor classes, as 'package.module.Class' or 'package.module:Class' "
+                            "(subclasses of pagedllm.v1.sample.logits_processor.LogitsProcessor); requests pass "
+                            "their settings in vllm_xargs.")
         g.add_argument("--enable-prompt-embeds", action="store_true",
                        help="Accept prompts as input embeddings (/v1/completions prompt_embeds: base64 of "
                             "torch.save(tensor [num_tokens, hidden_size])). Only for trusted clients.")
@@ -840,6 +848,8 @@ def verify_engine_args(args: EngineArgs) -> None:
         if args.enable_prompt_embeds:
             raise ValueError("enable_prompt_embeds is not supported with speculative_config yet by pagedllm (the "
                              "drafts are proposed from token ids); use one of them.")
+        if args.logits_processors:       # (vLLM's rule and words)
+            raise ValueError("Custom logits processors are not supported when speculative decoding is enabled.")
         if args.pipeline_parallel_size > 1:
             raise ValueError("speculative_config is not supported with pipeline_parallel_size > 1 yet by pagedllm; "
                              "use tensor_parallel_size, or leave speculative_config out.")

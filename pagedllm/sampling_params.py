@@ -307,11 +307,13 @@ class SamplingParams:
                                            or not all(isinstance(w, str) and w.strip() for w in self.bad_words)):
             raise ValueError(f"bad_words must be a list of non-empty strings, got {self.bad_words!r}.")
         check_encodable("bad_words", self.bad_words or [])
-        if self.extra_args:
-            raise ValueError("extra_args is not supported yet: it is read by custom logits processors, which "
-                             "pagedllm does not support yet.")
+        if self.extra_args is not None and not isinstance(self.extra_args, dict):
+            raise ValueError(f"extra_args must be a dict, got {type(self.extra_args).__name__}.")
         if self.logits_processors:
-            raise ValueError("logits_processors is not supported yet by pagedllm.")
+            # vLLM v1 refuses them too: a batch-level class (logits_processors=[...] on the engine) replaces them.
+            raise ValueError("Per-request logits_processors callables are not supported (as in vLLM v1): pass a "
+                             "LogitsProcessor class to LLM(logits_processors=[...]), or wrap the callable in an "
+                             "AdapterLogitsProcessor (pagedllm.v1.sample.logits_processor).")
         budget = self.thinking_token_budget
         if budget is not None:
             if isinstance(budget, bool) or not isinstance(budget, int) or budget < -1:

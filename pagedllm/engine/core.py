@@ -43,6 +43,11 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
         quantization_config_class(args.quantization)     # an unknown method fails before any download too
     config = EngineConfig.build(args, resolve_model(args))
     check_parallel_support(config.hf_config, config.tensor_parallel_size, config.pipeline_parallel_size)
+    if args.logits_processors:
+        from pagedllm.model.layers.logits_processors import load_logits_processor_classes
+        load_logits_processor_classes(args.logits_processors)      # a bad name or class fails now
+        if config.is_pooling:
+            raise ValueError("Pooling models do not support custom logits processors.")     # vLLM's words
     if args.speculative_config is not None and config.is_pooling:
         raise ValueError("speculative_config is for generative models: a pooling model generates no tokens to "
                          "speculate on; leave it out.")

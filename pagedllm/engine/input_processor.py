@@ -18,6 +18,7 @@ from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.inputs import PromptType, check_prompt_keys, is_embeds_prompt
 from pagedllm.lora.request import LoRARequest
+from pagedllm.model.layers.logits_processors import load_logits_processor_classes
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.reasoning_parsers import get_reasoning_parser
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -46,6 +47,8 @@ class InputProcessor:
         self.max_model_len = config.max_model_len
         self.max_logprobs = config.args.max_logprobs
         self.eos_token_ids = frozenset(self._eos_token_ids())
+        # Custom logits processors' classes: each request's parameters pass their validate_params here.
+        self.logits_processor_classes = load_logits_processor_classes(config.args.logits_processors)
         reasoning = reasoning_parser_name(config.args)
         if reasoning and tokenizer is not None:
             # A tokenizer without the parser's think tags fails now, not at the first constrained request.
@@ -327,6 +330,11 @@ class InputProcessor:
 
     def _validate(self, ids: list[int], params: SamplingParams) -> None:
         self._check_prompt_ids(ids, "decoder prompt")
+        if params.extra_args and not self.logits_processor_classes:
+            raise ValueError("extra_args (vllm_xargs) are read by custom logits processors, and this engine has "
+                             "none (logits_processors=[...], --logits-processors).")
+        for cls in self.logits_processor_classes:
+            cls.validate_params(params)
         vocab = self.vocab_size
         params.verify_against_model(vocab, self.max_logprobs)
         if params.stop and self.tokenizer is None:

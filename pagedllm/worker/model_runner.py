@@ -24,6 +24,7 @@ from pagedllm.kernels.parallel_compile import compile_ahead
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.lora.manager import LoRAManager
 from pagedllm.lora.request import LoRARequest
+from pagedllm.model.layers.logits_processors import CustomLogitsProcessors, load_logits_processor_classes
 from pagedllm.model.layers.pipeline import IntermediateTensors
 from pagedllm.model.layers.pooler import Pooler, get_classifier_pooler, get_pooler, resolve_pooling
 from pagedllm.model.layers.rejection_sampler import rejection_sample
@@ -130,7 +131,11 @@ class ModelRunner:
         # Triton variants built during start-up: (one by one, their seconds, ahead on threads, threads, wall seconds).
         self.startup_triton: tuple[int, float, int, int, float] | None = None
         self._compiled_ahead = (0, 0, 0.0)
-        self.sampler = Sampler(config.args.logprobs_mode)
+        custom = None
+        if config.args.logits_processors:      # instances of this worker's own (vLLM builds them per worker too)
+            custom = CustomLogitsProcessors(load_logits_processor_classes(config.args.logits_processors), config,
+                                            self.device)
+        self.sampler = Sampler(config.args.logprobs_mode, custom)
         # Pooling models: the checkpoint's pooler (sentence-transformers config), else CLS for encoders and the
         # last token for decoders (vLLM's defaults), with the user's pooler_config over it.
         self.pooler: Pooler | None = None

@@ -70,6 +70,9 @@ ENGINE_FIELDS: dict[str, list] = {
                        Rejects("fast", "tokenizer_mode must be 'auto' or 'slow'")],
     "skip_tokenizer_init": [Read(("engine/",), "args.skip_tokenizer_init")],
     # (the prompts themselves: tests/models/test_prompt_embeds.py, tests/unit/test_prompt_embeds_server.py)
+    # (the processors' effect: tests/unit/test_logits_processors.py)
+    "logits_processors": [Read(("worker/model_runner.py", "engine/input_processor.py"),
+                               "load_logits_processor_classes(config.args.logits_processors)")],
     "enable_prompt_embeds": [Read(("engine/input_processor.py",), "args.enable_prompt_embeds"),
                              Read(("entrypoints/openai/serving_completion.py",), "args.enable_prompt_embeds")],
     "trust_remote_code": [Read(("model/loader.py",), "trust_remote_code=args.trust_remote_code")],
@@ -139,7 +142,7 @@ ENGINE_FIELDS: dict[str, list] = {
     "max_logprobs": [Read(("engine/",), "args.max_logprobs"),
                      Rejects(-5, "max_logprobs must be -1 (no cap) or >= 0, got -5")],
     # Values against HF's logits in every mode: tests/unit/test_logprobs_mode.py.
-    "logprobs_mode": [Read(("worker/model_runner.py",), "Sampler(config.args.logprobs_mode)"),
+    "logprobs_mode": [Read(("worker/model_runner.py",), "Sampler(config.args.logprobs_mode, custom)"),
                       Rejects("logits", "logprobs_mode must be one of raw_logprobs, raw_logits")],
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
     # No cascade attention exists here: accepted either way (an error before), kept in the arguments.
@@ -399,9 +402,9 @@ def test_unknown_keyword_names_vllm_arguments():
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
     assert "vLLM" not in str(info.value)
-    with pytest.raises(TypeError, match="logits_processors is a vLLM engine argument that pagedllm does not "
-                                        "support yet"):
-        EngineArgs.from_kwargs("m", logits_processors=["my_module.MyProcessor"])
+    with pytest.raises(TypeError, match="safetensors_load_strategy is a vLLM engine argument that pagedllm does "
+                                        "not support yet"):
+        EngineArgs.from_kwargs("m", safetensors_load_strategy="eager")
 
 
 # ---- SamplingParams ----------------------------------------------------------------------------------------------
@@ -440,8 +443,9 @@ SAMPLING_FIELDS: dict[str, list] = {
                   Rejects([""], "bad_words must be a list of non-empty strings")],
     "truncate_prompt_tokens": [Read(("engine/",), ".truncate_prompt_tokens")],
     "output_kind": [Read(("engine/",), ".output_kind")],
-    "extra_args": [Behaves(_sp(extra_args={})), Rejects({"my_processor": 1}, "extra_args is not supported yet")],
-    "logits_processors": [Rejects([lambda ids, logits: logits], "logits_processors is not supported yet")],
+    # (read by custom logits processors, refused without one: tests/unit/test_logits_processors.py)
+    "extra_args": [Behaves(_sp(extra_args={})), Rejects("target_token=3", "extra_args must be a dict")],
+    "logits_processors": [Rejects([lambda ids, logits: logits], "Per-request logits_processors callables are not supported")],
     "structured_outputs": [Read(("engine/core.py",), "sampling_params.structured_outputs"),
                            Rejects({"json": {"type": "object"}}, "structured_outputs must be a StructuredOutputsParams")],
     "guided_decoding": [Behaves(lambda: SamplingParams(guided_decoding=GuidedDecodingParams(regex="[0-9]+"))

@@ -169,7 +169,8 @@ class UsageInfo(OpenAIBaseModel):
 # temperature, length_penalty and include_stop_str_in_output).
 _NOT_WITH_BEAM_SEARCH = ("best_of", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias",
                          "seed", "stop", "stop_token_ids", "top_p", "top_k", "min_p", "min_tokens",
-                         "allowed_token_ids", "bad_words", "prompt_logprobs", "thinking_token_budget")
+                         "allowed_token_ids", "bad_words", "prompt_logprobs", "thinking_token_budget",
+                         "vllm_xargs")
 
 
 class SamplingFields(OpenAIRequestModel):
@@ -211,6 +212,8 @@ class SamplingFields(OpenAIRequestModel):
     # Logprob tokens as "token_id:{id}" strings (None: the server's --return-tokens-as-token-ids).
     return_tokens_as_token_ids: bool | None = None
     cache_salt: str | None = None
+    # vLLM's: settings for the server's custom logits processors (--logits-processors), SamplingParams.extra_args.
+    vllm_xargs: dict[str, Any] | None = None
     # With --reasoning-parser: at most this many thinking tokens, then </think> is forced (-1: no limit).
     thinking_token_budget: int | None = None
     # vLLM's structured-output extras (one at most, or response_format).

@@ -36,7 +36,7 @@ _SAMPLING_FIELDS = sorted([
     "logit_bias", "allowed_token_ids", "bad_words", "truncate_prompt_tokens", "max_completion_tokens", "top_logprobs",
     "priority",     # the engine's "Got priority N but Priority scheduling is not enabled"
     "ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
-    "output_kind", "extra_args", "cache_salt", "structured_outputs", "thinking_token_budget",
+    "output_kind", "extra_args", "vllm_xargs", "cache_salt", "structured_outputs", "thinking_token_budget",
 ], key=len, reverse=True)
 
 
@@ -254,6 +254,7 @@ class OpenAIServing:
                 allowed_token_ids=req.allowed_token_ids, bad_words=req.bad_words or None,
                 truncate_prompt_tokens=req.truncate_prompt_tokens,
                 structured_outputs=structured_outputs, thinking_token_budget=req.thinking_token_budget,
+                extra_args=req.vllm_xargs,
                 # Outputs always come as deltas: streams send them, others gather them (and metrics see every step).
                 output_kind=RequestOutputKind.DELTA)
         except (ValueError, TypeError) as e:

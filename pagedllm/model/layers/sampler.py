@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from pagedllm.model.layers.logits_processors import CustomLogitsProcessors
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -93,9 +94,11 @@ def _token_counts(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
 
 
 class Sampler:
-    def __init__(self, logprobs_mode: str = "raw_logprobs"):
-        """``logprobs_mode``: one of sampling_params.LOGPROBS_MODES (verify_engine_args checks the setting)."""
+    def __init__(self, logprobs_mode: str = "raw_logprobs", custom: CustomLogitsProcessors | None = None):
+        """``logprobs_mode``: one of sampling_params.LOGPROBS_MODES (verify_engine_args checks the setting).
+        ``custom``: the engine's custom logits processors (``logits_processors``), None without."""
         self.logprobs_mode = logprobs_mode
+        self.custom = custom
 
     def __call__(self, logits: torch.Tensor, requests: list[SamplingRow]) -> SamplerOutput:
         """Sample and bring the tokens (and the logprobs asked for, in ``logprobs_mode``) to the host."""
@@ -141,6 +144,9 @@ class Sampler:
         """The sampled tokens, and with ``keep_processed`` each row's logits as last shaped before its draw (the
         processed ``logprobs_mode``s)."""
         logits = self._apply_masks(logits.float(), requests)
+        if self.custom is not None:       # their batch changes first, then the greedy-changing ones (vLLM's order)
+            self.custom.update(requests)
+            logits = self.custom.apply(logits, argmax_invariant=False)
         logits = self._apply_penalties(logits, requests)
         greedy = [r.sampling_params.greedy for r in requests]
         if all(greedy):
@@ -158,7 +164,15 @@ class Sampler:
             sampled[idx] = logits[idx].argmax(dim=-1)
         rows = [i for i, g in enumerate(greedy) if not g]
         idx = to_device(rows, device)
-        truncated = self._truncated_logits(logits[idx], [params[i] for i in rows])
+        scaled = None
+        if self.custom is not None and self.custom.has_argmax_invariant:
+            # Argmax-invariant custom processors see the whole batch after the temperature (the random rows'
+            # logits divided by it), as in vLLM; only the random rows read their result.
+            scaled = logits.clone()
+            scaled[idx] = logits[idx] / to_device([params[i].temperature for i in rows], device)[:, None]
+            scaled = self.custom.apply(scaled, argmax_invariant=True)[idx]
+        truncated = self._truncated_logits(logits[idx] if scaled is None else scaled, [params[i] for i in rows],
+                                           scaled=scaled is not None)
         probs = torch.softmax(truncated, dim=-1)
         processed = None
         if keep_processed:
@@ -231,11 +245,12 @@ class Sampler:
         return logits
 
     @staticmethod
-    def _truncated_logits(logits: torch.Tensor, params) -> torch.Tensor:
-        """Random rows' logits over temperature, with the tokens min-p, top-k and top-p drop at -inf."""
+    def _truncated_logits(logits: torch.Tensor, params, scaled: bool = False) -> torch.Tensor:
+        """Random rows' logits over temperature (``scaled``: already divided), with the tokens min-p, top-k and
+        top-p drop at -inf."""
         device = logits.device
-        temp = to_device([sp.temperature for sp in params], device)[:, None]
-        logits = logits / temp
+        if not scaled:
+            logits = logits / to_device([sp.temperature for sp in params], device)[:, None]
         min_p = [sp.min_p for sp in params]
         if any(min_p):
             probs = torch.softmax(logits, dim=-1)
