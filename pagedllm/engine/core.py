@@ -388,7 +388,10 @@ class EngineCore:
     def _can_sample_async(self, sched: SchedulerOutput) -> bool:
         """Can this step be sampled before the host has seen the previous step's tokens? Not when the sampler
         needs every token on the host (penalties, multi-token bad words) or the host must read logprobs. (Nor when
-        a grammar must see the previous token before it can mask the next one: ``step`` checks that.)"""
+        a grammar must see the previous token before it can mask the next one: ``step`` checks that.) Nor with
+        custom logits processors: they read each request's output tokens as they stand."""
+        if self.config.args.logits_processors:
+            return False
         for item in self.scheduler.launched_items(sched.step_id):
             sp = item.request.sampling_params
             if (sp.logprobs is not None or sp.prompt_logprobs is not None or sp.repetition_penalty != 1.0

@@ -64,7 +64,8 @@ def _ids(outs):
 
 
 def test_processors_change_only_the_requests_that_ask(model_dir):
-    llm = LLM(model_dir, skip_tokenizer_init=True, dtype="float32", max_num_batched_tokens=8,
+    # async_scheduling: the processors must see each output token before the next step (so no async sampling).
+    llm = LLM(model_dir, skip_tokenizer_init=True, dtype="float32", max_num_batched_tokens=8, async_scheduling=True,
               logits_processors=[ex.TargetToken, "logits_processor_examples.BanAfter",
                                  "logits_processor_examples:NoPromptTokens"])
     plain = _ids(llm.generate([{"prompt_token_ids": p} for p in PROMPTS], _greedy(), use_tqdm=False))
