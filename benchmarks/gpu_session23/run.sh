@@ -67,7 +67,9 @@ if [ "${PART:-1}" = 8 ]; then
 # Session 24: PART=4's bitsandbytes tests again after their fixes (8-bit checkpoints run eagerly, as vLLM: their
 # int8 matmul failed inside the decode-graph capture and left the process's CUDA RNG in capture mode; the MoE
 # tests check the GPU's stacked form where the expert layers are gone).
+# Also this session's custom logits processors on CUDA (rows permuted on the device; CUDA graphs on).
 PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider -n 4 -rfs --tb=short tests/unit/test_quant_bnb.py \
-  tests/models/test_moe.py -k "bitsandbytes or bnb or end_to_end or missing_expert_scale" 2>&1 \
+  tests/models/test_moe.py tests/unit/test_logits_processors.py \
+  -k "bitsandbytes or bnb or end_to_end or missing_expert_scale or logits_processors" 2>&1 \
   | grep -E "^E |FAILED|passed|failed|\.py:[0-9]+: " | grep -v Warning | cut -c1-400 | tail -20
 fi
