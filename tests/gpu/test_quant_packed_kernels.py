@@ -158,10 +158,12 @@ def test_every_candidate_config(bucket):
 
 
 @pytest.mark.parametrize("n", [128, 136])
-def test_column_tiles_even_and_ragged(n):
-    """Every kernel of triton_packed with N a multiple of its column tile (EVEN_N: unclamped, vector loads, unmasked
-    dequantize stores) and with a ragged last tile (clamped loads, masked stores): decode (FMA, FMA with prefetch,
-    dot), dequantize + cuBLAS (two tiles) and the fused GEMM."""
+@pytest.mark.parametrize("even_tiles", [False, True])
+def test_column_tiles_even_and_ragged(n, even_tiles, monkeypatch):
+    """Every kernel of triton_packed with N a multiple of its column tile (EVEN_N, where _EVEN_N_TILES allows it:
+    unclamped, vector loads, unmasked dequantize stores) and with a ragged last tile (clamped loads, masked stores):
+    decode (FMA, FMA with prefetch, dot), dequantize + cuBLAS (two tiles) and the fused GEMM."""
+    monkeypatch.setattr(triton_packed, "_EVEN_N_TILES", even_tiles)
     k = 256
     configs = [(1, PackedConfig(1, 64, 128, 4, 1)), (1, PackedConfig(1, 128, 64, 4, 1, prefetch=True)),
                (5, PackedConfig(16, 64, 128, 4, 3)), (40, triton_packed._DQ),
@@ -170,7 +172,7 @@ def test_column_tiles_even_and_ragged(n):
         w = random_packed(k, n, bits, 32, seed=n + bits)
         for m, cfg in configs:
             plan = triton_packed._make_plan(m, n, k, bits, 32, False, torch.device(DEVICE), cfg)
-            assert plan.constexprs["EVEN_N"] == (n == 128), cfg
+            assert plan.constexprs["EVEN_N"] == (even_tiles and n == 128), cfg
             x = _x(m, k, DTYPES[-1], seed=m)
             _check(x, w, y=packed_matmul_with_config(x, w, None, cfg))
 

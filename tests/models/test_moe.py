@@ -376,8 +376,11 @@ def test_bitsandbytes_moe_equals_its_dequantized_reference(tmp_path, source):
         down = experts.expert_layers[3].down_proj
         assert (down.weight.dtype == torch.int8) if source == "int8" else (down.bnb_packed[0].dtype == torch.uint8)
     assert tokens == ref_tokens
-    # int8's error is small enough to need the tighter bound to tell quantized experts from dense ones
+    # int8's error is small enough to need the tighter bound to tell quantized experts from dense ones (on the CPU;
+    # on CUDA the attention's int8 layers run LLM.int8(), approximate: tests/unit/test_quant_bnb.py INT8_ON_GPU_TOL)
     tol = dict(rtol=1e-5, atol=1e-6) if source == "int8" else dict(rtol=1e-3, atol=1e-5)
+    if source == "int8" and on_gpu:
+        tol = dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), **tol)
     if on_gpu:
         return

@@ -142,14 +142,21 @@ from test_quant_fp8 import _linear_groups  # noqa: E402
 from test_quant_int_formats import _run, _save, _tiny  # noqa: E402
 
 
-def _check(tmp_path, config, quant, reference, **kw):
+# LLM.int8() on CUDA (bitsandbytes' matmul) quantizes the activations too, int8 rows with outlier columns in 16 bits:
+# its logprobs are within ~1e-2 of the dequantized weights' (9e-3 at most on an H100, session 24), its tokens equal.
+# On the CPU pagedllm multiplies by the dequantized int8 weights: the tight bound holds there.
+INT8_ON_GPU_TOL = dict(rtol=2e-2, atol=2e-2)
+
+
+def _check(tmp_path, config, quant, reference, tol=None, **kw):
     qpath = _save(tmp_path / "quant", config, quant)
     _, ref_tokens, ref_logprobs = _run(_save(tmp_path / "ref", {k: v for k, v in config.items()
                                                                  if k != "quantization_config"}, reference))
     llm, tokens, logprobs = _run(qpath, **kw)
     assert llm.llm_engine.core.config.quant_config.name == "bitsandbytes"
     assert tokens == ref_tokens
-    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs),
+                               **(tol or dict(rtol=1e-3, atol=1e-5)))
 
 
 # vLLM's spellings: quantization alone, both (its bitsandbytes tutorials), and the load format alone.
@@ -194,4 +201,5 @@ def test_prequantized_checkpoint_end_to_end(tmp_path, bits):
     quant_config = ({"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
                      "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "float32"} if bits == 4 else
                     {"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_threshold": 6.0})
-    _check(tmp_path, dict(config, quantization_config=quant_config), quant, reference)
+    _check(tmp_path, dict(config, quantization_config=quant_config), quant, reference,
+           tol=INT8_ON_GPU_TOL if bits == 8 and torch.cuda.is_available() else None)

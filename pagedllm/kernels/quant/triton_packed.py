@@ -64,6 +64,12 @@ from pagedllm.kernels.triton_gemv import _workspace
 MAX_DECODE_M = 16
 _INTERPRET = envs.TRITON_INTERPRET
 _FUSED = not _INTERPRET     # _unpack_scaled's single-rounding fma (the interpreter's fma rounds twice)
+# Unclamped column indices (EVEN_N) where N is a multiple of the tile, in the decode, dequantize and fused-GEMM
+# kernels: off. Session 20 predicted +4-6% on AWQ ShareGPT from their vector loads (offline SASS); measured on an H100
+# in session 24 (route_ab.py base vs awq-clamped, alternating): latency_8x1024x1024 6.20 s against 5.61 s clamped
+# (-10%, two pairs), ShareGPT 8,465 / 8,557 against 8,581 / 8,601 tok/s. The even path stays tested (the kernels
+# compile both); triton_packed_gemv and triton_packed_wide keep their own EVEN_N.
+_EVEN_N_TILES = False
 
 
 @triton.jit
@@ -542,11 +548,12 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
     even_k = k % block_k == 0
     if not decode and cfg.cublas:
         grid = (triton.cdiv(k // pack, block_kp), triton.cdiv(n, cfg.block_n))
-        return _Plan("cublas", grid, 0, 0, dict(common, EVEN_K=even_k, EVEN_N=n % cfg.block_n == 0, FUSED=_FUSED,
+        return _Plan("cublas", grid, 0, 0, dict(common, EVEN_K=even_k, EVEN_N=_EVEN_N_TILES and n % cfg.block_n == 0,
+                                                 FUSED=_FUSED,
                                                  BLOCK_N=cfg.block_n, BLOCK_KP=block_kp))
     common["HAS_BIAS"] = has_bias
     if not decode:
-        return _Plan("gemm", (0, 0), 0, 0, dict(common, EVEN_K=even_k, EVEN_N=n % cfg.block_n == 0,
+        return _Plan("gemm", (0, 0), 0, 0, dict(common, EVEN_K=even_k, EVEN_N=_EVEN_N_TILES and n % cfg.block_n == 0,
                                                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                                                 BLOCK_K=block_k, GROUP_M=cfg.group_m))
     block_n = max(cfg.block_n, 16) if use_dot else cfg.block_n
@@ -561,7 +568,7 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
     return _Plan("decode", (grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * block_n * block_m,
                  dict(common, EVEN_K=even_k and k_tiles % tiles_per_split == 0, USE_DOT=use_dot, SPLIT_K=split_k,
                       FUSED=_FUSED, PREFETCH=cfg.prefetch and not use_dot, BLOCK_M=block_m, BLOCK_N=block_n,
-                      BLOCK_KP=block_kp, EVEN_N=n % block_n == 0))
+                      BLOCK_KP=block_kp, EVEN_N=_EVEN_N_TILES and n % block_n == 0))
 
 
 # Dense scratch for the cuBLAS prefill path, per (device, dtype): one buffer sized by the largest layer, reused by
