@@ -35,6 +35,7 @@ _DTYPES = {
 }
 # "bitsandbytes" (vLLM's pairing with quantization="bitsandbytes"): the "auto" files, quantized by bitsandbytes.
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt", "bitsandbytes")
+SAFETENSORS_LOAD_STRATEGIES = ("lazy", "eager")
 DEFAULT_CPU_KV_CACHE_GB = 4.0
 # The server's prompt-chunk cap on the CPU: a short request waits for the step in flight and then needs two more, so
 # a step must stay well under a second for it to finish within 2 s (docs/reliability.md has the measurement).
@@ -246,7 +247,7 @@ GENERATION_CONFIG_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p
                                    "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
 _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "allowed_media_domains",
-    "safetensors_load_strategy", "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
+    "cuda_graph_sizes", "master_addr", "master_port", "nnodes",
     "node_rank", "decode_context_parallel_size", "dcp_kv_cache_interleave_size", "data_parallel_rank",
     "data_parallel_start_rank", "data_parallel_size_local", "data_parallel_address", "data_parallel_rpc_port",
     "data_parallel_hybrid_lb", "data_parallel_external_lb", "data_parallel_backend", "enable_dbo",
@@ -264,7 +265,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "override_pooler_config",
     "worker_cls", "kv_transfer_config", "kv_events_config",
     "override_attention_dtype", "calculate_kv_scales",
-    "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config", "pt_load_map_location",
+    "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config",
     "kv_sharing_fast_prefill", "num_scheduler_steps",
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
     "tokenizer_pool_size", "tokenizer_pool_type", "tokenizer_pool_extra_config", "quantization_param_path",
@@ -305,6 +306,11 @@ class EngineArgs:
     ignore_patterns: list[str] | str | None = dataclasses.field(default_factory=lambda: ["original/**/*"])
     load_format: str = "auto"
     use_tqdm_on_load: bool = True   # progress bars while weights load (vLLM's flag)
+    # vLLM's: how safetensors files are read: "lazy" (memory-mapped, tensor by tensor) or "eager" (each file read
+    # whole into memory first: fewer, larger reads, for network file systems).
+    safetensors_load_strategy: str = "lazy"
+    # vLLM's: torch.load's map_location for *.bin / *.pt checkpoints ("cpu", "cuda:0", or a {from: to} dict).
+    pt_load_map_location: str | dict[str, str] = "cpu"
     dtype: str = "auto"       # or a torch.dtype (stored as its name)
     quantization: str | None = None
     seed: int | None = 0
@@ -502,6 +508,13 @@ class EngineArgs:
         g.add_argument("--load-format", type=str, default=d.load_format, choices=list(LOAD_FORMATS))
         g.add_argument("--use-tqdm-on-load", action=argparse.BooleanOptionalAction, default=d.use_tqdm_on_load,
                        help="Show progress bars while loading weights.")
+        g.add_argument("--safetensors-load-strategy", type=str, default=d.safetensors_load_strategy,
+                       choices=list(SAFETENSORS_LOAD_STRATEGIES),
+                       help="lazy: memory-map each safetensors file; eager: read each file whole first (network "
+                            "file systems).")
+        g.add_argument("--pt-load-map-location", type=_json_or_str, default=d.pt_load_map_location,
+                       help="torch.load's map_location for *.bin / *.pt checkpoints: 'cpu', 'cuda:0', or JSON "
+                            "such as '{\"cuda:1\": \"cuda:0\"}'.")
         g.add_argument("--dtype", type=str, default=d.dtype,
                        choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
         g.add_argument("--quantization", "-q", type=str, default=None,
@@ -718,6 +731,18 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"config_format={args.config_format!r} is not supported (Mistral's params.json is not read);"
                          " use 'auto' or 'hf' with the checkpoint's config.json." if args.config_format == "mistral"
                          else f"config_format must be 'auto', 'hf' or 'mistral', got {args.config_format!r}.")
+    if args.safetensors_load_strategy not in SAFETENSORS_LOAD_STRATEGIES:
+        raise ValueError(f"safetensors_load_strategy must be one of {SAFETENSORS_LOAD_STRATEGIES}, got "
+                         f"{args.safetensors_load_strategy!r}" + (" (vLLM's torchao strategy is for torchao "
+                                                                  "checkpoints, which pagedllm does not load)."
+                                                                  if args.safetensors_load_strategy == "torchao"
+                                                                  else "."))
+    location = args.pt_load_map_location
+    if not (isinstance(location, str) or (isinstance(location, dict)
+                                          and all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in location.items()))):
+        raise ValueError(f"pt_load_map_location must be a device string or a dict of device strings, got "
+                         f"{location!r}.")
     if args.model_impl not in ("auto", "vllm"):
         raise ValueError("model_impl='transformers' (vLLM's Transformers backend for architectures it lacks) is not "
                          "supported: pagedllm runs its own implementation of each supported architecture "
@@ -1101,6 +1126,12 @@ def _resolve_runner(args: EngineArgs, model: "ResolvedModel") -> str:
         raise ValueError(f"This model ({arch}) has no language-model head ({kind}): it cannot generate text. Use "
                          f"runner='pooling' (--runner pooling) to {use}.")
     return runner
+
+
+def _json_or_str(text: str) -> str | dict:
+    """A JSON object ('{"cuda:1": "cuda:0"}') or the text itself ('cpu')."""
+    text = str(text).strip()
+    return json.loads(text) if text.startswith("{") else text
 
 
 def _json_or_int(text: str) -> int | dict:

@@ -390,11 +390,13 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
                                         convert_device=config.device)
         elif fmt in ("auto", "safetensors", "bitsandbytes") and glob.glob(os.path.join(config.model.model_dir, "*.safetensors")):
             weights = iterate_safetensors(config.model.model_dir, progress=progress, skip_prefixes=skip_prefixes,
-                                          ignore_patterns=config.args.ignore_patterns)
+                                          ignore_patterns=config.args.ignore_patterns,
+                                          strategy=config.args.safetensors_load_strategy)
         elif fmt == "safetensors":
             raise ValueError(f"load_format='safetensors' but no *.safetensors in {config.model.model_dir!r}.")
         else:
-            weights = iterate_pt(config.model.model_dir, progress=progress, load_format=fmt)
+            weights = iterate_pt(config.model.model_dir, progress=progress, load_format=fmt,
+                                 map_location=config.args.pt_load_map_location)
         if quant_config is not None:
             weights = ((quant_config.checkpoint_name(name), tensor) for name, tensor in weights)
         check_all_loaded(model, model.load_weights(weights))

@@ -44,15 +44,26 @@ def safetensors_files(model_dir: str, ignore_patterns: Sequence[str] | None = No
 
 
 def iterate_safetensors(model_dir: str, progress: bool = False, skip_prefixes: tuple[str, ...] = (),
-                        ignore_patterns: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+                        ignore_patterns: Sequence[str] | None = None,
+                        strategy: str = "lazy") -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the folder's safetensors files (``safetensors_files``), except those whose name starts with
-    one of ``skip_prefixes`` (layers another pipeline stage holds: never read from disk)."""
+    one of ``skip_prefixes`` (layers another pipeline stage holds: never read from disk). ``strategy``
+    (safetensors_load_strategy): "lazy" memory-maps each file and reads the tensors asked for; "eager" reads each
+    file whole in one go first (fewer, larger reads: network file systems)."""
     from safetensors import safe_open
+    from safetensors.torch import load as load_bytes
     files = safetensors_files(model_dir, ignore_patterns)
     if not files:
         raise ValueError(f"No *.safetensors weights found in {model_dir!r}"
                          + (f" outside ignore_patterns={list(ignore_patterns)}." if ignore_patterns else "."))
     for path in load_progress(files, desc="Loading safetensors checkpoint shards", enabled=progress):
+        if strategy == "eager":
+            with open(path, "rb") as f:
+                tensors = load_bytes(f.read())
+            for name, tensor in tensors.items():
+                if not (skip_prefixes and name.startswith(skip_prefixes)):
+                    yield name, tensor
+            continue
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
                 if skip_prefixes and name.startswith(skip_prefixes):
@@ -60,11 +71,13 @@ def iterate_safetensors(model_dir: str, progress: bool = False, skip_prefixes: t
                 yield name, f.get_tensor(name)
 
 
-def iterate_pt(model_dir: str, progress: bool = False, load_format: str = "auto") -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_pt(model_dir: str, progress: bool = False, load_format: str = "auto",
+               map_location: str | dict[str, str] = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the folder's *.bin / *.pt files, loaded with ``map_location`` (pt_load_map_location)."""
     files = sorted(glob.glob(os.path.join(model_dir, "*.bin")) + glob.glob(os.path.join(model_dir, "*.pt")))
     if not files and load_format == "pt":
         raise ValueError(f"load_format='pt' but no *.bin or *.pt in {model_dir!r}.")
     if not files:
         raise ValueError(f"No weights (*.safetensors or *.bin) found in {model_dir!r}.")
     for path in load_progress(files, desc="Loading pt checkpoint shards", enabled=progress):
-        yield from torch.load(path, map_location="cpu", weights_only=True).items()
+        yield from torch.load(path, map_location=map_location, weights_only=True).items()

@@ -73,6 +73,11 @@ ENGINE_FIELDS: dict[str, list] = {
     # (the processors' effect: tests/unit/test_logits_processors.py)
     "logits_processors": [Read(("worker/model_runner.py", "engine/input_processor.py"),
                                "load_logits_processor_classes(config.args.logits_processors)")],
+    "safetensors_load_strategy": [Read(("model/loader.py",), "strategy=config.args.safetensors_load_strategy"),
+                                  Rejects("torchao", "torchao checkpoints, which pagedllm does not load"),
+                                  Rejects("fast", "safetensors_load_strategy must be one of")],
+    "pt_load_map_location": [Read(("model/loader.py",), "map_location=config.args.pt_load_map_location"),
+                             Rejects(3, "pt_load_map_location must be a device string")],
     "enable_prompt_embeds": [Read(("engine/input_processor.py",), "args.enable_prompt_embeds"),
                              Read(("entrypoints/openai/serving_completion.py",), "args.enable_prompt_embeds")],
     "trust_remote_code": [Read(("model/loader.py",), "trust_remote_code=args.trust_remote_code")],
