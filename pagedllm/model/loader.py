@@ -150,8 +150,10 @@ def _download(model_id: str, args: "EngineArgs") -> str:
             from modelscope import snapshot_download as ms_download
         except ImportError:
             raise ValueError("PAGEDLLM_USE_MODELSCOPE=1 needs the modelscope package: pip install modelscope") from None
-        try:
-            return ms_download(model_id, cache_dir=args.download_dir, revision=args.revision)
+        ignore = [args.ignore_patterns] if isinstance(args.ignore_patterns, str) else args.ignore_patterns
+        try:       # (modelscope's name for ignore_patterns; the loader skips those files too)
+            return ms_download(model_id, cache_dir=args.download_dir, revision=args.revision,
+                               ignore_file_pattern=list(ignore) if ignore else None)
         except Exception as e:
             raise ValueError(f"Could not download model {model_id!r} from ModelScope: {e}") from None
     from huggingface_hub import snapshot_download

@@ -73,6 +73,23 @@ def test_a_download_fetches_the_indexed_shards_and_honours_ignore_patterns(tiny_
     assert all(a[2] == ["*.pth", "consolidated*"] for a in asked)
 
 
+def test_a_modelscope_download_honours_ignore_patterns(tiny_llama_dir, monkeypatch):
+    """PAGEDLLM_USE_MODELSCOPE=1: modelscope's snapshot_download gets the patterns (its ignore_file_pattern)."""
+    import sys
+    import types
+    asked = []
+
+    def snapshot_download(model_id, cache_dir=None, revision=None, ignore_file_pattern=None):
+        asked.append((model_id, revision, ignore_file_pattern))
+        return tiny_llama_dir
+    monkeypatch.setitem(sys.modules, "modelscope", types.SimpleNamespace(snapshot_download=snapshot_download))
+    monkeypatch.setenv("PAGEDLLM_USE_MODELSCOPE", "1")
+    assert _tokens("qwen/some-model", revision="v1", ignore_patterns="consolidated*") == _tokens(tiny_llama_dir)
+    assert asked[0] == ("qwen/some-model", "v1", ["consolidated*"])
+    _tokens("qwen/some-model")
+    assert asked[-1][2] == ["original/**/*"]                                # vLLM's default
+
+
 def test_ignore_patterns_flag_and_errors():
     parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
     args = EngineArgs.from_cli_args(parser.parse_args(["--ignore-patterns", "original/**/*", "*.pth"]))
