@@ -7,9 +7,11 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
 if [ "${PART:-1}" = 1 ]; then
 # Session 24's changes on CUDA, never run there together: bitsandbytes (8-bit eager, the int8 tolerance on CUDA),
-# prompt_embeds, custom logits processors, the packed kernels' column tiles (EVEN_N off by default).
+# prompt_embeds, custom logits processors, the packed kernels' column tiles (EVEN_N off by default), MoE GGUF
+# files (attention projections kept quantized on CUDA, experts dequantized into the fused kernels).
 PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider -n 4 -rfs --tb=short tests/unit/test_quant_bnb.py \
   tests/models/test_moe.py tests/models/test_prompt_embeds.py tests/unit/test_logits_processors.py \
+  tests/models/test_gguf_moe.py \
   tests/gpu/test_quant_packed_kernels.py 2>&1 | grep -E "^E |FAILED|passed|failed|\.py:[0-9]+: " | cut -c1-300 | tail -20
 fi
 if [ "${PART:-1}" = 2 ]; then

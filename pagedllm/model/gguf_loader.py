@@ -34,7 +34,22 @@ _LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
 }
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
+# Mixture-of-experts layers (qwen2moe, qwen3moe): the router, the shared expert (Qwen2-MoE), and the experts, which
+# llama.cpp stores as one 3-D tensor per projection ([experts, out, in]) that the loader splits into HF's per-expert
+# tensors (their HF name below is that of the stacked tensor: "model.layers.N.mlp.experts.gate_proj.weight").
+_MOE_LAYER_NAMES = {
+    "ffn_gate_inp": "mlp.gate", "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+    "ffn_gate_exps": "mlp.experts.gate_proj", "ffn_up_exps": "mlp.experts.up_proj",
+    "ffn_down_exps": "mlp.experts.down_proj",
+}
+_LAYER_NAMES.update(_MOE_LAYER_NAMES)
+# GGUF architecture -> (transformers' model_type, our architecture, does the router renormalise its top-k weights
+# when the file does not say (llama.cpp's rule per architecture))
+_MOE_ARCHS = {"qwen2moe": ("qwen2_moe", "Qwen2MoeForCausalLM", False),
+              "qwen3moe": ("qwen3_moe", "Qwen3MoeForCausalLM", True)}
+_SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral", "qwen2moe", "qwen3moe")
 
 
 def cache_dir_for(gguf_path: str) -> str:
@@ -56,10 +71,12 @@ def convert_metadata(gguf_path: str, progress: bool = True) -> str:
     # Three steps, the tokenizer the long one (~7 s on the CI machine): the bar shows the first start is not stuck.
     bar = load_progress(total=3, desc="Converting GGUF config and tokenizer (once)", enabled=progress)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    _add_moe_metadata(config, gguf_path)
     bar.update()
     if not getattr(config, "architectures", None):
         arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                "qwen3": "Qwen3ForCausalLM"}.get(config.model_type)
+                "qwen3": "Qwen3ForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+                "qwen3_moe": "Qwen3MoeForCausalLM"}.get(config.model_type)
         if arch is None:
             raise ValueError(f"GGUF model type {config.model_type!r} is not supported by pagedllm.")
         config.architectures = [arch]
@@ -80,6 +97,31 @@ def convert_metadata(gguf_path: str, progress: bool = True) -> str:
     with open(os.path.join(out, ".complete"), "w") as f:
         f.write(gguf_path)
     return out
+
+
+def _add_moe_metadata(config, gguf_path: str) -> None:
+    """What transformers' GGUF config conversion leaves out for the MoE architectures: the experts' width
+    (``expert_feed_forward_length``), the shared expert's (Qwen2-MoE) and whether the top-k weights are
+    renormalised (``expert_weights_norm``, else llama.cpp's rule for the architecture)."""
+    if config.model_type not in ("qwen2_moe", "qwen3_moe"):
+        return
+    reader, arch = _open_reader(gguf_path)
+
+    def value(key: str):
+        field = reader.fields.get(f"{arch}.{key}")
+        return None if field is None else field.parts[field.data[0]].tolist()[0]
+    width = value("expert_feed_forward_length")
+    if width is None:
+        raise ValueError(f"GGUF {gguf_path}: {arch}.expert_feed_forward_length is missing (the experts' width).")
+    config.moe_intermediate_size = int(width)
+    shared = value("expert_shared_feed_forward_length")
+    if config.model_type == "qwen2_moe":
+        if shared is None:
+            raise ValueError(f"GGUF {gguf_path}: {arch}.expert_shared_feed_forward_length is missing (the shared "
+                             "expert's width).")
+        config.shared_expert_intermediate_size = int(shared)
+    norm = value("expert_weights_norm")
+    config.norm_topk_prob = bool(norm) if norm is not None else _MOE_ARCHS[arch][2]
 
 
 def _reverse_llama_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -214,6 +256,11 @@ def iterate_gguf_weights(gguf_path: str, hf_config, progress: bool = False,
         weight = torch.from_numpy(np.array(data, dtype=np.float32)).reshape(shape)  # a writable copy
         if heads is not None:
             weight = _reverse_llama_permute(weight, heads)
+        if part in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):      # [experts, out, in]: HF's per expert
+            experts, _, proj = name.rpartition(".weight")[0].rpartition(".")
+            for e in range(weight.shape[0]):
+                yield f"{experts}.{e}.{proj}.weight", weight[e].clone()    # (own storage: the cache saves each)
+            continue
         yield name, weight
 
 

@@ -86,6 +86,11 @@ class GGUFConfig(QuantizationConfig):
         self.tensor_types = gguf_tensor_types(gguf_path)
         return True
 
+    def get_moe_method(self, experts: nn.Module, prefix: str) -> None:
+        """A GGUF MoE's experts are dequantized at load (the dense experts' fused kernels then run them); its
+        attention projections may stay quantized."""
+        return None
+
     def get_linear_method(self, layer: nn.Module, prefix: str) -> "GGUFLinearMethod | None":
         if not self.tensor_types:
             return None
