@@ -25,12 +25,13 @@ def test_completions_with_prompt_embeds(tiny_llama_dir, tokenizer):
     other = tokenizer.encode("Once upon a time")
     common = {"max_tokens": 6, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
     with serve_in_process(tiny_llama_dir, "--enable-prompt-embeds") as (app, _):
-        by_ids, by_embeds, both, streamed, *errors = post_all(app, [
+        by_ids, by_embeds, both, streamed, invoked, *errors = post_all(app, [
             ("/v1/completions", {"prompt": [ids, other], **common}),
             ("/v1/completions", {"prompt_embeds": _b64(table[ids]), **common}),
             # embeds prompts come first, then those of `prompt`; a [1, n, hidden] tensor is one prompt
             ("/v1/completions", {"prompt_embeds": [_b64(table[ids][None])], "prompt": "Once upon a time", **common}),
             ("/v1/completions", {"prompt_embeds": _b64(table[ids]), "stream": True, **common}),
+            ("/invocations", {"prompt_embeds": _b64(table[ids]), **common}),       # SageMaker's route picks completions
             ("/v1/completions", {"prompt_embeds": "not base64!", **common}),
             ("/v1/completions", {"prompt_embeds": _b64({"weights": table[ids]}), **common}),
             ("/v1/completions", {"prompt_embeds": _b64(table[ids][:, :8]), **common}),
@@ -48,6 +49,7 @@ def test_completions_with_prompt_embeds(tiny_llama_dir, tokenizer):
     assert (first["index"], first["text"]) == (0, want["text"])
     assert (second["index"], second["text"]) == (1, want_other["text"])
     assert both.json()["usage"]["prompt_tokens"] == len(ids) + len(other)
+    assert invoked.status_code == 200 and invoked.json()["choices"][0]["token_ids"] == want["token_ids"]
     assert streamed.status_code == 200
     chunks = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: {")]
     assert "".join(json.loads(c)["choices"][0]["text"] for c in chunks) == want["text"]

@@ -394,7 +394,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
 
 # /invocations: the keys that make a body one of these requests (the pooling-input ones: input or messages).
 _INVOCATION_KEYS: dict[type, tuple[str, ...]] = {
-    ChatCompletionRequest: ("messages",), CompletionRequest: ("prompt",), RerankRequest: ("query",),
+    ChatCompletionRequest: ("messages",), CompletionRequest: ("prompt", "prompt_embeds"), RerankRequest: ("query",),
     ScoreRequest: tuple(first for first, _ in SCORE_PAIR_NAMES)}
 
 
