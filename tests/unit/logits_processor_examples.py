@@ -19,6 +19,7 @@ class TargetToken(LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         self.targets: dict[int, int] = {}
+        self.vocab_size = vllm_config.model_config.get_vocab_size()     # as vLLM processors read it
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -30,6 +31,8 @@ class TargetToken(LogitsProcessor):
             self.targets.pop(index, None)
         for index, params, _, _ in batch_update.added:
             target = (params.extra_args or {}).get("target_token")
+            if target is not None and not 0 <= target < self.vocab_size:
+                raise ValueError(f"target_token {target} is outside the vocabulary")
             if target is None:
                 self.targets.pop(index, None)
             else:

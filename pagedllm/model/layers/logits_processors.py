@@ -51,7 +51,8 @@ class BatchUpdate:
 
 class LogitsProcessor(ABC):
     """A batch-level logits processor. ``__init__`` gets the engine's config (pagedllm's EngineConfig: ``hf_config``,
-    ``max_model_len``, ``args``, ...), the device and whether pinned host memory is available."""
+    ``max_model_len``, ``args``, and ``model_config``, vLLM's read-only facade: ``get_vocab_size()``, ...), the
+    device and whether pinned host memory is available."""
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
