@@ -407,9 +407,9 @@ def test_unknown_keyword_names_vllm_arguments():
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
     assert "vLLM" not in str(info.value)
-    with pytest.raises(TypeError, match="safetensors_load_strategy is a vLLM engine argument that pagedllm does "
-                                        "not support yet"):
-        EngineArgs.from_kwargs("m", safetensors_load_strategy="eager")
+    with pytest.raises(TypeError, match="max_parallel_loading_workers is a vLLM engine argument that pagedllm "
+                                        "does not support yet"):
+        EngineArgs.from_kwargs("m", max_parallel_loading_workers=2)
 
 
 # ---- SamplingParams ----------------------------------------------------------------------------------------------
