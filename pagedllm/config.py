@@ -2066,3 +2066,8 @@ def _draft_model_settings(model: str | None, cfg: dict) -> SpeculativeConfig:
     if draft_tp is not None and (isinstance(draft_tp, bool) or not isinstance(draft_tp, int) or draft_tp < 1):
         raise ValueError(f"speculative_config draft_tensor_parallel_size must be an integer >= 1, got {draft_tp!r}.")
     return SpeculativeConfig("draft_model", k, model=model, draft_tensor_parallel_size=draft_tp, max_model_len=max_len)
+
+
+# vLLM's name for the engine's whole configuration, for code written against it (a custom logits processor's
+# ``__init__(self, vllm_config: VllmConfig, ...)``): pagedllm's EngineConfig.
+VllmConfig = EngineConfig

@@ -103,3 +103,31 @@ class CountCalls(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         type(self).rows_seen += logits.shape[0]
         return logits
+
+
+# vLLM's examples/offline_inference/logits_processor/custom.py, written as there (its imports with the package name
+# changed): the dict helper and the VllmConfig annotation.
+from pagedllm.config import VllmConfig  # noqa: E402
+from pagedllm.v1.sample.logits_processor.builtin import process_dict_updates  # noqa: E402
+
+
+class DummyLogitsProcessor(LogitsProcessor):
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
+        self.req_info: dict[int, int] = {}
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update: BatchUpdate | None):
+        process_dict_updates(self.req_info, batch_update,
+                             lambda params, _, __: params.extra_args and params.extra_args.get("target_token"))
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.req_info:
+            return logits
+        cols = torch.tensor(list(self.req_info.values()), dtype=torch.long, device=logits.device)
+        rows = torch.tensor(list(self.req_info.keys()), dtype=torch.long, device=logits.device)
+        keep = logits[rows, cols].clone()
+        logits[rows] = float("-inf")
+        logits[rows, cols] = keep
+        return logits

@@ -9,6 +9,7 @@ import pytest
 import logits_processor_examples as ex
 from pagedllm import LLM, SamplingParams
 from pagedllm.model.layers.logits_processors import MoveDirectionality, PersistentBatch
+from pagedllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 VOCAB = 256
 
@@ -22,7 +23,7 @@ def test_persistent_batch_indices_follow_every_request():
             self.sampling_params, self.prompt_ids_known = SamplingParams(), True
 
     rng = random.Random(0)
-    batch, mirror = PersistentBatch(), {}
+    batch, mirror, helper_state = PersistentBatch(), {}, {}
     pool = [Row(f"r{i}") for i in range(12)]
     moves = 0
     for _ in range(200):
@@ -39,8 +40,12 @@ def test_persistent_batch_indices_follow_every_request():
                 mirror[b] = mirror.pop(a)
                 moves += 1
             assert update.batch_size == len(rows)
+            assert not set(update.removed) & {a[0] for a in update.added}    # a reused index is an add only
+        # vLLM's helper replays the same updates in its own order (adds, then removals, then moves).
+        process_dict_updates(helper_state, update,
+                             lambda params, _, __: next(r.req_id for r in pool if r.sampling_params is params))
         assert sorted(mirror) == list(range(len(rows)))          # dense indices 0 .. n-1
-        assert {i: rows[order[i]].req_id for i in range(len(rows))} == mirror
+        assert {i: rows[order[i]].req_id for i in range(len(rows))} == mirror == helper_state
     assert moves > 0
 
 
@@ -82,6 +87,17 @@ def test_processors_change_only_the_requests_that_ask(model_dir):
     assert not set(got[4]) & set(PROMPTS[4])
     # Plain requests in the same engine afterwards: untouched.
     assert _ids(llm.generate([{"prompt_token_ids": p} for p in PROMPTS], _greedy(), use_tqdm=False)) == plain
+
+
+def test_vllms_example_processor_as_written(model_dir):
+    """vLLM's custom.py example (process_dict_updates, VllmConfig): half the requests forced to their target."""
+    llm = LLM(model_dir, skip_tokenizer_init=True, dtype="float32", logits_processors=[ex.DummyLogitsProcessor])
+    params = [_greedy(6, extra_args={"target_token": 128 % VOCAB}), _greedy(6),
+              _greedy(6, extra_args={"target_token": 67}), _greedy(6)]
+    got = _ids(llm.generate([{"prompt_token_ids": p} for p in PROMPTS[:4]], params, use_tqdm=False))
+    plain = _ids(llm.generate([{"prompt_token_ids": p} for p in PROMPTS[:4]], _greedy(6), use_tqdm=False))
+    assert got[0] == [128 % VOCAB] * 6 and got[2] == [67] * 6
+    assert (got[1], got[3]) == (plain[1], plain[3])
 
 
 def test_argmax_invariant_processors_run_for_random_rows_only(model_dir):

@@ -42,7 +42,8 @@ MovedRequest = tuple[int, int, MoveDirectionality]
 
 @dataclass(frozen=True)
 class BatchUpdate:
-    """What changed in the persistent batch since the last step; apply in this order: removed, added, moved."""
+    """What changed in the persistent batch since the last step. An added request may take an index whose request
+    left (it is then not listed in ``removed``); apply the moves last."""
     batch_size: int
     removed: Sequence[RemovedRequest]
     added: Sequence[AddedRequest]
@@ -80,6 +81,33 @@ class LogitsProcessor(ABC):
         raise NotImplementedError
 
 
+def process_dict_updates(req_state: dict[int, Any], batch_update: BatchUpdate | None,
+                         new_state: Callable[[SamplingParams, "list[int] | None", Sequence[int]], Any]) -> bool:
+    """A processor's per-index state kept through a BatchUpdate (vLLM's helper of the same name): removed indices
+    dropped, an added request's state from ``new_state(params, prompt ids, output ids)`` (None or a false value: the
+    processor does not apply to it), moves and swaps followed. Returns whether the state changed."""
+    if batch_update is None:
+        return False
+    changed = False
+    for index in batch_update.removed:
+        changed |= req_state.pop(index, None) is not None
+    for index, params, prompt_ids, output_ids in batch_update.added:
+        state = new_state(params, prompt_ids, output_ids)
+        if state:
+            req_state[index] = state
+            changed = True
+        else:
+            changed |= req_state.pop(index, None) is not None
+    for a, b, direction in batch_update.moved:
+        first, second = req_state.pop(a, None), req_state.pop(b, None)
+        if first is not None:
+            req_state[b] = first
+        if second is not None and direction is MoveDirectionality.SWAP:
+            req_state[a] = second
+        changed |= first is not None or second is not None
+    return changed
+
+
 # A request's own processor: (output ids, logits row) -> row, or (prompt ids, output ids, logits row) -> row.
 RequestLogitsProcessor = Callable[..., torch.Tensor]
 
@@ -98,23 +126,12 @@ class AdapterLogitsProcessor(LogitsProcessor):
         raise NotImplementedError
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        for index in batch_update.removed:
-            self.req_info.pop(index, None)
-        for index, params, prompt_ids, output_ids in batch_update.added:
+        def state(params, prompt_ids, output_ids):
             fn = self.new_req_logits_processor(params)
             if fn is None:
-                self.req_info.pop(index, None)
-            else:
-                takes_prompt = len(inspect.signature(fn).parameters) == 3
-                self.req_info[index] = (fn, takes_prompt, prompt_ids, output_ids)
-        for a, b, direction in batch_update.moved:
-            first, second = self.req_info.pop(a, None), self.req_info.pop(b, None)
-            if first is not None:
-                self.req_info[b] = first
-            if second is not None and direction is MoveDirectionality.SWAP:
-                self.req_info[a] = second
+                return None
+            return fn, len(inspect.signature(fn).parameters) == 3, prompt_ids, output_ids
+        process_dict_updates(self.req_info, batch_update, state)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         for index, (fn, takes_prompt, prompt_ids, output_ids) in self.req_info.items():
@@ -197,6 +214,9 @@ class PersistentBatch:
             slots[index] = r.req_id
             prompt = None if not getattr(r, "prompt_ids_known", True) else r.token_ids[:r.num_prompt_tokens]
             added.append((index, r.sampling_params, prompt, _OutputView(r)))
+        # An index a newcomer took is not reported removed (the add replaces what was there, as vLLM's builder
+        # reports it), so processors may apply the removals before or after the adds.
+        removed = [i for i in removed if slots[i] is None]
         moved = []
         # Keep the batch dense: the last request fills the first hole (a one-way move), as vLLM condenses.
         while None in slots:
