@@ -92,11 +92,12 @@ def test_processors_change_only_the_requests_that_ask(model_dir):
 def test_vllms_example_processor_as_written(model_dir):
     """vLLM's custom.py example (process_dict_updates, VllmConfig): half the requests forced to their target."""
     llm = LLM(model_dir, skip_tokenizer_init=True, dtype="float32", logits_processors=[ex.DummyLogitsProcessor])
+    # target_token 0 is a state like any other (vLLM's helper keeps every state but None)
     params = [_greedy(6, extra_args={"target_token": 128 % VOCAB}), _greedy(6),
-              _greedy(6, extra_args={"target_token": 67}), _greedy(6)]
-    got = _ids(llm.generate([{"prompt_token_ids": p} for p in PROMPTS[:4]], params, use_tqdm=False))
-    plain = _ids(llm.generate([{"prompt_token_ids": p} for p in PROMPTS[:4]], _greedy(6), use_tqdm=False))
-    assert got[0] == [128 % VOCAB] * 6 and got[2] == [67] * 6
+              _greedy(6, extra_args={"target_token": 67}), _greedy(6), _greedy(6, extra_args={"target_token": 0})]
+    got = _ids(llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False))
+    plain = _ids(llm.generate([{"prompt_token_ids": p} for p in PROMPTS], _greedy(6), use_tqdm=False))
+    assert got[0] == [128 % VOCAB] * 6 and got[2] == [67] * 6 and got[4] == [0] * 6
     assert (got[1], got[3]) == (plain[1], plain[3])
 
 

@@ -84,8 +84,9 @@ class LogitsProcessor(ABC):
 def process_dict_updates(req_state: dict[int, Any], batch_update: BatchUpdate | None,
                          new_state: Callable[[SamplingParams, "list[int] | None", Sequence[int]], Any]) -> bool:
     """A processor's per-index state kept through a BatchUpdate (vLLM's helper of the same name): removed indices
-    dropped, an added request's state from ``new_state(params, prompt ids, output ids)`` (None or a false value: the
-    processor does not apply to it), moves and swaps followed. Returns whether the state changed."""
+    dropped, an added request's state from ``new_state(params, prompt ids, output ids)`` (None: the processor does
+    not apply to it; any other value, 0 included, is kept, as vLLM's helper keeps it), moves and swaps followed.
+    Returns whether the state changed."""
     if batch_update is None:
         return False
     changed = False
@@ -93,7 +94,7 @@ def process_dict_updates(req_state: dict[int, Any], batch_update: BatchUpdate | 
         changed |= req_state.pop(index, None) is not None
     for index, params, prompt_ids, output_ids in batch_update.added:
         state = new_state(params, prompt_ids, output_ids)
-        if state:
+        if state is not None:
             req_state[index] = state
             changed = True
         else:
