@@ -35,6 +35,9 @@ def test_persistent_batch_indices_follow_every_request():
             for index, params, prompt, output in update.added:
                 mirror[index] = next(r.req_id for r in pool if r.sampling_params is params)
                 assert prompt == [1, 2] and list(output) == [3]
+                assert (len(output), output[0], output[-1], output[:1]) == (1, 3, 3, [3])
+                with pytest.raises(IndexError):
+                    output[1]
             for a, b, direction in update.moved:
                 assert direction is MoveDirectionality.UNIDIRECTIONAL
                 mirror[b] = mirror.pop(a)

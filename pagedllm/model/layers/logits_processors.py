@@ -167,7 +167,8 @@ def load_logits_processor_classes(specs: Sequence[Any] | None) -> list[type[Logi
 
 # ---- the persistent batch -------------------------------------------------------------------------------------------
 class _OutputView(Sequence):
-    """A request's output token ids as they grow (vLLM hands processors a reference to its running list)."""
+    """A request's output token ids as they grow (vLLM hands processors a reference to its running list). An index
+    reads the worker's token list in place (``output_ids[-1]`` every step copies nothing)."""
     __slots__ = ("_state",)
 
     def __init__(self, state: Any):
@@ -180,7 +181,12 @@ class _OutputView(Sequence):
         return len(self._state.token_ids) - self._state.num_prompt_tokens
 
     def __getitem__(self, i):
-        return self._ids()[i]
+        if isinstance(i, slice):
+            return self._ids()[i]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError("output token index out of range")
+        return self._state.token_ids[self._state.num_prompt_tokens + (i + n if i < 0 else i)]
 
     def __iter__(self):
         return iter(self._ids())
@@ -213,7 +219,7 @@ class PersistentBatch:
                 index = len(slots)
                 slots.append(None)
             slots[index] = r.req_id
-            prompt = None if not getattr(r, "prompt_ids_known", True) else r.token_ids[:r.num_prompt_tokens]
+            prompt = r.token_ids[:r.num_prompt_tokens] if r.prompt_ids_known else None
             added.append((index, r.sampling_params, prompt, _OutputView(r)))
         # An index a newcomer took is not reported removed (the add replaces what was there, as vLLM's builder
         # reports it), so processors may apply the removals before or after the adds.
@@ -242,7 +248,10 @@ class CustomLogitsProcessors:
     def __init__(self, classes: Sequence[type[LogitsProcessor]], config: Any, device: torch.device):
         pin = device.type == "cuda"
         self.processors = [cls(config, device, pin) for cls in classes]
-        self.has_argmax_invariant = any(p.is_argmax_invariant() for p in self.processors)
+        # by kind, once: argmax_invariant -> those processors
+        self._by_kind = {kind: [p for p in self.processors if p.is_argmax_invariant() == kind]
+                         for kind in (False, True)}
+        self.has_argmax_invariant = bool(self._by_kind[True])
         self.batch = PersistentBatch()
         self._order: list[int] = []
 
@@ -254,16 +263,18 @@ class CustomLogitsProcessors:
 
     def apply(self, logits: torch.Tensor, argmax_invariant: bool) -> torch.Tensor:
         """The processors of one kind on ``logits`` (rows in the sampler's order; the result in that order too)."""
-        chosen = [p for p in self.processors if p.is_argmax_invariant() == argmax_invariant]
+        chosen = self._by_kind[argmax_invariant]
         if not chosen:
             return logits
         order = self._order
-        identity = order == list(range(len(order)))
-        batch = logits if identity else logits[torch.tensor(order, device=logits.device)]
+        if order == list(range(len(order))):
+            for p in chosen:
+                logits = p.apply(logits)
+            return logits
+        index = torch.tensor(order, device=logits.device)
+        batch = logits[index]
         for p in chosen:
             batch = p.apply(batch)
-        if identity:
-            return batch
         out = torch.empty_like(batch)
-        out[torch.tensor(order, device=logits.device)] = batch
+        out[index] = batch
         return out
