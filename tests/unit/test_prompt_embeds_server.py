@@ -36,6 +36,7 @@ def test_completions_with_prompt_embeds(tiny_llama_dir, tokenizer):
             ("/v1/completions", {"prompt_embeds": _b64({"weights": table[ids]}), **common}),
             ("/v1/completions", {"prompt_embeds": _b64(table[ids][:, :8]), **common}),
             ("/v1/completions", {"prompt_embeds": _b64(table[ids]), "echo": True, **common}),
+            ("/v1/completions", {"prompt_embeds": _b64(table[ids][:0]), **common}),
             ("/v1/completions", {"max_tokens": 4}),
         ])
         (after,) = post_all(app, [("/v1/completions", {"prompt_embeds": _b64(table[ids]), **common})])
@@ -58,7 +59,8 @@ def test_completions_with_prompt_embeds(tiny_llama_dir, tokenizer):
         1: "must hold one tensor, got dict",
         2: "hidden_size=64",
         3: "Echo is unsupported with prompt embeds",
-        4: "Either prompt or prompt_embeds",
+        4: "at least one token's embedding",
+        5: "Either prompt or prompt_embeds",
     }
     for i, message in messages.items():
         assert errors[i].status_code == 400, (i, errors[i].text)

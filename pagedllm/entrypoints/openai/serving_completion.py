@@ -37,7 +37,8 @@ class _Prompt:
 
 def load_prompt_embeds(data: Any) -> torch.Tensor:
     """One prompt_embeds item: base64 of ``torch.save(tensor)``, read with ``weights_only=True`` (tensors only, no
-    pickled code) and sparse tensors checked before they are made dense; a leading batch axis of 1 is dropped."""
+    pickled code) and sparse tensors checked before they are made dense. Its shape is the input processor's to
+    check (``InputProcessor.check_prompt_embeds``, as for offline prompts)."""
     if not isinstance(data, str) or not data:
         raise RequestError("prompt_embeds must be a base64 string (or a list of them) of torch.save(tensor).",
                            "prompt_embeds")
@@ -55,11 +56,6 @@ def load_prompt_embeds(data: Any) -> torch.Tensor:
                            f"{str(e)[:200]}", "prompt_embeds") from None
     if not isinstance(tensor, torch.Tensor):
         raise RequestError(f"prompt_embeds must hold one tensor, got {type(tensor).__name__}.", "prompt_embeds")
-    if tensor.dim() == 3 and tensor.shape[0] == 1:
-        tensor = tensor[0]
-    if tensor.dim() != 2 or tensor.shape[0] == 0:
-        raise RequestError(f"prompt_embeds must be a tensor [num_tokens, hidden_size] with at least one token, got "
-                           f"shape {list(tensor.shape)}.", "prompt_embeds")
     return tensor
 
 
@@ -129,7 +125,13 @@ class OpenAIServingCompletion(OpenAIServing):
             raise RequestError("prompt_embeds must not be empty.", "prompt_embeds")
         out = []
         for item in raw:
-            tensor = self.truncated(load_prompt_embeds(item), req.truncate_prompt_tokens)   # (slices as a list)
+            try:        # the offline prompts' checks: [num_tokens, hidden_size] (a batch axis of 1 dropped), ...
+                tensor = self.engine.input_processor.check_prompt_embeds({"prompt_embeds": load_prompt_embeds(item)})
+            except ValueError as e:
+                raise RequestError(str(e), "prompt_embeds") from None
+            if not len(tensor):
+                raise RequestError("prompt_embeds must hold at least one token's embedding.", "prompt_embeds")
+            tensor = self.truncated(tensor, req.truncate_prompt_tokens)   # (slices as a list)
             out.append(_Prompt(None, [0] * len(tensor), tensor))
         return out
 
