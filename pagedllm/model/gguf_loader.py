@@ -114,8 +114,8 @@ def _add_moe_metadata(config, gguf_path: str) -> None:
     if width is None:
         raise ValueError(f"GGUF {gguf_path}: {arch}.expert_feed_forward_length is missing (the experts' width).")
     config.moe_intermediate_size = int(width)
-    shared = value("expert_shared_feed_forward_length")
     if config.model_type == "qwen2_moe":
+        shared = value("expert_shared_feed_forward_length")
         if shared is None:
             raise ValueError(f"GGUF {gguf_path}: {arch}.expert_shared_feed_forward_length is missing (the shared "
                              "expert's width).")
