@@ -54,14 +54,20 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
     t1 = time.perf_counter()
     if recorded:
         from concurrent.futures import ThreadPoolExecutor
+        from triton.runtime import _async_compile
         late_compiles.building_ahead(True)
         try:
+            # ignore_errors: a variant that fails to build is left out of the cache, so the real warm-up builds it
+            # one by one and raises its error there, as without this pass. Triton's exit would otherwise raise
+            # before clearing its process-wide active mode, and every later engine built in this process would
+            # fail with "Another AsyncCompileMode is already active" (seen on an H100 in session 25's tests).
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pagedllm-triton") as pool, \
-                    AsyncCompileMode(pool):              # its exit waits for every build and caches it
+                    AsyncCompileMode(pool, ignore_errors=True):  # its exit waits for every build and caches it
                 for jit_function, data in recorded.values():
                     jit_function.preload(data)
         finally:
             late_compiles.building_ahead(False)
+            _async_compile.active_mode.set(None)     # also when preload itself raised inside the mode
     took = time.perf_counter() - t1
     logger.info("Built %d Triton kernel variants on %d threads in %.1f s (dry warm-up %.1f s)", len(recorded),
                 workers, took, t1 - t0)

@@ -92,10 +92,21 @@ def _weight_tile(w_base, s_base, o_base, rows, rows_ok, k, k_ok, k0, stride_w, s
 
 
 @triton.jit
-def _moe_gate_up_kernel(X, W13, S13, O13, H, SortedSlots, BlockExperts, stride_x, stride_we, stride_wn, stride_se,
-                        stride_sn, stride_h, num_slots, K: tl.constexpr, I: tl.constexpr, TOP_K: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-                        WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr):
+def _input_columns(Perm, expert, k, k_ok, K: tl.constexpr, HAS_PERM: tl.constexpr):
+    """The activation columns that weight rows ``k`` multiply: ``k`` itself, or with ``HAS_PERM`` (GPTQ
+    ``desc_act``: each expert's rows were sorted by group at load) that expert's ``Perm [E, K]`` entries, as the
+    dense layer's ``x[:, perm]``."""
+    if HAS_PERM:
+        return tl.load(Perm + expert * K + k, mask=k_ok, other=0).to(tl.int64)
+    return k
+
+
+@triton.jit
+def _moe_gate_up_kernel(X, W13, S13, O13, P13, H, SortedSlots, BlockExperts, stride_x, stride_we, stride_wn,
+                        stride_se, stride_sn, stride_h, num_slots, K: tl.constexpr, I: tl.constexpr,
+                        TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        PRECISION: tl.constexpr, WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr,
+                        HAS_PERM: tl.constexpr):
     expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
     if expert < 0:
         return
@@ -107,7 +118,8 @@ def _moe_gate_up_kernel(X, W13, S13, O13, H, SortedSlots, BlockExperts, stride_x
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
-        x = tl.load(X + tokens[:, None] * stride_x + k[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
+        xk = _input_columns(P13, expert, k, k_ok, K, HAS_PERM)
+        x = tl.load(X + tokens[:, None] * stride_x + xk[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
         wg = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn,
                           X.dtype.element_ty, WFMT, GN, GK)
         wu = _weight_tile(w_base, s_base, o_base, offs_n + I, n_ok, k, k_ok, k0, stride_wn, stride_sn,
@@ -123,10 +135,10 @@ def _moe_gate_up_kernel(X, W13, S13, O13, H, SortedSlots, BlockExperts, stride_x
 
 
 @triton.jit
-def _moe_down_kernel(Hin, W2, S2, O2, Y, RouteWeights, SortedSlots, BlockExperts, stride_h, stride_we, stride_wn,
-                     stride_se, stride_sn, stride_y, num_slots, K: tl.constexpr, N: tl.constexpr,
+def _moe_down_kernel(Hin, W2, S2, O2, P2, Y, RouteWeights, SortedSlots, BlockExperts, stride_h, stride_we,
+                     stride_wn, stride_se, stride_sn, stride_y, num_slots, K: tl.constexpr, N: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-                     WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr):
+                     WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr, HAS_PERM: tl.constexpr):
     expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
     if expert < 0:
         return
@@ -137,7 +149,8 @@ def _moe_down_kernel(Hin, W2, S2, O2, Y, RouteWeights, SortedSlots, BlockExperts
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
-        h = tl.load(Hin + safe[:, None] * stride_h + k[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
+        hk = _input_columns(P2, expert, k, k_ok, K, HAS_PERM)
+        h = tl.load(Hin + safe[:, None] * stride_h + hk[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
         w = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn,
                          Hin.dtype.element_ty, WFMT, GN, GK)
         acc = tl.dot(h, w, acc, input_precision=PRECISION)
@@ -163,7 +176,8 @@ def _tiles(slots: int, num_experts: int) -> tuple[int, int, int, int]:
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: torch.Tensor,
               top_weights: torch.Tensor, w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None,
               scale_group: tuple[int, int] | None = None, w13_offset: torch.Tensor | None = None,
-              w2_offset: torch.Tensor | None = None, bits: int = 0) -> torch.Tensor:
+              w2_offset: torch.Tensor | None = None, bits: int = 0, w13_perm: torch.Tensor | None = None,
+              w2_perm: torch.Tensor | None = None) -> torch.Tensor:
     """``sum_j top_weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` over each token's experts ``e =
     top_ids[t, j]``; ``x [T, H]``, ``w13 [E, 2I, H]`` (gate rows then up rows), ``w2 [E, H, I]``. Returns ``[T, H]``
     in ``x``'s dtype (the sum over the ``top_k`` rows in fp32). The weights are scaled up to ``x``'s dtype in the
@@ -173,7 +187,9 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
       (gn, gk)`` (``gk = 0``: one scale per row, per output channel);
     * ``bits`` 4 / 8: each expert in the canonical packed form, ``w13 [E, H / pack, 2I]`` and ``w2 [E, I / pack,
       H]`` int32 words with ``*_scale`` / ``*_offset`` ``[E, K / group, N]`` for ``scale_group = (1, group)``
-      (``group = 0``: one group per column, per output channel, whatever each matrix's K)."""
+      (``group = 0``: one group per column, per output channel, whatever each matrix's K); with GPTQ's
+      ``desc_act``, ``w13_perm [E, H]`` / ``w2_perm [E, I]`` int32: expert ``e``'s weight row ``k`` multiplies
+      activation column ``perm[e, k]`` (its rows were sorted by group at load)."""
     tokens, hidden = x.shape
     num_experts = w13.shape[0]
     inter = (w13.shape[2] if bits else w13.shape[1]) // 2
@@ -193,15 +209,19 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
     # stride(1) of a weight: between output features for dense / fp8 [E, N, K], between k words for packed [E, K/p, N]
     h = torch.empty((slots, inter), dtype=x.dtype, device=x.device)
     grid = (block_experts.numel(), triton.cdiv(inter, block_n))
-    _moe_gate_up_kernel[grid](x, w13, s13, o13, h, sorted_slots, block_experts, x.stride(0), w13.stride(0),
+    has_perm = w13_perm is not None
+    if has_perm != (w2_perm is not None):
+        raise ValueError("fused_moe: w13_perm and w2_perm come together")
+    p13, p2 = (w13_perm, w2_perm) if has_perm else (sorted_slots, sorted_slots)      # unread without desc_act
+    _moe_gate_up_kernel[grid](x, w13, s13, o13, p13, h, sorted_slots, block_experts, x.stride(0), w13.stride(0),
                               w13.stride(1), s13.stride(0), s13.stride(1), h.stride(0), slots, K=hidden, I=inter,
                               TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision,
-                              WFMT=fmt, GN=gn, GK=gk or hidden, num_warps=warps)
+                              WFMT=fmt, GN=gn, GK=gk or hidden, HAS_PERM=has_perm, num_warps=warps)
     y = torch.empty((slots, hidden), dtype=x.dtype, device=x.device)
     route = top_weights.reshape(-1).contiguous()
     grid = (block_experts.numel(), triton.cdiv(hidden, block_n))
-    _moe_down_kernel[grid](h, w2, s2, o2, y, route, sorted_slots, block_experts, h.stride(0), w2.stride(0),
+    _moe_down_kernel[grid](h, w2, s2, o2, p2, y, route, sorted_slots, block_experts, h.stride(0), w2.stride(0),
                            w2.stride(1), s2.stride(0), s2.stride(1), y.stride(0), slots, K=inter, N=hidden,
                            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, WFMT=fmt, GN=gn,
-                           GK=gk or inter, num_warps=warps)
+                           GK=gk or inter, HAS_PERM=has_perm, num_warps=warps)
     return y.view(tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

@@ -49,3 +49,28 @@ def test_variants_built_ahead_on_threads_then_no_build_and_same_results(tmp_path
         ref_act = (torch.nn.functional.silu(gu[:, :d].float()) * gu[:, d:].float()).to(gu.dtype)
         torch.testing.assert_close(norm, ref_norm, rtol=1.6e-2, atol=1e-2)
         torch.testing.assert_close(act, ref_act, rtol=1.6e-2, atol=1e-2)
+
+
+@triton.jit
+def _fails_to_build(X, FAIL: triton.language.constexpr):
+    triton.language.static_assert(FAIL == 0, "this variant does not build")
+    triton.language.store(X, 1.0)
+
+
+def test_a_variant_that_fails_to_build_raises_at_its_launch_and_leaves_no_mode_behind(tmp_path, monkeypatch):
+    """A build that fails on the pool (a config the kernel rejects, e.g. a 16-wide fp8 dot) is left out: the real
+    launch raises that compile error as it would without the pool, and a later engine in this process can build
+    ahead again (Triton's AsyncCompileMode is not left active: it was, and every later engine then failed)."""
+    from triton.runtime._async_compile import AsyncCompileMode, active_mode
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    x = torch.zeros(1, device="cuda")
+    late_compiles.pause()
+    built, _ = compile_ahead(lambda: _fails_to_build[(1,)](x, FAIL=1), workers=2)
+    assert built == 1 and active_mode.get() is None
+    with pytest.raises(Exception, match="this variant does not build"):
+        _fails_to_build[(1,)](x, FAIL=1)
+    built, _ = compile_ahead(lambda: _fails_to_build[(1,)](x, FAIL=0), workers=2)
+    _fails_to_build[(1,)](x, FAIL=0)
+    assert built == 1 and float(x) == 1.0
+    with AsyncCompileMode(None):     # would raise "Another AsyncCompileMode is already active"
+        pass

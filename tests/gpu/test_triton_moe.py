@@ -112,11 +112,12 @@ def test_fp8_experts_equal_the_loop_over_their_dequantized_weights(group, tokens
 
 
 @pytest.mark.skipif(not INTERPRET, reason="the GPU engine test covers this on a GPU (tests/gpu/test_engine_gpu.py)")
-@pytest.mark.parametrize("quantization", [None, "fp8", "gptq", "bitsandbytes"])
+@pytest.mark.parametrize("quantization", [None, "fp8", "gptq", "gptq_desc_act", "bitsandbytes"])
 def test_the_engine_through_the_fused_kernels_equals_the_loop(tmp_path, monkeypatch, quantization):
     """The whole layer path on the CPU under the interpreter (fp32): MoEExperts hands the kernels its weights (and an
-    FP8 method's scales and group; GPTQ experts stacked from their converted layers; bitsandbytes experts stacked,
-    then dequantized by every forward) and the engine's tokens and log-probabilities equal those of HF's loop."""
+    FP8 method's scales and group; GPTQ experts stacked from their converted layers, with act order their rows'
+    permutations too; bitsandbytes experts stacked, then dequantized by every forward) and the engine's tokens and
+    log-probabilities equal those of HF's loop."""
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "models"))
     from test_moe import _int_formats, _rewrite, _run, _save
@@ -125,10 +126,10 @@ def test_the_engine_through_the_fused_kernels_equals_the_loop(tmp_path, monkeypa
     from pagedllm.model.quantization.int_weight import PackedIntLinearMethod
     path = _save(tmp_path / "m", wide=True, moe_intermediate_size=64)      # bitsandbytes: rows of a block at least
     kw = {"quantization": quantization}
-    if quantization == "gptq":
+    if quantization in ("gptq", "gptq_desc_act"):
         from safetensors.torch import load_file
         config, quant, _ = _int_formats()._gptq_checkpoint(load_file(next((tmp_path / "m").glob("*.safetensors"))),
-                                                           4, 32, sym=False, desc_act=False)
+                                                           4, 32, sym=False, desc_act=quantization != "gptq")
         path, kw = _rewrite(path, tmp_path / "q", quant, config), {}
     _, ref_tokens, ref_logprobs = _run(path, **kw)
     monkeypatch.setattr(MoEExperts, "forward", MoEExperts.fused)       # the GPU path, on CPU tensors
@@ -147,33 +148,40 @@ def test_the_engine_through_the_fused_kernels_equals_the_loop(tmp_path, monkeypa
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("bits, group", [(4, 32), (8, 32), (4, 0)], ids=["int4_g32", "int8_g32", "int4_per_channel"])
+@pytest.mark.parametrize("bits, group, desc_act", [(4, 32, False), (8, 32, False), (4, 0, False), (4, 32, True)],
+                         ids=["int4_g32", "int8_g32", "int4_per_channel", "int4_g32_desc_act"])
 @pytest.mark.parametrize("tokens", [1, 45])
-def test_packed_int_experts_equal_the_loop_over_their_dequantized_weights(bits, group, tokens):
+def test_packed_int_experts_equal_the_loop_over_their_dequantized_weights(bits, group, desc_act, tokens):
     """AWQ / GPTQ experts in the canonical packed form (int32 words along K, a scale and offset per group of K, or
-    per column: ``group`` 0): the eager loop over the dequantized weights (kernels/quant/packed.py defines them)."""
+    per column: ``group`` 0): the eager loop over the dequantized weights (kernels/quant/packed.py defines them).
+    ``desc_act`` (GPTQ act order): each expert's rows sorted by group, read through its own permutation of the
+    activations' columns."""
     from pagedllm.kernels.quant.packed import PackedWeight, dequantize, pack_along_k
     num_experts, top_k, hidden, inter = 8, 2, 96, 64
     gen = torch.Generator().manual_seed(tokens + bits)
 
     def stack(k, n):        # every expert's [K, N] weight packed; and dequantized as the loop reads it ([N, K])
         g = group or k
-        words, scales, offsets, dense = [], [], [], []
+        words, scales, offsets, dense, perms = [], [], [], [], []
         for _ in range(num_experts):
             q = torch.randint(0, 2 ** bits, (k, n), generator=gen)
             s = torch.rand(k // g, n, generator=gen) * 0.02 + 0.005
             o = -s * (2 ** (bits - 1)) + torch.randn(k // g, n, generator=gen) * 0.01
             w = PackedWeight(pack_along_k(q, bits), s.to(HALF), o.to(HALF), bits, g)
             words.append(w.qweight), scales.append(w.scales), offsets.append(w.offsets)
-            dense.append(dequantize(w, torch.float64).t())
-        return [torch.stack(t).to(DEVICE) for t in (words, scales, offsets, dense)]
+            d = dequantize(w, torch.float64).t()          # [N, K]: column k multiplies x[:, perm[k]]
+            perm = torch.randperm(k, generator=gen) if desc_act else torch.arange(k)
+            dense.append(torch.empty_like(d).index_copy_(1, perm, d))     # back in the activations' order
+            perms.append(perm.to(torch.int32))
+        return [torch.stack(t).to(DEVICE) for t in (words, scales, offsets, dense, perms)]
 
-    q13, s13, o13, d13 = stack(hidden, 2 * inter)
-    q2, s2, o2, d2 = stack(inter, hidden)
+    q13, s13, o13, d13, p13 = stack(hidden, 2 * inter)
+    q2, s2, o2, d2, p2 = stack(inter, hidden)
+    perms = dict(w13_perm=p13, w2_perm=p2) if desc_act else {}
     x = (torch.randn(tokens, hidden, generator=gen) / hidden ** 0.5).to(DEVICE, HALF)
     ids, weights = _routing(tokens, num_experts, top_k, gen)
     out = fused_moe(x, q13, q2, ids, weights.to(HALF), w13_scale=s13, w2_scale=s2, w13_offset=o13, w2_offset=o2,
-                    bits=bits, scale_group=(1, group))
+                    bits=bits, scale_group=(1, group), **perms)
     expected = _eager(x.double(), d13, d2, ids, weights.double())
     err = ((out.double() - expected).norm() / expected.norm()).item()
     assert err < 1.5e-2, err

@@ -101,6 +101,12 @@ def test_lora_of_the_experts_is_refused_by_name(tmp_path):
 PROMPTS = [[5, 17, 99, 3, 42, 8], [100, 2, 64, 64, 7]]
 
 
+# Two tensor-parallel ranks need two GPUs on a GPU machine; with fewer the tests' TP cases run on the CPU (gloo),
+# which is where the scale sharding they check lives.
+TP2 = dict(tensor_parallel_size=2, **({"device": "cpu"} if torch.cuda.is_available() and torch.cuda.device_count() < 2
+                                      else {}))
+
+
 def _run(path, **kw):
     llm = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
               **kw)
@@ -137,24 +143,51 @@ def online_fp8_reference(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     for name, w in state.items():
         if ".experts." in name:
             reference[name] = _per_row(w)
-    layers = {name.split(".self_attn.")[0] for name in state if ".self_attn.o_proj.weight" in name}
+    for names, scale in _attention_fp8_groups(state):
+        for n in names:
+            reference[n] = (state[n] / scale).to(FP8_DTYPE).float() * scale
+    return reference
+
+
+def _attention_fp8_groups(state: dict[str, torch.Tensor]):
+    """Each fused attention projection's checkpoint names (q/k/v, o) and the per-tensor scale online FP8 gives it."""
+    layers = sorted({name.split(".self_attn.")[0] for name in state if ".self_attn.o_proj.weight" in name})
     for layer in layers:
         for parts in (("q_proj", "k_proj", "v_proj"), ("o_proj",)):
             names = [f"{layer}.self_attn.{p}.weight" for p in parts]
-            scale = max(state[n].abs().max() for n in names) / FP8_MAX
-            for n in names:
-                reference[n] = (state[n] / scale).to(FP8_DTYPE).float() * scale
-    return reference
+            yield names, max(state[n].abs().max() for n in names) / FP8_MAX
+
+
+def online_fp8_attention_checkpoint(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(quantization_config, tensors)``: what ``quantization="fp8"`` makes of a MoE checkpoint, as an FP8 checkpoint
+    whose attention projections are e4m3 with the per-tensor scale online quantization gives the fused qkv and o,
+    and whose experts are dense with their per-row dequantized values (skipped by ``ignored_layers``). The
+    attention then takes the same FP8 path in both models (on the GPU W8A8, activations quantized per token, which
+    no dense reference reproduces), so the two differ only in the experts' form."""
+    reference = online_fp8_reference(state)
+    tensors = dict(reference)
+    for names, scale in _attention_fp8_groups(state):
+        for n in names:
+            tensors[n] = (state[n] / scale).to(FP8_DTYPE)
+            tensors[n.replace(".weight", ".weight_scale")] = scale.reshape(()).clone()
+    config = {"quant_method": "fp8", "activation_scheme": "dynamic", "ignored_layers": ["re:.*\\.mlp\\.experts"]}
+    return config, tensors
 
 
 def test_online_fp8_experts_equal_their_per_row_dequantized_reference(tmp_path):
     """quantization="fp8" on a bf16/fp32 MoE checkpoint: every expert projection in e4m3 with one scale per output
     row (the attention projections per tensor, as a dense model's); greedy tokens and logprobs equal those of the
-    same model with those weights dequantized (fp32, CPU), and differ from the unquantized model's logprobs."""
+    same model with the experts' weights dequantized and the same FP8 attention (on the CPU: every weight
+    dequantized, fp32), and differ from the unquantized model's logprobs."""
     from safetensors.torch import load_file
     path = _save(tmp_path / "dense", wide=True)
     state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
-    _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", online_fp8_reference(state)))
+    config, tensors = online_fp8_attention_checkpoint(state)
+    _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", tensors, config))
+    if not torch.cuda.is_available():     # the CPU's FP8 attention is weight-only: the dense model is the same
+        _, dense_ref_tokens, dense_ref_logprobs = _run(_rewrite(path, tmp_path / "ref2", online_fp8_reference(state)))
+        assert dense_ref_tokens == ref_tokens
+        torch.testing.assert_close(torch.tensor(dense_ref_logprobs), torch.tensor(ref_logprobs), rtol=1e-5, atol=1e-6)
     _, dense_tokens, dense_logprobs = _run(path)
     llm, tokens, logprobs = _run(path, quantization="fp8")
     experts = llm.llm_engine.core.runner.model.model.layers[0].mlp.experts
@@ -208,7 +241,7 @@ def test_fp8_moe_checkpoint_equals_its_dequantized_reference(tmp_path, block):
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
     if block is not None:       # tensor parallel: each rank its rows of the gate/up block scales, columns of down's
         del llm
-        _, tp_tokens, tp_logprobs = _run(qpath, tensor_parallel_size=2)
+        _, tp_tokens, tp_logprobs = _run(qpath, **TP2)
         assert tp_tokens == ref_tokens
         torch.testing.assert_close(torch.tensor(tp_logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
 
@@ -316,10 +349,13 @@ def test_int4_moe_checkpoint_equals_its_dequantized_reference(tmp_path, fmt, tp)
     assert sum(".experts." in n and n.endswith(("qweight", "weight_packed")) for n in quant) == 2 * 4 * 3  # all packed
     qpath = _rewrite(path, tmp_path / "q", quant, config)
     _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", dense))
-    llm, tokens, logprobs = _run(qpath, tensor_parallel_size=tp)
+    llm, tokens, logprobs = _run(qpath, **(TP2 if tp == 2 else {}))
     if tp == 1:
         experts = llm.llm_engine.core.runner.model.model.layers[0].mlp.experts
-        assert experts.expert_layers[3].down_proj.packed_bits == 4 and not hasattr(experts, "w13")
+        if hasattr(experts, "expert_layers"):      # the CPU: each expert's packed layers, called by the loop
+            assert experts.expert_layers[3].down_proj.packed_bits == 4 and not hasattr(experts, "w13")
+        else:      # the GPU: stacked at load for the fused kernels, int32 words [E, I / 8, H]
+            assert experts.w2_qweight.dtype == torch.int32 and experts.w2_qweight.shape == (4, 32 // 8, 64)
     assert tokens == ref_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
 

@@ -94,3 +94,43 @@ def test_bitsandbytes_8bit_runs_eagerly():
     with pytest.raises(ValueError, match=r"no CUDA graphs are captured here \(bitsandbytes 8-bit weights run "):
         verify_graph_sizes(sized, True, "generate", int8)
     verify_graph_sizes(sized, True, "generate", nf4)
+
+
+def test_no_garbage_collection_inside_a_capture_window():
+    """A collection inside a CUDA-graph capture may run finalizers that call CUDA (an engine the program dropped
+    before building this one: its graphs' destruction is not permitted mid-capture and broke the capture on an
+    H100); the capture windows (``_capturing``, the piecewise capture) run without collection, and the collector's
+    state is as it was afterwards."""
+    import gc
+
+    from pagedllm.worker.cuda_graphs import _no_collection
+    inside, seen = [False], []
+
+    def record(phase, info):
+        if phase == "start" and inside[0]:
+            seen.append(info["generation"])
+
+    def allocate():          # cyclic garbage, with the threshold at one allocation: a collection each time
+        inside[0] = True
+        for _ in range(200):
+            cycle = [object()]
+            cycle.append(cycle)
+        inside[0] = False
+    threshold = gc.get_threshold()
+    gc.callbacks.append(record)
+    try:
+        gc.set_threshold(1, 1, 1)
+        allocate()
+        assert seen                         # the probe sees collections where they can happen
+        seen.clear()
+        with _no_collection():
+            allocate()
+        assert seen == [] and gc.isenabled()
+        gc.disable()
+        with _no_collection():
+            pass
+        assert not gc.isenabled()           # one that was off stays off
+    finally:
+        gc.enable()
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(record)

@@ -97,7 +97,7 @@ def block_fp8_matmul(qx: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tens
                      block: tuple[int, int], bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """``(qx * x_scale) @ (weight * weight_scale)^T (+ bias)`` in ``out_dtype``: ``qx [M, K]`` fp8 with
     ``x_scale [M, ceil(K / bk)]``, ``weight [N, K]`` fp8 with ``weight_scale [ceil(N / bn), ceil(K / bk)]``;
-    ``bk`` a power of two of at least 16 (every k tile within one scale column)."""
+    ``bk`` a power of two of at least 32 (every k tile within one scale column; the fp8 MMA's k is 32)."""
     m, k = qx.shape
     n = weight.shape[0]
     bn, bk = block

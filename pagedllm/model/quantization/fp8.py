@@ -242,12 +242,13 @@ class Fp8LinearMethod(LinearMethod):
             scale = layer.weight_scale_inv.data
             del layer.weight_scale_inv
             bk = cfg.weight_block_size[1]
-            if weight.is_cuda and (bk < 16 or bk & (bk - 1)):
-                # The block GEMM's k tiles need a power-of-two column block: run such layers dense (said once per
-                # model, never silently). Every published block checkpoint uses 128 x 128.
+            if weight.is_cuda and (bk < 32 or bk & (bk - 1)):
+                # The block GEMM's k tiles need a power-of-two column block of at least 32 (the fp8 MMA's k; a
+                # 16-wide fp8 tl.dot does not compile): run such layers dense (said once per model, never
+                # silently). Every published block checkpoint uses 128 x 128.
                 if not cfg._block_warning_logged:
                     logger.warning("FP8 checkpoint with weight_block_size %s: the block-scaled FP8 GEMM takes column "
-                                   "blocks of a power of two >= 16; its weights are dequantized to %s at load (no "
+                                   "blocks of a power of two >= 32; its weights are dequantized to %s at load (no "
                                    "memory saving, bf16 speed).", cfg.weight_block_size, layer.fp8_params_dtype)
                     cfg._block_warning_logged = True
                 _new_param(layer, "weight", block_dequantize(weight, scale, tuple(cfg.weight_block_size),

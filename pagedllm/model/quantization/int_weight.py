@@ -123,12 +123,14 @@ def extra_loader(extra: dict[str, Any]) -> Callable:
 class PackedIntMoEMethod(ExpertLayersMoEMethod):
     """AWQ / GPTQ / compressed-tensors experts: linear layers of the format (``ExpertLayersMoEMethod``); on the GPU
     they are stacked after conversion (``w13 [E, H / pack, 2I]``, ``w2 [E, I / pack, H]`` int32 words, scales and
-    offsets per group) for the fused kernels; on the CPU the loop calls each expert's layers. GPTQ's ``desc_act`` row
-    order runs on the CPU only (the fused kernels would need one permutation per expert)."""
+    offsets per group) for the fused kernels; on the CPU the loop calls each expert's layers. GPTQ's ``desc_act``:
+    each expert's rows stay sorted by group as its layer holds them, and the kernels read the activations through
+    that expert's permutation (``w13_perm [E, H]``, ``w2_perm [E, I]``)."""
 
     def __init__(self, config: Any):
         super().__init__(config)
         self.bits = self.group = 0
+        self.has_perm = False
 
     def process_weights_after_loading(self, experts: nn.Module) -> None:
         # The expert layers were converted first (the loader goes through children before parents).
@@ -136,9 +138,6 @@ class PackedIntMoEMethod(ExpertLayersMoEMethod):
         self.bits = pairs[0][0].packed_bits
         if pairs[0][0].cpu_weight is not None:
             return                           # the CPU loop calls the layers
-        if any(getattr(layer, "quant_perm", None) is not None for pair in pairs for layer in pair):
-            raise ValueError(f"{self.config.name} experts with desc_act (act-order row permutations) are not "
-                             "supported on the GPU yet; use a checkpoint quantized without desc_act.")
         g13, g2 = pairs[0][0].packed_group_size, pairs[0][1].packed_group_size     # one format: every expert alike
         k13, k2 = experts.hidden_size, experts.shard
         # one group size for both kernels, or one group per column in both (per channel)
@@ -150,9 +149,19 @@ class PackedIntMoEMethod(ExpertLayersMoEMethod):
                                     persistent=False)
             experts.register_buffer(f"w2_{name}", torch.stack([getattr(down, f"quant_{name}") for _, down in pairs]),
                                     persistent=False)
+        self.has_perm = any(getattr(layer, "quant_perm", None) is not None for pair in pairs for layer in pair)
+        if self.has_perm:
+            def perm(layer: nn.Module, k: int) -> torch.Tensor:     # rows already in order: the identity
+                p = getattr(layer, "quant_perm", None)
+                return p if p is not None else torch.arange(k, device=layer.quant_qweight.device)
+            experts.register_buffer("w13_perm", torch.stack([perm(up, k13) for up, _ in pairs]).to(torch.int32),
+                                    persistent=False)
+            experts.register_buffer("w2_perm", torch.stack([perm(down, k2) for _, down in pairs]).to(torch.int32),
+                                    persistent=False)
         del experts.expert_layers            # their tensors are in the stacks now
 
     def kernel_args(self, experts: nn.Module) -> dict[str, Any]:
         return {"w13": experts.w13_qweight, "w2": experts.w2_qweight, "w13_scale": experts.w13_scales,
                 "w2_scale": experts.w2_scales, "w13_offset": experts.w13_offsets, "w2_offset": experts.w2_offsets,
-                "bits": self.bits, "scale_group": (1, self.group)}
+                "bits": self.bits, "scale_group": (1, self.group),
+                **({"w13_perm": experts.w13_perm, "w2_perm": experts.w2_perm} if self.has_perm else {})}
