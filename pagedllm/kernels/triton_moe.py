@@ -97,7 +97,7 @@ def _input_columns(Perm, expert, k, k_ok, K: tl.constexpr, HAS_PERM: tl.constexp
     ``desc_act``: each expert's rows were sorted by group at load) that expert's ``Perm [E, K]`` entries, as the
     dense layer's ``x[:, perm]``."""
     if HAS_PERM:
-        return tl.load(Perm + expert * K + k, mask=k_ok, other=0).to(tl.int64)
+        return tl.load(Perm + expert * K + k, mask=k_ok, other=0)     # int32, as k (one return type)
     return k
 
 

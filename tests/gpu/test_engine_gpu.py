@@ -265,8 +265,8 @@ def test_fp32_moe_tokens_equal_hf(arch, quantization, prompts, tmp_path):
     piecewise CUDA graphs, in fp32, give HF fp32's greedy tokens exactly (fp32 keeps the router's choices HF's; in
     bf16 a tiny random router's near-ties pick other experts, which no near-tie rule for the logits can tell from a
     bug). 32 experts of which a batch of 1 uses 2 (most blocks of the grouped launch idle). FP8 (per-tensor), AWQ
-    (int4, group 128) and bitsandbytes (NF4, int8: dequantized by each forward inside the graphs) experts, the
-    attention dense: HF with the experts' dequantized weights. Checked on an H100 in session 22
+    (int4, group 128) and bitsandbytes (NF4: dequantized by each forward inside the graphs; int8: no graphs, as
+    LLM.int8() finds its outliers on the host) experts, the attention dense: HF with the experts' dequantized weights. Checked on an H100 in session 22
     (benchmarks/gpu_session22/moe_fp32_check.py): 48 of 48 tokens each (dense, FP8, AWQ)."""
     if quantization in ("nf4", "int8"):
         pytest.importorskip("bitsandbytes")
@@ -294,8 +294,11 @@ def test_fp32_moe_tokens_equal_hf(arch, quantization, prompts, tmp_path):
     llm = LLM(model=str(path), skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
               dtype="float32", attention_backend="triton", max_num_batched_tokens=128)
     runner = llm.llm_engine.runner
-    assert runner.graph_runner is not None and 1 in runner.graph_runner.graphs
-    assert runner.piecewise_runner is not None
+    if quantization == "int8":       # LLM.int8() finds its outlier columns on the host: no graph can hold it
+        assert runner.graph_runner is None and "8-bit" in runner.graphs_off_reason
+    else:
+        assert runner.graph_runner is not None and 1 in runner.graph_runner.graphs
+        assert runner.piecewise_runner is not None
     sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
     got = [list(o.outputs[0].token_ids) for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
                                                                  use_tqdm=False)]
