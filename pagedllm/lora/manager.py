@@ -64,6 +64,10 @@ class LoRAManager:
             self.layers.append(slots)
             for i, peft_name in enumerate(names):
                 self.targets[peft_name] = (slots, i, module, shards[i])
+        # A checkpoint's fused projections that adapters target whole (Phi-3's qkv_proj, gate_up_proj): leaf ->
+        # [(part leaf, part rows)]; an adapter's B is cut into those parts, each keeping the shared A.
+        fused_modules = getattr(model, "lora_checkpoint_fused_modules", None)
+        self._checkpoint_fused: dict[str, list[tuple[str, int]]] = fused_modules() if fused_modules else {}
         self._cpu: OrderedDict[int, PEFTAdapter] = OrderedDict()    # least recently used first
         self._requests: dict[int, LoRARequest] = {}                  # to load an adapter again from its folder
         self._slot_of: OrderedDict[int, int] = OrderedDict()          # adapter id -> slot, least recently used first
@@ -79,9 +83,10 @@ class LoRAManager:
         if request.lora_int_id in self._cpu:
             self._cpu.move_to_end(request.lora_int_id)
             return False
-        adapter = load_adapter(request, self.max_lora_rank, self.dtype, self.hf_token)
+        adapter = load_adapter(request, self.max_lora_rank, self.dtype, self.hf_token,
+                               tuple(self._checkpoint_fused))
         mine = {}        # this rank's parts (tensor parallel) of this stage's modules (pipeline parallel)
-        for module, (a, b) in adapter.weights.items():
+        for module, (a, b) in self._split_fused(request, adapter.weights).items():
             if module.startswith(self._other_stages) and self._other_stages:
                 continue
             if module not in self.targets:
@@ -113,6 +118,25 @@ class LoRAManager:
         logger.info("Loaded LoRA adapter %r (id %d, rank %d) from %s", request.lora_name, request.lora_int_id,
                     adapter.rank, request.lora_path)
         return True
+
+    def _split_fused(self, request: LoRARequest, weights: dict) -> dict:
+        """``weights`` with each fused projection's (A, B) as its parts' (A, rows of B): x A^T B^T cut by output
+        rows, the same product."""
+        out = {}
+        for module, (a, b) in weights.items():
+            parent, _, leaf = module.rpartition(".")
+            parts = self._checkpoint_fused.get(leaf)
+            if parts is None:
+                out[module] = (a, b)
+                continue
+            rows = [n for _, n in parts]
+            if b.shape[0] != sum(rows):
+                raise ValueError(f"Loading lora {request.lora_name} failed: {module} has lora_B {tuple(b.shape)}, "
+                                 f"but the model's {leaf} has {sum(rows)} output rows (is the adapter for another "
+                                 f"model?).")
+            for (part, _), piece in zip(parts, b.split(rows)):
+                out[f"{parent}.{part}"] = (a, piece)
+        return out
 
     def pin_adapter(self, lora_int_id: int) -> bool:
         """Keep a loaded adapter in CPU memory whatever max_cpu_loras says (vLLM's pin_lora)."""

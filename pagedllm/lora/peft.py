@@ -83,9 +83,10 @@ def read_adapter_config(request: LoRARequest, max_lora_rank: int, path: str | No
 
 
 def load_adapter(request: LoRARequest, max_lora_rank: int, dtype: torch.dtype,
-                 hf_token: bool | str | None = None) -> PEFTAdapter:
+                 hf_token: bool | str | None = None, fused_targets: tuple[str, ...] = ()) -> PEFTAdapter:
     """The adapter's A and B per module (on the CPU, in ``dtype``), checked as ``read_adapter_config`` does, and
-    every tensor a lora_A / lora_B of one of LORA_TARGET_MODULES."""
+    every tensor a lora_A / lora_B of one of LORA_TARGET_MODULES or of ``fused_targets`` (a checkpoint's fused
+    projections, e.g. Phi-3's qkv_proj / gate_up_proj, which the LoRA manager cuts into their parts)."""
     path = adapter_folder(request.lora_path, hf_token)
     config = read_adapter_config(request, max_lora_rank, path)
     rank = config["r"]
@@ -107,13 +108,14 @@ def load_adapter(request: LoRARequest, max_lora_rank: int, dtype: torch.dtype,
         module, _, kind = name.rpartition(".lora_")
         kind = kind.replace(".default", "")
         leaf = module.rpartition(".")[2]
-        if kind not in ("A.weight", "B.weight") or leaf not in LORA_TARGET_MODULES:
+        if kind not in ("A.weight", "B.weight") or (leaf not in LORA_TARGET_MODULES and leaf not in fused_targets):
             unexpected.add(leaf if kind in ("A.weight", "B.weight") else name)
             continue
         parts.setdefault(module, {})[kind[0]] = tensor
     if unexpected:
         raise ValueError(f"While loading {request.lora_path}, expected target modules in "
-                         f"{list(LORA_TARGET_MODULES)} but received {sorted(unexpected)}. Please verify that the "
+                         f"{list(LORA_TARGET_MODULES) + list(fused_targets)} but received {sorted(unexpected)}. "
+                         f"Please verify that the "
                          f"loaded LoRA module is correct (pagedllm applies LoRA to these projections only: "
                          f"embed_tokens / lm_head adapters are not supported yet).")
     weights = {}

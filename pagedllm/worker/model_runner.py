@@ -922,8 +922,8 @@ def _lora_manager(model: torch.nn.Module, config: EngineConfig) -> LoRAManager:
     would have to capture the step's adapter mask as a static input, which is not written yet."""
     if not getattr(model, "supports_lora", False):
         raise ValueError(f"{type(model).__name__} does not support LoRA yet (LoRA adapters run on the Llama-shaped "
-                         f"decoders: Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, Granite, OLMo 2, and the attention of "
-                         f"Qwen2-MoE, Qwen3-MoE and Mixtral).")
+                         f"decoders: Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, Granite, OLMo 2, Phi-3, and the attention "
+                         f"of Qwen2-MoE, Qwen3-MoE and Mixtral).")
     if config.is_pooling:
         raise ValueError("enable_lora=True with a pooling (embedding) model is not supported yet by pagedllm.")
     args = config.args

@@ -174,6 +174,14 @@ def test_bad_adapters_are_clear_errors(setup, llm, tmp_path):
     assert _tokens(run(None)) == [setup[2]["base"][1]]       # the engine goes on
 
 
+def test_a_model_without_lora_support_is_refused_by_name(tmp_path):
+    from tiny_models import save_tiny_chatglm
+    save_tiny_chatglm(tmp_path, VOCAB)
+    with pytest.raises(ValueError, match="ChatGLMForCausalLM does not support LoRA yet"):
+        LLM(str(tmp_path), skip_tokenizer_init=True, trust_remote_code=True, enable_lora=True,
+            kv_cache_memory_gb=0.01)
+
+
 def test_lora_request_needs_enable_lora(setup):
     root = setup[0]
     llm = LLM(str(root / "model"), skip_tokenizer_init=True, device="cpu", dtype="float32",
@@ -413,10 +421,11 @@ def test_chat_completion_with_an_adapter(tiny_llama_dir, tmp_path):
         merged_tokens(hf, weights, 2.0, [prompt_ids], 5)[0], merged_tokens(hf, {}, 0, [prompt_ids], 5)[0]]
 
 
-@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3", "granite", "olmo2"])
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3", "granite", "olmo2", "phi3"])
 def test_adapter_on_the_other_llama_shaped_families(tmp_path, arch):
     """The families on the Llama decoder take LoRA through the same projections: an adapter's greedy tokens equal
-    HF's with the adapter merged (GELU gating, 1 + w norms, sandwich / post norms, multipliers, windows)."""
+    HF's with the adapter merged (GELU gating, 1 + w norms, sandwich / post norms, multipliers, windows). Phi-3's
+    adapters target its checkpoint's fused qkv_proj / gate_up_proj, whose B rows the manager cuts into the parts."""
     import transformers
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
@@ -428,11 +437,14 @@ def test_adapter_on_the_other_llama_shaped_families(tmp_path, arch):
                                                            layer_types=["sliding_attention", "full_attention"]),
            "granite": lambda: transformers.GraniteConfig(**common, embedding_multiplier=3.0, residual_multiplier=0.5,
                                                          attention_multiplier=0.2, logits_scaling=2.0),
-           "olmo2": lambda: transformers.Olmo2Config(**common)}[arch]()
+           "olmo2": lambda: transformers.Olmo2Config(**common),
+           "phi3": lambda: transformers.Phi3Config(**common, pad_token_id=0)}[arch]()
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     hf.save_pretrained(tmp_path / "model")
-    adapter = save_adapter(tmp_path / "lora", hf, rank=8, alpha=16, seed=3)
+    targets = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if arch == "phi3" else ALL_TARGETS
+    adapter = save_adapter(tmp_path / "lora", hf, rank=8, alpha=16, seed=3, targets=targets)
+    assert len(adapter) == 2 * len(targets)
     expected = merged_tokens(hf, adapter, 16 / 8, PROMPTS, 6)
     assert expected != merged_tokens(hf, {}, 0, PROMPTS, 6)             # the adapter changes the tokens
     llm = make_llm(tmp_path)
