@@ -22,7 +22,7 @@ def test_offloaded_llama_greedy_equals_resident(tmp_path):
     import transformers
     save_tiny_llama(tmp_path, 128, seed=1, num_hidden_layers=4)
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-    common = dict(skip_tokenizer_init=True, dtype="float32", max_model_len=256, gpu_memory_utilization=0.3)
+    common = dict(skip_tokenizer_init=True, dtype="float32", max_model_len=256, kv_cache_memory_gb=1.0)
     expected = [o.outputs[0].token_ids for o in LLM(str(tmp_path), **common).generate(PROMPTS, params)]
     layer_bytes = 4 * (64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3 + 64 * 2)
     llm = LLM(str(tmp_path), cpu_offload_gb=2 * layer_bytes / (1 << 30), **common)

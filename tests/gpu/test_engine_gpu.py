@@ -86,7 +86,7 @@ def hf_greedy(hf_model, prompts):
 
 
 def _generate(model_dir, prompts, **kwargs):
-    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
               **kwargs)
     sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
@@ -158,7 +158,7 @@ def test_bf16_chunked_prefill_and_prefix_cache(model_dir, prompts, hf_model):
     chunked = _generate(model_dir, prompts, dtype="bfloat16", max_num_batched_tokens=32)
     assert_greedy_under_hf(hf_model, prompts, chunked)
     shared = [prompts[-1][:96] + p for p in prompts]     # a common 96-token prefix -> cache hits
-    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
               dtype="bfloat16")
     sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
     llm.generate([{"prompt_token_ids": p} for p in shared], sp, use_tqdm=False)
@@ -171,7 +171,7 @@ def test_bf16_piecewise_graphs_carry_prompt_steps(model_dir, prompts, hf_model):
     """Steps with prompt tokens (here chunks of at most 64, next to running decodes) replay the piecewise graphs,
     attention in between; tokens stay HF-greedy and equal those of the eager engine where the two agree on
     every logit ordering."""
-    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
               dtype="bfloat16", max_num_batched_tokens=64)
     runner = llm.llm_engine.runner.piecewise_runner
     assert runner is not None and runner.sizes[-1] == 64
@@ -192,7 +192,7 @@ def test_bf16_cudagraph_capture_sizes_are_the_graphs_captured(model_dir, prompts
     """vLLM's cudagraph_capture_sizes: exactly those decode batch sizes (within max_num_seqs) and prompt-step token
     counts get graphs; 5 requests decode through the 8-row graph (padded), prompt steps of up to 64 tokens through
     the piecewise ones, larger steps eagerly; tokens stay HF-greedy."""
-    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
               dtype="bfloat16", max_num_batched_tokens=256, cudagraph_capture_sizes=[1, 2, 8, 64])
     engine_runner = llm.llm_engine.runner
     assert sorted(engine_runner.graph_runner.graphs) == [1, 2, 8, 64]
@@ -211,7 +211,7 @@ def test_bf16_weight_update_through_a_worker_extension_reaches_the_cuda_graphs(m
     updated weights (near-ties aside). tests/unit/rlhf_worker_extension.py's class, importable from tests/unit."""
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "unit"))
-    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
               dtype="bfloat16", attention_backend="triton", worker_extension_cls="rlhf_worker_extension.WeightSync")
     sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
     before = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
@@ -241,7 +241,7 @@ def test_bf16_weight_update_through_a_worker_extension_reaches_the_cuda_graphs(m
 
 def test_bf16_raw_logits_mode_returns_the_models_logits(model_dir, prompts, hf_model):
     """logprobs_mode='raw_logits' on the GPU path: the values are HF's logits (to bf16's precision)."""
-    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
               dtype="bfloat16", attention_backend="triton", logprobs_mode="raw_logits")
     sp = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, detokenize=False, logprobs=3)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts[:2]], sp, use_tqdm=False)
@@ -291,7 +291,7 @@ def test_fp32_moe_tokens_equal_hf(arch, quantization, prompts, tmp_path):
         qconfig, quant, dense = experts_only_checkpoint(load_file(next(path.glob("*.safetensors"))), quantization)
         reference = _rewrite(path, tmp_path / "reference", dense)
         path = _rewrite(path, tmp_path / "quantized", quant, qconfig)
-    llm = LLM(model=str(path), skip_tokenizer_init=True, max_model_len=1024, gpu_memory_utilization=0.3,
+    llm = LLM(model=str(path), skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
               dtype="float32", attention_backend="triton", max_num_batched_tokens=128)
     runner = llm.llm_engine.runner
     if quantization == "int8":       # LLM.int8() finds its outlier columns on the host: no graph can hold it

@@ -36,7 +36,7 @@ NEAR_TIE = 0.1
 def _run(dtype: str, caplog, model: str = BUNDLED_MODEL_ID, prompts=PROMPTS, **kw):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pagedllm"):
-        llm = LLM(model=model, dtype=dtype, max_model_len=256, gpu_memory_utilization=0.2, **kw)
+        llm = LLM(model=model, dtype=dtype, max_model_len=256, kv_cache_memory_gb=1.0, **kw)
     line = next(ln for r in caplog.records for ln in r.getMessage().splitlines() if ln.strip().startswith("weights "))
     outs = llm.generate(prompts, GREEDY, use_tqdm=False)
     del llm

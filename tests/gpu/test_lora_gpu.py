@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
 
 def _llm(root, **kwargs) -> LLM:
     return LLM(str(root / "model"), enable_lora=True, max_lora_rank=8, max_loras=2, skip_tokenizer_init=True,
-               gpu_memory_utilization=0.1, max_model_len=128, seed=0, **kwargs)
+               kv_cache_memory_gb=1.0, max_model_len=128, seed=0, **kwargs)
 
 
 def _tokens(outputs) -> list[list[int]]:

@@ -22,7 +22,7 @@ _spec.loader.exec_module(qf)
 
 def _run(path, enforce_eager):
     from pagedllm import LLM
-    llm = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=128, gpu_memory_utilization=0.2,
+    llm = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=1.0,
               enforce_eager=enforce_eager)
     tokens, logprobs = [], []
     for p in qf.PROMPTS:           # one request at a time: M = 1 decode steps

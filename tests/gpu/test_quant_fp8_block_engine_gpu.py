@@ -22,7 +22,7 @@ BLOCK = (32, 64)
 
 def _run(path):
     from pagedllm import LLM
-    llm = LLM(model=path, skip_tokenizer_init=True, dtype="bfloat16", max_model_len=128, gpu_memory_utilization=0.2)
+    llm = LLM(model=path, skip_tokenizer_init=True, dtype="bfloat16", max_model_len=128, kv_cache_memory_gb=1.0)
     outs = llm.generate([{"prompt_token_ids": p} for p in qf.PROMPTS], qf.GREEDY, use_tqdm=False)
     weights_gib = llm.llm_engine.core.runner.startup_info()["weights_gib"]
     del llm

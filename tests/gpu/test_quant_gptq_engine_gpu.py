@@ -23,7 +23,7 @@ _spec.loader.exec_module(qf)
 
 def _run(path):
     from pagedllm import LLM
-    kw = {"gpu_memory_utilization": 0.2} if torch.cuda.is_available() else {"kv_cache_memory_gb": 0.01}
+    kw = {"kv_cache_memory_gb": 1.0 if torch.cuda.is_available() else 0.01}
     llm = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=128, **kw)
     outs = llm.generate([{"prompt_token_ids": p} for p in qf.PROMPTS], qf.GREEDY, use_tqdm=False)
     del llm

@@ -33,7 +33,7 @@ def tiny128(tmp_path_factory):
 
 
 def _run(model, spec, params, **kwargs):
-    llm = LLM(model, skip_tokenizer_init=True, gpu_memory_utilization=0.1, max_model_len=256, seed=0,
+    llm = LLM(model, skip_tokenizer_init=True, kv_cache_memory_gb=1.0, max_model_len=256, seed=0,
               speculative_config=spec, disable_log_stats=spec is None, **kwargs)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     accepted = None

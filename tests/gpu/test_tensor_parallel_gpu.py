@@ -53,7 +53,7 @@ def _llm(model_dir: str, **kwargs) -> LLM:
     # 16-token steps: the 23- and 40-token prompts are prefilled in chunks next to decodes (piecewise graphs of 8
     # and 16 tokens; decode graphs of 1..8 requests).
     settings = dict(skip_tokenizer_init=True, dtype="float32", max_model_len=128, max_num_batched_tokens=16,
-                    max_num_seqs=8, gpu_memory_utilization=0.2)
+                    max_num_seqs=8, kv_cache_memory_gb=1.0)
     return LLM(model=model_dir, **{**settings, **kwargs})
 
 
