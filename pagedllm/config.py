@@ -1292,6 +1292,45 @@ class ModelConfig:
         return getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers")
 
 
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """vLLM's ``vllm_config.scheduler_config``, read-only: the batch limits custom logits processors and scripts read
+    (``max_num_seqs`` sizes a processor's per-row state)."""
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool
+    async_scheduling: bool
+    policy: str
+    long_prefill_token_threshold: int
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """vLLM's ``vllm_config.cache_config``, read-only. ``num_gpu_blocks`` is the KV cache's block count once the
+    engine has sized it (None before), on the CPU too, as vLLM's CPU backend reports it; ``num_cpu_blocks`` the
+    swap space's."""
+    block_size: int
+    gpu_memory_utilization: float
+    cache_dtype: str
+    enable_prefix_caching: bool
+    swap_space: float | None
+    cpu_offload_gb: float
+    kv_cache_memory_bytes: int | None
+    num_gpu_blocks: int | None
+    num_cpu_blocks: int | None
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """vLLM's ``vllm_config.parallel_config``, read-only."""
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    data_parallel_size: int
+    world_size: int
+    distributed_executor_backend: str
+
+
 def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> None:
     """Enough devices for every rank, and a layer for every pipeline stage."""
     tp_size, pp_size = args.tensor_parallel_size, args.pipeline_parallel_size
@@ -1376,6 +1415,9 @@ class EngineConfig:
     # Fairness caps of the scheduler, resolved (0: no cap): tokens of one prompt per step, sequences of one request.
     long_prefill_token_threshold: int = 0
     max_num_seqs_per_request: int = 0
+    # The KV cache's blocks and the swap space's, set by the engine core once it has sized them (cache_config).
+    num_gpu_blocks: int | None = None
+    num_cpu_blocks: int | None = None
 
     @property
     def is_pooling(self) -> bool:
@@ -1490,6 +1532,29 @@ class EngineConfig:
     @property
     def hf_config(self):
         return self.model.hf_config
+
+    @property
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
+                               max_model_len=self.max_model_len, enable_chunked_prefill=self.enable_chunked_prefill,
+                               async_scheduling=self.async_scheduling, policy=self.args.scheduling_policy,
+                               long_prefill_token_threshold=self.long_prefill_token_threshold)
+
+    @property
+    def cache_config(self) -> CacheConfig:
+        args = self.args
+        return CacheConfig(block_size=self.block_size, gpu_memory_utilization=args.gpu_memory_utilization,
+                           cache_dtype=args.kv_cache_dtype,
+                           enable_prefix_caching=bool(args.enable_prefix_caching) and not self.is_pooling,
+                           swap_space=args.swap_space, cpu_offload_gb=args.cpu_offload_gb,
+                           kv_cache_memory_bytes=self.kv_cache_memory_bytes, num_gpu_blocks=self.num_gpu_blocks,
+                           num_cpu_blocks=self.num_cpu_blocks)
+
+    @property
+    def parallel_config(self) -> ParallelConfig:
+        return ParallelConfig(tensor_parallel_size=self.tensor_parallel_size,
+                              pipeline_parallel_size=self.pipeline_parallel_size, data_parallel_size=1,
+                              world_size=self.world_size, distributed_executor_backend=self.executor_backend)
 
     @property
     def model_config(self) -> ModelConfig:

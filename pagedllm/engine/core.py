@@ -119,6 +119,7 @@ class EngineCore:
         # swap_space: CPU blocks for preempted requests' KV (pooling requests are never preempted mid-way).
         num_swap_blocks = self.executor.num_swap_blocks() if not config.is_pooling else 0
         self.executor.allocate_kv_cache(num_blocks, num_swap_blocks)
+        config.num_gpu_blocks, config.num_cpu_blocks = num_blocks, num_swap_blocks     # cache_config reports them
         t_allocated = time.perf_counter()
         # Pooling models: no prefix caching (a mean-pooled or bidirectional prompt needs every token computed).
         self.kv_cache = KVCacheManager(num_blocks, config.block_size,

@@ -73,7 +73,8 @@ class LLMEngine:
     @property
     def vllm_config(self) -> EngineConfig:
         """vLLM's ``llm.llm_engine.vllm_config``: the engine's resolved configuration. Of vLLM's sub-configs it has
-        ``model_config`` (what examples read: ``vllm_config.model_config.hf_config.id2label``)."""
+        ``model_config`` (what examples read: ``vllm_config.model_config.hf_config.id2label``), ``scheduler_config``,
+        ``cache_config`` (``num_gpu_blocks`` once sized) and ``parallel_config``, read-only."""
         return self.config
 
     def get_model_config(self) -> ModelConfig:

@@ -84,7 +84,7 @@ ENGINE_FIELDS: dict[str, list] = {
     "revision": [Read(("model/loader.py",), "revision=args.revision")],
     "tokenizer_revision": [Read(("engine/",), "revision=args.tokenizer_revision")],
     # Downloads with it (model, tokenizer; LoRA adapters): tests/unit/test_hf_token.py, test_lora.py.
-    "hf_token": [Read(("model/loader.py",), "token=args.hf_token"), Read(("lora/manager.py",), "self.hf_token)"),
+    "hf_token": [Read(("model/loader.py",), "token=args.hf_token"), Read(("lora/manager.py",), "self.dtype, self.hf_token"),
                  Rejects("", "hf_token must be a token")],
     "download_dir": [Read(("model/loader.py",), "cache_dir=args.download_dir")],
     # tests/unit/test_weight_files.py (downloads and local loading), test_hf_config_load.py (the other three)

@@ -580,3 +580,20 @@ def test_speculator_checkpoints_named_by_their_method(tmp_path):
         with pytest.raises(ValueError, match=f"speculative_config method '{method}' is not supported by pagedllm "
                                              f"yet"):
             speculative_settings(config)
+
+
+def test_vllm_config_sub_configs_as_scripts_read_them(tiny_llama_dir):
+    # Benchmarks and custom logits processors read llm.llm_engine.vllm_config.cache_config.num_gpu_blocks (the KV
+    # cache's size once the engine sized it), scheduler_config.max_num_seqs and parallel_config's sizes.
+    llm = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01, max_num_seqs=7, block_size=32, max_model_len=256,
+              swap_space=0.01)
+    config = llm.llm_engine.vllm_config
+    blocks = llm.llm_engine.core.kv_cache
+    assert config.cache_config.num_gpu_blocks == blocks.pool.num_blocks
+    assert config.cache_config.num_cpu_blocks > 0 and config.cache_config.block_size == 32
+    assert config.cache_config.enable_prefix_caching and config.cache_config.cache_dtype == "auto"
+    assert (config.scheduler_config.max_num_seqs, config.scheduler_config.max_model_len) == (7, 256)
+    assert config.scheduler_config.policy == "fcfs"
+    assert (config.parallel_config.tensor_parallel_size, config.parallel_config.world_size) == (1, 1)
+    with pytest.raises(AttributeError):         # read-only, as a frozen record of what the engine runs with
+        config.scheduler_config.max_num_seqs = 8
