@@ -253,7 +253,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "data_parallel_hybrid_lb", "data_parallel_external_lb", "data_parallel_backend", "enable_dbo",
     "dbo_decode_token_threshold", "dbo_prefill_token_threshold", "disable_nccl_for_dp_synchronization",
     "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
-    "eplb_log_balancedness", "max_parallel_loading_workers",
+    "eplb_log_balancedness",
     "max_long_partial_prefills", "aggregate_engine_logging", "code_revision", "rope_scaling",
     "rope_theta", "max_seq_len_to_capture", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
@@ -311,6 +311,9 @@ class EngineArgs:
     safetensors_load_strategy: str = "lazy"
     # vLLM's: torch.load's map_location for *.bin / *.pt checkpoints ("cpu", "cuda:0", or a {from: to} dict).
     pt_load_map_location: str | dict[str, str] = "cpu"
+    # vLLM's: at most this many ranks (tensor x pipeline parallel workers) load their weights at once, in waves by
+    # rank, to bound the host memory of loading a large model; None: all at once.
+    max_parallel_loading_workers: int | None = None
     dtype: str = "auto"       # or a torch.dtype (stored as its name)
     quantization: str | None = None
     seed: int | None = 0
@@ -515,6 +518,9 @@ class EngineArgs:
         g.add_argument("--pt-load-map-location", type=_json_or_str, default=d.pt_load_map_location,
                        help="torch.load's map_location for *.bin / *.pt checkpoints: 'cpu', 'cuda:0', or JSON "
                             "such as '{\"cuda:1\": \"cuda:0\"}'.")
+        g.add_argument("--max-parallel-loading-workers", type=int, default=d.max_parallel_loading_workers,
+                       help="At most this many parallel ranks load their weights at once (in waves by rank), to "
+                            "bound the host memory of loading a large model.")
         g.add_argument("--dtype", type=str, default=d.dtype,
                        choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
         g.add_argument("--quantization", "-q", type=str, default=None,
@@ -737,6 +743,9 @@ def verify_engine_args(args: EngineArgs) -> None:
                                                                   "checkpoints, which pagedllm does not load)."
                                                                   if args.safetensors_load_strategy == "torchao"
                                                                   else "."))
+    workers = args.max_parallel_loading_workers
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"max_parallel_loading_workers must be a positive integer or None, got {workers!r}.")
     location = args.pt_load_map_location
     if not (isinstance(location, str) or (isinstance(location, dict)
                                           and all(isinstance(k, str) and isinstance(v, str)

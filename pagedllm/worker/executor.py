@@ -33,6 +33,7 @@ import os
 import random
 import socket
 import sys
+import time
 import traceback
 import weakref
 from collections import deque
@@ -395,7 +396,8 @@ class RankWorker:
             if rank == 0:
                 logger.info(line)
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
-        self.runner = runner_class(ModelRunner, config.args.worker_extension_cls)(config)
+        self.runner = _build_in_waves(lambda: runner_class(ModelRunner, config.args.worker_extension_cls)(config),
+                                      rank, tp_size * pp_size, config.args.max_parallel_loading_workers)
         self._launched: deque = deque()     # steps launched and not finished yet, oldest first
 
     def handle(self, method: str, arg: Any) -> tuple[str, Any, str] | None:
@@ -433,6 +435,24 @@ class RankWorker:
     def close(self) -> None:
         from pagedllm.distributed import destroy_model_parallel
         destroy_model_parallel()
+
+
+def _build_in_waves(build: Callable[[], Any], rank: int, world_size: int, limit: int | None) -> Any:
+    """``build()`` (this rank's ModelRunner: it loads the weights), with at most ``limit`` ranks building at once
+    (vLLM's max_parallel_loading_workers): waves of ``limit`` ranks in rank order, a barrier of every rank after
+    each. Building runs no collective, so the ranks of later waves only wait. The runner keeps when its building
+    began and ended (``load_window``, wall-clock seconds) and its wave."""
+    import torch.distributed as dist
+    waves = 1 if not limit or world_size <= limit else -(-world_size // limit)
+    runner = None
+    for wave in range(waves):
+        if rank // (limit or world_size) == wave:
+            began = time.time()
+            runner = build()
+            runner.load_window, runner.load_wave = (began, time.time()), (wave, waves)
+        if waves > 1:
+            dist.barrier()
+    return runner
 
 
 def start_rank_worker(*args: Any) -> tuple[RankWorker | None, tuple[str, Any, str]]:

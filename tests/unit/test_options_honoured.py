@@ -78,6 +78,9 @@ ENGINE_FIELDS: dict[str, list] = {
                                   Rejects("fast", "safetensors_load_strategy must be one of")],
     "pt_load_map_location": [Read(("model/loader.py",), "map_location=config.args.pt_load_map_location"),
                              Rejects(3, "pt_load_map_location must be a device string")],
+    # Waves of loading ranks: tests/unit/test_tensor_parallel.py.
+    "max_parallel_loading_workers": [Read(("worker/executor.py",), "config.args.max_parallel_loading_workers"),
+                                     Rejects(0, "max_parallel_loading_workers must be a positive integer")],
     "enable_prompt_embeds": [Read(("engine/input_processor.py",), "args.enable_prompt_embeds"),
                              Read(("entrypoints/openai/serving_completion.py",), "args.enable_prompt_embeds")],
     "trust_remote_code": [Read(("model/loader.py",), "trust_remote_code=args.trust_remote_code")],
@@ -407,9 +410,9 @@ def test_unknown_keyword_names_vllm_arguments():
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
     assert "vLLM" not in str(info.value)
-    with pytest.raises(TypeError, match="max_parallel_loading_workers is a vLLM engine argument that pagedllm "
+    with pytest.raises(TypeError, match="code_revision is a vLLM engine argument that pagedllm "
                                         "does not support yet"):
-        EngineArgs.from_kwargs("m", max_parallel_loading_workers=2)
+        EngineArgs.from_kwargs("m", code_revision="main")
 
 
 # ---- SamplingParams ----------------------------------------------------------------------------------------------

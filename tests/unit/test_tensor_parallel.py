@@ -112,6 +112,28 @@ def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     assert not any(p.is_alive() for p in procs), "worker processes outlived the LLM"
 
 
+def test_max_parallel_loading_workers_loads_the_ranks_in_waves(tmp_path):
+    """vLLM's max_parallel_loading_workers=1 over two ranks: rank 1 builds (loads its weights) only after rank 0 has
+    finished, and the tokens are TP=2's. Without it both build at once (one wave)."""
+    _save_tiny(tmp_path, "llama")
+    expected = _tokens(_llm(tmp_path, 1))
+
+    def windows(llm):
+        return llm.collective_rpc(lambda runner: (runner.load_window, runner.load_wave))
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=2,
+              max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01, max_parallel_loading_workers=1)
+    (w0, wave0), (w1, wave1) = windows(llm)
+    assert (tuple(wave0), tuple(wave1)) == ((0, 2), (1, 2))
+    assert w1[0] >= w0[1]              # rank 1 began after rank 0 ended
+    assert _tokens(llm) == expected
+    llm.llm_engine.core.shutdown()
+    llm = _llm(tmp_path, 2)
+    assert [tuple(wave) for _, wave in windows(llm)] == [(0, 1), (0, 1)]
+    llm.llm_engine.core.shutdown()
+    with pytest.raises(ValueError, match="max_parallel_loading_workers must be a positive integer"):
+        LLM(model=str(tmp_path), skip_tokenizer_init=True, max_parallel_loading_workers=0)
+
+
 def _embeddings(path, tp: int) -> torch.Tensor:
     llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=tp)
     try:
