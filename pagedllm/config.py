@@ -254,7 +254,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "dbo_decode_token_threshold", "dbo_prefill_token_threshold", "disable_nccl_for_dp_synchronization",
     "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
     "eplb_log_balancedness",
-    "max_long_partial_prefills", "aggregate_engine_logging", "code_revision", "rope_scaling",
+    "max_long_partial_prefills", "aggregate_engine_logging", "rope_scaling",
     "rope_theta", "max_seq_len_to_capture", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
@@ -296,6 +296,9 @@ class EngineArgs:
     logits_processors: list[Any] | None = None
     trust_remote_code: bool = False
     revision: str | None = None
+    # vLLM's: the revision of remote code (trust_remote_code) kept in another Hub repository than the model's (a
+    # config.json auto_map "repo--module.Class"), passed to transformers' AutoConfig / AutoTokenizer.
+    code_revision: str | None = None
     tokenizer_revision: str | None = None
     # vLLM's: the Hugging Face token for downloads (model, tokenizer, LoRA adapters from the Hub): a token, or True
     # for the one `hf auth login` saved. None: huggingface_hub's own default (HF_TOKEN, then the saved login).
@@ -502,6 +505,8 @@ class EngineArgs:
                             "torch.save(tensor [num_tokens, hidden_size])). Only for trusted clients.")
         g.add_argument("--trust-remote-code", action="store_true", help="Trust remote code from the hub.")
         g.add_argument("--revision", type=str, default=None)
+        g.add_argument("--code-revision", type=str, default=None,
+                       help="The revision of remote code kept in another Hub repository (with --trust-remote-code).")
         g.add_argument("--tokenizer-revision", type=str, default=None)
         g.add_argument("--hf-token", type=str, nargs="?", const=True, default=None,
                        help="Hugging Face token for downloads (gated models); alone, the token `hf auth login` saved.")

@@ -386,11 +386,14 @@ _POOLING_STEP = SamplingParams(max_tokens=1, detokenize=False, output_kind=Reque
 
 def load_tokenizer(config: EngineConfig):
     from transformers import AutoTokenizer
+
+    from pagedllm.model.hf_configs import remote_code_kwargs
     args = config.args
     try:
         return AutoTokenizer.from_pretrained(config.model.tokenizer_path, trust_remote_code=args.trust_remote_code,
                                              revision=args.tokenizer_revision, use_fast=args.tokenizer_mode != "slow",
-                                             token=args.hf_token)
+                                             token=args.hf_token,
+                                             **remote_code_kwargs(args.trust_remote_code, args.code_revision))
     except Exception as e:
         raise ValueError(f"Could not load the tokenizer from {config.model.tokenizer_path!r}: {e}. "
                          f"Pass tokenizer=... or skip_tokenizer_init=True.") from None

@@ -86,16 +86,23 @@ class ChatGLMConfig(PretrainedConfig):
 LOCAL_CONFIGS: dict[str, type[PretrainedConfig]] = {"chatglm": ChatGLMConfig}
 
 
-def load_hf_config(model_dir: str, trust_remote_code: bool = False) -> PretrainedConfig:
+def remote_code_kwargs(trust_remote_code: bool, code_revision: str | None) -> dict:
+    """transformers' ``code_revision`` where remote code may run and one was given (vLLM passes it the same way)."""
+    return {"code_revision": code_revision} if trust_remote_code and code_revision else {}
+
+
+def load_hf_config(model_dir: str, trust_remote_code: bool = False,
+                   code_revision: str | None = None) -> PretrainedConfig:
     """The HF config of the checkpoint in ``model_dir``: our own class for the model types in ``LOCAL_CONFIGS``,
-    else transformers' ``AutoConfig``."""
+    else transformers' ``AutoConfig`` (``code_revision``: that of remote code from another repository)."""
     with open(os.path.join(model_dir, "config.json")) as f:
         model_type = json.load(f).get("model_type")
     if model_type in LOCAL_CONFIGS:
         return LOCAL_CONFIGS[model_type].from_pretrained(model_dir)
     from transformers import AutoConfig
     with _config_docstrings_not_generated():
-        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
+                                          **remote_code_kwargs(trust_remote_code, code_revision))
 
 
 @contextlib.contextmanager

@@ -262,8 +262,11 @@ def classifier_from_lm_head(hf_config, tokenizer_path: str, args: "EngineArgs") 
                          f"'architectures' a *ForSequenceClassification (e.g. [\"Qwen3ForSequenceClassification\"]) "
                          f"or convert='classify'; this model is {archs}.")
     from transformers import AutoTokenizer
+
+    from pagedllm.model.hf_configs import remote_code_kwargs
     tok = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=args.trust_remote_code,
-                                        revision=args.tokenizer_revision, token=args.hf_token)
+                                        revision=args.tokenizer_revision, token=args.hf_token,
+                                        **remote_code_kwargs(args.trust_remote_code, args.code_revision))
     ids = tok.convert_tokens_to_ids(list(tokens))
     unknown = [t for t, i in zip(tokens, ids) if i is None or i == tok.unk_token_id]
     if unknown:
@@ -327,7 +330,8 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         raise ValueError(f"No config.json in {model_dir!r} (model {model!r}).")
     hf_config = _text_part(load_hf_config(_config_dir(args) if args.hf_config_path else model_dir,
-                                          trust_remote_code=args.trust_remote_code))
+                                          trust_remote_code=args.trust_remote_code,
+                                          code_revision=args.code_revision))
     if callable(args.hf_overrides):       # vLLM's other form: a function of the config that returns it
         hf_config = args.hf_overrides(hf_config)
     elif args.hf_overrides:

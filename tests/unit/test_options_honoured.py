@@ -78,6 +78,9 @@ ENGINE_FIELDS: dict[str, list] = {
                                   Rejects("fast", "safetensors_load_strategy must be one of")],
     "pt_load_map_location": [Read(("model/loader.py",), "map_location=config.args.pt_load_map_location"),
                              Rejects(3, "pt_load_map_location must be a device string")],
+    # Into transformers' AutoConfig / AutoTokenizer with trust_remote_code: test_code_revision_reaches_transformers.
+    "code_revision": [Read(("model/loader.py",), "code_revision=args.code_revision"),
+                      Read(("engine/input_processor.py",), "args.code_revision")],
     # Waves of loading ranks: tests/unit/test_tensor_parallel.py.
     "max_parallel_loading_workers": [Read(("worker/executor.py",), "config.args.max_parallel_loading_workers"),
                                      Rejects(0, "max_parallel_loading_workers must be a positive integer")],
@@ -410,9 +413,9 @@ def test_unknown_keyword_names_vllm_arguments():
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
     assert "vLLM" not in str(info.value)
-    with pytest.raises(TypeError, match="code_revision is a vLLM engine argument that pagedllm "
+    with pytest.raises(TypeError, match="enable_eplb is a vLLM engine argument that pagedllm "
                                         "does not support yet"):
-        EngineArgs.from_kwargs("m", code_revision="main")
+        EngineArgs.from_kwargs("m", enable_eplb=True)
 
 
 # ---- SamplingParams ----------------------------------------------------------------------------------------------
@@ -527,3 +530,23 @@ def test_multi_token_bad_words_need_the_hosts_tokens():
     assert not sp.needs_host_tokens
     sp._bad_words_token_ids = [[7], [3, 4]]
     assert sp.needs_host_tokens
+
+
+def test_code_revision_reaches_transformers(tiny_llama_dir, monkeypatch):
+    """code_revision (remote code kept in another Hub repository) goes to AutoConfig and AutoTokenizer when remote
+    code may run, as vLLM passes it; without trust_remote_code it is not passed (no remote code runs)."""
+    import transformers
+    seen = []
+    for auto in (transformers.AutoConfig, transformers.AutoTokenizer):
+        original = auto.from_pretrained.__func__
+
+        def spy(cls, *args, _original=original, **kwargs):
+            seen.append((cls.__name__, kwargs.get("code_revision")))
+            return _original(cls, *args, **kwargs)
+        monkeypatch.setattr(auto, "from_pretrained", classmethod(spy))
+    from pagedllm import LLM
+    LLM(model=tiny_llama_dir, trust_remote_code=True, code_revision="v2", kv_cache_memory_gb=0.01)
+    assert ("AutoConfig", "v2") in seen and ("AutoTokenizer", "v2") in seen
+    seen.clear()
+    LLM(model=tiny_llama_dir, code_revision="v2", kv_cache_memory_gb=0.01)
+    assert seen and all(rev is None for _, rev in seen)
