@@ -61,13 +61,17 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
             # one by one and raises its error there, as without this pass. Triton's exit would otherwise raise
             # before clearing its process-wide active mode, and every later engine built in this process would
             # fail with "Another AsyncCompileMode is already active" (seen on an H100 in session 25's tests).
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pagedllm-triton") as pool, \
-                    AsyncCompileMode(pool, ignore_errors=True):  # its exit waits for every build and caches it
-                for jit_function, data in recorded.values():
-                    jit_function.preload(data)
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pagedllm-triton") as pool:
+                mode = AsyncCompileMode(pool, ignore_errors=True)
+                try:
+                    with mode:              # its exit waits for every build and caches it
+                        for jit_function, data in recorded.values():
+                            jit_function.preload(data)
+                finally:
+                    if _async_compile.active_mode.get() is mode:     # preload itself raised inside the mode
+                        _async_compile.active_mode.set(None)
         finally:
             late_compiles.building_ahead(False)
-            _async_compile.active_mode.set(None)     # also when preload itself raised inside the mode
     took = time.perf_counter() - t1
     logger.info("Built %d Triton kernel variants on %d threads in %.1f s (dry warm-up %.1f s)", len(recorded),
                 workers, took, t1 - t0)
