@@ -335,6 +335,11 @@ class EngineArgs:
     # GiB of CPU memory per GPU for the KV blocks of preempted requests (swap out / swap in instead of recompute).
     # None or 0: no swap space, preemption recomputes (vLLM's default is 4; we pin nothing unless asked).
     swap_space: float | None = None
+    # vLLM's KV offloading: a CPU tier of the prefix cache, this many GiB of CPU memory (per GPU worker). Full blocks
+    # evicted from the device's prefix cache are copied there, and a later request whose prefix is there gets its
+    # blocks copied back instead of recomputed. "native" is vLLM's own backend (LMCache's is not integrated).
+    kv_offloading_size: float | None = None
+    kv_offloading_backend: str = "native"
     # vLLM's names: "swap" | "recompute"; None: by cost (engine/scheduler.py Scheduler._swaps: swap when the request
     # holds more than SWAP_MIN_BLOCKS blocks of computed KV and the swap space has room, else recompute).
     preemption_mode: str | None = None
@@ -545,6 +550,11 @@ class EngineArgs:
         g.add_argument("--kv-cache-memory-bytes", type=_human_int, default=None,
                        help="The same in bytes (vLLM's flag; 4G = 4 GiB, 4g = 4e9).")
         g.add_argument("--num-gpu-blocks-override", type=int, default=None)
+        g.add_argument("--kv-offloading-size", type=float, default=d.kv_offloading_size,
+                       help="GiB of CPU memory for a CPU tier of the prefix cache (evicted blocks are kept there and "
+                            "copied back on a hit instead of recomputed).")
+        g.add_argument("--kv-offloading-backend", type=str, default=d.kv_offloading_backend,
+                       choices=["native", "lmcache"], help="native: pagedllm's own CPU tier (lmcache: refused).")
         g.add_argument("--swap-space", type=float, default=d.swap_space,
                        help="CPU swap space per GPU in GiB for preempted requests' KV blocks (default: none).")
         g.add_argument("--preemption-mode", type=str, default=d.preemption_mode, choices=["swap", "recompute"],
@@ -785,6 +795,16 @@ def verify_engine_args(args: EngineArgs) -> None:
     if args.load_format == "bitsandbytes" and (args.quantization or "").lower() != "bitsandbytes":
         raise ValueError(f"BitsAndBytes load format only supports 'bitsandbytes' quantization, but got "
                          f"{args.quantization}.")
+    if args.kv_offloading_backend != "native":
+        raise ValueError(f"kv_offloading_backend={args.kv_offloading_backend!r} is not supported by pagedllm (LMCache is "
+                         f"not integrated); use 'native', pagedllm's own CPU tier of the prefix cache."
+                         if args.kv_offloading_backend == "lmcache" else
+                         f"kv_offloading_backend must be 'native' or 'lmcache', got {args.kv_offloading_backend!r}.")
+    if args.kv_offloading_size is not None:
+        if isinstance(args.kv_offloading_size, bool) or not args.kv_offloading_size > 0:
+            raise ValueError(f"kv_offloading_size must be a positive number of GiB, got {args.kv_offloading_size!r}.")
+        if not args.enable_prefix_caching:
+            raise ValueError("kv_offloading_size is a CPU tier of the prefix cache: it needs enable_prefix_caching.")
     if args.swap_space is not None and args.swap_space < 0:
         raise ValueError(f"swap_space must be >= 0, got {args.swap_space}.")
     if args.preemption_mode not in (None, "swap", "recompute"):

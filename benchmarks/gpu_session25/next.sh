@@ -12,6 +12,7 @@ PYTHONPATH=$R timeout 240 python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb
   tests/gpu/test_gguf_kept_quantized_gpu.py tests/gpu/test_lora_gpu.py tests/gpu/test_quant_awq_engine_gpu.py \
   tests/gpu/test_quant_gptq_engine_gpu.py tests/gpu/test_spec_decode_gpu.py tests/gpu/test_tensor_parallel_gpu.py \
   tests/gpu/test_triton_moe.py tests/models/test_moe.py "tests/unit/test_lora.py::test_adapter_on_the_other_llama_shaped_families" \
+  tests/unit/test_swap_preemption.py \
   > $OUT/tests_next25.log 2>&1
 tail -1 $OUT/tests_next25.log; grep -E "^FAILED" $OUT/tests_next25.log | head -20
 SWITCH=PAGEDLLM_LOGGING_LEVEL VALUES="INFO INFO" timeout 150 bash benchmarks/gpu_session9/s9e.sh 2>&1 | grep -E "health|start-up " | cut -c1-400

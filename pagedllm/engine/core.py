@@ -48,6 +48,9 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
         load_logits_processor_classes(args.logits_processors)      # a bad name or class fails now
         if config.is_pooling:
             raise ValueError("Pooling models do not support custom logits processors.")     # vLLM's words
+    if args.kv_offloading_size and config.is_pooling:
+        raise ValueError("kv_offloading_size is a CPU tier of the prefix cache, which pooling models do not use (each "
+                         "prompt is computed whole); leave it out.")
     if args.speculative_config is not None and config.is_pooling:
         raise ValueError("speculative_config is for generative models: a pooling model generates no tokens to "
                          "speculate on; leave it out.")
@@ -124,7 +127,8 @@ class EngineCore:
         # Pooling models: no prefix caching (a mean-pooled or bidirectional prompt needs every token computed).
         self.kv_cache = KVCacheManager(num_blocks, config.block_size,
                                        config.args.enable_prefix_caching and not config.is_pooling,
-                                       num_swap_blocks=num_swap_blocks)
+                                       num_swap_blocks=num_swap_blocks,
+                                       offload_to_cpu=bool(config.args.kv_offloading_size))
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.enable_chunked_prefill,
                                    config.long_prefill_token_threshold, config.max_num_seqs_per_request,

@@ -12,7 +12,7 @@ import hashlib
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -92,6 +92,7 @@ class KVBlock:
     block_id: int
     ref_cnt: int = 0
     block_hash: bytes | None = None
+    on_cpu: bool = False        # a block of the CPU pool (swap space, the prefix cache's CPU tier)
 
     def __repr__(self) -> str:
         short = self.block_hash.hex()[:12] if self.block_hash is not None else None
@@ -101,12 +102,14 @@ class KVBlock:
 class BlockPool:
     """All blocks; free ones in LRU order (oldest-freed first); the hash -> cached block map."""
 
-    def __init__(self, num_blocks: int, enable_caching: bool):
+    def __init__(self, num_blocks: int, enable_caching: bool, on_cpu: bool = False):
         if num_blocks < 1:
             raise ValueError(f"The KV cache needs at least one block, got {num_blocks}.")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
-        self.blocks = [KVBlock(i) for i in range(num_blocks)]
+        self.blocks = [KVBlock(i, on_cpu=on_cpu) for i in range(num_blocks)]
+        # Called with a cached block about to be evicted (its hash still set): the CPU tier copies it out.
+        self.on_evict: Callable[[KVBlock], None] | None = None
         self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
         self.cached: dict[bytes, KVBlock] = {}
         # Prefix-cache statistics in tokens, one lookup per admission (KVCacheManager.record_prefix_lookup); read by
@@ -153,6 +156,8 @@ class BlockPool:
             if block.block_hash is not None:   # evict: its old contents are about to be overwritten
                 if self.cached.get(block.block_hash) is block:
                     del self.cached[block.block_hash]
+                    if self.on_evict is not None:
+                        self.on_evict(block)
                 block.block_hash = None
             block.ref_cnt = 1
             out.append(block)
@@ -173,6 +178,18 @@ class BlockPool:
         # Keep the first block cached for a hash: block tables stay append-only, no dedup of live blocks.
         self.cached.setdefault(block_hash, block)
 
+    def refresh(self, block: KVBlock) -> None:
+        """A free cached block used again: most recently used, last to be evicted."""
+        if block.ref_cnt == 0:
+            self.free_queue.move_to_end(block.block_id)
+
+    def drop_free_hashes(self) -> None:
+        """Forget the hashes of the free blocks (the blocks held keep theirs)."""
+        for block in self.free_queue.values():
+            if block.block_hash is not None and self.cached.get(block.block_hash) is block:
+                del self.cached[block.block_hash]
+            block.block_hash = None
+
     def reset_prefix_cache(self) -> bool:
         """Drop every cached hash; only possible when no request holds blocks (vLLM's rule)."""
         if self.num_free_blocks != self.num_blocks:
@@ -184,18 +201,38 @@ class BlockPool:
 
 
 class KVCacheManager:
-    """Per-request view on the block pool: prefix lookup, slot allocation, freeing; and the swap space (CPU blocks)
-    that preempted requests' KV moves to and back from (``swap_out`` / ``swap_in``)."""
+    """Per-request view on the block pool: prefix lookup, slot allocation, freeing; and the CPU blocks: the swap
+    space that preempted requests' KV moves to and back from (``swap_out`` / ``swap_in``), and with
+    ``offload_to_cpu`` (kv_offloading_size) the prefix cache's CPU tier in the same pool.
 
-    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True, num_swap_blocks: int = 0):
+    The CPU tier: a full, cached device block that the device pool evicts is copied to a CPU block that keeps its
+    hash (least recently used CPU blocks go first; swapped requests' blocks are never taken); a prompt whose leading
+    blocks miss on the device but hit there gets fresh device blocks and copies back instead of recomputing them.
+    Every copy of a step is made by the workers before its forward pass, device-to-CPU ones first
+    (``take_copies``): a device block is read before it is reused, a CPU block is written before it is read. The
+    CPU blocks a step reads are held until the step is described, so no copy of the same step overwrites them."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True, num_swap_blocks: int = 0,
+                 offload_to_cpu: bool = False):
         self.block_size = block_size
         self.pool = BlockPool(num_blocks, enable_caching)
         self.enable_caching = enable_caching
         self.req_blocks: dict[str, list[KVBlock]] = {}
-        # swap_space: CPU blocks (no prefix caching there); a swapped request's CPU blocks in block-table order
-        # and how many of them were full, hashed blocks when it left the GPU.
-        self.swap_pool = BlockPool(num_swap_blocks, False) if num_swap_blocks > 0 else None
+        # The CPU blocks (swap_space, plus kv_offloading_size's); a swapped request's CPU blocks in block-table
+        # order and how many of them were full, hashed blocks when it left the GPU.
+        self.offload = offload_to_cpu and enable_caching and num_swap_blocks > 0
+        self.swap_pool = BlockPool(num_swap_blocks, self.offload, on_cpu=True) if num_swap_blocks > 0 else None
         self.req_swapped: dict[str, tuple[list[KVBlock], int]] = {}
+        # This step's copies in the order made, device -> CPU (device id, CPU id) and CPU -> device (CPU id, device
+        # id), and the CPU blocks they read (held until take_copies).
+        self._to_cpu: list[tuple[int, int]] = []
+        self._to_device: list[tuple[int, int]] = []
+        self._cpu_read: list[KVBlock] = []
+        # The CPU tier's counters: blocks copied out of the device pool, and prefix blocks copied back on a hit.
+        self.num_blocks_offloaded = 0
+        self.num_offload_hit_blocks = 0
+        if self.offload:
+            self.pool.on_evict = self._store_on_cpu
 
     # ---- hashing ------------------------------------------------------------------------------------------
     def _extra_keys(self, request: Request, block_index: int) -> tuple:
@@ -236,6 +273,8 @@ class KVCacheManager:
         self.update_block_hashes(request)
         max_blocks = (request.num_tokens - 1) // self.block_size
         hits = self.pool.cached_run(request.block_hashes[:max_blocks])
+        if self.offload and len(hits) < max_blocks:      # the run goes on in the CPU tier (on_cpu blocks)
+            hits += self.swap_pool.cached_run(request.block_hashes[len(hits):max_blocks])
         return hits, len(hits) * self.block_size
 
     def record_prefix_lookup(self, request: Request, num_hit_tokens: int) -> None:
@@ -264,16 +303,23 @@ class KVCacheManager:
         num_hit_tokens = len(new_computed_blocks) * self.block_size
         total = request.num_computed_tokens + num_hit_tokens + num_new_tokens
         need = -(-total // self.block_size) - len(blocks) - len(new_computed_blocks)
+        # The CPU tier's hits follow the device's: each needs a device block and a copy back.
+        device_hits = [b for b in new_computed_blocks if not b.on_cpu]
+        cpu_hits = list(new_computed_blocks[len(device_hits):])
         if need > 0 or new_computed_blocks:
             # Hit blocks that sit in the free queue are taken from it, so they count against what is free.
-            free_hits = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
-            if need > self.pool.num_free_blocks - free_hits:
+            free_hits = sum(1 for b in device_hits if b.ref_cnt == 0)
+            if need + len(cpu_hits) > self.pool.num_free_blocks - free_hits:
                 if not blocks:
                     del self.req_blocks[request.request_id]
                 return None
-            self.pool.touch(new_computed_blocks)
-            blocks.extend(new_computed_blocks)
-            request.block_ids.extend(b.block_id for b in new_computed_blocks)
+            self.pool.touch(device_hits)
+            blocks.extend(device_hits)
+            request.block_ids.extend(b.block_id for b in device_hits)
+            if cpu_hits:
+                loaded = self._load_from_cpu(request, cpu_hits, len(blocks))
+                blocks.extend(loaded)
+                request.block_ids.extend(b.block_id for b in loaded)
             # Hits are cached already: nothing to hash for them.
             if new_computed_blocks:
                 # Only hits are cached already (``blocks`` may end with this request's partial block, which
@@ -303,6 +349,45 @@ class KVCacheManager:
         if swapped is not None:         # aborted while swapped out
             self.swap_pool.free(list(reversed(swapped[0])))
 
+    # ---- the prefix cache's CPU tier (kv_offloading_size) -------------------------------------------------------
+    def _store_on_cpu(self, block: KVBlock) -> None:
+        """The device pool evicts cached ``block``: keep its contents in the CPU tier under its hash (a copy before
+        this step's forward), unless they are there already or every CPU block is held."""
+        cpu = self.swap_pool
+        there = cpu.get_cached_block(block.block_hash)
+        if there is not None:
+            cpu.refresh(there)
+            return
+        if cpu.num_free_blocks == 0:
+            return
+        (slot,) = cpu.allocate(1)          # the least recently used CPU block (and its old hash) goes
+        cpu.cache_block(slot, block.block_hash)
+        cpu.free([slot])                   # free and cached: evictable, most recently used
+        self._to_cpu.append((block.block_id, slot.block_id))
+        self.num_blocks_offloaded += 1
+
+    def _load_from_cpu(self, request: Request, cpu_hits: list[KVBlock], first: int) -> list[KVBlock]:
+        """Device blocks for ``request``'s prefix blocks ``first...`` found in the CPU tier, each filled by a copy
+        before this step's forward and cached under its hash."""
+        self.swap_pool.touch(cpu_hits)           # held: no copy of this step may overwrite them
+        self._cpu_read.extend(cpu_hits)
+        loaded = self.pool.allocate(len(cpu_hits))       # (may evict other device blocks into the tier)
+        for i, (src, dst) in enumerate(zip(cpu_hits, loaded)):
+            self.pool.cache_block(dst, request.block_hashes[first + i])
+            self._to_device.append((src.block_id, dst.block_id))
+        self.num_offload_hit_blocks += len(loaded)
+        return loaded
+
+    def take_copies(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """This step's block copies, ``(device -> CPU, CPU -> device)`` in the order they must run, and release the
+        CPU blocks they read."""
+        out = (self._to_cpu, self._to_device)
+        self._to_cpu, self._to_device = [], []
+        if self._cpu_read:
+            self.swap_pool.free(list(reversed(self._cpu_read)))
+            self._cpu_read = []
+        return out
+
     # ---- swap space -------------------------------------------------------------------------------------------
     def can_swap_out(self, request: Request) -> bool:
         blocks = self.req_blocks.get(request.request_id)
@@ -316,6 +401,7 @@ class KVCacheManager:
         blocks = self.req_blocks[request.request_id]
         cpu_blocks = self.swap_pool.allocate(len(blocks))
         copies = [(g.block_id, c.block_id) for g, c in zip(blocks, cpu_blocks)]
+        self._to_cpu.extend(copies)
         num_cached = request.num_cached_blocks
         self.free(request)
         self.req_swapped[request.request_id] = (cpu_blocks, num_cached)
@@ -342,8 +428,12 @@ class KVCacheManager:
             self.pool.cache_block(blocks[i], request.block_hashes[i])
         request.num_cached_blocks = num_cached
         del self.req_swapped[request.request_id]
-        self.swap_pool.free(list(reversed(cpu_blocks)))
-        return [(cpu_blocks[i].block_id, blocks[i].block_id) for i in range(len(hits), len(cpu_blocks))]
+        # Released when the step is described: a copy of this step (a swap-out, the CPU tier) must not reuse them
+        # before they are read.
+        self._cpu_read.extend(cpu_blocks)
+        copies = [(cpu_blocks[i].block_id, blocks[i].block_id) for i in range(len(hits), len(cpu_blocks))]
+        self._to_device.extend(copies)
+        return copies
 
     # ---- stats ------------------------------------------------------------------------------------------------
     @property
@@ -354,4 +444,8 @@ class KVCacheManager:
         return self.pool.usage()
 
     def reset_prefix_cache(self) -> bool:
-        return self.pool.reset_prefix_cache()
+        if not self.pool.reset_prefix_cache():
+            return False
+        if self.offload:          # the CPU tier too (swapped requests' CPU blocks carry no hash)
+            self.swap_pool.drop_free_hashes()
+        return True

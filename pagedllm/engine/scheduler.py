@@ -116,8 +116,6 @@ class Scheduler:
         self.num_swap_ins = 0
         self.num_blocks_swapped_out = 0
         self.num_blocks_swapped_in = 0
-        self._swap_out: list[tuple[int, int]] = []   # this step's copies, for the SchedulerOutput
-        self._swap_in: list[tuple[int, int]] = []
         self._next_step_id = 0
         self._launched: dict[int, _Launched] = {}     # steps whose output has not come back yet
         self._finished_ids: set[str] = set()          # ended since the last step: the workers drop them
@@ -274,7 +272,6 @@ class Scheduler:
             new_blocks = self.kv.allocate_slots(request, num_new)
             assert new_blocks is not None, "swap_in checked the room for the step's tokens"
             heapq.heappop(self.swapped)
-            self._swap_in.extend(copies)
             self.num_swap_ins += 1
             self.num_blocks_swapped_in += len(copies)
             request.status = RequestStatus.RUNNING
@@ -378,12 +375,13 @@ class Scheduler:
 
     def _describe(self, items: list[ScheduledRequest], preempted: list[Request]) -> SchedulerOutput:
         """The step as data for the workers; then advance every scheduled request past its tokens."""
+        # The step's block copies (swap space, the prefix cache's CPU tier), in the order the KV manager made them.
+        to_cpu, to_device = self.kv.take_copies()
         out = SchedulerOutput(step_id=self._next_step_id, finished_req_ids=self._finished_ids,
                               preempted_req_ids={r.request_id for r in preempted},
-                              blocks_to_swap_out=self._swap_out, blocks_to_swap_in=self._swap_in)
+                              blocks_to_swap_out=to_cpu, blocks_to_swap_in=to_device)
         self._next_step_id += 1
         self._finished_ids = set()
-        self._swap_out, self._swap_in = [], []
         stats = StepStats()
         scheduled = out.num_scheduled_tokens
         num_prompt_tokens = 0
@@ -434,14 +432,13 @@ class Scheduler:
             request.num_computed_tokens = 0
             heapq.heappush(self.waiting, request)
         self.swapped = []
-        self._swap_out, self._swap_in = [], []
+        self.kv.take_copies()        # nothing of the dropped KV is copied any more
 
     def _preempt(self, request: Request, allow_swap: bool = True, log: bool = True) -> None:
         self.running.remove(request)
         swap = allow_swap and self._swaps(request)
         if swap:
             copies = self.kv.swap_out(request)
-            self._swap_out.extend(copies)
             self.num_swap_outs += 1
             self.num_blocks_swapped_out += len(copies)
             request.status = RequestStatus.PREEMPTED

@@ -35,7 +35,8 @@ class MemoryPlan:
     non_torch_bytes: int | None = None          # CUDA context, other processes
     cuda_graph_bytes: int | None = None
     cpu_offload_bytes: int = 0                  # weights kept in CPU memory (cpu_offload_gb)
-    num_swap_blocks: int = 0                    # swap_space, in blocks
+    num_swap_blocks: int = 0                    # CPU blocks: swap_space plus kv_offloading_size
+    num_offload_blocks: int = 0                 # of those, kv_offloading_size's (the prefix cache's CPU tier)
 
     @property
     def num_tokens(self) -> int:
@@ -67,8 +68,10 @@ class MemoryPlan:
                      f"blocks x {self.block_size} = {self.num_tokens} tokens; max concurrency at max_model_len="
                      f"{self.max_model_len}: {self.max_concurrency:.2f}x (max_num_seqs {self.max_num_seqs})")
         if self.num_swap_blocks:
-            lines.append(f"swap space {gib(self.num_swap_blocks * self.bytes_per_block)} of CPU memory: "
-                         f"{self.num_swap_blocks} blocks")
+            offload = (f", of which {self.num_offload_blocks} the prefix cache's CPU tier (kv_offloading_size)"
+                       if self.num_offload_blocks else "")
+            lines.append(f"CPU KV blocks {gib(self.num_swap_blocks * self.bytes_per_block)} of CPU memory: "
+                         f"{self.num_swap_blocks} blocks (swap space{offload})")
         return lines
 
 
@@ -89,7 +92,8 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
                   activation_peak_bytes: int | None = None, non_torch_bytes: int = 0,
                   kv_cache_memory_bytes: int | None = None, kv_cache_memory_source: str | None = None,
                   num_gpu_blocks_override: int | None = None,
-                  cpu_offload_bytes: int = 0, swap_space_bytes: int = 0) -> MemoryPlan:
+                  cpu_offload_bytes: int = 0, swap_space_bytes: int = 0,
+                  kv_offloading_bytes: int = 0) -> MemoryPlan:
     """Size the KV cache, or raise ``ValueError`` saying what does not fit and what to change.
 
     Precedence: ``num_gpu_blocks_override`` (a block count), then ``kv_cache_memory_bytes`` (a size), then the GPU
@@ -146,4 +150,6 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
                       max_num_seqs=max_num_seqs, kv_cache_dtype=kv_cache_dtype, sized_by=sized_by,
                       total_bytes=total_bytes, budget_bytes=budget, activation_peak_bytes=activation_peak_bytes,
                       non_torch_bytes=non_torch_bytes or None, cpu_offload_bytes=cpu_offload_bytes,
-                      num_swap_blocks=int(swap_space_bytes) // bytes_per_block)
+                      num_swap_blocks=int(swap_space_bytes) // bytes_per_block
+                      + int(kv_offloading_bytes) // bytes_per_block,
+                      num_offload_blocks=int(kv_offloading_bytes) // bytes_per_block)

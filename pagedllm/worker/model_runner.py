@@ -215,11 +215,13 @@ class ModelRunner:
             kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory_bytes=self.config.kv_cache_memory_bytes,
             kv_cache_memory_source=self.config.kv_cache_memory_source,
             num_gpu_blocks_override=args.num_gpu_blocks_override,
-            swap_space_bytes=int((args.swap_space or 0) * (1 << 30)))
+            swap_space_bytes=int((args.swap_space or 0) * (1 << 30)),
+            kv_offloading_bytes=int((args.kv_offloading_size or 0) * (1 << 30)))
         return self.memory_plan.num_blocks
 
     def num_swap_blocks(self) -> int:
-        """CPU blocks of swap space (``swap_space`` GiB of this worker's blocks); 0: preemption recomputes."""
+        """CPU blocks: swap space (``swap_space`` GiB of this worker's blocks) and the prefix cache's CPU tier
+        (``kv_offloading_size`` GiB), one pool; 0: preemption recomputes, no CPU tier."""
         return self.memory_plan.num_swap_blocks if self.memory_plan is not None else 0
 
     @property

@@ -81,6 +81,12 @@ ENGINE_FIELDS: dict[str, list] = {
     # Into transformers' AutoConfig / AutoTokenizer with trust_remote_code: test_code_revision_reaches_transformers.
     "code_revision": [Read(("model/loader.py",), "code_revision=args.code_revision"),
                       Read(("engine/input_processor.py",), "args.code_revision")],
+    # The prefix cache's CPU tier: tests/unit/test_swap_preemption.py (tokens equal recomputed ones, copies counted).
+    "kv_offloading_size": [Read(("worker/model_runner.py",), "args.kv_offloading_size"),
+                           Read(("engine/core.py",), "config.args.kv_offloading_size"),
+                           Rejects(-1, "kv_offloading_size must be a positive number of GiB")],
+    "kv_offloading_backend": [Rejects("lmcache", "LMCache is not integrated"),
+                              Rejects("other", "kv_offloading_backend must be 'native' or 'lmcache'")],
     # Waves of loading ranks: tests/unit/test_tensor_parallel.py.
     "max_parallel_loading_workers": [Read(("worker/executor.py",), "config.args.max_parallel_loading_workers"),
                                      Rejects(0, "max_parallel_loading_workers must be a positive integer")],

@@ -122,6 +122,9 @@ def test_swap_out_and_in_block_ids_and_prefix_hits():
     # Blocks 0 and 1 still carry the request's hashes: taken back as hits, only the partial block is copied.
     assert kv.swap_in(r, 1) == [(2, 4)]
     assert r.block_ids == [0, 1, 4] and r.num_cached_blocks == 2
+    # Its CPU blocks stay held until the step is described: no other copy of the step may overwrite them first.
+    assert kv.swap_pool.num_free_blocks == 1
+    assert kv.take_copies() == ([(0, 0), (1, 1), (2, 2)], [(2, 4)])      # the step's copies, device -> CPU first
     assert kv.swap_pool.num_free_blocks == 4
     kv.free(r)
     kv.free(other)
@@ -140,3 +143,74 @@ def test_swap_in_waits_for_room_and_abort_frees_swap_blocks():
     assert kv.pool.num_free_blocks == 2 and kv.swap_pool.num_free_blocks == 0
     kv.free(r)                                                # aborted while swapped
     assert kv.swap_pool.num_free_blocks == 3 and kv.req_swapped == {}
+
+
+# ---- kv_offloading_size: the prefix cache's CPU tier ------------------------------------------------------------
+def test_cpu_tier_keeps_evicted_prefix_blocks_and_copies_them_back():
+    kv = KVCacheManager(num_blocks=4, block_size=4, num_swap_blocks=4, offload_to_cpu=True)
+    a = request("a", 9)                                       # blocks 0, 1 full (hashed), 2 partial
+    kv.allocate_slots(a, 9)
+    a.num_computed_tokens = 9
+    kv.free(a)
+    b = Request("b", list(range(50, 66)), SamplingParams(max_tokens=1))
+    assert kv.allocate_slots(b, 16) == [3, 2, 1, 0]            # evicts a's cached blocks 1 and 0 (2 had no hash)
+    stores, loads = kv.take_copies()
+    assert len(stores) == 2 and [dev for dev, _ in stores] == [1, 0] and loads == []
+    assert kv.num_blocks_offloaded == 2
+    b.num_computed_tokens = 16
+    kv.free(b)
+    again = request("a2", 9)                                  # a's tokens: its two full blocks hit in the CPU tier
+    hits, num_hit_tokens = kv.get_computed_blocks(again)
+    assert num_hit_tokens == 8 and all(h.on_cpu for h in hits)
+    assert [h.block_id for h in hits] == [cpu for _, cpu in reversed(stores)]     # a's block 0, then block 1
+    new_blocks = kv.allocate_slots(again, 1, hits)
+    assert again.block_ids[:2] == [b_.block_id for b_ in kv.req_blocks["a2"][:2]] and len(new_blocks) == 1
+    assert again.num_cached_blocks == 2 and kv.num_offload_hit_blocks == 2
+    stores, loads = kv.take_copies()
+    # Loading took three of b's device blocks (b's evicted full blocks go to the two CPU blocks not being read);
+    # the copies back read the CPU blocks of a's hashes into the request's first two blocks.
+    assert [cpu for cpu, _ in loads] == [h.block_id for h in hits]
+    assert [dev for _, dev in loads] == again.block_ids[:2]
+    assert {cpu for _, cpu in stores}.isdisjoint(cpu for cpu, _ in loads)
+    assert kv.swap_pool.num_free_blocks == 4                  # the read blocks are released with the step
+    # The loaded device blocks are cached under a's hashes: a third request hits them on the device.
+    third = request("a3", 9)
+    hits, _ = kv.get_computed_blocks(third)
+    assert [h.block_id for h in hits] == again.block_ids[:2] and not any(h.on_cpu for h in hits)
+
+
+def test_offloaded_prefix_gives_the_recomputed_tokens(tiny_dir):
+    """A small device cache evicts a prompt's blocks; with kv_offloading_size the prompt's second run takes them
+    back from the CPU tier (copies, no recompute) and its greedy tokens equal a run that recomputes them."""
+    first = PROMPTS[0]["prompt_token_ids"] * 2                 # 80 tokens: 5 full blocks of 16
+    others = [p["prompt_token_ids"] + [5] * 40 for p in PROMPTS[1:4]]
+    sp = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+    def run(engine):
+        out = [engine.generate([{"prompt_token_ids": first}], sp, use_tqdm=False)[0].outputs[0].token_ids]
+        for p in others:                                     # each fills most of the 12 blocks: first's go
+            engine.generate([{"prompt_token_ids": p}], sp, use_tqdm=False)
+        out.append(engine.generate([{"prompt_token_ids": first}], sp, use_tqdm=False)[0].outputs[0].token_ids)
+        return [list(t) for t in out]
+    small = dict(num_gpu_blocks_override=12, max_num_seqs=2, max_num_batched_tokens=128)
+    plain = llm(tiny_dir, **small)
+    want = run(plain)
+    assert plain.llm_engine.kv_cache.pool.hit_tokens == 0        # evicted: the second run recomputed them
+    assert want[0] == want[1]
+    offloaded = llm(tiny_dir, kv_offloading_size=0.01, **small)
+    assert run(offloaded) == want
+    kv = offloaded.llm_engine.kv_cache
+    assert kv.num_blocks_offloaded >= 5 and kv.num_offload_hit_blocks == 4     # 79 tokens can hit: 4 blocks
+    assert kv.pool.hit_tokens == 64
+    assert_pools_whole(offloaded)
+    assert offloaded.llm_engine.vllm_config.cache_config.num_cpu_blocks > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kv_offloading_size=0), "kv_offloading_size must be a positive number of GiB"),
+    (dict(kv_offloading_size=1, enable_prefix_caching=False), "needs enable_prefix_caching"),
+    (dict(kv_offloading_size=1, kv_offloading_backend="lmcache"), "LMCache is not integrated"),
+])
+def test_kv_offloading_arguments_are_checked(tiny_dir, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        llm(tiny_dir, **kwargs)
