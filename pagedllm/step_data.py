@@ -68,8 +68,9 @@ class SchedulerOutput:
     finished_req_ids: set[str] = field(default_factory=set)
     # Requests preempted by this step (their blocks are freed; the workers keep their state for the resumption).
     preempted_req_ids: set[str] = field(default_factory=set)
-    # swap_space: KV block copies the workers make before this step's forward pass, swap-outs first:
-    # (device block id, CPU block id) for preempted requests, then (CPU block id, device block id) for resumed ones.
+    # KV block copies the workers make before this step's forward pass, all of the first list first:
+    # (device block id, CPU block id) for preempted requests (swap_space) and blocks the prefix cache's CPU tier
+    # keeps (kv_offloading_size), then (CPU block id, device block id) for resumed requests and the tier's hits.
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)
     # Sample on the device without waiting for the host (async scheduling); set by the engine core. Never set for
