@@ -85,6 +85,11 @@ class EngineMetrics:
         self.c_swapped_out = counter("swapped_out_blocks", "KV-cache blocks copied to CPU swap space.").labels(model_name)
         self.c_swapped_in = counter("swapped_in_blocks", "KV-cache blocks copied back from CPU swap space.").labels(
             model_name)
+        # kv_offloading_size: the prefix cache's CPU tier.
+        self.c_offloaded = counter("kv_offload_stored_blocks", "Evicted prefix-cache blocks copied to the CPU tier "
+                                   "(kv_offloading_size).").labels(model_name)
+        self.c_offload_hits = counter("kv_offload_hit_blocks", "Prefix blocks copied back from the CPU tier instead "
+                                      "of recomputed (kv_offloading_size).").labels(model_name)
         self.c_prompt = counter("prompt_tokens", "Number of prefill tokens processed.").labels(model_name)
         self.c_generation = counter("generation_tokens", "Number of generation tokens processed.").labels(model_name)
         self.c_success = counter("request_success", "Count of successfully processed requests.", ["finished_reason"])
@@ -133,6 +138,7 @@ class EngineMetrics:
         self._tracked: dict[str, _Tracked] = {}
         self._prefix_seen = (0, 0)
         self._swap_seen = (0, 0)
+        self._offload_seen = (0, 0)
         # For the periodic log line.
         self._last_log_time = time.monotonic()
         self._interval_prompt = 0
@@ -161,6 +167,7 @@ class EngineMetrics:
                 self._spec_seen = first.spec_decoding
         self._prefix_seen = (first.prefix_queries, first.prefix_hits)
         self._swap_seen = (first.blocks_swapped_out, first.blocks_swapped_in)
+        self._offload_seen = (first.blocks_offloaded, first.offload_hit_blocks)
 
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
@@ -193,6 +200,13 @@ class EngineMetrics:
         out_blocks = snapshot.blocks_swapped_out - self._swap_seen[0]
         in_blocks = snapshot.blocks_swapped_in - self._swap_seen[1]
         self._swap_seen = (snapshot.blocks_swapped_out, snapshot.blocks_swapped_in)
+        stored = snapshot.blocks_offloaded - self._offload_seen[0]
+        loaded = snapshot.offload_hit_blocks - self._offload_seen[1]
+        self._offload_seen = (snapshot.blocks_offloaded, snapshot.offload_hit_blocks)
+        if stored > 0:
+            self.c_offloaded.inc(stored)
+        if loaded > 0:
+            self.c_offload_hits.inc(loaded)
         if out_blocks > 0:
             self.c_swapped_out.inc(out_blocks)
         if in_blocks > 0:

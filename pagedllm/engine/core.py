@@ -293,6 +293,7 @@ class EngineCore:
                               pool.num_free_blocks, pool.num_blocks, len(sched.swapped),
                               swap.num_free_blocks if swap is not None else 0, swap.num_blocks if swap is not None else 0,
                               sched.num_blocks_swapped_out, sched.num_blocks_swapped_in,
+                              self.kv_cache.num_blocks_offloaded, self.kv_cache.num_offload_hit_blocks,
                               *sched.lora_names(), sched.spec_counters())
 
     # ---- one step -----------------------------------------------------------------------------------------------

@@ -102,6 +102,9 @@ class EngineSnapshot:
     swap_num_blocks: int = 0
     blocks_swapped_out: int = 0
     blocks_swapped_in: int = 0
+    # kv_offloading_size: blocks copied into the prefix cache's CPU tier, and prefix blocks copied back from it.
+    blocks_offloaded: int = 0
+    offload_hit_blocks: int = 0
     # enable_lora: the names of the adapters of the running and of the waiting requests (vLLM's lora_requests_info).
     running_loras: tuple[str, ...] = ()
     waiting_loras: tuple[str, ...] = ()

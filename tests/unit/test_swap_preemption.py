@@ -203,6 +203,18 @@ def test_offloaded_prefix_gives_the_recomputed_tokens(tiny_dir):
     assert kv.num_blocks_offloaded >= 5 and kv.num_offload_hit_blocks == 4     # 79 tokens can hit: 4 blocks
     assert kv.pool.hit_tokens == 64
     assert_pools_whole(offloaded)
+    # The counters reach the engine snapshot and /metrics.
+    from pagedllm.engine.messages import EngineSnapshot
+    from pagedllm.engine.scheduler import StepStats
+    from pagedllm.metrics import EngineMetrics
+    snapshot = offloaded.llm_engine.core.snapshot()
+    assert (snapshot.blocks_offloaded, snapshot.offload_hit_blocks) == (kv.num_blocks_offloaded, 4)
+    metrics = EngineMetrics("tiny", log_stats=False)
+    metrics.attach(lambda: EngineSnapshot())
+    metrics.on_step(StepStats(), [], snapshot, 0.0)
+    text = metrics.render().decode()
+    assert 'kv_offload_hit_blocks_total{model_name="tiny"} 4.0' in text
+    assert f'kv_offload_stored_blocks_total{{model_name="tiny"}} {float(kv.num_blocks_offloaded)}' in text
     assert offloaded.llm_engine.vllm_config.cache_config.num_cpu_blocks > 0
 
 
