@@ -23,3 +23,7 @@ PART=2 bash benchmarks/gpu_session24/run.sh
 PYTHONPATH=$R timeout 150 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b"
 PYTHONPATH=$R timeout 200 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 sharegpt_like_1000 latency_8x1024x1024 2>&1 | offline_summary "7b"
 fi
+if [ "${PART:-1}" = 3 ]; then
+# kv_offloading_size: TTFT of an evicted 8k-token prompt, recomputed vs copied back from the CPU tier (7B dummy).
+PYTHONPATH=$R timeout 240 python3 benchmarks/gpu_session25/offload_ab.py qwen2.5-7b 8192 2>&1 | grep "^{"
+fi
