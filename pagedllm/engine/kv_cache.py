@@ -194,9 +194,7 @@ class BlockPool:
         """Drop every cached hash; only possible when no request holds blocks (vLLM's rule)."""
         if self.num_free_blocks != self.num_blocks:
             return False
-        for block in self.blocks:
-            block.block_hash = None
-        self.cached.clear()
+        self.drop_free_hashes()
         return True
 
 
@@ -303,10 +301,10 @@ class KVCacheManager:
         num_hit_tokens = len(new_computed_blocks) * self.block_size
         total = request.num_computed_tokens + num_hit_tokens + num_new_tokens
         need = -(-total // self.block_size) - len(blocks) - len(new_computed_blocks)
-        # The CPU tier's hits follow the device's: each needs a device block and a copy back.
-        device_hits = [b for b in new_computed_blocks if not b.on_cpu]
-        cpu_hits = list(new_computed_blocks[len(device_hits):])
         if need > 0 or new_computed_blocks:
+            # The CPU tier's hits follow the device's: each needs a device block and a copy back.
+            num_device_hits = sum(1 for b in new_computed_blocks if not b.on_cpu)
+            device_hits, cpu_hits = new_computed_blocks[:num_device_hits], new_computed_blocks[num_device_hits:]
             # Hit blocks that sit in the free queue are taken from it, so they count against what is free.
             free_hits = sum(1 for b in device_hits if b.ref_cnt == 0)
             if need + len(cpu_hits) > self.pool.num_free_blocks - free_hits:

@@ -443,10 +443,11 @@ def _build_in_waves(build: Callable[[], Any], rank: int, world_size: int, limit:
     each. Building runs no collective, so the ranks of later waves only wait. The runner keeps when its building
     began and ended (``load_window``, wall-clock seconds) and its wave."""
     import torch.distributed as dist
-    waves = 1 if not limit or world_size <= limit else -(-world_size // limit)
+    size = limit if limit and limit < world_size else world_size       # ranks per wave
+    waves = -(-world_size // size)
     runner = None
     for wave in range(waves):
-        if rank // (limit or world_size) == wave:
+        if rank // size == wave:
             began = time.time()
             runner = build()
             runner.load_window, runner.load_wave = (began, time.time()), (wave, waves)

@@ -145,11 +145,11 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
             f"the estimated maximum model length is {fits}. Try increasing {size_knob} or decreasing max_model_len "
             f"when initializing the engine, store the KV cache in kv_cache_dtype='fp8' (half the bytes per token), or "
             f"shrink the weights (quantization, cpu_offload_gb).")
+    num_offload_blocks = int(kv_offloading_bytes) // bytes_per_block
     return MemoryPlan(weights_bytes=weights_bytes, kv_cache_bytes=num_blocks * bytes_per_block, num_blocks=num_blocks,
                       block_size=block_size, bytes_per_block=bytes_per_block, max_model_len=max_model_len,
                       max_num_seqs=max_num_seqs, kv_cache_dtype=kv_cache_dtype, sized_by=sized_by,
                       total_bytes=total_bytes, budget_bytes=budget, activation_peak_bytes=activation_peak_bytes,
                       non_torch_bytes=non_torch_bytes or None, cpu_offload_bytes=cpu_offload_bytes,
-                      num_swap_blocks=int(swap_space_bytes) // bytes_per_block
-                      + int(kv_offloading_bytes) // bytes_per_block,
-                      num_offload_blocks=int(kv_offloading_bytes) // bytes_per_block)
+                      num_swap_blocks=int(swap_space_bytes) // bytes_per_block + num_offload_blocks,
+                      num_offload_blocks=num_offload_blocks)
