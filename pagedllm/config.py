@@ -1025,7 +1025,6 @@ def cuda_graphs_off(args: EngineArgs, on_gpu: bool, pooling: bool, quant_config:
     (a format whose kernels cannot be captured says so)."""
     return ("this engine runs on the CPU" if not on_gpu else "enforce_eager=True" if args.enforce_eager
             else "a pooling model runs eagerly" if pooling
-            else "enable_lora=True runs eagerly" if args.enable_lora
             else "cpu_offload_gb streams weights eagerly" if args.cpu_offload_gb
             else quant_config.eager_reason() if quant_config is not None else None)
 

@@ -8,6 +8,10 @@ captured graph removes it. Graphs are captured for bucketed batch sizes over sta
 Steps that carry prompt tokens cannot replay one graph (the attention's grids follow the batch's composition), so
 ``PiecewiseGraphRunner`` captures everything between two attention calls and runs the attention eagerly in between.
 
+LoRA (enable_lora): the adapters' deltas are captured with the rest. Their weights live in fixed slots that adding
+an adapter overwrites in place, and each token's slot comes from a static ``[tokens, max_loras]`` mask that a step
+fills before its replay (zeros: the base model), so one graph serves every mix of adapters.
+
 Tensor parallel: the row-parallel all-reduces (NCCL) are captured with the rest; the model runner runs one eager
 all-reduce before capturing (``warm_up_tp_communicator``), and every rank replays the same graph each step (the
 choice follows the step, which every rank has). Pipeline parallel: a stage after the first reads the previous
@@ -44,6 +48,23 @@ def graph_batch_sizes(max_num_seqs: int, sizes: list[int] | None = None, largest
     return found
 
 
+class LoRAMaskBuffer:
+    """enable_lora: the static ``[rows, max_loras]`` adapter mask the graphs read (pagedllm/lora/layers.py); a step
+    writes its own mask into the first rows and zeros the padding rows (zeros: no adapter)."""
+
+    def __init__(self, rows: int, max_loras: int, dtype: torch.dtype, device: torch.device):
+        self.mask = torch.zeros(rows, max_loras, dtype=dtype, device=device)
+
+    def fill(self, mask: torch.Tensor | None, n: int, bucket: int) -> None:
+        """``mask``: the step's [n, max_loras] mask, or None when no request of the step runs an adapter."""
+        if mask is None:
+            self.mask[:bucket].zero_()
+            return
+        self.mask[:n].copy_(mask)
+        if n < bucket:
+            self.mask[n:bucket].zero_()
+
+
 class StageInputs:
     """Pipeline parallel, a stage after the first: static buffers for the previous stage's hidden states and
     residual, ``rows`` tokens at most, that the captured graphs read."""
@@ -73,9 +94,10 @@ def _first_rows(out, n: int):
 class CudaGraphRunner:
     def __init__(self, model, kv_caches: list[torch.Tensor], sizes: list[int], max_blocks_per_seq: int,
                  attn_backend: AttentionBackend, device: torch.device,
-                 stage_input: tuple[int, torch.dtype] | None = None):
+                 stage_input: tuple[int, torch.dtype] | None = None, lora: tuple[int, torch.dtype] | None = None):
         """``sizes``: the batch sizes to capture, ascending (``graph_batch_sizes``). ``stage_input``: (hidden size,
-        dtype) on a pipeline stage after the first (its input comes from the previous stage), else None."""
+        dtype) on a pipeline stage after the first (its input comes from the previous stage), else None.
+        ``lora``: (max_loras, the adapters' dtype) with enable_lora, else None."""
         self.model = model
         self.kv_caches = kv_caches
         self.sizes = sizes
@@ -91,6 +113,7 @@ class CudaGraphRunner:
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.query_start_loc_cpu = np.arange(n + 1, dtype=np.int32)
         self.stage_inputs = None if stage_input is None else StageInputs(n, *stage_input, device)
+        self.lora_mask = None if lora is None else LoRAMaskBuffer(n, *lora, device)
         # Host staging buffers (pinned) so each replay is one async copy per input. Two sets, used in turn: with
         # async scheduling the host fills step N+1's inputs while step N's copies may still wait in the stream
         # (step N-1's set is free by then: the host has waited for step N-1's tokens).
@@ -119,7 +142,8 @@ class CudaGraphRunner:
             self.metadata[bs] = self.attn_backend.build_capture_metadata(self._common(bs))
         return ForwardBatch(
             input_ids=self.input_ids[:bs], positions=self.positions[:bs], slot_mapping=self.slot_mapping[:bs],
-            kv_caches=self.kv_caches, attn_backend=self.attn_backend, attn_metadata=self.metadata[bs])
+            kv_caches=self.kv_caches, attn_backend=self.attn_backend, attn_metadata=self.metadata[bs],
+            lora_mask=None if self.lora_mask is None else self.lora_mask.mask[:bs])
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -151,11 +175,12 @@ class CudaGraphRunner:
 
     def run(self, input_ids: np.ndarray, positions: np.ndarray, slots: np.ndarray, seq_lens: np.ndarray,
             tables: np.ndarray, fixup: tuple[torch.Tensor, torch.Tensor] | None = None,
-            received: IntermediateTensors | None = None):
+            received: IntermediateTensors | None = None, lora_mask: torch.Tensor | None = None):
         """Replay the graph of the smallest bucket holding ``n`` decode rows. ``fixup`` = (rows, tokens): input
         tokens that are still on the device (async scheduling), written over the staged ones. ``received``: the
-        previous pipeline stage's output (a stage after the first). Returns the hidden states, or a non-last
-        stage's ``IntermediateTensors``."""
+        previous pipeline stage's output (a stage after the first). ``lora_mask``: the step's adapter mask
+        (enable_lora; None: no adapter in the step). Returns the hidden states, or a non-last stage's
+        ``IntermediateTensors``."""
         n = len(input_ids)
         bs = next(s for s in self.sizes if s >= n)
         width = tables.shape[1]
@@ -177,6 +202,8 @@ class CudaGraphRunner:
             self.input_ids[fixup[0]] = fixup[1]
         if received is not None:
             self.stage_inputs.fill(received)
+        if self.lora_mask is not None:
+            self.lora_mask.fill(lora_mask, n, bs)
         if self.prepares_replay:
             self.attn_backend.prepare_replay(self.metadata[bs], self._common(bs, host, int(seq_lens.max())))
         self.graphs[bs].replay()
@@ -293,9 +320,10 @@ class PiecewiseGraphRunner:
     (``ForwardBatch.attn_breaker``)."""
 
     def __init__(self, model, kv_caches: list[torch.Tensor], sizes: list[int], attn_backend: AttentionBackend,
-                 device: torch.device, pool=None, stage_input: tuple[int, torch.dtype] | None = None):
+                 device: torch.device, pool=None, stage_input: tuple[int, torch.dtype] | None = None,
+                 lora: tuple[int, torch.dtype] | None = None):
         """``sizes``: the step sizes (tokens) to capture, ascending, maybe none (``piecewise_token_sizes``).
-        ``stage_input``: as ``CudaGraphRunner``'s."""
+        ``stage_input`` and ``lora``: as ``CudaGraphRunner``'s."""
         self.model = model
         self.kv_caches = kv_caches
         self.sizes = sizes
@@ -307,6 +335,7 @@ class PiecewiseGraphRunner:
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
         self.slot_mapping = torch.full((n,), -1, dtype=torch.long, device=device)
         self.stage_inputs = None if stage_input is None else StageInputs(n, *stage_input, device)
+        self.lora_mask = None if lora is None else LoRAMaskBuffer(n, *lora, device)
         self.splitters: dict[int, _GraphSplitter] = {}
         self.outputs: dict[int, torch.Tensor] = {}
 
@@ -320,7 +349,8 @@ class PiecewiseGraphRunner:
         return ForwardBatch(
             input_ids=self.input_ids[:t], positions=self.positions[:t], slot_mapping=self.slot_mapping[:t],
             kv_caches=self.kv_caches, attn_backend=self.attn_backend,
-            attn_metadata=self.attn_backend.build_capture_metadata(common), attn_breaker=breaker)
+            attn_metadata=self.attn_backend.build_capture_metadata(common), attn_breaker=breaker,
+            lora_mask=None if self.lora_mask is None else self.lora_mask.mask[:t])
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -356,8 +386,9 @@ class PiecewiseGraphRunner:
         return bool(self.splitters) and num_tokens <= self.sizes[-1]
 
     def run(self, batch: ForwardBatch, received: IntermediateTensors | None = None):
-        """The forward of ``batch`` (its device inputs already set, async-scheduling fixups included) through the
-        graphs of the smallest bucket holding its tokens. ``received``: as ``CudaGraphRunner.run``'s."""
+        """The forward of ``batch`` (its device inputs already set, async-scheduling fixups included, its
+        ``lora_mask`` with enable_lora) through the graphs of the smallest bucket holding its tokens. ``received``:
+        as ``CudaGraphRunner.run``'s."""
         n = batch.num_tokens
         t = next(s for s in self.sizes if s >= n)
         self.input_ids[:n].copy_(batch.input_ids)
@@ -367,6 +398,8 @@ class PiecewiseGraphRunner:
             self.slot_mapping[n:t].fill_(-1)
         if received is not None:
             self.stage_inputs.fill(received)
+        if self.lora_mask is not None:
+            self.lora_mask.fill(batch.lora_mask, n, t)
         splitter = self.splitters[t]
         graphs, calls = splitter.graphs, splitter.attention_calls
         for i, graph in enumerate(graphs):

@@ -383,12 +383,14 @@ class ModelRunner:
         free_before, _ = torch.cuda.mem_get_info(self.device)
         # A stage after the first reads the previous stage's output from the graphs' static buffers.
         stage_input = None if self.first_stage else (self.config.hf_config.hidden_size, self.dtype)
+        # enable_lora: the graphs read each step's adapter mask from a static buffer (cuda_graphs.LoRAMaskBuffer).
+        lora = None if self.lora is None else (self.lora.max_loras, self.lora.dtype)
         # cudagraph_capture_sizes / max_cudagraph_capture_size (vLLM's), else our lists (cuda_graphs.py).
         sizes, largest = cuda_graph_sizes(self.config.args)
         decode_sizes = graph_batch_sizes(self.config.max_num_seqs, sizes, largest)
         if backend.supports_full_cuda_graphs and decode_sizes:
             self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, decode_sizes, self.max_blocks_per_seq,
-                                                backend, self.device, stage_input=stage_input)
+                                                backend, self.device, stage_input=stage_input, lora=lora)
             self.graph_runner.capture()
         if backend.supports_piecewise_cuda_graphs and self.config.piecewise_cuda_graphs:
             pool = self.graph_runner.pool if self.graph_runner is not None else None
@@ -396,7 +398,8 @@ class ModelRunner:
                                                  envs.PAGEDLLM_PIECEWISE_MAX_TOKENS if largest is None else largest,
                                                  sizes)
             self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches, prompt_sizes, backend,
-                                                         self.device, pool=pool, stage_input=stage_input)
+                                                         self.device, pool=pool, stage_input=stage_input,
+                                                         lora=lora)
             self.piecewise_runner.capture()
         if self.config.args.speculative_config is not None:
             logger.info("speculative_config: a step in which a request verifies drafts has multi-token queries, so "
@@ -725,7 +728,7 @@ class ModelRunner:
         graphed = True       # ``hidden`` is a view of a graph's static output
         if (total == num_reqs and input_embeds is None and self.graph_runner is not None
                 and self.graph_runner.can_run(num_reqs)):
-            hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup, received)
+            hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup, received, lora_mask)
         else:
             batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches,
                                      num_decodes, lora_mask)
@@ -920,8 +923,8 @@ class ModelRunner:
 
 
 def _lora_manager(model: torch.nn.Module, config: EngineConfig) -> LoRAManager:
-    """The adapters' slots over the model's projections (enable_lora). CUDA graphs are off with LoRA: the graphs
-    would have to capture the step's adapter mask as a static input, which is not written yet."""
+    """The adapters' slots over the model's projections (enable_lora); the CUDA graphs capture their deltas
+    (worker/cuda_graphs.py)."""
     if not getattr(model, "supports_lora", False):
         raise ValueError(f"{type(model).__name__} does not support LoRA yet (LoRA adapters run on the Llama-shaped "
                          f"decoders: Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, Granite, OLMo 2, Phi-3, and the attention "
@@ -929,9 +932,6 @@ def _lora_manager(model: torch.nn.Module, config: EngineConfig) -> LoRAManager:
     if config.is_pooling:
         raise ValueError("enable_lora=True with a pooling (embedding) model is not supported yet by pagedllm.")
     args = config.args
-    if config.device.type == "cuda" and not args.enforce_eager:
-        logger.warning("enable_lora=True: CUDA graphs are off, every step runs eagerly (the graphs do not capture "
-                       "the adapters' per-token mask yet).")
     dtype = config.dtype if args.lora_dtype == "auto" else getattr(torch, args.lora_dtype)
     return LoRAManager(model, args.max_loras, args.max_lora_rank, args.max_cpu_loras or args.max_loras, dtype,
                        config.device, hf_token=args.hf_token)

@@ -1,6 +1,8 @@
 """LoRA adapters on a CUDA GPU (skipped without CUDA): the adapter math is plain torch matmuls, written and tested on
-the CPU (tests/unit/test_lora.py); here the same checks run on the GPU paths. With enable_lora the engine runs eagerly
-(no CUDA graphs, logged at start-up), so these also cover the Triton kernels outside graphs.
+the CPU (tests/unit/test_lora.py); here the same checks run on the GPU paths.
+
+* CUDA graphs (the default) capture the adapters' deltas: the same tokens as the eager engine's, in one batch of
+  mixed adapters (decode and piecewise graphs with padding rows) and after an adapter replaced another in its slot.
 
 * fp32, torch attention backend: greedy tokens equal HF fp32's with the adapter merged into the weights (W + s B A).
 * bf16, the default (Triton) backend: two adapters and the base model in one batch give each request the tokens it
@@ -32,8 +34,8 @@ def setup(tmp_path_factory):
 
 
 def _llm(root, **kwargs) -> LLM:
-    return LLM(str(root / "model"), enable_lora=True, max_lora_rank=8, max_loras=2, skip_tokenizer_init=True,
-               kv_cache_memory_gb=1.0, max_model_len=128, seed=0, **kwargs)
+    return LLM(str(root / "model"), **{**dict(enable_lora=True, max_lora_rank=8, max_loras=2, skip_tokenizer_init=True,
+                                              kv_cache_memory_gb=1.0, max_model_len=128, seed=0), **kwargs})
 
 
 def _tokens(outputs) -> list[list[int]]:
@@ -73,3 +75,46 @@ def test_bf16_mixed_batch_equals_each_adapter_alone(setup):
     assert compared >= len(mixed)
     del llm
     torch.cuda.empty_cache()
+
+
+def _graph_vs_eager(root, max_loras: int, requests) -> list:
+    """fp32, default (Triton) backend: the graphed engine's tokens equal the eager engine's, and its logprobs agree
+    (the same kernels; only the GEMMs' padded row counts differ)."""
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=1)
+    got = {}
+    for eager in (True, False):
+        llm = _llm(root, dtype="float32", max_loras=max_loras, enforce_eager=eager)
+        outs = [llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=lora)
+                for prompts, lora in requests]
+        runner = llm.llm_engine.runner
+        assert (runner.graph_runner is None) == eager and (runner.piecewise_runner is None) == eager
+        if not eager:
+            assert runner.graph_runner.num_runs > 0       # the decode steps replayed the graphs
+        got[eager] = [[(list(o.outputs[0].token_ids), [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
+                                                                                      o.outputs[0].logprobs)])
+                       for o in out] for out in outs]
+        del llm
+        torch.cuda.empty_cache()
+    for eager_out, graph_out in zip(got[True], got[False]):
+        assert [t for t, _ in graph_out] == [t for t, _ in eager_out]
+        for (_, a), (_, b) in zip(graph_out, eager_out):
+            assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3
+    return got[False]
+
+
+def test_cuda_graphs_mixed_batch_equals_eager(setup):
+    root, _ = setup
+    sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
+    # 6 requests: a 6-row decode step replays the 8-row graph (2 padding rows); the prompts' step the piecewise ones.
+    (out,) = _graph_vs_eager(root, 2, [(PROMPTS * 3, [sql, sql, None, None, chat, chat])])
+    tokens = [t for t, _ in out]
+    assert tokens[0] != tokens[2] != tokens[4]      # the adapters change the tokens
+
+
+def test_cuda_graphs_follow_an_adapter_loaded_into_a_used_slot(setup):
+    """max_loras=1: each adapter is written into the one slot after the graphs were captured."""
+    root, _ = setup
+    sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
+    out = _graph_vs_eager(root, 1, [(PROMPTS, None), (PROMPTS, sql), (PROMPTS, chat), (PROMPTS, sql)])
+    tokens = [[t for t, _ in o] for o in out]
+    assert tokens[1] == tokens[3] != tokens[0] and tokens[2] != tokens[1]

@@ -69,7 +69,6 @@ def test_the_command_line_flags(monkeypatch):
 
 @pytest.mark.parametrize("kwargs,why", [
     (dict(enforce_eager=True), "enforce_eager=True"),
-    (dict(enable_lora=True), "enable_lora=True runs eagerly"),
     (dict(cpu_offload_gb=1), "cpu_offload_gb streams weights eagerly"),
 ])
 def test_rejected_where_no_graph_is_captured(monkeypatch, kwargs, why):
@@ -77,6 +76,14 @@ def test_rejected_where_no_graph_is_captured(monkeypatch, kwargs, why):
         _build(monkeypatch, max_cudagraph_capture_size=64, **kwargs)
     with pytest.raises(ValueError, match="this engine runs on the CPU"):
         _build(monkeypatch, device="cpu", cudagraph_capture_sizes=[1, 2])
+
+
+def test_lora_keeps_its_cuda_graphs(monkeypatch):
+    """The graphs capture the adapters' deltas (a static per-token mask), so enable_lora takes graph sizes on a GPU
+    and the reason list does not name it."""
+    from pagedllm.config import cuda_graphs_off
+    assert cuda_graphs_off(EngineArgs(model="m", enable_lora=True), True, False) is None
+    _build(monkeypatch, enable_lora=True, cudagraph_capture_sizes=[1, 2, 4])
 
 
 def test_bitsandbytes_8bit_runs_eagerly():

@@ -440,7 +440,8 @@ def test_adapter_on_the_other_llama_shaped_families(tmp_path, arch):
            "olmo2": lambda: transformers.Olmo2Config(**common),
            "phi3": lambda: transformers.Phi3Config(**common, pad_token_id=0)}[arch]()
     torch.manual_seed(0)
-    # eager: transformers' SDPA path (its default in 5.17, the GPU machine's) drops Gemma 2's attention-logit soft-capping.
+    # eager: transformers' SDPA path (its default in 5.17, the GPU machine's) drops Gemma 2's attention-logit
+    # soft-capping.
     hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     hf.save_pretrained(tmp_path / "model")
     targets = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if arch == "phi3" else ALL_TARGETS

@@ -1,0 +1,86 @@
+"""enable_lora with and without CUDA graphs (session 26 made the graphs capture the adapters' deltas).
+
+A Qwen2.5 config with dummy weights, a random rank-16 PEFT adapter on all seven projections, greedy decoding with
+ignore_eos: one request alone (the per-token latency a chat user sees) and 64 concurrent requests, half of them with
+the adapter. Engines in turn: LoRA eager (before this change every LoRA engine ran this way), LoRA with graphs, no
+LoRA with graphs (the adapters' cost). Prints one JSON line per engine and workload.
+
+    PYTHONPATH=.:.bench/sb python3 benchmarks/gpu_session26/lora_graphs.py qwen2.5-1.5b
+"""
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from workloads import qwen2_config
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.lora.request import LoRARequest
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def write_adapter(path: Path, cfg: dict, rank: int) -> None:
+    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    head = h // cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"] * head
+    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+              "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}     # (in, out)
+    torch.manual_seed(0)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, (fan_in, fan_out) in shapes.items():
+            part = "self_attn" if name in TARGETS[:4] else "mlp"
+            key = f"base_model.model.model.layers.{layer}.{part}.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, fan_in, dtype=torch.bfloat16) * 0.01
+            tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, rank, dtype=torch.bfloat16) * 0.01
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(TARGETS), "bias": "none"}))
+
+
+def main() -> None:
+    name = sys.argv[1] if len(sys.argv) > 1 else "qwen2.5-1.5b"
+    n, new_tokens = (int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else (64, 128)   # small: a CPU check
+    d = Path(tempfile.mkdtemp())
+    cfg = qwen2_config(name)
+    (d / "model").mkdir()
+    (d / "model" / "config.json").write_text(json.dumps(cfg))
+    write_adapter(d / "lora", cfg, 16)
+    lora = LoRARequest("lora", 1, str(d / "lora"))
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    g = torch.Generator().manual_seed(0)
+    prompts = [{"prompt_token_ids": torch.randint(100, 30000, (128,), generator=g).tolist()} for _ in range(n)]
+    for label, kwargs in (("lora eager", dict(enable_lora=True, enforce_eager=True)),
+                          ("lora graphs", dict(enable_lora=True)), ("no lora graphs", {})):
+        if kwargs.get("enable_lora"):
+            kwargs.update(max_loras=2, max_lora_rank=16)
+        if torch.cuda.is_available():
+            kwargs.update(gpu_memory_utilization=0.8)
+        llm = LLM(str(d / "model"), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+                  max_model_len=1024, **kwargs)
+        with_lora = ((lambda k: [lora if i % 2 == 0 else None for i in range(k)]) if "enable_lora" in kwargs
+                     else (lambda k: None))
+        llm.generate(prompts[:2], SamplingParams(max_tokens=4), use_tqdm=False, lora_request=with_lora(2))  # warm
+        alone = "bs1 adapter" if "enable_lora" in kwargs else "bs1"
+        for workload, batch in ((alone, prompts[:1]), (f"{n} concurrent", prompts)):
+            reqs = with_lora(len(batch)) if len(batch) > 1 else [lora] if "enable_lora" in kwargs else None
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            outs = llm.generate(batch, params, use_tqdm=False, lora_request=reqs)
+            took = time.perf_counter() - t
+            tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+            print(json.dumps({"model": name, "engine": label, "workload": workload, "s": round(took, 3),
+                              "output_tok_s": round(tokens / took, 1)}), flush=True)
+        del llm
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
