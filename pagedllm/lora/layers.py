@@ -48,5 +48,9 @@ class LoRASlots:
         """``y`` plus each token's adapter delta (``mask``: [T, max_loras] in the adapters' dtype, lora_dtype)."""
         x2 = x.reshape(-1, self.in_features).to(self.a.dtype)
         xa = (x2 @ self.a.t()).view(x2.shape[0], self.max_loras, -1) * mask.unsqueeze(-1)
-        delta = xa.view(x2.shape[0], -1) @ self.b.t()
-        return y + delta.view(y.shape).to(y.dtype)
+        xa = xa.view(x2.shape[0], -1)
+        if y.dtype == self.b.dtype:
+            # The add in the expand GEMM's epilogue: three kernels a projection instead of four (inside a CUDA
+            # graph each small kernel costs ~3 us; 1.5B at batch 1 has 112 adapted projections a step).
+            return torch.addmm(y.reshape(-1, y.shape[-1]), xa, self.b.t()).view(y.shape)
+        return y + (xa @ self.b.t()).view(y.shape).to(y.dtype)
