@@ -14,5 +14,5 @@ PYTHONPATH=$R:.bench/sb timeout 240 python3 benchmarks/gpu_session26/lora_graphs
 SWITCH=PAGEDLLM_LOGGING_LEVEL VALUES="INFO INFO" timeout 150 bash benchmarks/gpu_session9/s9e.sh 2>&1 | grep -E "health|start-up " | cut -c1-400
 fi
 if [ "${PART:-1}" = 2 ]; then
-PYTHONPATH=$R:.bench/sb timeout 400 python3 benchmarks/gpu_session26/lora_graphs.py qwen2.5-7b 2>&1 | grep -E "^\{|Error"
+PYTHONPATH=$R:.bench/sb timeout 300 python3 benchmarks/gpu_session26/lora_graphs.py qwen2.5-7b 2>&1 | grep -E "^\{|Error"
 fi
