@@ -2,12 +2,15 @@
 
 A Qwen2.5 config with dummy weights, a random rank-16 PEFT adapter on all seven projections, greedy decoding with
 ignore_eos: one request alone (the per-token latency a chat user sees) and 64 concurrent requests, half of them with
-the adapter. Engines in turn: LoRA eager (before this change every LoRA engine ran this way), LoRA with graphs, no
-LoRA with graphs (the adapters' cost). Prints one JSON line per engine and workload.
+the adapter. Engines in turn (ENGINES, comma-separated, default all): "lora eager" (before this session every LoRA
+engine ran this way), "lora graphs torch" (graphs, the deltas in the masked torch form at every step size), "lora
+graphs" (graphs, decode-sized deltas by kernels/triton_lora.py), "no lora graphs" (the adapters' cost). Prints one
+JSON line per engine and workload.
 
     PYTHONPATH=.:.bench/sb python3 benchmarks/gpu_session26/lora_graphs.py qwen2.5-1.5b
 """
 import json
+import os
 import sys
 import tempfile
 import time
@@ -18,6 +21,7 @@ from safetensors.torch import save_file
 from workloads import qwen2_config
 
 from pagedllm import LLM, SamplingParams
+from pagedllm.lora import layers as lora_layers
 from pagedllm.lora.request import LoRARequest
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -55,8 +59,16 @@ def main() -> None:
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     g = torch.Generator().manual_seed(0)
     prompts = [{"prompt_token_ids": torch.randint(100, 30000, (128,), generator=g).tolist()} for _ in range(n)]
-    for label, kwargs in (("lora eager", dict(enable_lora=True, enforce_eager=True)),
-                          ("lora graphs", dict(enable_lora=True)), ("no lora graphs", {})):
+    triton_max = lora_layers._TRITON_MAX_TOKENS
+    engines = (("lora eager", dict(enable_lora=True, enforce_eager=True)),
+               ("lora graphs torch", dict(enable_lora=True)), ("lora graphs", dict(enable_lora=True)),
+               ("no lora graphs", {}))
+    chosen = os.environ.get("ENGINES", ",".join(label for label, _ in engines)).split(",")
+    for label, kwargs in engines:
+        if label not in chosen:
+            continue
+        # Read when the graphs are captured (and at every eager step): 0 sends every step to the torch form.
+        lora_layers._TRITON_MAX_TOKENS = 0 if label == "lora graphs torch" else triton_max
         if kwargs.get("enable_lora"):
             kwargs.update(max_loras=2, max_lora_rank=16)
         if torch.cuda.is_available():

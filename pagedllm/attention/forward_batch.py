@@ -26,9 +26,9 @@ class ForwardBatch:
     attn_breaker: object | None = None
     # [T] int64 BERT segment ids (1 for the second text of a cross-encoder pair); None: every token's is 0.
     token_type_ids: torch.Tensor | None = None
-    # enable_lora: [T, max_loras], 1 at the adapter slot each token runs with (a row of zeros: the base model); None
-    # when no request of the step has an adapter (pagedllm/lora/manager.py LoRAManager.step_mask).
-    lora_mask: torch.Tensor | None = None
+    # enable_lora: the adapter slot each token runs with (pagedllm/lora/layers.py LoRAStep: a [T, max_loras] mask
+    # and [T] slot ids); None when no request of the step has an adapter (LoRAManager.step_inputs).
+    lora_step: Any = None
     # enable_prompt_embeds: (flat token indices [R] int64, their embeddings [R, hidden]) given by prompt_embeds
     # prompts, used instead of the embedding of input_ids there (model/layers/embedding.embed_inputs); None: none.
     input_embeds: tuple[torch.Tensor, torch.Tensor] | None = None

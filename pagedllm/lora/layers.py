@@ -1,7 +1,21 @@
 """One linear layer's resident adapters, stacked over the ``max_loras`` slots, and the per-token LoRA delta."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+# Up to this many tokens (decode-sized steps) a GPU step's deltas take the Triton kernels; above it (prefill) the
+# torch form's GEMMs on the tensor cores, whose cost does not grow with the token count as one program per token.
+_TRITON_MAX_TOKENS = 64
+
+
+class LoRAStep(NamedTuple):
+    """Which adapter each token of a step runs with, in the two forms the deltas read: ``mask`` [T, max_loras] in
+    the adapters' dtype (1 at the token's slot, a row of zeros for the base model; the torch form) and ``slots`` [T]
+    int32 (the slot, -1 for the base model; the Triton kernels of decode-sized steps)."""
+    mask: torch.Tensor
+    slots: torch.Tensor
 
 
 class LoRASlots:
@@ -44,8 +58,18 @@ class LoRASlots:
         self.b[rows, cols] = 0
         self.b[rows, cols.start:cols.start + r] = b.to(self.b.device, self.b.dtype)
 
-    def add_delta(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``y`` plus each token's adapter delta (``mask``: [T, max_loras] in the adapters' dtype, lora_dtype)."""
+    def add_delta(self, x: torch.Tensor, y: torch.Tensor, step: LoRAStep) -> torch.Tensor:
+        """``y`` plus each token's adapter delta. On a GPU, up to ``_TRITON_MAX_TOKENS`` tokens: two Triton
+        kernels that read only each token's own slot (pagedllm/kernels/triton_lora.py); else the torch form."""
+        tokens = step.slots.shape[0]
+        if y.is_cuda and tokens <= _TRITON_MAX_TOKENS and self.num_parts <= 3:
+            from pagedllm.kernels.triton_lora import lora_delta_     # Triton only where a GPU runs it
+            y2 = y.reshape(tokens, -1)
+            if not y2.is_contiguous():
+                y2 = y2.contiguous()
+            return lora_delta_(x.reshape(tokens, self.in_features), y2, self.a, self.b, step.slots,
+                               self.part_offsets, self.max_rank).view(y.shape)
+        mask = step.mask
         x2 = x.reshape(-1, self.in_features).to(self.a.dtype)
         xa = (x2 @ self.a.t()).view(x2.shape[0], self.max_loras, -1) * mask.unsqueeze(-1)
         xa = xa.view(x2.shape[0], -1)

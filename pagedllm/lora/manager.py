@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pagedllm.lora.layers import LoRASlots
+from pagedllm.lora.layers import LoRASlots, LoRAStep
 from pagedllm.lora.peft import LORA_TARGET_MODULES, PEFTAdapter, load_adapter
 from pagedllm.lora.request import LoRARequest
 
@@ -179,9 +179,9 @@ class LoRAManager:
                 slots.set(slot, part, a, b)
             self._slot_of[lora_id] = slot
 
-    def step_mask(self, lora_requests: Sequence[LoRARequest | None], num_tokens: Sequence[int]) -> torch.Tensor | None:
-        """The [T, max_loras] mask of a step whose requests (in batch order) run ``num_tokens`` tokens each with
-        these adapters (None: the base model); None when no request of the step has one."""
+    def step_inputs(self, lora_requests: Sequence[LoRARequest | None], num_tokens: Sequence[int]) -> LoRAStep | None:
+        """Each token's adapter slot (mask and slot index, LoRAStep) for a step whose requests (in batch order) run
+        ``num_tokens`` tokens each with these adapters (None: the base model); None when no request has one."""
         ids = {r.lora_int_id for r in lora_requests if r is not None}
         if not ids:
             return None
@@ -193,4 +193,5 @@ class LoRAManager:
         mask = np.zeros((len(per_token), self.max_loras), dtype=np.float32)
         rows = np.nonzero(per_token >= 0)[0]
         mask[rows, per_token[rows]] = 1.0
-        return torch.from_numpy(mask).to(self.device, self.dtype, non_blocking=True)
+        return LoRAStep(torch.from_numpy(mask).to(self.device, self.dtype, non_blocking=True),
+                        torch.from_numpy(per_token.astype(np.int32)).to(self.device, non_blocking=True))

@@ -9,8 +9,9 @@ Steps that carry prompt tokens cannot replay one graph (the attention's grids fo
 ``PiecewiseGraphRunner`` captures everything between two attention calls and runs the attention eagerly in between.
 
 LoRA (enable_lora): the adapters' deltas are captured with the rest. Their weights live in fixed slots that adding
-an adapter overwrites in place, and each token's slot comes from a static ``[tokens, max_loras]`` mask that a step
-fills before its replay (zeros: the base model), so one graph serves every mix of adapters.
+an adapter overwrites in place, and each token's slot comes from static buffers (a ``[tokens, max_loras]`` mask and
+``[tokens]`` slot ids) that a step fills before its replay (the base model: zeros, -1), so one graph serves every
+mix of adapters.
 
 Tensor parallel: the row-parallel all-reduces (NCCL) are captured with the rest; the model runner runs one eager
 all-reduce before capturing (``warm_up_tp_communicator``), and every rank replays the same graph each step (the
@@ -31,6 +32,7 @@ import torch
 
 from pagedllm.attention.backends.base import AttentionBackend, CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.lora.layers import LoRAStep
 from pagedllm.model.layers.pipeline import IntermediateTensors
 
 logger = logging.getLogger(__name__)
@@ -48,21 +50,28 @@ def graph_batch_sizes(max_num_seqs: int, sizes: list[int] | None = None, largest
     return found
 
 
-class LoRAMaskBuffer:
-    """enable_lora: the static ``[rows, max_loras]`` adapter mask the graphs read (pagedllm/lora/layers.py); a step
-    writes its own mask into the first rows and zeros the padding rows (zeros: no adapter)."""
+class LoRAStepBuffer:
+    """enable_lora: the static adapter selection the graphs read (pagedllm/lora/layers.py LoRAStep: a [rows,
+    max_loras] mask and [rows] slot ids); a step writes its own into the first rows and marks the padding rows as
+    the base model (zeros, -1)."""
 
     def __init__(self, rows: int, max_loras: int, dtype: torch.dtype, device: torch.device):
         self.mask = torch.zeros(rows, max_loras, dtype=dtype, device=device)
+        self.slots = torch.full((rows,), -1, dtype=torch.int32, device=device)
 
-    def fill(self, mask: torch.Tensor | None, n: int, bucket: int) -> None:
-        """``mask``: the step's [n, max_loras] mask, or None when no request of the step runs an adapter."""
-        if mask is None:
-            self.mask[:bucket].zero_()
-            return
-        self.mask[:n].copy_(mask)
+    def view(self, rows: int) -> LoRAStep:
+        return LoRAStep(self.mask[:rows], self.slots[:rows])
+
+    def fill(self, step: LoRAStep | None, n: int, bucket: int) -> None:
+        """``step``: the step's selection for its ``n`` tokens, or None when no request of the step runs an adapter."""
+        if step is None:
+            n = 0
+        else:
+            self.mask[:n].copy_(step.mask)
+            self.slots[:n].copy_(step.slots)
         if n < bucket:
             self.mask[n:bucket].zero_()
+            self.slots[n:bucket].fill_(-1)
 
 
 class StageInputs:
@@ -113,7 +122,7 @@ class CudaGraphRunner:
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.query_start_loc_cpu = np.arange(n + 1, dtype=np.int32)
         self.stage_inputs = None if stage_input is None else StageInputs(n, *stage_input, device)
-        self.lora_mask = None if lora is None else LoRAMaskBuffer(n, *lora, device)
+        self.lora_step = None if lora is None else LoRAStepBuffer(n, *lora, device)
         # Host staging buffers (pinned) so each replay is one async copy per input. Two sets, used in turn: with
         # async scheduling the host fills step N+1's inputs while step N's copies may still wait in the stream
         # (step N-1's set is free by then: the host has waited for step N-1's tokens).
@@ -143,7 +152,7 @@ class CudaGraphRunner:
         return ForwardBatch(
             input_ids=self.input_ids[:bs], positions=self.positions[:bs], slot_mapping=self.slot_mapping[:bs],
             kv_caches=self.kv_caches, attn_backend=self.attn_backend, attn_metadata=self.metadata[bs],
-            lora_mask=None if self.lora_mask is None else self.lora_mask.mask[:bs])
+            lora_step=None if self.lora_step is None else self.lora_step.view(bs))
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -175,10 +184,10 @@ class CudaGraphRunner:
 
     def run(self, input_ids: np.ndarray, positions: np.ndarray, slots: np.ndarray, seq_lens: np.ndarray,
             tables: np.ndarray, fixup: tuple[torch.Tensor, torch.Tensor] | None = None,
-            received: IntermediateTensors | None = None, lora_mask: torch.Tensor | None = None):
+            received: IntermediateTensors | None = None, lora_step: LoRAStep | None = None):
         """Replay the graph of the smallest bucket holding ``n`` decode rows. ``fixup`` = (rows, tokens): input
         tokens that are still on the device (async scheduling), written over the staged ones. ``received``: the
-        previous pipeline stage's output (a stage after the first). ``lora_mask``: the step's adapter mask
+        previous pipeline stage's output (a stage after the first). ``lora_step``: the step's adapter selection
         (enable_lora; None: no adapter in the step). Returns the hidden states, or a non-last stage's
         ``IntermediateTensors``."""
         n = len(input_ids)
@@ -202,8 +211,8 @@ class CudaGraphRunner:
             self.input_ids[fixup[0]] = fixup[1]
         if received is not None:
             self.stage_inputs.fill(received)
-        if self.lora_mask is not None:
-            self.lora_mask.fill(lora_mask, n, bs)
+        if self.lora_step is not None:
+            self.lora_step.fill(lora_step, n, bs)
         if self.prepares_replay:
             self.attn_backend.prepare_replay(self.metadata[bs], self._common(bs, host, int(seq_lens.max())))
         self.graphs[bs].replay()
@@ -335,7 +344,7 @@ class PiecewiseGraphRunner:
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
         self.slot_mapping = torch.full((n,), -1, dtype=torch.long, device=device)
         self.stage_inputs = None if stage_input is None else StageInputs(n, *stage_input, device)
-        self.lora_mask = None if lora is None else LoRAMaskBuffer(n, *lora, device)
+        self.lora_step = None if lora is None else LoRAStepBuffer(n, *lora, device)
         self.splitters: dict[int, _GraphSplitter] = {}
         self.outputs: dict[int, torch.Tensor] = {}
 
@@ -350,7 +359,7 @@ class PiecewiseGraphRunner:
             input_ids=self.input_ids[:t], positions=self.positions[:t], slot_mapping=self.slot_mapping[:t],
             kv_caches=self.kv_caches, attn_backend=self.attn_backend,
             attn_metadata=self.attn_backend.build_capture_metadata(common), attn_breaker=breaker,
-            lora_mask=None if self.lora_mask is None else self.lora_mask.mask[:t])
+            lora_step=None if self.lora_step is None else self.lora_step.view(t))
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -387,7 +396,7 @@ class PiecewiseGraphRunner:
 
     def run(self, batch: ForwardBatch, received: IntermediateTensors | None = None):
         """The forward of ``batch`` (its device inputs already set, async-scheduling fixups included, its
-        ``lora_mask`` with enable_lora) through the graphs of the smallest bucket holding its tokens. ``received``:
+        ``lora_step`` with enable_lora) through the graphs of the smallest bucket holding its tokens. ``received``:
         as ``CudaGraphRunner.run``'s."""
         n = batch.num_tokens
         t = next(s for s in self.sizes if s >= n)
@@ -398,8 +407,8 @@ class PiecewiseGraphRunner:
             self.slot_mapping[n:t].fill_(-1)
         if received is not None:
             self.stage_inputs.fill(received)
-        if self.lora_mask is not None:
-            self.lora_mask.fill(batch.lora_mask, n, t)
+        if self.lora_step is not None:
+            self.lora_step.fill(batch.lora_step, n, t)
         splitter = self.splitters[t]
         graphs, calls = splitter.graphs, splitter.attention_calls
         for i, graph in enumerate(graphs):

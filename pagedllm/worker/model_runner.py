@@ -22,6 +22,7 @@ from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, 
                                   warm_up_tp_communicator)
 from pagedllm.kernels.parallel_compile import compile_ahead
 from pagedllm.kernels.settings import configure_kernels
+from pagedllm.lora.layers import LoRAStep
 from pagedllm.lora.manager import LoRAManager
 from pagedllm.lora.request import LoRARequest
 from pagedllm.model.layers.logits_processors import CustomLogitsProcessors, load_logits_processor_classes
@@ -383,7 +384,7 @@ class ModelRunner:
         free_before, _ = torch.cuda.mem_get_info(self.device)
         # A stage after the first reads the previous stage's output from the graphs' static buffers.
         stage_input = None if self.first_stage else (self.config.hf_config.hidden_size, self.dtype)
-        # enable_lora: the graphs read each step's adapter mask from a static buffer (cuda_graphs.LoRAMaskBuffer).
+        # enable_lora: the graphs read each step's adapter slots from static buffers (cuda_graphs.LoRAStepBuffer).
         lora = None if self.lora is None else (self.lora.max_loras, self.lora.dtype)
         # cudagraph_capture_sizes / max_cudagraph_capture_size (vLLM's), else our lists (cuda_graphs.py).
         sizes, largest = cuda_graph_sizes(self.config.args)
@@ -569,7 +570,7 @@ class ModelRunner:
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _make_batch(self, input_ids, positions, slots, query_start_loc, seq_lens, block_tables, kv_caches,
-                    num_decodes: int = 0, lora_mask: torch.Tensor | None = None, attn_backend=None) -> ForwardBatch:
+                    num_decodes: int = 0, lora_step: LoRAStep | None = None, attn_backend=None) -> ForwardBatch:
         dev = self.device
         query_start_loc = np.asarray(query_start_loc, dtype=np.int32)
         seq_lens = np.asarray(seq_lens, dtype=np.int32)
@@ -589,7 +590,7 @@ class ModelRunner:
             input_ids=torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(dev, non_blocking=True),
             positions=torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev, non_blocking=True),
             slot_mapping=slot_mapping, kv_caches=kv_caches, attn_backend=backend,
-            attn_metadata=backend.build_metadata(common), lora_mask=lora_mask)
+            attn_metadata=backend.build_metadata(common), lora_step=lora_step)
 
     def startup_info(self) -> dict:
         """Facts for the engine's start-up log block."""
@@ -717,9 +718,9 @@ class ModelRunner:
         if not self.first_stage:
             received = IntermediateTensors(*pp_recv_hidden(total, self.config.hf_config.hidden_size, self.dtype,
                                                            self.device))
-        lora_mask = None
+        lora_step = None
         if self.lora is not None:
-            lora_mask = self.lora.step_mask([st.lora_request for st, _ in items], q_lens)
+            lora_step = self.lora.step_inputs([st.lora_request for st, _ in items], q_lens)
         # A step with given embeddings runs eagerly: the graphs embed input_ids inside them.
         input_embeds = None
         if embed_values:
@@ -728,10 +729,10 @@ class ModelRunner:
         graphed = True       # ``hidden`` is a view of a graph's static output
         if (total == num_reqs and input_embeds is None and self.graph_runner is not None
                 and self.graph_runner.can_run(num_reqs)):
-            hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup, received, lora_mask)
+            hidden = self.graph_runner.run(input_ids, positions, slots, seq_lens, tables, fixup, received, lora_step)
         else:
             batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches,
-                                     num_decodes, lora_mask)
+                                     num_decodes, lora_step)
             batch.input_embeds = input_embeds
             if self.pooler is not None:
                 batch.token_type_ids = self._token_type_ids(items, starts, total)

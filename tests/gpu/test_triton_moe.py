@@ -4,18 +4,12 @@ Runs on a CUDA GPU, or under ``TRITON_INTERPRET=1`` on CPU tensors (see tests/gp
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_env import DEVICE, HALF, INTERPRET, NEEDS_GPU_OR_INTERPRETER
 
 triton = pytest.importorskip("triton")
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRET, reason="needs a CUDA GPU")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# Triton 3.6's interpreter mis-converts fp32 -> bf16 (see test_triton_attention.py): fp16 stands in for bf16 there.
-HALF = torch.float16 if INTERPRET else torch.bfloat16
+pytestmark = NEEDS_GPU_OR_INTERPRETER
 
 from pagedllm.kernels.triton_moe import align_to_experts, fused_moe  # noqa: E402
 from pagedllm.model.layers.moe import MoEExperts  # noqa: E402

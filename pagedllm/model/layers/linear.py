@@ -120,7 +120,7 @@ class LinearBase(nn.Module):
         self._packed: torch.Tensor | None = None
         self._pack_tried = False
         # enable_lora: this layer's resident adapters (pagedllm/lora/layers.py LoRASlots), set by the worker's
-        # LoRAManager; a step's ForwardBatch.lora_mask says which one each token runs with.
+        # LoRAManager; a step's ForwardBatch.lora_step says which one each token runs with.
         self.lora = None
 
     def _load(self, param: torch.Tensor, loaded: torch.Tensor, *args) -> None:
@@ -138,20 +138,20 @@ class LinearBase(nn.Module):
             self._packed = None
         self._pack_tried = False
 
-    def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.add_lora(x, self.linear(x, self.bias), lora_mask)
+    def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
+        return self.add_lora(x, self.linear(x, self.bias), lora_step)
 
     def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of a LoRA adapter's A [r, in] and B [out, r] for this layer (or for part ``shard_id`` of
         a fused one), cut as the layer cuts its weight: a replicated layer keeps both whole."""
         return a, b
 
-    def add_lora(self, x: torch.Tensor, y: torch.Tensor, lora_mask: torch.Tensor | None) -> torch.Tensor:
-        """``y`` plus the LoRA delta of each token's adapter (``lora_mask``: [T, max_loras], None: no adapter in the
-        step)."""
-        if lora_mask is None or self.lora is None:
+    def add_lora(self, x: torch.Tensor, y: torch.Tensor, lora_step) -> torch.Tensor:
+        """``y`` plus the LoRA delta of each token's adapter (``lora_step``: pagedllm/lora/layers.py LoRAStep, None:
+        no adapter in the step)."""
+        if lora_step is None or self.lora is None:
             return y
-        return self.lora.add_delta(x, y, lora_mask)
+        return self.lora.add_delta(x, y, lora_step)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.quant_method is not None:
@@ -234,10 +234,10 @@ class RowParallelLinear(LinearBase):
         # A's columns: this rank's inputs; each rank's partial delta joins the all-reduce with its partial output.
         return shard_of(a, 1, self.tp_rank, self.input_size, self.tp_size), b
 
-    def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
         if self.tp_size == 1:
-            return self.add_lora(x, self.linear(x, self.bias), lora_mask)
-        return tp_all_reduce(self.add_lora(x, self.linear(x, self.bias if self.tp_rank == 0 else None), lora_mask))
+            return self.add_lora(x, self.linear(x, self.bias), lora_step)
+        return tp_all_reduce(self.add_lora(x, self.linear(x, self.bias if self.tp_rank == 0 else None), lora_step))
 
 
 class MergedColumnParallelLinear(LinearBase):
@@ -272,12 +272,12 @@ class MergedColumnParallelLinear(LinearBase):
     def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
         return a, shard_of(b, 0, self.tp_rank, self.output_sizes[shard_id], self.tp_size)
 
-    def fused_forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    def fused_forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor | None:
         """``silu(gate) * up`` of this [gate | up] layer's output (PAGEDLLM_GATE_UP_SILU) in one skinny-GEMM
         kernel where that applies (dense weights, no adapter in the step); None elsewhere: the caller runs the layer
         and the activation."""
         if (not self.silu_epilogue or self.quant_method is not None or not x.is_cuda or len(self.output_sizes) != 2
-                or self.output_sizes[0] != self.output_sizes[1] or (lora_mask is not None and self.lora is not None)):
+                or self.output_sizes[0] != self.output_sizes[1] or (lora_step is not None and self.lora is not None)):
             return None
         return cuda_linear_silu(x, self.weight, self.bias)
 

@@ -160,7 +160,7 @@ class SparseMoeBlock(nn.Module):
             self.shared_expert_gate = nn.Linear(hf_config.hidden_size, 1, bias=False)
             self.shared_expert_gate.weight.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
         logits = self.gate(x)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         top_weights, top_ids = torch.topk(probs, self.top_k, dim=-1)
@@ -172,7 +172,7 @@ class SparseMoeBlock(nn.Module):
         if self.experts.tp_size > 1:
             out = tp_all_reduce(out)
         if self.shared_expert is not None:     # a dense MLP: its projections take LoRA as any model's
-            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x, lora_mask)
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x, lora_step)
         return out
 
 

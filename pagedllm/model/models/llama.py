@@ -117,7 +117,7 @@ class LlamaAttention(nn.Module):
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden, batch.lora_mask)
+        qkv = self.qkv_proj(hidden, batch.lora_step)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm_whole:        # OLMo 2: over all heads (one rank holds them all: no tensor parallel)
             q, k = self.q_norm(q), self.k_norm(k)
@@ -125,7 +125,7 @@ class LlamaAttention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm and not self.qk_norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
-        return self.o_proj(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions), batch.lora_mask)
+        return self.o_proj(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions), batch.lora_step)
 
 
 class LlamaMLP(nn.Module):
@@ -141,14 +141,14 @@ class LlamaMLP(nn.Module):
         self.silu = activation == "silu"
         self.act = SiluAndMul() if self.silu else GeluTanhAndMul()
 
-    def forward(self, x: torch.Tensor, lora_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
         # SiLU-and-mul fused into down_proj's skinny GEMM was tried: 7B batch-1 decode 7% slower on an H200, as every
         # program recomputes SiLU over all of K (docs/perf.md). In gate_up's epilogue (PAGEDLLM_GATE_UP_SILU) each
         # output is computed once, by the program that has its gate and up rows (SiLU only).
-        h = self.gate_up_proj.fused_forward(x, lora_mask) if self.silu else None
+        h = self.gate_up_proj.fused_forward(x, lora_step) if self.silu else None
         if h is None:
-            h = self.act(self.gate_up_proj(x, lora_mask))
-        return self.down_proj(h, lora_mask)
+            h = self.act(self.gate_up_proj(x, lora_step))
+        return self.down_proj(h, lora_step)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -174,7 +174,7 @@ class LlamaDecoderLayer(nn.Module):
         if self.post_norms:     # OLMo 2: x + norm(attn(x)), then + norm(mlp(.)), the last add in the next layer
             x = hidden if residual is None else hidden + residual
             y = x + self.post_attention_layernorm(self.self_attn(positions, x, batch))
-            return self.post_feedforward_layernorm(self.mlp(y, batch.lora_mask)), y
+            return self.post_feedforward_layernorm(self.mlp(y, batch.lora_step)), y
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
@@ -183,11 +183,11 @@ class LlamaDecoderLayer(nn.Module):
         hidden = self.self_attn(positions, hidden, batch)
         if self.sandwich:       # Gemma 2: each branch's output normed before its residual add
             hidden, residual = self.pre_feedforward_layernorm(self.post_attention_layernorm(hidden), residual)
-            return self.post_feedforward_layernorm(self.mlp(hidden, batch.lora_mask)), residual
+            return self.post_feedforward_layernorm(self.mlp(hidden, batch.lora_step)), residual
         if self.residual_multiplier != 1.0:
             hidden = hidden * self.residual_multiplier
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        hidden = self.mlp(hidden, batch.lora_mask)
+        hidden = self.mlp(hidden, batch.lora_step)
         if self.residual_multiplier != 1.0:
             hidden = hidden * self.residual_multiplier
         return hidden, residual
