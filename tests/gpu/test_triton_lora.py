@@ -32,6 +32,7 @@ def _slots(in_features, part_sizes, max_loras, max_rank, dtype, gen) -> LoRASlot
     (3, 256, [128, 32, 32], 2, 16),            # QKV-shaped, unequal parts
     (7, 2100, [80, 80], 3, 8),                 # gate/up; K split over three programs, K not a tile multiple
     (64, 96, [200], 4, 32),                    # the largest decode batch the kernels take
+    (2, 300, [50], 2, 64),                     # a higher rank: narrower K slices
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, HALF])
 def test_kernels_equal_the_masked_torch_form(tokens, in_features, part_sizes, max_loras, max_rank, dtype):
