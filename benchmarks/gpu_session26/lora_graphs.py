@@ -5,7 +5,8 @@ ignore_eos: one request alone (the per-token latency a chat user sees) and 64 co
 the adapter. Engines in turn (ENGINES, comma-separated, default all): "lora eager" (before this session every LoRA
 engine ran this way), "lora graphs torch" (graphs, the deltas in the masked torch form at every step size), "lora
 graphs" (graphs, decode-sized deltas by kernels/triton_lora.py), "no lora graphs" (the adapters' cost). Prints one
-JSON line per engine and workload.
+JSON line per engine and workload. "64 prefill": 64 other prompts of the same length with max_tokens=1 (the prompts' steps alone).
+TRITON_MAX=N: the largest step (tokens) whose deltas take the Triton kernels (default: lora/layers.py's).
 
     PYTHONPATH=.:.bench/sb python3 benchmarks/gpu_session26/lora_graphs.py qwen2.5-1.5b
 """
@@ -59,7 +60,9 @@ def main() -> None:
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     g = torch.Generator().manual_seed(0)
     prompts = [{"prompt_token_ids": torch.randint(100, 30000, (128,), generator=g).tolist()} for _ in range(n)]
-    triton_max = lora_layers._TRITON_MAX_TOKENS
+    # Other prompts for the prefill-only run: the prefix cache must not hold them.
+    others = [{"prompt_token_ids": torch.randint(100, 30000, (128,), generator=g).tolist()} for _ in range(n)]
+    triton_max = int(os.environ.get("TRITON_MAX", lora_layers._TRITON_MAX_TOKENS))
     engines = (("lora eager", dict(enable_lora=True, enforce_eager=True)),
                ("lora graphs torch", dict(enable_lora=True)), ("lora graphs", dict(enable_lora=True)),
                ("no lora graphs", {}))
@@ -79,15 +82,18 @@ def main() -> None:
                      else (lambda k: None))
         llm.generate(prompts[:2], SamplingParams(max_tokens=4), use_tqdm=False, lora_request=with_lora(2))  # warm
         alone = "bs1 adapter" if "enable_lora" in kwargs else "bs1"
-        for workload, batch in ((alone, prompts[:1]), (f"{n} concurrent", prompts)):
+        first = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+        for workload, batch, sp in ((alone, prompts[:1], params), (f"{n} prefill", others, first),
+                                    (f"{n} concurrent", prompts, params)):
             reqs = with_lora(len(batch)) if len(batch) > 1 else [lora] if "enable_lora" in kwargs else None
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            outs = llm.generate(batch, params, use_tqdm=False, lora_request=reqs)
+            outs = llm.generate(batch, sp, use_tqdm=False, lora_request=reqs)
             took = time.perf_counter() - t
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-            print(json.dumps({"model": name, "engine": label, "workload": workload, "s": round(took, 3),
+            print(json.dumps({"model": name, "engine": label, "triton_max": lora_layers._TRITON_MAX_TOKENS,
+                              "workload": workload, "s": round(took, 3),
                               "output_tok_s": round(tokens / took, 1)}), flush=True)
         del llm
         if torch.cuda.is_available():

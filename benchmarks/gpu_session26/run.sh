@@ -15,3 +15,13 @@ for m in qwen2.5-1.5b qwen2.5-7b; do
     benchmarks/gpu_session26/lora_graphs.py $m 2>&1 | grep -E "^\{|Error"
 done
 fi
+if [ "${PART:-1}" = 2 ]; then
+# Where the 64-request LoRA run loses against the base model: the prompts' steps alone ("64 prefill"), and the Triton
+# deltas for every piecewise-graph step (TRITON_MAX=512) or every step (8192) against the default 64.
+for tm in 64 512 8192; do
+  TRITON_MAX=$tm ENGINES="lora graphs" PYTHONPATH=$R:.bench/sb timeout 150 python3 \
+    benchmarks/gpu_session26/lora_graphs.py qwen2.5-1.5b 2>&1 | grep -E "^\{|Error"
+done
+ENGINES="no lora graphs" PYTHONPATH=$R:.bench/sb timeout 150 python3 benchmarks/gpu_session26/lora_graphs.py \
+  qwen2.5-1.5b 2>&1 | grep -E "^\{|Error"
+fi
