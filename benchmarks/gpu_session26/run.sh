@@ -25,3 +25,13 @@ done
 ENGINES="no lora graphs" PYTHONPATH=$R:.bench/sb timeout 150 python3 benchmarks/gpu_session26/lora_graphs.py \
   qwen2.5-1.5b 2>&1 | grep -E "^\{|Error"
 fi
+if [ "${PART:-1}" = 3 ]; then
+# The tensor-core LoRA pair for 17..64-token steps: the kernel + LoRA GPU tests, then LoRA vs no LoRA, 1.5B and 7B.
+PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider -n 4 -rf --tb=short tests/gpu/test_lora_gpu.py \
+  tests/gpu/test_triton_lora.py > $OUT/tests_26_3.log 2>&1
+tail -1 $OUT/tests_26_3.log; grep -E "^FAILED|^E " $OUT/tests_26_3.log | head -20
+for m in qwen2.5-1.5b qwen2.5-7b; do
+  ENGINES="lora graphs,no lora graphs" PYTHONPATH=$R:.bench/sb timeout 200 python3 \
+    benchmarks/gpu_session26/lora_graphs.py $m 2>&1 | grep -E "^\{|Error"
+done
+fi

@@ -33,6 +33,10 @@ def _slots(in_features, part_sizes, max_loras, max_rank, dtype, gen) -> LoRASlot
     (7, 2100, [80, 80], 3, 8),                 # gate/up; K split over three programs, K not a tile multiple
     (64, 96, [200], 4, 32),                    # the largest decode batch the kernels take
     (2, 300, [50], 2, 64),                     # a higher rank: narrower K slices
+    (17, 200, [64, 16, 16], 2, 16),            # the tensor-core pair from 17 tokens: one token tile, padded
+    (40, 1100, [48, 48], 4, 8),                # K split over programs, four slots, 64 columns a tile
+    (64, 96, [70], 3, 64),                     # 192 slot columns: three column tiles; the expand pads to 256
+    (33, 64, [32], 4, 128),                    # 512 slot columns, over the tile: the per-token pair again
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, HALF])
 def test_kernels_equal_the_masked_torch_form(tokens, in_features, part_sizes, max_loras, max_rank, dtype):
