@@ -27,7 +27,8 @@ class LoRASlots:
     ``xa = x @ A_all^T`` ([T, slots * parts * rank]), each token's columns of other slots zeroed by the step's
     ``mask`` ([T, max_loras], 1 at the token's slot, all zero for the base model), then ``y += xa @ B_all^T``, where
     B_all is block-structured (part p's rows read only part p's rank columns). Shapes do not depend on the batch's
-    adapters: no host synchronisation, no per-adapter loop."""
+    adapters: no host synchronisation, no per-adapter loop. On a GPU, decode-sized steps run the same arithmetic in
+    the Triton kernels of pagedllm/kernels/triton_lora.py instead."""
 
     def __init__(self, in_features: int, part_sizes: list[int], max_loras: int, max_rank: int, dtype: torch.dtype,
                  device: torch.device):
@@ -74,7 +75,7 @@ class LoRASlots:
         xa = (x2 @ self.a.t()).view(x2.shape[0], self.max_loras, -1) * mask.unsqueeze(-1)
         xa = xa.view(x2.shape[0], -1)
         if y.dtype == self.b.dtype:
-            # The add in the expand GEMM's epilogue: three kernels a projection instead of four (inside a CUDA
-            # graph each small kernel costs ~3 us; 1.5B at batch 1 has 112 adapted projections a step).
+            # The add in the expand GEMM's epilogue: one kernel fewer a projection (measured neutral on an H100 at
+            # decode sizes, docs/perf.md session 26; those now take the Triton kernels).
             return torch.addmm(y.reshape(-1, y.shape[-1]), xa, self.b.t()).view(y.shape)
         return y + (xa @ self.b.t()).view(y.shape).to(y.dtype)
