@@ -970,6 +970,8 @@ LORA_DTYPES = ("auto", "float16", "bfloat16")
 
 
 _GRAPH_SIZE_KEYS = ("cudagraph_capture_sizes", "max_cudagraph_capture_size")
+# vLLM's compilation-config key for LoRA engines: capture each graph size with and without the adapters' deltas.
+_SPECIALIZE_LORA_KEY = "cudagraph_specialize_lora"
 
 
 def cuda_graph_sizes(args: EngineArgs) -> tuple[list[int] | None, int | None]:
@@ -984,9 +986,10 @@ def cuda_graph_sizes(args: EngineArgs) -> tuple[list[int] | None, int | None]:
                              f"graphs are switched by enforce_eager and piecewise_cuda_graphs, sized by "
                              f"cudagraph_capture_sizes / max_cudagraph_capture_size); use None or 0, or a dict of "
                              f"those two keys (got {cc!r}).")
-        other = sorted(k for k in cc if k not in _GRAPH_SIZE_KEYS and not (k in ("level", "mode") and cc[k] == 0))
+        known = _GRAPH_SIZE_KEYS + (_SPECIALIZE_LORA_KEY,)
+        other = sorted(k for k in cc if k not in known and not (k in ("level", "mode") and cc[k] == 0))
         if other:
-            raise ValueError(f"compilation_config is not supported yet beyond {', '.join(_GRAPH_SIZE_KEYS)}: "
+            raise ValueError(f"compilation_config is not supported yet beyond {', '.join(known)}: "
                              f"pagedllm does not use torch.compile (got {', '.join(map(str, other))}).")
         for name in _GRAPH_SIZE_KEYS:
             if name in cc and cc[name] is not None:
@@ -1029,13 +1032,27 @@ def cuda_graphs_off(args: EngineArgs, on_gpu: bool, pooling: bool, quant_config:
             else quant_config.eager_reason() if quant_config is not None else None)
 
 
+def cudagraph_specialize_lora(args: EngineArgs) -> bool | None:
+    """compilation_config's ``cudagraph_specialize_lora`` (vLLM's; True there by default), None when not given."""
+    cc = args.compilation_config
+    value = cc.get(_SPECIALIZE_LORA_KEY) if isinstance(cc, dict) else None
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"compilation_config's {_SPECIALIZE_LORA_KEY} must be true or false, got {value!r}.")
+    return value
+
+
 def verify_graph_sizes(args: EngineArgs, on_gpu: bool, runner_type: str, quant_config: Any = None) -> None:
-    """CUDA-graph sizes are honoured only where graphs are captured: elsewhere they are an error that says why, not
-    a setting that does nothing (checked again once the quantization is resolved)."""
+    """CUDA-graph settings are honoured only where graphs are captured: elsewhere they are an error that says why,
+    not a setting that does nothing (checked again once the quantization is resolved)."""
     sizes, largest = cuda_graph_sizes(args)
-    if largest is None:
+    specialize = cudagraph_specialize_lora(args)
+    if specialize is not None and not args.enable_lora:
+        raise ValueError(f"compilation_config's {_SPECIALIZE_LORA_KEY} only applies with enable_lora=True; leave it "
+                         f"unset.")
+    if largest is None and specialize is None:
         return
-    asked = "cudagraph_capture_sizes" if sizes is not None else "max_cudagraph_capture_size"
+    asked = ("cudagraph_capture_sizes" if sizes is not None else "max_cudagraph_capture_size" if largest is not None
+             else f"compilation_config's {_SPECIALIZE_LORA_KEY}")
     why = cuda_graphs_off(args, on_gpu, runner_type == "pooling", quant_config)
     if why:
         raise ValueError(f"{asked}: no CUDA graphs are captured here ({why}); leave it unset.")
@@ -1425,6 +1442,9 @@ class EngineConfig:
     triton_gemv: bool = True
     pdl: bool = True
     piecewise_cuda_graphs: bool = True
+    # enable_lora: each graph size also captured without the adapters' deltas (compilation_config's
+    # cudagraph_specialize_lora, True unless it says false, as vLLM's default).
+    cudagraph_specialize_lora: bool = True
     cpu_onednn: bool = True
     # torch's intra-op threads in the worker on the CPU (ModelRunner sets them); None on the GPU: torch's default.
     cpu_threads: int | None = None
@@ -1700,6 +1720,7 @@ class EngineConfig:
                      triton_gemv=custom_kernels and _switch(args.triton_gemv, envs.PAGEDLLM_TRITON_GEMV),
                      pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
                      piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
+                     cudagraph_specialize_lora=cudagraph_specialize_lora(args) is not False,
                      cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
                      kv_cache_memory_bytes=kv_cache_memory_bytes, kv_cache_memory_source=kv_cache_memory_source,
                      runner_type=runner_type,

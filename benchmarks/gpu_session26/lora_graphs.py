@@ -4,7 +4,9 @@ A Qwen2.5 config with dummy weights, a random rank-16 PEFT adapter on all seven 
 ignore_eos: one request alone (the per-token latency a chat user sees) and 64 concurrent requests, half of them with
 the adapter. Engines in turn (ENGINES, comma-separated, default all): "lora eager" (before this session every LoRA
 engine ran this way), "lora graphs torch" (graphs, the deltas in the masked torch form at every step size), "lora
-graphs" (graphs, decode-sized deltas by kernels/triton_lora.py), "no lora graphs" (the adapters' cost). Prints one
+graphs" (graphs, decode-sized deltas by kernels/triton_lora.py), "lora graphs one variant" (the same with
+compilation_config cudagraph_specialize_lora false: steps without adapters replay the graphs with the deltas), "no
+lora graphs" (the adapters' cost). LoRA engines also run "bs1 base": one request without the adapter. Prints one
 JSON line per engine and workload. "64 prefill": 64 other prompts of the same length with max_tokens=1 (the prompts' steps alone).
 TRITON_MAX=N: the largest step (tokens) whose deltas take the Triton kernels (default: lora/layers.py's).
 
@@ -65,6 +67,8 @@ def main() -> None:
     triton_max = int(os.environ.get("TRITON_MAX", lora_layers._TRITON_MAX_TOKENS))
     engines = (("lora eager", dict(enable_lora=True, enforce_eager=True)),
                ("lora graphs torch", dict(enable_lora=True)), ("lora graphs", dict(enable_lora=True)),
+               ("lora graphs one variant", dict(enable_lora=True,
+                                                compilation_config={"cudagraph_specialize_lora": False})),
                ("no lora graphs", {}))
     chosen = os.environ.get("ENGINES", ",".join(label for label, _ in engines)).split(",")
     for label, kwargs in engines:
@@ -83,9 +87,11 @@ def main() -> None:
         llm.generate(prompts[:2], SamplingParams(max_tokens=4), use_tqdm=False, lora_request=with_lora(2))  # warm
         alone = "bs1 adapter" if "enable_lora" in kwargs else "bs1"
         first = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
-        for workload, batch, sp in ((alone, prompts[:1], params), (f"{n} prefill", others, first),
-                                    (f"{n} concurrent", prompts, params)):
-            reqs = with_lora(len(batch)) if len(batch) > 1 else [lora] if "enable_lora" in kwargs else None
+        runs = [(alone, prompts[:1], params), (f"{n} prefill", others, first), (f"{n} concurrent", prompts, params)]
+        if "enable_lora" in kwargs:
+            runs.insert(1, ("bs1 base", prompts[1:2], params))
+        for workload, batch, sp in runs:
+            reqs = (with_lora(len(batch)) if len(batch) > 1 else [lora] if workload == "bs1 adapter" else None)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             t = time.perf_counter()

@@ -11,7 +11,9 @@ Steps that carry prompt tokens cannot replay one graph (the attention's grids fo
 LoRA (enable_lora): the adapters' deltas are captured with the rest. Their weights live in fixed slots that adding
 an adapter overwrites in place, and each token's slot comes from static buffers (a ``[tokens, max_loras]`` mask and
 ``[tokens]`` slot ids) that a step fills before its replay (the base model: zeros, -1), so one graph serves every
-mix of adapters.
+mix of adapters. With ``cudagraph_specialize_lora`` (vLLM's compilation-config key, on by default as there) every
+size is captured twice, with and without the deltas, and a step in which no request runs an adapter replays the
+graph without them: base-model traffic on a LoRA engine runs at the base model's speed.
 
 Tensor parallel: the row-parallel all-reduces (NCCL) are captured with the rest; the model runner runs one eager
 all-reduce before capturing (``warm_up_tp_communicator``), and every rank replays the same graph each step (the
@@ -103,10 +105,12 @@ def _first_rows(out, n: int):
 class CudaGraphRunner:
     def __init__(self, model, kv_caches: list[torch.Tensor], sizes: list[int], max_blocks_per_seq: int,
                  attn_backend: AttentionBackend, device: torch.device,
-                 stage_input: tuple[int, torch.dtype] | None = None, lora: tuple[int, torch.dtype] | None = None):
+                 stage_input: tuple[int, torch.dtype] | None = None, lora: tuple[int, torch.dtype] | None = None,
+                 specialize_lora: bool = True):
         """``sizes``: the batch sizes to capture, ascending (``graph_batch_sizes``). ``stage_input``: (hidden size,
         dtype) on a pipeline stage after the first (its input comes from the previous stage), else None.
-        ``lora``: (max_loras, the adapters' dtype) with enable_lora, else None."""
+        ``lora``: (max_loras, the adapters' dtype) with enable_lora, else None; ``specialize_lora``: with ``lora``,
+        also capture each size without the deltas, for steps without adapters."""
         self.model = model
         self.kv_caches = kv_caches
         self.sizes = sizes
@@ -123,13 +127,16 @@ class CudaGraphRunner:
         self.query_start_loc_cpu = np.arange(n + 1, dtype=np.int32)
         self.stage_inputs = None if stage_input is None else StageInputs(n, *stage_input, device)
         self.lora_step = None if lora is None else LoRAStepBuffer(n, *lora, device)
+        self.lora_variants = _lora_variants(lora is not None, specialize_lora)
         # Host staging buffers (pinned) so each replay is one async copy per input. Two sets, used in turn: with
         # async scheduling the host fills step N+1's inputs while step N's copies may still wait in the stream
         # (step N-1's set is free by then: the host has waited for step N-1's tokens).
         self.staging = [_StagingBuffers(n, w) for _ in range(2)]
         self.num_runs = 0
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.replays = {variant: 0 for variant in self.lora_variants}    # by "with the LoRA deltas"
+        # Keyed by (batch size, whether the graph adds the LoRA deltas).
+        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
         self.metadata: dict[int, object] = {}     # the attention metadata each graph was captured with
         # The default prepare_replay does nothing: then skip building its argument on the decode hot path.
         self.prepares_replay = type(attn_backend).prepare_replay is not AttentionBackend.prepare_replay
@@ -146,13 +153,13 @@ class CudaGraphRunner:
             seq_lens_cpu=None if host is None else host.lens[:bs].numpy(),
             block_tables_cpu=None if host is None else host.tables[:bs].numpy())
 
-    def _batch(self, bs: int) -> ForwardBatch:
+    def _batch(self, bs: int, with_lora: bool) -> ForwardBatch:
         if bs not in self.metadata:
             self.metadata[bs] = self.attn_backend.build_capture_metadata(self._common(bs))
         return ForwardBatch(
             input_ids=self.input_ids[:bs], positions=self.positions[:bs], slot_mapping=self.slot_mapping[:bs],
             kv_caches=self.kv_caches, attn_backend=self.attn_backend, attn_metadata=self.metadata[bs],
-            lora_step=None if self.lora_step is None else self.lora_step.view(bs))
+            lora_step=self.lora_step.view(bs) if with_lora else None)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -161,23 +168,25 @@ class CudaGraphRunner:
         stream = torch.cuda.Stream()
         # Largest first, so the smaller graphs fit in the memory pool the largest one reserved.
         for bs in reversed(self.sizes):
-            batch = self._batch(bs)
-            stage_args = () if self.stage_inputs is None else self.stage_inputs.args(bs)
-            t = time.perf_counter()
-            for _ in range(2):   # warm up (Triton autotune/compile, cuBLAS handles) outside the capture
-                self.model(batch.input_ids, batch.positions, batch, *stage_args)
-            torch.cuda.synchronize()
-            warm += time.perf_counter() - t
-            graph = torch.cuda.CUDAGraph()
-            with _capturing(graph, self.pool, stream):
-                out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[bs], self.outputs[bs] = graph, out
+            for with_lora in self.lora_variants:
+                batch = self._batch(bs, with_lora)
+                stage_args = () if self.stage_inputs is None else self.stage_inputs.args(bs)
+                t = time.perf_counter()
+                for _ in range(2):   # warm up (Triton autotune/compile, cuBLAS handles) outside the capture
+                    self.model(batch.input_ids, batch.positions, batch, *stage_args)
+                torch.cuda.synchronize()
+                warm += time.perf_counter() - t
+                graph = torch.cuda.CUDAGraph()
+                with _capturing(graph, self.pool, stream):
+                    out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
+                if self.pool is None:
+                    self.pool = graph.pool()
+                self.graphs[bs, with_lora], self.outputs[bs, with_lora] = graph, out
         torch.cuda.synchronize()
         took = time.perf_counter() - t0
         logger.info("Captured %d CUDA graphs (batch sizes %s..%s) in %.1f s (warm-up forwards %.1f s, capture "
-                    "%.1f s)", len(self.graphs), self.sizes[0], self.sizes[-1], took, warm, took - warm)
+                    "%.1f s)%s", len(self.graphs), self.sizes[0], self.sizes[-1], took, warm, took - warm,
+                    ", each size with and without the LoRA deltas" if len(self.lora_variants) == 2 else "")
 
     def can_run(self, num_reqs: int) -> bool:
         return num_reqs <= self.max_batch and bool(self.graphs)
@@ -211,12 +220,24 @@ class CudaGraphRunner:
             self.input_ids[fixup[0]] = fixup[1]
         if received is not None:
             self.stage_inputs.fill(received)
-        if self.lora_step is not None:
+        key = (bs, _with_lora(self.lora_variants, lora_step))
+        self.replays[key[1]] += 1
+        if key[1]:
             self.lora_step.fill(lora_step, n, bs)
         if self.prepares_replay:
             self.attn_backend.prepare_replay(self.metadata[bs], self._common(bs, host, int(seq_lens.max())))
-        self.graphs[bs].replay()
-        return _first_rows(self.outputs[bs], n)
+        self.graphs[key].replay()
+        return _first_rows(self.outputs[key], n)
+
+
+def _lora_variants(lora: bool, specialize: bool) -> tuple[bool, ...]:
+    """Whether each captured variant of a size adds the LoRA deltas: both with ``specialize`` (with first)."""
+    return (True, False) if lora and specialize else (lora,)
+
+
+def _with_lora(variants: tuple[bool, ...], lora_step: LoRAStep | None) -> bool:
+    """The variant a step replays: without the deltas when it has no adapter and that variant was captured."""
+    return variants[0] and (lora_step is not None or len(variants) == 1)
 
 
 @contextlib.contextmanager
@@ -330,9 +351,9 @@ class PiecewiseGraphRunner:
 
     def __init__(self, model, kv_caches: list[torch.Tensor], sizes: list[int], attn_backend: AttentionBackend,
                  device: torch.device, pool=None, stage_input: tuple[int, torch.dtype] | None = None,
-                 lora: tuple[int, torch.dtype] | None = None):
+                 lora: tuple[int, torch.dtype] | None = None, specialize_lora: bool = True):
         """``sizes``: the step sizes (tokens) to capture, ascending, maybe none (``piecewise_token_sizes``).
-        ``stage_input`` and ``lora``: as ``CudaGraphRunner``'s."""
+        ``stage_input``, ``lora`` and ``specialize_lora``: as ``CudaGraphRunner``'s."""
         self.model = model
         self.kv_caches = kv_caches
         self.sizes = sizes
@@ -345,10 +366,12 @@ class PiecewiseGraphRunner:
         self.slot_mapping = torch.full((n,), -1, dtype=torch.long, device=device)
         self.stage_inputs = None if stage_input is None else StageInputs(n, *stage_input, device)
         self.lora_step = None if lora is None else LoRAStepBuffer(n, *lora, device)
-        self.splitters: dict[int, _GraphSplitter] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.lora_variants = _lora_variants(lora is not None, specialize_lora)
+        # Keyed by (tokens, whether the graphs add the LoRA deltas).
+        self.splitters: dict[tuple[int, bool], _GraphSplitter] = {}
+        self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
 
-    def _batch(self, t: int, breaker) -> ForwardBatch:
+    def _batch(self, t: int, breaker, with_lora: bool) -> ForwardBatch:
         # Metadata of one t-token prompt: only the graphs' own inputs matter (the attention never runs in them).
         qsl = torch.tensor([0, t], dtype=torch.int32, device=self.device)
         common = CommonAttentionMetadata(
@@ -359,7 +382,7 @@ class PiecewiseGraphRunner:
             input_ids=self.input_ids[:t], positions=self.positions[:t], slot_mapping=self.slot_mapping[:t],
             kv_caches=self.kv_caches, attn_backend=self.attn_backend,
             attn_metadata=self.attn_backend.build_capture_metadata(common), attn_breaker=breaker,
-            lora_step=None if self.lora_step is None else self.lora_step.view(t))
+            lora_step=self.lora_step.view(t) if with_lora else None)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -369,27 +392,29 @@ class PiecewiseGraphRunner:
         warm = 0.0
         stream = torch.cuda.Stream()
         for t in reversed(self.sizes):
-            stage_args = () if self.stage_inputs is None else self.stage_inputs.args(t)
-            w = time.perf_counter()
-            for _ in range(2):
-                self.model(self.input_ids[:t], self.positions[:t], self._batch(t, _SkipAttention), *stage_args)
-            torch.cuda.synchronize()
-            warm += time.perf_counter() - w
-            splitter = _GraphSplitter(self.pool)
-            batch = self._batch(t, splitter)      # before capturing: it copies to the device
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream), _no_collection():
-                splitter.begin()
-                out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
-                splitter.end()
-            torch.cuda.current_stream().wait_stream(stream)
-            self.pool = splitter.pool
-            self.splitters[t], self.outputs[t] = splitter, out
+            for with_lora in self.lora_variants:
+                stage_args = () if self.stage_inputs is None else self.stage_inputs.args(t)
+                w = time.perf_counter()
+                for _ in range(2):
+                    self.model(self.input_ids[:t], self.positions[:t], self._batch(t, _SkipAttention, with_lora),
+                               *stage_args)
+                torch.cuda.synchronize()
+                warm += time.perf_counter() - w
+                splitter = _GraphSplitter(self.pool)
+                batch = self._batch(t, splitter, with_lora)      # before capturing: it copies to the device
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream), _no_collection():
+                    splitter.begin()
+                    out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
+                    splitter.end()
+                torch.cuda.current_stream().wait_stream(stream)
+                self.pool = splitter.pool
+                self.splitters[t, with_lora], self.outputs[t, with_lora] = splitter, out
         torch.cuda.synchronize()
         took = time.perf_counter() - t0
         logger.info("Captured piecewise CUDA graphs for steps of up to %d tokens (%d sizes, %d graphs each) in "
                     "%.1f s (warm-up forwards %.1f s, capture %.1f s)", self.sizes[-1], len(self.sizes),
-                    len(self.splitters[self.sizes[-1]].graphs), took, warm, took - warm)
+                    len(self.splitters[self.sizes[-1], self.lora_variants[0]].graphs), took, warm, took - warm)
 
     def can_run(self, num_tokens: int) -> bool:
         return bool(self.splitters) and num_tokens <= self.sizes[-1]
@@ -407,13 +432,14 @@ class PiecewiseGraphRunner:
             self.slot_mapping[n:t].fill_(-1)
         if received is not None:
             self.stage_inputs.fill(received)
-        if self.lora_step is not None:
+        key = (t, _with_lora(self.lora_variants, batch.lora_step))
+        if key[1]:
             self.lora_step.fill(batch.lora_step, n, t)
-        splitter = self.splitters[t]
+        splitter = self.splitters[key]
         graphs, calls = splitter.graphs, splitter.attention_calls
         for i, graph in enumerate(graphs):
             graph.replay()
             if i < len(calls):
                 layer, q, out = calls[i]
                 layer.attend(q[:n], batch, out=out[:n])
-        return _first_rows(self.outputs[t], n)
+        return _first_rows(self.outputs[key], n)

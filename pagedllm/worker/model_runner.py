@@ -386,12 +386,14 @@ class ModelRunner:
         stage_input = None if self.first_stage else (self.config.hf_config.hidden_size, self.dtype)
         # enable_lora: the graphs read each step's adapter slots from static buffers (cuda_graphs.LoRAStepBuffer).
         lora = None if self.lora is None else (self.lora.max_loras, self.lora.dtype)
+        specialize = self.config.cudagraph_specialize_lora
         # cudagraph_capture_sizes / max_cudagraph_capture_size (vLLM's), else our lists (cuda_graphs.py).
         sizes, largest = cuda_graph_sizes(self.config.args)
         decode_sizes = graph_batch_sizes(self.config.max_num_seqs, sizes, largest)
         if backend.supports_full_cuda_graphs and decode_sizes:
             self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, decode_sizes, self.max_blocks_per_seq,
-                                                backend, self.device, stage_input=stage_input, lora=lora)
+                                                backend, self.device, stage_input=stage_input, lora=lora,
+                                                specialize_lora=specialize)
             self.graph_runner.capture()
         if backend.supports_piecewise_cuda_graphs and self.config.piecewise_cuda_graphs:
             pool = self.graph_runner.pool if self.graph_runner is not None else None
@@ -400,7 +402,7 @@ class ModelRunner:
                                                  sizes)
             self.piecewise_runner = PiecewiseGraphRunner(self.model, self.kv_caches, prompt_sizes, backend,
                                                          self.device, pool=pool, stage_input=stage_input,
-                                                         lora=lora)
+                                                         lora=lora, specialize_lora=specialize)
             self.piecewise_runner.capture()
         if self.config.args.speculative_config is not None:
             logger.info("speculative_config: a step in which a request verifies drafts has multi-token queries, so "
@@ -598,10 +600,13 @@ class ModelRunner:
         kv = sum(c.numel() * c.element_size() for c in self.kv_caches)
         graphs = []
         if self.graph_runner is not None:
-            graphs.append(f"{len(self.graph_runner.graphs)} decode batch sizes (up to {self.graph_runner.max_batch})")
+            graphs.append(f"{len(self.graph_runner.sizes)} decode batch sizes (up to {self.graph_runner.max_batch})")
         if self.piecewise_runner is not None and self.piecewise_runner.sizes:
             graphs.append(f"piecewise for steps of up to {self.piecewise_runner.sizes[-1]} tokens "
                           f"({len(self.piecewise_runner.sizes)} sizes)")
+        if graphs and self.lora is not None:
+            graphs.append("each with the LoRA deltas" + (" and again without them, for steps without adapters"
+                                                          if self.config.cudagraph_specialize_lora else ""))
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         info = {"weights_gib": weights / 2**30, "load_seconds": self.load_seconds, "kv_cache_gib": kv / 2**30,
                 "startup_phases": dict(self.startup_phases),

@@ -2,7 +2,9 @@
 the CPU (tests/unit/test_lora.py); here the same checks run on the GPU paths.
 
 * CUDA graphs (the default) capture the adapters' deltas: the same tokens as the eager engine's, in one batch of
-  mixed adapters (decode and piecewise graphs with padding rows) and after an adapter replaced another in its slot.
+  mixed adapters (decode and piecewise graphs with padding rows) and after an adapter replaced another in its slot;
+  steps without adapters replay the graphs captured without the deltas (cudagraph_specialize_lora, the default), or
+  with them over an all-base mask when it is false.
 
 * fp32, torch attention backend: greedy tokens equal HF fp32's with the adapter merged into the weights (W + s B A).
 * bf16, the default (Triton) backend: two adapters and the base model in one batch give each request the tokens it
@@ -77,19 +79,21 @@ def test_bf16_mixed_batch_equals_each_adapter_alone(setup):
     torch.cuda.empty_cache()
 
 
-def _graph_vs_eager(root, max_loras: int, requests) -> list:
+def _graph_vs_eager(root, max_loras: int, requests, specialize: bool = True) -> tuple[list, dict]:
     """fp32, default (Triton) backend: the graphed engine's tokens equal the eager engine's, and its logprobs agree
-    (the same kernels; only the GEMMs' padded row counts differ)."""
+    (the same kernels; only the GEMMs' padded row counts differ). Returns the graphed outputs and its decode graphs'
+    replay counts by "with the LoRA deltas"."""
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=1)
     got = {}
     for eager in (True, False):
-        llm = _llm(root, dtype="float32", max_loras=max_loras, enforce_eager=eager)
+        graphs = {} if eager else {"compilation_config": {"cudagraph_specialize_lora": specialize}}
+        llm = _llm(root, dtype="float32", max_loras=max_loras, enforce_eager=eager, **graphs)
         outs = [llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=lora)
                 for prompts, lora in requests]
         runner = llm.llm_engine.runner
         assert (runner.graph_runner is None) == eager and (runner.piecewise_runner is None) == eager
         if not eager:
-            assert runner.graph_runner.num_runs > 0       # the decode steps replayed the graphs
+            replays = dict(runner.graph_runner.replays)
         got[eager] = [[(list(o.outputs[0].token_ids), [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
                                                                                       o.outputs[0].logprobs)])
                        for o in out] for out in outs]
@@ -99,22 +103,29 @@ def _graph_vs_eager(root, max_loras: int, requests) -> list:
         assert [t for t, _ in graph_out] == [t for t, _ in eager_out]
         for (_, a), (_, b) in zip(graph_out, eager_out):
             assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3
-    return got[False]
+    return got[False], replays
 
 
 def test_cuda_graphs_mixed_batch_equals_eager(setup):
     root, _ = setup
     sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
     # 6 requests: a 6-row decode step replays the 8-row graph (2 padding rows); the prompts' step the piecewise ones.
-    (out,) = _graph_vs_eager(root, 2, [(PROMPTS * 3, [sql, sql, None, None, chat, chat])])
+    # The base model alone first: its steps replay the graphs captured without the deltas.
+    mixed = (PROMPTS * 3, [sql, sql, None, None, chat, chat])
+    (base, out), replays = _graph_vs_eager(root, 2, [(PROMPTS, None), mixed])
     tokens = [t for t, _ in out]
     assert tokens[0] != tokens[2] != tokens[4]      # the adapters change the tokens
+    assert [t for t, _ in base] == tokens[2:4]      # the base requests of the mixed batch: the base model's tokens
+    assert replays[True] >= 5 and replays[False] >= 5       # 6 tokens each: 5 decode steps per generate
 
 
 def test_cuda_graphs_follow_an_adapter_loaded_into_a_used_slot(setup):
-    """max_loras=1: each adapter is written into the one slot after the graphs were captured."""
+    """max_loras=1: each adapter is written into the one slot after the graphs were captured. One graph variant
+    (cudagraph_specialize_lora false): the base model's steps run the deltas over an all-base mask."""
     root, _ = setup
     sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
-    out = _graph_vs_eager(root, 1, [(PROMPTS, None), (PROMPTS, sql), (PROMPTS, chat), (PROMPTS, sql)])
+    out, replays = _graph_vs_eager(root, 1, [(PROMPTS, None), (PROMPTS, sql), (PROMPTS, chat), (PROMPTS, sql)],
+                                   specialize=False)
+    assert list(replays) == [True] and replays[True] > 0
     tokens = [[t for t, _ in o] for o in out]
     assert tokens[1] == tokens[3] != tokens[0] and tokens[2] != tokens[1]

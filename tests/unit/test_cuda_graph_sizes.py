@@ -51,7 +51,8 @@ def test_compilation_config_keys_and_fields_agree_or_fail():
     with pytest.raises(ValueError, match="max_cudagraph_capture_size=4 but cudagraph_capture_sizes goes up to 8"):
         cuda_graph_sizes(EngineArgs(model="m", cudagraph_capture_sizes=[1, 8], max_cudagraph_capture_size=4))
     with pytest.raises(ValueError, match="not supported yet beyond cudagraph_capture_sizes, "
-                                         "max_cudagraph_capture_size: pagedllm does not use torch.compile"):
+                                         "max_cudagraph_capture_size, cudagraph_specialize_lora: pagedllm does not "
+                                         "use torch.compile"):
         cuda_graph_sizes(EngineArgs(model="m", compilation_config={"cudagraph_capture_sizes": [1], "mode": 3}))
     for bad in ([], [1, True], [1.5], "1,2"):
         with pytest.raises(ValueError, match="cudagraph_capture_sizes must be a non-empty list of positive"):
@@ -84,6 +85,33 @@ def test_lora_keeps_its_cuda_graphs(monkeypatch):
     from pagedllm.config import cuda_graphs_off
     assert cuda_graphs_off(EngineArgs(model="m", enable_lora=True), True, False) is None
     _build(monkeypatch, enable_lora=True, cudagraph_capture_sizes=[1, 2, 4])
+
+
+def test_cudagraph_specialize_lora(monkeypatch):
+    """vLLM's compilation_config key: on by default (each size captured with and without the deltas), false turns
+    it off; an error where it cannot act (no LoRA, no graphs) or is not a bool."""
+    assert _build(monkeypatch, enable_lora=True).cudagraph_specialize_lora is True
+    off = _build(monkeypatch, enable_lora=True, compilation_config={"cudagraph_specialize_lora": False})
+    assert off.cudagraph_specialize_lora is False
+    with pytest.raises(ValueError, match="cudagraph_specialize_lora only applies with enable_lora=True"):
+        _build(monkeypatch, compilation_config={"cudagraph_specialize_lora": True})
+    with pytest.raises(ValueError, match=r"cudagraph_specialize_lora: no CUDA graphs are captured here \(this "
+                                         r"engine runs on the CPU\)"):
+        _build(monkeypatch, device="cpu", enable_lora=True, compilation_config={"cudagraph_specialize_lora": False})
+    with pytest.raises(ValueError, match="cudagraph_specialize_lora must be true or false, got 'no'"):
+        _build(monkeypatch, enable_lora=True, compilation_config={"cudagraph_specialize_lora": "no"})
+
+
+def test_which_graph_a_step_replays():
+    """With both variants captured a step without adapters replays the one without the deltas; with one variant
+    every step replays it (a LoRA engine's adapter-free step then runs the deltas over an all-base mask)."""
+    from pagedllm.worker.cuda_graphs import _lora_variants, _with_lora
+    step = object()          # any LoRAStep
+    both, lora_only, plain = _lora_variants(True, True), _lora_variants(True, False), _lora_variants(False, True)
+    assert (both, lora_only, plain) == ((True, False), (True,), (False,))
+    assert [_with_lora(both, step), _with_lora(both, None)] == [True, False]
+    assert [_with_lora(lora_only, step), _with_lora(lora_only, None)] == [True, True]
+    assert _with_lora(plain, None) is False
 
 
 def test_bitsandbytes_8bit_runs_eagerly():
