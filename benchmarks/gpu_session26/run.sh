@@ -38,10 +38,10 @@ fi
 if [ "${PART:-1}" = 4 ]; then
 # cudagraph_specialize_lora: the LoRA tests and the engine / MoE / spec-decode GPU tests on the final tree, then
 # base-model requests on a LoRA engine with both graph variants (default) against one variant and no LoRA.
-PYTHONPATH=$R timeout 260 python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=short tests/gpu/test_lora_gpu.py \
+PYTHONPATH=$R timeout 220 python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=short tests/gpu/test_lora_gpu.py \
   tests/gpu/test_triton_lora.py tests/gpu/test_engine_gpu.py tests/gpu/test_spec_decode_gpu.py tests/models/test_moe.py \
   tests/gpu/test_triton_moe.py > $OUT/tests_26_4.log 2>&1
 tail -1 $OUT/tests_26_4.log; grep -E "^FAILED|^E " $OUT/tests_26_4.log | head -20
-ENGINES="lora graphs,lora graphs one variant,no lora graphs" PYTHONPATH=$R:.bench/sb timeout 200 python3 \
+ENGINES="lora graphs,lora graphs one variant,no lora graphs" PYTHONPATH=$R:.bench/sb timeout 150 python3 \
   benchmarks/gpu_session26/lora_graphs.py qwen2.5-1.5b 2>&1 | grep -E "^\{|Error"
 fi
