@@ -30,8 +30,8 @@ if variant == "A":
     @torch.inference_mode()
     def capture_a(self):
         t0 = time.perf_counter()
-        for bs in reversed(self.sizes):
-            batch = self._batch(bs)
+        for bs in reversed(self.sizes):     # no LoRA here: one variant per size, keyed (bs, False) since session 26
+            batch = self._batch(bs, False)
             stage_args = () if self.stage_inputs is None else self.stage_inputs.args(bs)
             for _ in range(2):
                 self.model(batch.input_ids, batch.positions, batch, *stage_args)
@@ -41,7 +41,7 @@ if variant == "A":
                 out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
             if self.pool is None:
                 self.pool = graph.pool()
-            self.graphs[bs], self.outputs[bs] = graph, out
+            self.graphs[bs, False], self.outputs[bs, False] = graph, out
         torch.cuda.synchronize()
         logging.getLogger(cg.__name__).info("A: captured %d CUDA graphs in %.2f s", len(self.graphs),
                                             time.perf_counter() - t0)

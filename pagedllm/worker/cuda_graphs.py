@@ -188,6 +188,10 @@ class CudaGraphRunner:
                     "%.1f s)%s", len(self.graphs), self.sizes[0], self.sizes[-1], took, warm, took - warm,
                     ", each size with and without the LoRA deltas" if len(self.lora_variants) == 2 else "")
 
+    def captured_sizes(self) -> list[int]:
+        """The batch sizes that have a graph (each with one or two LoRA variants)."""
+        return sorted({bs for bs, _ in self.graphs})
+
     def can_run(self, num_reqs: int) -> bool:
         return num_reqs <= self.max_batch and bool(self.graphs)
 

@@ -195,7 +195,7 @@ def test_bf16_cudagraph_capture_sizes_are_the_graphs_captured(model_dir, prompts
     llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
               dtype="bfloat16", max_num_batched_tokens=256, cudagraph_capture_sizes=[1, 2, 8, 64])
     engine_runner = llm.llm_engine.runner
-    assert sorted(engine_runner.graph_runner.graphs) == [1, 2, 8, 64]
+    assert engine_runner.graph_runner.captured_sizes() == [1, 2, 8, 64]
     assert engine_runner.piecewise_runner.sizes == [1, 2, 8, 64]
     sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
     got = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
@@ -297,7 +297,7 @@ def test_fp32_moe_tokens_equal_hf(arch, quantization, prompts, tmp_path):
     if quantization == "int8":       # LLM.int8() finds its outlier columns on the host: no graph can hold it
         assert runner.graph_runner is None and "8-bit" in runner.graphs_off_reason
     else:
-        assert runner.graph_runner is not None and 1 in runner.graph_runner.graphs
+        assert runner.graph_runner is not None and 1 in runner.graph_runner.captured_sizes()
         assert runner.piecewise_runner is not None
     sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
     got = [list(o.outputs[0].token_ids) for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
