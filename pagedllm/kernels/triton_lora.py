@@ -22,7 +22,7 @@ From ``_DOT_MIN_TOKENS`` tokens the per-token programs re-read their slot's A an
 cores instead, over every slot's columns with the other slots' masked out (the torch form's arithmetic, in two
 kernels): the shrink tiles [tokens, slot columns] over a pipelined K loop, split over programs, the mask applied in
 its epilogue; the expand sums the splits and adds ``xa @ B_all^T`` (B_all is zero outside each part's own columns)
-into ``y`` in place. Used while a slot's columns fit one tile (``max_loras * parts * rank <= 256``).
+into ``y`` in place. Used while all slots' columns fit one tile (``max_loras * parts * rank <= 256``).
 
 ``R`` is the slots' padded rank (max_lora_rank); unused rank columns of a slot are zero, as in the torch form.
 CUDA-graph safe: no host syncs; the launch shapes depend only on the tensors' shapes.
@@ -38,7 +38,7 @@ from pagedllm.kernels.triton_attention import _mma      # tl.dot, fp32 products 
 
 # Token counts the tensor-core pair takes (below: the per-token pair), and the most slot columns it holds in a tile.
 _DOT_MIN_TOKENS = 17
-DOT_MAX_TOKENS = 64
+_DOT_MAX_TOKENS = 64
 _DOT_MAX_COLS = 256
 # A shrink program's [rank, BLOCK_K] tile of A, at most ~8K elements in registers (rank 16-32: 256 wide).
 _SHRINK_TILE = 8192
@@ -185,7 +185,7 @@ def lora_delta_(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tens
         return y
     if x.stride(1) != 1:
         x = x.contiguous()
-    if _DOT_MIN_TOKENS <= tokens <= DOT_MAX_TOKENS and a.shape[0] <= _DOT_MAX_COLS:
+    if _DOT_MIN_TOKENS <= tokens <= _DOT_MAX_TOKENS and a.shape[0] <= _DOT_MAX_COLS:
         return _lora_delta_dot_(x, y, a, b, slots, num_parts * max_rank)
     block_r = max(16, triton.next_power_of_2(max_rank))
     block_k = max(32, min(256, _SHRINK_TILE // block_r))
