@@ -7,7 +7,8 @@ engine ran this way), "lora graphs torch" (graphs, the deltas in the masked torc
 graphs" (graphs, decode-sized deltas by kernels/triton_lora.py), "lora graphs one variant" (the same with
 compilation_config cudagraph_specialize_lora false: steps without adapters replay the graphs with the deltas), "no
 lora graphs" (the adapters' cost). LoRA engines also run "bs1 base": one request without the adapter. Prints one
-JSON line per engine and workload. "64 prefill": 64 other prompts of the same length with max_tokens=1 (the prompts' steps alone).
+JSON line per engine and workload. "64 prefill": 64 other prompts of the same length with max_tokens=1 (the
+prompts' steps alone).
 TRITON_MAX=N: the largest step (tokens) whose deltas take the Triton kernels (default: lora/layers.py's).
 
     PYTHONPATH=.:.bench/sb python3 benchmarks/gpu_session26/lora_graphs.py qwen2.5-1.5b
