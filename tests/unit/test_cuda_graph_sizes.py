@@ -169,3 +169,20 @@ def test_no_garbage_collection_inside_a_capture_window():
         gc.enable()
         gc.set_threshold(*threshold)
         gc.callbacks.remove(record)
+
+
+def test_lora_step_buffer_marks_padding_and_adapter_free_steps_as_the_base_model():
+    """The graphs' static LoRA inputs: a step's own rows copied in, the bucket's padding rows (and every row of a
+    step without adapters) reset to the base model (mask zeros, slot -1), whatever an earlier step left there."""
+    from pagedllm.lora.layers import LoRAStep
+    from pagedllm.worker.cuda_graphs import LoRAStepBuffer
+    buf = LoRAStepBuffer(8, 2, torch.float32, torch.device("cpu"))
+    full = LoRAStep(torch.tensor([[1.0, 0.0]] * 8), torch.zeros(8, dtype=torch.int32))
+    buf.fill(full, 8, 8)
+    step = LoRAStep(torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]]), torch.tensor([1, -1, 0], dtype=torch.int32))
+    buf.fill(step, 3, 4)                       # 3 tokens in the 4-row graph
+    view = buf.view(4)
+    assert view.slots.tolist() == [1, -1, 0, -1]
+    assert view.mask.tolist() == [[0.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]
+    buf.fill(None, 2, 8)                       # no adapter in the step: the whole bucket is the base model
+    assert buf.view(8).slots.tolist() == [-1] * 8 and not buf.view(8).mask.any()
