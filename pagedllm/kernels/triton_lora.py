@@ -36,10 +36,11 @@ import triton.language as tl
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.triton_attention import _mma      # tl.dot, fp32 products for fp32 operands
 
-# Token counts the tensor-core pair takes (below: the per-token pair), and the most slot columns it holds in a tile.
+# From this many tokens the tensor-core pair (below: the per-token pair), while all slot columns fit its tile; its
+# token tiles are at most _DOT_BLOCK_M rows (how many tokens reach these kernels at all is lora/layers.py's choice).
 _DOT_MIN_TOKENS = 17
-_DOT_MAX_TOKENS = 64
 _DOT_MAX_COLS = 256
+_DOT_BLOCK_M = 64
 # A shrink program's [rank, BLOCK_K] tile of A, at most ~8K elements in registers (rank 16-32: 256 wide).
 _SHRINK_TILE = 8192
 
@@ -151,10 +152,10 @@ def _lora_expand_dot_kernel(XA, B, Y, T, N, C, SPLIT, stride_b, stride_y, BLOCK_
 
 
 def _lora_delta_dot_(x, y, a, b, slots, cols_per_slot: int) -> torch.Tensor:
-    """The tensor-core pair (17..64 tokens): ``lora_delta_``'s arguments, ``cols_per_slot`` = parts x max_rank."""
+    """The tensor-core pair (from 17 tokens): ``lora_delta_``'s arguments, ``cols_per_slot`` = parts x max_rank."""
     tokens, k = x.shape
     n, cols = y.shape[1], a.shape[0]
-    block_m = max(16, triton.next_power_of_2(tokens))
+    block_m = min(_DOT_BLOCK_M, max(16, triton.next_power_of_2(tokens)))
     block_c = min(64, max(16, triton.next_power_of_2(cols)))
     block_k = 64 if block_m * block_c > 2048 else 128
     k_per_split = 4 * block_k                          # four pipelined K steps a program
@@ -185,7 +186,7 @@ def lora_delta_(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tens
         return y
     if x.stride(1) != 1:
         x = x.contiguous()
-    if _DOT_MIN_TOKENS <= tokens <= _DOT_MAX_TOKENS and a.shape[0] <= _DOT_MAX_COLS:
+    if tokens >= _DOT_MIN_TOKENS and a.shape[0] <= _DOT_MAX_COLS:
         return _lora_delta_dot_(x, y, a, b, slots, num_parts * max_rank)
     block_r = max(16, triton.next_power_of_2(max_rank))
     block_k = max(32, min(256, _SHRINK_TILE // block_r))

@@ -36,6 +36,7 @@ def _slots(in_features, part_sizes, max_loras, max_rank, dtype, gen) -> LoRASlot
     (17, 200, [64, 16, 16], 2, 16),            # the tensor-core pair from 17 tokens: one token tile, padded
     (40, 1100, [48, 48], 4, 8),                # K split over programs, four slots, 64 columns a tile
     (64, 96, [70], 3, 64),                     # 192 slot columns: three column tiles; the expand pads to 256
+    (100, 80, [40, 24], 2, 16),                # more tokens than one 64-row tile
     (33, 64, [32], 4, 128),                    # 512 slot columns, over the tile: the per-token pair again
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, HALF])
