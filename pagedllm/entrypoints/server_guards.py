@@ -13,12 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pagedllm.entrypoints.openai.cli_args import DEFAULT_MAX_REQUEST_BODY_BYTES  # noqa: F401  (re-exported)
 from pagedllm.entrypoints.openai.protocol import RequestError
 from pagedllm.entrypoints.openai.serving_engine import error_body, error_response
-
-# The default of --max-request-body-bytes: far above any prompt a served context holds as JSON (128k token ids are
-# about 1 MB), far below what would hurt the server to buffer.
-DEFAULT_MAX_REQUEST_BODY_BYTES = 32 * 1024 * 1024
 
 
 def error_type(status: int) -> str:

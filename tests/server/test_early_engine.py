@@ -54,6 +54,17 @@ def test_a_bad_flag_is_reported_once_and_the_early_engine_ends():
     assert proc.stderr.count("invalid int value: 'abc'") == 1, proc.stderr
 
 
+def test_the_early_engine_parses_the_command_line_without_the_servers_imports():
+    # The engine process parses `serve`'s whole command line before it builds the model (on the start-up's
+    # critical path): FastAPI (~0.5 s) and transformers are the server's and the config's, not the parser's.
+    code = ("import sys; from pagedllm.entrypoints.cli import make_parser; "
+            "from pagedllm.entrypoints.early_engine import _engine_args; "
+            "a = _engine_args(['serve', 'm', '--max-request-body-bytes', '5', '--max-num-seqs', '3'], make_parser); "
+            "print(a.max_num_seqs, sorted(m for m in ('fastapi', 'starlette', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[0] == "3 []", out.stdout + out.stderr
+
+
 class _Conn:
     def __init__(self, *msgs):
         self.msgs, self.closed = list(msgs), False

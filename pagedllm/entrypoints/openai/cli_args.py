@@ -14,6 +14,10 @@ logger = logging.getLogger("pagedllm.entrypoints.openai.cli_args")
 
 DEFAULT_MAX_N = 128             # OpenAI's limit on n
 DEFAULT_MAX_PROMPTS = 2048      # OpenAI's limit on the inputs of one embeddings request
+# The default of --max-request-body-bytes: far above any prompt a served context holds as JSON (128k token ids are
+# about 1 MB), far below what would hurt the server to buffer. Here, not in server_guards, so that parsing a
+# command line (also in the early engine process, entrypoints/early_engine.py) does not import FastAPI.
+DEFAULT_MAX_REQUEST_BODY_BYTES = 32 * 1024 * 1024
 
 
 def _json_list(text: str) -> list[str]:
@@ -128,7 +132,6 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def add_limit_args(g) -> None:
     """Per-request caps of both HTTP servers (a request over one is a 400 / 413 naming the cap)."""
-    from pagedllm.entrypoints.server_guards import DEFAULT_MAX_REQUEST_BODY_BYTES
     g.add_argument("--max-n", type=int, default=DEFAULT_MAX_N,
                    help=f"Max completions per request (n). Default {DEFAULT_MAX_N}, OpenAI's own limit (vLLM allows "
                         f"{MAX_N}: one such request holds the engine for minutes).")
