@@ -21,9 +21,10 @@ from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import run_event_loop
 from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.listen_socket import bind_listen_socket
-from pagedllm.entrypoints.openai.cli_args import add_limit_args, add_shutdown_arg, check_limit_args
+from pagedllm.entrypoints.openai.cli_args import (DEFAULT_MAX_REQUEST_BODY_BYTES, add_limit_args, add_shutdown_arg,
+                                                  check_limit_args)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
-from pagedllm.entrypoints.server_guards import DEFAULT_MAX_REQUEST_BODY_BYTES, add_error_handlers, add_guards
+from pagedllm.entrypoints.server_guards import add_error_handlers, add_guards
 from pagedllm.gc_heap import freeze_gc_heap
 from pagedllm.sampling_params import MAX_N
 

@@ -13,7 +13,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pagedllm.entrypoints.openai.cli_args import DEFAULT_MAX_REQUEST_BODY_BYTES  # noqa: F401  (re-exported)
 from pagedllm.entrypoints.openai.protocol import RequestError
 from pagedllm.entrypoints.openai.serving_engine import error_body, error_response
 

@@ -31,7 +31,8 @@ from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
 from pagedllm.entrypoints.dev_routes import add_dev_routes
 from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.listen_socket import bind_listen_socket, bound_port
-from pagedllm.entrypoints.openai.cli_args import finalize_args, make_serve_parser, serve_engine_args
+from pagedllm.entrypoints.openai.cli_args import (DEFAULT_MAX_REQUEST_BODY_BYTES, finalize_args, make_serve_parser,
+                                                  serve_engine_args)
 from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionRequest,
                                                   ClassificationRequest, CompletionRequest, DetokenizeRequest,
                                                   EmbeddingRequest, GenerateTokensRequest, LoadLoRAAdapterRequest,
@@ -46,7 +47,7 @@ from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagedllm.entrypoints.openai.serving_tokens import OpenAIServingTokens
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
-from pagedllm.entrypoints.server_guards import (DEFAULT_MAX_REQUEST_BODY_BYTES, APIKeyMiddleware,  # noqa: F401
+from pagedllm.entrypoints.server_guards import (APIKeyMiddleware,  # noqa: F401
                                                 RequestIdHeaderMiddleware, ServerLoadMiddleware, add_error_handlers,
                                                 add_guards, json_error, validation_error_response)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
