@@ -164,6 +164,11 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "On the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on this "
         "many threads before it runs for real (kernels/parallel_compile.py; what a cold Triton cache costs). "
         "Default: the usable CPU cores, at most 16; 0: built one by one inside the warm-up."),
+    "PAGEDLLM_TRITON_PREP": (
+        lambda: _flag("PAGEDLLM_TRITON_PREP", default=True),
+        "0: do not prepare Triton off the start-up's critical path (kernels/parallel_compile.py: its source hash and "
+        "CUDA helper module on a thread while the config loads, the kernels' C launchers built on the compile "
+        "threads; an A/B switch). Default on."),
     "PAGEDLLM_GC_FREEZE": (
         lambda: _flag("PAGEDLLM_GC_FREEZE", default=True),
         "0: leave the start-up heap of the engine-core, rank-worker and API-server processes to the garbage "

@@ -8,6 +8,7 @@ whether it runs in a thread of the front end's process or in a process of its ow
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from collections import deque
@@ -39,6 +40,10 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
     from pagedllm.model.quantization import quantization_config_class, resolve_quantization
     from pagedllm.model.registry import check_parallel_support
     verify_engine_args(args)       # before any download: a rejected argument fails at once
+    if args.device != "cpu" and os.path.exists("/dev/nvidiactl"):
+        # Triton's GPU-less set-up (its source hash, its CUDA helper module) on a thread while the config loads.
+        from pagedllm.kernels.parallel_compile import prepare_triton_in_background
+        prepare_triton_in_background()
     if args.quantization:
         quantization_config_class(args.quantization)     # an unknown method fails before any download too
     config = EngineConfig.build(args, resolve_model(args))

@@ -20,7 +20,7 @@ from pagedllm.config import (EngineConfig, ProfilerSettings, cuda_graph_sizes, c
 from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size,
                                   is_first_pp_stage, is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
-from pagedllm.kernels.parallel_compile import compile_ahead
+from pagedllm.kernels.parallel_compile import compile_ahead, wait_for_triton_prep
 from pagedllm.kernels.settings import configure_kernels
 from pagedllm.lora.layers import LoRAStep
 from pagedllm.lora.manager import LoRAManager
@@ -264,6 +264,7 @@ class ModelRunner:
             # Batch shapes whose kernel variants the backend wants compiled now, not inside the first timed requests.
             for lens, num_decodes in self.attn_backend.warmup_batches():
                 self._dummy_forward(lens=lens, num_decodes=num_decodes)
+        wait_for_triton_prep()        # started with the config (engine/core.py): not done twice
         threads = envs.PAGEDLLM_COMPILE_THREADS
         if threads > 0:       # a cold Triton cache: the variants built on threads first
             built, seconds = compile_ahead(warm_up, threads)

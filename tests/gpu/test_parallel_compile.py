@@ -74,3 +74,39 @@ def test_a_variant_that_fails_to_build_raises_at_its_launch_and_leaves_no_mode_b
     assert built == 1 and float(x) == 1.0
     with AsyncCompileMode(None):     # would raise "Another AsyncCompileMode is already active"
         pass
+
+
+@pytest.mark.parametrize("prep", [True, False])
+def test_launchers_are_built_on_the_pool_so_the_first_launches_run_no_compiler(tmp_path, monkeypatch, prep):
+    """PAGEDLLM_TRITON_PREP (default on): each built variant's C launcher is built on the pool too, so the real
+    warm-up's first launches only load them; off, the first launches run gcc one after the other (session 27)."""
+    from triton.runtime import build
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))       # launchers are cached there too: none yet
+    monkeypatch.setenv("PAGEDLLM_TRITON_PREP", "1" if prep else "0")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    sizes = [1400 + 24 * i for i in range(3)] if prep else [1600 + 24 * i for i in range(3)]    # unbuilt variants
+    inputs = [(torch.randn(2, n, device="cuda", dtype=torch.bfloat16, generator=g),
+               torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g),
+               torch.randn(2, 2 * n, device="cuda", dtype=torch.bfloat16, generator=g)) for n in sizes]
+    late_compiles.pause()
+    built, _ = compile_ahead(lambda: _run(inputs), workers=4)
+    assert built == 2 * len(sizes)
+    compiler_runs = []
+    real_build = build._build
+    monkeypatch.setattr(build, "_build", lambda name, *a: compiler_runs.append(name) or real_build(name, *a))
+    try:
+        _run(inputs)
+        torch.cuda.synchronize()
+    finally:
+        late_compiles.pause()
+    assert (compiler_runs == []) == prep, compiler_runs
+
+
+def test_triton_prepared_in_background_builds_its_cuda_helper_into_the_cache(tmp_path, monkeypatch):
+    from pagedllm.kernels import parallel_compile
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(parallel_compile, "_prep", None)
+    parallel_compile.prepare_triton_in_background()
+    parallel_compile.wait_for_triton_prep()
+    assert parallel_compile._prep is not None and not parallel_compile._prep.is_alive()
+    assert [p.name for p in tmp_path.rglob("cuda_utils*.so")], list(tmp_path.rglob("*"))
