@@ -97,6 +97,8 @@ class _LauncherBuilds:
                     if key not in self.seen:
                         self.seen.add(key)
                         self.builds.append(self.pool.submit(_build_launcher, kernel))
+        except RuntimeError:       # the pool shut down early (a build raised): the first launch builds it
+            pass
         finally:
             with self.cond:
                 self.pending -= 1
