@@ -28,7 +28,9 @@ start() {   # start TAG [py-spy args...]: serve to /health, print the time and t
 # The first start meets a cold page cache too (a fresh machine): it runs under py-spy; the next two find the
 # libraries and bytecode cached (still an empty Triton cache each).
 start spy timeout 120 /tmp/site/bin/py-spy record -r 200 --subprocesses --idle --threads -f raw -o $OUT/spy_raw.txt --
+if [ -z "$ONLY_SPY" ]; then     # ONLY_SPY=1: the sampled start alone
 start plain1
 start plain2
+fi
 python3 benchmarks/gpu_session27/spy_summary.py $OUT/spy_raw.txt --min 0.25 --depth 12 | cut -c1-220 > $OUT/spy_summary.txt
 head -60 $OUT/spy_summary.txt

@@ -9,3 +9,4 @@ PYTHONPATH=$R timeout 200 python3 -m pytest -v -p no:cacheprovider tests/gpu/tes
   tests/gpu/test_sleep_mode_gpu.py > $OUT/prep_tests.log 2>&1
 grep -E "PASSED|FAILED|ERROR|passed|failed" $OUT/prep_tests.log | cut -c1-200 | tail -12
 SWITCH=PAGEDLLM_TRITON_PREP VALUES="${VALUES:-0 1 1 0 0 1}" bash benchmarks/gpu_session9/s9e.sh
+ONLY_SPY=1 bash benchmarks/gpu_session27/coldstart_spy.sh 2>&1 | grep -E "health|Built" 
