@@ -26,6 +26,10 @@ H100, docs/perf.md session 27), and are taken off it too unless ``PAGEDLLM_TRITO
   0.6 s) and its CUDA helper module (``CudaUtils``, another gcc build, 0.3 s), paid by the first compile and the first
   launch: ``prepare_triton_in_background`` starts both on a thread when the engine begins reading its config
   (transformers, 2-3 s); hashing, file reads and gcc hold no GIL.
+
+And the builds no longer wait for the dry pass to end: each variant is queued on the pool as the dry pass meets it
+(``preload`` called from the hook, under the same ``AsyncCompileMode``, which caches nothing until its exit, so the
+dry pass still launches none of them). ``PAGEDLLM_COMPILE_DURING_DRY_PASS=0`` queues them after it, as before.
 """
 from __future__ import annotations
 
@@ -122,8 +126,9 @@ def _build_launcher(kernel) -> None:
 
 
 def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float]:
-    """Run ``warm_up`` dry, then build the Triton variants it met on ``workers`` threads; returns how many and the
-    seconds the building took (wall time, the dry pass not included)."""
+    """Run ``warm_up`` dry and build the Triton variants it meets on ``workers`` threads (each queued as the dry pass
+    meets it, unless ``PAGEDLLM_COMPILE_DURING_DRY_PASS=0``: then all after it); returns how many and the seconds
+    spent waiting for them after the dry pass."""
     try:
         from triton import knobs
         from triton.runtime._async_compile import AsyncCompileMode
@@ -132,51 +137,71 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
     runtime = knobs.runtime
     if not hasattr(runtime, "jit_cache_hook"):
         return 0, 0.0
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pagedllm import envs
     from pagedllm.kernels import late_compiles
+    from triton.runtime import _async_compile
+    overlap = envs.PAGEDLLM_COMPILE_DURING_DRY_PASS
     recorded: dict[tuple[int, str], tuple] = {}
-
-    def record(*, fn, compile, **_):
-        data = compile["specialization_data"]
-        recorded.setdefault((id(fn.jit_function), data), (fn.jit_function, data))
-        return True          # neither build nor launch it now
-
-    t0 = time.perf_counter()
     previous = runtime.jit_cache_hook
-    runtime.jit_cache_hook = record
-    try:
-        warm_up()
-    finally:
-        runtime.jit_cache_hook = previous
-    t1 = time.perf_counter()
+    submitting = False
     launchers = 0
-    if recorded:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from pagedllm import envs
-        from triton.runtime import _async_compile
-        late_compiles.building_ahead(True)
-        try:
+    t0 = t1 = time.perf_counter()
+    late_compiles.building_ahead(True)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pagedllm-triton") as pool:
+            builds = _LauncherBuilds(pool) if envs.PAGEDLLM_TRITON_PREP else None
             # ignore_errors: a variant that fails to build is left out of the cache, so the real warm-up builds it
             # one by one and raises its error there, as without this pass. Triton's exit would otherwise raise
             # before clearing its process-wide active mode, and every later engine built in this process would
             # fail with "Another AsyncCompileMode is already active" (seen on an H100 in session 25's tests).
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pagedllm-triton") as pool:
-                builds = _LauncherBuilds(pool) if envs.PAGEDLLM_TRITON_PREP else None
-                mode = AsyncCompileMode(pool, ignore_errors=True)
+            mode = AsyncCompileMode(pool, ignore_errors=True)
+
+            def submit(jit_function, data) -> None:
+                nonlocal submitting
+                submitting = True
                 try:
-                    with mode:              # its exit waits for every build and caches it
-                        for jit_function, data in recorded.values():
-                            future_kernel = jit_function.preload(data)
-                            if builds is not None:
-                                builds.after(future_kernel)
+                    future_kernel = jit_function.preload(data)     # under the mode: queued on the pool
                 finally:
-                    if _async_compile.active_mode.get() is mode:     # preload itself raised inside the mode
-                        _async_compile.active_mode.set(None)
+                    submitting = False
                 if builds is not None:
-                    launchers = builds.wait()
-        finally:
-            late_compiles.building_ahead(False)
+                    builds.after(future_kernel)
+
+            def record(**kwargs):
+                if submitting:        # preload's own cache miss: let it through to the pool
+                    return previous(**kwargs) if previous is not None else None
+                fn, data = kwargs["fn"], kwargs["compile"]["specialization_data"]
+                key = (id(fn.jit_function), data)
+                if key not in recorded:
+                    recorded[key] = (fn.jit_function, data)
+                    if overlap:
+                        try:
+                            submit(fn.jit_function, data)
+                        except Exception:  # noqa: BLE001 - left to the real warm-up, which raises it there
+                            pass
+                return True           # neither build nor launch it here
+
+            try:
+                with mode:            # its exit waits for every build and caches it
+                    runtime.jit_cache_hook = record
+                    try:
+                        warm_up()
+                    finally:
+                        runtime.jit_cache_hook = previous
+                    t1 = time.perf_counter()
+                    if not overlap:
+                        for jit_function, data in recorded.values():
+                            submit(jit_function, data)
+            finally:
+                if _async_compile.active_mode.get() is mode:     # preload itself raised inside the mode
+                    _async_compile.active_mode.set(None)
+            if builds is not None:
+                launchers = builds.wait()
+    finally:
+        late_compiles.building_ahead(False)
     took = time.perf_counter() - t1
-    logger.info("Built %d Triton kernel variants%s on %d threads in %.1f s (dry warm-up %.1f s)", len(recorded),
-                f" and {launchers} launchers" if launchers else "", workers, took, t1 - t0)
+    logger.info("Built %d Triton kernel variants%s on %d threads, %.1f s after a dry warm-up of %.1f s%s",
+                len(recorded), f" and {launchers} launchers" if launchers else "", workers, took, t1 - t0,
+                " (built meanwhile)" if overlap and recorded else "")
     return len(recorded), took

@@ -16,20 +16,22 @@ from pagedllm.kernels.parallel_compile import compile_ahead  # noqa: E402
 SIZES = [1000 + 24 * i for i in range(6)]
 
 
-def _inputs():
+def _inputs(sizes):
     g = torch.Generator(device="cuda").manual_seed(0)
     return [(torch.randn(3, n, device="cuda", dtype=torch.bfloat16, generator=g),
              torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g),
-             torch.randn(3, 2 * n, device="cuda", dtype=torch.bfloat16, generator=g)) for n in SIZES]
+             torch.randn(3, 2 * n, device="cuda", dtype=torch.bfloat16, generator=g)) for n in sizes]
 
 
 def _run(inputs):
     return [(triton_ops.rms_norm(x, w, 1e-6)[0], triton_ops.silu_and_mul(gu)) for x, w, gu in inputs]
 
 
-def test_variants_built_ahead_on_threads_then_no_build_and_same_results(tmp_path, monkeypatch):
+@pytest.mark.parametrize("during_dry_pass", ["1", "0"])
+def test_variants_built_ahead_on_threads_then_no_build_and_same_results(tmp_path, monkeypatch, during_dry_pass):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))       # nothing on disk either
-    inputs = _inputs()
+    monkeypatch.setenv("PAGEDLLM_COMPILE_DURING_DRY_PASS", during_dry_pass)
+    inputs = _inputs(SIZES if during_dry_pass == "1" else [n + 8 for n in SIZES])     # each run unbuilt variants
     late_compiles.pause()                   # as an engine's start-up: hooks installed, counts from zero
     built, seconds = compile_ahead(lambda: _run(inputs), workers=4)
     assert built == 2 * len(SIZES) and seconds > 0       # one RMSNorm and one SiLU-and-mul variant per size
