@@ -1,0 +1,20 @@
+#!/bin/bash
+# Queued by session 27 for the next GPU session (carry [".whl", ".bench"]; .whl from `../shared/gpu/wheelhouse.sh
+# bitsandbytes opentelemetry-api importlib-metadata zipp py-spy`; prefer an H200: issues 13 / 18 are H200 rows).
+# PART=1: the whole tests/gpu tree (one -v run, full log kept), then the cold start twice (issue 18: <= 15 s on an
+#         H200; H100 at 02d05c2: 13.6-13.8 s with a warm page cache).
+# PART=2: issue 13's AWQ rows and issue 18's bf16 rows (session 25's next.sh PART=2).
+. benchmarks/gpu_session9/common.sh
+exec > >(tee $OUT/next27_${PART:-1}.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+if [ "${PART:-1}" = 1 ]; then
+PYTHONPATH=$R timeout ${T:-420} python3 -m pytest -v -p no:cacheprovider -n 8 --tb=short tests/gpu tests/models/test_moe.py \
+  "tests/unit/test_lora.py::test_adapter_on_the_other_llama_shaped_families" tests/unit/test_swap_preemption.py \
+  > $OUT/gpu_all.log 2>&1
+echo "gpu_all: $(grep -c ' PASSED' $OUT/gpu_all.log) passed, $(grep -c ' FAILED' $OUT/gpu_all.log) failed, $(grep -c ' SKIPPED' $OUT/gpu_all.log) skipped; $(tail -1 $OUT/gpu_all.log | cut -c1-200)"
+grep -E " FAILED" $OUT/gpu_all.log | sed 's/.*FAILED/FAILED/' | sort -u | head -30
+SWITCH=PAGEDLLM_LOGGING_LEVEL VALUES="INFO INFO" timeout 150 bash benchmarks/gpu_session9/s9e.sh 2>&1 | grep -E "health|Built|start-up " | cut -c1-400
+fi
+if [ "${PART:-1}" = 2 ]; then
+PART=2 bash benchmarks/gpu_session25/next.sh
+fi
