@@ -170,9 +170,9 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "CUDA helper module on a thread while the config loads, the kernels' C launchers built on the compile "
         "threads; an A/B switch). Default on."),
     "PAGEDLLM_COMPILE_DURING_DRY_PASS": (
-        lambda: _flag("PAGEDLLM_COMPILE_DURING_DRY_PASS", default=True),
-        "0: the start-up's Triton builds wait for the dry warm-up to end (kernels/parallel_compile.py; an A/B switch). "
-        "Default on: each variant is queued on the compile threads as the dry pass meets it."),
+        lambda: _flag("PAGEDLLM_COMPILE_DURING_DRY_PASS", default=False),
+        "1: each of the start-up's Triton variants is queued on the compile threads as the dry warm-up meets it, not "
+        "after it (kernels/parallel_compile.py). Off by default until a GPU run measures it (docs/perf.md, session 27)."),
     "PAGEDLLM_GC_FREEZE": (
         lambda: _flag("PAGEDLLM_GC_FREEZE", default=True),
         "0: leave the start-up heap of the engine-core, rank-worker and API-server processes to the garbage "

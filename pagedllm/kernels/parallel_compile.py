@@ -27,9 +27,9 @@ H100, docs/perf.md session 27), and are taken off it too unless ``PAGEDLLM_TRITO
   launch: ``prepare_triton_in_background`` starts both on a thread when the engine begins reading its config
   (transformers, 2-3 s); hashing, file reads and gcc hold no GIL.
 
-And the builds no longer wait for the dry pass to end: each variant is queued on the pool as the dry pass meets it
-(``preload`` called from the hook, under the same ``AsyncCompileMode``, which caches nothing until its exit, so the
-dry pass still launches none of them). ``PAGEDLLM_COMPILE_DURING_DRY_PASS=0`` queues them after it, as before.
+With ``PAGEDLLM_COMPILE_DURING_DRY_PASS=1`` the builds do not wait for the dry pass to end: each variant is queued on
+the pool as the dry pass meets it (``preload`` called from the hook, under the same ``AsyncCompileMode``, which caches
+nothing until its exit, so the dry pass still launches none of them). Off by default: not yet measured on a GPU.
 """
 from __future__ import annotations
 
@@ -126,9 +126,9 @@ def _build_launcher(kernel) -> None:
 
 
 def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float]:
-    """Run ``warm_up`` dry and build the Triton variants it meets on ``workers`` threads (each queued as the dry pass
-    meets it, unless ``PAGEDLLM_COMPILE_DURING_DRY_PASS=0``: then all after it); returns how many and the seconds
-    spent waiting for them after the dry pass."""
+    """Run ``warm_up`` dry and build the Triton variants it meets on ``workers`` threads (all after the dry pass, or
+    each as the dry pass meets it with ``PAGEDLLM_COMPILE_DURING_DRY_PASS=1``); returns how many and the seconds spent
+    waiting for them after the dry pass."""
     try:
         from triton import knobs
         from triton.runtime._async_compile import AsyncCompileMode
