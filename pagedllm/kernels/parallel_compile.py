@@ -182,15 +182,21 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
                             pass
                 return True           # neither build nor launch it here
 
+            def dry_pass() -> float:
+                runtime.jit_cache_hook = record
+                try:
+                    warm_up()
+                finally:
+                    runtime.jit_cache_hook = previous
+                return time.perf_counter()
+
+            if not overlap:           # the dry pass outside the mode, the builds queued after it
+                t1 = dry_pass()
             try:
                 with mode:            # its exit waits for every build and caches it
-                    runtime.jit_cache_hook = record
-                    try:
-                        warm_up()
-                    finally:
-                        runtime.jit_cache_hook = previous
-                    t1 = time.perf_counter()
-                    if not overlap:
+                    if overlap:       # each build queued by the hook as the dry pass meets its variant
+                        t1 = dry_pass()
+                    else:
                         for jit_function, data in recorded.values():
                             submit(jit_function, data)
             finally:
@@ -201,7 +207,7 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
     finally:
         late_compiles.building_ahead(False)
     took = time.perf_counter() - t1
-    logger.info("Built %d Triton kernel variants%s on %d threads, %.1f s after a dry warm-up of %.1f s%s",
-                len(recorded), f" and {launchers} launchers" if launchers else "", workers, took, t1 - t0,
-                " (built meanwhile)" if overlap and recorded else "")
+    logger.info("Built %d Triton kernel variants%s on %d threads in %.1f s (dry warm-up %.1f s%s)", len(recorded),
+                f" and {launchers} launchers" if launchers else "", workers, took, t1 - t0,
+                ", building meanwhile" if overlap and recorded else "")
     return len(recorded), took
