@@ -40,8 +40,10 @@ def create_engine_config(args: EngineArgs) -> EngineConfig:
     from pagedllm.model.quantization import quantization_config_class, resolve_quantization
     from pagedllm.model.registry import check_parallel_support
     verify_engine_args(args)       # before any download: a rejected argument fails at once
-    if args.device != "cpu" and os.path.exists("/dev/nvidiactl"):
-        # Triton's GPU-less set-up (its source hash, its CUDA helper module) on a thread while the config loads.
+    if (args.device != "cpu" and os.path.exists("/dev/nvidiactl") and args.distributed_executor_backend in (None, "uni")
+            and args.tensor_parallel_size == 1 and args.pipeline_parallel_size == 1):
+        # Triton's GPU-less set-up (its source hash, its CUDA helper module) on a thread while the config loads, where
+        # the model runs in this process (rank workers are processes of their own).
         from pagedllm.kernels.parallel_compile import prepare_triton_in_background
         prepare_triton_in_background()
     if args.quantization:

@@ -49,7 +49,7 @@ def test_one_launcher_per_signature_built_on_the_pool_and_waited_for(monkeypatch
 
 def test_the_engine_prepares_triton_while_reading_its_config_only_on_a_gpu_host(tmp_path, monkeypatch):
     # engine/core.create_engine_config starts kernels/parallel_compile.prepare_triton_in_background where a CUDA
-    # device node exists and the engine is not asked for the CPU; on a CPU host or with device="cpu", nothing.
+    # device node exists, the engine is not asked for the CPU and the model runs in this process; else nothing.
     import os
 
     from tiny_models import save_tiny_llama
@@ -60,9 +60,11 @@ def test_the_engine_prepares_triton_while_reading_its_config_only_on_a_gpu_host(
     started = []
     monkeypatch.setattr(parallel_compile, "prepare_triton_in_background", lambda: started.append(True))
     real_exists = os.path.exists
-    for device, gpu_host, expected in [("auto", True, 1), ("cpu", True, 0), ("auto", False, 0)]:
+    for device, gpu_host, backend, expected in [("auto", True, None, 1), ("cpu", True, None, 0), ("auto", False, None, 0),
+                                                ("auto", True, "mp", 0)]:     # mp: the model runs in a worker
         started.clear()
         monkeypatch.setattr(os.path, "exists", lambda p, g=gpu_host: g if p == "/dev/nvidiactl" else real_exists(p))
-        config = create_engine_config(EngineArgs(model=str(tmp_path), skip_tokenizer_init=True, device=device))
+        config = create_engine_config(EngineArgs(model=str(tmp_path), skip_tokenizer_init=True, device=device,
+                                                 distributed_executor_backend=backend))
         assert config.device.type == "cpu"      # this host has no GPU: "auto" resolves to the CPU all the same
-        assert len(started) == expected, (device, gpu_host)
+        assert len(started) == expected, (device, gpu_host, backend)
