@@ -60,8 +60,9 @@ def test_the_engine_prepares_triton_while_reading_its_config_only_on_a_gpu_host(
     started = []
     monkeypatch.setattr(parallel_compile, "prepare_triton_in_background", lambda: started.append(True))
     real_exists = os.path.exists
-    for device, gpu_host, backend, expected in [("auto", True, None, 1), ("cpu", True, None, 0), ("auto", False, None, 0),
-                                                ("auto", True, "mp", 0)]:     # mp: the model runs in a worker
+    cases = [("auto", True, None, 1), ("cpu", True, None, 0), ("auto", False, None, 0),
+             ("auto", True, "mp", 0)]     # mp: the model runs in a worker process
+    for device, gpu_host, backend, expected in cases:
         started.clear()
         monkeypatch.setattr(os.path, "exists", lambda p, g=gpu_host: g if p == "/dev/nvidiactl" else real_exists(p))
         config = create_engine_config(EngineArgs(model=str(tmp_path), skip_tokenizer_init=True, device=device,
