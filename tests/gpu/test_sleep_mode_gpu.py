@@ -1,7 +1,6 @@
-"""Sleep mode on a GPU (not run on the CPU CI; written for the next GPU session): sleep(level=1 / 2) gives the
-weights', KV cache's and CUDA graphs' device memory back (this process's reserved CUDA memory, what nvidia-smi
-shows for it), and after wake_up
-the re-captured decode and piecewise CUDA graphs give the same greedy tokens as before the sleep."""
+"""Sleep mode on a GPU (not run on the CPU CI): sleep(level=1 / 2) gives the weights', KV cache's and CUDA graphs'
+device memory back (this process's reserved CUDA memory, what nvidia-smi shows for it), and after wake_up the
+re-captured decode and piecewise CUDA graphs give the same greedy tokens as before the sleep."""
 from __future__ import annotations
 
 import sys
