@@ -77,8 +77,7 @@ class _LauncherBuilds:
         self.pool = pool
         self.cond = threading.Condition()
         self.pending = 0            # compiles whose done-callback has not run yet
-        self.seen: set = set()
-        self.builds: list = []
+        self.builds: dict = {}      # launcher key -> its build's future
 
     def after(self, future_kernel) -> None:
         future = getattr(future_kernel, "future", None)      # triton's FutureKernel under AsyncCompileMode
@@ -98,9 +97,8 @@ class _LauncherBuilds:
                 key = (repr(sorted(src.signature.items())), repr(sorted(getattr(src, "constants", {}).items())),
                        repr(getattr(kernel.metadata, "tensordesc_meta", None)))
                 with self.cond:
-                    if key not in self.seen:
-                        self.seen.add(key)
-                        self.builds.append(self.pool.submit(_build_launcher, kernel))
+                    if key not in self.builds:
+                        self.builds[key] = self.pool.submit(_build_launcher, kernel)
         except RuntimeError:       # the pool shut down early (a build raised): the first launch builds it
             pass
         finally:
@@ -113,7 +111,7 @@ class _LauncherBuilds:
         for the callbacks themselves); returns how many were built."""
         with self.cond:
             self.cond.wait_for(lambda: self.pending == 0)
-        for build in self.builds:
+        for build in self.builds.values():
             build.exception()      # a failed build is left to the first launch, which raises it there
         return len(self.builds)
 

@@ -168,9 +168,9 @@ class CudaGraphRunner:
         stream = torch.cuda.Stream()
         # Largest first, so the smaller graphs fit in the memory pool the largest one reserved.
         for bs in reversed(self.sizes):
+            stage_args = () if self.stage_inputs is None else self.stage_inputs.args(bs)
             for with_lora in self.lora_variants:
                 batch = self._batch(bs, with_lora)
-                stage_args = () if self.stage_inputs is None else self.stage_inputs.args(bs)
                 t = time.perf_counter()
                 for _ in range(2):   # warm up (Triton autotune/compile, cuBLAS handles) outside the capture
                     self.model(batch.input_ids, batch.positions, batch, *stage_args)
@@ -396,8 +396,8 @@ class PiecewiseGraphRunner:
         warm = 0.0
         stream = torch.cuda.Stream()
         for t in reversed(self.sizes):
+            stage_args = () if self.stage_inputs is None else self.stage_inputs.args(t)
             for with_lora in self.lora_variants:
-                stage_args = () if self.stage_inputs is None else self.stage_inputs.args(t)
                 w = time.perf_counter()
                 for _ in range(2):
                     self.model(self.input_ids[:t], self.positions[:t], self._batch(t, _SkipAttention, with_lora),
