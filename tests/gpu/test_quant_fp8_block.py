@@ -2,18 +2,14 @@
 or TRITON_INTERPRET=1 on the CPU: see tests/gpu/conftest.py)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_env import DEVICE, HALF, NEEDS_GPU_OR_INTERPRETER
 
 triton = pytest.importorskip("triton")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
-pytestmark = pytest.mark.skipif(not HAS_CUDA and not INTERPRET, reason="needs a CUDA GPU")
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-HALF = torch.float16 if INTERPRET else torch.bfloat16     # the interpreter mis-converts to bf16
+pytestmark = NEEDS_GPU_OR_INTERPRETER
 
 from test_quant_fp8_kernels import _assert_fp8_equal  # noqa: E402
 

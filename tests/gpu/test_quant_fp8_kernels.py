@@ -2,17 +2,14 @@
 ``torch._scaled_mm`` path, against the torch references on random data (GPU, or TRITON_INTERPRET=1 on the CPU)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_env import DEVICE, INTERPRET, NEEDS_GPU_OR_INTERPRETER
 
 triton = pytest.importorskip("triton")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
-pytestmark = pytest.mark.skipif(not HAS_CUDA and not INTERPRET, reason="needs a CUDA GPU")
-DEVICE = "cuda" if HAS_CUDA else "cpu"
+pytestmark = NEEDS_GPU_OR_INTERPRETER
 # Triton 3.6's interpreter mis-converts to bf16; fp16 there.
 DTYPES = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
 FP8_GPU = HAS_CUDA and torch.cuda.get_device_capability() >= (8, 9)

@@ -5,17 +5,14 @@ candidate config, CUDA-graph replay). Under TRITON_INTERPRET=1 on the CPU: a sma
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from kernel_env import DEVICE, INTERPRET, NEEDS_GPU_OR_INTERPRETER
 
 triton = pytest.importorskip("triton")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRET, reason="needs a CUDA GPU")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = NEEDS_GPU_OR_INTERPRETER
 # Triton 3.6's interpreter mis-converts to bf16; test fp16 there.
 DTYPES = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
 big_only = pytest.mark.skipif(INTERPRET, reason="too slow under the Triton interpreter")

@@ -6,16 +6,13 @@ Runs on a CUDA GPU (fp8 conversions need sm89+: H100/H200/L40); under ``TRITON_I
 interpreter handles float8, else skipped there."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_env import DEVICE, INTERPRET, NEEDS_GPU_OR_INTERPRETER
 
 triton = pytest.importorskip("triton")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRET, reason="needs a CUDA GPU")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = NEEDS_GPU_OR_INTERPRETER
 # Under the interpreter bf16 is mis-converted (see test_triton_attention.py): fp16 queries there.
 QDTYPE = torch.float16 if INTERPRET else torch.bfloat16
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]

@@ -1,16 +1,13 @@
 """Fused RMSNorm / SiLU-and-mul Triton ops vs PyTorch references (GPU, or TRITON_INTERPRET=1 on CPU)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_env import DEVICE, INTERPRET, NEEDS_GPU_OR_INTERPRETER
 
 triton = pytest.importorskip("triton")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRET, reason="needs a CUDA GPU")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = NEEDS_GPU_OR_INTERPRETER
 # Triton 3.6's interpreter mis-converts to bf16; test fp16 there instead.
 DTYPES = [torch.float16, torch.float32] if INTERPRET else [torch.bfloat16, torch.float16, torch.float32]
 
