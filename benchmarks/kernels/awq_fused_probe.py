@@ -99,6 +99,9 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=200.0, help="seconds; no new timing starts after it")
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--ms", default=",".join(map(str, MS)))
+    ap.add_argument("--save-table", metavar="FILE",
+                    help="write, per shape and row bucket, the fastest of scratch and the wide configs timed at "
+                         "every M of the bucket (least total µs) as JSON for route_ab.py's awq-table variant")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     t_end = time.time() + args.deadline
@@ -169,6 +172,28 @@ def main() -> None:
             print("  " + f)
     if out_of_time:
         print(f"\ndeadline ({args.deadline:.0f} s) reached: the rows above are all that was timed")
+    if args.save_table:
+        save_table(results, args.save_table)
+
+
+def save_table(results: dict, path: str) -> None:
+    """{"N,K": {bucket: config fields or "scratch"}}: per shape and row bucket, the option with the least total µs
+    over the bucket's timed M values, among those timed at all of them."""
+    import json
+    table: dict[str, dict[str, object]] = {}
+    for name, (n, k) in SHAPES.items():
+        for bucket in (32, 64, 128, 256):
+            rows = [row for (shape, m), row in results.items() if shape == name and tw.row_bucket(m) == bucket]
+            if not rows:
+                continue
+            options = set.intersection(*(set(r) - {"bf16"} for r in rows))
+            best = min(options, key=lambda o: sum(r[o] for r in rows))
+            cfg = "scratch" if best == "scratch" else list(eval(best, {"True": True, "False": False}))  # noqa: S307
+            table.setdefault(f"{n},{k}", {})[str(bucket)] = cfg
+            print(f"table {name} bucket {bucket}: {best} ({sum(r[best] for r in rows):.1f} µs over {len(rows)} M; "
+                  f"scratch {sum(r['scratch'] for r in rows):.1f})")
+    with open(path, "w") as f:
+        json.dump(table, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ VARIANT:
   awq-clamped   triton_packed's decode, dequantize and fused-GEMM kernels with their column indices clamped as
                 before session 20 (EVEN_N forced off: scalar word loads, the dequantize kernel's stores through a
                 shared-memory layout conversion), to A/B that change (set ANCHOR_CFG as for awq-scratch)
+  awq-table     the 7B int4 row buckets 32..256 from ROUTE_TABLE (awq_fused_probe.py --save-table's JSON)
   awq-kperm     the 7B int4 routing of 17..32 rows on the kperm + w_as_a wide configs (all four shapes) and qkv at
                 33..64 rows too (session 20's probe on an H200), the rest as committed (set ANCHOR_CFG as for awq-scratch)
 Prints offline_workload.py's JSON lines.
@@ -71,6 +72,17 @@ elif variant == "awq-clamped":
             plan.constexprs["EVEN_N"] = False
         return plan
     tp._make_plan = clamped
+elif variant == "awq-table":
+    # ROUTE_TABLE: awq_fused_probe.py --save-table's JSON; its row buckets replace _TABLE's (session 28)
+    import json
+    from pagedllm.kernels.quant import triton_packed as tp
+    from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig as W
+    with open(os.environ["ROUTE_TABLE"]) as f:
+        for shape, per_m in json.load(f).items():
+            n, k = map(int, shape.split(","))
+            for bucket, cfg in per_m.items():
+                tp._TABLE[(n, k, 4)][int(bucket)] = tp._DQ if cfg == "scratch" else W(*cfg)
+            print(f"route_ab: {shape} -> {tp._TABLE[(n, k, 4)]}", file=sys.stderr)
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
 runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),

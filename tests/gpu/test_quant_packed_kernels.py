@@ -526,6 +526,8 @@ WIDE_VARIANTS = [
     wide.PackedWideConfig(64, 128, 64, 4, 1, compact=True, prefetch=True, split_k=3),
     wide.PackedWideConfig(32, 128, 64, 4, 1, prefetch=True, split_k=3),              # repeated-row words
     wide.PackedWideConfig(32, 64, 64, 4, 2, w_as_a=True, prefetch=True),             # [BLOCK_N, BLOCK_K] words
+    wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True, w_as_a=True, pairs=True, split_k=3),
+    wide.PackedWideConfig(64, 64, 128, 4, 1, kperm=True, pairs=True, xgather=True, prefetch=True),
 ]
 
 
@@ -544,13 +546,33 @@ def test_wide_variants_match_reference(m):
             _check(x, w, b, packed_matmul_with_config(x, w, b, cfg))
 
 
+@pytest.mark.parametrize("m", [17, 100] if INTERPRET else [17, 64, 200, 256])
+@pytest.mark.parametrize("group", [128, None])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wide_pairs_equal_the_fp32_unpack_bit_for_bit(m, group, dtype):
+    """``pairs`` unpacks two values at a time straight into x's dtype (PRMT / LOP3 / SUB2 / FMA2 on the GPU); each
+    weight is ``q s + o`` rounded once, as the fp32 unpack's fma then conversion, and the dots are the same, so
+    the products are identical to the bit, not only close (a field or column pair taken from the wrong word half
+    is off by whole weights)."""
+    n, k = 200, 640
+    w = random_packed(k, n, 4, group or k, seed=m + 3, scale_dtype=dtype)
+    x = _x(m, k, dtype, seed=m)
+    for base in [wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True, w_as_a=True),
+                 wide.PackedWideConfig(64, 64, 128, 4, 2, kperm=True)]:
+        paired = base._replace(pairs=True)
+        assert wide.make_plan(m, n, k, 4, group or k, False, 8, paired).constexprs["PAIRS"]
+        torch.testing.assert_close(packed_matmul_with_config(x, w, None, paired),
+                                   packed_matmul_with_config(x, w, None, base), rtol=0, atol=0)
+
+
 def test_wide_kperm_rejects_what_it_cannot_do():
     w = random_packed(640, 64, 4, 128, seed=1)
     x = _x(20, 640, torch.float16, seed=0)
     for cfg in [wide.PackedWideConfig(32, 64, 256, 4, 2, kperm=True),      # K 640 not a multiple of block_k
                 wide.PackedWideConfig(32, 64, 64, 4, 2, kperm=True),       # 8 K a dot
                 wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True, w_nk=True),
-                wide.PackedWideConfig(32, 64, 128, 4, 2, xgather=True)]:
+                wide.PackedWideConfig(32, 64, 128, 4, 2, xgather=True),
+                wide.PackedWideConfig(32, 64, 128, 4, 2, pairs=True)]:
         with pytest.raises(ValueError, match="kperm"):
             packed_matmul_with_config(x, w, None, cfg)
 

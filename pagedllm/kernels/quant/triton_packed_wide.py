@@ -83,6 +83,8 @@ class PackedWideConfig(NamedTuple):
     kperm: bool = False     # compact words, ``pack`` dots of K = block_k / pack a tile (dot j: value j of every
     #                         word), x's columns permuted per tile to match (block_k / pack >= 16)
     xgather: bool = False   # kperm: x's columns gathered in the kernel (stride pack; no cp.async), not by a copy
+    pairs: bool = False     # kperm: the values unpacked two at a time straight into bf16x2 / f16x2 (``_byte_pairs``)
+    #                         where the weights are 4-bit and a K tile lies in one group; others as without it
 
 
 _PROGRAMS_PER_SM = 2
@@ -98,19 +100,29 @@ _P = PackedWideConfig
 # above (benchmarks/kernels/wide_sass.py; its throughput model, which reproduces session 12's gate_up timings within
 # ~10-15%, predicts gate_up ~45-55 µs at 24-64 rows and ~70-80 at 128 against the measured 85-96 and 140-161).
 _KP = dict(kperm=True, w_as_a=True)
+# pairs (session 28): kperm with the values unpacked two at a time into bf16x2 (~2 instructions a weight against
+# kperm's 3.5 in the unpack alone), W as the register A operand or (``_KB``) the shared-memory B operand; and one
+# row tile over all 256 rows, so that each weight is unpacked once a step at the largest decode batches.
+_KPP = dict(kperm=True, w_as_a=True, pairs=True)
+_KB = dict(kperm=True, pairs=True)
 CANDIDATES: dict[int, list[PackedWideConfig]] = {
     32: [_P(32, 128, 64, 4, 3), _P(32, 128, 64, 4, 1), _P(32, 128, 64, 4, 3, w_as_a=True),
          _P(32, 64, 128, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1),
-         _P(32, 64, 128, 4, 2, **_KP), _P(32, 128, 128, 4, 3, **_KP), _P(32, 64, 128, 4, 2, xgather=True, **_KP)],
+         _P(32, 64, 128, 4, 2, **_KP), _P(32, 128, 128, 4, 3, **_KP), _P(32, 64, 128, 4, 2, xgather=True, **_KP),
+         _P(32, 64, 128, 4, 2, **_KPP), _P(32, 128, 128, 4, 3, **_KPP)],
     64: [_P(64, 128, 64, 4, 3), _P(64, 128, 64, 4, 1), _P(64, 128, 64, 4, 3, compact=True),
          _P(64, 128, 64, 4, 3, w_as_a=True), _P(64, 64, 128, 4, 2), _P(64, 256, 64, 8, 1),
-         _P(64, 128, 128, 4, 3, **_KP), _P(64, 64, 128, 4, 2, **_KP)],
+         _P(64, 128, 128, 4, 3, **_KP), _P(64, 64, 128, 4, 2, **_KP),
+         _P(64, 128, 128, 4, 3, **_KPP), _P(64, 64, 128, 4, 2, **_KPP), _P(64, 128, 128, 4, 3, **_KB)],
     128: [_P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1), _P(128, 128, 64, 8, 3, compact=True),
           _P(128, 128, 64, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1),
-          _P(128, 64, 128, 4, 2, **_KP), _P(128, 128, 128, 8, 2, **_KP), _P(64, 128, 128, 4, 3, **_KP)],
+          _P(128, 64, 128, 4, 2, **_KP), _P(128, 128, 128, 8, 2, **_KP), _P(64, 128, 128, 4, 3, **_KP),
+          _P(128, 64, 128, 4, 2, **_KPP), _P(128, 128, 128, 8, 2, **_KPP), _P(128, 128, 128, 8, 3, **_KB)],
     256: [_P(256, 64, 64, 8, 3), _P(256, 64, 64, 8, 1), _P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1),
           _P(256, 128, 64, 8, 1), _P(128, 128, 64, 4, 3, w_as_a=True),
-          _P(128, 64, 128, 4, 2, **_KP), _P(128, 128, 128, 8, 2, **_KP)],
+          _P(128, 64, 128, 4, 2, **_KP), _P(128, 128, 128, 8, 2, **_KP),
+          _P(128, 128, 128, 8, 2, **_KPP), _P(256, 64, 128, 4, 2, **_KPP), _P(256, 128, 128, 8, 2, **_KPP),
+          _P(256, 128, 128, 8, 3, **_KB)],
 }
 
 
@@ -154,11 +166,50 @@ def _field_float(words, rot, BITS: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def _byte_pairs(words, sp, op, I: tl.constexpr, ASM: tl.constexpr):
+    """Values ``2 I`` and ``2 I + 1`` (byte ``I``'s two fields) of each 4-bit word as ``q s + o`` in the dtype of
+    ``sp`` / ``op`` (the raw scale and offset, bf16 or fp16, broadcast to ``words``' shape).
+
+    With ``ASM`` two words at a time (``pack=2``: the elements a thread holds side by side, the pairs its s and o
+    halves match): one PRMT gathers byte ``I`` of both into bytes 0 and 2, one LOP3 ORs the low fields into the
+    bf16 / fp16 of 128 / 1024 (``0x4300`` / ``0x6400``: the field lands in the mantissa's ulp-1 bits), a shift and
+    a second LOP3 do the same for the high fields; one exact SUB2 takes the 128 / 1024 off and one FMA2 gives
+    ``q s + o`` rounded once. About two instructions a weight, against the fp32 path's three and a half (funnel
+    shift, LOP3, fma, half a conversion), and no int -> float conversion."""
+    if ASM:
+        SEL: tl.constexpr = ((4 + I) << 12) | ((4 + I) << 8) | (I << 4) | I
+        if sp.dtype == tl.bfloat16:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t, u, q0, q1, m; mov.b32 m, 0x43004300;"
+                f" prmt.b32 t, $2, $3, {SEL};"
+                " lop3.b32 q0, t, 0x000F000F, 0x43004300, 0xEA; shr.u32 u, t, 4;"
+                " lop3.b32 q1, u, 0x000F000F, 0x43004300, 0xEA;"
+                " sub.rn.bf16x2 q0, q0, m; sub.rn.bf16x2 q1, q1, m;"
+                " fma.rn.bf16x2 $0, q0, $4, $5; fma.rn.bf16x2 $1, q1, $4, $5; }",
+                "=r,=r,r,r,r,r", [words, sp, op], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=2)
+        else:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t, u, q0, q1, m; mov.b32 m, 0x64006400;"
+                f" prmt.b32 t, $2, $3, {SEL};"
+                " lop3.b32 q0, t, 0x000F000F, 0x64006400, 0xEA; shr.u32 u, t, 4;"
+                " lop3.b32 q1, u, 0x000F000F, 0x64006400, 0xEA;"
+                " sub.rn.f16x2 q0, q0, m; sub.rn.f16x2 q1, q1, m;"
+                " fma.rn.f16x2 $0, q0, $4, $5; fma.rn.f16x2 $1, q1, $4, $5; }",
+                "=r,=r,r,r,r,r", [words, sp, op], dtype=(tl.float16, tl.float16), is_pure=True, pack=2)
+    # the interpreter: the same values (q s exact in fp32, + o exact here, one rounding to x's dtype)
+    q_lo = ((words >> (8 * I)) & 15).to(tl.float32)
+    q_hi = ((words >> (8 * I + 4)) & 15).to(tl.float32)
+    s = sp.to(tl.float32)
+    o = op.to(tl.float32)
+    return (q_lo * s + o).to(sp.dtype), (q_hi * s + o).to(sp.dtype)
+
+
+@triton.jit
 def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stride_xm, stride_ym,
                         BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                         EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, W_AS_A: tl.constexpr,
                         W_NK: tl.constexpr, COMPACT: tl.constexpr, PREFETCH: tl.constexpr,
-                        KPERM: tl.constexpr, XGATHER: tl.constexpr,
+                        KPERM: tl.constexpr, XGATHER: tl.constexpr, PAIRS: tl.constexpr,
                         FUSED: tl.constexpr, ASM: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
@@ -194,6 +245,9 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
         s_one = tl.load(S + cols).to(tl.float32)
         c_one = tl.load(O + cols).to(tl.float32) - BIAS2 * s_one
         s_one = s_one * SCALE
+        if PAIRS:
+            sp_one = tl.load(S + cols).to(X.dtype.element_ty)
+            op_one = tl.load(O + cols).to(X.dtype.element_ty)
     if W_NK:
         if COMPACT:
             rot2 = rot[None, None, :]
@@ -228,7 +282,10 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
         kmask = (k0 + offs_k) < K
         x = _load_x(x_ptrs, kmask, EVEN_K, W_AS_A)
         # the tile's scale s * 2**(BITS - 23) and c = o - 2**BITS s, broadcast along K
-        if SCALE_MODE == 2:
+        if PAIRS:
+            s = s_one     # unused: PAIRS reads the raw scales below
+            c = c_one
+        elif SCALE_MODE == 2:
             s = s_one
             c = c_one
         elif SCALE_MODE == 1:
@@ -241,7 +298,9 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
                 o = tl.load(O + g * N + cols, mask=k0 < K, other=0.0).to(tl.float32)
             c = o - BIAS2 * s
             s = s * SCALE
-        if SCALE_MODE == 0:
+        if PAIRS:
+            pass
+        elif SCALE_MODE == 0:
             if KPERM:     # gathered per dot below
                 s = s_one
                 c = c_one
@@ -253,7 +312,40 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
         else:
             s = s[None, :]
             c = c[None, :]
-        if KPERM:
+        if PAIRS:
+            # As KPERM below, the values of a byte two dots at a time, each weight q s + o in x's dtype from the
+            # raw scale and offset (one rounding, as the fp32 path's fma then conversion)
+            if SCALE_MODE == 2:
+                sp = sp_one
+                op = op_one
+            else:
+                g = k0 // GROUP
+                if EVEN_K:
+                    sp = tl.load(S + g * N + cols).to(X.dtype.element_ty)
+                    op = tl.load(O + g * N + cols).to(X.dtype.element_ty)
+                else:      # a tile wholly past K (the last split): no group there, and 0 * garbage may be NaN
+                    sp = tl.load(S + g * N + cols, mask=k0 < K, other=0.0).to(X.dtype.element_ty)
+                    op = tl.load(O + g * N + cols, mask=k0 < K, other=0.0).to(X.dtype.element_ty)
+            if W_AS_A:
+                sp = tl.broadcast_to(sp[:, None], words.shape)
+                op = tl.broadcast_to(op[:, None], words.shape)
+            else:
+                sp = tl.broadcast_to(sp[None, :], words.shape)
+                op = tl.broadcast_to(op[None, :], words.shape)
+            for i in tl.static_range(PACK // 2):
+                w_lo, w_hi = _byte_pairs(words, sp, op, i, ASM)
+                if i > 0:
+                    x = _load_x(x_ptrs + (2 * i) * XSTEP, kmask, EVEN_K, W_AS_A)
+                if W_AS_A:
+                    acc = tl.dot(w_lo, x, acc)
+                else:
+                    acc = tl.dot(x, w_lo, acc)
+                x = _load_x(x_ptrs + (2 * i + 1) * XSTEP, kmask, EVEN_K, W_AS_A)
+                if W_AS_A:
+                    acc = tl.dot(w_hi, x, acc)
+                else:
+                    acc = tl.dot(x, w_hi, acc)
+        elif KPERM:
             # Dot j multiplies value j of every word ([BKP, BN] in the words' own layout: no reshape, and the W
             # tile's shared-memory store keeps the words' vector width along N) by x's columns k0 + kp * PACK + j,
             # which launch() placed at k0 + j * BKP + kp.
@@ -400,8 +492,8 @@ def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool
         raise ValueError(f"config {cfg}: block_m, block_n and block_k must be at least 16 (tensor-core tiles)")
     pack = 32 // bits
     block_k = cfg.block_k
-    if cfg.xgather and not cfg.kperm:
-        raise ValueError(f"config {cfg}: xgather is an option of kperm")
+    if (cfg.xgather or cfg.pairs) and not cfg.kperm:
+        raise ValueError(f"config {cfg}: xgather and pairs are options of kperm")
     if cfg.kperm and ((cfg.w_nk and not cfg.w_as_a) or k % block_k or block_k // pack < 16):
         raise ValueError(f"config {cfg}: kperm needs K ({k}) a multiple of block_k, block_k / {pack} >= 16 (a "
                          f"tensor-core dot's K) and no w_nk without w_as_a")
@@ -420,6 +512,7 @@ def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool
                       SPLIT_K=split_k, W_AS_A=cfg.w_as_a, W_NK=cfg.w_nk or cfg.w_as_a,
                       COMPACT=cfg.compact or cfg.kperm,
                       PREFETCH=cfg.prefetch, KPERM=cfg.kperm, XGATHER=cfg.kperm and cfg.xgather,
+                      PAIRS=cfg.kperm and cfg.pairs and bits == 4 and scale_mode(group_size, k, block_k, pack) != 0,
                       FUSED=_FUSED, ASM=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                       BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     ws_elems = split_k * n_tiles * cfg.block_m * cfg.block_n if split_k > 1 else 0

@@ -1,0 +1,28 @@
+#!/bin/bash
+# Session 28: the int4 wide kernel's `pairs` unpack (two values a PRMT / LOP3 / SUB2 / FMA2 step, straight into
+# bf16x2) on the GPU. Carry [".whl", ".bench"].
+# PART=1: its GPU tests (every wide candidate against the reference; pairs == the fp32 unpack bit for bit), then
+#         awq_fused_probe.py over the 7B shapes at M = 64, 256, 128, 32, writing $OUT/pairs_table.json (the best of
+#         scratch and every candidate per shape and row bucket). Prediction (offline SASS, wide_sass.py): the
+#         pairs configs' K loop 3.5-4.6 instructions a weight against kperm's 5.2-6.0; gate_up at 64 rows
+#         ~45-60 µs (routed compact ~84, bf16 ~70), at 256 rows ~100-130 µs (scratch ~185-206, bf16 ~100).
+# PART=2: AWQ 7B sharegpt_like_1000, route_ab.py base against awq-table with benchmarks/gpu_session28/pairs_table.json
+#         (PART=1's file, committed), two rounds in alternating order. Prediction: +8-15% if gate_up / down at
+#         129..256 rows leave the scratch path.
+. benchmarks/gpu_session9/common.sh
+exec > >(tee $OUT/pairs_${PART:-1}.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
+if [ "${PART:-1}" = 1 ]; then
+PYTHONPATH=$R timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider tests/gpu/test_quant_packed_kernels.py \
+  -k "pairs or wide_variants or wide_matches or kperm_rejects" > $OUT/pairs_tests.log 2>&1
+tail -3 $OUT/pairs_tests.log; grep -E "^FAILED" $OUT/pairs_tests.log | cut -c1-300 | head
+PYTHONPATH=$R timeout 330 python3 benchmarks/kernels/awq_fused_probe.py --ms ${MS:-64,256,128,32} --deadline ${DL:-270} \
+  --save-table $OUT/pairs_table.json 2>&1 | grep -v Warning
+fi
+if [ "${PART:-1}" = 2 ]; then
+for v in base awq-table awq-table base; do
+  ANCHOR_CFG="$AWQ" ROUTE_TABLE=benchmarks/gpu_session28/pairs_table.json PYTHONPATH=$R timeout 200 \
+    python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq-$v"
+done
+fi
