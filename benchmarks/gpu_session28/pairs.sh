@@ -20,6 +20,15 @@ tail -3 $OUT/pairs_tests.log; grep -E "^FAILED" $OUT/pairs_tests.log | cut -c1-3
 PYTHONPATH=$R timeout 330 python3 benchmarks/kernels/awq_fused_probe.py --ms ${MS:-64,256,128,32} --deadline ${DL:-270} \
   --save-table $OUT/pairs_table.json 2>&1 | grep -v Warning
 fi
+if [ "${PART:-1}" = 3 ]; then    # PART=2 lost 4.5%: which buckets, and any late compiles
+for vb in base:0 awq-table:32,64 awq-table:128,256 base:0; do
+  v=${vb%%:*}; b=${vb#*:}
+  ANCHOR_CFG="$AWQ" ROUTE_BUCKETS=$b ROUTE_TABLE=benchmarks/gpu_session28/pairs_table.json PYTHONPATH=$R timeout 200 \
+    python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b sharegpt_like_1000 > $OUT/ab_${v}_${b}.log 2>&1
+  offline_summary "awq-$v-$b" < $OUT/ab_${v}_${b}.log
+  grep -c "after start-up" $OUT/ab_${v}_${b}.log; grep "after start-up" $OUT/ab_${v}_${b}.log | cut -c1-250 | head -3
+done
+fi
 if [ "${PART:-1}" = 2 ]; then
 for v in base awq-table awq-table base; do
   ANCHOR_CFG="$AWQ" ROUTE_TABLE=benchmarks/gpu_session28/pairs_table.json PYTHONPATH=$R timeout 200 \

@@ -19,7 +19,8 @@ VARIANT:
   awq-clamped   triton_packed's decode, dequantize and fused-GEMM kernels with their column indices clamped as
                 before session 20 (EVEN_N forced off: scalar word loads, the dequantize kernel's stores through a
                 shared-memory layout conversion), to A/B that change (set ANCHOR_CFG as for awq-scratch)
-  awq-table     the 7B int4 row buckets 32..256 from ROUTE_TABLE (awq_fused_probe.py --save-table's JSON)
+  awq-table     the 7B int4 row buckets 32..256 from ROUTE_TABLE (awq_fused_probe.py --save-table's JSON; only
+                those in ROUTE_BUCKETS, e.g. 128,256, when set)
   awq-kperm     the 7B int4 routing of 17..32 rows on the kperm + w_as_a wide configs (all four shapes) and qkv at
                 33..64 rows too (session 20's probe on an H200), the rest as committed (set ANCHOR_CFG as for awq-scratch)
 Prints offline_workload.py's JSON lines.
@@ -81,7 +82,8 @@ elif variant == "awq-table":
         for shape, per_m in json.load(f).items():
             n, k = map(int, shape.split(","))
             for bucket, cfg in per_m.items():
-                tp._TABLE[(n, k, 4)][int(bucket)] = tp._DQ if cfg == "scratch" else W(*cfg)
+                if bucket in os.environ.get("ROUTE_BUCKETS", "32,64,128,256").split(","):
+                    tp._TABLE[(n, k, 4)][int(bucket)] = tp._DQ if cfg == "scratch" else W(*cfg)
             print(f"route_ab: {shape} -> {tp._TABLE[(n, k, 4)]}", file=sys.stderr)
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
