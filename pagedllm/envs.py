@@ -169,11 +169,6 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "0: do not prepare Triton off the start-up's critical path (kernels/parallel_compile.py: its source hash and "
         "CUDA helper module on a thread while the config loads, the kernels' C launchers built on the compile "
         "threads; an A/B switch). Default on."),
-    "PAGEDLLM_COMPILE_DURING_DRY_PASS": (
-        lambda: _flag("PAGEDLLM_COMPILE_DURING_DRY_PASS", default=False),
-        "1: each of the start-up's Triton variants is queued on the compile threads as the dry warm-up meets it, not "
-        "after it (kernels/parallel_compile.py). Off by default until a GPU run measures it (docs/perf.md, "
-        "session 27)."),
     "PAGEDLLM_GC_FREEZE": (
         lambda: _flag("PAGEDLLM_GC_FREEZE", default=True),
         "0: leave the start-up heap of the engine-core, rank-worker and API-server processes to the garbage "

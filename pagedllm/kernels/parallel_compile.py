@@ -27,9 +27,8 @@ H100, docs/perf.md session 27), and are taken off it too unless ``PAGEDLLM_TRITO
   launch: ``prepare_triton_in_background`` starts both on a thread when the engine begins reading its config
   (transformers, 2-3 s); hashing, file reads and gcc hold no GIL.
 
-With ``PAGEDLLM_COMPILE_DURING_DRY_PASS=1`` the builds do not wait for the dry pass to end: each variant is queued on
-the pool as the dry pass meets it (``preload`` called from the hook, under the same ``AsyncCompileMode``, which caches
-nothing until its exit, so the dry pass still launches none of them). Off by default: not yet measured on a GPU.
+Queuing each variant as the dry pass meets it, instead of after it, was tried (session 28, H100): /health 17.2-19.6 s
+against 16.6-17.1 s, the dry pass 1.6-2.0 -> 4.4-4.8 s (the builds' threads slow the pass that feeds them); removed.
 """
 from __future__ import annotations
 
@@ -124,9 +123,8 @@ def _build_launcher(kernel) -> None:
 
 
 def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float]:
-    """Run ``warm_up`` dry and build the Triton variants it meets on ``workers`` threads (all after the dry pass, or
-    each as the dry pass meets it with ``PAGEDLLM_COMPILE_DURING_DRY_PASS=1``); returns how many and the seconds spent
-    waiting for them after the dry pass."""
+    """Run ``warm_up`` dry and build the Triton variants it meets on ``workers`` threads after it; returns how many
+    and the seconds spent waiting for them after the dry pass."""
     try:
         from triton import knobs
         from triton.runtime._async_compile import AsyncCompileMode
@@ -140,7 +138,6 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
     from pagedllm import envs
     from pagedllm.kernels import late_compiles
     from triton.runtime import _async_compile
-    overlap = envs.PAGEDLLM_COMPILE_DURING_DRY_PASS
     recorded: dict[tuple[int, str], tuple] = {}
     previous = runtime.jit_cache_hook
     submitting = False
@@ -173,11 +170,6 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
                 key = (id(fn.jit_function), data)
                 if key not in recorded:
                     recorded[key] = (fn.jit_function, data)
-                    if overlap:
-                        try:
-                            submit(fn.jit_function, data)
-                        except Exception:  # noqa: BLE001 - left to the real warm-up, which raises it there
-                            pass
                 return True           # neither build nor launch it here
 
             def dry_pass() -> float:
@@ -188,15 +180,11 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
                     runtime.jit_cache_hook = previous
                 return time.perf_counter()
 
-            if not overlap:           # the dry pass outside the mode, the builds queued after it
-                t1 = dry_pass()
+            t1 = dry_pass()           # outside the mode; the builds are queued after it
             try:
                 with mode:            # its exit waits for every build and caches it
-                    if overlap:       # each build queued by the hook as the dry pass meets its variant
-                        t1 = dry_pass()
-                    else:
-                        for jit_function, data in recorded.values():
-                            submit(jit_function, data)
+                    for jit_function, data in recorded.values():
+                        submit(jit_function, data)
             finally:
                 if _async_compile.active_mode.get() is mode:     # preload itself raised inside the mode
                     _async_compile.active_mode.set(None)
@@ -205,7 +193,6 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
     finally:
         late_compiles.building_ahead(False)
     took = time.perf_counter() - t1
-    logger.info("Built %d Triton kernel variants%s on %d threads in %.1f s (dry warm-up %.1f s%s)", len(recorded),
-                f" and {launchers} launchers" if launchers else "", workers, took, t1 - t0,
-                ", building meanwhile" if overlap and recorded else "")
+    logger.info("Built %d Triton kernel variants%s on %d threads in %.1f s (dry warm-up %.1f s)", len(recorded),
+                f" and {launchers} launchers" if launchers else "", workers, took, t1 - t0)
     return len(recorded), took

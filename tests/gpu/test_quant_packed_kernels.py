@@ -489,7 +489,8 @@ def test_wide_routed_configs_match_reference(n, k, dtype):
 
 def test_wide_routing():
     """The 7B table: the wide kernel where the probe timed it faster than dequantize + cuBLAS (sessions 12 and 20,
-    H200); 17..32 rows of every shape, and qkv up to 64, on the kperm + w_as_a configs."""
+    H200; 28, H100); 17..32 rows of every shape, and qkv, o and down up to 64, on the kperm + w_as_a configs with
+    the values unpacked in pairs."""
     def pick(m, n, k):
         return triton_packed.get_config(m, n, k, 4, 128)
 
@@ -499,10 +500,11 @@ def test_wide_routing():
     assert not picks_wide(129, 37888, 3584) and not picks_wide(16, 37888, 3584)
     assert picks_wide(24, 3584, 18944) and picks_wide(64, 3584, 18944) and not picks_wide(65, 3584, 18944)
     assert picks_wide(64, 4608, 3584) and not picks_wide(65, 4608, 3584)
-    assert picks_wide(32, 3584, 3584) and not any(picks_wide(m, 3584, 3584) for m in (33, 64, 128, 256))
+    assert picks_wide(64, 3584, 3584) and not any(picks_wide(m, 3584, 3584) for m in (65, 128, 256))
     for n, k in ((4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)):
-        assert pick(17, n, k).kperm and pick(32, n, k).w_as_a, (n, k)
-    assert pick(64, 4608, 3584).kperm and not pick(64, 37888, 3584).kperm
+        assert pick(17, n, k).kperm and pick(32, n, k).w_as_a and pick(32, n, k).pairs, (n, k)
+    assert all(pick(64, n, k).pairs for n, k in ((4608, 3584), (3584, 3584), (3584, 18944)))
+    assert not pick(64, 37888, 3584).kperm and not pick(128, 37888, 3584).pairs
     assert not picks_wide(64, 200, 640)          # shapes not in the table keep the scratch path
 
 

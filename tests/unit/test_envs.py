@@ -67,9 +67,8 @@ def test_counts_are_checked_not_replaced(monkeypatch):
     cores = len(os.sched_getaffinity(0))
     # The compile threads default to the usable cores, at most 16.
     assert envs.PAGEDLLM_PIECEWISE_MAX_TOKENS == 512 and envs.PAGEDLLM_COMPILE_THREADS == min(cores, 16)
-    # Start-up switches (kernels/parallel_compile.py): Triton prepared off the critical path by default; the builds
-    # during the dry pass opt-in until a GPU run measures them.
-    assert envs.PAGEDLLM_TRITON_PREP is True and envs.PAGEDLLM_COMPILE_DURING_DRY_PASS is False
+    # Start-up switch (kernels/parallel_compile.py): Triton prepared off the critical path by default.
+    assert envs.PAGEDLLM_TRITON_PREP is True
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     assert envs.PAGEDLLM_COMPILE_THREADS == 16
     monkeypatch.setenv("PAGEDLLM_PIECEWISE_MAX_TOKENS", "2048")

@@ -431,20 +431,23 @@ _IN_CAPTURE_GEMM = PackedConfig(64, 64, 128, 4, 3)
 # H200 (Qwen2.5-7B shapes, int4 g128, bf16).
 _P = PackedConfig
 _W = PackedWideConfig
-_KP = dict(kperm=True, w_as_a=True)   # the wide kernel's compact words, W as wgmma's register A operand
+# the wide kernel's compact words, W as wgmma's register A operand, the values unpacked two at a time into bf16x2
+_KPP = dict(kperm=True, w_as_a=True, pairs=True)
 _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig | PackedWideConfig]] = {
     # Qwen2.5-7B: qkv, o, gate_up, down. 17..128 rows: the wide kernel where benchmarks/kernels/awq_fused_probe.py
-    # timed it faster than dequantize + cuBLAS (H200, sessions 12 and 20; docs/perf.md), else that scratch path.
+    # timed it faster than dequantize + cuBLAS (H200, sessions 12 and 20; 32 / 64 rows on an H100 in session 28,
+    # the pairs configs; docs/perf.md), else that scratch path.
     (4608, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
-                      32: _W(32, 128, 128, 4, 3, **_KP), 64: _W(64, 64, 128, 4, 2, **_KP),
+                      32: _W(32, 64, 128, 4, 2, **_KPP), 64: _W(64, 64, 128, 4, 2, **_KPP),
                       128: _DQ, 256: _DQ, 4096: _DQ},
     (3584, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
-                      32: _W(32, 64, 128, 4, 2, **_KP), 64: _DQ, 128: _DQ, 256: _DQ, 4096: _DQ},
+                      32: _W(32, 64, 128, 4, 2, **_KPP), 64: _W(64, 64, 128, 4, 2, **_KPP), 128: _DQ, 256: _DQ,
+                      4096: _DQ},
     (37888, 3584, 4): {1: _P(1, 128, 64, 4, 1, 4, prefetch=True), 16: _P(16, 64, 128, 4, 3),
-                       32: _W(32, 64, 128, 4, 2, **_KP), 64: _W(64, 128, 64, 4, 3, compact=True),
+                       32: _W(32, 64, 128, 4, 2, **_KPP), 64: _W(64, 128, 64, 4, 3, compact=True),
                        128: _W(128, 128, 64, 8, 3, compact=True), 256: _DQ, 4096: _DQ},
     (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 16: _P(16, 64, 128, 4, 3),
-                       32: _W(32, 128, 128, 4, 3, **_KP), 64: _W(64, 128, 64, 4, 3, compact=True),
+                       32: _W(32, 128, 128, 4, 3, **_KPP), 64: _W(64, 64, 128, 4, 2, **_KPP),
                        128: _DQ, 256: _DQ, 4096: _DQ},
 }
 

@@ -101,8 +101,12 @@ _P = PackedWideConfig
 # ~10-15%, predicts gate_up ~45-55 µs at 24-64 rows and ~70-80 at 128 against the measured 85-96 and 140-161).
 _KP = dict(kperm=True, w_as_a=True)
 # pairs (session 28): kperm with the values unpacked two at a time into bf16x2 (~2 instructions a weight against
-# kperm's 3.5 in the unpack alone), W as the register A operand or (``_KB``) the shared-memory B operand; and one
-# row tile over all 256 rows, so that each weight is unpacked once a step at the largest decode batches.
+# kperm's 3.5 in the unpack alone), W as the register A operand or (``_KB``) the shared-memory B operand. On an
+# H100 (awq_fused_probe.py) they beat kperm at the same tiles by 3-9% and won every 7B shape at 32 rows and three
+# of four at 64 (routed there); at 128 / 256 rows they beat dequantize + cuBLAS in the probe (gate_up 136 / 214 µs
+# against 231 / 244) but lost 4-6% of AWQ ShareGPT end to end when routed, so those buckets keep their routes.
+# Row tiles of 256 (each weight unpacked once at 256 rows) lost every shape and were dropped (one needed more shared
+# memory than an SM has at 8 bits).
 _KPP = dict(kperm=True, w_as_a=True, pairs=True)
 _KB = dict(kperm=True, pairs=True)
 CANDIDATES: dict[int, list[PackedWideConfig]] = {
@@ -121,8 +125,7 @@ CANDIDATES: dict[int, list[PackedWideConfig]] = {
     256: [_P(256, 64, 64, 8, 3), _P(256, 64, 64, 8, 1), _P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1),
           _P(256, 128, 64, 8, 1), _P(128, 128, 64, 4, 3, w_as_a=True),
           _P(128, 64, 128, 4, 2, **_KP), _P(128, 128, 128, 8, 2, **_KP),
-          _P(128, 128, 128, 8, 2, **_KPP), _P(256, 64, 128, 4, 2, **_KPP), _P(256, 128, 128, 8, 2, **_KPP),
-          _P(256, 128, 128, 8, 3, **_KB)],
+          _P(128, 128, 128, 8, 2, **_KPP)],
 }
 
 
