@@ -6,6 +6,7 @@
 #         scratch and every candidate per shape and row bucket). Prediction (offline SASS, wide_sass.py): the
 #         pairs configs' K loop 3.5-4.6 instructions a weight against kperm's 5.2-6.0; gate_up at 64 rows
 #         ~45-60 µs (routed compact ~84, bf16 ~70), at 256 rows ~100-130 µs (scratch ~185-206, bf16 ~100).
+# PART=3: PART=2 split by row bucket, late compiles counted. PART=4: pure decode at 96 / 160 / 256 rows (queued).
 # PART=2: AWQ 7B sharegpt_like_1000, route_ab.py base against awq-table with benchmarks/gpu_session28/pairs_table.json
 #         (PART=1's file, committed), two rounds in alternating order. Prediction: +8-15% if gate_up / down at
 #         129..256 rows leave the scratch path.
@@ -33,5 +34,19 @@ if [ "${PART:-1}" = 2 ]; then
 for v in base awq-table awq-table base; do
   ANCHOR_CFG="$AWQ" ROUTE_TABLE=benchmarks/gpu_session28/pairs_table.json PYTHONPATH=$R timeout 200 \
     python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq-$v"
+done
+fi
+if [ "${PART:-1}" = 4 ]; then
+# Queued for the next session: why the 128 / 256-row pairs routes lost 4-6% of AWQ ShareGPT although each kernel was
+# faster in the probe. Pure decode at fixed row counts (n requests of 32 prompt tokens and 256 output tokens: all but
+# the first steps decode n rows; the default max_num_seqs is 1024 on a GPU, so ShareGPT meets 129..256-row steps
+# only in its tail), base against awq-table at 128 / 256 rows, alternating. If the table wins here, the ShareGPT
+# loss is elsewhere (mixed or changing-size steps); if it loses, the probe misses something of the model's steps.
+rm -rf /tmp/bench28 && cp -r .bench/sb /tmp/bench28
+printf '\nWORKLOADS.update({f"decode{n}": (lambda n=n: fixed(n, 32, 256)) for n in (96, 160, 256)})\n' >> /tmp/bench28/workloads.py
+for v in base awq-table awq-table base; do
+  ANCHOR_CFG="$AWQ" PAGEDLLM_BENCH_DIR=/tmp/bench28 ROUTE_BUCKETS=128,256 ROUTE_TABLE=benchmarks/gpu_session28/pairs_table.json \
+    PYTHONPATH=$R timeout 200 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b decode96 decode160 decode256 2>&1 \
+    | offline_summary "awq-$v"
 done
 fi
