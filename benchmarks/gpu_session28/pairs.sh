@@ -44,7 +44,7 @@ if [ "${PART:-1}" = 4 ]; then
 # loss is elsewhere (mixed or changing-size steps); if it loses, the probe misses something of the model's steps.
 rm -rf /tmp/bench28 && cp -r .bench/sb /tmp/bench28
 printf '\nWORKLOADS.update({f"decode{n}": (lambda n=n: fixed(n, 32, 256)) for n in (96, 160, 256)})\n' >> /tmp/bench28/workloads.py
-for v in base awq-table awq-table base; do
+for v in ${VS:-base awq-table awq-table base}; do
   ANCHOR_CFG="$AWQ" PAGEDLLM_BENCH_DIR=/tmp/bench28 ROUTE_BUCKETS=128,256 ROUTE_TABLE=benchmarks/gpu_session28/pairs_table.json \
     PYTHONPATH=$R timeout 200 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b decode96 decode160 decode256 2>&1 \
     | offline_summary "awq-$v"
