@@ -50,3 +50,16 @@ for v in ${VS:-base awq-table awq-table base}; do
     | offline_summary "awq-$v"
 done
 fi
+if [ "${PART:-1}" = 5 ]; then
+# Queued: PART=4 (H100) found the 128 / 256-row pairs routes +6% at 256 decode rows but -13% at 96 and -45% at 160,
+# where the row tile is partly past M, which the probe never timed (M = 128 and 256 only). (a) the probe at partial
+# tiles; (b) the committed 17..64-row pairs routing against the routing before it, pure decode at partial tiles.
+PYTHONPATH=$R timeout 200 python3 benchmarks/kernels/awq_fused_probe.py --ms 160,96,48,24 --shapes gate_up,down \
+  --deadline 150 2>&1 | grep -v Warning | sed -n '1,12p'
+rm -rf /tmp/bench28 && cp -r .bench/sb /tmp/bench28
+printf '\nWORKLOADS.update({f"decode{n}": (lambda n=n: fixed(n, 32, 256)) for n in (20, 40, 56)})\n' >> /tmp/bench28/workloads.py
+for v in base awq-before-pairs awq-before-pairs base; do
+  ANCHOR_CFG="$AWQ" PAGEDLLM_BENCH_DIR=/tmp/bench28 PYTHONPATH=$R timeout 200 \
+    python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b decode20 decode40 decode56 2>&1 | offline_summary "awq-$v"
+done
+fi

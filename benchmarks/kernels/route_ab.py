@@ -21,6 +21,8 @@ VARIANT:
                 shared-memory layout conversion), to A/B that change (set ANCHOR_CFG as for awq-scratch)
   awq-table     the 7B int4 row buckets 32..256 from ROUTE_TABLE (awq_fused_probe.py --save-table's JSON; only
                 those in ROUTE_BUCKETS, e.g. 128,256, when set)
+  awq-before-pairs  the 7B int4 routing at 17..64 rows before session 28 (kperm without pairs, o at 33..64 on
+                dequantize + cuBLAS, down at 33..64 compact)
   awq-kperm     the 7B int4 routing of 17..32 rows on the kperm + w_as_a wide configs (all four shapes) and qkv at
                 33..64 rows too (session 20's probe on an H200), the rest as committed (set ANCHOR_CFG as for awq-scratch)
 Prints offline_workload.py's JSON lines.
@@ -85,6 +87,15 @@ elif variant == "awq-table":
                 if bucket in os.environ.get("ROUTE_BUCKETS", "32,64,128,256").split(","):
                     tp._TABLE[(n, k, 4)][int(bucket)] = tp._DQ if cfg == "scratch" else W(*cfg)
             print(f"route_ab: {shape} -> {tp._TABLE[(n, k, 4)]}", file=sys.stderr)
+elif variant == "awq-before-pairs":
+    # the 7B int4 routing at 17..64 rows as it was before session 28 routed the pairs configs there
+    from pagedllm.kernels.quant import triton_packed as tp
+    from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig as W
+    kp = dict(kperm=True, w_as_a=True)
+    tp._TABLE[(4608, 3584, 4)].update({32: W(32, 128, 128, 4, 3, **kp), 64: W(64, 64, 128, 4, 2, **kp)})
+    tp._TABLE[(3584, 3584, 4)].update({32: W(32, 64, 128, 4, 2, **kp), 64: tp._DQ})
+    tp._TABLE[(37888, 3584, 4)][32] = W(32, 64, 128, 4, 2, **kp)
+    tp._TABLE[(3584, 18944, 4)].update({32: W(32, 128, 128, 4, 3, **kp), 64: W(64, 128, 64, 4, 3, compact=True)})
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
 runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),
