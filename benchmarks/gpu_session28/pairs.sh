@@ -6,7 +6,8 @@
 #         scratch and every candidate per shape and row bucket). Prediction (offline SASS, wide_sass.py): the
 #         pairs configs' K loop 3.5-4.6 instructions a weight against kperm's 5.2-6.0; gate_up at 64 rows
 #         ~45-60 µs (routed compact ~84, bf16 ~70), at 256 rows ~100-130 µs (scratch ~185-206, bf16 ~100).
-# PART=3: PART=2 split by row bucket, late compiles counted. PART=4: pure decode at 96 / 160 / 256 rows (queued).
+# PART=3: PART=2 split by row bucket, late compiles counted. PART=4: pure decode at 96 / 160 / 256 rows.
+# PART=5, 6 (queued for session 29): x rows past M masked, probe and end to end.
 # PART=2: AWQ 7B sharegpt_like_1000, route_ab.py base against awq-table with benchmarks/gpu_session28/pairs_table.json
 #         (PART=1's file, committed), two rounds in alternating order. Prediction: +8-15% if gate_up / down at
 #         129..256 rows leave the scratch path.
@@ -52,14 +53,32 @@ done
 fi
 if [ "${PART:-1}" = 5 ]; then
 # Queued: PART=4 (H100) found the 128 / 256-row pairs routes +6% at 256 decode rows but -13% at 96 and -45% at 160,
-# where the row tile is partly past M, which the probe never timed (M = 128 and 256 only). (a) the probe at partial
-# tiles; (b) the committed 17..64-row pairs routing against the routing before it, pure decode at partial tiles.
-PYTHONPATH=$R timeout 200 python3 benchmarks/kernels/awq_fused_probe.py --ms 160,96,48,24 --shapes gate_up,down \
-  --deadline 150 2>&1 | grep -v Warning | sed -n '1,12p'
+# where the row tile is partly past M, which the probe never timed (M = 128 and 256 only). Hypothesis (session 11's,
+# in the skinny GEMM): the rows past M all re-read row M - 1, so every program's requests for them go to one L2
+# slice. The probe at partial tiles, rows re-read (as committed) and masked (MASK_PARTIAL_ROWS). Prediction: the
+# 128-row pairs tiles at M = 160 several times slower re-read than masked; masked close to their M = 256 time.
+for flag in "" --mask-partial-rows; do
+  echo "probe $flag"
+  PYTHONPATH=$R timeout 140 python3 benchmarks/kernels/awq_fused_probe.py --ms 160,96,48,24 --shapes gate_up,down \
+    --deadline 110 $flag 2>&1 | grep -v Warning | sed -n '2,12p'
+done
+fi
+if [ "${PART:-1}" = 6 ]; then
+# Queued: end to end with the rows masked. Pure decode at 96 / 160 / 256 rows with the 128 / 256-row pairs routes
+# (prediction: masked recovers 96 and 160 to base or better, keeps 256's +6%), then AWQ ShareGPT: base, the
+# committed routing masked, and masked + the 128 / 256-row pairs routes (prediction: +3-6% over base).
 rm -rf /tmp/bench28 && cp -r .bench/sb /tmp/bench28
-printf '\nWORKLOADS.update({f"decode{n}": (lambda n=n: fixed(n, 32, 256)) for n in (20, 40, 56)})\n' >> /tmp/bench28/workloads.py
-for v in base awq-before-pairs awq-before-pairs base; do
-  ANCHOR_CFG="$AWQ" PAGEDLLM_BENCH_DIR=/tmp/bench28 PYTHONPATH=$R timeout 200 \
-    python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b decode20 decode40 decode56 2>&1 | offline_summary "awq-$v"
+printf '\nWORKLOADS.update({f"decode{n}": (lambda n=n: fixed(n, 32, 256)) for n in (20, 40, 96, 160, 256)})\n' >> /tmp/bench28/workloads.py
+T=benchmarks/gpu_session28/pairs_table.json
+for vt in base: awq-before-pairs: wide-x-masked:$T; do
+  v=${vt%%:*}; t=${vt#*:}
+  ANCHOR_CFG="$AWQ" PAGEDLLM_BENCH_DIR=/tmp/bench28 ROUTE_BUCKETS=128,256 ROUTE_TABLE=$t PYTHONPATH=$R timeout 150 \
+    python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b decode20 decode40 decode96 decode160 decode256 2>&1 \
+    | offline_summary "awq-$v-${t:+table}"
+done
+for vt in base: wide-x-masked: wide-x-masked:$T base:; do
+  v=${vt%%:*}; t=${vt#*:}
+  ANCHOR_CFG="$AWQ" ROUTE_BUCKETS=128,256 ROUTE_TABLE=$t PYTHONPATH=$R timeout 150 \
+    python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "awq-$v-${t:+table}"
 done
 fi

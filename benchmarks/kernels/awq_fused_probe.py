@@ -39,9 +39,10 @@ MS = [64, 256, 32, 128, 24, 48, 96, 192]          # timing order: the most infor
 
 def _warmup(job: tuple) -> bool:
     """Compile one launch of the wide kernel into Triton's on-disk cache (a spawned worker; nothing launched)."""
-    m, n, k, cfg = job
+    m, n, k, cfg, masked = job
     try:
         warnings.filterwarnings("ignore")
+        tw.MASK_PARTIAL_ROWS = masked
         from pagedllm.kernels.pdl import pdl_launch_args
         dev = torch.device("cuda")
         plan = tw.make_plan(m, n, k, 4, GROUP, False, torch.cuda.get_device_properties(0).multi_processor_count, cfg)
@@ -56,7 +57,8 @@ def _warmup(job: tuple) -> bool:
 
 def precompile(shapes: list[str], ms: list[int], t_end: float) -> None:
     """Every launch the probe will time, compiled on all cores first (serial compiles would eat the deadline)."""
-    jobs = [(m, *SHAPES[name], cfg) for m in ms for name in shapes for cfg in tw.CANDIDATES[tw.row_bucket(m)]]
+    jobs = [(m, *SHAPES[name], cfg, tw.MASK_PARTIAL_ROWS) for m in ms for name in shapes
+            for cfg in tw.CANDIDATES[tw.row_bucket(m)]]
     workers = max(1, min(len(jobs), (os.cpu_count() or 2) - 1))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         futures = [ex.submit(_warmup, j) for j in jobs]
@@ -102,7 +104,10 @@ def main() -> None:
     ap.add_argument("--save-table", metavar="FILE",
                     help="write, per shape and row bucket, the fastest of scratch and the wide configs timed at "
                          "every M of the bucket (least total µs) as JSON for route_ab.py's awq-table variant")
+    ap.add_argument("--mask-partial-rows", action="store_true",
+                    help="triton_packed_wide.MASK_PARTIAL_ROWS: x rows past M masked in partial row tiles")
     args = ap.parse_args()
+    tw.MASK_PARTIAL_ROWS = args.mask_partial_rows
     warnings.filterwarnings("ignore")
     t_end = time.time() + args.deadline
     shapes = args.shapes.split(",")

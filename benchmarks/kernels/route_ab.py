@@ -23,6 +23,8 @@ VARIANT:
                 those in ROUTE_BUCKETS, e.g. 128,256, when set)
   awq-before-pairs  the 7B int4 routing at 17..64 rows before session 28 (kperm without pairs, o at 33..64 on
                 dequantize + cuBLAS, down at 33..64 compact)
+  wide-x-masked the int4 wide kernel's x rows past M masked in partial row tiles (MASK_PARTIAL_ROWS); with
+                ROUTE_TABLE set, awq-table's routing too
   awq-kperm     the 7B int4 routing of 17..32 rows on the kperm + w_as_a wide configs (all four shapes) and qkv at
                 33..64 rows too (session 20's probe on an H200), the rest as committed (set ANCHOR_CFG as for awq-scratch)
 Prints offline_workload.py's JSON lines.
@@ -75,7 +77,7 @@ elif variant == "awq-clamped":
             plan.constexprs["EVEN_N"] = False
         return plan
     tp._make_plan = clamped
-elif variant == "awq-table":
+elif variant == "awq-table" or (variant == "wide-x-masked" and os.environ.get("ROUTE_TABLE")):
     # ROUTE_TABLE: awq_fused_probe.py --save-table's JSON; its row buckets replace _TABLE's (session 28)
     import json
     from pagedllm.kernels.quant import triton_packed as tp
@@ -96,7 +98,11 @@ elif variant == "awq-before-pairs":
     tp._TABLE[(3584, 3584, 4)].update({32: W(32, 64, 128, 4, 2, **kp), 64: tp._DQ})
     tp._TABLE[(37888, 3584, 4)][32] = W(32, 64, 128, 4, 2, **kp)
     tp._TABLE[(3584, 18944, 4)].update({32: W(32, 128, 128, 4, 3, **kp), 64: W(64, 128, 64, 4, 3, compact=True)})
-elif variant != "base":
+elif variant not in ("base", "wide-x-masked"):
     raise SystemExit(f"unknown variant {variant}")
+if variant == "wide-x-masked":
+    # triton_packed_wide's x rows past M masked in partial row tiles instead of re-reading row M - 1 (session 28)
+    from pagedllm.kernels.quant import triton_packed_wide as tw
+    tw.MASK_PARTIAL_ROWS = True
 runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),
                run_name="__main__")

@@ -567,6 +567,29 @@ def test_wide_pairs_equal_the_fp32_unpack_bit_for_bit(m, group, dtype):
                                    packed_matmul_with_config(x, w, None, base), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("m", [17, 100])
+def test_wide_rows_past_m_masked_match_reference(m, monkeypatch):
+    """``MASK_PARTIAL_ROWS`` (opt-in): x's rows past M in a partial row tile are masked instead of re-reading row
+    M - 1; the plan masks only partial tiles, and every kind of x load (plain, compact, W as A, kperm with and
+    without pairs, gathered x) gives the reference's result, with a ragged K split (K 640, split-K 3)."""
+    monkeypatch.setattr(wide, "MASK_PARTIAL_ROWS", True)
+    wide.make_plan.cache_clear()
+    try:
+        dtype = DTYPES[-1]
+        n, k = 200, 640
+        w = random_packed(k, n, 4, 128, seed=m, scale_dtype=dtype)
+        x = _x(m, k, dtype, seed=m)
+        b = _x(1, n, dtype, seed=n)[0]
+        for cfg in WIDE_VARIANTS + [wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True, w_as_a=True, pairs=True),
+                                    wide.PackedWideConfig(64, 128, 64, 4, 3, compact=True)]:
+            assert wide.make_plan(m, n, k, 4, 128, True, 8, cfg).constexprs["X_MASKED"] == (m % cfg.block_m != 0)
+            _check(x, w, b, packed_matmul_with_config(x, w, b, cfg))
+        whole = wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True, w_as_a=True)
+        assert not wide.make_plan(64, n, k, 4, 128, True, 8, whole).constexprs["X_MASKED"]
+    finally:
+        wide.make_plan.cache_clear()
+
+
 def test_wide_kperm_rejects_what_it_cannot_do():
     w = random_packed(640, 64, 4, 128, seed=1)
     x = _x(20, 640, torch.float16, seed=0)

@@ -88,6 +88,12 @@ class PackedWideConfig(NamedTuple):
 
 
 _PROGRAMS_PER_SM = 2
+# Rows of x past M in a partial row tile: masked (no load issued) or, as by default, re-reading row M - 1 (unmasked
+# loads). Re-reading sends every program's requests for those rows to the same addresses, so one L2 slice takes them
+# all: session 11 measured that in the skinny GEMM (masked 10% faster at M = 2), and session 28 saw AWQ pure decode at
+# 160 rows 45% slower with 128-row pairs tiles (96 rows re-read) while 256 full rows ran 6% faster. Off until measured
+# here (pairs.sh PART=5, route_ab.py wide-x-masked); launches of whole tiles never mask.
+MASK_PARTIAL_ROWS = False
 _P = PackedWideConfig
 # Candidates per row tile (the smallest of 32 / 64 / 128 / 256 holding M): the probe
 # (benchmarks/kernels/awq_fused_probe.py) times them on an H200. Static sm_90 figures (K loop, instructions a weight,
@@ -212,7 +218,7 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
                         BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                         EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, W_AS_A: tl.constexpr,
                         W_NK: tl.constexpr, COMPACT: tl.constexpr, PREFETCH: tl.constexpr,
-                        KPERM: tl.constexpr, XGATHER: tl.constexpr, PAIRS: tl.constexpr,
+                        KPERM: tl.constexpr, XGATHER: tl.constexpr, PAIRS: tl.constexpr, X_MASKED: tl.constexpr,
                         FUSED: tl.constexpr, ASM: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
@@ -224,7 +230,11 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.minimum(offs_m, M - 1)               # rows >= M re-read row M - 1 (cached); never stored
+    mmask = offs_m < M
+    if X_MASKED:     # rows >= M not read (masked, zero-filled); never stored
+        rows = offs_m
+    else:            # rows >= M re-read row M - 1 (no mask); never stored
+        rows = tl.minimum(offs_m, M - 1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tile_cols(offs_n, N, EVEN_N)
     if XGATHER:   # dot j's x: columns k0 + kp * PACK + j of x as it is
@@ -283,7 +293,7 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
         else:
             words = _load_words(w_ptrs, k0, K, offs_k, EVEN_K, W_NK, COMPACT, PACK, BLOCK_KP)
         kmask = (k0 + offs_k) < K
-        x = _load_x(x_ptrs, kmask, EVEN_K, W_AS_A)
+        x = _load_x(x_ptrs, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
         # the tile's scale s * 2**(BITS - 23) and c = o - 2**BITS s, broadcast along K
         if PAIRS:
             s = s_one     # unused: PAIRS reads the raw scales below
@@ -338,12 +348,13 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
             for i in tl.static_range(PACK // 2):
                 w_lo, w_hi = _byte_pairs(words, sp, op, i, ASM)
                 if i > 0:
-                    x = _load_x(x_ptrs + (2 * i) * XSTEP, kmask, EVEN_K, W_AS_A)
+                    x = _load_x(x_ptrs + (2 * i) * XSTEP, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
                 if W_AS_A:
                     acc = tl.dot(w_lo, x, acc)
                 else:
                     acc = tl.dot(x, w_lo, acc)
-                x = _load_x(x_ptrs + (2 * i + 1) * XSTEP, kmask, EVEN_K, W_AS_A)
+                x = _load_x(x_ptrs + (2 * i + 1) * XSTEP, kmask, mmask, EVEN_K, X_MASKED,
+                                    W_AS_A)
                 if W_AS_A:
                     acc = tl.dot(w_hi, x, acc)
                 else:
@@ -360,7 +371,7 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
                     sj = s
                     cj = c
                 if j > 0:
-                    x = _load_x(x_ptrs + j * XSTEP, kmask, EVEN_K, W_AS_A)
+                    x = _load_x(x_ptrs + j * XSTEP, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
                 wf = _field_float(words, tl.full((1, 1), (55 - BITS - BITS * j) % 32, tl.uint32), BITS, ASM)
                 wj = _scaled(wf, sj, cj, BIAS2, SCALE, FUSED)
                 if W_AS_A:     # wj [BN, BKP]: the register A operand
@@ -427,14 +438,24 @@ def _load_words(w_ptrs, k0, k_end, offs_k, EVEN: tl.constexpr, W_NK: tl.constexp
 
 
 @triton.jit
-def _load_x(x_ptrs, kmask, EVEN_K: tl.constexpr, W_AS_A: tl.constexpr):
-    """An x tile ([BK, BM] for W_AS_A, else [BM, BK]); K columns past ``kmask`` read 0 unless ``EVEN_K``."""
-    if EVEN_K:
-        x = tl.load(x_ptrs)
-    elif W_AS_A:
-        x = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
+def _load_x(x_ptrs, kmask, mmask, EVEN_K: tl.constexpr, X_MASKED: tl.constexpr, W_AS_A: tl.constexpr):
+    """An x tile ([BK, BM] for W_AS_A, else [BM, BK]); K columns past ``kmask`` read 0 unless ``EVEN_K``, and rows
+    past ``mmask`` too with ``X_MASKED``."""
+    if W_AS_A:
+        km = kmask[:, None]
+        mm = mmask[None, :]
     else:
-        x = tl.load(x_ptrs, mask=kmask[None, :], other=0.0)
+        km = kmask[None, :]
+        mm = mmask[:, None]
+    if EVEN_K:
+        if X_MASKED:
+            x = tl.load(x_ptrs, mask=mm, other=0.0)
+        else:
+            x = tl.load(x_ptrs)
+    elif X_MASKED:
+        x = tl.load(x_ptrs, mask=km & mm, other=0.0)
+    else:
+        x = tl.load(x_ptrs, mask=km, other=0.0)
     return x
 
 
@@ -516,6 +537,7 @@ def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool
                       COMPACT=cfg.compact or cfg.kperm,
                       PREFETCH=cfg.prefetch, KPERM=cfg.kperm, XGATHER=cfg.kperm and cfg.xgather,
                       PAIRS=cfg.kperm and cfg.pairs and bits == 4 and scale_mode(group_size, k, block_k, pack) != 0,
+                      X_MASKED=MASK_PARTIAL_ROWS and m % cfg.block_m != 0,
                       FUSED=_FUSED, ASM=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                       BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     ws_elems = split_k * n_tiles * cfg.block_m * cfg.block_n if split_k > 1 else 0
