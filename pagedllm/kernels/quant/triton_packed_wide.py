@@ -110,7 +110,8 @@ _KP = dict(kperm=True, w_as_a=True)
 # kperm's 3.5 in the unpack alone), W as the register A operand or (``_KB``) the shared-memory B operand. On an
 # H100 (awq_fused_probe.py) they beat kperm at the same tiles by 3-9% and won every 7B shape at 32 rows and three
 # of four at 64 (routed there); at 128 / 256 rows they beat dequantize + cuBLAS in the probe (gate_up 136 / 214 µs
-# against 231 / 244) but lost 4-6% of AWQ ShareGPT end to end when routed, so those buckets keep their routes.
+# against 231 / 244) but lost 4-6% of AWQ ShareGPT end to end when routed: +6% at 256 decode rows, -45% at 160
+# where 96 rows of a tile re-read row M - 1 (MASK_PARTIAL_ROWS above), so those buckets keep their routes for now.
 # Row tiles of 256 (each weight unpacked once at 256 rows) lost every shape and were dropped (one needed more shared
 # memory than an SM has at 8 bits).
 _KPP = dict(kperm=True, w_as_a=True, pairs=True)
@@ -353,8 +354,7 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
                     acc = tl.dot(w_lo, x, acc)
                 else:
                     acc = tl.dot(x, w_lo, acc)
-                x = _load_x(x_ptrs + (2 * i + 1) * XSTEP, kmask, mmask, EVEN_K, X_MASKED,
-                                    W_AS_A)
+                x = _load_x(x_ptrs + (2 * i + 1) * XSTEP, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
                 if W_AS_A:
                     acc = tl.dot(w_hi, x, acc)
                 else:
