@@ -3,7 +3,8 @@
 # bitsandbytes opentelemetry-api importlib-metadata zipp py-spy`). One PART a call; the order is the priority.
 # PART=1 (~250 s): the int4 wide kernel's x rows past M, re-read against masked (pairs.sh PART=5: the probe at
 #         partial row tiles). If masked wins at partial tiles, PART=2 decides the default.
-# PART=2 (~450 s): pairs.sh PART=6: pure decode at 20 / 40 / 96 / 160 / 256 rows and AWQ ShareGPT, base against
+# PART=2 (~520 s): pairs.sh PART=6: pure decode at 20 / 40 / 96 / 160 / 256 rows, AWQ latency (8 rows: the decode
+#         kernel under the same switch) and AWQ ShareGPT, base against
 #         the committed routing masked and masked + the 128 / 256-row pairs routes. If masked + routes win:
 #         MASK_PARTIAL_ROWS = True and route benchmarks/gpu_session28/pairs_table.json's 128 / 256 buckets.
 # PART=3 (~420 s): the whole tests/gpu tree (session 28's run was cut at 300 s with one failure since fixed).

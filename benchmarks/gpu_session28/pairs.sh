@@ -76,6 +76,11 @@ for vt in base: awq-before-pairs: wide-x-masked:$T; do
     python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b decode20 decode40 decode96 decode160 decode256 2>&1 \
     | offline_summary "awq-$v-${t:+table}"
 done
+# the 2..16-row decode kernel follows the same switch: AWQ latency_8x1024x1024 (8 rows, 8 of its 16-row tile re-read)
+for v in base wide-x-masked; do
+  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 100 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b latency_8x1024x1024 \
+    2>&1 | offline_summary "awq-$v"
+done
 for vt in base: wide-x-masked: wide-x-masked:$T base:; do
   v=${vt%%:*}; t=${vt#*:}
   ANCHOR_CFG="$AWQ" ROUTE_BUCKETS=128,256 ROUTE_TABLE=$t PYTHONPATH=$R timeout 150 \

@@ -32,5 +32,5 @@ dsig = {"X": "*bf16", "QW": "*i32", "S": "*bf16", "O": "*bf16", "B": "*bf16", "Y
 for even in (False, True):
     # the 7B gate_up 2..16-row config: _P(16, 64, 128, 4, 3)
     ce = dict(BITS=4, GROUP=128, SCALE_MODE=tp.scale_mode(128, 3584, 128, 8), HAS_BIAS=False, USE_DOT=True, EVEN_K=True, SPLIT_K=1,
-              FUSED=True, PREFETCH=False, BLOCK_M=16, BLOCK_N=64, BLOCK_KP=16, PDL=False, EVEN_N=even)
+              FUSED=True, PREFETCH=False, BLOCK_M=16, BLOCK_N=64, BLOCK_KP=16, PDL=False, EVEN_N=even, X_MASKED=False)
     report(f"decode dot 16x64x128 EVEN_N={even}", tp._packed_decode_kernel, dsig, ce, 4, 3, ["X", "QW", "S", "O", "B", "Y", "WS", "N", "KP", "KP_PER_SPLIT", "stride_xm", "stride_ym"])

@@ -23,7 +23,8 @@ VARIANT:
                 those in ROUTE_BUCKETS, e.g. 128,256, when set)
   awq-before-pairs  the 7B int4 routing at 17..64 rows before session 28 (kperm without pairs, o at 33..64 on
                 dequantize + cuBLAS, down at 33..64 compact)
-  wide-x-masked the int4 wide kernel's x rows past M masked in partial row tiles (MASK_PARTIAL_ROWS); with
+  wide-x-masked the int4 wide and 2..16-row decode kernels' x rows past M masked in partial row tiles
+                (triton_packed_wide.MASK_PARTIAL_ROWS); with
                 ROUTE_TABLE set, awq-table's routing too
   awq-kperm     the 7B int4 routing of 17..32 rows on the kperm + w_as_a wide configs (all four shapes) and qkv at
                 33..64 rows too (session 20's probe on an H200), the rest as committed (set ANCHOR_CFG as for awq-scratch)

@@ -590,6 +590,24 @@ def test_wide_rows_past_m_masked_match_reference(m, monkeypatch):
         wide.make_plan.cache_clear()
 
 
+@pytest.mark.parametrize("m", [2, 7])
+def test_decode_rows_past_m_masked_match_reference(m, monkeypatch):
+    """The 2..16-row decode kernel under the same switch: its 16-row tile's rows past M masked (planned only below
+    16 rows), 4-bit per tile and gathered groups, 8-bit, with a bias, against the reference."""
+    monkeypatch.setattr(wide, "MASK_PARTIAL_ROWS", True)
+    dtype = DTYPES[-1]
+    n, k = 200, 640
+    x = _x(m, k, dtype, seed=m)
+    b = _x(1, n, dtype, seed=n)[0]
+    cfg = PackedConfig(16, 64, 128, 4, 3)
+    for bits, group in [(4, 128), (4, 32), (8, 64)]:
+        w = random_packed(k, n, bits, group, seed=m + bits + group, scale_dtype=dtype)
+        plan = triton_packed._make_plan(m, n, k, bits, group, True, x.device, cfg)
+        assert plan.kind == "decode" and plan.constexprs["X_MASKED"]
+        _check(x, w, b, packed_matmul_with_config(x, w, b, cfg))
+    assert not triton_packed._make_plan(16, n, k, 4, 128, True, x.device, cfg).constexprs["X_MASKED"]
+
+
 def test_wide_kperm_rejects_what_it_cannot_do():
     w = random_packed(640, 64, 4, 128, seed=1)
     x = _x(20, 640, torch.float16, seed=0)

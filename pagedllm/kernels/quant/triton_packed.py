@@ -147,7 +147,7 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
                           BITS: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                           USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, FUSED: tl.constexpr,
                           PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_KP: tl.constexpr, PDL: tl.constexpr, EVEN_N: tl.constexpr):
+                          BLOCK_KP: tl.constexpr, PDL: tl.constexpr, EVEN_N: tl.constexpr, X_MASKED: tl.constexpr):
     PACK: tl.constexpr = 32 // BITS
     HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
     pid_n = tl.program_id(0)
@@ -169,7 +169,11 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
         w_ptrs = QW + (kp_start + offs_kp).to(tl.int64)[None, :] * N + cols[:, None]
         pdl_wait(PDL)
         offs_m = tl.arange(0, BLOCK_M)
-        xrows = tl.minimum(offs_m, M - 1)      # rows >= M re-read row M - 1 (cached); never stored
+        mmask = offs_m < M
+        if X_MASKED:     # rows >= M not read (masked, zero-filled; triton_packed_wide.MASK_PARTIAL_ROWS); never stored
+            xrows = offs_m
+        else:            # rows >= M re-read row M - 1; never stored
+            xrows = tl.minimum(offs_m, M - 1)
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for kp_rel in range(0, KP_PER_SPLIT, BLOCK_KP):
             kp0 = kp_start + kp_rel
@@ -189,7 +193,12 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
                     w += o
                 x_ptrs = X + xrows[None, :] * stride_xm + ((kp0 + offs_kp) * PACK + j)[:, None]
                 if EVEN_K:
-                    xj = tl.load(x_ptrs)
+                    if X_MASKED:
+                        xj = tl.load(x_ptrs, mask=mmask[None, :], other=0.0)
+                    else:
+                        xj = tl.load(x_ptrs)
+                elif X_MASKED:
+                    xj = tl.load(x_ptrs, mask=kmask[:, None] & mmask[None, :], other=0.0)
                 else:
                     xj = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
                 acc = tl.dot(w.to(X.dtype.element_ty), xj, acc)
@@ -571,7 +580,8 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
     return _Plan("decode", (grid_n, split_k), tiles_per_split * block_kp, split_k * grid_n * block_n * block_m,
                  dict(common, EVEN_K=even_k and k_tiles % tiles_per_split == 0, USE_DOT=use_dot, SPLIT_K=split_k,
                       FUSED=_FUSED, PREFETCH=cfg.prefetch and not use_dot, BLOCK_M=block_m, BLOCK_N=block_n,
-                      BLOCK_KP=block_kp, EVEN_N=_EVEN_N_TILES and n % block_n == 0))
+                      BLOCK_KP=block_kp, EVEN_N=_EVEN_N_TILES and n % block_n == 0,
+                      X_MASKED=wide.MASK_PARTIAL_ROWS and use_dot and m < block_m))
 
 
 # Dense scratch for the cuBLAS prefill path, per (device, dtype): one buffer sized by the largest layer, reused by

@@ -92,7 +92,8 @@ _PROGRAMS_PER_SM = 2
 # loads). Re-reading sends every program's requests for those rows to the same addresses, so one L2 slice takes them
 # all: session 11 measured that in the skinny GEMM (masked 10% faster at M = 2), and session 28 saw AWQ pure decode at
 # 160 rows 45% slower with 128-row pairs tiles (96 rows re-read) while 256 full rows ran 6% faster. Off until measured
-# here (pairs.sh PART=5, route_ab.py wide-x-masked); launches of whole tiles never mask.
+# here (pairs.sh PART=5, route_ab.py wide-x-masked); launches of whole tiles never mask. triton_packed's 2..16-row
+# decode kernel (8 strided x loads a K step, rows past M re-read the same way) follows the same switch.
 MASK_PARTIAL_ROWS = False
 _P = PackedWideConfig
 # Candidates per row tile (the smallest of 32 / 64 / 128 / 256 holding M): the probe
