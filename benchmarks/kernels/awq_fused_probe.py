@@ -35,6 +35,7 @@ GROUP = 128
 L2_DEFEAT_BYTES = 256 << 20
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}
 MS = [64, 256, 32, 128, 24, 48, 96, 192]          # timing order: the most informative first
+_CONFIGS: dict[str, tw.PackedWideConfig] = {}     # a timed config by its column name in the results
 
 
 def _warmup(job: tuple) -> bool:
@@ -155,6 +156,7 @@ def main() -> None:
                         failures.append(f"{name} M={m} {tuple(cfg)}: {type(e).__name__}: {str(e)[:150]}")
                     continue
                 row[str(tuple(cfg))] = t
+                _CONFIGS[str(tuple(cfg))] = cfg
                 if (name, m) not in best or t < best[(name, m)][1]:
                     best[(name, m)] = (cfg, t)
 
@@ -193,7 +195,7 @@ def save_table(results: dict, path: str) -> None:
                 continue
             options = set.intersection(*(set(r) - {"bf16"} for r in rows))
             best = min(options, key=lambda o: sum(r[o] for r in rows))
-            cfg = "scratch" if best == "scratch" else list(eval(best, {"True": True, "False": False}))  # noqa: S307
+            cfg = "scratch" if best == "scratch" else list(_CONFIGS[best])
             table.setdefault(f"{n},{k}", {})[str(bucket)] = cfg
             print(f"table {name} bucket {bucket}: {best} ({sum(r[best] for r in rows):.1f} µs over {len(rows)} M; "
                   f"scratch {sum(r['scratch'] for r in rows):.1f})")

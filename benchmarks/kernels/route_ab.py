@@ -60,7 +60,7 @@ elif variant in ("onetile-qkv", "onetile-qkv-o"):
                     (3584, 3584): tg.GemvConfig(4, 4096, 8, 1, False)})
     for shape, cfg in one.items():
         tg._TABLE[shape][1] = cfg
-elif variant == "awq-kperm":
+elif variant in ("awq-kperm", "awq-before-pairs"):
     from pagedllm.kernels.quant import triton_packed as tp
     from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig as W
     kp = dict(kperm=True, w_as_a=True)
@@ -68,6 +68,9 @@ elif variant == "awq-kperm":
     tp._TABLE[(3584, 3584, 4)][32] = W(32, 64, 128, 4, 2, **kp)
     tp._TABLE[(37888, 3584, 4)][32] = W(32, 64, 128, 4, 2, **kp)
     tp._TABLE[(3584, 18944, 4)][32] = W(32, 128, 128, 4, 3, **kp)
+    if variant == "awq-before-pairs":     # and 33..64 rows of o and down as before session 28
+        tp._TABLE[(3584, 3584, 4)][64] = tp._DQ
+        tp._TABLE[(3584, 18944, 4)][64] = W(64, 128, 64, 4, 3, compact=True)
 elif variant == "awq-clamped":
     from pagedllm.kernels.quant import triton_packed as tp
     make = tp._make_plan
@@ -90,15 +93,6 @@ elif variant == "awq-table" or (variant == "wide-x-masked" and os.environ.get("R
                 if bucket in os.environ.get("ROUTE_BUCKETS", "32,64,128,256").split(","):
                     tp._TABLE[(n, k, 4)][int(bucket)] = tp._DQ if cfg == "scratch" else W(*cfg)
             print(f"route_ab: {shape} -> {tp._TABLE[(n, k, 4)]}", file=sys.stderr)
-elif variant == "awq-before-pairs":
-    # the 7B int4 routing at 17..64 rows as it was before session 28 routed the pairs configs there
-    from pagedllm.kernels.quant import triton_packed as tp
-    from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig as W
-    kp = dict(kperm=True, w_as_a=True)
-    tp._TABLE[(4608, 3584, 4)].update({32: W(32, 128, 128, 4, 3, **kp), 64: W(64, 64, 128, 4, 2, **kp)})
-    tp._TABLE[(3584, 3584, 4)].update({32: W(32, 64, 128, 4, 2, **kp), 64: tp._DQ})
-    tp._TABLE[(37888, 3584, 4)][32] = W(32, 64, 128, 4, 2, **kp)
-    tp._TABLE[(3584, 18944, 4)].update({32: W(32, 128, 128, 4, 3, **kp), 64: W(64, 128, 64, 4, 3, compact=True)})
 elif variant not in ("base", "wide-x-masked"):
     raise SystemExit(f"unknown variant {variant}")
 if variant == "wide-x-masked":

@@ -139,10 +139,21 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
     from pagedllm.kernels import late_compiles
     from triton.runtime import _async_compile
     recorded: dict[tuple[int, str], tuple] = {}
-    previous = runtime.jit_cache_hook
-    submitting = False
+
+    def record(*, fn, compile, **_):
+        data = compile["specialization_data"]
+        recorded.setdefault((id(fn.jit_function), data), (fn.jit_function, data))
+        return True          # neither build nor launch it now
+
     launchers = 0
-    t0 = t1 = time.perf_counter()
+    t0 = time.perf_counter()
+    previous = runtime.jit_cache_hook
+    runtime.jit_cache_hook = record
+    try:
+        warm_up()
+    finally:
+        runtime.jit_cache_hook = previous
+    t1 = time.perf_counter()
     late_compiles.building_ahead(True)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pagedllm-triton") as pool:
@@ -152,39 +163,12 @@ def compile_ahead(warm_up: Callable[[], None], workers: int) -> tuple[int, float
             # before clearing its process-wide active mode, and every later engine built in this process would
             # fail with "Another AsyncCompileMode is already active" (seen on an H100 in session 25's tests).
             mode = AsyncCompileMode(pool, ignore_errors=True)
-
-            def submit(jit_function, data) -> None:
-                nonlocal submitting
-                submitting = True
-                try:
-                    future_kernel = jit_function.preload(data)     # under the mode: queued on the pool
-                finally:
-                    submitting = False
-                if builds is not None:
-                    builds.after(future_kernel)
-
-            def record(**kwargs):
-                if submitting:        # preload's own cache miss: let it through to the pool
-                    return previous(**kwargs) if previous is not None else None
-                fn, data = kwargs["fn"], kwargs["compile"]["specialization_data"]
-                key = (id(fn.jit_function), data)
-                if key not in recorded:
-                    recorded[key] = (fn.jit_function, data)
-                return True           # neither build nor launch it here
-
-            def dry_pass() -> float:
-                runtime.jit_cache_hook = record
-                try:
-                    warm_up()
-                finally:
-                    runtime.jit_cache_hook = previous
-                return time.perf_counter()
-
-            t1 = dry_pass()           # outside the mode; the builds are queued after it
             try:
                 with mode:            # its exit waits for every build and caches it
                     for jit_function, data in recorded.values():
-                        submit(jit_function, data)
+                        future_kernel = jit_function.preload(data)     # under the mode: queued on the pool
+                        if builds is not None:
+                            builds.after(future_kernel)
             finally:
                 if _async_compile.active_mode.get() is mode:     # preload itself raised inside the mode
                     _async_compile.active_mode.set(None)

@@ -83,11 +83,8 @@ def test_launchers_are_built_on_the_pool_so_the_first_launches_run_no_compiler(t
     from triton.runtime import build
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))       # launchers are cached there too: none yet
     monkeypatch.setenv("PAGEDLLM_TRITON_PREP", "1" if prep else "0")
-    g = torch.Generator(device="cuda").manual_seed(1)
     sizes = [1400 + 24 * i for i in range(3)] if prep else [1600 + 24 * i for i in range(3)]    # unbuilt variants
-    inputs = [(torch.randn(2, n, device="cuda", dtype=torch.bfloat16, generator=g),
-               torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g),
-               torch.randn(2, 2 * n, device="cuda", dtype=torch.bfloat16, generator=g)) for n in sizes]
+    inputs = _inputs(sizes)
     late_compiles.pause()
     built, _ = compile_ahead(lambda: _run(inputs), workers=4)
     assert built == 2 * len(sizes)

@@ -58,7 +58,7 @@ from pagedllm.kernels.quant import triton_packed_gemv as gemv
 from pagedllm.kernels.quant import triton_packed_wide as wide
 from pagedllm.kernels.quant.packed import PackedWeight, scale_mode
 from pagedllm.kernels.quant.triton_packed_gemv import PackedGemvConfig
-from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig, tile_cols
+from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig, load_x_tile, tile_cols
 from pagedllm.kernels.triton_gemv import _workspace
 
 MAX_DECODE_M = 16
@@ -192,15 +192,7 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
                 if SCALE_MODE == 0:
                     w += o
                 x_ptrs = X + xrows[None, :] * stride_xm + ((kp0 + offs_kp) * PACK + j)[:, None]
-                if EVEN_K:
-                    if X_MASKED:
-                        xj = tl.load(x_ptrs, mask=mmask[None, :], other=0.0)
-                    else:
-                        xj = tl.load(x_ptrs)
-                elif X_MASKED:
-                    xj = tl.load(x_ptrs, mask=kmask[:, None] & mmask[None, :], other=0.0)
-                else:
-                    xj = tl.load(x_ptrs, mask=kmask[:, None], other=0.0)
+                xj = load_x_tile(x_ptrs, kmask, mmask, EVEN_K, X_MASKED, True)       # [BKP, BM]
                 acc = tl.dot(w.to(X.dtype.element_ty), xj, acc)
                 if SCALE_MODE != 0:
                     xacc += xj.to(tl.float32)

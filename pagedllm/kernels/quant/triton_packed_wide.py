@@ -257,12 +257,11 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
     s_one = tl.zeros((BLOCK_N,), dtype=tl.float32)
     c_one = s_one
     if SCALE_MODE == 2:
-        s_one = tl.load(S + cols).to(tl.float32)
-        c_one = tl.load(O + cols).to(tl.float32) - BIAS2 * s_one
+        s_raw = tl.load(S + cols)
+        s_one = s_raw.to(tl.float32)
+        o_raw = tl.load(O + cols)
+        c_one = o_raw.to(tl.float32) - BIAS2 * s_one
         s_one = s_one * SCALE
-        if PAIRS:
-            sp_one = tl.load(S + cols).to(X.dtype.element_ty)
-            op_one = tl.load(O + cols).to(X.dtype.element_ty)
     if W_NK:
         if COMPACT:
             rot2 = rot[None, None, :]
@@ -295,105 +294,90 @@ def _packed_wide_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, K, K_PER_SPLIT, stri
         else:
             words = _load_words(w_ptrs, k0, K, offs_k, EVEN_K, W_NK, COMPACT, PACK, BLOCK_KP)
         kmask = (k0 + offs_k) < K
-        x = _load_x(x_ptrs, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
-        # the tile's scale s * 2**(BITS - 23) and c = o - 2**BITS s, broadcast along K
-        if PAIRS:
-            s = s_one     # unused: PAIRS reads the raw scales below
-            c = c_one
-        elif SCALE_MODE == 2:
-            s = s_one
-            c = c_one
-        elif SCALE_MODE == 1:
-            g = k0 // GROUP
-            if EVEN_K:
-                s = tl.load(S + g * N + cols).to(tl.float32)
-                o = tl.load(O + g * N + cols).to(tl.float32)
-            else:      # the last split's tiles may lie wholly past K: no group there
-                s = tl.load(S + g * N + cols, mask=k0 < K, other=0.0).to(tl.float32)
-                o = tl.load(O + g * N + cols, mask=k0 < K, other=0.0).to(tl.float32)
-            c = o - BIAS2 * s
-            s = s * SCALE
-        if PAIRS:
-            pass
-        elif SCALE_MODE == 0:
-            if KPERM:     # gathered per dot below
-                s = s_one
-                c = c_one
-            else:
-                s, c = _gathered_scales(S, O, k0 + offs_k, cols, N, K, GROUP, BIAS2, SCALE, W_NK)
-        elif W_NK:
-            s = s[:, None]
-            c = c[:, None]
-        else:
-            s = s[None, :]
-            c = c[None, :]
+        x = load_x_tile(x_ptrs, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
         if PAIRS:
             # As KPERM below, the values of a byte two dots at a time, each weight q s + o in x's dtype from the
             # raw scale and offset (one rounding, as the fp32 path's fma then conversion)
             if SCALE_MODE == 2:
-                sp = sp_one
-                op = op_one
+                sp = s_raw
+                op = o_raw
             else:
-                g = k0 // GROUP
-                if EVEN_K:
-                    sp = tl.load(S + g * N + cols).to(X.dtype.element_ty)
-                    op = tl.load(O + g * N + cols).to(X.dtype.element_ty)
-                else:      # a tile wholly past K (the last split): no group there, and 0 * garbage may be NaN
-                    sp = tl.load(S + g * N + cols, mask=k0 < K, other=0.0).to(X.dtype.element_ty)
-                    op = tl.load(O + g * N + cols, mask=k0 < K, other=0.0).to(X.dtype.element_ty)
+                sp, op = _group_row(S, O, k0, K, cols, N, GROUP, EVEN_K)
             if W_AS_A:
-                sp = tl.broadcast_to(sp[:, None], words.shape)
-                op = tl.broadcast_to(op[:, None], words.shape)
+                sp = tl.broadcast_to(sp.to(X.dtype.element_ty)[:, None], words.shape)
+                op = tl.broadcast_to(op.to(X.dtype.element_ty)[:, None], words.shape)
             else:
-                sp = tl.broadcast_to(sp[None, :], words.shape)
-                op = tl.broadcast_to(op[None, :], words.shape)
+                sp = tl.broadcast_to(sp.to(X.dtype.element_ty)[None, :], words.shape)
+                op = tl.broadcast_to(op.to(X.dtype.element_ty)[None, :], words.shape)
             for i in tl.static_range(PACK // 2):
                 w_lo, w_hi = _byte_pairs(words, sp, op, i, ASM)
                 if i > 0:
-                    x = _load_x(x_ptrs + (2 * i) * XSTEP, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
+                    x = load_x_tile(x_ptrs + (2 * i) * XSTEP, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
                 if W_AS_A:
                     acc = tl.dot(w_lo, x, acc)
                 else:
                     acc = tl.dot(x, w_lo, acc)
-                x = _load_x(x_ptrs + (2 * i + 1) * XSTEP, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
+                x = load_x_tile(x_ptrs + (2 * i + 1) * XSTEP, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
                 if W_AS_A:
                     acc = tl.dot(w_hi, x, acc)
                 else:
                     acc = tl.dot(x, w_hi, acc)
-        elif KPERM:
-            # Dot j multiplies value j of every word ([BKP, BN] in the words' own layout: no reshape, and the W
-            # tile's shared-memory store keeps the words' vector width along N) by x's columns k0 + kp * PACK + j,
-            # which launch() placed at k0 + j * BKP + kp.
-            for j in tl.static_range(PACK):
-                if SCALE_MODE == 0:
-                    sj, cj = _gathered_scales(S, O, k0 + tl.arange(0, BLOCK_KP) * PACK + j, cols, N, K, GROUP,
-                                              BIAS2, SCALE, W_AS_A)
-                else:
-                    sj = s
-                    cj = c
-                if j > 0:
-                    x = _load_x(x_ptrs + j * XSTEP, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
-                wf = _field_float(words, tl.full((1, 1), (55 - BITS - BITS * j) % 32, tl.uint32), BITS, ASM)
-                wj = _scaled(wf, sj, cj, BIAS2, SCALE, FUSED)
-                if W_AS_A:     # wj [BN, BKP]: the register A operand
-                    acc = tl.dot(wj.to(X.dtype.element_ty), x, acc)
-                else:
-                    acc = tl.dot(x, wj.to(X.dtype.element_ty), acc)
         else:
-            if COMPACT:      # [BKP, PACK, BN] (or [BN, BKP, PACK]) reshaped: k = kp * PACK + j
-                if W_NK:
-                    wf = tl.reshape(_field_float(words[:, :, None], rot2, BITS, ASM), (BLOCK_N, BLOCK_K))
+            # the tile's scale s * 2**(BITS - 23) and c = o - 2**BITS s, broadcast along K
+            if SCALE_MODE == 2:
+                s = s_one
+                c = c_one
+            elif SCALE_MODE == 1:
+                s, o = _group_row(S, O, k0, K, cols, N, GROUP, EVEN_K)
+                s = s.to(tl.float32)
+                c = o.to(tl.float32) - BIAS2 * s
+                s = s * SCALE
+            if SCALE_MODE == 0:
+                if KPERM:     # gathered per dot below
+                    s = s_one
+                    c = c_one
                 else:
-                    wf = tl.reshape(_field_float(words[:, None, :], rot2, BITS, ASM), (BLOCK_K, BLOCK_N))
-            else:
-                wf = _field_float(words, rot2, BITS, ASM)
-            w = _scaled(wf, s, c, BIAS2, SCALE, FUSED).to(X.dtype.element_ty)
-            if W_AS_A:      # W_NK too
-                acc = tl.dot(w, x, acc)
+                    s, c = _gathered_scales(S, O, k0 + offs_k, cols, N, K, GROUP, BIAS2, SCALE, W_NK)
             elif W_NK:
-                acc = tl.dot(x, tl.trans(w), acc)
+                s = s[:, None]
+                c = c[:, None]
             else:
-                acc = tl.dot(x, w, acc)
+                s = s[None, :]
+                c = c[None, :]
+            if KPERM:
+                # Dot j multiplies value j of every word ([BKP, BN] in the words' own layout: no reshape, and the W
+                # tile's shared-memory store keeps the words' vector width along N) by x's columns
+                # k0 + kp * PACK + j, which launch() placed at k0 + j * BKP + kp.
+                for j in tl.static_range(PACK):
+                    if SCALE_MODE == 0:
+                        sj, cj = _gathered_scales(S, O, k0 + tl.arange(0, BLOCK_KP) * PACK + j, cols, N, K, GROUP,
+                                                  BIAS2, SCALE, W_AS_A)
+                    else:
+                        sj = s
+                        cj = c
+                    if j > 0:
+                        x = load_x_tile(x_ptrs + j * XSTEP, kmask, mmask, EVEN_K, X_MASKED, W_AS_A)
+                    wf = _field_float(words, tl.full((1, 1), (55 - BITS - BITS * j) % 32, tl.uint32), BITS, ASM)
+                    wj = _scaled(wf, sj, cj, BIAS2, SCALE, FUSED)
+                    if W_AS_A:     # wj [BN, BKP]: the register A operand
+                        acc = tl.dot(wj.to(X.dtype.element_ty), x, acc)
+                    else:
+                        acc = tl.dot(x, wj.to(X.dtype.element_ty), acc)
+            else:
+                if COMPACT:      # [BKP, PACK, BN] (or [BN, BKP, PACK]) reshaped: k = kp * PACK + j
+                    if W_NK:
+                        wf = tl.reshape(_field_float(words[:, :, None], rot2, BITS, ASM), (BLOCK_N, BLOCK_K))
+                    else:
+                        wf = tl.reshape(_field_float(words[:, None, :], rot2, BITS, ASM), (BLOCK_K, BLOCK_N))
+                else:
+                    wf = _field_float(words, rot2, BITS, ASM)
+                w = _scaled(wf, s, c, BIAS2, SCALE, FUSED).to(X.dtype.element_ty)
+                if W_AS_A:      # W_NK too
+                    acc = tl.dot(w, x, acc)
+                elif W_NK:
+                    acc = tl.dot(x, tl.trans(w), acc)
+                else:
+                    acc = tl.dot(x, w, acc)
         w_ptrs += BLOCK_KP * N
         x_ptrs += BLOCK_K
     if W_AS_A:
@@ -439,7 +423,7 @@ def _load_words(w_ptrs, k0, k_end, offs_k, EVEN: tl.constexpr, W_NK: tl.constexp
 
 
 @triton.jit
-def _load_x(x_ptrs, kmask, mmask, EVEN_K: tl.constexpr, X_MASKED: tl.constexpr, W_AS_A: tl.constexpr):
+def load_x_tile(x_ptrs, kmask, mmask, EVEN_K: tl.constexpr, X_MASKED: tl.constexpr, W_AS_A: tl.constexpr):
     """An x tile ([BK, BM] for W_AS_A, else [BM, BK]); K columns past ``kmask`` read 0 unless ``EVEN_K``, and rows
     past ``mmask`` too with ``X_MASKED``."""
     if W_AS_A:
@@ -458,6 +442,20 @@ def _load_x(x_ptrs, kmask, mmask, EVEN_K: tl.constexpr, X_MASKED: tl.constexpr, 
     else:
         x = tl.load(x_ptrs, mask=km, other=0.0)
     return x
+
+
+@triton.jit
+def _group_row(S, O, k0, K, cols, N, GROUP: tl.constexpr, EVEN_K: tl.constexpr):
+    """The scale and offset rows (as stored) of the group holding unpacked row ``k0``; unless ``EVEN_K``, a tile
+    wholly past K (the last split's) reads 0: there is no group there, and 0 times garbage may be NaN."""
+    g = k0 // GROUP
+    if EVEN_K:
+        s = tl.load(S + g * N + cols)
+        o = tl.load(O + g * N + cols)
+    else:
+        s = tl.load(S + g * N + cols, mask=k0 < K, other=0.0)
+        o = tl.load(O + g * N + cols, mask=k0 < K, other=0.0)
+    return s, o
 
 
 @triton.jit
