@@ -24,8 +24,11 @@ VARIANT:
   awq-before-pairs  the 7B int4 routing at 17..64 rows before session 28 (kperm without pairs, o at 33..64 on
                 dequantize + cuBLAS, down at 33..64 compact)
   wide-x-masked the int4 wide and 2..16-row decode kernels' x rows past M masked in partial row tiles
-                (triton_packed_wide.MASK_PARTIAL_ROWS); with
-                ROUTE_TABLE set, awq-table's routing too
+                (triton_packed_wide.MASK_PARTIAL_ROWS, on since session 29, and triton_packed.DECODE_MASK_PARTIAL_ROWS);
+                with ROUTE_TABLE set, awq-table's routing too
+  awq-session28 the int4 routing and x loads as before session 29: rows past M re-read in the wide kernel's partial
+                row tiles, gate_up at 65..128 rows on the compact 128-row config and 129..256 and down at 65..128 on
+                dequantize + cuBLAS
   awq-kperm     the 7B int4 routing of 17..32 rows on the kperm + w_as_a wide configs (all four shapes) and qkv at
                 33..64 rows too (session 20's probe on an H200), the rest as committed (set ANCHOR_CFG as for awq-scratch)
 Prints offline_workload.py's JSON lines.
@@ -93,11 +96,20 @@ elif variant == "awq-table" or (variant == "wide-x-masked" and os.environ.get("R
                 if bucket in os.environ.get("ROUTE_BUCKETS", "32,64,128,256").split(","):
                     tp._TABLE[(n, k, 4)][int(bucket)] = tp._DQ if cfg == "scratch" else W(*cfg)
             print(f"route_ab: {shape} -> {tp._TABLE[(n, k, 4)]}", file=sys.stderr)
+elif variant == "awq-session28":
+    from pagedllm.kernels.quant import triton_packed as tp
+    from pagedllm.kernels.quant import triton_packed_wide as tw
+    tw.MASK_PARTIAL_ROWS = False
+    tp._TABLE[(37888, 3584, 4)].update({128: tw.PackedWideConfig(128, 128, 64, 8, 3, compact=True), 256: tp._DQ})
+    tp._TABLE[(3584, 18944, 4)][128] = tp._DQ
 elif variant not in ("base", "wide-x-masked"):
     raise SystemExit(f"unknown variant {variant}")
 if variant == "wide-x-masked":
-    # triton_packed_wide's x rows past M masked in partial row tiles instead of re-reading row M - 1 (session 28)
+    # x rows past M masked in partial row tiles instead of re-reading row M - 1 (session 28; the wide kernel's
+    # default since session 29)
+    from pagedllm.kernels.quant import triton_packed as tp
     from pagedllm.kernels.quant import triton_packed_wide as tw
     tw.MASK_PARTIAL_ROWS = True
+    tp.DECODE_MASK_PARTIAL_ROWS = True
 runpy.run_path(os.path.join(os.environ.get("PAGEDLLM_BENCH_DIR", ".bench/sb"), "offline_workload.py"),
                run_name="__main__")

@@ -489,22 +489,28 @@ def test_wide_routed_configs_match_reference(n, k, dtype):
 
 def test_wide_routing():
     """The 7B table: the wide kernel where the probe timed it faster than dequantize + cuBLAS (sessions 12 and 20,
-    H200; 28, H100); 17..32 rows of every shape, and qkv, o and down up to 64, on the kperm + w_as_a configs with
-    the values unpacked in pairs."""
+    H200; 28 and 29, H100); 17..64 rows of every shape on the kperm + w_as_a configs with the values unpacked in
+    pairs but gate_up at 33..64 (compact), and with partial row tiles masked, gate_up 65..256 and down 65..128 on
+    the 128-row pairs tiles."""
     def pick(m, n, k):
         return triton_packed.get_config(m, n, k, 4, 128)
 
     def picks_wide(m, n, k):
         return isinstance(pick(m, n, k), wide.PackedWideConfig)
     assert picks_wide(17, 37888, 3584) and picks_wide(64, 37888, 3584) and picks_wide(128, 37888, 3584)
-    assert not picks_wide(129, 37888, 3584) and not picks_wide(16, 37888, 3584)
-    assert picks_wide(24, 3584, 18944) and picks_wide(64, 3584, 18944) and not picks_wide(65, 3584, 18944)
+    assert picks_wide(129, 37888, 3584) and picks_wide(256, 37888, 3584)
+    assert not picks_wide(257, 37888, 3584) and not picks_wide(16, 37888, 3584)
+    assert picks_wide(24, 3584, 18944) and picks_wide(65, 3584, 18944) and picks_wide(128, 3584, 18944)
+    assert not picks_wide(129, 3584, 18944)
     assert picks_wide(64, 4608, 3584) and not picks_wide(65, 4608, 3584)
     assert picks_wide(64, 3584, 3584) and not any(picks_wide(m, 3584, 3584) for m in (65, 128, 256))
     for n, k in ((4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)):
         assert pick(17, n, k).kperm and pick(32, n, k).w_as_a and pick(32, n, k).pairs, (n, k)
     assert all(pick(64, n, k).pairs for n, k in ((4608, 3584), (3584, 3584), (3584, 18944)))
-    assert not pick(64, 37888, 3584).kperm and not pick(128, 37888, 3584).pairs
+    assert not pick(64, 37888, 3584).kperm
+    assert all(pick(m, n, k).pairs and pick(m, n, k).block_m == 128
+               for m, n, k in ((100, 37888, 3584), (200, 37888, 3584), (100, 3584, 18944)))
+    assert wide.MASK_PARTIAL_ROWS and not triton_packed.DECODE_MASK_PARTIAL_ROWS
     assert not picks_wide(64, 200, 640)          # shapes not in the table keep the scratch path
 
 
@@ -567,12 +573,13 @@ def test_wide_pairs_equal_the_fp32_unpack_bit_for_bit(m, group, dtype):
                                    packed_matmul_with_config(x, w, None, base), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("m", [17, 100])
-def test_wide_rows_past_m_masked_match_reference(m, monkeypatch):
-    """``MASK_PARTIAL_ROWS`` (opt-in): x's rows past M in a partial row tile are masked instead of re-reading row
-    M - 1; the plan masks only partial tiles, and every kind of x load (plain, compact, W as A, kperm with and
-    without pairs, gathered x) gives the reference's result, with a ragged K split (K 640, split-K 3)."""
-    monkeypatch.setattr(wide, "MASK_PARTIAL_ROWS", True)
+def test_wide_rows_past_m_masked_match_reference(m, masked, monkeypatch):
+    """``MASK_PARTIAL_ROWS`` (on since session 29): x's rows past M in a partial row tile are masked, or with it off
+    re-read row M - 1; the plan masks only partial tiles, and every kind of x load (plain, compact, W as A, kperm
+    with and without pairs, gathered x) gives the reference's result, with a ragged K split (K 640, split-K 3)."""
+    monkeypatch.setattr(wide, "MASK_PARTIAL_ROWS", masked)
     wide.make_plan.cache_clear()
     try:
         dtype = DTYPES[-1]
@@ -582,7 +589,8 @@ def test_wide_rows_past_m_masked_match_reference(m, monkeypatch):
         b = _x(1, n, dtype, seed=n)[0]
         for cfg in WIDE_VARIANTS + [wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True, w_as_a=True, pairs=True),
                                     wide.PackedWideConfig(64, 128, 64, 4, 3, compact=True)]:
-            assert wide.make_plan(m, n, k, 4, 128, True, 8, cfg).constexprs["X_MASKED"] == (m % cfg.block_m != 0)
+            assert wide.make_plan(m, n, k, 4, 128, True, 8, cfg).constexprs["X_MASKED"] == (
+                masked and m % cfg.block_m != 0)
             _check(x, w, b, packed_matmul_with_config(x, w, b, cfg))
         whole = wide.PackedWideConfig(32, 64, 128, 4, 2, kperm=True, w_as_a=True)
         assert not wide.make_plan(64, n, k, 4, 128, True, 8, whole).constexprs["X_MASKED"]
@@ -592,9 +600,10 @@ def test_wide_rows_past_m_masked_match_reference(m, monkeypatch):
 
 @pytest.mark.parametrize("m", [2, 7])
 def test_decode_rows_past_m_masked_match_reference(m, monkeypatch):
-    """The 2..16-row decode kernel under the same switch: its 16-row tile's rows past M masked (planned only below
-    16 rows), 4-bit per tile and gathered groups, 8-bit, with a bias, against the reference."""
-    monkeypatch.setattr(wide, "MASK_PARTIAL_ROWS", True)
+    """The 2..16-row decode kernel's own switch (``DECODE_MASK_PARTIAL_ROWS``, off by default): its 16-row tile's
+    rows past M masked (planned only below 16 rows), 4-bit per tile and gathered groups, 8-bit, with a bias, against
+    the reference."""
+    monkeypatch.setattr(triton_packed, "DECODE_MASK_PARTIAL_ROWS", True)
     dtype = DTYPES[-1]
     n, k = 200, 640
     x = _x(m, k, dtype, seed=m)

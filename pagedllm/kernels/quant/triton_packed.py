@@ -170,7 +170,7 @@ def _packed_decode_kernel(X, QW, S, O, B, Y, WS, Locks, M, N, KP, KP_PER_SPLIT, 
         pdl_wait(PDL)
         offs_m = tl.arange(0, BLOCK_M)
         mmask = offs_m < M
-        if X_MASKED:     # rows >= M not read (masked, zero-filled; triton_packed_wide.MASK_PARTIAL_ROWS); never stored
+        if X_MASKED:     # rows >= M not read (masked, zero-filled; DECODE_MASK_PARTIAL_ROWS); never stored
             xrows = offs_m
         else:            # rows >= M re-read row M - 1; never stored
             xrows = tl.minimum(offs_m, M - 1)
@@ -416,6 +416,10 @@ def _m_bucket(m: int) -> int:
 
 
 _DECODE_PROGRAMS_PER_SM = 4
+# The 2..16-row decode kernel's rows past M (its tile is 16 rows): re-read row M - 1 (off) or masked (on), as
+# triton_packed_wide.MASK_PARTIAL_ROWS does for 17..256 rows. Off: masked lost 8% of AWQ latency_8x1024x1024 (6.08 s
+# against 5.60, H100, session 29, gpu_session28/pairs.sh PART=6), where the wide kernel gained.
+DECODE_MASK_PARTIAL_ROWS = False
 _DQ = PackedConfig(0, 128, 128, 4, 1, cublas=True)      # the dequantize kernel's tile for the cuBLAS prefill path
 # Defaults per M bucket and bits (H200 measurements where noted in _TABLE; these are the fallbacks for other shapes).
 _DEFAULTS: dict[tuple[int, int], PackedConfig] = {
@@ -435,9 +439,10 @@ _W = PackedWideConfig
 # the wide kernel's compact words, W as wgmma's register A operand, the values unpacked two at a time into bf16x2
 _KPP = dict(kperm=True, w_as_a=True, pairs=True)
 _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig | PackedWideConfig]] = {
-    # Qwen2.5-7B: qkv, o, gate_up, down. 17..128 rows: the wide kernel where benchmarks/kernels/awq_fused_probe.py
+    # Qwen2.5-7B: qkv, o, gate_up, down. 17..256 rows: the wide kernel where benchmarks/kernels/awq_fused_probe.py
     # timed it faster than dequantize + cuBLAS (H200, sessions 12 and 20; 32 / 64 rows on an H100 in session 28,
-    # the pairs configs; docs/perf.md), else that scratch path.
+    # the pairs configs; gate_up 65..256 and down 65..128 in session 29, H100, once the rows past M of a partial tile
+    # were masked: benchmarks/gpu_session28/pairs_table.json; docs/perf.md), else that scratch path.
     (4608, 3584, 4): {1: _P(1, 128, 64, 4, 1, prefetch=True), 16: _P(16, 128, 128, 8, 2),
                       32: _W(32, 64, 128, 4, 2, **_KPP), 64: _W(64, 64, 128, 4, 2, **_KPP),
                       128: _DQ, 256: _DQ, 4096: _DQ},
@@ -446,10 +451,10 @@ _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig | PackedWideConfig]] =
                       4096: _DQ},
     (37888, 3584, 4): {1: _P(1, 128, 64, 4, 1, 4, prefetch=True), 16: _P(16, 64, 128, 4, 3),
                        32: _W(32, 64, 128, 4, 2, **_KPP), 64: _W(64, 128, 64, 4, 3, compact=True),
-                       128: _W(128, 128, 64, 8, 3, compact=True), 256: _DQ, 4096: _DQ},
+                       128: _W(128, 128, 128, 8, 2, **_KPP), 256: _W(128, 128, 128, 8, 2, **_KPP), 4096: _DQ},
     (3584, 18944, 4): {1: _P(1, 128, 128, 4, 1), 16: _P(16, 64, 128, 4, 3),
                        32: _W(32, 128, 128, 4, 3, **_KPP), 64: _W(64, 64, 128, 4, 2, **_KPP),
-                       128: _DQ, 256: _DQ, 4096: _DQ},
+                       128: _W(128, 64, 128, 4, 2, **_KPP), 256: _DQ, 4096: _DQ},
 }
 
 # M == 1: the kernel per shape (N, K, bits). A PackedGemvConfig takes triton_packed_gemv's kernel, a PackedConfig the
@@ -573,7 +578,7 @@ def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: boo
                  dict(common, EVEN_K=even_k and k_tiles % tiles_per_split == 0, USE_DOT=use_dot, SPLIT_K=split_k,
                       FUSED=_FUSED, PREFETCH=cfg.prefetch and not use_dot, BLOCK_M=block_m, BLOCK_N=block_n,
                       BLOCK_KP=block_kp, EVEN_N=_EVEN_N_TILES and n % block_n == 0,
-                      X_MASKED=wide.MASK_PARTIAL_ROWS and use_dot and m < block_m))
+                      X_MASKED=DECODE_MASK_PARTIAL_ROWS and use_dot and m < block_m))
 
 
 # Dense scratch for the cuBLAS prefill path, per (device, dtype): one buffer sized by the largest layer, reused by

@@ -88,13 +88,15 @@ class PackedWideConfig(NamedTuple):
 
 
 _PROGRAMS_PER_SM = 2
-# Rows of x past M in a partial row tile: masked (no load issued) or, as by default, re-reading row M - 1 (unmasked
-# loads). Re-reading sends every program's requests for those rows to the same addresses, so one L2 slice takes them
-# all: session 11 measured that in the skinny GEMM (masked 10% faster at M = 2), and session 28 saw AWQ pure decode at
-# 160 rows 45% slower with 128-row pairs tiles (96 rows re-read) while 256 full rows ran 6% faster. Off until measured
-# here (pairs.sh PART=5, route_ab.py wide-x-masked); launches of whole tiles never mask. triton_packed's 2..16-row
-# decode kernel (8 strided x loads a K step, rows past M re-read the same way) follows the same switch.
-MASK_PARTIAL_ROWS = False
+# Rows of x past M in a partial row tile: masked (no load issued) or re-reading row M - 1 (unmasked loads).
+# Re-reading sends every program's requests for those rows to the same addresses, so one L2 slice takes them all:
+# session 11 measured that in the skinny GEMM (masked 10% faster at M = 2); session 28 saw AWQ pure decode at 160 rows
+# 45% slower with 128-row pairs tiles (96 rows re-read). Masked since session 29 (H100, gpu_session28/pairs.sh
+# PART=5 / 6): the probe at 160 rows gate_up 305 -> 190 µs, down 214 -> 136; with the 128 / 256-row pairs routes AWQ
+# pure decode +27% at 40 rows, +29% at 96, +10% at 160, +6% at 256, ShareGPT +2-4%. Launches of whole tiles never
+# mask. triton_packed's 2..16-row decode kernel has its own switch (DECODE_MASK_PARTIAL_ROWS there, off: masked
+# lost 8% of AWQ latency_8x1024x1024).
+MASK_PARTIAL_ROWS = True
 _P = PackedWideConfig
 # Candidates per row tile (the smallest of 32 / 64 / 128 / 256 holding M): the probe
 # (benchmarks/kernels/awq_fused_probe.py) times them on an H200. Static sm_90 figures (K loop, instructions a weight,
@@ -111,8 +113,9 @@ _KP = dict(kperm=True, w_as_a=True)
 # kperm's 3.5 in the unpack alone), W as the register A operand or (``_KB``) the shared-memory B operand. On an
 # H100 (awq_fused_probe.py) they beat kperm at the same tiles by 3-9% and won every 7B shape at 32 rows and three
 # of four at 64 (routed there); at 128 / 256 rows they beat dequantize + cuBLAS in the probe (gate_up 136 / 214 µs
-# against 231 / 244) but lost 4-6% of AWQ ShareGPT end to end when routed: +6% at 256 decode rows, -45% at 160
-# where 96 rows of a tile re-read row M - 1 (MASK_PARTIAL_ROWS above), so those buckets keep their routes for now.
+# against 231 / 244) but lost 4-6% of AWQ ShareGPT end to end while the rows past M of a partial tile re-read row
+# M - 1 (-45% at 160 decode rows); with those rows masked (MASK_PARTIAL_ROWS) they win and gate_up 65..256 and down
+# 65..128 are routed to them (session 29).
 # Row tiles of 256 (each weight unpacked once at 256 rows) lost every shape and were dropped (one needed more shared
 # memory than an SM has at 8 bits).
 _KPP = dict(kperm=True, w_as_a=True, pairs=True)
