@@ -38,7 +38,7 @@ from pagedllm.worker.draft_model import DraftModel
 from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
 from pagedllm.worker.request_state import CachedRequestState
 from pagedllm.worker.sleep_mode import (MEMORY_TAGS, WeightsBackup, check_sleep_level, check_wake_up_tags,
-                                        tensor_bytes)
+                                        kv_cache_pool, tensor_bytes)
 from pagedllm.worker.swap_space import SwapSpace
 
 logger = logging.getLogger(__name__)
@@ -351,19 +351,21 @@ class ModelRunner:
     def _allocate_kv_tensors(self) -> None:
         """The KV cache (one tensor per layer, zeros) and the swap space over it."""
         shape = (2, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        if not self.needs_kv_cache:
-            self.kv_caches = []
-        elif self.device.type == "cpu":
-            self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.kv_cache_dtype).unbind(0))
-        else:
-            self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
-                              for _ in range(self.num_layers)]
-        if self.draft is not None:
-            if self.device.type == "cpu":
+        self.kv_caches, self._kv_pool = [], None
+        if self.device.type == "cpu":
+            if self.needs_kv_cache:
+                self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.kv_cache_dtype).unbind(0))
+            if self.draft is not None:
                 self.draft.allocate_kv_cache(self.num_blocks, lambda shape: _calloc_zeros(shape, self.kv_cache_dtype))
-            else:
-                self.draft.allocate_kv_cache(self.num_blocks, lambda shape: torch.zeros(
-                    shape, dtype=self.kv_cache_dtype, device=self.device))
+        else:
+            # sleep mode: in a pool of their own, so that sleep() gives all of it back (sleep_mode.kv_cache_pool)
+            with kv_cache_pool(self.config.args.enable_sleep_mode, self.device) as self._kv_pool:
+                if self.needs_kv_cache:
+                    self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
+                                      for _ in range(self.num_layers)]
+                if self.draft is not None:
+                    self.draft.allocate_kv_cache(self.num_blocks, lambda shape: torch.zeros(
+                        shape, dtype=self.kv_cache_dtype, device=self.device))
         if self.num_swap_blocks_allocated > 0 and self.kv_caches:
             self.swap_space = SwapSpace(self.num_swap_blocks_allocated, self.kv_caches)
             if self.draft is not None:       # the same block ids, in the draft's own CPU blocks
@@ -497,7 +499,7 @@ class ModelRunner:
         self._prev_sampled = torch.empty(0, dtype=torch.long, device=self.device)
         self._prev_sampled_rows = {}
         if "kv_cache" in tags:
-            self.kv_caches, self.swap_space = [], None
+            self.kv_caches, self.swap_space, self._kv_pool = [], None, None
         if "weights" in tags:
             if level == 1:
                 self._weights_backup = WeightsBackup(self.model)    # nothing to move on the CPU device

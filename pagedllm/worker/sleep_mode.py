@@ -14,6 +14,7 @@ virtual addresses (cuMem) and replays the old graphs; capturing again costs the 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import torch
@@ -22,6 +23,20 @@ MEMORY_TAGS = ("weights", "kv_cache")
 # Level 0 pauses the scheduler only (vLLM's newer level); ``wake_up(tags=["scheduling"])`` resumes it.
 ALL_TAGS = (*MEMORY_TAGS, "scheduling")
 SLEEP_MODES = ("abort", "wait", "keep")
+
+
+@contextlib.contextmanager
+def kv_cache_pool(enabled: bool, device: torch.device) -> Iterator[object | None]:
+    """With sleep mode on a GPU, the allocations made inside go to a CUDA memory pool of their own (yields it; None
+    otherwise). Dropping the pool and its tensors, then ``empty_cache``, gives all of its segments back to the driver.
+    From the shared pool, a KV tensor placed in a cached segment that live tensors also use stays reserved after it
+    is freed: the GPU suite saw one sleep give back 31 MB of a 268 MB KV cache (H100, session 29)."""
+    if not enabled or device.type != "cuda":
+        yield None
+        return
+    pool = torch.cuda.MemPool()
+    with torch.cuda.use_mem_pool(pool, device=device):
+        yield pool
 
 
 def check_sleep_level(level: int) -> None:

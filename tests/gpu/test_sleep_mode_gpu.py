@@ -21,6 +21,11 @@ PROMPTS = [{"prompt_token_ids": [(7 * i + 3 * j) % 120 + 3 for j in range(20 + 9
 @pytest.mark.parametrize("level", [1, 2])
 def test_sleep_frees_device_memory_and_graphs_replay_after_wake_up(tmp_path, level):
     save_tiny_llama(tmp_path, 128, seed=1, num_hidden_layers=4)
+    # A cached 600 MB segment that a live 4 MB tensor keeps: without a pool of its own the KV cache lands in its
+    # free rest, and freeing it gives nothing back to the driver (what the GPU suite met by chance in session 29).
+    keeper = torch.empty(600 << 20, dtype=torch.uint8, device="cuda")
+    del keeper
+    keeper = torch.empty(4 << 20, dtype=torch.uint8, device="cuda")
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     llm = LLM(str(tmp_path), skip_tokenizer_init=True, dtype="float32", max_model_len=256,
               kv_cache_memory_gb=1.0, enable_sleep_mode=True)
@@ -40,3 +45,4 @@ def test_sleep_frees_device_memory_and_graphs_replay_after_wake_up(tmp_path, lev
     assert runner.graph_runner is not None and runner.graph_runner.graphs     # captured again
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
     assert got == expected
+    del keeper         # held to here
