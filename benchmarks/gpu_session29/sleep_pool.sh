@@ -8,3 +8,12 @@ rm -rf /tmp/mut && mkdir /tmp/mut && cp -r pagedllm tests /tmp/mut/
 sed -i 's/kv_cache_pool(self.config.args.enable_sleep_mode/kv_cache_pool(False/' /tmp/mut/pagedllm/worker/model_runner.py
 grep -c "kv_cache_pool(False" /tmp/mut/pagedllm/worker/model_runner.py
 cd /tmp/mut && PYTHONPATH=/tmp/mut timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_sleep_mode_gpu.py 2>&1 | grep -E "passed|failed|assert \(" | head -5
+# On an H200 (issues 13 and 18's rows are H200 figures): AWQ 7B bs1 + ShareGPT, then 1.5B bs1 and 7B ShareGPT.
+cd $R
+if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+  AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
+  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 100 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 \
+    sharegpt_like_1000 2>&1 | offline_summary "awq"
+  PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b"
+  PYTHONPATH=$R timeout 80 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b"
+fi
