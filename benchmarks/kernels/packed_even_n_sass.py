@@ -23,7 +23,7 @@ def report(tag, fn, sig, ce, warps, stages, div):
     print(tag, "instrs", n, dict(ops))
 
 
-sig = {"QW": "*i32", "S": "*bf16", "O": "*bf16", "W": "*bf16", "N": "i32", "KP": "i32"}
+sig = {"QW": "*i32", "S": "*bf16", "O": "*bf16", "W": "*bf16", "N": "i32", "KP": "i32", "LDQ": "i32"}
 for even in (False, True):
     ce = dict(GROUP=128, BITS=4, SCALE_MODE=tp.scale_mode(128, 3584, 128, 8), EVEN_K=True, FUSED=True, BLOCK_N=128, BLOCK_KP=16, EVEN_N=even)
     report(f"dequant _DQ EVEN_N={even}", tp._dequantize_kernel, sig, ce, 4, 1, list(sig))

@@ -26,6 +26,8 @@ VARIANT:
   wide-x-masked the int4 wide and 2..16-row decode kernels' x rows past M masked in partial row tiles
                 (triton_packed_wide.MASK_PARTIAL_ROWS, on since session 29, and triton_packed.DECODE_MASK_PARTIAL_ROWS);
                 with ROUTE_TABLE set, awq-table's routing too
+  awq-slabs     triton_packed.SCRATCH_SLAB_BYTES = SLAB_MB MB (default 16): the dequantize + cuBLAS path a column
+                slab at a time (session 29; benchmarks/kernels/slab_probe.py)
   awq-session28 the int4 routing and x loads as before session 29: rows past M re-read in the wide kernel's partial
                 row tiles, gate_up at 65..128 rows on the compact 128-row config and 129..256 and down at 65..128 on
                 dequantize + cuBLAS
@@ -96,6 +98,9 @@ elif variant == "awq-table" or (variant == "wide-x-masked" and os.environ.get("R
                 if bucket in os.environ.get("ROUTE_BUCKETS", "32,64,128,256").split(","):
                     tp._TABLE[(n, k, 4)][int(bucket)] = tp._DQ if cfg == "scratch" else W(*cfg)
             print(f"route_ab: {shape} -> {tp._TABLE[(n, k, 4)]}", file=sys.stderr)
+elif variant == "awq-slabs":
+    from pagedllm.kernels.quant import triton_packed as tp
+    tp.SCRATCH_SLAB_BYTES = int(float(os.environ.get("SLAB_MB", "16")) * (1 << 20))
 elif variant == "awq-session28":
     from pagedllm.kernels.quant import triton_packed as tp
     from pagedllm.kernels.quant import triton_packed_wide as tw

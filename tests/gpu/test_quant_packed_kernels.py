@@ -174,6 +174,27 @@ def test_column_tiles_even_and_ragged(n, even_tiles, monkeypatch):
             _check(x, w, y=packed_matmul_with_config(x, w, None, cfg))
 
 
+@pytest.mark.parametrize("even_tiles", [False, True])
+def test_scratch_in_slabs_matches_the_whole_scratch(even_tiles, monkeypatch):
+    """SCRATCH_SLAB_BYTES: the dequantize + cuBLAS path a column slab at a time (slabs of 128 columns over N 328:
+    two whole, one ragged; 4-bit g128 and 8-bit gathered groups, per-channel, with and without a bias) gives the
+    whole-W path's result and the reference's."""
+    monkeypatch.setattr(triton_packed, "_EVEN_N_TILES", even_tiles)
+    n, k, m = 328, 256, 40
+    x = _x(m, k, DTYPES[-1], seed=m)
+    bias = _x(1, n, DTYPES[-1], seed=n)[0]
+    for bits, group in [(4, 128), (8, 32), (4, None)]:
+        w = random_packed(k, n, bits, group or k, seed=bits + (group or 0))
+        for b in (None, bias):
+            monkeypatch.setattr(triton_packed, "SCRATCH_SLAB_BYTES", 0)
+            whole = packed_matmul_with_config(x, w, b, triton_packed._DQ)
+            monkeypatch.setattr(triton_packed, "SCRATCH_SLAB_BYTES", 2 * k * 128)
+            assert triton_packed.slab_cols(k, n, triton_packed._DQ.block_n) == 128
+            slabs = packed_matmul_with_config(x, w, b, triton_packed._DQ)
+            _check(x, w, b, slabs)
+            torch.testing.assert_close(slabs, whole, rtol=1e-3, atol=1e-3)
+
+
 def test_split_k_is_deterministic_and_reusable():
     """Split-K's arrival counters are reset by the kernel: repeated calls give the same bits."""
     n, k = (40, 1024) if INTERPRET else (584, 8192)

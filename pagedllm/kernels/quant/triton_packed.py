@@ -294,11 +294,12 @@ def _decode_epilogue(acc, B, Y, cols, offs_n, M, N, stride_ym, HAS_BIAS: tl.cons
 
 
 @triton.jit
-def _dequantize_kernel(QW, S, O, W, N, KP, GROUP: tl.constexpr, BITS: tl.constexpr, SCALE_MODE: tl.constexpr,
+def _dequantize_kernel(QW, S, O, W, N, KP, LDQ, GROUP: tl.constexpr, BITS: tl.constexpr, SCALE_MODE: tl.constexpr,
                        EVEN_K: tl.constexpr, FUSED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr,
                        EVEN_N: tl.constexpr):
     """The dense ``W`` ``[K, N]`` in ``W``'s dtype, one ``[BLOCK_KP * pack, BLOCK_N]`` tile a program (prefill
-    feeds it to cuBLAS)."""
+    feeds it to cuBLAS). ``QW``, ``S`` and ``O`` have rows ``LDQ`` apart: ``N`` itself, or for a slab of ``N``
+    columns the packed weight's full width (the pointers then start at the slab's first column)."""
     PACK: tl.constexpr = 32 // BITS
     HI_SHIFT: tl.constexpr = 12 if BITS == 4 else 16
     kp0 = tl.program_id(0) * BLOCK_KP
@@ -307,9 +308,9 @@ def _dequantize_kernel(QW, S, O, W, N, KP, GROUP: tl.constexpr, BITS: tl.constex
     offs_kp = tl.arange(0, BLOCK_KP)
     kmask = (kp0 + offs_kp) < KP
     if EVEN_K:
-        words = tl.load(QW + (kp0 + offs_kp).to(tl.int64)[:, None] * N + cols[None, :])
+        words = tl.load(QW + (kp0 + offs_kp).to(tl.int64)[:, None] * LDQ + cols[None, :])
     else:
-        words = tl.load(QW + (kp0 + offs_kp).to(tl.int64)[:, None] * N + cols[None, :], mask=kmask[:, None],
+        words = tl.load(QW + (kp0 + offs_kp).to(tl.int64)[:, None] * LDQ + cols[None, :], mask=kmask[:, None],
                         other=0)
     words_hi = words >> HI_SHIFT
     s_one = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -317,7 +318,7 @@ def _dequantize_kernel(QW, S, O, W, N, KP, GROUP: tl.constexpr, BITS: tl.constex
     if SCALE_MODE == 2:
         s_one = tl.load(S + cols).to(tl.float32)
         o_one = tl.load(O + cols).to(tl.float32)
-    s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, N, KP, s_one, o_one, kmask[:, None],
+    s, o = _scales_for_tile(S, O, kp0, offs_kp, cols, LDQ, KP, s_one, o_one, kmask[:, None],
                             PACK, GROUP, SCALE_MODE, EVEN_K, False)
     c = s * -TWO23
     rows = (kp0 + offs_kp).to(tl.int64) * PACK
@@ -421,6 +422,10 @@ _DECODE_PROGRAMS_PER_SM = 4
 # against 5.60, H100, session 29, gpu_session28/pairs.sh PART=6), where the wide kernel gained.
 DECODE_MASK_PARTIAL_ROWS = False
 _DQ = PackedConfig(0, 128, 128, 4, 1, cublas=True)      # the dequantize kernel's tile for the cuBLAS prefill path
+# The cuBLAS path's dense W a slab at a time, each at most this many bytes (0: the whole W at once, as measured so
+# far). Off until measured (benchmarks/kernels/slab_probe.py): the whole 7B gate_up is 271 MB of bf16 written to and
+# read back from HBM a call; slabs that stay in L2 would leave the int4 read alone.
+SCRATCH_SLAB_BYTES = 0
 # Defaults per M bucket and bits (H200 measurements where noted in _TABLE; these are the fallbacks for other shapes).
 _DEFAULTS: dict[tuple[int, int], PackedConfig] = {
     (1, 4): PackedConfig(1, 128, 64, 4, 1, prefetch=True), (1, 8): PackedConfig(1, 128, 64, 4, 1, prefetch=True),
@@ -611,10 +616,13 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
         return wide.launch(x, w, bias, wide.make_plan(m, n, k, w.bits, w.group_size, bias is not None, c["num_sms"],
                                                       c["cfg"]))
     if plan.kind == "cublas":
+        cols = slab_cols(k, n, plan.constexprs["BLOCK_N"])
+        if cols < n:
+            return _dequant_mm_slabs(x, w, bias, plan, cols)
         buf = _scratch(x.device, x.dtype, k * n)
         if buf is not None:
             dense = buf[:k * n].view(k, n)
-            _dequantize_kernel[plan.grid](w.qweight, w.scales, w.offsets, dense, n, kp, **plan.constexprs)
+            _dequantize_kernel[plan.grid](w.qweight, w.scales, w.offsets, dense, n, kp, n, **plan.constexprs)
             return torch.mm(x, dense) if bias is None else torch.addmm(bias, x, dense)
         # inside a CUDA-graph capture that would need a bigger scratch: the fused GEMM
         plan = _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device, _IN_CAPTURE_GEMM)
@@ -640,6 +648,44 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
         grid = (triton.cdiv(m, c["BLOCK_M"]) * triton.cdiv(n, c["BLOCK_N"]),)
         _packed_gemm_kernel[grid](x, w.qweight, w.scales, w.offsets, b, y, m, n, k, kp, x.stride(0), y.stride(0),
                                   **c, **pdl_launch_args(x.device))
+    return y
+
+
+def slab_cols(k: int, n: int, block_n: int) -> int:
+    """The columns of W a scratch slab holds under SCRATCH_SLAB_BYTES (a multiple of the dequantize tile), or ``n``
+    (the whole dense W at once) when off or when it would fit anyway."""
+    if SCRATCH_SLAB_BYTES <= 0:
+        return n
+    cols = max(block_n, SCRATCH_SLAB_BYTES // (2 * k) // block_n * block_n)
+    return min(cols, n)
+
+
+def _dequant_mm_slabs(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _Plan,
+                      cols: int) -> torch.Tensor:
+    """The scratch path a slab of ``cols`` columns at a time: each slab dequantized into the same small buffer (its
+    lines stay in L2, overwritten there by the next slab rather than written back) and multiplied straight into
+    its columns of ``y``; every output element is still one cuBLAS dot over the whole K."""
+    m, k = x.shape
+    n = w.qweight.shape[1]
+    kp = w.qweight.shape[0]
+    buf = _scratch(x.device, x.dtype, k * cols)
+    if buf is None:           # inside a CUDA-graph capture that would need a bigger scratch: the fused GEMM
+        return _launch(x, w, bias, _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
+                                              _IN_CAPTURE_GEMM))
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    c = dict(plan.constexprs)
+    block_n = c["BLOCK_N"]
+    for n0 in range(0, n, cols):
+        width = min(cols, n - n0)
+        dense = buf[:k * width].view(k, width)
+        c["EVEN_N"] = _EVEN_N_TILES and width % block_n == 0
+        _dequantize_kernel[(plan.grid[0], triton.cdiv(width, block_n))](
+            w.qweight[:, n0:], w.scales[:, n0:], w.offsets[:, n0:], dense, width, kp, n, **c)
+        out = y[:, n0:n0 + width]
+        if bias is None:
+            torch.mm(x, dense, out=out)
+        else:
+            torch.addmm(bias[n0:n0 + width], x, dense, out=out)
     return y
 
 
