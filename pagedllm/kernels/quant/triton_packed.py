@@ -24,12 +24,14 @@ One launcher (``packed_matmul``), three paths chosen by the number of rows ``M``
   the dense ``W`` into a persistent per-device scratch sized by the largest layer (reads 0.5 B and writes 2 B per
   int4 weight at HBM speed), then ``torch.mm``. From ~128 rows (sooner on narrow layers) this beats the fused
   kernels here (what vLLM does for AWQ at >= 256 tokens). The scratch grows only outside CUDA-graph capture; a
-  captured call that would need more takes the fused GEMM.
+  captured call that would need more takes the fused GEMM. ``SCRATCH_SLAB_BYTES`` (off) runs it a column slab at a
+  time into one small buffer meant to stay in L2.
 * **17..256 rows, fused** (``triton_packed_wide``, a ``PackedWideConfig`` in ``_TABLE``): a tensor-core GEMM whose
   word tile loads straight into the dot's ``[BLOCK_K, BLOCK_N]`` shape, a rotate, a LOP3 and one fma a weight
-  (offset included), one row tile over all of M where possible, split-K. Selected per shape and row bucket (32,
-  64, 128) where an H200 timed it faster than the scratch path below (7B gate_up 1.3-2.1x at 17..128 rows, down
-  1.2-1.4x at 17..64, qkv 1.3x at 17..32); the scratch path stays elsewhere.
+  (offset included), one row tile over all of M where possible, split-K; x's rows past M in a partial row tile
+  masked (``MASK_PARTIAL_ROWS``). Selected per shape and row bucket (32, 64, 128, 256) where a probe timed it faster
+  than the scratch path below (7B: all four shapes at 17..64 rows, gate_up to 256, down to 128); the scratch path
+  stays elsewhere.
 * **Prefill, fused** (``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
   ``[BLOCK_K // pack, BLOCK_N]`` tile of words, dequantizes it to ``[BLOCK_K, BLOCK_N]`` in ``x``'s dtype and runs
   ``tl.dot`` with fp32 accumulation; program ids swizzled in groups of ``GROUP_M`` row tiles for L2 reuse of W.
