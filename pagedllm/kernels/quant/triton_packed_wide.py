@@ -93,7 +93,7 @@ _PROGRAMS_PER_SM = 2
 # session 11 measured that in the skinny GEMM (masked 10% faster at M = 2); session 28 saw AWQ pure decode at 160 rows
 # 45% slower with 128-row pairs tiles (96 rows re-read). Masked since session 29 (H100, gpu_session28/pairs.sh
 # PART=5 / 6): the probe at 160 rows gate_up 305 -> 190 µs, down 214 -> 136; with the 128 / 256-row pairs routes AWQ
-# pure decode +27% at 40 rows, +29% at 96, +10% at 160, +6% at 256, ShareGPT +2-4%. Launches of whole tiles never
+# pure decode +27% at 40 rows, +29% at 96, +13% at 160, +6% at 256, ShareGPT +4%. Launches of whole tiles never
 # mask. triton_packed's 2..16-row decode kernel has its own switch (DECODE_MASK_PARTIAL_ROWS there, off: masked
 # lost 8% of AWQ latency_8x1024x1024).
 MASK_PARTIAL_ROWS = True
