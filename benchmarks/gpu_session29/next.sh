@@ -6,6 +6,11 @@
 #         whose mask stays off); then the quant GPU tests. Prediction: ShareGPT +2-4% (session 28's masked + table
 #         run: 8,819 against 8,489 / 8,642), latency unchanged.
 # PART=2: pure decode at 20 / 40 / 96 / 160 / 256 rows both ways, then the whole tests/gpu tree (T seconds).
+# Queued for session 30 (no machine started after PART=2):
+# PART=3 (~250 s): sleep_pool.sh: the sleep-mode KV pool's GPU tests (and the test with the pool off: must fail),
+#         slab_probe.py; on an H200 also issue 13 / 18 rows.
+# PART=4 (~260 s): if the probe shows slabs faster at 512+ rows: AWQ ShareGPT base against route_ab.py awq-slabs
+#         (SLAB_MB, default 16), alternating. Prediction +5-10%.
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next29_${PART:-1}.txt) 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
@@ -34,4 +39,13 @@ for v in base awq-session28; do
     qwen2.5-7b decode20 decode40 decode96 decode160 decode256 2>&1 | offline_summary "awq-$v"
 done
 PART=1 T=${T:-300} bash benchmarks/gpu_session26/next.sh
+fi
+if [ "${PART:-1}" = 3 ]; then bash benchmarks/gpu_session29/sleep_pool.sh; fi
+if [ "${PART:-1}" = 4 ]; then
+for v in base awq-slabs base awq-slabs; do
+  ANCHOR_CFG="$AWQ" SLAB_MB=${SLAB_MB:-16} PYTHONPATH=$R timeout 150 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b \
+    sharegpt_like_1000 > /tmp/ab_$v.log 2>&1
+  offline_summary "awq-$v" < /tmp/ab_$v.log
+  echo "late compiles: $(grep -c 'after start-up' /tmp/ab_$v.log)"
+done
 fi
