@@ -11,6 +11,10 @@
 #         slab_probe.py; on an H200 also issue 13 / 18 rows.
 # PART=4 (~260 s): if the probe shows slabs faster at 512+ rows: AWQ ShareGPT base against route_ab.py awq-slabs
 #         (SLAB_MB, default 16), alternating. Prediction +5-10%.
+# PART=5 (~300 s): UNTABLED_WIDE (int4 shapes outside the 7B table at 17..64 rows on the pairs configs): the probe
+#         on Llama-3-8B, Qwen2.5-1.5B and 7B TP=2 shapes, then Qwen2.5-1.5B AWQ pure decode at 24 / 48 rows and
+#         ShareGPT, base against route_ab.py untabled-wide. Prediction: the probe 1.5-3.5x faster than scratch on
+#         every shape; 1.5B decode at 24 / 48 rows +15-40%; ShareGPT within noise to +5%. If so: UNTABLED_WIDE = True.
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next29_${PART:-1}.txt) 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
@@ -47,5 +51,16 @@ for v in base awq-slabs base awq-slabs; do
     sharegpt_like_1000 > /tmp/ab_$v.log 2>&1
   offline_summary "awq-$v" < /tmp/ab_$v.log
   echo "late compiles: $(grep -c 'after start-up' /tmp/ab_$v.log)"
+done
+fi
+if [ "${PART:-1}" = 5 ]; then
+PYTHONPATH=$R timeout 150 python3 benchmarks/kernels/awq_fused_probe.py --untabled-only --ms 24,32,48,64 --deadline 120 \
+  --shapes l8_qkv,l8_o,l8_gate_up,l8_down,q1.5_qkv,q1.5_o,q1.5_gate_up,q1.5_down,tp2_qkv,tp2_o,tp2_gate_up,tp2_down \
+  2>&1 | grep -v Warning | sed -n '1,60p'
+rm -rf /tmp/bench29 && cp -r .bench/sb /tmp/bench29
+printf '\nWORKLOADS.update({f"decode{n}": (lambda n=n: fixed(n, 32, 256)) for n in (24, 48)})\n' >> /tmp/bench29/workloads.py
+for v in base untabled-wide base untabled-wide; do
+  ANCHOR_CFG="$AWQ" PAGEDLLM_BENCH_DIR=/tmp/bench29 PYTHONPATH=$R timeout 120 python3 benchmarks/kernels/route_ab.py $v \
+    qwen2.5-1.5b decode24 decode48 sharegpt_like_1000 2>&1 | offline_summary "awq1.5b-$v"
 done
 fi

@@ -34,8 +34,25 @@ DT = torch.bfloat16
 GROUP = 128
 L2_DEFEAT_BYTES = 256 << 20
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}
+DEFAULT_SHAPES = list(SHAPES)
+# Shapes outside triton_packed._TABLE (its UNTABLED_WIDE routing): Llama-3-8B, Qwen2.5-1.5B, Qwen2.5-7B's TP=2 shards.
+SHAPES.update({
+    "l8_qkv": (6144, 4096), "l8_o": (4096, 4096), "l8_gate_up": (28672, 4096), "l8_down": (4096, 14336),
+    "q1.5_qkv": (2048, 1536), "q1.5_o": (1536, 1536), "q1.5_gate_up": (17920, 1536), "q1.5_down": (1536, 8960),
+    "tp2_qkv": (2304, 3584), "tp2_o": (3584, 1792), "tp2_gate_up": (18944, 3584), "tp2_down": (3584, 9472)})
 MS = [64, 256, 32, 128, 24, 48, 96, 192]          # timing order: the most informative first
 _CONFIGS: dict[str, tw.PackedWideConfig] = {}     # a timed config by its column name in the results
+
+
+_UNTABLED_ONLY = [False]                         # --untabled-only
+
+
+def candidates(m: int) -> list[tw.PackedWideConfig]:
+    """The configs timed at M rows: every candidate of its row bucket, or with --untabled-only the config
+    triton_packed's UNTABLED_WIDE routes there."""
+    if _UNTABLED_ONLY[0]:
+        return [tp._UNTABLED[tw.row_bucket(m)]]
+    return tw.CANDIDATES[tw.row_bucket(m)]
 
 
 def _warmup(job: tuple) -> bool:
@@ -58,8 +75,7 @@ def _warmup(job: tuple) -> bool:
 
 def precompile(shapes: list[str], ms: list[int], t_end: float) -> None:
     """Every launch the probe will time, compiled on all cores first (serial compiles would eat the deadline)."""
-    jobs = [(m, *SHAPES[name], cfg, tw.MASK_PARTIAL_ROWS) for m in ms for name in shapes
-            for cfg in tw.CANDIDATES[tw.row_bucket(m)]]
+    jobs = [(m, *SHAPES[name], cfg, tw.MASK_PARTIAL_ROWS) for m in ms for name in shapes for cfg in candidates(m)]
     workers = max(1, min(len(jobs), (os.cpu_count() or 2) - 1))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         futures = [ex.submit(_warmup, j) for j in jobs]
@@ -100,15 +116,19 @@ class Case:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--deadline", type=float, default=200.0, help="seconds; no new timing starts after it")
-    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help=f"among {', '.join(SHAPES)}")
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--save-table", metavar="FILE",
                     help="write, per shape and row bucket, the fastest of scratch and the wide configs timed at "
                          "every M of the bucket (least total µs) as JSON for route_ab.py's awq-table variant")
+    ap.add_argument("--untabled-only", action="store_true",
+                    help="time only triton_packed's UNTABLED_WIDE config of each row bucket (against scratch and "
+                         "bf16), not every candidate")
     ap.add_argument("--mask-partial-rows", action="store_true",
                     help="triton_packed_wide.MASK_PARTIAL_ROWS: x rows past M masked in partial row tiles")
     args = ap.parse_args()
     tw.MASK_PARTIAL_ROWS = args.mask_partial_rows
+    _UNTABLED_ONLY[0] = args.untabled_only
     warnings.filterwarnings("ignore")
     t_end = time.time() + args.deadline
     shapes = args.shapes.split(",")
@@ -138,7 +158,7 @@ def main() -> None:
             row["scratch"] = graph_time_us(
                 packed_case, lambda x, w, b: tp.packed_matmul_with_config(x, w, b, tp._DQ), target_ms=10)
             ref = reference_matmul(x.float(), dense_ref).float()
-            for cfg in tw.CANDIDATES[tw.row_bucket(m)]:
+            for cfg in candidates(m):
                 if time.time() > t_end:
                     out_of_time = True
                     break

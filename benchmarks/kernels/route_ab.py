@@ -28,6 +28,8 @@ VARIANT:
                 with ROUTE_TABLE set, awq-table's routing too
   awq-slabs     triton_packed.SCRATCH_SLAB_BYTES = SLAB_MB MB (default 16): the dequantize + cuBLAS path a column
                 slab at a time (session 29; benchmarks/kernels/slab_probe.py)
+  untabled-wide triton_packed.UNTABLED_WIDE: int4 shapes outside the 7B table at 17..64 rows on the pairs configs
+                instead of dequantize + cuBLAS (session 29; e.g. qwen2.5-1.5b with ANCHOR_CFG set as for awq-scratch)
   awq-session28 the int4 routing and x loads as before session 29: rows past M re-read in the wide kernel's partial
                 row tiles, gate_up at 65..128 rows on the compact 128-row config and 129..256 and down at 65..128 on
                 dequantize + cuBLAS
@@ -98,6 +100,9 @@ elif variant == "awq-table" or (variant == "wide-x-masked" and os.environ.get("R
                 if bucket in os.environ.get("ROUTE_BUCKETS", "32,64,128,256").split(","):
                     tp._TABLE[(n, k, 4)][int(bucket)] = tp._DQ if cfg == "scratch" else W(*cfg)
             print(f"route_ab: {shape} -> {tp._TABLE[(n, k, 4)]}", file=sys.stderr)
+elif variant == "untabled-wide":
+    from pagedllm.kernels.quant import triton_packed as tp
+    tp.UNTABLED_WIDE = True
 elif variant == "awq-slabs":
     from pagedllm.kernels.quant import triton_packed as tp
     tp.SCRATCH_SLAB_BYTES = int(float(os.environ.get("SLAB_MB", "16")) * (1 << 20))

@@ -535,6 +535,37 @@ def test_wide_routing():
     assert not picks_wide(64, 200, 640)          # shapes not in the table keep the scratch path
 
 
+def test_untabled_shapes_take_the_wide_pairs_configs_at_17_to_64_rows(monkeypatch):
+    """UNTABLED_WIDE: a shape not in the 7B table (here 320 x 512, and a Llama-8B o_proj) takes the pairs configs at
+    17..64 rows where its 4-bit K tiles lie in one group (g128, per-channel), and the scratch path otherwise (65+
+    rows, 8-bit, g32, K not a multiple of 128, a tabled shape's own routes); off, the scratch path throughout. On a
+    GPU the routed call matches the reference."""
+    def pick(m, n, k, bits=4, group=128):
+        return triton_packed.get_config(m, n, k, bits, group)
+
+    def wide_at(m, n, k, bits=4, group=128):
+        return isinstance(pick(m, n, k, bits, group), wide.PackedWideConfig)
+    assert not triton_packed.UNTABLED_WIDE and not wide_at(32, 320, 512)
+    monkeypatch.setattr(triton_packed, "UNTABLED_WIDE", True)
+    for n, k in ((320, 512), (4096, 4096)):
+        assert pick(17, n, k).pairs and pick(17, n, k).block_m == 32 and pick(64, n, k).block_m == 64
+        assert wide_at(40, n, k, group=k) and not wide_at(65, n, k) and not wide_at(16, n, k)
+        assert not wide_at(32, n, k, bits=8) and not wide_at(32, n, k, group=32)
+    assert not wide_at(32, 320, 576)                                  # K not a multiple of 128
+    assert pick(64, 37888, 3584) == triton_packed._TABLE[(37888, 3584, 4)][64]
+    monkeypatch.setitem(triton_packed._TABLE, (320, 512, 4), {16: triton_packed._DEFAULTS[(16, 4)]})
+    assert not wide_at(32, 320, 512)             # a tabled shape without the bucket: the defaults, as before
+    monkeypatch.delitem(triton_packed._TABLE, (320, 512, 4))
+    if not INTERPRET:     # the pairs asm runs on a GPU only
+        triton_packed._PLANS.clear()
+        try:
+            for m in (24, 64):
+                w = random_packed(512, 320, 4, 128, seed=m, scale_dtype=DTYPES[0])
+                _check(_x(m, 512, DTYPES[0], seed=m), w)
+        finally:
+            triton_packed._PLANS.clear()
+
+
 @pytest.mark.parametrize("m", [17, 100] if INTERPRET else [17, 64, 256])
 def test_wide_gather_groups_and_8bit(m):
     """Groups smaller than the K tile (scales gathered per row) and 8-bit words."""

@@ -464,6 +464,14 @@ _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig | PackedWideConfig]] =
                        128: _W(128, 64, 128, 4, 2, **_KPP), 256: _DQ, 4096: _DQ},
 }
 
+# Shapes not in _TABLE (other models; tensor-parallel shards of these) take dequantize + cuBLAS from 17 rows, which
+# writes and reads back the dense bf16 W (4.6x the int4 read) where every step up to 64 rows is bound by the weight
+# read. With UNTABLED_WIDE, 17..64 rows of 4-bit weights whose K tiles lie in one group take the pairs configs that
+# won three of the four 7B shapes at 32 and 64 rows (1.6-3.7x faster than the scratch path there, H100, session 28).
+# Off until timed on other shapes (awq_fused_probe.py --shapes llama8b,... --untabled-only).
+UNTABLED_WIDE = False
+_UNTABLED: dict[int, PackedWideConfig] = {32: _W(32, 64, 128, 4, 2, **_KPP), 64: _W(64, 64, 128, 4, 2, **_KPP)}
+
 # M == 1: the kernel per shape (N, K, bits). A PackedGemvConfig takes triton_packed_gemv's kernel, a PackedConfig the
 # decode kernel above; shapes not listed take _M1_DEFAULT (4-bit weights whose groups are whole packed rows) or
 # _TABLE / _DEFAULTS. `benchmarks/quant_kernels.py --gemv` prints this block from its sweep (--save-m1-table FILE
@@ -536,6 +544,9 @@ def get_config(m: int, n: int, k: int, bits: int,
     per_m = _TABLE.get((n, k, bits))
     if per_m is not None and bucket in per_m:
         return per_m[bucket]
+    if UNTABLED_WIDE and per_m is None and bucket in _UNTABLED and bits == 4 and k % 128 == 0 \
+            and (group_size >= k or group_size % 128 == 0):
+        return _UNTABLED[bucket]
     return _DEFAULTS[(bucket, bits)]
 
 
