@@ -44,13 +44,10 @@ MS = [64, 256, 32, 128, 24, 48, 96, 192]          # timing order: the most infor
 _CONFIGS: dict[str, tw.PackedWideConfig] = {}     # a timed config by its column name in the results
 
 
-_UNTABLED_ONLY = [False]                         # --untabled-only
-
-
-def candidates(m: int) -> list[tw.PackedWideConfig]:
-    """The configs timed at M rows: every candidate of its row bucket, or with --untabled-only the config
+def candidates(m: int, untabled_only: bool) -> list[tw.PackedWideConfig]:
+    """The configs timed at M rows: every candidate of its row bucket, or (--untabled-only) the config
     triton_packed's UNTABLED_WIDE routes there."""
-    if _UNTABLED_ONLY[0]:
+    if untabled_only:
         return [tp._UNTABLED[tw.row_bucket(m)]]
     return tw.CANDIDATES[tw.row_bucket(m)]
 
@@ -73,9 +70,10 @@ def _warmup(job: tuple) -> bool:
         return False
 
 
-def precompile(shapes: list[str], ms: list[int], t_end: float) -> None:
+def precompile(shapes: list[str], ms: list[int], t_end: float, untabled_only: bool) -> None:
     """Every launch the probe will time, compiled on all cores first (serial compiles would eat the deadline)."""
-    jobs = [(m, *SHAPES[name], cfg, tw.MASK_PARTIAL_ROWS) for m in ms for name in shapes for cfg in candidates(m)]
+    jobs = [(m, *SHAPES[name], cfg, tw.MASK_PARTIAL_ROWS) for m in ms for name in shapes
+            for cfg in candidates(m, untabled_only)]
     workers = max(1, min(len(jobs), (os.cpu_count() or 2) - 1))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         futures = [ex.submit(_warmup, j) for j in jobs]
@@ -128,7 +126,6 @@ def main() -> None:
                     help="triton_packed_wide.MASK_PARTIAL_ROWS: x rows past M masked in partial row tiles")
     args = ap.parse_args()
     tw.MASK_PARTIAL_ROWS = args.mask_partial_rows
-    _UNTABLED_ONLY[0] = args.untabled_only
     warnings.filterwarnings("ignore")
     t_end = time.time() + args.deadline
     shapes = args.shapes.split(",")
@@ -139,7 +136,7 @@ def main() -> None:
     bad: set = set()
     out_of_time = False
     t0 = time.time()
-    precompile(shapes, ms, t0 + 0.4 * args.deadline)
+    precompile(shapes, ms, t0 + 0.4 * args.deadline, args.untabled_only)
     t_compiled = time.time() - t0
     weights = {name: Weights(*SHAPES[name]) for name in shapes}
     for m in ms:
@@ -158,7 +155,7 @@ def main() -> None:
             row["scratch"] = graph_time_us(
                 packed_case, lambda x, w, b: tp.packed_matmul_with_config(x, w, b, tp._DQ), target_ms=10)
             ref = reference_matmul(x.float(), dense_ref).float()
-            for cfg in candidates(m):
+            for cfg in candidates(m, args.untabled_only):
                 if time.time() > t_end:
                     out_of_time = True
                     break

@@ -58,7 +58,7 @@ from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.quant import triton_packed_gemv as gemv
 from pagedllm.kernels.quant import triton_packed_wide as wide
-from pagedllm.kernels.quant.packed import PackedWeight, scale_mode
+from pagedllm.kernels.quant.packed import SCALE_GATHER, PackedWeight, scale_mode
 from pagedllm.kernels.quant.triton_packed_gemv import PackedGemvConfig
 from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig, load_x_tile, tile_cols
 from pagedllm.kernels.triton_gemv import _workspace
@@ -544,9 +544,10 @@ def get_config(m: int, n: int, k: int, bits: int,
     per_m = _TABLE.get((n, k, bits))
     if per_m is not None and bucket in per_m:
         return per_m[bucket]
-    if UNTABLED_WIDE and per_m is None and bucket in _UNTABLED and bits == 4 and k % 128 == 0 \
-            and (group_size >= k or group_size % 128 == 0):
-        return _UNTABLED[bucket]
+    if UNTABLED_WIDE and per_m is None and bucket in _UNTABLED and bits == 4:
+        cfg = _UNTABLED[bucket]      # where kperm applies (K in whole tiles) and pairs (a K tile in one group)
+        if k % cfg.block_k == 0 and scale_mode(group_size, k, cfg.block_k, 8) != SCALE_GATHER:
+            return cfg
     return _DEFAULTS[(bucket, bits)]
 
 
@@ -629,14 +630,9 @@ def _launch(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _
         return wide.launch(x, w, bias, wide.make_plan(m, n, k, w.bits, w.group_size, bias is not None, c["num_sms"],
                                                       c["cfg"]))
     if plan.kind == "cublas":
-        cols = slab_cols(k, n, plan.constexprs["BLOCK_N"])
-        if cols < n:
-            return _dequant_mm_slabs(x, w, bias, plan, cols)
-        buf = _scratch(x.device, x.dtype, k * n)
-        if buf is not None:
-            dense = buf[:k * n].view(k, n)
-            _dequantize_kernel[plan.grid](w.qweight, w.scales, w.offsets, dense, n, kp, n, **plan.constexprs)
-            return torch.mm(x, dense) if bias is None else torch.addmm(bias, x, dense)
+        y = _dequant_mm(x, w, bias, plan, slab_cols(k, n, plan.constexprs["BLOCK_N"]))
+        if y is not None:
+            return y
         # inside a CUDA-graph capture that would need a bigger scratch: the fused GEMM
         plan = _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device, _IN_CAPTURE_GEMM)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -673,25 +669,25 @@ def slab_cols(k: int, n: int, block_n: int) -> int:
     return min(cols, n)
 
 
-def _dequant_mm_slabs(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _Plan,
-                      cols: int) -> torch.Tensor:
-    """The scratch path a slab of ``cols`` columns at a time: each slab dequantized into the same small buffer (its
-    lines stay in L2, overwritten there by the next slab rather than written back) and multiplied straight into
-    its columns of ``y``; every output element is still one cuBLAS dot over the whole K."""
+def _dequant_mm(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, plan: _Plan,
+                cols: int) -> torch.Tensor | None:
+    """Dequantize + cuBLAS, ``cols`` columns of W at a time (all ``n`` of them unless SCRATCH_SLAB_BYTES): each slab
+    dequantized into the same scratch (a small slab's lines stay in L2, overwritten there by the next slab rather
+    than written back) and multiplied straight into its columns of ``y``; every output element is one cuBLAS dot over
+    the whole K either way. None inside a CUDA-graph capture that would need a bigger scratch than exists."""
     m, k = x.shape
     n = w.qweight.shape[1]
     kp = w.qweight.shape[0]
     buf = _scratch(x.device, x.dtype, k * cols)
-    if buf is None:           # inside a CUDA-graph capture that would need a bigger scratch: the fused GEMM
-        return _launch(x, w, bias, _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
-                                              _IN_CAPTURE_GEMM))
+    if buf is None:
+        return None
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    c = dict(plan.constexprs)
-    block_n = c["BLOCK_N"]
+    block_n = plan.constexprs["BLOCK_N"]
     for n0 in range(0, n, cols):
         width = min(cols, n - n0)
         dense = buf[:k * width].view(k, width)
-        c["EVEN_N"] = _EVEN_N_TILES and width % block_n == 0
+        c = plan.constexprs if width == n else dict(plan.constexprs,
+                                                    EVEN_N=_EVEN_N_TILES and width % block_n == 0)
         _dequantize_kernel[(plan.grid[0], triton.cdiv(width, block_n))](
             w.qweight[:, n0:], w.scales[:, n0:], w.offsets[:, n0:], dense, width, kp, n, **c)
         out = y[:, n0:n0 + width]
