@@ -4,6 +4,9 @@
 . benchmarks/gpu_session9/common.sh
 nvidia-smi --query-gpu=name --format=csv,noheader
 PYTHONPATH=$R timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_sleep_mode_gpu.py tests/gpu/test_spec_decode_gpu.py 2>&1 | tail -3
+# the packed int4 kernels after ca2a09f (the whole-W scratch path as the one-slab case; UNTABLED_WIDE's numerics)
+PYTHONPATH=$R timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/gpu/test_quant_packed_kernels.py \
+  tests/gpu/test_quant_awq_engine_gpu.py 2>&1 | tail -3
 rm -rf /tmp/mut && mkdir /tmp/mut && cp -r pagedllm tests /tmp/mut/
 sed -i 's/kv_cache_pool(self.config.args.enable_sleep_mode/kv_cache_pool(False/' /tmp/mut/pagedllm/worker/model_runner.py
 grep -c "kv_cache_pool(False" /tmp/mut/pagedllm/worker/model_runner.py
