@@ -7,8 +7,8 @@
 #         run: 8,819 against 8,489 / 8,642), latency unchanged.
 # PART=2: pure decode at 20 / 40 / 96 / 160 / 256 rows both ways, then the whole tests/gpu tree (T seconds).
 # Queued for session 30 (no machine started after PART=2):
-# PART=3 (~350 s): sleep_pool.sh: the sleep-mode KV pool's GPU tests (and the test with the pool off: must fail), the int4 kernel tests,
-#         slab_probe.py; on an H200 also issue 13 / 18 rows.
+# PART=3 (~350 s): sleep_pool.sh: the sleep-mode KV pool's GPU tests (and the test with the pool off: must fail),
+#         the int4 kernel tests, slab_probe.py; on an H200 also issue 13 / 18 rows.
 # PART=4 (~260 s): if the probe shows slabs faster at 512+ rows: AWQ ShareGPT base against route_ab.py awq-slabs
 #         (SLAB_MB, default 16), alternating. Prediction +5-10%.
 # PART=5 (~300 s): UNTABLED_WIDE (int4 shapes outside the 7B table at 17..64 rows on the pairs configs): the probe
