@@ -1,7 +1,8 @@
-"""Probe: the fused int4 matmul for 17..256 rows (triton_packed_wide) against the dequantize + cuBLAS scratch path
-and bf16 F.linear, Qwen2.5-7B shapes, int4 g128 with zero points, bf16 x.
+"""Probe: the fused int4 matmul for 2..256 rows (triton_packed_wide) against the dequantize + cuBLAS scratch path,
+what the committed routing runs ("routed": at 2..16 rows the decode kernel) and bf16 F.linear, Qwen2.5-7B shapes (and
+others: --shapes), int4 g128 with zero points, bf16 x.
 
-For each shape and M in {24, 32, 48, 64, 96, 128, 192, 256}: every ``triton_packed_wide.CANDIDATES`` config of the
+For each shape and M (--ms; by default {24, 32, 48, 64, 96, 128, 192, 256}; 2..16 takes the 16-row tiles): every ``triton_packed_wide.CANDIDATES`` config of the
 M's row bucket is first checked against ``reference_matmul`` (a failing or non-compiling one is reported once and
 skipped), then timed as benchmarks/kernels/bench_gemv.py's ``graph_time_us`` does: 28 calls in one CUDA graph over
 distinct weight copies (every call reads its weight from HBM), µs per call. Prints one table (µs) and the best
@@ -46,9 +47,9 @@ _CONFIGS: dict[str, tw.PackedWideConfig] = {}     # a timed config by its column
 
 def candidates(m: int, untabled_only: bool) -> list[tw.PackedWideConfig]:
     """The configs timed at M rows: every candidate of its row bucket, or (--untabled-only) the config
-    triton_packed's UNTABLED_WIDE routes there."""
+    triton_packed routes there with UNTABLED_WIDE (17..64 rows) or WIDE_DECODE (2..16) on."""
     if untabled_only:
-        return [tp._UNTABLED[tw.row_bucket(m)]]
+        return [tp._UNTABLED.get(tw.row_bucket(m), tp._WIDE_DECODE_CFG)]
     return tw.CANDIDATES[tw.row_bucket(m)]
 
 
@@ -154,6 +155,8 @@ def main() -> None:
             row["bf16"] = graph_time_us(dense_case, lambda x, w, b: F.linear(x, w, b), target_ms=10)
             row["scratch"] = graph_time_us(
                 packed_case, lambda x, w, b: tp.packed_matmul_with_config(x, w, b, tp._DQ), target_ms=10)
+            # what the committed routing runs at M (at 2..16 rows: the decode kernel, unless WIDE_DECODE)
+            row["routed"] = graph_time_us(packed_case, lambda x, w, b: tp.packed_matmul(x, w, b), target_ms=10)
             ref = reference_matmul(x.float(), dense_ref).float()
             for cfg in candidates(m, args.untabled_only):
                 if time.time() > t_end:
@@ -179,16 +182,16 @@ def main() -> None:
 
     print(f"µs per call (CUDA graph of {CALLS} calls, weights from HBM), int4 g{GROUP} zero points, bf16 x; "
           f"configs: {tw.PackedWideConfig._fields}; parallel precompile {t_compiled:.0f} s")
-    print(f"{'shape':<8}{'M':>5} {'bf16':>8} {'scratch':>8} {'best wide':>10} {'vs scratch':>10} "
-          f"{'vs bf16':>8}  best config")
+    print(f"{'shape':<8}{'M':>5} {'bf16':>8} {'scratch':>8} {'routed':>8} {'best wide':>10} {'vs scratch':>10} "
+          f"{'vs routed':>9} {'vs bf16':>8}  best config")
     for (name, m), row in results.items():
         b = best.get((name, m))
-        bt = f"{b[1]:10.2f} {row['scratch'] / b[1]:9.2f}x {row['bf16'] / b[1]:7.2f}x  {tuple(b[0])}" if b else \
-            f"{'-':>10}"
-        print(f"{name:<8}{m:>5} {row['bf16']:8.2f} {row['scratch']:8.2f} {bt}")
+        bt = (f"{b[1]:10.2f} {row['scratch'] / b[1]:9.2f}x {row['routed'] / b[1]:8.2f}x {row['bf16'] / b[1]:7.2f}x  "
+              f"{tuple(b[0])}") if b else f"{'-':>10}"
+        print(f"{name:<8}{m:>5} {row['bf16']:8.2f} {row['scratch']:8.2f} {row['routed']:8.2f} {bt}")
     print("\nevery candidate (µs):")
     for (name, m), row in results.items():
-        cands = sorted((t, c) for c, t in row.items() if c not in ("bf16", "scratch"))
+        cands = sorted((t, c) for c, t in row.items() if c not in ("bf16", "scratch", "routed"))
         print(f"{name:<8}{m:>5}: " + "; ".join(f"{c} {t:.2f}" for t, c in cands))
     if failures:
         print("\nfailed (skipped):")
@@ -206,11 +209,11 @@ def save_table(results: dict, path: str) -> None:
     import json
     table: dict[str, dict[str, object]] = {}
     for name, (n, k) in SHAPES.items():
-        for bucket in (32, 64, 128, 256):
+        for bucket in (16, 32, 64, 128, 256):
             rows = [row for (shape, m), row in results.items() if shape == name and tw.row_bucket(m) == bucket]
             if not rows:
                 continue
-            options = set.intersection(*(set(r) - {"bf16"} for r in rows))
+            options = set.intersection(*(set(r) - {"bf16", "routed"} for r in rows))
             best = min(options, key=lambda o: sum(r[o] for r in rows))
             cfg = "scratch" if best == "scratch" else list(_CONFIGS[best])
             table.setdefault(f"{n},{k}", {})[str(bucket)] = cfg

@@ -477,7 +477,7 @@ from pagedllm.kernels.quant import triton_packed_wide as wide  # noqa: E402
 
 # Qwen2.5-7B qkv, o, gate_up, down, and a small odd shape (N not a multiple of any tile, K a partial split)
 WIDE_SHAPES = [(4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944), (200, 640)]
-WIDE_MS = [17, 33, 100] if INTERPRET else [17, 32, 64, 100, 128, 256]
+WIDE_MS = [3, 17, 33, 100] if INTERPRET else [2, 8, 16, 17, 32, 64, 100, 128, 256]
 
 
 @pytest.mark.parametrize("m", WIDE_MS)
@@ -533,6 +533,39 @@ def test_wide_routing():
                for m, n, k in ((100, 37888, 3584), (200, 37888, 3584), (100, 3584, 18944)))
     assert wide.MASK_PARTIAL_ROWS and not triton_packed.DECODE_MASK_PARTIAL_ROWS
     assert not picks_wide(64, 200, 640)          # shapes not in the table keep the scratch path
+
+
+def test_wide_decode_sends_2_to_16_rows_of_4bit_weights_to_the_16_row_pairs_tiles(monkeypatch):
+    """WIDE_DECODE: 2..16 rows of 4-bit weights whose K tiles lie in one group (the 7B table's shapes and others)
+    take the wide kernel's 16-row pairs config instead of the decode kernel; batch 1, 17+ rows, 8-bit, g32 and K not
+    a multiple of the K tile keep their routes; off, the decode kernel. On a GPU the routed calls match the
+    reference at 2, 9 and 16 rows."""
+    def pick(m, n, k, bits=4, group=128):
+        return triton_packed.get_config(m, n, k, bits, group)
+
+    assert not triton_packed.WIDE_DECODE
+    assert not isinstance(pick(8, 37888, 3584), wide.PackedWideConfig)
+    routes = {(m, n, k, b, g): pick(m, n, k, b, g) for m in (1, 17, 64) for n, k in ((37888, 3584), (320, 512))
+              for b, g in ((4, 128), (8, 128))}
+    monkeypatch.setattr(triton_packed, "WIDE_DECODE", True)
+    for n, k in ((37888, 3584), (3584, 18944), (320, 512)):
+        for m in (2, 8, 16):
+            cfg = pick(m, n, k)
+            assert isinstance(cfg, wide.PackedWideConfig) and cfg.block_m == 16 and cfg.pairs, (m, n, k)
+        assert isinstance(pick(16, n, k, group=k), wide.PackedWideConfig)          # per-channel
+    for m in (2, 16):
+        assert not isinstance(pick(m, 320, 512, bits=8), wide.PackedWideConfig)
+        assert not isinstance(pick(m, 320, 512, group=32), wide.PackedWideConfig)
+        assert not isinstance(pick(m, 320, 576), wide.PackedWideConfig)
+    assert all(pick(*key) == cfg for key, cfg in routes.items())
+    if not INTERPRET:     # the pairs asm runs on a GPU only
+        triton_packed._PLANS.clear()
+        try:
+            w = random_packed(512, 320, 4, 128, seed=5, scale_dtype=DTYPES[0])
+            for m in (2, 9, 16):
+                _check(_x(m, 512, DTYPES[0], seed=m), w)
+        finally:
+            triton_packed._PLANS.clear()
 
 
 def test_untabled_shapes_take_the_wide_pairs_configs_at_17_to_64_rows(monkeypatch):

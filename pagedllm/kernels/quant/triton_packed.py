@@ -31,7 +31,8 @@ One launcher (``packed_matmul``), three paths chosen by the number of rows ``M``
   (offset included), one row tile over all of M where possible, split-K; x's rows past M in a partial row tile
   masked (``MASK_PARTIAL_ROWS``). Selected per shape and row bucket (32, 64, 128, 256) where a probe timed it faster
   than the scratch path below (7B: all four shapes at 17..64 rows, gate_up to 256, down to 128); the scratch path
-  stays elsewhere.
+  stays elsewhere. ``WIDE_DECODE`` (off, unmeasured) sends 2..16 rows to its 16-row tiles instead of the decode
+  kernel.
 * **Prefill, fused** (``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
   ``[BLOCK_K // pack, BLOCK_N]`` tile of words, dequantizes it to ``[BLOCK_K, BLOCK_N]`` in ``x``'s dtype and runs
   ``tl.dot`` with fp32 accumulation; program ids swizzled in groups of ``GROUP_M`` row tiles for L2 reuse of W.
@@ -471,6 +472,15 @@ _TABLE: dict[tuple[int, int, int], dict[int, PackedConfig | PackedWideConfig]] =
 # Off until timed on other shapes (awq_fused_probe.py --shapes llama8b,... --untabled-only).
 UNTABLED_WIDE = False
 _UNTABLED: dict[int, PackedWideConfig] = {32: _W(32, 64, 128, 4, 2, **_KPP), 64: _W(64, 64, 128, 4, 2, **_KPP)}
+# 2..16 rows (decode steps of 2..16 requests: most of a ShareGPT-like run's steps, all of latency_8x1024x1024's) on
+# the wide kernel's 16-row pairs tiles instead of the decode kernel, for every 4-bit shape whose K tiles lie in one
+# group. At these rows the step is bound by the weight read (0.5 B a weight), yet AWQ 7B at 8 rows runs at about
+# bf16's speed (latency_8x1024x1024 5.6 s on an H100, session 29): the decode kernel spends ~7 instructions a weight
+# (session 20's SASS: 720 a program of 16 x 64 x 128 K), the pairs unpack ~2, and the pairs configs ran 7B gate_up
+# at 24 rows in 57 µs against bf16's 100 (H100, session 29). Off until the probe (awq_fused_probe.py --ms 2,4,8,16)
+# and route_ab.py wide-decode time it (session 30 prepared it; no GPU ran it).
+WIDE_DECODE = False
+_WIDE_DECODE_CFG = _W(16, 64, 128, 4, 2, **_KPP)
 
 # M == 1: the kernel per shape (N, K, bits). A PackedGemvConfig takes triton_packed_gemv's kernel, a PackedConfig the
 # decode kernel above; shapes not listed take _M1_DEFAULT (4-bit weights whose groups are whole packed rows) or
@@ -541,21 +551,27 @@ def get_config(m: int, n: int, k: int, bits: int,
         cfg = M1_TABLE.get((n, k, bits), _M1_DEFAULT)
         if isinstance(cfg, PackedConfig) or (bits == 4 and group_size % 8 == 0):
             return cfg
+    if WIDE_DECODE and bucket == MAX_DECODE_M and _pairs_apply(_WIDE_DECODE_CFG, k, bits, group_size):
+        return _WIDE_DECODE_CFG
     per_m = _TABLE.get((n, k, bits))
     if per_m is not None and bucket in per_m:
         return per_m[bucket]
-    if UNTABLED_WIDE and per_m is None and bucket in _UNTABLED and bits == 4:
-        cfg = _UNTABLED[bucket]      # where kperm applies (K in whole tiles) and pairs (a K tile in one group)
-        if k % cfg.block_k == 0 and scale_mode(group_size, k, cfg.block_k, 8) != SCALE_GATHER:
-            return cfg
+    if UNTABLED_WIDE and per_m is None and bucket in _UNTABLED and _pairs_apply(_UNTABLED[bucket], k, bits, group_size):
+        return _UNTABLED[bucket]
     return _DEFAULTS[(bucket, bits)]
+
+
+def _pairs_apply(cfg: PackedWideConfig, k: int, bits: int, group_size: int) -> bool:
+    """Whether a kperm + pairs config runs as such on this weight: 4-bit, K in whole K tiles (kperm) and each K
+    tile inside one group (pairs)."""
+    return bits == 4 and k % cfg.block_k == 0 and scale_mode(group_size, k, cfg.block_k, 8) != SCALE_GATHER
 
 
 def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, device: torch.device,
                cfg: PackedConfig | PackedGemvConfig | PackedWideConfig) -> _Plan:
     if isinstance(cfg, PackedWideConfig):
-        if m <= MAX_DECODE_M:
-            raise ValueError(f"config {cfg} is for more than {MAX_DECODE_M} rows; got M = {m}")
+        if m < 2:
+            raise ValueError(f"config {cfg} is for 2 or more rows; got M = {m}")
         # the grid and split depend on M itself (row tiles): triton_packed_wide.make_plan per call (cached)
         return _Plan("wide", (0, 0), 0, 0, dict(cfg=cfg, num_sms=_num_sms(device)))
     if isinstance(cfg, PackedGemvConfig):

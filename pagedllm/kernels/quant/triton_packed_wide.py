@@ -1,5 +1,6 @@
-"""The packed int4/int8 matmul for 17..256 rows (``y = x @ W (+ bias)``, W in packed.py's canonical form) on the
-tensor cores, each weight unpacked once per row tile and never written to global memory.
+"""The packed int4/int8 matmul for 17..256 rows (``y = x @ W (+ bias)``, W in packed.py's canonical form; 2..16 rows
+too with ``triton_packed.WIDE_DECODE``) on the tensor cores, each weight unpacked once per row tile and never written
+to global memory.
 
 Why not the two earlier designs (docs/perf.md, sessions 7 and 11): ``_packed_gemm_kernel`` unpacked a
 ``[BLOCK_K / pack, pack, BLOCK_N]`` tensor and reshaped it to the dot's ``[BLOCK_K, BLOCK_N]`` (a register reshape
@@ -120,7 +121,14 @@ _KP = dict(kperm=True, w_as_a=True)
 # memory than an SM has at 8 bits).
 _KPP = dict(kperm=True, w_as_a=True, pairs=True)
 _KB = dict(kperm=True, pairs=True)
+# 16-row tiles (session 30, unmeasured): 2..16 rows on the pairs configs instead of triton_packed's decode kernel,
+# where W is also the tensor cores' A operand but each value costs a LOP3 + FMA + conversion (~7 instructions a
+# weight with the loads; pairs: ~2) and a 16 x 128 dot per packed row. With W as A, x is the dot's N side, so a
+# 16-row tile does no more MMA work than the 8-row step needs twice over; xgather: no copy of x (one kernel less a
+# call, scalar x loads).
 CANDIDATES: dict[int, list[PackedWideConfig]] = {
+    16: [_P(16, 64, 128, 4, 2, **_KPP), _P(16, 128, 128, 4, 3, **_KPP), _P(16, 64, 128, 4, 2, xgather=True, **_KPP),
+         _P(16, 64, 128, 4, 3, **_KPP), _P(16, 128, 128, 8, 2, **_KPP)],
     32: [_P(32, 128, 64, 4, 3), _P(32, 128, 64, 4, 1), _P(32, 128, 64, 4, 3, w_as_a=True),
          _P(32, 64, 128, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1),
          _P(32, 64, 128, 4, 2, **_KP), _P(32, 128, 128, 4, 3, **_KP), _P(32, 64, 128, 4, 2, xgather=True, **_KP),
@@ -141,7 +149,7 @@ CANDIDATES: dict[int, list[PackedWideConfig]] = {
 
 
 def row_bucket(m: int) -> int:
-    return 32 if m <= 32 else 64 if m <= 64 else 128 if m <= 128 else 256
+    return 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128 if m <= 128 else 256
 
 
 @triton.jit
