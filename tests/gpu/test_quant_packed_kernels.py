@@ -731,7 +731,8 @@ def test_wide_split_k_is_deterministic_and_graph_replays():
             torch.testing.assert_close(out, first, rtol=0, atol=0)
 
 
-def test_wide_rejects_decode_rows():
+def test_wide_rejects_batch_1():
+    """The wide kernel takes 2+ rows (2..16 with WIDE_DECODE); one row is the GEMV's."""
     w = random_packed(256, 64, 4, 128, seed=1)
-    with pytest.raises(ValueError, match="more than 16 rows"):
-        packed_matmul_with_config(_x(8, 256, torch.float16, seed=0), w, None, wide.PackedWideConfig())
+    with pytest.raises(ValueError, match="2 or more rows"):
+        packed_matmul_with_config(_x(1, 256, torch.float16, seed=0), w, None, wide.PackedWideConfig())
