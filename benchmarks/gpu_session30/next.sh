@@ -3,10 +3,11 @@
 # ~400 s holding what matters most:
 # - the int4 kernel + AWQ engine GPU tests: ca2a09f's dequantize + cuBLAS path (the default for >256 rows, never run
 #   on a GPU) and the 16-row wide tiles of WIDE_DECODE (2, 8, 16 rows against the reference);
-# - the sleep-mode GPU test (c823ccc's KV pool, never run on a GPU), then with the pool forced off (must fail);
+# - the sleep-mode GPU test (c823ccc's KV pool, never run on a GPU);
 # - WIDE_DECODE: the probe at 8 rows (routed = the decode kernel) and AWQ latency_8x1024x1024 (every decode step
 #   8 rows) base against route_ab.py wide-decode. Prediction: gate_up at 8 rows 45-55 µs (H100) against the decode
-#   kernel's ~70-85; latency 5.6 -> 4.0-4.6 s on an H100.
+#   kernel's ~70-85; latency 5.6 -> 4.0-4.6 s on an H100;
+# - last, the sleep test with the KV pool forced off (must fail).
 # PART=2 (~330 s): AWQ ShareGPT base / wide-decode alternating (prediction +3-7%), pure decode at 4 / 16 rows, then
 #   the slab probe (session 29's queue).
 # Then session 29's PART=5 (UNTABLED_WIDE) and PART=4 (slabs end to end) as queued there.
@@ -15,13 +16,8 @@ exec > >(tee $OUT/next30_${PART:-1}.txt) 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
 AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
 if [ "${PART:-1}" = 1 ]; then
-PYTHONPATH=$R timeout 170 python3 -m pytest -q -n 8 -p no:cacheprovider tests/gpu/test_quant_packed_kernels.py \
+PYTHONPATH=$R timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/gpu/test_quant_packed_kernels.py \
   tests/gpu/test_quant_awq_engine_gpu.py tests/gpu/test_sleep_mode_gpu.py 2>&1 | tail -3
-rm -rf /tmp/mut && mkdir /tmp/mut && cp -r pagedllm tests /tmp/mut/
-sed -i 's/kv_cache_pool(self.config.args.enable_sleep_mode/kv_cache_pool(False/' /tmp/mut/pagedllm/worker/model_runner.py
-grep -c "kv_cache_pool(False" /tmp/mut/pagedllm/worker/model_runner.py
-(cd /tmp/mut && PYTHONPATH=/tmp/mut timeout 80 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_sleep_mode_gpu.py \
-  2>&1 | grep -E "passed|failed" | tail -1)
 PYTHONPATH=$R timeout 75 python3 benchmarks/kernels/awq_fused_probe.py --ms 8 --shapes gate_up,down,qkv,o \
   --deadline 55 2>&1 | grep -v Warning | sed -n '1,12p'
 for v in base wide-decode; do
@@ -29,6 +25,11 @@ for v in base wide-decode; do
     > /tmp/ab_$v.log 2>&1
   offline_summary "awq-$v" < /tmp/ab_$v.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab_$v.log)"
 done
+rm -rf /tmp/mut && mkdir /tmp/mut && cp -r pagedllm tests /tmp/mut/
+sed -i 's/kv_cache_pool(self.config.args.enable_sleep_mode/kv_cache_pool(False/' /tmp/mut/pagedllm/worker/model_runner.py
+grep -c "kv_cache_pool(False" /tmp/mut/pagedllm/worker/model_runner.py
+(cd /tmp/mut && PYTHONPATH=/tmp/mut timeout 80 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_sleep_mode_gpu.py \
+  2>&1 | grep -E "passed|failed" | tail -1)
 fi
 if [ "${PART:-1}" = 2 ]; then
 rm -rf /tmp/bench30 && cp -r .bench/sb /tmp/bench30
