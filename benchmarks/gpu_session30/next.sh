@@ -20,10 +20,13 @@ PYTHONPATH=$R timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/gp
   tests/gpu/test_quant_awq_engine_gpu.py tests/gpu/test_sleep_mode_gpu.py 2>&1 | tail -3
 PYTHONPATH=$R timeout 75 python3 benchmarks/kernels/awq_fused_probe.py --ms 8 --shapes gate_up,down,qkv,o \
   --deadline 55 2>&1 | grep -v Warning | sed -n '1,12p'
-for v in base wide-decode; do
-  ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 70 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b latency_8x1024x1024 \
-    > /tmp/ab_$v.log 2>&1
-  offline_summary "awq-$v" < /tmp/ab_$v.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab_$v.log)"
+for xg in 0 1; do
+  for v in base wide-decode; do
+    [ $v = base ] && [ $xg = 1 ] && continue
+    ROUTE_XGATHER=$xg ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 70 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b \
+      latency_8x1024x1024 > /tmp/ab_$v.log 2>&1
+    offline_summary "awq-$v-xg$xg" < /tmp/ab_$v.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab_$v.log)"
+  done
 done
 rm -rf /tmp/mut && mkdir /tmp/mut && cp -r pagedllm tests /tmp/mut/
 sed -i 's/kv_cache_pool(self.config.args.enable_sleep_mode/kv_cache_pool(False/' /tmp/mut/pagedllm/worker/model_runner.py
@@ -34,9 +37,10 @@ fi
 if [ "${PART:-1}" = 2 ]; then
 rm -rf /tmp/bench30 && cp -r .bench/sb /tmp/bench30
 printf '\nWORKLOADS.update({f"decode{n}": (lambda n=n: fixed(n, 32, 256)) for n in (4, 16)})\n' >> /tmp/bench30/workloads.py
+# XG=1: the xgather config (no x copy a call; PDL overlap kept) in place of the copy one
 for v in base wide-decode base wide-decode; do
-  ANCHOR_CFG="$AWQ" PAGEDLLM_BENCH_DIR=/tmp/bench30 PYTHONPATH=$R timeout 120 python3 benchmarks/kernels/route_ab.py $v \
-    qwen2.5-7b sharegpt_like_1000 decode4 decode16 > /tmp/ab_$v.log 2>&1
+  ROUTE_XGATHER=${XG:-0} ANCHOR_CFG="$AWQ" PAGEDLLM_BENCH_DIR=/tmp/bench30 PYTHONPATH=$R timeout 120 python3 \
+    benchmarks/kernels/route_ab.py $v qwen2.5-7b sharegpt_like_1000 decode4 decode16 > /tmp/ab_$v.log 2>&1
   offline_summary "awq-$v" < /tmp/ab_$v.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab_$v.log)"
 done
 PYTHONPATH=$R timeout 100 python3 benchmarks/kernels/slab_probe.py --deadline 80 2>&1 | grep -v Warning

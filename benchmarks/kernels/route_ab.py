@@ -31,7 +31,9 @@ VARIANT:
   untabled-wide triton_packed.UNTABLED_WIDE: int4 shapes outside the 7B table at 17..64 rows on the pairs configs
                 instead of dequantize + cuBLAS (session 29; e.g. qwen2.5-1.5b with ANCHOR_CFG set as for awq-scratch)
   wide-decode   triton_packed.WIDE_DECODE: 2..16 rows of 4-bit weights on the wide kernel's 16-row pairs tiles instead
-                of the decode kernel (session 30; set ANCHOR_CFG as for awq-scratch)
+                of the decode kernel (session 30; set ANCHOR_CFG as for awq-scratch); ROUTE_XGATHER=1: x's columns
+                gathered in the kernel instead of permuted by a copy (no extra kernel a call, and the PDL overlap
+                with the kernel before kept)
   awq-session28 the int4 routing and x loads as before session 29: rows past M re-read in the wide kernel's partial
                 row tiles, gate_up at 65..128 rows on the compact 128-row config and 129..256 and down at 65..128 on
                 dequantize + cuBLAS
@@ -108,6 +110,8 @@ elif variant == "untabled-wide":
 elif variant == "wide-decode":
     from pagedllm.kernels.quant import triton_packed as tp
     tp.WIDE_DECODE = True
+    if os.environ.get("ROUTE_XGATHER") == "1":
+        tp._WIDE_DECODE_CFG = tp._WIDE_DECODE_CFG._replace(xgather=True)
 elif variant == "awq-slabs":
     from pagedllm.kernels.quant import triton_packed as tp
     tp.SCRATCH_SLAB_BYTES = int(float(os.environ.get("SLAB_MB", "16")) * (1 << 20))
