@@ -474,11 +474,12 @@ UNTABLED_WIDE = False
 _UNTABLED: dict[int, PackedWideConfig] = {32: _W(32, 64, 128, 4, 2, **_KPP), 64: _W(64, 64, 128, 4, 2, **_KPP)}
 # 2..16 rows (decode steps of 2..16 requests: most of a ShareGPT-like run's steps, all of latency_8x1024x1024's) on
 # the wide kernel's 16-row pairs tiles instead of the decode kernel, for every 4-bit shape whose K tiles lie in one
-# group. At these rows the step is bound by the weight read (0.5 B a weight), yet AWQ 7B at 8 rows runs at about
-# bf16's speed (latency_8x1024x1024 5.6 s on an H100, session 29): the decode kernel spends ~7 instructions a weight
-# (session 20's SASS: 720 a program of 16 x 64 x 128 K), the pairs unpack ~2, and the pairs configs ran 7B gate_up
-# at 24 rows in 57 µs against bf16's 100 (H100, session 29). Off until the probe (awq_fused_probe.py --ms 2,4,8,16)
-# and route_ab.py wide-decode time it (session 30 prepared it; no GPU ran it).
+# group. At these rows the step is bound by the weight read (0.5 B a weight), yet the decode kernel ran at 0.7-1.1x
+# of bf16's time (H200, session 6: 7B gate_up 82 µs at 16 rows against 65) and AWQ 7B latency_8x1024x1024 (8 rows)
+# at about bf16's speed (5.6 s, H100, session 29); it unpacks a value with two LOP3s, an fma and a conversion, the
+# pairs configs two values with about four instructions, and they ran 7B gate_up at 24 rows in 57 µs against bf16's
+# 100 (H100, session 29). Off until the probe (awq_fused_probe.py --ms 2,4,8,16) and route_ab.py wide-decode time it
+# (session 30 prepared it; no GPU ran it; docs/perf.md).
 WIDE_DECODE = False
 _WIDE_DECODE_CFG = _W(16, 64, 128, 4, 2, **_KPP)
 

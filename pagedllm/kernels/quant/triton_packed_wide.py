@@ -18,8 +18,8 @@ op per weight, and several row tiles at M = 256 repeating all of it; the decode 
   ~2**-19 s, far below the bf16/fp16 rounding of the operand, so W needs no offset pass (``o sum(x)``).
   ``s`` and ``c`` are one ``[BLOCK_N]`` row a tile when the tile lies inside one group (AWQ/GPTQ g128), one row
   for the whole matmul (per-channel), or gathered per K row otherwise (any ``group_size`` a multiple of ``pack``).
-* **One row tile over all of M where possible** (``BLOCK_M`` 32..256 by M bucket, rows past M clamped to row M - 1
-  and never stored), ``x`` the dot's A operand from a pipelined load; split-K for the narrow layers, reduced in
+* **One row tile over all of M where possible** (``BLOCK_M`` 16..256 by M bucket, rows past M masked in a partial
+  tile and never stored), ``x`` the dot's A operand from a pipelined load; split-K for the narrow layers, reduced in
   the same kernel by the last program of a tile to arrive (``triton_gemv``'s workspace and counters).
 
 ``W_AS_A`` (a candidate, chosen by measurement): the transposed product ``y^T = W^T x^T`` so the unpacked tile is
@@ -121,11 +121,11 @@ _KP = dict(kperm=True, w_as_a=True)
 # memory than an SM has at 8 bits).
 _KPP = dict(kperm=True, w_as_a=True, pairs=True)
 _KB = dict(kperm=True, pairs=True)
-# 16-row tiles (session 30, unmeasured): 2..16 rows on the pairs configs instead of triton_packed's decode kernel,
-# where W is also the tensor cores' A operand but each value costs a LOP3 + FMA + conversion (~7 instructions a
-# weight with the loads; pairs: ~2) and a 16 x 128 dot per packed row. With W as A, x is the dot's N side, so a
-# 16-row tile does no more MMA work than the 8-row step needs twice over; xgather: no copy of x (one kernel less a
-# call, scalar x loads).
+# 16-row tiles (session 30, unmeasured; triton_packed.WIDE_DECODE): 2..16 rows on the pairs configs instead of
+# triton_packed's decode kernel (two LOP3s, an fma and a conversion a value there; about two instructions a value
+# here). With W as wgmma's A operand x is the dot's N side, so a 16-row tile is a legal wgmma, and an 8-row step pays
+# for 16 rows of MMA, cheap next to the unpack. xgather: x's columns gathered in the kernel, so no copy of x (a kernel
+# less a call, the PDL overlap with the kernel before kept).
 CANDIDATES: dict[int, list[PackedWideConfig]] = {
     16: [_P(16, 64, 128, 4, 2, **_KPP), _P(16, 128, 128, 4, 3, **_KPP), _P(16, 64, 128, 4, 2, xgather=True, **_KPP),
          _P(16, 64, 128, 4, 3, **_KPP), _P(16, 128, 128, 8, 2, **_KPP)],
