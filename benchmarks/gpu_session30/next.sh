@@ -23,7 +23,7 @@ PYTHONPATH=$R timeout 75 python3 benchmarks/kernels/awq_fused_probe.py --ms 8 --
 for xg in 0 1; do
   for v in base wide-decode; do
     [ $v = base ] && [ $xg = 1 ] && continue
-    ROUTE_XGATHER=$xg ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 70 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b \
+    ROUTE_XGATHER=$xg ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 80 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b \
       latency_8x1024x1024 > /tmp/ab_$v.log 2>&1
     offline_summary "awq-$v-xg$xg" < /tmp/ab_$v.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab_$v.log)"
   done
