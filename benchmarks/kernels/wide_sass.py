@@ -123,7 +123,7 @@ def main() -> None:
             continue
         same = True
         for (name, bucket, cfg), pdl in itertools.product(routed(), (True, False)):
-            m = {32: 24, 64: 48, 128: 128}[bucket]
+            m = {16: 8, 32: 24, 64: 48, 128: 128, 256: 200}[bucket]     # a partial tile where one is routed
             text = sass_text(compile_config(m, *SHAPES[name], cfg, pdl)[1].asm["cubin"])
             path = os.path.join(directory, f"{name}_{bucket}{'' if pdl else '_nopdl'}.sass")
             if directory == args.save:
