@@ -18,7 +18,6 @@
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next29_${PART:-1}.txt) 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
-AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
 if [ "${PART:-1}" = 1 ]; then
 for v in base awq-session28 base awq-session28; do
   ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 150 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b sharegpt_like_1000 \

@@ -18,7 +18,6 @@ cd $R
 PYTHONPATH=$R timeout 150 python3 benchmarks/kernels/slab_probe.py --deadline 110 2>&1 | grep -v Warning
 # On an H200 (issues 13 and 18's rows are H200 figures): AWQ 7B bs1 + ShareGPT, then 1.5B bs1 and 7B ShareGPT.
 if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-  AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
   ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 100 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 \
     sharegpt_like_1000 2>&1 | offline_summary "awq"
   PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b"

@@ -14,7 +14,6 @@
 . benchmarks/gpu_session9/common.sh
 exec > >(tee $OUT/next30_${PART:-1}.txt) 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
-AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
 if [ "${PART:-1}" = 1 ]; then
 PYTHONPATH=$R timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/gpu/test_quant_packed_kernels.py \
   tests/gpu/test_quant_awq_engine_gpu.py tests/gpu/test_sleep_mode_gpu.py 2>&1 | tail -3

@@ -7,6 +7,8 @@
 echo /tmp/site > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/pagedllm_tmp_site.pth"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 R=$PWD
+# ANCHORS.md's AWQ row: the quantization_config a dummy-weight 7B is given (ANCHOR_CFG="$AWQ").
+AWQ='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
 mkdir -p /tmp/bin_new
 printf '#!/bin/bash\nPYTHONPATH=%s:/tmp/site exec python3 -m pagedllm.entrypoints.cli "$@"\n' "$R" > /tmp/bin_new/pagedllm
 chmod +x /tmp/bin_new/pagedllm
@@ -26,12 +28,11 @@ for l in sys.stdin:
 # `m1_table_ab TABLE TAG ROUNDS`: AWQ 7B bs1 with the M1_TABLE block in TABLE (quant_kernels.py --save-m1-table)
 # against the committed triton_packed.py, alternating, ROUNDS rounds (session 19).
 m1_table_ab() {
-  local awq='{"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}}'
   cp pagedllm/kernels/quant/triton_packed.py /tmp/triton_packed_committed.py
   for round in $(seq 1 "${3:-2}"); do
     python3 benchmarks/quant_kernels.py --apply-m1-table "$1"
-    ANCHOR_CFG="$awq" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq $2 r$round"
+    ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq $2 r$round"
     cp /tmp/triton_packed_committed.py pagedllm/kernels/quant/triton_packed.py
-    ANCHOR_CFG="$awq" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq committed r$round"
+    ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 60 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 2>&1 | offline_summary "awq committed r$round"
   done
 }

@@ -559,13 +559,19 @@ def test_wide_decode_sends_2_to_16_rows_of_4bit_weights_to_the_16_row_pairs_tile
         assert not isinstance(pick(m, 320, 576), wide.PackedWideConfig)
     assert all(pick(*key) == cfg for key, cfg in routes.items())
     if not INTERPRET:     # the pairs asm runs on a GPU only
+        w = random_packed(512, 320, 4, 128, seed=5, scale_dtype=DTYPES[0])
+        _check_with_fresh_plans([(_x(m, 512, DTYPES[0], seed=m), w) for m in (2, 9, 16)])
+
+
+def _check_with_fresh_plans(cases):
+    """``_check`` each ``(x, w)`` through ``packed_matmul``'s routing as a test switched it: the launch plans that
+    calls under other settings cached (per shape class, not per switch) are dropped before and after."""
+    triton_packed._PLANS.clear()
+    try:
+        for x, w in cases:
+            _check(x, w)
+    finally:
         triton_packed._PLANS.clear()
-        try:
-            w = random_packed(512, 320, 4, 128, seed=5, scale_dtype=DTYPES[0])
-            for m in (2, 9, 16):
-                _check(_x(m, 512, DTYPES[0], seed=m), w)
-        finally:
-            triton_packed._PLANS.clear()
 
 
 def test_untabled_shapes_take_the_wide_pairs_configs_at_17_to_64_rows(monkeypatch):
@@ -590,13 +596,9 @@ def test_untabled_shapes_take_the_wide_pairs_configs_at_17_to_64_rows(monkeypatc
     assert not wide_at(32, 320, 512)             # a tabled shape without the bucket: the defaults, as before
     monkeypatch.delitem(triton_packed._TABLE, (320, 512, 4))
     if not INTERPRET:     # the pairs asm runs on a GPU only
-        triton_packed._PLANS.clear()
-        try:
-            for m in (24, 64):
-                w = random_packed(512, 320, 4, 128, seed=m, scale_dtype=DTYPES[0])
-                _check(_x(m, 512, DTYPES[0], seed=m), w)
-        finally:
-            triton_packed._PLANS.clear()
+        _check_with_fresh_plans([(_x(m, 512, DTYPES[0], seed=m), random_packed(512, 320, 4, 128, seed=m,
+                                                                                scale_dtype=DTYPES[0]))
+                                 for m in (24, 64)])
 
 
 @pytest.mark.parametrize("m", [17, 100] if INTERPRET else [17, 64, 256])

@@ -59,7 +59,7 @@ from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
 from pagedllm.kernels.quant import triton_packed_gemv as gemv
 from pagedllm.kernels.quant import triton_packed_wide as wide
-from pagedllm.kernels.quant.packed import SCALE_GATHER, PackedWeight, scale_mode
+from pagedllm.kernels.quant.packed import PackedWeight, scale_mode
 from pagedllm.kernels.quant.triton_packed_gemv import PackedGemvConfig
 from pagedllm.kernels.quant.triton_packed_wide import PackedWideConfig, load_x_tile, tile_cols
 from pagedllm.kernels.triton_gemv import _workspace
@@ -552,20 +552,15 @@ def get_config(m: int, n: int, k: int, bits: int,
         cfg = M1_TABLE.get((n, k, bits), _M1_DEFAULT)
         if isinstance(cfg, PackedConfig) or (bits == 4 and group_size % 8 == 0):
             return cfg
-    if WIDE_DECODE and bucket == MAX_DECODE_M and _pairs_apply(_WIDE_DECODE_CFG, k, bits, group_size):
+    if WIDE_DECODE and bucket == MAX_DECODE_M and wide.pairs_apply(_WIDE_DECODE_CFG, k, bits, group_size):
         return _WIDE_DECODE_CFG
     per_m = _TABLE.get((n, k, bits))
     if per_m is not None and bucket in per_m:
         return per_m[bucket]
-    if UNTABLED_WIDE and per_m is None and bucket in _UNTABLED and _pairs_apply(_UNTABLED[bucket], k, bits, group_size):
+    if UNTABLED_WIDE and per_m is None and bucket in _UNTABLED and wide.pairs_apply(_UNTABLED[bucket], k, bits,
+                                                                                    group_size):
         return _UNTABLED[bucket]
     return _DEFAULTS[(bucket, bits)]
-
-
-def _pairs_apply(cfg: PackedWideConfig, k: int, bits: int, group_size: int) -> bool:
-    """Whether a kperm + pairs config runs as such on this weight: 4-bit, K in whole K tiles (kperm) and each K
-    tile inside one group (pairs)."""
-    return bits == 4 and k % cfg.block_k == 0 and scale_mode(group_size, k, cfg.block_k, 8) != SCALE_GATHER
 
 
 def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, device: torch.device,

@@ -56,7 +56,7 @@ import triton.language as tl
 
 from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
-from pagedllm.kernels.quant.packed import PackedWeight, scale_mode
+from pagedllm.kernels.quant.packed import SCALE_GATHER, PackedWeight, scale_mode
 from pagedllm.kernels.triton_gemv import _workspace
 
 _INTERPRET = envs.TRITON_INTERPRET
@@ -517,6 +517,12 @@ class WidePlan(NamedTuple):
     constexprs: dict
 
 
+def pairs_apply(cfg: PackedWideConfig, k: int, bits: int, group_size: int) -> bool:
+    """Whether a kperm config's pairs unpack applies to this weight: 4-bit, K in whole K tiles (kperm's own rule)
+    and each K tile inside one group (one scale row a tile; gathered scales take the per-value path)."""
+    return bits == 4 and k % cfg.block_k == 0 and scale_mode(group_size, k, cfg.block_k, 8) != SCALE_GATHER
+
+
 @functools.lru_cache(maxsize=1024)
 def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, num_sms: int,
               cfg: PackedWideConfig) -> WidePlan:
@@ -546,7 +552,7 @@ def make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool
                       SPLIT_K=split_k, W_AS_A=cfg.w_as_a, W_NK=cfg.w_nk or cfg.w_as_a,
                       COMPACT=cfg.compact or cfg.kperm,
                       PREFETCH=cfg.prefetch, KPERM=cfg.kperm, XGATHER=cfg.kperm and cfg.xgather,
-                      PAIRS=cfg.kperm and cfg.pairs and bits == 4 and scale_mode(group_size, k, block_k, pack) != 0,
+                      PAIRS=cfg.kperm and cfg.pairs and pairs_apply(cfg, k, bits, group_size),
                       X_MASKED=MASK_PARTIAL_ROWS and m % cfg.block_m != 0,
                       FUSED=_FUSED, ASM=_FUSED, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                       BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
