@@ -144,6 +144,11 @@ class OpenAIServing:
         self.default_params = engine.default_sampling_params()
         gen = engine.config.model.generation_config or {}
         self.default_max_tokens = gen.get("max_new_tokens")
+        # vLLM's override_max_tokens: a cap on every request's max_tokens, given or defaulted (completions' 16 too):
+        # --override-generation-config's max_new_tokens, or a --generation-config folder's (merged with it).
+        source = engine.config.args.generation_config
+        self.override_max_tokens = (gen if source not in ("auto", "vllm")
+                                    else engine.config.args.override_generation_config or {}).get("max_new_tokens")
 
     @staticmethod
     def base_request_id(raw_request: Request | None, body_request_id: str | None) -> str:
@@ -205,13 +210,14 @@ class OpenAIServing:
             max_tokens = self.max_model_len - prompt_len
             if self.default_max_tokens:
                 max_tokens = min(max_tokens, int(self.default_max_tokens))
-            return max_tokens
-        if max_tokens > 0 and prompt_len + max_tokens > self.max_model_len:
+        elif max_tokens > 0 and prompt_len + max_tokens > self.max_model_len:
             raise RequestError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the completion). "
                 f"Please reduce the length of the messages or completion.",
                 "max_completion_tokens" if is_chat else "max_tokens")
+        if self.override_max_tokens and max_tokens > 0:
+            max_tokens = min(max_tokens, int(self.override_max_tokens))
         return max_tokens
 
     # ---- building SamplingParams ----------------------------------------------------------------------------------
