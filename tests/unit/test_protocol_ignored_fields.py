@@ -18,3 +18,19 @@ def test_unknown_request_fields_are_named_in_the_log(caplog):
         ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "Hi"}],
                                               "max_tokens": 2, "top_k": 3})
     assert caplog.records == []                      # every field known: nothing logged
+
+
+def test_null_fields_vllm_takes_as_not_given(tiny_llama_dir):
+    """Clients that send every field send null for those not set: vLLM's chat takes "n": null and its completions
+    "echo": null as the defaults (one choice, no prompt echoed), not a 400."""
+    from app_client import post_all, serve_in_process
+
+    with serve_in_process(tiny_llama_dir) as (app, _):
+        chat, completion = post_all(app, [
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "n": None,
+                                      "temperature": 0}),
+            ("/v1/completions", {"prompt": "Hello there", "max_tokens": 2, "echo": None, "temperature": 0})])
+    assert chat.status_code == 200, chat.text
+    assert [c["index"] for c in chat.json()["choices"]] == [0]
+    assert completion.status_code == 200, completion.text
+    assert not completion.json()["choices"][0]["text"].startswith("Hello there")

@@ -325,6 +325,11 @@ class CompletionRequest(SamplingFields):
             raise ValueError("`logprobs` must be a positive value.")
         return v
 
+    @field_validator("echo", mode="before")
+    @classmethod
+    def _echo_null(cls, v):
+        return False if v is None else v      # vLLM's completions take "echo": null as not given
+
 
 class CompletionLogProbs(OpenAIBaseModel):
     text_offset: list[int] = Field(default_factory=list)
@@ -421,6 +426,11 @@ class ChatCompletionRequest(SamplingFields):
         if not v:
             raise ValueError("messages must contain at least one message.")
         return v
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _n_null(cls, v):
+        return 1 if v is None else v      # vLLM's chat takes "n": null as not given (clients that send every field)
 
     def template_kwargs(self) -> dict[str, Any] | None:
         """chat_template_kwargs with reasoning_effort's (vLLM's rule: it also switches enable_thinking, on unless
