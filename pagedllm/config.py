@@ -1234,7 +1234,47 @@ class FlexibleArgumentParser(argparse.ArgumentParser):
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         if args is None:
             args = sys.argv[1:]
-        return super().parse_known_args(normalize_cli_flags(args), namespace)
+        args = normalize_cli_flags(args)
+        if self._subparsers is None and "--config" not in self._option_string_actions:
+            args = self._with_config_file(args)
+        return super().parse_known_args(args, namespace)
+
+    def _with_config_file(self, args: list[str]) -> list[str]:
+        """vLLM's ``--config FILE``: the YAML file's ``key: value`` pairs become flags, placed before the command
+        line's own so that a flag given on both wins from the command line (argparse keeps the last)."""
+        where = [i for i, a in enumerate(args) if a == "--config" or a.startswith("--config=")]
+        if not where:
+            return args
+        if len(where) > 1:
+            self.error("--config given more than once.")
+        i = where[0]
+        if args[i] == "--config" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            self.error("--config needs the path of a YAML file.")
+        path = args[i + 1] if args[i] == "--config" else args[i].partition("=")[2]
+        rest = args[:i] + args[i + (2 if args[i] == "--config" else 1):]
+        import yaml
+        try:
+            with open(path) as f:
+                config = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            self.error(f"--config {path}: {e}")
+        if not isinstance(config, dict):
+            self.error(f"--config {path}: the file must be a YAML mapping of flag names to values.")
+        flags: list[str] = []
+        for key, value in config.items():
+            flag = "--" + str(key).replace("_", "-")
+            action = self._option_string_actions.get(flag)
+            if isinstance(value, bool) and action is not None and action.nargs == 0:
+                if value:
+                    flags.append(flag)
+                elif "--no-" + flag[2:] in self._option_string_actions:
+                    flags.append("--no-" + flag[2:])
+            elif isinstance(value, list):
+                flags += [flag, *(json.dumps(v) if isinstance(v, dict) else str(v) for v in value)]
+            elif value is not None:
+                flags += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+        first_flag = next((j for j, a in enumerate(rest) if a.startswith("-")), len(rest))
+        return rest[:first_flag] + normalize_cli_flags(flags) + rest[first_flag:]
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         namespace, extras = self.parse_known_args(args, namespace)

@@ -328,3 +328,24 @@ def test_tokenizer_info_endpoint_only_when_enabled(tiny_llama_dir, tiny_engine):
     tok = tiny_engine[0].tokenizer
     assert body["tokenizer_class"] == type(tok).__name__
     assert body["eos_token"] == tok.eos_token and "vocab_file" not in body and "merges_file" not in body
+
+
+def test_config_file_flags_under_the_command_lines(tiny_llama_dir, tmp_path):
+    """vLLM's ``--config FILE``: the YAML's flags apply (served names, a generation-config override, a negated
+    boolean), and a flag also on the command line (--max-model-len 128) keeps the command line's value."""
+    from app_client import run_on, serve_in_process
+    config = tmp_path / "serve.yaml"
+    config.write_text("served-model-name: [smol, smol-alias]\nmax_model_len: 64\n"
+                      "override-generation-config: {max_new_tokens: 2}\nenable-prefix-caching: false\n")
+
+    async def script(client):
+        return (await client.get("/v1/models"),
+                await client.post("/v1/completions", json={"model": "smol-alias", "prompt": "Hello there",
+                                                           "ignore_eos": True}))
+    with serve_in_process(tiny_llama_dir, "--config", str(config)) as (app, engine):
+        models, completion = run_on(app, script)
+        prefix_caching = engine.config.args.enable_prefix_caching
+    assert [(m["id"], m["max_model_len"]) for m in models.json()["data"]] == [("smol", 128), ("smol-alias", 128)]
+    assert completion.status_code == 200, completion.text
+    assert completion.json()["usage"]["completion_tokens"] == 2 and completion.json()["model"] == "smol"
+    assert prefix_caching is False
