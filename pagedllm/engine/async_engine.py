@@ -93,7 +93,7 @@ class RequestStream:
         self._error: BaseException | None = None
         self.finished = False
 
-    def put(self, item: RequestOutput | BaseException) -> None:   # event loop thread
+    def put(self, item: RequestOutput | BaseException | None) -> None:   # event loop thread; None: the end
         self._queue.put_nowait(item)
 
     def fail(self, error: BaseException) -> None:   # event loop thread
@@ -119,8 +119,14 @@ class RequestStream:
         if isinstance(item, BaseException):
             self.finished = True
             raise item
+        if item is None:
+            self.finished = True
+            raise StopAsyncIteration
         while not item.finished and not self._queue.empty():
             nxt = self._queue.get_nowait()
+            if nxt is None:
+                self.finished = True     # the end: this output is the last
+                break
             if isinstance(nxt, BaseException):
                 self._error = nxt
                 break
@@ -293,21 +299,27 @@ class AsyncLLMEngine:
             stream.abort()
 
     async def abort(self, request_id: str | list[str]) -> None:
+        """vLLM's abort by another task than the request's reader: the reader gets a last output (finished, the
+        unfinished completions' finish_reason "abort"; a pooling request's reader just stops) instead of waiting
+        forever."""
         for rid in [request_id] if isinstance(request_id, str) else request_id:
-            stream = self._streams.get(rid)
-            if stream is not None:
-                stream.abort()
-            else:
-                self._abort_nowait(rid)
+            self._abort_nowait(rid, tell_reader=True)
 
-    def _abort_nowait(self, request_id: str) -> None:
-        """Thread-safe: the core frees the request before its next step."""
+    def _abort_nowait(self, request_id: str, tell_reader: bool = False) -> None:
+        """Thread-safe: the core frees the request before its next step. ``tell_reader``: the request's stream
+        gets its last output (else it ends where its reader is)."""
         with self._lock:
             stream = self._streams.pop(request_id, None)
-            if stream is not None:
+            last = self.output_processor.abort_output(request_id) if tell_reader and stream is not None else None
+            if stream is not None and not tell_reader:
                 stream.finished = True
             state = self.output_processor.requests.get(request_id)
             core_ids = self.output_processor.abort_request(request_id)
+        if stream is not None and tell_reader:
+            try:
+                stream._loop.call_soon_threadsafe(stream.put, last)    # None: the stream ends there
+            except RuntimeError:   # that event loop is closed: its reader is gone
+                pass
         if state is None:
             return
         if core_ids and not self._stopped:

@@ -98,6 +98,18 @@ class OutputProcessor:
             self.core_to_request.pop(cid, None)
         return [cid for cid, c in state.completions.items() if c.finish_reason is None]
 
+    def abort_output(self, request_id: str) -> RequestOutput | None:
+        """vLLM's last output of a request its caller aborts: what it generated so far, each unfinished completion
+        with finish_reason "abort" (None: an unknown request, or a pooling one)."""
+        state = self.requests.get(request_id)
+        if state is None or not isinstance(state.params, SamplingParams):
+            return None
+        for comp in state.completions.values():
+            if comp.finish_reason is None:
+                comp.finish_reason = "abort"
+        state.num_finished = len(state.completions)
+        return self._make_output(state)
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 

@@ -99,6 +99,36 @@ def test_abort_frees_blocks(engine):
     assert engine.engine.kv_cache.num_free_blocks == engine.engine.kv_cache.pool.num_blocks
 
 
+def test_abort_from_another_task_ends_the_readers_loop(engine):
+    """vLLM's AsyncLLM.abort(request_id) called by another task (a cancel endpoint, a watchdog): the reader's
+    ``async for`` gets a last output, finished with finish_reason "abort" and the tokens so far, and ends; it used
+    to wait forever."""
+    async def read(rid, kind):
+        outs = []
+        async for out in engine.generate("Tell me a story.", greedy(300, kind, ignore_eos=True), rid):
+            outs.append(out)
+        return outs
+
+    async def main():
+        readers = [asyncio.create_task(read(f"cancelled-{kind.name}", kind))
+                   for kind in (RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA)]
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if engine.snapshot.num_running == 2:
+                break
+        await asyncio.sleep(0.3)
+        await engine.abort([f"cancelled-{kind.name}" for kind in (RequestOutputKind.CUMULATIVE,
+                                                                   RequestOutputKind.DELTA)])
+        return await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
+
+    cumulative, delta = asyncio.run(main())
+    for outs in (cumulative, delta):
+        assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "abort"
+        assert not any(o.finished for o in outs[:-1])
+    assert 0 < len(cumulative[-1].outputs[0].token_ids) < 300
+    assert sum(len(o.outputs[0].token_ids) for o in delta) < 300
+
+
 def test_step_failure_marks_engine_dead(engine, monkeypatch):
     """Last in this module: it kills the engine."""
     runner = engine.engine.runner
