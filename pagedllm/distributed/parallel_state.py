@@ -127,6 +127,14 @@ def destroy_model_parallel() -> None:
 destroy_tensor_parallel = destroy_model_parallel
 
 
+def destroy_distributed_environment() -> None:
+    """vLLM's: the torch.distributed process group this process joined, if any, is destroyed. Scripts that free an
+    LLM's memory call it after ``destroy_model_parallel()`` and before ``del llm``."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def cleanup_dist_env_and_memory(shutdown_ray: bool = False) -> None:
     """vLLM's clean-up between two ``LLM``s in one program (its examples call it after ``del llm``): the
     model-parallel state is reset, garbage collected (an engine dropped by ``del`` frees its weights and KV cache

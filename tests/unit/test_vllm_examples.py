@@ -65,6 +65,23 @@ def test_del_llm_then_cleanup_frees_the_engine(tiny_llama_dir):
     assert again.generate("Hello, my name is", use_tqdm=False)[0].outputs[0].token_ids == first
 
 
+def test_free_memory_snippet_destroy_then_del(tiny_llama_dir):
+    # The snippet users copy to free an LLM's memory in a running program (vLLM issue 1908 and its successors):
+    # destroy_model_parallel(), destroy_distributed_environment() from vllm.distributed.parallel_state, `del llm`,
+    # gc.collect(); then a new LLM in the same program generates the same tokens.
+    from pagedllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+    llm = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01)
+    first = llm.generate("Hello, my name is", use_tqdm=False)[0].outputs[0].token_ids
+    engine = weakref.ref(llm.llm_engine)
+    destroy_model_parallel()
+    destroy_distributed_environment()
+    del llm
+    gc.collect()
+    assert engine() is None
+    again = LLM(model=tiny_llama_dir, kv_cache_memory_gb=0.01)
+    assert again.generate("Hello, my name is", use_tqdm=False)[0].outputs[0].token_ids == first
+
+
 def test_async_llm_streaming_example_import_paths(tiny_llama_dir):
     # deployment/async_llm_streaming.py: AsyncEngineArgs from vllm.engine.arg_utils, AsyncLLM from
     # vllm.v1.engine.async_llm, DELTA outputs streamed by `async for` over generate(), then engine.shutdown().
