@@ -94,6 +94,7 @@ def test_async_llm_streaming_example_import_paths(tiny_llama_dir):
     from pagedllm.engine.arg_utils import EngineArgs as from_arg_utils
     from pagedllm.engine.async_llm_engine import AsyncLLMEngine
     from pagedllm.engine.llm_engine import LLMEngine
+    from pagedllm.utils import random_uuid      # how scripts over AsyncLLM name their requests
     from pagedllm.v1.engine.llm_engine import LLMEngine as v1_llm_engine
     import pagedllm
     assert (from_arg_utils, AsyncLLMEngine, LLMEngine, v1_llm_engine) == \
@@ -107,8 +108,10 @@ def test_async_llm_streaming_example_import_paths(tiny_llama_dir):
                                 output_kind=RequestOutputKind.DELTA)
         pieces = []
         try:
-            async for output in engine.generate(request_id="stream-example-1", prompt="In a galaxy far, far away",
+            request_id = random_uuid()
+            async for output in engine.generate(request_id=request_id, prompt="In a galaxy far, far away",
                                                 sampling_params=params):
+                assert output.request_id == request_id and len(request_id) == 32
                 pieces.extend(len(c.token_ids) for c in output.outputs)
                 if output.finished:
                     break

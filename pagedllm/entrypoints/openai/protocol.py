@@ -10,12 +10,12 @@ import dataclasses
 import json
 import logging
 import time
-import uuid
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from pagedllm.sampling_params import StructuredOutputsParams
+from pagedllm.utils import random_uuid
 from pagedllm.utils.serial_utils import EmbedDType, Endianness
 
 logger = logging.getLogger(__name__)
@@ -30,10 +30,6 @@ class RequestError(ValueError):
         self.param = param
         self.code = code
         self.type = type
-
-
-def random_uuid() -> str:
-    return uuid.uuid4().hex
 
 
 MAX_REQUEST_ID_CHARS = 256
