@@ -149,12 +149,6 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "kernel a layer less). 0 turns it off. Read when the model is built. Default on (H200, session 18, with "
         "PAGEDLLM_DECODE_ROPE_FUSED=3: 7B bs1 262.4 -> 267.9 tok/s, latency 8x1024x1024 4.446 -> 4.394 s, 1.5B bs1 "
         "725-744 -> 775-801)."),
-    "PAGEDLLM_NORM_EPILOGUE": (
-        lambda: _flag("PAGEDLLM_NORM_EPILOGUE", default=False),
-        "1: in a GPU Llama-family model (standard pre-norm layers, one GPU, bf16 / fp16 weights), where o_proj or "
-        "down_proj takes the Triton skinny GEMM (decode steps of up to 16 requests), the residual add and the RMSNorm "
-        "after it run in that kernel's last program (kernels/triton_gemv.skinny_linear_add_norm: two norm kernels a "
-        "layer less). Read when the model is built. Default off until measured on a GPU (docs/perf.md, session 31)."),
     "PAGEDLLM_DECODE_ROPE_FUSED": (
         lambda: _int_at_least("PAGEDLLM_DECODE_ROPE_FUSED", 0, 3, maximum=3),
         "1: on the GPU, decode steps of at most 16 requests rotate Q / K and write the new K / V inside the "

@@ -36,7 +36,6 @@ import triton.language as tl
 
 from pagedllm import envs
 from pagedllm.kernels.pdl import pdl_launch_args, pdl_wait
-from pagedllm.kernels.triton_ops import residual_sum, rms_normed
 
 MAX_M = 16
 # FP8 weights with x quantized per token (W8A8): fp8 x fp8 dots need no per-weight conversion and beat
@@ -52,17 +51,10 @@ _INTERPRET = envs.TRITON_INTERPRET
 
 @triton.jit
 def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SPLIT, stride_xm, stride_wn,
-                        stride_ym, Res, NormW, NormOut, ResOut, RowLock, stride_r, stride_no, stride_ro, eps,
-                        HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr,
+                        stride_ym, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr,
                         SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PDL: tl.constexpr, W_SCALE: tl.constexpr, X_FP8: tl.constexpr, X_MASKED: tl.constexpr,
-                        PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64, GATED: tl.constexpr = False,
-                        ADD_NORM: tl.constexpr = False, BLOCK_H: tl.constexpr = 1):
-    # ADD_NORM (skinny_linear_add_norm): after its output tile, each program bumps one counter; the last of all
-    # the row tiles adds the residual to the whole output rows and RMS-normalises them (the next layer's norm,
-    # triton_ops' residual_sum / rms_normed: the same arithmetic). One program does a row's norm, once: the norm
-    # kernel, its launch and its wait for this kernel go. (Session 3 / 18 put the norm in the *next* GEMM's
-    # prologue instead, where every program re-read the row: slower.)
+                        PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64, GATED: tl.constexpr = False):
     # GATED (skinny_linear_silu): W is a fused [gate; up] projection of 2N rows and the output is
     # silu(x W_gate^T) * (x W_up^T), N wide: each program's tile interleaves gate row j and up row j (j in its
     # BLOCK_N / 2 outputs), so the epilogue pairs them in registers. The SiLU-and-mul kernel (and its launch, its
@@ -181,36 +173,9 @@ def _skinny_gemm_kernel(X, W, B, Y, WS, Locks, WScale, XScale, M, N, K, K_PER_SP
             _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE,
                       X_FP8, GATED, BLOCK_N)
             tl.atomic_xchg(Locks + pid_n, 0, sem="relaxed", scope="gpu")
-            if ADD_NORM:
-                _add_norm_when_last(Y, Res, NormW, NormOut, ResOut, RowLock, M, N, stride_ym, stride_r, stride_no,
-                                    stride_ro, eps, BLOCK_H)
     else:
         _epilogue(acc, B, Y, WScale, XScale, rows, offs_n, M, N, stride_ym, HAS_BIAS, USE_DOT, BLOCK_M, W_SCALE,
                   X_FP8, GATED, BLOCK_N)
-        if ADD_NORM:
-            _add_norm_when_last(Y, Res, NormW, NormOut, ResOut, RowLock, M, N, stride_ym, stride_r, stride_no,
-                                stride_ro, eps, BLOCK_H)
-
-
-@triton.jit
-def _add_norm_when_last(Y, Res, NormW, NormOut, ResOut, RowLock, M, N, stride_ym, stride_r, stride_no, stride_ro,
-                        eps, BLOCK_H: tl.constexpr):
-    """ADD_NORM: called once per row tile, after the tile's output is stored. The last tile to arrive (one counter
-    for the launch, reset by that program for the next launch or graph replay) reads the finished output rows back
-    from L2 and writes ``rms_norm(y + residual) * w`` and ``y + residual``, as triton_ops.rms_norm would."""
-    tl.debug_barrier()          # all threads' output stores precede the (single-thread, release) atomic
-    done = tl.atomic_add(RowLock, 1, sem="acq_rel", scope="gpu")
-    if done == tl.num_programs(0) - 1:
-        cols = tl.arange(0, BLOCK_H)
-        mask = cols < N
-        w = tl.load(NormW + cols, mask=mask, other=0.0).to(tl.float32)
-        for m in range(M):
-            # .cg: other SMs wrote these rows; read them from L2, never from a line this SM's L1 may hold.
-            y = tl.load(Y + m * stride_ym + cols, mask=mask, other=0.0, cache_modifier=".cg")
-            h = residual_sum(y, tl.load(Res + m * stride_r + cols, mask=mask, other=0.0))
-            tl.store(ResOut + m * stride_ro + cols, h, mask=mask)
-            tl.store(NormOut + m * stride_no + cols, rms_normed(h, w, N, eps).to(NormOut.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(RowLock, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -427,34 +392,17 @@ def _workspace(device: torch.device, ws_elems: int, n_locks: int) -> tuple[torch
     return ws, locks
 
 
-# The add-norm epilogue's arrival counter, one per device: allocated outside graph capture, never freed, reset by
-# the kernel's last program. One suffices for the same reason as one workspace (calls on one stream are ordered:
-# with PDL a kernel touches it only after waiting for its predecessor, so for every earlier launch).
-_ROW_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _row_counter(device: torch.device) -> torch.Tensor | None:
-    counter = _ROW_COUNTERS.get(device)
-    if counter is None and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        counter = _ROW_COUNTERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return counter
-
-
 def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                               cfg: GemvConfig, weight_scale: torch.Tensor | None = None,
                               x_scale: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-                              x_masked: bool | None = None, gated: bool = False,
-                              add_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None
-                              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                              x_masked: bool | None = None, gated: bool = False) -> torch.Tensor:
     """Launch with an explicit config (benchmarks / tests). ``x [M, K]``, ``weight [N, K]`` contiguous;
     ``weight_scale`` (fp32, one value or one per row of ``weight``) when ``weight`` is fp8; ``x_scale`` (fp32, one
     per row of ``x``) when ``x`` is fp8 too (W8A8 on the tensor cores, the dot path at any M; the output is
     ``out_dtype``). The dot path takes up to ``W8A8_MAX_M`` rows here (benchmarks); ``skinny_linear`` routes at
     most ``MAX_M`` of bf16/fp16 ``x``. ``x_masked`` (benchmarks) overrides how rows past M are treated (default:
     masked below the row tile's size). ``gated``: ``weight`` is a fused [gate; up] projection (2N rows) and the
-    result is ``silu(x W_gate^T + b_gate) * (x W_up^T + b_up)`` ``[M, N]``. ``add_norm = (residual, norm_weight,
-    eps)``: returns ``triton_ops.rms_norm(y, norm_weight, eps, residual)`` of the result ``y`` instead, computed by
-    the kernel's last program (see skinny_linear_add_norm)."""
+    result is ``silu(x W_gate^T + b_gate) * (x W_up^T + b_up)`` ``[M, N]``."""
     m, k = x.shape
     if m > W8A8_MAX_M:
         raise ValueError(f"the skinny GEMM takes at most {W8A8_MAX_M} rows, got {m}")
@@ -465,17 +413,6 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
             raise ValueError("gated: a bf16/fp16 [gate; up] weight with an even number of rows")
         n //= 2
     y = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
-    if add_norm is not None:
-        res, norm_w, eps = add_norm
-        if gated or res.shape != (m, n) or res.dtype != y.dtype or not res.is_contiguous() \
-                or norm_w.shape != (n,) or not norm_w.is_contiguous():
-            raise ValueError("add_norm: a contiguous [M, N] residual of the output's dtype and an [N] norm weight")
-        counter = _row_counter(x.device) if m and n and k else None
-        if counter is None:     # nothing to multiply, or a first call inside a graph capture: two kernels
-            from pagedllm.kernels.triton_ops import rms_norm
-            return rms_norm(skinny_linear_with_config(x, weight, bias, cfg, weight_scale, x_scale, out_dtype,
-                                                      x_masked), norm_w, eps, res)
-        norm_out, res_out = torch.empty_like(y), torch.empty_like(y)
     if m == 0 or n == 0:
         return y
     if k == 0:
@@ -502,16 +439,13 @@ def skinny_linear_with_config(x: torch.Tensor, weight: torch.Tensor, bias: torch
         x, weight, bias if bias is not None else weight, y, ws, locks,
         weight_scale if weight_scale is not None else weight, x_scale if x_fp8 else weight, m, n, k, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0),
-        *((res, norm_w, norm_out, res_out, counter, res.stride(0), norm_out.stride(0), res_out.stride(0), eps)
-          if add_norm is not None else (y, y, y, y, y, 0, 0, 0, 0.0)),
         HAS_BIAS=bias is not None, USE_DOT=use_dot, EVEN_K=(k % block_k == 0), SPLIT_K=split_k,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, W_SCALE=w_scale_mode, X_FP8=x_fp8,
         X_MASKED=(m < block_m) if x_masked is None else x_masked,
         PREFETCH=cfg.prefetch and not _INTERPRET, LINE=128 // weight.element_size(), GATED=gated,
-        ADD_NORM=add_norm is not None, BLOCK_H=triton.next_power_of_2(n) if add_norm is not None else 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **(pdl_launch_args(x.device) if cfg.pdl else {"PDL": False}))
-    return y if add_norm is None else (norm_out, res_out)
+    return y
 
 
 def _operands_fit(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y_dtype: torch.dtype) -> bool:
@@ -553,23 +487,6 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return None
     return skinny_linear_with_config(x, weight, bias, get_config(m, weight.shape[0], k, x_scale is not None),
                                      weight_scale, x_scale, out_dtype)
-
-
-def skinny_linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor,
-                           norm_weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``triton_ops.rms_norm(F.linear(x, weight, bias), norm_weight, eps, residual)`` (the normalised sum and the
-    sum, a layer's projection then the next norm) in one kernel: the skinny GEMM's last program does the norm.
-    None where ``skinny_linear`` would not take the GEMM (same routing and config), or the residual / norm weight
-    do not fit (a contiguous ``[M, N]`` residual of x's dtype, a contiguous ``[N]`` weight)."""
-    if not (x.is_cuda or _INTERPRET) or x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype \
-            or not _operands_fit(x, weight, bias, x.dtype):
-        return None
-    m, k = x.shape
-    n = weight.shape[0]
-    if not preferred(m, n, k) or residual.shape != (m, n) or residual.dtype != x.dtype \
-            or not residual.is_contiguous() or norm_weight.shape != (n,) or not norm_weight.is_contiguous():
-        return None
-    return skinny_linear_with_config(x, weight, bias, get_config(m, n, k), add_norm=(residual, norm_weight, eps))
 
 
 def skinny_linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None

@@ -23,25 +23,13 @@ def _rms_norm_kernel(X, Res, W, Out, ResOut, stride_x, stride_r, stride_o, strid
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RES:
         r = tl.load(Res + row * stride_r + cols, mask=mask, other=0.0)
-        x = residual_sum(x, r)
+        # Round the sum to the activation dtype before normalising: the residual stream is stored in that dtype
+        # (as in the eager model, ``hidden = residual + hidden``), so the norm must see the same values.
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
         tl.store(ResOut + row * stride_ro + cols, x, mask=mask)
-    tl.store(Out + row * stride_o + cols, rms_normed(x, w, N, eps).to(Out.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def residual_sum(x, r):
-    """``x + r`` rounded to x's dtype before it is normalised: the residual stream is stored in that dtype (as in
-    the eager model, ``hidden = residual + hidden``), so the norm must see the same values. Shared with the skinny
-    GEMM's add-norm epilogue (triton_gemv), which must compute what this kernel computes."""
-    return (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-
-
-@triton.jit
-def rms_normed(x, w, N, eps):
-    """``x * rsqrt(mean(x^2) + eps) * w`` in fp32 over one row (``w``: fp32, masked lanes of x zero)."""
     xf = x.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / N + eps)
-    return xf * rstd * w
+    tl.store(Out + row * stride_o + cols, (xf * rstd * w).to(Out.dtype.element_ty), mask=mask)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,

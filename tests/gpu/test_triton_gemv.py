@@ -150,68 +150,6 @@ def test_skinny_linear_silu_routes_as_skinny_linear():
         skinny_linear_with_config(x, w[:-1].contiguous(), None, GemvConfig(8, 512, 4, 1, False), gated=True)
 
 
-# ------------------------------------------------------- o_proj / down_proj with the next RMSNorm in the last program
-ADD_NORM_SHAPES = ([(1536, 1536, False), (1536, 8960, False), (3584, 18944, False), (1000, 300, True)]
-                   if not INTERPRET else [(1000, 300, True), (48, 200, False)])
-ADD_NORM_CFGS = [GemvConfig(8, 512, 4, 1, False), GemvConfig(8, 256, 4, 1, False, 2), GemvConfig(2, 128, 4, 1, False),
-                 GemvConfig(64, 128, 4, 3), GemvConfig(32, 256, 4, 5, True, 2)]
-
-
-def _assert_within_an_ulp(out, expected):
-    """The norm's sum of squares may be reduced in another order than the norm kernel's (other warps): at most
-    one rounding step of the output dtype apart, and nearly all elements the same bits."""
-    ulp = 2.0 ** -7 if out.dtype == torch.bfloat16 else 2.0 ** -10
-    assert torch.allclose(out.float(), expected.float(), rtol=ulp, atol=1e-6)
-    assert (out == expected).float().mean() > 0.95
-
-
-@pytest.mark.parametrize("n,k,bias", ADD_NORM_SHAPES)
-@pytest.mark.parametrize("cfg", ADD_NORM_CFGS, ids=str)
-def test_add_norm_equals_linear_then_rms_norm(n, k, bias, cfg):
-    """add_norm (PAGEDLLM_NORM_EPILOGUE): the GEMM with the residual add and the RMSNorm done by its last program
-    gives what the same GEMM followed by triton_ops.rms_norm gives: the new residual bit for bit, the normalised
-    rows within an ulp. FMA path (split-K, a tile of two rows) and dot path (split-K), widths that are not a
-    multiple of the tile, bias; every call right (the arrival counter is reset for the next launch)."""
-    from pagedllm.kernels.triton_ops import rms_norm
-    for m in ((1, 3, 16) if cfg.use_dot else (1,)):
-        x, w, b = _inputs(m, n, k, bias, DTYPES[0], seed=6)
-        g = torch.Generator().manual_seed(m + n)
-        res = torch.randn(m, n, generator=g).to(DTYPES[0]).to(DEVICE)
-        norm_w = (1 + 0.1 * torch.randn(n, generator=g)).to(DTYPES[0]).to(DEVICE)
-        # The fused calls first: a freed buffer holding the finished product (the reference's) could otherwise
-        # become the kernel's output buffer and hide a norm that reads the rows before every tile is written.
-        results = [skinny_linear_with_config(x, w, b, cfg, add_norm=(res, norm_w, 1e-6)) for _ in range(3)]
-        expected, expected_res = rms_norm(skinny_linear_with_config(x, w, b, cfg), norm_w, 1e-6, res)
-        for out, new_res in results:
-            assert out.shape == new_res.shape == (m, n) and out.dtype == x.dtype
-            assert torch.equal(new_res, expected_res), (m, cfg)
-            _assert_within_an_ulp(out, expected)
-
-
-def test_skinny_linear_add_norm_routes_as_skinny_linear():
-    """skinny_linear_add_norm takes the table's config wherever skinny_linear would take the GEMM and declines
-    (None) where it would not (more rows than routed, fp32) or the residual / norm weight do not fit; a residual
-    of another shape given to the launcher directly is a ValueError."""
-    from pagedllm.kernels.triton_gemv import skinny_linear_add_norm
-    from pagedllm.kernels.triton_ops import rms_norm
-    n, k = (1536, 8960) if not INTERPRET else (1000, 300)
-    x, w, _ = _inputs(1, n, k, False, DTYPES[0], seed=7)
-    res = torch.randn(1, n).to(DTYPES[0]).to(DEVICE)
-    norm_w = torch.rand(n).to(DTYPES[0]).to(DEVICE)
-    out, new_res = skinny_linear_add_norm(x, w, None, res, norm_w, 1e-5)
-    expected, expected_res = rms_norm(skinny_linear(x, w), norm_w, 1e-5, res)
-    assert torch.equal(new_res, expected_res)
-    _assert_within_an_ulp(out, expected)
-    x17 = torch.randn(17, k).to(DTYPES[0]).to(DEVICE)
-    assert skinny_linear_add_norm(x17, w, None, res.expand(17, n).contiguous(), norm_w, 1e-5) is None   # M > 16
-    assert skinny_linear_add_norm(x.float(), w.float(), None, res.float(), norm_w, 1e-5) is None           # fp32
-    assert skinny_linear_add_norm(x, w, None, res[:, :-1].contiguous(), norm_w, 1e-5) is None   # residual width
-    assert skinny_linear_add_norm(x, w, None, res, norm_w[:-1].contiguous(), 1e-5) is None      # norm width
-    with pytest.raises(ValueError, match="add_norm"):
-        skinny_linear_with_config(x, w, None, GemvConfig(8, 512, 4, 1, False),
-                                  add_norm=(res[:, :-1].contiguous(), norm_w, 1e-5))
-
-
 def test_empty():
     x = torch.randn(0, 64).to(DTYPES[0]).to(DEVICE)
     w = torch.randn(32, 64).to(DTYPES[0]).to(DEVICE)

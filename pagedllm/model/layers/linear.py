@@ -50,16 +50,6 @@ def cuda_linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return skinny_linear_silu(x, weight, bias)
 
 
-def cuda_linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor,
-                         norm_weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``rms_norm(cuda_linear(x, weight, bias) + residual) * norm_weight`` and that sum, in one skinny-GEMM kernel
-    (triton_gemv.skinny_linear_add_norm) where ``cuda_linear`` would take the skinny GEMM; None elsewhere."""
-    if not _use_skinny(x, weight):
-        return None
-    from pagedllm.kernels.triton_gemv import skinny_linear_add_norm
-    return skinny_linear_add_norm(x, weight, bias, residual, norm_weight, eps)
-
-
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"Weight shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(loaded.shape)}")
@@ -243,16 +233,6 @@ class RowParallelLinear(LinearBase):
     def lora_shard(self, a: torch.Tensor, b: torch.Tensor, shard_id=None) -> tuple[torch.Tensor, torch.Tensor]:
         # A's columns: this rank's inputs; each rank's partial delta joins the all-reduce with its partial output.
         return shard_of(a, 1, self.tp_rank, self.input_size, self.tp_size), b
-
-    def add_norm_forward(self, x: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-                         lora_step=None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(rms_norm(self(x) + residual) * norm_weight, self(x) + residual)`` in one skinny-GEMM kernel where that
-        applies (dense weights on one GPU, no adapter in the step: PAGEDLLM_NORM_EPILOGUE); None elsewhere: the
-        caller runs the layer and the norm."""
-        if (self.quant_method is not None or not x.is_cuda or self.tp_size != 1
-                or (lora_step is not None and self.lora is not None)):
-            return None
-        return cuda_linear_add_norm(x, self.weight, self.bias, residual, norm_weight, eps)
 
     def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
         if self.tp_size == 1:

@@ -16,7 +16,6 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from pagedllm import envs
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.config import layer_sliding_windows
 from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
@@ -86,12 +85,6 @@ def _mlp(cfg, layer_idx: int, variant: LlamaVariant, quant_config, prefix: str) 
                           prefix=prefix)
 
 
-def _plain_rms_norm(norm: nn.Module) -> bool:
-    """A norm whose forward is RMSNorm's (Gemma's offset weight included): the skinny GEMM's add-norm epilogue
-    computes exactly that."""
-    return isinstance(norm, RMSNorm) and type(norm).forward is RMSNorm.forward
-
-
 def _rms_norm(size: int, eps: float, variant: LlamaVariant) -> RMSNorm:
     return OffsetRMSNorm(size, eps, variant.norm_weight_offset) if variant.norm_weight_offset else RMSNorm(size, eps)
 
@@ -124,10 +117,6 @@ class LlamaAttention(nn.Module):
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        return self.o_proj(self.attend(positions, hidden, batch), batch.lora_step)
-
-    def attend(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """The attention output before o_proj."""
         qkv = self.qkv_proj(hidden, batch.lora_step)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm_whole:        # OLMo 2: over all heads (one rank holds them all: no tensor parallel)
@@ -136,7 +125,7 @@ class LlamaAttention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm and not self.qk_norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
-        return self.attn(q, k, v, batch, rotary=self.rotary, positions=positions)
+        return self.o_proj(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions), batch.lora_step)
 
 
 class LlamaMLP(nn.Module):
@@ -153,17 +142,13 @@ class LlamaMLP(nn.Module):
         self.act = SiluAndMul() if self.silu else GeluTanhAndMul()
 
     def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
-        return self.down_proj(self.activated(x, lora_step), lora_step)
-
-    def activated(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
-        """The activation of gate_up's output: down_proj's input."""
         # SiLU-and-mul fused into down_proj's skinny GEMM was tried: 7B batch-1 decode 7% slower on an H200, as every
         # program recomputes SiLU over all of K (docs/perf.md). In gate_up's epilogue (PAGEDLLM_GATE_UP_SILU) each
         # output is computed once, by the program that has its gate and up rows (SiLU only).
         h = self.gate_up_proj.fused_forward(x, lora_step) if self.silu else None
         if h is None:
             h = self.act(self.gate_up_proj(x, lora_step))
-        return h
+        return self.down_proj(h, lora_step)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -184,11 +169,6 @@ class LlamaDecoderLayer(nn.Module):
             self.post_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
         # The residual adds run inside the next norm (fused): a branch's output is scaled before it gets there.
         self.residual_multiplier = variant.residual_multiplier
-        # PAGEDLLM_NORM_EPILOGUE (read when the model is built): the standard pre-norm layer can run each norm in
-        # the skinny GEMM before it (forward_chained); the model chains the layers where every one can.
-        self.chains_norms = (envs.PAGEDLLM_NORM_EPILOGUE and not (self.post_norms or self.sandwich)
-                             and self.residual_multiplier == 1.0 and _plain_rms_norm(self.input_layernorm)
-                             and _plain_rms_norm(self.post_attention_layernorm))
 
     def forward(self, positions, hidden, residual, batch):
         if self.post_norms:     # OLMo 2: x + norm(attn(x)), then + norm(mlp(.)), the last add in the next layer
@@ -211,32 +191,6 @@ class LlamaDecoderLayer(nn.Module):
         if self.residual_multiplier != 1.0:
             hidden = hidden * self.residual_multiplier
         return hidden, residual
-
-    def forward_chained(self, positions, hidden, residual, batch, normed: bool, next_norm: RMSNorm | None
-                        ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """``forward`` of a ``chains_norms`` layer with each norm in the projection before it where the skinny GEMM
-        takes that projection (o_proj -> post_attention_layernorm; down_proj -> ``next_norm``, the next layer's
-        input norm or the model's final one). ``normed``: ``hidden`` already is this layer's input norm of the
-        residual stream (the previous layer's down_proj did it). Returns ``(hidden, residual, normed)`` for the next
-        layer: the same values as ``forward`` (and the next norm) up to the order of a sum's terms."""
-        lora = batch.lora_step
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        elif not normed:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        a = self.self_attn.attend(positions, hidden, batch)
-        norm = self.post_attention_layernorm
-        fused = self.self_attn.o_proj.add_norm_forward(a, residual, norm.weight, norm.eps, lora)
-        hidden, residual = norm(self.self_attn.o_proj(a, lora), residual) if fused is None else fused
-        if not isinstance(self.mlp, LlamaMLP):      # a mixture of experts: its own down projections
-            return self.mlp(hidden, lora), residual, False
-        h = self.mlp.activated(hidden, lora)
-        down = self.mlp.down_proj
-        fused = down.add_norm_forward(h, residual, next_norm.weight, next_norm.eps, lora) if next_norm is not None else None
-        if fused is None:
-            return down(h, lora), residual, False
-        return fused[0], fused[1], True
 
 
 class LlamaModel(nn.Module):
@@ -264,12 +218,6 @@ class LlamaModel(nn.Module):
                                                                f"{prefix}.layers.{i}", windows[i] if windows else 0))
         self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]    # a plain list: no slicing per step
         self.norm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant) if self.last_stage else PPMissingLayer()
-        # PAGEDLLM_NORM_EPILOGUE: each layer's down_proj may run the norm after it (the next layer's input norm;
-        # the final norm after the last layer of the last stage; none across a pipeline stage boundary).
-        self._next_norms = None
-        if self._stage_layers and all(getattr(layer, "chains_norms", False) for layer in self._stage_layers):
-            final = self.norm if self.last_stage and _plain_rms_norm(self.norm) else None
-            self._next_norms = [nxt.input_layernorm for nxt in self._stage_layers[1:]] + [final]
         self.embed_scale, self._embed_scale_in_model_dtype = variant.embed_scale, variant.embed_scale_in_model_dtype
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
@@ -287,15 +235,8 @@ class LlamaModel(nn.Module):
                 hidden = with_given_embeds(hidden, given)
         else:
             hidden, residual = intermediate.hidden, intermediate.residual
-        if self._next_norms is not None:
-            normed = False
-            for layer, next_norm in zip(self._stage_layers, self._next_norms):
-                hidden, residual, normed = layer.forward_chained(positions, hidden, residual, batch, normed, next_norm)
-            if normed:
-                return hidden
-        else:
-            for layer in self._stage_layers:
-                hidden, residual = layer(positions, hidden, residual, batch)
+        for layer in self._stage_layers:
+            hidden, residual = layer(positions, hidden, residual, batch)
         if not self.last_stage:
             return IntermediateTensors(hidden, residual)
         hidden, _ = self.norm(hidden, residual)
