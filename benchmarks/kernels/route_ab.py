@@ -33,7 +33,9 @@ VARIANT:
   wide-decode   triton_packed.WIDE_DECODE: 2..16 rows of 4-bit weights on the wide kernel's 16-row pairs tiles instead
                 of the decode kernel (session 30; set ANCHOR_CFG as for awq-scratch); ROUTE_XGATHER=1: x's columns
                 gathered in the kernel instead of permuted by a copy (no extra kernel a call, and the PDL overlap
-                with the kernel before kept)
+                with the kernel before kept); ROUTE_WIDE_STAGES=N: that config with N pipeline stages (on by
+                default since session 31, with 2; the probe's best at 8 rows had 3)
+  decode-kernel triton_packed.WIDE_DECODE off: 2..16 rows of int4 weights on the decode kernel (before session 31)
   awq-session28 the int4 routing and x loads as before session 29: rows past M re-read in the wide kernel's partial
                 row tiles, gate_up at 65..128 rows on the compact 128-row config and 129..256 and down at 65..128 on
                 dequantize + cuBLAS
@@ -112,6 +114,11 @@ elif variant == "wide-decode":
     tp.WIDE_DECODE = True
     if os.environ.get("ROUTE_XGATHER") == "1":
         tp._WIDE_DECODE_CFG = tp._WIDE_DECODE_CFG._replace(xgather=True)
+    if os.environ.get("ROUTE_WIDE_STAGES"):
+        tp._WIDE_DECODE_CFG = tp._WIDE_DECODE_CFG._replace(num_stages=int(os.environ["ROUTE_WIDE_STAGES"]))
+elif variant == "decode-kernel":
+    from pagedllm.kernels.quant import triton_packed as tp
+    tp.WIDE_DECODE = False
 elif variant == "awq-slabs":
     from pagedllm.kernels.quant import triton_packed as tp
     tp.SCRATCH_SLAB_BYTES = int(float(os.environ.get("SLAB_MB", "16")) * (1 << 20))

@@ -35,7 +35,9 @@ def kv_cache_pool(enabled: bool, device: torch.device) -> Iterator[object | None
         yield None
         return
     pool = torch.cuda.MemPool()
-    with torch.cuda.use_mem_pool(pool, device=device):
+    # use_mem_pool wants an index: a bare "cuda" device (the runner's) was a ValueError on the GPU (session 31).
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.cuda.use_mem_pool(pool, device=index):
         yield pool
 
 

@@ -31,8 +31,8 @@ One launcher (``packed_matmul``), three paths chosen by the number of rows ``M``
   (offset included), one row tile over all of M where possible, split-K; x's rows past M in a partial row tile
   masked (``MASK_PARTIAL_ROWS``). Selected per shape and row bucket (32, 64, 128, 256) where a probe timed it faster
   than the scratch path below (7B: all four shapes at 17..64 rows, gate_up to 256, down to 128); the scratch path
-  stays elsewhere. ``WIDE_DECODE`` (off, unmeasured) sends 2..16 rows to its 16-row tiles instead of the decode
-  kernel.
+  stays elsewhere. ``WIDE_DECODE`` (on) sends 2..16 rows of 4-bit weights to its 16-row tiles instead of the
+  decode kernel.
 * **Prefill, fused** (``_packed_gemm_kernel``): a tiled GEMM; each K step loads an ``x`` tile and a
   ``[BLOCK_K // pack, BLOCK_N]`` tile of words, dequantizes it to ``[BLOCK_K, BLOCK_N]`` in ``x``'s dtype and runs
   ``tl.dot`` with fp32 accumulation; program ids swizzled in groups of ``GROUP_M`` row tiles for L2 reuse of W.
@@ -478,9 +478,10 @@ _UNTABLED: dict[int, PackedWideConfig] = {32: _W(32, 64, 128, 4, 2, **_KPP), 64:
 # of bf16's time (H200, session 6: 7B gate_up 82 µs at 16 rows against 65) and AWQ 7B latency_8x1024x1024 (8 rows)
 # at about bf16's speed (5.6 s, H100, session 29); it unpacks a value with two LOP3s, an fma and a conversion, the
 # pairs configs two values with about four instructions, and they ran 7B gate_up at 24 rows in 57 µs against bf16's
-# 100 (H100, session 29). Off until the probe (awq_fused_probe.py --ms 2,4,8,16) and route_ab.py wide-decode time it
-# (session 30 prepared it; no GPU ran it; docs/perf.md).
-WIDE_DECODE = False
+# 100 (H100, session 29). Measured (H100, session 31, docs/perf.md): at 8 rows gate_up 78.6 -> 46.1 µs, down 53.7 ->
+# 44.0; AWQ 7B latency_8x1024x1024 5.65 -> 4.37 s, sharegpt_like_1000 9,010 -> 9,457 tok/s (+5%), pure decode at
+# 4 / 16 requests +33% / +31%. Off: the decode kernel (route_ab.py base with WIDE_DECODE patched, for A/B runs).
+WIDE_DECODE = True
 _WIDE_DECODE_CFG = _W(16, 64, 128, 4, 2, **_KPP)
 
 # M == 1: the kernel per shape (N, K, bits). A PackedGemvConfig takes triton_packed_gemv's kernel, a PackedConfig the
