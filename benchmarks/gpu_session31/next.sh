@@ -46,4 +46,8 @@ for st in 2 3; do
     qwen2.5-7b sharegpt_like_1000 > /tmp/ab.log 2>&1
   offline_summary "awq-stages$st" < /tmp/ab.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab.log)"
 done
+# Last: the wide kernel's 256-row bucket candidates (M tiles over the rows) at 512 / 1024 rows against the scratch
+# path these steps take (AWQ ShareGPT's 241 steps above 256 rows; the slab probe put scratch at 1.5-1.9x bf16 there)
+PYTHONPATH=$R timeout 80 python3 benchmarks/kernels/awq_fused_probe.py --ms 512,1024 --shapes gate_up,down,qkv,o \
+  --deadline 65 2>&1 | grep -v Warning | sed -n '1,14p'
 fi
