@@ -87,6 +87,16 @@ def sentence_transformers_modules(model_dir: str) -> list[dict] | None:
         return json.load(f)
 
 
+def _bundled_tokenizer_dir(name: str) -> str | None:
+    """A bundled model's id as ``tokenizer=`` (vLLM's ``LLM(model="x.gguf", tokenizer="<HF id>")``): its local
+    folder, read offline as ``model=`` with that id is; None for any other name."""
+    if name == BUNDLED_MODEL_ID and bundled_model_path() is not None:
+        return bundled_model_dir()
+    if name == BUNDLED_EMBEDDING_MODEL_ID:
+        return bundled_embedding_model_dir()
+    return None
+
+
 def _max_seq_length(model_dir: str) -> int | None:
     path = os.path.join(model_dir, "sentence_bert_config.json")
     if not os.path.isfile(path):
@@ -339,6 +349,8 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     tokenizer_path = args.tokenizer or model_dir
     if args.tokenizer and args.tokenizer in (model, args.model) and (gguf_path is not None or model != args.model):
         tokenizer_path = model_dir
+    elif args.tokenizer and not os.path.exists(args.tokenizer):
+        tokenizer_path = _bundled_tokenizer_dir(args.tokenizer) or args.tokenizer
     classifier_from_lm_head(hf_config, tokenizer_path, args)
     from pagedllm.model.registry import REWARD_MODEL_LABELS
     for arch in getattr(hf_config, "architectures", None) or []:

@@ -55,3 +55,13 @@ def test_llm_takes_the_folder_and_get_tokenizer_matches():
             == tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True))
     out = llm.generate(["San Francisco is a"], pagedllm.SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
     assert out[0].outputs[0].text.startswith(" city")     # greedy on the bundled weights (as the server tests)
+
+
+def test_gguf_file_with_the_bundled_id_as_tokenizer():
+    """vLLM's GGUF recipe, LLM(model="x.gguf", tokenizer="<the HF id>"), with the bundled model: the id names the
+    bundled tokenizer offline, as it does for model=; before, it went to the hub and failed without network."""
+    llm = pagedllm.LLM(model=bundled_gguf_path(), tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct", dtype="float32",
+                       max_model_len=256, kv_cache_memory_gb=0.05)
+    assert os.path.isdir(llm.get_tokenizer().name_or_path)
+    out = llm.generate(["San Francisco is a"], pagedllm.SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
+    assert out[0].outputs[0].text.startswith(" city")
