@@ -51,3 +51,20 @@ done
 PYTHONPATH=$R timeout 80 python3 benchmarks/kernels/awq_fused_probe.py --ms 512,1024 --shapes gate_up,down,qkv,o \
   --deadline 65 2>&1 | grep -v Warning | sed -n '1,14p'
 fi
+# PART=4 (~280 s): PART=3 cut to the device time left (425 s): the AWQ engine and sleep-mode tests (the int4 kernel
+#   file passed in session 30's PART=1), the pool-off mutation, stages 2 / 3 once each, the 512 / 1024-row probe.
+if [ "${PART:-2}" = 4 ]; then
+PYTHONPATH=$R timeout 100 python3 -m pytest -q -n 4 -p no:cacheprovider tests/gpu/test_quant_awq_engine_gpu.py \
+  tests/gpu/test_sleep_mode_gpu.py 2>&1 | tail -3
+rm -rf /tmp/mut && mkdir /tmp/mut && cp -r pagedllm tests /tmp/mut/
+sed -i 's/kv_cache_pool(self.config.args.enable_sleep_mode/kv_cache_pool(False/' /tmp/mut/pagedllm/worker/model_runner.py
+(cd /tmp/mut && PYTHONPATH=/tmp/mut timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_sleep_mode_gpu.py \
+  2>&1 | grep -E "^E .*(assert|Error)|passed|failed" | tail -3)
+for st in 2 3; do
+  ROUTE_WIDE_STAGES=$st ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 75 python3 benchmarks/kernels/route_ab.py wide-decode \
+    qwen2.5-7b latency_8x1024x1024 sharegpt_like_1000 > /tmp/ab.log 2>&1
+  offline_summary "awq-stages$st" < /tmp/ab.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab.log)"
+done
+PYTHONPATH=$R timeout 70 python3 benchmarks/kernels/awq_fused_probe.py --ms 512,1024 --shapes gate_up,down,qkv,o \
+  --deadline 55 2>&1 | grep -v Warning | sed -n '1,14p'
+fi
