@@ -33,8 +33,9 @@ VARIANT:
   wide-decode   triton_packed.WIDE_DECODE: 2..16 rows of 4-bit weights on the wide kernel's 16-row pairs tiles instead
                 of the decode kernel (session 30; set ANCHOR_CFG as for awq-scratch); ROUTE_XGATHER=1: x's columns
                 gathered in the kernel instead of permuted by a copy (no extra kernel a call, and the PDL overlap
-                with the kernel before kept); ROUTE_WIDE_STAGES=N: that config with N pipeline stages (on by
-                default since session 31, with 2; the probe's best at 8 rows had 3)
+                with the kernel before kept); ROUTE_WIDE_STAGES=N: that config with N pipeline stages (committed:
+                2; the probe's best at 8 rows had 3). WIDE_DECODE is on by default since session 31: without these
+                variables this variant is the base
   decode-kernel triton_packed.WIDE_DECODE off: 2..16 rows of int4 weights on the decode kernel (before session 31)
   awq-session28 the int4 routing and x loads as before session 29: rows past M re-read in the wide kernel's partial
                 row tiles, gate_up at 65..128 rows on the compact 128-row config and 129..256 and down at 65..128 on

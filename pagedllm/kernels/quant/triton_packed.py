@@ -480,7 +480,7 @@ _UNTABLED: dict[int, PackedWideConfig] = {32: _W(32, 64, 128, 4, 2, **_KPP), 64:
 # pairs configs two values with about four instructions, and they ran 7B gate_up at 24 rows in 57 µs against bf16's
 # 100 (H100, session 29). Measured (H100, session 31, docs/perf.md): at 8 rows gate_up 78.6 -> 46.1 µs, down 53.7 ->
 # 44.0; AWQ 7B latency_8x1024x1024 5.65 -> 4.37 s, sharegpt_like_1000 9,010 -> 9,457 tok/s (+5%), pure decode at
-# 4 / 16 requests +33% / +31%. Off: the decode kernel (route_ab.py base with WIDE_DECODE patched, for A/B runs).
+# 4 / 16 requests +33% / +31%. Off (benchmarks/kernels/route_ab.py decode-kernel, for A/B runs): the decode kernel.
 WIDE_DECODE = True
 _WIDE_DECODE_CFG = _W(16, 64, 128, 4, 2, **_KPP)
 
