@@ -520,7 +520,8 @@ def test_wide_routing():
         return isinstance(pick(m, n, k), wide.PackedWideConfig)
     assert picks_wide(17, 37888, 3584) and picks_wide(64, 37888, 3584) and picks_wide(128, 37888, 3584)
     assert picks_wide(129, 37888, 3584) and picks_wide(256, 37888, 3584)
-    assert not picks_wide(257, 37888, 3584) and not picks_wide(16, 37888, 3584)
+    assert not picks_wide(257, 37888, 3584)
+    assert pick(16, 37888, 3584) == triton_packed._WIDE_DECODE_CFG     # 2..16 rows: WIDE_DECODE's config
     assert picks_wide(24, 3584, 18944) and picks_wide(65, 3584, 18944) and picks_wide(128, 3584, 18944)
     assert not picks_wide(129, 3584, 18944)
     assert picks_wide(64, 4608, 3584) and not picks_wide(65, 4608, 3584)
@@ -589,7 +590,8 @@ def test_untabled_shapes_take_the_wide_pairs_configs_at_17_to_64_rows(monkeypatc
     monkeypatch.setattr(triton_packed, "UNTABLED_WIDE", True)
     for n, k in ((320, 512), (4096, 4096)):
         assert pick(17, n, k).pairs and pick(17, n, k).block_m == 32 and pick(64, n, k).block_m == 64
-        assert wide_at(40, n, k, group=k) and not wide_at(65, n, k) and not wide_at(16, n, k)
+        assert wide_at(40, n, k, group=k) and not wide_at(65, n, k)
+        assert pick(16, n, k) == triton_packed._WIDE_DECODE_CFG           # 2..16 rows: WIDE_DECODE's, not these
         assert not wide_at(32, n, k, bits=8) and not wide_at(32, n, k, group=32)
     assert not wide_at(32, 320, 576)                                  # K not a multiple of 128
     assert pick(64, 37888, 3584) == triton_packed._TABLE[(37888, 3584, 4)][64]
