@@ -193,3 +193,28 @@ def test_xlam_calls():
     final, finish = stream.delta(0, "", "stop")
     assert finish == "tool_calls"
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in final["tool_calls"]] == expected
+
+
+def test_stream_cut_after_a_streamed_call_does_not_repeat_it_as_content():
+    """A hermes output cut by max_tokens inside its second call: the first call streamed as deltas; the finishing
+    delta must not send the raw <tool_call> markup again as content (it did: the client got the call twice)."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)
+    serving.tool_parser = get_tool_parser("hermes")
+    text = ('Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "get_time"')
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    deltas = [stream.delta(0, text[k:k + 5], None)[0] for k in range(0, len(text), 5)]
+    final, finish = stream.delta(0, "", "length")
+    deltas.append(final)
+    content = "".join(d.get("content", "") for d in deltas if d)
+    args = "".join(c["function"].get("arguments", "") for d in deltas if d for c in d.get("tool_calls", [])
+                   if c["index"] == 0)
+    assert finish == "length"
+    assert content == "Sure. " and "<tool_call>" not in content
+    assert json.loads(args) == {"city": "Paris"}
+    # With nothing streamed as a call, a cut output still comes back as content (as the non-streamed response).
+    plain = ToolCallStream(serving, ToolMode("auto"), 1)
+    assert plain.delta(0, "<tool_call>\n{", None)[0] is None
+    assert plain.delta(0, "", "length") == ({"content": "<tool_call>\n{"}, "length")

@@ -508,6 +508,10 @@ class ToolCallStream:
             if call_deltas:
                 delta["tool_calls"] = call_deltas
             held = content[self.sent[index]:] if content and len(content) > self.sent[index] else ""
+        elif self.args_sent[index]:
+            # Calls already went out as deltas but the finished text does not parse (cut by max_tokens): the text
+            # from the calls on is not sent again as content, as vLLM's stream (the streamed calls stand).
+            held = ""
         else:
             held = (content or "")[self.sent[index]:]
         if held:
