@@ -1,6 +1,6 @@
 """Probe: the fused int4 matmul for 2..256 rows (triton_packed_wide) against the dequantize + cuBLAS scratch path,
-what the committed routing runs ("routed": at 2..16 rows the decode kernel) and bf16 F.linear, Qwen2.5-7B shapes (and
-others: --shapes), int4 g128 with zero points, bf16 x.
+what the committed routing runs ("routed": at 2..16 rows WIDE_DECODE's config, the decode kernel with it off) and
+bf16 F.linear, Qwen2.5-7B shapes (and others: --shapes), int4 g128 with zero points, bf16 x.
 
 For each shape and M (--ms; by default {24, 32, 48, 64, 96, 128, 192, 256}; 2..16 takes the 16-row tiles): every ``triton_packed_wide.CANDIDATES`` config of the
 M's row bucket is first checked against ``reference_matmul`` (a failing or non-compiling one is reported once and
@@ -155,7 +155,7 @@ def main() -> None:
             row["bf16"] = graph_time_us(dense_case, lambda x, w, b: F.linear(x, w, b), target_ms=10)
             row["scratch"] = graph_time_us(
                 packed_case, lambda x, w, b: tp.packed_matmul_with_config(x, w, b, tp._DQ), target_ms=10)
-            # what the committed routing runs at M (at 2..16 rows: the decode kernel, unless WIDE_DECODE)
+            # what the committed routing runs at M (at 2..16 rows: WIDE_DECODE's config, else the decode kernel)
             row["routed"] = graph_time_us(packed_case, lambda x, w, b: tp.packed_matmul(x, w, b), target_ms=10)
             ref = reference_matmul(x.float(), dense_ref).float()
             for cfg in candidates(m, args.untabled_only):

@@ -121,9 +121,9 @@ _KP = dict(kperm=True, w_as_a=True)
 # memory than an SM has at 8 bits).
 _KPP = dict(kperm=True, w_as_a=True, pairs=True)
 _KB = dict(kperm=True, pairs=True)
-# 16-row tiles (session 30, unmeasured; triton_packed.WIDE_DECODE): 2..16 rows on the pairs configs instead of
-# triton_packed's decode kernel (two LOP3s, an fma and a conversion a value there; about two instructions a value
-# here). With W as wgmma's A operand x is the dot's N side, so a 16-row tile is a legal wgmma, and an 8-row step pays
+# 16-row tiles (session 30; triton_packed.WIDE_DECODE, on since session 31's H100 A/B): 2..16 rows on the pairs
+# configs instead of triton_packed's decode kernel (two LOP3s, an fma and a conversion a value there; about two
+# instructions a value here). With W as wgmma's A operand x is the dot's N side, so a 16-row tile is a legal wgmma, and an 8-row step pays
 # for 16 rows of MMA, cheap next to the unpack. xgather: x's columns gathered in the kernel, so no copy of x (a kernel
 # less a call, the PDL overlap with the kernel before kept).
 CANDIDATES: dict[int, list[PackedWideConfig]] = {
