@@ -2,11 +2,12 @@
 what the committed routing runs ("routed": at 2..16 rows WIDE_DECODE's config, the decode kernel with it off) and
 bf16 F.linear, Qwen2.5-7B shapes (and others: --shapes), int4 g128 with zero points, bf16 x.
 
-For each shape and M (--ms; by default {24, 32, 48, 64, 96, 128, 192, 256}; 2..16 takes the 16-row tiles): every ``triton_packed_wide.CANDIDATES`` config of the
-M's row bucket is first checked against ``reference_matmul`` (a failing or non-compiling one is reported once and
-skipped), then timed as benchmarks/kernels/bench_gemv.py's ``graph_time_us`` does: 28 calls in one CUDA graph over
-distinct weight copies (every call reads its weight from HBM), µs per call. Prints one table (µs) and the best
-config per (shape, M). Stops starting new timings at ``--deadline`` seconds; the most informative M values go first.
+For each shape and M (--ms; by default {24, 32, 48, 64, 96, 128, 192, 256}; 2..16 takes the 16-row tiles): every
+``triton_packed_wide.CANDIDATES`` config of the M's row bucket is first checked against ``reference_matmul`` (a
+failing or non-compiling one is reported once and skipped), then timed as benchmarks/kernels/bench_gemv.py's
+``graph_time_us`` does: 28 calls in one CUDA graph over distinct weight copies (every call reads its weight from HBM),
+µs per call. Prints one table (µs) and the best config per (shape, M). Stops starting new timings at ``--deadline``
+seconds; the most informative M values go first.
 
 Usage (GPU): PYTHONPATH=$PWD python3 benchmarks/kernels/awq_fused_probe.py --deadline 200
 """

@@ -123,9 +123,10 @@ _KPP = dict(kperm=True, w_as_a=True, pairs=True)
 _KB = dict(kperm=True, pairs=True)
 # 16-row tiles (session 30; triton_packed.WIDE_DECODE, on since session 31's H100 A/B): 2..16 rows on the pairs
 # configs instead of triton_packed's decode kernel (two LOP3s, an fma and a conversion a value there; about two
-# instructions a value here). With W as wgmma's A operand x is the dot's N side, so a 16-row tile is a legal wgmma, and an 8-row step pays
-# for 16 rows of MMA, cheap next to the unpack. xgather: x's columns gathered in the kernel, so no copy of x (a kernel
-# less a call, the PDL overlap with the kernel before kept).
+# instructions a value here). With W as wgmma's A operand x is the dot's N side, so a 16-row tile is a legal wgmma,
+# and an 8-row step pays for 16 rows of MMA, cheap next to the unpack. xgather: x's columns gathered in the kernel, so
+# no copy of x (a kernel less a call, the PDL overlap with the kernel before kept); yet it was the slowest candidate
+# on every 7B shape at 8 rows (H100, session 31: gate_up 82 µs against the copy's 46).
 CANDIDATES: dict[int, list[PackedWideConfig]] = {
     16: [_P(16, 64, 128, 4, 2, **_KPP), _P(16, 128, 128, 4, 3, **_KPP), _P(16, 64, 128, 4, 2, xgather=True, **_KPP),
          _P(16, 64, 128, 4, 3, **_KPP), _P(16, 128, 128, 8, 2, **_KPP)],
