@@ -1,6 +1,6 @@
 """Probe: the fused int4 matmul for 2..256 rows (triton_packed_wide) against the dequantize + cuBLAS scratch path,
-what the committed routing runs ("routed": at 2..16 rows WIDE_DECODE's config, the decode kernel with it off) and
-bf16 F.linear, Qwen2.5-7B shapes (and others: --shapes), int4 g128 with zero points, bf16 x.
+what the committed routing runs ("routed": at 2..16 rows WIDE_DECODE's config, the decode kernel with
+--decode-kernel-routed) and bf16 F.linear, Qwen2.5-7B shapes (and others: --shapes), int4 g128 with zero points, bf16 x.
 
 For each shape and M (--ms; by default {24, 32, 48, 64, 96, 128, 192, 256}; 2..16 takes the 16-row tiles): every
 ``triton_packed_wide.CANDIDATES`` config of the M's row bucket is first checked against ``reference_matmul`` (a
@@ -126,8 +126,13 @@ def main() -> None:
                          "bf16), not every candidate")
     ap.add_argument("--mask-partial-rows", action="store_true",
                     help="triton_packed_wide.MASK_PARTIAL_ROWS: x rows past M masked in partial row tiles")
+    ap.add_argument("--decode-kernel-routed", action="store_true",
+                    help="triton_packed.WIDE_DECODE off: the 'routed' column at 2..16 rows is the decode kernel, "
+                         "so the 16-row candidates are timed against it (a per-shape WIDE_DECODE exception)")
     args = ap.parse_args()
     tw.MASK_PARTIAL_ROWS = args.mask_partial_rows
+    if args.decode_kernel_routed:
+        tp.WIDE_DECODE = False
     warnings.filterwarnings("ignore")
     t_end = time.time() + args.deadline
     shapes = args.shapes.split(",")
