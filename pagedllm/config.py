@@ -697,6 +697,7 @@ class EngineArgs:
                        help="A reasoning model's parser: the server returns its thinking as message.reasoning apart "
                             "from message.content, and structured output constrains only what follows the thinking. "
                             f"One of {', '.join(REASONING_PARSERS)}.")
+        _split_into_config_groups(parser, g)
         return parser
 
     @classmethod
@@ -1224,6 +1225,54 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
+# The engine flags under vLLM's group titles (its config classes), so `serve --help=ModelConfig` shows what vLLM's
+# does; pagedllm's own kernel and CPU switches have a group of their own. A flag in no list stays in "EngineArgs".
+ENGINE_FLAG_GROUPS: dict[str, tuple[str, ...]] = {
+    "ModelConfig": ("model", "runner", "convert", "task", "tokenizer", "tokenizer_mode", "trust_remote_code", "dtype",
+                    "seed", "hf_config_path", "allowed_local_media_path", "revision", "code_revision",
+                    "tokenizer_revision", "max_model_len", "quantization", "enforce_eager", "max_logprobs",
+                    "logprobs_mode", "disable_sliding_window", "disable_cascade_attn", "skip_tokenizer_init",
+                    "enable_prompt_embeds", "config_format", "hf_token", "hf_overrides", "pooler_config",
+                    "logits_processors", "generation_config", "override_generation_config", "model_impl",
+                    "enable_sleep_mode"),
+    "LoadConfig": ("load_format", "download_dir", "safetensors_load_strategy", "ignore_patterns", "use_tqdm_on_load",
+                   "pt_load_map_location"),
+    "AttentionConfig": ("attention_backend",),
+    "StructuredOutputsConfig": ("reasoning_parser",),
+    "ParallelConfig": ("distributed_executor_backend", "pipeline_parallel_size", "tensor_parallel_size",
+                       "data_parallel_size", "enable_expert_parallel", "max_parallel_loading_workers",
+                       "disable_custom_all_reduce", "worker_extension_cls"),
+    "CacheConfig": ("block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "kv_cache_memory_gb",
+                    "swap_space", "preemption_mode", "kv_cache_dtype", "num_gpu_blocks_override",
+                    "enable_prefix_caching", "prefix_caching_hash_algo", "cpu_offload_gb", "kv_offloading_size",
+                    "kv_offloading_backend"),
+    "MultiModalConfig": ("limit_mm_per_prompt",),
+    "LoRAConfig": ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "lora_dtype", "enable_lora_bias",
+                   "fully_sharded_loras"),
+    "SchedulerConfig": ("max_num_batched_tokens", "max_num_seqs", "max_num_partial_prefills",
+                        "long_prefill_token_threshold", "max_num_seqs_per_request", "scheduling_policy",
+                        "enable_chunked_prefill", "disable_chunked_mm_input", "async_scheduling"),
+    "CompilationConfig": ("cudagraph_capture_sizes", "max_cudagraph_capture_size"),
+    "VllmConfig": ("speculative_config", "compilation_config", "structured_outputs_config", "profiler_config"),
+    "DeviceConfig": ("device",),
+    "pagedllm": ("disable_custom_kernels", "triton_gemv", "pdl", "piecewise_cuda_graphs", "cpu_onednn", "cpu_threads"),
+    "ObservabilityConfig": ("disable_log_stats",),
+}
+
+
+def _split_into_config_groups(parser: argparse.ArgumentParser, group) -> None:
+    """Move the engine flags of ``group`` into groups titled as vLLM's (ENGINE_FLAG_GROUPS), in that order."""
+    group_of = {dest: title for title, dests in ENGINE_FLAG_GROUPS.items() for dest in dests}
+    by_title: dict[str, list[argparse.Action]] = {}
+    for action in group._group_actions:
+        by_title.setdefault(group_of.get(action.dest, "EngineArgs"), []).append(action)
+    parser._action_groups.remove(group)
+    for title in [*ENGINE_FLAG_GROUPS, "EngineArgs"]:
+        if title in by_title:
+            new_group = parser.add_argument_group(title)
+            new_group._group_actions.extend(by_title[title])
+
+
 _DOTTED_CONFIG_FLAGS = ("--structured-outputs-config", "--pooler-config")
 
 
@@ -1231,10 +1280,17 @@ class FlexibleArgumentParser(argparse.ArgumentParser):
     """The parser of every pagedllm command: flags in snake_case are accepted as their kebab-case names; a vLLM
     engine flag pagedllm lacks is named as such among the unrecognized arguments."""
 
+    help_keyword: str | None = None     # vLLM's --help=<keyword> given to this command
+
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         if args is None:
             args = sys.argv[1:]
         args = normalize_cli_flags(args)
+        if self._subparsers is None:     # a command's own parser: --help=KEYWORD is --help showing what matches
+            keywords = [a.partition("=")[2] for a in args if a.startswith("--help=")]
+            if keywords:
+                self.help_keyword = keywords[-1]
+                args = ["--help" if a.startswith("--help=") else a for a in args]
         if self._subparsers is None and "--config" not in self._option_string_actions:
             args = self._with_config_file(args)
         return super().parse_known_args(args, namespace)
@@ -1275,6 +1331,35 @@ class FlexibleArgumentParser(argparse.ArgumentParser):
                 flags += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
         first_flag = next((j for j, a in enumerate(rest) if a.startswith("-")), len(rest))
         return rest[:first_flag] + normalize_cli_flags(flags) + rest[first_flag:]
+
+    def format_help(self) -> str:
+        """vLLM's ``--help=KEYWORD``: ``all`` (everything), a group's title (``ModelConfig``, ``Frontend``; any case),
+        else the flags whose names contain the keyword (``max-model-len``, ``max``; ``_`` or ``-``). ``listgroup``
+        lists the groups (older vLLM's spelling), ``page`` is everything (no pager)."""
+        keyword = (self.help_keyword or "").lower().replace("_", "-")
+        if not keyword or keyword in ("all", "page"):
+            return super().format_help()
+        groups = [g for g in self._action_groups if g.title and g._group_actions and g.title != "positional arguments"]
+        if keyword == "listgroup":
+            return "Available argument groups:\n" + "".join(f"  - {g.title}\n" for g in groups)
+        formatter = self._get_formatter()
+        group = next((g for g in groups if g.title.lower() == keyword), None)
+        if group is not None:
+            formatter.start_section(group.title)
+            formatter.add_text(group.description)
+            formatter.add_arguments(group._group_actions)
+            formatter.end_section()
+            return formatter.format_help()
+        matched = [a for g in self._action_groups for a in g._group_actions
+                   if any(keyword in opt.lower() for opt in a.option_strings)]
+        if matched:
+            formatter.start_section(f"Arguments matching '{keyword}'")
+            formatter.add_arguments(matched)
+            formatter.end_section()
+        else:
+            formatter.add_text(f"No group or arguments matching '{keyword}'.\nUse '--help=listgroup' to see the "
+                               "groups or '--help=all' to see all the arguments.")
+        return formatter.format_help()
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         namespace, extras = self.parse_known_args(args, namespace)

@@ -16,6 +16,15 @@ logger = logging.getLogger("pagedllm.cli")
 
 _DESCRIPTION = "pagedllm CLI: a vLLM-compatible LLM inference and serving engine."
 _SERVE_HELP = "Start the pagedllm OpenAI Compatible API server."
+# vLLM's epilog of its commands' help, for our --help=KEYWORD (config.FlexibleArgumentParser.format_help).
+_SUBCOMMAND_HELP_TIP = ("For full list:            pagedllm {command} --help=all\n"
+                        "For a section:            pagedllm {command} --help=ModelConfig    (case-insensitive)\n"
+                        "For a flag:               pagedllm {command} --help=max-model-len  (_ or - accepted)\n"
+                        "To list the sections:     pagedllm {command} --help=listgroup\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown; the epilog's lines kept."""
 
 
 def _serve(args: argparse.Namespace, prestarted=None) -> int:
@@ -34,8 +43,8 @@ def _add_serve_parser(subparsers) -> None:
 
     serve = subparsers.add_parser(
         "serve", help=_SERVE_HELP, description=_SERVE_HELP,
-        usage="pagedllm serve [model_tag] [options]",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        usage="pagedllm serve [model_tag] [options]", epilog=_SUBCOMMAND_HELP_TIP.format(command="serve"),
+        formatter_class=_HelpFormatter)
     make_serve_parser(serve, model_positional=True)
     serve.set_defaults(dispatch=_serve)
 

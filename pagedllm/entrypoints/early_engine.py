@@ -65,7 +65,7 @@ def start(argv: list[str], make_parser) -> PrestartedCore | None:
     command line does not start one this way. ``make_parser``: the CLI's (cli.make_parser; passed, not imported,
     so that the CLI can import this module), pickled by reference into the child."""
     from pagedllm import envs
-    if not argv or argv[0] != "serve" or any(a in ("-h", "--help") for a in argv):
+    if not argv or argv[0] != "serve" or any(a in ("-h", "--help") or a.startswith("--help=") for a in argv):
         return None
     if not envs.PAGEDLLM_EARLY_ENGINE or not _spawned(argv):
         return None

@@ -101,6 +101,32 @@ def test_help_and_version():
     assert out.strip() == pagedllm.__version__
 
 
+def test_serve_help_keyword_as_vllm():
+    """vLLM's `serve --help=<keyword>`: a group by its config-class title (any case), the flags containing a word
+    (_ or -), all, the list of groups; exit 0. Before: argparse's "ignored explicit argument", exit 2."""
+    def help_of(keyword: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.cli", "serve", f"--help={keyword}"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    model = help_of("modelconfig")
+    assert model.startswith("ModelConfig:") and "--max-model-len" in model and "--dtype" in model
+    assert "--max-num-seqs" not in model and "--port" not in model
+    cache = help_of("CacheConfig")
+    assert "--gpu-memory-utilization" in cache and "--block-size" in cache and "--dtype " not in cache
+    assert "--port" in help_of("Frontend") and "--max-num-seqs" in help_of("SchedulerConfig")
+    one = help_of("max_num_seqs")
+    assert one.startswith("Arguments matching 'max-num-seqs'") and "--max-num-seqs " in one
+    assert "--model-impl" not in one
+    assert "No group or arguments matching 'nosuchflag'" in help_of("nosuchflag")
+    groups = help_of("listgroup")
+    for title in ("Frontend", "ModelConfig", "LoadConfig", "ParallelConfig", "CacheConfig", "SchedulerConfig",
+                  "LoRAConfig"):
+        assert f"  - {title}\n" in groups
+    everything = help_of("all")
+    assert "--port" in everything and "--max-model-len" in everything and "--help=ModelConfig" in everything
+
+
 def test_engine_flag_help_says_what_the_flag_does():
     """serve --help: no flag that works is described as unsupported; --block-size takes vLLM's sizes."""
     parser = make_parser()

@@ -44,7 +44,7 @@ _RESPONSE_FLAGS = (
 
 
 def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    g = parser.add_argument_group("frontend arguments")
+    g = parser.add_argument_group("Frontend")     # vLLM's title (serve --help=Frontend)
     g.add_argument("--host", type=str, default=None, help="Host name to listen on; None = all interfaces.")
     g.add_argument("--port", type=int, default=8000, help="Port number.")
     g.add_argument("--uds", type=str, default=None,
