@@ -33,7 +33,8 @@ logger = logging.getLogger("pagedllm.entrypoints.api_server")
 
 def build_app(engine: AsyncLLMEngine, root_path: str = "", api_key: str | None = None, max_n: int = MAX_N,
               max_request_body_bytes: int | None = DEFAULT_MAX_REQUEST_BODY_BYTES) -> FastAPI:
-    app = FastAPI(title="pagedllm demo API server", version=pagedllm.__version__, root_path=root_path)
+    app = FastAPI(title="pagedllm demo API server", version=pagedllm.__version__)
+    app.root_path = root_path        # not FastAPI(root_path=...): that argument warns it is deprecated
     app.state.engine = engine
     add_error_handlers(app)
 

@@ -330,6 +330,27 @@ def test_tokenizer_info_endpoint_only_when_enabled(tiny_llama_dir, tiny_engine):
     assert body["eos_token"] == tok.eos_token and "vocab_file" not in body and "merges_file" not in body
 
 
+def test_root_path_without_a_deprecation_warning(tiny_llama_dir, tiny_engine):
+    """--root-path: the routes answer at their own paths (the proxy strips the prefix, as vLLM's), the docs point at
+    the prefixed openapi.json, and start-up prints no FastAPIDeprecationWarning (it did: FastAPI(root_path=...))."""
+    import asyncio
+    import warnings
+
+    from pagedllm.entrypoints.openai.api_server import build_app
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        app = build_app(serve_args(tiny_llama_dir, "--root-path", "/api"), *tiny_engine)
+    assert not [w for w in caught if "root_path" in str(w.message)], [str(w.message) for w in caught]
+
+    async def run():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            return await c.get("/v1/models"), await c.get("/docs")
+    models, docs = asyncio.run(run())
+    assert models.status_code == 200 and models.json()["data"][0]["object"] == "model"
+    assert "/api/openapi.json" in docs.text
+
+
 def test_config_file_flags_under_the_command_lines(tiny_llama_dir, tmp_path):
     """vLLM's ``--config FILE``: the YAML's flags apply (served names, a generation-config override, a negated
     boolean), and a flag also on the command line (--max-model-len 128) keeps the command line's value."""

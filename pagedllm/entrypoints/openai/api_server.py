@@ -111,8 +111,8 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         # Here as soon as uvicorn has closed the connections (run_server calls it again; it is idempotent).
         engine.shutdown()
 
-    app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__,
-                  root_path=args.root_path or "", lifespan=lifespan, **docs)
+    app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__, lifespan=lifespan, **docs)
+    app.root_path = args.root_path or ""     # as vLLM sets it (FastAPI's root_path= argument warns it is deprecated)
     # The engine's input tokenizer: the server tokenizes through the engine's input processor, on its thread.
     common = dict(tokenizer=engine.tokenizer, chat_template=args.chat_template, response_role=args.response_role,
                   log_requests=args.log_requests, max_log_len=args.max_log_len,
