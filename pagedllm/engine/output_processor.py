@@ -34,6 +34,7 @@ class _Completion:
     stop_reason: int | str | None = None
     sent_tokens: int = 0                         # for DELTA outputs
     sent_chars: int = 0
+    sent_finish: bool = False
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -259,10 +260,15 @@ class OutputProcessor:
                 # Only what is new: a slice of the tail, not a copy of the whole output each step.
                 token_ids = comp.token_ids[comp.num_prompt_tokens + comp.sent_tokens:]
                 text = text[comp.sent_chars:]
+                if not token_ids and not text and (comp.finish_reason is None or comp.sent_finish):
+                    # Nothing new for this one of the n (another completion stepped, or this one's finish was
+                    # sent already): as vLLM, a delta carries only completions with news, each finish once.
+                    continue
                 if logprobs is not None:
                     logprobs = logprobs[comp.sent_tokens:]
                 comp.sent_tokens += len(token_ids)
                 comp.sent_chars += len(text)
+                comp.sent_finish = comp.finish_reason is not None
             else:
                 token_ids = comp.output_token_ids
             completions.append(CompletionOutput(

@@ -241,3 +241,26 @@ def test_streamed_deltas_add_up_to_final_text(scripted, name, stop, final):
     texts = [o.outputs[0].text for o in cumulative]
     assert texts[-1] == final
     assert all(final.startswith(t) for t in texts)   # never shows text that is later withdrawn
+
+
+def test_n_completions_deltas_carry_each_finish_once(tiny_llama_dir):
+    """n > 1 streamed as deltas: a completion appears in a delta only when it has news, and its finish once (as
+    vLLM's). Before, every delta repeated every completion: one that had finished came back step after step with
+    text "" and its finish_reason again."""
+    llm = LLM(model=tiny_llama_dir, dtype="float32", max_model_len=64)
+    # Half the vocabulary stops a completion (a random model's tokens): the seeded completions end after different
+    # numbers of tokens.
+    params = dict(n=3, temperature=1.0, seed=5, max_tokens=12, stop_token_ids=list(range(24000)))
+    delta = _stream(llm, "Hello there", SamplingParams(**params, output_kind=RequestOutputKind.DELTA))
+    final = run(llm, "Hello there", SamplingParams(**params))[0].outputs
+    assert len({len(c.token_ids) for c in final}) > 1, "the completions should end at different steps"
+    pieces: dict[int, list] = {c.index: [] for c in final}
+    for out in delta:
+        for c in out.outputs:
+            assert c.text or c.token_ids or c.finish_reason == "stop", c
+            pieces[c.index].append(c)
+    for c in final:
+        mine = pieces[c.index]
+        assert [p.finish_reason for p in mine] == [None] * (len(mine) - 1) + [c.finish_reason]
+        assert [t for p in mine for t in p.token_ids] == list(c.token_ids)
+        assert "".join(p.text for p in mine) == c.text
