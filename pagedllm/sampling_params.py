@@ -56,6 +56,10 @@ class StructuredOutputsParams:
             value = getattr(self, name)
             if value is not None and not isinstance(value, types):
                 raise ValueError(f"{name} must be {what}, got {type(value).__name__} {value!r:.100}.")
+        for name in ("disable_any_whitespace", "disable_additional_properties", "disable_fallback"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):     # a JSON "false" string would otherwise switch the knob on
+                raise ValueError(f"{name} must be True or False, got {type(value).__name__} {value!r:.100}.")
         if self.choice is not None:
             if isinstance(self.choice, str) or not all(isinstance(c, str) for c in self.choice) or not self.choice:
                 raise ValueError(f"choice must be a non-empty list of strings, got {self.choice!r}.")

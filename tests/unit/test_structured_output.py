@@ -48,6 +48,10 @@ def test_one_constraint_kind():
         StructuredOutputsParams()
     with pytest.raises(ValueError, match="choice must be a non-empty list of strings"):
         StructuredOutputsParams(choice="yes")
+    # The knobs are booleans: a JSON "false" string used to switch disable_any_whitespace on (compact JSON).
+    for knob in ("disable_any_whitespace", "disable_additional_properties", "disable_fallback"):
+        with pytest.raises(ValueError, match=f"{knob} must be True or False, got str 'false'"):
+            StructuredOutputsParams(json={"type": "object"}, **{knob: "false"})
     with pytest.raises(ValueError, match="not both"):
         SamplingParams(structured_outputs=StructuredOutputsParams(regex="a"),
                        guided_decoding=GuidedDecodingParams(regex="b"))
