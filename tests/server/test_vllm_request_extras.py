@@ -181,6 +181,28 @@ def test_responses_api_stream(client):
     assert events[0].response.status == "in_progress" and events[0].response.id == final.id
 
 
+def test_responses_api_output_logprobs(client):
+    # include=["message.output_text.logprobs"] with top_logprobs (vLLM's fields): the output_text part carries each
+    # token's logprob and its top alternatives, as the chat completion's; streamed, each delta event carries its own
+    # tokens' and the done event all of them. Before, both fields were ignored (no logprobs anywhere).
+    kw = dict(model=MODEL, input="Hi", max_output_tokens=3, temperature=0)
+    want = ["message.output_text.logprobs"]
+    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=3, temperature=0,
+                                          logprobs=True, top_logprobs=2)
+    logprobs = client.responses.create(**kw, include=want, top_logprobs=2).output[0].content[0].logprobs
+    assert [lp.token for lp in logprobs] == [c.token for c in chat.choices[0].logprobs.content]
+    assert [lp.logprob for lp in logprobs] == pytest.approx([c.logprob for c in chat.choices[0].logprobs.content],
+                                                            abs=1e-3)
+    assert [len(lp.top_logprobs) for lp in logprobs] == [2, 2, 2]
+    assert not client.responses.create(**kw).output[0].content[0].logprobs          # not asked for: none
+    events = list(client.responses.create(**kw, include=want, top_logprobs=2, stream=True))
+    streamed = [lp.token for e in events if e.type == "response.output_text.delta" for lp in e.logprobs]
+    assert streamed == [lp.token for lp in logprobs]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert [lp.token for lp in done.logprobs] == streamed
+    assert [lp.token for lp in events[-1].response.output[0].content[0].logprobs] == streamed
+
+
 def test_force_include_usage(client):
     # vLLM's --enable-force-include-usage: a stream without stream_options still carries usage on every chunk and
     # ends with a usage chunk.

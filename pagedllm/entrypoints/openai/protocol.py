@@ -610,6 +610,12 @@ class ResponsesRequest(OpenAIRequestModel):
     truncation: str | None = "disabled"
     metadata: dict[str, Any] | None = None
     user: str | None = None
+    # OpenAI's (and vLLM's) extra output: only "message.output_text.logprobs" adds anything here (the others name
+    # items this server never produces); top_logprobs counts with it.
+    include: list[Literal["code_interpreter_call.outputs", "computer_call_output.output.image_url",
+                          "file_search_call.results", "message.input_image.image_url",
+                          "message.output_text.logprobs", "reasoning.encrypted_content"]] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # vLLM extras
     top_k: int | None = None
     priority: int = 0

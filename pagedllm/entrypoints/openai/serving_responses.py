@@ -20,6 +20,9 @@ MCP, ...), previous_response_id (nothing is stored: ``store`` comes back false, 
 without its store), background mode, reasoning summaries, truncation="auto", and input
 items other than messages of text and function calls and their outputs.
 
+``include: ["message.output_text.logprobs"]`` (with ``top_logprobs``) puts the chat's logprobs of the text on its
+``output_text`` part and on each ``response.output_text.delta`` event, as vLLM; without it they are null / [].
+
 ``text.format`` json_schema / json_object constrains the output as chat's ``response_format`` does (structured
 output through xgrammar); the response echoes the format. ``client.responses.parse(text_format=Model)`` runs as
 written.
@@ -80,6 +83,10 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
         if failed:
             return RequestError(message, param)
     return None
+
+
+def _with_logprobs(req: ResponsesRequest) -> bool:
+    return "message.output_text.logprobs" in (req.include or ())
 
 
 def _response_format(req: ResponsesRequest) -> dict[str, Any] | None:
@@ -238,6 +245,7 @@ class OpenAIServingResponses:
                     # The output's token ids, for usage.output_tokens_details.reasoning_tokens.
                     "return_token_ids": self._reasoning or None,
                     "stream_options": {"include_usage": True} if req.stream else None,
+                    **({"logprobs": True, "top_logprobs": req.top_logprobs or 0} if _with_logprobs(req) else {}),
                     "response_format": _response_format(req), **_chat_tools(req)})
             except ValidationError as e:
                 error = e.errors()[0]
@@ -264,7 +272,7 @@ class OpenAIServingResponses:
         """The chat completion's SSE chunks as the Responses API's stream of events: text as a message item's
         output_text deltas, each tool call as a function_call item whose arguments come as
         function_call_arguments deltas (OpenAI's events)."""
-        items = _StreamedItems()
+        items = _StreamedItems(_with_logprobs(req))
         chat: dict[str, Any] | None = None     # the chat's fields the response needs, from its first chunk on
         finish_reason, usage = None, None
         token_ids: list[int] = []
@@ -291,7 +299,7 @@ class OpenAIServingResponses:
                 token_ids += choice.get("token_ids") or []
                 for e in items.reasoning(delta.get("reasoning") or ""):
                     yield e
-                for e in items.text(delta.get("content") or ""):
+                for e in items.text(delta.get("content") or "", (choice.get("logprobs") or {}).get("content")):
                     yield e
                 for call in delta.get("tool_calls") or ():
                     for e in items.call(call):
@@ -323,7 +331,8 @@ class OpenAIServingResponses:
             output.append({"id": f"rs_{random_uuid()}", "type": "reasoning", "summary": [],
                            "content": [{"type": "reasoning_text", "text": reasoning}], "status": None})
         if content or not (calls or reasoning):
-            text = {"type": "output_text", "text": content, "annotations": []}
+            text = {"type": "output_text", "text": content, "annotations": [],
+                    "logprobs": (choice.get("logprobs") or {}).get("content") if _with_logprobs(req) else None}
             output.append({"id": f"msg_{random_uuid()}", "type": "message", "role": "assistant",
                            "status": "incomplete" if truncated else "completed", "content": [text]})
         for call in calls:     # OpenAI's function_call output items, after the message (as vLLM orders them)
@@ -374,6 +383,7 @@ class _StreamedItem:
         self.index, self.kind = index, kind
         self.id = f"{ {'message': 'msg', 'reasoning': 'rs'}.get(kind, 'fc')}_{random_uuid()}"
         self.text = ""              # a message's text, a call's arguments
+        self.logprobs: list[dict[str, Any]] = []     # a message's, with include message.output_text.logprobs
         self.fields = fields        # a call's call_id and name
         self.done: dict[str, Any] = {}
 
@@ -382,7 +392,8 @@ class _StreamedItems:
     """The output items of a streamed response and their events, numbered in sequence: a message item opens on the
     first text (and closes when a call starts), a function_call item on each call's first delta."""
 
-    def __init__(self):
+    def __init__(self, with_logprobs: bool = False):
+        self.with_logprobs = with_logprobs
         self.items: list[_StreamedItem] = []
         self.calls: dict[int, _StreamedItem] = {}      # by the chat delta's tool call index
         self.message: _StreamedItem | None = None      # the open message item
@@ -419,8 +430,8 @@ class _StreamedItems:
         item, self.thought = self.thought, None
         return self._close(item, "completed")
 
-    def text(self, delta: str, open_empty: bool = False) -> list[str]:
-        """A text delta (``open_empty``: open the message item even without text)."""
+    def text(self, delta: str, logprobs: list[dict[str, Any]] | None = None, open_empty: bool = False) -> list[str]:
+        """A text delta and its tokens' logprobs (``open_empty``: open the message item even without text)."""
         out = []
         if self.message is None and (delta or open_empty):
             out += self._close_thought()
@@ -430,11 +441,14 @@ class _StreamedItems:
                 "id": self.message.id, "type": "message", "role": "assistant", "status": "in_progress",
                 "content": []}))
             out.append(self.event("response.content_part.added", **self._where(self.message),
-                                  part={"type": "output_text", "text": "", "annotations": []}))
+                                  part={"type": "output_text", "text": "", "annotations": [],
+                                        "logprobs": [] if self.with_logprobs else None}))
+        if logprobs and self.message is not None:
+            self.message.logprobs += logprobs
         if delta:
             self.message.text += delta
             out.append(self.event("response.output_text.delta", **self._where(self.message), delta=delta,
-                                  logprobs=[]))
+                                  logprobs=logprobs or []))
         return out
 
     def call(self, delta: dict[str, Any]) -> list[str]:
@@ -467,9 +481,11 @@ class _StreamedItems:
                     self.event("response.reasoning_part.done", **self._where(item), part=part),
                     self.event("response.output_item.done", output_index=item.index, item=item.done)]
         if item.kind == "message":
-            part = {"type": "output_text", "text": item.text, "annotations": []}
+            part = {"type": "output_text", "text": item.text, "annotations": [],
+                    "logprobs": item.logprobs if self.with_logprobs else None}
             item.done = {"id": item.id, "type": "message", "role": "assistant", "status": status, "content": [part]}
-            return [self.event("response.output_text.done", **self._where(item), text=item.text, logprobs=[]),
+            return [self.event("response.output_text.done", **self._where(item), text=item.text,
+                               logprobs=item.logprobs),
                     self.event("response.content_part.done", **self._where(item), part=part),
                     self.event("response.output_item.done", output_index=item.index, item=item.done)]
         item.done = {"id": item.id, "type": "function_call", **item.fields, "arguments": item.text, "status": status}
