@@ -203,6 +203,24 @@ def test_responses_api_output_logprobs(client):
     assert [lp.token for lp in events[-1].response.output[0].content[0].logprobs] == streamed
 
 
+def test_responses_api_sampling_extras(server, client):
+    # vLLM's Responses fields: logit_bias and skip_special_tokens run as on chat (before: ignored, only logged);
+    # the response reports the temperature / top_p sampled with (1.0 when neither request nor generation config
+    # sets them; before: null); a stored prompt template is refused with vLLM's message.
+    hello = client.responses.create(model=MODEL, input="Hi", max_output_tokens=3, temperature=0,
+                                    extra_body={"logit_bias": {"19556": 100}})          # 19556: "Hello"
+    assert hello.output_text == "HelloHelloHello"
+    plain = client.responses.create(model=MODEL, input="Hi", max_output_tokens=1)
+    assert (plain.temperature, plain.top_p) == (1.0, 1.0)
+    assert client.responses.create(model=MODEL, input="Hi", max_output_tokens=1, temperature=0.5).temperature == 0.5
+    special = client.responses.create(model=MODEL, input="Hi", max_output_tokens=3, temperature=0,
+                                      extra_body={"logit_bias": {"1": 100}, "skip_special_tokens": False})
+    assert special.output_text == "<|im_start|>" * 3                                     # 1: <|im_start|>, kept
+    r = httpx.post(server.url + "/v1/responses", json={"model": MODEL, "input": "Hi", "prompt": {"id": "pmpt_1"}})
+    assert r.status_code == 400 and r.json()["error"] == {"message": "prompt template is not supported",
+                                                          "type": "BadRequestError", "param": "prompt", "code": 400}
+
+
 def test_force_include_usage(client):
     # vLLM's --enable-force-include-usage: a stream without stream_options still carries usage on every chunk and
     # ends with a usage chunk.

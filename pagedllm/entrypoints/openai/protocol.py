@@ -616,8 +616,13 @@ class ResponsesRequest(OpenAIRequestModel):
                           "file_search_call.results", "message.input_image.image_url",
                           "message.output_text.logprobs", "reasoning.encrypted_content"]] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    prompt: dict[str, Any] | None = None         # OpenAI's stored prompt templates: refused, as vLLM does
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] = "auto"
     # vLLM extras
     top_k: int | None = None
+    skip_special_tokens: bool = True
+    cache_salt: str | None = None
     priority: int = 0
     request_id: str | None = None
 

@@ -17,8 +17,10 @@ response.function_call_arguments.delta per piece of its arguments, .done, respon
 
 What is not here yet is refused with a 400 naming the field: tools other than functions (web search, file search,
 MCP, ...), previous_response_id (nothing is stored: ``store`` comes back false, as vLLM
-without its store), background mode, reasoning summaries, truncation="auto", and input
-items other than messages of text and function calls and their outputs.
+without its store), background mode, reasoning summaries, truncation="auto", stored prompt templates (``prompt``),
+and input items other than messages of text and function calls and their outputs. vLLM's sampling extras
+``top_k``, ``logit_bias``, ``skip_special_tokens`` and ``cache_salt`` run as on chat; the response reports the
+temperature and top_p sampled with (the model's generation-config defaults when the request gives none), as vLLM.
 
 ``include: ["message.output_text.logprobs"]`` (with ``top_logprobs``) puts the chat's logprobs of the text on its
 ``output_text`` part and on each ``response.output_text.delta`` event, as vLLM; without it they are null / [].
@@ -64,6 +66,7 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
          "previous_response_id is not supported: this server stores no responses; send the whole conversation "
          "as input."),
         (bool(req.background), "background", "background mode is not supported."),
+        (req.prompt is not None, "prompt", "prompt template is not supported"),      # vLLM's words
         (req.reasoning is not None and not isinstance(req.reasoning, dict), "reasoning",
          "reasoning must be an object such as {\"effort\": \"medium\"}."),
         (isinstance(req.reasoning, dict) and any(req.reasoning.get(k) is not None
@@ -240,7 +243,8 @@ class OpenAIServingResponses:
                 chat_req = ChatCompletionRequest.model_validate({
                     "model": req.model, "messages": _messages(req), "max_completion_tokens": req.max_output_tokens,
                     "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "user": req.user,
-                    "priority": req.priority, "stream": bool(req.stream),
+                    "priority": req.priority, "stream": bool(req.stream), "logit_bias": req.logit_bias,
+                    "skip_special_tokens": req.skip_special_tokens, "cache_salt": req.cache_salt,
                     "reasoning_effort": (req.reasoning or {}).get("effort"),
                     # The output's token ids, for usage.output_tokens_details.reasoning_tokens.
                     "return_token_ids": self._reasoning or None,
@@ -352,8 +356,11 @@ class OpenAIServingResponses:
             "max_output_tokens": req.max_output_tokens,
             "output": output,
             "parallel_tool_calls": req.parallel_tool_calls,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
+            # The values sampled with (the request's, else the model's generation config's, else 1.0), as vLLM.
+            "temperature": self._sampled_with("temperature", req.temperature),
+            "top_p": self._sampled_with("top_p", req.top_p),
+            "top_logprobs": (req.top_logprobs or 0) if _with_logprobs(req) else None,
+            "service_tier": req.service_tier,
             "tool_choice": req.tool_choice,
             "tools": req.tools or [],
             "text": {"format": _text_format(req)},
@@ -371,6 +378,11 @@ class OpenAIServingResponses:
             },
         }
 
+
+    def _sampled_with(self, name: str, value: float | None) -> float | None:
+        """The request's value, else the server's default for it (the generation config's, else SamplingParams')."""
+        defaults = getattr(self.chat, "default_params", None)
+        return value if value is not None or defaults is None else getattr(defaults, name)
 
     def _reasoning_tokens(self, token_ids: list[int] | None) -> int:
         if not token_ids or not self._reasoning:
