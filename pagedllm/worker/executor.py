@@ -124,6 +124,12 @@ class UniProcExecutor(Executor):
         return [call_on_runner(self.runner, method, args, kwargs)]
 
 
+# collective_rpc: how long the other ranks may take to answer once one rank's call has failed. Enough for a
+# call that runs on (a weight reload, a forward); a rank still busy after it is taken to wait in a collective the
+# failed rank never joined, and the engine ends the workers rather than hang.
+CALL_ERROR_GRACE_S = 60.0
+
+
 class WorkerDied(RuntimeError):
     """A worker process (a tensor- or pipeline-parallel rank) ended or failed; the engine cannot go on."""
 
@@ -145,8 +151,8 @@ def output_rank(tp_size: int, pp_size: int) -> int:
 class DistributedExecutor(Executor):
     """One worker per rank (rank = pp_rank * tp_size + tp_rank), each running every call in the order sent. The
     engine core's calls are the same for every transport; a subclass supplies ``_broadcast`` (one message to every
-    rank) and ``_collect`` (every rank's reply to the last message that gets one, in rank order, or ``WorkerDied``
-    naming the rank)."""
+    rank) and ``_collect_replies`` (every rank's ``(status, value, traceback)`` reply to the last message that gets
+    one, in rank order, or ``WorkerDied`` naming the rank)."""
     runner = None        # the model lives in the workers
 
     def __init__(self, config: EngineConfig):
@@ -195,8 +201,18 @@ class DistributedExecutor(Executor):
 
     def collective_rpc(self, method: str | Callable[..., Any], args: tuple = (),
                        kwargs: dict[str, Any] | None = None) -> list[Any]:
+        """A call that fails on a rank raises that rank's exception once every rank has answered, and the workers
+        live on (as the "uni" executor's and vLLM's): a typo in a method name or a user function that raises must not
+        end the engine. A rank that dies, or that has not answered ``CALL_ERROR_GRACE_S`` after another rank's
+        error (stuck in a collective the failed rank never joined), still ends every worker."""
         self._broadcast(("call", (_portable(method), args, kwargs)))
-        return self._collect()
+        replies = self._collect_replies(call=True)
+        for rank, (status, value, tb) in enumerate(replies):
+            if status == "error":
+                value.add_note(f"(raised in collective_rpc on worker {self.describe_rank(rank)}; its traceback:\n"
+                               f"{tb.rstrip()})")
+                raise value
+        return [value for _, value, _ in replies]
 
     def describe_rank(self, rank: int) -> str:
         if self.pp_size == 1:
@@ -208,6 +224,13 @@ class DistributedExecutor(Executor):
         raise NotImplementedError
 
     def _collect(self) -> list:
+        """Each rank's reply value, in rank order; a failed call ends every worker and raises, naming the rank."""
+        return [value for _, value, _ in self._collect_replies(call=False)]
+
+    def _collect_replies(self, call: bool) -> list[tuple[str, Any, str]]:
+        """Each rank's ``(status, value, traceback)``, in rank order. A dead rank ends every worker and raises
+        ``WorkerDied``; so does an "error" reply, unless ``call`` (collective_rpc: the caller raises it once every
+        rank has answered, or ``CALL_ERROR_GRACE_S`` after the first error, when the workers are ended)."""
         raise NotImplementedError
 
     def _find_death(self, rank: int, error: tuple[BaseException, str] | None,
@@ -300,13 +323,15 @@ class MultiprocExecutor(DistributedExecutor):
             except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
                 self._fail(rank, None)
 
-    def _collect(self) -> list:
-        """Each rank's reply, in rank order; a dead process or a failed call ends every worker and raises,
-        naming the rank."""
-        replies: dict[int, Any] = {}
+    def _collect_replies(self, call: bool) -> list[tuple[str, Any, str]]:
+        replies: dict[int, tuple[str, Any, str]] = {}
         waiting = {conn: rank for rank, conn in enumerate(self._conns)}
         sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
+        first_error_at = None
         while waiting:
+            if first_error_at is not None and time.monotonic() - first_error_at > CALL_ERROR_GRACE_S:
+                rank = min(r for r, reply in replies.items() if reply[0] == "error")
+                self._fail(rank, replies[rank][1:])
             for ready in multiprocessing.connection.wait(list(waiting) + list(sentinels), timeout=1.0):
                 if ready in sentinels:
                     rank = sentinels[ready]
@@ -321,8 +346,10 @@ class MultiprocExecutor(DistributedExecutor):
                 except (EOFError, OSError):
                     self._fail(rank, None)
                 if status == "error":
-                    self._fail(rank, (value, tb))
-                replies[rank] = value
+                    if not call:
+                        self._fail(rank, (value, tb))
+                    first_error_at = first_error_at or time.monotonic()
+                replies[rank] = (status, value, tb)
         return [replies[r] for r in range(self.world_size)]
 
     def _find_death(self, rank: int, error: tuple[BaseException, str] | None,

@@ -183,14 +183,12 @@ class RayExecutor(DistributedExecutor):
         msg_ref = self._ray.put(msg)     # once; every actor's call gets the reference
         self._pending = [actor.execute.remote(msg_ref) for actor in self._actors]
 
-    def _collect(self) -> list:
-        """Each rank's reply to the last broadcast, in rank order; a dead actor or a failed call ends every actor
-        and raises, naming the rank."""
-        replies = []
-        for rank, (status, value, tb) in enumerate(self._collect_raw()):
-            if status == "error":
-                self._fail(rank, (value, tb))
-            replies.append(value)
+    def _collect_replies(self, call: bool) -> list[tuple[str, Any, str]]:
+        replies = self._collect_raw()
+        if not call:
+            for rank, (status, value, tb) in enumerate(replies):
+                if status == "error":
+                    self._fail(rank, (value, tb))
         return replies
 
     def _collect_raw(self) -> list:

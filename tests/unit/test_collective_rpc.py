@@ -45,6 +45,21 @@ def test_collective_rpc_reaches_every_tensor_parallel_rank(tmp_path):
     assert len(shards) == 2 and shards[0] == shards[1] and whole / 2 < shards[0] < whole
     from pagedllm.distributed import get_tp_rank
     assert llm.collective_rpc(lambda worker: get_tp_rank()) == [0, 1]
+    # A call that fails raises the rank's error and the engine lives on (as with one rank, and vLLM's workers);
+    # before, the failed call ended every worker and each later call raised WorkerDied.
+    before = llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+    with pytest.raises(ValueError, match="collective_rpc: the worker has no method 'no_such_method'"):
+        llm.collective_rpc("no_such_method")
+
+    def fails_on_rank_1(worker):
+        if get_tp_rank() == 1:
+            raise KeyError("rank one")
+        return "fine"
+    with pytest.raises(KeyError, match="rank one") as e:
+        llm.collective_rpc(fails_on_rank_1)
+    assert "raised in collective_rpc on worker rank 1" in e.value.__notes__[0]
+    assert llm.collective_rpc(lambda worker: get_tp_rank()) == [0, 1]
+    assert llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids == before
 
 
 def test_server_collective_rpc(tiny_llama_dir, monkeypatch):
