@@ -284,6 +284,14 @@ class MultiprocExecutor(DistributedExecutor):
         # fork copies their held locks into the child. Forked workers hung in the full CPU suite (rendezvous never
         # reached after earlier tests had started threads); spawned ones pay a fresh `import torch` (~2 s).
         ctx = multiprocessing.get_context("spawn")
+        unguarded = unguarded_main_line()
+        if unguarded is not None:
+            # Each spawned worker would re-run the script up to this line, reach it again and fail while starting
+            # (Python's "bootstrapping phase" error); the engine saw only "Worker rank 1 died (exit code 1)".
+            raise ValueError(f"{unguarded[0]}, line {unguarded[1]}: tensor_parallel_size x pipeline_parallel_size "
+                             f"= {self.world_size} starts a worker process per rank with spawn, which re-runs the "
+                             f"script's module-level code in each worker; put the code that creates the engine "
+                             f"under `if __name__ == \"__main__\":`.")
         # The rendezvous store lives here, on a port it holds from the start (see rendezvous_store).
         from pagedllm.distributed.parallel_state import rendezvous_store
         self._store, init_method = rendezvous_store()
@@ -366,6 +374,32 @@ class MultiprocExecutor(DistributedExecutor):
         if error is None:
             return f"Worker {self.describe_rank(rank)} (pid {self._procs[rank].pid}) closed its pipe."
         return None
+
+
+def unguarded_main_line() -> tuple[str, int] | None:
+    """(file, line) where the running script (``__main__``, a .py file) reached this call from module-level code
+    outside an ``if __name__ == "__main__":`` block, else None (a guarded call, a call from a function the guard
+    calls, an interactive session, ``python -c``)."""
+    import ast
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not path.endswith(".py") or not os.path.isfile(path):
+        return None
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    line = frame.f_lineno
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and node.lineno <= line <= node.end_lineno:
+            return None
+    return path, line
 
 
 def _stop_workers(procs: list, conns: list, ring: ShmBroadcaster) -> None:

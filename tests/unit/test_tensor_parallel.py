@@ -248,3 +248,30 @@ def test_custom_all_reduce_is_refused_on_cpu_ranks_unless_disabled(tmp_path, mon
         assert _tokens(llm) == expected
     finally:
         llm.llm_engine.core.shutdown()
+
+
+def test_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    """The workers are spawned and re-run the script's module-level code: an engine created there failed in every
+    worker while it started (Python's bootstrapping error on stderr, the script's earlier work run again in each
+    worker) and the caller got only "Worker rank 1 (pid ...) died (exit code 1)". Now: a ValueError before any
+    worker starts, naming the line and the fix; the same call under the guard is not flagged."""
+    import subprocess
+    import sys
+    save_tiny_llama(tmp_path, VOCAB)
+    script = tmp_path / "unguarded.py"
+    script.write_text("from pagedllm import LLM\n"
+                      f"llm = LLM(model={str(tmp_path)!r}, skip_tokenizer_init=True, tensor_parallel_size=2,\n"
+                      "          max_model_len=64, kv_cache_memory_gb=0.01)\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == (f"ValueError: {script}, line 2: tensor_parallel_size x pipeline_parallel_size = 2 starts a "
+                    "worker process per rank with spawn, which re-runs the script's module-level code in each "
+                    "worker; put the code that creates the engine under `if __name__ == \"__main__\":`.")
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("from pagedllm.worker.executor import unguarded_main_line\n"
+                       "print('outside', unguarded_main_line())\n"
+                       "if __name__ == '__main__':\n"
+                       "    print('inside', unguarded_main_line())\n")
+    run = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=60)
+    assert run.stdout.splitlines() == [f"outside ('{guarded}', 2)", "inside None"]
