@@ -6,6 +6,7 @@
 #   4.37 -> ~4.0 s on an H100, ShareGPT +1-3%); the 16-row candidates against the decode kernel at 2 / 4 / 8 / 16 rows
 #   per 7B shape (o_proj was faster on the decode kernel at 8 rows: 10.8 against 13.6 µs); the 256-row wide
 #   candidates at 512 / 1,024 rows against the scratch path.
+# PART=0 (~260 s): PART=1 cut for a short budget: the tests, the mutation, stages 2 / 3 on latency_8x1024x1024.
 # PART=2 (~400 s, H200 wanted): issue 13 / 18 offline rows (session 25's PART=2 list).
 # PART=3 (~150 s, H200 wanted): the cold start to /health twice (issue 18: <= 15 s).
 . benchmarks/gpu_session9/common.sh
@@ -13,6 +14,20 @@ exec > >(tee $OUT/next32_${PART:-1}.txt) 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
 git log --oneline -1 2>/dev/null
 case "${PART:-1}" in
+0)
+PYTHONPATH=$R timeout 110 python3 -m pytest -q -n 6 -p no:cacheprovider tests/gpu/test_quant_awq_engine_gpu.py \
+  tests/gpu/test_quant_gptq_engine_gpu.py tests/gpu/test_sleep_mode_gpu.py 2>&1 | tail -4
+rm -rf /tmp/mut && mkdir /tmp/mut && cp -r pagedllm tests /tmp/mut/
+sed -i 's/kv_cache_pool(self.config.args.enable_sleep_mode/kv_cache_pool(False/' /tmp/mut/pagedllm/worker/model_runner.py
+echo "mutated: $(grep -c 'kv_cache_pool(False' /tmp/mut/pagedllm/worker/model_runner.py)"
+(cd /tmp/mut && PYTHONPATH=/tmp/mut timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_sleep_mode_gpu.py \
+  2>&1 | grep -E "^E .*(assert|Error)|passed|failed" | tail -3)
+for st in 2 3; do
+  ROUTE_WIDE_STAGES=$st ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 45 python3 benchmarks/kernels/route_ab.py wide-decode \
+    qwen2.5-7b latency_8x1024x1024 > /tmp/ab.log 2>&1
+  offline_summary "awq-stages$st" < /tmp/ab.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab.log)"
+done
+;;
 1)
 PYTHONPATH=$R timeout 130 python3 -m pytest -q -n 6 -p no:cacheprovider tests/gpu/test_quant_awq_engine_gpu.py \
   tests/gpu/test_quant_gptq_engine_gpu.py tests/gpu/test_sleep_mode_gpu.py 2>&1 | tail -4
