@@ -162,6 +162,7 @@ class DistributedExecutor(Executor):
         # Pipeline parallel: the last stage's outputs not yet forwarded to the earlier stages (module docstring).
         self._tokens_for_earlier_stages: list[dict[str, int]] = []
         self._dead: WorkerDied | None = None       # set once a rank has failed: every later call raises it
+        self._failed_rank: int | None = None        # the rank whose call failed (None: one died)
 
     # ---- the engine core's calls ------------------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -239,11 +240,24 @@ class DistributedExecutor(Executor):
         every rank is alive."""
         raise NotImplementedError
 
+    def _collect_start(self) -> None:
+        """Wait for every rank to be built. A rank whose start failed with a ValueError (a setting its shard of the
+        model or its device cannot take: a quantization group that does not divide its columns, an all-reduce
+        option its device lacks) ends the workers and raises a ValueError naming the rank, as the same setting
+        raises with one rank in this process; any other failure is ``WorkerDied``."""
+        try:
+            self._collect()
+        except WorkerDied as e:
+            if isinstance(e.__cause__, ValueError) and self._failed_rank is not None:
+                raise ValueError(f"{e.__cause__} (worker {self.describe_rank(self._failed_rank)})") from e
+            raise
+
     def _fail(self, rank: int, error: tuple[BaseException, str] | None, cause: BaseException | None = None) -> None:
         """End every worker and raise ``WorkerDied``: ``rank``'s call failed with ``error`` (exception, traceback)
         or, when ``error`` is None, ``rank`` is gone (``cause``: what the transport said)."""
         # A rank that failed in a collective often did so because another rank died: name the dead one.
         death = self._find_death(rank, error, cause)
+        self._failed_rank = None if death is not None else rank
         if death is not None:
             self._dead = WorkerDied(death)
         else:
@@ -311,7 +325,7 @@ class MultiprocExecutor(DistributedExecutor):
             self._procs.append(proc)
         # Workers are ended when the executor goes away, even without shutdown() (a deleted LLM).
         self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns, self._ring)
-        self._collect()      # every rank built (or the first failure, named)
+        self._collect_start()
 
     def shutdown(self) -> None:
         self._finalizer()

@@ -144,7 +144,7 @@ class RayExecutor(DistributedExecutor):
         self._pending = [actor.start.remote(config_ref, rank, self.tp_size, self.pp_size, init_method, shared_seed,
                                             cuda_devices[rank])
                          for rank, actor in enumerate(self._actors)]
-        self._collect()      # every rank built (or the first failure, named)
+        self._collect_start()
         logger.info("Ray executor: %d actor(s) on %d node(s) at %s, placement %s", self.world_size,
                     len(set(self.actor_node_ids)),
                     ", ".join(f"{ip} (pid {pid})" for ip, pid in self.actor_nodes), strategy)

@@ -335,6 +335,16 @@ def test_unsupported_settings(tmp_path, quant_config, expected):
     assert expected in _error(tmp_path, quant_config)
 
 
+def test_a_setting_a_rank_cannot_take_is_a_value_error_naming_the_rank(tmp_path):
+    # Group 128 over a row-parallel layer's 128 columns split in two: each rank has half a group. With one rank the
+    # same kind of setting raises ValueError in this process; a worker's used to come back as WorkerDied.
+    msg = _error(tmp_path, {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+                            "version": "gemm"}, tensor_parallel_size=2)
+    assert msg.startswith("The input size (64) is not aligned with the quantized weight shape: AWQ group_size 128 "
+                          "must divide it (with tensor parallel, this rank's share).")
+    assert msg.endswith((" (worker rank 0)", " (worker rank 1)"))      # both fail: the first to answer is named
+
+
 def test_quantized_flag_on_dense_checkpoint(tmp_path):
     assert "quantization='awq' needs a quantized checkpoint" in _error(tmp_path, None, quantization="awq")
 

@@ -239,8 +239,8 @@ def test_custom_all_reduce_is_refused_on_cpu_ranks_unless_disabled(tmp_path, mon
     expected = _tokens(single)
     del single
     monkeypatch.setenv("PAGEDLLM_CUSTOM_ALL_REDUCE_KIB", "64")
-    with pytest.raises(Exception, match="PAGEDLLM_CUSTOM_ALL_REDUCE_KIB needs tensor-parallel ranks on their own "
-                                        "CUDA devices"):
+    with pytest.raises(ValueError, match="PAGEDLLM_CUSTOM_ALL_REDUCE_KIB needs tensor-parallel ranks on their own "
+                                         "CUDA devices"):
         _llm(tmp_path, 2)
     llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=2,
               max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01, disable_custom_all_reduce=True)
