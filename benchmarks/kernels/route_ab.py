@@ -34,7 +34,7 @@ VARIANT:
                 of the decode kernel (session 30; set ANCHOR_CFG as for awq-scratch); ROUTE_XGATHER=1: x's columns
                 gathered in the kernel instead of permuted by a copy (no extra kernel a call, and the PDL overlap
                 with the kernel before kept); ROUTE_WIDE_STAGES=N: that config with N pipeline stages (committed:
-                2; the probe's best at 8 rows had 3). WIDE_DECODE is on by default since session 31: without these
+                3 since session 32; 2 before). WIDE_DECODE is on by default since session 31: without these
                 variables this variant is the base
   decode-kernel triton_packed.WIDE_DECODE off: 2..16 rows of int4 weights on the decode kernel (before session 31)
   awq-session28 the int4 routing and x loads as before session 29: rows past M re-read in the wide kernel's partial

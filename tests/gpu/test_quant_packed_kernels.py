@@ -508,6 +508,19 @@ def test_wide_routed_configs_match_reference(n, k, dtype):
         _check(x, w, b, triton_packed.packed_matmul(x, w, b))
 
 
+@pytest.mark.parametrize("n,k", [(256, 512), pytest.param(3584, 3584, marks=big_only)])
+def test_fp32_x_at_every_row_bucket(n, k):
+    """An fp32 model on the GPU (an AWQ checkpoint with dtype=float32): what the launcher picks at 1..256 rows,
+    against the float32 reference. Before session 32, 2..16 rows met WIDE_DECODE's pairs config (bf16x2 / f16x2
+    unpack) and failed to compile; (3584, 3584) is a 7B shape whose table has pairs configs at 17..64 rows."""
+    w = random_packed(k, n, 4, 128, seed=n + k, scale_dtype=torch.float32)
+    for m in (1, 2, 8, 16, 17, 32, 64) if INTERPRET else (1, 2, 5, 8, 16, 17, 32, 64, 100, 256):
+        x = _x(m, k, torch.float32, seed=m)
+        y = packed_matmul(x, w)
+        ref = reference_matmul(x, w)
+        assert y.dtype == torch.float32 and rel_err(y, ref) < 2e-3, (m, rel_err(y, ref))
+
+
 def test_wide_routing():
     """The 7B table: the wide kernel where the probe timed it faster than dequantize + cuBLAS (sessions 12 and 20,
     H200; 28 and 29, H100); 17..64 rows of every shape on the kperm + w_as_a configs with the values unpacked in
@@ -528,6 +541,10 @@ def test_wide_routing():
     assert picks_wide(64, 3584, 3584) and not any(picks_wide(m, 3584, 3584) for m in (65, 128, 256))
     for n, k in ((4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)):
         assert pick(17, n, k).kperm and pick(32, n, k).w_as_a and pick(32, n, k).pairs, (n, k)
+        # an fp32 x (an fp32 model on the GPU) never takes a pairs config: they unpack into bf16x2 / f16x2
+        for m in (2, 16, 32, 64, 128, 256):
+            cfg = triton_packed.get_config(m, n, k, 4, 128, half_x=False)
+            assert not getattr(cfg, "pairs", False), (m, n, k, cfg)
     assert all(pick(64, n, k).pairs for n, k in ((4608, 3584), (3584, 3584), (3584, 18944)))
     assert not pick(64, 37888, 3584).kperm
     assert all(pick(m, n, k).pairs and pick(m, n, k).block_m == 128

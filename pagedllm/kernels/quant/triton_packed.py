@@ -481,8 +481,11 @@ _UNTABLED: dict[int, PackedWideConfig] = {32: _W(32, 64, 128, 4, 2, **_KPP), 64:
 # 100 (H100, session 29). Measured (H100, session 31, docs/perf.md): at 8 rows gate_up 78.6 -> 46.1 µs, down 53.7 ->
 # 44.0; AWQ 7B latency_8x1024x1024 5.65 -> 4.37 s, sharegpt_like_1000 9,010 -> 9,457 tok/s (+5%), pure decode at
 # 4 / 16 requests +33% / +31%. Off (benchmarks/kernels/route_ab.py decode-kernel, for A/B runs): the decode kernel.
+# Three pipeline stages, not two (H100, session 32: the probe's best on every 7B shape at 2 / 4 / 8 / 16 rows, down
+# 43.7 -> 33.2 µs at 8 rows; AWQ latency_8x1024x1024 4.348 -> 3.828 s, sharegpt_like_1000 9,467 -> 9,647 tok/s).
+# o_proj (3584 x 3584) alone ran faster on the decode kernel (10.5-11.0 µs against 11.9-12.1), ~1% of a step: kept.
 WIDE_DECODE = True
-_WIDE_DECODE_CFG = _W(16, 64, 128, 4, 2, **_KPP)
+_WIDE_DECODE_CFG = _W(16, 64, 128, 4, 3, **_KPP)
 
 # M == 1: the kernel per shape (N, K, bits). A PackedGemvConfig takes triton_packed_gemv's kernel, a PackedConfig the
 # decode kernel above; shapes not listed take _M1_DEFAULT (4-bit weights whose groups are whole packed rows) or
@@ -546,22 +549,30 @@ def _num_sms(device: torch.device) -> int:
 
 
 
-def get_config(m: int, n: int, k: int, bits: int,
-               group_size: int = 128) -> PackedConfig | PackedGemvConfig | PackedWideConfig:
+def get_config(m: int, n: int, k: int, bits: int, group_size: int = 128,
+               half_x: bool = True) -> PackedConfig | PackedGemvConfig | PackedWideConfig:
+    """The kernel and config for M rows of x times this (N, K, bits) weight. ``half_x``: x is bf16 / fp16. The
+    wide kernel's pairs configs unpack two weights at a time into bf16x2 / f16x2 (x's dtype), so an fp32 x (an
+    fp32 model on the GPU) takes the bucket's default instead: before session 32 it met WIDE_DECODE's pairs config
+    at 2..16 rows and failed to compile."""
     bucket = _m_bucket(m)
     if bucket == 1:
         cfg = M1_TABLE.get((n, k, bits), _M1_DEFAULT)
         if isinstance(cfg, PackedConfig) or (bits == 4 and group_size % 8 == 0):
             return cfg
-    if WIDE_DECODE and bucket == MAX_DECODE_M and wide.pairs_apply(_WIDE_DECODE_CFG, k, bits, group_size):
-        return _WIDE_DECODE_CFG
     per_m = _TABLE.get((n, k, bits))
-    if per_m is not None and bucket in per_m:
-        return per_m[bucket]
-    if UNTABLED_WIDE and per_m is None and bucket in _UNTABLED and wide.pairs_apply(_UNTABLED[bucket], k, bits,
-                                                                                    group_size):
-        return _UNTABLED[bucket]
-    return _DEFAULTS[(bucket, bits)]
+    if WIDE_DECODE and bucket == MAX_DECODE_M and wide.pairs_apply(_WIDE_DECODE_CFG, k, bits, group_size):
+        cfg = _WIDE_DECODE_CFG
+    elif per_m is not None and bucket in per_m:
+        cfg = per_m[bucket]
+    elif UNTABLED_WIDE and per_m is None and bucket in _UNTABLED and wide.pairs_apply(_UNTABLED[bucket], k, bits,
+                                                                                      group_size):
+        cfg = _UNTABLED[bucket]
+    else:
+        return _DEFAULTS[(bucket, bits)]
+    if isinstance(cfg, PackedWideConfig) and cfg.pairs and not half_x:
+        return _DEFAULTS[(bucket, bits)]
+    return cfg
 
 
 def _make_plan(m: int, n: int, k: int, bits: int, group_size: int, has_bias: bool, device: torch.device,
@@ -728,18 +739,19 @@ def packed_matmul_with_config(x: torch.Tensor, w: PackedWeight, bias: torch.Tens
 
 
 def packed_matmul(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W (+ bias)`` for ``x`` ``[M, K]`` fp16/bf16 on CUDA and the packed ``W`` (``reference_matmul``'s
+    """``x @ W (+ bias)`` for ``x`` ``[M, K]`` fp16/bf16 (or fp32: no pairs configs) on CUDA and the packed ``W`` (``reference_matmul``'s
     definition); the result ``[M, N]`` in ``x.dtype``. Scales/offsets may be fp16, bf16 or fp32; ``bias`` ``[N]``
     contiguous. The only allocation per call is the output (and ``x[:, perm]`` for a weight with ``perm``)."""
     m, k = x.shape
     n = w.qweight.shape[1]
     if m == 0 or n == 0:
         return torch.empty((m, n), dtype=x.dtype, device=x.device)
-    key = (_m_bucket(m) if m > 1 else 1, n, k, w.bits, w.group_size, bias is not None, x.device)
+    key = (_m_bucket(m) if m > 1 else 1, n, k, w.bits, w.group_size, bias is not None, x.device, x.dtype)
     plan = _PLANS.get(key)
     if plan is None:
         if k != w.in_features:
             raise ValueError(f"x has {k} features; the packed weight takes {w.in_features}")
+        half_x = x.dtype in (torch.bfloat16, torch.float16)
         plan = _PLANS[key] = _make_plan(m, n, k, w.bits, w.group_size, bias is not None, x.device,
-                                        get_config(m, n, k, w.bits, w.group_size))
+                                        get_config(m, n, k, w.bits, w.group_size, half_x))
     return _launch(_prepare_x(x, w), w, bias, plan)
