@@ -7,6 +7,9 @@
 #   per 7B shape (o_proj was faster on the decode kernel at 8 rows: 10.8 against 13.6 µs); the 256-row wide
 #   candidates at 512 / 1,024 rows against the scratch path.
 # PART=0 (~260 s): PART=1 cut for a short budget: the tests, the mutation, stages 2 / 3 on latency_8x1024x1024.
+# PART=4 (~420 s, at 1a09623): the int4 kernel file (fp32 x at every row bucket, routing, the 3-stage 16-row
+#   config) and the AWQ / GPTQ engine tests (test_awq_batch1_gemv's fp32 cases failed in PART=1), then AWQ 7B
+#   bs1 / ShareGPT / latency (issue 13's rows) and bf16 1.5B bs1 / 7B ShareGPT (issue 18's).
 # PART=2 (~400 s, H200 wanted): issue 13 / 18 offline rows (session 25's PART=2 list).
 # PART=3 (~150 s, H200 wanted): the cold start to /health twice (issue 18: <= 15 s).
 . benchmarks/gpu_session9/common.sh
@@ -45,6 +48,15 @@ PYTHONPATH=$R timeout 75 python3 benchmarks/kernels/awq_fused_probe.py --decode-
   --shapes o,qkv,down,gate_up --deadline 60 2>&1 | grep -v Warning | sed -n '1,40p'
 PYTHONPATH=$R timeout 70 python3 benchmarks/kernels/awq_fused_probe.py --ms 512,1024 --shapes gate_up,down,qkv,o \
   --deadline 55 2>&1 | grep -v Warning | sed -n '1,14p'
+;;
+4)
+PYTHONPATH=$R timeout 150 python3 -m pytest -q -n 10 -p no:cacheprovider tests/gpu/test_quant_packed_kernels.py \
+  tests/gpu/test_quant_awq_engine_gpu.py tests/gpu/test_quant_gptq_engine_gpu.py 2>&1 | grep -E "^(FAILED|ERROR)|passed|failed" | tail -8
+ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 120 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 \
+  sharegpt_like_1000 latency_8x1024x1024 > /tmp/ab.log 2>&1
+offline_summary "awq" < /tmp/ab.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab.log)"
+PYTHONPATH=$R timeout 45 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b"
+PYTHONPATH=$R timeout 80 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b"
 ;;
 2) PART=2 bash benchmarks/gpu_session25/next.sh ;;
 3) SWITCH=PAGEDLLM_LOGGING_LEVEL VALUES="INFO INFO" timeout 150 bash benchmarks/gpu_session9/s9e.sh 2>&1 \
