@@ -10,6 +10,8 @@
 # PART=4 (~420 s, at 1a09623): the int4 kernel file (fp32 x at every row bucket, routing, the 3-stage 16-row
 #   config) and the AWQ / GPTQ engine tests (test_awq_batch1_gemv's fp32 cases failed in PART=1), then AWQ 7B
 #   bs1 / ShareGPT / latency (issue 13's rows) and bf16 1.5B bs1 / 7B ShareGPT (issue 18's).
+# PART=5 (~200 s): PART=4 cut to a short budget: the fp32 / routing kernel tests and the AWQ / GPTQ engine tests,
+#   then AWQ 7B's three rows.
 # PART=2 (~400 s, H200 wanted): issue 13 / 18 offline rows (session 25's PART=2 list).
 # PART=3 (~150 s, H200 wanted): the cold start to /health twice (issue 18: <= 15 s).
 . benchmarks/gpu_session9/common.sh
@@ -57,6 +59,14 @@ ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 120 python3 .bench/sb/offline_workload.p
 offline_summary "awq" < /tmp/ab.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab.log)"
 PYTHONPATH=$R timeout 45 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-1.5b bs1_128_256 2>&1 | offline_summary "1.5b"
 PYTHONPATH=$R timeout 80 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b"
+;;
+5)
+PYTHONPATH=$R timeout 90 python3 -m pytest -q -n 8 -p no:cacheprovider tests/gpu/test_quant_packed_kernels.py \
+  tests/gpu/test_quant_awq_engine_gpu.py tests/gpu/test_quant_gptq_engine_gpu.py -k "fp32_x or routing or wide or awq \
+  or gptq" 2>&1 | grep -E "^(FAILED|ERROR)|passed|failed" | tail -8
+ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 110 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 \
+  sharegpt_like_1000 latency_8x1024x1024 > /tmp/ab.log 2>&1
+offline_summary "awq" < /tmp/ab.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab.log)"
 ;;
 2) PART=2 bash benchmarks/gpu_session25/next.sh ;;
 3) SWITCH=PAGEDLLM_LOGGING_LEVEL VALUES="INFO INFO" timeout 150 bash benchmarks/gpu_session9/s9e.sh 2>&1 \
