@@ -12,6 +12,9 @@
 #   bs1 / ShareGPT / latency (issue 13's rows) and bf16 1.5B bs1 / 7B ShareGPT (issue 18's).
 # PART=5 (~200 s): PART=4 cut to a short budget: the fp32 / routing kernel tests and the AWQ / GPTQ engine tests,
 #   then AWQ 7B's three rows.
+# PART=6 (~420 s): the 3-stage twins of the 7B table's pairs configs at 17..256 rows (added to the probe's
+#   candidates): the probe at 24..128 rows, then AWQ sharegpt_like_1000 base / pairs-stages alternating (two rounds).
+#   Prediction: down and qkv 10-25% faster at 32 / 64 rows (as at 2..16), ShareGPT +1-3%.
 # PART=2 (~400 s, H200 wanted): issue 13 / 18 offline rows (session 25's PART=2 list).
 # PART=3 (~150 s, H200 wanted): the cold start to /health twice (issue 18: <= 15 s).
 . benchmarks/gpu_session9/common.sh
@@ -67,6 +70,17 @@ PYTHONPATH=$R timeout 90 python3 -m pytest -q -n 8 -p no:cacheprovider tests/gpu
 ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 110 python3 .bench/sb/offline_workload.py pagedllm qwen2.5-7b bs1_128_256 \
   sharegpt_like_1000 latency_8x1024x1024 > /tmp/ab.log 2>&1
 offline_summary "awq" < /tmp/ab.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab.log)"
+;;
+6)
+PYTHONPATH=$R timeout 170 python3 benchmarks/kernels/awq_fused_probe.py --ms 32,64,128,24,48,96 \
+  --shapes gate_up,down,qkv,o --deadline 150 2>&1 | grep -v Warning | sed -n '1,28p'
+for r in 1 2; do
+  for v in base pairs-stages; do
+    ANCHOR_CFG="$AWQ" PYTHONPATH=$R timeout 60 python3 benchmarks/kernels/route_ab.py $v qwen2.5-7b \
+      sharegpt_like_1000 > /tmp/ab.log 2>&1
+    offline_summary "awq-$v r$r" < /tmp/ab.log; echo "late compiles: $(grep -c 'after start-up' /tmp/ab.log)"
+  done
+done
 ;;
 2) PART=2 bash benchmarks/gpu_session25/next.sh ;;
 3) SWITCH=PAGEDLLM_LOGGING_LEVEL VALUES="INFO INFO" timeout 150 bash benchmarks/gpu_session9/s9e.sh 2>&1 \

@@ -36,6 +36,8 @@ VARIANT:
                 with the kernel before kept); ROUTE_WIDE_STAGES=N: that config with N pipeline stages (committed:
                 3 since session 32; 2 before). WIDE_DECODE is on by default since session 31: without these
                 variables this variant is the base
+  pairs-stages  the 7B table's pairs configs at 17..256 rows with ROUTE_PAIRS_STAGES (default 3) pipeline stages instead
+                of 2 (session 32; set ANCHOR_CFG as for awq-scratch)
   decode-kernel triton_packed.WIDE_DECODE off: 2..16 rows of int4 weights on the decode kernel (before session 31)
   awq-session28 the int4 routing and x loads as before session 29: rows past M re-read in the wide kernel's partial
                 row tiles, gate_up at 65..128 rows on the compact 128-row config and 129..256 and down at 65..128 on
@@ -117,6 +119,16 @@ elif variant == "wide-decode":
         tp._WIDE_DECODE_CFG = tp._WIDE_DECODE_CFG._replace(xgather=True)
     if os.environ.get("ROUTE_WIDE_STAGES"):
         tp._WIDE_DECODE_CFG = tp._WIDE_DECODE_CFG._replace(num_stages=int(os.environ["ROUTE_WIDE_STAGES"]))
+elif variant == "pairs-stages":
+    # every pairs config of the 7B table at 17..256 rows (and UNTABLED_WIDE's) with ROUTE_PAIRS_STAGES pipeline
+    # stages (default 3; committed: 2), as WIDE_DECODE's 16-row config gained from 3 (session 32)
+    from pagedllm.kernels.quant import triton_packed as tp
+    stages = int(os.environ.get("ROUTE_PAIRS_STAGES", "3"))
+    for table in list(tp._TABLE.values()) + [tp._UNTABLED]:
+        for bucket, cfg in table.items():
+            if getattr(cfg, "pairs", False) and bucket > 16:
+                table[bucket] = cfg._replace(num_stages=stages)
+    print(f"route_ab: pairs configs on {stages} stages: {tp._TABLE}", file=sys.stderr)
 elif variant == "decode-kernel":
     from pagedllm.kernels.quant import triton_packed as tp
     tp.WIDE_DECODE = False

@@ -126,22 +126,26 @@ _KB = dict(kperm=True, pairs=True)
 # instructions a value here). With W as wgmma's A operand x is the dot's N side, so a 16-row tile is a legal wgmma,
 # and an 8-row step pays for 16 rows of MMA, cheap next to the unpack. xgather: x's columns gathered in the kernel, so
 # no copy of x (a kernel less a call, the PDL overlap with the kernel before kept); yet it was the slowest candidate
-# on every 7B shape at 8 rows (H100, session 31: gate_up 82 µs against the copy's 46).
+# on every 7B shape at 8 rows (H100, session 31: gate_up 82 µs against the copy's 46). The 3-stage twins of the
+# table's 2-stage pairs configs at 32 / 64 / 128 rows: 3 stages won every 7B shape at 2..16 rows (H100, session 32:
+# down 43.7 -> 33.2 µs at 8 rows); not yet timed at these rows.
 CANDIDATES: dict[int, list[PackedWideConfig]] = {
     16: [_P(16, 64, 128, 4, 2, **_KPP), _P(16, 128, 128, 4, 3, **_KPP), _P(16, 64, 128, 4, 2, xgather=True, **_KPP),
          _P(16, 64, 128, 4, 3, **_KPP), _P(16, 128, 128, 8, 2, **_KPP)],
     32: [_P(32, 128, 64, 4, 3), _P(32, 128, 64, 4, 1), _P(32, 128, 64, 4, 3, w_as_a=True),
          _P(32, 64, 128, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1),
          _P(32, 64, 128, 4, 2, **_KP), _P(32, 128, 128, 4, 3, **_KP), _P(32, 64, 128, 4, 2, xgather=True, **_KP),
-         _P(32, 64, 128, 4, 2, **_KPP), _P(32, 128, 128, 4, 3, **_KPP)],
+         _P(32, 64, 128, 4, 2, **_KPP), _P(32, 128, 128, 4, 3, **_KPP), _P(32, 64, 128, 4, 3, **_KPP)],
     64: [_P(64, 128, 64, 4, 3), _P(64, 128, 64, 4, 1), _P(64, 128, 64, 4, 3, compact=True),
          _P(64, 128, 64, 4, 3, w_as_a=True), _P(64, 64, 128, 4, 2), _P(64, 256, 64, 8, 1),
          _P(64, 128, 128, 4, 3, **_KP), _P(64, 64, 128, 4, 2, **_KP),
-         _P(64, 128, 128, 4, 3, **_KPP), _P(64, 64, 128, 4, 2, **_KPP), _P(64, 128, 128, 4, 3, **_KB)],
+         _P(64, 128, 128, 4, 3, **_KPP), _P(64, 64, 128, 4, 2, **_KPP), _P(64, 128, 128, 4, 3, **_KB),
+         _P(64, 64, 128, 4, 3, **_KPP)],
     128: [_P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1), _P(128, 128, 64, 8, 3, compact=True),
           _P(128, 128, 64, 4, 3, w_as_a=True), _P(64, 128, 64, 4, 1),
           _P(128, 64, 128, 4, 2, **_KP), _P(128, 128, 128, 8, 2, **_KP), _P(64, 128, 128, 4, 3, **_KP),
-          _P(128, 64, 128, 4, 2, **_KPP), _P(128, 128, 128, 8, 2, **_KPP), _P(128, 128, 128, 8, 3, **_KB)],
+          _P(128, 64, 128, 4, 2, **_KPP), _P(128, 128, 128, 8, 2, **_KPP), _P(128, 128, 128, 8, 3, **_KB),
+          _P(128, 64, 128, 4, 3, **_KPP)],
     256: [_P(256, 64, 64, 8, 3), _P(256, 64, 64, 8, 1), _P(128, 128, 64, 8, 3), _P(128, 128, 64, 8, 1),
           _P(256, 128, 64, 8, 1), _P(128, 128, 64, 4, 3, w_as_a=True),
           _P(128, 64, 128, 4, 2, **_KP), _P(128, 128, 128, 8, 2, **_KP),
