@@ -265,6 +265,25 @@ def test_forced_tool_call_after_thinking(think_model_dir):
     assert "".join(d.get("reasoning", "") for d in deltas) == "Paris, then."
 
 
+def test_forced_tool_call_cut_while_thinking_is_no_call(think_model_dir):
+    """max_tokens spent before </think>: no tool call, streamed or not (the stream used to end with a call whose
+    arguments were "", which no client can parse as JSON)."""
+    pytest.importorskip("xgrammar")
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    with serve_in_process(think_model_dir, "--reasoning-parser", "deepseek_r1") as (app, engine):
+        scripted_engine(engine, ["Paris, ", "or maybe"], finish="length")
+        body = {"messages": ASK, "tools": [WEATHER_TOOL], "tool_choice": named, "max_tokens": 2}
+        whole, streamed = post_all(app, [("/v1/chat/completions", body),
+                                         ("/v1/chat/completions", {**body, "stream": True})])
+    choice = whole.json()["choices"][0]
+    assert choice["message"]["reasoning"] == "Paris, or maybe" and not choice["message"].get("tool_calls")
+    chunks = sse_chunks(streamed)
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert "".join(d.get("reasoning", "") for d in deltas) == "Paris, or maybe"
+    assert not any("tool_calls" in d for d in deltas)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
 def test_responses_reasoning_item(think_model_dir):
     with serve_in_process(think_model_dir, "--reasoning-parser", "deepseek_r1",
                           chat_template=QWEN_LIKE_TEMPLATE) as (app, engine):

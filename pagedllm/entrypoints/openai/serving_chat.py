@@ -352,7 +352,7 @@ class OpenAIServingChat(OpenAIServing):
         num_generated = [0] * n      # per choice: continuous usage counts the tokens of the chunk's choice (vLLM)
         cached = 0
         finished_sent = [False] * n
-        tool_stream = ToolCallStream(self, mode, n)
+        tool_stream = ToolCallStream(self, mode, n, thinks=reasoning_mode is not None)
         full_texts = [""] * n        # --enable-log-outputs: each choice's text, logged when the stream ends
         # --reasoning-parser: each choice's split; "reasoning" deltas while the model thinks, then "content" ones
         # (the think tags themselves never go out).
@@ -461,9 +461,12 @@ class ToolCallStream:
     streams as content, then the calls the parser finds (``ToolParser.call_nodes``). The finishing delta sends what
     the finished output adds (the non-streamed response's calls), so the pieces concatenate to its arguments."""
 
-    def __init__(self, serving: OpenAIServingChat, mode: ToolMode, n: int):
+    def __init__(self, serving: OpenAIServingChat, mode: ToolMode, n: int, thinks: bool = False):
         self.serving = serving
         self.mode = mode
+        # --reasoning-parser: the text here is what follows the thinking; none at the end (cut while thinking)
+        # means no call, as in the non-streamed message.
+        self.thinks = thinks
         self.texts = [""] * n          # everything generated so far, per choice
         self.sent = [0] * n            # how much of it went out as content / arguments
         self.call_ids: list[str | None] = [None] * n
@@ -476,6 +479,8 @@ class ToolCallStream:
             piece = full[self.sent[index]:]
             if not piece and finish_reason is None:     # nothing yet (the model may still be thinking)
                 return None, None
+            if not full and self.thinks:                # it ended while thinking: no call to announce
+                return None, finish_reason
             self.sent[index] = len(full)
             call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
             if self.call_ids[index] is None:
