@@ -1193,9 +1193,12 @@ def _json_or_int(text: str) -> int | dict:
 
 def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
     """``--max_model_len 2048`` and ``--max_model_len=2048`` as ``--max-model-len`` (vLLM's FlexibleArgumentParser):
-    tutorials spell flags both ways. Values are left alone, and everything after ``--``."""
+    tutorials spell flags both ways. Values are left alone, and everything after ``--``. A JSON flag's dotted keys
+    (vLLM's too): ``--limit-mm-per-prompt.image 2``, ``--hf-overrides.text_config.num_hidden_layers 2``,
+    ``-O.mode 3``, ``--speculative-config.method ngram``; ``KEY+ v`` appends to a list (``KEY+=a,b`` two items);
+    they are merged into the same flag's JSON given on the line, over its keys."""
     out: list[str] = []
-    dotted: dict[str, dict] = {}      # --structured-outputs-config.backend xgrammar: vLLM's dotted config keys
+    dotted: dict[str, dict] = {}
     argv = list(argv)
     i = 0
     while i < len(argv):
@@ -1203,26 +1206,82 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
         if arg == "--":
             out.extend(argv[i:])
             break
-        if arg.startswith("--") and "_" in arg.partition("=")[0]:
+        if arg.startswith("-O."):
+            arg = "--compilation-config" + arg[2:]
+        if arg.startswith("--") and "_" in arg.partition("=")[0].partition(".")[0]:
             key, eq, value = arg.partition("=")
-            arg = key.replace("_", "-") + eq + value
+            base, dot, rest = key.partition(".")
+            arg = base.replace("_", "-") + dot + rest + eq + value
         flag, eq, value = arg.partition("=")
         if flag.startswith("--") and "." in flag and flag.partition(".")[0] in _DOTTED_CONFIG_FLAGS:
             if not eq and i + 1 < len(argv):
                 i += 1
                 value = argv[i]
-            base, _, field = flag.partition(".")
-            try:
-                dotted.setdefault(base, {})[field.replace("-", "_")] = json.loads(value)
-            except json.JSONDecodeError:
-                dotted.setdefault(base, {})[field.replace("-", "_")] = value
+            base, _, path = flag.partition(".")
+            _set_dotted(dotted.setdefault(base, {}), path, value)
             i += 1
             continue
         out.append(arg)
         i += 1
     for base, fields in dotted.items():
-        out[len(out) if "--" not in out else out.index("--"):0] = [base, json.dumps(fields)]
+        given: dict = {}
+        kept: list[str] = []
+        j = 0
+        while j < len(out) and out[j] != "--":      # the flag's own JSON on the line: the dotted keys go over it
+            flag, eq, value = out[j].partition("=")
+            if flag == base or (base == "--compilation-config" and flag == "-O"):
+                if not eq and j + 1 < len(out):
+                    j += 1
+                    value = out[j]
+                try:
+                    loaded = json.loads(value)
+                except json.JSONDecodeError:
+                    loaded = None
+                if not isinstance(loaded, dict):
+                    raise ValueError(f"{base} {value!r} cannot be combined with {base}.KEY flags: give it as a JSON "
+                                     f"object, or use only the dotted keys.")
+                given = loaded
+            else:
+                kept.append(out[j])
+            j += 1
+        out = kept + out[j:]
+        out[len(out) if "--" not in out else out.index("--"):0] = [base, json.dumps(_merged(given, fields))]
     return out
+
+
+def _set_dotted(target: dict, path: str, text: str) -> None:
+    """One ``--flag.a.b VALUE``: ``target["a"]["b"]`` = the value as JSON, else the text; ``a.b+``: appended (a
+    ``+=`` value's comma-separated items each)."""
+    append = path.endswith("+")
+    keys = [k.replace("-", "_") for k in path.rstrip("+").split(".")]
+    if not all(keys):
+        raise ValueError(f"Malformed dotted config flag key {path!r} (expected --flag.key VALUE).")
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ValueError(f"Dotted config flag key {path!r}: {key!r} is already given a value, not an object.")
+
+    def parse(item: str) -> Any:
+        try:
+            return json.loads(item)
+        except json.JSONDecodeError:
+            return item
+    if append:
+        items = target.setdefault(keys[-1], [])
+        if not isinstance(items, list):
+            raise ValueError(f"Dotted config flag key {path!r}: {keys[-1]!r} is already given a value, not a list.")
+        items.extend(parse(item) for item in text.split(","))
+    else:
+        target[keys[-1]] = parse(text)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s keys on top, nested objects merged key by key."""
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = (_merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else value)
+    return merged
 
 
 # The engine flags under vLLM's group titles (its config classes), so `serve --help=ModelConfig` shows what vLLM's
@@ -1273,7 +1332,10 @@ def _split_into_config_groups(parser: argparse.ArgumentParser, group) -> None:
             new_group._group_actions.extend(by_title[title])
 
 
-_DOTTED_CONFIG_FLAGS = ("--structured-outputs-config", "--pooler-config")
+# The JSON-object flags that take vLLM's dotted keys (--limit-mm-per-prompt.image 2).
+_DOTTED_CONFIG_FLAGS = ("--structured-outputs-config", "--pooler-config", "--limit-mm-per-prompt",
+                        "--compilation-config", "--speculative-config", "--hf-overrides",
+                        "--override-generation-config", "--profiler-config", "--default-chat-template-kwargs")
 
 
 class FlexibleArgumentParser(argparse.ArgumentParser):
@@ -1285,7 +1347,10 @@ class FlexibleArgumentParser(argparse.ArgumentParser):
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         if args is None:
             args = sys.argv[1:]
-        args = normalize_cli_flags(args)
+        try:
+            args = normalize_cli_flags(args)
+        except ValueError as e:          # a malformed dotted config key: a usage error, as argparse's own
+            self.error(str(e))
         if self._subparsers is None:     # a command's own parser: --help=KEYWORD is --help showing what matches
             keywords = [a.partition("=")[2] for a in args if a.startswith("--help=")]
             if keywords:

@@ -370,3 +370,25 @@ def test_config_file_flags_under_the_command_lines(tiny_llama_dir, tmp_path):
     assert completion.status_code == 200, completion.text
     assert completion.json()["usage"]["completion_tokens"] == 2 and completion.json()["model"] == "smol"
     assert prefix_caching is False
+
+
+def test_dotted_keys_of_json_flags_as_vllm(tiny_llama_dir, capsys):
+    """vLLM's dotted keys for every JSON-object flag: ``--limit-mm-per-prompt.image 2`` (its multimodal docs),
+    nested keys, ``-O.key``, ``KEY+`` list items, merged over the same flag's JSON. Before, only the pooler and
+    structured-outputs configs took them: ``--limit-mm-per-prompt.image 2`` was 'unrecognized arguments'."""
+    args = serve_args(tiny_llama_dir, "--limit-mm-per-prompt", '{"image": 2, "video": 3}',
+                      "--limit-mm-per-prompt.video", "1", "--limit-mm-per-prompt.audio=0")
+    assert args.limit_mm_per_prompt == {"image": 2, "video": 1, "audio": 0}
+    args = serve_args(tiny_llama_dir, "--hf-overrides.text_config.num_hidden_layers", "2",
+                      "--hf_overrides.text_config.rope_theta", "1e6", "--hf-overrides.architectures+", "X",
+                      "--speculative-config.method", "ngram", "--speculative-config.num_speculative_tokens", "3",
+                      "--speculative-config.prompt_lookup_max", "4",
+                      "-O.cudagraph_capture_sizes+", "1", "-O.cudagraph_capture_sizes+=2,4",
+                      "--default-chat-template-kwargs.enable_thinking", "false")
+    assert args.hf_overrides == {"text_config": {"num_hidden_layers": 2, "rope_theta": 1e6}, "architectures": ["X"]}
+    assert args.speculative_config["method"] == "ngram" and args.speculative_config["num_speculative_tokens"] == 3
+    assert args.compilation_config == {"cudagraph_capture_sizes": [1, 2, 4]}
+    assert args.default_chat_template_kwargs == {"enable_thinking": False}
+    with pytest.raises(SystemExit):
+        serve_args(tiny_llama_dir, "--limit-mm-per-prompt", "7", "--limit-mm-per-prompt.image", "1")
+    assert "cannot be combined with --limit-mm-per-prompt.KEY flags" in capsys.readouterr().err
