@@ -775,9 +775,10 @@ def verify_engine_args(args: EngineArgs) -> None:
                          else f"model_impl must be 'auto', 'vllm' or 'transformers', got {args.model_impl!r}.")
     if args.tokenizer_mode == "mistral":
         raise ValueError("tokenizer_mode='mistral' is not supported yet (no mistral_common tokenizer); "
-                         "use 'auto' or 'slow'.")
-    if args.tokenizer_mode not in ("auto", "slow"):
-        raise ValueError(f"tokenizer_mode must be 'auto' or 'slow', got {args.tokenizer_mode!r}.")
+                         "use 'auto', 'hf' or 'slow'.")
+    # vLLM's "hf" (its HF tokenizer, fast when there is one) is what "auto" always is here: no mistral_common.
+    if args.tokenizer_mode not in ("auto", "hf", "slow"):
+        raise ValueError(f"tokenizer_mode must be 'auto', 'hf' or 'slow', got {args.tokenizer_mode!r}.")
     # Checks of one value each, here so that `pagedllm serve` fails before it starts an engine.
     if args.load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")

@@ -67,7 +67,8 @@ ENGINE_FIELDS: dict[str, list] = {
     "tokenizer": [Read(("model/loader.py",), "args.tokenizer")],
     "tokenizer_mode": [Read(("engine/",), "args.tokenizer_mode != \"slow\""),
                        Rejects("mistral", "tokenizer_mode='mistral' is not supported yet"),
-                       Rejects("fast", "tokenizer_mode must be 'auto' or 'slow'")],
+                       Behaves(_cfg(tokenizer_mode="hf")),      # vLLM's "hf": test_tokenizer_mode_hf
+                       Rejects("fast", "tokenizer_mode must be 'auto', 'hf' or 'slow'")],
     "skip_tokenizer_init": [Read(("engine/",), "args.skip_tokenizer_init")],
     # (the prompts themselves: tests/models/test_prompt_embeds.py, tests/unit/test_prompt_embeds_server.py)
     # (the processors' effect: tests/unit/test_logits_processors.py)
@@ -556,3 +557,13 @@ def test_code_revision_reaches_transformers(tiny_llama_dir, monkeypatch):
     seen.clear()
     LLM(model=tiny_llama_dir, code_revision="v2", kv_cache_memory_gb=0.01)
     assert seen and all(rev is None for _, rev in seen)
+
+
+def test_tokenizer_mode_hf(tiny_llama_dir):
+    """vLLM's tokenizer_mode="hf" (its HF tokenizer, the fast one when there is one) is the fast tokenizer, as "auto"
+    is here; it was a ValueError ("must be 'auto' or 'slow'")."""
+    from pagedllm import LLM, SamplingParams
+    llm = LLM(model=tiny_llama_dir, tokenizer_mode="hf", kv_cache_memory_gb=0.01, max_model_len=64)
+    assert llm.get_tokenizer().is_fast
+    out = llm.generate("Hello there", SamplingParams(temperature=0.0, max_tokens=3), use_tqdm=False)[0]
+    assert out.prompt_token_ids == llm.get_tokenizer()("Hello there").input_ids and len(out.outputs[0].token_ids) == 3

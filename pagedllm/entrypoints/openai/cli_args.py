@@ -166,7 +166,7 @@ def make_serve_parser(parser: argparse.ArgumentParser, model_positional: bool) -
 
 
 _ENGINE_HELP = {
-    "tokenizer_mode": "Tokenizer mode: auto (fast if available) or slow.",
+    "tokenizer_mode": "Tokenizer mode: auto / hf (fast if available) or slow.",
     "revision": "Model revision (branch, tag or commit) on the hub.",
     "tokenizer_revision": "Tokenizer revision on the hub.",
     "load_format": "Weights format; dummy = random weights (benchmarks, no download); bitsandbytes = the auto files "
