@@ -344,6 +344,11 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
                                           code_revision=args.code_revision))
     if callable(args.hf_overrides):       # vLLM's other form: a function of the config that returns it
         hf_config = args.hf_overrides(hf_config)
+        from transformers import PretrainedConfig
+        if not isinstance(hf_config, PretrainedConfig):
+            raise ValueError(f"hf_overrides: the function must return the config it was given (changed or a new "
+                             f"one), got {type(hf_config).__name__}; a function that changes the config in place "
+                             f"ends with 'return config'.")
     elif args.hf_overrides:
         _override_hf_config(hf_config, args.hf_overrides)
     tokenizer_path = args.tokenizer or model_dir

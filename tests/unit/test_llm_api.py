@@ -193,6 +193,13 @@ def test_hf_overrides_dict_or_function(model_dir):
         assert llm.llm_engine.model_config.max_model_len == 1024
     with pytest.raises(ValueError, match="hf_overrides must be a dict of config fields or a function"):
         LLM(model=str(model_dir[0]), hf_overrides='{"max_position_embeddings": 1024}')
+    # A function that changes the config in place and returns nothing: told so (it was "Model architectures [] are
+    # not supported", from the None it returned).
+    def no_return(config):
+        config.max_position_embeddings = 1024
+    with pytest.raises(ValueError, match=r"hf_overrides: the function must return the config .* got NoneType; a "
+                                         r"function that changes the config in place ends with 'return config'"):
+        LLM(model=str(model_dir[0]), hf_overrides=no_return)
 
 
 @pytest.mark.parametrize("overrides, rope", [
