@@ -1842,6 +1842,7 @@ class EngineConfig:
         runner_type = _resolve_runner(args, model)
         if args.pooler_config is not None:
             _verify_pooler_config(args.pooler_config, runner_type, model, args.served_model_name or args.model)
+        verify_rope_type(hf)
         derived_len, derived_from = _derived_max_model_len(hf)
         if runner_type == "pooling" and model.max_seq_length and model.max_seq_length < derived_len:
             derived_len = model.max_seq_length
@@ -2086,6 +2087,22 @@ def rope_parameters(hf_config, layer_type: str | None = None) -> dict:
     if isinstance(params, dict) and layer_type is not None and isinstance(params.get(layer_type), dict):
         return params[layer_type]
     return params
+
+
+def verify_rope_type(hf_config) -> None:
+    """A rope type the rotary layer cannot apply is an error naming it (vLLM's "Unknown RoPE scaling type"), never
+    the default rotation in its place: the types are transformers' (the rotary layer takes its frequencies from
+    ``ROPE_INIT_FUNCTIONS``) and "default" (mrope is the default rotation for text-only positions)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    params = rope_parameters(hf_config)
+    if not isinstance(params, dict):
+        return
+    per_layer = [p for p in params.values() if isinstance(p, dict)]     # Gemma 3: one dict per layer type
+    for rope in per_layer or [params]:
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "mrope", *ROPE_INIT_FUNCTIONS):
+            raise ValueError(f"Unknown RoPE scaling type {rope_type!r} (the config's rope_parameters / rope_scaling, "
+                             f"or hf_overrides); supported: 'default', {', '.join(map(repr, ROPE_INIT_FUNCTIONS))}.")
 
 
 def _rope_scaled_len(hf_config, length: int, source: str) -> tuple[int, str]:

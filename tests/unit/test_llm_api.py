@@ -237,6 +237,21 @@ def test_rope_scaling_stretches_the_derived_max_model_len(model_dir, monkeypatch
         LLM(model=str(model_dir[0]), hf_overrides={"rope_scaling": yarn}, max_model_len=4096)
 
 
+def test_unknown_rope_type_is_an_error(model_dir):
+    """A rope type the rotary layer cannot apply (a typo in hf_overrides, or a type transformers lacks) is vLLM's
+    'Unknown RoPE scaling type' error; before, the model ran with the default rotation and the 2x length."""
+    with pytest.raises(ValueError, match=r"Unknown RoPE scaling type 'yarm' .*supported: 'default', .*'yarn'"):
+        LLM(model=str(model_dir[0]), hf_overrides={"rope_scaling": {"rope_type": "yarm", "factor": 2.0}})
+    import transformers
+
+    from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel
+    gemma = transformers.Gemma3TextConfig(rope_parameters={          # one dict per layer type: each is checked
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        "full_attention": {"rope_type": "linaer", "factor": 8.0, "rope_theta": 1e6}})
+    with pytest.raises(ValueError, match="Unknown RoPE scaling type 'linaer'"):
+        EngineConfig.build(EngineArgs(model="m", device="cpu"), ResolvedModel("m", gemma, None))
+
+
 def test_load_format_that_does_not_fit_the_files(model_dir):
     # The folder holds model.safetensors only: "pt" and "gguf" say what they looked for.
     with pytest.raises(ValueError, match="load_format='pt' but no \\*.bin or \\*.pt in"):
