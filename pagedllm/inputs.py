@@ -41,10 +41,12 @@ PromptType = Union[str, TextPrompt, TokensPrompt, EmbedsPrompt]
 # Keys of a prompt dict that pagedllm reads, and vLLM's keys it cannot honour (with why): any of those with a value
 # other than None is an error, never silently dropped.
 PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt", "token_type_ids", "prompt_embeds"})
+_NO_MEDIA = ("multi-modal inputs are not supported yet (images, audio, video): pagedllm reads text only (an "
+             "image-text checkpoint such as Gemma 3 4B runs as its language model, without its vision tower)")
 UNSUPPORTED_PROMPT_KEYS = {
-    "multi_modal_data": "multi-modal inputs are not supported: pagedllm runs text-only models",
-    "mm_processor_kwargs": "multi-modal inputs are not supported: pagedllm runs text-only models",
-    "multi_modal_uuids": "multi-modal inputs are not supported: pagedllm runs text-only models",
+    "multi_modal_data": _NO_MEDIA,
+    "mm_processor_kwargs": _NO_MEDIA,
+    "multi_modal_uuids": _NO_MEDIA,
     "encoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
     "decoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
 }

@@ -119,7 +119,9 @@ def _part_text(part: Any, where: str) -> str:
         return part
     key = "refusal" if kind == "refusal" else "text"
     if kind not in ("text", "input_text", "refusal"):
-        raise ValueError(f"Content part type {kind!r} is not supported (text-only model): only 'text' parts.")
+        raise ValueError(f"Content part type {kind!r} is not supported yet: pagedllm reads text only (an image-text "
+                         f"checkpoint such as Gemma 3 4B runs as its language model, without its vision tower); "
+                         f"send 'text' parts.")
     if not isinstance(part.get(key), str):
         raise ValueError(f"{where}: a {kind!r} part needs a string {key!r}, got {part.get(key)!r:.50}.")
     return part[key]

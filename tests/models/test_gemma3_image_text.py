@@ -3,6 +3,8 @@ model: the engine builds the text config's model, loads the ``language_model.`` 
 and its greedy tokens on text prompts equal HF's (the whole image-text model, given text only; fp32)."""
 from __future__ import annotations
 
+import PIL.Image
+import pytest
 import torch
 import transformers
 
@@ -32,3 +34,8 @@ def test_text_part_of_an_image_text_gemma3_equals_hf(tmp_path):
         ref = hf.generate(torch.tensor([p]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
                           pad_token_id=0)[0, len(p):].tolist()
         assert list(out.outputs[0].token_ids) == ref
+    # An image for it (vLLM's multi_modal_data) is refused, saying what runs: before, the error claimed pagedllm
+    # "runs text-only models", while this image-text checkpoint had just loaded.
+    image = PIL.Image.new("RGB", (32, 32), "red")
+    with pytest.raises(ValueError, match="not supported yet.*Gemma 3 4B runs as its language model"):
+        llm.generate({"prompt_token_ids": [297, 299, 298, 5], "multi_modal_data": {"image": image}}, use_tqdm=False)
