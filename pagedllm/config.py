@@ -254,7 +254,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "dbo_decode_token_threshold", "dbo_prefill_token_threshold", "disable_nccl_for_dp_synchronization",
     "eplb_config", "enable_eplb", "num_redundant_experts", "eplb_window_size", "eplb_step_interval",
     "eplb_log_balancedness",
-    "max_long_partial_prefills", "aggregate_engine_logging", "rope_scaling",
+    "aggregate_engine_logging", "rope_scaling",
     "rope_theta", "max_seq_len_to_capture", "interleave_mm_strings",
     "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
@@ -424,6 +424,7 @@ class EngineArgs:
     # CPU (SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD), where a step of 2048 prompt tokens takes seconds.
     long_prefill_token_threshold: int | None = None
     max_num_partial_prefills: int = 1
+    max_long_partial_prefills: int = 1      # vLLM's: <= max_num_partial_prefills, so only 1 here
     # At most this many of the n sequences of one request queued or running at once (0: no cap; pagedllm's own
     # option, vLLM has none). None: no cap offline (one caller owns the engine), max_num_seqs // 16 behind the server.
     max_num_seqs_per_request: int | None = None
@@ -657,6 +658,8 @@ class EngineArgs:
                             "the server, so one request with a huge n cannot take every seat from short requests.")
         g.add_argument("--max-num-partial-prefills", type=int, default=d.max_num_partial_prefills,
                        help="Not supported yet: only 1.")
+        g.add_argument("--max-long-partial-prefills", type=int, default=d.max_long_partial_prefills,
+                       help="At most max_num_partial_prefills (so only 1 until concurrent partial prefills exist).")
         g.add_argument("--enable-lora", action="store_true",
                        help="Serve LoRA adapters (PEFT folders; --lora-modules, or a request's LoRARequest offline).")
         g.add_argument("--max-loras", type=int, default=d.max_loras,
@@ -904,6 +907,9 @@ def verify_engine_args(args: EngineArgs) -> None:
     if args.max_num_partial_prefills != 1:
         raise ValueError(f"max_num_partial_prefills is not supported yet (concurrent partial prefills); use 1 "
                          f"(got {args.max_num_partial_prefills}).")
+    if not 1 <= args.max_long_partial_prefills <= args.max_num_partial_prefills:     # vLLM's SchedulerConfig rule
+        raise ValueError(f"max_long_partial_prefills ({args.max_long_partial_prefills}) must be >= 1 and <= "
+                         f"max_num_partial_prefills ({args.max_num_partial_prefills}).")
     if args.speculative_config is not None:
         spec = speculative_settings(args.speculative_config)
         if args.enable_prompt_embeds:
@@ -1310,7 +1316,7 @@ ENGINE_FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "LoRAConfig": ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "lora_dtype", "enable_lora_bias",
                    "fully_sharded_loras"),
     "SchedulerConfig": ("max_num_batched_tokens", "max_num_seqs", "max_num_partial_prefills",
-                        "long_prefill_token_threshold", "max_num_seqs_per_request", "scheduling_policy",
+                        "max_long_partial_prefills", "long_prefill_token_threshold", "max_num_seqs_per_request", "scheduling_policy",
                         "enable_chunked_prefill", "disable_chunked_mm_input", "async_scheduling"),
     "CompilationConfig": ("cudagraph_capture_sizes", "max_cudagraph_capture_size"),
     "VllmConfig": ("speculative_config", "compilation_config", "structured_outputs_config", "profiler_config"),

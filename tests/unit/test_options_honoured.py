@@ -274,6 +274,12 @@ ENGINE_FIELDS: dict[str, list] = {
         Behaves(lambda mp: _served(mp, max_num_seqs_per_request=4).max_num_seqs_per_request == 4 or _fail()),
         Rejects(-1, "max_num_seqs_per_request must be >= 0")],
     "max_num_partial_prefills": [Rejects(2, "max_num_partial_prefills is not supported yet")],
+    # vLLM's default 1 is accepted (it only matters with concurrent partial prefills, which pagedllm lacks); above
+    # max_num_partial_prefills is vLLM's error. It was "unexpected keyword argument", even for 1.
+    "max_long_partial_prefills": [Behaves(_cfg(max_long_partial_prefills=1)),
+                                  Rejects(2, "max_long_partial_prefills (2) must be >= 1 and <= "
+                                             "max_num_partial_prefills (1)"),
+                                  Rejects(0, "max_long_partial_prefills (0) must be >= 1")],
     "enable_expert_parallel": [Rejects(True, "enable_expert_parallel is not supported yet")],
     "data_parallel_size": [Rejects(2, "data_parallel_size=2 is not supported yet")],
     # Greedy tokens equal, drafts accepted: tests/unit/test_spec_decode.py.
@@ -567,3 +573,13 @@ def test_tokenizer_mode_hf(tiny_llama_dir):
     assert llm.get_tokenizer().is_fast
     out = llm.generate("Hello there", SamplingParams(temperature=0.0, max_tokens=3), use_tqdm=False)[0]
     assert out.prompt_token_ids == llm.get_tokenizer()("Hello there").input_ids and len(out.outputs[0].token_ids) == 3
+
+
+def test_max_long_partial_prefills_of_vllms_default():
+    """vLLM's SchedulerConfig flags at their defaults, as a tutorial's command line spells them, are accepted offline
+    and by serve (--max-long-partial-prefills was 'unrecognized arguments', LLM(max_long_partial_prefills=1) a
+    TypeError)."""
+    from pagedllm.entrypoints.cli import make_parser
+    args = make_parser().parse_args(["serve", "m", "--max-num-partial-prefills", "1", "--max-long-partial-prefills", "1"])
+    assert (args.max_num_partial_prefills, args.max_long_partial_prefills) == (1, 1)
+    assert EngineArgs.from_kwargs("m", max_long_partial_prefills=1).max_long_partial_prefills == 1
