@@ -1883,6 +1883,13 @@ class EngineConfig:
                 max_num_batched_tokens = 2048
             if not chunked:
                 max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
+        # vLLM's rule: a step holds at least one token of each running sequence. max_num_seqs left unset follows a
+        # smaller max_num_batched_tokens; both given the other way round is its error.
+        if args.max_num_seqs is None:
+            max_num_seqs = min(max_num_seqs, max_num_batched_tokens)
+        elif args.max_num_batched_tokens is not None and max_num_batched_tokens < max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be greater than or equal to "
+                             f"max_num_seqs ({max_num_seqs}).")
 
         # The name is checked against the attention-backend registry (pagedllm/attention/registry.py, which may
         # hold backends registered at run time) by the engine layer (engine/core.py create_engine_config), before

@@ -154,6 +154,12 @@ ENGINE_FIELDS: dict[str, list] = {
                      Rejects(0, "max_num_seqs must be >= 1, got 0")],    # not the default in disguise
     "max_num_batched_tokens": [Behaves(lambda mp: build(mp, max_num_batched_tokens=99).max_num_batched_tokens == 99
                                        or _fail()),
+                               # vLLM's: an unset max_num_seqs follows a smaller budget (it stayed 256 here) ...
+                               Behaves(lambda mp: build(mp, max_num_batched_tokens=64).max_num_seqs == 64 or _fail()),
+                               # ... and a budget below max_num_seqs given with it is its error (it was accepted).
+                               Behaves(lambda mp: _raises(lambda: build(mp, max_num_batched_tokens=4, max_num_seqs=8),
+                                                          r"^max_num_batched_tokens \(4\) must be greater than or "
+                                                          r"equal to max_num_seqs \(8\)\.$")),
                                Rejects(0, "max_num_batched_tokens must be >= 1")],
     "enable_chunked_prefill": [Behaves(lambda mp: build(mp, enable_chunked_prefill=False).max_num_batched_tokens
                                        == 4096 or _fail())],
