@@ -899,6 +899,9 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {args.logprobs_mode!r}.")
     if args.max_num_seqs is not None and args.max_num_seqs < 1:
         raise ValueError(f"max_num_seqs must be >= 1, got {args.max_num_seqs}.")
+    if args.num_gpu_blocks_override is not None and args.num_gpu_blocks_override < 1:
+        raise ValueError(f"num_gpu_blocks_override must be >= 1 (a number of KV-cache blocks), got "
+                         f"{args.num_gpu_blocks_override}.")
     if args.max_num_seqs_per_request is not None and args.max_num_seqs_per_request < 0:
         raise ValueError(f"max_num_seqs_per_request must be >= 0 (0: no cap), got {args.max_num_seqs_per_request}.")
     if args.long_prefill_token_threshold is not None and args.long_prefill_token_threshold < 0:

@@ -132,7 +132,10 @@ ENGINE_FIELDS: dict[str, list] = {
     "kv_cache_memory_bytes": [Behaves(lambda mp: build(mp, kv_cache_memory_bytes=4096).kv_cache_memory_bytes == 4096
                                       or _fail()),
                               Rejects(0, "kv_cache_memory_bytes must be positive")],
-    "num_gpu_blocks_override": [Read(("worker/model_runner.py",), "args.num_gpu_blocks_override")],
+    # A count below 1 was the memory plan's "-1 blocks ... estimated maximum model length is -16".
+    "num_gpu_blocks_override": [Read(("worker/model_runner.py",), "args.num_gpu_blocks_override"),
+                                Rejects(-1, "num_gpu_blocks_override must be >= 1 (a number of KV-cache blocks), "
+                                            "got -1.")],
     # Swap vs recompute preemption, same tokens, pools whole: tests/unit/test_swap_preemption.py.
     "swap_space": [Read(("worker/model_runner.py",), "args.swap_space"), Rejects(-1, "swap_space must be >= 0")],
     "preemption_mode": [Read(("engine/core.py",), "preemption_mode=config.args.preemption_mode"),
