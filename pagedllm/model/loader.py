@@ -217,11 +217,20 @@ def _config_dir(args: "EngineArgs") -> str:
 def _override_hf_config(hf_config, overrides: dict) -> None:
     """Set ``overrides`` on the config. transformers 5 keeps rope_theta and the rope scaling in ``rope_parameters``
     (what the rotary layer reads): {"rope_theta": 1e6} is written there too, and {"rope_scaling": {...}} (the older
-    name, vLLM's tutorials') replaces the scaling there, keeping the model's rope_theta."""
+    name, vLLM's tutorials') replaces the scaling there, keeping the model's rope_theta. A dict for a nested config
+    updates that config's keys (vLLM's rule); {"text_config": {...}} applies to the config the engine runs when that
+    is the text config itself (a text-only model, or the language model of an image-text checkpoint)."""
+    from transformers import PretrainedConfig
     before = getattr(hf_config, "rope_parameters", None)
     before = dict(before) if isinstance(before, dict) else None
     for key, value in overrides.items():
-        setattr(hf_config, key, value)
+        nested = getattr(hf_config, key, None)
+        if isinstance(value, dict) and isinstance(nested, PretrainedConfig):
+            _override_hf_config(nested, value)
+        elif key == "text_config" and isinstance(value, dict) and nested is None:
+            _override_hf_config(hf_config, value)
+        else:
+            setattr(hf_config, key, value)
     if before is None or "rope_parameters" in overrides:
         return
     params = dict(before)

@@ -202,6 +202,23 @@ def test_hf_overrides_dict_or_function(model_dir):
         LLM(model=str(model_dir[0]), hf_overrides=no_return)
 
 
+def test_hf_overrides_of_a_nested_text_config(model_dir, tmp_path):
+    """vLLM's {"text_config": {...}} (and --hf-overrides.text_config.KEY) updates the text config's keys. Before, it
+    was set as a plain attribute nothing reads: an image-text Gemma 3 kept its window, a text model its length."""
+    import transformers
+
+    from pagedllm.config import EngineArgs
+    from pagedllm.model.loader import resolve_model
+    llm = LLM(model=str(model_dir[0]), hf_overrides={"text_config": {"max_position_embeddings": 1024}})
+    assert llm.llm_engine.model_config.max_model_len == 1024          # a text model: its config is the text config
+    transformers.Gemma3Config(text_config=dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, sliding_window=8,
+                                               num_attention_heads=4, num_key_value_heads=2, head_dim=16),
+                              vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2),
+                              architectures=["Gemma3ForConditionalGeneration"]).save_pretrained(tmp_path)
+    text = resolve_model(EngineArgs(model=str(tmp_path), hf_overrides={"text_config": {"sliding_window": 4}})).hf_config
+    assert (text.architectures, text.sliding_window, text.num_hidden_layers) == (["Gemma3ForConditionalGeneration"], 4, 2)
+
+
 @pytest.mark.parametrize("overrides, rope", [
     ({"rope_theta": 1e6}, {"rope_type": "default", "rope_theta": 1e6}),      # the --hf-overrides help's example
     ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"rope_type": "linear", "factor": 2.0,
