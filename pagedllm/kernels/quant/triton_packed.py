@@ -739,9 +739,10 @@ def packed_matmul_with_config(x: torch.Tensor, w: PackedWeight, bias: torch.Tens
 
 
 def packed_matmul(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W (+ bias)`` for ``x`` ``[M, K]`` fp16/bf16 (or fp32: no pairs configs) on CUDA and the packed ``W`` (``reference_matmul``'s
-    definition); the result ``[M, N]`` in ``x.dtype``. Scales/offsets may be fp16, bf16 or fp32; ``bias`` ``[N]``
-    contiguous. The only allocation per call is the output (and ``x[:, perm]`` for a weight with ``perm``)."""
+    """``x @ W (+ bias)`` for ``x`` ``[M, K]`` fp16/bf16 (or fp32: no pairs configs) on CUDA and the packed ``W``
+    (``reference_matmul``'s definition); the result ``[M, N]`` in ``x.dtype``. Scales/offsets may be fp16, bf16 or
+    fp32; ``bias`` ``[N]`` contiguous. The only allocation per call is the output (and ``x[:, perm]`` for a weight
+    with ``perm``)."""
     m, k = x.shape
     n = w.qweight.shape[1]
     if m == 0 or n == 0:
