@@ -43,10 +43,11 @@ class IncrementalDetokenizer:
             self.read_offset = len(token_ids)
         if not self.stop or not check_stop:
             return None
-        # Only the newly added text (plus the tail a stop string could straddle) can hold a new match.
-        start = max(0, prev_len - self.max_stop_len + 1)
+        # Only the newly added text (plus the tail this stop string could straddle) can hold a new match: each stop
+        # string looks back its own length less one, as vLLM, so a shorter one's match in text decoded before
+        # min_tokens (or already searched) is never found again.
         for stop in self.stop:
-            idx = self.output_text.find(stop, start)
+            idx = self.output_text.find(stop, max(0, prev_len - len(stop) + 1))
             if idx != -1:
                 cut = idx + len(stop) if self.include_stop else idx
                 self.output_text = self.output_text[:cut]

@@ -201,6 +201,17 @@ def test_stop_string_before_min_tokens_is_not_a_stop(scripted):
     assert (c.text, c.finish_reason, c.stop_reason) == (" alpha beta gamma ", "stop", "delta")
 
 
+def test_stop_string_of_the_min_tokens_text_is_not_found_later(scripted):
+    """A short stop string in the text before min_tokens stays there when a longer stop string is also set: each
+    stop string looks back only its own length (vLLM). Before, all looked back as far as the longest, so " beta"
+    (the first token past min_tokens) found "alpha" again and stopped with text " ", stop_reason "alpha"."""
+    llm, prompts, outputs = scripted
+    c = run(llm, prompts["Greek"], SamplingParams(temperature=0.0, max_tokens=40, min_tokens=1,
+                                                   stop=["alpha", " gamma delta"]))[0].outputs[0]
+    assert (c.text, c.finish_reason, c.stop_reason) == (" alpha beta", "stop", " gamma delta")
+    assert list(c.token_ids) == outputs["Greek"][:4]
+
+
 def test_stop_token_ids_text_excludes_the_stop_token(scripted, tokenizer):
     llm, prompts, outputs = scripted
     gamma = tokenizer.encode(" gamma")[0]
