@@ -131,7 +131,12 @@ CALL_ERROR_GRACE_S = 60.0
 
 
 class WorkerDied(RuntimeError):
-    """A worker process (a tensor- or pipeline-parallel rank) ended or failed; the engine cannot go on."""
+    """A worker process (a tensor- or pipeline-parallel rank) ended or failed; the engine cannot go on. ``rank``:
+    the rank whose call failed (None: one died)."""
+
+    def __init__(self, message: str, rank: int | None = None):
+        super().__init__(message)
+        self.rank = rank
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -162,7 +167,6 @@ class DistributedExecutor(Executor):
         # Pipeline parallel: the last stage's outputs not yet forwarded to the earlier stages (module docstring).
         self._tokens_for_earlier_stages: list[dict[str, int]] = []
         self._dead: WorkerDied | None = None       # set once a rank has failed: every later call raises it
-        self._failed_rank: int | None = None        # the rank whose call failed (None: one died)
 
     # ---- the engine core's calls ------------------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -248,8 +252,8 @@ class DistributedExecutor(Executor):
         try:
             self._collect()
         except WorkerDied as e:
-            if isinstance(e.__cause__, ValueError) and self._failed_rank is not None:
-                raise ValueError(f"{e.__cause__} (worker {self.describe_rank(self._failed_rank)})") from e
+            if isinstance(e.__cause__, ValueError) and e.rank is not None:
+                raise ValueError(f"{e.__cause__} (worker {self.describe_rank(e.rank)})") from e
             raise
 
     def _fail(self, rank: int, error: tuple[BaseException, str] | None, cause: BaseException | None = None) -> None:
@@ -257,12 +261,12 @@ class DistributedExecutor(Executor):
         or, when ``error`` is None, ``rank`` is gone (``cause``: what the transport said)."""
         # A rank that failed in a collective often did so because another rank died: name the dead one.
         death = self._find_death(rank, error, cause)
-        self._failed_rank = None if death is not None else rank
         if death is not None:
             self._dead = WorkerDied(death)
         else:
             exc, tb = error
-            self._dead = WorkerDied(f"Worker {self.describe_rank(rank)} failed: {type(exc).__name__}: {exc}\n{tb}")
+            self._dead = WorkerDied(f"Worker {self.describe_rank(rank)} failed: {type(exc).__name__}: {exc}\n{tb}",
+                                    rank)
         self._finalizer()
         if death is None:
             raise self._dead from error[0]
