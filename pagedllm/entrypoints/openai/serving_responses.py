@@ -92,6 +92,11 @@ def _with_logprobs(req: ResponsesRequest) -> bool:
     return "message.output_text.logprobs" in (req.include or ())
 
 
+def _output_text(text: str, logprobs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A message's output_text content part (logprobs None without include message.output_text.logprobs)."""
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+
+
 def _response_format(req: ResponsesRequest) -> dict[str, Any] | None:
     """``text.format`` as the chat completion's ``response_format``: OpenAI's Responses formats are flat
     (``{"type": "json_schema", "name", "schema", "strict", "description"}``), the chat's nest the schema under
@@ -335,8 +340,7 @@ class OpenAIServingResponses:
             output.append({"id": f"rs_{random_uuid()}", "type": "reasoning", "summary": [],
                            "content": [{"type": "reasoning_text", "text": reasoning}], "status": None})
         if content or not (calls or reasoning):
-            text = {"type": "output_text", "text": content, "annotations": [],
-                    "logprobs": (choice.get("logprobs") or {}).get("content") if _with_logprobs(req) else None}
+            text = _output_text(content, (choice.get("logprobs") or {}).get("content") if _with_logprobs(req) else None)
             output.append({"id": f"msg_{random_uuid()}", "type": "message", "role": "assistant",
                            "status": "incomplete" if truncated else "completed", "content": [text]})
         for call in calls:     # OpenAI's function_call output items, after the message (as vLLM orders them)
@@ -377,7 +381,6 @@ class OpenAIServingResponses:
                 "total_tokens": usage["total_tokens"],
             },
         }
-
 
     def _sampled_with(self, name: str, value: float | None) -> float | None:
         """The request's value, else the server's default for it (the generation config's, else SamplingParams')."""
@@ -453,8 +456,7 @@ class _StreamedItems:
                 "id": self.message.id, "type": "message", "role": "assistant", "status": "in_progress",
                 "content": []}))
             out.append(self.event("response.content_part.added", **self._where(self.message),
-                                  part={"type": "output_text", "text": "", "annotations": [],
-                                        "logprobs": [] if self.with_logprobs else None}))
+                                  part=_output_text("", [] if self.with_logprobs else None)))
         if logprobs and self.message is not None:
             self.message.logprobs += logprobs
         if delta:
@@ -493,8 +495,7 @@ class _StreamedItems:
                     self.event("response.reasoning_part.done", **self._where(item), part=part),
                     self.event("response.output_item.done", output_index=item.index, item=item.done)]
         if item.kind == "message":
-            part = {"type": "output_text", "text": item.text, "annotations": [],
-                    "logprobs": item.logprobs if self.with_logprobs else None}
+            part = _output_text(item.text, item.logprobs if self.with_logprobs else None)
             item.done = {"id": item.id, "type": "message", "role": "assistant", "status": status, "content": [part]}
             return [self.event("response.output_text.done", **self._where(item), text=item.text,
                                logprobs=item.logprobs),
