@@ -216,7 +216,8 @@ def test_hf_overrides_of_a_nested_text_config(model_dir, tmp_path):
                               vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2),
                               architectures=["Gemma3ForConditionalGeneration"]).save_pretrained(tmp_path)
     text = resolve_model(EngineArgs(model=str(tmp_path), hf_overrides={"text_config": {"sliding_window": 4}})).hf_config
-    assert (text.architectures, text.sliding_window, text.num_hidden_layers) == (["Gemma3ForConditionalGeneration"], 4, 2)
+    assert (text.architectures, text.sliding_window, text.num_hidden_layers) == (
+        ["Gemma3ForConditionalGeneration"], 4, 2)
 
 
 @pytest.mark.parametrize("overrides, rope", [

@@ -589,6 +589,7 @@ def test_max_long_partial_prefills_of_vllms_default():
     and by serve (--max-long-partial-prefills was 'unrecognized arguments', LLM(max_long_partial_prefills=1) a
     TypeError)."""
     from pagedllm.entrypoints.cli import make_parser
-    args = make_parser().parse_args(["serve", "m", "--max-num-partial-prefills", "1", "--max-long-partial-prefills", "1"])
+    args = make_parser().parse_args(["serve", "m", "--max-num-partial-prefills", "1",
+                                     "--max-long-partial-prefills", "1"])
     assert (args.max_num_partial_prefills, args.max_long_partial_prefills) == (1, 1)
     assert EngineArgs.from_kwargs("m", max_long_partial_prefills=1).max_long_partial_prefills == 1
