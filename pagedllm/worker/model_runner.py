@@ -15,8 +15,8 @@ from pagedllm.attention.backends.base import CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
-from pagedllm.config import (EngineConfig, ProfilerSettings, cuda_graph_sizes, cuda_graphs_off, kv_cache_torch_dtype,
-                             profiler_settings, sliding_window)
+from pagedllm.config import (ENGINE_FLAG_GROUPS, EngineConfig, ProfilerSettings, cuda_graph_sizes, cuda_graphs_off,
+                             kv_cache_torch_dtype, profiler_settings, sliding_window, verify_engine_args)
 from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size,
                                   is_first_pp_stage, is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
@@ -551,9 +551,30 @@ class ModelRunner:
             raise ValueError("LoRA is not enabled: create the engine with enable_lora=True (--enable-lora).")
         return self.lora
 
+    def update_config(self, overrides: dict) -> None:
+        """vLLM's worker method: ``collective_rpc("update_config", args=({"load_config": {"load_format": "auto"}},))``
+        changes how the next ``reload_weights`` loads (vLLM's example starts on ``load_format="dummy"`` and then
+        loads the checkpoint in place). vLLM's other section, ``model_config``, is refused."""
+        if not isinstance(overrides, dict):
+            raise ValueError(f"update_config takes a dict of config sections, got {type(overrides).__name__}.")
+        changes = {}
+        for section, fields in overrides.items():
+            if section != "load_config":
+                raise ValueError(f"update_config: {section!r} is not supported yet by pagedllm; only 'load_config' "
+                                 f"(its fields {list(ENGINE_FLAG_GROUPS['LoadConfig'])}) can change.")
+            for name, value in (fields or {}).items():
+                if name not in ENGINE_FLAG_GROUPS["LoadConfig"]:
+                    raise ValueError(f"update_config: load_config has no field {name!r}; its fields: "
+                                     f"{list(ENGINE_FLAG_GROUPS['LoadConfig'])}.")
+                changes[name] = value
+        verify_engine_args(dataclasses.replace(self.config.args, **changes))   # the same checks as at start-up
+        for name, value in changes.items():
+            setattr(self.config.args, name, value)
+
     def reload_weights(self) -> None:
         """Load the weights again from the checkpoint (vLLM's worker method, for ``collective_rpc("reload_weights")``
-        after a level-2 sleep); the CUDA graphs are captured again over them."""
+        after a level-2 sleep, or after ``update_config`` changed the load format); the CUDA graphs are captured
+        again over them."""
         self.graph_runner = self.piecewise_runner = None
         self.model = None
         self._weights_backup = None

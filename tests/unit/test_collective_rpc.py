@@ -77,3 +77,21 @@ def test_server_collective_rpc(tiny_llama_dir, monkeypatch):
         assert response.json()["error"]["message"] == "collective_rpc: the worker has no method 'nope'."
     with serve_in_process(tiny_llama_dir) as (app, engine):
         run_on(app, script)
+
+
+def test_dummy_weights_then_update_config_and_reload_weights(tiny_llama_dir):
+    # vLLM's skip_loading_weights_in_engine_init example: start on dummy weights, switch the worker's load_config
+    # to the checkpoint and reload in place; the outputs are then the checkpoint's.
+    real = LLM(tiny_llama_dir, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01)
+    expected = real.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+    llm = LLM(tiny_llama_dir, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01, load_format="dummy")
+    assert llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids != expected
+    assert llm.collective_rpc("update_config", args=({"load_config": {"load_format": "auto"}},)) == [None]
+    assert llm.collective_rpc("reload_weights") == [None]
+    assert llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids == expected
+    with pytest.raises(ValueError, match="update_config: 'model_config' is not supported yet.*load_config"):
+        llm.collective_rpc("update_config", args=({"model_config": {"max_model_len": 64}},))
+    with pytest.raises(ValueError, match="update_config: load_config has no field 'load_fmt'"):
+        llm.collective_rpc("update_config", args=({"load_config": {"load_fmt": "auto"}},))
+    with pytest.raises(ValueError, match="load_format must be one of"):
+        llm.collective_rpc("update_config", args=({"load_config": {"load_format": "nope"}},))
