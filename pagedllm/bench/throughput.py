@@ -45,6 +45,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "--enable-lora.")
     parser.add_argument("--num-warmups", type=int, default=0,
                         help="Requests generated once before the timed run (first-call compile/caches).")
+    parser.add_argument("--profile", action="store_true",
+                        help="Run the engine's profiler (LLM.start_profile / stop_profile) over the timed run; needs "
+                             "--profiler-config '{\"profiler\": \"torch\", \"torch_profiler_dir\": DIR}' or "
+                             "VLLM_TORCH_PROFILER_DIR.")
     add_engine_args(parser)
     return parser
 
@@ -69,6 +73,9 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError("HF max batch size is required for HF backend (--hf-max-batch-size).")
     elif args.hf_max_batch_size is not None:
         raise ValueError("HF max batch size is only for HF backend.")
+    if args.backend == "hf" and args.profile:
+        raise ValueError("--profile is not implemented for the hf backend (it runs the pagedllm engine's "
+                         "profiler).")
     if args.backend == "hf" and (args.async_engine or args.disable_frontend_multiprocessing):
         raise ValueError("--async-engine and --disable-frontend-multiprocessing apply to the pagedllm (vllm) "
                          "backend, not hf.")
@@ -145,8 +152,16 @@ def run_pagedllm_async(args: argparse.Namespace) -> dict[str, Any]:
 
         if args.num_warmups > 0:
             asyncio.run(generate("warmup-", min(args.num_warmups, len(prompts))))
+        async def timed_run() -> list:
+            if args.profile:
+                await engine.start_profile()
+            finals = await generate("", len(prompts))
+            if args.profile:
+                await engine.stop_profile()
+            return finals
+
         start = time.perf_counter()
-        outputs = asyncio.run(generate("", len(prompts)))
+        outputs = asyncio.run(timed_run())
         elapsed = time.perf_counter() - start
     finally:
         engine.shutdown()
@@ -165,7 +180,11 @@ def run_pagedllm(args: argparse.Namespace) -> dict[str, Any]:
         k = min(args.num_warmups, len(prompts))
         llm.generate(prompts[:k], params[:k], use_tqdm=False, lora_request=loras and loras[:k])
     start = time.perf_counter()
+    if args.profile:
+        llm.start_profile()
     outputs = llm.generate(prompts, params, use_tqdm=True, lora_request=loras)
+    if args.profile:
+        llm.stop_profile()
     elapsed = time.perf_counter() - start
     prompt_tokens = sum(len(o.prompt_token_ids or []) for o in outputs)
     output_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)

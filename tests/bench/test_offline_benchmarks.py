@@ -25,6 +25,12 @@ class FakeLLM:
     def get_tokenizer(self):
         return None
 
+    def start_profile(self):
+        self.calls.append("start_profile")
+
+    def stop_profile(self):
+        self.calls.append("stop_profile")
+
     def generate(self, prompts, params, use_tqdm=True, lora_request=None):
         params_list = params if isinstance(params, list) else [params] * len(prompts)
         self.calls.append((prompts, params_list))
@@ -94,6 +100,20 @@ def test_throughput_lora_path_gives_every_request_the_adapter(fake_engine, capsy
     with pytest.raises(ValueError, match="--lora-path is for the pagedllm"):
         throughput.validate_args(parse(throughput, "--backend", "hf", "--hf-max-batch-size", "2", "--input-len",
                                        "4", "--lora-path", "/a", "--enable-lora"))
+
+
+def test_throughput_profile_wraps_the_timed_run(fake_engine, capsys):
+    """vLLM's --profile: the engine's profiler (LLM.start_profile / stop_profile, --profiler-config) around the timed
+    generate only, not the warm-up."""
+    throughput.main(parse(throughput, "--input-len", "6", "--output-len", "2", "--num-prompts", "3",
+                          "--num-warmups", "1", "--profile"))
+    calls = fake_engine.instances[0].calls
+    assert [c if isinstance(c, str) else len(c[0]) for c in calls] == [1, "start_profile", 3, "stop_profile"]
+    throughput.main(parse(throughput, "--input-len", "6", "--output-len", "2", "--num-prompts", "3"))
+    assert "start_profile" not in fake_engine.instances[1].calls
+    with pytest.raises(ValueError, match="--profile is not implemented for the hf backend"):
+        throughput.validate_args(parse(throughput, "--backend", "hf", "--hf-max-batch-size", "2", "--input-len",
+                                       "4", "--profile"))
 
 
 def test_throughput_argument_checks():
