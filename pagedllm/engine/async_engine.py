@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator
 
 from pagedllm.config import EngineArgs, EngineConfig
 from pagedllm.engine.core_client import EngineCoreClient
-from pagedllm.engine.input_processor import InputProcessor, PromptType, load_tokenizer
+from pagedllm.engine.input_processor import EarlyTokenizers, InputProcessor, PromptType
 from pagedllm.engine.messages import (AbortRequests, CoreDead, CoreSnapshot, CoreStepOutputs, EngineSnapshot,
                                       UtilityCall, UtilityResult)
 from pagedllm.engine.output_processor import OutputProcessor
@@ -170,13 +170,15 @@ class AsyncLLMEngine:
         self._client = EngineCoreClient(engine_args, engine_process=engine_process, on_message=self._on_message,
                                         on_idle=self._log_stats, on_closed=self._die,
                                         idle_interval_s=stats_log_interval_s, prestarted=prestarted)
-        info = self._client.start()         # blocks until the core is built; raises its build error
-        self.config: EngineConfig = info["config"]
         # Two tokenizers: HF fast tokenizers must not be used from two threads at once, and inputs are tokenized in
-        # ``_tokenizer_pool`` while outputs are detokenized in the reader thread.
+        # ``_tokenizer_pool`` while outputs are detokenized in the reader thread. Loaded while an engine process
+        # builds where their folder is known before (EarlyTokenizers).
+        tokenizers = EarlyTokenizers(engine_args, count=2)
+        info = self._client.start(tokenizers.load)     # blocks until the core is built; raises its build error
+        self.config: EngineConfig = info["config"]
         skip = self.config.args.skip_tokenizer_init
-        self.input_processor = InputProcessor(self.config, None if skip else load_tokenizer(self.config))
-        self.output_processor = OutputProcessor(None if skip else load_tokenizer(self.config))
+        self.input_processor = InputProcessor(self.config, None if skip else tokenizers.take(self.config))
+        self.output_processor = OutputProcessor(None if skip else tokenizers.take(self.config))
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagedllm-tokenizer")
         self.vocab_size: int = self.input_processor.vocab_size
         self._default_params = self.input_processor.default_sampling_params()

@@ -177,8 +177,11 @@ class EngineCoreClient:
         finally:
             core_end.close()
 
-    def start(self) -> dict:
-        """Start the core and wait until it is built; returns its info, or raises its build error."""
+    def start(self, while_building: Callable[[Callable[[], bool]], None] | None = None) -> dict:
+        """Start the core and wait until it is built; returns its info, or raises its build error.
+        ``while_building(core_answered)``: the front end's own start-up work, run while an engine-core process
+        builds (after it was started: nothing runs on another thread of this process at a fork);
+        ``core_answered()`` says whether the core has sent its answer already."""
         if self._prestarted is None or not self._adopt(self._prestarted):
             if self.engine_process:
                 self._worker = self._make_process(time.monotonic())
@@ -186,6 +189,8 @@ class EngineCoreClient:
         if self.engine_process:
             self._child_conn.close()
             _prepare_to_read_core_info(self.engine_args)
+            if while_building is not None:
+                while_building(lambda: self._conn.poll(0))
         try:
             msg = self._conn.recv()
         except EOFError:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from pagedllm.config import GENERATION_CONFIG_SAMPLING_KEYS, EngineConfig, reasoning_parser_name
+from pagedllm.config import GENERATION_CONFIG_SAMPLING_KEYS, EngineArgs, EngineConfig, reasoning_parser_name
 from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.inputs import PromptType, check_prompt_keys, is_embeds_prompt
@@ -385,15 +385,60 @@ _POOLING_STEP = SamplingParams(max_tokens=1, detokenize=False, output_kind=Reque
 
 
 def load_tokenizer(config: EngineConfig):
+    return _load_tokenizer_from(config.model.tokenizer_path, config.args)
+
+
+def _load_tokenizer_from(path: str, args: EngineArgs):
     from transformers import AutoTokenizer
 
     from pagedllm.model.hf_configs import remote_code_kwargs
-    args = config.args
     try:
-        return AutoTokenizer.from_pretrained(config.model.tokenizer_path, trust_remote_code=args.trust_remote_code,
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code,
                                              revision=args.tokenizer_revision, use_fast=args.tokenizer_mode != "slow",
                                              token=args.hf_token,
                                              **remote_code_kwargs(args.trust_remote_code, args.code_revision))
     except Exception as e:
-        raise ValueError(f"Could not load the tokenizer from {config.model.tokenizer_path!r}: {e}. "
+        raise ValueError(f"Could not load the tokenizer from {path!r}: {e}. "
                          f"Pass tokenizer=... or skip_tokenizer_init=True.") from None
+
+
+def _tokenizer_key(path: str | None, args: EngineArgs) -> tuple:
+    """What a loaded tokenizer depends on (``_load_tokenizer_from``'s inputs)."""
+    return (path, args.trust_remote_code, args.tokenizer_revision, args.tokenizer_mode, args.hf_token,
+            args.code_revision)
+
+
+class EarlyTokenizers:
+    """The API server's tokenizers (one for inputs, one for outputs), loaded while its engine-core process builds.
+
+    The server only waits then, and afterwards loaded both one after the other before it could serve: 0.25-0.3 s
+    each for SmolLM2 on the 2-core CPU VM (docs/perf.md, session 33), more for a 150k-token vocabulary. ``load`` runs
+    in that wait, when ``model/loader.local_tokenizer_path`` can name the folder before the core resolves the model;
+    ``take(config)`` hands one over if the core resolved the same folder with the same arguments, else loads one as
+    before. Best effort: a failed early load is dropped, and the load in ``take`` reports the error."""
+
+    def __init__(self, args: EngineArgs, count: int):
+        self._args, self._count = args, count
+        self._key: tuple | None = None
+        self._loaded: list = []
+
+    def load(self, core_answered: Callable[[], bool]) -> None:
+        """Load them, stopping as soon as ``core_answered()`` (its build error, or a core ready this soon: the rest
+        load in ``take``, as before)."""
+        if self._args.skip_tokenizer_init:
+            return
+        from pagedllm.model.loader import local_tokenizer_path
+        path = local_tokenizer_path(self._args)
+        if path is None:
+            return
+        try:
+            while len(self._loaded) < self._count and not core_answered():
+                self._loaded.append(_load_tokenizer_from(path, self._args))
+        except Exception:   # noqa: BLE001 - take() loads again and raises the error there
+            self._loaded.clear()
+        self._key = _tokenizer_key(path, self._args)
+
+    def take(self, config: EngineConfig):
+        if self._loaded and self._key == _tokenizer_key(config.model.tokenizer_path, config.args):
+            return self._loaded.pop()
+        return load_tokenizer(config)

@@ -391,6 +391,28 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
                          is_token_classifier=is_token_classifier(hf_config))
 
 
+def local_tokenizer_path(args: "EngineArgs") -> str | None:
+    """The folder ``resolve_model(args).tokenizer_path`` will be, where a few stats tell it before the model is
+    resolved: a local folder with config.json, or a GGUF (the bundled model's too) whose converted folder is already
+    cached; None otherwise (a hub id, a first GGUF conversion, another ``tokenizer=``, no tokenizer). Nothing is
+    read, downloaded or converted here. The API server loads its tokenizers from this folder while the engine core
+    builds (engine/async_engine.py) and keeps them only if the core resolved the same one."""
+    if args.skip_tokenizer_init or args.tokenizer not in (None, args.model):
+        return None
+    model = args.model
+    if model == BUNDLED_MODEL_ID and not os.path.exists(model):
+        gguf_path = bundled_model_path()
+    elif os.path.exists(model):
+        gguf_path = _find_gguf(model)
+    else:
+        return None
+    if gguf_path is not None:
+        from pagedllm.model.gguf_loader import cache_dir_for
+        folder = cache_dir_for(gguf_path)
+        return folder if os.path.exists(os.path.join(folder, ".complete")) else None
+    return model if os.path.isfile(os.path.join(model, "config.json")) else None
+
+
 def load_model(config: "EngineConfig") -> torch.nn.Module:
     """Build the model for ``config`` on its device and dtype and fill in its weights."""
     from pagedllm.distributed import get_pp_size, get_tp_rank, get_tp_size
