@@ -26,9 +26,8 @@ def _probe_child(argv, make_parser, conn, spawned_at, parent_pid):
     if os.environ.get("S33_TF_THREAD") == "1":     # experiment: transformers imported on a thread meanwhile
         import threading
 
-        def _tf():
-            import transformers.models  # noqa: F401
-        threading.Thread(target=_tf, daemon=True).start()
+        import importlib
+        threading.Thread(target=importlib.import_module, args=("transformers.models",), daemon=True).start()
     from pagedllm.worker.executor import die_with_parent
     die_with_parent(parent_pid)
     from pagedllm.engine import core
@@ -67,11 +66,12 @@ def spawn(argv):
 
 
 def in_process(argv, profile: bool):
-    import multiprocessing.connection  # noqa: F401 - the spawned child's own imports
-    import multiprocessing.spawn  # noqa: F401
+    import importlib
+    for name in ("multiprocessing.connection", "multiprocessing.spawn"):      # the spawned child's own imports
+        importlib.import_module(name)
     t0 = time.perf_counter()
-    from pagedllm.worker.executor import die_with_parent  # noqa: F401
-    from pagedllm.engine.core_client import run_prestarted_core  # noqa: F401
+    for name in ("pagedllm.worker.executor", "pagedllm.engine.core_client"):   # as early_engine._child_main
+        importlib.import_module(name)
     from pagedllm.entrypoints import early_engine
     args = early_engine._engine_args(argv, make_parser)
     t1 = time.perf_counter()

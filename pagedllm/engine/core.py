@@ -453,11 +453,14 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
     core.startup_phases_before = {**before, "config": configured - entered}
     if on_built is not None:
         on_built(core)
-    if freeze_heap:
-        freeze_gc_heap("engine core")
     info = core.info()
     info["ready_at"] = time.monotonic()     # the front end times the hand-over of this message (start-up timeline)
     conn.send(CoreReady(info))
+    if freeze_heap:
+        # After the answer, while the front end reads it and builds its app: before it, its collection held the
+        # server back (217 ms of a served SmolLM2 start on the 2-core CPU VM; docs/perf.md, session 33). Messages
+        # that come meanwhile wait in the pipe.
+        freeze_gc_heap("engine core")
     trace = StepTrace(step_trace) if step_trace else None
     while True:
         if not core.has_unfinished_requests() or core.is_sleeping():

@@ -10,7 +10,7 @@ from tiny_models import save_tiny_llama
 from pagedllm.config import EngineArgs
 from pagedllm.engine.core import run_engine_core
 from pagedllm.engine.core_client import _queue_pair
-from pagedllm.engine.messages import CoreReady, Shutdown
+from pagedllm.engine.messages import CoreReady, Shutdown, UtilityCall, UtilityResult
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,9 @@ def _build_core(model_dir: str, freeze_heap: bool):
     thread.start()
     msg = front.recv()
     assert isinstance(msg, CoreReady), msg
+    front.send(UtilityCall(0, "is_sleeping"))     # answered in the core's loop: after the freeze that follows CoreReady
+    answer = front.recv()
+    assert isinstance(answer, UtilityResult) and answer.value is False, answer
     return built["core"], thread, front
 
 

@@ -1,0 +1,25 @@
+"""Session 33: `pagedllm serve ...` with one start-up change switched off, for A/B starts to /health:
+``S33_OFF=tokenizers python serve_ab.py serve [flags]`` (EarlyTokenizers.load stubbed: the server loads its
+tokenizers after the core's answer, as before), ``S33_OFF=freeze`` (the engine core freezes its heap before it
+answers, as before). No S33_OFF: the committed code."""
+import os
+import sys
+
+off = os.environ.get("S33_OFF", "")
+if "tokenizers" in off:
+    from pagedllm.engine.input_processor import EarlyTokenizers
+    EarlyTokenizers.load = lambda self, core_answered: None
+if "freeze" in off:
+    # The freeze back before the answer: run when run_engine_core builds its CoreReady (the ready_at stamp is taken
+    # just before, so the timeline counts it in the hand-over); the call after the send does nothing.
+    from pagedllm.engine import core
+    freeze, ready = core.freeze_gc_heap, core.CoreReady
+
+    def _frozen_ready(info):
+        freeze("engine core")
+        return ready(info)
+    core.freeze_gc_heap, core.CoreReady = (lambda process: 0), _frozen_ready
+
+if __name__ == "__main__":
+    from pagedllm.entrypoints.cli import main
+    sys.exit(main())
