@@ -246,3 +246,29 @@ def test_same_request_id_twice_in_flight(server):
         assert second.status_code == 200 and second.json()["id"] == "cmpl-dup-1", second.text
         for _ in lines:
             pass
+
+
+def test_streamed_return_token_ids_send_the_prompt_ids_once(client):
+    # vLLM: a stream with return_token_ids sends the prompt's token ids once, as the whole response has them:
+    # /v1/completions on each choice's first chunk (its choice's prompt_token_ids), chat on the role chunk
+    # (top-level prompt_token_ids). Before, streams carried only the generated token_ids.
+    kw = dict(model=MODEL, prompt=["Hi", "The sky is blue"], max_tokens=2, n=2, temperature=1.0, seed=0,
+              extra_body={"return_token_ids": True})
+    whole = client.completions.create(**kw)
+    want = {c.index: c.model_extra["prompt_token_ids"] for c in whole.choices}
+    assert want == {0: [26843], 1: [26843], 2: [504, 6376, 314, 4461], 3: [504, 6376, 314, 4461]}
+    sent: dict[int, list] = {}
+    for c in client.completions.create(**kw, stream=True):
+        for choice in c.choices:
+            if choice.model_extra.get("prompt_token_ids") is not None:
+                assert choice.index not in sent                 # once per choice
+                sent[choice.index] = choice.model_extra["prompt_token_ids"]
+    assert sent == want
+
+    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=2,
+                                          extra_body={"return_token_ids": True})
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=2, stream=True,
+                                                 extra_body={"return_token_ids": True}))
+    with_ids = [c for c in chunks if (c.model_extra or {}).get("prompt_token_ids") is not None]
+    assert len(with_ids) == 1 and with_ids[0].choices[0].delta.role == "assistant"
+    assert with_ids[0].model_extra["prompt_token_ids"] == chat.model_extra["prompt_token_ids"]

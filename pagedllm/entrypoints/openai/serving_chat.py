@@ -360,21 +360,24 @@ class OpenAIServingChat(OpenAIServing):
 
         head = (f'data: {{"id":{dumps(request_id)},"object":"chat.completion.chunk","created":{created},'
                 f'"model":{dumps(self.models.response_model(req.model))},"choices":[')
-        plain_tail = '],"usage":null}\n\n' if include_usage else ']}\n\n'
+        null_usage = ',"usage":null' if include_usage else ''
 
-        def chunk(choice: dict | str, index: int) -> str:
-            # Built as text: this runs once per token per stream.
+        def chunk(choice: dict | str, index: int, fields: str = "") -> str:
+            # Built as text: this runs once per token per stream. fields: more top-level ',"key":value' pairs.
             body = choice if isinstance(choice, str) else dumps(choice)
+            usage = null_usage
             if continuous:
-                usage = usage_dict(num_prompt, num_generated[index], self.prompt_tokens_details(cached))
-                return f'{head}{body}],"usage":{dumps(usage)}}}\n\n'
-            return head + body + plain_tail
+                counts = usage_dict(num_prompt, num_generated[index], self.prompt_tokens_details(cached))
+                usage = f',"usage":{dumps(counts)}'
+            return f'{head}{body}]{usage}{fields}}}\n\n'
 
         try:
             # First chunk of each choice: the role (and the echoed text, if asked).
+            # return_token_ids: the prompt's ids ride on the role chunk (vLLM's stream), as on the whole response.
+            prompt_fields = f',"prompt_token_ids":{dumps(prompt_ids)}' if return_ids else ""
             for i in range(n):
                 yield chunk({"index": i, "delta": {"role": role, "content": ""}, "logprobs": None,
-                             "finish_reason": None}, i)
+                             "finish_reason": None}, i, prompt_fields)
                 if echo:
                     yield chunk({"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None}, i)
             async for out in stream:

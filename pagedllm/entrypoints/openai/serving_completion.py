@@ -315,7 +315,8 @@ class OpenAIServingCompletion(OpenAIServing):
                         continue
                     logprobs = None
                     lp_ids = token_ids
-                    if req.echo and not ch.started:
+                    first_chunk = not ch.started
+                    if req.echo and first_chunk:
                         prompt_text = await self._prompt_text(prompts[i])
                         text = prompt_text + text
                         # The first chunk carries the prompt's logprobs too, as the whole response does.
@@ -333,6 +334,8 @@ class OpenAIServingCompletion(OpenAIServing):
                               f'"finish_reason":{dumps(finish_reason)},"stop_reason":{dumps(stop_reason)}')
                     if return_ids:
                         choice += f',"token_ids":{dumps(token_ids)}'
+                        if first_chunk and prompts[i].embeds is None:   # once per choice, as vLLM's stream
+                            choice += f',"prompt_token_ids":{dumps(prompts[i].ids)}'
                     if continuous:
                         usage = usage_dict(len(prompts[i].ids), ch.num_tokens, self.prompt_tokens_details(cached[i]))
                         tail = f'}}],"usage":{dumps(usage)}}}\n\n'
