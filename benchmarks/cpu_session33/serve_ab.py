@@ -1,7 +1,9 @@
 """Session 33: `pagedllm serve ...` with one start-up change switched off, for A/B starts to /health:
 ``S33_OFF=tokenizers python serve_ab.py serve [flags]`` (EarlyTokenizers.load stubbed: the server loads its
 tokenizers after the core's answer, as before), ``S33_OFF=freeze`` (the engine core freezes its heap before it
-answers, as before). No S33_OFF: the committed code."""
+answers, as before), ``S33_OFF=serverfreeze`` (the API server collects and freezes its heap only before serving, as
+before, not also while the engine core builds). Several: ``S33_OFF=tokenizers,freeze``. No S33_OFF: the committed
+code."""
 import os
 import sys
 
@@ -19,6 +21,10 @@ if "freeze" in off:
         freeze("engine core")
         return ready(info)
     core.freeze_gc_heap, core.CoreReady = (lambda process: 0), _frozen_ready
+if "serverfreeze" in off:
+    from pagedllm.entrypoints.openai import api_server
+    _build_engine = api_server.build_engine
+    api_server.build_engine = lambda args, prestarted=None, while_building=None: _build_engine(args, prestarted)
 
 if __name__ == "__main__":
     from pagedllm.entrypoints.cli import main

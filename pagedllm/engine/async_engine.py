@@ -19,7 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from pagedllm.config import EngineArgs, EngineConfig
 from pagedllm.engine.core_client import EngineCoreClient
@@ -151,7 +151,10 @@ class RequestStream:
 # ---- the engine ------------------------------------------------------------------------------------------------------
 class AsyncLLMEngine:
     def __init__(self, engine_args: EngineArgs, *, log_requests: bool = True, metrics: Any = None,
-                 stats_log_interval_s: float = 5.0, engine_process: bool = False, prestarted=None):
+                 stats_log_interval_s: float = 5.0, engine_process: bool = False, prestarted=None,
+                 while_building: Callable[[], None] | None = None):
+        """``while_building``: the caller's own start-up work, run while an engine-core process builds (after this
+        engine's tokenizers load; not once the core has answered)."""
         t0 = time.perf_counter()
         self.engine_args = engine_args
         self.log_requests = log_requests
@@ -174,11 +177,17 @@ class AsyncLLMEngine:
         # ``_tokenizer_pool`` while outputs are detokenized in the reader thread. Loaded while an engine process
         # builds where their folder is known before (EarlyTokenizers).
         tokenizers = EarlyTokenizers(engine_args, count=2)
-        info = self._client.start(tokenizers.load)     # blocks until the core is built; raises its build error
+
+        def meanwhile(core_answered: Callable[[], bool]) -> None:
+            tokenizers.load(core_answered)
+            if while_building is not None and not core_answered():
+                while_building()
+        info = self._client.start(meanwhile)     # blocks until the core is built; raises its build error
         self.config: EngineConfig = info["config"]
         skip = self.config.args.skip_tokenizer_init
         self.input_processor = InputProcessor(self.config, None if skip else tokenizers.take(self.config))
-        self.output_processor = OutputProcessor(None if skip else tokenizers.take(self.config))
+        self.output_processor = OutputProcessor(None if skip else tokenizers.take(self.config),
+                                                self.config.args.stream_interval)
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagedllm-tokenizer")
         self.vocab_size: int = self.input_processor.vocab_size
         self._default_params = self.input_processor.default_sampling_params()
