@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import prometheus_client
@@ -19,6 +19,7 @@ from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
+    from pagedllm.config import CacheConfig
     from pagedllm.engine.messages import EngineSnapshot
     from pagedllm.engine.scheduler import StepStats
 
@@ -148,9 +149,15 @@ class EngineMetrics:
         self._last_interval_active = False
 
     # ---- wiring ---------------------------------------------------------------------------------------------------
-    def attach(self, snapshot: Callable[[], "EngineSnapshot"]) -> None:
-        """Gauges read the engine's latest snapshot when scraped."""
+    def attach(self, snapshot: Callable[[], "EngineSnapshot"], cache_config: "CacheConfig | None" = None) -> None:
+        """Gauges read the engine's latest snapshot when scraped. ``cache_config`` (the sized engine's): vLLM's
+        cache_config_info, a gauge set to 1 whose labels are the cache config's fields as strings (num_gpu_blocks,
+        block_size, ...), there from start-up."""
         name = self.model_name
+        if cache_config is not None:
+            info = {key: str(value) for key, value in asdict(cache_config).items()}
+            Gauge(PREFIX + "cache_config_info", "Information of the LLMEngine CacheConfig", list(info),
+                  registry=self.registry).labels(**info).set(1)
         self.g_running.labels(name).set_function(lambda: snapshot().num_running)
         self.g_waiting.labels(name).set_function(lambda: snapshot().num_waiting)
         self.g_kv_usage.labels(name).set_function(lambda: snapshot().kv_usage)

@@ -193,7 +193,7 @@ class AsyncLLMEngine:
         self._default_params = self.input_processor.default_sampling_params()
         self.has_tokenizer: bool = not skip
         if self.metrics is not None:
-            self.metrics.attach(lambda: self.snapshot)
+            self.metrics.attach(lambda: self.snapshot, self.config.cache_config)
         log_engine_start(logger, info, time.perf_counter() - t0)
 
     @classmethod

@@ -43,7 +43,7 @@ class LLMEngine:
             self.stats = EngineMetrics(config.served_model_name, log_stats=True,
                                        max_loras=config.args.max_loras if config.args.enable_lora else 0,
                                        num_speculative_tokens=spec.num_speculative_tokens if spec else 0)
-            self.stats.attach(self.core.snapshot)
+            self.stats.attach(self.core.snapshot, config.cache_config)
         self.startup_seconds = time.perf_counter() - t0
         log_engine_start(logger, self.core.info(), self.startup_seconds)
 
