@@ -442,9 +442,9 @@ class ChatCompletionRequest(SamplingFields):
     def check(self) -> None:
         super().check()
         if self.top_logprobs is not None:
-            if self.top_logprobs < 0:
-                raise RequestError("`top_logprobs` must be a positive value.", "top_logprobs")
-            if self.top_logprobs > 0 and not self.logprobs:
+            if self.top_logprobs < -1:      # -1: every token of the vocabulary (vLLM), within --max-logprobs
+                raise RequestError("`top_logprobs` must be a positive value or -1.", "top_logprobs")
+            if self.top_logprobs != 0 and not self.logprobs:
                 raise RequestError("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
         if self.add_generation_prompt and self.continue_final_message:
             # Only an explicit add_generation_prompt=true conflicts (as vLLM); the default gives way.

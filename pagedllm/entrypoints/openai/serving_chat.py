@@ -264,9 +264,10 @@ class OpenAIServingChat(OpenAIServing):
         for tid, entry in zip(token_ids, entries):
             chosen = entry.get(tid)
             tok = self.token_str(tid, chosen.decoded_token if chosen else None, as_ids)
-            # OpenAI's top_logprobs: the k most likely tokens, best first (the sampled one may not be among them).
+            # OpenAI's top_logprobs: the k most likely tokens, best first (the sampled one may not be among them);
+            # k = -1: all of them (the whole vocabulary).
             ranked = sorted(((l.rank if l.rank is not None else 1 << 30, t, l) for t, l in entry.items()),
-                            key=lambda x: x[0])[:k]
+                            key=lambda x: x[0])[:k if k >= 0 else None]
             top = [ChatLogProb(token=(s := self.token_str(t, l.decoded_token, as_ids)),
                                logprob=clamp_logprob(l.logprob), bytes=list(s.encode("utf-8", errors="replace")))
                    for _, t, l in ranked]
