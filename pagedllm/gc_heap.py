@@ -17,18 +17,49 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from contextlib import contextmanager
 
 from pagedllm import envs
 
 logger = logging.getLogger(__name__)
 
 
-def freeze_gc_heap(process: str) -> int:
+@contextmanager
+def collections_paused():
+    """No automatic collection inside; the collector's state is restored after. For code that makes long-lived
+    objects in bulk and little garbage (the block pool: 127,891 blocks 0.165 s -> 0.055 s on the 2-core CPU VM,
+    docs/perf.md session 33), and where a collection must not run (a CUDA-graph capture, worker/cuda_graphs.py)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def park_start_up_heap() -> None:
+    """The engine-core process, at the end of its imports and config, which ran with collections paused (0.2-0.3 s
+    of collections walking the growing heap on the 2-core CPU VM: docs/perf.md, session 33): freeze everything as it
+    is, garbage included (``gc.freeze`` walks nothing), and turn the collector on. The model's build then collects
+    only its own objects; ``freeze_gc_heap(..., parked=True)`` collects the parked ones once, after the core has
+    answered. Merely re-enabling would leave them all in the youngest generation, and the first collection of the
+    build would walk them (+0.2 s there for SmolLM2)."""
+    gc.freeze()
+    gc.enable()
+
+
+def freeze_gc_heap(process: str, parked: bool = False) -> int:
     """Collect once, then freeze everything still alive; returns how many objects this call froze (0 with
     PAGEDLLM_GC_FREEZE=0). A second call (the API server freezes while the engine core builds, then before serving)
     walks only what came since: the count is taken from the objects not frozen yet (``gc.get_freeze_count`` walks
-    all the frozen ones: ~30 ms for 340,000 on the 2-core CPU VM, twice per call before session 33)."""
+    all the frozen ones: ~30 ms for 340,000 on the 2-core CPU VM, twice per call before session 33). ``parked``:
+    unfreeze first what ``park_start_up_heap`` froze, so its garbage is collected (with PAGEDLLM_GC_FREEZE=0 too)."""
+    if parked:
+        gc.unfreeze()
     if not envs.PAGEDLLM_GC_FREEZE:
+        if parked:
+            gc.collect()
         return 0
     t0 = time.perf_counter()
     gc.collect()

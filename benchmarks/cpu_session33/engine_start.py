@@ -7,13 +7,15 @@
 ``spawn``: start the engine process as `pagedllm serve` does on a GPU host (entrypoints/early_engine.py: spawned,
 the same target, the same command line), and stop it once its config is built. Prints the timeline's first two
 phases: "engine process start" (spawn -> run_engine_core's entry: the new interpreter, its imports, the command
-line parsed) and "config" (create_engine_config). The model is not built: EngineCore is replaced by a stub there.
+line parsed) and "config" (create_engine_config). The model is not built: EngineCore is replaced by a stub there
+(S33_BUILD=1: the stub builds the real EngineCore first and reports its seconds; for small models only).
 ``imports``: the same imports and parse in this one process, then create_engine_config (for ``-X importtime``).
 ``profile``: as ``imports``, with cProfile around create_engine_config (top 40 by cumulative time).
 Flags: those after ``serve`` (none: the bundled SmolLM2); the 7B runs used
 ``DIR --load-format dummy --skip-tokenizer-init --max-model-len 4096 --dtype bfloat16`` (DIR: a Qwen2.5-7B
 config.json from shared/bench/workloads.py), as benchmarks/gpu_session9/s9e.sh.
 """
+import gc
 import os
 import sys
 import time
@@ -22,33 +24,74 @@ from pagedllm.entrypoints.cli import make_parser   # what the `pagedllm` script 
 
 
 def _probe_child(argv, make_parser, conn, spawned_at, parent_pid):
-    """early_engine._child_main, with run_engine_core's EngineCore replaced by a stub that reports and exits."""
-    if os.environ.get("S33_TF_THREAD") == "1":     # experiment: transformers imported on a thread meanwhile
-        import threading
-
-        import importlib
-        threading.Thread(target=importlib.import_module, args=("transformers.models",), daemon=True).start()
-    from pagedllm.worker.executor import die_with_parent
-    die_with_parent(parent_pid)
-    from pagedllm.engine import core
+    """early_engine._child_main itself, with run_engine_core's EngineCore replaced by a stub that reports and exits
+    (installed when pagedllm.engine.core has been imported, so nothing is imported earlier than in the real child).
+    S33_OFF=gcpause: gc_heap.collections_paused, park_start_up_heap and gc.disable() do nothing (the collector runs
+    as before session 33)."""
     times = {}
-    real_create = core.create_engine_config
 
-    def timed_create(args):
-        times["entered"] = time.monotonic()
-        return real_create(args)
+    def patch(core):
+        real_create = core.create_engine_config
 
-    class Stub:
-        def __init__(self, config):
-            conn.send({"engine process start": times["entered"] - spawned_at,
-                       "config": time.monotonic() - times["entered"], "modules": len(sys.modules)})
-            conn.close()
-            os._exit(0)
+        def timed_create(args):
+            times["entered"] = time.monotonic()
+            times["collections"] = [g["collections"] for g in gc.get_stats()]
+            return real_create(args)
 
-    core.create_engine_config, core.EngineCore = timed_create, Stub
-    from pagedllm.engine.core_client import run_prestarted_core
+        real_core = core.EngineCore
+
+        class Stub:
+            def __init__(self, config):
+                if os.environ.get("S33_BUILD") == "1":     # the CPU engine built too (a small model only)
+                    t = time.monotonic()
+                    real_core(config)
+                    times["core build"] = time.monotonic() - t
+                t_end = time.monotonic()
+                conn.send({**({"core build": times["core build"]} if "core build" in times else {}),
+                           "engine process start": times["entered"] - spawned_at,
+                           "config": t_end - times["entered"] - times.get("core build", 0.0),
+                           "modules": len(sys.modules),
+                           "collections before entry / in config": (times["collections"], [
+                               g["collections"] - n for g, n in zip(gc.get_stats(), times["collections"])])})
+                conn.close()
+                os._exit(0)
+        core.create_engine_config, core.EngineCore = timed_create, Stub
+
+    _after_import("pagedllm.engine.core", patch)
+    if "gcpause" in os.environ.get("S33_OFF", ""):
+        import contextlib
+
+        from pagedllm import gc_heap
+        gc_heap.collections_paused = contextlib.nullcontext
+        gc_heap.park_start_up_heap = lambda: None
+        gc.disable = lambda: None      # early_engine._child_main's and run_engine_core's
+    if os.environ.get("S33_TF_THREAD") == "1":     # experiment: transformers imported on a thread meanwhile
+        import importlib
+        import threading
+        threading.Thread(target=importlib.import_module, args=("transformers.models",), daemon=True).start()
     from pagedllm.entrypoints import early_engine
-    run_prestarted_core(early_engine._engine_args(argv, make_parser), conn, spawned_at)
+    early_engine._child_main(argv, make_parser, conn, spawned_at, parent_pid)
+
+
+def _after_import(name: str, fn) -> None:
+    """Call fn(module) as soon as module ``name`` has been executed (a meta-path finder wrapping its loader)."""
+    import importlib.abc
+    import importlib.machinery
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            real_exec = spec.loader.exec_module
+
+            def exec_module(module):
+                real_exec(module)
+                fn(module)
+            spec.loader.exec_module = exec_module
+            return spec
+    sys.meta_path.insert(0, Finder())
 
 
 def spawn(argv):
@@ -61,7 +104,7 @@ def spawn(argv):
     child_conn.close()
     early = conn.recv()       # EarlyEngineArgs
     assert early.fingerprint is not None, "the child will not serve this command line"
-    print({k: round(v, 3) for k, v in conn.recv().items()}, flush=True)
+    print({k: round(v, 3) if isinstance(v, float) else v for k, v in conn.recv().items()}, flush=True)
     p.join()
 
 

@@ -7,6 +7,7 @@ whether it runs in a thread of the front end's process or in a process of its ow
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from pagedllm.engine.messages import (AbortRequests, CoreBuildFailed, CoreDead, 
 from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler import Scheduler, StepStats
 from pagedllm.engine.structured_output import StructuredOutputManager
-from pagedllm.gc_heap import freeze_gc_heap
+from pagedllm.gc_heap import freeze_gc_heap, park_start_up_heap
 from pagedllm.step_data import GrammarOutput, SchedulerOutput
 from pagedllm.worker.executor import picklable
 from pagedllm.worker.sleep_mode import MEMORY_TAGS, check_sleep_enabled, check_sleep_level, check_wake_up_tags
@@ -441,7 +442,14 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
     out of the garbage collector (pagedllm/gc_heap.py)."""
     entered = time.monotonic()
     try:
+        if freeze_heap:
+            # The engine-core process: no collections through transformers' imports and the HF config (one started
+            # early ran its own imports so: early_engine._child_main); no device tensor exists yet. What they made
+            # is parked until the freeze after the answer, and the collector is on again for the model's build.
+            gc.disable()
         config = create_engine_config(engine_args)
+        if freeze_heap:
+            park_start_up_heap()
         configured = time.monotonic()
         core = EngineCore(config)
     except BaseException as e:   # noqa: BLE001 - reported to the front end
@@ -460,7 +468,7 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
         # After the answer, while the front end reads it and builds its app: before it, its collection held the
         # server back (217 ms of a served SmolLM2 start on the 2-core CPU VM; docs/perf.md, session 33). Messages
         # that come meanwhile wait in the pipe.
-        freeze_gc_heap("engine core")
+        freeze_gc_heap("engine core", parked=True)
     trace = StepTrace(step_trace) if step_trace else None
     while True:
         if not core.has_unfinished_requests() or core.is_sleeping():

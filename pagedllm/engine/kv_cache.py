@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from pagedllm.engine.request import Request
+from pagedllm.gc_heap import collections_paused
 
 # A block's hash decides which KV a request may read, and ``cache_salt`` isolates tenants through it: with a 64-bit
 # hash a collision (or a crafted prompt) could serve one tenant another's KV, so the chain is sha256 (vLLM's
@@ -107,10 +108,11 @@ class BlockPool:
             raise ValueError(f"The KV cache needs at least one block, got {num_blocks}.")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
-        self.blocks = [KVBlock(i, on_cpu=on_cpu) for i in range(num_blocks)]
+        with collections_paused():     # one object per block (127,891 for a 7B on an H200), each kept
+            self.blocks = [KVBlock(i, on_cpu=on_cpu) for i in range(num_blocks)]
+            self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
         # Called with a cached block about to be evicted (its hash still set): the CPU tier copies it out.
         self.on_evict: Callable[[KVBlock], None] | None = None
-        self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
         self.cached: dict[bytes, KVBlock] = {}
         # Prefix-cache statistics in tokens, one lookup per admission (KVCacheManager.record_prefix_lookup); read by
         # metrics and the stats log. As vLLM, lookups of resumed (preempted) requests are kept apart: they mostly hit

@@ -80,6 +80,10 @@ def start(argv: list[str], make_parser) -> PrestartedCore | None:
 
 
 def _child_main(argv: list[str], make_parser, conn, spawned_at: float, parent_pid: int) -> None:
+    import gc
+    # No collections through torch's and pagedllm's imports (module objects, kept for the process's life) and the
+    # config: run_engine_core parks what they made and turns the collector on (gc_heap.park_start_up_heap).
+    gc.disable()
     from pagedllm.worker.executor import die_with_parent
     die_with_parent(parent_pid)      # as the rank workers (the server's exit hook covers other platforms)
     from pagedllm.engine.core_client import run_prestarted_core

@@ -25,7 +25,6 @@ send/recv stays outside the graphs, in the model runner.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
 
@@ -34,6 +33,7 @@ import torch
 
 from pagedllm.attention.backends.base import AttentionBackend, CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.gc_heap import collections_paused
 from pagedllm.lora.layers import LoRAStep
 from pagedllm.model.layers.pipeline import IntermediateTensors
 
@@ -252,29 +252,18 @@ def _capturing(graph: torch.cuda.CUDAGraph, pool, stream: torch.cuda.Stream):
     full ``gc.collect()``), so the next size's warm-up forwards allocate from the driver again; with 40-odd decode
     sizes and ~400,000 live objects in an engine process that is paid 40-odd times."""
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), _no_collection():
+    # No Python garbage collection while a graph is being captured. A collection there may free unrelated garbage
+    # whose finalizers call CUDA, e.g. the CUDA graphs of an engine the program dropped before building this one
+    # (``llm = LLM(a); del llm; llm = LLM(b)``): destroying a graph is not permitted during a capture, and it
+    # invalidated the capture (seen on an H100 in session 25: "operation failed due to a previous error during
+    # capture" in the second engine of a test). The garbage is collected after the capture instead.
+    with torch.cuda.stream(stream), collections_paused():
         graph.capture_begin(pool=pool)
         try:
             yield
         finally:
             graph.capture_end()
     torch.cuda.current_stream().wait_stream(stream)
-
-
-@contextlib.contextmanager
-def _no_collection():
-    """No Python garbage collection while a graph is being captured. A collection there may free unrelated
-    garbage whose finalizers call CUDA, e.g. the CUDA graphs of an engine the program dropped before building this
-    one (``llm = LLM(a); del llm; llm = LLM(b)``): destroying a graph is not permitted during a capture, and it
-    invalidated the capture (seen on an H100 in session 25: "operation failed due to a previous error during
-    capture" in the second engine of a test). The garbage is collected after the capture instead."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class _StagingBuffers:
@@ -407,7 +396,7 @@ class PiecewiseGraphRunner:
                 splitter = _GraphSplitter(self.pool)
                 batch = self._batch(t, splitter, with_lora)      # before capturing: it copies to the device
                 stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream), _no_collection():
+                with torch.cuda.stream(stream), collections_paused():   # as in _capturing
                     splitter.begin()
                     out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
                     splitter.end()

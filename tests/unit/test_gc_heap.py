@@ -2,6 +2,7 @@
 built inside the caller's process does not freeze the caller's heap."""
 import gc
 import threading
+import weakref
 
 import pytest
 import torch
@@ -60,6 +61,32 @@ def test_engine_core_process_freezes_its_kv_blocks_out_of_the_collector(model_di
             _stop(thread, front)
     finally:
         gc.unfreeze()        # give the test process's heap back to the collector
+
+
+class _Node:
+    pass
+
+
+def test_engine_core_process_collects_again_once_built(model_dir):
+    """Its imports and config run without collections and what they made is parked, frozen as it is
+    (gc_heap.park_start_up_heap); once the core has answered, the collector is on and the parked garbage was
+    collected by the freeze."""
+    gc.unfreeze()
+    gc.disable()             # the cycle below cannot be collected before run_engine_core parks it
+    node = _Node()
+    node.self = node
+    parked_garbage = weakref.ref(node)
+    del node
+    try:
+        core, thread, front = _build_core(model_dir, freeze_heap=True)
+        try:
+            assert gc.isenabled()
+            assert parked_garbage() is None
+        finally:
+            _stop(thread, front)
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 def test_engine_built_in_the_callers_process_leaves_its_heap_alone(model_dir):
