@@ -425,6 +425,8 @@ class EngineArgs:
     long_prefill_token_threshold: int | None = None
     max_num_partial_prefills: int = 1
     max_long_partial_prefills: int = 1      # vLLM's: <= max_num_partial_prefills, so only 1 here
+    # vLLM's: a streamed (DELTA) request is reported at its first token, then every this many tokens, and at its end.
+    stream_interval: int = 1
     # At most this many of the n sequences of one request queued or running at once (0: no cap; pagedllm's own
     # option, vLLM has none). None: no cap offline (one caller owns the engine), max_num_seqs // 16 behind the server.
     max_num_seqs_per_request: int | None = None
@@ -660,6 +662,9 @@ class EngineArgs:
                        help="Not supported yet: only 1.")
         g.add_argument("--max-long-partial-prefills", type=int, default=d.max_long_partial_prefills,
                        help="At most max_num_partial_prefills (so only 1 until concurrent partial prefills exist).")
+        g.add_argument("--stream-interval", type=int, default=d.stream_interval,
+                       help="A streamed request is sent its first token, then every this many tokens, and its "
+                            "end (fewer, larger chunks; 1: every token).")
         g.add_argument("--enable-lora", action="store_true",
                        help="Serve LoRA adapters (PEFT folders; --lora-modules, or a request's LoRARequest offline).")
         g.add_argument("--max-loras", type=int, default=d.max_loras,
@@ -910,6 +915,8 @@ def verify_engine_args(args: EngineArgs) -> None:
     if args.max_num_partial_prefills != 1:
         raise ValueError(f"max_num_partial_prefills is not supported yet (concurrent partial prefills); use 1 "
                          f"(got {args.max_num_partial_prefills}).")
+    if args.stream_interval < 1:
+        raise ValueError(f"stream_interval must be >= 1, got {args.stream_interval}.")
     if not 1 <= args.max_long_partial_prefills <= args.max_num_partial_prefills:     # vLLM's SchedulerConfig rule
         raise ValueError(f"max_long_partial_prefills ({args.max_long_partial_prefills}) must be >= 1 and <= "
                          f"max_num_partial_prefills ({args.max_num_partial_prefills}).")
@@ -1320,7 +1327,8 @@ ENGINE_FLAG_GROUPS: dict[str, tuple[str, ...]] = {
                    "fully_sharded_loras"),
     "SchedulerConfig": ("max_num_batched_tokens", "max_num_seqs", "max_num_partial_prefills",
                         "max_long_partial_prefills", "long_prefill_token_threshold", "max_num_seqs_per_request",
-                        "scheduling_policy", "enable_chunked_prefill", "disable_chunked_mm_input", "async_scheduling"),
+                        "scheduling_policy", "enable_chunked_prefill", "disable_chunked_mm_input", "async_scheduling",
+                        "stream_interval"),
     "CompilationConfig": ("cudagraph_capture_sizes", "max_cudagraph_capture_size"),
     "VllmConfig": ("speculative_config", "compilation_config", "structured_outputs_config", "profiler_config"),
     "DeviceConfig": ("device",),

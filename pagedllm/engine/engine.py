@@ -33,7 +33,7 @@ class LLMEngine:
         self.tokenizer = None if config.args.skip_tokenizer_init else load_tokenizer(config)
         self.core = EngineCore(config)
         self.input_processor = InputProcessor(config, self.tokenizer)
-        self.output_processor = OutputProcessor(self.tokenizer)
+        self.output_processor = OutputProcessor(self.tokenizer, config.args.stream_interval)
         self._loras_added: set[int] = set()      # adapter ids add_lora has checked and loaded
         # LLM(disable_log_stats=False): the server's periodic throughput / KV-cache line, offline too.
         self.stats = None

@@ -63,8 +63,11 @@ class _RequestState:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, stream_interval: int = 1):
         self.tokenizer = tokenizer
+        # vLLM's stream_interval: a DELTA completion is reported at its first token, then once this many new tokens
+        # have come, and at its finish (cumulative outputs are reported every step, as vLLM's).
+        self.stream_interval = stream_interval
         self.requests: dict[str, _RequestState] = {}
         self.core_to_request: dict[str, str] = {}      # core request id -> the user's request id
 
@@ -264,6 +267,9 @@ class OutputProcessor:
                     # Nothing new for this one of the n (another completion stepped, or this one's finish was
                     # sent already): as vLLM, a delta carries only completions with news, each finish once.
                     continue
+                if (comp.finish_reason is None and comp.sent_tokens > 0
+                        and len(token_ids) < self.stream_interval):
+                    continue        # held until stream_interval tokens have come (they go out together)
                 if logprobs is not None:
                     logprobs = logprobs[comp.sent_tokens:]
                 comp.sent_tokens += len(token_ids)
@@ -276,6 +282,8 @@ class OutputProcessor:
                 cumulative_logprob=comp.cumulative_logprob if want_logprobs else None,
                 logprobs=logprobs, finish_reason=comp.finish_reason, stop_reason=comp.stop_reason,
                 lora_request=state.lora_request))
+        if delta and not completions and not finished:
+            return None
         prompt_logprobs = state.prompt_logprobs if state.params.prompt_logprobs is not None else None
         metrics = None
         if finished or not delta:   # streamed deltas carry their timings once, at the end (as the old engine did)

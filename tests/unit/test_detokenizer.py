@@ -275,3 +275,20 @@ def test_n_completions_deltas_carry_each_finish_once(tiny_llama_dir):
         assert [p.finish_reason for p in mine] == [None] * (len(mine) - 1) + [c.finish_reason]
         assert [t for p in mine for t in p.token_ids] == list(c.token_ids)
         assert "".join(p.text for p in mine) == c.text
+
+
+def test_stream_interval_batches_deltas(tiny_llama_dir):
+    """vLLM's stream_interval (--stream-interval): a streamed (DELTA) request reports its first token, then every
+    stream_interval tokens, and its finish; the pieces still add up to the whole completion. Cumulative outputs are
+    reported every step, as vLLM's."""
+    llm = LLM(model=tiny_llama_dir, dtype="float32", max_model_len=64, stream_interval=3)
+    params = dict(temperature=0.0, max_tokens=8, ignore_eos=True)
+    delta = _stream(llm, "Hello there", SamplingParams(**params, output_kind=RequestOutputKind.DELTA))
+    assert [len(o.outputs[0].token_ids) for o in delta] == [1, 3, 3, 1]
+    assert [o.finished for o in delta] == [False, False, False, True]
+    final = run(llm, "Hello there", SamplingParams(**params))[0].outputs[0]
+    assert [t for o in delta for t in o.outputs[0].token_ids] == list(final.token_ids)
+    assert "".join(o.outputs[0].text for o in delta) == final.text
+    assert len(_stream(llm, "Hello there", SamplingParams(**params))) == 8
+    with pytest.raises(ValueError, match="stream_interval must be >= 1, got 0"):
+        LLM(model=tiny_llama_dir, stream_interval=0)

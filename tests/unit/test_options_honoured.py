@@ -289,6 +289,9 @@ ENGINE_FIELDS: dict[str, list] = {
                                   Rejects(2, "max_long_partial_prefills (2) must be >= 1 and <= "
                                              "max_num_partial_prefills (1)"),
                                   Rejects(0, "max_long_partial_prefills (0) must be >= 1")],
+    # Batches streamed (DELTA) outputs: test_detokenizer.py test_stream_interval_batches_deltas.
+    "stream_interval": [Read(("engine/engine.py", "engine/async_engine.py"), "args.stream_interval"),
+                        Rejects(0, "stream_interval must be >= 1, got 0")],
     "enable_expert_parallel": [Rejects(True, "enable_expert_parallel is not supported yet")],
     "data_parallel_size": [Rejects(2, "data_parallel_size=2 is not supported yet")],
     # Greedy tokens equal, drafts accepted: tests/unit/test_spec_decode.py.
