@@ -362,9 +362,8 @@ class LLM:
         vLLM; with pooler_config task "token_embed", ColBERT's MaxSim over the token embeddings (vLLM's late
         interaction). ``chat_template``: a cross-encoder's score template (Qwen3-Reranker's), rendering each pair as the
         messages ``[{"role": "query", ...}, {"role": "document", ...}]``, as vLLM's."""
-        first, second = _prompt_list(text_1, "text_1"), _prompt_list(text_2, "text_2")
-        if len(first) == 1:
-            first = first * len(second)
+        given, second = _prompt_list(text_1, "text_1"), _prompt_list(text_2, "text_2")
+        first = given * len(second) if len(given) == 1 else given
         if len(first) != len(second) or not second:
             raise ValueError(f"text_1 must be one text or as many as text_2 (got {len(first)} and {len(second)}).")
         config = self.llm_engine.config
@@ -382,12 +381,14 @@ class LLM:
         params = (pooling_params or PoolingParams()).clone()
         params.normalize = True
         task = "token_embed" if config.late_interaction else "embed"
-        encoded = self.encode(first + second, params, truncate_prompt_tokens=truncate_prompt_tokens,
+        # One text against several is embedded once (vLLM's 1:N), then paired with each.
+        encoded = self.encode(given + second, params, truncate_prompt_tokens=truncate_prompt_tokens,
                               use_tqdm=use_tqdm, lora_request=lora_request, pooling_task=task,
                               tokenization_kwargs=tokenization_kwargs)
-        n = len(first)
+        n = len(given)
+        firsts = encoded[:n] * len(second) if n == 1 else encoded[:n]
         results = []
-        for a, b in zip(encoded[:n], encoded[n:]):
+        for a, b in zip(firsts, encoded[n:]):
             score = pair_score(a.outputs.data, b.outputs.data, config.late_interaction)
             results.append(ScoringRequestOutput(f"{a.request_id}_{b.request_id}", ScoringOutput(score),
                                                 a.prompt_token_ids + b.prompt_token_ids, True))

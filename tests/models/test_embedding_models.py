@@ -82,6 +82,8 @@ def test_score_and_encode(minilm, sentence_transformer):
     expected = F.cosine_similarity(ref[:1], ref[1:], dim=-1).tolist()
     assert [round(s.outputs.score, 4) for s in scores] == [round(e, 4) for e in expected]
     assert scores[0].outputs.score > scores[1].outputs.score
+    # One text against several is embedded once, as vLLM's: every result names the same first request.
+    assert len({s.request_id.split("_")[0] for s in scores}) == 1
     encoded = minilm.encode(ENGLISH[:1], PoolingParams(normalize=False), use_tqdm=False)
     assert encoded[0].outputs.data.shape == (384,) and encoded[0].finished
     assert abs(float(encoded[0].outputs.data.norm()) - 1.0) > 1e-3     # normalize=False honoured
