@@ -2,12 +2,13 @@
 process: ``[S33_OFF=...] python server_phases.py [serve flags]`` (S33_OFF as serve_ab.py) prints the seconds of
 EngineCoreClient.start (the wait for the core), build_engine, build_app, the freeze before serving, and
 "answer->serve" (start's return to the event loop's start), then exits without serving. Port 8134."""
+import importlib
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import serve_ab  # noqa: E402,F401 - applies S33_OFF
+importlib.import_module("serve_ab")     # applies S33_OFF
 from pagedllm.engine import core_client  # noqa: E402
 from pagedllm.entrypoints.openai import api_server  # noqa: E402
 
