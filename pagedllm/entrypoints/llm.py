@@ -15,6 +15,7 @@ from pagedllm.entrypoints.beam_search import best_beams, check_logprobs_mode, ex
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content, score_template_text
 from pagedllm.entrypoints.pooling.utils import pair_score
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
+from pagedllm.inputs import is_embeds_prompt
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, ClassificationRequestOutput,
                               EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput, ScoringOutput,
                               ScoringRequestOutput)
@@ -45,32 +46,34 @@ def _text_of(prompt: Any, name: str) -> Any:
     return prompt
 
 
-# vLLM's tokenization_kwargs keys a pooling prompt's tokenization honours (its renderer's TokenizeParams).
-POOLING_TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation", "max_length", "add_special_tokens",
-                               "do_lower_case")
+# vLLM's tokenization_kwargs keys a prompt's tokenization honours (its renderer's TokenizeParams).
+TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation", "max_length", "add_special_tokens", "do_lower_case")
 
 
 @dataclass
-class PoolingTokenization:
-    """What ``tokenization_kwargs`` ask of a pooling call's prompts."""
+class PromptTokenization:
+    """What ``tokenization_kwargs`` ask of a call's prompts (generate, chat, the pooling calls)."""
     truncate_prompt_tokens: int | None = None    # keep this many tokens (-1: max_model_len); None: no truncation
     max_length: int | None = None                # without truncation: a longer prompt is an error
     add_special_tokens: bool = True
     do_lower_case: bool = False
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict | None, truncate_prompt_tokens: int | None) -> "PoolingTokenization":
+    def from_kwargs(cls, kwargs: dict | None, truncate_prompt_tokens: int | None,
+                    add_special_tokens: bool = True) -> "PromptTokenization":
         """vLLM's reading: ``truncation`` True / "longest_first" truncates to ``max_length`` (else max_model_len),
         False / "do_not_truncate" not at all; ``max_length`` alone is a length limit; the ``truncate_prompt_tokens``
-        argument wins over the key. A key vLLM would ignore is an error here."""
+        argument wins over the key; ``add_special_tokens`` is the call's default (False for chat). A key vLLM would
+        ignore is an error here."""
         if kwargs is not None and not isinstance(kwargs, dict):
             raise ValueError(f"tokenization_kwargs must be a dict, got {type(kwargs).__name__}.")
         kw = dict(kwargs or {})
-        unknown = sorted(set(kw) - set(POOLING_TOKENIZATION_KWARGS))
+        unknown = sorted(set(kw) - set(TOKENIZATION_KWARGS))
         if unknown:
             raise ValueError(f"tokenization_kwargs {unknown} are not supported by pagedllm; supported keys: "
-                             f"{list(POOLING_TOKENIZATION_KWARGS)}.")
-        out = cls(truncate_prompt_tokens=kw.get("truncate_prompt_tokens"), max_length=kw.get("max_length"))
+                             f"{list(TOKENIZATION_KWARGS)}.")
+        out = cls(truncate_prompt_tokens=kw.get("truncate_prompt_tokens"), max_length=kw.get("max_length"),
+                  add_special_tokens=add_special_tokens)
         if out.max_length is not None and (not isinstance(out.max_length, int) or isinstance(out.max_length, bool)
                                            or out.max_length < 1):
             raise ValueError(f"tokenization_kwargs max_length must be a positive int, got {out.max_length!r}.")
@@ -174,9 +177,10 @@ class LLM:
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  use_tqdm: UseTqdm = True, lora_request: Any = None,
-                 priority: list[int] | None = None) -> list[RequestOutput]:
+                 priority: list[int] | None = None, tokenization_kwargs: dict | None = None) -> list[RequestOutput]:
         """``lora_request``: a ``LoRARequest`` for every prompt, or a list of them (None: the base model), with
-        ``LLM(..., enable_lora=True)``."""
+        ``LLM(..., enable_lora=True)``. ``tokenization_kwargs`` (vLLM's): ``add_special_tokens``, ``truncation`` /
+        ``max_length`` / ``truncate_prompt_tokens`` (the last tokens kept), ``do_lower_case``."""
         prompts = _prompt_list(prompts)
         if isinstance(lora_request, (list, tuple)):
             if len(lora_request) != len(prompts):
@@ -199,7 +203,44 @@ class LLM:
             raise ValueError("The lengths of prompts and priority must be the same.")
         for p in priority or ():
             self.llm_engine.config.verify_priority(p)
+        if tokenization_kwargs is not None:
+            prompts, params = self._tokenize_for_generation(prompts, params,
+                                                            PromptTokenization.from_kwargs(tokenization_kwargs, None))
         return self._run(prompts, params, priority, use_tqdm, loras)
+
+    def _tokenize_for_generation(self, prompts: list[PromptType], params: list[SamplingParams],
+                                 tokenization: PromptTokenization) -> tuple[list[PromptType], list[SamplingParams]]:
+        """generate()'s tokenization_kwargs: text prompts tokenized as they ask; their truncation becomes each
+        request's truncate_prompt_tokens (a SamplingParams' own wins, as vLLM's)."""
+        encode = self.llm_engine.input_processor.encode
+        truncated: dict[int, SamplingParams] = {}     # one clone per distinct object
+        out_prompts, out_params = [], []
+        for prompt, sp in zip(prompts, params):
+            own_truncation = getattr(sp, "truncate_prompt_tokens", None)
+            if not is_embeds_prompt(prompt):
+                prompt, ids = self._tokenized(prompt, tokenization, encode)
+                if own_truncation is None:
+                    tokenization.check_length(ids)
+            if tokenization.truncate_prompt_tokens is not None and own_truncation is None \
+                    and isinstance(sp, SamplingParams):
+                if id(sp) not in truncated:
+                    truncated[id(sp)] = sp.clone()
+                    truncated[id(sp)].truncate_prompt_tokens = tokenization.truncate_prompt_tokens
+                sp = truncated[id(sp)]
+            out_prompts.append(prompt)
+            out_params.append(sp)
+        return out_prompts, out_params
+
+    def _tokenized(self, prompt: PromptType, tokenization: PromptTokenization,
+                   encode: Callable[[str, bool], list[int]]) -> tuple[PromptType, list[int]]:
+        """A text prompt with the ids ``encode(text, add_special_tokens)`` gives it as ``tokenization`` asks
+        (lower-cased first with do_lower_case), and those ids; a token-id prompt as given."""
+        text, ids, _ = self.llm_engine.input_processor.split_prompt(prompt)
+        if ids is None:
+            ids = encode(text.lower() if tokenization.do_lower_case else text, tokenization.add_special_tokens)
+            prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
+                {"prompt": text, "prompt_token_ids": ids}
+        return prompt, ids
 
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,
              use_tqdm: UseTqdm, loras: list | None = None) -> list[RequestOutput]:
@@ -286,7 +327,7 @@ class LLM:
                                  f"{type(wrong).__name__} (SamplingParams are for LLM.generate).")
             if len(params) != len(prompts):
                 raise ValueError("The lengths of prompts and pooling_params must be the same.")
-        tokenization = PoolingTokenization.from_kwargs(tokenization_kwargs, truncate_prompt_tokens)
+        tokenization = PromptTokenization.from_kwargs(tokenization_kwargs, truncate_prompt_tokens)
         params = [p.clone() for p in params]     # the caller's objects stay as they were given
         for p in params:
             p.task = pooling_task
@@ -302,15 +343,11 @@ class LLM:
         return self._run(prompts, params, priority, use_tqdm)
 
     def _tokenize_for_pooling(self, prompt: PromptType, params: PoolingParams,
-                              tokenization: PoolingTokenization) -> PromptType:
+                              tokenization: PromptTokenization) -> PromptType:
         """A text prompt tokenized as ``tokenization`` asks (a token-id prompt as given), its length checked."""
         processor = self.llm_engine.input_processor
-        text, ids, _ = processor.split_prompt(prompt)
-        if ids is None:
-            ids = processor.encode_for_pooling(text.lower() if tokenization.do_lower_case else text, params,
-                                               tokenization.add_special_tokens)
-            prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
-                {"prompt": text, "prompt_token_ids": ids}
+        prompt, ids = self._tokenized(prompt, tokenization,
+                                      lambda text, special: processor.encode_for_pooling(text, params, special))
         tokenization.check_length(ids)
         return prompt
 
@@ -372,7 +409,7 @@ class LLM:
                              "runner='pooling' to use it as one.")
         if config.model.is_classifier:
             return self._cross_encoder_score(first, second, pooling_params,
-                                             PoolingTokenization.from_kwargs(tokenization_kwargs,
+                                             PromptTokenization.from_kwargs(tokenization_kwargs,
                                                                              truncate_prompt_tokens),
                                              use_tqdm, lora_request, chat_template)
         if chat_template is not None:
@@ -395,7 +432,7 @@ class LLM:
         return results
 
     def _cross_encoder_score(self, first: list, second: list, pooling_params: PoolingParams | None,
-                             tokenization: PoolingTokenization, use_tqdm: UseTqdm,
+                             tokenization: PromptTokenization, use_tqdm: UseTqdm,
                              lora_request: Any, chat_template: str | None = None) -> list[ScoringRequestOutput]:
         self.llm_engine.config.verify_pooling_task("score")
         params = (pooling_params or PoolingParams()).clone()
@@ -427,7 +464,9 @@ class LLM:
              lora_request: Any = None, chat_template: str | None = None,
              chat_template_content_format: str = "auto", add_generation_prompt: bool = True,
              continue_final_message: bool = False, tools: list[dict] | None = None,
-             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+             chat_template_kwargs: dict | None = None, tokenization_kwargs: dict | None = None) -> list[RequestOutput]:
+        """``tokenization_kwargs`` (vLLM's): the rendered conversation gets no special tokens unless
+        ``add_special_tokens`` is True; ``truncation`` / ``max_length`` as in generate()."""
         if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, (list, tuple)):
             raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts (one conversation) or "
                              f"a list of such lists, got {type(messages).__name__}.")
@@ -436,14 +475,20 @@ class LLM:
         if isinstance(tools, list):
             # The server's checks of OpenAI's tool shape (callables, which HF's template turns into schemas, pass).
             functions_by_name([tool for tool in tools if not callable(tool)])
+        tokenization = PromptTokenization.from_kwargs(tokenization_kwargs, None, add_special_tokens=False)
+        if tokenization.do_lower_case:
+            raise ValueError("tokenization_kwargs do_lower_case is not supported by LLM.chat (it would lower-case the "
+                             "chat template's markup); lower-case the messages instead.")
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = [{"prompt_token_ids": apply_chat_template(
             self.get_tokenizer(), format_message_content(conv, chat_template_content_format),
             chat_template=chat_template, add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message, tools=tools, chat_template_kwargs=chat_template_kwargs,
+            add_special_tokens=tokenization.add_special_tokens,
             trusted=True)}     # the caller's own template: their code, as trusted as the rest of their program
             for conv in conversations]
-        outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
+        outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request,
+                                tokenization_kwargs=tokenization_kwargs)
         tok = self.get_tokenizer()
         for out in outputs:
             out.prompt = tok.decode(out.prompt_token_ids)

@@ -7,7 +7,7 @@ import torch
 
 from pagedllm import (LLM, BeamSearchOutput, BeamSearchParams, CompletionOutput, Logprob, RequestOutput,
                       SamplingParams)
-from tiny_models import save_tiny_llama
+from tiny_models import save_tiny_llama, save_word_tokenizer
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=5)
 
@@ -581,3 +581,33 @@ def test_beam_search_eos_candidates_complete_without_taking_a_beam(tmp_path):
                               BeamSearchParams(beam_width=2, max_tokens=2, ignore_eos=True))[0]
     assert [s.tokens[:3] for s in no_stop.sequences] == [prompt + [A], prompt + [EOS]]
     assert all(len(s.tokens) == 4 and s.finish_reason == "length" for s in no_stop.sequences)
+
+
+def test_generate_and_chat_tokenization_kwargs(tmp_path):
+    """vLLM's LLM.generate / LLM.chat(tokenization_kwargs=...): add_special_tokens, truncation + max_length (keeps the
+    last max_length tokens, as truncate_prompt_tokens), max_length alone a limit. On a word tokenizer that wraps a
+    text in [CLS]=2 ... [SEP]=3 (w1..w5 are ids 5..9)."""
+    save_tiny_llama(tmp_path, 104)
+    save_word_tokenizer(tmp_path, "bert")
+    llm = LLM(model=str(tmp_path), dtype="float32", max_model_len=64)
+    one = SamplingParams(max_tokens=1, temperature=0.0)
+
+    def ids(prompt, **kwargs):
+        return llm.generate(prompt, one, use_tqdm=False, **kwargs)[0].prompt_token_ids
+    text = "w1 w2 w3 w4 w5"
+    assert ids(text) == [2, 5, 6, 7, 8, 9, 3]
+    assert ids(text, tokenization_kwargs={"add_special_tokens": False}) == [5, 6, 7, 8, 9]
+    assert ids(text, tokenization_kwargs={"truncation": True, "max_length": 3}) == [8, 9, 3]
+    assert ids({"prompt_token_ids": [5, 6, 7, 8]}, tokenization_kwargs={"truncation": True, "max_length": 2}) == [7, 8]
+    with pytest.raises(ValueError, match="more than tokenization_kwargs max_length=3"):
+        ids(text, tokenization_kwargs={"max_length": 3})
+    with pytest.raises(ValueError, match=r"tokenization_kwargs \['padding'\] are not supported"):
+        ids(text, tokenization_kwargs={"padding": True})
+    template = "{% for m in messages %}{{ m.content }} {% endfor %}"
+    chat = [{"role": "user", "content": "w1 w2"}]
+
+    def chat_ids(**kwargs):
+        return llm.chat(chat, one, use_tqdm=False, chat_template=template, **kwargs)[0].prompt_token_ids
+    assert chat_ids() == [5, 6]              # a chat prompt has no special tokens added, unless asked
+    assert chat_ids(tokenization_kwargs={"add_special_tokens": True}) == [2, 5, 6, 3]
+    assert chat_ids(tokenization_kwargs={"truncation": True, "max_length": 1}) == [6]
