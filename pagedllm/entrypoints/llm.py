@@ -496,9 +496,12 @@ class LLM:
 
     # ---- beam search ----------------------------------------------------------------------------------------------
     def beam_search(self, prompts: Sequence[PromptType], params: BeamSearchParams,
-                    lora_request: Any = None, use_tqdm: bool = False) -> list[BeamSearchOutput]:
+                    lora_request: Any = None, use_tqdm: bool = False,
+                    concurrency_limit: int | None = None) -> list[BeamSearchOutput]:
         """vLLM's beam search: each step extends every live beam by one token with ``2 * beam_width`` logprobs,
-        scores candidates by ``cum_logprob / len(tokens) ** length_penalty`` and keeps the best ``beam_width``."""
+        scores candidates by ``cum_logprob / len(tokens) ** length_penalty`` and keeps the best ``beam_width``. A
+        step is one generate() over the live beams of ``concurrency_limit`` prompts at a time (None: all of them);
+        a sequence's text is ``tokenizer.decode(tokens)``, prompt and special tokens included, as vLLM's."""
         if lora_request is not None:
             raise ValueError("LoRA adapters with beam_search are not supported yet by pagedllm; use generate().")
         if not isinstance(params, BeamSearchParams):
@@ -507,30 +510,39 @@ class LLM:
         check_logprobs_mode(engine.config.args.logprobs_mode)
         tok = self.get_tokenizer()
         eos = engine.eos_token_ids
-        results = []
         prompts = _prompt_list(prompts)
-        # use_tqdm: one bar over every prompt's token steps (vLLM shows the beam search's steps).
-        bar = tqdm(total=len(prompts) * params.max_tokens, desc="Beam search", dynamic_ncols=True) \
+        if concurrency_limit is None:
+            concurrency_limit = max(len(prompts), 1)
+        if not isinstance(concurrency_limit, int) or isinstance(concurrency_limit, bool) or concurrency_limit < 1:
+            raise ValueError(f"concurrency_limit must be a positive int, got {concurrency_limit!r}.")
+        prompt_ids = [engine.tokenize_prompt(prompt)[1] for prompt in prompts]
+        num_groups = -(-len(prompts) // concurrency_limit)
+        # use_tqdm: one bar over the token steps of every group of prompts (vLLM shows the beam search's steps).
+        bar = tqdm(total=num_groups * params.max_tokens, desc="Beam search", dynamic_ncols=True) \
             if use_tqdm else None
         sampling = step_params(params)
-        for prompt in prompts:
-            _, prompt_ids = engine.tokenize_prompt(prompt)
-            live = [BeamSearchSequence(tokens=list(prompt_ids), logprobs=[], cum_logprob=0.0)]
-            done: list[BeamSearchSequence] = []
+        results = []
+        for start in range(0, len(prompts), concurrency_limit):
+            group = prompt_ids[start:start + concurrency_limit]
+            live = [[BeamSearchSequence(tokens=list(ids), logprobs=[], cum_logprob=0.0)] for ids in group]
+            done: list[list[BeamSearchSequence]] = [[] for _ in group]
             for step in range(params.max_tokens):
-                if not live:
+                beams = [seq for beams_of_prompt in live for seq in beams_of_prompt]
+                if not beams:
                     if bar is not None:
                         bar.update(params.max_tokens - step)
                     break
                 if bar is not None:
                     bar.update(1)
-                outs = self.generate([{"prompt_token_ids": s.tokens} for s in live], sampling, use_tqdm=False)
-                live = extend_beams(live, [out.outputs[0].logprobs[0] for out in outs], params, eos, done)
-            best = best_beams(done, live, params, eos)
-            for seq in best:
-                if tok is not None:
-                    seq.text = tok.decode(seq.tokens, skip_special_tokens=True)
-            results.append(BeamSearchOutput(sequences=best))
+                outs = iter(self.generate([{"prompt_token_ids": s.tokens} for s in beams], sampling, use_tqdm=False))
+                live = [extend_beams(mine, [next(outs).outputs[0].logprobs[0] for _ in mine], params, eos, finished)
+                        for mine, finished in zip(live, done)]
+            for mine, finished in zip(live, done):
+                best = best_beams(finished, mine, params, eos)
+                for seq in best:
+                    if tok is not None:
+                        seq.text = tok.decode(seq.tokens)
+                results.append(BeamSearchOutput(sequences=best))
         if bar is not None:
             bar.close()
         return results

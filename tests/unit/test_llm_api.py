@@ -504,7 +504,7 @@ def test_beam_search(llm, hf, tokenizer):
         lp = hf_logprobs(hf, seq.tokens)
         expected = sum(float(lp[n - 1 + j, seq.tokens[n + j]]) for j in range(5))
         assert seq.cum_logprob == pytest.approx(expected, abs=1e-3)
-        assert seq.text == tokenizer.decode(seq.tokens, skip_special_tokens=True)
+        assert seq.text == tokenizer.decode(seq.tokens)
         scores.append(seq.cum_logprob / len(seq.tokens))
     assert scores[0] >= scores[1]
     assert len(outs[1].sequences) == 2 and outs[1].sequences[0].text.startswith("A completely different prompt")
@@ -611,3 +611,24 @@ def test_generate_and_chat_tokenization_kwargs(tmp_path):
     assert chat_ids() == [5, 6]              # a chat prompt has no special tokens added, unless asked
     assert chat_ids(tokenization_kwargs={"add_special_tokens": True}) == [2, 5, 6, 3]
     assert chat_ids(tokenization_kwargs={"truncation": True, "max_length": 1}) == [6]
+
+
+def test_beam_search_batches_prompts_and_keeps_special_tokens_in_text(llm, tokenizer, monkeypatch):
+    """As vLLM's LLM.beam_search: each step is one generate() over every live beam of every prompt (at most
+    concurrency_limit prompts at a time), and a sequence's text is tokenizer.decode(tokens), special tokens kept."""
+    prompts = [{"prompt_token_ids": [1] + tokenizer.encode("The weather today is")}, "A completely different prompt",
+               "Third"]
+    params = BeamSearchParams(beam_width=2, max_tokens=3)
+    calls = []
+    generate = llm.generate
+    monkeypatch.setattr(llm, "generate", lambda *a, **k: calls.append(len(a[0])) or generate(*a, **k))
+    together = llm.beam_search(prompts, params)
+    assert calls == [3, 6, 6]                       # one step: one call, every prompt's beams
+    calls.clear()
+    in_pairs = llm.beam_search(prompts, params, concurrency_limit=2)
+    assert calls == [2, 4, 4, 1, 2, 2]
+    assert [[s.tokens for s in o.sequences] for o in in_pairs] == [[s.tokens for s in o.sequences] for o in together]
+    first = together[0].sequences[0]
+    assert first.text == tokenizer.decode(first.tokens) and first.text.startswith("<|im_start|>The weather")
+    with pytest.raises(ValueError, match="concurrency_limit must be a positive int, got 0"):
+        llm.beam_search(prompts, params, concurrency_limit=0)
