@@ -138,7 +138,7 @@ def test_no_garbage_collection_inside_a_capture_window():
     state is as it was afterwards."""
     import gc
 
-    from pagedllm.worker.cuda_graphs import _no_collection
+    from pagedllm.worker.cuda_graphs import collections_paused     # gc_heap's, used by the capture windows
     inside, seen = [False], []
 
     def record(phase, info):
@@ -158,11 +158,11 @@ def test_no_garbage_collection_inside_a_capture_window():
         allocate()
         assert seen                         # the probe sees collections where they can happen
         seen.clear()
-        with _no_collection():
+        with collections_paused():
             allocate()
         assert seen == [] and gc.isenabled()
         gc.disable()
-        with _no_collection():
+        with collections_paused():
             pass
         assert not gc.isenabled()           # one that was off stays off
     finally:
