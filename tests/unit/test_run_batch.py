@@ -84,3 +84,27 @@ def test_run_batch_embeddings_score_and_rerank(tmp_path, capsys):
     ranked = out["r"]["response"]["body"]["results"]
     assert [r["index"] for r in ranked] == [1, 0] and scores[1] > scores[0]
     assert [r["relevance_score"] for r in ranked] == pytest.approx([scores[1], scores[0]], abs=1e-5)
+
+
+def test_run_batch_vllm_flags_metrics_server(model_dir, tmp_path, capsys):
+    """vLLM's run-batch flags: --enable-metrics serves the engine's Prometheus metrics on --url / --port while the
+    batch runs (and until the process ends, as vLLM's); --max-log-len, --enable-prompt-tokens-details and
+    --enable-force-include-usage are the server's settings of the same names."""
+    import urllib.request
+
+    from ports import free_port
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions",
+            "body": {"model": model_dir, "prompt": "Hi", "max_tokens": 2}}
+    batch, results = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch.write_text(json.dumps(line) + "\n")
+    port = free_port()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run-batch", "-i", str(batch), "-o", str(results), "--model", model_dir, "--max-model-len", "64",
+              "--enable-metrics", "--url", "127.0.0.1", "--port", str(port), "--max-log-len", "10",
+              "--enable-prompt-tokens-details", "--enable-force-include-usage"])
+    assert exit_info.value.code == 0
+    assert json.loads(results.read_text())["error"] is None
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'pagedllm:request_success_total{finished_reason="length"' in metrics
+    with pytest.raises(SystemExit, match="--max-log-len must be non-negative, got -1"):
+        main(["run-batch", "-i", str(batch), "-o", str(results), "--model", model_dir, "--max-log-len", "-1"])

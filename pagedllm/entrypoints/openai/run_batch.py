@@ -17,7 +17,8 @@ import uuid
 from typing import Any
 
 from pagedllm.config import EngineArgs, verify_engine_args
-from pagedllm.entrypoints.openai.cli_args import load_chat_template, make_serve_parser
+from pagedllm.entrypoints.openai.cli_args import (_RESPONSE_FLAGS, check_limit_args, load_chat_template,
+                                                  make_serve_parser)
 
 BATCH_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/score", "/v1/rerank")
 
@@ -34,6 +35,17 @@ def make_run_batch_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--served-model-name", type=str, nargs="+", default=None,
                         help="Model name(s) the requests' \"model\" may use. None = the model path.")
     EngineArgs.add_cli_args(parser)
+    parser.add_argument("--max-log-len", type=int, default=None,
+                        help="Max number of prompt characters or ids printed in request logs. None = unlimited.")
+    parser.add_argument("--enable-metrics", action="store_true",
+                        help="Serve the engine's Prometheus metrics at http://URL:PORT/metrics while the batch runs.")
+    parser.add_argument("--url", type=str, default="0.0.0.0",
+                        help="Address of the Prometheus metrics server (with --enable-metrics).")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="Port of the Prometheus metrics server (with --enable-metrics).")
+    response_flags = dict(_RESPONSE_FLAGS)
+    for flag in ("--enable-prompt-tokens-details", "--enable-force-include-usage"):
+        parser.add_argument(flag, action="store_true", help=response_flags[flag])
     return parser
 
 
@@ -100,8 +112,13 @@ async def run_batch_async(args: argparse.Namespace) -> int:
     from pagedllm.entrypoints.openai.api_server import build_app, build_engine
     requests = _read_requests(args.input_file)
     server_args = _server_args(args)
+    check_limit_args(server_args)
     engine, metrics, names = build_engine(server_args)
     try:
+        if args.enable_metrics:
+            # vLLM's: a Prometheus endpoint of its own (a daemon thread, serving until the process ends)
+            from prometheus_client import start_http_server
+            start_http_server(args.port, addr=args.url, registry=metrics.registry)
         app = build_app(server_args, engine, metrics, names)
         bar = tqdm(total=len(requests), desc="Running batch", dynamic_ncols=True)
 
