@@ -108,3 +108,45 @@ def test_run_batch_vllm_flags_metrics_server(model_dir, tmp_path, capsys):
     assert 'pagedllm:request_success_total{finished_reason="length"' in metrics
     with pytest.raises(SystemExit, match="--max-log-len must be non-negative, got -1"):
         main(["run-batch", "-i", str(batch), "-o", str(results), "--model", model_dir, "--max-log-len", "-1"])
+
+
+def test_run_batch_reads_and_writes_http_urls(model_dir, tmp_path, capsys):
+    """vLLM's -i / -o as http(s) URLs: the batch is fetched with GET and the results uploaded with PUT (written first
+    to a file in --output-tmp-dir when given)."""
+    import http.server
+    import threading
+
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions",
+            "body": {"model": model_dir, "prompt": "Hi", "max_tokens": 2}}
+    uploads = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = (json.dumps(line) + "\n").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_PUT(self):
+            uploads[self.path] = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for extra, path in [([], "/out.jsonl"), (["--output-tmp-dir", str(tmp_path)], "/out2.jsonl")]:
+            with pytest.raises(SystemExit) as exit_info:
+                main(["run-batch", "-i", f"{base}/in.jsonl", "-o", base + path, "--model", model_dir,
+                      "--max-model-len", "64", *extra])
+            assert exit_info.value.code == 0
+            out = [json.loads(text) for text in uploads[path].splitlines()]
+            assert [o["custom_id"] for o in out] == ["a"] and out[0]["error"] is None
+        assert not list(tmp_path.iterdir())          # the temporary file is gone once uploaded
+    finally:
+        server.shutdown()

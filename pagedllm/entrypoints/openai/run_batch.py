@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import uuid
 from typing import Any
 
@@ -25,9 +26,14 @@ BATCH_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/
 
 def make_run_batch_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("-i", "--input-file", required=True, type=str,
-                        help="The batch file: one JSON request per line (a local path).")
+                        help="The batch file: one JSON request per line (a local path, or an http(s) URL read with "
+                             "GET).")
     parser.add_argument("-o", "--output-file", required=True, type=str,
-                        help="Where the results go: one JSON line per request, in the input's order.")
+                        help="Where the results go: one JSON line per request, in the input's order (a local path, "
+                             "or an http(s) URL they are uploaded to with PUT).")
+    parser.add_argument("--output-tmp-dir", type=str, default=None,
+                        help="With an output URL: write the results to a file in this folder before the upload "
+                             "(default: in memory).")
     parser.add_argument("--response-role", type=str, default="assistant",
                         help="Role of the generated message when add_generation_prompt is true.")
     parser.add_argument("--chat-template", type=str, default=None,
@@ -61,23 +67,54 @@ def _server_args(args: argparse.Namespace) -> argparse.Namespace:
     return server
 
 
+def _is_url(path: str) -> bool:
+    return path.startswith(("http://", "https://"))
+
+
 def _read_requests(path: str) -> list[dict]:
-    if path.startswith(("http://", "https://")):
-        raise ValueError(f"--input-file {path}: only local files are supported yet.")
+    if _is_url(path):
+        import httpx
+        response = httpx.get(path, follow_redirects=True, timeout=300)
+        if response.status_code != 200:
+            raise ValueError(f"--input-file {path}: GET answered {response.status_code}.")
+        lines = response.text.splitlines()
+    else:
+        with open(path) as f:
+            lines = f.read().splitlines()
     requests = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                request = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not a JSON line ({e}).") from None
-            if not isinstance(request, dict) or not isinstance(request.get("body"), dict) or "url" not in request:
-                raise ValueError(f"{path}:{number}: a batch request needs \"custom_id\", \"method\", \"url\" and a "
-                                 f"JSON object \"body\".")
-            requests.append(request)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not a JSON line ({e}).") from None
+        if not isinstance(request, dict) or not isinstance(request.get("body"), dict) or "url" not in request:
+            raise ValueError(f"{path}:{number}: a batch request needs \"custom_id\", \"method\", \"url\" and a JSON "
+                             f"object \"body\".")
+        requests.append(request)
     return requests
+
+
+def _write_results(path: str, text: str, tmp_dir: str | None) -> None:
+    """The results to a local file, or uploaded to an http(s) URL with PUT (from a temporary file in ``tmp_dir``
+    when given, as vLLM's --output-tmp-dir)."""
+    if not _is_url(path):
+        with open(path, "w") as f:
+            f.write(text)
+        return
+    import httpx
+    if tmp_dir is None:
+        response = httpx.put(path, content=text.encode(), timeout=1000)
+    else:
+        with tempfile.NamedTemporaryFile("w+b", dir=tmp_dir, suffix=".jsonl") as f:
+            size = f.write(text.encode())
+            del text                             # the file, not memory, holds the results while they upload
+            f.seek(0)
+            response = httpx.put(path, content=iter(lambda: f.read(1 << 20), b""), timeout=1000,
+                                 headers={"Content-Length": str(size)})
+    if response.status_code != 200:
+        raise ValueError(f"--output-file {path}: PUT answered {response.status_code}.")
 
 
 def _output(request: dict, status: int, body: Any, error: Any) -> dict:
@@ -132,9 +169,8 @@ async def run_batch_async(args: argparse.Namespace) -> int:
         bar.close()
     finally:
         engine.shutdown()
-    with open(args.output_file, "w") as f:
-        for result in results:
-            f.write(json.dumps(result, ensure_ascii=False) + "\n")
+    _write_results(args.output_file, "".join(json.dumps(result, ensure_ascii=False) + "\n" for result in results),
+                   args.output_tmp_dir)
     failed = sum(r["error"] is not None for r in results)
     print(f"Wrote {len(results)} results to {args.output_file} ({failed} failed).")
     return 0
