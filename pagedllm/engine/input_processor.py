@@ -47,6 +47,9 @@ class InputProcessor:
         self.max_model_len = config.max_model_len
         self.max_logprobs = config.args.max_logprobs
         self.eos_token_ids = frozenset(self._eos_token_ids())
+        # The tokenizer's EOS: a stop on it reports no stop_reason; the generation config's other EOS ids report
+        # theirs (vLLM adds them to the request's stop_token_ids).
+        self.eos_token_id: int | None = getattr(tokenizer, "eos_token_id", None)
         # Custom logits processors' classes: each request's parameters pass their validate_params here.
         self.logits_processor_classes = load_logits_processor_classes(config.args.logits_processors)
         reasoning = reasoning_parser_name(config.args)
@@ -172,7 +175,7 @@ class InputProcessor:
                 child_params = params.clone()
                 child_params.seed = params.seed + index
             out.children.append(EngineCoreRequest(child_id, ids, child_params, self.eos_token_ids, arrival,
-                                                  priority, max_tokens, salt,
+                                                  priority, max_tokens, salt, eos_token_id=self.eos_token_id,
                                                   parent_request_id=request_id if params.n > 1 else None,
                                                   reasoning_ended=reasoning_ended,
                                                   lora_request=lora_request, prompt_embeds=embeds))

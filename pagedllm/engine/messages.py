@@ -27,6 +27,8 @@ class EngineCoreRequest:
     priority: int = 0
     max_tokens: int | None = None          # sampling_params.max_tokens, or what is left of max_model_len
     cache_salt: str | None = None
+    # The tokenizer's EOS among eos_token_ids: a stop on it has no stop_reason, on any other the id (vLLM's).
+    eos_token_id: int | None = None
     # A pooling request: its prompt is pooled into one vector and it ends (sampling_params then only hold
     # max_tokens=1, which keeps the scheduler from giving it more steps).
     pooling_params: PoolingParams | None = None

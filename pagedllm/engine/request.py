@@ -35,13 +35,16 @@ class Request:
     def __init__(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: set[int] | frozenset[int] | None = None, arrival_time: float | None = None,
                  priority: int = 0, max_tokens: int | None = None, cache_salt: str | None = None,
-                 pooling_params=None, parent_request_id: str | None = None, lora_request=None, prompt_embeds=None):
+                 pooling_params=None, parent_request_id: str | None = None, lora_request=None, prompt_embeds=None,
+                 eos_token_id: int | None = None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.prompt_token_ids)
         self.token_ids: list[int] = list(prompt_token_ids)   # prompt + output, grows as tokens are sampled
         self.sampling_params = sampling_params
         self.eos_token_ids = frozenset(eos_token_ids or ())
+        # The tokenizer's EOS (no stop_reason); the others report their id. None: no stop_reason for any.
+        self.eos_token_id = eos_token_id
         self.max_tokens = max_tokens if max_tokens is not None else sampling_params.max_tokens
         self.arrival_time = arrival_time if arrival_time is not None else time.time()
         self.priority = priority

@@ -593,6 +593,8 @@ class Scheduler:
         n_out = request.num_output_tokens
         if n_out >= sp.min_tokens:
             if not sp.ignore_eos and last in request.eos_token_ids:
+                if request.eos_token_id is not None and last != request.eos_token_id:
+                    request.stop_reason = last      # a generation config's other EOS: vLLM's stop_token_ids
                 return RequestStatus.FINISHED_STOPPED
             if last in sp.stop_token_ids:
                 request.stop_reason = last

@@ -136,6 +136,30 @@ def test_generation_config_folder(model_dir, tmp_path):
         LLM(model=str(model_dir[0]), generation_config=str(tmp_path / "missing"))
 
 
+def test_generation_config_eos_ids_report_their_stop_reason(model_dir, tmp_path):
+    """A generation_config.json eos_token_id list beyond the tokenizer's EOS (Gemma 3's <end_of_turn>, Llama 3.1's
+    <|eom_id|>) stops generation with the id as stop_reason, as vLLM's (it adds them to stop_token_ids); the
+    tokenizer's own EOS keeps stop_reason None; ignore_eos ignores both."""
+    import json
+    import shutil
+    greedy = SamplingParams(temperature=0.0, max_tokens=6)
+    base = LLM(model=str(model_dir[0]), dtype="float32", max_model_len=64)
+    ids = base.generate("Hello", greedy, use_tqdm=False)[0].outputs[0].token_ids
+    third = ids[2]
+    assert 2 not in ids[:3]
+    shutil.copytree(model_dir[0], tmp_path / "m")
+    with open(tmp_path / "m" / "generation_config.json", "w") as f:
+        json.dump({"eos_token_id": [2, third]}, f)
+    llm = LLM(model=str(tmp_path / "m"), dtype="float32", max_model_len=64)
+    out = llm.generate("Hello", greedy, use_tqdm=False)[0].outputs[0]
+    assert (list(out.token_ids), out.finish_reason, out.stop_reason) == (list(ids[:3]), "stop", third)
+    allowed = SamplingParams(temperature=0.0, max_tokens=3, allowed_token_ids=[2])
+    out = llm.generate("Hello", allowed, use_tqdm=False)[0].outputs[0]
+    assert (list(out.token_ids), out.finish_reason, out.stop_reason) == ([2], "stop", None)
+    ignoring = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    assert llm.generate("Hello", ignoring, use_tqdm=False)[0].outputs[0].token_ids == ids
+
+
 def test_override_generation_config(model_dir, tmp_path):
     """vLLM's override_generation_config: merged over the model's generation config, or alone with "vllm"."""
     import json
