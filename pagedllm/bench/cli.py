@@ -1,4 +1,4 @@
-"""`pagedllm bench {serve,throughput,latency,prefix_caching,long_document_qa,embed,compare}`.
+"""`pagedllm bench {serve,throughput,latency,startup,prefix_caching,long_document_qa,embed,compare}`.
 
 ``add_bench_parser(subparsers)`` adds the ``bench`` command to the ``pagedllm`` CLI; each sub-command parser gets
 ``func`` (``args.func(args)`` runs it). ``python -m pagedllm.bench.cli SUBCOMMAND ...`` works on its own too.
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "serve": ("pagedllm.bench.serve", "Online serving benchmark against an OpenAI-compatible server."),
     "throughput": ("pagedllm.bench.throughput", "Offline throughput of LLM.generate (or HF transformers)."),
     "latency": ("pagedllm.bench.latency", "Latency of generating one batch, over several iterations."),
+    "startup": ("pagedllm.bench.startup", "Cold and warm start-up time of LLM(...), each start in its own process."),
     "prefix_caching": ("pagedllm.bench.prefix_caching",
                        "Offline throughput on prompts sharing a prefix, prefix caching off vs on."),
     "long_document_qa": ("pagedllm.bench.long_document_qa",

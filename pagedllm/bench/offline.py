@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from typing import Any, Sequence
 
@@ -67,22 +68,31 @@ def measure_generate(kwargs: dict[str, Any], prompts: list, sampling: dict[str, 
             "output_tokens_per_second": output_tokens / elapsed}
 
 
-def _measure_in_child(queue, kwargs, prompts, sampling, warmup_prompts) -> None:
+def _call_in_child(queue, fn, args) -> None:
     try:
-        queue.put(("ok", measure_generate(kwargs, prompts, sampling, warmup_prompts)))
+        queue.put(("ok", fn(*args)))
     except BaseException as exc:  # report it to the parent instead of dying silently
         import traceback
         queue.put(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}"))
 
 
-def measure_in_fresh_process(kwargs: dict[str, Any], prompts: list, sampling: dict[str, Any],
-                             warmup_prompts: list | None = None) -> dict[str, Any]:
-    """``measure_generate`` in a spawned process, so that each engine starts on a freshly freed device."""
+def call_in_fresh_process(fn, *args: Any, env: dict[str, str] | None = None) -> Any:
+    """``fn(*args)`` (a module-level function) in a spawned process started with ``env`` over this environment;
+    its result, or a RuntimeError with the child's error."""
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure_in_child, args=(queue, kwargs, prompts, sampling, warmup_prompts))
-    proc.start()
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})          # the spawned process starts with this process's environment
+    try:
+        proc = ctx.Process(target=_call_in_child, args=(queue, fn, args))
+        proc.start()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     try:
         status, payload = queue.get()
     finally:
@@ -90,6 +100,12 @@ def measure_in_fresh_process(kwargs: dict[str, Any], prompts: list, sampling: di
     if status != "ok":
         raise RuntimeError(f"The benchmark process failed: {payload}")
     return payload
+
+
+def measure_in_fresh_process(kwargs: dict[str, Any], prompts: list, sampling: dict[str, Any],
+                             warmup_prompts: list | None = None) -> dict[str, Any]:
+    """``measure_generate`` in a spawned process, so that each engine starts on a freshly freed device."""
+    return call_in_fresh_process(measure_generate, kwargs, prompts, sampling, warmup_prompts)
 
 
 def compare_prefix_caching(args: argparse.Namespace, prompts: list, sampling: dict[str, Any],

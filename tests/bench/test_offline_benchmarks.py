@@ -203,3 +203,36 @@ def test_hf_backend_on_tiny_llama(tmp_path, word_tokenizer_dir, capsys):
     assert [len(b) for b in throughput._hf_batches(long_reqs, 4)] == [1, 1, 1]   # 1500 + 600 > 2048 tokens
     short_reqs = [SimpleNamespace(prompt_len=100, expected_output_len=50)] * 5
     assert [len(b) for b in throughput._hf_batches(short_reqs, 2)] == [2, 2, 1]
+
+
+def test_startup_prints_vllm_lines_and_json(monkeypatch, tmp_path, capsys):
+    """vLLM's `bench startup`: cold starts each on fresh, empty cache folders (removed afterwards), a warm-up, then
+    warm starts on the usual caches; vLLM's printed sections and JSON keys (compilation times 0: no torch.compile)."""
+    import os
+
+    from pagedllm.bench import startup
+    starts = []
+
+    def fake_start(kwargs, env):
+        starts.append(dict(env))
+        for folder in env.values():
+            assert not os.path.exists(folder) or not os.listdir(folder)
+        assert kwargs["max_model_len"] == 256
+        return float(len(starts))
+    monkeypatch.setattr(startup, "measure_startup", fake_start)
+    out = tmp_path / "startup.json"
+    result = startup.main(parse(startup, "--num-iters-cold", "2", "--num-iters-warmup", "1", "--num-iters-warm",
+                                "2", "--output-json", str(out), "--max-model-len", "256"))
+    cold_envs = starts[:2]
+    assert all(set(env) == {"PAGEDLLM_CACHE_DIR", "TRITON_CACHE_DIR"} for env in cold_envs)
+    assert cold_envs[0] != cold_envs[1] and starts[2:] == [{}, {}, {}]
+    assert not any(os.path.exists(folder) for env in cold_envs for folder in env.values())
+    stdout = capsys.readouterr().out
+    assert "STARTUP TIME BENCHMARK RESULTS" in stdout and "\nCOLD STARTUP:\nAvg total startup time: 1.50 seconds" \
+        in stdout and "\nWARM STARTUP:\nAvg total startup time: 4.50 seconds" in stdout
+    saved = json.loads(out.read_text())
+    assert saved["cold_startup_times"] == [1.0, 2.0] and saved["warm_startup_times"] == [4.0, 5.0]
+    assert saved["avg_cold_compilation_time"] == 0.0 and saved["cold_startup_percentiles"]["50"] == 1.5
+    assert result["avg_warm_startup_time"] == 4.5
+    with pytest.raises(ValueError, match="--num-iters-cold must be >= 1, got 0"):
+        startup.main(parse(startup, "--num-iters-cold", "0"))
