@@ -218,3 +218,32 @@ def test_stream_cut_after_a_streamed_call_does_not_repeat_it_as_content():
     plain = ToolCallStream(serving, ToolMode("auto"), 1)
     assert plain.delta(0, "<tool_call>\n{", None)[0] is None
     assert plain.delta(0, "", "length") == ({"content": "<tool_call>\n{"}, "length")
+
+
+def test_llama3_json_calls_after_or_before_text():
+    """vLLM's llama3_json takes every JSON object with a name and arguments / parameters out of the whole output and
+    drops the text around them (content None): a Llama that writes a sentence before its call, or after it, still
+    calls the tool. A brace that is not such an object (or does not parse) leaves the whole output as content. A
+    stream sends the sentence before the call as content and the call as deltas."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+
+    llama = get_tool_parser("llama3_json")
+    call = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+    assert calls(llama.extract("Let me check. " + call)) == (None, [("get_weather", {"city": "Paris"})])
+    assert calls(llama.extract(call + "\n\nI hope this helps.")) == (None, [("get_weather", {"city": "Paris"})])
+    assert calls(llama.extract('Two: {"name": "a", "arguments": {"x": {"y": 1}}}; {"name": "b", "parameters": {}}')) \
+        == (None, [("a", {"x": {"y": 1}}), ("b", {})])
+    for plain in ('The answer is {"value": 1}.', "A set {1, 2} " + call, call + " and {broken"):
+        assert llama.extract(plain) == (plain, [])
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)
+    serving.tool_parser = llama
+    text = "Let me check. " + call
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    deltas = [stream.delta(0, text[k:k + 4], None)[0] for k in range(0, len(text), 4)]
+    final, finish = stream.delta(0, "", "stop")
+    deltas.append(final)
+    assert finish == "tool_calls"
+    assert "".join(d.get("content", "") for d in deltas if d) == "Let me check. "
+    sent = [c for d in deltas if d for c in d.get("tool_calls", [])]
+    assert sent[0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(c["function"]["arguments"] for c in sent)) == {"city": "Paris"}

@@ -358,7 +358,9 @@ class HermesToolParser(ToolParser):
 
 class Llama3JsonToolParser(ToolParser):
     """Llama 3.x JSON calls: ``{"name": ..., "parameters": {...}}`` (after ``<|python_tag|>`` or alone), several
-    separated by ``;``."""
+    separated by ``;``. As vLLM's parser, every such object in the output is a call and the text around them is
+    dropped (a sentence before or after the call); a brace that does not open a call object leaves the whole output
+    as content. A stream sends the text before the first brace as content."""
     start = "<|python_tag|>"
     trigger = '{"name": '
 
@@ -366,14 +368,14 @@ class Llama3JsonToolParser(ToolParser):
         return f'{{"name": {json.dumps(name, ensure_ascii=False)}, "parameters": ', "}"
 
     def call_start(self, text: str) -> int:
-        stripped = text.lstrip()
-        if stripped.startswith("{"):
-            return len(text) - len(stripped)
-        return super().call_start(text)
+        brace = text.find("{")
+        tag = super().call_start(text)
+        return min(brace, tag) if brace >= 0 else tag
 
     def call_nodes(self, text: str) -> list[JsonNode]:
-        i = text.find(self.start)
-        i = i + len(self.start) if i >= 0 else self.call_start(text)
+        i = self.call_start(text)
+        if text.startswith(self.start, i):
+            i += len(self.start)
         nodes = []
         while i < len(text):
             node = parse_partial_json(text, i)
@@ -386,20 +388,16 @@ class Llama3JsonToolParser(ToolParser):
         return nodes
 
     def extract(self, text: str) -> tuple[str | None, list[dict]]:
-        body = text.split(self.start, 1)[1] if self.start in text else text
-        body = body.strip()
-        if not body.startswith("{"):
-            return text, []
-        decoder, objects, pos = json.JSONDecoder(), [], 0
-        try:
-            while pos < len(body):
-                obj, pos = decoder.raw_decode(body, pos)
-                objects.append(obj)
-                while pos < len(body) and body[pos] in " \n\t;":
-                    pos += 1
-        except json.JSONDecodeError:
-            return text, []
-        calls = _calls_from_objects(objects, self)
+        decoder, objects, end = json.JSONDecoder(), [], -1
+        for match in re.finditer("{", text):
+            if match.start() < end:
+                continue            # inside the object before
+            try:
+                obj, end = decoder.raw_decode(text, match.start())
+            except json.JSONDecodeError:
+                return text, []
+            objects.append(obj)
+        calls = _calls_from_objects(objects, self) if objects else None
         return (None, calls) if calls else (text, [])
 
 
