@@ -83,7 +83,8 @@ CHAT_TEMPLATE_CONTENT_FORMATS = ("auto", "string", "openai")
 def format_message_content(conversation: list[dict], content_format: str = "auto") -> list[dict]:
     """The conversation with each message's content in ``content_format``; a message that is not a dict with a
     string role and content None, a string or a list of text parts is a ValueError naming it, and so are content
-    parts other than text (images, audio, ...: text-only models)."""
+    parts other than text (images, audio, ...: text-only models). Content None becomes "" ("string") or [] ("openai"),
+    as vLLM's."""
     if content_format not in CHAT_TEMPLATE_CONTENT_FORMATS:
         raise ValueError(f"chat_template_content_format must be one of "
                          f"{', '.join(map(repr, CHAT_TEMPLATE_CONTENT_FORMATS))}, got {content_format!r}.")
@@ -100,11 +101,12 @@ def format_message_content(conversation: list[dict], content_format: str = "auto
         if content is not None and not isinstance(content, (str, list, tuple)):
             raise ValueError(f"messages[{i}].content must be a string or a list of content parts, got "
                              f"{type(content).__name__}.")
-        if content is None or (isinstance(content, str) and content_format != "openai"):
+        if isinstance(content, str) and content_format != "openai":
             out.append(m)
             continue
+        # None (an OpenAI tool-call turn) is no parts, as vLLM's: "" or [] for the template.
         texts = [content] if isinstance(content, str) else [_part_text(part, f"messages[{i}].content[{j}]")
-                                                             for j, part in enumerate(content)]
+                                                             for j, part in enumerate(content or ())]
         if content_format == "openai":
             content = [{"type": "text", "text": t} for t in texts]
         else:

@@ -511,6 +511,23 @@ def test_chat_tool_call_arguments_reach_the_template_as_a_dict(llm):
     assert out.prompt == 'weather{"city": "Paris"}'
     assert call["function"]["arguments"] == '{"city": "Paris"}'     # the caller's message is left as it was
 
+
+def test_chat_assistant_content_none_is_empty_content(llm):
+    """OpenAI's tool-call turn has "content": None; vLLM hands the template "" ("string" format) or [] ("openai"),
+    so the model's own template renders it (as the server did). Before, LLM.chat passed None on and SmolLM2's
+    template failed: 'dict object' has no attribute 'content'."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    conversation = [{"role": "user", "content": "Weather?"},
+                    {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    out = llm.chat(conversation, GREEDY, use_tqdm=False)[0]
+    assert "<|im_start|>assistant\n<|im_end|>\n<|im_start|>tool\nsunny<|im_end|>" in out.prompt
+    shown = "{% for m in messages %}{{ m.content | tojson }};{% endfor %}"
+    assert llm.chat(conversation, GREEDY, use_tqdm=False, chat_template=shown)[0].prompt == '"Weather?";"";"sunny";'
+    parts = "{% for m in messages %}{{ m.content is string }}{{ m.content | length }};{% endfor %}"
+    listed = llm.chat(conversation, GREEDY, use_tqdm=False, chat_template=parts, chat_template_content_format="openai")
+    assert listed[0].prompt == "False1;False0;False1;"
+
 # ---- beam search -----------------------------------------------------------------------------------------------------
 
 def test_beam_search(llm, hf, tokenizer):
