@@ -330,6 +330,8 @@ class LLM:
         tokenization = PromptTokenization.from_kwargs(tokenization_kwargs, truncate_prompt_tokens)
         params = [p.clone() for p in params]     # the caller's objects stay as they were given
         for p in params:
+            if p.task is not None and p.task != pooling_task:    # vLLM's check and message
+                raise ValueError(f"You cannot overwrite param.task={p.task!r} with pooling_task={pooling_task!r}!")
             p.task = pooling_task
             if tokenization.truncate_prompt_tokens is not None:
                 p.truncate_prompt_tokens = tokenization.truncate_prompt_tokens

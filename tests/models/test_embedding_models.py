@@ -107,6 +107,10 @@ def test_wrong_api_for_the_model_is_a_clear_error(minilm):
     with pytest.raises(ValueError, match="pooling_params must be a PoolingParams or a list of them, got "
                                          "SamplingParams"):
         minilm.embed(["hello"], SamplingParams(), use_tqdm=False)
+    # A PoolingParams that names another task is vLLM's error, not silently run as this call's task.
+    with pytest.raises(ValueError, match="You cannot overwrite param.task='token_embed' with pooling_task='embed'!"):
+        minilm.embed(["hello"], PoolingParams(task="token_embed"), use_tqdm=False)
+    assert len(minilm.embed(["hello"], PoolingParams(task="embed"), use_tqdm=False)[0].outputs.embedding) == 384
 
 
 @pytest.fixture(scope="module")
