@@ -15,6 +15,7 @@ import numpy as np
 
 from pagedllm.bench.offline import add_engine_args, create_llm, engine_kwargs, llm_tokenizer, sampling_params
 from pagedllm.bench.utils import write_json
+from pagedllm.config import profiler_settings
 
 PERCENTAGES = (10, 25, 50, 75, 90, 99)
 MAX_DUMMY_TOKEN_ID = 10000
@@ -28,9 +29,13 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--use-beam-search", action="store_true", help="Use LLM.beam_search (beam width = --n).")
     parser.add_argument("--num-iters-warmup", type=int, default=10, help="Untimed iterations first.")
     parser.add_argument("--num-iters", type=int, default=30, help="Timed iterations.")
-    parser.add_argument("--profile", action="store_true", help="Profile one iteration with torch.profiler.")
+    parser.add_argument("--profile", action="store_true",
+                        help="Profile one iteration: with VLLM_TORCH_PROFILER_DIR or --profiler-config the engine's "
+                             "profiler (LLM.start_profile, traces in that folder, as vLLM's); else torch.profiler "
+                             "in this process, its trace in --profile-result-dir.")
     parser.add_argument("--profile-result-dir", type=str, default=None,
-                        help="Where the profiler trace goes (default ./pagedllm_benchmark_result).")
+                        help="Where this process's torch.profiler trace goes (older vLLM's flag; default "
+                             "./pagedllm_benchmark_result).")
     parser.add_argument("--output-json", type=str, default=None, help="Write the latencies to this JSON file.")
     parser.add_argument("--disable-detokenize", action="store_true", help="Do not detokenize the outputs.")
     add_engine_args(parser)
@@ -70,6 +75,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print("Warming up...")
     for _ in tqdm(range(args.num_iters_warmup), desc="Warmup iterations"):
         timed()
+    engine_profiler = profiler_settings(args.profiler_config) if args.profile_result_dir is None else None
+    if args.profile and engine_profiler is not None:
+        print(f"Profiling (results will be saved to '{engine_profiler.torch_profiler_dir}')...")
+        llm.start_profile()
+        generate()
+        llm.stop_profile()
+        return {}
     if args.profile:
         profile_dir = args.profile_result_dir or os.path.join(".", "pagedllm_benchmark_result")
         os.makedirs(profile_dir, exist_ok=True)

@@ -145,6 +145,17 @@ def test_latency_prints_and_json(fake_engine, tmp_path, capsys):
     assert params[0].ignore_eos and params[0].max_tokens == 4
 
 
+def test_latency_profile_uses_the_engine_profiler(fake_engine, tmp_path, monkeypatch, capsys):
+    """vLLM's `bench latency --profile`: with VLLM_TORCH_PROFILER_DIR (or --profiler-config) the engine's profiler
+    (LLM.start_profile / stop_profile) records one batch after the warm-up, its traces in that folder."""
+    monkeypatch.setenv("VLLM_TORCH_PROFILER_DIR", str(tmp_path))
+    latency.main(parse(latency, "--batch-size", "2", "--input-len", "3", "--output-len", "2", "--num-iters-warmup",
+                       "1", "--profile"))
+    calls = fake_engine.instances[0].calls
+    assert [c if isinstance(c, str) else len(c[0]) for c in calls] == [2, "start_profile", 2, "stop_profile"]
+    assert f"Profiling (results will be saved to '{tmp_path}')..." in capsys.readouterr().out
+
+
 def test_prefix_caching_runs_both_modes(fake_engine, tmp_path, capsys):
     out = tmp_path / "p.json"
     args = parse(prefix_caching, "--model", "x", "--skip-tokenizer-init", "--num-prompts", "3", "--repeat-count",
