@@ -256,17 +256,19 @@ class LLM:
                 final[id(sp)].output_kind = RequestOutputKind.FINAL_ONLY
         params = [final.get(id(sp), sp) for sp in params]
         ids = []
+        make_bar = use_tqdm if callable(use_tqdm) else tqdm
+        # vLLM's two bars: the prompts as they are added (tokenized, checked), then as they finish.
+        adding = make_bar(prompts, desc="Adding requests") if use_tqdm else prompts
         try:
-            for i, (prompt, sp) in enumerate(zip(prompts, params)):
+            for i, prompt in enumerate(adding):
                 rid = str(next(self._counter))
-                engine.add_request(rid, prompt, sp, priority=priority[i] if priority else 0,
+                engine.add_request(rid, prompt, params[i], priority=priority[i] if priority else 0,
                                    lora_request=loras[i] if loras else None)
                 ids.append(rid)
         except Exception:
             engine.abort_request(ids)   # a bad prompt fails the call but leaves the engine clean
             raise
         finished: dict[str, RequestOutput] = {}
-        make_bar = use_tqdm if callable(use_tqdm) else tqdm
         bar = make_bar(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
                        postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s") if use_tqdm else None
         t0 = time.perf_counter()

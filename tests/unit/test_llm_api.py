@@ -388,8 +388,9 @@ def test_use_tqdm(llm, capsys):
     assert "Processed prompts" not in captured.err + captured.out
     llm.generate(["a b c", "d e f"], GREEDY, use_tqdm=True)
     captured = capsys.readouterr()
-    assert "Processed prompts" in captured.err + captured.out
-    # A callable builds the bar (vLLM's use_tqdm: bool | Callable[..., tqdm]).
+    assert "Adding requests" in captured.err + captured.out and "Processed prompts" in captured.err + captured.out
+    # A callable builds both bars, as vLLM's (use_tqdm: bool | Callable[..., tqdm]): first over the prompts as they
+    # are added (called with the prompts, desc="Adding requests"), then with total= as they finish.
     from tqdm import tqdm
     made = []
 
@@ -397,7 +398,7 @@ def test_use_tqdm(llm, capsys):
         made.append(tqdm(*args, **kwargs))
         return made[-1]
     llm.generate(["a b c", "d e f"], GREEDY, use_tqdm=my_bar)
-    assert len(made) == 1 and made[0].n == 2 and made[0].desc == "Processed prompts"
+    assert [(bar.desc, bar.n, bar.total) for bar in made] == [("Adding requests", 2, 2), ("Processed prompts", 2, 2)]
 
 
 def test_wrong_argument_types_are_named(llm):
