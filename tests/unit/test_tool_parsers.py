@@ -247,3 +247,28 @@ def test_llama3_json_calls_after_or_before_text():
     sent = [c for d in deltas if d for c in d.get("tool_calls", [])]
     assert sent[0]["function"]["name"] == "get_weather"
     assert json.loads("".join(c["function"]["arguments"] for c in sent)) == {"city": "Paris"}
+
+
+def test_the_template_sees_the_tools_as_vllms_request_model_dumps_them(tiny_llama_dir):
+    """/v1/chat/completions and /tokenize hand the chat template each tool as vLLM's request model dumps it: the
+    function's name, description, parameters in that order, null where the request left one out (Qwen's and
+    Llama's templates write ``tool | tojson``, so the prompt holds "description": null), then strict when given;
+    other keys are dropped. Before, the request's dicts went through as sent (other order, no nulls): the prompt,
+    its token count and so the output differed from vLLM's."""
+    from app_client import post_to_server_app
+
+    template = "{{ tools | tojson }}{% for m in messages %}|{{ m.content }}{% endfor %}"
+    tools = [{"function": {"parameters": {"type": "object"}, "name": "get_weather", "x-extra": 1}, "type": "function"},
+             {"type": "function", "function": {"name": "get_time", "strict": True, "description": "Now."}}]
+    expected = ('[{"type": "function", "function": {"name": "get_weather", "description": null, "parameters": '
+                '{"type": "object"}}}, {"type": "function", "function": {"name": "get_time", "description": "Now.", '
+                '"parameters": null, "strict": true}}]|Hi')
+    body = {"messages": [{"role": "user", "content": "Hi"}], "tools": tools}
+    (s1, tokenized), (s2, chat) = post_to_server_app(
+        tiny_llama_dir, [("/tokenize", {**body, "return_token_strs": True}),
+                         ("/v1/chat/completions", {**body, "tool_choice": "none", "max_tokens": 1})],
+        chat_template=template)
+    assert s1 == 200 and s2 == 200, (tokenized, chat)
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(tiny_llama_dir).decode(tokenized["tokens"]) == expected
+    assert chat["usage"]["prompt_tokens"] == tokenized["count"]

@@ -46,7 +46,7 @@ from pagedllm.entrypoints.openai.serving_models import ServingModels
 from pagedllm.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagedllm.entrypoints.openai.serving_tokens import OpenAIServingTokens
-from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
+from pagedllm.entrypoints.openai.tool_parsers import functions_by_name, template_tools
 from pagedllm.entrypoints.server_guards import (APIKeyMiddleware,  # noqa: F401
                                                 RequestIdHeaderMiddleware, ServerLoadMiddleware, add_error_handlers,
                                                 add_guards, json_error, validation_error_response)
@@ -336,7 +336,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                 ids = await base.render_chat(
                     conversation(request.messages), chat_template=request.chat_template,
                     add_generation_prompt=request.add_generation_prompt,
-                    continue_final_message=request.continue_final_message, tools=request.tools,
+                    continue_final_message=request.continue_final_message, tools=template_tools(request.tools),
                     chat_template_kwargs=request.chat_template_kwargs, add_special_tokens=request.add_special_tokens)
             else:
                 ids = await base.encode(request.prompt, add_special_tokens=request.add_special_tokens)

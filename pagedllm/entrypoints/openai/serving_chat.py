@@ -180,7 +180,8 @@ class OpenAIServingChat(OpenAIServing):
             so = self.tool_constraint(req, mode)
             conv = conversation(req.messages)
             # The tools reach the template whatever tool_choice is, unless --exclude-tools-when-tool-choice-none.
-            tools = None if self.exclude_tools_when_tool_choice_none and req.tool_choice == "none" else req.tools
+            tools = (None if self.exclude_tools_when_tool_choice_none and req.tool_choice == "none"
+                     else tool_parsers.template_tools(req.tools))
             ids = await self.render_chat(
                 conv, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
                 continue_final_message=req.continue_final_message, tools=tools,

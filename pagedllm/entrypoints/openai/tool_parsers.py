@@ -52,6 +52,23 @@ def functions_by_name(tools: list[dict]) -> dict[str, dict]:
     return out
 
 
+def template_tools(tools: list[dict] | None) -> list[dict] | None:
+    """The tools as a chat template sees them on /v1/chat/completions and /tokenize: as vLLM's request model dumps
+    them, ``{"type": "function", "function": {"name", "description", "parameters"}}`` in that order with null for a
+    field the request left out (templates that write ``tool | tojson`` put it in the prompt), then ``strict`` when
+    given; other keys are dropped. The tools were checked by ``functions_by_name``."""
+    if tools is None:
+        return None
+    out = []
+    for tool in tools:
+        fn = tool["function"]
+        function = {"name": fn["name"], "description": fn.get("description"), "parameters": fn.get("parameters")}
+        if fn.get("strict") is not None:
+            function["strict"] = fn["strict"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
 _NAMED_USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
 
 
