@@ -11,9 +11,10 @@ that fix the command line.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -311,6 +312,22 @@ def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables of ``environ`` (this process's environment) that every Ray rank gets as well."""
     environ = os.environ if environ is None else environ
     return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
+@contextlib.contextmanager
+def environment(overrides: dict[str, str]) -> Iterator[None]:
+    """``overrides`` set in this process's environment while the block runs (a spawned process started in it
+    inherits them), the previous values back after."""
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def configure_openmp() -> str:

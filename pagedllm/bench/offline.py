@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import time
 from typing import Any, Sequence
+
+from pagedllm import envs
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -82,17 +83,9 @@ def call_in_fresh_process(fn, *args: Any, env: dict[str, str] | None = None) -> 
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    saved = {name: os.environ.get(name) for name in env or {}}
-    os.environ.update(env or {})          # the spawned process starts with this process's environment
-    try:
-        proc = ctx.Process(target=_call_in_child, args=(queue, fn, args))
+    proc = ctx.Process(target=_call_in_child, args=(queue, fn, args))
+    with envs.environment(env or {}):     # the spawned process starts with this process's environment
         proc.start()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     try:
         status, payload = queue.get()
     finally:
