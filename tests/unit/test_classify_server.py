@@ -179,3 +179,23 @@ def test_chat_form_add_special_tokens_is_the_tokenizers_own(sentiment):
     assert torch.allclose(torch.tensor(with_specials["data"][0]["probs"]),
                           torch.softmax(_logits(hf, path, "w1 w2"), -1), atol=1e-5)
     assert torch.allclose(torch.tensor(pooled["data"][0]["data"]), _logits(hf, path, "w1 w2"), atol=1e-4)
+
+
+def test_text_input_add_special_tokens_false_tokenizes_without_them(sentiment):
+    """vLLM's input form (/classify, /pooling, /v1/embeddings) adds the tokenizer's special tokens by default and
+    leaves them out with add_special_tokens: false (the chat form's default is false). Before, the field was read
+    for messages only: an input text always got [CLS] ... [SEP]."""
+    path, hf = sentiment
+    answers = post_to_server_app(path, [
+        ("/classify", {"input": "w1 w2"}),
+        ("/classify", {"input": "w1 w2", "add_special_tokens": False}),
+        ("/pooling", {"input": ["w1 w2"], "add_special_tokens": False, "use_activation": False}),
+    ])
+    assert [status for status, _ in answers] == [200, 200, 200], answers
+    (_, default), (_, bare), (_, pooled) = answers
+    assert default["usage"]["prompt_tokens"] == 4            # [CLS] w1 w2 [SEP]
+    assert bare["usage"]["prompt_tokens"] == 2 and pooled["usage"]["prompt_tokens"] == 2
+    with torch.no_grad():
+        logits = hf(torch.tensor([[5, 6]])).logits[0]        # w1 w2 alone
+    assert torch.allclose(torch.tensor(bare["data"][0]["probs"]), torch.softmax(logits, -1), atol=1e-5)
+    assert torch.allclose(torch.tensor(pooled["data"][0]["data"]), logits, atol=1e-4)

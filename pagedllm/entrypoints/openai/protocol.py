@@ -681,12 +681,18 @@ class PoolingInputRequest(OpenAIRequestModel):
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     priority: int = 0
-    # With messages only (vLLM's EmbeddingChatRequest defaults: no generation prompt, no extra special tokens).
+    # The tokenizer's special tokens: by default added to an input text (vLLM's input form) and not to the rendered
+    # messages (its chat form: the template holds them); see special_tokens().
+    add_special_tokens: bool | None = None
+    # With messages only (vLLM's EmbeddingChatRequest defaults: no generation prompt).
     add_generation_prompt: bool = False
     continue_final_message: bool = False
-    add_special_tokens: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+
+    def special_tokens(self) -> bool:
+        """add_special_tokens as given, else vLLM's default for the form: True for input, False for messages."""
+        return self.add_special_tokens if self.add_special_tokens is not None else self.messages is None
 
     @model_validator(mode="after")
     def _input_or_messages(self):

@@ -81,9 +81,9 @@ class OpenAIServingPooling(OpenAIServing):
                 f"{len(ids)} tokens in the input for {operation}. Please reduce the length of the input.", field)
 
     async def _prompts(self, inputs: Any, params: PoolingParams, field: str = "input",
-                       chunked: int | None = None) -> list[dict]:
-        """Each input (a string, or token ids) as a tokenized prompt, truncated as asked, within max_model_len (or
-        ``chunked``, see _check_ids)."""
+                       chunked: int | None = None, add_special_tokens: bool = True) -> list[dict]:
+        """Each input (a string, tokenized with or without the tokenizer's special tokens, or token ids) as a
+        tokenized prompt, truncated as asked, within max_model_len (or ``chunked``, see _check_ids)."""
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs:
@@ -101,7 +101,7 @@ class OpenAIServingPooling(OpenAIServing):
         for item in inputs:
             if isinstance(item, str):
                 self.need_tokenizer("A text input")
-                ids = await self.run_tokenizer(processor.encode_for_pooling, item, params)
+                ids = await self.run_tokenizer(processor.encode_for_pooling, item, params, add_special_tokens)
                 prompt = {"prompt": item, "prompt_token_ids": ids}
             else:
                 ids = list(item) if limit is None else list(item)[-limit:]
@@ -114,11 +114,11 @@ class OpenAIServingPooling(OpenAIServing):
                                chunked: int | None = None) -> list[dict]:
         """``input``'s prompts, or ``messages`` rendered by the chat template into one prompt (as vLLM)."""
         if req.messages is None:
-            return await self._prompts(req.input, params, chunked=chunked)
+            return await self._prompts(req.input, params, chunked=chunked, add_special_tokens=req.special_tokens())
         ids = await self.render_chat(
             conversation(req.messages), chat_template=req.chat_template,
             add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message,
-            tools=None, chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens)
+            tools=None, chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.special_tokens())
         return await self._prompts([ids], params, "messages", chunked)
 
     async def _run(self, prefix: str, prompts: list[dict], params: PoolingParams, priority: int,
