@@ -54,7 +54,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "the server answers (a server still starting). 0 (vLLM's default since PR 30975): no "
                              "such extra request.")
     parser.add_argument("--model", type=str, default=None,
-                        help="Model id (default: the first model the server lists at /v1/models).")
+                        help="Model id (default: the first model the server lists at /v1/models: its root is the model "
+                             "id and the tokenizer's, its id the name the requests send).")
     parser.add_argument("--served-model-name", type=str, default=None,
                         help="Model name sent in requests (default: --model).")
     parser.add_argument("--tokenizer", type=str, default=None, help="Tokenizer id or path (default: --model).")
@@ -233,7 +234,10 @@ def _profiler_warning(route: str, why: str) -> str:
 
 
 async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None = None,
-                             insecure: bool = False) -> str:
+                             insecure: bool = False) -> tuple[str, str]:
+    """The first model of the server's /v1/models, as vLLM's bench serve reads it: (its id, the name requests
+    send; its root, the served model's path: the model id, and the tokenizer's unless --tokenizer). A card without
+    a root gives its id for both."""
     import aiohttp
     headers = _route_headers(extra_headers)
     try:
@@ -249,7 +253,7 @@ async def _fetch_first_model(base_url: str, extra_headers: dict[str, str] | None
     models = data.get("data") or []
     if not models:
         raise ValueError(f"The server at {base_url} lists no model; pass --model.")
-    return models[0]["id"]
+    return models[0]["id"], models[0].get("root") or models[0]["id"]
 
 
 def _ssl(insecure: bool) -> bool:
@@ -539,9 +543,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     endpoint = args.endpoint or BACKENDS[args.backend][1]
     api_url = base_url + endpoint
-    model_id = args.model or asyncio.run(_fetch_first_model(base_url, parse_key_values(args.header, "--header"),
-                                                            insecure=args.insecure))
-    request_model = args.served_model_name or model_id
+    if args.model is None:
+        print("Model not specified, fetching first model from server...")
+        request_model, model_id = asyncio.run(_fetch_first_model(
+            base_url, parse_key_values(args.header, "--header"), insecure=args.insecure))
+        print(f"First model name: {request_model}, first model id: {model_id}")
+    else:
+        model_id = args.model
+        request_model = args.served_model_name or model_id
     chat = args.backend in CHAT_BACKENDS
     if args.dataset_name == "random" and not pooling:
         # vLLM's rule: random prompts ask for --random-output-len tokens each, so EOS is ignored even without

@@ -25,6 +25,7 @@ class FakeServerConfig:
     fail_every: int | None = None    # answer HTTP 500 to requests whose arrival index % fail_every == fail_every - 1
     fail_first: int = 0              # answer HTTP 503 to the first fail_first requests (a server still starting)
     no_profiler: bool = False        # /start_profile and /stop_profile answer 404 (pagedllm serve)
+    model_root: str | None = None    # the "root" /v1/models gives its model (the served model's path, as vLLM's)
 
 
 @dataclass
@@ -103,7 +104,10 @@ class FakeOpenAIServer:
         return web.Response(status=200)
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]})
+        card = {"id": MODEL_ID, "object": "model"}
+        if self.config.model_root is not None:
+            card["root"] = self.config.model_root
+        return web.json_response({"object": "list", "data": [card]})
 
     async def _embed(self, request: web.Request) -> web.Response:
         """One JSON answer after ``ttft_s``: a 4-float vector per input, usage = the input's length."""

@@ -890,3 +890,35 @@ def test_vllm_bench_flags_pagedllm_lacks_are_named_as_such(capsys):
     assert ("(--hf-split, --no-stream are vLLM bench flags that pagedllm does not support yet)"
             in capsys.readouterr().err)
 
+
+
+def test_without_model_the_first_served_name_is_sent_and_its_root_is_the_model_id(fake_server, tmp_path,
+                                                                                   word_tokenizer_dir, capsys):
+    """vLLM's bench serve without --model: the first model of /v1/models gives the name the requests send (its id,
+    e.g. a --served-model-name) and the model id (its root, the served model's path), from which the tokenizer
+    loads and which the result and its file name carry. With `serve PATH --served-model-name NAME`, a ShareGPT run
+    needs that: NAME is no tokenizer."""
+    data = [{"id": str(i), "conversations": [{"from": "human", "value": _words(6 + i, i)},
+                                             {"from": "gpt", "value": _words(5 + i)}]} for i in range(2)]
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(data))
+    fake_server.reset(ttft_s=0.005, itl_s=0.001, model_root=word_tokenizer_dir)
+    args = serve_args("--base-url", fake_server.base_url, "--dataset-name", "sharegpt", "--dataset-path", str(path),
+                      "--num-prompts", "2", "--disable-tqdm", "--save-result", "--result-dir", str(tmp_path))
+    result = serve.main(args)
+    out = capsys.readouterr().out
+    assert "Model not specified, fetching first model from server...\n" \
+           f"First model name: {MODEL_ID}, first model id: {word_tokenizer_dir}\n" in out
+    assert result["completed"] == 2 and sorted(result["input_lens"]) == [6, 7]
+    assert {r.body["model"] for r in fake_server.requests} == {MODEL_ID}
+    saved = glob.glob(str(tmp_path / "openai-infqps-*.json"))
+    assert len(saved) == 1 and os.path.basename(saved[0]).startswith(
+        f"openai-infqps-{os.path.basename(word_tokenizer_dir)}-")
+    saved = json.loads(open(saved[0]).read())
+    assert saved["model_id"] == saved["tokenizer_id"] == word_tokenizer_dir
+    # A server whose card has no root (an older one): the id is both.
+    fake_server.reset(ttft_s=0.005, itl_s=0.001)
+    result = serve.main(serve_args("--base-url", fake_server.base_url, "--random-input-len", "4",
+                                   "--random-output-len", "2", "--num-prompts", "1", "--skip-tokenizer-init",
+                                   "--disable-tqdm"))
+    assert result["model_id"] == MODEL_ID and {r.body["model"] for r in fake_server.requests} == {MODEL_ID}
