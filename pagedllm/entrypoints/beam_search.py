@@ -39,7 +39,7 @@ def extend_beams(live: Sequence[BeamSearchSequence], step_logprobs: Sequence[dic
     """The next live beams from each live beam's step logprobs; EOS candidates go to ``done`` (unless
     ignore_eos)."""
     candidates = [BeamSearchSequence(tokens=seq.tokens + [token_id], logprobs=seq.logprobs + [top],
-                                     cum_logprob=seq.cum_logprob + lp.logprob)
+                                     cum_logprob=seq.cum_logprob + lp.logprob, lora_request=seq.lora_request)
                   for seq, top in zip(live, step_logprobs) for token_id, lp in top.items()]
     candidates.sort(key=lambda s: beam_score(s, eos_ids, params.length_penalty), reverse=True)
     nxt: list[BeamSearchSequence] = []
@@ -61,12 +61,13 @@ def best_beams(done: list[BeamSearchSequence], live: list[BeamSearchSequence], p
 
 
 async def beam_search_async(engine: Any, request_id: str, prompt_ids: list[int], params: BeamSearchParams,
-                            priority: int = 0) -> list[BeamSearchSequence]:
+                            priority: int = 0, lora_request: Any = None) -> list[BeamSearchSequence]:
     """The best beams of ``prompt_ids`` (tokens: prompt + generated), each step's beams sent to ``engine`` (an
-    AsyncLLMEngine) together. Cancelled, it aborts the step in flight."""
+    AsyncLLMEngine) together, through ``lora_request``'s adapter when given. Cancelled, it aborts the step in
+    flight."""
     from pagedllm.entrypoints.openai.protocol import random_uuid
     eos_ids = engine.input_processor.eos_token_ids
-    live = [BeamSearchSequence(tokens=list(prompt_ids), logprobs=[], cum_logprob=0.0)]
+    live = [BeamSearchSequence(tokens=list(prompt_ids), logprobs=[], cum_logprob=0.0, lora_request=lora_request)]
     done: list[BeamSearchSequence] = []
     sampling = step_params(params)
     for _ in range(params.max_tokens):
@@ -77,7 +78,7 @@ async def beam_search_async(engine: Any, request_id: str, prompt_ids: list[int],
         try:
             for i, seq in enumerate(live):
                 streams.append(await engine.add_request(f"{batch}-beam-{i}", {"prompt_token_ids": seq.tokens},
-                                                        sampling, priority=priority))
+                                                        sampling, priority=priority, lora_request=lora_request))
             finals = await asyncio.gather(*(_last_output(s) for s in streams))
         finally:
             for s in streams:

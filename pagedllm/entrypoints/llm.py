@@ -36,6 +36,16 @@ def _prompt_list(prompts: Any, name: str = "prompts") -> list:
     return list(prompts)
 
 
+def _lora_list(lora_request: Any, count: int, mismatch: str) -> list:
+    """A LoRA request per prompt: ``lora_request`` repeated, or its list (``mismatch``: the ValueError of a list
+    of another length)."""
+    if isinstance(lora_request, (list, tuple)):
+        if len(lora_request) != count:
+            raise ValueError(mismatch)
+        return list(lora_request)
+    return [lora_request] * count
+
+
 def _text_of(prompt: Any, name: str) -> Any:
     """A text prompt's string (a cross-encoder tokenizes the pair itself); anything else as given, for the
     tokenizer step's error."""
@@ -182,12 +192,7 @@ class LLM:
         ``LLM(..., enable_lora=True)``. ``tokenization_kwargs`` (vLLM's): ``add_special_tokens``, ``truncation`` /
         ``max_length`` / ``truncate_prompt_tokens`` (the last tokens kept), ``do_lower_case``."""
         prompts = _prompt_list(prompts)
-        if isinstance(lora_request, (list, tuple)):
-            if len(lora_request) != len(prompts):
-                raise ValueError("The lengths of prompts and lora_request must be the same.")
-            loras = list(lora_request)
-        else:
-            loras = [lora_request] * len(prompts)
+        loras = _lora_list(lora_request, len(prompts), "The lengths of prompts and lora_request must be the same.")
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
@@ -505,9 +510,8 @@ class LLM:
         """vLLM's beam search: each step extends every live beam by one token with ``2 * beam_width`` logprobs,
         scores candidates by ``cum_logprob / len(tokens) ** length_penalty`` and keeps the best ``beam_width``. A
         step is one generate() over the live beams of ``concurrency_limit`` prompts at a time (None: all of them);
-        a sequence's text is ``tokenizer.decode(tokens)``, prompt and special tokens included, as vLLM's."""
-        if lora_request is not None:
-            raise ValueError("LoRA adapters with beam_search are not supported yet by pagedllm; use generate().")
+        a sequence's text is ``tokenizer.decode(tokens)``, prompt and special tokens included, as vLLM's.
+        ``lora_request``: a ``LoRARequest`` for every prompt, or a list of them, as generate() takes it."""
         if not isinstance(params, BeamSearchParams):
             raise ValueError(f"params must be a BeamSearchParams, got {type(params).__name__}.")
         engine = self.llm_engine
@@ -515,6 +519,7 @@ class LLM:
         tok = self.get_tokenizer()
         eos = engine.eos_token_ids
         prompts = _prompt_list(prompts)
+        loras = _lora_list(lora_request, len(prompts), "Lora request list should be the same length as the prompts")
         if concurrency_limit is None:
             concurrency_limit = max(len(prompts), 1)
         if not isinstance(concurrency_limit, int) or isinstance(concurrency_limit, bool) or concurrency_limit < 1:
@@ -528,7 +533,8 @@ class LLM:
         results = []
         for start in range(0, len(prompts), concurrency_limit):
             group = prompt_ids[start:start + concurrency_limit]
-            live = [[BeamSearchSequence(tokens=list(ids), logprobs=[], cum_logprob=0.0)] for ids in group]
+            live = [[BeamSearchSequence(tokens=list(ids), logprobs=[], cum_logprob=0.0, lora_request=lora)]
+                    for ids, lora in zip(group, loras[start:start + concurrency_limit])]
             done: list[list[BeamSearchSequence]] = [[] for _ in group]
             for step in range(params.max_tokens):
                 beams = [seq for beams_of_prompt in live for seq in beams_of_prompt]
@@ -538,7 +544,8 @@ class LLM:
                     break
                 if bar is not None:
                     bar.update(1)
-                outs = iter(self.generate([{"prompt_token_ids": s.tokens} for s in beams], sampling, use_tqdm=False))
+                outs = iter(self.generate([{"prompt_token_ids": s.tokens} for s in beams], sampling, use_tqdm=False,
+                                          lora_request=[s.lora_request for s in beams]))
                 live = [extend_beams(mine, [next(outs).outputs[0].logprobs[0] for _ in mine], params, eos, finished)
                         for mine, finished in zip(live, done)]
             for mine, finished in zip(live, done):

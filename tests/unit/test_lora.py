@@ -118,6 +118,31 @@ def test_two_adapters_and_the_base_model_in_one_batch(setup, llm):
         llm.generate([prompt] * 3, GREEDY, use_tqdm=False, lora_request=[sql, chat])
 
 
+def test_beam_search_with_an_adapter(setup, llm):
+    """vLLM's LLM.beam_search(..., lora_request=) and the server's use_beam_search with "model": adapter run every
+    beam step through the adapter: one beam at temperature 0 gives the merged model's greedy tokens."""
+    from app_client import post_all
+    from pagedllm.sampling_params import BeamSearchParams
+    root, _, expected = setup
+    sql, chat = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 2, str(root / "chat"))
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = BeamSearchParams(beam_width=1, max_tokens=6, ignore_eos=True)
+    outs = llm.beam_search(prompts, params, lora_request=sql)
+    assert [o.sequences[0].tokens[len(p):] for o, p in zip(outs, PROMPTS)] == expected["sql"]
+    assert {o.sequences[0].lora_request.lora_name for o in outs} == {"sql"}
+    outs = llm.beam_search(prompts, params, lora_request=[chat, None])
+    assert [o.sequences[0].tokens[len(p):] for o, p in zip(outs, PROMPTS)] == [expected["chat"][0],
+                                                                                expected["base"][1]]
+    with pytest.raises(ValueError, match="Lora request list should be the same length as the prompts"):
+        llm.beam_search(prompts, params, lora_request=[sql])
+    with _serve(root, "--lora-modules", f"sql={root / 'sql'}") as (app, _):
+        replies = post_all(app, [("/v1/completions", {**_completion(name, PROMPTS[1]), "use_beam_search": True})
+                                 for name in ("sql", str(root / "model"))])
+    assert [r.status_code for r in replies] == [200, 200], replies[0].text
+    assert [r.json()["choices"][0]["token_ids"] for r in replies] == [expected["sql"][1], expected["base"][1]]
+    assert replies[0].json()["model"] == "sql"
+
+
 def test_prefix_cache_is_not_shared_between_adapters(setup, llm):
     root, _, expected = setup
     prompt = {"prompt_token_ids": PROMPTS[0]}      # 21 tokens: one full block to hit

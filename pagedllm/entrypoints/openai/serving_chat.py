@@ -197,8 +197,7 @@ class OpenAIServingChat(OpenAIServing):
                 if so is not None:      # a forced or strict tool call is a constraint beam search does not apply
                     raise RequestError(f"tool_choice={mode.kind!r} constrains the output, which use_beam_search "
                                        f"does not apply: drop one of them.", "tool_choice")
-                self.check_beam_search_lora(lora)
-                streams = self.beam_search_streams([request_id], [ids], [max_tokens], req)
+                streams = self.beam_search_streams([request_id], [ids], [max_tokens], req, lora)
             else:
                 params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
                 self.keep_call_markers(mode, params)

@@ -88,9 +88,8 @@ class OpenAIServingCompletion(OpenAIServing):
                                for p in prompts]
             base_id = f"cmpl-{self.base_request_id(raw_request, req.request_id)}"
             if req.use_beam_search:
-                self.check_beam_search_lora(lora)
                 streams = self.beam_search_streams(ids_of(base_id, len(prompts)), [p.ids for p in prompts],
-                                                   max_tokens_list, req)
+                                                   max_tokens_list, req, lora)
             else:
                 params_list = []
                 for max_tokens in max_tokens_list:

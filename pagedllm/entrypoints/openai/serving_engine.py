@@ -171,11 +171,6 @@ class OpenAIServing:
         """The LoRA adapter ``model`` names (None: the base model); an unknown model is a 404."""
         return self.models.resolve(model)
 
-    @staticmethod
-    def check_beam_search_lora(lora: LoRARequest | None) -> None:
-        if lora is not None:
-            raise RequestError("use_beam_search with a LoRA adapter is not supported yet by pagedllm.", "model")
-
     def check_n(self, n: Any) -> None:
         if isinstance(n, int) and n > self.max_n:
             raise RequestError(f"n must be at most {self.max_n} (this server's --max-n), got {n}.", "n")
@@ -376,9 +371,9 @@ class OpenAIServing:
         return streams
 
     def beam_search_streams(self, request_ids: list[str], prompt_ids: list[list[int]], max_tokens: list[int],
-                            req: SamplingFields) -> list["BeamSearchStream"]:
-        """use_beam_search (vLLM's extra): one beam search per prompt, ``n`` beams wide, each answering as the one
-        final output a request stream would give."""
+                            req: SamplingFields, lora: LoRARequest | None = None) -> list["BeamSearchStream"]:
+        """use_beam_search (vLLM's extra): one beam search per prompt, ``n`` beams wide, through ``lora``'s adapter
+        when given, each answering as the one final output a request stream would give."""
         self.check_n(req.n)
         streams = []
         for rid, ids, budget in zip(request_ids, prompt_ids, max_tokens):
@@ -392,7 +387,7 @@ class OpenAIServing:
                 raise RequestError(str(e), guess_param(str(e)) or "n") from None
             if self.log_requests:
                 self.log_request(rid, {"prompt_token_ids": ids}, params)
-            streams.append(BeamSearchStream(self, rid, ids, params, req.priority))
+            streams.append(BeamSearchStream(self, rid, ids, params, req.priority, lora))
         return streams
 
     def log_request(self, request_id: str, prompt: dict, params: SamplingParams | BeamSearchParams) -> None:
@@ -433,9 +428,9 @@ class BeamSearchStream:
     vLLM's server answers. Cancelling the consumer aborts the beam step in flight."""
 
     def __init__(self, serving: OpenAIServing, request_id: str, prompt_ids: list[int], params: BeamSearchParams,
-                 priority: int):
+                 priority: int, lora: LoRARequest | None = None):
         self.serving, self.request_id, self.prompt_ids = serving, request_id, prompt_ids
-        self.params, self.priority = params, priority
+        self.params, self.priority, self.lora = params, priority, lora
         self.done = False
 
     def __aiter__(self) -> "BeamSearchStream":
@@ -446,7 +441,7 @@ class BeamSearchStream:
             raise StopAsyncIteration
         self.done = True
         beams = await beam_search_async(self.serving.engine, self.request_id, self.prompt_ids, self.params,
-                                        self.priority)
+                                        self.priority, self.lora)
         outputs = []
         for i, beam in enumerate(beams):
             generated = beam.tokens[len(self.prompt_ids):]
