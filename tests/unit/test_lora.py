@@ -276,6 +276,19 @@ def test_server_serves_lora_modules_by_model_name(setup, monkeypatch):
             .status_code == 404
 
 
+def test_lora_modules_base_model_name_is_the_cards_parent_as_given(setup):
+    """vLLM's /v1/models gives an adapter's base_model_name (--lora-modules' JSON form) as its parent whatever the
+    served names are (its docs write the base model's Hub id there); without one, the first served name."""
+    from app_client import run_on
+    root = setup[0]
+    module = {"name": "sql", "path": str(root / "sql"), "base_model_name": "meta-llama/Llama-3.2-3B-Instruct"}
+    with _serve(root, "--served-model-name", "llama", "--lora-modules", json.dumps(module),
+                f"chat={root / 'chat'}") as (app, _):
+        models = run_on(app, lambda c: c.get("/v1/models")).json()["data"]
+    assert [(m["id"], m["parent"]) for m in models] == [("llama", None), ("sql", "meta-llama/Llama-3.2-3B-Instruct"),
+                                                        ("chat", "llama")]
+
+
 def test_server_runtime_load_and_unload(setup, monkeypatch):
     from app_client import post_all, run_on
     root, _, expected = setup
