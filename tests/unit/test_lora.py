@@ -276,17 +276,18 @@ def test_server_serves_lora_modules_by_model_name(setup, monkeypatch):
             .status_code == 404
 
 
-def test_lora_modules_base_model_name_is_the_cards_parent_as_given(setup):
-    """vLLM's /v1/models gives an adapter's base_model_name (--lora-modules' JSON form) as its parent whatever the
-    served names are (its docs write the base model's Hub id there); without one, the first served name."""
+def test_lora_modules_base_model_name_is_the_parent_only_when_served(setup):
+    """vLLM's current OpenAIServingModels keeps an adapter's base_model_name (--lora-modules' JSON form) only when it
+    is a served name (is_base_model): then it is the card's parent; else, or without one, the first served name."""
     from app_client import run_on
     root = setup[0]
-    module = {"name": "sql", "path": str(root / "sql"), "base_model_name": "meta-llama/Llama-3.2-3B-Instruct"}
-    with _serve(root, "--served-model-name", "llama", "--lora-modules", json.dumps(module),
-                f"chat={root / 'chat'}") as (app, _):
+    other = {"name": "sql", "path": str(root / "sql"), "base_model_name": "meta-llama/Llama-3.2-3B-Instruct"}
+    second = {"name": "chat", "path": str(root / "chat"), "base_model_name": "alias"}
+    with _serve(root, "--served-model-name", "llama", "alias", "--lora-modules", json.dumps(other),
+                json.dumps(second), f"plain={root / 'sql'}") as (app, _):
         models = run_on(app, lambda c: c.get("/v1/models")).json()["data"]
-    assert [(m["id"], m["parent"]) for m in models] == [("llama", None), ("sql", "meta-llama/Llama-3.2-3B-Instruct"),
-                                                        ("chat", "llama")]
+    assert [(m["id"], m["parent"]) for m in models] == [("llama", None), ("alias", None), ("sql", "llama"),
+                                                        ("chat", "alias"), ("plain", "llama")]
 
 
 def test_server_runtime_load_and_unload(setup, monkeypatch):

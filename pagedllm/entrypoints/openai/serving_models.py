@@ -59,7 +59,10 @@ class ServingModels:
         if lora_name in self.base_model_names:
             raise RequestError(f"The lora adapter '{lora_name}' has the name of a served base model.", "lora_name",
                                400, "InvalidUserInput")
-        lora = LoRARequest(lora_name, next(self._ids), lora_path, base_model_name=base_model_name or None)
+        # vLLM's current rule: a base_model_name that is no served name is dropped (the card's parent is then the
+        # first served name).
+        lora = LoRARequest(lora_name, next(self._ids), lora_path,
+                           base_model_name=base_model_name if base_model_name in self.base_model_names else None)
         try:
             await self.engine.add_lora(lora)
         except ValueError as e:
