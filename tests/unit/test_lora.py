@@ -301,14 +301,17 @@ def test_server_runtime_load_and_unload(setup, monkeypatch):
                                  ("/v1/completions", _completion("sql", PROMPTS[1]))])
         assert [r.status_code for r in replies] == [200, 400, 404, 200]
         assert replies[0].text == "Success: LoRA adapter 'sql' added successfully."
-        assert replies[1].json()["error"]["message"] == "The lora adapter 'sql' has already been loaded."
+        assert replies[1].json()["error"]["message"] == ("The lora adapter 'sql' has already been loaded. If you want "
+                                                         "to load the adapter in place, set 'load_inplace' to True.")
         assert "No adapter found for /no/such" in replies[2].json()["error"]["message"]
         assert replies[3].json()["choices"][0]["token_ids"] == expected["sql"][1]
         assert "sql" in [m["id"] for m in run_on(app, lambda c: c.get("/v1/models")).json()["data"]]
         replies = post_all(app, [("/v1/unload_lora_adapter", {"lora_name": "sql"}),
                                  ("/v1/unload_lora_adapter", {"lora_name": "sql"}),
-                                 ("/v1/completions", _completion("sql", PROMPTS[1]))])
-        assert [r.status_code for r in replies] == [200, 404, 404]
+                                 ("/v1/completions", _completion("sql", PROMPTS[1])),
+                                 ("/v1/unload_lora_adapter", {})])
+        assert [r.status_code for r in replies] == [200, 404, 404, 400]
+        assert replies[3].json()["error"]["message"] == "'lora_name' needs to be provided to unload a LoRA adapter."
         assert replies[0].text == "Success: LoRA adapter 'sql' removed successfully."
         assert replies[1].json()["error"]["message"] == "The lora adapter 'sql' cannot be found."
         # load_inplace: the name now runs the new weights (the same prompt: no prefix-cache block of the old ones).

@@ -54,8 +54,8 @@ class ServingModels:
             raise RequestError("Both 'lora_name' and 'lora_path' must be provided.", None, 400, "InvalidUserInput")
         old = self.lora_requests.get(lora_name) if load_inplace else None
         if lora_name in self.lora_requests and old is None:
-            raise RequestError(f"The lora adapter '{lora_name}' has already been loaded.", "lora_name", 400,
-                               "InvalidUserInput")
+            raise RequestError(f"The lora adapter '{lora_name}' has already been loaded. If you want to load the "
+                               "adapter in place, set 'load_inplace' to True.", "lora_name", 400, "InvalidUserInput")
         if lora_name in self.base_model_names:
             raise RequestError(f"The lora adapter '{lora_name}' has the name of a served base model.", "lora_name",
                                400, "InvalidUserInput")
@@ -79,7 +79,8 @@ class ServingModels:
 
     async def unload_lora_adapter(self, lora_name: str | None, lora_int_id: int | None = None) -> str:
         if not lora_name and not lora_int_id:
-            raise RequestError("either 'lora_name' and 'lora_int_id' needs to be provided.", None, 400,
+            # vLLM's current words (its request takes lora_name only; lora_int_id, its older field, still works).
+            raise RequestError("'lora_name' needs to be provided to unload a LoRA adapter.", None, 400,
                                "InvalidUserInput")
         name = lora_name or next((n for n, r in self.lora_requests.items() if r.lora_int_id == lora_int_id), None)
         lora = self.lora_requests.pop(name, None) if name else None
