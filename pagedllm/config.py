@@ -264,7 +264,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "override_pooler_config",
     "worker_cls", "kv_transfer_config", "kv_events_config",
-    "override_attention_dtype", "calculate_kv_scales",
+    "override_attention_dtype",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config",
     "kv_sharing_fast_prefill", "num_scheduler_steps",
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
@@ -345,6 +345,9 @@ class EngineArgs:
     preemption_mode: str | None = None
     cpu_offload_gb: float = 0
     kv_cache_dtype: str = "auto"
+    # vLLM's: fp8 KV scales computed from a warm-up batch (True); False keeps k_scale = v_scale = 1.0, vLLM's scales
+    # without calibration. True is refused with an fp8 cache; with a 16-bit cache no scale is used (in vLLM neither).
+    calculate_kv_scales: bool = False
     prefix_caching_hash_algo: str = "sha256"
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
@@ -569,6 +572,9 @@ class EngineArgs:
         g.add_argument("--kv-cache-dtype", type=str, default=d.kv_cache_dtype,
                        help="auto (the model's dtype), bfloat16, fp8 (= fp8_e4m3) or fp8_e5m2: an FP8 KV cache "
                             "holds twice the tokens of a 16-bit one in the same memory.")
+        g.add_argument("--calculate-kv-scales", action=argparse.BooleanOptionalAction, default=d.calculate_kv_scales,
+                       help="Not supported yet with an fp8 KV cache (its scales are 1.0, vLLM's without "
+                            "calibration); --no-calculate-kv-scales is the default.")
         g.add_argument("--prefix-caching-hash-algo", type=str, default=d.prefix_caching_hash_algo,
                        help="Hash of prefix-cache blocks; only sha256 for now.")
         g.add_argument("--max-num-seqs", type=int, default=None)
@@ -878,6 +884,10 @@ def verify_engine_args(args: EngineArgs) -> None:
     if args.kv_cache_dtype not in KV_CACHE_DTYPES:
         raise ValueError(f"kv_cache_dtype must be one of {', '.join(map(repr, KV_CACHE_DTYPES))}, "
                          f"got {args.kv_cache_dtype!r}.")
+    if args.calculate_kv_scales and args.kv_cache_dtype.startswith("fp8"):
+        raise ValueError(f"calculate_kv_scales=True is not supported yet with kv_cache_dtype={args.kv_cache_dtype!r} "
+                         f"(scales computed from a warm-up batch): the FP8 KV cache is stored with k_scale = v_scale "
+                         f"= 1.0, vLLM's scales without calibration; leave calculate_kv_scales unset (False).")
     if args.prefix_caching_hash_algo != "sha256":
         raise ValueError(f"prefix_caching_hash_algo={args.prefix_caching_hash_algo!r} is not supported yet; "
                          f"use 'sha256'.")
@@ -1319,7 +1329,7 @@ ENGINE_FLAG_GROUPS: dict[str, tuple[str, ...]] = {
                        "data_parallel_size", "enable_expert_parallel", "max_parallel_loading_workers",
                        "disable_custom_all_reduce", "worker_extension_cls"),
     "CacheConfig": ("block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "kv_cache_memory_gb",
-                    "swap_space", "preemption_mode", "kv_cache_dtype", "num_gpu_blocks_override",
+                    "swap_space", "preemption_mode", "kv_cache_dtype", "calculate_kv_scales", "num_gpu_blocks_override",
                     "enable_prefix_caching", "prefix_caching_hash_algo", "cpu_offload_gb", "kv_offloading_size",
                     "kv_offloading_backend"),
     "MultiModalConfig": ("limit_mm_per_prompt",),
@@ -1575,6 +1585,7 @@ class CacheConfig:
     swap_space: float | None
     cpu_offload_gb: float
     kv_cache_memory_bytes: int | None
+    calculate_kv_scales: bool
     num_gpu_blocks: int | None
     num_cpu_blocks: int | None
 
@@ -1808,7 +1819,8 @@ class EngineConfig:
                            cache_dtype=args.kv_cache_dtype,
                            enable_prefix_caching=bool(args.enable_prefix_caching) and not self.is_pooling,
                            swap_space=args.swap_space, cpu_offload_gb=args.cpu_offload_gb,
-                           kv_cache_memory_bytes=self.kv_cache_memory_bytes, num_gpu_blocks=self.num_gpu_blocks,
+                           kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+                           calculate_kv_scales=bool(args.calculate_kv_scales), num_gpu_blocks=self.num_gpu_blocks,
                            num_cpu_blocks=self.num_cpu_blocks)
 
     @property

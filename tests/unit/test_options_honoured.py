@@ -132,6 +132,14 @@ ENGINE_FIELDS: dict[str, list] = {
     "kv_cache_memory_bytes": [Behaves(lambda mp: build(mp, kv_cache_memory_bytes=4096).kv_cache_memory_bytes == 4096
                                       or _fail()),
                               Rejects(0, "kv_cache_memory_bytes must be positive")],
+    # vLLM's quantized-KV-cache page spells out calculate_kv_scales=False (scales 1.0); True's warm-up calibration of
+    # an fp8 cache is not done here (with a 16-bit cache the scales are used by nothing, in vLLM too).
+    "calculate_kv_scales": [Behaves(lambda mp: build(mp, kv_cache_dtype="fp8", calculate_kv_scales=False)
+                                    .cache_config.calculate_kv_scales is False or _fail()),
+                            Behaves(_cfg(calculate_kv_scales=True)),
+                            Behaves(lambda mp: _raises(lambda: build(mp, kv_cache_dtype="fp8_e5m2",
+                                                                     calculate_kv_scales=True),
+                                                       "calculate_kv_scales=True is not supported yet"))],
     # A count below 1 was the memory plan's "-1 blocks ... estimated maximum model length is -16".
     "num_gpu_blocks_override": [Read(("worker/model_runner.py",), "args.num_gpu_blocks_override"),
                                 Rejects(-1, "num_gpu_blocks_override must be >= 1 (a number of KV-cache blocks), "
@@ -596,3 +604,20 @@ def test_max_long_partial_prefills_of_vllms_default():
                                      "--max-long-partial-prefills", "1"])
     assert (args.max_num_partial_prefills, args.max_long_partial_prefills) == (1, 1)
     assert EngineArgs.from_kwargs("m", max_long_partial_prefills=1).max_long_partial_prefills == 1
+
+
+def test_calculate_kv_scales_of_vllms_quantized_kv_cache_page():
+    """vLLM's 'no calibration' recipe, kv_cache_dtype="fp8" with calculate_kv_scales=False, runs (it was a TypeError
+    offline and 'unrecognized arguments' served); True with an fp8 cache is a ValueError naming it and the scales
+    used instead."""
+    from pagedllm.entrypoints.cli import make_parser
+    args = make_parser().parse_args(["serve", "m", "--kv-cache-dtype", "fp8", "--no-calculate-kv-scales"])
+    assert (args.kv_cache_dtype, args.calculate_kv_scales) == ("fp8", False)
+    assert make_parser().parse_args(["serve", "m", "--calculate-kv-scales"]).calculate_kv_scales is True
+    assert EngineArgs.from_kwargs("m", kv_cache_dtype="fp8", calculate_kv_scales=False).calculate_kv_scales is False
+    with pytest.raises(ValueError) as info:
+        create_engine_config(EngineArgs(model="no/such-model", kv_cache_dtype="fp8", calculate_kv_scales=True))
+    assert str(info.value) == (
+        "calculate_kv_scales=True is not supported yet with kv_cache_dtype='fp8' (scales computed from a warm-up "
+        "batch): the FP8 KV cache is stored with k_scale = v_scale = 1.0, vLLM's scales without calibration; "
+        "leave calculate_kv_scales unset (False).")
