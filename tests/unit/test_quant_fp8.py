@@ -212,7 +212,9 @@ def _weights_bytes(llm) -> float:
     return llm.llm_engine.core.runner.startup_info()["weights_gib"] * 2**30
 
 
-def test_online_fp8_matches_the_fp8_dequantized_reference_and_halves_linear_bytes(tmp_path, caplog):
+# "fp8_per_tensor": vLLM's online-quantization name for the same scheme (docs: features/quantization/online)
+@pytest.mark.parametrize("method", ["fp8", "fp8_per_tensor"])
+def test_online_fp8_matches_the_fp8_dequantized_reference_and_halves_linear_bytes(tmp_path, caplog, method):
     config, state = _tiny("llama")
     path = _save(tmp_path / "dense", config, state)
     reference = dict(state)
@@ -224,7 +226,7 @@ def test_online_fp8_matches_the_fp8_dequantized_reference_and_halves_linear_byte
     _, ref_tokens, ref_logprobs = _run(rpath)
     import logging
     with caplog.at_level(logging.INFO, logger="pagedllm"):
-        llm, tokens, logprobs = _run(path, quantization="fp8")
+        llm, tokens, logprobs = _run(path, quantization=method)
     assert tokens == ref_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
     assert "(fp8 e4m3, per-tensor)" in caplog.text

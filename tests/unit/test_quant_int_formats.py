@@ -308,6 +308,10 @@ def test_vllm_methods_pagedllm_lacks_are_named_as_such(tmp_path):
     msg = _error(tmp_path, None, quantization="fbgemm_fp8")
     assert msg.startswith("Quantization method fbgemm_fp8 is a vLLM method that pagedllm does not support yet. "
                           "pagedllm's methods: ['awq', 'gptq'")
+    # vLLM's newer names: online schemes and formats pagedllm lacks
+    for name in ("fp8_per_block", "int8_per_channel_weight_only", "mxfp8", "online", "modelopt_mxfp8"):
+        assert _error(tmp_path, None, quantization=name).startswith(
+            f"Quantization method {name} is a vLLM method that pagedllm does not support yet.")
     msg = _error(tmp_path, {"quant_method": "hqq", "nbits": 4})
     assert msg.startswith("Quantization method hqq in the model config is a vLLM method that pagedllm does not "
                           "support yet.")
@@ -319,10 +323,23 @@ def test_flag_contradicting_checkpoint(tmp_path):
                    "specified in the `quantization` argument (gptq).")
 
 
+def test_online_scheme_name_on_a_quantized_checkpoint_is_vllms_mismatch(tmp_path):
+    # fp8_per_tensor quantizes a 16/32-bit checkpoint at load (as quantization="fp8" does); a checkpoint with its
+    # own quantization_config, FP8 included, is vLLM's mismatch
+    for quant_config in ({"quant_method": "awq", "bits": 4, "group_size": 128},
+                         {"quant_method": "fp8", "activation_scheme": "dynamic"}):
+        msg = _error(tmp_path, quant_config, quantization="fp8_per_tensor")
+        assert msg == (f"Quantization method specified in the model config ({quant_config['quant_method']}) does not "
+                       f"match the quantization method specified in the `quantization` argument (fp8_per_tensor).")
+
+
 def test_marlin_names_are_aliases(tmp_path):
     # vLLM's kernel names read the same checkpoints: gptq_marlin against a gptq checkpoint is no mismatch
     msg = _error(tmp_path, {"quant_method": "gptq", "bits": 3, "group_size": 128}, quantization="gptq_marlin")
     assert "only 4/8-bit weight quantization is supported for GPTQ, but got 3 bits" in msg
+    # cpu_awq: vLLM's CPU kernel for AWQ checkpoints
+    assert "only 4-bit weight quantization is supported for AWQ" in _error(
+        tmp_path, {"quant_method": "awq", "bits": 8, "group_size": 128}, quantization="cpu_awq")
 
 
 @pytest.mark.parametrize("quant_config,expected", [

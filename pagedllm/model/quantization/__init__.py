@@ -30,14 +30,19 @@ _METHODS: dict[str, str] = {
     "gguf": "pagedllm.model.quantization.gguf:GGUFConfig",
 }
 
-# Other spellings of our methods: vLLM's kernel-specific names (its Marlin kernels read the same checkpoints).
-_ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "compressed_tensors": "compressed-tensors"}
+# Other spellings of our methods: vLLM's kernel-specific names (its Marlin and CPU kernels read the same checkpoints).
+_ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "cpu_awq": "awq", "compressed_tensors": "compressed-tensors"}
+# vLLM's online-quantization scheme names (16/32-bit checkpoints quantized at load) that one of our methods does: a
+# checkpoint with its own quantization_config is vLLM's mismatch, whatever its method.
+_ONLINE_ALIASES = {"fp8_per_tensor": "fp8"}
 
 # vLLM's other method names (its kernels and checkpoint formats pagedllm does not have): named as such, not as unknown.
 _VLLM_METHODS_NOT_SUPPORTED = frozenset({
     "aqlm", "deepspeedfp", "tpu_int8", "ptpc_fp8", "fbgemm_fp8", "deepgemm_fp8", "fp_quant", "modelopt",
     "modelopt_fp4", "marlin", "bitblas", "gptq_marlin_24", "gptq_bitblas", "qqq", "hqq", "experts_int8",
     "neuron_quant", "ipex", "quark", "moe_wna16", "torchao", "auto-round", "rtn", "inc", "mxfp4", "petit_nvfp4",
+    "modelopt_mxfp8", "modelopt_mixed", "humming", "gpt_oss_mxfp4", "deepseek_v4_fp8",
+    "online", "fp8_per_block", "int8_per_channel_weight_only", "mxfp8",
 })
 
 # Files besides config.json where older AutoGPTQ / AutoAWQ checkpoints keep their settings (vLLM reads the same).
@@ -58,7 +63,7 @@ def quantization_method_names() -> list[str]:
 
 def canonical_method_name(name: str) -> str:
     name = name.lower()
-    return _ALIASES.get(name, name)
+    return _ALIASES.get(name) or _ONLINE_ALIASES.get(name, name)
 
 
 def verify_quantization_name(name: str) -> None:
@@ -142,7 +147,7 @@ def _resolve_checkpoint_quantization(method: str | None, hf_config: Any, model_d
         name = "gguf"
     elif in_checkpoint:
         found = canonical_method_name(str(in_checkpoint))
-        if given is not None and given != found:
+        if given is not None and (given != found or method.lower() in _ONLINE_ALIASES):
             raise ValueError(f"Quantization method specified in the model config ({in_checkpoint}) does not match "
                              f"the quantization method specified in the `quantization` argument ({method}).")
         _check_method_name(found, " in the model config")
