@@ -1833,6 +1833,8 @@ class EngineConfig:
     def model_config(self) -> ModelConfig:
         args = self.args
         quant = getattr(self.quant_config, "name", None) if self.quant_config is not None else args.quantization
+        if self.quant_config is not None and not self.quant_config.is_checkpoint_method:
+            quant = "gguf" if self.model.gguf_file is not None else None
         return ModelConfig(model=args.model, tokenizer=args.tokenizer or args.model,
                            served_model_name=self.served_model_name, max_model_len=self.max_model_len,
                            dtype=self.dtype, hf_config=self.hf_config, runner_type=self.runner_type, seed=args.seed,

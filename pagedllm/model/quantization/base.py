@@ -138,6 +138,9 @@ class QuantizationConfig:
     #: True for formats that quantize a dense checkpoint at load (``fp8``, ``bitsandbytes``): with no
     #: ``quantization_config`` in the checkpoint, ``from_config({})`` builds the config from the flag alone.
     quantizes_at_load: bool = False
+    #: False for a weight method no ``quantization=`` names (dtype="float16"'s fp16 weights on the CPU): vLLM's
+    #: ``model_config.quantization`` then reports the checkpoint's method (None, or "gguf" for a GGUF file)
+    is_checkpoint_method: bool = True
     #: fused layer -> the checkpoint's modules it stacks (``qkv_proj`` -> q/k/v_proj); set from the model's
     #: ``packed_modules_mapping`` by the loader, so ``ignore`` / ``modules_to_not_convert`` lists, which name the
     #: checkpoint's modules, apply to our fused ones.

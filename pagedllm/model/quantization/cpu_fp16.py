@@ -62,6 +62,7 @@ class CpuFp16WeightConfig(QuantizationConfig):
     (resolve_quantization returns it; ``quantization=`` does not name it)."""
 
     name = "cpu-fp16-weights"
+    is_checkpoint_method = False
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "CpuFp16WeightConfig":
