@@ -96,6 +96,11 @@ def _parsed(value: Any, what: str) -> Any:
         raise ValueError(f"{what} is not valid JSON: {e}") from None
 
 
+# How an error message names each kind of constraint.
+_LABELS = {"json": "JSON schema", "json_object": "JSON grammar", "regex": "regex", "choice": "choice",
+           "grammar": "grammar", "structural_tag": "structural_tag"}
+
+
 def build_grammar(so: StructuredOutputsParams):
     """The constraint as an xgrammar ``Grammar`` (no tokenizer needed). Raises ValueError naming the problem."""
     xgr = _xgrammar()
@@ -146,9 +151,7 @@ def build_grammar(so: StructuredOutputsParams):
         raise
     except Exception as e:   # noqa: BLE001 - xgrammar raises RuntimeError (and others) from C++
         message = _CPP_PREFIX.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        label = {"json": "JSON schema", "json_object": "JSON grammar", "regex": "regex", "choice": "choice",
-                 "grammar": "grammar", "structural_tag": "structural_tag"}[kind]
-        raise ValueError(f"Invalid {label} for structured output: {message}") from None
+        raise ValueError(f"Invalid {_LABELS[kind]} for structured output: {message}") from None
     raise ValueError(f"Unknown structured output kind {kind!r}.")
 
 
@@ -203,9 +206,33 @@ def with_engine_defaults(so: StructuredOutputsParams, config: dict | None) -> St
     return dataclasses.replace(so, **changes) if changes else so
 
 
+_byte_compiler = None
+
+
+def _admits_a_first_token(grammar) -> bool:
+    """Can the grammar start at all: a first byte, or the end (it admits the empty string)? Compiled against a
+    vocabulary of the 256 bytes and one stop token, whatever the model's: about 1 ms (3 ms for a 60-property
+    schema), the tokenizer is not needed. False for a language with no member that xgrammar compiles without an
+    error (a $ref cycle through anyOf, ``root ::= root``, the regex ``[^\\s\\S]``)."""
+    global _byte_compiler
+    xgr = _xgrammar()
+    if _byte_compiler is None:
+        info = xgr.TokenizerInfo([bytes([b]) for b in range(256)] + [b"</s>"], vocab_type=xgr.VocabType.RAW,
+                                 stop_token_ids=[256])
+        _byte_compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+    matcher = xgr.GrammarMatcher(_byte_compiler.compile_grammar(grammar))
+    bitmask = xgr.allocate_token_bitmask(1, 257)
+    matcher.fill_next_token_bitmask(bitmask, 0)
+    return bool(bitmask.any())
+
+
 def validate(so: StructuredOutputsParams) -> None:
-    """The front end's check: raises ValueError for a constraint that cannot be built."""
-    build_grammar(so)
+    """The front end's check: raises ValueError for a constraint that cannot be built, or that no output satisfies
+    (vLLM refuses a schema's $ref cycle with no base case; such a grammar masks every token, and the request would
+    end at once on a token outside it)."""
+    if not _admits_a_first_token(build_grammar(so)):
+        raise ValueError(f"Invalid {_LABELS[so.kind]} for structured output: no output can ever satisfy it (not "
+                         f"even its first character can be generated).")
 
 
 def compile_workers() -> int:

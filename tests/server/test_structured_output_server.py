@@ -151,6 +151,8 @@ def test_response_format_structural_tag(client):
 @pytest.mark.parametrize("body, param, message", [
     ({"guided_json": {"type": "nonsense"}}, "guided_json", "Invalid JSON schema"),
     ({"guided_regex": "(ab"}, "guided_regex", "Invalid regex"),
+    # Compiles, but admits no output (was a 200 with content "" and finish_reason "stop").
+    ({"guided_grammar": "root ::= root"}, "guided_grammar", "no output can ever satisfy it"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
      "response_format", "Invalid JSON schema"),
     ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema.schema"),

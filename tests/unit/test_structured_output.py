@@ -73,11 +73,22 @@ def test_bad_constraints_fail_at_add_time(llm):
               "'minLength'/'maxLength' together with 'pattern' or 'format' is not supported"),
              (StructuredOutputsParams(json={"type": "array", "items": {"type": "integer"}, "contains": {"const": 3}}),
               "'contains' is not supported")]
+    # Constraints that compile but admit no output at all (vLLM refuses the $ref cycle with a 400; its engine ends
+    # the others with an error): they used to end at once with finish_reason "stop" and token 0's text, a silent
+    # "success" that no parser accepts.
+    never = "no output can ever satisfy it"
+    cases += [(StructuredOutputsParams(json={"$ref": "#/$defs/n", "$defs": {"n": {"anyOf": [{"$ref": "#/$defs/n"}]}}}),
+               f"Invalid JSON schema for structured output: {never}"),
+              (StructuredOutputsParams(regex=r"[^\s\S]"), f"Invalid regex for structured output: {never}"),
+              (StructuredOutputsParams(grammar="root ::= root"), f"Invalid grammar for structured output: {never}")]
     for so, message in cases:
         with pytest.raises(ValueError, match=message):
             llm.generate("Hi", SamplingParams(max_tokens=2, structured_outputs=so), use_tqdm=False)
-    # The engine is still fine afterwards.
+    # The engine is still fine afterwards, and constraints whose only answer is the empty string are not refused.
     assert llm.generate("Hi", SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)[0].outputs[0].token_ids
+    for so in (StructuredOutputsParams(regex=""), StructuredOutputsParams(choice=[""])):
+        out = llm.generate("Hi", SamplingParams(max_tokens=2, structured_outputs=so), use_tqdm=False)[0].outputs[0]
+        assert (out.text, out.finish_reason) == ("", "stop")
 
 
 def test_a_slow_grammar_does_not_hold_back_another_constrained_request(llm, monkeypatch):
