@@ -442,7 +442,7 @@ class EngineArgs:
     # vLLM's StructuredOutputsConfig as a dict: backend "auto" / "xgrammar" (pagedllm's one backend), and
     # disable_any_whitespace / disable_additional_properties for every request's JSON grammar; reasoning_parser
     # (as the field below) and enable_in_reasoning (grammars apply while the model thinks too).
-    structured_outputs_config: dict | None = None
+    structured_outputs_config: dict | StructuredOutputsConfig | None = None
     # vLLM's --reasoning-parser (pagedllm/reasoning_parsers.py): the server splits a reasoning model's thinking
     # from its answer, and structured output constrains only the answer (offline too, as vLLM). "": none.
     reasoning_parser: str = ""
@@ -953,6 +953,8 @@ def verify_engine_args(args: EngineArgs) -> None:
             raise ValueError(f"logprobs_mode={args.logprobs_mode!r} is not supported with speculative_config yet by "
                              f"pagedllm (verified drafts get raw values); use raw_logprobs or raw_logits.")
         args.speculative_config = spec
+    if isinstance(args.structured_outputs_config, StructuredOutputsConfig):
+        args.structured_outputs_config = dataclasses.asdict(args.structured_outputs_config)
     _verify_structured_outputs_config(args.structured_outputs_config)
     if args.limit_mm_per_prompt is not None and not (
             isinstance(args.limit_mm_per_prompt, dict) and all(isinstance(k, str) and isinstance(v, (int, dict))
@@ -1120,7 +1122,8 @@ def _verify_structured_outputs_config(config: dict | None) -> None:
     if config is None:
         return
     if not isinstance(config, dict):
-        raise ValueError(f"structured_outputs_config must be a dict (JSON object), got {type(config).__name__}.")
+        raise ValueError(f"structured_outputs_config must be a dict (JSON object) or a StructuredOutputsConfig, got "
+                         f"{type(config).__name__}.")
     for key, value in config.items():
         if key == "backend":
             if value not in _STRUCTURED_OUTPUTS_BACKENDS:
@@ -1144,6 +1147,23 @@ def _verify_structured_outputs_config(config: dict | None) -> None:
         else:
             raise ValueError(f"structured_outputs_config has no field {key!r}; pagedllm takes backend, "
                              f"{', '.join(_STRUCTURED_OUTPUTS_FLAGS)}, reasoning_parser, enable_in_reasoning.")
+
+
+@dataclass
+class StructuredOutputsConfig:
+    """vLLM's ``StructuredOutputsConfig`` (``from vllm.config import ...``; ``LLM(structured_outputs_config=...)``):
+    the engine's structured-output settings, checked as it is built. The engine reads it as the dict of its fields
+    (a dict or ``--structured-outputs-config`` JSON gives the same)."""
+    backend: str = "auto"
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    reasoning_parser: str = ""
+    reasoning_parser_plugin: str = ""
+    enable_in_reasoning: bool = False
+
+    def __post_init__(self):
+        _verify_structured_outputs_config(dataclasses.asdict(self))
 
 
 def reasoning_parser_name(args: EngineArgs) -> str:

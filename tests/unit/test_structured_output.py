@@ -3,6 +3,7 @@ choice list, greedy and sampled, in batches that mix constrained and free reques
 small KV pool; and the parameter checks (one constraint, bad schemas and regexes fail at add time)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -309,10 +310,11 @@ def test_min_tokens_yields_to_a_grammar_that_has_ended(llm, caplog):
 def test_structured_outputs_config():
     """vLLM's engine argument (LLM(structured_outputs_config=...), --structured-outputs-config JSON or dotted keys):
     backend auto / xgrammar, and disable_any_whitespace for every request's JSON grammar. It was "not supported";
-    another backend is a ValueError naming it."""
-    from pagedllm.config import EngineArgs, FlexibleArgumentParser, verify_engine_args
-    compact = LLM(model=MODEL, max_model_len=256, structured_outputs_config={"backend": "xgrammar",
-                                                                             "disable_any_whitespace": True})
+    another backend is a ValueError naming it. vLLM's StructuredOutputsConfig dataclass (from vllm.config) is taken
+    as its dict; it was an ImportError."""
+    from pagedllm.config import EngineArgs, FlexibleArgumentParser, StructuredOutputsConfig, verify_engine_args
+    compact = LLM(model=MODEL, max_model_len=256, structured_outputs_config=StructuredOutputsConfig(
+        backend="xgrammar", disable_any_whitespace=True))
     text = compact.generate("Describe a person as JSON:", SamplingParams(
         temperature=0, max_tokens=60, structured_outputs=StructuredOutputsParams(json=PERSON)),
         use_tqdm=False)[0].outputs[0].text
@@ -326,6 +328,14 @@ def test_structured_outputs_config():
                          ({"nope": 1}, "has no field 'nope'")):
         with pytest.raises(ValueError, match=message):
             verify_engine_args(EngineArgs(structured_outputs_config=bad))
+        if "nope" not in bad:       # the dataclass checks its fields as it is built, as vLLM's does
+            with pytest.raises(ValueError, match=message):
+                StructuredOutputsConfig(**bad)
+    args = EngineArgs(structured_outputs_config=StructuredOutputsConfig(reasoning_parser="deepseek_r1",
+                                                                        enable_in_reasoning=True))
+    verify_engine_args(args)
+    assert args.structured_outputs_config == {**dataclasses.asdict(StructuredOutputsConfig()),
+                                              "reasoning_parser": "deepseek_r1", "enable_in_reasoning": True}
     parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
     for argv in (["--structured-outputs-config.backend", "xgrammar",
                   "--structured_outputs_config.disable-any-whitespace=true"],
