@@ -211,8 +211,9 @@ _byte_compiler = None
 
 def _admits_a_first_token(grammar) -> bool:
     """Can the grammar start at all: a first byte, or the end (it admits the empty string)? Compiled against a
-    vocabulary of the 256 bytes and one stop token, whatever the model's: about 1 ms (3 ms for a 60-property
-    schema), the tokenizer is not needed. False for a language with no member that xgrammar compiles without an
+    vocabulary of the 256 bytes and one stop token, whatever the model's (the tokenizer is not needed): on this CPU
+    1 ms for a small schema, 3 ms for 60 flat properties, 90 ms for 200 nested ones (the grammar's size, not the
+    vocabulary's, sets it; ``validate`` caches the verdict). False for a language with no member that xgrammar compiles without an
     error (a $ref cycle through anyOf, ``root ::= root``, the regex ``[^\\s\\S]``)."""
     global _byte_compiler
     xgr = _xgrammar()
@@ -226,13 +227,33 @@ def _admits_a_first_token(grammar) -> bool:
     return bool(bitmask.any())
 
 
+# Specs that passed ``validate``, most recent last: a schema sent again (the common case; the server also checks a
+# request's constraint twice) is not built again. Building and the first-token check cost 16 + 90 ms for a
+# 200-property nested schema on this CPU.
+_validated: OrderedDict[tuple, None] = OrderedDict()
+_validated_lock = threading.Lock()
+
+
 def validate(so: StructuredOutputsParams) -> None:
     """The front end's check: raises ValueError for a constraint that cannot be built, or that no output satisfies
     (vLLM refuses a schema's $ref cycle with no base case; such a grammar masks every token, and the request would
     end at once on a token outside it)."""
+    try:
+        key = spec_key(so)
+    except (TypeError, ValueError):     # a schema that is not JSON: build_grammar says so, naming the schema
+        key = None
+    with _validated_lock:
+        if key in _validated:
+            _validated.move_to_end(key)
+            return
     if not _admits_a_first_token(build_grammar(so)):
         raise ValueError(f"Invalid {_LABELS[so.kind]} for structured output: no output can ever satisfy it (not "
                          f"even its first character can be generated).")
+    with _validated_lock:
+        if key is not None:
+            _validated[key] = None
+        if len(_validated) > _MAX_CACHED_GRAMMARS:
+            _validated.popitem(last=False)
 
 
 def compile_workers() -> int:

@@ -92,6 +92,21 @@ def test_bad_constraints_fail_at_add_time(llm):
         assert (out.text, out.finish_reason) == ("", "stop")
 
 
+def test_a_constraint_is_checked_once(monkeypatch):
+    """The front end builds a constraint and checks that some output satisfies it once per spec: a schema sent again
+    (and the server's second check of each request) costs nothing; a schema that is not JSON stays a ValueError."""
+    from pagedllm.engine import structured_output
+    built = []
+    build = structured_output.build_grammar
+    monkeypatch.setattr(structured_output, "build_grammar", lambda so: built.append(so) or build(so))
+    schema = {"type": "object", "properties": {"checked_once": {"type": "integer"}}}
+    for _ in range(3):
+        structured_output.validate(StructuredOutputsParams(json=dict(schema)))
+    assert len(built) == 1
+    with pytest.raises(ValueError, match="Invalid JSON schema for structured output: Object of type set"):
+        structured_output.validate(StructuredOutputsParams(json={"type": "object", "x": {1, 2}}))
+
+
 def test_a_slow_grammar_does_not_hold_back_another_constrained_request(llm, monkeypatch):
     """Grammars compile side by side: while one (a huge schema, seconds of compiling) is still compiling, a second
     constrained request with another grammar compiles, runs and finishes. With one compiling thread it waited for the
