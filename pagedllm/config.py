@@ -1748,6 +1748,11 @@ class EngineConfig:
         return ("embed", "encode", "score", "token_embed")
 
     @property
+    def supported_tasks(self) -> tuple[str, ...]:
+        """vLLM's ``get_supported_tasks()``: ("generate",) for a generative model, else its pooling tasks."""
+        return self.pooling_tasks if self.is_pooling else ("generate",)
+
+    @property
     def pooling_task(self) -> str | None:
         """pooler_config's task: the model's default pooling task (None: the model's own)."""
         pooler = self.args.pooler_config

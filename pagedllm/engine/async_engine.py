@@ -19,11 +19,11 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Mapping
 
-from pagedllm.config import EngineArgs, EngineConfig
+from pagedllm.config import EngineArgs, EngineConfig, ModelConfig
 from pagedllm.engine.core_client import EngineCoreClient
-from pagedllm.engine.input_processor import EarlyTokenizers, InputProcessor, PromptType
+from pagedllm.engine.input_processor import EarlyTokenizers, InputProcessor, PromptType, warn_trace_headers_unused
 from pagedllm.engine.messages import (AbortRequests, CoreDead, CoreSnapshot, CoreStepOutputs, EngineSnapshot,
                                       UtilityCall, UtilityResult)
 from pagedllm.engine.output_processor import OutputProcessor
@@ -216,6 +216,33 @@ class AsyncLLMEngine:
     def tokenizer(self):
         return self.input_processor.tokenizer
 
+    def get_tokenizer(self):
+        """The engine's HF tokenizer (None with skip_tokenizer_init=True), as vLLM's ``AsyncLLM.get_tokenizer``."""
+        return self.input_processor.tokenizer
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.config.model_config
+
+    @property
+    def vllm_config(self) -> EngineConfig:
+        return self.config
+
+    async def get_model_config(self) -> ModelConfig:
+        """vLLM's older ``await engine.get_model_config()``."""
+        return self.config.model_config
+
+    async def get_supported_tasks(self) -> tuple[str, ...]:
+        return self.config.supported_tasks
+
+    async def is_tracing_enabled(self) -> bool:
+        return False      # pagedllm exports no OpenTelemetry traces
+
+    async def do_log_stats(self) -> None:
+        """Log the periodic statistics line now (vLLM's; nothing when statistics are off)."""
+        if self.metrics is not None:
+            self.metrics.maybe_log(self.snapshot, force=True)
+
     def default_sampling_params(self) -> SamplingParams:
         return self._default_params.clone()
 
@@ -248,16 +275,23 @@ class AsyncLLMEngine:
     # ---- requests -------------------------------------------------------------------------------------------------
     async def add_request(self, request_id: str, prompt: PromptType,
                           sampling_params: SamplingParams | PoolingParams | None,
-                          arrival_time: float | None = None, priority: int = 0,
-                          reasoning_ended: bool | None = None, *, lora_request=None) -> RequestStream:
-        """Validate and queue a request for the next step; returns its output stream (a validation error raises
-        here, before any output). ``reasoning_ended``: see ``InputProcessor.process``."""
+                          arrival_time: float | None = None, lora_request=None,
+                          tokenization_kwargs: dict | None = None, trace_headers: Mapping[str, str] | None = None,
+                          priority: int = 0, *, reasoning_ended: bool | None = None) -> RequestStream:
+        """Validate and queue a request for the next step (vLLM's argument order); returns its output stream (a
+        validation error raises here, before any output). ``tokenization_kwargs``: see
+        ``InputProcessor.apply_tokenization_kwargs``; ``trace_headers``: pagedllm exports no traces (a warning says
+        so); ``reasoning_ended``: see ``InputProcessor.process``."""
         if self._dead is not None:
             raise EngineDeadError(f"Engine loop stopped: {self._dead!r}")
         if self._stopped:
             raise EngineDeadError("Engine is shut down.")
         if request_id in self._streams:
             raise ValueError(f"Request id {request_id!r} is already running.")
+        warn_trace_headers_unused(trace_headers)
+        if tokenization_kwargs is not None:     # tokenized off the event loop, as below
+            prompt, sampling_params = await self.run_tokenizer(self.input_processor.apply_tokenization_kwargs,
+                                                               prompt, sampling_params, tokenization_kwargs)
         text, ids = None, ()        # a prompt_embeds prompt has nothing to tokenize
         if not is_embeds_prompt(prompt):
             text, ids, _ = self.input_processor.split_prompt(prompt)
@@ -285,13 +319,14 @@ class AsyncLLMEngine:
             self._client.send(child)
         return stream
 
-    async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None, request_id: str,
-                       priority: int = 0, arrival_time: float | None = None, *,
-                       lora_request=None) -> AsyncIterator[RequestOutput]:
-        """vLLM's API: yield the request's RequestOutputs as steps produce them (cumulative, delta or final-only,
-        as ``sampling_params.output_kind`` says)."""
-        stream = await self.add_request(request_id, prompt, sampling_params, arrival_time, priority,
-                                        lora_request=lora_request)
+    async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None, request_id: str, *,
+                       lora_request=None, tokenization_kwargs: dict | None = None,
+                       trace_headers: Mapping[str, str] | None = None, priority: int = 0,
+                       arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
+        """vLLM's API (its keywords): yield the request's RequestOutputs as steps produce them (cumulative, delta or
+        final-only, as ``sampling_params.output_kind`` says)."""
+        stream = await self.add_request(request_id, prompt, sampling_params, arrival_time, lora_request,
+                                        tokenization_kwargs, trace_headers, priority)
         try:
             async for out in stream:
                 yield out
@@ -299,10 +334,13 @@ class AsyncLLMEngine:
             stream.abort()
 
     async def encode(self, prompt: PromptType, pooling_params: PoolingParams | None, request_id: str,
-                     priority: int = 0, arrival_time: float | None = None) -> AsyncIterator[PoolingRequestOutput]:
-        """vLLM's API for pooling models: yields the request's one PoolingRequestOutput (its vector)."""
+                     lora_request=None, trace_headers: Mapping[str, str] | None = None, priority: int = 0,
+                     tokenization_kwargs: dict | None = None, *,
+                     arrival_time: float | None = None) -> AsyncIterator[PoolingRequestOutput]:
+        """vLLM's API (its argument order) for pooling models: yields the request's one PoolingRequestOutput (its
+        vector)."""
         stream = await self.add_request(request_id, prompt, pooling_params or PoolingParams(), arrival_time,
-                                        priority)
+                                        lora_request, tokenization_kwargs, trace_headers, priority)
         try:
             async for out in stream:
                 yield out

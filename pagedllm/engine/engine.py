@@ -9,15 +9,16 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from pagedllm.config import EngineArgs, EngineConfig, ModelConfig
 from pagedllm.engine.core import EngineCore, create_engine_config
-from pagedllm.engine.input_processor import InputProcessor, PromptType, load_tokenizer
+from pagedllm.engine.input_processor import InputProcessor, PromptType, load_tokenizer, warn_trace_headers_unused
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import StepStats
 from pagedllm.logger import log_engine_start
 from pagedllm.outputs import RequestOutput
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.sleep_mode import check_sleep_enabled, check_sleep_level, check_sleep_mode, check_wake_up_tags
 
@@ -80,6 +81,9 @@ class LLMEngine:
     def get_model_config(self) -> ModelConfig:
         return self.config.model_config
 
+    def get_supported_tasks(self) -> tuple[str, ...]:
+        return self.config.supported_tasks
+
     def get_tokenizer(self):
         """The engine's HF tokenizer (None with skip_tokenizer_init=True), as vLLM's ``LLMEngine.get_tokenizer``."""
         return self.tokenizer
@@ -99,10 +103,16 @@ class LLMEngine:
         return self.input_processor.tokenize_prompt(prompt, add_special_tokens)
 
     # ---- requests -----------------------------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
-                    arrival_time: float | None = None, priority: int = 0, *, lora_request=None) -> None:
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None = None,
+                    arrival_time: float | None = None, lora_request=None, tokenization_kwargs: dict | None = None,
+                    trace_headers: Mapping[str, str] | None = None, priority: int = 0) -> str:
+        """vLLM's argument order. ``tokenization_kwargs``: see ``InputProcessor.apply_tokenization_kwargs``;
+        ``trace_headers``: pagedllm exports no traces (a warning says so, as vLLM does with tracing off)."""
         if request_id in self.output_processor.requests:
             raise ValueError(f"Request id {request_id!r} is already running.")
+        warn_trace_headers_unused(trace_headers)
+        if tokenization_kwargs is not None:
+            prompt, params = self.input_processor.apply_tokenization_kwargs(prompt, params, tokenization_kwargs)
         req = self.input_processor.process(request_id, prompt, params, arrival_time, priority, lora_request)
         if lora_request is not None and lora_request.lora_int_id not in self._loras_added:
             self.add_lora(lora_request)      # loaded and checked now: a bad adapter fails this call
@@ -111,6 +121,7 @@ class LLMEngine:
             self.stats.on_request_added(request_id, req.params, req.arrival_time, len(req.prompt_token_ids))
         for child in req.children:
             self.core.add_request(child)
+        return request_id
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
         if isinstance(request_ids, str):
@@ -177,6 +188,11 @@ class LLMEngine:
 
     def stop_profile(self) -> None:
         self.core.collective_rpc("stop_profile")
+
+    def do_log_stats(self) -> None:
+        """Log the periodic statistics line now (vLLM's; nothing with disable_log_stats=True, LLM's default)."""
+        if self.stats is not None:
+            self.stats.maybe_log(self.core.snapshot(), force=True)
 
     def get_metrics(self) -> list:
         """The engine's metrics now (vLLM's ``get_metrics``: pagedllm/metrics_reader.py), as ``/metrics`` shows them.

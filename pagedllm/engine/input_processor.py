@@ -7,6 +7,7 @@ gathers them back into one ``RequestOutput``.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,6 +24,8 @@ from pagedllm.pooling_params import PoolingParams
 from pagedllm.reasoning_parsers import get_reasoning_parser
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class ProcessedRequest:
@@ -37,6 +40,68 @@ class ProcessedRequest:
     # An EmbedsPrompt's embeddings (a CPU tensor [num_tokens, hidden_size]); prompt_token_ids are then that many
     # placeholders (0), never shown: its RequestOutput has prompt_token_ids=None, as vLLM's.
     prompt_embeds: Any = None
+
+
+# vLLM's tokenization_kwargs keys a prompt's tokenization honours (its renderer's TokenizeParams).
+TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation", "max_length", "add_special_tokens", "do_lower_case")
+
+
+@dataclass
+class PromptTokenization:
+    """What ``tokenization_kwargs`` ask of a call's prompts (generate, chat, the pooling calls)."""
+    truncate_prompt_tokens: int | None = None    # keep this many tokens (-1: max_model_len); None: no truncation
+    max_length: int | None = None                # without truncation: a longer prompt is an error
+    add_special_tokens: bool = True
+    do_lower_case: bool = False
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict | None, truncate_prompt_tokens: int | None,
+                    add_special_tokens: bool = True) -> "PromptTokenization":
+        """vLLM's reading: ``truncation`` True / "longest_first" truncates to ``max_length`` (else max_model_len),
+        False / "do_not_truncate" not at all; ``max_length`` alone is a length limit; the ``truncate_prompt_tokens``
+        argument wins over the key; ``add_special_tokens`` is the call's default (False for chat). A key vLLM would
+        ignore is an error here."""
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(f"tokenization_kwargs must be a dict, got {type(kwargs).__name__}.")
+        kw = dict(kwargs or {})
+        unknown = sorted(set(kw) - set(TOKENIZATION_KWARGS))
+        if unknown:
+            raise ValueError(f"tokenization_kwargs {unknown} are not supported by pagedllm; supported keys: "
+                             f"{list(TOKENIZATION_KWARGS)}.")
+        out = cls(truncate_prompt_tokens=kw.get("truncate_prompt_tokens"), max_length=kw.get("max_length"),
+                  add_special_tokens=add_special_tokens)
+        if out.max_length is not None and (not isinstance(out.max_length, int) or isinstance(out.max_length, bool)
+                                           or out.max_length < 1):
+            raise ValueError(f"tokenization_kwargs max_length must be a positive int, got {out.max_length!r}.")
+        truncation = kw.get("truncation")
+        if truncation in (True, "longest_first"):
+            out.truncate_prompt_tokens = out.max_length if out.max_length is not None else -1
+        elif truncation in (False, "do_not_truncate"):
+            out.truncate_prompt_tokens = None
+        elif truncation is not None:
+            raise ValueError(f"tokenization_kwargs truncation must be True, False, 'longest_first' or "
+                             f"'do_not_truncate', got {truncation!r}.")
+        for name in ("add_special_tokens", "do_lower_case"):
+            if name in kw:
+                if not isinstance(kw[name], bool):
+                    raise ValueError(f"tokenization_kwargs {name} must be True or False, got {kw[name]!r}.")
+                setattr(out, name, kw[name])
+        if truncate_prompt_tokens is not None:
+            out.truncate_prompt_tokens = truncate_prompt_tokens
+        return out
+
+    def check_length(self, ids: list[int]) -> None:
+        if self.max_length is not None and self.truncate_prompt_tokens is None and len(ids) > self.max_length:
+            raise ValueError(f"The prompt has {len(ids)} tokens, more than tokenization_kwargs max_length="
+                             f"{self.max_length}; add truncation=True to truncate it.")
+
+
+def warn_trace_headers_unused(trace_headers: Any) -> None:
+    """vLLM's engines take ``trace_headers`` (OpenTelemetry context); pagedllm exports no traces, so headers given
+    are said to be unused, as vLLM says when its tracing is off."""
+    if trace_headers:
+        logger.warning("trace_headers were given, but pagedllm exports no traces (no otlp_traces_endpoint): "
+                       "they are not used.")
 
 
 class InputProcessor:
@@ -122,6 +187,41 @@ class InputProcessor:
         return text, ids
 
     # ---- checking and building ----------------------------------------------------------------------------------
+    def tokenize_as_asked(self, prompt: PromptType, tokenization: PromptTokenization,
+                          encode: Callable[[str, bool], list[int]]) -> tuple[PromptType, list[int]]:
+        """A text prompt with the ids ``encode(text, add_special_tokens)`` gives it as ``tokenization`` asks
+        (lower-cased first with do_lower_case), and those ids; a token-id prompt as given."""
+        text, ids, _ = self.split_prompt(prompt)
+        if ids is None:
+            ids = encode(text.lower() if tokenization.do_lower_case else text, tokenization.add_special_tokens)
+            prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
+                {"prompt": text, "prompt_token_ids": ids}
+        return prompt, ids
+
+    def apply_tokenization_kwargs(self, prompt: PromptType, params: SamplingParams | PoolingParams | None,
+                                  tokenization_kwargs: dict | None) -> tuple[PromptType, SamplingParams | PoolingParams]:
+        """One engine request's ``tokenization_kwargs`` (vLLM's ``LLMEngine.add_request`` / ``AsyncLLMEngine.generate``
+        / ``encode``; keys: see ``PromptTokenization``): the prompt tokenized as they ask, and the params (a clone)
+        with their truncation, unless the params bring their own ``truncate_prompt_tokens``, which wins as in vLLM."""
+        tokenization = PromptTokenization.from_kwargs(tokenization_kwargs, None)
+        if params is None:
+            params = PoolingParams() if self.config.is_pooling else self.default_sampling_params()
+        own_truncation = getattr(params, "truncate_prompt_tokens", None)
+        if tokenization.truncate_prompt_tokens is not None and own_truncation is None:
+            params = params.clone()
+            params.truncate_prompt_tokens = tokenization.truncate_prompt_tokens
+        if is_embeds_prompt(prompt):
+            return prompt, params
+        if isinstance(params, PoolingParams):
+            pooling = params
+            prompt, ids = self.tokenize_as_asked(
+                prompt, tokenization, lambda text, special: self.encode_for_pooling(text, pooling, special))
+        else:
+            prompt, ids = self.tokenize_as_asked(prompt, tokenization, self.encode)
+        if own_truncation is None:
+            tokenization.check_length(ids)
+        return prompt, params
+
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None,
                 arrival_time: float | None = None, priority: int = 0, lora_request: Any = None,
                 reasoning_ended: bool | None = None) -> ProcessedRequest:

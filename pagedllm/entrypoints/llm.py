@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.engine import LLMEngine, PromptType
+from pagedllm.engine.input_processor import PromptTokenization
 from pagedllm.entrypoints.beam_search import best_beams, check_logprobs_mode, extend_beams, step_params
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content, score_template_text
 from pagedllm.entrypoints.pooling.utils import pair_score
@@ -54,60 +54,6 @@ def _text_of(prompt: Any, name: str) -> Any:
     if isinstance(prompt, dict):
         raise ValueError(f"{name}: a cross-encoder scores text pairs; token-id prompts cannot be paired.")
     return prompt
-
-
-# vLLM's tokenization_kwargs keys a prompt's tokenization honours (its renderer's TokenizeParams).
-TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation", "max_length", "add_special_tokens", "do_lower_case")
-
-
-@dataclass
-class PromptTokenization:
-    """What ``tokenization_kwargs`` ask of a call's prompts (generate, chat, the pooling calls)."""
-    truncate_prompt_tokens: int | None = None    # keep this many tokens (-1: max_model_len); None: no truncation
-    max_length: int | None = None                # without truncation: a longer prompt is an error
-    add_special_tokens: bool = True
-    do_lower_case: bool = False
-
-    @classmethod
-    def from_kwargs(cls, kwargs: dict | None, truncate_prompt_tokens: int | None,
-                    add_special_tokens: bool = True) -> "PromptTokenization":
-        """vLLM's reading: ``truncation`` True / "longest_first" truncates to ``max_length`` (else max_model_len),
-        False / "do_not_truncate" not at all; ``max_length`` alone is a length limit; the ``truncate_prompt_tokens``
-        argument wins over the key; ``add_special_tokens`` is the call's default (False for chat). A key vLLM would
-        ignore is an error here."""
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise ValueError(f"tokenization_kwargs must be a dict, got {type(kwargs).__name__}.")
-        kw = dict(kwargs or {})
-        unknown = sorted(set(kw) - set(TOKENIZATION_KWARGS))
-        if unknown:
-            raise ValueError(f"tokenization_kwargs {unknown} are not supported by pagedllm; supported keys: "
-                             f"{list(TOKENIZATION_KWARGS)}.")
-        out = cls(truncate_prompt_tokens=kw.get("truncate_prompt_tokens"), max_length=kw.get("max_length"),
-                  add_special_tokens=add_special_tokens)
-        if out.max_length is not None and (not isinstance(out.max_length, int) or isinstance(out.max_length, bool)
-                                           or out.max_length < 1):
-            raise ValueError(f"tokenization_kwargs max_length must be a positive int, got {out.max_length!r}.")
-        truncation = kw.get("truncation")
-        if truncation in (True, "longest_first"):
-            out.truncate_prompt_tokens = out.max_length if out.max_length is not None else -1
-        elif truncation in (False, "do_not_truncate"):
-            out.truncate_prompt_tokens = None
-        elif truncation is not None:
-            raise ValueError(f"tokenization_kwargs truncation must be True, False, 'longest_first' or "
-                             f"'do_not_truncate', got {truncation!r}.")
-        for name in ("add_special_tokens", "do_lower_case"):
-            if name in kw:
-                if not isinstance(kw[name], bool):
-                    raise ValueError(f"tokenization_kwargs {name} must be True or False, got {kw[name]!r}.")
-                setattr(out, name, kw[name])
-        if truncate_prompt_tokens is not None:
-            out.truncate_prompt_tokens = truncate_prompt_tokens
-        return out
-
-    def check_length(self, ids: list[int]) -> None:
-        if self.max_length is not None and self.truncate_prompt_tokens is None and len(ids) > self.max_length:
-            raise ValueError(f"The prompt has {len(ids)} tokens, more than tokenization_kwargs max_length="
-                             f"{self.max_length}; add truncation=True to truncate it.")
 
 
 class LLM:
@@ -238,14 +184,7 @@ class LLM:
 
     def _tokenized(self, prompt: PromptType, tokenization: PromptTokenization,
                    encode: Callable[[str, bool], list[int]]) -> tuple[PromptType, list[int]]:
-        """A text prompt with the ids ``encode(text, add_special_tokens)`` gives it as ``tokenization`` asks
-        (lower-cased first with do_lower_case), and those ids; a token-id prompt as given."""
-        text, ids, _ = self.llm_engine.input_processor.split_prompt(prompt)
-        if ids is None:
-            ids = encode(text.lower() if tokenization.do_lower_case else text, tokenization.add_special_tokens)
-            prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
-                {"prompt": text, "prompt_token_ids": ids}
-        return prompt, ids
+        return self.llm_engine.input_processor.tokenize_as_asked(prompt, tokenization, encode)
 
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,
              use_tqdm: UseTqdm, loras: list | None = None) -> list[RequestOutput]:

@@ -1,0 +1,95 @@
+"""The engine-level API as vLLM's scripts call it: ``LLMEngine.add_request`` in vLLM's argument order (llm_engine_example.py
+style), ``AsyncLLMEngine.generate`` / ``encode`` with vLLM's keywords, and the helper methods those scripts use."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+import torch
+
+from pagedllm import AsyncEngineArgs, AsyncLLMEngine, EngineArgs, LLMEngine, SamplingParams
+
+torch.set_num_threads(1)
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_dir):
+    return LLMEngine.from_engine_args(EngineArgs(model=tiny_llama_dir, max_model_len=64, kv_cache_memory_gb=0.02,
+                                                 disable_log_stats=False))
+
+
+def run_all(engine) -> dict:
+    finished = {}
+    while engine.has_unfinished_requests():
+        finished.update({out.request_id: out for out in engine.step() if out.finished})
+    return finished
+
+
+def test_add_request_in_vllms_positional_order(engine):
+    # vLLM: add_request(request_id, prompt, params, arrival_time, lora_request, tokenization_kwargs, trace_headers,
+    # priority). Before, the 5th positional argument was taken as the priority.
+    engine.add_request("pos", "Hello, my name is", GREEDY, time.time(), None, None, None, 0)
+    engine.add_request("kw", "Hello, my name is", GREEDY, arrival_time=None, lora_request=None,
+                       tokenization_kwargs=None, trace_headers=None, priority=0)
+    out = run_all(engine)
+    assert out["pos"].outputs[0].token_ids == out["kw"].outputs[0].token_ids
+    assert len(out["pos"].outputs[0].token_ids) == 3
+
+
+def test_add_request_tokenization_kwargs(engine):
+    prompt = "one two three four five six seven eight"
+    engine.add_request("full", prompt, GREEDY)
+    engine.add_request("cut", prompt, GREEDY, tokenization_kwargs={"truncation": True, "max_length": 4})
+    engine.add_request("plain", prompt, GREEDY, tokenization_kwargs={"add_special_tokens": False})
+    out = run_all(engine)
+    assert out["cut"].prompt_token_ids == out["full"].prompt_token_ids[-4:]
+    assert out["plain"].prompt_token_ids == engine.get_tokenizer().encode(prompt, add_special_tokens=False)
+    with pytest.raises(ValueError, match="max_length"):
+        engine.add_request("long", prompt, GREEDY, tokenization_kwargs={"max_length": 2})
+    with pytest.raises(ValueError, match="padding"):
+        engine.add_request("bad", prompt, GREEDY, tokenization_kwargs={"padding": True})
+    assert not engine.has_unfinished_requests()
+
+
+def test_supported_tasks_and_log_stats(engine, caplog):
+    assert engine.get_supported_tasks() == ("generate",)
+    engine.add_request("s", "Hello", GREEDY)
+    run_all(engine)
+    with caplog.at_level(logging.INFO, logger="pagedllm"):
+        engine.do_log_stats()
+    assert "Avg generation throughput" in caplog.text
+
+
+def test_async_engine_with_vllms_keywords(tiny_llama_dir, caplog):
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=tiny_llama_dir, max_model_len=64,
+                                                             kv_cache_memory_gb=0.02))
+    prompt = "one two three four five six seven eight"
+
+    async def run(rid, **kw):
+        return [o async for o in engine.generate(prompt, GREEDY, rid, **kw)][-1]
+
+    async def main():
+        full = await run("full")
+        cut = await run("cut", lora_request=None, tokenization_kwargs={"truncation": True, "max_length": 4},
+                        trace_headers=None, priority=0)
+        with pytest.raises(ValueError, match="padding"):
+            await run("bad", tokenization_kwargs={"padding": True})
+        assert await engine.get_supported_tasks() == ("generate",)
+        assert (await engine.get_model_config()).max_model_len == 64
+        await engine.do_log_stats()
+        await engine.check_health()
+        assert await engine.is_sleeping() is False
+        assert await engine.is_tracing_enabled() is False
+        return full, cut
+
+    try:
+        full, cut = asyncio.run(main())
+        assert cut.prompt_token_ids == full.prompt_token_ids[-4:]
+        assert cut.outputs[0].token_ids and engine.model_config.max_model_len == 64
+        assert engine.get_tokenizer() is not None and engine.is_running and not engine.errored
+    finally:
+        engine.shutdown()
