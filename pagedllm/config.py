@@ -386,6 +386,9 @@ class EngineArgs:
     device: str = "auto"
     attention_backend: str | None = None
     disable_log_stats: bool = False
+    # AsyncEngineArgs' (vLLM's): AsyncLLMEngine.from_engine_args logs requests (their aborts) with it; the server's
+    # switch is --enable-log-requests.
+    enable_log_requests: bool = False
     served_model_name: list[str] | str | None = None
     generation_config: str = "auto"
     # Fields set over the generation config (the model's, or none with generation_config="vllm"), as vLLM:
@@ -482,7 +485,7 @@ class EngineArgs:
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineArgs":
         """Build from ``LLM(...)`` keyword arguments; an unknown keyword is an error that names it."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - _ASYNC_ONLY_FIELDS
         unknown = sorted(k for k in kwargs if k not in names)
         if unknown:
             message = f"LLM got unexpected keyword argument(s): {', '.join(unknown)}"
@@ -719,6 +722,9 @@ class EngineArgs:
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
         return cls(**values)
 
+
+# Fields of vLLM's AsyncEngineArgs only: LLM(...) refuses them as vLLM's LLM does (it would not use them).
+_ASYNC_ONLY_FIELDS = frozenset({"enable_log_requests"})
 
 # vLLM's name for the server's / AsyncLLMEngine's arguments (``from vllm import AsyncEngineArgs``): the same fields.
 AsyncEngineArgs = EngineArgs

@@ -198,6 +198,9 @@ class AsyncLLMEngine:
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs, **kwargs: Any) -> "AsyncLLMEngine":
+        """As vLLM's: requests are logged when ``engine_args.enable_log_requests`` says so (unless ``log_requests``
+        is given)."""
+        kwargs.setdefault("log_requests", bool(engine_args.enable_log_requests))
         return cls(engine_args, **kwargs)
 
     # ---- facts ----------------------------------------------------------------------------------------------------

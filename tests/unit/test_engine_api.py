@@ -93,3 +93,23 @@ def test_async_engine_with_vllms_keywords(tiny_llama_dir, caplog):
         assert engine.get_tokenizer() is not None and engine.is_running and not engine.errored
     finally:
         engine.shutdown()
+
+
+def test_async_engine_args_enable_log_requests(tiny_llama_dir, caplog):
+    # vLLM's AsyncEngineArgs field (off by default); before, AsyncEngineArgs(enable_log_requests=True) was a TypeError.
+    assert AsyncEngineArgs(model=tiny_llama_dir).enable_log_requests is False
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=tiny_llama_dir, max_model_len=64,
+                                                             kv_cache_memory_gb=0.02, enable_log_requests=True))
+
+    async def main():
+        await engine.add_request("logged", "Hello", SamplingParams(max_tokens=50, ignore_eos=True))
+        await engine.abort("logged")
+
+    try:
+        with caplog.at_level(logging.INFO, logger="pagedllm"):
+            asyncio.run(main())
+        assert "Aborted request logged." in caplog.text
+    finally:
+        engine.shutdown()
+    with pytest.raises(TypeError, match="enable_log_requests"):     # vLLM's LLM has no such argument either
+        EngineArgs.from_kwargs(tiny_llama_dir, enable_log_requests=True)

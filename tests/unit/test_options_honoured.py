@@ -221,6 +221,7 @@ ENGINE_FIELDS: dict[str, list] = {
                                   or _fail()),
                           Read(("engine/core.py",), "resolve_attention_backend(config.attention_backend")],
     "disable_log_stats": [Read(("entrypoints/",), "args.disable_log_stats")],
+    "enable_log_requests": [Read(("engine/async_engine.py",), "engine_args.enable_log_requests")],
     "served_model_name": [Read(("entrypoints/openai/api_server.py",), "served_model_name")],
     "generation_config": [Read(("model/loader.py",), "args.generation_config")],
     # Merged over the generation config: tests/unit/test_llm_api.py::test_override_generation_config.
