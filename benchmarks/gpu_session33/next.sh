@@ -1,6 +1,7 @@
 #!/bin/bash
 # Session 33 (carry [".whl", ".bench"]; .bench/old holds `git archive b84018f pagedllm`, session 32's tree, made on the
-# CPU before the call). One PART a call, in this order.
+# CPU before the call: `rm -rf .bench/old && mkdir -p .bench/old && git archive b84018f pagedllm | tar -x -C .bench/old`).
+# One PART a call, in this order. Session 33 never ran it (no machine started).
 # PART=1 (~300 s, any H100/H200): the fp32 / routing / wide int4 kernel tests and the AWQ / GPTQ engine tests (session
 #   32's fp32 fix, never run on a GPU), then issue 18's cold start, `serve` 7B dummy to /health with an empty Triton
 #   cache, session 32's tree (b84018f) against this one, alternating (new old new old). This session's CPU start-up
@@ -21,7 +22,7 @@ import json,sys; sys.path.insert(0,'.bench/sb'); from workloads import qwen2_con
 i=0
 for tree in new old new old; do
   i=$((i+1)); export TRITON_CACHE_DIR=/tmp/tcache33_$i
-  src=$R; [ $tree = old ] && src=$R/.bench/old
+  src=$R; [ $tree = old ] && { src=$R/.bench/old; [ -d $src/pagedllm ] || { echo "no .bench/old"; exit 1; }; }
   t0=$(date +%s%N)
   # from $src: `python3 -m` puts the working folder first on sys.path
   (cd $src && PYTHONPATH=$src:/tmp/site exec timeout 60 python3 -m pagedllm.entrypoints.cli serve $d --load-format dummy \
