@@ -485,8 +485,11 @@ class EngineArgs:
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineArgs":
         """Build from ``LLM(...)`` keyword arguments; an unknown keyword is an error that names it."""
-        names = {f.name for f in dataclasses.fields(cls)} - _ASYNC_ONLY_FIELDS
-        unknown = sorted(k for k in kwargs if k not in names)
+        # An AsyncEngineArgs-only field at its default passes: vLLM's ``LLM(**dataclasses.asdict(engine_args))``
+        # (its examples; pagedllm's benchmarks too) hands over every field, and EngineArgs is AsyncEngineArgs here.
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k, v in kwargs.items()
+                         if k not in defaults or (k in _ASYNC_ONLY_FIELDS and v != defaults[k]))
         if unknown:
             message = f"LLM got unexpected keyword argument(s): {', '.join(unknown)}"
             message += _vllm_args_note(unknown, unknown, "argument")

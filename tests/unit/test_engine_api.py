@@ -3,6 +3,7 @@ style), ``AsyncLLMEngine.generate`` / ``encode`` with vLLM's keywords, and the h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -113,3 +114,5 @@ def test_async_engine_args_enable_log_requests(tiny_llama_dir, caplog):
         engine.shutdown()
     with pytest.raises(TypeError, match="enable_log_requests"):     # vLLM's LLM has no such argument either
         EngineArgs.from_kwargs(tiny_llama_dir, enable_log_requests=True)
+    # ... but vLLM's LLM(**dataclasses.asdict(engine_args)) hands every field over, at its default here.
+    assert EngineArgs.from_kwargs(**dataclasses.asdict(EngineArgs(model=tiny_llama_dir))).model == tiny_llama_dir
