@@ -201,26 +201,39 @@ class InputProcessor:
     def apply_tokenization_kwargs(self, prompt: PromptType, params: SamplingParams | PoolingParams | None,
                                   tokenization_kwargs: dict | None) -> tuple[PromptType, SamplingParams | PoolingParams]:
         """One engine request's ``tokenization_kwargs`` (vLLM's ``LLMEngine.add_request`` / ``AsyncLLMEngine.generate``
-        / ``encode``; keys: see ``PromptTokenization``): the prompt tokenized as they ask, and the params (a clone)
-        with their truncation, unless the params bring their own ``truncate_prompt_tokens``, which wins as in vLLM."""
+        / ``encode``; keys: see ``PromptTokenization``): the prompt tokenized as they ask, and the params with their
+        truncation (``with_truncation``)."""
         tokenization = PromptTokenization.from_kwargs(tokenization_kwargs, None)
         if params is None:
             params = PoolingParams() if self.config.is_pooling else self.default_sampling_params()
-        own_truncation = getattr(params, "truncate_prompt_tokens", None)
-        if tokenization.truncate_prompt_tokens is not None and own_truncation is None:
-            params = params.clone()
-            params.truncate_prompt_tokens = tokenization.truncate_prompt_tokens
+        params = self.with_truncation(params, tokenization)
+        return self.tokenize_for_request(prompt, params, tokenization), params
+
+    @staticmethod
+    def with_truncation(params: SamplingParams | PoolingParams,
+                        tokenization: PromptTokenization) -> SamplingParams | PoolingParams:
+        """``params``, or a clone with ``tokenization``'s truncate_prompt_tokens where it asks for one and the params
+        bring none of their own (theirs wins, as in vLLM)."""
+        if tokenization.truncate_prompt_tokens is None or getattr(params, "truncate_prompt_tokens", None) is not None:
+            return params
+        params = params.clone()
+        params.truncate_prompt_tokens = tokenization.truncate_prompt_tokens
+        return params
+
+    def tokenize_for_request(self, prompt: PromptType, params: SamplingParams | PoolingParams,
+                             tokenization: PromptTokenization) -> PromptType:
+        """A request's text prompt tokenized as ``tokenization`` asks (token ids and embeddings as given), its length
+        checked against ``max_length`` unless the request truncates."""
         if is_embeds_prompt(prompt):
-            return prompt, params
+            return prompt
         if isinstance(params, PoolingParams):
-            pooling = params
             prompt, ids = self.tokenize_as_asked(
-                prompt, tokenization, lambda text, special: self.encode_for_pooling(text, pooling, special))
+                prompt, tokenization, lambda text, special: self.encode_for_pooling(text, params, special))
         else:
             prompt, ids = self.tokenize_as_asked(prompt, tokenization, self.encode)
-        if own_truncation is None:
+        if getattr(params, "truncate_prompt_tokens", None) is None:
             tokenization.check_length(ids)
-        return prompt, params
+        return prompt
 
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None,
                 arrival_time: float | None = None, priority: int = 0, lora_request: Any = None,

@@ -15,7 +15,6 @@ from pagedllm.entrypoints.beam_search import best_beams, check_logprobs_mode, ex
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content, score_template_text
 from pagedllm.entrypoints.pooling.utils import pair_score
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
-from pagedllm.inputs import is_embeds_prompt
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, ClassificationRequestOutput,
                               EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput, ScoringOutput,
                               ScoringRequestOutput)
@@ -163,28 +162,15 @@ class LLM:
                                  tokenization: PromptTokenization) -> tuple[list[PromptType], list[SamplingParams]]:
         """generate()'s tokenization_kwargs: text prompts tokenized as they ask; their truncation becomes each
         request's truncate_prompt_tokens (a SamplingParams' own wins, as vLLM's)."""
-        encode = self.llm_engine.input_processor.encode
+        processor = self.llm_engine.input_processor
         truncated: dict[int, SamplingParams] = {}     # one clone per distinct object
-        out_prompts, out_params = [], []
-        for prompt, sp in zip(prompts, params):
-            own_truncation = getattr(sp, "truncate_prompt_tokens", None)
-            if not is_embeds_prompt(prompt):
-                prompt, ids = self._tokenized(prompt, tokenization, encode)
-                if own_truncation is None:
-                    tokenization.check_length(ids)
-            if tokenization.truncate_prompt_tokens is not None and own_truncation is None \
-                    and isinstance(sp, SamplingParams):
-                if id(sp) not in truncated:
-                    truncated[id(sp)] = sp.clone()
-                    truncated[id(sp)].truncate_prompt_tokens = tokenization.truncate_prompt_tokens
-                sp = truncated[id(sp)]
-            out_prompts.append(prompt)
-            out_params.append(sp)
-        return out_prompts, out_params
-
-    def _tokenized(self, prompt: PromptType, tokenization: PromptTokenization,
-                   encode: Callable[[str, bool], list[int]]) -> tuple[PromptType, list[int]]:
-        return self.llm_engine.input_processor.tokenize_as_asked(prompt, tokenization, encode)
+        out_params = []
+        for sp in params:
+            if id(sp) not in truncated:
+                truncated[id(sp)] = processor.with_truncation(sp, tokenization)
+            out_params.append(truncated[id(sp)])
+        return [processor.tokenize_for_request(prompt, sp, tokenization)
+                for prompt, sp in zip(prompts, out_params)], out_params
 
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], priority: list[int] | None,
              use_tqdm: UseTqdm, loras: list | None = None) -> list[RequestOutput]:
@@ -294,8 +280,8 @@ class LLM:
                               tokenization: PromptTokenization) -> PromptType:
         """A text prompt tokenized as ``tokenization`` asks (a token-id prompt as given), its length checked."""
         processor = self.llm_engine.input_processor
-        prompt, ids = self._tokenized(prompt, tokenization,
-                                      lambda text, special: processor.encode_for_pooling(text, params, special))
+        prompt, ids = processor.tokenize_as_asked(
+            prompt, tokenization, lambda text, special: processor.encode_for_pooling(text, params, special))
         tokenization.check_length(ids)
         return prompt
 
