@@ -64,6 +64,8 @@ ARCHS = {
     "phi3-longrope": (transformers.Phi3Config, dict(_LLAMA_LIKE, original_max_position_embeddings=128, rope_parameters={
         "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
         "short_factor": [1.0, 1.5, 2.0, 3.0, 1.0, 1.2, 1.1, 1.3], "long_factor": [4.0] * 8}), 0),
+    # SmolLM3: a NoPE layer (no_rope_layers 0: attends without rotary positions) after a rotary one.
+    "smollm3": (transformers.SmolLM3Config, dict(_LLAMA_LIKE, no_rope_layers=[1, 0]), 0),
     # GPT-2: Conv1D weights stored [in, out], q/k/v fused in c_attn, learned positions from row 0, GELU-tanh.
     "gpt2": (transformers.GPT2Config, dict(_COMMON, initializer_range=0.2, architectures=["GPT2LMHeadModel"]), 0),
     "opt": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2), 3),

@@ -11,14 +11,14 @@ rotary.rope_layer_types).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.config import layer_sliding_windows
-from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
+from pagedllm.distributed import get_tp_rank, is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.activation import GeluTanhAndMul, SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
@@ -58,6 +58,13 @@ class LlamaVariant:
     # Q / K norms over the whole projection (all heads), not per head.
     post_norms: bool = False
     qk_norm_whole: bool = False
+    # gpt-oss: a learned logit per attention head (``self_attn.sinks``) in each softmax's denominator, and its own
+    # MoE block, built by ``moe_block(cfg, quant_config, prefix)`` in the sparse layers (None: ``moe`` decides).
+    attention_sinks: bool = False
+    moe_block: Callable[..., nn.Module] | None = None
+    # Which layers rotate Q / K (None: all). SmolLM3's NoPE layers and Cohere 2's full-attention layers attend
+    # without positions: their rotary is None, so no backend rotates them (nor takes the fused rotary decode path).
+    rope_layers: tuple[bool, ...] | None = None
 
 
 class OffsetRMSNorm(RMSNorm):
@@ -76,6 +83,8 @@ class OffsetRMSNorm(RMSNorm):
 
 def _mlp(cfg, layer_idx: int, variant: LlamaVariant, quant_config, prefix: str) -> nn.Module:
     """The layer's MLP: dense, or a mixture of experts in a MoE model's sparse layers."""
+    if variant.moe_block is not None and is_sparse_layer(cfg, layer_idx):
+        return variant.moe_block(cfg, quant_config, prefix)
     if not (variant.moe and is_sparse_layer(cfg, layer_idx)):
         return LlamaMLP(cfg, quant_config, prefix, variant.activation)
     shared_size = getattr(cfg, "shared_expert_intermediate_size", None)
@@ -112,9 +121,18 @@ class LlamaAttention(nn.Module):
             self.k_norm = _rms_norm(k_width, cfg.rms_norm_eps, variant)
         self.qk_norm, self.qk_norm_whole = variant.qk_norm, variant.qk_norm_whole
         scale = self.head_dim ** -0.5 if variant.attention_scale is None else variant.attention_scale
+        if variant.attention_sinks:      # this rank's heads' sinks
+            self.sinks = nn.Parameter(torch.empty(self.num_heads), requires_grad=False)
+            self.sinks.weight_loader = self._load_sinks
         self.attn = Attention(self.num_heads, self.head_dim, scale, self.num_kv_heads, layer_idx,
-                              soft_cap=variant.attn_soft_cap, sliding_window=window)
+                              soft_cap=variant.attn_soft_cap, sliding_window=window,
+                              sinks=self.sinks if variant.attention_sinks else None)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+
+    def _load_sinks(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
+        """The checkpoint's sinks of all heads ``[Hq]``: this rank's (its query heads, in order)."""
+        start = get_tp_rank() * self.num_heads
+        default_weight_loader(param, loaded[start:start + self.num_heads])
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         qkv = self.qkv_proj(hidden, batch.lora_step)
@@ -213,6 +231,8 @@ class LlamaModel(nn.Module):
         else:
             by_type = {t: RotaryEmbedding(cfg, head_dim, max_position, t) for t in types}
             rotaries = [by_type[t] for t in cfg.layer_types[:cfg.num_hidden_layers]]
+        if variant.rope_layers is not None:
+            rotaries = [r if rotates else None for r, rotates in zip(rotaries, variant.rope_layers)]
         self.start_layer, self.end_layer, self.layers = make_layers(
             cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(cfg, i, rotaries[i], variant, quant_config,
                                                                f"{prefix}.layers.{i}", windows[i] if windows else 0))
