@@ -373,7 +373,7 @@ class InputProcessor:
             keep = self.truncation_limit(params)
             ids = ids[-keep:]
             token_types = None if token_types is None else list(token_types)[-keep:]
-        self._check_prompt_ids(ids, "prompt", ", or truncate the input (truncate_prompt_tokens)")
+        self._check_prompt_ids(ids, "prompt")
         if token_types is not None:
             params = params.clone()
             params.second_segment_start = second_segment_start(token_types, len(ids))
@@ -427,7 +427,7 @@ class InputProcessor:
             prompt["token_type_ids"] = list(encoded["token_type_ids"])
         return prompt
 
-    def _check_prompt_ids(self, ids: list[int], what: str, hint: str = "") -> None:
+    def _check_prompt_ids(self, ids: list[int], what: str) -> None:
         """vLLM's prompt checks and messages: not empty, every id in the vocabulary, no longer than max_model_len."""
         if not ids:
             raise ValueError(f"The {what} cannot be empty")
@@ -440,9 +440,7 @@ class InputProcessor:
         if bad:
             raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocab size {vocab}).")
         if len(ids) > self.max_model_len:
-            raise ValueError(f"The {what} (length {len(ids)}) is longer than the maximum model length of "
-                             f"{self.max_model_len}. Make sure that `max_model_len` is no smaller than the "
-                             f"number of text tokens{hint}.")
+            raise ValueError(context_overflow_message(self.max_model_len, len(ids), 0))
 
     def _validate(self, ids: list[int], params: SamplingParams) -> None:
         self._check_prompt_ids(ids, "decoder prompt")
@@ -467,6 +465,18 @@ class InputProcessor:
             params.structured_outputs = structured_output.with_engine_defaults(
                 params.structured_outputs, self.config.args.structured_outputs_config)
             structured_output.validate(params.structured_outputs)   # a bad schema / regex fails here, not in the core
+
+
+def context_overflow_message(max_model_len: int, prompt_tokens: int, output_tokens: int) -> str:
+    """vLLM's (0.18 on) words for a prompt plus the requested output over max_model_len, offline and served (the
+    server's 400 has param "input_tokens"); ``output_tokens`` is 0 where no output length is asked (vLLM's default
+    for a prompt check). The trailing "(parameter=..., value=...)" is part of vLLM's message text, and clients that
+    retry with a smaller max_tokens read the numbers from it."""
+    total = prompt_tokens + output_tokens
+    return (f"This model's maximum context length is {max_model_len} tokens. However, you requested {output_tokens} "
+            f"output tokens and your prompt contains {prompt_tokens} input tokens, for a total of {total} tokens. "
+            f"Please reduce the length of the input prompt or the number of requested output tokens. "
+            f"(parameter=input_tokens, value={prompt_tokens})")
 
 
 def _cache_salt(prompt: dict) -> str | None:

@@ -63,7 +63,7 @@ def test_minilm_equals_sentence_transformers(minilm, sentence_transformer, texts
 
 @needs_minilm
 def test_long_input_is_truncated_as_sentence_transformers_truncates(minilm, sentence_transformer):
-    with pytest.raises(ValueError, match="longer than the maximum model length of 256"):
+    with pytest.raises(ValueError, match="maximum context length is 256 tokens. However, you requested 0 output"):
         minilm.embed([LONG], use_tqdm=False)
     outputs = minilm.embed([LONG, ENGLISH[0]], truncate_prompt_tokens=-1, use_tqdm=False)
     tok = minilm.get_tokenizer()

@@ -114,7 +114,7 @@ def test_errors_are_openai_400s(servers):
     long = " ".join(["word"] * 400)
     r = httpx.post(url + "/v1/embeddings", json={"model": MINILM, "input": long})
     assert r.status_code == 400
-    assert "maximum context length is 256 tokens. However, you requested 402 tokens" in r.json()["error"]["message"]
+    assert "maximum context length is 256 tokens. However, you requested 0 output tokens and your prompt contains 402 input tokens" in r.json()["error"]["message"]
     ok = httpx.post(url + "/v1/embeddings", json={"model": MINILM, "input": long, "truncate_prompt_tokens": -1})
     assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 256
     # An embedder asked for completions / chat.

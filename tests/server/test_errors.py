@@ -48,8 +48,8 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": MODEL, "prompt": "x", "stop": ["ok", ""]}, 400, "stop"),
     ("/v1/completions", {"model": MODEL, "prompt": [10 ** 9]}, 400, "prompt"),
     ("/v1/completions", {"model": MODEL, "prompt": ""}, 400, "prompt"),
-    ("/v1/completions", {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 5}, 400, "prompt"),
-    ("/v1/completions", {"model": MODEL, "prompt": "hello " * 500, "max_tokens": 100}, 400, "max_tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 5}, 400, "input_tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hello " * 500, "max_tokens": 100}, 400, "input_tokens"),
     ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model"),
     ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages"),
@@ -88,8 +88,9 @@ def test_messages_of_known_errors(client):
     n = client.post("/tokenize", json={"prompt": prompt}).json()["count"]
     r = client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 100})
     assert r.json()["error"]["message"] == (
-        f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, you requested {n + 100} tokens "
-        f"({n} in the messages, 100 in the completion). Please reduce the length of the messages or completion.")
+        f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, you requested 100 output tokens "
+        f"and your prompt contains {n} input tokens, for a total of {n + 100} tokens. Please reduce the length of "
+        f"the input prompt or the number of requested output tokens. (parameter=input_tokens, value={n})")
     r = client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "logprobs": 21})
     assert r.json()["error"]["message"] == "Requested sample logprobs of 21, which is greater than max allowed: 20"
 

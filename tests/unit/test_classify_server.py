@@ -125,7 +125,7 @@ def test_what_the_model_does_not_do_is_a_400(sentiment, reranker):
     assert "Scoring API is only enabled for num_labels == 1." in messages[1][1]
     assert "Embedding API is not supported by this model" in messages[2][1]
     assert "sequence classification" in messages[3][1] and "/classify" in messages[3][1]
-    assert "maximum context length is 64 tokens" in messages[4][1] and "for classification" in messages[4][1]
+    assert "maximum context length is 64 tokens" in messages[4][1] and messages[4][2] == "input_tokens"
     assert messages[5][2] == "input" and "input" in messages[6][1]
     assert "use_activation" in messages[7][1]
     assert "contradicts use_activation" in messages[8][1]

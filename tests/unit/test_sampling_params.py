@@ -159,8 +159,10 @@ def _assert_still_works(llm, baseline):
     ({"prompt_token_ids": [1, -1, 2]}, GREEDY, "Token id -1 is out of vocabulary"),
     ({"prompt_token_ids": []}, GREEDY, "The decoder prompt cannot be empty"),
     ({"prompt_token_ids": list(range(1, MAX_MODEL_LEN + 6))}, GREEDY,
-     rf"The decoder prompt \(length {MAX_MODEL_LEN + 5}\) is longer than the maximum model length of "
-     rf"{MAX_MODEL_LEN}. Make sure that `max_model_len` is no smaller than the number of text tokens."),
+     rf"^This model's maximum context length is {MAX_MODEL_LEN} tokens. However, you requested 0 output tokens and "
+     rf"your prompt contains {MAX_MODEL_LEN + 5} input tokens, for a total of {MAX_MODEL_LEN + 5} tokens. Please "
+     rf"reduce the length of the input prompt or the number of requested output tokens. \(parameter=input_tokens, "
+     rf"value={MAX_MODEL_LEN + 5}\)$"),
     ("a text prompt", GREEDY, "skip_tokenizer_init"),
     ({"neither": 1}, GREEDY, "'prompt', 'prompt_token_ids' or 'prompt_embeds'"),
 ])

@@ -19,6 +19,7 @@ from pagedllm.entrypoints.chat_utils import (TEMPLATE_FAILED, ChatTemplateError,
                                              check_chat_template_kwargs, format_message_content)
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields, check_request_id, random_uuid
 from pagedllm.entrypoints.openai.serving_models import ServingModels
+from pagedllm.engine.input_processor import context_overflow_message
 from pagedllm.lora.request import LoRARequest
 from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
@@ -194,23 +195,25 @@ class OpenAIServing:
         return ids[-(self.max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens):]
 
     def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None, is_chat: bool) -> int | None:
-        """vLLM's context check: prompt + requested output must fit in max_model_len."""
-        where = "messages" if is_chat else "prompt"
-        if prompt_len >= self.max_model_len and max_tokens is None or prompt_len > self.max_model_len:
+        """vLLM's context checks and words (0.18 on): the requested output alone, then prompt + output, within
+        max_model_len; an absent max_tokens counts as 0 output tokens there and becomes the room left."""
+        output_field = "max_completion_tokens" if is_chat else "max_tokens"
+        if max_tokens is not None and max_tokens > self.max_model_len:
+            raise RequestError(f"{output_field}={max_tokens} cannot be greater than max_model_len="
+                               f"{self.max_model_len}. Please request fewer output tokens.", output_field)
+        requested = max(max_tokens or 0, 0)
+        if prompt_len + requested > self.max_model_len:
+            raise RequestError(context_overflow_message(self.max_model_len, prompt_len, requested), "input_tokens")
+        if max_tokens is None and prompt_len == self.max_model_len:
+            # vLLM's engine check for a prompt that leaves no room for one output token.
             raise RequestError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{prompt_len} tokens in the {where}. Please reduce the length of the {where}.",
-                "messages" if is_chat else "prompt")
+                f"The decoder prompt (length {prompt_len}) plus the number of requested output tokens (at least 1) "
+                f"is longer than the maximum model length of {self.max_model_len}. Make sure that `max_model_len` "
+                f"is no smaller than the number of text tokens (prompt + requested output tokens).")
         if max_tokens is None:
             max_tokens = self.max_model_len - prompt_len
             if self.default_max_tokens:
                 max_tokens = min(max_tokens, int(self.default_max_tokens))
-        elif max_tokens > 0 and prompt_len + max_tokens > self.max_model_len:
-            raise RequestError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the completion). "
-                f"Please reduce the length of the messages or completion.",
-                "max_completion_tokens" if is_chat else "max_tokens")
         if self.override_max_tokens and max_tokens > 0:
             max_tokens = min(max_tokens, int(self.override_max_tokens))
         return max_tokens

@@ -13,6 +13,7 @@ import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from pagedllm.engine.input_processor import context_overflow_message
 from pagedllm.entrypoints.chat_utils import score_template_text
 from pagedllm.entrypoints.openai.protocol import (ClassificationRequest, EmbeddingRequest, PoolingInputRequest,
                                                   PoolingRequest, RequestError, RerankRequest, ScoreRequest,
@@ -61,7 +62,7 @@ class OpenAIServingPooling(OpenAIServing):
             return None
         return pooler.max_embed_len or 0
 
-    def _check_ids(self, ids: list[int], field: str, task: str | None, chunked: int | None = None) -> None:
+    def _check_ids(self, ids: list[int], field: str, chunked: int | None = None) -> None:
         """Valid token ids within max_model_len, or within ``chunked`` (_chunked_embed_len) when not None."""
         if not ids:
             raise RequestError(f"{field} must not contain an empty text or token list.", field)
@@ -75,10 +76,7 @@ class OpenAIServingPooling(OpenAIServing):
                                    f"requested {len(ids)} tokens in the input for embedding generation. Please "
                                    f"reduce the length of the input.", field)
         elif len(ids) > self.max_model_len:
-            operation = {"classify": "classification", "score": "score"}.get(task or "", "embedding generation")
-            raise RequestError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{len(ids)} tokens in the input for {operation}. Please reduce the length of the input.", field)
+            raise RequestError(context_overflow_message(self.max_model_len, len(ids), 0), "input_tokens")
 
     async def _prompts(self, inputs: Any, params: PoolingParams, field: str = "input",
                        chunked: int | None = None, add_special_tokens: bool = True) -> list[dict]:
@@ -106,7 +104,7 @@ class OpenAIServingPooling(OpenAIServing):
             else:
                 ids = list(item) if limit is None else list(item)[-limit:]
                 prompt = {"prompt_token_ids": ids}
-            self._check_ids(ids, field, params.task, chunked)
+            self._check_ids(ids, field, chunked)
             prompts.append(prompt)
         return prompts
 
@@ -312,7 +310,7 @@ class OpenAIServingPooling(OpenAIServing):
                                                                        template_kwargs)}
             else:
                 prompt = await self.run_tokenizer(self.engine.input_processor.encode_pair_for_pooling, a, b, params)
-            self._check_ids(prompt["prompt_token_ids"], names[1], "score")
+            self._check_ids(prompt["prompt_token_ids"], names[1])
             prompts.append(prompt)
         outputs = await self._run(prefix, prompts, params, req.priority, raw_request)
         if outputs is None:
