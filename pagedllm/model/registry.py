@@ -21,6 +21,8 @@ _MODELS = {
     "Olmo2ForCausalLM": ("olmo2", "Olmo2ForCausalLM"),
     "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM"),
     "SmolLM3ForCausalLM": ("smollm3", "SmolLM3ForCausalLM"),
+    "GlmForCausalLM": ("glm", "GlmForCausalLM"),
+    "Glm4ForCausalLM": ("glm", "Glm4ForCausalLM"),
     # ChatGLM2/3 and GLM-4: their config.json names "ChatGLMModel", the remote code's LM class is
     # ChatGLMForConditionalGeneration; both are the same checkpoint layout (with its output_layer).
     "ChatGLMModel": ("chatglm", "ChatGLMForCausalLM"),

@@ -66,6 +66,10 @@ ARCHS = {
         "short_factor": [1.0, 1.5, 2.0, 3.0, 1.0, 1.2, 1.1, 1.3], "long_factor": [4.0] * 8}), 0),
     # SmolLM3: a NoPE layer (no_rope_layers 0: attends without rotary positions) after a rotary one.
     "smollm3": (transformers.SmolLM3Config, dict(_LLAMA_LIKE, no_rope_layers=[1, 0]), 0),
+    # GLM-4 (glm-4-9b-chat-hf) and GLM-4-0414: a fused gate_up_proj tensor, Q/K/V bias without an o_proj bias, half
+    # of each head rotated in interleaved pairs; Glm4's norms on both branch outputs.
+    "glm": (transformers.GlmConfig, dict(_LLAMA_LIKE, head_dim=32), 0),
+    "glm4": (transformers.Glm4Config, dict(_LLAMA_LIKE, head_dim=32), 0),
     # GPT-2: Conv1D weights stored [in, out], q/k/v fused in c_attn, learned positions from row 0, GELU-tanh.
     "gpt2": (transformers.GPT2Config, dict(_COMMON, initializer_range=0.2, architectures=["GPT2LMHeadModel"]), 0),
     "opt": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2), 3),

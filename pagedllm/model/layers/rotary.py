@@ -38,6 +38,30 @@ def _inv_freq(hf_config, head_dim: int, layer_type: str | None = None) -> tuple[
     return inv.float(), float(scaling)
 
 
+def rotary_dim(hf_config, head_dim: int) -> int:
+    """How many of each head's dims the config's rotary embedding turns (``RotaryEmbedding.rotary_dim``)."""
+    return _inv_freq(hf_config, head_dim)[0].numel() * 2
+
+
+def interleaved_to_neox_rows(head_dim: int, rotary_dim: int) -> torch.Tensor:
+    """Row order within one head that turns interleaved rotary pairs (2i, 2i+1) of the first ``rotary_dim`` rows
+    into NeoX halves (i, i + rotary_dim/2); rows past ``rotary_dim`` stay."""
+    return torch.cat([torch.arange(0, rotary_dim, 2), torch.arange(1, rotary_dim, 2),
+                      torch.arange(rotary_dim, head_dim)])
+
+
+def neox_heads(tensor: torch.Tensor, head_dim: int, rotary_dim: int, dim: int = 0) -> torch.Tensor:
+    """A Q or K projection's tensor (weight ``[heads * head_dim, in]``, bias, or a per-head norm weight along
+    ``dim``) with each head's rows in ``interleaved_to_neox_rows`` order. Models that rotate interleaved pairs
+    (ChatGLM, GLM, Cohere) load Q and K so: NeoX halves then turn what the checkpoint's pairs turned, and as Q and K
+    get the same order every ``q . k``, hence the attention output, is unchanged. So the torch, Triton and fused
+    rotary-decode kernels all run these models through the one NeoX path (partial rotary included)."""
+    order = interleaved_to_neox_rows(head_dim, rotary_dim)
+    shape = tensor.shape
+    heads = tensor.reshape(*shape[:dim], -1, head_dim, *shape[dim + 1:])
+    return heads.index_select(dim + 1, order).reshape(shape)
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, hf_config, head_dim: int, max_position: int, layer_type: str | None = None):
         """``layer_type``: the rotary parameters of that layer type (rope_layer_types), else the config's."""

@@ -32,7 +32,7 @@ from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbeddi
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
-from pagedllm.model.layers.rotary import RotaryEmbedding
+from pagedllm.model.layers.rotary import RotaryEmbedding, neox_heads
 from pagedllm.model.models.weights import load_packed_weights
 
 
@@ -46,13 +46,6 @@ def _check_supported(cfg) -> None:
     for field, (value, supported) in unsupported.items():
         if value != supported:
             raise ValueError(f"ChatGLM with {field}={value!r} is not supported (only {field}={supported!r}).")
-
-
-def interleaved_to_neox_rows(head_dim: int, rotary_dim: int) -> torch.Tensor:
-    """Row order within one head that turns interleaved rotary pairs (2i, 2i+1) of the first ``rotary_dim`` rows
-    into NeoX halves (i, i + rotary_dim/2); rows past ``rotary_dim`` stay."""
-    return torch.cat([torch.arange(0, rotary_dim, 2), torch.arange(1, rotary_dim, 2),
-                      torch.arange(rotary_dim, head_dim)])
 
 
 class GLMSelfAttention(nn.Module):
@@ -174,7 +167,7 @@ class ChatGLMForCausalLM(nn.Module):
         self.config = hf_config
         max_position = max(engine_config.max_model_len, getattr(hf_config, "seq_length", 0) or 0)
         self.transformer = ChatGLMModel(hf_config, max_position)
-        self._qk_row_order = interleaved_to_neox_rows(hf_config.kv_channels, self.transformer.rotary.rotary_dim)
+        self._rotary_dim = self.transformer.rotary.rotary_dim
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
                 intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -193,8 +186,8 @@ class ChatGLMForCausalLM(nn.Module):
             if ".query_key_value." in name:
                 q, k, v = tensor.split([q_size, kv_size, kv_size], dim=0)
                 for shard, part in (("q", q), ("k", k)):
-                    heads = part.reshape(-1, head_dim, *part.shape[1:])[:, self._qk_row_order]
-                    yield name.replace(".query_key_value.", f".query_key_value_{shard}."), heads.reshape(part.shape)
+                    yield (name.replace(".query_key_value.", f".query_key_value_{shard}."),
+                           neox_heads(part, head_dim, self._rotary_dim))
                 yield name.replace(".query_key_value.", ".query_key_value_v."), v
             elif ".dense_h_to_4h." in name:
                 gate, up = tensor.chunk(2, dim=0)

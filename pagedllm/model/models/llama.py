@@ -65,6 +65,7 @@ class LlamaVariant:
     # Which layers rotate Q / K (None: all). SmolLM3's NoPE layers and Cohere 2's full-attention layers attend
     # without positions: their rotary is None, so no backend rotates them (nor takes the fused rotary decode path).
     rope_layers: tuple[bool, ...] | None = None
+    o_proj_bias: bool | None = None            # None: the config's attention_bias (GLM: a bias on Q/K/V only)
 
 
 class OffsetRMSNorm(RMSNorm):
@@ -108,8 +109,9 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, self.head_dim, total_heads, total_kv_heads,
                                           bias=variant.qkv_bias, quant_config=quant_config,
                                           prefix=f"{prefix}.qkv_proj")
+        o_bias = getattr(cfg, "attention_bias", False) if variant.o_proj_bias is None else variant.o_proj_bias
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, cfg.hidden_size,
-                                        bias=getattr(cfg, "attention_bias", False), quant_config=quant_config,
+                                        bias=o_bias, quant_config=quant_config,
                                         prefix=f"{prefix}.o_proj")
         # This rank's heads (all of them without tensor parallel).
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads

@@ -8,6 +8,7 @@ from torch import nn
 
 from pagedllm.model.layers.linear import load_param
 from pagedllm.model.layers.pipeline import missing_prefixes
+from pagedllm.model.layers.rotary import neox_heads
 
 
 def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
@@ -52,6 +53,24 @@ def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
         if hook is not None and any(id(p) in loaded_params for p in module.parameters(recurse=False)):
             hook()
     return loaded
+
+
+def interleaved_rotary_to_neox(weights: Iterable[tuple[str, torch.Tensor]], head_dim: int, rotary_dim: int,
+                               model_name: str) -> Iterable[tuple[str, torch.Tensor]]:
+    """Checkpoint tensors of a model that rotates interleaved pairs (GLM, Cohere), its ``q_proj`` / ``k_proj``
+    rows (and per-head Q / K norm weights) in the order our NeoX rotary turns alike (rotary.neox_heads)."""
+    for name, tensor in weights:
+        if ".q_proj." in name or ".k_proj." in name:
+            if tensor.numel() > 1:       # a whole-tensor scale (fp8) holds for any row order
+                if not name.endswith((".weight", ".bias")) or not tensor.is_floating_point():
+                    raise ValueError(f"{model_name} checkpoint tensor {name!r}: pre-quantized checkpoints of this "
+                                     f"architecture are not supported yet (its Q / K rows are reordered at load for "
+                                     f"the rotary kernels); load the bf16 checkpoint (quantization='fp8' or "
+                                     f"'bitsandbytes' quantize it at load).")
+                tensor = neox_heads(tensor, head_dim, rotary_dim)
+        elif name.endswith((".q_norm.weight", ".k_norm.weight")) and tensor.dim() == 2:   # Cohere: [heads, head_dim]
+            tensor = neox_heads(tensor, head_dim, rotary_dim, dim=1)
+        yield name, tensor
 
 
 def check_all_loaded(model: nn.Module, loaded: set[str]) -> None:

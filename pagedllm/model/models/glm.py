@@ -1,0 +1,58 @@
+"""GLM-4 as transformers ports it: ``GlmForCausalLM`` (THUDM/glm-4-9b-chat-hf) and ``Glm4ForCausalLM``
+(GLM-4-0414 9B / 32B, GLM-Z1). Llama decoders with
+- one ``gate_up_proj`` checkpoint tensor ([gate; up]), loaded as it is into our merged gate/up layer (whose loader
+  cuts both halves per tensor-parallel rank);
+- a bias on Q / K / V (``attention_bias``) and none on ``o_proj``;
+- the rotary embedding over the first ``partial_rotary_factor`` (0.5) of each head in *interleaved* pairs
+  ``(x[2i], x[2i+1])``: the Q and K rows are reordered at load (weights.interleaved_rotary_to_neox), so every
+  backend rotates NeoX halves through its partial-rotary path (the Triton rotary and the fused rotary decode
+  kernel included), as for ChatGLM;
+- Glm4 only: a norm on each branch's output before its residual add (``post_self_attn_layernorm``,
+  ``post_mlp_layernorm``): Gemma 2's sandwich norms under other names, renamed at load.
+LoRA is not offered: adapters' Q / K rows would need the same reordering.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterable
+
+import torch
+
+from pagedllm.model.layers.rotary import rotary_dim
+from pagedllm.model.models.llama import LlamaForCausalLM, LlamaVariant
+from pagedllm.model.models.weights import interleaved_rotary_to_neox
+
+
+class GlmForCausalLM(LlamaForCausalLM):
+    supports_lora = False
+
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        return dataclasses.replace(super().variant(hf_config), o_proj_bias=False)
+
+    def _checkpoint_names(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+        return weights
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        cfg = self.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        weights = interleaved_rotary_to_neox(weights, head_dim, rotary_dim(cfg, head_dim), type(self).__name__)
+        return super().load_weights(self._checkpoint_names(weights))
+
+
+# GLM-4-0414's norm names -> Gemma 2's (LlamaVariant.sandwich_norms), one pass so no name is renamed twice.
+_GLM4_NORMS = {"post_self_attn_layernorm": "post_attention_layernorm",
+               "post_attention_layernorm": "pre_feedforward_layernorm",
+               "post_mlp_layernorm": "post_feedforward_layernorm"}
+_GLM4_NORM_NAME = re.compile(r"\.(" + "|".join(_GLM4_NORMS) + r")\.")
+
+
+class Glm4ForCausalLM(GlmForCausalLM):
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        return dataclasses.replace(super().variant(hf_config), sandwich_norms=True)
+
+    def _checkpoint_names(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            yield _GLM4_NORM_NAME.sub(lambda m: f".{_GLM4_NORMS[m.group(1)]}.", name), tensor
