@@ -105,6 +105,7 @@ GENERATE_CASES: list[tuple[str, str, object, int, str]] = [
     ("POST", C, cm(logprobs=21), 400, "logprobs"),
     ("POST", C, cm(prompt_logprobs=100), 400, "prompt_logprobs"),
     ("POST", C, cm(prompt_logprobs=1, stream=True), 400, "prompt_logprobs"),
+    ("POST", C, cm(prompt_logprobs=-1, stream=True), 400, "prompt_logprobs"),
     ("POST", C, cm(echo="maybe"), 400, "echo"),
     ("POST", C, cm(ignore_eos=None), 400, "ignore_eos"),
     ("POST", C, cm(stream="maybe"), 400, "stream"),

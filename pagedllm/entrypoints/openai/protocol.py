@@ -272,7 +272,10 @@ class SamplingFields(OpenAIRequestModel):
         """Checks across fields (pydantic checks each field's type); raises RequestError naming the field."""
         if self.stream_options is not None and not self.stream:
             raise RequestError("Stream options can only be defined when `stream=True`.", "stream_options")
-        if self.prompt_logprobs is not None and self.stream:
+        if self.stream and self.prompt_logprobs is not None and (self.prompt_logprobs > 0 or
+                                                                 self.prompt_logprobs == -1):
+            # vLLM's rule: 0 streams (the prompt's own tokens' logprobs, which reach a stream only inside an
+            # echo's logprobs); more candidates per prompt position are a whole-response field only.
             raise RequestError("`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs")
         if self.use_beam_search:
             if self.stream:
