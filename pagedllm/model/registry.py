@@ -23,6 +23,8 @@ _MODELS = {
     "SmolLM3ForCausalLM": ("smollm3", "SmolLM3ForCausalLM"),
     "GlmForCausalLM": ("glm", "GlmForCausalLM"),
     "Glm4ForCausalLM": ("glm", "Glm4ForCausalLM"),
+    "CohereForCausalLM": ("cohere", "CohereForCausalLM"),
+    "Cohere2ForCausalLM": ("cohere", "Cohere2ForCausalLM"),
     # ChatGLM2/3 and GLM-4: their config.json names "ChatGLMModel", the remote code's LM class is
     # ChatGLMForConditionalGeneration; both are the same checkpoint layout (with its output_layer).
     "ChatGLMModel": ("chatglm", "ChatGLMForCausalLM"),

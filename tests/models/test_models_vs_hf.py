@@ -70,6 +70,13 @@ ARCHS = {
     # of each head rotated in interleaved pairs; Glm4's norms on both branch outputs.
     "glm": (transformers.GlmConfig, dict(_LLAMA_LIKE, head_dim=32), 0),
     "glm4": (transformers.Glm4Config, dict(_LLAMA_LIKE, head_dim=32), 0),
+    # Cohere (Command-R): bias-free LayerNorms, attention and MLP in parallel on one norm, interleaved rotary, logits
+    # times logit_scale; with Command-R+'s per-head Q/K LayerNorms. Cohere 2 (Command-R7B): a windowed layer (8
+    # tokens), the only one that rotates, and a full-attention layer without positions.
+    "cohere": (transformers.CohereConfig, dict(_LLAMA_LIKE, logit_scale=0.5), 0),
+    "cohere-qk-norm": (transformers.CohereConfig, dict(_LLAMA_LIKE, logit_scale=0.5, use_qk_norm=True), 0),
+    "cohere2": (transformers.Cohere2Config, dict(_LLAMA_LIKE, logit_scale=0.5, sliding_window=8,
+                                                 layer_types=["sliding_attention", "full_attention"]), 0),
     # GPT-2: Conv1D weights stored [in, out], q/k/v fused in c_attn, learned positions from row 0, GELU-tanh.
     "gpt2": (transformers.GPT2Config, dict(_COMMON, initializer_range=0.2, architectures=["GPT2LMHeadModel"]), 0),
     "opt": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2), 3),

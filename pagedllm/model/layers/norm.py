@@ -46,3 +46,31 @@ class LayerNorm(nn.LayerNorm):
         if self.bias is not None:
             self.bias.requires_grad_(False)
             self.bias.weight_loader = default_weight_loader
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Without ``residual``: norm(x). With it: (norm(x + residual), x + residual), RMSNorm's contract, so a
+        decoder that carries the residual stream between layers (llama.py) takes either norm."""
+        if residual is None:
+            return super().forward(x)
+        x = x + residual
+        return super().forward(x), x
+
+
+class HeadLayerNorm(nn.Module):
+    """A bias-free LayerNorm over each head's dims with a weight of its own per head (Cohere's Q / K norms: the
+    checkpoint's ``[heads, head_dim]`` weight, of which this rank holds ``num_heads`` rows from ``first_head``).
+    Normalised and scaled in fp32, rounded once, as HF's CohereLayerNorm."""
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float, first_head: int = 0):
+        super().__init__()
+        self.eps, self.first_head = eps, first_head
+        self.weight = nn.Parameter(torch.ones(num_heads, head_dim), requires_grad=False)
+        self.weight.weight_loader = self._load
+
+    def _load(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
+        default_weight_loader(param, loaded[self.first_head:self.first_head + param.shape[0]])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, heads, head_dim]."""
+        return (F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps) * self.weight.float()).to(x.dtype)

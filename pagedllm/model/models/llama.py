@@ -25,7 +25,7 @@ from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbeddi
 from pagedllm.model.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear,
                                           default_weight_loader)
 from pagedllm.model.layers.moe import SparseMoeBlock, is_sparse_layer, load_expert_tensors
-from pagedllm.model.layers.norm import RMSNorm
+from pagedllm.model.layers.norm import HeadLayerNorm, LayerNorm, RMSNorm
 from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
 from pagedllm.model.layers.rotary import RotaryEmbedding, rope_layer_types
 from pagedllm.model.models.weights import load_packed_weights
@@ -66,6 +66,10 @@ class LlamaVariant:
     # without positions: their rotary is None, so no backend rotates them (nor takes the fused rotary decode path).
     rope_layers: tuple[bool, ...] | None = None
     o_proj_bias: bool | None = None            # None: the config's attention_bias (GLM: a bias on Q/K/V only)
+    # Cohere: bias-free LayerNorms (layer_norm_eps) where Llama has RMSNorms, Q / K norms with a weight per head, and
+    # the attention and MLP side by side on one norm's output: x + attn(ln(x)) + mlp(ln(x)).
+    layer_norm: bool = False
+    parallel_residual: bool = False
 
 
 class OffsetRMSNorm(RMSNorm):
@@ -95,7 +99,10 @@ def _mlp(cfg, layer_idx: int, variant: LlamaVariant, quant_config, prefix: str) 
                           prefix=prefix)
 
 
-def _rms_norm(size: int, eps: float, variant: LlamaVariant) -> RMSNorm:
+def _norm(size: int, cfg, variant: LlamaVariant) -> RMSNorm | LayerNorm:
+    if variant.layer_norm:
+        return LayerNorm(size, cfg.layer_norm_eps, bias=False)
+    eps = cfg.rms_norm_eps
     return OffsetRMSNorm(size, eps, variant.norm_weight_offset) if variant.norm_weight_offset else RMSNorm(size, eps)
 
 
@@ -116,11 +123,16 @@ class LlamaAttention(nn.Module):
         # This rank's heads (all of them without tensor parallel).
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.rotary = rotary
-        if variant.qk_norm:
+        if variant.qk_norm and variant.layer_norm:      # Cohere: this rank's heads' weights
+            self.q_norm = HeadLayerNorm(self.num_heads, self.head_dim, cfg.layer_norm_eps,
+                                        self.qkv_proj.tp_rank * self.num_heads)
+            self.k_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim, cfg.layer_norm_eps,
+                                        self.qkv_proj.kv_head_start)
+        elif variant.qk_norm:
             q_width = total_heads * self.head_dim if variant.qk_norm_whole else self.head_dim
             k_width = total_kv_heads * self.head_dim if variant.qk_norm_whole else self.head_dim
-            self.q_norm = _rms_norm(q_width, cfg.rms_norm_eps, variant)
-            self.k_norm = _rms_norm(k_width, cfg.rms_norm_eps, variant)
+            self.q_norm = _norm(q_width, cfg, variant)
+            self.k_norm = _norm(k_width, cfg, variant)
         self.qk_norm, self.qk_norm_whole = variant.qk_norm, variant.qk_norm_whole
         scale = self.head_dim ** -0.5 if variant.attention_scale is None else variant.attention_scale
         if variant.attention_sinks:      # this rank's heads' sinks
@@ -180,13 +192,15 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = _mlp(cfg, layer_idx, variant, quant_config, f"{prefix}.mlp")
         self.post_norms = variant.post_norms
         if not self.post_norms:
-            self.input_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
-        self.post_attention_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
+            self.input_layernorm = _norm(cfg.hidden_size, cfg, variant)
+        self.parallel_residual = variant.parallel_residual
+        if not self.parallel_residual:
+            self.post_attention_layernorm = _norm(cfg.hidden_size, cfg, variant)
         self.sandwich = variant.sandwich_norms
         if self.sandwich:
-            self.pre_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
+            self.pre_feedforward_layernorm = _norm(cfg.hidden_size, cfg, variant)
         if self.sandwich or self.post_norms:
-            self.post_feedforward_layernorm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant)
+            self.post_feedforward_layernorm = _norm(cfg.hidden_size, cfg, variant)
         # The residual adds run inside the next norm (fused): a branch's output is scaled before it gets there.
         self.residual_multiplier = variant.residual_multiplier
 
@@ -200,6 +214,8 @@ class LlamaDecoderLayer(nn.Module):
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
+        if self.parallel_residual:      # Cohere: (x + attn) + mlp, in HF's order, the last add in the next norm
+            return self.mlp(hidden, batch.lora_step), residual + self.self_attn(positions, hidden, batch)
         hidden = self.self_attn(positions, hidden, batch)
         if self.sandwich:       # Gemma 2: each branch's output normed before its residual add
             hidden, residual = self.pre_feedforward_layernorm(self.post_attention_layernorm(hidden), residual)
@@ -239,7 +255,7 @@ class LlamaModel(nn.Module):
             cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(cfg, i, rotaries[i], variant, quant_config,
                                                                f"{prefix}.layers.{i}", windows[i] if windows else 0))
         self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]    # a plain list: no slicing per step
-        self.norm = _rms_norm(cfg.hidden_size, cfg.rms_norm_eps, variant) if self.last_stage else PPMissingLayer()
+        self.norm = _norm(cfg.hidden_size, cfg, variant) if self.last_stage else PPMissingLayer()
         self.embed_scale, self._embed_scale_in_model_dtype = variant.embed_scale, variant.embed_scale_in_model_dtype
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
