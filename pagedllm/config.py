@@ -9,6 +9,7 @@ layer: it imports nothing else of pagedllm but ``envs``.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -25,6 +26,7 @@ from pagedllm import envs
 from pagedllm.pooling_params import POOLING_TASKS, PoolingParams, check_returned_token_ids
 from pagedllm.reasoning_parsers import REASONING_PARSERS, get_reasoning_parser
 from pagedllm.sampling_params import LOGPROBS_MODES
+from pagedllm.usage.usage_lib import UsageContext
 
 logger = logging.getLogger(__name__)
 
@@ -459,10 +461,10 @@ class EngineArgs:
     # vLLM's PoolerConfig (or a dict of its fields, or their JSON): a pooling model's pooling type, activation /
     # normalization default, Matryoshka dimensions, classifier calibration, STEP pooling; over the checkpoint's.
     pooler_config: PoolerConfig | dict | None = None
-    # Who builds the engine, as vLLM's UsageContext: "llm_class" (offline LLM) or "openai_api_server" (serve). Not a
-    # field (no LLM keyword, no flag): the server entrypoint sets it on its instance, and it picks defaults (the
-    # server's prefill chunks are half the LLM class's).
-    usage_context: ClassVar[str] = "llm_class"
+    # Who builds the engine, vLLM's UsageContext: LLM_CLASS (offline LLM), OPENAI_API_SERVER (serve), or what
+    # from_engine_args(usage_context=...) was given. Not a field (no LLM keyword, no flag): set on the instance, and
+    # it picks the scheduler's defaults as in vLLM (the server's prefill chunks are half the LLM class's).
+    usage_context: ClassVar[UsageContext] = UsageContext.LLM_CLASS
 
     # ---- construction -------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -481,6 +483,16 @@ class EngineArgs:
         # format from the quantization, and a pre-quantized checkpoint says bitsandbytes itself).
         if self.load_format == "bitsandbytes" and self.quantization is None:
             self.quantization = "bitsandbytes"
+
+    def for_usage_context(self, usage_context: UsageContext | str | None) -> "EngineArgs":
+        """These arguments for an engine built in ``usage_context`` (vLLM's ``from_engine_args(engine_args,
+        usage_context=...)``): a copy that carries it (the caller's instance is left as it is), or these arguments
+        themselves when None."""
+        if usage_context is None:
+            return self
+        args = copy.copy(self)
+        args.usage_context = UsageContext.parse(usage_context)
+        return args
 
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineArgs":
@@ -1923,7 +1935,12 @@ class EngineConfig:
         chunked = args.enable_chunked_prefill and runner_type == "generate"
 
         on_gpu = device.type == "cuda"
-        max_num_seqs = args.max_num_seqs if args.max_num_seqs is not None else (1024 if on_gpu else 256)
+        # vLLM's defaults on GPUs of 70 GiB or more: 1024 sequences for the LLM class and the server, its generic
+        # SchedulerConfig 128 (and 2048 tokens per step, below) for any other usage context.
+        usage_context = UsageContext.parse(args.usage_context)
+        tabled_context = usage_context in (UsageContext.LLM_CLASS, UsageContext.OPENAI_API_SERVER)
+        max_num_seqs = args.max_num_seqs if args.max_num_seqs is not None else \
+            (1024 if tabled_context else 128) if on_gpu else 256
         verify_graph_sizes(args, on_gpu, runner_type)
         if args.max_num_batched_tokens is not None:
             max_num_batched_tokens = int(args.max_num_batched_tokens)
@@ -1936,8 +1953,8 @@ class EngineConfig:
         else:
             # vLLM's defaults for GPUs of 70 GiB or more: 16384 tokens per step offline, 8192 behind the server,
             # where smaller prefill chunks keep the running streams' inter-token latency down.
-            if on_gpu:
-                max_num_batched_tokens = 8192 if args.usage_context == "openai_api_server" else 16384
+            if on_gpu and tabled_context:
+                max_num_batched_tokens = 8192 if usage_context == UsageContext.OPENAI_API_SERVER else 16384
             else:
                 max_num_batched_tokens = 2048
             if not chunked:
@@ -1970,7 +1987,7 @@ class EngineConfig:
                                       f"{name}={gb:g}")
         else:
             kv_cache_memory_bytes = kv_cache_memory_source = None
-        served = args.usage_context == "openai_api_server"
+        served = usage_context == UsageContext.OPENAI_API_SERVER
         long_prefill = args.long_prefill_token_threshold
         if long_prefill is None:
             long_prefill = SERVER_CPU_LONG_PREFILL_TOKEN_THRESHOLD if served and not on_gpu and chunked else 0

@@ -33,6 +33,7 @@ from pagedllm.logger import log_engine_start, printable_id
 from pagedllm.outputs import CompletionOutput, PoolingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.usage.usage_lib import UsageContext
 from pagedllm.worker.sleep_mode import check_sleep_enabled, check_sleep_level, check_sleep_mode, check_wake_up_tags
 
 logger = logging.getLogger(__name__)
@@ -197,11 +198,14 @@ class AsyncLLMEngine:
         log_engine_start(logger, info, time.perf_counter() - t0)
 
     @classmethod
-    def from_engine_args(cls, engine_args: EngineArgs, **kwargs: Any) -> "AsyncLLMEngine":
+    def from_engine_args(cls, engine_args: EngineArgs, usage_context: UsageContext | str | None = None,
+                         **kwargs: Any) -> "AsyncLLMEngine":
         """As vLLM's: requests are logged when ``engine_args.enable_log_requests`` says so (unless ``log_requests``
-        is given)."""
+        is given). ``usage_context`` (vLLM's UsageContext) picks the scheduler's defaults as in vLLM (see
+        pagedllm/usage/usage_lib.py); pagedllm sends no usage report. None: the arguments' own (the LLM class's, or
+        the server's)."""
         kwargs.setdefault("log_requests", bool(engine_args.enable_log_requests))
-        return cls(engine_args, **kwargs)
+        return cls(engine_args.for_usage_context(usage_context), **kwargs)
 
     # ---- facts ----------------------------------------------------------------------------------------------------
     @property

@@ -20,6 +20,7 @@ from pagedllm.logger import log_engine_start
 from pagedllm.outputs import RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.usage.usage_lib import UsageContext
 from pagedllm.worker.sleep_mode import check_sleep_enabled, check_sleep_level, check_sleep_mode, check_wake_up_tags
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,10 @@ class LLMEngine:
         log_engine_start(logger, self.core.info(), self.startup_seconds)
 
     @classmethod
-    def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
-        return cls(create_engine_config(args))
+    def from_engine_args(cls, args: EngineArgs, usage_context: UsageContext | str | None = None) -> "LLMEngine":
+        """``usage_context`` (vLLM's UsageContext): picks the scheduler's defaults as in vLLM (see
+        pagedllm/usage/usage_lib.py); pagedllm sends no usage report. None: the arguments' own (the LLM class's)."""
+        return cls(create_engine_config(args.for_usage_context(usage_context)))
 
     # ---- the core's parts (tests and tools look at them) ---------------------------------------------------------
     @property

@@ -21,6 +21,7 @@ from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.event_loop import run_event_loop
 from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.listen_socket import bind_listen_socket
+from pagedllm.usage.usage_lib import UsageContext
 from pagedllm.entrypoints.openai.cli_args import (DEFAULT_MAX_REQUEST_BODY_BYTES, add_limit_args, add_shutdown_arg,
                                                   check_limit_args)
 from pagedllm.entrypoints.shutdown import GracefulServer, ServerState, StoppingGuard
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     sock = bind_listen_socket(args.host, args.port)     # before the engine: see listen_socket.py
     engine_args = EngineArgs.from_cli_args(args)
     verify_engine_args(engine_args)
-    engine_args.usage_context = "openai_api_server"
+    engine_args.usage_context = UsageContext.OPENAI_API_SERVER
     spec = engine_args.speculative_config       # verified above: a config.SpeculativeConfig, or None
     metrics = EngineMetrics(engine_args.model, log_stats=not args.disable_log_stats,
                             num_speculative_tokens=spec.num_speculative_tokens if spec else 0)

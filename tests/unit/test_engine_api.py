@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pagedllm import AsyncEngineArgs, AsyncLLMEngine, EngineArgs, LLMEngine, SamplingParams
+from pagedllm.usage.usage_lib import UsageContext
 
 torch.set_num_threads(1)
 
@@ -20,7 +21,8 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
 @pytest.fixture(scope="module")
 def engine(tiny_llama_dir):
     return LLMEngine.from_engine_args(EngineArgs(model=tiny_llama_dir, max_model_len=64, kv_cache_memory_gb=0.02,
-                                                 disable_log_stats=False))
+                                                 disable_log_stats=False),
+                                      usage_context=UsageContext.ENGINE_CONTEXT)
 
 
 def run_all(engine) -> dict:
@@ -57,6 +59,7 @@ def test_add_request_tokenization_kwargs(engine):
 
 
 def test_supported_tasks_and_log_stats(engine, caplog):
+    assert engine.vllm_config.args.usage_context is UsageContext.ENGINE_CONTEXT
     assert engine.get_supported_tasks() == ("generate",)
     engine.add_request("s", "Hello", GREEDY)
     run_all(engine)
@@ -66,8 +69,10 @@ def test_supported_tasks_and_log_stats(engine, caplog):
 
 
 def test_async_engine_with_vllms_keywords(tiny_llama_dir, caplog):
-    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=tiny_llama_dir, max_model_len=64,
-                                                             kv_cache_memory_gb=0.02))
+    args = AsyncEngineArgs(model=tiny_llama_dir, max_model_len=64, kv_cache_memory_gb=0.02)
+    engine = AsyncLLMEngine.from_engine_args(args, usage_context=UsageContext.ENGINE_CONTEXT)
+    assert engine.vllm_config.args.usage_context is UsageContext.ENGINE_CONTEXT      # picks vLLM's defaults
+    assert args.usage_context is UsageContext.LLM_CLASS
     prompt = "one two three four five six seven eight"
 
     async def run(rid, **kw):

@@ -9,6 +9,7 @@ import os
 from pagedllm import envs
 from pagedllm.config import EngineArgs, verify_engine_args
 from pagedllm.sampling_params import MAX_N
+from pagedllm.usage.usage_lib import UsageContext
 
 logger = logging.getLogger("pagedllm.entrypoints.openai.cli_args")
 
@@ -248,7 +249,7 @@ def serve_engine_args(args: argparse.Namespace) -> tuple[EngineArgs, list[str], 
     core runs in its own process. Shared by the server and by the engine process started from the command line
     before the server's imports (entrypoints/early_engine.py), which must agree."""
     engine_args = EngineArgs.from_cli_args(args)
-    engine_args.usage_context = "openai_api_server"
+    engine_args.usage_context = UsageContext.OPENAI_API_SERVER
     names = list(args.served_model_name) if args.served_model_name else [args.model]
     engine_args.served_model_name = names
     # Tensor parallel: the engine core runs in the server's process and starts the rank workers itself (Python
