@@ -83,6 +83,32 @@ ARCHS = {
     # opt-350m's layout: post-LayerNorm, embeddings projected in/out of a narrower word_embed_proj_dim
     "opt-350m-style": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2, do_layer_norm_before=False,
                                                     word_embed_proj_dim=32), 1),
+    # GPT-NeoX (Pythia): q/k/v fused per head, a quarter of each head rotated, parallel residual with two
+    # LayerNorms, GELU MLP, untied embed_out; and the sequential residual with half of each head rotated.
+    "gpt_neox": (transformers.GPTNeoXConfig, dict(_COMMON, intermediate_size=128, rotary_pct=0.25,
+                                                  initializer_range=0.2), 0),
+    "gpt_neox-sequential": (transformers.GPTNeoXConfig, dict(_COMMON, intermediate_size=128, rotary_pct=0.5,
+                                                             use_parallel_residual=False, initializer_range=0.2), 0),
+    # Phi-2: one LayerNorm feeding attention and MLP in parallel, partial rotary, biases everywhere (the LM head's
+    # too), gelu_new; with Q/K LayerNorms.
+    "phi": (transformers.PhiConfig, dict(_COMMON, intermediate_size=128, partial_rotary_factor=0.5,
+                                         initializer_range=0.2), 0),
+    "phi-qk_layernorm": (transformers.PhiConfig, dict(_COMMON, intermediate_size=128, partial_rotary_factor=0.5,
+                                                      qk_layernorm=True, initializer_range=0.2), 0),
+    # StableLM 2: LayerNorms, a quarter of each head rotated, GQA, gated SiLU MLP; and stablelm-2-12b's q/k/v bias,
+    # per-head Q/K LayerNorms and parallel residual.
+    "stablelm": (transformers.StableLmConfig, dict(_LLAMA_LIKE), 0),
+    "stablelm-12b-style": (transformers.StableLmConfig, dict(_LLAMA_LIKE, use_qkv_bias=True, qk_layernorm=True,
+                                                             use_parallel_residual=True), 0),
+    # Starcoder2: LayerNorms, biases, GQA, GELU-tanh c_fc / c_proj MLP, tied head, an 8-token sliding window.
+    "starcoder2": (transformers.Starcoder2Config, dict(_LLAMA_LIKE, sliding_window=8), 0),
+    # Falcon: the new decoder architecture (GQA groups in query_key_value, ln_attn / ln_mlp), falcon-7b's (multi-query,
+    # one LayerNorm, parallel attention) and the sequential multi-head layout with biases.
+    "falcon": (transformers.FalconConfig, dict(_COMMON, new_decoder_architecture=True, num_kv_heads=2,
+                                               initializer_range=0.2), 0),
+    "falcon-7b-style": (transformers.FalconConfig, dict(_COMMON, initializer_range=0.2), 0),
+    "falcon-sequential": (transformers.FalconConfig, dict(_COMMON, multi_query=False, parallel_attn=False, bias=True,
+                                                          initializer_range=0.2), 0),
 }
 
 
@@ -99,7 +125,7 @@ class TinyModel:
                                                                 dtype=torch.float32).eval()
         with torch.no_grad():       # HF starts norm weights at 1 (Gemma's at 0): draw them, so they are checked
             for name, param in self.hf.named_parameters():
-                if "norm" in name:
+                if "norm" in name or ".ln_" in name:      # GPT-2's, GPTBigCode's and Falcon's are ln_*
                     param.add_(torch.randn_like(param) * 0.3)
         self.hf.save_pretrained(path)
         self.hf.generation_config.eos_token_id = None   # HF's generate would stop at EOS; both sides ignore it

@@ -23,3 +23,24 @@ class GeluTanhAndMul(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = x.chunk(2, dim=-1)
         return F.gelu(gate, approximate="tanh") * up
+
+
+# The plain (ungated) MLP activations by their HF config names (``hidden_act`` / ``activation_function``):
+# OPT, GPT-2, GPT-NeoX, Phi, Starcoder2, GPTBigCode, Falcon. "gelu_new" is HF's tanh formula written out, the same as
+# PyTorch's tanh approximation up to fp32 rounding.
+_ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation_fn(name: str, field: str):
+    """The activation HF names ``name``; ``field`` (e.g. "OPT activation_function") names the config field in the
+    error for one we do not have."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"{field} {name!r} is not supported; supported: {', '.join(sorted(_ACTIVATIONS))}.")
+    return _ACTIVATIONS[name]

@@ -58,8 +58,8 @@ class LayerNorm(nn.LayerNorm):
 
 
 class HeadLayerNorm(nn.Module):
-    """A bias-free LayerNorm over each head's dims with a weight of its own per head (Cohere's Q / K norms: the
-    checkpoint's ``[heads, head_dim]`` weight, of which this rank holds ``num_heads`` rows from ``first_head``).
+    """A bias-free LayerNorm over each head's dims with a weight of its own per head (Cohere's and StableLM's Q / K
+    norms: the checkpoint's ``[heads, head_dim]`` weight, or one ``[head_dim]`` tensor a head loaded as part ``h``, of which this rank holds ``num_heads`` rows from ``first_head``).
     Normalised and scaled in fp32, rounded once, as HF's CohereLayerNorm."""
 
     def __init__(self, num_heads: int, head_dim: int, eps: float, first_head: int = 0):
@@ -68,8 +68,15 @@ class HeadLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_heads, head_dim), requires_grad=False)
         self.weight.weight_loader = self._load
 
-    def _load(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
-        default_weight_loader(param, loaded[self.first_head:self.first_head + param.shape[0]])
+    def _load(self, param: torch.Tensor, loaded: torch.Tensor, head: int | None = None) -> None:
+        if head is None:
+            default_weight_loader(param, loaded[self.first_head:self.first_head + param.shape[0]])
+            return
+        # One head's weight (StableLM's checkpoints hold one tensor a head, ``norms.<h>.weight``): its row here,
+        # if this rank holds that head.
+        local = head - self.first_head
+        if 0 <= local < param.shape[0]:
+            default_weight_loader(param.data[local], loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, heads, head_dim]."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
+from pagedllm.model.layers.activation import activation_fn
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
 from pagedllm.model.layers.linear import (ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
@@ -28,21 +28,9 @@ from pagedllm.model.models.weights import load_packed_weights
 # OPT's learned position table has 2 extra leading rows; position p reads row p + 2.
 POSITION_OFFSET = 2
 
-_ACTIVATIONS = {
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-    "swish": F.silu,
-}
-
 
 def _activation(name: str):
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"OPT activation_function {name!r} is not supported; "
-                         f"supported: {', '.join(sorted(_ACTIVATIONS))}.")
-    return _ACTIVATIONS[name]
+    return activation_fn(name, "OPT activation_function")
 
 
 def _layer_norm(cfg, size: int) -> nn.Module:
