@@ -11,8 +11,9 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("triton")
 
-from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GemmaConfig,  # noqa: E402
-                          GraniteConfig, LlamaConfig, Phi3Config, Qwen2Config)
+from transformers import (AutoModelForCausalLM, Cohere2Config, CohereConfig, Gemma2Config,  # noqa: E402
+                          Gemma3TextConfig, GemmaConfig, Glm4Config, GraniteConfig, LlamaConfig, Phi3Config,
+                          Qwen2Config, SmolLM3Config)
 
 from pagedllm import LLM, SamplingParams  # noqa: E402
 
@@ -43,10 +44,21 @@ def _config(arch: str):
                              logits_scaling=2.0)
     if arch == "phi3":       # fused checkpoint tensors; half of each head rotated (the Triton rotary's partial path)
         return Phi3Config(**common, partial_rotary_factor=0.5, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    token_ids = dict(pad_token_id=0, eos_token_id=2, bos_token_id=1)      # the defaults lie past this vocabulary
+    if arch == "smollm3":    # a NoPE layer between rotary ones: no rotary passed, so no rotation and no fused decode
+        return SmolLM3Config(**common, **token_ids, no_rope_layers=[1, 0, 1])
+    if arch == "glm4":       # half of each head rotated in interleaved pairs (Q/K rows reordered at load), sandwich
+        return Glm4Config(**common, **token_ids)     # norms, a fused gate_up_proj tensor
+    if arch == "cohere":     # bias-free LayerNorms, parallel residual, per-head Q/K LayerNorms, interleaved rotary
+        return CohereConfig(**common, **token_ids, use_qk_norm=True, logit_scale=0.5)
+    if arch == "cohere2":    # windowed layers (32 tokens) that alone rotate, a full-attention layer without positions
+        return Cohere2Config(**common, **token_ids, logit_scale=0.5, sliding_window=32,
+                             layer_types=["sliding_attention", "full_attention", "sliding_attention"])
     return LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "gemma2", "gemma3", "granite", "phi3"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "gemma2", "gemma3", "granite", "phi3", "smollm3",
+                                        "glm4", "cohere", "cohere2"])
 def model_dir(request, tmp_path_factory):
     torch.manual_seed(1234)
     cfg = _config(request.param)

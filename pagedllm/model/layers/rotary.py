@@ -56,7 +56,7 @@ def neox_heads(tensor: torch.Tensor, head_dim: int, rotary_dim: int, dim: int = 
     (ChatGLM, GLM, Cohere) load Q and K so: NeoX halves then turn what the checkpoint's pairs turned, and as Q and K
     get the same order every ``q . k``, hence the attention output, is unchanged. So the torch, Triton and fused
     rotary-decode kernels all run these models through the one NeoX path (partial rotary included)."""
-    order = interleaved_to_neox_rows(head_dim, rotary_dim)
+    order = interleaved_to_neox_rows(head_dim, rotary_dim).to(tensor.device)
     shape = tensor.shape
     heads = tensor.reshape(*shape[:dim], -1, head_dim, *shape[dim + 1:])
     return heads.index_select(dim + 1, order).reshape(shape)
