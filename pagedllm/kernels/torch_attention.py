@@ -188,14 +188,21 @@ def _decode_bmm(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask:
 
 
 def _soft_capped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
-                           scale: float, cap: float) -> torch.Tensor:
-    """SDPA with Gemma 2's logit soft-capping, in HF's eager order: ``scores = q k^T * scale``, then
-    ``tanh(scores / cap) * cap``, the mask (boolean: True = attend; or additive), softmax in fp32, times v."""
+                           scale: float, cap: float, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """SDPA with Gemma 2's logit soft-capping (``cap`` 0: none) and gpt-oss's attention sinks, in HF's eager order:
+    ``scores = q k^T * scale``, then ``tanh(scores / cap) * cap``, the mask (boolean: True = attend; or additive),
+    softmax in fp32 over the scores and, with ``sinks``, one more logit per row (``sinks`` broadcasts to the scores'
+    ``[..., rows, 1]``: each head's learned sink, which only adds to the denominator), times v."""
     scores = torch.matmul(q, keys.transpose(-1, -2)) * scale
-    scores = torch.tanh(scores / cap) * cap
+    if cap:
+        scores = torch.tanh(scores / cap) * cap
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), values)
+    if sinks is None:
+        return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), values)
+    sink = sinks.to(scores.dtype).expand(*scores.shape[:-1], 1)
+    probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1, dtype=torch.float32)[..., :-1]
+    return torch.matmul(probs.to(q.dtype), values)
 
 
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -203,14 +210,15 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                     scale: float, query_start_loc_cpu: list[int] | None = None,
                     seq_lens_cpu: list[int] | None = None, k_scale: float = 1.0,
                     v_scale: float = 1.0, step_cache: dict | None = None, soft_cap: float = 0.0,
-                    window: int = 0) -> torch.Tensor:
+                    window: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of ``query`` ``[num_tokens, num_heads, head_dim]`` over each request's paged context.
 
     The keys/values of the new tokens must already be in the cache (``store_kv`` first). ``*_cpu`` are optional
     host copies of the metadata that spare a device sync. ``step_cache``: an empty dict per step, shared by the
     step's layers (same metadata, same query dtype), that keeps what depends only on the metadata (the decode
     mask) for the next layer. ``soft_cap``: Gemma 2's logit soft-capping (0: none). ``window``: a sliding window,
-    each query sees itself and the ``window - 1`` keys before it (0: the whole context). Returns
+    each query sees itself and the ``window - 1`` keys before it (0: the whole context). ``sinks``: gpt-oss's
+    attention sinks, ``[num_heads]`` learned logits each head adds to its softmax's denominator. Returns
     ``[num_tokens, num_heads, head_dim]``.
     """
     num_heads, head_dim = query.shape[1], query.shape[2]
@@ -252,8 +260,9 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         def gather_and_attend() -> torch.Tensor:
             keys, values = _decode_keys_values(k_cache, v_cache, tables, max_len, step_cache)   # [D, Hkv, L, hd]
             keys, values = _dequantize(keys, q.dtype, k_scale), _dequantize(values, q.dtype, v_scale)
-            if soft_cap:
-                return _soft_capped_attention(q, keys, values, mask, scale, soft_cap)
+            if soft_cap or sinks is not None:      # sinks [Hq] -> [Hkv, G, 1], q's [D, Hkv, G, hd] rows
+                return _soft_capped_attention(q, keys, values, mask, scale, soft_cap,
+                                              None if sinks is None else sinks.view(num_kv_heads, group, 1))
             if q.dtype == torch.bfloat16 and q.device.type == "cpu" and len(decode) >= BMM_MIN_REQUESTS \
                     and len(decode) * max_len >= BMM_MIN_KEYS:
                 return _decode_bmm(q, keys, values, mask, scale, step_cache, mask_key)
@@ -285,8 +294,9 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         if window:
             mask &= key_pos > q_pos[:, None] - window
         keys, values = _dequantize(keys, q.dtype, k_scale), _dequantize(values, q.dtype, v_scale)
-        if soft_cap:
-            o = _soft_capped_attention(q, keys, values, mask, scale, soft_cap)
+        if soft_cap or sinks is not None:      # sinks [Hq] -> [Hkv, G * q_len, 1], q's rows (head-major)
+            row_sinks = None if sinks is None else sinks.view(num_kv_heads, group, 1).repeat_interleave(q_len, 1)
+            o = _soft_capped_attention(q, keys, values, mask, scale, soft_cap, row_sinks)
         else:
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
         out[s:e] = o.view(num_kv_heads, group, q_len, head_dim).permute(2, 0, 1, 3).reshape(q_len, num_heads,

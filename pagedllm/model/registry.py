@@ -11,6 +11,7 @@ _MODELS = {
     "Qwen2MoeForCausalLM": ("moe_models", "Qwen2MoeForCausalLM"),
     "Qwen3MoeForCausalLM": ("moe_models", "Qwen3MoeForCausalLM"),
     "MixtralForCausalLM": ("moe_models", "MixtralForCausalLM"),
+    "GptOssForCausalLM": ("gpt_oss", "GptOssForCausalLM"),
     "OPTForCausalLM": ("opt", "OPTForCausalLM"),
     "GPT2LMHeadModel": ("gpt2", "GPT2ForCausalLM"),
     "GPTNeoXForCausalLM": ("gpt_neox", "GPTNeoXForCausalLM"),

@@ -31,7 +31,7 @@ from pagedllm.model.layers.pooler import Pooler, get_classifier_pooler, get_pool
 from pagedllm.model.layers.rejection_sampler import rejection_sample
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
 from pagedllm.model.loader import load_model
-from pagedllm.model.registry import is_encoder_only
+from pagedllm.model.registry import get_model_class, is_encoder_only
 from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.cpu_offload import LayerOffloader
 from pagedllm.worker.draft_model import DraftModel
@@ -112,6 +112,10 @@ class ModelRunner:
                              f"config.json); the attention backend {config.attention_backend!r} does not: use "
                              f"'torch' or 'triton', or disable_sliding_window=True (full attention, max_model_len "
                              f"capped at the window).")
+        if getattr(get_model_class(hf), "attention_sinks", False) and not self.attn_backend.supports_attention_sinks:
+            raise ValueError(f"This model's attention has sinks (a learned logit per head in each softmax: "
+                             f"{hf.architectures[0]}); the attention backend {config.attention_backend!r} does not "
+                             f"take them: use 'torch' or 'triton'.")
         t0 = time.perf_counter()
         try:
             self.model = load_model(config)

@@ -59,6 +59,9 @@ class AttentionBackend(ABC):
     # (a sliding attention window: a token sees itself and the window - 1 keys before it).
     supports_logits_soft_cap: bool = False
     supports_sliding_window: bool = False
+    # ``attend`` / ``write_kv_and_attend`` take ``sinks`` (gpt-oss's attention sinks: a ``[num_heads]`` fp32 tensor of
+    # learned logits, one per query head, that join each softmax's denominator and nothing else).
+    supports_attention_sinks: bool = False
 
     def __init__(self, *, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, max_num_seqs: int,
                  max_num_batched_tokens: int, dtype: torch.dtype, device: torch.device):
@@ -88,7 +91,9 @@ class AttentionBackend(ABC):
         ``[T, Hq, D]``; written into ``out`` when given (and ``out`` returned). A backend with
         ``supports_logits_soft_cap`` also takes ``soft_cap``: the scaled scores become ``cap * tanh(s / cap)``
         before the softmax; one with ``supports_sliding_window`` takes ``window``: keys more than ``window - 1``
-        positions before a query are masked (the layer passes each only when it is set)."""
+        positions before a query are masked; one with ``supports_attention_sinks`` takes ``sinks`` ``[Hq]``: the
+        softmax of a row of head ``h`` runs over its scores and ``sinks[h]``, whose probability is dropped (the layer
+        passes each only when it is set)."""
 
     def write_kv_and_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                             slot_mapping: torch.Tensor, metadata: Any, scale: float,

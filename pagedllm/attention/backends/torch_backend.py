@@ -26,6 +26,7 @@ class TorchAttentionMetadata:
 class TorchAttentionBackend(AttentionBackend):
     supports_logits_soft_cap = True
     supports_sliding_window = True
+    supports_attention_sinks = True
     # The step's slot mapping and whether all its slots are valid (no -1 padding), found once per step by
     # build_metadata instead of by each layer's store (3 ops x layers: ~90 ops of ~2,250 per SmolLM2 decode step).
     _step_slots: tuple[torch.Tensor, bool] | None = None
@@ -51,11 +52,12 @@ class TorchAttentionBackend(AttentionBackend):
         return q
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: TorchAttentionMetadata, scale: float,
-               out: torch.Tensor | None = None, soft_cap: float = 0.0, window: int = 0) -> torch.Tensor:
+               out: torch.Tensor | None = None, soft_cap: float = 0.0, window: int = 0,
+               sinks: torch.Tensor | None = None) -> torch.Tensor:
         k_cache, v_cache = kv_cache.unbind(0)
         result = torch_attention.paged_attention(q, k_cache, v_cache, metadata.query_start_loc,
                                                  metadata.seq_lens, metadata.block_tables, scale,
                                                  query_start_loc_cpu=metadata.query_start_loc_cpu,
                                                  seq_lens_cpu=metadata.seq_lens_cpu, step_cache=metadata.step_cache,
-                                                 soft_cap=soft_cap, window=window)
+                                                 soft_cap=soft_cap, window=window, sinks=sinks)
         return result if out is None else out.copy_(result)

@@ -11,17 +11,21 @@ from pagedllm.model.layers.rotary import RotaryEmbedding
 
 class Attention(nn.Module):
     def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int, layer_idx: int,
-                 soft_cap: float = 0.0, sliding_window: int = 0):
+                 soft_cap: float = 0.0, sliding_window: int = 0, sinks: torch.Tensor | None = None):
         """``soft_cap``: Gemma 2's attention logit soft-capping, ``cap * tanh(scores / cap)`` on the scaled scores
         (0: none); ``sliding_window``: each token attends to itself and the ``sliding_window - 1`` keys before it
         (0: the whole context). Only backends with ``supports_logits_soft_cap`` / ``supports_sliding_window`` run
-        them (the model runner checks)."""
+        them (the model runner checks). ``sinks``: gpt-oss's attention sinks, this rank's ``[num_heads]`` learned
+        logits (the owner's parameter, loaded in place), for backends with ``supports_attention_sinks``."""
         super().__init__()
         self.num_heads, self.head_dim, self.num_kv_heads = num_heads, head_dim, num_kv_heads
         self.scale, self.layer_idx = scale, layer_idx
         self.soft_cap, self.sliding_window = soft_cap, sliding_window
         # Passed only when set: a backend without them keeps its interface.
         self._extras = {k: v for k, v in (("soft_cap", soft_cap), ("window", sliding_window)) if v}
+        self.has_sinks = sinks is not None
+        if sinks is not None:
+            self._extras["sinks"] = sinks
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch,
                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,6 +28,7 @@ _METHODS: dict[str, str] = {
     "fp8": "pagedllm.model.quantization.fp8:Fp8Config",
     "bitsandbytes": "pagedllm.model.quantization.bitsandbytes:BitsAndBytesConfig",
     "gguf": "pagedllm.model.quantization.gguf:GGUFConfig",
+    "mxfp4": "pagedllm.model.quantization.mxfp4:Mxfp4Config",     # gpt-oss, dequantized at load
 }
 
 # Other spellings of our methods: vLLM's kernel-specific names (its Marlin and CPU kernels read the same checkpoints).
@@ -40,7 +41,7 @@ _ONLINE_ALIASES = {"fp8_per_tensor": "fp8"}
 _VLLM_METHODS_NOT_SUPPORTED = frozenset({
     "aqlm", "deepspeedfp", "tpu_int8", "ptpc_fp8", "fbgemm_fp8", "deepgemm_fp8", "fp_quant", "modelopt",
     "modelopt_fp4", "marlin", "bitblas", "gptq_marlin_24", "gptq_bitblas", "qqq", "hqq", "experts_int8",
-    "neuron_quant", "ipex", "quark", "moe_wna16", "torchao", "auto-round", "rtn", "inc", "mxfp4", "petit_nvfp4",
+    "neuron_quant", "ipex", "quark", "moe_wna16", "torchao", "auto-round", "rtn", "inc", "petit_nvfp4",
     "modelopt_mxfp8", "modelopt_mixed", "humming", "gpt_oss_mxfp4", "deepseek_v4_fp8",
     "online", "fp8_per_block", "int8_per_channel_weight_only", "mxfp8",
 })

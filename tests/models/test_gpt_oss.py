@@ -1,0 +1,196 @@
+"""gpt-oss (GptOssForCausalLM) against HF transformers fp32 on a tiny random model: greedy tokens plain, chunked,
+with prefix-cache hits and under preemption, logprobs; every other layer attends through an 8-token window; YaRN
+rotary with an attention factor != 1; attention sinks, router bias, expert biases and the clamped SwiGLU drawn
+non-zero. MXFP4 checkpoints (the published form: experts as ``*_blocks`` + ``*_scales``) written here by a quantizer
+that follows the OCP MX spec load to the tokens of the dense checkpoint they were made from, and HF reads them
+alike."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.attention.backends.torch_backend import TorchAttentionBackend
+from pagedllm.attention.registry import _BACKENDS, register_attention_backend
+from tests.models.test_models_vs_hf import (NEW_TOKENS, PROMPT_LENS, VOCAB, TinyModel, _assert_matches_hf, _generate,
+                                            _prompts)
+
+E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def _config(**overrides) -> transformers.GptOssConfig:
+    cfg = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+               max_position_embeddings=512, initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+               swiglu_limit=1.0, swiglu_alpha=1.5,     # a limit the tiny experts' gate / up values cross both ways
+               # YaRN as gpt-oss has it, over a short original context so its attention factor is 1.35 here
+               rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0,
+                                "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16},
+               architectures=["GptOssForCausalLM"])
+    cfg.update(overrides)
+    return transformers.GptOssConfig(**cfg)
+
+
+class GptOssTiny(TinyModel):
+    """A saved random gpt-oss and its HF greedy references (TinyModel's)."""
+
+    def __init__(self, path: str, hf: transformers.PreTrainedModel | None = None, seed: int = 0):
+        if hf is None:
+            torch.manual_seed(seed)
+            hf = transformers.AutoModelForCausalLM.from_config(_config(), attn_implementation="eager",
+                                                               dtype=torch.float32).eval()
+            with torch.no_grad():
+                for name, param in hf.named_parameters():
+                    # HF starts norms at 1 and biases at 0; sinks are std 0.2: drawn wider, so each is checked
+                    if "norm" in name or "bias" in name or "sinks" in name:
+                        param.add_(torch.randn_like(param) * (1.0 if "sinks" in name else 0.3))
+                    elif ".experts." in name:
+                        param.normal_(0.0, 0.2)
+            hf.save_pretrained(path)
+        self.hf, self.path, self._refs = hf, path, {}
+        self.hf.generation_config.eos_token_id = None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> GptOssTiny:
+    return GptOssTiny(str(tmp_path_factory.mktemp("gpt_oss")))
+
+
+# HF parity, as every architecture there (with this module's ``tiny``): greedy plain, chunked, with prefix-cache
+# hits, logprobs, under preemption.
+from tests.models.test_models_vs_hf import (test_chunked_prefill_matches_hf, test_greedy_matches_hf,  # noqa: E402
+                                            test_preemption_matches_hf, test_prefix_cache_hits_match_hf,
+                                            test_sample_logprobs_match_hf)
+
+__all__ = ["test_chunked_prefill_matches_hf", "test_greedy_matches_hf", "test_preemption_matches_hf",
+           "test_prefix_cache_hits_match_hf", "test_sample_logprobs_match_hf"]
+
+
+def test_windowed_layers_and_yarn_are_exercised(tiny):
+    assert tiny.hf.model.rotary_emb.attention_scaling != 1.0          # YaRN's attention factor
+    windows = tiny.llm(kv_cache_memory_gb=0.01).apply_model(
+        lambda model: [layer.self_attn.attn.sliding_window for layer in model.model.layers])
+    assert windows == [[8, 0]]                 # the prompts (up to 70 tokens) run past the window
+
+
+# ---- MXFP4 checkpoints -------------------------------------------------------------------------------------------
+def _quantize_mxfp4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[..., N, K]`` -> (blocks ``[..., N, K / 32, 16]``, scales ``[..., N, K / 32]``), uint8, per the OCP MX spec:
+    one E8M0 scale (2 ** (byte - 127)) per 32 values, each value the nearest E2M1 code, the even-indexed value of a
+    pair in the low nibble."""
+    groups = weight.float().unflatten(-1, (-1, 32))                        # [..., N, G, 32]
+    amax = groups.abs().amax(-1, keepdim=True).clamp(min=2.0 ** -100)
+    exponent = torch.ceil(torch.log2(amax / 6.0))                          # |value / 2^e| <= 6
+    table = torch.tensor(E2M1)
+    codes = (groups / 2.0 ** exponent).unsqueeze(-1).sub(table).abs().argmin(-1).to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks, (exponent.squeeze(-1) + 127).to(torch.uint8)
+
+
+def _dequantize_reference(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    codes = torch.stack((blocks & 0x0F, blocks >> 4), dim=-1).flatten(-2).long()
+    return (torch.tensor(E2M1)[codes] * 2.0 ** (scales.float() - 127).unsqueeze(-1)).flatten(-2)
+
+
+def test_mxfp4_dequantization_follows_the_spec():
+    from pagedllm.model.quantization.mxfp4 import dequantize_mxfp4
+    # one block: byte 0x2F holds codes 0xF (value 0: -6.0) and 0x2 (value 1: 1.0); scale byte 128 is 2 ** 1
+    blocks = torch.full((1, 1, 16), 0x2F, dtype=torch.uint8)
+    blocks[0, 0, 15] = 0x90                       # values 30, 31: 0.0 and -0.5
+    out = dequantize_mxfp4(blocks, torch.tensor([[128]], dtype=torch.uint8), torch.float32)
+    assert out[0, :4].tolist() == [-12.0, 2.0, -12.0, 2.0] and out[0, 30:].tolist() == [0.0, -1.0]
+    with pytest.raises(ValueError, match="MXFP4 blocks .* do not match scales"):
+        dequantize_mxfp4(blocks, torch.tensor([[128, 127]], dtype=torch.uint8), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def mxfp4_pair(tmp_path_factory):
+    """(dense GptOssTiny whose experts hold MXFP4-representable values, the MXFP4 checkpoint made from it)."""
+    dense_dir, mx_dir = tmp_path_factory.mktemp("dense"), tmp_path_factory.mktemp("mxfp4")
+    seeded = GptOssTiny(str(tmp_path_factory.mktemp("seed")), seed=1)
+    hf = seeded.hf
+    tensors = load_file(str(next(iter(__import__("pathlib").Path(seeded.path).glob("*.safetensors")))))
+    quantized = {}
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                # HF's [E, in, out]; MXFP4 blocks run along the input dim of each output row: [E, out, in]
+                blocks, scales = _quantize_mxfp4(param.transpose(1, 2))
+                param.copy_(_dequantize_reference(blocks, scales).transpose(1, 2))
+                quantized[name + "_blocks"], quantized[name + "_scales"] = blocks, scales
+    hf.save_pretrained(str(dense_dir))
+    mx = {n: t for n, t in tensors.items() if not n.endswith(("experts.gate_up_proj", "experts.down_proj"))}
+    mx.update(quantized)
+    save_file(mx, str(mx_dir / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((dense_dir / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4"}
+    (mx_dir / "config.json").write_text(json.dumps(config))
+    return GptOssTiny(str(dense_dir), hf), str(mx_dir)
+
+
+def test_mxfp4_checkpoint_loads_to_the_dense_tokens(mxfp4_pair, caplog):
+    dense, mx_dir = mxfp4_pair
+    prompts = _prompts(PROMPT_LENS[:3])
+    expected = [dense.greedy(p) for p in prompts]
+    # HF reads the same files (dequantizing them itself) to the same tokens: the layout is HF's, not only ours
+    hf_mx = transformers.AutoModelForCausalLM.from_pretrained(
+        mx_dir, dtype=torch.float32, attn_implementation="eager",
+        quantization_config=transformers.Mxfp4Config(dequantize=True)).eval()
+    for prompt, tokens in zip(prompts, expected):
+        ids = torch.tensor([prompt])
+        out = hf_mx.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
+                             pad_token_id=0, eos_token_id=None)
+        assert out[0, len(prompt):].tolist() == tokens
+    with caplog.at_level("INFO", logger="pagedllm.model.models.gpt_oss"):
+        llm = LLM(mx_dir, skip_tokenizer_init=True, dtype="float32", seed=0)
+    assert "MXFP4 experts dequantized to torch.float32 at load" in caplog.text
+    assert llm.llm_engine.config.quant_config.name == "mxfp4"
+    _assert_matches_hf(dense, prompts, _generate(llm, prompts))
+
+
+def test_mxfp4_checkpoint_missing_scales_is_named(mxfp4_pair, tmp_path):
+    _, mx_dir = mxfp4_pair
+    import shutil
+    shutil.copy(f"{mx_dir}/config.json", tmp_path / "config.json")
+    tensors = load_file(f"{mx_dir}/model.safetensors")
+    del tensors["model.layers.1.mlp.experts.down_proj_scales"]
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"MXFP4 experts missing their blocks or scales: "
+                                         r"model.layers.1.mlp.experts.down_proj \(blocks only\)"):
+        LLM(str(tmp_path), skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01)
+
+
+def test_bf16_checkpoint_loads(tiny, tmp_path):
+    """The checkpoint in bf16 (as gpt-oss's non-expert tensors are) runs in bf16: HF bf16's greedy tokens (a prompt
+    whose top-2 logit margins stay above bf16's rounding at these logits, ~0.03)."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.bfloat16,
+                                                           attn_implementation="eager").eval()
+    hf.save_pretrained(str(tmp_path))
+    prompt = _prompts([12], seed=28)[0]
+    ids = torch.tensor([prompt])
+    ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6, pad_token_id=0,
+                      eos_token_id=None, output_logits=True, return_dict_in_generate=True)
+    top2 = torch.cat(ref.logits).float().topk(2, dim=-1).values
+    assert (top2[:, 0] - top2[:, 1]).min() > 0.05, "near-tie in HF's bf16 greedy choice; pick another prompt"
+    llm = LLM(str(tmp_path), skip_tokenizer_init=True, dtype="bfloat16", seed=0)
+    out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True),
+                       use_tqdm=False)
+    assert list(out[0].outputs[0].token_ids) == ref.sequences[0, len(prompt):].tolist()
+
+
+class NoSinksBackend(TorchAttentionBackend):
+    supports_attention_sinks = False     # what a third-party backend says unless it takes sinks
+
+
+def test_a_backend_without_sinks_is_refused(tiny):
+    register_attention_backend("nosinks", f"{__name__}:NoSinksBackend")
+    try:
+        with pytest.raises(ValueError, match=r"attention has sinks .*GptOssForCausalLM.*the attention backend "
+                                             r"'nosinks' does not take them: use 'torch' or 'triton'"):
+            tiny.llm(attention_backend="nosinks", kv_cache_memory_gb=0.01)
+    finally:
+        _BACKENDS.pop("nosinks", None)
