@@ -17,6 +17,7 @@ import itertools
 import logging
 import threading
 import time
+import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Mapping
@@ -34,7 +35,8 @@ from pagedllm.outputs import CompletionOutput, PoolingRequestOutput, RequestOutp
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.usage.usage_lib import UsageContext
-from pagedllm.worker.sleep_mode import check_sleep_enabled, check_sleep_level, check_sleep_mode, check_wake_up_tags
+from pagedllm.worker.sleep_mode import (SLEEP_MODES, check_sleep_enabled, check_sleep_level, check_sleep_mode,
+                                       check_wake_up_tags)
 
 logger = logging.getLogger(__name__)
 
@@ -422,6 +424,39 @@ class AsyncLLMEngine:
             while in_flight & self._streams.keys():
                 await asyncio.sleep(0.05)
         await self._call_core("sleep", level)
+
+    async def pause_generation(self, *, mode: str = "abort", wait_for_inflight_requests: bool | None = None,
+                               clear_cache: bool = True) -> None:
+        """vLLM's pause for a weight update (RL trainers: pause, update the weights through collective_rpc, resume).
+        From now on requests are accepted but not scheduled until ``resume_generation``; the ones in flight:
+        ``mode="abort"`` ends them now (each reader's last output has finish_reason "abort"), ``"wait"`` lets them
+        finish first (this call returns when they have), ``"keep"`` freezes them where they are, to go on after the
+        resume. ``clear_cache``: then drop the prefix cache (and a kept request's KV, computed again after the
+        resume), so that no KV of the old weights is reused. ``wait_for_inflight_requests=True`` is vLLM's older
+        spelling of ``mode="wait"`` (deprecated there too)."""
+        if wait_for_inflight_requests:
+            warnings.warn("The `wait_for_inflight_requests` parameter in `AsyncLLMEngine.pause_generation()` is "
+                          "deprecated. Please use `mode` argument instead.", DeprecationWarning, stacklevel=2)
+            mode = "wait"
+        if mode not in SLEEP_MODES:      # vLLM's PauseMode, the modes of sleep() too
+            raise ValueError(f"mode={mode!r}: pause_generation's mode is one of {', '.join(SLEEP_MODES)}.")
+        in_flight = list(self._streams)
+        await self._call_core("pause", mode == "keep")     # requests that come from now on are held
+        if mode == "abort":
+            await self.abort(in_flight)
+        elif mode == "wait":
+            waiting = set(in_flight)
+            while waiting & self._streams.keys():
+                await asyncio.sleep(0.02)
+        if clear_cache:
+            await self._call_core("clear_cache_after_pause")
+
+    async def resume_generation(self) -> None:
+        """Schedule again after ``pause_generation``: kept requests go on, held ones start."""
+        await self._call_core("resume")
+
+    async def is_paused(self) -> bool:
+        return await self._call_core("is_paused")
 
     async def wake_up(self, tags: list[str] | None = None) -> None:
         check_wake_up_tags(tags)

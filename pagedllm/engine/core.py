@@ -163,9 +163,17 @@ class EngineCore:
         # Sleep mode: what is asleep ("weights", "kv_cache"; "scheduling" for level 0). Nothing is scheduled while
         # any tag sleeps; requests that arrive wait in the queue until wake_up (as vLLM's).
         self.sleeping_tags: set[str] = set()
+        # pause_generation (vLLM's weight-sync pause): while paused, requests that arrive are held here, outside the
+        # scheduler, until resume; ``_frozen`` ("keep") stops scheduling the requests already here as well.
+        self.paused = False
+        self._frozen = False
+        self._held: list[EngineCoreRequest] = []
 
     # ---- requests -----------------------------------------------------------------------------------------------
     def add_request(self, req: EngineCoreRequest) -> None:
+        if self.paused:
+            self._held.append(req)
+            return
         request = Request(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_ids,
                           req.arrival_time, req.priority, max_tokens=req.max_tokens, cache_salt=req.cache_salt,
                           pooling_params=req.pooling_params, parent_request_id=req.parent_request_id,
@@ -188,10 +196,17 @@ class EngineCore:
         """End these requests now (a user abort, or a stop string the front end found); their blocks are freed."""
         self.structured_output.discard(request_ids)
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+        if self._held:
+            aborted = set(request_ids)
+            self._held = [req for req in self._held if req.request_id not in aborted]
 
     def has_unfinished_requests(self) -> bool:
         return (self.scheduler.has_unfinished() or self._in_flight is not None or bool(self._batch_queue)
                 or self.structured_output.num_pending() > 0)
+
+    def can_step(self) -> bool:
+        """Whether a step has work: requests here, and neither asleep nor paused with "keep"."""
+        return self.has_unfinished_requests() and not self.sleeping_tags and not self._frozen
 
     def take_failed_requests(self) -> dict[str, BaseException]:
         """Requests that ended with an error outside a step (their grammar failed to compile), for their callers."""
@@ -262,6 +277,34 @@ class EngineCore:
     def is_sleeping(self) -> bool:
         return bool(self.sleeping_tags)
 
+    # ---- pause / resume (vLLM's pause_generation; the front end's AsyncLLMEngine.pause_generation) ----------------
+    def pause(self, keep: bool) -> tuple[EngineCoreOutputs, StepStats]:
+        """Hold every request that arrives from now on until ``resume``; ``keep``: stop scheduling the requests here
+        too (the steps in flight finish; their outputs are returned, for the front end). Otherwise the requests
+        here run to their end (the front end aborts them first for vLLM's mode "abort")."""
+        self.paused = True
+        self._frozen = self._frozen or keep
+        return self._finish_in_flight() if self._frozen else (EngineCoreOutputs(), StepStats())
+
+    def clear_cache_after_pause(self) -> bool:
+        """vLLM's ``clear_cache`` of a pause (new weights must not meet KV computed with the old ones): the prefix
+        cache's hashes are dropped, and requests kept by a "keep" pause give back their KV (computed again after
+        resume)."""
+        return self.reset_prefix_cache(reset_running_requests=self._frozen)
+
+    def resume(self) -> None:
+        """Schedule again: the requests held while paused join the queue in their arrival order."""
+        self.paused = self._frozen = False
+        held, self._held = self._held, []
+        for req in held:
+            try:
+                self.add_request(req)
+            except BaseException as e:   # noqa: BLE001 - reported to its caller with the next step
+                self._failed_requests[req.request_id] = e
+
+    def is_paused(self) -> bool:
+        return self.paused
+
     # ---- LoRA adapters (vLLM's add_lora / remove_lora / list_loras) ---------------------------------------------
     def add_lora(self, lora_request) -> bool:
         """Load an adapter on every worker now (checked: a bad folder, rank or module is a ValueError here)."""
@@ -296,7 +339,7 @@ class EngineCore:
     def snapshot(self) -> EngineSnapshot:
         pool, swap, sched = self.kv_cache.pool, self.kv_cache.swap_pool, self.scheduler
         # A request whose grammar is compiling waits too (vLLM counts its WAITING_FOR_FSM requests as waiting).
-        waiting = sched.num_waiting + self.structured_output.num_pending()
+        waiting = sched.num_waiting + self.structured_output.num_pending() + len(self._held)
         return EngineSnapshot(sched.num_running, waiting, self.kv_cache.usage(),
                               pool.query_tokens, pool.hit_tokens, sched.num_preemptions,
                               pool.num_free_blocks, pool.num_blocks, len(sched.swapped),
@@ -321,7 +364,7 @@ class EngineCore:
         left in flight (it is sampled here, synchronously), so no constrained request has an unaccepted token when
         the next step is scheduled; the step in flight, processed below, has no constrained request sampling."""
         self._admit_compiled()
-        if self.sleeping_tags:       # asleep (or falling asleep): nothing new is scheduled
+        if self.sleeping_tags or self._frozen:       # asleep / paused with "keep": nothing new is scheduled
             return self._finish_in_flight()
         if self._batch_queue is not None:
             return self._step_with_batch_queue()
@@ -472,7 +515,7 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
         freeze_gc_heap("engine core", parked=True)
     trace = StepTrace(step_trace) if step_trace else None
     while True:
-        if not core.has_unfinished_requests() or core.is_sleeping():
+        if not core.can_step():
             conn.poll(None)
         t_loop = time.perf_counter()
         changed = False
@@ -496,7 +539,7 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
                     trace.flush()
                 return
             changed = True
-        if not core.has_unfinished_requests() or core.is_sleeping():
+        if not core.can_step():
             if changed:
                 conn.send(CoreStepOutputs(EngineCoreOutputs(), 0, 0, 0, core.snapshot(), time.time(), failed) if failed
                           else CoreSnapshot(core.snapshot()))
@@ -518,17 +561,18 @@ def run_engine_core(engine_args: EngineArgs, conn, *, step_trace: str | None = N
 
 # What the front end may call on the core by name (UtilityCall): vLLM's engine-core utilities.
 CORE_UTILITIES = frozenset({"sleep", "wake_up", "is_sleeping", "reset_prefix_cache", "collective_rpc", "add_lora",
-                            "remove_lora", "list_loras", "pin_lora"})
+                            "remove_lora", "list_loras", "pin_lora", "pause", "resume", "is_paused",
+                            "clear_cache_after_pause"})
 
 
 def _run_utility(core: EngineCore, msg: UtilityCall, conn) -> None:
     """Run one of CORE_UTILITIES and answer with its result or error. ``sleep`` first sends the outputs of the steps
-    it finished, so no request's tokens are lost."""
+    it finished (``pause`` too), so no request's tokens are lost."""
     try:
         if msg.method not in CORE_UTILITIES:
             raise ValueError(f"{msg.method!r} is not an engine-core utility.")
         value = getattr(core, msg.method)(*msg.args, **msg.kwargs)
-        if msg.method == "sleep":
+        if msg.method in ("sleep", "pause"):
             outputs, stats = value
             value = None
             conn.send(CoreStepOutputs(outputs, stats.num_prompt_tokens, stats.num_generation_tokens,

@@ -9,6 +9,9 @@ to users.
   requests that arrive while the engine sleeps wait and run after wake-up.
 - ``POST /wake_up`` (``?tags=weights&tags=kv_cache``: only those), ``GET /is_sleeping`` -> ``{"is_sleeping": bool}``.
 - ``POST /reset_prefix_cache`` (``?reset_running_requests=true``: requests running are queued again first).
+- ``POST /pause?mode=abort&clear_cache=true`` -> ``{"status": "paused"}`` (AsyncLLMEngine.pause_generation: modes
+  abort / wait / keep; a bad one is a 400 ``{"error": ...}``), ``POST /resume`` -> ``{"status": "resumed"}``,
+  ``GET /is_paused`` -> ``{"is_paused": bool}``: vLLM's RL weight-sync routes.
 - ``POST /collective_rpc`` ``{"method": name, "args": [...], "kwargs": {...}, "timeout": s}`` ->
   ``{"results": [...]}`` (each worker's result; anything but a dict, list or null as its string).
 """
@@ -56,8 +59,8 @@ def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
             return Response(status_code=200)
     if not envs.server_dev_mode():
         return
-    logger.warning("PAGEDLLM_SERVER_DEV_MODE is on: POST /sleep, /wake_up, /collective_rpc and /reset_prefix_cache "
-                   "are mounted. This should ONLY be used for local development!")
+    logger.warning("PAGEDLLM_SERVER_DEV_MODE is on: POST /sleep, /wake_up, /collective_rpc, /reset_prefix_cache, "
+                   "/pause and /resume are mounted. This should ONLY be used for local development!")
 
     @app.post("/sleep")
     async def sleep(raw_request: Request) -> Response:
@@ -90,6 +93,25 @@ def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
         await engine.reset_prefix_cache(reset_running_requests, reset_external)
         return Response(status_code=200)
 
+
+    @app.post("/pause")
+    async def pause(mode: str = "abort", wait_for_inflight_requests: bool = False,
+                    clear_cache: bool = True) -> JSONResponse:
+        try:
+            await engine.pause_generation(mode=mode, wait_for_inflight_requests=wait_for_inflight_requests,
+                                          clear_cache=clear_cache)
+        except ValueError as e:      # vLLM's bodies on these routes are {"error": message}
+            return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse({"status": "paused"})
+
+    @app.post("/resume")
+    async def resume() -> JSONResponse:
+        await engine.resume_generation()
+        return JSONResponse({"status": "resumed"})
+
+    @app.get("/is_paused")
+    async def is_paused() -> JSONResponse:
+        return JSONResponse({"is_paused": await engine.is_paused()})
 
     @app.post("/collective_rpc")
     async def collective_rpc(raw_request: Request) -> Response:

@@ -101,8 +101,14 @@ def load_hf_config(model_dir: str, trust_remote_code: bool = False,
         return LOCAL_CONFIGS[model_type].from_pretrained(model_dir)
     from transformers import AutoConfig
     with _config_docstrings_not_generated():
-        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
-                                          **remote_code_kwargs(trust_remote_code, code_revision))
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
+                                            **remote_code_kwargs(trust_remote_code, code_revision))
+    if config.model_type == "gpt_bigcode":
+        # HF's GPTBigCode attends by multi_query alone, while the engine sizes its KV cache by num_key_value_heads,
+        # which that config class can derive stale (transformers 5.25 saves 12, the default n_head's, for a config
+        # built with num_attention_heads=4): set from multi_query.
+        config.num_key_value_heads = 1 if config.multi_query else config.num_attention_heads
+    return config
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """vLLM's development endpoints (PAGEDLLM_SERVER_DEV_MODE=1 / VLLM_SERVER_DEV_MODE=1, entrypoints/dev_routes.py):
-POST /sleep, /wake_up, GET /is_sleeping, POST /reset_prefix_cache. Driven in-process through the
-app the server runs (``build_app`` over ASGI), on a tiny random Llama with the SmolLM2 tokenizer."""
+POST /sleep, /wake_up, GET /is_sleeping, POST /reset_prefix_cache, POST /pause, /resume, GET /is_paused. Driven
+in-process through the app the server runs (``build_app`` over ASGI), on a tiny random Llama with the SmolLM2
+tokenizer."""
 from __future__ import annotations
 
 import asyncio
@@ -53,9 +54,10 @@ def test_dev_endpoints_need_dev_mode_and_sleep_mode(tiny_llama_dir, monkeypatch)
     monkeypatch.delenv("PAGEDLLM_SERVER_DEV_MODE", raising=False)
 
     async def script(client):
-        for path in ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache"):
+        for path in ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache", "/pause", "/resume"):
             assert (await client.post(path)).status_code == 404, path
         assert (await client.get("/is_sleeping")).status_code == 404
+        assert (await client.get("/is_paused")).status_code == 404
     with serve_in_process(tiny_llama_dir) as (app, engine):
         run_on(app, script)
     monkeypatch.setenv("PAGEDLLM_SERVER_DEV_MODE", "1")
@@ -69,3 +71,28 @@ def test_dev_endpoints_need_dev_mode_and_sleep_mode(tiny_llama_dir, monkeypatch)
     with serve_in_process(tiny_llama_dir) as (app, engine):
         run_on(app, script2)
 
+
+
+def test_pause_resume_is_paused(tiny_llama_dir, monkeypatch):
+    # vLLM's RL weight-sync routes: a request that arrives while paused waits, and runs after /resume.
+    monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
+
+    async def script(client):
+        first = (await client.post("/v1/completions", json=BODY)).json()["choices"][0]["text"]
+        assert (await client.get("/is_paused")).json() == {"is_paused": False}
+        paused = await client.post("/pause?mode=keep&clear_cache=false")
+        assert paused.status_code == 200 and paused.json() == {"status": "paused"}
+        assert (await client.get("/is_paused")).json() == {"is_paused": True}
+        waiting = asyncio.create_task(client.post("/v1/completions", json=BODY))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        resumed = await client.post("/resume")
+        assert resumed.status_code == 200 and resumed.json() == {"status": "resumed"}
+        answer = await waiting
+        assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == first
+        assert (await client.get("/is_paused")).json() == {"is_paused": False}
+        bad = await client.post("/pause?mode=later")
+        assert bad.status_code == 400 and bad.json() == {
+            "error": "mode='later': pause_generation's mode is one of abort, wait, keep."}
+    with serve_in_process(tiny_llama_dir) as (app, engine):
+        run_on(app, script)

@@ -1,0 +1,56 @@
+"""The LayerNorm decoders (GPT-NeoX, Phi, StableLM, Starcoder2, GPTBigCode, Falcon: model/models/layernorm_decoder.py)
+beyond the single-process HF parity of test_models_vs_hf.py: tensor parallel on the CPU (each rank its heads of the
+fused QKV as cut at load, per-head Q/K norms, KV heads replicated) gives HF fp32's greedy tokens, and config fields we
+cannot honour are refused at load with a ValueError naming them."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from pagedllm import LLM
+from tests.models.test_models_vs_hf import (_COMMON, PROMPT_LENS, TinyModel, _assert_matches_hf, _generate,
+                                            _prompts)
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "stablelm-12b-style", "falcon", "gpt_bigcode"])
+def test_tensor_parallel_2_matches_hf(tmp_path, arch):
+    """GPT-NeoX's per-head fused QKV, StableLM's per-head Q/K norms (2 of 4 a rank) with one KV head a rank,
+    Falcon's KV groups (one a rank), GPTBigCode's one KV head (replicated) and learned positions; chunked prefill."""
+    tiny = TinyModel(arch, str(tmp_path))
+    llm = tiny.llm(tensor_parallel_size=2, max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
+    assert llm.llm_engine.core.config.executor_backend == "mp"
+    prompts = _prompts(PROMPT_LENS)
+    _assert_matches_hf(tiny, prompts, _generate(llm, prompts))
+
+
+def _save(path, config) -> str:
+    config.architectures = [type(config).__name__.replace("Config", "ForCausalLM")]
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("config, message", [
+    # falcon-rw-1b / falcon-rw-7b: ALiBi instead of rotary
+    (lambda: transformers.FalconConfig(**_COMMON, alibi=True, multi_query=False, parallel_attn=False),
+     "Falcon with alibi=True is not supported"),
+    (lambda: transformers.FalconConfig(**_COMMON, new_decoder_architecture=True, num_kv_heads=2,
+                                       parallel_attn=False), "parallel_attn=False is not supported"),
+    (lambda: transformers.StableLmConfig(**_COMMON, intermediate_size=128, hidden_act="gelu"),
+     "StableLM with hidden_act='gelu' is not supported"),
+    (lambda: transformers.GPTNeoXConfig(**_COMMON, intermediate_size=128, hidden_act="quick_gelu"),
+     "GPT-NeoX activation 'quick_gelu' is not supported"),
+    (lambda: transformers.PhiConfig(**_COMMON, intermediate_size=128, head_dim=32),
+     "Phi with head_dim=32 is not supported"),
+], ids=["falcon-alibi", "falcon-new-arch-sequential", "stablelm-gelu", "gpt_neox-activation", "phi-head_dim"])
+def test_unsupported_config_fields_are_named(tmp_path, config, message):
+    path = _save(tmp_path, config())
+    with pytest.raises(ValueError, match=message):
+        LLM(path, skip_tokenizer_init=True, dtype="float32")
+
+
+def test_pipeline_parallel_is_refused_with_the_model_named(tmp_path):
+    path = _save(tmp_path, transformers.GPTNeoXConfig(**_COMMON, intermediate_size=128))
+    with pytest.raises(ValueError, match="pipeline_parallel_size > 1 is not supported yet for GPTNeoXForCausalLM"):
+        LLM(path, skip_tokenizer_init=True, dtype="float32", pipeline_parallel_size=2)
