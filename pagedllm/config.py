@@ -1073,6 +1073,18 @@ def num_experts(hf_config) -> int:
     return int(getattr(hf_config, "num_experts", None) or getattr(hf_config, "num_local_experts", None) or 0)
 
 
+def attention_shape(hf_config) -> tuple[int, int, int]:
+    """The paged attention's ``(query heads, KV heads, head dim)``, the whole model's (before tensor parallel).
+    Multi-head latent attention (DeepSeek-V2 / V3: ``kv_lora_rank`` in the config) caches each head's decompressed
+    key (``qk_nope_head_dim + qk_rope_head_dim``) and value (padded to the key's width): one KV head per query
+    head (model/models/deepseek.py; not yet the compressed latent)."""
+    heads = hf_config.num_attention_heads
+    if getattr(hf_config, "kv_lora_rank", None) is not None:
+        return heads, heads, hf_config.qk_nope_head_dim + hf_config.qk_rope_head_dim
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+    return heads, getattr(hf_config, "num_key_value_heads", None) or heads, head_dim
+
+
 def cuda_graphs_off(args: EngineArgs, on_gpu: bool, pooling: bool, quant_config: Any = None) -> str | None:
     """Why this engine captures no CUDA graph, in words, or None where worker/model_runner.py captures them (the
     one rule both the runner and the graph-size check below follow). ``quant_config``: the resolved quantization
@@ -1672,7 +1684,7 @@ def verify_tensor_parallel(size: int, hf) -> None:
     if heads % size:
         raise ValueError(f"Total number of attention heads ({heads}) must be divisible by tensor parallel size "
                          f"({size}).")
-    kv_heads = getattr(hf, "num_key_value_heads", None) or heads
+    _, kv_heads, _ = attention_shape(hf)
     if kv_heads >= size and kv_heads % size:
         raise ValueError(f"Total number of key-value heads ({kv_heads}) must be divisible by tensor parallel size "
                          f"({size}).")

@@ -55,6 +55,8 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         kv_line = (f"  KV cache     {num_blocks} blocks x {config.block_size} tokens = {tokens} tokens "
                    f"({runner.get('kv_cache_gib', 0.0):.2f} GiB); max concurrency at "
                    f"max_model_len={config.max_model_len}: {tokens / config.max_model_len:.2f}x")
+        if runner.get("kv_cache_note"):
+            kv_line += f"\n               {runner['kv_cache_note']}"
     else:
         kv_line = (f"  KV cache     none allocated: encoder-only model (attention within each step); "
                    f"{num_blocks} block ids of {config.block_size} tokens for the scheduler's bookkeeping")

@@ -11,6 +11,8 @@ _MODELS = {
     "Qwen2MoeForCausalLM": ("moe_models", "Qwen2MoeForCausalLM"),
     "Qwen3MoeForCausalLM": ("moe_models", "Qwen3MoeForCausalLM"),
     "MixtralForCausalLM": ("moe_models", "MixtralForCausalLM"),
+    "DeepseekV2ForCausalLM": ("deepseek", "DeepseekV2ForCausalLM"),
+    "DeepseekV3ForCausalLM": ("deepseek", "DeepseekV3ForCausalLM"),
     "GptOssForCausalLM": ("gpt_oss", "GptOssForCausalLM"),
     "OPTForCausalLM": ("opt", "OPTForCausalLM"),
     "GPT2LMHeadModel": ("gpt2", "GPT2ForCausalLM"),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pagedllm.attention.registry import create_attention_backend
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, attention_shape
 from pagedllm.distributed import get_tp_rank, get_tp_size, kv_head_range
 from pagedllm.model.loader import load_model
 from pagedllm.model.layers.sampler import to_device
@@ -37,10 +37,9 @@ class DraftModel:
         self.num_layers = hf.num_hidden_layers
         # Tensor parallel: this rank's heads of the draft, as the target's (ModelRunner).
         tp_rank, tp_size = get_tp_rank(), get_tp_size()
-        num_heads = hf.num_attention_heads // tp_size
-        _, self.num_kv_heads = kv_head_range(getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
-                                             tp_rank, tp_size)
-        self.head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        heads, kv_heads, self.head_dim = attention_shape(hf)
+        num_heads = heads // tp_size
+        _, self.num_kv_heads = kv_head_range(kv_heads, tp_rank, tp_size)
         self.block_size = config.block_size
         self.kv_cache_dtype = kv_cache_dtype
         self.device = config.device

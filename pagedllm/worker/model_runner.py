@@ -15,8 +15,9 @@ from pagedllm.attention.backends.base import CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.attention.registry import create_attention_backend
 from pagedllm import envs
-from pagedllm.config import (ENGINE_FLAG_GROUPS, EngineConfig, ProfilerSettings, cuda_graph_sizes, cuda_graphs_off,
-                             kv_cache_torch_dtype, profiler_settings, sliding_window, verify_engine_args)
+from pagedllm.config import (ENGINE_FLAG_GROUPS, EngineConfig, ProfilerSettings, attention_shape, cuda_graph_sizes,
+                             cuda_graphs_off, kv_cache_torch_dtype, profiler_settings, sliding_window,
+                             verify_engine_args)
 from pagedllm.distributed import (get_pp_layer_range, get_pp_rank, get_pp_size, get_tp_rank, get_tp_size,
                                   is_first_pp_stage, is_last_pp_stage, kv_head_range, pp_recv_hidden, pp_send_hidden,
                                   warm_up_tp_communicator)
@@ -86,10 +87,9 @@ class ModelRunner:
         self._pending_send = None      # the last stage-to-stage send (its buffer must live until it completes)
         # This rank's heads: tensor parallel gives each rank num_heads / tp query heads and their KV heads.
         tp_rank, tp_size = get_tp_rank(), get_tp_size()
-        self.num_heads = hf.num_attention_heads // tp_size
-        _, self.num_kv_heads = kv_head_range(getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
-                                             tp_rank, tp_size)
-        self.head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        heads, kv_heads, self.head_dim = attention_shape(hf)
+        self.num_heads = heads // tp_size
+        _, self.num_kv_heads = kv_head_range(kv_heads, tp_rank, tp_size)
         self.vocab_size = hf.vocab_size
         if config.args.seed is not None:
             torch.manual_seed(config.args.seed)
@@ -645,6 +645,8 @@ class ModelRunner:
                 "memory_plan": self.memory_plan.describe() if self.memory_plan is not None else []}
         if self.config.quant_config is not None:
             info["quantization"] = self.config.quant_config.weight_bytes_note()
+        if getattr(self.model, "kv_cache_note", None):      # what the KV cache holds, where it is not plain K/V
+            info["kv_cache_note"] = self.model.kv_cache_note
         if self.device.type == "cpu":
             info["cpu_threads"] = torch.get_num_threads()
             info["openmp_wait_policy"] = envs.openmp_wait_policy

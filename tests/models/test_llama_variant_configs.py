@@ -1,4 +1,4 @@
-"""Config fields of the Llama-shaped families (SmolLM3, Cohere 2, GLM / Cohere checkpoints) that pagedllm cannot run
+"""Config fields of the Llama-shaped families (SmolLM3, Cohere 2, ERNIE 4.5, GLM / Cohere checkpoints) that pagedllm cannot run
 as HF does: refused at load with a ValueError naming the field, never run some other way."""
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def _saved(tmp_path, config, **config_json_changes) -> str:
                                                sliding_window=8, use_sliding_window=False), "use_sliding_window"),
     (transformers.Cohere2Config(**_TINY), dict(layer_types=["sliding_attention", "chunked_attention"]),
      "layer_types ['chunked_attention']"),
-], ids=["smollm3-short-no_rope_layers", "smollm3-window-off", "cohere2-layer-type"])
+    (transformers.Ernie4_5Config(**_TINY), dict(use_bias=True), "use_bias=True is not supported"),
+], ids=["smollm3-short-no_rope_layers", "smollm3-window-off", "cohere2-layer-type", "ernie4_5-use_bias"])
 def test_config_we_cannot_honour_is_refused(tmp_path, config, changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         LLM(_saved(tmp_path, config, **changes), skip_tokenizer_init=True, dtype="float32")
@@ -41,4 +42,4 @@ def test_prequantized_qk_rows_of_an_interleaved_rotary_model_are_refused():
     """GLM / Cohere reorder their Q and K rows at load; a packed quantized Q tensor cannot be reordered so."""
     weights = [("model.layers.0.self_attn.q_proj.qweight", torch.zeros(4, 16, dtype=torch.int32))]
     with pytest.raises(ValueError, match="GlmForCausalLM checkpoint tensor 'model.layers.0.self_attn.q_proj.qweight'"):
-        list(interleaved_rotary_to_neox(weights, head_dim=8, rotary_dim=4, model_name="GlmForCausalLM"))
+        list(interleaved_rotary_to_neox(weights, transformers.GlmConfig(**_TINY, head_dim=8), "GlmForCausalLM"))

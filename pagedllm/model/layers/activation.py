@@ -30,6 +30,7 @@ class GeluTanhAndMul(nn.Module):
 # PyTorch's tanh approximation up to fp32 rounding.
 _ACTIVATIONS = {
     "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),      # Arcee's ReLU squared (HF's ReLUSquaredActivation)
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),

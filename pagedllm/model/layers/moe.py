@@ -176,6 +176,48 @@ class SparseMoeBlock(nn.Module):
         return out
 
 
+# ---- DeepSeek-V2 / V3 routing (model/models/deepseek.py): each returns ``(top_weights fp32, top_ids)`` ``[T, k]``,
+# before the routed scaling factor, in HF transformers' order of operations (DeepseekV2TopkRouter /
+# DeepseekV3TopkRouter), so fp32 picks HF's experts. Plain tensor ops: on the GPU they stay on the device (no host
+# sync), so the step is captured in CUDA graphs and the fused experts take the ids as they are.
+def softmax_group_topk(logits: torch.Tensor, top_k: int, num_groups: int | None = None,
+                       topk_groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V2: softmax over the experts, then the top ``top_k`` (``topk_method`` "greedy"), or with
+    ``num_groups`` ("group_limited_greedy") the top ``top_k`` within the ``topk_groups`` groups of experts whose best
+    score is highest (the others' scores set to 0)."""
+    scores = logits.softmax(dim=-1, dtype=torch.float32)
+    if num_groups:
+        best = scores.view(-1, num_groups, scores.shape[-1] // num_groups).max(dim=-1).values
+        scores = scores.masked_fill(~_chosen_groups(best, topk_groups, scores.shape[-1]), 0.0)
+    return torch.topk(scores, k=top_k, dim=-1, sorted=False)
+
+
+def sigmoid_noaux_topk(logits: torch.Tensor, top_k: int, correction_bias: torch.Tensor, num_groups: int,
+                       topk_groups: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3 (``topk_method`` "noaux_tc", ``scoring_func`` "sigmoid"): sigmoid scores; the experts are chosen
+    by score + ``correction_bias`` (``e_score_correction_bias``) within the ``topk_groups`` groups whose two best
+    biased scores sum highest, and weighted by their unbiased scores (divided by their sum + 1e-20 when
+    ``renormalize``, ``norm_topk_prob``)."""
+    scores = logits.sigmoid()
+    choice = scores + correction_bias
+    n = scores.shape[-1]
+    best_two = choice.view(-1, num_groups, n // num_groups).topk(2, dim=-1)[0].sum(dim=-1)
+    choice = choice.masked_fill(~_chosen_groups(best_two, topk_groups, n), float("-inf"))
+    top_ids = torch.topk(choice, k=top_k, dim=-1, sorted=False)[1]
+    top_weights = scores.gather(1, top_ids)
+    if renormalize:
+        top_weights = top_weights / (top_weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return top_weights, top_ids
+
+
+def _chosen_groups(group_scores: torch.Tensor, topk_groups: int, num_experts: int) -> torch.Tensor:
+    """``[T, num_experts]`` bool: the experts of each token's ``topk_groups`` best groups."""
+    num_groups = group_scores.shape[-1]
+    chosen = torch.zeros_like(group_scores).scatter_(1, torch.topk(group_scores, k=topk_groups, dim=-1,
+                                                                   sorted=False)[1], 1)
+    return chosen.unsqueeze(-1).expand(-1, num_groups, num_experts // num_groups).reshape(-1, num_experts).bool()
+
+
 def load_expert_tensors(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
                         loaded: set[str]) -> Iterable[tuple[str, torch.Tensor]]:
     """The checkpoint's tensors, the experts' loaded into their ``MoEExperts`` on the way (their stacked parameters'

@@ -4,12 +4,11 @@
   cuts both halves per tensor-parallel rank);
 - a bias on Q / K / V (``attention_bias``) and none on ``o_proj``;
 - the rotary embedding over the first ``partial_rotary_factor`` (0.5) of each head in *interleaved* pairs
-  ``(x[2i], x[2i+1])``: the Q and K rows are reordered at load (weights.interleaved_rotary_to_neox), so every
-  backend rotates NeoX halves through its partial-rotary path (the Triton rotary and the fused rotary decode
-  kernel included), as for ChatGLM;
+  ``(x[2i], x[2i+1])``: the Q and K rows are reordered at load into NeoX halves (InterleavedRotaryForCausalLM), so
+  every backend rotates them through its partial-rotary path (the Triton rotary and the fused rotary decode kernel
+  included), as for ChatGLM;
 - Glm4 only: a norm on each branch's output before its residual add (``post_self_attn_layernorm``,
   ``post_mlp_layernorm``): Gemma 2's sandwich norms under other names, renamed at load.
-LoRA is not offered: adapters' Q / K rows would need the same reordering.
 """
 from __future__ import annotations
 
@@ -19,13 +18,10 @@ from typing import Iterable
 
 import torch
 
-from pagedllm.model.layers.rotary import rotary_dim
-from pagedllm.model.models.llama import LlamaForCausalLM, LlamaVariant
-from pagedllm.model.models.weights import interleaved_rotary_to_neox
+from pagedllm.model.models.llama import InterleavedRotaryForCausalLM, LlamaVariant
 
 
-class GlmForCausalLM(LlamaForCausalLM):
-    supports_lora = False
+class GlmForCausalLM(InterleavedRotaryForCausalLM):
 
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
@@ -35,9 +31,6 @@ class GlmForCausalLM(LlamaForCausalLM):
         return weights
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        cfg = self.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        weights = interleaved_rotary_to_neox(weights, head_dim, rotary_dim(cfg, head_dim), type(self).__name__)
         return super().load_weights(self._checkpoint_names(weights))
 
 

@@ -19,16 +19,16 @@ from torch import nn
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.config import layer_sliding_windows
 from pagedllm.distributed import get_tp_rank, is_first_pp_stage, is_last_pp_stage
-from pagedllm.model.layers.activation import GeluTanhAndMul, SiluAndMul
+from pagedllm.model.layers.activation import GeluTanhAndMul, SiluAndMul, activation_fn
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
-from pagedllm.model.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear,
-                                          default_weight_loader)
+from pagedllm.model.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear,
+                                          RowParallelLinear, default_weight_loader)
 from pagedllm.model.layers.moe import SparseMoeBlock, is_sparse_layer, load_expert_tensors
 from pagedllm.model.layers.norm import HeadLayerNorm, LayerNorm, RMSNorm
 from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
 from pagedllm.model.layers.rotary import RotaryEmbedding, rope_layer_types
-from pagedllm.model.models.weights import load_packed_weights
+from pagedllm.model.models.weights import interleaved_rotary_to_neox, load_packed_weights
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ class LlamaVariant:
     ``LlamaForCausalLM.variant(hf_config)``."""
     qkv_bias: bool = False
     qk_norm: bool = False
-    activation: str = "silu"                  # the MLP's gate: "silu", or "gelu_tanh" (Gemma)
+    # the MLP's gate: "silu", or "gelu_tanh" (Gemma); "ungated": down(act(up(x))) with the config's hidden_act
+    # (Arcee's ReLU squared)
+    activation: str = "silu"
     norm_weight_offset: float = 0.0           # Gemma stores its RMSNorm weights as w - 1: loaded as stored + 1
     embed_scale: float | None = None          # the token embeddings times this (Gemma: sqrt(hidden); Granite)
     # Gemma rounds its scale to the model dtype before the multiply; the scale is its embedding layer's (HF's
@@ -72,6 +74,17 @@ class LlamaVariant:
     parallel_residual: bool = False
 
 
+def attention_layer_types(hf_config, family: str) -> list[str]:
+    """The config's ``layer_types``, one per layer, each "sliding_attention" or "full_attention" (the kinds the
+    windows of config.layer_sliding_windows know); any other kind is a ValueError naming it."""
+    kinds = list(hf_config.layer_types[:hf_config.num_hidden_layers])
+    unknown = sorted(set(kinds) - {"sliding_attention", "full_attention"})
+    if unknown:
+        raise ValueError(f"{family} config: layer_types {unknown} are not supported (only 'sliding_attention' and "
+                         f"'full_attention').")
+    return kinds
+
+
 class OffsetRMSNorm(RMSNorm):
     """Gemma's RMSNorm, ``norm(x) * (1 + w)``: the checkpoint's ``w`` is loaded as ``1 + w`` (added in fp32, then
     cast: exactly HF's factor in fp32; in bf16 it is rounded once, where HF multiplies in fp32 and rounds the
@@ -90,6 +103,8 @@ def _mlp(cfg, layer_idx: int, variant: LlamaVariant, quant_config, prefix: str) 
     """The layer's MLP: dense, or a mixture of experts in a MoE model's sparse layers."""
     if variant.moe_block is not None and is_sparse_layer(cfg, layer_idx):
         return variant.moe_block(cfg, quant_config, prefix)
+    if variant.activation == "ungated":
+        return UngatedMLP(cfg, quant_config, prefix)
     if not (variant.moe and is_sparse_layer(cfg, layer_idx)):
         return LlamaMLP(cfg, quant_config, prefix, variant.activation)
     shared_size = getattr(cfg, "shared_expert_intermediate_size", None)
@@ -181,6 +196,23 @@ class LlamaMLP(nn.Module):
         if h is None:
             h = self.act(self.gate_up_proj(x, lora_step))
         return self.down_proj(h, lora_step)
+
+
+class UngatedMLP(nn.Module):
+    """``down_proj(act(up_proj(x)))`` with no gate (Arcee: ReLU squared), so neither the merged gate/up layer nor
+    its SiLU epilogue; ``act`` is the config's ``hidden_act``."""
+
+    def __init__(self, cfg, quant_config=None, prefix: str = ""):
+        super().__init__()
+        bias = getattr(cfg, "mlp_bias", False)
+        self.up_proj = ColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, bias=bias,
+                                            quant_config=quant_config, prefix=f"{prefix}.up_proj")
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias,
+                                           quant_config=quant_config, prefix=f"{prefix}.down_proj")
+        self.act = activation_fn(cfg.hidden_act, "hidden_act")
+
+    def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
+        return self.down_proj(self.act(self.up_proj(x, lora_step)), lora_step)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -352,6 +384,17 @@ class LlamaForCausalLM(nn.Module):
         if getattr(self, "_head_from_embedding", False):
             prefixes = tuple(p for p in prefixes if p != "model.embed_tokens.")
         return prefixes
+
+
+class InterleavedRotaryForCausalLM(LlamaForCausalLM):
+    """A Llama decoder whose checkpoint rotates interleaved pairs ``(x[2i], x[2i+1])`` (GLM, Cohere, ERNIE 4.5): its
+    Q / K rows are reordered at load into NeoX halves (weights.interleaved_rotary_to_neox), so every backend and the
+    fused rotary decode kernel run it through the one NeoX path. No LoRA: adapters' Q / K rows would need the same
+    reordering."""
+    supports_lora = False
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return super().load_weights(interleaved_rotary_to_neox(weights, self.config, type(self).__name__))
 
 
 class LlamaForEmbedding(LlamaForCausalLM):

@@ -8,7 +8,7 @@ from torch import nn
 
 from pagedllm.model.layers.linear import load_param
 from pagedllm.model.layers.pipeline import missing_prefixes
-from pagedllm.model.layers.rotary import neox_heads
+from pagedllm.model.layers.rotary import neox_heads, rotary_dim
 
 
 def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
@@ -55,10 +55,12 @@ def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
     return loaded
 
 
-def interleaved_rotary_to_neox(weights: Iterable[tuple[str, torch.Tensor]], head_dim: int, rotary_dim: int,
+def interleaved_rotary_to_neox(weights: Iterable[tuple[str, torch.Tensor]], hf_config,
                                model_name: str) -> Iterable[tuple[str, torch.Tensor]]:
-    """Checkpoint tensors of a model that rotates interleaved pairs (GLM, Cohere), its ``q_proj`` / ``k_proj``
-    rows (and per-head Q / K norm weights) in the order our NeoX rotary turns alike (rotary.neox_heads)."""
+    """Checkpoint tensors of a model that rotates interleaved pairs (GLM, Cohere, ERNIE 4.5), its ``q_proj`` /
+    ``k_proj`` rows (and per-head Q / K norm weights) in the order our NeoX rotary turns alike (rotary.neox_heads)."""
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    turned = rotary_dim(hf_config, head_dim)
     for name, tensor in weights:
         if ".q_proj." in name or ".k_proj." in name:
             if tensor.numel() > 1:       # a whole-tensor scale (fp8) holds for any row order
@@ -67,9 +69,9 @@ def interleaved_rotary_to_neox(weights: Iterable[tuple[str, torch.Tensor]], head
                                      f"architecture are not supported yet (its Q / K rows are reordered at load for "
                                      f"the rotary kernels); load the bf16 checkpoint (quantization='fp8' or "
                                      f"'bitsandbytes' quantize it at load).")
-                tensor = neox_heads(tensor, head_dim, rotary_dim)
+                tensor = neox_heads(tensor, head_dim, turned)
         elif name.endswith((".q_norm.weight", ".k_norm.weight")) and tensor.dim() == 2:   # Cohere: [heads, head_dim]
-            tensor = neox_heads(tensor, head_dim, rotary_dim, dim=1)
+            tensor = neox_heads(tensor, head_dim, turned, dim=1)
         yield name, tensor
 
 

@@ -1,0 +1,346 @@
+"""DeepSeek-V2 / V3 (``DeepseekV2ForCausalLM``: DeepSeek-V2, V2-Lite, V2.5; ``DeepseekV3ForCausalLM``: DeepSeek-V3,
+R1, Moonlight), as HF transformers' deepseek_v2 / deepseek_v3 modeling runs them.
+
+A pre-norm decoder with two parts of its own:
+
+- Multi-head latent attention (MLA). Q comes from ``q_proj``, or through a low-rank pair ``q_a_proj`` ->
+  ``q_a_layernorm`` -> ``q_b_proj`` when ``q_lora_rank`` is set (V2-Lite has none). ``kv_a_proj_with_mqa`` gives a
+  ``kv_lora_rank`` latent and one ``qk_rope_head_dim`` key part shared by all heads (``k_pe``); ``kv_a_layernorm``
+  then ``kv_b_proj`` expand the latent to each head's un-rotated key part (``qk_nope_head_dim``) and value
+  (``v_head_dim``). A head's key is ``[k_nope, k_pe]``, its query ``[q_nope, q_pe]``; only the ``_pe`` parts
+  rotate. Softmax scale: ``qk_head_dim ** -0.5``, times ``mscale(factor, mscale_all_dim) ** 2`` under YaRN
+  (transformers' ``yarn_apply_mscale``); YaRN's own ``attention_factor`` scales the rotary table (rotary.py).
+  DeepSeek rotates interleaved pairs (V2 always, V3 with ``rope_interleave``): the rope rows of the Q projection and
+  of ``kv_a_proj_with_mqa`` are reordered at load into NeoX halves (rotary.interleaved_to_neox_rows), so the one
+  NeoX rotary (torch and Triton) turns them; Q and K get the same order, so every ``q . k`` is unchanged. The
+  reorder stays inside each 64-row run, so FP8 checkpoints' 128 x 128 weight-scale blocks still match their rows.
+
+  The KV cache holds the *expanded* keys and values, through the ordinary paged cache and attention backends:
+  ``num_attention_heads`` KV heads of ``qk_head_dim`` each (config.attention_shape), the values zero-padded from
+  ``v_head_dim`` to that width (the backends take one head dim for K and V) and the padding cut from the output.
+  That costs ``2 * heads * qk_head_dim`` values per token and layer where the compressed latent would be
+  ``kv_lora_rank + qk_rope_head_dim``: 71x for V2-Lite (16 heads), 85x for V3 (128 heads). The latent cache (and
+  attention over it, absorbing ``kv_b_proj`` into Q and the output) is the next step; the start-up log says which
+  one runs.
+
+- DeepSeekMoE: after ``first_k_dense_replace`` dense layers, every ``moe_layer_freq``-th layer routes each token to
+  ``num_experts_per_tok`` of ``n_routed_experts`` SiLU experts (model/layers/moe.py's stacked experts: HF's loop on
+  the CPU, the fused Triton experts on the GPU) and adds ``n_shared_experts`` shared experts (one dense MLP of
+  ``moe_intermediate_size * n_shared_experts``). The router runs in fp32 (HF keeps ``gate.weight`` fp32): V2 softmax
+  with greedy or group-limited top-k; V3 sigmoid with ``e_score_correction_bias`` and noaux_tc group selection
+  (moe.softmax_group_topk / sigmoid_noaux_topk); the routed weights times ``routed_scaling_factor``.
+
+Tensor parallel splits the heads (``q_proj`` / ``q_b_proj`` / ``kv_b_proj`` by output rows, ``o_proj`` by input
+columns; the low-rank ``q_a_proj`` / ``kv_a_proj_with_mqa`` replicated) and the MLPs' and experts' intermediate size.
+V3's multi-token-prediction layers (``model.layers.{num_hidden_layers}...``) are not run; their tensors are skipped.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.attention.forward_batch import ForwardBatch
+from pagedllm.config import rope_parameters
+from pagedllm.distributed import get_tp_size, is_first_pp_stage, is_last_pp_stage, tp_all_reduce
+from pagedllm.model.layers.attention import Attention
+from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
+from pagedllm.model.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+from pagedllm.model.layers.moe import MoEExperts, load_expert_tensors, sigmoid_noaux_topk, softmax_group_topk
+from pagedllm.model.layers.norm import RMSNorm
+from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
+from pagedllm.model.layers.rotary import RotaryEmbedding, interleaved_to_neox_rows
+from pagedllm.model.models.llama import LlamaMLP
+from pagedllm.model.models.weights import load_packed_weights
+
+logger = logging.getLogger(__name__)
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def _check_supported(cfg, v3: bool) -> None:
+    """Config values these models would otherwise run differently from the checkpoint's code: refused by name."""
+    arch = "DeepseekV3ForCausalLM" if v3 else "DeepseekV2ForCausalLM"
+    method = getattr(cfg, "topk_method", None) or ("noaux_tc" if v3 else "greedy")
+    scoring = getattr(cfg, "scoring_func", None) or ("sigmoid" if v3 else "softmax")
+    allowed = {"noaux_tc"} if v3 else {"greedy", "group_limited_greedy"}
+    if method not in allowed:
+        raise ValueError(f"{arch} with topk_method={method!r} is not supported (HF transformers' {arch} routes with "
+                         f"{' / '.join(sorted(allowed))}).")
+    if scoring != ("sigmoid" if v3 else "softmax"):
+        raise ValueError(f"{arch} with scoring_func={scoring!r} is not supported (only "
+                         f"{'sigmoid' if v3 else 'softmax'}).")
+    if not v3 and getattr(cfg, "norm_topk_prob", False):
+        # DeepSeek's V2 code then divides the top-k weights by their sum instead of scaling them, vLLM does both,
+        # HF transformers neither: no released V2 checkpoint sets it, so there is no reference to follow.
+        raise ValueError("DeepseekV2ForCausalLM with norm_topk_prob=True is not supported (HF transformers ignores it "
+                         "for V2 and other implementations disagree on what it does).")
+    if cfg.hidden_act != "silu":
+        raise ValueError(f"DeepSeek with hidden_act={cfg.hidden_act!r} is not supported (only 'silu').")
+    if cfg.v_head_dim > cfg.qk_nope_head_dim + cfg.qk_rope_head_dim:
+        raise ValueError(f"DeepSeek with v_head_dim={cfg.v_head_dim} > qk_nope_head_dim + qk_rope_head_dim is not "
+                         f"supported (the expanded KV cache pads the values to the keys' width).")
+    experts = cfg.n_routed_experts or 0
+    grouped = v3 or method == "group_limited_greedy"
+    if experts and grouped:
+        groups, chosen = cfg.n_group, cfg.topk_group
+        if not groups or not chosen or experts % groups or not 0 < chosen <= groups \
+                or (v3 and experts // groups < 2):
+            raise ValueError(f"{arch} routes within expert groups: n_group={groups} must divide n_routed_experts="
+                             f"{experts}{' into groups of at least 2' if v3 else ''}, and topk_group={chosen} be "
+                             f"between 1 and n_group.")
+
+
+def is_moe_layer(cfg, layer_idx: int) -> bool:
+    """DeepSeek's rule: routed experts after the first ``first_k_dense_replace`` layers, in every
+    ``moe_layer_freq``-th layer (1 in every released checkpoint; HF transformers reads only the first)."""
+    return bool(cfg.n_routed_experts) and layer_idx >= (cfg.first_k_dense_replace or 0) \
+        and layer_idx % (getattr(cfg, "moe_layer_freq", None) or 1) == 0
+
+
+def _rope_last_rows(other: int, rope: int) -> torch.Tensor:
+    """Row order of ``other`` rows then ``rope`` interleaved-rotary rows: the rope rows in NeoX halves."""
+    return torch.cat([torch.arange(other), other + interleaved_to_neox_rows(rope, rope)])
+
+
+class MLAttention(nn.Module):
+    """Multi-head latent attention over the expanded paged KV cache (module docstring)."""
+
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, quant_config=None, prefix: str = ""):
+        super().__init__()
+        from transformers.modeling_rope_utils import yarn_apply_mscale
+        total_heads, hidden = cfg.num_attention_heads, cfg.hidden_size
+        self.nope, self.rope, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.qk_dim, self.kv_rank = self.nope + self.rope, cfg.kv_lora_rank
+        bias = getattr(cfg, "attention_bias", False)
+        self.q_lora = cfg.q_lora_rank is not None
+        if self.q_lora:
+            self.q_a_proj = ReplicatedLinear(hidden, cfg.q_lora_rank, bias=bias, quant_config=quant_config,
+                                             prefix=f"{prefix}.q_a_proj")
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank)       # HF's default eps (1e-6), not rms_norm_eps
+            self.q_b_proj = ColumnParallelLinear(cfg.q_lora_rank, total_heads * self.qk_dim,
+                                                 quant_config=quant_config, prefix=f"{prefix}.q_b_proj")
+        else:
+            self.q_proj = ColumnParallelLinear(hidden, total_heads * self.qk_dim, quant_config=quant_config,
+                                               prefix=f"{prefix}.q_proj")
+        self.kv_a_proj_with_mqa = ReplicatedLinear(hidden, self.kv_rank + self.rope, bias=bias,
+                                                   quant_config=quant_config, prefix=f"{prefix}.kv_a_proj_with_mqa")
+        self.kv_a_layernorm = RMSNorm(self.kv_rank)
+        self.kv_b_proj = ColumnParallelLinear(self.kv_rank, total_heads * (self.nope + self.v_dim),
+                                              quant_config=quant_config, prefix=f"{prefix}.kv_b_proj")
+        self.o_proj = RowParallelLinear(total_heads * self.v_dim, hidden, bias=bias, quant_config=quant_config,
+                                        prefix=f"{prefix}.o_proj")
+        self.num_heads = total_heads // get_tp_size()      # this rank's
+        self.rotary = rotary
+        self.v_pad = self.qk_dim - self.v_dim
+        scale = yarn_apply_mscale(rope_parameters(cfg), self.qk_dim ** -0.5)
+        # Expanded cache: one KV head per query head, values padded to qk_head_dim (config.attention_shape).
+        self.attn = Attention(self.num_heads, self.qk_dim, scale, self.num_heads, layer_idx)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        q = (self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden))) if self.q_lora
+             else self.q_proj(hidden)).view(-1, self.num_heads, self.qk_dim)
+        latent, k_pe = self.kv_a_proj_with_mqa(hidden).split([self.kv_rank, self.rope], dim=-1)
+        kv = self.kv_b_proj(self.kv_a_layernorm(latent)).view(-1, self.num_heads, self.nope + self.v_dim)
+        q_pe = q[..., self.nope:]
+        rotated, k_pe = self.rotary(positions, q_pe, k_pe.unsqueeze(1))      # in place on CUDA
+        if rotated is not q_pe:
+            q_pe.copy_(rotated)
+        k = torch.cat((kv[..., :self.nope], k_pe.expand(-1, self.num_heads, -1)), dim=-1)
+        v = kv[..., self.nope:]
+        if self.v_pad:
+            v = F.pad(v, (0, self.v_pad))
+        out = self.attn(q, k, v, batch)
+        if self.v_pad:
+            out = out.view(-1, self.num_heads, self.qk_dim)[..., :self.v_dim]
+        return self.o_proj(out.reshape(-1, self.num_heads * self.v_dim))
+
+
+class DeepseekRouter(nn.Module):
+    """The MoE gate: fp32 logits from an fp32 weight (as HF keeps it), V2's or V3's top-k, the routed scaling."""
+
+    def __init__(self, cfg, v3: bool):
+        super().__init__()
+        n = cfg.n_routed_experts
+        self.weight = nn.Parameter(torch.empty(n, cfg.hidden_size, dtype=torch.float32), requires_grad=False)
+        self.v3, self.top_k, self.scale = v3, cfg.num_experts_per_tok, cfg.routed_scaling_factor
+        grouped = v3 or getattr(cfg, "topk_method", None) == "group_limited_greedy"
+        self.num_groups, self.topk_groups = (cfg.n_group, cfg.topk_group) if grouped else (None, None)
+        self.renormalize = bool(cfg.norm_topk_prob)
+        if v3:
+            self.e_score_correction_bias = nn.Parameter(torch.empty(n, dtype=torch.float32), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = F.linear(x.float(), self.weight)
+        if self.v3:
+            weights, ids = sigmoid_noaux_topk(logits, self.top_k, self.e_score_correction_bias, self.num_groups,
+                                              self.topk_groups, self.renormalize)
+        else:
+            weights, ids = softmax_group_topk(logits, self.top_k, self.num_groups, self.topk_groups)
+        return weights * self.scale, ids
+
+
+class DeepseekMoE(nn.Module):
+    """Routed experts (their sum all-reduced under tensor parallel) plus the shared experts."""
+
+    def __init__(self, cfg, v3: bool, quant_config=None, prefix: str = ""):
+        super().__init__()
+        self.gate = DeepseekRouter(cfg, v3)
+        self.experts = MoEExperts(cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size, quant_config,
+                                  f"{prefix}.experts")
+        shared = (cfg.n_shared_experts or 0) * cfg.moe_intermediate_size
+        self.shared_experts = (LlamaMLP(cfg, quant_config, f"{prefix}.shared_experts", intermediate_size=shared)
+                               if shared else None)
+
+    def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
+        weights, ids = self.gate(x)
+        out = self.experts(x, ids, weights)
+        if self.experts.tp_size > 1:
+            out = tp_all_reduce(out)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out
+
+
+class DeepseekDecoderLayer(nn.Module):
+    """MLA, then a dense MLP or DeepSeekMoE, pre-norm (LlamaDecoderLayer's plain path, written out: this model
+    takes none of Llama's variant switches)."""
+
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, v3: bool, quant_config=None, prefix: str = ""):
+        super().__init__()
+        self.self_attn = MLAttention(cfg, layer_idx, rotary, quant_config, f"{prefix}.self_attn")
+        self.mlp = (DeepseekMoE(cfg, v3, quant_config, f"{prefix}.mlp") if is_moe_layer(cfg, layer_idx)
+                    else LlamaMLP(cfg, quant_config, f"{prefix}.mlp"))
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, positions, hidden, residual, batch):
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, batch)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden, batch.lora_step), residual
+
+
+class DeepseekModel(nn.Module):
+    def __init__(self, cfg, max_position: int, v3: bool, quant_config=None, prefix: str = "model"):
+        super().__init__()
+        self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, quant_config,
+                                                    f"{prefix}.embed_tokens") if self.first_stage
+                             else PPMissingLayer())
+        rotary = RotaryEmbedding(cfg, cfg.qk_rope_head_dim, max_position)     # of the shared k_pe and each q_pe
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            cfg.num_hidden_layers, lambda i: DeepseekDecoderLayer(cfg, i, rotary, v3, quant_config,
+                                                                  f"{prefix}.layers.{i}"))
+        self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if self.last_stage else PPMissingLayer()
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        if self.first_stage:
+            hidden, residual = with_given_embeds(self.embed_tokens(input_ids), batch.input_embeds), None
+        else:
+            hidden, residual = intermediate.hidden, intermediate.residual
+        for layer in self._stage_layers:
+            hidden, residual = layer(positions, hidden, residual, batch)
+        if not self.last_stage:
+            return IntermediateTensors(hidden, residual)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class DeepseekV2ForCausalLM(nn.Module):
+    v3 = False
+    supports_tensor_parallel = True
+    supports_pipeline_parallel = True
+    supports_quantization = ("fp8",)   # FP8 checkpoints (V3's 128 x 128 blocks) and online FP8; others not yet
+    # checkpoint name fragment -> (our parameter fragment, shard id): the dense and shared-expert MLPs
+    packed_modules_mapping = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__()
+        _check_supported(hf_config, self.v3)
+        self.config = cfg = hf_config
+        quant_config = getattr(engine_config, "quant_config", None)
+        max_position = max(engine_config.max_model_len, getattr(cfg, "max_position_embeddings", 0) or 0)
+        self.model = DeepseekModel(cfg, max_position, self.v3, quant_config)
+        tied = getattr(cfg, "tie_word_embeddings", False)
+        if not is_last_pp_stage():
+            self.lm_head = PPMissingLayer()
+        else:
+            if tied and not is_first_pp_stage():
+                raise ValueError("DeepSeek with tie_word_embeddings=True over several pipeline stages is not "
+                                 "supported yet; use pipeline_parallel_size=1.")
+            self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, quant_config=quant_config,
+                                          prefix="lm_head")
+            if tied:
+                self.lm_head.tie_weights(self.model.embed_tokens)
+        # Checkpoint rows whose rope part is reordered at load (interleaved pairs -> NeoX halves): V2 always
+        # rotates interleaved pairs, V3 unless rope_interleave is false.
+        self._rope_rows: dict[str, torch.Tensor] = {}
+        if not self.v3 or getattr(cfg, "rope_interleave", True):
+            qk_dim = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+            per_head = _rope_last_rows(cfg.qk_nope_head_dim, cfg.qk_rope_head_dim)
+            q_order = (torch.arange(cfg.num_attention_heads)[:, None] * qk_dim + per_head).flatten()
+            self._rope_rows = {".self_attn.q_proj.": q_order, ".self_attn.q_b_proj.": q_order,
+                               ".self_attn.kv_a_proj_with_mqa.": _rope_last_rows(cfg.kv_lora_rank,
+                                                                                 cfg.qk_rope_head_dim)}
+        # A block-quantized checkpoint (V3's FP8, 128 x 128) keeps one scale per block of rows: the reorder must
+        # keep every row inside its block (it does for DeepSeek's 64-row rope runs).
+        block = (getattr(quant_config, "weight_block_size", None) or [None])[0]
+        for module, order in self._rope_rows.items() if block else ():
+            if not torch.equal(order // block, torch.arange(order.numel()) // block):
+                raise ValueError(f"DeepSeek checkpoint with weight_block_size {quant_config.weight_block_size}: the "
+                                 f"{module.strip('.')} scale blocks cut through the rotary rows reordered at load; "
+                                 f"this layout is not supported.")
+        values = 2 * cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
+        latent = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+        self.kv_cache_note = (f"MLA, expanded cache (not yet the compressed latent): {values} values per token and "
+                              f"layer ({cfg.num_attention_heads} heads x keys and values of "
+                              f"{values // 2 // cfg.num_attention_heads}, values padded from {cfg.v_head_dim}), "
+                              f"{values / latent:.0f}x the latent's {latent}")
+        logger.info("%s: the KV cache is %s.", type(self).__name__, self.kv_cache_note)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, batch, intermediate)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden)
+
+    def _checkpoint_tensors(self, weights: Iterable[tuple[str, torch.Tensor]]
+                            ) -> Iterable[tuple[str, torch.Tensor]]:
+        """The checkpoint's tensors without V3's multi-token-prediction layers, the rope rows of the Q projection
+        and of ``kv_a_proj_with_mqa`` (weight, bias, per-row scales) in NeoX order."""
+        layers = self.config.num_hidden_layers
+        for name, tensor in weights:
+            layer = _LAYER.match(name)
+            if layer is not None and int(layer.group(1)) >= layers:
+                continue
+            module = next((m for m in self._rope_rows if m in name), None)
+            if module is not None and tensor.dim() and tensor.shape[0] == self._rope_rows[module].numel():
+                tensor = tensor.index_select(0, self._rope_rows[module].to(tensor.device))   # weight, bias, row scales
+            yield name, tensor
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        skip = ("rotary_emb.inv_freq",) + (("lm_head.weight",) if getattr(self.config, "tie_word_embeddings", False)
+                                           else ())
+        experts: set[str] = set()
+        weights = load_expert_tensors(self, self._checkpoint_tensors(weights), experts)
+        return load_packed_weights(self, weights, self.packed_modules_mapping, skip=skip) | experts
+
+    def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
+        """Checkpoint name prefixes this pipeline stage never reads (the checkpoint's names are the modules')."""
+        return missing_prefixes(self)
+
+
+class DeepseekV3ForCausalLM(DeepseekV2ForCausalLM):
+    v3 = True

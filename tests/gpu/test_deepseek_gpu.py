@@ -1,0 +1,133 @@
+"""DeepSeek-V2 / V3 (model/models/deepseek.py) on a CUDA GPU, through the same layers as every model: the Triton
+attention backend over the expanded MLA cache (head dim 192 as in V2-Lite / V3: BLOCK_D 256, masked), the Triton
+rotary in place on the rope part of Q and the shared k_pe, the fused Triton experts with the router on the device,
+decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU).
+
+* fp32: greedy tokens identical to HF fp32 (fp32 keeps the router's choices HF's; in bf16 a tiny random router's
+  near-ties pick other experts, as tests/gpu/test_engine_gpu.py's MoE test says).
+* an FP8 block checkpoint (V3's form, 64 x 64 blocks here) in bf16: the weights stay e4m3 and every token is the
+  dequantized reference's HF fp32 argmax on our own sequence, unless HF makes it a near-tie
+  (test_engine_gpu.assert_greedy_under_hf).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+NEW_TOKENS = 24
+PROMPT_LENS = [3, 17, 40, 70, 130]
+
+
+def _config(arch: str):
+    import transformers
+    common = dict(vocab_size=2048, hidden_size=256, intermediate_size=512, moe_intermediate_size=128,
+                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=16,
+                  num_experts_per_tok=2, kv_lora_rank=128, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                  max_position_embeddings=1024, first_k_dense_replace=1, tie_word_embeddings=False,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    yarn = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=256,
+                beta_fast=32, beta_slow=1)
+    if arch == "v2_lite":     # q_proj, greedy routing, two shared experts
+        cfg = transformers.DeepseekV2Config(**common, q_lora_rank=None, topk_method="greedy", n_shared_experts=2,
+                                            rope_parameters=dict(yarn, mscale=0.707, mscale_all_dim=0.707))
+    elif arch == "v2":        # low-rank Q, group-limited routing
+        cfg = transformers.DeepseekV2Config(**common, q_lora_rank=128, topk_method="group_limited_greedy", n_group=4,
+                                            topk_group=1, n_shared_experts=1, routed_scaling_factor=2.0)
+    else:                     # sigmoid + correction bias, noaux_tc groups
+        cfg = transformers.DeepseekV3Config(**common, q_lora_rank=128, n_group=4, topk_group=2, n_shared_experts=1,
+                                            norm_topk_prob=True, routed_scaling_factor=2.5,
+                                            rope_parameters=dict(yarn, mscale=1.0, mscale_all_dim=0.8))
+    cfg.architectures = ["DeepseekV3ForCausalLM" if arch == "v3" else "DeepseekV2ForCausalLM"]
+    return cfg
+
+
+def _save(arch: str, path) -> str:
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(1234)
+    model = AutoModelForCausalLM.from_config(_config(arch), dtype=torch.float32)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)          # sharper logits than the tiny default init: clear greedy margins
+        for module in model.modules():
+            if hasattr(module, "e_score_correction_bias"):
+                module.e_score_correction_bias.normal_(0.0, 0.02)
+    model.save_pretrained(path)
+    return str(path)
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(5, 2000, (n,), generator=g).tolist() for n in PROMPT_LENS]
+
+
+def _hf(path):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
+
+
+def _generate(llm, prompts):
+    from pagedllm import SamplingParams
+    sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
+    return [list(o.outputs[0].token_ids) for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
+                                                                use_tqdm=False)]
+
+
+@pytest.mark.parametrize("arch", ["v2_lite", "v2", "v3"])
+def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
+    from pagedllm import LLM
+    path = _save(arch, tmp_path / arch)
+    prompts = _prompts()
+    llm = LLM(model=path, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0, dtype="float32",
+              attention_backend="triton", max_num_batched_tokens=128, enable_prefix_caching=True)
+    runner = llm.llm_engine.runner
+    assert runner.graph_runner is not None and 1 in runner.graph_runner.captured_sizes()
+    assert runner.piecewise_runner is not None
+    assert runner.head_dim == 192 and runner.num_kv_heads == 4       # the expanded cache
+    got = _generate(llm, prompts)
+    again = _generate(llm, prompts)                                  # prefix-cache hits
+    del llm
+    torch.cuda.empty_cache()
+    hf = _hf(path)
+    want = [hf.generate(torch.tensor([p], device="cuda"), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                        do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    assert got == want and again == want
+
+
+def test_bf16_fp8_block_v3_follows_its_dequantized_reference(tmp_path):
+    """V3's published form, scaled down: every projection e4m3 with a weight_scale_inv per 64 x 64 block (the
+    block GEMM and the block-scaled fused experts; the rope rows reordered at load stay inside their blocks)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from pagedllm import LLM
+    from pagedllm.kernels.quant.fp8 import FP8_DTYPE, FP8_MAX, block_dequantize
+    dense = _save("v3", tmp_path / "dense")
+    state = load_file(f"{dense}/model.safetensors")
+    quant, reference = dict(state), dict(state)
+    for name, w in state.items():
+        if not name.endswith(("proj.weight", "proj_with_mqa.weight")):
+            continue
+        tiles = w.reshape(w.shape[0] // 64, 64, w.shape[1] // 64, 64)
+        scale = tiles.abs().amax(dim=(1, 3)).clamp(min=1e-8) / FP8_MAX
+        quant[name] = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).reshape(w.shape)
+        quant[name.replace(".weight", ".weight_scale_inv")] = scale
+        reference[name] = block_dequantize(quant[name], scale, (64, 64), torch.float32)
+    config = json.loads((tmp_path / "dense" / "config.json").read_text())
+    for out, tensors, extra in ((tmp_path / "fp8", quant, {"quantization_config": {
+            "quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": [64, 64]}}),
+            (tmp_path / "ref", reference, {})):
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps(dict(config, **extra)))
+        save_file(tensors, str(out / "model.safetensors"))
+    prompts = _prompts()
+    llm = LLM(model=str(tmp_path / "fp8"), skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
+              dtype="bfloat16")
+    layer = llm.llm_engine.runner.model.model.layers[1]
+    assert layer.self_attn.kv_a_proj_with_mqa.weight.dtype == FP8_DTYPE and layer.mlp.experts.w13.dtype == FP8_DTYPE
+    got = _generate(llm, prompts)
+    del llm
+    torch.cuda.empty_cache()
+    from test_engine_gpu import assert_greedy_under_hf
+    assert_greedy_under_hf(_hf(str(tmp_path / "ref")), prompts, got)

@@ -1,0 +1,171 @@
+"""DeepSeek-V2 / V3 (model/models/deepseek.py) against HF transformers fp32 on tiny random models: the greedy,
+chunked-prefill, prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on DeepSeek configs
+(multi-head latent attention with and without q_lora_rank, v_head_dim below the key width, YaRN with its mscale,
+V2's greedy and group-limited routing, V3's sigmoid + e_score_correction_bias noaux_tc routing, dense first
+layers, shared experts); an FP8 block-quantized V3 checkpoint; tensor parallel; refused configs."""
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pytest
+import torch
+import transformers
+
+import test_models_vs_hf as vs_hf
+from pagedllm import LLM, SamplingParams
+from pagedllm.kernels.quant.fp8 import FP8_DTYPE, FP8_MAX
+
+_MLA = dict(vs_hf._COMMON, intermediate_size=128, moe_intermediate_size=32, num_key_value_heads=4,
+            n_routed_experts=8, num_experts_per_tok=2, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+            v_head_dim=12, initializer_range=0.2)
+# YaRN as DeepSeek ships it (rope_scaling in config.json), scaled down: factor 4 over 128 original positions.
+_YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=128, beta_fast=32,
+             beta_slow=1)
+
+# name -> (HF config class, kwargs, seed), as test_models_vs_hf.ARCHS (seeds pass its near-tie check).
+DEEPSEEK = {
+    # V2-Lite's shape: Q straight from q_proj, greedy top-k, one dense layer, two shared experts, YaRN with equal
+    # mscale / mscale_all_dim (the softmax scale grows, the rotary table does not).
+    "deepseek_v2_lite": (transformers.DeepseekV2Config, dict(
+        _MLA, q_lora_rank=None, topk_method="greedy", first_k_dense_replace=1, n_shared_experts=2,
+        routed_scaling_factor=1.5, rope_parameters=dict(_YARN, mscale=0.707, mscale_all_dim=0.707)), 0),
+    # DeepSeek-V2's: low-rank Q (q_a_proj / q_a_layernorm / q_b_proj), group-limited greedy routing (1 of 2
+    # groups), every layer MoE.
+    "deepseek_v2": (transformers.DeepseekV2Config, dict(
+        _MLA, q_lora_rank=48, topk_method="group_limited_greedy", n_group=2, topk_group=1, first_k_dense_replace=0,
+        n_shared_experts=1, routed_scaling_factor=2.0), 0),
+    # V3 / R1's: sigmoid scores with a correction bias (drawn below), noaux_tc groups, renormalized top-k, a dense
+    # first layer, YaRN with mscale != mscale_all_dim (its attention_factor scales the rotary table too).
+    "deepseek_v3": (transformers.DeepseekV3Config, dict(
+        _MLA, q_lora_rank=48, n_group=2, topk_group=1, first_k_dense_replace=1, n_shared_experts=1,
+        norm_topk_prob=True, routed_scaling_factor=2.5, rope_parameters=dict(_YARN, mscale=1.0,
+                                                                             mscale_all_dim=0.8)), 0),
+}
+
+
+class DeepseekTiny(vs_hf.TinyModel):
+    """test_models_vs_hf's tiny model, with V3's e_score_correction_bias drawn too (HF starts it at 0)."""
+
+    def __init__(self, name: str, path: str, **overrides):
+        cls, kwargs, seed = DEEPSEEK[name]
+        with mock.patch.dict(vs_hf.ARCHS, {name: (cls, dict(kwargs, **overrides), seed)}):
+            super().__init__(name, path)
+        with torch.no_grad():
+            for module in self.hf.modules():
+                if hasattr(module, "e_score_correction_bias"):
+                    module.e_score_correction_bias.normal_(0.0, 0.3)
+        self.hf.save_pretrained(path)
+
+
+@pytest.fixture(scope="module", params=list(DEEPSEEK))
+def tiny(request, tmp_path_factory) -> DeepseekTiny:
+    return DeepseekTiny(request.param, str(tmp_path_factory.mktemp(request.param)))
+
+
+test_greedy_matches_hf = vs_hf.test_greedy_matches_hf
+test_chunked_prefill_matches_hf = vs_hf.test_chunked_prefill_matches_hf
+test_prefix_cache_hits_match_hf = vs_hf.test_prefix_cache_hits_match_hf
+test_sample_logprobs_match_hf = vs_hf.test_sample_logprobs_match_hf
+test_preemption_matches_hf = vs_hf.test_preemption_matches_hf
+
+
+def test_v3_without_interleaved_rope_and_the_startup_log(tmp_path, caplog):
+    """rope_interleave=False: V3 rotates NeoX halves and the rope rows load as they are. The start-up log says the
+    cache is the expanded MLA cache and what it costs against the latent."""
+    tiny = DeepseekTiny("deepseek_v3", str(tmp_path), rope_interleave=False)
+    prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:2])
+    with caplog.at_level("INFO", logger="pagedllm"):
+        llm = tiny.llm()
+    vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(llm, prompts))
+    assert ("MLA, expanded cache (not yet the compressed latent): 192 values per token and layer (4 heads x keys "
+            "and values of 24, values padded from 12), 5x the latent's 40") in caplog.text
+
+
+def _block_fp8(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(e4m3 weight, weight_scale_inv, dequantized weight)`` of ``w`` in ``block`` x ``block`` tiles (the last
+    ones partial, as DeepSeek-V3's 576-row kv_a_proj_with_mqa in 128-row blocks)."""
+    n, k = w.shape
+    rows, cols = -(-n // block), -(-k // block)
+    padded = torch.zeros(rows * block, cols * block)
+    padded[:n, :k] = w
+    tiles = padded.reshape(rows, block, cols, block)
+    scale = tiles.abs().amax(dim=(1, 3)).clamp(min=1e-8) / FP8_MAX
+    q = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    dequant = (q.float() * scale[:, None, :, None]).reshape(padded.shape)[:n, :k]
+    return q.reshape(padded.shape)[:n, :k].contiguous(), scale, dequant
+
+
+def test_fp8_block_checkpoint_equals_its_dequantized_reference(tmp_path):
+    """DeepSeek-V3's published form: every projection (attention, dense and shared MLPs, experts) e4m3 with a
+    ``weight_scale_inv`` per 16 x 16 block (128 x 128 in V3), partial blocks included; the router, norms and
+    embeddings dense. Greedy tokens and logprobs equal the model with the dequantized weights, and the rope rows
+    reordered at load stay within their scale blocks."""
+    from safetensors.torch import load_file, save_file
+    DeepseekTiny("deepseek_v3", str(tmp_path / "dense"))
+    state = load_file(str(tmp_path / "dense" / "model.safetensors"))
+    quant, reference = dict(state), dict(state)
+    for name, w in state.items():
+        if name.endswith("proj.weight") or name.endswith("proj_with_mqa.weight"):
+            quant[name], quant[name.replace(".weight", ".weight_scale_inv")], reference[name] = _block_fp8(w, 16)
+    config = json.loads((tmp_path / "dense" / "config.json").read_text())
+    for out, tensors, qc in ((tmp_path / "fp8", quant, {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                                         "fmt": "e4m3", "weight_block_size": [16, 16]}),
+                             (tmp_path / "ref", reference, None)):
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps(dict(config, **({"quantization_config": qc} if qc else {}))))
+        save_file(tensors, str(out / "model.safetensors"))
+    params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True)
+    prompts = [{"prompt_token_ids": p} for p in vs_hf._prompts([5, 17])]
+    runs = []
+    for path in (tmp_path / "fp8", tmp_path / "ref"):
+        llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01, max_model_len=128)
+        runs.append(llm.generate(prompts, params, use_tqdm=False))
+        if path.name == "fp8":
+            attn = llm.llm_engine.core.runner.model.model.layers[1].self_attn
+            assert attn.kv_a_proj_with_mqa.weight.dtype == FP8_DTYPE
+            assert llm.llm_engine.core.runner.model.model.layers[1].mlp.experts.w13.dtype == FP8_DTYPE
+    for got, ref in zip(*runs):
+        assert got.outputs[0].token_ids == ref.outputs[0].token_ids
+        torch.testing.assert_close(torch.tensor([lp[t].logprob for t, lp in zip(got.outputs[0].token_ids,
+                                                                                 got.outputs[0].logprobs)]),
+                                   torch.tensor([lp[t].logprob for t, lp in zip(ref.outputs[0].token_ids,
+                                                                                 ref.outputs[0].logprobs)]),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(norm_topk_prob=True), "norm_topk_prob=True is not supported"),
+    (dict(topk_method="noaux_tc"), "topk_method='noaux_tc' is not supported"),
+    (dict(topk_method="group_limited_greedy", n_group=3, topk_group=1),
+     "n_group=3 must divide n_routed_experts=8"),
+])
+def test_refused_v2_configs_name_the_field(tmp_path, overrides, match):
+    cls, kwargs, _ = DEEPSEEK["deepseek_v2"]
+    config = cls(**dict(kwargs, **overrides))
+    config.architectures = ["DeepseekV2ForCausalLM"]
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        LLM(str(tmp_path), skip_tokenizer_init=True, dtype="float32", load_format="dummy", kv_cache_memory_gb=0.01)
+
+
+def test_tensor_parallel_matches_hf(tmp_path):
+    """Two ranks (gloo on the CPU): each its heads of q_b_proj / kv_b_proj / o_proj, its slice of every MLP and
+    expert; greedy tokens HF's."""
+    from test_moe import TP2
+    tiny = DeepseekTiny("deepseek_v3", str(tmp_path))
+    prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:2])
+    vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(tiny.llm(**TP2), prompts))
+
+
+def test_moe_layer_freq_keeps_the_other_layers_dense(tmp_path):
+    """DeepSeek's rule (its own code; HF transformers reads only first_k_dense_replace): with moe_layer_freq 2
+    only the even layers past the dense ones route to experts."""
+    from pagedllm.model.models.deepseek import DeepseekMoE
+    cls, kwargs, _ = DEEPSEEK["deepseek_v2"]
+    config = cls(**dict(kwargs, num_hidden_layers=4, first_k_dense_replace=1, moe_layer_freq=2))
+    config.architectures = ["DeepseekV2ForCausalLM"]
+    config.save_pretrained(tmp_path)
+    llm = LLM(str(tmp_path), skip_tokenizer_init=True, dtype="float32", load_format="dummy", kv_cache_memory_gb=0.01)
+    layers = llm.llm_engine.core.runner.model.model.layers
+    assert [isinstance(layer.mlp, DeepseekMoE) for layer in layers] == [False, False, True, False]
