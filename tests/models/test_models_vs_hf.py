@@ -111,6 +111,9 @@ ARCHS = {
                                                              use_parallel_residual=True), 0),
     # Starcoder2: LayerNorms, biases, GQA, GELU-tanh c_fc / c_proj MLP, tied head, an 8-token sliding window.
     "starcoder2": (transformers.Starcoder2Config, dict(_LLAMA_LIKE, sliding_window=8), 0),
+    # GPTBigCode (StarCoder / SantaCoder): learned positions, c_attn fused with one KV head (multi-query), or per head.
+    "gpt_bigcode": (transformers.GPTBigCodeConfig, dict(_COMMON, initializer_range=0.2), 0),
+    "gpt_bigcode-mha": (transformers.GPTBigCodeConfig, dict(_COMMON, initializer_range=0.2, multi_query=False), 0),
     # Falcon: the new decoder architecture (GQA groups in query_key_value, ln_attn / ln_mlp), falcon-7b's (multi-query,
     # one LayerNorm, parallel attention) and the sequential multi-head layout with biases.
     "falcon": (transformers.FalconConfig, dict(_COMMON, new_decoder_architecture=True, num_kv_heads=2,
