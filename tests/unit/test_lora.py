@@ -463,7 +463,8 @@ def test_chat_completion_with_an_adapter(tiny_llama_dir, tmp_path):
         merged_tokens(hf, weights, 2.0, [prompt_ids], 5)[0], merged_tokens(hf, {}, 0, [prompt_ids], 5)[0]]
 
 
-@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3", "granite", "olmo2", "phi3"])
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3", "granite", "olmo2", "phi3", "smollm3", "seed_oss",
+                                  "exaone4", "arcee"])
 def test_adapter_on_the_other_llama_shaped_families(tmp_path, arch):
     """The families on the Llama decoder take LoRA through the same projections: an adapter's greedy tokens equal
     HF's with the adapter merged (GELU gating, 1 + w norms, sandwich / post norms, multipliers, windows). Phi-3's
@@ -480,13 +481,20 @@ def test_adapter_on_the_other_llama_shaped_families(tmp_path, arch):
            "granite": lambda: transformers.GraniteConfig(**common, embedding_multiplier=3.0, residual_multiplier=0.5,
                                                          attention_multiplier=0.2, logits_scaling=2.0),
            "olmo2": lambda: transformers.Olmo2Config(**common),
-           "phi3": lambda: transformers.Phi3Config(**common, pad_token_id=0)}[arch]()
+           "phi3": lambda: transformers.Phi3Config(**common, pad_token_id=0),
+           # a NoPE layer; biases on Q/K/V and o_proj; post norms and a global NoPE layer; an ungated MLP
+           "smollm3": lambda: transformers.SmolLM3Config(**common, no_rope_layers=[1, 0], pad_token_id=0),
+           "seed_oss": lambda: transformers.SeedOssConfig(**common, head_dim=16, attention_out_bias=True),
+           "exaone4": lambda: transformers.Exaone4Config(**common, sliding_window=8,
+                                                         layer_types=["sliding_attention", "full_attention"]),
+           "arcee": lambda: transformers.ArceeConfig(**common)}[arch]()
     torch.manual_seed(0)
     # eager: transformers' SDPA path (its default in 5.17, the GPU machine's) drops Gemma 2's attention-logit
     # soft-capping.
     hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     hf.save_pretrained(tmp_path / "model")
-    targets = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if arch == "phi3" else ALL_TARGETS
+    targets = {"phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+               "arcee": tuple(t for t in ALL_TARGETS if t != "gate_proj")}.get(arch, ALL_TARGETS)
     adapter = save_adapter(tmp_path / "lora", hf, rank=8, alpha=16, seed=3, targets=targets)
     assert len(adapter) == 2 * len(targets)
     expected = merged_tokens(hf, adapter, 16 / 8, PROMPTS, 6)
