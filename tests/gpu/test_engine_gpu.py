@@ -11,9 +11,9 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("triton")
 
-from transformers import (AutoModelForCausalLM, Cohere2Config, CohereConfig, Gemma2Config,  # noqa: E402
-                          Gemma3TextConfig, GemmaConfig, Glm4Config, GraniteConfig, LlamaConfig, Phi3Config,
-                          Qwen2Config, SmolLM3Config)
+from transformers import (ArceeConfig, AutoModelForCausalLM, Cohere2Config, CohereConfig,  # noqa: E402
+                          Ernie4_5Config, Exaone4Config, Gemma2Config, Gemma3TextConfig, GemmaConfig, Glm4Config,
+                          GraniteConfig, LlamaConfig, Phi3Config, Qwen2Config, SmolLM3Config)
 
 from pagedllm import LLM, SamplingParams  # noqa: E402
 
@@ -54,11 +54,18 @@ def _config(arch: str):
     if arch == "cohere2":    # windowed layers (32 tokens) that alone rotate, a full-attention layer without positions
         return Cohere2Config(**common, **token_ids, logit_scale=0.5, sliding_window=32,
                              layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    if arch == "exaone4":    # norms after each branch only, per-head Q/K norms, windowed rotary layers, global NoPE
+        return Exaone4Config(**common, **token_ids, sliding_window=32,
+                             layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    if arch == "ernie4_5":   # interleaved rotary over the whole head (reordered at load), tied embeddings
+        return Ernie4_5Config(**dict(common, tie_word_embeddings=True), **token_ids)
+    if arch == "arcee":      # an MLP without gate, relu(up(x))^2: no gate_up layer, no SiLU epilogue
+        return ArceeConfig(**common, **token_ids)
     return LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gemma", "gemma2", "gemma3", "granite", "phi3", "smollm3",
-                                        "glm4", "cohere", "cohere2"])
+                                        "glm4", "cohere", "cohere2", "exaone4", "ernie4_5", "arcee"])
 def model_dir(request, tmp_path_factory):
     torch.manual_seed(1234)
     cfg = _config(request.param)

@@ -1,5 +1,5 @@
-"""Config fields of the Llama-shaped families (SmolLM3, Cohere 2, ERNIE 4.5, GLM / Cohere checkpoints) that pagedllm cannot run
-as HF does: refused at load with a ValueError naming the field, never run some other way."""
+"""Config fields of the Llama-shaped families (SmolLM3, Cohere 2, ERNIE 4.5, GLM / Cohere checkpoints) that pagedllm
+cannot run as HF does: refused at load with a ValueError naming the field, never run some other way."""
 from __future__ import annotations
 
 import json
