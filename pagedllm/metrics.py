@@ -19,7 +19,7 @@ from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
-    from pagedllm.config import CacheConfig
+    from pagedllm.config import CacheConfig, EngineConfig
     from pagedllm.engine.messages import EngineSnapshot
     from pagedllm.engine.scheduler import StepStats
 
@@ -331,6 +331,15 @@ class EngineMetrics:
                         ", ".join(f"{n / drafts:.3f}" for n in per_pos),
                         100.0 * accepted / draft_tokens if draft_tokens else 0.0)
         self._interval_spec = [0, 0, 0, [0] * len(per_pos)]
+
+    @classmethod
+    def for_engine(cls, config: "EngineConfig", log_interval_s: float = 5.0) -> "EngineMetrics":
+        """An engine's own statistics, logged (vLLM's LoggingStatLogger line), when no server hands it a metrics
+        object: ``LLM(disable_log_stats=False)``, ``AsyncLLMEngine.from_engine_args(AsyncEngineArgs())``."""
+        spec = config.args.speculative_config
+        return cls(config.served_model_name, log_stats=True, log_interval_s=log_interval_s,
+                   max_loras=config.args.max_loras if config.args.enable_lora else 0,
+                   num_speculative_tokens=spec.num_speculative_tokens if spec else 0)
 
     # ---- the log line -----------------------------------------------------------------------------------------------
     def maybe_log(self, snapshot: "EngineSnapshot", force: bool = False) -> None:

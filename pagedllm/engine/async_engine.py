@@ -195,6 +195,12 @@ class AsyncLLMEngine:
         self.vocab_size: int = self.input_processor.vocab_size
         self._default_params = self.input_processor.default_sampling_params()
         self.has_tokenizer: bool = not skip
+        if self.metrics is None and not self.config.args.disable_log_stats:
+            # As vLLM's AsyncLLM: statistics unless disable_log_stats (AsyncEngineArgs' default keeps them), and the
+            # throughput / KV-cache line every stats_log_interval_s while requests run (and on do_log_stats()),
+            # without a server's metrics object.
+            from pagedllm.metrics import EngineMetrics
+            self.metrics = EngineMetrics.for_engine(self.config, stats_log_interval_s)
         if self.metrics is not None:
             self.metrics.attach(lambda: self.snapshot, self.config.cache_config)
         log_engine_start(logger, info, time.perf_counter() - t0)

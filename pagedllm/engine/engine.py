@@ -41,10 +41,7 @@ class LLMEngine:
         self.stats = None
         if not config.args.disable_log_stats:
             from pagedllm.metrics import EngineMetrics
-            spec = config.args.speculative_config
-            self.stats = EngineMetrics(config.served_model_name, log_stats=True,
-                                       max_loras=config.args.max_loras if config.args.enable_lora else 0,
-                                       num_speculative_tokens=spec.num_speculative_tokens if spec else 0)
+            self.stats = EngineMetrics.for_engine(config)
             self.stats.attach(self.core.snapshot, config.cache_config)
         self.startup_seconds = time.perf_counter() - t0
         log_engine_start(logger, self.core.info(), self.startup_seconds)

@@ -86,7 +86,9 @@ def test_async_engine_with_vllms_keywords(tiny_llama_dir, caplog):
             await run("bad", tokenization_kwargs={"padding": True})
         assert await engine.get_supported_tasks() == ("generate",)
         assert (await engine.get_model_config()).max_model_len == 64
-        await engine.do_log_stats()
+        with caplog.at_level(logging.INFO, logger="pagedllm"):
+            await engine.do_log_stats()
+        assert "Avg generation throughput" in caplog.text        # statistics are on (disable_log_stats=False)
         await engine.check_health()
         assert await engine.is_sleeping() is False
         assert await engine.is_tracing_enabled() is False
@@ -105,19 +107,42 @@ def test_async_engine_args_enable_log_requests(tiny_llama_dir, caplog):
     # vLLM's AsyncEngineArgs field (off by default); before, AsyncEngineArgs(enable_log_requests=True) was a TypeError.
     assert AsyncEngineArgs(model=tiny_llama_dir).enable_log_requests is False
     engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=tiny_llama_dir, max_model_len=64,
-                                                             kv_cache_memory_gb=0.02, enable_log_requests=True))
+                                                             kv_cache_memory_gb=0.02, enable_log_requests=True,
+                                                             disable_log_stats=True))
 
     async def main():
         await engine.add_request("logged", "Hello", SamplingParams(max_tokens=50, ignore_eos=True))
         await engine.abort("logged")
+        await engine.do_log_stats()
 
     try:
         with caplog.at_level(logging.INFO, logger="pagedllm"):
             asyncio.run(main())
         assert "Aborted request logged." in caplog.text
+        assert "Avg generation throughput" not in caplog.text and engine.metrics is None     # disable_log_stats
     finally:
         engine.shutdown()
     with pytest.raises(TypeError, match="enable_log_requests"):     # vLLM's LLM has no such argument either
         EngineArgs.from_kwargs(tiny_llama_dir, enable_log_requests=True)
     # ... but vLLM's LLM(**dataclasses.asdict(engine_args)) hands every field over, at its default here.
     assert EngineArgs.from_kwargs(**dataclasses.asdict(EngineArgs(model=tiny_llama_dir))).model == tiny_llama_dir
+
+
+def test_async_engine_logs_stats_without_a_metrics_object(tiny_llama_dir, caplog):
+    # vLLM's AsyncLLM keeps statistics unless disable_log_stats (off by default in AsyncEngineArgs): the throughput /
+    # KV-cache line while requests run, with no server around the engine.
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=tiny_llama_dir, max_model_len=256,
+                                                             kv_cache_memory_gb=0.02), stats_log_interval_s=0.05)
+
+    async def main():
+        params = SamplingParams(temperature=0.0, max_tokens=150, ignore_eos=True)
+        return [o async for o in engine.generate("one two three", params, "stats")][-1]
+
+    try:
+        with caplog.at_level(logging.INFO, logger="pagedllm"):
+            out = asyncio.run(main())
+        lines = [r.getMessage() for r in caplog.records if "Avg generation throughput" in r.getMessage()]
+        assert len(out.outputs[0].token_ids) == 150 and lines, caplog.text
+        assert "Running: 1 reqs" in lines[0] and "GPU KV cache usage" in lines[0]
+    finally:
+        engine.shutdown()
