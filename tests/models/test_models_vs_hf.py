@@ -128,6 +128,9 @@ ARCHS = {
     "falcon": (transformers.FalconConfig, dict(_COMMON, new_decoder_architecture=True, num_kv_heads=2,
                                                initializer_range=0.2), 0),
     "falcon-7b-style": (transformers.FalconConfig, dict(_COMMON, initializer_range=0.2), 0),
+    # Falcon2-11B: the new decoder architecture with one LayerNorm for attention and MLP (num_ln_in_parallel_attn=1)
+    "falcon2-11b-style": (transformers.FalconConfig, dict(_COMMON, new_decoder_architecture=True, num_kv_heads=2,
+                                                          num_ln_in_parallel_attn=1, initializer_range=0.2), 0),
     "falcon-sequential": (transformers.FalconConfig, dict(_COMMON, multi_query=False, parallel_attn=False, bias=True,
                                                           initializer_range=0.2), 0),
 }
