@@ -30,7 +30,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 def _save_tiny(path, arch: str) -> None:
     """Llama with 2 KV heads (one per rank), Llama with 1 (replicated on both ranks), Qwen2 (QKV bias, tied
     embeddings), Qwen3 (per-head Q/K norms), Gemma (GELU gating, 1 + w norms, scaled embeddings), Granite (its
-    multipliers), Phi-3 (fused q/k/v and gate/up tensors cut per rank, partial rotary)."""
+    multipliers), Phi-3 (fused q/k/v and gate/up tensors cut per rank, partial rotary), GLM-4-0414 and Cohere."""
     import transformers
     if arch == "llama":
         save_tiny_llama(path, VOCAB)
@@ -70,12 +70,22 @@ def _save_tiny(path, arch: str) -> None:
                        "shared_expert_intermediate_size": 48}),
         "granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM,
                     {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
-                     "logits_scaling": 2.0})}[arch]
+                     "logits_scaling": 2.0}),
+        # GLM-4-0414: its fused gate_up_proj tensor cut per rank; interleaved partial rotary (Q/K rows reordered)
+        "glm4": (transformers.Glm4Config, transformers.Glm4ForCausalLM, {"head_dim": 16, "pad_token_id": 0}),
+        # Command-R+: per-head Q/K LayerNorm weights, each rank its heads' rows; parallel residual
+        "cohere": (transformers.CohereConfig, transformers.CohereForCausalLM, {"use_qk_norm": True})}[arch]
     cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=1 if arch == "llama_mqa" else 2, vocab_size=VOCAB, max_position_embeddings=512,
                   tie_word_embeddings=arch in ("qwen2", "gemma", "gemma2", "gemma3"), **extra)
     torch.manual_seed(1)
-    model_cls(cfg).eval().save_pretrained(path)
+    model = model_cls(cfg).eval()
+    if arch == "cohere":       # norms drawn away from 1, so each head's Q/K norm weight differs from the others'
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.3)
+    model.save_pretrained(path)
 
 
 def _tokens(llm: LLM) -> list[list[int]]:
@@ -90,7 +100,7 @@ def _llm(path, tp: int) -> LLM:
 
 
 @pytest.mark.parametrize("arch", ["llama", "llama_mqa", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite",
-                                  "phi3", "qwen2_moe", "qwen3_moe", "opt", "gpt2", "chatglm"])
+                                  "phi3", "qwen2_moe", "qwen3_moe", "opt", "gpt2", "chatglm", "glm4", "cohere"])
 def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     single = _llm(tmp_path, 1)
