@@ -149,13 +149,19 @@ def test_refused_v2_configs_name_the_field(tmp_path, overrides, match):
         LLM(str(tmp_path), skip_tokenizer_init=True, dtype="float32", load_format="dummy", kv_cache_memory_gb=0.01)
 
 
-def test_tensor_parallel_matches_hf(tmp_path):
-    """Two ranks (gloo on the CPU): each its heads of q_b_proj / kv_b_proj / o_proj, its slice of every MLP and
-    expert; greedy tokens HF's."""
-    from test_moe import TP2
-    tiny = DeepseekTiny("deepseek_v3", str(tmp_path))
-    prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:2])
-    vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(tiny.llm(**TP2), prompts))
+def test_tensor_and_pipeline_parallel_match_hf(tmp_path):
+    """Two pipeline stages of two tensor-parallel ranks (gloo on the CPU): each rank its heads of q_b_proj /
+    kv_b_proj / o_proj and its slice of every MLP and expert; the second stage's first layer still the model's
+    layer 2 (a MoE layer, the first one dense); chunked prefill. Greedy tokens HF's."""
+    tiny = DeepseekTiny("deepseek_v3", str(tmp_path), num_hidden_layers=4)
+    prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:3])
+    on_cpu = {"device": "cpu"} if torch.cuda.is_available() and torch.cuda.device_count() < 4 else {}
+    llm = tiny.llm(tensor_parallel_size=2, pipeline_parallel_size=2, max_num_batched_tokens=16, max_model_len=128,
+                   **on_cpu)
+    try:
+        vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(llm, prompts))
+    finally:
+        llm.llm_engine.core.shutdown()
 
 
 def test_moe_layer_freq_keeps_the_other_layers_dense(tmp_path):

@@ -46,7 +46,8 @@ from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.config import rope_parameters
-from pagedllm.distributed import get_tp_size, is_first_pp_stage, is_last_pp_stage, tp_all_reduce
+from pagedllm.distributed import (get_pp_layer_range, get_tp_size, is_first_pp_stage, is_last_pp_stage,
+                                  tp_all_reduce)
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
 from pagedllm.model.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
@@ -210,9 +211,11 @@ class DeepseekDecoderLayer(nn.Module):
     """MLA, then a dense MLP or DeepSeekMoE, pre-norm (LlamaDecoderLayer's plain path, written out: this model
     takes none of Llama's variant switches)."""
 
-    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, v3: bool, quant_config=None, prefix: str = ""):
+    def __init__(self, cfg, layer_idx: int, cache_idx: int, rotary: RotaryEmbedding, v3: bool, quant_config=None,
+                 prefix: str = ""):
+        """``layer_idx``: the model's layer number; ``cache_idx``: its KV cache's among this pipeline stage's."""
         super().__init__()
-        self.self_attn = MLAttention(cfg, layer_idx, rotary, quant_config, f"{prefix}.self_attn")
+        self.self_attn = MLAttention(cfg, cache_idx, rotary, quant_config, f"{prefix}.self_attn")
         self.mlp = (DeepseekMoE(cfg, v3, quant_config, f"{prefix}.mlp") if is_moe_layer(cfg, layer_idx)
                     else LlamaMLP(cfg, quant_config, f"{prefix}.mlp"))
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -237,9 +240,10 @@ class DeepseekModel(nn.Module):
                                                     f"{prefix}.embed_tokens") if self.first_stage
                              else PPMissingLayer())
         rotary = RotaryEmbedding(cfg, cfg.qk_rope_head_dim, max_position)     # of the shared k_pe and each q_pe
+        start, _ = get_pp_layer_range(cfg.num_hidden_layers)     # make_layers numbers the stage's layers from 0
         self.start_layer, self.end_layer, self.layers = make_layers(
-            cfg.num_hidden_layers, lambda i: DeepseekDecoderLayer(cfg, i, rotary, v3, quant_config,
-                                                                  f"{prefix}.layers.{i}"))
+            cfg.num_hidden_layers, lambda i: DeepseekDecoderLayer(cfg, start + i, i, rotary, v3, quant_config,
+                                                                  f"{prefix}.layers.{start + i}"))
         self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if self.last_stage else PPMissingLayer()
 
