@@ -108,18 +108,26 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 class APIKeyMiddleware:
-    """With --api-key, every /v1/* route, /generate and /invocations need ``Authorization: Bearer <key>`` (compared
-    in constant time); /health, /metrics, /tokenize and /detokenize stay open (as in vLLM). /generate and
-    /invocations are guarded although vLLM guards only /v1: they run the model like /v1/completions (/invocations is
-    /v1/chat/completions under another path), and a key that one unguarded generation route bypasses protects
-    nothing."""
+    """With --api-key, every /v1/* route, /generate and /invocations need ``Authorization: Bearer <key>`` (the
+    scheme in any case, the key compared in constant time; as vLLM's AuthenticationMiddleware); /health, /metrics,
+    /tokenize and /detokenize stay open (as in vLLM). A request without the key gets vLLM's 401 as it is,
+    ``{"error": "Unauthorized"}`` (not the OpenAI error shape of every other error: clients and proxies that check
+    vLLM's body read ours). /generate and /invocations are guarded although vLLM guards only /v1: they run the model
+    like /v1/completions (/invocations is /v1/chat/completions under another path), and a key that one unguarded
+    generation route bypasses protects nothing."""
 
     def __init__(self, app: Any, api_key: str | Sequence[str],
                  guarded_exact: tuple[str, ...] = ("/generate", "/invocations")):
         self.app = app
         keys = [api_key] if isinstance(api_key, str) else list(api_key)     # vLLM: --api-key takes several keys
-        self.expected = [f"Bearer {key}".encode() for key in keys]
+        self.expected = [key.encode() for key in keys]
         self.guarded_exact = guarded_exact
+
+    def authorized(self, header: bytes) -> bool:
+        scheme, _, key = header.partition(b" ")
+        # Every key is compared (no early exit), each in constant time.
+        matches = sum(secrets.compare_digest(key, expected) for expected in self.expected)
+        return scheme.lower() == b"bearer" and matches > 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("method") != "OPTIONS":
@@ -129,12 +137,8 @@ class APIKeyMiddleware:
                 path = path[len(root):]
             if path.startswith("/v1") or path in self.guarded_exact:
                 headers = dict(scope.get("headers") or [])
-                sent = headers.get(b"authorization", b"")
-                # Every key is compared (no early exit), each in constant time.
-                if not sum(secrets.compare_digest(sent, expected) for expected in self.expected):
-                    response = json_error("Unauthorized: this server needs its API key as "
-                                          "'Authorization: Bearer <key>'.", 401)
-                    await response(scope, receive, send)
+                if not self.authorized(headers.get(b"authorization", b"")):
+                    await JSONResponse({"error": "Unauthorized"}, status_code=401)(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 

@@ -261,9 +261,9 @@ def test_request_logs_only_when_enabled_and_cut(servers, client):
 def test_legacy_server_key_and_error_shapes(servers):
     url = servers[2].url
     r = httpx.post(url + G, json=gen())
-    assert_error_shape(r, 401, "API key")
+    assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}          # vLLM's 401 body
     r = httpx.post(url + G, json=gen(), headers={"Authorization": "Bearer wrong"})
-    assert_error_shape(r, 401, "API key")
+    assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
     auth = {"Authorization": f"Bearer {API_KEY}"}
     r = httpx.post(url + G, json=gen(temperature=0), headers=auth, timeout=60)
     assert r.status_code == 200 and r.json()["text"][0].startswith("Hi")

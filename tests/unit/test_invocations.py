@@ -87,4 +87,11 @@ def test_invocations_needs_the_api_key(tiny_llama_dir):
     with serve_in_process(tiny_llama_dir, "--max-model-len", "128", "--api-key", "k1") as (app, _):
         (without,) = post_all(app, [("/invocations", body)])
         (with_key,) = post_all(app, [("/invocations", body)], headers={"Authorization": "Bearer k1"})
-    assert without.status_code == 401 and with_key.status_code == 200
+        # vLLM's rule: the scheme in any case; a wrong key or scheme is the same 401.
+        (lower,) = post_all(app, [("/v1/completions", body)], headers={"Authorization": "bearer k1"})
+        (wrong,) = post_all(app, [("/v1/completions", body)], headers={"Authorization": "Bearer k2"})
+        (basic,) = post_all(app, [("/v1/completions", body)], headers={"Authorization": "Basic k1"})
+    assert without.status_code == 401 and with_key.status_code == 200 and lower.status_code == 200
+    for refused in (without, wrong, basic):     # vLLM's 401 as it is: {"error": "Unauthorized"}, JSON, no challenge
+        assert refused.status_code == 401 and refused.json() == {"error": "Unauthorized"}
+        assert refused.headers["content-type"] == "application/json" and "www-authenticate" not in refused.headers
