@@ -42,6 +42,9 @@ Three kernels:
 
 All softmax math is fp32 and in base 2 (``scale * log2(e)`` multiplies the fp32 scores, ``exp2`` is cheaper than
 ``exp``). Dots take the cache dtype (bf16/fp16 -> tensor cores, fp32 accumulation; an fp32 cache runs as tf32).
+Attention sinks (gpt-oss: a learned logit per head in each softmax's denominator, ``HAS_SINKS``) are one more
+online-softmax step after the keys, with a score and no value: in every extend row, and in split 0 of a decode
+(its partial's log-sum-exp carries the sink, so the merge counts it once), the fused rotary decode included.
 """
 from __future__ import annotations
 
@@ -195,6 +198,18 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
     return acc, l_i, m_new
 
 
+@triton.jit
+def _fold_sink(acc, l_i, m_i, Sinks, head, head_ok):
+    """gpt-oss's attention sinks: each row's head's learned logit joins the softmax's denominator (its probability
+    is dropped, so no value row goes with it): one more online-softmax step with a score and no value, after the
+    keys (the same sum in any order). ``Sinks`` ``[Hq]`` in natural units, scaled to base 2 here."""
+    sink = tl.load(Sinks + head, mask=head_ok, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+    m_new = tl.maximum(m_i, sink)
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)      # a masked row: nothing to fold
+    alpha = tl.exp2(m_i - m_ref)
+    return acc * alpha[:, None], l_i * alpha + tl.exp2(sink - m_ref), m_new
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # extend / prefill
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,12 +220,12 @@ def _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end,
 # only feed scalar loads and address arithmetic. The decode kernel below does the same.
 @triton.jit(do_not_specialize=["num_seqs", "stride_bt"],
             do_not_specialize_on_alignment=["QueryStartLoc", "SeqLens", "BlockTables"])
-def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, num_seqs,
+def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, Sinks, qk_scale, num_seqs,
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PASS: tl.constexpr, SHORT_Q: tl.constexpr,
-                   SOFTCAP: tl.constexpr = 0.0, WINDOW: tl.constexpr = 0):
+                   SOFTCAP: tl.constexpr = 0.0, WINDOW: tl.constexpr = 0, HAS_SINKS: tl.constexpr = False):
     """PASS 0: every request. PASS 1: skip requests with q_len <= SHORT_Q (a PASS 2 launch does them).
     PASS 2: grid (B, Hkv), program b does request b if its q_len <= SHORT_Q (== BLOCK_Q of this launch)."""
     BLOCK_Q: tl.constexpr = BLOCK_M // GROUP        # query tokens per program (any integer >= 1)
@@ -281,6 +296,8 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, qk_scale, 
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=True, BOUNDED=True,
                                      EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP, WINDOW=WINDOW)
+    if HAS_SINKS:
+        acc, l_i, m_i = _fold_sink(acc, l_i, m_i, Sinks, head, row_ok)
     # Every row saw key 0 in the first tile, so l_i > 0 (padding rows too: their q_pos >= 0); with a window, its own
     # key in the diagonal tiles (a padding row's l_i may be 0: it is not stored).
     out = acc / l_i[:, None]
@@ -319,14 +336,16 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
                      query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                      scale: float, max_query_len: int, out: torch.Tensor | None = None,
                      _config: tuple[int, int, int, int] | None = None,
-                     _two_pass: bool | None = None, soft_cap: float = 0.0, window: int = 0) -> torch.Tensor:
+                     _two_pass: bool | None = None, soft_cap: float = 0.0, window: int = 0,
+                     sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Varlen causal attention of ``query`` ``[num_tokens, Hq, D]`` over each request's paged context.
 
     The new tokens' K/V must already be in the cache (``store_kv`` first). ``max_query_len`` (a host int, an upper
     bound is fine) only picks the tile size; the grid is sized from ``num_tokens`` without reading device data.
     ``_config`` overrides ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` and ``_two_pass`` the short-request
     split below (benchmarks). ``soft_cap``: Gemma 2's logit soft-capping (0: none). ``window``: a sliding window
-    (each query sees itself and the ``window - 1`` keys before it; 0: none).
+    (each query sees itself and the ``window - 1`` keys before it; 0: none). ``sinks``: gpt-oss's attention sinks,
+    ``[Hq]`` logits (any float dtype) each head adds to its softmax's denominator (None: none).
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
@@ -341,7 +360,8 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         query = query.contiguous()
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and out.stride(-1) == 1
     block_d = triton.next_power_of_2(head_dim)
-    args = (query, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables, scale * _LOG2E, num_seqs,
+    args = (query, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables,
+            query if sinks is None else sinks, scale * _LOG2E, num_seqs,
             query.stride(0), query.stride(1), out.stride(0), out.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0))
@@ -360,12 +380,13 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
     _extend_kernel[grid](*args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1],
                          BLOCK_M=block_m, BLOCK_N=block_n, PASS=1 if two_pass else 0, SHORT_Q=short_q,
-                         SOFTCAP=soft_cap * _LOG2E, WINDOW=window, num_warps=warps, num_stages=stages)
+                         SOFTCAP=soft_cap * _LOG2E, WINDOW=window, HAS_SINKS=sinks is not None, num_warps=warps,
+                         num_stages=stages)
     if two_pass:
         _extend_kernel[(num_seqs, num_kv_heads)](
             *args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_M=short_m,
             BLOCK_N=64 if head_dim <= 128 else 32, PASS=2, SHORT_Q=short_q, SOFTCAP=soft_cap * _LOG2E,
-            WINDOW=window, num_warps=4, num_stages=2)
+            WINDOW=window, HAS_SINKS=sinks is not None, num_warps=4, num_stages=2)
     return out
 
 
@@ -398,7 +419,8 @@ def _rope_rotate(x, x_p, cos, sin, first, in_rot):
 
 @triton.jit(do_not_specialize=["num_splits_grid", "min_chunk", "stride_bt"],
             do_not_specialize_on_alignment=["SeqLens", "BlockTables"])
-def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk_scale, num_splits_grid, min_chunk,
+def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, Sinks, qk_scale, num_splits_grid,
+                   min_chunk,
                    stride_qb, stride_qh, stride_ob, stride_oh,
                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
                    KNew, VNew, Cos, Sin, Pos, SlotMapping, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_c,
@@ -406,7 +428,7 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
                    BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
                    PREFETCH: tl.constexpr, PDL: tl.constexpr, NEW_IN_REGS: tl.constexpr = False,
-                   SOFTCAP: tl.constexpr = 0.0, WINDOW: tl.constexpr = 0):
+                   SOFTCAP: tl.constexpr = 0.0, WINDOW: tl.constexpr = 0, HAS_SINKS: tl.constexpr = False):
     # NEW_IN_REGS (with ROPE and PREFETCH): the step's new key and value are folded into the softmax from registers
     # instead of being read back from the cache after the program that writes them stores them. Every key the loop
     # reads is then one an earlier step wrote, so each split's first tile (full or partial, the writer's too) and
@@ -548,6 +570,11 @@ def _decode_kernel(Q, K, V, Out, PartO, PartLse, Locks, SeqLens, BlockTables, qk
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=True,
                                      EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP, WINDOW=WINDOW)
+    if HAS_SINKS:
+        # The sink joins the log-sum-exp once: in split 0's partial (its LSE includes it; the merge below adds the
+        # splits' sums as they are), or in the one program's output.
+        if split == 0:
+            acc, l_i, m_i = _fold_sink(acc, l_i, m_i, Sinks, head, h_ok)
     l_safe = tl.where(l_i > 0, l_i, 1.0)           # empty context (seq_len 0, padding) -> output 0
     o = acc / l_safe[:, None]
     out_ptrs = Out + b * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
@@ -691,7 +718,8 @@ def decode_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
                           slot_mapping: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                           scale: float, workspace: DecodeWorkspace | None = None,
                           out: torch.Tensor | None = None, prefetch: bool = False,
-                          new_in_regs: bool = False, soft_cap: float = 0.0) -> torch.Tensor:
+                          new_in_regs: bool = False, soft_cap: float = 0.0,
+                          sinks: torch.Tensor | None = None) -> torch.Tensor:
     """``triton_rotary.rotary_store_kv`` then ``decode_attention`` in one kernel, for steps of one new token per
     request: ``query`` ``[B, Hq, D]`` and ``key`` ``[B, Hkv, D]`` unrotated, ``value`` ``[B, Hkv, D]``; the rotated
     key and the value are written to their cache slots and the attention output returned, with the same values as
@@ -706,15 +734,16 @@ def decode_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
         raise ValueError("decode_rope_attention: new_in_regs needs prefetch")
     return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out,
                             rope=DecodeRope(key, value, cos, sin, positions, slot_mapping, prefetch, new_in_regs),
-                            soft_cap=soft_cap)
+                            soft_cap=soft_cap, sinks=sinks)
 
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
                      block_tables: torch.Tensor, scale: float, workspace: DecodeWorkspace | None = None,
                      out: torch.Tensor | None = None,
                      _config: tuple[int, ...] | None = None, rope: "DecodeRope | None" = None,
-                     soft_cap: float = 0.0, window: int = 0) -> torch.Tensor:
-    """Attention of one query token per request, ``query`` ``[B, Hq, D]`` -> ``[B, Hq, D]``.
+                     soft_cap: float = 0.0, window: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of one query token per request, ``query`` ``[B, Hq, D]`` -> ``[B, Hq, D]``; ``soft_cap``,
+    ``window``, ``sinks`` as ``extend_attention``'s.
 
     ``rope`` (``decode_rope_attention``): ``query`` and ``rope.key`` are not rotated yet, and the new keys and values
     are not in the cache yet: the kernel rotates them and stores them first.
@@ -769,8 +798,8 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         rope_strides = (kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1), cos.stride(0))
         half = cos.shape[1]
     _decode_kernel[(batch, num_kv_heads, splits)](
-        query, k_cache, v_cache, out, part_o, part_lse, locks, seq_lens, block_tables, scale * _LOG2E, splits,
-        min_chunk,
+        query, k_cache, v_cache, out, part_o, part_lse, locks, seq_lens, block_tables,
+        query if sinks is None else sinks, scale * _LOG2E, splits, min_chunk,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
@@ -779,7 +808,7 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_N=block_n, SINGLE=splits == 1,
         ROPE=rope is not None, HALF=half, PREFETCH=rope is not None and rope.prefetch,
         NEW_IN_REGS=rope is not None and rope.prefetch and rope.new_in_regs, SOFTCAP=soft_cap * _LOG2E,
-        WINDOW=window, num_warps=warps,
+        WINDOW=window, HAS_SINKS=sinks is not None, num_warps=warps,
         num_stages=stages, **pdl_launch_args(query.device))
     return out
 
@@ -792,7 +821,7 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                     scale: float, max_query_len: int, workspace: DecodeWorkspace | None = None,
                     out: torch.Tensor | None = None, num_decodes: int = 0,
                     prefill_query_start_loc: torch.Tensor | None = None, soft_cap: float = 0.0,
-                    window: int = 0) -> torch.Tensor:
+                    window: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Decode kernel when every request has one new token (``max_query_len == 1``), else the extend kernel.
 
     Mixed batches (chunked prefill: running decodes plus prompt chunks) whose first ``num_decodes`` requests have
@@ -804,15 +833,15 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     num_seqs = seq_lens.shape[0]
     if max_query_len == 1 and query.shape[0] == num_seqs:
         return decode_attention(query, k_cache, v_cache, seq_lens, block_tables, scale, workspace, out=out,
-                                soft_cap=soft_cap, window=window)
+                                soft_cap=soft_cap, window=window, sinks=sinks)
     if 0 < num_decodes < num_seqs and prefill_query_start_loc is not None:
         if out is None:
             out = torch.empty_like(query)
         nd = num_decodes
         decode_attention(query[:nd], k_cache, v_cache, seq_lens[:nd], block_tables[:nd], scale, workspace,
-                         out=out[:nd], soft_cap=soft_cap, window=window)
+                         out=out[:nd], soft_cap=soft_cap, window=window, sinks=sinks)
         extend_attention(query[nd:], k_cache, v_cache, prefill_query_start_loc, seq_lens[nd:], block_tables[nd:],
-                         scale, max_query_len, out=out[nd:], soft_cap=soft_cap, window=window)
+                         scale, max_query_len, out=out[nd:], soft_cap=soft_cap, window=window, sinks=sinks)
         return out
     return extend_attention(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, scale,
-                            max_query_len, out=out, soft_cap=soft_cap, window=window)
+                            max_query_len, out=out, soft_cap=soft_cap, window=window, sinks=sinks)

@@ -102,11 +102,12 @@ def _input_columns(Perm, expert, k, k_ok, K: tl.constexpr, HAS_PERM: tl.constexp
 
 
 @triton.jit
-def _moe_gate_up_kernel(X, W13, S13, O13, P13, H, SortedSlots, BlockExperts, stride_x, stride_we, stride_wn,
-                        stride_se, stride_sn, stride_h, num_slots, K: tl.constexpr, I: tl.constexpr,
+def _moe_gate_up_kernel(X, W13, S13, O13, P13, H, SortedSlots, BlockExperts, B13, stride_x, stride_we, stride_wn,
+                        stride_se, stride_sn, stride_h, stride_be, num_slots, K: tl.constexpr, I: tl.constexpr,
                         TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PRECISION: tl.constexpr, WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr,
-                        HAS_PERM: tl.constexpr):
+                        HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr = False, SWIGLU_ALPHA: tl.constexpr = 0.0,
+                        SWIGLU_LIMIT: tl.constexpr = 0.0):
     expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
     if expert < 0:
         return
@@ -129,16 +130,28 @@ def _moe_gate_up_kernel(X, W13, S13, O13, P13, H, SortedSlots, BlockExperts, str
     # HF rounds gate and up to the model dtype before silu(gate) * up: the same here, so bf16 stays close to it.
     g = acc_g.to(H.dtype.element_ty).to(tl.float32)
     u = acc_u.to(H.dtype.element_ty).to(tl.float32)
-    h = (g / (1.0 + tl.exp(-g))).to(H.dtype.element_ty).to(tl.float32) * u
+    if HAS_BIAS:        # gpt-oss: each expert's gate and up biases ([E, 2I], gate then up), added in the model dtype
+        b_row = B13 + expert * stride_be
+        g = (g + tl.load(b_row + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]).to(
+            H.dtype.element_ty).to(tl.float32)
+        u = (u + tl.load(b_row + I + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]).to(
+            H.dtype.element_ty).to(tl.float32)
+    if SWIGLU_LIMIT > 0:    # gpt-oss's clamped SwiGLU: (clamp(up, -l, l) + 1) * g * sigmoid(alpha * g), g <= l
+        g = tl.minimum(g, SWIGLU_LIMIT)
+        u = tl.minimum(tl.maximum(u, -SWIGLU_LIMIT), SWIGLU_LIMIT)
+        h = (u + 1.0) * (g * tl.sigmoid(g * SWIGLU_ALPHA))
+    else:
+        h = (g / (1.0 + tl.exp(-g))).to(H.dtype.element_ty).to(tl.float32) * u
     tl.store(H + slots[:, None].to(tl.int64) * stride_h + offs_n[None, :], h.to(H.dtype.element_ty),
              mask=valid[:, None] & n_ok[None, :])
 
 
 @triton.jit
-def _moe_down_kernel(Hin, W2, S2, O2, P2, Y, RouteWeights, SortedSlots, BlockExperts, stride_h, stride_we,
-                     stride_wn, stride_se, stride_sn, stride_y, num_slots, K: tl.constexpr, N: tl.constexpr,
+def _moe_down_kernel(Hin, W2, S2, O2, P2, Y, RouteWeights, SortedSlots, BlockExperts, B2, stride_h, stride_we,
+                     stride_wn, stride_se, stride_sn, stride_y, stride_be, num_slots, K: tl.constexpr, N: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-                     WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr, HAS_PERM: tl.constexpr):
+                     WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr, HAS_PERM: tl.constexpr,
+                     HAS_BIAS: tl.constexpr = False):
     expert, slots, valid = _block_slots(SortedSlots, BlockExperts, num_slots, BLOCK_M)
     if expert < 0:
         return
@@ -156,7 +169,11 @@ def _moe_down_kernel(Hin, W2, S2, O2, P2, Y, RouteWeights, SortedSlots, BlockExp
         acc = tl.dot(h, w, acc, input_precision=PRECISION)
     # HF: down_proj's output in the model dtype, times the routing weight (in the dtype the block gave it).
     route = tl.load(RouteWeights + safe, mask=valid, other=0.0).to(tl.float32)
-    y = acc.to(Y.dtype.element_ty).to(tl.float32) * route[:, None]
+    y = acc.to(Y.dtype.element_ty).to(tl.float32)
+    if HAS_BIAS:        # gpt-oss: the expert's down bias, before the routing weight (HF's order)
+        bias = tl.load(B2 + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        y = (y + bias[None, :]).to(Y.dtype.element_ty).to(tl.float32)
+    y = y * route[:, None]
     tl.store(Y + safe[:, None] * stride_y + offs_n[None, :], y.to(Y.dtype.element_ty),
              mask=valid[:, None] & n_ok[None, :])
 
@@ -177,7 +194,8 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
               top_weights: torch.Tensor, w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None,
               scale_group: tuple[int, int] | None = None, w13_offset: torch.Tensor | None = None,
               w2_offset: torch.Tensor | None = None, bits: int = 0, w13_perm: torch.Tensor | None = None,
-              w2_perm: torch.Tensor | None = None) -> torch.Tensor:
+              w2_perm: torch.Tensor | None = None, w13_bias: torch.Tensor | None = None,
+              w2_bias: torch.Tensor | None = None, swiglu_limits: tuple[float, float] | None = None) -> torch.Tensor:
     """``sum_j top_weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` over each token's experts ``e =
     top_ids[t, j]``; ``x [T, H]``, ``w13 [E, 2I, H]`` (gate rows then up rows), ``w2 [E, H, I]``. Returns ``[T, H]``
     in ``x``'s dtype (the sum over the ``top_k`` rows in fp32). The weights are scaled up to ``x``'s dtype in the
@@ -189,7 +207,11 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
       H]`` int32 words with ``*_scale`` / ``*_offset`` ``[E, K / group, N]`` for ``scale_group = (1, group)``
       (``group = 0``: one group per column, per output channel, whatever each matrix's K); with GPTQ's
       ``desc_act``, ``w13_perm [E, H]`` / ``w2_perm [E, I]`` int32: expert ``e``'s weight row ``k`` multiplies
-      activation column ``perm[e, k]`` (its rows were sorted by group at load)."""
+      activation column ``perm[e, k]`` (its rows were sorted by group at load).
+
+    gpt-oss's experts: ``w13_bias [E, 2I]`` (gate then up) and ``w2_bias [E, H]``, added to each product in the
+    model dtype (the down bias before the routing weight), and ``swiglu_limits = (alpha, limit)``: the clamped SwiGLU
+    ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)``, ``g = min(gate, limit)``, instead of SiLU-and-mul."""
     tokens, hidden = x.shape
     num_experts = w13.shape[0]
     inter = (w13.shape[2] if bits else w13.shape[1]) // 2
@@ -213,15 +235,22 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
     if has_perm != (w2_perm is not None):
         raise ValueError("fused_moe: w13_perm and w2_perm come together")
     p13, p2 = (w13_perm, w2_perm) if has_perm else (sorted_slots, sorted_slots)      # unread without desc_act
-    _moe_gate_up_kernel[grid](x, w13, s13, o13, p13, h, sorted_slots, block_experts, x.stride(0), w13.stride(0),
-                              w13.stride(1), s13.stride(0), s13.stride(1), h.stride(0), slots, K=hidden, I=inter,
-                              TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision,
-                              WFMT=fmt, GN=gn, GK=gk or hidden, HAS_PERM=has_perm, num_warps=warps)
+    if (w13_bias is None) != (w2_bias is None):
+        raise ValueError("fused_moe: w13_bias and w2_bias come together")
+    b13, b2 = (w13_bias, w2_bias) if w13_bias is not None else (x, x)          # unread without biases
+    alpha, limit = swiglu_limits if swiglu_limits is not None else (0.0, 0.0)
+    _moe_gate_up_kernel[grid](x, w13, s13, o13, p13, h, sorted_slots, block_experts, b13, x.stride(0), w13.stride(0),
+                              w13.stride(1), s13.stride(0), s13.stride(1), h.stride(0), b13.stride(0), slots,
+                              K=hidden, I=inter, TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                              PRECISION=precision, WFMT=fmt, GN=gn, GK=gk or hidden, HAS_PERM=has_perm,
+                              HAS_BIAS=w13_bias is not None, SWIGLU_ALPHA=float(alpha), SWIGLU_LIMIT=float(limit),
+                              num_warps=warps)
     y = torch.empty((slots, hidden), dtype=x.dtype, device=x.device)
     route = top_weights.reshape(-1).contiguous()
     grid = (block_experts.numel(), triton.cdiv(hidden, block_n))
-    _moe_down_kernel[grid](h, w2, s2, o2, p2, y, route, sorted_slots, block_experts, h.stride(0), w2.stride(0),
-                           w2.stride(1), s2.stride(0), s2.stride(1), y.stride(0), slots, K=inter, N=hidden,
-                           BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, WFMT=fmt, GN=gn,
-                           GK=gk or inter, HAS_PERM=has_perm, num_warps=warps)
+    _moe_down_kernel[grid](h, w2, s2, o2, p2, y, route, sorted_slots, block_experts, b2, h.stride(0), w2.stride(0),
+                           w2.stride(1), s2.stride(0), s2.stride(1), y.stride(0), b2.stride(0), slots, K=inter,
+                           N=hidden, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision,
+                           WFMT=fmt, GN=gn, GK=gk or inter, HAS_PERM=has_perm, HAS_BIAS=w2_bias is not None,
+                           num_warps=warps)
     return y.view(tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

@@ -60,7 +60,7 @@ def make_batch(specs, num_heads, num_kv_heads, head_dim, block_size, dtype, seed
     return (query.to(d), k_cache.to(d), v_cache.to(d), qsl.to(d), seq_lens.to(d), tables.to(d))
 
 
-def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale, chunk=8, soft_cap=0.0, window=0):
+def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale, chunk=8, soft_cap=0.0, window=0, sinks=None):
     # The reference's batched-decode path gathers whole table rows up to the longest request, so it needs valid
     # ids in the tails; the kernels get the poisoned tables. It also materialises [n, max_len, Hkv, D] fp32 copies
     # (4 GiB for 64 x 4096 x 32 x 128), too much with several pytest-xdist workers on one GPU: go `chunk`
@@ -73,7 +73,7 @@ def reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale, chunk=8, so
         j = min(i + chunk, len(starts) - 1)
         sub_qsl = (qsl[i:j + 1] - starts[i]).to(qsl.dtype)
         outs.append(ref.paged_attention(query[starts[i]:starts[j]].float(), k32, v32, sub_qsl, seq_lens[i:j],
-                                        tables[i:j], scale, soft_cap=soft_cap, window=window))
+                                        tables[i:j], scale, soft_cap=soft_cap, window=window, sinks=sinks))
     return torch.cat(outs)
 
 
@@ -430,11 +430,17 @@ def test_soft_capped_extend_decode_and_fused_rope_decode(num_heads, num_kv_heads
     t = _rope_step([1, 64, 65, 129, 17], num_heads, num_kv_heads, head_dim, head_dim, None, 11)
     unfused = tri.decode_attention(t.q1, t.kc1, t.vc1, t.seq_lens, t.tables, scale, t.ws, soft_cap=CAP)
     assert rel_err(unfused, tri.decode_attention(t.q1, t.kc1, t.vc1, t.seq_lens, t.tables, scale, t.ws)) > 0.05
+    _assert_fused_rope_decode_gives(unfused, t, scale, soft_cap=CAP)
+
+
+def _assert_fused_rope_decode_gives(unfused, t, scale, **extras):
+    """The fused rotary decode (after the PDL wait, first tile prefetched, new key from registers) of ``_rope_step``
+    ``t`` with ``extras`` (soft_cap, sinks) equals ``unfused`` up to rounding."""
     for prefetch, in_regs in ((False, False), (True, False), (True, True)):
         q2, k2, v2 = t.views(t.qkv.clone())
         fused = tri.decode_rope_attention(q2, k2, v2, t.k_cache.clone(), t.v_cache.clone(), t.cos, t.sin,
                                           t.positions, t.slots, t.seq_lens, t.tables, scale, t.ws, prefetch=prefetch,
-                                          new_in_regs=in_regs, soft_cap=CAP)
+                                          new_in_regs=in_regs, **extras)
         torch.testing.assert_close(fused.float(), unfused.float(), rtol=2e-2, atol=2e-2)
 
 
@@ -465,3 +471,43 @@ def test_sliding_window_extend_and_decode(num_heads, num_kv_heads, head_dim, win
     with pytest.raises(ValueError, match="sliding window is not supported with the fused rotary decode"):
         tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale, ws, window=window,
                              rope=tri.DecodeRope(query, query, None, None, None, None, False, False))
+
+
+# ------------------------------------------------------------------------------------------------ attention sinks
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(64, 8, 64), (9, 3, 64)])    # gpt-oss's heads
+def test_attention_sinks_in_every_path(num_heads, num_kv_heads, head_dim):
+    """gpt-oss's attention sinks (a learned logit per head in each softmax's denominator) in every kernel path
+    against the reference: extend (prefills, extends, decodes in a mixed batch, the short-request pass), split-KV
+    decode with one split and several (the sink in the log-sum-exp once: a second count would fail), with a sliding
+    window, and the fused rotary decode (prefetch, new key from registers). The sinks change the answer."""
+    g = torch.Generator().manual_seed(7)
+    sinks = (3.0 + 2.0 * torch.randn(num_heads, generator=g)).to(torch.float16).to(DEVICE)    # ~ log(keys)
+    specs = [(1, 1), (17, 17), (130, 40), (70, 1), (33, 2), (200, 1), (300, 90)]
+    batch = make_batch(specs, num_heads, num_kv_heads, head_dim, 16, torch.float16, seed=8)
+    scale = head_dim ** -0.5
+    expected = reference(*batch, scale, sinks=sinks)
+    assert rel_err(reference(*batch, scale), expected) > 0.05
+    assert rel_err(tri.paged_attention(*batch, scale, 90, sinks=sinks), expected) < 1e-2
+    windowed = reference(*batch, scale, window=24, sinks=sinks)
+    assert rel_err(tri.paged_attention(*batch, scale, 90, window=24, sinks=sinks), windowed) < 1e-2
+    # decodes first, then the rest: the backend's split of a mixed batch
+    mixed = make_batch([(70, 1), (200, 1), (17, 17), (130, 40)], num_heads, num_kv_heads, head_dim, 16,
+                       torch.float16, seed=9)
+    query, k_cache, v_cache, qsl, seq_lens, tables = mixed
+    ws = tri.DecodeWorkspace.allocate(8, num_heads, num_kv_heads, head_dim, device=DEVICE)
+    out = tri.paged_attention(*mixed, scale, 40, workspace=ws, num_decodes=2,
+                              prefill_query_start_loc=(qsl[2:] - qsl[2]).contiguous(), sinks=sinks)
+    assert rel_err(out, reference(*mixed, scale, sinks=sinks)) < 1e-2
+    decodes = make_batch([(s, 1) for s in (1, 20, 70, 200, 333)], num_heads, num_kv_heads, head_dim, 16,
+                         torch.float16, seed=10)
+    query, k_cache, v_cache, qsl, seq_lens, tables = decodes
+    for window in (0, 24):
+        expected = reference(*decodes, scale, window=window, sinks=sinks)
+        for cfg in (None, (16, 16, 16, 4, 2), (64, 64, 1, 4, 2)):     # default plan, several splits, one
+            out = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale, ws if cfg is None else None,
+                                       _config=cfg, window=window, sinks=sinks)
+            assert rel_err(out, expected) < 1e-2, (window, cfg)
+    t = _rope_step([1, 64, 65, 129, 17], num_heads, num_kv_heads, head_dim, head_dim, None, 13)
+    unfused = tri.decode_attention(t.q1, t.kc1, t.vc1, t.seq_lens, t.tables, scale, t.ws, sinks=sinks)
+    assert rel_err(unfused, tri.decode_attention(t.q1, t.kc1, t.vc1, t.seq_lens, t.tables, scale, t.ws)) > 0.05
+    _assert_fused_rope_decode_gives(unfused, t, scale, sinks=sinks)

@@ -179,3 +179,46 @@ def test_packed_int_experts_equal_the_loop_over_their_dequantized_weights(bits, 
     expected = _eager(x.double(), d13, d2, ids, weights.double())
     err = ((out.double() - expected).norm() / expected.norm()).item()
     assert err < 1.5e-2, err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, HALF])
+@pytest.mark.parametrize("tokens, num_experts, top_k, hidden, inter", [(1, 8, 2, 64, 96), (45, 4, 2, 80, 48)])
+def test_gpt_oss_experts_equal_their_loop(dtype, tokens, num_experts, top_k, hidden, inter):
+    """gpt-oss's experts through the fused kernels (biases on both products, the clamped SwiGLU) equal the eager
+    loop of model/models/gpt_oss.py (HF's math); the limit is small enough that gate and up cross it both ways."""
+    from pagedllm.model.models.gpt_oss import GptOssExperts
+    gen = torch.Generator().manual_seed(tokens + 3)
+    x = torch.randn(tokens, hidden, generator=gen).to(DEVICE, dtype)
+    experts = GptOssExperts(num_experts, hidden, inter, alpha=1.702, limit=0.7).to(DEVICE)
+    with torch.no_grad():
+        experts.w13.copy_(torch.randn(num_experts, 2 * inter, hidden, generator=gen) / hidden ** 0.5)
+        experts.w2.copy_(torch.randn(num_experts, hidden, inter, generator=gen) / inter ** 0.5)
+        experts.b13.copy_(torch.randn(num_experts, 2 * inter, generator=gen) * 0.5)
+        experts.b2.copy_(torch.randn(num_experts, hidden, generator=gen) * 0.5)
+    ids, weights = _routing(tokens, num_experts, top_k, gen)
+    expected = experts.double().expert_loop(x.double(), ids, weights.double())
+    experts.to(dtype)
+    out = experts.fused(x, ids, weights.to(dtype))
+    assert out.dtype == dtype
+    unclamped = GptOssExperts(num_experts, hidden, inter, alpha=1.702, limit=100.0).to(DEVICE).double()
+    unclamped.load_state_dict(experts.double().state_dict())
+    assert ((unclamped.expert_loop(x.double(), ids, weights.double()) - expected).norm() / expected.norm()) > 0.05
+    err = ((out.double() - expected).norm() / expected.norm()).item()
+    assert err < (1e-5 if dtype == torch.float32 else 1.5e-2), err
+
+
+@pytest.mark.skipif(not INTERPRET, reason="tests/gpu/test_gpt_oss_gpu.py covers this on a GPU")
+def test_gpt_oss_engine_through_the_fused_kernels_equals_hf(tmp_path, monkeypatch):
+    """gpt-oss's whole MoE path through the fused kernels on the CPU under the interpreter (fp32; the attention is
+    the torch backend's): HF transformers fp32's greedy tokens, plain and with chunked prefill."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    from tests.models.test_gpt_oss import GptOssTiny
+    from tests.models.test_models_vs_hf import _assert_matches_hf, _generate, _prompts
+
+    from pagedllm.model.models.gpt_oss import GptOssExperts
+    tiny = GptOssTiny(str(tmp_path))
+    monkeypatch.setattr(GptOssExperts, "forward", GptOssExperts.fused)       # the GPU path, on CPU tensors
+    prompts = _prompts((3, 17, 40))
+    _assert_matches_hf(tiny, prompts, _generate(tiny.llm(), prompts))
+    _assert_matches_hf(tiny, prompts, _generate(tiny.llm(max_num_batched_tokens=16), prompts))

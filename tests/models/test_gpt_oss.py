@@ -7,6 +7,7 @@ alike."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,13 +108,9 @@ def test_mxfp4_dequantization_follows_the_spec():
         dequantize_mxfp4(blocks, torch.tensor([[128, 127]], dtype=torch.uint8), torch.float32)
 
 
-@pytest.fixture(scope="module")
-def mxfp4_pair(tmp_path_factory):
-    """(dense GptOssTiny whose experts hold MXFP4-representable values, the MXFP4 checkpoint made from it)."""
-    dense_dir, mx_dir = tmp_path_factory.mktemp("dense"), tmp_path_factory.mktemp("mxfp4")
-    seeded = GptOssTiny(str(tmp_path_factory.mktemp("seed")), seed=1)
-    hf = seeded.hf
-    tensors = load_file(str(next(iter(__import__("pathlib").Path(seeded.path).glob("*.safetensors")))))
+def write_mxfp4_pair(hf: transformers.PreTrainedModel, dense_dir: Path, mx_dir: Path) -> None:
+    """Round ``hf``'s experts to MXFP4 values (in place), save it to ``dense_dir``, and the same model with its
+    experts as ``*_blocks`` + ``*_scales`` (``quant_method: mxfp4``, as the published checkpoints) to ``mx_dir``."""
     quantized = {}
     with torch.no_grad():
         for name, param in hf.named_parameters():
@@ -123,12 +120,22 @@ def mxfp4_pair(tmp_path_factory):
                 param.copy_(_dequantize_reference(blocks, scales).transpose(1, 2))
                 quantized[name + "_blocks"], quantized[name + "_scales"] = blocks, scales
     hf.save_pretrained(str(dense_dir))
+    tensors = load_file(str(next(Path(dense_dir).glob("*.safetensors"))))
     mx = {n: t for n, t in tensors.items() if not n.endswith(("experts.gate_up_proj", "experts.down_proj"))}
     mx.update(quantized)
-    save_file(mx, str(mx_dir / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((dense_dir / "config.json").read_text())
+    Path(mx_dir).mkdir(parents=True, exist_ok=True)
+    save_file(mx, str(Path(mx_dir) / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((Path(dense_dir) / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "mxfp4"}
-    (mx_dir / "config.json").write_text(json.dumps(config))
+    (Path(mx_dir) / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def mxfp4_pair(tmp_path_factory):
+    """(dense GptOssTiny whose experts hold MXFP4-representable values, the MXFP4 checkpoint made from it)."""
+    dense_dir, mx_dir = tmp_path_factory.mktemp("dense"), tmp_path_factory.mktemp("mxfp4")
+    hf = GptOssTiny(str(tmp_path_factory.mktemp("seed")), seed=1).hf
+    write_mxfp4_pair(hf, dense_dir, mx_dir)
     return GptOssTiny(str(dense_dir), hf), str(mx_dir)
 
 

@@ -45,6 +45,7 @@ class TritonAttentionBackend(AttentionBackend):
     supports_piecewise_cuda_graphs = True
     supports_logits_soft_cap = True
     supports_sliding_window = True
+    supports_attention_sinks = True
 
     def __init__(self, **shape_and_limits):
         super().__init__(**shape_and_limits)
@@ -80,7 +81,7 @@ class TritonAttentionBackend(AttentionBackend):
     def write_kv_and_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                             slot_mapping: torch.Tensor, metadata: TritonAttentionMetadata, scale: float,
                             rotary: nn.Module | None = None, positions: torch.Tensor | None = None,
-                            soft_cap: float = 0.0, window: int = 0) -> torch.Tensor:
+                            soft_cap: float = 0.0, window: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
         # A step of one new token for each of at most FUSED_DECODE_MAX_ROWS requests, with PAGEDLLM_DECODE_ROPE_FUSED
         # (1, 2, 3): the rotation and the cache write inside the decode kernel (one kernel a layer instead of two);
         # else the two calls.
@@ -90,16 +91,18 @@ class TritonAttentionBackend(AttentionBackend):
             return triton_attention.decode_rope_attention(
                 q, k, v, kv_cache[0], kv_cache[1], rotary.cos, rotary.sin, positions, slot_mapping,
                 metadata.seq_lens, metadata.block_tables, scale, metadata.workspace,
-                prefetch=self.fuse_rope_decode >= 2, new_in_regs=self.fuse_rope_decode == 3, soft_cap=soft_cap)
+                prefetch=self.fuse_rope_decode >= 2, new_in_regs=self.fuse_rope_decode == 3, soft_cap=soft_cap,
+                sinks=sinks)
         return super().write_kv_and_attend(q, k, v, kv_cache, slot_mapping, metadata, scale, rotary, positions,
-                                           soft_cap=soft_cap, window=window)
+                                           soft_cap=soft_cap, window=window, sinks=sinks)
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: TritonAttentionMetadata, scale: float,
-               out: torch.Tensor | None = None, soft_cap: float = 0.0, window: int = 0) -> torch.Tensor:
+               out: torch.Tensor | None = None, soft_cap: float = 0.0, window: int = 0,
+               sinks: torch.Tensor | None = None) -> torch.Tensor:
         return triton_attention.paged_attention(
             q, kv_cache[0], kv_cache[1], metadata.query_start_loc, metadata.seq_lens, metadata.block_tables, scale,
             metadata.max_query_len, workspace=metadata.workspace, out=out, num_decodes=metadata.num_decodes,
-            prefill_query_start_loc=metadata.prefill_query_start_loc, soft_cap=soft_cap, window=window)
+            prefill_query_start_loc=metadata.prefill_query_start_loc, soft_cap=soft_cap, window=window, sinks=sinks)
 
     def warmup_batches(self) -> list[tuple[list[int], int]]:
         # Compile the other extend-kernel variants at start-up rather than inside the first timed requests (~1 s
