@@ -5,7 +5,7 @@ decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU).
 
 * fp32: greedy tokens identical to HF fp32 (fp32 keeps the router's choices HF's; in bf16 a tiny random router's
   near-ties pick other experts, as tests/gpu/test_engine_gpu.py's MoE test says).
-* an FP8 block checkpoint (V3's form, 64 x 64 blocks here) in bf16: the weights stay e4m3 and every token is the
+* an FP8 block checkpoint (V3's form: 128 x 128 blocks, a partial one) in bf16: the weights stay e4m3 and every token is the
   dequantized reference's HF fp32 argmax on our own sequence, unless HF makes it a near-tie
   (test_engine_gpu.assert_greedy_under_hf).
 """
@@ -95,28 +95,27 @@ def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
 
 
 def test_bf16_fp8_block_v3_follows_its_dequantized_reference(tmp_path):
-    """V3's published form, scaled down: every projection e4m3 with a weight_scale_inv per 64 x 64 block (the
-    block GEMM and the block-scaled fused experts; the rope rows reordered at load stay inside their blocks)."""
+    """V3's published form at its block size: every projection e4m3 with a weight_scale_inv per 128 x 128 block,
+    kv_a_proj_with_mqa's 192 rows (128 + 64, as V3's 512 + 64) ending in a half block; the block GEMM and the
+    block-scaled fused experts; the rope rows reordered at load stay inside their blocks."""
     import json
+    import sys
 
     from safetensors.torch import load_file, save_file
 
     from pagedllm import LLM
-    from pagedllm.kernels.quant.fp8 import FP8_DTYPE, FP8_MAX, block_dequantize
+    from pagedllm.kernels.quant.fp8 import FP8_DTYPE
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "models"))
+    from test_deepseek import _block_fp8
     dense = _save("v3", tmp_path / "dense")
     state = load_file(f"{dense}/model.safetensors")
     quant, reference = dict(state), dict(state)
     for name, w in state.items():
-        if not name.endswith(("proj.weight", "proj_with_mqa.weight")):
-            continue
-        tiles = w.reshape(w.shape[0] // 64, 64, w.shape[1] // 64, 64)
-        scale = tiles.abs().amax(dim=(1, 3)).clamp(min=1e-8) / FP8_MAX
-        quant[name] = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).reshape(w.shape)
-        quant[name.replace(".weight", ".weight_scale_inv")] = scale
-        reference[name] = block_dequantize(quant[name], scale, (64, 64), torch.float32)
+        if name.endswith(("proj.weight", "proj_with_mqa.weight")):
+            quant[name], quant[name.replace(".weight", ".weight_scale_inv")], reference[name] = _block_fp8(w, 128)
     config = json.loads((tmp_path / "dense" / "config.json").read_text())
     for out, tensors, extra in ((tmp_path / "fp8", quant, {"quantization_config": {
-            "quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": [64, 64]}}),
+            "quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": [128, 128]}}),
             (tmp_path / "ref", reference, {})):
         out.mkdir()
         (out / "config.json").write_text(json.dumps(dict(config, **extra)))
