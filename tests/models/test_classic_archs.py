@@ -54,3 +54,21 @@ def test_pipeline_parallel_is_refused_with_the_model_named(tmp_path):
     path = _save(tmp_path, transformers.GPTNeoXConfig(**_COMMON, intermediate_size=128))
     with pytest.raises(ValueError, match="pipeline_parallel_size > 1 is not supported yet for GPTNeoXForCausalLM"):
         LLM(path, skip_tokenizer_init=True, dtype="float32", pipeline_parallel_size=2)
+
+
+def test_pythia_checkpoint_buffers_are_skipped(tmp_path):
+    """EleutherAI's Pythia checkpoints carry each layer's causal-mask buffers (``attention.bias``,
+    ``attention.masked_bias``) and rotary ``inv_freq``: not weights, skipped at load (HF ignores them too)."""
+    from safetensors.torch import load_file, save_file
+
+    tiny = TinyModel("gpt_neox", str(tmp_path))
+    file = tmp_path / "model.safetensors"
+    tensors = load_file(str(file))
+    for layer in range(2):
+        prefix = f"gpt_neox.layers.{layer}.attention."
+        tensors[prefix + "bias"] = torch.tril(torch.ones(1, 1, 8, 8, dtype=torch.bool))
+        tensors[prefix + "masked_bias"] = torch.tensor(-1e9)
+        tensors[prefix + "rotary_emb.inv_freq"] = torch.ones(2)
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    prompts = _prompts(PROMPT_LENS[:2])
+    _assert_matches_hf(tiny, prompts, _generate(tiny.llm(), prompts))
