@@ -201,3 +201,11 @@ def test_a_backend_without_sinks_is_refused(tiny):
             tiny.llm(attention_backend="nosinks", kv_cache_memory_gb=0.01)
     finally:
         _BACKENDS.pop("nosinks", None)
+
+
+def test_tensor_parallel_2_matches_hf(tiny):
+    """TP=2 on the CPU (gloo): each rank its 2 of the 4 heads and their sinks, 1 of the 2 KV heads, half of every
+    expert's intermediate dim and of its gate/up biases; the down bias added once (rank 0) before the all-reduce."""
+    prompts = _prompts(PROMPT_LENS[:3])
+    llm = tiny.llm(tensor_parallel_size=2, max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
+    _assert_matches_hf(tiny, prompts, _generate(llm, prompts))
