@@ -1,7 +1,8 @@
 """DeepSeek-V2 / V3 (model/models/deepseek.py) on a CUDA GPU, through the same layers as every model: the Triton
 attention backend over the expanded MLA cache (head dim 192 as in V2-Lite / V3: BLOCK_D 256, masked), the Triton
 rotary in place on the rope part of Q and the shared k_pe, the fused Triton experts with the router on the device,
-decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU).
+decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU); the kernel test also runs in Triton's
+interpreter (TRITON_INTERPRET=1, see tests/gpu/conftest.py).
 
 * fp32: greedy tokens identical to HF fp32 (fp32 keeps the router's choices HF's; in bf16 a tiny random router's
   near-ties pick other experts, as tests/gpu/test_engine_gpu.py's MoE test says).
@@ -11,10 +12,12 @@ decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU).
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 NEW_TOKENS = 24
 PROMPT_LENS = [3, 17, 40, 70, 130]
@@ -73,6 +76,7 @@ def _generate(llm, prompts):
                                                                 use_tqdm=False)]
 
 
+@needs_cuda
 @pytest.mark.parametrize("arch", ["v2_lite", "v2", "v3"])
 def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
     from pagedllm import LLM
@@ -94,6 +98,7 @@ def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
     assert got == want and again == want
 
 
+@needs_cuda
 def test_bf16_fp8_block_v3_follows_its_dequantized_reference(tmp_path):
     """V3's published form at its block size: every projection e4m3 with a weight_scale_inv per 128 x 128 block,
     kv_a_proj_with_mqa's 192 rows (128 + 64, as V3's 512 + 64) ending in a half block; the block GEMM and the
@@ -130,3 +135,26 @@ def test_bf16_fp8_block_v3_follows_its_dequantized_reference(tmp_path):
     torch.cuda.empty_cache()
     from test_engine_gpu import assert_greedy_under_hf
     assert_greedy_under_hf(_hf(str(tmp_path / "ref")), prompts, got)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("decode", [False, True], ids=["extend", "decode"])
+def test_attention_kernels_on_the_expanded_mla_cache(decode):
+    """The Triton extend and decode kernels on the expanded MLA cache's shape (V2-Lite's 16 heads, each its own KV
+    head, of 192 dims: BLOCK_D 256, masked), the values' last 64 dims zero as the padding leaves them: the torch
+    reference's output, and that padding's output exactly zero (the model cuts it off)."""
+    from test_triton_attention import BF16, make_batch, reference, rel_err
+
+    from pagedllm.kernels import triton_attention as tri
+    specs = [(37, 1), (80, 1), (5, 1)] if decode else [(40, 40), (77, 5), (30, 1)]
+    query, k_cache, v_cache, qsl, seq_lens, tables = make_batch(specs, 16, 16, 192, 16, BF16, seed=3)
+    v_cache[..., 128:] = 0
+    scale = 192 ** -0.5
+    if decode:
+        out = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale,
+                                   tri.DecodeWorkspace.allocate(8, 16, 16, 192, device=query.device))
+    else:
+        out = tri.extend_attention(query, k_cache, v_cache, qsl, seq_lens, tables, scale, 40)
+    assert rel_err(out, reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale)) < 1e-2
+    assert torch.count_nonzero(out[..., 128:]) == 0
