@@ -228,7 +228,7 @@ def test_auto_tool_choice_parses_hermes_calls(client):
             calls = [(name, args) for _, _, name, args in calls]
             finish = chunks[-1].choices[0].finish_reason
             assert early_pieces >= 3, early_pieces
-        assert finish == "tool_calls" and content.strip() == "Let me check."   # a stream keeps the space
+        assert finish == "tool_calls" and content == "Let me check. "   # as written, streamed or not (vLLM's)
         assert [(name, json.loads(args)) for name, args in calls] == \
             [("get_weather", {"city": "Paris", "unit": "celsius"}), ("get_time", {"zone": "CET"})]
         results[stream] = calls

@@ -232,7 +232,7 @@ def test_tools_see_only_the_content(think_model_dir):
     choice = whole.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["reasoning"] == 'Maybe <tool_call>{"name": "x", "arguments": {}}</tool_call>? No.'
-    assert choice["message"]["content"] == "Checking."
+    assert choice["message"]["content"] == "Checking. "            # as written (vLLM's hermes parser)
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in choice["message"]["tool_calls"]] \
         == [("get_weather", {"city": "Paris"})]
     deltas = [c["choices"][0]["delta"] for c in sse_chunks(streamed)]

@@ -19,7 +19,7 @@ def test_hermes_and_qwen3_blocks():
     text = ('I will look. <tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>\n'
             '<tool_call>{"name": "b", "arguments": {}}</tool_call>')
     for name in ("hermes", "qwen3"):
-        assert calls(get_tool_parser(name).extract(text)) == ("I will look.", [("a", {"x": 1}), ("b", {})])
+        assert calls(get_tool_parser(name).extract(text)) == ("I will look. ", [("a", {"x": 1}), ("b", {})])
     assert get_tool_parser("hermes").extract("no calls here") == ("no calls here", [])
     assert get_tool_parser("hermes").extract("<tool_call>{broken") == ("<tool_call>{broken", [])
     # A stream holds back a marker that may be starting.
@@ -145,8 +145,8 @@ def test_mistral_v11_calls_and_special_tokens():
 
     mistral = get_tool_parser("mistral")
     text = 'Checking. [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time{"zone": "CET"}'
-    assert calls(mistral.extract(text)) == ("Checking.", [("get_weather", {"city": "Paris"}),
-                                                          ("get_time", {"zone": "CET"})])
+    assert calls(mistral.extract(text)) == ("Checking. ", [("get_weather", {"city": "Paris"}),
+                                                           ("get_time", {"zone": "CET"})])
     content, found = mistral.extract('[TOOL_CALLS]f{"broken": ')
     assert content is None and found[0]["function"] == {"name": "f", "arguments": '{"broken":'}
     serving = OpenAIServingChat.__new__(OpenAIServingChat)
@@ -272,3 +272,23 @@ def test_the_template_sees_the_tools_as_vllms_request_model_dumps_them(tiny_llam
     from transformers import AutoTokenizer
     assert AutoTokenizer.from_pretrained(tiny_llama_dir).decode(tokenized["tokens"]) == expected
     assert chat["usage"]["prompt_tokens"] == tokenized["count"]
+
+
+@pytest.mark.parametrize("parser, text", [
+    ("hermes", 'Let me check that.\n\n<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>'),
+    ("mistral", 'Let me check that.\n\n[TOOL_CALLS][{"name": "a", "arguments": {"x": 1}}]'),
+    ("mistral", 'Let me check that.\n\n[TOOL_CALLS]a{"x": 1}'),
+    ("hermes", '\n\n<tool_call>{"name": "a", "arguments": {"x": 1}}</tool_call>'),
+])
+def test_text_before_a_call_is_its_content_as_written(parser, text):
+    """vLLM's hermes and mistral parsers: the text before the first call marker is the message's content as the
+    model wrote it (not stripped; None only when there is none), and a stream sends the same text as content."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+    before = text[:text.index("<tool_call>" if parser == "hermes" else "[TOOL_CALLS]")]
+    assert calls(get_tool_parser(parser).extract(text)) == (before, [("a", {"x": 1})])
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)
+    serving.tool_parser = get_tool_parser(parser)
+    stream = ToolCallStream(serving, ToolMode("auto"), 1)
+    deltas = [stream.delta(0, text[k:k + 5], None)[0] for k in range(0, len(text), 5)]
+    deltas.append(stream.delta(0, "", "stop")[0])
+    assert "".join((d or {}).get("content") or "" for d in deltas) == before

@@ -369,8 +369,9 @@ class HermesToolParser(ToolParser):
             return text, []
         if not calls:
             return text, []
-        content = text[:i].strip()
-        return content or None, calls
+        # The text before the first call, as written (vLLM's: not stripped; None when there is none), the same text
+        # a stream sends as content.
+        return text[:i] or None, calls
 
 
 class Llama3JsonToolParser(ToolParser):
@@ -422,7 +423,8 @@ class MistralToolParser(ToolParser):
     """Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` (tokenizers before v11) or, one marker per
     call, ``[TOOL_CALLS]name{...}`` / ``[TOOL_CALLS]name[ARGS]{...}`` (v11 and later: Mistral Small 3.2, Magistral,
     Devstral). The marker is a special token: the output keeps special tokens (``keeps_special_tokens``), as vLLM
-    makes it do. Calls in the later format are streamed whole when the output ends."""
+    makes it do. Calls in the later format are streamed whole when the output ends. The text before the first
+    marker is the message's content, as written."""
     start = "[TOOL_CALLS]"
     keeps_special_tokens = True
 
@@ -445,7 +447,7 @@ class MistralToolParser(ToolParser):
         calls = _calls_from_objects(value if isinstance(value, list) else [value], self)
         if not calls:
             return text, []
-        return text[:i].strip() or None, calls
+        return text[:i] or None, calls          # as written, as Hermes' (vLLM's)
 
     def _extract_named(self, text: str, i: int) -> tuple[str | None, list[dict]]:
         """``[TOOL_CALLS]name{args}`` blocks; arguments that do not parse stay as written (vLLM keeps them too, so
@@ -463,7 +465,7 @@ class MistralToolParser(ToolParser):
             calls.append(tool_call(name, args, self.new_call_id()))
         if not calls:
             return text, []
-        return text[:i].strip() or None, calls
+        return text[:i] or None, calls          # as written, as Hermes' (vLLM's)
 
     def call_nodes(self, text: str) -> list[JsonNode]:
         i = text.find(self.start)
