@@ -2222,7 +2222,7 @@ def _rope_scaled_len(hf_config, length: int, source: str) -> tuple[int, str]:
 
 # Architectures whose positions are a learned table (no position past its last row exists): a max_model_len above
 # the derived one is an error for them even with PAGEDLLM_ALLOW_LONG_MAX_MODEL_LEN.
-_ABSOLUTE_POSITION_MODEL_TYPES = ("opt", "gpt2", "bert", "roberta", "xlm-roberta")
+_ABSOLUTE_POSITION_MODEL_TYPES = ("opt", "gpt2", "gpt_bigcode", "bert", "roberta", "xlm-roberta")
 
 
 def sliding_window(hf_config) -> int | None:

@@ -72,3 +72,12 @@ def test_pythia_checkpoint_buffers_are_skipped(tmp_path):
     save_file(tensors, str(file), metadata={"format": "pt"})
     prompts = _prompts(PROMPT_LENS[:2])
     _assert_matches_hf(tiny, prompts, _generate(tiny.llm(), prompts))
+
+
+def test_gpt_bigcode_context_ends_at_its_learned_positions(tmp_path, monkeypatch):
+    """StarCoder's positions are a learned table (n_positions rows): a longer max_model_len is refused even where
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN lets rotary models run past their trained length."""
+    path = _save(tmp_path, transformers.GPTBigCodeConfig(**dict(_COMMON, max_position_embeddings=64)))
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+    with pytest.raises(ValueError, match="gpt_bigcode architecture has learned absolute position embeddings, 64"):
+        LLM(path, skip_tokenizer_init=True, dtype="float32", max_model_len=128)
