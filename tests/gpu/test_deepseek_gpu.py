@@ -158,3 +158,27 @@ def test_attention_kernels_on_the_expanded_mla_cache(decode):
         out = tri.extend_attention(query, k_cache, v_cache, qsl, seq_lens, tables, scale, 40)
     assert rel_err(out, reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale)) < 1e-2
     assert torch.count_nonzero(out[..., 128:]) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+def test_triton_rotary_in_place_on_the_rope_views():
+    """MLAttention's rotation on the GPU: the Triton rotary turns, in place, the rope part of each head of Q (a view
+    of q_b_proj's output) and the shared k_pe (a view of kv_a_proj_with_mqa's output, one head): the torch
+    rotary's values there, every other element (q_nope, the latent) untouched."""
+    from pagedllm.kernels.triton_rotary import rotary_inplace
+    from pagedllm.model.layers.rotary import RotaryEmbedding
+    cfg = _config("v3")
+    rotary = RotaryEmbedding(cfg, cfg.qk_rope_head_dim, 256)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    positions = torch.tensor([0, 5, 77, 200])
+    q = torch.randn(4, 4, 192, generator=g)                  # [T, heads, 128 nope + 64 rope]
+    kv_a = torch.randn(4, 128 + 64, generator=g)              # [T, kv_lora_rank + rope]
+    want_q, want_k = rotary(positions, q[..., 128:], kv_a[:, 128:].unsqueeze(1))
+    q_dev, kv_dev = q.clone().to(device), kv_a.clone().to(device)
+    rotary_inplace(positions.to(device), q_dev[..., 128:], kv_dev[:, 128:].unsqueeze(1), rotary.cos.to(device),
+                   rotary.sin.to(device))
+    torch.testing.assert_close(q_dev[..., 128:].cpu(), want_q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kv_dev[:, 128:].cpu(), want_k[:, 0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(q_dev[..., :128].cpu(), q[..., :128]) and torch.equal(kv_dev[:, :128].cpu(), kv_a[:, :128])
