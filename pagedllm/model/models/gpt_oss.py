@@ -18,7 +18,7 @@ into the usual stacked experts (``w13`` gate rows then up rows, ``w2``; model/la
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +132,7 @@ class GptOssForCausalLM(LlamaForCausalLM):
         """The checkpoint's tensors, the experts' loaded into their ``GptOssExperts`` on the way (MXFP4 pairs
         dequantized once both halves are in); the others passed on."""
         pending: dict[str, dict[str, torch.Tensor]] = {}        # "<layer>.mlp.experts.<proj>" -> blocks / scales
-        dequantized_bytes = 0
+        mxfp4_bytes = dequantized_bytes = 0
         for name, tensor in weights:
             module, _, last = name.rpartition(".")
             if not module.endswith(".mlp.experts"):
@@ -145,11 +145,16 @@ class GptOssForCausalLM(LlamaForCausalLM):
                 halves[kind] = tensor
                 if len(halves) < 2:
                     continue
-                weight = dequantize_mxfp4(halves.pop("blocks"), halves.pop("scales"), experts.w13.dtype)
-                dequantized_bytes += weight.numel() * weight.element_size()
-                self._load_stacked(experts, proj, weight, output_dim_first=True)
+                blocks, scales = halves.pop("blocks"), halves.pop("scales")
+                mxfp4_bytes += blocks.numel() + scales.numel()
+                dequantized_bytes += blocks.numel() * 2 * experts.w13.element_size()
+                # One expert at a time, on the experts' device: a layer's whole gate_up in fp32 would be 2 GiB of
+                # host memory for gpt-oss-20b (8 GiB for 120b) and its lookups several times that.
+                device, dtype = experts.w13.device, experts.w13.dtype
+                self._load_stacked(experts, proj, blocks.shape[0], lambda e: dequantize_mxfp4(
+                    blocks[e].to(device), scales[e].to(device), dtype))
             elif last in _STACKED:
-                self._load_stacked(experts, last, tensor, output_dim_first=False)
+                self._load_stacked(experts, last, tensor.shape[0], lambda e: tensor[e].t())
             elif last in ("gate_up_proj_bias", "down_proj_bias"):
                 if last == "down_proj_bias":
                     experts.load_bias("down", tensor)
@@ -165,23 +170,21 @@ class GptOssForCausalLM(LlamaForCausalLM):
         if half:
             raise ValueError("Checkpoint has MXFP4 experts missing their blocks or scales: " + ", ".join(half[:4]))
         if dequantized_bytes:
-            logger.info("gpt-oss: MXFP4 experts dequantized to %s at load: %.2f GiB of expert weights in the model "
-                        "dtype.", self.model.embed_tokens.weight.dtype, dequantized_bytes / 2**30)
+            logger.info("gpt-oss: MXFP4 experts dequantized to %s at load: %.2f GiB of expert weights held in the "
+                        "model dtype (%.2f GiB as MXFP4 in the checkpoint).", self.model.embed_tokens.weight.dtype,
+                        dequantized_bytes / 2**30, mxfp4_bytes / 2**30)
 
     @staticmethod
-    def _load_stacked(experts: GptOssExperts, proj: str, weight: torch.Tensor, output_dim_first: bool) -> None:
-        """All experts' ``gate_up_proj`` (gate / up rows interleaved) or ``down_proj``, as ``[E, out, in]`` when
-        ``output_dim_first`` (dequantized MXFP4), else HF's ``[E, in, out]``: each expert's parts into ``w13`` /
-        ``w2``."""
-        if not output_dim_first:
-            weight = weight.transpose(1, 2)
-        if weight.shape[0] != experts.num_experts:
-            raise ValueError(f"Checkpoint {proj} has {weight.shape[0]} experts; the config says "
-                             f"{experts.num_experts}.")
-        for e in range(experts.num_experts):
+    def _load_stacked(experts: GptOssExperts, proj: str, num: int,
+                      expert_weight: Callable[[int], torch.Tensor]) -> None:
+        """All ``num`` experts' ``gate_up_proj`` (gate / up rows interleaved) or ``down_proj``, ``expert_weight(e)``
+        giving expert ``e``'s as ``[out, in]``: each expert's parts into ``w13`` / ``w2``."""
+        if num != experts.num_experts:
+            raise ValueError(f"Checkpoint {proj} has {num} experts; the config says {experts.num_experts}.")
+        for e in range(num):
+            weight = expert_weight(e)
             if proj == "down_proj":
-                experts.load(e, "down", weight[e])
+                experts.load(e, "down", weight)
             else:
-                experts.load(e, "gate", weight[e, 0::2])
-                experts.load(e, "up", weight[e, 1::2])
-
+                experts.load(e, "gate", weight[0::2])
+                experts.load(e, "up", weight[1::2])

@@ -32,7 +32,7 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
         raise ValueError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)} "
                          f"(expected blocks [..., N, G, {BLOCK // 2}] for scales [..., N, G]).")
     table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=blocks.device)
-    low, high = table[(blocks & 0x0F).long()], table[(blocks >> 4).long()]
+    low, high = table[(blocks & 0x0F).int()], table[(blocks >> 4).int()]
     values = torch.stack((low, high), dim=-1).flatten(-2)                      # [..., N, G, 32]
     exponent = scales.to(torch.int32) - SCALE_BIAS
     out = torch.ldexp(values, exponent.unsqueeze(-1))                           # fp32: exact
