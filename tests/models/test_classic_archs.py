@@ -13,10 +13,11 @@ from tests.models.test_models_vs_hf import (_COMMON, PROMPT_LENS, TinyModel, _as
                                             _prompts)
 
 
-@pytest.mark.parametrize("arch", ["gpt_neox", "stablelm-12b-style", "falcon", "gpt_bigcode"])
+@pytest.mark.parametrize("arch", ["gpt_neox", "phi", "stablelm-12b-style", "falcon", "gpt_bigcode"])
 def test_tensor_parallel_2_matches_hf(tmp_path, arch):
-    """GPT-NeoX's per-head fused QKV, StableLM's per-head Q/K norms (2 of 4 a rank) with one KV head a rank,
-    Falcon's KV groups (one a rank), GPTBigCode's one KV head (replicated) and learned positions; chunked prefill."""
+    """GPT-NeoX's per-head fused QKV, Phi's biased LM head (its bias split by vocabulary), StableLM's per-head Q/K
+    norms (2 of 4 a rank) with one KV head a rank, Falcon's KV groups (one a rank), GPTBigCode's one KV head
+    (replicated) and learned positions; chunked prefill."""
     tiny = TinyModel(arch, str(tmp_path))
     llm = tiny.llm(tensor_parallel_size=2, max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
     assert llm.llm_engine.core.config.executor_backend == "mp"
