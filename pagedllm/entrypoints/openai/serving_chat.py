@@ -189,8 +189,8 @@ class OpenAIServingChat(OpenAIServing):
                 documents=req.documents)
             ids = self.truncated(ids, req.truncate_prompt_tokens)
             reasoning = self.reasoning_mode(req, ids)
-            requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-            max_tokens = self.resolve_max_tokens(len(ids), requested, True)
+            field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+            max_tokens = self.resolve_max_tokens(len(ids), getattr(req, field), field)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
             request_id = f"chatcmpl-{self.base_request_id(raw_request, req.request_id)}"
             if req.use_beam_search:

@@ -84,7 +84,7 @@ class OpenAIServingCompletion(OpenAIServing):
             # echo with max_tokens=0 returns the prompt alone (with its logprobs if asked: how lm-eval scores a
             # text); as vLLM, one token is generated and dropped, so the prompt's logprobs come from the engine.
             prompt_only = req.echo and req.max_tokens == 0
-            max_tokens_list = [self.resolve_max_tokens(len(p.ids), 1 if prompt_only else req.max_tokens, False)
+            max_tokens_list = [self.resolve_max_tokens(len(p.ids), 1 if prompt_only else req.max_tokens)
                                for p in prompts]
             base_id = f"cmpl-{self.base_request_id(raw_request, req.request_id)}"
             if req.use_beam_search:

@@ -194,10 +194,11 @@ class OpenAIServing:
             return ids
         return ids[-(self.max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens):]
 
-    def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None, is_chat: bool) -> int | None:
-        """vLLM's context checks and words (0.18 on): the requested output alone, then prompt + output, within
-        max_model_len; an absent max_tokens counts as 0 output tokens there and becomes the room left."""
-        output_field = "max_completion_tokens" if is_chat else "max_tokens"
+    def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None,
+                           output_field: str = "max_tokens") -> int | None:
+        """vLLM's context checks and words (0.18 on): the requested output alone (``output_field``: the request's
+        name for it), then prompt + output, within max_model_len; an absent max_tokens counts as 0 output tokens
+        there and becomes the room left."""
         if max_tokens is not None and max_tokens > self.max_model_len:
             raise RequestError(f"{output_field}={max_tokens} cannot be greater than max_model_len="
                                f"{self.max_model_len}. Please request fewer output tokens.", output_field)

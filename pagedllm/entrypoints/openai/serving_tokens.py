@@ -26,7 +26,7 @@ class OpenAIServingTokens:
         if unknown:
             raise RequestError(f"Unknown field {unknown[0]!r:.80} in sampling_params: it takes SamplingParams' "
                                f"fields.", f"sampling_params.{unknown[0][:80]}")
-        fields["max_tokens"] = self.chat.resolve_max_tokens(len(req.token_ids), fields.get("max_tokens"), False)
+        fields["max_tokens"] = self.chat.resolve_max_tokens(len(req.token_ids), fields.get("max_tokens"))
         try:
             params = SamplingParams(**{**fields, "output_kind": RequestOutputKind.DELTA})
         except (TypeError, ValueError) as e:
