@@ -209,3 +209,26 @@ def test_tensor_parallel_2_matches_hf(tiny):
     prompts = _prompts(PROMPT_LENS[:3])
     llm = tiny.llm(tensor_parallel_size=2, max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
     _assert_matches_hf(tiny, prompts, _generate(llm, prompts))
+
+
+def test_published_config_rotates_as_hf(tmp_path):
+    """gpt-oss-20b's config.json as published (YaRN in ``rope_scaling`` with ``rope_theta`` beside it, transformers
+    4.55's form): our rotary tables are HF's (attention factor 1.35 included), every other layer windowed at 128."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding
+
+    from pagedllm.config import layer_sliding_windows
+    from pagedllm.model.layers.rotary import RotaryEmbedding
+    published = {"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "head_dim": 64, "hidden_size": 2880,
+                 "num_attention_heads": 64, "num_key_value_heads": 8, "num_hidden_layers": 24,
+                 "layer_types": ["sliding_attention", "full_attention"] * 12, "max_position_embeddings": 131072,
+                 "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "rope_type": "yarn",
+                                  "original_max_position_embeddings": 4096, "truncate": False},
+                 "rope_theta": 150000, "sliding_window": 128, "quantization_config": {"quant_method": "mxfp4"}}
+    (tmp_path / "config.json").write_text(json.dumps(published))
+    cfg = transformers.AutoConfig.from_pretrained(str(tmp_path))
+    hf = GptOssRotaryEmbedding(cfg)
+    cos, sin = hf(torch.zeros(1), torch.arange(8192)[None])
+    ours = RotaryEmbedding(cfg, 64, 8192)
+    assert hf.attention_scaling == pytest.approx(1.3466, abs=1e-4)
+    assert torch.equal(ours.cos, cos[0]) and torch.equal(ours.sin, sin[0])
+    assert layer_sliding_windows(cfg, 24)[:4] == [128, 0, 128, 0]
