@@ -31,10 +31,10 @@ DEEPSEEK = {
         _MLA, q_lora_rank=None, topk_method="greedy", first_k_dense_replace=1, n_shared_experts=2,
         routed_scaling_factor=1.5, rope_parameters=dict(_YARN, mscale=0.707, mscale_all_dim=0.707)), 0),
     # DeepSeek-V2's: low-rank Q (q_a_proj / q_a_layernorm / q_b_proj), group-limited greedy routing (1 of 2
-    # groups), every layer MoE.
+    # groups), every layer MoE, attention biases (q_a_proj, kv_a_proj_with_mqa: its rope rows reordered, o_proj).
     "deepseek_v2": (transformers.DeepseekV2Config, dict(
         _MLA, q_lora_rank=48, topk_method="group_limited_greedy", n_group=2, topk_group=1, first_k_dense_replace=0,
-        n_shared_experts=1, routed_scaling_factor=2.0), 0),
+        n_shared_experts=1, routed_scaling_factor=2.0, attention_bias=True), 0),
     # V3 / R1's: sigmoid scores with a correction bias (drawn below), noaux_tc groups, renormalized top-k, a dense
     # first layer, YaRN with mscale != mscale_all_dim (its attention_factor scales the rotary table too).
     "deepseek_v3": (transformers.DeepseekV3Config, dict(
@@ -45,7 +45,8 @@ DEEPSEEK = {
 
 
 class DeepseekTiny(vs_hf.TinyModel):
-    """test_models_vs_hf's tiny model, with V3's e_score_correction_bias drawn too (HF starts it at 0)."""
+    """test_models_vs_hf's tiny model, with V3's e_score_correction_bias and the attention biases drawn too (HF
+    starts them at 0)."""
 
     def __init__(self, name: str, path: str, **overrides):
         cls, kwargs, seed = DEEPSEEK[name]
@@ -55,6 +56,9 @@ class DeepseekTiny(vs_hf.TinyModel):
             for module in self.hf.modules():
                 if hasattr(module, "e_score_correction_bias"):
                     module.e_score_correction_bias.normal_(0.0, 0.3)
+            for param_name, param in self.hf.named_parameters():
+                if param_name.endswith(".bias"):
+                    param.normal_(0.0, 0.3)
         self.hf.save_pretrained(path)
 
 
