@@ -23,7 +23,6 @@ class Attention(nn.Module):
         self.soft_cap, self.sliding_window = soft_cap, sliding_window
         # Passed only when set: a backend without them keeps its interface.
         self._extras = {k: v for k, v in (("soft_cap", soft_cap), ("window", sliding_window)) if v}
-        self.has_sinks = sinks is not None
         if sinks is not None:
             self._extras["sinks"] = sinks
 
