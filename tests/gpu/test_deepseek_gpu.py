@@ -1,14 +1,15 @@
 """DeepSeek-V2 / V3 (model/models/deepseek.py) on a CUDA GPU, through the same layers as every model: the Triton
 attention backend over the expanded MLA cache (head dim 192 as in V2-Lite / V3: BLOCK_D 256, masked), the Triton
 rotary in place on the rope part of Q and the shared k_pe, the fused Triton experts with the router on the device,
-decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU); the kernel test also runs in Triton's
+decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU); the kernel tests also run in Triton's
 interpreter (TRITON_INTERPRET=1, see tests/gpu/conftest.py).
 
 * fp32: greedy tokens identical to HF fp32 (fp32 keeps the router's choices HF's; in bf16 a tiny random router's
   near-ties pick other experts, as tests/gpu/test_engine_gpu.py's MoE test says).
-* an FP8 block checkpoint (V3's form: 128 x 128 blocks, a partial one) in bf16: the weights stay e4m3 and every token is the
-  dequantized reference's HF fp32 argmax on our own sequence, unless HF makes it a near-tie
+* an FP8 block checkpoint (V3's form: 128 x 128 blocks, a partial one) in bf16: the weights stay e4m3 and every
+  token is the dequantized reference's HF fp32 argmax on our own sequence, unless HF makes it a near-tie
   (test_engine_gpu.assert_greedy_under_hf).
+* the attention kernels on the expanded cache's shape, the rotary in place on MLA's views.
 """
 from __future__ import annotations
 
