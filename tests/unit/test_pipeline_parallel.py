@@ -44,12 +44,17 @@ def _save_tiny(path, arch: str, num_layers: int = 3) -> None:
             n_embd=64, n_layer=num_layers, n_head=4, vocab_size=VOCAB, n_positions=512,
             initializer_range=0.2)).eval().save_pretrained(path)
         return
-    extra = {"gemma2": {"head_dim": 16, "sliding_window": 8, "attn_logit_softcapping": 5.0},   # sandwich norms
+    # The per-layer kinds differ between layer 0 and layer 2 (stage 1's first layer): a stage that read them by its
+    # own layer index (make_layers numbers them from 0) would run layer 2 as layer 0.
+    extra = {"gemma2": {"head_dim": 16, "sliding_window": 8, "attn_logit_softcapping": 5.0,            # sandwich
+                        "layer_types": ["sliding_attention", "full_attention", "full_attention"]},  # norms
              "olmo2": {},                                                                        # post norms
-             "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}}.get(arch)
+             "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                           "mlp_only_layers": [2]},                                              # a dense layer
+             "smollm3": {"no_rope_layers": [1, 1, 0], "pad_token_id": 0}}.get(arch)               # a NoPE layer
     if extra is not None:     # the Llama decoder's other families: a stage's layers pass (hidden, residual) alike
         cfg_cls = {"gemma2": transformers.Gemma2Config, "olmo2": transformers.Olmo2Config,
-                   "qwen3_moe": transformers.Qwen3MoeConfig}[arch]
+                   "qwen3_moe": transformers.Qwen3MoeConfig, "smollm3": transformers.SmolLM3Config}[arch]
         cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512, initializer_range=0.2,
                       tie_word_embeddings=False, **extra)
@@ -106,8 +111,8 @@ def _reference_and_parallel(model: str, tp: int, pp: int, prompts=PROMPTS, outpu
         llm.llm_engine.core.shutdown()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "olmo2", "qwen3_moe", "opt", "opt_untied",
-                                  "gpt2", "chatglm"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "olmo2", "qwen3_moe", "smollm3", "opt",
+                                  "opt_untied", "gpt2", "chatglm"])
 def test_pp2_greedy_tokens_match_one_process(tmp_path, arch):
     _save_tiny(tmp_path, arch)
     if arch == "opt_untied":     # the last stage loads lm_head.weight itself, not the first stage's embedding

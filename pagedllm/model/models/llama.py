@@ -18,7 +18,7 @@ from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.config import layer_sliding_windows
-from pagedllm.distributed import get_tp_rank, is_first_pp_stage, is_last_pp_stage
+from pagedllm.distributed import get_pp_layer_range, get_tp_rank, is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.activation import GeluTanhAndMul, SiluAndMul, activation_fn
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
@@ -216,12 +216,15 @@ class UngatedMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, variant: LlamaVariant,
-                 quant_config=None, prefix: str = "", window: int = 0):
+    def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding | None, variant: LlamaVariant,
+                 quant_config=None, prefix: str = "", window: int = 0, model_layer: int | None = None):
+        """``layer_idx``: the layer's index in this pipeline stage (its KV cache's); ``model_layer``: in the model
+        (None: the same), which says whether a MoE model's layer is sparse."""
         super().__init__()
         self.self_attn = LlamaAttention(cfg, layer_idx, rotary, variant, quant_config, f"{prefix}.self_attn",
                                         window)
-        self.mlp = _mlp(cfg, layer_idx, variant, quant_config, f"{prefix}.mlp")
+        self.mlp = _mlp(cfg, layer_idx if model_layer is None else model_layer, variant, quant_config,
+                        f"{prefix}.mlp")
         self.post_norms = variant.post_norms
         if not self.post_norms:
             self.input_layernorm = _norm(cfg.hidden_size, cfg, variant)
@@ -283,9 +286,13 @@ class LlamaModel(nn.Module):
             rotaries = [by_type[t] for t in cfg.layer_types[:cfg.num_hidden_layers]]
         if variant.rope_layers is not None:
             rotaries = [r if rotates else None for r, rotates in zip(rotaries, variant.rope_layers)]
+        # make_layers numbers the stage's layers from 0; the per-layer tables, the sparse layers and the checkpoint
+        # names are the model's: a pipeline stage's layer i is the model's layer start + i.
+        start, _ = get_pp_layer_range(cfg.num_hidden_layers)
         self.start_layer, self.end_layer, self.layers = make_layers(
-            cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(cfg, i, rotaries[i], variant, quant_config,
-                                                               f"{prefix}.layers.{i}", windows[i] if windows else 0))
+            cfg.num_hidden_layers, lambda i: LlamaDecoderLayer(
+                cfg, i, rotaries[start + i], variant, quant_config, f"{prefix}.layers.{start + i}",
+                windows[start + i] if windows else 0, model_layer=start + i))
         self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]    # a plain list: no slicing per step
         self.norm = _norm(cfg.hidden_size, cfg, variant) if self.last_stage else PPMissingLayer()
         self.embed_scale, self._embed_scale_in_model_dtype = variant.embed_scale, variant.embed_scale_in_model_dtype
