@@ -179,3 +179,31 @@ def test_moe_layer_freq_keeps_the_other_layers_dense(tmp_path):
     llm = LLM(str(tmp_path), skip_tokenizer_init=True, dtype="float32", load_format="dummy", kv_cache_memory_gb=0.01)
     layers = llm.llm_engine.core.runner.model.model.layers
     assert [isinstance(layer.mlp, DeepseekMoE) for layer in layers] == [False, False, True, False]
+
+
+@pytest.mark.parametrize("name", ["deepseek_v2_lite", "deepseek_v2", "deepseek_v3"])
+def test_router_picks_and_weighs_as_hf(name):
+    """The router alone on 512 random tokens, 16 experts in 4 groups (2 chosen for V3 and group-limited V2; top 3):
+    each token's experts and their weights (after the routed scaling) equal HF's DeepseekV2/V3TopkRouter's."""
+    from pagedllm.model.models.deepseek import DeepseekRouter
+    cls, kwargs, _ = DEEPSEEK[name]
+    grouped = dict(n_group=4, topk_group=2) if "n_group" in kwargs else {}
+    config = cls(**dict(kwargs, n_routed_experts=16, num_experts_per_tok=3, **grouped))
+    v3 = name == "deepseek_v3"
+    module = transformers.models.deepseek_v3.modeling_deepseek_v3 if v3 else \
+        transformers.models.deepseek_v2.modeling_deepseek_v2
+    hf = (module.DeepseekV3TopkRouter if v3 else module.DeepseekV2TopkRouter)(config)
+    ours = DeepseekRouter(config, v3)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        hf.weight.copy_(torch.randn(16, 64, generator=g))
+        ours.weight.copy_(hf.weight)
+        if v3:
+            hf.e_score_correction_bias.copy_(torch.randn(16, generator=g) * 0.5)
+            ours.e_score_correction_bias.copy_(hf.e_score_correction_bias)
+        x = torch.randn(512, 64, generator=g)
+        _, hf_weights, hf_ids = hf(x)
+        weights, ids = ours(x)
+    assert torch.equal(ids.sort(dim=-1).values, hf_ids.sort(dim=-1).values)
+    torch.testing.assert_close(weights.gather(1, ids.argsort(dim=-1)), hf_weights.gather(1, hf_ids.argsort(dim=-1)),
+                               rtol=0, atol=0)
