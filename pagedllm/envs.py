@@ -71,6 +71,17 @@ def _int_at_least(name: str, minimum: int, default: int, maximum: int | None = N
     return value
 
 
+def _interval_s(name: str) -> float | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}.") from None
+    return seconds if seconds > 0 else 10.0      # vLLM's rule: not above 0 means its default
+
+
 # name -> (reader, what it does and its default)
 _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     # ---- model loading -----------------------------------------------------------------------------------------
@@ -232,7 +243,8 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_SERVER_DEV_MODE": (
         lambda: _flag("PAGEDLLM_SERVER_DEV_MODE", default=False),
         "1: the server adds vLLM's development endpoints (POST /sleep, /wake_up, /collective_rpc, "
-        "/reset_prefix_cache; GET /is_sleeping). Never expose them to users. Default off."),
+        "/reset_prefix_cache, /pause, /resume; GET /is_sleeping, /is_paused). Never expose them to users. Default "
+        "off."),
     "VLLM_SERVER_DEV_MODE": (
         lambda: _flag("VLLM_SERVER_DEV_MODE", default=False),
         "vLLM's name for PAGEDLLM_SERVER_DEV_MODE; either one turns the endpoints on. Default off."),
@@ -243,6 +255,13 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "VLLM_ALLOW_RUNTIME_LORA_UPDATING": (
         lambda: _flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING", default=False),
         "vLLM's name for PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING; either one turns the routes on. Default off."),
+    "PAGEDLLM_LOG_STATS_INTERVAL": (
+        lambda: _interval_s("PAGEDLLM_LOG_STATS_INTERVAL"),
+        "Seconds between the engine's statistics lines ('Avg prompt throughput: ...'; server, AsyncLLMEngine, "
+        "LLM(disable_log_stats=False)); vLLM's VLLM_LOG_STATS_INTERVAL. A value not above 0 means the default, 10."),
+    "VLLM_LOG_STATS_INTERVAL": (
+        lambda: _interval_s("VLLM_LOG_STATS_INTERVAL"),
+        "vLLM's name for PAGEDLLM_LOG_STATS_INTERVAL, read when that one is unset."),
     "PAGEDLLM_TORCH_PROFILER_DIR": (
         lambda: _optional_str("PAGEDLLM_TORCH_PROFILER_DIR"),
         "A folder: LLM.start_profile() / stop_profile() (and the server's POST /start_profile, /stop_profile) record "
@@ -274,6 +293,15 @@ def runtime_lora_updating() -> bool:
 def server_dev_mode() -> bool:
     """vLLM's development endpoints are on (PAGEDLLM_SERVER_DEV_MODE or VLLM_SERVER_DEV_MODE)."""
     return _flag("PAGEDLLM_SERVER_DEV_MODE", default=False) or _flag("VLLM_SERVER_DEV_MODE", default=False)
+
+
+def log_stats_interval() -> float:
+    """Seconds between statistics lines: PAGEDLLM_LOG_STATS_INTERVAL, else VLLM_LOG_STATS_INTERVAL, else vLLM's 10."""
+    for name in ("PAGEDLLM_LOG_STATS_INTERVAL", "VLLM_LOG_STATS_INTERVAL"):
+        seconds = _interval_s(name)
+        if seconds is not None:
+            return seconds
+    return 10.0
 
 
 def torch_profiler_dir() -> str | None:

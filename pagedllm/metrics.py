@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pagedllm import envs
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -56,11 +57,13 @@ class _Tracked:
 
 class EngineMetrics:
     def __init__(self, model_name: str, registry: CollectorRegistry | None = None, log_stats: bool = True,
-                 log_interval_s: float = 5.0, max_loras: int = 0, num_speculative_tokens: int = 0):
+                 log_interval_s: float | None = None, max_loras: int = 0, num_speculative_tokens: int = 0):
+        """``log_interval_s``: seconds between the statistics lines (None: VLLM_LOG_STATS_INTERVAL's, 10 s as
+        vLLM's)."""
         self.model_name = model_name
         self.registry = registry if registry is not None else CollectorRegistry()
         self.log_stats = log_stats
-        self.log_interval_s = log_interval_s
+        self.log_interval_s = log_interval_s if log_interval_s is not None else envs.log_stats_interval()
         labels = ["model_name"]
         r = self.registry
 
@@ -333,7 +336,7 @@ class EngineMetrics:
         self._interval_spec = [0, 0, 0, [0] * len(per_pos)]
 
     @classmethod
-    def for_engine(cls, config: "EngineConfig", log_interval_s: float = 5.0) -> "EngineMetrics":
+    def for_engine(cls, config: "EngineConfig", log_interval_s: float | None = None) -> "EngineMetrics":
         """An engine's own statistics, logged (vLLM's LoggingStatLogger line), when no server hands it a metrics
         object: ``LLM(disable_log_stats=False)``, ``AsyncLLMEngine.from_engine_args(AsyncEngineArgs())``."""
         spec = config.args.speculative_config

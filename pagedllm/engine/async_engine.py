@@ -22,6 +22,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Mapping
 
+from pagedllm import envs
 from pagedllm.config import EngineArgs, EngineConfig, ModelConfig
 from pagedllm.engine.core_client import EngineCoreClient
 from pagedllm.engine.input_processor import EarlyTokenizers, InputProcessor, PromptType, warn_trace_headers_unused
@@ -154,7 +155,7 @@ class RequestStream:
 # ---- the engine ------------------------------------------------------------------------------------------------------
 class AsyncLLMEngine:
     def __init__(self, engine_args: EngineArgs, *, log_requests: bool = True, metrics: Any = None,
-                 stats_log_interval_s: float = 5.0, engine_process: bool = False, prestarted=None,
+                 stats_log_interval_s: float | None = None, engine_process: bool = False, prestarted=None,
                  while_building: Callable[[], None] | None = None):
         """``while_building``: the caller's own start-up work, run while an engine-core process builds (after this
         engine's tokenizers load; not once the core has answered)."""
@@ -162,7 +163,9 @@ class AsyncLLMEngine:
         self.engine_args = engine_args
         self.log_requests = log_requests
         self.metrics = metrics              # pagedllm.metrics.EngineMetrics or None
-        self.stats_log_interval_s = stats_log_interval_s
+        # Seconds between statistics lines, also how often an idle engine looks (None: VLLM_LOG_STATS_INTERVAL, 10).
+        self.stats_log_interval_s = (stats_log_interval_s if stats_log_interval_s is not None
+                                     else envs.log_stats_interval())
         self._streams: dict[str, RequestStream] = {}
         # Calls of the core's utilities (sleep, wake_up, collective_rpc, ...) waiting for their answer, by call id.
         self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
@@ -175,7 +178,7 @@ class AsyncLLMEngine:
         self._lock = threading.RLock()   # re-entrant: a stream's __del__ may abort while it is held
         self._client = EngineCoreClient(engine_args, engine_process=engine_process, on_message=self._on_message,
                                         on_idle=self._log_stats, on_closed=self._die,
-                                        idle_interval_s=stats_log_interval_s, prestarted=prestarted)
+                                        idle_interval_s=self.stats_log_interval_s, prestarted=prestarted)
         # Two tokenizers: HF fast tokenizers must not be used from two threads at once, and inputs are tokenized in
         # ``_tokenizer_pool`` while outputs are detokenized in the reader thread. Loaded while an engine process
         # builds where their folder is known before (EarlyTokenizers).
@@ -200,7 +203,7 @@ class AsyncLLMEngine:
             # throughput / KV-cache line every stats_log_interval_s while requests run (and on do_log_stats()),
             # without a server's metrics object.
             from pagedllm.metrics import EngineMetrics
-            self.metrics = EngineMetrics.for_engine(self.config, stats_log_interval_s)
+            self.metrics = EngineMetrics.for_engine(self.config, self.stats_log_interval_s)
         if self.metrics is not None:
             self.metrics.attach(lambda: self.snapshot, self.config.cache_config)
         log_engine_start(logger, info, time.perf_counter() - t0)

@@ -128,11 +128,13 @@ def test_async_engine_args_enable_log_requests(tiny_llama_dir, caplog):
     assert EngineArgs.from_kwargs(**dataclasses.asdict(EngineArgs(model=tiny_llama_dir))).model == tiny_llama_dir
 
 
-def test_async_engine_logs_stats_without_a_metrics_object(tiny_llama_dir, caplog):
+def test_async_engine_logs_stats_without_a_metrics_object(tiny_llama_dir, caplog, monkeypatch):
     # vLLM's AsyncLLM keeps statistics unless disable_log_stats (off by default in AsyncEngineArgs): the throughput /
-    # KV-cache line while requests run, with no server around the engine.
+    # KV-cache line while requests run, with no server around the engine, every VLLM_LOG_STATS_INTERVAL seconds.
+    monkeypatch.delenv("PAGEDLLM_LOG_STATS_INTERVAL", raising=False)
+    monkeypatch.setenv("VLLM_LOG_STATS_INTERVAL", "0.05")
     engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=tiny_llama_dir, max_model_len=256,
-                                                             kv_cache_memory_gb=0.02), stats_log_interval_s=0.05)
+                                                             kv_cache_memory_gb=0.02))
 
     async def main():
         params = SamplingParams(temperature=0.0, max_tokens=150, ignore_eos=True)
@@ -146,3 +148,19 @@ def test_async_engine_logs_stats_without_a_metrics_object(tiny_llama_dir, caplog
         assert "Running: 1 reqs" in lines[0] and "GPU KV cache usage" in lines[0]
     finally:
         engine.shutdown()
+
+
+def test_stats_interval_is_vllms_log_stats_interval(monkeypatch):
+    from pagedllm.metrics import EngineMetrics
+    monkeypatch.delenv("PAGEDLLM_LOG_STATS_INTERVAL", raising=False)
+    monkeypatch.delenv("VLLM_LOG_STATS_INTERVAL", raising=False)
+    assert EngineMetrics("m").log_interval_s == 10.0                   # vLLM's default
+    monkeypatch.setenv("VLLM_LOG_STATS_INTERVAL", "2.5")
+    assert EngineMetrics("m").log_interval_s == 2.5
+    monkeypatch.setenv("VLLM_LOG_STATS_INTERVAL", "0")                 # not above 0: the default, as vLLM
+    assert EngineMetrics("m").log_interval_s == 10.0
+    monkeypatch.setenv("PAGEDLLM_LOG_STATS_INTERVAL", "1")            # ours first
+    assert EngineMetrics("m").log_interval_s == 1.0
+    monkeypatch.setenv("PAGEDLLM_LOG_STATS_INTERVAL", "soon")
+    with pytest.raises(ValueError, match="PAGEDLLM_LOG_STATS_INTERVAL must be a number of seconds, got 'soon'"):
+        EngineMetrics("m")
