@@ -123,8 +123,9 @@ def check_parallel_support(hf_config, tensor_parallel_size: int, pipeline_parall
                          f"use tensor_parallel_size=1.")
     if pipeline_parallel_size > 1 and not getattr(model_cls, "supports_pipeline_parallel", False):
         raise ValueError(f"pipeline_parallel_size > 1 is not supported yet for {model_cls.__name__} (pipeline "
-                         f"parallel runs Llama, Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, GPT-2, ChatGLM, and the BERT and "
-                         f"XLM-RoBERTa encoders); use pipeline_parallel_size=1.")
+                         f"parallel runs Llama, Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, GPT-2, ChatGLM, GPT-NeoX, "
+                         f"Phi, StableLM, Starcoder2, GPTBigCode, Falcon, and the BERT and XLM-RoBERTa encoders); use "
+                         f"pipeline_parallel_size=1.")
 
 
 def get_model_class(hf_config):

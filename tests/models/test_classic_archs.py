@@ -1,7 +1,7 @@
 """The LayerNorm decoders (GPT-NeoX, Phi, StableLM, Starcoder2, GPTBigCode, Falcon: model/models/layernorm_decoder.py)
 beyond the single-process HF parity of test_models_vs_hf.py: tensor parallel on the CPU (each rank its heads of the
-fused QKV as cut at load, per-head Q/K norms, KV heads replicated) gives HF fp32's greedy tokens, and config fields we
-cannot honour are refused at load with a ValueError naming them."""
+fused QKV as cut at load, per-head Q/K norms, KV heads replicated) and pipeline parallel give HF fp32's greedy tokens,
+and config fields we cannot honour are refused at load with a ValueError naming them."""
 from __future__ import annotations
 
 import pytest
@@ -51,12 +51,6 @@ def test_unsupported_config_fields_are_named(tmp_path, config, message):
         LLM(path, skip_tokenizer_init=True, dtype="float32")
 
 
-def test_pipeline_parallel_is_refused_with_the_model_named(tmp_path):
-    path = _save(tmp_path, transformers.GPTNeoXConfig(**_COMMON, intermediate_size=128))
-    with pytest.raises(ValueError, match="pipeline_parallel_size > 1 is not supported yet for GPTNeoXForCausalLM"):
-        LLM(path, skip_tokenizer_init=True, dtype="float32", pipeline_parallel_size=2)
-
-
 def test_pythia_checkpoint_buffers_are_skipped(tmp_path):
     """EleutherAI's Pythia checkpoints carry each layer's causal-mask buffers (``attention.bias``,
     ``attention.masked_bias``) and rotary ``inv_freq``: not weights, skipped at load (HF ignores them too)."""
@@ -82,3 +76,14 @@ def test_gpt_bigcode_context_ends_at_its_learned_positions(tmp_path, monkeypatch
     monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     with pytest.raises(ValueError, match="gpt_bigcode architecture has learned absolute position embeddings, 64"):
         LLM(path, skip_tokenizer_init=True, dtype="float32", max_model_len=128)
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "starcoder2", "gpt_bigcode"])
+def test_pipeline_parallel_2_matches_hf(tmp_path, arch):
+    """Two stages of one layer each: GPT-NeoX's own embed_out on the last stage; Starcoder2's and GPTBigCode's tied
+    heads there loaded from the first stage's embedding tensor (GPTBigCode's learned positions on the first);
+    chunked prefill mixed with decodes."""
+    tiny = TinyModel(arch, str(tmp_path))
+    llm = tiny.llm(pipeline_parallel_size=2, max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
+    prompts = _prompts(PROMPT_LENS)
+    _assert_matches_hf(tiny, prompts, _generate(llm, prompts))

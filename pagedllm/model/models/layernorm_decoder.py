@@ -16,7 +16,9 @@ onto this module's; the differences from Llama are the switches below:
 
 A checkpoint's fused QKV tensor is cut into q / k / v at load (``split_fused_qkv``: per head, per KV group or
 contiguous), so the packed QKV layer takes each rank's heads under tensor parallel (KV heads replicated when there
-are fewer than ranks). No pipeline parallel, LoRA or quantization yet (refused at load by the registry's checks).
+are fewer than ranks). Pipeline parallel: the embeddings on the first stage, the final norm and the LM head on the
+last (a tied head: the last stage's copy of the embedding), a layer's residual added inside it, so only the hidden
+states travel between stages. No LoRA or quantization yet (refused at load by the registry's checks).
 """
 from __future__ import annotations
 
@@ -29,11 +31,13 @@ from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.config import layer_sliding_windows
+from pagedllm.distributed import get_pp_layer_range, is_first_pp_stage, is_last_pp_stage
 from pagedllm.model.layers.activation import activation_fn
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
 from pagedllm.model.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import HeadLayerNorm, LayerNorm
+from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers
 from pagedllm.model.layers.rotary import RotaryEmbedding
 from pagedllm.model.models.llama import LlamaMLP
 from pagedllm.model.models.weights import load_packed_weights
@@ -162,26 +166,37 @@ class LayerNormDecoderLayer(nn.Module):
 class LayerNormDecoderModel(nn.Module):
     def __init__(self, cfg: LayerNormDecoderConfig, hf_config, max_position: int, windows: list[int], family: str):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
-        if cfg.learned_positions:
+        self.first_stage, self.last_stage = is_first_pp_stage(), is_last_pp_stage()
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size) if self.first_stage
+                             else PPMissingLayer())
+        self.embed_positions = None
+        if cfg.learned_positions and self.first_stage:
             # Replicated on every tensor-parallel rank (as OPT's): every position's row is needed on every rank.
             self.embed_positions = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
             self.embed_positions.weight.requires_grad_(False)
-            rotary = None
-        else:
-            self.embed_positions = None
-            # The rope theta, scaling and partial_rotary_factor come from the HF config (rotary.py reads them).
-            rotary = RotaryEmbedding(hf_config, cfg.head_dim, max_position)
-        self.layers = nn.ModuleList(LayerNormDecoderLayer(cfg, i, rotary, windows[i], family)
-                                    for i in range(cfg.num_layers))
-        self.norm = LayerNorm(cfg.hidden_size, cfg.eps)
+        elif cfg.learned_positions:
+            self.embed_positions = PPMissingLayer()
+        # The rope theta, scaling and partial_rotary_factor come from the HF config (rotary.py reads them).
+        rotary = None if cfg.learned_positions else RotaryEmbedding(hf_config, cfg.head_dim, max_position)
+        # make_layers numbers a stage's layers from 0 (its KV cache); the windows are the whole model's.
+        start = get_pp_layer_range(cfg.num_layers)[0]
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            cfg.num_layers, lambda i: LayerNormDecoderLayer(cfg, i, rotary, windows[start + i], family))
+        self._stage_layers = list(self.layers)[self.start_layer:self.end_layer]
+        self.norm = LayerNorm(cfg.hidden_size, cfg.eps) if self.last_stage else PPMissingLayer()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        hidden = with_given_embeds(self.embed_tokens(input_ids), batch.input_embeds)
-        if self.embed_positions is not None:
-            hidden = hidden + self.embed_positions(positions)
-        for layer in self.layers:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        if self.first_stage:
+            hidden = with_given_embeds(self.embed_tokens(input_ids), batch.input_embeds)
+            if self.embed_positions is not None:
+                hidden = hidden + self.embed_positions(positions)
+        else:
+            hidden = intermediate.hidden
+        for layer in self._stage_layers:
             hidden = layer(positions, hidden, batch)
+        if not self.last_stage:
+            return IntermediateTensors(hidden, None)
         return self.norm(hidden)
 
 
@@ -192,6 +207,7 @@ class LayerNormDecoderForCausalLM(nn.Module):
     checkpoints carry (causal masks, rotary frequencies)."""
     family = "LayerNorm decoder"
     supports_tensor_parallel = True
+    supports_pipeline_parallel = True
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
@@ -216,20 +232,33 @@ class LayerNormDecoderForCausalLM(nn.Module):
         disabled = getattr(getattr(engine_config, "args", None), "disable_sliding_window", False)
         self.model = LayerNormDecoderModel(cfg, hf_config, max_position,
                                            layer_sliding_windows(hf_config, cfg.num_layers, disabled), self.family)
+        # Tied over several pipeline stages: the last stage's head is a copy, loaded from the embedding's tensor.
+        self._head_from_embedding = cfg.tie_word_embeddings and not is_first_pp_stage()
+        if not is_last_pp_stage():
+            self.lm_head = PPMissingLayer()
+            return
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, bias=cfg.lm_head_bias)
-        if cfg.tie_word_embeddings:
+        if cfg.tie_word_embeddings and not self._head_from_embedding:
             self.lm_head.tie_weights(self.model.embed_tokens)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
-                intermediate=None) -> torch.Tensor:
-        return self.model(input_ids, positions, batch)
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, batch, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("lm_head.weight",) if self.cfg.tie_word_embeddings else ()
-        return load_packed_weights(self, self._our_names(weights), self.packed_modules_mapping, skip=skip)
+        rename = {"model.embed_tokens.": "lm_head."} if self._head_from_embedding else None
+        return load_packed_weights(self, self._our_names(weights), self.packed_modules_mapping, skip=skip,
+                                   rename=rename)
+
+    def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
+        """Checkpoint name prefixes this pipeline stage never reads: none, as the families' checkpoint names are not
+        ours (renamed on the way in); every stage reads each tensor and load_packed_weights drops those of modules
+        another stage holds, after the renames."""
+        return ()
 
     def _our_names(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
         cfg = self.cfg
