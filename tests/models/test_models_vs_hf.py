@@ -54,6 +54,13 @@ ARCHS = {
     "mixtral": (transformers.MixtralConfig, dict(_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2), 0),
     # OLMo 2: norms after each branch, Q/K norms over the whole projection.
     "olmo2": (transformers.Olmo2Config, dict(_LLAMA_LIKE), 0),
+    # OLMo 3: a windowed layer (8 tokens) and a full one, each with its own rope theta.
+    "olmo3": (transformers.Olmo3Config, dict(_LLAMA_LIKE, sliding_window=8,
+                                             layer_types=["sliding_attention", "full_attention"],
+                                             rope_parameters={"sliding_attention": {"rope_type": "default",
+                                                                                    "rope_theta": 10000.0},
+                                                              "full_attention": {"rope_type": "default",
+                                                                                 "rope_theta": 500000.0}}), 0),
     # Granite 3's multipliers (embeddings, residual branches, attention scale, logits), at other values.
     "granite": (transformers.GraniteConfig, dict(_LLAMA_LIKE, embedding_multiplier=3.0, residual_multiplier=0.5,
                                                  attention_multiplier=0.2, logits_scaling=2.0), 0),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pagedllm.model.models.llama import LlamaForCausalLM, LlamaVariant
+from pagedllm.model.models.llama import LlamaForCausalLM, LlamaVariant, attention_layer_types
 
 
 class Olmo2ForCausalLM(LlamaForCausalLM):
@@ -15,3 +15,14 @@ class Olmo2ForCausalLM(LlamaForCausalLM):
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
         return dataclasses.replace(super().variant(hf_config), post_norms=True, qk_norm_whole=True)
+
+
+class Olmo3ForCausalLM(Olmo2ForCausalLM):
+    """OLMo 3 (``Olmo3ForCausalLM``: allenai/Olmo-3-7B / 32B): OLMo 2 with windowed ("sliding_attention") and
+    full-attention layers, each kind with its own rotary parameters (rotary.rope_layer_types; YaRN on the full
+    layers of the long-context checkpoints)."""
+
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        attention_layer_types(hf_config, "OLMo 3")
+        return super().variant(hf_config)
