@@ -28,6 +28,7 @@ def test_served_context_overflow_errors(tiny_llama_dir):
             ("/v1/completions", {"prompt": [5] * 128, "max_tokens": None}),          # no room for one token
             ("/tokenize", {"messages": msgs}),
             ("/v1/chat/completions", {"messages": msgs, "max_tokens": 129}),       # the name the request used
+            ("/v1/responses", {"input": "hi", "max_output_tokens": 129}),
             ("/v1/completions", {"prompt": [5] * 100, "max_tokens": 28}),            # fits exactly
         ])
     errors = [r.json()["error"] for r in responses[:6]]
@@ -43,7 +44,9 @@ def test_served_context_overflow_errors(tiny_llama_dir):
     assert errors[4]["message"].startswith("max_completion_tokens=129 cannot be greater than max_model_len=128.")
     assert errors[5]["message"].startswith("The decoder prompt (length 128) plus the number of requested output "
                                            "tokens (at least 1) is longer than the maximum model length of 128.")
-    assert responses[8].status_code == 200 and responses[8].json()["usage"]["completion_tokens"] >= 1
+    assert responses[9].status_code == 200 and responses[9].json()["usage"]["completion_tokens"] >= 1
+    assert responses[8].json()["error"]["param"] == "max_output_tokens"
+    assert responses[8].json()["error"]["message"].startswith("max_output_tokens=129 cannot be greater than")
     assert responses[7].json()["error"]["param"] == "max_tokens"
     assert responses[7].json()["error"]["message"].startswith("max_tokens=129 cannot be greater than max_model_len")
 

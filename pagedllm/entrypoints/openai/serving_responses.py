@@ -54,6 +54,18 @@ _PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "max_tokens": "max
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
+def _as_responses_error(error: dict) -> dict:
+    """A chat error's field as the Responses request names it: its param, and the "name=value" that opens a
+    message such as "max_completion_tokens=N cannot be greater than max_model_len=M"."""
+    old = error.get("param")
+    new = _PARAM_NAMES.get(old, old)
+    message = error.get("message")
+    if new != old and isinstance(message, str) and message.startswith(f"{old}="):
+        error["message"] = new + message[len(old):]
+    error["param"] = new
+    return error
+
+
 def _text_format(req: ResponsesRequest) -> Any:
     """The request's ``text.format`` (``{"type": "text"}`` when it gives none)."""
     return (req.text or {}).get("format") or {"type": "text"}
@@ -272,8 +284,7 @@ class OpenAIServingResponses:
                                      media_type="text/event-stream")
         body = json.loads(answer.body)
         if answer.status_code != 200:
-            error = body.get("error") or {}
-            error["param"] = _PARAM_NAMES.get(error.get("param"), error.get("param"))
+            _as_responses_error(body.get("error") or {})
             return JSONResponse(body, status_code=answer.status_code)
         return JSONResponse(self._response(req, body, request_id))
 
@@ -287,9 +298,9 @@ class OpenAIServingResponses:
         token_ids: list[int] = []
         async for chunk in _sse_data(chat_sse):
             if "error" in chunk:      # the chat stream's error chunk: OpenAI's error event, and the stream ends
-                error = chunk["error"]
+                error = _as_responses_error(chunk["error"])
                 yield items.event("error", code=error.get("code"), message=error.get("message"),
-                                  param=_PARAM_NAMES.get(error.get("param"), error.get("param")))
+                                  param=error.get("param"))
                 return
             if chat is None:
                 chat = {"created": chunk["created"], "model": chunk["model"]}
