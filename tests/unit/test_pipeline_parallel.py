@@ -246,8 +246,9 @@ def test_impossible_splits_are_clear_errors(tmp_path, monkeypatch):
     transformers.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                            vocab_size=VOCAB, architectures=["OPTForCausalLM"]).save_pretrained(tmp_path / "opt")
     assert "pipeline_parallel_size > 1 is not supported yet for OPTForCausalLM (pipeline parallel runs Llama, " \
-           "Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, GPT-2, ChatGLM, and the BERT and XLM-RoBERTa " \
-           "encoders)" in _config_error(tmp_path / "opt", pipeline_parallel_size=2)
+           "Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, GPT-2, ChatGLM, GPT-NeoX, Phi, StableLM, Starcoder2, " \
+           "GPTBigCode, Falcon, and the BERT and XLM-RoBERTa encoders)" in _config_error(tmp_path / "opt",
+                                                                                     pipeline_parallel_size=2)
     # More ranks than GPUs.
     from pagedllm import config as cfg_mod
     monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device("cuda"))
