@@ -39,10 +39,6 @@ _MODELS = {
     "Exaone4ForCausalLM": ("exaone4", "Exaone4ForCausalLM"),
     "Ernie4_5ForCausalLM": ("ernie4_5", "Ernie4_5ForCausalLM"),
     "ArceeForCausalLM": ("arcee", "ArceeForCausalLM"),
-    "SeedOssForCausalLM": ("seed_oss", "SeedOssForCausalLM"),
-    "Exaone4ForCausalLM": ("exaone4", "Exaone4ForCausalLM"),
-    "Ernie4_5ForCausalLM": ("ernie4_5", "Ernie4_5ForCausalLM"),
-    "ArceeForCausalLM": ("arcee", "ArceeForCausalLM"),
     # ChatGLM2/3 and GLM-4: their config.json names "ChatGLMModel", the remote code's LM class is
     # ChatGLMForConditionalGeneration; both are the same checkpoint layout (with its output_layer).
     "ChatGLMModel": ("chatglm", "ChatGLMForCausalLM"),

@@ -93,15 +93,6 @@ ARCHS = {
     # ERNIE 4.5: interleaved rotary over the whole head. Arcee: an MLP without gate, relu(up(x))^2.
     "ernie4_5": (transformers.Ernie4_5Config, dict(_LLAMA_LIKE, head_dim=32), 0),
     "arcee": (transformers.ArceeConfig, dict(_LLAMA_LIKE), 0),
-    # Seed-OSS: biases on Q/K/V and, on their own switch, on o_proj.
-    "seed_oss": (transformers.SeedOssConfig, dict(_LLAMA_LIKE, head_dim=32, attention_bias=True,
-                                                  attention_out_bias=True), 0),
-    # EXAONE 4: norms after each branch only, per-head Q/K norms, a windowed rotary layer and a global NoPE one.
-    "exaone4": (transformers.Exaone4Config, dict(_LLAMA_LIKE, sliding_window=8,
-                                                 layer_types=["sliding_attention", "full_attention"]), 0),
-    # ERNIE 4.5: interleaved rotary over the whole head. Arcee: an MLP without gate, relu(up(x))^2.
-    "ernie4_5": (transformers.Ernie4_5Config, dict(_LLAMA_LIKE, head_dim=32), 0),
-    "arcee": (transformers.ArceeConfig, dict(_LLAMA_LIKE), 0),
     # GPT-2: Conv1D weights stored [in, out], q/k/v fused in c_attn, learned positions from row 0, GELU-tanh.
     "gpt2": (transformers.GPT2Config, dict(_COMMON, initializer_range=0.2, architectures=["GPT2LMHeadModel"]), 0),
     "opt": (transformers.OPTConfig, dict(_COMMON, ffn_dim=128, init_std=0.2), 3),
