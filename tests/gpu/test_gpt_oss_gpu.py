@@ -62,7 +62,8 @@ def prompts():
 @pytest.fixture(scope="module")
 def hf_model(model_dir):
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir / "dense", dtype=torch.float32,
-                                                              attn_implementation="eager").cuda().eval()
+                                                              attn_implementation="eager",
+                                                              experts_implementation="eager").cuda().eval()
     yield model
     del model
     torch.cuda.empty_cache()

@@ -42,7 +42,9 @@ class GptOssTiny(TinyModel):
     def __init__(self, path: str, hf: transformers.PreTrainedModel | None = None, seed: int = 0):
         if hf is None:
             torch.manual_seed(seed)
+            # HF's own loops (modeling_gpt_oss.py), not its grouped_mm experts default
             hf = transformers.AutoModelForCausalLM.from_config(_config(), attn_implementation="eager",
+                                                               experts_implementation="eager",
                                                                dtype=torch.float32).eval()
             with torch.no_grad():
                 for name, param in hf.named_parameters():
@@ -145,7 +147,7 @@ def test_mxfp4_checkpoint_loads_to_the_dense_tokens(mxfp4_pair, caplog):
     expected = [dense.greedy(p) for p in prompts]
     # HF reads the same files (dequantizing them itself) to the same tokens: the layout is HF's, not only ours
     hf_mx = transformers.AutoModelForCausalLM.from_pretrained(
-        mx_dir, dtype=torch.float32, attn_implementation="eager",
+        mx_dir, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager",
         quantization_config=transformers.Mxfp4Config(dequantize=True)).eval()
     for prompt, tokens in zip(prompts, expected):
         ids = torch.tensor([prompt])
@@ -174,8 +176,8 @@ def test_mxfp4_checkpoint_missing_scales_is_named(mxfp4_pair, tmp_path):
 def test_bf16_checkpoint_loads(tiny, tmp_path):
     """The checkpoint in bf16 (as gpt-oss's non-expert tensors are) runs in bf16: HF bf16's greedy tokens (a prompt
     whose top-2 logit margins stay above bf16's rounding at these logits, ~0.03)."""
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.bfloat16,
-                                                           attn_implementation="eager").eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.bfloat16, attn_implementation="eager",
+                                                           experts_implementation="eager").eval()
     hf.save_pretrained(str(tmp_path))
     prompt = _prompts([12], seed=28)[0]
     ids = torch.tensor([prompt])
