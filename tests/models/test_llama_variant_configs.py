@@ -32,7 +32,11 @@ def _saved(tmp_path, config, **config_json_changes) -> str:
     (transformers.Cohere2Config(**_TINY), dict(layer_types=["sliding_attention", "chunked_attention"]),
      "layer_types ['chunked_attention']"),
     (transformers.Ernie4_5Config(**_TINY), dict(use_bias=True), "use_bias=True is not supported"),
-], ids=["smollm3-short-no_rope_layers", "smollm3-window-off", "cohere2-layer-type", "ernie4_5-use_bias"])
+    # A Llama-family config naming another MLP activation: refused, not run as SiLU.
+    (transformers.LlamaConfig(**_TINY), dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+    (transformers.Qwen2Config(**_TINY), dict(hidden_act="relu"), "hidden_act='relu' is not supported"),
+], ids=["smollm3-short-no_rope_layers", "smollm3-window-off", "cohere2-layer-type", "ernie4_5-use_bias",
+        "llama-gelu", "qwen2-relu"])
 def test_config_we_cannot_honour_is_refused(tmp_path, config, changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         LLM(_saved(tmp_path, config, **changes), skip_tokenizer_init=True, dtype="float32")

@@ -346,6 +346,11 @@ class LlamaForCausalLM(nn.Module):
         self.config = hf_config
         max_position = max(engine_config.max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0)
         variant = self.variant(hf_config)
+        act = getattr(hf_config, "hidden_act", None) or "silu"
+        if variant.activation == "silu" and act not in ("silu", "swish"):
+            # The gated MLP is SiLU's (and the GPU fuses SiLU into gate_up): another activation would run as SiLU.
+            raise ValueError(f"hidden_act={act!r} is not supported for {type(self).__name__}: its gated MLP runs "
+                             f"SiLU (supported: 'silu').")
         self.logits_divisor, self.final_logit_soft_cap = variant.logits_divisor, variant.final_logit_soft_cap
         disabled = getattr(getattr(engine_config, "args", None), "disable_sliding_window", False)
         self.model = LlamaModel(hf_config, max_position, variant, getattr(engine_config, "quant_config", None),
