@@ -234,3 +234,22 @@ def test_published_config_rotates_as_hf(tmp_path):
     assert hf.attention_scaling == pytest.approx(1.3466, abs=1e-4)
     assert torch.equal(ours.cos, cos[0]) and torch.equal(ours.sin, sin[0])
     assert layer_sliding_windows(cfg, 24)[:4] == [128, 0, 128, 0]
+
+
+def test_lora_on_the_attention_equals_hf_merged(tiny, tmp_path):
+    """A LoRA adapter of q/k/v/o (what HF's gpt-oss has as linear layers): greedy tokens equal HF's with the
+    adapter merged, beside the base model in one batch."""
+    import shutil
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))      # test_lora imports its neighbours
+    from test_lora import GREEDY, PROMPTS, make_llm, merged_tokens, save_adapter
+
+    from pagedllm.lora.request import LoRARequest
+    shutil.copytree(tiny.path, tmp_path / "model")
+    adapter = save_adapter(tmp_path / "lora", tiny.hf, rank=8, alpha=16, seed=3)
+    assert sorted({n.rpartition(".")[2] for n in adapter}) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    expected, base = merged_tokens(tiny.hf, adapter, 16 / 8, PROMPTS, 6), merged_tokens(tiny.hf, {}, 0, PROMPTS, 6)
+    assert expected != base
+    got = make_llm(tmp_path).generate([{"prompt_token_ids": p} for p in PROMPTS] * 2, GREEDY, use_tqdm=False,
+                                      lora_request=[LoRARequest("lora", 1, str(tmp_path / "lora"))] * 2 + [None] * 2)
+    assert [list(o.outputs[0].token_ids) for o in got] == expected + base

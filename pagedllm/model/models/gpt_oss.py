@@ -109,7 +109,7 @@ _STACKED = ("gate_up_proj", "down_proj")
 class GptOssForCausalLM(LlamaForCausalLM):
     attention_sinks = True          # the model runner asks the backend for supports_attention_sinks
     supports_quantization = ("mxfp4",)
-    supports_lora = False           # not wired for this model yet (its experts take none; q/k/v/o untested)
+    supports_lora = True            # the attention's q/k/v/o (the experts take none yet, as the other MoE models')
     supports_pipeline_parallel = False
 
     @classmethod
