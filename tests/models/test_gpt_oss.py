@@ -205,11 +205,14 @@ def test_a_backend_without_sinks_is_refused(tiny):
         _BACKENDS.pop("nosinks", None)
 
 
-def test_tensor_parallel_2_matches_hf(tiny):
-    """TP=2 on the CPU (gloo): each rank its 2 of the 4 heads and their sinks, 1 of the 2 KV heads, half of every
-    expert's intermediate dim and of its gate/up biases; the down bias added once (rank 0) before the all-reduce."""
+@pytest.mark.parametrize("parallel", [dict(tensor_parallel_size=2), dict(pipeline_parallel_size=2)],
+                         ids=["tp2", "pp2"])
+def test_parallel_matches_hf(tiny, parallel):
+    """On the CPU (gloo). TP=2: each rank its 2 of the 4 heads and their sinks, 1 of the 2 KV heads, half of every
+    expert's intermediate dim and of its gate/up biases; the down bias added once (rank 0) before the all-reduce.
+    PP=2: a layer a stage, each stage reading only its layers' tensors (the experts' too)."""
     prompts = _prompts(PROMPT_LENS[:3])
-    llm = tiny.llm(tensor_parallel_size=2, max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
+    llm = tiny.llm(max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01, **parallel)
     _assert_matches_hf(tiny, prompts, _generate(llm, prompts))
 
 

@@ -110,7 +110,7 @@ class GptOssForCausalLM(LlamaForCausalLM):
     attention_sinks = True          # the model runner asks the backend for supports_attention_sinks
     supports_quantization = ("mxfp4",)
     supports_lora = True            # the attention's q/k/v/o (the experts take none yet, as the other MoE models')
-    supports_pipeline_parallel = False
+    supports_pipeline_parallel = True
 
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
