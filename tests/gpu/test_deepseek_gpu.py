@@ -48,9 +48,14 @@ def _config(arch: str):
 
 
 def _save(arch: str, path) -> str:
+    return save_random(_config(arch), path)
+
+
+def save_random(config, path) -> str:
+    """A random fp32 model of ``config`` saved at ``path``, with sharp logits and a drawn router correction bias."""
     from transformers import AutoModelForCausalLM
     torch.manual_seed(1234)
-    model = AutoModelForCausalLM.from_config(_config(arch), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)          # sharper logits than the tiny default init: clear greedy margins
         for module in model.modules():

@@ -47,9 +47,10 @@ DEEPSEEK = {
 class DeepseekTiny(vs_hf.TinyModel):
     """test_models_vs_hf's tiny model, with V3's e_score_correction_bias and the attention biases drawn too (HF
     starts them at 0)."""
+    configs = DEEPSEEK       # name -> (HF config class, kwargs, seed)
 
     def __init__(self, name: str, path: str, **overrides):
-        cls, kwargs, seed = DEEPSEEK[name]
+        cls, kwargs, seed = self.configs[name]
         with mock.patch.dict(vs_hf.ARCHS, {name: (cls, dict(kwargs, **overrides), seed)}):
             super().__init__(name, path)
         with torch.no_grad():

@@ -33,8 +33,9 @@ _PART = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_p
 
 def is_sparse_layer(hf_config, layer_idx: int) -> bool:
     """Whether decoder layer ``layer_idx`` has a MoE block (Qwen's ``mlp_only_layers`` / ``decoder_sparse_step``
-    keep some dense; Mixtral's are all sparse)."""
-    if num_experts(hf_config) == 0 or layer_idx in (getattr(hf_config, "mlp_only_layers", None) or ()):
+    and GLM-4.5's ``first_k_dense_replace`` keep some dense; Mixtral's are all sparse)."""
+    if num_experts(hf_config) == 0 or layer_idx in (getattr(hf_config, "mlp_only_layers", None) or ()) \
+            or layer_idx < (getattr(hf_config, "first_k_dense_replace", None) or 0):
         return False
     step = getattr(hf_config, "decoder_sparse_step", None) or 1
     return (layer_idx + 1) % step == 0

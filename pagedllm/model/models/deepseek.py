@@ -37,7 +37,6 @@ V3's multi-token-prediction layers (``model.layers.{num_hidden_layers}...``) are
 from __future__ import annotations
 
 import logging
-import re
 from typing import Iterable
 
 import torch
@@ -56,11 +55,9 @@ from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
 from pagedllm.model.layers.rotary import RotaryEmbedding, interleaved_to_neox_rows
 from pagedllm.model.models.llama import LlamaMLP
-from pagedllm.model.models.weights import load_packed_weights
+from pagedllm.model.models.weights import load_packed_weights, without_layers_from
 
 logger = logging.getLogger(__name__)
-
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def _check_supported(cfg, v3: bool) -> None:
@@ -85,15 +82,21 @@ def _check_supported(cfg, v3: bool) -> None:
     if cfg.v_head_dim > cfg.qk_nope_head_dim + cfg.qk_rope_head_dim:
         raise ValueError(f"DeepSeek with v_head_dim={cfg.v_head_dim} > qk_nope_head_dim + qk_rope_head_dim is not "
                          f"supported (the expanded KV cache pads the values to the keys' width).")
+    if v3 or method == "group_limited_greedy":
+        check_expert_groups(cfg, arch, v3)
+
+
+def check_expert_groups(cfg, arch: str, sigmoid: bool) -> None:
+    """Grouped routing's ``n_group`` / ``topk_group`` (DeepSeek-V2's group-limited greedy, the sigmoid noaux_tc
+    routing of DeepSeek-V3 and GLM-4.5, which scores a group by its two best experts): refused by name unless they
+    split the experts evenly."""
     experts = cfg.n_routed_experts or 0
-    grouped = v3 or method == "group_limited_greedy"
-    if experts and grouped:
-        groups, chosen = cfg.n_group, cfg.topk_group
-        if not groups or not chosen or experts % groups or not 0 < chosen <= groups \
-                or (v3 and experts // groups < 2):
-            raise ValueError(f"{arch} routes within expert groups: n_group={groups} must divide n_routed_experts="
-                             f"{experts}{' into groups of at least 2' if v3 else ''}, and topk_group={chosen} be "
-                             f"between 1 and n_group.")
+    groups, chosen = cfg.n_group, cfg.topk_group
+    if experts and (not groups or not chosen or experts % groups or not 0 < chosen <= groups
+                    or (sigmoid and experts // groups < 2)):
+        raise ValueError(f"{arch} routes within expert groups: n_group={groups} must divide n_routed_experts="
+                         f"{experts}{' into groups of at least 2' if sigmoid else ''}, and topk_group={chosen} be "
+                         f"between 1 and n_group.")
 
 
 def is_moe_layer(cfg, layer_idx: int) -> bool:
@@ -324,11 +327,7 @@ class DeepseekV2ForCausalLM(nn.Module):
                             ) -> Iterable[tuple[str, torch.Tensor]]:
         """The checkpoint's tensors without V3's multi-token-prediction layers, the rope rows of the Q projection
         and of ``kv_a_proj_with_mqa`` (weight, bias, per-row scales) in NeoX order."""
-        layers = self.config.num_hidden_layers
-        for name, tensor in weights:
-            layer = _LAYER.match(name)
-            if layer is not None and int(layer.group(1)) >= layers:
-                continue
+        for name, tensor in without_layers_from(weights, self.config.num_hidden_layers):
             module = next((m for m in self._rope_rows if m in name), None)
             if module is not None and tensor.dim() and tensor.shape[0] == self._rope_rows[module].numel():
                 tensor = tensor.index_select(0, self._rope_rows[module].to(tensor.device))   # weight, bias, row scales

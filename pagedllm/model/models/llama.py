@@ -54,7 +54,8 @@ class LlamaVariant:
     attn_soft_cap: float = 0.0
     final_logit_soft_cap: float = 0.0
     # Mixture-of-experts MLPs in the sparse layers (model/layers/moe.py): "qwen" (Qwen2-MoE / Qwen3-MoE: router
-    # weights in the model dtype, Qwen2-MoE's shared expert) or "mixtral" (fp32 router weights); None: dense.
+    # weights in the model dtype, Qwen2-MoE's shared expert) or "mixtral" (fp32 router weights); None: dense. A model
+    # whose ``moe_block`` builds its block names it here too (its experts load through load_expert_tensors).
     moe: str | None = None
     # OLMo 2: norms after each branch and none before it (post_attention_ / post_feedforward_layernorm), and the
     # Q / K norms over the whole projection (all heads), not per head.

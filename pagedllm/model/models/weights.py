@@ -1,6 +1,7 @@
 """Routing checkpoint tensors to parameters through their ``weight_loader`` (shared by every model)."""
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import torch
@@ -53,6 +54,19 @@ def load_packed_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
         if hook is not None and any(id(p) in loaded_params for p in module.parameters(recurse=False)):
             hook()
     return loaded
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def without_layers_from(weights: Iterable[tuple[str, torch.Tensor]],
+                        num_layers: int) -> Iterable[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors less those of ``model.layers.{i}`` for ``i >= num_layers``: the multi-token-prediction
+    layers DeepSeek-V3 and GLM-4.5 append after the decoder, which are not run."""
+    for name, tensor in weights:
+        layer = _LAYER.match(name)
+        if layer is None or int(layer.group(1)) < num_layers:
+            yield name, tensor
 
 
 def interleaved_rotary_to_neox(weights: Iterable[tuple[str, torch.Tensor]], hf_config,

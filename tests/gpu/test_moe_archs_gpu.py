@@ -1,0 +1,62 @@
+"""The mixture-of-experts decoders of tests/models/test_moe_archs_vs_hf.py on a CUDA GPU, through the same layers as
+every MoE model: the Triton attention backend, the fused Triton experts with the router on the device, decode and
+piecewise CUDA graphs, prefix-cache hits. In fp32 their greedy tokens are HF fp32's exactly (fp32 keeps the
+router's choices HF's; in bf16 a tiny random router's near-ties pick other experts, as tests/gpu/test_engine_gpu.py's
+MoE test says). Skipped without CUDA (collected on the CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_deepseek_gpu import save_random
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+NEW_TOKENS = 24
+PROMPT_LENS = [3, 17, 40, 70, 130]
+_COMMON = dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=1,
+               eos_token_id=2, pad_token_id=0, num_experts_per_tok=2)
+
+
+def _config(arch: str):
+    import transformers
+    if arch == "glm4_moe":      # a dense first layer, sigmoid + correction bias in 4 groups, partial rotary, QK norms
+        cfg = transformers.Glm4MoeConfig(**_COMMON, head_dim=64, n_routed_experts=16, moe_intermediate_size=128,
+                                         n_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2,
+                                         norm_topk_prob=True, routed_scaling_factor=2.5, attention_bias=True,
+                                         use_qk_norm=True, partial_rotary_factor=0.5)
+    else:
+        raise AssertionError(arch)
+    cfg.architectures = [type(cfg).__name__.replace("Config", "ForCausalLM")]
+    return cfg
+
+
+def _generate(llm, prompts):
+    from pagedllm import SamplingParams
+    sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
+    return [list(o.outputs[0].token_ids) for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
+                                                                use_tqdm=False)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("arch", ["glm4_moe"])
+def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from pagedllm import LLM
+    path = save_random(_config(arch), tmp_path / arch)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 2000, (n,), generator=g).tolist() for n in PROMPT_LENS]
+    llm = LLM(model=path, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0, dtype="float32",
+              attention_backend="triton", max_num_batched_tokens=128, enable_prefix_caching=True)
+    runner = llm.llm_engine.runner
+    assert runner.graph_runner is not None and 1 in runner.graph_runner.captured_sizes()
+    assert runner.piecewise_runner is not None
+    got = _generate(llm, prompts)
+    again = _generate(llm, prompts)                                  # prefix-cache hits
+    del llm
+    torch.cuda.empty_cache()
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
+    want = [hf.generate(torch.tensor([p], device="cuda"), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                        do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    assert got == want and again == want

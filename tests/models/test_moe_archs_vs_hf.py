@@ -1,0 +1,87 @@
+"""Mixture-of-experts decoders against HF transformers fp32 on tiny random models: the greedy, chunked-prefill,
+prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on GLM-4.5 (Glm4MoeForCausalLM); its
+skipped multi-token-prediction layer; tensor and pipeline parallel; refused configs."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import test_models_vs_hf as vs_hf
+from pagedllm import LLM
+from test_deepseek import DeepseekTiny
+
+_MOE = dict(vs_hf._LLAMA_LIKE, num_experts_per_tok=2)
+
+# name -> (HF config class, kwargs, seed), as test_models_vs_hf.ARCHS (seeds pass its near-tie check).
+MOE_ARCHS = {
+    # GLM-4.5's shape: a dense first layer, then DeepSeek-V3's routing (sigmoid + e_score_correction_bias drawn
+    # below, 2 groups of 4 experts scored by their two best, 1 chosen, top-k renormalized, routed_scaling_factor),
+    # one shared expert, Q/K/V biases (drawn) without an o_proj bias, per-head Q/K norms, half of each head rotated.
+    "glm4_moe": (transformers.Glm4MoeConfig, dict(
+        _MOE, head_dim=32, n_routed_experts=8, moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
+        n_group=2, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5, attention_bias=True,
+        use_qk_norm=True, partial_rotary_factor=0.5), 0),
+}
+
+
+class MoeTiny(DeepseekTiny):
+    """test_models_vs_hf's tiny model with the router's correction bias and every bias drawn (HF starts them at 0,
+    which would hide one not loaded), of this file's configs."""
+    configs = MOE_ARCHS
+
+
+@pytest.fixture(scope="module", params=list(MOE_ARCHS))
+def tiny(request, tmp_path_factory) -> MoeTiny:
+    return MoeTiny(request.param, str(tmp_path_factory.mktemp(request.param)))
+
+
+test_greedy_matches_hf = vs_hf.test_greedy_matches_hf
+test_chunked_prefill_matches_hf = vs_hf.test_chunked_prefill_matches_hf
+test_prefix_cache_hits_match_hf = vs_hf.test_prefix_cache_hits_match_hf
+test_sample_logprobs_match_hf = vs_hf.test_sample_logprobs_match_hf
+test_preemption_matches_hf = vs_hf.test_preemption_matches_hf
+
+
+def test_glm4_moe_skips_its_mtp_layer(tmp_path):
+    """GLM-4.5 checkpoints carry a multi-token-prediction layer after the decoder (``model.layers.{N}``, here N = 2:
+    its own norms, projection and experts): skipped at load, the tokens HF's (which does not run it either)."""
+    from safetensors.torch import load_file, save_file
+    tiny = MoeTiny("glm4_moe", str(tmp_path))
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(str(path))
+    mtp = {name.replace("model.layers.1.", "model.layers.2."): t.clone() for name, t in tensors.items()
+           if name.startswith("model.layers.1.")}
+    mtp.update({"model.layers.2.eh_proj.weight": torch.randn(64, 128), "model.layers.2.enorm.weight": torch.ones(64),
+                "model.layers.2.shared_head.norm.weight": torch.ones(64)})
+    save_file({**tensors, **mtp}, str(path), metadata={"format": "pt"})
+    prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:2])
+    vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(tiny.llm(), prompts))
+
+
+def test_glm4_moe_tensor_and_pipeline_parallel_match_hf(tmp_path):
+    """Two pipeline stages of two tensor-parallel ranks (gloo on the CPU): each rank its heads and its slice of the
+    dense, shared and routed experts' intermediate size; the second stage's layers are the model's 2 and 3 (MoE, the
+    first layer dense); chunked prefill. Greedy tokens HF's."""
+    tiny = MoeTiny("glm4_moe", str(tmp_path), num_hidden_layers=4)
+    prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:3])
+    on_cpu = {"device": "cpu"} if torch.cuda.is_available() and torch.cuda.device_count() < 4 else {}
+    llm = tiny.llm(tensor_parallel_size=2, pipeline_parallel_size=2, max_num_batched_tokens=16, max_model_len=128,
+                   **on_cpu)
+    try:
+        vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(llm, prompts))
+    finally:
+        llm.llm_engine.core.shutdown()
+
+
+@pytest.mark.parametrize("name, overrides, match", [
+    ("glm4_moe", dict(n_group=3), "n_group=3 must divide n_routed_experts=8"),
+    ("glm4_moe", dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+])
+def test_refused_configs_name_the_field(tmp_path, name, overrides, match):
+    cls, kwargs, _ = MOE_ARCHS[name]
+    config = cls(**dict(kwargs, **overrides))
+    config.architectures = [cls.__name__.replace("Config", "ForCausalLM")]
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        LLM(str(tmp_path), skip_tokenizer_init=True, dtype="float32", load_format="dummy", kv_cache_memory_gb=0.01)
