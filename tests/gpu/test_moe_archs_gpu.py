@@ -25,6 +25,13 @@ def _config(arch: str):
                                          n_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2,
                                          norm_topk_prob=True, routed_scaling_factor=2.5, attention_bias=True,
                                          use_qk_norm=True, partial_rotary_factor=0.5)
+    elif arch == "olmoe":     # softmax then top-k, not renormalized; Q / K norms over the whole projection
+        cfg = transformers.OlmoeConfig(**dict(_COMMON, num_key_value_heads=4), num_experts=16, norm_topk_prob=False)
+    elif arch in ("granitemoe", "granitemoeshared"):      # top-k logits softmaxed, Granite's multipliers
+        granite = dict(_COMMON, num_local_experts=16, embedding_multiplier=3.0, residual_multiplier=0.5,
+                       attention_multiplier=0.1, logits_scaling=2.0)
+        cfg = (transformers.GraniteMoeConfig(**granite) if arch == "granitemoe"
+               else transformers.GraniteMoeSharedConfig(**granite, shared_intermediate_size=384))
     else:
         raise AssertionError(arch)
     cfg.architectures = [type(cfg).__name__.replace("Config", "ForCausalLM")]
@@ -39,7 +46,7 @@ def _generate(llm, prompts):
 
 
 @needs_cuda
-@pytest.mark.parametrize("arch", ["glm4_moe"])
+@pytest.mark.parametrize("arch", ["glm4_moe", "olmoe", "granitemoe", "granitemoeshared"])
 def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -1,6 +1,7 @@
 """Mixture-of-experts decoders against HF transformers fp32 on tiny random models: the greedy, chunked-prefill,
-prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on GLM-4.5 (Glm4MoeForCausalLM); its
-skipped multi-token-prediction layer; tensor and pipeline parallel; refused configs."""
+prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on GLM-4.5 (Glm4MoeForCausalLM), OLMoE,
+Granite MoE and GraniteMoeShared; GLM-4.5's skipped multi-token-prediction layer; tensor and pipeline parallel;
+refused configs."""
 from __future__ import annotations
 
 import pytest
@@ -22,6 +23,17 @@ MOE_ARCHS = {
         _MOE, head_dim=32, n_routed_experts=8, moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
         n_group=2, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5, attention_bias=True,
         use_qk_norm=True, partial_rotary_factor=0.5), 0),
+    # OLMoE: softmax over all 8 experts then the top 2, not renormalized (as released); RMSNorms over the whole Q and
+    # K projections.
+    "olmoe": (transformers.OlmoeConfig, dict(_MOE, num_experts=8, intermediate_size=32, norm_topk_prob=False), 0),
+    # Granite MoE: the top-2 logits softmaxed among themselves, Granite's multipliers (embeddings, residual branches,
+    # attention scale, logits), the experts stacked in the checkpoint; and with the ungated shared MLP.
+    "granitemoe": (transformers.GraniteMoeConfig, dict(
+        _MOE, num_local_experts=8, intermediate_size=32, embedding_multiplier=3.0, residual_multiplier=0.5,
+        attention_multiplier=0.2, logits_scaling=2.0), 0),
+    "granitemoeshared": (transformers.GraniteMoeSharedConfig, dict(
+        _MOE, num_local_experts=8, intermediate_size=32, shared_intermediate_size=48, embedding_multiplier=3.0,
+        residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0), 0),
 }
 
 
@@ -59,14 +71,16 @@ def test_glm4_moe_skips_its_mtp_layer(tmp_path):
     vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(tiny.llm(), prompts))
 
 
-def test_glm4_moe_tensor_and_pipeline_parallel_match_hf(tmp_path):
-    """Two pipeline stages of two tensor-parallel ranks (gloo on the CPU): each rank its heads and its slice of the
-    dense, shared and routed experts' intermediate size; the second stage's layers are the model's 2 and 3 (MoE, the
-    first layer dense); chunked prefill. Greedy tokens HF's."""
-    tiny = MoeTiny("glm4_moe", str(tmp_path), num_hidden_layers=4)
+@pytest.mark.parametrize("name, tp, pp, layers", [("glm4_moe", 2, 2, 4), ("granitemoeshared", 2, 1, 2),
+                                                  ("granitemoe", 1, 2, 2), ("olmoe", 1, 2, 2)])
+def test_tensor_and_pipeline_parallel_match_hf(tmp_path, name, tp, pp, layers):
+    """Tensor-parallel ranks (gloo on the CPU) each with their heads and their slice of the dense, shared and routed
+    experts' intermediate size; pipeline stages each with their layers (GLM-4.5's second stage: the model's layers 2
+    and 3, MoE, its first layer dense); chunked prefill. Greedy tokens HF's."""
+    tiny = MoeTiny(name, str(tmp_path), num_hidden_layers=layers)
     prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:3])
-    on_cpu = {"device": "cpu"} if torch.cuda.is_available() and torch.cuda.device_count() < 4 else {}
-    llm = tiny.llm(tensor_parallel_size=2, pipeline_parallel_size=2, max_num_batched_tokens=16, max_model_len=128,
+    on_cpu = {"device": "cpu"} if torch.cuda.is_available() and torch.cuda.device_count() < tp * pp else {}
+    llm = tiny.llm(tensor_parallel_size=tp, pipeline_parallel_size=pp, max_num_batched_tokens=16, max_model_len=128,
                    **on_cpu)
     try:
         vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(llm, prompts))
@@ -77,6 +91,7 @@ def test_glm4_moe_tensor_and_pipeline_parallel_match_hf(tmp_path):
 @pytest.mark.parametrize("name, overrides, match", [
     ("glm4_moe", dict(n_group=3), "n_group=3 must divide n_routed_experts=8"),
     ("glm4_moe", dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+    ("olmoe", dict(clip_qkv=8.0), "clip_qkv=8.0 is not supported"),
 ])
 def test_refused_configs_name_the_field(tmp_path, name, overrides, match):
     cls, kwargs, _ = MOE_ARCHS[name]

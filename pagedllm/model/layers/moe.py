@@ -141,30 +141,40 @@ class MoEExperts(nn.Module):
 
 
 class SparseMoeBlock(nn.Module):
-    """Router + experts (+ Qwen2-MoE's shared expert), in HF's order of operations. ``renormalize``: the top-k
-    probabilities divided by their sum (Mixtral always; Qwen's ``norm_topk_prob``); ``weights_in_model_dtype``:
-    Qwen casts them to the logits' dtype before the products, Mixtral keeps them fp32."""
+    """Router + experts (+ a shared expert), in HF's order of operations. The router's softmax runs over all experts,
+    then the top-k are taken (Qwen, Mixtral, OLMoE), or over the top-k logits alone (``softmax_after_topk``:
+    Granite MoE, in fp32). ``renormalize``: the top-k probabilities divided by their sum (Mixtral always; Qwen's and
+    OLMoE's ``norm_topk_prob``); ``weights_in_model_dtype``: Qwen casts them to the logits' dtype before the products,
+    Mixtral keeps them fp32. The shared expert's output is scaled by a sigmoid gate (Qwen2-MoE) or added as it is
+    (``shared_expert_gate=False``: GraniteMoeShared)."""
 
     def __init__(self, hf_config, shared_expert: nn.Module | None = None, weights_in_model_dtype: bool = True,
-                 quant_config=None, prefix: str = ""):
+                 quant_config=None, prefix: str = "", softmax_after_topk: bool = False,
+                 shared_expert_gate: bool = True):
         super().__init__()
         n = num_experts(hf_config)
         self.top_k = hf_config.num_experts_per_tok
-        self.renormalize = bool(getattr(hf_config, "norm_topk_prob", True))
+        self.softmax_after_topk = softmax_after_topk
+        self.renormalize = not softmax_after_topk and bool(getattr(hf_config, "norm_topk_prob", True))
         self.weights_in_model_dtype = weights_in_model_dtype
         intermediate = getattr(hf_config, "moe_intermediate_size", None) or hf_config.intermediate_size
         self.gate = nn.Linear(hf_config.hidden_size, n, bias=False)       # the router, replicated
         self.gate.weight.requires_grad_(False)
         self.experts = MoEExperts(n, hf_config.hidden_size, intermediate, quant_config, f"{prefix}.experts")
         self.shared_expert = shared_expert
-        if shared_expert is not None:
+        self.shared_expert_gate = None
+        if shared_expert is not None and shared_expert_gate:
             self.shared_expert_gate = nn.Linear(hf_config.hidden_size, 1, bias=False)
             self.shared_expert_gate.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
         logits = self.gate(x)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-        top_weights, top_ids = torch.topk(probs, self.top_k, dim=-1)
+        if self.softmax_after_topk:
+            top_logits, top_ids = torch.topk(logits.float(), self.top_k, dim=-1)
+            top_weights = torch.softmax(top_logits, dim=-1)
+        else:
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+            top_weights, top_ids = torch.topk(probs, self.top_k, dim=-1)
         if self.renormalize:
             top_weights /= top_weights.sum(dim=-1, keepdim=True)
         if self.weights_in_model_dtype:
@@ -173,7 +183,10 @@ class SparseMoeBlock(nn.Module):
         if self.experts.tp_size > 1:
             out = tp_all_reduce(out)
         if self.shared_expert is not None:     # a dense MLP: its projections take LoRA as any model's
-            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x, lora_step)
+            shared = self.shared_expert(x, lora_step)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+            out = out + shared
         return out
 
 

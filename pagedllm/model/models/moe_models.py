@@ -11,16 +11,32 @@ DeepSeek-V3's MoE (model/models/deepseek.py's DeepseekMoE: fp32 sigmoid router w
 noaux_tc groups, ``routed_scaling_factor``, ``n_shared_experts`` shared experts). Its multi-token-prediction layers
 (``model.layers.{num_hidden_layers}...``) are not run; their tensors are skipped at load. Unquantized checkpoints
 only for now, no LoRA.
+
+OLMoE (``OlmoeForCausalLM``: allenai/OLMoE-1B-7B): Qwen's router (softmax over all experts, then the top-k,
+renormalized when ``norm_topk_prob``, False in the released checkpoints) on a Llama decoder whose Q / K RMSNorms run
+over the whole projection (all heads, as OLMo 2's): no tensor parallel. ``clip_qkv`` is refused.
+
+Granite MoE (``GraniteMoeForCausalLM``: granite-3.0-1b-a400m / 3b-a800m, granite-3.1 MoE; ``GraniteMoeShared
+ForCausalLM``: a shared expert beside them): Granite's four multipliers (granite.py) with a router that softmaxes the
+top-k logits among themselves (in fp32), and, for the shared variant, a SiLU-gated shared MLP of
+``shared_intermediate_size`` added ungated. The checkpoints stack each layer's experts (``block_sparse_moe.
+input_linear.weight`` ``[E, 2I, H]``: gate rows then up; ``output_linear.weight`` ``[E, H, I]``; the router's
+``router.layer.weight``; ``shared_mlp.input_linear`` / ``output_linear``): cut per expert at load.
+
+None of these three takes LoRA or quantization yet (refused by name).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Iterable
 
 import torch
 
+from pagedllm.model.layers.moe import SparseMoeBlock
 from pagedllm.model.models.deepseek import DeepseekMoE, check_expert_groups
-from pagedllm.model.models.llama import LlamaForCausalLM, LlamaVariant
+from pagedllm.model.models.granite import GraniteForCausalLM
+from pagedllm.model.models.llama import LlamaForCausalLM, LlamaMLP, LlamaVariant
 from pagedllm.model.models.weights import without_layers_from
 
 
@@ -54,12 +70,73 @@ class Glm4MoeForCausalLM(LlamaForCausalLM):
 
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
-        if hf_config.hidden_act != "silu":
-            raise ValueError(f"Glm4MoeForCausalLM with hidden_act={hf_config.hidden_act!r} is not supported (only "
-                             f"'silu').")
         check_expert_groups(hf_config, "Glm4MoeForCausalLM", sigmoid=True)
         return dataclasses.replace(super().variant(hf_config), o_proj_bias=False,
                                    qk_norm=bool(getattr(hf_config, "use_qk_norm", False)), moe_block=_glm4_moe_block)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return super().load_weights(without_layers_from(weights, self.config.num_hidden_layers))
+
+
+class OlmoeForCausalLM(_MoE):
+    qk_norm = True
+    moe = "qwen"
+    supports_tensor_parallel = False     # the Q / K norms over all heads need them on one rank (as OLMo 2)
+    supports_lora = False
+    supports_quantization = False
+
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        if getattr(hf_config, "clip_qkv", None) is not None:
+            raise ValueError(f"OlmoeForCausalLM with clip_qkv={hf_config.clip_qkv} is not supported (only None, as "
+                             f"the released OLMoE checkpoints).")
+        return dataclasses.replace(super().variant(hf_config), qk_norm_whole=True)
+
+
+def _granite_moe_block(cfg, quant_config, prefix: str) -> SparseMoeBlock:
+    shared = getattr(cfg, "shared_intermediate_size", 0) or 0
+    return SparseMoeBlock(cfg, LlamaMLP(cfg, quant_config, f"{prefix}.shared_expert", intermediate_size=shared)
+                          if shared else None, quant_config=quant_config, prefix=prefix, softmax_after_topk=True,
+                          shared_expert_gate=False)
+
+
+# Granite MoE checkpoint names (under model.layers.{i}.) -> ours; the experts' stacked tensors are cut per expert.
+_GRANITE_MOE_NAMES = {"block_sparse_moe.router.layer.": "mlp.gate.",
+                      "shared_mlp.input_linear.": "mlp.shared_expert.gate_up_proj.",
+                      "shared_mlp.output_linear.": "mlp.shared_expert.down_proj."}
+_GRANITE_STACKED = re.compile(r"(.+)\.block_sparse_moe\.(input|output)_linear\.weight")
+
+
+class GraniteMoeForCausalLM(GraniteForCausalLM):
+    moe = "granite"                 # LlamaVariant.moe; the block is _granite_moe_block's
+    supports_lora = False
+    supports_quantization = False
+
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        return dataclasses.replace(super().variant(hf_config), moe_block=_granite_moe_block)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return super().load_weights(self._per_expert(weights))
+
+    @staticmethod
+    def _per_expert(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            stacked = _GRANITE_STACKED.fullmatch(name)
+            if stacked is None:
+                for old, new in _GRANITE_MOE_NAMES.items():
+                    name = name.replace(f".{old}", f".{new}")
+                yield name, tensor
+                continue
+            layer, which = stacked.groups()
+            for e in range(tensor.shape[0]):
+                if which == "output":
+                    yield f"{layer}.mlp.experts.{e}.down_proj.weight", tensor[e]
+                else:
+                    gate, up = tensor[e].chunk(2, dim=0)
+                    yield f"{layer}.mlp.experts.{e}.gate_proj.weight", gate
+                    yield f"{layer}.mlp.experts.{e}.up_proj.weight", up
+
+
+class GraniteMoeSharedForCausalLM(GraniteMoeForCausalLM):
+    """Granite MoE with its shared MLP (``shared_intermediate_size``; the block reads it from the config)."""
