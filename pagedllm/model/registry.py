@@ -18,6 +18,7 @@ _MODELS = {
     "OlmoeForCausalLM": ("moe_models", "OlmoeForCausalLM"),
     "GraniteMoeForCausalLM": ("moe_models", "GraniteMoeForCausalLM"),
     "GraniteMoeSharedForCausalLM": ("moe_models", "GraniteMoeSharedForCausalLM"),
+    "PhimoeForCausalLM": ("moe_models", "PhimoeForCausalLM"),
     "OPTForCausalLM": ("opt", "OPTForCausalLM"),
     "GPT2LMHeadModel": ("gpt2", "GPT2ForCausalLM"),
     "GPTNeoXForCausalLM": ("gpt_neox", "GPTNeoXForCausalLM"),

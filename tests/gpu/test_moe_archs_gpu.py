@@ -32,6 +32,9 @@ def _config(arch: str):
                        attention_multiplier=0.1, logits_scaling=2.0)
         cfg = (transformers.GraniteMoeConfig(**granite) if arch == "granitemoe"
                else transformers.GraniteMoeSharedConfig(**granite, shared_intermediate_size=384))
+    elif arch == "phimoe":    # sparsemixer's top-2 (Phi-3.5-MoE's jitter 0.01), LayerNorms, attention biases
+        cfg = transformers.PhimoeConfig(**_COMMON, num_local_experts=16, router_jitter_noise=0.01,
+                                        attention_bias=True)
     else:
         raise AssertionError(arch)
     cfg.architectures = [type(cfg).__name__.replace("Config", "ForCausalLM")]
@@ -46,7 +49,7 @@ def _generate(llm, prompts):
 
 
 @needs_cuda
-@pytest.mark.parametrize("arch", ["glm4_moe", "olmoe", "granitemoe", "granitemoeshared"])
+@pytest.mark.parametrize("arch", ["glm4_moe", "olmoe", "granitemoe", "granitemoeshared", "phimoe"])
 def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -1,6 +1,6 @@
 """Mixture-of-experts decoders against HF transformers fp32 on tiny random models: the greedy, chunked-prefill,
 prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on GLM-4.5 (Glm4MoeForCausalLM), OLMoE,
-Granite MoE and GraniteMoeShared; GLM-4.5's skipped multi-token-prediction layer; tensor and pipeline parallel;
+Granite MoE, GraniteMoeShared and PhiMoE; GLM-4.5's skipped multi-token-prediction layer; tensor and pipeline parallel;
 refused configs."""
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ MOE_ARCHS = {
     "granitemoeshared": (transformers.GraniteMoeSharedConfig, dict(
         _MOE, num_local_experts=8, intermediate_size=32, shared_intermediate_size=48, embedding_multiplier=3.0,
         residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0), 0),
+    # PhiMoE: sparsemixer's top-2 (a wide jitter_eps, 0.5, so several experts share each softmax; Phi-3.5-MoE's
+    # 0.01 leaves one), LayerNorms with biases, Q/K/V/O and LM head biases (drawn); and LongRoPE's short factors
+    # with cos / sin scaled by short_mscale (max_model_len capped at the original 128 positions).
+    "phimoe": (transformers.PhimoeConfig, dict(_MOE, num_local_experts=8, intermediate_size=32, router_jitter_noise=0.5,
+                                               attention_bias=True, lm_head_bias=True), 0),
+    "phimoe-longrope": (transformers.PhimoeConfig, dict(
+        _MOE, num_local_experts=8, intermediate_size=32, router_jitter_noise=0.5, rope_parameters={
+            "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 128,
+            "short_factor": [1.0, 1.5, 2.0, 3.0, 1.0, 1.2, 1.1, 1.3], "long_factor": [4.0] * 8, "short_mscale": 1.3,
+            "long_mscale": 1.6}), 0),
 }
 
 
@@ -72,7 +82,8 @@ def test_glm4_moe_skips_its_mtp_layer(tmp_path):
 
 
 @pytest.mark.parametrize("name, tp, pp, layers", [("glm4_moe", 2, 2, 4), ("granitemoeshared", 2, 1, 2),
-                                                  ("granitemoe", 1, 2, 2), ("olmoe", 1, 2, 2)])
+                                                  ("granitemoe", 1, 2, 2), ("olmoe", 1, 2, 2), ("phimoe", 2, 1, 2),
+                                                  ("phimoe", 1, 2, 2)])
 def test_tensor_and_pipeline_parallel_match_hf(tmp_path, name, tp, pp, layers):
     """Tensor-parallel ranks (gloo on the CPU) each with their heads and their slice of the dense, shared and routed
     experts' intermediate size; pipeline stages each with their layers (GLM-4.5's second stage: the model's layers 2
@@ -100,3 +111,19 @@ def test_refused_configs_name_the_field(tmp_path, name, overrides, match):
     config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=match):
         LLM(str(tmp_path), skip_tokenizer_init=True, dtype="float32", load_format="dummy", kv_cache_memory_gb=0.01)
+
+
+@pytest.mark.parametrize("jitter_eps", [0.01, 0.5])
+def test_sparsemixer_picks_and_weighs_as_hf(jitter_eps):
+    """PhiMoE's router alone against HF's ``sparsemixer`` at inference on 512 random tokens of 16 experts (ties
+    included: a quarter of the tokens repeat their best logit): the same two experts, bit-equal weights."""
+    from transformers.models.phimoe.modeling_phimoe import sparsemixer
+
+    from pagedllm.model.layers.moe import sparsemixer_top2
+    logits = torch.randn(512, 16, generator=torch.Generator().manual_seed(0)) * 2
+    logits[::4, 3] = logits[::4].max(dim=-1).values
+    want_weights, want_ids = sparsemixer(logits, jitter_eps=jitter_eps, training=False)
+    weights, ids = sparsemixer_top2(logits, jitter_eps)
+    assert torch.equal(ids, want_ids) and torch.equal(weights, want_weights)
+    # Phi-3.5-MoE's band (0.01) mixes only near-ties (the repeated best logits), the wide one most tokens.
+    assert (weights < 0.99).float().mean() > (0.5 if jitter_eps > 0.1 else 0.0)

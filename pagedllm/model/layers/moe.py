@@ -141,21 +141,24 @@ class MoEExperts(nn.Module):
 
 
 class SparseMoeBlock(nn.Module):
-    """Router + experts (+ a shared expert), in HF's order of operations. The router's softmax runs over all experts,
-    then the top-k are taken (Qwen, Mixtral, OLMoE), or over the top-k logits alone (``softmax_after_topk``:
-    Granite MoE, in fp32). ``renormalize``: the top-k probabilities divided by their sum (Mixtral always; Qwen's and
-    OLMoE's ``norm_topk_prob``); ``weights_in_model_dtype``: Qwen casts them to the logits' dtype before the products,
-    Mixtral keeps them fp32. The shared expert's output is scaled by a sigmoid gate (Qwen2-MoE) or added as it is
-    (``shared_expert_gate=False``: GraniteMoeShared)."""
+    """Router + experts (+ a shared expert), in HF's order of operations. ``routing``: "softmax_topk", the softmax
+    over all experts, then the top-k (Qwen, Mixtral, OLMoE); "topk_softmax", the top-k logits softmaxed among
+    themselves in fp32 (Granite MoE); "sparsemixer", PhiMoE's top-2 (sparsemixer_top2). ``renormalize`` (softmax_topk):
+    the top-k probabilities divided by their sum (Mixtral always; Qwen's and OLMoE's ``norm_topk_prob``);
+    ``weights_in_model_dtype``: Qwen casts them to the logits' dtype before the products, Mixtral keeps them fp32. The
+    shared expert's output is scaled by a sigmoid gate (Qwen2-MoE) or added as it is (``shared_expert_gate=False``:
+    GraniteMoeShared)."""
 
     def __init__(self, hf_config, shared_expert: nn.Module | None = None, weights_in_model_dtype: bool = True,
-                 quant_config=None, prefix: str = "", softmax_after_topk: bool = False,
+                 quant_config=None, prefix: str = "", routing: str = "softmax_topk",
                  shared_expert_gate: bool = True):
         super().__init__()
         n = num_experts(hf_config)
         self.top_k = hf_config.num_experts_per_tok
-        self.softmax_after_topk = softmax_after_topk
-        self.renormalize = not softmax_after_topk and bool(getattr(hf_config, "norm_topk_prob", True))
+        assert routing in ("softmax_topk", "topk_softmax", "sparsemixer"), routing
+        self.routing = routing
+        self.renormalize = routing == "softmax_topk" and bool(getattr(hf_config, "norm_topk_prob", True))
+        self.jitter_eps = float(getattr(hf_config, "router_jitter_noise", 0.0) or 0.0)     # sparsemixer's
         self.weights_in_model_dtype = weights_in_model_dtype
         intermediate = getattr(hf_config, "moe_intermediate_size", None) or hf_config.intermediate_size
         self.gate = nn.Linear(hf_config.hidden_size, n, bias=False)       # the router, replicated
@@ -169,9 +172,11 @@ class SparseMoeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
         logits = self.gate(x)
-        if self.softmax_after_topk:
+        if self.routing == "topk_softmax":
             top_logits, top_ids = torch.topk(logits.float(), self.top_k, dim=-1)
             top_weights = torch.softmax(top_logits, dim=-1)
+        elif self.routing == "sparsemixer":
+            top_weights, top_ids = sparsemixer_top2(logits, self.jitter_eps)
         else:
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
             top_weights, top_ids = torch.topk(probs, self.top_k, dim=-1)
@@ -188,6 +193,21 @@ class SparseMoeBlock(nn.Module):
                 shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
             out = out + shared
         return out
+
+
+def sparsemixer_top2(logits: torch.Tensor, jitter_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PhiMoE's router at inference (HF transformers' ``sparsemixer`` outside training), ``(weights, ids)`` ``[T, 2]``
+    in the logits' dtype: the best expert, weighted by its softmax among the experts whose logit is within a
+    relative ``2 * jitter_eps`` of it (the others masked); then the best of the rest, weighted alike among the rest.
+    Plain tensor ops: on the GPU no host sync, so it runs inside the CUDA graphs."""
+    def pick(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        threshold, best = scores.max(dim=-1, keepdim=True)
+        far = (threshold - logits) / logits.abs().clamp(min=threshold) > 2 * jitter_eps
+        return scores.masked_fill(far, float("-inf")).softmax(dim=-1).gather(-1, best), best
+
+    first_weight, first = pick(logits)
+    second_weight, second = pick(logits.scatter(-1, first, float("-inf")))
+    return torch.cat((first_weight, second_weight), dim=-1), torch.cat((first, second), dim=-1)
 
 
 # ---- DeepSeek-V2 / V3 routing (model/models/deepseek.py): each returns ``(top_weights fp32, top_ids)`` ``[T, k]``,

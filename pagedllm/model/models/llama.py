@@ -73,6 +73,7 @@ class LlamaVariant:
     # the attention and MLP side by side on one norm's output: x + attn(ln(x)) + mlp(ln(x)).
     layer_norm: bool = False
     parallel_residual: bool = False
+    layer_norm_bias: bool = False              # PhiMoE: LayerNorms with a bias
 
 
 def attention_layer_types(hf_config, family: str) -> list[str]:
@@ -116,8 +117,9 @@ def _mlp(cfg, layer_idx: int, variant: LlamaVariant, quant_config, prefix: str) 
 
 
 def _norm(size: int, cfg, variant: LlamaVariant) -> RMSNorm | LayerNorm:
-    if variant.layer_norm:
-        return LayerNorm(size, cfg.layer_norm_eps, bias=False)
+    if variant.layer_norm:      # PhiMoE's config names its LayerNorms' eps rms_norm_eps
+        eps = cfg.layer_norm_eps if hasattr(cfg, "layer_norm_eps") else cfg.rms_norm_eps
+        return LayerNorm(size, eps, bias=variant.layer_norm_bias)
     eps = cfg.rms_norm_eps
     return OffsetRMSNorm(size, eps, variant.norm_weight_offset) if variant.norm_weight_offset else RMSNorm(size, eps)
 
@@ -362,6 +364,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = PPMissingLayer()
             return
         self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size,
+                                      bias=bool(getattr(hf_config, "lm_head_bias", False)),     # PhiMoE's option
                                       quant_config=getattr(engine_config, "quant_config", None), prefix="lm_head")
         # Tied embeddings over several pipeline stages: the last stage holds a copy of the first's embedding as its
         # head (loaded from the embedding's checkpoint tensor, load_weights).

@@ -24,15 +24,25 @@ input_linear.weight`` ``[E, 2I, H]``: gate rows then up; ``output_linear.weight`
 ``router.layer.weight``; ``shared_mlp.input_linear`` / ``output_linear``): cut per expert at load.
 
 None of these three takes LoRA or quantization yet (refused by name).
+
+PhiMoE (``PhimoeForCausalLM``: Phi-3.5-MoE-instruct): a Llama decoder with LayerNorms (with biases; eps
+``rms_norm_eps``), biases on Q/K/V/O (``attention_bias``) and optionally on the LM head (``lm_head_bias``), LongRoPE
+whose cos / sin are scaled by the config's ``short_mscale`` (HF's PhimoeRotaryEmbedding; max_model_len is capped at
+the original context under LongRoPE, where HF uses the short factors and short_mscale), and 16 experts routed by
+sparsemixer: at inference a deterministic top-2 (moe.sparsemixer_top2; ``num_experts_per_tok`` must be 2, which HF
+assumes whatever the config says). Checkpoints name the experts ``block_sparse_moe.experts.{e}.w1/w3/w2`` and the
+router ``block_sparse_moe.gate``, as Mixtral's. No LoRA or quantization yet.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from typing import Iterable
 
 import torch
 
+from pagedllm.config import rope_parameters
 from pagedllm.model.layers.moe import SparseMoeBlock
 from pagedllm.model.models.deepseek import DeepseekMoE, check_expert_groups
 from pagedllm.model.models.granite import GraniteForCausalLM
@@ -96,7 +106,7 @@ class OlmoeForCausalLM(_MoE):
 def _granite_moe_block(cfg, quant_config, prefix: str) -> SparseMoeBlock:
     shared = getattr(cfg, "shared_intermediate_size", 0) or 0
     return SparseMoeBlock(cfg, LlamaMLP(cfg, quant_config, f"{prefix}.shared_expert", intermediate_size=shared)
-                          if shared else None, quant_config=quant_config, prefix=prefix, softmax_after_topk=True,
+                          if shared else None, quant_config=quant_config, prefix=prefix, routing="topk_softmax",
                           shared_expert_gate=False)
 
 
@@ -140,3 +150,37 @@ class GraniteMoeForCausalLM(GraniteForCausalLM):
 
 class GraniteMoeSharedForCausalLM(GraniteMoeForCausalLM):
     """Granite MoE with its shared MLP (``shared_intermediate_size``; the block reads it from the config)."""
+
+
+def _phimoe_block(cfg, quant_config, prefix: str) -> SparseMoeBlock:
+    return SparseMoeBlock(cfg, quant_config=quant_config, prefix=prefix, routing="sparsemixer")
+
+
+class PhimoeForCausalLM(LlamaForCausalLM):
+    moe = "phimoe"                  # LlamaVariant.moe; the block is _phimoe_block's
+    supports_lora = False
+    supports_quantization = False
+
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        if hf_config.num_experts_per_tok != 2:
+            raise ValueError(f"PhimoeForCausalLM with num_experts_per_tok={hf_config.num_experts_per_tok} is not "
+                             f"supported: its sparsemixer router picks 2 experts a token (HF's too, whatever the "
+                             f"config says).")
+        return dataclasses.replace(super().variant(hf_config), layer_norm=True, layer_norm_bias=True,
+                                   moe_block=_phimoe_block)
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__(self._short_mscale_rotary(hf_config), engine_config)
+
+    @staticmethod
+    def _short_mscale_rotary(hf_config):
+        """Under LongRoPE, HF's PhiMoE scales cos / sin by ``short_mscale`` within the original context (the only
+        context pagedllm runs it in), not by LongRoPE's own attention factor: a copy of the config whose rotary
+        parameters say so (transformers' longrope takes an ``attention_factor`` as given)."""
+        params = rope_parameters(hf_config)
+        if not isinstance(params, dict) or params.get("rope_type", params.get("type")) != "longrope":
+            return hf_config
+        config = copy.copy(hf_config)
+        config.rope_parameters = dict(params, attention_factor=params["short_mscale"])
+        return config
