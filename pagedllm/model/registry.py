@@ -15,6 +15,7 @@ _MODELS = {
     "DeepseekV3ForCausalLM": ("deepseek", "DeepseekV3ForCausalLM"),
     "GptOssForCausalLM": ("gpt_oss", "GptOssForCausalLM"),
     "Glm4MoeForCausalLM": ("moe_models", "Glm4MoeForCausalLM"),
+    "Dots1ForCausalLM": ("moe_models", "Dots1ForCausalLM"),
     "OlmoeForCausalLM": ("moe_models", "OlmoeForCausalLM"),
     "GraniteMoeForCausalLM": ("moe_models", "GraniteMoeForCausalLM"),
     "GraniteMoeSharedForCausalLM": ("moe_models", "GraniteMoeSharedForCausalLM"),

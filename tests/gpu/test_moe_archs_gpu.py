@@ -25,6 +25,11 @@ def _config(arch: str):
                                          n_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2,
                                          norm_topk_prob=True, routed_scaling_factor=2.5, attention_bias=True,
                                          use_qk_norm=True, partial_rotary_factor=0.5)
+    elif arch == "dots1":     # GLM-4.5's MoE with Qwen3's attention, a windowed last layer (64 tokens)
+        cfg = transformers.Dots1Config(**_COMMON, head_dim=64, n_routed_experts=16, moe_intermediate_size=128,
+                                       n_shared_experts=2, first_k_dense_replace=1, n_group=4, topk_group=2,
+                                       norm_topk_prob=False, routed_scaling_factor=1.5, sliding_window=64,
+                                       max_window_layers=2)
     elif arch == "olmoe":     # softmax then top-k, not renormalized; Q / K norms over the whole projection
         cfg = transformers.OlmoeConfig(**dict(_COMMON, num_key_value_heads=4), num_experts=16, norm_topk_prob=False)
     elif arch in ("granitemoe", "granitemoeshared"):      # top-k logits softmaxed, Granite's multipliers
@@ -49,7 +54,7 @@ def _generate(llm, prompts):
 
 
 @needs_cuda
-@pytest.mark.parametrize("arch", ["glm4_moe", "olmoe", "granitemoe", "granitemoeshared", "phimoe"])
+@pytest.mark.parametrize("arch", ["glm4_moe", "dots1", "olmoe", "granitemoe", "granitemoeshared", "phimoe"])
 def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
     from transformers import AutoModelForCausalLM
 

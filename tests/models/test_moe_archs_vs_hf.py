@@ -1,5 +1,5 @@
 """Mixture-of-experts decoders against HF transformers fp32 on tiny random models: the greedy, chunked-prefill,
-prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on GLM-4.5 (Glm4MoeForCausalLM), OLMoE,
+prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on GLM-4.5 (Glm4MoeForCausalLM), dots.llm1, OLMoE,
 Granite MoE, GraniteMoeShared and PhiMoE; GLM-4.5's skipped multi-token-prediction layer; tensor and pipeline parallel;
 refused configs."""
 from __future__ import annotations
@@ -23,6 +23,12 @@ MOE_ARCHS = {
         _MOE, head_dim=32, n_routed_experts=8, moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
         n_group=2, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5, attention_bias=True,
         use_qk_norm=True, partial_rotary_factor=0.5), 0),
+    # dots.llm1: GLM-4.5's MoE (4 groups of 2 experts, 2 chosen; not renormalized) with Qwen3's attention (per-head
+    # Q/K norms, here with Q/K/V/O biases), a full-attention first layer and a windowed (8 tokens) second one.
+    "dots1": (transformers.Dots1Config, dict(
+        _MOE, head_dim=32, n_routed_experts=8, moe_intermediate_size=32, n_shared_experts=2, first_k_dense_replace=1,
+        n_group=4, topk_group=2, norm_topk_prob=False, routed_scaling_factor=1.5, attention_bias=True,
+        sliding_window=8, max_window_layers=1), 0),
     # OLMoE: softmax over all 8 experts then the top 2, not renormalized (as released); RMSNorms over the whole Q and
     # K projections.
     "olmoe": (transformers.OlmoeConfig, dict(_MOE, num_experts=8, intermediate_size=32, norm_topk_prob=False), 0),

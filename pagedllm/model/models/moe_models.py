@@ -12,6 +12,10 @@ noaux_tc groups, ``routed_scaling_factor``, ``n_shared_experts`` shared experts)
 (``model.layers.{num_hidden_layers}...``) are not run; their tensors are skipped at load. Unquantized checkpoints
 only for now, no LoRA.
 
+dots.llm1 (``Dots1ForCausalLM``: rednote-hilab/dots.llm1.base / .inst) is GLM-4.5's decoder with Qwen3's attention:
+per-head Q/K norms always, ``attention_bias`` on Q/K/V/O, full rotary, and windowed layers from ``layer_types``
+(``sliding_window`` from ``max_window_layers`` on); the same DeepSeek-V3 MoE after ``first_k_dense_replace``.
+
 OLMoE (``OlmoeForCausalLM``: allenai/OLMoE-1B-7B): Qwen's router (softmax over all experts, then the top-k,
 renormalized when ``norm_topk_prob``, False in the released checkpoints) on a Llama decoder whose Q / K RMSNorms run
 over the whole projection (all heads, as OLMo 2's): no tensor parallel. ``clip_qkv`` is refused.
@@ -46,7 +50,7 @@ from pagedllm.config import rope_parameters
 from pagedllm.model.layers.moe import SparseMoeBlock
 from pagedllm.model.models.deepseek import DeepseekMoE, check_expert_groups
 from pagedllm.model.models.granite import GraniteForCausalLM
-from pagedllm.model.models.llama import LlamaForCausalLM, LlamaMLP, LlamaVariant
+from pagedllm.model.models.llama import LlamaForCausalLM, LlamaMLP, LlamaVariant, attention_layer_types
 from pagedllm.model.models.weights import without_layers_from
 
 
@@ -86,6 +90,13 @@ class Glm4MoeForCausalLM(LlamaForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return super().load_weights(without_layers_from(weights, self.config.num_hidden_layers))
+
+
+class Dots1ForCausalLM(Glm4MoeForCausalLM):
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        attention_layer_types(hf_config, "Dots1ForCausalLM")
+        return dataclasses.replace(super().variant(hf_config), qk_norm=True, o_proj_bias=None)
 
 
 class OlmoeForCausalLM(_MoE):
