@@ -71,15 +71,28 @@ def _int_at_least(name: str, minimum: int, default: int, maximum: int | None = N
     return value
 
 
-def _interval_s(name: str) -> float | None:
+def _seconds(name: str) -> float | None:
     value = os.environ.get(name, "").strip()
     if not value:
         return None
     try:
-        seconds = float(value)
+        return float(value)
     except ValueError:
         raise ValueError(f"{name} must be a number of seconds, got {value!r}.") from None
+
+
+def _interval_s(name: str) -> float | None:
+    seconds = _seconds(name)
+    if seconds is None:
+        return None
     return seconds if seconds > 0 else 10.0      # vLLM's rule: not above 0 means its default
+
+
+def _optional_seconds(name: str) -> float | None:
+    seconds = _seconds(name)
+    if seconds is not None and seconds <= 0:
+        raise ValueError(f"{name} must be above 0 seconds, got {seconds!r}.")
+    return seconds
 
 
 # name -> (reader, what it does and its default)
@@ -262,6 +275,13 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "VLLM_LOG_STATS_INTERVAL": (
         lambda: _interval_s("VLLM_LOG_STATS_INTERVAL"),
         "vLLM's name for PAGEDLLM_LOG_STATS_INTERVAL, read when that one is unset."),
+    "PAGEDLLM_IMAGE_FETCH_TIMEOUT": (
+        lambda: _optional_seconds("PAGEDLLM_IMAGE_FETCH_TIMEOUT"),
+        "Seconds the server waits for an http(s) image of a chat message (image_url); vLLM's "
+        "VLLM_IMAGE_FETCH_TIMEOUT. Default 5."),
+    "VLLM_IMAGE_FETCH_TIMEOUT": (
+        lambda: _optional_seconds("VLLM_IMAGE_FETCH_TIMEOUT"),
+        "vLLM's name for PAGEDLLM_IMAGE_FETCH_TIMEOUT, read when that one is unset."),
     "PAGEDLLM_TORCH_PROFILER_DIR": (
         lambda: _optional_str("PAGEDLLM_TORCH_PROFILER_DIR"),
         "A folder: LLM.start_profile() / stop_profile() (and the server's POST /start_profile, /stop_profile) record "
@@ -302,6 +322,15 @@ def log_stats_interval() -> float:
         if seconds is not None:
             return seconds
     return 10.0
+
+
+def image_fetch_timeout_s() -> float:
+    """Seconds to fetch an http(s) image: PAGEDLLM_IMAGE_FETCH_TIMEOUT, else VLLM_IMAGE_FETCH_TIMEOUT, else vLLM's 5."""
+    for name in ("PAGEDLLM_IMAGE_FETCH_TIMEOUT", "VLLM_IMAGE_FETCH_TIMEOUT"):
+        seconds = _optional_seconds(name)
+        if seconds is not None:
+            return seconds
+    return 5.0
 
 
 def torch_profiler_dir() -> str | None:

@@ -12,7 +12,8 @@ from typing_extensions import NotRequired
 class TextPrompt(TypedDict):
     """A text prompt, tokenized by the engine."""
     prompt: str
-    # vLLM's multi-modal fields: text-only models here, so a value other than None is an error.
+    # vLLM's multi-modal fields: {"image": a PIL image or a list of them} for a model that reads images (LLaVA-1.5),
+    # one "<image>" in the prompt per image; mm_processor_kwargs are not supported yet.
     multi_modal_data: NotRequired[Any]
     mm_processor_kwargs: NotRequired[Any]
     cache_salt: NotRequired[str]     # keeps this prompt's prefix-cache blocks apart from other salts'
@@ -40,11 +41,11 @@ PromptType = Union[str, TextPrompt, TokensPrompt, EmbedsPrompt]
 
 # Keys of a prompt dict that pagedllm reads, and vLLM's keys it cannot honour (with why): any of those with a value
 # other than None is an error, never silently dropped.
-PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt", "token_type_ids", "prompt_embeds"})
-_NO_MEDIA = ("multi-modal inputs are not supported yet (images, audio, video): pagedllm reads text only (an "
-             "image-text checkpoint such as Gemma 3 4B runs as its language model, without its vision tower)")
+PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt", "token_type_ids", "prompt_embeds",
+                         "multi_modal_data"})
+_NO_MEDIA = ("not supported yet: pagedllm reads images through multi_modal_data (LLaVA-1.5) without per-prompt "
+             "processor settings or caller-given item ids")
 UNSUPPORTED_PROMPT_KEYS = {
-    "multi_modal_data": _NO_MEDIA,
     "mm_processor_kwargs": _NO_MEDIA,
     "multi_modal_uuids": _NO_MEDIA,
     "encoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",

@@ -22,6 +22,22 @@ from pagedllm.sampling_params import SamplingParams
 
 
 @dataclass
+class MultiModalFeature:
+    """One image of a prompt, as the front end's HF processor made it (vLLM's ``MultiModalFeatureSpec``): its
+    tensors for the model's encoder, where its placeholder tokens sit in the prompt, and a digest of those tensors
+    (the prefix cache's extra key for the blocks it covers: two images behind the same text never share KV)."""
+    modality: str                  # "image"
+    data: dict[str, Any]           # the processor's tensors for this item, e.g. {"pixel_values": [1, 3, H, W]}
+    offset: int                    # first placeholder position in the prompt
+    length: int                    # placeholder tokens: rows of the encoder's output
+    identifier: str                # sha256 hex of the tensors (dtype, shape, bytes)
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass
 class NewRequestData:
     """A request the workers have not seen: everything they need to keep its state."""
     req_id: str
@@ -37,6 +53,8 @@ class NewRequestData:
     # enable_prompt_embeds: the prompt's input embeddings (CPU tensor [prompt tokens, hidden]); prompt_token_ids
     # are placeholders then. The worker keeps them for the prompt's (re)computation.
     prompt_embeds: Any = None
+    # Images (multimodal models): each one's encoder inputs and placeholder range, in prompt order.
+    mm_features: list[MultiModalFeature] | None = None
 
 
 @dataclass

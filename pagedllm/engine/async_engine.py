@@ -28,6 +28,7 @@ from pagedllm.engine.core_client import EngineCoreClient
 from pagedllm.engine.input_processor import EarlyTokenizers, InputProcessor, PromptType, warn_trace_headers_unused
 from pagedllm.engine.messages import (AbortRequests, CoreDead, CoreSnapshot, CoreStepOutputs, EngineSnapshot,
                                       UtilityCall, UtilityResult)
+from pagedllm.engine.multimodal import has_media
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import StepStats
 from pagedllm.inputs import is_embeds_prompt
@@ -312,7 +313,7 @@ class AsyncLLMEngine:
                                                                prompt, sampling_params, tokenization_kwargs)
         text, ids = None, ()        # a prompt_embeds prompt has nothing to tokenize
         if not is_embeds_prompt(prompt):
-            text, ids, _ = self.input_processor.split_prompt(prompt)
+            text, ids, _ = self.input_processor.split_prompt(prompt, with_media=True)
         if ids is None:    # a text prompt: tokenize off the event loop, then validate with its ids
             if isinstance(sampling_params, PoolingParams):
                 ids = await self.run_tokenizer(self.input_processor.encode_for_pooling, text, sampling_params)
@@ -320,6 +321,8 @@ class AsyncLLMEngine:
                 ids = await self.run_tokenizer(self.input_processor.encode, text)
             prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
                 {"prompt": text, "prompt_token_ids": ids}
+        if has_media(prompt):     # the HF processor's image work, off the event loop too
+            prompt = await self.run_tokenizer(self.input_processor.with_media_processed, prompt)
         processed = self.input_processor.process(request_id, prompt, sampling_params, arrival_time, priority,
                                                  lora_request, reasoning_ended=reasoning_ended)
         if lora_request is not None and lora_request.lora_int_id not in self._loras_added:

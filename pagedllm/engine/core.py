@@ -178,7 +178,7 @@ class EngineCore:
                           req.arrival_time, req.priority, max_tokens=req.max_tokens, cache_salt=req.cache_salt,
                           pooling_params=req.pooling_params, parent_request_id=req.parent_request_id,
                           lora_request=req.lora_request, prompt_embeds=req.prompt_embeds,
-                          eos_token_id=req.eos_token_id)
+                          eos_token_id=req.eos_token_id, mm_features=req.mm_features)
         # A prompt_embeds prompt has no token ids to read (its ids are placeholders).
         prompt_ids = req.prompt_token_ids if req.prompt_embeds is None else []
         so = req.sampling_params.structured_outputs

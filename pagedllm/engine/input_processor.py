@@ -17,6 +17,7 @@ import torch
 from pagedllm.config import GENERATION_CONFIG_SAMPLING_KEYS, EngineArgs, EngineConfig, reasoning_parser_name
 from pagedllm.engine import structured_output
 from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.engine.multimodal import MediaProcessor, ProcessedMedia, has_media
 from pagedllm.inputs import PromptType, check_prompt_keys, is_embeds_prompt
 from pagedllm.lora.request import LoRARequest
 from pagedllm.model.layers.logits_processors import load_logits_processor_classes
@@ -40,6 +41,8 @@ class ProcessedRequest:
     # An EmbedsPrompt's embeddings (a CPU tensor [num_tokens, hidden_size]); prompt_token_ids are then that many
     # placeholders (0), never shown: its RequestOutput has prompt_token_ids=None, as vLLM's.
     prompt_embeds: Any = None
+    # Images: step_data.MultiModalFeature per image (prompt_token_ids hold their expanded placeholders).
+    mm_features: Any = None
 
 
 # vLLM's tokenization_kwargs keys a prompt's tokenization honours (its renderer's TokenizeParams).
@@ -117,6 +120,8 @@ class InputProcessor:
         self.eos_token_id: int | None = getattr(tokenizer, "eos_token_id", None)
         # Custom logits processors' classes: each request's parameters pass their validate_params here.
         self.logits_processor_classes = load_logits_processor_classes(config.args.logits_processors)
+        # Images (multi_modal_data): the model's HF processor and limit_mm_per_prompt (engine/multimodal.py).
+        self.media = MediaProcessor(config, tokenizer)
         reasoning = reasoning_parser_name(config.args)
         if reasoning and tokenizer is not None:
             # A tokenizer without the parser's think tags fails now, not at the first constrained request.
@@ -148,13 +153,18 @@ class InputProcessor:
         return SamplingParams(**self.generation_defaults())
 
     # ---- tokenizing ---------------------------------------------------------------------------------------------
-    def split_prompt(self, prompt: PromptType) -> tuple[str | None, list[int] | None, str | None]:
+    def split_prompt(self, prompt: PromptType,
+                     with_media: bool = False) -> tuple[str | None, list[int] | None, str | None]:
         """(text, token ids or None when the text still needs tokenizing, cache_salt) of any accepted prompt form:
-        a string, ``{"prompt": str}`` or ``{"prompt_token_ids": [...]}`` (vLLM's TextPrompt / TokensPrompt)."""
+        a string, ``{"prompt": str}`` or ``{"prompt_token_ids": [...]}`` (vLLM's TextPrompt / TokensPrompt).
+        ``with_media``: the caller reads the prompt's multi_modal_data (generation); elsewhere it is an error."""
         if isinstance(prompt, str):
             return prompt, None, None
         if isinstance(prompt, dict):
-            check_prompt_keys(prompt)     # multi_modal_data etc. are errors, not silently dropped
+            check_prompt_keys(prompt)     # mm_processor_kwargs etc. are errors, not silently dropped
+            if has_media(prompt) and not with_media:
+                raise ValueError("multi_modal_data is read by generation (LLM.generate / chat, /v1/chat/completions, "
+                                 "/v1/completions); not supported yet here (pooling, beam search, tokenization).")
             salt = _cache_salt(prompt)
             if is_embeds_prompt(prompt):
                 raise ValueError("prompt_embeds prompts are for generation (LLM.generate, /v1/completions); pass "
@@ -191,7 +201,7 @@ class InputProcessor:
                           encode: Callable[[str, bool], list[int]]) -> tuple[PromptType, list[int]]:
         """A text prompt with the ids ``encode(text, add_special_tokens)`` gives it as ``tokenization`` asks
         (lower-cased first with do_lower_case), and those ids; a token-id prompt as given."""
-        text, ids, _ = self.split_prompt(prompt)
+        text, ids, _ = self.split_prompt(prompt, with_media=True)
         if ids is None:
             ids = encode(text.lower() if tokenization.do_lower_case else text, tokenization.add_special_tokens)
             prompt = {**prompt, "prompt_token_ids": ids} if isinstance(prompt, dict) else \
@@ -258,7 +268,7 @@ class InputProcessor:
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"priority must be an int, got {type(priority).__name__}.")
         self.config.verify_priority(priority)
-        embeds = None
+        embeds = mm_features = None
         if is_embeds_prompt(prompt):
             check_prompt_keys(prompt)
             text, embeds, salt = None, self.check_prompt_embeds(prompt), _cache_salt(prompt)
@@ -269,9 +279,15 @@ class InputProcessor:
                                  "ids to score).")
             ids = [0] * len(embeds)      # placeholders: the model reads the embeddings at these positions
         else:
-            text, ids, salt = self.split_prompt(prompt)
+            text, ids, salt = self.split_prompt(prompt, with_media=True)
             if ids is None:
                 ids = self.encode(text)
+            if has_media(prompt):
+                if params.truncate_prompt_tokens is not None:
+                    raise ValueError("truncate_prompt_tokens with multi_modal_data is not supported (it could cut "
+                                     "an image's placeholder tokens).")
+                ids, media = self.process_media(prompt, ids)
+                mm_features = media.features or None
             if params.truncate_prompt_tokens is not None:
                 ids = ids[-self.truncation_limit(params):]
         self._validate(ids, params)
@@ -280,7 +296,7 @@ class InputProcessor:
             max_tokens = self.max_model_len - len(ids)
         arrival = arrival_time if arrival_time is not None else time.time()
         out = ProcessedRequest(request_id, text, ids, params, arrival, lora_request=lora_request,
-                               prompt_embeds=embeds)
+                               prompt_embeds=embeds, mm_features=mm_features)
         for index in range(params.n):
             child_id = request_id if params.n == 1 else f"{index}_{request_id}"
             child_params = params
@@ -291,8 +307,26 @@ class InputProcessor:
                                                   priority, max_tokens, salt, eos_token_id=self.eos_token_id,
                                                   parent_request_id=request_id if params.n > 1 else None,
                                                   reasoning_ended=reasoning_ended,
-                                                  lora_request=lora_request, prompt_embeds=embeds))
+                                                  lora_request=lora_request, prompt_embeds=embeds,
+                                                  mm_features=mm_features))
         return out
+
+    def process_media(self, prompt: dict, ids: list[int]) -> tuple[list[int], ProcessedMedia]:
+        """A prompt's ids with each image placeholder expanded, and its images processed (engine/multimodal.py);
+        a prompt the server has processed already (``ProcessedMedia``) as it is."""
+        media = prompt["multi_modal_data"]
+        if isinstance(media, ProcessedMedia):
+            return ids, media
+        return self.media.process(ids, media)
+
+    def with_media_processed(self, prompt: PromptType) -> PromptType:
+        """``prompt`` (tokenized) with its multi_modal_data processed and its ids expanded, or as it is without media:
+        the async engine and the server run this on the tokenizer thread, off the event loop."""
+        if not has_media(prompt) or isinstance(prompt["multi_modal_data"], ProcessedMedia):
+            return prompt
+        _, ids, _ = self.split_prompt(prompt, with_media=True)
+        ids, media = self.process_media(prompt, ids)
+        return {**prompt, "prompt_token_ids": ids, "multi_modal_data": media}
 
     def check_prompt_embeds(self, prompt: dict) -> Any:
         """An EmbedsPrompt's tensor checked against the model: [num_tokens, hidden_size] (a leading batch axis of

@@ -73,6 +73,16 @@ def _embeds_key(request: Request, start: int, block_size: int) -> tuple:
     return (("embeds", digest),)
 
 
+def _mm_keys(request: Request, start: int, block_size: int) -> tuple:
+    """The images whose placeholders overlap the block [start, start + block_size): their identifiers (vLLM's
+    extra keys). The placeholder ids are the same for every image; the identifier tells two images apart."""
+    features = request.mm_features
+    if not features:
+        return ()
+    end = start + block_size
+    return tuple(("mm", f.identifier) for f in features if f.offset < end and f.end > start)
+
+
 def hash_block_tokens(parent_hash: bytes, token_ids: Sequence[int], extra_keys: tuple = ()) -> bytes:
     """Chained sha256 of one full block, 32 bytes, over: parent digest (32 bytes) | token count (uint64 LE) |
     token ids (int64 LE each) | extra-key count (uint64 LE) and keys (type-tagged, length-prefixed). Every field is
@@ -238,12 +248,14 @@ class KVCacheManager:
     def _extra_keys(self, request: Request, block_index: int) -> tuple:
         # The salt and the adapter on block 0 only: the chain carries them to every later block. An adapter changes
         # every layer's K and V, so requests of different adapters (or none) never share blocks.
-        embeds = _embeds_key(request, block_index * self.block_size, self.block_size)
+        # What the block's placeholder ids stand for: given embeddings, images.
+        content = _embeds_key(request, block_index * self.block_size, self.block_size) + \
+            _mm_keys(request, block_index * self.block_size, self.block_size)
         if block_index:
-            return embeds
+            return content
         lora = request.lora_request
         keys = (request.cache_salt,) if request.cache_salt else ()
-        keys += embeds
+        keys += content
         return keys + (("lora", lora.lora_int_id, lora.lora_name),) if lora is not None else keys
 
     def update_block_hashes(self, request: Request) -> None:

@@ -42,6 +42,9 @@ class EngineCoreRequest:
     # enable_prompt_embeds: the prompt's input embeddings (CPU tensor [num prompt tokens, hidden]); its
     # prompt_token_ids are placeholders then.
     prompt_embeds: Any = None
+    # Images (multimodal models): step_data.MultiModalFeature per image, in prompt order; their placeholder tokens
+    # are in prompt_token_ids.
+    mm_features: list | None = None
 
 
 @dataclass

@@ -36,7 +36,7 @@ class Request:
                  eos_token_ids: set[int] | frozenset[int] | None = None, arrival_time: float | None = None,
                  priority: int = 0, max_tokens: int | None = None, cache_salt: str | None = None,
                  pooling_params=None, parent_request_id: str | None = None, lora_request=None, prompt_embeds=None,
-                 eos_token_id: int | None = None):
+                 eos_token_id: int | None = None, mm_features=None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.prompt_token_ids)
@@ -55,6 +55,9 @@ class Request:
         # enable_prompt_embeds: the prompt's input embeddings (CPU tensor), its prompt_token_ids placeholders;
         # sent to the workers with the request, and part of its prompt blocks' prefix-cache hashes.
         self.prompt_embeds = prompt_embeds
+        # Images (step_data.MultiModalFeature, in prompt order): sent to the workers with the request; each one's
+        # identifier is part of the prefix-cache hashes of the blocks its placeholders cover.
+        self.mm_features = mm_features
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         # Tokens sampled on the device but not yet seen by the host (async scheduling): the scheduler counts them

@@ -397,7 +397,7 @@ class Scheduler:
             if not r.sent_to_workers:
                 out.new_requests.append(NewRequestData(rid, r.prompt_token_ids, r.sampling_params,
                                                        r.eos_token_ids, list(r.block_ids), c, r.pooling_params,
-                                                       r.lora_request, r.prompt_embeds))
+                                                       r.lora_request, r.prompt_embeds, r.mm_features))
                 r.sent_to_workers = True
             elif r.resumed:
                 out.resumed_requests[rid] = ResumedRequestData(list(r.block_ids), c, len(r.token_ids))

@@ -75,16 +75,25 @@ class _TemplateTimeout(BaseException):
 
 
 # vLLM's chat_template_content_format values: how a message's content reaches the template. "string": one string
-# (text parts joined by newlines); "openai": a list of {"type": "text", "text": ...} parts; "auto": "string" here
-# (text-only models: every template takes a string, and templates written for parts take the string form too).
+# (an image's placeholder, e.g. "<image>", on a line of its own before the text parts, which are joined by newlines,
+# as vLLM's); "openai": a list of {"type": "text", "text": ...} and {"type": "image"} parts; "auto": "string" here
+# (every template takes a string, and templates written for parts take the string form too).
 CHAT_TEMPLATE_CONTENT_FORMATS = ("auto", "string", "openai")
+# Content parts that carry an image (OpenAI's image_url; vLLM's offline image_pil) and those not read yet.
+IMAGE_PART_TYPES = ("image_url", "image_pil")
+_MEDIA_NOT_YET = ("input_audio", "audio_url", "video_url", "image_embeds", "input_image", "file")
 
 
-def format_message_content(conversation: list[dict], content_format: str = "auto") -> list[dict]:
+def format_message_content(conversation: list[dict], content_format: str = "auto", images: list | None = None,
+                           image_placeholder: str | None = None) -> list[dict]:
     """The conversation with each message's content in ``content_format``; a message that is not a dict with a
-    string role and content None, a string or a list of text parts is a ValueError naming it, and so are content
-    parts other than text (images, audio, ...: text-only models). Content None becomes "" ("string") or [] ("openai"),
-    as vLLM's."""
+    string role and content None, a string or a list of content parts is a ValueError naming it. Content None
+    becomes "" ("string") or [] ("openai"), as vLLM's.
+
+    Image parts (``image_url``: ``{"url": ...}`` or the URL itself; ``image_pil``) are appended to ``images`` in
+    order (a URL string or a PIL image, for the caller to load) and stand in the content as ``image_placeholder``
+    (the model's "<image>"; None for a model without images, whose engine then refuses them). ``images`` None: the
+    caller reads text only, and an image part is a ValueError. Audio and video parts are not supported yet."""
     if content_format not in CHAT_TEMPLATE_CONTENT_FORMATS:
         raise ValueError(f"chat_template_content_format must be one of "
                          f"{', '.join(map(repr, CHAT_TEMPLATE_CONTENT_FORMATS))}, got {content_format!r}.")
@@ -105,14 +114,45 @@ def format_message_content(conversation: list[dict], content_format: str = "auto
             out.append(m)
             continue
         # None (an OpenAI tool-call turn) is no parts, as vLLM's: "" or [] for the template.
-        texts = [content] if isinstance(content, str) else [_part_text(part, f"messages[{i}].content[{j}]")
-                                                             for j, part in enumerate(content or ())]
+        parts: list = [content] if isinstance(content, str) else []
+        for j, part in enumerate(content if isinstance(content, (list, tuple)) else ()):
+            where = f"messages[{i}].content[{j}]"
+            image = _part_image(part, where, images is not None)
+            if image is None:
+                parts.append(_part_text(part, where))
+            else:
+                images.append(image)
+                parts.append(_IMAGE)
         if content_format == "openai":
-            content = [{"type": "text", "text": t} for t in texts]
-        else:
-            content = "\n".join(texts)
+            content = [{"type": "image"} if p is _IMAGE else {"type": "text", "text": p} for p in parts]
+        else:       # vLLM's string form: the images' placeholders first, each on its own line
+            marks = [image_placeholder for p in parts if p is _IMAGE and image_placeholder]
+            content = "\n".join(marks + [p for p in parts if p is not _IMAGE])
         out.append({**m, "content": content})
     return out
+
+
+_IMAGE = object()      # an image part's place among a message's parts
+
+
+def _part_image(part: Any, where: str, images_read: bool) -> Any:
+    """An image part's URL string or PIL image; None for any other part."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind not in IMAGE_PART_TYPES:
+        return None
+    if not images_read:
+        raise ValueError(f"{where}: content part type {kind!r} is not supported here: this endpoint reads text "
+                         f"parts only (images: chat completions, LLM.chat).")
+    value = part.get(kind)
+    if kind == "image_url":
+        url = value.get("url") if isinstance(value, dict) else value
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"{where}: an 'image_url' part needs {{'url': 'data:image/...;base64,...' or "
+                             f"'https://...'}}, got {value!r:.80}.")
+        return url
+    if value is None:
+        raise ValueError(f"{where}: an 'image_pil' part needs a PIL image under 'image_pil'.")
+    return value
 
 
 def _part_text(part: Any, where: str) -> str:
@@ -120,10 +160,12 @@ def _part_text(part: Any, where: str) -> str:
     if kind is None and isinstance(part, str):
         return part
     key = "refusal" if kind == "refusal" else "text"
+    if kind in _MEDIA_NOT_YET:
+        raise ValueError(f"{where}: content part type {kind!r} is not supported yet: pagedllm reads text and images "
+                         f"(image_url; LLaVA-1.5), not audio or video.")
     if kind not in ("text", "input_text", "refusal"):
-        raise ValueError(f"Content part type {kind!r} is not supported yet: pagedllm reads text only (an image-text "
-                         f"checkpoint such as Gemma 3 4B runs as its language model, without its vision tower); "
-                         f"send 'text' parts.")
+        raise ValueError(f"{where}: content part type {kind!r} is not supported; send 'text' or 'image_url' "
+                         f"parts.")
     if not isinstance(part.get(key), str):
         raise ValueError(f"{where}: a {kind!r} part needs a string {key!r}, got {part.get(key)!r:.50}.")
     return part[key]

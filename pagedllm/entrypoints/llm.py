@@ -13,6 +13,7 @@ from pagedllm.engine.engine import LLMEngine, PromptType
 from pagedllm.engine.input_processor import PromptTokenization
 from pagedllm.entrypoints.beam_search import best_beams, check_logprobs_mode, extend_beams, step_params
 from pagedllm.entrypoints.chat_utils import apply_chat_template, format_message_content, score_template_text
+from pagedllm.entrypoints.media import load_image
 from pagedllm.entrypoints.pooling.utils import pair_score
 from pagedllm.entrypoints.openai.tool_parsers import functions_by_name
 from pagedllm.outputs import (BeamSearchOutput, BeamSearchSequence, ClassificationRequestOutput,
@@ -414,13 +415,23 @@ class LLM:
             raise ValueError("tokenization_kwargs do_lower_case is not supported by LLM.chat (it would lower-case the "
                              "chat template's markup); lower-case the messages instead.")
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
-        prompts = [{"prompt_token_ids": apply_chat_template(
-            self.get_tokenizer(), format_message_content(conv, chat_template_content_format),
-            chat_template=chat_template, add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message, tools=tools, chat_template_kwargs=chat_template_kwargs,
-            add_special_tokens=tokenization.add_special_tokens,
-            trusted=True)}     # the caller's own template: their code, as trusted as the rest of their program
-            for conv in conversations]
+        media = self.llm_engine.input_processor.media
+        prompts = []
+        for conv in conversations:
+            images: list = []       # image parts (URLs, PIL images), in order; "<image>" stands for each
+            content = format_message_content(conv, chat_template_content_format, images=images,
+                                             image_placeholder=media.image_placeholder)
+            prompt: dict = {"prompt_token_ids": apply_chat_template(
+                self.get_tokenizer(), content, chat_template=chat_template,
+                add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+                tools=tools, chat_template_kwargs=chat_template_kwargs,
+                add_special_tokens=tokenization.add_special_tokens,
+                trusted=True)}     # the caller's own template: their code, as trusted as the rest of their program
+            if images:
+                media.check_image_count(len(images))      # before any image is fetched
+                local = self.llm_engine.config.args.allowed_local_media_path
+                prompt["multi_modal_data"] = {"image": [load_image(x, local) for x in images]}
+            prompts.append(prompt)
         outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request,
                                 tokenization_kwargs=tokenization_kwargs)
         tok = self.get_tokenizer()

@@ -677,6 +677,28 @@ class ModelRunner:
             (decodes if n == 1 else others).append((requests[rid], n))
         return decodes + others if others else decodes
 
+    def _image_embeds(self, st: CachedRequestState, c: int, n: int, s: int, rows: list[np.ndarray],
+                      values: list[torch.Tensor]) -> None:
+        """The encoder-output rows of the images whose placeholders fall in this chunk of the prompt (positions
+        [c, c + n), flat rows from ``s``): the vision encoder runs once per image, when a chunk first reaches it, and
+        its output is sliced across the chunks that hold the image's placeholders (a chunk may end anywhere)."""
+        end = c + n
+        for i, feature in enumerate(st.mm_features):
+            if feature.offset >= end or feature.end <= c:
+                continue
+            out = st.encoder_outputs.get(i)
+            if out is None:
+                out = self.model.embed_multimodal(feature.modality, feature.data)
+                if out.shape[0] != feature.length:
+                    raise RuntimeError(f"The {feature.modality} encoder gave {out.shape[0]} rows for "
+                                       f"{feature.length} placeholder tokens (request {st.req_id!r}).")
+                st.encoder_outputs[i] = out
+            lo, hi = max(feature.offset, c), min(feature.end, end)
+            rows.append(np.arange(s + lo - c, s + hi - c))
+            values.append(out[lo - feature.offset:hi - feature.offset])
+            if hi == feature.end:        # the image's last placeholder: its rows are in the KV cache after this step
+                del st.encoder_outputs[i]
+
     @torch.inference_mode()
     def launch(self, sched: SchedulerOutput) -> "LaunchedStep":
         """Prepare the inputs and queue the forward pass (and, when ``sched.sample_async``, the sampling and the copy
@@ -715,7 +737,7 @@ class ModelRunner:
             spec = self.draft.propose(items, {rid: len(d) for rid, d in spec.items()}, self._make_batch)
         spec_rows: list[int] = []        # speculative decoding: requests whose drafts are verified this step
         sampled_rows: list[int] = []
-        embed_rows: list[np.ndarray] = []        # prompt_embeds: flat rows whose embedding is given ...
+        embed_rows: list[np.ndarray] = []        # prompt_embeds, images: flat rows whose embedding is given ...
         embed_values: list[torch.Tensor] = []    # ... and those embeddings
         for i, (st, n) in enumerate(items):
             s = starts[i]
@@ -724,6 +746,8 @@ class ModelRunner:
                 k = min(n, st.num_prompt_tokens - c)
                 embed_rows.append(np.arange(s, s + k))
                 embed_values.append(st.prompt_embeds[c:c + k])
+            if st.mm_features is not None and c < st.num_prompt_tokens:
+                self._image_embeds(st, c, n, int(s), embed_rows, embed_values)
             known = st.token_ids[c:c + n]
             input_ids[s:s + len(known)] = known
             if len(known) < n:
@@ -756,7 +780,7 @@ class ModelRunner:
         lora_step = None
         if self.lora is not None:
             lora_step = self.lora.step_inputs([st.lora_request for st, _ in items], q_lens)
-        # A step with given embeddings runs eagerly: the graphs embed input_ids inside them.
+        # A step with given embeddings (prompt_embeds, images) runs eagerly: the graphs embed input_ids inside them.
         input_embeds = None
         if embed_values:
             input_embeds = (torch.from_numpy(np.concatenate(embed_rows)).to(self.device, non_blocking=True),

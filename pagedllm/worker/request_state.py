@@ -1,6 +1,8 @@
 """The worker's own state of one request, kept from the scheduler's diffs (pagedllm/step_data.py)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from pagedllm.sampling_params import SamplingParams
@@ -12,7 +14,7 @@ class CachedRequestState:
     token this worker sampled), where its KV lives, how to sample it."""
     __slots__ = ("req_id", "token_ids", "num_prompt_tokens", "sampling_params", "eos_token_ids", "block_ids",
                  "num_computed_tokens", "generator", "pooling_params", "lora_request", "prompt_embeds",
-                 "prompt_ids_known")
+                 "prompt_ids_known", "mm_features", "encoder_outputs")
 
     def __init__(self, req_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: frozenset[int], block_ids: list[int], num_computed_tokens: int,
@@ -35,6 +37,12 @@ class CachedRequestState:
         self.prompt_embeds = prompt_embeds
         # (the sampler's SamplingRow) False for a prompt_embeds prompt, on every pipeline stage.
         self.prompt_ids_known = True
+        # Images: step_data.MultiModalFeature per image (encoder inputs on the device, placeholder ranges), and the
+        # encoder's output of each image whose placeholders are being computed (feature index -> [length, hidden]):
+        # made when a chunk first reaches the image, dropped when a chunk reaches its end (a recomputation after a
+        # preemption runs the encoder again).
+        self.mm_features = None
+        self.encoder_outputs: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_new(cls, new: NewRequestData, device: torch.device, keep_embeds: bool = True) -> "CachedRequestState":
@@ -48,6 +56,10 @@ class CachedRequestState:
         state = cls(new.req_id, new.prompt_token_ids, new.sampling_params, new.eos_token_ids, new.block_ids,
                     new.num_computed_tokens, generator, new.pooling_params, new.lora_request, embeds)
         state.prompt_ids_known = new.prompt_embeds is None
+        if new.mm_features and keep_embeds:
+            state.mm_features = [dataclasses.replace(f, data={k: v.to(device, non_blocking=True)
+                                                              for k, v in f.data.items()})
+                                 for f in new.mm_features]
         return state
 
     @property

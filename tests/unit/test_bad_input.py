@@ -560,7 +560,7 @@ def _offline_cases(llm, greedy):
         ("prompt dict wrong key", lambda: generate({"bogus": "x"}), ValueError, "bogus"),
         ("prompt dict int", lambda: generate({"prompt": 5}), ValueError, "prompt"),
         ("multi_modal_data", lambda: generate({"prompt": "x", "multi_modal_data": {"image": 1}}), ValueError,
-         "multi_modal_data"),
+         "At most 0 image(s) may be provided in one prompt"),     # vLLM's words for a model without images
         ("lone surrogate", lambda: generate("\ud800"), ValueError, "lone surrogate"),
         ("prompt too long", lambda: generate(LONG), ValueError, "maximum context length is 128"),
         ("one bad prompt of two", lambda: generate(["Hi", {"prompt_token_ids": [-1]}]), ValueError,

@@ -182,11 +182,21 @@ class OpenAIServingChat(OpenAIServing):
             # The tools reach the template whatever tool_choice is, unless --exclude-tools-when-tool-choice-none.
             tools = (None if self.exclude_tools_when_tool_choice_none and req.tool_choice == "none"
                      else tool_parsers.template_tools(req.tools))
+            images: list = []
             ids = await self.render_chat(
                 conv, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
                 continue_final_message=req.continue_final_message, tools=tools,
                 chat_template_kwargs=req.template_kwargs(), add_special_tokens=req.add_special_tokens,
-                documents=req.documents)
+                documents=req.documents, images=images)
+            prompt: dict = {"prompt_token_ids": ids}
+            if images:
+                if req.truncate_prompt_tokens is not None:
+                    raise RequestError("truncate_prompt_tokens with images is not supported (it could cut an "
+                                       "image's placeholder tokens).", "truncate_prompt_tokens")
+                if req.use_beam_search:
+                    raise RequestError("use_beam_search with images is not supported yet.", "use_beam_search")
+                prompt = await self.with_chat_images(ids, images)     # ids with each image's placeholders
+                ids = prompt["prompt_token_ids"]
             ids = self.truncated(ids, req.truncate_prompt_tokens)
             reasoning = self.reasoning_mode(req, ids)
             field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -208,7 +218,7 @@ class OpenAIServingChat(OpenAIServing):
                     # The grammar (if any) starts after the thinking; from the first token when there is none, or
                     # when the request drops the reasoning anyway (vLLM's include_reasoning=false).
                     reasoning_ended = reasoning.done or not reasoning.include
-                prompt = {"prompt_token_ids": ids}
+                prompt["prompt_token_ids"] = ids
                 if req.cache_salt is not None:
                     prompt["cache_salt"] = req.cache_salt   # prefix-cache isolation: only the same salt shares KV
                 streams = await self.submit([request_id], [prompt], [params], req.priority, reasoning_ended,

@@ -17,6 +17,7 @@ from pagedllm.engine.async_engine import (AsyncLLMEngine, EngineDeadError, Engin
                                           RequestStream)
 from pagedllm.entrypoints.chat_utils import (TEMPLATE_FAILED, ChatTemplateError, apply_chat_template,
                                              check_chat_template_kwargs, format_message_content)
+from pagedllm.entrypoints.media import load_image
 from pagedllm.entrypoints.openai.protocol import RequestError, SamplingFields, check_request_id, random_uuid
 from pagedllm.entrypoints.openai.serving_models import ServingModels
 from pagedllm.engine.input_processor import context_overflow_message
@@ -282,7 +283,10 @@ class OpenAIServing:
 
     async def render_chat(self, conversation: list[dict], *, chat_template: str | None, add_generation_prompt: bool,
                           continue_final_message: bool, tools: list | None, chat_template_kwargs: dict | None,
-                          add_special_tokens: bool = False, documents: list[dict] | None = None) -> list[int]:
+                          add_special_tokens: bool = False, documents: list[dict] | None = None,
+                          images: list | None = None) -> list[int]:
+        """The conversation's token ids; ``images`` (a list): its image parts are appended there (URLs, for
+        ``load_chat_images``) and "<image>" stands for each; None: image parts are refused (text-only routes)."""
         tok = self.need_tokenizer("Chat")
         if self.default_chat_template_kwargs:     # --default-chat-template-kwargs; the request's keys win (vLLM)
             chat_template_kwargs = {**self.default_chat_template_kwargs, **(chat_template_kwargs or {})}
@@ -294,8 +298,9 @@ class OpenAIServing:
             raise RequestError("Chat template is passed with request, but --trust-request-chat-template is not set. "
                                "Refused request with untrusted chat template.", "chat_template")
         try:
-            conversation = format_message_content(conversation, self.chat_template_content_format)
-        except ValueError as e:     # an image / audio part: a text-only model
+            conversation = format_message_content(conversation, self.chat_template_content_format, images=images,
+                                                  image_placeholder=self.engine.input_processor.media.image_placeholder)
+        except ValueError as e:     # an audio / video part, an image part without a URL
             raise RequestError(str(e), "messages") from None
         try:
             check_chat_template_kwargs(chat_template_kwargs)
@@ -324,6 +329,21 @@ class OpenAIServing:
         except Exception as e:   # jinja errors, bad kwargs, ValueError from the helper
             message = str(e) if str(e).startswith(TEMPLATE_FAILED) else f"{TEMPLATE_FAILED} {e}"
             raise RequestError(message, "messages") from None
+
+    async def with_chat_images(self, ids: list[int], images: list) -> dict:
+        """A chat prompt with its images: each loaded (data: URLs decoded, http(s) fetched, as vLLM), processed by
+        the model's HF processor and its "<image>" expanded (the ids grow by each image's placeholder tokens), off
+        the event loop. A bad image, too many of them or a model without images: RequestError (400)."""
+        media = self.engine.input_processor.media
+        local = self.engine.config.args.allowed_local_media_path
+        try:
+            media.check_image_count(len(images))      # before anything is fetched
+            loaded = await asyncio.to_thread(
+                lambda: [load_image(x, local, f"image_url ({i})") for i, x in enumerate(images)])
+            return await self.run_tokenizer(self.engine.input_processor.with_media_processed,
+                                            {"prompt_token_ids": ids, "multi_modal_data": {"image": loaded}})
+        except ValueError as e:
+            raise RequestError(str(e), "messages") from None
 
     def stream_usage(self, req: SamplingFields) -> tuple[bool, bool]:
         """(a final usage chunk, usage on every chunk) for a stream: stream_options.include_usage and

@@ -1,0 +1,152 @@
+"""Images in prompts, vLLM's way (``{"prompt": ..., "multi_modal_data": {"image": image or [images]}}``), in the
+front end: the model's HF processor (``AutoProcessor`` from the model folder) turns each image into its encoder
+inputs (``pixel_values``) and tells how many placeholder tokens it takes; each ``<image>`` token of the prompt is
+expanded to that many; each image becomes a ``step_data.MultiModalFeature`` (its tensors, its placeholder range,
+a digest of its tensors) that travels with the request to the engine core and the workers.
+
+Models: those whose config carries a ``multimodal_config`` (loader.MULTIMODAL_ARCHITECTURES: LLaVA-1.5). Not yet:
+video, audio, Qwen2-VL / Qwen2.5-VL (M-RoPE), Gemma 3's images, LLaVA-NeXT's anyres tiles.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pagedllm.step_data import MultiModalFeature
+
+# vLLM's default limit per modality, where limit_mm_per_prompt does not name it.
+DEFAULT_LIMIT_PER_PROMPT = 999
+_NOT_YET = {"video": "video", "audio": "audio"}
+# Processor outputs that are the text's, not an image's.
+_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class ProcessedMedia:
+    """A prompt's multi_modal_data once processed (its prompt_token_ids then hold the expanded placeholders): the
+    server processes a chat's images before it sizes max_tokens, and the engine takes them as they are."""
+    features: list[MultiModalFeature]
+
+
+def has_media(prompt: Any) -> bool:
+    return isinstance(prompt, dict) and prompt.get("multi_modal_data") is not None
+
+
+def tensors_digest(data: dict[str, torch.Tensor]) -> str:
+    """sha256 over each tensor's name, dtype, shape and bytes: the same image processed the same way gives the same
+    digest in every process; any other pixel gives another."""
+    h = hashlib.sha256()
+    for key in sorted(data):
+        t = data[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class MediaProcessor:
+    """The engine's media front end: limits (limit_mm_per_prompt), the HF processor, placeholder expansion."""
+
+    def __init__(self, config: Any, tokenizer: Any):
+        hf = config.hf_config
+        self.mm_config = getattr(hf, "multimodal_config", None)
+        self.architecture = (getattr(hf, "architectures", None) or ["this model"])[0]
+        limits = config.args.limit_mm_per_prompt or {}
+        self.limits = {k: (v.get("count", DEFAULT_LIMIT_PER_PROMPT) if isinstance(v, dict) else v)
+                       for k, v in limits.items()}
+        self.processor = None
+        if self.mm_config is None:
+            return
+        from transformers import AutoProcessor
+        try:
+            self.processor = AutoProcessor.from_pretrained(config.model.model_dir,
+                                                           trust_remote_code=config.args.trust_remote_code)
+        except Exception as e:
+            raise ValueError(f"{self.architecture} reads images through its HF processor, which could not be "
+                             f"loaded from {config.model.model_dir!r}: {e}") from None
+        self.image_token_id: int = self.mm_config.image_token_index
+        self.image_token: str = getattr(self.processor, "image_token", "<image>")
+        # A checkpoint whose chat template ships with its processor only (chat_template.json): chat uses it.
+        template = getattr(self.processor, "chat_template", None)
+        if tokenizer is not None and template and not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = template
+
+    @property
+    def supports_images(self) -> bool:
+        return self.processor is not None
+
+    @property
+    def image_placeholder(self) -> str | None:
+        """What stands for an image in a prompt's text ("<image>"), None for a model without images."""
+        return self.image_token if self.supports_images else None
+
+    def check_image_count(self, count: int) -> None:
+        """limit_mm_per_prompt for images, in vLLM's words (0 for a model that reads text only)."""
+        limit = self.limits.get("image", DEFAULT_LIMIT_PER_PROMPT) if self.supports_images else 0
+        if count <= limit:
+            return
+        message = f"At most {limit} image(s) may be provided in one prompt."
+        if self.supports_images:
+            message += " Set `--limit-mm-per-prompt` to increase this limit."
+        else:
+            message += (f" {self.architecture} reads text only: images are supported for LLaVA-1.5 "
+                        f"(LlavaForConditionalGeneration); not yet for Gemma 3, Qwen2-VL / Qwen2.5-VL or "
+                        f"LLaVA-NeXT.")
+        raise ValueError(message)
+
+    def image_items(self, mm_data: Any) -> list:
+        """multi_modal_data's images as a list, after the limits (vLLM's wording); other modalities refused."""
+        if not isinstance(mm_data, dict):
+            raise ValueError(f"multi_modal_data must be a dict of modality -> data (e.g. {{'image': image}}), got "
+                             f"{type(mm_data).__name__}.")
+        for modality, data in mm_data.items():
+            if modality != "image":
+                what = _NOT_YET.get(modality, repr(modality))
+                raise ValueError(f"multi_modal_data[{modality!r}]: {what} inputs are not supported yet by pagedllm "
+                                 f"(images only, for LLaVA-1.5).")
+        images = mm_data.get("image")
+        images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+        self.check_image_count(len(images))
+        for i, image in enumerate(images):
+            if not _is_image(image):
+                raise ValueError(f"multi_modal_data['image'][{i}] must be a PIL image (or a numpy array / torch "
+                                 f"tensor of pixels), got {type(image).__name__}.")
+        return images
+
+    def process(self, ids: list[int], mm_data: Any) -> tuple[list[int], ProcessedMedia]:
+        """The prompt's ids with each image placeholder expanded, and its images' features, in prompt order."""
+        images = self.image_items(mm_data)
+        places = [i for i, t in enumerate(ids) if t == self.image_token_id] if images else []
+        if len(places) != len(images):
+            raise ValueError(f"The prompt has {len(places)} image placeholder(s) ({self.image_token!r}) for "
+                             f"{len(images)} image(s): put one {self.image_token!r} where each image goes.")
+        out: list[int] = []
+        features: list[MultiModalFeature] = []
+        start = 0
+        for place, image in zip(places, images):
+            data, length = self._one_image(image)
+            out.extend(ids[start:place])
+            features.append(MultiModalFeature("image", data, len(out), length, tensors_digest(data)))
+            out.extend([self.image_token_id] * length)
+            start = place + 1
+        out.extend(ids[start:])
+        return out, ProcessedMedia(features)
+
+    def _one_image(self, image: Any) -> tuple[dict[str, torch.Tensor], int]:
+        """The processor's tensors for one image and its placeholder count (the processor expands one
+        ``<image>``: that count is the model's, e.g. 576 for LLaVA-1.5 at 336 px)."""
+        try:
+            batch = self.processor(text=self.image_token, images=[image], return_tensors="pt")
+        except Exception as e:
+            raise ValueError(f"The image could not be processed: {type(e).__name__}: {e}") from None
+        length = int((batch["input_ids"][0] == self.image_token_id).sum())
+        data = {k: v for k, v in batch.items() if k not in _TEXT_KEYS and isinstance(v, torch.Tensor)}
+        return data, length
+
+
+def _is_image(x: Any) -> bool:
+    import numpy as np
+    import PIL.Image
+    return isinstance(x, (PIL.Image.Image, np.ndarray, torch.Tensor))

@@ -1,0 +1,160 @@
+"""LLaVA-1.5 (LlavaForConditionalGeneration) with images, vLLM's way (``multi_modal_data``, ``LLM.chat`` image_url
+parts), against HF transformers fp32 greedy on a tiny random LLaVA (CLIP vision tower 3 layers, Llama 2 layers) and
+a LlavaProcessor built here (a word-level tokenizer with "<image>", a 28 px CLIPImageProcessor: 16 placeholder
+tokens per image). Images of different sizes are resized and cropped by the processor; the prompt's ids must be the
+processor's, and the tokens HF's: one and two images, chunked prefill with chunk boundaries inside the placeholders,
+prefix caching that tells two images behind the same text apart, limit_mm_per_prompt, a text-only model given one."""
+from __future__ import annotations
+
+import base64
+import io
+
+import PIL.Image
+import pytest
+import torch
+import transformers
+
+from pagedllm import LLM, SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+IMAGE_TOKENS = 16        # (28 / 7) ** 2 patches; the CLS row is dropped ("default" feature selection)
+CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['role'].upper() }}: {{ m['content'] }} {% endfor %}ASSISTANT:"
+
+
+def word_tokenizer_with_image():
+    """A fast word-level tokenizer: <unk> <s> </s> <pad> <image> (0-4), "USER:" 5, "ASSISTANT:" 6, w0..w99 (7-106);
+    BOS first; "<image>" a special token (so "<image><image>..." splits into one id each, as the processor needs)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "<image>": 4, "USER:": 5, "ASSISTANT:": 6,
+             **{f"w{i}": 7 + i for i in range(100)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>", pad_token="<pad>",
+                                                additional_special_tokens=["<image>"])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def save_tiny_llava(path, seed: int = 0):
+    """A tiny random LLaVA-1.5 and its processor saved to ``path``; returns (HF model, processor)."""
+    fast = word_tokenizer_with_image()
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = transformers.LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=7,
+                                            vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                           num_attention_heads=2, image_size=28, patch_size=7, projection_dim=16)
+    text = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, vocab_size=120, max_position_embeddings=512)
+    cfg = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=4)
+    torch.manual_seed(seed)
+    hf = transformers.LlavaForConditionalGeneration(cfg).eval()
+    hf.save_pretrained(path)
+    processor.save_pretrained(path)
+    return hf, processor
+
+
+def images(seed: int, sizes=((40, 30), (50, 64))) -> list[PIL.Image.Image]:
+    gen = torch.Generator().manual_seed(seed)
+    return [PIL.Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=gen, dtype=torch.uint8).numpy())
+            for w, h in sizes]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llava")
+    hf, processor = save_tiny_llava(path)
+    return str(path), hf, processor
+
+
+def hf_greedy(tiny, prompt: str, ims: list, max_tokens: int = 8) -> tuple[list[int], list[int]]:
+    """(the processor's prompt ids, HF's greedy tokens)."""
+    _, hf, processor = tiny
+    inputs = processor(text=prompt, images=ims, return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    out = hf.generate(**inputs, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+    return ids, out[0, len(ids):].tolist()
+
+
+def make_llm(tiny, **kwargs) -> LLM:
+    return LLM(tiny[0], dtype="float32", kv_cache_memory_gb=0.01, max_model_len=256, **kwargs)
+
+
+ONE = "USER: <image>\nw3 w5 w8 ASSISTANT:"
+TWO = "USER: <image>\nw3 w5 <image> w9 ASSISTANT:"
+
+
+def test_one_and_two_images_equal_hf(tiny):
+    llm = make_llm(tiny)
+    a, b = images(1)
+    cases = [(ONE, [a]), (ONE, [b]), (TWO, [a, b]), (TWO, [b, a])]
+    outs = llm.generate([{"prompt": p, "multi_modal_data": {"image": ims if len(ims) > 1 else ims[0]}}
+                         for p, ims in cases], GREEDY, use_tqdm=False)
+    for (prompt, ims), out in zip(cases, outs):
+        ids, ref = hf_greedy(tiny, prompt, ims)
+        assert out.prompt_token_ids == ids          # each "<image>" expanded to its 16 placeholders
+        assert list(out.outputs[0].token_ids) == ref
+    assert outs[0].prompt_token_ids.count(4) == IMAGE_TOKENS and outs[2].prompt_token_ids.count(4) == 2 * IMAGE_TOKENS
+    # Different images give different tokens here (else the test could not tell an image dropped).
+    assert outs[0].outputs[0].token_ids != outs[1].outputs[0].token_ids
+
+
+def test_chunked_prefill_inside_the_placeholders_equals_hf(tiny):
+    # Chunks of 5 tokens: the first image's placeholders (positions 2..17) span four chunks, the second's five.
+    llm = make_llm(tiny, max_num_batched_tokens=5, enable_prefix_caching=False)
+    a, b = images(2)
+    out = llm.generate({"prompt": TWO, "multi_modal_data": {"image": [a, b]}}, GREEDY, use_tqdm=False)[0]
+    assert list(out.outputs[0].token_ids) == hf_greedy(tiny, TWO, [a, b])[1]
+
+
+def test_prefix_cache_keeps_two_images_apart(tiny):
+    # 16-token blocks: the prompt's first block holds BOS, "USER:" and 14 of the image's placeholders, the same ids
+    # for every image. Image B after image A behind the same text must not read A's blocks; A again does.
+    llm = make_llm(tiny)
+    a, b = images(3, sizes=((33, 47), (60, 20)))
+    prompt = "USER: <image>\nw3 w5 w8 w13 w21 w34 w55 w89 w1 w2 w4 w7 w11 w16 w22 w29 ASSISTANT:"
+    first, second, again = (llm.generate({"prompt": prompt, "multi_modal_data": {"image": im}}, GREEDY,
+                                         use_tqdm=False)[0] for im in (a, b, a))
+    assert list(first.outputs[0].token_ids) == list(again.outputs[0].token_ids) == hf_greedy(tiny, prompt, [a])[1]
+    assert list(second.outputs[0].token_ids) == hf_greedy(tiny, prompt, [b])[1]
+    assert second.num_cached_tokens == 0
+    assert again.num_cached_tokens == 32         # two full blocks of A's prompt (35 tokens)
+
+
+def test_chat_with_a_data_url_image_equals_hf(tiny):
+    llm = make_llm(tiny)
+    (image,) = images(4, sizes=((45, 35),))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "w3 w5"}]}]
+    out = llm.chat(messages, GREEDY, use_tqdm=False)[0]
+    # vLLM's string content: the image's placeholder on its own line before the text.
+    ids, ref = hf_greedy(tiny, "USER: <image>\nw3 w5 ASSISTANT:", [image])
+    assert out.prompt_token_ids == ids
+    assert list(out.outputs[0].token_ids) == ref
+
+
+def test_limit_mm_per_prompt_and_placeholder_count(tiny):
+    llm = make_llm(tiny, limit_mm_per_prompt={"image": 1})
+    a, b = images(5)
+    with pytest.raises(ValueError, match=r"^At most 1 image\(s\) may be provided in one prompt\. Set "
+                                         r"`--limit-mm-per-prompt` to increase this limit\.$"):
+        llm.generate({"prompt": TWO, "multi_modal_data": {"image": [a, b]}}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"has 2 image placeholder\(s\) \('<image>'\) for 1 image\(s\)"):
+        llm.generate({"prompt": TWO, "multi_modal_data": {"image": a}}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="video inputs are not supported yet"):
+        llm.generate({"prompt": ONE, "multi_modal_data": {"video": [a]}}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"multi_modal_data\['image'\]\[0\] must be a PIL image"):
+        llm.generate({"prompt": ONE, "multi_modal_data": {"image": "a.png"}}, GREEDY, use_tqdm=False)
+
+
+def test_text_only_model_given_an_image(tmp_path):
+    from tests.unit.tiny_models import save_tiny_llama
+    save_tiny_llama(tmp_path, vocab_size=120)
+    llm = LLM(str(tmp_path), skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01, max_model_len=64)
+    with pytest.raises(ValueError, match=r"^At most 0 image\(s\) may be provided in one prompt\. LlamaForCausalLM "
+                                         r"reads text only"):
+        llm.generate({"prompt_token_ids": [1, 4, 5], "multi_modal_data": {"image": images(6)[0]}}, use_tqdm=False)

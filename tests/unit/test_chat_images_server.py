@@ -1,0 +1,68 @@
+"""/v1/chat/completions with image_url parts (data: URLs; no network here) on a tiny random LLaVA-1.5, the server's
+app in-process: the answer is HF fp32 greedy's for the processor's prompt, and a bad image, too many images and an
+image sent to a text-only model are OpenAI-style 400s in vLLM's words."""
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+
+from tests.models.test_llava import hf_greedy, images, save_tiny_llava
+from tests.unit.app_client import post_all, serve_in_process
+
+CHAT = "/v1/chat/completions"
+
+
+def data_url(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def chat(*urls: str, text: str = "w3 w5") -> dict:
+    parts = [{"type": "image_url", "image_url": {"url": u}} for u in urls] + [{"type": "text", "text": text}]
+    return {"model": "m", "messages": [{"role": "user", "content": parts}], "max_tokens": 6, "temperature": 0,
+            "ignore_eos": True, "logprobs": True, "return_tokens_as_token_ids": True}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llava")
+    hf, processor = save_tiny_llava(path)
+    return str(path), hf, processor
+
+
+def test_chat_with_images_and_its_errors(tiny):
+    a, b = images(7)
+    bad_png = "data:image/png;base64," + base64.b64encode(b"not a png").decode()
+    with serve_in_process(tiny[0], "--served-model-name", "m", "--limit-mm-per-prompt", '{"image": 1}') as (app, _):
+        ok, bad, two, not_base64 = post_all(app, [(CHAT, chat(data_url(a))), (CHAT, chat(bad_png)),
+                                                  (CHAT, chat(data_url(a), data_url(b))),
+                                                  (CHAT, chat("data:image/png;base64,@@"))])
+    ids, ref = hf_greedy(tiny, "USER: <image>\nw3 w5 ASSISTANT:", [a], max_tokens=6)
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["usage"]["prompt_tokens"] == len(ids)         # the image's 16 placeholders counted
+    assert [t["token"] for t in body["choices"][0]["logprobs"]["content"]] == [f"token_id:{t}" for t in ref]
+    for response, message in ((bad, "the image could not be read"),
+                              (two, "At most 1 image(s) may be provided in one prompt. Set `--limit-mm-per-prompt` "
+                                    "to increase this limit."),
+                              (not_base64, "not valid base64")):
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["type"] == "BadRequestError" and error["param"] == "messages"
+        assert message in error["message"], error
+
+
+def test_image_sent_to_a_text_only_model(tmp_path):
+    from tests.models.test_llava import word_tokenizer_with_image
+    from tests.unit.tiny_models import save_tiny_llama
+    save_tiny_llama(tmp_path, vocab_size=120)
+    word_tokenizer_with_image().save_pretrained(tmp_path)
+    with serve_in_process(str(tmp_path), "--served-model-name", "m") as (app, _):
+        (response,) = post_all(app, [(CHAT, chat("https://example.com/cat.png"))])    # refused before any fetch
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["message"].startswith("At most 0 image(s) may be provided in one prompt. LlamaForCausalLM reads "
+                                       "text only"), error
