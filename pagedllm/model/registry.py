@@ -16,6 +16,7 @@ _MODELS = {
     "GptOssForCausalLM": ("gpt_oss", "GptOssForCausalLM"),
     "Glm4MoeForCausalLM": ("moe_models", "Glm4MoeForCausalLM"),
     "Dots1ForCausalLM": ("moe_models", "Dots1ForCausalLM"),
+    "Ernie4_5_MoeForCausalLM": ("moe_models", "Ernie4_5_MoeForCausalLM"),
     "OlmoeForCausalLM": ("moe_models", "OlmoeForCausalLM"),
     "GraniteMoeForCausalLM": ("moe_models", "GraniteMoeForCausalLM"),
     "GraniteMoeSharedForCausalLM": ("moe_models", "GraniteMoeSharedForCausalLM"),

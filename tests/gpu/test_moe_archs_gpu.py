@@ -30,6 +30,10 @@ def _config(arch: str):
                                        n_shared_experts=2, first_k_dense_replace=1, n_group=4, topk_group=2,
                                        norm_topk_prob=False, routed_scaling_factor=1.5, sliding_window=64,
                                        max_window_layers=2)
+    elif arch == "ernie4_5_moe":      # interleaved rotary, a dense first layer, softmax + correction-bias choice
+        cfg = transformers.Ernie4_5_MoeConfig(**_COMMON, head_dim=64, moe_num_experts=16, moe_k=2,
+                                              moe_intermediate_size=128, moe_num_shared_experts=2,
+                                              moe_layer_start_index=1)
     elif arch == "olmoe":     # softmax then top-k, not renormalized; Q / K norms over the whole projection
         cfg = transformers.OlmoeConfig(**dict(_COMMON, num_key_value_heads=4), num_experts=16, norm_topk_prob=False)
     elif arch in ("granitemoe", "granitemoeshared"):      # top-k logits softmaxed, Granite's multipliers
@@ -54,7 +58,8 @@ def _generate(llm, prompts):
 
 
 @needs_cuda
-@pytest.mark.parametrize("arch", ["glm4_moe", "dots1", "olmoe", "granitemoe", "granitemoeshared", "phimoe"])
+@pytest.mark.parametrize("arch", ["glm4_moe", "dots1", "ernie4_5_moe", "olmoe", "granitemoe", "granitemoeshared",
+                                  "phimoe"])
 def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -1,7 +1,7 @@
 """Mixture-of-experts decoders against HF transformers fp32 on tiny random models: the greedy, chunked-prefill,
-prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on GLM-4.5 (Glm4MoeForCausalLM), dots.llm1, OLMoE,
-Granite MoE, GraniteMoeShared and PhiMoE; GLM-4.5's skipped multi-token-prediction layer; tensor and pipeline parallel;
-refused configs."""
+prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on GLM-4.5 (Glm4MoeForCausalLM),
+dots.llm1, ERNIE 4.5 MoE, OLMoE, Granite MoE, GraniteMoeShared and PhiMoE; GLM-4.5's and ERNIE 4.5's skipped
+multi-token-prediction layers; tensor and pipeline parallel; PhiMoE's router alone; refused configs."""
 from __future__ import annotations
 
 import pytest
@@ -29,6 +29,11 @@ MOE_ARCHS = {
         _MOE, head_dim=32, n_routed_experts=8, moe_intermediate_size=32, n_shared_experts=2, first_k_dense_replace=1,
         n_group=4, topk_group=2, norm_topk_prob=False, routed_scaling_factor=1.5, attention_bias=True,
         sliding_window=8, max_window_layers=1), 0),
+    # ERNIE 4.5 MoE: interleaved rotary, a dense first layer (moe_layer_start_index), fp32 softmax router choosing by
+    # probability + correction bias (drawn), 2 shared experts, tied embeddings.
+    "ernie4_5_moe": (transformers.Ernie4_5_MoeConfig, dict(
+        _MOE, head_dim=32, moe_num_experts=8, moe_k=2, moe_intermediate_size=32, moe_num_shared_experts=2,
+        moe_layer_start_index=1), 0),
     # OLMoE: softmax over all 8 experts then the top 2, not renormalized (as released); RMSNorms over the whole Q and
     # K projections.
     "olmoe": (transformers.OlmoeConfig, dict(_MOE, num_experts=8, intermediate_size=32, norm_topk_prob=False), 0),
@@ -71,17 +76,22 @@ test_sample_logprobs_match_hf = vs_hf.test_sample_logprobs_match_hf
 test_preemption_matches_hf = vs_hf.test_preemption_matches_hf
 
 
-def test_glm4_moe_skips_its_mtp_layer(tmp_path):
-    """GLM-4.5 checkpoints carry a multi-token-prediction layer after the decoder (``model.layers.{N}``, here N = 2:
-    its own norms, projection and experts): skipped at load, the tokens HF's (which does not run it either)."""
+@pytest.mark.parametrize("name", ["glm4_moe", "ernie4_5_moe"])
+def test_mtp_layers_are_skipped(tmp_path, name):
+    """The multi-token-prediction tensors of a checkpoint (GLM-4.5: a whole layer after the decoder,
+    ``model.layers.{N}``, here N = 2, with its own norms and projection; ERNIE 4.5: ``model.mtp_*``) are skipped at
+    load, the tokens HF's (which does not run them either)."""
     from safetensors.torch import load_file, save_file
-    tiny = MoeTiny("glm4_moe", str(tmp_path))
+    tiny = MoeTiny(name, str(tmp_path))
     path = tmp_path / "model.safetensors"
     tensors = load_file(str(path))
-    mtp = {name.replace("model.layers.1.", "model.layers.2."): t.clone() for name, t in tensors.items()
+    mtp_prefix = "model.layers.2." if name == "glm4_moe" else "model.mtp_block.0."
+    mtp = {name.replace("model.layers.1.", mtp_prefix): t.clone() for name, t in tensors.items()
            if name.startswith("model.layers.1.")}
     mtp.update({"model.layers.2.eh_proj.weight": torch.randn(64, 128), "model.layers.2.enorm.weight": torch.ones(64),
-                "model.layers.2.shared_head.norm.weight": torch.ones(64)})
+                "model.layers.2.shared_head.norm.weight": torch.ones(64)} if name == "glm4_moe" else
+               {"model.mtp_linear_proj.0.weight": torch.randn(64, 128), "model.mtp_emb_norm.0.weight": torch.ones(64),
+                "model.mtp_hidden_norm.0.weight": torch.ones(64)})
     save_file({**tensors, **mtp}, str(path), metadata={"format": "pt"})
     prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:2])
     vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(tiny.llm(), prompts))
@@ -89,7 +99,8 @@ def test_glm4_moe_skips_its_mtp_layer(tmp_path):
 
 @pytest.mark.parametrize("name, tp, pp, layers", [("glm4_moe", 2, 2, 4), ("granitemoeshared", 2, 1, 2),
                                                   ("granitemoe", 1, 2, 2), ("olmoe", 1, 2, 2), ("phimoe", 2, 1, 2),
-                                                  ("phimoe", 1, 2, 2)])
+                                                  ("phimoe", 1, 2, 2), ("ernie4_5_moe", 2, 1, 2),
+                                                  ("ernie4_5_moe", 1, 2, 2)])
 def test_tensor_and_pipeline_parallel_match_hf(tmp_path, name, tp, pp, layers):
     """Tensor-parallel ranks (gloo on the CPU) each with their heads and their slice of the dense, shared and routed
     experts' intermediate size; pipeline stages each with their layers (GLM-4.5's second stage: the model's layers 2

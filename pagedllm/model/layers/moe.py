@@ -32,11 +32,20 @@ _PART = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_p
 
 
 def is_sparse_layer(hf_config, layer_idx: int) -> bool:
-    """Whether decoder layer ``layer_idx`` has a MoE block (Qwen's ``mlp_only_layers`` / ``decoder_sparse_step``
-    and GLM-4.5's ``first_k_dense_replace`` keep some dense; Mixtral's are all sparse)."""
+    """Whether decoder layer ``layer_idx`` has a MoE block (Qwen's ``mlp_only_layers`` / ``decoder_sparse_step``,
+    GLM-4.5's ``first_k_dense_replace`` and ERNIE 4.5's ``moe_layer_start_index`` / ``moe_layer_end_index`` /
+    ``moe_layer_interval`` keep some dense; Mixtral's are all sparse)."""
     if num_experts(hf_config) == 0 or layer_idx in (getattr(hf_config, "mlp_only_layers", None) or ()) \
             or layer_idx < (getattr(hf_config, "first_k_dense_replace", None) or 0):
         return False
+    start = getattr(hf_config, "moe_layer_start_index", None)       # ERNIE 4.5: sparse from start to end (-1: last)
+    if start is not None:
+        end = hf_config.moe_layer_end_index
+        if not isinstance(start, int) or not isinstance(end, int):
+            raise ValueError(f"moe_layer_start_index={start!r} / moe_layer_end_index={end!r}: only one index each "
+                             f"is supported (ERNIE 4.5's text MoE).")
+        end = hf_config.num_hidden_layers - 1 if end == -1 else end
+        return (layer_idx + 1) % (hf_config.moe_layer_interval or 1) == 0 and start <= layer_idx <= end
     step = getattr(hf_config, "decoder_sparse_step", None) or 1
     return (layer_idx + 1) % step == 0
 

@@ -16,6 +16,12 @@ dots.llm1 (``Dots1ForCausalLM``: rednote-hilab/dots.llm1.base / .inst) is GLM-4.
 per-head Q/K norms always, ``attention_bias`` on Q/K/V/O, full rotary, and windowed layers from ``layer_types``
 (``sliding_window`` from ``max_window_layers`` on); the same DeepSeek-V3 MoE after ``first_k_dense_replace``.
 
+ERNIE 4.5 MoE (``Ernie4_5_MoeForCausalLM``: ERNIE-4.5-21B-A3B, 300B-A47B) is the dense ERNIE 4.5 decoder
+(ernie4_5.py: interleaved rotary reordered at load) with MoE layers by ``moe_layer_start_index`` / ``end_index`` /
+``interval``: an fp32 router whose softmax picks the top-k by probability + ``moe_statics.e_score_correction_bias``
+and weighs them by their probabilities over their sum (clamped at ``moe_norm_min``), plus ``moe_num_shared_experts``
+shared experts added ungated. Its multi-token-prediction tensors (``mtp_*``) are skipped at load.
+
 OLMoE (``OlmoeForCausalLM``: allenai/OLMoE-1B-7B): Qwen's router (softmax over all experts, then the top-k,
 renormalized when ``norm_topk_prob``, False in the released checkpoints) on a Llama decoder whose Q / K RMSNorms run
 over the whole projection (all heads, as OLMo 2's): no tensor parallel. ``clip_qkv`` is refused.
@@ -46,9 +52,13 @@ from typing import Iterable
 
 import torch
 
-from pagedllm.config import rope_parameters
-from pagedllm.model.layers.moe import SparseMoeBlock
+from torch import nn
+
+from pagedllm.config import num_experts, rope_parameters
+from pagedllm.distributed import tp_all_reduce
+from pagedllm.model.layers.moe import MoEExperts, SparseMoeBlock
 from pagedllm.model.models.deepseek import DeepseekMoE, check_expert_groups
+from pagedllm.model.models.ernie4_5 import Ernie4_5ForCausalLM
 from pagedllm.model.models.granite import GraniteForCausalLM
 from pagedllm.model.models.llama import LlamaForCausalLM, LlamaMLP, LlamaVariant, attention_layer_types
 from pagedllm.model.models.weights import without_layers_from
@@ -195,3 +205,47 @@ class PhimoeForCausalLM(LlamaForCausalLM):
         config = copy.copy(hf_config)
         config.rope_parameters = dict(params, attention_factor=params["short_mscale"])
         return config
+
+
+class Ernie45MoeBlock(nn.Module):
+    """ERNIE 4.5's MoE layer, in HF's order of operations (module docstring)."""
+
+    def __init__(self, cfg, quant_config=None, prefix: str = ""):
+        super().__init__()
+        n, hidden = num_experts(cfg), cfg.hidden_size
+        self.top_k, self.norm_min = cfg.num_experts_per_tok, float(cfg.moe_norm_min)
+        self.gate = nn.Linear(hidden, n, bias=False, dtype=torch.float32)     # replicated, fp32 as HF keeps it
+        self.gate.requires_grad_(False)
+        self.moe_statics = nn.Module()
+        self.moe_statics.e_score_correction_bias = nn.Parameter(torch.zeros(1, n, dtype=torch.float32),
+                                                                requires_grad=False)
+        self.experts = MoEExperts(n, hidden, cfg.moe_intermediate_size, quant_config, f"{prefix}.experts")
+        shared = (cfg.moe_num_shared_experts or 0) * cfg.moe_intermediate_size
+        self.shared_experts = (LlamaMLP(cfg, quant_config, f"{prefix}.shared_experts", intermediate_size=shared)
+                               if shared else None)
+
+    def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
+        probs = torch.softmax(self.gate(x.float()), dim=-1)
+        top_ids = torch.topk(probs + self.moe_statics.e_score_correction_bias[0], self.top_k, dim=-1)[1]
+        top_weights = probs.gather(-1, top_ids)
+        top_weights = (top_weights / top_weights.sum(dim=-1, keepdim=True).clamp(min=self.norm_min)).to(x.dtype)
+        out = self.experts(x, top_ids, top_weights)
+        if self.experts.tp_size > 1:
+            out = tp_all_reduce(out)
+        return out if self.shared_experts is None else out + self.shared_experts(x)
+
+
+def _ernie_moe_block(cfg, quant_config, prefix: str) -> Ernie45MoeBlock:
+    return Ernie45MoeBlock(cfg, quant_config, prefix)
+
+
+class Ernie4_5_MoeForCausalLM(Ernie4_5ForCausalLM):
+    moe = "ernie"                   # LlamaVariant.moe; the block is _ernie_moe_block's
+    supports_quantization = False
+
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        return dataclasses.replace(super().variant(hf_config), moe_block=_ernie_moe_block)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return super().load_weights((name, t) for name, t in weights if not name.startswith("model.mtp_"))
