@@ -452,9 +452,11 @@ class EngineArgs:
     # from its answer, and structured output constrains only the answer (offline too, as vLLM). "": none.
     reasoning_parser: str = ""
     compilation_config: int | dict | None = None
-    # vLLM's multimodal settings, which vLLM itself leaves unused on a text-only model; pagedllm runs text-only models
-    # (a prompt's multi_modal_data is an error), so they have nothing to govern. Taken, and type-checked, so that
-    # scripts passing them for every model (spec_decode_offline.py) run as on vLLM.
+    # vLLM's multimodal settings. limit_mm_per_prompt: images per prompt for a model that reads them (LLaVA-1.5;
+    # vLLM's default 999, engine/multimodal.py); a text-only model reads none (vLLM's "At most 0 image(s)"). On a
+    # text-only model vLLM leaves them unused: taken and type-checked, so scripts passing them for every model
+    # (spec_decode_offline.py) run as on vLLM. disable_chunked_mm_input=True is refused for a model with images (not
+    # yet: an image's embeddings are sliced across prompt chunks instead).
     limit_mm_per_prompt: dict | None = None
     disable_chunked_mm_input: bool = False
     allowed_local_media_path: str = ""

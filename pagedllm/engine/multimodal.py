@@ -59,6 +59,10 @@ class MediaProcessor:
         self.processor = None
         if self.mm_config is None:
             return
+        if config.args.disable_chunked_mm_input:
+            raise ValueError("disable_chunked_mm_input=True is not supported yet by pagedllm: a prompt chunk may end "
+                             "inside an image's placeholders (its embeddings are sliced across chunks, so the "
+                             "tokens are the same); leave it False (vLLM's default).")
         from transformers import AutoProcessor
         try:
             self.processor = AutoProcessor.from_pretrained(config.model.model_dir,

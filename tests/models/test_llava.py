@@ -78,7 +78,7 @@ def hf_greedy(tiny, prompt: str, ims: list, max_tokens: int = 8) -> tuple[list[i
 
 
 def make_llm(tiny, **kwargs) -> LLM:
-    return LLM(tiny[0], dtype="float32", kv_cache_memory_gb=0.01, max_model_len=256, **kwargs)
+    return LLM(tiny[0], **{"dtype": "float32", "kv_cache_memory_gb": 0.01, "max_model_len": 256, **kwargs})
 
 
 ONE = "USER: <image>\nw3 w5 w8 ASSISTANT:"
@@ -122,6 +122,19 @@ def test_prefix_cache_keeps_two_images_apart(tiny):
     assert again.num_cached_tokens == 32         # two full blocks of A's prompt (35 tokens)
 
 
+def test_preemption_recomputes_the_images(tiny):
+    # 6 blocks of 16 tokens: two requests' prompts (35 tokens, 3 blocks each) fill them, and each needs a 4th block
+    # for its 20 new tokens, so requests are preempted and recomputed, their images encoded again.
+    llm = make_llm(tiny, num_gpu_blocks_override=6, max_model_len=96, enable_prefix_caching=False)
+    ims = images(8, sizes=((30, 30), (41, 29), (64, 48), (28, 50)))
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    prompt = "USER: <image>\nw3 w5 w8 w13 w21 w34 w55 w89 w1 w2 w4 w7 w11 w16 w22 w29 ASSISTANT:"
+    outs = llm.generate([{"prompt": prompt, "multi_modal_data": {"image": im}} for im in ims], params, use_tqdm=False)
+    assert llm.llm_engine.scheduler.num_preemptions > 0
+    for im, out in zip(ims, outs):
+        assert list(out.outputs[0].token_ids) == hf_greedy(tiny, prompt, [im], max_tokens=20)[1]
+
+
 def test_chat_with_a_data_url_image_equals_hf(tiny):
     llm = make_llm(tiny)
     (image,) = images(4, sizes=((45, 35),))
@@ -149,6 +162,13 @@ def test_limit_mm_per_prompt_and_placeholder_count(tiny):
         llm.generate({"prompt": ONE, "multi_modal_data": {"video": [a]}}, GREEDY, use_tqdm=False)
     with pytest.raises(ValueError, match=r"multi_modal_data\['image'\]\[0\] must be a PIL image"):
         llm.generate({"prompt": ONE, "multi_modal_data": {"image": "a.png"}}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="truncate_prompt_tokens with multi_modal_data is not supported"):
+        llm.generate({"prompt": ONE, "multi_modal_data": {"image": a}},
+                     SamplingParams(max_tokens=2, truncate_prompt_tokens=8), use_tqdm=False)
+    assert list(llm.generate({"prompt": ONE, "multi_modal_data": {"image": a}}, GREEDY, use_tqdm=False)[0]
+                .outputs[0].token_ids) == hf_greedy(tiny, ONE, [a])[1]      # usable after the errors
+    with pytest.raises(ValueError, match="disable_chunked_mm_input=True is not supported yet"):
+        make_llm(tiny, disable_chunked_mm_input=True)
 
 
 def test_text_only_model_given_an_image(tmp_path):
