@@ -101,6 +101,17 @@ def _block_fp8(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor,
     return q.reshape(padded.shape)[:n, :k].contiguous(), scale, dequant
 
 
+def assert_same_tokens_and_logprobs(got, ref) -> None:
+    """Two runs' outputs of the same prompts: the same greedy tokens, their logprobs equal to fp32 rounding."""
+    for a, b in zip(got, ref):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        torch.testing.assert_close(torch.tensor([lp[t].logprob for t, lp in zip(a.outputs[0].token_ids,
+                                                                                 a.outputs[0].logprobs)]),
+                                   torch.tensor([lp[t].logprob for t, lp in zip(b.outputs[0].token_ids,
+                                                                                 b.outputs[0].logprobs)]),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_fp8_block_checkpoint_equals_its_dequantized_reference(tmp_path):
     """DeepSeek-V3's published form: every projection (attention, dense and shared MLPs, experts) e4m3 with a
     ``weight_scale_inv`` per 16 x 16 block (128 x 128 in V3), partial blocks included; the router, norms and
@@ -130,13 +141,7 @@ def test_fp8_block_checkpoint_equals_its_dequantized_reference(tmp_path):
             attn = llm.llm_engine.core.runner.model.model.layers[1].self_attn
             assert attn.kv_a_proj_with_mqa.weight.dtype == FP8_DTYPE
             assert llm.llm_engine.core.runner.model.model.layers[1].mlp.experts.w13.dtype == FP8_DTYPE
-    for got, ref in zip(*runs):
-        assert got.outputs[0].token_ids == ref.outputs[0].token_ids
-        torch.testing.assert_close(torch.tensor([lp[t].logprob for t, lp in zip(got.outputs[0].token_ids,
-                                                                                 got.outputs[0].logprobs)]),
-                                   torch.tensor([lp[t].logprob for t, lp in zip(ref.outputs[0].token_ids,
-                                                                                 ref.outputs[0].logprobs)]),
-                                   rtol=1e-4, atol=1e-5)
+    assert_same_tokens_and_logprobs(*runs)
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -10,7 +10,7 @@ import transformers
 
 import test_models_vs_hf as vs_hf
 from pagedllm import LLM
-from test_deepseek import DeepseekTiny
+from test_deepseek import DeepseekTiny, assert_same_tokens_and_logprobs
 
 _MOE = dict(vs_hf._LLAMA_LIKE, num_experts_per_tok=2)
 
@@ -95,6 +95,53 @@ def test_mtp_layers_are_skipped(tmp_path, name):
     save_file({**tensors, **mtp}, str(path), metadata={"format": "pt"})
     prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:2])
     vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(tiny.llm(), prompts))
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_glm4_moe_fp8_channel_checkpoint_equals_its_dequantized_reference(tmp_path, tp):
+    """GLM-4.5-Air-FP8's form (llm-compressor, compressed-tensors ``float-quantized``): every projection (attention,
+    dense and shared MLPs, each expert) e4m3 with a ``weight_scale`` per output row, dynamic per-token activations;
+    the router, norms, embeddings and LM head dense. The experts stay e4m3 (Fp8MoEMethod, a scale per row) and the
+    greedy tokens and logprobs equal the model with the dequantized weights, whole or over two tensor-parallel
+    ranks (each its rows of gate / up and its columns of down, all of down's row scales)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from pagedllm import SamplingParams
+    from pagedllm.kernels.quant.fp8 import FP8_DTYPE, per_channel_quantize
+    MoeTiny("glm4_moe", str(tmp_path / "dense"))
+    state = load_file(str(tmp_path / "dense" / "model.safetensors"))
+    quant, reference = dict(state), dict(state)
+    for name, w in state.items():
+        if name.endswith("proj.weight"):
+            quant[name], quant[name.replace(".weight", ".weight_scale")] = per_channel_quantize(w)
+            reference[name] = quant[name].float() * quant[name.replace(".weight", ".weight_scale")]
+    scheme = {"type": "float", "num_bits": 8, "symmetric": True}
+    qc = {"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
+          "config_groups": {"group_0": {"targets": ["Linear"], "weights": dict(scheme, strategy="channel",
+                                                                               dynamic=False),
+                                        "input_activations": dict(scheme, strategy="token", dynamic=True)}}}
+    config = json.loads((tmp_path / "dense" / "config.json").read_text())
+    for out, tensors, extra in ((tmp_path / "fp8", quant, {"quantization_config": qc}),
+                                (tmp_path / "ref", reference, {})):
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps(dict(config, **extra)))
+        save_file(tensors, str(out / "model.safetensors"))
+    params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True)
+    prompts = [{"prompt_token_ids": p} for p in vs_hf._prompts([5, 17])]
+    runs = []
+    for path in (tmp_path / "fp8", tmp_path / "ref"):
+        llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01, max_model_len=128,
+                  tensor_parallel_size=tp, seed=0)
+        try:
+            runs.append(llm.generate(prompts, params, use_tqdm=False))
+            if path.name == "fp8" and tp == 1:
+                assert llm.llm_engine.core.runner.model.model.layers[1].mlp.experts.w13.dtype == FP8_DTYPE
+        finally:
+            if tp > 1:
+                llm.llm_engine.core.shutdown()
+    assert_same_tokens_and_logprobs(*runs)
 
 
 @pytest.mark.parametrize("name, tp, pp, layers", [("glm4_moe", 2, 2, 4), ("granitemoeshared", 2, 1, 2),

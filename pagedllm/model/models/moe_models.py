@@ -9,8 +9,9 @@ decoder with Q/K/V biases (``attention_bias``) and none on o_proj, per-head Q/K 
 rotary over the first ``partial_rotary_factor`` of each head, ``first_k_dense_replace`` dense layers, then
 DeepSeek-V3's MoE (model/models/deepseek.py's DeepseekMoE: fp32 sigmoid router with ``e_score_correction_bias``,
 noaux_tc groups, ``routed_scaling_factor``, ``n_shared_experts`` shared experts). Its multi-token-prediction layers
-(``model.layers.{num_hidden_layers}...``) are not run; their tensors are skipped at load. Unquantized checkpoints
-only for now, no LoRA.
+(``model.layers.{num_hidden_layers}...``) are not run; their tensors are skipped at load. Unquantized and
+compressed-tensors FP8 checkpoints (GLM-4.5-Air-FP8's llm-compressor form: e4m3 with a scale per output row, the
+experts kept e4m3); no LoRA.
 
 dots.llm1 (``Dots1ForCausalLM``: rednote-hilab/dots.llm1.base / .inst) is GLM-4.5's decoder with Qwen3's attention:
 per-head Q/K norms always, ``attention_bias`` on Q/K/V/O, full rotary, and windowed layers from ``layer_types``
@@ -90,7 +91,8 @@ def _glm4_moe_block(cfg, quant_config, prefix: str) -> DeepseekMoE:
 class Glm4MoeForCausalLM(LlamaForCausalLM):
     moe = "deepseek"                # LlamaVariant.moe; the block is _glm4_moe_block's
     supports_lora = False           # not wired: the shared experts' projections would need the LoRA step
-    supports_quantization = False   # unquantized checkpoints only for now (GLM-4.5-FP8 not yet)
+    # GLM-4.5(-Air)-FP8: llm-compressor's per-channel FP8 (the experts through Fp8MoEMethod)
+    supports_quantization = ("compressed-tensors",)
 
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:

@@ -91,15 +91,19 @@ class CompressedTensorsConfig(QuantizationConfig):
 
     def get_moe_method(self, experts: nn.Module, prefix: str) -> MoEMethod | None:
         """Experts whose scheme is pack-quantized int weight-only (W4A16 / W8A16) stay packed (PackedIntMoEMethod,
-        each expert's projections layers of that scheme); ignored experts stay dense; other schemes are refused."""
+        each expert's projections layers of that scheme); a scheme whose method has experts of its own (FP8 per
+        tensor or per channel: ``moe_method``) takes those; ignored experts stay dense; other schemes are refused."""
         name = f"{prefix}.0.gate_proj"
         group = self._group_for(name)
         if group is None or any(_matches(name, pattern) for pattern in self.ignore):
             return None
-        if not isinstance(self._method_for(group), WNA16LinearMethod):
-            raise ValueError(f"compressed-tensors: mixture-of-experts layers ({prefix}) take the pack-quantized int "
-                             "weight-only schemes (W4A16 / W8A16) only, not this checkpoint's.")
-        return PackedIntMoEMethod(self)
+        method = self._method_for(group)
+        if isinstance(method, WNA16LinearMethod):
+            return PackedIntMoEMethod(self)
+        if hasattr(method, "moe_method"):
+            return method.moe_method()
+        raise ValueError(f"compressed-tensors: mixture-of-experts layers ({prefix}) take the pack-quantized int "
+                         "weight-only schemes (W4A16 / W8A16) and FP8 only, not this checkpoint's.")
 
     def weight_bytes_note(self) -> str:
         notes = []

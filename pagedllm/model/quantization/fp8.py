@@ -203,6 +203,10 @@ class Fp8LinearMethod(LinearMethod):
     def __init__(self, config: Fp8Config):
         self.config = config
 
+    def moe_method(self) -> "Fp8MoEMethod":
+        """The experts' method of the same scheme (compressed-tensors FP8 checkpoints: GLM-4.5-Air-FP8's)."""
+        return Fp8MoEMethod(self.config)
+
     def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype,
                        **extra: Any) -> None:
         cfg = self.config
@@ -343,7 +347,9 @@ class Fp8MoEMethod(MoEMethod):
     * online (``quantization="fp8"`` on a 16/32-bit checkpoint): each expert's rows quantized after loading, one
       scale per row;
     * an FP8 checkpoint with per-tensor scales (one per expert and projection): spread over the rows;
-    * a block-quantized checkpoint (Qwen3-30B-A3B-FP8's ``weight_block_size`` 128 x 128 ``weight_scale_inv``).
+    * a block-quantized checkpoint (Qwen3-30B-A3B-FP8's ``weight_block_size`` 128 x 128 ``weight_scale_inv``);
+    * a per-channel checkpoint (compressed-tensors ``strategy: channel``, GLM-4.5-Air-FP8: ``weight_scale``
+      ``[N, 1]``, one per output row).
     A checkpoint's static ``input_scale`` is not used: the activations stay in the model dtype (as vLLM's
     weight-only FP8 path on GPUs without FP8 GEMMs)."""
 
@@ -371,6 +377,9 @@ class Fp8MoEMethod(MoEMethod):
                                              requires_grad=False)
             experts.w2_scale = nn.Parameter(torch.full((num, -(-hidden // bn), shard // bk), float("nan")),
                                             requires_grad=False)
+        elif cfg.weight_per_channel:      # one scale per output row, the layout the kernels take
+            experts.w13_scale = nn.Parameter(torch.full((num, 2 * shard, 1), float("nan")), requires_grad=False)
+            experts.w2_scale = nn.Parameter(torch.full((num, hidden, 1), float("nan")), requires_grad=False)
         else:     # per tensor: one scale per expert and projection (gate, up, down), spread over rows later
             experts.part_scales = nn.Parameter(torch.full((num, 3), float("nan")), requires_grad=False)
 
@@ -394,6 +403,14 @@ class Fp8MoEMethod(MoEMethod):
                     row = 0 if part == "gate" else experts.shard // bn
                     experts.w13_scale.data[expert, row:row + cut.shape[0]].copy_(cut)
                 return True
+            if kind == "weight_scale" and cfg.weight_per_channel:       # [N, 1]: down's rows are all hidden
+                if part == "down":
+                    experts.w2_scale.data[expert].copy_(tensor.reshape(-1, 1))
+                else:
+                    row = 0 if part == "gate" else experts.shard
+                    experts.w13_scale.data[expert, row:row + experts.shard].copy_(
+                        experts.shard_of(part, tensor.reshape(-1, 1)))
+                return True
             if kind == "weight_scale" and cfg.weight_block_size is None:
                 experts.part_scales.data[expert, ("gate", "up", "down").index(part)] = tensor.reshape(-1)[0].float()
                 return True
@@ -412,7 +429,10 @@ class Fp8MoEMethod(MoEMethod):
             experts.w13, experts.w2 = (nn.Parameter(q, requires_grad=False) for q in (q13, q2))
             experts.w13_scale, experts.w2_scale = (nn.Parameter(t, requires_grad=False) for t in (s13, s2))
             return
-        if cfg.weight_block_size is None:
+        if cfg.weight_per_channel and cfg.weight_block_size is None:
+            if torch.isnan(experts.w13_scale).any() or torch.isnan(experts.w2_scale).any():
+                raise ValueError("FP8 checkpoint is missing weight_scale for an expert's projection.")
+        elif cfg.weight_block_size is None:
             scales = experts.part_scales.data
             if torch.isnan(scales).any():
                 raise ValueError("FP8 checkpoint is missing weight_scale for an expert's gate, up or down projection.")
