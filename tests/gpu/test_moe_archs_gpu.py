@@ -80,3 +80,34 @@ def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
     want = [hf.generate(torch.tensor([p], device="cuda"), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                         do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
     assert got == want and again == want
+
+
+@needs_cuda
+def test_bf16_glm4_moe_fp8_channel_follows_its_dequantized_reference(tmp_path):
+    """GLM-4.5-Air-FP8's form (compressed-tensors float-quantized: e4m3 with a weight_scale per output row, dynamic
+    per-token activations) in bf16: the dense projections through the FP8 GEMM, the experts e4m3 in the fused
+    Triton kernels with a scale per row; every token HF fp32's argmax (with the dequantized weights) on our own
+    sequence unless HF makes it a near-tie (test_engine_gpu.assert_greedy_under_hf)."""
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from pagedllm import LLM
+    from pagedllm.kernels.quant.fp8 import FP8_DTYPE
+    from test_engine_gpu import assert_greedy_under_hf
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from test_moe_archs_vs_hf import write_fp8_channel_checkpoints
+    save_random(_config("glm4_moe"), tmp_path / "dense")
+    write_fp8_channel_checkpoints(tmp_path / "dense", tmp_path / "fp8", tmp_path / "ref")
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 2000, (n,), generator=g).tolist() for n in PROMPT_LENS]
+    llm = LLM(model=str(tmp_path / "fp8"), skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
+              dtype="bfloat16")
+    layer = llm.llm_engine.runner.model.model.layers[1]
+    assert layer.self_attn.qkv_proj.weight.dtype == FP8_DTYPE and layer.mlp.experts.w13.dtype == FP8_DTYPE
+    got = _generate(llm, prompts)
+    del llm
+    torch.cuda.empty_cache()
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ref"), dtype=torch.float32).cuda().eval()
+    assert_greedy_under_hf(hf, prompts, got)

@@ -97,6 +97,33 @@ def test_mtp_layers_are_skipped(tmp_path, name):
     vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(tiny.llm(), prompts))
 
 
+def write_fp8_channel_checkpoints(dense, fp8, reference) -> None:
+    """From the checkpoint in folder ``dense``: at ``fp8`` its llm-compressor FP8 form (compressed-tensors
+    float-quantized as GLM-4.5-Air-FP8: every ``*proj.weight`` e4m3 with a ``weight_scale`` per output row, dynamic
+    per-token activations), at ``reference`` the same weights dequantized, in the checkpoint's dtype."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from pagedllm.kernels.quant.fp8 import per_channel_quantize
+    state = load_file(str(dense / "model.safetensors"))
+    quant, dequantized = dict(state), dict(state)
+    for name, w in state.items():
+        if name.endswith("proj.weight"):
+            quant[name], quant[name.replace(".weight", ".weight_scale")] = per_channel_quantize(w)
+            dequantized[name] = quant[name].float() * quant[name.replace(".weight", ".weight_scale")]
+    scheme = {"type": "float", "num_bits": 8, "symmetric": True}
+    qc = {"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
+          "config_groups": {"group_0": {"targets": ["Linear"], "weights": dict(scheme, strategy="channel",
+                                                                               dynamic=False),
+                                        "input_activations": dict(scheme, strategy="token", dynamic=True)}}}
+    config = json.loads((dense / "config.json").read_text())
+    for out, tensors, extra in ((fp8, quant, {"quantization_config": qc}), (reference, dequantized, {})):
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps(dict(config, **extra)))
+        save_file(tensors, str(out / "model.safetensors"))
+
+
 @pytest.mark.parametrize("tp", [1, 2])
 def test_glm4_moe_fp8_channel_checkpoint_equals_its_dequantized_reference(tmp_path, tp):
     """GLM-4.5-Air-FP8's form (llm-compressor, compressed-tensors ``float-quantized``): every projection (attention,
@@ -104,30 +131,10 @@ def test_glm4_moe_fp8_channel_checkpoint_equals_its_dequantized_reference(tmp_pa
     the router, norms, embeddings and LM head dense. The experts stay e4m3 (Fp8MoEMethod, a scale per row) and the
     greedy tokens and logprobs equal the model with the dequantized weights, whole or over two tensor-parallel
     ranks (each its rows of gate / up and its columns of down, all of down's row scales)."""
-    import json
-
-    from safetensors.torch import load_file, save_file
-
     from pagedllm import SamplingParams
-    from pagedllm.kernels.quant.fp8 import FP8_DTYPE, per_channel_quantize
+    from pagedllm.kernels.quant.fp8 import FP8_DTYPE
     MoeTiny("glm4_moe", str(tmp_path / "dense"))
-    state = load_file(str(tmp_path / "dense" / "model.safetensors"))
-    quant, reference = dict(state), dict(state)
-    for name, w in state.items():
-        if name.endswith("proj.weight"):
-            quant[name], quant[name.replace(".weight", ".weight_scale")] = per_channel_quantize(w)
-            reference[name] = quant[name].float() * quant[name.replace(".weight", ".weight_scale")]
-    scheme = {"type": "float", "num_bits": 8, "symmetric": True}
-    qc = {"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
-          "config_groups": {"group_0": {"targets": ["Linear"], "weights": dict(scheme, strategy="channel",
-                                                                               dynamic=False),
-                                        "input_activations": dict(scheme, strategy="token", dynamic=True)}}}
-    config = json.loads((tmp_path / "dense" / "config.json").read_text())
-    for out, tensors, extra in ((tmp_path / "fp8", quant, {"quantization_config": qc}),
-                                (tmp_path / "ref", reference, {})):
-        out.mkdir()
-        (out / "config.json").write_text(json.dumps(dict(config, **extra)))
-        save_file(tensors, str(out / "model.safetensors"))
+    write_fp8_channel_checkpoints(tmp_path / "dense", tmp_path / "fp8", tmp_path / "ref")
     params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True)
     prompts = [{"prompt_token_ids": p} for p in vs_hf._prompts([5, 17])]
     runs = []
