@@ -72,9 +72,10 @@ class MediaProcessor:
                              f"loaded from {config.model.model_dir!r}: {e}") from None
         self.image_token_id: int = self.mm_config.image_token_index
         self.image_token: str = getattr(self.processor, "image_token", "<image>")
-        # A checkpoint whose chat template ships with its processor only (chat_template.json): chat uses it.
+        # The processor's chat template (chat_template.json) before the tokenizer's, as vLLM resolves it: LLaVA's
+        # renders the image parts (a template given to chat / --chat-template still wins).
         template = getattr(self.processor, "chat_template", None)
-        if tokenizer is not None and template and not getattr(tokenizer, "chat_template", None):
+        if tokenizer is not None and isinstance(template, str) and template:
             tokenizer.chat_template = template
 
     @property

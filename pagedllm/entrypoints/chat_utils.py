@@ -24,6 +24,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -76,8 +77,9 @@ class _TemplateTimeout(BaseException):
 
 # vLLM's chat_template_content_format values: how a message's content reaches the template. "string": one string
 # (an image's placeholder, e.g. "<image>", on a line of its own before the text parts, which are joined by newlines,
-# as vLLM's); "openai": a list of {"type": "text", "text": ...} and {"type": "image"} parts; "auto": "string" here
-# (every template takes a string, and templates written for parts take the string form too).
+# as vLLM's); "openai": a list of {"type": "text", "text": ...} and {"type": "image"} parts; "auto": vLLM's rule,
+# "openai" for a template that loops over a message's content (LLaVA's processor template renders its images and
+# texts that way), else "string" (``detect_content_format``).
 CHAT_TEMPLATE_CONTENT_FORMATS = ("auto", "string", "openai")
 # Content parts that carry an image (OpenAI's image_url; vLLM's offline image_pil) and those not read yet.
 IMAGE_PART_TYPES = ("image_url", "image_pil")
@@ -85,7 +87,7 @@ _MEDIA_NOT_YET = ("input_audio", "audio_url", "video_url", "image_embeds", "inpu
 
 
 def format_message_content(conversation: list[dict], content_format: str = "auto", images: list | None = None,
-                           image_placeholder: str | None = None) -> list[dict]:
+                           image_placeholder: str | None = None, template: Any = None) -> list[dict]:
     """The conversation with each message's content in ``content_format``; a message that is not a dict with a
     string role and content None, a string or a list of content parts is a ValueError naming it. Content None
     becomes "" ("string") or [] ("openai"), as vLLM's.
@@ -93,10 +95,13 @@ def format_message_content(conversation: list[dict], content_format: str = "auto
     Image parts (``image_url``: ``{"url": ...}`` or the URL itself; ``image_pil``) are appended to ``images`` in
     order (a URL string or a PIL image, for the caller to load) and stand in the content as ``image_placeholder``
     (the model's "<image>"; None for a model without images, whose engine then refuses them). ``images`` None: the
-    caller reads text only, and an image part is a ValueError. Audio and video parts are not supported yet."""
+    caller reads text only, and an image part is a ValueError. Audio and video parts are not supported yet.
+    ``template``: the chat template that will render it, for "auto"."""
     if content_format not in CHAT_TEMPLATE_CONTENT_FORMATS:
         raise ValueError(f"chat_template_content_format must be one of "
                          f"{', '.join(map(repr, CHAT_TEMPLATE_CONTENT_FORMATS))}, got {content_format!r}.")
+    if content_format == "auto":
+        content_format = detect_content_format(template) if isinstance(template, str) else "string"
     if isinstance(conversation, (str, bytes, dict)) or not isinstance(conversation, (list, tuple)):
         raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got "
                          f"{type(conversation).__name__}.")
@@ -133,6 +138,41 @@ def format_message_content(conversation: list[dict], content_format: str = "auto
 
 
 _IMAGE = object()      # an image part's place among a message's parts
+
+
+@functools.lru_cache(maxsize=32)
+def detect_content_format(template: str) -> str:
+    """vLLM's "auto": "openai" when the template loops over a message's content (``{% for part in
+    message['content'] %}``, through filters such as ``| selectattr(...)`` too), where a message is a loop variable
+    over ``messages`` or over a variable assigned from it; else "string" (a template that does not parse too)."""
+    try:
+        root = _LimitedEnvironment(CHAT_TEMPLATE_MAX_CHARS).parse(template)
+    except jinja2.TemplateError:
+        return "string"
+    lists = ["messages"]          # messages, and variables assigned from it (loop_messages = messages[1:])
+    for name in lists:
+        for assign in root.find_all(jinja2.nodes.Assign):
+            target = assign.target
+            if isinstance(target, jinja2.nodes.Name) and target.name not in lists and _reads(assign.node, name):
+                lists.append(target.name)
+    loops = list(root.find_all(jinja2.nodes.For))
+    messages = {loop.target.name for loop in loops if isinstance(loop.target, jinja2.nodes.Name)
+                and any(_reads(loop.iter, name) for name in lists)}
+    return "openai" if any(_reads(loop.iter, m, "content") for loop in loops for m in messages) else "string"
+
+
+def _reads(node: Any, name: str, key: str | None = None) -> bool:
+    """Is ``node`` the variable ``name`` (or its ``key`` item / attribute), possibly through filters, tests and
+    slices?"""
+    if isinstance(node, (jinja2.nodes.Filter, jinja2.nodes.Test)) and node.node is not None:
+        return _reads(node.node, name, key)
+    if isinstance(node, jinja2.nodes.Getitem) and isinstance(node.arg, jinja2.nodes.Slice):
+        return _reads(node.node, name, key)
+    if key is None:
+        return isinstance(node, jinja2.nodes.Name) and node.name == name
+    if isinstance(node, jinja2.nodes.Getitem):
+        return isinstance(node.arg, jinja2.nodes.Const) and node.arg.value == key and _reads(node.node, name)
+    return isinstance(node, jinja2.nodes.Getattr) and node.attr == key and _reads(node.node, name)
 
 
 def _part_image(part: Any, where: str, images_read: bool) -> Any:

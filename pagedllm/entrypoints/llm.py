@@ -420,7 +420,9 @@ class LLM:
         for conv in conversations:
             images: list = []       # image parts (URLs, PIL images), in order; "<image>" stands for each
             content = format_message_content(conv, chat_template_content_format, images=images,
-                                             image_placeholder=media.image_placeholder)
+                                             image_placeholder=media.image_placeholder,
+                                             template=chat_template or getattr(self.get_tokenizer(), "chat_template",
+                                                                               None))
             prompt: dict = {"prompt_token_ids": apply_chat_template(
                 self.get_tokenizer(), content, chat_template=chat_template,
                 add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,

@@ -18,7 +18,15 @@ from pagedllm import LLM, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 IMAGE_TOKENS = 16        # (28 / 7) ** 2 patches; the CLS row is dropped ("default" feature selection)
-CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['role'].upper() }}: {{ m['content'] }} {% endfor %}ASSISTANT:"
+# The processor's chat template, written for content parts as LLaVA-1.5's is (images first, then the texts): the
+# engine must prefer it to the tokenizer's (vLLM's order) and hand it parts ("auto" content format detects that).
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'].upper() }}: "
+                 "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}<image>\n{% endfor %}"
+                 "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }} {% endif %}{% endfor %}"
+                 "{% endfor %}ASSISTANT:")
+# The tokenizer's own (for a text-only model's folder); a LLaVA folder's is the processor's: transformers 5 saves one
+# chat_template.jinja for both.
+TOKENIZER_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 def word_tokenizer_with_image():
@@ -33,7 +41,7 @@ def word_tokenizer_with_image():
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                                 unk_token="<unk>", pad_token="<pad>",
                                                 additional_special_tokens=["<image>"])
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = TOKENIZER_CHAT_TEMPLATE
     return fast
 
 
@@ -42,7 +50,8 @@ def save_tiny_llava(path, seed: int = 0):
     fast = word_tokenizer_with_image()
     images = transformers.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     processor = transformers.LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=7,
-                                            vision_feature_select_strategy="default", num_additional_image_tokens=1)
+                                            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                            chat_template=CHAT_TEMPLATE)
     vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                            num_attention_heads=2, image_size=28, patch_size=7, projection_dim=16)
     text = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -68,10 +77,10 @@ def tiny(tmp_path_factory):
     return str(path), hf, processor
 
 
-def hf_greedy(tiny, prompt: str, ims: list, max_tokens: int = 8) -> tuple[list[int], list[int]]:
-    """(the processor's prompt ids, HF's greedy tokens)."""
+def hf_greedy(tiny, prompt: str, ims: list, max_tokens: int = 8, **kwargs) -> tuple[list[int], list[int]]:
+    """(the processor's prompt ids, HF's greedy tokens); ``kwargs`` for the processor."""
     _, hf, processor = tiny
-    inputs = processor(text=prompt, images=ims, return_tensors="pt")
+    inputs = processor(text=prompt, images=ims, return_tensors="pt", **kwargs)
     ids = inputs["input_ids"][0].tolist()
     out = hf.generate(**inputs, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
     return ids, out[0, len(ids):].tolist()
@@ -144,10 +153,18 @@ def test_chat_with_a_data_url_image_equals_hf(tiny):
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                              {"type": "text", "text": "w3 w5"}]}]
     out = llm.chat(messages, GREEDY, use_tqdm=False)[0]
-    # vLLM's string content: the image's placeholder on its own line before the text.
-    ids, ref = hf_greedy(tiny, "USER: <image>\nw3 w5 ASSISTANT:", [image])
+    # The processor's template renders the parts (HF's own apply_chat_template gives the same text).
+    text = tiny[2].apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                     {"type": "text", "text": "w3 w5"}]}])
+    assert text == "<s>USER: <image>\nw3 w5 ASSISTANT:"
+    ids, ref = hf_greedy(tiny, text, [image], add_special_tokens=False)     # the template holds the BOS
     assert out.prompt_token_ids == ids
     assert list(out.outputs[0].token_ids) == ref
+    # A template that takes a string (given to chat): vLLM's string content, the placeholder on a line of its own.
+    string_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% endfor %}"
+    out = llm.chat(messages, GREEDY, use_tqdm=False, chat_template=string_template)[0]
+    # "user: <image>\nw3 w5": "user:" is <unk> (0) in this vocabulary, w3 10, w5 12.
+    assert out.prompt_token_ids == [0] + [4] * IMAGE_TOKENS + [10, 12]
 
 
 def test_limit_mm_per_prompt_and_placeholder_count(tiny):

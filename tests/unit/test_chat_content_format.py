@@ -1,6 +1,7 @@
-"""``--chat-template-content-format`` on the server (vLLM's flag): "string" (and "auto") hand the template each
-message's text parts joined into one string, "openai" hands it the list of ``{"type": "text", "text": ...}`` parts;
-an image part is a 400 naming ``messages`` (text-only models). Driven in-process through the app the server runs
+"""``--chat-template-content-format`` on the server (vLLM's flag): "string" hands the template each message's text
+parts joined into one string, "openai" hands it the list of ``{"type": "text", "text": ...}`` parts, "auto" picks
+"openai" for a template that loops over a message's content (vLLM's detection); an image part on /tokenize is a 400
+naming ``messages``. Driven in-process through the app the server runs
 (``build_app`` over ASGI, as ``pagedllm run-batch`` does), on a tiny random Llama with the SmolLM2 tokenizer."""
 from __future__ import annotations
 
@@ -44,3 +45,19 @@ def test_the_template_gets_content_in_the_server_s_format(model_dir, tokenizer, 
     assert tokenizer.decode(ok["tokens"]) == rendered
     assert bad_status == 400 and bad["error"]["param"] == "messages"
     assert "image_url" in bad["error"]["message"]
+
+
+@pytest.mark.parametrize("template, detected", [
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}", "string"),
+    (TEMPLATE, "openai"),
+    # LLaVA-1.5's shape: a filter over the parts; and a loop over a copy of messages.
+    ("{% for message in messages %}{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}"
+     "<image>{% endfor %}{% endfor %}", "openai"),
+    ("{% set loop_messages = messages[1:] %}{% for msg in loop_messages %}{% for p in msg.content %}{{ p.text }}"
+     "{% endfor %}{% endfor %}", "openai"),
+    ("{% for m in messages %}{% for x in other['content'] %}{% endfor %}{% endfor %}", "string"),
+    ("{% for m in messages %}", "string"),        # does not parse: the string form, as vLLM's default
+])
+def test_auto_content_format_detection(template, detected):
+    from pagedllm.entrypoints.chat_utils import detect_content_format
+    assert detect_content_format(template) == detected

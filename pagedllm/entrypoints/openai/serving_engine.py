@@ -299,7 +299,8 @@ class OpenAIServing:
                                "Refused request with untrusted chat template.", "chat_template")
         try:
             conversation = format_message_content(conversation, self.chat_template_content_format, images=images,
-                                                  image_placeholder=self.engine.input_processor.media.image_placeholder)
+                                                  image_placeholder=self.engine.input_processor.media.image_placeholder,
+                                                  template=chat_template or self.chat_template or getattr(tok, "chat_template", None))
         except ValueError as e:     # an audio / video part, an image part without a URL
             raise RequestError(str(e), "messages") from None
         try:
