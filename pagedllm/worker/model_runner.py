@@ -688,7 +688,8 @@ class ModelRunner:
                 continue
             out = st.encoder_outputs.get(i)
             if out is None:
-                out = self.model.embed_multimodal(feature.modality, feature.data)
+                out = self.model.embed_multimodal(feature.modality, {k: v.to(self.device, non_blocking=True)
+                                                                     for k, v in feature.data.items()})
                 if out.shape[0] != feature.length:
                     raise RuntimeError(f"The {feature.modality} encoder gave {out.shape[0]} rows for "
                                        f"{feature.length} placeholder tokens (request {st.req_id!r}).")

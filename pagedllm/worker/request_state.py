@@ -1,8 +1,6 @@
 """The worker's own state of one request, kept from the scheduler's diffs (pagedllm/step_data.py)."""
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from pagedllm.sampling_params import SamplingParams
@@ -37,8 +35,9 @@ class CachedRequestState:
         self.prompt_embeds = prompt_embeds
         # (the sampler's SamplingRow) False for a prompt_embeds prompt, on every pipeline stage.
         self.prompt_ids_known = True
-        # Images: step_data.MultiModalFeature per image (encoder inputs on the device, placeholder ranges), and the
-        # encoder's output of each image whose placeholders are being computed (feature index -> [length, hidden]):
+        # Images: step_data.MultiModalFeature per image (encoder inputs, kept on the host: they go to the device
+        # only while the encoder runs; placeholder ranges), and the encoder's output of each image whose
+        # placeholders are being computed (feature index -> [length, hidden] on the device):
         # made when a chunk first reaches the image, dropped when a chunk reaches its end (a recomputation after a
         # preemption runs the encoder again).
         self.mm_features = None
@@ -57,9 +56,7 @@ class CachedRequestState:
                     new.num_computed_tokens, generator, new.pooling_params, new.lora_request, embeds)
         state.prompt_ids_known = new.prompt_embeds is None
         if new.mm_features and keep_embeds:
-            state.mm_features = [dataclasses.replace(f, data={k: v.to(device, non_blocking=True)
-                                                              for k, v in f.data.items()})
-                                 for f in new.mm_features]
+            state.mm_features = new.mm_features
         return state
 
     @property

@@ -144,7 +144,7 @@ def test_preemption_recomputes_the_images(tiny):
         assert list(out.outputs[0].token_ids) == hf_greedy(tiny, prompt, [im], max_tokens=20)[1]
 
 
-def test_chat_with_a_data_url_image_equals_hf(tiny):
+def test_chat_with_a_data_url_image_equals_hf(tiny, tmp_path):
     llm = make_llm(tiny)
     (image,) = images(4, sizes=((45, 35),))
     buf = io.BytesIO()
@@ -160,6 +160,15 @@ def test_chat_with_a_data_url_image_equals_hf(tiny):
     ids, ref = hf_greedy(tiny, text, [image], add_special_tokens=False)     # the template holds the BOS
     assert out.prompt_token_ids == ids
     assert list(out.outputs[0].token_ids) == ref
+    # file:// URLs: only under allowed_local_media_path (vLLM's rule and words).
+    path = tmp_path / "cat.png"
+    image.save(path)
+    local = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"file://{path}"}},
+                                          {"type": "text", "text": "w3 w5"}]}]
+    with pytest.raises(ValueError, match="Cannot load local files without `--allowed-local-media-path`"):
+        llm.chat(local, GREEDY, use_tqdm=False)
+    allowed = make_llm(tiny, allowed_local_media_path=str(tmp_path))
+    assert list(allowed.chat(local, GREEDY, use_tqdm=False)[0].outputs[0].token_ids) == ref
     # A template that takes a string (given to chat): vLLM's string content, the placeholder on a line of its own.
     string_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% endfor %}"
     out = llm.chat(messages, GREEDY, use_tqdm=False, chat_template=string_template)[0]
