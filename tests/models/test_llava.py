@@ -176,6 +176,34 @@ def test_chat_with_a_data_url_image_equals_hf(tiny, tmp_path):
     assert out.prompt_token_ids == [0] + [4] * IMAGE_TOKENS + [10, 12]
 
 
+@pytest.mark.parametrize("layout", ["hub", "modules"])
+def test_checkpoint_layouts(tiny, tmp_path, layout):
+    # transformers 5.25 saves language_model.model.* / language_model.lm_head.* / vision_tower.* (no vision_model.);
+    # the hub's llava-hf checkpoints have vision_tower.vision_model.*; a state_dict of transformers 5's modules has
+    # model.language_model.* / model.vision_tower.* / model.multi_modal_projector.* / lm_head.*. All load the same.
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(f"{tiny[0]}/model.safetensors")
+
+    def rename(name: str) -> str:
+        if layout == "hub":
+            return name.replace("vision_tower.", "vision_tower.vision_model.", 1)
+        if name.startswith("language_model.lm_head."):
+            return name.removeprefix("language_model.")
+        if name.startswith("language_model.model."):
+            return "model.language_model." + name.removeprefix("language_model.model.")
+        return "model." + name
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json",
+              "chat_template.jinja"):
+        shutil.copy(f"{tiny[0]}/{f}", tmp_path / f)
+    save_file({rename(k): v for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
+    llm = LLM(str(tmp_path), dtype="float32", kv_cache_memory_gb=0.01, max_model_len=256)
+    a, b = images(9)
+    out = llm.generate({"prompt": TWO, "multi_modal_data": {"image": [a, b]}}, GREEDY, use_tqdm=False)[0]
+    assert list(out.outputs[0].token_ids) == hf_greedy(tiny, TWO, [a, b])[1]
+
+
 def test_limit_mm_per_prompt_and_placeholder_count(tiny):
     llm = make_llm(tiny, limit_mm_per_prompt={"image": 1})
     a, b = images(5)
