@@ -1,6 +1,7 @@
 """/v1/chat/completions with image_url parts (data: URLs; no network here) on a tiny random LLaVA-1.5, the server's
 app in-process: the answer is HF fp32 greedy's for the processor's prompt, and a bad image, too many images and an
-image sent to a text-only model are OpenAI-style 400s in vLLM's words."""
+image sent to a text-only model are OpenAI-style 400s in vLLM's words. AsyncLLMEngine.generate with
+multi_modal_data (vLLM's engine API) gives HF's tokens too."""
 from __future__ import annotations
 
 import base64
@@ -66,3 +67,29 @@ def test_image_sent_to_a_text_only_model(tmp_path):
     error = response.json()["error"]
     assert error["message"].startswith("At most 0 image(s) may be provided in one prompt. LlamaForCausalLM reads "
                                        "text only"), error
+
+
+def test_async_engine_generate_with_images(tiny):
+    # vLLM's AsyncLLMEngine.generate({"prompt": ..., "multi_modal_data": ...}): processed off the event loop.
+    import asyncio
+
+    from pagedllm import EngineArgs, SamplingParams
+    from pagedllm.engine.async_engine import AsyncLLMEngine
+    from tests.models.test_llava import TWO
+    engine = AsyncLLMEngine(EngineArgs(model=tiny[0], dtype="float32", max_model_len=256, kv_cache_memory_gb=0.01),
+                            log_requests=False)
+    a, b = images(10)
+
+    async def main():
+        out = None
+        async for out in engine.generate({"prompt": TWO, "multi_modal_data": {"image": [a, b]}},
+                                         SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), "r"):
+            pass
+        return out
+    try:
+        out = asyncio.run(main())
+    finally:
+        engine.shutdown()
+    ids, ref = hf_greedy(tiny, TWO, [a, b], max_tokens=6)
+    assert out.prompt_token_ids == ids
+    assert list(out.outputs[0].token_ids) == ref
