@@ -14,6 +14,10 @@ on the host (a sync per layer) and so rules out CUDA graphs. Here the routing st
 
 Each program reads one expert's weight tile once for up to ``BLOCK_M`` tokens; at decode (a few tokens, most experts
 idle) the launch reads only the chosen experts' weights, which is what makes a MoE step cheap.
+
+The weights may be dense, FP8, packed integers or MXFP4 (gpt-oss's experts): the quantized forms are scaled up to the
+activations' dtype inside the K loop (weight-only; fp32 accumulation), each one a constexpr specialization of the
+weight-tile load (``WFMT``), so a format adds no instruction to the others' kernels.
 """
 from __future__ import annotations
 
@@ -64,16 +68,46 @@ def _expert_columns(W, S, O, expert, stride_we, stride_se, N, BLOCK_N: tl.conste
     return offs_n, offs_n < N, W + expert * stride_we, S + expert * stride_se, O + expert * stride_se
 
 
+# ``WFMT`` of MXFP4 weights (the other formats: 0 dense, 1 fp8, 4 / 8 packed integers of that many bits)
+MXFP4_FORMAT: tl.constexpr = tl.constexpr(2)
+
+
 @triton.jit
-def _weight_tile(w_base, s_base, o_base, rows, rows_ok, k, k_ok, k0, stride_w, stride_s, dtype, WFMT: tl.constexpr,
-                 GN: tl.constexpr, GK: tl.constexpr):
+def _mxfp4_tile(w_base, s_base, rows, rows_ok, k0, K, stride_w, stride_s, dtype, BLOCK_K: tl.constexpr):
+    """The ``[BLOCK_K, BLOCK_N]`` tile of an MXFP4 weight (OCP MX: e2m1 values, one e8m0 scale per 32 of K;
+    model/quantization/mxfp4.py) at columns ``k0 ..``, in ``dtype``, exactly the dequantized values: bytes ``[N, K /
+    2]`` (``stride_w`` between rows; two values a byte, the even k in the low nibble) and scale bytes ``[N, K / 32]``
+    (``stride_s``). Each code goes into an fp16's bits (sign to bit 15, exponent and mantissa bits to 11..9: the value
+    times 2 ** -14, e2m1's subnormal 0.5 included), then one fp32 multiply by ``2 ** (scale - 127 + 14)``."""
+    G: tl.constexpr = BLOCK_K // 32
+    BLOCK_N: tl.constexpr = rows.shape[0]
+    groups = k0 // 32 + tl.arange(0, G)
+    ok = rows_ok[:, None] & (groups * 32 < K)[None, :]                         # [BLOCK_N, G]
+    rows = rows.to(tl.int64)
+    b = tl.load(w_base + rows[:, None, None] * stride_w + groups[None, :, None] * 16 + tl.arange(0, 16)[None, None, :],
+                mask=ok[:, :, None], other=0).to(tl.int32)                      # [BLOCK_N, G, 16] bytes
+    s = tl.load(s_base + rows[:, None] * stride_s + groups[None, :], mask=ok, other=0)
+    scale = tl.exp2(s.to(tl.float32) - 113.0)[:, :, None]
+    lo = (((b & 0x08) << 12) | ((b & 0x07) << 9)).to(tl.int16).to(tl.float16, bitcast=True)
+    hi = (((b & 0x80) << 8) | ((b & 0x70) << 5)).to(tl.int16).to(tl.float16, bitcast=True)
+    lo = (lo.to(tl.float32) * scale).to(dtype)
+    hi = (hi.to(tl.float32) * scale).to(dtype)
+    return tl.trans(tl.reshape(tl.interleave(lo, hi), [BLOCK_N, BLOCK_K]))      # k = 32 g + 2 j (+ 1 for hi)
+
+
+@triton.jit
+def _weight_tile(w_base, s_base, o_base, rows, rows_ok, k, k_ok, k0, K, stride_w, stride_s, dtype,
+                 WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr):
     """The ``[BLOCK_K, BLOCK_N]`` tile of weight rows ``rows`` (output features) at columns ``k``, in ``dtype``.
     ``WFMT`` 0: a dense ``[N, K]`` weight (``stride_w`` between rows). 1: fp8 ``[N, K]`` times its scale, one per
     ``GN`` rows x ``GK`` columns (per output channel: ``GN = 1, GK = K``; a block checkpoint's 128 x 128; a k tile
-    never straddles two scale columns). 4 / 8: the canonical packed form (kernels/quant/packed.py): int32 words
-    ``[K / (32 / WFMT), N]`` (``stride_w`` between word rows), ``q * scale + offset`` with one scale and offset row
-    ``[N]`` per ``GK`` (the group size) columns of K (``stride_s`` between group rows)."""
-    if WFMT >= 4:
+    never straddles two scale columns). 2 (``MXFP4_FORMAT``): MXFP4 bytes ``[N, K / 2]`` and scales ``[N, K / 32]``
+    (``_mxfp4_tile``). 4 / 8: the canonical packed form (kernels/quant/packed.py): int32 words ``[K / (32 / WFMT),
+    N]`` (``stride_w`` between word rows), ``q * scale + offset`` with one scale and offset row ``[N]`` per ``GK``
+    (the group size) columns of K (``stride_s`` between group rows)."""
+    if WFMT == MXFP4_FORMAT:
+        w = _mxfp4_tile(w_base, s_base, rows, rows_ok, k0, K, stride_w, stride_s, dtype, k.shape[0])
+    elif WFMT >= 4:
         PACK: tl.constexpr = 32 // WFMT
         words = tl.load(w_base + (k // PACK)[:, None].to(tl.int64) * stride_w + rows[None, :],
                         mask=k_ok[:, None] & rows_ok[None, :], other=0)
@@ -121,9 +155,9 @@ def _moe_gate_up_kernel(X, W13, S13, O13, P13, H, SortedSlots, BlockExperts, B13
         k_ok = k < K
         xk = _input_columns(P13, expert, k, k_ok, K, HAS_PERM)
         x = tl.load(X + tokens[:, None] * stride_x + xk[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
-        wg = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn,
+        wg = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, K, stride_wn, stride_sn,
                           X.dtype.element_ty, WFMT, GN, GK)
-        wu = _weight_tile(w_base, s_base, o_base, offs_n + I, n_ok, k, k_ok, k0, stride_wn, stride_sn,
+        wu = _weight_tile(w_base, s_base, o_base, offs_n + I, n_ok, k, k_ok, k0, K, stride_wn, stride_sn,
                           X.dtype.element_ty, WFMT, GN, GK)
         acc_g = tl.dot(x, wg, acc_g, input_precision=PRECISION)
         acc_u = tl.dot(x, wu, acc_u, input_precision=PRECISION)
@@ -164,7 +198,7 @@ def _moe_down_kernel(Hin, W2, S2, O2, P2, Y, RouteWeights, SortedSlots, BlockExp
         k_ok = k < K
         hk = _input_columns(P2, expert, k, k_ok, K, HAS_PERM)
         h = tl.load(Hin + safe[:, None] * stride_h + hk[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
-        w = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, stride_wn, stride_sn,
+        w = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, K, stride_wn, stride_sn,
                          Hin.dtype.element_ty, WFMT, GN, GK)
         acc = tl.dot(h, w, acc, input_precision=PRECISION)
     # HF: down_proj's output in the model dtype, times the routing weight (in the dtype the block gave it).
@@ -195,7 +229,8 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
               scale_group: tuple[int, int] | None = None, w13_offset: torch.Tensor | None = None,
               w2_offset: torch.Tensor | None = None, bits: int = 0, w13_perm: torch.Tensor | None = None,
               w2_perm: torch.Tensor | None = None, w13_bias: torch.Tensor | None = None,
-              w2_bias: torch.Tensor | None = None, swiglu_limits: tuple[float, float] | None = None) -> torch.Tensor:
+              w2_bias: torch.Tensor | None = None, swiglu_limits: tuple[float, float] | None = None,
+              mxfp4: bool = False) -> torch.Tensor:
     """``sum_j top_weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` over each token's experts ``e =
     top_ids[t, j]``; ``x [T, H]``, ``w13 [E, 2I, H]`` (gate rows then up rows), ``w2 [E, H, I]``. Returns ``[T, H]``
     in ``x``'s dtype (the sum over the ``top_k`` rows in fp32). The weights are scaled up to ``x``'s dtype in the
@@ -207,7 +242,10 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
       H]`` int32 words with ``*_scale`` / ``*_offset`` ``[E, K / group, N]`` for ``scale_group = (1, group)``
       (``group = 0``: one group per column, per output channel, whatever each matrix's K); with GPTQ's
       ``desc_act``, ``w13_perm [E, H]`` / ``w2_perm [E, I]`` int32: expert ``e``'s weight row ``k`` multiplies
-      activation column ``perm[e, k]`` (its rows were sorted by group at load).
+      activation column ``perm[e, k]`` (its rows were sorted by group at load);
+    * ``mxfp4``: OCP MXFP4 experts (gpt-oss), ``w13 [E, 2I, H / 2]`` and ``w2 [E, H, I / 2]`` uint8 (two e2m1
+      values a byte, the lower-indexed one in the low nibble) with e8m0 scale bytes ``w13_scale [E, 2I, H / 32]``
+      and ``w2_scale [E, H, I / 32]`` (one per 32 values of a row); ``H`` and ``I`` multiples of 32.
 
     gpt-oss's experts: ``w13_bias [E, 2I]`` (gate then up) and ``w2_bias [E, H]``, added to each product in the
     model dtype (the down bias before the routing weight), and ``swiglu_limits = (alpha, limit)``: the clamped SwiGLU
@@ -215,13 +253,18 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
     tokens, hidden = x.shape
     num_experts = w13.shape[0]
     inter = (w13.shape[2] if bits else w13.shape[1]) // 2
+    if mxfp4 and (w13.dtype != torch.uint8 or hidden % 32 or inter % 32 or w13.shape[2] * 2 != hidden
+                  or w2_scale is None or w2_scale.shape[2] * 32 != inter):
+        raise ValueError(f"fused_moe: MXFP4 experts take uint8 w13 [E, 2I, H / 2] / w2 [E, H, I / 2] with their scales "
+                         f"[E, 2I, H / 32] / [E, H, I / 32], H and I multiples of 32; got w13 {tuple(w13.shape)} "
+                         f"{w13.dtype} for H = {hidden}.")
     top_k = top_ids.shape[1]
     slots = tokens * top_k
     if x.stride(-1) != 1:
         x = x.contiguous()
     block_m, block_n, block_k, warps = _tiles(slots, num_experts)
-    fmt = bits or (1 if w13_scale is not None else 0)
-    gn, gk = scale_group if fmt else (1, 0)
+    fmt = MXFP4_FORMAT.value if mxfp4 else bits or (1 if w13_scale is not None else 0)
+    gn, gk = scale_group if fmt and not mxfp4 else (1, 0)
     if gk:
         block_k = min(block_k, gk)     # a k tile within one scale column / group (the loader checked gk)
     sorted_slots, block_experts = align_to_experts(top_ids, num_experts, block_m)

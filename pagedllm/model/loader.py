@@ -516,5 +516,6 @@ def _fill_dummy(model: torch.nn.Module, seed: int) -> None:
                                                                                                  generator=gen))
         elif param.is_floating_point():
             param.uniform_(-1e-3, 1e-3, generator=gen)
-        else:       # packed integers, zero points: any bits
-            param.random_(-2**31, 2**31 - 1, generator=gen)
+        else:       # packed integers, zero points, MXFP4 bytes: any bits
+            info = torch.iinfo(param.dtype)
+            param.random_(info.min, info.max, generator=gen)

@@ -4,6 +4,9 @@ biases and clamped SwiGLU, in decode and piecewise CUDA graphs; against HF trans
 
 * fp32: greedy tokens identical to HF fp32 (fp32 keeps the router's choices HF's), with CUDA graphs and eager.
 * bf16 (the dtype gpt-oss is served in): the MXFP4 checkpoint gives the dense one's tokens.
+* The MXFP4 checkpoint's experts stay MXFP4 on the GPU (uint8 bytes and scales, unpacked by the fused kernels):
+  4.25 bits a value in memory, the same tokens as the dense checkpoint of the same values (what dequantize-at-load
+  gives); a dummy load of the MXFP4 form runs to finite log-probabilities.
 """
 import sys
 from pathlib import Path
@@ -81,26 +84,35 @@ def _generate(path, prompts, **kwargs):
               attention_backend="triton", max_num_batched_tokens=128, **kwargs)
     runner = llm.llm_engine.runner
     graphs = (runner.graph_runner is not None, runner.piecewise_runner is not None)
+    experts = runner.model.model.layers[0].mlp.experts
+    held = (experts.w13.dtype, runner.config.quant_config.weight_bytes_note() if runner.config.quant_config else None,
+            sum(p.numel() * p.element_size() for n, p in runner.model.named_parameters() if ".experts.w" in n))
     sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
     got = [list(o.outputs[0].token_ids) for o in llm.generate([{"prompt_token_ids": p} for p in prompts], sp,
                                                                  use_tqdm=False)]
     alone = list(llm.generate([{"prompt_token_ids": prompts[0]}], sp, use_tqdm=False)[0].outputs[0].token_ids)
     del llm
     torch.cuda.empty_cache()
-    return got, alone, graphs
+    return got, alone, graphs, held
 
 
 @pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
 def test_fp32_tokens_equal_hf(model_dir, prompts, hf_greedy, enforce_eager):
     """Chunked prefill (128-token steps: the 130-token prompt in two chunks, mixed with decodes), batch-1 decode
     (the fused rotary decode kernel on the full-attention layer), windowed layers."""
-    got, alone, graphs = _generate(model_dir / "dense", prompts, dtype="float32", enforce_eager=enforce_eager)
+    got, alone, graphs, _ = _generate(model_dir / "dense", prompts, dtype="float32", enforce_eager=enforce_eager)
     assert graphs == ((False, False) if enforce_eager else (True, True))
     assert got == hf_greedy and alone == hf_greedy[0]
 
 
-def test_fp32_mxfp4_checkpoint_equals_hf(model_dir, prompts, hf_greedy):
-    got, alone, _ = _generate(model_dir / "mxfp4", prompts, dtype="float32")
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
+def test_fp32_mxfp4_checkpoint_equals_hf(model_dir, prompts, hf_greedy, enforce_eager):
+    """The experts kept MXFP4 (3 layers x 16 experts x (gate/up 256 x 256 + down 256 x 128) values at 4.25 bits)
+    through the fused kernels' MXFP4 path: HF fp32's tokens."""
+    got, alone, _, (dtype, note, expert_bytes) = _generate(model_dir / "mxfp4", prompts, dtype="float32",
+                                                           enforce_eager=enforce_eager)
+    assert dtype == torch.uint8 and expert_bytes == 3 * 16 * (256 * 256 + 256 * 128) * 17 // 32
+    assert note == "mxfp4 experts kept in MXFP4: 0.00 GiB (0.02 GiB dequantized)", note
     assert got == hf_greedy and alone == hf_greedy[0]
 
 
@@ -109,6 +121,20 @@ def test_bf16_mxfp4_and_dense_checkpoints_agree(model_dir, prompts):
     values are bf16 values), so the tokens are the same. (Not compared with HF here: in bf16 a tiny random router's
     near-ties pick other experts, which no near-tie rule for the logits can tell from a bug; the fp32 tests above
     carry the HF comparison.)"""
-    dense, _, graphs = _generate(model_dir / "dense", prompts, dtype="bfloat16")
-    mxfp4, _, _ = _generate(model_dir / "mxfp4", prompts, dtype="bfloat16")
-    assert graphs == (True, True) and dense == mxfp4
+    dense, _, graphs, _ = _generate(model_dir / "dense", prompts, dtype="bfloat16")
+    mxfp4, _, _, (dtype, _, _) = _generate(model_dir / "mxfp4", prompts, dtype="bfloat16")
+    assert graphs == (True, True) and dtype == torch.uint8 and dense == mxfp4
+
+
+def test_mxfp4_dummy_load_runs(model_dir, prompts):
+    """load_format="dummy" with an MXFP4 config (benchmarks): random bytes, a small fixed scale; finite outputs."""
+    llm = LLM(model=str(model_dir / "mxfp4"), skip_tokenizer_init=True, max_model_len=256, kv_cache_memory_gb=0.5,
+              load_format="dummy", dtype="bfloat16")
+    out = llm.generate([{"prompt_token_ids": p} for p in prompts[:2]],
+                       SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=1), use_tqdm=False)
+    for o in out:
+        assert len(o.outputs[0].token_ids) == 4
+        assert all(torch.isfinite(torch.tensor([lp.logprob for lp in step.values()])).all()
+                   for step in o.outputs[0].logprobs)
+    del llm
+    torch.cuda.empty_cache()

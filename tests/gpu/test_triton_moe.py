@@ -222,3 +222,89 @@ def test_gpt_oss_engine_through_the_fused_kernels_equals_hf(tmp_path, monkeypatc
     prompts = _prompts((3, 17, 40))
     _assert_matches_hf(tiny, prompts, _generate(tiny.llm(), prompts))
     _assert_matches_hf(tiny, prompts, _generate(tiny.llm(max_num_batched_tokens=16), prompts))
+
+
+@pytest.mark.skipif(not INTERPRET, reason="tests/gpu/test_gpt_oss_gpu.py covers this on a GPU")
+def test_gpt_oss_mxfp4_experts_kept_equal_hf(tmp_path, monkeypatch, caplog):
+    """An MXFP4 checkpoint whose experts stay MXFP4 (what CUDA does; here on CPU tensors under the interpreter,
+    fp32) through the fused kernels: HF fp32's greedy tokens from the dense checkpoint of the same values, i.e. the
+    dequantized-at-load run's; the start-up line gives the experts' MXFP4 bytes."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    from tests.models.test_gpt_oss import GptOssTiny, write_mxfp4_pair
+    from tests.models.test_models_vs_hf import _assert_matches_hf, _generate, _prompts
+
+    from pagedllm import LLM
+    from pagedllm.model.models.gpt_oss import GptOssExperts
+    from pagedllm.model.quantization import mxfp4
+    hf = GptOssTiny(str(tmp_path / "seed"), seed=1).hf
+    write_mxfp4_pair(hf, tmp_path / "dense", tmp_path / "mx")
+    dense = GptOssTiny(str(tmp_path / "dense"), hf)
+    monkeypatch.setattr(mxfp4, "KEEP_MXFP4_ON_CPU", True)
+    monkeypatch.setattr(GptOssExperts, "forward", GptOssExperts.fused)       # the GPU path, on CPU tensors
+    with caplog.at_level("INFO", logger="pagedllm"):
+        llm = LLM(str(tmp_path / "mx"), skip_tokenizer_init=True, dtype="float32", seed=0)
+    # 2 layers x 4 experts x (gate/up 64 x 64 + down 64 x 32 values): 4.25 bits a value, 16 KiB in fp32
+    assert "(mxfp4 experts kept in MXFP4: 0.00 GiB (0.00 GiB dequantized))" in caplog.text
+    assert "gpt-oss: MXFP4 experts kept in MXFP4 on cpu" in caplog.text
+    kinds = llm.apply_model(lambda model: sorted({f"{n.rpartition('.')[2]} {p.dtype}" for n, p in
+                                                   model.named_parameters() if ".experts." in n}))
+    assert kinds == [["b13 torch.float32", "b2 torch.float32", "w13 torch.uint8", "w13_scale torch.uint8",
+                      "w2 torch.uint8", "w2_scale torch.uint8"]]
+    kept = llm.apply_model(lambda model: sum(p.numel() for p in model.parameters() if p.dtype == torch.uint8))
+    assert kept == [2 * 4 * (64 * 64 + 64 * 32) * 17 // 32]        # 4.25 bits a value (fp32: 32)
+    prompts = _prompts((3, 17, 40))
+    _assert_matches_hf(dense, prompts, _generate(llm, prompts))
+
+
+def _random_mxfp4(num_experts, rows, cols, gen):
+    """Random MXFP4 weights ``[E, rows, cols]``: bytes ``[E, rows, cols / 2]`` (every e2m1 code, both signs of zero)
+    and e8m0 scale bytes ``[E, rows, cols / 32]`` around ``2 ** -5``; and the weights they stand for, dequantized
+    as the load-time path does (model/quantization/mxfp4.py), in float64."""
+    from pagedllm.model.quantization.mxfp4 import dequantize_mxfp4
+    blocks = torch.randint(0, 256, (num_experts, rows, cols // 32, 16), generator=gen, dtype=torch.uint8)
+    scales = torch.randint(120, 126, (num_experts, rows, cols // 32), generator=gen, dtype=torch.uint8)
+    dense = dequantize_mxfp4(blocks, scales, torch.float64)
+    return blocks.flatten(-2).to(DEVICE), scales.to(DEVICE), dense.to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, HALF])
+@pytest.mark.parametrize("tokens, num_experts, top_k, hidden, inter, skew", [
+    (1, 8, 2, 96, 160, False),       # decode; K of gate_up not a whole 128 tile (3 of 4 groups), I tails of N tiles
+    (7, 16, 4, 64, 96, False),       # top-4
+    (45, 4, 2, 96, 64, False),       # ~22 rows an expert (the 32-row tile, 64-wide K tiles)
+    (299, 8, 4, 64, 32, True),       # prefill: long runs on a few experts (the 64-row tile), I = one group
+])
+def test_mxfp4_experts_equal_the_loop_over_their_dequantized_weights(dtype, tokens, num_experts, top_k, hidden,
+                                                                     inter, skew):
+    """gpt-oss's experts kept in MXFP4 (e2m1 codes and e8m0 scales unpacked inside the kernels' K loop), with the
+    experts' biases and the clamped SwiGLU: the eager loop of model/models/gpt_oss.py over the dequantized-at-load
+    weights (fp32: to rounding; fp16 under the interpreter, bf16 on a GPU: the activations' rounding)."""
+    from pagedllm.model.models.gpt_oss import GptOssExperts
+    gen = torch.Generator().manual_seed(tokens * 7 + hidden)
+    q13, s13, d13 = _random_mxfp4(num_experts, 2 * inter, hidden, gen)
+    q2, s2, d2 = _random_mxfp4(num_experts, hidden, inter, gen)
+    reference = GptOssExperts(num_experts, hidden, inter, alpha=1.702, limit=0.7).to(DEVICE).double()
+    with torch.no_grad():
+        reference.w13.copy_(d13), reference.w2.copy_(d2)
+        reference.b13.copy_(torch.randn(num_experts, 2 * inter, generator=gen) * 0.5)
+        reference.b2.copy_(torch.randn(num_experts, hidden, generator=gen) * 0.5)
+    x = torch.randn(tokens, hidden, generator=gen).to(DEVICE, dtype)
+    ids, weights = _routing(tokens, num_experts, top_k, gen, skew)
+    expected = reference.expert_loop(x.double(), ids, weights.double())
+    out = fused_moe(x, q13, q2, ids, weights.to(dtype), w13_scale=s13, w2_scale=s2, mxfp4=True,
+                    w13_bias=reference.b13.to(dtype), w2_bias=reference.b2.to(dtype),
+                    swiglu_limits=(reference.alpha, reference.limit))
+    assert out.shape == x.shape and out.dtype == dtype
+    err = ((out.double() - expected).norm() / expected.norm()).item()
+    assert err < (1e-5 if dtype == torch.float32 else 1.5e-2), err
+
+
+def test_mxfp4_experts_of_the_wrong_shape_are_refused():
+    gen = torch.Generator().manual_seed(0)
+    q13, s13, _ = _random_mxfp4(4, 64, 64, gen)
+    q2, s2, _ = _random_mxfp4(4, 64, 32, gen)
+    x = torch.randn(3, 48, generator=gen).to(DEVICE, HALF)
+    ids, weights = _routing(3, 4, 2, gen)
+    with pytest.raises(ValueError, match=r"MXFP4 experts take uint8 w13 \[E, 2I, H / 2\].* for H = 48"):
+        fused_moe(x, q13, q2, ids, weights.to(HALF), w13_scale=s13, w2_scale=s2, mxfp4=True)

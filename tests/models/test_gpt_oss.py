@@ -256,3 +256,56 @@ def test_lora_on_the_attention_equals_hf_merged(tiny, tmp_path):
     got = make_llm(tmp_path).generate([{"prompt_token_ids": p} for p in PROMPTS] * 2, GREEDY, use_tqdm=False,
                                       lora_request=[LoRARequest("lora", 1, str(tmp_path / "lora"))] * 2 + [None] * 2)
     assert [list(o.outputs[0].token_ids) for o in got] == expected + base
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_mxfp4_experts_kept_take_their_tensor_parallel_share(monkeypatch, rank):
+    """Experts kept MXFP4 (what a CUDA device gets) on rank ``rank`` of 2: the checkpoint's interleaved gate / up
+    rows split, each one's half; down's half of the columns as whole 32-value blocks; the scales alike. Dequantized,
+    they are exactly the slices of the dequantized checkpoint (what the dense experts of that rank hold)."""
+    from pagedllm.model.layers import moe
+    from pagedllm.model.models.gpt_oss import GptOssExperts, GptOssForCausalLM
+    from pagedllm.model.quantization.mxfp4 import Mxfp4Config, dequantize_mxfp4
+    monkeypatch.setattr(moe, "get_tp_size", lambda: 2)
+    monkeypatch.setattr(moe, "get_tp_rank", lambda: rank)
+    num, hidden, inter, gen = 3, 64, 128, torch.Generator().manual_seed(rank)
+    config = Mxfp4Config()
+    config.verify_device(torch.device("cuda"))
+    experts = GptOssExperts(num, hidden, inter, 1.7, 7.0, config, "model.layers.0.mlp.experts")
+    checkpoint = {}
+    for proj, rows, cols in (("gate_up_proj", 2 * inter, hidden), ("down_proj", hidden, inter)):
+        blocks = torch.randint(0, 256, (num, rows, cols // 32, 16), generator=gen, dtype=torch.uint8)
+        scales = torch.randint(118, 130, (num, rows, cols // 32), generator=gen, dtype=torch.uint8)
+        GptOssForCausalLM._load_stacked(experts, proj, num, lambda e: blocks[e])
+        GptOssForCausalLM._load_stacked(experts, proj, num, lambda e: scales[e], kind="weight_scale")
+        checkpoint[proj] = dequantize_mxfp4(blocks, scales, torch.float32)
+    experts.check_loaded("model.layers.0.mlp.experts")
+    share = slice(rank * inter // 2, (rank + 1) * inter // 2)
+    gate_up = checkpoint["gate_up_proj"]
+    expected13 = torch.cat((gate_up[:, 0::2][:, share], gate_up[:, 1::2][:, share]), dim=1)
+    for e in range(num):
+        w13, w2 = experts.quant_method.dequantized(experts, e, torch.float32)
+        assert torch.equal(w13, expected13[e]) and torch.equal(w2, checkpoint["down_proj"][e][:, share])
+    assert experts.w13.dtype == torch.uint8 and experts.w13.shape == (num, inter, hidden // 2)
+    # this rank's bytes and scale bytes (gate + up 128 rows x 64, down 64 rows x 64): 4.25 bits a value, fp32: 32
+    assert config.kept == {"model.layers.0.mlp.experts": (num * (128 + 64) * (32 + 2), num * (128 + 64) * 64 * 4)}
+    assert config.weight_bytes_note() == "mxfp4 experts kept in MXFP4: 0.00 GiB (0.00 GiB dequantized)"
+    with pytest.raises(ValueError, match=r"MXFP4 experts \(model.layers.0.mlp.experts\) load from the checkpoint's "
+                                         r"uint8 \*_blocks and \*_scales; got 'weight' torch.float32 for expert 0 gate"):
+        GptOssForCausalLM._load_stacked(experts, "gate_up_proj", num, lambda e: gate_up[e])
+    # A share that is not whole 32-value blocks (intermediate 32 over 2 ranks): dequantized at load, and said so
+    config = Mxfp4Config()
+    config.verify_device(torch.device("cuda"))
+    narrow = GptOssExperts(num, hidden, 32, 1.7, 7.0, config, "model.layers.0.mlp.experts")
+    assert narrow.quant_method is None and narrow.w13.dtype == torch.get_default_dtype()
+    assert config.weight_bytes_note() == ("mxfp4 experts dequantized at load: each rank's intermediate share (16) "
+                                          "or the hidden size (64) is not a multiple of 32 (weights held in the model "
+                                          "dtype)")
+
+
+def test_mxfp4_experts_are_dequantized_at_load_on_the_cpu():
+    from pagedllm.model.quantization.mxfp4 import Mxfp4Config
+    config = Mxfp4Config()
+    config.verify_device(torch.device("cpu"))
+    assert config.get_moe_method(None, "model.layers.0.mlp.experts") is None
+    assert config.weight_bytes_note() == "mxfp4 experts dequantized at load (weights held in the model dtype)"

@@ -132,9 +132,13 @@ class MoEExperts(nn.Module):
     def fused(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
         """Every expert in two grouped Triton GEMMs, the routing on the device (the GPU path)."""
         from pagedllm.kernels.triton_moe import fused_moe
-        args = (self.quant_method.kernel_args(self) if self.quant_method is not None
-                else {"w13": self.w13, "w2": self.w2})
-        return fused_moe(x, top_ids=top_ids, top_weights=top_weights, **args)
+        return fused_moe(x, top_ids=top_ids, top_weights=top_weights, **self.kernel_weights())
+
+    def kernel_weights(self) -> dict:
+        """``fused_moe``'s weight arguments: the dense ``w13`` / ``w2``, or the quantization method's form."""
+        if self.quant_method is not None:
+            return self.quant_method.kernel_args(self)
+        return {"w13": self.w13, "w2": self.w2}
 
     def expert_loop(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
         """HF's loop: one expert at a time over its tokens (the CPU path; the reference for the fused kernels)."""

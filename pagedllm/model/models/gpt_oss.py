@@ -12,8 +12,9 @@ Checkpoints hold each layer's experts as stacked tensors: ``mlp.experts.gate_up_
 dim first, gate and up columns interleaved: gate at even columns, up at odd), ``gate_up_proj_bias`` ``[E, 2I]``
 (interleaved alike), ``down_proj`` ``[E, I, H]``, ``down_proj_bias`` ``[E, H]``. The published ones store
 ``gate_up_proj`` / ``down_proj`` in MXFP4 (``*_blocks`` + ``*_scales``, output dim first: ``[E, 2I, H / 32, 16]``,
-``[E, H, I / 32, 16]``; model/quantization/mxfp4.py), dequantized here to the model dtype as they are read. Both go
-into the usual stacked experts (``w13`` gate rows then up rows, ``w2``; model/layers/moe.py).
+``[E, H, I / 32, 16]``; model/quantization/mxfp4.py): kept MXFP4 on CUDA (the fused kernels unpack them), dequantized
+here to the model dtype as they are read on the CPU. Both go into the usual stacked experts (``w13`` gate rows then up
+rows, ``w2``; model/layers/moe.py), in the model dtype or as MXFP4 bytes and scales.
 """
 from __future__ import annotations
 
@@ -66,16 +67,19 @@ class GptOssExperts(MoEExperts):
 
     def fused(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
         from pagedllm.kernels.triton_moe import fused_moe
-        return fused_moe(x, self.w13, self.w2, top_ids, top_weights, w13_bias=self.b13, w2_bias=self.b2,
-                         swiglu_limits=(self.alpha, self.limit))
+        return fused_moe(x, top_ids=top_ids, top_weights=top_weights, w13_bias=self.b13, w2_bias=self.b2,
+                         swiglu_limits=(self.alpha, self.limit), **self.kernel_weights())
 
     def expert_loop(self, x: torch.Tensor, top_ids: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
-        """HF's loop (the CPU path, the fused kernels' reference): one expert at a time over its tokens."""
+        """HF's loop (the CPU path, the fused kernels' reference): one expert at a time over its tokens (MXFP4 experts
+        kept as such, a test's CPU setting: each dequantized as it runs)."""
         out = torch.zeros_like(x)
         for e in top_ids.unique().tolist():          # ascending, as HF visits them
             tokens, slots = (top_ids == e).nonzero(as_tuple=True)
-            gate, up = F.linear(x[tokens], self.w13[e], self.b13[e]).chunk(2, dim=-1)
-            h = F.linear(clamped_swiglu(gate, up, self.alpha, self.limit), self.w2[e], self.b2[e])
+            w13, w2 = (self.quant_method.dequantized(self, e, x.dtype) if self.quant_method is not None
+                       else (self.w13[e], self.w2[e]))
+            gate, up = F.linear(x[tokens], w13, self.b13[e]).chunk(2, dim=-1)
+            h = F.linear(clamped_swiglu(gate, up, self.alpha, self.limit), w2, self.b2[e])
             out.index_add_(0, tokens, (h * top_weights[tokens, slots, None]).to(out.dtype))
         return out
 
@@ -129,10 +133,10 @@ class GptOssForCausalLM(LlamaForCausalLM):
 
     def _load_experts(self, weights: Iterable[tuple[str, torch.Tensor]],
                       loaded: set[str]) -> Iterable[tuple[str, torch.Tensor]]:
-        """The checkpoint's tensors, the experts' loaded into their ``GptOssExperts`` on the way (MXFP4 pairs
-        dequantized once both halves are in); the others passed on."""
+        """The checkpoint's tensors, the experts' loaded into their ``GptOssExperts`` on the way (MXFP4 pairs kept
+        as such by experts that hold MXFP4, else dequantized once both halves are in); the others passed on."""
         pending: dict[str, dict[str, torch.Tensor]] = {}        # "<layer>.mlp.experts.<proj>" -> blocks / scales
-        mxfp4_bytes = dequantized_bytes = 0
+        mxfp4_bytes = dequantized_bytes = kept_bytes = 0
         for name, tensor in weights:
             module, _, last = name.rpartition(".")
             if not module.endswith(".mlp.experts"):
@@ -147,12 +151,19 @@ class GptOssForCausalLM(LlamaForCausalLM):
                     continue
                 blocks, scales = halves.pop("blocks"), halves.pop("scales")
                 mxfp4_bytes += blocks.numel() + scales.numel()
-                dequantized_bytes += blocks.numel() * 2 * experts.w13.element_size()
-                # One expert at a time, on the experts' device: a layer's whole gate_up in fp32 would be 2 GiB of
-                # host memory for gpt-oss-20b (8 GiB for 120b) and its lookups several times that.
-                device, dtype = experts.w13.device, experts.w13.dtype
-                self._load_stacked(experts, proj, blocks.shape[0], lambda e: dequantize_mxfp4(
-                    blocks[e].to(device), scales[e].to(device), dtype))
+                device = experts.w13.device
+                if experts.quant_method is not None:       # kept MXFP4 (CUDA): this rank's share of the bytes
+                    self._load_stacked(experts, proj, blocks.shape[0], lambda e: blocks[e])
+                    self._load_stacked(experts, proj, blocks.shape[0], lambda e: scales[e], kind="weight_scale")
+                    w, s = (experts.w2, experts.w2_scale) if proj == "down_proj" else (experts.w13, experts.w13_scale)
+                    kept_bytes += w.numel() + s.numel()
+                else:
+                    dequantized_bytes += blocks.numel() * 2 * experts.w13.element_size()
+                    # One expert at a time, on the experts' device: a layer's whole gate_up in fp32 would be 2 GiB of
+                    # host memory for gpt-oss-20b (8 GiB for 120b) and its lookups several times that.
+                    dtype = experts.w13.dtype
+                    self._load_stacked(experts, proj, blocks.shape[0], lambda e: dequantize_mxfp4(
+                        blocks[e].to(device), scales[e].to(device), dtype))
             elif last in _STACKED:
                 self._load_stacked(experts, last, tensor.shape[0], lambda e: tensor[e].t())
             elif last in ("gate_up_proj_bias", "down_proj_bias"):
@@ -165,26 +176,31 @@ class GptOssForCausalLM(LlamaForCausalLM):
                 continue
             else:
                 raise ValueError(f"Checkpoint tensor {name!r} has no matching parameter in GptOssForCausalLM.")
-            loaded.update(f"{module}.{n}" for n in ("w13", "w2"))
+            loaded.update(f"{module}.{n}" for n in ("w13", "w2", "w13_scale", "w2_scale") if hasattr(experts, n))
         half = [f"{k} ({', '.join(v)} only)" for k, v in pending.items() if v]
         if half:
             raise ValueError("Checkpoint has MXFP4 experts missing their blocks or scales: " + ", ".join(half[:4]))
+        if kept_bytes:
+            logger.info("gpt-oss: MXFP4 experts kept in MXFP4 on %s: %.2f GiB of expert weights (%.2f GiB as MXFP4 "
+                        "in the checkpoint); the fused MoE kernels unpack them.", device, kept_bytes / 2**30,
+                        mxfp4_bytes / 2**30)
         if dequantized_bytes:
             logger.info("gpt-oss: MXFP4 experts dequantized to %s at load: %.2f GiB of expert weights held in the "
                         "model dtype (%.2f GiB as MXFP4 in the checkpoint).", self.model.embed_tokens.weight.dtype,
                         dequantized_bytes / 2**30, mxfp4_bytes / 2**30)
 
     @staticmethod
-    def _load_stacked(experts: GptOssExperts, proj: str, num: int,
-                      expert_weight: Callable[[int], torch.Tensor]) -> None:
+    def _load_stacked(experts: GptOssExperts, proj: str, num: int, expert_weight: Callable[[int], torch.Tensor],
+                      kind: str = "weight") -> None:
         """All ``num`` experts' ``gate_up_proj`` (gate / up rows interleaved) or ``down_proj``, ``expert_weight(e)``
-        giving expert ``e``'s as ``[out, in]``: each expert's parts into ``w13`` / ``w2``."""
+        giving expert ``e``'s as ``[out, in]`` (MXFP4 kept: its blocks ``[out, in / 32, 16]`` or scales ``[out, in /
+        32]``, ``kind``): each expert's parts into ``w13`` / ``w2`` (or the experts' MXFP4 form)."""
         if num != experts.num_experts:
             raise ValueError(f"Checkpoint {proj} has {num} experts; the config says {experts.num_experts}.")
         for e in range(num):
             weight = expert_weight(e)
             if proj == "down_proj":
-                experts.load(e, "down", weight)
+                experts.load(e, "down", weight, kind)
             else:
-                experts.load(e, "gate", weight[0::2])
-                experts.load(e, "up", weight[1::2])
+                experts.load(e, "gate", weight[0::2], kind)
+                experts.load(e, "up", weight[1::2], kind)

@@ -28,7 +28,7 @@ _METHODS: dict[str, str] = {
     "fp8": "pagedllm.model.quantization.fp8:Fp8Config",
     "bitsandbytes": "pagedllm.model.quantization.bitsandbytes:BitsAndBytesConfig",
     "gguf": "pagedllm.model.quantization.gguf:GGUFConfig",
-    "mxfp4": "pagedllm.model.quantization.mxfp4:Mxfp4Config",     # gpt-oss, dequantized at load
+    "mxfp4": "pagedllm.model.quantization.mxfp4:Mxfp4Config",     # gpt-oss: MXFP4 experts on CUDA
 }
 
 # Other spellings of our methods: vLLM's kernel-specific names (its Marlin and CPU kernels read the same checkpoints).
