@@ -455,8 +455,8 @@ class EngineArgs:
     # vLLM's multimodal settings. limit_mm_per_prompt: images per prompt for a model that reads them (LLaVA-1.5;
     # vLLM's default 999, engine/multimodal.py); a text-only model reads none (vLLM's "At most 0 image(s)"). On a
     # text-only model vLLM leaves them unused: taken and type-checked, so scripts passing them for every model
-    # (spec_decode_offline.py) run as on vLLM. disable_chunked_mm_input=True is refused for a model with images (not
-    # yet: an image's embeddings are sliced across prompt chunks instead).
+    # (spec_decode_offline.py) run as on vLLM. disable_chunked_mm_input=True: no prompt chunk ends inside an image's
+    # placeholders (engine/scheduler.py _whole_images; by default an image's embeddings are sliced across chunks).
     limit_mm_per_prompt: dict | None = None
     disable_chunked_mm_input: bool = False
     allowed_local_media_path: str = ""

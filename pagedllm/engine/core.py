@@ -142,7 +142,8 @@ class EngineCore:
                                    config.long_prefill_token_threshold, config.max_num_seqs_per_request,
                                    preemption_mode=config.args.preemption_mode,
                                    max_loras=config.args.max_loras if config.args.enable_lora else 0,
-                                   speculative_config=config.args.speculative_config)
+                                   speculative_config=config.args.speculative_config,
+                                   disable_chunked_mm_input=config.args.disable_chunked_mm_input)
         self.num_blocks = num_blocks
         self.structured_output = StructuredOutputManager(config, load_tokenizer)
         self._failed_requests: dict[str, BaseException] = {}

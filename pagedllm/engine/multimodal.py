@@ -59,10 +59,8 @@ class MediaProcessor:
         self.processor = None
         if self.mm_config is None:
             return
-        if config.args.disable_chunked_mm_input:
-            raise ValueError("disable_chunked_mm_input=True is not supported yet by pagedllm: a prompt chunk may end "
-                             "inside an image's placeholders (its embeddings are sliced across chunks, so the "
-                             "tokens are the same); leave it False (vLLM's default).")
+        # disable_chunked_mm_input: an image whose placeholders outnumber a step's token budget could never run.
+        self.whole_image_budget = config.max_num_batched_tokens if config.args.disable_chunked_mm_input else None
         from transformers import AutoProcessor
         try:
             self.processor = AutoProcessor.from_pretrained(config.model.model_dir,
@@ -132,6 +130,10 @@ class MediaProcessor:
         start = 0
         for place, image in zip(places, images):
             data, length = self._one_image(image)
+            if self.whole_image_budget is not None and length > self.whole_image_budget:
+                raise ValueError(f"An image takes {length} placeholder tokens, more than max_num_batched_tokens="
+                                 f"{self.whole_image_budget}: with disable_chunked_mm_input=True it could never be "
+                                 f"scheduled. Raise max_num_batched_tokens or leave disable_chunked_mm_input False.")
             out.extend(ids[start:place])
             features.append(MultiModalFeature("image", data, len(out), length, tensors_digest(data)))
             out.extend([self.image_token_id] * length)

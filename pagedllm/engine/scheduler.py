@@ -89,7 +89,7 @@ class Scheduler:
     def __init__(self, kv_cache: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, enable_chunked_prefill: bool = True, long_prefill_token_threshold: int = 0,
                  max_num_seqs_per_request: int = 0, preemption_mode: str | None = None, max_loras: int = 0,
-                 speculative_config=None):
+                 speculative_config=None, disable_chunked_mm_input: bool = False):
         self.kv = kv_cache
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -98,6 +98,8 @@ class Scheduler:
         # vLLM's long_prefill_token_threshold: a prompt chunk takes at most this many tokens of a step (0: no cap),
         # so one long prompt cannot hold back the short requests that arrive behind it.
         self.long_prefill_token_threshold = long_prefill_token_threshold
+        # vLLM's disable_chunked_mm_input: a prompt chunk never ends inside an image's placeholders (_whole_images).
+        self.disable_chunked_mm_input = disable_chunked_mm_input
         # At most this many sequences of one n > 1 request are queued or running at a time (0: no cap); the others
         # are held back until one ends, so one n=16384 request cannot take every seat of max_num_seqs.
         self.max_num_seqs_per_request = max_num_seqs_per_request
@@ -230,6 +232,8 @@ class Scheduler:
             num_new = min(request.num_tokens_with_placeholders - request.num_computed_tokens, budget)
             if 0 < self.long_prefill_token_threshold < num_new:
                 num_new = self.long_prefill_token_threshold
+            if self.disable_chunked_mm_input and request.mm_features:
+                num_new = self._whole_images(request, request.num_computed_tokens, num_new, budget)
             if (num_new <= 0 or request.finishes_with_placeholders(self.max_model_len)
                     or (request.num_placeholders and not self.schedule_tokens_in_flight)):
                 i += 1
@@ -266,6 +270,10 @@ class Scheduler:
             if num_new > budget and not self.enable_chunked_prefill:
                 break
             num_new = min(num_new, budget)
+            if self.disable_chunked_mm_input and request.mm_features:
+                num_new = self._whole_images(request, request.num_computed_tokens, num_new, budget)
+                if num_new == 0:
+                    break
             copies = self.kv.swap_in(request, num_new)
             if copies is None:
                 break
@@ -296,6 +304,10 @@ class Scheduler:
             if num_new > budget and not self.enable_chunked_prefill:
                 break
             num_new = min(num_new, budget)
+            if self.disable_chunked_mm_input and request.mm_features:
+                num_new = self._whole_images(request, request.num_computed_tokens + num_hit_tokens, num_new, budget)
+                if num_new == 0:     # waits for a step with room for its image (vLLM's rule)
+                    break
             if self.kv.allocate_slots(request, num_new, hits) is None:
                 break
             if request.num_computed_tokens == 0:    # it looked the prefix cache up: count that once, on admission
@@ -316,6 +328,20 @@ class Scheduler:
             heapq.heappush(self.waiting, request)
 
         return self._describe(items, preempted)
+
+    @staticmethod
+    def _whole_images(request: Request, start: int, num_new: int, room: int) -> int:
+        """disable_chunked_mm_input: the chunk [start, start + num_new) of ``request`` cut so that it does not end
+        inside an image's placeholders: it ends before the image instead, or, when it starts at the image, takes the
+        whole image if ``room`` (the step's budget) holds it (past long_prefill_token_threshold) and nothing
+        otherwise. A chunk that starts inside an image (a prefix-cache hit) is left as it is, as vLLM's."""
+        end = start + num_new
+        for feature in request.mm_features:
+            if start <= feature.offset < end < feature.end:
+                if start < feature.offset:
+                    return feature.offset - start
+                return feature.length if feature.length <= room else 0
+        return num_new
 
     def lora_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The adapters' names of the running requests and of the waiting ones (queued, swapped out or held back),

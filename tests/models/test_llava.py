@@ -221,8 +221,33 @@ def test_limit_mm_per_prompt_and_placeholder_count(tiny):
                      SamplingParams(max_tokens=2, truncate_prompt_tokens=8), use_tqdm=False)
     assert list(llm.generate({"prompt": ONE, "multi_modal_data": {"image": a}}, GREEDY, use_tqdm=False)[0]
                 .outputs[0].token_ids) == hf_greedy(tiny, ONE, [a])[1]      # usable after the errors
-    with pytest.raises(ValueError, match="disable_chunked_mm_input=True is not supported yet"):
-        make_llm(tiny, disable_chunked_mm_input=True)
+
+
+@pytest.mark.parametrize("disable", [False, True])
+def test_disable_chunked_mm_input(tiny, disable):
+    # vLLM's disable_chunked_mm_input: no prompt chunk ends inside an image's placeholders. TWO's images sit at
+    # positions 2..17 and 20..35 (38 prompt tokens); chunks of at most 17 tokens: [0, 2), [2, 19), [19, 36),
+    # [36, 38) with it, [0, 17), [17, 34), ... without.
+    llm = make_llm(tiny, max_num_batched_tokens=17, disable_chunked_mm_input=disable)
+    scheduler = llm.llm_engine.scheduler
+    ends, schedule = [], scheduler.schedule
+
+    def recording():
+        out = schedule()
+        done = {r.request_id: r.num_computed_tokens for r in scheduler.running}
+        ends.extend(done[rid] for rid in out.num_scheduled_tokens if rid in done)
+        return out
+    scheduler.schedule = recording
+    a, b = images(14)
+    out = llm.generate({"prompt": TWO, "multi_modal_data": {"image": [a, b]}}, GREEDY, use_tqdm=False)[0]
+    assert list(out.outputs[0].token_ids) == hf_greedy(tiny, TWO, [a, b])[1]
+    inside = [e for e in ends if 2 < e < 18 or 20 < e < 36]
+    assert (inside == []) if disable else inside, ends
+    if disable:
+        assert ends[:4] == [2, 19, 36, 38], ends
+        with pytest.raises(ValueError, match="takes 16 placeholder tokens, more than max_num_batched_tokens=8"):
+            make_llm(tiny, max_num_batched_tokens=8, disable_chunked_mm_input=True).generate(
+                {"prompt": ONE, "multi_modal_data": {"image": a}}, GREEDY, use_tqdm=False)
 
 
 def test_text_only_model_given_an_image(tmp_path):
