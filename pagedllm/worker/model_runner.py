@@ -33,7 +33,7 @@ from pagedllm.model.layers.rejection_sampler import rejection_sample
 from pagedllm.model.layers.sampler import Sampler, apply_grammar_bitmask, to_device, top_logprobs
 from pagedllm.model.loader import load_model
 from pagedllm.model.registry import get_model_class, is_encoder_only
-from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, SchedulerOutput
+from pagedllm.step_data import GrammarOutput, ModelRunnerOutput, MultiModalFeature, SchedulerOutput
 from pagedllm.worker.cpu_offload import LayerOffloader
 from pagedllm.worker.draft_model import DraftModel
 from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
@@ -677,23 +677,42 @@ class ModelRunner:
             (decodes if n == 1 else others).append((requests[rid], n))
         return decodes + others if others else decodes
 
-    def _image_embeds(self, st: CachedRequestState, c: int, n: int, s: int, rows: list[np.ndarray],
+    def _encode_images(self, items: list[tuple[CachedRequestState, int]]) -> None:
+        """Run the encoder for the images this step's prompt chunks reach first (none of their placeholders computed
+        yet, or again after a preemption), one batch per modality and input shape (LLaVA-1.5: every image is
+        [3, 336, 336], so one vision-tower call per step); each request keeps its images' outputs
+        (``encoder_outputs``) until a chunk reaches their last placeholder."""
+        batches: dict[tuple, list[tuple[CachedRequestState, int, MultiModalFeature]]] = {}
+        for st, n in items:
+            c = st.num_computed_tokens
+            if st.mm_features is None or c >= st.num_prompt_tokens:
+                continue
+            for i, feature in enumerate(st.mm_features):
+                if feature.offset < c + n and feature.end > c and i not in st.encoder_outputs:
+                    shapes = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in sorted(feature.data.items()))
+                    batches.setdefault((feature.modality, shapes), []).append((st, i, feature))
+        for (modality, _), group in batches.items():
+            data = {k: torch.cat([f.data[k] for _, _, f in group]).to(self.device, non_blocking=True)
+                    for k in group[0][2].data}
+            out = self.model.embed_multimodal(modality, data)
+            lengths = [f.length for _, _, f in group]
+            if out.shape[0] != sum(lengths):
+                raise RuntimeError(f"The {modality} encoder gave {out.shape[0]} rows for {sum(lengths)} placeholder "
+                                   f"tokens of {len(group)} item(s).")
+            for (st, i, _), rows in zip(group, out.split(lengths)):
+                st.encoder_outputs[i] = rows
+
+    @staticmethod
+    def _image_embeds(st: CachedRequestState, c: int, n: int, s: int, rows: list[np.ndarray],
                       values: list[torch.Tensor]) -> None:
         """The encoder-output rows of the images whose placeholders fall in this chunk of the prompt (positions
-        [c, c + n), flat rows from ``s``): the vision encoder runs once per image, when a chunk first reaches it, and
-        its output is sliced across the chunks that hold the image's placeholders (a chunk may end anywhere)."""
+        [c, c + n), flat rows from ``s``; ``_encode_images`` made them): an image's output is sliced across the
+        chunks that hold its placeholders (a chunk may end anywhere)."""
         end = c + n
         for i, feature in enumerate(st.mm_features):
             if feature.offset >= end or feature.end <= c:
                 continue
-            out = st.encoder_outputs.get(i)
-            if out is None:
-                out = self.model.embed_multimodal(feature.modality, {k: v.to(self.device, non_blocking=True)
-                                                                     for k, v in feature.data.items()})
-                if out.shape[0] != feature.length:
-                    raise RuntimeError(f"The {feature.modality} encoder gave {out.shape[0]} rows for "
-                                       f"{feature.length} placeholder tokens (request {st.req_id!r}).")
-                st.encoder_outputs[i] = out
+            out = st.encoder_outputs[i]
             lo, hi = max(feature.offset, c), min(feature.end, end)
             rows.append(np.arange(s + lo - c, s + hi - c))
             values.append(out[lo - feature.offset:hi - feature.offset])
@@ -738,6 +757,8 @@ class ModelRunner:
             spec = self.draft.propose(items, {rid: len(d) for rid, d in spec.items()}, self._make_batch)
         spec_rows: list[int] = []        # speculative decoding: requests whose drafts are verified this step
         sampled_rows: list[int] = []
+        if getattr(self.model, "supported_modalities", None):      # a model that reads images (LLaVA)
+            self._encode_images(items)
         embed_rows: list[np.ndarray] = []        # prompt_embeds, images: flat rows whose embedding is given ...
         embed_values: list[torch.Tensor] = []    # ... and those embeddings
         for i, (st, n) in enumerate(items):

@@ -77,8 +77,9 @@ class LlavaForConditionalGeneration(LlamaForCausalLM):
             getattr(mm, "multimodal_projector_bias", True))
 
     def embed_multimodal(self, modality: str, data: dict[str, Any]) -> torch.Tensor:
-        """One image's input embeddings for its placeholder tokens: [num placeholders, hidden] (HF's
-        ``get_image_features``: the selected layers' patch features, projected)."""
+        """Images' input embeddings for their placeholder tokens, one image after the other: pixel_values [k, 3, H, W]
+        -> [k x placeholders, hidden] (HF's ``get_image_features``: the selected layers' patch features,
+        projected)."""
         assert modality == "image", modality
         pixels = data["pixel_values"].to(self.multi_modal_projector.linear_1.weight.dtype)
         out = self.vision_tower(pixels, output_hidden_states=True, return_dict=True)
