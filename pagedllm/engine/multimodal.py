@@ -119,27 +119,39 @@ class MediaProcessor:
         return images
 
     def process(self, ids: list[int], mm_data: Any) -> tuple[list[int], ProcessedMedia]:
-        """The prompt's ids with each image placeholder expanded, and its images' features, in prompt order."""
+        """The prompt's ids with each image placeholder expanded, and its images' features, in prompt order. Ids
+        whose placeholders are expanded already (one run of each image's count, e.g. a prompt_token_ids that came
+        back from an earlier output) are taken as they are, as vLLM does."""
         images = self.image_items(mm_data)
         places = [i for i, t in enumerate(ids) if t == self.image_token_id] if images else []
-        if len(places) != len(images):
-            raise ValueError(f"The prompt has {len(places)} image placeholder(s) ({self.image_token!r}) for "
-                             f"{len(images)} image(s): put one {self.image_token!r} where each image goes.")
-        out: list[int] = []
-        features: list[MultiModalFeature] = []
-        start = 0
-        for place, image in zip(places, images):
-            data, length = self._one_image(image)
+        if len(places) < len(images):
+            raise ValueError(self._count_error(len(places), len(images)))
+        processed = [self._one_image(image) for image in images]
+        for _, length in processed:
             if self.whole_image_budget is not None and length > self.whole_image_budget:
                 raise ValueError(f"An image takes {length} placeholder tokens, more than max_num_batched_tokens="
                                  f"{self.whole_image_budget}: with disable_chunked_mm_input=True it could never be "
                                  f"scheduled. Raise max_num_batched_tokens or leave disable_chunked_mm_input False.")
+        if len(places) > len(images):          # already expanded?
+            runs = _runs(places)
+            if [n for _, n in runs] != [length for _, length in processed]:
+                raise ValueError(self._count_error(len(runs), len(images)))
+            return ids, ProcessedMedia([MultiModalFeature("image", data, offset, length, tensors_digest(data))
+                                        for (offset, _), (data, length) in zip(runs, processed)])
+        out: list[int] = []
+        features: list[MultiModalFeature] = []
+        start = 0
+        for place, (data, length) in zip(places, processed):
             out.extend(ids[start:place])
             features.append(MultiModalFeature("image", data, len(out), length, tensors_digest(data)))
             out.extend([self.image_token_id] * length)
             start = place + 1
         out.extend(ids[start:])
         return out, ProcessedMedia(features)
+
+    def _count_error(self, num_places: int, num_images: int) -> str:
+        return (f"The prompt has {num_places} image placeholder(s) ({self.image_token!r}) for {num_images} image(s): "
+                f"put one {self.image_token!r} where each image goes.")
 
     def _one_image(self, image: Any) -> tuple[dict[str, torch.Tensor], int]:
         """The processor's tensors for one image and its placeholder count (the processor expands one
@@ -151,6 +163,17 @@ class MediaProcessor:
         length = int((batch["input_ids"][0] == self.image_token_id).sum())
         data = {k: v for k, v in batch.items() if k not in _TEXT_KEYS and isinstance(v, torch.Tensor)}
         return data, length
+
+
+def _runs(places: list[int]) -> list[tuple[int, int]]:
+    """(start, length) of each run of consecutive positions."""
+    runs: list[tuple[int, int]] = []
+    for p in places:
+        if runs and runs[-1][0] + runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((p, 1))
+    return runs
 
 
 def _is_image(x: Any) -> bool:

@@ -107,6 +107,12 @@ def test_one_and_two_images_equal_hf(tiny):
     assert outs[0].prompt_token_ids.count(4) == IMAGE_TOKENS and outs[2].prompt_token_ids.count(4) == 2 * IMAGE_TOKENS
     # Different images give different tokens here (else the test could not tell an image dropped).
     assert outs[0].outputs[0].token_ids != outs[1].outputs[0].token_ids
+    # Token ids with one "<image>" per image, and ids already expanded (an output's prompt_token_ids), as vLLM.
+    again = llm.generate([{"prompt_token_ids": outs[2].prompt_token_ids, "multi_modal_data": {"image": [a, b]}},
+                          {"prompt_token_ids": [1, 5, 4, 10, 12, 4, 16, 6], "multi_modal_data": {"image": [a, b]}}],
+                         GREEDY, use_tqdm=False)
+    assert [o.prompt_token_ids for o in again] == [outs[2].prompt_token_ids] * 2
+    assert [o.outputs[0].token_ids for o in again] == [outs[2].outputs[0].token_ids] * 2
 
 
 def test_chunked_prefill_inside_the_placeholders_equals_hf(tiny):
