@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import pytest
 
@@ -38,14 +39,17 @@ def test_chat_with_images_and_its_errors(tiny):
     a, b = images(7)
     bad_png = "data:image/png;base64," + base64.b64encode(b"not a png").decode()
     with serve_in_process(tiny[0], "--served-model-name", "m", "--limit-mm-per-prompt", '{"image": 1}') as (app, _):
-        ok, bad, two, not_base64 = post_all(app, [(CHAT, chat(data_url(a))), (CHAT, chat(bad_png)),
-                                                  (CHAT, chat(data_url(a), data_url(b))),
-                                                  (CHAT, chat("data:image/png;base64,@@"))])
+        ok, bad, two, not_base64, streamed = post_all(app, [
+            (CHAT, chat(data_url(a))), (CHAT, chat(bad_png)), (CHAT, chat(data_url(a), data_url(b))),
+            (CHAT, chat("data:image/png;base64,@@")), (CHAT, {**chat(data_url(a)), "stream": True})])
     ids, ref = hf_greedy(tiny, "USER: <image>\nw3 w5 ASSISTANT:", [a], max_tokens=6)
     assert ok.status_code == 200, ok.text
     body = ok.json()
     assert body["usage"]["prompt_tokens"] == len(ids)         # the image's 16 placeholders counted
     assert [t["token"] for t in body["choices"][0]["logprobs"]["content"]] == [f"token_id:{t}" for t in ref]
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert [t["token"] for c in chunks for t in ((c["choices"][0].get("logprobs") or {}).get("content") or [])] == \
+        [f"token_id:{t}" for t in ref]
     for response, message in ((bad, "the image could not be read"),
                               (two, "At most 1 image(s) may be provided in one prompt. Set `--limit-mm-per-prompt` "
                                     "to increase this limit."),
