@@ -437,8 +437,10 @@ class LLM:
         outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request,
                                 tokenization_kwargs=tokenization_kwargs)
         tok = self.get_tokenizer()
-        for out in outputs:
-            out.prompt = tok.decode(out.prompt_token_ids)
+        for prompt, out in zip(prompts, outputs):
+            # The rendered conversation, one "<image>" per image (its prompt_token_ids hold the expanded ones).
+            out.prompt = tok.decode(prompt["prompt_token_ids"] if "multi_modal_data" in prompt
+                                    else out.prompt_token_ids)
         return outputs
 
     # ---- beam search ----------------------------------------------------------------------------------------------

@@ -165,6 +165,7 @@ def test_chat_with_a_data_url_image_equals_hf(tiny, tmp_path):
     assert text == "<s>USER: <image>\nw3 w5 ASSISTANT:"
     ids, ref = hf_greedy(tiny, text, [image], add_special_tokens=False)     # the template holds the BOS
     assert out.prompt_token_ids == ids
+    assert out.prompt == "<s> USER: <image> w3 w5 ASSISTANT:"       # one "<image>" (word-level decode's spaces)
     assert list(out.outputs[0].token_ids) == ref
     # file:// URLs: only under allowed_local_media_path (vLLM's rule and words).
     path = tmp_path / "cat.png"
