@@ -256,6 +256,8 @@ class ModelRunner:
         n = min(self.config.max_num_batched_tokens, self.config.max_model_len * self.config.max_num_seqs)
 
         def warm_up() -> None:
+            if getattr(self.model, "supported_modalities", None):     # the vision tower's peak too (LLaVA)
+                self._dummy_encode()
             self._dummy_forward(n)
             if self.pooler is None and self.needs_kv_cache:
                 # Decode steps at each row bucket where the decode kernels change variant (the skinny GEMMs': 1, 2..4,
@@ -691,16 +693,31 @@ class ModelRunner:
                 if feature.offset < c + n and feature.end > c and i not in st.encoder_outputs:
                     shapes = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in sorted(feature.data.items()))
                     batches.setdefault((feature.modality, shapes), []).append((st, i, feature))
-        for (modality, _), group in batches.items():
-            data = {k: torch.cat([f.data[k] for _, _, f in group]).to(self.device, non_blocking=True)
-                    for k in group[0][2].data}
-            out = self.model.embed_multimodal(modality, data)
-            lengths = [f.length for _, _, f in group]
-            if out.shape[0] != sum(lengths):
-                raise RuntimeError(f"The {modality} encoder gave {out.shape[0]} rows for {sum(lengths)} placeholder "
-                                   f"tokens of {len(group)} item(s).")
-            for (st, i, _), rows in zip(group, out.split(lengths)):
-                st.encoder_outputs[i] = rows
+        size = self.encoder_batch_size()
+        for (modality, _), items_of_shape in batches.items():
+            for first in range(0, len(items_of_shape), size):      # at most the batch the memory profile ran
+                group = items_of_shape[first:first + size]
+                data = {k: torch.cat([f.data[k] for _, _, f in group]).to(self.device, non_blocking=True)
+                        for k in group[0][2].data}
+                out = self.model.embed_multimodal(modality, data)
+                lengths = [f.length for _, _, f in group]
+                if out.shape[0] != sum(lengths):
+                    raise RuntimeError(f"The {modality} encoder gave {out.shape[0]} rows for {sum(lengths)} "
+                                       f"placeholder tokens of {len(group)} item(s).")
+                for (st, i, _), rows in zip(group, out.split(lengths)):
+                    st.encoder_outputs[i] = rows
+
+    def encoder_batch_size(self) -> int:
+        """Images per vision-encoder call: as many as one step's token budget holds whole (at least one); the
+        start-up memory profile runs a call of this size (``_dummy_encode``), so a step's encoder peak was
+        measured."""
+        return max(1, self.config.max_num_batched_tokens // self.model.tokens_per_image)
+
+    @torch.inference_mode()
+    def _dummy_encode(self) -> None:
+        """One vision-encoder call of ``encoder_batch_size`` images (memory profiling, kernel warm-up)."""
+        modality, data = self.model.dummy_multimodal_inputs(self.encoder_batch_size())
+        self.model.embed_multimodal(modality, data)
 
     @staticmethod
     def _image_embeds(st: CachedRequestState, c: int, n: int, s: int, rows: list[np.ndarray],

@@ -264,3 +264,21 @@ def test_text_only_model_given_an_image(tmp_path):
     with pytest.raises(ValueError, match=r"^At most 0 image\(s\) may be provided in one prompt\. LlamaForCausalLM "
                                          r"reads text only"):
         llm.generate({"prompt_token_ids": [1, 4, 5], "multi_modal_data": {"image": images(6)[0]}}, use_tqdm=False)
+
+
+def test_encoder_batches_and_its_memory_profile_call(tiny):
+    # The vision tower runs at most encoder_batch_size images per call (a step's token budget of whole images), the
+    # call the start-up memory profile makes on a GPU (_dummy_encode); more new images in one step are split.
+    llm = make_llm(tiny, max_num_batched_tokens=40)
+    runner = llm.llm_engine.core.runner
+    assert runner.encoder_batch_size() == 2          # 40 // 16
+    calls, embed = [], runner.model.embed_multimodal
+    runner.model.embed_multimodal = lambda modality, data: calls.append(len(data["pixel_values"])) or embed(modality,
+                                                                                                          data)
+    runner._dummy_encode()
+    assert calls == [2]
+    ims = images(15, sizes=((30, 30), (41, 29), (64, 48)))
+    prompt = "USER: <image> <image> <image> ASSISTANT:"       # 51 prompt tokens: the first step reaches all three
+    out = llm.generate({"prompt": prompt, "multi_modal_data": {"image": ims}}, GREEDY, use_tqdm=False)[0]
+    assert calls[1:] == [2, 1]
+    assert list(out.outputs[0].token_ids) == hf_greedy(tiny, prompt, ims)[1]

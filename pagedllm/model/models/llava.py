@@ -76,6 +76,19 @@ class LlavaForConditionalGeneration(LlamaForCausalLM):
             vision.hidden_size * len(self.feature_layers), hf_config.hidden_size, mm.projector_hidden_act,
             getattr(mm, "multimodal_projector_bias", True))
 
+    @property
+    def tokens_per_image(self) -> int:
+        """Placeholder tokens of one image (576 for LLaVA-1.5 at 336 px / 14 px patches)."""
+        cfg = self.vision_tower.config
+        return (cfg.image_size // cfg.patch_size) ** 2 + (0 if self.drop_cls else 1)
+
+    def dummy_multimodal_inputs(self, num_items: int) -> tuple[str, dict[str, torch.Tensor]]:
+        """Inputs of ``num_items`` images as the processor makes them (memory profiling)."""
+        cfg = self.vision_tower.config
+        weight = self.multi_modal_projector.linear_1.weight
+        return "image", {"pixel_values": torch.zeros(num_items, cfg.num_channels, cfg.image_size, cfg.image_size,
+                                                     dtype=weight.dtype, device=weight.device)}
+
     def embed_multimodal(self, modality: str, data: dict[str, Any]) -> torch.Tensor:
         """Images' input embeddings for their placeholder tokens, one image after the other: pixel_values [k, 3, H, W]
         -> [k x placeholders, hidden] (HF's ``get_image_features``: the selected layers' patch features,
