@@ -17,6 +17,7 @@ _MODELS = {
     "Glm4MoeForCausalLM": ("moe_models", "Glm4MoeForCausalLM"),
     "Dots1ForCausalLM": ("moe_models", "Dots1ForCausalLM"),
     "Ernie4_5_MoeForCausalLM": ("moe_models", "Ernie4_5_MoeForCausalLM"),
+    "HunYuanMoEV1ForCausalLM": ("moe_models", "HunYuanMoEV1ForCausalLM"),
     "OlmoeForCausalLM": ("moe_models", "OlmoeForCausalLM"),
     "GraniteMoeForCausalLM": ("moe_models", "GraniteMoeForCausalLM"),
     "GraniteMoeSharedForCausalLM": ("moe_models", "GraniteMoeSharedForCausalLM"),

@@ -34,6 +34,9 @@ def _config(arch: str):
         cfg = transformers.Ernie4_5_MoeConfig(**_COMMON, head_dim=64, moe_num_experts=16, moe_k=2,
                                               moe_intermediate_size=128, moe_num_shared_experts=2,
                                               moe_layer_start_index=1)
+    elif arch == "hunyuan_v1_moe":    # Q/K norms after the rotary (run in the model), NTK-alpha rotary, fp32 router
+        cfg = transformers.HunYuanMoEV1Config(**_COMMON, head_dim=64, num_experts=16, moe_topk=2, rope_parameters={
+            "rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 1000.0, "factor": 1.0})
     elif arch == "olmoe":     # softmax then top-k, not renormalized; Q / K norms over the whole projection
         cfg = transformers.OlmoeConfig(**dict(_COMMON, num_key_value_heads=4), num_experts=16, norm_topk_prob=False)
     elif arch in ("granitemoe", "granitemoeshared"):      # top-k logits softmaxed, Granite's multipliers
@@ -58,8 +61,8 @@ def _generate(llm, prompts):
 
 
 @needs_cuda
-@pytest.mark.parametrize("arch", ["glm4_moe", "dots1", "ernie4_5_moe", "olmoe", "granitemoe", "granitemoeshared",
-                                  "phimoe"])
+@pytest.mark.parametrize("arch", ["glm4_moe", "dots1", "ernie4_5_moe", "hunyuan_v1_moe", "olmoe", "granitemoe",
+                                  "granitemoeshared", "phimoe"])
 def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -1,7 +1,8 @@
 """Mixture-of-experts decoders against HF transformers fp32 on tiny random models: the greedy, chunked-prefill,
 prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on GLM-4.5 (Glm4MoeForCausalLM),
-dots.llm1, ERNIE 4.5 MoE, OLMoE, Granite MoE, GraniteMoeShared and PhiMoE; GLM-4.5's and ERNIE 4.5's skipped
-multi-token-prediction layers; tensor and pipeline parallel; PhiMoE's router alone; refused configs."""
+dots.llm1, ERNIE 4.5 MoE, Hunyuan MoE, OLMoE, Granite MoE, GraniteMoeShared and PhiMoE; GLM-4.5's and ERNIE 4.5's
+skipped multi-token-prediction layers; tensor and pipeline parallel; PhiMoE's router alone; GLM-4.5-Air-FP8's
+checkpoint form; refused configs."""
 from __future__ import annotations
 
 import pytest
@@ -34,6 +35,11 @@ MOE_ARCHS = {
     "ernie4_5_moe": (transformers.Ernie4_5_MoeConfig, dict(
         _MOE, head_dim=32, moe_num_experts=8, moe_k=2, moe_intermediate_size=32, moe_num_shared_experts=2,
         moe_layer_start_index=1), 0),
+    # Hunyuan MoE: Q/K norms after the rotary, NTK-alpha rotary ("dynamic" with a fixed alpha), an fp32 router
+    # (top-2 of 8, renormalized) and the shared MLP in every layer.
+    "hunyuan_v1_moe": (transformers.HunYuanMoEV1Config, dict(
+        _MOE, head_dim=16, num_experts=8, moe_topk=2, intermediate_size=32,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 50.0, "factor": 1.0}), 0),
     # OLMoE: softmax over all 8 experts then the top 2, not renormalized (as released); RMSNorms over the whole Q and
     # K projections.
     "olmoe": (transformers.OlmoeConfig, dict(_MOE, num_experts=8, intermediate_size=32, norm_topk_prob=False), 0),
@@ -154,7 +160,8 @@ def test_glm4_moe_fp8_channel_checkpoint_equals_its_dequantized_reference(tmp_pa
 @pytest.mark.parametrize("name, tp, pp, layers", [("glm4_moe", 2, 2, 4), ("granitemoeshared", 2, 1, 2),
                                                   ("granitemoe", 1, 2, 2), ("olmoe", 1, 2, 2), ("phimoe", 2, 1, 2),
                                                   ("phimoe", 1, 2, 2), ("ernie4_5_moe", 2, 1, 2),
-                                                  ("ernie4_5_moe", 1, 2, 2)])
+                                                  ("ernie4_5_moe", 1, 2, 2), ("hunyuan_v1_moe", 2, 1, 2),
+                                                  ("hunyuan_v1_moe", 1, 2, 2)])
 def test_tensor_and_pipeline_parallel_match_hf(tmp_path, name, tp, pp, layers):
     """Tensor-parallel ranks (gloo on the CPU) each with their heads and their slice of the dense, shared and routed
     experts' intermediate size; pipeline stages each with their layers (GLM-4.5's second stage: the model's layers 2
@@ -174,6 +181,9 @@ def test_tensor_and_pipeline_parallel_match_hf(tmp_path, name, tp, pp, layers):
     ("glm4_moe", dict(n_group=3), "n_group=3 must divide n_routed_experts=8"),
     ("glm4_moe", dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
     ("olmoe", dict(clip_qkv=8.0), "clip_qkv=8.0 is not supported"),
+    ("hunyuan_v1_moe", dict(use_cla=True), "use_cla=True is not supported"),
+    ("hunyuan_v1_moe", dict(moe_topk=[2, 1], num_experts_per_tok=[2, 1]), r"moe_topk=\[2, 1\]: only one value"),
+    ("hunyuan_v1_moe", dict(moe_intermediate_size=[16, 16]), r"moe_intermediate_size=\[16, 16\] is not supported"),
 ])
 def test_refused_configs_name_the_field(tmp_path, name, overrides, match):
     cls, kwargs, _ = MOE_ARCHS[name]
@@ -198,3 +208,11 @@ def test_sparsemixer_picks_and_weighs_as_hf(jitter_eps):
     assert torch.equal(ids, want_ids) and torch.equal(weights, want_weights)
     # Phi-3.5-MoE's band (0.01) mixes only near-ties (the repeated best logits), the wide one most tokens.
     assert (weights < 0.99).float().mean() > (0.5 if jitter_eps > 0.1 else 0.0)
+
+
+def test_hunyuan_per_layer_moe_topk_of_one_value(tmp_path):
+    """Hunyuan-A13B's config lists ``moe_topk`` per layer (all 8): a list of one value runs as that top-k."""
+    tiny = MoeTiny("hunyuan_v1_moe", str(tmp_path), moe_topk=[2, 2], num_experts_per_tok=[2, 2])
+    assert tiny.hf.config.moe_topk == [2, 2]
+    prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:2])
+    vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(tiny.llm(), prompts))

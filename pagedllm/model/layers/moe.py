@@ -160,11 +160,11 @@ class SparseMoeBlock(nn.Module):
     the top-k probabilities divided by their sum (Mixtral always; Qwen's and OLMoE's ``norm_topk_prob``);
     ``weights_in_model_dtype``: Qwen casts them to the logits' dtype before the products, Mixtral keeps them fp32. The
     shared expert's output is scaled by a sigmoid gate (Qwen2-MoE) or added as it is (``shared_expert_gate=False``:
-    GraniteMoeShared)."""
+    GraniteMoeShared, Hunyuan). ``router_fp32``: the router's weight and logits in fp32 (Hunyuan)."""
 
     def __init__(self, hf_config, shared_expert: nn.Module | None = None, weights_in_model_dtype: bool = True,
                  quant_config=None, prefix: str = "", routing: str = "softmax_topk",
-                 shared_expert_gate: bool = True):
+                 shared_expert_gate: bool = True, router_fp32: bool = False):
         super().__init__()
         n = num_experts(hf_config)
         self.top_k = hf_config.num_experts_per_tok
@@ -174,7 +174,9 @@ class SparseMoeBlock(nn.Module):
         self.jitter_eps = float(getattr(hf_config, "router_jitter_noise", 0.0) or 0.0)     # sparsemixer's
         self.weights_in_model_dtype = weights_in_model_dtype
         intermediate = getattr(hf_config, "moe_intermediate_size", None) or hf_config.intermediate_size
-        self.gate = nn.Linear(hf_config.hidden_size, n, bias=False)       # the router, replicated
+        self.router_fp32 = router_fp32
+        self.gate = nn.Linear(hf_config.hidden_size, n, bias=False,        # the router, replicated
+                              dtype=torch.float32 if router_fp32 else None)
         self.gate.weight.requires_grad_(False)
         self.experts = MoEExperts(n, hf_config.hidden_size, intermediate, quant_config, f"{prefix}.experts")
         self.shared_expert = shared_expert
@@ -184,7 +186,7 @@ class SparseMoeBlock(nn.Module):
             self.shared_expert_gate.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
-        logits = self.gate(x)
+        logits = self.gate(x.float() if self.router_fp32 else x)
         if self.routing == "topk_softmax":
             top_logits, top_ids = torch.topk(logits.float(), self.top_k, dim=-1)
             top_weights = torch.softmax(top_logits, dim=-1)

@@ -33,6 +33,11 @@ def _inv_freq(hf_config, head_dim: int, layer_type: str | None = None) -> tuple[
         dim = int(head_dim * partial)
         inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         return inv, 1.0
+    if rope_type == "dynamic" and params.get("alpha"):
+        # Hunyuan's checkpoints label as "dynamic" a fixed NTK alpha, which only stretches the base (HF's
+        # HunYuanMoEV1RotaryEmbedding): not length-dependent, so one table serves every position.
+        base = params["rope_theta"] * params["alpha"] ** (head_dim / (head_dim - 2))
+        return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)), 1.0
     extra = {"layer_type": layer_type} if layer_type is not None else {}
     inv, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu", **extra)
     return inv.float(), float(scaling)

@@ -74,6 +74,9 @@ class LlamaVariant:
     layer_norm: bool = False
     parallel_residual: bool = False
     layer_norm_bias: bool = False              # PhiMoE: LayerNorms with a bias
+    # Hunyuan MoE: the per-head Q / K norms after the rotary, which then runs here, not in the attention backend
+    # (no fused rotary decode for these layers).
+    qk_norm_after_rotary: bool = False
 
 
 def attention_layer_types(hf_config, family: str) -> list[str]:
@@ -152,6 +155,7 @@ class LlamaAttention(nn.Module):
             self.q_norm = _norm(q_width, cfg, variant)
             self.k_norm = _norm(k_width, cfg, variant)
         self.qk_norm, self.qk_norm_whole = variant.qk_norm, variant.qk_norm_whole
+        self.qk_norm_after_rotary = variant.qk_norm_after_rotary
         scale = self.head_dim ** -0.5 if variant.attention_scale is None else variant.attention_scale
         if variant.attention_sinks:      # this rank's heads' sinks
             self.sinks = nn.Parameter(torch.empty(self.num_heads), requires_grad=False)
@@ -173,6 +177,9 @@ class LlamaAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm_after_rotary:
+            q, k = self.rotary(positions, q, k)
+            return self.o_proj(self.attn(self.q_norm(q), self.k_norm(k), v, batch), batch.lora_step)
         if self.qk_norm and not self.qk_norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
         return self.o_proj(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions), batch.lora_step)

@@ -23,6 +23,14 @@ ERNIE 4.5 MoE (``Ernie4_5_MoeForCausalLM``: ERNIE-4.5-21B-A3B, 300B-A47B) is the
 and weighs them by their probabilities over their sum (clamped at ``moe_norm_min``), plus ``moe_num_shared_experts``
 shared experts added ungated. Its multi-token-prediction tensors (``mtp_*``) are skipped at load.
 
+Hunyuan MoE (``HunYuanMoEV1ForCausalLM``: Hunyuan-A13B) as HF transformers' hunyuan_v1_moe runs it: per-head Q/K
+norms (``query_layernorm`` / ``key_layernorm``) *after* the rotary, which therefore runs in the model, not in the
+attention backend; NTK-alpha rotary (``rope_scaling`` "dynamic" with a fixed ``alpha``: the base stretched, rotary.py);
+every layer MoE: an fp32 router (``gate.wg``), softmax, top-k renormalized, fp32 weights, plus a SiLU shared MLP of
+``intermediate_size`` (``shared_mlp``) added ungated. A per-layer ``moe_topk`` list must hold one value; configs HF's
+model would run otherwise than the checkpoint's code (``use_cla``, ``use_mixed_mlp_moe`` false, ``use_qk_norm`` false,
+``moe_intermediate_size`` or ``num_shared_expert`` other than HF's assumptions) are refused by name.
+
 OLMoE (``OlmoeForCausalLM``: allenai/OLMoE-1B-7B): Qwen's router (softmax over all experts, then the top-k,
 renormalized when ``norm_topk_prob``, False in the released checkpoints) on a Llama decoder whose Q / K RMSNorms run
 over the whole projection (all heads, as OLMo 2's): no tensor parallel. ``clip_qkv`` is refused.
@@ -251,3 +259,63 @@ class Ernie4_5_MoeForCausalLM(Ernie4_5ForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return super().load_weights((name, t) for name, t in weights if not name.startswith("model.mtp_"))
+
+
+def _hunyuan_moe_block(cfg, quant_config, prefix: str) -> SparseMoeBlock:
+    return SparseMoeBlock(cfg, LlamaMLP(cfg, quant_config, f"{prefix}.shared_expert"), weights_in_model_dtype=False,
+                          quant_config=quant_config, prefix=prefix, shared_expert_gate=False, router_fp32=True)
+
+
+# Hunyuan checkpoint names -> ours (the router's nn.Linear is gate.wg; the shared MLP shared_mlp)
+_HUNYUAN_NAMES = {".mlp.gate.wg.": ".mlp.gate.", ".mlp.shared_mlp.": ".mlp.shared_expert.",
+                  ".self_attn.query_layernorm.": ".self_attn.q_norm.",
+                  ".self_attn.key_layernorm.": ".self_attn.k_norm."}
+
+
+class HunYuanMoEV1ForCausalLM(LlamaForCausalLM):
+    qk_norm = True
+    moe = "hunyuan"                 # LlamaVariant.moe; the block is _hunyuan_moe_block's
+    supports_lora = False
+    supports_quantization = False
+
+    @classmethod
+    def variant(cls, hf_config) -> LlamaVariant:
+        return dataclasses.replace(super().variant(hf_config), qk_norm_after_rotary=True,
+                                   moe_block=_hunyuan_moe_block)
+
+    def __init__(self, hf_config, engine_config):
+        super().__init__(self._checked(hf_config), engine_config)
+
+    @staticmethod
+    def _checked(hf_config):
+        """The config with a per-layer ``moe_topk`` list of one value as that value; what HF's model would run
+        otherwise than the checkpoint's code refused by name."""
+        refused = {"use_cla": True, "use_mixed_mlp_moe": False, "use_qk_norm": False}
+        for field, value in refused.items():
+            if getattr(hf_config, field, not value) == value:
+                raise ValueError(f"HunYuanMoEV1ForCausalLM with {field}={value} is not supported (HF transformers' "
+                                 f"model runs it as {field}={not value}).")
+        for field, want in (("moe_intermediate_size", hf_config.intermediate_size), ("num_shared_expert", 1)):
+            value = getattr(hf_config, field, None)
+            if value is not None and any(v != want for v in (value if isinstance(value, list) else [value])):
+                raise ValueError(f"HunYuanMoEV1ForCausalLM with {field}={value} is not supported (only {want} in "
+                                 f"every layer, as HF transformers' model assumes).")
+        for field in ("num_experts", "moe_topk"):
+            value = getattr(hf_config, field)
+            if isinstance(value, list):
+                if len(set(value)) != 1:
+                    raise ValueError(f"HunYuanMoEV1ForCausalLM with {field}={value}: only one value for every layer "
+                                     f"is supported.")
+                hf_config = copy.copy(hf_config)
+                setattr(hf_config, field, value[0])
+        return hf_config
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return super().load_weights(self._renamed(weights))
+
+    @staticmethod
+    def _renamed(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            for old, new in _HUNYUAN_NAMES.items():
+                name = name.replace(old, new)
+            yield name, tensor
