@@ -15,6 +15,11 @@ Each parser here is vLLM's ``<think>`` ... ``</think>`` logic with its own tags 
   set ``thinking`` (or ``enable_thinking``), else everything is content; ``holo2``: the same, thinking unless the
   request turns it off.
 
+- ``openai_gptoss`` (gpt-oss): no think tags but OpenAI's harmony channels (pagedllm/harmony.py): the ``analysis``
+  channel is reasoning, ``final`` (and commentary preambles) content; the server reads them, and the ``openai`` tool
+  parser's calls, in one pass over the output's text (vLLM's HarmonyParser does the same from token ids). The model
+  always thinks; grammars and thinking_token_budget are refused with it (no single token ends its thinking).
+
 A prompt whose last think tag is ``</think>`` (the template closed the thinking, as Qwen3's does for
 enable_thinking=false) has its whole output as content. The split works on text (a tag split across stream deltas
 is held back until it is whole); the engine's structured-output gate (engine/structured_output.py) works on the
@@ -26,7 +31,10 @@ splits the text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
+
+from pagedllm import harmony
+from pagedllm.harmony import END, MESSAGE, partial_tag_tail
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,26 @@ class ReasoningParser:
         if not stream.saw_reasoning:
             return None, content or None
         return reasoning, content or None
+
+
+@dataclass(frozen=True)
+class HarmonyReasoningParser(ReasoningParser):
+    """openai_gptoss: the harmony format's channels (pagedllm/harmony.py), not think tags. ``split`` gives a finished
+    output's (reasoning, content); the server streams harmony outputs with its own reader (calls too), so ``stream``
+    is not this parser's (vLLM's raises the same way)."""
+    keeps_special_tokens: bool = True
+
+    def token_ids(self, vocab: dict[str, int]) -> tuple[int, int, tuple[int, ...]]:
+        """(<|message|>, <|end|>, ()); ValueError when the tokenizer lacks harmony's special tokens."""
+        harmony.check_vocab(vocab, f"--reasoning-parser {self.name}")
+        return vocab[MESSAGE], vocab[END], ()
+
+    def stream(self, reasoning_ended: bool = False) -> "ReasoningStream":
+        raise NotImplementedError("openai_gptoss: the server reads harmony messages (pagedllm/harmony.py)")
+
+    def split(self, text: str, reasoning_ended: bool = False) -> tuple[str | None, str | None]:
+        out = harmony.split(text)
+        return out.reasoning, out.content
 
 
 def last_think_tag(prompt_ids: Sequence[int], start_id: int, end_id: int) -> tuple[int, int | None]:
@@ -131,7 +159,7 @@ class ReasoningStream:
             self.thinking = False
             return reasoning, self._content(buf[pos + len(tag):] if tag == p.end else buf[pos:], final)
         if not final:
-            keep = _partial_tag_tail(buf, self._tags)
+            keep = partial_tag_tail(buf, self._tags)
             self.held = buf[len(buf) - keep:]
             buf = buf[:len(buf) - keep]
         reasoning += buf
@@ -144,17 +172,9 @@ class ReasoningStream:
             return text
         end = self.parser.end
         buf = (self.content_held + text).replace(end, "")
-        keep = 0 if final else _partial_tag_tail(buf, (end,))
+        keep = 0 if final else partial_tag_tail(buf, (end,))
         self.content_held = buf[len(buf) - keep:]
         return buf[:len(buf) - keep]
-
-
-def _partial_tag_tail(text: str, tags: Iterable[str]) -> int:
-    """Length of the longest end of ``text`` that a tag begins with (0: none)."""
-    for k in range(min(len(text), max(len(t) for t in tags) - 1), 0, -1):
-        if any(t.startswith(text[-k:]) for t in tags):
-            return k
-    return 0
 
 
 _QWEN3 = dict(implicit_ends=("<tool_call>",), thinking_switches=("enable_thinking",), keeps_special_tokens=True,
@@ -168,6 +188,7 @@ REASONING_PARSERS: dict[str, ReasoningParser] = {
     "deepseek_v3": ReasoningParser("deepseek_v3", **_DEEPSEEK_V3),
     "deepseek_v4": ReasoningParser("deepseek_v4", **_DEEPSEEK_V3),
     "holo2": ReasoningParser("holo2", **{**_DEEPSEEK_V3, "thinking_default": True}),
+    "openai_gptoss": HarmonyReasoningParser("openai_gptoss"),
 }
 
 

@@ -22,7 +22,7 @@ from pagedllm.inputs import PromptType, check_prompt_keys, is_embeds_prompt
 from pagedllm.lora.request import LoRARequest
 from pagedllm.model.layers.logits_processors import load_logits_processor_classes
 from pagedllm.pooling_params import PoolingParams
-from pagedllm.reasoning_parsers import get_reasoning_parser
+from pagedllm.reasoning_parsers import HarmonyReasoningParser, get_reasoning_parser
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -495,6 +495,12 @@ class InputProcessor:
             # vLLM's check (its words name its --reasoning-config too).
             raise ValueError("thinking_token_budget is set but no reasoning parser is configured. Please set "
                              "--reasoning-parser (reasoning_parser=...) to use thinking_token_budget.")
+        reasoning = reasoning_parser_name(self.config.args)
+        if (reasoning and isinstance(get_reasoning_parser(reasoning), HarmonyReasoningParser)
+                and (params.structured_outputs is not None or params.thinking_token_budget is not None)):
+            raise ValueError("structured outputs and thinking_token_budget are not supported with the openai_gptoss "
+                             "reasoning parser yet: gpt-oss's harmony output opens with its analysis channel, and no "
+                             "single token ends it.")
         if params.structured_outputs is not None:
             params.structured_outputs = structured_output.with_engine_defaults(
                 params.structured_outputs, self.config.args.structured_outputs_config)

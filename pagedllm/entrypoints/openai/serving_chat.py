@@ -11,9 +11,10 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from pagedllm import harmony
 from pagedllm.engine import structured_output
 from pagedllm.entrypoints.openai import tool_parsers
-from pagedllm.entrypoints.openai.tool_parsers import ToolParser
+from pagedllm.entrypoints.openai.tool_parsers import OpenAIToolParser, ToolParser
 from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionLogProbs,
                                                   ChatCompletionRequest,
                                                   ChatCompletionResponse, ChatCompletionResponseChoice, ChatLogProb,
@@ -23,7 +24,7 @@ from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, clamp_log
                                                         dumps, plain_prompt_logprobs, sse, tool_calls_text,
                                                         until_disconnected, usage_dict)
 from pagedllm.outputs import Logprob
-from pagedllm.reasoning_parsers import ReasoningParser, prompt_ends_reasoning
+from pagedllm.reasoning_parsers import HarmonyReasoningParser, ReasoningParser, prompt_ends_reasoning
 from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
@@ -85,6 +86,26 @@ class OpenAIServingChat(OpenAIServing):
                 raise ValueError("--reasoning-parser needs the tokenizer (it reads the output's text): drop "
                                  "--skip-tokenizer-init.")
             self.think_ids = reasoning_parser.token_ids(self.tokenizer.get_vocab())[:2]
+        # gpt-oss's harmony format (--reasoning-parser openai_gptoss, --tool-call-parser openai): one reader of the
+        # output's messages gives the reasoning, the content and the calls (vLLM's HarmonyParser).
+        harmony_parts = [isinstance(reasoning_parser, HarmonyReasoningParser),
+                         isinstance(tool_parser, OpenAIToolParser)]
+        self.harmony = any(harmony_parts)
+        self.harmony_stop_ids: list[int] = []
+        if self.harmony:
+            if (reasoning_parser is not None and tool_parser is not None) and not all(harmony_parts):
+                raise ValueError("--reasoning-parser openai_gptoss and --tool-call-parser openai read gpt-oss's "
+                                 "harmony format: use them together, not with another format's parser.")
+            if self.tokenizer is None:
+                raise ValueError("The harmony parsers read the output's text: drop --skip-tokenizer-init.")
+            vocab = self.tokenizer.get_vocab()
+            harmony.check_vocab(vocab, "--reasoning-parser openai_gptoss" if harmony_parts[0]
+                                else "--tool-call-parser openai")
+            # <|return|> and <|call|> end the output (vLLM adds them to gpt-oss's stop_token_ids).
+            self.harmony_stop_ids = [vocab[t] for t in harmony.STOP_TOKENS]
+        # gpt-oss: its reasoning efforts. (Its template reads an assistant turn's reasoning as "thinking": HF's
+        # apply_chat_template passes it under that name too, so a call turn's analysis renders as vLLM renders it.)
+        self.gpt_oss = self.harmony or getattr(self.engine.config.hf_config, "model_type", None) == "gpt_oss"
 
     def reasoning_mode(self, req: ChatCompletionRequest, prompt_ids: list[int]) -> ReasoningMode | None:
         """The request's reasoning split, or None without a reasoning parser. The parser's thinking switches are
@@ -93,7 +114,8 @@ class OpenAIServingChat(OpenAIServing):
         if parser is None:
             return None
         kwargs = {**self.default_chat_template_kwargs, **(req.template_kwargs() or {})}
-        done = not parser.thinking(kwargs) or prompt_ends_reasoning(prompt_ids, *self.think_ids)
+        # A harmony output always opens with its analysis channel (the prompt ends at "<|start|>assistant").
+        done = not parser.thinking(kwargs) or (not self.harmony and prompt_ends_reasoning(prompt_ids, *self.think_ids))
         return ReasoningMode(parser, done, req.include_reasoning)
 
     def tool_mode(self, req: ChatCompletionRequest) -> ToolMode:
@@ -172,12 +194,38 @@ class OpenAIServingChat(OpenAIServing):
                 return content, calls, "tool_calls"
         return text, [], finish_reason
 
+    def check_harmony(self, req: ChatCompletionRequest, so: StructuredOutputsParams | None) -> None:
+        """What gpt-oss's format cannot take here, refused by name (vLLM refuses reasoning_effort "none" too)."""
+        if self.gpt_oss and req.reasoning_effort not in (None, "low", "medium", "high"):
+            raise RequestError(f"reasoning_effort={req.reasoning_effort!r}: gpt-oss's harmony format has the levels "
+                               f"'low', 'medium' and 'high'.", "reasoning_effort")
+        if self.harmony and so is not None:
+            raise RequestError("response_format / structured_outputs and tool_choice 'required' or a named tool "
+                               "constrain the output from its first token, which gpt-oss's harmony format opens "
+                               "with its analysis channel: not supported with the harmony parsers yet (use "
+                               "tool_choice 'auto').", "tool_choice" if req.tools else "response_format")
+        if self.harmony and req.thinking_token_budget is not None:
+            raise RequestError("thinking_token_budget is not supported with gpt-oss's harmony format yet (no single "
+                               "token ends its analysis channel).", "thinking_token_budget")
+
+    def harmony_message(self, text: str, mode: ToolMode, reasoning: "ReasoningMode | None",
+                        finish_reason: str | None) -> tuple[str | None, str | None, list, str | None]:
+        """(reasoning, content, tool_calls, finish_reason) of a finished harmony output: reasoning only with
+        --reasoning-parser openai_gptoss, calls only under tool_choice "auto" with --tool-call-parser openai (vLLM
+        drops either kind without its parser)."""
+        out = harmony.split(text)
+        thought = out.reasoning if reasoning is not None and reasoning.include else None
+        calls = self.tool_parser.extract(text)[1] if mode.kind == "auto" else []
+        calls = calls if mode.parallel else calls[:1]
+        return thought, out.content, calls, ("tool_calls" if calls else finish_reason)
+
     async def create_chat_completion(self, req: ChatCompletionRequest, raw_request: Request | None = None):
         try:
             req.check()
             lora = self.check_model(req.model)
             mode = self.tool_mode(req)
             so = self.tool_constraint(req, mode)
+            self.check_harmony(req, so)
             conv = conversation(req.messages)
             # The tools reach the template whatever tool_choice is, unless --exclude-tools-when-tool-choice-none.
             tools = (None if self.exclude_tools_when_tool_choice_none and req.tool_choice == "none"
@@ -211,6 +259,9 @@ class OpenAIServingChat(OpenAIServing):
             else:
                 params = self.sampling_params(req, max_tokens, logprobs, structured_outputs=so)
                 self.keep_call_markers(mode, params)
+                if self.harmony:
+                    params.skip_special_tokens = False      # the harmony markers are special tokens
+                    params.stop_token_ids = list(dict.fromkeys([*params.stop_token_ids, *self.harmony_stop_ids]))
                 reasoning_ended = None
                 if reasoning is not None:
                     if reasoning.parser.keeps_special_tokens:
@@ -319,12 +370,16 @@ class OpenAIServingChat(OpenAIServing):
             logprobs = (self._logprobs(tokens[i], lps[i], req.top_logprobs or 0, self.tokens_as_ids(req))
                         if req.logprobs else None)
             reasoning, text = None, texts[i]
-            if reasoning_mode is not None:      # the tool parser sees only what follows the thinking
-                reasoning, text = reasoning_mode.split(texts[i])
-            if text is None:        # the output ended while thinking (or right after it)
-                content, calls, finish_reason = (None if mode.kind in ("none", "auto") else ""), [], finish[i][0]
+            if self.harmony:
+                reasoning, content, calls, finish_reason = self.harmony_message(texts[i], mode, reasoning_mode,
+                                                                                finish[i][0])
             else:
-                content, calls, finish_reason = self.tool_calls(mode, text, finish[i][0])
+                if reasoning_mode is not None:      # the tool parser sees only what follows the thinking
+                    reasoning, text = reasoning_mode.split(texts[i])
+                if text is None:        # the output ended while thinking (or right after it)
+                    content, calls, finish_reason = (None if mode.kind in ("none", "auto") else ""), [], finish[i][0]
+                else:
+                    content, calls, finish_reason = self.tool_calls(mode, text, finish[i][0])
             if content is not None:
                 content = echo + content
             if self.log_outputs and (content or calls or reasoning):
@@ -367,7 +422,10 @@ class OpenAIServingChat(OpenAIServing):
         full_texts = [""] * n        # --enable-log-outputs: each choice's text, logged when the stream ends
         # --reasoning-parser: each choice's split; "reasoning" deltas while the model thinks, then "content" ones
         # (the think tags themselves never go out).
-        thinking = [reasoning_mode.stream() for _ in range(n)] if reasoning_mode is not None else None
+        thinking = ([reasoning_mode.stream() for _ in range(n)]
+                    if reasoning_mode is not None and not self.harmony else None)
+        harmony_deltas = ([HarmonyDeltas(tool_stream, i, reasoning_mode is not None and reasoning_mode.include)
+                           for i in range(n)] if self.harmony else None)
 
         head = (f'data: {{"id":{dumps(request_id)},"object":"chat.completion.chunk","created":{created},'
                 f'"model":{dumps(self.models.response_model(req.model))},"choices":[')
@@ -411,10 +469,12 @@ class OpenAIServingChat(OpenAIServing):
                         thought, text = thinking[c.index].feed(c.text, final=c.finish_reason is not None)
                         if not reasoning_mode.include:
                             thought = ""
-                    if mode.kind != "none" or thinking is not None:
+                    if mode.kind != "none" or thinking is not None or harmony_deltas is not None:
                         if c.finish_reason is not None:
                             finished_sent[c.index] = True
-                        if mode.kind != "none":
+                        if harmony_deltas is not None:
+                            delta, finish_reason = harmony_deltas[c.index].delta(c.text, c.finish_reason)
+                        elif mode.kind != "none":
                             delta, finish_reason = tool_stream.delta(c.index, text, c.finish_reason)
                         else:
                             delta, finish_reason = ({"content": text} if text else None), c.finish_reason
@@ -466,6 +526,56 @@ class OpenAIServingChat(OpenAIServing):
             parts.append(f"[tool_calls: {args}]")
         if parts:
             self.log_output(request_id, " ".join(parts), token_ids, finish_reason, "delta")
+
+
+class HarmonyDeltas:
+    """One choice's harmony output as stream deltas: "reasoning" pieces (with --reasoning-parser openai_gptoss),
+    "content" pieces, and under tool_choice "auto" its calls as ``ToolCallStream`` sends them (the arguments in the
+    finished response's JSON form, piece by piece). Messages of one kind are joined by a newline, as in the finished
+    response, so the pieces add up to it."""
+
+    def __init__(self, tool_stream: "ToolCallStream", index: int, reasoning: bool):
+        self.reader = harmony.HarmonyStream()
+        self.tool_stream = tool_stream
+        self.index = index
+        self.reasoning = reasoning
+        self.wrote: dict[str, int] = {}           # kind -> the last message of that kind with text sent
+        self.calls: dict[int, list] = {}          # message number -> [function name, arguments so far, content type]
+        self.done_calls: set[int] = set()
+
+    def delta(self, text: str, finish_reason: str | None) -> tuple[dict | None, str | None]:
+        delta: dict[str, Any] = {}
+        calls_wanted = self.tool_stream.mode.kind == "auto"
+        for number, message, piece in self.reader.feed(text, final=finish_reason is not None):
+            kind = message.kind
+            if kind == "call" and calls_wanted:
+                call = self.calls.setdefault(number, [message.function_name, "", message.content_type])
+                call[1] += piece
+                if message.done or finish_reason is not None:
+                    self.done_calls.add(number)
+            elif (kind == "content" or (kind == "reasoning" and self.reasoning)) and piece:
+                key = "content" if kind == "content" else "reasoning"
+                if self.wrote.get(key, number) != number:
+                    piece = "\n" + piece       # a later message of the kind: joined by a newline
+                self.wrote[key] = number
+                delta[key] = delta.get(key, "") + piece
+        if calls_wanted and self.calls:
+            calls = []
+            for number, (name, args, content_type) in self.calls.items():
+                if number in self.done_calls:
+                    value = harmony.normalized_arguments(args, content_type)
+                    stable = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                else:
+                    stable = tool_parsers.render_stable_json(args, tool_parsers.parse_partial_json(args, 0))
+                calls.append((name, stable))
+            if not self.tool_stream.mode.parallel:
+                calls = calls[:1]
+            call_deltas = self.tool_stream._call_deltas(self.index, calls)
+            if call_deltas:
+                delta["tool_calls"] = call_deltas
+        if finish_reason is not None and self.calls and calls_wanted:
+            finish_reason = "tool_calls"
+        return (delta or None), finish_reason
 
 
 class ToolCallStream:

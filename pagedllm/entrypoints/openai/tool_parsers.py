@@ -16,6 +16,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from pagedllm import harmony
 from pagedllm.entrypoints.openai.protocol import RequestError, random_uuid
 
 
@@ -582,6 +583,25 @@ class XLAMToolParser(ToolParser):
         return content or None, calls
 
 
+class OpenAIToolParser(ToolParser):
+    """gpt-oss (vLLM's ``openai``): harmony messages to ``functions.NAME`` on the commentary channel are calls, their
+    body the JSON arguments (pagedllm/harmony.py); the content is the final channel's text (and preambles), never
+    the reasoning. The markers are special tokens: the output keeps them. The server reads a harmony output in one
+    pass (reasoning, content and calls, streamed or not: serving_chat's harmony branch), so the prefix methods
+    below are not used."""
+    keeps_special_tokens = True
+
+    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+        out = harmony.split(text)
+        return out.content, [tool_call(name, args, self.new_call_id()) for name, args in out.calls]
+
+    def call_start(self, text: str) -> int:
+        return len(text)
+
+    def call_nodes(self, text: str) -> list[JsonNode]:
+        return []
+
+
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesToolParser,
     "qwen3": HermesToolParser,        # Qwen3's template writes Hermes-style <tool_call> blocks
@@ -591,6 +611,7 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "pythonic": PythonicToolParser,
     "llama4_pythonic": PythonicToolParser,
     "xlam": XLAMToolParser,
+    "openai": OpenAIToolParser,       # gpt-oss's harmony calls
 }
 
 
