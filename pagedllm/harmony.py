@@ -124,6 +124,27 @@ def split(text: str) -> HarmonyOutput:
     return HarmonyOutput("\n".join(reasoning) or None, "\n".join(content) or None, calls)
 
 
+def count_reasoning_tokens(token_ids: list[int], vocab: dict[str, int], decode) -> int:
+    """The output tokens vLLM counts as reasoning in a harmony output (usage's reasoning_tokens): the bodies of
+    analysis messages and of tool calls. ``decode``: token ids -> text (each header is read as text)."""
+    marker = {vocab[t]: t for t in SPECIAL_TOKENS if t in vocab}
+    count, header, counting, in_body = 0, [], False, False
+    for token in token_ids:
+        kind = marker.get(token)
+        if in_body:
+            if kind in _BODY_ENDS:
+                in_body, header = False, ([token] if kind == START else [])
+            elif counting:
+                count += 1
+        elif kind == MESSAGE:
+            role, channel, recipient, content_type = _header(decode(header))
+            message = HarmonyMessage(role, channel, recipient, content_type, "", False)
+            counting, in_body = message.kind in ("reasoning", "call"), True
+        else:
+            header.append(token)
+    return count
+
+
 def normalized_arguments(arguments: str, content_type: str | None = "json") -> object:
     """A call's arguments as the tool call carries them: the parsed JSON (so they come out in one form), or the text
     as written when it is not JSON or the message says another content type (vLLM keeps it too)."""

@@ -223,3 +223,20 @@ def test_offline_grammar_with_the_harmony_reasoning_parser_is_refused(harmony_mo
         with pytest.raises(ValueError, match="not supported with the openai_gptoss reasoning parser yet"):
             llm.generate(["hi"], params, use_tqdm=False)
     del llm
+
+
+def test_responses_reasoning_item_and_reasoning_tokens(harmony_model_dir):
+    """/v1/responses over the harmony parsers: a reasoning item, then the message; usage counts the analysis body's
+    tokens as reasoning (vLLM's count), the output's own token ids decoding to the harmony text."""
+    with serve_in_process(harmony_model_dir, *HARMONY_FLAGS, chat_template=GPT_OSS_LIKE_TEMPLATE) as (app, engine):
+        tok = engine.input_processor.tokenizer
+        ids = tok.encode("".join(ANSWER), add_special_tokens=False)
+        reasoning_ids = tok.encode("Simple question.", add_special_tokens=False)
+        scripted_engine(engine, [tok.decode([i]) for i in ids], token_ids=ids)
+        whole, = post_all(app, [("/v1/responses", {"input": "Weather in Paris?", "reasoning": {"effort": "low"}})])
+    body = whole.json()
+    assert [item["type"] for item in body["output"]] == ["reasoning", "message"]
+    assert body["output"][0]["content"] == [{"type": "reasoning_text", "text": "Simple question."}]
+    assert body["output"][1]["content"][0]["text"] == "It is sunny."
+    assert body["usage"]["output_tokens_details"]["reasoning_tokens"] == len(reasoning_ids)
+    assert body["usage"]["output_tokens"] == len(ids)

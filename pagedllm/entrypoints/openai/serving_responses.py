@@ -43,6 +43,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from pagedllm import harmony
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, RequestError, ResponsesRequest, random_uuid
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedllm.entrypoints.openai.serving_engine import error_response
@@ -401,6 +402,10 @@ class OpenAIServingResponses:
     def _reasoning_tokens(self, token_ids: list[int] | None) -> int:
         if not token_ids or not self._reasoning:
             return 0
+        if self.chat.harmony:
+            tok = self.chat.tokenizer
+            return harmony.count_reasoning_tokens(token_ids, tok.get_vocab(),
+                                                  lambda ids: tok.decode(ids, skip_special_tokens=False))
         return count_reasoning_tokens(token_ids, *self.chat.think_ids)
 
 
