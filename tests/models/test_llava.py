@@ -282,3 +282,14 @@ def test_encoder_batches_and_its_memory_profile_call(tiny):
     out = llm.generate({"prompt": prompt, "multi_modal_data": {"image": ims}}, GREEDY, use_tqdm=False)[0]
     assert calls[1:] == [2, 1]
     assert list(out.outputs[0].token_ids) == hf_greedy(tiny, prompt, ims)[1]
+
+
+def test_tensor_parallel_2_equals_hf(tiny):
+    # TP=2 over gloo: the Llama is split over the ranks, each rank runs the whole vision tower (replicated) and puts
+    # the image rows into the all-reduced embeddings; chunks of 7 end inside the placeholders.
+    llm = make_llm(tiny, tensor_parallel_size=2, max_num_batched_tokens=7)
+    a, b = images(16)
+    outs = llm.generate([{"prompt": TWO, "multi_modal_data": {"image": [a, b]}},
+                         {"prompt": ONE, "multi_modal_data": {"image": b}}], GREEDY, use_tqdm=False)
+    assert list(outs[0].outputs[0].token_ids) == hf_greedy(tiny, TWO, [a, b])[1]
+    assert list(outs[1].outputs[0].token_ids) == hf_greedy(tiny, ONE, [b])[1]

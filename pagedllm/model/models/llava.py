@@ -9,7 +9,9 @@ none of our kernels, CUDA graphs or tensor-parallel splitting would pay for a co
 HF's by construction. Layers after ``vision_feature_layer`` (the last one of CLIP-L for LLaVA-1.5) are not built or
 loaded, as vLLM does.
 
-Not here yet: LLaVA-NeXT's anyres tiles, tensor / pipeline parallel, quantized checkpoints.
+Tensor parallel splits the Llama as usual; every rank runs the whole vision tower and projector (replicated: a few
+percent of a 7B's FLOPs per image) and puts the image rows into the all-reduced embeddings. Not here yet: LLaVA-NeXT's
+anyres tiles, pipeline parallel, quantized checkpoints, LoRA.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class LlavaMultiModalProjector(nn.Module):
 class LlavaForConditionalGeneration(LlamaForCausalLM):
     """Built from the checkpoint's ``text_config`` (the engine sees a Llama; loader._text_part), whose
     ``multimodal_config`` is the whole LLaVA config."""
-    supports_tensor_parallel = False
+    supports_tensor_parallel = True
     supports_pipeline_parallel = False
     supports_quantization = False
     supports_lora = False
