@@ -4,7 +4,8 @@ attention backend, decode CUDA graphs and piecewise prompt graphs for the text-o
 an image's embeddings runs eagerly (the graphs embed input_ids inside them): the tests mix image and text-only
 requests in one batch, chunk inside the placeholders, and hit the prefix cache, so a graph that captured the merge
 wrongly, or a text-only prompt step replayed with an image's rows, gives other tokens than HF fp32's. In bf16, the
-image's embeddings are HF fp32's to bf16 precision. Skipped without CUDA (collected on the CPU)."""
+image's embeddings are HF fp32's to bf16 precision; tensor parallel over 2 GPUs (NCCL) gives HF's tokens. Skipped
+without CUDA (collected on the CPU)."""
 from __future__ import annotations
 
 import pytest
@@ -73,3 +74,16 @@ def _hf_text(tiny, prompt: str, max_tokens: int) -> tuple[list[int], list[int]]:
     ids = processor.tokenizer(prompt, return_tensors="pt")["input_ids"]
     out = hf.generate(input_ids=ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
     return ids[0].tolist(), out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_tensor_parallel_2_with_images_equals_hf(tiny):
+    # NCCL, one GPU per rank, CUDA graphs on: each rank runs the vision tower; chunks of 7 inside the placeholders.
+    from pagedllm import SamplingParams
+    llm = make_llm(tiny, tensor_parallel_size=2, max_num_batched_tokens=7)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    a, b = images(17)
+    outs = llm.generate([{"prompt": TWO, "multi_modal_data": {"image": [a, b]}}, "USER: w3 w5 w8 ASSISTANT:"],
+                        params, use_tqdm=False)
+    assert list(outs[0].outputs[0].token_ids) == hf_greedy(tiny, TWO, [a, b], max_tokens=16)[1]
+    assert list(outs[1].outputs[0].token_ids) == _hf_text(tiny, "USER: w3 w5 w8 ASSISTANT:", 16)[1]
