@@ -74,31 +74,45 @@ MXFP4_FORMAT: tl.constexpr = tl.constexpr(2)
 
 @triton.jit
 def _mxfp4_tile(w_base, s_base, rows, rows_ok, k0, K, stride_w, stride_s, dtype, BLOCK_K: tl.constexpr):
-    """The ``[BLOCK_K, BLOCK_N]`` tile of an MXFP4 weight (OCP MX: e2m1 values, one e8m0 scale per 32 of K;
-    model/quantization/mxfp4.py) at columns ``k0 ..``, in ``dtype``, exactly the dequantized values: bytes ``[N, K /
-    2]`` (``stride_w`` between rows; two values a byte, the even k in the low nibble) and scale bytes ``[N, K / 32]``
-    (``stride_s``). Each code goes into an fp16's bits (sign to bit 15, exponent and mantissa bits to 11..9: the value
-    times 2 ** -14, e2m1's subnormal 0.5 included), then one fp32 multiply by ``2 ** (scale - 127 + 14)``."""
+    """The ``[BLOCK_N, BLOCK_K]`` tile (output features by k: the dot's first operand, ``_dot``) of an MXFP4 weight
+    (OCP MX: e2m1 values, one e8m0 scale per 32 of K; model/quantization/mxfp4.py) at columns ``k0 ..``, in
+    ``dtype``, exactly the dequantized values, its k in the order ``_input_columns`` gives the activations for MXFP4
+    (the low 3 bits of k reversed). Bytes ``[N, K / 2]`` (``stride_w`` between rows; two values a byte, the even k
+    in the low nibble) read as int32 words, 8 values each, and scale bytes ``[N, K / 32]`` (``stride_s``).
+
+    Each code goes into an fp16's bits (sign to bit 15, exponent and mantissa bits to 11..9: the value times 2 **
+    -14, e2m1's subnormal 0.5 included), two at a time: one shift and mask of a word places nibbles ``j`` and ``j +
+    4`` (bytes ``j // 2`` and ``j // 2 + 2``) in its two halves. Then one fp32 multiply by ``2 ** (scale - 127 +
+    14)``. SASS for sm_90 counted offline (Triton 3.6's ptxas, no GPU), instructions a weight in the K loop: 7.8 in
+    gate/up's and 8.4 in down's at the decode tile (16 x 64 x 128, 4 warps), 7.7 / 8.5 at the 32- / 64-row tiles (a
+    byte at a time instead of words: 10.0 and 10.5; ``tl.dot_scaled``'s Hopper emulation: 9.8; the bf16 kernels: 1.3
+    and 2.0, which read 3.8x the bytes)."""
     G: tl.constexpr = BLOCK_K // 32
     BLOCK_N: tl.constexpr = rows.shape[0]
     groups = k0 // 32 + tl.arange(0, G)
-    ok = rows_ok[:, None] & (groups * 32 < K)[None, :]                         # [BLOCK_N, G]
+    ok = rows_ok[:, None] & (groups * 32 < K)[None, :]                          # [BLOCK_N, G]
     rows = rows.to(tl.int64)
-    b = tl.load(w_base + rows[:, None, None] * stride_w + groups[None, :, None] * 16 + tl.arange(0, 16)[None, None, :],
-                mask=ok[:, :, None], other=0).to(tl.int32)                      # [BLOCK_N, G, 16] bytes
+    words = tl.load(w_base.to(tl.pointer_type(tl.int32)) + rows[:, None, None] * (stride_w // 4)
+                    + groups[None, :, None] * 4 + tl.arange(0, 4)[None, None, :], mask=ok[:, :, None], other=0)
     s = tl.load(s_base + rows[:, None] * stride_s + groups[None, :], mask=ok, other=0)
-    scale = tl.exp2(s.to(tl.float32) - 113.0)[:, :, None]
-    lo = (((b & 0x08) << 12) | ((b & 0x07) << 9)).to(tl.int16).to(tl.float16, bitcast=True)
-    hi = (((b & 0x80) << 8) | ((b & 0x70) << 5)).to(tl.int16).to(tl.float16, bitcast=True)
-    lo = (lo.to(tl.float32) * scale).to(dtype)
-    hi = (hi.to(tl.float32) * scale).to(dtype)
-    return tl.trans(tl.reshape(tl.interleave(lo, hi), [BLOCK_N, BLOCK_K]))      # k = 32 g + 2 j (+ 1 for hi)
+    scale = tl.exp2(s.to(tl.float32) - 113.0)[:, :, None, None, None, None]
+    MAG: tl.constexpr = 0x0E000E00          # exponent and mantissa bits of both halves
+    SIGN: tl.constexpr = -0x7FFF8000        # 0x80008000 (both halves' sign bits) as an int32
+    j0 = ((words << 9) & MAG) | ((words << 12) & SIGN)      # [BLOCK_N, G, 4]: nibbles 0 and 4 of each word
+    j1 = ((words << 5) & MAG) | ((words << 8) & SIGN)       # 1 and 5
+    j2 = ((words << 1) & MAG) | ((words << 4) & SIGN)       # 2 and 6
+    j3 = ((words >> 3) & MAG) | (words & SIGN)              # 3 and 7
+    pairs = tl.join(tl.join(j0, j1), tl.join(j2, j3))       # [.., 2 (i), 2 (j)]: nibbles i + 2 j and i + 2 j + 4
+    halves = tl.join(pairs.to(tl.int16), (pairs >> 16).to(tl.int16))      # [.., i, j, h]: nibble i + 2 j + 4 h
+    w = (halves.to(tl.float16, bitcast=True).to(tl.float32) * scale).to(dtype)
+    return tl.reshape(w, [BLOCK_N, BLOCK_K])     # column 8 q + 4 i + 2 j + h holds k = 8 q + i + 2 j + 4 h
 
 
 @triton.jit
 def _weight_tile(w_base, s_base, o_base, rows, rows_ok, k, k_ok, k0, K, stride_w, stride_s, dtype,
                  WFMT: tl.constexpr, GN: tl.constexpr, GK: tl.constexpr):
-    """The ``[BLOCK_K, BLOCK_N]`` tile of weight rows ``rows`` (output features) at columns ``k``, in ``dtype``.
+    """The ``[BLOCK_K, BLOCK_N]`` tile of weight rows ``rows`` (output features) at columns ``k``, in ``dtype``
+    (MXFP4: ``[BLOCK_N, BLOCK_K]``, see ``_dot``).
     ``WFMT`` 0: a dense ``[N, K]`` weight (``stride_w`` between rows). 1: fp8 ``[N, K]`` times its scale, one per
     ``GN`` rows x ``GK`` columns (per output channel: ``GN = 1, GK = K``; a block checkpoint's 128 x 128; a k tile
     never straddles two scale columns). 2 (``MXFP4_FORMAT``): MXFP4 bytes ``[N, K / 2]`` and scales ``[N, K / 32]``
@@ -126,12 +140,46 @@ def _weight_tile(w_base, s_base, o_base, rows, rows_ok, k, k_ok, k0, K, stride_w
 
 
 @triton.jit
-def _input_columns(Perm, expert, k, k_ok, K: tl.constexpr, HAS_PERM: tl.constexpr):
+def _dot(x, w, acc, PRECISION: tl.constexpr, WFMT: tl.constexpr):
+    """``acc + x @ w`` for ``_weight_tile``'s ``w``. MXFP4 (``_mxfp4_tile``): the transposed product, ``acc^T + w
+    @ x^T`` with ``acc^T [BLOCK_N, BLOCK_M]``: the unpacked tile is the dot's first operand, taken from registers;
+    as the second (a Hopper wgmma operand in shared memory) Triton 3.6 could not place the 64-row tile's
+    transposed reshape there (sm_90 compile: "Illegal shared layout", TritonGPUOptimizeDotOperands)."""
+    if WFMT == MXFP4_FORMAT:
+        acc = tl.dot(w, tl.trans(x), acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _acc_zeros(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WFMT: tl.constexpr):
+    """The K loop's accumulator: ``[BLOCK_M, BLOCK_N]``, or MXFP4's transposed one (``_dot``)."""
+    if WFMT == MXFP4_FORMAT:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def _acc_rows(acc, WFMT: tl.constexpr):
+    """The accumulator as ``[BLOCK_M, BLOCK_N]`` (MXFP4's transposed back once, after the K loop)."""
+    if WFMT == MXFP4_FORMAT:
+        acc = tl.trans(acc)
+    return acc
+
+
+@triton.jit
+def _input_columns(Perm, expert, k, k_ok, K: tl.constexpr, HAS_PERM: tl.constexpr, WFMT: tl.constexpr = 0):
     """The activation columns that weight rows ``k`` multiply: ``k`` itself, or with ``HAS_PERM`` (GPTQ
     ``desc_act``: each expert's rows were sorted by group at load) that expert's ``Perm [E, K]`` entries, as the
-    dense layer's ``x[:, perm]``."""
+    dense layer's ``x[:, perm]``; MXFP4 tiles (``_mxfp4_tile``) come with the low 3 bits of k reversed."""
     if HAS_PERM:
         return tl.load(Perm + expert * K + k, mask=k_ok, other=0)     # int32, as k (one return type)
+    if WFMT == MXFP4_FORMAT:
+        t = k & 7
+        return (k - t) + ((t >> 2) | (t & 2) | ((t & 1) << 2))
     return k
 
 
@@ -148,22 +196,22 @@ def _moe_gate_up_kernel(X, W13, S13, O13, P13, H, SortedSlots, BlockExperts, B13
     tokens = tl.where(valid, slots // TOP_K, 0).to(tl.int64)
     offs_n, n_ok, w_base, s_base, o_base = _expert_columns(W13, S13, O13, expert, stride_we, stride_se, I, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_g = _acc_zeros(BLOCK_M, BLOCK_N, WFMT)
+    acc_u = _acc_zeros(BLOCK_M, BLOCK_N, WFMT)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
-        xk = _input_columns(P13, expert, k, k_ok, K, HAS_PERM)
+        xk = _input_columns(P13, expert, k, k_ok, K, HAS_PERM, WFMT)
         x = tl.load(X + tokens[:, None] * stride_x + xk[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
         wg = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, K, stride_wn, stride_sn,
                           X.dtype.element_ty, WFMT, GN, GK)
         wu = _weight_tile(w_base, s_base, o_base, offs_n + I, n_ok, k, k_ok, k0, K, stride_wn, stride_sn,
                           X.dtype.element_ty, WFMT, GN, GK)
-        acc_g = tl.dot(x, wg, acc_g, input_precision=PRECISION)
-        acc_u = tl.dot(x, wu, acc_u, input_precision=PRECISION)
+        acc_g = _dot(x, wg, acc_g, PRECISION, WFMT)
+        acc_u = _dot(x, wu, acc_u, PRECISION, WFMT)
     # HF rounds gate and up to the model dtype before silu(gate) * up: the same here, so bf16 stays close to it.
-    g = acc_g.to(H.dtype.element_ty).to(tl.float32)
-    u = acc_u.to(H.dtype.element_ty).to(tl.float32)
+    g = _acc_rows(acc_g, WFMT).to(H.dtype.element_ty).to(tl.float32)
+    u = _acc_rows(acc_u, WFMT).to(H.dtype.element_ty).to(tl.float32)
     if HAS_BIAS:        # gpt-oss: each expert's gate and up biases ([E, 2I], gate then up), added in the model dtype
         b_row = B13 + expert * stride_be
         g = (g + tl.load(b_row + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]).to(
@@ -192,18 +240,18 @@ def _moe_down_kernel(Hin, W2, S2, O2, P2, Y, RouteWeights, SortedSlots, BlockExp
     safe = tl.where(valid, slots, 0).to(tl.int64)
     offs_n, n_ok, w_base, s_base, o_base = _expert_columns(W2, S2, O2, expert, stride_we, stride_se, N, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _acc_zeros(BLOCK_M, BLOCK_N, WFMT)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
-        hk = _input_columns(P2, expert, k, k_ok, K, HAS_PERM)
+        hk = _input_columns(P2, expert, k, k_ok, K, HAS_PERM, WFMT)
         h = tl.load(Hin + safe[:, None] * stride_h + hk[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
         w = _weight_tile(w_base, s_base, o_base, offs_n, n_ok, k, k_ok, k0, K, stride_wn, stride_sn,
                          Hin.dtype.element_ty, WFMT, GN, GK)
-        acc = tl.dot(h, w, acc, input_precision=PRECISION)
+        acc = _dot(h, w, acc, PRECISION, WFMT)
     # HF: down_proj's output in the model dtype, times the routing weight (in the dtype the block gave it).
     route = tl.load(RouteWeights + safe, mask=valid, other=0.0).to(tl.float32)
-    y = acc.to(Y.dtype.element_ty).to(tl.float32)
+    y = _acc_rows(acc, WFMT).to(Y.dtype.element_ty).to(tl.float32)
     if HAS_BIAS:        # gpt-oss: the expert's down bias, before the routing weight (HF's order)
         bias = tl.load(B2 + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         y = (y + bias[None, :]).to(Y.dtype.element_ty).to(tl.float32)
@@ -254,10 +302,12 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
     num_experts = w13.shape[0]
     inter = (w13.shape[2] if bits else w13.shape[1]) // 2
     if mxfp4 and (w13.dtype != torch.uint8 or hidden % 32 or inter % 32 or w13.shape[2] * 2 != hidden
-                  or w2_scale is None or w2_scale.shape[2] * 32 != inter):
-        raise ValueError(f"fused_moe: MXFP4 experts take uint8 w13 [E, 2I, H / 2] / w2 [E, H, I / 2] with their scales "
-                         f"[E, 2I, H / 32] / [E, H, I / 32], H and I multiples of 32; got w13 {tuple(w13.shape)} "
-                         f"{w13.dtype} for H = {hidden}.")
+                  or w2_scale is None or w2_scale.shape[2] * 32 != inter
+                  or any(w.stride(2) != 1 or w.stride(1) % 4 or w.stride(0) % 4 or w.data_ptr() % 4
+                         for w in (w13, w2))):
+        raise ValueError(f"fused_moe: MXFP4 experts take uint8 w13 [E, 2I, H / 2] / w2 [E, H, I / 2] (rows contiguous, "
+                         f"read as 4-byte words) with their scales [E, 2I, H / 32] / [E, H, I / 32], H and I "
+                         f"multiples of 32; got w13 {tuple(w13.shape)} {w13.dtype} for H = {hidden}.")
     top_k = top_ids.shape[1]
     slots = tokens * top_k
     if x.stride(-1) != 1:

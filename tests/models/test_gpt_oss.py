@@ -291,7 +291,7 @@ def test_mxfp4_experts_kept_take_their_tensor_parallel_share(monkeypatch, rank):
     assert config.kept == {"model.layers.0.mlp.experts": (num * (128 + 64) * (32 + 2), num * (128 + 64) * 64 * 4)}
     assert config.weight_bytes_note() == "mxfp4 experts kept in MXFP4: 0.00 GiB (0.00 GiB dequantized)"
     with pytest.raises(ValueError, match=r"MXFP4 experts \(model.layers.0.mlp.experts\) load from the checkpoint's "
-                                         r"uint8 \*_blocks and \*_scales; got 'weight' torch.float32 for expert 0 gate"):
+                                         r"uint8 \*_blocks and \*_scales; got 'weight' torch.float32 for expert 0"):
         GptOssForCausalLM._load_stacked(experts, "gate_up_proj", num, lambda e: gate_up[e])
     # A share that is not whole 32-value blocks (intermediate 32 over 2 ranks): dequantized at load, and said so
     config = Mxfp4Config()
