@@ -1,6 +1,6 @@
 """gpt-oss's experts on the GPU, MXFP4 kept vs bf16: the fused MoE kernels alone, and the engine's decode.
 
-    python benchmarks/moe_mxfp4.py kernels [--tokens 1 16 256] [--model 20b|120b]
+    python benchmarks/moe_mxfp4.py kernels [--tokens 1 16 256] [--model 20b|120b] [--tiles M,N,K,WARPS]
     python benchmarks/moe_mxfp4.py engine [--model 20b] [--layers N] [--batch 1]
 
 ``kernels``: one MoE layer of gpt-oss-20b (32 experts, top 4, H = I = 2880; 120b: 128 experts) through
@@ -8,14 +8,17 @@
 experts' biases and the clamped SwiGLU, random routing, bf16 activations; timed as CUDA graphs (the engine captures
 them; the routing's alignment ops are inside). Prints one JSON line per token count and format with the time, the
 bytes of the chosen experts' weights (every expert a token routes to is read once a launch) and that over the time.
+``--tiles`` replaces ``triton_moe._tiles``' pick for the MXFP4 runs (e.g. ``16,32,128,4``: twice the decode
+programs, for the unpack's latency), to try other tiles in one GPU call.
 
 ``engine``: the published config (``load_format="dummy"``), its experts MXFP4 (the checkpoint's ``quant_method``) or
 bf16 (the same config without it; 120b's do not fit one GPU), greedy decode of 128 tokens at ``--batch`` requests;
 one JSON line each.
 
 Prediction (session 34, written without a GPU; H100 at ~3 TB/s): at batch 1 a gpt-oss-20b MoE layer reads 4
-experts, 99.5 M values: 199 MB in bf16 (>= 66 us), 52.9 MB in MXFP4 (>= 18 us); the unpack (~5 integer ops, one
-16 -> 32-bit float conversion, one multiply a value) may keep MXFP4 above its bandwidth bound, so ~25-45 us vs ~70 us.
+experts, 99.5 M values: 199 MB in bf16 (>= 66 us), 52.9 MB in MXFP4 (>= 18 us); the unpack (7.8 / 8.4 SASS
+instructions a weight, kernels/triton_moe.py ``_mxfp4_tile``) bounds MXFP4 at >= 26 us at full issue rate, and
+with ~1.4 programs an SM at decode it will not get that: ~30-50 us vs ~70 us.
 A decode step (24 layers + attention 1.27 GB + LM head 1.16 GB, the same in both): 7.2 GB in bf16, 3.7 GB in MXFP4,
 so ~1.5-1.9x the decode tokens/s. M = 16 (64 slots over 32 experts: nearly all read) and 256: the same byte ratio,
 the unpack amortized over more rows a tile, so MXFP4 should stay ahead.
@@ -38,6 +41,7 @@ TOP_K = 4
 def _kernels(args) -> None:
     import triton
 
+    from pagedllm.kernels import triton_moe
     from pagedllm.kernels.triton_moe import fused_moe
     from pagedllm.model.quantization.mxfp4 import dequantize_mxfp4
     num = SHAPES[args.model]["experts"]
@@ -54,6 +58,8 @@ def _kernels(args) -> None:
     b2 = torch.randn(num, HIDDEN, device="cuda", dtype=torch.bfloat16) * 0.1
     common = dict(w13_bias=b13, w2_bias=b2, swiglu_limits=(1.702, 7.0))
     formats = {"mxfp4": dict(w13=q13, w2=q2, w13_scale=s13, w2_scale=s2, mxfp4=True), "bf16": dict(w13=d13, w2=d2)}
+    picks = triton_moe._tiles
+    tiles = tuple(int(v) for v in args.tiles.split(",")) if args.tiles else None
     for tokens in args.tokens:
         x = torch.randn(tokens, HIDDEN, device="cuda", dtype=torch.bfloat16)
         ids = torch.rand(tokens, num, device="cuda", generator=gen).topk(TOP_K, dim=-1).indices
@@ -61,12 +67,14 @@ def _kernels(args) -> None:
         chosen = ids.unique().numel()
         outs = {}
         for name, w in formats.items():
+            triton_moe._tiles = (lambda slots, experts: tiles) if tiles and name == "mxfp4" else picks
             outs[name] = fused_moe(x, top_ids=ids, top_weights=weights, **w, **common)
             ms = triton.testing.do_bench_cudagraph(lambda: fused_moe(x, top_ids=ids, top_weights=weights, **w,
                                                                      **common))
             per_value = 17 / 32 if name == "mxfp4" else 2
             read = chosen * 3 * HIDDEN * INTER * per_value
             print(json.dumps(dict(bench="fused_moe", model=f"gpt-oss-{args.model}", format=name, tokens=tokens,
+                                  tiles=triton_moe._tiles(tokens * TOP_K, num),
                                   experts_read=chosen, us=round(ms * 1e3, 1), weight_mb=round(read / 1e6, 1),
                                   gb_s=round(read / ms / 1e6, 1),
                                   per_step_ms=round(ms * SHAPES[args.model]["layers"], 3))), flush=True)
@@ -122,6 +130,7 @@ def main() -> None:
     ap.add_argument("--format", choices=["mxfp4", "bf16"], default="mxfp4", help="engine: the experts' form")
     ap.add_argument("--layers", type=int, default=None, help="engine: fewer layers (a quicker A/B)")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--tiles", default=None, help="kernels: BLOCK_M,BLOCK_N,BLOCK_K,warps for the MXFP4 runs")
     args = ap.parse_args()
     (_kernels if args.what == "kernels" else _engine)(args)
 
