@@ -15,6 +15,7 @@ LAYERS = {
     "gc_heap": 0, "inputs": 0, "utils": 0,     # vLLM's example helpers (vllm.utils.*), re-exported
     "harmony": 0,       # gpt-oss's harmony messages read from text: the reasoning and tool parsers use it
     "reasoning_parsers": 0,     # plain data: the config checks the name, the engine gates grammars, the server splits
+    "usage": 0,     # vLLM's vllm.usage.usage_lib.UsageContext: an enum the config's defaults read
     "kernels": 1, "distributed": 1,     # tensor-parallel group state: the model's parallel layers use it
     "attention": 2, "lora": 2,      # LoRA adapters: the request (engine), slots (model), manager (worker)
     "model": 3,
