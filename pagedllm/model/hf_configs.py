@@ -2,6 +2,7 @@
 remote code with the checkpoint). pagedllm reads their config.json with its own class, so no remote code runs and
 ``trust_remote_code`` is accepted but not needed; the class also exposes the standard names the engine reads
 (``num_hidden_layers``, ``vocab_size``, ``num_key_value_heads``, ``head_dim``, ``max_position_embeddings``).
+Also the one check models use to refuse a config field they cannot honour (``reject_unsupported``).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class ChatGLMConfig(PretrainedConfig):
         self.fp32_residual_connection = fp32_residual_connection
         self.original_rope = original_rope
         self.rope_ratio = rope_ratio
-        self.quantization_bit = quantization_bit
+        self.quantization_bit = quantization_bit or 0       # null in a config.json: not quantized
         self.pre_seq_len = pre_seq_len
         self.prefix_projection = prefix_projection
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
@@ -84,6 +85,15 @@ class ChatGLMConfig(PretrainedConfig):
 
 # model_type -> our config class, used instead of AutoConfig (and instead of the checkpoint's remote code)
 LOCAL_CONFIGS: dict[str, type[PretrainedConfig]] = {"chatglm": ChatGLMConfig}
+
+
+def reject_unsupported(family: str, hf_config, supported: dict[str, object], why: str = "") -> None:
+    """A ValueError naming the first config field whose value we cannot honour (``field: the value we run``; a field
+    the config does not have counts as its supported value); ``why``, if given, ends the message (", as ...")."""
+    for field, value in supported.items():
+        got = getattr(hf_config, field, value)
+        if got != value:
+            raise ValueError(f"{family} with {field}={got!r} is not supported (only {field}={value!r}{why}).")
 
 
 def remote_code_kwargs(trust_remote_code: bool, code_revision: str | None) -> dict:

@@ -26,6 +26,7 @@ from torch import nn
 
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.distributed import is_first_pp_stage, is_last_pp_stage
+from pagedllm.model.hf_configs import reject_unsupported
 from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
@@ -38,14 +39,8 @@ from pagedllm.model.models.weights import load_packed_weights
 
 def _check_supported(cfg) -> None:
     # Layouts no released ChatGLM2/3 / GLM-4 checkpoint uses: refused rather than run wrong.
-    unsupported = {"rmsnorm": (getattr(cfg, "rmsnorm", True), True),
-                   "apply_residual_connection_post_layernorm":
-                       (getattr(cfg, "apply_residual_connection_post_layernorm", False), False),
-                   "pre_seq_len": (getattr(cfg, "pre_seq_len", None), None),
-                   "quantization_bit": (getattr(cfg, "quantization_bit", 0) or 0, 0)}
-    for field, (value, supported) in unsupported.items():
-        if value != supported:
-            raise ValueError(f"ChatGLM with {field}={value!r} is not supported (only {field}={supported!r}).")
+    reject_unsupported("ChatGLM", cfg, {"rmsnorm": True, "apply_residual_connection_post_layernorm": False,
+                                        "pre_seq_len": None, "quantization_bit": 0})
 
 
 class GLMSelfAttention(nn.Module):

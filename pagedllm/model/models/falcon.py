@@ -8,8 +8,9 @@ Biases follow ``bias``; a GELU MLP; a tied head. The ALiBi variant (falcon-rw-1b
 our attention kernels take no per-head linear bias."""
 from __future__ import annotations
 
+from pagedllm.model.hf_configs import reject_unsupported
 from pagedllm.model.models.layernorm_decoder import (PARALLEL, PARALLEL_ONE_NORM, SEQUENTIAL, LayerNormDecoderConfig,
-                                                     LayerNormDecoderForCausalLM, reject_unsupported)
+                                                     LayerNormDecoderForCausalLM)
 
 
 class FalconForCausalLM(LayerNormDecoderForCausalLM):

@@ -4,8 +4,9 @@ multi-query attention: ``c_attn`` holds all queries then one key and one value h
 head's q, k and v together (``multi_query=false``); nn.Linear weights, not GPT-2's Conv1D."""
 from __future__ import annotations
 
+from pagedllm.model.hf_configs import reject_unsupported
 from pagedllm.model.models.layernorm_decoder import (SEQUENTIAL, LayerNormDecoderConfig,
-                                                     LayerNormDecoderForCausalLM, reject_unsupported)
+                                                     LayerNormDecoderForCausalLM)
 
 
 class GPTBigCodeForCausalLM(LayerNormDecoderForCausalLM):

@@ -72,15 +72,6 @@ class LayerNormDecoderConfig:
         return self.hidden_size // self.num_heads
 
 
-def reject_unsupported(family: str, hf_config, supported: dict[str, object]) -> None:
-    """A ValueError naming the first config field whose value we cannot honour (``field: the value we run``; a field
-    the config does not have counts as its supported value)."""
-    for field, value in supported.items():
-        got = getattr(hf_config, field, value)
-        if got != value:
-            raise ValueError(f"{family} with {field}={got!r} is not supported (only {field}={value!r}).")
-
-
 def split_fused_qkv(tensor: torch.Tensor, layout: str, num_heads: int, num_kv_heads: int,
                     head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A checkpoint's fused QKV weight ``[rows, in]`` (or bias ``[rows]``) cut into its q, k and v rows:

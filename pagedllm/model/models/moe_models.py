@@ -65,6 +65,7 @@ from torch import nn
 
 from pagedllm.config import num_experts, rope_parameters
 from pagedllm.distributed import tp_all_reduce
+from pagedllm.model.hf_configs import reject_unsupported
 from pagedllm.model.layers.moe import MoEExperts, SparseMoeBlock
 from pagedllm.model.models.deepseek import DeepseekMoE, check_expert_groups
 from pagedllm.model.models.ernie4_5 import Ernie4_5ForCausalLM
@@ -128,9 +129,8 @@ class OlmoeForCausalLM(_MoE):
 
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
-        if getattr(hf_config, "clip_qkv", None) is not None:
-            raise ValueError(f"OlmoeForCausalLM with clip_qkv={hf_config.clip_qkv} is not supported (only None, as "
-                             f"the released OLMoE checkpoints).")
+        reject_unsupported("OlmoeForCausalLM", hf_config, {"clip_qkv": None},
+                           why=", as the released OLMoE checkpoints")
         return dataclasses.replace(super().variant(hf_config), qk_norm_whole=True)
 
 

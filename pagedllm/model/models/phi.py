@@ -4,8 +4,9 @@ MLP in parallel (``x + attn(ln(x)) + mlp(ln(x))``), rotary over the first ``part
 LayerNorms on Q and K (``qk_layernorm``: one LayerNorm(head_dim) each, shared by the heads)."""
 from __future__ import annotations
 
+from pagedllm.model.hf_configs import reject_unsupported
 from pagedllm.model.models.layernorm_decoder import (PARALLEL_ONE_NORM, LayerNormDecoderConfig,
-                                                     LayerNormDecoderForCausalLM, reject_unsupported)
+                                                     LayerNormDecoderForCausalLM)
 
 
 class PhiForCausalLM(LayerNormDecoderForCausalLM):

@@ -5,8 +5,9 @@ residual with one norm where ``use_parallel_residual`` (stablelm-2-12b), and per
 (``qk_layernorm``: each head its own weights, ``q_layernorm.norms.<h>``)."""
 from __future__ import annotations
 
+from pagedllm.model.hf_configs import reject_unsupported
 from pagedllm.model.models.layernorm_decoder import (PARALLEL_ONE_NORM, SEQUENTIAL, LayerNormDecoderConfig,
-                                                     LayerNormDecoderForCausalLM, reject_unsupported)
+                                                     LayerNormDecoderForCausalLM)
 
 
 class StableLmForCausalLM(LayerNormDecoderForCausalLM):
