@@ -161,6 +161,16 @@ def test_mxfp4_checkpoint_loads_to_the_dense_tokens(mxfp4_pair, caplog):
     _assert_matches_hf(dense, prompts, _generate(llm, prompts))
 
 
+def test_mxfp4_checkpoint_under_pipeline_parallel(mxfp4_pair):
+    """PP=2 (gloo): the last stage, which holds no embedding, dequantizes its layer's MXFP4 experts too (the load's
+    log line named the embedding's dtype there, and failed)."""
+    dense, mx_dir = mxfp4_pair
+    prompts = _prompts(PROMPT_LENS[:2])
+    llm = LLM(mx_dir, skip_tokenizer_init=True, dtype="float32", seed=0, pipeline_parallel_size=2,
+              kv_cache_memory_gb=0.01, max_model_len=128)
+    _assert_matches_hf(dense, prompts, _generate(llm, prompts))
+
+
 def test_mxfp4_checkpoint_missing_scales_is_named(mxfp4_pair, tmp_path):
     _, mx_dir = mxfp4_pair
     import shutil

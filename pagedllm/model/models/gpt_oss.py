@@ -161,7 +161,7 @@ class GptOssForCausalLM(LlamaForCausalLM):
                     dequantized_bytes += blocks.numel() * 2 * experts.w13.element_size()
                     # One expert at a time, on the experts' device: a layer's whole gate_up in fp32 would be 2 GiB of
                     # host memory for gpt-oss-20b (8 GiB for 120b) and its lookups several times that.
-                    dtype = experts.w13.dtype
+                    dtype = experts.w13.dtype      # the model's (a stage past the first holds no embedding)
                     self._load_stacked(experts, proj, blocks.shape[0], lambda e: dequantize_mxfp4(
                         blocks[e].to(device), scales[e].to(device), dtype))
             elif last in _STACKED:
@@ -186,7 +186,7 @@ class GptOssForCausalLM(LlamaForCausalLM):
                         mxfp4_bytes / 2**30)
         if dequantized_bytes:
             logger.info("gpt-oss: MXFP4 experts dequantized to %s at load: %.2f GiB of expert weights held in the "
-                        "model dtype (%.2f GiB as MXFP4 in the checkpoint).", self.model.embed_tokens.weight.dtype,
+                        "model dtype (%.2f GiB as MXFP4 in the checkpoint).", dtype,
                         dequantized_bytes / 2**30, mxfp4_bytes / 2**30)
 
     @staticmethod
