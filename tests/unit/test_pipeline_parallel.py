@@ -239,16 +239,14 @@ def test_impossible_splits_are_clear_errors(tmp_path, monkeypatch):
                                                              distributed_executor_backend="uni")
     assert "async_scheduling is not supported with pipeline_parallel_size > 1" in \
         _config_error(tmp_path / "llama", pipeline_parallel_size=2, async_scheduling=True)
-    # An architecture without pipeline parallel (every registered one has it now: one opted out here) is named, with
-    # those that run it (the config alone: no weights are read).
+    # An architecture without pipeline parallel (LLaVA-1.5's and Gemma 3's image-text classes; one opted out here) is
+    # named, with tensor parallel offered where it has that (the config alone: no weights are read).
     from pagedllm.model.models.opt import OPTForCausalLM
     monkeypatch.setattr(OPTForCausalLM, "supports_pipeline_parallel", False)
     transformers.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                            vocab_size=VOCAB, architectures=["OPTForCausalLM"]).save_pretrained(tmp_path / "opt")
-    assert "pipeline_parallel_size > 1 is not supported yet for OPTForCausalLM (pipeline parallel runs Llama, " \
-           "Mistral, Qwen2, Qwen3, Gemma, Granite, Phi-3, OPT, GPT-2, ChatGLM, GPT-NeoX, Phi, StableLM, Starcoder2, " \
-           "GPTBigCode, Falcon, and the BERT and XLM-RoBERTa encoders)" in _config_error(tmp_path / "opt",
-                                                                                     pipeline_parallel_size=2)
+    assert "pipeline_parallel_size > 1 is not supported yet for OPTForCausalLM; use pipeline_parallel_size=1 " \
+           "(tensor_parallel_size > 1 splits it)." in _config_error(tmp_path / "opt", pipeline_parallel_size=2)
     # More ranks than GPUs.
     from pagedllm import config as cfg_mod
     monkeypatch.setattr(cfg_mod, "_pick_device", lambda name: torch.device("cuda"))
