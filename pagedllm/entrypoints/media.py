@@ -65,6 +65,11 @@ def _fetch(url: str, where: str) -> bytes:
     except Exception as e:     # URLError, HTTPError, timeouts
         raise ValueError(f"{where}: the image at {url[:100]!r} could not be fetched ({type(e).__name__}: "
                          f"{str(e)[:120]}).") from None
+    return _within_limit(raw, where)
+
+
+def _within_limit(raw: bytes, where: str) -> bytes:
+    """``raw`` (read up to MAX_IMAGE_BYTES + 1 bytes), or the error that it is too large."""
     if len(raw) > MAX_IMAGE_BYTES:
         raise ValueError(f"{where}: the image is larger than {MAX_IMAGE_BYTES >> 20} MiB.")
     return raw
@@ -79,6 +84,7 @@ def _local_file(url: str, allowed: str, where: str) -> bytes:
         raise ValueError(f"{where}: the file must be under --allowed-local-media-path {allowed!r}.")
     try:
         with open(path, "rb") as f:
-            return f.read(MAX_IMAGE_BYTES + 1)
+            raw = f.read(MAX_IMAGE_BYTES + 1)
     except OSError as e:
         raise ValueError(f"{where}: the file could not be read ({e.strerror}).") from None
+    return _within_limit(raw, where)
