@@ -31,14 +31,14 @@ def _optional_str(name: str) -> str | None:
     return value or None
 
 
-def _optional_float(name: str) -> float | None:
+def _optional_float(name: str, what: str = "a number (GiB)") -> float | None:
     value = os.environ.get(name, "").strip()
     if not value:
         return None
     try:
         return float(value)
     except ValueError:
-        raise ValueError(f"{name} must be a number (GiB), got {value!r}.") from None
+        raise ValueError(f"{name} must be {what}, got {value!r}.") from None
 
 
 def _optional_int(name: str) -> int | None:
@@ -72,13 +72,7 @@ def _int_at_least(name: str, minimum: int, default: int, maximum: int | None = N
 
 
 def _seconds(name: str) -> float | None:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {value!r}.") from None
+    return _optional_float(name, "a number of seconds")
 
 
 def _interval_s(name: str) -> float | None:
