@@ -32,6 +32,9 @@ class ForwardBatch:
     # enable_prompt_embeds: (flat token indices [R] int64, their embeddings [R, hidden]) given by prompt_embeds
     # prompts, used instead of the embedding of input_ids there (model/layers/embedding.embed_inputs); None: none.
     input_embeds: tuple[torch.Tensor, torch.Tensor] | None = None
+    # M-RoPE models (Qwen2-VL) in a step with image rows: [3, T] int64 (temporal, height, width) rotary positions of
+    # every token (``positions`` holds the temporal row); None: each token's three are equal, ``positions``.
+    mrope_positions: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

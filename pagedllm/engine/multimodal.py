@@ -4,8 +4,8 @@ inputs (``pixel_values``) and tells how many placeholder tokens it takes; each `
 expanded to that many; each image becomes a ``step_data.MultiModalFeature`` (its tensors, its placeholder range,
 a digest of its tensors) that travels with the request to the engine core and the workers.
 
-Models: those whose config carries a ``multimodal_config`` (loader.MULTIMODAL_ARCHITECTURES: LLaVA-1.5). Not yet:
-video, audio, Qwen2-VL / Qwen2.5-VL (M-RoPE), Gemma 3's images, LLaVA-NeXT's anyres tiles.
+Models: those whose config carries a ``multimodal_config`` (loader.MULTIMODAL_ARCHITECTURES: LLaVA-1.5, Qwen2-VL,
+Qwen2.5-VL). Not yet: video, audio, Gemma 3's images, LLaVA-NeXT's anyres tiles.
 """
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ from pagedllm.step_data import MultiModalFeature
 DEFAULT_LIMIT_PER_PROMPT = 999
 _NOT_YET = {"video": "video", "audio": "audio"}
 # Processor outputs that are the text's, not an image's.
-_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+# Models whose images take their HF image processor alone (AutoImageProcessor), not the whole processor: transformers
+# 5's Qwen2-VL / Qwen2.5-VL processors load a video processor that needs torchvision (an ImportError without it),
+# though images need only the image processor (a PIL backend), and the placeholder count is the processor's own
+# formula, image_grid_thw's t * h * w / spatial_merge_size ** 2. vLLM's placeholder in a string chat content.
+_IMAGE_PROCESSOR_ONLY = {"Qwen2VLForConditionalGeneration": "<|vision_start|><|image_pad|><|vision_end|>",
+                         "Qwen2_5_VLForConditionalGeneration": "<|vision_start|><|image_pad|><|vision_end|>"}
 
 
 @dataclass
@@ -61,15 +67,22 @@ class MediaProcessor:
             return
         # disable_chunked_mm_input: an image whose placeholders outnumber a step's token budget could never run.
         self.whole_image_budget = config.max_num_batched_tokens if config.args.disable_chunked_mm_input else None
-        from transformers import AutoProcessor
+        from transformers import AutoImageProcessor, AutoProcessor
+        image_only = self.architecture in _IMAGE_PROCESSOR_ONLY
         try:
-            self.processor = AutoProcessor.from_pretrained(config.model.model_dir,
-                                                           trust_remote_code=config.args.trust_remote_code)
+            self.processor = (AutoImageProcessor if image_only else AutoProcessor).from_pretrained(
+                config.model.model_dir, trust_remote_code=config.args.trust_remote_code)
         except Exception as e:
             raise ValueError(f"{self.architecture} reads images through its HF processor, which could not be "
                              f"loaded from {config.model.model_dir!r}: {e}") from None
-        self.image_token_id: int = self.mm_config.image_token_index
+        index = getattr(self.mm_config, "image_token_index", None)
+        self.image_token_id: int = index if index is not None else self.mm_config.image_token_id
+        self.merge_size = self.mm_config.vision_config.spatial_merge_size if image_only else None
         self.image_token: str = getattr(self.processor, "image_token", "<image>")
+        self._placeholder = _IMAGE_PROCESSOR_ONLY.get(self.architecture, self.image_token)
+        if image_only:
+            self.image_token = (tokenizer.convert_ids_to_tokens(self.image_token_id) if tokenizer is not None
+                                else "<|image_pad|>")
         # The processor's chat template (chat_template.json) before the tokenizer's, as vLLM resolves it: LLaVA's
         # renders the image parts (a template given to chat / --chat-template still wins).
         template = getattr(self.processor, "chat_template", None)
@@ -82,8 +95,9 @@ class MediaProcessor:
 
     @property
     def image_placeholder(self) -> str | None:
-        """What stands for an image in a prompt's text ("<image>"), None for a model without images."""
-        return self.image_token if self.supports_images else None
+        """What stands for an image in a prompt's text ("<image>"; Qwen2-VL's "<|vision_start|><|image_pad|>
+        <|vision_end|>"), None for a model without images."""
+        return self._placeholder if self.supports_images else None
 
     def check_image_count(self, count: int) -> None:
         """limit_mm_per_prompt for images, in vLLM's words (0 for a model that reads text only)."""
@@ -95,7 +109,7 @@ class MediaProcessor:
             message += " Set `--limit-mm-per-prompt` to increase this limit."
         else:
             message += (f" {self.architecture} reads text only: images are supported for LLaVA-1.5 "
-                        f"(LlavaForConditionalGeneration); not yet for Gemma 3, Qwen2-VL / Qwen2.5-VL or "
+                        f"(LlavaForConditionalGeneration), Qwen2-VL and Qwen2.5-VL; not yet for Gemma 3 or "
                         f"LLaVA-NeXT.")
         raise ValueError(message)
 
@@ -108,7 +122,7 @@ class MediaProcessor:
             if modality != "image":
                 what = _NOT_YET.get(modality, repr(modality))
                 raise ValueError(f"multi_modal_data[{modality!r}]: {what} inputs are not supported yet by pagedllm "
-                                 f"(images only, for LLaVA-1.5).")
+                                 f"(images only: LLaVA-1.5, Qwen2-VL, Qwen2.5-VL).")
         images = mm_data.get("image")
         images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
         self.check_image_count(len(images))
@@ -157,10 +171,16 @@ class MediaProcessor:
         """The processor's tensors for one image and its placeholder count (the processor expands one
         ``<image>``: that count is the model's, e.g. 576 for LLaVA-1.5 at 336 px)."""
         try:
-            batch = self.processor(text=self.image_token, images=[image], return_tensors="pt")
+            if self.merge_size is not None:       # the image processor alone (_IMAGE_PROCESSOR_ONLY)
+                batch = self.processor(images=[image], return_tensors="pt")
+            else:
+                batch = self.processor(text=self.image_token, images=[image], return_tensors="pt")
         except Exception as e:
             raise ValueError(f"The image could not be processed: {type(e).__name__}: {e}") from None
-        length = int((batch["input_ids"][0] == self.image_token_id).sum())
+        if self.merge_size is not None:
+            length = int(batch["image_grid_thw"][0].prod()) // self.merge_size ** 2
+        else:
+            length = int((batch["input_ids"][0] == self.image_token_id).sum())
         data = {k: v for k, v in batch.items() if k not in _TEXT_KEYS and isinstance(v, torch.Tensor)}
         return data, length
 

@@ -300,16 +300,17 @@ def classifier_from_lm_head(hf_config, tokenizer_path: str, args: "EngineArgs") 
 # Image-text checkpoints whose text part pagedllm serves (text in, text out), each its own model class that loads
 # only the language model's tensors (registry).
 TEXT_PART_ARCHITECTURES = frozenset({"Gemma3ForConditionalGeneration"})
-# Image-text checkpoints that read images too: the engine runs their text_config (a Llama), which carries the whole
-# config as ``multimodal_config`` for the model's vision tower and the front end's processor.
-MULTIMODAL_ARCHITECTURES = frozenset({"LlavaForConditionalGeneration"})
+# Image-text checkpoints that read images too: the engine runs their text_config (a Llama, Qwen2's M-RoPE decoder),
+# which carries the whole config as ``multimodal_config`` for the model's vision tower and the front end's processor.
+MULTIMODAL_ARCHITECTURES = frozenset({"LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+                                      "Qwen2_5_VLForConditionalGeneration"})
 
 
 def _text_part(hf_config):
-    """For an image-text checkpoint (Gemma 3 4B / 12B / 27B, LLaVA-1.5), its ``text_config`` under the checkpoint's
-    architecture: the engine then sees a text model everywhere (heads, layers, windows, vocabulary). Gemma 3's model
-    class loads the language model alone (images refused); LLaVA's carries the whole config as ``multimodal_config``
-    and reads images (engine/multimodal.py)."""
+    """For an image-text checkpoint (Gemma 3 4B / 12B / 27B, LLaVA-1.5, Qwen2-VL / Qwen2.5-VL), its ``text_config``
+    under the checkpoint's architecture: the engine then sees a text model everywhere (heads, layers, windows,
+    vocabulary). Gemma 3's model class loads the language model alone (images refused); LLaVA's and Qwen2-VL's carry
+    the whole config as ``multimodal_config`` and read images (engine/multimodal.py)."""
     archs = getattr(hf_config, "architectures", None) or []
     arch = next((a for a in archs if a in TEXT_PART_ARCHITECTURES | MULTIMODAL_ARCHITECTURES), None)
     text = getattr(hf_config, "text_config", None)

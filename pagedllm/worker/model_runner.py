@@ -736,6 +736,30 @@ class ModelRunner:
             if hi == feature.end:        # the image's last placeholder: its rows are in the KV cache after this step
                 del st.encoder_outputs[i]
 
+    @staticmethod
+    def _mrope_positions(mrope, positions: np.ndarray, items: list[tuple[CachedRequestState, int, int, int]]
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+        """M-RoPE requests with images (``items``: state, first flat row, computed tokens, tokens this step): the
+        step's rotary positions ``[T]`` (a prompt token's from the request's table, made once per request by the
+        model's ``mrope_input_positions``; a later token's index + the request's delta) and, when a row is an image
+        placeholder's, ``[3, T]`` (temporal, height, width; else None: every row's three are equal)."""
+        rope = positions.copy()
+        rows: list[tuple[int, np.ndarray]] = []
+        for st, s, c, n in items:
+            if st.mrope_positions is None:      # once per request (a recomputation after a preemption reuses it)
+                st.mrope_positions, st.mrope_delta = mrope(st.num_prompt_tokens, st.mm_features)
+            k = max(0, min(n, st.num_prompt_tokens - c))
+            rope[s:s + k] = st.mrope_positions[0, c:c + k]
+            rope[s + k:s + n] += st.mrope_delta
+            if any(f.offset < c + k and f.end > c for f in st.mm_features):
+                rows.append((s, st.mrope_positions[:, c:c + k]))
+        if not rows:
+            return rope, None
+        three = np.tile(rope, (3, 1))
+        for s, table in rows:
+            three[:, s:s + table.shape[1]] = table
+        return rope, three
+
     @torch.inference_mode()
     def launch(self, sched: SchedulerOutput) -> "LaunchedStep":
         """Prepare the inputs and queue the forward pass (and, when ``sched.sample_async``, the sampling and the copy
@@ -778,6 +802,8 @@ class ModelRunner:
             self._encode_images(items)
         embed_rows: list[np.ndarray] = []        # prompt_embeds, images: flat rows whose embedding is given ...
         embed_values: list[torch.Tensor] = []    # ... and those embeddings
+        mrope = getattr(self.model, "mrope_input_positions", None)     # M-RoPE models (Qwen2-VL)
+        mrope_items: list[tuple[CachedRequestState, int, int, int]] = []     # (state, first row, computed, tokens)
         for i, (st, n) in enumerate(items):
             s = starts[i]
             c = st.num_computed_tokens
@@ -796,6 +822,8 @@ class ModelRunner:
                     fix_dst.append(int(s) + len(known))
                     fix_src.append(self._prev_sampled_rows[st.req_id])
             positions[s:s + n] = np.arange(c, c + n)
+            if mrope is not None and st.mm_features is not None:
+                mrope_items.append((st, int(s), c, n))
             seq_lens[i] = c + n
             tables[i, :len(st.block_ids)] = st.block_ids[:width]
             st.num_computed_tokens = c + n
@@ -807,6 +835,11 @@ class ModelRunner:
             sampled_rows.append(i)
         req_index = np.repeat(np.arange(num_reqs), q_lens)
         slots = tables[req_index, positions // bs].astype(np.int64) * bs + positions % bs
+        # From here ``positions`` are the rotary's: a token's index, but for M-RoPE requests with images
+        # (mrope_positions for the step's image rows, the text's shifted by the request's delta).
+        mrope_positions = None
+        if mrope_items:
+            positions, mrope_positions = self._mrope_positions(mrope, positions, mrope_items)
         fixup = None
         if fix_dst:
             fixup = (to_device(fix_dst, self.device), self._prev_sampled[to_device(fix_src, self.device)])
@@ -824,6 +857,8 @@ class ModelRunner:
         if embed_values:
             input_embeds = (torch.from_numpy(np.concatenate(embed_rows)).to(self.device, non_blocking=True),
                             torch.cat(embed_values))
+        # Image rows (the only ones whose three M-RoPE positions differ) come with their embeddings: eager steps.
+        assert mrope_positions is None or input_embeds is not None
         graphed = True       # ``hidden`` is a view of a graph's static output
         if (total == num_reqs and input_embeds is None and self.graph_runner is not None
                 and self.graph_runner.can_run(num_reqs)):
@@ -832,6 +867,8 @@ class ModelRunner:
             batch = self._make_batch(input_ids, positions, slots, starts, seq_lens, tables, self.kv_caches,
                                      num_decodes, lora_step)
             batch.input_embeds = input_embeds
+            if mrope_positions is not None:
+                batch.mrope_positions = torch.from_numpy(mrope_positions).to(self.device, non_blocking=True)
             if self.pooler is not None:
                 batch.token_type_ids = self._token_type_ids(items, starts, total)
             if fixup is not None:

@@ -12,7 +12,7 @@ class CachedRequestState:
     token this worker sampled), where its KV lives, how to sample it."""
     __slots__ = ("req_id", "token_ids", "num_prompt_tokens", "sampling_params", "eos_token_ids", "block_ids",
                  "num_computed_tokens", "generator", "pooling_params", "lora_request", "prompt_embeds",
-                 "prompt_ids_known", "mm_features", "encoder_outputs")
+                 "prompt_ids_known", "mm_features", "encoder_outputs", "mrope_positions", "mrope_delta")
 
     def __init__(self, req_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: frozenset[int], block_ids: list[int], num_computed_tokens: int,
@@ -42,6 +42,10 @@ class CachedRequestState:
         # preemption runs the encoder again).
         self.mm_features = None
         self.encoder_outputs: dict[int, torch.Tensor] = {}
+        # M-RoPE models (Qwen2-VL), a request with images: its prompt's [3, prompt tokens] rotary positions and the
+        # delta of the later tokens' (index + delta), made by the model runner at the request's first step.
+        self.mrope_positions = None
+        self.mrope_delta = 0
 
     @classmethod
     def from_new(cls, new: NewRequestData, device: torch.device, keep_embeds: bool = True) -> "CachedRequestState":

@@ -5,6 +5,7 @@ scaled variants match HF exactly without re-deriving each formula here.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,6 +107,21 @@ class RotaryEmbedding(nn.Module):
         return rotate(q, cos, sin), rotate(k, cos, sin)
 
     _step: tuple | None = None
+
+    def forward_mrope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                      section: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """M-RoPE (Qwen2-VL): ``positions`` [3, T] (temporal, height, width); the i-th slice of ``section`` (sizes
+        summing to rotary_dim / 2) of each token's frequencies turns by position row ``i % 3`` (HF's
+        ``mrope_section`` recomposition). Torch ops on every device (steps with image rows run eagerly); with three
+        equal rows it is ``forward``'s rotation."""
+        if sum(section) != self.rotary_dim // 2:
+            raise ValueError(f"mrope_section {list(section)} must sum to half the rotary dim ({self.rotary_dim // 2}).")
+        cos3, sin3 = self.cos[positions], self.sin[positions]        # [3, T, rotary_dim / 2]
+        bounds = np.cumsum((0, *section))
+        cos = torch.cat([cos3[i % 3, :, a:b] for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))], dim=-1)
+        sin = torch.cat([sin3[i % 3, :, a:b] for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))], dim=-1)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     def _rotate_whole(self, x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
         """``_rotate`` where the rotary dim is the whole head, from ``cos2 = [cos, cos]`` and ``sin2 = [-sin, sin]``:

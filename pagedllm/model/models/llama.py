@@ -77,6 +77,9 @@ class LlamaVariant:
     # Hunyuan MoE: the per-head Q / K norms after the rotary, which then runs here, not in the attention backend
     # (no fused rotary decode for these layers).
     qk_norm_after_rotary: bool = False
+    # Qwen2-VL's M-RoPE: the rotary dims' split among (temporal, height, width) positions; a step with image rows
+    # (ForwardBatch.mrope_positions) rotates here (model/models/qwen2_vl.py), every other one as plain rotary.
+    mrope_section: tuple[int, ...] | None = None
 
 
 def attention_layer_types(hf_config, family: str) -> list[str]:
@@ -156,6 +159,7 @@ class LlamaAttention(nn.Module):
             self.k_norm = _norm(k_width, cfg, variant)
         self.qk_norm, self.qk_norm_whole = variant.qk_norm, variant.qk_norm_whole
         self.qk_norm_after_rotary = variant.qk_norm_after_rotary
+        self.mrope_section = variant.mrope_section
         scale = self.head_dim ** -0.5 if variant.attention_scale is None else variant.attention_scale
         if variant.attention_sinks:      # this rank's heads' sinks
             self.sinks = nn.Parameter(torch.empty(self.num_heads), requires_grad=False)
@@ -182,6 +186,12 @@ class LlamaAttention(nn.Module):
             return self.o_proj(self.attn(self.q_norm(q), self.k_norm(k), v, batch), batch.lora_step)
         if self.qk_norm and not self.qk_norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.mrope_section is not None and batch.mrope_positions is not None:
+            # Image rows: three positions per token, rotated here; the backend gets rotated Q/K, so neither Triton's
+            # rotary + KV store nor the fused rotary decode kernel (one position per token) sees them. Steps without
+            # image rows have three equal positions per token, which is the plain rotary: the path below.
+            q, k = self.rotary.forward_mrope(batch.mrope_positions, q, k, self.mrope_section)
+            return self.o_proj(self.attn(q, k, v, batch), batch.lora_step)
         return self.o_proj(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions), batch.lora_step)
 
 
