@@ -97,3 +97,20 @@ def test_async_engine_generate_with_images(tiny):
     ids, ref = hf_greedy(tiny, TWO, [a, b], max_tokens=6)
     assert out.prompt_token_ids == ids
     assert list(out.outputs[0].token_ids) == ref
+
+
+def test_qwen2_5_vl_chat_with_a_data_url_image(tmp_path):
+    # Qwen2.5-VL served: the template's parts give <|vision_start|><|image_pad|><|vision_end|>, the image's
+    # placeholders and M-RoPE positions come from its grid; the answer is HF fp32 greedy's.
+    from tests.models.test_qwen2_vl import IMG, save_tiny_qwen_vl
+    from tests.models.test_qwen2_vl import hf_greedy as qwen_hf_greedy
+    hf, processor = save_tiny_qwen_vl(tmp_path)
+    (image,) = images(14, sizes=((70, 50),))
+    with serve_in_process(str(tmp_path), "--served-model-name", "m") as (app, _):
+        (ok,) = post_all(app, [(CHAT, chat(data_url(image)))])
+    ids, ref = qwen_hf_greedy((str(tmp_path), hf, processor), f"<|im_start|>user {IMG} w3 w5<|im_end|> "
+                                                             f"<|im_start|>assistant", [image], max_tokens=6)
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["usage"]["prompt_tokens"] == len(ids)
+    assert [t["token"] for t in body["choices"][0]["logprobs"]["content"]] == [f"token_id:{t}" for t in ref]

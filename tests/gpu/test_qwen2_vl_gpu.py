@@ -1,0 +1,67 @@
+"""Qwen2.5-VL / Qwen2-VL with images on a CUDA GPU (tests/models/test_qwen2_vl.py's tiny models and processor). A
+step with image rows runs eagerly and rotates Q/K by M-RoPE in the model; every other step, with the requests' text
+positions shifted by their delta, runs the Triton backend's rotary + KV store, the fused rotary decode kernel, the
+decode CUDA graphs and the piecewise prompt graphs. The tests mix image and text-only requests in one batch, chunk
+inside the images, hit the prefix cache and run tensor parallel over 2 GPUs, so a graph or kernel fed the wrong
+positions (the index instead of index + delta) gives other tokens than HF fp32's. Skipped without CUDA (collected
+on the CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.models.test_llava import images
+from tests.models.test_qwen2_vl import ONE, TEXT, TWO, hf_greedy, save_tiny_qwen_vl
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICE = "cuda"
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen2_vl"])
+def tiny(tmp_path_factory, request):
+    path = tmp_path_factory.mktemp(request.param)
+    hf, processor = save_tiny_qwen_vl(path, request.param)
+    return str(path), hf, processor
+
+
+def make_llm(tiny, **kwargs):
+    from pagedllm import LLM
+    return LLM(tiny[0], **{"dtype": "float32", "device": DEVICE, "gpu_memory_utilization": 0.3,
+                           "max_model_len": 256, **kwargs})
+
+
+def _cases(seed: int):
+    a, b = images(seed, sizes=((60, 90), (120, 70)))
+    return [(ONE, [a]), (TEXT, []), (TWO, [a, b]), (ONE, [b])]
+
+
+@needs_cuda
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_images_beside_text_only_requests_equal_hf(tiny, chunk):
+    from pagedllm import SamplingParams
+    llm = make_llm(tiny, **({"max_num_batched_tokens": chunk} if chunk else {}))
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    cases = _cases(11)
+    prompts = [{"prompt": p, "multi_modal_data": {"image": ims}} if ims else p for p, ims in cases]
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    for (prompt, ims), out in zip(cases, outs):
+        ids, ref = hf_greedy(tiny, prompt, ims, max_tokens=16)
+        assert out.prompt_token_ids == ids
+        assert list(out.outputs[0].token_ids) == ref, prompt
+    # Again, from the prefix cache (the rest of each prompt in a text-only step, at index + delta).
+    again = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in outs]
+    assert all(o.num_cached_tokens > 0 for o in again)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_tensor_parallel_2_with_images_equals_hf(tiny):
+    # NCCL, one GPU per rank, CUDA graphs on: each rank runs the vision transformer; chunks of 7 inside the images.
+    from pagedllm import SamplingParams
+    llm = make_llm(tiny, tensor_parallel_size=2, max_num_batched_tokens=7)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    cases = _cases(17)[1:3]
+    outs = llm.generate([{"prompt": p, "multi_modal_data": {"image": ims}} if ims else p for p, ims in cases],
+                        params, use_tqdm=False)
+    for (prompt, ims), out in zip(cases, outs):
+        assert list(out.outputs[0].token_ids) == hf_greedy(tiny, prompt, ims, max_tokens=16)[1], prompt
