@@ -171,3 +171,16 @@ def test_transformers5_module_names_and_chat(tiny, tmp_path):
     ids, ref = hf_greedy(tiny, text, [image])
     assert out.prompt_token_ids == ids
     assert list(out.outputs[0].token_ids) == ref
+
+
+def test_tensor_parallel_2_equals_hf(tiny):
+    # TP=2 over gloo: Qwen2's decoder split over the ranks, each rank runs the whole vision transformer and computes
+    # the M-RoPE positions itself; chunks of 7 end inside the images; a text-only request beside them.
+    if tiny[1].config.model_type != "qwen2_5_vl":
+        pytest.skip("one architecture is enough here (the same decoder and runner)")
+    llm = make_llm(tiny, tensor_parallel_size=2, max_num_batched_tokens=7)
+    a, b = images(16, sizes=((60, 90), (120, 70)))
+    cases = [(TWO, [a, b]), (TEXT, [])]
+    outs = llm.generate([mm(p, ims) for p, ims in cases], GREEDY, use_tqdm=False)
+    for (prompt, ims), out in zip(cases, outs):
+        assert list(out.outputs[0].token_ids) == hf_greedy(tiny, prompt, ims)[1], prompt

@@ -86,6 +86,9 @@ class TritonAttentionBackend(AttentionBackend):
         # (1, 2, 3): the rotation and the cache write inside the decode kernel (one kernel a layer instead of two);
         # else the two calls.
         # (Not for a windowed layer: the fused kernel's prefetched first tiles take no window mask.)
+        # M-RoPE models (Qwen2-VL) come here with one position per token only: rows whose (temporal, height, width)
+        # positions differ (an image's) are rotated in the model and arrive with rotary None; every other row's three
+        # positions are equal, which is this plain rotation at the position the runner gives (index + delta).
         if (self.fuse_rope_decode and rotary is not None and not window and metadata.max_query_len == 1
                 and q.shape[0] == metadata.seq_lens.shape[0] and q.shape[0] <= FUSED_DECODE_MAX_ROWS):
             return triton_attention.decode_rope_attention(
