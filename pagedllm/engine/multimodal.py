@@ -86,6 +86,8 @@ class MediaProcessor:
         # The processor's chat template (chat_template.json) before the tokenizer's, as vLLM resolves it: LLaVA's
         # renders the image parts (a template given to chat / --chat-template still wins).
         template = getattr(self.processor, "chat_template", None)
+        if image_only:       # the image processor carries none: the folder's processor template, if any
+            template = _processor_chat_template(config.model.model_dir)
         if tokenizer is not None and isinstance(template, str) and template:
             tokenizer.chat_template = template
 
@@ -183,6 +185,22 @@ class MediaProcessor:
             length = int((batch["input_ids"][0] == self.image_token_id).sum())
         data = {k: v for k, v in batch.items() if k not in _TEXT_KEYS and isinstance(v, torch.Tensor)}
         return data, length
+
+
+def _processor_chat_template(model_dir: str) -> str | None:
+    """The processor's chat template in a model folder: chat_template.jinja (transformers 5) or chat_template.json
+    (Qwen2-VL's hub folders, transformers 4), None without one."""
+    import json
+    import os
+    path = os.path.join(model_dir, "chat_template.jinja")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return f.read()
+    path = os.path.join(model_dir, "chat_template.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f).get("chat_template")
+    return None
 
 
 def _runs(places: list[int]) -> list[tuple[int, int]]:

@@ -6,6 +6,7 @@ as the plain rotary), chunked prefill with chunk ends inside an image, prefix ca
 the same text apart, preemption, both checkpoint layouts, chat with a data: URL image; video refused."""
 from __future__ import annotations
 
+import json
 from unittest import mock
 
 import pytest
@@ -151,7 +152,8 @@ def test_prefix_cache_and_preemption(tiny):
 
 def test_transformers5_module_names_and_chat(tiny, tmp_path):
     # A state_dict of transformers 5's modules (model.language_model.*, model.visual.*, lm_head.*) loads as the
-    # 4.x names transformers 5.25 saves (model.*, visual.*); chat with a data: URL renders the parts template.
+    # 4.x names transformers 5.25 saves (model.*, visual.*); chat with a data: URL renders the parts template
+    # (chat_template.json's, the processor's).
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -162,6 +164,9 @@ def test_transformers5_module_names_and_chat(tiny, tmp_path):
     folder = tmp_path / "m5"
     shutil.copytree(tiny[0], folder)
     save_file(renamed, str(folder / "model.safetensors"))
+    # The hub's Qwen2-VL folders keep the processor's chat template in chat_template.json: the tokenizer has none.
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
     llm = make_llm((str(folder),) + tiny[1:])
     (image,) = images(4, sizes=((45, 70),))
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
