@@ -258,7 +258,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "eplb_log_balancedness",
     "aggregate_engine_logging", "rope_scaling",
     "rope_theta", "max_seq_len_to_capture", "interleave_mm_strings",
-    "media_io_kwargs", "mm_processor_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
+    "media_io_kwargs", "disable_mm_preprocessor_cache", "mm_processor_cache_gb",
     "mm_processor_cache_type", "mm_shm_cache_max_object_size_mb", "mm_encoder_tp_mode", "skip_mm_profiling",
     "default_mm_loras", "lora_extra_vocab_size", "ray_workers_use_nsight", "num_lookahead_slots",
     "model_loader_extra_config",
@@ -460,6 +460,10 @@ class EngineArgs:
     limit_mm_per_prompt: dict | None = None
     disable_chunked_mm_input: bool = False
     allowed_local_media_path: str = ""
+    # vLLM's image processor settings, for every request: Qwen2-VL / Qwen2.5-VL's min_pixels / max_pixels (an image's
+    # pixel range, so its placeholder count); any other key, or any key for LLaVA, is refused by the front end;
+    # unused on a text-only model (as vLLM's, like limit_mm_per_prompt).
+    mm_processor_kwargs: dict | None = None
     # vLLM's PoolerConfig (or a dict of its fields, or their JSON): a pooling model's pooling type, activation /
     # normalization default, Matryoshka dimensions, classifier calibration, STEP pooling; over the checkpoint's.
     pooler_config: PoolerConfig | dict | None = None
@@ -722,11 +726,15 @@ class EngineArgs:
                             "disable_any_whitespace, disable_additional_properties (defaults of every request), "
                             "reasoning_parser, enable_in_reasoning.")
         g.add_argument("--limit-mm-per-prompt", type=json.loads, default=None,
-                       help="vLLM's multimodal limits (JSON); nothing to limit here: pagedllm runs text-only models.")
+                       help='Images per prompt (JSON, e.g. \'{"image": 2}\'; default 999) for a model that reads '
+                            "them (LLaVA-1.5, Qwen2-VL, Qwen2.5-VL).")
         g.add_argument("--disable-chunked-mm-input", action="store_true",
-                       help="vLLM's multimodal scheduling switch; nothing to schedule here (text-only models).")
+                       help="No prompt chunk ends inside an image's placeholders (vLLM's).")
+        g.add_argument("--mm-processor-kwargs", type=json.loads, default=None,
+                       help='The image processor\'s settings (JSON): Qwen2-VL / Qwen2.5-VL\'s min_pixels, max_pixels, '
+                            'e.g. \'{"max_pixels": 1003520}\'.')
         g.add_argument("--allowed-local-media-path", type=str, default=d.allowed_local_media_path,
-                       help="vLLM's folder for file:// media; unused here: pagedllm runs text-only models.")
+                       help="The folder under which file:// image URLs may be read (vLLM's).")
         g.add_argument("--reasoning-parser", type=str, default=d.reasoning_parser,
                        help="A reasoning model's parser: the server returns its thinking as message.reasoning apart "
                             "from message.content, and structured output constrains only what follows the thinking. "
@@ -984,6 +992,10 @@ def verify_engine_args(args: EngineArgs) -> None:
                                                                for k, v in args.limit_mm_per_prompt.items())):
         raise ValueError(f"limit_mm_per_prompt must be a dict of modality -> count (e.g. {{'image': 0}}), got "
                          f"{args.limit_mm_per_prompt!r}.")
+    if args.mm_processor_kwargs is not None and not (
+            isinstance(args.mm_processor_kwargs, dict) and all(isinstance(k, str) for k in args.mm_processor_kwargs)):
+        raise ValueError(f"mm_processor_kwargs must be a dict of the processor's settings (e.g. {{'max_pixels': "
+                         f"1003520}}), got {args.mm_processor_kwargs!r}.")
     if not isinstance(args.allowed_local_media_path, str):
         raise ValueError(f"allowed_local_media_path must be a path string, got {args.allowed_local_media_path!r}.")
     if not isinstance(args.reasoning_parser, str):
@@ -1387,7 +1399,7 @@ ENGINE_FLAG_GROUPS: dict[str, tuple[str, ...]] = {
                     "swap_space", "preemption_mode", "kv_cache_dtype", "calculate_kv_scales", "num_gpu_blocks_override",
                     "enable_prefix_caching", "prefix_caching_hash_algo", "cpu_offload_gb", "kv_offloading_size",
                     "kv_offloading_backend"),
-    "MultiModalConfig": ("limit_mm_per_prompt",),
+    "MultiModalConfig": ("limit_mm_per_prompt", "mm_processor_kwargs"),
     "LoRAConfig": ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "lora_dtype", "enable_lora_bias",
                    "fully_sharded_loras"),
     "SchedulerConfig": ("max_num_batched_tokens", "max_num_seqs", "max_num_partial_prefills",

@@ -83,6 +83,7 @@ class MediaProcessor:
         if image_only:
             self.image_token = (tokenizer.convert_ids_to_tokens(self.image_token_id) if tokenizer is not None
                                 else "<|image_pad|>")
+        self.call_kwargs = self._call_kwargs(config.args.mm_processor_kwargs or {}, image_only)
         # The processor's chat template (chat_template.json) before the tokenizer's, as vLLM resolves it: LLaVA's
         # renders the image parts (a template given to chat / --chat-template still wins).
         template = getattr(self.processor, "chat_template", None)
@@ -90,6 +91,28 @@ class MediaProcessor:
             template = _processor_chat_template(config.model.model_dir)
         if tokenizer is not None and isinstance(template, str) and template:
             tokenizer.chat_template = template
+
+    def _call_kwargs(self, kwargs: dict, image_only: bool) -> dict:
+        """mm_processor_kwargs as the image processor's call takes them: Qwen2-VL's min_pixels / max_pixels are its
+        size's shortest_edge / longest_edge (pixel counts); any other key is refused, not passed on unchecked."""
+        if not kwargs:
+            return {}
+        allowed = ("min_pixels", "max_pixels") if image_only else ()
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"mm_processor_kwargs {unknown} are not supported for {self.architecture} (supported: "
+                             f"{', '.join(allowed) or 'none'}).")
+        size = {k: getattr(self.processor.size, k, None) for k in ("shortest_edge", "longest_edge")}
+        for key, edge in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+            if key in kwargs:
+                if not isinstance(kwargs[key], int) or kwargs[key] < 1:
+                    raise ValueError(f"mm_processor_kwargs[{key!r}] must be a positive number of pixels, got "
+                                     f"{kwargs[key]!r}.")
+                size[edge] = kwargs[key]
+        if size["shortest_edge"] > size["longest_edge"]:
+            raise ValueError(f"mm_processor_kwargs: min_pixels {size['shortest_edge']} is above max_pixels "
+                             f"{size['longest_edge']}.")
+        return {"size": size}
 
     @property
     def supports_images(self) -> bool:
@@ -174,7 +197,7 @@ class MediaProcessor:
         ``<image>``: that count is the model's, e.g. 576 for LLaVA-1.5 at 336 px)."""
         try:
             if self.merge_size is not None:       # the image processor alone (_IMAGE_PROCESSOR_ONLY)
-                batch = self.processor(images=[image], return_tensors="pt")
+                batch = self.processor(images=[image], return_tensors="pt", **self.call_kwargs)
             else:
                 batch = self.processor(text=self.image_token, images=[image], return_tensors="pt")
         except Exception as e:

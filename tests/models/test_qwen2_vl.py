@@ -84,10 +84,10 @@ def tiny(tmp_path_factory, request):
     return str(path), hf, processor
 
 
-def hf_greedy(tiny, prompt: str, ims: list, max_tokens: int = 8) -> tuple[list[int], list[int]]:
-    """(the processor's prompt ids, HF's greedy tokens)."""
+def hf_greedy(tiny, prompt: str, ims: list, max_tokens: int = 8, **kwargs) -> tuple[list[int], list[int]]:
+    """(the processor's prompt ids, HF's greedy tokens); ``kwargs`` for the processor."""
     _, hf, processor = tiny
-    inputs = processor(text=prompt, images=ims or None, return_tensors="pt")
+    inputs = processor(text=prompt, images=ims or None, return_tensors="pt", **kwargs)
     ids = inputs["input_ids"][0].tolist()
     # No EOS at all (HF's min_new_tokens would forbid "<|im_end|>", which ignore_eos lets us sample).
     hf.generation_config.eos_token_id = None
@@ -189,3 +189,19 @@ def test_tensor_parallel_2_equals_hf(tiny):
     outs = llm.generate([mm(p, ims) for p, ims in cases], GREEDY, use_tqdm=False)
     for (prompt, ims), out in zip(cases, outs):
         assert list(out.outputs[0].token_ids) == hf_greedy(tiny, prompt, ims)[1], prompt
+
+
+def test_mm_processor_kwargs_pixel_range(tiny):
+    # vLLM's mm_processor_kwargs min_pixels / max_pixels: the images shrink to at most 6 placeholders each (the
+    # processor's size; profiling's largest image too), HF's tokens with the same size; other keys refused by name.
+    if tiny[1].config.model_type != "qwen2_5_vl":
+        pytest.skip("the same front end for both")
+    llm = make_llm(tiny, mm_processor_kwargs={"max_pixels": 28 * 28 * 6})
+    a, b = images(5, sizes=((60, 90), (120, 70)))
+    out = llm.generate(mm(TWO, [a, b]), GREEDY, use_tqdm=False)[0]
+    ids, ref = hf_greedy(tiny, TWO, [a, b], size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 6})
+    assert out.prompt_token_ids == ids and out.prompt_token_ids.count(IMAGE_PAD) == 9      # 14 without the limit
+    assert list(out.outputs[0].token_ids) == ref
+    with pytest.raises(ValueError, match=r"mm_processor_kwargs \['fps'\] are not supported for "
+                                         r"Qwen2_5_VLForConditionalGeneration \(supported: min_pixels, max_pixels\)"):
+        make_llm(tiny, mm_processor_kwargs={"fps": 1})

@@ -328,6 +328,9 @@ ENGINE_FIELDS: dict[str, list] = {
     "disable_chunked_mm_input": [Behaves(_cfg(disable_chunked_mm_input=True))],
     "allowed_local_media_path": [Behaves(_cfg(allowed_local_media_path="/data")),
                                  Rejects(1, "allowed_local_media_path must be a path string")],
+    # tests/models/test_qwen2_vl.py::test_mm_processor_kwargs_pixel_range: Qwen2-VL's pixel range against HF.
+    "mm_processor_kwargs": [Read(("engine/multimodal.py", "model/models/qwen2_vl.py"), "mm_processor_kwargs"),
+                            Rejects(5, "mm_processor_kwargs must be a dict of the processor's settings")],
     # tests/models/test_pooler_config.py: each field against HF, and the errors of the fields that do not apply.
     "pooler_config": [Read(("model/layers/pooler.py",), "pooler_config"),
                       Rejects({"pooling_typ": "MEAN"}, "Unknown pooler_config field(s): pooling_typ")],

@@ -68,12 +68,15 @@ class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):
         import importlib
         self.visual = getattr(importlib.import_module(f"transformers.models.{module}"), name)(self.vision_config)
         self.merge = self.vision_config.spatial_merge_size
-        self.max_pixels = _max_pixels(getattr(getattr(engine_config, "model", None), "model_dir", None))
+        args = getattr(engine_config, "args", None)
+        self.max_pixels = ((getattr(args, "mm_processor_kwargs", None) or {}).get("max_pixels")
+                           or _max_pixels(getattr(getattr(engine_config, "model", None), "model_dir", None)))
 
     # ---- images ---------------------------------------------------------------------------------------------------
     @property
     def tokens_per_image(self) -> int:
-        """Placeholder tokens of the largest image the processor makes (one per 28 x 28 px at merge size 2)."""
+        """Placeholder tokens of the largest image the processor makes (one per 28 x 28 px at merge size 2;
+        mm_processor_kwargs' max_pixels, else the folder's)."""
         side = self.vision_config.patch_size * self.merge
         return max(1, self.max_pixels // (side * side))
 
