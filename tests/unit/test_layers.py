@@ -42,3 +42,22 @@ def test_rms_norm_on_the_cpu_is_bitwise_hf_llama_rms_norm():
             assert torch.equal(ours(x), hf(x)), dtype
             normed, summed = ours(x, residual)
             assert torch.equal(summed, x + residual) and torch.equal(normed, hf(x + residual)), dtype
+
+
+def test_scaled_rope_tables_are_built_on_the_models_device():
+    """The loader builds the model under ``torch.device(config.device)``. transformers' rope functions (llama3, yarn,
+    longrope, linear: Llama 3.x, gpt-oss, DeepSeek, Phi-3.5) return CPU tensors; the tables must still land on the
+    build device (on a GPU this was a CPU / CUDA mismatch at load). The meta device stands in for CUDA here."""
+    rope_scalings = {
+        "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 64},
+        "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+        "linear": {"rope_type": "linear", "factor": 2.0},
+    }
+    for name, scaling in rope_scalings.items():
+        cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=16, max_position_embeddings=256,
+                          rope_scaling=dict(scaling, rope_theta=10000.0))
+        with torch.device("meta"):
+            rope = RotaryEmbedding(cfg, 16, 256)
+        assert rope.cos.device.type == "meta" and rope.sin.device.type == "meta", name
+        assert rope.cos.shape == (256, 8), name

@@ -72,7 +72,14 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, hf_config, head_dim: int, max_position: int, layer_type: str | None = None):
         """``layer_type``: the rotary parameters of that layer type (rope_layer_types), else the config's."""
         super().__init__()
-        inv_freq, scaling = _inv_freq(hf_config, head_dim, layer_type)
+        # The inverse frequencies on the CPU (transformers' rope functions are given "cpu", as HF builds them), the
+        # tables on the device the model is built on (the loader's torch.device context). A scaled rope (llama3,
+        # yarn, longrope, linear) had its frequencies on the CPU and its positions on the GPU: building a Llama 3.x,
+        # gpt-oss or DeepSeek model on a GPU failed with a device mismatch (found in session 34).
+        build_device = torch.empty(0).device
+        with torch.device("cpu"):
+            inv_freq, scaling = _inv_freq(hf_config, head_dim, layer_type)
+        inv_freq = inv_freq.to(build_device)
         self.rotary_dim = inv_freq.numel() * 2
         t = torch.arange(max_position, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)
