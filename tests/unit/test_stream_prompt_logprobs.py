@@ -33,7 +33,9 @@ def test_prompt_logprobs_zero_streams(tiny_llama_dir):
     first = chunks(echoed)[0]["choices"][0]["logprobs"]
     reference = whole.json()["choices"][0]
     assert len(reference["prompt_logprobs"]) == len(PROMPT) and reference["prompt_logprobs"][0] is None
-    assert first["token_logprobs"][0] is None and len(first["token_logprobs"]) == len(PROMPT) + 1
+    # The prompt's entries, then the new tokens the chunk carries: one, or more when the engine ran ahead of the
+    # stream (a loaded machine: the full suite once gave two here).
+    assert first["token_logprobs"][0] is None and len(PROMPT) + 1 <= len(first["token_logprobs"]) <= len(PROMPT) + 3
     assert first["token_logprobs"][:len(PROMPT)] == reference["logprobs"]["token_logprobs"][:len(PROMPT)]
     assert refused.status_code == 400 and refused.json()["error"] == {
         "message": "`prompt_logprobs` are not available when `stream=True`.", "type": "BadRequestError",
