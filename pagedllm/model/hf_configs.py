@@ -118,7 +118,21 @@ def load_hf_config(model_dir: str, trust_remote_code: bool = False,
         # which that config class can derive stale (transformers 5.25 saves 12, the default n_head's, for a config
         # built with num_attention_heads=4): set from multi_query.
         config.num_key_value_heads = 1 if config.multi_query else config.num_attention_heads
+    if config.model_type == "falcon":
+        # The same for Falcon, whose config class has no num_key_value_heads on some transformers releases (5.17,
+        # the GPU host's): the engine then sized the KV cache for every query head while the model wrote num_kv_heads
+        # (its new decoder architecture gave wrong tokens through the Triton kernels on an H100, session 34).
+        config.num_key_value_heads = falcon_kv_heads(config)
     return config
+
+
+def falcon_kv_heads(config: PretrainedConfig) -> int:
+    """Falcon's KV heads as HF's FalconAttention reads them: ``num_kv_heads`` groups in the new decoder architecture
+    (falcon-40b / 180b, Falcon2-11B), one with ``multi_query`` (falcon-7b), else one a query head."""
+    heads = config.num_attention_heads
+    if config.new_decoder_architecture:
+        return config.num_kv_heads or heads
+    return 1 if config.multi_query else heads
 
 
 @contextlib.contextmanager

@@ -87,3 +87,28 @@ def test_pipeline_parallel_2_matches_hf(tmp_path, arch):
     llm = tiny.llm(pipeline_parallel_size=2, max_num_batched_tokens=16, max_model_len=128, kv_cache_memory_gb=0.01)
     prompts = _prompts(PROMPT_LENS)
     _assert_matches_hf(tiny, prompts, _generate(llm, prompts))
+
+
+@pytest.mark.parametrize("new_arch, kv_heads", [(True, 2), (False, 1)], ids=["new-decoder-arch", "falcon-7b-style"])
+def test_falcon_kv_heads_without_the_config_attribute(tmp_path, monkeypatch, new_arch, kv_heads):
+    """transformers 5.17's FalconConfig has no num_key_value_heads (5.25's derives it): the engine must still size
+    the KV cache by the heads the model writes (on an H100 with 5.17 the new decoder architecture got a cache of
+    every query head and gave wrong tokens)."""
+    import transformers
+
+    from pagedllm.config import attention_shape
+    from pagedllm.model.hf_configs import load_hf_config
+
+    transformers.FalconConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=1, vocab_size=100,
+                              new_decoder_architecture=new_arch, num_kv_heads=2 if new_arch else None,
+                              multi_query=not new_arch).save_pretrained(tmp_path)
+    loaded = transformers.AutoConfig.from_pretrained
+
+    def as_on_5_17(*args, **kwargs):
+        config = loaded(*args, **kwargs)
+        config.__dict__.pop("num_key_value_heads", None)
+        return config
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", as_on_5_17)
+    config = load_hf_config(str(tmp_path))
+    assert attention_shape(config)[1] == kv_heads

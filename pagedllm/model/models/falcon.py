@@ -8,7 +8,7 @@ Biases follow ``bias``; a GELU MLP; a tied head. The ALiBi variant (falcon-rw-1b
 our attention kernels take no per-head linear bias."""
 from __future__ import annotations
 
-from pagedllm.model.hf_configs import reject_unsupported
+from pagedllm.model.hf_configs import falcon_kv_heads, reject_unsupported
 from pagedllm.model.models.layernorm_decoder import (PARALLEL, PARALLEL_ONE_NORM, SEQUENTIAL, LayerNormDecoderConfig,
                                                      LayerNormDecoderForCausalLM)
 
@@ -36,11 +36,10 @@ class FalconForCausalLM(LayerNormDecoderForCausalLM):
         if hf_config.new_decoder_architecture:
             # HF builds no LayerNorm for new_decoder_architecture without parallel_attn: no checkpoint has it.
             reject_unsupported("Falcon with new_decoder_architecture=True", hf_config, {"parallel_attn": True})
-            kv_heads = hf_config.num_kv_heads or heads
             residual = PARALLEL_ONE_NORM if hf_config.num_ln_in_parallel_attn == 1 else PARALLEL
         else:
-            kv_heads = 1 if hf_config.multi_query else heads
             residual = PARALLEL_ONE_NORM if hf_config.parallel_attn else SEQUENTIAL
+        kv_heads = falcon_kv_heads(hf_config)
         hidden = hf_config.hidden_size
         return LayerNormDecoderConfig(
             hidden_size=hidden, num_layers=hf_config.num_hidden_layers, num_heads=heads, num_kv_heads=kv_heads,
