@@ -9,7 +9,8 @@ A pre-norm decoder with two parts of its own:
   then ``kv_b_proj`` expand the latent to each head's un-rotated key part (``qk_nope_head_dim``) and value
   (``v_head_dim``). A head's key is ``[k_nope, k_pe]``, its query ``[q_nope, q_pe]``; only the ``_pe`` parts
   rotate. Softmax scale: ``qk_head_dim ** -0.5``, times ``mscale(factor, mscale_all_dim) ** 2`` under YaRN
-  (transformers' ``yarn_apply_mscale``); YaRN's own ``attention_factor`` scales the rotary table (rotary.py).
+  (``_yarn_softmax_scale``, transformers 5.25's ``yarn_apply_mscale``); YaRN's own ``attention_factor`` scales the
+  rotary table (rotary.py).
   DeepSeek rotates interleaved pairs (V2 always, V3 with ``rope_interleave``): the rope rows of the Q projection and
   of ``kv_a_proj_with_mqa`` are reordered at load into NeoX halves (rotary.interleaved_to_neox_rows), so the one
   NeoX rotary (torch and Triton) turns them; Q and K get the same order, so every ``q . k`` is unchanged. The
@@ -37,6 +38,7 @@ V3's multi-token-prediction layers (``model.layers.{num_hidden_layers}...``) are
 from __future__ import annotations
 
 import logging
+import math
 from typing import Iterable
 
 import torch
@@ -111,12 +113,22 @@ def _rope_last_rows(other: int, rope: int) -> torch.Tensor:
     return torch.cat([torch.arange(other), other + interleaved_to_neox_rows(rope, rope)])
 
 
+
+def _yarn_softmax_scale(params: dict, scale: float) -> float:
+    """The softmax scale under YaRN, as DeepSeek's reference code and transformers 5.25's ``yarn_apply_mscale`` fold
+    it: times ``mscale(factor, mscale_all_dim) ** 2`` (the YaRN paper's ``0.1 * m * ln(factor) + 1``, 1 for factors up
+    to 1). Written out because earlier transformers releases (5.17, the GPU host's) do not have that function."""
+    if params.get("rope_type", params.get("type", "default")) == "default" or not params.get("mscale_all_dim"):
+        return scale
+    factor = params["factor"]
+    mscale = 0.1 * params["mscale_all_dim"] * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return scale * mscale * mscale
+
 class MLAttention(nn.Module):
     """Multi-head latent attention over the expanded paged KV cache (module docstring)."""
 
     def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, quant_config=None, prefix: str = ""):
         super().__init__()
-        from transformers.modeling_rope_utils import yarn_apply_mscale
         total_heads, hidden = cfg.num_attention_heads, cfg.hidden_size
         self.nope, self.rope, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
         self.qk_dim, self.kv_rank = self.nope + self.rope, cfg.kv_lora_rank
@@ -141,7 +153,7 @@ class MLAttention(nn.Module):
         self.num_heads = total_heads // get_tp_size()      # this rank's
         self.rotary = rotary
         self.v_pad = self.qk_dim - self.v_dim
-        scale = yarn_apply_mscale(rope_parameters(cfg), self.qk_dim ** -0.5)
+        scale = _yarn_softmax_scale(rope_parameters(cfg), self.qk_dim ** -0.5)
         # Expanded cache: one KV head per query head, values padded to qk_head_dim (config.attention_shape).
         self.attn = Attention(self.num_heads, self.qk_dim, scale, self.num_heads, layer_idx)
 
