@@ -23,7 +23,7 @@ import transformers  # noqa: E402
 from pagedllm import LLM, SamplingParams  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.models.test_gpt_oss import write_mxfp4_pair  # noqa: E402
+from tests.models.test_gpt_oss import swiglu_from_config, write_mxfp4_pair  # noqa: E402
 
 NEW_TOKENS = 24
 PROMPT_LENS = [3, 17, 40, 70, 130]
@@ -40,7 +40,7 @@ def model_dir(tmp_path_factory):
                          "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 64},
         architectures=["GptOssForCausalLM"])
     torch.manual_seed(1234)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = swiglu_from_config(transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32))
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)      # sharper logits: clear greedy margins
         for name, p in model.named_parameters():
@@ -67,6 +67,7 @@ def hf_model(model_dir):
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir / "dense", dtype=torch.float32,
                                                               attn_implementation="eager",
                                                               experts_implementation="eager").cuda().eval()
+    swiglu_from_config(model)
     yield model
     del model
     torch.cuda.empty_cache()

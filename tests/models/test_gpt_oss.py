@@ -36,6 +36,18 @@ def _config(**overrides) -> transformers.GptOssConfig:
     return transformers.GptOssConfig(**cfg)
 
 
+def swiglu_from_config(hf: transformers.PreTrainedModel) -> transformers.PreTrainedModel:
+    """HF's reference with the config's clamped SwiGLU: transformers before 5.25 (5.17 on the GPU host) hard-codes
+    alpha 1.702 and limit 7.0 in GptOssExperts and ignores the config's swiglu_alpha / swiglu_limit, which pagedllm
+    honours as 5.25 does; these tests set other values, so HF's experts are given them on either release."""
+    alpha = float(getattr(hf.config, "swiglu_alpha", 1.702))
+    limit = float(getattr(hf.config, "swiglu_limit", 7.0))
+    for module in hf.modules():
+        if hasattr(module, "alpha") and hasattr(module, "limit"):
+            module.alpha, module.limit = alpha, limit
+    return hf
+
+
 class GptOssTiny(TinyModel):
     """A saved random gpt-oss and its HF greedy references (TinyModel's)."""
 
@@ -46,6 +58,7 @@ class GptOssTiny(TinyModel):
             hf = transformers.AutoModelForCausalLM.from_config(_config(), attn_implementation="eager",
                                                                experts_implementation="eager",
                                                                dtype=torch.float32).eval()
+            swiglu_from_config(hf)
             with torch.no_grad():
                 for name, param in hf.named_parameters():
                     # HF starts norms at 1 and biases at 0; sinks are std 0.2: drawn wider, so each is checked
@@ -149,6 +162,9 @@ def test_mxfp4_checkpoint_loads_to_the_dense_tokens(mxfp4_pair, caplog):
     hf_mx = transformers.AutoModelForCausalLM.from_pretrained(
         mx_dir, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager",
         quantization_config=transformers.Mxfp4Config(dequantize=True)).eval()
+    # transformers 5.17 dequantizes MXFP4 to bf16 whatever dtype says; e2m1 values times power-of-two scales are
+    # exact in bf16, so the fp32 copy is the same values
+    swiglu_from_config(hf_mx.float())
     for prompt, tokens in zip(prompts, expected):
         ids = torch.tensor([prompt])
         out = hf_mx.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
@@ -188,6 +204,7 @@ def test_bf16_checkpoint_loads(tiny, tmp_path):
     whose top-2 logit margins stay above bf16's rounding at these logits, ~0.03)."""
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.bfloat16, attn_implementation="eager",
                                                            experts_implementation="eager").eval()
+    swiglu_from_config(hf)
     hf.save_pretrained(str(tmp_path))
     prompt = _prompts([12], seed=28)[0]
     ids = torch.tensor([prompt])
