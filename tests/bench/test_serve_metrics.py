@@ -357,7 +357,10 @@ def test_concurrency_limit_failures_and_rate(fake_server, tmp_path):
     serve.main(args)
     arrivals = np.array([r.arrival for r in fake_server.requests[1:]])   # skip the initial test request
     expected = np.cumsum(serve.request_intervals(12, 10.0, 2.0, np.random.default_rng(5)))
-    assert np.abs((arrivals - arrivals[0]) - (expected - expected[0])).max() < 0.04   # mean gap 100 ms
+    # The seeded gaps (mean 100 ms), gap by gap: a one-off stall of the loaded 2-core CI machine (once 77 ms before
+    # the second arrival, every later one on schedule behind it) shifts one gap, not the schedule.
+    gap_errors = np.abs(np.diff(arrivals) - np.diff(expected))
+    assert np.median(gap_errors) < 0.01 and (gap_errors < 0.04).mean() >= 0.8, gap_errors
 
 
 def test_chat_backend_sharegpt_without_usage(fake_server, tmp_path, word_tokenizer_dir):
