@@ -40,3 +40,15 @@ class IntermediateTensors:
 
     def __init__(self, hidden: torch.Tensor, residual: torch.Tensor | None):
         self.hidden, self.residual = hidden, residual
+
+
+def run_stage_layers(layers, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None, batch,
+                     last_stage: bool, final_norm: Callable) -> torch.Tensor | IntermediateTensors:
+    """A pre-norm decoder stage over the residual stream (Llama, DeepSeek, ChatGLM): ``layers`` each take and return
+    ``(hidden, residual)``; a non-last stage hands both on, the last returns ``final_norm(hidden, residual)``'s
+    normed output (the norm adds the residual, RMSNorm's contract)."""
+    for layer in layers:
+        hidden, residual = layer(positions, hidden, residual, batch)
+    if not last_stage:
+        return IntermediateTensors(hidden, residual)
+    return final_norm(hidden, residual)[0]

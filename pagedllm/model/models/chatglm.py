@@ -32,7 +32,8 @@ from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import RMSNorm
-from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
+from pagedllm.model.layers.pipeline import (IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes,
+                                             run_stage_layers)
 from pagedllm.model.layers.rotary import RotaryEmbedding, neox_heads
 from pagedllm.model.models.weights import load_packed_weights
 
@@ -108,14 +109,8 @@ class GLMTransformer(nn.Module):
             self.final_layernorm = PPMissingLayer()
 
     def forward(self, positions, hidden, residual, batch):
-        for layer in self._stage_layers:
-            hidden, residual = layer(positions, hidden, residual, batch)
-        if not self.last_stage:
-            return IntermediateTensors(hidden, residual)
-        if self.final_layernorm is None:
-            return hidden + residual
-        hidden, _ = self.final_layernorm(hidden, residual)
-        return hidden
+        norm = self.final_layernorm if self.final_layernorm is not None else (lambda h, r: (h + r, None))
+        return run_stage_layers(self._stage_layers, positions, hidden, residual, batch, self.last_stage, norm)
 
 
 class GLMEmbedding(nn.Module):

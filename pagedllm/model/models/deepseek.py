@@ -54,7 +54,8 @@ from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbeddi
 from pagedllm.model.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 from pagedllm.model.layers.moe import MoEExperts, load_expert_tensors, sigmoid_noaux_topk, softmax_group_topk
 from pagedllm.model.layers.norm import RMSNorm
-from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
+from pagedllm.model.layers.pipeline import (IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes,
+                                             run_stage_layers)
 from pagedllm.model.layers.rotary import RotaryEmbedding, interleaved_to_neox_rows
 from pagedllm.model.models.llama import LlamaMLP
 from pagedllm.model.models.weights import load_packed_weights, without_layers_from
@@ -268,12 +269,7 @@ class DeepseekModel(nn.Module):
             hidden, residual = with_given_embeds(self.embed_tokens(input_ids), batch.input_embeds), None
         else:
             hidden, residual = intermediate.hidden, intermediate.residual
-        for layer in self._stage_layers:
-            hidden, residual = layer(positions, hidden, residual, batch)
-        if not self.last_stage:
-            return IntermediateTensors(hidden, residual)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        return run_stage_layers(self._stage_layers, positions, hidden, residual, batch, self.last_stage, self.norm)
 
 
 class DeepseekV2ForCausalLM(nn.Module):

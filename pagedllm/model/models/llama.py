@@ -26,7 +26,8 @@ from pagedllm.model.layers.linear import (ColumnParallelLinear, MergedColumnPara
                                           RowParallelLinear, default_weight_loader)
 from pagedllm.model.layers.moe import SparseMoeBlock, is_sparse_layer, load_expert_tensors
 from pagedllm.model.layers.norm import HeadLayerNorm, LayerNorm, RMSNorm
-from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
+from pagedllm.model.layers.pipeline import (IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes,
+                                             run_stage_layers)
 from pagedllm.model.layers.rotary import RotaryEmbedding, rope_layer_types
 from pagedllm.model.models.weights import interleaved_rotary_to_neox, load_packed_weights
 
@@ -332,12 +333,7 @@ class LlamaModel(nn.Module):
                 hidden = with_given_embeds(hidden, given)
         else:
             hidden, residual = intermediate.hidden, intermediate.residual
-        for layer in self._stage_layers:
-            hidden, residual = layer(positions, hidden, residual, batch)
-        if not self.last_stage:
-            return IntermediateTensors(hidden, residual)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        return run_stage_layers(self._stage_layers, positions, hidden, residual, batch, self.last_stage, self.norm)
 
 
 class LlamaForCausalLM(nn.Module):
