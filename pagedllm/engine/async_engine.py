@@ -460,8 +460,10 @@ class AsyncLLMEngine:
             waiting = set(in_flight)
             while waiting & self._streams.keys():
                 await asyncio.sleep(0.02)
-        if clear_cache:
-            await self._call_core("clear_cache_after_pause")
+        if clear_cache and not await self._call_core("clear_cache_after_pause"):
+            # The core keeps a cache whose blocks a request still holds (vLLM logs the same refusal).
+            logger.warning("pause_generation(clear_cache=True): the prefix cache was not reset (a request still "
+                           "holds its blocks).")
 
     async def resume_generation(self) -> None:
         """Schedule again after ``pause_generation``: kept requests go on, held ones start."""
