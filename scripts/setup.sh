@@ -56,3 +56,17 @@ echo
 echo "    source .venv/bin/activate"
 echo
 echo "then, for example:  pagedllm serve   (or without activating: .venv/bin/pagedllm serve)"
+
+# Free disk where the tests write (temp folders) and where converted checkpoints are cached: a nearly full disk once
+# failed every test of the bundled model on CI (session 34), so the setup's last line says how much room is left.
+cache_dir=${PAGEDLLM_CACHE_DIR:-$HOME/.cache/pagedllm}
+while [ ! -d "$cache_dir" ]; do cache_dir=$(dirname "$cache_dir"); done
+free_mib() { df -Pk "$1" 2>/dev/null | awk 'NR == 2 {print int($4 / 1024)}' || true; }
+tmp_free=$(free_mib "${TMPDIR:-/tmp}"); cache_free=$(free_mib "$cache_dir")
+tmp_free=${tmp_free:-99999}; cache_free=${cache_free:-99999}     # df could not tell: no warning
+echo
+echo "Disk: ${tmp_free} MiB free in ${TMPDIR:-/tmp}, ${cache_free} MiB in $cache_dir (the converted-model cache)."
+if [ "$tmp_free" -lt 2048 ] || [ "$cache_free" -lt 2048 ]; then
+    echo "    Below 2 GiB: the test suite writes small models to temporary folders, and the bundled model's"
+    echo "    converted weights (540 MB) are not cached (each start converts them again)."
+fi

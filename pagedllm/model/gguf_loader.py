@@ -11,13 +11,15 @@ form instead (``keep_quantized``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import re
-from typing import Iterator, NamedTuple
+import shutil
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -181,15 +183,43 @@ def _tensor_index(gguf_path: str) -> tuple[str, list[_TensorEntry]]:
     reader, arch = _open_reader(gguf_path)
     entries = [_TensorEntry(t.name, int(t.tensor_type), [int(x) for x in t.shape], int(t.data_offset),
                             int(t.n_bytes)) for t in reader.tensors]
-    try:
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        tmp = f"{cached}.{os.getpid()}.tmp"
+    text = json.dumps({"arch": arch, "tensors": [list(e) for e in entries]})
+
+    def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump({"arch": arch, "tensors": [list(e) for e in entries]}, f)
-        os.replace(tmp, cached)
-    except OSError as e:  # a read-only cache only costs speed
-        logger.warning("Could not cache the GGUF tensor index in %s: %s", cached, e)
+            f.write(text)
+    _write_cache_file(cached, write, len(text), "the GGUF tensor index")
     return arch, entries
+
+
+# A cache file is written only where at least this much disk stays free after it: the dequantized SmolLM2 is 540 MB,
+# and filling a nearly full disk would fail whatever runs next (CI's machine once had little room left: every
+# bundled-model engine failed at this write, while the same engine under tensor parallel, which writes no cache, ran).
+CACHE_HEADROOM_BYTES = 1 << 30
+
+
+def _write_cache_file(path: str, write: Callable[[str], None], nbytes: int, what: str) -> bool:
+    """``write(tmp)`` then an atomic rename to ``path``; False, with a warning, where the cache cannot take it (a
+    read-only or nearly full disk): a cache only saves time, so no error reaches the load. ``write`` may raise any
+    error (safetensors' own on a full disk is not an OSError); its partial file is removed."""
+    folder = os.path.dirname(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if free < nbytes + CACHE_HEADROOM_BYTES:
+            logger.warning("Not caching %s in %s: %.2f GiB are free there, and it takes %.2f GiB plus %.0f GiB kept "
+                           "free (each start converts it again; PAGEDLLM_CACHE_DIR moves the cache).", what, folder,
+                           free / 2**30, nbytes / 2**30, CACHE_HEADROOM_BYTES / 2**30)
+            return False
+        write(tmp)
+        os.replace(tmp, path)
+        return True
+    except Exception as e:     # noqa: BLE001 - any failure to cache only costs time
+        logger.warning("Could not cache %s in %s: %s", what, path, e)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        return False
 
 
 def _raw_rows(file: np.ndarray, entry: _TensorEntry) -> np.ndarray:
@@ -294,11 +324,6 @@ def load_gguf_weights(gguf_path: str, hf_config, progress: bool = False, skip_pr
         yield from iterate_gguf_weights(gguf_path, hf_config, progress=progress, skip_prefixes=skip_prefixes)
         return
     tensors = dict(iterate_gguf_weights(gguf_path, hf_config, progress=progress))
-    try:
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        tmp = f"{cached}.{os.getpid()}.tmp"
-        save_file(tensors, tmp)
-        os.replace(tmp, cached)
-    except OSError as e:  # a read-only cache only costs speed
-        logger.warning("Could not cache dequantized GGUF weights in %s: %s", cached, e)
+    _write_cache_file(cached, lambda tmp: save_file(tensors, tmp),
+                      sum(t.numel() * t.element_size() for t in tensors.values()), "the dequantized GGUF weights")
     yield from tensors.items()

@@ -251,6 +251,41 @@ def test_tensor_index_is_cached_and_reads_what_the_reader_reads(tiny_llama_gguf,
     assert checked == {"F32", "F16", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q8_0"}
 
 
+@pytest.mark.parametrize("disk", ["no room", "write fails"])
+def test_a_cache_that_cannot_take_the_weights_costs_time_not_the_load(tiny_llama_gguf, monkeypatch, tmp_path, caplog,
+                                                                       disk):
+    """The dequantized-weights cache on a nearly full or failing disk: the engine loads from the GGUF anyway, gives
+    the tokens it gives with the cache, says why nothing was cached, and leaves no partial file. (CI once ran on a
+    disk with little room left: safetensors' "No space left on device" is not an OSError, and every engine of the
+    bundled model failed at this write.)"""
+    import safetensors.torch
+
+    from pagedllm.model import gguf_loader
+    prompts = [[1, 11, 12, 13, 14, 15]]
+    kw = dict(skip_tokenizer_init=True)
+    monkeypatch.setenv("PAGEDLLM_CACHE_DIR", str(tmp_path / "roomy"))
+    _, ref_tokens, _ = _run(tiny_llama_gguf, prompts, caplog, **kw)
+    assert (tmp_path / "roomy" / "gguf").exists() and list((tmp_path / "roomy").rglob("weights.safetensors"))
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PAGEDLLM_CACHE_DIR", str(cache))
+    if disk == "no room":
+        real = gguf_loader.shutil.disk_usage
+        monkeypatch.setattr(gguf_loader.shutil, "disk_usage", lambda path: real(path)._replace(free=100 << 20))
+        said = "Not caching the dequantized GGUF weights in"
+    else:
+        def fail(tensors, path, *args, **kwargs):
+            with open(path, "wb") as f:         # a partial file, then safetensors' own error type
+                f.write(b"\0" * 1000)
+            raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device")
+        monkeypatch.setattr(safetensors.torch, "save_file", fail)
+        said = "Could not cache the dequantized GGUF weights"
+    _, tokens, _ = _run(tiny_llama_gguf, prompts, caplog, **kw)
+    assert tokens == ref_tokens
+    assert any(said in r.getMessage() for r in caplog.records)
+    assert not list(cache.rglob("weights.safetensors")) and not list(cache.rglob("*.tmp"))
+
+
 def test_fused_parts_of_mixed_types_share_one_packed_form():
     """Q4_K q/k (4-bit, groups of 32) beside a Q6_K v (8-bit, groups of 16): each widened exactly to 8-bit groups
     of 16, concatenated along N, equals gguf's dequantize of the three parts side by side."""
