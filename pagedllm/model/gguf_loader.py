@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import time
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
@@ -61,6 +62,41 @@ def cache_dir_for(gguf_path: str) -> str:
     return os.path.join(root, "gguf", key)
 
 
+# A folder left without its .complete marker this long ago is a conversion that died, not one in progress.
+_ABANDONED_AFTER_S = 24 * 3600
+
+
+def prune_orphaned_caches() -> None:
+    """Remove the converted folders whose GGUF file is gone or changed (the key is the file's path, size and mtime):
+    without this, every fresh install of the same file adds another ~0.5 GB for SmolLM2 (a CI run's new clone and
+    venv did, run after run) and nothing ever removes them. Run before each new conversion; a folder whose file still
+    exists is kept."""
+    root = os.path.join(envs.PAGEDLLM_CACHE_DIR, "gguf")
+    try:
+        entries = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    removed, freed = 0, 0
+    for entry in entries:
+        marker = os.path.join(entry.path, ".complete")
+        try:
+            if os.path.isfile(marker):
+                with open(marker) as f:
+                    source = f.read().strip()
+                if os.path.isfile(source) and cache_dir_for(source) == entry.path:
+                    continue
+            elif time.time() - entry.stat().st_mtime < _ABANDONED_AFTER_S:
+                continue            # being converted now, maybe by another process
+            size = sum(f.stat().st_size for f in os.scandir(entry.path) if f.is_file(follow_symlinks=False))
+        except OSError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed, freed = removed + 1, freed + size
+    if removed:
+        logger.info("Removed %d converted GGUF folder(s) whose file is gone or changed from %s (%.2f GiB).", removed,
+                    root, freed / 2**30)
+
+
 def convert_metadata(gguf_path: str, progress: bool = True) -> str:
     """A folder with config.json, generation_config.json and the tokenizer files of a GGUF checkpoint."""
     out = cache_dir_for(gguf_path)
@@ -69,6 +105,7 @@ def convert_metadata(gguf_path: str, progress: bool = True) -> str:
     from transformers import AutoConfig, AutoTokenizer
     from pagedllm.model.weight_files import load_progress
     folder, name = os.path.split(os.path.abspath(gguf_path))
+    prune_orphaned_caches()
     logger.info("Converting GGUF metadata of %s (once; cached in %s)", gguf_path, out)
     # Three steps, the tokenizer the long one (~7 s on the CI machine): the bar shows the first start is not stuck.
     bar = load_progress(total=3, desc="Converting GGUF config and tokenizer (once)", enabled=progress)

@@ -286,6 +286,44 @@ def test_a_cache_that_cannot_take_the_weights_costs_time_not_the_load(tiny_llama
     assert not list(cache.rglob("weights.safetensors")) and not list(cache.rglob("*.tmp"))
 
 
+def test_a_new_conversion_removes_folders_whose_gguf_is_gone(tiny_llama_gguf, monkeypatch, tmp_path, caplog):
+    """Converted folders are keyed by the GGUF's path, size and mtime, so each fresh install of the same file (every
+    CI run's new clone) made a new ~0.5 GB folder for the bundled model and none was ever removed. A new conversion
+    removes the folders whose file is gone or changed and the long-abandoned ones, and keeps the rest."""
+    import os
+    import shutil
+    import time
+
+    from pagedllm.model import gguf_loader
+    monkeypatch.setenv("PAGEDLLM_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "gguf"
+    kept_source = tmp_path / "kept.gguf"
+    shutil.copy(tiny_llama_gguf, kept_source)
+    kept = gguf_loader.convert_metadata(str(kept_source), progress=False)
+
+    def folder(name: str, source: str | None, age_s: float = 0.0) -> str:
+        path = root / name
+        path.mkdir(parents=True)
+        (path / "weights.safetensors").write_bytes(b"\0" * 4096)
+        if source is not None:
+            (path / ".complete").write_text(source)
+        then = time.time() - age_s
+        os.utime(path, (then, then))
+        return str(path)
+
+    gone = folder("gone", str(tmp_path / "deleted-clone" / "model.gguf"))
+    changed = folder("changed", str(kept_source))          # a folder of an earlier version of an existing file
+    abandoned = folder("abandoned", None, age_s=2 * 24 * 3600)
+    converting = folder("converting", None)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pagedllm"):
+        new = gguf_loader.convert_metadata(tiny_llama_gguf, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == sorted(os.path.basename(p) for p in (kept, new, converting))
+    assert not any(os.path.exists(p) for p in (gone, changed, abandoned))
+    assert any("Removed 3 converted GGUF folder(s)" in r.getMessage() for r in caplog.records)
+    assert gguf_loader.convert_metadata(str(kept_source), progress=False) == kept       # still converted: no work
+
+
 def test_fused_parts_of_mixed_types_share_one_packed_form():
     """Q4_K q/k (4-bit, groups of 32) beside a Q6_K v (8-bit, groups of 16): each widened exactly to 8-bit groups
     of 16, concatenated along N, equals gguf's dequantize of the three parts side by side."""
