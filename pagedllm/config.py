@@ -1089,12 +1089,12 @@ def num_experts(hf_config) -> int:
 
 def attention_shape(hf_config) -> tuple[int, int, int]:
     """The paged attention's ``(query heads, KV heads, head dim)``, the whole model's (before tensor parallel).
-    Multi-head latent attention (DeepSeek-V2 / V3: ``kv_lora_rank`` in the config) caches each head's decompressed
-    key (``qk_nope_head_dim + qk_rope_head_dim``) and value (padded to the key's width): one KV head per query
-    head (model/models/deepseek.py; not yet the compressed latent)."""
+    Multi-head latent attention (DeepSeek-V2 / V3: ``kv_lora_rank`` in the config) caches the compressed latent: one
+    KV head of ``kv_lora_rank + qk_rope_head_dim`` (576 for V2 / V3) that every query head attends, MQA-like, and
+    that every tensor-parallel rank holds whole (model/models/deepseek.py)."""
     heads = hf_config.num_attention_heads
     if getattr(hf_config, "kv_lora_rank", None) is not None:
-        return heads, heads, hf_config.qk_nope_head_dim + hf_config.qk_rope_head_dim
+        return heads, 1, hf_config.kv_lora_rank + hf_config.qk_rope_head_dim
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
     return heads, getattr(hf_config, "num_key_value_heads", None) or heads, head_dim
 

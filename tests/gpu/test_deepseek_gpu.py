@@ -1,7 +1,7 @@
 """DeepSeek-V2 / V3 (model/models/deepseek.py) on a CUDA GPU, through the same layers as every model: the Triton
-attention backend over the expanded MLA cache (head dim 192 as in V2-Lite / V3: BLOCK_D 256, masked), the Triton
-rotary in place on the rope part of Q and the shared k_pe, the fused Triton experts with the router on the device,
-decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU); the kernel tests also run in Triton's
+attention backend over the latent MLA cache (one KV head of kv_lora_rank + qk_rope_head_dim = 128 + 64 here, all
+query heads on it; V2-Lite / V3's 576 in the kernel test), the Triton rotary in place on the rope part of Q and the
+shared k_pe, the fused Triton experts with the router on the device, decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU); the kernel tests also run in Triton's
 interpreter (TRITON_INTERPRET=1, see tests/gpu/conftest.py).
 
 * fp32: greedy tokens identical to HF fp32 (fp32 keeps the router's choices HF's; in bf16 a tiny random router's
@@ -9,7 +9,7 @@ interpreter (TRITON_INTERPRET=1, see tests/gpu/conftest.py).
 * an FP8 block checkpoint (V3's form: 128 x 128 blocks, a partial one) in bf16: the weights stay e4m3 and every
   token is the dequantized reference's HF fp32 argmax on our own sequence, unless HF makes it a near-tie
   (test_engine_gpu.assert_greedy_under_hf).
-* the attention kernels on the expanded cache's shape, the rotary in place on MLA's views.
+* the attention kernels on the latent cache's shape, the rotary in place on MLA's views.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
     runner = llm.llm_engine.runner
     assert runner.graph_runner is not None and 1 in runner.graph_runner.captured_sizes()
     assert runner.piecewise_runner is not None
-    assert runner.head_dim == 192 and runner.num_kv_heads == 4       # the expanded cache
+    assert runner.head_dim == 128 + 64 and runner.num_kv_heads == 1     # the latent cache
     got = _generate(llm, prompts)
     again = _generate(llm, prompts)                                  # prefix-cache hits
     del llm
@@ -145,25 +145,31 @@ def test_bf16_fp8_block_v3_follows_its_dequantized_reference(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                     reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("heads, kv_rank, rope", [(16, 512, 64), (4, 128, 64), (4, 32, 8)],
+                         ids=["v2-lite-576", "gpu-test-192", "cpu-test-40"])
 @pytest.mark.parametrize("decode", [False, True], ids=["extend", "decode"])
-def test_attention_kernels_on_the_expanded_mla_cache(decode):
-    """The Triton extend and decode kernels on the expanded MLA cache's shape (V2-Lite's 16 heads, each its own KV
-    head, of 192 dims: BLOCK_D 256, masked), the values' last 64 dims zero as the padding leaves them: the torch
-    reference's output, and that padding's output exactly zero (the model cuts it off)."""
+def test_attention_kernels_on_the_latent_mla_cache(decode, heads, kv_rank, rope):
+    """The Triton extend and decode kernels on the latent MLA cache's shape: every query head on ONE KV head of
+    kv_lora_rank + qk_rope_head_dim dims (V2-Lite / V3's 576: BLOCK_D 1024, masked; this file's and
+    tests/models/test_deepseek.py's tiny widths), the value the key's latent part with the rope part zero, as
+    MLAttention stores them: the torch reference's output, and that zero part's output exactly zero (the model cuts
+    it off)."""
     from test_triton_attention import BF16, make_batch, reference, rel_err
 
     from pagedllm.kernels import triton_attention as tri
+    width = kv_rank + rope
     specs = [(37, 1), (80, 1), (5, 1)] if decode else [(40, 40), (77, 5), (30, 1)]
-    query, k_cache, v_cache, qsl, seq_lens, tables = make_batch(specs, 16, 16, 192, 16, BF16, seed=3)
-    v_cache[..., 128:] = 0
-    scale = 192 ** -0.5
+    query, k_cache, v_cache, qsl, seq_lens, tables = make_batch(specs, heads, 1, width, 16, BF16, seed=3)
+    v_cache[..., :kv_rank] = k_cache[..., :kv_rank]
+    v_cache[..., kv_rank:] = 0
+    scale = (128 + 64) ** -0.5
     if decode:
         out = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale,
-                                   tri.DecodeWorkspace.allocate(8, 16, 16, 192, device=query.device))
+                                   tri.DecodeWorkspace.allocate(8, heads, 1, width, device=query.device))
     else:
         out = tri.extend_attention(query, k_cache, v_cache, qsl, seq_lens, tables, scale, 40)
     assert rel_err(out, reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale)) < 1e-2
-    assert torch.count_nonzero(out[..., 128:]) == 0
+    assert torch.count_nonzero(out[..., kv_rank:]) == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",

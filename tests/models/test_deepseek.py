@@ -1,8 +1,9 @@
 """DeepSeek-V2 / V3 (model/models/deepseek.py) against HF transformers fp32 on tiny random models: the greedy,
 chunked-prefill, prefix-cache, logprob and preemption tests of test_models_vs_hf.py, run here on DeepSeek configs
-(multi-head latent attention with and without q_lora_rank, v_head_dim below the key width, YaRN with its mscale,
-V2's greedy and group-limited routing, V3's sigmoid + e_score_correction_bias noaux_tc routing, dense first
-layers, shared experts); an FP8 block-quantized V3 checkpoint; tensor parallel; refused configs."""
+(multi-head latent attention over the latent KV cache with kv_b_proj absorbed, with and without q_lora_rank,
+v_head_dim below the key width, YaRN with its mscale, V2's greedy and group-limited routing, V3's sigmoid +
+e_score_correction_bias noaux_tc routing, dense first layers, shared experts); the latent cache's block count; an
+FP8 block-quantized V3 checkpoint; tensor parallel; refused configs."""
 from __future__ import annotations
 
 import json
@@ -75,16 +76,28 @@ test_sample_logprobs_match_hf = vs_hf.test_sample_logprobs_match_hf
 test_preemption_matches_hf = vs_hf.test_preemption_matches_hf
 
 
-def test_v3_without_interleaved_rope_and_the_startup_log(tmp_path, caplog):
-    """rope_interleave=False: V3 rotates NeoX halves and the rope rows load as they are. The start-up log says the
-    cache is the expanded MLA cache and what it costs against the latent."""
+def test_v3_without_interleaved_rope_latent_cache_blocks_and_startup_log(tmp_path, caplog):
+    """rope_interleave=False: V3 rotates NeoX halves and the rope rows load as they are. The KV cache holds the
+    compressed latent (one KV head of kv_lora_rank + qk_rope_head_dim = 40 values as key and as value), so the same
+    KV cache memory gives 2.4x the blocks of the expanded cache (4 heads x 24-dim keys and values); the start-up log
+    says so."""
     tiny = DeepseekTiny("deepseek_v3", str(tmp_path), rope_interleave=False)
     prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:2])
+    kv_bytes = 4 << 20
     with caplog.at_level("INFO", logger="pagedllm"):
-        llm = tiny.llm()
+        llm = tiny.llm(kv_cache_memory_bytes=kv_bytes)
     vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(llm, prompts))
-    assert ("MLA, expanded cache (not yet the compressed latent): 192 values per token and layer (4 heads x keys "
-            "and values of 24, values padded from 12), 5x the latent's 40") in caplog.text
+    cfg = tiny.hf.config
+    per_token_and_layer = {"latent": 2 * (cfg.kv_lora_rank + cfg.qk_rope_head_dim),
+                           "expanded": 2 * cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)}
+    assert per_token_and_layer == {"latent": 80, "expanded": 192}
+    blocks = {kind: kv_bytes // (values * 16 * cfg.num_hidden_layers * 4)       # block_size 16, fp32
+              for kind, values in per_token_and_layer.items()}
+    assert blocks == {"latent": 409, "expanded": 170}
+    assert llm.llm_engine.vllm_config.cache_config.num_gpu_blocks == blocks["latent"]
+    assert ("the MLA latent cache: 80 values per token and layer (one KV head of kv_lora_rank 32 + rope 8 = 40 as "
+            "key and as value), 2.4x fewer than the 192 of 4 heads' expanded keys and values") in caplog.text
+    assert f"KV cache     {blocks['latent']} blocks x 16 tokens" in caplog.text
 
 
 def _block_fp8(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -140,6 +153,8 @@ def test_fp8_block_checkpoint_equals_its_dequantized_reference(tmp_path):
         if path.name == "fp8":
             attn = llm.llm_engine.core.runner.model.model.layers[1].self_attn
             assert attn.kv_a_proj_with_mqa.weight.dtype == FP8_DTYPE
+            # kv_b_proj stays FP8; its absorbed per-head matrices come from one dequantized fp32 copy.
+            assert attn.kv_b_proj.weight.dtype == FP8_DTYPE and attn._kv_b_dequantized.dtype == torch.float32
             assert llm.llm_engine.core.runner.model.model.layers[1].mlp.experts.w13.dtype == FP8_DTYPE
     assert_same_tokens_and_logprobs(*runs)
 

@@ -16,13 +16,20 @@ A pre-norm decoder with two parts of its own:
   NeoX rotary (torch and Triton) turns them; Q and K get the same order, so every ``q . k`` is unchanged. The
   reorder stays inside each 64-row run, so FP8 checkpoints' 128 x 128 weight-scale blocks still match their rows.
 
-  The KV cache holds the *expanded* keys and values, through the ordinary paged cache and attention backends:
-  ``num_attention_heads`` KV heads of ``qk_head_dim`` each (config.attention_shape), the values zero-padded from
-  ``v_head_dim`` to that width (the backends take one head dim for K and V) and the padding cut from the output.
-  That costs ``2 * heads * qk_head_dim`` values per token and layer where the compressed latent would be
-  ``kv_lora_rank + qk_rope_head_dim``: 71x for V2-Lite (16 heads), 85x for V3 (128 heads). The latent cache (and
-  attention over it, absorbing ``kv_b_proj`` into Q and the output) is the next step; the start-up log says which
-  one runs.
+  The KV cache holds the compressed latent, as vLLM's: per token and layer, ``kv_c`` (the ``kv_lora_rank``
+  latent after ``kv_a_layernorm``) and the rotated ``k_pe``, through the ordinary paged cache and attention
+  backends as MQA (config.attention_shape): ONE KV head of ``kv_lora_rank + qk_rope_head_dim`` (576 for V2 / V3)
+  that all heads attend, its key ``[kv_c, k_pe]``, its value ``[kv_c, 0]`` (zero-padded to the key's width: the
+  backends take one head dim for K and V; the padding's output is cut). ``kv_b_proj`` is never run: its rows are
+  absorbed (per head, batched matmuls over its weight, ``[heads, nope + v_head_dim, kv_lora_rank]``): the query
+  becomes ``[W_UK^T q_nope, q_pe]`` (so ``q . k = q_nope . k_nope + q_pe . k_pe``, the expanded form's scores), the
+  attention's latent output ``softmax . kv_c`` turns into each head's value output through ``W_UV``, then
+  ``o_proj``. The softmax scale stays the model's. An FP8 ``kv_b_proj`` is dequantized once to the model dtype for
+  those matmuls. That is ``2 * (kv_lora_rank + qk_rope_head_dim)`` values per token and layer (1,152) where the
+  expanded cache held ``2 * heads * qk_head_dim``: 5.3x fewer for V2-Lite (16 heads), 42.7x for V3 (128 heads); the
+  start-up log says which cache runs and its size. Prefill attends in the absorbed form too (vLLM expands the
+  latent for prefill, where the wider absorbed dots cost more compute: not done here). Storing K only (V read as
+  K's first ``kv_lora_rank`` columns) would halve the cache again; not done.
 
 - DeepSeekMoE: after ``first_k_dense_replace`` dense layers, every ``moe_layer_freq``-th layer routes each token to
   ``num_experts_per_tok`` of ``n_routed_experts`` SiLU experts (model/layers/moe.py's stacked experts: HF's loop on
@@ -82,9 +89,6 @@ def _check_supported(cfg, v3: bool) -> None:
                          "for V2 and other implementations disagree on what it does).")
     if cfg.hidden_act != "silu":
         raise ValueError(f"DeepSeek with hidden_act={cfg.hidden_act!r} is not supported (only 'silu').")
-    if cfg.v_head_dim > cfg.qk_nope_head_dim + cfg.qk_rope_head_dim:
-        raise ValueError(f"DeepSeek with v_head_dim={cfg.v_head_dim} > qk_nope_head_dim + qk_rope_head_dim is not "
-                         f"supported (the expanded KV cache pads the values to the keys' width).")
     if v3 or method == "group_limited_greedy":
         check_expert_groups(cfg, arch, v3)
 
@@ -126,7 +130,7 @@ def _yarn_softmax_scale(params: dict, scale: float) -> float:
     return scale * mscale * mscale
 
 class MLAttention(nn.Module):
-    """Multi-head latent attention over the expanded paged KV cache (module docstring)."""
+    """Multi-head latent attention over the latent paged KV cache, ``kv_b_proj`` absorbed (module docstring)."""
 
     def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, quant_config=None, prefix: str = ""):
         super().__init__()
@@ -147,33 +151,57 @@ class MLAttention(nn.Module):
         self.kv_a_proj_with_mqa = ReplicatedLinear(hidden, self.kv_rank + self.rope, bias=bias,
                                                    quant_config=quant_config, prefix=f"{prefix}.kv_a_proj_with_mqa")
         self.kv_a_layernorm = RMSNorm(self.kv_rank)
+        # Never called as a layer: its weight's rows are absorbed into the query (W_UK) and the output (W_UV).
         self.kv_b_proj = ColumnParallelLinear(self.kv_rank, total_heads * (self.nope + self.v_dim),
                                               quant_config=quant_config, prefix=f"{prefix}.kv_b_proj")
+        method = self.kv_b_proj.quant_method
+        if method is not None and not hasattr(method, "dequantized_weight"):
+            raise ValueError(f"DeepSeek's absorbed MLA reads kv_b_proj's weight directly; the quantization method "
+                             f"{type(method).__name__} does not give it dequantized.")
+        self._kv_b_dequantized: torch.Tensor | None = None
         self.o_proj = RowParallelLinear(total_heads * self.v_dim, hidden, bias=bias, quant_config=quant_config,
                                         prefix=f"{prefix}.o_proj")
         self.num_heads = total_heads // get_tp_size()      # this rank's
         self.rotary = rotary
-        self.v_pad = self.qk_dim - self.v_dim
         scale = _yarn_softmax_scale(rope_parameters(cfg), self.qk_dim ** -0.5)
-        # Expanded cache: one KV head per query head, values padded to qk_head_dim (config.attention_shape).
-        self.attn = Attention(self.num_heads, self.qk_dim, scale, self.num_heads, layer_idx)
+        # The latent cache (config.attention_shape): MQA, one KV head of kv_lora_rank + qk_rope_head_dim shared by
+        # this rank's heads (replicated on every tensor-parallel rank). The scale stays the model's: the absorbed
+        # scores equal the expanded ones.
+        self.attn = Attention(self.num_heads, self.kv_rank + self.rope, scale, 1, layer_idx)
+
+    def _kv_b_weight(self) -> torch.Tensor:
+        """kv_b_proj's weight, this rank's ``[heads, nope + v_head_dim, kv_lora_rank]``: the checkpoint's rows of
+        each head, its key's nope part (W_UK) then its value (W_UV)."""
+        layer = self.kv_b_proj
+        if layer.quant_method is None:
+            weight = layer.weight      # read at each call: a weight update or a layer offload swaps its storage
+        else:
+            if self._kv_b_dequantized is None:
+                # An FP8 kv_b_proj (V3's block-quantized checkpoints, online fp8): dequantized once, at the first
+                # forward (the start-up's profiling or warm-up pass), to the model dtype, for the per-head batched
+                # matmuls below (there is no FP8 bmm here). A quantized weight is not updated after loading
+                # (weights.load_packed_weights refuses), so the copy stays valid. It costs kv_b_proj in the model
+                # dtype besides its FP8 weight (V3: 32 MiB a layer in bf16 at TP 1).
+                self._kv_b_dequantized = layer.quant_method.dequantized_weight(layer, layer.params_dtype)
+            weight = self._kv_b_dequantized
+        return weight.view(self.num_heads, self.nope + self.v_dim, self.kv_rank)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         q = (self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden))) if self.q_lora
              else self.q_proj(hidden)).view(-1, self.num_heads, self.qk_dim)
         latent, k_pe = self.kv_a_proj_with_mqa(hidden).split([self.kv_rank, self.rope], dim=-1)
-        kv = self.kv_b_proj(self.kv_a_layernorm(latent)).view(-1, self.num_heads, self.nope + self.v_dim)
-        q_pe = q[..., self.nope:]
-        rotated, k_pe = self.rotary(positions, q_pe, k_pe.unsqueeze(1))      # in place on CUDA
-        if rotated is not q_pe:
-            q_pe.copy_(rotated)
-        k = torch.cat((kv[..., :self.nope], k_pe.expand(-1, self.num_heads, -1)), dim=-1)
-        v = kv[..., self.nope:]
-        if self.v_pad:
-            v = F.pad(v, (0, self.v_pad))
-        out = self.attn(q, k, v, batch)
-        if self.v_pad:
-            out = out.view(-1, self.num_heads, self.qk_dim)[..., :self.v_dim]
+        kv_c = self.kv_a_layernorm(latent)
+        q_pe, k_pe = self.rotary(positions, q[..., self.nope:], k_pe.unsqueeze(1))     # in place on CUDA
+        w_kv_b = self._kv_b_weight()
+        # q_nope . k_nope = q_nope . (W_UK kv_c) = (W_UK^T q_nope) . kv_c: each head's query in the latent's space.
+        q_latent = torch.bmm(q[..., :self.nope].transpose(0, 1), w_kv_b[:, :self.nope]).transpose(0, 1)
+        # One KV head: the key [kv_c, k_pe]; the value kv_c, zero-padded to the key's width (the backends take one
+        # head dim for K and V), the padding cut from the output.
+        out = self.attn(torch.cat((q_latent, q_pe), dim=-1), torch.cat((kv_c, k_pe.squeeze(1)), dim=-1),
+                        F.pad(kv_c, (0, self.rope)), batch)
+        out = out.view(-1, self.num_heads, self.kv_rank + self.rope)[..., :self.kv_rank]
+        # softmax . V = softmax . (W_UV kv_c) = W_UV (softmax . kv_c): each head's value from its latent output.
+        out = torch.bmm(out.transpose(0, 1), w_kv_b[:, self.nope:].transpose(1, 2)).transpose(0, 1)
         return self.o_proj(out.reshape(-1, self.num_heads * self.v_dim))
 
 
@@ -316,12 +344,12 @@ class DeepseekV2ForCausalLM(nn.Module):
                 raise ValueError(f"DeepSeek checkpoint with weight_block_size {quant_config.weight_block_size}: the "
                                  f"{module.strip('.')} scale blocks cut through the rotary rows reordered at load; "
                                  f"this layout is not supported.")
-        values = 2 * cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
         latent = cfg.kv_lora_rank + cfg.qk_rope_head_dim
-        self.kv_cache_note = (f"MLA, expanded cache (not yet the compressed latent): {values} values per token and "
-                              f"layer ({cfg.num_attention_heads} heads x keys and values of "
-                              f"{values // 2 // cfg.num_attention_heads}, values padded from {cfg.v_head_dim}), "
-                              f"{values / latent:.0f}x the latent's {latent}")
+        expanded = 2 * cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
+        self.kv_cache_note = (f"the MLA latent cache: {2 * latent} values per token and layer (one KV head of "
+                              f"kv_lora_rank {cfg.kv_lora_rank} + rope {cfg.qk_rope_head_dim} = {latent} as key and "
+                              f"as value), {expanded / (2 * latent):.1f}x fewer than the {expanded} of "
+                              f"{cfg.num_attention_heads} heads' expanded keys and values")
         logger.info("%s: the KV cache is %s.", type(self).__name__, self.kv_cache_note)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
