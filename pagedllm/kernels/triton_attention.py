@@ -318,11 +318,18 @@ def _extend_config(head_dim: int, group: int, max_query_len: int, device: torch.
         block_m, block_n, warps, stages = 128, 64, 4, 2      # not tuned separately
     elif head_dim <= 128:
         block_m, block_n, warps, stages = 64, 32, 4, 2
-    else:
+    elif head_dim <= 256:
         block_m, block_n, warps, stages = 64, 32, 8, 2
+    else:
+        # DeepSeek's latent MLA cache: one KV head of 512 + 64 = 576 dims (BLOCK_D 1024), G = 16 query heads on it.
+        # Compiled offline for sm_90 (no GPU; benchmarks/kernels/sass_count.py for registers and the loop's spills,
+        # the kernel's metadata.shared for shared memory): 64 x 32 w8 s2 needs 393,216 B of shared memory (an H100
+        # block may have 232,448: it would not launch), 255 registers and spills in the K loop; 16 x 16 w8 s2:
+        # 98,816 B, 184 registers, no spill. Not timed yet.
+        block_m, block_n, warps, stages = 16, 16, 8, 2
     if major < 9:                      # Ampere/Ada: less shared memory per SM
         stages = 1 if head_dim > 128 else 2
-        if major == 8 and head_dim > 64:
+        if major == 8 and 64 < head_dim <= 256:
             block_n = 32
     # Few query rows (spec-decode style q_len 2..8, or decode-heavy mixes): shrink the row block, min 16 for mma.
     rows = max_query_len * group
