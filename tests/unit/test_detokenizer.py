@@ -7,6 +7,8 @@ ending in a trigger word then makes greedy decoding emit a known text, token by 
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -111,6 +113,46 @@ def test_incremental_text_equals_full_decode(tokenizer, text, skip_special):
         assert expected.startswith(partial)      # text only grows
     if not skip_special and "<|im_start|>" in text:
         assert "<|im_start|>" in expected
+
+
+def _incremental_texts(tokenizer, prompt_ids, out_ids, skip_special) -> list[str]:
+    request = Request("r", prompt_ids, SamplingParams(skip_special_tokens=skip_special, max_tokens=len(out_ids)))
+    detok = IncrementalDetokenizer(tokenizer, request.sampling_params, request.num_prompt_tokens)
+    seen = []
+    for t in out_ids:
+        request.append_token(t)
+        detok.update(request.token_ids)
+        seen.append(detok.output_text)
+    return seen
+
+
+@pytest.mark.parametrize("skip_special", [True, False])
+def test_fast_tokenizer_decodes_in_rust_with_hf_text(tokenizer, monkeypatch, skip_special):
+    """A stock fast tokenizer without clean-up is decoded by its Rust tokenizer directly (two calls per streamed
+    token, 2.5x cheaper; docs/perf.md session 35): every step's text is the same as through HF's ``decode``, which
+    is not called. With ``clean_up_tokenization_spaces`` set, HF's ``decode`` (and its clean-up) is kept."""
+    prompt_ids = tokenizer.encode("Prompt: here is some context")
+    hf_decode = type(tokenizer).decode
+    calls = []
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return hf_decode(self, *args, **kwargs)
+    subclassed = copy.copy(tokenizer)        # a subclass that overrides decode: HF's call is kept
+    subclassed.__class__ = type("CountingTokenizer", (type(tokenizer),), {"decode": counted})
+    for text in TEXTS:
+        out_ids = tokenizer.encode(text)
+        reference = _incremental_texts(subclassed, prompt_ids, out_ids, skip_special)
+        assert calls, "the reference run must go through HF's decode"
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(tokenizer, "decode", lambda *a, **k: calls.append(1) or hf_decode(tokenizer, *a, **k))
+            assert _incremental_texts(tokenizer, prompt_ids, out_ids, skip_special) == reference
+            assert not calls
+            m.setattr(tokenizer, "clean_up_tokenization_spaces", True)
+            assert _incremental_texts(tokenizer, prompt_ids, out_ids, skip_special) == reference
+        assert calls
+        calls.clear()
 
 
 def test_incremental_text_after_prompt_ending_mid_character(tokenizer):
