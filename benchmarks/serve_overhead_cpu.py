@@ -54,13 +54,23 @@ def cpu_seconds(pid: int) -> float:
 
 
 def server_pids(api_pid: int) -> tuple[int, int | None]:
-    """The API server's pid and its engine-core child's."""
-    try:
-        with open(f"/proc/{api_pid}/task/{api_pid}/children") as f:
-            kids = [int(x) for x in f.read().split()]
-    except OSError:
-        kids = []
-    return api_pid, (kids[0] if kids else None)
+    """The API server's pid and its engine-core child's: the child with the most resident memory (it holds the
+    model; a spawned core's sibling may be multiprocessing's resource tracker)."""
+    kids = []
+    for task in os.listdir(f"/proc/{api_pid}/task"):
+        try:
+            with open(f"/proc/{api_pid}/task/{task}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+
+    def rss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                return int(f.read().split()[1])
+        except OSError:
+            return -1
+    return api_pid, (max(kids, key=rss) if kids else None)
 
 
 def wait_up(base: str, proc: subprocess.Popen, seconds: float = 900.0) -> None:
@@ -160,10 +170,13 @@ def main() -> None:
             steps = [json.loads(x) for x in f if x.strip()]
         busy = sum(s["msgs"] + s["step"] + s["send"] for s in steps)
         idle = sum(s["gap"] for s in steps if s["gap"] < 1000)
-        print(f"step trace: {len(steps)} steps, core busy {busy / max(busy + idle, 1e-9):.0%} "
-              f"(step {sum(s['step'] for s in steps) / len(steps):.2f} ms, send "
-              f"{sum(s['send'] for s in steps) / len(steps):.2f} ms, msgs {sum(s['msgs'] for s in steps) / len(steps):.2f} "
-              f"ms per step); {trace}")
+        mean = lambda key: sum(s[key] for s in steps) / len(steps)     # noqa: E731
+        # A batch that stays below --concurrency while the core is busy means requests reach the core late (the
+        # API server's side); a core that is idle with requests in flight, that outputs leave it late.
+        print(f"step trace: {len(steps)} steps, core busy {busy / max(busy + idle, 1e-9):.0%}, mean running "
+              f"{mean('running'):.1f} (concurrency {args.concurrency}), steps with prompt tokens "
+              f"{sum(s['prompt_tokens'] > 0 for s in steps) / len(steps):.0%}; per step: step {mean('step'):.2f} ms, "
+              f"send {mean('send'):.2f} ms, msgs {mean('msgs'):.2f} ms; {trace}")
 
 
 if __name__ == "__main__":
