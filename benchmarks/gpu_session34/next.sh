@@ -5,6 +5,11 @@
 #   one process each now. Fixed since, from that run: the scaled-rope device mismatch (d80c97f), Falcon's KV heads on
 #   transformers 5.17 (cc1ac45), DeepSeek's yarn_apply_mscale import (c098585), the gpt-oss reference's SwiGLU on 5.17
 #   (2041322), Qwen2.5-VL's prefix-cache assertion (a254957). Open: GLM-4.5-FP8 bf16 (fragile test?), Qwen2-VL tokens.
+# Session 35 (no GPU time; not run): test_deepseek_gpu.py now checks the latent MLA cache (86fc4ee, 5f2b903: one KV head
+#   of 576, 16 x 16 extend tiles chosen from offline sm_90 compiles) - PART=1 runs it; PART=5 reruns ANCHORS'
+#   served 7B row after session 35's API-server changes (3021da4; prediction: 0-3% served tok/s; on a GPU with a
+#   tokenizer, benchmarks/serve_overhead_cpu.py --model DIR --step-trace says whether the API server or the core
+#   limits the batch).
 # PART=1 (~280 s, any H100/H200): kernel tests (-n 8): attention sinks, fused MoE (biases, clamped SwiGLU, MXFP4),
 #   session 32's fp32 AWQ / GPTQ routing fix; then the new architectures' engine files one process each. Expected:
 #   all pass but test_moe_archs_gpu's bf16 FP8 case and maybe Qwen2-VL's two cases.
@@ -42,5 +47,9 @@ PART=3 timeout 200 bash benchmarks/gpu_session33/next.sh
 4)
 timeout 90 python3 benchmarks/gpu_session34/falcon_bf16_bisect.py falcon 2>&1 | grep -vE "INFO|WARN" | tail -12
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_qwen2_vl_gpu.py --tb=short 2>&1 | grep -E "^E |passed|failed" | head -30
+;;
+5)
+# ANCHORS' served 7B row (dummy weights, token-id prompts, --skip-tokenizer-init: only 3021da4 applies there), twice
+for i in 1 2; do timeout 280 python3 .bench/sb/serve_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 100; done
 ;;
 esac
