@@ -339,6 +339,23 @@ def _extend_config(head_dim: int, group: int, max_query_len: int, device: torch.
     return block_m, block_n, warps, stages
 
 
+# Head dims over 256 (DeepSeek's latent MLA cache: one KV head of 576, BLOCK_D 1024): a launch packs a KV head's whole
+# query group into its row block, and at this width 64 rows need 262,144 B of shared memory in the extend kernel (an
+# H100 block may have 232,448) while 16 rows need 98,816 (offline sm_90 compiles, session 35). So the query heads go
+# in launches of at most WIDE_MAX_GROUP per KV head: V2 / V3's 128 heads on one GPU take 8 launches a layer.
+WIDE_HEAD_DIM, WIDE_MAX_GROUP = 256, 16
+
+
+def wide_head_chunks(num_heads: int, num_kv_heads: int, head_dim: int) -> list[tuple[int, int, int]] | None:
+    """``(kv head, first query head, end)`` launches for a group too wide for one launch at this head dim; None:
+    one launch."""
+    group = num_heads // num_kv_heads
+    if head_dim <= WIDE_HEAD_DIM or group <= WIDE_MAX_GROUP:
+        return None
+    return [(h, s, min(s + WIDE_MAX_GROUP, (h + 1) * group))
+            for h in range(num_kv_heads) for s in range(h * group, (h + 1) * group, WIDE_MAX_GROUP)]
+
+
 def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                      scale: float, max_query_len: int, out: torch.Tensor | None = None,
@@ -362,6 +379,14 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         out = torch.empty_like(query)
     num_seqs = seq_lens.shape[0]
     if num_tokens == 0 or num_seqs == 0:
+        return out
+    chunks = wide_head_chunks(num_heads, num_kv_heads, head_dim)
+    if chunks is not None:
+        for h, s, e in chunks:
+            extend_attention(query[:, s:e], k_cache[:, :, h:h + 1], v_cache[:, :, h:h + 1], query_start_loc, seq_lens,
+                             block_tables, scale, max_query_len, out=out[:, s:e], _config=_config,
+                             _two_pass=_two_pass, soft_cap=soft_cap, window=window,
+                             sinks=None if sinks is None else sinks[s:e])
         return out
     if query.stride(-1) != 1:
         query = query.contiguous()
@@ -769,6 +794,17 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     if out is None:
         out = torch.empty_like(query)
     if batch == 0:
+        return out
+    chunks = wide_head_chunks(num_heads, num_kv_heads, head_dim)
+    if chunks is not None:      # one launch after another on the same workspace (each needs less of it)
+        if rope is not None:    # each launch would rotate and store the shared new key again
+            raise ValueError("decode_attention: the fused rotary decode (rope) takes at most "
+                             f"{WIDE_MAX_GROUP} query heads per KV head at head dims over {WIDE_HEAD_DIM}; rotate "
+                             "and store first, then attend.")
+        for h, s, e in chunks:
+            decode_attention(query[:, s:e], k_cache[:, :, h:h + 1], v_cache[:, :, h:h + 1], seq_lens, block_tables,
+                             scale, workspace, out=out[:, s:e], _config=_config, soft_cap=soft_cap, window=window,
+                             sinks=None if sinks is None else sinks[s:e])
         return out
     if query.stride(-1) != 1:
         query = query.contiguous()

@@ -174,6 +174,42 @@ def test_attention_kernels_on_the_latent_mla_cache(decode, heads, kv_rank, rope)
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                     reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("decode", [False, True], ids=["extend", "decode"])
+def test_wide_heads_launch_in_groups_of_16(monkeypatch, decode):
+    """V2 / V3 on one GPU: 128 query heads on the latent cache's one 576-wide KV head. A launch packs a KV head's
+    query group into its row block, which at this width does not fit an H100's shared memory beyond 16 heads: the
+    heads go in launches of 16 (40 here: 16 + 16 + 8), with the torch reference's output."""
+    from test_triton_attention import BF16, make_batch, reference, rel_err
+
+    from pagedllm.kernels import triton_attention as tri
+    heads, kv_rank, rope = 40, 256, 40
+    groups = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                groups.append(kwargs["GROUP"])
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+    name = "_decode_kernel" if decode else "_extend_kernel"
+    monkeypatch.setattr(tri, name, Recorder(getattr(tri, name)))
+    specs = [(37, 1), (9, 1)] if decode else [(20, 20), (33, 5)]
+    query, k_cache, v_cache, qsl, seq_lens, tables = make_batch(specs, heads, 1, kv_rank + rope, 16, BF16, seed=5)
+    scale = 0.1
+    if decode:
+        out = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale,
+                                   tri.DecodeWorkspace.allocate(8, heads, 1, kv_rank + rope, device=query.device))
+    else:
+        out = tri.extend_attention(query, k_cache, v_cache, qsl, seq_lens, tables, scale, 20, _two_pass=False)
+    assert groups == [16, 16, 8]
+    assert rel_err(out, reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale)) < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs a CUDA GPU or TRITON_INTERPRET=1")
 def test_triton_rotary_in_place_on_the_rope_views():
     """MLAttention's rotation on the GPU: the Triton rotary turns, in place, the rope part of each head of Q (a view
     of q_b_proj's output) and the shared k_pe (a view of kv_a_proj_with_mqa's output, one head): the torch

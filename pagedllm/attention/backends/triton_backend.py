@@ -53,7 +53,10 @@ class TritonAttentionBackend(AttentionBackend):
         # before any graph is captured, so every graph reuses the same buffers.
         self.workspace = DecodeWorkspace.allocate(self.max_num_seqs, self.num_heads, self.num_kv_heads,
                                                   self.head_dim, self.device)
-        self.fuse_rope_decode = envs.PAGEDLLM_DECODE_ROPE_FUSED
+        # The fused rotary decode launches each KV head's whole query group at once: not for groups that head dims
+        # over 256 split into several launches (triton_attention.wide_head_chunks; DeepSeek's latent MLA cache).
+        self.fuse_rope_decode = envs.PAGEDLLM_DECODE_ROPE_FUSED if triton_attention.wide_head_chunks(
+            self.num_heads, self.num_kv_heads, self.head_dim) is None else 0
 
     def build_metadata(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
         nd = common.num_decodes
