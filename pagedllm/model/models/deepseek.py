@@ -154,10 +154,6 @@ class MLAttention(nn.Module):
         # Never called as a layer: its weight's rows are absorbed into the query (W_UK) and the output (W_UV).
         self.kv_b_proj = ColumnParallelLinear(self.kv_rank, total_heads * (self.nope + self.v_dim),
                                               quant_config=quant_config, prefix=f"{prefix}.kv_b_proj")
-        method = self.kv_b_proj.quant_method
-        if method is not None and not hasattr(method, "dequantized_weight"):
-            raise ValueError(f"DeepSeek's absorbed MLA reads kv_b_proj's weight directly; the quantization method "
-                             f"{type(method).__name__} does not give it dequantized.")
         self._kv_b_dequantized: torch.Tensor | None = None
         self.o_proj = RowParallelLinear(total_heads * self.v_dim, hidden, bias=bias, quant_config=quant_config,
                                         prefix=f"{prefix}.o_proj")
@@ -169,7 +165,7 @@ class MLAttention(nn.Module):
         # scores equal the expanded ones.
         self.attn = Attention(self.num_heads, self.kv_rank + self.rope, scale, 1, layer_idx)
 
-    def _kv_b_weight(self) -> torch.Tensor:
+    def _kv_b_weight(self, device: torch.device) -> torch.Tensor:
         """kv_b_proj's weight, this rank's ``[heads, nope + v_head_dim, kv_lora_rank]``: the checkpoint's rows of
         each head, its key's nope part (W_UK) then its value (W_UV)."""
         layer = self.kv_b_proj
@@ -177,12 +173,15 @@ class MLAttention(nn.Module):
             weight = layer.weight      # read at each call: a weight update or a layer offload swaps its storage
         else:
             if self._kv_b_dequantized is None:
-                # An FP8 kv_b_proj (V3's block-quantized checkpoints, online fp8): dequantized once, at the first
-                # forward (the start-up's profiling or warm-up pass), to the model dtype, for the per-head batched
-                # matmuls below (there is no FP8 bmm here). A quantized weight is not updated after loading
+                # A quantized kv_b_proj (V3's FP8 block checkpoints, online fp8, AWQ / GPTQ / bitsandbytes ones):
+                # dequantized once, at the first forward (the start-up's profiling or warm-up pass), to the model
+                # dtype, for the per-head batched matmuls below (no quantized bmm here). The layer applied to the
+                # identity gives W^T through the method's own matmul, whatever the method (an identity row quantizes
+                # exactly where activations are quantized). A quantized weight is not updated after loading
                 # (weights.load_packed_weights refuses), so the copy stays valid. It costs kv_b_proj in the model
-                # dtype besides its FP8 weight (V3: 32 MiB a layer in bf16 at TP 1).
-                self._kv_b_dequantized = layer.quant_method.dequantized_weight(layer, layer.params_dtype)
+                # dtype besides its quantized weight (V3: 32 MiB a layer in bf16 at TP 1).
+                eye = torch.eye(self.kv_rank, dtype=layer.params_dtype, device=device)
+                self._kv_b_dequantized = layer(eye).t().contiguous()
             weight = self._kv_b_dequantized
         return weight.view(self.num_heads, self.nope + self.v_dim, self.kv_rank)
 
@@ -192,7 +191,7 @@ class MLAttention(nn.Module):
         latent, k_pe = self.kv_a_proj_with_mqa(hidden).split([self.kv_rank, self.rope], dim=-1)
         kv_c = self.kv_a_layernorm(latent)
         q_pe, k_pe = self.rotary(positions, q[..., self.nope:], k_pe.unsqueeze(1))     # in place on CUDA
-        w_kv_b = self._kv_b_weight()
+        w_kv_b = self._kv_b_weight(hidden.device)
         # q_nope . k_nope = q_nope . (W_UK kv_c) = (W_UK^T q_nope) . kv_c: each head's query in the latent's space.
         q_latent = torch.bmm(q[..., :self.nope].transpose(0, 1), w_kv_b[:, :self.nope]).transpose(0, 1)
         # One KV head: the key [kv_c, k_pe]; the value kv_c, zero-padded to the key's width (the backends take one
@@ -304,7 +303,10 @@ class DeepseekV2ForCausalLM(nn.Module):
     v3 = False
     supports_tensor_parallel = True
     supports_pipeline_parallel = True
-    supports_quantization = ("fp8",)   # FP8 checkpoints (V3's 128 x 128 blocks) and online FP8; others not yet
+    # FP8 checkpoints (V3's 128 x 128 blocks) and online FP8. Not yet AWQ / GPTQ / packed compressed-tensors: they
+    # load, but the rope rows' reorder at load (interleaved pairs to NeoX halves) does not reach packed columns, and a
+    # tiny V2-Lite AWQ checkpoint gave other tokens than its dequantized reference (session 35).
+    supports_quantization = ("fp8",)
     # checkpoint name fragment -> (our parameter fragment, shard id): the dense and shared-expert MLPs
     packed_modules_mapping = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
 
