@@ -68,5 +68,5 @@ echo
 echo "Disk: ${tmp_free} MiB free in ${TMPDIR:-/tmp}, ${cache_free} MiB in $cache_dir (the converted-model cache)."
 if [ "$tmp_free" -lt 2048 ] || [ "$cache_free" -lt 2048 ]; then
     echo "    Below 2 GiB: the test suite writes small models to temporary folders, and the bundled model's"
-    echo "    converted weights (540 MB) are not cached (each start converts them again)."
+    echo "    converted weights (540 MB) may not be cached (each start then converts them again)."
 fi
