@@ -159,6 +159,44 @@ def test_fp8_block_checkpoint_equals_its_dequantized_reference(tmp_path):
     assert_same_tokens_and_logprobs(*runs)
 
 
+@pytest.mark.parametrize("arch, make", [
+    ("deepseek_v2_lite", lambda formats, state: formats._awq_checkpoint(state, 16)),
+    ("deepseek_v3", lambda formats, state: formats._gptq_checkpoint(state, 4, 16, sym=False, desc_act=False)),
+    ("deepseek_v2", lambda formats, state: formats._ct_checkpoint(state, 8, 16, sym=False))],
+    ids=["awq-v2-lite", "gptq-v3", "compressed-tensors-w8a16-v2"])
+def test_packed_int_checkpoint_equals_its_dequantized_reference(tmp_path, monkeypatch, arch, make):
+    """AWQ / GPTQ / compressed-tensors checkpoints (every projection 4- or 8-bit in groups of 16 with zero points, the
+    experts too): greedy tokens and logprobs equal the model with the dequantized weights. Their rope columns are
+    packed (AWQ packs the output columns, all three pack the zero points along them), so the interleaved-to-NeoX
+    reorder runs on Q and k_pe in the forward instead of at load; kv_b_proj stays packed, its absorbed matrices
+    come from the layer applied to the identity. Without the forward's reorder the tokens differ."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.unit import test_quant_int_formats as int_formats
+    DeepseekTiny(arch, str(tmp_path / "dense"))
+    state = load_file(str(tmp_path / "dense" / "model.safetensors"))
+    monkeypatch.setattr(int_formats, "LINEARS", ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
+                                                 "o_proj", "gate_proj", "up_proj", "down_proj"))
+    quant_config, quant, reference = make(int_formats, state)
+    kv_b = "model.layers.1.self_attn.kv_b_proj."
+    assert kv_b + "weight" not in quant and any(name.startswith(kv_b) for name in quant)
+    config = json.loads((tmp_path / "dense" / "config.json").read_text())
+    for out, tensors, qc in ((tmp_path / "quant", quant, quant_config), (tmp_path / "ref", reference, None)):
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps(dict(config, **({"quantization_config": qc} if qc else {}))))
+        save_file(tensors, str(out / "model.safetensors"))
+    params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True)
+    prompts = [{"prompt_token_ids": p} for p in vs_hf._prompts([5, 17])]
+    runs = []
+    for path in (tmp_path / "quant", tmp_path / "ref"):
+        llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01, max_model_len=128)
+        runs.append(llm.generate(prompts, params, use_tqdm=False))
+        if path.name == "quant":
+            attn = llm.llm_engine.core.runner.model.model.layers[1].self_attn
+            assert attn.rope_perm is not None and attn.kv_b_proj.quant_method is not None
+    assert_same_tokens_and_logprobs(*runs)
+
+
 @pytest.mark.parametrize("overrides, match", [
     (dict(norm_topk_prob=True), "norm_topk_prob=True is not supported"),
     (dict(topk_method="noaux_tc"), "topk_method='noaux_tc' is not supported"),

@@ -15,6 +15,8 @@ A pre-norm decoder with two parts of its own:
   of ``kv_a_proj_with_mqa`` are reordered at load into NeoX halves (rotary.interleaved_to_neox_rows), so the one
   NeoX rotary (torch and Triton) turns them; Q and K get the same order, so every ``q . k`` is unchanged. The
   reorder stays inside each 64-row run, so FP8 checkpoints' 128 x 128 weight-scale blocks still match their rows.
+  AWQ / GPTQ / compressed-tensors checkpoints pack their output columns (or their zero points along them), so there
+  the same reorder runs on the rope part of Q and of ``k_pe`` in the forward instead (``MLAttention.rope_perm``).
 
   The KV cache holds the compressed latent, as vLLM's: per token and layer, ``kv_c`` (the ``kv_lora_rank``
   latent after ``kv_a_layernorm``) and the rotated ``k_pe``, through the ordinary paged cache and attention
@@ -155,6 +157,10 @@ class MLAttention(nn.Module):
         self.kv_b_proj = ColumnParallelLinear(self.kv_rank, total_heads * (self.nope + self.v_dim),
                                               quant_config=quant_config, prefix=f"{prefix}.kv_b_proj")
         self._kv_b_dequantized: torch.Tensor | None = None
+        # Where the checkpoint's rope columns could not be reordered at load (packed int formats: AWQ / GPTQ /
+        # compressed-tensors pack their output columns), the rope part of Q and k_pe is reordered here, each step
+        # (interleaved pairs -> NeoX halves); None: reordered at load (DeepseekV2ForCausalLM._rope_rows).
+        self.rope_perm: torch.Tensor | None = None
         self.o_proj = RowParallelLinear(total_heads * self.v_dim, hidden, bias=bias, quant_config=quant_config,
                                         prefix=f"{prefix}.o_proj")
         self.num_heads = total_heads // get_tp_size()      # this rank's
@@ -190,7 +196,12 @@ class MLAttention(nn.Module):
              else self.q_proj(hidden)).view(-1, self.num_heads, self.qk_dim)
         latent, k_pe = self.kv_a_proj_with_mqa(hidden).split([self.kv_rank, self.rope], dim=-1)
         kv_c = self.kv_a_layernorm(latent)
-        q_pe, k_pe = self.rotary(positions, q[..., self.nope:], k_pe.unsqueeze(1))     # in place on CUDA
+        q_pe, k_pe = q[..., self.nope:], k_pe.unsqueeze(1)
+        if self.rope_perm is not None:
+            if self.rope_perm.device != hidden.device:      # moved once, at the first (eager, profiling) forward
+                self.rope_perm = self.rope_perm.to(hidden.device)
+            q_pe, k_pe = q_pe.index_select(-1, self.rope_perm), k_pe.index_select(-1, self.rope_perm)
+        q_pe, k_pe = self.rotary(positions, q_pe, k_pe)     # in place on CUDA
         w_kv_b = self._kv_b_weight(hidden.device)
         # q_nope . k_nope = q_nope . (W_UK kv_c) = (W_UK^T q_nope) . kv_c: each head's query in the latent's space.
         q_latent = torch.bmm(q[..., :self.nope].transpose(0, 1), w_kv_b[:, :self.nope]).transpose(0, 1)
@@ -303,10 +314,9 @@ class DeepseekV2ForCausalLM(nn.Module):
     v3 = False
     supports_tensor_parallel = True
     supports_pipeline_parallel = True
-    # FP8 checkpoints (V3's 128 x 128 blocks) and online FP8. Not yet AWQ / GPTQ / packed compressed-tensors: they
-    # load, but the rope rows' reorder at load (interleaved pairs to NeoX halves) does not reach packed columns, and a
-    # tiny V2-Lite AWQ checkpoint gave other tokens than its dequantized reference (session 35).
-    supports_quantization = ("fp8",)
+    # FP8 checkpoints (V3's 128 x 128 blocks) and online FP8; AWQ / GPTQ / compressed-tensors checkpoints (their
+    # packed rope columns reordered each step, MLAttention.rope_perm; the experts through the packed MoE method)
+    supports_quantization = ("fp8", "awq", "gptq", "compressed-tensors")
     # checkpoint name fragment -> (our parameter fragment, shard id): the dense and shared-expert MLPs
     packed_modules_mapping = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
 
@@ -338,6 +348,14 @@ class DeepseekV2ForCausalLM(nn.Module):
             self._rope_rows = {".self_attn.q_proj.": q_order, ".self_attn.q_b_proj.": q_order,
                                ".self_attn.kv_a_proj_with_mqa.": _rope_last_rows(cfg.kv_lora_rank,
                                                                                  cfg.qk_rope_head_dim)}
+        if self._rope_rows and quant_config is not None and quant_config.name != "fp8":
+            # Packed int checkpoints hold their output columns packed (AWQ / GPTQ zero points, AWQ weights): their
+            # rope part is reordered in the forward instead, on Q and k_pe.
+            perm = interleaved_to_neox_rows(cfg.qk_rope_head_dim, cfg.qk_rope_head_dim)
+            for module in self.modules():
+                if isinstance(module, MLAttention):
+                    module.rope_perm = perm
+            self._rope_rows = {}
         # A block-quantized checkpoint (V3's FP8, 128 x 128) keeps one scale per block of rows: the reorder must
         # keep every row inside its block (it does for DeepSeek's 64-row rope runs).
         block = (getattr(quant_config, "weight_block_size", None) or [None])[0]
