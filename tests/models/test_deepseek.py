@@ -125,38 +125,47 @@ def assert_same_tokens_and_logprobs(got, ref) -> None:
                                    rtol=1e-4, atol=1e-5)
 
 
-def test_fp8_block_checkpoint_equals_its_dequantized_reference(tmp_path):
-    """DeepSeek-V3's published form: every projection (attention, dense and shared MLPs, experts) e4m3 with a
-    ``weight_scale_inv`` per 16 x 16 block (128 x 128 in V3), partial blocks included; the router, norms and
-    embeddings dense. Greedy tokens and logprobs equal the model with the dequantized weights, and the rope rows
-    reordered at load stay within their scale blocks."""
-    from safetensors.torch import load_file, save_file
-    DeepseekTiny("deepseek_v3", str(tmp_path / "dense"))
-    state = load_file(str(tmp_path / "dense" / "model.safetensors"))
-    quant, reference = dict(state), dict(state)
-    for name, w in state.items():
-        if name.endswith("proj.weight") or name.endswith("proj_with_mqa.weight"):
-            quant[name], quant[name.replace(".weight", ".weight_scale_inv")], reference[name] = _block_fp8(w, 16)
+def _quantized_vs_reference(tmp_path, quant: dict, quant_config: dict, reference: dict, check_quantized) -> None:
+    """Save the quantized checkpoint and its dequantized reference beside the tiny model in ``tmp_path / "dense"``,
+    run both greedy with logprobs, ``check_quantized(llm)`` on the quantized engine; the same tokens and logprobs."""
+    from safetensors.torch import save_file
     config = json.loads((tmp_path / "dense" / "config.json").read_text())
-    for out, tensors, qc in ((tmp_path / "fp8", quant, {"quant_method": "fp8", "activation_scheme": "dynamic",
-                                                         "fmt": "e4m3", "weight_block_size": [16, 16]}),
-                             (tmp_path / "ref", reference, None)):
+    for out, tensors, qc in ((tmp_path / "quant", quant, quant_config), (tmp_path / "ref", reference, None)):
         out.mkdir()
         (out / "config.json").write_text(json.dumps(dict(config, **({"quantization_config": qc} if qc else {}))))
         save_file(tensors, str(out / "model.safetensors"))
     params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True)
     prompts = [{"prompt_token_ids": p} for p in vs_hf._prompts([5, 17])]
     runs = []
-    for path in (tmp_path / "fp8", tmp_path / "ref"):
+    for path in (tmp_path / "quant", tmp_path / "ref"):
         llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01, max_model_len=128)
         runs.append(llm.generate(prompts, params, use_tqdm=False))
-        if path.name == "fp8":
-            attn = llm.llm_engine.core.runner.model.model.layers[1].self_attn
-            assert attn.kv_a_proj_with_mqa.weight.dtype == FP8_DTYPE
-            # kv_b_proj stays FP8; its absorbed per-head matrices come from one dequantized fp32 copy.
-            assert attn.kv_b_proj.weight.dtype == FP8_DTYPE and attn._kv_b_dequantized.dtype == torch.float32
-            assert llm.llm_engine.core.runner.model.model.layers[1].mlp.experts.w13.dtype == FP8_DTYPE
+        if path.name == "quant":
+            check_quantized(llm)
     assert_same_tokens_and_logprobs(*runs)
+
+
+def test_fp8_block_checkpoint_equals_its_dequantized_reference(tmp_path):
+    """DeepSeek-V3's published form: every projection (attention, dense and shared MLPs, experts) e4m3 with a
+    ``weight_scale_inv`` per 16 x 16 block (128 x 128 in V3), partial blocks included; the router, norms and
+    embeddings dense. Greedy tokens and logprobs equal the model with the dequantized weights, and the rope rows
+    reordered at load stay within their scale blocks."""
+    from safetensors.torch import load_file
+    DeepseekTiny("deepseek_v3", str(tmp_path / "dense"))
+    state = load_file(str(tmp_path / "dense" / "model.safetensors"))
+    quant, reference = dict(state), dict(state)
+    for name, w in state.items():
+        if name.endswith("proj.weight") or name.endswith("proj_with_mqa.weight"):
+            quant[name], quant[name.replace(".weight", ".weight_scale_inv")], reference[name] = _block_fp8(w, 16)
+
+    def check(llm):
+        attn = llm.llm_engine.core.runner.model.model.layers[1].self_attn
+        assert attn.kv_a_proj_with_mqa.weight.dtype == FP8_DTYPE
+        # kv_b_proj stays FP8; its absorbed per-head matrices come from one dequantized fp32 copy.
+        assert attn.kv_b_proj.weight.dtype == FP8_DTYPE and attn._kv_b_dequantized.dtype == torch.float32
+        assert llm.llm_engine.core.runner.model.model.layers[1].mlp.experts.w13.dtype == FP8_DTYPE
+    _quantized_vs_reference(tmp_path, quant, {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                                              "weight_block_size": [16, 16]}, reference, check)
 
 
 @pytest.mark.parametrize("arch, make", [
@@ -170,7 +179,7 @@ def test_packed_int_checkpoint_equals_its_dequantized_reference(tmp_path, monkey
     packed (AWQ packs the output columns, all three pack the zero points along them), so the interleaved-to-NeoX
     reorder runs on Q and k_pe in the forward instead of at load; kv_b_proj stays packed, its absorbed matrices
     come from the layer applied to the identity. Without the forward's reorder the tokens differ."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from tests.unit import test_quant_int_formats as int_formats
     DeepseekTiny(arch, str(tmp_path / "dense"))
@@ -180,21 +189,11 @@ def test_packed_int_checkpoint_equals_its_dequantized_reference(tmp_path, monkey
     quant_config, quant, reference = make(int_formats, state)
     kv_b = "model.layers.1.self_attn.kv_b_proj."
     assert kv_b + "weight" not in quant and any(name.startswith(kv_b) for name in quant)
-    config = json.loads((tmp_path / "dense" / "config.json").read_text())
-    for out, tensors, qc in ((tmp_path / "quant", quant, quant_config), (tmp_path / "ref", reference, None)):
-        out.mkdir()
-        (out / "config.json").write_text(json.dumps(dict(config, **({"quantization_config": qc} if qc else {}))))
-        save_file(tensors, str(out / "model.safetensors"))
-    params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True)
-    prompts = [{"prompt_token_ids": p} for p in vs_hf._prompts([5, 17])]
-    runs = []
-    for path in (tmp_path / "quant", tmp_path / "ref"):
-        llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", kv_cache_memory_gb=0.01, max_model_len=128)
-        runs.append(llm.generate(prompts, params, use_tqdm=False))
-        if path.name == "quant":
-            attn = llm.llm_engine.core.runner.model.model.layers[1].self_attn
-            assert attn.rope_perm is not None and attn.kv_b_proj.quant_method is not None
-    assert_same_tokens_and_logprobs(*runs)
+
+    def check(llm):
+        attn = llm.llm_engine.core.runner.model.model.layers[1].self_attn
+        assert attn.rope_perm is not None and attn.kv_b_proj.quant_method is not None
+    _quantized_vs_reference(tmp_path, quant, quant_config, reference, check)
 
 
 @pytest.mark.parametrize("overrides, match", [
