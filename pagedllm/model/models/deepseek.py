@@ -22,12 +22,12 @@ A pre-norm decoder with two parts of its own:
   latent after ``kv_a_layernorm``) and the rotated ``k_pe``, through the ordinary paged cache and attention
   backends as MQA (config.attention_shape): ONE KV head of ``kv_lora_rank + qk_rope_head_dim`` (576 for V2 / V3)
   that all heads attend, its key ``[kv_c, k_pe]``, its value ``[kv_c, 0]`` (zero-padded to the key's width: the
-  backends take one head dim for K and V; the padding's output is cut). ``kv_b_proj`` is never run: its rows are
+  backends take one head dim for K and V; the padding's output is cut). ``kv_b_proj`` never runs on activations: its rows are
   absorbed (per head, batched matmuls over its weight, ``[heads, nope + v_head_dim, kv_lora_rank]``): the query
   becomes ``[W_UK^T q_nope, q_pe]`` (so ``q . k = q_nope . k_nope + q_pe . k_pe``, the expanded form's scores), the
   attention's latent output ``softmax . kv_c`` turns into each head's value output through ``W_UV``, then
-  ``o_proj``. The softmax scale stays the model's. An FP8 ``kv_b_proj`` is dequantized once to the model dtype for
-  those matmuls. That is ``2 * (kv_lora_rank + qk_rope_head_dim)`` values per token and layer (1,152) where the
+  ``o_proj``. The softmax scale stays the model's. A quantized ``kv_b_proj`` is dequantized once to the model dtype
+  for those matmuls. That is ``2 * (kv_lora_rank + qk_rope_head_dim)`` values per token and layer (1,152) where the
   expanded cache held ``2 * heads * qk_head_dim``: 5.3x fewer for V2-Lite (16 heads), 42.7x for V3 (128 heads); the
   start-up log says which cache runs and its size. Prefill attends in the absorbed form too (vLLM expands the
   latent for prefill, where the wider absorbed dots cost more compute: not done here). Storing K only (V read as
@@ -153,7 +153,7 @@ class MLAttention(nn.Module):
         self.kv_a_proj_with_mqa = ReplicatedLinear(hidden, self.kv_rank + self.rope, bias=bias,
                                                    quant_config=quant_config, prefix=f"{prefix}.kv_a_proj_with_mqa")
         self.kv_a_layernorm = RMSNorm(self.kv_rank)
-        # Never called as a layer: its weight's rows are absorbed into the query (W_UK) and the output (W_UV).
+        # Never run on activations: its weight's rows are absorbed into the query (W_UK) and the output (W_UV).
         self.kv_b_proj = ColumnParallelLinear(self.kv_rank, total_heads * (self.nope + self.v_dim),
                                               quant_config=quant_config, prefix=f"{prefix}.kv_b_proj")
         self._kv_b_dequantized: torch.Tensor | None = None
