@@ -22,10 +22,10 @@ A pre-norm decoder with two parts of its own:
   latent after ``kv_a_layernorm``) and the rotated ``k_pe``, through the ordinary paged cache and attention
   backends as MQA (config.attention_shape): ONE KV head of ``kv_lora_rank + qk_rope_head_dim`` (576 for V2 / V3)
   that all heads attend, its key ``[kv_c, k_pe]``, its value ``[kv_c, 0]`` (zero-padded to the key's width: the
-  backends take one head dim for K and V; the padding's output is cut). ``kv_b_proj`` never runs on activations: its rows are
-  absorbed (per head, batched matmuls over its weight, ``[heads, nope + v_head_dim, kv_lora_rank]``): the query
-  becomes ``[W_UK^T q_nope, q_pe]`` (so ``q . k = q_nope . k_nope + q_pe . k_pe``, the expanded form's scores), the
-  attention's latent output ``softmax . kv_c`` turns into each head's value output through ``W_UV``, then
+  backends take one head dim for K and V; the padding's output is cut). ``kv_b_proj`` never runs on activations:
+  its rows are absorbed (per head, batched matmuls over its weight, ``[heads, nope + v_head_dim, kv_lora_rank]``):
+  the query becomes ``[W_UK^T q_nope, q_pe]`` (so ``q . k = q_nope . k_nope + q_pe . k_pe``, the expanded form's
+  scores), the attention's latent output ``softmax . kv_c`` turns into each head's value output through ``W_UV``, then
   ``o_proj``. The softmax scale stays the model's. A quantized ``kv_b_proj`` is dequantized once to the model dtype
   for those matmuls. That is ``2 * (kv_lora_rank + qk_rope_head_dim)`` values per token and layer (1,152) where the
   expanded cache held ``2 * heads * qk_head_dim``: 5.3x fewer for V2-Lite (16 heads), 42.7x for V3 (128 heads); the
