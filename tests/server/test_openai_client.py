@@ -190,3 +190,13 @@ def test_version_and_metrics(server):
         assert name in text, name
     assert f'model_name="{MODEL}"' in text
     assert 'finished_reason="length"' in text
+
+
+def test_server_runs_on_uvloop_and_httptools(server, client):
+    """Both are dependencies (as in vLLM's install): the start-up line names what the server runs on, and a streamed
+    completion works through them."""
+    with open(server.log.name) as f:
+        started = next(line for line in f if "Starting the server on" in line)
+    assert "event loop: uvloop; HTTP parser: httptools" in started
+    chunks = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices)

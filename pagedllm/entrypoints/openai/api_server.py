@@ -27,7 +27,7 @@ import pagedllm
 from pagedllm import envs
 from pagedllm.config import FlexibleArgumentParser, reasoning_parser_name, speculative_settings
 from pagedllm.engine.async_engine import AsyncLLMEngine
-from pagedllm.entrypoints.event_loop import event_loop_name, run_event_loop
+from pagedllm.entrypoints.event_loop import event_loop_name, http_parser_name, run_event_loop
 from pagedllm.entrypoints.dev_routes import add_dev_routes
 from pagedllm.entrypoints.generate_route import add_generate_route
 from pagedllm.entrypoints.listen_socket import bind_listen_socket, bound_port
@@ -444,8 +444,8 @@ def run_server(args: argparse.Namespace, prestarted=None) -> int:
     server = GracefulServer(config, engine, app.state.server_state, getattr(args, "shutdown_timeout", 0))
     scheme = "https" if args.ssl_certfile else "http"
     address = f"unix:{uds}" if uds else f"{scheme}://{config.host}:{bound_port(sock)}"
-    logger.info("Starting the server on %s (served model name(s): %s; event loop: %s)", address,
-                ", ".join(names), event_loop_name())
+    logger.info("Starting the server on %s (served model name(s): %s; event loop: %s; HTTP parser: %s)", address,
+                ", ".join(names), event_loop_name(), http_parser_name())
     freeze_gc_heap("API server")
     try:
         run_event_loop(server.serve(sockets=None if sock is None else [sock]))
