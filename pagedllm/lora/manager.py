@@ -12,10 +12,14 @@ import numpy as np
 import torch
 
 from pagedllm.lora.layers import LoRASlots, LoRAStep
-from pagedllm.lora.peft import LORA_TARGET_MODULES, PEFTAdapter, load_adapter
+from pagedllm.lora.peft import LORA_TARGET_MODULES, PEFTAdapter, load_adapter, unexpected_modules
 from pagedllm.lora.request import LoRARequest
 
 logger = logging.getLogger(__name__)
+
+# The model's modules that get adapter slots (pagedllm's names): the Llama decoder's projections, the plain MLP's
+# fc1 / fc2 (the LayerNorm decoders', OPT's) and OPT's out_proj.
+_SLOT_MODULES = LORA_TARGET_MODULES + ("out_proj", "fc1", "fc2")
 
 
 def _part_size(module: torch.nn.Module, shard) -> int:
@@ -32,7 +36,7 @@ class LoRAManager:
         self.hf_token = hf_token          # adapters named by a Hub repository id download with it
         fused: dict[str, list] = {}
         for leaf, (fused_leaf, shard) in getattr(model, "packed_modules_mapping", {}).items():
-            if leaf in LORA_TARGET_MODULES:
+            if leaf in _SLOT_MODULES:
                 fused.setdefault(fused_leaf, []).append((leaf, shard))
         # PEFT module name (model.layers.0.self_attn.q_proj) -> (its layer's slots, its part there, the layer, the
         # part's shard id: how the layer cuts it for tensor parallel, LinearBase.lora_shard)
@@ -41,10 +45,11 @@ class LoRAManager:
         skipped = getattr(model, "pp_skipped_checkpoint_prefixes", None)
         self._other_stages: tuple[str, ...] = tuple(skipped()) if skipped is not None else ()
         self.layers: list[LoRASlots] = []
-        # Modules whose projections take no adapter (``no_lora``: a mixture-of-experts layer's experts); an adapter
-        # for one of them is refused by name.
-        self._no_lora = tuple(f"{name}." for name, module in model.named_modules()
-                              if getattr(module, "no_lora", False))
+        # Modules whose projections take no adapter, and why (``no_lora``: True for a mixture-of-experts layer's
+        # experts, or what the module is: "the vision tower"); an adapter for one of them is refused by name.
+        self._why_no_lora = {f"{name}.": module.no_lora for name, module in model.named_modules()
+                             if getattr(module, "no_lora", False)}
+        self._no_lora = tuple(self._why_no_lora)
         for name, module in model.named_modules():
             parent, _, leaf = name.rpartition(".")
             if name.startswith(self._no_lora) and self._no_lora:
@@ -55,7 +60,7 @@ class LoRAManager:
                 names = [f"{parent}.{part}" for part, _ in fused[leaf]]
                 sizes = [_part_size(module, shard) for _, shard in fused[leaf]]
                 shards = [shard for _, shard in fused[leaf]]
-            elif leaf in LORA_TARGET_MODULES:
+            elif leaf in _SLOT_MODULES:
                 names, sizes, shards = [name], [module.output_size], [None]
             else:
                 continue
@@ -68,6 +73,12 @@ class LoRAManager:
         # [(part leaf, part rows)]; an adapter's B is cut into those parts, each keeping the shared A.
         fused_modules = getattr(model, "lora_checkpoint_fused_modules", None)
         self._checkpoint_fused: dict[str, list[tuple[str, int]]] = fused_modules() if fused_modules else {}
+        # The module names (leaves) an adapter may target, as PEFT saves them: the checkpoint's names.
+        self.target_modules = (tuple(getattr(model, "lora_target_modules", LORA_TARGET_MODULES))
+                               + tuple(self._checkpoint_fused))
+        # An adapter's module (the checkpoint's name) and its B -> [(the model's module, its rows of B)]: the model's
+        # names and row order where its checkpoint's differ (renamed, fused Q/K/V cut, Q/K rows reordered).
+        self._module_parts = getattr(model, "lora_module_parts", None)
         self._cpu: OrderedDict[int, PEFTAdapter] = OrderedDict()    # least recently used first
         self._requests: dict[int, LoRARequest] = {}                  # to load an adapter again from its folder
         self._slot_of: OrderedDict[int, int] = OrderedDict()          # adapter id -> slot, least recently used first
@@ -83,18 +94,26 @@ class LoRAManager:
         if request.lora_int_id in self._cpu:
             self._cpu.move_to_end(request.lora_int_id)
             return False
-        adapter = load_adapter(request, self.max_lora_rank, self.dtype, self.hf_token,
-                               tuple(self._checkpoint_fused))
+        adapter = load_adapter(request, self.max_lora_rank, self.dtype, self.hf_token, self.target_modules)
         mine = {}        # this rank's parts (tensor parallel) of this stage's modules (pipeline parallel)
-        for module, (a, b) in self._split_fused(request, adapter.weights).items():
+        unexpected = set()
+        for module, a, b, peft_module in self._model_modules(request, adapter.weights):
+            why = next((w for prefix, w in self._why_no_lora.items() if module.startswith(prefix)), None)
+            if why is True:
+                raise ValueError(f"Loading lora {request.lora_name} failed: {peft_module} is an expert of a "
+                                 "mixture-of-experts layer, and LoRA on the experts is not supported yet by "
+                                 "pagedllm (adapters of the attention and shared-expert projections are).")
+            if why:
+                raise ValueError(f"Loading lora {request.lora_name} failed: {peft_module} is a module of {why}, "
+                                 f"which takes no LoRA adapter (as in vLLM, adapters apply to the language model's "
+                                 f"projections only).")
+            if peft_module.rpartition(".")[2] not in self.target_modules:
+                unexpected.add(peft_module.rpartition(".")[2])
+                continue
             if module.startswith(self._other_stages) and self._other_stages:
                 continue
             if module not in self.targets:
-                if module.startswith(self._no_lora) and self._no_lora:
-                    raise ValueError(f"Loading lora {request.lora_name} failed: {module} is an expert of a "
-                                     "mixture-of-experts layer, and LoRA on the experts is not supported yet by "
-                                     "pagedllm (adapters of the attention and shared-expert projections are).")
-                raise ValueError(f"Loading lora {request.lora_name} failed: the model has no module {module} "
+                raise ValueError(f"Loading lora {request.lora_name} failed: the model has no module {peft_module} "
                                  f"(is the adapter for another model?).")
             slots, part, layer, shard = self.targets[module]
             full = (tuple(a.shape), tuple(b.shape))
@@ -103,10 +122,12 @@ class LoRAManager:
             except ValueError:
                 a = None
             if a is None or a.shape[1] != slots.in_features or b.shape[0] != slots.part_sizes[part]:
-                raise ValueError(f"Loading lora {request.lora_name} failed: {module} has lora_A {full[0]} and lora_B "
-                                 f"{full[1]}, which do not fit the model's layer (is the adapter for another "
+                raise ValueError(f"Loading lora {request.lora_name} failed: {peft_module} has lora_A {full[0]} and "
+                                 f"lora_B {full[1]}, which do not fit the model's layer (is the adapter for another "
                                  f"model?).")
             mine[module] = (a.contiguous(), b.contiguous())
+        if unexpected:
+            raise unexpected_modules(request, self.target_modules, unexpected)
         adapter.weights = mine
         self._cpu[request.lora_int_id] = adapter
         self._requests[request.lora_int_id] = request
@@ -119,24 +140,26 @@ class LoRAManager:
                     adapter.rank, request.lora_path)
         return True
 
-    def _split_fused(self, request: LoRARequest, weights: dict) -> dict:
-        """``weights`` with each fused projection's (A, B) as its parts' (A, rows of B): x A^T B^T cut by output
-        rows, the same product."""
-        out = {}
-        for module, (a, b) in weights.items():
-            parent, _, leaf = module.rpartition(".")
-            parts = self._checkpoint_fused.get(leaf)
-            if parts is None:
-                out[module] = (a, b)
-                continue
-            rows = [n for _, n in parts]
-            if b.shape[0] != sum(rows):
-                raise ValueError(f"Loading lora {request.lora_name} failed: {module} has lora_B {tuple(b.shape)}, "
-                                 f"but the model's {leaf} has {sum(rows)} output rows (is the adapter for another "
-                                 f"model?).")
-            for (part, _), piece in zip(parts, b.split(rows)):
-                out[f"{parent}.{part}"] = (a, piece)
-        return out
+    def _model_modules(self, request: LoRARequest, weights: dict):
+        """(the model's module, A, its rows of B, the adapter's module) for each of the adapter's modules (PEFT's
+        names: the checkpoint's): renamed, cut and reordered as the model loads its checkpoint (the model's
+        ``lora_module_parts``), and each of the checkpoint's fused projections that the model holds as parts (Phi-3's
+        qkv_proj) cut into them: x A^T B^T cut by output rows is the same product."""
+        for peft_module, (a, b) in weights.items():
+            pieces = self._module_parts(peft_module, b) if self._module_parts is not None else [(peft_module, b)]
+            for module, piece in pieces:
+                parent, _, leaf = module.rpartition(".")
+                parts = self._checkpoint_fused.get(leaf)
+                if parts is None:
+                    yield module, a, piece, peft_module
+                    continue
+                rows = [n for _, n in parts]
+                if piece.shape[0] != sum(rows):
+                    raise ValueError(f"Loading lora {request.lora_name} failed: {peft_module} has lora_B "
+                                     f"{tuple(piece.shape)}, but the model's {leaf} has {sum(rows)} output rows (is "
+                                     f"the adapter for another model?).")
+                for (part, _), rows_of_part in zip(parts, piece.split(rows)):
+                    yield f"{parent}.{part}", a, rows_of_part, peft_module
 
     def pin_adapter(self, lora_int_id: int) -> bool:
         """Keep a loaded adapter in CPU memory whatever max_cpu_loras says (vLLM's pin_lora)."""

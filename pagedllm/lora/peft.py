@@ -14,7 +14,9 @@ import torch
 
 from pagedllm.lora.request import LoRARequest
 
-# The projections an adapter may target (Llama-family names, as PEFT saves them).
+# The projections an adapter may target (Llama-family names, as PEFT saves them); a model whose checkpoint names its
+# projections otherwise lists its own (``lora_target_modules``: Phi's dense / fc1 / fc2, GPT-NeoX's
+# query_key_value, ...).
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _PREFIX = "base_model.model."
 
@@ -49,6 +51,14 @@ def adapter_folder(lora_path: str, hf_token: bool | str | None = None) -> str:
     return path
 
 
+def unexpected_modules(request: LoRARequest, target_modules: tuple[str, ...], unexpected: set[str]) -> ValueError:
+    """vLLM's error for an adapter's tensors of modules the model does not adapt."""
+    return ValueError(f"While loading {request.lora_path}, expected target modules in {list(target_modules)} but "
+                      f"received {sorted(unexpected)}. Please verify that the loaded LoRA module is correct "
+                      f"(pagedllm applies LoRA to these projections only: embed_tokens / lm_head adapters are not "
+                      f"supported yet).")
+
+
 def read_adapter_config(request: LoRARequest, max_lora_rank: int, path: str | None = None) -> dict:
     """The adapter's config, checked: a LoRA adapter of rank <= ``max_lora_rank`` that pagedllm can apply."""
     path = path or adapter_folder(request.lora_path)
@@ -70,7 +80,7 @@ def read_adapter_config(request: LoRARequest, max_lora_rank: int, path: str | No
         raise _fail(request, "DoRA adapters (use_dora=true) are not supported yet by pagedllm.")
     if config.get("modules_to_save"):
         raise _fail(request, f"modules_to_save ({config['modules_to_save']}) is not supported yet by pagedllm: "
-                             f"only LoRA weights of {', '.join(LORA_TARGET_MODULES)} are applied.")
+                             f"only the LoRA weights of the model's linear projections are applied.")
     if config.get("bias", "none") not in ("none", None):
         raise _fail(request, f"bias={config['bias']!r} (LoRA biases, vLLM's enable_lora_bias) is not supported "
                              f"yet by pagedllm; use bias='none'.")
@@ -83,10 +93,12 @@ def read_adapter_config(request: LoRARequest, max_lora_rank: int, path: str | No
 
 
 def load_adapter(request: LoRARequest, max_lora_rank: int, dtype: torch.dtype,
-                 hf_token: bool | str | None = None, fused_targets: tuple[str, ...] = ()) -> PEFTAdapter:
-    """The adapter's A and B per module (on the CPU, in ``dtype``), checked as ``read_adapter_config`` does, and
-    every tensor a lora_A / lora_B of one of LORA_TARGET_MODULES or of ``fused_targets`` (a checkpoint's fused
-    projections, e.g. Phi-3's qkv_proj / gate_up_proj, which the LoRA manager cuts into their parts)."""
+                 hf_token: bool | str | None = None,
+                 target_modules: tuple[str, ...] = LORA_TARGET_MODULES) -> PEFTAdapter:
+    """The adapter's A and B per module, as PEFT names them (the checkpoint's module names; on the CPU, in
+    ``dtype``), checked as ``read_adapter_config`` does, and every tensor a lora_A / lora_B pair's. Which modules
+    the model can adapt (``target_modules``, the leaf names it accepts, named in the error for any other tensor)
+    the LoRA manager checks, once it has the adapter's modules in the model's names."""
     path = adapter_folder(request.lora_path, hf_token)
     config = read_adapter_config(request, max_lora_rank, path)
     rank = config["r"]
@@ -107,17 +119,12 @@ def load_adapter(request: LoRARequest, max_lora_rank: int, dtype: torch.dtype,
         name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
         module, _, kind = name.rpartition(".lora_")
         kind = kind.replace(".default", "")
-        leaf = module.rpartition(".")[2]
-        if kind not in ("A.weight", "B.weight") or (leaf not in LORA_TARGET_MODULES and leaf not in fused_targets):
-            unexpected.add(leaf if kind in ("A.weight", "B.weight") else name)
+        if kind not in ("A.weight", "B.weight"):
+            unexpected.add(name)
             continue
         parts.setdefault(module, {})[kind[0]] = tensor
     if unexpected:
-        raise ValueError(f"While loading {request.lora_path}, expected target modules in "
-                         f"{list(LORA_TARGET_MODULES) + list(fused_targets)} but received {sorted(unexpected)}. "
-                         f"Please verify that the "
-                         f"loaded LoRA module is correct (pagedllm applies LoRA to these projections only: "
-                         f"embed_tokens / lm_head adapters are not supported yet).")
+        raise unexpected_modules(request, target_modules, unexpected)
     weights = {}
     for module, ab in parts.items():
         if set(ab) != {"A", "B"}:

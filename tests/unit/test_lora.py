@@ -3,6 +3,7 @@ fp32 on the CPU): greedy tokens per adapter, adapters and the base model mixed i
 isolation, and the errors for adapters pagedllm cannot apply."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -20,16 +21,18 @@ PROMPTS = [[5, 17, 42, 9, 33, 71, 2, 88, 14, 60, 23, 99, 4, 51, 77, 30, 12, 8, 6
            [7, 3, 90]]
 
 
-def save_adapter(path, hf, rank: int, alpha: float, targets=ALL_TARGETS, seed: int = 1, **config) -> dict:
-    """A random PEFT adapter (adapter_config.json + adapter_model.safetensors, PEFT's tensor names) for ``hf``;
-    returns {HF module name: (A, B)}."""
+def save_adapter(path, hf, rank: int, alpha: float, targets=ALL_TARGETS, seed: int = 1, skip: str | None = None,
+                 **config) -> dict:
+    """A random PEFT adapter (adapter_config.json + adapter_model.safetensors, PEFT's tensor names) for ``hf``'s
+    linear layers named ``targets`` (but not those whose name contains ``skip``); returns {HF module name: (A, B)}."""
     from safetensors.torch import save_file
     torch.manual_seed(seed)
     weights, tensors = {}, {}
     for name, module in hf.named_modules():
-        if name.rpartition(".")[2] in targets and isinstance(module, torch.nn.Linear):
-            a = torch.randn(rank, module.in_features) * 0.3
-            b = torch.randn(module.out_features, rank) * 0.3
+        if name.rpartition(".")[2] in targets and _in_out(module) and not (skip and skip in name):
+            in_features, out_features = _in_out(module)
+            a = torch.randn(rank, in_features) * 0.3
+            b = torch.randn(out_features, rank) * 0.3
             weights[name] = (a, b)
             tensors[f"base_model.model.{name}.lora_A.weight"] = a
             tensors[f"base_model.model.{name}.lora_B.weight"] = b
@@ -41,19 +44,35 @@ def save_adapter(path, hf, rank: int, alpha: float, targets=ALL_TARGETS, seed: i
     return weights
 
 
-def merged_tokens(hf, weights: dict, scaling: float, prompts, n: int) -> list[list[int]]:
-    """Greedy tokens of ``hf`` with W + scaling * B @ A in every adapted layer (the weights restored after)."""
+def _in_out(module: torch.nn.Module) -> tuple[int, int] | None:
+    """A linear layer's (in, out) features (HF's Conv1D, GPT-2's: its weight is [in, out]); None for other modules."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    return tuple(module.weight.shape) if type(module).__name__ == "Conv1D" else None
+
+
+@contextlib.contextmanager
+def merged(hf, weights: dict, scaling: float):
+    """``hf`` with W + scaling * B @ A in every adapted layer (the weights restored after)."""
     saved = {}
     modules = dict(hf.named_modules())
     with torch.no_grad():
         for name, (a, b) in weights.items():
             saved[name] = modules[name].weight.clone()
-            modules[name].weight += scaling * b @ a
-        out = [hf.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                           pad_token_id=0)[0, len(p):].tolist() for p in prompts]
-        for name, w in saved.items():
-            modules[name].weight.copy_(w)
-    return out
+            delta = scaling * b @ a
+            modules[name].weight += delta if isinstance(modules[name], torch.nn.Linear) else delta.t()   # Conv1D
+        try:
+            yield hf
+        finally:
+            for name, w in saved.items():
+                modules[name].weight.copy_(w)
+
+
+def merged_tokens(hf, weights: dict, scaling: float, prompts, n: int) -> list[list[int]]:
+    """Greedy tokens of ``hf`` with the adapter merged into its weights."""
+    with merged(hf, weights, scaling):
+        return [hf.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                            pad_token_id=0)[0, len(p):].tolist() for p in prompts]
 
 
 def build_model_and_adapters(root) -> tuple:

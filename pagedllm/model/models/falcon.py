@@ -15,6 +15,7 @@ from pagedllm.model.models.layernorm_decoder import (PARALLEL, PARALLEL_ONE_NORM
 
 class FalconForCausalLM(LayerNormDecoderForCausalLM):
     family = "Falcon"
+    lora_target_modules = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
     checkpoint_renames = (
         (r"^transformer\.word_embeddings\.", "model.embed_tokens."), (r"^transformer\.ln_f\.", "model.norm."),
         (r"^transformer\.h\.", "model.layers."), (r"\.ln_attn\.", ".input_layernorm."),

@@ -23,6 +23,12 @@ from pagedllm.model.models.llama import InterleavedRotaryForCausalLM, LlamaVaria
 
 class GlmForCausalLM(InterleavedRotaryForCausalLM):
 
+    def lora_checkpoint_fused_modules(self) -> dict[str, list[tuple[str, int]]]:
+        """LoRA: adapters target the checkpoint's fused gate_up_proj (HF's GLM module); the LoRA manager cuts their
+        B rows into our merged layer's gate and up parts, each keeping the shared A (as Phi-3's)."""
+        return {"gate_up_proj": [("gate_proj", self.config.intermediate_size),
+                                 ("up_proj", self.config.intermediate_size)]}
+
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
         return dataclasses.replace(super().variant(hf_config), o_proj_bias=False)

@@ -2,7 +2,9 @@
 pre-LayerNorm block with learned absolute positions (no index offset here), biased projections and a tied head;
 GELU-tanh ("gelu_new") in the MLP. Its checkpoint's Conv1D weights are stored [in, out] and its attention's q, k and
 v fused in ``c_attn``: transposed and split on the way in. Attention scales q by ``head_dim ** -0.5`` as OPT does
-(HF GPT-2 divides the scores by ``sqrt(head_dim)``: the same up to fp32 rounding)."""
+(HF GPT-2 divides the scores by ``sqrt(head_dim)``: the same up to fp32 rounding). LoRA: adapters of c_attn,
+c_proj and c_fc, as PEFT saves them for HF's Conv1D layers (A [r, in] and B [out, r], as for a linear layer; its
+``fan_in_fan_out`` only says how to merge them into the [in, out] weight): c_attn's B cut into q / k / v rows."""
 from __future__ import annotations
 
 import re
@@ -30,6 +32,7 @@ _C_ATTN = re.compile(r"h\.(\d+)\.attn\.c_attn\.(weight|bias)")
 class GPT2ForCausalLM(OPTForCausalLM):
     position_offset = 0
     supports_pipeline_parallel = True
+    lora_target_modules = ("c_attn", "c_proj", "c_fc")
 
     @staticmethod
     def decoder_config(hf_config):
@@ -49,6 +52,20 @@ class GPT2ForCausalLM(OPTForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return super().load_weights(self._opt_names(weights))
+
+    def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An adapter's module (``transformer.h.0.attn.c_attn``) and its lora_B [out, r] -> the OPT decoder's
+        modules and their rows of B (c_attn's: q, k, v in turn)."""
+        name = module.removeprefix("transformer.")
+        match = re.fullmatch(r"h\.(\d+)\.attn\.c_attn", name)
+        if match:
+            return [(f"model.decoder.layers.{match.group(1)}.self_attn.{part}_proj", piece)
+                    for part, piece in zip("qkv", b.split(self.config.n_embd, dim=0))]
+        for pattern, new, _ in _RENAMES:
+            renamed, n = re.subn(f"^{pattern}", new, f"{name}.")
+            if n:
+                return [(renamed.removesuffix("."), b)]
+        return [(module, b)]
 
     def _opt_names(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
         hidden = self.config.n_embd

@@ -11,6 +11,7 @@ from pagedllm.model.models.layernorm_decoder import (SEQUENTIAL, LayerNormDecode
 
 class GPTBigCodeForCausalLM(LayerNormDecoderForCausalLM):
     family = "GPTBigCode"
+    lora_target_modules = ("c_attn", "c_proj", "c_fc")
     checkpoint_renames = (
         (r"^transformer\.wte\.", "model.embed_tokens."), (r"^transformer\.wpe\.", "model.embed_positions."),
         (r"^transformer\.ln_f\.", "model.norm."), (r"^transformer\.h\.", "model.layers."),

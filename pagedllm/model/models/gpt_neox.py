@@ -10,6 +10,7 @@ from pagedllm.model.models.layernorm_decoder import (PARALLEL, SEQUENTIAL, Layer
 
 class GPTNeoXForCausalLM(LayerNormDecoderForCausalLM):
     family = "GPT-NeoX"
+    lora_target_modules = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
     checkpoint_renames = (
         (r"^gpt_neox\.embed_in\.", "model.embed_tokens."), (r"^gpt_neox\.final_layer_norm\.", "model.norm."),
         (r"^gpt_neox\.", "model."), (r"\.attention\.dense\.", ".self_attn.o_proj."),

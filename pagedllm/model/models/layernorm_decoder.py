@@ -18,7 +18,13 @@ A checkpoint's fused QKV tensor is cut into q / k / v at load (``split_fused_qkv
 contiguous), so the packed QKV layer takes each rank's heads under tensor parallel (KV heads replicated when there
 are fewer than ranks). Pipeline parallel: the embeddings on the first stage, the final norm and the LM head on the
 last (a tied head: the last stage's copy of the embedding), a layer's residual added inside it, so only the hidden
-states travel between stages. No LoRA or quantization yet (refused at load by the registry's checks).
+states travel between stages. No quantization yet (refused at load by the registry's checks).
+
+LoRA: adapters as PEFT saves them for the HF model name the checkpoint's modules (each family's
+``lora_target_modules``: GPT-NeoX's query_key_value / dense / dense_h_to_4h / dense_4h_to_h, Phi's q/k/v_proj /
+dense / fc1 / fc2, ...); ``lora_module_parts`` renames them as the checkpoint's tensors are and cuts a fused QKV's
+lora_B rows as its weight's (lora_A, on the input side, is shared by the parts), so the adapter lands on our
+q/k/v, o_proj and fc1 / fc2 (or gate/up/down) layers.
 """
 from __future__ import annotations
 
@@ -113,11 +119,12 @@ class LayerNormAttention(nn.Module):
         self.attn = Attention(self.num_heads, head_dim, scale, self.num_kv_heads, layer_idx, sliding_window=window)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(hidden, batch.lora_step)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm:
             q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim))
             k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim))
-        return self.o_proj(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions))
+        return self.o_proj(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions), batch.lora_step)
 
 
 class PlainMLP(nn.Module):
@@ -129,8 +136,8 @@ class PlainMLP(nn.Module):
         self.fc2 = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
         self.act = activation_fn(cfg.activation, f"{family} activation")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x, lora_step)), lora_step)
 
 
 class LayerNormDecoderLayer(nn.Module):
@@ -149,9 +156,9 @@ class LayerNormDecoderLayer(nn.Module):
         attn = self.self_attn(positions, normed, batch)
         if self.residual == SEQUENTIAL:
             hidden = hidden + attn
-            return hidden + self.mlp(self.post_attention_layernorm(hidden))
+            return hidden + self.mlp(self.post_attention_layernorm(hidden), batch.lora_step)
         mlp_in = normed if self.residual == PARALLEL_ONE_NORM else self.post_attention_layernorm(hidden)
-        return hidden + attn + self.mlp(mlp_in)
+        return hidden + attn + self.mlp(mlp_in, batch.lora_step)
 
 
 class LayerNormDecoderModel(nn.Module):
@@ -199,6 +206,8 @@ class LayerNormDecoderForCausalLM(nn.Module):
     family = "LayerNorm decoder"
     supports_tensor_parallel = True
     supports_pipeline_parallel = True
+    supports_lora = True
+    lora_target_modules: tuple[str, ...] = ()    # the checkpoint's projection names an adapter may target
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
@@ -244,6 +253,11 @@ class LayerNormDecoderForCausalLM(nn.Module):
         rename = {"model.embed_tokens.": "lm_head."} if self._head_from_embedding else None
         return load_packed_weights(self, self._our_names(weights), self.packed_modules_mapping, skip=skip,
                                    rename=rename)
+
+    def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An adapter's module (the checkpoint's name) and its lora_B [out, r] -> our modules and their rows of B:
+        renamed as the checkpoint's tensors, a fused QKV's B cut into q / k / v rows as its weight is."""
+        return [(name.removesuffix(".weight"), rows) for name, rows in self._our_names([(f"{module}.weight", b)])]
 
     def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
         """Checkpoint name prefixes this pipeline stage never reads: none, as the families' checkpoint names are not

@@ -418,12 +418,18 @@ class LlamaForCausalLM(nn.Module):
 class InterleavedRotaryForCausalLM(LlamaForCausalLM):
     """A Llama decoder whose checkpoint rotates interleaved pairs ``(x[2i], x[2i+1])`` (GLM, Cohere, ERNIE 4.5): its
     Q / K rows are reordered at load into NeoX halves (weights.interleaved_rotary_to_neox), so every backend and the
-    fused rotary decode kernel run it through the one NeoX path. No LoRA: adapters' Q / K rows would need the same
-    reordering."""
-    supports_lora = False
+    fused rotary decode kernel run it through the one NeoX path. LoRA: an adapter's q_proj / k_proj lora_B rows get
+    the same reordering (``lora_module_parts``; lora_A, on the input side, is untouched), so the adapted Q / K are
+    the merged model's, reordered alike."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return super().load_weights(interleaved_rotary_to_neox(weights, self.config, type(self).__name__))
+
+    def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An adapter's module and its lora_B [out, r]: q_proj's / k_proj's rows in the order the checkpoint's rows
+        were loaded in (B's rows are the projection's output rows)."""
+        [(_, b)] = interleaved_rotary_to_neox([(f"{module}.weight", b)], self.config, type(self).__name__)
+        return [(module, b)]
 
 
 class LlamaForEmbedding(LlamaForCausalLM):

@@ -10,8 +10,9 @@ HF's by construction. Layers after ``vision_feature_layer`` (the last one of CLI
 loaded, as vLLM does.
 
 Tensor parallel splits the Llama as usual; every rank runs the whole vision tower and projector (replicated: a few
-percent of a 7B's FLOPs per image) and puts the image rows into the all-reduced embeddings. Not here yet: LLaVA-NeXT's
-anyres tiles, pipeline parallel, quantized checkpoints, LoRA.
+percent of a 7B's FLOPs per image) and puts the image rows into the all-reduced embeddings. LoRA adapters apply to
+the language model's projections, as vLLM's; an adapter's vision-tower or projector module is refused by name. Not
+here yet: LLaVA-NeXT's anyres tiles, pipeline parallel, quantized checkpoints.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class LlavaForConditionalGeneration(LlamaForCausalLM):
     supports_tensor_parallel = True
     supports_pipeline_parallel = False
     supports_quantization = False
-    supports_lora = False
+    supports_lora = True            # the language model's projections (the vision side: no_lora below)
     supported_modalities = ("image",)
 
     def __init__(self, hf_config, engine_config):
@@ -77,6 +78,9 @@ class LlavaForConditionalGeneration(LlamaForCausalLM):
         self.multi_modal_projector = LlavaMultiModalProjector(
             vision.hidden_size * len(self.feature_layers), hf_config.hidden_size, mm.projector_hidden_act,
             getattr(mm, "multimodal_projector_bias", True))
+        # LoRA: an adapter's modules here are refused by name (LoRAManager), as vLLM adapts the language model only.
+        self.vision_tower.no_lora = "LLaVA's vision tower"
+        self.multi_modal_projector.no_lora = "LLaVA's multimodal projector"
 
     @property
     def tokens_per_image(self) -> int:
@@ -111,14 +115,9 @@ class LlavaForConditionalGeneration(LlamaForCausalLM):
 
         def text_weights():
             for name, tensor in weights:
-                name = name.removeprefix("model.") if name.startswith("model.vision_tower.") or \
-                    name.startswith("model.multi_modal_projector.") else name
+                name = _our_name(name)
                 if name.startswith(("vision_tower.", "multi_modal_projector.")):
                     vision[name] = tensor
-                elif name.startswith("model.language_model."):
-                    yield "model." + name.removeprefix("model.language_model."), tensor
-                elif name.startswith("language_model."):
-                    yield name.removeprefix("language_model."), tensor
                 else:
                     yield name, tensor
 
@@ -139,6 +138,21 @@ class LlavaForConditionalGeneration(LlamaForCausalLM):
                                      f"{sorted(prefix + k for k in unexpected)[:5]}")
                 loaded |= {prefix + k for k in state}
         return loaded
+
+    def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An adapter's module as PEFT names it on HF's model (``model.language_model.layers.0.self_attn.q_proj``,
+        transformers 4's ``language_model.model.layers...``) in our names, as the checkpoint's tensors."""
+        return [(_our_name(module), b)]
+
+
+def _our_name(name: str) -> str:
+    """A checkpoint tensor's (or an adapter module's) name in ours: the language model's without its prefix, the
+    vision tower's and the projector's from ``vision_tower.`` / ``multi_modal_projector.``."""
+    if name.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
+        return name.removeprefix("model.")
+    if name.startswith("model.language_model."):
+        return "model." + name.removeprefix("model.language_model.")
+    return name.removeprefix("language_model.")
 
 
 def _is_unused(name: str, num_layers: int) -> bool:

@@ -124,7 +124,6 @@ class OlmoeForCausalLM(_MoE):
     qk_norm = True
     moe = "qwen"
     supports_tensor_parallel = False     # the Q / K norms over all heads need them on one rank (as OLMo 2)
-    supports_lora = False
     supports_quantization = False
 
     @classmethod
@@ -150,8 +149,11 @@ _GRANITE_STACKED = re.compile(r"(.+)\.block_sparse_moe\.(input|output)_linear\.w
 
 class GraniteMoeForCausalLM(GraniteForCausalLM):
     moe = "granite"                 # LlamaVariant.moe; the block is _granite_moe_block's
-    supports_lora = False
     supports_quantization = False
+    # LoRA: the attention's projections and the shared MLP's (its input_linear: [gate; up], cut into our parts);
+    # the experts' stacked input_linear / output_linear are refused by name, as the other MoE models' experts.
+    supports_lora = True
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "input_linear", "output_linear")
 
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
@@ -159,6 +161,19 @@ class GraniteMoeForCausalLM(GraniteForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return super().load_weights(self._per_expert(weights))
+
+    def lora_checkpoint_fused_modules(self) -> dict[str, list[tuple[str, int]]]:
+        shared = getattr(self.config, "shared_intermediate_size", 0) or 0
+        return {"gate_up_proj": [("gate_proj", shared), ("up_proj", shared)]} if shared else {}
+
+    def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An adapter's module in our names: the shared MLP's renamed as its weights; an expert layer's stacked
+        projection under ``mlp.experts.`` (refused there by name)."""
+        stacked = _GRANITE_STACKED.fullmatch(f"{module}.weight")
+        if stacked is not None:
+            return [(f"{stacked.group(1)}.mlp.experts.{stacked.group(2)}_linear", b)]
+        [(name, _)] = self._per_expert([(f"{module}.weight", b)])
+        return [(name.removesuffix(".weight"), b)]
 
     @staticmethod
     def _per_expert(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
@@ -189,7 +204,7 @@ def _phimoe_block(cfg, quant_config, prefix: str) -> SparseMoeBlock:
 
 class PhimoeForCausalLM(LlamaForCausalLM):
     moe = "phimoe"                  # LlamaVariant.moe; the block is _phimoe_block's
-    supports_lora = False
+    supports_lora = True            # the attention's projections (the experts: refused by name)
     supports_quantization = False
 
     @classmethod
@@ -242,7 +257,7 @@ class Ernie45MoeBlock(nn.Module):
         out = self.experts(x, top_ids, top_weights)
         if self.experts.tp_size > 1:
             out = tp_all_reduce(out)
-        return out if self.shared_experts is None else out + self.shared_experts(x)
+        return out if self.shared_experts is None else out + self.shared_experts(x, lora_step)
 
 
 def _ernie_moe_block(cfg, quant_config, prefix: str) -> Ernie45MoeBlock:
@@ -252,6 +267,7 @@ def _ernie_moe_block(cfg, quant_config, prefix: str) -> Ernie45MoeBlock:
 class Ernie4_5_MoeForCausalLM(Ernie4_5ForCausalLM):
     moe = "ernie"                   # LlamaVariant.moe; the block is _ernie_moe_block's
     supports_quantization = False
+    supports_lora = True            # the attention's and the shared experts' projections (the experts: refused)
 
     @classmethod
     def variant(cls, hf_config) -> LlamaVariant:
@@ -275,7 +291,7 @@ _HUNYUAN_NAMES = {".mlp.gate.wg.": ".mlp.gate.", ".mlp.shared_mlp.": ".mlp.share
 class HunYuanMoEV1ForCausalLM(LlamaForCausalLM):
     qk_norm = True
     moe = "hunyuan"                 # LlamaVariant.moe; the block is _hunyuan_moe_block's
-    supports_lora = False
+    supports_lora = True            # the attention's and the shared MLP's projections (the experts: refused)
     supports_quantization = False
 
     @classmethod
@@ -312,6 +328,11 @@ class HunYuanMoEV1ForCausalLM(LlamaForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return super().load_weights(self._renamed(weights))
+
+    def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An adapter's module in our names (the shared MLP's ``shared_mlp`` is our ``shared_expert``)."""
+        [(name, _)] = self._renamed([(f"{module}.weight", b)])
+        return [(name.removesuffix(".weight"), b)]
 
     @staticmethod
     def _renamed(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:

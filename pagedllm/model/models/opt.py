@@ -6,6 +6,7 @@ post-LayerNorm (350m, which also projects the embeddings in and out of a smaller
 
 Pipeline parallel: the embeddings (and ``project_in``) on the first stage, the final LayerNorm, ``project_out`` and the
 LM head on the last; a layer's residual is added inside it, so only the hidden states travel between stages.
+LoRA: adapters of q/k/v_proj, out_proj, fc1 and fc2 (PEFT's names for HF's OPT are ours).
 """
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ class OPTAttention(nn.Module):
         self.attn = Attention(self.qkv_proj.num_heads, self.head_dim, 1.0, self.qkv_proj.num_kv_heads, layer_idx)
 
     def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        q, k, v = self.qkv_proj(hidden).chunk(3, dim=-1)
-        return self.out_proj(self.attn(q * self.scaling, k, v, batch))
+        q, k, v = self.qkv_proj(hidden, batch.lora_step).chunk(3, dim=-1)
+        return self.out_proj(self.attn(q * self.scaling, k, v, batch), batch.lora_step)
 
 
 class OPTDecoderLayer(nn.Module):
@@ -82,7 +83,7 @@ class OPTDecoderLayer(nn.Module):
         residual = hidden
         if self.do_layer_norm_before:
             hidden = self.final_layer_norm(hidden)
-        hidden = residual + self.fc2(self.act(self.fc1(hidden)))
+        hidden = residual + self.fc2(self.act(self.fc1(hidden, batch.lora_step)), batch.lora_step)
         if not self.do_layer_norm_before:
             hidden = self.final_layer_norm(hidden)
         return hidden
@@ -155,6 +156,8 @@ class OPTModel(nn.Module):
 class OPTForCausalLM(nn.Module):
     supports_tensor_parallel = True
     supports_pipeline_parallel = True
+    supports_lora = True
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
 
     position_offset = POSITION_OFFSET

@@ -11,6 +11,7 @@ from pagedllm.model.models.layernorm_decoder import (PARALLEL_ONE_NORM, LayerNor
 
 class PhiForCausalLM(LayerNormDecoderForCausalLM):
     family = "Phi"
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
     checkpoint_renames = (
         (r"\.self_attn\.dense\.", ".self_attn.o_proj."), (r"\.self_attn\.q_layernorm\.", ".self_attn.q_norm."),
         (r"\.self_attn\.k_layernorm\.", ".self_attn.k_norm."), (r"^model\.final_layernorm\.", "model.norm."),

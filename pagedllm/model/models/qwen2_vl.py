@@ -18,7 +18,8 @@ indices by ``delta`` (<= 0) after its images. ``mrope_input_positions`` computes
 takes the plain path (positions + delta: decode, CUDA graphs, the fused rotary decode kernel); a step with image rows
 runs eagerly and rotates here (LlamaVariant.mrope_section, ForwardBatch.mrope_positions).
 
-Not here yet: video (refused by the front end), pipeline parallel, quantized checkpoints, LoRA.
+LoRA adapters apply to the language model's projections, as vLLM's; an adapter's vision-transformer module is refused
+by name. Not here yet: video (refused by the front end), pipeline parallel, quantized checkpoints.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):
     supports_tensor_parallel = True
     supports_pipeline_parallel = False
     supports_quantization = False
-    supports_lora = False
+    supports_lora = True            # the language model's projections (the vision transformer: no_lora below)
     supported_modalities = ("image",)
     vision_module = "qwen2_vl.modeling_qwen2_vl.Qwen2VisionTransformerPretrainedModel"
 
@@ -67,6 +68,8 @@ class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):
         module, name = self.vision_module.rsplit(".", 1)
         import importlib
         self.visual = getattr(importlib.import_module(f"transformers.models.{module}"), name)(self.vision_config)
+        # LoRA: an adapter's modules here are refused by name (LoRAManager), as vLLM adapts the language model only.
+        self.visual.no_lora = "the vision transformer"
         self.merge = self.vision_config.spatial_merge_size
         args = getattr(engine_config, "args", None)
         self.max_pixels = ((getattr(args, "mm_processor_kwargs", None) or {}).get("max_pixels")
@@ -132,10 +135,9 @@ class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):
 
         def text_weights():
             for name, tensor in weights:
-                if name.startswith(("visual.", "model.visual.")):
-                    visual[name.removeprefix("model.").removeprefix("visual.")] = tensor
-                elif name.startswith("model.language_model."):
-                    yield "model." + name.removeprefix("model.language_model."), tensor
+                name = _our_name(name)
+                if name.startswith("visual."):
+                    visual[name.removeprefix("visual.")] = tensor
                 else:
                     yield name, tensor
 
@@ -146,6 +148,21 @@ class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):
             raise ValueError(f"{type(self).__name__}: the checkpoint's vision tensors do not match the vision "
                              f"transformer (unexpected: {sorted(unexpected)[:5]}, missing: {sorted(missing)[:5]}).")
         return loaded | {"visual." + k for k in visual}
+
+    def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An adapter's module as PEFT names it on HF's model (transformers 5's ``model.language_model.layers...``,
+        4's ``model.layers...``) in our names, as the checkpoint's tensors."""
+        return [(_our_name(module), b)]
+
+
+def _our_name(name: str) -> str:
+    """A checkpoint tensor's (or an adapter module's) name in ours: the language model's under ``model.``, the
+    vision transformer's under ``visual.``."""
+    if name.startswith("model.visual."):
+        return name.removeprefix("model.")
+    if name.startswith("model.language_model."):
+        return "model." + name.removeprefix("model.language_model.")
+    return name
 
 
 class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):

@@ -12,6 +12,7 @@ from pagedllm.model.models.layernorm_decoder import (PARALLEL_ONE_NORM, SEQUENTI
 
 class StableLmForCausalLM(LayerNormDecoderForCausalLM):
     family = "StableLM"
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
     def __init__(self, hf_config, engine_config):
         super().__init__(hf_config, engine_config)

@@ -9,6 +9,7 @@ from pagedllm.model.models.layernorm_decoder import (SEQUENTIAL, LayerNormDecode
 
 class Starcoder2ForCausalLM(LayerNormDecoderForCausalLM):
     family = "Starcoder2"
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")
     checkpoint_renames = ((r"\.mlp\.c_fc\.", ".mlp.fc1."), (r"\.mlp\.c_proj\.", ".mlp.fc2."))
 
     @classmethod
