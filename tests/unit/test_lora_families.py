@@ -157,15 +157,20 @@ def test_vision_language_models_adapt_their_language_model(tmp_path, kind, tower
         llm.generate(request, GREEDY, use_tqdm=False, lora_request=LoRARequest("all", 2, str(tmp_path / "all")))
 
 
-@pytest.mark.parametrize("family", ["glm", "falcon-7b-style"])
-def test_tensor_parallel_2(tmp_path, family):
+@pytest.mark.parametrize("family, parallel", [("glm", dict(tensor_parallel_size=2)),
+                                              ("falcon-7b-style", dict(tensor_parallel_size=2)),
+                                              ("phi", dict(pipeline_parallel_size=2)),
+                                              ("gpt2", dict(pipeline_parallel_size=2))])
+def test_tensor_and_pipeline_parallel(tmp_path, family, parallel):
     """Each rank's cut of the reordered / split adapter: GLM's Q / K rows and fused gate_up_proj, falcon-7b's
-    multi-query query_key_value (its one KV head replicated on both ranks) give one process's tokens."""
+    multi-query query_key_value (its one KV head replicated on both ranks); each pipeline stage its layers' part of
+    an adapter named in the checkpoint's names (Phi-2's dense, GPT-2's transformer.h.N.c_attn): one process's
+    tokens."""
     config, targets = FAMILIES[family]
     hf = _save_model(tmp_path / "model", config())
     adapter = save_adapter(tmp_path / "lora", hf, rank=8, alpha=16, seed=3, targets=targets)
     expected = merged_tokens(hf, adapter, 16 / 8, PROMPTS, 6)
-    llm = make_llm(tmp_path, tensor_parallel_size=2, kv_cache_memory_gb=0.01, num_gpu_blocks_override=None)
+    llm = make_llm(tmp_path, **parallel, kv_cache_memory_gb=0.01, num_gpu_blocks_override=None)
     try:
         got = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False,
                            lora_request=LoRARequest("lora", 1, str(tmp_path / "lora")))

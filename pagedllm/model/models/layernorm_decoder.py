@@ -43,7 +43,7 @@ from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
 from pagedllm.model.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import HeadLayerNorm, LayerNorm
-from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers
+from pagedllm.model.layers.pipeline import IntermediateTensors, PPMissingLayer, make_layers, missing_prefixes
 from pagedllm.model.layers.rotary import RotaryEmbedding
 from pagedllm.model.models.llama import LlamaMLP
 from pagedllm.model.models.weights import load_packed_weights
@@ -256,8 +256,12 @@ class LayerNormDecoderForCausalLM(nn.Module):
 
     def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         """An adapter's module (the checkpoint's name) and its lora_B [out, r] -> our modules and their rows of B:
-        renamed as the checkpoint's tensors, a fused QKV's B cut into q / k / v rows as its weight is."""
-        return [(name.removesuffix(".weight"), rows) for name, rows in self._our_names([(f"{module}.weight", b)])]
+        renamed as the checkpoint's tensors, a fused QKV's B cut into q / k / v rows as its weight is; none for the
+        modules another pipeline stage holds (which loads them; pp_skipped_checkpoint_prefixes, in the checkpoint's
+        names, cannot say which)."""
+        elsewhere = missing_prefixes(self)
+        return [(name.removesuffix(".weight"), rows) for name, rows in self._our_names([(f"{module}.weight", b)])
+                if not (elsewhere and name.startswith(elsewhere))]
 
     def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
         """Checkpoint name prefixes this pipeline stage never reads: none, as the families' checkpoint names are not
