@@ -104,9 +104,12 @@ class LoRAManager:
                                  "mixture-of-experts layer, and LoRA on the experts is not supported yet by "
                                  "pagedllm (adapters of the attention and shared-expert projections are).")
             if why:
+                # vLLM ignores these weights with a warning; running part of an adapter silently is not ours to do.
                 raise ValueError(f"Loading lora {request.lora_name} failed: {peft_module} is a module of {why}, "
-                                 f"which takes no LoRA adapter (as in vLLM, adapters apply to the language model's "
-                                 f"projections only).")
+                                 f"which takes no LoRA adapter: as in vLLM, adapters apply to the language model "
+                                 f"only (vLLM ignores such weights with a warning; pagedllm refuses the adapter "
+                                 f"rather than run part of it). Train it on the language model's projections "
+                                 f"(PEFT's exclude_modules, or a target_modules regex).")
             if peft_module.rpartition(".")[2] not in self.target_modules:
                 unexpected.add(peft_module.rpartition(".")[2])
                 continue

@@ -47,7 +47,8 @@ FAMILIES = {
     # OPT: q/k/v_proj, out_proj, fc1 / fc2; GPT-2's Conv1D c_attn (q | k | v), c_proj, c_fc.
     "opt": (lambda: transformers.OPTConfig(**_COMMON, ffn_dim=128, init_std=0.2),
             ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")),
-    "gpt2": (lambda: transformers.GPT2Config(**_COMMON, architectures=["GPT2LMHeadModel"]), ("c_attn", "c_proj", "c_fc")),
+    "gpt2": (lambda: transformers.GPT2Config(**_COMMON, architectures=["GPT2LMHeadModel"]),
+             ("c_attn", "c_proj", "c_fc")),
     # Mixture-of-experts models: the attention's projections and the shared experts' (the experts take none yet).
     # ERNIE 4.5 MoE: interleaved rotary, a dense first layer, 2 shared experts; Hunyuan: the shared MLP (shared_mlp)
     # in every layer, Q / K norms after the rotary; Granite MoE's shared MLP: [gate; up] in input_linear.
