@@ -178,6 +178,16 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "(output equal up to rounding). 0: the two kernels. Read when the attention backend is built. Default 3 (H200, "
         "session 18, 7B bs1 262.4 -> 265.3 tok/s against 2; session 15: 2 took latency 8x1024x1024 4.607 -> 4.50 s; "
         "an A/B switch)."),
+    "PAGEDLLM_MLA_PREFILL": (
+        lambda: (_optional_str("PAGEDLLM_MLA_PREFILL") or "expanded").lower(),     # checked by the model
+        "DeepSeek MLA (model/models/deepseek.py): how a step's prompt tokens attend. expanded: the prompt requests' "
+        "latent (their cached context included) is expanded through kv_b_proj into per-head keys and values and "
+        "attends at qk_head_dim / v_head_dim (vLLM's prefill form), unless the step's cached context is long "
+        "against its new tokens (the expansion would cost more multiply-adds than the absorbed form's wider "
+        "attention saves: speculative verifications, short chunks after long prefixes); absorbed: every token "
+        "attends over the latent cache with kv_b_proj absorbed (session 35's form); expanded-always: expanded "
+        "whatever the context (A/B runs and tests). Decode tokens always take the absorbed form. Read when the model "
+        "is built. Default expanded."),
     "PAGEDLLM_COMPILE_THREADS": (
         lambda: _int_at_least("PAGEDLLM_COMPILE_THREADS", 0, _default_compile_threads()),
         "On the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on this "

@@ -302,3 +302,29 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         out[s:e] = o.view(num_kv_heads, group, q_len, head_dim).permute(2, 0, 1, 3).reshape(q_len, num_heads,
                                                                                               head_dim)
     return out
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, scale: float, cu_seqlens_q_cpu: list[int] | None = None,
+                     cu_seqlens_k_cpu: list[int] | None = None) -> torch.Tensor:
+    """Causal attention of ``q`` ``[Tq, Hq, D]`` over keys / values given as tensors, ``k`` ``[Tk, Hkv, D]``,
+    ``v`` ``[Tk, Hkv, Dv]``, requests back to back (``cu_seqlens_*``: ``[B + 1]`` prefix sums; ``*_cpu``: their
+    host copies). Request ``b``'s queries are its last keys' positions: query ``i`` sees keys
+    ``0 .. len_k - len_q + i``. Returns ``[Tq, Hq, Dv]`` (AttentionBackend.varlen_attention)."""
+    q_starts = cu_seqlens_q_cpu if cu_seqlens_q_cpu is not None else cu_seqlens_q.tolist()
+    k_starts = cu_seqlens_k_cpu if cu_seqlens_k_cpu is not None else cu_seqlens_k.tolist()
+    group = q.shape[1] // k.shape[1]
+    out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+    for b in range(len(q_starts) - 1):
+        s, e, ks, ke = q_starts[b], q_starts[b + 1], k_starts[b], k_starts[b + 1]
+        if s == e:
+            continue
+        qb, kb, vb = q[s:e].transpose(0, 1), k[ks:ke].transpose(0, 1), v[ks:ke].transpose(0, 1)   # [H, len, D]
+        if group > 1:
+            kb, vb = kb.repeat_interleave(group, 0), vb.repeat_interleave(group, 0)
+        ctx = (ke - ks) - (e - s)                    # keys before the first query: seen by every query
+        pos = torch.arange(ke - ks, device=q.device)
+        mask = pos[None, :] <= pos[ctx:, None] if ctx else None          # [len_q, len_k]: True = attend
+        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, is_causal=not ctx, scale=scale)
+        out[s:e] = o.transpose(0, 1)
+    return out

@@ -1,8 +1,10 @@
 """DeepSeek-V2 / V3 (model/models/deepseek.py) on a CUDA GPU, through the same layers as every model: the Triton
 attention backend over the latent MLA cache (one KV head of kv_lora_rank + qk_rope_head_dim = 128 + 64 here, all
 query heads on it; V2-Lite / V3's 576 in the kernel test), the Triton rotary in place on the rope part of Q and the
-shared k_pe, the fused Triton experts with the router on the device, decode and piecewise CUDA graphs. Skipped without CUDA (collected on the CPU); the kernel tests also run in Triton's
-interpreter (TRITON_INTERPRET=1, see tests/gpu/conftest.py).
+shared k_pe, the fused Triton experts with the router on the device, decode and piecewise CUDA graphs, the expanded
+prompt form (TritonAttentionBackend.varlen_attention at qk_head_dim 192 / v_head_dim 128). Skipped without CUDA
+(collected on the CPU); the kernel tests also run in Triton's interpreter (TRITON_INTERPRET=1, see
+tests/gpu/conftest.py).
 
 * fp32: greedy tokens identical to HF fp32 (fp32 keeps the router's choices HF's; in bf16 a tiny random router's
   near-ties pick other experts, as tests/gpu/test_engine_gpu.py's MoE test says).
@@ -85,6 +87,21 @@ def _generate(llm, prompts):
 @needs_cuda
 @pytest.mark.parametrize("arch", ["v2_lite", "v2", "v3"])
 def test_fp32_triton_graphs_tokens_equal_hf(arch, tmp_path):
+    _assert_graphs_tokens_equal_hf(arch, tmp_path)
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["expanded-always", "absorbed"])
+def test_fp32_mla_prefill_forms_tokens_equal_hf(mode, tmp_path, monkeypatch):
+    """PAGEDLLM_MLA_PREFILL's other two forms, V3 (the default's rule keeps the prefix hits' short tails absorbed):
+    expanded-always runs every prompt chunk expanded with its cached context (128-token chunks after context,
+    mixed with decodes, the second run's prefix hits) through TritonAttentionBackend.varlen_attention between the
+    piecewise graphs; absorbed runs every token over the latent cache (session 35's form). HF's greedy tokens."""
+    monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", mode)
+    _assert_graphs_tokens_equal_hf("v3", tmp_path)
+
+
+def _assert_graphs_tokens_equal_hf(arch: str, tmp_path) -> None:
     from pagedllm import LLM
     path = _save(arch, tmp_path / arch)
     prompts = _prompts()
@@ -206,6 +223,64 @@ def test_wide_heads_launch_in_groups_of_16(monkeypatch, decode):
         out = tri.extend_attention(query, k_cache, v_cache, qsl, seq_lens, tables, scale, 20, _two_pass=False)
     assert groups == [16, 16, 8]
     assert rel_err(out, reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale)) < 1e-2
+
+
+def _triton_backend(heads: int, kv_heads: int, head_dim: int, block_size: int, device):
+    from pagedllm.attention.backends.triton_backend import TritonAttentionBackend
+    return TritonAttentionBackend(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, block_size=block_size,
+                                  max_num_seqs=8, max_num_batched_tokens=256, dtype=torch.float16, device=device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("heads, qk_dim, v_dim", [(16, 192, 128), (4, 24, 12)], ids=["v2-lite-192-128", "cpu-test"])
+def test_triton_varlen_attention_on_the_expanded_mla_shapes(heads, qk_dim, v_dim):
+    """DeepSeek's expanded prefill on the GPU: TritonAttentionBackend.varlen_attention (the extend kernel over the
+    given keys read as one-token blocks, V zero-padded to the key's width and cut) at qk_head_dim 192 / v_head_dim
+    128 (V2-Lite / V3; and the CPU tests' 24 / 12), requests with cached context (more keys than queries), without,
+    and of one token: the torch reference's output (kernels/torch_attention.varlen_attention, fp32)."""
+    from test_triton_attention import BF16, rel_err
+
+    from pagedllm.kernels import torch_attention
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(11)
+    q_lens, k_lens = [20, 7, 1, 33], [20, 30, 9, 40]
+    q = torch.randn(sum(q_lens), heads, qk_dim, generator=g).to(BF16)
+    k = torch.randn(sum(k_lens), heads, qk_dim, generator=g).to(BF16)
+    v = torch.randn(sum(k_lens), heads, v_dim, generator=g).to(BF16)
+    cu_q = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    cu_k = torch.tensor([0, *torch.tensor(k_lens).cumsum(0).tolist()], dtype=torch.int32)
+    scale = qk_dim ** -0.5
+    want = torch_attention.varlen_attention(q.float(), k.float(), v.float(), cu_q, cu_k, scale)
+    backend = _triton_backend(heads, heads, qk_dim, 16, device)
+    got = backend.varlen_attention(q.to(device), k.to(device), v.to(device), cu_q.to(device), cu_k.to(device),
+                                   scale, max(q_lens), max(k_lens))
+    assert got.shape == (sum(q_lens), heads, v_dim)
+    assert rel_err(got.cpu(), want) < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+def test_triton_attend_decodes_of_a_mixed_step_on_the_latent_cache():
+    """A step's decodes alone (TritonAttentionBackend.attend_decodes: the decode kernel on its first num_decodes
+    requests), as DeepSeek's MLA attends them absorbed while its prompt requests go expanded: their rows of the
+    torch reference's attention over the whole step."""
+    from test_triton_attention import BF16, make_batch, reference, rel_err
+
+    from pagedllm.attention.backends.base import CommonAttentionMetadata
+    heads, width = 4, 32 + 8
+    query, k_cache, v_cache, qsl, seq_lens, tables = make_batch([(37, 1), (5, 1), (40, 12)], heads, 1, width, 16,
+                                                                BF16, seed=4)
+    device = query.device
+    backend = _triton_backend(heads, 1, width, 16, device)
+    common = CommonAttentionMetadata(query_start_loc=qsl, seq_lens=seq_lens, block_tables=tables,
+                                     slot_mapping=torch.zeros(14, dtype=torch.long, device=device), max_query_len=12,
+                                     max_seq_len=40, num_decodes=2)
+    metadata = backend.build_metadata(common)
+    assert metadata.common is common
+    scale = 0.2
+    got = backend.attend_decodes(query[:2], torch.stack((k_cache, v_cache)), metadata, scale)
+    assert rel_err(got, reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale)[:2]) < 1e-2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",

@@ -76,6 +76,127 @@ test_sample_logprobs_match_hf = vs_hf.test_sample_logprobs_match_hf
 test_preemption_matches_hf = vs_hf.test_preemption_matches_hf
 
 
+@pytest.fixture
+def attention_forms(monkeypatch) -> list[tuple]:
+    """Each MLA attention call of a run that did not attend the whole step absorbed, in order: ``("decodes", rows)``
+    (the step's decodes, absorbed over the latent cache) and ``("expanded", new tokens, whole sequence)`` per prompt
+    request of the expanded form."""
+    from pagedllm.attention.backends.torch_backend import TorchAttentionBackend
+    events: list[tuple] = []
+    varlen, decodes = TorchAttentionBackend.varlen_attention, TorchAttentionBackend.attend_decodes
+
+    def record_varlen(self, q, k, v, cu_q, cu_k, *args):
+        events.append(("expanded", [b - a for a, b in zip(cu_q.tolist(), cu_q.tolist()[1:])],
+                       [b - a for a, b in zip(cu_k.tolist(), cu_k.tolist()[1:])]))
+        return varlen(self, q, k, v, cu_q, cu_k, *args)
+
+    def record_decodes(self, q, *args, **kwargs):
+        events.append(("decodes", q.shape[0]))
+        return decodes(self, q, *args, **kwargs)
+    monkeypatch.setattr(TorchAttentionBackend, "varlen_attention", record_varlen)
+    monkeypatch.setattr(TorchAttentionBackend, "attend_decodes", record_decodes)
+    return events
+
+
+def _greedy_with_logprobs_match_hf(tiny: DeepseekTiny, llm: LLM, prompts: list[list[int]]):
+    """Greedy tokens HF's, and each one's logprob HF fp32's log-softmax (what the prompt's attention output feeds:
+    the first token comes from it, the later ones from the cache it wrote)."""
+    params = SamplingParams(temperature=0.0, max_tokens=vs_hf.NEW_TOKENS, ignore_eos=True, logprobs=0)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    vs_hf._assert_matches_hf(tiny, prompts, outs)
+    for prompt, out in zip(prompts, outs):
+        tokens = list(out.outputs[0].token_ids)
+        with torch.no_grad():
+            ref = torch.log_softmax(tiny.hf(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:-1], dim=-1)
+        got = torch.tensor([lp[t].logprob for t, lp in zip(tokens, out.outputs[0].logprobs)])
+        torch.testing.assert_close(got, ref[torch.arange(len(tokens)), tokens], rtol=0, atol=1e-4)
+    return outs
+
+
+def test_expanded_prefill_chunks_prefix_hits_and_mixed_steps_match_hf(tiny, monkeypatch, attention_forms):
+    """PAGEDLLM_MLA_PREFILL=expanded-always: every prompt request attends in the expanded form (kv_b_proj applied to
+    the latent, keys [k_nope, k_pe] and values per head at qk_head_dim / v_head_dim), its cached context gathered
+    from the latent cache and expanded with it. A 16-token budget cuts the prompts into chunks after context and
+    mixes them with decodes (absorbed, in the same step); a second run of prompts sharing a 48-token prefix hits
+    the prefix cache. Tokens and logprobs HF fp32's."""
+    monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", "expanded-always")
+    llm = tiny.llm(max_num_batched_tokens=16, block_size=16, enable_prefix_caching=True)
+    _greedy_with_logprobs_match_hf(tiny, llm, vs_hf._prompts(vs_hf.PROMPT_LENS))
+    expanded = [e for e in attention_forms if e[0] == "expanded"]
+    assert any(k > q for _, qs, ks in expanded for q, k in zip(qs, ks)), "no chunk after cached context expanded"
+    mixed = [i for i, e in enumerate(attention_forms[:-1]) if e[0] == "decodes" and attention_forms[i + 1][0] ==
+             "expanded"]
+    assert mixed, "no step of decodes and prompt chunks together"
+    common = vs_hf._prompts([48], seed=7)[0]
+    prompts = [common + tail for tail in vs_hf._prompts([5, 30], seed=8)]
+    _greedy_with_logprobs_match_hf(tiny, llm, prompts[:1])
+    del attention_forms[:]
+    second = _greedy_with_logprobs_match_hf(tiny, llm, prompts[1:])
+    assert second[0].num_cached_tokens == 48
+    # The hit's 30 new tokens attend over the 48 cached ones, expanded (the 16-token budget: two chunks).
+    assert ("expanded", [16], [64]) in attention_forms and ("expanded", [14], [78]) in attention_forms
+
+
+def test_expanded_prefill_default_rules_and_absorbed_switch(tmp_path, monkeypatch, attention_forms):
+    """PAGEDLLM_MLA_PREFILL's default (expanded): a prompt without cached context attends expanded, and so does a
+    prefix-cache hit whose new tokens are many against its cached context (30 after 48: 30 x 48 + 465 pairs at 44
+    multiply-adds saved each, against 48 context tokens at 896 to expand). A hit with 5 new tokens after 48 stays
+    absorbed (5 x 48 + 15 pairs: expanding would cost more), and so does a chunk whose sequence is longer than
+    max_num_batched_tokens (72 new after 128: the memory profile expanded no more). =absorbed: every step absorbed
+    (session 35's form). HF's tokens each time; a value outside the three refused by name."""
+    tiny = DeepseekTiny("deepseek_v2_lite", str(tmp_path))
+    common = vs_hf._prompts([48], seed=7)[0]
+    short, other_short, long_tail = vs_hf._prompts([5, 5, 30], seed=8)
+    runs = [(common + short, ("expanded", [53], [53])), (common + long_tail, ("expanded", [30], [78])),
+            (common + other_short, None), (vs_hf._prompts([200], seed=9)[0], ("expanded", [128], [128]))]
+    llm = tiny.llm(max_num_batched_tokens=128, block_size=16, enable_prefix_caching=True, max_model_len=256)
+    for prompt, form in runs:
+        del attention_forms[:]
+        vs_hf._assert_matches_hf(tiny, [prompt], vs_hf._generate(llm, [prompt]))
+        assert attention_forms == ([form] * 2 if form else []), len(prompt)      # two layers
+    monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", "absorbed")
+    del attention_forms[:]
+    prompt = vs_hf._prompts([40], seed=5)[0]
+    vs_hf._assert_matches_hf(tiny, [prompt], vs_hf._generate(tiny.llm(), [prompt]))
+    assert attention_forms == []
+    monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", "latent")
+    with pytest.raises(ValueError, match="PAGEDLLM_MLA_PREFILL must be one of expanded, absorbed, expanded-always; "
+                                         "got 'latent'"):
+        tiny.llm()
+
+
+def test_piecewise_graph_split_runs_mla_attention_between_the_pieces(tmp_path, monkeypatch, attention_forms):
+    """The piecewise CUDA graphs' contract, on the CPU: under ``ForwardBatch.attn_breaker`` an MLA layer stores the
+    step's latent, hands the breaker itself and its rotated query, and reads its output from the first v_head_dim
+    of each head of the breaker's [T, heads, qk_head_dim] tensor; the breaker runs ``layer.attend(q, batch, out)``
+    later (here at once, as a replay would between two graphs), deciding there which requests are decodes.
+    Chunked prefill with decodes (expanded-always: the 16-token budget would keep chunks after context absorbed):
+    HF's tokens, the prompt chunks expanded."""
+    from pagedllm.worker.model_runner import ModelRunner
+    monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", "expanded-always")
+    tiny = DeepseekTiny("deepseek_v3", str(tmp_path))
+    make_batch = ModelRunner._make_batch
+
+    class EagerBreaker:
+        def __init__(self, batch):
+            self.batch = batch
+
+        def attention(self, layer, q):
+            out = torch.full_like(q, float("nan"))          # the rows past v_head_dim are never read
+            layer.attend(q, self.batch, out=out)
+            return out
+
+    def with_breaker(self, *args, **kwargs):
+        batch = make_batch(self, *args, **kwargs)
+        batch.attn_breaker = EagerBreaker(batch)
+        return batch
+    monkeypatch.setattr(ModelRunner, "_make_batch", with_breaker)
+    prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:3])
+    llm = tiny.llm(max_num_batched_tokens=16)
+    vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(llm, prompts))
+    assert {e[0] for e in attention_forms} == {"decodes", "expanded"}
+
+
 def test_v3_without_interleaved_rope_latent_cache_blocks_and_startup_log(tmp_path, caplog):
     """rope_interleave=False: V3 rotates NeoX halves and the rope rows load as they are. The KV cache holds the
     compressed latent (one KV head of kv_lora_rank + qk_rope_head_dim = 40 values as key and as value), so the same

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pagedllm.kernels import torch_attention
+
 
 @dataclass
 class CommonAttentionMetadata:
@@ -72,7 +74,9 @@ class AttentionBackend(ABC):
 
     @abstractmethod
     def build_metadata(self, common: CommonAttentionMetadata) -> Any:
-        """This backend's metadata for one step, passed back to every ``write_kv`` / ``attend`` of the step."""
+        """This backend's metadata for one step, passed back to every ``write_kv`` / ``attend`` of the step. Its
+        ``common`` attribute is ``common`` itself: layers that split the step by request (DeepSeek's MLA: decodes
+        over the cache, prompts in another form) read the step's shape there."""
 
     @abstractmethod
     def write_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
@@ -94,6 +98,28 @@ class AttentionBackend(ABC):
         positions before a query are masked; one with ``supports_attention_sinks`` takes ``sinks`` ``[Hq]``: the
         softmax of a row of head ``h`` runs over its scores and ``sinks[h]``, whose probability is dropped (the layer
         passes each only when it is set)."""
+
+    def attend_decodes(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: Any, scale: float,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
+        """``attend`` for the step's first ``common.num_decodes`` requests only (one new token each, the first
+        ``num_decodes`` rows of the step; ``q`` ``[num_decodes, Hq, D]``): DeepSeek's MLA attends its decodes over
+        the latent cache and its prompt tokens through ``varlen_attention``."""
+        raise NotImplementedError(f"{type(self).__name__} has no attend_decodes (DeepSeek MLA's steps that mix "
+                                  f"decodes and prompts); run with PAGEDLLM_MLA_PREFILL=absorbed.")
+
+    def varlen_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, scale: float, max_seqlen_q: int, max_seqlen_k: int,
+                         cu_seqlens_q_cpu: list[int] | None = None,
+                         cu_seqlens_k_cpu: list[int] | None = None) -> torch.Tensor:
+        """Causal attention over keys and values given as tensors (no cache): ``q`` ``[Tq, Hq, D]``, ``k``
+        ``[Tk, Hkv, D]``, ``v`` ``[Tk, Hkv, Dv]`` (``Dv`` may differ from ``D``), requests back to back as the int32
+        prefix sums ``cu_seqlens_q`` / ``cu_seqlens_k`` ``[B + 1]`` give them. Request ``b``'s queries are the last
+        of its keys: query ``i`` sits at key position ``len_k - len_q + i`` and sees keys ``0 ..`` that position
+        (FlashAttention's varlen causal form). ``max_seqlen_*``: host upper bounds; ``*_cpu``: host copies of the
+        prefix sums, when the caller has them. Returns ``[Tq, Hq, Dv]``. DeepSeek's MLA runs its prompt tokens
+        here in the expanded form. Default: the torch reference (kernels/torch_attention.varlen_attention)."""
+        return torch_attention.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, cu_seqlens_q_cpu,
+                                                cu_seqlens_k_cpu)
 
     def write_kv_and_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                             slot_mapping: torch.Tensor, metadata: Any, scale: float,

@@ -21,6 +21,7 @@ class TorchAttentionMetadata:
     seq_lens_cpu: list[int] | None
     # What the first layer of the step works out from the metadata alone (the decode mask), for the others.
     step_cache: dict = field(default_factory=dict)
+    common: CommonAttentionMetadata | None = None     # the step as build_metadata got it
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -38,7 +39,7 @@ class TorchAttentionBackend(AttentionBackend):
             query_start_loc=common.query_start_loc, seq_lens=common.seq_lens,
             block_tables=common.block_tables.long(),
             query_start_loc_cpu=None if common.query_start_loc_cpu is None else common.query_start_loc_cpu.tolist(),
-            seq_lens_cpu=None if common.seq_lens_cpu is None else common.seq_lens_cpu.tolist())
+            seq_lens_cpu=None if common.seq_lens_cpu is None else common.seq_lens_cpu.tolist(), common=common)
 
     def write_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                  slot_mapping: torch.Tensor, rotary: nn.Module | None = None,
@@ -60,4 +61,16 @@ class TorchAttentionBackend(AttentionBackend):
                                                  query_start_loc_cpu=metadata.query_start_loc_cpu,
                                                  seq_lens_cpu=metadata.seq_lens_cpu, step_cache=metadata.step_cache,
                                                  soft_cap=soft_cap, window=window, sinks=sinks)
+        return result if out is None else out.copy_(result)
+
+    def attend_decodes(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: TorchAttentionMetadata, scale: float,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
+        nd = metadata.common.num_decodes
+        k_cache, v_cache = kv_cache.unbind(0)
+        starts, lens = metadata.query_start_loc_cpu, metadata.seq_lens_cpu
+        result = torch_attention.paged_attention(q, k_cache, v_cache, metadata.query_start_loc[:nd + 1],
+                                                 metadata.seq_lens[:nd], metadata.block_tables[:nd], scale,
+                                                 query_start_loc_cpu=None if starts is None else starts[:nd + 1],
+                                                 seq_lens_cpu=None if lens is None else lens[:nd],
+                                                 step_cache=metadata.step_cache)
         return result if out is None else out.copy_(result)

@@ -31,6 +31,7 @@ class TritonAttentionMetadata:
     num_decodes: int
     prefill_query_start_loc: torch.Tensor | None
     workspace: DecodeWorkspace
+    common: CommonAttentionMetadata | None = None     # the step as build_metadata got it
 
 
 # The fused rotary + KV store + decode kernel only for decode steps of up to this many requests. H200, session 15
@@ -70,7 +71,7 @@ class TritonAttentionBackend(AttentionBackend):
         return TritonAttentionMetadata(
             query_start_loc=common.query_start_loc, seq_lens=common.seq_lens, block_tables=common.block_tables,
             max_query_len=common.max_query_len, num_decodes=nd, prefill_query_start_loc=prefill_qsl,
-            workspace=self.workspace)
+            workspace=self.workspace, common=common)
 
     def write_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                  slot_mapping: torch.Tensor, rotary: nn.Module | None = None,
@@ -109,6 +110,29 @@ class TritonAttentionBackend(AttentionBackend):
             q, kv_cache[0], kv_cache[1], metadata.query_start_loc, metadata.seq_lens, metadata.block_tables, scale,
             metadata.max_query_len, workspace=metadata.workspace, out=out, num_decodes=metadata.num_decodes,
             prefill_query_start_loc=metadata.prefill_query_start_loc, soft_cap=soft_cap, window=window, sinks=sinks)
+
+    def attend_decodes(self, q: torch.Tensor, kv_cache: torch.Tensor, metadata: TritonAttentionMetadata,
+                       scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        nd = metadata.num_decodes
+        return triton_attention.decode_attention(q, kv_cache[0], kv_cache[1], metadata.seq_lens[:nd],
+                                                 metadata.block_tables[:nd], scale, metadata.workspace, out=out)
+
+    def varlen_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, scale: float, max_seqlen_q: int, max_seqlen_k: int,
+                         cu_seqlens_q_cpu: list[int] | None = None,
+                         cu_seqlens_k_cpu: list[int] | None = None) -> torch.Tensor:
+        # The extend kernel over the given K / V read as a paged cache of one-token blocks: request b's key j is
+        # block cu_seqlens_k[b] + j (a [B, max_seqlen_k] int32 table, built here). The kernel takes one head dim
+        # for K, V and the output: V is zero-padded to K's and the padding's output cut (DeepSeek: 128 -> 192, so
+        # the value tiles load 50% more; a kernel with its own V width would not). Not timed on a GPU yet.
+        head_dim, v_dim = k.shape[-1], v.shape[-1]
+        if v_dim < head_dim:
+            v = torch.nn.functional.pad(v, (0, head_dim - v_dim))
+        tables = cu_seqlens_k[:-1, None] + torch.arange(max(1, max_seqlen_k), dtype=torch.int32, device=q.device)
+        out = q.new_empty(q.shape[0], q.shape[1], head_dim)
+        triton_attention.extend_attention(q, k.contiguous().unsqueeze(1), v.contiguous().unsqueeze(1), cu_seqlens_q,
+                                          cu_seqlens_k[1:] - cu_seqlens_k[:-1], tables, scale, max_seqlen_q, out=out)
+        return out[..., :v_dim]
 
     def warmup_batches(self) -> list[tuple[list[int], int]]:
         # Compile the other extend-kernel variants at start-up rather than inside the first timed requests (~1 s

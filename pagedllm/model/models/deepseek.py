@@ -18,20 +18,28 @@ A pre-norm decoder with two parts of its own:
   AWQ / GPTQ / compressed-tensors checkpoints pack their output columns (or their zero points along them), so there
   the same reorder runs on the rope part of Q and of ``k_pe`` in the forward instead (``MLAttention.rope_perm``).
 
-  The KV cache holds the compressed latent, as vLLM's: per token and layer, ``kv_c`` (the ``kv_lora_rank``
-  latent after ``kv_a_layernorm``) and the rotated ``k_pe``, through the ordinary paged cache and attention
-  backends as MQA (config.attention_shape): ONE KV head of ``kv_lora_rank + qk_rope_head_dim`` (576 for V2 / V3)
-  that all heads attend, its key ``[kv_c, k_pe]``, its value ``[kv_c, 0]`` (zero-padded to the key's width: the
-  backends take one head dim for K and V; the padding's output is cut). ``kv_b_proj`` never runs on activations:
-  its rows are absorbed (per head, batched matmuls over its weight, ``[heads, nope + v_head_dim, kv_lora_rank]``):
-  the query becomes ``[W_UK^T q_nope, q_pe]`` (so ``q . k = q_nope . k_nope + q_pe . k_pe``, the expanded form's
-  scores), the attention's latent output ``softmax . kv_c`` turns into each head's value output through ``W_UV``, then
-  ``o_proj``. The softmax scale stays the model's. A quantized ``kv_b_proj`` is dequantized once to the model dtype
-  for those matmuls. That is ``2 * (kv_lora_rank + qk_rope_head_dim)`` values per token and layer (1,152) where the
-  expanded cache held ``2 * heads * qk_head_dim``: 5.3x fewer for V2-Lite (16 heads), 42.7x for V3 (128 heads); the
-  start-up log says which cache runs and its size. Prefill attends in the absorbed form too (vLLM expands the
-  latent for prefill, where the wider absorbed dots cost more compute: not done here). Storing K only (V read as
-  K's first ``kv_lora_rank`` columns) would halve the cache again; not done.
+  The KV cache holds the compressed latent, as vLLM's: per token and layer, ``kv_c`` (the ``kv_lora_rank`` latent
+  after ``kv_a_layernorm``) and the rotated ``k_pe``, through the ordinary paged cache and attention backends as MQA
+  (config.attention_shape): ONE KV head of ``kv_lora_rank + qk_rope_head_dim`` (576 for V2 / V3) that all heads
+  attend, its key ``[kv_c, k_pe]``, its value ``[kv_c, 0]`` (zero-padded to the key's width: the backends take one
+  head dim for K and V; the padding's output is cut). For decodes ``kv_b_proj``'s rows are absorbed (per head, batched
+  matmuls over its weight, ``[heads, nope + v_head_dim, kv_lora_rank]``): the query becomes ``[W_UK^T q_nope, q_pe]``
+  (so ``q . k = q_nope . k_nope + q_pe . k_pe``, the expanded form's scores), the attention's latent output
+  ``softmax . kv_c`` turns into each head's value output through ``W_UV``, then ``o_proj``. The softmax scale stays
+  the model's. A quantized ``kv_b_proj`` is dequantized once to the model dtype for those matmuls. That is
+  ``2 * (kv_lora_rank + qk_rope_head_dim)`` values per token and layer (1,152) where the expanded cache held ``2 *
+  heads * qk_head_dim``: 5.3x fewer for V2-Lite (16 heads), 42.7x for V3 (128 heads); the start-up log says which
+  cache runs and its size. Storing K only (V read as K's first ``kv_lora_rank`` columns) would halve the cache again;
+  not done.
+  Prompt tokens attend in the expanded form, as vLLM's MLA prefill (``MLAttention.attend``, PAGEDLLM_MLA_PREFILL):
+  the absorbed dots are ``kv_lora_rank + qk_rope_head_dim`` wide for scores and values (1,152 multiply-adds per
+  head and key for V2 / V3) where the expanded ones are ``qk_head_dim + v_head_dim`` (320), and the projections
+  cost the same for new tokens (W_UK and W_UV on each query, or ``kv_b_proj`` on each new key). A step's prompt
+  requests (those after its decodes) gather their whole sequence's latent from the cache, their cached context
+  included, expand it through ``kv_b_proj`` into per-head ``[k_nope, k_pe]`` keys and values, and attend causally
+  through the backend's ``varlen_attention``; its decodes stay absorbed (``attend_decodes``); the latent is
+  stored for every token. A step whose cached context is long against its new tokens stays absorbed whole
+  (``_PrefillPlan.make``: expanding a context token costs ``kv_b_proj``'s 131k multiply-adds per head).
 
 - DeepSeekMoE: after ``first_k_dense_replace`` dense layers, every ``moe_layer_freq``-th layer routes each token to
   ``num_experts_per_tok`` of ``n_routed_experts`` SiLU experts (model/layers/moe.py's stacked experts: HF's loop on
@@ -48,12 +56,17 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm import envs
+from pagedllm.attention.backends.base import CommonAttentionMetadata
 from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.config import rope_parameters
 from pagedllm.distributed import (get_pp_layer_range, get_tp_size, is_first_pp_stage, is_last_pp_stage,
@@ -131,6 +144,68 @@ def _yarn_softmax_scale(params: dict, scale: float) -> float:
     mscale = 0.1 * params["mscale_all_dim"] * math.log(factor) + 1.0 if factor > 1 else 1.0
     return scale * mscale * mscale
 
+# PAGEDLLM_MLA_PREFILL's values (envs.py): how a step's prompt tokens attend.
+MLA_PREFILL_MODES = ("expanded", "absorbed", "expanded-always")
+
+
+@dataclass
+class _PrefillPlan:
+    """A step's prompt requests (every request after its decodes) for MLAttention.attend's expanded form."""
+    num_decodes: int            # requests, and rows, before them (one token each)
+    slots: torch.Tensor         # [K] int64: the latent cache slot of every token of each prompt request's sequence
+    cu_q: torch.Tensor          # [P + 1] int32 prefix sums of their new tokens (from 0)
+    cu_k: torch.Tensor          # [P + 1] int32 prefix sums of their whole sequences (cached context + new tokens)
+    cu_q_cpu: list[int]
+    cu_k_cpu: list[int]
+    max_q: int
+    max_k: int
+
+    @staticmethod
+    def make(common: CommonAttentionMetadata, block_size: int, max_keys: int,
+             layer: "MLAttention") -> "_PrefillPlan | None":
+        """None: the whole step absorbed. Expanding costs kv_b_proj on every cached context token and saves the
+        wider absorbed dots on every (query, key) pair, so with PAGEDLLM_MLA_PREFILL=expanded a step whose prompt
+        requests have cached context stays absorbed when that saves multiply-adds: ``pairs * pair_saving <=
+        context tokens * context_token_cost`` (V2 / V3: 832 vs 131,072, so the expanded form needs a query per
+        158 context tokens: a 4k-token prefix takes it for chunks of ~800 tokens and more; speculative
+        verifications of a few tokens stay absorbed). It also stays absorbed when its prompt requests' sequences
+        hold more than ``max_keys`` tokens (max_num_batched_tokens: what the start-up's memory profile expanded,
+        one step of new prompt tokens; the expanded keys and values of a longer context would be memory it did not
+        count. vLLM expands the context in bounded chunks, merging their outputs by log-sum-exp: not done here).
+        One rule for the whole step: no third split of it. =expanded-always skips both rules."""
+        nd, num_reqs = common.num_decodes, common.num_reqs
+        if nd == num_reqs:
+            return None
+        host = (common.query_start_loc_cpu, common.seq_lens_cpu, common.block_tables_cpu)
+        if any(x is None for x in host):      # (graph capture over device buffers: the attention never runs there)
+            host = tuple(t.cpu().numpy() for t in (common.query_start_loc, common.seq_lens, common.block_tables))
+        starts, lens, tables = host
+        q_lens = np.diff(starts[nd:]).astype(np.int64)
+        k_lens = lens[nd:].astype(np.int64)
+        context = k_lens - q_lens
+        if layer.prefill_mode == "expanded" and context.any():
+            pairs = int((q_lens * context + q_lens * (q_lens + 1) // 2).sum())
+            if (pairs * layer.pair_saving <= int(context.sum()) * layer.context_token_cost
+                    or int(k_lens.sum()) > max_keys):
+                return None
+        cu_k = np.zeros(len(k_lens) + 1, dtype=np.int64)
+        np.cumsum(k_lens, out=cu_k[1:])
+        req = np.repeat(np.arange(len(k_lens)), k_lens)             # each key's prompt request
+        pos = np.arange(int(cu_k[-1])) - cu_k[req]                   # its position in that request's sequence
+        slots = tables[nd + req, pos // block_size].astype(np.int64) * block_size + pos % block_size
+        cu_q = (starts[nd:] - starts[nd]).astype(np.int32)
+        device = common.seq_lens.device
+        return _PrefillPlan(nd, torch.from_numpy(slots).to(device), torch.from_numpy(cu_q).to(device),
+                            torch.from_numpy(cu_k.astype(np.int32)).to(device), cu_q.tolist(), cu_k.tolist(),
+                            int(q_lens.max()), int(k_lens.max()))
+
+
+# The step whose plan was made last and that plan, per thread (two CPU engines of one process may run steps on two
+# threads at once): every MLA layer of a step uses the first one's. The step is told by its metadata object (held
+# here, so not reused by another step while cached).
+_step_plans = threading.local()
+
+
 class MLAttention(nn.Module):
     """Multi-head latent attention over the latent paged KV cache, ``kv_b_proj`` absorbed (module docstring)."""
 
@@ -153,7 +228,8 @@ class MLAttention(nn.Module):
         self.kv_a_proj_with_mqa = ReplicatedLinear(hidden, self.kv_rank + self.rope, bias=bias,
                                                    quant_config=quant_config, prefix=f"{prefix}.kv_a_proj_with_mqa")
         self.kv_a_layernorm = RMSNorm(self.kv_rank)
-        # Never run on activations: its weight's rows are absorbed into the query (W_UK) and the output (W_UV).
+        # The layer never runs on activations (once on the identity when quantized: _kv_b_weight): its weight's rows
+        # are absorbed into the query (W_UK) and the output (W_UV), or multiply the gathered latent (attend).
         self.kv_b_proj = ColumnParallelLinear(self.kv_rank, total_heads * (self.nope + self.v_dim),
                                               quant_config=quant_config, prefix=f"{prefix}.kv_b_proj")
         self._kv_b_dequantized: torch.Tensor | None = None
@@ -170,6 +246,17 @@ class MLAttention(nn.Module):
         # this rank's heads (replicated on every tensor-parallel rank). The scale stays the model's: the absorbed
         # scores equal the expanded ones.
         self.attn = Attention(self.num_heads, self.kv_rank + self.rope, scale, 1, layer_idx)
+        self.prefill_mode = envs.PAGEDLLM_MLA_PREFILL
+        if self.prefill_mode not in MLA_PREFILL_MODES:
+            raise ValueError(f"PAGEDLLM_MLA_PREFILL must be one of {', '.join(MLA_PREFILL_MODES)}; got "
+                             f"{self.prefill_mode!r}.")
+        # Multiply-adds per head (_PrefillPlan's rule): what the expanded form saves per (query, key) pair (the
+        # absorbed scores and values are kv_lora_rank + qk_rope_head_dim wide, the expanded ones qk_head_dim and
+        # v_head_dim: V2 / V3 1,152 vs 320) and what expanding one cached context token costs (kv_b_proj's rows:
+        # 512 x 256). The projections of the new tokens cost the same in both forms (W_UK on each query and W_UV
+        # on each output, or kv_b_proj on each new key).
+        self.pair_saving = 2 * (self.kv_rank + self.rope) - (self.qk_dim + self.v_dim)
+        self.context_token_cost = self.kv_rank * (self.nope + self.v_dim)
 
     def _kv_b_weight(self, device: torch.device) -> torch.Tensor:
         """kv_b_proj's weight, this rank's ``[heads, nope + v_head_dim, kv_lora_rank]``: the checkpoint's rows of
@@ -202,17 +289,86 @@ class MLAttention(nn.Module):
                 self.rope_perm = self.rope_perm.to(hidden.device)
             q_pe, k_pe = q_pe.index_select(-1, self.rope_perm), k_pe.index_select(-1, self.rope_perm)
         q_pe, k_pe = self.rotary(positions, q_pe, k_pe)     # in place on CUDA
-        w_kv_b = self._kv_b_weight(hidden.device)
-        # q_nope . k_nope = q_nope . (W_UK kv_c) = (W_UK^T q_nope) . kv_c: each head's query in the latent's space.
-        q_latent = torch.bmm(q[..., :self.nope].transpose(0, 1), w_kv_b[:, :self.nope]).transpose(0, 1)
         # One KV head: the key [kv_c, k_pe]; the value kv_c, zero-padded to the key's width (the backends take one
         # head dim for K and V), the padding cut from the output.
-        out = self.attn(torch.cat((q_latent, q_pe), dim=-1), torch.cat((kv_c, k_pe.squeeze(1)), dim=-1),
-                        F.pad(kv_c, (0, self.rope)), batch)
-        out = out.view(-1, self.num_heads, self.kv_rank + self.rope)[..., :self.kv_rank]
-        # softmax . V = softmax . (W_UV kv_c) = W_UV (softmax . kv_c): each head's value from its latent output.
-        out = torch.bmm(out.transpose(0, 1), w_kv_b[:, self.nope:].transpose(1, 2)).transpose(0, 1)
+        cache_k, cache_v = torch.cat((kv_c, k_pe.squeeze(1)), dim=-1), F.pad(kv_c, (0, self.rope))
+        common = getattr(batch.attn_metadata, "common", None)
+        if batch.attn_breaker is None and (self.prefill_mode == "absorbed" or common is None
+                                           or common.num_decodes == common.num_reqs):
+            # Decode steps (the decode CUDA graphs capture this), PAGEDLLM_MLA_PREFILL=absorbed, or a backend whose
+            # metadata does not describe the step: every token absorbed, over the latent cache.
+            w_kv_b = self._kv_b_weight(hidden.device)
+            out = self.attn(self._absorbed_query(q[..., :self.nope], q_pe, w_kv_b), cache_k, cache_v, batch)
+            out = self._value_output(out, w_kv_b)
+        else:
+            # Steps with prompt tokens: the latent stored for every token (later decodes read it), then attend().
+            # Under piecewise CUDA-graph capture attend() runs between the graphs at each replay, on the replayed
+            # step (which requests are decodes, which prompts, is known there only); its output is the first
+            # v_head_dim of each head of the graphs' static [T, heads, qk_head_dim] output.
+            q = torch.cat((q[..., :self.nope], q_pe), dim=-1)
+            batch.attn_backend.write_kv(q, cache_k.unsqueeze(1), cache_v.unsqueeze(1),
+                                        batch.kv_caches[self.attn.layer_idx], batch.slot_mapping)
+            if batch.attn_breaker is not None:
+                out = batch.attn_breaker.attention(self, q)[..., :self.v_dim]
+            else:
+                out = self.attend(q, batch)
         return self.o_proj(out.reshape(-1, self.num_heads * self.v_dim))
+
+    def _absorbed_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor, w_kv_b: torch.Tensor) -> torch.Tensor:
+        """``[W_UK^T q_nope, q_pe]`` ``[T, heads, kv_lora_rank + rope]``: q_nope . k_nope = q_nope . (W_UK kv_c) =
+        (W_UK^T q_nope) . kv_c, each head's query in the latent's space."""
+        q_latent = torch.bmm(q_nope.transpose(0, 1), w_kv_b[:, :self.nope]).transpose(0, 1)
+        return torch.cat((q_latent, q_pe), dim=-1)
+
+    def _value_output(self, out: torch.Tensor, w_kv_b: torch.Tensor) -> torch.Tensor:
+        """softmax . V = softmax . (W_UV kv_c) = W_UV (softmax . kv_c): each head's value ``[T, heads, v_head_dim]``
+        from its latent output (``[T, heads * (kv_lora_rank + rope)]``, the rope part's zeros cut)."""
+        out = out.view(-1, self.num_heads, self.kv_rank + self.rope)[..., :self.kv_rank]
+        return torch.bmm(out.transpose(0, 1), w_kv_b[:, self.nope:].transpose(1, 2)).transpose(0, 1)
+
+    def attend(self, q: torch.Tensor, batch: ForwardBatch, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention of a step with prompt tokens: ``q`` its rotated queries ``[T, heads, qk_head_dim]`` (the
+        step's latent already cached) -> ``[T, heads, v_head_dim]``, into ``out[..., :v_head_dim]`` when ``out``
+        (``[T, heads, qk_head_dim]``) is given. The decodes (the first requests, one row each) absorbed over the
+        latent cache; the prompt requests in the expanded form, vLLM's prefill (``_PrefillPlan``): each one's whole
+        sequence, its cached context (chunked prefill's earlier chunks, a prefix-cache hit) included, gathered from
+        the latent cache and expanded through kv_b_proj into per-head keys ``[k_nope, k_pe]`` and values, then
+        causal attention at qk_head_dim / v_head_dim through the backend's ``varlen_attention``; or the whole step
+        absorbed where the plan says so."""
+        kv_cache, w_kv_b = batch.kv_caches[self.attn.layer_idx], self._kv_b_weight(q.device)
+        backend, metadata, scale = batch.attn_backend, batch.attn_metadata, self.attn.scale
+        out = q.new_empty(q.shape[0], self.num_heads, self.v_dim) if out is None else out[..., :self.v_dim]
+        plan = self._prefill_plan(batch, kv_cache.shape[2])
+        if plan is None:
+            absorbed = backend.attend(self._absorbed_query(q[..., :self.nope], q[..., self.nope:], w_kv_b), kv_cache,
+                                      metadata, scale)
+            return out.copy_(self._value_output(absorbed, w_kv_b))
+        nd = plan.num_decodes
+        if nd:
+            absorbed = backend.attend_decodes(self._absorbed_query(q[:nd, :, :self.nope], q[:nd, :, self.nope:],
+                                                                   w_kv_b), kv_cache, metadata, scale)
+            out[:nd] = self._value_output(absorbed, w_kv_b)
+        cache = kv_cache[0].view(-1, self.kv_rank + self.rope)      # [slots, kv_lora_rank + rope]: kv_c, k_pe
+        if cache.element_size() == 1:       # fp8 (kv_cache_dtype): gathered as bytes, index_select has no fp8 kernels
+            latent = cache.view(torch.uint8).index_select(0, plan.slots).view(cache.dtype).to(q.dtype)
+        else:
+            latent = cache.index_select(0, plan.slots).to(q.dtype)
+        kv = F.linear(latent[:, :self.kv_rank], w_kv_b.flatten(0, 1)).view(-1, self.num_heads, self.nope + self.v_dim)
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+        k = torch.cat((k_nope, latent[:, None, self.kv_rank:].expand(-1, self.num_heads, -1)), dim=-1)
+        out[nd:] = backend.varlen_attention(q[nd:], k, v, plan.cu_q, plan.cu_k, scale, plan.max_q, plan.max_k,
+                                            plan.cu_q_cpu, plan.cu_k_cpu)
+        return out
+
+    def _prefill_plan(self, batch: ForwardBatch, block_size: int) -> _PrefillPlan | None:
+        """The step's _PrefillPlan, made by its first MLA layer (the same for all: one rule, one cache layout)."""
+        common = batch.attn_metadata.common
+        made = getattr(_step_plans, "last", None)
+        if made is not None and made[0] is common:
+            return made[1]
+        plan = _PrefillPlan.make(common, block_size, batch.attn_backend.max_num_batched_tokens, self)
+        _step_plans.last = (common, plan)
+        return plan
 
 
 class DeepseekRouter(nn.Module):
