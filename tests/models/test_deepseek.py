@@ -140,20 +140,19 @@ def test_expanded_prefill_chunks_prefix_hits_and_mixed_steps_match_hf(tiny, monk
 def test_expanded_prefill_default_rules_and_absorbed_switch(tmp_path, monkeypatch, attention_forms):
     """PAGEDLLM_MLA_PREFILL's default (expanded): a prompt without cached context attends expanded, and so does a
     prefix-cache hit whose new tokens are many against its cached context (30 after 48: 30 x 48 + 465 pairs at 44
-    multiply-adds saved each, against 48 context tokens at 896 to expand). A hit with 5 new tokens after 48 stays
-    absorbed (5 x 48 + 15 pairs: expanding would cost more), and so does a chunk whose sequence is longer than
-    max_num_batched_tokens (72 new after 128: the memory profile expanded no more). =absorbed: every step absorbed
-    (session 35's form). HF's tokens each time; a value outside the three refused by name."""
+    multiply-adds saved each, against 48 context tokens at 896 to expand), and a second chunk (72 new after 128).
+    A hit with 5 new tokens after 48 stays absorbed (5 x 48 + 15 pairs: expanding would cost more). =absorbed:
+    every step absorbed (session 35's form). HF's tokens each time; a value outside the three refused by name."""
     tiny = DeepseekTiny("deepseek_v2_lite", str(tmp_path))
     common = vs_hf._prompts([48], seed=7)[0]
     short, other_short, long_tail = vs_hf._prompts([5, 5, 30], seed=8)
-    runs = [(common + short, ("expanded", [53], [53])), (common + long_tail, ("expanded", [30], [78])),
-            (common + other_short, None), (vs_hf._prompts([200], seed=9)[0], ("expanded", [128], [128]))]
+    runs = [(common + short, [([53], [53])]), (common + long_tail, [([30], [78])]), (common + other_short, []),
+            (vs_hf._prompts([200], seed=9)[0], [([128], [128]), ([72], [200])])]
     llm = tiny.llm(max_num_batched_tokens=128, block_size=16, enable_prefix_caching=True, max_model_len=256)
-    for prompt, form in runs:
+    for prompt, steps in runs:
         del attention_forms[:]
         vs_hf._assert_matches_hf(tiny, [prompt], vs_hf._generate(llm, [prompt]))
-        assert attention_forms == ([form] * 2 if form else []), len(prompt)      # two layers
+        assert attention_forms == [("expanded", *step) for step in steps for _ in range(2)], len(prompt)  # 2 layers
     monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", "absorbed")
     del attention_forms[:]
     prompt = vs_hf._prompts([40], seed=5)[0]
@@ -163,6 +162,34 @@ def test_expanded_prefill_default_rules_and_absorbed_switch(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="PAGEDLLM_MLA_PREFILL must be one of expanded, absorbed, expanded-always; "
                                          "got 'latent'"):
         tiny.llm()
+
+
+def test_prefill_plan_keeps_a_step_over_the_key_cap_absorbed():
+    """The GPU's cap (MLAttention._prefill_plan passes max_num_batched_tokens there: what the start-up's memory
+    profile expanded): a step whose prompt sequences hold more tokens stays absorbed (None) even where the
+    multiply-add rule would expand it; under the cap, or without one (the CPU), the plan gathers every token of each
+    prompt request's sequence from its cache slots (decodes before it left out)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pagedllm.attention.backends.base import CommonAttentionMetadata
+    from pagedllm.model.models.deepseek import _PrefillPlan
+    # a decode, then a chunk of 72 new tokens after 128 cached ones
+    starts, lens = np.array([0, 1, 73], dtype=np.int32), np.array([40, 200], dtype=np.int32)
+    tables = np.array([[5, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], list(range(20, 33))], dtype=np.int32)
+    common = CommonAttentionMetadata(
+        query_start_loc=torch.from_numpy(starts), seq_lens=torch.from_numpy(lens),
+        block_tables=torch.from_numpy(tables),
+        slot_mapping=torch.zeros(73, dtype=torch.long), max_query_len=72, max_seq_len=200, num_decodes=1,
+        query_start_loc_cpu=starts, seq_lens_cpu=lens, block_tables_cpu=tables)
+    layer = SimpleNamespace(prefill_mode="expanded", pair_saving=44, context_token_cost=896)
+    assert _PrefillPlan.make(common, 16, 128, layer) is None
+    for cap in (None, 200):
+        plan = _PrefillPlan.make(common, 16, cap, layer)
+        assert (plan.num_decodes, plan.cu_q_cpu, plan.cu_k_cpu, plan.max_q, plan.max_k) == (1, [0, 72], [0, 200], 72,
+                                                                                           200)
+        assert torch.equal(plan.slots, torch.arange(20 * 16, 20 * 16 + 200))
 
 
 def test_piecewise_graph_split_runs_mla_attention_between_the_pieces(tmp_path, monkeypatch, attention_forms):

@@ -161,18 +161,16 @@ class _PrefillPlan:
     max_k: int
 
     @staticmethod
-    def make(common: CommonAttentionMetadata, block_size: int, max_keys: int,
+    def make(common: CommonAttentionMetadata, block_size: int, max_keys: int | None,
              layer: "MLAttention") -> "_PrefillPlan | None":
         """None: the whole step absorbed. Expanding costs kv_b_proj on every cached context token and saves the
         wider absorbed dots on every (query, key) pair, so with PAGEDLLM_MLA_PREFILL=expanded a step whose prompt
         requests have cached context stays absorbed when that saves multiply-adds: ``pairs * pair_saving <=
         context tokens * context_token_cost`` (V2 / V3: 832 vs 131,072, so the expanded form needs a query per
         158 context tokens: a 4k-token prefix takes it for chunks of ~800 tokens and more; speculative
-        verifications of a few tokens stay absorbed). It also stays absorbed when its prompt requests' sequences
-        hold more than ``max_keys`` tokens (max_num_batched_tokens: what the start-up's memory profile expanded,
-        one step of new prompt tokens; the expanded keys and values of a longer context would be memory it did not
-        count. vLLM expands the context in bounded chunks, merging their outputs by log-sum-exp: not done here).
-        One rule for the whole step: no third split of it. =expanded-always skips both rules."""
+        verifications of a few tokens stay absorbed). With ``max_keys`` it also stays absorbed when its prompt
+        requests' sequences hold more than that many tokens (MLAttention._prefill_plan: on the GPU). One rule for
+        the whole step: no third split of it. =expanded-always skips both rules."""
         nd, num_reqs = common.num_decodes, common.num_reqs
         if nd == num_reqs:
             return None
@@ -186,7 +184,7 @@ class _PrefillPlan:
         if layer.prefill_mode == "expanded" and context.any():
             pairs = int((q_lens * context + q_lens * (q_lens + 1) // 2).sum())
             if (pairs * layer.pair_saving <= int(context.sum()) * layer.context_token_cost
-                    or int(k_lens.sum()) > max_keys):
+                    or (max_keys is not None and int(k_lens.sum()) > max_keys)):
                 return None
         cu_k = np.zeros(len(k_lens) + 1, dtype=np.int64)
         np.cumsum(k_lens, out=cu_k[1:])
@@ -366,7 +364,14 @@ class MLAttention(nn.Module):
         made = getattr(_step_plans, "last", None)
         if made is not None and made[0] is common:
             return made[1]
-        plan = _PrefillPlan.make(common, block_size, batch.attn_backend.max_num_batched_tokens, self)
+        # On the GPU the KV cache got the memory the start-up's profile forward left, and that forward expanded
+        # max_num_batched_tokens new tokens: a step expanding a longer sequence (cached context and new tokens)
+        # would need memory it did not count, so it stays absorbed. vLLM expands the context in bounded chunks,
+        # merging their outputs by log-sum-exp, instead: not done here. The CPU has no such budget (no profile:
+        # kv_cache_memory_gb sizes the cache), and no cap: 1 x 3,072 in chunks of 1,024 prefilled 20% faster
+        # without one (docs/perf.md, session 36).
+        max_keys = batch.attn_backend.max_num_batched_tokens if common.seq_lens.device.type == "cuda" else None
+        plan = _PrefillPlan.make(common, block_size, max_keys, self)
         _step_plans.last = (common, plan)
         return plan
 
