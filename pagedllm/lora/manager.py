@@ -97,6 +97,7 @@ class LoRAManager:
         adapter = load_adapter(request, self.max_lora_rank, self.dtype, self.hf_token, self.target_modules)
         mine = {}        # this rank's parts (tensor parallel) of this stage's modules (pipeline parallel)
         unexpected = set()
+        ignored = []       # modules of a part that takes no adapter (a vision tower): skipped with a warning
         for module, a, b, peft_module in self._model_modules(request, adapter.weights):
             why = next((w for prefix, w in self._why_no_lora.items() if module.startswith(prefix)), None)
             if why is True:
@@ -104,12 +105,8 @@ class LoRAManager:
                                  "mixture-of-experts layer, and LoRA on the experts is not supported yet by "
                                  "pagedllm (adapters of the attention and shared-expert projections are).")
             if why:
-                # vLLM ignores these weights with a warning; running part of an adapter silently is not ours to do.
-                raise ValueError(f"Loading lora {request.lora_name} failed: {peft_module} is a module of {why}, "
-                                 f"which takes no LoRA adapter: as in vLLM, adapters apply to the language model "
-                                 f"only (vLLM ignores such weights with a warning; pagedllm refuses the adapter "
-                                 f"rather than run part of it). Train it on the language model's projections "
-                                 f"(PEFT's exclude_modules, or a target_modules regex).")
+                ignored.append(f"{peft_module} ({why})")      # vLLM's behaviour: the language model's part runs
+                continue
             if peft_module.rpartition(".")[2] not in self.target_modules:
                 unexpected.add(peft_module.rpartition(".")[2])
                 continue
@@ -131,6 +128,12 @@ class LoRAManager:
             mine[module] = (a.contiguous(), b.contiguous())
         if unexpected:
             raise unexpected_modules(request, self.target_modules, unexpected)
+        if ignored:
+            # As vLLM ("only supports adding LoRA to language model, ... will be ignored"): the adapter runs without
+            # these modules, so its outputs differ from the adapter merged whole; said, never silent.
+            logger.warning("LoRA adapter %r: LoRA applies to the language model only; %d of its modules will be "
+                           "ignored: %s", request.lora_name, len(ignored),
+                           ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else ""))
         adapter.weights = mine
         self._cpu[request.lora_int_id] = adapter
         self._requests[request.lora_int_id] = request

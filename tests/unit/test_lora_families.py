@@ -3,10 +3,13 @@ with the adapter merged into its weights: the interleaved-rotary Llama decoders 
 ERNIE 4.5: the Q / K rows of lora_B reordered as the checkpoint's), the LayerNorm decoders (Phi-2, StableLM,
 Starcoder2, GPT-NeoX, Falcon, GPTBigCode: their own module names, fused QKV adapters cut per head / group as the
 weights), OPT and GPT-2 (Conv1D), the mixtures of experts' attention and shared experts (ERNIE 4.5 MoE, Hunyuan,
-OLMoE, PhiMoE, Granite MoE), and the language model of LLaVA and Qwen2.5-VL (an adapter's vision-side module refused
-by name); tensor and pipeline parallel. peft is not installed here: the adapters are written in PEFT's format
+OLMoE, PhiMoE, Granite MoE), and the language model of LLaVA and Qwen2.5-VL (an adapter's vision-side modules ignored
+with a warning, as vLLM); tensor and pipeline parallel. peft is not installed here: the adapters are written in PEFT's format
 (adapter_config.json, base_model.model.<HF module>.lora_A/B.weight), as tests/unit/test_lora.py's."""
 from __future__ import annotations
+
+import logging
+import re
 
 import pytest
 import torch
@@ -134,10 +137,10 @@ def _vision_language_case(kind: str, tmp_path):
 
 
 @pytest.mark.parametrize("kind, tower", [("llava", "vision_tower"), ("qwen2_5_vl", "visual")])
-def test_vision_language_models_adapt_their_language_model(tmp_path, kind, tower):
+def test_vision_language_models_adapt_their_language_model(tmp_path, kind, tower, caplog):
     """LLaVA's and Qwen2.5-VL's language model takes the adapter (a prompt with an image: HF's tokens with the adapter
-    merged); an adapter that also adapts the vision side (CLIP's q/k/v_proj, Qwen2.5-VL's vision MLP) is refused
-    naming the module, as vLLM applies LoRA to the language model only."""
+    merged); an adapter that also adapts the vision side (CLIP's q/k/v_proj, Qwen2.5-VL's vision MLP) runs its
+    language-model part, the tower's modules ignored with a warning naming them, as vLLM does."""
     hf, processor, prompt, image = _vision_language_case(kind, tmp_path)
     adapter = save_adapter(tmp_path / "lora", hf, rank=8, alpha=16, seed=3, skip=tower)
     assert adapter and not any(tower in name for name in adapter)
@@ -154,10 +157,18 @@ def test_vision_language_models_adapt_their_language_model(tmp_path, kind, tower
     request = {"prompt": prompt, "multi_modal_data": {"image": [image]}}
     out = llm.generate(request, GREEDY, use_tqdm=False, lora_request=LoRARequest("lora", 1, str(tmp_path / "lora")))
     assert out[0].prompt_token_ids == ids and _tokens(out) == [expected]
-    save_adapter(tmp_path / "all", hf, rank=8, alpha=16, seed=3)
-    with pytest.raises(ValueError, match=rf"Loading lora all failed: model\.{tower}\.\S+ is a module of .*, which "
-                                         rf"takes no LoRA adapter"):
-        llm.generate(request, GREEDY, use_tqdm=False, lora_request=LoRARequest("all", 2, str(tmp_path / "all")))
+    # An adapter that also adapts the vision side: its language-model part runs, the tower's modules are ignored
+    # with a warning naming them (vLLM's behaviour), so the tokens are HF's with only that part merged.
+    whole = save_adapter(tmp_path / "all", hf, rank=8, alpha=16, seed=4)
+    language_part = {name: ab for name, ab in whole.items() if tower not in name}
+    assert len(language_part) < len(whole)
+    with merged(hf, language_part, 16 / 8):
+        expected = hf_greedy()
+    with caplog.at_level(logging.WARNING, logger="pagedllm.lora.manager"):
+        out = llm.generate(request, GREEDY, use_tqdm=False, lora_request=LoRARequest("all", 2, str(tmp_path / "all")))
+    assert _tokens(out) == [expected]
+    assert re.search(rf"LoRA adapter 'all': LoRA applies to the language model only; \d+ of its modules will be "
+                     rf"ignored: model\.{tower}\.", caplog.text), caplog.text
 
 
 @pytest.mark.parametrize("family, parallel", [("glm", dict(tensor_parallel_size=2)),
