@@ -469,6 +469,12 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
             method = getattr(module, "quant_method", None)
             if method is not None:
                 method.process_weights_after_loading(module)
+    # Model-level work on the processed weights (DeepSeek's MLA dequantizes a quantized kv_b_proj): here, not at the
+    # first forward, which on the GPU is parallel_compile's dry pass, where a Triton kernel not built yet does not run.
+    for module in model.modules():
+        hook = getattr(module, "after_weights_processed", None)
+        if hook is not None:
+            hook()
     model.weights_processed = True      # load_weights from now on is an update (weights.load_packed_weights)
     return model.eval()
 

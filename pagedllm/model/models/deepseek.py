@@ -54,6 +54,7 @@ V3's multi-token-prediction layers (``model.layers.{num_hidden_layers}...``) are
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -226,7 +227,7 @@ class MLAttention(nn.Module):
         self.kv_a_proj_with_mqa = ReplicatedLinear(hidden, self.kv_rank + self.rope, bias=bias,
                                                    quant_config=quant_config, prefix=f"{prefix}.kv_a_proj_with_mqa")
         self.kv_a_layernorm = RMSNorm(self.kv_rank)
-        # The layer never runs on activations (once on the identity when quantized: _kv_b_weight): its weight's rows
+        # The layer never runs on activations (once on the identity when quantized: after_weights_processed): its weight's rows
         # are absorbed into the query (W_UK) and the output (W_UV), or multiply the gathered latent (attend).
         self.kv_b_proj = ColumnParallelLinear(self.kv_rank, total_heads * (self.nope + self.v_dim),
                                               quant_config=quant_config, prefix=f"{prefix}.kv_b_proj")
@@ -256,6 +257,24 @@ class MLAttention(nn.Module):
         self.pair_saving = 2 * (self.kv_rank + self.rope) - (self.qk_dim + self.v_dim)
         self.context_token_cost = self.kv_rank * (self.nope + self.v_dim)
 
+    def after_weights_processed(self) -> None:
+        """A quantized kv_b_proj (V3's FP8 block checkpoints, online fp8, AWQ / GPTQ / bitsandbytes ones) is
+        dequantized once, to the model dtype, for the per-head batched matmuls (no quantized bmm here). The layer
+        applied to the identity gives W^T through the method's own matmul, whatever the method (an identity row
+        quantizes exactly where activations are quantized). The loader calls this once the quantization methods
+        have processed their layers. It must not wait for the first forward: on the GPU that is the dry pass of
+        kernels/parallel_compile.py, in which a Triton kernel not built yet does not run, so the copy was whatever
+        its output buffer held (session 36, an empty Triton cache). A quantized weight is not updated after loading
+        (weights.load_packed_weights refuses), so the copy stays valid. It costs kv_b_proj in the model dtype besides
+        its quantized weight (V3: 32 MiB a layer in bf16 at TP 1)."""
+        layer = self.kv_b_proj
+        if layer.quant_method is None:
+            return
+        device = next(itertools.chain(layer.parameters(), layer.buffers())).device
+        eye = torch.eye(self.kv_rank, dtype=layer.params_dtype, device=device)
+        with torch.inference_mode():
+            self._kv_b_dequantized = layer(eye).t().contiguous()
+
     def _kv_b_weight(self, device: torch.device) -> torch.Tensor:
         """kv_b_proj's weight, this rank's ``[heads, nope + v_head_dim, kv_lora_rank]``: the checkpoint's rows of
         each head, its key's nope part (W_UK) then its value (W_UV)."""
@@ -264,15 +283,10 @@ class MLAttention(nn.Module):
             weight = layer.weight      # read at each call: a weight update or a layer offload swaps its storage
         else:
             if self._kv_b_dequantized is None:
-                # A quantized kv_b_proj (V3's FP8 block checkpoints, online fp8, AWQ / GPTQ / bitsandbytes ones):
-                # dequantized once, at the first forward (the start-up's profiling or warm-up pass), to the model
-                # dtype, for the per-head batched matmuls below (no quantized bmm here). The layer applied to the
-                # identity gives W^T through the method's own matmul, whatever the method (an identity row quantizes
-                # exactly where activations are quantized). A quantized weight is not updated after loading
-                # (weights.load_packed_weights refuses), so the copy stays valid. It costs kv_b_proj in the model
-                # dtype besides its quantized weight (V3: 32 MiB a layer in bf16 at TP 1).
-                eye = torch.eye(self.kv_rank, dtype=layer.params_dtype, device=device)
-                self._kv_b_dequantized = layer(eye).t().contiguous()
+                raise RuntimeError("DeepSeek MLA: the quantized kv_b_proj was not dequantized after loading "
+                                   "(after_weights_processed is the loader's to call).")
+            if self._kv_b_dequantized.device != device:        # weights offloaded to the CPU: moved once
+                self._kv_b_dequantized = self._kv_b_dequantized.to(device)
             weight = self._kv_b_dequantized
         return weight.view(self.num_heads, self.nope + self.v_dim, self.kv_rank)
 
