@@ -15,6 +15,30 @@ from tests.models.test_qwen2_vl import ONE, TEXT, TWO, hf_greedy, save_tiny_qwen
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICE = "cuda"
+NEAR_TIE = 0.02      # tests/gpu/test_engine_gpu.py's: fp32 attention dots run as tf32 in the Triton kernels
+
+
+def assert_greedy_equals_hf(tiny, prompt: str, ims: list, ours: list[int], ref: list[int]) -> None:
+    """Our greedy tokens are HF fp32's (on the CPU), or, where they part, each of ours is within a near-tie of HF's
+    argmax with HF teacher-forced on our path (the issues' rule for the GPU: equal until the first near-tie). The
+    message gives the gap, so a failure says whether a tie or a bug parted them."""
+    if ours == ref:
+        return
+    _, hf, processor = tiny
+    inputs = processor(text=prompt, images=ims or None, return_tensors="pt")
+    n = inputs["input_ids"].shape[1]
+    ids = torch.cat([inputs["input_ids"], torch.tensor([ours[:-1]])], dim=1)
+    # The processor's other per-token rows (the attention mask, the token types of 5.x: text is 0) grow with ids.
+    forced = {k: torch.cat([v, torch.full((1, ids.shape[1] - n), int(k == "attention_mask"), dtype=v.dtype)], 1)
+              if torch.is_tensor(v) and v.dim() == 2 and v.shape == (1, n) else v for k, v in inputs.items()}
+    with torch.no_grad():
+        logits = hf(**{**forced, "input_ids": ids}).logits[0, n - 1:].float()
+    top = logits.max(dim=-1).values
+    gap = (top - logits[torch.arange(len(ours)), torch.tensor(ours)]) / top.abs().clamp_min(1.0)
+    first = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
+    assert float(gap.max()) <= NEAR_TIE, (
+        f"{prompt!r}: ours {ours} vs HF {ref} (first differs at {first}); token {int(gap.argmax())} is "
+        f"{float(gap.max()):.4f} (relative) below HF's argmax, gap at the first difference {float(gap[first]):.4f}")
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen2_vl"])
@@ -47,7 +71,7 @@ def test_images_beside_text_only_requests_equal_hf(tiny, chunk):
     for (prompt, ims), out in zip(cases, outs):
         ids, ref = hf_greedy(tiny, prompt, ims, max_tokens=16)
         assert out.prompt_token_ids == ids
-        assert list(out.outputs[0].token_ids) == ref, prompt
+        assert_greedy_equals_hf(tiny, prompt, ims, list(out.outputs[0].token_ids), ref)
     # Again, from the prefix cache: the same tokens. With 16-token blocks only the two prompts longer than a block
     # hit (a hit never covers a prompt's last token): TWO (26 tokens) recomputes its second image's rows from the
     # cached block, ONE with b (18) its last 2 tokens in a text-only step at index + delta. ONE with a (16 tokens)
@@ -67,4 +91,5 @@ def test_tensor_parallel_2_with_images_equals_hf(tiny):
     outs = llm.generate([{"prompt": p, "multi_modal_data": {"image": ims}} if ims else p for p, ims in cases],
                         params, use_tqdm=False)
     for (prompt, ims), out in zip(cases, outs):
-        assert list(out.outputs[0].token_ids) == hf_greedy(tiny, prompt, ims, max_tokens=16)[1], prompt
+        assert_greedy_equals_hf(tiny, prompt, ims, list(out.outputs[0].token_ids),
+                                hf_greedy(tiny, prompt, ims, max_tokens=16)[1])
