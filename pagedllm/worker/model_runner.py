@@ -270,6 +270,11 @@ class ModelRunner:
             # Batch shapes whose kernel variants the backend wants compiled now, not inside the first timed requests.
             for lens, num_decodes in self.attn_backend.warmup_batches():
                 self._dummy_forward(lens=lens, num_decodes=num_decodes)
+            # A model's own forms that these shapes do not reach (DeepSeek MLA's absorbed prefill, which only steps
+            # whose cached context outweighs their new tokens take): one prompt under each.
+            for form in getattr(self.model, "warmup_forms", lambda: ())():
+                with form:
+                    self._dummy_forward(lens=[min(n, 64)])
         wait_for_triton_prep()        # started with the config (engine/core.py): not done twice
         threads = envs.PAGEDLLM_COMPILE_THREADS
         if threads > 0:       # a cold Triton cache: the variants built on threads first

@@ -101,6 +101,34 @@ def test_fp32_mla_prefill_forms_tokens_equal_hf(mode, tmp_path, monkeypatch):
     _assert_graphs_tokens_equal_hf("v3", tmp_path)
 
 
+@needs_cuda
+def test_no_triton_compile_after_start_up_with_either_prefill_form(tmp_path):
+    """The default form runs a step absorbed when expanding its cached context would cost more (the second run's
+    prefix hits with short tails); the warm-up runs the absorbed prefill too (DeepseekV2ForCausalLM.warmup_forms),
+    so on an empty Triton cache no kernel variant builds inside a request. A fresh process: this one's earlier
+    tests hold built variants in memory."""
+    import subprocess
+    import sys
+    path = _save("v3", tmp_path / "v3")
+    script = f"""
+import torch
+from pagedllm import LLM, SamplingParams
+from pagedllm.kernels import late_compiles
+llm = LLM(model={path!r}, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
+          dtype="bfloat16", max_num_batched_tokens=128, enable_prefix_caching=True)
+g = torch.Generator().manual_seed(0)
+prompts = [{{"prompt_token_ids": torch.randint(5, 2000, (n,), generator=g).tolist()}} for n in (300, 200, 40)]
+params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+for _ in range(2):
+    llm.generate(prompts, params, use_tqdm=False)
+print("late compiles", late_compiles.late_compiles)
+"""
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton_cache"))
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "late compiles 0" in run.stdout, run.stdout[-500:] + run.stderr[-3000:]
+
+
 def _assert_graphs_tokens_equal_hf(arch: str, tmp_path) -> None:
     from pagedllm import LLM
     path = _save(arch, tmp_path / arch)

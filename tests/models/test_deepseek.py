@@ -164,6 +164,24 @@ def test_expanded_prefill_default_rules_and_absorbed_switch(tmp_path, monkeypatc
         tiny.llm()
 
 
+def test_warm_up_form_runs_the_absorbed_prefill(tmp_path, monkeypatch, attention_forms):
+    """DeepseekV2ForCausalLM.warmup_forms, which the GPU warm-up runs a prompt under (model_runner): a prompt under
+    it attends absorbed (its Triton variants then build at start-up, not in the first request whose cached context
+    keeps it absorbed); outside it, expanded again; none with PAGEDLLM_MLA_PREFILL=absorbed."""
+    tiny = DeepseekTiny("deepseek_v2_lite", str(tmp_path))
+    runner = tiny.llm().llm_engine.core.runner
+    forms = runner.model.warmup_forms()
+    assert len(forms) == 1
+    del attention_forms[:]
+    with forms[0]:
+        runner._dummy_forward(lens=[20])
+    assert attention_forms == []
+    runner._dummy_forward(lens=[20])
+    assert attention_forms == [("expanded", [20], [20])] * 2          # 2 layers
+    monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", "absorbed")
+    assert tiny.llm().llm_engine.core.runner.model.warmup_forms() == []
+
+
 def test_prefill_plan_keeps_a_step_over_the_key_cap_absorbed():
     """The GPU's cap (MLAttention._prefill_plan passes max_num_batched_tokens there: what the start-up's memory
     profile expanded): a step whose prompt sequences hold more tokens stays absorbed (None) even where the

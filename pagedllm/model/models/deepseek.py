@@ -54,6 +54,7 @@ V3's multi-token-prediction layers (``model.layers.{num_hidden_layers}...``) are
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -494,6 +495,25 @@ class DeepseekV2ForCausalLM(nn.Module):
     supports_quantization = ("fp8", "awq", "gptq", "compressed-tensors")
     # checkpoint name fragment -> (our parameter fragment, shard id): the dense and shared-expert MLPs
     packed_modules_mapping = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+
+    def warmup_forms(self) -> list[contextlib.AbstractContextManager]:
+        """The model runner's start-up warm-up runs a prompt under each (so its Triton variants build then, not in
+        a request): with the expanded prefill on, the absorbed prefill too, which a step takes at run time only
+        when expanding its cached context would cost more (MLAttention._prefill_plan)."""
+        layers = [m for m in self.modules() if isinstance(m, MLAttention)]
+        if not layers or layers[0].prefill_mode != "expanded":
+            return []
+
+        @contextlib.contextmanager
+        def absorbed():
+            for layer in layers:
+                layer.prefill_mode = "absorbed"
+            try:
+                yield
+            finally:
+                for layer in layers:
+                    layer.prefill_mode = "expanded"
+        return [absorbed()]
 
     def __init__(self, hf_config, engine_config):
         super().__init__()
