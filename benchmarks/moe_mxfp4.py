@@ -67,14 +67,14 @@ def _kernels(args) -> None:
         chosen = ids.unique().numel()
         outs = {}
         for name, w in formats.items():
-            triton_moe._tiles = (lambda slots, experts: tiles) if tiles and name == "mxfp4" else picks
+            triton_moe._tiles = (lambda slots, experts, mxfp4=False: tiles) if tiles and name == "mxfp4" else picks
             outs[name] = fused_moe(x, top_ids=ids, top_weights=weights, **w, **common)
             ms = triton.testing.do_bench_cudagraph(lambda: fused_moe(x, top_ids=ids, top_weights=weights, **w,
                                                                      **common))
             per_value = 17 / 32 if name == "mxfp4" else 2
             read = chosen * 3 * HIDDEN * INTER * per_value
             print(json.dumps(dict(bench="fused_moe", model=f"gpt-oss-{args.model}", format=name, tokens=tokens,
-                                  tiles=triton_moe._tiles(tokens * TOP_K, num),
+                                  tiles=triton_moe._tiles(tokens * TOP_K, num, name == "mxfp4"),
                                   experts_read=chosen, us=round(ms * 1e3, 1), weight_mb=round(read / 1e6, 1),
                                   gb_s=round(read / ms / 1e6, 1),
                                   per_step_ms=round(ms * SHAPES[args.model]["layers"], 3))), flush=True)

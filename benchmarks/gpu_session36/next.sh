@@ -21,6 +21,9 @@
 #   (benchmarks/cpu_session36/mla_prefill_chunked.py --gpu; 3072-token prompt in chunks of 1024, then of 4096).
 #   Prediction: expanded 2-3x faster than absorbed at these lengths (the absorbed extend kernel runs 576-wide heads
 #   on 16 x 16 tiles).
+#   Then gpt-oss-20b MXFP4 batch-1 decode with the 32-wide N tiles at <= 4 slots (triton_moe._tiles, session 36):
+#   session 34 measured 140.0 tok/s on an H100 with 64-wide tiles; prediction ~155-160 (the MoE layer 240 -> 203 us
+#   in session 34's kernel run, 24 layers).
 . benchmarks/gpu_session9/common.sh
 case "${PART:-1}" in
 1)
@@ -84,5 +87,6 @@ for b in 1024 4096; do for m in absorbed expanded expanded-always; do
   echo "== $m, chunks of $b"; PAGEDLLM_MLA_PREFILL=$m PYTHONPATH=$R timeout 60 python3 \
     benchmarks/cpu_session36/mla_prefill_chunked.py --gpu --repeats 5 --max-num-batched-tokens $b 2>&1 | tail -2
 done; done
+timeout 90 python3 benchmarks/moe_mxfp4.py engine --format mxfp4
 ;;
 esac

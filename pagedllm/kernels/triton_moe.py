@@ -260,10 +260,14 @@ def _moe_down_kernel(Hin, W2, S2, O2, P2, Y, RouteWeights, SortedSlots, BlockExp
              mask=valid[:, None] & n_ok[None, :])
 
 
-def _tiles(slots: int, num_experts: int) -> tuple[int, int, int, int]:
+def _tiles(slots: int, num_experts: int, mxfp4: bool = False) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, warps) for ``slots`` routed rows over ``num_experts``: a decode step gives most
     experts one row or none (16 rows, the smallest tl.dot, wide N tiles to stream the weights); a prefill step gives
-    each expert enough rows for a GEMM-shaped tile."""
+    each expert enough rows for a GEMM-shaped tile. MXFP4 at batch 1 (gpt-oss's top 4: 4 slots): 32-wide N tiles,
+    twice the programs to hide the in-register unpack's latency. H100, one gpt-oss-20b layer (docs/perf.md,
+    session 34): 239.6 -> 203.2 us at 1 token; at 16 tokens 510 -> 528 us (so only up to 4 slots)."""
+    if mxfp4 and slots <= 4:
+        return 16, 32, 128, 4
     per_expert = slots / num_experts
     if per_expert <= 16:
         return 16, 64, 128, 4
@@ -312,7 +316,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_ids: tor
     slots = tokens * top_k
     if x.stride(-1) != 1:
         x = x.contiguous()
-    block_m, block_n, block_k, warps = _tiles(slots, num_experts)
+    block_m, block_n, block_k, warps = _tiles(slots, num_experts, mxfp4)
     fmt = MXFP4_FORMAT.value if mxfp4 else bits or (1 if w13_scale is not None else 0)
     gn, gk = scale_group if fmt and not mxfp4 else (1, 0)
     if gk:

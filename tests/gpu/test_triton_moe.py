@@ -271,6 +271,7 @@ def _random_mxfp4(num_experts, rows, cols, gen):
 @pytest.mark.parametrize("dtype", [torch.float32, HALF])
 @pytest.mark.parametrize("tokens, num_experts, top_k, hidden, inter, skew", [
     (1, 8, 2, 96, 160, False),       # decode; K of gate_up not a whole 128 tile (3 of 4 groups), I tails of N tiles
+    (1, 32, 4, 64, 96, False),       # gpt-oss's batch-1 decode (top 4 of 32): the 32-wide N tiles of _tiles
     (7, 16, 4, 64, 96, False),       # top-4
     (45, 4, 2, 96, 64, False),       # ~22 rows an expert (the 32-row tile, 64-wide K tiles)
     (299, 8, 4, 64, 32, True),       # prefill: long runs on a few experts (the 64-row tile), I = one group
