@@ -24,6 +24,10 @@
 #   Then gpt-oss-20b MXFP4 batch-1 decode with the 32-wide N tiles at <= 4 slots (triton_moe._tiles, session 36):
 #   session 34 measured 140.0 tok/s on an H100 with 64-wide tiles; prediction ~155-160 (the MoE layer 240 -> 203 us
 #   in session 34's kernel run, 24 layers).
+# PART=6 (~330 s): issue 18's ITL P99 (H100 session 36: 42.5 ms against vLLM's 36.9) against its TTFT headroom (39 ms
+#   against 82): the served 7B row at --max-num-batched-tokens 8192 (the server default, vLLM's), 4096 and 2048.
+#   Prediction: at 2048 the ITL P99 ~25-30 ms (a 2k-token prefill chunk costs ~4x less than an 8k one), TTFT median
+#   up to ~45-60 ms, throughput within +-3%. A default changes only on that measurement.
 . benchmarks/gpu_session9/common.sh
 case "${PART:-1}" in
 1)
@@ -88,5 +92,15 @@ for b in 1024 4096; do for m in absorbed expanded expanded-always; do
     benchmarks/cpu_session36/mla_prefill_chunked.py --gpu --repeats 5 --max-num-batched-tokens $b 2>&1 | tail -2
 done; done
 timeout 90 python3 benchmarks/moe_mxfp4.py engine --format mxfp4
+;;
+6)
+exec > >(tee $OUT/next36_6.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+for t in 8192 4096 2048; do
+  printf '#!/bin/bash\nPYTHONPATH=%s:/tmp/site exec python3 -m pagedllm.entrypoints.cli "$@" --max-num-batched-tokens %s\n' \
+    "$R" "$t" > /tmp/bin_new/pagedllm
+  echo "== max_num_batched_tokens $t"; PATH=/tmp/bin_new:$PATH timeout 200 \
+    python3 .bench/sb/serve_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 100 2>&1 | tail -1
+done
 ;;
 esac
