@@ -24,7 +24,7 @@ class MemoryPlan:
     kv_cache_bytes: int             # what the KV cache gets: num_blocks * bytes_per_block
     num_blocks: int
     block_size: int
-    bytes_per_block: int            # all layers, K and V
+    bytes_per_block: int            # all layers, K and V (K once where V is the key: DeepSeek's MLA)
     max_model_len: int
     max_num_seqs: int
     kv_cache_dtype: str             # "auto" (the model's dtype) or an fp8 name

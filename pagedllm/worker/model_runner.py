@@ -39,8 +39,8 @@ from pagedllm.worker.draft_model import DraftModel
 from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_not_fit_message
 from pagedllm.worker.request_state import CachedRequestState
 from pagedllm.worker.sleep_mode import (MEMORY_TAGS, WeightsBackup, check_sleep_level, check_wake_up_tags,
-                                        kv_cache_pool, tensor_bytes)
-from pagedllm.worker.swap_space import SwapSpace
+                                        kv_cache_pool)
+from pagedllm.worker.swap_space import SwapSpace, kv_cache_bytes
 
 logger = logging.getLogger(__name__)
 # Decode batch sizes the start-up warm-up runs (see _profile_gpu_memory): one per row bucket of the decode kernels.
@@ -88,6 +88,10 @@ class ModelRunner:
         # This rank's heads: tensor parallel gives each rank num_heads / tp query heads and their KV heads.
         tp_rank, tp_size = get_tp_rank(), get_tp_size()
         heads, kv_heads, self.head_dim = attention_shape(hf)
+        # K and V per token, or K alone where the model reads its values from the key cache (DeepSeek's MLA latent,
+        # kv_cache_value_is_key): each layer's [2, ...] cache is then a [1, ...] allocation expanded, V the same
+        # memory (swap_space.stored_kv), so the same memory holds twice the blocks.
+        self.kv_parts = 1 if getattr(get_model_class(hf), "kv_cache_value_is_key", False) else 2
         self.num_heads = heads // tp_size
         _, self.num_kv_heads = kv_head_range(kv_heads, tp_rank, tp_size)
         self.vocab_size = hf.vocab_size
@@ -183,7 +187,7 @@ class ModelRunner:
     def bytes_per_block(self) -> int:
         elem = torch.tensor([], dtype=self.kv_cache_dtype).element_size()
         draft = self.draft.bytes_per_block if self.draft is not None else 0     # its cache shares the block ids
-        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem + draft
+        return self.kv_parts * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem + draft
 
     def determine_num_blocks(self) -> int:
         """The KV cache's block count, from the memory plan (worker/memory_plan.py), kept in ``self.memory_plan``
@@ -303,9 +307,9 @@ class ModelRunner:
         num_tokens = sum(lens)
         n_seq = len(lens)
         blocks = sum(-(-x // self.block_size) for x in lens)
-        shape = (2, blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        caches = ([torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device) for _ in range(self.num_layers)]
-                  if self.needs_kv_cache else [])
+        shape = (self.kv_parts, blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        caches = ([_as_kv_cache(torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device))
+                   for _ in range(self.num_layers)] if self.needs_kv_cache else [])
         starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
         positions = np.concatenate([np.arange(x) for x in lens])
         # Each request gets its own run of blocks.
@@ -360,19 +364,21 @@ class ModelRunner:
             late_compiles.watch_late_compiles()
 
     def _allocate_kv_tensors(self) -> None:
-        """The KV cache (one tensor per layer, zeros) and the swap space over it."""
-        shape = (2, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        """The KV cache (one tensor per layer, zeros; K only and V the same memory where ``kv_parts`` is 1) and the
+        swap space over it."""
+        shape = (self.kv_parts, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         self.kv_caches, self._kv_pool = [], None
         if self.device.type == "cpu":
             if self.needs_kv_cache:
-                self.kv_caches = list(_calloc_zeros((self.num_layers, *shape), self.kv_cache_dtype).unbind(0))
+                self.kv_caches = [_as_kv_cache(c) for c in
+                                  _calloc_zeros((self.num_layers, *shape), self.kv_cache_dtype).unbind(0)]
             if self.draft is not None:
                 self.draft.allocate_kv_cache(self.num_blocks, lambda shape: _calloc_zeros(shape, self.kv_cache_dtype))
         else:
             # sleep mode: in a pool of their own, so that sleep() gives all of it back (sleep_mode.kv_cache_pool)
             with kv_cache_pool(self.config.args.enable_sleep_mode, self.device) as self._kv_pool:
                 if self.needs_kv_cache:
-                    self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
+                    self.kv_caches = [_as_kv_cache(torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device))
                                       for _ in range(self.num_layers)]
                 if self.draft is not None:
                     self.draft.allocate_kv_cache(self.num_blocks, lambda shape: torch.zeros(
@@ -602,7 +608,7 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return torch.cuda.memory_allocated(self.device)
-        kv = tensor_bytes(self.kv_caches)
+        kv = kv_cache_bytes(self.kv_caches)
         return kv + (self.weights_bytes if self.model is not None else 0)
 
     # ---- one step ---------------------------------------------------------------------------------------------
@@ -632,7 +638,7 @@ class ModelRunner:
     def startup_info(self) -> dict:
         """Facts for the engine's start-up log block."""
         weights = self.weights_bytes
-        kv = sum(c.numel() * c.element_size() for c in self.kv_caches)
+        kv = kv_cache_bytes(self.kv_caches)
         graphs = []
         if self.graph_runner is not None:
             graphs.append(f"{len(self.graph_runner.sizes)} decode batch sizes (up to {self.graph_runner.max_batch})")
@@ -1101,6 +1107,13 @@ def weights_oom_message(device: torch.device, gpu_memory_utilization: float) -> 
     # At least what was loaded plus what was still free: the weights need more than that.
     return weights_do_not_fit_message(loaded + free + 1, int(total * gpu_memory_utilization), total,
                                       gpu_memory_utilization).replace("need ", "need more than ", 1)
+
+
+def _as_kv_cache(t: torch.Tensor) -> torch.Tensor:
+    """One layer's ``[2, num_blocks, block_size, num_kv_heads, head_dim]`` cache from its allocation: ``[2, ...]``
+    itself, or ``[1, ...]`` (K only) expanded, so ``cache[1]`` is ``cache[0]``'s memory: every backend reads and
+    writes V as before (the same values, written twice) and the Triton kernels get equal K and V pointers."""
+    return t if t.shape[0] == 2 else t.expand(2, *t.shape[1:])
 
 
 def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

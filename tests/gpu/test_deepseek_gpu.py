@@ -11,7 +11,8 @@ tests/gpu/conftest.py).
 * an FP8 block checkpoint (V3's form: 128 x 128 blocks, a partial one) in bf16: the weights stay e4m3 and every
   token is the dequantized reference's HF fp32 argmax on our own sequence, unless HF makes it a near-tie
   (test_engine_gpu.assert_greedy_under_hf).
-* the attention kernels on the latent cache's shape, the rotary in place on MLA's views.
+* the attention kernels on the latent cache's shape (K and V one tensor: the latent stored once), the rotary in
+  place on MLA's views.
 """
 from __future__ import annotations
 
@@ -199,25 +200,57 @@ def test_bf16_fp8_block_v3_follows_its_dequantized_reference(tmp_path, monkeypat
 def test_attention_kernels_on_the_latent_mla_cache(decode, heads, kv_rank, rope):
     """The Triton extend and decode kernels on the latent MLA cache's shape: every query head on ONE KV head of
     kv_lora_rank + qk_rope_head_dim dims (V2-Lite / V3's 576: BLOCK_D 1024, masked; this file's and
-    tests/models/test_deepseek.py's tiny widths), the value the key's latent part with the rope part zero, as
-    MLAttention stores them: the torch reference's output, and that zero part's output exactly zero (the model cuts
-    it off)."""
+    tests/models/test_deepseek.py's tiny widths), K and V the same tensor, as the model runner gives MLAttention
+    the latent row stored once: the torch reference's output over the latent part (the rope part's output,
+    softmax . k_pe, the model cuts off)."""
     from test_triton_attention import BF16, make_batch, reference, rel_err
 
     from pagedllm.kernels import triton_attention as tri
     width = kv_rank + rope
     specs = [(37, 1), (80, 1), (5, 1)] if decode else [(40, 40), (77, 5), (30, 1)]
-    query, k_cache, v_cache, qsl, seq_lens, tables = make_batch(specs, heads, 1, width, 16, BF16, seed=3)
-    v_cache[..., :kv_rank] = k_cache[..., :kv_rank]
-    v_cache[..., kv_rank:] = 0
+    query, k_cache, _, qsl, seq_lens, tables = make_batch(specs, heads, 1, width, 16, BF16, seed=3)
     scale = (128 + 64) ** -0.5
     if decode:
-        out = tri.decode_attention(query, k_cache, v_cache, seq_lens, tables, scale,
+        out = tri.decode_attention(query, k_cache, k_cache, seq_lens, tables, scale,
                                    tri.DecodeWorkspace.allocate(8, heads, 1, width, device=query.device))
     else:
-        out = tri.extend_attention(query, k_cache, v_cache, qsl, seq_lens, tables, scale, 40)
-    assert rel_err(out, reference(query, k_cache, v_cache, qsl, seq_lens, tables, scale)) < 1e-2
-    assert torch.count_nonzero(out[..., kv_rank:]) == 0
+        out = tri.extend_attention(query, k_cache, k_cache, qsl, seq_lens, tables, scale, 40)
+    want = reference(query, k_cache, k_cache, qsl, seq_lens, tables, scale)
+    assert rel_err(out[..., :kv_rank], want[..., :kv_rank]) < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+def test_triton_backend_on_the_latent_cache_stored_once():
+    """The model runner's K-only latent cache (worker/model_runner._as_kv_cache: a [1, ...] allocation expanded
+    to [2, ...], V the same memory) through the Triton backend as MLAttention uses it: write_kv of the step's new
+    rows as key and value (the store kernel writes each row twice to the one place), then the whole step attended
+    (decodes and prompt chunks: decode and extend kernels) and its decodes alone: the torch reference's output
+    over the latent part, with V read as K."""
+    from test_triton_attention import BF16, make_batch, reference, rel_err
+
+    from pagedllm.attention.backends.base import CommonAttentionMetadata
+    from pagedllm.worker.model_runner import _as_kv_cache
+    heads, kv_rank, rope = 4, 32, 8
+    specs = [(37, 1), (5, 1), (40, 12), (20, 20)]
+    query, old, _, qsl, seq_lens, tables = make_batch(specs, heads, 1, kv_rank + rope, 16, BF16, seed=6)
+    device = query.device
+    kv_cache = _as_kv_cache(old.clone()[None])
+    assert kv_cache.shape == (2, *old.shape) and kv_cache[1].data_ptr() == kv_cache[0].data_ptr()
+    host_tables = tables.cpu()
+    slots = torch.cat([host_tables[i, torch.arange(s - q, s) // 16].long() * 16 + torch.arange(s - q, s) % 16
+                       for i, (s, q) in enumerate(specs)]).to(device)
+    new = torch.randn(len(slots), 1, kv_rank + rope, generator=torch.Generator().manual_seed(7)).to(BF16).to(device)
+    backend = _triton_backend(heads, 1, kv_rank + rope, 16, device)
+    common = CommonAttentionMetadata(query_start_loc=qsl, seq_lens=seq_lens, block_tables=tables,
+                                     slot_mapping=slots, max_query_len=20, max_seq_len=40, num_decodes=2)
+    metadata = backend.build_metadata(common)
+    backend.write_kv(query, new, new, kv_cache, slots)
+    assert torch.equal(kv_cache[0].flatten(0, 1)[slots], new)
+    scale = 0.2
+    want = reference(query, kv_cache[0], kv_cache[0], qsl, seq_lens, tables, scale)[..., :kv_rank]
+    assert rel_err(backend.attend(query, kv_cache, metadata, scale)[..., :kv_rank], want) < 1e-2
+    assert rel_err(backend.attend_decodes(query[:2], kv_cache, metadata, scale)[..., :kv_rank], want[:2]) < 1e-2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",

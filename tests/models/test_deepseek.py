@@ -244,9 +244,9 @@ def test_piecewise_graph_split_runs_mla_attention_between_the_pieces(tmp_path, m
 
 def test_v3_without_interleaved_rope_latent_cache_blocks_and_startup_log(tmp_path, caplog):
     """rope_interleave=False: V3 rotates NeoX halves and the rope rows load as they are. The KV cache holds the
-    compressed latent (one KV head of kv_lora_rank + qk_rope_head_dim = 40 values as key and as value), so the same
-    KV cache memory gives 2.4x the blocks of the expanded cache (4 heads x 24-dim keys and values); the start-up log
-    says so."""
+    compressed latent once (one KV head of kv_lora_rank + qk_rope_head_dim = 40 values, the key, read as the value
+    too, as vLLM's MLA cache), so the same KV cache memory gives twice the blocks of a cache that also stored a
+    value row, and 4.8x those of the expanded cache (4 heads x 24-dim keys and values); the start-up log says so."""
     tiny = DeepseekTiny("deepseek_v3", str(tmp_path), rope_interleave=False)
     prompts = vs_hf._prompts(vs_hf.PROMPT_LENS[:2])
     kv_bytes = 4 << 20
@@ -254,16 +254,76 @@ def test_v3_without_interleaved_rope_latent_cache_blocks_and_startup_log(tmp_pat
         llm = tiny.llm(kv_cache_memory_bytes=kv_bytes)
     vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(llm, prompts))
     cfg = tiny.hf.config
-    per_token_and_layer = {"latent": 2 * (cfg.kv_lora_rank + cfg.qk_rope_head_dim),
+    per_token_and_layer = {"latent": cfg.kv_lora_rank + cfg.qk_rope_head_dim,
+                           "latent as key and value": 2 * (cfg.kv_lora_rank + cfg.qk_rope_head_dim),
                            "expanded": 2 * cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)}
-    assert per_token_and_layer == {"latent": 80, "expanded": 192}
+    assert per_token_and_layer == {"latent": 40, "latent as key and value": 80, "expanded": 192}
     blocks = {kind: kv_bytes // (values * 16 * cfg.num_hidden_layers * 4)       # block_size 16, fp32
               for kind, values in per_token_and_layer.items()}
-    assert blocks == {"latent": 409, "expanded": 170}
+    assert blocks == {"latent": 819, "latent as key and value": 409, "expanded": 170}
     assert llm.llm_engine.vllm_config.cache_config.num_gpu_blocks == blocks["latent"]
-    assert ("the MLA latent cache: 80 values per token and layer (one KV head of kv_lora_rank 32 + rope 8 = 40 as "
-            "key and as value), 2.4x fewer than the 192 of 4 heads' expanded keys and values") in caplog.text
+    assert ("the MLA latent cache: 40 values per token and layer (one KV head of kv_lora_rank 32 + rope 8 = 40, "
+            "stored once as key and value), 4.8x fewer than the 192 of 4 heads' expanded keys and values"
+            ) in caplog.text
     assert f"KV cache     {blocks['latent']} blocks x 16 tokens" in caplog.text
+    # The K and V of each layer are one allocation: the cache's bytes are the blocks' once (not twice).
+    runner = llm.llm_engine.runner
+    assert runner.startup_info()["kv_cache_gib"] * 2**30 == blocks["latent"] * 40 * 16 * 2 * 4
+    assert runner.kv_caches[0][0].data_ptr() == runner.kv_caches[0][1].data_ptr()
+
+
+def test_latent_cache_stored_once_swaps_hits_prefixes_and_sleeps(tmp_path):
+    """The K-only latent cache through every whole-block write: swap preemption (8 blocks for requests needing 15:
+    blocks go to CPU memory and back, K alone, so the swap space holds twice the blocks too) with prefix caching
+    (a prompt run again hits its cached blocks), then sleep (the KV cache's memory, counted once, given
+    back) and wake-up (allocated again, K only). Greedy tokens HF's throughout."""
+    tiny = DeepseekTiny("deepseek_v2_lite", str(tmp_path))
+    swap_bytes = 1 << 20
+    llm = tiny.llm(block_size=16, num_gpu_blocks_override=8, max_model_len=128, enable_prefix_caching=True,
+                   swap_space=swap_bytes / (1 << 30), preemption_mode="swap", enable_sleep_mode=True)
+    cfg = tiny.hf.config
+    block_bytes = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 16 * cfg.num_hidden_layers * 4     # fp32, K only
+    assert llm.llm_engine.kv_cache.swap_pool.num_blocks == swap_bytes // block_bytes == 204
+    prompts = vs_hf._prompts(vs_hf.PROMPT_LENS)
+    vs_hf._assert_matches_hf(tiny, prompts, vs_hf._generate(llm, prompts))
+    scheduler = llm.llm_engine.scheduler
+    assert scheduler.num_swap_outs > 0 and scheduler.num_swap_ins == scheduler.num_swap_outs
+    for _ in range(2):       # the 40-token prompt again, alone: its second run hits its two full cached blocks
+        again = vs_hf._generate(llm, prompts[2:3])
+        vs_hf._assert_matches_hf(tiny, prompts[2:3], again)
+    assert again[0].num_cached_tokens == 32
+    runner = llm.llm_engine.runner       # what sleep mode frees and logs: the KV cache's bytes counted once
+    assert runner._device_bytes_in_use() - runner.weights_bytes == 8 * block_bytes
+    llm.sleep(level=1)
+    assert runner._device_bytes_in_use() == runner.weights_bytes
+    llm.wake_up()
+    vs_hf._assert_matches_hf(tiny, prompts[:2], vs_hf._generate(llm, prompts[:2]))
+
+
+def test_fp8_latent_cache_stored_once(tmp_path, monkeypatch):
+    """kv_cache_dtype="fp8": the latent row stored once as e4m3 (K and V are both written with scale 1.0, so the V
+    write stores K's bytes again), in a quarter of an fp32 block's bytes: twice the blocks of a cache that keeps a
+    value row of its own (kv_cache_value_is_key off), with that cache's tokens and logprobs exactly (the prompts'
+    expanded prefill reads the e4m3 latent back; the decodes attend over it absorbed)."""
+    from pagedllm.model.models.deepseek import DeepseekV2ForCausalLM
+    tiny = DeepseekTiny("deepseek_v3", str(tmp_path))
+    kv_bytes = 1 << 20
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=0)
+    prompts = [{"prompt_token_ids": p} for p in vs_hf._prompts(vs_hf.PROMPT_LENS)]
+    runs = {}
+    for stored_once in (False, True):
+        monkeypatch.setattr(DeepseekV2ForCausalLM, "kv_cache_value_is_key", stored_once)
+        llm = tiny.llm(kv_cache_memory_bytes=kv_bytes, kv_cache_dtype="fp8")
+        assert llm.llm_engine.runner.kv_caches[0].dtype == torch.float8_e4m3fn
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        runs[stored_once] = (llm.llm_engine.vllm_config.cache_config.num_gpu_blocks,
+                             [(o.outputs[0].token_ids, [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
+                                                                                       o.outputs[0].logprobs)])
+                              for o in outs])
+    cfg = tiny.hf.config
+    assert runs[True][0] == kv_bytes // ((cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 16 * cfg.num_hidden_layers) \
+        == 2 * runs[False][0] + 1 == 819
+    assert runs[True][1] == runs[False][1]
 
 
 def _block_fp8(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -21,16 +21,20 @@ A pre-norm decoder with two parts of its own:
   The KV cache holds the compressed latent, as vLLM's: per token and layer, ``kv_c`` (the ``kv_lora_rank`` latent
   after ``kv_a_layernorm``) and the rotated ``k_pe``, through the ordinary paged cache and attention backends as MQA
   (config.attention_shape): ONE KV head of ``kv_lora_rank + qk_rope_head_dim`` (576 for V2 / V3) that all heads
-  attend, its key ``[kv_c, k_pe]``, its value ``[kv_c, 0]`` (zero-padded to the key's width: the backends take one
-  head dim for K and V; the padding's output is cut). For decodes ``kv_b_proj``'s rows are absorbed (per head, batched
+  attend, its key ``[kv_c, k_pe]`` and its value the same row (``kv_cache_value_is_key``): the backends take one head
+  dim for K and V, and only the value output's first ``kv_lora_rank`` columns (``softmax . kv_c``) are used, the
+  rest (``softmax . k_pe``) cut. So the row is stored once, as vLLM's MLA cache: the model runner allocates each
+  layer's K alone and presents V as the same memory (an expanded view; worker/swap_space.stored_kv for whole-block
+  copies). The V write then writes the same bytes again (an fp8 cache too: K and V are both stored with scale 1.0,
+  the backends take no other). For decodes ``kv_b_proj``'s rows are absorbed (per head, batched
   matmuls over its weight, ``[heads, nope + v_head_dim, kv_lora_rank]``): the query becomes ``[W_UK^T q_nope, q_pe]``
   (so ``q . k = q_nope . k_nope + q_pe . k_pe``, the expanded form's scores), the attention's latent output
   ``softmax . kv_c`` turns into each head's value output through ``W_UV``, then ``o_proj``. The softmax scale stays
   the model's. A quantized ``kv_b_proj`` is dequantized once to the model dtype for those matmuls. That is
-  ``2 * (kv_lora_rank + qk_rope_head_dim)`` values per token and layer (1,152) where the expanded cache held ``2 *
-  heads * qk_head_dim``: 5.3x fewer for V2-Lite (16 heads), 42.7x for V3 (128 heads); the start-up log says which
-  cache runs and its size. Storing K only (V read as K's first ``kv_lora_rank`` columns) would halve the cache again;
-  not done.
+  ``kv_lora_rank + qk_rope_head_dim`` values per token and layer (576) where the expanded cache held ``2 * heads *
+  qk_head_dim``: 10.7x fewer for V2-Lite (16 heads), 85.3x for V3 (128 heads), and half the 1,152 of a cache that
+  kept a separate ``[kv_c, 0]`` value (this project until session 36: twice the blocks now for the same memory);
+  the start-up log says which cache runs and its size.
   Prompt tokens attend in the expanded form, as vLLM's MLA prefill (``MLAttention.attend``, PAGEDLLM_MLA_PREFILL):
   the absorbed dots are ``kv_lora_rank + qk_rope_head_dim`` wide for scores and values (1,152 multiply-adds per
   head and key for V2 / V3) where the expanded ones are ``qk_head_dim + v_head_dim`` (320), and the projections
@@ -302,9 +306,11 @@ class MLAttention(nn.Module):
                 self.rope_perm = self.rope_perm.to(hidden.device)
             q_pe, k_pe = q_pe.index_select(-1, self.rope_perm), k_pe.index_select(-1, self.rope_perm)
         q_pe, k_pe = self.rotary(positions, q_pe, k_pe)     # in place on CUDA
-        # One KV head: the key [kv_c, k_pe]; the value kv_c, zero-padded to the key's width (the backends take one
-        # head dim for K and V), the padding cut from the output.
-        cache_k, cache_v = torch.cat((kv_c, k_pe.squeeze(1)), dim=-1), F.pad(kv_c, (0, self.rope))
+        # One KV head: the key [kv_c, k_pe], and the value the same row (the backends take one head dim for K and
+        # V; the output's softmax . k_pe columns are cut). The model runner keeps one copy: V is K's memory
+        # (kv_cache_value_is_key), so the V write stores the same bytes again.
+        cache_k = torch.cat((kv_c, k_pe.squeeze(1)), dim=-1)
+        cache_v = cache_k
         common = getattr(batch.attn_metadata, "common", None)
         if batch.attn_breaker is None and (self.prefill_mode == "absorbed" or common is None
                                            or common.num_decodes == common.num_reqs):
@@ -335,7 +341,7 @@ class MLAttention(nn.Module):
 
     def _value_output(self, out: torch.Tensor, w_kv_b: torch.Tensor) -> torch.Tensor:
         """softmax . V = softmax . (W_UV kv_c) = W_UV (softmax . kv_c): each head's value ``[T, heads, v_head_dim]``
-        from its latent output (``[T, heads * (kv_lora_rank + rope)]``, the rope part's zeros cut)."""
+        from its latent output (``[T, heads * (kv_lora_rank + rope)]``, the rope part, ``softmax . k_pe``, cut)."""
         out = out.view(-1, self.num_heads, self.kv_rank + self.rope)[..., :self.kv_rank]
         return torch.bmm(out.transpose(0, 1), w_kv_b[:, self.nope:].transpose(1, 2)).transpose(0, 1)
 
@@ -488,6 +494,9 @@ class DeepseekModel(nn.Module):
 
 class DeepseekV2ForCausalLM(nn.Module):
     v3 = False
+    # MLAttention writes each token's latent row as its key and as its value (the value output's k_pe columns cut):
+    # the model runner stores it once, V the same memory as K (module docstring).
+    kv_cache_value_is_key = True
     supports_tensor_parallel = True
     supports_pipeline_parallel = True
     # FP8 checkpoints (V3's 128 x 128 blocks) and online FP8; AWQ / GPTQ / compressed-tensors checkpoints (their
@@ -561,9 +570,9 @@ class DeepseekV2ForCausalLM(nn.Module):
                                  f"this layout is not supported.")
         latent = cfg.kv_lora_rank + cfg.qk_rope_head_dim
         expanded = 2 * cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
-        self.kv_cache_note = (f"the MLA latent cache: {2 * latent} values per token and layer (one KV head of "
-                              f"kv_lora_rank {cfg.kv_lora_rank} + rope {cfg.qk_rope_head_dim} = {latent} as key and "
-                              f"as value), {expanded / (2 * latent):.1f}x fewer than the {expanded} of "
+        self.kv_cache_note = (f"the MLA latent cache: {latent} values per token and layer (one KV head of "
+                              f"kv_lora_rank {cfg.kv_lora_rank} + rope {cfg.qk_rope_head_dim} = {latent}, stored once "
+                              f"as key and value), {expanded / latent:.1f}x fewer than the {expanded} of "
                               f"{cfg.num_attention_heads} heads' expanded keys and values")
         logger.info("%s: the KV cache is %s.", type(self).__name__, self.kv_cache_note)
 
