@@ -404,8 +404,9 @@ def test_fp8_block_checkpoint_equals_its_dequantized_reference(tmp_path):
 def test_quantized_kv_b_proj_is_dequantized_at_load_not_in_the_first_forward(tmp_path, monkeypatch):
     """On the GPU the engine's first forward is parallel_compile's dry pass: a Triton kernel not built yet does not
     run, its output is whatever its buffer held. Simulated here (a dry pass before the first forward, in which every
-    FP8 matmul returns garbage): the absorbed kv_b_proj must not come from that forward (session 36 found it did: every token of the
-    FP8 V3 GPU test wrong on an empty Triton cache), so the tokens still equal the dequantized reference's."""
+    FP8 matmul returns garbage): the absorbed kv_b_proj must not come from that forward (session 36 found it did:
+    every token of the FP8 V3 GPU test wrong on an empty Triton cache), so the tokens still equal the dequantized
+    reference's."""
     from pagedllm.model.models.deepseek import DeepseekV2ForCausalLM
     from pagedllm.model.quantization.fp8 import Fp8LinearMethod
     quant, reference = _fp8_block_v3(tmp_path)

@@ -232,8 +232,9 @@ class MLAttention(nn.Module):
         self.kv_a_proj_with_mqa = ReplicatedLinear(hidden, self.kv_rank + self.rope, bias=bias,
                                                    quant_config=quant_config, prefix=f"{prefix}.kv_a_proj_with_mqa")
         self.kv_a_layernorm = RMSNorm(self.kv_rank)
-        # The layer never runs on activations (once on the identity when quantized: after_weights_processed): its weight's rows
-        # are absorbed into the query (W_UK) and the output (W_UV), or multiply the gathered latent (attend).
+        # The layer never runs on activations (once on the identity when quantized: after_weights_processed): its
+        # weight's rows are absorbed into the query (W_UK) and the output (W_UV), or multiply the gathered latent
+        # (attend).
         self.kv_b_proj = ColumnParallelLinear(self.kv_rank, total_heads * (self.nope + self.v_dim),
                                               quant_config=quant_config, prefix=f"{prefix}.kv_b_proj")
         self._kv_b_dequantized: torch.Tensor | None = None
