@@ -54,8 +54,9 @@ def _save(arch: str, path) -> str:
     return save_random(_config(arch), path)
 
 
-def save_random(config, path) -> str:
-    """A random fp32 model of ``config`` saved at ``path``, with sharp logits and a drawn router correction bias."""
+def save_random(config, path, router_bias_std: float = 0.02) -> str:
+    """A random fp32 model of ``config`` saved at ``path``, with sharp logits and a drawn router correction bias
+    (``router_bias_std``: a wide one makes the experts' choice clear of near-ties)."""
     from transformers import AutoModelForCausalLM
     torch.manual_seed(1234)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -63,7 +64,7 @@ def save_random(config, path) -> str:
         model.lm_head.weight.mul_(8.0)          # sharper logits than the tiny default init: clear greedy margins
         for module in model.modules():
             if hasattr(module, "e_score_correction_bias"):
-                module.e_score_correction_bias.normal_(0.0, 0.02)
+                module.e_score_correction_bias.normal_(0.0, router_bias_std)
     model.save_pretrained(path)
     return str(path)
 

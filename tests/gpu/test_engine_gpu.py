@@ -114,10 +114,11 @@ def _generate(model_dir, prompts, **kwargs):
     return [o.outputs[0].token_ids for o in outs]
 
 
-def assert_greedy_under_hf(hf_model, prompts, outputs):
+def assert_greedy_under_hf(hf_model, prompts, outputs, near_tie: float = NEAR_TIE):
     """Every token we chose must be HF fp32's argmax at that point of *our* sequence, unless HF's own logits put
     our token within a near-tie of its top one. Teacher-forcing HF on our path checks every step, even after a
-    legitimate bf16 flip has made the two greedy paths diverge."""
+    legitimate bf16 flip has made the two greedy paths diverge. ``near_tie``: a wider bound for a path that rounds
+    more than bf16 does (FP8 activations)."""
     checked = 0
     for p, ours in zip(prompts, outputs):
         seq = torch.tensor([p + list(ours)], device="cuda")
@@ -127,7 +128,7 @@ def assert_greedy_under_hf(hf_model, prompts, outputs):
         chosen = logits.gather(1, torch.tensor(list(ours), device="cuda")[:, None])[:, 0]
         gap = (top - chosen) / top.abs().clamp_min(1.0)
         worst = int(gap.argmax())
-        assert float(gap.max()) <= NEAR_TIE, (
+        assert float(gap.max()) <= near_tie, (
             f"token {worst} ({ours[worst]}) is {float(gap[worst]):.3f} (relative) below HF's argmax "
             f"{int(logits[worst].argmax())}")
         checked += len(ours)

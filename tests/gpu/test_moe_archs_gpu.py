@@ -90,7 +90,13 @@ def test_bf16_glm4_moe_fp8_channel_follows_its_dequantized_reference(tmp_path):
     """GLM-4.5-Air-FP8's form (compressed-tensors float-quantized: e4m3 with a weight_scale per output row, dynamic
     per-token activations) in bf16: the dense projections through the FP8 GEMM, the experts e4m3 in the fused
     Triton kernels with a scale per row; every token HF fp32's argmax (with the dequantized weights) on our own
-    sequence unless HF makes it a near-tie (test_engine_gpu.assert_greedy_under_hf)."""
+    sequence unless HF makes it a near-tie (test_engine_gpu.assert_greedy_under_hf). Two things the kernels are not
+    checked by here are kept out: the tiny random router's near-ties, which flip experts in bf16 (a wide correction
+    bias decides the choice), and the e4m3 rounding of the W8A8 projections' inputs, ~16x coarser than bf16's, which
+    HF's reference does not do (a 0.1 bound). On the CPU, emulating that rounding
+    (benchmarks/gpu_session34/glm4_moe_fp8_bf16_cpu.py, EMU=1) gave worst gaps of 0.098 with the 0.02 bias and
+    0.051 with a bias of 1.0 (session 36); the H100 gave 0.090 with the 0.02 bias (sessions 34 and 36). A kernel
+    fault gives gaps near 1 (session 36's FP8 DeepSeek bug: 0.4-1.5)."""
     import sys
     from pathlib import Path
 
@@ -101,7 +107,7 @@ def test_bf16_glm4_moe_fp8_channel_follows_its_dequantized_reference(tmp_path):
     from test_engine_gpu import assert_greedy_under_hf
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
     from test_moe_archs_vs_hf import write_fp8_channel_checkpoints
-    save_random(_config("glm4_moe"), tmp_path / "dense")
+    save_random(_config("glm4_moe"), tmp_path / "dense", router_bias_std=1.0)
     write_fp8_channel_checkpoints(tmp_path / "dense", tmp_path / "fp8", tmp_path / "ref")
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(5, 2000, (n,), generator=g).tolist() for n in PROMPT_LENS]
@@ -113,4 +119,4 @@ def test_bf16_glm4_moe_fp8_channel_follows_its_dequantized_reference(tmp_path):
     del llm
     torch.cuda.empty_cache()
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ref"), dtype=torch.float32).cuda().eval()
-    assert_greedy_under_hf(hf, prompts, got)
+    assert_greedy_under_hf(hf, prompts, got, near_tie=0.1)
