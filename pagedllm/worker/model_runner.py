@@ -1074,7 +1074,7 @@ def _lora_manager(model: torch.nn.Module, config: EngineConfig) -> LoRAManager:
     (worker/cuda_graphs.py)."""
     if not getattr(model, "supports_lora", False):
         raise ValueError(f"{type(model).__name__} does not support LoRA yet (LoRA adapters run on the decoder "
-                         f"families but ChatGLM, GLM-4.5 / dots.llm1 and DeepSeek, on the language model of LLaVA and "
+                         f"families but ChatGLM and DeepSeek, on the language model of LLaVA and "
                          f"Qwen2-VL, and on the attention and shared experts of the mixtures of experts).")
     if config.is_pooling:
         raise ValueError("enable_lora=True with a pooling (embedding) model is not supported yet by pagedllm.")

@@ -3,7 +3,7 @@ with the adapter merged into its weights: the interleaved-rotary Llama decoders 
 ERNIE 4.5: the Q / K rows of lora_B reordered as the checkpoint's), the LayerNorm decoders (Phi-2, StableLM,
 Starcoder2, GPT-NeoX, Falcon, GPTBigCode: their own module names, fused QKV adapters cut per head / group as the
 weights), OPT and GPT-2 (Conv1D), the mixtures of experts' attention and shared experts (ERNIE 4.5 MoE, Hunyuan,
-OLMoE, PhiMoE, Granite MoE), and the language model of LLaVA and Qwen2.5-VL (an adapter's vision-side modules ignored
+OLMoE, PhiMoE, Granite MoE, GLM-4.5, dots.llm1), and the language model of LLaVA and Qwen2.5-VL (an adapter's vision-side modules ignored
 with a warning, as vLLM); tensor and pipeline parallel. peft is not installed here: the adapters are written in PEFT's format
 (adapter_config.json, base_model.model.<HF module>.lora_A/B.weight), as tests/unit/test_lora.py's."""
 from __future__ import annotations
@@ -66,6 +66,14 @@ FAMILIES = {
                                                norm_topk_prob=False), ("q_proj", "k_proj", "v_proj", "o_proj")),
     "phimoe": (lambda: transformers.PhimoeConfig(**dict(_MOE, intermediate_size=32), num_local_experts=8,
                                                  attention_bias=True), ("q_proj", "k_proj", "v_proj", "o_proj")),
+    # GLM-4.5 / dots.llm1: a dense first layer, then DeepSeek-V3's MoE block with a shared expert (HF 5.x keeps the
+    # routed experts fused, so the adapter holds the attention's, the dense MLP's and the shared expert's modules).
+    "glm4_moe": (lambda: transformers.Glm4MoeConfig(
+        **_MOE, head_dim=32, n_routed_experts=8, moe_intermediate_size=32, n_shared_experts=1,
+        first_k_dense_replace=1, n_group=1, topk_group=1), ALL_TARGETS),
+    "dots1": (lambda: transformers.Dots1Config(
+        **_MOE, head_dim=32, n_routed_experts=8, moe_intermediate_size=32, n_shared_experts=1,
+        first_k_dense_replace=1, n_group=1, topk_group=1), ALL_TARGETS),
     "granitemoeshared": (lambda: transformers.GraniteMoeSharedConfig(
         **dict(_MOE, intermediate_size=32), num_local_experts=8, shared_intermediate_size=48,
         embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0),

@@ -440,7 +440,7 @@ class DeepseekMoE(nn.Module):
         if self.experts.tp_size > 1:
             out = tp_all_reduce(out)
         if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
+            out = out + self.shared_experts(x, lora_step)     # GLM-4.5's / dots.llm1's adapters (the experts take none)
         return out
 
 

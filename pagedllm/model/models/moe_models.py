@@ -99,7 +99,7 @@ def _glm4_moe_block(cfg, quant_config, prefix: str) -> DeepseekMoE:
 
 class Glm4MoeForCausalLM(LlamaForCausalLM):
     moe = "deepseek"                # LlamaVariant.moe; the block is _glm4_moe_block's
-    supports_lora = False           # not wired: the shared experts' projections would need the LoRA step
+    supports_lora = True            # the attention's, the dense layers' and the shared experts' projections
     # GLM-4.5(-Air)-FP8: llm-compressor's per-channel FP8 (the experts through Fp8MoEMethod)
     supports_quantization = ("compressed-tensors",)
 
