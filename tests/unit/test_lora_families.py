@@ -1,10 +1,10 @@
 """LoRA adapters on the families whose checkpoints are not Llama's in names or row order, against HF transformers fp32
-with the adapter merged into its weights: the interleaved-rotary Llama decoders (GLM, GLM-4, Cohere, Cohere 2,
-ERNIE 4.5: the Q / K rows of lora_B reordered as the checkpoint's), the LayerNorm decoders (Phi-2, StableLM,
-Starcoder2, GPT-NeoX, Falcon, GPTBigCode: their own module names, fused QKV adapters cut per head / group as the
-weights), OPT and GPT-2 (Conv1D), the mixtures of experts' attention and shared experts (ERNIE 4.5 MoE, Hunyuan,
-OLMoE, PhiMoE, Granite MoE, GLM-4.5, dots.llm1), and the language model of LLaVA and Qwen2.5-VL (an adapter's vision-side modules ignored
-with a warning, as vLLM); tensor and pipeline parallel. peft is not installed here: the adapters are written in PEFT's format
+with the adapter merged into its weights: the interleaved-rotary Llama decoders (GLM, GLM-4, Cohere, Cohere 2, ERNIE
+4.5: the Q / K rows of lora_B reordered as the checkpoint's), the LayerNorm decoders (Phi-2, StableLM, Starcoder2,
+GPT-NeoX, Falcon, GPTBigCode: their own module names, fused QKV adapters cut per head / group as the weights), OPT and
+GPT-2 (Conv1D), the mixtures of experts' attention and shared experts (ERNIE 4.5 MoE, Hunyuan, OLMoE, PhiMoE, Granite
+MoE, GLM-4.5, dots.llm1), and the language model of LLaVA and Qwen2.5-VL (an adapter's vision-side modules ignored with
+a warning, as vLLM); tensor and pipeline parallel. peft is not installed here: the adapters are written in PEFT's format
 (adapter_config.json, base_model.model.<HF module>.lora_A/B.weight), as tests/unit/test_lora.py's."""
 from __future__ import annotations
 
