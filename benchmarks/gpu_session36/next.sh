@@ -8,7 +8,10 @@
 #   Triton cache each), issue 13's AWQ 7B rows and 18's 1.5B bs1, then ANCHORS' served 7B row once (session 35's
 #   API-server changes; prediction 0-3% over session 9's 10,162-10,268 on an H200).
 # Session 36 ran PART=1 and PART=2 on an H100 (docs/perf.md, session 36). Queued for the next session, from a
-#   `git archive HEAD` snapshot (carry .bench/tree as this session did, or the tree itself when no helper runs):
+#   `git archive HEAD` snapshot (carry .bench/tree as this session did, or the tree itself when no helper runs).
+#   Order when device time is short: 3 (correctness after this session's fixes), 6, 4, 5; on an H200 also PART=2
+#   (issue 13's and 18's rows are H200 targets). Each PART ends within a 600 s call; keep the machine warm between
+#   calls (it goes back after 30 s idle) by starting the next call at once.
 # PART=3 (~450 s): what PART=1 left or found: the kernel files (-n 8, 300 s: session 34's 100 s ran out on a fresh
 #   machine), test_deepseek_gpu (0640aae's fix of the FP8 kv_b_proj dequantized in the dry pass; helper-82's
 #   expanded MLA prefill, its Triton varlen_attention / attend_decodes and fp32 V3 runs per PAGEDLLM_MLA_PREFILL),
