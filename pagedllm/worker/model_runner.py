@@ -40,7 +40,7 @@ from pagedllm.worker.memory_plan import MemoryPlan, plan_kv_cache, weights_do_no
 from pagedllm.worker.request_state import CachedRequestState
 from pagedllm.worker.sleep_mode import (MEMORY_TAGS, WeightsBackup, check_sleep_level, check_wake_up_tags,
                                         kv_cache_pool)
-from pagedllm.worker.swap_space import SwapSpace, kv_cache_bytes
+from pagedllm.worker.swap_space import SwapSpace, kv_cache_bytes, kv_cache_view
 
 logger = logging.getLogger(__name__)
 # Decode batch sizes the start-up warm-up runs (see _profile_gpu_memory): one per row bucket of the decode kernels.
@@ -308,7 +308,7 @@ class ModelRunner:
         n_seq = len(lens)
         blocks = sum(-(-x // self.block_size) for x in lens)
         shape = (self.kv_parts, blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        caches = ([_as_kv_cache(torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device))
+        caches = ([kv_cache_view(torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device))
                    for _ in range(self.num_layers)] if self.needs_kv_cache else [])
         starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
         positions = np.concatenate([np.arange(x) for x in lens])
@@ -370,7 +370,7 @@ class ModelRunner:
         self.kv_caches, self._kv_pool = [], None
         if self.device.type == "cpu":
             if self.needs_kv_cache:
-                self.kv_caches = [_as_kv_cache(c) for c in
+                self.kv_caches = [kv_cache_view(c) for c in
                                   _calloc_zeros((self.num_layers, *shape), self.kv_cache_dtype).unbind(0)]
             if self.draft is not None:
                 self.draft.allocate_kv_cache(self.num_blocks, lambda shape: _calloc_zeros(shape, self.kv_cache_dtype))
@@ -378,7 +378,7 @@ class ModelRunner:
             # sleep mode: in a pool of their own, so that sleep() gives all of it back (sleep_mode.kv_cache_pool)
             with kv_cache_pool(self.config.args.enable_sleep_mode, self.device) as self._kv_pool:
                 if self.needs_kv_cache:
-                    self.kv_caches = [_as_kv_cache(torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device))
+                    self.kv_caches = [kv_cache_view(torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device))
                                       for _ in range(self.num_layers)]
                 if self.draft is not None:
                     self.draft.allocate_kv_cache(self.num_blocks, lambda shape: torch.zeros(
@@ -1107,13 +1107,6 @@ def weights_oom_message(device: torch.device, gpu_memory_utilization: float) -> 
     # At least what was loaded plus what was still free: the weights need more than that.
     return weights_do_not_fit_message(loaded + free + 1, int(total * gpu_memory_utilization), total,
                                       gpu_memory_utilization).replace("need ", "need more than ", 1)
-
-
-def _as_kv_cache(t: torch.Tensor) -> torch.Tensor:
-    """One layer's ``[2, num_blocks, block_size, num_kv_heads, head_dim]`` cache from its allocation: ``[2, ...]``
-    itself, or ``[1, ...]`` (K only) expanded, so ``cache[1]`` is ``cache[0]``'s memory: every backend reads and
-    writes V as before (the same values, written twice) and the Triton kernels get equal K and V pointers."""
-    return t if t.shape[0] == 2 else t.expand(2, *t.shape[1:])
 
 
 def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -12,10 +12,20 @@ from __future__ import annotations
 
 import torch
 
+from pagedllm.worker.sleep_mode import tensor_bytes
+
+
+def kv_cache_view(t: torch.Tensor) -> torch.Tensor:
+    """One layer's ``[2, num_blocks, block_size, num_kv_heads, head_dim]`` cache from its allocation: ``[2, ...]``
+    itself, or ``[1, ...]`` (K only) expanded, so ``cache[1]`` is ``cache[0]``'s memory: every backend reads and
+    writes V as before (the same values, written twice) and the Triton kernels get equal K and V pointers.
+    ``stored_kv`` is its inverse."""
+    return t if t.shape[0] == 2 else t.expand(2, *t.shape[1:])
+
 
 def stored_kv(cache: torch.Tensor) -> torch.Tensor:
     """What one layer's ``[2, num_blocks, block_size, num_kv_heads, head_dim]`` cache stores: itself, or ``[1, ...]``
-    its K alone where V is the same memory (the model runner's ``expand`` of a K-only allocation, for models whose
+    its K alone where V is the same memory (``kv_cache_view`` of a K-only allocation, for models whose
     value is the key: DeepSeek's MLA latent). Every write of whole blocks goes here: writing the expanded view would
     write each element twice (torch refuses: "more than one element of the written-to tensor refers to a single
     memory location"), and counting its bytes would count them twice."""
@@ -24,7 +34,7 @@ def stored_kv(cache: torch.Tensor) -> torch.Tensor:
 
 def kv_cache_bytes(kv_caches: list[torch.Tensor]) -> int:
     """The bytes the KV cache tensors hold (a K-only layer once)."""
-    return sum(stored_kv(c).numel() * c.element_size() for c in kv_caches)
+    return tensor_bytes(stored_kv(c) for c in kv_caches)
 
 
 def _raw(t: torch.Tensor) -> torch.Tensor:

@@ -223,7 +223,7 @@ def test_attention_kernels_on_the_latent_mla_cache(decode, heads, kv_rank, rope)
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                     reason="needs a CUDA GPU or TRITON_INTERPRET=1")
 def test_triton_backend_on_the_latent_cache_stored_once():
-    """The model runner's K-only latent cache (worker/model_runner._as_kv_cache: a [1, ...] allocation expanded
+    """The model runner's K-only latent cache (worker/swap_space.kv_cache_view: a [1, ...] allocation expanded
     to [2, ...], V the same memory) through the Triton backend as MLAttention uses it: write_kv of the step's new
     rows as key and value (the store kernel writes each row twice to the one place), then the whole step attended
     (decodes and prompt chunks: decode and extend kernels) and its decodes alone: the torch reference's output
@@ -231,12 +231,12 @@ def test_triton_backend_on_the_latent_cache_stored_once():
     from test_triton_attention import BF16, make_batch, reference, rel_err
 
     from pagedllm.attention.backends.base import CommonAttentionMetadata
-    from pagedllm.worker.model_runner import _as_kv_cache
+    from pagedllm.worker.swap_space import kv_cache_view
     heads, kv_rank, rope = 4, 32, 8
     specs = [(37, 1), (5, 1), (40, 12), (20, 20)]
     query, old, _, qsl, seq_lens, tables = make_batch(specs, heads, 1, kv_rank + rope, 16, BF16, seed=6)
     device = query.device
-    kv_cache = _as_kv_cache(old.clone()[None])
+    kv_cache = kv_cache_view(old.clone()[None])
     assert kv_cache.shape == (2, *old.shape) and kv_cache[1].data_ptr() == kv_cache[0].data_ptr()
     host_tables = tables.cpu()
     slots = torch.cat([host_tables[i, torch.arange(s - q, s) // 16].long() * 16 + torch.arange(s - q, s) % 16
