@@ -79,3 +79,30 @@ class LoRASlots:
             # decode sizes, docs/perf.md session 26; those now take the Triton kernels).
             return torch.addmm(y.reshape(-1, y.shape[-1]), xa, self.b.t()).view(y.shape)
         return y + (xa @ self.b.t()).view(y.shape).to(y.dtype)
+
+    # ---- a layer absorbed per head (DeepSeek's MLA kv_b_proj) ------------------------------------------------------
+    # Its weight never multiplies activations in the absorbed form: each head's rows are split, W_h = [W_UK_h; W_UV_h]
+    # (row ranges ``rows``), and used as q_nope_h^T W_UK_h and W_UV_h o_h. An adapter's W_h + B_h A takes the same
+    # two forms: q_nope_h^T B_UK_h A and B_UV_h (A o_h), summed over every slot with the other slots' columns
+    # masked, as add_delta.
+
+    def _masked(self, t: torch.Tensor, step: LoRAStep, token_dim: int) -> torch.Tensor:
+        """``t`` [..., cols] with each token's columns of other slots zeroed (tokens along ``token_dim``)."""
+        shape = t.shape
+        mask = step.mask.view(*([1] * token_dim), step.mask.shape[0], *([1] * (t.dim() - 2 - token_dim)),
+                              self.max_loras, 1)
+        return (t.view(*shape[:-1], self.max_loras, -1) * mask).view(shape)
+
+    def head_transposed_delta(self, y: torch.Tensor, num_heads: int, rows: slice, step: LoRAStep) -> torch.Tensor:
+        """``y`` [T, heads, len(rows)] -> [T, heads, in]: each head's ``y_h^T B_h[rows] A`` (the adapter's part of
+        ``y_h^T W_h[rows]``, the absorbed query's W_UK^T q_nope)."""
+        b = self.b.view(num_heads, -1, self.b.shape[1])[:, rows]                 # [H, len(rows), cols]
+        t = self._masked(torch.bmm(y.transpose(0, 1).to(b.dtype), b), step, 1)   # [H, T, cols]
+        return (t @ self.a).transpose(0, 1)
+
+    def head_delta(self, x: torch.Tensor, num_heads: int, rows: slice, step: LoRAStep) -> torch.Tensor:
+        """``x`` [T, heads, in] -> [T, heads, len(rows)]: each head's ``B_h[rows] A x_h`` (the adapter's part of
+        ``W_h[rows] x_h``, the absorbed value output's W_UV o)."""
+        u = self._masked(x.to(self.a.dtype) @ self.a.t(), step, 0)               # [T, H, cols]
+        b = self.b.view(num_heads, -1, self.b.shape[1])[:, rows]                 # [H, len(rows), cols]
+        return torch.bmm(u.transpose(0, 1), b.transpose(1, 2)).transpose(0, 1)

@@ -34,9 +34,12 @@ class LoRAManager:
         self.max_loras, self.max_lora_rank, self.max_cpu_loras = max_loras, max_lora_rank, max_cpu_loras
         self.dtype, self.device = dtype, device
         self.hf_token = hf_token          # adapters named by a Hub repository id download with it
+        # A model whose projections have other names lists them (``lora_slot_modules``: DeepSeek's MLA projections,
+        # ChatGLM's; only that model's modules of those names get slots).
+        slot_modules = _SLOT_MODULES + tuple(getattr(model, "lora_slot_modules", ()))
         fused: dict[str, list] = {}
         for leaf, (fused_leaf, shard) in getattr(model, "packed_modules_mapping", {}).items():
-            if leaf in _SLOT_MODULES:
+            if leaf in slot_modules:
                 fused.setdefault(fused_leaf, []).append((leaf, shard))
         # PEFT module name (model.layers.0.self_attn.q_proj) -> (its layer's slots, its part there, the layer, the
         # part's shard id: how the layer cuts it for tensor parallel, LinearBase.lora_shard)
@@ -60,7 +63,7 @@ class LoRAManager:
                 names = [f"{parent}.{part}" for part, _ in fused[leaf]]
                 sizes = [_part_size(module, shard) for _, shard in fused[leaf]]
                 shards = [shard for _, shard in fused[leaf]]
-            elif leaf in _SLOT_MODULES:
+            elif leaf in slot_modules:
                 names, sizes, shards = [name], [module.output_size], [None]
             else:
                 continue

@@ -189,14 +189,20 @@ def test_tensor_and_pipeline_parallel(tmp_path, family, parallel):
     an adapter named in the checkpoint's names (Phi-2's dense, GPT-2's transformer.h.N.c_attn): one process's
     tokens."""
     config, targets = FAMILIES[family]
-    hf = _save_model(tmp_path / "model", config())
+    got, expected = parallel_adapter_tokens(tmp_path, _save_model(tmp_path / "model", config()), targets, parallel)
+    assert got == expected
+
+
+def parallel_adapter_tokens(tmp_path, hf, targets, parallel: dict, **settings) -> tuple[list, list]:
+    """(pagedllm's greedy tokens with a random adapter of ``hf``'s ``targets`` under ``parallel`` (tensor / pipeline
+    parallel sizes; ``settings``: the engine's others), HF's with the adapter merged)."""
     adapter = save_adapter(tmp_path / "lora", hf, rank=8, alpha=16, seed=3, targets=targets)
     expected = merged_tokens(hf, adapter, 16 / 8, PROMPTS, 6)
-    llm = make_llm(tmp_path, **parallel, kv_cache_memory_gb=0.01, num_gpu_blocks_override=None)
+    llm = make_llm(tmp_path, **parallel, kv_cache_memory_gb=0.01, num_gpu_blocks_override=None, **settings)
     try:
         got = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False,
                            lora_request=LoRARequest("lora", 1, str(tmp_path / "lora")))
-        assert _tokens(got) == expected
+        return _tokens(got), expected
     finally:
         llm.llm_engine.core.executor.shutdown()
 
@@ -215,3 +221,56 @@ def test_granite_moe_expert_adapter_is_refused_by_name(tmp_path):
                                          r"mixture-of-experts layer"):
         make_llm(tmp_path).generate([{"prompt_token_ids": PROMPTS[1]}], GREEDY, use_tqdm=False,
                                     lora_request=LoRARequest("lora", 1, str(tmp_path / "lora")))
+
+
+def _chatglm_with_adapter(root) -> tuple[dict, dict, dict]:
+    """A tiny ChatGLM2 checkpoint in ``root/model`` (tests/models/test_chatglm.py's config and THUDM's tensor names)
+    and a random PEFT adapter of its query_key_value (biased, multi-query), dense, dense_h_to_4h (gate and up
+    stacked) and dense_4h_to_h in ``root/lora``: (config, weights, the weights with the adapter merged)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from tests.models.test_chatglm import CHATGLM2, random_weights
+    cfg = dict(CHATGLM2, padded_vocab_size=VOCAB)
+    weights = random_weights(cfg, seed=0)
+    (root / "model").mkdir()
+    (root / "model" / "config.json").write_text(json.dumps(cfg))
+    save_file(weights, str(root / "model" / "model.safetensors"))
+    torch.manual_seed(3)
+    tensors, merged_weights, scaling = {}, dict(weights), 16 / 8
+    for name, w in weights.items():
+        if w.dim() == 2 and re.search(r"\.(query_key_value|dense|dense_h_to_4h|dense_4h_to_h)\.weight$", name):
+            module = name.removesuffix(".weight")
+            a, b = torch.randn(8, w.shape[1]) * 0.3, torch.randn(w.shape[0], 8) * 0.3
+            tensors |= {f"base_model.model.{module}.lora_A.weight": a, f"base_model.model.{module}.lora_B.weight": b}
+            merged_weights[name] = w + scaling * b @ a
+    assert len(tensors) == 2 * 4 * cfg["num_layers"]
+    (root / "lora").mkdir()
+    save_file(tensors, str(root / "lora" / "adapter_model.safetensors"))
+    (root / "lora" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "bias": "none",
+         "target_modules": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]}))
+    return cfg, weights, merged_weights
+
+
+@pytest.mark.parametrize("parallel", [{}, dict(tensor_parallel_size=2)], ids=["tp1", "tp2"])
+def test_chatglm_adapter_gives_the_merged_models_tokens(tmp_path, parallel):
+    """ChatGLM2 (not in HF transformers: tests/models/test_chatglm.py's plain-torch reference, fed the merged
+    weights): an adapter of all four projections, its query_key_value lora_B cut into q / k / v and the Q / K rows
+    reordered as the checkpoint's (half of each head rotated in interleaved pairs), dense_h_to_4h's into gate / up.
+    The adapter and the base model in one batch; under tensor parallel each rank its heads (one of the two KV groups)
+    and half of gate and up. Greedy tokens: the reference's with the adapter merged, and without."""
+    from tests.models.test_chatglm import reference_greedy
+    cfg, weights, merged_weights = _chatglm_with_adapter(tmp_path)
+    expected = [reference_greedy(cfg, merged_weights, p)[0][:6] for p in PROMPTS]
+    base = [reference_greedy(cfg, weights, p)[0][:6] for p in PROMPTS]
+    assert expected != base
+    llm = make_llm(tmp_path, **parallel, kv_cache_memory_gb=0.01, num_gpu_blocks_override=None)
+    lora = LoRARequest("lora", 1, str(tmp_path / "lora"))
+    try:
+        got = llm.generate([{"prompt_token_ids": p} for p in PROMPTS * 2], GREEDY, use_tqdm=False,
+                           lora_request=[lora, lora, None, None])
+        assert _tokens(got) == expected + base
+    finally:
+        llm.llm_engine.core.executor.shutdown()

@@ -59,8 +59,9 @@ class GLMSelfAttention(nn.Module):
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        q, k, v = self.query_key_value(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        return self.dense(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions))
+        lora = batch.lora_step
+        q, k, v = self.query_key_value(hidden, lora).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        return self.dense(self.attn(q, k, v, batch, rotary=self.rotary, positions=positions), lora)
 
 
 class GLMMLP(nn.Module):
@@ -71,8 +72,8 @@ class GLMMLP(nn.Module):
         self.dense_4h_to_h = RowParallelLinear(cfg.ffn_hidden_size, cfg.hidden_size, bias=cfg.add_bias_linear)
         self.act = SiluAndMul()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+    def forward(self, x: torch.Tensor, lora_step=None) -> torch.Tensor:
+        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x, lora_step)), lora_step)
 
 
 class GLMBlock(nn.Module):
@@ -91,7 +92,7 @@ class GLMBlock(nn.Module):
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attention(positions, hidden, batch)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        return self.mlp(hidden, batch.lora_step), residual
 
 
 class GLMTransformer(nn.Module):
@@ -150,6 +151,12 @@ class ChatGLMForCausalLM(nn.Module):
         "query_key_value_v": ("query_key_value", "v"),
         "dense_h_to_4h_gate": ("dense_h_to_4h", 0), "dense_h_to_4h_up": ("dense_h_to_4h", 1),
     }
+    # LoRA (vLLM's ChatGLM targets): an adapter's query_key_value and dense_h_to_4h are cut into the shards above as
+    # the checkpoint's weights are, its Q / K rows of lora_B reordered for our rotary (lora_module_parts).
+    supports_lora = True
+    lora_target_modules = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+    lora_slot_modules = ("query_key_value_q", "query_key_value_k", "query_key_value_v", "dense",
+                         "dense_h_to_4h_gate", "dense_h_to_4h_up", "dense_4h_to_h")
 
     def __init__(self, hf_config, engine_config):
         super().__init__()
@@ -190,6 +197,12 @@ class ChatGLMForCausalLM(nn.Module):
         # rotary_pos_emb.inv_freq: a buffer saved in the .bin checkpoints; we compute our own tables
         return load_packed_weights(self, self._split_checkpoint_tensors(weights), self.packed_modules_mapping,
                                    skip=("rotary_pos_emb.inv_freq",))
+
+    def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An adapter's module (the checkpoint's name) and its lora_B [out, r] -> our modules and their rows of B,
+        cut and reordered as the checkpoint's weights (lora_A, on the input side, is shared by the parts)."""
+        return [(name.removesuffix(".weight"), rows)
+                for name, rows in self._split_checkpoint_tensors([(f"{module}.weight", b)])]
 
     def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
         """Checkpoint name prefixes this pipeline stage never reads (the checkpoint's names are the modules')."""

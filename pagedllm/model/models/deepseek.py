@@ -55,6 +55,14 @@ A pre-norm decoder with two parts of its own:
 Tensor parallel splits the heads (``q_proj`` / ``q_b_proj`` / ``kv_b_proj`` by output rows, ``o_proj`` by input
 columns; the low-rank ``q_a_proj`` / ``kv_a_proj_with_mqa`` replicated) and the MLPs' and experts' intermediate size.
 V3's multi-token-prediction layers (``model.layers.{num_hidden_layers}...``) are not run; their tensors are skipped.
+
+LoRA (enable_lora): adapters of every attention projection and of the dense and shared-expert MLPs, their lora_B rope
+rows reordered as the weights' (the routed experts' adapters are refused by name). ``kv_b_proj`` never multiplies
+activations in the absorbed form, so its adapter's ``B A`` is added per head there (``B_UK A`` on the absorbed query,
+``B_UV A`` on the value output: pagedllm/lora/layers.py ``head_transposed_delta`` / ``head_delta``) and to the
+expanded latent in the expanded prefill (each key token with its request's adapter): both forms give the merged
+model's output. vLLM wraps kv_b_proj for LoRA but both of its MLA paths bypass the wrapper, so such an adapter loads
+and is not applied (vllm-project/vllm issue 48974).
 """
 from __future__ import annotations
 
@@ -297,9 +305,10 @@ class MLAttention(nn.Module):
         return weight.view(self.num_heads, self.nope + self.v_dim, self.kv_rank)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        q = (self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden))) if self.q_lora
-             else self.q_proj(hidden)).view(-1, self.num_heads, self.qk_dim)
-        latent, k_pe = self.kv_a_proj_with_mqa(hidden).split([self.kv_rank, self.rope], dim=-1)
+        lora = batch.lora_step
+        q = (self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden, lora)), lora) if self.q_lora
+             else self.q_proj(hidden, lora)).view(-1, self.num_heads, self.qk_dim)
+        latent, k_pe = self.kv_a_proj_with_mqa(hidden, lora).split([self.kv_rank, self.rope], dim=-1)
         kv_c = self.kv_a_layernorm(latent)
         q_pe, k_pe = q[..., self.nope:], k_pe.unsqueeze(1)
         if self.rope_perm is not None:
@@ -318,8 +327,8 @@ class MLAttention(nn.Module):
             # Decode steps (the decode CUDA graphs capture this), PAGEDLLM_MLA_PREFILL=absorbed, or a backend whose
             # metadata does not describe the step: every token absorbed, over the latent cache.
             w_kv_b = self._kv_b_weight(hidden.device)
-            out = self.attn(self._absorbed_query(q[..., :self.nope], q_pe, w_kv_b), cache_k, cache_v, batch)
-            out = self._value_output(out, w_kv_b)
+            out = self.attn(self._absorbed_query(q[..., :self.nope], q_pe, w_kv_b, lora), cache_k, cache_v, batch)
+            out = self._value_output(out, w_kv_b, lora)
         else:
             # Steps with prompt tokens: the latent stored for every token (later decodes read it), then attend().
             # Under piecewise CUDA-graph capture attend() runs between the graphs at each replay, on the replayed
@@ -332,19 +341,42 @@ class MLAttention(nn.Module):
                 out = batch.attn_breaker.attention(self, q)[..., :self.v_dim]
             else:
                 out = self.attend(q, batch)
-        return self.o_proj(out.reshape(-1, self.num_heads * self.v_dim))
+        return self.o_proj(out.reshape(-1, self.num_heads * self.v_dim), lora)
 
-    def _absorbed_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor, w_kv_b: torch.Tensor) -> torch.Tensor:
+    def _kv_b_lora(self, step, rows: torch.Tensor | int | None = None):
+        """The LoRA step of kv_b_proj's adapters for some of the step's tokens (``rows``: the first ``rows``, or
+        these row indices; None: all), or None where no token of the step has an adapter or none adapts kv_b_proj."""
+        if step is None or self.kv_b_proj.lora is None:
+            return None
+        if rows is None:
+            return step
+        if isinstance(rows, int):
+            return step._replace(mask=step.mask[:rows], slots=step.slots[:rows])
+        return step._replace(mask=step.mask[rows], slots=step.slots[rows])
+
+    def _absorbed_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor, w_kv_b: torch.Tensor,
+                        lora=None) -> torch.Tensor:
         """``[W_UK^T q_nope, q_pe]`` ``[T, heads, kv_lora_rank + rope]``: q_nope . k_nope = q_nope . (W_UK kv_c) =
-        (W_UK^T q_nope) . kv_c, each head's query in the latent's space."""
+        (W_UK^T q_nope) . kv_c, each head's query in the latent's space. With a kv_b_proj adapter (``lora``, one
+        row per token), W_UK + B_UK A: its part (B_UK A)^T q_nope added, so the scores are the merged model's."""
         q_latent = torch.bmm(q_nope.transpose(0, 1), w_kv_b[:, :self.nope]).transpose(0, 1)
+        lora = self._kv_b_lora(lora)
+        if lora is not None:
+            q_latent = q_latent + self.kv_b_proj.lora.head_transposed_delta(
+                q_nope, self.num_heads, slice(0, self.nope), lora).to(q_latent.dtype)
         return torch.cat((q_latent, q_pe), dim=-1)
 
-    def _value_output(self, out: torch.Tensor, w_kv_b: torch.Tensor) -> torch.Tensor:
+    def _value_output(self, out: torch.Tensor, w_kv_b: torch.Tensor, lora=None) -> torch.Tensor:
         """softmax . V = softmax . (W_UV kv_c) = W_UV (softmax . kv_c): each head's value ``[T, heads, v_head_dim]``
-        from its latent output (``[T, heads * (kv_lora_rank + rope)]``, the rope part, ``softmax . k_pe``, cut)."""
+        from its latent output (``[T, heads * (kv_lora_rank + rope)]``, the rope part, ``softmax . k_pe``, cut).
+        With a kv_b_proj adapter (``lora``), W_UV + B_UV A: its part B_UV (A (softmax . kv_c)) added."""
         out = out.view(-1, self.num_heads, self.kv_rank + self.rope)[..., :self.kv_rank]
-        return torch.bmm(out.transpose(0, 1), w_kv_b[:, self.nope:].transpose(1, 2)).transpose(0, 1)
+        value = torch.bmm(out.transpose(0, 1), w_kv_b[:, self.nope:].transpose(1, 2)).transpose(0, 1)
+        lora = self._kv_b_lora(lora)
+        if lora is not None:
+            value = value + self.kv_b_proj.lora.head_delta(out, self.num_heads, slice(self.nope, None),
+                                                           lora).to(value.dtype)
+        return value
 
     def attend(self, q: torch.Tensor, batch: ForwardBatch, out: torch.Tensor | None = None) -> torch.Tensor:
         """The attention of a step with prompt tokens: ``q`` its rotated queries ``[T, heads, qk_head_dim]`` (the
@@ -359,21 +391,30 @@ class MLAttention(nn.Module):
         backend, metadata, scale = batch.attn_backend, batch.attn_metadata, self.attn.scale
         out = q.new_empty(q.shape[0], self.num_heads, self.v_dim) if out is None else out[..., :self.v_dim]
         plan = self._prefill_plan(batch, kv_cache.shape[2])
+        lora = self._kv_b_lora(batch.lora_step)
         if plan is None:
-            absorbed = backend.attend(self._absorbed_query(q[..., :self.nope], q[..., self.nope:], w_kv_b), kv_cache,
-                                      metadata, scale)
-            return out.copy_(self._value_output(absorbed, w_kv_b))
+            absorbed = backend.attend(self._absorbed_query(q[..., :self.nope], q[..., self.nope:], w_kv_b, lora),
+                                      kv_cache, metadata, scale)
+            return out.copy_(self._value_output(absorbed, w_kv_b, lora))
         nd = plan.num_decodes
         if nd:
+            decodes = self._kv_b_lora(lora, nd)
             absorbed = backend.attend_decodes(self._absorbed_query(q[:nd, :, :self.nope], q[:nd, :, self.nope:],
-                                                                   w_kv_b), kv_cache, metadata, scale)
-            out[:nd] = self._value_output(absorbed, w_kv_b)
+                                                                   w_kv_b, decodes), kv_cache, metadata, scale)
+            out[:nd] = self._value_output(absorbed, w_kv_b, decodes)
         cache = kv_cache[0].view(-1, self.kv_rank + self.rope)      # [slots, kv_lora_rank + rope]: kv_c, k_pe
         if cache.element_size() == 1:       # fp8 (kv_cache_dtype): gathered as bytes, index_select has no fp8 kernels
             latent = cache.view(torch.uint8).index_select(0, plan.slots).view(cache.dtype).to(q.dtype)
         else:
             latent = cache.index_select(0, plan.slots).to(q.dtype)
-        kv = F.linear(latent[:, :self.kv_rank], w_kv_b.flatten(0, 1)).view(-1, self.num_heads, self.nope + self.v_dim)
+        kv = F.linear(latent[:, :self.kv_rank], w_kv_b.flatten(0, 1))
+        if lora is not None:
+            # kv_b_proj's adapter on the expanded latent: each key token takes its request's adapter (the row of
+            # the request's first new token; no host synchronisation).
+            first_rows = plan.cu_q[:-1].long() + nd
+            rows = torch.repeat_interleave(first_rows, plan.cu_k.diff(), output_size=plan.cu_k_cpu[-1])
+            kv = self.kv_b_proj.add_lora(latent[:, :self.kv_rank], kv, self._kv_b_lora(lora, rows))
+        kv = kv.view(-1, self.num_heads, self.nope + self.v_dim)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         k = torch.cat((k_nope, latent[:, None, self.kv_rank:].expand(-1, self.num_heads, -1)), dim=-1)
         out[nd:] = backend.varlen_attention(q[nd:], k, v, plan.cu_q, plan.cu_k, scale, plan.max_q, plan.max_k,
@@ -505,6 +546,13 @@ class DeepseekV2ForCausalLM(nn.Module):
     supports_quantization = ("fp8", "awq", "gptq", "compressed-tensors")
     # checkpoint name fragment -> (our parameter fragment, shard id): the dense and shared-expert MLPs
     packed_modules_mapping = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+    # LoRA: every projection of the attention (kv_b_proj in both its forms: the absorbed query and value output add
+    # its adapter's B_UK A / B_UV A per head, the expanded prefill adds it to the expanded latent; MLAttention), the
+    # dense layers' and the shared experts' MLPs; the routed experts' adapters are refused by name (MoEExperts).
+    supports_lora = True
+    lora_target_modules = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
+                           "gate_proj", "up_proj", "down_proj")
+    lora_slot_modules = ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")
 
     def warmup_forms(self) -> list[contextlib.AbstractContextManager]:
         """The model runner's start-up warm-up runs a prompt under each (so its Triton variants build then, not in
@@ -600,6 +648,13 @@ class DeepseekV2ForCausalLM(nn.Module):
         experts: set[str] = set()
         weights = load_expert_tensors(self, self._checkpoint_tensors(weights), experts)
         return load_packed_weights(self, weights, self.packed_modules_mapping, skip=skip) | experts
+
+    def lora_module_parts(self, module: str, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An adapter's module and its lora_B [out, r]: the Q projection's and kv_a_proj_with_mqa's rope rows
+        reordered as the checkpoint's (lora_A, on the input side, is untouched), so the adapted Q and k_pe rotate as
+        the merged model's; none for V3's multi-token-prediction layers, which are not run."""
+        return [(name.removesuffix(".weight"), rows) for name, rows in self._checkpoint_tensors([(f"{module}.weight",
+                                                                                                  b)])]
 
     def pp_skipped_checkpoint_prefixes(self) -> tuple[str, ...]:
         """Checkpoint name prefixes this pipeline stage never reads (the checkpoint's names are the modules')."""
