@@ -194,6 +194,12 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "On the GPU, the start-up warm-up runs once dry and the Triton kernel variants it needs are built on this "
         "many threads before it runs for real (kernels/parallel_compile.py; what a cold Triton cache costs). "
         "Default: the usable CPU cores, at most 16; 0: built one by one inside the warm-up."),
+    "PAGEDLLM_CAPTURE_WARMUP_EACH": (
+        lambda: _flag("PAGEDLLM_CAPTURE_WARMUP_EACH", default=True),
+        "0: two warm-up forwards only before the first (largest) CUDA-graph size of each capture loop (decode and "
+        "piecewise); the others capture directly, and one that meets a Triton kernel variant not built yet is "
+        "warmed up and captured again (worker/cuda_graphs.capture_after_warm_up). Default on (before every size) "
+        "until the cold-start A/B on a GPU (benchmarks/gpu_session37/next.sh)."),
     "PAGEDLLM_TRITON_PREP": (
         lambda: _flag("PAGEDLLM_TRITON_PREP", default=True),
         "0: do not prepare Triton off the start-up's critical path (kernels/parallel_compile.py: its source hash and "

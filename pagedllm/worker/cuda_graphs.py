@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from pagedllm.lora.layers import LoRAStep
 from pagedllm.model.layers.pipeline import IntermediateTensors
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def graph_batch_sizes(max_num_seqs: int, sizes: list[int] | None = None, largest: int | None = None) -> list[int]:
@@ -165,27 +167,35 @@ class CudaGraphRunner:
     def capture(self) -> None:
         t0 = time.perf_counter()
         warm = 0.0
+        ways: list[str] = []
         stream = torch.cuda.Stream()
         # Largest first, so the smaller graphs fit in the memory pool the largest one reserved.
         for bs in reversed(self.sizes):
             stage_args = () if self.stage_inputs is None else self.stage_inputs.args(bs)
             for with_lora in self.lora_variants:
                 batch = self._batch(bs, with_lora)
-                t = time.perf_counter()
-                for _ in range(2):   # warm up (Triton autotune/compile, cuBLAS handles) outside the capture
-                    self.model(batch.input_ids, batch.positions, batch, *stage_args)
-                torch.cuda.synchronize()
-                warm += time.perf_counter() - t
-                graph = torch.cuda.CUDAGraph()
-                with _capturing(graph, self.pool, stream):
-                    out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
-                if self.pool is None:
-                    self.pool = graph.pool()
+
+                def forward():
+                    return self.model(batch.input_ids, batch.positions, batch, *stage_args)
+
+                def capture():
+                    graph = torch.cuda.CUDAGraph()
+                    with _capturing(graph, self.pool, stream):
+                        out = forward()
+                    if self.pool is None:
+                        self.pool = graph.pool()
+                    return graph, out
+
+                (graph, out), seconds, way = capture_after_warm_up(capture, forward,
+                                                                   warm_first=bs == self.sizes[-1])
+                warm += seconds
+                ways.append(way)
                 self.graphs[bs, with_lora], self.outputs[bs, with_lora] = graph, out
         torch.cuda.synchronize()
         took = time.perf_counter() - t0
         logger.info("Captured %d CUDA graphs (batch sizes %s..%s) in %.1f s (warm-up forwards %.1f s, capture "
-                    "%.1f s)%s", len(self.graphs), self.sizes[0], self.sizes[-1], took, warm, took - warm,
+                    "%.1f s; %s)%s", len(self.graphs), self.sizes[0], self.sizes[-1], took, warm, took - warm,
+                    _capture_note(ways),
                     ", each size with and without the LoRA deltas" if len(self.lora_variants) == 2 else "")
 
     def captured_sizes(self) -> list[int]:
@@ -264,6 +274,54 @@ def _capturing(graph: torch.cuda.CUDAGraph, pool, stream: torch.cuda.Stream):
         finally:
             graph.capture_end()
     torch.cuda.current_stream().wait_stream(stream)
+
+
+def capture_after_warm_up(capture: Callable[[], T], warm_up: Callable[[], None],
+                          warm_first: bool) -> tuple[T, float, str]:
+    """``capture()`` a graph (or a piecewise set), with the warm-up forwards ``warm_up()`` before it only where they
+    are needed; returns what ``capture`` returned, the seconds spent warming up, and how the capture went
+    ("warmed": warm-up first; "direct"; "again": captured again after a warm-up).
+
+    The warm-up forwards before a capture build any Triton variant the capture would meet (a build or a kernel's first
+    load must not happen inside it) and run the size's lazy set-up once. Start-up has built every variant the graphs'
+    sizes need (the memory profile's warm-up covers each row bucket of the decode kernels), so they are repeated only
+    for the first capture of a loop (``warm_first``: the capture stream's and the libraries' own set-up), or for
+    every size with ``PAGEDLLM_CAPTURE_WARMUP_EACH=1`` (the default until measured on a GPU). The others capture under
+    ``parallel_compile.unbuilt_variants_skipped``: a launch of a variant not built yet is skipped and recorded, and
+    such a capture is dropped, warmed up and made again, so a missed variant costs a capture and never a wrong graph.
+    Two warm-up forwards a size were 2.8 s of the 44 decode graphs' 4.0 s in an H100 cold start (docs/perf.md)."""
+    from pagedllm import envs
+    from pagedllm.kernels.parallel_compile import unbuilt_variants_skipped
+
+    def warmed() -> float:
+        t = time.perf_counter()
+        for _ in range(2):
+            warm_up()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    if warm_first or envs.PAGEDLLM_CAPTURE_WARMUP_EACH:
+        seconds = warmed()
+        return capture(), seconds, "warmed"
+    with unbuilt_variants_skipped() as missed:
+        if missed is None:            # a Triton without the hook: nothing would catch a variant built in the capture
+            seconds = warmed()
+            return capture(), seconds, "warmed"
+        result = capture()
+    if not missed:
+        return result, 0.0, "direct"
+    logger.debug("A CUDA-graph capture met Triton variants not built yet (%s): warming up and capturing again",
+                 ", ".join(sorted(set(missed))))
+    del result                        # a graph without those kernels: dropped (its memory goes back to the pool)
+    seconds = warmed()
+    return capture(), seconds, "again"
+
+
+def _capture_note(ways: list[str]) -> str:
+    """The capture log line's account of warm-ups: how many sizes warmed up first, how many were captured again."""
+    again = ways.count("again")
+    note = f"{ways.count('warmed')} warmed up first"
+    return note + (f", {again} captured again after a kernel build" if again else "")
 
 
 class _StagingBuffers:
@@ -383,31 +441,38 @@ class PiecewiseGraphRunner:
             return
         t0 = time.perf_counter()
         warm = 0.0
+        ways: list[str] = []
         stream = torch.cuda.Stream()
         for t in reversed(self.sizes):
             stage_args = () if self.stage_inputs is None else self.stage_inputs.args(t)
             for with_lora in self.lora_variants:
-                w = time.perf_counter()
-                for _ in range(2):
+                def warm_up():
                     self.model(self.input_ids[:t], self.positions[:t], self._batch(t, _SkipAttention, with_lora),
                                *stage_args)
-                torch.cuda.synchronize()
-                warm += time.perf_counter() - w
-                splitter = _GraphSplitter(self.pool)
-                batch = self._batch(t, splitter, with_lora)      # before capturing: it copies to the device
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream), collections_paused():   # as in _capturing
-                    splitter.begin()
-                    out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
-                    splitter.end()
-                torch.cuda.current_stream().wait_stream(stream)
-                self.pool = splitter.pool
+
+                def capture():
+                    splitter = _GraphSplitter(self.pool)
+                    batch = self._batch(t, splitter, with_lora)      # before capturing: it copies to the device
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream), collections_paused():   # as in _capturing
+                        splitter.begin()
+                        out = self.model(batch.input_ids, batch.positions, batch, *stage_args)
+                        splitter.end()
+                    torch.cuda.current_stream().wait_stream(stream)
+                    self.pool = splitter.pool
+                    return splitter, out
+
+                (splitter, out), seconds, way = capture_after_warm_up(capture, warm_up,
+                                                                      warm_first=t == self.sizes[-1])
+                warm += seconds
+                ways.append(way)
                 self.splitters[t, with_lora], self.outputs[t, with_lora] = splitter, out
         torch.cuda.synchronize()
         took = time.perf_counter() - t0
         logger.info("Captured piecewise CUDA graphs for steps of up to %d tokens (%d sizes, %d graphs each) in "
-                    "%.1f s (warm-up forwards %.1f s, capture %.1f s)", self.sizes[-1], len(self.sizes),
-                    len(self.splitters[self.sizes[-1], self.lora_variants[0]].graphs), took, warm, took - warm)
+                    "%.1f s (warm-up forwards %.1f s, capture %.1f s; %s)", self.sizes[-1], len(self.sizes),
+                    len(self.splitters[self.sizes[-1], self.lora_variants[0]].graphs), took, warm, took - warm,
+                    _capture_note(ways))
 
     def can_run(self, num_tokens: int) -> bool:
         return bool(self.splitters) and num_tokens <= self.sizes[-1]

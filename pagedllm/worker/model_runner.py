@@ -1073,9 +1073,9 @@ def _lora_manager(model: torch.nn.Module, config: EngineConfig) -> LoRAManager:
     """The adapters' slots over the model's projections (enable_lora); the CUDA graphs capture their deltas
     (worker/cuda_graphs.py)."""
     if not getattr(model, "supports_lora", False):
-        raise ValueError(f"{type(model).__name__} does not support LoRA yet (LoRA adapters run on the decoder "
-                         f"families but ChatGLM and DeepSeek, on the language model of LLaVA and "
-                         f"Qwen2-VL, and on the attention and shared experts of the mixtures of experts).")
+        raise ValueError(f"{type(model).__name__} does not support LoRA yet (LoRA adapters run on the generative "
+                         f"decoder families, on the language model of LLaVA and Qwen2-VL, and on the attention and "
+                         f"shared experts of the mixtures of experts; not on encoder / embedding models).")
     if config.is_pooling:
         raise ValueError("enable_lora=True with a pooling (embedding) model is not supported yet by pagedllm.")
     args = config.args

@@ -107,3 +107,33 @@ def test_triton_prepared_in_background_builds_its_cuda_helper_into_the_cache(tmp
     parallel_compile.wait_for_triton_prep()
     assert parallel_compile._prep is not None and not parallel_compile._prep.is_alive()
     assert [p.name for p in tmp_path.rglob("cuda_utils*.so")], list(tmp_path.rglob("*"))
+
+
+def test_a_graph_captured_without_warm_up_builds_a_missed_variant_outside_the_capture(tmp_path, monkeypatch):
+    """worker/cuda_graphs.capture_after_warm_up on real kernels: a capture meeting a variant not built yet is dropped
+    (the launch skipped, not built inside the capture), warmed up and captured again; the graph it keeps replays what
+    the eager kernels compute, and a second capture of the same sizes goes direct."""
+    from pagedllm.worker.cuda_graphs import _capturing, capture_after_warm_up
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PAGEDLLM_CAPTURE_WARMUP_EACH", "0")
+    inputs = _inputs([n + 8 for n in SIZES[:2]])        # sizes of their own: unbuilt in this process
+    stream = torch.cuda.Stream()
+
+    def capture():
+        graph = torch.cuda.CUDAGraph()
+        with _capturing(graph, None, stream):
+            out = _run(inputs)
+        return graph, out
+
+    ways = []
+    for _ in range(2):
+        (graph, out), _, way = capture_after_warm_up(capture, lambda: _run(inputs), warm_first=False)
+        ways.append(way)
+        for x, _w, gu in inputs:          # new values in the static inputs: the replay must compute from them
+            x.normal_(), gu.normal_()
+        graph.replay()
+        torch.cuda.synchronize()
+        for (x, w, gu), (norm, act) in zip(inputs, out):
+            torch.testing.assert_close(norm, triton_ops.rms_norm(x, w, 1e-6)[0])
+            torch.testing.assert_close(act, triton_ops.silu_and_mul(gu))
+    assert ways == ["again", "direct"]
