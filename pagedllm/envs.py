@@ -195,11 +195,12 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "many threads before it runs for real (kernels/parallel_compile.py; what a cold Triton cache costs). "
         "Default: the usable CPU cores, at most 16; 0: built one by one inside the warm-up."),
     "PAGEDLLM_CAPTURE_WARMUP_EACH": (
-        lambda: _flag("PAGEDLLM_CAPTURE_WARMUP_EACH", default=True),
-        "0: two warm-up forwards only before the first (largest) CUDA-graph size of each capture loop (decode and "
-        "piecewise); the others capture directly, and one that meets a Triton kernel variant not built yet is "
-        "warmed up and captured again (worker/cuda_graphs.capture_after_warm_up). Default on (before every size) "
-        "until the cold-start A/B on a GPU (benchmarks/gpu_session37/next.sh)."),
+        lambda: _flag("PAGEDLLM_CAPTURE_WARMUP_EACH", default=False),
+        "1: two warm-up forwards before the capture of every CUDA-graph size (decode and piecewise), as before "
+        "session 37; an A/B switch. Default: only before the first (largest) size of each capture loop; the others "
+        "capture directly, and one that meets a Triton kernel variant not built yet is warmed up and captured again "
+        "(worker/cuda_graphs.capture_after_warm_up; H100 cold start, docs/perf.md session 37: CUDA graphs 4.0-5.1 "
+        "-> 1.7-2.3 s)."),
     "PAGEDLLM_TRITON_PREP": (
         lambda: _flag("PAGEDLLM_TRITON_PREP", default=True),
         "0: do not prepare Triton off the start-up's critical path (kernels/parallel_compile.py: its source hash and "

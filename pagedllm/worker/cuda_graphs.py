@@ -286,10 +286,11 @@ def capture_after_warm_up(capture: Callable[[], T], warm_up: Callable[[], None],
     load must not happen inside it) and run the size's lazy set-up once. Start-up has built every variant the graphs'
     sizes need (the memory profile's warm-up covers each row bucket of the decode kernels), so they are repeated only
     for the first capture of a loop (``warm_first``: the capture stream's and the libraries' own set-up), or for
-    every size with ``PAGEDLLM_CAPTURE_WARMUP_EACH=1`` (the default until measured on a GPU). The others capture under
+    every size with ``PAGEDLLM_CAPTURE_WARMUP_EACH=1`` (an A/B switch). The others capture under
     ``parallel_compile.unbuilt_variants_skipped``: a launch of a variant not built yet is skipped and recorded, and
     such a capture is dropped, warmed up and made again, so a missed variant costs a capture and never a wrong graph.
-    Two warm-up forwards a size were 2.8 s of the 44 decode graphs' 4.0 s in an H100 cold start (docs/perf.md)."""
+    Two warm-up forwards a size were 2.8 s of the 44 decode graphs' 4.0 s in an H100 cold start; without them the
+    7B's whole CUDA-graph phase took 1.7-2.3 s instead of 4.0-5.1, none captured again (docs/perf.md, session 37)."""
     from pagedllm import envs
     from pagedllm.kernels.parallel_compile import unbuilt_variants_skipped
 
