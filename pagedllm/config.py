@@ -1565,6 +1565,46 @@ def _parse_len(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _weights_per_token(hf) -> float:
+    """Roughly how many weights each token of a step multiplies through: every layer's attention projections and
+    MLP (a mixture of experts: its routed experts per token and its shared experts); embeddings and the LM head
+    (which runs on the sampled rows only) left out. From the config alone, for sizing defaults."""
+    text = getattr(hf, "text_config", None) or hf
+    get = lambda name, default=0: getattr(text, name, None) or default      # noqa: E731
+    hidden, layers = get("hidden_size"), get("num_hidden_layers")
+    heads = get("num_attention_heads", 1)
+    kv_heads, head_dim = get("num_key_value_heads", heads), get("head_dim", hidden // max(heads, 1))
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    routed = get("num_experts_per_tok")
+    if routed and (get("num_local_experts") or get("num_experts") or get("n_routed_experts")):
+        per_expert = get("moe_intermediate_size") or get("intermediate_size", 4 * hidden)
+        shared = get("n_shared_experts") * per_expert + get("shared_expert_intermediate_size")
+        mlp = 3 * hidden * (routed * per_expert + shared)
+    else:
+        mlp = 3 * hidden * get("intermediate_size", 4 * hidden)
+    return float(layers * (attention + mlp))
+
+
+# A served step's prompt work: tokens x weights per token (above) at most this, ~32 TFLOP (~45 ms of an H100's
+# bf16 GEMMs). Measured on an H100 (docs/perf.md, session 37), serve_workload.py at 100 streams, two runs each:
+# Qwen2.5-7B (6.5 G weights a token) at 2048 tokens a step 8,805 / 8,805 tok/s, ITL P99 27.7 / 28.9 ms, against
+# 8,569 / 8,242 tok/s, 36.2 / 39.7 ms at vLLM's 8192; Qwen2.5-1.5B (1.3 G) the other way: 8192 15,550-17,355 tok/s
+# against 14,635-15,690 at 2048. A big step stalls every running stream for its whole prefill; a small model's
+# 8192-token step is short, and more, smaller steps cost it more host time than it saves.
+_SERVED_STEP_WORK = 1.6e13
+
+
+def served_tokens_per_step(hf, tensor_parallel_size: int = 1) -> int:
+    """The served default of max_num_batched_tokens on a GPU: the largest power of two from 2048 (vLLM's floor)
+    to 8192 (vLLM's served value on big GPUs) whose prompt work stays under _SERVED_STEP_WORK per GPU (tensor
+    parallel splits each token's weights)."""
+    per_gpu = _weights_per_token(hf) / max(1, tensor_parallel_size)
+    tokens = 8192
+    while tokens > 2048 and tokens * per_gpu > _SERVED_STEP_WORK:
+        tokens //= 2
+    return tokens
+
+
 def _human_int(text: str) -> int:
     """The type of vLLM's other human-readable flags (--max-num-batched-tokens 8k, --kv-cache-memory-bytes 4G)."""
     try:
@@ -1978,9 +2018,11 @@ class EngineConfig:
                     f"({max_model_len}) while {why}.")
         else:
             # vLLM's defaults for GPUs of 70 GiB or more: 16384 tokens per step offline, 8192 behind the server,
-            # where smaller prefill chunks keep the running streams' inter-token latency down.
+            # where smaller prefill chunks keep the running streams' inter-token latency down. Behind the server
+            # ours follows the model's size (served_tokens_per_step).
             if on_gpu and tabled_context:
-                max_num_batched_tokens = 8192 if usage_context == UsageContext.OPENAI_API_SERVER else 16384
+                max_num_batched_tokens = (served_tokens_per_step(hf, args.tensor_parallel_size)
+                                          if usage_context == UsageContext.OPENAI_API_SERVER else 16384)
             else:
                 max_num_batched_tokens = 2048
             if not chunked:
