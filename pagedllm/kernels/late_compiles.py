@@ -78,7 +78,7 @@ def _install() -> bool:
         else:
             late_compiles += 1
             logger.info("Triton compiled a kernel variant after start-up in %.0f ms (the step waited): %s",
-                        took * 1e3, repr[:400])
+                        took * 1e3, repr[:2000])
         if after:
             after(key=key, repr=repr, **kwargs)
 

@@ -128,7 +128,8 @@ print("late compiles", late_compiles.late_compiles)
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton_cache"))
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "late compiles 0" in run.stdout, run.stdout[-500:] + run.stderr[-3000:]
+    late = [line for line in (run.stdout + run.stderr).splitlines() if "after start-up" in line]
+    assert "late compiles 0" in run.stdout, "\n".join(late) or run.stdout[-500:] + run.stderr[-3000:]
 
 
 def _assert_graphs_tokens_equal_hf(arch: str, tmp_path) -> None:
@@ -190,7 +191,11 @@ def test_bf16_fp8_block_v3_follows_its_dequantized_reference(tmp_path, monkeypat
     del llm
     torch.cuda.empty_cache()
     from test_engine_gpu import assert_greedy_under_hf
-    assert_greedy_under_hf(_hf(str(tmp_path / "ref")), prompts, got)
+    # The reference runs the dequantized weights in fp32 with fp32 activations; the block GEMM quantizes each
+    # activation block to e4m3 (3 mantissa bits), which rounds more than bf16 does. An H100 run gave gaps of
+    # 0.013 / 0.021 / 0.020 at three tokens (session 37); a kernel fault gives gaps near 1 (session 36's FP8
+    # kv_b_proj bug: 0.4-1.5). So the FP8-activation bound of test_moe_archs_gpu's GLM-4.5 FP8 case.
+    assert_greedy_under_hf(_hf(str(tmp_path / "ref")), prompts, got, near_tie=0.1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from tests.models.test_llava import images
 from tests.models.test_qwen2_vl import ONE, TEXT, TWO, hf_greedy, save_tiny_qwen_vl
@@ -16,6 +17,18 @@ from tests.models.test_qwen2_vl import ONE, TEXT, TWO, hf_greedy, save_tiny_qwen
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICE = "cuda"
 NEAR_TIE = 0.02      # tests/gpu/test_engine_gpu.py's: fp32 attention dots run as tf32 in the Triton kernels
+
+
+class _Forced(LogitsProcessor):
+    """Each step's choice is ``ours``' token there (the logits HF computed before it are kept by output_logits)."""
+
+    def __init__(self, n: int, ours: list[int]):
+        self.n, self.ours = n, ours
+
+    def __call__(self, input_ids, scores):
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.ours[input_ids.shape[1] - self.n]] = 0.0
+        return forced
 
 
 def assert_greedy_equals_hf(tiny, prompt: str, ims: list, ours: list[int], ref: list[int]) -> None:
@@ -27,12 +40,14 @@ def assert_greedy_equals_hf(tiny, prompt: str, ims: list, ours: list[int], ref: 
     _, hf, processor = tiny
     inputs = processor(text=prompt, images=ims or None, return_tensors="pt")
     n = inputs["input_ids"].shape[1]
-    ids = torch.cat([inputs["input_ids"], torch.tensor([ours[:-1]])], dim=1)
-    # The processor's other per-token rows (the attention mask, the token types of 5.x: text is 0) grow with ids.
-    forced = {k: torch.cat([v, torch.full((1, ids.shape[1] - n), int(k == "attention_mask"), dtype=v.dtype)], 1)
-              if torch.is_tensor(v) and v.dim() == 2 and v.shape == (1, n) else v for k, v in inputs.items()}
+    hf.generation_config.eos_token_id = None      # as hf_greedy: our runs ignore EOS
+    # HF's own generate, forced onto our tokens, with the raw logits of each step: a whole-sequence forward would
+    # count a generated image-pad id among the image tokens and refuse (the tiny vocabulary has 120 ids).
     with torch.no_grad():
-        logits = hf(**{**forced, "input_ids": ids}).logits[0, n - 1:].float()
+        out = hf.generate(**inputs, max_new_tokens=len(ours), do_sample=False, output_logits=True,
+                          return_dict_in_generate=True, logits_processor=LogitsProcessorList([_Forced(n, ours)]))
+    assert out.sequences[0, n:].tolist() == list(ours)
+    logits = torch.cat(out.logits).float()
     top = logits.max(dim=-1).values
     gap = (top - logits[torch.arange(len(ours)), torch.tensor(ours)]) / top.abs().clamp_min(1.0)
     first = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
