@@ -124,11 +124,17 @@ params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 for _ in range(2):
     llm.generate(prompts, params, use_tqdm=False)
 print("late compiles", late_compiles.late_compiles)
+if late_compiles.late_compiles:      # which specialisations were built, to tell the late ones from start-up's
+    from pagedllm.kernels import triton_attention
+    for cache in triton_attention._extend_kernel.device_caches.values():
+        for key in cache[0]:
+            print("extend variant", key)
 """
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton_cache"))
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    late = [line for line in (run.stdout + run.stderr).splitlines() if "after start-up" in line]
+    late = [line for line in (run.stdout + run.stderr).splitlines()
+            if "after start-up" in line or line.startswith("extend variant")]
     assert "late compiles 0" in run.stdout, "\n".join(late) or run.stdout[-500:] + run.stderr[-3000:]
 
 
