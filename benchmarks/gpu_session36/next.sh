@@ -94,7 +94,7 @@ for b in 1024 4096; do for m in absorbed expanded expanded-always; do
   echo "== $m, chunks of $b"; PAGEDLLM_MLA_PREFILL=$m PYTHONPATH=$R timeout 60 python3 \
     benchmarks/cpu_session36/mla_prefill_chunked.py --gpu --repeats 5 --max-num-batched-tokens $b 2>&1 | tail -2
 done; done
-timeout 90 python3 benchmarks/moe_mxfp4.py engine --format mxfp4
+PYTHONPATH=$R timeout 90 python3 benchmarks/moe_mxfp4.py engine --format mxfp4
 ;;
 6)
 exec > >(tee $OUT/next36_6.txt) 2>&1
