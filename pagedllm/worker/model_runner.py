@@ -275,10 +275,15 @@ class ModelRunner:
             for lens, num_decodes in self.attn_backend.warmup_batches():
                 self._dummy_forward(lens=lens, num_decodes=num_decodes)
             # A model's own forms that these shapes do not reach (DeepSeek MLA's absorbed prefill, which only steps
-            # whose cached context outweighs their new tokens take): one prompt under each.
+            # whose cached context outweighs their new tokens take): one prompt and the backend's batch shapes
+            # under each. The shapes too: the form's steps are mixed ones at run time (prefix hits with short tails
+            # beside decodes), whose two-pass extend launch a lone prompt never makes (session 37 on an H100: two
+            # variants, num_warps 8 and 4, built inside requests).
             for form in getattr(self.model, "warmup_forms", lambda: ())():
                 with form:
                     self._dummy_forward(lens=[min(n, 64)])
+                    for lens, num_decodes in self.attn_backend.warmup_batches():
+                        self._dummy_forward(lens=lens, num_decodes=num_decodes)
         wait_for_triton_prep()        # started with the config (engine/core.py): not done twice
         threads = envs.PAGEDLLM_COMPILE_THREADS
         if threads > 0:       # a cold Triton cache: the variants built on threads first
