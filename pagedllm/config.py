@@ -1571,9 +1571,11 @@ def _weights_per_token(hf) -> float:
     (which runs on the sampled rows only) left out. From the config alone, for sizing defaults."""
     text = getattr(hf, "text_config", None) or hf
     get = lambda name, default=0: getattr(text, name, None) or default      # noqa: E731
-    hidden, layers = get("hidden_size"), get("num_hidden_layers")
+    # (ChatGLM's config names: num_layers, multi_query_group_num, ffn_hidden_size.)
+    hidden, layers = get("hidden_size"), get("num_hidden_layers") or get("num_layers")
     heads = get("num_attention_heads", 1)
-    kv_heads, head_dim = get("num_key_value_heads", heads), get("head_dim", hidden // max(heads, 1))
+    kv_heads = get("num_key_value_heads") or get("multi_query_group_num", heads)
+    head_dim = get("head_dim", hidden // max(heads, 1))
     attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
     routed = get("num_experts_per_tok")
     if routed and (get("num_local_experts") or get("num_experts") or get("n_routed_experts")):
@@ -1581,7 +1583,7 @@ def _weights_per_token(hf) -> float:
         shared = get("n_shared_experts") * per_expert + get("shared_expert_intermediate_size")
         mlp = 3 * hidden * (routed * per_expert + shared)
     else:
-        mlp = 3 * hidden * get("intermediate_size", 4 * hidden)
+        mlp = 3 * hidden * (get("intermediate_size") or get("ffn_hidden_size", 4 * hidden))
     return float(layers * (attention + mlp))
 
 
