@@ -306,25 +306,59 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                      cu_seqlens_k: torch.Tensor, scale: float, cu_seqlens_q_cpu: list[int] | None = None,
-                     cu_seqlens_k_cpu: list[int] | None = None) -> torch.Tensor:
+                     cu_seqlens_k_cpu: list[int] | None = None, causal: bool = True,
+                     return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Causal attention of ``q`` ``[Tq, Hq, D]`` over keys / values given as tensors, ``k`` ``[Tk, Hkv, D]``,
     ``v`` ``[Tk, Hkv, Dv]``, requests back to back (``cu_seqlens_*``: ``[B + 1]`` prefix sums; ``*_cpu``: their
     host copies). Request ``b``'s queries are its last keys' positions: query ``i`` sees keys
-    ``0 .. len_k - len_q + i``. Returns ``[Tq, Hq, Dv]`` (AttentionBackend.varlen_attention)."""
+    ``0 .. len_k - len_q + i``. ``causal=False``: every query sees all its request's keys (any number of them, 0
+    included: output 0, LSE -inf). Returns ``[Tq, Hq, Dv]``, with ``return_lse`` also each row's softmax
+    log-sum-exp ``[Tq, Hq]`` fp32 (natural log, of the scaled scores: merge_attn_states)
+    (AttentionBackend.varlen_attention)."""
     q_starts = cu_seqlens_q_cpu if cu_seqlens_q_cpu is not None else cu_seqlens_q.tolist()
     k_starts = cu_seqlens_k_cpu if cu_seqlens_k_cpu is not None else cu_seqlens_k.tolist()
     group = q.shape[1] // k.shape[1]
-    out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+    out = q.new_zeros(q.shape[0], q.shape[1], v.shape[2])
+    lse = q.new_full(q.shape[:2], float("-inf"), dtype=torch.float32) if return_lse else None
     for b in range(len(q_starts) - 1):
         s, e, ks, ke = q_starts[b], q_starts[b + 1], k_starts[b], k_starts[b + 1]
-        if s == e:
+        if s == e or (ks == ke and not causal):
             continue
         qb, kb, vb = q[s:e].transpose(0, 1), k[ks:ke].transpose(0, 1), v[ks:ke].transpose(0, 1)   # [H, len, D]
         if group > 1:
             kb, vb = kb.repeat_interleave(group, 0), vb.repeat_interleave(group, 0)
         ctx = (ke - ks) - (e - s)                    # keys before the first query: seen by every query
-        pos = torch.arange(ke - ks, device=q.device)
-        mask = pos[None, :] <= pos[ctx:, None] if ctx else None          # [len_q, len_k]: True = attend
-        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, is_causal=not ctx, scale=scale)
+        mask = None
+        if causal and ctx:
+            pos = torch.arange(ke - ks, device=q.device)
+            mask = pos[None, :] <= pos[ctx:, None]                          # [len_q, len_k]: True = attend
+        if return_lse:
+            # Written out (SDPA gives no LSE): scores in fp32, as the kernels keep them.
+            scores = torch.matmul(qb.float(), kb.float().transpose(1, 2)) * scale
+            if causal:
+                if mask is None:
+                    mask = torch.ones(e - s, ke - ks, dtype=torch.bool, device=q.device).tril()
+                scores = scores.masked_fill(~mask, float("-inf"))
+            lse[s:e] = torch.logsumexp(scores, dim=-1).transpose(0, 1)
+            o = torch.matmul(torch.softmax(scores, dim=-1), vb.float()).to(out.dtype)
+        else:
+            o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, is_causal=causal and not ctx, scale=scale)
         out[s:e] = o.transpose(0, 1)
-    return out
+    return (out, lse) if return_lse else out
+
+
+def merge_attn_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
+                      lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention over two disjoint key sets from each one's output ``[T, H, Dv]`` and softmax log-sum-exp
+    ``[T, H]`` (fp32, natural log; -inf: no key): each output weighted by its share of the whole softmax's
+    denominator, ``exp(lse_x - lse)``, with ``lse = logaddexp(lse_a, lse_b)`` (vLLM's merge_attn_states). Returns
+    the merged output (``out_a``'s dtype) and LSE; a row with no key in either stays 0 / -inf."""
+    top = torch.maximum(lse_a, lse_b)
+    top = torch.where(torch.isinf(top) & (top < 0), torch.zeros_like(top), top)   # no key either side: no NaN
+    w_a, w_b = torch.exp(lse_a - top), torch.exp(lse_b - top)
+    total = w_a + w_b
+    lse = top + torch.log(total)
+    denom = torch.where(total > 0, total, torch.ones_like(total))
+    # One fp32 temporary of the outputs' size (the GPU runs this over a step's whole prompt rows, per chunk).
+    out = out_a.float().mul_((w_a / denom)[..., None]).addcmul_(out_b, (w_b / denom)[..., None])
+    return out.to(out_a.dtype), lse

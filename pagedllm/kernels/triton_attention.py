@@ -220,14 +220,17 @@ def _fold_sink(acc, l_i, m_i, Sinks, head, head_ok):
 # only feed scalar loads and address arithmetic. The decode kernel below does the same.
 @triton.jit(do_not_specialize=["num_seqs", "stride_bt"],
             do_not_specialize_on_alignment=["QueryStartLoc", "SeqLens", "BlockTables"])
-def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, Sinks, qk_scale, num_seqs,
+def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, Sinks, Lse, qk_scale, num_seqs,
                    stride_qt, stride_qh, stride_ot, stride_oh,
-                   stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
+                   stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt, stride_lt, stride_lh,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PASS: tl.constexpr, SHORT_Q: tl.constexpr,
-                   SOFTCAP: tl.constexpr = 0.0, WINDOW: tl.constexpr = 0, HAS_SINKS: tl.constexpr = False):
+                   SOFTCAP: tl.constexpr = 0.0, WINDOW: tl.constexpr = 0, HAS_SINKS: tl.constexpr = False,
+                   NONCAUSAL: tl.constexpr = False, HAS_LSE: tl.constexpr = False):
     """PASS 0: every request. PASS 1: skip requests with q_len <= SHORT_Q (a PASS 2 launch does them).
-    PASS 2: grid (B, Hkv), program b does request b if its q_len <= SHORT_Q (== BLOCK_Q of this launch)."""
+    PASS 2: grid (B, Hkv), program b does request b if its q_len <= SHORT_Q (== BLOCK_Q of this launch).
+    NONCAUSAL: every query sees all its request's keys (any number, 0 included: output 0, LSE -inf). HAS_LSE: each
+    row's softmax log-sum-exp (natural log, of the scaled scores) stored to ``Lse`` too."""
     BLOCK_Q: tl.constexpr = BLOCK_M // GROUP        # query tokens per program (any integer >= 1)
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -259,7 +262,10 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, Sinks, qk_
             if q_len <= SHORT_Q:
                 return
     seq_len = tl.load(SeqLens + b)
-    ctx_len = seq_len - q_len                      # cached prefix
+    if NONCAUSAL:
+        ctx_len = seq_len                          # the queries placed after every key: they see them all
+    else:
+        ctx_len = seq_len - q_len                  # cached prefix
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -281,7 +287,10 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, Sinks, qk_
     # Keys 0..first_pos are visible to every row: full tiles of them need no mask.
     first_pos = ctx_len + qblk * BLOCK_Q
     kv_end = tl.minimum(first_pos + BLOCK_Q, seq_len)   # one past the block's last query position
-    full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+    if NONCAUSAL:
+        full_end = (seq_len // BLOCK_N) * BLOCK_N   # (first_pos is past seq_len here)
+    else:
+        full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
     lo = 0
     if WINDOW > 0:      # tiles before the block's first row's window hold no key any of its rows sees
         lo = tl.minimum(tl.maximum(first_pos - WINDOW + 1, 0) // BLOCK_N * BLOCK_N, full_end)
@@ -290,19 +299,27 @@ def _extend_kernel(Q, K, V, Out, QueryStartLoc, SeqLens, BlockTables, Sinks, qk_
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                      offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=False, BOUNDED=False,
                                      EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP, WINDOW=WINDOW)
-    # Diagonal tiles: causal mask (which also bounds by seq_len for valid rows) and masked loads.
+    # Diagonal tiles: causal mask (which also bounds by seq_len for valid rows) and masked loads. Non-causal: the
+    # last partial tile, masked by seq_len alone (every query position is past it).
     for start in range(full_end, kv_end, BLOCK_N):
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, qk_scale, K, V, bt_row, start, q_pos, kv_end, kvh,
                                      stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-                                     offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=True, BOUNDED=True,
+                                     offs_n, offs_d, d_mask, PAGE=PAGE, CAUSAL=not NONCAUSAL, BOUNDED=True,
                                      EVEN_D=HEAD_DIM == BLOCK_D, SOFTCAP=SOFTCAP, WINDOW=WINDOW)
     if HAS_SINKS:
         acc, l_i, m_i = _fold_sink(acc, l_i, m_i, Sinks, head, row_ok)
     # Every row saw key 0 in the first tile, so l_i > 0 (padding rows too: their q_pos >= 0); with a window, its own
-    # key in the diagonal tiles (a padding row's l_i may be 0: it is not stored).
-    out = acc / l_i[:, None]
+    # key in the diagonal tiles (a padding row's l_i may be 0: it is not stored). Non-causal, a request without
+    # keys: l_i 0, its output 0.
+    if NONCAUSAL:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    else:
+        out = acc / l_i[:, None]
     tl.store(Out + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_mask[None, :])
+    if HAS_LSE:     # base 2 -> natural log; no key: log2(0) = -inf
+        lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
+        tl.store(Lse + tok * stride_lt + head * stride_lh, lse, mask=row_ok)
 
 
 def _extend_config(head_dim: int, group: int, max_query_len: int, device: torch.device) -> tuple[int, int, int, int]:
@@ -361,7 +378,8 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
                      scale: float, max_query_len: int, out: torch.Tensor | None = None,
                      _config: tuple[int, int, int, int] | None = None,
                      _two_pass: bool | None = None, soft_cap: float = 0.0, window: int = 0,
-                     sinks: torch.Tensor | None = None) -> torch.Tensor:
+                     sinks: torch.Tensor | None = None, causal: bool = True,
+                     lse: torch.Tensor | None = None) -> torch.Tensor:
     """Varlen causal attention of ``query`` ``[num_tokens, Hq, D]`` over each request's paged context.
 
     The new tokens' K/V must already be in the cache (``store_kv`` first). ``max_query_len`` (a host int, an upper
@@ -369,7 +387,10 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     ``_config`` overrides ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` and ``_two_pass`` the short-request
     split below (benchmarks). ``soft_cap``: Gemma 2's logit soft-capping (0: none). ``window``: a sliding window
     (each query sees itself and the ``window - 1`` keys before it; 0: none). ``sinks``: gpt-oss's attention sinks,
-    ``[Hq]`` logits (any float dtype) each head adds to its softmax's denominator (None: none).
+    ``[Hq]`` logits (any float dtype) each head adds to its softmax's denominator (None: none). ``causal=False``:
+    every query sees all its request's ``seq_lens`` keys (not stored with it: DeepSeek's MLA over a chunk of cached
+    context; any count, 0 included). ``lse``: a ``[num_tokens, Hq]`` fp32 tensor the rows' softmax log-sum-exp
+    (natural log) is written to (``merge_attn_states``).
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
@@ -386,17 +407,22 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
             extend_attention(query[:, s:e], k_cache[:, :, h:h + 1], v_cache[:, :, h:h + 1], query_start_loc, seq_lens,
                              block_tables, scale, max_query_len, out=out[:, s:e], _config=_config,
                              _two_pass=_two_pass, soft_cap=soft_cap, window=window,
-                             sinks=None if sinks is None else sinks[s:e])
+                             sinks=None if sinks is None else sinks[s:e], causal=causal,
+                             lse=None if lse is None else lse[:, s:e])
         return out
     if query.stride(-1) != 1:
         query = query.contiguous()
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and out.stride(-1) == 1
     block_d = triton.next_power_of_2(head_dim)
+    assert causal or window == 0, "a sliding window is causal"
+    assert lse is None or lse.dtype == torch.float32
     args = (query, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables,
-            query if sinks is None else sinks, scale * _LOG2E, num_seqs,
+            query if sinks is None else sinks, out if lse is None else lse, scale * _LOG2E, num_seqs,
             query.stride(0), query.stride(1), out.stride(0), out.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0))
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+            0 if lse is None else lse.stride(0), 0 if lse is None else lse.stride(1))
+    forms = dict(NONCAUSAL=not causal, HAS_LSE=lse is not None)
     block_m, block_n, warps, stages = _config or _extend_config(head_dim, group, max(1, max_query_len),
                                                                 query.device)
     # Mixed batches (chunked prefill: decodes + prompt chunks): a decode request in a 64/128-row program uses G of
@@ -412,13 +438,13 @@ def extend_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
     _extend_kernel[grid](*args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1],
                          BLOCK_M=block_m, BLOCK_N=block_n, PASS=1 if two_pass else 0, SHORT_Q=short_q,
-                         SOFTCAP=soft_cap * _LOG2E, WINDOW=window, HAS_SINKS=sinks is not None, num_warps=warps,
-                         num_stages=stages)
+                         SOFTCAP=soft_cap * _LOG2E, WINDOW=window, HAS_SINKS=sinks is not None, **forms,
+                         num_warps=warps, num_stages=stages)
     if two_pass:
         _extend_kernel[(num_seqs, num_kv_heads)](
             *args, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE=k_cache.shape[1], BLOCK_M=short_m,
             BLOCK_N=64 if head_dim <= 128 else 32, PASS=2, SHORT_Q=short_q, SOFTCAP=soft_cap * _LOG2E,
-            WINDOW=window, HAS_SINKS=sinks is not None, num_warps=4, num_stages=2)
+            WINDOW=window, HAS_SINKS=sinks is not None, **forms, num_warps=4, num_stages=2)
     return out
 
 

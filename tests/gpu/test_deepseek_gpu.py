@@ -104,6 +104,32 @@ def test_fp32_mla_prefill_forms_tokens_equal_hf(mode, tmp_path, monkeypatch):
 
 
 @needs_cuda
+def test_fp32_chunked_context_prefill_tokens_equal_hf(tmp_path, monkeypatch):
+    """The default form over more keys than its bound (max_num_batched_tokens on the GPU; 48 here, and every step
+    with cached context expanded: this config's cost rule would keep most of them absorbed): the new tokens attend
+    to themselves and to their cached context in chunks of at most 48 keys (TritonAttentionBackend.varlen_attention
+    non-causal with the LSE), merged by log-sum-exp, between the piecewise graphs; chunks after context, mixed
+    with decodes, and the second run's prefix hits. HF's greedy tokens."""
+    from pagedllm.attention.backends.triton_backend import TritonAttentionBackend
+    from pagedllm.model.models.deepseek import MLAttention
+    monkeypatch.setattr(MLAttention, "context_chunk_keys", 48)
+    forms, varlen = [], TritonAttentionBackend.varlen_attention
+
+    def record(self, *args, **kwargs):
+        forms.append(kwargs.get("causal", True))
+        return varlen(self, *args, **kwargs)
+    monkeypatch.setattr(TritonAttentionBackend, "varlen_attention", record)
+
+    def expand_every_context(model):
+        del forms[:]        # the start-up warm-up's (its chunked-context form)
+        for layer in model.modules():
+            if isinstance(layer, MLAttention):
+                layer.context_token_cost = 0
+    _assert_graphs_tokens_equal_hf("v3", tmp_path, configure=expand_every_context)
+    assert False in forms, "no context chunk attended"
+
+
+@needs_cuda
 def test_no_triton_compile_after_start_up_with_either_prefill_form(tmp_path):
     """The default form runs a step absorbed when expanding its cached context would cost more (the second run's
     prefix hits with short tails); the warm-up runs the absorbed prefill too (DeepseekV2ForCausalLM.warmup_forms),
@@ -138,13 +164,15 @@ if late_compiles.late_compiles:      # which specialisations were built, to tell
     assert "late compiles 0" in run.stdout, "\n".join(late) or run.stdout[-500:] + run.stderr[-3000:]
 
 
-def _assert_graphs_tokens_equal_hf(arch: str, tmp_path) -> None:
+def _assert_graphs_tokens_equal_hf(arch: str, tmp_path, configure=None) -> None:
     from pagedllm import LLM
     path = _save(arch, tmp_path / arch)
     prompts = _prompts()
     llm = LLM(model=path, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0, dtype="float32",
               attention_backend="triton", max_num_batched_tokens=128, enable_prefix_caching=True)
     runner = llm.llm_engine.runner
+    if configure is not None:
+        configure(runner.model)
     assert runner.graph_runner is not None and 1 in runner.graph_runner.captured_sizes()
     assert runner.piecewise_runner is not None
     assert runner.head_dim == 128 + 64 and runner.num_kv_heads == 1     # the latent cache
@@ -333,6 +361,54 @@ def test_triton_varlen_attention_on_the_expanded_mla_shapes(heads, qk_dim, v_dim
                                    scale, max(q_lens), max(k_lens))
     assert got.shape == (sum(q_lens), heads, v_dim)
     assert rel_err(got.cpu(), want) < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("heads, qk_dim, v_dim", [(16, 192, 128), (4, 24, 12)], ids=["v2-lite-192-128", "cpu-test"])
+def test_triton_varlen_attention_non_causal_lse_chunks_merge_to_the_causal_pass(heads, qk_dim, v_dim):
+    """DeepSeek's expanded prefill over a long cached context (MLAttention.attend's context_chunks): the new tokens
+    attend to themselves (causal) and to the context in chunks (TritonAttentionBackend.varlen_attention with
+    causal=False, return_lse=True: the extend kernel's NONCAUSAL / HAS_LSE forms; a chunk may hold none of a
+    request's keys, or end inside its context), merged by log-sum-exp: the torch reference's one causal pass over
+    the whole sequences (fp32); each chunk's LSE the reference's."""
+    from test_triton_attention import BF16, rel_err
+
+    from pagedllm.kernels import torch_attention
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(12)
+    q_lens, ctx_lens = [20, 1, 7, 140], [0, 29, 45, 11]       # 140: more than one row block
+    k_lens = [q + c for q, c in zip(q_lens, ctx_lens)]
+
+    def cu(lens):
+        return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q = torch.randn(sum(q_lens), heads, qk_dim, generator=g).to(BF16)
+    k = torch.randn(sum(k_lens), heads, qk_dim, generator=g).to(BF16)
+    v = torch.randn(sum(k_lens), heads, v_dim, generator=g).to(BF16)
+    scale = qk_dim ** -0.5
+    want = torch_attention.varlen_attention(q.float(), k.float(), v.float(), cu(q_lens), cu(k_lens), scale)
+    is_ctx = torch.cat([torch.arange(n) < c for n, c in zip(k_lens, ctx_lens)])
+    k_ctx, v_ctx, k_new, v_new = k[is_ctx], v[is_ctx], k[~is_ctx], v[~is_ctx]
+    backend = _triton_backend(heads, heads, qk_dim, 16, device)
+    dev = [t.to(device) for t in (q, k_new, v_new, cu(q_lens))]
+    out, lse = backend.varlen_attention(*dev[:3], dev[3], dev[3], scale, max(q_lens), max(q_lens), return_lse=True)
+    _, want_lse = torch_attention.varlen_attention(q.float(), k_new.float(), v_new.float(), cu(q_lens), cu(q_lens),
+                                                   scale, return_lse=True)
+    assert (lse.cpu() - want_lse).abs().max() < 2e-2
+    cu_ctx, bound = cu(ctx_lens), 32
+    for lo in range(0, sum(ctx_lens), bound):
+        hi = min(lo + bound, sum(ctx_lens))
+        lens = (cu_ctx[1:].clamp(lo, hi) - cu_ctx[:-1].clamp(lo, hi)).tolist()
+        part, part_lse = backend.varlen_attention(dev[0], k_ctx[lo:hi].to(device), v_ctx[lo:hi].to(device), dev[3],
+                                                  cu(lens).to(device), scale, max(q_lens), max(lens), causal=False,
+                                                  return_lse=True)
+        _, ref_lse = torch_attention.varlen_attention(q.float(), k_ctx[lo:hi].float(), v_ctx[lo:hi].float(),
+                                                      cu(q_lens), cu(lens), scale, causal=False, return_lse=True)
+        assert torch.equal(part_lse.cpu().isinf(), ref_lse.isinf())       # the requests without keys here
+        assert (part_lse.cpu() - ref_lse).nan_to_num(0.0).abs().max() < 2e-2
+        out, lse = torch_attention.merge_attn_states(out, lse, part, part_lse)
+    assert out.shape == (sum(q_lens), heads, v_dim)
+    assert rel_err(out.float().cpu(), want) < 1e-2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",

@@ -79,16 +79,18 @@ test_preemption_matches_hf = vs_hf.test_preemption_matches_hf
 @pytest.fixture
 def attention_forms(monkeypatch) -> list[tuple]:
     """Each MLA attention call of a run that did not attend the whole step absorbed, in order: ``("decodes", rows)``
-    (the step's decodes, absorbed over the latent cache) and ``("expanded", new tokens, whole sequence)`` per prompt
-    request of the expanded form."""
+    (the step's decodes, absorbed over the latent cache) and ``("expanded", new tokens, keys)`` per prompt request of
+    the expanded form (causal; keys: the whole sequence, or the new tokens alone when its cached context goes in
+    chunks), ``("context", new tokens, keys)`` per chunk of cached context (non-causal)."""
     from pagedllm.attention.backends.torch_backend import TorchAttentionBackend
     events: list[tuple] = []
     varlen, decodes = TorchAttentionBackend.varlen_attention, TorchAttentionBackend.attend_decodes
 
-    def record_varlen(self, q, k, v, cu_q, cu_k, *args):
-        events.append(("expanded", [b - a for a, b in zip(cu_q.tolist(), cu_q.tolist()[1:])],
+    def record_varlen(self, q, k, v, cu_q, cu_k, *args, **kwargs):
+        events.append(("expanded" if kwargs.get("causal", True) else "context",
+                       [b - a for a, b in zip(cu_q.tolist(), cu_q.tolist()[1:])],
                        [b - a for a, b in zip(cu_k.tolist(), cu_k.tolist()[1:])]))
-        return varlen(self, q, k, v, cu_q, cu_k, *args)
+        return varlen(self, q, k, v, cu_q, cu_k, *args, **kwargs)
 
     def record_decodes(self, q, *args, **kwargs):
         events.append(("decodes", q.shape[0]))
@@ -164,29 +166,36 @@ def test_expanded_prefill_default_rules_and_absorbed_switch(tmp_path, monkeypatc
         tiny.llm()
 
 
-def test_warm_up_form_runs_the_absorbed_prefill(tmp_path, monkeypatch, attention_forms):
+def test_warm_up_forms_run_the_absorbed_and_chunked_context_prefills(tmp_path, monkeypatch, attention_forms):
     """DeepseekV2ForCausalLM.warmup_forms, which the GPU warm-up runs a prompt under (model_runner): a prompt under
-    it attends absorbed (its Triton variants then build at start-up, not in the first request whose cached context
-    keeps it absorbed); outside it, expanded again; none with PAGEDLLM_MLA_PREFILL=absorbed."""
+    the first attends absorbed (its Triton variants then build at start-up, not in the first request whose cached
+    context keeps it absorbed); under the second, in the chunked-context form (causal with the LSE, then
+    non-causal: the variants a step over the key bound launches); outside them, expanded again; none with
+    PAGEDLLM_MLA_PREFILL=absorbed."""
     tiny = DeepseekTiny("deepseek_v2_lite", str(tmp_path))
     runner = tiny.llm().llm_engine.core.runner
     forms = runner.model.warmup_forms()
-    assert len(forms) == 1
+    assert len(forms) == 2
     del attention_forms[:]
     with forms[0]:
         runner._dummy_forward(lens=[20])
     assert attention_forms == []
+    with forms[1]:
+        runner._dummy_forward(lens=[20])
+    assert attention_forms == [("expanded", [20], [20]), ("context", [20], [20])] * 2          # 2 layers
+    del attention_forms[:]
     runner._dummy_forward(lens=[20])
-    assert attention_forms == [("expanded", [20], [20])] * 2          # 2 layers
+    assert attention_forms == [("expanded", [20], [20])] * 2
     monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", "absorbed")
     assert tiny.llm().llm_engine.core.runner.model.warmup_forms() == []
 
 
-def test_prefill_plan_keeps_a_step_over_the_key_cap_absorbed():
-    """The GPU's cap (MLAttention._prefill_plan passes max_num_batched_tokens there: what the start-up's memory
-    profile expanded): a step whose prompt sequences hold more tokens stays absorbed (None) even where the
-    multiply-add rule would expand it; under the cap, or without one (the CPU), the plan gathers every token of each
-    prompt request's sequence from its cache slots (decodes before it left out)."""
+def test_prefill_plan_chunks_the_context_over_the_key_bound():
+    """The GPU's bound (MLAttention._prefill_plan passes max_num_batched_tokens there: what the start-up's memory
+    profile expanded): a step whose prompt sequences hold more tokens expands its new tokens' keys on their own and
+    its cached context in chunks of at most that many keys (the last one shorter); under the bound, or without one
+    (the CPU), the plan gathers every token of each prompt request's sequence from its cache slots in one pass
+    (decodes before it left out)."""
     from types import SimpleNamespace
 
     import numpy as np
@@ -202,12 +211,37 @@ def test_prefill_plan_keeps_a_step_over_the_key_cap_absorbed():
         slot_mapping=torch.zeros(73, dtype=torch.long), max_query_len=72, max_seq_len=200, num_decodes=1,
         query_start_loc_cpu=starts, seq_lens_cpu=lens, block_tables_cpu=tables)
     layer = SimpleNamespace(prefill_mode="expanded", pair_saving=44, context_token_cost=896)
-    assert _PrefillPlan.make(common, 16, 128, layer) is None
+    plan = _PrefillPlan.make(common, 16, 50, layer)
+    assert plan.new_keys.cu_k_cpu == [0, 72] and torch.equal(plan.new_keys.slots, torch.arange(448, 520))
+    assert [c.cu_k_cpu for c in plan.context_chunks] == [[0, 50], [0, 50], [0, 28]]
+    assert torch.equal(torch.cat([c.slots for c in plan.context_chunks]), torch.arange(320, 448))
     for cap in (None, 200):
         plan = _PrefillPlan.make(common, 16, cap, layer)
         assert (plan.num_decodes, plan.cu_q_cpu, plan.cu_k_cpu, plan.max_q, plan.max_k) == (1, [0, 72], [0, 200], 72,
                                                                                            200)
-        assert torch.equal(plan.slots, torch.arange(20 * 16, 20 * 16 + 200))
+        assert torch.equal(plan.slots, torch.arange(20 * 16, 20 * 16 + 200)) and plan.context_chunks is None
+
+
+def test_context_expanded_in_bounded_chunks_matches_hf(tiny, monkeypatch, attention_forms):
+    """The expanded prefill over more keys than its bound (the GPU's max_num_batched_tokens; set to 8 here, the CPU
+    has none): each prompt request's new tokens attend to themselves (causal) and to its cached context expanded 8
+    keys at a time (non-causal), merged by log-sum-exp. Chunked prefill with a 16-token budget (prompts of 40 and
+    70 tokens: their second chunk, 16 new after 16 cached, goes so), then prefix-cache hits under a 64-token budget
+    (30 new tokens after 48 cached: 6 context chunks). Tokens and logprobs HF fp32's."""
+    from pagedllm.model.models.deepseek import MLAttention
+    monkeypatch.setattr(MLAttention, "context_chunk_keys", 8)
+    llm = tiny.llm(max_num_batched_tokens=16, block_size=16, enable_prefix_caching=True)
+    _greedy_with_logprobs_match_hf(tiny, llm, vs_hf._prompts([40, 70]))
+    contexts = [e for e in attention_forms if e[0] == "context"]
+    assert contexts and all(sum(ks) <= 8 for _, _, ks in contexts), attention_forms
+    common = vs_hf._prompts([48], seed=7)[0]
+    prompts = [common + tail for tail in vs_hf._prompts([5, 30], seed=8)]
+    llm = tiny.llm(max_num_batched_tokens=64, block_size=16, enable_prefix_caching=True)
+    _greedy_with_logprobs_match_hf(tiny, llm, prompts[:1])
+    del attention_forms[:]
+    second = _greedy_with_logprobs_match_hf(tiny, llm, prompts[1:])
+    assert second[0].num_cached_tokens == 48
+    assert attention_forms[:7] == [("expanded", [30], [30])] + [("context", [30], [8])] * 6   # the first layer
 
 
 def test_piecewise_graph_split_runs_mla_attention_between_the_pieces(tmp_path, monkeypatch, attention_forms):

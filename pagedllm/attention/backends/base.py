@@ -109,17 +109,21 @@ class AttentionBackend(ABC):
 
     def varlen_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                          cu_seqlens_k: torch.Tensor, scale: float, max_seqlen_q: int, max_seqlen_k: int,
-                         cu_seqlens_q_cpu: list[int] | None = None,
-                         cu_seqlens_k_cpu: list[int] | None = None) -> torch.Tensor:
+                         cu_seqlens_q_cpu: list[int] | None = None, cu_seqlens_k_cpu: list[int] | None = None,
+                         causal: bool = True, return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor,
+                                                                                              torch.Tensor]:
         """Causal attention over keys and values given as tensors (no cache): ``q`` ``[Tq, Hq, D]``, ``k``
         ``[Tk, Hkv, D]``, ``v`` ``[Tk, Hkv, Dv]`` (``Dv`` may differ from ``D``), requests back to back as the int32
         prefix sums ``cu_seqlens_q`` / ``cu_seqlens_k`` ``[B + 1]`` give them. Request ``b``'s queries are the last
         of its keys: query ``i`` sits at key position ``len_k - len_q + i`` and sees keys ``0 ..`` that position
         (FlashAttention's varlen causal form). ``max_seqlen_*``: host upper bounds; ``*_cpu``: host copies of the
-        prefix sums, when the caller has them. Returns ``[Tq, Hq, Dv]``. DeepSeek's MLA runs its prompt tokens
-        here in the expanded form. Default: the torch reference (kernels/torch_attention.varlen_attention)."""
+        prefix sums, when the caller has them. ``causal=False``: every query sees all its request's keys (any
+        number, 0 included: output 0). Returns ``[Tq, Hq, Dv]``; with ``return_lse`` also each row's softmax
+        log-sum-exp ``[Tq, Hq]`` fp32 (natural log; -inf: no key), for kernels/torch_attention.merge_attn_states.
+        DeepSeek's MLA runs its prompt tokens here in the expanded form, a long cached context in chunks
+        (non-causal, merged by LSE). Default: the torch reference (kernels/torch_attention.varlen_attention)."""
         return torch_attention.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, cu_seqlens_q_cpu,
-                                                cu_seqlens_k_cpu)
+                                                cu_seqlens_k_cpu, causal=causal, return_lse=return_lse)
 
     def write_kv_and_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                             slot_mapping: torch.Tensor, metadata: Any, scale: float,

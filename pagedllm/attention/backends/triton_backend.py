@@ -119,8 +119,9 @@ class TritonAttentionBackend(AttentionBackend):
 
     def varlen_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                          cu_seqlens_k: torch.Tensor, scale: float, max_seqlen_q: int, max_seqlen_k: int,
-                         cu_seqlens_q_cpu: list[int] | None = None,
-                         cu_seqlens_k_cpu: list[int] | None = None) -> torch.Tensor:
+                         cu_seqlens_q_cpu: list[int] | None = None, cu_seqlens_k_cpu: list[int] | None = None,
+                         causal: bool = True, return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor,
+                                                                                              torch.Tensor]:
         # The extend kernel over the given K / V read as a paged cache of one-token blocks: request b's key j is
         # block cu_seqlens_k[b] + j (a [B, max_seqlen_k] int32 table, built here). The kernel takes one head dim
         # for K, V and the output: V is zero-padded to K's and the padding's output cut (DeepSeek: 128 -> 192, so
@@ -130,9 +131,11 @@ class TritonAttentionBackend(AttentionBackend):
             v = torch.nn.functional.pad(v, (0, head_dim - v_dim))
         tables = cu_seqlens_k[:-1, None] + torch.arange(max(1, max_seqlen_k), dtype=torch.int32, device=q.device)
         out = q.new_empty(q.shape[0], q.shape[1], head_dim)
+        lse = q.new_empty(q.shape[0], q.shape[1], dtype=torch.float32) if return_lse else None
         triton_attention.extend_attention(q, k.contiguous().unsqueeze(1), v.contiguous().unsqueeze(1), cu_seqlens_q,
-                                          cu_seqlens_k[1:] - cu_seqlens_k[:-1], tables, scale, max_seqlen_q, out=out)
-        return out[..., :v_dim]
+                                          cu_seqlens_k[1:] - cu_seqlens_k[:-1], tables, scale, max_seqlen_q, out=out,
+                                          causal=causal, lse=lse)
+        return (out[..., :v_dim], lse) if return_lse else out[..., :v_dim]
 
     def warmup_batches(self) -> list[tuple[list[int], int]]:
         # Compile the other extend-kernel variants at start-up rather than inside the first timed requests (~1 s

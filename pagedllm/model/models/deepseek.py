@@ -43,7 +43,10 @@ A pre-norm decoder with two parts of its own:
   included, expand it through ``kv_b_proj`` into per-head ``[k_nope, k_pe]`` keys and values, and attend causally
   through the backend's ``varlen_attention``; its decodes stay absorbed (``attend_decodes``); the latent is
   stored for every token. A step whose cached context is long against its new tokens stays absorbed whole
-  (``_PrefillPlan.make``: expanding a context token costs ``kv_b_proj``'s 131k multiply-adds per head).
+  (``_PrefillPlan.make``: expanding a context token costs ``kv_b_proj``'s 131k multiply-adds per head). Over more
+  keys than a bound (the GPU's max_num_batched_tokens: what the start-up memory profile expanded) the new tokens
+  attend to themselves causally and to their cached context expanded in chunks of at most that many keys
+  (non-causal), the outputs merged by log-sum-exp (vLLM's chunked context, ``merge_attn_states``).
 
 - DeepSeekMoE: after ``first_k_dense_replace`` dense layers, every ``moe_layer_freq``-th layer routes each token to
   ``num_experts_per_tok`` of ``n_routed_experts`` SiLU experts (model/layers/moe.py's stacked experts: HF's loop on
@@ -85,6 +88,7 @@ from pagedllm.attention.forward_batch import ForwardBatch
 from pagedllm.config import rope_parameters
 from pagedllm.distributed import (get_pp_layer_range, get_tp_size, is_first_pp_stage, is_last_pp_stage,
                                   tp_all_reduce)
+from pagedllm.kernels.torch_attention import merge_attn_states
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding, with_given_embeds
 from pagedllm.model.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
@@ -163,6 +167,15 @@ MLA_PREFILL_MODES = ("expanded", "absorbed", "expanded-always")
 
 
 @dataclass
+class _KeySet:
+    """Keys of a step's prompt requests to expand and attend at once: their latent cache slots, request by request."""
+    slots: torch.Tensor         # [K] int64
+    cu_k: torch.Tensor          # [P + 1] int32 prefix sums of each prompt request's keys here (from 0; some may be 0)
+    cu_k_cpu: list[int]
+    max_k: int
+
+
+@dataclass
 class _PrefillPlan:
     """A step's prompt requests (every request after its decodes) for MLAttention.attend's expanded form."""
     num_decodes: int            # requests, and rows, before them (one token each)
@@ -173,6 +186,11 @@ class _PrefillPlan:
     cu_k_cpu: list[int]
     max_q: int
     max_k: int
+    # None: one causal pass over the whole sequences (the fields above). Else (more keys than the bound): the new
+    # tokens' own keys, attended causally, then their cached context in chunks of at most the bound's keys, each
+    # attended by all the new tokens (non-causal); the outputs merged by log-sum-exp (vLLM's chunked context).
+    new_keys: _KeySet | None = None
+    context_chunks: list[_KeySet] | None = None
 
     @staticmethod
     def make(common: CommonAttentionMetadata, block_size: int, max_keys: int | None,
@@ -182,9 +200,11 @@ class _PrefillPlan:
         requests have cached context stays absorbed when that saves multiply-adds: ``pairs * pair_saving <=
         context tokens * context_token_cost`` (V2 / V3: 832 vs 131,072, so the expanded form needs a query per
         158 context tokens: a 4k-token prefix takes it for chunks of ~800 tokens and more; speculative
-        verifications of a few tokens stay absorbed). With ``max_keys`` it also stays absorbed when its prompt
-        requests' sequences hold more than that many tokens (MLAttention._prefill_plan: on the GPU). One rule for
-        the whole step: no third split of it. =expanded-always skips both rules."""
+        verifications of a few tokens stay absorbed). ``max_keys`` bounds how many keys are expanded at once
+        (MLAttention._prefill_plan: on the GPU): a step whose prompt requests' sequences hold more (cached context
+        and new tokens) expands its new tokens on their own, then the cached context in chunks of at most
+        ``max_keys`` keys (``context_chunks``). One rule for the whole step: no third split of it. =expanded-always
+        skips the cost rule and the bound (one pass)."""
         nd, num_reqs = common.num_decodes, common.num_reqs
         if nd == num_reqs:
             return None
@@ -197,8 +217,7 @@ class _PrefillPlan:
         context = k_lens - q_lens
         if layer.prefill_mode == "expanded" and context.any():
             pairs = int((q_lens * context + q_lens * (q_lens + 1) // 2).sum())
-            if (pairs * layer.pair_saving <= int(context.sum()) * layer.context_token_cost
-                    or (max_keys is not None and int(k_lens.sum()) > max_keys)):
+            if pairs * layer.pair_saving <= int(context.sum()) * layer.context_token_cost:
                 return None
         cu_k = np.zeros(len(k_lens) + 1, dtype=np.int64)
         np.cumsum(k_lens, out=cu_k[1:])
@@ -207,9 +226,28 @@ class _PrefillPlan:
         slots = tables[nd + req, pos // block_size].astype(np.int64) * block_size + pos % block_size
         cu_q = (starts[nd:] - starts[nd]).astype(np.int32)
         device = common.seq_lens.device
-        return _PrefillPlan(nd, torch.from_numpy(slots).to(device), torch.from_numpy(cu_q).to(device),
+        plan = _PrefillPlan(nd, torch.from_numpy(slots).to(device), torch.from_numpy(cu_q).to(device),
                             torch.from_numpy(cu_k.astype(np.int32)).to(device), cu_q.tolist(), cu_k.tolist(),
                             int(q_lens.max()), int(k_lens.max()))
+        if (layer.prefill_mode == "expanded" and context.any() and max_keys is not None
+                and int(cu_k[-1]) > max_keys):
+            in_context = pos < context[req]
+            plan.new_keys = _PrefillPlan._key_set(slots[~in_context], q_lens, device)
+            # The context keys request by request (slots' order), cut every max_keys keys: a chunk may end inside
+            # a request's context and hold none of another's.
+            ctx_slots, cu_ctx = slots[in_context], np.concatenate(([0], np.cumsum(context)))
+            plan.context_chunks = []
+            for lo in range(0, int(cu_ctx[-1]), max_keys):
+                hi = min(lo + max_keys, int(cu_ctx[-1]))
+                lens = np.clip(cu_ctx[1:], lo, hi) - np.clip(cu_ctx[:-1], lo, hi)
+                plan.context_chunks.append(_PrefillPlan._key_set(ctx_slots[lo:hi], lens, device))
+        return plan
+
+    @staticmethod
+    def _key_set(slots: np.ndarray, lens: np.ndarray, device: torch.device) -> _KeySet:
+        cu = np.concatenate(([0], np.cumsum(lens))).astype(np.int32)
+        return _KeySet(torch.from_numpy(np.ascontiguousarray(slots)).to(device), torch.from_numpy(cu).to(device),
+                       cu.tolist(), int(lens.max()))
 
 
 # The step whose plan was made last and that plan, per thread (two CPU engines of one process may run steps on two
@@ -220,6 +258,12 @@ _step_plans = threading.local()
 
 class MLAttention(nn.Module):
     """Multi-head latent attention over the latent paged KV cache, ``kv_b_proj`` absorbed (module docstring)."""
+
+    # The expanded prefill's bound on keys expanded at once (_prefill_plan); None: the device's (tests set it, so
+    # the chunked-context path runs on the CPU too).
+    context_chunk_keys: int | None = None
+    # Set by the start-up warm-up (DeepseekV2ForCausalLM.warmup_forms): every prompt step in the chunked-context form.
+    warmup_chunked = False
 
     def __init__(self, cfg, layer_idx: int, rotary: RotaryEmbedding, quant_config=None, prefix: str = ""):
         super().__init__()
@@ -385,8 +429,10 @@ class MLAttention(nn.Module):
         latent cache; the prompt requests in the expanded form, vLLM's prefill (``_PrefillPlan``): each one's whole
         sequence, its cached context (chunked prefill's earlier chunks, a prefix-cache hit) included, gathered from
         the latent cache and expanded through kv_b_proj into per-head keys ``[k_nope, k_pe]`` and values, then
-        causal attention at qk_head_dim / v_head_dim through the backend's ``varlen_attention``; or the whole step
-        absorbed where the plan says so."""
+        causal attention at qk_head_dim / v_head_dim through the backend's ``varlen_attention``; over more keys
+        than the plan's bound, the new tokens' causal attention to themselves and their non-causal attention to
+        each bounded chunk of the cached context, merged by log-sum-exp; or the whole step absorbed where the plan
+        says so."""
         kv_cache, w_kv_b = batch.kv_caches[self.attn.layer_idx], self._kv_b_weight(q.device)
         backend, metadata, scale = batch.attn_backend, batch.attn_metadata, self.attn.scale
         out = q.new_empty(q.shape[0], self.num_heads, self.v_dim) if out is None else out[..., :self.v_dim]
@@ -403,23 +449,46 @@ class MLAttention(nn.Module):
                                                                    w_kv_b, decodes), kv_cache, metadata, scale)
             out[:nd] = self._value_output(absorbed, w_kv_b, decodes)
         cache = kv_cache[0].view(-1, self.kv_rank + self.rope)      # [slots, kv_lora_rank + rope]: kv_c, k_pe
+        if plan.context_chunks is None:
+            k, v = self._expanded_keys(cache, plan.slots, plan.cu_k, plan.cu_k_cpu, plan, w_kv_b, lora, q.dtype)
+            out[nd:] = backend.varlen_attention(q[nd:], k, v, plan.cu_q, plan.cu_k, scale, plan.max_q, plan.max_k,
+                                                plan.cu_q_cpu, plan.cu_k_cpu)
+            return out
+        # Over the bound: one chunk's keys expanded at a time (the start-up memory profile expanded that many).
+        keys = plan.new_keys
+        k, v = self._expanded_keys(cache, keys.slots, keys.cu_k, keys.cu_k_cpu, plan, w_kv_b, lora, q.dtype)
+        merged, lse = backend.varlen_attention(q[nd:], k, v, plan.cu_q, keys.cu_k, scale, plan.max_q, keys.max_k,
+                                               plan.cu_q_cpu, keys.cu_k_cpu, return_lse=True)
+        del k, v
+        for keys in plan.context_chunks:
+            k, v = self._expanded_keys(cache, keys.slots, keys.cu_k, keys.cu_k_cpu, plan, w_kv_b, lora, q.dtype)
+            part, part_lse = backend.varlen_attention(q[nd:], k, v, plan.cu_q, keys.cu_k, scale, plan.max_q,
+                                                      keys.max_k, plan.cu_q_cpu, keys.cu_k_cpu, causal=False,
+                                                      return_lse=True)
+            del k, v
+            merged, lse = merge_attn_states(merged, lse, part, part_lse)
+        out[nd:] = merged
+        return out
+
+    def _expanded_keys(self, cache: torch.Tensor, slots: torch.Tensor, cu_k: torch.Tensor, cu_k_cpu: list[int],
+                       plan: _PrefillPlan, w_kv_b: torch.Tensor, lora, dtype: torch.dtype):
+        """The prompt requests' keys ``[K, heads, qk_head_dim]`` and values ``[K, heads, v_head_dim]`` at these
+        latent cache slots (``cu_k``: how many of them each prompt request has), expanded through kv_b_proj."""
         if cache.element_size() == 1:       # fp8 (kv_cache_dtype): gathered as bytes, index_select has no fp8 kernels
-            latent = cache.view(torch.uint8).index_select(0, plan.slots).view(cache.dtype).to(q.dtype)
+            latent = cache.view(torch.uint8).index_select(0, slots).view(cache.dtype).to(dtype)
         else:
-            latent = cache.index_select(0, plan.slots).to(q.dtype)
+            latent = cache.index_select(0, slots).to(dtype)
         kv = F.linear(latent[:, :self.kv_rank], w_kv_b.flatten(0, 1))
         if lora is not None:
             # kv_b_proj's adapter on the expanded latent: each key token takes its request's adapter (the row of
             # the request's first new token; no host synchronisation).
-            first_rows = plan.cu_q[:-1].long() + nd
-            rows = torch.repeat_interleave(first_rows, plan.cu_k.diff(), output_size=plan.cu_k_cpu[-1])
+            first_rows = plan.cu_q[:-1].long() + plan.num_decodes
+            rows = torch.repeat_interleave(first_rows, cu_k.diff(), output_size=cu_k_cpu[-1])
             kv = self.kv_b_proj.add_lora(latent[:, :self.kv_rank], kv, self._kv_b_lora(lora, rows))
         kv = kv.view(-1, self.num_heads, self.nope + self.v_dim)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         k = torch.cat((k_nope, latent[:, None, self.kv_rank:].expand(-1, self.num_heads, -1)), dim=-1)
-        out[nd:] = backend.varlen_attention(q[nd:], k, v, plan.cu_q, plan.cu_k, scale, plan.max_q, plan.max_k,
-                                            plan.cu_q_cpu, plan.cu_k_cpu)
-        return out
+        return k, v
 
     def _prefill_plan(self, batch: ForwardBatch, block_size: int) -> _PrefillPlan | None:
         """The step's _PrefillPlan, made by its first MLA layer (the same for all: one rule, one cache layout)."""
@@ -428,13 +497,20 @@ class MLAttention(nn.Module):
         if made is not None and made[0] is common:
             return made[1]
         # On the GPU the KV cache got the memory the start-up's profile forward left, and that forward expanded
-        # max_num_batched_tokens new tokens: a step expanding a longer sequence (cached context and new tokens)
-        # would need memory it did not count, so it stays absorbed. vLLM expands the context in bounded chunks,
-        # merging their outputs by log-sum-exp, instead: not done here. The CPU has no such budget (no profile:
-        # kv_cache_memory_gb sizes the cache), and no cap: 1 x 3,072 in chunks of 1,024 prefilled 20% faster
-        # without one (docs/perf.md, session 36).
-        max_keys = batch.attn_backend.max_num_batched_tokens if common.seq_lens.device.type == "cuda" else None
+        # max_num_batched_tokens new tokens: a step with longer sequences (cached context and new tokens) expands
+        # its cached context in chunks of at most that many keys, merged by log-sum-exp (vLLM's chunked context),
+        # so as not to need memory the profile did not count. The CPU has no such budget (no profile:
+        # kv_cache_memory_gb sizes the cache), and no bound: 1 x 3,072 in chunks of 1,024 prefilled 20% faster
+        # without one (docs/perf.md, session 36). context_chunk_keys (tests) sets the bound on any device.
+        max_keys = self.context_chunk_keys
+        if max_keys is None and common.seq_lens.device.type == "cuda":
+            max_keys = batch.attn_backend.max_num_batched_tokens
         plan = _PrefillPlan.make(common, block_size, max_keys, self)
+        if self.warmup_chunked and plan is not None and plan.context_chunks is None:
+            # The warm-up's prompts (no cached context): their keys both the new tokens' and one context chunk's,
+            # for the kernels' sake (the output is not that attention; a dummy forward's is not read).
+            whole = _KeySet(plan.slots, plan.cu_k, plan.cu_k_cpu, plan.max_k)
+            plan.new_keys, plan.context_chunks = whole, [whole]
         _step_plans.last = (common, plan)
         return plan
 
@@ -557,10 +633,22 @@ class DeepseekV2ForCausalLM(nn.Module):
     def warmup_forms(self) -> list[contextlib.AbstractContextManager]:
         """The model runner's start-up warm-up runs a prompt under each (so its Triton variants build then, not in
         a request): with the expanded prefill on, the absorbed prefill too, which a step takes at run time only
-        when expanding its cached context would cost more (MLAttention._prefill_plan)."""
+        when expanding its cached context would cost more (MLAttention._prefill_plan), and the chunked-context
+        form, which a step takes only over more keys than the bound (its varlen launches' LSE and non-causal
+        variants; the warm-up prompts have no cached context, so their own tokens stand in for it)."""
         layers = [m for m in self.modules() if isinstance(m, MLAttention)]
         if not layers or layers[0].prefill_mode != "expanded":
             return []
+
+        @contextlib.contextmanager
+        def chunked():
+            for layer in layers:
+                layer.warmup_chunked = True
+            try:
+                yield
+            finally:
+                for layer in layers:
+                    layer.warmup_chunked = False
 
         @contextlib.contextmanager
         def absorbed():
@@ -571,7 +659,7 @@ class DeepseekV2ForCausalLM(nn.Module):
             finally:
                 for layer in layers:
                     layer.prefill_mode = "expanded"
-        return [absorbed()]
+        return [absorbed(), chunked()]
 
     def __init__(self, hf_config, engine_config):
         super().__init__()
