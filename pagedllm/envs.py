@@ -184,8 +184,9 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "latent (their cached context included) is expanded through kv_b_proj into per-head keys and values and "
         "attends at qk_head_dim / v_head_dim (vLLM's prefill form), unless the step's cached context is long "
         "against its new tokens (the expansion would cost more multiply-adds than the absorbed form's wider "
-        "attention saves: speculative verifications, short chunks after long prefixes) or, on the GPU, its prompt "
-        "sequences hold more than max_num_batched_tokens tokens (what the memory profile expanded); absorbed: every "
+        "attention saves: speculative verifications, short chunks after long prefixes); on the GPU a cached context "
+        "is expanded at most max_num_batched_tokens keys at a time (what the memory profile expanded), each chunk's "
+        "attention merged with the new tokens' by log-sum-exp (vLLM's chunked context); absorbed: every "
         "token attends over the latent cache with kv_b_proj absorbed (session 35's form); expanded-always: expanded "
         "whatever the context (A/B runs and tests). Decode tokens always take the absorbed form. Read when the model "
         "is built. Default expanded."),
