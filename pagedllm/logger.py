@@ -70,7 +70,8 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         + f", loaded in {runner.get('load_seconds', 0.0):.1f} s",
         kv_line,
         f"  scheduling   max_num_seqs {config.max_num_seqs}, max_num_batched_tokens "
-        f"{config.max_num_batched_tokens}{' (default)' if config.args.max_num_batched_tokens is None else ''}, async {config.async_scheduling}, prefix caching "
+        f"{config.max_num_batched_tokens}{' (default)' if config.args.max_num_batched_tokens is None else ''}, "
+        f"async {config.async_scheduling}, prefix caching "
         f"{config.args.enable_prefix_caching and not config.is_pooling}",
         f"  fairness     long_prefill_token_threshold {config.long_prefill_token_threshold or 'none'}, "
         f"max_num_seqs_per_request {config.max_num_seqs_per_request or 'none'}",
