@@ -137,22 +137,12 @@ def test_deepseek_adapters_under_cuda_graphs_equal_the_merged_model(tmp_path, mo
     the GPU paths: kv_b_proj's per-head deltas on the absorbed query and value output inside the decode CUDA graphs
     (captured over the static adapter mask), the expanded prefill's latent delta between the piecewise graphs, the
     Triton backend, fp32: HF fp32's tokens with each adapter merged, two adapters and the base model in one batch."""
-    from test_lora import _tokens, merged_tokens, save_adapter
-    from test_lora_deepseek import CONFIGS, TARGETS
+    from test_lora_deepseek import CONFIGS, assert_mixed_batch_tokens, two_adapters_and_base
     from test_lora_families import _save_model
     monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", prefill)
     hf = _save_model(tmp_path / "model", CONFIGS["deepseek_v3"]())
-    every = save_adapter(tmp_path / "every", hf, rank=8, alpha=16, seed=3, targets=TARGETS)
-    kv_b = save_adapter(tmp_path / "kv_b", hf, rank=4, alpha=8, seed=4, targets=("kv_b_proj",))
-    expected = {"every": merged_tokens(hf, every, 16 / 8, PROMPTS, 6),
-                "kv_b": merged_tokens(hf, kv_b, 8 / 4, PROMPTS, 6),
-                "base": merged_tokens(hf, {}, 0, PROMPTS, 6)}
+    _, adapters, expected = two_adapters_and_base(tmp_path, hf)
     llm = _llm(tmp_path, dtype="float32", max_num_batched_tokens=16)
     runner = llm.llm_engine.runner
     assert runner.graph_runner is not None and runner.piecewise_runner is not None
-    adapters = {"every": LoRARequest("every", 1, str(tmp_path / "every")),
-                "kv_b": LoRARequest("kv_b", 2, str(tmp_path / "kv_b")), "base": None}
-    order = ["every", "kv_b", "base"]
-    got = llm.generate([{"prompt_token_ids": p} for _ in order for p in PROMPTS], GREEDY, use_tqdm=False,
-                       lora_request=[adapters[k] for k in order for _ in PROMPTS])
-    assert _tokens(got) == [t for k in order for t in expected[k]]
+    assert_mixed_batch_tokens(llm, adapters, expected)

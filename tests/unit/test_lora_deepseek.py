@@ -48,21 +48,32 @@ def test_adapter_gives_the_merged_models_tokens(tmp_path, monkeypatch, name, pre
     each adapter merged, and without."""
     monkeypatch.setenv("PAGEDLLM_MLA_PREFILL", prefill)
     hf = _save_model(tmp_path / "model", CONFIGS[name]())
-    every = save_adapter(tmp_path / "every", hf, rank=8, alpha=16, seed=3, targets=TARGETS)
+    every, adapters, expected = two_adapters_and_base(tmp_path, hf)
     no_q = {"q_a_proj", "q_b_proj"} if "lite" in name else {"q_proj"}      # V2-Lite: q_proj; else the low-rank pair
     assert {n.rpartition(".")[2] for n in every} == set(TARGETS) - no_q
+    assert expected["every"] != expected["base"] and expected["kv_b"] != expected["base"]
+    assert_mixed_batch_tokens(make_llm(tmp_path, max_num_batched_tokens=16, max_loras=2), adapters, expected)
+
+
+def two_adapters_and_base(tmp_path, hf) -> tuple[dict, dict, dict]:
+    """This file's adapters of ``hf`` (saved under ``tmp_path``): "every" (rank 8, every target), "kv_b" (rank 4,
+    kv_b_proj alone) and "base" (none). Returns the "every" adapter's tensors, the LoRARequests (None for the base)
+    and HF's greedy tokens of PROMPTS with each adapter merged."""
+    every = save_adapter(tmp_path / "every", hf, rank=8, alpha=16, seed=3, targets=TARGETS)
     kv_b = save_adapter(tmp_path / "kv_b", hf, rank=4, alpha=8, seed=4, targets=("kv_b_proj",))
     expected = {"every": merged_tokens(hf, every, 16 / 8, PROMPTS, 6),
                 "kv_b": merged_tokens(hf, kv_b, 8 / 4, PROMPTS, 6),
                 "base": merged_tokens(hf, {}, 0, PROMPTS, 6)}
-    assert expected["every"] != expected["base"] and expected["kv_b"] != expected["base"]
-    llm = make_llm(tmp_path, max_num_batched_tokens=16, max_loras=2)
     adapters = {"every": LoRARequest("every", 1, str(tmp_path / "every")),
                 "kv_b": LoRARequest("kv_b", 2, str(tmp_path / "kv_b")), "base": None}
-    order = ["every", "kv_b", "base"]
-    got = llm.generate([{"prompt_token_ids": p} for _ in order for p in PROMPTS], GREEDY, use_tqdm=False,
-                       lora_request=[adapters[k] for k in order for _ in PROMPTS])
-    assert _tokens(got) == [t for k in order for t in expected[k]]
+    return every, adapters, expected
+
+
+def assert_mixed_batch_tokens(llm, adapters: dict, expected: dict) -> None:
+    """All three in one batch (each adapter's requests, then the base model's): each request gets its tokens."""
+    got = llm.generate([{"prompt_token_ids": p} for _ in adapters for p in PROMPTS], GREEDY, use_tqdm=False,
+                       lora_request=[a for a in adapters.values() for _ in PROMPTS])
+    assert _tokens(got) == [t for k in adapters for t in expected[k]]
 
 
 def _write_adapter(path, tensors: dict[str, tuple[int, int]]) -> None:
