@@ -61,7 +61,8 @@ class StructuredOutputsParams:
             if not isinstance(value, bool):     # a JSON "false" string would otherwise switch the knob on
                 raise ValueError(f"{name} must be True or False, got {type(value).__name__} {value!r:.100}.")
         if self.choice is not None:
-            if isinstance(self.choice, str) or not all(isinstance(c, str) for c in self.choice) or not self.choice:
+            if (not _is_list_like(self.choice) or not all(isinstance(c, str) for c in self.choice)
+                    or not self.choice):
                 raise ValueError(f"choice must be a non-empty list of strings, got {self.choice!r}.")
             self.choice = list(self.choice)
         if self.whitespace_pattern is not None:
@@ -100,6 +101,12 @@ class GuidedDecodingParams(StructuredOutputsParams):
             raise ValueError(f"Structured output backend {self.backend!r} is not supported: pagedllm uses xgrammar "
                              f"(backend='xgrammar' or 'auto').")
         super().__post_init__()
+
+
+def _is_list_like(value: Any) -> bool:
+    """A list, tuple or other iterable of items; a string or bytes (iterable, but one value) and a number are not:
+    they are ValueErrors that name the field, never a TypeError from iterating them."""
+    return hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict))
 
 
 def check_encodable(name: str, texts: list[str]) -> None:
@@ -237,7 +244,7 @@ class SamplingParams:
                                  f"{self.output_kind!r:.100}.") from None
         for name in _TOKEN_LIST_FIELDS:
             ids = getattr(self, name)
-            if ids is not None and (isinstance(ids, (str, bytes)) or not all(
+            if ids is not None and (not _is_list_like(ids) or not all(
                     isinstance(t, int) and not isinstance(t, bool) for t in ids)):
                 raise ValueError(f"{name} must be a list of token ids (integers), got {ids!r:.100}.")
         if self.seed is not None:
@@ -307,7 +314,7 @@ class SamplingParams:
             raise ValueError("allowed_token_ids is not None and empty!")
         if self.temperature < _SAMPLING_EPS and self.n > 1:
             raise ValueError(f"n must be 1 when using greedy sampling, got {self.n}.")
-        if self.bad_words is not None and (isinstance(self.bad_words, str)
+        if self.bad_words is not None and (not _is_list_like(self.bad_words)
                                            or not all(isinstance(w, str) and w.strip() for w in self.bad_words)):
             raise ValueError(f"bad_words must be a list of non-empty strings, got {self.bad_words!r}.")
         check_encodable("bad_words", self.bad_words or [])

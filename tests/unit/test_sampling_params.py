@@ -110,6 +110,10 @@ def test_boundary_values_accepted():
     (dict(logprobs="5"), "logprobs must be an integer, got str"),
     (dict(stop_token_ids=["a"]), "stop_token_ids must be a list of token ids"),
     (dict(allowed_token_ids="12"), "allowed_token_ids must be a list of token ids"),
+    # One id or word where a list is expected: a ValueError naming the field, not "'int' object is not iterable".
+    (dict(stop_token_ids=5), "stop_token_ids must be a list of token ids"),
+    (dict(allowed_token_ids=5), "allowed_token_ids must be a list of token ids"),
+    (dict(bad_words=5), "bad_words must be a list of non-empty strings"),
     (dict(seed=2 ** 64), r"seed must be in \[-9223372036854775808, 18446744073709551615\]"),
     (dict(seed=-(2 ** 63) - 1), "seed must be in"),
     (dict(seed=2 ** 64 - 1, n=2), r"seed must be in \[-9223372036854775808, 18446744073709551614\] .*with n=2"),
@@ -118,6 +122,14 @@ def test_boundary_values_accepted():
 def test_invalid_values_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(**kwargs)
+
+
+def test_structured_outputs_choice_of_one_value_is_a_value_error():
+    from pagedllm.sampling_params import StructuredOutputsParams
+    for choice in (5, {"yes": 1}):
+        with pytest.raises(ValueError, match="choice must be a non-empty list of strings"):
+            StructuredOutputsParams(choice=choice)
+    assert StructuredOutputsParams(choice=("yes", "no")).choice == ["yes", "no"]
 
 
 # ---- checks at generate time, against a tiny model ----------------------------------------------------------------
