@@ -66,6 +66,11 @@ BAD_REQUESTS = [
                               "continue_final_message": True}, 400, "continue_final_message"),
     ("/v1/chat/completions", {"model": "nope", "messages": CHAT}, 404, "model"),
     ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "temperature": 0, "n": 2}, 400, "n"),
+    # Per-request logits processors: vLLM refuses them without --logits-processor-pattern (pagedllm has none).
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "logits_processors": ["my_module.MyProcessor"]}, 400,
+     "logits_processors"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "logits_processors": [{"qualname": "m.P"}]}, 400,
+     "logits_processors"),
 ]
 
 

@@ -210,6 +210,9 @@ class SamplingFields(OpenAIRequestModel):
     cache_salt: str | None = None
     # vLLM's: settings for the server's custom logits processors (--logits-processors), SamplingParams.extra_args.
     vllm_xargs: dict[str, Any] | None = None
+    # vLLM's per-request processors by qualified name: refused (check()), as vLLM does without
+    # --logits-processor-pattern, which pagedllm does not take; read here so it is not ignored as an unknown field.
+    logits_processors: list[Any] | None = None
     # With --reasoning-parser: at most this many thinking tokens, then </think> is forced (-1: no limit).
     thinking_token_budget: int | None = None
     # vLLM's structured-output extras (one at most, or response_format).
@@ -277,6 +280,12 @@ class SamplingFields(OpenAIRequestModel):
             # vLLM's rule: 0 streams (the prompt's own tokens' logprobs, which reach a stream only inside an
             # echo's logprobs); more candidates per prompt position are a whole-response field only.
             raise RequestError("`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs")
+        if self.logits_processors:
+            # vLLM's words where no --logits-processor-pattern allows any (an empty list is no processor there too).
+            raise RequestError("The `logits_processors` argument is not supported by this server: per-request logits "
+                               "processors need --logits-processor-pattern, which pagedllm does not take. Load custom "
+                               "processors with --logits-processors and pass their settings in vllm_xargs.",
+                               "logits_processors")
         if self.use_beam_search:
             if self.stream:
                 raise RequestError("Streaming is not currently supported with beam search", "stream")   # vLLM's
