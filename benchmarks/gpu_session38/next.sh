@@ -1,0 +1,42 @@
+#!/bin/bash
+# Session 38 (carry [".whl", ".bench"]; run from the repo root). One PART a call; keep the machine warm.
+# PART=1 (~250 s, any H100 / H200): where the time goes now, for issue 18's two open rows that an H100 can inform.
+#   (a) 1.5B bs1_128_256: every step timed and steps 100..199 under torch.profiler (kernel table by category; the
+#       last full profile is session 3's, ~250 kernels and 1.48 ms GPU busy a step on the H200 then).
+#   (b) served 7B at c=100 with PAGEDLLM_STEP_TRACE: the engine-process time per step by batch band and the ITL P99's
+#       source. Question: are the slowest 1% of inter-token gaps steps carrying a full 2,048-token prefill (then a
+#       smaller prefill share per step is the lever) or host-side stalls (gaps / send / msgs in the trace)?
+. benchmarks/gpu_session9/common.sh
+case "${PART:-1}" in
+1)
+exec > >(tee $OUT/next38_1.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+PAGEDLLM_BENCH_DIR=.bench/sb PYTHONPATH=$R timeout 120 python3 benchmarks/profile_offline.py qwen2.5-1.5b bs1_128_256 \
+  --steps 100:200 2>&1 | grep -v -E "^(INFO|WARNING|  +KV cache)" | tail -45
+rm -f /tmp/steps38.jsonl
+PAGEDLLM_STEP_TRACE=/tmp/steps38.jsonl PATH=/tmp/bin_new:$PATH timeout 150 python3 .bench/sb/serve_workload.py \
+  pagedllm qwen2.5-7b sharegpt_like_1000 100 2>&1 | tail -1
+cp /tmp/steps38.jsonl $OUT/ 2>/dev/null
+python3 benchmarks/serve_step_trace.py /tmp/steps38.jsonl 2>&1 | tail -30
+;;
+esac
+# PART=2 (~200 s with the start): PART=1's trace showed the served 7B's slow rows (30-50 ms, ITL P99) are the steps
+#   of 513-2,048 tokens (2,048 now the 7B's default budget) that run eagerly above the piecewise graphs' 512-token
+#   cap: rows before a step with 513+ prompt tokens took 33-40 ms against ~10.5 ms for <= 256. Served 7B with
+#   PAGEDLLM_PIECEWISE_MAX_TOKENS=2048 (every step graphed) against 512, a fresh server each, step traces kept.
+#   Prediction (H100): ITL P99 ~46 -> ~20-25 ms; tok/s +5-10% (96 of 1,750 steady-state rows ~20 ms shorter);
+#   the graph pool grows by several GiB (session 9: 1.35 -> 10.11 GiB at 8,192 tokens a step).
+case "${PART:-1}" in
+2)
+exec > >(tee $OUT/next38_2.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+for cap in 2048 512; do
+  mkdir -p $OUT/log38_$cap; rm -f /tmp/steps38_$cap.jsonl; echo "== piecewise cap $cap"
+  PAGEDLLM_PIECEWISE_MAX_TOKENS=$cap PAGEDLLM_STEP_TRACE=/tmp/steps38_$cap.jsonl LOG_DIR=$OUT/log38_$cap \
+    PATH=/tmp/bin_new:$PATH timeout 110 python3 .bench/sb/serve_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 \
+    100 2>&1 | tail -1
+  cp /tmp/steps38_$cap.jsonl $OUT/ 2>/dev/null
+  grep -rh -E "CUDA-graph pool|Captured piecewise|start-up " $OUT/log38_$cap | cut -c1-300
+done
+;;
+esac
