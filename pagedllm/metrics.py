@@ -2,15 +2,15 @@
 
 Everything here is fed by ``AsyncLLMEngine`` from one thread (the engine thread, or the thread reading the engine
 process's outputs); gauges read the latest EngineSnapshot at scrape time. Per-request latencies are measured from the
-outputs each step returns: time to first token from the request's arrival, inter-token latency between consecutive
-outputs that carry tokens, end-to-end at the finish.
+outputs each step returns (for a FINAL_ONLY request, from the steps that gave it tokens): time to first token from
+the request's arrival, inter-token latency between consecutive token steps, end-to-end at the finish.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -195,7 +195,9 @@ class EngineMetrics:
             self.c_success.labels(self.model_name, "abort").inc(num_completions)
 
     def on_step(self, stats: "StepStats", outputs: list[RequestOutput], snapshot: "EngineSnapshot",
-                now: float) -> None:
+                now: float, token_request_ids: Sequence[str] = ()) -> None:
+        """``token_request_ids``: the requests this step gave tokens, reported or not; a FINAL_ONLY request
+        (``LLM.generate``'s) is timed from these, as its only output comes at its finish."""
         self.c_prompt.inc(stats.num_prompt_tokens)
         self.c_generation.inc(stats.num_generation_tokens)
         if stats.num_prompt_tokens + stats.num_generation_tokens > 0:
@@ -233,8 +235,23 @@ class EngineMetrics:
         if self.max_loras:
             self.g_lora_info.labels(str(self.max_loras), ",".join(snapshot.waiting_loras),
                                     ",".join(snapshot.running_loras)).set(now)
+        for request_id in token_request_ids:
+            t = self._tracked.get(request_id)
+            if t is not None and t.kind == RequestOutputKind.FINAL_ONLY:
+                self._on_token_step(t, now)
         for out in outputs:
             self._on_output(out, now)
+
+    def _on_token_step(self, t: _Tracked, now: float) -> None:
+        """A step that gave a request tokens: its first is the time to first token, each later one an inter-token
+        latency (vLLM's, per engine step)."""
+        if t.first_token_time is None:
+            t.first_token_time = now
+            self.h_ttft.observe(now - t.arrival_time)
+        elif t.last_token_time is not None:
+            self.h_itl.observe(now - t.last_token_time)
+            self.h_tpot.observe(now - t.last_token_time)
+        t.last_token_time = now
 
     def _on_output(self, out: RequestOutput, now: float) -> None:
         t = self._tracked.get(out.request_id)
@@ -251,19 +268,16 @@ class EngineMetrics:
                 new = len(c.token_ids)
             new_tokens += max(new, 0)
         if new_tokens > 0:
-            first, last = now, now
             request_metrics = getattr(out, "metrics", None)
-            if t.kind == RequestOutputKind.FINAL_ONLY and request_metrics is not None \
+            if t.kind != RequestOutputKind.FINAL_ONLY:
+                self._on_token_step(t, now)
+            elif t.first_token_time is None and request_metrics is not None \
                     and request_metrics.first_token_time is not None:
-                # One output at the end (LLM.generate asks for no others): the output processor's own times.
-                first, last = request_metrics.first_token_time, request_metrics.last_token_time or now
-            if t.first_token_time is None:
-                t.first_token_time = first
-                self.h_ttft.observe(first - t.arrival_time)
-            elif t.last_token_time is not None:
-                self.h_itl.observe(now - t.last_token_time)
-                self.h_tpot.observe(now - t.last_token_time)
-            t.last_token_time = last
+                # A FINAL_ONLY request is timed per token step (on_step); one whose steps were not seen gets the
+                # output processor's first and last token times.
+                t.first_token_time = request_metrics.first_token_time
+                self.h_ttft.observe(t.first_token_time - t.arrival_time)
+                t.last_token_time = request_metrics.last_token_time or now
             t.num_generated += new_tokens
         if out.finished:
             self._tracked.pop(out.request_id, None)

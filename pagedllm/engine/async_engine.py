@@ -565,6 +565,7 @@ class AsyncLLMEngine:
         self.snapshot = msg.snapshot
         with self._lock:
             outputs, stopped = self.output_processor.process_outputs(msg.outputs)
+            token_request_ids = self.output_processor.last_token_request_ids
             streams = self._streams
             deliveries = []
             for out in outputs:
@@ -580,7 +581,8 @@ class AsyncLLMEngine:
         if self.metrics is not None:
             try:
                 self.metrics.on_step(StepStats(msg.num_prompt_tokens, msg.num_generation_tokens,
-                                               msg.num_preemptions), outputs, msg.snapshot, msg.time)
+                                               msg.num_preemptions), outputs, msg.snapshot, msg.time,
+                                     token_request_ids=token_request_ids)
             except Exception:
                 logger.exception("Recording metrics failed (ignored).")
         # One wake-up per event loop per step, not one per output.

@@ -155,7 +155,8 @@ class LLMEngine:
             self.core.abort_requests(stopped)   # stop strings: the core frees them before its next step
         if self.stats is not None:
             snapshot = self.core.snapshot()
-            self.stats.on_step(stats, outputs, snapshot, time.time())
+            self.stats.on_step(stats, outputs, snapshot, time.time(),
+                               token_request_ids=self.output_processor.last_token_request_ids)
             self.stats.maybe_log(snapshot)
         return outputs, stats
 

@@ -70,6 +70,9 @@ class OutputProcessor:
         self.stream_interval = stream_interval
         self.requests: dict[str, _RequestState] = {}
         self.core_to_request: dict[str, str] = {}      # core request id -> the user's request id
+        # The requests the last process_outputs gave new tokens, whether or not it reported them (a FINAL_ONLY
+        # request's tokens come in no output until its finish): the metrics time each token step from these.
+        self.last_token_request_ids: list[str] = []
 
     def add_request(self, req: ProcessedRequest) -> None:
         if req.request_id in self.requests:
@@ -168,6 +171,7 @@ class OutputProcessor:
                 state.num_cached_tokens = cached
                 if cid in outputs.first_scheduled_time and state.first_scheduled_time is None:
                     state.first_scheduled_time = outputs.first_scheduled_time[cid]
+        self.last_token_request_ids = list(touched)
         final_only = RequestOutputKind.FINAL_ONLY
         for state in touched.values():
             if state.first_token_time is None:

@@ -31,6 +31,10 @@ def test_get_metrics_counts_what_generate_did(tiny_llama_dir):
     assert ttft.count == 2 and 0 < ttft.sum <= e2e.sum
     (gen_hist,) = by_name["pagedllm:request_generation_tokens"]
     assert gen_hist.count == 2 and gen_hist.sum == 8
+    # One inter-token latency per token after each request's first (vLLM's), although generate() gets each request's
+    # output only at its finish: 2 requests x 3.
+    (itl,) = by_name["pagedllm:inter_token_latency_seconds"]
+    assert itl.count == 6 and 0 < itl.sum <= e2e.sum
     # vLLM's cache_config_info: a gauge at 1 labelled with the cache config (the KV cache's block count among them).
     (info,) = by_name["pagedllm:cache_config_info"]
     cache = llm.llm_engine.vllm_config.cache_config
