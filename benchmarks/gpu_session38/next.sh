@@ -20,23 +20,29 @@ cp /tmp/steps38.jsonl $OUT/ 2>/dev/null
 python3 benchmarks/serve_step_trace.py /tmp/steps38.jsonl 2>&1 | tail -30
 ;;
 esac
-# PART=2 (~200 s with the start): PART=1's trace showed the served 7B's slow rows (30-50 ms, ITL P99) are the steps
+# PART=2 (~330 s): PART=1's trace showed the served 7B's slow rows (30-50 ms, ITL P99) are the steps
 #   of 513-2,048 tokens (2,048 now the 7B's default budget) that run eagerly above the piecewise graphs' 512-token
 #   cap: rows before a step with 513+ prompt tokens took 33-40 ms against ~10.5 ms for <= 256. Served 7B with
 #   PAGEDLLM_PIECEWISE_MAX_TOKENS=2048 (every step graphed) against 512, a fresh server each, step traces kept.
 #   Prediction (H100): ITL P99 ~46 -> ~20-25 ms; tok/s +5-10% (96 of 1,750 steady-state rows ~20 ms shorter);
-#   the graph pool grows by several GiB (session 9: 1.35 -> 10.11 GiB at 8,192 tokens a step).
+#   the graph pool grows by several GiB (session 9: 1.35 -> 10.11 GiB at 8,192 tokens a step). Then the same cap
+#   with PAGEDLLM_PIECEWISE_SHARED_BUFFERS=1 (prediction: pool ~1.5-2.5 GiB, same tokens and speed as cap 2048); its
+#   GPU tests first (test_engine_gpu -k "piecewise or borrowed").
 case "${PART:-1}" in
 2)
 exec > >(tee $OUT/next38_2.txt) 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader
-for cap in 2048 512; do
-  mkdir -p $OUT/log38_$cap; rm -f /tmp/steps38_$cap.jsonl; echo "== piecewise cap $cap"
-  PAGEDLLM_PIECEWISE_MAX_TOKENS=$cap PAGEDLLM_STEP_TRACE=/tmp/steps38_$cap.jsonl LOG_DIR=$OUT/log38_$cap \
+PYTHONPATH=$R timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_engine_gpu.py \
+  -k "piecewise or borrowed" 2>&1 | grep -E "^(FAILED|ERROR)|passed|failed|^E " | tail -8
+for v in 512:0 2048:1 2048:0; do      # 2048:0 last: its pool may not fit an H100's 8 GiB headroom
+  cap=${v%:*}; shared=${v#*:}
+  mkdir -p $OUT/log38_$cap$shared; rm -f /tmp/steps38_$cap.jsonl; echo "== piecewise cap $cap, shared buffers $shared"
+  PAGEDLLM_PIECEWISE_SHARED_BUFFERS=$shared PAGEDLLM_PIECEWISE_MAX_TOKENS=$cap \
+    PAGEDLLM_STEP_TRACE=/tmp/steps38_$cap.jsonl LOG_DIR=$OUT/log38_$cap$shared \
     PATH=/tmp/bin_new:$PATH timeout 110 python3 .bench/sb/serve_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 \
     100 2>&1 | tail -1
-  cp /tmp/steps38_$cap.jsonl $OUT/ 2>/dev/null
-  grep -rh -E "CUDA-graph pool|Captured piecewise|start-up " $OUT/log38_$cap | cut -c1-300
+  cp /tmp/steps38_$cap.jsonl $OUT/steps38_$cap$shared.jsonl 2>/dev/null
+  grep -rh -E "CUDA-graph pool|Captured piecewise|start-up " $OUT/log38_$cap$shared | cut -c1-300
 done
 ;;
 esac

@@ -356,12 +356,34 @@ class _SkipAttention:
         return torch.empty_like(q)
 
 
+def _borrowed(t: torch.Tensor) -> torch.Tensor:
+    """A tensor over ``t``'s device memory (same shape, strides and dtype) that does not keep that memory allocated:
+    built through the CUDA array interface, whose tensors reference the interface object, not ``t``'s storage
+    (what vLLM's ``weak_ref_tensor`` op does in C++). Once ``t`` is gone its blocks go back to the graphs' pool."""
+    codes = {1: "|u1", 2: "<i2", 4: "<i4", 8: "<i8"}        # same-size integers: the array interface has no bf16
+
+    class _View:
+        __cuda_array_interface__ = {"shape": tuple(t.shape), "typestr": codes[t.element_size()],
+                                    "strides": tuple(s * t.element_size() for s in t.stride()),
+                                    "data": (t.data_ptr(), False), "version": 2}   # no stream: no synchronisation
+
+    return torch.as_tensor(_View(), device=t.device).view(t.dtype)
+
+
 class _GraphSplitter:
     """Capture-time ``ForwardBatch.attn_breaker``: ends the graph being captured where a layer would attend, keeps
-    that layer's query and a static output for it, and starts capturing the next graph."""
+    that layer's query and a static output for it, and starts capturing the next graph.
 
-    def __init__(self, pool):
+    ``borrow`` (``PAGEDLLM_PIECEWISE_SHARED_BUFFERS``): the query and output are kept as borrowed views
+    (``_borrowed``), so their blocks return to the pool once this size's forward drops them, and the next size's
+    capture reuses them, as the hidden states between the graphs already are. Safe because a step replays one
+    size's graphs in capture order: a graph that later reuses a block of an earlier graph's query or output (this
+    size's next graphs, or another size's) runs only after the attention has read that query and its next graph has
+    read that output. Without it each size keeps its own, and the pool grows with the sum of the sizes."""
+
+    def __init__(self, pool, borrow: bool = False):
         self.pool = pool
+        self.borrow = borrow
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self.attention_calls: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []
         self._current: torch.cuda.CUDAGraph | None = None
@@ -378,9 +400,9 @@ class _GraphSplitter:
         self._current = None
 
     def attention(self, layer, q: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(q)      # in the graphs' pool, alive as long as this splitter
+        out = torch.empty_like(q)      # in the graphs' pool, alive as long as this splitter (unless borrowed)
         self.end()
-        self.attention_calls.append((layer, q, out))
+        self.attention_calls.append((layer, _borrowed(q), _borrowed(out)) if self.borrow else (layer, q, out))
         self.begin()
         return out
 
@@ -444,6 +466,8 @@ class PiecewiseGraphRunner:
         warm = 0.0
         ways: list[str] = []
         stream = torch.cuda.Stream()
+        from pagedllm import envs
+        borrow = envs.PAGEDLLM_PIECEWISE_SHARED_BUFFERS
         for t in reversed(self.sizes):
             stage_args = () if self.stage_inputs is None else self.stage_inputs.args(t)
             for with_lora in self.lora_variants:
@@ -452,7 +476,7 @@ class PiecewiseGraphRunner:
                                *stage_args)
 
                 def capture():
-                    splitter = _GraphSplitter(self.pool)
+                    splitter = _GraphSplitter(self.pool, borrow)
                     batch = self._batch(t, splitter, with_lora)      # before capturing: it copies to the device
                     stream.wait_stream(torch.cuda.current_stream())
                     with torch.cuda.stream(stream), collections_paused():   # as in _capturing

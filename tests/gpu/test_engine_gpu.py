@@ -187,10 +187,13 @@ def test_bf16_chunked_prefill_and_prefix_cache(model_dir, prompts, hf_model):
     assert_greedy_under_hf(hf_model, shared, [o.outputs[0].token_ids for o in second])
 
 
-def test_bf16_piecewise_graphs_carry_prompt_steps(model_dir, prompts, hf_model):
+@pytest.mark.parametrize("shared", ["0", "1"])
+def test_bf16_piecewise_graphs_carry_prompt_steps(model_dir, prompts, hf_model, shared, monkeypatch):
     """Steps with prompt tokens (here chunks of at most 64, next to running decodes) replay the piecewise graphs,
     attention in between; tokens stay HF-greedy and equal those of the eager engine where the two agree on
-    every logit ordering."""
+    every logit ordering. ``shared``: PAGEDLLM_PIECEWISE_SHARED_BUFFERS (every size's graphs reuse the pool blocks of
+    the others' queries and attention outputs; steps of several sizes alternate here)."""
+    monkeypatch.setenv("PAGEDLLM_PIECEWISE_SHARED_BUFFERS", shared)
     llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
               dtype="bfloat16", max_num_batched_tokens=64)
     runner = llm.llm_engine.runner.piecewise_runner
@@ -206,6 +209,21 @@ def test_bf16_piecewise_graphs_carry_prompt_steps(model_dir, prompts, hf_model):
     # 260 prompt tokens in chunks of <= 64: at least five piecewise steps, some with decodes beside the chunk.
     assert len(sizes) >= 5 and max(sizes) <= 64
     assert_greedy_under_hf(hf_model, prompts, got)
+
+
+def test_a_borrowed_view_reads_the_tensor_and_does_not_keep_its_memory():
+    """cuda_graphs._borrowed (the shared piecewise buffers): same address, shape, strides and values as the tensor
+    it views, and the tensor's memory goes back to the allocator while the view lives."""
+    from pagedllm.worker.cuda_graphs import _borrowed
+    base = torch.randn(1024, 8, 64, device="cuda", dtype=torch.bfloat16)
+    t = base[:, 2:6]                                   # not contiguous
+    view = _borrowed(t)
+    assert (view.data_ptr(), view.shape, view.stride(), view.dtype) == (t.data_ptr(), t.shape, t.stride(), t.dtype)
+    assert torch.equal(view, t)
+    held = torch.cuda.memory_allocated()
+    del base, t
+    assert torch.cuda.memory_allocated() <= held - 1024 * 8 * 64 * 2
+    del view
 
 
 def test_bf16_cudagraph_capture_sizes_are_the_graphs_captured(model_dir, prompts, hf_model):
