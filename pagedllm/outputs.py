@@ -130,24 +130,29 @@ class PoolingRequestOutput:
     prompt_token_ids: list[int]
     finished: bool = True
     prompt: str | None = None
+    # vLLM's field: prompt tokens found in the prefix cache (0 here: pooling runs without the prefix cache).
+    num_cached_tokens: int = 0
 
 
 class EmbeddingRequestOutput(PoolingRequestOutput):
     @classmethod
     def from_base(cls, request_output: PoolingRequestOutput) -> "EmbeddingRequestOutput":
         return cls(request_output.request_id, EmbeddingOutput.from_base(request_output.outputs),
-                   request_output.prompt_token_ids, request_output.finished, request_output.prompt)
+                   request_output.prompt_token_ids, request_output.finished, request_output.prompt,
+                   request_output.num_cached_tokens)
 
 
 class ClassificationRequestOutput(PoolingRequestOutput):
     @classmethod
     def from_base(cls, request_output: PoolingRequestOutput) -> "ClassificationRequestOutput":
         return cls(request_output.request_id, ClassificationOutput.from_base(request_output.outputs),
-                   request_output.prompt_token_ids, request_output.finished, request_output.prompt)
+                   request_output.prompt_token_ids, request_output.finished, request_output.prompt,
+                   request_output.num_cached_tokens)
 
 
 class ScoringRequestOutput(PoolingRequestOutput):
     @classmethod
     def from_base(cls, request_output: PoolingRequestOutput) -> "ScoringRequestOutput":
         return cls(request_output.request_id, ScoringOutput.from_base(request_output.outputs),
-                   request_output.prompt_token_ids, request_output.finished, request_output.prompt)
+                   request_output.prompt_token_ids, request_output.finished, request_output.prompt,
+                   request_output.num_cached_tokens)

@@ -86,6 +86,9 @@ def test_score_and_encode(minilm, sentence_transformer):
     assert len({s.request_id.split("_")[0] for s in scores}) == 1
     encoded = minilm.encode(ENGLISH[:1], PoolingParams(normalize=False), use_tqdm=False)
     assert encoded[0].outputs.data.shape == (384,) and encoded[0].finished
+    # vLLM's PoolingRequestOutput fields, on each kind of output (0: pooling runs without the prefix cache).
+    embedded = minilm.embed(ENGLISH[:1], use_tqdm=False)
+    assert [o.num_cached_tokens for o in encoded + embedded + scores] == [0, 0, 0, 0]
     assert abs(float(encoded[0].outputs.data.norm()) - 1.0) > 1e-3     # normalize=False honoured
 
 
