@@ -72,6 +72,11 @@ class LLMEngine:
         return self.config.model_config
 
     @property
+    def cache_config(self):
+        """vLLM's ``llm.llm_engine.cache_config`` (block_size, cache_dtype, num_gpu_blocks once sized, ...)."""
+        return self.config.cache_config
+
+    @property
     def vllm_config(self) -> EngineConfig:
         """vLLM's ``llm.llm_engine.vllm_config``: the engine's resolved configuration. Of vLLM's sub-configs it has
         ``model_config`` (what examples read: ``vllm_config.model_config.hf_config.id2label``), ``scheduler_config``,

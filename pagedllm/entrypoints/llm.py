@@ -73,6 +73,16 @@ class LLM:
         llm._counter = itertools.count()
         return llm
 
+    @property
+    def model_config(self):
+        """vLLM's ``llm.model_config`` (``llm.llm_engine.model_config``: max_model_len, get_vocab_size(), ...)."""
+        return self.llm_engine.model_config
+
+    @property
+    def supported_tasks(self) -> tuple[str, ...]:
+        """vLLM's ``llm.supported_tasks``: ("generate",) or the pooling tasks the model takes."""
+        return self.llm_engine.get_supported_tasks()
+
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
 

@@ -312,6 +312,11 @@ def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
     assert (mc.max_model_len, mc.dtype, mc.runner_type, mc.max_logprobs) == (256, torch.float32, "generate", 20)
     assert mc.get_vocab_size() == len(tokenizer) and mc.get_hidden_size() == 64 and mc.get_num_layers() == 2
     assert mc.hf_config.model_type == "llama" and mc.quantization is None
+    # vLLM's LLM keeps them too: llm.model_config, llm.supported_tasks; and the engine's cache_config.
+    assert llm.model_config == mc and llm.model_config.get_vocab_size() == len(tokenizer)
+    assert llm.supported_tasks == ("generate",)
+    cache = engine.cache_config
+    assert cache == engine.vllm_config.cache_config and cache.block_size == 16 and cache.num_gpu_blocks > 0
 
 def test_vllm_top_level_names_and_llm_engine_example(model_dir, tokenizer, hf):
     # `from vllm import EngineArgs, LLMEngine, ...` as vLLM's llm_engine_example.py writes it.
