@@ -205,6 +205,8 @@ class AsyncLLMEngine:
                 while_building()
         info = self._client.start(meanwhile)     # blocks until the core is built; raises its build error
         self.config: EngineConfig = info["config"]
+        # /metrics before the first step: the built engine's block counts, not EngineSnapshot()'s zeros.
+        self.snapshot = info.get("snapshot", self.snapshot)
         skip = self.config.args.skip_tokenizer_init
         self.input_processor = InputProcessor(self.config, None if skip else tokenizers.take(self.config))
         self.output_processor = OutputProcessor(None if skip else tokenizers.take(self.config),

@@ -469,8 +469,9 @@ class EngineCore:
         runner = self.executor.startup_info()
         phases = {**self.startup_phases_before, **runner.get("startup_phases", {}),
                   "scheduler + block pool": self.scheduler_startup_seconds}
+        # "snapshot": the idle engine's gauges (every block free) until its first step sends one.
         return {"config": self.config, "num_blocks": self.num_blocks, "startup_seconds": self.startup_seconds,
-                "runner": runner, "startup_phases": phases}
+                "runner": runner, "startup_phases": phases, "snapshot": self.snapshot()}
 
     def shutdown(self) -> None:
         """End the workers (multi-process executor); the core cannot step afterwards."""

@@ -37,6 +37,17 @@ def kv_usage(url: str) -> tuple[float, float]:
     return metric_value(text, "pagedllm:kv_cache_usage_perc"), metric_value(text, "pagedllm:num_requests_running")
 
 
+def test_idle_server_reports_its_whole_block_pool(server):
+    # First in this module: a fresh server, no request yet. Its pool gauges are the built engine's, every block free
+    # (they read 0 and 0 until the first step, while cache_config_info already named the pool's size).
+    text = httpx.get(server.url + "/metrics").text
+    info = next(line for line in text.splitlines() if line.startswith("pagedllm:cache_config_info{"))
+    num_gpu_blocks = int(info.split('num_gpu_blocks="')[1].split('"')[0])
+    assert num_gpu_blocks > 0
+    assert metric_value(text, "pagedllm:kv_cache_num_blocks") == num_gpu_blocks
+    assert metric_value(text, "pagedllm:kv_cache_free_blocks") == num_gpu_blocks
+
+
 def test_concurrent_streams_share_batches(server):
     async def main():
         async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
