@@ -79,6 +79,27 @@ def test_echo_logprobs_stream_matches_whole(client):
     assert offsets == whole.logprobs.text_offset
 
 
+# ---- /v1/chat/completions echo of content parts --------------------------------------------------------------------
+def test_chat_echo_of_content_parts_is_text(client):
+    # vLLM's chat echo prepends the last message's text when its role answers; for content parts that is their texts
+    # joined by newlines (how the template saw them too). It was a 400 "can only concatenate list (not "str") to
+    # list", and a stream sent the list of parts as delta.content.
+    parts = [{"type": "text", "text": "The capital of France"}, {"type": "text", "text": "is"}]
+    body = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me about France."},
+                                       {"role": "assistant", "content": parts}],
+                max_tokens=3, temperature=0,
+                extra_body={"echo": True, "continue_final_message": True, "add_generation_prompt": False})
+    as_string = client.chat.completions.create(**{**body, "messages": [
+        body["messages"][0], {"role": "assistant", "content": "The capital of France\nis"}]})
+    whole = client.chat.completions.create(**body)
+    content = whole.choices[0].message.content
+    assert content == as_string.choices[0].message.content
+    assert content.startswith("The capital of France\nis") and len(content) > len("The capital of France\nis")
+    deltas = [c.choices[0].delta.content for c in client.chat.completions.create(stream=True, **body) if c.choices]
+    assert all(d is None or isinstance(d, str) for d in deltas), deltas
+    assert "".join(d or "" for d in deltas) == content
+
+
 # ---- tools -----------------------------------------------------------------------------------------------------------
 MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
 

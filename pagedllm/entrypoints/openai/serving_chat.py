@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm import harmony
 from pagedllm.engine import structured_output
+from pagedllm.entrypoints.chat_utils import format_message_content
 from pagedllm.entrypoints.openai import tool_parsers
 from pagedllm.entrypoints.openai.tool_parsers import OpenAIToolParser, ToolParser
 from pagedllm.entrypoints.openai.protocol import (BatchChatCompletionRequest, ChatCompletionLogProbs,
@@ -281,7 +282,8 @@ class OpenAIServingChat(OpenAIServing):
         role = self.response_role if req.add_generation_prompt else req.messages[-1].role
         echo = ""
         if req.echo and conv and conv[-1]["role"] == role:
-            echo = conv[-1]["content"] or ""
+            # Content parts echo as text: the text parts joined by newlines (vLLM's echo), not the list of parts.
+            echo = format_message_content(conv[-1:], "string", images=[])[0]["content"] or ""
         created = int(time.time())
         if req.stream:
             return StreamingResponse(self._stream(req, request_id, created, ids, streams[0], role, echo, mode,
