@@ -16,9 +16,12 @@ TOKEN_TASKS = ("token_embed", "token_classify")
 # vLLM's other pooling tasks: IO-processor plugins, two outputs at once.
 VLLM_POOLING_TASKS_NOT_SUPPORTED = ("plugin", "embed&token_classify")
 # The request fields each task takes (vLLM's rule: another one set is an error, not ignored).
-_TASK_FIELDS = {"embed": ("dimensions", "normalize"), "encode": ("dimensions", "normalize"),
+_TASK_FIELDS = {"embed": ("dimensions", "use_activation"), "encode": ("dimensions", "use_activation"),
                 "classify": ("use_activation",), "score": ("use_activation",),
-                "token_embed": ("dimensions", "normalize"), "token_classify": ("use_activation",)}
+                "token_embed": ("dimensions", "use_activation"), "token_classify": ("use_activation",)}
+# The embedding tasks, whose activation is the L2 normalization: vLLM (since its PR 32243, January 2026) spells it
+# use_activation; normalize, its older name (removed by vLLM 0.22), is still taken for them.
+_EMBED_TASKS = ("embed", "encode", "token_embed")
 
 
 def check_returned_token_ids(ids, width: int | None = None, where: str = "") -> None:
@@ -81,14 +84,21 @@ class PoolingParams:
                     raise ValueError(f"{old}={value} contradicts use_activation={self.use_activation}; {old} is the "
                                      f"older name of use_activation: set only use_activation.")
                 self.use_activation = value
+        if self.task in _EMBED_TASKS and self.use_activation is not None:
+            if self.normalize is not None and self.normalize != self.use_activation:
+                raise ValueError(f"use_activation={self.use_activation} contradicts normalize={self.normalize}; for "
+                                 f"embeddings they are one setting (normalize is its older name): set only "
+                                 f"use_activation.")
+            self.normalize, self.use_activation = self.use_activation, None
         if self.task in VLLM_POOLING_TASKS_NOT_SUPPORTED:
             raise ValueError(f"Pooling task {self.task!r} is not supported yet by pagedllm (tasks "
                              f"{', '.join(POOLING_TASKS)}).")
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}.")
         if self.task is not None:
+            allowed = _TASK_FIELDS[self.task] + (("normalize",) if self.task in _EMBED_TASKS else ())
             wrong = [name for name in ("dimensions", "normalize", "use_activation")
-                     if getattr(self, name) is not None and name not in _TASK_FIELDS[self.task]]
+                     if getattr(self, name) is not None and name not in allowed]
             if wrong:
                 raise ValueError(f"Task {self.task} only supports {list(_TASK_FIELDS[self.task])} parameters, does "
                                  f"not support {wrong} parameters")

@@ -361,7 +361,8 @@ class LLM:
             raise ValueError("chat_template (a score template) applies to cross-encoder scoring; this is an "
                              "embedding model, which scores the cosine of two embeddings.")
         params = (pooling_params or PoolingParams()).clone()
-        params.normalize = True
+        # The cosine does not depend on the norms: the request's normalize / use_activation changes nothing here.
+        params.normalize, params.use_activation = True, None
         task = "token_embed" if config.late_interaction else "embed"
         # One text against several is embedded once (vLLM's 1:N), then paired with each.
         encoded = self.encode(given + second, params, truncate_prompt_tokens=truncate_prompt_tokens,

@@ -89,6 +89,27 @@ def test_score_and_encode(minilm, sentence_transformer):
     # vLLM's PoolingRequestOutput fields, on each kind of output (0: pooling runs without the prefix cache).
     embedded = minilm.embed(ENGLISH[:1], use_tqdm=False)
     assert [o.num_cached_tokens for o in encoded + embedded + scores] == [0, 0, 0, 0]
+
+
+@needs_minilm
+def test_use_activation_is_the_embeddings_normalization(minilm):
+    # vLLM (since January 2026; normalize removed by 0.22): PoolingParams(use_activation=False) gives the raw
+    # embedding, True the L2-normalized one; normalize is taken as its older name.
+    norm = lambda outs: torch.tensor(outs[0].outputs.embedding).norm().item()    # noqa: E731
+    raw = minilm.embed(ENGLISH[:1], pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+    older = minilm.embed(ENGLISH[:1], pooling_params=PoolingParams(normalize=False), use_tqdm=False)
+    unit = minilm.embed(ENGLISH[:1], pooling_params=PoolingParams(use_activation=True), use_tqdm=False)
+    assert raw[0].outputs.embedding == older[0].outputs.embedding and abs(norm(raw) - 1.0) > 0.1
+    assert abs(norm(unit) - 1.0) < 1e-5
+    encoded = minilm.encode(ENGLISH[:1], PoolingParams(use_activation=False), pooling_task="embed", use_tqdm=False)
+    assert encoded[0].outputs.data.tolist() == raw[0].outputs.embedding
+    with pytest.raises(ValueError, match="use_activation=False contradicts normalize=True"):
+        minilm.embed(ENGLISH[:1], pooling_params=PoolingParams(use_activation=False, normalize=True), use_tqdm=False)
+    # The cosine of two embeddings does not depend on their norms.
+    scores = minilm.score(ENGLISH[0], ENGLISH[1:], pooling_params=PoolingParams(use_activation=False),
+                          use_tqdm=False)
+    assert [round(s.outputs.score, 5) for s in scores] == [round(s.outputs.score, 5) for s in
+                                                            minilm.score(ENGLISH[0], ENGLISH[1:], use_tqdm=False)]
     assert abs(float(encoded[0].outputs.data.norm()) - 1.0) > 1e-3     # normalize=False honoured
 
 

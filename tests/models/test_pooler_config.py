@@ -217,8 +217,8 @@ def test_fields_that_do_not_apply_to_the_model(tiny_qwen3_model, tmp_path):
             LLM(path, skip_tokenizer_init=True, dtype="float32", pooler_config=pooler_config)
     embedder = LLM(path, skip_tokenizer_init=True, dtype="float32")      # pools ALL: step fields are vLLM's error
     with pytest.raises(ValueError, match=__import__("re").escape(
-            "Task token_embed only supports ['dimensions', 'normalize'] parameters, does not support ['step_tag_id'] "
-            "parameters")):
+            "Task token_embed only supports ['dimensions', 'use_activation'] parameters, does not support "
+            "['step_tag_id'] parameters")):
         embedder.encode([{"prompt_token_ids": [1, 2]}], pooling_params=PoolingParams(step_tag_id=2),
                         pooling_task="token_embed", use_tqdm=False)
     save_tiny_classifier(tmp_path, "qwen2", 2)
