@@ -13,6 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "pagedllm"
 LAYERS = {
     "envs": 0, "config": 0, "sampling_params": 0, "pooling_params": 0, "outputs": 0, "step_data": 0, "logger": 0,
     "gc_heap": 0, "inputs": 0, "utils": 0,     # vLLM's example helpers (vllm.utils.*), re-exported
+    "logprobs": 0, "beam_search": 0,    # vLLM's vllm.logprobs / vllm.beam_search paths to outputs' types
     "harmony": 0,       # gpt-oss's harmony messages read from text: the reasoning and tool parsers use it
     "reasoning_parsers": 0,     # plain data: the config checks the name, the engine gates grammars, the server splits
     "usage": 0,     # vLLM's vllm.usage.usage_lib.UsageContext: an enum the config's defaults read

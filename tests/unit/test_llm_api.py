@@ -543,6 +543,11 @@ def test_beam_search(llm, hf, tokenizer):
     outs = llm.beam_search([{"prompt_token_ids": prompt_ids}, "A completely different prompt"],
                            BeamSearchParams(beam_width=2, max_tokens=5))
     assert len(outs) == 2 and all(isinstance(o, BeamSearchOutput) for o in outs)
+    # vLLM's import paths of these types (from vllm.beam_search / vllm.logprobs import ...) name the same classes.
+    from pagedllm.beam_search import BeamSearchOutput as at_vllms_path, BeamSearchSequence
+    from pagedllm.logprobs import Logprob as logprob_at_vllms_path
+    assert at_vllms_path is BeamSearchOutput and isinstance(outs[0].sequences[0], BeamSearchSequence)
+    assert all(isinstance(lp, logprob_at_vllms_path) for lp in outs[0].sequences[0].logprobs[0].values())
     seqs = outs[0].sequences
     assert len(seqs) == 2
     assert seqs[0].tokens != seqs[1].tokens
