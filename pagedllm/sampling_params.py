@@ -174,6 +174,9 @@ class SamplingParams:
     # With a reasoning parser (the engine's reasoning_parser): at most this many thinking tokens, then the
     # end-of-thinking token is forced (vLLM's). None or -1: no limit.
     thinking_token_budget: int | None = None
+    # vLLM's: True computes the whole prompt again instead of reading its cached prefix (None: only for a request with
+    # prompt_logprobs, whose cached tokens would have no logits).
+    skip_reading_prefix_cache: bool | None = None
     # Filled by the engine: EOS ids of the model (generation_config may list several).
     _all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     # Filled by ``update_from_tokenizer``: each bad word as token ids (with and without a leading space).
@@ -331,6 +334,12 @@ class SamplingParams:
                 raise ValueError("`thinking_token_budget` must be a non-negative integer or -1 for unlimited.")
             if budget == -1:
                 self.thinking_token_budget = None
+        if self.skip_reading_prefix_cache is not None and not isinstance(self.skip_reading_prefix_cache, bool):
+            raise ValueError(f"skip_reading_prefix_cache must be True, False or None, got "
+                             f"{self.skip_reading_prefix_cache!r:.100}.")
+        if self.skip_reading_prefix_cache is False and self.prompt_logprobs is not None:
+            raise ValueError("skip_reading_prefix_cache=False cannot be combined with prompt_logprobs: the prompt "
+                             "tokens read from the prefix cache would have no logprobs.")
         if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
             raise ValueError(f"structured_outputs must be a StructuredOutputsParams, got "
                              f"{type(self.structured_outputs).__name__}.")

@@ -270,8 +270,10 @@ class KVCacheManager:
 
     # ---- lookup / allocation --------------------------------------------------------------------------------
     def _reads_prefix_cache(self, request: Request) -> bool:
-        # Requests asking for prompt logprobs get no hits (the cached tokens' logits would be missing).
-        return self.enable_caching and request.sampling_params.prompt_logprobs is None
+        # Requests asking for prompt logprobs get no hits (the cached tokens' logits would be missing), nor those
+        # that ask for none (vLLM's skip_reading_prefix_cache).
+        sp = request.sampling_params
+        return self.enable_caching and sp.prompt_logprobs is None and not sp.skip_reading_prefix_cache
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
         """The longest run of cached full blocks at the start of the request.

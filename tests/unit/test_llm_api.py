@@ -385,6 +385,12 @@ def test_num_cached_tokens_reports_prefix_cache_hits(llm):
     assert first.num_cached_tokens == 0
     assert second.num_cached_tokens == 32
     assert second.outputs[0].token_ids == first.outputs[0].token_ids
+    # vLLM's skip_reading_prefix_cache: the prompt is computed again although its prefix is cached.
+    skipped = llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=5, skip_reading_prefix_cache=True),
+                           use_tqdm=False)[0]
+    assert skipped.num_cached_tokens == 0 and skipped.outputs[0].token_ids == first.outputs[0].token_ids
+    with pytest.raises(ValueError, match="skip_reading_prefix_cache=False cannot be combined with prompt_logprobs"):
+        SamplingParams(skip_reading_prefix_cache=False, prompt_logprobs=1)
 
 
 def test_use_tqdm(llm, capsys):

@@ -501,6 +501,9 @@ SAMPLING_FIELDS: dict[str, list] = {
     # tests/unit/test_reasoning_parsers.py::test_thinking_token_budget_forces_the_end_of_thinking.
     "thinking_token_budget": [Read(("engine/core.py",), "sampling_params.thinking_token_budget"),
                               Rejects(-2, "must be a non-negative integer or -1")],
+    # tests/unit/test_llm_api.py::test_num_cached_tokens_reports_prefix_cache_hits.
+    "skip_reading_prefix_cache": [Read(("engine/kv_cache.py",), "sp.skip_reading_prefix_cache"),
+                                  Rejects("yes", "skip_reading_prefix_cache must be True, False or None")],
 }
 
 
