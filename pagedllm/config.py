@@ -1664,9 +1664,32 @@ class ModelConfig:
     def get_hidden_size(self) -> int:
         return self.hf_text_config.hidden_size
 
-    def get_num_layers(self) -> int:
+    def get_num_layers(self, parallel_config: "ParallelConfig | None" = None) -> int:
+        """The model's layers (vLLM passes ``parallel_config`` for a pipeline stage's share: with pipeline
+        parallelism the stages' split is not told here, a ValueError)."""
+        if parallel_config is not None and parallel_config.pipeline_parallel_size > 1:
+            raise ValueError("get_num_layers(parallel_config) with pipeline_parallel_size > 1: a stage's layer count "
+                             "is not exposed; call get_num_layers() for the model's.")
         config = self.hf_text_config
         return getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers")
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(getattr(self.hf_config, "architectures", None) or [])
+
+    # vLLM's KV-cache shape getters (scripts size caches with them); MLA models cache one latent head.
+    def get_head_size(self) -> int:
+        return attention_shape(self.hf_text_config)[2]
+
+    def get_total_num_kv_heads(self) -> int:
+        return attention_shape(self.hf_text_config)[1]
+
+    def get_num_kv_heads(self, parallel_config: "ParallelConfig") -> int:
+        """KV heads per tensor-parallel rank (at least 1: fewer heads than ranks are replicated)."""
+        return max(1, self.get_total_num_kv_heads() // parallel_config.tensor_parallel_size)
+
+    def get_num_attention_heads(self, parallel_config: "ParallelConfig") -> int:
+        return self.hf_text_config.num_attention_heads // parallel_config.tensor_parallel_size
 
 
 @dataclass(frozen=True)

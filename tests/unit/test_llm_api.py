@@ -2,6 +2,8 @@
 errors, chat (with a template override) and beam search, on a tiny random Llama that uses the SmolLM2 tokenizer."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -315,6 +317,15 @@ def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
     # vLLM's LLM keeps them too: llm.model_config, llm.supported_tasks; and the engine's cache_config.
     assert llm.model_config == mc and llm.model_config.get_vocab_size() == len(tokenizer)
     assert llm.supported_tasks == ("generate",)
+    # vLLM's KV-cache shape getters, as scripts size a cache with them.
+    parallel = engine.vllm_config.parallel_config
+    hf = mc.hf_config
+    assert mc.architectures == ["LlamaForCausalLM"] and mc.get_num_layers(parallel) == 2
+    assert mc.get_head_size() == hf.hidden_size // hf.num_attention_heads
+    assert mc.get_num_kv_heads(parallel) == mc.get_total_num_kv_heads() == hf.num_key_value_heads
+    assert mc.get_num_attention_heads(parallel) == hf.num_attention_heads
+    tp4 = dataclasses.replace(parallel, tensor_parallel_size=4)      # 2 KV heads over 4 ranks: replicated, 1 each
+    assert (mc.get_num_kv_heads(tp4), mc.get_num_attention_heads(tp4)) == (1, 1)
     cache = engine.cache_config
     assert cache == engine.vllm_config.cache_config and cache.block_size == 16 and cache.num_gpu_blocks > 0
 
