@@ -1,5 +1,7 @@
 #!/bin/bash
 # Session 38 (carry [".whl", ".bench"]; run from the repo root). One PART a call; keep the machine warm.
+# Queued for session 39, in this order: PART=2 here (any H100 / H200), then on an H200 `PART=6 bash
+#   benchmarks/gpu_session37/next.sh` (issue 13 / 18 rows and cold start). Session 37's PART=7, 8, 3 and 4 ran here.
 # PART=1 (~250 s, any H100 / H200): where the time goes now, for issue 18's two open rows that an H100 can inform.
 #   (a) 1.5B bs1_128_256: every step timed and steps 100..199 under torch.profiler (kernel table by category; the
 #       last full profile is session 3's, ~250 kernels and 1.48 ms GPU busy a step on the H200 then).
