@@ -53,7 +53,33 @@ def summarize(rows: list[dict], skip_idle_s: float) -> str:
                      f"{col('prompt_tokens'):>10.1f} "
                      f"{(no_prompt_wall.mean() if len(no_prompt_wall) else float('nan')):>14.2f}")
     lines.append(f"running requests per step: median {np.median(running):.0f}, mean {running.mean():.1f}")
+    lines += by_next_prompt(rows)
     return "\n".join(lines)
+
+
+# Bands of the prompt tokens of the step a row launches (with ~100 decodes beside them, the piecewise graphs' default
+# 512-token cap falls inside the third band).
+NEXT_PROMPT_BANDS = [(0, 0), (1, 256), (257, 512), (513, 1024), (1025, 2048), (2049, 10 ** 9)]
+
+
+def by_next_prompt(rows: list[dict]) -> list[str]:
+    """A row's ``step`` time against the prompt tokens of the NEXT row. With async scheduling a row launches the step
+    it schedules and waits for the one before, and its token counts are the finished step's: the step a row launched
+    is the next row's. Session 38 (docs/perf.md) found the ITL P99's rows this way: those launching eager steps of
+    more than 512 tokens."""
+    if len(rows) < 2:
+        return []
+    step = np.array([r["step"] for r in rows[:-1]])
+    nxt = np.array([r["prompt_tokens"] for r in rows[1:]])
+    lines = ["by the next row's prompt tokens (the step this row launched):",
+             f"{'prompt tok':>12} {'rows':>6} {'step median':>12} {'p90':>7} {'> 20 ms':>8}"]
+    for lo, hi in NEXT_PROMPT_BANDS:
+        sel = step[(nxt >= lo) & (nxt <= hi)]
+        if len(sel):
+            band = f"{lo}-{hi}" if hi < 10 ** 9 else f"{lo}+"
+            lines.append(f"{band:>12} {len(sel):>6} {np.median(sel):>12.1f} {np.percentile(sel, 90):>7.1f} "
+                         f"{np.mean(sel > 20):>8.0%}")
+    return lines
 
 
 def main() -> None:
