@@ -222,7 +222,25 @@ def test_pooling_400s_name_their_field(servers):
             ("/v1/embeddings", {"input": [5, 999999]}, "input", "Token id 999999 in input is out of vocabulary"),
             ("/v1/embeddings", {"input": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens", "-1 or >= 1"),
             ("/score", {"text_1": "a", "text_2": []}, "text_2", "text_2 must not be empty"),
-            ("/score", {"text_1": ["a", "b"], "text_2": ["c"]}, "text_1", "as many as text_2")):
+            ("/score", {"text_1": ["a", "b"], "text_2": ["c"]}, "text_1", "as many as text_2"),
+            ("/v1/embeddings", {"input": "hi", "use_activation": False, "normalize": True}, "use_activation",
+             "contradicts normalize")):
         r = httpx.post(url + route, json=body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
         assert words in r.json()["error"]["message"]
+
+
+def test_use_activation_is_the_embeddings_normalization(servers):
+    """vLLM's use_activation (normalize, its older name) on /v1/embeddings: false returns the pooled vector as it is,
+    which the normalized default is a unit-length multiple of."""
+    url = servers["minilm"].url
+
+    def embed(**extra) -> np.ndarray:
+        r = httpx.post(url + "/v1/embeddings", json={"input": TEXTS[0], **extra})
+        assert r.status_code == 200, r.text
+        return np.array(r.json()["data"][0]["embedding"])
+
+    unit, raw, older = embed(), embed(use_activation=False), embed(normalize=False)
+    assert abs(np.linalg.norm(unit) - 1) < 1e-4 and abs(np.linalg.norm(raw) - 1) > 0.05
+    np.testing.assert_allclose(raw / np.linalg.norm(raw), unit, atol=1e-5)
+    np.testing.assert_allclose(older, raw, atol=1e-6)

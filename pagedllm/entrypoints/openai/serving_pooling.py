@@ -36,8 +36,11 @@ def encode_vector(vector: torch.Tensor, req: EmbeddingRequest) -> list[float] | 
 
 
 def _named_field(error: ValueError, fields) -> str | None:
-    """The request field a PoolingParams error is about, for the 400's ``param``."""
-    return next((name for name in fields if name in str(error).lower()), None)
+    """The request field a PoolingParams error is about, for the 400's ``param``: the one its message starts with
+    ("use_activation=False contradicts normalize=True"), else the first it names."""
+    text = str(error).lower()
+    return next((name for name in fields if text.startswith(f"{name}=")), None) or next(
+        (name for name in fields if name in text), None)
 
 
 class OpenAIServingPooling(OpenAIServing):
@@ -160,15 +163,7 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_pooling_task(task, "task" if getattr(req, "task", None) else "model")
         fields = {name: getattr(req, name) for name in ("dimensions", "normalize", "use_activation", "activation")
                   if getattr(req, name, None) is not None}
-        if task in ("embed", "encode", "token_embed") and "use_activation" in fields:
-            # vLLM's newer name for an embedding's normalization.
-            use = fields.pop("use_activation")
-            if fields.get("normalize", use) != use:
-                raise RequestError(f"use_activation={use} contradicts normalize={fields['normalize']}; for "
-                                   f"embeddings they are one setting (normalize, vLLM's older name).",
-                                   "use_activation")
-            fields["normalize"] = use
-        try:
+        try:        # PoolingParams maps an embedding's use_activation (vLLM's newer name) to normalize
             params = PoolingParams(truncate_prompt_tokens=req.truncate_prompt_tokens, task=task, **fields)
             hf = self.engine.config.hf_config
             matryoshka = getattr(hf, "matryoshka_dimensions", None)
