@@ -66,8 +66,14 @@ def read_adapter_config(request: LoRARequest, max_lora_rank: int, path: str | No
     if not os.path.isfile(config_file):
         raise _fail(request, f"No adapter found for {request.lora_path} (a local folder with adapter_config.json, "
                              f"or a Hugging Face Hub repository id, is expected)")
-    with open(config_file) as f:
-        config = json.load(f)
+    try:
+        with open(config_file) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise _fail(request, f"{config_file} is not valid JSON ({e}).") from None
+    if not isinstance(config, dict):
+        raise _fail(request, f"{config_file} holds a {type(config).__name__}, not a JSON object of the adapter's "
+                             f"settings.")
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise _fail(request, f"peft_type {peft_type} is not supported, only LORA adapters.")

@@ -212,6 +212,14 @@ def test_bad_adapters_are_clear_errors(setup, llm, tmp_path):
     save_adapter(tmp_path / "saved", hf, rank=4, alpha=4, modules_to_save=["lm_head"])
     with pytest.raises(ValueError, match="modules_to_save"):
         run(LoRARequest("saved", 15, str(tmp_path / "saved")))
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "adapter_config.json").write_text('{"r": 4,')
+    with pytest.raises(ValueError, match=r"Loading lora json failed: .*adapter_config.json is not valid JSON"):
+        run(LoRARequest("json", 16, str(tmp_path / "json")))
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "adapter_config.json").write_text("[4]")
+    with pytest.raises(ValueError, match=r"adapter_config.json holds a list, not a JSON object"):
+        run(LoRARequest("list", 17, str(tmp_path / "list")))
     with pytest.raises(ValueError, match="id must be > 0"):
         LoRARequest("zero", 0, str(root / "sql"))
     assert not llm.llm_engine.has_unfinished_requests()
