@@ -33,6 +33,7 @@ from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import StepStats
 from pagedllm.inputs import is_embeds_prompt
 from pagedllm.logger import log_engine_start, printable_id
+from pagedllm.lora.request import LoRARequest, needs_loading
 from pagedllm.outputs import CompletionOutput, PoolingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -187,7 +188,7 @@ class AsyncLLMEngine:
         self._call_ids = itertools.count()
         self._dead: BaseException | None = None
         self._stopped = False
-        self._loras_added: set[int] = set()      # adapter ids add_lora has checked and loaded
+        self._loras_added: dict[int, LoRARequest] = {}      # adapters add_lora has checked and loaded, by id
         self.snapshot = EngineSnapshot()
         # The output processor is shared by the event loop (adds, aborts) and the client's reader thread (outputs).
         self._lock = threading.RLock()   # re-entrant: a stream's __del__ may abort while it is held
@@ -341,7 +342,7 @@ class AsyncLLMEngine:
             prompt = await self.run_tokenizer(self.input_processor.with_media_processed, prompt)
         processed = self.input_processor.process(request_id, prompt, sampling_params, arrival_time, priority,
                                                  lora_request, reasoning_ended=reasoning_ended)
-        if lora_request is not None and lora_request.lora_int_id not in self._loras_added:
+        if lora_request is not None and needs_loading(self._loras_added, lora_request):
             await self.add_lora(lora_request)      # loaded and checked now: a bad adapter fails this request
         stream = RequestStream(request_id, self, asyncio.get_running_loop(), processed.params.output_kind)
         with self._lock:
@@ -506,12 +507,13 @@ class AsyncLLMEngine:
 
     async def add_lora(self, lora_request) -> bool:
         """Load an adapter into the workers now (a bad folder, rank or module raises ValueError)."""
+        needs_loading(self._loras_added, lora_request)     # an id of another adapter: ValueError
         added = await self._call_core("add_lora", lora_request)
-        self._loras_added.add(lora_request.lora_int_id)
+        self._loras_added[lora_request.lora_int_id] = lora_request
         return added
 
     async def remove_lora(self, lora_id: int) -> bool:
-        self._loras_added.discard(lora_id)
+        self._loras_added.pop(lora_id, None)
         return await self._call_core("remove_lora", lora_id)
 
     async def list_loras(self) -> set[int]:

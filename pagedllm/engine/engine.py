@@ -17,6 +17,7 @@ from pagedllm.engine.input_processor import InputProcessor, PromptType, load_tok
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import StepStats
 from pagedllm.logger import log_engine_start
+from pagedllm.lora.request import LoRARequest, needs_loading
 from pagedllm.outputs import RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
@@ -36,7 +37,7 @@ class LLMEngine:
         self.core = EngineCore(config)
         self.input_processor = InputProcessor(config, self.tokenizer)
         self.output_processor = OutputProcessor(self.tokenizer, config.args.stream_interval)
-        self._loras_added: set[int] = set()      # adapter ids add_lora has checked and loaded
+        self._loras_added: dict[int, LoRARequest] = {}      # adapters add_lora has checked and loaded, by id
         # LLM(disable_log_stats=False): the server's periodic throughput / KV-cache line, offline too.
         self.stats = None
         if not config.args.disable_log_stats:
@@ -119,7 +120,7 @@ class LLMEngine:
         if tokenization_kwargs is not None:
             prompt, params = self.input_processor.apply_tokenization_kwargs(prompt, params, tokenization_kwargs)
         req = self.input_processor.process(request_id, prompt, params, arrival_time, priority, lora_request)
-        if lora_request is not None and lora_request.lora_int_id not in self._loras_added:
+        if lora_request is not None and needs_loading(self._loras_added, lora_request):
             self.add_lora(lora_request)      # loaded and checked now: a bad adapter fails this call
         self.output_processor.add_request(req)
         if self.stats is not None:
@@ -169,12 +170,13 @@ class LLMEngine:
     def add_lora(self, lora_request) -> bool:
         """Load an adapter into the workers now (a bad folder, rank or module is a ValueError); requests naming it
         later start without loading it. False when it was loaded already."""
+        needs_loading(self._loras_added, lora_request)     # an id of another adapter: ValueError
         added = self.core.add_lora(lora_request)
-        self._loras_added.add(lora_request.lora_int_id)
+        self._loras_added[lora_request.lora_int_id] = lora_request
         return added
 
     def remove_lora(self, lora_id: int) -> bool:
-        self._loras_added.discard(lora_id)
+        self._loras_added.pop(lora_id, None)
         return self.core.remove_lora(lora_id)
 
     def list_loras(self) -> set[int]:

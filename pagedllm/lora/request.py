@@ -50,3 +50,22 @@ class LoRARequest:
 
     def __hash__(self) -> int:
         return hash(self.lora_name)
+
+
+def needs_loading(added: dict[int, LoRARequest], request: LoRARequest) -> bool:
+    """Whether ``request``'s adapter is new to an engine that has loaded ``added`` (id -> its request). An id already
+    loaded from another folder is a ValueError: the engine would otherwise run the first adapter's weights under the
+    second's name (vLLM does so silently)."""
+    known = added.get(request.lora_int_id)
+    if known is None:
+        return True
+    if _folder(known.lora_path) != _folder(request.lora_path):
+        raise ValueError(f"LoRA id {request.lora_int_id} is already used by adapter {known.lora_name!r} "
+                         f"({known.lora_path}); adapter {request.lora_name!r} ({request.lora_path}) needs a "
+                         f"lora_int_id of its own (or remove_lora({request.lora_int_id}) first).")
+    return False
+
+
+def _folder(path: str) -> str:
+    import os
+    return os.path.abspath(os.path.expanduser(path))

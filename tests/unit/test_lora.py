@@ -226,6 +226,25 @@ def test_bad_adapters_are_clear_errors(setup, llm, tmp_path):
     assert _tokens(run(None)) == [setup[2]["base"][1]]       # the engine goes on
 
 
+def test_an_id_of_another_adapter_is_a_clear_error(setup, llm):
+    """Two adapters under one lora_int_id: the engine would run the first one's weights under the second's name (the
+    merged model's tokens of the wrong adapter, silently); a ValueError instead, in one batch or a later call, and
+    the same adapter under its id (another name, the same folder) still runs."""
+    root, _, expected = setup
+    prompt = {"prompt_token_ids": PROMPTS[1]}
+    sql, chat_as_1 = LoRARequest("sql", 1, str(root / "sql")), LoRARequest("chat", 1, str(root / "chat"))
+    with pytest.raises(ValueError, match=r"LoRA id 1 is already used by adapter 'sql' .* adapter 'chat' .* needs a "
+                                         r"lora_int_id of its own"):
+        llm.generate([prompt] * 2, GREEDY, use_tqdm=False, lora_request=[sql, chat_as_1])
+    assert not llm.llm_engine.has_unfinished_requests()
+    with pytest.raises(ValueError, match="LoRA id 1 is already used by adapter 'sql'"):
+        llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=chat_as_1)
+    with pytest.raises(ValueError, match="LoRA id 1 is already used by adapter 'sql'"):
+        llm.llm_engine.add_lora(chat_as_1)
+    same = LoRARequest("sql-again", 1, str(root / "sql") + "/")
+    assert _tokens(llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=same)) == [expected["sql"][1]]
+
+
 def test_a_model_without_lora_support_is_refused_by_name(tmp_path):
     # Every generative family takes LoRA now (ChatGLM and DeepSeek since session 37); the BERT encoders do not.
     from tiny_models import save_tiny_encoder
