@@ -149,6 +149,17 @@ class MediaProcessor:
                 raise ValueError(f"multi_modal_data[{modality!r}]: {what} inputs are not supported yet by pagedllm "
                                  f"(images only: LLaVA-1.5, Qwen2-VL, Qwen2.5-VL).")
         images = mm_data.get("image")
+        # vLLM's reading (multimodal/parse.py): a 3-D torch tensor, or a list of 2-D ones, is image embeddings (not
+        # pixels: taken as an image it gave other tokens, silently); a 4-D array or tensor is a batch of images.
+        if (isinstance(images, torch.Tensor) and images.ndim == 3) or (
+                isinstance(images, (list, tuple)) and images and isinstance(images[0], torch.Tensor)
+                and images[0].ndim == 2):
+            raise ValueError("multi_modal_data['image'] holds image embeddings (a 3-D torch tensor [images, "
+                             "features, hidden] or a list of 2-D tensors, as vLLM reads them); precomputed image "
+                             "embeddings are not supported yet by pagedllm: pass the images (PIL images, or numpy "
+                             "arrays / lists of [C, H, W] torch tensors of pixels).")
+        if _is_image(images) and getattr(images, "ndim", 0) == 4:      # (PIL images have no ndim)
+            images = list(images)
         images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
         self.check_image_count(len(images))
         for i, image in enumerate(images):

@@ -257,6 +257,23 @@ def test_disable_chunked_mm_input(tiny, disable):
                 {"prompt": ONE, "multi_modal_data": {"image": a}}, GREEDY, use_tqdm=False)
 
 
+def test_arrays_and_embeddings_are_read_as_vllm_reads_them(tiny):
+    """vLLM's multi_modal_data["image"]: a 4-D array is a batch of images, a 3-D torch tensor (or a list of 2-D ones)
+    precomputed embeddings, which pagedllm does not take yet: a ValueError, not pixels (that gave other tokens)."""
+    import numpy as np
+    llm = make_llm(tiny)
+    a, b = images(2, sizes=((40, 30), (40, 30)))     # seed 2: the order of the two changes the tokens
+    ref = hf_greedy(tiny, TWO, [a, b])[1]
+    assert ref != hf_greedy(tiny, TWO, [b, a])[1]
+    batch = np.stack([np.asarray(a), np.asarray(b)])
+    out = llm.generate({"prompt": TWO, "multi_modal_data": {"image": batch}}, GREEDY, use_tqdm=False)[0]
+    assert list(out.outputs[0].token_ids) == ref
+    for embeds in (torch.zeros(1, IMAGE_TOKENS, 64), [torch.zeros(IMAGE_TOKENS, 64)]):
+        with pytest.raises(ValueError, match=r"multi_modal_data\['image'\] holds image embeddings .* not supported "
+                                             r"yet by pagedllm"):
+            llm.generate({"prompt": ONE, "multi_modal_data": {"image": embeds}}, GREEDY, use_tqdm=False)
+
+
 def test_text_only_model_given_an_image(tmp_path):
     from tests.unit.tiny_models import save_tiny_llama
     save_tiny_llama(tmp_path, vocab_size=120)
