@@ -178,6 +178,10 @@ def _reads(node: Any, name: str, key: str | None = None) -> bool:
 def _part_image(part: Any, where: str, images_read: bool) -> Any:
     """An image part's URL string or PIL image; None for any other part."""
     kind = part.get("type") if isinstance(part, dict) else None
+    if kind is None and isinstance(part, dict):
+        # vLLM's simple forms without a type ({"image_url": "https://..."}, as OpenAI's API takes, undocumented;
+        # {"image_pil": image}).
+        kind = next((k for k in IMAGE_PART_TYPES if k in part), None)
     if kind not in IMAGE_PART_TYPES:
         return None
     if not images_read:
@@ -203,6 +207,9 @@ def _part_text(part: Any, where: str) -> str:
     if kind in _MEDIA_NOT_YET:
         raise ValueError(f"{where}: content part type {kind!r} is not supported yet: pagedllm reads text and images "
                          f"(image_url; LLaVA-1.5), not audio or video.")
+    if kind is None and isinstance(part, dict):
+        raise ValueError(f"{where}: a content part needs a 'type' ('text' or 'image_url'), got keys "
+                         f"{sorted(part)!r:.80}.")
     if kind not in ("text", "input_text", "refusal"):
         raise ValueError(f"{where}: content part type {kind!r} is not supported; send 'text' or 'image_url' "
                          f"parts.")

@@ -114,3 +114,27 @@ def test_qwen2_5_vl_chat_with_a_data_url_image(tmp_path):
     body = ok.json()
     assert body["usage"]["prompt_tokens"] == len(ids)
     assert [t["token"] for t in body["choices"][0]["logprobs"]["content"]] == [f"token_id:{t}" for t in ref]
+
+
+def test_image_parts_without_a_type(tiny):
+    """vLLM's simple parts ({"image_url": "<url>"}, no type: OpenAI's API takes it, undocumented; {"image_pil": ...}
+    offline) read as image_url / image_pil parts; a part with neither a type nor an image is a 400 that says so."""
+    from pagedllm import LLM, SamplingParams
+    (a,) = images(16, sizes=((40, 30),))
+    typed = chat(data_url(a))
+    simple = {**typed, "messages": [{"role": "user", "content": [{"image_url": data_url(a)},
+                                                                 {"type": "text", "text": "w3 w5"}]}]}
+    untyped = {**typed, "messages": [{"role": "user", "content": [{"url": data_url(a)}]}]}
+    with serve_in_process(tiny[0], "--served-model-name", "m") as (app, _):
+        ok, plain, bad = post_all(app, [(CHAT, typed), (CHAT, simple), (CHAT, untyped)])
+    assert ok.status_code == plain.status_code == 200, plain.text
+    assert plain.json()["choices"][0]["logprobs"] == ok.json()["choices"][0]["logprobs"]
+    assert bad.status_code == 400 and "messages[0].content[0]: a content part needs a 'type'" in \
+        bad.json()["error"]["message"], bad.text
+    llm = LLM(tiny[0], dtype="float32", kv_cache_memory_gb=0.01, max_model_len=256)
+    greedy = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    outs = llm.chat([[{"role": "user", "content": [part, {"type": "text", "text": "w3 w5"}]}]
+                     for part in ({"type": "image_pil", "image_pil": a}, {"image_pil": a})], greedy, use_tqdm=False)
+    assert outs[0].outputs[0].token_ids == outs[1].outputs[0].token_ids
+    assert [t["token"] for t in ok.json()["choices"][0]["logprobs"]["content"]] == \
+        [f"token_id:{t}" for t in outs[0].outputs[0].token_ids]
