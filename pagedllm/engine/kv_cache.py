@@ -256,7 +256,9 @@ class KVCacheManager:
         lora = request.lora_request
         keys = (request.cache_salt,) if request.cache_salt else ()
         keys += content
-        return keys + (("lora", lora.lora_int_id, lora.lora_name),) if lora is not None else keys
+        # The folder too: an id and name freed by remove_lora and given to another adapter must not hit the first
+        # one's blocks (its K and V: the first adapter's tokens).
+        return keys + (("lora", lora.lora_int_id, lora.lora_name, lora.lora_path),) if lora is not None else keys
 
     def update_block_hashes(self, request: Request) -> None:
         """Extend ``request.block_hashes`` to cover every full block of its tokens."""

@@ -174,6 +174,19 @@ def test_prefix_cache_is_not_shared_between_adapters(setup, llm):
     assert llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=sql)[0].num_cached_tokens == 16
 
 
+def test_an_id_and_name_given_to_another_adapter_after_remove_lora_hits_no_old_block(setup):
+    """remove_lora(1), then id 1 and the same name for another folder: its prompt's blocks are not the first
+    adapter's (a prefix-cache hit there gave the first adapter's K and V: other tokens than the merged model's)."""
+    root, _, expected = setup
+    llm = make_llm(root)
+    prompt = {"prompt_token_ids": PROMPTS[0]}      # 21 tokens: one full block to hit
+    first = llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=LoRARequest("ft", 1, str(root / "sql")))[0]
+    assert _tokens([first]) == [expected["sql"][0]]
+    assert llm.llm_engine.remove_lora(1)
+    again = llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=LoRARequest("ft", 1, str(root / "chat")))[0]
+    assert again.num_cached_tokens == 0 and _tokens([again]) == [expected["chat"][0]]
+
+
 def test_max_loras_1_runs_two_adapters_one_after_the_other(setup):
     root, _, expected = setup
     llm = make_llm(root, max_loras=1)
