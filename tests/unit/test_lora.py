@@ -386,6 +386,20 @@ def test_server_runtime_load_and_unload(setup, monkeypatch):
                 if m["id"] == "ft"] == [str(root / "chat")]
 
 
+def test_runtime_routes_without_enable_lora_say_so(setup, monkeypatch):
+    """VLLM_ALLOW_RUNTIME_LORA_UPDATING without --enable-lora: the routes answer a 400 that names the flag (a
+    'not a route of this server' 404 left it to guess)."""
+    from app_client import post_all, serve_in_process
+    root = setup[0]
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+    with serve_in_process(str(root / "model"), "--skip-tokenizer-init") as (app, _):
+        replies = post_all(app, [("/v1/load_lora_adapter", {"lora_name": "sql", "lora_path": str(root / "sql")}),
+                                 ("/v1/unload_lora_adapter", {"lora_name": "sql"})])
+    assert [r.status_code for r in replies] == [400, 400]
+    assert {r.json()["error"]["message"] for r in replies} == {
+        "LoRA is not enabled: start the server with --enable-lora to load or unload adapters at runtime."}
+
+
 def test_lora_modules_flag_errors(setup, capsys):
     from app_client import serve_args
     root = setup[0]

@@ -213,14 +213,21 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
             raise RequestError(f"The model `{model_id}` does not exist.", "model", 404, "NotFoundError")
         return JSONResponse(card.model_dump())
 
-    if engine.config.args.enable_lora and envs.runtime_lora_updating():
-        # vLLM's runtime adapter routes, only with VLLM_ALLOW_RUNTIME_LORA_UPDATING (absent otherwise: 404).
+    if envs.runtime_lora_updating():
+        # vLLM's runtime adapter routes, only with VLLM_ALLOW_RUNTIME_LORA_UPDATING (absent otherwise: 404). Without
+        # --enable-lora they say so (a bare "not a route" 404 left the flag to guess).
         logger.warning("LoRA dynamic loading & unloading is enabled in the API server. This should ONLY be used "
                        "for local development!")
+
+        def lora_enabled() -> None:
+            if not engine.config.args.enable_lora:
+                raise RequestError("LoRA is not enabled: start the server with --enable-lora to load or unload "
+                                   "adapters at runtime.", None, 400, "BadRequestError")
 
         @app.post("/v1/load_lora_adapter")
         async def load_lora_adapter(request: LoadLoRAAdapterRequest):
             try:
+                lora_enabled()
                 return Response(await models.load_lora_adapter(request.lora_name, request.lora_path,
                                                                load_inplace=request.load_inplace), status_code=200)
             except Exception as e:
@@ -229,6 +236,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
         @app.post("/v1/unload_lora_adapter")
         async def unload_lora_adapter(request: UnloadLoRAAdapterRequest):
             try:
+                lora_enabled()
                 return Response(await models.unload_lora_adapter(request.lora_name, request.lora_int_id),
                                 status_code=200)
             except Exception as e:
