@@ -57,6 +57,21 @@ def test_run_batch_bad_input_is_a_clear_error(tmp_path):
         main(["run-batch", "-i", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out.jsonl")])
 
 
+@pytest.mark.parametrize("line", [
+    {"method": "POST", "url": "/v1/completions", "body": {"prompt": "Hi"}},
+    {"custom_id": 5, "method": "POST", "url": "/v1/completions", "body": {"prompt": "Hi"}},
+    {"custom_id": "x", "url": "/v1/completions", "body": {"prompt": "Hi"}},
+], ids=["no-custom-id", "int-custom-id", "no-method"])
+def test_run_batch_needs_a_string_custom_id_and_method(tmp_path, line):
+    """A line without a string custom_id (or method) was run and its result written with custom_id null (or 5), so
+    the caller could not match it to its request; refused before the model loads, as vLLM's BatchRequestInput does."""
+    batch, results = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch.write_text(json.dumps(line) + "\n")
+    with pytest.raises(SystemExit, match=r'in.jsonl:1: a batch request needs "custom_id" and "method" \(strings\)'):
+        main(["run-batch", "-i", str(batch), "-o", str(results)])
+    assert not results.exists()
+
+
 def test_run_batch_embeddings_score_and_rerank(tmp_path, capsys):
     """A batch on the bundled embedding model: /v1/embeddings, /v1/score and /v1/rerank lines, answered as the server
     answers them."""

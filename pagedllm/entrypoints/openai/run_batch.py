@@ -89,9 +89,12 @@ def _read_requests(path: str) -> list[dict]:
             request = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not a JSON line ({e}).") from None
-        if not isinstance(request, dict) or not isinstance(request.get("body"), dict) or "url" not in request:
-            raise ValueError(f"{path}:{number}: a batch request needs \"custom_id\", \"method\", \"url\" and a JSON "
-                             f"object \"body\".")
+        # custom_id is how a caller matches a result line to its request (OpenAI's batch format and vLLM's
+        # BatchRequestInput require it, a string): one missing or of another type is refused, not echoed as null.
+        if (not isinstance(request, dict) or not isinstance(request.get("body"), dict) or "url" not in request
+                or not isinstance(request.get("custom_id"), str) or not isinstance(request.get("method"), str)):
+            raise ValueError(f"{path}:{number}: a batch request needs \"custom_id\" and \"method\" (strings), "
+                             f"\"url\" and a JSON object \"body\".")
         requests.append(request)
     return requests
 
