@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import logging
 import operator
 import re
 import threading
@@ -27,6 +28,8 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+logger = logging.getLogger(__name__)
 
 # A request template may run this long (seconds). A real chat template renders in well under a millisecond.
 CHAT_TEMPLATE_TIME_LIMIT_S = 1.0
@@ -190,6 +193,9 @@ def _part_image(part: Any, where: str, images_read: bool) -> Any:
     value = part.get(kind)
     if kind == "image_url":
         url = value.get("url") if isinstance(value, dict) else value
+        detail = value.get("detail") if isinstance(value, dict) else None
+        if detail not in (None, "auto"):      # vLLM's warning: the processor's one resolution either way
+            logger.warning("'image_url.detail' (%r) is currently not supported and will be ignored.", detail)
         if not isinstance(url, str) or not url:
             raise ValueError(f"{where}: an 'image_url' part needs {{'url': 'data:image/...;base64,...' or "
                              f"'https://...'}}, got {value!r:.80}.")

@@ -138,3 +138,24 @@ def test_image_parts_without_a_type(tiny):
     assert outs[0].outputs[0].token_ids == outs[1].outputs[0].token_ids
     assert [t["token"] for t in ok.json()["choices"][0]["logprobs"]["content"]] == \
         [f"token_id:{t}" for t in outs[0].outputs[0].token_ids]
+
+
+def test_image_url_detail_is_said_to_be_ignored(tiny, caplog):
+    """OpenAI's image_url.detail ("low" / "high") changes nothing here (the processor's one resolution): a warning
+    says so, as vLLM's, rather than ignoring it silently; "auto" (the default) is quiet."""
+    import logging
+
+    from pagedllm import LLM, SamplingParams
+    (a,) = images(17, sizes=((40, 30),))
+    llm = LLM(tiny[0], dtype="float32", kv_cache_memory_gb=0.01, max_model_len=256)
+    greedy = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    outs = []
+    for detail in ("auto", "high"):
+        parts = [{"type": "image_url", "image_url": {"url": data_url(a), "detail": detail}}]
+        with caplog.at_level(logging.WARNING, logger="pagedllm.entrypoints.chat_utils"):
+            caplog.clear()
+            outs.append(llm.chat([{"role": "user", "content": parts}], greedy, use_tqdm=False)[0])
+            warned = [r.getMessage() for r in caplog.records if "image_url.detail" in r.getMessage()]
+        assert warned == ([] if detail == "auto" else
+                          ["'image_url.detail' ('high') is currently not supported and will be ignored."])
+    assert outs[0].outputs[0].token_ids == outs[1].outputs[0].token_ids
