@@ -431,7 +431,7 @@ async def run_benchmark(args: argparse.Namespace, requests: Sequence[SampleReque
                               goodput=bool(goodput_slos), pooling=pooling, probe=probe))
     failed = [o.error for o in outputs if not o.success]
     if failed:
-        print(f"{len(failed)} request(s) failed; first error: {failed[0][:500]}", file=sys.stderr)
+        print(f"{len(failed)} request(s) failed; first error: {error_summary(failed[0])}", file=sys.stderr)
     result = summary_dict(metrics, duration, selected_metrics=selected_metrics, goodput=bool(goodput_slos),
                           pooling=pooling)
     result.update({
@@ -490,6 +490,18 @@ def check_ramp_up_args(args: argparse.Namespace) -> tuple[str, int, int] | None:
     if args.ramp_up_start_rps > args.ramp_up_end_rps:
         raise ValueError("Ramp-up start RPS must be less than end RPS")
     return args.ramp_up_strategy, args.ramp_up_start_rps, args.ramp_up_end_rps
+
+
+def error_summary(error: str) -> str:
+    """One failed request's error for the line after the table: a client-side exception is stored as its traceback's
+    last 2,000 characters (as vLLM keeps the traceback), whose first 500 began mid-traceback ("no 111] Connect call
+    failed ...") and never reached the exception itself; its last line names it (ClientConnectorError: Cannot
+    connect to host ...). An HTTP error is kept as it is. (The kept tail may have lost the "Traceback" header: a
+    frame line marks it too.)"""
+    if "Traceback (most recent call last)" in error or '\n  File "' in error:
+        lines = [line for line in error.splitlines() if line.strip()]
+        return lines[-1][:500] if lines else error[:500]
+    return error[:500]
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

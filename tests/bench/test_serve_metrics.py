@@ -363,6 +363,20 @@ def test_concurrency_limit_failures_and_rate(fake_server, tmp_path):
     assert np.median(gap_errors) < 0.01 and (gap_errors < 0.04).mean() >= 0.8, gap_errors
 
 
+def test_unreachable_server_failure_names_the_exception(capsys):
+    """Every request fails to connect: the line after the table names the exception (aiohttp's "Cannot connect to
+    host ..."), not 500 characters cut from the middle of its traceback ("no 111] Connect call failed ...")."""
+    from ports import free_port
+    args = serve_args("--base-url", f"http://127.0.0.1:{free_port()}", "--model", MODEL_ID, "--random-input-len", "8",
+                      "--random-output-len", "2", "--num-prompts", "2", "--skip-tokenizer-init", "--disable-tqdm",
+                      "--ready-check-timeout-sec", "0")    # vLLM's default: no waiting for a server that never comes
+    result = serve.main(args)
+    assert result["failed"] == 2
+    line = next(line for line in capsys.readouterr().err.splitlines() if "request(s) failed" in line)
+    assert line.startswith("2 request(s) failed; first error: aiohttp.client_exceptions.ClientConnectorError: "
+                           "Cannot connect to host 127.0.0.1:"), line
+
+
 def test_chat_backend_sharegpt_without_usage(fake_server, tmp_path, word_tokenizer_dir):
     data = [{"id": str(i), "conversations": [{"from": "human", "value": _words(6 + i, i)},
                                              {"from": "gpt", "value": _words(5 + i)}]} for i in range(4)]
