@@ -1,6 +1,6 @@
 #!/bin/bash
 # Session 38 (carry [".whl", ".bench"]; run from the repo root). One PART a call; keep the machine warm.
-# Queued for session 39, in this order: PART=2 here (any H100 / H200), then on an H200 `PART=6 bash
+# Queued for session 39, in this order: PART=2 here (any H100 / H200), PART=3 here, then on an H200 `PART=6 bash
 #   benchmarks/gpu_session37/next.sh` (issue 13 / 18 rows and cold start). Session 37's PART=7, 8, 3 and 4 ran here.
 # PART=1 (~250 s, any H100 / H200): where the time goes now, for issue 18's two open rows that an H100 can inform.
 #   (a) 1.5B bs1_128_256: every step timed and steps 100..199 under torch.profiler (kernel table by category; the
@@ -45,6 +45,17 @@ for v in 512:0 2048:1 2048:0; do      # 2048:0 last: its pool may not fit an H10
     100 2>&1 | tail -1
   cp /tmp/steps38_$cap.jsonl $OUT/steps38_$cap$shared.jsonl 2>/dev/null
   grep -rh -E "CUDA-graph pool|Captured piecewise|start-up " $OUT/log38_$cap$shared | cut -c1-300
+done
+;;
+3)
+# ~250 s: the GPU tests of what session 38's CPU helpers changed in paths the graphs and kernels also run: the
+# prefix-cache key of an adapter now holds its folder (90ddd49), an adapter id's folder is checked (878ab08), images
+# given as 4-D arrays / parts without a type (e9fe404, 9eb0ad3), and the metrics' per-step request list (75b903c).
+exec > >(tee $OUT/next38_3.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+for f in test_lora_gpu test_llava_gpu test_qwen2_vl_gpu; do
+  echo "== $f"; PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/$f.py -rf --tb=short 2>&1 \
+    | grep -E "^(FAILED|ERROR)|passed|failed|^E " | tail -12
 done
 ;;
 esac
