@@ -1,7 +1,7 @@
 """What a request returns: RequestOutput / CompletionOutput / Logprob, with vLLM's field names."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -133,26 +133,26 @@ class PoolingRequestOutput:
     # vLLM's field: prompt tokens found in the prefix cache (0 here: pooling runs without the prefix cache).
     num_cached_tokens: int = 0
 
+    @classmethod
+    def _with_outputs(cls, request_output: "PoolingRequestOutput", outputs: Any):
+        """``request_output`` as this class, every field kept but ``outputs`` (the task's typed view of it)."""
+        kept = {f.name: getattr(request_output, f.name) for f in fields(PoolingRequestOutput)}
+        return cls(**{**kept, "outputs": outputs})
+
 
 class EmbeddingRequestOutput(PoolingRequestOutput):
     @classmethod
     def from_base(cls, request_output: PoolingRequestOutput) -> "EmbeddingRequestOutput":
-        return cls(request_output.request_id, EmbeddingOutput.from_base(request_output.outputs),
-                   request_output.prompt_token_ids, request_output.finished, request_output.prompt,
-                   request_output.num_cached_tokens)
+        return cls._with_outputs(request_output, EmbeddingOutput.from_base(request_output.outputs))
 
 
 class ClassificationRequestOutput(PoolingRequestOutput):
     @classmethod
     def from_base(cls, request_output: PoolingRequestOutput) -> "ClassificationRequestOutput":
-        return cls(request_output.request_id, ClassificationOutput.from_base(request_output.outputs),
-                   request_output.prompt_token_ids, request_output.finished, request_output.prompt,
-                   request_output.num_cached_tokens)
+        return cls._with_outputs(request_output, ClassificationOutput.from_base(request_output.outputs))
 
 
 class ScoringRequestOutput(PoolingRequestOutput):
     @classmethod
     def from_base(cls, request_output: PoolingRequestOutput) -> "ScoringRequestOutput":
-        return cls(request_output.request_id, ScoringOutput.from_base(request_output.outputs),
-                   request_output.prompt_token_ids, request_output.finished, request_output.prompt,
-                   request_output.num_cached_tokens)
+        return cls._with_outputs(request_output, ScoringOutput.from_base(request_output.outputs))
