@@ -1,0 +1,35 @@
+#!/bin/bash
+# Session 39 (carry [".whl", ".bench"]; run from the repo root). One PART a call; keep the machine warm.
+# Session 38's PART=2 (H100): the served 7B at a 2,048-token piecewise cap with shared buffers: 8,827 tok/s, ITL P99
+#   25.0 ms, graph pool 0.94 GiB, against the 512 cap without sharing: 8,871, 24.1 ms, 3.18 GiB; 2,048 without
+#   sharing ran out of memory. So PAGEDLLM_PIECEWISE_SHARED_BUFFERS is now on by default (cap stays 512).
+# PART=1 (~250 s): the GPU tests of the graphs with the new default (test_engine_gpu: piecewise, graphs, borrowed,
+#   LoRA-in-graphs, engine), sleep mode, speculative decoding, CPU offload, AWQ engine (the engine
+#   tests whose prompts run through the piecewise graphs).
+# PART=2 (~250 s): served 7B at the 512 cap, sharing on (the default) against off, alternating, and offline 7B
+#   ShareGPT both ways. Prediction: pool ~0.4-0.6 GiB with sharing (3.18 without); tok/s within noise (+-2%).
+. benchmarks/gpu_session9/common.sh
+case "${PART:-1}" in
+1)
+exec > >(tee $OUT/next39_1.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+for f in test_engine_gpu test_sleep_mode_gpu test_spec_decode_gpu test_cpu_offload_gpu test_quant_awq_engine_gpu; do
+  echo "== $f"; PYTHONPATH=$R timeout 250 python3 -m pytest -q -p no:cacheprovider tests/gpu/$f.py -rf --tb=short 2>&1 \
+    | grep -E "^(FAILED|ERROR)|passed|failed|^E " | tail -10
+done
+;;
+2)
+exec > >(tee $OUT/next39_2.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+for shared in 0 1 0 1; do
+  mkdir -p $OUT/log39_$shared; echo "== piecewise cap 512, shared buffers $shared"
+  PAGEDLLM_PIECEWISE_SHARED_BUFFERS=$shared LOG_DIR=$OUT/log39_$shared PATH=/tmp/bin_new:$PATH timeout 100 \
+    python3 .bench/sb/serve_workload.py pagedllm qwen2.5-7b sharegpt_like_1000 100 2>&1 | tail -1 | cut -c1-400
+  grep -rh -E "CUDA-graph pool|KV cache +[0-9]" $OUT/log39_$shared | tail -2 | cut -c1-200
+done
+for shared in 0 1; do
+  PAGEDLLM_PIECEWISE_SHARED_BUFFERS=$shared PYTHONPATH=$R timeout 100 python3 .bench/sb/offline_workload.py pagedllm \
+    qwen2.5-7b sharegpt_like_1000 2>&1 | offline_summary "7b shared=$shared"
+done
+;;
+esac
