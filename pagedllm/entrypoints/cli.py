@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> None:
                 dispatch = getattr(args, name)
                 break
     if dispatch is None:
+        # A bare `pagedllm`: the help, exit 0 (vLLM's main() prints its help and returns).
         parser.print_help()
-        sys.exit(1 if args.subcommand is None else 0)
+        sys.exit(0)
     result = dispatch(args)
     if isinstance(result, int):
         sys.exit(result)

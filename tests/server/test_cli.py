@@ -235,3 +235,13 @@ def test_serve_exits_with_the_message():
                          capture_output=True, text=True)
     assert out.returncode != 0 and "error: swap_space must be >= 0" in out.stderr
     assert "unrecognized arguments" not in out.stderr
+
+
+def test_bare_command_prints_help_and_exits_0(capsys):
+    # vLLM's main(): no subcommand prints the help and returns (exit 0); pagedllm exited 1.
+    from pagedllm.entrypoints.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pagedllm") and "serve" in out
