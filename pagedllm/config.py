@@ -664,10 +664,10 @@ class EngineArgs:
         g.add_argument("--disable-log-stats", action="store_true")
         g.add_argument("--generation-config", type=str, default=d.generation_config,
                        help='"auto" (the model\'s generation_config.json), "vllm" (ignore it) or a folder.')
-        g.add_argument("--override-generation-config", type=json.loads, default=None,
+        g.add_argument("--override-generation-config", type=json_arg, default=None,
                        help="JSON setting sampling defaults over the generation config, e.g. '{\"temperature\": "
                             f"0.5}}'; keys: {', '.join(GENERATION_CONFIG_SAMPLING_KEYS)}, do_sample.")
-        g.add_argument("--hf-overrides", type=json.loads, default=None,
+        g.add_argument("--hf-overrides", type=json_arg, default=None,
                        help='JSON overriding fields of the model\'s HF config, e.g. \'{"rope_theta": 1e6}\'.')
         g.add_argument("--task", type=str, default=d.task,
                        help="auto, generate, embed, classify or score (vLLM's older spellings of --runner pooling "
@@ -708,29 +708,29 @@ class EngineArgs:
         g.add_argument("--enable-lora-bias", action="store_true", help="Not supported yet.")
         g.add_argument("--fully-sharded-loras", action="store_true",
                        help="Not supported yet with tensor parallel (adapters are sharded as vLLM's default).")
-        g.add_argument("--speculative-config", type=json.loads, default=None,
+        g.add_argument("--speculative-config", type=json_arg, default=None,
                        help='Speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 5, '
                             '"prompt_lookup_max": 4}\' or \'{"model": DRAFT, "num_speculative_tokens": 4}\' (methods: ngram, '
                             'draft_model).')
-        g.add_argument("--profiler-config", type=json.loads, default=None,
+        g.add_argument("--profiler-config", type=json_arg, default=None,
                        help='vLLM\'s profiler config as JSON, e.g. \'{"profiler": "torch", "torch_profiler_dir": '
                             '"./traces"}\': torch.profiler traces of the workers\' steps between /start_profile and '
                             '/stop_profile (LLM.start_profile / stop_profile). VLLM_TORCH_PROFILER_DIR does the same.')
-        g.add_argument("--pooler-config", type=json.loads, default=None,
+        g.add_argument("--pooler-config", type=json_arg, default=None,
                        help='A pooling model\'s pooler as JSON (or --pooler-config.KEY VALUE), over its checkpoint\'s: '
                             '\'{"pooling_type": "MEAN", "use_activation": false}\'. Fields: pooling_type (CLS, LAST, '
                             'MEAN, ALL, STEP), use_activation, dimensions, logit_mean, logit_sigma, step_tag_id, '
                             'returned_token_ids.')
-        g.add_argument("--structured-outputs-config", type=json.loads, default=None,
+        g.add_argument("--structured-outputs-config", type=json_arg, default=None,
                        help='JSON (or --structured-outputs-config.KEY VALUE): backend "auto" / "xgrammar", '
                             "disable_any_whitespace, disable_additional_properties (defaults of every request), "
                             "reasoning_parser, enable_in_reasoning.")
-        g.add_argument("--limit-mm-per-prompt", type=json.loads, default=None,
+        g.add_argument("--limit-mm-per-prompt", type=json_arg, default=None,
                        help='Images per prompt (JSON, e.g. \'{"image": 2}\'; default 999) for a model that reads '
                             "them (LLaVA-1.5, Qwen2-VL, Qwen2.5-VL).")
         g.add_argument("--disable-chunked-mm-input", action="store_true",
                        help="No prompt chunk ends inside an image's placeholders (vLLM's).")
-        g.add_argument("--mm-processor-kwargs", type=json.loads, default=None,
+        g.add_argument("--mm-processor-kwargs", type=json_arg, default=None,
                        help='The image processor\'s settings (JSON): Qwen2-VL / Qwen2.5-VL\'s min_pixels, max_pixels, '
                             'e.g. \'{"max_pixels": 1003520}\'.')
         g.add_argument("--allowed-local-media-path", type=str, default=d.allowed_local_media_path,
@@ -1271,6 +1271,26 @@ def _resolve_runner(args: EngineArgs, model: "ResolvedModel") -> str:
         raise ValueError(f"This model ({arch}) has no language-model head ({kind}): it cannot generate text. Use "
                          f"runner='pooling' (--runner pooling) to {use}.")
     return runner
+
+
+def json_arg(text: str) -> Any:
+    """A JSON flag's value (--limit-mm-per-prompt '{"image": 1}'). Not JSON: an argparse error that says so, and for
+    the KEY=VALUE form older vLLM took ('image=1'; vLLM 0.24 refuses it too) the JSON to give instead."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    pairs = [item.partition("=") for item in str(text).split(",")]
+    if all(key.strip() and eq and value.strip() for key, eq, value in pairs):
+        def value_of(v: str) -> Any:
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError:
+                return v
+        as_json = json.dumps({key.strip(): value_of(value.strip()) for key, _, value in pairs})
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: older vLLM's KEY=VALUE form is not accepted (vLLM "
+                                         f"0.24 refuses it too); give JSON: '{as_json}'.")
+    raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON; give a JSON object, e.g. '{{\"key\": 1}}'.")
 
 
 def _json_or_str(text: str) -> str | dict:

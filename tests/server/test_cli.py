@@ -245,3 +245,16 @@ def test_bare_command_prints_help_and_exits_0(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: pagedllm") and "serve" in out
+
+
+def test_json_flag_in_key_value_form_says_what_json_to_give(capsys):
+    # Older vLLM took `--limit-mm-per-prompt image=1`; vLLM 0.24 takes JSON only. The error gives the JSON to pass
+    # (it was argparse's bare "invalid loads value: 'image=1'").
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--limit-mm-per-prompt", "image=1,video=0"])
+    assert ("argument --limit-mm-per-prompt: 'image=1,video=0' is not JSON: older vLLM's KEY=VALUE form is not "
+            "accepted (vLLM 0.24 refuses it too); give JSON: '{\"image\": 1, \"video\": 0}'.") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--hf-overrides", '{"rope_theta": 1e6'])
+    assert "argument --hf-overrides: '{\"rope_theta\": 1e6' is not valid JSON" in capsys.readouterr().err
+    assert parse("serve", "m", "--limit-mm-per-prompt", '{"image": 1}').limit_mm_per_prompt == {"image": 1}

@@ -7,7 +7,7 @@ import logging
 import os
 
 from pagedllm import envs
-from pagedllm.config import EngineArgs, verify_engine_args
+from pagedllm.config import EngineArgs, json_arg, verify_engine_args
 from pagedllm.sampling_params import MAX_N
 from pagedllm.usage.usage_lib import UsageContext
 
@@ -70,7 +70,7 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="Model name(s) used in the API; the first is echoed in responses. None = the model path.")
     g.add_argument("--chat-template", type=str, default=None,
                    help="Chat template: a file path or the template itself. None = the tokenizer's.")
-    g.add_argument("--default-chat-template-kwargs", type=json.loads, default=None,
+    g.add_argument("--default-chat-template-kwargs", type=json_arg, default=None,
                    help="JSON keyword arguments for every chat template render (chat, /tokenize, embeddings), "
                         "under a request's own chat_template_kwargs, e.g. '{\"enable_thinking\": false}'.")
     g.add_argument("--trust-request-chat-template", action="store_true",
