@@ -37,6 +37,9 @@ _DTYPES = {
 }
 # "bitsandbytes" (vLLM's pairing with quantization="bitsandbytes"): the "auto" files, quantized by bitsandbytes.
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt", "bitsandbytes")
+# vLLM's optimization levels (-O0 .. -O3) and performance modes (EngineArgs.optimization_level / performance_mode).
+OPTIMIZATION_LEVELS = (0, 1, 2, 3)
+PERFORMANCE_MODES = ("balanced", "interactivity", "throughput")
 SAFETENSORS_LOAD_STRATEGIES = ("lazy", "eager")
 DEFAULT_CPU_KV_CACHE_GB = 4.0
 # The server's prompt-chunk cap on the CPU: a short request waits for the step in flight and then needs two more, so
@@ -360,6 +363,13 @@ class EngineArgs:
     # model/layers/sampler.py). Prompt logprobs are raw logprobs in every mode, as vLLM's.
     logprobs_mode: str = "raw_logprobs"
     enforce_eager: bool = False
+    # vLLM's optimization level (-O0 .. -O3; 2 is its default): 0 starts as fast as it can, capturing no CUDA graph
+    # (as enforce_eager); 1, 2 and 3 capture pagedllm's graphs (full graphs of decode steps, piecewise graphs of steps
+    # with prompt tokens). pagedllm compiles nothing (no torch.compile, no fusion passes), so 1 to 3 run alike.
+    optimization_level: int = 2
+    # vLLM's performance mode: "balanced" (its default) is pagedllm's one tuning; "interactivity" and "throughput"
+    # are refused (cudagraph_capture_sizes, max_num_seqs and max_num_batched_tokens tune the same things).
+    performance_mode: str = "balanced"
     # vLLM's: turn off cascade attention (its kernel for a prefix shared by a whole batch). pagedllm has no cascade
     # attention, so its attention is always what vLLM's is with this set: both values are honoured as they stand.
     disable_cascade_attn: bool = False
@@ -611,6 +621,15 @@ class EngineArgs:
                        help="What logprobs hold: of the raw model output or of the distribution the token is drawn "
                             "from (after penalties, temperature, top-k/top-p), as log-probabilities or logits.")
         g.add_argument("--enforce-eager", action="store_true", help="Disable CUDA graphs.")
+        g.add_argument("--optimization-level", "-O", type=int, default=d.optimization_level,
+                       choices=list(OPTIMIZATION_LEVELS),
+                       help="vLLM's optimization level, -O0 .. -O3: 0 captures no CUDA graph (fastest start-up, as "
+                            "--enforce-eager); 1, 2 and 3 capture pagedllm's graphs (full graphs of decode steps, "
+                            "piecewise ones of steps with prompt tokens). pagedllm compiles nothing (no "
+                            "torch.compile), so 1 to 3 run alike.")
+        g.add_argument("--performance-mode", type=str, default=d.performance_mode, choices=list(PERFORMANCE_MODES),
+                       help="balanced (vLLM's default) only: interactivity and throughput are not supported yet "
+                            "(tune --cudagraph-capture-sizes, --max-num-seqs, --max-num-batched-tokens instead).")
         g.add_argument("--disable-cascade-attn", action="store_true",
                        help="vLLM's switch for its shared-prefix cascade attention; pagedllm has none (always as if "
                             "set).")
@@ -659,8 +678,10 @@ class EngineArgs:
         g.add_argument("--cpu-threads", type=int, default=None,
                        help="CPU engine: torch's intra-op threads (default: env PAGEDLLM_CPU_THREADS, else "
                             "OMP_NUM_THREADS, else the cores this process may use).")
-        g.add_argument("--compilation-config", "-O", type=_json_or_int, default=None,
-                       help="Only 0 / {} for now: pagedllm does not use torch.compile.")
+        g.add_argument("--compilation-config", "-cc", type=_json_or_int, default=None,
+                       help="vLLM's compilation config as JSON (or -cc.KEY VALUE): pagedllm takes its "
+                            "cudagraph_capture_sizes, max_cudagraph_capture_size and cudagraph_specialize_lora; mode "
+                            "0 only (pagedllm does not use torch.compile). -O is --optimization-level.")
         g.add_argument("--disable-log-stats", action="store_true")
         g.add_argument("--generation-config", type=str, default=d.generation_config,
                        help='"auto" (the model\'s generation_config.json), "vllm" (ignore it) or a folder.')
@@ -831,6 +852,15 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError(f"block_size must be a positive power of two, got {args.block_size}.")
     if not 0.0 < args.gpu_memory_utilization <= 1.0:
         raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}.")
+    if isinstance(args.optimization_level, bool) or args.optimization_level not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"optimization_level must be one of 0, 1, 2, 3 (vLLM's -O0 .. -O3), got "
+                         f"{args.optimization_level!r}.")
+    if args.performance_mode != "balanced":
+        raise ValueError(f"performance_mode={args.performance_mode!r} is not supported yet; use 'balanced' (the "
+                         f"default), and tune with cudagraph_capture_sizes / max_num_seqs / max_num_batched_tokens."
+                         if args.performance_mode in PERFORMANCE_MODES else
+                         f"performance_mode must be one of {', '.join(map(repr, PERFORMANCE_MODES))}, got "
+                         f"{args.performance_mode!r}.")
     if args.max_model_len == -1:
         raise ValueError("max_model_len=-1 / 'auto' (the longest context that fits in memory) is not supported yet; "
                          "leave max_model_len unset for the model's own length (a start-up error then names the "
@@ -1050,7 +1080,8 @@ def cuda_graph_sizes(args: EngineArgs) -> tuple[list[int] | None, int | None]:
             raise ValueError(f"compilation_config is not supported yet: pagedllm does not use torch.compile (CUDA "
                              f"graphs are switched by enforce_eager and piecewise_cuda_graphs, sized by "
                              f"cudagraph_capture_sizes / max_cudagraph_capture_size); use None or 0, or a dict of "
-                             f"those two keys (got {cc!r}).")
+                             f"those two keys (got {cc!r}). vLLM's optimization levels are optimization_level "
+                             f"(-O0 .. -O3), not compilation_config.")
         known = _GRAPH_SIZE_KEYS + (_SPECIALIZE_LORA_KEY,)
         other = sorted(k for k in cc if k not in known and not (k in ("level", "mode") and cc[k] == 0))
         if other:
@@ -1104,6 +1135,7 @@ def cuda_graphs_off(args: EngineArgs, on_gpu: bool, pooling: bool, quant_config:
     one rule both the runner and the graph-size check below follow). ``quant_config``: the resolved quantization
     (a format whose kernels cannot be captured says so)."""
     return ("this engine runs on the CPU" if not on_gpu else "enforce_eager=True" if args.enforce_eager
+            else "optimization_level=0 (-O0)" if args.optimization_level == 0
             else "a pooling model runs eagerly" if pooling
             else "cpu_offload_gb streams weights eagerly" if args.cpu_offload_gb
             else quant_config.eager_reason() if quant_config is not None else None)
@@ -1300,7 +1332,7 @@ def _json_or_str(text: str) -> str | dict:
 
 
 def _json_or_int(text: str) -> int | dict:
-    """-O3 / --compilation-config '{"level": 3}' (vLLM's forms)."""
+    """--compilation-config 0 / -cc '{"mode": 0}' (vLLM's forms: a mode number or the JSON config)."""
     text = str(text).strip()
     return int(text) if text.lstrip("-").isdigit() else json.loads(text)
 
@@ -1309,7 +1341,7 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
     """``--max_model_len 2048`` and ``--max_model_len=2048`` as ``--max-model-len`` (vLLM's FlexibleArgumentParser):
     tutorials spell flags both ways. Values are left alone, and everything after ``--``. A JSON flag's dotted keys
     (vLLM's too): ``--limit-mm-per-prompt.image 2``, ``--hf-overrides.text_config.num_hidden_layers 2``,
-    ``-O.mode 3``, ``--speculative-config.method ngram``; ``KEY+ v`` appends to a list (``KEY+=a,b`` two items);
+    ``-cc.mode 0`` (or ``-O.mode 0``), ``--speculative-config.method ngram``; ``KEY+ v`` appends to a list (``KEY+=a,b`` two items);
     they are merged into the same flag's JSON given on the line, over its keys."""
     out: list[str] = []
     dotted: dict[str, dict] = {}
@@ -1320,8 +1352,8 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
         if arg == "--":
             out.extend(argv[i:])
             break
-        if arg.startswith("-O."):
-            arg = "--compilation-config" + arg[2:]
+        if arg.startswith(("-O.", "-cc.")):      # vLLM's short forms of the compilation config's dotted keys
+            arg = "--compilation-config" + arg[arg.index("."):]
         if arg.startswith("--") and "_" in arg.partition("=")[0].partition(".")[0]:
             key, eq, value = arg.partition("=")
             base, dot, rest = key.partition(".")
@@ -1343,7 +1375,7 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
         j = 0
         while j < len(out) and out[j] != "--":      # the flag's own JSON on the line: the dotted keys go over it
             flag, eq, value = out[j].partition("=")
-            if flag == base or (base == "--compilation-config" and flag == "-O"):
+            if flag == base or (base == "--compilation-config" and flag == "-cc"):
                 if not eq and j + 1 < len(out):
                     j += 1
                     value = out[j]
@@ -1427,7 +1459,8 @@ ENGINE_FLAG_GROUPS: dict[str, tuple[str, ...]] = {
                         "scheduling_policy", "enable_chunked_prefill", "disable_chunked_mm_input", "async_scheduling",
                         "stream_interval"),
     "CompilationConfig": ("cudagraph_capture_sizes", "max_cudagraph_capture_size"),
-    "VllmConfig": ("speculative_config", "compilation_config", "structured_outputs_config", "profiler_config"),
+    "VllmConfig": ("speculative_config", "compilation_config", "optimization_level", "performance_mode",
+                   "structured_outputs_config", "profiler_config"),
     "DeviceConfig": ("device",),
     "pagedllm": ("disable_custom_kernels", "triton_gemv", "pdl", "piecewise_cuda_graphs", "cpu_onednn", "cpu_threads"),
     "ObservabilityConfig": ("disable_log_stats",),
@@ -1759,7 +1792,7 @@ def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> Non
     multi_gpu = device.type == "cuda" and world_size > 1
     if multi_gpu and envs.PAGEDLLM_TEST_SHARE_ONE_GPU:
         # Test-only: every rank on cuda:0 over gloo, whose collectives a CUDA graph cannot capture.
-        if not args.enforce_eager:
+        if not (args.enforce_eager or args.optimization_level == 0):
             raise ValueError("PAGEDLLM_TEST_SHARE_ONE_GPU=1 (test only: every rank on cuda:0 over gloo) needs "
                              "enforce_eager=True: gloo's collectives cannot be captured in CUDA graphs.")
     elif multi_gpu and args.distributed_executor_backend != "ray" and world_size > torch.cuda.device_count():

@@ -177,7 +177,8 @@ def test_switch_flags():
     (["--speculative-config", '{"method": "ngram"}'], "speculative_config needs num_speculative_tokens"),
     (["--speculative-config", '{"method": "eagle3", "model": "x", "num_speculative_tokens": 3}'],
      "speculative_config method 'eagle3' is not supported by pagedllm yet; supported: 'ngram'"),
-    (["-O3"], "compilation_config is not supported yet"),
+    (["-cc", "3"], "compilation_config is not supported yet"),     # a torch.compile mode (-O3 is a level)
+    (["--performance-mode", "throughput"], "performance_mode='throughput' is not supported yet"),
     (["--data-parallel-size", "2"], "data_parallel_size=2 is not supported yet"),
     (["--disable-custom-kernels", "--attention-backend", "triton"], "contradicts disable_custom_kernels"),
     (["--max-num-seqs", "0"], "max_num_seqs must be >= 1, got 0"),

@@ -71,12 +71,45 @@ def test_the_command_line_flags(monkeypatch):
 @pytest.mark.parametrize("kwargs,why", [
     (dict(enforce_eager=True), "enforce_eager=True"),
     (dict(cpu_offload_gb=1), "cpu_offload_gb streams weights eagerly"),
+    (dict(optimization_level=0), "optimization_level=0 \\(-O0\\)"),
 ])
 def test_rejected_where_no_graph_is_captured(monkeypatch, kwargs, why):
     with pytest.raises(ValueError, match=f"max_cudagraph_capture_size: no CUDA graphs are captured here \\({why}\\)"):
         _build(monkeypatch, max_cudagraph_capture_size=64, **kwargs)
     with pytest.raises(ValueError, match="this engine runs on the CPU"):
         _build(monkeypatch, device="cpu", cudagraph_capture_sizes=[1, 2])
+
+
+def test_optimization_levels_as_vllm(monkeypatch):
+    """vLLM's -O0 .. -O3 (optimization_level, 2 by default; vLLM 0.12+): -O0 captures no CUDA graph, as
+    enforce_eager; -O1 .. -O3 keep pagedllm's graphs. Before, -O was --compilation-config: vLLM's -O2 / -O3 were
+    "compilation_config is not supported yet", --optimization-level and LLM(optimization_level=...) unknown."""
+    from pagedllm.config import cuda_graphs_off
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    for flags, expected in ((["-O0"], 0), (["-O", "1"], 1), (["--optimization-level", "3"], 3), (["-O=2"], 2),
+                            ([], 2)):
+        parsed = EngineArgs.from_cli_args(parser.parse_args(["--model", "m", *flags]))
+        assert parsed.optimization_level == expected, flags
+    assert cuda_graphs_off(EngineArgs(model="m", optimization_level=0), True, False) == "optimization_level=0 (-O0)"
+    for kept in (1, 2, 3):
+        assert cuda_graphs_off(EngineArgs(model="m", optimization_level=kept), True, False) is None
+        _build(monkeypatch, optimization_level=kept, cudagraph_capture_sizes=[1, 2])
+    with pytest.raises(ValueError, match=r"optimization_level must be one of 0, 1, 2, 3 \(vLLM's -O0 \.\. -O3\), "
+                                         r"got 4"):
+        _build(monkeypatch, optimization_level=4)
+    # The compilation config keeps vLLM's -cc (and -O.KEY) forms.
+    cc = parser.parse_args(["--model", "m", "-cc", '{"max_cudagraph_capture_size": 8}']).compilation_config
+    assert cc == {"max_cudagraph_capture_size": 8}
+
+
+def test_performance_mode_balanced_only(monkeypatch):
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    assert parser.parse_args(["--model", "m", "--performance-mode", "balanced"]).performance_mode == "balanced"
+    _build(monkeypatch, performance_mode="balanced")
+    with pytest.raises(ValueError, match="performance_mode='throughput' is not supported yet; use 'balanced'"):
+        _build(monkeypatch, performance_mode="throughput")
+    with pytest.raises(ValueError, match="performance_mode must be one of 'balanced', 'interactivity', 'throughput'"):
+        _build(monkeypatch, performance_mode="fast")
 
 
 def test_lora_keeps_its_cuda_graphs(monkeypatch):

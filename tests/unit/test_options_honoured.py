@@ -180,6 +180,13 @@ ENGINE_FIELDS: dict[str, list] = {
     "logprobs_mode": [Read(("worker/model_runner.py",), "Sampler(config.args.logprobs_mode, custom)"),
                       Rejects("logits", "logprobs_mode must be one of raw_logprobs, raw_logits")],
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
+    # 0: no CUDA graphs, through the rule the runner follows (tests/unit/test_cuda_graph_sizes.py).
+    "optimization_level": [Read(("config.py",), "args.optimization_level == 0"),
+                           Behaves(lambda mp: cfg_mod.cuda_graphs_off(EngineArgs(model="m", optimization_level=0),
+                                                                      True, False) or _fail()),
+                           Rejects(4, "optimization_level must be one of 0, 1, 2, 3")],
+    "performance_mode": [Behaves(_cfg(performance_mode="balanced")),
+                         Rejects("throughput", "performance_mode='throughput' is not supported yet")],
     # No cascade attention exists here: accepted either way (an error before), kept in the arguments.
     "disable_cascade_attn": [Behaves(lambda mp: build(mp, disable_cascade_attn=True).args.disable_cascade_attn
                                      or _fail())],
