@@ -13,7 +13,8 @@ class TextPrompt(TypedDict):
     """A text prompt, tokenized by the engine."""
     prompt: str
     # vLLM's multi-modal fields: {"image": a PIL image or a list of them} for a model that reads images (LLaVA-1.5),
-    # one "<image>" in the prompt per image; mm_processor_kwargs are not supported yet.
+    # one "<image>" in the prompt per image; mm_processor_kwargs: this prompt's processor settings over the engine's
+    # (Qwen2-VL's min_pixels / max_pixels).
     multi_modal_data: NotRequired[Any]
     mm_processor_kwargs: NotRequired[Any]
     cache_salt: NotRequired[str]     # keeps this prompt's prefix-cache blocks apart from other salts'
@@ -42,12 +43,10 @@ PromptType = Union[str, TextPrompt, TokensPrompt, EmbedsPrompt]
 # Keys of a prompt dict that pagedllm reads, and vLLM's keys it cannot honour (with why): any of those with a value
 # other than None is an error, never silently dropped.
 PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt", "token_type_ids", "prompt_embeds",
-                         "multi_modal_data"})
-_NO_MEDIA = ("not supported yet: pagedllm reads images through multi_modal_data (LLaVA-1.5) without per-prompt "
-             "processor settings or caller-given item ids")
+                         "multi_modal_data", "mm_processor_kwargs"})
 UNSUPPORTED_PROMPT_KEYS = {
-    "mm_processor_kwargs": _NO_MEDIA,
-    "multi_modal_uuids": _NO_MEDIA,
+    "multi_modal_uuids": "not supported yet: pagedllm reads images through multi_modal_data without caller-given "
+                         "item ids",
     "encoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
     "decoder_prompt": "encoder-decoder prompts are not supported: pagedllm runs decoder-only and encoder models",
 }

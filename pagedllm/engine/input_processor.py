@@ -317,7 +317,7 @@ class InputProcessor:
         media = prompt["multi_modal_data"]
         if isinstance(media, ProcessedMedia):
             return ids, media
-        return self.media.process(ids, media)
+        return self.media.process(ids, media, prompt.get("mm_processor_kwargs"))
 
     def with_media_processed(self, prompt: PromptType) -> PromptType:
         """``prompt`` (tokenized) with its multi_modal_data processed and its ids expanded, or as it is without media:

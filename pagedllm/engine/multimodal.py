@@ -83,7 +83,8 @@ class MediaProcessor:
         if image_only:
             self.image_token = (tokenizer.convert_ids_to_tokens(self.image_token_id) if tokenizer is not None
                                 else "<|image_pad|>")
-        self.call_kwargs = self._call_kwargs(config.args.mm_processor_kwargs or {}, image_only)
+        self.engine_kwargs = config.args.mm_processor_kwargs or {}
+        self.call_kwargs = self._call_kwargs(self.engine_kwargs, image_only)
         # The processor's chat template (chat_template.json) before the tokenizer's, as vLLM resolves it: LLaVA's
         # renders the image parts (a template given to chat / --chat-template still wins).
         template = getattr(self.processor, "chat_template", None)
@@ -168,15 +169,37 @@ class MediaProcessor:
                                  f"tensor of pixels), got {type(image).__name__}.")
         return images
 
-    def process(self, ids: list[int], mm_data: Any) -> tuple[list[int], ProcessedMedia]:
+    def prompt_call_kwargs(self, processor_kwargs: Any) -> dict:
+        """A prompt's own mm_processor_kwargs (vLLM's per-prompt field, LLM.chat's keyword) over the engine's, as the
+        processor's call takes them. Its max_pixels may not pass the engine's: the memory profile sized the largest
+        image by that."""
+        if processor_kwargs is None or self.processor is None:
+            return self.call_kwargs if self.processor is not None else {}
+        if not isinstance(processor_kwargs, dict) or not all(isinstance(k, str) for k in processor_kwargs):
+            raise ValueError(f"mm_processor_kwargs must be a dict of the processor's settings (e.g. {{'max_pixels': "
+                             f"1003520}}), got {processor_kwargs!r}.")
+        kwargs = self._call_kwargs({**self.engine_kwargs, **processor_kwargs}, self.merge_size is not None)
+        largest = self.call_kwargs.get("size", {}).get("longest_edge", getattr(self.processor.size, "longest_edge",
+                                                                                None))
+        asked = kwargs.get("size", {}).get("longest_edge")
+        if largest is not None and asked is not None and asked > largest:
+            raise ValueError(f"mm_processor_kwargs max_pixels {asked} is above the engine's {largest} (the largest "
+                             f"image its memory profile planned for); raise the engine's mm_processor_kwargs "
+                             f"(LLM(mm_processor_kwargs=...), --mm-processor-kwargs) instead.")
+        return kwargs
+
+    def process(self, ids: list[int], mm_data: Any,
+                processor_kwargs: dict | None = None) -> tuple[list[int], ProcessedMedia]:
         """The prompt's ids with each image placeholder expanded, and its images' features, in prompt order. Ids
         whose placeholders are expanded already (one run of each image's count, e.g. a prompt_token_ids that came
-        back from an earlier output) are taken as they are, as vLLM does."""
+        back from an earlier output) are taken as they are, as vLLM does. ``processor_kwargs``: the prompt's own
+        mm_processor_kwargs."""
+        call_kwargs = self.prompt_call_kwargs(processor_kwargs)
         images = self.image_items(mm_data)
         places = [i for i, t in enumerate(ids) if t == self.image_token_id] if images else []
         if len(places) < len(images):
             raise ValueError(self._count_error(len(places), len(images)))
-        processed = [self._one_image(image) for image in images]
+        processed = [self._one_image(image, call_kwargs) for image in images]
         for _, length in processed:
             if self.whole_image_budget is not None and length > self.whole_image_budget:
                 raise ValueError(f"An image takes {length} placeholder tokens, more than max_num_batched_tokens="
@@ -203,12 +226,12 @@ class MediaProcessor:
         return (f"The prompt has {num_places} image placeholder(s) ({self.image_token!r}) for {num_images} image(s): "
                 f"put one {self.image_token!r} where each image goes.")
 
-    def _one_image(self, image: Any) -> tuple[dict[str, torch.Tensor], int]:
+    def _one_image(self, image: Any, call_kwargs: dict) -> tuple[dict[str, torch.Tensor], int]:
         """The processor's tensors for one image and its placeholder count (the processor expands one
         ``<image>``: that count is the model's, e.g. 576 for LLaVA-1.5 at 336 px)."""
         try:
             if self.merge_size is not None:       # the image processor alone (_IMAGE_PROCESSOR_ONLY)
-                batch = self.processor(images=[image], return_tensors="pt", **self.call_kwargs)
+                batch = self.processor(images=[image], return_tensors="pt", **call_kwargs)
             else:
                 batch = self.processor(text=self.image_token, images=[image], return_tensors="pt")
         except Exception as e:

@@ -410,9 +410,11 @@ class LLM:
              lora_request: Any = None, chat_template: str | None = None,
              chat_template_content_format: str = "auto", add_generation_prompt: bool = True,
              continue_final_message: bool = False, tools: list[dict] | None = None,
-             chat_template_kwargs: dict | None = None, tokenization_kwargs: dict | None = None) -> list[RequestOutput]:
-        """``tokenization_kwargs`` (vLLM's): the rendered conversation gets no special tokens unless
-        ``add_special_tokens`` is True; ``truncation`` / ``max_length`` as in generate()."""
+             chat_template_kwargs: dict | None = None, mm_processor_kwargs: dict | None = None,
+             tokenization_kwargs: dict | None = None) -> list[RequestOutput]:
+        """``mm_processor_kwargs`` (vLLM's): these conversations' image processor settings over the engine's
+        (Qwen2-VL's min_pixels / max_pixels). ``tokenization_kwargs`` (vLLM's): the rendered conversation gets no
+        special tokens unless ``add_special_tokens`` is True; ``truncation`` / ``max_length`` as in generate()."""
         if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, (list, tuple)):
             raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts (one conversation) or "
                              f"a list of such lists, got {type(messages).__name__}.")
@@ -444,6 +446,8 @@ class LLM:
                 media.check_image_count(len(images))      # before any image is fetched
                 local = self.llm_engine.config.args.allowed_local_media_path
                 prompt["multi_modal_data"] = {"image": [load_image(x, local) for x in images]}
+            if mm_processor_kwargs is not None:
+                prompt["mm_processor_kwargs"] = mm_processor_kwargs
             prompts.append(prompt)
         outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request,
                                 tokenization_kwargs=tokenization_kwargs)

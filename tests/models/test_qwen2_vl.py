@@ -205,3 +205,30 @@ def test_mm_processor_kwargs_pixel_range(tiny):
     with pytest.raises(ValueError, match=r"mm_processor_kwargs \['fps'\] are not supported for "
                                          r"Qwen2_5_VLForConditionalGeneration \(supported: min_pixels, max_pixels\)"):
         make_llm(tiny, mm_processor_kwargs={"fps": 1})
+
+
+def test_per_prompt_mm_processor_kwargs(tiny):
+    # vLLM's per-prompt mm_processor_kwargs (a prompt's field, LLM.chat's keyword) over the engine's: HF's tokens for
+    # the images at that size. Before: LLM.chat(mm_processor_kwargs=...) was a TypeError and the prompt's field a
+    # "not supported yet" ValueError. A max_pixels past the engine's (its memory profile's largest image) is refused.
+    if tiny[1].config.model_type != "qwen2_5_vl":
+        pytest.skip("the same front end for both")
+    llm = make_llm(tiny)
+    small = {"max_pixels": 28 * 28 * 6}
+    size = {"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 6}
+    a, b = images(5, sizes=((60, 90), (120, 70)))
+    out = llm.generate({**mm(TWO, [a, b]), "mm_processor_kwargs": small}, GREEDY, use_tqdm=False)[0]
+    ids, ref = hf_greedy(tiny, TWO, [a, b], size=size)
+    assert out.prompt_token_ids == ids and out.prompt_token_ids.count(IMAGE_PAD) == 9      # 14 without
+    assert list(out.outputs[0].token_ids) == ref
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(b)}},
+                                             {"type": "text", "text": "w3 w5"}]}]
+    out = llm.chat(messages, GREEDY, use_tqdm=False, mm_processor_kwargs=small)[0]
+    ids, ref = hf_greedy(tiny, f"<|im_start|>user {IMG} w3 w5<|im_end|> <|im_start|>assistant", [b], size=size)
+    assert out.prompt_token_ids == ids and list(out.outputs[0].token_ids) == ref
+    plain = llm.chat(messages, GREEDY, use_tqdm=False)[0]
+    assert plain.prompt_token_ids.count(IMAGE_PAD) > out.prompt_token_ids.count(IMAGE_PAD)
+    with pytest.raises(ValueError, match=r"mm_processor_kwargs max_pixels 51744 is above the engine's 50176"):
+        llm.chat(messages, GREEDY, use_tqdm=False, mm_processor_kwargs={"max_pixels": 28 * 28 * 66})
+    with pytest.raises(ValueError, match=r"mm_processor_kwargs \['fps'\] are not supported"):
+        llm.generate({**mm(ONE, [a]), "mm_processor_kwargs": {"fps": 1}}, GREEDY, use_tqdm=False)

@@ -106,14 +106,25 @@ def test_qwen2_5_vl_chat_with_a_data_url_image(tmp_path):
     from tests.models.test_qwen2_vl import hf_greedy as qwen_hf_greedy
     hf, processor = save_tiny_qwen_vl(tmp_path)
     (image,) = images(14, sizes=((70, 50),))
+    (large,) = images(15, sizes=((120, 70),))
+    small = {"max_pixels": 28 * 28 * 6}
     with serve_in_process(str(tmp_path), "--served-model-name", "m") as (app, _):
-        (ok,) = post_all(app, [(CHAT, chat(data_url(image)))])
-    ids, ref = qwen_hf_greedy((str(tmp_path), hf, processor), f"<|im_start|>user {IMG} w3 w5<|im_end|> "
-                                                             f"<|im_start|>assistant", [image], max_tokens=6)
+        ok, ok_small, too_large = post_all(app, [
+            (CHAT, chat(data_url(image))), (CHAT, {**chat(data_url(large)), "mm_processor_kwargs": small}),
+            (CHAT, {**chat(data_url(large)), "mm_processor_kwargs": {"max_pixels": 28 * 28 * 66}})])
+    text = f"<|im_start|>user {IMG} w3 w5<|im_end|> <|im_start|>assistant"
+    ids, ref = qwen_hf_greedy((str(tmp_path), hf, processor), text, [image], max_tokens=6)
     assert ok.status_code == 200, ok.text
     body = ok.json()
     assert body["usage"]["prompt_tokens"] == len(ids)
     assert [t["token"] for t in body["choices"][0]["logprobs"]["content"]] == [f"token_id:{t}" for t in ref]
+    # vLLM's request field mm_processor_kwargs (it was ignored, logged as unknown): the image at that size.
+    ids, ref = qwen_hf_greedy((str(tmp_path), hf, processor), text, [large], max_tokens=6,
+                              size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 6})
+    assert ok_small.status_code == 200, ok_small.text
+    assert ok_small.json()["usage"]["prompt_tokens"] == len(ids)
+    assert [t["token"] for t in ok_small.json()["choices"][0]["logprobs"]["content"]] == [f"token_id:{t}" for t in ref]
+    assert too_large.status_code == 400 and too_large.json()["error"]["param"] == "mm_processor_kwargs"
 
 
 def test_image_parts_without_a_type(tiny):

@@ -423,6 +423,8 @@ class ChatCompletionRequest(SamplingFields):
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     documents: list[dict[str, str]] | None = None
+    # The image processor's settings for this request's images, over the server's --mm-processor-kwargs.
+    mm_processor_kwargs: dict[str, Any] | None = None
     # Reasoning models (vLLM 0.24): the effort reaches the chat template (reasoning_effort, and enable_thinking
     # unless the request sets it); include_reasoning=false drops message.reasoning (--reasoning-parser).
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None

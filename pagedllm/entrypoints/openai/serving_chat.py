@@ -244,7 +244,7 @@ class OpenAIServingChat(OpenAIServing):
                                        "image's placeholder tokens).", "truncate_prompt_tokens")
                 if req.use_beam_search:
                     raise RequestError("use_beam_search with images is not supported yet.", "use_beam_search")
-                prompt = await self.with_chat_images(ids, images)     # ids with each image's placeholders
+                prompt = await self.with_chat_images(ids, images, req.mm_processor_kwargs)   # ids expanded
                 ids = prompt["prompt_token_ids"]
             ids = self.truncated(ids, req.truncate_prompt_tokens)
             reasoning = self.reasoning_mode(req, ids)

@@ -338,20 +338,25 @@ class OpenAIServing:
             message = str(e) if str(e).startswith(TEMPLATE_FAILED) else f"{TEMPLATE_FAILED} {e}"
             raise RequestError(message, "messages") from None
 
-    async def with_chat_images(self, ids: list[int], images: list) -> dict:
+    async def with_chat_images(self, ids: list[int], images: list, processor_kwargs: dict | None = None) -> dict:
         """A chat prompt with its images: each loaded (data: URLs decoded, http(s) fetched, as vLLM), processed by
-        the model's HF processor and its "<image>" expanded (the ids grow by each image's placeholder tokens), off
-        the event loop. A bad image, too many of them or a model without images: RequestError (400)."""
+        the model's HF processor (with the request's mm_processor_kwargs) and its "<image>" expanded (the ids grow
+        by each image's placeholder tokens), off the event loop. A bad image, too many of them or a model without
+        images: RequestError (400)."""
         media = self.engine.input_processor.media
         local = self.engine.config.args.allowed_local_media_path
+        prompt: dict = {"prompt_token_ids": ids}
+        if processor_kwargs is not None:
+            prompt["mm_processor_kwargs"] = processor_kwargs
         try:
             media.check_image_count(len(images))      # before anything is fetched
             loaded = await asyncio.to_thread(
                 lambda: [load_image(x, local, f"image_url ({i})") for i, x in enumerate(images)])
             return await self.run_tokenizer(self.engine.input_processor.with_media_processed,
-                                            {"prompt_token_ids": ids, "multi_modal_data": {"image": loaded}})
+                                            {**prompt, "multi_modal_data": {"image": loaded}})
         except ValueError as e:
-            raise RequestError(str(e), "messages") from None
+            raise RequestError(str(e), "mm_processor_kwargs" if str(e).startswith("mm_processor_kwargs")
+                               else "messages") from None
 
     def stream_usage(self, req: SamplingFields) -> tuple[bool, bool]:
         """(a final usage chunk, usage on every chunk) for a stream: stream_options.include_usage and
