@@ -1688,6 +1688,9 @@ class ResolvedModel:
     is_classifier: bool = False
     # A head on every token (*ForTokenClassification, Qwen2ForRewardModel): token_classify only (LLM.reward).
     is_token_classifier: bool = False
+    # The width of an embedding where sentence-transformers Dense modules project the pooled hidden state (their
+    # last out_features); None: the hidden size.
+    embedding_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -1898,6 +1901,10 @@ class EngineConfig:
         """The columns of a per-token pooling row (what returned_token_ids index): the labels of a model with a
         head, else the hidden size."""
         return _token_row_width(self.model)
+
+    def verify_dimensions(self, params: PoolingParams) -> None:
+        """A request's ``dimensions``: a Matryoshka model's, one it was trained for, within its embedding width."""
+        _verify_dimensions(params, self.model, self.served_model_name)
 
     @property
     def pooling_tasks(self) -> tuple[str, ...]:
@@ -2170,10 +2177,8 @@ def _verify_pooler_config(pooler: PoolerConfig, runner_type: str, model: Resolve
         if not embedder:
             raise ValueError("pooler_config dimensions applies to embedding models only (Matryoshka truncation); "
                              "this is a classification / reward model.")
-        name = model_name[0] if isinstance(model_name, list) else model_name
-        PoolingParams(dimensions=pooler.dimensions).verify_dimensions(
-            hf.hidden_size, getattr(hf, "matryoshka_dimensions", None),
-            bool(getattr(hf, "is_matryoshka", False) or getattr(hf, "matryoshka_dimensions", None)), name)
+        _verify_dimensions(PoolingParams(dimensions=pooler.dimensions), model,
+                           model_name[0] if isinstance(model_name, list) else model_name)
     if pooler.enable_chunked_processing and not embedder:
         raise ValueError("pooler_config enable_chunked_processing applies to embedding models only (the server's "
                          "/v1/embeddings); this is a classification / reward model.")
@@ -2195,7 +2200,14 @@ def _verify_pooler_config(pooler: PoolerConfig, runner_type: str, model: Resolve
 def _token_row_width(model: ResolvedModel) -> int:
     if model.is_classifier or model.is_token_classifier:
         return int(getattr(model.hf_config, "num_labels", 0))
-    return int(model.hf_config.hidden_size)
+    return int(model.embedding_size or model.hf_config.hidden_size)
+
+
+def _verify_dimensions(params: PoolingParams, model: ResolvedModel, model_name: str) -> None:
+    hf = model.hf_config
+    matryoshka = getattr(hf, "matryoshka_dimensions", None)
+    params.verify_dimensions(int(model.embedding_size or hf.hidden_size), matryoshka,
+                             bool(getattr(hf, "is_matryoshka", False) or matryoshka), model_name)
 
 
 def _default_token_pooling_type(hf_config) -> str:

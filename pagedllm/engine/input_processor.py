@@ -392,11 +392,7 @@ class InputProcessor:
         self.config.verify_priority(priority)
         self.config.verify_pooling_task(params.task)
         params.verify_step_pooling(self.config.token_pooling_type, self.config.token_row_width)
-        hf = self.config.hf_config
-        params.verify_dimensions(hf.hidden_size, getattr(hf, "matryoshka_dimensions", None),
-                                 bool(getattr(hf, "is_matryoshka", False) or getattr(hf, "matryoshka_dimensions",
-                                                                                     None)),
-                                 self.config.served_model_name)
+        self.config.verify_dimensions(params)
         text, ids, salt = self.split_prompt(prompt)
         token_types = prompt.get("token_type_ids") if isinstance(prompt, dict) else None
         if ids is None:

@@ -389,14 +389,17 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         with open(gen_file) as f:
             generation = json.load(f)
     generation.update(args.override_generation_config or {})
+    from pagedllm.model.layers.pooler import dense_configs
     from pagedllm.model.registry import is_pooling_only, is_sequence_classifier, is_token_classifier
     headless = is_pooling_only(hf_config)       # encoders, bare decoders, classifiers: no language-model head
     pooling = headless or sentence_transformers_modules(model_dir) is not None
+    dense = dense_configs(model_dir)
     return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,
                          gguf_file=gguf_path, generation_config=generation,
                          default_runner="pooling" if pooling else "generate", can_generate=not headless,
                          max_seq_length=_max_seq_length(model_dir), is_classifier=is_sequence_classifier(hf_config),
-                         is_token_classifier=is_token_classifier(hf_config))
+                         is_token_classifier=is_token_classifier(hf_config),
+                         embedding_size=int(dense[-1]["out_features"]) if dense else None)
 
 
 def local_tokenizer_path(args: "EngineArgs") -> str | None:

@@ -294,3 +294,43 @@ def test_bare_decoder_checkpoint_embeds_as_hf_last_token(tiny_bare_decoder):
         assert torch.allclose(torch.tensor(out.outputs.embedding), expected, atol=1e-4)
     with pytest.raises(ValueError, match="no language-model head .* cannot generate text"):
         LLM(path, skip_tokenizer_init=True, runner="generate")
+
+
+# ---- sentence-transformers pipelines as sentence-transformers (6.x) saves them -------------------------------------
+needs_sentence_transformers = pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") is None,
+                                                 reason="pip install sentence-transformers")
+
+
+@needs_sentence_transformers
+def test_sentence_transformers_dense_modules_and_pooling_mode(tmp_path):
+    """A tiny XLM-RoBERTa saved by sentence-transformers with two Dense modules after the mean pooling (64 -> 32
+    Tanh with a bias, 32 -> 16 without; LaBSE / embeddinggemma's shape) and its Pooling config in the version-6
+    form ({"pooling_mode": "mean"}): the embeddings equal SentenceTransformer.encode (16 values), the Dense
+    modules on token_embed rows too (vLLM's projector), and `dimensions` is checked against that width."""
+    import transformers
+    from sentence_transformers import SentenceTransformer, models
+    cfg = transformers.XLMRobertaConfig(vocab_size=104, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=128, max_position_embeddings=66, type_vocab_size=1,
+                                        pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    transformers.XLMRobertaModel(cfg).save_pretrained(tmp_path / "hf")
+    save_word_tokenizer(tmp_path / "hf", "xlm_roberta")
+    st = SentenceTransformer(modules=[
+        models.Transformer(str(tmp_path / "hf")), models.Pooling(64, "mean"),
+        models.Dense(64, 32, activation_function=torch.nn.Tanh()),
+        models.Dense(32, 16, bias=False, activation_function=torch.nn.Identity()), models.Normalize()], device="cpu")
+    path = tmp_path / "st"
+    st.save(str(path))
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(     # version 6's form, whatever version saved it
+        {"embedding_dimension": 64, "pooling_mode": "mean", "include_prompt": True}))
+    reference = SentenceTransformer(str(path), device="cpu")
+    llm = LLM(str(path), dtype="float32")
+    texts = ["w1 w2 w3", "w5 w60 w7 w8 w9 w10 w11", "w42"]
+    outputs = llm.embed(texts, use_tqdm=False)
+    expected = reference.encode(texts, convert_to_tensor=True)
+    ours = torch.tensor([o.outputs.embedding for o in outputs])
+    assert ours.shape == (3, 16) and torch.allclose(ours, expected, atol=1e-5)
+    rows = llm.encode(texts[:1], pooling_task="token_embed", use_tqdm=False)[0].outputs.data
+    assert rows.shape == (5, 16)      # <s> w1 w2 w3 </s>, each projected
+    with pytest.raises(ValueError, match="does not support matryoshka representation"):
+        llm.embed(texts, PoolingParams(dimensions=8), use_tqdm=False)

@@ -165,10 +165,7 @@ class OpenAIServingPooling(OpenAIServing):
                   if getattr(req, name, None) is not None}
         try:        # PoolingParams maps an embedding's use_activation (vLLM's newer name) to normalize
             params = PoolingParams(truncate_prompt_tokens=req.truncate_prompt_tokens, task=task, **fields)
-            hf = self.engine.config.hf_config
-            matryoshka = getattr(hf, "matryoshka_dimensions", None)
-            params.verify_dimensions(hf.hidden_size, matryoshka,
-                                     bool(getattr(hf, "is_matryoshka", False) or matryoshka), self.model_name)
+            self.engine.config.verify_dimensions(params)
         except ValueError as e:
             raise RequestError(str(e), _named_field(e, ("truncate_prompt_tokens", *fields))) from None
         return params

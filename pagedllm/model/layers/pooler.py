@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -48,6 +48,23 @@ class PoolingSetup:
     returned_token_ids: list[int] | None = None    # STEP: only these columns of each row
     logit_mean: float | None = None    # classifiers: (logits - logit_mean) / logit_sigma before the activation
     logit_sigma: float | None = None
+    # sentence-transformers Dense modules after the pooling, in order: each embedding goes through them before the
+    # Matryoshka truncation and normalization (vLLM's projector; LaBSE, embeddinggemma).
+    projector: list["DenseLayer"] = field(default_factory=list)
+
+
+@dataclass
+class DenseLayer:
+    """A sentence-transformers ``Dense`` module: ``activation(x @ weight.T + bias)``, in float32."""
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    activation: "Activation"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.device != x.device:       # loaded on the CPU; moved once, to the device of the first step
+            self.weight = self.weight.to(x.device)
+            self.bias = None if self.bias is None else self.bias.to(x.device)
+        return self.activation(F.linear(x, self.weight, self.bias))
 
 
 class Pooler:
@@ -116,6 +133,8 @@ class Pooler:
         return rows
 
     def _finish(self, vectors: torch.Tensor, params: Sequence[PoolingParams | None]) -> list[torch.Tensor]:
+        for layer in self.config.projector:
+            vectors = layer(vectors)
         normalize = [self.config.normalize if p is None or p.normalize is None else p.normalize for p in params]
         dims = [self.config.dimensions if p is None or p.dimensions is None else p.dimensions for p in params]
         if all(d is None for d in dims):         # the common case: one batched normalize
@@ -188,6 +207,7 @@ def pooler_config_from_checkpoint(model_dir: str, default_type: str) -> PoolingS
         modules = json.load(f)
     pooling_type = default_type
     normalize = False
+    projector = []
     for module in modules:
         kind = module.get("type", "")
         if kind.endswith(".Pooling"):
@@ -196,19 +216,71 @@ def pooler_config_from_checkpoint(model_dir: str, default_type: str) -> PoolingS
             pooling_type = _pooling_type(pooling)
         elif kind.endswith(".Normalize"):
             normalize = True
-    return PoolingSetup(pooling_type, normalize)
+        elif kind.endswith(".Dense"):
+            projector.append(_dense_layer(os.path.join(model_dir, module.get("path", ""))))
+    return PoolingSetup(pooling_type, normalize, projector=projector)
+
+
+# sentence-transformers' pooling modes (its Pooling config's ``pooling_mode``, or before its version 6 one
+# ``pooling_mode_<name>`` flag each) as the poolers'.
+_ST_POOLING_MODES = {"mean": "MEAN", "cls": "CLS", "lasttoken": "LAST"}
 
 
 def _pooling_type(pooling: dict) -> str:
-    if pooling.get("pooling_mode_mean_tokens"):
-        return "MEAN"
-    if pooling.get("pooling_mode_cls_token"):
-        return "CLS"
-    if pooling.get("pooling_mode_lasttoken"):
-        return "LAST"
-    modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
-    raise ValueError(f"Pooling modes {modes} of the checkpoint's sentence-transformers config are not supported "
-                     f"yet; supported: mean, cls, lasttoken.")
+    mode = pooling.get("pooling_mode")
+    if isinstance(mode, list) and len(mode) == 1:
+        mode = mode[0]
+    if mode is None:        # the older form
+        flags = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                 "pooling_mode_lasttoken": "lasttoken"}
+        mode = next((name for key, name in flags.items() if pooling.get(key)), None)
+        if mode is None:
+            mode = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
+    if not isinstance(mode, str) or mode not in _ST_POOLING_MODES:
+        raise ValueError(f"Pooling mode {mode!r} of the checkpoint's sentence-transformers config is not supported "
+                         f"yet; supported: {', '.join(_ST_POOLING_MODES)}.")
+    return _ST_POOLING_MODES[mode]
+
+
+def dense_configs(model_dir: str) -> list[dict]:
+    """The config.json of each sentence-transformers Dense module in ``model_dir``'s modules.json, in order."""
+    path = os.path.join(model_dir, "modules.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        modules = json.load(f)
+    configs = []
+    for module in modules:
+        if module.get("type", "").endswith(".Dense"):
+            with open(os.path.join(model_dir, module.get("path", ""), "config.json")) as f:
+                configs.append(json.load(f))
+    return configs
+
+
+def _dense_layer(folder: str) -> DenseLayer:
+    """A Dense module's layer from its folder: config.json (in / out features, bias, activation_function) and its
+    weights (model.safetensors or pytorch_model.bin, ``linear.weight`` as sentence-transformers saves it)."""
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    state = None
+    if os.path.isfile(os.path.join(folder, "model.safetensors")):
+        from safetensors.torch import load_file
+        state = load_file(os.path.join(folder, "model.safetensors"))
+    elif os.path.isfile(os.path.join(folder, "pytorch_model.bin")):
+        state = torch.load(os.path.join(folder, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    key = next((k for k in ("linear.weight", "weight", "dense.weight") if state and k in state), None)
+    if key is None:
+        raise ValueError(f"The sentence-transformers Dense module in {folder} has no weights (model.safetensors or "
+                         f"pytorch_model.bin with linear.weight).")
+    weight = state[key].float()
+    shape = (config.get("out_features", weight.shape[0]), config.get("in_features", weight.shape[1]))
+    if tuple(weight.shape) != shape:
+        raise ValueError(f"The sentence-transformers Dense module in {folder}: weight shape {tuple(weight.shape)} "
+                         f"differs from its config's (out_features, in_features) {shape}.")
+    bias = state.get(key.replace("weight", "bias")) if config.get("bias", True) else None
+    # sentence-transformers' Dense defaults to Tanh when its config names no activation
+    name = config.get("activation_function", "torch.nn.modules.activation.Tanh")
+    return DenseLayer(weight, None if bias is None else bias.float(), _torch_nn_activation(name, "Dense"))
 
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
@@ -238,15 +310,20 @@ def cross_encoder_activation(hf_config) -> Activation:
         getattr(hf_config, "sbert_ce_default_activation_function", None)
     if name is None:
         return _labels_activation
-    # Only torch.nn's modules, by name: a checkpoint's config names no code of its own to run.
-    module = getattr(torch.nn, name.rpartition(".")[2], None) if name.startswith("torch.nn.modules.") else None
-    if not (isinstance(module, type) and issubclass(module, torch.nn.Module)):
-        raise ValueError(f"The cross-encoder activation {name!r} of the checkpoint's config is not supported: it "
-                         f"must be a torch.nn.modules activation (Identity, Sigmoid, Softmax, Tanh, ...).")
-    if module is torch.nn.Identity:
-        return lambda logits: logits
-    if module in (torch.nn.Sigmoid, torch.nn.Softmax):
+    activation = _torch_nn_activation(name, "cross-encoder")
+    if isinstance(activation, (torch.nn.Sigmoid, torch.nn.Softmax)):
         return _labels_activation
+    return activation
+
+
+def _torch_nn_activation(name: str, what: str) -> Activation:
+    """The ``torch.nn.modules`` activation a checkpoint's config names (``torch.nn.modules.activation.Tanh``):
+    only torch.nn's modules, by name, so a checkpoint's config names no code of its own to run."""
+    module = getattr(torch.nn, name.rpartition(".")[2], None) if isinstance(name, str) and name.startswith(
+        "torch.nn.modules.") else None
+    if not (isinstance(module, type) and issubclass(module, torch.nn.Module)):
+        raise ValueError(f"The {what} activation {name!r} of the checkpoint's config is not supported: it must be a "
+                         f"torch.nn.modules activation (Identity, Sigmoid, Softmax, Tanh, ...).")
     return module()
 
 
