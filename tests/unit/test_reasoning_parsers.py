@@ -374,6 +374,23 @@ def test_thinking_in_the_history_reaches_the_template(think_model_dir):
     assert "[assistant]<think>Use the tool.</think>Checking.<call get_weather>|[tool]sunny|" in prompts[1]
 
 
+def test_reasoning_content_sent_back_reaches_the_template(think_model_dir):
+    """An assistant turn sent back with ``reasoning_content`` (the field's name before vLLM's rename, and DeepSeek's
+    API's; clients that keep a reasoning model's answer send it so) is read as its reasoning, as vLLM does; it was
+    dropped, so the template rendered the turn without its thinking. ``reasoning`` wins when both are given."""
+    turn = {"role": "assistant", "content": "No.", "reasoning_content": "9.8 > 9.11"}
+    with serve_in_process(think_model_dir, "--reasoning-parser", "deepseek_r1",
+                          chat_template=HISTORY_TEMPLATE) as (app, engine):
+        seen = scripted_engine(engine, ["ok"])
+        again = {"role": "user", "content": "Sure?"}
+        responses = post_all(app, [("/v1/chat/completions", {"messages": [ASK[0], t, again]})
+                                   for t in (turn, {**turn, "reasoning": "both"})])
+        prompts = [engine.input_processor.tokenizer.decode(s["prompt_ids"]) for s in seen]
+    assert [r.status_code for r in responses] == [200, 200], responses[0].text
+    assert "[assistant]<think>9.8 > 9.11</think>No.|[user]Sure?" in prompts[0]
+    assert "[assistant]<think>both</think>No.|" in prompts[1]
+
+
 # ---- thinking_token_budget ----------------------------------------------------------------------------------------
 def test_thinking_token_budget_forces_the_end_of_thinking(think_model_dir):
     """vLLM's thinking_token_budget: at most N tokens after the start tag, then </think> is forced (thinking the

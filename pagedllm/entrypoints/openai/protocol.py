@@ -398,6 +398,18 @@ class ChatMessage(OpenAIBaseModel):
     # and reasoning_content, the name Qwen3's and DeepSeek's templates read).
     reasoning: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reasoning_content(cls, data: Any) -> Any:
+        # reasoning_content: the field's name before vLLM's rename (and DeepSeek's API's), which clients that send
+        # a reasoning model's answer back still write; vLLM reads it as reasoning, as here (it was dropped).
+        if isinstance(data, dict) and data.get("reasoning_content") is not None:
+            data = dict(data)
+            content = data.pop("reasoning_content")
+            if data.get("reasoning") is None:
+                data["reasoning"] = content
+        return data
+
     @field_validator("role")
     @classmethod
     def _known_role(cls, v: str) -> str:
