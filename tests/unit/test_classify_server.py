@@ -199,3 +199,27 @@ def test_text_input_add_special_tokens_false_tokenizes_without_them(sentiment):
         logits = hf(torch.tensor([[5, 6]])).logits[0]        # w1 w2 alone
     assert torch.allclose(torch.tensor(bare["data"][0]["probs"]), torch.softmax(logits, -1), atol=1e-5)
     assert torch.allclose(torch.tensor(pooled["data"][0]["data"]), logits, atol=1e-4)
+
+
+def test_pooling_response_ids_follow_request_id_and_x_request_id(reranker):
+    """vLLM's rule for the response id, as chat and completions: "<prefix>-" then the X-Request-Id header, else the
+    body's request_id (a field of vLLM's pooling requests, not an ignored extra), else a random id."""
+    from app_client import run_on, serve_in_process
+    path, _ = reranker
+    calls = [("/classify", {"input": QUERY, "request_id": "cls-7"}), ("/pooling", {"input": QUERY, "request_id": "p"}),
+             ("/score", {"queries": QUERY, "documents": DOCS[:2], "request_id": "s1"}),
+             ("/rerank", {"query": QUERY, "documents": DOCS, "request_id": "r1"}),
+             ("/v1/rerank", {"query": QUERY, "documents": DOCS}), ("/classify", {"input": QUERY, "request_id": "x\ny"})]
+
+    async def script(client):
+        answers = [await client.post(p, json=body) for p, body in calls]
+        answers.append(await client.post("/score", json={"queries": QUERY, "documents": DOCS[:1], "request_id": "b"},
+                                         headers={"X-Request-Id": "gateway-42"}))
+        return answers
+    with serve_in_process(path, "--max-model-len", "64") as (app, _):
+        answers = run_on(app, script)
+    ids = [r.json().get("id") for r in answers]
+    assert [r.status_code for r in answers] == [200] * 5 + [400, 200]
+    assert ids[:4] == ["classify-cls-7", "pool-p", "score-s1", "rerank-r1"]
+    assert ids[4].startswith("rerank-") and len(ids[4]) > len("rerank-") and ids[6] == "score-gateway-42"
+    assert answers[5].json()["error"]["param"] == "request_id"

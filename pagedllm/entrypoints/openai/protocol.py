@@ -698,7 +698,15 @@ class DetokenizeResponse(OpenAIBaseModel):
 PoolingInput = Union[str, list[str], list[int], list[list[int]]]
 
 
-class PoolingInputRequest(OpenAIRequestModel):
+class PoolingRequestId(OpenAIRequestModel):
+    # The response's id after its prefix ("embd-<request_id>"), unless an X-Request-Id header names the request
+    # (vLLM's rule, as chat and completions).
+    request_id: str | None = None
+
+    _printable_request_id = field_validator("request_id")(printable_request_id)
+
+
+class PoolingInputRequest(PoolingRequestId):
     """What every pooling request over inputs shares (/v1/embeddings, /pooling, /classify)."""
     model: str | None = None
     # The texts / token ids to pool, or (vLLM's chat form) a conversation the chat template renders into one prompt.
@@ -787,7 +795,7 @@ class ScoreTemplateFields(OpenAIRequestModel):
         return {"instruction": self.instruction, **(self.chat_template_kwargs or {})}
 
 
-class ScoreRequest(ActivationField, ScoreTemplateFields):
+class ScoreRequest(ActivationField, ScoreTemplateFields, PoolingRequestId):
     model: str | None = None
     text_1: Union[str, list[str]]
     text_2: Union[str, list[str]]
@@ -808,7 +816,7 @@ class ScoreRequest(ActivationField, ScoreTemplateFields):
         return data
 
 
-class RerankRequest(ActivationField, ScoreTemplateFields):
+class RerankRequest(ActivationField, ScoreTemplateFields, PoolingRequestId):
     """/rerank, /v1/rerank (Jina) and /v2/rerank (Cohere): the documents ordered by their score against the query."""
     model: str | None = None
     query: str

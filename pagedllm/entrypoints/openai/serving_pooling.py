@@ -16,8 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pagedllm.engine.input_processor import context_overflow_message
 from pagedllm.entrypoints.chat_utils import score_template_text
 from pagedllm.entrypoints.openai.protocol import (ClassificationRequest, EmbeddingRequest, PoolingInputRequest,
-                                                  PoolingRequest, RequestError, RerankRequest, ScoreRequest,
-                                                  random_uuid)
+                                                  PoolingRequest, RequestError, RerankRequest, ScoreRequest)
 from pagedllm.entrypoints.openai.serving_chat import conversation
 from pagedllm.entrypoints.openai.serving_engine import (OpenAIServing, check_unicode, merge_streams, until_disconnected,
                                                      usage_dict)
@@ -122,10 +121,14 @@ class OpenAIServingPooling(OpenAIServing):
             tools=None, chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.special_tokens())
         return await self._prompts([ids], params, "messages", chunked)
 
-    async def _run(self, prefix: str, prompts: list[dict], params: PoolingParams, priority: int,
+    def _request_id(self, prefix: str, req: Any, raw_request: Request | None) -> str:
+        """The response's id, which its prompts' engine ids start with: ``prefix``-, then the X-Request-Id header,
+        else the body's request_id, else a random id (vLLM's rule, as chat and completions)."""
+        return f"{prefix}-{self.base_request_id(raw_request, req.request_id)}"
+
+    async def _run(self, request_id: str, prompts: list[dict], params: PoolingParams, priority: int,
                    raw_request: Request | None) -> list | None:
         """Every prompt's PoolingRequestOutput, in input order (None when the client went away)."""
-        request_id = f"{prefix}-{random_uuid()}"
         ids = [f"{request_id}-{i}" for i in range(len(prompts))]
         try:
             self.engine.config.verify_priority(priority)
@@ -140,23 +143,23 @@ class OpenAIServingPooling(OpenAIServing):
             return results
         return await until_disconnected(gather(), raw_request)
 
-    async def _run_chunked(self, prompts: list[dict], params: PoolingParams, priority: int,
+    async def _run_chunked(self, request_id: str, prompts: list[dict], params: PoolingParams, priority: int,
                            raw_request: Request | None) -> list | None:
         """vLLM's long-text embedding (pooler_config enable_chunked_processing): each prompt in max_model_len
         chunks, its embedding the chunks' mean weighted by their token counts (float32)."""
         size = self.max_model_len
         pieces = [(i, {"prompt_token_ids": p["prompt_token_ids"][start:start + size]})
                   for i, p in enumerate(prompts) for start in range(0, len(p["prompt_token_ids"]), size)]
-        outputs = await self._run("embd", [piece for _, piece in pieces], params, priority, raw_request)
+        outputs = await self._run(request_id, [piece for _, piece in pieces], params, priority, raw_request)
         if outputs is None:
             return None
         sums: list = [None] * len(prompts)
         for (i, piece), out in zip(pieces, outputs):
             weighted = out.outputs.data.to(torch.float32) * len(piece["prompt_token_ids"])
             sums[i] = weighted if sums[i] is None else sums[i] + weighted
-        return [PoolingRequestOutput(f"embd-{random_uuid()}", PoolingOutput(total / len(p["prompt_token_ids"])),
+        return [PoolingRequestOutput(f"{request_id}-{i}", PoolingOutput(total / len(p["prompt_token_ids"])),
                                      p["prompt_token_ids"], prompt=p.get("prompt"))
-                for total, p in zip(sums, prompts)]
+                for i, (total, p) in enumerate(zip(sums, prompts))]
 
     def _params(self, req: PoolingInputRequest, task: str) -> PoolingParams:
         """The request's PoolingParams for ``task``; a field the task does not take is a 400 naming it."""
@@ -170,12 +173,12 @@ class OpenAIServingPooling(OpenAIServing):
             raise RequestError(str(e), _named_field(e, ("truncate_prompt_tokens", *fields))) from None
         return params
 
-    def _body(self, prefix: str, obj: str, data: list[dict], outputs: list) -> JSONResponse:
+    def _body(self, request_id: str, data: list[dict], outputs: list) -> JSONResponse:
         num_tokens = sum(len(o.prompt_token_ids) for o in outputs)
-        return JSONResponse({"id": f"{prefix}-{random_uuid()}", "object": "list", "created": int(time.time()),
+        return JSONResponse({"id": request_id, "object": "list", "created": int(time.time()),
                              "model": self.model_name, "data": data, "usage": usage_dict(num_tokens, 0)})
 
-    def _bytes_body(self, prefix: str, req: EmbeddingRequest, outputs: list) -> Response:
+    def _bytes_body(self, request_id: str, req: EmbeddingRequest, outputs: list) -> Response:
         """encoding_format bytes / bytes_only: the vectors' bytes as the body; with bytes, a "metadata" header
         holds the id, created, model, usage and where each vector lies (vLLM's response)."""
         body, items = encode_pooling_bytes([o.outputs.data for o in outputs], req.embed_dtype, req.endianness)
@@ -183,7 +186,7 @@ class OpenAIServingPooling(OpenAIServing):
         if req.encoding_format == "bytes":
             num_tokens = sum(len(o.prompt_token_ids) for o in outputs)
             headers = {"metadata": json.dumps({
-                "id": f"{prefix}-{random_uuid()}", "created": int(time.time()), "model": self.model_name,
+                "id": request_id, "created": int(time.time()), "model": self.model_name,
                 "data": items, "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})}
         return Response(content=body, headers=headers, media_type="application/octet-stream")
 
@@ -193,17 +196,18 @@ class OpenAIServingPooling(OpenAIServing):
         params = self._params(req, "embed")
         chunked = self._chunked_embed_len()
         prompts = await self._request_prompts(req, params, chunked)
+        request_id = self._request_id("embd", req, raw_request)
         if chunked is not None:
-            outputs = await self._run_chunked(prompts, params, req.priority, raw_request)
+            outputs = await self._run_chunked(request_id, prompts, params, req.priority, raw_request)
         else:
-            outputs = await self._run("embd", prompts, params, req.priority, raw_request)
+            outputs = await self._run(request_id, prompts, params, req.priority, raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
         if req.encoding_format in ("bytes", "bytes_only"):
-            return self._bytes_body("embd", req, outputs)
+            return self._bytes_body(request_id, req, outputs)
         data = [{"index": i, "object": "embedding", "embedding": encode_vector(o.outputs.data, req)}
                 for i, o in enumerate(outputs)]
-        return self._body("embd", "embedding", data, outputs)
+        return self._body(request_id, data, outputs)
 
     async def create_pooling(self, req: PoolingRequest, raw_request: Request | None = None):
         self.check_model(req.model)
@@ -213,14 +217,16 @@ class OpenAIServingPooling(OpenAIServing):
         default = self.engine.config.pooling_task or (
             "token_classify" if model.is_token_classifier else "classify" if model.is_classifier else "encode")
         params = self._params(req, req.task or default)
-        outputs = await self._run("pool", await self._request_prompts(req, params), params, req.priority, raw_request)
+        request_id = self._request_id("pool", req, raw_request)
+        outputs = await self._run(request_id, await self._request_prompts(req, params), params, req.priority,
+                                  raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
         if req.encoding_format in ("bytes", "bytes_only"):
-            return self._bytes_body("pool", req, outputs)
+            return self._bytes_body(request_id, req, outputs)
         data = [{"index": i, "object": "pooling", "data": encode_vector(o.outputs.data, req)}
                 for i, o in enumerate(outputs)]
-        return self._body("pool", "pooling", data, outputs)
+        return self._body(request_id, data, outputs)
 
     async def create_classify(self, req: ClassificationRequest, raw_request: Request | None = None):
         """vLLM's /classify: per input its class probabilities (``probs``, ``num_classes``) and the label of the
@@ -228,7 +234,8 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_model(req.model)
         self.check_pooling_model("Classification")
         params = self._params(req, "classify")
-        outputs = await self._run("classify", await self._request_prompts(req, params), params, req.priority,
+        request_id = self._request_id("classify", req, raw_request)
+        outputs = await self._run(request_id, await self._request_prompts(req, params), params, req.priority,
                                   raw_request)
         if outputs is None:
             return JSONResponse({}, status_code=499)
@@ -238,9 +245,9 @@ class OpenAIServingPooling(OpenAIServing):
             probs = out.outputs.data.tolist()
             label = id2label.get(int(out.outputs.data.argmax()))
             data.append({"index": i, "label": label, "probs": probs, "num_classes": len(probs)})
-        return self._body("classify", "classify", data, outputs)
+        return self._body(request_id, data, outputs)
 
-    async def _pair_scores(self, prefix: str, first: list[str], second: list[str], names: tuple[str, str],
+    async def _pair_scores(self, request_id: str, first: list[str], second: list[str], names: tuple[str, str],
                            req: ScoreRequest | RerankRequest,
                            raw_request: Request | None) -> tuple[list[float], list] | None:
         """Each (first[i], second[i]) pair's score, and every output (None when the client went away); ``first``
@@ -255,7 +262,7 @@ class OpenAIServingPooling(OpenAIServing):
             raise RequestError(f"{names[0]} must be one text or as many as {names[1]} (got {len(first)} and "
                                f"{len(second)}).", names[0])
         if self.engine.config.model.is_classifier:
-            return await self._cross_encoder_scores(prefix, first, second, names, req, raw_request)
+            return await self._cross_encoder_scores(request_id, first, second, names, req, raw_request)
         if req.score_template_kwargs() is not None:
             field = "instruction" if req.instruction is not None else "chat_template_kwargs"
             raise RequestError(f"{field} is a variable of a cross-encoder's score template; this embedding model "
@@ -268,14 +275,14 @@ class OpenAIServingPooling(OpenAIServing):
         except ValueError as e:
             raise RequestError(str(e), "truncate_prompt_tokens") from None
         prompts = await self._prompts(first, params, names[0]) + await self._prompts(second, params, names[1])
-        outputs = await self._run(prefix, prompts, params, req.priority, raw_request)
+        outputs = await self._run(request_id, prompts, params, req.priority, raw_request)
         if outputs is None:
             return None
         n = len(first)
         scores = [pair_score(a.outputs.data, b.outputs.data, late) for a, b in zip(outputs[:n], outputs[n:])]
         return scores, outputs
 
-    async def _cross_encoder_scores(self, prefix: str, first: list[str], second: list[str], names: tuple[str, str],
+    async def _cross_encoder_scores(self, request_id: str, first: list[str], second: list[str], names: tuple[str, str],
                                     req: ScoreRequest | RerankRequest,
                                     raw_request: Request | None) -> tuple[list[float], list] | None:
         self.check_pooling_task("score")
@@ -304,7 +311,7 @@ class OpenAIServingPooling(OpenAIServing):
                 prompt = await self.run_tokenizer(self.engine.input_processor.encode_pair_for_pooling, a, b, params)
             self._check_ids(prompt["prompt_token_ids"], names[1])
             prompts.append(prompt)
-        outputs = await self._run(prefix, prompts, params, req.priority, raw_request)
+        outputs = await self._run(request_id, prompts, params, req.priority, raw_request)
         if outputs is None:
             return None
         return [ScoringOutput.from_base(o.outputs).score for o in outputs], outputs
@@ -325,19 +332,21 @@ class OpenAIServingPooling(OpenAIServing):
         self.check_pooling_model("Score")
         first = [req.text_1] if isinstance(req.text_1, str) else list(req.text_1)
         second = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
-        scored = await self._pair_scores("score", first, second, req.pair_names, req, raw_request)
+        request_id = self._request_id("score", req, raw_request)
+        scored = await self._pair_scores(request_id, first, second, req.pair_names, req, raw_request)
         if scored is None:
             return JSONResponse({}, status_code=499)
         scores, outputs = scored
         data = [{"index": i, "object": "score", "score": score} for i, score in enumerate(scores)]
-        return self._body("score", "score", data, outputs)
+        return self._body(request_id, data, outputs)
 
     async def create_rerank(self, req: RerankRequest, raw_request: Request | None = None):
         """Jina / Cohere rerank: each document scored against the query as /score does, best first, the first
         ``top_n`` (all when 0); ``index`` is the document's place in the request."""
         self.check_model(req.model)
         self.check_pooling_model("Rerank")
-        scored = await self._pair_scores("rerank", [req.query], list(req.documents), ("query", "documents"), req,
+        request_id = self._request_id("rerank", req, raw_request)
+        scored = await self._pair_scores(request_id, [req.query], list(req.documents), ("query", "documents"), req,
                                          raw_request)
         if scored is None:
             return JSONResponse({}, status_code=499)
@@ -350,6 +359,6 @@ class OpenAIServingPooling(OpenAIServing):
                 result["document"] = {"text": req.documents[i]}
             results.append(result)
         num_tokens = sum(len(o.prompt_token_ids) for o in outputs)
-        return JSONResponse({"id": f"rerank-{random_uuid()}", "model": self.model_name,
+        return JSONResponse({"id": request_id, "model": self.model_name,
                              "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
                              "results": results})
