@@ -680,8 +680,10 @@ class EngineArgs:
                             "OMP_NUM_THREADS, else the cores this process may use).")
         g.add_argument("--compilation-config", "-cc", type=_json_or_int, default=None,
                        help="vLLM's compilation config as JSON (or -cc.KEY VALUE): pagedllm takes its "
-                            "cudagraph_capture_sizes, max_cudagraph_capture_size and cudagraph_specialize_lora; mode "
-                            "0 only (pagedllm does not use torch.compile). -O is --optimization-level.")
+                            "cudagraph_mode (NONE, PIECEWISE, FULL_DECODE_ONLY, FULL_AND_PIECEWISE; FULL runs as "
+                            "FULL_AND_PIECEWISE), cudagraph_capture_sizes, max_cudagraph_capture_size and "
+                            "cudagraph_specialize_lora; mode 0 only (pagedllm does not use torch.compile). -O is "
+                            "--optimization-level.")
         g.add_argument("--disable-log-stats", action="store_true")
         g.add_argument("--generation-config", type=str, default=d.generation_config,
                        help='"auto" (the model\'s generation_config.json), "vllm" (ignore it) or a folder.')
@@ -1067,6 +1069,43 @@ LORA_DTYPES = ("auto", "float16", "bfloat16")
 _GRAPH_SIZE_KEYS = ("cudagraph_capture_sizes", "max_cudagraph_capture_size")
 # vLLM's compilation-config key for LoRA engines: capture each graph size with and without the adapters' deltas.
 _SPECIALIZE_LORA_KEY = "cudagraph_specialize_lora"
+# vLLM's compilation-config CUDAGraphMode: which steps replay a graph. pagedllm's two kinds map onto it: full graphs
+# of decode-only steps (FULL_DECODE_ONLY) and piecewise graphs (attention eager) of the other steps, and of decode
+# steps when there are no full ones (PIECEWISE). FULL_AND_PIECEWISE is both, pagedllm's (and vLLM's) default.
+CUDAGRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")
+_CUDAGRAPH_MODE_KEY = "cudagraph_mode"
+
+
+def cudagraph_mode(args: EngineArgs) -> str | None:
+    """compilation_config's ``cudagraph_mode`` (vLLM's CUDAGraphMode, by name, any case), None when not given.
+    vLLM's FULL (full graphs of mixed steps too, which pagedllm's attention does not capture) is FULL_AND_PIECEWISE
+    with a warning, as vLLM downgrades it for attention backends without full graphs of mixed batches."""
+    cc = args.compilation_config
+    value = cc.get(_CUDAGRAPH_MODE_KEY) if isinstance(cc, dict) else None
+    if value is None:
+        return None
+    mode = value.upper() if isinstance(value, str) else value
+    if mode not in CUDAGRAPH_MODES:
+        raise ValueError(f"compilation_config's {_CUDAGRAPH_MODE_KEY} must be one of {', '.join(CUDAGRAPH_MODES)}, "
+                         f"got {value!r}.")
+    return "FULL_AND_PIECEWISE" if mode == "FULL" else mode
+
+
+def _cuda_graph_kinds(args: EngineArgs) -> tuple[bool, bool]:
+    """(decode graphs, piecewise graphs) as compilation_config's cudagraph_mode and piecewise_cuda_graphs ask; a
+    contradiction between the two is an error."""
+    mode = cudagraph_mode(args)
+    if mode is not None and str(args.compilation_config[_CUDAGRAPH_MODE_KEY]).upper() == "FULL":
+        logger.warning("compilation_config cudagraph_mode=FULL: pagedllm's attention captures full graphs of decode "
+                       "steps only; running FULL_AND_PIECEWISE (piecewise graphs for steps with prompt tokens).")
+    piecewise = _switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS)
+    if mode in (None, "NONE"):
+        return True, piecewise
+    wants_piecewise = mode != "FULL_DECODE_ONLY"
+    if args.piecewise_cuda_graphs is not None and args.piecewise_cuda_graphs != wants_piecewise:
+        raise ValueError(f"piecewise_cuda_graphs={args.piecewise_cuda_graphs} contradicts compilation_config "
+                         f"cudagraph_mode={mode}; give one of the two.")
+    return mode != "PIECEWISE", wants_piecewise
 
 
 def cuda_graph_sizes(args: EngineArgs) -> tuple[list[int] | None, int | None]:
@@ -1082,7 +1121,7 @@ def cuda_graph_sizes(args: EngineArgs) -> tuple[list[int] | None, int | None]:
                              f"cudagraph_capture_sizes / max_cudagraph_capture_size); use None or 0, or a dict of "
                              f"those two keys (got {cc!r}). vLLM's optimization levels are optimization_level "
                              f"(-O0 .. -O3), not compilation_config.")
-        known = _GRAPH_SIZE_KEYS + (_SPECIALIZE_LORA_KEY,)
+        known = _GRAPH_SIZE_KEYS + (_SPECIALIZE_LORA_KEY, _CUDAGRAPH_MODE_KEY)
         other = sorted(k for k in cc if k not in known and not (k in ("level", "mode") and cc[k] == 0))
         if other:
             raise ValueError(f"compilation_config is not supported yet beyond {', '.join(known)}: "
@@ -1136,6 +1175,7 @@ def cuda_graphs_off(args: EngineArgs, on_gpu: bool, pooling: bool, quant_config:
     (a format whose kernels cannot be captured says so)."""
     return ("this engine runs on the CPU" if not on_gpu else "enforce_eager=True" if args.enforce_eager
             else "optimization_level=0 (-O0)" if args.optimization_level == 0
+            else "compilation_config cudagraph_mode=NONE" if cudagraph_mode(args) == "NONE"
             else "a pooling model runs eagerly" if pooling
             else "cpu_offload_gb streams weights eagerly" if args.cpu_offload_gb
             else quant_config.eager_reason() if quant_config is not None else None)
@@ -1158,10 +1198,12 @@ def verify_graph_sizes(args: EngineArgs, on_gpu: bool, runner_type: str, quant_c
     if specialize is not None and not args.enable_lora:
         raise ValueError(f"compilation_config's {_SPECIALIZE_LORA_KEY} only applies with enable_lora=True; leave it "
                          f"unset.")
-    if largest is None and specialize is None:
+    mode = cudagraph_mode(args)
+    if largest is None and specialize is None and mode in (None, "NONE"):
         return
     asked = ("cudagraph_capture_sizes" if sizes is not None else "max_cudagraph_capture_size" if largest is not None
-             else f"compilation_config's {_SPECIALIZE_LORA_KEY}")
+             else f"compilation_config's {_SPECIALIZE_LORA_KEY}" if specialize is not None
+             else f"compilation_config's {_CUDAGRAPH_MODE_KEY}={mode}")
     why = cuda_graphs_off(args, on_gpu, runner_type == "pooling", quant_config)
     if why:
         raise ValueError(f"{asked}: no CUDA graphs are captured here ({why}); leave it unset.")
@@ -1848,6 +1890,9 @@ class EngineConfig:
     # Kernel and graph switches, resolved from the arguments and their PAGEDLLM_* defaults (envs.py).
     triton_gemv: bool = True
     pdl: bool = True
+    # Which CUDA graphs are captured (where any are): full graphs of decode-only steps, piecewise graphs of the
+    # other steps (and of decode steps without full graphs); compilation_config's cudagraph_mode picks them.
+    decode_cuda_graphs: bool = True
     piecewise_cuda_graphs: bool = True
     # enable_lora: each graph size also captured without the adapters' deltas (compilation_config's
     # cudagraph_specialize_lora, True unless it says false, as vLLM's default).
@@ -2093,6 +2138,7 @@ class EngineConfig:
         max_num_seqs = args.max_num_seqs if args.max_num_seqs is not None else \
             (1024 if tabled_context else 128) if on_gpu else 256
         verify_graph_sizes(args, on_gpu, runner_type)
+        graph_kinds = _cuda_graph_kinds(args)
         if args.max_num_batched_tokens is not None:
             max_num_batched_tokens = int(args.max_num_batched_tokens)
             if not chunked and max_num_batched_tokens < max_model_len:
@@ -2153,7 +2199,7 @@ class EngineConfig:
                      block_size=args.block_size, attention_backend=backend,
                      triton_gemv=custom_kernels and _switch(args.triton_gemv, envs.PAGEDLLM_TRITON_GEMV),
                      pdl=custom_kernels and _switch(args.pdl, envs.PAGEDLLM_PDL),
-                     piecewise_cuda_graphs=_switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS),
+                     decode_cuda_graphs=graph_kinds[0], piecewise_cuda_graphs=graph_kinds[1],
                      cudagraph_specialize_lora=cudagraph_specialize_lora(args) is not False,
                      cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
                      kv_cache_memory_bytes=kv_cache_memory_bytes, kv_cache_memory_source=kv_cache_memory_source,

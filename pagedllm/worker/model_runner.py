@@ -415,7 +415,7 @@ class ModelRunner:
         # cudagraph_capture_sizes / max_cudagraph_capture_size (vLLM's), else our lists (cuda_graphs.py).
         sizes, largest = cuda_graph_sizes(self.config.args)
         decode_sizes = graph_batch_sizes(self.config.max_num_seqs, sizes, largest)
-        if backend.supports_full_cuda_graphs and decode_sizes:
+        if backend.supports_full_cuda_graphs and decode_sizes and self.config.decode_cuda_graphs:
             self.graph_runner = CudaGraphRunner(self.model, self.kv_caches, decode_sizes, self.max_blocks_per_seq,
                                                 backend, self.device, stage_input=stage_input, lora=lora,
                                                 specialize_lora=specialize)

@@ -51,7 +51,8 @@ def test_compilation_config_keys_and_fields_agree_or_fail():
     with pytest.raises(ValueError, match="max_cudagraph_capture_size=4 but cudagraph_capture_sizes goes up to 8"):
         cuda_graph_sizes(EngineArgs(model="m", cudagraph_capture_sizes=[1, 8], max_cudagraph_capture_size=4))
     with pytest.raises(ValueError, match="not supported yet beyond cudagraph_capture_sizes, "
-                                         "max_cudagraph_capture_size, cudagraph_specialize_lora: pagedllm does not "
+                                         "max_cudagraph_capture_size, cudagraph_specialize_lora, cudagraph_mode: "
+                                         "pagedllm does not "
                                          "use torch.compile"):
         cuda_graph_sizes(EngineArgs(model="m", compilation_config={"cudagraph_capture_sizes": [1], "mode": 3}))
     for bad in ([], [1, True], [1.5], "1,2"):
@@ -100,6 +101,39 @@ def test_optimization_levels_as_vllm(monkeypatch):
     # The compilation config keeps vLLM's -cc (and -O.KEY) forms.
     cc = parser.parse_args(["--model", "m", "-cc", '{"max_cudagraph_capture_size": 8}']).compilation_config
     assert cc == {"max_cudagraph_capture_size": 8}
+
+
+def test_cudagraph_mode_picks_the_graph_kinds(monkeypatch, caplog):
+    """vLLM's compilation_config cudagraph_mode (its scripts pass '{"cudagraph_mode": "FULL_DECODE_ONLY"}' and the
+    like): which of pagedllm's two graph kinds are captured, (full decode graphs, piecewise graphs). Before, any
+    cudagraph_mode was "compilation_config is not supported yet beyond ..."."""
+    def kinds(mode, **kwargs):
+        config = _build(monkeypatch, compilation_config={"cudagraph_mode": mode}, **kwargs)
+        return config.decode_cuda_graphs, config.piecewise_cuda_graphs
+    assert kinds("FULL_AND_PIECEWISE") == (True, True) and kinds("full_decode_only") == (True, False)
+    assert kinds("PIECEWISE") == (False, True)          # decode steps replay the piecewise graphs then
+    with caplog.at_level("WARNING"):
+        assert kinds("FULL") == (True, True)             # vLLM's downgrade where mixed steps have no full graphs
+    assert "running FULL_AND_PIECEWISE" in caplog.text
+    from pagedllm.config import cuda_graphs_off
+    assert cuda_graphs_off(EngineArgs(model="m", compilation_config={"cudagraph_mode": "NONE"}), True, False) == \
+        "compilation_config cudagraph_mode=NONE"
+    with pytest.raises(ValueError, match=r"cudagraph_capture_sizes: no CUDA graphs are captured here \(compilation_"
+                                         r"config cudagraph_mode=NONE\)"):
+        _build(monkeypatch, compilation_config={"cudagraph_mode": "NONE", "cudagraph_capture_sizes": [1, 2]})
+    with pytest.raises(ValueError, match="piecewise_cuda_graphs=True contradicts compilation_config cudagraph_mode="
+                                         "FULL_DECODE_ONLY"):
+        kinds("FULL_DECODE_ONLY", piecewise_cuda_graphs=True)
+    with pytest.raises(ValueError, match=r"cudagraph_mode=PIECEWISE: no CUDA graphs are captured here \(this engine "
+                                         r"runs on the CPU\)"):
+        _build(monkeypatch, device="cpu", compilation_config={"cudagraph_mode": "PIECEWISE"})
+    with pytest.raises(ValueError, match="cudagraph_mode must be one of NONE, PIECEWISE, FULL, FULL_DECODE_ONLY, "
+                                         "FULL_AND_PIECEWISE, got 'ALL'"):
+        kinds("ALL")
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    from pagedllm.config import normalize_cli_flags
+    cc = parser.parse_args(normalize_cli_flags(["--model", "m", "-cc.cudagraph_mode=FULL_DECODE_ONLY"]))
+    assert cc.compilation_config == {"cudagraph_mode": "FULL_DECODE_ONLY"}
 
 
 def test_performance_mode_balanced_only(monkeypatch):

@@ -347,6 +347,11 @@ ENGINE_FIELDS: dict[str, list] = {
                            Behaves(lambda mp: cfg_mod.cuda_graph_sizes(build(mp, device="cuda", compilation_config={
                                "cudagraph_capture_sizes": [4, 1, 2]}).args) == ([1, 2, 4], 4) or _fail()),
                            Rejects({"mode": 3}, "compilation_config is not supported yet beyond"),
+                           # cudagraph_mode picks the graph kinds (tests/unit/test_cuda_graph_sizes.py), which the
+                           # runner captures
+                           Read(("worker/model_runner.py",), "self.config.decode_cuda_graphs"),
+                           Behaves(lambda mp: build(mp, device="cuda", compilation_config={
+                               "cudagraph_mode": "FULL_DECODE_ONLY"}).piecewise_cuda_graphs is False or _fail()),
                            Rejects({"cudagraph_capture_sizes": [1, 2]}, "cudagraph_capture_sizes: no CUDA graphs are "
                                                                         "captured here (this engine runs on the CPU)")],
     # tests/unit/test_sliding_window.py: the cap, the error past it, tokens against HF's windowed attention.
