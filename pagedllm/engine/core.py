@@ -308,10 +308,15 @@ class EngineCore:
 
     # ---- LoRA adapters (vLLM's add_lora / remove_lora / list_loras) ---------------------------------------------
     def add_lora(self, lora_request) -> bool:
-        """Load an adapter on every worker now (checked: a bad folder, rank or module is a ValueError here)."""
-        return self.executor.collective_rpc("add_lora", (lora_request,))[0]
+        """Load an adapter on every worker now (checked: a bad folder, rank or module is a ValueError here);
+        ``load_inplace``: its weights replaced, and the prefix cache told."""
+        added = self.executor.collective_rpc("add_lora", (lora_request,))[0]
+        if lora_request.load_inplace:
+            self.kv_cache.lora_weights_changed(lora_request.lora_int_id)
+        return added
 
     def remove_lora(self, lora_id: int) -> bool:
+        self.kv_cache.lora_weights_changed(lora_id)     # the id may come back with other weights in its folder
         return self.executor.collective_rpc("remove_lora", (lora_id,))[0]
 
     def list_loras(self) -> set[int]:

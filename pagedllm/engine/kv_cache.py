@@ -241,6 +241,8 @@ class KVCacheManager:
         # The CPU tier's counters: blocks copied out of the device pool, and prefix blocks copied back on a hit.
         self.num_blocks_offloaded = 0
         self.num_offload_hit_blocks = 0
+        # Each adapter id's weights generation (lora_weights_changed), part of its requests' block-0 key.
+        self.lora_generations: dict[int, int] = {}
         if self.offload:
             self.pool.on_evict = self._store_on_cpu
 
@@ -257,8 +259,15 @@ class KVCacheManager:
         keys = (request.cache_salt,) if request.cache_salt else ()
         keys += content
         # The folder too: an id and name freed by remove_lora and given to another adapter must not hit the first
-        # one's blocks (its K and V: the first adapter's tokens).
-        return keys + (("lora", lora.lora_int_id, lora.lora_name, lora.lora_path),) if lora is not None else keys
+        # one's blocks (its K and V: the first adapter's tokens). And the id's weights generation: the same id, name
+        # and folder after remove_lora or a load_inplace may hold other weights (files rewritten in place).
+        return keys + (("lora", lora.lora_int_id, lora.lora_name, lora.lora_path,
+                        self.lora_generations.get(lora.lora_int_id, 0)),) if lora is not None else keys
+
+    def lora_weights_changed(self, lora_int_id: int) -> None:
+        """remove_lora or a load_inplace reload of an adapter id: requests added from now on hash apart from the
+        blocks its earlier weights computed."""
+        self.lora_generations[lora_int_id] = self.lora_generations.get(lora_int_id, 0) + 1
 
     def update_block_hashes(self, request: Request) -> None:
         """Extend ``request.block_hashes`` to cover every full block of its tokens."""

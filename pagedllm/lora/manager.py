@@ -93,8 +93,9 @@ class LoRAManager:
 
     # ---- adapters -------------------------------------------------------------------------------------------------
     def add_adapter(self, request: LoRARequest) -> bool:
-        """Load ``request``'s adapter into CPU memory, checked against the model's layers (False: it was there)."""
-        if request.lora_int_id in self._cpu:
+        """Load ``request``'s adapter into CPU memory, checked against the model's layers (False: it was there).
+        ``load_inplace``: read again, and the old weights replaced once the new ones load (their slot copied anew)."""
+        if request.lora_int_id in self._cpu and not request.load_inplace:
             self._cpu.move_to_end(request.lora_int_id)
             return False
         adapter = load_adapter(request, self.max_lora_rank, self.dtype, self.hf_token, self.target_modules)
@@ -138,6 +139,7 @@ class LoRAManager:
                            "ignored: %s", request.lora_name, len(ignored),
                            ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else ""))
         adapter.weights = mine
+        self._slot_of.pop(request.lora_int_id, None)      # load_inplace: the next step copies the new weights
         self._cpu[request.lora_int_id] = adapter
         self._requests[request.lora_int_id] = request
         droppable = [i for i in self._cpu if i not in self._pinned and i != request.lora_int_id]

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 class LoRARequest:
     """An adapter: a name (what the server's ``"model"`` field and ``/v1/models`` show), an id > 0 that identifies
     its weights in the engine (two requests with the same id share them, and their prefix-cache blocks), and the
-    local folder of its PEFT files (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    local folder of its PEFT files (``adapter_config.json`` + ``adapter_model.safetensors``). ``load_inplace``
+    (vLLM's): read the folder again even if the id is loaded, replacing its weights (e.g. after a training step
+    rewrote them), once per LoRARequest object (``add_lora`` always); later requests of the id never reuse
+    prefix-cache blocks of the weights it replaced. Without it, an id once loaded keeps its weights until
+    ``remove_lora``, whatever its files become (vLLM's rule too)."""
     lora_name: str
     lora_int_id: int
     lora_path: str = ""
@@ -16,6 +20,7 @@ class LoRARequest:
     long_lora_max_len: int | None = None
     base_model_name: str | None = None
     tensorizer_config_dict: dict | None = None
+    load_inplace: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_int_id, bool) or not isinstance(self.lora_int_id, int) or self.lora_int_id < 1:
@@ -53,11 +58,12 @@ class LoRARequest:
 
 
 def needs_loading(added: dict[int, LoRARequest], request: LoRARequest) -> bool:
-    """Whether ``request``'s adapter is new to an engine that has loaded ``added`` (id -> its request). An id already
-    loaded from another folder is a ValueError: the engine would otherwise run the first adapter's weights under the
-    second's name (vLLM does so silently)."""
+    """Whether ``request``'s adapter is new to an engine that has loaded ``added`` (id -> its request), or is to be
+    read again: a ``load_inplace`` request object not loaded yet (once: the prompts of one generate() that share it
+    run one set of weights). An id already loaded from another folder is a ValueError: the engine would otherwise
+    run the first adapter's weights under the second's name (vLLM does so silently)."""
     known = added.get(request.lora_int_id)
-    if known is None:
+    if known is None or (request.load_inplace and known is not request):
         return True
     if _folder(known.lora_path) != _folder(request.lora_path):
         raise ValueError(f"LoRA id {request.lora_int_id} is already used by adapter {known.lora_name!r} "

@@ -187,6 +187,33 @@ def test_an_id_and_name_given_to_another_adapter_after_remove_lora_hits_no_old_b
     assert again.num_cached_tokens == 0 and _tokens([again]) == [expected["chat"][0]]
 
 
+def test_adapter_files_rewritten_in_place_load_inplace_and_remove_lora(setup):
+    """An adapter folder rewritten in place (a training step): the loaded id keeps its weights until vLLM's
+    LoRARequest(load_inplace=True) (a TypeError before) or remove_lora reads the folder again; then no prompt hits
+    the blocks the old weights computed (before: remove_lora and the same id, name and folder gave the old blocks,
+    16 cached tokens and neither model's tokens). load_inplace may name another folder for the id, as vLLM's."""
+    import shutil
+    root, _, expected = setup
+    live = root / "live"
+    shutil.copytree(root / "sql", live, dirs_exist_ok=True)
+    llm = make_llm(root)
+    prompt = {"prompt_token_ids": PROMPTS[0]}      # 21 tokens: one full block to hit
+
+    def run(lora: LoRARequest):
+        out = llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=lora)[0]
+        return _tokens([out])[0], out.num_cached_tokens
+    assert run(LoRARequest("ft", 1, str(live))) == (expected["sql"][0], 0)
+    shutil.copytree(root / "chat", live, dirs_exist_ok=True)
+    assert run(LoRARequest("ft", 1, str(live))) == (expected["sql"][0], 16)        # loaded: kept, as vLLM's
+    reload = LoRARequest("ft", 1, str(live), load_inplace=True)
+    assert run(reload) == (expected["chat"][0], 0)
+    assert run(reload) == (expected["chat"][0], 16)      # read once per LoRARequest object
+    shutil.copytree(root / "sql", live, dirs_exist_ok=True)
+    assert llm.llm_engine.remove_lora(1)
+    assert run(LoRARequest("ft", 1, str(live))) == (expected["sql"][0], 0)
+    assert run(LoRARequest("ft", 1, str(root / "chat"), load_inplace=True)) == (expected["chat"][0], 0)
+
+
 def test_max_loras_1_runs_two_adapters_one_after_the_other(setup):
     root, _, expected = setup
     llm = make_llm(root, max_loras=1)
