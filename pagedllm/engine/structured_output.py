@@ -161,10 +161,11 @@ _SCHEMA_DATA = ("enum", "const", "default", "examples", "required", "title", "de
 
 def _dropped_json_keyword(node: Any) -> str | None:
     """A keyword of the schema that xgrammar would not enforce, or None. xgrammar 0.2.9 compiles these without an
-    error but drops them (minLength/maxLength beside a pattern or format) or makes valid arrays unreachable
-    (contains). vLLM's "auto" backend sends such schemas to guidance; pagedllm has only xgrammar, so they are
-    refused rather than silently ignored. (``uniqueItems``, which pydantic writes for a ``set`` field, is let
-    through unenforced: refusing every such model would cost more than a rare duplicate.)"""
+    error but drops them (minLength/maxLength beside a pattern or format, multipleOf but a whole one on an integer)
+    or makes valid arrays unreachable (contains). vLLM's "auto" backend sends such schemas to guidance (its
+    "xgrammar" backend refuses them); pagedllm has only xgrammar, so they are refused rather than silently ignored.
+    (``uniqueItems``, which pydantic writes for a ``set`` field, is let through unenforced: refusing every such model
+    would cost more than a rare duplicate.)"""
     if isinstance(node, list):
         return next((found for found in map(_dropped_json_keyword, node) if found), None)
     if not isinstance(node, dict):
@@ -172,6 +173,10 @@ def _dropped_json_keyword(node: Any) -> str | None:
     for key in ("contains", "minContains", "maxContains"):
         if key in node:
             return f"{key!r}"
+    if "multipleOf" in node and not _integer_step(node):
+        # xgrammar 0.2.9 enforces only a whole multipleOf of an integer: {"type": "number", "multipleOf": 0.5} let
+        # 0.3 through, {"type": "integer", "multipleOf": 2.5} let 2 through.
+        return "'multipleOf' other than a whole number on an integer"
     if ("pattern" in node or "format" in node) and ("minLength" in node or "maxLength" in node):
         return "'minLength'/'maxLength' together with 'pattern' or 'format'"
     for key, value in node.items():
@@ -182,6 +187,15 @@ def _dropped_json_keyword(node: Any) -> str | None:
         if found:
             return found
     return None
+
+
+def _integer_step(node: dict) -> bool:
+    """Is the schema's multipleOf a whole number on a type that admits no number but integers (``"integer"``, or a
+    list of it and non-numbers)?"""
+    step, schema_type = node["multipleOf"], node.get("type")
+    types = [schema_type] if isinstance(schema_type, str) else schema_type if isinstance(schema_type, list) else []
+    whole = isinstance(step, int) or (isinstance(step, float) and step.is_integer())
+    return whole and "integer" in types and "number" not in types
 
 
 def _no_additional_properties(schema: dict) -> dict:

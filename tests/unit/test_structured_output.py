@@ -73,7 +73,11 @@ def test_bad_constraints_fail_at_add_time(llm):
                  "type": "string", "pattern": "^[A-Z]+$", "maxLength": 3}}}),
               "'minLength'/'maxLength' together with 'pattern' or 'format' is not supported"),
              (StructuredOutputsParams(json={"type": "array", "items": {"type": "integer"}, "contains": {"const": 3}}),
-              "'contains' is not supported")]
+              "'contains' is not supported"),
+             # xgrammar enforces multipleOf only as a whole step on integers (it let 0.3 through for 0.5).
+             (StructuredOutputsParams(json={"type": "object", "properties": {"price": {
+                 "type": "number", "multipleOf": 0.5}}}), "'multipleOf' other than a whole number on an integer"),
+             (StructuredOutputsParams(json={"type": "integer", "multipleOf": 2.5}), "'multipleOf' other than")]
     # Constraints that compile but admit no output at all (vLLM refuses the $ref cycle with a 400; its engine ends
     # the others with an error): they used to end at once with finish_reason "stop" and token 0's text, a silent
     # "success" that no parser accepts.
@@ -90,6 +94,10 @@ def test_bad_constraints_fail_at_add_time(llm):
     for so in (StructuredOutputsParams(regex=""), StructuredOutputsParams(choice=[""])):
         out = llm.generate("Hi", SamplingParams(max_tokens=2, structured_outputs=so), use_tqdm=False)[0].outputs[0]
         assert (out.text, out.finish_reason) == ("", "stop")
+    # A whole multipleOf on an integer is enforced, and runs.
+    so = StructuredOutputsParams(json={"type": "integer", "multipleOf": 5, "minimum": 1, "maximum": 99})
+    out = llm.generate("Hi", SamplingParams(max_tokens=4, seed=1, structured_outputs=so), use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason == "stop" and int(out.text) % 5 == 0, out.text
 
 
 def test_a_constraint_is_checked_once(monkeypatch):
