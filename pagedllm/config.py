@@ -1722,9 +1722,13 @@ class ResolvedModel:
     # checkpoints (modules.json), else "generate"; encoders have no language-model head (can_generate False).
     default_runner: str = "generate"
     can_generate: bool = True
-    # sentence-transformers' max_seq_length (sentence_bert_config.json): the longest input it embeds, so the
-    # derived max_model_len (as vLLM).
+    # sentence-transformers' Transformer config (``sentence_config``: sentence_bert_config.json, or an older name):
+    # its max_seq_length is the longest input it embeds, so the derived max_model_len (as vLLM).
     max_seq_length: int | None = None
+    sentence_config: str | None = None
+    # sentence-transformers' do_lower_case (the same file): text inputs are lower-cased before tokenizing, as its
+    # Transformer module and vLLM do.
+    do_lower_case: bool = False
     # A *ForSequenceClassification checkpoint: its pooler runs the classification head (classify; score when it
     # has one label: a cross-encoder).
     is_classifier: bool = False
@@ -2119,7 +2123,7 @@ class EngineConfig:
         derived_len, derived_from = _derived_max_model_len(hf)
         if runner_type == "pooling" and model.max_seq_length and model.max_seq_length < derived_len:
             derived_len = model.max_seq_length
-            derived_from = f"max_seq_length={derived_len} in sentence_bert_config.json"
+            derived_from = f"max_seq_length={derived_len} in {model.sentence_config}"
         if args.max_model_len is None:
             max_model_len = derived_len
         else:

@@ -424,6 +424,8 @@ class InputProcessor:
     def encode_for_pooling(self, text: str, params: PoolingParams, add_special_tokens: bool = True) -> list[int]:
         """A pooling prompt's token ids: with ``truncate_prompt_tokens`` the tokenizer truncates (its truncation side,
         keeping [CLS] ... [SEP]), as sentence-transformers does."""
+        if self.config.model.do_lower_case:
+            text = text.lower()
         if params.truncate_prompt_tokens is None or self.tokenizer is None:
             return self.encode(text, add_special_tokens)
         return self.tokenizer(text, truncation=True, max_length=self.truncation_limit(params),
@@ -443,6 +445,8 @@ class InputProcessor:
                 raise ValueError(f"A cross-encoder scores text pairs: each query and document must be a string, "
                                  f"got {type(text).__name__}.")
             _check_utf8(text)
+        if self.config.model.do_lower_case:
+            first, second = first.lower(), second.lower()
         kwargs: dict = {"add_special_tokens": add_special_tokens}
         if params.truncate_prompt_tokens is not None:
             kwargs.update(truncation=True, max_length=self.truncation_limit(params))

@@ -97,13 +97,22 @@ def _bundled_tokenizer_dir(name: str) -> str | None:
     return None
 
 
-def _max_seq_length(model_dir: str) -> int | None:
-    path = os.path.join(model_dir, "sentence_bert_config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        value = json.load(f).get("max_seq_length")
-    return int(value) if isinstance(value, int) and value > 0 else None
+# sentence-transformers' Transformer module config, by the names its versions gave it (vLLM reads the same list).
+SENTENCE_TRANSFORMERS_CONFIGS = ("sentence_bert_config.json", "sentence_roberta_config.json",
+                                 "sentence_distilbert_config.json", "sentence_camembert_config.json",
+                                 "sentence_albert_config.json", "sentence_xlm-roberta_config.json",
+                                 "sentence_xlnet_config.json")
+
+
+def _sentence_transformers_config(model_dir: str) -> tuple[str | None, dict]:
+    """The first of SENTENCE_TRANSFORMERS_CONFIGS in ``model_dir`` (its name and contents), else (None, {})."""
+    for name in SENTENCE_TRANSFORMERS_CONFIGS:
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                config = json.load(f)
+            return name, config if isinstance(config, dict) else {}
+    return None, {}
 
 
 def _find_gguf(path: str) -> str | None:
@@ -394,10 +403,15 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     headless = is_pooling_only(hf_config)       # encoders, bare decoders, classifiers: no language-model head
     pooling = headless or sentence_transformers_modules(model_dir) is not None
     dense = dense_configs(model_dir)
+    sentence_config, sentence_settings = _sentence_transformers_config(model_dir)
+    max_seq_length = sentence_settings.get("max_seq_length")
     return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,
                          gguf_file=gguf_path, generation_config=generation,
                          default_runner="pooling" if pooling else "generate", can_generate=not headless,
-                         max_seq_length=_max_seq_length(model_dir), is_classifier=is_sequence_classifier(hf_config),
+                         max_seq_length=max_seq_length if isinstance(max_seq_length, int) and max_seq_length > 0
+                         else None, sentence_config=sentence_config,
+                         do_lower_case=sentence_settings.get("do_lower_case") is True,
+                         is_classifier=is_sequence_classifier(hf_config),
                          is_token_classifier=is_token_classifier(hf_config),
                          embedding_size=int(dense[-1]["out_features"]) if dense else None)
 

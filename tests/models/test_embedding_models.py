@@ -334,3 +334,29 @@ def test_sentence_transformers_dense_modules_and_pooling_mode(tmp_path):
     assert rows.shape == (5, 16)      # <s> w1 w2 w3 </s>, each projected
     with pytest.raises(ValueError, match="does not support matryoshka representation"):
         llm.embed(texts, PoolingParams(dimensions=8), use_tqdm=False)
+
+
+@pytest.mark.parametrize("config_name", ["sentence_bert_config.json", "sentence_distilbert_config.json"])
+def test_sentence_transformers_do_lower_case_and_max_seq_length(tmp_path, config_name):
+    """sentence-transformers' Transformer config (sentence_bert_config.json, or an older name such as
+    sentence_distilbert_config.json, as vLLM reads them): do_lower_case lower-cases text inputs before the tokenizer
+    (this word tokenizer knows only lower-case words: 'W1' is [UNK] otherwise), offline and for a cross-encoder
+    pair; max_seq_length caps the derived max_model_len."""
+    from tests.unit.tiny_models import save_tiny_encoder
+    save_tiny_encoder(tmp_path, "bert")
+    save_word_tokenizer(tmp_path, "bert")
+    (tmp_path / config_name).write_text(json.dumps({"max_seq_length": 16, "do_lower_case": True}))
+    llm = LLM(str(tmp_path), dtype="float32")
+    assert llm.llm_engine.config.max_model_len == 16
+    upper, lower = llm.embed(["W1 W2 w3", "w1 w2 w3"], use_tqdm=False)
+    assert upper.prompt_token_ids == lower.prompt_token_ids == [2, 5, 6, 7, 3]
+    assert upper.outputs.embedding == pytest.approx(lower.outputs.embedding, abs=1e-5)
+    truncated = llm.embed(["W1 W2 W3 W4"], truncate_prompt_tokens=4, use_tqdm=False)[0]
+    assert truncated.prompt_token_ids == [2, 5, 6, 3]
+    from tests.unit.tiny_models import save_tiny_classifier
+    save_tiny_classifier(tmp_path / "ce", "bert", 1)
+    (tmp_path / "ce" / config_name).write_text(json.dumps({"do_lower_case": True}))
+    cross_encoder = LLM(str(tmp_path / "ce"), dtype="float32")
+    upper, lower = cross_encoder.score("W1 W2", ["W3", "w3"], use_tqdm=False)
+    assert upper.prompt_token_ids == lower.prompt_token_ids == [2, 5, 6, 3, 7, 3]
+    assert upper.outputs.score == pytest.approx(lower.outputs.score, abs=1e-5)
