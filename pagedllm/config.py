@@ -579,7 +579,8 @@ class EngineArgs:
                             "checkpoint's quantization_config.")
         g.add_argument("--seed", type=int, default=d.seed)
         g.add_argument("--max-model-len", type=_parse_len, default=None,
-                       help="Model context length (prompt + output): 2048, 32k (32000) or 32K (32768), as vLLM.")
+                       help="Model context length (prompt + output): 2048, 32k (32000) or 32K (32768), as vLLM; "
+                            "auto (or -1): the model's own length, cut to the longest that the KV cache holds.")
         g.add_argument("--block-size", type=int, default=d.block_size, choices=[1, 8, 16, 32, 64, 128, 256])
         g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                        default=d.enable_prefix_caching)
@@ -863,12 +864,9 @@ def verify_engine_args(args: EngineArgs) -> None:
                          if args.performance_mode in PERFORMANCE_MODES else
                          f"performance_mode must be one of {', '.join(map(repr, PERFORMANCE_MODES))}, got "
                          f"{args.performance_mode!r}.")
-    if args.max_model_len == -1:
-        raise ValueError("max_model_len=-1 / 'auto' (the longest context that fits in memory) is not supported yet; "
-                         "leave max_model_len unset for the model's own length (a start-up error then names the "
-                         "longest that fits).")
-    if args.max_model_len is not None and args.max_model_len <= 0:
-        raise ValueError(f"max_model_len must be positive, got {args.max_model_len}.")
+    if args.max_model_len is not None and args.max_model_len <= 0 and args.max_model_len != -1:
+        raise ValueError(f"max_model_len must be positive, or -1 / 'auto' (the longest that fits in memory), got "
+                         f"{args.max_model_len}.")
     if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < 1:
         raise ValueError(f"max_num_batched_tokens must be >= 1, got {args.max_num_batched_tokens}.")
     if args.load_format == "bitsandbytes" and (args.quantization or "").lower() != "bitsandbytes":
@@ -2124,7 +2122,7 @@ class EngineConfig:
         if runner_type == "pooling" and model.max_seq_length and model.max_seq_length < derived_len:
             derived_len = model.max_seq_length
             derived_from = f"max_seq_length={derived_len} in {model.sentence_config}"
-        if args.max_model_len is None:
+        if args.max_model_len in (None, -1):     # -1 ('auto'): cut to what the KV cache holds once sized (core.py)
             max_model_len = derived_len
         else:
             max_model_len = args.max_model_len      # an int: EngineArgs parses "32k" and friends
@@ -2439,7 +2437,7 @@ def _capped_len(args: EngineArgs, max_model_len: int, cap: int | None, longer: s
     warning ``cut`` when it was not asked for, the error ``max_model_len=N {longer}`` when a longer one was."""
     if cap is None or max_model_len <= cap:
         return max_model_len
-    if args.max_model_len is not None:
+    if args.max_model_len not in (None, -1):
         raise ValueError(f"max_model_len={max_model_len} {longer}")
     logger.warning(cut)
     return cap

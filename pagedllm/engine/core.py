@@ -122,6 +122,12 @@ class EngineCore:
         if num_blocks <= 0:
             raise ValueError("No memory left for the KV cache: raise gpu_memory_utilization (GPU) or set "
                              "kv_cache_memory_gb, or lower max_num_batched_tokens.")
+        if capacity < config.max_model_len and config.args.max_model_len == -1:
+            # max_model_len='auto' (vLLM's): the model's own length did not fit, so the longest that does.
+            logger.warning("max_model_len='auto': the model's %d tokens do not fit in the KV cache (%d blocks of %d "
+                           "tokens); max_model_len is %d.", config.max_model_len, num_blocks, config.block_size,
+                           capacity)
+            config.max_model_len = capacity
         if capacity < config.max_model_len:
             raise ValueError(
                 f"The model's max seq len ({config.max_model_len}) is larger than the maximum number of tokens that "

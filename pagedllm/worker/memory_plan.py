@@ -93,13 +93,14 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
                   kv_cache_memory_bytes: int | None = None, kv_cache_memory_source: str | None = None,
                   num_gpu_blocks_override: int | None = None,
                   cpu_offload_bytes: int = 0, swap_space_bytes: int = 0,
-                  kv_offloading_bytes: int = 0) -> MemoryPlan:
+                  kv_offloading_bytes: int = 0, fit_max_model_len: bool = False) -> MemoryPlan:
     """Size the KV cache, or raise ``ValueError`` saying what does not fit and what to change.
 
     Precedence: ``num_gpu_blocks_override`` (a block count), then ``kv_cache_memory_bytes`` (a size), then the GPU
     budget ``total_bytes * gpu_memory_utilization - weights - activation peak - non-torch memory``. The block count
     is capped at what ``max_num_seqs`` sequences of ``max_model_len`` tokens can ever use (+1), so a large budget
-    does not allocate memory no schedule can fill."""
+    does not allocate memory no schedule can fill. ``fit_max_model_len`` (max_model_len='auto'): a cache shorter
+    than one max_model_len sequence is no error; the engine cuts max_model_len to it."""
     budget = None
     if total_bytes is not None and gpu_memory_utilization is not None:
         budget = int(total_bytes * gpu_memory_utilization)
@@ -135,7 +136,7 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
             sized_by += (f", capped at what max_num_seqs={max_num_seqs} sequences of max_model_len={max_model_len} "
                          f"can use")
     needed_blocks = blocks_per_seq
-    if num_blocks < needed_blocks:
+    if num_blocks < needed_blocks and not (fit_max_model_len and num_blocks > 0):
         # vLLM's message (kv_cache_utils.check_enough_kv_cache_memory), with the fitting length in blocks.
         fits = num_blocks * block_size
         raise ValueError(
@@ -145,6 +146,8 @@ def plan_kv_cache(*, weights_bytes: int, bytes_per_block: int, block_size: int, 
             f"the estimated maximum model length is {fits}. Try increasing {size_knob} or decreasing max_model_len "
             f"when initializing the engine, store the KV cache in kv_cache_dtype='fp8' (half the bytes per token), or "
             f"shrink the weights (quantization, cpu_offload_gb).")
+    if num_blocks < needed_blocks:       # fit_max_model_len: the length the cache holds (the start-up log's)
+        max_model_len = num_blocks * block_size
     num_offload_blocks = int(kv_offloading_bytes) // bytes_per_block
     return MemoryPlan(weights_bytes=weights_bytes, kv_cache_bytes=num_blocks * bytes_per_block, num_blocks=num_blocks,
                       block_size=block_size, bytes_per_block=bytes_per_block, max_model_len=max_model_len,

@@ -225,7 +225,8 @@ class ModelRunner:
             kv_cache_memory_source=self.config.kv_cache_memory_source,
             num_gpu_blocks_override=args.num_gpu_blocks_override,
             swap_space_bytes=int((args.swap_space or 0) * (1 << 30)),
-            kv_offloading_bytes=int((args.kv_offloading_size or 0) * (1 << 30)))
+            kv_offloading_bytes=int((args.kv_offloading_size or 0) * (1 << 30)),
+            fit_max_model_len=args.max_model_len == -1)
         return self.memory_plan.num_blocks
 
     def num_swap_blocks(self) -> int:

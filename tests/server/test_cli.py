@@ -184,7 +184,7 @@ def test_switch_flags():
     (["--max-num-seqs", "0"], "max_num_seqs must be >= 1, got 0"),
     # Checked before start-up, not in the engine process (a traceback there).
     (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization must be in (0, 1], got 1.5"),
-    (["--max-model-len", "auto"], "max_model_len=-1 / 'auto' (the longest context that fits in memory) is not"),
+    (["--max-model-len", "-5"], "max_model_len must be positive, or -1 / 'auto' (the longest that fits in memory)"),
     (["--max-num-batched-tokens", "0"], "max_num_batched_tokens must be >= 1, got 0"),
     # -q is checked by name before start-up, as vLLM's choices are (no model is looked for).
     (["-q", "int3"], "Unknown quantization method: int3. Must be one of ['awq'"),

@@ -457,8 +457,8 @@ def test_max_model_len_human_readable_as_vllm(model_dir):
         make_parser().parse_args(["serve", "--max-model-len", "lots"])
     llm = LLM(model=str(model_dir[0]), max_model_len="0.3k")
     assert llm.llm_engine.model_config.max_model_len == 300
-    with pytest.raises(ValueError, match="max_model_len=-1 / 'auto' .* is not supported yet"):
-        LLM(model=str(model_dir[0]), max_model_len=-1)
+    with pytest.raises(ValueError, match="max_model_len must be positive, or -1 / 'auto'"):
+        LLM(model=str(model_dir[0]), max_model_len=-2)
 
 def test_pipeline_parallel_size_validated(model_dir):
     # pipeline_parallel_size=2 runs (tests/unit/test_pipeline_parallel.py); 0 is an error naming the field.

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from pagedllm import LLM
+from pagedllm import LLM, SamplingParams
 from pagedllm.worker.memory_plan import GIB, plan_kv_cache
 from tiny_models import save_tiny_llama
 
@@ -102,6 +102,26 @@ def test_engine_rejects_a_kv_cache_below_one_sequence(tiny_dir):
                                          r"or decreasing max_model_len"):
         LLM(tiny_dir, skip_tokenizer_init=True, dtype="float32", max_model_len=256,
             kv_cache_memory_bytes=10 * TINY_BLOCK_BYTES)
+
+
+def test_max_model_len_auto_fits_the_kv_cache(tiny_dir, caplog):
+    """vLLM's max_model_len='auto' (-1): the model's own length where the KV cache holds it, else the longest it
+    holds, with a warning; requests past it get the context-length error. It was 'not supported yet'."""
+    assert plan_kv_cache(weights_bytes=300 * MIB, activation_peak_bytes=100 * MIB, non_torch_bytes=12 * MIB,
+                         fit_max_model_len=True, **GPU).max_model_len == 1600     # 100 blocks of 16 tokens
+    with caplog.at_level(logging.WARNING, logger="pagedllm"):
+        llm = LLM(tiny_dir, skip_tokenizer_init=True, dtype="float32", max_model_len="auto",
+                  kv_cache_memory_bytes=10 * TINY_BLOCK_BYTES)
+    assert llm.llm_engine.model_config.max_model_len == 160
+    assert "max_model_len='auto': the model's 512 tokens do not fit in the KV cache (10 blocks of 16 tokens); " \
+           "max_model_len is 160." in caplog.text
+    with pytest.raises(ValueError, match="maximum context length is 160 tokens"):
+        llm.generate({"prompt_token_ids": [1] * 161})
+    assert llm.generate({"prompt_token_ids": [1] * 150}, SamplingParams(max_tokens=20))[0].outputs[0].finish_reason \
+        == "length"
+    fits = LLM(tiny_dir, skip_tokenizer_init=True, dtype="float32", max_model_len=-1, max_num_seqs=2,
+               kv_cache_memory_bytes=80 * TINY_BLOCK_BYTES)
+    assert fits.llm_engine.model_config.max_model_len == 512         # the model's own
 
 
 def test_engine_logs_the_plan(tiny_dir, caplog):

@@ -119,7 +119,10 @@ ENGINE_FIELDS: dict[str, list] = {
                      Rejects("gguf", "quantization='gguf' needs a .gguf model file")],
     "seed": [Read(("worker/model_runner.py",), "args.seed")],
     "max_model_len": [Behaves(lambda mp: build(mp, max_model_len=1000).max_model_len == 1000 or _fail()),
-                      Rejects(8192, "greater than the derived max_model_len")],
+                      Rejects(8192, "greater than the derived max_model_len"),
+                      # -1 / 'auto': cut to the KV cache by engine/core.py (tests/unit/test_memory_plan.py)
+                      Read(("engine/core.py",), "config.args.max_model_len == -1"),
+                      Rejects(-2, "max_model_len must be positive, or -1 / 'auto'")],
     "block_size": [Behaves(lambda mp: build(mp, block_size=32).block_size == 32 or _fail()),
                    Rejects(12, "block_size must be a positive power of two")],
     "enable_prefix_caching": [Read(("engine/",), "args.enable_prefix_caching")],
