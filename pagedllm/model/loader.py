@@ -402,7 +402,7 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
     from pagedllm.model.registry import is_pooling_only, is_sequence_classifier, is_token_classifier
     headless = is_pooling_only(hf_config)       # encoders, bare decoders, classifiers: no language-model head
     pooling = headless or sentence_transformers_modules(model_dir) is not None
-    dense = dense_configs(model_dir)
+    dense = dense_configs(model_dir, int(getattr(hf_config, "hidden_size", 0) or 0))
     sentence_config, sentence_settings = _sentence_transformers_config(model_dir)
     max_seq_length = sentence_settings.get("max_seq_length")
     return ResolvedModel(model_dir=model_dir, hf_config=hf_config, tokenizer_path=tokenizer_path,

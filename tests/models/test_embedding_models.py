@@ -360,3 +360,19 @@ def test_sentence_transformers_do_lower_case_and_max_seq_length(tmp_path, config
     upper, lower = cross_encoder.score("W1 W2", ["W3", "w3"], use_tqdm=False)
     assert upper.prompt_token_ids == lower.prompt_token_ids == [2, 5, 6, 3, 7, 3]
     assert upper.outputs.score == pytest.approx(lower.outputs.score, abs=1e-5)
+
+
+def test_sentence_transformers_dense_module_of_the_wrong_width_is_a_load_error(tmp_path):
+    from tests.unit.tiny_models import save_tiny_encoder
+    save_tiny_encoder(tmp_path, "bert")      # hidden size 64
+    save_word_tokenizer(tmp_path, "bert")
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    (tmp_path / "2_Dense").mkdir()
+    (tmp_path / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 8}))
+    from safetensors.torch import save_file      # weights as its config says: only the chain is wrong
+    save_file({"linear.weight": torch.zeros(8, 32), "linear.bias": torch.zeros(8)},
+              str(tmp_path / "2_Dense" / "model.safetensors"))
+    with pytest.raises(ValueError, match="Dense module '2_Dense' takes in_features=32 .* has 64 values"):
+        LLM(str(tmp_path), dtype="float32")

@@ -242,18 +242,27 @@ def _pooling_type(pooling: dict) -> str:
     return _ST_POOLING_MODES[mode]
 
 
-def dense_configs(model_dir: str) -> list[dict]:
-    """The config.json of each sentence-transformers Dense module in ``model_dir``'s modules.json, in order."""
+def dense_configs(model_dir: str, hidden_size: int) -> list[dict]:
+    """The config.json of each sentence-transformers Dense module in ``model_dir``'s modules.json, in order; each
+    must take what the one before gives (the first: the pooled ``hidden_size``), else a ValueError at load, not a
+    failed step."""
     path = os.path.join(model_dir, "modules.json")
     if not os.path.isfile(path):
         return []
     with open(path) as f:
         modules = json.load(f)
     configs = []
+    width = hidden_size
     for module in modules:
         if module.get("type", "").endswith(".Dense"):
             with open(os.path.join(model_dir, module.get("path", ""), "config.json")) as f:
-                configs.append(json.load(f))
+                config = json.load(f)
+            if config.get("in_features") != width or not isinstance(config.get("out_features"), int):
+                raise ValueError(f"The sentence-transformers Dense module {module.get('path')!r} takes in_features="
+                                 f"{config.get('in_features')!r} (out_features={config.get('out_features')!r}), but "
+                                 f"what reaches it has {width} values.")
+            width = config["out_features"]
+            configs.append(config)
     return configs
 
 
