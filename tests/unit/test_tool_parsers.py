@@ -292,3 +292,74 @@ def test_text_before_a_call_is_its_content_as_written(parser, text):
     deltas = [stream.delta(0, text[k:k + 5], None)[0] for k in range(0, len(text), 5)]
     deltas.append(stream.delta(0, "", "stop")[0])
     assert "".join((d or {}).get("content") or "" for d in deltas) == before
+
+
+QWEN3_CODER_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
+                                     "metric": {"type": "boolean"}, "tags": {"type": "array"},
+                                     "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                                     "temp": {"type": "number"}}}}}]
+QWEN3_CODER_OUTPUT = ("Let me check.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nSan Francisco\n"
+                      "</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=metric>\nTrue\n</parameter>\n"
+                      '<parameter=tags>\n["a", "b"]\n</parameter>\n<parameter=note>\nNone\n</parameter>\n'
+                      "<parameter=temp>\n21.5\n</parameter>\n<parameter=code>\nif a </parameter> b\n</parameter>\n"
+                      "</function>\n</tool_call>\n<tool_call>\n<function=get_weather>\n<parameter=city>\nLyon\n"
+                      "</function>\n</tool_call>")
+QWEN3_CODER_CALLS = [("get_weather", {"city": "San Francisco", "days": 3, "metric": True, "tags": ["a", "b"],
+                                      "note": None, "temp": 21.5, "code": "if a </parameter> b"}),
+                     ("get_weather", {"city": "Lyon"})]
+
+
+def test_qwen3_coder_xml_calls():
+    """vLLM's qwen3_coder / qwen3_xml parsers (Qwen3-Coder, Qwen3.5): <tool_call><function=NAME><parameter=KEY>
+    blocks, each value typed by the tool's schema as vLLM types it (a parameter the schema does not name stays
+    text; a </parameter> inside a value is text); the text before the first call is the content. A stream sends
+    that content as it comes and the calls whole at the end. Before, --tool-call-parser qwen3_coder failed at
+    start-up ('is not known')."""
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
+
+    for name in ("qwen3_coder", "qwen3_xml"):
+        content, found = get_tool_parser(name).extract(QWEN3_CODER_OUTPUT, QWEN3_CODER_TOOLS)
+        assert calls((content, found)) == ("Let me check.\n", QWEN3_CODER_CALLS)
+        assert all(c["id"].startswith("call_") and len(c["id"]) == 29 for c in found), found
+    parser = get_tool_parser("qwen3_coder")
+    # Without the tools every value is text; a template placeholder is no call; no <tool_call>: the whole output.
+    assert calls(parser.extract(QWEN3_CODER_OUTPUT))[1][0][1]["days"] == "3"
+    for plain in ("Sunny today.", "<tool_call>\n<function={{ name }}>\n</function>\n</tool_call>"):
+        assert parser.extract(plain, QWEN3_CODER_TOOLS) == (plain, [])
+    bare = "<function=get_weather>\n<parameter=days>\n2\n</parameter>\n</function>"
+    assert calls(parser.extract(bare, QWEN3_CODER_TOOLS)) == (None, [("get_weather", {"days": 2})])
+    serving = OpenAIServingChat.__new__(OpenAIServingChat)
+    serving.tool_parser = parser
+    stream = ToolCallStream(serving, ToolMode("auto", tools=QWEN3_CODER_TOOLS), 1)
+    text = QWEN3_CODER_OUTPUT
+    deltas = [stream.delta(0, text[k:k + 6], None)[0] for k in range(0, len(text), 6)]
+    final, finish = stream.delta(0, "", "stop")
+    assert "".join((d or {}).get("content") or "" for d in deltas) == "Let me check.\n"
+    assert all("tool_calls" not in (d or {}) for d in deltas) and finish == "tool_calls"
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in final["tool_calls"]] == \
+        QWEN3_CODER_CALLS
+
+
+def test_qwen3_coder_served(tiny_llama_dir):
+    """--enable-auto-tool-choice --tool-call-parser qwen3_coder on the server: the request's tools type the
+    arguments, whole and streamed; finish_reason tool_calls."""
+    from app_client import post_all, serve_in_process
+    from test_reasoning_parsers import scripted_engine, sse_chunks
+
+    pieces = [QWEN3_CODER_OUTPUT[k:k + 9] for k in range(0, len(QWEN3_CODER_OUTPUT), 9)]
+    body = {"messages": [{"role": "user", "content": "Weather?"}], "tools": QWEN3_CODER_TOOLS}
+    flags = ("--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder")
+    with serve_in_process(tiny_llama_dir, *flags) as (app, engine):
+        scripted_engine(engine, pieces)
+        whole, streamed = post_all(app, [("/v1/chat/completions", body),
+                                         ("/v1/chat/completions", {**body, "stream": True})])
+    choice = whole.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "Let me check.\n"
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in choice["message"]["tool_calls"]] == QWEN3_CODER_CALLS
+    chunks = sse_chunks(streamed)
+    streamed_calls = [c for chunk in chunks for c in chunk["choices"][0]["delta"].get("tool_calls", [])]
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in streamed_calls] == \
+        QWEN3_CODER_CALLS
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"

@@ -121,8 +121,8 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='tool_choice="auto" on chat: the model decides, and --tool-call-parser reads its calls.')
     g.add_argument("--tool-call-parser", type=str, default=None,
-                   help="The model's tool-call format for tool_choice=\"auto\": hermes, qwen3, llama3_json, "
-                        "llama4_json, mistral, pythonic, llama4_pythonic.")
+                   help="The model's tool-call format for tool_choice=\"auto\": hermes, qwen3, qwen3_coder "
+                        "(qwen3_xml), llama3_json, llama4_json, mistral, pythonic, llama4_pythonic, xlam, openai.")
     g.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
                    help='With tool_choice="none", do not show the tools to the chat template (by default they are '
                         "rendered whatever tool_choice is, as vLLM).")

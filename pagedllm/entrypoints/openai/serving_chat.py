@@ -55,6 +55,7 @@ class ToolMode:
     kind: str = "none"
     function: dict | None = None
     parallel: bool = True
+    tools: list[dict] | None = None         # "auto": the request's, for parsers that type arguments by them
 
 
 @dataclass
@@ -137,7 +138,7 @@ class OpenAIServingChat(OpenAIServing):
             if self.tool_parser is None:
                 raise RequestError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
                                    'to be set', "tool_choice")
-            return ToolMode("auto", parallel=parallel)
+            return ToolMode("auto", parallel=parallel, tools=req.tools)
         if choice == "required":
             tool_parsers.required_schema(req.tools)      # checks the tools
             return ToolMode("required", parallel=parallel)
@@ -188,7 +189,7 @@ class OpenAIServingChat(OpenAIServing):
                 # array is not an answer; a stream has sent its calls as far as they went).
                 return "", [], finish_reason
         if mode.kind == "auto":
-            content, calls = self.tool_parser.extract(text)
+            content, calls = self.tool_parser.extract(text, mode.tools)
             if not mode.parallel:
                 calls = calls[:1]
             if calls:
@@ -216,7 +217,7 @@ class OpenAIServingChat(OpenAIServing):
         drops either kind without its parser)."""
         out = harmony.split(text)
         thought = out.reasoning if reasoning is not None and reasoning.include else None
-        calls = self.tool_parser.extract(text)[1] if mode.kind == "auto" else []
+        calls = self.tool_parser.extract(text, mode.tools)[1] if mode.kind == "auto" else []
         calls = calls if mode.parallel else calls[:1]
         return thought, out.content, calls, ("tool_calls" if calls else finish_reason)
 

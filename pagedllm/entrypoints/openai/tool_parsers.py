@@ -13,6 +13,7 @@ import json
 import random
 import re
 import string
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,8 +316,9 @@ class ToolParser:
         """The id of a call this parser finds (the model's chat template may require a form)."""
         return make_tool_call_id()
 
-    def extract(self, text: str) -> tuple[str | None, list[dict]]:
-        """(the content left, the tool calls); no calls when the text has none or they do not parse."""
+    def extract(self, text: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
+        """(the content left, the tool calls); no calls when the text has none or they do not parse. ``tools``: the
+        request's (checked by ``functions_by_name``), for formats whose arguments are typed by them."""
         raise NotImplementedError
 
     def call_nodes(self, text: str) -> list[JsonNode]:
@@ -360,7 +362,7 @@ class HermesToolParser(ToolParser):
         return f'<tool_call>\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": ', "}\n</tool_call>"
     _block = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
-    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+    def extract(self, text: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
         i = text.find(self.start)
         if i < 0:
             return text, []
@@ -406,7 +408,7 @@ class Llama3JsonToolParser(ToolParser):
                 i += 1
         return nodes
 
-    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+    def extract(self, text: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
         decoder, objects, end = json.JSONDecoder(), [], -1
         for match in re.finditer("{", text):
             if match.start() < end:
@@ -434,7 +436,7 @@ class MistralToolParser(ToolParser):
         # when the call comes back in the next request ("Tool call IDs should be alphanumeric strings with length 9").
         return "".join(random.choices(string.ascii_letters + string.digits, k=9))
 
-    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+    def extract(self, text: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
         i = text.find(self.start)
         if i < 0:
             return text, []
@@ -494,7 +496,7 @@ class PythonicToolParser(ToolParser):
     def call_nodes(self, text: str) -> list[JsonNode]:
         return []
 
-    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+    def extract(self, text: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
         body = text.strip()
         for tag in self._tags:
             body = body.replace(tag, "")
@@ -571,7 +573,7 @@ class XLAMToolParser(ToolParser):
             return None, text
         return text, None
 
-    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+    def extract(self, text: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
         content, body = self._split(text)
         value = json.loads(body) if body is not None else None
         if not isinstance(value, list):
@@ -591,7 +593,7 @@ class OpenAIToolParser(ToolParser):
     below are not used."""
     keeps_special_tokens = True
 
-    def extract(self, text: str) -> tuple[str | None, list[dict]]:
+    def extract(self, text: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
         out = harmony.split(text)
         return out.content, [tool_call(name, args, self.new_call_id()) for name, args in out.calls]
 
@@ -600,6 +602,157 @@ class OpenAIToolParser(ToolParser):
 
     def call_nodes(self, text: str) -> list[JsonNode]:
         return []
+
+
+class Qwen3CoderToolParser(ToolParser):
+    """Qwen3-Coder and Qwen3.5's XML calls (vLLM's ``qwen3_coder`` and ``qwen3_xml``), one block per call::
+
+        <tool_call>
+        <function=get_weather>
+        <parameter=city>
+        Paris
+        </parameter>
+        </function>
+        </tool_call>
+
+    A parameter's value is text, typed by the tool's schema as vLLM types it: kept as written for a string (or a
+    parameter the schema does not name), int / float / bool for those types, JSON (else a Python literal) for an
+    object or array, null for "null" / "None" where the type is not a string or the schema admits null. A
+    ``</parameter>`` / ``</tool_call>`` counts as the end only where the next tag (or the end of the text) follows,
+    so a value may hold those words. The text before the first call is the content, as written. A stream sends the
+    content before ``<tool_call>`` as it comes and the calls whole when the output ends."""
+    start = "<tool_call>"
+    _end = "</tool_call>"
+    _function = "<function="
+    _param = "<parameter="
+    _param_end = "</parameter>"
+    _function_end = "</function>"
+    _string_types = ("string", "str", "text", "varchar", "char", "enum")
+
+    def new_call_id(self) -> str:
+        return f"call_{uuid.uuid4().hex[:24]}"         # vLLM's qwen3_coder ids
+
+    def call_nodes(self, text: str) -> list[JsonNode]:
+        return []       # XML, not JSON: the calls go out whole when the output ends
+
+    def extract(self, text: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
+        if self._function not in text:
+            return text, []
+        fns = functions_by_name(tools or [])
+        calls, first = [], None
+        for start, block in self._blocks(text):
+            call = self._call(block, fns)
+            if call is not None:
+                calls.append(call)
+                first = start if first is None else first
+        if not calls:
+            return text, []
+        if first is None or first < 0:      # calls written without <tool_call>: the content ends at <function=
+            first = text.find(self._function)
+        return text[:first] or None, calls
+
+    def _blocks(self, text: str) -> list[tuple[int, str]]:
+        """(where each <tool_call> starts, its body); the whole text (at -1) when there is none, as vLLM's."""
+        blocks, pos = [], 0
+        while (i := text.find(self.start, pos)) >= 0:
+            body = i + len(self.start)
+            end = self._closing(text, self._end, body, (self.start,))
+            blocks.append((i, text[body:] if end < 0 else text[body:end]))
+            if end < 0:
+                break
+            pos = end + len(self._end)
+        return blocks or [(-1, text)]
+
+    @staticmethod
+    def _closing(text: str, tag: str, pos: int, then: tuple[str, ...]) -> int:
+        """The first ``tag`` from ``pos`` followed (after whitespace) by the text's end or one of ``then``; -1."""
+        while (i := text.find(tag, pos)) >= 0:
+            rest = text[i + len(tag):].lstrip()
+            if not rest or rest.startswith(then):
+                return i
+            pos = i + len(tag)
+        return -1
+
+    def _param_start(self, text: str, pos: int) -> int:
+        """The next ``<parameter=`` that starts a line (or the text), from ``pos``; -1."""
+        while (i := text.find(self._param, pos)) >= 0:
+            if i == 0 or text[i - 1] == "\n":
+                return i
+            pos = i + 1
+        return -1
+
+    def _call(self, block: str, fns: dict[str, dict]) -> dict | None:
+        f = block.find(self._function)
+        name_end = block.find(">", f) if f >= 0 else -1
+        if name_end < 0:
+            return None
+        name = block[f + len(self._function):name_end]
+        if not name or any(c in "{}<>\"' \t\n\r" for c in name):
+            return None     # a template placeholder or stray markup, not a call (vLLM drops it too)
+        body = block[name_end + 1:]
+        end = self._closing(body, self._function_end, 0, ())
+        body = body if end < 0 else body[:end]
+        properties = ((fns.get(name) or {}).get("parameters") or {}).get("properties") or {}
+        args, pos = {}, 0
+        while (p := self._param_start(body, pos)) >= 0:
+            key_end = body.find(">", p)
+            if key_end < 0:
+                break
+            key, value_start = body[p + len(self._param):key_end], key_end + 1
+            end = self._closing(body, self._param_end, value_start, (self._param, self._function_end))
+            if end < 0:         # no </parameter>: the value runs to the next parameter (or the end)
+                end = self._param_start(body, value_start)
+                end = len(body) if end < 0 else end
+                pos = end
+            else:
+                pos = end + len(self._param_end)
+            value = body[value_start:end]
+            value = value[1:] if value.startswith("\n") else value
+            value = value[:-1] if value.endswith("\n") else value
+            args[key] = self._typed(value, properties.get(key)) if key in properties else value
+        return tool_call(name, args, self.new_call_id())
+
+    def _typed(self, value: str, schema: Any) -> Any:
+        """A parameter's text as its schema's type (vLLM's rules); the text itself where it does not convert."""
+        schema = schema if isinstance(schema, dict) else {}
+        declared = schema.get("type")
+        if "anyOf" in schema and declared is None:
+            declared = [option.get("type") for option in schema["anyOf"] if isinstance(option, dict)]
+        types = [str(t).strip().lower() for t in (declared if isinstance(declared, list) else [declared])
+                 if t is not None]
+        nullable = "null" in types
+        kind = next((t for t in types if t != "null"), "null" if nullable else "")
+        if value.lower() in ("null", "none") and (nullable or kind not in self._string_types):
+            return None
+        if kind in self._string_types:
+            return value
+        try:
+            if kind.startswith(("int", "uint", "long", "short", "unsigned")):
+                return int(value)
+            if kind.startswith(("num", "float")):
+                number = float(value)
+                return int(number) if number.is_integer() else number
+        except ValueError:
+            return value
+        if kind in ("boolean", "bool", "binary"):
+            return value.lower() == "true"
+        container = kind in ("object", "array", "arr") or kind.startswith(("dict", "list"))
+        if container:
+            try:
+                parsed = json.loads(value)
+                return _literal(parsed) if isinstance(parsed, str) else parsed
+            except ValueError:
+                pass
+        parsed = _literal(value)
+        return _literal(parsed) if container and isinstance(parsed, str) else parsed
+
+
+def _literal(text: str) -> Any:
+    """``ast.literal_eval(text)``, or the text where it is no Python literal."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
 
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
@@ -612,6 +765,8 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "llama4_pythonic": PythonicToolParser,
     "xlam": XLAMToolParser,
     "openai": OpenAIToolParser,       # gpt-oss's harmony calls
+    "qwen3_coder": Qwen3CoderToolParser,      # Qwen3-Coder, Qwen3.5
+    "qwen3_xml": Qwen3CoderToolParser,        # vLLM's other reader of the same XML format
 }
 
 
