@@ -539,16 +539,16 @@ class EngineArgs:
                        help="Folder or Hub id whose config.json to use instead of the model's.")
         g.add_argument("--config-format", type=str, default=d.config_format, choices=["auto", "hf", "mistral"])
         g.add_argument("--model-impl", type=str, default=d.model_impl, choices=["auto", "vllm", "transformers"])
-        g.add_argument("--skip-tokenizer-init", action="store_true",
+        g.add_argument("--skip-tokenizer-init", action=argparse.BooleanOptionalAction, default=d.skip_tokenizer_init,
                        help="Skip the tokenizer; prompts must then be token ids.")
         g.add_argument("--logits-processors", type=str, nargs="+", default=None,
                        help="Custom logits processor classes, as 'package.module.Class' or 'package.module:Class' "
                             "(subclasses of pagedllm.v1.sample.logits_processor.LogitsProcessor); requests pass "
                             "their settings in vllm_xargs.")
-        g.add_argument("--enable-prompt-embeds", action="store_true",
+        g.add_argument("--enable-prompt-embeds", action=argparse.BooleanOptionalAction, default=d.enable_prompt_embeds,
                        help="Accept prompts as input embeddings (/v1/completions prompt_embeds: base64 of "
                             "torch.save(tensor [num_tokens, hidden_size])). Only for trusted clients.")
-        g.add_argument("--trust-remote-code", action="store_true", help="Trust remote code from the hub.")
+        g.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=d.trust_remote_code, help="Trust remote code from the hub.")
         g.add_argument("--revision", type=str, default=None)
         g.add_argument("--code-revision", type=str, default=None,
                        help="The revision of remote code kept in another Hub repository (with --trust-remote-code).")
@@ -621,7 +621,7 @@ class EngineArgs:
                        choices=list(LOGPROBS_MODES),
                        help="What logprobs hold: of the raw model output or of the distribution the token is drawn "
                             "from (after penalties, temperature, top-k/top-p), as log-probabilities or logits.")
-        g.add_argument("--enforce-eager", action="store_true", help="Disable CUDA graphs.")
+        g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=d.enforce_eager, help="Disable CUDA graphs.")
         g.add_argument("--optimization-level", "-O", type=int, default=d.optimization_level,
                        choices=list(OPTIMIZATION_LEVELS),
                        help="vLLM's optimization level, -O0 .. -O3: 0 captures no CUDA graph (fastest start-up, as "
@@ -631,16 +631,16 @@ class EngineArgs:
         g.add_argument("--performance-mode", type=str, default=d.performance_mode, choices=list(PERFORMANCE_MODES),
                        help="balanced (vLLM's default) only: interactivity and throughput are not supported yet "
                             "(tune --cudagraph-capture-sizes, --max-num-seqs, --max-num-batched-tokens instead).")
-        g.add_argument("--disable-cascade-attn", action="store_true",
+        g.add_argument("--disable-cascade-attn", action=argparse.BooleanOptionalAction, default=d.disable_cascade_attn,
                        help="vLLM's switch for its shared-prefix cascade attention; pagedllm has none (always as if "
                             "set).")
-        g.add_argument("--disable-sliding-window", action="store_true",
+        g.add_argument("--disable-sliding-window", action=argparse.BooleanOptionalAction, default=d.disable_sliding_window,
                        help="A sliding-window model (Mistral v0.1, Gemma 2, Qwen2 with use_sliding_window) runs "
                             "with full attention, max_model_len capped at its window (vLLM's flag); without it the "
                             "windowed layers attend through their window.")
         g.add_argument("--worker-extension-cls", type=str, default=d.worker_extension_cls,
                        help="module.Class whose methods every worker gets, for collective_rpc (vLLM's).")
-        g.add_argument("--enable-sleep-mode", action="store_true",
+        g.add_argument("--enable-sleep-mode", action=argparse.BooleanOptionalAction, default=d.enable_sleep_mode,
                        help="Allow sleep() / wake_up() (POST /sleep and /wake_up need PAGEDLLM_SERVER_DEV_MODE=1 too): "
                             "free the weights' and the KV cache's device memory without a restart.")
         g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
@@ -653,13 +653,13 @@ class EngineArgs:
         g.add_argument("--distributed-executor-backend", type=str, default=None,
                        help="uni (the model in this process; the default for one rank), mp (a worker process per "
                             "rank; the default for several) or ray (a Ray actor per rank).")
-        g.add_argument("--disable-custom-all-reduce", action="store_true",
+        g.add_argument("--disable-custom-all-reduce", action=argparse.BooleanOptionalAction, default=d.disable_custom_all_reduce,
                        help="Every tensor-parallel all-reduce through NCCL / gloo, even with "
                             "PAGEDLLM_CUSTOM_ALL_REDUCE_KIB set.")
-        g.add_argument("--enable-expert-parallel", action="store_true", help="Not supported yet.")
+        g.add_argument("--enable-expert-parallel", action=argparse.BooleanOptionalAction, default=d.enable_expert_parallel, help="Not supported yet.")
         g.add_argument("--device", type=str, default=d.device, choices=["auto", "cpu", "cuda"])
         g.add_argument("--attention-backend", type=str, default=None, choices=["torch", "triton"])
-        g.add_argument("--disable-custom-kernels", action="store_true",
+        g.add_argument("--disable-custom-kernels", action=argparse.BooleanOptionalAction, default=d.disable_custom_kernels,
                        help="None of pagedllm's Triton kernels: torch attention, cuBLAS linears, no PDL.")
         g.add_argument("--triton-gemv", action=argparse.BooleanOptionalAction, default=None,
                        help="Triton skinny GEMM for batch-1 GPU linears (default: env PAGEDLLM_TRITON_GEMV, on).")
@@ -719,7 +719,7 @@ class EngineArgs:
         g.add_argument("--stream-interval", type=int, default=d.stream_interval,
                        help="A streamed request is sent its first token, then every this many tokens, and its "
                             "end (fewer, larger chunks; 1: every token).")
-        g.add_argument("--enable-lora", action="store_true",
+        g.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=d.enable_lora,
                        help="Serve LoRA adapters (PEFT folders; --lora-modules, or a request's LoRARequest offline).")
         g.add_argument("--max-loras", type=int, default=d.max_loras,
                        help="Most distinct adapters in one step; requests with others wait.")
@@ -729,8 +729,8 @@ class EngineArgs:
                        help="Adapters kept loaded in CPU memory (default: --max-loras).")
         g.add_argument("--lora-dtype", type=str, default=d.lora_dtype, choices=list(LORA_DTYPES),
                        help="dtype of the adapters' weights (auto: the model's).")
-        g.add_argument("--enable-lora-bias", action="store_true", help="Not supported yet.")
-        g.add_argument("--fully-sharded-loras", action="store_true",
+        g.add_argument("--enable-lora-bias", action=argparse.BooleanOptionalAction, default=d.enable_lora_bias, help="Not supported yet.")
+        g.add_argument("--fully-sharded-loras", action=argparse.BooleanOptionalAction, default=d.fully_sharded_loras,
                        help="Not supported yet with tensor parallel (adapters are sharded as vLLM's default).")
         g.add_argument("--speculative-config", type=json_arg, default=None,
                        help='Speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 5, '
@@ -752,7 +752,7 @@ class EngineArgs:
         g.add_argument("--limit-mm-per-prompt", type=json_arg, default=None,
                        help='Images per prompt (JSON, e.g. \'{"image": 2}\'; default 999) for a model that reads '
                             "them (LLaVA-1.5, Qwen2-VL, Qwen2.5-VL).")
-        g.add_argument("--disable-chunked-mm-input", action="store_true",
+        g.add_argument("--disable-chunked-mm-input", action=argparse.BooleanOptionalAction, default=d.disable_chunked_mm_input,
                        help="No prompt chunk ends inside an image's placeholders (vLLM's).")
         g.add_argument("--mm-processor-kwargs", type=json_arg, default=None,
                        help='The image processor\'s settings (JSON): Qwen2-VL / Qwen2.5-VL\'s min_pixels, max_pixels, '

@@ -259,3 +259,16 @@ def test_json_flag_in_key_value_form_says_what_json_to_give(capsys):
         make_parser().parse_args(["serve", "m", "--hf-overrides", '{"rope_theta": 1e6'])
     assert "argument --hf-overrides: '{\"rope_theta\": 1e6' is not valid JSON" in capsys.readouterr().err
     assert parse("serve", "m", "--limit-mm-per-prompt", '{"image": 1}').limit_mm_per_prompt == {"image": 1}
+
+
+def test_engine_switches_take_vllms_no_forms():
+    # vLLM's engine switches are BooleanOptionalAction (its get_kwargs: every bool field): launchers that render a
+    # false setting as --no-FLAG (--no-enforce-eager, --no-trust-remote-code) got 'unrecognized arguments'.
+    args = parse("serve", "m", "--enforce-eager", "--no-enforce-eager", "--no-trust-remote-code", "--enable-lora",
+                 "--no-enable-sleep-mode", "--no-skip-tokenizer-init", "--no-disable-sliding-window",
+                 "--no-disable-chunked-mm-input", "--no-disable-custom-all-reduce", "--no-fully-sharded-loras")
+    engine_args = EngineArgs.from_cli_args(args)
+    assert (engine_args.enforce_eager, engine_args.trust_remote_code, engine_args.enable_lora,
+            engine_args.enable_sleep_mode, engine_args.skip_tokenizer_init) == (False, False, True, False, False)
+    defaults = EngineArgs.from_cli_args(parse("serve", "m"))
+    assert (defaults.enforce_eager, defaults.trust_remote_code, defaults.enable_lora) == (False, False, False)
