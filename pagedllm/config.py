@@ -763,6 +763,7 @@ class EngineArgs:
                        help="A reasoning model's parser: the server returns its thinking as message.reasoning apart "
                             "from message.content, and structured output constrains only what follows the thinking. "
                             f"One of {', '.join(REASONING_PARSERS)}.")
+        _none_for_optional_flags(g)
         _split_into_config_groups(parser, g)
         return parser
 
@@ -1363,6 +1364,24 @@ def json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"{text!r} is not JSON: older vLLM's KEY=VALUE form is not accepted (vLLM "
                                          f"0.24 refuses it too); give JSON: '{as_json}'.")
     raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON; give a JSON object, e.g. '{{\"key\": 1}}'.")
+
+
+def _none_for_optional_flags(group) -> None:
+    """vLLM's optional_type: an engine flag whose field may be None takes "None" (or "") for None (its help lists
+    None among the choices: --preemption-mode {recompute,swap,None}); here "None" was an invalid int, an unknown
+    quantization method, or a tokenizer named "None"."""
+    optional = {f.name for f in dataclasses.fields(EngineArgs) if "None" in str(f.type) and "bool" not in str(f.type)}
+    for action in group._group_actions:
+        if action.dest not in optional or action.nargs is not None:      # lists and switches: as they are
+            continue
+        convert = action.type or str
+
+        def parse(text: str, convert=convert) -> Any:
+            return None if text in ("", "None") else convert(text)
+        parse.__name__ = getattr(convert, "__name__", "value")       # argparse's "invalid int value" names it
+        action.type = parse
+        if action.choices is not None:
+            action.choices = [*action.choices, None]
 
 
 def _json_or_str(text: str) -> str | dict:

@@ -272,3 +272,18 @@ def test_engine_switches_take_vllms_no_forms():
             engine_args.enable_sleep_mode, engine_args.skip_tokenizer_init) == (False, False, True, False, False)
     defaults = EngineArgs.from_cli_args(parse("serve", "m"))
     assert (defaults.enforce_eager, defaults.trust_remote_code, defaults.enable_lora) == (False, False, False)
+
+
+def test_optional_engine_flags_take_none_as_vllm():
+    # vLLM's optional_type: "None" (or "") is None for a flag whose field may be None (its help lists None among
+    # --preemption-mode's choices). It was 'invalid int value', 'Unknown quantization method: none', or a tokenizer
+    # named "None".
+    engine_args = EngineArgs.from_cli_args(parse(
+        "serve", "m", "-q", "None", "--seed", "None", "--max-model-len", "None", "--tokenizer", "None",
+        "--distributed-executor-backend", "None", "--preemption-mode", "None", "--max-num-seqs", ""))
+    assert (engine_args.quantization, engine_args.seed, engine_args.max_model_len, engine_args.tokenizer,
+            engine_args.distributed_executor_backend, engine_args.preemption_mode, engine_args.max_num_seqs) == \
+        (None,) * 7
+    assert parse("serve", "m", "--seed", "7", "--preemption-mode", "swap", "--swap-space", "1").seed == 7
+    with pytest.raises(SystemExit):
+        parse("serve", "m", "--seed", "x")
