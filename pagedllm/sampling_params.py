@@ -18,11 +18,11 @@ _UINT64_MAX = (1 << 64) - 1
 # ValueError naming the field, never a TypeError from a comparison or a NaN that compares False everywhere).
 _FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "min_p")
 _INT_FIELDS = ("n", "best_of", "top_k", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
-               "truncate_prompt_tokens")
+               "truncate_prompt_tokens", "stream_interval")
 _TOKEN_LIST_FIELDS = ("stop_token_ids", "allowed_token_ids")
 # Flags: True or False (a string such as "false" is truthy, and None would read as False: both refused).
 _BOOL_FIELDS = ("ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
-                "include_stop_str_in_output")
+                "include_stop_str_in_output", "flat_logprobs")
 
 
 @dataclass
@@ -155,6 +155,9 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # vLLM's: logprobs and prompt_logprobs returned as a FlatLogprobs (pagedllm.logprobs: flat columns that read as
+    # the list of dicts), not a list of dicts.
+    flat_logprobs: bool = False
     detokenize: bool = True
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -164,6 +167,9 @@ class SamplingParams:
     bad_words: list[str] | None = None
     truncate_prompt_tokens: int | None = None     # keep the prompt's last k tokens; -1: the last max_model_len
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    # vLLM's: a DELTA stream reports this request's new tokens once this many have come (the engine's
+    # stream_interval where that is larger); its first and its final output go out at once.
+    stream_interval: int | None = None
     extra_args: dict[str, Any] | None = None
     # Constrained generation (JSON schema, regex, choice, grammar); ``guided_decoding`` is vLLM's older spelling,
     # moved into ``structured_outputs`` on construction.
@@ -297,6 +303,8 @@ class SamplingParams:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}.")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
+        if self.stream_interval is not None and self.stream_interval < 1:
+            raise ValueError(f"stream_interval must be at least 1, got {self.stream_interval}.")
         if self.min_tokens < 0:
             raise ValueError(f"min_tokens must be greater than or equal to 0, got {self.min_tokens}.")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:

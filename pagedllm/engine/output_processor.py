@@ -15,6 +15,7 @@ from typing import Any
 from pagedllm.engine.detokenizer import IncrementalDetokenizer, decode_token
 from pagedllm.engine.input_processor import ProcessedRequest
 from pagedllm.engine.messages import EngineCoreOutputs
+from pagedllm.logprobs import FlatLogprobs
 from pagedllm.outputs import (CompletionOutput, Logprob, PoolingOutput, PoolingRequestOutput, RequestMetrics,
                               RequestOutput)
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -272,7 +273,7 @@ class OutputProcessor:
                     # sent already): as vLLM, a delta carries only completions with news, each finish once.
                     continue
                 if (comp.finish_reason is None and comp.sent_tokens > 0
-                        and len(token_ids) < self.stream_interval):
+                        and len(token_ids) < max(self.stream_interval, comp.params.stream_interval or 1)):
                     continue        # held until stream_interval tokens have come (they go out together)
                 if logprobs is not None:
                     logprobs = logprobs[comp.sent_tokens:]
@@ -281,6 +282,8 @@ class OutputProcessor:
                 comp.sent_finish = comp.finish_reason is not None
             else:
                 token_ids = comp.output_token_ids
+            if logprobs is not None and comp.params.flat_logprobs:
+                logprobs = FlatLogprobs.from_positions(logprobs)
             completions.append(CompletionOutput(
                 index=comp.index, text=text, token_ids=token_ids,
                 cumulative_logprob=comp.cumulative_logprob if want_logprobs else None,
@@ -289,6 +292,8 @@ class OutputProcessor:
         if delta and not completions and not finished:
             return None
         prompt_logprobs = state.prompt_logprobs if state.params.prompt_logprobs is not None else None
+        if prompt_logprobs is not None and getattr(state.params, "flat_logprobs", False):
+            prompt_logprobs = FlatLogprobs.from_positions(prompt_logprobs)
         metrics = None
         if finished or not delta:   # streamed deltas carry their timings once, at the end (as the old engine did)
             metrics = RequestMetrics(arrival_time=state.arrival_time, first_scheduled_time=state.first_scheduled_time,

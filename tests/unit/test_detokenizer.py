@@ -334,3 +334,20 @@ def test_stream_interval_batches_deltas(tiny_llama_dir):
     assert len(_stream(llm, "Hello there", SamplingParams(**params))) == 8
     with pytest.raises(ValueError, match="stream_interval must be >= 1, got 0"):
         LLM(model=tiny_llama_dir, stream_interval=0)
+
+
+def test_per_request_stream_interval(tiny_llama_dir):
+    """vLLM's SamplingParams(stream_interval=k) (a TypeError before): this request's DELTA outputs batch k new tokens,
+    above the engine's --stream-interval (a smaller value is raised to it); first and final outputs at once."""
+    llm = LLM(model=tiny_llama_dir, dtype="float32", max_model_len=64)
+    params = dict(temperature=0.0, max_tokens=8, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
+    delta = _stream(llm, "Hello there", SamplingParams(**params, stream_interval=3))
+    assert [len(o.outputs[0].token_ids) for o in delta] == [1, 3, 3, 1]
+    final = run(llm, "Hello there", SamplingParams(**{**params, "output_kind": RequestOutputKind.CUMULATIVE}))[0]
+    assert [t for o in delta for t in o.outputs[0].token_ids] == list(final.outputs[0].token_ids)
+    assert [len(o.outputs[0].token_ids) for o in _stream(llm, "Hello there", SamplingParams(**params))] == [1] * 8
+    engine_3 = LLM(model=tiny_llama_dir, dtype="float32", max_model_len=64, stream_interval=3)
+    assert [len(o.outputs[0].token_ids) for o in _stream(engine_3, "Hello there",
+                                                          SamplingParams(**params, stream_interval=1))] == [1, 3, 3, 1]
+    with pytest.raises(ValueError, match="stream_interval must be at least 1, got 0"):
+        SamplingParams(stream_interval=0)

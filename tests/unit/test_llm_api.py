@@ -704,3 +704,21 @@ def test_beam_search_batches_prompts_and_keeps_special_tokens_in_text(llm, token
     assert first.text == tokenizer.decode(first.tokens) and first.text.startswith("<|im_start|>The weather")
     with pytest.raises(ValueError, match="concurrency_limit must be a positive int, got 0"):
         llm.beam_search(prompts, params, concurrency_limit=0)
+
+
+def test_flat_logprobs(llm):
+    """vLLM's SamplingParams(flat_logprobs=True) (a TypeError before): logprobs and prompt_logprobs come as a
+    FlatLogprobs, flat columns that read as the same list of {token_id: Logprob} (a prompt's first position: {})."""
+    from pagedllm.logprobs import FlatLogprobs
+    params = dict(temperature=0.0, max_tokens=4, logprobs=2, prompt_logprobs=1)
+    plain = llm.generate("Hello my name is", SamplingParams(**params), use_tqdm=False)[0]
+    flat = llm.generate("Hello my name is", SamplingParams(**params, flat_logprobs=True), use_tqdm=False)[0]
+    sample, prompt = flat.outputs[0].logprobs, flat.prompt_logprobs
+    assert isinstance(sample, FlatLogprobs) and isinstance(prompt, FlatLogprobs)
+    assert list(sample) == plain.outputs[0].logprobs and len(sample) == 4
+    assert list(prompt) == [{}] + plain.prompt_logprobs[1:]
+    assert sample.start_indices == [0, 2, 4, 6] and sample.end_indices == [2, 4, 6, 8]
+    assert sample.token_ids[0::2] == list(flat.outputs[0].token_ids)        # the sampled token first (greedy)
+    assert list(sample[1:3]) == plain.outputs[0].logprobs[1:3] and sample[-1] == plain.outputs[0].logprobs[-1]
+    with pytest.raises(TypeError, match="Cannot set logprobs in FlatLogprobs"):
+        sample[0] = {}

@@ -506,6 +506,11 @@ SAMPLING_FIELDS: dict[str, list] = {
                   Rejects([""], "bad_words must be a list of non-empty strings")],
     "truncate_prompt_tokens": [Read(("engine/",), ".truncate_prompt_tokens")],
     "output_kind": [Read(("engine/",), ".output_kind")],
+    # tests/unit/test_llm_api.py::test_flat_logprobs; test_detokenizer.py::test_per_request_stream_interval.
+    "flat_logprobs": [Read(("engine/output_processor.py",), "params.flat_logprobs"),
+                      Rejects("yes", "flat_logprobs must be True or False")],
+    "stream_interval": [Read(("engine/output_processor.py",), "params.stream_interval"),
+                        Rejects(0, "stream_interval must be at least 1, got 0")],
     # (read by custom logits processors, refused without one: tests/unit/test_logits_processors.py)
     "extra_args": [Behaves(_sp(extra_args={})), Rejects("target_token=3", "extra_args must be a dict")],
     "logits_processors": [Rejects([lambda ids, logits: logits], "Per-request logits_processors callables are not supported")],
