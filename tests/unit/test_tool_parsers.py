@@ -329,6 +329,9 @@ def test_qwen3_coder_xml_calls():
         assert parser.extract(plain, QWEN3_CODER_TOOLS) == (plain, [])
     bare = "<function=get_weather>\n<parameter=days>\n2\n</parameter>\n</function>"
     assert calls(parser.extract(bare, QWEN3_CODER_TOOLS)) == (None, [("get_weather", {"days": 2})])
+    # A value that converts to no JSON (Infinity) stays text: the arguments are always JSON.
+    infinite = "<tool_call>\n<function=get_weather>\n<parameter=temp>\ninf\n</parameter>\n</function>\n</tool_call>"
+    assert calls(parser.extract(infinite, QWEN3_CODER_TOOLS)) == (None, [("get_weather", {"temp": "inf"})])
     serving = OpenAIServingChat.__new__(OpenAIServingChat)
     serving.tool_parser = parser
     stream = ToolCallStream(serving, ToolMode("auto", tools=QWEN3_CODER_TOOLS), 1)

@@ -713,8 +713,16 @@ class Qwen3CoderToolParser(ToolParser):
         return tool_call(name, args, self.new_call_id())
 
     def _typed(self, value: str, schema: Any) -> Any:
-        """A parameter's text as its schema's type (vLLM's rules); the text itself where it does not convert."""
-        schema = schema if isinstance(schema, dict) else {}
+        """A parameter's text as its schema's type (vLLM's rules); the text itself where it does not convert, or
+        converts to no JSON ("inf" as a number: JSON has no Infinity)."""
+        typed = self._convert(value, schema if isinstance(schema, dict) else {})
+        try:
+            json.dumps(typed, allow_nan=False)
+        except (ValueError, TypeError):
+            return value
+        return typed
+
+    def _convert(self, value: str, schema: dict) -> Any:
         declared = schema.get("type")
         if "anyOf" in schema and declared is None:
             declared = [option.get("type") for option in schema["anyOf"] if isinstance(option, dict)]
