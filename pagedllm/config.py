@@ -37,6 +37,14 @@ _DTYPES = {
 }
 # "bitsandbytes" (vLLM's pairing with quantization="bitsandbytes"): the "auto" files, quantized by bitsandbytes.
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt", "bitsandbytes")
+# vLLM's attention backend names (its AttentionBackendEnum; any case) for the two kinds pagedllm has: its Triton
+# kernels (as vLLM's TRITON_ATTN, TRITON_MLA) and the PyTorch attention (vLLM's CPU backends). vLLM's other backends
+# are kernels pagedllm does not have: named as such.
+_VLLM_ATTENTION_BACKENDS = {"TRITON_ATTN": "triton", "TRITON_MLA": "triton", "TORCH_SDPA": "torch", "CPU_ATTN": "torch"}
+_VLLM_ATTENTION_BACKENDS_NOT_SUPPORTED = frozenset({
+    "FLASH_ATTN", "FLASH_ATTN_MLA", "FLASHINFER", "FLASHINFER_MLA", "FLASHMLA", "FLASHMLA_SPARSE", "CUTLASS_MLA",
+    "FLEX_ATTENTION", "TREE_ATTN", "XFORMERS", "ROCM_ATTN", "ROCM_AITER_FA", "ROCM_AITER_MLA", "ROCM_AITER_UNIFIED_ATTN",
+    "PALLAS", "IPEX", "NO_ATTENTION"})
 # vLLM's optimization levels (-O0 .. -O3) and performance modes (EngineArgs.optimization_level / performance_mode).
 OPTIMIZATION_LEVELS = (0, 1, 2, 3)
 PERFORMANCE_MODES = ("balanced", "interactivity", "throughput")
@@ -492,6 +500,7 @@ class EngineArgs:
                 raise ValueError(f"dtype={self.dtype} is not supported; use one of "
                                  f"{', '.join(names.values())} (or auto).")
             self.dtype = names[self.dtype]
+        self.attention_backend = attention_backend_name(self.attention_backend)
         _coerce_scalar_fields(self)
         if self.pooler_config is not None:
             self.pooler_config = PoolerConfig.coerce(self.pooler_config)
@@ -658,7 +667,10 @@ class EngineArgs:
                             "PAGEDLLM_CUSTOM_ALL_REDUCE_KIB set.")
         g.add_argument("--enable-expert-parallel", action=argparse.BooleanOptionalAction, default=d.enable_expert_parallel, help="Not supported yet.")
         g.add_argument("--device", type=str, default=d.device, choices=["auto", "cpu", "cuda"])
-        g.add_argument("--attention-backend", type=str, default=None, choices=["torch", "triton"])
+        g.add_argument("--attention-backend", type=_attention_backend_flag, default=None, choices=["torch", "triton"],
+                       help="Attention kernels: triton (pagedllm's Triton kernels; vLLM's TRITON_ATTN / TRITON_MLA "
+                            "name it too) or torch (PyTorch; vLLM's TORCH_SDPA / CPU_ATTN). None = triton on CUDA, "
+                            "torch on the CPU.")
         g.add_argument("--disable-custom-kernels", action=argparse.BooleanOptionalAction, default=d.disable_custom_kernels,
                        help="None of pagedllm's Triton kernels: torch attention, cuBLAS linears, no PDL.")
         g.add_argument("--triton-gemv", action=argparse.BooleanOptionalAction, default=None,
@@ -1382,6 +1394,26 @@ def _none_for_optional_flags(group) -> None:
         action.type = parse
         if action.choices is not None:
             action.choices = [*action.choices, None]
+
+
+def attention_backend_name(name: Any) -> Any:
+    """pagedllm's name for vLLM's attention backend names (TRITON_ATTN is 'triton'; any case); one of vLLM's backends
+    that pagedllm lacks is a ValueError that says what to use. Other names (pagedllm's own, registered ones) as
+    given."""
+    if not isinstance(name, str) or name.upper() not in _VLLM_ATTENTION_BACKENDS.keys() | \
+            _VLLM_ATTENTION_BACKENDS_NOT_SUPPORTED:
+        return name
+    if name.upper() in _VLLM_ATTENTION_BACKENDS:
+        return _VLLM_ATTENTION_BACKENDS[name.upper()]
+    raise ValueError(f"attention_backend={name!r} is a vLLM attention backend that pagedllm does not have; use "
+                     f"'triton' (pagedllm's Triton kernels, as vLLM's TRITON_ATTN) or 'torch' (PyTorch, any device).")
+
+
+def _attention_backend_flag(text: str) -> str:
+    try:
+        return attention_backend_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _json_or_str(text: str) -> str | dict:

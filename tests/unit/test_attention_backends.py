@@ -117,3 +117,22 @@ def test_a_soft_capping_model_needs_a_backend_that_soft_caps(tmp_path):
         assert llm.generate([{"prompt_token_ids": PROMPTS[0]}], SamplingParams(max_tokens=2), use_tqdm=False)
     finally:
         _BACKENDS.pop("nocap", None)
+
+
+def test_vllm_backend_names(tmp_path):
+    """vLLM's --attention-backend names: TRITON_ATTN (any case) is pagedllm's triton, TORCH_SDPA / CPU_ATTN its torch
+    attention; a vLLM backend pagedllm lacks (FLASH_ATTN, FLASHINFER) says what to use. They were argparse's bare
+    'invalid choice' / 'attention_backend must be one of ...'."""
+    from pagedllm.config import EngineArgs
+    from pagedllm.entrypoints.cli import make_parser
+    assert make_parser().parse_args(["serve", "m", "--attention-backend", "TRITON_ATTN"]).attention_backend == "triton"
+    assert EngineArgs(model="m", attention_backend="cpu_attn").attention_backend == "torch"
+    save_tiny_llama(tmp_path, VOCAB)
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", attention_backend="TORCH_SDPA")
+    assert llm.llm_engine.config.attention_backend == "torch"
+    with pytest.raises(ValueError, match=r"attention_backend='FLASH_ATTN' is a vLLM attention backend that pagedllm "
+                                         r"does not have; use 'triton' \(pagedllm's Triton kernels, as vLLM's "
+                                         r"TRITON_ATTN\) or 'torch'"):
+        LLM(model=str(tmp_path), skip_tokenizer_init=True, attention_backend="FLASH_ATTN")
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--attention-backend", "flashinfer"])
