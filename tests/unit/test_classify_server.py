@@ -223,3 +223,31 @@ def test_pooling_response_ids_follow_request_id_and_x_request_id(reranker):
     assert ids[:4] == ["classify-cls-7", "pool-p", "score-s1", "rerank-r1"]
     assert ids[4].startswith("rerank-") and len(ids[4]) > len("rerank-") and ids[6] == "score-gateway-42"
     assert answers[5].json()["error"]["param"] == "request_id"
+
+
+def test_embeddings_of_a_batch_of_conversations(tmp_path):
+    """vLLM 0.24's /v1/embeddings chat forms: ``messages`` holding several conversations, or ``input`` holding one
+    conversation or several, give one embedding per conversation, each the one that conversation alone gives."""
+    save_tiny_encoder(tmp_path, "bert")
+    from tests.unit.tiny_models import save_word_tokenizer
+    save_word_tokenizer(tmp_path, "bert")
+    template = "[CLS] {% for m in messages %}{{ m['content'] }} {% endfor %}[SEP]"
+    first, second = [{"role": "user", "content": "w1 w2"}], [{"role": "system", "content": "w7"},
+                                                             {"role": "user", "content": "w3 w4 w5"}]
+    ask = {"chat_template": template, "encoding_format": "float"}
+    answers = _post_to_server_app(str(tmp_path), [
+        ("/v1/embeddings", {**ask, "messages": first}), ("/v1/embeddings", {**ask, "messages": second}),
+        ("/v1/embeddings", {**ask, "messages": [first, second]}),
+        ("/v1/embeddings", {**ask, "input": [first, second]}), ("/v1/embeddings", {**ask, "input": second}),
+        ("/v1/embeddings", {**ask, "messages": [first, []]}),
+        ("/v1/embeddings", {**ask, "input": [[5, 6], [7]]})],
+        flags=("--max-model-len", "64", "--trust-request-chat-template"))
+    assert [status for status, _ in answers] == [200] * 5 + [400, 200], answers
+    alone = [body["data"][0]["embedding"] for _, body in answers[:2]]
+    for _, body in answers[2:4]:
+        assert [d["index"] for d in body["data"]] == [0, 1]
+        assert [d["embedding"] for d in body["data"]] == [pytest.approx(e, abs=1e-5) for e in alone]
+        assert body["usage"]["prompt_tokens"] == 4 + 6         # [CLS] w1 w2 [SEP], [CLS] w7 w3 w4 w5 [SEP]
+    assert answers[4][1]["data"][0]["embedding"] == pytest.approx(alone[1], abs=1e-5)
+    assert "messages must contain at least one message" in answers[5][1]["error"]["message"]
+    assert answers[6][1]["usage"]["prompt_tokens"] == 3       # token-id lists stay token ids

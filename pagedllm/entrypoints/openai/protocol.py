@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
@@ -215,6 +215,11 @@ class SamplingFields(OpenAIRequestModel):
     logits_processors: list[Any] | None = None
     # With --reasoning-parser: at most this many thinking tokens, then </think> is forced (-1: no limit).
     thinking_token_budget: int | None = None
+    # vLLM's repetition detection (SamplingParams.repetition_detection): finish_reason "repetition" once the output
+    # ends with repetition_min_count copies of a pattern of min..max_repetition_pattern_size tokens (0: off).
+    max_repetition_pattern_size: int = 0
+    min_repetition_pattern_size: int = 0
+    repetition_min_count: int = 0
     # vLLM's structured-output extras (one at most, or response_format).
     structured_outputs: dict[str, Any] | None = None
     guided_json: str | dict[str, Any] | None = None
@@ -706,12 +711,22 @@ class PoolingRequestId(OpenAIRequestModel):
     _printable_request_id = field_validator("request_id")(printable_request_id)
 
 
+def _is_conversation(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
+
+
 class PoolingInputRequest(PoolingRequestId):
     """What every pooling request over inputs shares (/v1/embeddings, /pooling, /classify)."""
     model: str | None = None
     # The texts / token ids to pool, or (vLLM's chat form) a conversation the chat template renders into one prompt.
     input: PoolingInput | None = None
     messages: list[ChatMessage] | None = None
+    # vLLM's batched chat form: ``messages`` holding several conversations, each rendered into its own prompt (one
+    # result each); moved here by _batched_messages.
+    messages_batch: list[list[ChatMessage]] | None = Field(default=None, exclude=True)
+    # /v1/embeddings (vLLM 0.24): ``input`` may hold a conversation, or several, in place of ``messages``.
+    chat_shaped_input: ClassVar[bool] = False
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     priority: int = 0
@@ -724,22 +739,45 @@ class PoolingInputRequest(PoolingRequestId):
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _batched_messages(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        given, messages = data.get("input"), data.get("messages")
+        if cls.chat_shaped_input and messages is None and isinstance(given, list) and given:
+            if _is_conversation(given):
+                return {**{k: v for k, v in data.items() if k != "input"}, "messages": given}
+            if all(_is_conversation(c) for c in given):
+                return {**{k: v for k, v in data.items() if k != "input"}, "messages_batch": given}
+        if isinstance(messages, list) and messages and all(isinstance(c, list) for c in messages):
+            return {**{k: v for k, v in data.items() if k != "messages"}, "messages_batch": messages}
+        return data
+
+    def conversations(self) -> list[list[ChatMessage]] | None:
+        """The conversations to render, one prompt each (None: the request pools ``input``)."""
+        if self.messages_batch is not None:
+            return self.messages_batch
+        return None if self.messages is None else [self.messages]
+
     def special_tokens(self) -> bool:
         """add_special_tokens as given, else vLLM's default for the form: True for input, False for messages."""
-        return self.add_special_tokens if self.add_special_tokens is not None else self.messages is None
+        return self.add_special_tokens if self.add_special_tokens is not None else self.conversations() is None
 
     @model_validator(mode="after")
     def _input_or_messages(self):
-        if (self.input is None) == (self.messages is None):
+        chats = self.conversations()
+        if (self.input is None) == (chats is None):
             raise ValueError("Exactly one of input or messages must be given.")
-        if self.messages is not None and not self.messages:
-            raise ValueError("messages must contain at least one message.")
+        if chats is not None and (not chats or not all(chats)):
+            raise ValueError("messages must contain at least one message (each conversation of a batch too).")
         if self.add_generation_prompt and self.continue_final_message:
             raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
         return self
 
 
 class EmbeddingRequest(PoolingInputRequest):
+    chat_shaped_input: ClassVar[bool] = True
     # bytes / bytes_only (vLLM's): the raw values as the body, located by a "metadata" header (bytes) or not.
     encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
     # base64's and bytes' values (vLLM's): their dtype and byte order ("native": the server's, as the openai client

@@ -112,14 +112,17 @@ class OpenAIServingPooling(OpenAIServing):
 
     async def _request_prompts(self, req: PoolingInputRequest, params: PoolingParams,
                                chunked: int | None = None) -> list[dict]:
-        """``input``'s prompts, or ``messages`` rendered by the chat template into one prompt (as vLLM)."""
-        if req.messages is None:
+        """``input``'s prompts, or each conversation of ``messages`` rendered by the chat template into one prompt
+        (as vLLM: one conversation, or a batch of them)."""
+        chats = req.conversations()
+        if chats is None:
             return await self._prompts(req.input, params, chunked=chunked, add_special_tokens=req.special_tokens())
-        ids = await self.render_chat(
-            conversation(req.messages), chat_template=req.chat_template,
-            add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message,
-            tools=None, chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.special_tokens())
-        return await self._prompts([ids], params, "messages", chunked)
+        self.check_num_prompts(len(chats), "messages")
+        rendered = [await self.render_chat(
+            conversation(chat), chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message, tools=None,
+            chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.special_tokens()) for chat in chats]
+        return await self._prompts(rendered, params, "messages", chunked)
 
     def _request_id(self, prefix: str, req: Any, raw_request: Request | None) -> str:
         """The response's id, which its prompts' engine ids start with: ``prefix``-, then the X-Request-Id header,
