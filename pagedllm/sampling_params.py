@@ -118,6 +118,41 @@ def check_encodable(name: str, texts: list[str]) -> None:
             raise ValueError(f"{name} contains invalid Unicode (lone surrogate).") from None
 
 
+@dataclass
+class RepetitionDetectionParams:
+    """vLLM's repetition detection: a request ends (finish_reason "repetition", stop_reason "repetition_detected")
+    once its output ends with a run of ``min_count`` copies of one pattern of ``min_pattern_size`` (0: 1) to
+    ``max_pattern_size`` tokens. ``max_pattern_size=0``: off."""
+    max_pattern_size: int = 0
+    min_pattern_size: int = 0
+    min_count: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_pattern_size", "min_pattern_size", "min_count"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r:.100}.")
+        if self.max_pattern_size < 0 or self.min_pattern_size < 0 or self.min_pattern_size > self.max_pattern_size:
+            raise ValueError("max_pattern_size, min_pattern_size must be >=0, with min_pattern_size <= "
+                             "max_pattern_size. Set both to 0 to disable repetitive pattern detection.")
+        if self.max_pattern_size > 0 and self.min_count < 2:
+            raise ValueError("min_count must be >= 2 to detect repetitive patterns in engine output. If you do not "
+                             "wish to detect repetitive patterns, set max_pattern_size to 0.")
+
+    def found_in(self, output_ids: list[int]) -> bool:
+        """Whether ``output_ids`` end with ``min_count`` copies of a pattern of an allowed size."""
+        if self.max_pattern_size <= 0:
+            return False
+        for size in range(max(self.min_pattern_size, 1), self.max_pattern_size + 1):
+            span = size * self.min_count
+            if span > len(output_ids):
+                return False
+            tail = output_ids[-span:]
+            if tail == tail[-size:] * self.min_count:
+                return True
+        return False
+
+
 class RequestOutputKind(IntEnum):
     CUMULATIVE = 0   # every output carries the whole text so far
     DELTA = 1        # only what is new since the last output
@@ -183,6 +218,9 @@ class SamplingParams:
     # vLLM's: True computes the whole prompt again instead of reading its cached prefix (None: only for a request with
     # prompt_logprobs, whose cached tokens would have no logits).
     skip_reading_prefix_cache: bool | None = None
+    # vLLM's: end the request when its output repeats a pattern (a RepetitionDetectionParams, or a dict of its
+    # fields); checked by the engine core's stop check (engine/scheduler.py).
+    repetition_detection: RepetitionDetectionParams | None = None
     # Filled by the engine: EOS ids of the model (generation_config may list several).
     _all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     # Filled by ``update_from_tokenizer``: each bad word as token ids (with and without a leading space).
@@ -342,6 +380,12 @@ class SamplingParams:
                 raise ValueError("`thinking_token_budget` must be a non-negative integer or -1 for unlimited.")
             if budget == -1:
                 self.thinking_token_budget = None
+        if isinstance(self.repetition_detection, dict):
+            self.repetition_detection = RepetitionDetectionParams(**self.repetition_detection)
+        if self.repetition_detection is not None and not isinstance(self.repetition_detection,
+                                                                    RepetitionDetectionParams):
+            raise ValueError(f"repetition_detection must be a RepetitionDetectionParams, got "
+                             f"{type(self.repetition_detection).__name__}.")
         if self.skip_reading_prefix_cache is not None and not isinstance(self.skip_reading_prefix_cache, bool):
             raise ValueError(f"skip_reading_prefix_cache must be True, False or None, got "
                              f"{self.skip_reading_prefix_cache!r:.100}.")

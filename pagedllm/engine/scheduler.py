@@ -629,6 +629,9 @@ class Scheduler:
             return RequestStatus.FINISHED_LENGTH_CAPPED
         if request.num_tokens >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH_CAPPED
+        if sp.repetition_detection is not None and sp.repetition_detection.found_in(request.output_token_ids):
+            request.stop_reason = "repetition_detected"      # vLLM's
+            return RequestStatus.FINISHED_REPETITION
         return None
 
     def launched_items(self, step_id: int) -> list[ScheduledRequest]:

@@ -722,3 +722,22 @@ def test_flat_logprobs(llm):
     assert list(sample[1:3]) == plain.outputs[0].logprobs[1:3] and sample[-1] == plain.outputs[0].logprobs[-1]
     with pytest.raises(TypeError, match="Cannot set logprobs in FlatLogprobs"):
         sample[0] = {}
+
+
+def test_repetition_detection_ends_a_repeating_output(llm):
+    """vLLM's SamplingParams(repetition_detection=...) (a TypeError before): the request ends once its output ends
+    with min_count copies of one pattern (finish_reason "repetition", stop_reason "repetition_detected"), at the
+    first token where that holds; the random model's greedy tail here repeats one token."""
+    from pagedllm.sampling_params import RepetitionDetectionParams
+    params = dict(temperature=0.0, max_tokens=60, ignore_eos=True)
+    full = list(llm.generate("Hello my name is", SamplingParams(**params), use_tqdm=False)[0].outputs[0].token_ids)
+    first = next(k for k in range(4, len(full) + 1) if len(set(full[k - 4:k])) == 1)
+    out = llm.generate("Hello my name is", SamplingParams(
+        **params, repetition_detection=RepetitionDetectionParams(max_pattern_size=3, min_count=4)),
+        use_tqdm=False)[0].outputs[0]
+    assert list(out.token_ids) == full[:first]
+    assert (out.finish_reason, out.stop_reason) == ("repetition", "repetition_detected")
+    assert RepetitionDetectionParams(2, 2, 2).found_in([5, 1, 2, 1, 2]) and \
+        not RepetitionDetectionParams(2, 2, 2).found_in([1, 1, 1])        # a pattern of 1 is not looked for
+    with pytest.raises(ValueError, match="min_count must be >= 2 to detect repetitive patterns"):
+        SamplingParams(repetition_detection={"max_pattern_size": 2, "min_count": 1})

@@ -511,6 +511,9 @@ SAMPLING_FIELDS: dict[str, list] = {
                       Rejects("yes", "flat_logprobs must be True or False")],
     "stream_interval": [Read(("engine/output_processor.py",), "params.stream_interval"),
                         Rejects(0, "stream_interval must be at least 1, got 0")],
+    # tests/unit/test_llm_api.py::test_repetition_detection_ends_a_repeating_output.
+    "repetition_detection": [Read(("engine/scheduler.py",), "sp.repetition_detection"),
+                             Rejects({"max_pattern_size": 2}, "min_count must be >= 2")],
     # (read by custom logits processors, refused without one: tests/unit/test_logits_processors.py)
     "extra_args": [Behaves(_sp(extra_args={})), Rejects("target_token=3", "extra_args must be a dict")],
     "logits_processors": [Rejects([lambda ids, logits: logits], "Per-request logits_processors callables are not supported")],

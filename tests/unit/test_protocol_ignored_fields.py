@@ -34,3 +34,23 @@ def test_null_fields_vllm_takes_as_not_given(tiny_llama_dir):
     assert [c["index"] for c in chat.json()["choices"]] == [0]
     assert completion.status_code == 200, completion.text
     assert not completion.json()["choices"][0]["text"].startswith("Hello there")
+
+
+def test_repetition_detection_request_fields(tiny_llama_dir):
+    """vLLM's max_repetition_pattern_size / min_repetition_pattern_size / repetition_min_count (ignored before, as
+    unknown fields): the answer stops with finish_reason "repetition" once the output repeats; a bad count is a 400
+    naming repetition_min_count."""
+    from app_client import post_all, serve_in_process
+
+    body = {"prompt": "Hello my name is", "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+    with serve_in_process(tiny_llama_dir) as (app, _):
+        plain, repeated, bad = post_all(app, [
+            ("/v1/completions", body),
+            ("/v1/completions", {**body, "max_repetition_pattern_size": 3, "repetition_min_count": 4}),
+            ("/v1/completions", {**body, "max_repetition_pattern_size": 3, "repetition_min_count": 1})])
+    assert plain.json()["choices"][0]["finish_reason"] == "length"
+    choice = repeated.json()["choices"][0]
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("repetition", "repetition_detected")
+    assert plain.json()["choices"][0]["text"].startswith(choice["text"])
+    assert repeated.json()["usage"]["completion_tokens"] < 60
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "repetition_min_count"

@@ -215,6 +215,11 @@ class SamplingFields(OpenAIRequestModel):
     logits_processors: list[Any] | None = None
     # With --reasoning-parser: at most this many thinking tokens, then </think> is forced (-1: no limit).
     thinking_token_budget: int | None = None
+    # vLLM's repetition detection (SamplingParams.repetition_detection): finish_reason "repetition" once the output
+    # ends with repetition_min_count copies of a pattern of min..max_repetition_pattern_size tokens (0: off).
+    max_repetition_pattern_size: int = 0
+    min_repetition_pattern_size: int = 0
+    repetition_min_count: int = 0
     # vLLM's structured-output extras (one at most, or response_format).
     structured_outputs: dict[str, Any] | None = None
     guided_json: str | dict[str, Any] | None = None

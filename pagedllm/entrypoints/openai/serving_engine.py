@@ -26,8 +26,8 @@ from pagedllm.engine import structured_output
 from pagedllm.logger import printable_id
 from pagedllm.entrypoints.beam_search import beam_search_async, check_logprobs_mode
 from pagedllm.outputs import CompletionOutput, RequestOutput
-from pagedllm.sampling_params import (MAX_N, BeamSearchParams, RequestOutputKind, SamplingParams,
-                                      StructuredOutputsParams)
+from pagedllm.sampling_params import (MAX_N, BeamSearchParams, RepetitionDetectionParams, RequestOutputKind,
+                                      SamplingParams, StructuredOutputsParams)
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -253,6 +253,15 @@ class OpenAIServing:
             value = getattr(req, name)
             return value if value is not None else getattr(d, name)
 
+        repetition = None
+        if req.max_repetition_pattern_size or req.min_repetition_pattern_size or req.repetition_min_count:
+            try:
+                repetition = RepetitionDetectionParams(req.max_repetition_pattern_size,
+                                                       req.min_repetition_pattern_size, req.repetition_min_count)
+            except ValueError as e:
+                raise RequestError(str(e), "repetition_min_count" if str(e).startswith("min_count")
+                                   else "max_repetition_pattern_size") from None
+
         try:
             return SamplingParams(
                 n=req.n, best_of=req.best_of, presence_penalty=req.presence_penalty or 0.0,
@@ -267,7 +276,7 @@ class OpenAIServing:
                 allowed_token_ids=req.allowed_token_ids, bad_words=req.bad_words or None,
                 truncate_prompt_tokens=req.truncate_prompt_tokens,
                 structured_outputs=structured_outputs, thinking_token_budget=req.thinking_token_budget,
-                extra_args=req.vllm_xargs,
+                extra_args=req.vllm_xargs, repetition_detection=repetition,
                 # Outputs always come as deltas: streams send them, others gather them (and metrics see every step).
                 output_kind=RequestOutputKind.DELTA)
         except (ValueError, TypeError) as e:
