@@ -251,3 +251,31 @@ def test_embeddings_of_a_batch_of_conversations(tmp_path):
     assert answers[4][1]["data"][0]["embedding"] == pytest.approx(alone[1], abs=1e-5)
     assert "messages must contain at least one message" in answers[5][1]["error"]["message"]
     assert answers[6][1]["usage"]["prompt_tokens"] == 3       # token-id lists stay token ids
+
+
+def test_embedding_model_scores_one_query_against_many_embedding_it_once(tmp_path):
+    """/rerank and /score on an embedding model: the query is embedded once, not once per document (vLLM's and
+    LLM.score's 1:N); the usage still counts its tokens with each pair, as vLLM's does."""
+    from app_client import run_on, serve_in_process
+    save_tiny_encoder(tmp_path, "bert")
+    from tests.unit.tiny_models import save_word_tokenizer
+    save_word_tokenizer(tmp_path, "bert")
+    docs = ["w3 w4", "w1 w2 w3", "w9"]      # 4, 5 and 3 tokens with [CLS] / [SEP]; the query 4
+
+    async def script(client):
+        before = await client.get("/metrics")
+        rerank = await client.post("/rerank", json={"query": "w1 w2", "documents": docs})
+        after = await client.get("/metrics")
+        pairwise = await client.post("/score", json={"text_1": ["w1 w2", "w5"], "text_2": docs[:2]})
+        return before.text, rerank, after.text, pairwise
+
+    def prompt_tokens(text):
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.split("{")[0].endswith(":prompt_tokens_total"))
+    with serve_in_process(str(tmp_path), "--max-model-len", "64") as (app, _):
+        before, rerank, after, pairwise = run_on(app, script)
+    assert rerank.status_code == 200 and rerank.json()["usage"]["prompt_tokens"] == 3 * 4 + 4 + 5 + 3
+    assert prompt_tokens(after) - prompt_tokens(before) == 4 + 4 + 5 + 3      # the engine ran the query once
+    results = {r["index"]: r["relevance_score"] for r in rerank.json()["results"]}
+    assert results[1] == max(results.values())            # the document that holds the query's words
+    assert pairwise.status_code == 200 and pairwise.json()["usage"]["prompt_tokens"] == 4 + 4 + 3 + 5

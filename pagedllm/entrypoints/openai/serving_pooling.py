@@ -255,8 +255,10 @@ class OpenAIServingPooling(OpenAIServing):
                            raw_request: Request | None) -> tuple[list[float], list] | None:
         """Each (first[i], second[i]) pair's score, and every output (None when the client went away); ``first``
         may be one text scored against each of ``second``. A cross-encoder reads each pair as one prompt and gives
-        its score; an embedding model gives the cosine of the two texts' embeddings."""
-        if len(first) == 1:
+        its score; an embedding model gives the cosine of the two texts' embeddings (one text against several is
+        embedded once, as vLLM's and LLM.score)."""
+        one = len(first) == 1
+        if one:
             first = first * len(second)
         self.check_num_prompts(len(second), names[1])
         if not second:
@@ -277,13 +279,16 @@ class OpenAIServingPooling(OpenAIServing):
                                    task="token_embed" if late else "embed")
         except ValueError as e:
             raise RequestError(str(e), "truncate_prompt_tokens") from None
-        prompts = await self._prompts(first, params, names[0]) + await self._prompts(second, params, names[1])
+        given = first[:1] if one else first
+        prompts = await self._prompts(given, params, names[0]) + await self._prompts(second, params, names[1])
         outputs = await self._run(request_id, prompts, params, req.priority, raw_request)
         if outputs is None:
             return None
-        n = len(first)
-        scores = [pair_score(a.outputs.data, b.outputs.data, late) for a, b in zip(outputs[:n], outputs[n:])]
-        return scores, outputs
+        n = len(given)
+        # Each pair's output counts in the usage, the shared text's too (vLLM's usage: its tokens once per pair).
+        firsts = outputs[:n] * len(second) if one else outputs[:n]
+        scores = [pair_score(a.outputs.data, b.outputs.data, late) for a, b in zip(firsts, outputs[n:])]
+        return scores, firsts + outputs[n:]
 
     async def _cross_encoder_scores(self, request_id: str, first: list[str], second: list[str], names: tuple[str, str],
                                     req: ScoreRequest | RerankRequest,
