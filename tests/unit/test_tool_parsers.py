@@ -313,9 +313,10 @@ QWEN3_CODER_CALLS = [("get_weather", {"city": "San Francisco", "days": 3, "metri
 def test_qwen3_coder_xml_calls():
     """vLLM's qwen3_coder / qwen3_xml parsers (Qwen3-Coder, Qwen3.5): <tool_call><function=NAME><parameter=KEY>
     blocks, each value typed by the tool's schema as vLLM types it (a parameter the schema does not name stays
-    text; a </parameter> inside a value is text); the text before the first call is the content. A stream sends
-    that content as it comes and the calls whole at the end. Before, --tool-call-parser qwen3_coder failed at
-    start-up ('is not known')."""
+    text; a </parameter> inside a value is text; a missing </parameter> ends at the next parameter); the text
+    before the first call is the content. A stream sends that content as it comes, then each call's header and its
+    parameters one by one as vLLM does. Before, --tool-call-parser qwen3_coder failed at start-up ('is not
+    known')."""
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, ToolCallStream, ToolMode
 
     for name in ("qwen3_coder", "qwen3_xml"):
@@ -332,6 +333,10 @@ def test_qwen3_coder_xml_calls():
     # A value that converts to no JSON (Infinity) stays text: the arguments are always JSON.
     infinite = "<tool_call>\n<function=get_weather>\n<parameter=temp>\ninf\n</parameter>\n</function>\n</tool_call>"
     assert calls(parser.extract(infinite, QWEN3_CODER_TOOLS)) == (None, [("get_weather", {"temp": "inf"})])
+    # A missing </parameter>: the value runs to the next parameter (a nested one in a value pairs with its own).
+    missing = ("<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n<parameter=days>\n2\n</parameter>\n"
+               "</function>\n</tool_call>")
+    assert calls(parser.extract(missing, QWEN3_CODER_TOOLS))[1] == [("get_weather", {"city": "Oslo", "days": 2})]
     serving = OpenAIServingChat.__new__(OpenAIServingChat)
     serving.tool_parser = parser
     stream = ToolCallStream(serving, ToolMode("auto", tools=QWEN3_CODER_TOOLS), 1)
@@ -339,9 +344,26 @@ def test_qwen3_coder_xml_calls():
     deltas = [stream.delta(0, text[k:k + 6], None)[0] for k in range(0, len(text), 6)]
     final, finish = stream.delta(0, "", "stop")
     assert "".join((d or {}).get("content") or "" for d in deltas) == "Let me check.\n"
-    assert all("tool_calls" not in (d or {}) for d in deltas) and finish == "tool_calls"
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in final["tool_calls"]] == \
-        QWEN3_CODER_CALLS
+    # As vLLM's stream: each call's header once its name is whole, then its parameters as each one ends.
+    early = [c for d in deltas for c in (d or {}).get("tool_calls", [])]
+    assert [c["function"]["name"] for c in early if "id" in c] == ["get_weather", "get_weather"]
+    assert len([c for c in early if c["function"]["arguments"]]) >= 8 and finish == "tool_calls"
+    assert summed_calls(deltas + [final]) == QWEN3_CODER_CALLS
+
+
+def summed_calls(deltas: list[dict | None]) -> list[tuple[str, dict]]:
+    """The calls a stream's tool_call deltas add up to (the header names the call, later pieces extend its
+    arguments), with the arguments parsed."""
+    calls_by_index: dict[int, list] = {}
+    for d in deltas:
+        for c in (d or {}).get("tool_calls", []):
+            if c["index"] not in calls_by_index:
+                assert c["id"] and c["type"] == "function" and c["function"]["name"], c
+                calls_by_index[c["index"]] = [c["function"]["name"], ""]
+            else:
+                assert "id" not in c and "name" not in c["function"], c
+            calls_by_index[c["index"]][1] += c["function"].get("arguments") or ""
+    return [(name, json.loads(args)) for name, args in (calls_by_index[i] for i in sorted(calls_by_index))]
 
 
 def test_qwen3_coder_served(tiny_llama_dir):
@@ -362,7 +384,5 @@ def test_qwen3_coder_served(tiny_llama_dir):
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
             for c in choice["message"]["tool_calls"]] == QWEN3_CODER_CALLS
     chunks = sse_chunks(streamed)
-    streamed_calls = [c for chunk in chunks for c in chunk["choices"][0]["delta"].get("tool_calls", [])]
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in streamed_calls] == \
-        QWEN3_CODER_CALLS
+    assert summed_calls([chunk["choices"][0]["delta"] for chunk in chunks]) == QWEN3_CODER_CALLS
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"

@@ -625,7 +625,7 @@ class ToolCallStream:
                 if upto > self.sent[index]:
                     delta["content"] = full[self.sent[index]:upto]
                     self.sent[index] = upto
-                calls = tool_parsers.stream_calls(full, parser.call_nodes(full)) if upto < len(full) else []
+                calls = parser.partial_calls(full, self.mode.tools) if upto < len(full) else []
             if not self.mode.parallel:
                 calls = calls[:1]
             call_deltas = self._call_deltas(index, calls)

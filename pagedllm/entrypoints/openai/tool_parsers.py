@@ -329,6 +329,11 @@ class ToolParser:
             i = text.find(self.start, i + len(self.start))
         return nodes
 
+    def partial_calls(self, text: str, tools: list[dict] | None = None) -> list[tuple[str, str]]:
+        """A stream's view of an unfinished output: each call as (name, its arguments' JSON so far, a prefix of the
+        finished call's)."""
+        return stream_calls(text, self.call_nodes(text))
+
     def call_start(self, text: str) -> int:
         """Where tool calls start in ``text`` (len(text) when they do not, as far as the text goes)."""
         i = text.find(self.start)
@@ -619,8 +624,9 @@ class Qwen3CoderToolParser(ToolParser):
     parameter the schema does not name), int / float / bool for those types, JSON (else a Python literal) for an
     object or array, null for "null" / "None" where the type is not a string or the schema admits null. A
     ``</parameter>`` / ``</tool_call>`` counts as the end only where the next tag (or the end of the text) follows,
-    so a value may hold those words. The text before the first call is the content, as written. A stream sends the
-    content before ``<tool_call>`` as it comes and the calls whole when the output ends."""
+    so a value may hold those words; a value whose ``</parameter>`` is missing runs to the next parameter. The text
+    before the first call is the content, as written. A stream sends that content as it comes, then each call's
+    name and its parameters as their ends become certain (``partial_calls``)."""
     start = "<tool_call>"
     _end = "</tool_call>"
     _function = "<function="
@@ -633,17 +639,17 @@ class Qwen3CoderToolParser(ToolParser):
         return f"call_{uuid.uuid4().hex[:24]}"         # vLLM's qwen3_coder ids
 
     def call_nodes(self, text: str) -> list[JsonNode]:
-        return []       # XML, not JSON: the calls go out whole when the output ends
+        return []       # XML, not JSON: partial_calls reads it
 
     def extract(self, text: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
         if self._function not in text:
             return text, []
         fns = functions_by_name(tools or [])
         calls, first = [], None
-        for start, block in self._blocks(text):
-            call = self._call(block, fns)
-            if call is not None:
-                calls.append(call)
+        for start, block, _ in self._blocks(text):
+            parsed = self._parse(block, fns, final=True)
+            if parsed is not None:
+                calls.append(tool_call(parsed[0], parsed[1], self.new_call_id()))
                 first = start if first is None else first
         if not calls:
             return text, []
@@ -651,17 +657,37 @@ class Qwen3CoderToolParser(ToolParser):
             first = text.find(self._function)
         return text[:first] or None, calls
 
-    def _blocks(self, text: str) -> list[tuple[int, str]]:
-        """(where each <tool_call> starts, its body); the whole text (at -1) when there is none, as vLLM's."""
+    def partial_calls(self, text: str, tools: list[dict] | None = None) -> list[tuple[str, str]]:
+        """Each call once its name is whole, with its parameters as far as their end is certain (a closing tag with
+        the next tag after it), in order: ``{"city": "Paris"`` then ``, "days": 3``, and ``}`` once the block
+        closes, as vLLM streams them. Calls written without <tool_call> go out when the output ends."""
+        fns = functions_by_name(tools or [])
+        out = []
+        for start, block, closed in self._blocks(text):
+            parsed = self._parse(block, fns, final=closed) if start >= 0 else None
+            if parsed is None:
+                if closed and start >= 0:
+                    continue        # no call in this block (the finished output skips it too)
+                break
+            name, args, complete = parsed
+            arguments = json.dumps(args, ensure_ascii=False)
+            out.append((name, arguments if complete else arguments[:-1]))
+            if not complete:
+                break
+        return out
+
+    def _blocks(self, text: str) -> list[tuple[int, str, bool]]:
+        """(where each <tool_call> starts, its body, whether it is closed); the whole text (at -1) when there is
+        none, as vLLM's."""
         blocks, pos = [], 0
         while (i := text.find(self.start, pos)) >= 0:
             body = i + len(self.start)
             end = self._closing(text, self._end, body, (self.start,))
-            blocks.append((i, text[body:] if end < 0 else text[body:end]))
+            blocks.append((i, text[body:] if end < 0 else text[body:end], end >= 0))
             if end < 0:
                 break
             pos = end + len(self._end)
-        return blocks or [(-1, text)]
+        return blocks or [(-1, text, True)]
 
     @staticmethod
     def _closing(text: str, tag: str, pos: int, then: tuple[str, ...]) -> int:
@@ -681,36 +707,60 @@ class Qwen3CoderToolParser(ToolParser):
             pos = i + 1
         return -1
 
-    def _call(self, block: str, fns: dict[str, dict]) -> dict | None:
+    def _value_end(self, body: str, pos: int, final: bool) -> int:
+        """Where the value starting at ``pos`` ends: its ``</parameter>`` followed by the next tag (or, in a
+        finished block, by nothing). A ``<parameter=`` inside the value (code that writes this format) pairs with
+        its own ``</parameter>``, as vLLM counts them. -1: none yet."""
+        depth = 0
+        while (close := body.find(self._param_end, pos)) >= 0:
+            nested = self._param_start(body, pos)
+            if 0 <= nested < close:
+                depth, pos = depth + 1, nested + len(self._param)
+                continue
+            pos = close + len(self._param_end)
+            if depth:
+                depth -= 1
+                continue
+            rest = body[pos:].lstrip()
+            if rest.startswith((self._param, self._function_end, self._end)) or (final and not rest):
+                return close
+        return -1
+
+    def _parse(self, block: str, fns: dict[str, dict], final: bool) -> tuple[str, dict, bool] | None:
+        """(name, arguments, whether they are all there) of a block; None before its name is whole, or for a name
+        that is a template placeholder or stray markup (vLLM drops those too). ``final``: the block is finished, so
+        a value without its closing tag runs to the next parameter (or the end)."""
         f = block.find(self._function)
         name_end = block.find(">", f) if f >= 0 else -1
         if name_end < 0:
             return None
         name = block[f + len(self._function):name_end]
         if not name or any(c in "{}<>\"' \t\n\r" for c in name):
-            return None     # a template placeholder or stray markup, not a call (vLLM drops it too)
+            return None
         body = block[name_end + 1:]
-        end = self._closing(body, self._function_end, 0, ())
-        body = body if end < 0 else body[:end]
+        if final:
+            end = self._closing(body, self._function_end, 0, ())
+            body = body if end < 0 else body[:end]
         properties = ((fns.get(name) or {}).get("parameters") or {}).get("properties") or {}
         args, pos = {}, 0
         while (p := self._param_start(body, pos)) >= 0:
             key_end = body.find(">", p)
             if key_end < 0:
-                break
+                return name, args, final
             key, value_start = body[p + len(self._param):key_end], key_end + 1
-            end = self._closing(body, self._param_end, value_start, (self._param, self._function_end))
-            if end < 0:         # no </parameter>: the value runs to the next parameter (or the end)
-                end = self._param_start(body, value_start)
-                end = len(body) if end < 0 else end
-                pos = end
-            else:
+            end = self._value_end(body, value_start, final)
+            if end >= 0:
                 pos = end + len(self._param_end)
+            elif not final:
+                return name, args, False
+            else:               # no </parameter>: the value runs to the next parameter (or the end)
+                end = self._param_start(body, value_start)
+                end = pos = len(body) if end < 0 else end
             value = body[value_start:end]
             value = value[1:] if value.startswith("\n") else value
             value = value[:-1] if value.endswith("\n") else value
             args[key] = self._typed(value, properties.get(key)) if key in properties else value
-        return tool_call(name, args, self.new_call_id())
+        return name, args, final
 
     def _typed(self, value: str, schema: Any) -> Any:
         """A parameter's text as its schema's type (vLLM's rules); the text itself where it does not convert, or
