@@ -33,3 +33,15 @@ for shared in 0 1; do
 done
 ;;
 esac
+# PART=3 (~150 s): the 7B's pure-decode step at the served batch (96 requests, contexts ~600-700) by kernel
+#   (torch.profiler, PDL off so waits are not counted as busy). Served steady state: ~8.1 ms a no-prompt step at
+#   96-100 running (session 38/39 traces) against a ~5.1 ms weight-read floor (15.2 GB at 3.0 TB/s) plus ~1 ms of
+#   KV reads. Prediction: GEMM ~5.5 ms, attention ~1.2 ms, the rest ~0.8 ms a step.
+case "${PART:-1}" in
+3)
+exec > >(tee $OUT/next39_3.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+PAGEDLLM_PDL=0 PAGEDLLM_BENCH_DIR=.bench/sb PYTHONPATH=$R timeout 200 python3 benchmarks/gpu_session39/profile_b96.py \
+  2>&1 | grep -v -E "^(INFO|WARNING|  +KV cache)" | tail -45
+;;
+esac
