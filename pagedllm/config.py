@@ -801,14 +801,28 @@ _BOOL_STRINGS = {"true": True, "1": True, "yes": True, "on": True, "false": Fals
                  "off": False}
 
 
+# Fields pagedllm gives a value by default whose vLLM namesakes default to None (its platform's or model's choice):
+# None given for them (LLM(block_size=args.block_size) with an argparse default of None) is their default here too.
+_NONE_IS_DEFAULT = ("block_size", "task", "lora_dtype")
+
+
 def _coerce_scalar_fields(args: EngineArgs) -> None:
     """A number or a switch given as a string (LLM(max_num_seqs="8"), enforce_eager="false", from YAML or the
     environment) becomes the number or the bool, as vLLM's validated configs take it; anything else is a ValueError
     naming the field, not a TypeError from a comparison later (or "false" switching a flag on, as a non-empty
-    string is true)."""
+    string is true). None for a switch, or for a field vLLM defaults to None, is the default (vLLM's None for
+    enable_prefix_caching / enable_chunked_prefill means on: it turned them off here); None for a number is a
+    ValueError (it was a TypeError from a comparison)."""
     for f in dataclasses.fields(args):
         value = getattr(args, f.name)
         kind = str(f.type).replace(" | None", "")
+        if value is None and "None" not in str(f.type) and f.name != "model":
+            if kind == "bool" or f.name in _NONE_IS_DEFAULT:
+                setattr(args, f.name, f.default)
+            elif kind in ("int", "float"):
+                raise ValueError(f"{f.name}: {'an integer' if kind == 'int' else 'a number'} expected, got None "
+                                 f"(leave it out for its default, {f.default!r}).")
+            continue
         if isinstance(value, str) and kind == "bool":
             if value.strip().lower() not in _BOOL_STRINGS:
                 raise ValueError(f"{f.name}: true or false expected, got {value!r}.")
@@ -1048,6 +1062,9 @@ def verify_engine_args(args: EngineArgs) -> None:
     reasoning_parser_name(args)
     profiler_settings(args.profiler_config)       # raises on what it cannot honour
     cuda_graph_sizes(args)                        # raises on what it cannot honour
+    if not isinstance(args.generation_config, str):
+        raise ValueError(f"generation_config must be 'auto' (the model's generation_config.json), 'vllm' (none) or "
+                         f"a folder, got {args.generation_config!r}.")
     override = args.override_generation_config
     if override is not None:
         if not isinstance(override, dict):

@@ -461,6 +461,23 @@ def test_numbers_given_as_strings(monkeypatch):
         EngineArgs(model="m", enforce_eager="maybe")
 
 
+def test_none_means_the_default_as_vllms_none_defaults(monkeypatch):
+    """vLLM's block_size, enable_prefix_caching, enable_chunked_prefill and task default to None (its choice), so
+    scripts pass None (LLM(block_size=args.block_size) with argparse's None). Here block_size=None was a TypeError
+    traceback, task=None a ValueError, and enable_prefix_caching / enable_chunked_prefill=None turned them off."""
+    config = build(monkeypatch, block_size=None, enable_prefix_caching=None, enable_chunked_prefill=None, task=None,
+                   lora_dtype=None, enforce_eager=None)
+    assert (config.block_size, config.cache_config.enable_prefix_caching, config.enable_chunked_prefill,
+            config.runner_type, config.args.lora_dtype, config.args.enforce_eager) == \
+        (16, True, True, "generate", "auto", False)
+    # A number given None: a ValueError naming the field (vLLM's validated configs refuse it too), not a TypeError.
+    with pytest.raises(ValueError, match=r"^gpu_memory_utilization: a number expected, got None \(leave it out for "
+                                         r"its default, 0\.9\)\.$"):
+        EngineArgs(model="m", gpu_memory_utilization=None)
+    with pytest.raises(ValueError, match="generation_config must be 'auto'"):
+        build(monkeypatch, generation_config=None)
+
+
 def test_unknown_keyword_names_vllm_arguments():
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
