@@ -304,11 +304,17 @@ class SamplingParams:
                                  f"completions seeded seed .. seed+{n - 1}), got {self.seed}.")
 
     def _take_guided_decoding(self) -> None:
-        if self.guided_decoding is None:
-            return
-        if self.structured_outputs is not None:
-            raise ValueError("Set structured_outputs or guided_decoding (its older name), not both.")
-        self.structured_outputs, self.guided_decoding = self.guided_decoding, None
+        """``guided_decoding`` (vLLM's older name) into ``structured_outputs``, then check what that holds. Run at
+        construction and again when the request is added (``verify_against_model``), so a script that assigns
+        ``sp.guided_decoding = GuidedDecodingParams(...)`` (or ``sp.structured_outputs = ...``) afterwards is
+        honoured or refused, not ignored."""
+        if self.guided_decoding is not None:
+            if self.structured_outputs is not None:
+                raise ValueError("Set structured_outputs or guided_decoding (its older name), not both.")
+            self.structured_outputs, self.guided_decoding = self.guided_decoding, None
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ValueError(f"structured_outputs must be a StructuredOutputsParams, got "
+                             f"{type(self.structured_outputs).__name__}.")
 
     def _verify_args(self) -> None:
         if not isinstance(self.n, int) or isinstance(self.n, bool):
@@ -392,9 +398,6 @@ class SamplingParams:
         if self.skip_reading_prefix_cache is False and self.prompt_logprobs is not None:
             raise ValueError("skip_reading_prefix_cache=False cannot be combined with prompt_logprobs: the prompt "
                              "tokens read from the prefix cache would have no logprobs.")
-        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
-            raise ValueError(f"structured_outputs must be a StructuredOutputsParams, got "
-                             f"{type(self.structured_outputs).__name__}.")
 
     # ---- helpers used by the engine ---------------------------------------------------------------------
     @property
@@ -402,7 +405,9 @@ class SamplingParams:
         return self.temperature < _SAMPLING_EPS
 
     def verify_against_model(self, vocab_size: int, max_logprobs: int) -> None:
-        """Checks that need the model: token ids in the vocabulary, logprob counts within limits."""
+        """Checks that need the model: token ids in the vocabulary, logprob counts within limits (and the constraint
+        again: it may have been assigned after construction)."""
+        self._take_guided_decoding()
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is None:

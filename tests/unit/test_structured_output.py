@@ -100,6 +100,22 @@ def test_bad_constraints_fail_at_add_time(llm):
     assert out.finish_reason == "stop" and int(out.text) % 5 == 0, out.text
 
 
+def test_a_constraint_assigned_after_construction_is_honoured(llm):
+    """Scripts that set the constraint on SamplingParams after building it (sp.guided_decoding = ..., the older
+    name, or sp.structured_outputs = ...) get it applied; the older name used to be ignored silently (free text).
+    A dict there is a ValueError naming the field, not an AttributeError from the engine."""
+    for name, spec in (("guided_decoding", GuidedDecodingParams(choice=CHOICES)),
+                       ("structured_outputs", StructuredOutputsParams(regex=CODE))):
+        sp = SamplingParams(temperature=0.8, seed=3, n=2, max_tokens=12)
+        setattr(sp, name, spec)
+        for out in llm.generate("Answer:", sp, use_tqdm=False)[0].outputs:
+            assert out.text in CHOICES if name == "guided_decoding" else re.fullmatch(CODE, out.text), out.text
+    sp = SamplingParams(max_tokens=4)
+    sp.structured_outputs = {"choice": CHOICES}
+    with pytest.raises(ValueError, match="structured_outputs must be a StructuredOutputsParams, got dict"):
+        llm.generate("Answer:", sp, use_tqdm=False)
+
+
 def test_a_constraint_is_checked_once(monkeypatch):
     """The front end builds a constraint and checks that some output satisfies it once per spec: a schema sent again
     (and the server's second check of each request) costs nothing; a schema that is not JSON stays a ValueError."""
