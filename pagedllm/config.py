@@ -405,6 +405,9 @@ class EngineArgs:
     distributed_executor_backend: str | None = None
     device: str = "auto"
     attention_backend: str | None = None
+    # vLLM's AttentionConfig as a dict: its "backend" is attention_backend (vLLM's --attention-backend is short for
+    # --attention-config.backend); its other keys tune vLLM's FlashAttention / FlashInfer kernels: refused.
+    attention_config: dict | None = None
     disable_log_stats: bool = False
     # AsyncEngineArgs' (vLLM's): AsyncLLMEngine.from_engine_args logs requests (their aborts) with it; the server's
     # switch is --enable-log-requests.
@@ -501,6 +504,8 @@ class EngineArgs:
                                  f"{', '.join(names.values())} (or auto).")
             self.dtype = names[self.dtype]
         self.attention_backend = attention_backend_name(self.attention_backend)
+        if self.attention_config is not None:
+            self.attention_backend = _backend_of_attention_config(self.attention_config, self.attention_backend)
         _coerce_scalar_fields(self)
         if self.pooler_config is not None:
             self.pooler_config = PoolerConfig.coerce(self.pooler_config)
@@ -671,6 +676,9 @@ class EngineArgs:
                        help="Attention kernels: triton (pagedllm's Triton kernels; vLLM's TRITON_ATTN / TRITON_MLA "
                             "name it too) or torch (PyTorch; vLLM's TORCH_SDPA / CPU_ATTN). None = triton on CUDA, "
                             "torch on the CPU.")
+        g.add_argument("--attention-config", type=json_arg, default=None,
+                       help='vLLM\'s attention config as JSON (or --attention-config.backend NAME): its backend, as '
+                            '--attention-backend; its other keys tune vLLM\'s own kernels and are refused.')
         g.add_argument("--disable-custom-kernels", action=argparse.BooleanOptionalAction, default=d.disable_custom_kernels,
                        help="None of pagedllm's Triton kernels: torch attention, cuBLAS linears, no PDL.")
         g.add_argument("--triton-gemv", action=argparse.BooleanOptionalAction, default=None,
@@ -1426,6 +1434,23 @@ def attention_backend_name(name: Any) -> Any:
                      f"'triton' (pagedllm's Triton kernels, as vLLM's TRITON_ATTN) or 'torch' (PyTorch, any device).")
 
 
+def _backend_of_attention_config(config: Any, backend: str | None) -> str | None:
+    """attention_backend from vLLM's attention_config ({"backend": "TRITON_ATTN"}); other keys, or a backend that
+    contradicts attention_backend, are a ValueError."""
+    if not isinstance(config, dict):
+        raise ValueError(f"attention_config must be a dict (JSON object) of vLLM's AttentionConfig fields, got "
+                         f"{config!r}.")
+    other = sorted(k for k in config if k != "backend")
+    if other:
+        raise ValueError(f"attention_config: {', '.join(map(str, other))} is not supported (it tunes vLLM's "
+                         f"FlashAttention / FlashInfer kernels, which pagedllm does not have); only backend is.")
+    given = attention_backend_name(config.get("backend"))
+    if given is not None and backend is not None and given != backend:
+        raise ValueError(f"attention_config backend {config['backend']!r} contradicts attention_backend={backend!r}; "
+                         f"give one of the two.")
+    return given if given is not None else backend
+
+
 def _attention_backend_flag(text: str) -> str:
     try:
         return attention_backend_name(text)
@@ -1550,7 +1575,7 @@ ENGINE_FLAG_GROUPS: dict[str, tuple[str, ...]] = {
                     "enable_sleep_mode"),
     "LoadConfig": ("load_format", "download_dir", "safetensors_load_strategy", "ignore_patterns", "use_tqdm_on_load",
                    "pt_load_map_location"),
-    "AttentionConfig": ("attention_backend",),
+    "AttentionConfig": ("attention_backend", "attention_config"),
     "StructuredOutputsConfig": ("reasoning_parser",),
     "ParallelConfig": ("distributed_executor_backend", "pipeline_parallel_size", "tensor_parallel_size",
                        "data_parallel_size", "enable_expert_parallel", "max_parallel_loading_workers",
@@ -1591,7 +1616,8 @@ def _split_into_config_groups(parser: argparse.ArgumentParser, group) -> None:
 # The JSON-object flags that take vLLM's dotted keys (--limit-mm-per-prompt.image 2).
 _DOTTED_CONFIG_FLAGS = ("--structured-outputs-config", "--pooler-config", "--limit-mm-per-prompt",
                         "--compilation-config", "--speculative-config", "--hf-overrides",
-                        "--override-generation-config", "--profiler-config", "--default-chat-template-kwargs")
+                        "--override-generation-config", "--profiler-config", "--default-chat-template-kwargs",
+                        "--attention-config")
 
 
 class FlexibleArgumentParser(argparse.ArgumentParser):

@@ -136,3 +136,20 @@ def test_vllm_backend_names(tmp_path):
         LLM(model=str(tmp_path), skip_tokenizer_init=True, attention_backend="FLASH_ATTN")
     with pytest.raises(SystemExit):
         make_parser().parse_args(["serve", "m", "--attention-backend", "flashinfer"])
+
+
+def test_vllm_attention_config(tmp_path):
+    """vLLM's attention_config (LLM kwarg, --attention-config JSON or --attention-config.backend): its backend picks
+    the attention as attention_backend does; its kernel-tuning keys are refused. It was an unknown keyword / flag."""
+    from pagedllm.config import EngineArgs
+    from pagedllm.entrypoints.cli import make_parser
+    from pagedllm.entrypoints.openai.cli_args import finalize_args
+    args = finalize_args(make_parser().parse_args(["serve", "m", "--attention-config.backend", "TRITON_ATTN"]))
+    assert EngineArgs.from_cli_args(args).attention_backend == "triton"
+    save_tiny_llama(tmp_path, VOCAB)
+    llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", attention_config={"backend": "CPU_ATTN"})
+    assert llm.llm_engine.config.attention_backend == "torch"
+    with pytest.raises(ValueError, match="attention_config: use_trtllm_attention is not supported"):
+        EngineArgs(model="m", attention_config={"backend": "TRITON_ATTN", "use_trtllm_attention": True})
+    with pytest.raises(ValueError, match="attention_config backend 'TRITON_ATTN' contradicts attention_backend='torch'"):
+        EngineArgs(model="m", attention_backend="torch", attention_config={"backend": "TRITON_ATTN"})

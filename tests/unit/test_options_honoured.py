@@ -183,6 +183,10 @@ ENGINE_FIELDS: dict[str, list] = {
     "logprobs_mode": [Read(("worker/model_runner.py",), "Sampler(config.args.logprobs_mode, custom)"),
                       Rejects("logits", "logprobs_mode must be one of raw_logprobs, raw_logits")],
     "enforce_eager": [Read(("worker/model_runner.py",), "args.enforce_eager")],
+    # vLLM's AttentionConfig: its backend is attention_backend (tests/unit/test_attention_backends.py).
+    "attention_config": [Behaves(lambda mp: build(mp, attention_config={"backend": "TORCH_SDPA"}).attention_backend
+                                 == "torch" or _fail()),
+                         Rejects({"flash_attn_version": 3}, "attention_config: flash_attn_version is not supported")],
     # 0: no CUDA graphs, through the rule the runner follows (tests/unit/test_cuda_graph_sizes.py).
     "optimization_level": [Read(("config.py",), "args.optimization_level == 0"),
                            Behaves(lambda mp: cfg_mod.cuda_graphs_off(EngineArgs(model="m", optimization_level=0),
