@@ -197,6 +197,9 @@ class SamplingFields(OpenAIRequestModel):
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     truncate_prompt_tokens: int | None = None
+    # vLLM's (PR 43260): which end truncate_prompt_tokens cuts; "left" (the default) keeps the last tokens, "right"
+    # the first ones.
+    truncation_side: Literal["left", "right"] | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
     prompt_logprobs: int | None = None

@@ -247,7 +247,7 @@ class OpenAIServingChat(OpenAIServing):
                     raise RequestError("use_beam_search with images is not supported yet.", "use_beam_search")
                 prompt = await self.with_chat_images(ids, images, req.mm_processor_kwargs)   # ids expanded
                 ids = prompt["prompt_token_ids"]
-            ids = self.truncated(ids, req.truncate_prompt_tokens)
+            ids = self.truncated(ids, req.truncate_prompt_tokens, req.truncation_side)
             reasoning = self.reasoning_mode(req, ids)
             field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
             max_tokens = self.resolve_max_tokens(len(ids), getattr(req, field), field)

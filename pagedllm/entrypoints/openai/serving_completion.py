@@ -130,7 +130,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 raise RequestError(str(e), "prompt_embeds") from None
             if not len(tensor):
                 raise RequestError("prompt_embeds must hold at least one token's embedding.", "prompt_embeds")
-            tensor = self.truncated(tensor, req.truncate_prompt_tokens)   # (slices as a list)
+            tensor = self.truncated(tensor, req.truncate_prompt_tokens, req.truncation_side)   # (slices as a list)
             out.append(_Prompt(None, [0] * len(tensor), tensor))
         return out
 
@@ -159,7 +159,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 if not ids:
                     raise RequestError("prompt must not be empty.", "prompt")
                 out.append(_Prompt(None, ids))
-            out[-1].ids = self.truncated(out[-1].ids, req.truncate_prompt_tokens)
+            out[-1].ids = self.truncated(out[-1].ids, req.truncate_prompt_tokens, req.truncation_side)
             if not out[-1].ids:
                 raise RequestError("The decoder prompt cannot be empty", "prompt")
             bad = [t for t in out[-1].ids if not 0 <= t < self.vocab_size]

@@ -195,12 +195,13 @@ class OpenAIServing:
                                f"send token ids instead.")
         return self.tokenizer
 
-    def truncated(self, ids: list[int], truncate_prompt_tokens: int | None) -> list[int]:
-        """The prompt's last ``truncate_prompt_tokens`` ids (-1: the last max_model_len, as vLLM); the value is checked
-        with the other sampling fields."""
+    def truncated(self, ids: list[int], truncate_prompt_tokens: int | None, side: str | None = None) -> list[int]:
+        """The prompt's last ``truncate_prompt_tokens`` ids (-1: max_model_len of them, as vLLM), or its first ones
+        with ``side`` "right" (the request's truncation_side); the value is checked with the other sampling fields."""
         if truncate_prompt_tokens is None or truncate_prompt_tokens == 0 or truncate_prompt_tokens < -1:
             return ids
-        return ids[-(self.max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens):]
+        keep = self.max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens
+        return ids[:keep] if side == "right" else ids[-keep:]
 
     def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None,
                            output_field: str = "max_tokens") -> int | None:
