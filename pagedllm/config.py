@@ -85,6 +85,9 @@ _VLLM_ARG_INSTEAD = {
     "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
     "rope_theta": "hf_overrides / --hf-overrides '{\"rope_theta\": ...}' does it (vLLM's replacement)",
     "override_pooler_config": "vLLM removed it in 0.12: pooler_config / --pooler-config takes the same fields",
+    "quantization_config": "a quantized checkpoint's own quantization_config is read, and quantization='fp8' (or "
+                           "'bitsandbytes') quantizes a dense one at load",
+    "kernel_config": "it tunes vLLM's FlashInfer kernels, which pagedllm does not have",
 }
 
 
@@ -285,6 +288,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "enable_multimodal_encoder_data_parallel", "speculative_model", "num_speculative_tokens",
     "all2all_backend", "enable_mm_embeds",
     "mm_encoder_attn_backend", "io_processor_plugin", "mamba_block_size", "expert_placement_strategy",
+    "quantization_config", "kernel_config",
 })
 
 
@@ -1713,7 +1717,9 @@ class FlexibleArgumentParser(argparse.ArgumentParser):
         if extras:
             message = f"unrecognized arguments: {' '.join(extras)}"
             flags = [a.partition("=")[0] for a in extras if a.startswith("--")]
-            self.error(message + _vllm_args_note(flags, [f[2:].replace("-", "_") for f in flags], "flag"))
+            # a dotted key (--kernel-config.enable_flashinfer_autotune) is its flag's
+            names = [f[2:].partition(".")[0].replace("-", "_") for f in flags]
+            self.error(message + _vllm_args_note(flags, names, "flag"))
         return namespace
 
 

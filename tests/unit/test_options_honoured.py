@@ -482,13 +482,23 @@ def test_none_means_the_default_as_vllms_none_defaults(monkeypatch):
         build(monkeypatch, generation_config=None)
 
 
-def test_unknown_keyword_names_vllm_arguments():
+def test_unknown_keyword_names_vllm_arguments(capsys):
     with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option") as info:
         EngineArgs.from_kwargs("m", no_such_option=1)
     assert "vLLM" not in str(info.value)
     with pytest.raises(TypeError, match="enable_eplb is a vLLM engine argument that pagedllm "
                                         "does not support yet"):
         EngineArgs.from_kwargs("m", enable_eplb=True)
+    # vLLM 0.2x's LLM(quantization_config=...) (online quantization) and --kernel-config.KEY (a dotted key of a flag
+    # pagedllm lacks) are named as vLLM's, with what to do instead; they were bare 'unexpected' / 'unrecognized'.
+    with pytest.raises(TypeError, match="quantization_config is a vLLM engine argument that pagedllm does not "
+                                        "support yet; quantization_config: a quantized checkpoint's own"):
+        EngineArgs.from_kwargs("m", quantization_config={"method": "fp8"})
+    from pagedllm.entrypoints.cli import make_parser
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--kernel-config.enable_flashinfer_autotune=False"])
+    assert "is a vLLM engine flag that pagedllm does not support yet; --kernel-config.enable_flashinfer_autotune: " \
+           "it tunes vLLM's FlashInfer kernels" in capsys.readouterr().err
 
 
 # ---- SamplingParams ----------------------------------------------------------------------------------------------
