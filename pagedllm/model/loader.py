@@ -330,6 +330,12 @@ def _text_part(hf_config):
     else:
         logger.info("%s: serving its language model (text in, text out); its vision tower is not loaded.", arch)
     text.architectures = [arch]
+    # A quantized image-text checkpoint (AWQ / GPTQ / compressed-tensors exports of Gemma 3, Qwen2-VL, LLaVA) keeps
+    # its quantization_config at the top level, which transformers does not copy into text_config: the engine reads
+    # it from the text config it runs (vLLM reads the top level first, then text_config).
+    for key in ("quantization_config", "compression_config"):
+        if getattr(text, key, None) is None and getattr(hf_config, key, None) is not None:
+            setattr(text, key, getattr(hf_config, key))
     if getattr(hf_config, "tie_word_embeddings", None) is not None:
         text.tie_word_embeddings = hf_config.tie_word_embeddings
     return text

@@ -264,6 +264,51 @@ def test_compressed_tensors_library_checkpoint(tmp_path, bits, group, sym):
     _check_against_reference(tmp_path, "llama", lambda s: _ct_library_checkpoint(s, bits, group, sym))
 
 
+def test_compressed_tensors_settings_under_compression_config(tmp_path):
+    """Older llm-compressor exports keep their compressed-tensors settings under config.json's compression_config
+    (vLLM reads it when quantization_config is absent); it was ignored, and the packed tensors had no parameter."""
+    config, state = _tiny("llama")
+    quant_config, quant, dense = _ct_checkpoint(state, 4, 32, True)
+    qpath = _save(tmp_path / "quant", dict(config, compression_config=quant_config), quant)
+    _, ref_tokens, ref_logprobs = _run(_save(tmp_path / "ref", config, dense))
+    llm, tokens, logprobs = _run(qpath)
+    assert llm.llm_engine.core.config.quant_config.name == "compressed-tensors"
+    assert tokens == ref_tokens
+    np.testing.assert_allclose(np.array(logprobs), np.array(ref_logprobs), rtol=1e-3, atol=1e-5)
+
+
+def test_quantized_image_text_checkpoint_reads_the_top_level_quantization_config(tmp_path):
+    """An image-text checkpoint (here Gemma 3's, served as its language model) keeps quantization_config at the top
+    level of config.json, not in text_config (as RedHatAI's gemma-3 w4a16 exports); it loaded as a dense model and
+    failed on the first packed tensor. Its language model's projections are W4A16 compressed-tensors with the vision
+    tower ignored by 're:' entries; tokens and logprobs equal the dequantized checkpoint's."""
+    import transformers
+    from safetensors.torch import load_file
+
+    from tests.models.test_moe import _rewrite
+    text = dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=32, sliding_window=8, query_pre_attn_scalar=32,
+                layer_types=["sliding_attention", "full_attention"], initializer_range=0.08)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                    image_token_index=VOCAB - 1, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2)
+    torch.manual_seed(0)
+    transformers.Gemma3ForConditionalGeneration(cfg).save_pretrained(tmp_path / "orig")
+    state = load_file(str(tmp_path / "orig" / "model.safetensors"))
+    language = {k: v for k, v in state.items() if k.startswith("language_model.")}
+    others = {k: v for k, v in state.items() if not k.startswith("language_model.")}
+    quant_config, quant, dense = _ct_checkpoint(language, 4, 32, True)
+    quant_config["ignore"] = ["lm_head", "re:vision_tower.*", "re:multi_modal_projector.*"]
+
+    orig = str(tmp_path / "orig")
+    _, ref_tokens, ref_logprobs = _run(_rewrite(orig, tmp_path / "ref", {**others, **dense}))
+    llm, tokens, logprobs = _run(_rewrite(orig, tmp_path / "quant", {**others, **quant}, quant_config))
+    assert llm.llm_engine.core.config.quant_config.name == "compressed-tensors"
+    assert tokens == ref_tokens
+    np.testing.assert_allclose(np.array(logprobs), np.array(ref_logprobs), rtol=1e-3, atol=1e-5)
+
+
 # ---- the CPU kernels against the canonical reference ---------------------------------------------------------------
 @pytest.mark.parametrize("bits,group,kind", [(4, 32, "int4pack"), (4, 128, "int4pack"), (4, 256, "int4pack"),
                                              (4, 16, "dequant"), (8, 256, "int8pack"), (8, 64, "dequant")])
@@ -337,9 +382,11 @@ def test_marlin_names_are_aliases(tmp_path):
     # vLLM's kernel names read the same checkpoints: gptq_marlin against a gptq checkpoint is no mismatch
     msg = _error(tmp_path, {"quant_method": "gptq", "bits": 3, "group_size": 128}, quantization="gptq_marlin")
     assert "only 4/8-bit weight quantization is supported for GPTQ, but got 3 bits" in msg
-    # cpu_awq: vLLM's CPU kernel for AWQ checkpoints
+    # cpu_awq / cpu_gptq: vLLM's CPU kernels for AWQ / GPTQ checkpoints (the names vLLM itself picks on a CPU)
     assert "only 4-bit weight quantization is supported for AWQ" in _error(
         tmp_path, {"quant_method": "awq", "bits": 8, "group_size": 128}, quantization="cpu_awq")
+    assert "only 4/8-bit weight quantization is supported for GPTQ, but got 3 bits" in _error(
+        tmp_path, {"quant_method": "gptq", "bits": 3, "group_size": 128}, quantization="cpu_gptq")
 
 
 @pytest.mark.parametrize("quant_config,expected", [

@@ -31,8 +31,10 @@ _METHODS: dict[str, str] = {
     "mxfp4": "pagedllm.model.quantization.mxfp4:Mxfp4Config",     # gpt-oss: MXFP4 experts on CUDA
 }
 
-# Other spellings of our methods: vLLM's kernel-specific names (its Marlin and CPU kernels read the same checkpoints).
-_ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "cpu_awq": "awq", "compressed_tensors": "compressed-tensors"}
+# Other spellings of our methods: vLLM's kernel-specific names (its Marlin and CPU kernels read the same checkpoints;
+# on a CPU vLLM itself turns awq / gptq into cpu_awq / cpu_gptq).
+_ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "cpu_awq": "awq", "cpu_gptq": "gptq",
+            "compressed_tensors": "compressed-tensors"}
 # vLLM's online-quantization scheme names (16/32-bit checkpoints quantized at load) that one of our methods does: a
 # checkpoint with its own quantization_config is vLLM's mismatch, whatever its method.
 _ONLINE_ALIASES = {"fp8_per_tensor": "fp8"}
@@ -97,9 +99,10 @@ def quantization_config_class(name: str) -> type[QuantizationConfig]:
 
 
 def checkpoint_quantization_config(hf_config: Any, model_dir: str | None) -> dict[str, Any] | None:
-    """The checkpoint's own quantization settings: config.json's ``quantization_config``, else a
+    """The checkpoint's own quantization settings: config.json's ``quantization_config`` (or ``compression_config``,
+    where older llm-compressor exports put their compressed-tensors settings; vLLM reads both), else a
     quantize_config.json / quant_config.json beside it; None for a dense checkpoint."""
-    found = getattr(hf_config, "quantization_config", None)
+    found = getattr(hf_config, "quantization_config", None) or getattr(hf_config, "compression_config", None)
     if found is not None and not isinstance(found, dict):
         found = found.to_dict()        # transformers may hand back its own config object
     if found:
