@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import enum
 import importlib.util
 import json
 import logging
@@ -1124,6 +1125,8 @@ def cudagraph_mode(args: EngineArgs) -> str | None:
     value = cc.get(_CUDAGRAPH_MODE_KEY) if isinstance(cc, dict) else None
     if value is None:
         return None
+    if isinstance(value, CUDAGraphMode):
+        value = value.name
     mode = value.upper() if isinstance(value, str) else value
     if mode not in CUDAGRAPH_MODES:
         raise ValueError(f"compilation_config's {_CUDAGRAPH_MODE_KEY} must be one of {', '.join(CUDAGRAPH_MODES)}, "
@@ -1135,7 +1138,8 @@ def _cuda_graph_kinds(args: EngineArgs) -> tuple[bool, bool]:
     """(decode graphs, piecewise graphs) as compilation_config's cudagraph_mode and piecewise_cuda_graphs ask; a
     contradiction between the two is an error."""
     mode = cudagraph_mode(args)
-    if mode is not None and str(args.compilation_config[_CUDAGRAPH_MODE_KEY]).upper() == "FULL":
+    raw = args.compilation_config.get(_CUDAGRAPH_MODE_KEY) if mode is not None else None
+    if raw is CUDAGraphMode.FULL or (isinstance(raw, str) and raw.upper() == "FULL"):
         logger.warning("compilation_config cudagraph_mode=FULL: pagedllm's attention captures full graphs of decode "
                        "steps only; running FULL_AND_PIECEWISE (piecewise graphs for steps with prompt tokens).")
     piecewise = _switch(args.piecewise_cuda_graphs, envs.PAGEDLLM_PIECEWISE_GRAPHS)
@@ -1308,6 +1312,26 @@ def _verify_structured_outputs_config(config: dict | None) -> None:
         else:
             raise ValueError(f"structured_outputs_config has no field {key!r}; pagedllm takes backend, "
                              f"{', '.join(_STRUCTURED_OUTPUTS_FLAGS)}, reasoning_parser, enable_in_reasoning.")
+
+
+class CUDAGraphMode(enum.Enum):
+    """vLLM's CUDAGraphMode (``from vllm.config import CUDAGraphMode``): compilation_config's cudagraph_mode by
+    member as by name (cudagraph_mode() reads the name)."""
+    NONE = "NONE"
+    PIECEWISE = "PIECEWISE"
+    FULL = "FULL"
+    FULL_DECODE_ONLY = "FULL_DECODE_ONLY"
+    FULL_AND_PIECEWISE = "FULL_AND_PIECEWISE"
+
+
+class CompilationConfig(dict):
+    """vLLM's ``CompilationConfig`` (``from vllm.config import CompilationConfig``;
+    ``LLM(compilation_config=CompilationConfig(cudagraph_capture_sizes=[1, 2, 4]))``): its keyword arguments, kept as
+    the dict compilation_config takes, so the engine checks them as it checks the dict (what pagedllm cannot honour,
+    a torch.compile mode or pass, fails there naming it)."""
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(fields)
 
 
 @dataclass

@@ -136,6 +136,18 @@ def test_cudagraph_mode_picks_the_graph_kinds(monkeypatch, caplog):
     assert cc.compilation_config == {"cudagraph_mode": "FULL_DECODE_ONLY"}
 
 
+def test_vllm_compilation_config_class(monkeypatch):
+    """vLLM's scripts build the config as an object: ``from vllm.config import CompilationConfig, CUDAGraphMode``
+    (pagedllm.config here; both were ImportError), ``compilation_config=CompilationConfig(...)``."""
+    from pagedllm.config import CompilationConfig, CUDAGraphMode
+    cc = CompilationConfig(cudagraph_capture_sizes=[4, 1, 2], cudagraph_mode=CUDAGraphMode.FULL_DECODE_ONLY)
+    config = _build(monkeypatch, compilation_config=cc)
+    assert cuda_graph_sizes(config.args) == ([1, 2, 4], 4)
+    assert (config.decode_cuda_graphs, config.piecewise_cuda_graphs) == (True, False)
+    with pytest.raises(ValueError, match=r"compilation_config is not supported yet beyond .*\(got level\)"):
+        _build(monkeypatch, compilation_config=CompilationConfig(level=3))
+
+
 def test_performance_mode_balanced_only(monkeypatch):
     parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
     assert parser.parse_args(["--model", "m", "--performance-mode", "balanced"]).performance_mode == "balanced"
