@@ -641,7 +641,7 @@ class EngineArgs:
                        help="What logprobs hold: of the raw model output or of the distribution the token is drawn "
                             "from (after penalties, temperature, top-k/top-p), as log-probabilities or logits.")
         g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=d.enforce_eager, help="Disable CUDA graphs.")
-        g.add_argument("--optimization-level", "-O", type=int, default=d.optimization_level,
+        g.add_argument("--optimization-level", "-O", type=_optimization_level_flag, default=d.optimization_level,
                        choices=list(OPTIMIZATION_LEVELS),
                        help="vLLM's optimization level, -O0 .. -O3: 0 captures no CUDA graph (fastest start-up, as "
                             "--enforce-eager); 1, 2 and 3 capture pagedllm's graphs (full graphs of decode steps, "
@@ -1484,6 +1484,16 @@ def _attention_backend_flag(text: str) -> str:
         return attention_backend_name(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _optimization_level_flag(text: str) -> int:
+    """-O's value: a level; a compilation config (-O '{...}', vLLM's form before 0.12) says where it goes now."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an optimization level (0-3): -O is --optimization-level (vLLM 0.12 on); give a "
+            f"compilation config as -cc / --compilation-config JSON.") from None
 
 
 def _json_or_str(text: str) -> str | dict:

@@ -81,7 +81,7 @@ def test_rejected_where_no_graph_is_captured(monkeypatch, kwargs, why):
         _build(monkeypatch, device="cpu", cudagraph_capture_sizes=[1, 2])
 
 
-def test_optimization_levels_as_vllm(monkeypatch):
+def test_optimization_levels_as_vllm(monkeypatch, capsys):
     """vLLM's -O0 .. -O3 (optimization_level, 2 by default; vLLM 0.12+): -O0 captures no CUDA graph, as
     enforce_eager; -O1 .. -O3 keep pagedllm's graphs. Before, -O was --compilation-config: vLLM's -O2 / -O3 were
     "compilation_config is not supported yet", --optimization-level and LLM(optimization_level=...) unknown."""
@@ -98,9 +98,13 @@ def test_optimization_levels_as_vllm(monkeypatch):
     with pytest.raises(ValueError, match=r"optimization_level must be one of 0, 1, 2, 3 \(vLLM's -O0 \.\. -O3\), "
                                          r"got 4"):
         _build(monkeypatch, optimization_level=4)
-    # The compilation config keeps vLLM's -cc (and -O.KEY) forms.
+    # The compilation config keeps vLLM's -cc (and -O.KEY) forms; -O with its JSON (vLLM's form before 0.12) says so.
     cc = parser.parse_args(["--model", "m", "-cc", '{"max_cudagraph_capture_size": 8}']).compilation_config
     assert cc == {"max_cudagraph_capture_size": 8}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "-O", '{"max_cudagraph_capture_size": 8}'])
+    assert "is not an optimization level (0-3): -O is --optimization-level (vLLM 0.12 on); give a compilation " \
+           "config as -cc / --compilation-config JSON" in capsys.readouterr().err
 
 
 def test_cudagraph_mode_picks_the_graph_kinds(monkeypatch, caplog):
