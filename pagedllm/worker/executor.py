@@ -446,9 +446,10 @@ class RankWorker:
     loop (``_worker_main``) and the Ray actor (ray_executor.py) both wrap one."""
 
     def __init__(self, config: EngineConfig, rank: int, tp_size: int, pp_size: int, init_method: str,
-                 shared_seed: int, cuda_device: int = 0):
+                 shared_seed: int, cuda_device: int = 0, local_rank: int | None = None):
         """``cuda_device``: the index, among the devices this process sees, of the GPU this rank runs on (CUDA
-        only): its local rank on a host of several GPUs, 0 in a Ray actor that sees only the GPU Ray gave it."""
+        only): its local rank on a host of several GPUs, 0 in a Ray actor that sees only the GPU Ray gave it.
+        ``local_rank``: the rank's position among the ranks on its host (None: ``rank``, every rank on one host)."""
         import dataclasses
 
         import torch
@@ -477,6 +478,8 @@ class RankWorker:
         torch.manual_seed(shared_seed)     # ModelRunner reseeds with the user's seed when there is one
         self.runner = _build_in_waves(lambda: runner_class(ModelRunner, config.args.worker_extension_cls)(config),
                                       rank, tp_size * pp_size, config.args.max_parallel_loading_workers)
+        # vLLM's Worker.rank / .local_rank, which functions given to collective_rpc read (its own test echoes rank)
+        self.runner.rank, self.runner.local_rank = rank, rank if local_rank is None else local_rank
         self._launched: deque = deque()     # steps launched and not finished yet, oldest first
 
     def handle(self, method: str, arg: Any) -> tuple[str, Any, str] | None:

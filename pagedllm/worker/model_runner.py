@@ -66,6 +66,11 @@ class LaunchedStep:
 
 
 class ModelRunner:
+    # vLLM's Worker.rank (tensor x pipeline parallel: pp_rank * tp_size + tp_rank) and .local_rank (its place among
+    # the ranks on its host), read by functions given to collective_rpc; the executor sets both on its ranks.
+    rank: int = 0
+    local_rank: int = 0
+
     def __init__(self, config: EngineConfig):
         t_init = time.perf_counter()
         configure_kernels(config)      # this process's kernel switches (PDL, skinny GEMM, oneDNN)

@@ -142,7 +142,7 @@ class RayExecutor(DistributedExecutor):
         shared_seed = random.SystemRandom().randrange(2**31)    # every rank samples alike (see executor.py)
         config_ref = ray.put(config)
         self._pending = [actor.start.remote(config_ref, rank, self.tp_size, self.pp_size, init_method, shared_seed,
-                                            cuda_devices[rank])
+                                            cuda_devices[rank], self.local_ranks[rank])
                          for rank, actor in enumerate(self._actors)]
         self._collect_start()
         logger.info("Ray executor: %d actor(s) on %d node(s) at %s, placement %s", self.world_size,

@@ -19,6 +19,11 @@ def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def echo_rank(self):
+    """vLLM's own collective_rpc test's function: the worker's rank (it was AttributeError here)."""
+    return self.rank
+
+
 def test_collective_rpc_and_apply_model_in_process(tiny_llama_dir):
     llm = LLM(tiny_llama_dir, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01)
     before = llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
@@ -26,6 +31,8 @@ def test_collective_rpc_and_apply_model_in_process(tiny_llama_dir):
     # A function gets the worker first, as vLLM's: worker.model_runner and worker.get_model() work.
     assert llm.collective_rpc(lambda worker, k: worker.model_runner.block_size * k, args=(2,)) == [32]
     assert llm.collective_rpc(lambda worker, k=0: k, kwargs={"k": 7}) == [7]
+    assert llm.collective_rpc(echo_rank) == [0]
+    assert llm.collective_rpc(lambda worker: worker.local_rank) == [0]
     assert llm.collective_rpc("reload_weights") == [None]       # vLLM's worker method: the checkpoint again
     assert llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids == before
     with pytest.raises(ValueError, match="collective_rpc: the worker has no method 'no_such_method'"):
@@ -45,6 +52,8 @@ def test_collective_rpc_reaches_every_tensor_parallel_rank(tmp_path):
     assert len(shards) == 2 and shards[0] == shards[1] and whole / 2 < shards[0] < whole
     from pagedllm.distributed import get_tp_rank
     assert llm.collective_rpc(lambda worker: get_tp_rank()) == [0, 1]
+    assert llm.collective_rpc(echo_rank) == [0, 1]                  # vLLM's Worker.rank and .local_rank
+    assert llm.collective_rpc(lambda worker: worker.local_rank) == [0, 1]
     # A call that fails raises the rank's error and the engine lives on (as with one rank, and vLLM's workers);
     # before, the failed call ended every worker and each later call raised WorkerDied.
     before = llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids

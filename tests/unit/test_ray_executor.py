@@ -100,6 +100,8 @@ def test_ray_one_rank_per_node_matches_tp1(tiny_llama, ray_cluster, monkeypatch,
     try:
         assert len(set(executor.actor_node_ids)) == 2, executor.actor_node_ids
         assert executor.local_ranks == [0, 0]        # each rank alone on its node
+        # vLLM's Worker.rank / .local_rank as functions given to collective_rpc read them
+        assert llm.collective_rpc(lambda worker: (worker.rank, worker.local_rank)) == [(0, 0), (1, 0)]
         assert _tokens(llm) == expected
     finally:
         executor.shutdown()
