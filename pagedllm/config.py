@@ -1982,9 +1982,11 @@ def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> Non
                          f"{pp_size}) is larger than the number of available GPUs ({torch.cuda.device_count()}): "
                          f"every rank needs a GPU of its own.")
     layers = getattr(hf, "num_hidden_layers", None)
-    if pp_size > 1 and layers is not None and layers < pp_size:
-        raise ValueError(f"num_hidden_layers ({layers}) must be >= pipeline_parallel_size ({pp_size}): every "
-                         f"pipeline stage needs at least one layer.")
+    if pp_size > 1 and layers is not None:
+        # Before any worker starts: every stage needs a layer, and a PAGEDLLM_PP_LAYER_PARTITION /
+        # VLLM_PP_LAYER_PARTITION must fit the model (each stage reads it again when it builds its layers).
+        from pagedllm.distributed.parallel_state import get_pp_layer_range
+        get_pp_layer_range(layers, 0, pp_size)
 
 
 def verify_tensor_parallel(size: int, hf) -> None:

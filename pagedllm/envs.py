@@ -109,6 +109,9 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: _optional_str("PAGEDLLM_PP_LAYER_PARTITION"),
         "Pipeline parallel: decoder layers per stage, comma-separated (e.g. \"3,5\"; vLLM's VLLM_PP_LAYER_PARTITION). "
         "Default unset: an even split, the remainder on the stages before the last."),
+    "VLLM_PP_LAYER_PARTITION": (
+        lambda: _optional_str("VLLM_PP_LAYER_PARTITION"),
+        "vLLM's name for PAGEDLLM_PP_LAYER_PARTITION, read when that one is unset."),
     "PAGEDLLM_RAY_PLACEMENT_STRATEGY": (
         lambda: os.environ.get("PAGEDLLM_RAY_PLACEMENT_STRATEGY", "").strip().upper() or "STRICT_PACK",
         "distributed_executor_backend='ray': the placement group's strategy. STRICT_PACK (default) puts every rank "
@@ -382,7 +385,7 @@ openmp_passive_missed = False
 
 # What a rank started by Ray must share with the driver (worker/ray_executor.py): Ray starts its actors with the
 # raylet's environment, not this process's. CUDA_VISIBLE_DEVICES is Ray's to set and never among them.
-FORWARDED_ENV_PREFIXES = ("PAGEDLLM_", "NCCL_", "TORCH_", "GLOO_", "TRITON_", "HF_", "TRANSFORMERS_")
+FORWARDED_ENV_PREFIXES = ("PAGEDLLM_", "VLLM_", "NCCL_", "TORCH_", "GLOO_", "TRITON_", "HF_", "TRANSFORMERS_")
 
 
 def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:

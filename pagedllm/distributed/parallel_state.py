@@ -214,19 +214,25 @@ def get_pp_layer_range(num_layers: int, pp_rank: int | None = None, pp_size: int
     """[start, end) of the decoder layers that stage ``pp_rank`` holds (this process's stage by default).
 
     vLLM's rule: ``num_layers // pp_size`` each, and the remainder one more each on the stages just before the last
-    (the last stage also runs the final norm and the LM head). ``partition`` (PAGEDLLM_PP_LAYER_PARTITION, e.g.
-    "3,5") gives each stage's count explicitly."""
+    (the last stage also runs the final norm and the LM head). ``partition`` (PAGEDLLM_PP_LAYER_PARTITION, else
+    vLLM's VLLM_PP_LAYER_PARTITION; e.g. "3,5") gives each stage's count explicitly."""
     pp_rank = _pp_rank if pp_rank is None else pp_rank
     pp_size = _pp_size if pp_size is None else pp_size
     if pp_size == 1:
         return 0, num_layers
+    name = "PAGEDLLM_PP_LAYER_PARTITION"
     if partition is None:
         from pagedllm import envs
         partition = envs.PAGEDLLM_PP_LAYER_PARTITION
+        if not partition:
+            name, partition = "VLLM_PP_LAYER_PARTITION", envs.VLLM_PP_LAYER_PARTITION    # vLLM's name
     if partition:
-        counts = [int(x) for x in partition.split(",")]
+        try:
+            counts = [int(x) for x in partition.split(",")]
+        except ValueError:
+            counts = []
         if len(counts) != pp_size or sum(counts) != num_layers or min(counts) < 1:
-            raise ValueError(f"PAGEDLLM_PP_LAYER_PARTITION={partition!r} must list {pp_size} positive layer counts "
+            raise ValueError(f"{name}={partition!r} must list {pp_size} positive layer counts "
                              f"(one per pipeline stage) summing to num_hidden_layers ({num_layers}).")
     else:
         if num_layers < pp_size:

@@ -22,9 +22,10 @@ installed on every one). Ray is an optional extra: ``pip install pagedllm[ray]``
 - The engine core's calls, the output rank and pipeline parallel's sampled-token hand-off are the ones of every
   ``DistributedExecutor`` (executor.py); the actor runs the same ``RankWorker`` as a worker process.
 - Environment: Ray starts an actor with its raylet's environment (the shell `ray start` ran in), not this
-  process's, so the settings a rank must share with the driver (``PAGEDLLM_*``, ``NCCL_*``, ``TORCH_*``, ``GLOO_*``,
-  ``TRITON_*``, ``HF_*``, ``TRANSFORMERS_*``: ``envs.forwarded_env``) go with each actor as its runtime_env's env_vars,
-  as vLLM copies its own to its Ray workers. CUDA_VISIBLE_DEVICES is Ray's to set and is never forwarded.
+  process's, so the settings a rank must share with the driver (``PAGEDLLM_*``, vLLM's ``VLLM_*``, ``NCCL_*``,
+  ``TORCH_*``, ``GLOO_*``, ``TRITON_*``, ``HF_*``, ``TRANSFORMERS_*``: ``envs.forwarded_env``) go with each actor as
+  its runtime_env's env_vars, as vLLM copies its own to its Ray workers. CUDA_VISIBLE_DEVICES is Ray's to set and is
+  never forwarded.
 - A dead actor fails its pending calls with Ray's ActorDiedError, found within the second: the error names the rank
   and the engine ends every actor. Shutdown kills the actors and removes the placement group.
 """

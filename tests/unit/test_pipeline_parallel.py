@@ -181,6 +181,30 @@ def test_layer_split_follows_vllm():
         get_pp_layer_range(8, 0, 2, partition="3,4")
 
 
+def test_vllm_pp_layer_partition_is_read(tmp_path, monkeypatch):
+    """vLLM's VLLM_PP_LAYER_PARTITION splits the layers as PAGEDLLM_PP_LAYER_PARTITION does (pagedllm's wins when
+    both are set); it was ignored, so "1,2" on 3 layers ran vLLM's default 2 + 1. A partition that does not fit
+    the model is a ValueError naming the variable before any worker starts."""
+    monkeypatch.delenv("PAGEDLLM_PP_LAYER_PARTITION", raising=False)
+    monkeypatch.setenv("VLLM_PP_LAYER_PARTITION", "3,5")
+    assert [get_pp_layer_range(8, r, 2) for r in range(2)] == [(0, 3), (3, 8)]
+    monkeypatch.setenv("PAGEDLLM_PP_LAYER_PARTITION", "2,6")
+    assert [get_pp_layer_range(8, r, 2) for r in range(2)] == [(0, 2), (2, 8)]
+    monkeypatch.delenv("PAGEDLLM_PP_LAYER_PARTITION")
+    _save_tiny(tmp_path, "llama", num_layers=3)
+    monkeypatch.setenv("VLLM_PP_LAYER_PARTITION", "2,2")
+    assert "VLLM_PP_LAYER_PARTITION='2,2' must list 2 positive layer counts (one per pipeline stage) summing to " \
+           "num_hidden_layers (3)" in _config_error(tmp_path, pipeline_parallel_size=2)
+    monkeypatch.setenv("VLLM_PP_LAYER_PARTITION", "1,2")
+    expected = _tokens(_llm(str(tmp_path), skip_tokenizer_init=True))
+    llm = _llm(str(tmp_path), 1, 2, skip_tokenizer_init=True)
+    try:
+        assert llm.collective_rpc(lambda worker: worker.num_layers) == [1, 2]     # the workers read it too
+        assert _tokens(llm) == expected
+    finally:
+        llm.llm_engine.core.shutdown()
+
+
 def test_a_stage_holds_only_its_layers(tmp_path, monkeypatch):
     """Stage 1 of 2 (built in this process, no group needed): layers 2.. only, no embedding, the head; its loader
     reads no tensor of layers 0-1 nor the embedding (untied model)."""

@@ -128,9 +128,10 @@ def test_ray_cluster_too_small_is_a_clear_error(tiny_llama, ray_cluster, monkeyp
 def test_forwarded_env_keeps_the_ranks_settings_only():
     env = {"PAGEDLLM_CPU_THREADS": "1", "NCCL_SOCKET_IFNAME": "eth0", "TORCH_NCCL_BLOCKING_WAIT": "1",
            "GLOO_SOCKET_IFNAME": "eth0", "HF_HOME": "/h", "CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin",
-           "OMP_NUM_THREADS": "4"}
+           "OMP_NUM_THREADS": "4", "VLLM_PP_LAYER_PARTITION": "3,5"}
     assert forwarded_env(env) == {k: env[k] for k in ("PAGEDLLM_CPU_THREADS", "NCCL_SOCKET_IFNAME",
-                                                      "TORCH_NCCL_BLOCKING_WAIT", "GLOO_SOCKET_IFNAME", "HF_HOME")}
+                                                      "TORCH_NCCL_BLOCKING_WAIT", "GLOO_SOCKET_IFNAME", "HF_HOME",
+                                                      "VLLM_PP_LAYER_PARTITION")}
 
 
 def test_actor_cuda_device_and_local_ranks():
