@@ -611,8 +611,8 @@ class EngineArgs:
                        help="The same in bytes (vLLM's flag; 4G = 4 GiB, 4g = 4e9).")
         g.add_argument("--num-gpu-blocks-override", type=int, default=None)
         g.add_argument("--kv-offloading-size", type=float, default=d.kv_offloading_size,
-                       help="GiB of CPU memory for a CPU tier of the prefix cache (evicted blocks are kept there and "
-                            "copied back on a hit instead of recomputed).")
+                       help="GiB of CPU memory (in all, over the parallel ranks) for a CPU tier of the prefix cache "
+                            "(evicted blocks are kept there and copied back on a hit instead of recomputed).")
         g.add_argument("--kv-offloading-backend", type=str, default=d.kv_offloading_backend,
                        choices=["native", "lmcache"], help="native: pagedllm's own CPU tier (lmcache: refused).")
         g.add_argument("--swap-space", type=float, default=d.swap_space,

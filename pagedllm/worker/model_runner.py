@@ -230,13 +230,15 @@ class ModelRunner:
             kv_cache_memory_source=self.config.kv_cache_memory_source,
             num_gpu_blocks_override=args.num_gpu_blocks_override,
             swap_space_bytes=int((args.swap_space or 0) * (1 << 30)),
-            kv_offloading_bytes=int((args.kv_offloading_size or 0) * (1 << 30)),
+            # vLLM's kv_offloading_size is the CPU tier's total over the ranks: each holds its share of a block.
+            kv_offloading_bytes=int((args.kv_offloading_size or 0) * (1 << 30)) // (get_tp_size() * get_pp_size()),
             fit_max_model_len=args.max_model_len == -1)
         return self.memory_plan.num_blocks
 
     def num_swap_blocks(self) -> int:
         """CPU blocks: swap space (``swap_space`` GiB of this worker's blocks) and the prefix cache's CPU tier
-        (``kv_offloading_size`` GiB), one pool; 0: preemption recomputes, no CPU tier."""
+        (``kv_offloading_size`` GiB over all ranks, this worker's share), one pool; 0: preemption recomputes, no CPU
+        tier."""
         return self.memory_plan.num_swap_blocks if self.memory_plan is not None else 0
 
     @property

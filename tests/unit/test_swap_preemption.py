@@ -218,6 +218,21 @@ def test_offloaded_prefix_gives_the_recomputed_tokens(tiny_dir):
     assert offloaded.llm_engine.vllm_config.cache_config.num_cpu_blocks > 0
 
 
+def test_kv_offloading_size_is_the_total_over_tensor_parallel_ranks(tiny_dir):
+    """vLLM's kv_offloading_size is the CPU tier's size summed over the ranks (its CacheConfig): with TP=2 each rank
+    keeps half of it, for its half of each block's KV heads, so the tier holds as many blocks as with one rank (it
+    held twice as many, taking twice the CPU memory asked for)."""
+    def cpu_blocks(tp: int) -> int:
+        engine = llm(tiny_dir, kv_offloading_size=0.001, num_gpu_blocks_override=16, tensor_parallel_size=tp)
+        try:
+            return engine.llm_engine.vllm_config.cache_config.num_cpu_blocks
+        finally:
+            engine.llm_engine.core.shutdown()
+    one = cpu_blocks(1)
+    assert one == int(0.001 * (1 << 30)) // (2 * 2 * 2 * 16 * 16 * 4)   # K, V x 2 layers x 2 heads x 16 tokens x 16 fp32
+    assert cpu_blocks(2) == one
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(kv_offloading_size=0), "kv_offloading_size must be a positive number of GiB"),
     (dict(kv_offloading_size=1, enable_prefix_caching=False), "needs enable_prefix_caching"),
