@@ -169,17 +169,19 @@ class DistributedExecutor(Executor):
         self._dead: WorkerDied | None = None       # set once a rank has failed: every later call raises it
 
     # ---- the engine core's calls ------------------------------------------------------------------------------
+    # The KV cache's sizing and allocation are start-up calls too: a rank's ValueError there (a max_model_len the
+    # cache cannot hold) is a ValueError here, as with one rank in this process (_collect_start).
     def determine_num_blocks(self) -> int:
         self._broadcast(("determine_num_blocks", None))
-        return min(self._collect())
+        return min(self._collect_start())
 
     def num_swap_blocks(self) -> int:
         self._broadcast(("num_swap_blocks", None))
-        return min(self._collect())
+        return min(self._collect_start())
 
     def allocate_kv_cache(self, num_blocks: int, num_swap_blocks: int = 0) -> None:
         self._broadcast(("allocate_kv_cache", (num_blocks, num_swap_blocks)))
-        self._collect()
+        self._collect_start()
 
     def launch(self, sched: SchedulerOutput) -> Any:
         if self._tokens_for_earlier_stages:
@@ -244,13 +246,14 @@ class DistributedExecutor(Executor):
         every rank is alive."""
         raise NotImplementedError
 
-    def _collect_start(self) -> None:
-        """Wait for every rank to be built. A rank whose start failed with a ValueError (a setting its shard of the
-        model or its device cannot take: a quantization group that does not divide its columns, an all-reduce
-        option its device lacks) ends the workers and raises a ValueError naming the rank, as the same setting
-        raises with one rank in this process; any other failure is ``WorkerDied``."""
+    def _collect_start(self) -> list:
+        """Each rank's reply to a start-up call (being built, the KV cache's sizing). A rank that failed with a
+        ValueError (a setting its shard of the model or its device cannot take: a quantization group that does not
+        divide its columns, an all-reduce option its device lacks, a KV cache too small for max_model_len) ends the
+        workers and raises a ValueError naming the rank, as the same setting raises with one rank in this process;
+        any other failure is ``WorkerDied``."""
         try:
-            self._collect()
+            return self._collect()
         except WorkerDied as e:
             if isinstance(e.__cause__, ValueError) and e.rank is not None:
                 raise ValueError(f"{e.__cause__} (worker {self.describe_rank(e.rank)})") from e

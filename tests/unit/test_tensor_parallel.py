@@ -196,6 +196,26 @@ def test_killed_worker_is_named_within_seconds(tmp_path):
     assert not procs[0].is_alive(), "rank 0 was left running after rank 1 died"
 
 
+def test_kv_cache_too_small_at_start_up_is_a_value_error_and_ends_the_workers(tmp_path):
+    """A KV cache that cannot hold one max_model_len sequence, found by the ranks after they started: the same
+    ValueError as with one rank in this process (it was WorkerDied, a RuntimeError carrying the rank's traceback in
+    its message), and no worker process is left behind."""
+    import multiprocessing
+    save_tiny_llama(tmp_path, VOCAB)
+    small = dict(model=str(tmp_path), skip_tokenizer_init=True, dtype="float32", max_model_len=512,
+                 kv_cache_memory_gb=1e-6)
+    with pytest.raises(ValueError, match=r"max seq len \(512\)") as one:
+        LLM(**small)
+    with pytest.raises(ValueError, match=r"max seq len \(512\).* \(worker rank [01]\)$") as two:
+        LLM(**small, tensor_parallel_size=2)
+    assert str(two.value).startswith(str(one.value)[:80]) and "Traceback" not in str(two.value)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(p.name.startswith("pagedllm-worker")
+                                         for p in multiprocessing.active_children()):
+        time.sleep(0.1)
+    assert not [p.name for p in multiprocessing.active_children() if p.name.startswith("pagedllm-worker")]
+
+
 def _config_error(tmp_path, **kw) -> str:
     with pytest.raises(ValueError) as info:
         create_engine_config(EngineArgs(model=str(tmp_path), skip_tokenizer_init=True, **kw))
