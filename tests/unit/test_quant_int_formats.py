@@ -264,6 +264,55 @@ def test_compressed_tensors_library_checkpoint(tmp_path, bits, group, sym):
     _check_against_reference(tmp_path, "llama", lambda s: _ct_library_checkpoint(s, bits, group, sym))
 
 
+def _gptq_mixed_checkpoint(state, parts: dict[str, tuple[int, int] | None]):
+    """A GPTQ checkpoint whose modules differ: ``parts`` maps a name fragment to (bits, group) or None (kept dense);
+    the first fragment a tensor's name holds decides, "" the rest."""
+    quant, dense = {}, {}
+    for fragment, setting in parts.items():
+        chosen = {k: v for k, v in state.items() if fragment in k
+                  and next(f for f in parts if f in k) == fragment}
+        if setting is None:
+            quant.update(chosen)
+            dense.update(chosen)
+            continue
+        _, q, d = _gptq_checkpoint(chosen, setting[0], setting[1], False, False)
+        quant.update(q)
+        dense.update(d)
+    return quant, dense
+
+
+def test_gptq_dynamic_per_module_settings_and_dense_modules(tmp_path):
+    """GPTQModel's dynamic (vLLM reads it): a '-:' rule keeps layer 0's attention dense, a '+:' rule gives layer 1's
+    MLP 8 bits in groups of 64 over the base 4 bits in groups of 32; a checkpoint that keeps a module in 16 bits with
+    no rule (its safetensors hold a plain weight) loads it dense, as vLLM's reading of the files' dtypes; and
+    modules_in_block_to_quantize names the quantized ones. Each equals its dequantized checkpoint; all were errors
+    ('dynamic ... not supported', or '...down_proj.weight has no matching parameter')."""
+    config, state = _tiny("llama")
+    quant, dense = _gptq_mixed_checkpoint(state, {"layers.0.self_attn.": None, "layers.1.mlp.": (8, 64), "": (4, 32)})
+    base = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False, "sym": False}
+    dynamic = {r"-:model\.layers\.0\.self_attn\..*": {}, r"+:.*\.1\.mlp\..*": {"bits": 8, "group_size": 64}}
+    _, ref_tokens, ref_logprobs = _run(_save(tmp_path / "ref", config, dense))
+    llm, tokens, logprobs = _run(_save(tmp_path / "dyn", dict(config, quantization_config=dict(base, dynamic=dynamic)),
+                                       quant))
+    assert tokens == ref_tokens
+    np.testing.assert_allclose(np.array(logprobs), np.array(ref_logprobs), rtol=1e-3, atol=1e-5)
+    assert llm.llm_engine.core.config.quant_config.weight_bytes_note() == "gptq int4, group 32, per-module overrides"
+
+    quant, dense = _gptq_mixed_checkpoint(state, {"layers.1.mlp.": None, "": (4, 32)})
+    _, ref_tokens, ref_logprobs = _run(_save(tmp_path / "ref2", config, dense))
+    blocks = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"],
+              ["layers.0.mlp.gate_proj", "layers.0.mlp.up_proj", "layers.0.mlp.down_proj"]]
+    for name, quant_config in (("files", base), ("listed", dict(base, modules_in_block_to_quantize=blocks))):
+        _, tokens, logprobs = _run(_save(tmp_path / name, dict(config, quantization_config=quant_config), quant))
+        assert tokens == ref_tokens
+        np.testing.assert_allclose(np.array(logprobs), np.array(ref_logprobs), rtol=1e-3, atol=1e-5)
+    # a rule that splits a fused layer cannot be honoured (one matmul), in vLLM's words
+    split = dict(base, dynamic={r"-:.*\.q_proj": {}})
+    assert _error(tmp_path / "split", split).startswith(
+        "GPTQ dynamic: the parts of the fused layer model.layers.0.self_attn.qkv_proj (model.layers.0.self_attn.q_proj, "
+        "model.layers.0.self_attn.k_proj, model.layers.0.self_attn.v_proj) match different rules")
+
+
 def test_compressed_tensors_settings_under_compression_config(tmp_path):
     """Older llm-compressor exports keep their compressed-tensors settings under config.json's compression_config
     (vLLM reads it when quantization_config is absent); it was ignored, and the packed tensors had no parameter."""

@@ -163,6 +163,7 @@ def _resolve_checkpoint_quantization(method: str | None, hf_config: Any, model_d
     cls = quantization_config_class(name)
     if checkpoint and gguf_file is None:
         config = cls.from_config(checkpoint)
+        config.maybe_update_config(model_dir)
     elif cls.quantizes_at_load or name == "gguf":
         config = cls.from_config({})
     else:

@@ -151,6 +151,10 @@ class QuantizationConfig:
     def from_config(cls, config: dict[str, Any]) -> "QuantizationConfig":
         raise NotImplementedError
 
+    def maybe_update_config(self, model_dir: str | None) -> None:
+        """Read what the settings leave to the checkpoint's files (e.g. which modules GPTQ kept dense); called once,
+        after ``from_config``, with the checkpoint's folder (vLLM's hook of the same name)."""
+
     def get_linear_method(self, layer: nn.Module, prefix: str) -> LinearMethod | None:
         """The method for the linear layer at ``prefix`` (e.g. ``model.layers.0.self_attn.qkv_proj``), or None to
         keep it dense (layers the checkpoint left unquantized: ``modules_to_not_convert``, ``ignore``, lm_head)."""

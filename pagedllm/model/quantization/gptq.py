@@ -12,6 +12,8 @@ The checkpoint, for a linear layer of K inputs and N outputs, ``pack = 32 / bits
 """
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any
 
 import torch
@@ -29,23 +31,49 @@ def unpack_along_n(packed: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class GPTQConfig(QuantizationConfig):
+    """``dynamic`` (GPTQModel's per-module settings, read as vLLM reads them): regular expressions matched with
+    ``re.match`` against a layer's name, in order; the first that matches decides. ``-:PATTERN`` leaves the layer
+    unquantized (its checkpoint tensor is a dense ``weight``); ``+:PATTERN`` or a bare pattern overrides ``bits``,
+    ``group_size``, ``desc_act`` and ``sym`` for it. ``modules_in_block_to_quantize`` (a list, or GPTQModel's list
+    of lists) names the quantized modules by substring; without it, the modules with a ``qweight`` in the
+    checkpoint's safetensors are (``maybe_update_config``; vLLM reads the files' dtypes the same way), so layers a
+    checkpoint kept in 16 bits load dense."""
     name = "gptq"
 
     def __init__(self, weight_bits: int, group_size: int, desc_act: bool, sym: bool, checkpoint_format: str = "gptq",
-                 lm_head: bool = False, dynamic: dict | None = None):
+                 lm_head: bool = False, dynamic: dict | None = None,
+                 modules_in_block_to_quantize: list | None = None):
+        if checkpoint_format not in ("gptq", "gptq_v2"):
+            raise ValueError(f"GPTQ checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}.")
+        if lm_head:
+            raise ValueError("GPTQ checkpoints with a quantized lm_head (lm_head: true) are not supported.")
+        self.checkpoint_format = checkpoint_format
+        self.dynamic = dict(dynamic or {})
+        if not all(isinstance(v, dict) for v in self.dynamic.values()):
+            raise ValueError(f"GPTQ dynamic must map module patterns to dicts of settings, got {self.dynamic}.")
+        for pattern, override in self.dynamic.items():
+            try:
+                re.compile(pattern[2:] if pattern[:2] in ("+:", "-:") else pattern)
+            except re.error as e:
+                raise ValueError(f"GPTQ dynamic pattern {pattern!r} is not a regular expression: {e}.") from None
+            unknown = set(override) - _DYNAMIC_KEYS if not pattern.startswith("-:") else set()
+            if unknown:
+                raise ValueError(f"GPTQ dynamic override {pattern!r} sets {sorted(unknown)}; pagedllm takes "
+                                 f"{sorted(_DYNAMIC_KEYS)} (as vLLM).")
+        modules = modules_in_block_to_quantize or []
+        if modules and all(isinstance(m, list) for m in modules):
+            modules = [name for block in modules for name in block]
+        self.quantized_modules = [str(m) for m in modules]
+        self.checkpoint_dense: set[str] = set()      # maybe_update_config
+        self._set(weight_bits, group_size, desc_act, sym)
+
+    def _set(self, weight_bits: int, group_size: int, desc_act: bool, sym: bool) -> None:
         if weight_bits not in (4, 8):
             raise ValueError(f"Currently, only 4/8-bit weight quantization is supported for GPTQ, but got "
                              f"{weight_bits} bits.")
         if group_size != -1 and group_size <= 0:
             raise ValueError(f"GPTQ group_size must be positive or -1 (one group per column), got {group_size}.")
-        if checkpoint_format not in ("gptq", "gptq_v2"):
-            raise ValueError(f"GPTQ checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}.")
-        if lm_head:
-            raise ValueError("GPTQ checkpoints with a quantized lm_head (lm_head: true) are not supported.")
-        if dynamic:
-            raise ValueError("GPTQ per-module overrides (dynamic) are not supported.")
         self.weight_bits, self.group_size, self.desc_act, self.sym = weight_bits, group_size, desc_act, sym
-        self.checkpoint_format = checkpoint_format
         self.pack_factor = 32 // weight_bits
 
     @classmethod
@@ -54,17 +82,80 @@ class GPTQConfig(QuantizationConfig):
         checkpoint_format = config.get("checkpoint_format") or meta.get("checkpoint_format") or "gptq"
         return cls(int(config.get("bits", 4)), int(config.get("group_size", 128)), bool(config.get("desc_act", False)),
                    bool(config.get("sym", True)), str(checkpoint_format), bool(config.get("lm_head", False)),
-                   config.get("dynamic"))
+                   config.get("dynamic"), config.get("modules_in_block_to_quantize"))
 
-    def get_linear_method(self, layer: nn.Module, prefix: str) -> "GPTQLinearMethod":
-        return GPTQLinearMethod(self)
+    def maybe_update_config(self, model_dir: str | None) -> None:
+        """Without ``modules_in_block_to_quantize``: the modules whose checkpoint tensor is a plain ``weight`` with no
+        ``qweight`` beside it stay dense (the checkpoint kept them in 16 bits)."""
+        if self.quantized_modules or not model_dir:
+            return
+        from safetensors import safe_open
+
+        from pagedllm.model.weight_files import safetensors_files
+        names: set[str] = set()
+        for path in safetensors_files(model_dir):
+            with safe_open(path, "pt") as f:
+                names.update(f.keys())
+        quantized = {n[:-len(".qweight")] for n in names if n.endswith(".qweight")}
+        if quantized:      # none at all: not a GPTQ checkpoint (its layers then fail to load, naming the tensor)
+            self.checkpoint_dense = {n[:-len(".weight")] for n in names if n.endswith(".weight")} - quantized
+
+    def _is_quantized(self, name: str) -> bool:
+        if self.quantized_modules:
+            return any(m in name for m in self.quantized_modules)
+        # The checkpoint's names may carry a prefix ours lack (an image-text checkpoint's language_model.) or the
+        # reverse; a name the checkpoint does not hold dense stays quantized.
+        return not any(d == name or d.endswith("." + name) or name.endswith("." + d) for d in self.checkpoint_dense)
+
+    def _override(self, name: str) -> dict | None:
+        """The first ``dynamic`` rule matching ``name``: None (no rule), {} plus "skip" for a ``-:`` rule, else its
+        settings."""
+        for pattern, override in self.dynamic.items():
+            if pattern.startswith("-:"):
+                if re.match(pattern[2:], name):
+                    return {"skip": True}
+            elif re.match(pattern[2:] if pattern.startswith("+:") else pattern, name):
+                return override
+        return None
+
+    def get_linear_method(self, layer: nn.Module, prefix: str) -> "GPTQLinearMethod | None":
+        parts = self.checkpoint_prefixes(prefix)
+        override = self._override(prefix)
+        if override is None:
+            rules = [self._override(part) for part in parts]
+            if any(r != rules[0] for r in rules):
+                raise ValueError(f"GPTQ dynamic: the parts of the fused layer {prefix} ({', '.join(parts)}) match "
+                                 f"different rules; all shards of fused layers must have the same precision.")
+            override = rules[0]
+        quantized = [self._is_quantized(part) for part in parts]
+        if not self.quantized_modules and not self._is_quantized(prefix):
+            quantized = [False] * len(parts)         # a fused tensor the checkpoint holds dense (Phi-3's qkv_proj)
+        if any(quantized) and not all(quantized):
+            raise ValueError(f"Detected some but not all shards of {prefix} are quantized. All shards of fused "
+                             f"layers must have the same precision.")
+        if (override or {}).get("skip") or not all(quantized):
+            return None
+        if not override:
+            return GPTQLinearMethod(self)
+        config = copy.copy(self)
+        config._set(int(override.get("bits", self.weight_bits)), int(override.get("group_size", self.group_size)),
+                    bool(override.get("desc_act", self.desc_act)), bool(override.get("sym", self.sym)))
+        return GPTQLinearMethod(config)
 
     def get_moe_method(self, experts: nn.Module, prefix: str) -> PackedIntMoEMethod:
+        if self.dynamic:
+            raise ValueError(f"GPTQ dynamic (per-module settings) is not supported yet for mixture-of-experts "
+                             f"layers ({prefix}).")
         return PackedIntMoEMethod(self)
 
     def weight_bytes_note(self) -> str:
         group = "per channel" if self.group_size == -1 else f"group {self.group_size}"
-        return f"gptq int{self.weight_bits}, {group}" + (", desc_act" if self.desc_act else "")
+        return (f"gptq int{self.weight_bits}, {group}" + (", desc_act" if self.desc_act else "")
+                + (", per-module overrides" if self.dynamic else ""))
+
+
+# The settings a dynamic rule may override (vLLM's override_config).
+_DYNAMIC_KEYS = frozenset({"bits", "group_size", "desc_act", "sym"})
 
 
 class GPTQLinearMethod(PackedIntLinearMethod):
