@@ -280,7 +280,7 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "disable_hybrid_kv_cache_manager",
     "reasoning_parser_plugin", "guided_decoding_backend", "logits_processor_pattern", "show_hidden_metrics_for_version",
     "otlp_traces_endpoint", "collect_detailed_traces", "scheduler_cls", "override_pooler_config",
-    "worker_cls", "kv_transfer_config", "kv_events_config",
+    "worker_cls", "kv_events_config",
     "override_attention_dtype",
     "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config",
     "kv_sharing_fast_prefill", "num_scheduler_steps",
@@ -358,6 +358,10 @@ class EngineArgs:
     # blocks copied back instead of recomputed. "native" is vLLM's own backend (LMCache's is not integrated).
     kv_offloading_size: float | None = None
     kv_offloading_backend: str = "native"
+    # vLLM's KVTransferConfig (dict or JSON): its native CPU offloading connector ("OffloadingConnector" with
+    # kv_connector_extra_config's cpu_bytes_to_use, what vLLM turns kv_offloading_size into) is that CPU tier; other
+    # connectors (disaggregated prefill, LMCache) are refused by name (kv_transfer_offloading_gib).
+    kv_transfer_config: dict | str | None = None
     # vLLM's names: "swap" | "recompute"; None: by cost (engine/scheduler.py Scheduler._swaps: swap when the request
     # holds more than SWAP_MIN_BLOCKS blocks of computed KV and the swap space has room, else recompute).
     preemption_mode: str | None = None
@@ -615,6 +619,10 @@ class EngineArgs:
                             "(evicted blocks are kept there and copied back on a hit instead of recomputed).")
         g.add_argument("--kv-offloading-backend", type=str, default=d.kv_offloading_backend,
                        choices=["native", "lmcache"], help="native: pagedllm's own CPU tier (lmcache: refused).")
+        g.add_argument("--kv-transfer-config", type=json_arg, default=None,
+                       help='vLLM\'s KV connector as JSON: only its native CPU offloading, \'{"kv_connector": '
+                            '"OffloadingConnector", "kv_role": "kv_both", "kv_connector_extra_config": '
+                            '{"cpu_bytes_to_use": BYTES}}\' (the same CPU tier as --kv-offloading-size).')
         g.add_argument("--swap-space", type=float, default=d.swap_space,
                        help="CPU swap space per GPU in GiB for preempted requests' KV blocks (default: none).")
         g.add_argument("--preemption-mode", type=str, default=d.preemption_mode, choices=["swap", "recompute"],
@@ -917,6 +925,10 @@ def verify_engine_args(args: EngineArgs) -> None:
                          f"not integrated); use 'native', pagedllm's own CPU tier of the prefix cache."
                          if args.kv_offloading_backend == "lmcache" else
                          f"kv_offloading_backend must be 'native' or 'lmcache', got {args.kv_offloading_backend!r}.")
+    if args.kv_transfer_config is not None:
+        size = kv_transfer_offloading_gib(args.kv_transfer_config)
+        if args.kv_offloading_size is None:       # given both, kv_offloading_size sets cpu_bytes_to_use, as vLLM's
+            args.kv_offloading_size = size
     if args.kv_offloading_size is not None:
         if isinstance(args.kv_offloading_size, bool) or not args.kv_offloading_size > 0:
             raise ValueError(f"kv_offloading_size must be a positive number of GiB, got {args.kv_offloading_size!r}.")
@@ -1622,6 +1634,7 @@ ENGINE_FLAG_GROUPS: dict[str, tuple[str, ...]] = {
                     "swap_space", "preemption_mode", "kv_cache_dtype", "calculate_kv_scales", "num_gpu_blocks_override",
                     "enable_prefix_caching", "prefix_caching_hash_algo", "cpu_offload_gb", "kv_offloading_size",
                     "kv_offloading_backend"),
+    "KVTransferConfig": ("kv_transfer_config",),
     "MultiModalConfig": ("limit_mm_per_prompt", "mm_processor_kwargs"),
     "LoRAConfig": ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "lora_dtype", "enable_lora_bias",
                    "fully_sharded_loras"),
@@ -1655,7 +1668,7 @@ def _split_into_config_groups(parser: argparse.ArgumentParser, group) -> None:
 _DOTTED_CONFIG_FLAGS = ("--structured-outputs-config", "--pooler-config", "--limit-mm-per-prompt",
                         "--compilation-config", "--speculative-config", "--hf-overrides",
                         "--override-generation-config", "--profiler-config", "--default-chat-template-kwargs",
-                        "--attention-config")
+                        "--attention-config", "--kv-transfer-config")
 
 
 class FlexibleArgumentParser(argparse.ArgumentParser):
@@ -2672,6 +2685,54 @@ def _config_dict(value: "dict | str", name: str, vllm_class: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be a dict (vLLM's {vllm_class} fields), got {type(value).__name__}.")
     return dict(value)
+
+
+# vLLM's connectors that offload KV blocks to CPU memory (its kv_offloading_size picks the first; the second with
+# VLLM_USE_SIMPLE_KV_OFFLOAD): pagedllm's CPU tier of the prefix cache plays their part.
+_CPU_OFFLOADING_CONNECTORS = ("OffloadingConnector", "SimpleCPUOffloadConnector")
+# KVTransferConfig fields for moving KV between instances (disaggregated prefill); vLLM's offloading connectors do
+# not read them either, so any value is taken.
+_KV_TRANSFER_TRANSPORT_KEYS = ("engine_id", "kv_buffer_device", "kv_buffer_size", "kv_rank", "kv_parallel_size",
+                               "kv_ip", "kv_port", "enable_permute_local_kv", "kv_load_failure_policy")
+
+
+def kv_transfer_offloading_gib(kv_transfer_config: dict | str) -> float:
+    """The CPU tier's size in GiB (what kv_offloading_size takes) that ``kv_transfer_config`` (vLLM's KVTransferConfig
+    as a dict or its JSON) asks for: its native CPU offloading connector with ``cpu_bytes_to_use`` (in all, over the
+    ranks). Other connectors and keys pagedllm cannot honour are ValueErrors naming them."""
+    cfg = _config_dict(kv_transfer_config, "kv_transfer_config", "KVTransferConfig")
+    connector, role = cfg.pop("kv_connector", None), cfg.pop("kv_role", None)
+    if connector not in _CPU_OFFLOADING_CONNECTORS:
+        raise ValueError(f"kv_transfer_config kv_connector={connector!r} is not supported by pagedllm: only vLLM's "
+                         f"native CPU offloading ({', '.join(map(repr, _CPU_OFFLOADING_CONNECTORS))}, the prefix "
+                         f"cache's CPU tier, also kv_offloading_size) is; disaggregated prefill (NixlConnector, "
+                         f"P2pNcclConnector, MooncakeConnector, ...), LMCache and MultiConnector are not integrated.")
+    if role != "kv_both":
+        raise ValueError(f"kv_transfer_config kv_role must be 'kv_both' for {connector} (it stores and loads its own "
+                         f"blocks), got {role!r}.")
+    for key in _KV_TRANSFER_TRANSPORT_KEYS:
+        cfg.pop(key, None)
+    extra = cfg.pop("kv_connector_extra_config", None) or {}
+    if cfg:
+        raise ValueError(f"kv_transfer_config has unknown or unsupported key(s) {sorted(cfg)} (e.g. "
+                         f"kv_connector_module_path: pagedllm loads no connector module).")
+    if not isinstance(extra, dict):
+        raise ValueError(f"kv_transfer_config kv_connector_extra_config must be a dict, got {type(extra).__name__}.")
+    extra = dict(extra)
+    if extra.pop("eviction_policy", "lru") != "lru":
+        raise ValueError("kv_connector_extra_config eviction_policy: pagedllm's CPU tier evicts the least recently "
+                         "used blocks only ('lru').")
+    size = extra.pop("cpu_bytes_to_use", None)
+    if "num_cpu_blocks" in extra:
+        raise ValueError("kv_connector_extra_config num_cpu_blocks (vLLM 0.11-0.13's form) is not supported: give "
+                         "cpu_bytes_to_use (bytes of CPU memory, as vLLM's now), or kv_offloading_size in GiB.")
+    if extra:
+        raise ValueError(f"kv_connector_extra_config key(s) {sorted(extra)} are not supported by pagedllm's CPU tier; "
+                         f"it takes cpu_bytes_to_use (and eviction_policy 'lru').")
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not size > 0:
+        raise ValueError(f"kv_connector_extra_config cpu_bytes_to_use must be a positive number of bytes (the CPU "
+                         f"memory for offloaded KV blocks), got {size!r}.")
+    return size / (1 << 30)
 
 
 def profiler_settings(profiler_config: dict | str | None) -> ProfilerSettings | None:

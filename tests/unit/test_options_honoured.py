@@ -88,6 +88,9 @@ ENGINE_FIELDS: dict[str, list] = {
                            Rejects(-1, "kv_offloading_size must be a positive number of GiB")],
     "kv_offloading_backend": [Rejects("lmcache", "LMCache is not integrated"),
                               Rejects("other", "kv_offloading_backend must be 'native' or 'lmcache'")],
+    "kv_transfer_config": [Read(("config.py",), "kv_transfer_offloading_gib(args.kv_transfer_config)"),
+                           Rejects({"kv_connector": "NixlConnector", "kv_role": "kv_both"},
+                                   "kv_connector='NixlConnector' is not supported by pagedllm")],
     # Waves of loading ranks: tests/unit/test_tensor_parallel.py.
     "max_parallel_loading_workers": [Read(("worker/executor.py",), "config.args.max_parallel_loading_workers"),
                                      Rejects(0, "max_parallel_loading_workers must be a positive integer")],

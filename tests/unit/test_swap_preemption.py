@@ -3,6 +3,8 @@ requests' KV to CPU blocks and back, or recomputing it, gives the greedy tokens 
 preemptions really happen, and every device and CPU block is back in its pool at the end."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pagedllm import LLM, SamplingParams
@@ -231,6 +233,54 @@ def test_kv_offloading_size_is_the_total_over_tensor_parallel_ranks(tiny_dir):
     one = cpu_blocks(1)
     assert one == int(0.001 * (1 << 30)) // (2 * 2 * 2 * 16 * 16 * 4)   # K, V x 2 layers x 2 heads x 16 tokens x 16 fp32
     assert cpu_blocks(2) == one
+
+
+OFFLOADING_CONNECTOR = {"kv_connector": "OffloadingConnector", "kv_role": "kv_both",
+                        "kv_connector_extra_config": {"cpu_bytes_to_use": 2 ** 20}}
+
+
+def test_kv_transfer_config_with_vllms_offloading_connector_is_the_cpu_tier(tiny_dir):
+    """vLLM's kv_transfer_config for its native CPU offloading (what its kv_offloading_size becomes: the
+    OffloadingConnector with cpu_bytes_to_use), offline and as --kv-transfer-config, builds the same CPU tier as
+    kv_offloading_size (it was 'unexpected keyword argument' / 'unrecognized arguments')."""
+    import json
+
+    from pagedllm.config import EngineArgs, verify_engine_args
+    from pagedllm.entrypoints.cli import make_parser
+    engine = llm(tiny_dir, kv_transfer_config=OFFLOADING_CONNECTOR, num_gpu_blocks_override=16)
+    assert engine.llm_engine.kv_cache.offload
+    assert engine.llm_engine.vllm_config.cache_config.num_cpu_blocks == 2 ** 20 // (2 * 2 * 2 * 16 * 16 * 4)
+    flags = make_parser().parse_args(["serve", tiny_dir, "--kv-transfer-config", json.dumps(OFFLOADING_CONNECTOR)])
+    args = EngineArgs.from_cli_args(flags)
+    verify_engine_args(args)
+    assert args.kv_offloading_size == 2 ** 20 / 2 ** 30
+    # Given both, kv_offloading_size sets the size, as vLLM's writes it into cpu_bytes_to_use.
+    both = EngineArgs(model=tiny_dir, kv_transfer_config=json.dumps(OFFLOADING_CONNECTOR), kv_offloading_size=0.5)
+    verify_engine_args(both)
+    assert both.kv_offloading_size == 0.5
+
+
+def _connector(**changes):
+    extra = {**OFFLOADING_CONNECTOR["kv_connector_extra_config"], **changes.pop("extra", {})}
+    return {**OFFLOADING_CONNECTOR, "kv_connector_extra_config": extra, **changes}
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"kv_connector": "NixlConnector", "kv_role": "kv_both"}, "kv_connector='NixlConnector' is not supported by "
+                                                              "pagedllm: only vLLM's native CPU offloading"),
+    (_connector(kv_connector="LMCacheConnectorV1"), "LMCache and MultiConnector are not integrated"),
+    (_connector(kv_role="kv_producer"), "kv_role must be 'kv_both' for OffloadingConnector"),
+    (_connector(extra={"cpu_bytes_to_use": None, "num_cpu_blocks": 1000}), "num_cpu_blocks (vLLM 0.11-0.13's form)"),
+    (_connector(extra={"cpu_bytes_to_use": 0}), "cpu_bytes_to_use must be a positive number of bytes"),
+    (_connector(extra={"eviction_policy": "arc"}), "least recently used blocks only"),
+    (_connector(extra={"spec_name": "X"}), "key(s) ['spec_name'] are not supported"),
+    (_connector(kv_connector_module_path="my.mod"), "unknown or unsupported key(s) ['kv_connector_module_path']"),
+    ('["OffloadingConnector"]', "kv_transfer_config must be a dict"),
+])
+def test_kv_transfer_config_errors_name_what_is_not_supported(config, match):
+    from pagedllm.config import EngineArgs, verify_engine_args
+    with pytest.raises(ValueError, match=re.escape(match)):
+        verify_engine_args(EngineArgs(model="no/such-model", kv_transfer_config=config))
 
 
 @pytest.mark.parametrize("kwargs, match", [
