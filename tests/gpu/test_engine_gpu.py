@@ -211,6 +211,33 @@ def test_bf16_piecewise_graphs_carry_prompt_steps(model_dir, prompts, hf_model, 
     assert_greedy_under_hf(hf_model, prompts, got)
 
 
+@pytest.mark.parametrize("mode", ["PIECEWISE", "FULL_DECODE_ONLY", "O0"])
+def test_bf16_cudagraph_modes_pick_the_graphs_and_keep_greedy(model_dir, prompts, hf_model, mode):
+    """vLLM's compilation_config cudagraph_mode (and -O0): PIECEWISE captures no decode graphs, so pure-decode steps
+    replay the piecewise graphs (the attention eager in between, decode kernels on decode-only metadata);
+    FULL_DECODE_ONLY captures no piecewise graphs (prompt steps eager); O0 captures none. Tokens stay HF-greedy."""
+    kw = dict(optimization_level=0) if mode == "O0" else dict(compilation_config={"cudagraph_mode": mode})
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=1024, kv_cache_memory_gb=1.0,
+              dtype="bfloat16", max_num_batched_tokens=64, **kw)
+    runner = llm.llm_engine.runner
+    assert (runner.graph_runner is not None) == (mode == "FULL_DECODE_ONLY")
+    assert (runner.piecewise_runner is not None) == (mode == "PIECEWISE")
+    decode_steps = []
+    if mode == "PIECEWISE":
+        run = runner.piecewise_runner.run
+        runner.piecewise_runner.run = lambda batch, *stage: (decode_steps.append(batch.num_tokens),
+                                                             run(batch, *stage))[1]
+    sp = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    got = [o.outputs[0].token_ids for o in outs]
+    del llm, runner
+    torch.cuda.empty_cache()
+    if mode == "PIECEWISE":
+        # Every step ran through the piecewise graphs: the prompt chunks (~5) and the decode-only steps after them.
+        assert len(decode_steps) >= NEW_TOKENS
+    assert_greedy_under_hf(hf_model, prompts, got)
+
+
 def test_a_borrowed_view_reads_the_tensor_and_does_not_keep_its_memory():
     """cuda_graphs._borrowed (the shared piecewise buffers): same address, shape, strides and values as the tensor
     it views, and the tensor's memory goes back to the allocator while the view lives."""
