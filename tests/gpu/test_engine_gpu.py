@@ -357,7 +357,8 @@ def test_fp32_moe_tokens_equal_hf(arch, quantization, prompts, tmp_path):
     bug). 32 experts of which a batch of 1 uses 2 (most blocks of the grouped launch idle). FP8 (per-tensor), AWQ
     (int4, group 128) and bitsandbytes (NF4: dequantized by each forward inside the graphs; int8: no graphs, as
     LLM.int8() finds its outliers on the host) experts, the attention dense: HF with the experts' dequantized
-    weights. Checked on an H100 in session 22 (benchmarks/gpu_session22/moe_fp32_check.py): 48 of 48 tokens each (dense, FP8, AWQ)."""
+    weights. Checked on an H100 in session 22 (benchmarks/gpu_session22/moe_fp32_check.py): 48 of 48 tokens each
+    (dense, FP8, AWQ)."""
     if quantization in ("nf4", "int8"):
         pytest.importorskip("bitsandbytes")
     import sys
