@@ -236,10 +236,17 @@ class EngineCore:
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         """Forget every cached block hash; only when no request holds blocks, unless ``reset_running_requests``
         puts the running requests back in the queue first (their KV is computed again). Returns whether it was
-        reset. ``reset_connector``: vLLM's KV connector's cache too; pagedllm has no connector, nothing more."""
+        reset. The prefix cache's CPU tier (kv_offloading_size, vLLM's offloading connector) keeps its blocks, and
+        takes the device's, unless ``reset_connector`` (the dev route's reset_external) clears it too, as vLLM's
+        reset leaves its connector's cache; without a tier, ``reset_connector`` warns and returns False, as vLLM's
+        does without a connector."""
         if reset_running_requests:
             self.scheduler.preempt_all()
-        return self.kv_cache.reset_prefix_cache()
+        done = self.kv_cache.reset_prefix_cache(keep_cpu_tier=not reset_connector)
+        if reset_connector and not self.kv_cache.offload:
+            logger.warning("reset_connector called but no KV connector is configured (no kv_offloading_size).")
+            return False
+        return done
 
     # ---- sleep mode (worker/sleep_mode.py) ------------------------------------------------------------------------
     def sleep(self, level: int = 1) -> tuple[EngineCoreOutputs, StepStats]:
@@ -297,7 +304,7 @@ class EngineCore:
         """vLLM's ``clear_cache`` of a pause (new weights must not meet KV computed with the old ones): the prefix
         cache's hashes are dropped, and requests kept by a "keep" pause give back their KV (computed again after
         resume)."""
-        return self.reset_prefix_cache(reset_running_requests=self._frozen)
+        return self.reset_prefix_cache(reset_running_requests=self._frozen, reset_connector=self.kv_cache.offload)
 
     def resume(self) -> None:
         """Schedule again: the requests held while paused join the queue in their arrival order."""

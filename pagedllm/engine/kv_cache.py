@@ -468,9 +468,19 @@ class KVCacheManager:
     def usage(self) -> float:
         return self.pool.usage()
 
-    def reset_prefix_cache(self) -> bool:
-        if not self.pool.reset_prefix_cache():
+    def reset_prefix_cache(self, keep_cpu_tier: bool = False) -> bool:
+        """Forget the device's cached hashes (False while a request holds blocks) and the CPU tier's. With
+        ``keep_cpu_tier`` (vLLM's reset_prefix_cache without reset_connector, which leaves its offloading connector's
+        CPU cache) the device's cached blocks go to the tier first, as evicted blocks do (copies before the next
+        step's forward, least recently used first), and the tier keeps its blocks: the next request for those
+        prefixes copies them back instead of computing them, as vLLM's CPU offloading serves them."""
+        if self.pool.num_free_blocks != self.pool.num_blocks:
             return False
-        if self.offload:          # the CPU tier too (swapped requests' CPU blocks carry no hash)
+        if self.offload and keep_cpu_tier:
+            for block in list(self.pool.free_queue.values()):
+                if block.block_hash is not None and self.pool.cached.get(block.block_hash) is block:
+                    self._store_on_cpu(block)
+        self.pool.reset_prefix_cache()
+        if self.offload and not keep_cpu_tier:     # swapped requests' CPU blocks carry no hash
             self.swap_pool.drop_free_hashes()
         return True

@@ -8,7 +8,8 @@ to users.
 - ``POST /sleep?level=1&mode=abort``: free the weights' and the KV cache's device memory (needs --enable-sleep-mode);
   requests that arrive while the engine sleeps wait and run after wake-up.
 - ``POST /wake_up`` (``?tags=weights&tags=kv_cache``: only those), ``GET /is_sleeping`` -> ``{"is_sleeping": bool}``.
-- ``POST /reset_prefix_cache`` (``?reset_running_requests=true``: requests running are queued again first).
+- ``POST /reset_prefix_cache`` (``?reset_running_requests=true``: requests running are queued again first;
+  ``?reset_external=true``: the CPU tier of --kv-offloading-size too, which a plain reset leaves, as vLLM's).
 - ``POST /pause?mode=abort&clear_cache=true`` -> ``{"status": "paused"}`` (AsyncLLMEngine.pause_generation: modes
   abort / wait / keep; a bad one is a 400 ``{"error": ...}``), ``POST /resume`` -> ``{"status": "resumed"}``,
   ``GET /is_paused`` -> ``{"is_paused": bool}``: vLLM's RL weight-sync routes.

@@ -91,7 +91,8 @@ class LLM:
 
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         """Forget the prefix cache (vLLM's): False while requests hold blocks, unless ``reset_running_requests``
-        puts them back in the queue first (they go on; their KV is computed again)."""
+        puts them back in the queue first (they go on; their KV is computed again). The CPU tier of
+        ``kv_offloading_size`` keeps its blocks (and takes the device's) unless ``reset_connector``, as vLLM's."""
         return self.llm_engine.reset_prefix_cache(reset_running_requests, reset_connector)
 
     def start_profile(self, profile_prefix: str | None = None) -> None:

@@ -235,6 +235,30 @@ def test_kv_offloading_size_is_the_total_over_tensor_parallel_ranks(tiny_dir):
     assert cpu_blocks(2) == one
 
 
+def test_reset_prefix_cache_leaves_the_cpu_tier_as_vllms_leaves_its_connector(tiny_dir):
+    """vLLM's CPU-offloading check: run a prompt, run it again (device hits), reset_prefix_cache(), run it again:
+    its blocks now come from the CPU tier (vLLM's reset leaves the offloading connector's cache; reset_connector /
+    the dev route's reset_external clears it). The reset used to clear the tier too, so the third run recomputed
+    the prompt. Without a tier, reset_connector=True warns and returns False, as vLLM's without a connector."""
+    prompt = [{"prompt_token_ids": PROMPTS[0]["prompt_token_ids"] * 2}]     # 80 tokens: 4 full blocks can hit
+    sp = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    engine = llm(tiny_dir, kv_offloading_size=0.01, num_gpu_blocks_override=16)
+    kv = engine.llm_engine.kv_cache
+
+    def run():
+        (out,) = engine.generate(prompt, sp, use_tqdm=False)
+        return list(out.outputs[0].token_ids), out.num_cached_tokens
+    cold, cached = run()
+    assert cached == 0 and run() == (cold, 64) and kv.num_offload_hit_blocks == 0
+    assert engine.reset_prefix_cache() is True
+    assert run() == (cold, 64) and kv.num_offload_hit_blocks == 4       # copied back from CPU memory
+    assert engine.reset_prefix_cache(reset_connector=True) is True
+    assert run() == (cold, 0)                                            # both tiers forgotten: computed again
+    assert_pools_whole(engine)
+    plain = llm(tiny_dir, num_gpu_blocks_override=16)
+    assert plain.reset_prefix_cache() is True and plain.reset_prefix_cache(reset_connector=True) is False
+
+
 OFFLOADING_CONNECTOR = {"kv_connector": "OffloadingConnector", "kv_role": "kv_both",
                         "kv_connector_extra_config": {"cpu_bytes_to_use": 2 ** 20}}
 
