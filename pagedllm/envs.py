@@ -232,9 +232,10 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "vLLM's name for PAGEDLLM_CPU_KVCACHE_SPACE, read when that one is unset."),
     "PAGEDLLM_CPU_THREADS": (
         lambda: _optional_int("PAGEDLLM_CPU_THREADS"),
-        "Default of cpu_threads / --cpu-threads: torch's intra-op (OpenMP) threads of a CPU engine, a count (the "
-        "analogue of vLLM's VLLM_CPU_OMP_THREADS_BIND, without binding). Unset: OMP_NUM_THREADS if set, else the "
-        "number of cores this process may run on (os.sched_getaffinity)."),
+        "Default of cpu_threads / --cpu-threads: torch's intra-op (OpenMP) threads of a CPU engine, a count for "
+        "each rank (the analogue of vLLM's VLLM_CPU_OMP_THREADS_BIND, without binding). Unset: OMP_NUM_THREADS if "
+        "set, else the number of cores this process may run on (os.sched_getaffinity) over the tensor x pipeline "
+        "parallel ranks."),
     # ---- OpenMP's own variables (read here; configure_openmp sets OMP_WAIT_POLICY) -------------------------------
     "OMP_NUM_THREADS": (
         lambda: _optional_int("OMP_NUM_THREADS"),
@@ -291,6 +292,14 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "VLLM_ALLOW_RUNTIME_LORA_UPDATING": (
         lambda: _flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING", default=False),
         "vLLM's name for PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING; either one turns the routes on. Default off."),
+    "PAGEDLLM_ENABLE_RESPONSES_API_STORE": (
+        lambda: _flag("PAGEDLLM_ENABLE_RESPONSES_API_STORE", default=False),
+        "1: /v1/responses keeps responses sent with store (the default) in memory, never evicted (vLLM's store): GET "
+        "/v1/responses/{id}, previous_response_id, background and cancel work. Default off (store comes back "
+        "false; previous_response_id and background are refused)."),
+    "VLLM_ENABLE_RESPONSES_API_STORE": (
+        lambda: _flag("VLLM_ENABLE_RESPONSES_API_STORE", default=False),
+        "vLLM's name for PAGEDLLM_ENABLE_RESPONSES_API_STORE; either one turns the store on. Default off."),
     "PAGEDLLM_LOG_STATS_INTERVAL": (
         lambda: _interval_s("PAGEDLLM_LOG_STATS_INTERVAL"),
         "Seconds between the engine's statistics lines ('Avg prompt throughput: ...'; server, AsyncLLMEngine, "
@@ -331,6 +340,12 @@ def runtime_lora_updating() -> bool:
     """vLLM's runtime LoRA routes are on (PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING or VLLM_ALLOW_RUNTIME_LORA_UPDATING)."""
     return (_flag("PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING", default=False)
             or _flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING", default=False))
+
+
+def responses_api_store() -> bool:
+    """vLLM's Responses API store is on (PAGEDLLM_ENABLE_RESPONSES_API_STORE or VLLM_ENABLE_RESPONSES_API_STORE)."""
+    return (_flag("PAGEDLLM_ENABLE_RESPONSES_API_STORE", default=False)
+            or _flag("VLLM_ENABLE_RESPONSES_API_STORE", default=False))
 
 
 def server_dev_mode() -> bool:

@@ -144,7 +144,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
                                                                          False),
                              reasoning_parser=get_reasoning_parser(reasoning_name) if reasoning_name else None,
                              **common)
-    responses = OpenAIServingResponses(chat)
+    responses = OpenAIServingResponses(chat, envs.responses_api_store())
     tokens = OpenAIServingTokens(chat)
     base = OpenAIServing(engine, served_model_names, **common)
     pooling = OpenAIServingPooling(engine, served_model_names, **common)
@@ -266,6 +266,16 @@ def build_app(args: argparse.Namespace, engine: AsyncLLMEngine, metrics: EngineM
     async def create_response(request: ResponsesRequest, raw_request: Request):
         generative_only("Responses")
         return await responses.create_response(request, raw_request)
+
+    @app.get("/v1/responses/{response_id}")
+    async def retrieve_response(response_id: str, stream: bool = False):
+        generative_only("Responses")
+        return await responses.get_response(response_id, stream)
+
+    @app.post("/v1/responses/{response_id}/cancel")
+    async def cancel_response(response_id: str):
+        generative_only("Responses")
+        return await responses.cancel_response(response_id)
 
     @app.post("/v1/embeddings")
     async def create_embedding(request: EmbeddingRequest, raw_request: Request):

@@ -15,9 +15,16 @@ with tool_calls, a tool message), so OpenAI's function-calling guide runs as wri
 With stream=true the calls stream as OpenAI's events: response.output_item.added (a function_call item),
 response.function_call_arguments.delta per piece of its arguments, .done, response.output_item.done.
 
+The response store is vLLM's: off unless VLLM_ENABLE_RESPONSES_API_STORE=1 (or PAGEDLLM_ENABLE_RESPONSES_API_STORE),
+as vLLM since its PR 22137. Without it ``store`` comes back false, GET /v1/responses/{id} is vLLM's 404 "Response with
+id '...' not found.", and previous_response_id and background are refused with a 400 naming the variable. With it
+a response sent with ``store`` (true by default) is kept in memory (never evicted, as vLLM's): GET returns it,
+``previous_response_id`` continues its conversation (its input and output before the new input; its instructions
+are not carried over, as OpenAI documents), ``background: true`` answers at once with status "queued" and runs on,
+and POST /v1/responses/{id}/cancel stops a background response ("cancelled").
+
 What is not here yet is refused with a 400 naming the field: tools other than functions (web search, file search,
-MCP, ...), previous_response_id (nothing is stored: ``store`` comes back false, as vLLM
-without its store), background mode, reasoning summaries, truncation="auto", stored prompt templates (``prompt``),
+MCP, ...), background with stream, reasoning summaries, truncation="auto", stored prompt templates (``prompt``),
 and input items other than messages of text and function calls and their outputs. vLLM's sampling extras
 ``top_k``, ``logit_bias``, ``skip_special_tokens`` and ``cache_salt`` run as on chat; the response reports the
 temperature and top_p sampled with (the model's generation-config defaults when the request gives none), as vLLM.
@@ -35,8 +42,12 @@ reaches the chat template as on chat (reasoning_effort, and enable_thinking unle
 """
 from __future__ import annotations
 
+import asyncio
+import copy
 import itertools
 import json
+import logging
+import time
 from typing import Any, AsyncIterator
 
 from fastapi import Request
@@ -48,6 +59,8 @@ from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, RequestE
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedllm.entrypoints.openai.serving_engine import error_response
 from pagedllm.reasoning_parsers import count_reasoning_tokens
+
+logger = logging.getLogger("pagedllm.entrypoints.openai")
 
 # A chat error's field, as the Responses request names it.
 _PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "max_tokens": "max_output_tokens",
@@ -75,10 +88,7 @@ def _text_format(req: ResponsesRequest) -> Any:
 def _unsupported(req: ResponsesRequest) -> RequestError | None:
     text_format = _text_format(req)
     checks = [
-        (req.previous_response_id is not None, "previous_response_id",
-         "previous_response_id is not supported: this server stores no responses; send the whole conversation "
-         "as input."),
-        (bool(req.background), "background", "background mode is not supported."),
+        (bool(req.background) and bool(req.stream), "background", "background mode with stream=true is not supported."),
         (req.prompt is not None, "prompt", "prompt template is not supported"),      # vLLM's words
         (req.reasoning is not None and not isinstance(req.reasoning, dict), "reasoning",
          "reasoning must be an object such as {\"effort\": \"medium\"}."),
@@ -159,17 +169,24 @@ def _chat_tools(req: ResponsesRequest) -> dict[str, Any]:
     return fields
 
 
-def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
-    """The Responses input as chat messages: instructions first (a system message), then a string (one user
-    message) or items: messages whose content is a string or text parts, ``reasoning`` items (an assistant turn's
-    thinking), ``function_call`` items (the assistant's calls) and ``function_call_output`` items (tool messages).
-    As vLLM, a reasoning item, the assistant message after it and the calls after those make one assistant turn."""
+def _messages(req: ResponsesRequest, history: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The Responses input as chat messages: instructions first (a system message), then ``history`` (the stored
+    conversation of previous_response_id), then a string (one user message) or items (``_add_items``)."""
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
+    messages += copy.deepcopy(list(history))
     if isinstance(req.input, str):
         return messages + [{"role": "user", "content": req.input}]
-    for i, item in enumerate(req.input):
+    return _add_items(messages, req.input)
+
+
+def _add_items(messages: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` and then Responses items as chat messages: messages whose content is a string or text parts,
+    ``reasoning`` items (an assistant turn's thinking), ``function_call`` items (the assistant's calls) and
+    ``function_call_output`` items (tool messages). As vLLM, a reasoning item, the assistant message after it and
+    the calls after those make one assistant turn. A response's output items read back the same way."""
+    for i, item in enumerate(items):
         kind = item.get("type", "message")
         last = messages[-1] if messages and messages[-1]["role"] == "assistant" else None
         if kind == "function_call":
@@ -244,22 +261,102 @@ def _input_call(item: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 class OpenAIServingResponses:
-    def __init__(self, chat: OpenAIServingChat):
+    def __init__(self, chat: OpenAIServingChat, enable_store: bool = False):
         self.chat = chat
+        # vLLM's in-memory response store (VLLM_ENABLE_RESPONSES_API_STORE): responses by id, the conversation each
+        # one ends (for previous_response_id: input and output as chat messages, without its instructions), and the
+        # tasks of background responses still running (for cancel).
+        self.enable_store = enable_store
+        self.store: dict[str, dict[str, Any]] = {}
+        self.conversations: dict[str, list[dict[str, Any]]] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        if enable_store:
+            logger.warning("The Responses API store is on (VLLM_ENABLE_RESPONSES_API_STORE): stored responses are "
+                           "kept in memory until the server stops, as vLLM keeps them.")
 
     @property
     def _reasoning(self) -> bool:
         """--reasoning-parser: the chat answers carry reasoning (and its token ids can be counted)."""
         return getattr(self.chat, "reasoning_parser", None) is not None
 
+    def _check_id(self, response_id: str) -> None:
+        """vLLM's errors for an id that is not a response's (400) or that the store does not hold (404)."""
+        if not response_id.startswith("resp_"):
+            raise RequestError(f"Invalid 'response_id': '{response_id}'. Expected an ID that begins with 'resp'.",
+                               "response_id")
+        if response_id not in self.store:
+            raise RequestError(f"Response with id '{response_id}' not found.", "response_id", 404, "NotFoundError")
+
+    def _history(self, req: ResponsesRequest) -> list[dict[str, Any]]:
+        """The conversation previous_response_id ends (empty without one)."""
+        previous = req.previous_response_id
+        if previous is None:
+            return []
+        if not self.enable_store:
+            raise RequestError("previous_response_id needs the response store, which is off: start the server with "
+                               "VLLM_ENABLE_RESPONSES_API_STORE=1, or send the whole conversation as input.",
+                               "previous_response_id")
+        try:
+            self._check_id(previous)
+        except RequestError as e:
+            e.param = "previous_response_id"
+            raise
+        if previous not in self.conversations:
+            raise RequestError(f"Response with id '{previous}' has not finished (status "
+                               f"{self.store[previous]['status']!r}).", "previous_response_id")
+        return self.conversations[previous]
+
+    def _keep(self, req: ResponsesRequest, response: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        """Store a finished response and its conversation (with store on and requested); a cancelled one stays
+        cancelled."""
+        if not (self.enable_store and req.store):
+            return
+        if self.store.get(response["id"], {}).get("status") == "cancelled":
+            return
+        self.store[response["id"]] = response
+        conversation = messages[1:] if req.instructions else list(messages)
+        self.conversations[response["id"]] = _add_items(conversation, copy.deepcopy(response["output"]))
+
+    async def get_response(self, response_id: str, stream: bool = False) -> JSONResponse:
+        """GET /v1/responses/{id}: a stored response (vLLM's 404 when the store does not hold it)."""
+        try:
+            if stream:
+                raise RequestError("stream=true is not supported when retrieving a response.", "stream")
+            self._check_id(response_id)
+        except RequestError as e:
+            return error_response(e)
+        return JSONResponse(self.store[response_id])
+
+    async def cancel_response(self, response_id: str) -> JSONResponse:
+        """POST /v1/responses/{id}/cancel: a background response still queued or running stops, "cancelled" (as
+        vLLM); any other is a 400."""
+        try:
+            self._check_id(response_id)
+            response = self.store[response_id]
+            if response["status"] not in ("queued", "in_progress"):
+                raise RequestError("Cannot cancel a synchronous response.", "response_id")
+        except RequestError as e:
+            return error_response(e)
+        response["status"] = "cancelled"
+        task = self.tasks.pop(response_id, None)
+        if task is not None:
+            task.cancel()       # the chat completion's stream aborts the engine request as it unwinds
+        return JSONResponse(response)
+
     async def create_response(self, req: ResponsesRequest, raw_request: Request | None = None) -> JSONResponse:
         try:
             refused = _unsupported(req)
             if refused is not None:
                 raise refused
+            if req.background and not (self.enable_store and req.store):
+                raise RequestError("background mode needs the response store: start the server with "
+                                   "VLLM_ENABLE_RESPONSES_API_STORE=1 and send store: true.", "background")
+            request_id = self.chat.base_request_id(raw_request, req.request_id)
+            messages = _messages(req, self._history(req))
             try:
                 chat_req = ChatCompletionRequest.model_validate({
-                    "model": req.model, "messages": _messages(req), "max_completion_tokens": req.max_output_tokens,
+                    "request_id": request_id,
+                    "model": req.model, "messages": messages, "max_completion_tokens": req.max_output_tokens,
                     "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "user": req.user,
                     "priority": req.priority, "stream": bool(req.stream), "logit_bias": req.logit_bias,
                     "skip_special_tokens": req.skip_special_tokens, "cache_salt": req.cache_salt,
@@ -278,18 +375,47 @@ class OpenAIServingResponses:
                 raise RequestError(f"input: {error['msg']}", "input") from None
         except Exception as e:
             return error_response(e)
+        if req.background:
+            return self._start_background(req, chat_req, messages, request_id)
         answer = await self.chat.create_chat_completion(chat_req, raw_request)
-        request_id = self.chat.base_request_id(raw_request, req.request_id)
         if isinstance(answer, StreamingResponse):
-            return StreamingResponse(self._events(req, answer.body_iterator, request_id),
+            return StreamingResponse(self._events(req, answer.body_iterator, request_id, messages),
                                      media_type="text/event-stream")
         body = json.loads(answer.body)
         if answer.status_code != 200:
             _as_responses_error(body.get("error") or {})
             return JSONResponse(body, status_code=answer.status_code)
-        return JSONResponse(self._response(req, body, request_id))
+        response = self._response(req, body, request_id)
+        self._keep(req, response, messages)
+        return JSONResponse(response)
 
-    async def _events(self, req: ResponsesRequest, chat_sse: AsyncIterator, request_id: str) -> AsyncIterator[str]:
+    def _start_background(self, req: ResponsesRequest, chat_req: ChatCompletionRequest,
+                          messages: list[dict[str, Any]], request_id: str) -> JSONResponse:
+        """background: true: the response is stored "queued" and returned at once; the chat completion runs on in a
+        task, and its answer (or "failed" with its error) replaces the stored one, unless it was cancelled."""
+        shell = self._response(req, {"created": int(time.time()), "model": self.chat.models.response_model(req.model),
+                                     "choices": [{"finish_reason": None, "message": {"content": None}}],
+                                     "usage": None}, request_id)
+        shell.update(status="queued", output=[])
+        self.store[shell["id"]] = shell
+
+        async def run() -> None:
+            shell["status"] = "in_progress"
+            answer = await self.chat.create_chat_completion(chat_req, None)
+            body = json.loads(answer.body)
+            if answer.status_code != 200:
+                if shell["status"] != "cancelled":
+                    shell.update(status="failed", error=_as_responses_error(body.get("error") or {}))
+                return
+            self._keep(req, self._response(req, body, request_id), messages)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks[shell["id"]] = task
+        task.add_done_callback(lambda _: self.tasks.pop(shell["id"], None))
+        return JSONResponse(shell)
+
+    async def _events(self, req: ResponsesRequest, chat_sse: AsyncIterator, request_id: str,
+                      messages: list[dict[str, Any]] = ()) -> AsyncIterator[str]:
         """The chat completion's SSE chunks as the Responses API's stream of events: text as a message item's
         output_text deltas, each tool call as a function_call item whose arguments come as
         function_call_arguments deltas (OpenAI's events)."""
@@ -338,6 +464,7 @@ class OpenAIServingResponses:
         for e in items.close_all(status):
             yield e
         final["output"] = [item.done for item in items.items]
+        self._keep(req, final, messages)
         yield items.event("response.incomplete" if status == "incomplete" else "response.completed", response=final)
 
     def _response(self, req: ResponsesRequest, chat: dict[str, Any], request_id: str) -> dict[str, Any]:
@@ -381,7 +508,7 @@ class OpenAIServingResponses:
             "tools": req.tools or [],
             "text": {"format": _text_format(req)},
             "truncation": "disabled",
-            "store": False,
+            "store": bool(self.enable_store and req.store),
             "metadata": req.metadata,
             "user": req.user,
             "usage": usage and {
