@@ -433,8 +433,9 @@ class EngineArgs:
     pdl: bool | None = None                      # programmatic dependent launch of our decode kernels
     piecewise_cuda_graphs: bool | None = None    # CUDA graphs for steps with prompt tokens
     cpu_onednn: bool | None = None               # CPU linears through oneDNN with prepacked weights
-    # CPU engine: torch's intra-op threads; None: PAGEDLLM_CPU_THREADS, else OMP_NUM_THREADS, else the cores this
-    # process may use (os.sched_getaffinity). vLLM's CPU backend binds threads with VLLM_CPU_OMP_THREADS_BIND.
+    # CPU engine: torch's intra-op threads (each rank's); None: PAGEDLLM_CPU_THREADS, else OMP_NUM_THREADS, else the
+    # cores this process may use (os.sched_getaffinity) over the tensor x pipeline parallel ranks. vLLM's CPU backend
+    # binds threads with VLLM_CPU_OMP_THREADS_BIND.
     cpu_threads: int | None = None
     # No Triton kernels of ours: torch attention, cuBLAS linears, no PDL.
     disable_custom_kernels: bool = False
@@ -710,8 +711,9 @@ class EngineArgs:
                        help="CPU linears through oneDNN with prepacked weights (default: env PAGEDLLM_CPU_ONEDNN, "
                             "on).")
         g.add_argument("--cpu-threads", type=int, default=None,
-                       help="CPU engine: torch's intra-op threads (default: env PAGEDLLM_CPU_THREADS, else "
-                            "OMP_NUM_THREADS, else the cores this process may use).")
+                       help="CPU engine: torch's intra-op threads of each rank (default: env PAGEDLLM_CPU_THREADS, "
+                            "else OMP_NUM_THREADS, else the cores this process may use shared out among the "
+                            "tensor x pipeline parallel ranks).")
         g.add_argument("--compilation-config", "-cc", type=_json_or_int, default=None,
                        help="vLLM's compilation config as JSON (or -cc.KEY VALUE): pagedllm takes its "
                             "cudagraph_mode (NONE, PIECEWISE, FULL_DECODE_ONLY, FULL_AND_PIECEWISE; FULL runs as "
@@ -2413,8 +2415,10 @@ def _default_token_pooling_type(hf_config) -> str:
 
 
 def _pick_cpu_threads(args: EngineArgs, device: torch.device) -> int | None:
-    """The CPU engine's torch thread count: cpu_threads, else PAGEDLLM_CPU_THREADS, else OMP_NUM_THREADS, else the
-    cores this process may run on (docs/perf.md, issue 19, has the measurements behind the default)."""
+    """The CPU engine's torch thread count (each rank's): cpu_threads, else PAGEDLLM_CPU_THREADS, else
+    OMP_NUM_THREADS, else the cores this process may run on (docs/perf.md, issue 19, has the measurements behind the
+    default) shared out among the tensor x pipeline parallel ranks, as vLLM's CPU backend gives each rank cores of
+    its own: every rank on every core made the ranks' OpenMP threads wait on each other (docs/perf.md, session 39)."""
     given = [(name, value) for name, value in (("cpu_threads", args.cpu_threads),
                                                ("PAGEDLLM_CPU_THREADS", envs.PAGEDLLM_CPU_THREADS),
                                                ("OMP_NUM_THREADS", envs.OMP_NUM_THREADS)) if value is not None]
@@ -2431,9 +2435,10 @@ def _pick_cpu_threads(args: EngineArgs, device: torch.device) -> int | None:
     if given:
         return int(given[0][1])
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:    # no sched_getaffinity (macOS, Windows)
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores // (args.tensor_parallel_size * args.pipeline_parallel_size))
 
 
 def _switch(arg: bool | None, env_default: bool) -> bool:

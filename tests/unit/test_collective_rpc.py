@@ -54,6 +54,8 @@ def test_collective_rpc_reaches_every_tensor_parallel_rank(tmp_path):
     assert llm.collective_rpc(lambda worker: get_tp_rank()) == [0, 1]
     assert llm.collective_rpc(echo_rank) == [0, 1]                  # vLLM's Worker.rank and .local_rank
     assert llm.collective_rpc(lambda worker: worker.local_rank) == [0, 1]
+    # Each rank runs the thread count the config gave it (its share of the cores unless a count is given).
+    assert llm.collective_rpc(lambda worker: torch.get_num_threads()) == [llm.llm_engine.config.cpu_threads] * 2
     # A call that fails raises the rank's error and the engine lives on (as with one rank, and vLLM's workers);
     # before, the failed call ended every worker and each later call raised WorkerDied.
     before = llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids

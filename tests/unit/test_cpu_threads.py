@@ -41,6 +41,20 @@ def test_thread_count_order(monkeypatch, no_thread_variables):
     assert build(monkeypatch, cpu_threads=1).cpu_threads == 1             # the argument wins over both
 
 
+def test_parallel_ranks_share_the_cores(monkeypatch, no_thread_variables):
+    """Tensor / pipeline parallel on the CPU: each rank gets its share of the cores (vLLM's CPU backend gives each
+    rank cores of its own); every rank took every core, so 2 ranks on 2 cores ran 4 OpenMP threads. A count that is
+    given is each rank's."""
+    monkeypatch.setattr(cfg_mod.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert build(monkeypatch).cpu_threads == 8
+    assert build(monkeypatch, tensor_parallel_size=2).cpu_threads == 4
+    assert build(monkeypatch, tensor_parallel_size=2, pipeline_parallel_size=2).cpu_threads == 2
+    assert build(monkeypatch, tensor_parallel_size=4, pipeline_parallel_size=4).cpu_threads == 1     # at least one
+    assert build(monkeypatch, tensor_parallel_size=2, cpu_threads=3).cpu_threads == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert build(monkeypatch, tensor_parallel_size=2).cpu_threads == 6
+
+
 def test_thread_count_errors_and_gpu(monkeypatch, no_thread_variables, caplog):
     with pytest.raises(ValueError, match="cpu_threads must be >= 1, got 0"):
         build(monkeypatch, cpu_threads=0)
