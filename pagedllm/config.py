@@ -938,6 +938,7 @@ def verify_engine_args(args: EngineArgs) -> None:
             raise ValueError("kv_offloading_size is a CPU tier of the prefix cache: it needs enable_prefix_caching.")
     if args.swap_space is not None and args.swap_space < 0:
         raise ValueError(f"swap_space must be >= 0, got {args.swap_space}.")
+    _verify_cpu_kv_memory(args)
     if args.preemption_mode not in (None, "swap", "recompute"):
         raise ValueError(f"preemption_mode must be 'swap', 'recompute' or None (by cost), "
                          f"got {args.preemption_mode!r}.")
@@ -1246,6 +1247,35 @@ def cudagraph_specialize_lora(args: EngineArgs) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"compilation_config's {_SPECIALIZE_LORA_KEY} must be true or false, got {value!r}.")
     return value
+
+
+def total_cpu_memory() -> int | None:
+    """This host's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _verify_cpu_kv_memory(args: EngineArgs) -> None:
+    """vLLM's check of the swap space against the host's memory (CacheConfig.verify_with_parallel_config): above 70%
+    of it is an error, above 40% a warning, instead of an allocator failure (or the host running out of memory) at
+    start-up. Here the swap space is per rank (tensor x pipeline parallel) and the prefix cache's CPU tier
+    (kv_offloading_size, over all ranks) takes host memory too."""
+    swap_gib = (args.swap_space or 0) * args.tensor_parallel_size * args.pipeline_parallel_size
+    tier_gib = args.kv_offloading_size or 0
+    total = total_cpu_memory()
+    if not (swap_gib or tier_gib) or not total:
+        return
+    usage = (swap_gib + tier_gib) * (1 << 30)
+    what = " and ".join(name for name, gib in (("the swap space", swap_gib),
+                                                ("the prefix cache's CPU tier (kv_offloading_size)", tier_gib)) if gib)
+    msg = f"{usage / (1 << 30):.2f} GiB out of the {total / (1 << 30):.2f} GiB total CPU memory is allocated for {what}."
+    too_large = "Too large swap space. " if swap_gib else "Too large kv_offloading_size. "
+    if usage > 0.7 * total:
+        raise ValueError(too_large + msg)
+    if usage > 0.4 * total:
+        logger.warning("Possibly %s%s", too_large[0].lower() + too_large[1:], msg)
 
 
 def verify_graph_sizes(args: EngineArgs, on_gpu: bool, runner_type: str, quant_config: Any = None) -> None:
