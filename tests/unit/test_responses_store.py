@@ -65,6 +65,7 @@ def test_store_get_previous_response_id_and_stream(tiny_llama_dir, tiny_engine, 
         return first, got, chained, whole, got_streamed, twice, missing
     first, got, chained, whole, got_streamed, twice, missing = run_on(app, script)
     assert first["store"] is True and got.status_code == 200 and got.json() == first
+    assert chained["previous_response_id"] == first["id"] and first["previous_response_id"] is None
     assert chained["status"] != "failed" and chained["usage"]["input_tokens"] == whole["usage"]["input_tokens"]
     assert chained["output"][0]["content"][0]["text"] == whole["output"][0]["content"][0]["text"]
     assert got_streamed.status_code == 200 and got_streamed.json()["status"] in ("completed", "incomplete")
@@ -114,6 +115,7 @@ def test_background_runs_on_and_cancel_stops_it(tiny_llama_dir, tiny_engine, mon
     (sync, queued, polled, long, cancelled, after, again, streamed, early_cancelled, after_early, unfinished,
      failed) = run_on(app, script)
     assert queued["status"] == "queued" and queued["output"] == [] and queued["store"] is True
+    assert queued["background"] is True and polled["background"] is True and sync["background"] is False
     assert polled["status"] == sync["status"] and polled["id"] == queued["id"]
     assert polled["output"][0]["content"][0]["text"] == sync["output"][0]["content"][0]["text"]
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
