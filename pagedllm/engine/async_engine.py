@@ -499,6 +499,12 @@ class AsyncLLMEngine:
     async def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         return await self._call_core("reset_prefix_cache", reset_running_requests, reset_connector)
 
+    async def reset_mm_cache(self) -> None:
+        """vLLM's: clears its multimodal processor cache. Nothing to clear here (LLMEngine.reset_mm_cache)."""
+
+    async def reset_encoder_cache(self) -> None:
+        """vLLM's: clears its cached encoder outputs. Nothing to clear here (LLMEngine.reset_mm_cache)."""
+
     async def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (),
                              kwargs: dict | None = None) -> list:
         """vLLM's: ``method`` on every worker, each one's result (``timeout``: seconds, then TimeoutError)."""

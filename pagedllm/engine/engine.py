@@ -189,6 +189,14 @@ class LLMEngine:
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         return self.core.reset_prefix_cache(reset_running_requests, reset_connector)
 
+    def reset_mm_cache(self) -> None:
+        """vLLM's reset of its multimodal processor cache (and reset_encoder_cache, of its encoder outputs): pagedllm
+        keeps neither across requests (each request's images are processed, and their encoder outputs held, for that
+        request only), so there is nothing to clear; both exist for scripts and tools that call them."""
+
+    def reset_encoder_cache(self) -> None:
+        """See reset_mm_cache: nothing cached across requests."""
+
     def start_profile(self, profile_prefix: str | None = None) -> None:
         """torch.profiler over every worker's steps until ``stop_profile`` writes the traces
         (PAGEDLLM_TORCH_PROFILER_DIR / VLLM_TORCH_PROFILER_DIR)."""

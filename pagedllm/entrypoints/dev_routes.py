@@ -10,6 +10,8 @@ to users.
 - ``POST /wake_up`` (``?tags=weights&tags=kv_cache``: only those), ``GET /is_sleeping`` -> ``{"is_sleeping": bool}``.
 - ``POST /reset_prefix_cache`` (``?reset_running_requests=true``: requests running are queued again first;
   ``?reset_external=true``: the CPU tier of --kv-offloading-size too, which a plain reset leaves, as vLLM's).
+- ``POST /reset_mm_cache``, ``POST /reset_encoder_cache``: 200, as vLLM's (pagedllm keeps neither cache across
+  requests: nothing to clear).
 - ``POST /pause?mode=abort&clear_cache=true`` -> ``{"status": "paused"}`` (AsyncLLMEngine.pause_generation: modes
   abort / wait / keep; a bad one is a 400 ``{"error": ...}``), ``POST /resume`` -> ``{"status": "resumed"}``,
   ``GET /is_paused`` -> ``{"is_paused": bool}``: vLLM's RL weight-sync routes.
@@ -61,7 +63,8 @@ def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
     if not envs.server_dev_mode():
         return
     logger.warning("PAGEDLLM_SERVER_DEV_MODE is on: POST /sleep, /wake_up, /collective_rpc, /reset_prefix_cache, "
-                   "/pause and /resume are mounted. This should ONLY be used for local development!")
+                   "/reset_mm_cache, /reset_encoder_cache, /pause and /resume are mounted. This should ONLY be used "
+                   "for local development!")
 
     @app.post("/sleep")
     async def sleep(raw_request: Request) -> Response:
@@ -92,6 +95,18 @@ def add_dev_routes(app: FastAPI, engine: AsyncLLMEngine) -> None:
     async def reset_prefix_cache(reset_running_requests: bool = False, reset_external: bool = False) -> Response:
         logger.info("Resetting prefix cache...")
         await engine.reset_prefix_cache(reset_running_requests, reset_external)
+        return Response(status_code=200)
+
+    @app.post("/reset_mm_cache")
+    async def reset_mm_cache() -> Response:
+        logger.info("Resetting multi-modal cache...")
+        await engine.reset_mm_cache()
+        return Response(status_code=200)
+
+    @app.post("/reset_encoder_cache")
+    async def reset_encoder_cache() -> Response:
+        logger.info("Resetting encoder cache...")
+        await engine.reset_encoder_cache()
         return Response(status_code=200)
 
 

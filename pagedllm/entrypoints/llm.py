@@ -95,6 +95,14 @@ class LLM:
         ``kv_offloading_size`` keeps its blocks (and takes the device's) unless ``reset_connector``, as vLLM's."""
         return self.llm_engine.reset_prefix_cache(reset_running_requests, reset_connector)
 
+    def reset_mm_cache(self) -> None:
+        """vLLM's: clear the multimodal caches. pagedllm keeps none across requests (LLMEngine.reset_mm_cache)."""
+        self.llm_engine.reset_mm_cache()
+
+    def reset_encoder_cache(self) -> None:
+        """vLLM's: clear the cached encoder outputs. pagedllm keeps none across requests."""
+        self.llm_engine.reset_encoder_cache()
+
     def start_profile(self, profile_prefix: str | None = None) -> None:
         """Record the engine's steps with torch.profiler until ``stop_profile()``, which writes a Chrome trace
         (``*.pt.trace.json.gz``; Perfetto or chrome://tracing) per worker into the folder of

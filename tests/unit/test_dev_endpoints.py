@@ -1,7 +1,7 @@
 """vLLM's development endpoints (PAGEDLLM_SERVER_DEV_MODE=1 / VLLM_SERVER_DEV_MODE=1, entrypoints/dev_routes.py):
-POST /sleep, /wake_up, GET /is_sleeping, POST /reset_prefix_cache, POST /pause, /resume, GET /is_paused. Driven
-in-process through the app the server runs (``build_app`` over ASGI), on a tiny random Llama with the SmolLM2
-tokenizer."""
+POST /sleep, /wake_up, GET /is_sleeping, POST /reset_prefix_cache, /reset_mm_cache, /reset_encoder_cache, POST /pause,
+/resume, GET /is_paused. Driven in-process through the app the server runs (``build_app`` over ASGI), on a tiny random
+Llama with the SmolLM2 tokenizer."""
 from __future__ import annotations
 
 import asyncio
@@ -45,6 +45,9 @@ def test_sleep_wake_up_is_sleeping(tiny_llama_dir, monkeypatch):
         assert (await client.post("/reset_prefix_cache?reset_running_requests=true")).status_code == 200
         bad = await client.post("/reset_prefix_cache?reset_running_requests=maybe")
         assert bad.status_code == 400 and "reset_running_requests" in bad.json()["error"]["message"]
+        # vLLM's cache routes of its dev mode (benchmarks call them between runs): nothing cached, 200 as vLLM's.
+        assert (await client.post("/reset_mm_cache")).status_code == 200
+        assert (await client.post("/reset_encoder_cache")).status_code == 200
     with serve_in_process(tiny_llama_dir, "--enable-sleep-mode") as (app, engine):
         run_on(app, script)
 
@@ -54,7 +57,8 @@ def test_dev_endpoints_need_dev_mode_and_sleep_mode(tiny_llama_dir, monkeypatch)
     monkeypatch.delenv("PAGEDLLM_SERVER_DEV_MODE", raising=False)
 
     async def script(client):
-        for path in ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache", "/pause", "/resume"):
+        for path in ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache", "/pause", "/resume",
+                     "/reset_mm_cache", "/reset_encoder_cache"):
             assert (await client.post(path)).status_code == 404, path
         assert (await client.get("/is_sleeping")).status_code == 404
         assert (await client.get("/is_paused")).status_code == 404

@@ -152,6 +152,12 @@ def test_reset_prefix_cache_of_running_requests(llm):
     assert list(final.outputs[0].token_ids) == expected      # it went on from the queue
 
 
+def test_reset_mm_cache_and_reset_encoder_cache_exist_as_vllms(llm):
+    # vLLM's LLM methods (AttributeError before): pagedllm keeps neither cache across requests, nothing to clear.
+    assert llm.reset_mm_cache() is None and llm.reset_encoder_cache() is None
+    assert len(tokens(llm)) == GREEDY.max_tokens
+
+
 def test_a_worker_that_refuses_to_sleep_leaves_the_engine_awake(llm, monkeypatch):
     def refuse(level):
         raise ValueError("sleep() is not supported with cpu_offload_gb yet")
