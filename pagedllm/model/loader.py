@@ -484,7 +484,9 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
                                  map_location=config.args.pt_load_map_location)
         if quant_config is not None:
             weights = ((quant_config.checkpoint_name(name), tensor) for name, tensor in weights)
-        check_all_loaded(model, model.load_weights(weights))
+        kv_scales: list[float] = []
+        check_all_loaded(model, model.load_weights(_without_kv_cache_scales(weights, kv_scales)))
+        _note_kv_cache_scales(kv_scales, config.args.kv_cache_dtype)
     if quant_config is not None:
         # checkpoint layout -> the kernels' (e.g. the canonical packed int4); children before their parents (a MoE
         # layer's integer experts are linear layers of their own, stacked once they are converted)
@@ -500,6 +502,35 @@ def load_model(config: "EngineConfig") -> torch.nn.Module:
             hook()
     model.weights_processed = True      # load_weights from now on is an update (weights.load_packed_weights)
     return model.eval()
+
+
+# A quantized checkpoint's KV-cache scales (compressed-tensors' kv_cache_scheme: self_attn.k_scale / v_scale; older FP8
+# exports: self_attn.kv_scale, or k_proj / v_proj.output_scale; Quark / ModelOpt: q_scale, prob_scale).
+_KV_CACHE_SCALE_SUFFIXES = (".k_scale", ".v_scale", ".kv_scale", ".q_scale", ".prob_scale", ".k_proj.output_scale",
+                            ".v_proj.output_scale")
+
+
+def _without_kv_cache_scales(weights, found: list[float]):
+    """The checkpoint's tensors less its KV-cache scales, whose values go to ``found``: the FP8 KV cache stores
+    values with k_scale = v_scale = 1.0 (config.py), so they are read, not loaded (they had no parameter: the
+    checkpoint failed to load)."""
+    for name, tensor in weights:
+        if name.endswith(_KV_CACHE_SCALE_SUFFIXES):
+            found.extend(float(v) for v in tensor.float().reshape(-1).tolist())
+            continue
+        yield name, tensor
+
+
+def _note_kv_cache_scales(scales: list[float], kv_cache_dtype: str) -> None:
+    if not scales:
+        return
+    if kv_cache_dtype.startswith("fp8") and any(s != 1.0 for s in scales):
+        logger.warning("The checkpoint's %d KV-cache scales (k_scale / v_scale, from %g to %g) are not applied yet: "
+                       "the fp8 KV cache stores keys and values with scale 1.0, vLLM's default without them.",
+                       len(scales), min(scales), max(scales))
+    else:
+        logger.info("The checkpoint's KV-cache scales (k_scale / v_scale) are not used with kv_cache_dtype=%r; "
+                    "they apply to an fp8 KV cache (kv_cache_dtype='fp8').", kv_cache_dtype)
 
 
 def _quant_config(config: "EngineConfig", model_cls: type):

@@ -133,6 +133,9 @@ class Fp8Config(QuantizationConfig):
     ignored_layers: list[str] = field(default_factory=list)
     weight_block_size: list[int] | None = None
     weight_per_channel: bool = False
+    #: the block scales' checkpoint name: ``weight_scale_inv`` (DeepSeek / Qwen3-FP8), ``weight_scale``
+    #: (compressed-tensors' block strategy)
+    block_scale_name: str = "weight_scale_inv"
 
     name = "fp8"
     quantizes_at_load = True     # quantization="fp8" on a 16/32-bit checkpoint: from_config({}) is online FP8
@@ -220,11 +223,12 @@ class Fp8LinearMethod(LinearMethod):
         _new_param(layer, "weight", torch.empty(n, k, dtype=FP8_DTYPE), _dense_loader(layer))
         if cfg.weight_block_size is not None:
             bn, bk = cfg.weight_block_size
-            _new_param(layer, "weight_scale_inv",
+            _new_param(layer, cfg.block_scale_name,
                        torch.empty((n + bn - 1) // bn, (k + bk - 1) // bk, dtype=torch.float32), _dense_loader(layer))
             # One row per bn output rows: the layer's loaders place a fused part and cut a tensor-parallel shard in
             # units of bn rows, as they do for values packed along the outputs (linear.py, _output_pack).
-            layer.weight_scale_inv.packed_dim, layer.weight_scale_inv.pack_factor = 0, bn
+            block_scale = getattr(layer, cfg.block_scale_name)
+            block_scale.packed_dim, block_scale.pack_factor = 0, bn
         elif cfg.weight_per_channel:
             _new_param(layer, "weight_scale", torch.empty(n, dtype=torch.float32), _channel_scale_loader(layer))
         else:
@@ -243,8 +247,8 @@ class Fp8LinearMethod(LinearMethod):
             qweight, scale = (per_channel_quantize(weight) if cfg.weight_per_channel else per_tensor_quantize(weight))
             scale = scale.reshape(-1)
         elif cfg.weight_block_size is not None:
-            scale = layer.weight_scale_inv.data
-            del layer.weight_scale_inv
+            scale = getattr(layer, cfg.block_scale_name).data
+            delattr(layer, cfg.block_scale_name)
             bk = cfg.weight_block_size[1]
             if weight.is_cuda and (bk < 32 or bk & (bk - 1)):
                 # The block GEMM's k tiles need a power-of-two column block of at least 32 (the fp8 MMA's k; a
@@ -394,7 +398,7 @@ class Fp8MoEMethod(MoEMethod):
                 cfg._moe_input_scale_logged = True
             return True
         with torch.no_grad():
-            if kind == "weight_scale_inv" and cfg.weight_block_size is not None:
+            if kind == cfg.block_scale_name and cfg.weight_block_size is not None:
                 bn, bk = cfg.weight_block_size
                 cut = experts.shard_of(part, tensor, per_row=bn, per_col=bk)
                 if part == "down":
@@ -466,19 +470,31 @@ def compressed_tensors_fp8_method(weights: dict | None, input_activations: dict 
     if not weights or weights.get("type") != "float" or weights.get("num_bits") != 8:
         return None
     strategy = weights.get("strategy", "tensor")
-    if strategy not in ("tensor", "channel"):
+    if strategy not in ("tensor", "channel", "block"):
         raise ValueError(f"compressed-tensors FP8 weight strategy {strategy!r} is not supported "
-                         f"(supported: 'tensor', 'channel').")
+                         f"(supported: 'tensor', 'channel', 'block').")
     if weights.get("dynamic"):
         raise ValueError("compressed-tensors FP8 with dynamic weight scales is not supported.")
+    block = None
+    if strategy == "block":
+        # llm-compressor's FP8_BLOCK (Qwen3 / DeepSeek-style 128 x 128 tiles): weight_scale [N / bn, K / bk], the
+        # activations dynamic per token and group of 128 (the block GEMM's own quantization).
+        block = weights.get("block_structure")
+        if not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+            raise ValueError(f"compressed-tensors FP8 block strategy needs block_structure [rows, columns], got "
+                             f"{block!r}.")
     activation_scheme = "dynamic"
     if input_activations is not None:
         if input_activations.get("type") != "float" or input_activations.get("num_bits") != 8:
             return None
+        if block is not None and not input_activations.get("dynamic", False):
+            raise ValueError("compressed-tensors FP8 block weights take dynamic activations only (the block GEMM "
+                             "quantizes them per token and group); this checkpoint's are static.")
         if not input_activations.get("dynamic", False):
             if input_activations.get("strategy", "tensor") != "tensor":
                 raise ValueError(f"compressed-tensors FP8 static activations with strategy "
                                  f"{input_activations.get('strategy')!r} are not supported (supported: 'tensor').")
             activation_scheme = "static"
     return Fp8LinearMethod(Fp8Config(is_checkpoint_fp8_serialized=True, activation_scheme=activation_scheme,
-                                     weight_per_channel=strategy == "channel"))
+                                     weight_per_channel=strategy == "channel", weight_block_size=block,
+                                     block_scale_name="weight_scale"))
