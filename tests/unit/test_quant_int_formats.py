@@ -104,15 +104,21 @@ def _i32(words: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(words.view(np.int32).copy())
 
 
-# ---- the formats -------------------------------------------------------------------------------------------------------
-def _awq_checkpoint(state, group: int):
-    """AutoAWQ's WQLinear_GEMM: qweight [K, N/8], qzeros [K/G, N/8] (interleaved nibble order), scales [K/G, N]."""
-    quant, dense = {}, {}
+def _linear_weights(state, quant: dict, dense: dict):
+    """(name, name less 'weight', tensor) of each linear weight of ``state``; every other tensor is copied into
+    ``quant`` and ``dense`` as it is."""
     for name, w in state.items():
         if not any(f".{n}." in name for n in LINEARS) or not name.endswith("weight"):
             quant[name] = dense[name] = w
             continue
-        base = name[:-len("weight")]
+        yield name, name[:-len("weight")], w
+
+
+# ---- the formats -------------------------------------------------------------------------------------------------------
+def _awq_checkpoint(state, group: int):
+    """AutoAWQ's WQLinear_GEMM: qweight [K, N/8], qzeros [K/G, N/8] (interleaved nibble order), scales [K/G, N]."""
+    quant, dense = {}, {}
+    for name, base, w in _linear_weights(state, quant, dense):
         q, z, s, g_idx = _quantize(w, 4, group, sym=False)
         order = [0, 2, 4, 6, 1, 3, 5, 7]
         quant[base + "qweight"] = _i32(_pack_words(q.t().numpy(), 4, order))
@@ -129,11 +135,7 @@ def _gptq_checkpoint(state, bits: int, group: int, sym: bool, desc_act: bool, v2
     quant, dense = {}, {}
     gen = torch.Generator().manual_seed(7)
     act_orders: dict[tuple[str, str], torch.Tensor] = {}
-    for name, w in state.items():
-        if not any(f".{n}." in name for n in LINEARS) or not name.endswith("weight"):
-            quant[name] = dense[name] = w
-            continue
-        base = name[:-len("weight")]
+    for name, base, w in _linear_weights(state, quant, dense):
         K = w.shape[1]
         g_idx = None
         if desc_act:      # rows quantized in a random "activation" order: row perm[i] falls in group i // G
@@ -171,11 +173,7 @@ def _ct_checkpoint(state, bits: int, group: int, sym: bool):
     """compressed-tensors pack-quantized: weight_packed [N, K/pack] (signed q + 2**(bits-1), packed along K),
     weight_scale [N, K/G], weight_zero_point (asymmetric) packed along N, weight_shape."""
     quant, dense = {}, {}
-    for name, w in state.items():
-        if not any(f".{n}." in name for n in LINEARS) or not name.endswith("weight"):
-            quant[name] = dense[name] = w
-            continue
-        base = name[:-len("weight")]
+    for name, base, w in _linear_weights(state, quant, dense):
         q, z, s, g_idx = _quantize(w, bits, group, sym)      # unsigned q, z: signed = value - offset
         quant[base + "weight_packed"] = _i32(_pack_words(q.numpy(), bits))
         quant[base + "weight_scale"] = s
@@ -184,6 +182,28 @@ def _ct_checkpoint(state, bits: int, group: int, sym: bool):
         quant[base + "weight_shape"] = torch.tensor(list(w.shape))
         dense[name] = _dequantize(q, z, s, g_idx)
     return _ct_config(bits, "group" if group != -1 else "channel", group if group != -1 else None, sym), quant, dense
+
+
+def _ct_int8_checkpoint(state, strategy: str, activations: dict | None):
+    """compressed-tensors int-quantized int8 (llm-compressor's W8A8 / W8A16): weight int8 [N, K] = round(w / s),
+    weight_scale [N, 1] per row (channel) or one per module (tensor); static activations add input_scale and
+    input_zero_point tensors."""
+    quant, dense = {}, {}
+    for name, base, w in _linear_weights(state, quant, dense):
+        amax = w.abs().amax(dim=1, keepdim=True) if strategy == "channel" else w.abs().max().reshape(1)
+        scale = amax / 127
+        q = torch.clamp(torch.round(w / scale.reshape(-1, 1) if strategy == "channel" else w / scale), -128, 127)
+        quant[base + "weight"] = q.to(torch.int8)
+        quant[base + "weight_scale"] = scale.to(torch.float32)
+        if activations is not None and not activations.get("dynamic"):
+            quant[base + "input_scale"] = torch.tensor([0.02])
+            quant[base + "input_zero_point"] = torch.tensor([0], dtype=torch.int8)
+        dense[name] = q * (scale.reshape(-1, 1) if strategy == "channel" else scale)
+    weights = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": strategy, "dynamic": False}
+    config = {"quant_method": "compressed-tensors", "format": "int-quantized", "ignore": ["lm_head"],
+              "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                            "input_activations": activations}}}
+    return config, quant, dense
 
 
 def _ct_library_checkpoint(state, bits: int, group: int, sym: bool):
@@ -196,11 +216,7 @@ def _ct_library_checkpoint(state, bits: int, group: int, sym: bool):
                             group_size=group if group != -1 else None)
     scheme = QuantizationScheme(targets=["Linear"], weights=args)
     quant, dense = {}, {}
-    for name, w in state.items():
-        if not any(f".{n}." in name for n in LINEARS) or not name.endswith("weight"):
-            quant[name] = dense[name] = w
-            continue
-        base = name[:-len("weight")]
+    for name, base, w in _linear_weights(state, quant, dense):
         q, z, s, g_idx = _quantize(w, bits, group, sym)
         module_state = {"weight": w, "weight_scale": s.float()}
         if not sym:
@@ -223,10 +239,10 @@ def _run(path, **kw):
     return llm, tokens, logprobs
 
 
-def _check_against_reference(tmp_path, arch, make, **kw):
+def _check_against_reference(tmp_path, arch, make, config_key: str = "quantization_config", **kw):
     config, state = _tiny(arch)
     quant_config, quant, dense = make(state)
-    qpath = _save(tmp_path / "quant", dict(config, quantization_config=quant_config), quant)
+    qpath = _save(tmp_path / "quant", {**config, config_key: quant_config}, quant)
     rpath = _save(tmp_path / "ref", config, dense)
     _, ref_tokens, ref_logprobs = _run(rpath)
     llm, tokens, logprobs = _run(qpath, **kw)
@@ -257,6 +273,17 @@ def test_gptq_matches_dequantized_reference(tmp_path, arch, bits, group, sym, de
 @pytest.mark.parametrize("bits,group,sym", [(4, 128, True), (4, 32, False), (8, -1, True), (8, 64, False)])
 def test_compressed_tensors_matches_dequantized_reference(tmp_path, bits, group, sym):
     _check_against_reference(tmp_path, "qwen2", lambda s: _ct_checkpoint(s, bits, group, sym))
+
+
+@pytest.mark.parametrize("strategy,activations", [
+    ("channel", {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True}),   # W8A8
+    ("tensor", {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "tensor", "dynamic": False}),
+    ("channel", None),                                                                                         # W8A16
+], ids=["w8a8-dynamic", "w8a8-static-tensor", "w8a16"])
+def test_compressed_tensors_int8_checkpoint(tmp_path, strategy, activations):
+    """int-quantized int8 checkpoints (neuralmagic / RedHatAI '-quantized.w8a8' exports, which vLLM runs on the CPU
+    too) were 'compressed-tensors scheme not supported'; they run as int8 weights (activations unrounded)."""
+    _check_against_reference(tmp_path, "qwen2", lambda s: _ct_int8_checkpoint(s, strategy, activations))
 
 
 @pytest.mark.parametrize("bits,group,sym", [(4, 128, True), (4, 64, False), (8, -1, False)])
@@ -306,24 +333,20 @@ def test_gptq_dynamic_per_module_settings_and_dense_modules(tmp_path):
         _, tokens, logprobs = _run(_save(tmp_path / name, dict(config, quantization_config=quant_config), quant))
         assert tokens == ref_tokens
         np.testing.assert_allclose(np.array(logprobs), np.array(ref_logprobs), rtol=1e-3, atol=1e-5)
-    # a rule that splits a fused layer cannot be honoured (one matmul), in vLLM's words
+    # a rule that splits a fused layer cannot be honoured (one matmul)
     split = dict(base, dynamic={r"-:.*\.q_proj": {}})
     assert _error(tmp_path / "split", split).startswith(
-        "GPTQ dynamic: the parts of the fused layer model.layers.0.self_attn.qkv_proj (model.layers.0.self_attn.q_proj, "
-        "model.layers.0.self_attn.k_proj, model.layers.0.self_attn.v_proj) match different rules")
+        "GPTQ dynamic: the parts of the fused layer model.layers.0.self_attn.qkv_proj "
+        "(model.layers.0.self_attn.q_proj, model.layers.0.self_attn.k_proj, model.layers.0.self_attn.v_proj) "
+        "match different rules")
 
 
 def test_compressed_tensors_settings_under_compression_config(tmp_path):
     """Older llm-compressor exports keep their compressed-tensors settings under config.json's compression_config
     (vLLM reads it when quantization_config is absent); it was ignored, and the packed tensors had no parameter."""
-    config, state = _tiny("llama")
-    quant_config, quant, dense = _ct_checkpoint(state, 4, 32, True)
-    qpath = _save(tmp_path / "quant", dict(config, compression_config=quant_config), quant)
-    _, ref_tokens, ref_logprobs = _run(_save(tmp_path / "ref", config, dense))
-    llm, tokens, logprobs = _run(qpath)
+    llm = _check_against_reference(tmp_path, "llama", lambda s: _ct_checkpoint(s, 4, 32, True),
+                                   config_key="compression_config")
     assert llm.llm_engine.core.config.quant_config.name == "compressed-tensors"
-    assert tokens == ref_tokens
-    np.testing.assert_allclose(np.array(logprobs), np.array(ref_logprobs), rtol=1e-3, atol=1e-5)
 
 
 def test_quantized_image_text_checkpoint_reads_the_top_level_quantization_config(tmp_path):

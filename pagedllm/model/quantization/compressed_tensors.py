@@ -1,7 +1,8 @@
 """compressed-tensors checkpoints (llm-compressor's format): ``quantization_config`` lists ``config_groups``, each a
 scheme (weights / input_activations settings) with the modules it ``targets``, and the modules to ``ignore``.
 
-This module reads the weight-only integer schemes stored ``pack-quantized`` (W4A16, W8A16; ``group`` or ``channel``
+This module reads the integer schemes: int8 stored ``int-quantized`` (W8A8, W8A16: ``Int8LinearMethod``) and the
+weight-only ones stored ``pack-quantized`` (W4A16, W8A16; ``group`` or ``channel``
 strategy; symmetric, or asymmetric with ``weight_zero_point``). For a linear layer of K inputs and N outputs,
 ``pack = 32 / bits``, groups of G along K:
 - ``weight_packed`` int32 ``[N, K / pack]``: each output row's values packed along K (value ``k`` in bits
@@ -14,16 +15,19 @@ Other schemes (FP8 weights and activations, ...) come from ``register_compressed
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from typing import Any
 
 import torch
 from torch import nn
 
-from pagedllm.kernels.quant.packed import PackedWeight, unpack_along_k
+from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
 from pagedllm.model.quantization.base import LinearMethod, MoEMethod, QuantizationConfig
 from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, PackedIntMoEMethod, add_checkpoint_param,
                                                     extra_loader, group_count)
+
+logger = logging.getLogger(__name__)
 
 # Scheme handlers besides pack-quantized integers, as "module:function": each is called with
 # (weights: dict, input_activations: dict | None, format: str) and returns a LinearMethod, or None when the scheme
@@ -63,13 +67,17 @@ class CompressedTensorsConfig(QuantizationConfig):
         fmt = group.get("format") or self.format or "pack-quantized"
         if weights is not None and activations is None and fmt == "pack-quantized" and weights.get("type") == "int":
             return WNA16LinearMethod(weights)
+        if weights is not None and weights.get("type") == "int" and fmt in ("int-quantized", "naive-quantized") \
+                and (activations is None or activations.get("type") == "int"):
+            return Int8LinearMethod(weights, activations)
         for target in _SCHEME_HANDLERS:
             module_name, _, func = target.partition(":")
             method = getattr(importlib.import_module(module_name), func)(weights, activations, fmt)
             if method is not None:
                 return method
         raise ValueError(f"compressed-tensors scheme not supported: format {fmt!r}, weights {weights}, "
-                         f"input_activations {activations} (supported: pack-quantized int4/int8 weight-only).")
+                         f"input_activations {activations} (supported: pack-quantized int4/int8 weight-only, "
+                         f"int-quantized int8 W8A8 / W8A16, float-quantized FP8).")
 
     def _group_for(self, name: str) -> dict | None:
         for group in self.config_groups.values():
@@ -171,3 +179,77 @@ class WNA16LinearMethod(PackedIntLinearMethod):
             zeros = unpack_along_k(layer.weight_zero_point.data, self.bits).to(torch.float32).t()
         return PackedWeight(qweight, scales.contiguous(), (-zeros * scales).contiguous(),
                             self.bits, layer.quant_group_size)
+
+
+class Int8LinearMethod(PackedIntLinearMethod):
+    """compressed-tensors ``int-quantized`` int8 weights (llm-compressor's W8A8 / SmoothQuant exports, and W8A16):
+    ``weight`` int8 ``[N, K]``, ``weight_scale`` per output row (``[N, 1]``, strategy ``channel``) or one per
+    checkpoint module (strategy ``tensor``); ``W = weight * scale`` (symmetric). They become the packed int8 form
+    with one group per row (torch's int8 weight-only GEMM on the CPU, the int8 Triton kernels on the GPU).
+
+    W8A8's activations (int8 per token, or static with ``input_scale`` / ``input_zero_point``) run unquantized in
+    the model dtype: weight-only, as the FP8 path runs on the CPU; only the activations' rounding differs from
+    vLLM's int8 GEMM (logged once)."""
+    checkpoint_params = ("weight", "weight_scale", "weight_zero_point", "input_scale", "input_zero_point")
+    _activations_logged = False
+
+    def __init__(self, weights: dict[str, Any], activations: dict[str, Any] | None):
+        bits, strategy = int(weights.get("num_bits", 0)), weights.get("strategy")
+        if bits != 8:
+            raise ValueError(f"compressed-tensors int-quantized weights of {bits} bits are not supported (supported: "
+                             f"8; 4-bit weights come pack-quantized).")
+        if strategy not in ("channel", "tensor"):
+            raise ValueError(f"compressed-tensors int8 weight strategy {strategy!r} is not supported "
+                             f"(supported: channel, tensor).")
+        if not weights.get("symmetric", True):
+            raise ValueError("compressed-tensors int8 weights with zero points (symmetric: false) are not supported "
+                             "(vLLM's int8 W8A8 takes symmetric weights only).")
+        if activations is not None and int(activations.get("num_bits", 8)) != 8:
+            raise ValueError(f"compressed-tensors int activations of {activations.get('num_bits')} bits are not "
+                             f"supported (supported: 8).")
+        self.per_channel, self.activations = strategy == "channel", activations
+
+    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype,
+                       **extra: Any) -> None:
+        from pagedllm.model.quantization.fp8 import _part_scale_loader
+        loader = extra_loader(extra)
+        N = sum(output_sizes)
+        layer.int8_output_sizes = list(output_sizes)
+        add_checkpoint_param(layer, "weight", (N, input_size), torch.int8, loader, output_dim=0, input_dim=1)
+        if self.per_channel:
+            add_checkpoint_param(layer, "weight_scale", (N, 1), torch.float32, loader, output_dim=0, input_dim=None)
+        else:      # one per fused part, spread over its rows after loading
+            add_checkpoint_param(layer, "weight_scale", (len(output_sizes),), torch.float32, _part_scale_loader,
+                                 output_dim=None, input_dim=None, fill=torch.full((len(output_sizes),), float("nan")))
+            layer.weight_scale.keep_on_dummy = False
+
+        def zero_point(param: torch.Tensor, loaded: torch.Tensor, *args: Any) -> None:
+            if loaded.count_nonzero():
+                raise ValueError(f"compressed-tensors int8 weights of {layer.prefix!r} have non-zero zero points; "
+                                 "only symmetric int8 weights are supported.")
+
+        def activation_setting(param: torch.Tensor, loaded: torch.Tensor, *args: Any) -> None:
+            if not Int8LinearMethod._activations_logged:
+                logger.info(
+                    "compressed-tensors int8 W8A8: the activations run in the model dtype (weight-only int8), not "
+                    "rounded to int8 as vLLM's int8 GEMM does; the checkpoint's input scales are not used.")
+                Int8LinearMethod._activations_logged = True
+
+        add_checkpoint_param(layer, "weight_zero_point", (0,), torch.int32, zero_point, output_dim=None,
+                             input_dim=None, optional=True)
+        for name in ("input_scale", "input_zero_point"):
+            add_checkpoint_param(layer, name, (0,), torch.float32, activation_setting, output_dim=None,
+                                 input_dim=None, optional=True)
+        layer.quant_group_size = input_size
+
+    def to_packed(self, layer: nn.Module) -> PackedWeight:
+        scale = layer.weight_scale.data.to(torch.float32).reshape(-1)
+        if not self.per_channel:
+            if torch.isnan(scale).any():
+                raise ValueError(f"compressed-tensors int8 checkpoint is missing weight_scale for a part of "
+                                 f"{layer.prefix!r}.")
+            scale = torch.repeat_interleave(scale, torch.tensor(layer.int8_output_sizes, device=scale.device))
+        q = layer.weight.data.to(torch.int32).t() + 128                 # [K, N], the unsigned value
+        scales = scale.reshape(1, -1)
+        return PackedWeight(pack_along_k(q, 8), scales.contiguous(), (-128.0 * scales).contiguous(), 8,
+                            layer.quant_group_size)
