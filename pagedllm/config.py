@@ -2035,7 +2035,8 @@ def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> Non
 
 
 def verify_tensor_parallel(size: int, hf) -> None:
-    """Tensor parallel splits heads, KV heads, the MLP and the vocabulary evenly over the ranks (vLLM's wording)."""
+    """Tensor parallel splits heads, KV heads and the MLP evenly over the ranks (vLLM's wording); the vocabulary is
+    padded to equal blocks where the ranks do not divide it (VocabParallelEmbedding), as vLLM pads it."""
     if size == 1:
         return
     heads = getattr(hf, "num_attention_heads", None)
@@ -2051,9 +2052,6 @@ def verify_tensor_parallel(size: int, hf) -> None:
     if kv_heads < size and size % kv_heads:
         raise ValueError(f"Tensor parallel size ({size}) must be divisible by the total number of key-value heads "
                          f"({kv_heads}) when it is larger.")
-    vocab = getattr(hf, "vocab_size", 0) or 0
-    if vocab % size:
-        raise ValueError(f"Vocabulary size ({vocab}) must be divisible by tensor parallel size ({size}).")
     intermediate = getattr(hf, "intermediate_size", 0) or 0
     if intermediate % size:
         raise ValueError(f"intermediate_size ({intermediate}) must be divisible by tensor parallel size ({size}).")

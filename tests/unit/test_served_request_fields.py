@@ -27,3 +27,38 @@ def test_truncation_side_picks_which_end_truncate_prompt_tokens_keeps(tiny_llama
     assert len(whole) > 3
     assert body[3]["prompt_token_ids"] == whole[-3:] and body[4]["prompt_token_ids"] == whole[:3]
     assert out[-1].status_code == 400 and out[-1].json()["error"]["param"] == "truncation_side"
+
+
+def test_responses_take_vllms_sampling_extras_as_chat_does(tiny_llama_dir, tiny_engine):
+    # vLLM's ResponsesRequest takes seed, stop, repetition_penalty, ignore_eos, vllm_xargs (its PR 32609),
+    # include_stop_str_in_output and structured_outputs; /v1/responses logged them as ignored fields, so a seeded
+    # request was not reproducible and a stop string did not stop it.
+    from pagedllm.entrypoints.openai.api_server import build_app
+    app = build_app(serve_args(tiny_llama_dir), *tiny_engine)
+    chat = {"model": tiny_llama_dir, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6}
+    resp = {"model": tiny_llama_dir, "input": "Hi", "max_output_tokens": 6}
+    plain = post_all(app, [("/v1/chat/completions", {**chat, "temperature": 0})])[0].json()
+    words = plain["choices"][0]["message"]["content"]
+    stop = words[len(words) // 2:len(words) // 2 + 2]
+    extras = [{"seed": 7, "temperature": 1.0}, {"temperature": 0, "stop": [stop]},
+              {"temperature": 0, "stop": [stop], "include_stop_str_in_output": True},
+              {"temperature": 0, "repetition_penalty": 1.8}]
+    calls = []
+    for extra in extras:
+        calls += [("/v1/chat/completions", {**chat, **extra}), ("/v1/responses", {**resp, **extra})]
+    # vllm_xargs reach the engine as on chat: refused here alike (no custom logits processor reads them).
+    calls += [("/v1/chat/completions", {**chat, "vllm_xargs": {"note": "x"}}),
+              ("/v1/responses", {**resp, "vllm_xargs": {"note": "x"}})]
+    calls += [("/v1/responses", {**resp, "structured_outputs": {"choice": ["yes", "no"]}}),
+              ("/v1/responses", {**resp, "structured_outputs": {"choice": ["yes"]},
+                                 "text": {"format": {"type": "json_object"}}})]
+    out = post_all(app, calls)
+    assert [r.status_code for r in out] == [200] * 2 * len(extras) + [400, 400, 200, 400], [r.text for r in out]
+    assert out[-4].json()["error"]["message"] == out[-3].json()["error"]["message"]
+    for extra, (c, r) in zip(extras, zip(out[0::2], out[1::2])):
+        text = c.json()["choices"][0]["message"]["content"]
+        assert r.json()["output"][0]["content"][0]["text"] == text, extra
+    assert stop not in out[2].json()["choices"][0]["message"]["content"]         # the stop string did stop it
+    assert out[4].json()["choices"][0]["message"]["content"].endswith(stop)
+    assert out[-2].json()["output"][0]["content"][0]["text"] in ("yes", "no")
+    assert out[-1].status_code == 400 and out[-1].json()["error"]["param"] == "structured_outputs"

@@ -122,6 +122,38 @@ def test_tp2_greedy_tokens_match_tp1(tmp_path, arch):
     assert not any(p.is_alive() for p in procs), "worker processes outlived the LLM"
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_vocabulary_the_ranks_do_not_divide(tmp_path, arch):
+    """A vocabulary of odd size at TP=2 (GPT-2's own is 50,257): the last rank's block is padded and the logits cut
+    back, as vLLM pads it; it was 'Vocabulary size (1021) must be divisible by tensor parallel size (2)'. Llama with
+    its own head, GPT-2 with the head tied to the embedding; greedy tokens and logprobs equal TP=1's."""
+    import transformers
+    vocab = 1021
+    if arch == "llama":
+        save_tiny_llama(tmp_path, vocab)
+    else:
+        torch.manual_seed(1)
+        transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=64, n_layer=2, n_head=4, vocab_size=vocab, n_positions=512,
+            initializer_range=0.2)).eval().save_pretrained(tmp_path)
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=3)
+    prompts = [{"prompt_token_ids": p[:20]} for p in PROMPTS] + [{"prompt_token_ids": [vocab - 1, vocab - 2, 5]}]
+
+    def run(tp):
+        llm = _llm(tmp_path, tp)
+        try:
+            outs = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
+            return [list(o.token_ids) for o in outs], [[sorted(d) for d in o.logprobs] for o in outs], \
+                [[max(d.values(), key=lambda lp: lp.logprob).logprob for d in o.logprobs] for o in outs]
+        finally:
+            llm.llm_engine.core.shutdown()
+    tokens, ids, best = run(1)
+    tokens2, ids2, best2 = run(2)
+    assert tokens2 == tokens and ids2 == ids
+    flat = [lp for row in best for lp in row]
+    assert [lp for row in best2 for lp in row] == pytest.approx(flat, abs=1e-4)   # no mass on the padded rows
+
+
 def test_max_parallel_loading_workers_loads_the_ranks_in_waves(tmp_path):
     """vLLM's max_parallel_loading_workers=1 over two ranks: rank 1 builds (loads its weights) only after rank 0 has
     finished, and the tokens are TP=2's. Without it both build at once (one wave)."""

@@ -653,12 +653,19 @@ class ResponsesRequest(OpenAIRequestModel):
     logit_bias: dict[str, float] | None = None
     prompt: dict[str, Any] | None = None         # OpenAI's stored prompt templates: refused, as vLLM does
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] = "auto"
-    # vLLM extras
+    # vLLM extras (its PR 32609 added seed, stop, repetition_penalty, ignore_eos and vllm_xargs; they run as on chat)
     top_k: int | None = None
     skip_special_tokens: bool = True
     cache_salt: str | None = None
     priority: int = 0
     request_id: str | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+    vllm_xargs: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
 
     _printable_request_id = field_validator("request_id")(printable_request_id)
 

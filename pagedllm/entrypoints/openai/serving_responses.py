@@ -26,8 +26,10 @@ and POST /v1/responses/{id}/cancel stops a background response ("cancelled").
 What is not here yet is refused with a 400 naming the field: tools other than functions (web search, file search,
 MCP, ...), background with stream, reasoning summaries, truncation="auto", stored prompt templates (``prompt``),
 and input items other than messages of text and function calls and their outputs. vLLM's sampling extras
-``top_k``, ``logit_bias``, ``skip_special_tokens`` and ``cache_salt`` run as on chat; the response reports the
-temperature and top_p sampled with (the model's generation-config defaults when the request gives none), as vLLM.
+``top_k``, ``logit_bias``, ``skip_special_tokens``, ``cache_salt``, ``seed``, ``stop``, ``repetition_penalty``,
+``ignore_eos``, ``include_stop_str_in_output``, ``vllm_xargs`` and ``structured_outputs`` run as on chat; the
+response reports the temperature and top_p sampled with (the model's generation-config defaults when the request
+gives none), as vLLM.
 
 ``include: ["message.output_text.logprobs"]`` (with ``top_logprobs``) puts the chat's logprobs of the text on its
 ``output_text`` part and on each ``response.output_text.delta`` event, as vLLM; without it they are null / [].
@@ -99,6 +101,8 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
         (isinstance(req.reasoning, dict) and bool(set(req.reasoning) - {"effort", "summary", "generate_summary"}),
          "reasoning", "reasoning takes effort (and summary, not supported)."),
         (not isinstance(text_format, dict), "text", "text.format must be an object such as {\"type\": \"text\"}."),
+        (req.structured_outputs is not None and isinstance(text_format, dict) and text_format.get("type", "text")
+         != "text", "structured_outputs", "Cannot specify both structured_outputs and text.format"),    # vLLM's words
         (req.truncation not in (None, "disabled", "auto"), "truncation",
          f"truncation must be 'auto' or 'disabled', got {req.truncation!r}."),
         (req.truncation == "auto", "truncation", "truncation='auto' is not supported."),
@@ -360,6 +364,9 @@ class OpenAIServingResponses:
                     "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "user": req.user,
                     "priority": req.priority, "stream": bool(req.stream), "logit_bias": req.logit_bias,
                     "skip_special_tokens": req.skip_special_tokens, "cache_salt": req.cache_salt,
+                    "seed": req.seed, "stop": req.stop, "repetition_penalty": req.repetition_penalty,
+                    "ignore_eos": req.ignore_eos, "include_stop_str_in_output": req.include_stop_str_in_output,
+                    "vllm_xargs": req.vllm_xargs, "structured_outputs": req.structured_outputs,
                     "reasoning_effort": (req.reasoning or {}).get("effort"),
                     # The output's token ids, for usage.output_tokens_details.reasoning_tokens.
                     "return_token_ids": self._reasoning or None,
@@ -372,6 +379,8 @@ class OpenAIServingResponses:
                     raise RequestError(f"reasoning.effort: {error['msg']}", "reasoning") from None
                 if error["loc"][:1] == ("response_format",):
                     raise RequestError(f"text.format: {error['msg']}", "text") from None
+                if error["loc"] and error["loc"][0] in ("vllm_xargs", "structured_outputs", "stop", "seed"):
+                    raise RequestError(f"{error['loc'][0]}: {error['msg']}", error["loc"][0]) from None
                 raise RequestError(f"input: {error['msg']}", "input") from None
         except Exception as e:
             return error_response(e)

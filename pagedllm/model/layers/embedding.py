@@ -11,8 +11,10 @@ from pagedllm.model.layers.linear import cuda_linear, default_weight_loader, one
 
 class VocabParallelEmbedding(nn.Module):
     """Tensor parallel: each rank holds a contiguous block of the vocabulary's rows; ids outside it give zeros, and
-    the sum over the ranks is the embedding. With a ``quant_config`` whose ``get_embedding_method`` covers it (the
-    CPU's fp16 weights), the method holds the weight and gathers the rows."""
+    the sum over the ranks is the embedding. A vocabulary the ranks do not divide (GPT-2's 50,257 rows at TP=2) is
+    padded to a whole number of equal blocks, the rows past its end zero (vLLM pads too); the LM head's logits are
+    cut back to the vocabulary. With a ``quant_config`` whose ``get_embedding_method`` covers it (the CPU's fp16
+    weights), the method holds the weight and gathers the rows."""
 
     #: an embedding reads its weight by rows; the LM head multiplies by it (a weight method packs it for that)
     multiplies_weight = False
@@ -20,11 +22,8 @@ class VocabParallelEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, quant_config=None, prefix: str = ""):
         super().__init__()
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
-        if num_embeddings % self.tp_size:
-            raise ValueError(f"Vocabulary size ({num_embeddings}) must be divisible by tensor parallel size "
-                             f"({self.tp_size}).")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.shard_size = num_embeddings // self.tp_size
+        self.shard_size = -(-num_embeddings // self.tp_size)      # the last rank's block may end in padding rows
         self.vocab_start = self.tp_rank * self.shard_size
         self.quant_method = quant_config.get_embedding_method(self, prefix) if quant_config is not None else None
         if self.quant_method is None:
@@ -35,6 +34,9 @@ class VocabParallelEmbedding(nn.Module):
                                              weight_loader=self.weight_loader)
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
+        padding = self.shard_size * self.tp_size - self.num_embeddings
+        if padding and loaded.dim() >= 1 and loaded.shape[0] == self.num_embeddings:
+            loaded = F.pad(loaded, (0, 0) * (loaded.dim() - 1) + (0, padding))    # zero rows past the vocabulary
         default_weight_loader(param, shard_of(loaded, 0, self.tp_rank, self.shard_size, self.tp_size))
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -91,7 +93,10 @@ class ParallelLMHead(VocabParallelEmbedding):
         """Logits over the whole vocabulary: tensor parallel, each rank's shard gathered once (every rank gets all
         of them, so every rank samples the same tokens)."""
         logits = self._shard_logits(hidden)
-        return logits if self.tp_size == 1 else tp_all_gather(logits, dim=-1)
+        if self.tp_size == 1:
+            return logits
+        logits = tp_all_gather(logits, dim=-1)
+        return logits if logits.shape[-1] == self.num_embeddings else logits[..., :self.num_embeddings].contiguous()
 
     def _shard_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.quant_method is not None:
