@@ -286,6 +286,47 @@ def test_compressed_tensors_int8_checkpoint(tmp_path, strategy, activations):
     _check_against_reference(tmp_path, "qwen2", lambda s: _ct_int8_checkpoint(s, strategy, activations))
 
 
+def _ct_library_naive_checkpoint(state, kind: str):
+    """compressed-tensors' own int-quantized / float-quantized compressor: int8 per row with int8 tokens (W8A8), or
+    FP8 in 32 x 64 blocks with dynamic groups of 128 (FP8_BLOCK)."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.naive_quantized.base import (FloatQuantizationCompressor,
+                                                                     IntQuantizationCompressor)
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    if kind == "int8":
+        args = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
+        act = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
+        compressor, fmt = IntQuantizationCompressor, "int-quantized"
+
+        def scale_of(w: torch.Tensor) -> torch.Tensor:
+            return w.abs().amax(dim=1, keepdim=True) / 127
+    else:
+        args = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="block", block_structure=[32, 64])
+        act = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="group", group_size=128,
+                               dynamic=True)
+        compressor, fmt = FloatQuantizationCompressor, "float-quantized"
+
+        def scale_of(w: torch.Tensor) -> torch.Tensor:
+            return w.reshape(w.shape[0] // 32, 32, w.shape[1] // 64, 64).abs().amax(dim=(1, 3)) / 448.0
+    scheme = QuantizationScheme(targets=["Linear"], weights=args, input_activations=act)
+    quant, dense = {}, {}
+    for name, base, w in _linear_weights(state, quant, dense):
+        compressed = compressor.compress({"weight": w, "weight_scale": scale_of(w)}, scheme)
+        quant.update({base + k: v for k, v in compressed.items()})
+        dense[name] = compressor.decompress(compressed, scheme)["weight"].to(torch.float32)
+    config = {"quant_method": "compressed-tensors", "format": fmt, "ignore": ["lm_head"],
+              "config_groups": {"group_0": {"targets": ["Linear"], "weights": args.model_dump(mode="json"),
+                                            "input_activations": act.model_dump(mode="json")}}}
+    return config, quant, dense
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8-block"])
+def test_compressed_tensors_library_int8_and_fp8_block_checkpoints(tmp_path, kind):
+    """The int8 W8A8 and FP8 block layouts as compressed-tensors' own compressors write them (the specs' tests:
+    test_compressed_tensors_int8_checkpoint, test_quant_fp8's block test)."""
+    _check_against_reference(tmp_path, "qwen2", lambda s: _ct_library_naive_checkpoint(s, kind))
+
+
 @pytest.mark.parametrize("bits,group,sym", [(4, 128, True), (4, 64, False), (8, -1, False)])
 def test_compressed_tensors_library_checkpoint(tmp_path, bits, group, sym):
     _check_against_reference(tmp_path, "llama", lambda s: _ct_library_checkpoint(s, bits, group, sym))
