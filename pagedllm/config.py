@@ -89,6 +89,16 @@ _VLLM_ARG_INSTEAD = {
     "quantization_config": "a quantized checkpoint's own quantization_config is read, and quantization='fp8' (or "
                            "'bitsandbytes') quantizes a dense one at load",
     "kernel_config": "it tunes vLLM's FlashInfer kernels, which pagedllm does not have",
+    # vLLM 0.7's speculative flags, folded into speculative_config (which pagedllm runs) in 0.8.
+    **dict.fromkeys(("speculative_model", "num_speculative_tokens", "ngram_prompt_lookup_max", "ngram_prompt_lookup_min",
+                     "speculative_draft_tensor_parallel_size", "speculative_max_model_len",
+                     "speculative_model_quantization"),
+                    "vLLM 0.8 replaced these with speculative_config / --speculative-config: '{\"method\": \"ngram\", "
+                    "\"num_speculative_tokens\": 5, \"prompt_lookup_max\": 4}' or '{\"model\": DRAFT, "
+                    "\"num_speculative_tokens\": 4}' (ngram_prompt_lookup_* are prompt_lookup_*, speculative_* the keys "
+                    "without the prefix)"),
+    "speculative_disable_by_batch_size": "vLLM removed it with its V0 engine; speculative_config takes no batch-size "
+                                         "switch",
 }
 
 
@@ -127,9 +137,12 @@ def _vllm_args_note(spelled: Sequence[str], names: Sequence[str], kind: str) -> 
         if not from_vllm:
             continue
         what = f"is a {label}" if len(from_vllm) == 1 else f"are {label}s"
-        instead = [f"{s}: {_VLLM_ARG_INSTEAD[n]}" for s, n in from_vllm if n in _VLLM_ARG_INSTEAD]
+        instead: dict[str, list[str]] = {}      # one hint for the arguments that share it
+        for s, n in from_vllm:
+            if n in _VLLM_ARG_INSTEAD:
+                instead.setdefault(_VLLM_ARG_INSTEAD[n], []).append(s)
         notes.append(f"{', '.join(s for s, _ in from_vllm)} {what} that pagedllm does not support yet"
-                     + "".join(f"; {i}" for i in instead))
+                     + "".join(f"; {', '.join(args)}: {hint}" for hint, args in instead.items()))
     return f" ({'; '.join(notes)})" if notes else ""
 
 
@@ -287,6 +300,8 @@ _VLLM_ENGINE_ARGS_NOT_SUPPORTED = frozenset({
     "multi_step_stream_outputs", "use_v2_block_manager", "max_context_len_to_capture", "disable_async_output_proc",
     "tokenizer_pool_size", "tokenizer_pool_type", "tokenizer_pool_extra_config", "quantization_param_path",
     "enable_multimodal_encoder_data_parallel", "speculative_model", "num_speculative_tokens",
+    "ngram_prompt_lookup_max", "ngram_prompt_lookup_min", "speculative_draft_tensor_parallel_size",
+    "speculative_max_model_len", "speculative_disable_by_batch_size", "speculative_model_quantization",
     "all2all_backend", "enable_mm_embeds",
     "mm_encoder_attn_backend", "io_processor_plugin", "mamba_block_size", "expert_placement_strategy",
     "quantization_config", "kernel_config",

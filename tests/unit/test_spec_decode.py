@@ -92,6 +92,25 @@ def test_bad_speculative_config_is_a_value_error(config, match):
         create_engine_config(EngineArgs(model="no/such-model", speculative_config=config))
 
 
+def test_vllm_07_speculative_arguments_point_to_speculative_config(capsys):
+    """Old tutorials' --speculative-model [ngram] --num-speculative-tokens 5 --ngram-prompt-lookup-max 4 (vLLM <= 0.7;
+    vLLM 0.8+ refuses them too) say what speculative_config to give instead, once for the three; they said only
+    'does not support yet', though pagedllm runs speculative decoding."""
+    from pagedllm import LLM
+    from pagedllm.entrypoints.cli import make_parser
+    hint = ("vLLM 0.8 replaced these with speculative_config / --speculative-config: '{\"method\": \"ngram\", "
+            "\"num_speculative_tokens\": 5, \"prompt_lookup_max\": 4}'")
+    with pytest.raises(TypeError, match=_re("ngram_prompt_lookup_max, num_speculative_tokens, speculative_model: "
+                                            + hint)):
+        LLM("no/such-model", speculative_model="[ngram]", num_speculative_tokens=5, ngram_prompt_lookup_max=4)
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--speculative-model", "[ngram]", "--num-speculative-tokens", "5",
+                                  "--speculative-disable-by-batch-size", "4"])
+    err = capsys.readouterr().err
+    assert "--speculative-model, --num-speculative-tokens: " + hint in err
+    assert "--speculative-disable-by-batch-size: vLLM removed it with its V0 engine" in err
+
+
 def test_speculative_config_with_pipeline_parallel_is_rejected():
     with pytest.raises(ValueError, match="not supported with pipeline_parallel_size > 1"):
         create_engine_config(EngineArgs(model="no/such-model", speculative_config=NGRAM, pipeline_parallel_size=2))
