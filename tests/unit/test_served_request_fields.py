@@ -62,3 +62,21 @@ def test_responses_take_vllms_sampling_extras_as_chat_does(tiny_llama_dir, tiny_
     assert out[4].json()["choices"][0]["message"]["content"].endswith(stop)
     assert out[-2].json()["output"][0]["content"][0]["text"] in ("yes", "no")
     assert out[-1].status_code == 400 and out[-1].json()["error"]["param"] == "structured_outputs"
+
+
+def test_responses_truncation_auto_keeps_the_inputs_last_tokens(tiny_llama_dir, tiny_engine):
+    # vLLM runs truncation="auto" as truncate_prompt_tokens=-1 within max_model_len - max_output_tokens: the input's
+    # oldest tokens go. It was a 400 "truncation='auto' is not supported".
+    from pagedllm.entrypoints.openai.api_server import build_app
+    app = build_app(serve_args(tiny_llama_dir), *tiny_engine)        # max_model_len 128
+    text = " ".join(f"w{i}" for i in range(150))
+    resp = {"model": tiny_llama_dir, "input": text, "max_output_tokens": 8, "temperature": 0}
+    chat = {"model": tiny_llama_dir, "messages": [{"role": "user", "content": text}], "max_tokens": 8,
+            "temperature": 0, "truncate_prompt_tokens": 120}
+    auto, disabled, same = post_all(app, [("/v1/responses", {**resp, "truncation": "auto"}),
+                                          ("/v1/responses", resp), ("/v1/chat/completions", chat)])
+    assert auto.status_code == 200, auto.text
+    body = auto.json()
+    assert body["truncation"] == "auto" and body["usage"]["input_tokens"] == 120
+    assert body["output"][0]["content"][0]["text"] == same.json()["choices"][0]["message"]["content"]
+    assert disabled.status_code == 400 and "maximum context length" in disabled.json()["error"]["message"]

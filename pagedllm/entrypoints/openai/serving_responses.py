@@ -24,7 +24,7 @@ are not carried over, as OpenAI documents), ``background: true`` answers at once
 and POST /v1/responses/{id}/cancel stops a background response ("cancelled").
 
 What is not here yet is refused with a 400 naming the field: tools other than functions (web search, file search,
-MCP, ...), background with stream, reasoning summaries, truncation="auto", stored prompt templates (``prompt``),
+MCP, ...), background with stream, reasoning summaries, stored prompt templates (``prompt``),
 and input items other than messages of text and function calls and their outputs. vLLM's sampling extras
 ``top_k``, ``logit_bias``, ``skip_special_tokens``, ``cache_salt``, ``seed``, ``stop``, ``repetition_penalty``,
 ``ignore_eos``, ``include_stop_str_in_output``, ``vllm_xargs`` and ``structured_outputs`` run as on chat; the
@@ -105,7 +105,6 @@ def _unsupported(req: ResponsesRequest) -> RequestError | None:
          != "text", "structured_outputs", "Cannot specify both structured_outputs and text.format"),    # vLLM's words
         (req.truncation not in (None, "disabled", "auto"), "truncation",
          f"truncation must be 'auto' or 'disabled', got {req.truncation!r}."),
-        (req.truncation == "auto", "truncation", "truncation='auto' is not supported."),
         (not req.tools and req.tool_choice not in (None, "auto", "none"), "tool_choice",
          "When using `tool_choice`, `tools` must be set."),
     ]
@@ -283,6 +282,14 @@ class OpenAIServingResponses:
         """--reasoning-parser: the chat answers carry reasoning (and its token ids can be counted)."""
         return getattr(self.chat, "reasoning_parser", None) is not None
 
+    def _truncate_to(self, req: ResponsesRequest) -> int | None:
+        """truncation="auto" as vLLM runs it: the input's last tokens that leave room for max_output_tokens (all of
+        max_model_len without it), the oldest dropped; "disabled" (the default) cuts nothing."""
+        if req.truncation != "auto":
+            return None
+        room = self.chat.max_model_len - (req.max_output_tokens or 0)
+        return room if room >= 1 else None      # no room: the context check says so
+
     def _check_id(self, response_id: str) -> None:
         """vLLM's errors for an id that is not a response's (400) or that the store does not hold (404)."""
         if not response_id.startswith("resp_"):
@@ -367,6 +374,7 @@ class OpenAIServingResponses:
                     "seed": req.seed, "stop": req.stop, "repetition_penalty": req.repetition_penalty,
                     "ignore_eos": req.ignore_eos, "include_stop_str_in_output": req.include_stop_str_in_output,
                     "vllm_xargs": req.vllm_xargs, "structured_outputs": req.structured_outputs,
+                    "truncate_prompt_tokens": self._truncate_to(req),
                     "reasoning_effort": (req.reasoning or {}).get("effort"),
                     # The output's token ids, for usage.output_tokens_details.reasoning_tokens.
                     "return_token_ids": self._reasoning or None,
@@ -519,7 +527,7 @@ class OpenAIServingResponses:
             "tool_choice": req.tool_choice,
             "tools": req.tools or [],
             "text": {"format": _text_format(req)},
-            "truncation": "disabled",
+            "truncation": req.truncation or "disabled",
             "store": bool(self.enable_store and req.store),
             "metadata": req.metadata,
             "user": req.user,
