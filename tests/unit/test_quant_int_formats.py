@@ -502,6 +502,20 @@ def test_marlin_names_are_aliases(tmp_path):
         tmp_path, {"quant_method": "gptq", "bits": 3, "group_size": 128}, quantization="cpu_gptq")
 
 
+def test_moe_wna16_reads_the_checkpoints_awq_or_gptq(tmp_path):
+    """vLLM's moe_wna16 (its fused int4/int8 MoE kernel for AWQ and GPTQ checkpoints, which MoE exports' model cards
+    tell users to pass) runs the checkpoint's own method; it was 'a vLLM method that pagedllm does not support yet'.
+    Another format is vLLM's mismatch; a dense checkpoint says what it reads."""
+    llm = _check_against_reference(tmp_path / "awq", "llama", lambda s: _awq_checkpoint(s, 32),
+                                   quantization="moe_wna16")
+    assert llm.llm_engine.core.config.quant_config.name == "awq"
+    msg = _error(tmp_path / "fp8", {"quant_method": "fp8", "activation_scheme": "dynamic"}, quantization="moe_wna16")
+    assert msg == ("Quantization method specified in the model config (fp8) does not match the quantization method "
+                   "specified in the `quantization` argument (moe_wna16).")
+    assert _error(tmp_path / "dense", None, quantization="moe_wna16").startswith(
+        "quantization='moe_wna16' reads awq or gptq checkpoints: no quantization_config in config.json")
+
+
 @pytest.mark.parametrize("quant_config,expected", [
     ({"quant_method": "awq", "bits": 8, "group_size": 128}, "only 4-bit weight quantization is supported for AWQ"),
     ({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemv"}, "AWQ version 'gemv' is not supported"),

@@ -39,11 +39,16 @@ _ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "cpu_awq": "awq", "cpu_g
 # checkpoint with its own quantization_config is vLLM's mismatch, whatever its method.
 _ONLINE_ALIASES = {"fp8_per_tensor": "fp8"}
 
+# vLLM's names for a kernel that reads several of our formats: the checkpoint's own method runs (vLLM's moe_wna16
+# takes AWQ and GPTQ checkpoints, its MoE experts by a fused int4/int8 kernel; the model cards of DeepSeek-R1-AWQ and
+# other MoE int4 exports tell users to pass --quantization moe_wna16).
+_CHECKPOINT_ALIASES = {"moe_wna16": ("awq", "gptq")}
+
 # vLLM's other method names (its kernels and checkpoint formats pagedllm does not have): named as such, not as unknown.
 _VLLM_METHODS_NOT_SUPPORTED = frozenset({
     "aqlm", "deepspeedfp", "tpu_int8", "ptpc_fp8", "fbgemm_fp8", "deepgemm_fp8", "fp_quant", "modelopt",
     "modelopt_fp4", "marlin", "bitblas", "gptq_marlin_24", "gptq_bitblas", "qqq", "hqq", "experts_int8",
-    "neuron_quant", "ipex", "quark", "moe_wna16", "torchao", "auto-round", "rtn", "inc", "petit_nvfp4",
+    "neuron_quant", "ipex", "quark", "torchao", "auto-round", "rtn", "inc", "petit_nvfp4",
     "modelopt_mxfp8", "modelopt_mixed", "humming", "gpt_oss_mxfp4", "deepseek_v4_fp8",
     "online", "fp8_per_block", "int8_per_channel_weight_only", "mxfp8",
 })
@@ -76,7 +81,7 @@ def verify_quantization_name(name: str) -> None:
 
 def _check_method_name(name: str, where: str = "") -> None:
     """ValueError for a method name that is not registered: vLLM's name for one pagedllm lacks, or unknown."""
-    if name in _METHODS:
+    if name in _METHODS or name in _CHECKPOINT_ALIASES:
         return
     if name in _VLLM_METHODS_NOT_SUPPORTED:
         raise ValueError(f"Quantization method {name}{where} is a vLLM method that pagedllm does not support yet. "
@@ -87,6 +92,7 @@ def _check_method_name(name: str, where: str = "") -> None:
 def quantization_config_class(name: str) -> type[QuantizationConfig]:
     name = canonical_method_name(name)
     _check_method_name(name)
+    name = _CHECKPOINT_ALIASES.get(name, (name,))[0]    # the class of its first format (the checkpoint picks which)
     module_name, _, class_name = _METHODS[name].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -151,11 +157,16 @@ def _resolve_checkpoint_quantization(method: str | None, hf_config: Any, model_d
         name = "gguf"
     elif in_checkpoint:
         found = canonical_method_name(str(in_checkpoint))
+        if found in _CHECKPOINT_ALIASES.get(given, ()):
+            given = found
         if given is not None and (given != found or method.lower() in _ONLINE_ALIASES):
             raise ValueError(f"Quantization method specified in the model config ({in_checkpoint}) does not match "
                              f"the quantization method specified in the `quantization` argument ({method}).")
         _check_method_name(found, " in the model config")
         name = found
+    elif given in _CHECKPOINT_ALIASES:
+        raise ValueError(f"quantization={method!r} reads {' or '.join(_CHECKPOINT_ALIASES[given])} checkpoints: no "
+                         f"quantization_config in config.json and no {' or '.join(_CONFIG_FILES)} in {model_dir!r}.")
     elif given is not None:
         name = given
     else:
