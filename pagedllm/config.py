@@ -2014,6 +2014,12 @@ class CacheConfig:
     calculate_kv_scales: bool
     num_gpu_blocks: int | None
     num_cpu_blocks: int | None
+    # vLLM's CacheConfig fields as given (labels of cache_config_info too): the prefix cache's CPU tier in GiB over
+    # all ranks (kv_offloading_size, or a kv_transfer_config OffloadingConnector's cpu_bytes_to_use) and its backend.
+    num_gpu_blocks_override: int | None = None
+    prefix_caching_hash_algo: str = "sha256"
+    kv_offloading_size: float | None = None
+    kv_offloading_backend: str = "native"
 
 
 @dataclass(frozen=True)
@@ -2259,7 +2265,10 @@ class EngineConfig:
                            swap_space=args.swap_space, cpu_offload_gb=args.cpu_offload_gb,
                            kv_cache_memory_bytes=self.kv_cache_memory_bytes,
                            calculate_kv_scales=bool(args.calculate_kv_scales), num_gpu_blocks=self.num_gpu_blocks,
-                           num_cpu_blocks=self.num_cpu_blocks)
+                           num_cpu_blocks=self.num_cpu_blocks, num_gpu_blocks_override=args.num_gpu_blocks_override,
+                           prefix_caching_hash_algo=args.prefix_caching_hash_algo,
+                           kv_offloading_size=args.kv_offloading_size,
+                           kv_offloading_backend=args.kv_offloading_backend)
 
     @property
     def parallel_config(self) -> ParallelConfig:

@@ -21,3 +21,6 @@ def test_cache_config_info_names_the_kv_cache_at_start_up(tiny_llama_dir):
         assert labels["block_size"] == "32" and labels["cache_dtype"] == "auto"
         assert labels["enable_prefix_caching"] == "True" and labels["num_cpu_blocks"] == str(cache.num_cpu_blocks)
         assert labels["gpu_memory_utilization"] == "0.9" and line.endswith(" 1.0")
+        # vLLM's CacheConfig fields for the CPU tier and the sizing knobs (were missing from the labels).
+        assert (labels["kv_offloading_size"], labels["kv_offloading_backend"]) == ("None", "native")
+        assert labels["num_gpu_blocks_override"] == "None" and labels["prefix_caching_hash_algo"] == "sha256"

@@ -295,7 +295,9 @@ def test_kv_transfer_config_with_vllms_offloading_connector_is_the_cpu_tier(tiny
     from pagedllm.entrypoints.cli import make_parser
     engine = llm(tiny_dir, kv_transfer_config=OFFLOADING_CONNECTOR, num_gpu_blocks_override=16)
     assert engine.llm_engine.kv_cache.offload
-    assert engine.llm_engine.vllm_config.cache_config.num_cpu_blocks == 2 ** 20 // (2 * 2 * 2 * 16 * 16 * 4)
+    cache_config = engine.llm_engine.vllm_config.cache_config
+    assert cache_config.num_cpu_blocks == 2 ** 20 // (2 * 2 * 2 * 16 * 16 * 4)
+    assert (cache_config.kv_offloading_size, cache_config.kv_offloading_backend) == (2 ** 20 / 2 ** 30, "native")
     flags = make_parser().parse_args(["serve", tiny_dir, "--kv-transfer-config", json.dumps(OFFLOADING_CONNECTOR)])
     args = EngineArgs.from_cli_args(flags)
     verify_engine_args(args)
