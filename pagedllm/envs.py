@@ -121,6 +121,11 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: float(os.environ.get("PAGEDLLM_RAY_PLACEMENT_TIMEOUT_S", "").strip() or 60.0),
         "distributed_executor_backend='ray': seconds to wait for the cluster to grant the placement group (one "
         "bundle per rank) before failing with the resources it lacks. Default 60."),
+    "VLLM_HOST_IP": (
+        lambda: _optional_str("VLLM_HOST_IP"),
+        "distributed_executor_backend='ray': this node's address for the ranks' rendezvous, as vLLM reads it (set "
+        "it where `ray start` runs when Ray's node address is not the one the other nodes reach; each node its own, "
+        "so it is never forwarded from the driver). Default unset: Ray's node address."),
     "CUDA_VISIBLE_DEVICES": (
         lambda: _optional_str("CUDA_VISIBLE_DEVICES"),
         "CUDA's own list of the devices a process sees. Read by the Ray executor's actors to find, among the devices "
@@ -399,14 +404,16 @@ openmp_passive_missed = False
 
 
 # What a rank started by Ray must share with the driver (worker/ray_executor.py): Ray starts its actors with the
-# raylet's environment, not this process's. CUDA_VISIBLE_DEVICES is Ray's to set and never among them.
+# raylet's environment, not this process's. CUDA_VISIBLE_DEVICES is Ray's to set and never among them; a node's own
+# address (VLLM_HOST_IP / VLLM_HOST_PORT) stays that node's, as vLLM leaves them out of what it copies.
 FORWARDED_ENV_PREFIXES = ("PAGEDLLM_", "VLLM_", "NCCL_", "TORCH_", "GLOO_", "TRITON_", "HF_", "TRANSFORMERS_")
+NOT_FORWARDED = ("VLLM_HOST_IP", "VLLM_HOST_PORT")
 
 
 def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables of ``environ`` (this process's environment) that every Ray rank gets as well."""
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and k not in NOT_FORWARDED}
 
 
 @contextlib.contextmanager

@@ -11,7 +11,9 @@ installed on every one). Ray is an optional extra: ``pip install pagedllm[ray]``
   is a ValueError naming what it lacks (at once when the cluster is too small in all, after
   ``PAGEDLLM_RAY_PLACEMENT_TIMEOUT_S`` when no placement fits), not a hang.
 - Group: rank 0's actor picks a free port on its node; every rank joins torch.distributed (NCCL on CUDA, gloo on
-  the CPU) at tcp://<rank 0's node IP>:<port>, so ranks on other machines reach it.
+  the CPU) at tcp://<rank 0's node IP>:<port>, so ranks on other machines reach it. The node IP is Ray's, or the
+  VLLM_HOST_IP that node's raylet environment sets (vLLM's variable, for hosts whose Ray address is not the one the
+  others reach).
 - Devices: Ray gives each rank's actor one GPU and shows it only that one (CUDA_VISIBLE_DEVICES), so the actor runs
   on cuda:0; ``actor_cuda_device`` finds the GPU among the visible ones when Ray leaves CUDA_VISIBLE_DEVICES alone.
   A rank's local rank is its position among the ranks on its node (``local_ranks``).
@@ -81,7 +83,9 @@ class RankActor:
         """Where this actor runs: its node's IP and Ray id, its process id, the GPUs Ray gave it and the devices
         the process sees, and a TCP port free on its node now (rank 0's hosts the group's rendezvous)."""
         import ray
-        return {"ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+        # The node's own VLLM_HOST_IP (set where `ray start` ran) wins over Ray's address, as in vLLM's get_ip().
+        return {"ip": envs.VLLM_HOST_IP or ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "gpu_ids": list(ray.get_gpu_ids()),
                 "visible_devices": envs.CUDA_VISIBLE_DEVICES, "port": free_port("")}
 

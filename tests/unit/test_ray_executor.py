@@ -128,7 +128,7 @@ def test_ray_cluster_too_small_is_a_clear_error(tiny_llama, ray_cluster, monkeyp
 def test_forwarded_env_keeps_the_ranks_settings_only():
     env = {"PAGEDLLM_CPU_THREADS": "1", "NCCL_SOCKET_IFNAME": "eth0", "TORCH_NCCL_BLOCKING_WAIT": "1",
            "GLOO_SOCKET_IFNAME": "eth0", "HF_HOME": "/h", "CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin",
-           "OMP_NUM_THREADS": "4", "VLLM_PP_LAYER_PARTITION": "3,5"}
+           "OMP_NUM_THREADS": "4", "VLLM_PP_LAYER_PARTITION": "3,5", "VLLM_HOST_IP": "10.0.0.5"}
     assert forwarded_env(env) == {k: env[k] for k in ("PAGEDLLM_CPU_THREADS", "NCCL_SOCKET_IFNAME",
                                                       "TORCH_NCCL_BLOCKING_WAIT", "GLOO_SOCKET_IFNAME", "HF_HOME",
                                                       "VLLM_PP_LAYER_PARTITION")}
@@ -165,3 +165,14 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
                        match=r"distributed_executor_backend='ray' needs Ray.*pip install 'pagedllm\[ray\]'"):
         create_engine_config(EngineArgs(model=str(tmp_path), skip_tokenizer_init=True, tensor_parallel_size=2,
                                         distributed_executor_backend="ray"))
+
+
+def test_vllm_host_ip_is_the_rendezvous_address(ray_cluster, monkeypatch):
+    """vLLM's VLLM_HOST_IP (a node's own address, set where `ray start` ran) is the address a rank reports for the
+    rendezvous, instead of Ray's; it was ignored. The driver's value never reaches the actors (each node its own)."""
+    from pagedllm.worker.ray_executor import RankActor
+    monkeypatch.delenv("VLLM_HOST_IP", raising=False)
+    assert RankActor().placement()["ip"] == ray_cluster.util.get_node_ip_address()
+    monkeypatch.setenv("VLLM_HOST_IP", "10.9.8.7")
+    assert RankActor().placement()["ip"] == "10.9.8.7"
+    assert "VLLM_HOST_IP" not in forwarded_env()
