@@ -125,3 +125,22 @@ def test_background_runs_on_and_cancel_stops_it(tiny_llama_dir, tiny_engine, mon
     assert failed["status"] == "failed" and "maximum context length" in failed["error"]["message"]
     assert again.status_code == 400 and again.json()["error"]["message"] == "Cannot cancel a synchronous response."
     assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "background"
+
+
+def test_background_that_raises_ends_failed(tiny_llama_dir, tiny_engine, monkeypatch):
+    # An unexpected exception in the background run leaves the stored response "failed" with the error (it would
+    # stay "in_progress" for good, and GET would poll it forever).
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
+    app = _app(tiny_llama_dir, tiny_engine, monkeypatch, store=True)
+
+    async def broken(self, req, raw_request=None):
+        raise RuntimeError("engine exploded")
+    monkeypatch.setattr(OpenAIServingChat, "create_chat_completion", broken)
+
+    async def script(client):
+        queued = (await client.post("/v1/responses", json={"model": tiny_llama_dir, "input": "Hi",
+                                                           "background": True})).json()
+        await asyncio.sleep(0.1)
+        return (await client.get(f"/v1/responses/{queued['id']}")).json()
+    got = run_on(app, script)
+    assert got["status"] == "failed" and "engine exploded" in got["error"]["message"]

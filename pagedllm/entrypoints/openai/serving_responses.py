@@ -418,7 +418,10 @@ class OpenAIServingResponses:
 
         async def run() -> None:
             shell["status"] = "in_progress"
-            answer = await self.chat.create_chat_completion(chat_req, None)
+            try:
+                answer = await self.chat.create_chat_completion(chat_req, None)
+            except Exception as e:      # (create_chat_completion answers errors itself; this is the unexpected)
+                answer = error_response(e)
             body = json.loads(answer.body)
             if answer.status_code != 200:
                 if shell["status"] != "cancelled":
