@@ -197,11 +197,13 @@ def test_online_fp8_experts_equal_their_per_row_dequantized_reference(tmp_path):
     assert not torch.allclose(torch.tensor(logprobs), torch.tensor(dense_logprobs), rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("block", [None, [16, 16]])
-def test_fp8_moe_checkpoint_equals_its_dequantized_reference(tmp_path, block):
+@pytest.mark.parametrize("block,ct", [(None, False), ([16, 16], False), ([16, 16], True)],
+                         ids=["tensor", "block", "compressed-tensors-block"])
+def test_fp8_moe_checkpoint_equals_its_dequantized_reference(tmp_path, block, ct):
     """An FP8 MoE checkpoint with per-tensor scales (one per expert projection; static input scales, which the
-    experts do not use) or 16 x 16 block scales (``weight_scale_inv``, Qwen3-30B-A3B-FP8's form): the experts stay
-    e4m3 and the output equals the model with the dequantized weights, also over two tensor-parallel ranks."""
+    experts do not use) or 16 x 16 block scales (``weight_scale_inv``, Qwen3-30B-A3B-FP8's form; ``ct``: the same
+    as compressed-tensors' block strategy writes it, ``weight_scale``, the router ignored): the experts stay e4m3
+    and the output equals the model with the dequantized weights, also over two tensor-parallel ranks."""
     from safetensors.torch import load_file
     path = _save(tmp_path / "dense", wide=True)
     state = load_file(next((tmp_path / "dense").glob("*.safetensors")))
@@ -223,7 +225,7 @@ def test_fp8_moe_checkpoint_equals_its_dequantized_reference(tmp_path, block):
             tiles = w.reshape(w.shape[0] // bn, bn, w.shape[1] // bk, bk)
             scale = tiles.abs().amax(dim=(1, 3)) / FP8_MAX
             q = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).reshape(w.shape)
-            quant[name.replace(".weight", ".weight_scale_inv")] = scale
+            quant[name.replace(".weight", ".weight_scale" if ct else ".weight_scale_inv")] = scale
             reference[name] = (q.float().reshape(tiles.shape) * scale[:, None, :, None]).reshape(w.shape)
         quant[name] = q
     config = {"quant_method": "fp8", "activation_scheme": "static" if block is None else "dynamic"}
@@ -231,6 +233,14 @@ def test_fp8_moe_checkpoint_equals_its_dequantized_reference(tmp_path, block):
         config["ignored_layers"] = ["re:.*self_attn.*"]
     else:
         config["weight_block_size"] = block
+    if ct:
+        config = {"quant_method": "compressed-tensors", "format": "float-quantized",
+                  "ignore": ["lm_head", "re:.*mlp.gate$"],
+                  "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+                      "type": "float", "num_bits": 8, "strategy": "block", "block_structure": block,
+                      "dynamic": False, "symmetric": True}, "input_activations": {
+                      "type": "float", "num_bits": 8, "strategy": "group", "group_size": 128, "dynamic": True,
+                      "symmetric": True}}}}
     qpath = _rewrite(path, tmp_path / "fp8", quant, config)
     _, ref_tokens, ref_logprobs = _run(_rewrite(path, tmp_path / "ref", reference))
     llm, tokens, logprobs = _run(qpath)
@@ -239,7 +249,7 @@ def test_fp8_moe_checkpoint_equals_its_dequantized_reference(tmp_path, block):
     assert experts.w2_scale.shape == ((4, 64, 1) if block is None else (4, 4, 2))
     assert tokens == ref_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(ref_logprobs), rtol=1e-3, atol=1e-5)
-    if block is not None:       # tensor parallel: each rank its rows of the gate/up block scales, columns of down's
+    if block is not None and not ct:   # tensor parallel: each rank its rows of the gate/up block scales, down's columns
         del llm
         _, tp_tokens, tp_logprobs = _run(qpath, **TP2)
         assert tp_tokens == ref_tokens
