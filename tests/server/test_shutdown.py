@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from server_utils import MODEL, SERVER_ARGS, start_servers
+from server_utils import MODEL, SERVER_ARGS, metric_value, start_servers
 
 SHUTDOWN_TIMEOUT_S = 8
 
@@ -45,7 +45,14 @@ def test_sigterm_finishes_short_requests_aborts_the_stuck_one_and_exits_0():
 
         short_thread = threading.Thread(target=short)
         short_thread.start()
-        time.sleep(0.5)
+        # SIGTERM only once the short request is in the engine (or done): on a loaded 2-core machine a fixed
+        # 0.5 s could pass before its POST arrived, and then it met the 503 of a stopping server.
+        deadline = time.monotonic() + 30
+        while "response" not in short_result and time.monotonic() < deadline:
+            running = metric_value(httpx.get(drain.url + "/metrics", timeout=10).text, "pagedllm:num_requests_running")
+            if (running or 0) >= 2:
+                break
+            time.sleep(0.05)
         t0 = time.monotonic()
         os.killpg(drain.proc.pid, signal.SIGTERM)     # the whole group, as systemd does: the engine core survives it
         time.sleep(0.5)
