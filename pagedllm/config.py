@@ -81,6 +81,11 @@ def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch
 
 
 # What to use instead of a vLLM argument pagedllm lacks, where there is something.
+_MULTI_NODE_INSTEAD = ("tensor / pipeline parallel ranks on several machines run on a Ray cluster here: "
+                       "distributed_executor_backend='ray' (--distributed-executor-backend ray) from one node of it, "
+                       "PAGEDLLM_RAY_PLACEMENT_STRATEGY=PACK to spread the ranks over the nodes")
+_DATA_PARALLEL_INSTEAD = ("data parallel is not supported: run one engine (one server) per replica and balance the "
+                          "requests over them, as vLLM's external load balancing does")
 _VLLM_ARG_INSTEAD = {
     "api_server_count": "one API server process serves every request (its engine runs in a process of its own)",
     "rope_scaling": "hf_overrides / --hf-overrides '{\"rope_scaling\": {...}}' does it (vLLM's replacement)",
@@ -99,6 +104,11 @@ _VLLM_ARG_INSTEAD = {
                     "without the prefix)"),
     "speculative_disable_by_batch_size": "vLLM removed it with its V0 engine; speculative_config takes no batch-size "
                                          "switch",
+    # vLLM's multi-node multiprocessing launch (one `vllm serve` per node): pagedllm spans nodes through Ray.
+    **dict.fromkeys(("nnodes", "node_rank", "master_addr", "master_port"), _MULTI_NODE_INSTEAD),
+    **dict.fromkeys(("data_parallel_size_local", "data_parallel_rank", "data_parallel_start_rank",
+                     "data_parallel_address", "data_parallel_rpc_port", "data_parallel_backend",
+                     "data_parallel_hybrid_lb", "data_parallel_external_lb"), _DATA_PARALLEL_INSTEAD),
 }
 
 
@@ -986,7 +996,8 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError("async_scheduling is not supported with pipeline_parallel_size > 1 yet (the first stage "
                          "would need the last stage's sampled token before the host has it); leave it unset.")
     if args.data_parallel_size != 1:
-        raise ValueError(f"data_parallel_size={args.data_parallel_size} is not supported yet; use 1.")
+        raise ValueError(f"data_parallel_size={args.data_parallel_size} is not supported yet; use 1 ("
+                         f"{_DATA_PARALLEL_INSTEAD}).")
     if args.enable_expert_parallel:
         raise ValueError("enable_expert_parallel is not supported yet: mixture-of-experts layers are split by tensor "
                          "parallel (each rank holds a slice of every expert); leave it unset.")

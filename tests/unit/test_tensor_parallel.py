@@ -264,6 +264,23 @@ def test_indivisible_heads_and_unsupported_backends(tmp_path):
                                                            distributed_executor_backend="uni")
 
 
+def test_vllm_multi_node_and_data_parallel_arguments_say_what_to_use(tmp_path, capsys):
+    """vLLM's multi-node launch (--nnodes / --node-rank / --master-addr / --master-port) and its data-parallel
+    arguments: still refused, now with what pagedllm offers instead (Ray across machines; one engine per replica
+    behind a load balancer), once for the arguments that share it; before, only 'not supported yet'."""
+    from pagedllm.entrypoints.cli import make_parser
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["serve", "m", "--nnodes", "2", "--node-rank", "0", "--master-addr", "10.0.0.1"])
+    err = capsys.readouterr().err
+    assert ("--nnodes, --node-rank, --master-addr: tensor / pipeline parallel ranks on several machines run on a Ray "
+            "cluster here: distributed_executor_backend='ray' (--distributed-executor-backend ray)") in err
+    assert err.count("run on a Ray cluster") == 1
+    save_tiny_llama(tmp_path, VOCAB)
+    with pytest.raises(TypeError, match="data_parallel_rank: data parallel is not supported: run one engine"):
+        LLM(model=str(tmp_path), skip_tokenizer_init=True, data_parallel_rank=0)
+    assert "as vLLM's external load balancing does" in _config_error(tmp_path, data_parallel_size=2)
+
+
 def test_cuda_world_size_rules(monkeypatch):
     """On CUDA (faked here: only the configuration is built) every rank needs a GPU of its own; the Ray backend's
     ranks may sit on other machines (its executor checks the cluster's GPUs); the test-only
