@@ -80,3 +80,27 @@ def test_responses_truncation_auto_keeps_the_inputs_last_tokens(tiny_llama_dir, 
     assert body["truncation"] == "auto" and body["usage"]["input_tokens"] == 120
     assert body["output"][0]["content"][0]["text"] == same.json()["choices"][0]["message"]["content"]
     assert disabled.status_code == 400 and "maximum context length" in disabled.json()["error"]["message"]
+
+
+def test_responses_continue_an_unfinished_assistant_message(tiny_llama_dir, tiny_engine):
+    # vLLM PR 32100: a last input message of the assistant with status "in_progress" (or "incomplete") is continued
+    # (continue_final_message), as Anthropic's prefilled turn. It was rendered as a finished turn followed by a new
+    # assistant header.
+    from pagedllm.entrypoints.openai.api_server import build_app
+    app = build_app(serve_args(tiny_llama_dir), *tiny_engine)
+    turns = [{"role": "user", "content": "Which is the Greek sun god?"},
+             {"role": "assistant", "content": "The answer is"}]
+    resp = {"model": tiny_llama_dir, "max_output_tokens": 5, "temperature": 0}
+    chat = {"model": tiny_llama_dir, "messages": turns, "max_tokens": 5, "temperature": 0,
+            "add_generation_prompt": False, "continue_final_message": True}
+    partial, incomplete, done, same = post_all(app, [
+        ("/v1/responses", {**resp, "input": [turns[0], {**turns[1], "status": "in_progress"}]}),
+        ("/v1/responses", {**resp, "input": [turns[0], {**turns[1], "status": "incomplete"}]}),
+        ("/v1/responses", {**resp, "input": [turns[0], {**turns[1], "status": "completed"}]}),
+        ("/v1/chat/completions", chat)])
+    want = same.json()
+    for r in (partial, incomplete):
+        body = r.json()
+        assert body["usage"]["input_tokens"] == want["usage"]["prompt_tokens"], r.text
+        assert body["output"][0]["content"][0]["text"] == want["choices"][0]["message"]["content"]
+    assert done.json()["usage"]["input_tokens"] > want["usage"]["prompt_tokens"]     # a new turn opens after it

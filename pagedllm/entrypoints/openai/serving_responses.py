@@ -41,6 +41,9 @@ written.
 With --reasoning-parser the model's thinking comes first as a ``reasoning`` output item (its text as
 ``content[].reasoning_text``; streamed as response.reasoning_text.delta events), as vLLM answers. ``reasoning.effort``
 reaches the chat template as on chat (reasoning_effort, and enable_thinking unless it is "none").
+
+An input that ends with an assistant message whose status is "in_progress" or "incomplete" is continued (the chat
+template's continue_final_message), as vLLM's partial message generation: the output holds the continuation.
 """
 from __future__ import annotations
 
@@ -244,6 +247,17 @@ def _add_items(messages: list[dict[str, Any]], items: list[dict[str, Any]]) -> l
     return messages
 
 
+def _continues_last(req: ResponsesRequest) -> bool:
+    """The input ends with an assistant message marked unfinished (status "in_progress" or "incomplete"): the model
+    continues that message instead of starting a new turn (vLLM's partial message generation, its PR 32100, as
+    Anthropic's prefilled assistant turn)."""
+    if isinstance(req.input, str) or not req.input:
+        return False
+    last = req.input[-1]
+    return (isinstance(last, dict) and last.get("type", "message") == "message" and last.get("role") == "assistant"
+            and last.get("status") in ("in_progress", "incomplete"))
+
+
 def _reasoning_text(item: dict[str, Any], i: int) -> str:
     """The text of a reasoning input item: its content's reasoning_text (else its summary's text, as vLLM)."""
     if item.get("encrypted_content"):
@@ -376,6 +390,8 @@ class OpenAIServingResponses:
                     "vllm_xargs": req.vllm_xargs, "structured_outputs": req.structured_outputs,
                     "truncate_prompt_tokens": self._truncate_to(req),
                     "reasoning_effort": (req.reasoning or {}).get("effort"),
+                    **({"add_generation_prompt": False, "continue_final_message": True} if _continues_last(req)
+                       else {}),
                     # The output's token ids, for usage.output_tokens_details.reasoning_tokens.
                     "return_token_ids": self._reasoning or None,
                     "stream_options": {"include_usage": True} if req.stream else None,
