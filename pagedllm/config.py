@@ -1285,23 +1285,30 @@ def total_cpu_memory() -> int | None:
 
 def _verify_cpu_kv_memory(args: EngineArgs) -> None:
     """vLLM's check of the swap space against the host's memory (CacheConfig.verify_with_parallel_config): above 70%
-    of it is an error, above 40% a warning, instead of an allocator failure (or the host running out of memory) at
-    start-up. Here the swap space is per rank (tensor x pipeline parallel) and the prefix cache's CPU tier
-    (kv_offloading_size, over all ranks) takes host memory too."""
+    of it an error, above 40% a warning, instead of an allocator failure (or the host out of memory) at start-up; the
+    swap space is per rank (tensor x pipeline parallel). The prefix cache's CPU tier (kv_offloading_size, over all
+    ranks), which vLLM allocates without such a check, is an error only where it cannot fit (with the swap space, more
+    than the host's memory), a warning above 70%."""
     swap_gib = (args.swap_space or 0) * args.tensor_parallel_size * args.pipeline_parallel_size
     tier_gib = args.kv_offloading_size or 0
     total = total_cpu_memory()
     if not (swap_gib or tier_gib) or not total:
         return
-    usage = (swap_gib + tier_gib) * (1 << 30)
-    what = " and ".join(name for name, gib in (("the swap space", swap_gib),
-                                                ("the prefix cache's CPU tier (kv_offloading_size)", tier_gib)) if gib)
-    msg = f"{usage / (1 << 30):.2f} GiB out of the {total / (1 << 30):.2f} GiB total CPU memory is allocated for {what}."
-    too_large = "Too large swap space. " if swap_gib else "Too large kv_offloading_size. "
-    if usage > 0.7 * total:
-        raise ValueError(too_large + msg)
-    if usage > 0.4 * total:
-        logger.warning("Possibly %s%s", too_large[0].lower() + too_large[1:], msg)
+    total_gib = total / (1 << 30)
+    if swap_gib:
+        msg = f"{swap_gib:.2f} GiB out of the {total_gib:.2f} GiB total CPU memory is allocated for the swap space."
+        if swap_gib > 0.7 * total_gib:
+            raise ValueError("Too large swap space. " + msg)
+        if swap_gib > 0.4 * total_gib:
+            logger.warning("Possibly too large swap space. %s", msg)
+    if tier_gib:
+        usage = swap_gib + tier_gib
+        msg = (f"{usage:.2f} GiB out of the {total_gib:.2f} GiB total CPU memory is allocated for the prefix cache's "
+               f"CPU tier (kv_offloading_size){' and the swap space' if swap_gib else ''}.")
+        if usage > total_gib:
+            raise ValueError("Too large kv_offloading_size. " + msg)
+        if usage > 0.7 * total_gib:
+            logger.warning("Possibly too large kv_offloading_size. %s", msg)
 
 
 def verify_graph_sizes(args: EngineArgs, on_gpu: bool, runner_type: str, quant_config: Any = None) -> None:
