@@ -25,7 +25,7 @@ from torch import nn
 from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
 from pagedllm.model.quantization.base import LinearMethod, MoEMethod, QuantizationConfig
 from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, PackedIntMoEMethod, add_checkpoint_param,
-                                                    extra_loader, group_count)
+                                                    add_g_idx_param, extra_loader, group_count, rows_in_group_order)
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _no_load(param: torch.Tensor, loaded: torch.Tensor, *args) -> None:
 
 
 class WNA16LinearMethod(PackedIntLinearMethod):
-    checkpoint_params = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
+    checkpoint_params = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
 
     def __init__(self, weights: dict[str, Any]):
         bits, strategy = int(weights.get("num_bits", 0)), weights.get("strategy")
@@ -137,9 +137,13 @@ class WNA16LinearMethod(PackedIntLinearMethod):
         if strategy not in ("group", "channel"):
             raise ValueError(f"compressed-tensors weight strategy {strategy!r} is not supported for pack-quantized "
                              f"weights (supported: group, channel).")
-        if weights.get("actorder") not in (None, "weight", False):
-            raise ValueError(f"compressed-tensors actorder {weights.get('actorder')!r} (stored weight_g_idx) is not "
-                             f"supported yet.")
+        actorder = weights.get("actorder")
+        if actorder not in (None, False, "weight", "static", "group", "dynamic"):
+            raise ValueError(f"compressed-tensors actorder {actorder!r} is not supported (supported: weight / static, "
+                             f"group / dynamic).")
+        # 'weight' (alias 'static') changed only the calibration order; 'group' (alias 'dynamic') stores each input
+        # row's group as weight_g_idx (GPTQ's desc_act, as vLLM's WNA16 reads it)
+        self.has_g_idx = actorder in ("group", "dynamic")
         self.bits, self.pack = bits, 32 // bits
         self.group_size = int(weights["group_size"]) if strategy == "group" else -1
         self.symmetric = bool(weights.get("symmetric", True))
@@ -166,6 +170,11 @@ class WNA16LinearMethod(PackedIntLinearMethod):
                                  output_dim=0, input_dim=group_dim, packed_dim=0, pack_factor=pack)
         add_checkpoint_param(layer, "weight_shape", (2,), torch.int64, _no_load, output_dim=None, input_dim=None,
                              optional=True)
+        if self.has_g_idx:
+            if extra.get("full_input_size", input_size) != input_size and self.group_size != -1:
+                raise ValueError("compressed-tensors actorder 'group' (weight_g_idx) is not supported with tensor "
+                                 "parallel on row-parallel layers yet (a rank's rows would not hold whole groups).")
+            add_g_idx_param(layer, "weight_g_idx", input_size, group, loader, "compressed-tensors")
         layer.quant_group_size = group
 
     def to_packed(self, layer: nn.Module) -> PackedWeight:
@@ -177,8 +186,12 @@ class WNA16LinearMethod(PackedIntLinearMethod):
             zeros = torch.full_like(scales, float(1 << (self.bits - 1)))
         else:
             zeros = unpack_along_k(layer.weight_zero_point.data, self.bits).to(torch.float32).t()
+        perm = None
+        if self.has_g_idx:      # rows sorted by group, x's columns permuted alike
+            qweight, perm = rows_in_group_order(qweight, self.bits, layer.weight_g_idx.data, layer.quant_group_size,
+                                                f"compressed-tensors weight_g_idx of {layer.prefix!r}")
         return PackedWeight(qweight, scales.contiguous(), (-zeros * scales).contiguous(),
-                            self.bits, layer.quant_group_size)
+                            self.bits, layer.quant_group_size, perm)
 
 
 class Int8LinearMethod(PackedIntLinearMethod):

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pagedllm.kernels.quant.packed import PackedWeight, pack_along_k, unpack_along_k
+from pagedllm.kernels.quant.packed import PackedWeight, unpack_along_k
 from pagedllm.model.quantization.base import QuantizationConfig
 from pagedllm.model.quantization.int_weight import (PackedIntLinearMethod, PackedIntMoEMethod, add_checkpoint_param,
-                                                    extra_loader, group_count)
+                                                    add_g_idx_param, extra_loader, group_count,
+                                                    rows_in_group_order)
 
 
 def unpack_along_n(packed: torch.Tensor, bits: int) -> torch.Tensor:
@@ -187,18 +188,8 @@ class GPTQLinearMethod(PackedIntLinearMethod):
         add_checkpoint_param(layer, "qzeros", (groups, N // pack), torch.int32, loader,
                              output_dim=1, input_dim=group_dim, packed_dim=1, pack_factor=pack)
         add_checkpoint_param(layer, "scales", (groups, N), torch.float32, loader, output_dim=1, input_dim=group_dim)
-        # Older exports leave g_idx out when the rows are in order: it then stays k // G. The parts of a fused layer
-        # (q/k/v, gate/up) take the same input, so GPTQ gives them the same act order: one g_idx, checked.
-        def load_g_idx(param: torch.Tensor, loaded: torch.Tensor, *args: Any) -> None:
-            before = param.data.clone() if layer.g_idx_loaded else None
-            loader(param, loaded, *args)
-            if before is not None and not torch.equal(before, param.data):
-                raise ValueError(f"GPTQ g_idx differs between the parts of the fused layer {layer.prefix!r}.")
-            layer.g_idx_loaded = True
-
-        layer.g_idx_loaded = False
-        add_checkpoint_param(layer, "g_idx", (input_size,), torch.int32, load_g_idx, output_dim=None, input_dim=0,
-                             optional=True, fill=torch.arange(input_size, dtype=torch.int32) // group)
+        # Older exports leave g_idx out when the rows are in order: it then stays k // G.
+        add_g_idx_param(layer, "g_idx", input_size, group, loader, "GPTQ")
         layer.quant_group_size = group
 
     def to_packed(self, layer: nn.Module) -> PackedWeight:
@@ -208,16 +199,6 @@ class GPTQLinearMethod(PackedIntLinearMethod):
         if self.config.checkpoint_format == "gptq":
             zeros = zeros + 1
         scales = layer.scales.data.to(torch.float32)
-        g_idx = layer.g_idx.data.to(torch.int64)
-        # A row-parallel rank's rows are a slice of K: its groups are numbered from the slice's first one.
-        g_idx = g_idx - g_idx.min()
-        in_order = torch.arange(g_idx.shape[0], device=g_idx.device) // group
-        perm = None
-        if not torch.equal(g_idx, in_order):
-            # desc_act: sort the rows by group so that groups are contiguous; the layer multiplies x[:, perm].
-            perm = torch.argsort(g_idx, stable=True)
-            if not torch.equal(g_idx[perm], in_order):
-                raise ValueError(f"GPTQ g_idx of {layer.prefix!r} does not put {group} rows in each group: "
-                                 f"this checkpoint is not one GPTQ writes.")
-            qweight = pack_along_k(unpack_along_k(qweight, bits)[perm], bits)
+        # desc_act: the rows sorted by group; the layer multiplies x[:, perm].
+        qweight, perm = rows_in_group_order(qweight, bits, layer.g_idx.data, group, f"GPTQ g_idx of {layer.prefix!r}")
         return PackedWeight(qweight, scales, -zeros * scales, bits, group, perm)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pagedllm.kernels.quant.cpu import CpuPackedWeight, cpu_packed_matmul, prepare_cpu_weight
-from pagedllm.kernels.quant.packed import PackedWeight, dequantize
+from pagedllm.kernels.quant.packed import PackedWeight, dequantize, pack_along_k, unpack_along_k
 from pagedllm.model.quantization.base import ExpertLayersMoEMethod, LinearMethod
 
 # Names of the buffers the converted weight lives in after loading (what the memory figure counts).
@@ -46,6 +46,40 @@ def group_count(input_size: int, group_size: int, what: str) -> int:
         raise ValueError(f"The input size ({input_size}) is not aligned with the quantized weight shape: "
                          f"{what} group_size {group_size} must divide it (with tensor parallel, this rank's share).")
     return input_size // group_size
+
+
+def add_g_idx_param(layer: nn.Module, name: str, input_size: int, group: int, loader: Callable, what: str) -> None:
+    """The input rows' groups (``[K]``, optional: in order, ``k // group``, when the checkpoint leaves it out). The
+    parts of a fused layer (q/k/v, gate/up) take the same input, so GPTQ gives them the same activation order: one
+    g_idx, checked as each part's loads."""
+    def load(param: torch.Tensor, loaded: torch.Tensor, *args: Any) -> None:
+        before = param.data.clone() if getattr(layer, f"{name}_loaded") else None
+        loader(param, loaded, *args)
+        if before is not None and not torch.equal(before, param.data):
+            raise ValueError(f"{what} {name} differs between the parts of the fused layer {layer.prefix!r}.")
+        setattr(layer, f"{name}_loaded", True)
+
+    setattr(layer, f"{name}_loaded", False)
+    add_checkpoint_param(layer, name, (input_size,), torch.int32, load, output_dim=None, input_dim=0, optional=True,
+                         fill=torch.arange(input_size, dtype=torch.int32) // group)
+
+
+def rows_in_group_order(qweight: torch.Tensor, bits: int, g_idx: torch.Tensor, group: int,
+                        what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Activation-ordered checkpoints (GPTQ's desc_act, compressed-tensors' actorder 'group'): ``g_idx`` gives each
+    input row's group. Returns the canonical ``qweight`` (packed along K) with its rows sorted by group, so groups are
+    contiguous, and the permutation the layer applies to ``x``'s columns; (qweight, None) when the rows are in order
+    already."""
+    g_idx = g_idx.to(torch.int64)
+    g_idx = g_idx - g_idx.min()          # a row-parallel rank's rows: its groups numbered from its first one
+    in_order = torch.arange(g_idx.shape[0], device=g_idx.device) // group
+    if torch.equal(g_idx, in_order):
+        return qweight, None
+    perm = torch.argsort(g_idx, stable=True)
+    if not torch.equal(g_idx[perm], in_order):
+        raise ValueError(f"{what} does not put {group} rows in each group: this checkpoint is not one GPTQ "
+                         f"writes.")
+    return pack_along_k(unpack_along_k(qweight, bits)[perm], bits), perm
 
 
 class PackedIntLinearMethod(LinearMethod):
