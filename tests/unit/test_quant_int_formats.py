@@ -401,9 +401,13 @@ def test_gptq_dynamic_per_module_settings_and_dense_modules(tmp_path):
 
 def test_compressed_tensors_settings_under_compression_config(tmp_path):
     """Older llm-compressor exports keep their compressed-tensors settings under config.json's compression_config
-    (vLLM reads it when quantization_config is absent); it was ignored, and the packed tensors had no parameter."""
-    llm = _check_against_reference(tmp_path, "llama", lambda s: _ct_checkpoint(s, 4, 32, True),
-                                   config_key="compression_config")
+    (vLLM reads it when quantization_config is absent); it was ignored, and the packed tensors had no parameter.
+    A dense sparsity_config (sparsity metadata, weights stored whole) loads."""
+    def make(state: dict) -> tuple[dict, dict, dict]:
+        config, quant, dense = _ct_checkpoint(state, 4, 32, True)
+        return dict(config, sparsity_config={"format": "dense", "sparsity_structure": "unstructured"}), quant, dense
+
+    llm = _check_against_reference(tmp_path, "llama", make, config_key="compression_config")
     assert llm.llm_engine.core.config.quant_config.name == "compressed-tensors"
 
 
@@ -538,6 +542,13 @@ def test_moe_wna16_reads_the_checkpoints_awq_or_gptq(tmp_path):
     ({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemv"}, "AWQ version 'gemv' is not supported"),
     ({"quant_method": "gptq", "bits": 4, "group_size": 48}, "group_size 48 must divide it"),
     (_ct_config(4, "tensor", None, True), "weight strategy 'tensor' is not supported"),
+    # sparse-compressed weights and online rotations are named (they failed on a tensor name, or would load without
+    # their transforms); sparsity metadata over dense weights loads
+    (dict(_ct_config(4, "group", 32, True), sparsity_config={"format": "sparse-24-bitmask",
+                                                               "sparsity_structure": "2:4"}),
+     "compressed-tensors sparsity_config format 'sparse-24-bitmask' (structure '2:4') is not supported"),
+    (dict(_ct_config(4, "group", 32, True), transform_config={"config_groups": {"R1": {"type": "hadamard"}}}),
+     "compressed-tensors transform_config (online rotations: QuIP / SpinQuant) is not supported yet."),
 ])
 def test_unsupported_settings(tmp_path, quant_config, expected):
     assert expected in _error(tmp_path, quant_config)

@@ -57,6 +57,16 @@ class CompressedTensorsConfig(QuantizationConfig):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "CompressedTensorsConfig":
+        # Sparse weights (2:4, bitmask-compressed) and online rotations (QuIP / SpinQuant transforms) change what the
+        # tensors mean: refused by name here rather than failing on a tensor name or, worse, loading without them.
+        sparsity = config.get("sparsity_config") or {}
+        if sparsity.get("format") not in (None, "dense"):
+            raise ValueError(f"compressed-tensors sparsity_config format {sparsity.get('format')!r} (structure "
+                             f"{sparsity.get('sparsity_structure')!r}) is not supported: pagedllm reads dense and "
+                             f"quantized compressed-tensors checkpoints, not sparse-compressed weights.")
+        if config.get("transform_config"):
+            raise ValueError("compressed-tensors transform_config (online rotations: QuIP / SpinQuant) is not "
+                             "supported yet.")
         groups = config.get("config_groups") or {}
         if not groups:
             raise ValueError("compressed-tensors quantization_config has no config_groups.")
