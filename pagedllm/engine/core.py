@@ -115,6 +115,17 @@ class EngineCore:
         self.config = config
         t0 = time.perf_counter()
         self.executor = create_executor(config)
+        try:
+            self._start(config, t0)
+        except BaseException:
+            # A start that fails or is interrupted here ends the workers now: the exception's traceback keeps this
+            # half-built core, and with it the worker processes and their memory, alive (a notebook keeps it in
+            # sys.last_traceback).
+            self.executor.shutdown()
+            raise
+
+    def _start(self, config: EngineConfig, t0: float) -> None:
+        """The rest of the start-up, once the executor (the model) is up: the KV cache and the scheduler."""
         # The in-process ModelRunner ("uni"; tests and tools look at it), None when the model runs in workers.
         self.runner = self.executor.runner
         num_blocks = self.executor.determine_num_blocks()    # the smallest over the ranks

@@ -332,7 +332,13 @@ class MultiprocExecutor(DistributedExecutor):
             self._procs.append(proc)
         # Workers are ended when the executor goes away, even without shutdown() (a deleted LLM).
         self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns, self._ring)
-        self._collect_start()
+        try:
+            self._collect_start()
+        except BaseException:
+            # A failed or interrupted start (Ctrl-C while the ranks load) ends the workers now, not when this
+            # executor is collected: the exception's traceback keeps it alive (a notebook keeps sys.last_traceback).
+            self._finalizer()
+            raise
 
     def shutdown(self) -> None:
         self._finalizer()

@@ -248,6 +248,40 @@ def test_kv_cache_too_small_at_start_up_is_a_value_error_and_ends_the_workers(tm
     assert not [p.name for p in multiprocessing.active_children() if p.name.startswith("pagedllm-worker")]
 
 
+def test_failed_or_interrupted_start_ends_the_workers_at_once(tmp_path, monkeypatch):
+    """A start that fails in the engine core after the ranks are up, or is interrupted (Ctrl-C) while they load:
+    the workers end at once, while the exception is still held. They lived as long as its traceback did (it keeps
+    the half-built core and its executor; a notebook keeps the last one in sys.last_traceback), with their memory."""
+    import multiprocessing
+
+    import pagedllm.engine.core as core_mod
+    from pagedllm.worker.executor import MultiprocExecutor
+    save_tiny_llama(tmp_path, VOCAB)
+
+    def workers_gone() -> bool:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if not any(p.name.startswith("pagedllm-worker") for p in multiprocessing.active_children()):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def refuse(*args, **kwargs):
+        raise ValueError("scheduler refused")
+    monkeypatch.setattr(core_mod, "Scheduler", refuse)      # fails after the KV cache is allocated on the ranks
+    with pytest.raises(ValueError, match="scheduler refused") as failed:
+        _llm(tmp_path, 2)
+    assert workers_gone() and failed.tb is not None
+    monkeypatch.undo()
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(MultiprocExecutor, "_collect_start", interrupted)     # Ctrl-C while waiting for the ranks
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        _llm(tmp_path, 2)
+    assert workers_gone() and stopped.tb is not None
+
+
 def _config_error(tmp_path, **kw) -> str:
     with pytest.raises(ValueError) as info:
         create_engine_config(EngineArgs(model=str(tmp_path), skip_tokenizer_init=True, **kw))
