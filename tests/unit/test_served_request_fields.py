@@ -104,3 +104,21 @@ def test_responses_continue_an_unfinished_assistant_message(tiny_llama_dir, tiny
         assert body["usage"]["input_tokens"] == want["usage"]["prompt_tokens"], r.text
         assert body["output"][0]["content"][0]["text"] == want["choices"][0]["message"]["content"]
     assert done.json()["usage"]["input_tokens"] > want["usage"]["prompt_tokens"]     # a new turn opens after it
+
+
+def test_responses_usage_counts_cached_tokens_without_the_flag(tiny_llama_dir, tiny_engine):
+    # vLLM's Responses usage always gives input_tokens_details.cached_tokens (the prefix-cache hits);
+    # --enable-prompt-tokens-details gates only chat / completions' prompt_tokens_details. Here it read 0 without it.
+    from pagedllm.entrypoints.openai.api_server import build_app
+    app = build_app(serve_args(tiny_llama_dir), *tiny_engine)
+    text = " ".join(f"c{i}" for i in range(15))
+    resp = {"model": tiny_llama_dir, "input": text, "max_output_tokens": 2, "temperature": 0}
+    out = post_all(app, [("/v1/responses", resp), ("/v1/responses", resp),
+                         ("/v1/responses", {**resp, "stream": True}),
+                         ("/v1/chat/completions", {"model": tiny_llama_dir, "max_tokens": 2,
+                                                   "messages": [{"role": "user", "content": text}]})])
+    second = out[1].json()["usage"]
+    assert second["input_tokens_details"]["cached_tokens"] >= 16 and second["input_tokens"] > 16
+    final = [line for line in out[2].text.splitlines() if line.startswith("data: ")][-1]
+    assert '"cached_tokens": 0' not in final and '"cached_tokens"' in final
+    assert out[3].json()["usage"]["prompt_tokens_details"] is None        # chat keeps vLLM's flag

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_serializer, model_validator
 
 from pagedllm.sampling_params import StructuredOutputsParams
 from pagedllm.utils import random_uuid
@@ -435,6 +435,9 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # Set by /v1/responses, not a field: usage counts the prefix-cache hits (prompt_tokens_details.cached_tokens)
+    # without --enable-prompt-tokens-details, as vLLM's Responses usage always does.
+    _cached_tokens_always: bool = PrivateAttr(default=False)
     # vLLM extras
     echo: bool = False
     add_generation_prompt: bool = True

@@ -396,7 +396,7 @@ class OpenAIServingChat(OpenAIServing):
         generated = sum(len(t) for t in tokens)
         usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=generated,
                           total_tokens=len(prompt_ids) + generated,
-                          prompt_tokens_details=self.prompt_tokens_details(cached))
+                          prompt_tokens_details=self.prompt_tokens_details(cached, req._cached_tokens_always))
         resp = ChatCompletionResponse(id=request_id, created=created, model=self.models.response_model(req.model), choices=choices,
                                       usage=usage,
                                       prompt_token_ids=prompt_ids if return_ids else None)
@@ -439,7 +439,8 @@ class OpenAIServingChat(OpenAIServing):
             body = choice if isinstance(choice, str) else dumps(choice)
             usage = null_usage
             if continuous:
-                counts = usage_dict(num_prompt, num_generated[index], self.prompt_tokens_details(cached))
+                counts = usage_dict(num_prompt, num_generated[index],
+                                    self.prompt_tokens_details(cached, req._cached_tokens_always))
                 usage = f',"usage":{dumps(counts)}'
             return f'{head}{body}]{usage}{fields}}}\n\n'
 
@@ -510,7 +511,8 @@ class OpenAIServingChat(OpenAIServing):
             if include_usage:
                 yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
                            "model": self.models.response_model(req.model), "choices": [],
-                           "usage": usage_dict(num_prompt, sum(num_generated), self.prompt_tokens_details(cached))})
+                           "usage": usage_dict(num_prompt, sum(num_generated),
+                                               self.prompt_tokens_details(cached, req._cached_tokens_always))})
         except Exception as e:
             logger.warning("Error while streaming %s: %r", request_id, e)
             yield f"data: {error_response(e).body.decode()}\n\n"

@@ -168,10 +168,10 @@ class OpenAIServing:
             return check_request_id(header, "X-Request-Id")
         return body_request_id or random_uuid()
 
-    def prompt_tokens_details(self, cached_tokens: int) -> dict | None:
-        """usage.prompt_tokens_details: with --enable-prompt-tokens-details and a prefix-cache hit, the prompt tokens
-        the cache supplied (vLLM leaves it null otherwise)."""
-        if self.enable_prompt_tokens_details and cached_tokens:
+    def prompt_tokens_details(self, cached_tokens: int, always: bool = False) -> dict | None:
+        """usage.prompt_tokens_details: with --enable-prompt-tokens-details (or ``always``) and a prefix-cache hit,
+        the prompt tokens the cache supplied (vLLM leaves it null otherwise)."""
+        if (self.enable_prompt_tokens_details or always) and cached_tokens:
             return {"cached_tokens": cached_tokens}
         return None
 

@@ -408,6 +408,7 @@ class OpenAIServingResponses:
                 raise RequestError(f"input: {error['msg']}", "input") from None
         except Exception as e:
             return error_response(e)
+        chat_req._cached_tokens_always = True     # usage.input_tokens_details.cached_tokens, as vLLM's
         if req.background:
             return self._start_background(req, chat_req, messages, request_id)
         answer = await self.chat.create_chat_completion(chat_req, raw_request)
