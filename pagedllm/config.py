@@ -2289,6 +2289,13 @@ class EngineConfig:
                            kv_offloading_backend=args.kv_offloading_backend)
 
     @property
+    def speculative_config(self) -> "SpeculativeConfig | None":
+        """vLLM's ``vllm_config.speculative_config``: the speculation the engine runs (method, num_speculative_tokens,
+        prompt_lookup_min / _max, model, ...), None without."""
+        spec = self.args.speculative_config
+        return speculative_settings(spec) if spec is not None else None
+
+    @property
     def parallel_config(self) -> ParallelConfig:
         return ParallelConfig(tensor_parallel_size=self.tensor_parallel_size,
                               pipeline_parallel_size=self.pipeline_parallel_size, data_parallel_size=1,

@@ -328,6 +328,7 @@ def test_llm_engine_model_config_and_tokenizer(llm, tokenizer):
     assert (mc.get_num_kv_heads(tp4), mc.get_num_attention_heads(tp4)) == (1, 1)
     cache = engine.cache_config
     assert cache == engine.vllm_config.cache_config and cache.block_size == 16 and cache.num_gpu_blocks > 0
+    assert engine.vllm_config.speculative_config is None           # vLLM's None without speculative_config
 
 def test_vllm_top_level_names_and_llm_engine_example(model_dir, tokenizer, hf):
     # `from vllm import EngineArgs, LLMEngine, ...` as vLLM's llm_engine_example.py writes it.

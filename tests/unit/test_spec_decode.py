@@ -656,8 +656,11 @@ def test_startup_log_names_the_speculation(tiny128, caplog):
 
     from pagedllm import LLM
     with caplog.at_level(logging.INFO):
-        LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
-            speculative_config=NGRAM)
+        llm = LLM(model=tiny128, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
+                  speculative_config=NGRAM)
+    # vLLM's vllm_config.speculative_config (AttributeError before), as scripts read it.
+    spec = llm.llm_engine.vllm_config.speculative_config
+    assert (spec.method, spec.num_speculative_tokens, spec.prompt_lookup_min, spec.prompt_lookup_max) == ("ngram", 4, 1, 3)
     assert any("speculative  ngram, prompt lookup 1..3 tokens, up to 4 draft tokens per step (async scheduling off)"
                in r.getMessage() for r in caplog.records)
 
