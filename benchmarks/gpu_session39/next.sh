@@ -48,7 +48,8 @@ esac
 # PART=4 (~300 s; carry also ".st39", built here by st_dense_build.py): GPU checks of session 39's CPU helpers'
 #   changes: cudagraph_mode PIECEWISE (decode steps through the piecewise graphs) / FULL_DECODE_ONLY / -O0,
 #   max_model_len='auto' on the profiled budget, the sentence-transformers Dense projector on the GPU, then the LoRA
-#   (load_inplace, adapter generations in the prefix-cache key) and Qwen2-VL (per-prompt mm_processor_kwargs) tests.
+#   (load_inplace, adapter generations in the prefix-cache key) and Qwen2-VL (per-prompt mm_processor_kwargs) tests,
+#   speculative decoding, and the CPU-tier / swap unit tests on CUDA (the reset that moves cached blocks to the tier).
 case "${PART:-1}" in
 4)
 exec > >(tee $OUT/next39_4.txt) 2>&1
@@ -56,8 +57,8 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_engine_gpu.py -rf --tb=short \
   -k "cudagraph_modes or max_model_len_auto or (piecewise and qwen2)" 2>&1 | grep -E "^(FAILED|ERROR)|passed|failed|^E " | tail -12
 PYTHONPATH=$R timeout 60 python3 benchmarks/gpu_session39/st_dense_check.py .st39 2>&1 | tail -3
-for f in test_lora_gpu test_qwen2_vl_gpu; do
-  echo "== $f"; PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/$f.py -rf --tb=short 2>&1 \
+for f in gpu/test_lora_gpu gpu/test_qwen2_vl_gpu gpu/test_spec_decode_gpu unit/test_swap_preemption; do
+  echo "== $f"; PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider tests/$f.py -rf --tb=short 2>&1 \
     | grep -E "^(FAILED|ERROR)|passed|failed|^E " | tail -10
 done
 ;;
