@@ -399,6 +399,33 @@ def test_gptq_dynamic_per_module_settings_and_dense_modules(tmp_path):
         "match different rules")
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_gptq_quantized_lm_head(tmp_path, tied):
+    """GPTQModel's lm_head: true (the LM head quantized too; vLLM's ParallelLMHead takes the GPTQ method): it was
+    'GPTQ checkpoints with a quantized lm_head (lm_head: true) are not supported.' The embedding stays dense, also
+    when the checkpoint ties it to the head (the head's own GPTQ tensors are what multiplies). Equals the reference
+    with the head dequantized."""
+    config, state = _tiny("llama")
+    if tied:
+        config = dict(config, tie_word_embeddings=True)
+    quant_config, quant, dense = _gptq_checkpoint(state, 4, 32, True, False)
+    # the head quantized by the same builder, under a linear layer's name
+    _, head_quant, head_dense = _gptq_checkpoint({"head.o_proj.weight": state["lm_head.weight"]}, 4, 32, True, False)
+    quant = {k: v for k, v in quant.items() if k != "lm_head.weight"}
+    quant.update({k.replace("head.o_proj.", "lm_head."): v for k, v in head_quant.items()})
+    dense["lm_head.weight"] = head_dense["head.o_proj.weight"]
+    ref_config = config
+    if tied:     # the reference: the same dense embedding, the dequantized head untied from it
+        ref_config = dict(config, tie_word_embeddings=False)
+    _, ref_tokens, ref_logprobs = _run(_save(tmp_path / "ref", ref_config, dense))
+    quant_config = dict(quant_config, lm_head=True)
+    llm, tokens, logprobs = _run(_save(tmp_path / "q", dict(config, quantization_config=quant_config), quant))
+    assert tokens == ref_tokens
+    np.testing.assert_allclose(np.array(logprobs), np.array(ref_logprobs), rtol=1e-3, atol=1e-5)
+    model = llm.llm_engine.core.runner.model
+    assert model.lm_head.quant_method is not None and model.model.embed_tokens.quant_method is None
+
+
 def test_compressed_tensors_settings_under_compression_config(tmp_path):
     """Older llm-compressor exports keep their compressed-tensors settings under config.json's compression_config
     (vLLM reads it when quantization_config is absent); it was ignored, and the packed tensors had no parameter.

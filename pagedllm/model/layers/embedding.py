@@ -25,6 +25,8 @@ class VocabParallelEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.shard_size = -(-num_embeddings // self.tp_size)      # the last rank's block may end in padding rows
         self.vocab_start = self.tp_rank * self.shard_size
+        # what a linear layer's methods read (an LM head that a checkpoint quantized takes one: GPTQ's lm_head)
+        self.prefix, self.params_dtype = prefix, torch.get_default_dtype()
         self.quant_method = quant_config.get_embedding_method(self, prefix) if quant_config is not None else None
         if self.quant_method is None:
             self.weight = nn.Parameter(torch.empty(self.shard_size, embedding_dim), requires_grad=False)

@@ -46,8 +46,7 @@ class GPTQConfig(QuantizationConfig):
                  modules_in_block_to_quantize: list | None = None):
         if checkpoint_format not in ("gptq", "gptq_v2"):
             raise ValueError(f"GPTQ checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}.")
-        if lm_head:
-            raise ValueError("GPTQ checkpoints with a quantized lm_head (lm_head: true) are not supported.")
+        self.lm_head_quantized = lm_head
         self.checkpoint_format = checkpoint_format
         self.dynamic = dict(dynamic or {})
         if not all(isinstance(v, dict) for v in self.dynamic.values()):
@@ -142,6 +141,17 @@ class GPTQConfig(QuantizationConfig):
         config._set(int(override.get("bits", self.weight_bits)), int(override.get("group_size", self.group_size)),
                     bool(override.get("desc_act", self.desc_act)), bool(override.get("sym", self.sym)))
         return GPTQLinearMethod(config)
+
+    def get_embedding_method(self, layer: nn.Module, prefix: str) -> "GPTQLinearMethod | None":
+        """``lm_head: true`` (GPTQModel's option): the LM head's weight is GPTQ too (qweight / qzeros / scales / g_idx
+        under ``lm_head.``), multiplied as a linear layer's (vLLM's ParallelLMHead takes the GPTQ method the same
+        way); the embedding stays dense, as do dynamic rules' ``-:`` heads."""
+        if not (self.lm_head_quantized and getattr(layer, "multiplies_weight", False)):
+            return None
+        if layer.tp_size > 1:
+            raise ValueError("GPTQ checkpoints with a quantized lm_head (lm_head: true) are not supported with "
+                             "tensor_parallel_size > 1 yet.")
+        return self.get_linear_method(layer, prefix)
 
     def get_moe_method(self, experts: nn.Module, prefix: str) -> PackedIntMoEMethod:
         if self.dynamic:
