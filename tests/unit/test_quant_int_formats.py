@@ -591,6 +591,13 @@ def test_a_setting_a_rank_cannot_take_is_a_value_error_naming_the_rank(tmp_path)
     assert msg.endswith((" (worker rank 0)", " (worker rank 1)"))      # both fail: the first to answer is named
 
 
+def test_float16_on_the_cpu_with_a_quantized_checkpoint_names_bfloat16(tmp_path):
+    # vLLM's CPU kernels for AWQ / GPTQ run 16-bit activations: bfloat16 is the setting that does here
+    assert _error(tmp_path, {"quant_method": "awq", "bits": 4, "group_size": 32}, dtype="float16").endswith(
+        "its weights are quantized already; use dtype='bfloat16' (16-bit activations, as vLLM's CPU kernels for "
+        "quantized checkpoints run) or 'float32'.")
+
+
 def test_quantized_flag_on_dense_checkpoint(tmp_path):
     assert "quantization='awq' needs a quantized checkpoint" in _error(tmp_path, None, quantization="awq")
 

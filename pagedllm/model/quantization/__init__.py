@@ -135,7 +135,8 @@ def resolve_quantization(method: str | None, hf_config: Any, model_dir: str | No
         return config
     if config is not None and config.name != "gguf":
         raise ValueError(f"dtype='float16' on the CPU (fp16 weights) cannot be combined with the checkpoint's "
-                         f"quantization ({config.name}): its weights are quantized already; use dtype='float32'.")
+                         f"quantization ({config.name}): its weights are quantized already; use dtype='bfloat16' "
+                         f"(16-bit activations, as vLLM's CPU kernels for quantized checkpoints run) or 'float32'.")
     from pagedllm.model.quantization.cpu_fp16 import CpuFp16WeightConfig
     fp16 = CpuFp16WeightConfig()
     fp16.verify_device(torch.device(device))
