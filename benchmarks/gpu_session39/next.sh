@@ -57,7 +57,8 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 PYTHONPATH=$R timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_engine_gpu.py -rf --tb=short \
   -k "(cudagraph_modes or max_model_len_auto or piecewise) and qwen2" 2>&1 | grep -E "^(FAILED|ERROR)|passed|failed|^E " | tail -12
 PYTHONPATH=$R timeout 60 python3 benchmarks/gpu_session39/st_dense_check.py .st39 2>&1 | tail -3
-for f in gpu/test_lora_gpu gpu/test_qwen2_vl_gpu gpu/test_spec_decode_gpu unit/test_swap_preemption; do
+for f in gpu/test_lora_gpu gpu/test_qwen2_vl_gpu gpu/test_spec_decode_gpu unit/test_swap_preemption \
+    gpu/test_quant_gptq_engine_gpu gpu/test_quant_fp8_block_engine_gpu; do
   echo "== $f"; PYTHONPATH=$R timeout 150 python3 -m pytest -q -p no:cacheprovider tests/$f.py -rf --tb=short 2>&1 \
     | grep -E "^(FAILED|ERROR)|passed|failed|^E " | tail -10
 done
