@@ -149,7 +149,13 @@ class RayExecutor(DistributedExecutor):
         self._pending = [actor.start.remote(config_ref, rank, self.tp_size, self.pp_size, init_method, shared_seed,
                                             cuda_devices[rank], self.local_ranks[rank])
                          for rank, actor in enumerate(self._actors)]
-        self._collect_start()
+        try:
+            self._collect_start()
+        except BaseException:
+            # A failed or interrupted start (Ctrl-C while the ranks load) ends the actors and frees the placement
+            # group now: the exception's traceback keeps this executor alive (as the multi-process executor's).
+            self._finalizer()
+            raise
         logger.info("Ray executor: %d actor(s) on %d node(s) at %s, placement %s", self.world_size,
                     len(set(self.actor_node_ids)),
                     ", ".join(f"{ip} (pid {pid})" for ip, pid in self.actor_nodes), strategy)

@@ -176,3 +176,17 @@ def test_vllm_host_ip_is_the_rendezvous_address(ray_cluster, monkeypatch):
     monkeypatch.setenv("VLLM_HOST_IP", "10.9.8.7")
     assert RankActor().placement()["ip"] == "10.9.8.7"
     assert "VLLM_HOST_IP" not in forwarded_env()
+
+
+def test_ray_interrupted_start_ends_the_actors_at_once(tiny_llama, ray_cluster, monkeypatch):
+    """Ctrl-C while the actors load: the actors and the placement group go at once, while the exception is held
+    (they lived as long as its traceback, which keeps the executor)."""
+    from pagedllm.worker.ray_executor import RayExecutor
+    path, _ = tiny_llama
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(RayExecutor, "_collect_start", interrupted)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        _ray_llm(path, 2)
+    assert _placement_groups_alive() == 0 and stopped.tb is not None
