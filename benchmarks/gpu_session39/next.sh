@@ -64,3 +64,18 @@ for f in gpu/test_lora_gpu gpu/test_qwen2_vl_gpu gpu/test_spec_decode_gpu unit/t
 done
 ;;
 esac
+# PART=5 (~190 s): PART=4 trimmed to what session 39's remaining device time (311 s with a start) allowed: the graph
+#   modes and max_model_len='auto' (engine subset), the Dense projector, the GPTQ and FP8-block engine tests.
+case "${PART:-1}" in
+5)
+exec > >(tee $OUT/next39_5.txt) 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader
+PYTHONPATH=$R timeout 100 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_engine_gpu.py -rf --tb=short -x \
+  -k "(cudagraph_modes or max_model_len_auto) and qwen2" 2>&1 | grep -E "^(FAILED|ERROR)|passed|failed|^E " | tail -12
+PYTHONPATH=$R timeout 30 python3 benchmarks/gpu_session39/st_dense_check.py .st39 2>&1 | tail -3
+for f in test_quant_gptq_engine_gpu test_quant_fp8_block_engine_gpu; do
+  echo "== $f"; PYTHONPATH=$R timeout 45 python3 -m pytest -q -p no:cacheprovider tests/gpu/$f.py -rf --tb=short -x 2>&1 \
+    | grep -E "^(FAILED|ERROR)|passed|failed|^E " | tail -8
+done
+;;
+esac
