@@ -2120,6 +2120,10 @@ class EngineConfig:
     cpu_onednn: bool = True
     # torch's intra-op threads in the worker on the CPU (ModelRunner sets them); None on the GPU: torch's default.
     cpu_threads: int | None = None
+    # vLLM's VLLM_CPU_OMP_THREADS_BIND as CPU ids, one tuple per rank (rank = pp_rank * tp_size + tp_rank): the
+    # runner binds its process to them and, where cpu_threads_from_bind, runs one thread per CPU. None: no binding.
+    cpu_bind: tuple[tuple[int, ...], ...] | None = None
+    cpu_threads_from_bind: bool = False
     # The KV cache's size when it is given (kv_cache_memory_gb/_bytes; always on the CPU); None on the GPU means
     # what gpu_memory_utilization leaves after the profiling forward.
     kv_cache_memory_bytes: int | None = None
@@ -2416,6 +2420,8 @@ class EngineConfig:
                                       f"{name}={gb:g}")
         else:
             kv_cache_memory_bytes = kv_cache_memory_source = None
+        cpu_bind = _cpu_bind(args, device)
+        cpu_threads, cpu_threads_from_bind = _pick_cpu_threads(args, device, cpu_bind)
         served = usage_context == UsageContext.OPENAI_API_SERVER
         long_prefill = args.long_prefill_token_threshold
         if long_prefill is None:
@@ -2434,7 +2440,8 @@ class EngineConfig:
                      cpu_onednn=_switch(args.cpu_onednn, envs.PAGEDLLM_CPU_ONEDNN),
                      kv_cache_memory_bytes=kv_cache_memory_bytes, kv_cache_memory_source=kv_cache_memory_source,
                      runner_type=runner_type,
-                     enable_chunked_prefill=chunked, cpu_threads=_pick_cpu_threads(args, device),
+                     enable_chunked_prefill=chunked, cpu_threads=cpu_threads, cpu_bind=cpu_bind,
+                     cpu_threads_from_bind=cpu_threads_from_bind,
                      cpu_fp16_weights=_cpu_fp16_weights(args, device))
         task = config.pooling_task
         if task is not None and task not in config.pooling_tasks:
@@ -2491,11 +2498,64 @@ def _default_token_pooling_type(hf_config) -> str:
     return "STEP" if any(a in STEP_POOLING_ARCHITECTURES for a in archs) else "ALL"
 
 
-def _pick_cpu_threads(args: EngineArgs, device: torch.device) -> int | None:
-    """The CPU engine's torch thread count (each rank's): cpu_threads, else PAGEDLLM_CPU_THREADS, else
-    OMP_NUM_THREADS, else the cores this process may run on (docs/perf.md, issue 19, has the measurements behind the
-    default) shared out among the tensor x pipeline parallel ranks, as vLLM's CPU backend gives each rank cores of
-    its own: every rank on every core made the ranks' OpenMP threads wait on each other (docs/perf.md, session 39)."""
+def _allowed_cores() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:    # no sched_getaffinity (macOS, Windows)
+        return set(range(os.cpu_count() or 1))
+
+
+def _cpu_bind(args: EngineArgs, device: torch.device) -> tuple[tuple[int, ...], ...] | None:
+    """vLLM's VLLM_CPU_OMP_THREADS_BIND: CPU id lists ("0-31", "0,2,4-7"), one per rank separated by '|', each
+    rank's process bound to its CPUs. "auto" / "nobind" / unset: None (no binding). ValueError for a list that does
+    not parse, names CPUs this process may not run on, or has a count of lists other than the ranks'. vLLM's CPU
+    worker does the same binding (with one OpenMP thread pinned per CPU); here the process's affinity is set and
+    OpenMP's threads are left to the kernel's scheduler within it. Other vLLM CPU switches pagedllm lacks are named."""
+    if device.type != "cpu":
+        return None
+    if envs.VLLM_CPU_SGL_KERNEL:
+        logger.warning("VLLM_CPU_SGL_KERNEL is set: vLLM's AMX small-batch kernels (sgl-kernel) are not part of "
+                       "pagedllm, so it has no effect here; CPU linears run through oneDNN (cpu_onednn).")
+    if (envs.VLLM_CPU_MOE_PREPACK or "0").lower() not in ("0", "false", "no", "off"):
+        logger.warning("VLLM_CPU_MOE_PREPACK=%s has no effect: pagedllm does not run MoE layers through IPEX, whose "
+                       "weight prepacking it switches.", envs.VLLM_CPU_MOE_PREPACK)
+    value = envs.VLLM_CPU_OMP_THREADS_BIND
+    if value is None or value in ("auto", "nobind"):
+        return None
+    ranks = args.tensor_parallel_size * args.pipeline_parallel_size
+    lists = value.split("|")
+    if len(lists) != ranks:
+        raise ValueError(f"VLLM_CPU_OMP_THREADS_BIND={value!r} gives {len(lists)} CPU list(s) for {ranks} rank(s) "
+                         f"(tensor x pipeline parallel): give one per rank, separated by '|', or 'auto' / 'nobind'.")
+    allowed = _allowed_cores()
+    bind = []
+    for part in lists:
+        ids: list[int] = []
+        try:
+            for item in part.split(","):
+                first, _, last = item.strip().partition("-")
+                ids.extend(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise ValueError(f"VLLM_CPU_OMP_THREADS_BIND={value!r}: {part!r} is not a list of CPU ids such as "
+                             f"'0-3' or '0,2,4-7' (or use 'auto' / 'nobind').") from None
+        if not ids or sorted(set(ids)) != sorted(ids):
+            raise ValueError(f"VLLM_CPU_OMP_THREADS_BIND={value!r}: {part!r} names no CPU or one CPU twice.")
+        if not set(ids) <= allowed:
+            raise ValueError(f"VLLM_CPU_OMP_THREADS_BIND={value!r} names CPU(s) {sorted(set(ids) - allowed)} this "
+                             f"process may not run on (its CPUs: {sorted(allowed)}).")
+        bind.append(tuple(ids))
+    return tuple(bind)
+
+
+def _pick_cpu_threads(args: EngineArgs, device: torch.device,
+                      cpu_bind: tuple[tuple[int, ...], ...] | None = None) -> tuple[int | None, bool]:
+    """The CPU engine's torch thread count (each rank's) and whether each rank takes it from its
+    VLLM_CPU_OMP_THREADS_BIND list: cpu_threads, else PAGEDLLM_CPU_THREADS, else one thread per CPU of the bind
+    list (vLLM's CPU worker sets its threads so, whatever OMP_NUM_THREADS says), else OMP_NUM_THREADS, else the
+    cores this process may run on (docs/perf.md, issue 19, has the measurements behind the default) shared out
+    among the tensor x pipeline parallel ranks, as vLLM's CPU backend gives each rank cores of its own (every rank
+    on every core made the ranks' OpenMP threads wait on each other, docs/perf.md, session 39), less
+    VLLM_CPU_NUM_OF_RESERVED_CPU of each share (vLLM's cores left to other processes under 'auto' binding)."""
     given = [(name, value) for name, value in (("cpu_threads", args.cpu_threads),
                                                ("PAGEDLLM_CPU_THREADS", envs.PAGEDLLM_CPU_THREADS),
                                                ("OMP_NUM_THREADS", envs.OMP_NUM_THREADS)) if value is not None]
@@ -2504,18 +2564,25 @@ def _pick_cpu_threads(args: EngineArgs, device: torch.device) -> int | None:
     if device.type != "cpu":
         if args.cpu_threads is not None:
             logger.warning("cpu_threads=%s has no effect on the GPU.", args.cpu_threads)
-        return None
+        return None, False
     if envs.openmp_passive_missed:
         logger.warning("torch was imported before pagedllm, so OpenMP threads spin-wait (torch's policy): on a busy "
                        "machine that can make generation several times slower. Import pagedllm first, or set "
                        "OMP_WAIT_POLICY=PASSIVE before starting Python.")
+    if given and given[0][0] != "OMP_NUM_THREADS":
+        return int(given[0][1]), False
+    if cpu_bind is not None:
+        return len(cpu_bind[0]), True
     if given:
-        return int(given[0][1])
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:    # no sched_getaffinity (macOS, Windows)
-        cores = os.cpu_count() or 1
-    return max(1, cores // (args.tensor_parallel_size * args.pipeline_parallel_size))
+        return int(given[0][1]), False
+    share = max(1, len(_allowed_cores()) // (args.tensor_parallel_size * args.pipeline_parallel_size))
+    reserved = envs.VLLM_CPU_NUM_OF_RESERVED_CPU
+    if reserved is None or envs.VLLM_CPU_OMP_THREADS_BIND == "nobind":
+        return share, False
+    if not 0 <= reserved < share:
+        raise ValueError(f"VLLM_CPU_NUM_OF_RESERVED_CPU ({reserved}) must be >= 0 and less than the {share} "
+                         f"core(s) of each rank's share.")
+    return share - reserved, False
 
 
 def _switch(arg: bool | None, env_default: bool) -> bool:

@@ -238,9 +238,27 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "PAGEDLLM_CPU_THREADS": (
         lambda: _optional_int("PAGEDLLM_CPU_THREADS"),
         "Default of cpu_threads / --cpu-threads: torch's intra-op (OpenMP) threads of a CPU engine, a count for "
-        "each rank (the analogue of vLLM's VLLM_CPU_OMP_THREADS_BIND, without binding). Unset: OMP_NUM_THREADS if "
+        "each rank (over VLLM_CPU_OMP_THREADS_BIND's one thread per CPU). Unset: that, else OMP_NUM_THREADS if "
         "set, else the number of cores this process may run on (os.sched_getaffinity) over the tensor x pipeline "
         "parallel ranks."),
+    "VLLM_CPU_OMP_THREADS_BIND": (
+        lambda: _optional_str("VLLM_CPU_OMP_THREADS_BIND"),
+        "vLLM's CPU thread binding: CPU ids (\"0-31\", \"0,2,4-7\"), one list per tensor x pipeline parallel rank "
+        "separated by '|' (\"0-31|32-63\"): each rank's process is bound to its CPUs (os.sched_setaffinity) and runs "
+        "one torch thread per CPU unless cpu_threads / PAGEDLLM_CPU_THREADS give a count. \"auto\" (vLLM's default) "
+        "and \"nobind\": no binding, the thread count as without the variable."),
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": (
+        lambda: _optional_int("VLLM_CPU_NUM_OF_RESERVED_CPU"),
+        "vLLM's: cores of each rank's share left to other processes when the thread count is the default (no "
+        "count given, VLLM_CPU_OMP_THREADS_BIND unset or auto). Unset: 0."),
+    "VLLM_CPU_SGL_KERNEL": (
+        lambda: _flag("VLLM_CPU_SGL_KERNEL", default=False),
+        "vLLM's AMX small-batch (sgl-kernel) linears and MoE on x86; pagedllm has no such kernels: set, a warning says "
+        "so (its CPU linears are oneDNN's, cpu_onednn)."),
+    "VLLM_CPU_MOE_PREPACK": (
+        lambda: _optional_str("VLLM_CPU_MOE_PREPACK"),
+        "vLLM's IPEX MoE weight prepacking switch; pagedllm does not use IPEX: 1 (asked for) logs a warning that it "
+        "has no effect, 0 is what pagedllm does anyway."),
     # ---- OpenMP's own variables (read here; configure_openmp sets OMP_WAIT_POLICY) -------------------------------
     "OMP_NUM_THREADS": (
         lambda: _optional_int("OMP_NUM_THREADS"),

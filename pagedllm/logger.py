@@ -101,7 +101,9 @@ def log_engine_start(logger: logging.Logger, info: dict, total_seconds: float) -
         lines.append(f"  memory plan  {plan[0]}")
         lines.extend(f"               {line}" for line in plan[1:])
     if "cpu_threads" in runner:
-        lines.append(f"  CPU threads  {runner['cpu_threads']} torch threads a rank, no binding (--cpu-threads / "
+        bind = (f"bound to CPUs {runner['cpu_bind']} (VLLM_CPU_OMP_THREADS_BIND)" if runner.get("cpu_bind") else
+                "no binding")
+        lines.append(f"  CPU threads  {runner['cpu_threads']} torch threads a rank, {bind} (--cpu-threads / "
                      f"PAGEDLLM_CPU_THREADS); OpenMP wait: {runner.get('openmp_wait_policy', '?')}")
     logger.info("\n".join(lines))
 

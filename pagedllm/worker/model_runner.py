@@ -75,7 +75,13 @@ class ModelRunner:
         t_init = time.perf_counter()
         configure_kernels(config)      # this process's kernel switches (PDL, skinny GEMM, oneDNN)
         if config.cpu_threads is not None:     # CPU engine (config._pick_cpu_threads)
-            torch.set_num_threads(config.cpu_threads)
+            threads = config.cpu_threads
+            if config.cpu_bind is not None:    # VLLM_CPU_OMP_THREADS_BIND: this rank's CPUs (config._cpu_bind)
+                cpus = config.cpu_bind[get_pp_rank() * get_tp_size() + get_tp_rank()]
+                os.sched_setaffinity(0, cpus)
+                if config.cpu_threads_from_bind:
+                    threads = len(cpus)
+            torch.set_num_threads(threads)
         self.config = config
         self.device = config.device
         self.dtype = config.dtype
@@ -675,6 +681,8 @@ class ModelRunner:
             info["kv_cache_note"] = self.model.kv_cache_note
         if self.device.type == "cpu":
             info["cpu_threads"] = torch.get_num_threads()
+            if self.config.cpu_bind is not None:
+                info["cpu_bind"] = sorted(os.sched_getaffinity(0))
             info["openmp_wait_policy"] = envs.openmp_wait_policy
         return info
 

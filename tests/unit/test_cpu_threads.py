@@ -16,7 +16,9 @@ from pagedllm.config import EngineArgs, EngineConfig, ResolvedModel
 
 from tiny_models import save_tiny_llama
 
-THREAD_VARIABLES = ("PAGEDLLM_CPU_THREADS", "OMP_NUM_THREADS")
+THREAD_VARIABLES = ("PAGEDLLM_CPU_THREADS", "OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND",
+                    "VLLM_CPU_NUM_OF_RESERVED_CPU",
+                    "VLLM_CPU_SGL_KERNEL", "VLLM_CPU_MOE_PREPACK")
 
 
 def build(monkeypatch, device: str = "cpu", **kwargs) -> EngineConfig:
@@ -69,6 +71,56 @@ def test_thread_count_errors_and_gpu(monkeypatch, no_thread_variables, caplog):
         assert build(monkeypatch, device="cuda").cpu_threads is None      # the GPU path keeps torch's default
         assert build(monkeypatch, device="cuda", cpu_threads=2).cpu_threads is None
     assert sum("cpu_threads=2 has no effect on the GPU" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_vllm_cpu_omp_threads_bind(monkeypatch, no_thread_variables):
+    """vLLM's VLLM_CPU_OMP_THREADS_BIND: a CPU list binds each rank to its CPUs with one thread per CPU (over
+    OMP_NUM_THREADS, as vLLM's CPU worker sets its threads); '|' separates the ranks' lists; auto / nobind bind
+    nothing. It was ignored: '0' on a 3-core machine ran 3 unbound threads."""
+    def bound(**kwargs):
+        config = build(monkeypatch, **kwargs)
+        return config.cpu_threads, config.cpu_bind
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
+    assert bound() == (1, ((0,),))
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert bound() == (2, ((0, 1),))
+    assert bound(cpu_threads=1) == (1, ((0, 1),))                       # a count given wins, the binding stays
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1-2")
+    assert bound(tensor_parallel_size=2) == (1, ((0,), (1, 2)))         # rank 1 runs 2 threads (its list)
+    assert build(monkeypatch, tensor_parallel_size=2).cpu_threads_from_bind
+    for value in ("auto", "nobind"):
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", value)
+        assert bound() == (3, None)                                     # OMP_NUM_THREADS
+    for value, message in (("0-1", "gives 1 CPU list\\(s\\) for 2 rank"), ("0|x", "'x' is not a list of CPU ids"),
+                           ("0|1-5", "names CPU\\(s\\) \\[3, 4, 5\\] this process may not run on"),
+                           ("0,0|1", "one CPU twice")):
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", value)
+        with pytest.raises(ValueError, match=message):
+            build(monkeypatch, tensor_parallel_size=2)
+    assert build(monkeypatch, device="cuda").cpu_bind is None             # the GPU: nothing to bind
+
+
+def test_vllm_cpu_reserved_cores_and_kernel_switches(monkeypatch, no_thread_variables, caplog):
+    """VLLM_CPU_NUM_OF_RESERVED_CPU leaves cores of each rank's default share to other processes (ignored: it was
+    all cores); VLLM_CPU_SGL_KERNEL / VLLM_CPU_MOE_PREPACK, vLLM kernels pagedllm lacks, are named when asked for."""
+    monkeypatch.setattr(cfg_mod.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
+    assert build(monkeypatch).cpu_threads == 7
+    assert build(monkeypatch, tensor_parallel_size=2).cpu_threads == 3
+    assert build(monkeypatch, cpu_threads=8).cpu_threads == 8                # a count given is taken as it is
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "4")
+    with pytest.raises(ValueError, match=r"VLLM_CPU_NUM_OF_RESERVED_CPU \(4\) must be >= 0 and less than the 4"):
+        build(monkeypatch, tensor_parallel_size=2)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    assert build(monkeypatch).cpu_threads == 8                              # only with auto binding, as vLLM's
+    monkeypatch.setenv("VLLM_CPU_SGL_KERNEL", "1")
+    monkeypatch.setenv("VLLM_CPU_MOE_PREPACK", "1")
+    with caplog.at_level(logging.WARNING, logger="pagedllm.config"):
+        build(monkeypatch)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("VLLM_CPU_SGL_KERNEL is set" in m and "no effect" in m for m in messages)
+    assert any("VLLM_CPU_MOE_PREPACK=1 has no effect" in m for m in messages)
 
 
 @pytest.fixture
@@ -134,3 +186,27 @@ def test_engine_applies_threads_and_logs_them(tmp_path, monkeypatch, no_thread_v
     start = [r.getMessage() for r in records if "engine ready" in r.getMessage()]
     assert start and "CPU threads  1 torch threads" in start[0]
     assert f"OpenMP wait: {envs.openmp_wait_policy}" in start[0]
+
+
+def test_engine_binds_to_vllms_cpu_list(tmp_path, monkeypatch, no_thread_variables, caplog):
+    """VLLM_CPU_OMP_THREADS_BIND=<one CPU>: the engine's process runs on that CPU with one torch thread, and the
+    start-up block says so (the process's affinity and thread count are restored after)."""
+    save_tiny_llama(tmp_path, vocab_size=128)
+    monkeypatch.undo()                  # the real affinity: the engine binds this process
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    cpu = min(os.sched_getaffinity(0))
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", str(cpu))
+    old_threads, old_affinity = torch.get_num_threads(), os.sched_getaffinity(0)
+    try:
+        with caplog.at_level(logging.INFO, logger="pagedllm"):
+            llm = LLM(model=str(tmp_path), skip_tokenizer_init=True, max_model_len=64, kv_cache_memory_gb=0.01)
+        assert os.sched_getaffinity(0) == {cpu} and torch.get_num_threads() == 1
+        out = llm.generate([{"prompt_token_ids": [1, 2, 3]}], SamplingParams(max_tokens=2, ignore_eos=True),
+                           use_tqdm=False)
+        assert len(out[0].outputs[0].token_ids) == 2
+    finally:
+        os.sched_setaffinity(0, old_affinity)
+        torch.set_num_threads(old_threads)
+    start = [r.getMessage() for r in caplog.records if "engine ready" in r.getMessage()]
+    assert start and f"1 torch threads a rank, bound to CPUs [{cpu}] (VLLM_CPU_OMP_THREADS_BIND)" in start[0]
