@@ -2415,6 +2415,9 @@ class EngineConfig:
         elif not on_gpu:   # vLLM's CPU backend reads VLLM_CPU_KVCACHE_SPACE (GiB); ours is the same knob
             name, gb = next(((name, gb) for name in ("PAGEDLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_KVCACHE_SPACE")
                              if (gb := getattr(envs, name)) is not None), (None, None))
+            if gb is not None and gb <= 0:     # as kv_cache_memory_gb; vLLM's 0 GiB cache fails at its start too
+                raise ValueError(f"{name}={gb:g}: the CPU KV cache's size in GiB must be positive (unset: "
+                                 f"{DEFAULT_CPU_KV_CACHE_GB:g} GiB).")
             kv_cache_memory_bytes = int((DEFAULT_CPU_KV_CACHE_GB if gb is None else gb) * (1 << 30))
             kv_cache_memory_source = (f"the CPU default of {DEFAULT_CPU_KV_CACHE_GB:g} GiB" if gb is None else
                                       f"{name}={gb:g}")

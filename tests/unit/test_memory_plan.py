@@ -135,6 +135,18 @@ def test_engine_logs_the_plan(tiny_dir, caplog):
     assert "activation peak not measured" in block
 
 
+@pytest.mark.parametrize("name", ["PAGEDLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_KVCACHE_SPACE"])
+def test_cpu_kv_cache_space_not_above_zero_names_the_variable(tiny_dir, monkeypatch, name):
+    """0 or a negative size from the CPU variable is a ValueError naming it, as kv_cache_memory_gb's; it was the
+    KV-cache-too-small error with '-1.00 GiB, -131072 blocks' and an 'estimated maximum model length' of -2097152."""
+    for variable in ("PAGEDLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.delenv(variable, raising=False)
+    for value in ("0", "-1"):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=f"{name}={value}: the CPU KV cache's size in GiB must be positive"):
+            LLM(tiny_dir, skip_tokenizer_init=True, dtype="float32", max_model_len=64, max_num_seqs=2)
+
+
 @pytest.mark.parametrize("env, kwargs, source", [
     ({}, {}, "the CPU default of 4 GiB, capped at"),                 # nothing given: not 'kv_cache_memory_bytes='
     ({"PAGEDLLM_CPU_KVCACHE_SPACE": "0.5"}, {}, "PAGEDLLM_CPU_KVCACHE_SPACE=0.5, capped at"),
