@@ -890,6 +890,15 @@ def _coerce_scalar_fields(args: EngineArgs) -> None:
         setattr(args, f.name, number)
 
 
+# vLLM's other tokenizer modes (its TokenizerRegistry's entries), which a user copying a vLLM command line may pass:
+# named so the error says what they are rather than calling a vLLM value unknown.
+_VLLM_TOKENIZER_MODES = {
+    "custom": "(vLLM's TokenizerRegistry tokenizer; vLLM 0.24 takes the registered name as the mode)",
+    "deepseek_v32": "(vLLM's DeepSeek-V3.2 chat encoder)",
+    "grok2": "(vLLM's Grok-2 tiktoken tokenizer)",
+}
+
+
 def verify_engine_args(args: EngineArgs) -> None:
     """Checks that need only the arguments: every value pagedllm cannot honour is an error here, named, never
     silently ignored. (Checks that need the model or the device are in ``EngineConfig.build``.)"""
@@ -921,6 +930,10 @@ def verify_engine_args(args: EngineArgs) -> None:
         raise ValueError("tokenizer_mode='mistral' is not supported yet (no mistral_common tokenizer); "
                          "use 'auto', 'hf' or 'slow'.")
     # vLLM's "hf" (its HF tokenizer, fast when there is one) is what "auto" always is here: no mistral_common.
+    if args.tokenizer_mode in _VLLM_TOKENIZER_MODES:
+        raise ValueError(f"tokenizer_mode={args.tokenizer_mode!r} {_VLLM_TOKENIZER_MODES[args.tokenizer_mode]} is not "
+                         f"supported: pagedllm loads the folder's HF tokenizer (tokenizer_mode 'auto', 'hf' or "
+                         f"'slow').")
     if args.tokenizer_mode not in ("auto", "hf", "slow"):
         raise ValueError(f"tokenizer_mode must be 'auto', 'hf' or 'slow', got {args.tokenizer_mode!r}.")
     # Checks of one value each, here so that `pagedllm serve` fails before it starts an engine.

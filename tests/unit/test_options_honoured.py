@@ -659,6 +659,18 @@ def test_tokenizer_mode_hf(tiny_llama_dir):
     assert out.prompt_token_ids == llm.get_tokenizer()("Hello there").input_ids and len(out.outputs[0].token_ids) == 3
 
 
+def test_vllms_other_tokenizer_modes_are_named():
+    """vLLM's tokenizer modes that pagedllm does not load ('custom', its TokenizerRegistry; 'deepseek_v32', 'grok2')
+    are errors that say what the mode is in vLLM and what pagedllm loads; they were 'must be ... got 'custom''."""
+    from pagedllm.config import verify_engine_args
+    for mode, what in (("custom", "TokenizerRegistry"), ("deepseek_v32", "DeepSeek-V3.2"), ("grok2", "Grok-2")):
+        with pytest.raises(ValueError, match=f"tokenizer_mode='{mode}' .*{what}.* is not supported: pagedllm loads "
+                                             f"the folder's HF tokenizer"):
+            verify_engine_args(EngineArgs.from_kwargs("m", tokenizer_mode=mode))
+    with pytest.raises(ValueError, match="must be 'auto', 'hf' or 'slow', got 'bogus'"):
+        verify_engine_args(EngineArgs.from_kwargs("m", tokenizer_mode="bogus"))
+
+
 def test_max_long_partial_prefills_of_vllms_default():
     """vLLM's SchedulerConfig flags at their defaults, as a tutorial's command line spells them, are accepted offline
     and by serve (--max-long-partial-prefills was 'unrecognized arguments', LLM(max_long_partial_prefills=1) a
