@@ -2379,11 +2379,18 @@ class EngineConfig:
 
         on_gpu = device.type == "cuda"
         # vLLM's defaults on GPUs of 70 GiB or more: 1024 sequences for the LLM class and the server, its generic
-        # SchedulerConfig 128 (and 2048 tokens per step, below) for any other usage context.
+        # SchedulerConfig 128 (and 2048 tokens per step, below) for any other usage context. On the CPU vLLM's CPU
+        # table, per rank (tensor x pipeline parallel): 256 sequences and 4096 tokens per step for the LLM class,
+        # 128 and 2048 behind the server.
         usage_context = UsageContext.parse(args.usage_context)
         tabled_context = usage_context in (UsageContext.LLM_CLASS, UsageContext.OPENAI_API_SERVER)
-        max_num_seqs = args.max_num_seqs if args.max_num_seqs is not None else \
-            (1024 if tabled_context else 128) if on_gpu else 256
+        world_size = args.tensor_parallel_size * args.pipeline_parallel_size
+        if args.max_num_seqs is not None:
+            max_num_seqs = args.max_num_seqs
+        elif on_gpu or not tabled_context:
+            max_num_seqs = 1024 if on_gpu and tabled_context else 128
+        else:
+            max_num_seqs = (256 if usage_context == UsageContext.LLM_CLASS else 128) * world_size
         verify_graph_sizes(args, on_gpu, runner_type)
         graph_kinds = _cuda_graph_kinds(args)
         if args.max_num_batched_tokens is not None:
@@ -2401,6 +2408,8 @@ class EngineConfig:
             if on_gpu and tabled_context:
                 max_num_batched_tokens = (served_tokens_per_step(hf, args.tensor_parallel_size)
                                           if usage_context == UsageContext.OPENAI_API_SERVER else 16384)
+            elif tabled_context:
+                max_num_batched_tokens = (4096 if usage_context == UsageContext.LLM_CLASS else 2048) * world_size
             else:
                 max_num_batched_tokens = 2048
             if not chunked:

@@ -243,10 +243,10 @@ def test_encoder_allocates_no_kv_cache_and_says_so(tiny_roberta):
     llm = LLM(tiny_roberta["cls"], dtype="float32")
     engine = llm.llm_engine
     assert engine.runner.kv_caches == [] and engine.core.info()["runner"]["kv_cache_gib"] == 0
-    # Block ids (bookkeeping only) for the fullest step: 2048 tokens / 16 + one partial block for each of 256 seqs.
+    # Block ids (bookkeeping only) for the fullest step: 4096 tokens / 16 + one partial block for each of 256 seqs.
     config = engine.config
-    assert (config.max_num_batched_tokens, config.block_size, config.max_num_seqs) == (2048, 16, 256)
-    assert engine.core.num_blocks == 2048 // 16 + 256
+    assert (config.max_num_batched_tokens, config.block_size, config.max_num_seqs) == (4096, 16, 256)
+    assert engine.core.num_blocks == 4096 // 16 + 256
     assert "KV cache     none allocated: encoder-only model" in _startup_log(engine)
     # 300 prompts (more than max_num_seqs) still embed, and equal the same prompts embedded alone.
     texts = [" ".join(f"w{(i * 7 + j) % 100}" for j in range(1 + i % 30)) for i in range(300)]

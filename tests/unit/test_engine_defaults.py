@@ -1,7 +1,7 @@
 """Scheduler defaults follow vLLM's usage contexts: on a big GPU 16384 tokens per step for the offline LLM class and,
 behind the server, 8192 down to 2048 as the model grows (smaller prefill chunks, lower inter-token latency:
 config.served_tokens_per_step), vLLM's generic 2048 tokens and 128 sequences for any other context
-(from_engine_args(usage_context=...)); 2048 on CPU; explicit values win."""
+(from_engine_args(usage_context=...)); vLLM's CPU table on the CPU; explicit values win."""
 import dataclasses
 import pickle
 
@@ -55,6 +55,19 @@ def test_served_tokens_per_step_follow_the_weights_each_gpu_multiplies(monkeypat
                  shape=shape).max_num_batched_tokens == 16384
     # Tensor parallel: each GPU multiplies half of each token's weights, so a 7B at TP=2 takes twice the tokens.
     assert cfg_mod.served_tokens_per_step(transformers.LlamaConfig(**LARGE), tensor_parallel_size=2) == 4096
+
+
+@pytest.mark.parametrize("context, parallel, expected", [
+    (UsageContext.LLM_CLASS, {}, (4096, 256)), (UsageContext.OPENAI_API_SERVER, {}, (2048, 128)),
+    (UsageContext.LLM_CLASS, {"tensor_parallel_size": 2}, (8192, 512)),
+    (UsageContext.OPENAI_API_SERVER, {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}, (8192, 512)),
+    (UsageContext.ENGINE_CONTEXT, {}, (2048, 128))])
+def test_cpu_defaults_are_vllms_cpu_table(monkeypatch, context, parallel, expected):
+    """vLLM's CPU backend defaults (EngineArgs' CPU table, times the tensor x pipeline parallel ranks): the LLM class
+    4096 tokens per step and 256 sequences, the server 2048 and 128; other contexts SchedulerConfig's 2048 and 128.
+    They were 2048 and 256 everywhere (the V0 numbers)."""
+    cfg = build("cpu", monkeypatch, usage_context=context, **parallel)
+    assert (cfg.max_num_batched_tokens, cfg.max_num_seqs) == expected
 
 
 def test_cpu_and_explicit(monkeypatch):

@@ -2,6 +2,7 @@
 checked by behaviour) or rejected with an error that names it. A new field fails this test until it has an entry."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import pathlib
@@ -252,7 +253,7 @@ ENGINE_FIELDS: dict[str, list] = {
             Behaves(lambda mp: build(mp, pdl=False).pdl is False or _fail())],
     "piecewise_cuda_graphs": [Read(("worker/model_runner.py",), "config.piecewise_cuda_graphs")],
     "cpu_onednn": [Read(("kernels/cpu_onednn.py",), "current.cpu_onednn")],
-    "cpu_threads": [Read(("worker/model_runner.py",), "torch.set_num_threads(config.cpu_threads)"),
+    "cpu_threads": [Read(("worker/model_runner.py",), "threads = config.cpu_threads"),
                     Behaves(lambda mp: build(mp, cpu_threads=3).cpu_threads == 3 or _fail()),
                     Rejects(0, "cpu_threads must be >= 1")],
     "disable_custom_kernels": [Behaves(lambda mp: build(mp, device="cuda", disable_custom_kernels=True)
@@ -305,7 +306,7 @@ ENGINE_FIELDS: dict[str, list] = {
     "max_num_seqs_per_request": [
         Read(("engine/core.py",), "config.max_num_seqs_per_request"),
         Behaves(lambda mp: build(mp).max_num_seqs_per_request == 0 or _fail()),              # offline: no cap
-        Behaves(lambda mp: _served(mp).max_num_seqs_per_request == 256 // 16 or _fail()),
+        Behaves(lambda mp: _served(mp).max_num_seqs_per_request == 128 // 16 or _fail()),     # vLLM CPU: 128 seqs
         Behaves(lambda mp: _served(mp, max_num_seqs_per_request=4).max_num_seqs_per_request == 4 or _fail()),
         Rejects(-1, "max_num_seqs_per_request must be >= 0")],
     "max_num_partial_prefills": [Rejects(2, "max_num_partial_prefills is not supported yet")],
@@ -593,6 +594,24 @@ def test_bad_words_encoded_with_and_without_a_leading_space(tokenizer):
     assert enc(" New York") in sp._bad_words_token_ids and len(enc(" New York")) > 1
     assert len(sp._bad_words_token_ids) == len({tuple(ids) for ids in sp._bad_words_token_ids})
     assert sp.clone()._bad_words_token_ids == sp._bad_words_token_ids
+
+
+def test_bad_word_outside_the_models_vocabulary_is_a_400_and_the_server_lives(tiny_llama_dir, tokenizer, tmp_path):
+    """A bad word whose token the model's embedding lacks (--tokenizer with an added token) is vLLM's ValueError
+    naming the vocabulary size: a 400, and the next request runs. Before, the sampler's step indexed past the logits
+    (IndexError) and the engine died: 503 for that request and every later one."""
+    from app_client import post_all, serve_in_process
+    tok = copy.deepcopy(tokenizer)
+    tok.add_tokens(["<extra>"], special_tokens=True)
+    tok.save_pretrained(tmp_path)
+    with serve_in_process(tiny_llama_dir, "--tokenizer", str(tmp_path)) as (app, _):
+        bad, after = post_all(app, [("/v1/completions", {"prompt": "Hello", "max_tokens": 2, "bad_words": ["<extra>"]}),
+                                    ("/v1/completions", {"prompt": "Hello", "max_tokens": 2})])
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["error"]["message"] == (
+        f"The model vocabulary size is {len(tokenizer)}, but the following tokens were specified as bad: "
+        f"[{len(tokenizer)}]. All token id values should be integers satisfying: 0 <= token_id <= {len(tokenizer) - 1}.")
+    assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 2
 
 
 def _row(token_ids, sp, num_prompt=1):
