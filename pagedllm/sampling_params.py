@@ -429,10 +429,12 @@ class SamplingParams:
             if not all(0 <= t < vocab_size for t in self.allowed_token_ids):
                 raise ValueError("allowed_token_ids contains out-of-vocab token id!")
 
-    def update_from_tokenizer(self, tokenizer: Any) -> None:
+    def update_from_tokenizer(self, tokenizer: Any, vocab_size: int | None = None) -> None:
         """Encode ``bad_words`` (vLLM's rule): each word without special tokens, and again with a leading space
         where that gives another token sequence of the same length (the word in the middle of a text), so both
-        spellings are banned."""
+        spellings are banned. ``vocab_size`` (the model's): a word whose tokens fall outside it (a tokenizer with
+        added tokens the model's embedding lacks) is vLLM's ValueError here, not an index error in the sampler's
+        step, which takes the engine down with every request in it."""
         if not self.bad_words:
             return
         sequences: list[list[int]] = []
@@ -443,6 +445,12 @@ class SamplingParams:
             if plain and spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
                 variants.append(spaced)
             sequences += [list(ids) for ids in variants if ids and list(ids) not in sequences]
+        if vocab_size is not None:
+            invalid = [t for ids in sequences for t in ids if not 0 <= t < vocab_size]
+            if invalid:
+                raise ValueError(f"The model vocabulary size is {vocab_size}, but the following tokens were specified "
+                                 f"as bad: {invalid}. All token id values should be integers satisfying: "
+                                 f"0 <= token_id <= {vocab_size - 1}.")
         self._bad_words_token_ids = sequences
 
     def verify_without_tokenizer(self) -> None:

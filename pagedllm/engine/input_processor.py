@@ -490,7 +490,7 @@ class InputProcessor:
         if self.tokenizer is None:
             params.verify_without_tokenizer()
         elif params.bad_words:
-            params.update_from_tokenizer(self.tokenizer)
+            params.update_from_tokenizer(self.tokenizer, vocab)
         if params.thinking_token_budget is not None and not reasoning_parser_name(self.config.args):
             # vLLM's check (its words name its --reasoning-config too).
             raise ValueError("thinking_token_budget is set but no reasoning parser is configured. Please set "
