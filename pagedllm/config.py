@@ -2547,6 +2547,9 @@ def _cpu_bind(args: EngineArgs, device: torch.device) -> tuple[tuple[int, ...], 
     value = envs.VLLM_CPU_OMP_THREADS_BIND
     if value is None or value in ("auto", "nobind"):
         return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError(f"VLLM_CPU_OMP_THREADS_BIND={value!r}: binding threads to CPUs needs Linux "
+                         f"(os.sched_setaffinity); use 'nobind' or cpu_threads.")
     ranks = args.tensor_parallel_size * args.pipeline_parallel_size
     lists = value.split("|")
     if len(lists) != ranks:

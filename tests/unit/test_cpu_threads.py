@@ -99,6 +99,10 @@ def test_vllm_cpu_omp_threads_bind(monkeypatch, no_thread_variables):
         with pytest.raises(ValueError, match=message):
             build(monkeypatch, tensor_parallel_size=2)
     assert build(monkeypatch, device="cuda").cpu_bind is None             # the GPU: nothing to bind
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    monkeypatch.delattr(cfg_mod.os, "sched_setaffinity")
+    with pytest.raises(ValueError, match="binding threads to CPUs needs Linux"):
+        build(monkeypatch, tensor_parallel_size=2)                          # macOS / Windows
 
 
 def test_vllm_cpu_reserved_cores_and_kernel_switches(monkeypatch, no_thread_variables, caplog):
