@@ -2356,8 +2356,8 @@ class EngineConfig:
                              f"the {device.type} device the weights are in CPU memory already: use 0.")
         if device.type == "cpu" and args.gpu_memory_utilization != EngineArgs.gpu_memory_utilization:
             logger.warning("gpu_memory_utilization=%s has no effect on the CPU (as in vLLM); the CPU KV cache's size "
-                           "is kv_cache_memory_gb (default PAGEDLLM_CPU_KVCACHE_SPACE or %s GiB).",
-                           args.gpu_memory_utilization, DEFAULT_CPU_KV_CACHE_GB)
+                           "is kv_cache_memory_gb (default VLLM_CPU_KVCACHE_SPACE / PAGEDLLM_CPU_KVCACHE_SPACE GiB, "
+                           "else %g GiB).", args.gpu_memory_utilization, DEFAULT_CPU_KV_CACHE_GB)
 
         runner_type = _resolve_runner(args, model)
         if args.pooler_config is not None:

@@ -151,4 +151,4 @@ def test_warnings_for_changed_or_ignored_values(monkeypatch, caplog):
         build(monkeypatch, device="cuda", gpu_memory_utilization=0.5)
     messages = [r.getMessage() for r in caplog.records]
     assert sum("gpu_memory_utilization=0.5 has no effect on the CPU" in m and "kv_cache_memory_gb" in m
-               for m in messages) == 1
+               and "VLLM_CPU_KVCACHE_SPACE" in m and "else 4 GiB" in m for m in messages) == 1
