@@ -400,9 +400,14 @@ def resolve_model(args: "EngineArgs") -> ResolvedModel:
         if not os.path.isfile(gen_file):     # a mistyped folder would otherwise drop the defaults silently
             raise ValueError(f"generation_config={args.generation_config!r}: no generation_config.json there; use "
                              f"'auto' (the model's), 'vllm' (none) or a folder that holds generation_config.json.")
-    if args.generation_config != "vllm" and os.path.exists(gen_file):
+    if os.path.exists(gen_file):
         with open(gen_file) as f:
             generation = json.load(f)
+        if args.generation_config == "vllm":
+            # "vllm" drops the file's sampling defaults only: its EOS ids (Llama 3's <|eot_id|> / <|eom_id|>,
+            # Gemma 3's <end_of_turn>) still stop generation, as vLLM's input processor reads them whatever the
+            # setting (ModelConfig.try_get_generation_config) while get_diff_sampling_param gives {} for "vllm".
+            generation = {k: v for k, v in generation.items() if k == "eos_token_id"}
     generation.update(args.override_generation_config or {})
     from pagedllm.model.layers.pooler import dense_configs
     from pagedllm.model.registry import is_pooling_only, is_sequence_classifier, is_token_classifier

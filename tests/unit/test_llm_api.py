@@ -140,8 +140,8 @@ def test_generation_config_folder(model_dir, tmp_path):
 
 def test_generation_config_eos_ids_report_their_stop_reason(model_dir, tmp_path):
     """A generation_config.json eos_token_id list beyond the tokenizer's EOS (Gemma 3's <end_of_turn>, Llama 3.1's
-    <|eom_id|>) stops generation with the id as stop_reason, as vLLM's (it adds them to stop_token_ids); the
-    tokenizer's own EOS keeps stop_reason None; ignore_eos ignores both."""
+    <|eom_id|>) stops generation with the id as stop_reason, as vLLM's (it adds them to stop_token_ids), also with
+    generation_config="vllm"; the tokenizer's own EOS keeps stop_reason None; ignore_eos ignores both."""
     import json
     import shutil
     greedy = SamplingParams(temperature=0.0, max_tokens=6)
@@ -151,10 +151,17 @@ def test_generation_config_eos_ids_report_their_stop_reason(model_dir, tmp_path)
     assert 2 not in ids[:3]
     shutil.copytree(model_dir[0], tmp_path / "m")
     with open(tmp_path / "m" / "generation_config.json", "w") as f:
-        json.dump({"eos_token_id": [2, third]}, f)
+        json.dump({"eos_token_id": [2, third], "temperature": 0.5}, f)
     llm = LLM(model=str(tmp_path / "m"), dtype="float32", max_model_len=64)
     out = llm.generate("Hello", greedy, use_tqdm=False)[0].outputs[0]
     assert (list(out.token_ids), out.finish_reason, out.stop_reason) == (list(ids[:3]), "stop", third)
+    # generation_config="vllm" drops the file's sampling defaults, not its EOS ids (vLLM's input processor reads
+    # them whatever the setting): Llama 3's <|eot_id|> still ends a turn. They were dropped too.
+    plain = LLM(model=str(tmp_path / "m"), dtype="float32", max_model_len=64, generation_config="vllm")
+    assert plain.get_default_sampling_params().temperature == 1.0
+    out = plain.generate("Hello", greedy, use_tqdm=False)[0].outputs[0]
+    assert (list(out.token_ids), out.finish_reason, out.stop_reason) == (list(ids[:3]), "stop", third)
+    del plain
     allowed = SamplingParams(temperature=0.0, max_tokens=3, allowed_token_ids=[2])
     out = llm.generate("Hello", allowed, use_tqdm=False)[0].outputs[0]
     assert (list(out.token_ids), out.finish_reason, out.stop_reason) == ([2], "stop", None)
