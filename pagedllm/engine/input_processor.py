@@ -136,7 +136,9 @@ class InputProcessor:
                 ids.add(source)
             elif isinstance(source, (list, tuple)):
                 ids.update(int(x) for x in source)
-        return ids
+        # An id the model cannot sample (a generation config or tokenizer EOS past the model's vocabulary) stops
+        # nothing; kept, min_tokens' mask indexed past the logits and the step's IndexError killed the engine.
+        return {i for i in ids if 0 <= i < self.vocab_size}
 
     def generation_defaults(self) -> dict[str, Any]:
         """The SamplingParams fields that the model's generation_config and override_generation_config set (vLLM's
