@@ -2082,8 +2082,41 @@ def _verify_pipeline_parallel(args: EngineArgs, hf, device: torch.device) -> Non
     if pp_size > 1 and layers is not None:
         # Before any worker starts: every stage needs a layer, and a PAGEDLLM_PP_LAYER_PARTITION /
         # VLLM_PP_LAYER_PARTITION must fit the model (each stage reads it again when it builds its layers).
-        from pagedllm.distributed.parallel_state import get_pp_layer_range
-        get_pp_layer_range(layers, 0, pp_size)
+        pp_layer_range(layers, 0, pp_size)
+
+
+def pp_layer_range(num_layers: int, pp_rank: int, pp_size: int, partition: str | None = None) -> tuple[int, int]:
+    """[start, end) of the decoder layers that pipeline stage ``pp_rank`` of ``pp_size`` holds.
+
+    vLLM's rule: ``num_layers // pp_size`` each, and the remainder one more each on the stages just before the last
+    (the last stage also runs the final norm and the LM head). ``partition`` (PAGEDLLM_PP_LAYER_PARTITION, else
+    vLLM's VLLM_PP_LAYER_PARTITION; e.g. "3,5") gives each stage's count explicitly. Here, below the distributed
+    layer, so the config can check a partition before any worker starts (parallel_state.get_pp_layer_range)."""
+    if pp_size == 1:
+        return 0, num_layers
+    name = "PAGEDLLM_PP_LAYER_PARTITION"
+    if partition is None:
+        from pagedllm import envs
+        partition = envs.PAGEDLLM_PP_LAYER_PARTITION
+        if not partition:
+            name, partition = "VLLM_PP_LAYER_PARTITION", envs.VLLM_PP_LAYER_PARTITION    # vLLM's name
+    if partition:
+        try:
+            counts = [int(x) for x in partition.split(",")]
+        except ValueError:
+            counts = []
+        if len(counts) != pp_size or sum(counts) != num_layers or min(counts) < 1:
+            raise ValueError(f"{name}={partition!r} must list {pp_size} positive layer counts "
+                             f"(one per pipeline stage) summing to num_hidden_layers ({num_layers}).")
+    else:
+        if num_layers < pp_size:
+            raise ValueError(f"num_hidden_layers ({num_layers}) must be >= pipeline_parallel_size ({pp_size}): "
+                             f"every pipeline stage needs at least one layer.")
+        counts = [num_layers // pp_size] * pp_size
+        for i in range(2, num_layers % pp_size + 2):
+            counts[-i] += 1
+    start = sum(counts[:pp_rank])
+    return start, start + counts[pp_rank]
 
 
 def verify_tensor_parallel(size: int, hf) -> None:

@@ -21,6 +21,8 @@ import datetime
 
 import torch
 
+from pagedllm.config import pp_layer_range
+
 _tp_rank = 0
 _tp_size = 1
 _pp_rank = 0
@@ -211,38 +213,10 @@ def tp_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 # ---- pipeline parallel ---------------------------------------------------------------------------------------------
 def get_pp_layer_range(num_layers: int, pp_rank: int | None = None, pp_size: int | None = None,
                        partition: str | None = None) -> tuple[int, int]:
-    """[start, end) of the decoder layers that stage ``pp_rank`` holds (this process's stage by default).
-
-    vLLM's rule: ``num_layers // pp_size`` each, and the remainder one more each on the stages just before the last
-    (the last stage also runs the final norm and the LM head). ``partition`` (PAGEDLLM_PP_LAYER_PARTITION, else
-    vLLM's VLLM_PP_LAYER_PARTITION; e.g. "3,5") gives each stage's count explicitly."""
-    pp_rank = _pp_rank if pp_rank is None else pp_rank
-    pp_size = _pp_size if pp_size is None else pp_size
-    if pp_size == 1:
-        return 0, num_layers
-    name = "PAGEDLLM_PP_LAYER_PARTITION"
-    if partition is None:
-        from pagedllm import envs
-        partition = envs.PAGEDLLM_PP_LAYER_PARTITION
-        if not partition:
-            name, partition = "VLLM_PP_LAYER_PARTITION", envs.VLLM_PP_LAYER_PARTITION    # vLLM's name
-    if partition:
-        try:
-            counts = [int(x) for x in partition.split(",")]
-        except ValueError:
-            counts = []
-        if len(counts) != pp_size or sum(counts) != num_layers or min(counts) < 1:
-            raise ValueError(f"{name}={partition!r} must list {pp_size} positive layer counts "
-                             f"(one per pipeline stage) summing to num_hidden_layers ({num_layers}).")
-    else:
-        if num_layers < pp_size:
-            raise ValueError(f"num_hidden_layers ({num_layers}) must be >= pipeline_parallel_size ({pp_size}): "
-                             f"every pipeline stage needs at least one layer.")
-        counts = [num_layers // pp_size] * pp_size
-        for i in range(2, num_layers % pp_size + 2):
-            counts[-i] += 1
-    start = sum(counts[:pp_rank])
-    return start, start + counts[pp_rank]
+    """[start, end) of the decoder layers that stage ``pp_rank`` holds (this process's stage by default); the rule
+    is ``config.pp_layer_range``'s (the config checks a partition with it before any worker starts)."""
+    return pp_layer_range(num_layers, _pp_rank if pp_rank is None else pp_rank,
+                          _pp_size if pp_size is None else pp_size, partition)
 
 
 def pp_send_hidden(hidden: torch.Tensor, residual: torch.Tensor | None):
