@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm import LLM, PoolingParams, SamplingParams
-from tests.unit.tiny_models import save_word_tokenizer
+from tests.unit.tiny_models import save_st_dense_model, save_word_tokenizer
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 needs_minilm = pytest.mark.skipif(
@@ -307,22 +307,8 @@ def test_sentence_transformers_dense_modules_and_pooling_mode(tmp_path):
     Tanh with a bias, 32 -> 16 without; LaBSE / embeddinggemma's shape) and its Pooling config in the version-6
     form ({"pooling_mode": "mean"}): the embeddings equal SentenceTransformer.encode (16 values), the Dense
     modules on token_embed rows too (vLLM's projector), and `dimensions` is checked against that width."""
-    import transformers
-    from sentence_transformers import SentenceTransformer, models
-    cfg = transformers.XLMRobertaConfig(vocab_size=104, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        intermediate_size=128, max_position_embeddings=66, type_vocab_size=1,
-                                        pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    torch.manual_seed(0)
-    transformers.XLMRobertaModel(cfg).save_pretrained(tmp_path / "hf")
-    save_word_tokenizer(tmp_path / "hf", "xlm_roberta")
-    st = SentenceTransformer(modules=[
-        models.Transformer(str(tmp_path / "hf")), models.Pooling(64, "mean"),
-        models.Dense(64, 32, activation_function=torch.nn.Tanh()),
-        models.Dense(32, 16, bias=False, activation_function=torch.nn.Identity()), models.Normalize()], device="cpu")
-    path = tmp_path / "st"
-    st.save(str(path))
-    (path / "1_Pooling" / "config.json").write_text(json.dumps(     # version 6's form, whatever version saved it
-        {"embedding_dimension": 64, "pooling_mode": "mean", "include_prompt": True}))
+    from sentence_transformers import SentenceTransformer
+    path = save_st_dense_model(tmp_path)
     reference = SentenceTransformer(str(path), device="cpu")
     llm = LLM(str(path), dtype="float32")
     texts = ["w1 w2 w3", "w5 w60 w7 w8 w9 w10 w11", "w42"]

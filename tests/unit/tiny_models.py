@@ -101,3 +101,31 @@ def save_tiny_classifier(path, arch: str, num_labels: int, seed: int = 0, **conf
     hf.save_pretrained(path)
     save_word_tokenizer(path, "bert" if arch == "bert" else "xlm_roberta")
     return hf
+
+
+def save_st_dense_model(root):
+    """A tiny XLM-RoBERTa saved by sentence-transformers under ``root / "st"`` with mean pooling, two Dense modules
+    (64 -> 32 Tanh with a bias, 32 -> 16 without; LaBSE / embeddinggemma's shape) and Normalize, its Pooling config
+    rewritten in sentence-transformers v6's form ({"pooling_mode": "mean"}). Returns that folder. Used by
+    tests/models/test_embedding_models.py and benchmarks/gpu_session39/st_dense_build.py (the same model on a GPU)."""
+    import json
+    import pathlib
+
+    import transformers
+    from sentence_transformers import SentenceTransformer, models
+    root = pathlib.Path(root)
+    cfg = transformers.XLMRobertaConfig(vocab_size=104, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=128, max_position_embeddings=66, type_vocab_size=1,
+                                        pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    transformers.XLMRobertaModel(cfg).save_pretrained(root / "hf")
+    save_word_tokenizer(root / "hf", "xlm_roberta")
+    st = SentenceTransformer(modules=[
+        models.Transformer(str(root / "hf")), models.Pooling(64, "mean"),
+        models.Dense(64, 32, activation_function=torch.nn.Tanh()),
+        models.Dense(32, 16, bias=False, activation_function=torch.nn.Identity()), models.Normalize()], device="cpu")
+    path = root / "st"
+    st.save(str(path))
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(     # version 6's form, whatever version saved it
+        {"embedding_dimension": 64, "pooling_mode": "mean", "include_prompt": True}))
+    return path
