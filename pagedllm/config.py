@@ -44,8 +44,8 @@ LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy", "pt", "bitsandbytes")
 _VLLM_ATTENTION_BACKENDS = {"TRITON_ATTN": "triton", "TRITON_MLA": "triton", "TORCH_SDPA": "torch", "CPU_ATTN": "torch"}
 _VLLM_ATTENTION_BACKENDS_NOT_SUPPORTED = frozenset({
     "FLASH_ATTN", "FLASH_ATTN_MLA", "FLASHINFER", "FLASHINFER_MLA", "FLASHMLA", "FLASHMLA_SPARSE", "CUTLASS_MLA",
-    "FLEX_ATTENTION", "TREE_ATTN", "XFORMERS", "ROCM_ATTN", "ROCM_AITER_FA", "ROCM_AITER_MLA", "ROCM_AITER_UNIFIED_ATTN",
-    "PALLAS", "IPEX", "NO_ATTENTION"})
+    "FLEX_ATTENTION", "TREE_ATTN", "XFORMERS", "ROCM_ATTN", "ROCM_AITER_FA", "ROCM_AITER_MLA",
+    "ROCM_AITER_UNIFIED_ATTN", "PALLAS", "IPEX", "NO_ATTENTION"})
 # vLLM's optimization levels (-O0 .. -O3) and performance modes (EngineArgs.optimization_level / performance_mode).
 OPTIMIZATION_LEVELS = (0, 1, 2, 3)
 PERFORMANCE_MODES = ("balanced", "interactivity", "throughput")
@@ -95,13 +95,13 @@ _VLLM_ARG_INSTEAD = {
                            "'bitsandbytes') quantizes a dense one at load",
     "kernel_config": "it tunes vLLM's FlashInfer kernels, which pagedllm does not have",
     # vLLM 0.7's speculative flags, folded into speculative_config (which pagedllm runs) in 0.8.
-    **dict.fromkeys(("speculative_model", "num_speculative_tokens", "ngram_prompt_lookup_max", "ngram_prompt_lookup_min",
-                     "speculative_draft_tensor_parallel_size", "speculative_max_model_len",
+    **dict.fromkeys(("speculative_model", "num_speculative_tokens", "ngram_prompt_lookup_max",
+                     "ngram_prompt_lookup_min", "speculative_draft_tensor_parallel_size", "speculative_max_model_len",
                      "speculative_model_quantization"),
                     "vLLM 0.8 replaced these with speculative_config / --speculative-config: '{\"method\": \"ngram\", "
                     "\"num_speculative_tokens\": 5, \"prompt_lookup_max\": 4}' or '{\"model\": DRAFT, "
-                    "\"num_speculative_tokens\": 4}' (ngram_prompt_lookup_* are prompt_lookup_*, speculative_* the keys "
-                    "without the prefix)"),
+                    "\"num_speculative_tokens\": 4}' (ngram_prompt_lookup_* are prompt_lookup_*, speculative_* the "
+                    "keys without the prefix)"),
     "speculative_disable_by_batch_size": "vLLM removed it with its V0 engine; speculative_config takes no batch-size "
                                          "switch",
     # vLLM's multi-node multiprocessing launch (one `vllm serve` per node): pagedllm spans nodes through Ray.
@@ -597,7 +597,8 @@ class EngineArgs:
         g.add_argument("--enable-prompt-embeds", action=argparse.BooleanOptionalAction, default=d.enable_prompt_embeds,
                        help="Accept prompts as input embeddings (/v1/completions prompt_embeds: base64 of "
                             "torch.save(tensor [num_tokens, hidden_size])). Only for trusted clients.")
-        g.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=d.trust_remote_code, help="Trust remote code from the hub.")
+        g.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction,
+                       default=d.trust_remote_code, help="Trust remote code from the hub.")
         g.add_argument("--revision", type=str, default=None)
         g.add_argument("--code-revision", type=str, default=None,
                        help="The revision of remote code kept in another Hub repository (with --trust-remote-code).")
@@ -674,7 +675,8 @@ class EngineArgs:
                        choices=list(LOGPROBS_MODES),
                        help="What logprobs hold: of the raw model output or of the distribution the token is drawn "
                             "from (after penalties, temperature, top-k/top-p), as log-probabilities or logits.")
-        g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=d.enforce_eager, help="Disable CUDA graphs.")
+        g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction,
+                       default=d.enforce_eager, help="Disable CUDA graphs.")
         g.add_argument("--optimization-level", "-O", type=_optimization_level_flag, default=d.optimization_level,
                        choices=list(OPTIMIZATION_LEVELS),
                        help="vLLM's optimization level, -O0 .. -O3: 0 captures no CUDA graph (fastest start-up, as "
@@ -687,7 +689,8 @@ class EngineArgs:
         g.add_argument("--disable-cascade-attn", action=argparse.BooleanOptionalAction, default=d.disable_cascade_attn,
                        help="vLLM's switch for its shared-prefix cascade attention; pagedllm has none (always as if "
                             "set).")
-        g.add_argument("--disable-sliding-window", action=argparse.BooleanOptionalAction, default=d.disable_sliding_window,
+        g.add_argument("--disable-sliding-window", action=argparse.BooleanOptionalAction,
+                       default=d.disable_sliding_window,
                        help="A sliding-window model (Mistral v0.1, Gemma 2, Qwen2 with use_sliding_window) runs "
                             "with full attention, max_model_len capped at its window (vLLM's flag); without it the "
                             "windowed layers attend through their window.")
@@ -706,10 +709,12 @@ class EngineArgs:
         g.add_argument("--distributed-executor-backend", type=str, default=None,
                        help="uni (the model in this process; the default for one rank), mp (a worker process per "
                             "rank; the default for several) or ray (a Ray actor per rank).")
-        g.add_argument("--disable-custom-all-reduce", action=argparse.BooleanOptionalAction, default=d.disable_custom_all_reduce,
+        g.add_argument("--disable-custom-all-reduce", action=argparse.BooleanOptionalAction,
+                       default=d.disable_custom_all_reduce,
                        help="Every tensor-parallel all-reduce through NCCL / gloo, even with "
                             "PAGEDLLM_CUSTOM_ALL_REDUCE_KIB set.")
-        g.add_argument("--enable-expert-parallel", action=argparse.BooleanOptionalAction, default=d.enable_expert_parallel, help="Not supported yet.")
+        g.add_argument("--enable-expert-parallel", action=argparse.BooleanOptionalAction,
+                       default=d.enable_expert_parallel, help="Not supported yet.")
         g.add_argument("--device", type=str, default=d.device, choices=["auto", "cpu", "cuda"])
         g.add_argument("--attention-backend", type=_attention_backend_flag, default=None, choices=["torch", "triton"],
                        help="Attention kernels: triton (pagedllm's Triton kernels; vLLM's TRITON_ATTN / TRITON_MLA "
@@ -718,7 +723,8 @@ class EngineArgs:
         g.add_argument("--attention-config", type=json_arg, default=None,
                        help='vLLM\'s attention config as JSON (or --attention-config.backend NAME): its backend, as '
                             '--attention-backend; its other keys tune vLLM\'s own kernels and are refused.')
-        g.add_argument("--disable-custom-kernels", action=argparse.BooleanOptionalAction, default=d.disable_custom_kernels,
+        g.add_argument("--disable-custom-kernels", action=argparse.BooleanOptionalAction,
+                       default=d.disable_custom_kernels,
                        help="None of pagedllm's Triton kernels: torch attention, cuBLAS linears, no PDL.")
         g.add_argument("--triton-gemv", action=argparse.BooleanOptionalAction, default=None,
                        help="Triton skinny GEMM for batch-1 GPU linears (default: env PAGEDLLM_TRITON_GEMV, on).")
@@ -789,7 +795,8 @@ class EngineArgs:
                        help="Adapters kept loaded in CPU memory (default: --max-loras).")
         g.add_argument("--lora-dtype", type=str, default=d.lora_dtype, choices=list(LORA_DTYPES),
                        help="dtype of the adapters' weights (auto: the model's).")
-        g.add_argument("--enable-lora-bias", action=argparse.BooleanOptionalAction, default=d.enable_lora_bias, help="Not supported yet.")
+        g.add_argument("--enable-lora-bias", action=argparse.BooleanOptionalAction,
+                       default=d.enable_lora_bias, help="Not supported yet.")
         g.add_argument("--fully-sharded-loras", action=argparse.BooleanOptionalAction, default=d.fully_sharded_loras,
                        help="Not supported yet with tensor parallel (adapters are sharded as vLLM's default).")
         g.add_argument("--speculative-config", type=json_arg, default=None,
@@ -812,7 +819,8 @@ class EngineArgs:
         g.add_argument("--limit-mm-per-prompt", type=json_arg, default=None,
                        help='Images per prompt (JSON, e.g. \'{"image": 2}\'; default 999) for a model that reads '
                             "them (LLaVA-1.5, Qwen2-VL, Qwen2.5-VL).")
-        g.add_argument("--disable-chunked-mm-input", action=argparse.BooleanOptionalAction, default=d.disable_chunked_mm_input,
+        g.add_argument("--disable-chunked-mm-input", action=argparse.BooleanOptionalAction,
+                       default=d.disable_chunked_mm_input,
                        help="No prompt chunk ends inside an image's placeholders (vLLM's).")
         g.add_argument("--mm-processor-kwargs", type=json_arg, default=None,
                        help='The image processor\'s settings (JSON): Qwen2-VL / Qwen2.5-VL\'s min_pixels, max_pixels, '
@@ -1602,8 +1610,8 @@ def normalize_cli_flags(argv: Sequence[str]) -> list[str]:
     """``--max_model_len 2048`` and ``--max_model_len=2048`` as ``--max-model-len`` (vLLM's FlexibleArgumentParser):
     tutorials spell flags both ways. Values are left alone, and everything after ``--``. A JSON flag's dotted keys
     (vLLM's too): ``--limit-mm-per-prompt.image 2``, ``--hf-overrides.text_config.num_hidden_layers 2``,
-    ``-cc.mode 0`` (or ``-O.mode 0``), ``--speculative-config.method ngram``; ``KEY+ v`` appends to a list (``KEY+=a,b`` two items);
-    they are merged into the same flag's JSON given on the line, over its keys."""
+    ``-cc.mode 0`` (or ``-O.mode 0``), ``--speculative-config.method ngram``; ``KEY+ v`` appends to a list
+    (``KEY+=a,b`` two items); they are merged into the same flag's JSON given on the line, over its keys."""
     out: list[str] = []
     dotted: dict[str, dict] = {}
     argv = list(argv)

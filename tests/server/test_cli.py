@@ -254,7 +254,8 @@ def test_json_flag_in_key_value_form_says_what_json_to_give(capsys):
     with pytest.raises(SystemExit):
         make_parser().parse_args(["serve", "m", "--limit-mm-per-prompt", "image=1,video=0"])
     assert ("argument --limit-mm-per-prompt: 'image=1,video=0' is not JSON: older vLLM's KEY=VALUE form is not "
-            "accepted (vLLM 0.24 refuses it too); give JSON: '{\"image\": 1, \"video\": 0}'.") in capsys.readouterr().err
+            "accepted (vLLM 0.24 refuses it too); give JSON: '{\"image\": 1, \"video\": 0}'.") \
+        in capsys.readouterr().err
     with pytest.raises(SystemExit):
         make_parser().parse_args(["serve", "m", "--hf-overrides", '{"rope_theta": 1e6'])
     assert "argument --hf-overrides: '{\"rope_theta\": 1e6' is not valid JSON" in capsys.readouterr().err

@@ -151,5 +151,6 @@ def test_vllm_attention_config(tmp_path):
     assert llm.llm_engine.config.attention_backend == "torch"
     with pytest.raises(ValueError, match="attention_config: use_trtllm_attention is not supported"):
         EngineArgs(model="m", attention_config={"backend": "TRITON_ATTN", "use_trtllm_attention": True})
-    with pytest.raises(ValueError, match="attention_config backend 'TRITON_ATTN' contradicts attention_backend='torch'"):
+    with pytest.raises(ValueError,
+                       match="attention_config backend 'TRITON_ATTN' contradicts attention_backend='torch'"):
         EngineArgs(model="m", attention_backend="torch", attention_config={"backend": "TRITON_ATTN"})

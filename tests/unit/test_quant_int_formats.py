@@ -114,7 +114,7 @@ def _linear_weights(state, quant: dict, dense: dict):
         yield name, name[:-len("weight")], w
 
 
-# ---- the formats -------------------------------------------------------------------------------------------------------
+# ---- the formats -----------------------------------------------------------------------------------------------------
 def _awq_checkpoint(state, group: int):
     """AutoAWQ's WQLinear_GEMM: qweight [K, N/8], qzeros [K/G, N/8] (interleaved nibble order), scales [K/G, N]."""
     quant, dense = {}, {}
@@ -242,7 +242,7 @@ def _ct_library_checkpoint(state, bits: int, group: int, sym: bool):
     return _ct_config(bits, strategy, group if group != -1 else None, sym), quant, dense
 
 
-# ---- running both -----------------------------------------------------------------------------------------------------
+# ---- running both ----------------------------------------------------------------------------------------------------
 def _run(path, **kw):
     llm = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=128, kv_cache_memory_gb=0.01,
               max_num_batched_tokens=16, **kw)
@@ -494,7 +494,7 @@ def test_cpu_packed_matmul_matches_reference(bits, group, kind, dtype):
         assert (got.float() - want.float()).abs().max() <= tol * scale
 
 
-# ---- errors -----------------------------------------------------------------------------------------------------------
+# ---- errors ----------------------------------------------------------------------------------------------------------
 def _error(tmp_path, quant_config: dict | None, **kw) -> str:
     config, state = _tiny()
     if quant_config is not None:

@@ -660,7 +660,8 @@ def test_startup_log_names_the_speculation(tiny128, caplog):
                   speculative_config=NGRAM)
     # vLLM's vllm_config.speculative_config (AttributeError before), as scripts read it.
     spec = llm.llm_engine.vllm_config.speculative_config
-    assert (spec.method, spec.num_speculative_tokens, spec.prompt_lookup_min, spec.prompt_lookup_max) == ("ngram", 4, 1, 3)
+    assert (spec.method, spec.num_speculative_tokens, spec.prompt_lookup_min, spec.prompt_lookup_max) \
+        == ("ngram", 4, 1, 3)
     assert any("speculative  ngram, prompt lookup 1..3 tokens, up to 4 draft tokens per step (async scheduling off)"
                in r.getMessage() for r in caplog.records)
 

@@ -231,7 +231,8 @@ def test_kv_offloading_size_is_the_total_over_tensor_parallel_ranks(tiny_dir):
         finally:
             engine.llm_engine.core.shutdown()
     one = cpu_blocks(1)
-    assert one == int(0.001 * (1 << 30)) // (2 * 2 * 2 * 16 * 16 * 4)   # K, V x 2 layers x 2 heads x 16 tokens x 16 fp32
+    # K, V x 2 layers x 2 heads x 16 tokens x 16 fp32 values
+    assert one == int(0.001 * (1 << 30)) // (2 * 2 * 2 * 16 * 16 * 4)
     assert cpu_blocks(2) == one
 
 

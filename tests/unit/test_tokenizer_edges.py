@@ -21,7 +21,8 @@ def test_bad_word_outside_the_models_vocabulary_is_a_400_and_the_server_lives(ti
     assert bad.status_code == 400, bad.text
     assert bad.json()["error"]["message"] == (
         f"The model vocabulary size is {len(tokenizer)}, but the following tokens were specified as bad: "
-        f"[{len(tokenizer)}]. All token id values should be integers satisfying: 0 <= token_id <= {len(tokenizer) - 1}.")
+        f"[{len(tokenizer)}]. All token id values should be integers satisfying: "
+        f"0 <= token_id <= {len(tokenizer) - 1}.")
     assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 2
 
 
