@@ -2564,13 +2564,6 @@ def _default_token_pooling_type(hf_config) -> str:
     return "STEP" if any(a in STEP_POOLING_ARCHITECTURES for a in archs) else "ALL"
 
 
-def _allowed_cores() -> set[int]:
-    try:
-        return set(os.sched_getaffinity(0))
-    except AttributeError:    # no sched_getaffinity (macOS, Windows)
-        return set(range(os.cpu_count() or 1))
-
-
 def _cpu_bind(args: EngineArgs, device: torch.device) -> tuple[tuple[int, ...], ...] | None:
     """vLLM's VLLM_CPU_OMP_THREADS_BIND: CPU id lists ("0-31", "0,2,4-7"), one per rank separated by '|', each
     rank's process bound to its CPUs. "auto" / "nobind" / unset: None (no binding). ValueError for a list that does
@@ -2596,7 +2589,7 @@ def _cpu_bind(args: EngineArgs, device: torch.device) -> tuple[tuple[int, ...], 
     if len(lists) != ranks:
         raise ValueError(f"VLLM_CPU_OMP_THREADS_BIND={value!r} gives {len(lists)} CPU list(s) for {ranks} rank(s) "
                          f"(tensor x pipeline parallel): give one per rank, separated by '|', or 'auto' / 'nobind'.")
-    allowed = _allowed_cores()
+    allowed = envs.allowed_cores()
     bind = []
     for part in lists:
         ids: list[int] = []
@@ -2644,7 +2637,7 @@ def _pick_cpu_threads(args: EngineArgs, device: torch.device,
         return len(cpu_bind[0]), True
     if given:
         return int(given[0][1]), False
-    share = max(1, len(_allowed_cores()) // (args.tensor_parallel_size * args.pipeline_parallel_size))
+    share = max(1, len(envs.allowed_cores()) // (args.tensor_parallel_size * args.pipeline_parallel_size))
     reserved = envs.VLLM_CPU_NUM_OF_RESERVED_CPU
     if reserved is None or envs.VLLM_CPU_OMP_THREADS_BIND == "nobind":
         return share, False

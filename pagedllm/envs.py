@@ -51,13 +51,18 @@ def _optional_int(name: str) -> int | None:
         raise ValueError(f"{name} must be a whole number, got {value!r}.") from None
 
 
+def allowed_cores() -> set[int]:
+    """The CPUs this process may run on: its affinity mask (as a container or a binding limits it); all of
+    os.cpu_count() where there is no mask (macOS, Windows)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return set(range(os.cpu_count() or 1))
+
+
 def _default_compile_threads() -> int:
     """Usable cores (the affinity mask, as a container limits it), at most 16 (the H200 host's count, measured)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:      # not Linux
-        cores = os.cpu_count() or 1
-    return min(cores, 16)
+    return min(len(allowed_cores()), 16)
 
 
 def _int_at_least(name: str, minimum: int, default: int, maximum: int | None = None) -> int:
